@@ -1,0 +1,86 @@
+"""`create_app(settings, database_url)` wires everything; nothing happens at import time."""
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from litestar import Litestar
+from litestar.config.app import AppConfig
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from api.errors import EXCEPTION_HANDLERS
+from api.routes import audit, ops
+from api.settings import Settings
+from ledger.db import Database, connect
+from wallets.jobs import build_scheduler, jobs
+
+log = logging.getLogger("tokentill")
+
+
+@dataclass(slots=True)
+class Services:
+    settings: Settings
+    db: Database
+    _scales: dict[str, int]
+
+    async def asset_scale(self, conn: AsyncConnection, asset: str) -> int | None:
+        if asset not in self._scales:
+            scale = (await conn.execute(text("SELECT scale FROM assets WHERE code = :c"),
+                                        {"c": asset})).scalar()
+            if scale is None:
+                return None
+            self._scales[asset] = int(scale)
+        return self._scales[asset]
+
+
+def create_app(settings: Settings, database_url: str, **overrides: Any) -> Litestar:
+    services = Services(settings, connect(database_url, pool_size=settings.pool_size), {})
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        scheduler = build_scheduler(services.db, jobs(settings.seal_interval_s))
+        if settings.scheduler:
+            scheduler.start()  # here, not in on_startup: there it would start paused
+        try:
+            yield
+        finally:
+            if settings.scheduler:
+                scheduler.shutdown(wait=False)
+            await services.db.dispose()
+
+    prometheus = PrometheusConfig(app_name="tokentill", prefix="tokentill", group_path=True,
+                                  exclude=["/metrics"])
+    return Litestar(
+        route_handlers=[ops.healthz, ops.readyz, PrometheusController, audit.get_trial_balance,
+                        audit.post_verify],
+        state=State({"services": services}),
+        lifespan=[lifespan],
+        middleware=[prometheus.middleware],
+        exception_handlers=EXCEPTION_HANDLERS,
+        request_max_body_size=1_048_576,
+        openapi_config=OpenAPIConfig(
+            title="tokentill", version="0.1.0",
+            description="Double-entry ledger for billing LLM usage.",
+            components=Components(security_schemes={
+                "bearer": SecurityScheme(type="http", scheme="bearer")}),
+            security=[{"bearer": []}],
+        ),
+        on_app_init=[_log_config(settings)],
+        **overrides,
+    )
+
+
+def _log_config(settings: Settings):
+    def hook(config: AppConfig) -> AppConfig:
+        logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        return config
+
+    return hook

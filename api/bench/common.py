@@ -1,0 +1,47 @@
+"""Shared parts of the benchmarks: a scratch database on the cluster, and pgbench on it."""
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from api.runtime import sync_url
+from ledger import embedded
+
+
+@contextmanager
+def scratch_database(server_url: str, name: str) -> Iterator[str]:
+    """A fresh database `name` on the server of `server_url`; dropped afterwards. Yields its URL."""
+    admin = create_engine(sync_url(server_url), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def pgbench_tps(url: str, *, seconds: float, clients: int, scale: int = 10) -> float:
+    """Initialise pgbench at `scale` and run the built-in tpcb-like script; returns its tps."""
+    exe = embedded.pgbench_path()
+    if not exe:
+        raise SystemExit("pgbench not found (it ships with the embedded PostgreSQL wheel)")
+    subprocess.run([exe, "-i", "-q", "-s", str(scale), url], check=True, capture_output=True)
+    out = subprocess.run(
+        [exe, "-b", "tpcb-like", "-c", str(clients), "-j", str(min(clients, 2)), "-T",
+         str(max(1, round(seconds))), url], check=True, capture_output=True, text=True).stdout
+    match = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out)
+    if not match:
+        raise SystemExit(f"could not read pgbench output:\n{out}")
+    return float(match.group(1))  # a rate for the report, never money
+
+
+def ratio(value: float, base: float) -> float:
+    return round(value / base, 3) if base else 0.0

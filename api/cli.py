@@ -1,0 +1,119 @@
+"""The `tokentill` command line: serve, migrate, audit verify, bench."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from importlib.metadata import version
+
+from api.settings import Settings
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from api.app import create_app
+    from api.runtime import open_database
+
+    handle = open_database(settings)
+    try:
+        app = create_app(settings, handle.url)
+        uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level.lower(),
+                    access_log=args.access_log)
+    finally:
+        handle.close()
+    return 0
+
+
+def _migrate(_: argparse.Namespace, settings: Settings) -> int:
+    from api.runtime import open_database, sync_url
+    from migrations import runner
+
+    handle = open_database(settings, migrate=False)
+    try:
+        print(f"migrated to {runner.upgrade(sync_url(handle.url))}")
+    finally:
+        handle.close()
+    return 0
+
+
+def _audit_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from api.runtime import open_database
+    from ledger.db import connect
+    from wallets.audit import full_verify
+
+    handle = open_database(settings)
+
+    async def run():
+        db = connect(handle.url, pool_size=1)
+        try:
+            return await db.read(full_verify)
+        finally:
+            await db.dispose()
+
+    try:
+        report = asyncio.run(run())
+    finally:
+        handle.close()
+    if args.json:
+        print(json.dumps({"ok": report.ok, "checks": [
+            {"name": c.name, "ok": c.ok, "detail": c.detail, "problems": list(c.problems)}
+            for c in report.checks]}, indent=2))
+    else:
+        for c in report.checks:
+            print(f"{'ok  ' if c.ok else 'FAIL'} {c.name}: {c.detail}")
+            for p in c.problems:
+                print(f"       {p}")
+        print("verified: the ledger is whole" if report.ok else "verification FAILED")
+    return 0 if report.ok else 1
+
+
+def _bench(args: argparse.Namespace, settings: Settings) -> int:
+    from api.bench import ledger_bench
+
+    if args.target == "ledger":
+        return ledger_bench.main(args, settings)
+    raise SystemExit(f"unknown benchmark {args.target}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tokentill",
+        description="tokentill: a double-entry ledger for billing LLM usage, on PostgreSQL. "
+        "Without TOKENTILL_DATABASE_URL it starts an embedded PostgreSQL under TOKENTILL_DATA_DIR.")
+    p.add_argument("--version", action="version", version=f"tokentill {version('tokentill')}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="migrate, then serve the HTTP API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.set_defaults(func=_serve)
+
+    migrate = sub.add_parser("migrate", help="apply database migrations (safe to run concurrently)")
+    migrate.set_defaults(func=_migrate)
+
+    audit = sub.add_parser("audit", help="audit commands").add_subparsers(dest="audit", required=True)
+    verify = audit.add_parser("verify", help="check the journal; exit 1 when any check fails")
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.set_defaults(func=_audit_verify)
+
+    bench = sub.add_parser("bench", help="benchmarks against pgbench on the same cluster")
+    bench.add_argument("target", choices=["ledger"])
+    bench.add_argument("--seconds", type=float, default=10.0, help="duration of each case")
+    bench.add_argument("--workers", type=int, default=64, help="concurrent posting tasks")
+    bench.add_argument("--accounts", type=int, default=10_000, help="accounts in the spread case")
+    bench.add_argument("--pgbench-clients", type=int, default=8)
+    bench.add_argument("--json", action="store_true", help="print figures as JSON")
+    bench.set_defaults(func=_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.func(args, Settings.from_env())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

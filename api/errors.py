@@ -1,0 +1,99 @@
+"""The one map from domain error codes to HTTP: every error leaves as RFC 9457 problem+json."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+from ledger.db import RetriesExhaustedError
+from ledger.errors import LedgerError
+
+log = logging.getLogger("tokentill.api")
+
+STATUS_BY_CODE = {
+    "insufficient_funds": 402,
+    "budget_exceeded": 429,
+    "unpriced_model": 422,
+    "validation_error": 422,
+    "idempotency_conflict": 409,
+    "not_found": 404,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "reservation_closed": 409,
+    "service_unavailable": 503,
+}
+CODE_BY_STATUS = {
+    400: "validation_error", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+    405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
+    415: "unsupported_media_type", 422: "validation_error", 429: "rate_limited",
+    503: "service_unavailable",
+}
+TITLES = {
+    "insufficient_funds": "Insufficient funds", "validation_error": "Invalid request",
+    "idempotency_conflict": "Idempotency key reused with a different request",
+    "not_found": "Not found", "unauthorized": "Unauthorized", "forbidden": "Forbidden",
+    "internal_error": "Internal server error",
+}
+
+
+class ApiError(Exception):
+    """An error raised by the HTTP layer itself (auth, lookups), with a stable code."""
+
+    def __init__(self, code: str, detail: str, status: int | None = None, **extra: Any) -> None:
+        super().__init__(detail)
+        self.code, self.detail, self.extra = code, detail, extra
+        self.status = status or STATUS_BY_CODE.get(code, 400)
+
+
+def problem(status: int, code: str, detail: str, request: Request | None = None,
+            **extra: Any) -> Response:
+    body = {"type": f"https://tokentill.dev/problems/{code}",
+            "title": TITLES.get(code, code.replace("_", " ").capitalize()),
+            "status": status, "code": code, "detail": detail, **extra}
+    if request is not None:
+        body["instance"] = request.url.path
+    return Response(body, status_code=status, media_type="application/problem+json")
+
+
+def _api_error(request: Request, exc: ApiError) -> Response:
+    return problem(exc.status, exc.code, exc.detail, request, **exc.extra)
+
+
+def _domain_error(request: Request, exc: LedgerError) -> Response:
+    extra = {k: v for k, v in exc.context.items() if isinstance(v, str | int | list | dict)}
+    return problem(STATUS_BY_CODE.get(exc.code, 422), exc.code, exc.detail, request, **extra)
+
+
+def _validation(request: Request, exc: ValidationException) -> Response:
+    fields = []
+    for item in exc.extra if isinstance(exc.extra, list) else []:
+        if isinstance(item, dict):
+            fields.append({"field": item.get("key") or item.get("source") or "body",
+                           "message": item.get("message", "")})
+    return problem(422, "validation_error", exc.detail or "invalid request", request, fields=fields)
+
+
+def _http(request: Request, exc: HTTPException) -> Response:
+    code = CODE_BY_STATUS.get(exc.status_code, "http_error")
+    return problem(exc.status_code, code, exc.detail or code, request)
+
+
+def _retries(request: Request, exc: RetriesExhaustedError) -> Response:
+    return problem(503, "service_unavailable", str(exc), request)
+
+
+def _internal(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem(500, "internal_error", "an internal error occurred; it has been logged", request)
+
+
+EXCEPTION_HANDLERS = {
+    ApiError: _api_error,
+    LedgerError: _domain_error,
+    ValidationException: _validation,
+    HTTPException: _http,
+    RetriesExhaustedError: _retries,
+    Exception: _internal,
+}

@@ -1,0 +1,77 @@
+"""Audit endpoints: the trial balance and `verify`, for auditors and admins."""
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from litestar import get, post
+from litestar.datastructures import State
+from litestar.params import Parameter
+
+from api.auth import require
+from api.errors import ApiError
+from ledger.audit import trial_balance
+from pricing.money import format_amount
+from wallets.audit import full_verify
+
+
+class TrialBalanceAccount(msgspec.Struct):
+    account: str
+    debits: str
+    credits: str
+    balance: str
+
+
+class TrialBalanceResponse(msgspec.Struct):
+    currency: str
+    accounts: list[TrialBalanceAccount]
+    total_debits: str
+    total_credits: str
+    balanced: bool
+
+
+class CheckResponse(msgspec.Struct):
+    name: str
+    ok: bool
+    detail: str
+    problems: list[str]
+
+
+class VerifyResponse(msgspec.Struct):
+    ok: bool
+    checks: list[CheckResponse]
+
+
+@get("/v1/audit/trial-balance", guards=[require("auditor")], tags=["audit"])
+async def get_trial_balance(
+    state: State, currency: Annotated[str | None, Parameter(query="currency", max_length=16)] = None
+) -> TrialBalanceResponse:
+    """Debits, credits and balance of every account in one currency; totals must be equal."""
+    db = state.services.db
+
+    async def read(conn):
+        tb = await trial_balance(conn)
+        chosen = currency or (next(iter(tb.totals)) if len(tb.totals) == 1 else "USD")
+        return tb, chosen, await state.services.asset_scale(conn, chosen)
+
+    tb, chosen, scale = await db.read(read)
+    if scale is None:
+        raise ApiError("not_found", f"no currency {chosen}")
+    lines = [line for line in tb.lines if line.asset == chosen]
+    debits, credits = tb.totals.get(chosen, (0, 0))
+    return TrialBalanceResponse(
+        currency=chosen,
+        accounts=[TrialBalanceAccount(line.account, format_amount(line.debits, scale),
+                                      format_amount(line.credits, scale),
+                                      format_amount(line.balance, scale)) for line in lines],
+        total_debits=format_amount(debits, scale), total_credits=format_amount(credits, scale),
+        balanced=debits == credits,
+    )
+
+
+@post("/v1/audit/verify", guards=[require("auditor")], status_code=200, tags=["audit"])
+async def post_verify(state: State) -> VerifyResponse:
+    """Run every integrity check on one snapshot; each failing check names what is wrong."""
+    report = await state.services.db.read(full_verify)
+    return VerifyResponse(ok=report.ok, checks=[
+        CheckResponse(c.name, c.ok, c.detail, list(c.problems)) for c in report.checks])

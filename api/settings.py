@@ -1,0 +1,41 @@
+"""Settings, read once from the environment and passed down; nothing else reads os.environ."""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "")
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        raise SystemExit(f"{name} must be an integer, not {raw!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str | None = None  # libpq URL; None: an embedded cluster under data_dir
+    data_dir: Path = Path(platformdirs.user_data_dir("tokentill"))
+    admin_key: str | None = None
+    pool_size: int = 10
+    scheduler: bool = True
+    seal_interval_s: int = 10
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        return cls(
+            database_url=env.get("TOKENTILL_DATABASE_URL") or None,
+            data_dir=Path(env.get("TOKENTILL_DATA_DIR") or platformdirs.user_data_dir("tokentill")),
+            admin_key=env.get("TOKENTILL_ADMIN_KEY") or None,
+            pool_size=_int(env, "TOKENTILL_POOL_SIZE", 10),
+            scheduler=env.get("TOKENTILL_SCHEDULER", "on").lower() not in ("0", "off", "false", "no"),
+            seal_interval_s=_int(env, "TOKENTILL_SEAL_INTERVAL_SECONDS", 10),
+            log_level=env.get("TOKENTILL_LOG_LEVEL", "INFO").upper(),
+        )

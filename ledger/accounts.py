@@ -1,0 +1,87 @@
+"""Persistence of assets and accounts, and reads of their cached balances."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ledger.errors import AccountMismatchError, UnknownAccountError
+from ledger.model import AccountSpec, AccountType
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    account: str
+    asset: str
+    debits: int
+    credits: int
+    normal_sign: int
+
+    @property
+    def normal(self) -> int:
+        """The balance in the account's normal direction (what a customer lot holds, say)."""
+        return self.normal_sign * (self.debits - self.credits)
+
+
+async def ensure_asset(conn: AsyncConnection, code: str, scale: int) -> None:
+    await conn.execute(
+        text("INSERT INTO assets (code, scale) VALUES (:c, :s) ON CONFLICT (code) DO NOTHING"),
+        {"c": code, "s": scale},
+    )
+
+
+async def open_account(conn: AsyncConnection, spec: AccountSpec) -> int:
+    """Create the account if it is new; an existing one must match the spec. Returns its id."""
+    row = (await conn.execute(
+        text("""INSERT INTO accounts (code, type, asset, customer_id, lower_bound, stripes)
+                VALUES (:code, :type, :asset, :customer, :bound, :stripes)
+                ON CONFLICT (code) DO NOTHING RETURNING id"""),
+        {"code": spec.code, "type": spec.type.value, "asset": spec.asset,
+         "customer": spec.customer_id, "bound": spec.lower_bound, "stripes": spec.stripes},
+    )).first()
+    if row:
+        return int(row[0])
+    existing = (await conn.execute(
+        text("SELECT id, type, asset, customer_id FROM accounts WHERE code = :code"), {"code": spec.code}
+    )).one()
+    if (AccountType(existing.type), existing.asset, existing.customer_id) != (
+            spec.type, spec.asset, spec.customer_id):
+        raise AccountMismatchError(f"account {spec.code} exists with another type, asset or customer",
+                                   account=spec.code)
+    return int(existing.id)
+
+
+async def set_lower_bound(conn: AsyncConnection, code: str, bound: int | None) -> None:
+    """Move an account's bound (an overdraft limit, say); fails if the balance is already past it."""
+    result = await conn.execute(
+        text("UPDATE accounts SET lower_bound = :b WHERE code = :c"), {"b": bound, "c": code}
+    )
+    if result.rowcount == 0:
+        raise UnknownAccountError(f"no account {code}", account=code)
+
+
+_BALANCES = """
+SELECT a.code, a.asset, b.normal_sign,
+       sum(b.debits)::numeric AS debits, sum(b.credits)::numeric AS credits
+  FROM accounts a JOIN account_balances b ON b.account_id = a.id
+ WHERE {where}
+ GROUP BY a.code, a.asset, b.normal_sign ORDER BY a.code
+"""
+
+
+async def balances(conn: AsyncConnection, codes: list[str]) -> dict[str, Balance]:
+    rows = await conn.execute(text(_BALANCES.format(where="a.code = ANY(:codes)")), {"codes": codes})
+    return {r.code: Balance(r.code, r.asset, int(r.debits), int(r.credits), r.normal_sign) for r in rows}
+
+
+async def customer_balances(conn: AsyncConnection, customer_id: str) -> dict[str, Balance]:
+    rows = await conn.execute(text(_BALANCES.format(where="a.customer_id = :c")), {"c": customer_id})
+    return {r.code: Balance(r.code, r.asset, int(r.debits), int(r.credits), r.normal_sign) for r in rows}
+
+
+async def balance(conn: AsyncConnection, code: str) -> Balance:
+    found = await balances(conn, [code])
+    if code not in found:
+        raise UnknownAccountError(f"no account {code}", account=code)
+    return found[code]

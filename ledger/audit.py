@@ -1,0 +1,145 @@
+"""Audit primitives: the trial balance, and `verify`, which proves the journal is whole.
+
+Each check is a plain query that returns what is wrong, naming the entry or the account, so an
+auditor can act on the report rather than on a bare `false`. Other layers add their own checks.
+"""
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ledger.seal import seal_problems
+
+LIMIT = 50  # problems listed per check; the count is always exact
+
+
+@dataclass(frozen=True, slots=True)
+class TrialBalanceLine:
+    account: str
+    asset: str
+    debits: int
+    credits: int
+
+    @property
+    def balance(self) -> int:
+        return self.debits - self.credits
+
+
+@dataclass(frozen=True, slots=True)
+class TrialBalance:
+    lines: tuple[TrialBalanceLine, ...]
+    totals: dict[str, tuple[int, int]]  # asset -> (total debits, total credits)
+
+    @property
+    def balanced(self) -> bool:
+        return all(d == c for d, c in self.totals.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    problems: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    checks: tuple[Check, ...] = field(default_factory=tuple)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+
+CheckFn = Callable[[AsyncConnection], Awaitable[Check]]
+
+
+async def trial_balance(conn: AsyncConnection, asset: str | None = None) -> TrialBalance:
+    rows = (await conn.execute(text(
+        """SELECT a.code, a.asset, sum(b.debits)::numeric AS d, sum(b.credits)::numeric AS c
+             FROM accounts a JOIN account_balances b ON b.account_id = a.id
+            WHERE CAST(:asset AS text) IS NULL OR a.asset = :asset
+            GROUP BY a.code, a.asset ORDER BY a.asset, a.code"""), {"asset": asset})).all()
+    lines = tuple(TrialBalanceLine(r.code, r.asset, int(r.d), int(r.c)) for r in rows)
+    totals: dict[str, tuple[int, int]] = {}
+    for line in lines:
+        d, c = totals.get(line.asset, (0, 0))
+        totals[line.asset] = (d + line.debits, c + line.credits)
+    return TrialBalance(lines, totals)
+
+
+async def _query_check(conn: AsyncConnection, name: str, sql: str, ok_detail: str) -> Check:
+    rows = (await conn.execute(text(sql))).all()
+    if not rows:
+        return Check(name, True, ok_detail)
+    problems = tuple(row[0] for row in rows[:LIMIT])
+    return Check(name, False, f"{len(rows)} found; first: {problems[0]}", problems)
+
+
+async def entries_balanced(conn: AsyncConnection) -> Check:
+    return await _query_check(conn, "entries_balanced", """
+        SELECT format('entry %s does not balance in %s by %s', p.entry_id, a.asset, sum(p.amount))
+          FROM postings p JOIN accounts a ON a.id = p.account_id
+         GROUP BY p.entry_id, a.asset HAVING sum(p.amount) <> 0
+        UNION ALL
+        SELECT format('entry %s has fewer than two postings', j.id)
+          FROM journal_entries j
+         WHERE (SELECT count(*) FROM postings p WHERE p.entry_id = j.id) < 2
+        """, "every entry balances per asset")
+
+
+async def balances_match_postings(conn: AsyncConnection) -> Check:
+    return await _query_check(conn, "cached_balances", """
+        SELECT format('account %s stripe %s: cached %s/%s, postings say %s/%s', a.code, b.stripe,
+                      b.debits, b.credits, coalesce(s.d, 0), coalesce(s.c, 0))
+          FROM account_balances b JOIN accounts a ON a.id = b.account_id
+          LEFT JOIN (SELECT account_id, stripe,
+                            sum(amount) FILTER (WHERE amount > 0) AS d,
+                            -sum(amount) FILTER (WHERE amount < 0) AS c
+                       FROM postings GROUP BY account_id, stripe) s
+            ON s.account_id = b.account_id AND s.stripe = b.stripe
+         WHERE b.debits <> coalesce(s.d, 0) OR b.credits <> coalesce(s.c, 0)
+        UNION ALL
+        SELECT format('posting %s names account %s stripe %s, which has no balance row',
+                      p.id, p.account_id, p.stripe)
+          FROM postings p LEFT JOIN account_balances b
+            ON b.account_id = p.account_id AND b.stripe = p.stripe
+         WHERE b.account_id IS NULL
+        """, "cached balances equal posting sums")
+
+
+async def bounds_hold(conn: AsyncConnection) -> Check:
+    return await _query_check(conn, "bounds", """
+        SELECT format('account %s is at %s, below its bound %s', a.code,
+                      b.normal_sign * (b.debits - b.credits), a.lower_bound)
+          FROM account_balances b JOIN accounts a ON a.id = b.account_id
+         WHERE a.lower_bound IS NOT NULL AND b.normal_sign * (b.debits - b.credits) < a.lower_bound
+        """, "no account is below its bound")
+
+
+async def trial_balance_zero(conn: AsyncConnection) -> Check:
+    tb = await trial_balance(conn)
+    off = [f"{asset}: debits {d} != credits {c}" for asset, (d, c) in tb.totals.items() if d != c]
+    return Check("trial_balance", not off, off[0] if off else "debits equal credits in every asset",
+                 tuple(off))
+
+
+async def seals_intact(conn: AsyncConnection) -> Check:
+    problems = await seal_problems(conn)
+    if not problems:
+        return Check("seals", True, "every sealed entry is as it was sealed")
+    return Check("seals", False, f"{len(problems)} found; first: {problems[0]}", tuple(problems[:LIMIT]))
+
+
+LEDGER_CHECKS: tuple[CheckFn, ...] = (
+    entries_balanced, balances_match_postings, bounds_hold, trial_balance_zero, seals_intact,
+)
+
+
+async def verify(conn: AsyncConnection, extra: tuple[CheckFn, ...] = ()) -> Report:
+    """Run every check on one snapshot; a failing check names what is wrong."""
+    return Report(tuple([await check(conn) for check in (*LEDGER_CHECKS, *extra)]))

@@ -1,0 +1,185 @@
+"""Posting journal entries: in a caller's unit of work, or coalesced across concurrent callers.
+
+`post_entries` sends a whole batch to the `ledger_post` SQL function in one round trip.
+`GroupPoster` lets many concurrent tasks post standalone entries: entries that arrive while a
+batch is in flight ride together in the next transaction (group commit), so one hot account does
+not turn into a storm of serialization retries. Each caller still gets its own entry's outcome.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import weakref
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass
+from enum import StrEnum
+
+from prometheus_client import Histogram
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ledger.db import Database
+from ledger.errors import (
+    AccountMismatchError,
+    BelowBoundError,
+    IdempotencyConflictError,
+    UnknownAccountError,
+)
+from ledger.model import JournalEntry
+
+BATCH_SIZE = Histogram(
+    "tokentill_ledger_batch_entries", "Entries per ledger_post round trip",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+
+
+class Outcome(StrEnum):
+    POSTED = "posted"
+    REPLAYED = "replayed"
+    CONFLICT = "conflict"
+    BELOW_BOUND = "below_bound"
+
+
+@dataclass(frozen=True, slots=True)
+class PostResult:
+    key: str
+    outcome: Outcome
+    entry_id: int | None
+    detail: str | None = None
+
+    def raise_for_outcome(self) -> PostResult:
+        """Return self when the entry is in the ledger (posted or replayed), else raise its error."""
+        if self.outcome in (Outcome.POSTED, Outcome.REPLAYED):
+            return self
+        error = {Outcome.CONFLICT: IdempotencyConflictError, Outcome.BELOW_BOUND: BelowBoundError}[
+            self.outcome]
+        raise error(f"entry {self.key}: {self.outcome.value} {self.detail or ''}".strip(),
+                    key=self.key, account=self.detail)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountInfo:
+    id: int
+    asset: str
+    customer_id: str | None
+    stripes: int
+
+
+# code -> AccountInfo, per engine. What is cached never changes (a database trigger forbids it).
+_directories: weakref.WeakKeyDictionary[object, dict[str, AccountInfo]] = weakref.WeakKeyDictionary()
+
+
+async def _resolve(conn: AsyncConnection, codes: set[str]) -> dict[str, AccountInfo]:
+    directory = _directories.setdefault(conn.sync_engine, {})
+    missing = [c for c in codes if c not in directory]
+    if missing:
+        rows = await conn.exec_driver_sql(
+            "SELECT code, id, asset, customer_id, stripes FROM accounts WHERE code = ANY(%s)", (missing,))
+        for code, id_, asset, customer, stripes in rows:
+            directory[code] = AccountInfo(id_, asset, customer, stripes)
+    unknown = sorted(c for c in codes if c not in directory)
+    if unknown:
+        raise UnknownAccountError(f"no account {unknown[0]}", account=unknown[0])
+    return directory
+
+
+def _wire(entry: JournalEntry, accounts: dict[str, AccountInfo]) -> tuple[dict, set[tuple[int, int]]]:
+    legs, deltas = [], defaultdict(int)
+    for p in entry.postings:
+        info = accounts[p.account]
+        if info.asset != p.asset:
+            raise AccountMismatchError(f"account {p.account} holds {info.asset}, not {p.asset}",
+                                       account=p.account)
+        if info.customer_id is not None and info.customer_id != entry.customer_id:
+            raise AccountMismatchError(f"account {p.account} belongs to another customer",
+                                       account=p.account)
+        stripe = zlib.crc32(entry.key.encode()) % info.stripes if info.stripes > 1 else 0
+        legs.append([info.id, stripe, p.amount])
+        deltas[(info.id, stripe)] += p.amount
+    wire = {"k": entry.key, "h": entry.request_hash().hex(), "kind": entry.kind,
+            "c": entry.customer_id, "at": entry.occurred_at.isoformat(), "m": entry.metadata,
+            "p": legs, "d": [[a, s, d] for (a, s), d in deltas.items() if d]}
+    return wire, set(deltas)
+
+
+async def post_entries(conn: AsyncConnection, entries: list[JournalEntry]) -> list[PostResult]:
+    """Post `entries` in the caller's transaction; one outcome per entry, in order.
+
+    Raises for what is wrong with the request itself (unknown account, mismatched asset or
+    customer); returns refusals that depend on the ledger's state (bounds, key conflicts).
+    """
+    if not entries:
+        return []
+    accounts = await _resolve(conn, {p.account for e in entries for p in e.postings})
+    wires, touched = [], set()
+    for entry in entries:
+        wire, keys = _wire(entry, accounts)
+        wires.append(wire)
+        touched |= keys
+    order = sorted(touched)
+    rows = (await conn.exec_driver_sql(
+        "SELECT idx, status, entry_id, detail FROM ledger_post(%s::jsonb, %s, %s::smallint[])",
+        (json.dumps(wires, separators=(",", ":")), [a for a, _ in order], [s for _, s in order]),
+    )).all()
+    BATCH_SIZE.observe(len(entries))
+    by_index = {row[0]: row for row in rows}
+    codes = {info.id: code for code, info in accounts.items()}
+    results = []
+    for i, entry in enumerate(entries, start=1):
+        _, status, entry_id, detail = by_index[i]
+        if detail is not None and detail.isdigit():
+            detail = codes.get(int(detail), detail)
+        results.append(PostResult(entry.key, Outcome(status), entry_id, detail))
+    return results
+
+
+async def post(conn: AsyncConnection, entry: JournalEntry) -> PostResult:
+    """Post one entry in the caller's transaction; raises the entry's error if it is refused."""
+    return (await post_entries(conn, [entry]))[0].raise_for_outcome()
+
+
+class GroupPoster:
+    """Coalesces concurrent standalone posts into shared SERIALIZABLE transactions."""
+
+    def __init__(self, db: Database, *, max_batch: int = 256) -> None:
+        self._db = db
+        self._max_batch = max_batch
+        self._queue: list[tuple[JournalEntry, asyncio.Future[PostResult]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def post(self, entry: JournalEntry) -> PostResult:
+        """Post `entry` once it is committed; returns its outcome (refusals included, not raised)."""
+        future: asyncio.Future[PostResult] = asyncio.get_running_loop().create_future()
+        self._queue.append((entry, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch:]
+            entries = [entry for entry, _ in batch]
+            if len(batch) > 1:
+                try:
+                    results = await self._db.run(lambda conn: post_entries(conn, entries))
+                except Exception:
+                    for one in batch:
+                        await self._post_alone(*one)
+                    continue
+                for (_, future), result in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+            else:
+                await self._post_alone(*batch[0])
+
+    async def _post_alone(self, entry: JournalEntry, future: asyncio.Future[PostResult]) -> None:
+        try:
+            result = await self._db.run(lambda conn: post_entries(conn, [entry]))
+        except Exception as exc:
+            if not future.done():
+                future.set_exception(exc)
+            return
+        if not future.done():
+            future.set_result(result[0])
+
+

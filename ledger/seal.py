@@ -1,0 +1,107 @@
+"""Tamper evidence without a write hotspot: a job seals batches of committed entries.
+
+Seal k covers every entry whose inserting transaction id lies in [from_txid, to_txid), where
+to_txid is the xmin of the sealer's snapshot: no transaction below it can still commit, so a
+sealed range is complete and never grows. Each entry gets a sha256 over its header and postings;
+a seal stores those hashes and chains them: chain_hash = sha256(prev_hash || entry hashes).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+SEAL_LOCK = 7_402_211_902
+GENESIS = bytes(32)
+MAX_TXIDS_PER_SEAL = 5000
+
+_ENTRIES = text("""
+SELECT j.id, j.key, j.request_hash, j.kind, j.customer_id, j.metadata, j.txid::text AS txid,
+       to_char(j.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US') AS occurred_at,
+       coalesce((SELECT jsonb_agg(jsonb_build_array(p.id, a.code, p.stripe, p.amount) ORDER BY p.id)
+                   FROM postings p JOIN accounts a ON a.id = p.account_id
+                  WHERE p.entry_id = j.id), '[]'::jsonb) AS postings
+  FROM journal_entries j
+ WHERE j.txid >= CAST(:lo AS xid8) AND j.txid < CAST(:hi AS xid8)
+ ORDER BY j.id
+""")
+
+
+@dataclass(frozen=True, slots=True)
+class Seal:
+    id: int
+    from_txid: int
+    to_txid: int
+    entries: int
+
+
+def entry_hash(row) -> bytes:
+    body = [row.id, row.key, row.request_hash.hex(), row.kind, row.customer_id, row.metadata,
+            row.txid, row.occurred_at, row.postings]
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).digest()
+
+
+def chain(prev: bytes, hashes: list[bytes]) -> bytes:
+    return hashlib.sha256(prev + b"".join(hashes)).digest()
+
+
+async def hashes_between(conn: AsyncConnection, lo: int, hi: int) -> dict[int, bytes]:
+    rows = await conn.execute(_ENTRIES, {"lo": str(lo), "hi": str(hi)})
+    return {row.id: entry_hash(row) for row in rows}
+
+
+async def seal_once(conn: AsyncConnection) -> Seal | None:
+    """Seal what has committed since the last seal. One sealer at a time; others return None."""
+    if not (await conn.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": SEAL_LOCK})).scalar():
+        return None
+    last = (await conn.execute(text(
+        "SELECT to_txid::text, chain_hash FROM seals ORDER BY id DESC LIMIT 1"))).first()
+    lo, prev = (int(last[0]), bytes(last[1])) if last else (0, GENESIS)
+    hi = int((await conn.execute(text(
+        "SELECT pg_snapshot_xmin(pg_current_snapshot())::text"))).scalar_one())
+    cap = (await conn.execute(text(
+        """SELECT txid::text FROM (SELECT DISTINCT txid FROM journal_entries
+            WHERE txid >= CAST(:lo AS xid8) AND txid < CAST(:hi AS xid8) ORDER BY txid
+            OFFSET :n LIMIT 1) t"""), {"lo": str(lo), "hi": str(hi), "n": MAX_TXIDS_PER_SEAL})).scalar()
+    hi = int(cap) if cap is not None else hi
+    if hi <= lo:
+        return None
+    hashes = await hashes_between(conn, lo, hi)
+    if not hashes:
+        return None
+    ids = sorted(hashes)
+    ordered = [hashes[i] for i in ids]
+    seal_id = (await conn.execute(text(
+        """INSERT INTO seals (from_txid, to_txid, entry_ids, entry_hashes, prev_hash, chain_hash)
+           VALUES (CAST(:lo AS xid8), CAST(:hi AS xid8), :ids, :hashes, :prev, :chain) RETURNING id"""),
+        {"lo": str(lo), "hi": str(hi), "ids": ids, "hashes": ordered, "prev": prev,
+         "chain": chain(prev, ordered)})).scalar_one()
+    return Seal(seal_id, lo, hi, len(ids))
+
+
+async def seal_problems(conn: AsyncConnection) -> list[str]:
+    """Every way the sealed history differs from the journal as it is now, naming entries."""
+    problems: list[str] = []
+    prev, expected_lo = GENESIS, 0
+    seals = await conn.execute(text(
+        """SELECT id, from_txid::text AS lo, to_txid::text AS hi, entry_ids, entry_hashes,
+                  prev_hash, chain_hash FROM seals ORDER BY id"""))
+    for s in seals.all():
+        if int(s.lo) != expected_lo or bytes(s.prev_hash) != prev:
+            problems.append(f"seal {s.id} does not follow the seal before it")
+        sealed = dict(zip(s.entry_ids, (bytes(h) for h in s.entry_hashes), strict=True))
+        if chain(bytes(s.prev_hash), list(sealed.values())) != bytes(s.chain_hash):
+            problems.append(f"seal {s.id} chain hash does not match its entry hashes")
+        now = await hashes_between(conn, int(s.lo), int(s.hi))
+        for entry_id in sorted(sealed.keys() | now.keys()):
+            if entry_id not in now:
+                problems.append(f"entry {entry_id} sealed by seal {s.id} is missing")
+            elif entry_id not in sealed:
+                problems.append(f"entry {entry_id} appeared inside sealed range of seal {s.id}")
+            elif now[entry_id] != sealed[entry_id]:
+                problems.append(f"entry {entry_id} was altered after seal {s.id}")
+        prev, expected_lo = bytes(s.chain_hash), int(s.hi)
+    return problems

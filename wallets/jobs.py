@@ -1,0 +1,55 @@
+"""Time-driven work on APScheduler. Every job is idempotent, safe when several processes run it
+at once (advisory locks and unique keys in the database), and catches up after downtime because
+it works from what the database says is due, not from what the scheduler remembers."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from prometheus_client import Counter
+
+from ledger.db import Database
+from ledger.seal import seal_once
+
+log = logging.getLogger("tokentill.jobs")
+JOB_RUNS = Counter("tokentill_job_runs", "Scheduled job runs", ["job", "result"])
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    name: str
+    every_s: int
+    run: Callable[[Database], Awaitable[object]]
+
+
+async def seal_journal(db: Database) -> object:
+    """Seal everything committed since the last seal (loops until caught up)."""
+    sealed = 0
+    while (seal := await db.run(seal_once)) is not None:
+        sealed += seal.entries
+    return sealed
+
+
+def jobs(seal_interval_s: int) -> list[Job]:
+    return [Job("seal_journal", seal_interval_s, seal_journal)]
+
+
+async def run_job(db: Database, job: Job) -> None:
+    try:
+        result = await job.run(db)
+    except Exception:
+        JOB_RUNS.labels(job.name, "error").inc()
+        log.exception("job %s failed; it will run again", job.name)
+        return
+    JOB_RUNS.labels(job.name, "ok").inc()
+    log.debug("job %s: %s", job.name, result)
+
+
+def build_scheduler(db: Database, job_list: list[Job]) -> AsyncIOScheduler:
+    scheduler = AsyncIOScheduler(timezone="UTC")
+    for job in job_list:
+        scheduler.add_job(run_job, "interval", seconds=job.every_s, args=[db, job], id=job.name,
+                          coalesce=True, max_instances=1, misfire_grace_time=None)
+    return scheduler
