@@ -1,0 +1,358 @@
+"""Price books: versioned, effective-dated sets of price rules, validated when built.
+
+Rule precedence, when several rules of a version match one usage token type:
+
+1. a rule naming the exact model beats a rule with a glob ``model`` pattern (``fnmatchcase``:
+   ``*``, ``?``, ``[seq]``; e.g. ``"gpt-4o*"``), which beats a rule without a model;
+2. then a rule with more ``match`` dimensions beats one with fewer;
+3. any tie left is an ambiguity, refused when the version is built. Two patterns are treated
+   as overlapping unless their literal prefixes or suffixes prove them disjoint, so
+   ``"gpt-4o*"`` and ``"gpt-4o-mini*"`` in one version is an error: name models exactly.
+
+Fallbacks when no rule prices a token type: ``reasoning`` is priced as ``output``;
+``cached_input`` and ``cache_write`` as ``input``. Prices are per 1,000,000 tokens, or per
+call for ``request``.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_right
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from fnmatch import fnmatchcase
+
+from pricing.errors import PriceBookValidationError, UnpricedModelError, field_error
+from pricing.money import to_decimal
+
+TOKEN_TYPES: tuple[str, ...] = (
+    "input", "cached_input", "cache_write", "output", "reasoning",
+    "tool", "embedding", "image", "audio", "request",
+)
+FALLBACKS: dict[str, tuple[str, ...]] = {
+    "reasoning": ("output",),
+    "cached_input": ("input",),
+    "cache_write": ("input",),
+}
+TIER_MODES = ("graduated", "volume")
+TOKENS_PER_PRICE_UNIT = 1_000_000
+MAX_PRICE = Decimal(10) ** 9
+MAX_PRICE_DECIMALS = 18
+_PATTERN_CHARS = "*?["
+_CURRENCY_RE = re.compile(r"[A-Z]{3}")
+
+DimValue = str | int | bool
+
+
+def per_units(token_type: str) -> int:
+    """How many units one price covers: 1 call for ``request``, else 1,000,000 tokens."""
+    return 1 if token_type == "request" else TOKENS_PER_PRICE_UNIT
+
+
+def is_pattern(model: str) -> bool:
+    """Whether a rule's model is a glob pattern rather than an exact model name."""
+    return any(c in model for c in _PATTERN_CHARS)
+
+
+def model_rank(rule_model: str | None, model: str) -> int | None:
+    """2 exact, 1 pattern, 0 any model; None when the rule does not apply to ``model``."""
+    if rule_model is None:
+        return 0
+    if is_pattern(rule_model):
+        return 1 if fnmatchcase(model, rule_model) else None
+    return 2 if rule_model == model else None
+
+
+def patterns_may_overlap(a: str, b: str) -> bool:
+    """Conservative test: False only when no model name can match both globs."""
+    def prefix(p: str) -> str:
+        cut = min((p.index(c) for c in _PATTERN_CHARS if c in p), default=len(p))
+        return p[:cut]
+
+    def suffix(p: str) -> str:
+        cut = max((p.rindex(c) for c in "*?]" if c in p), default=-1)
+        return p[cut + 1:]
+
+    pa, pb, sa, sb = prefix(a), prefix(b), suffix(a), suffix(b)
+    prefixes_ok = pa.startswith(pb) or pb.startswith(pa)
+    suffixes_ok = sa.endswith(sb) or sb.endswith(sa)
+    return prefixes_ok and suffixes_ok
+
+
+def _price(value: object, name: str, errors: list[dict[str, str]]) -> Decimal | None:
+    try:
+        price = to_decimal(value, name)
+    except (TypeError, ValueError) as exc:
+        errors.append(field_error(name, str(exc).split(": ", 1)[-1]))
+        return None
+    if price > MAX_PRICE or -price.as_tuple().exponent > MAX_PRICE_DECIMALS:  # type: ignore[operator]
+        errors.append(field_error(name, f"at most {MAX_PRICE} with {MAX_PRICE_DECIMALS} decimals"))
+        return None
+    return price
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    """One step of a tiered price: units up to ``up_to`` (inclusive; None = no limit)."""
+
+    up_to: int | None
+    price: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A price for one token type, optionally limited to a model and to dimension values."""
+
+    id: str
+    token_type: str
+    price: Decimal | None = None
+    model: str | None = None
+    match: tuple[tuple[str, DimValue], ...] = ()
+    tiers: tuple[Tier, ...] = ()
+    tier_mode: str = "graduated"
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        errors = self._normalize()
+        if errors:
+            raise PriceBookValidationError(errors)
+
+    def _normalize(self) -> list[dict[str, str]]:
+        errors: list[dict[str, str]] = []
+        if not isinstance(self.id, str) or not self.id:
+            errors.append(field_error("id", "must be a non-empty string"))
+        if self.token_type not in TOKEN_TYPES:
+            errors.append(field_error("token_type", f"must be one of {', '.join(TOKEN_TYPES)}"))
+        if self.model is not None and (not isinstance(self.model, str) or not self.model):
+            errors.append(field_error("model", "must be a non-empty string or absent"))
+        if self.tier_mode not in TIER_MODES:
+            errors.append(field_error("tier_mode", "must be graduated or volume"))
+        object.__setattr__(self, "match", self._normalized_match(errors))
+        self._normalize_price(errors)
+        return errors
+
+    def _normalized_match(self, errors: list[dict[str, str]]) -> tuple[tuple[str, DimValue], ...]:
+        items = self.match.items() if isinstance(self.match, Mapping) else self.match
+        pairs: dict[str, DimValue] = {}
+        for key, value in items:
+            if not isinstance(key, str) or not key or key == "model":
+                errors.append(field_error("match", f"bad dimension name {key!r}"))
+            elif isinstance(value, float) or not isinstance(value, str | int):
+                errors.append(field_error(f"match.{key}", "must be a string, int or bool"))
+            elif key in pairs:
+                errors.append(field_error(f"match.{key}", "duplicate dimension"))
+            else:
+                pairs[key] = value
+        return tuple(sorted(pairs.items()))
+
+    def _normalize_price(self, errors: list[dict[str, str]]) -> None:
+        if (self.price is None) == (not self.tiers):
+            errors.append(field_error("price", "give either price or tiers, not both or neither"))
+        if self.price is not None:
+            object.__setattr__(self, "price", _price(self.price, "price", errors))
+        if self.tiers:
+            object.__setattr__(self, "tiers", _normalized_tiers(self.tiers, errors))
+        elif self.tier_mode == "volume":
+            errors.append(field_error("tier_mode", "volume pricing needs tiers"))
+
+    @property
+    def match_dict(self) -> dict[str, DimValue]:
+        """The dimension constraints as a plain dict."""
+        return dict(self.match)
+
+    def matches(self, model: str, dimensions: Mapping[str, DimValue]) -> int | None:
+        """The model rank (2/1/0) when this rule applies to the model and dimensions, else None."""
+        rank = model_rank(self.model, model)
+        if rank is None:
+            return None
+        for key, value in self.match:
+            other = dimensions.get(key)
+            if type(other) is not type(value) or other != value:
+                return None
+        return rank
+
+    def max_price(self) -> Decimal:
+        """The highest unit price this rule can charge (flat price or the dearest tier)."""
+        if self.price is not None:
+            return self.price
+        return max(t.price for t in self.tiers)
+
+
+def _normalized_tiers(raw: Iterable[object], errors: list[dict[str, str]]) -> tuple[Tier, ...]:
+    tiers: list[Tier] = []
+    items = list(raw)
+    previous = 0
+    for i, item in enumerate(items):
+        up_to, price = (item.up_to, item.price) if isinstance(item, Tier) else _tier_fields(item)
+        name = f"tiers[{i}]"
+        last = i == len(items) - 1
+        if last and up_to is not None:
+            errors.append(field_error(f"{name}.up_to", "the last tier must have up_to null"))
+        elif not last and (isinstance(up_to, bool) or not isinstance(up_to, int)):
+            errors.append(field_error(f"{name}.up_to", "must be an integer (only the last tier is open)"))
+        elif not last and up_to <= previous:  # type: ignore[operator]
+            errors.append(field_error(f"{name}.up_to", "tiers must be strictly increasing and positive"))
+        else:
+            previous = up_to if up_to is not None else previous
+        checked = _price(price, f"{name}.price", errors)
+        tiers.append(Tier(up_to if isinstance(up_to, int) else None, checked or Decimal(0)))
+    return tuple(tiers)
+
+
+def _tier_fields(item: object) -> tuple[object, object]:
+    if isinstance(item, Mapping):
+        return item.get("up_to"), item.get("price")
+    return None, None
+
+
+@dataclass(frozen=True, slots=True)
+class PriceVersion:
+    """The rules of a price book in force from ``effective_from`` (aware UTC) on."""
+
+    book_id: str
+    currency: str
+    effective_from: datetime
+    rules: tuple[Rule, ...]
+    version: str = ""
+    _by_type: dict[str, tuple[Rule, ...]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        errors = validate_version_fields(self)
+        if errors:
+            raise PriceBookValidationError(errors)
+        object.__setattr__(self, "effective_from", self.effective_from.astimezone(UTC))
+        object.__setattr__(self, "rules", tuple(self.rules))
+        if not self.version:
+            object.__setattr__(self, "version", self.effective_from.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        index: dict[str, list[Rule]] = {}
+        for rule in self.rules:
+            index.setdefault(rule.token_type, []).append(rule)
+        object.__setattr__(self, "_by_type", {k: tuple(v) for k, v in index.items()})
+
+    def rules_for(self, token_type: str) -> tuple[Rule, ...]:
+        """The rules of one token type, in book order."""
+        return self._by_type.get(token_type, ())
+
+    def find_rule(self, token_type: str, model: str, dimensions: Mapping[str, DimValue]) -> Rule | None:
+        """The rule that prices this exact token type by the documented precedence (no fallback)."""
+        best: list[Rule] = []
+        best_key = (-1, -1)
+        for rule in self.rules_for(token_type):
+            rank = rule.matches(model, dimensions)
+            if rank is None:
+                continue
+            key = (rank, len(rule.match))
+            if key > best_key:
+                best, best_key = [rule], key
+            elif key == best_key:
+                best.append(rule)
+        if len(best) > 1:
+            ids = ", ".join(r.id for r in best)
+            raise PriceBookValidationError("rules", f"ambiguous rules for {model}/{token_type}: {ids}")
+        return best[0] if best else None
+
+    def resolve(self, token_type: str, model: str, dimensions: Mapping[str, DimValue]) -> Rule:
+        """The rule pricing a token type, with fallbacks; UnpricedModelError when there is none."""
+        for candidate in (token_type, *FALLBACKS.get(token_type, ())):
+            rule = self.find_rule(candidate, model, dimensions)
+            if rule is not None:
+                return rule
+        raise UnpricedModelError(
+            f"no rule of price book {self.book_id} version {self.version} prices "
+            f"{token_type} for model {model}",
+            model=model,
+            token_type=token_type,
+        )
+
+
+def validate_version_fields(version: PriceVersion) -> list[dict[str, str]]:
+    """All problems of a version: identity, currency, time, duplicate ids and ambiguous rules."""
+    errors: list[dict[str, str]] = []
+    if not isinstance(version.book_id, str) or not version.book_id:
+        errors.append(field_error("id", "must be a non-empty string"))
+    if not isinstance(version.currency, str) or not _CURRENCY_RE.fullmatch(version.currency):
+        errors.append(field_error("currency", "must be a three-letter upper-case code"))
+    at = version.effective_from
+    if not isinstance(at, datetime) or at.tzinfo is None or at.utcoffset() is None:
+        errors.append(field_error("effective_from", "must be an aware datetime (UTC)"))
+    if not isinstance(version.version, str):
+        errors.append(field_error("version", "must be a string"))
+    rules = tuple(version.rules)
+    seen: set[str] = set()
+    for i, rule in enumerate(rules):
+        if not isinstance(rule, Rule):
+            errors.append(field_error(f"rules[{i}]", "must be a Rule"))
+        elif rule.id in seen:
+            errors.append(field_error(f"rules[{i}].id", f"duplicate rule id {rule.id!r}"))
+        else:
+            seen.add(rule.id)
+    if not errors:
+        errors.extend(ambiguity_errors(rules))
+    return errors
+
+
+def _may_tie(a: Rule, b: Rule) -> bool:
+    if a.token_type != b.token_type or len(a.match) != len(b.match):
+        return False
+    da, db = a.match_dict, b.match_dict
+    if any(k in db and (type(db[k]) is not type(v) or db[k] != v) for k, v in da.items()):
+        return False
+    if a.model is None or b.model is None:
+        return a.model is None and b.model is None
+    if is_pattern(a.model) != is_pattern(b.model):
+        return False
+    if is_pattern(a.model):
+        return patterns_may_overlap(a.model, b.model)
+    return a.model == b.model
+
+
+def ambiguity_errors(rules: tuple[Rule, ...]) -> list[dict[str, str]]:
+    """Pairs of rules that precedence cannot order for some possible usage."""
+    errors: list[dict[str, str]] = []
+    for i, a in enumerate(rules):
+        for j in range(i + 1, len(rules)):
+            if _may_tie(a, rules[j]):
+                errors.append(field_error(
+                    f"rules[{j}]",
+                    f"ambiguous with rule {a.id!r}: same token type, model specificity and "
+                    "number of match dimensions, and both can match one usage",
+                ))
+    return errors
+
+
+@dataclass(frozen=True, slots=True)
+class PriceBook:
+    """A named price book: its versions sorted by ``effective_from``."""
+
+    id: str
+    currency: str
+    versions: tuple[PriceVersion, ...]
+
+    def __post_init__(self) -> None:
+        versions = tuple(sorted(self.versions, key=lambda v: v.effective_from))
+        errors: list[dict[str, str]] = []
+        for i, v in enumerate(versions):
+            if v.book_id != self.id or v.currency != self.currency:
+                errors.append(field_error(f"versions[{i}]", "belongs to another book or currency"))
+            if i and v.effective_from == versions[i - 1].effective_from:
+                errors.append(field_error(f"versions[{i}].effective_from", "two versions at one time"))
+        if len({v.version for v in versions}) != len(versions):
+            errors.append(field_error("versions", "version identifiers must be unique"))
+        if errors:
+            raise PriceBookValidationError(errors)
+        object.__setattr__(self, "versions", versions)
+
+    def version_at(self, at: datetime) -> PriceVersion:
+        """The version in force at ``at`` (latest effective_from <= at), by usage time."""
+        if at.tzinfo is None or at.utcoffset() is None:
+            raise TypeError("usage time must be an aware datetime")
+        i = bisect_right([v.effective_from for v in self.versions], at)
+        if i == 0:
+            raise UnpricedModelError(f"price book {self.id} has no version in force at {at.isoformat()}")
+        return self.versions[i - 1]
+
+    def with_version(self, version: PriceVersion) -> PriceBook:
+        """A new book with one more version."""
+        return PriceBook(self.id, self.currency, (*self.versions, version))

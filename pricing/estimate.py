@@ -1,0 +1,121 @@
+"""Upper-bound cost of a model call before it runs, for the reservation hold.
+
+The bound is: prompt tokens at the input price, plus ``max_output_tokens`` at the higher of
+the output and reasoning prices (a reasoning model may spend its whole output budget either
+way), plus one call of any per-request fee rule. Tiered rules count at their dearest tier;
+customer contract prices apply, discounts and allowances do not (they only lower a bill, and
+a hold must not be too small). The result is a :class:`~pricing.rating.Rating` rounded by the
+same single rule as any entry. Unpriced usage raises ``unpriced_model``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from pricing.books import DimValue, PriceBook, PriceVersion, Rule, per_units
+from pricing.errors import InvalidUsageError, UnpricedModelError
+from pricing.money import DEFAULT_SCALE, pricing_context
+from pricing.overrides import Overrides
+from pricing.rating import Line, Rating, build_rating
+from pricing.tokens import TokenCount, TokenCounter, default_counter
+from pricing.usage import Usage
+
+
+def _unit_price(rule: Rule, model: str, token_type: str, overrides: Overrides) -> tuple[Decimal, str | None]:
+    contract = overrides.contract_for(model, token_type, rule.token_type)
+    return (contract.price, contract.id) if contract else (rule.max_price(), None)
+
+
+def _line(version: PriceVersion, model: str, token_type: str, quantity: int, rule: Rule,
+          overrides: Overrides) -> Line:
+    price, override_id = _unit_price(rule, model, token_type, overrides)
+    with pricing_context():
+        amount = quantity * price / per_units(token_type)
+    return Line("usage", token_type, quantity, price, amount, 0, rule.id, version.version, model, override_id)
+
+
+def _version(book_or_version: PriceBook | PriceVersion, at: datetime) -> PriceVersion:
+    if isinstance(book_or_version, PriceBook):
+        return book_or_version.version_at(at)
+    if at < book_or_version.effective_from:
+        raise UnpricedModelError(f"version {book_or_version.version} is not in force at {at.isoformat()}")
+    return book_or_version
+
+
+def estimate_upper_bound(
+    version: PriceBook | PriceVersion,
+    model: str,
+    prompt_tokens: int,
+    max_output_tokens: int,
+    dimensions: Mapping[str, DimValue] | None,
+    at: datetime,
+    *,
+    overrides: Overrides | None = None,
+    scale: int = DEFAULT_SCALE,
+) -> Rating:
+    """The most a call can cost: prompt at input price, output budget at the dearer of
+    output/reasoning, plus any per-request fee; rounded once like any entry."""
+    # Usage validates model, counts (ints only), dimensions and the time in one place.
+    probe = Usage(model, {"input": prompt_tokens, "output": max_output_tokens}, at, dimensions or {})
+    resolved = _version(version, probe.occurred_at)
+    overrides = overrides or Overrides()
+    dims = probe.dimension_dict
+    input_rule = resolved.resolve("input", model, dims)
+    output_line = max(
+        (_line(resolved, model, t, max_output_tokens, resolved.resolve(t, model, dims), overrides)
+         for t in ("output", "reasoning")),
+        key=lambda ln: ln.unit_price,
+    )
+    lines = [_line(resolved, model, "input", prompt_tokens, input_rule, overrides), output_line]
+    request_rule = resolved.find_rule("request", model, dims)
+    if request_rule is not None:
+        lines.append(_line(resolved, model, "request", 1, request_rule, overrides))
+    return build_rating(resolved, [ln for ln in lines if ln.quantity], scale)
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """A hold estimate: the priced upper bound and the counts it was built from."""
+
+    rating: Rating
+    prompt_tokens: int
+    max_output_tokens: int
+    counted: TokenCount | None
+
+
+def estimate_request(
+    book_or_version: PriceBook | PriceVersion,
+    model: str,
+    estimate: Mapping[str, Any],
+    dimensions: Mapping[str, DimValue] | None,
+    at: datetime,
+    *,
+    overrides: Overrides | None = None,
+    counter: TokenCounter | None = None,
+    scale: int = DEFAULT_SCALE,
+) -> Estimate:
+    """Estimate from the API's ``estimate`` object: ``input_tokens``, ``messages`` or ``prompt``,
+    each with ``max_output_tokens``."""
+    if not isinstance(estimate, Mapping):
+        raise InvalidUsageError("estimate", "must be an object")
+    given = [k for k in ("input_tokens", "messages", "prompt") if k in estimate]
+    if len(given) != 1:
+        raise InvalidUsageError("estimate", "give exactly one of input_tokens, messages or prompt")
+    max_output = estimate.get("max_output_tokens")
+    if isinstance(max_output, bool) or not isinstance(max_output, int) or max_output < 0:
+        raise InvalidUsageError("estimate.max_output_tokens", "must be a non-negative integer")
+    counted: TokenCount | None = None
+    if given[0] == "input_tokens":
+        prompt_tokens = estimate["input_tokens"]
+    else:
+        counter = counter or default_counter()
+        counted = (counter.count_messages(estimate["messages"], model) if given[0] == "messages"
+                   else counter.count_text(estimate["prompt"], model))
+        prompt_tokens = counted.tokens
+    rating = estimate_upper_bound(book_or_version, model, prompt_tokens, max_output, dimensions, at,
+                                  overrides=overrides, scale=scale)
+    return Estimate(rating, prompt_tokens, max_output, counted)

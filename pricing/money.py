@@ -1,0 +1,140 @@
+"""Exact money: atomic units, decimal strings, currencies and the one rounding rule.
+
+Amounts inside tokentill are ``int`` counts of a currency's *atomic unit*, ``10**-scale`` of
+the currency (default scale 9: a nano-dollar, because one token of a cheap model costs a few
+billionths of a dollar). Prices and rating work in :class:`decimal.Decimal` under a local
+context (:func:`pricing_context`); floats are rejected everywhere.
+
+Rounding rule (:func:`round_entry`), the only one in the engine: an entry's exact total is
+rounded once to atomic units with ROUND_HALF_EVEN; each line's exact amount is floored to
+atomic units and the units still missing are handed out one each to the lines with the
+largest fractional remainders (ties: earlier line first). The lines therefore sum exactly to
+the rounded total, each line is within one unit of its exact amount, and the total is within
+half a unit of the exact total.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from decimal import (
+    ROUND_FLOOR,
+    ROUND_HALF_EVEN,
+    Context,
+    Decimal,
+    DivisionByZero,
+    Inexact,
+    InvalidOperation,
+    Overflow,
+    localcontext,
+)
+
+from pricing.errors import InvalidAmountError
+
+DEFAULT_SCALE = 9
+MAX_SCALE = 18
+
+# ISO 4217 minor units (decimals shown on invoices); atomic units use DEFAULT_SCALE instead.
+CURRENCY_MINOR_UNITS: dict[str, int] = {
+    "USD": 2, "EUR": 2, "GBP": 2, "CHF": 2, "CAD": 2, "AUD": 2, "NZD": 2, "SEK": 2, "NOK": 2,
+    "DKK": 2, "PLN": 2, "CZK": 2, "CNY": 2, "HKD": 2, "SGD": 2, "INR": 2, "BRL": 2, "MXN": 2,
+    "ZAR": 2, "ILS": 2, "TRY": 2, "JPY": 0, "KRW": 0, "VND": 0, "CLP": 0, "ISK": 0,
+    "BHD": 3, "KWD": 3, "OMR": 3, "JOD": 3, "TND": 3,
+}
+
+_AMOUNT_RE = re.compile(r"(-)?(\d+)(?:\.(\d+))?")
+_CONTEXT = Context(
+    prec=60,
+    rounding=ROUND_HALF_EVEN,
+    traps=[InvalidOperation, DivisionByZero, Overflow, Inexact],
+)
+
+
+@contextmanager
+def pricing_context() -> Iterator[Context]:
+    """A local 60-digit decimal context that traps any inexact result (never the global one)."""
+    with localcontext(_CONTEXT) as ctx:
+        yield ctx
+
+
+def minor_units(currency: str) -> int:
+    """The number of decimals a currency shows on invoices (ISO 4217); KeyError if unknown."""
+    return CURRENCY_MINOR_UNITS[currency]
+
+
+def _check_scale(scale: int) -> None:
+    if isinstance(scale, bool) or not isinstance(scale, int) or not 0 <= scale <= MAX_SCALE:
+        raise TypeError(f"scale must be an int in 0..{MAX_SCALE}")
+
+
+def to_decimal(value: object, field: str = "amount", *, allow_negative: bool = False) -> Decimal:
+    """Exact Decimal from a decimal string, int or Decimal; floats, bools, NaN and inf are refused."""
+    if isinstance(value, float):
+        raise TypeError(f"{field}: floats are not accepted for money; pass a decimal string")
+    if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
+        raise InvalidAmountError(field, "must be a decimal string, int or Decimal")
+    if isinstance(value, str):
+        match = _AMOUNT_RE.fullmatch(value)
+        if match is None:
+            raise InvalidAmountError(field, f"not a plain decimal number: {value!r}")
+        result = Decimal(value)
+    else:
+        result = Decimal(value)
+    if not result.is_finite():
+        raise InvalidAmountError(field, "must be finite")
+    if result < 0 and not allow_negative:
+        raise InvalidAmountError(field, "must not be negative")
+    return result
+
+
+def parse_amount(
+    text: str | int | Decimal, scale: int = DEFAULT_SCALE, *, allow_negative: bool = False
+) -> int:
+    """Parse a decimal money string (or int/Decimal) into exact atomic units at ``scale``."""
+    _check_scale(scale)
+    if isinstance(text, str):
+        match = _AMOUNT_RE.fullmatch(text)
+        if match is None:
+            raise InvalidAmountError("amount", f"not a plain decimal number: {text!r}")
+        if match.group(3) and len(match.group(3)) > scale:
+            raise InvalidAmountError("amount", f"more than {scale} decimal places: {text!r}")
+    value = to_decimal(text, "amount", allow_negative=allow_negative)
+    units = value.scaleb(scale)
+    if units != units.to_integral_value():
+        raise InvalidAmountError("amount", f"more than {scale} decimal places: {text!r}")
+    return int(units)
+
+
+def format_amount(units: int, scale: int = DEFAULT_SCALE, min_decimals: int = 2) -> str:
+    """Exact decimal string for atomic units, trailing zeros trimmed down to ``min_decimals``."""
+    _check_scale(scale)
+    if isinstance(units, bool) or not isinstance(units, int):
+        raise TypeError("units must be an int")
+    if not 0 <= min_decimals <= scale:
+        raise ValueError("min_decimals must be between 0 and scale")
+    sign = "-" if units < 0 else ""
+    whole, frac = divmod(abs(units), 10**scale)
+    digits = str(frac).rjust(scale, "0") if scale else ""
+    digits = digits.rstrip("0").ljust(min_decimals, "0")
+    return f"{sign}{whole}.{digits}" if digits else f"{sign}{whole}"
+
+
+def units_of(amount: Decimal, scale: int = DEFAULT_SCALE) -> Decimal:
+    """An exact amount expressed in (possibly fractional) atomic units."""
+    return amount.scaleb(scale)
+
+
+def round_entry(amounts: Sequence[Decimal], scale: int = DEFAULT_SCALE) -> tuple[int, tuple[int, ...]]:
+    """Apply the rounding rule: (total units, per-line units summing exactly to the total)."""
+    _check_scale(scale)
+    with pricing_context():
+        exact = [units_of(a, scale) for a in amounts]
+        total = int(sum(exact, Decimal(0)).to_integral_value(rounding=ROUND_HALF_EVEN))
+        floors = [int(u.to_integral_value(rounding=ROUND_FLOOR)) for u in exact]
+        remainders = [u - f for u, f in zip(exact, floors, strict=True)]
+    missing = total - sum(floors)
+    order = sorted(range(len(floors)), key=lambda i: (-remainders[i], i))
+    for i in order[:missing]:
+        floors[i] += 1
+    return total, tuple(floors)

@@ -1,0 +1,277 @@
+"""Rating: usage records -> priced line items, as a pure function over plain values.
+
+``rate(usage, version, overrides, period_to_date)`` prices one or several usage records
+with one price version and returns a :class:`Rating`: exact ``Decimal`` line amounts plus
+their atomic-unit amounts under the single rounding rule of :mod:`pricing.money` (the total
+is rounded once with ROUND_HALF_EVEN, lines are allocated by largest remainder so that they
+sum to it exactly). ``rate_usage`` first picks the version in force at the usage's own time.
+
+Line kinds, in this order: ``usage`` (one line per model, token type, rule and tier),
+``discount`` (a negative twin of each usage line a discount covers), ``free_allowance`` (one
+negative line per allowance used). Nothing is netted silently.
+
+Tiers. Graduated tiers are applied to the customer's period-to-date quantity of the rule,
+which the caller passes in per rule id (``PeriodToDate.quantities``); a crossing produces one
+line per tier. Volume tiers ("every unit at the price of the tier reached") are only knowable
+at period close: during the period they are rated exactly like graduated tiers, and
+:func:`volume_true_up` computes the adjustment to post when the period closes (posting it is
+the caller's job). The result never depends on the order of the usage records or token types:
+quantities are aggregated and consumed in a canonical order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from decimal import Decimal
+
+from pricing.books import (
+    TOKEN_TYPES,
+    DimValue,
+    PriceBook,
+    PriceVersion,
+    Rule,
+    Tier,
+    per_units,
+)
+from pricing.errors import InvalidUsageError, UnpricedModelError
+from pricing.money import DEFAULT_SCALE, pricing_context, round_entry, to_decimal
+from pricing.overrides import ContractPrice, Overrides
+from pricing.usage import PeriodToDate, Usage
+
+LINE_KINDS = ("usage", "discount", "free_allowance")
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One priced line. For usage and discount lines amount = quantity * unit_price / per
+    (per = 1,000,000 tokens, or 1 call for ``request``); allowance lines have no quantity."""
+
+    kind: str
+    token_type: str | None
+    quantity: int
+    unit_price: Decimal
+    amount: Decimal
+    amount_units: int
+    rule_id: str | None
+    price_version: str
+    model: str | None = None
+    override_id: str | None = None
+    tier: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rating:
+    """The priced lines of one journal entry, exact and rounded once."""
+
+    book_id: str
+    price_version: str
+    currency: str
+    scale: int
+    lines: tuple[Line, ...]
+    total: Decimal
+    total_units: int
+
+    def rule_quantities(self) -> dict[str, int]:
+        """Quantity priced per rule id, to add to the period-to-date counters."""
+        out: dict[str, int] = {}
+        for line in self.lines:
+            if line.kind == "usage" and line.rule_id is not None:
+                out[line.rule_id] = out.get(line.rule_id, 0) + line.quantity
+        return out
+
+    def allowance_consumed(self) -> dict[str, Decimal]:
+        """Money taken from each free allowance (positive), to add to its period-to-date use."""
+        return {ln.override_id: -ln.amount for ln in self.lines
+                if ln.kind == "free_allowance" and ln.override_id is not None}
+
+
+@dataclass(frozen=True, slots=True)
+class _Bucket:
+    model: str
+    token_type: str
+    rule: Rule
+    contract: ContractPrice | None
+
+
+def _aggregate(usages: Sequence[Usage], version: PriceVersion, overrides: Overrides) -> dict[_Bucket, int]:
+    buckets: dict[_Bucket, int] = {}
+    for usage in usages:
+        dims = usage.dimension_dict
+        for token_type, quantity in usage.tokens:
+            if quantity == 0:
+                continue
+            rule = version.resolve(token_type, usage.model, dims)
+            contract = overrides.contract_for(usage.model, token_type, rule.token_type)
+            key = _Bucket(usage.model, token_type, rule, contract)
+            buckets[key] = buckets.get(key, 0) + quantity
+    return buckets
+
+
+def split_graduated(tiers: Sequence[Tier], start: int, quantity: int) -> list[tuple[int, int]]:
+    """(tier index, quantity) for units ``start+1 .. start+quantity`` over graduated tiers."""
+    out: list[tuple[int, int]] = []
+    position, remaining = start, quantity
+    for index, tier in enumerate(tiers):
+        if remaining == 0:
+            break
+        if tier.up_to is not None and position >= tier.up_to:
+            continue
+        take = remaining if tier.up_to is None else min(remaining, tier.up_to - position)
+        out.append((index, take))
+        position += take
+        remaining -= take
+    return out
+
+
+def _amount(quantity: int, unit_price: Decimal, token_type: str) -> Decimal:
+    with pricing_context():
+        return quantity * unit_price / per_units(token_type)
+
+
+def _usage_lines(buckets: dict[_Bucket, int], version: PriceVersion, ptd: PeriodToDate) -> list[Line]:
+    order = sorted(buckets, key=lambda b: (b.rule.id, b.model, TOKEN_TYPES.index(b.token_type)))
+    position = {rule_id: qty for rule_id, qty in ptd.quantities}
+    lines: list[Line] = []
+    for bucket in order:
+        quantity, rule = buckets[bucket], bucket.rule
+        base = Line("usage", bucket.token_type, quantity, Decimal(0), Decimal(0), 0, rule.id,
+                    version.version, bucket.model)
+        if bucket.contract is not None:
+            price = bucket.contract.price
+            lines.append(replace(base, unit_price=price, override_id=bucket.contract.id,
+                                 amount=_amount(quantity, price, bucket.token_type)))
+        elif rule.price is not None:
+            lines.append(replace(base, unit_price=rule.price,
+                                 amount=_amount(quantity, rule.price, bucket.token_type)))
+        else:
+            start = position.get(rule.id, 0)
+            for tier_index, part in split_graduated(rule.tiers, start, quantity):
+                price = rule.tiers[tier_index].price
+                lines.append(replace(base, quantity=part, unit_price=price, tier=tier_index,
+                                     amount=_amount(part, price, bucket.token_type)))
+        position[rule.id] = position.get(rule.id, 0) + quantity
+    return sorted(lines, key=_line_key)
+
+
+def _line_key(line: Line) -> tuple[object, ...]:
+    token_index = TOKEN_TYPES.index(line.token_type) if line.token_type else -1
+    return (line.model or "", token_index, line.rule_id or "", line.tier or 0, line.override_id or "")
+
+
+def _discount_lines(usage_lines: list[Line], overrides: Overrides) -> list[Line]:
+    lines: list[Line] = []
+    for line in usage_lines:
+        assert line.model is not None and line.token_type is not None
+        for discount in overrides.discounts:
+            if not discount.covers(line.model, line.token_type):
+                continue
+            with pricing_context():
+                unit = -line.unit_price * discount.percent / 100
+                amount = -line.amount * discount.percent / 100
+            lines.append(replace(line, kind="discount", unit_price=unit, amount=amount,
+                                 override_id=discount.id))
+    return lines
+
+
+def _allowance_lines(net: Decimal, overrides: Overrides, ptd: PeriodToDate, version: str) -> list[Line]:
+    used = dict(ptd.allowance_used)
+    lines: list[Line] = []
+    for allowance in overrides.allowances:
+        with pricing_context():
+            remaining = max(Decimal(0), allowance.amount - used.get(allowance.id, Decimal(0)))
+            take = min(remaining, net)
+            if take <= 0:
+                continue
+            net -= take
+        lines.append(Line("free_allowance", None, 0, Decimal(0), -take, 0, None, version,
+                          override_id=allowance.id))
+    return lines
+
+
+def _as_usages(usage: Usage | Iterable[Usage]) -> tuple[Usage, ...]:
+    usages = (usage,) if isinstance(usage, Usage) else tuple(usage)
+    for i, item in enumerate(usages):
+        if not isinstance(item, Usage):
+            raise InvalidUsageError(f"usage[{i}]", "must be a Usage")
+    return usages
+
+
+def rate(
+    usage: Usage | Iterable[Usage],
+    version: PriceVersion,
+    overrides: Overrides | None = None,
+    period_to_date: PeriodToDate | Mapping[str, int] | None = None,
+    *,
+    scale: int = DEFAULT_SCALE,
+) -> Rating:
+    """Price usage with one version (pure): usage lines, then discounts, then allowances."""
+    usages = _as_usages(usage)
+    for item in usages:
+        if item.occurred_at < version.effective_from:
+            raise UnpricedModelError(
+                f"version {version.version} of {version.book_id} is not in force at "
+                f"{item.occurred_at.isoformat()}", model=item.model)
+    overrides = overrides or Overrides()
+    ptd = period_to_date if isinstance(period_to_date, PeriodToDate) else PeriodToDate(period_to_date or {})
+    usage_lines = _usage_lines(_aggregate(usages, version, overrides), version, ptd)
+    discounts = _discount_lines(usage_lines, overrides)
+    with pricing_context():
+        net = sum((ln.amount for ln in (*usage_lines, *discounts)), Decimal(0))
+    allowances = _allowance_lines(net, overrides, ptd, version.version)
+    return build_rating(version, [*usage_lines, *discounts, *allowances], scale)
+
+
+def build_rating(version: PriceVersion, lines: list[Line], scale: int = DEFAULT_SCALE) -> Rating:
+    """Round drafted lines once (the rule of :func:`pricing.money.round_entry`) into a Rating."""
+    total_units, units = round_entry([ln.amount for ln in lines], scale)
+    with pricing_context():
+        total = sum((ln.amount for ln in lines), Decimal(0))
+    final = tuple(replace(ln, amount_units=u) for ln, u in zip(lines, units, strict=True))
+    return Rating(version.book_id, version.version, version.currency, scale, final, total, total_units)
+
+
+def rate_usage(
+    usage: Usage | Iterable[Usage],
+    book: PriceBook,
+    overrides: Overrides | None = None,
+    period_to_date: PeriodToDate | Mapping[str, int] | None = None,
+    *,
+    scale: int = DEFAULT_SCALE,
+) -> Rating:
+    """Rate with the version in force at the usage's own time (never the processing time)."""
+    usages = _as_usages(usage)
+    if not usages:
+        raise InvalidUsageError("usage", "nothing to rate")
+    versions = {book.version_at(u.occurred_at).version: book.version_at(u.occurred_at) for u in usages}
+    if len(versions) > 1:
+        raise InvalidUsageError("usage", "usage records fall under several price versions; rate apart")
+    return rate(usages, next(iter(versions.values())), overrides, period_to_date, scale=scale)
+
+
+def volume_tier_price(rule: Rule, period_quantity: int) -> Decimal:
+    """The unit price of the tier that ``period_quantity`` reaches (volume pricing)."""
+    for tier in rule.tiers:
+        if tier.up_to is None or period_quantity <= tier.up_to:
+            return tier.price
+    raise AssertionError("validated tiers always end with an open tier")
+
+
+def volume_true_up(rule: Rule, period_quantity: int, amount_already_charged: Decimal | int | str) -> Decimal:
+    """Period-close adjustment for a volume rule: all units at the reached tier's price minus
+    what was charged during the period (negative: money back). Exact Decimal; not posted here."""
+    if rule.tier_mode != "volume" or not rule.tiers:
+        raise ValueError(f"rule {rule.id} is not a volume-tiered rule")
+    if isinstance(period_quantity, bool) or not isinstance(period_quantity, int) or period_quantity < 0:
+        raise InvalidUsageError("period_quantity", "must be a non-negative int")
+    charged = to_decimal(amount_already_charged, "amount_already_charged", allow_negative=True)
+    with pricing_context():
+        target = period_quantity * volume_tier_price(rule, period_quantity) / per_units(rule.token_type)
+        return target - charged
+
+
+__all__ = [
+    "LINE_KINDS", "DimValue", "Line", "PeriodToDate", "Rating", "Usage", "build_rating", "rate",
+    "rate_usage",
+    "split_graduated", "volume_tier_price", "volume_true_up",
+]

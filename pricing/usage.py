@@ -1,0 +1,122 @@
+"""Usage records and period-to-date counters: the plain inputs of rating, validated on build.
+
+Token counts are ints (never bool or float), keyed by the token types of
+:data:`pricing.books.TOKEN_TYPES`; ``request`` counts calls. Times are aware and kept in UTC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from pricing.books import TOKEN_TYPES, DimValue
+from pricing.errors import InvalidUsageError, field_error
+from pricing.money import to_decimal
+
+MAX_QUANTITY = 10**15  # a quadrillion tokens in one record is a bug, not usage
+
+
+def _pairs(value: object) -> list[tuple[object, object]]:
+    if isinstance(value, Mapping):
+        return list(value.items())
+    if isinstance(value, Iterable) and not isinstance(value, str | bytes):
+        return [tuple(p) for p in value]  # type: ignore[misc]
+    return [(None, value)]
+
+
+def check_count(value: object, name: str, errors: list[dict[str, str]], maximum: int = MAX_QUANTITY) -> int:
+    """Validate a token count: an int (not bool/float), 0 <= value <= maximum."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        errors.append(field_error(name, f"must be an integer, not {type(value).__name__}"))
+        return 0
+    if value < 0:
+        errors.append(field_error(name, "must not be negative"))
+    elif value > maximum:
+        errors.append(field_error(name, f"must be at most {maximum}"))
+    return value
+
+
+def _tokens(raw: object, errors: list[dict[str, str]]) -> tuple[tuple[str, int], ...]:
+    counts: dict[str, int] = {}
+    for key, value in _pairs(raw):
+        if key not in TOKEN_TYPES:
+            message = f"unknown token type; one of {', '.join(TOKEN_TYPES)}"
+            errors.append(field_error(f"tokens.{key}", message))
+        elif key in counts:
+            errors.append(field_error(f"tokens.{key}", "given twice"))
+        else:
+            counts[key] = check_count(value, f"tokens.{key}", errors)  # type: ignore[index]
+    return tuple(sorted(counts.items(), key=lambda kv: TOKEN_TYPES.index(kv[0])))
+
+
+def _dimensions(raw: object, errors: list[dict[str, str]]) -> tuple[tuple[str, DimValue], ...]:
+    dims: dict[str, DimValue] = {}
+    for key, value in _pairs(raw):
+        if not isinstance(key, str) or not key:
+            errors.append(field_error("dimensions", f"bad dimension name {key!r}"))
+        elif isinstance(value, float) or not isinstance(value, str | int):
+            errors.append(field_error(f"dimensions.{key}", "must be a string, int or bool"))
+        else:
+            dims[key] = value
+    return tuple(sorted(dims.items()))
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What one model call (or usage event) consumed, with its own time and dimensions."""
+
+    model: str
+    tokens: tuple[tuple[str, int], ...]
+    occurred_at: datetime
+    dimensions: tuple[tuple[str, DimValue], ...] = ()
+
+    def __post_init__(self) -> None:
+        errors: list[dict[str, str]] = []
+        if not isinstance(self.model, str) or not self.model:
+            errors.append(field_error("model", "must be a non-empty string"))
+        at = self.occurred_at
+        if not isinstance(at, datetime) or at.tzinfo is None or at.utcoffset() is None:
+            errors.append(field_error("occurred_at", "must be an aware datetime"))
+        else:
+            object.__setattr__(self, "occurred_at", at.astimezone(UTC))
+        object.__setattr__(self, "tokens", _tokens(self.tokens, errors))
+        object.__setattr__(self, "dimensions", _dimensions(self.dimensions, errors))
+        if errors:
+            raise InvalidUsageError(errors)
+
+    @property
+    def token_counts(self) -> dict[str, int]:
+        """Token counts by type as a plain dict."""
+        return dict(self.tokens)
+
+    @property
+    def dimension_dict(self) -> dict[str, DimValue]:
+        """Dimensions as a plain dict."""
+        return dict(self.dimensions)
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodToDate:
+    """What the customer used earlier in the billing period: quantity per rule id (for
+    graduated tiers) and money already taken from each free allowance."""
+
+    quantities: tuple[tuple[str, int], ...] = ()
+    allowance_used: tuple[tuple[str, Decimal], ...] = ()
+
+    def __post_init__(self) -> None:
+        errors: list[dict[str, str]] = []
+        quantities = {}
+        for key, value in _pairs(self.quantities):
+            quantities[str(key)] = check_count(value, f"quantities.{key}", errors, maximum=10**18)
+        used = {}
+        for key, value in _pairs(self.allowance_used):
+            try:
+                used[str(key)] = to_decimal(value, f"allowance_used.{key}")
+            except (TypeError, ValueError) as exc:
+                errors.append(field_error(f"allowance_used.{key}", str(exc).split(": ", 1)[-1]))
+        if errors:
+            raise InvalidUsageError(errors)
+        object.__setattr__(self, "quantities", tuple(sorted(quantities.items())))
+        object.__setattr__(self, "allowance_used", tuple(sorted(used.items())))
