@@ -1,0 +1,362 @@
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from pricing_testkit import AT, version, worked_example_version
+
+from pricing.errors import InvalidUsageError, PriceBookValidationError, UnpricedModelError
+from pricing.money import format_amount
+from pricing.overrides import ContractPrice, Discount, FreeAllowance, Overrides
+from pricing.parse import parse_book
+from pricing.rating import PeriodToDate, Usage, rate, rate_usage, volume_true_up
+
+
+def amounts(rating):
+    return [(ln.kind, ln.model, ln.token_type, ln.amount) for ln in rating.lines]
+
+
+def test_worked_example_prices_each_line_exactly():
+    rating = rate(
+        [
+            Usage("model-a", {"input": 1000, "output": 400, "request": 10}, AT),
+            Usage("model-b", {"input": 2000}, AT),
+        ],
+        worked_example_version(),
+    )
+    assert amounts(rating) == [
+        ("usage", "model-a", "input", Decimal("0.010000")),
+        ("usage", "model-a", "output", Decimal("0.008000")),
+        ("usage", "model-a", "request", Decimal("0.100000")),
+        ("usage", "model-b", "input", Decimal("0.010000")),
+    ]
+    assert [ln.amount_units for ln in rating.lines] == [10_000_000, 8_000_000, 100_000_000, 10_000_000]
+    assert [ln.rule_id for ln in rating.lines] == ["a-in", "a-out", "call", "b-in"]
+    assert [ln.unit_price for ln in rating.lines] == [
+        Decimal("10"),
+        Decimal("20"),
+        Decimal("0.01"),
+        Decimal("5"),
+    ]
+    assert {ln.price_version for ln in rating.lines} == {"2026-01-01T00:00:00Z"}
+    assert rating.total == Decimal("0.128000")
+    assert rating.total_units == 128_000_000
+    assert format_amount(rating.total_units) == "0.128"
+
+
+def test_a_request_fee_without_model_is_charged_per_model_that_made_the_calls():
+    rating = rate(
+        [
+            Usage("model-a", {"input": 1000, "output": 400, "request": 4}, AT),
+            Usage("model-b", {"input": 2000, "request": 6}, AT),
+        ],
+        worked_example_version(),
+    )
+    assert amounts(rating) == [
+        ("usage", "model-a", "input", Decimal("0.010000")),
+        ("usage", "model-a", "output", Decimal("0.008000")),
+        ("usage", "model-a", "request", Decimal("0.040000")),
+        ("usage", "model-b", "input", Decimal("0.010000")),
+        ("usage", "model-b", "request", Decimal("0.060000")),
+    ]
+    assert rating.total_units == 128_000_000
+
+
+def test_usage_lines_of_one_model_and_rule_are_merged():
+    rating = rate(
+        [Usage("model-a", {"input": 600}, AT), Usage("model-a", {"input": 400}, AT)], worked_example_version()
+    )
+    assert [(ln.quantity, ln.amount) for ln in rating.lines] == [(1000, Decimal("0.01"))]
+
+
+def test_zero_counts_produce_no_lines_and_cost_nothing():
+    rating = rate(Usage("model-a", {"input": 0, "output": 0}, AT), worked_example_version())
+    assert rating.lines == ()
+    assert (rating.total, rating.total_units) == (Decimal(0), 0)
+
+
+def test_reasoning_is_priced_as_output_and_cache_reads_as_input_when_the_book_is_silent():
+    rating = rate(
+        Usage("model-a", {"reasoning": 500, "cached_input": 1000, "cache_write": 100}, AT),
+        worked_example_version(),
+    )
+    assert [(ln.token_type, ln.rule_id, ln.amount) for ln in rating.lines] == [
+        ("cached_input", "a-in", Decimal("0.01")),
+        ("cache_write", "a-in", Decimal("0.001")),
+        ("reasoning", "a-out", Decimal("0.01")),
+    ]
+
+
+def test_usage_that_no_rule_prices_is_an_error_never_zero():
+    with pytest.raises(UnpricedModelError) as info:
+        rate(Usage("model-c", {"input": 1}, AT), worked_example_version())
+    assert info.value.code == "unpriced_model"
+    with pytest.raises(UnpricedModelError):
+        rate(Usage("model-a", {"image": 3}, AT), worked_example_version())
+
+
+def test_usage_before_the_version_took_effect_is_unpriced():
+    with pytest.raises(UnpricedModelError):
+        rate(Usage("model-a", {"input": 1}, datetime(2025, 12, 31, tzinfo=UTC)), worked_example_version())
+
+
+def test_a_price_change_at_t_rates_usage_by_its_own_time_not_processing_time():
+    change = datetime(2026, 2, 1, 9, 30, tzinfo=UTC)
+    book = parse_book(
+        {
+            "id": "standard",
+            "currency": "USD",
+            "versions": [
+                {
+                    "effective_from": "2026-01-01T00:00:00Z",
+                    "rules": [{"id": "old", "model": "m", "token_type": "input", "price": "10"}],
+                },
+                {
+                    "effective_from": "2026-02-01T09:30:00Z",
+                    "rules": [{"id": "new", "model": "m", "token_type": "input", "price": "12"}],
+                },
+            ],
+        }
+    )
+    before = rate_usage(Usage("m", {"input": 1_000_000}, change - timedelta(seconds=1)), book)
+    at_change = rate_usage(Usage("m", {"input": 1_000_000}, change), book)
+    assert (before.lines[0].rule_id, before.price_version, before.total) == (
+        "old",
+        "2026-01-01T00:00:00Z",
+        Decimal("10"),
+    )
+    assert (at_change.lines[0].rule_id, at_change.price_version, at_change.total) == (
+        "new",
+        "2026-02-01T09:30:00Z",
+        Decimal("12"),
+    )
+    # the book was last changed well before "now"; replaying late usage still gets the old price
+    late_replay = rate_usage(Usage("m", {"input": 1_000_000}, datetime(2026, 1, 15, tzinfo=UTC)), book)
+    assert late_replay.lines[0].rule_id == "old"
+
+
+def test_usage_records_spanning_two_versions_must_be_rated_apart():
+    book = parse_book(
+        {
+            "id": "standard",
+            "currency": "USD",
+            "versions": [
+                {
+                    "effective_from": "2026-01-01T00:00:00Z",
+                    "rules": [{"id": "a", "token_type": "input", "price": "1"}],
+                },
+                {
+                    "effective_from": "2026-02-01T00:00:00Z",
+                    "rules": [{"id": "b", "token_type": "input", "price": "2"}],
+                },
+            ],
+        }
+    )
+    with pytest.raises(InvalidUsageError):
+        rate_usage(
+            [
+                Usage("m", {"input": 1}, datetime(2026, 1, 2, tzinfo=UTC)),
+                Usage("m", {"input": 1}, datetime(2026, 2, 2, tzinfo=UTC)),
+            ],
+            book,
+        )
+
+
+TIERED = version(
+    {
+        "id": "tiered",
+        "model": "m",
+        "token_type": "input",
+        "tiers": [
+            {"up_to": 1000, "price": "10"},
+            {"up_to": 5000, "price": "8"},
+            {"up_to": None, "price": "5"},
+        ],
+    },
+    {"id": "out", "model": "m", "token_type": "output", "price": "20"},
+    {
+        "id": "vol",
+        "model": "v",
+        "token_type": "input",
+        "tier_mode": "volume",
+        "tiers": [{"up_to": 1000, "price": "10"}, {"up_to": None, "price": "8"}],
+    },
+)
+
+
+def test_graduated_tiers_continue_from_the_period_to_date_quantity():
+    rating = rate(Usage("m", {"input": 4500}, AT), TIERED, period_to_date={"tiered": 900})
+    # 900 already used: 100 more at $10, 4000 at $8, the last 400 at $5 (per 1M)
+    assert [(ln.tier, ln.quantity, ln.unit_price, ln.amount) for ln in rating.lines] == [
+        (0, 100, Decimal("10"), Decimal("0.001")),
+        (1, 4000, Decimal("8"), Decimal("0.032")),
+        (2, 400, Decimal("5"), Decimal("0.002")),
+    ]
+    assert rating.total == Decimal("0.035")
+    assert rating.rule_quantities() == {"tiered": 4500}
+
+
+def test_a_usage_entirely_inside_a_later_tier_has_one_line():
+    rating = rate(Usage("m", {"input": 10}, AT), TIERED, period_to_date=PeriodToDate({"tiered": 7000}))
+    assert [(ln.tier, ln.quantity, ln.unit_price) for ln in rating.lines] == [(2, 10, Decimal("5"))]
+
+
+def test_volume_tiers_rate_graduated_during_the_period_and_true_up_at_close():
+    rating = rate(Usage("v", {"input": 1500}, AT), TIERED)
+    assert rating.total == Decimal("0.014")  # 1000 at $10 + 500 at $8
+    # at close all 1500 units cost $8: 0.012, so 0.002 goes back to the customer
+    assert volume_true_up(TIERED.resolve("input", "v", {}), 1500, rating.total) == Decimal("-0.002")
+    assert volume_true_up(TIERED.resolve("input", "v", {}), 800, Decimal("0.008")) == Decimal("0")
+    with pytest.raises(ValueError):
+        volume_true_up(TIERED.resolve("input", "m", {}), 1500, Decimal(0))
+
+
+CUSTOM = Overrides(
+    contract_prices=(
+        ContractPrice("contract-a-out", Decimal("15"), model="model-a", token_type="output"),
+        ContractPrice("contract-b", Decimal("4"), model="model-b"),
+    ),
+)
+
+
+def test_a_contract_price_replaces_the_unit_price_and_names_the_override():
+    rating = rate(
+        [
+            Usage("model-a", {"input": 1000, "output": 400, "reasoning": 600, "request": 1}, AT),
+            Usage("model-b", {"input": 2000, "output": 1000, "request": 1}, AT),
+        ],
+        worked_example_version(),
+        CUSTOM,
+    )
+    got = [
+        (ln.model, ln.token_type, ln.unit_price, ln.amount, ln.rule_id, ln.override_id) for ln in rating.lines
+    ]
+    assert got == [
+        ("model-a", "input", Decimal("10"), Decimal("0.01"), "a-in", None),
+        ("model-a", "output", Decimal("15"), Decimal("0.006"), "a-out", "contract-a-out"),
+        ("model-a", "reasoning", Decimal("15"), Decimal("0.009"), "a-out", "contract-a-out"),
+        ("model-a", "request", Decimal("0.01"), Decimal("0.01"), "call", None),
+        ("model-b", "input", Decimal("4"), Decimal("0.008"), "b-in", "contract-b"),
+        ("model-b", "output", Decimal("4"), Decimal("0.004"), "b-out", "contract-b"),
+        ("model-b", "request", Decimal("0.01"), Decimal("0.01"), "call", None),
+    ]
+
+
+def test_contract_precedence_prefers_the_model_then_the_token_type():
+    overrides = Overrides(
+        contract_prices=(
+            ContractPrice("all-output", Decimal("1"), token_type="output"),
+            ContractPrice("a-any", Decimal("2"), model="model-a"),
+            ContractPrice("a-output", Decimal("3"), model="model-a", token_type="output"),
+        )
+    )
+    assert overrides.contract_for("model-a", "output", "output").id == "a-output"
+    assert overrides.contract_for("model-a", "input", "input").id == "a-any"
+    assert overrides.contract_for("model-b", "output", "output").id == "all-output"
+    assert overrides.contract_for("model-b", "input", "input") is None
+
+
+def test_a_discount_is_its_own_negative_line_and_usage_lines_stay_gross():
+    overrides = Overrides(discounts=(Discount("promo", Decimal("10"), model="model-a"),))
+    rating = rate(Usage("model-a", {"input": 1000, "output": 400}, AT), worked_example_version(), overrides)
+    assert [(ln.kind, ln.token_type, ln.unit_price, ln.amount, ln.override_id) for ln in rating.lines] == [
+        ("usage", "input", Decimal("10"), Decimal("0.010"), None),
+        ("usage", "output", Decimal("20"), Decimal("0.008"), None),
+        ("discount", "input", Decimal("-1"), Decimal("-0.001"), "promo"),
+        ("discount", "output", Decimal("-2"), Decimal("-0.0008"), "promo"),
+    ]
+    assert rating.total == Decimal("0.0162")
+    assert rating.total_units == 16_200_000
+
+
+def test_a_free_allowance_pays_what_is_left_of_it_as_its_own_line():
+    overrides = Overrides(allowances=(FreeAllowance("free-tier", Decimal("0.05")),))
+    usage = Usage("model-a", {"input": 4000}, AT)  # $0.04
+    fresh = rate(usage, worked_example_version(), overrides)
+    assert [(ln.kind, ln.amount, ln.override_id) for ln in fresh.lines] == [
+        ("usage", Decimal("0.04"), None),
+        ("free_allowance", Decimal("-0.04"), "free-tier"),
+    ]
+    assert fresh.total_units == 0
+    assert fresh.allowance_consumed() == {"free-tier": Decimal("0.04")}
+    partly_used = rate(
+        usage, worked_example_version(), overrides, PeriodToDate(allowance_used={"free-tier": "0.04"})
+    )
+    assert [(ln.kind, ln.amount) for ln in partly_used.lines] == [
+        ("usage", Decimal("0.04")),
+        ("free_allowance", Decimal("-0.01")),
+    ]
+    assert partly_used.total == Decimal("0.03")
+    used_up = rate(
+        usage, worked_example_version(), overrides, PeriodToDate(allowance_used={"free-tier": "0.05"})
+    )
+    assert [ln.kind for ln in used_up.lines] == ["usage"]
+
+
+def test_discounts_apply_before_the_allowance():
+    overrides = Overrides(
+        discounts=(Discount("half", Decimal("50")),), allowances=(FreeAllowance("free", Decimal("1")),)
+    )
+    rating = rate(Usage("model-a", {"input": 4000}, AT), worked_example_version(), overrides)
+    assert [(ln.kind, ln.amount) for ln in rating.lines] == [
+        ("usage", Decimal("0.04")),
+        ("discount", Decimal("-0.02")),
+        ("free_allowance", Decimal("-0.02")),
+    ]
+    assert rating.total == 0
+
+
+def test_overrides_are_validated_when_built():
+    with pytest.raises(PriceBookValidationError):
+        Overrides(discounts=(Discount("a", Decimal("60")), Discount("b", Decimal("50"))))
+    with pytest.raises(PriceBookValidationError):
+        Overrides(
+            contract_prices=(
+                ContractPrice("x", Decimal(1), model="m"),
+                ContractPrice("y", Decimal(2), model="m"),
+            )
+        )
+    with pytest.raises(PriceBookValidationError):
+        Overrides(discounts=(Discount("x", Decimal("5")),), allowances=(FreeAllowance("x", Decimal("1")),))
+    with pytest.raises(PriceBookValidationError):
+        ContractPrice("x", Decimal(1))
+    with pytest.raises(PriceBookValidationError):
+        Discount("x", Decimal("0"))
+    with pytest.raises(PriceBookValidationError) as info:
+        FreeAllowance("x", 0.5)  # type: ignore[arg-type]
+    assert info.value.fields[0]["field"] == "amount"
+
+
+@pytest.mark.parametrize(
+    "tokens",
+    [{"input": 1.0}, {"input": True}, {"input": -1}, {"input": "10"}, {"tokens": 5}, {"input": 10**16}],
+)
+def test_usage_refuses_non_integer_negative_or_unknown_counts(tokens):
+    with pytest.raises(InvalidUsageError) as info:
+        Usage("model-a", tokens, AT)
+    assert info.value.code == "validation_error"
+    assert info.value.fields[0]["field"].startswith("tokens.")
+
+
+def test_usage_refuses_naive_times_and_float_dimensions():
+    with pytest.raises(InvalidUsageError):
+        Usage("m", {"input": 1}, datetime(2026, 1, 1))
+    with pytest.raises(InvalidUsageError) as info:
+        Usage("m", {"input": 1}, AT, {"tier": 1.5})
+    assert info.value.fields == [{"field": "dimensions.tier", "message": "must be a string, int or bool"}]
+
+
+def test_rounding_is_once_per_entry_and_lines_tie_out_to_the_total():
+    built = version({"id": "odd", "token_type": "input", "price": "0.0000015"})
+    rating = rate(
+        [Usage("a", {"input": 1}, AT), Usage("b", {"input": 1}, AT), Usage("c", {"input": 1}, AT)], built
+    )
+    # each line is 1.5e-12 USD = 0.0015 units; the total 0.0045 rounds to 0 units
+    assert rating.total == Decimal("0.0000000000045")
+    assert rating.total_units == 0
+    assert [ln.amount_units for ln in rating.lines] == [0, 0, 0]
+    half = version({"id": "half", "token_type": "input", "price": "0.0005"})
+    lines = rate(
+        [Usage("a", {"input": 1}, AT), Usage("b", {"input": 2}, AT), Usage("c", {"input": 2}, AT)], half
+    )
+    # 0.5, 1.0, 1.0 units: total 2.5 -> 2 (half even); 1 + 1 floors, no unit left for the 0.5 line
+    assert (lines.total_units, [ln.amount_units for ln in lines.lines]) == (2, [0, 1, 1])
