@@ -8,7 +8,8 @@
   (``$TIKTOKEN_CACHE_DIR``, else ``$DATA_GYM_CACHE_DIR``, else ``<tmp>/data-gym-cache``; file
   name = sha1 of the download URL), again hash-checked. Nothing is ever downloaded: we never
   call ``tiktoken.get_encoding``.
-- A model maps to an encoding by :data:`MODEL_ENCODINGS` (exact name, else longest prefix).
+- A model maps to an encoding by :data:`MODEL_ENCODINGS` (exact names), else by the longest
+  prefix in :data:`MODEL_PREFIX_ENCODINGS`.
   Unknown models, and models whose encoding is not available offline, are counted with
   ``cl100k_base`` plus a safety margin (default 10%, rounded up with integer arithmetic).
 - Chat messages add the OpenAI cookbook overhead: 3 tokens per message, 1 more per ``name``,
@@ -87,11 +88,14 @@ ENCODINGS: dict[str, EncodingSpec] = {
 
 # Exact model names first, then the longest matching prefix.
 MODEL_ENCODINGS: dict[str, str] = {
+    "o1": "o200k_base", "o3": "o200k_base", "o4-mini": "o200k_base",
+    "text-embedding-ada-002": "cl100k_base",
+}
+MODEL_PREFIX_ENCODINGS: dict[str, str] = {
     "gpt-4o": "o200k_base", "chatgpt-4o": "o200k_base", "gpt-4.1": "o200k_base",
-    "gpt-4.5": "o200k_base", "gpt-5": "o200k_base", "o1": "o200k_base", "o1-": "o200k_base",
-    "o3": "o200k_base", "o3-": "o200k_base", "o4-mini": "o200k_base", "o4-": "o200k_base",
-    "gpt-4": "cl100k_base", "gpt-3.5": "cl100k_base", "gpt-35-turbo": "cl100k_base",
-    "text-embedding-3-": "cl100k_base", "text-embedding-ada-002": "cl100k_base",
+    "gpt-4.5": "o200k_base", "gpt-5": "o200k_base", "o1-": "o200k_base", "o3-": "o200k_base",
+    "o4-": "o200k_base", "gpt-4": "cl100k_base", "gpt-3.5": "cl100k_base",
+    "gpt-35-turbo": "cl100k_base", "text-embedding-3-": "cl100k_base",
 }
 
 
@@ -102,8 +106,8 @@ def encoding_name_for_model(model: str) -> str | None:
         name = name[3:].split(":", 1)[0]
     if name in MODEL_ENCODINGS:
         return MODEL_ENCODINGS[name]
-    prefixes = [p for p in MODEL_ENCODINGS if name.startswith(p)]
-    return MODEL_ENCODINGS[max(prefixes, key=len)] if prefixes else None
+    prefixes = [p for p in MODEL_PREFIX_ENCODINGS if name.startswith(p)]
+    return MODEL_PREFIX_ENCODINGS[max(prefixes, key=len)] if prefixes else None
 
 
 def bundled_cl100k_path() -> Path | None:

@@ -1,0 +1,148 @@
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+from pricing_testkit import AT, version, worked_example_version
+
+from pricing.errors import InvalidUsageError, UnpricedModelError
+from pricing.estimate import estimate_request, estimate_upper_bound
+from pricing.overrides import ContractPrice, Discount, Overrides
+from pricing.parse import parse_book
+from pricing.tokens import TokenCounter
+
+REASONER = version(
+    {"id": "r-in", "model": "reasoner", "token_type": "input", "price": "1.10"},
+    {"id": "r-out", "model": "reasoner", "token_type": "output", "price": "4.40"},
+    {"id": "r-think", "model": "reasoner", "token_type": "reasoning", "price": "6.00"},
+    {
+        "id": "t-in",
+        "model": "tiered",
+        "token_type": "input",
+        "tiers": [{"up_to": 1000, "price": "2"}, {"up_to": None, "price": "3"}],
+    },
+    {"id": "t-out", "model": "tiered", "token_type": "output", "price": "8"},
+    {"id": "fee", "token_type": "request", "price": "0.002", "match": {"feature": "search"}},
+)
+
+
+def test_the_bound_is_prompt_at_input_plus_max_output_at_output_plus_the_request_fee():
+    rating = estimate_upper_bound(worked_example_version(), "model-a", 1200, 500, {}, AT)
+    assert [(ln.token_type, ln.quantity, ln.amount, ln.rule_id) for ln in rating.lines] == [
+        ("input", 1200, Decimal("0.012"), "a-in"),
+        ("output", 500, Decimal("0.010"), "a-out"),
+        ("request", 1, Decimal("0.01"), "call"),
+    ]
+    assert rating.total_units == 32_000_000
+
+
+def test_the_output_budget_is_priced_at_the_dearer_of_output_and_reasoning():
+    rating = estimate_upper_bound(REASONER, "reasoner", 1000, 2000, {}, AT)
+    assert [(ln.token_type, ln.unit_price, ln.amount, ln.rule_id) for ln in rating.lines] == [
+        ("input", Decimal("1.10"), Decimal("0.0011"), "r-in"),
+        ("reasoning", Decimal("6.00"), Decimal("0.012"), "r-think"),
+    ]
+    with_fee = estimate_upper_bound(REASONER, "reasoner", 1000, 2000, {"feature": "search"}, AT)
+    assert with_fee.total == Decimal("0.0151")
+
+
+def test_tiered_rules_count_at_their_dearest_tier():
+    rating = estimate_upper_bound(REASONER, "tiered", 10, 0, None, AT)
+    assert [(ln.unit_price, ln.amount) for ln in rating.lines] == [(Decimal("3"), Decimal("0.00003"))]
+
+
+def test_contract_prices_apply_but_discounts_do_not():
+    overrides = Overrides(
+        contract_prices=(ContractPrice("c", Decimal("1"), model="model-a", token_type="input"),),
+        discounts=(Discount("d", Decimal("50")),),
+    )
+    rating = estimate_upper_bound(worked_example_version(), "model-a", 1000, 0, {}, AT, overrides=overrides)
+    assert [(ln.kind, ln.unit_price, ln.override_id) for ln in rating.lines] == [
+        ("usage", Decimal("1"), "c"),
+        ("usage", Decimal("0.01"), None),
+    ]
+
+
+def test_an_unpriced_model_cannot_be_estimated():
+    with pytest.raises(UnpricedModelError) as info:
+        estimate_upper_bound(worked_example_version(), "model-z", 10, 10, {}, AT)
+    assert info.value.code == "unpriced_model"
+    only_input = version({"id": "in", "model": "m", "token_type": "input", "price": "1"})
+    with pytest.raises(UnpricedModelError):
+        estimate_upper_bound(only_input, "m", 10, 0, {}, AT)
+
+
+def test_a_book_picks_the_version_in_force_at_the_estimate_time():
+    book = parse_book(
+        {
+            "id": "standard",
+            "currency": "USD",
+            "versions": [
+                {
+                    "effective_from": "2026-01-01T00:00:00Z",
+                    "rules": [
+                        {"id": "in1", "token_type": "input", "price": "1"},
+                        {"id": "out1", "token_type": "output", "price": "1"},
+                    ],
+                },
+                {
+                    "effective_from": "2026-02-01T00:00:00Z",
+                    "rules": [
+                        {"id": "in2", "token_type": "input", "price": "2"},
+                        {"id": "out2", "token_type": "output", "price": "2"},
+                    ],
+                },
+            ],
+        }
+    )
+    january = estimate_upper_bound(book, "any", 1_000_000, 0, {}, datetime(2026, 1, 31, tzinfo=UTC))
+    february = estimate_upper_bound(book, "any", 1_000_000, 0, {}, datetime(2026, 2, 1, tzinfo=UTC))
+    assert (january.total, february.total) == (Decimal(1), Decimal(2))
+
+
+@pytest.mark.parametrize("bad", [1.5, -1, True, "10"])
+def test_counts_must_be_non_negative_integers(bad):
+    with pytest.raises(InvalidUsageError):
+        estimate_upper_bound(worked_example_version(), "model-a", bad, 10, {}, AT)
+
+
+def test_estimate_request_accepts_counts_messages_or_a_prompt():
+    counter = TokenCounter()
+    given = estimate_request(
+        worked_example_version(),
+        "model-a",
+        {"input_tokens": 1200, "max_output_tokens": 500},
+        {},
+        AT,
+        counter=counter,
+    )
+    assert (given.prompt_tokens, given.counted, given.rating.total_units) == (1200, None, 32_000_000)
+    messages = [{"role": "user", "content": "Hello!"}]
+    counted = estimate_request(
+        worked_example_version(),
+        "model-a",
+        {"messages": messages, "max_output_tokens": 0},
+        {},
+        AT,
+        counter=counter,
+    )
+    # unknown model: 3 + user 1 + Hello! 2 + priming 3 = 9 tokens, +10% rounded up = 10
+    assert (counted.counted.raw_tokens, counted.prompt_tokens) == (9, 10)
+    prompt = estimate_request(
+        worked_example_version(),
+        "model-a",
+        {"prompt": "Hello!", "max_output_tokens": 1},
+        {},
+        AT,
+        counter=counter,
+    )
+    assert prompt.prompt_tokens == 3
+    with pytest.raises(InvalidUsageError):
+        estimate_request(
+            worked_example_version(),
+            "model-a",
+            {"prompt": "x", "input_tokens": 1, "max_output_tokens": 1},
+            {},
+            AT,
+        )
+    with pytest.raises(InvalidUsageError):
+        estimate_request(worked_example_version(), "model-a", {"prompt": "x"}, {}, AT)

@@ -1,0 +1,193 @@
+import copy
+
+import pytest
+from pricing_testkit import AT, load_fixture
+
+from pricing.errors import InvalidUsageError
+from pricing.normalize import (
+    NormalizedUsage,
+    normalize_anthropic,
+    normalize_canonical,
+    normalize_openai,
+    normalize_openai_chat,
+    normalize_openai_responses,
+)
+from pricing.rating import Usage, rate
+from pricing.reference import load_reference_book
+
+
+def canonical(n: NormalizedUsage) -> tuple[int, int, int, int, int]:
+    return (n.input_tokens, n.cached_input_tokens, n.cache_write_tokens, n.output_tokens, n.reasoning_tokens)
+
+
+@pytest.mark.parametrize(
+    ("fixture", "expected", "source"),
+    [
+        ("openai_chat_gpt41_basic.json", (19, 0, 0, 10, 0), "openai_chat"),
+        # 2006 prompt tokens of which 1920 cached: 86 fresh + 1920 cached
+        ("openai_chat_gpt4o_cached.json", (86, 1920, 0, 300, 0), "openai_chat"),
+        # 2210 completion tokens include 1536 reasoning: 674 visible output
+        ("openai_chat_o3mini_reasoning.json", (179, 1664, 0, 674, 1536), "openai_chat"),
+        ("openai_chat_legacy_no_details.json", (53, 0, 0, 17, 0), "openai_chat"),
+        ("openai_responses_gpt41_basic.json", (36, 0, 0, 87, 0), "openai_responses"),
+        ("openai_responses_o4mini_reasoning_cached.json", (490, 3072, 0, 179, 1024), "openai_responses"),
+    ],
+)
+def test_openai_usage_is_split_into_disjoint_canonical_counts(fixture, expected, source):
+    usage = load_fixture(fixture)["usage"]
+    normalized = normalize_openai(usage)
+    assert canonical(normalized) == expected
+    assert normalized.source == source
+    # nothing counted twice: the canonical fields add back up to the provider's total
+    assert sum(expected) == usage["total_tokens"]
+
+
+def test_openai_auto_detection_matches_the_explicit_normalizers():
+    chat = load_fixture("openai_chat_o3mini_reasoning.json")["usage"]
+    responses = load_fixture("openai_responses_o4mini_reasoning_cached.json")["usage"]
+    assert normalize_openai(chat) == normalize_openai_chat(chat)
+    assert normalize_openai(responses) == normalize_openai_responses(responses)
+
+
+@pytest.mark.parametrize(
+    ("fixture", "expected", "details"),
+    [
+        ("anthropic_message_cache_write.json", (21, 0, 188086, 393, 0), ()),
+        (
+            "anthropic_message_cache_read_web_search.json",
+            (6039, 188086, 1024, 931, 0),
+            (("cache_write_1h_tokens", 1024), ("web_search_requests", 1)),
+        ),
+        ("anthropic_message_legacy_nulls.json", (10, 0, 0, 25, 0), ()),
+    ],
+)
+def test_anthropic_usage_keeps_input_cache_reads_and_cache_writes_apart(fixture, expected, details):
+    normalized = normalize_anthropic(load_fixture(fixture)["usage"])
+    assert canonical(normalized) == expected
+    assert normalized.details == details
+    assert normalized.source == "anthropic"
+
+
+def test_anthropic_cache_creation_breakdown_alone_gives_the_cache_writes():
+    usage = {
+        "input_tokens": 5,
+        "output_tokens": 7,
+        "cache_creation": {"ephemeral_5m_input_tokens": 3, "ephemeral_1h_input_tokens": 4},
+    }
+    assert canonical(normalize_anthropic(usage)) == (5, 0, 7, 7, 0)
+
+
+def test_unknown_provider_fields_are_tolerated():
+    usage = load_fixture("anthropic_message_cache_write.json")["usage"]
+    usage["inference_geo"] = "us"
+    usage["server_tool_use"] = {"web_search_requests": 0, "web_fetch_requests": 2}
+    assert normalize_anthropic(usage).details == (("web_fetch_requests", 2),)
+
+
+def test_normalized_usage_rates_with_the_reference_book():
+    normalized = normalize_openai(load_fixture("openai_chat_gpt4o_cached.json")["usage"])
+    assert normalized.token_counts() == {"input": 86, "cached_input": 1920, "output": 300}
+    book = load_reference_book()
+    rating = rate(Usage("gpt-4o", normalized.token_counts(), AT), book.version_at(AT))
+    # 86 x $2.50 + 1920 x $1.25 + 300 x $10.00, per 1M tokens
+    assert str(rating.total) == "0.005615"
+
+
+def field_names(exc: InvalidUsageError) -> set[str]:
+    return {f["field"] for f in exc.fields}
+
+
+CHAT = load_fixture("openai_chat_o3mini_reasoning.json")["usage"]
+RESPONSES = load_fixture("openai_responses_o4mini_reasoning_cached.json")["usage"]
+ANTHROPIC = load_fixture("anthropic_message_cache_read_web_search.json")["usage"]
+
+
+def changed(base, path, value):
+    obj = copy.deepcopy(base)
+    target = obj
+    for key in path[:-1]:
+        target = target[key]
+    if value is KeyError:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return obj
+
+
+@pytest.mark.parametrize(
+    ("base", "path", "value", "field"),
+    [
+        (CHAT, ("prompt_tokens",), -1, "prompt_tokens"),
+        (CHAT, ("prompt_tokens",), 1843.0, "prompt_tokens"),
+        (CHAT, ("prompt_tokens",), True, "prompt_tokens"),
+        (CHAT, ("prompt_tokens",), "1843", "prompt_tokens"),
+        (CHAT, ("completion_tokens",), KeyError, "completion_tokens"),
+        (CHAT, ("prompt_tokens_details", "cached_tokens"), 1844, "prompt_tokens_details.cached_tokens"),
+        (
+            CHAT,
+            ("completion_tokens_details", "reasoning_tokens"),
+            2211,
+            "completion_tokens_details.reasoning_tokens",
+        ),
+        (CHAT, ("total_tokens",), 4054, "total_tokens"),
+        (CHAT, ("prompt_tokens_details",), [], "prompt_tokens_details"),
+        (CHAT, ("prompt_tokens_details", "audio_tokens"), 5000, "prompt_tokens_details.audio_tokens"),
+        (RESPONSES, ("input_tokens_details", "cached_tokens"), 3563, "input_tokens_details.cached_tokens"),
+        (
+            RESPONSES,
+            ("output_tokens_details", "reasoning_tokens"),
+            1204,
+            "output_tokens_details.reasoning_tokens",
+        ),
+        (RESPONSES, ("total_tokens",), 1, "total_tokens"),
+        (RESPONSES, ("output_tokens",), 12.5, "output_tokens"),
+    ],
+)
+def test_inconsistent_openai_usage_is_refused_naming_the_field(base, path, value, field):
+    with pytest.raises(InvalidUsageError) as info:
+        normalize_openai(changed(base, path, value))
+    assert info.value.code == "validation_error"
+    assert field in field_names(info.value)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field"),
+    [
+        (("input_tokens",), -5, "input_tokens"),
+        (("output_tokens",), KeyError, "output_tokens"),
+        (("cache_read_input_tokens",), 1.5, "cache_read_input_tokens"),
+        (("cache_creation", "ephemeral_1h_input_tokens"), 1000, "cache_creation"),
+        (("cache_creation", "ephemeral_5m_input_tokens"), False, "cache_creation.ephemeral_5m_input_tokens"),
+        (("server_tool_use", "web_search_requests"), -1, "server_tool_use.web_search_requests"),
+    ],
+)
+def test_inconsistent_anthropic_usage_is_refused_naming_the_field(path, value, field):
+    with pytest.raises(InvalidUsageError) as info:
+        normalize_anthropic(changed(ANTHROPIC, path, value))
+    assert field in field_names(info.value)
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {},
+        {"prompt_tokens": 1, "input_tokens": 1},
+        ANTHROPIC,
+        [],
+        "prompt_tokens=3",
+    ],
+)
+def test_openai_auto_detection_refuses_what_it_cannot_tell_apart(usage):
+    with pytest.raises(InvalidUsageError):
+        normalize_openai(usage)
+
+
+def test_canonical_usage_is_validated_and_unknown_fields_refused():
+    assert canonical(
+        normalize_canonical(
+            {"input_tokens": 1000, "cached_input_tokens": 200, "output_tokens": 350, "reasoning_tokens": 0}
+        )
+    ) == (1000, 200, 0, 350, 0)
+    with pytest.raises(InvalidUsageError) as info:
+        normalize_canonical({"input_tokens": 1, "prompt_tokens": 2, "output_tokens": -1})
+    assert field_names(info.value) == {"prompt_tokens", "output_tokens"}

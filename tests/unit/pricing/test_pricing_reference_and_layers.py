@@ -1,0 +1,88 @@
+import ast
+import json
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from pricing_testkit import AT
+
+import pricing
+from pricing.errors import UnpricedModelError
+from pricing.rating import Usage, rate
+from pricing.reference import load_reference_book, reference_models
+
+PRICING_DIR = Path(pricing.__file__).parent
+
+
+def test_the_reference_book_loads_validated_with_sources_for_every_rule():
+    book = load_reference_book()
+    assert (book.id, book.currency, len(book.versions)) == ("reference", "USD", 1)
+    rules = book.versions[0].rules
+    assert all(r.source and r.source.startswith("https://") for r in rules)
+    providers = {m["provider"] for m in reference_models()}
+    assert {"openai", "anthropic"} <= providers
+    models = {m["model"] for m in reference_models()}
+    assert models == {r.model for r in rules}
+    assert all(m["price_effective_from"] and m["source"].startswith("https://") for m in reference_models())
+
+
+def test_the_reference_book_prices_a_claude_call_with_cache_reads_and_writes():
+    book = load_reference_book()
+    usage = Usage(
+        "claude-sonnet-4-20250514",
+        {"input": 6039, "cached_input": 188086, "cache_write": 1024, "output": 931},
+        AT,
+    )
+    rating = rate(usage, book.version_at(AT))
+    # 6039 x 3 + 188086 x 0.30 + 1024 x 3.75 + 931 x 15 = 18117 + 56425.8 + 3840 + 13965 per 1M
+    assert rating.total == Decimal("0.0923478")
+
+
+def test_the_reference_book_is_no_default_for_unknown_models():
+    with pytest.raises(UnpricedModelError):
+        rate(Usage("gpt-4o-2024-05-13", {"input": 1}, AT), load_reference_book().version_at(AT))
+
+
+def test_the_reference_file_holds_no_float_prices():
+    data = json.loads((PRICING_DIR / "data" / "reference_prices.json").read_text())
+    for version in data["versions"]:
+        assert all(isinstance(rule["price"], str) for rule in version["rules"])
+
+
+FORBIDDEN = {"ledger", "wallets", "api", "litestar", "uvicorn", "httpx", "sqlalchemy", "psycopg", "requests"}
+
+
+@pytest.mark.parametrize("path", sorted(PRICING_DIR.glob("*.py")), ids=lambda p: p.name)
+def test_pricing_imports_no_other_layer_and_no_web_or_database_library(path):
+    tree = ast.parse(path.read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    assert not imported & FORBIDDEN
+
+
+@pytest.mark.parametrize("path", sorted(PRICING_DIR.glob("*.py")), ids=lambda p: p.name)
+def test_pricing_modules_stay_small_and_never_use_float(path):
+    source = path.read_text()
+    assert len(source.splitlines()) <= 400
+    tree = ast.parse(source)
+    assert not any(isinstance(n, ast.Constant) and isinstance(n.value, float) for n in ast.walk(tree))
+    assert not any(
+        isinstance(n, ast.Name)
+        and n.id == "float"
+        and isinstance(n.ctx, ast.Load)
+        and not _is_isinstance_check(tree, n)
+        for n in ast.walk(tree)
+    )
+
+
+def _is_isinstance_check(tree: ast.AST, name: ast.Name) -> bool:
+    """``float`` may only appear to refuse floats (isinstance checks)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "isinstance":
+            if any(name is sub for arg in node.args for sub in ast.walk(arg)):
+                return True
+    return False
