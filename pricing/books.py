@@ -127,6 +127,8 @@ class Rule:
             errors.append(field_error("token_type", f"must be one of {', '.join(TOKEN_TYPES)}"))
         if self.model is not None and (not isinstance(self.model, str) or not self.model):
             errors.append(field_error("model", "must be a non-empty string or absent"))
+        if self.source is not None and not isinstance(self.source, str):
+            errors.append(field_error("source", "must be a string (where the price was taken from)"))
         if self.tier_mode not in TIER_MODES:
             errors.append(field_error("tier_mode", "must be graduated or volume"))
         object.__setattr__(self, "match", self._normalized_match(errors))

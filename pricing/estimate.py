@@ -22,7 +22,7 @@ from pricing.money import DEFAULT_SCALE, pricing_context
 from pricing.overrides import Overrides
 from pricing.rating import Line, Rating, build_rating
 from pricing.tokens import TokenCount, TokenCounter, default_counter
-from pricing.usage import Usage
+from pricing.usage import Usage, check_count
 
 
 def _unit_price(rule: Rule, model: str, token_type: str, overrides: Overrides) -> tuple[Decimal, str | None]:
@@ -59,8 +59,12 @@ def estimate_upper_bound(
 ) -> Rating:
     """The most a call can cost: prompt at input price, output budget at the dearer of
     output/reasoning, plus any per-request fee; rounded once like any entry."""
-    # Usage validates model, counts (ints only), dimensions and the time in one place.
-    probe = Usage(model, {"input": prompt_tokens, "output": max_output_tokens}, at, dimensions or {})
+    errors: list[dict[str, str]] = []
+    check_count(prompt_tokens, "prompt_tokens", errors)
+    check_count(max_output_tokens, "max_output_tokens", errors)
+    if errors:
+        raise InvalidUsageError(errors)
+    probe = Usage(model, {}, at, dimensions or {})  # validates model, dimensions and time
     resolved = _version(version, probe.occurred_at)
     overrides = overrides or Overrides()
     dims = probe.dimension_dict

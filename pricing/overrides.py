@@ -5,7 +5,8 @@
   specificity first (exact > pattern > any), then token type (the usage's own type > the type
   the book priced it as through a fallback > any type). A contract without a token type never
   applies to ``request`` (a per-call fee is not a per-token price). Ties are refused.
-- A discount takes a percentage off every usage line it covers, as its own negative line.
+- A discount takes a percentage off every usage line it covers (by the line's model and its
+  own token type), as its own negative line.
 - A free allowance is money per billing period; it pays for what is left after discounts, up
   to what remains of it given the period-to-date use the caller passes in, as its own line.
 """

@@ -162,9 +162,8 @@ def _line_key(line: Line) -> tuple[object, ...]:
 def _discount_lines(usage_lines: list[Line], overrides: Overrides) -> list[Line]:
     lines: list[Line] = []
     for line in usage_lines:
-        assert line.model is not None and line.token_type is not None
         for discount in overrides.discounts:
-            if not discount.covers(line.model, line.token_type):
+            if not discount.covers(line.model or "", line.token_type or ""):
                 continue
             with pricing_context():
                 unit = -line.unit_price * discount.percent / 100

@@ -289,3 +289,13 @@ def count_message_tokens(messages: Sequence[Mapping[str, Any]], model: str,
                          counter: TokenCounter | None = None) -> TokenCount:
     """Tokens of chat messages for ``model``, chat-format overhead included."""
     return (counter or default_counter()).count_messages(messages, model)
+
+
+def __getattr__(name: str) -> Any:
+    """``estimate_upper_bound`` and ``estimate_request`` live in :mod:`pricing.estimate`;
+    they are reachable from here too, imported lazily to avoid an import cycle."""
+    if name in {"estimate_upper_bound", "estimate_request", "Estimate"}:
+        from pricing import estimate
+
+        return getattr(estimate, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

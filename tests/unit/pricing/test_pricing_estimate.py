@@ -101,8 +101,15 @@ def test_a_book_picks_the_version_in_force_at_the_estimate_time():
 
 @pytest.mark.parametrize("bad", [1.5, -1, True, "10"])
 def test_counts_must_be_non_negative_integers(bad):
-    with pytest.raises(InvalidUsageError):
+    with pytest.raises(InvalidUsageError) as info:
         estimate_upper_bound(worked_example_version(), "model-a", bad, 10, {}, AT)
+    assert [f["field"] for f in info.value.fields] == ["prompt_tokens"]
+
+
+def test_the_estimate_is_reachable_from_the_tokens_module_too():
+    from pricing import tokens
+
+    assert tokens.estimate_upper_bound is estimate_upper_bound
 
 
 def test_estimate_request_accepts_counts_messages_or_a_prompt():

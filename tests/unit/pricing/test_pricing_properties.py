@@ -37,10 +37,12 @@ def test_with_flat_rules_rating_a_plus_b_equals_rating_a_plus_rating_b(built, a,
 
 @st.composite
 def graduated_cases(draw):
+    """Tiers, a period-to-date start and a quantity that crosses at least one boundary."""
     bounds = sorted(draw(st.sets(st.integers(min_value=1, max_value=10**7), min_size=1, max_size=5)))
     tier_prices = draw(st.lists(prices, min_size=len(bounds) + 1, max_size=len(bounds) + 1))
-    start = draw(st.integers(min_value=0, max_value=2 * 10**7))
-    quantity = draw(st.integers(min_value=1, max_value=2 * 10**7))
+    start = draw(st.integers(min_value=0, max_value=bounds[-1] - 1))
+    to_next = min(b for b in bounds if b > start) - start
+    quantity = draw(st.integers(min_value=to_next + 1, max_value=to_next + 2 * 10**7))
     return bounds, tier_prices, start, quantity
 
 
@@ -65,6 +67,7 @@ def test_graduated_tiers_are_exact_across_any_number_of_boundaries(case):
     )
     assert rating.total == expected
     assert sum(ln.quantity for ln in rating.lines) == quantity
+    assert len(rating.lines) >= 2  # the boundary was crossed: one line per tier touched
     assert all(ln.amount == ln.quantity * ln.unit_price / 1_000_000 for ln in rating.lines)
 
 
