@@ -6,8 +6,9 @@ Serialization failures and deadlocks never reach a caller unless the retry budge
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -29,6 +30,11 @@ EXHAUSTED = Counter(
 
 class RetriesExhaustedError(Exception):
     code = "service_unavailable"
+
+
+def lock_key(name: str) -> int:
+    """A stable signed 64-bit advisory lock key for a name (an account code, a customer id)."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
 
 
 def sqlstate_of(exc: BaseException | None) -> str | None:
@@ -59,12 +65,20 @@ class Database:
     attempts: int = 30
     max_backoff_s: float = 0.05
 
-    async def run(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        """Run `work` in one SERIALIZABLE transaction; commit; retry it whole on 40001/40P01."""
+    async def run(self, work: Callable[[AsyncConnection], Awaitable[T]], *,
+                  locks: Sequence[int] = ()) -> T:
+        """Run `work` in one SERIALIZABLE transaction; commit; retry it whole on 40001/40P01.
+
+        `locks` are advisory lock keys taken, in sorted order, *before* the transaction starts,
+        so its snapshot is newer than whatever the previous holder committed: work that shares
+        a key queues instead of failing with 40001 and retrying in a storm.
+        """
         for attempt in range(1, self.attempts + 1):
             try:
-                async with self.engine.begin() as conn:
-                    return await work(conn)
+                if not locks:
+                    async with self.engine.begin() as conn:
+                        return await work(conn)
+                return await self._run_locked(work, sorted(set(locks)))
             except Exception as exc:
                 state = sqlstate_of(exc)
                 if state not in RETRYABLE:
@@ -76,6 +90,25 @@ class Database:
             await asyncio.sleep(random.uniform(0, min(self.max_backoff_s, 0.001 * 2**attempt)))
         raise AssertionError("unreachable")
 
+    async def _run_locked(self, work: Callable[[AsyncConnection], Awaitable[T]], keys: list[int]) -> T:
+        async with self.engine.connect() as conn:
+            try:
+                await _autocommit(conn, _LOCK, keys)
+                await conn.execution_options(isolation_level="SERIALIZABLE")
+                async with conn.begin():
+                    result = await work(conn)
+                await _autocommit(conn, _UNLOCK_ALL)
+                return result
+            except BaseException:
+                # Session locks outlive a rollback: release them, or drop the session itself.
+                try:
+                    if conn.in_transaction():
+                        await conn.rollback()
+                    await _autocommit(conn, _UNLOCK_ALL)
+                except BaseException:
+                    await conn.invalidate()
+                raise
+
     async def read(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """Run a read-only `work` at REPEATABLE READ: one consistent snapshot, no SSI bookkeeping."""
         async with self.engine.connect() as conn:
@@ -85,6 +118,17 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+_LOCK = "SELECT pg_advisory_lock(k) FROM unnest(%s::bigint[]) WITH ORDINALITY AS t(k, n) ORDER BY n"
+_UNLOCK_ALL = "SELECT pg_advisory_unlock_all()"
+
+
+async def _autocommit(conn: AsyncConnection, sql: str, *params: object) -> None:
+    """Run one statement outside any transaction (advisory locks must precede the snapshot)."""
+    await conn.execution_options(isolation_level="AUTOCOMMIT")
+    await conn.exec_driver_sql(sql, params or None)
+    await conn.commit()
 
 
 def connect(url: str, *, pool_size: int = 10) -> Database:

@@ -18,7 +18,7 @@ from enum import StrEnum
 from prometheus_client import Histogram
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ledger.db import Database
+from ledger.db import Database, lock_key
 from ledger.errors import (
     AccountMismatchError,
     BelowBoundError,
@@ -133,6 +133,21 @@ async def post_entries(conn: AsyncConnection, entries: list[JournalEntry]) -> li
     return results
 
 
+async def account_locks(db: Database, entries: list[JournalEntry]) -> list[int]:
+    """Advisory lock keys for the single-row accounts of `entries` (striped ones need none)."""
+    codes = {p.account for e in entries for p in e.postings}
+    known = _directories.get(db.engine.sync_engine, {})
+    if not codes <= known.keys():
+        known = await db.read(lambda conn: _resolve(conn, codes))
+    return [lock_key(code) for code in codes if known[code].stripes == 1]
+
+
+async def post_now(db: Database, entry: JournalEntry) -> PostResult:
+    """Post one standalone entry in a transaction of its own; raises if it is refused."""
+    locks = await account_locks(db, [entry])
+    return await db.run(lambda conn: post(conn, entry), locks=locks)
+
+
 async def post(conn: AsyncConnection, entry: JournalEntry) -> PostResult:
     """Post one entry in the caller's transaction; raises the entry's error if it is refused."""
     return (await post_entries(conn, [entry]))[0].raise_for_outcome()
@@ -141,18 +156,21 @@ async def post(conn: AsyncConnection, entry: JournalEntry) -> PostResult:
 class GroupPoster:
     """Coalesces concurrent standalone posts into shared SERIALIZABLE transactions."""
 
-    def __init__(self, db: Database, *, max_batch: int = 256) -> None:
+    def __init__(self, db: Database, *, max_batch: int = 256, flushers: int = 2) -> None:
         self._db = db
         self._max_batch = max_batch
+        self._max_flushers = flushers  # >1 overlaps one batch's commit with the next batch
         self._queue: list[tuple[JournalEntry, asyncio.Future[PostResult]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._flushers: set[asyncio.Task[None]] = set()
 
     async def post(self, entry: JournalEntry) -> PostResult:
         """Post `entry` once it is committed; returns its outcome (refusals included, not raised)."""
         future: asyncio.Future[PostResult] = asyncio.get_running_loop().create_future()
         self._queue.append((entry, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
+        if len(self._flushers) < self._max_flushers:
+            task = asyncio.create_task(self._flush())
+            self._flushers.add(task)
+            task.add_done_callback(self._flushers.discard)
         return await future
 
     async def _flush(self) -> None:
@@ -161,7 +179,8 @@ class GroupPoster:
             entries = [entry for entry, _ in batch]
             if len(batch) > 1:
                 try:
-                    results = await self._db.run(lambda conn: post_entries(conn, entries))
+                    locks = await account_locks(self._db, entries)
+                    results = await self._db.run(lambda conn, e=entries: post_entries(conn, e), locks=locks)
                 except Exception:
                     for one in batch:
                         await self._post_alone(*one)
@@ -174,7 +193,8 @@ class GroupPoster:
 
     async def _post_alone(self, entry: JournalEntry, future: asyncio.Future[PostResult]) -> None:
         try:
-            result = await self._db.run(lambda conn: post_entries(conn, [entry]))
+            locks = await account_locks(self._db, [entry])
+            result = await self._db.run(lambda conn: post_entries(conn, [entry]), locks=locks)
         except Exception as exc:
             if not future.done():
                 future.set_exception(exc)

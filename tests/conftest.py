@@ -1,0 +1,86 @@
+"""Test fixtures: a real PostgreSQL for the session, never SQLite, never a mock.
+
+Without TOKENTILL_TEST_DATABASE_URL the session starts a throwaway embedded cluster of its own;
+with it, tests run in a fresh database created on that server and dropped afterwards.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from api.runtime import sync_url
+from ledger import embedded
+from ledger.accounts import ensure_asset
+from ledger.db import Database, connect
+from migrations import runner
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    """A PostgreSQL server URL for the session (its maintenance database)."""
+    url = os.environ.get("TOKENTILL_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    with tempfile.TemporaryDirectory(prefix="tokentill-test-") as tmp:
+        cluster = embedded.start(Path(tmp) / "pg", keep=False)
+        try:
+            yield cluster.url
+        finally:
+            cluster.stop()
+
+
+def create_database(server: str, name: str) -> str:
+    admin = create_engine(sync_url(server), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    url = make_url(server).set(database=name).render_as_string(hide_password=False)
+    runner.upgrade(sync_url(url))
+    return url
+
+
+def drop_database(server: str, name: str) -> None:
+    admin = create_engine(sync_url(server), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def database_url(server_url: str) -> Iterator[str]:
+    """A migrated database shared by the session; tests keep apart by unique account codes."""
+    name = f"tokentill_test_{os.getpid()}"
+    url = create_database(server_url, name)
+    yield url
+    drop_database(server_url, name)
+
+
+@pytest.fixture
+def scratch_url(server_url: str) -> Iterator[str]:
+    """A migrated database of the test's own, for tests that damage it on purpose."""
+    name = f"tokentill_scratch_{uuid.uuid4().hex[:10]}"
+    yield create_database(server_url, name)
+    drop_database(server_url, name)
+
+
+@pytest.fixture(scope="session")
+async def db(database_url: str) -> AsyncIterator[Database]:
+    database = connect(database_url, pool_size=5)
+    await database.run(lambda conn: ensure_asset(conn, "USD", 9))
+    yield database
+    await database.dispose()
+
+
+@pytest.fixture
+def tag() -> str:
+    """A unique prefix for the account codes and keys of one test."""
+    return uuid.uuid4().hex[:12]

@@ -1,0 +1,133 @@
+"""PostgreSQL itself guards the ledger: raw SQL that tries to break an invariant fails."""
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from ledger.accounts import balance, open_account
+from ledger.errors import IdempotencyConflictError
+from ledger.model import AccountSpec, AccountType, JournalEntry, Posting
+from ledger.posting import Outcome, post, post_entries
+
+
+async def _two_accounts(db, tag, *, bound=None):
+    cash, lot = f"asset:cash:{tag}", f"liability:lot:{tag}"
+
+    async def work(conn):
+        await open_account(conn, AccountSpec(cash, AccountType.ASSET, "USD"))
+        await open_account(conn, AccountSpec(lot, AccountType.LIABILITY, "USD", lower_bound=bound))
+        return await post(conn, JournalEntry(f"{tag}-fund", "topup", (
+            Posting(cash, 100, "USD"), Posting(lot, -100, "USD"))))
+
+    result = await db.run(work)
+    return cash, lot, result.entry_id
+
+
+def _ids(database_url, *codes):
+    with psycopg.connect(database_url) as conn:
+        return [conn.execute("SELECT id FROM accounts WHERE code = %s", (c,)).fetchone()[0] for c in codes]
+
+
+async def test_a_posting_cannot_be_updated_or_deleted(db, database_url, tag):
+    _, _, entry_id = await _two_accounts(db, tag)
+    with psycopg.connect(database_url) as conn:
+        with pytest.raises(psycopg.errors.RestrictViolation, match="append-only"):
+            conn.execute("UPDATE postings SET amount = amount * 2 WHERE entry_id = %s", (entry_id,))
+    with psycopg.connect(database_url) as conn:
+        with pytest.raises(psycopg.errors.RestrictViolation):
+            conn.execute("DELETE FROM postings WHERE entry_id = %s", (entry_id,))
+    with psycopg.connect(database_url) as conn:
+        with pytest.raises(psycopg.errors.RestrictViolation):
+            conn.execute("TRUNCATE postings CASCADE")
+    with psycopg.connect(database_url) as conn:
+        with pytest.raises(psycopg.errors.RestrictViolation):
+            conn.execute("UPDATE journal_entries SET kind = 'x' WHERE id = %s", (entry_id,))
+    with psycopg.connect(database_url) as conn:
+        amounts = conn.execute("SELECT amount FROM postings WHERE entry_id = %s ORDER BY amount",
+                               (entry_id,)).fetchall()
+    assert amounts == [(-100,), (100,)]
+
+
+async def test_an_unbalanced_entry_cannot_be_committed(db, database_url, tag):
+    cash_id, lot_id = _ids(database_url, *(await _two_accounts(db, tag))[:2])
+    conn = psycopg.connect(database_url)
+    try:
+        entry = conn.execute("INSERT INTO journal_entries (key, request_hash, kind, occurred_at) "
+                             "VALUES (%s, '\\x00', 'raw', now()) RETURNING id", (f"{tag}-raw",)).fetchone()[0]
+        conn.execute("INSERT INTO postings (entry_id, account_id, amount) VALUES (%s, %s, 70), (%s, %s, -60)",
+                     (entry, cash_id, entry, lot_id))
+        with pytest.raises(psycopg.errors.CheckViolation, match="does not balance"):
+            conn.commit()
+    finally:
+        conn.close()
+    with psycopg.connect(database_url) as check:
+        assert check.execute("SELECT count(*) FROM journal_entries WHERE key = %s",
+                             (f"{tag}-raw",)).fetchone()[0] == 0
+
+
+async def test_an_entry_may_be_written_in_steps_if_it_balances_at_commit(db, database_url, tag):
+    cash_id, lot_id = _ids(database_url, *(await _two_accounts(db, tag))[:2])
+    with psycopg.connect(database_url) as conn:
+        entry = conn.execute("INSERT INTO journal_entries (key, request_hash, kind, occurred_at) "
+                             "VALUES (%s, '\\x00', 'raw', now()) RETURNING id", (f"{tag}-steps",)).fetchone()[0]
+        conn.execute("INSERT INTO postings (entry_id, account_id, amount) VALUES (%s, %s, 5)", (entry, cash_id))
+        conn.execute("INSERT INTO postings (entry_id, account_id, amount) VALUES (%s, %s, -5)", (entry, lot_id))
+    assert (await db.read(lambda c: balance(c, f"asset:cash:{tag}"))).normal == 105
+
+
+async def test_a_bounded_account_cannot_go_below_its_bound(db, database_url, tag):
+    cash, lot, _ = await _two_accounts(db, tag, bound=0)
+    cash_id, lot_id = _ids(database_url, cash, lot)
+    with psycopg.connect(database_url) as conn:
+        entry = conn.execute("INSERT INTO journal_entries (key, request_hash, kind, occurred_at) "
+                             "VALUES (%s, '\\x00', 'raw', now()) RETURNING id", (f"{tag}-over",)).fetchone()[0]
+        with pytest.raises(psycopg.errors.CheckViolation, match="balance_within_bound"):
+            conn.execute("INSERT INTO postings (entry_id, account_id, amount) VALUES (%s, %s, 101), (%s, %s, -101)",
+                         (entry, lot_id, entry, cash_id))
+    with psycopg.connect(database_url) as conn:
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute("UPDATE account_balances SET debits = debits + 1000 WHERE account_id = %s", (lot_id,))
+    # Through the ledger API the same overdraw is refused as an outcome, and nothing is written.
+    refused = await db.run(lambda conn: post_entries(conn, [JournalEntry(f"{tag}-api", "refund", (
+        Posting(lot, 101, "USD"), Posting(cash, -101, "USD")))]))
+    assert refused[0].outcome is Outcome.BELOW_BOUND and refused[0].detail == lot
+    assert (await db.read(lambda c: balance(c, lot))).normal == 100
+
+
+async def test_an_idempotency_key_cannot_be_reused_for_a_different_body(db, database_url, tag):
+    cash, lot, entry_id = await _two_accounts(db, tag)
+    with psycopg.connect(database_url) as conn:
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute("INSERT INTO journal_entries (key, request_hash, kind, occurred_at) "
+                         "VALUES (%s, '\\x01', 'other', now())", (f"{tag}-fund",))
+    with psycopg.connect(database_url) as conn:
+        conn.execute("INSERT INTO idempotency_keys (scope, key, request_hash, status, response) "
+                     "VALUES ('test', %s, '\\x01', 201, '{}')", (tag,))
+    with psycopg.connect(database_url) as conn:
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute("INSERT INTO idempotency_keys (scope, key, request_hash, status, response) "
+                         "VALUES ('test', %s, '\\x02', 201, '{}')", (tag,))
+    with psycopg.connect(database_url) as conn:
+        with pytest.raises(psycopg.errors.RestrictViolation):
+            conn.execute("INSERT INTO idempotency_keys (scope, key, request_hash, status, response) "
+                         "VALUES ('test', %s, '\\x02', 201, '{}') ON CONFLICT (scope, key) "
+                         "DO UPDATE SET request_hash = excluded.request_hash", (tag,))
+    # Through the ledger API: the same key and body replays, another body is a conflict.
+    same = JournalEntry(f"{tag}-k", "topup", (Posting(cash, 7, "USD"), Posting(lot, -7, "USD")))
+    first = await db.run(lambda conn: post(conn, same))
+    again = await db.run(lambda conn: post(conn, same))
+    assert (first.outcome, again.outcome, again.entry_id) == (Outcome.POSTED, Outcome.REPLAYED, first.entry_id)
+    other = JournalEntry(f"{tag}-k", "topup", (Posting(cash, 8, "USD"), Posting(lot, -8, "USD")))
+    with pytest.raises(IdempotencyConflictError):
+        await db.run(lambda conn: post(conn, other))
+    assert (await db.read(lambda c: balance(c, cash))).normal == 107
+
+
+async def test_account_identity_is_immutable(db, database_url, tag):
+    cash, _, _ = await _two_accounts(db, tag)
+    with psycopg.connect(database_url) as conn:
+        with pytest.raises(psycopg.errors.RestrictViolation):
+            conn.execute("UPDATE accounts SET asset = 'USD', type = 'income' WHERE code = %s", (cash,))
+    with psycopg.connect(database_url) as conn:
+        with pytest.raises(psycopg.errors.RestrictViolation):
+            conn.execute("DELETE FROM accounts WHERE code = %s", (cash,))
