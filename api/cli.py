@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 from importlib.metadata import version
 
@@ -17,6 +18,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from api.runtime import open_database
 
     handle = open_database(settings)
+    # uvicorn shuts down gracefully, then re-raises the signal it caught; make that an ordinary
+    # exit, so the finally below stops the embedded cluster when this is its last user.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_quietly)
     try:
         app = create_app(settings, handle.url)
         uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level.lower(),
@@ -24,6 +29,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         handle.close()
     return 0
+
+
+def _exit_quietly(signum: int, _frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _migrate(_: argparse.Namespace, settings: Settings) -> int:

@@ -11,7 +11,7 @@ from litestar.params import Parameter
 from api.auth import require
 from api.errors import ApiError
 from ledger.audit import trial_balance
-from pricing.money import format_amount
+from pricing.money import DEFAULT_SCALE, format_amount
 from wallets.audit import full_verify
 
 
@@ -56,7 +56,9 @@ async def get_trial_balance(
 
     tb, chosen, scale = await db.read(read)
     if scale is None:
-        raise ApiError("not_found", f"no currency {chosen}")
+        if currency is not None:
+            raise ApiError("not_found", f"no currency {chosen}")
+        scale = DEFAULT_SCALE  # an empty ledger: nothing posted in any currency yet
     lines = [line for line in tb.lines if line.asset == chosen]
     debits, credits = tb.totals.get(chosen, (0, 0))
     return TrialBalanceResponse(

@@ -95,7 +95,7 @@ async def test_a_bounded_account_cannot_go_below_its_bound(db, database_url, tag
 
 
 async def test_an_idempotency_key_cannot_be_reused_for_a_different_body(db, database_url, tag):
-    cash, lot, entry_id = await _two_accounts(db, tag)
+    cash, lot, _ = await _two_accounts(db, tag)
     with psycopg.connect(database_url) as conn:
         with pytest.raises(psycopg.errors.UniqueViolation):
             conn.execute("INSERT INTO journal_entries (key, request_hash, kind, occurred_at) "

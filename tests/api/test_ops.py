@@ -1,0 +1,55 @@
+"""Operations and audit endpoints through the app, with problem+json errors."""
+from __future__ import annotations
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from api.app import create_app
+from api.settings import Settings
+
+ADMIN = {"Authorization": "Bearer test-admin"}
+
+
+@pytest.fixture
+async def client(db, database_url):  # db: the migrated database, with USD
+    app = create_app(Settings(admin_key="test-admin", scheduler=False), database_url)
+    async with AsyncTestClient(app=app) as client:
+        yield client
+
+
+async def test_health_and_readiness_report_a_migrated_database(client):
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+
+
+async def test_metrics_are_prometheus_text(client):
+    await client.get("/healthz")
+    body = (await client.get("/metrics")).text
+    assert "tokentill_requests_total" in body or "tokentill_request" in body
+    assert "tokentill_transaction_retries" in body
+
+
+async def test_audit_endpoints_need_a_key(client):
+    response = await client.get("/v1/audit/trial-balance")
+    assert response.status_code == 401
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["code"] == "unauthorized"
+    wrong = await client.post("/v1/audit/verify", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+
+
+async def test_trial_balance_totals_are_equal_and_verify_passes(client):
+    tb = await client.get("/v1/audit/trial-balance?currency=USD", headers=ADMIN)
+    assert tb.status_code == 200
+    body = tb.json()
+    assert body["total_debits"] == body["total_credits"] and body["balanced"] is True
+    verify = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
+    assert verify["ok"] is True
+    assert {c["name"] for c in verify["checks"]} >= {"entries_balanced", "cached_balances", "seals", "bounds"}
+
+
+async def test_an_unknown_route_is_a_problem_document(client):
+    response = await client.get("/v1/nothing-here", headers=ADMIN)
+    assert response.status_code == 404
+    assert response.json()["code"] == "not_found"

@@ -1,0 +1,77 @@
+"""`tokentill audit verify` exits 0 on a whole ledger and names the entry a superuser altered."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import psycopg
+
+from ledger.accounts import ensure_asset, open_account
+from ledger.db import connect
+from ledger.model import AccountSpec, AccountType, JournalEntry, Posting
+from ledger.posting import post_entries
+from ledger.seal import seal_once
+
+
+async def _ledger_with_entries(url: str) -> list[int]:
+    db = connect(url, pool_size=2)
+
+    async def work(conn):
+        await ensure_asset(conn, "USD", 9)
+        await open_account(conn, AccountSpec("asset:cash", AccountType.ASSET, "USD", stripes=4))
+        await open_account(conn, AccountSpec("liability:lot", AccountType.LIABILITY, "USD", lower_bound=0))
+        entries = [JournalEntry(f"e{i}", "topup", (Posting("asset:cash", 100 + i, "USD"),
+                                                   Posting("liability:lot", -(100 + i), "USD")))
+                   for i in range(5)]
+        return [r.entry_id for r in await post_entries(conn, entries)]
+
+    ids = await db.run(work)
+    assert await db.run(seal_once) is not None
+    await db.dispose()
+    return ids
+
+
+def _verify(url: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TOKENTILL_DATABASE_URL": url}
+    return subprocess.run([sys.executable, "-m", "api.cli", "audit", "verify"], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def _as_superuser_without_triggers(url: str, table: str, sql: str, *params) -> None:
+    with psycopg.connect(url) as conn:
+        conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
+        conn.execute(sql, params)
+        conn.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
+
+
+async def test_verify_exits_zero_on_a_healthy_ledger(scratch_url):
+    await _ledger_with_entries(scratch_url)
+    result = _verify(scratch_url)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "verified" in result.stdout
+
+
+async def test_verify_names_the_entry_whose_posting_was_altered(scratch_url):
+    ids = await _ledger_with_entries(scratch_url)
+    victim = ids[2]
+    _as_superuser_without_triggers(
+        scratch_url, "postings",
+        "UPDATE postings SET amount = amount + 1 WHERE entry_id = %s AND amount > 0", victim)
+    result = _verify(scratch_url)
+    assert result.returncode == 1
+    assert f"entry {victim} does not balance" in result.stdout
+    assert f"entry {victim} was altered after seal" in result.stdout
+    assert "account asset:cash stripe" in result.stdout  # the cached balance no longer matches
+    for other in set(ids) - {victim}:
+        assert f"entry {other} " not in result.stdout
+
+
+async def test_verify_catches_a_balanced_forgery_through_the_seal(scratch_url):
+    """Moving a posting to another account keeps the entry balanced; the seal still names it."""
+    ids = await _ledger_with_entries(scratch_url)
+    _as_superuser_without_triggers(
+        scratch_url, "journal_entries", "UPDATE journal_entries SET kind = 'refund' WHERE id = %s", ids[0])
+    result = _verify(scratch_url)
+    assert result.returncode == 1
+    assert f"entry {ids[0]} was altered after seal" in result.stdout

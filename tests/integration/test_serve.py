@@ -1,0 +1,75 @@
+"""The README's first command: `tokentill serve` on an embedded PostgreSQL, from nothing."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(data_dir: Path, port: int) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "TOKENTILL_DATABASE_URL"}
+    env.update(TOKENTILL_DATA_DIR=str(data_dir), TOKENTILL_ADMIN_KEY="serve-test-admin")
+    return subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 90) -> httpx.Response:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read()
+        try:
+            response = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
+            if response.status_code == 200:
+                return response
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("server never became ready")
+
+
+def _stop(proc: subprocess.Popen) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout=30)
+
+
+def test_two_servers_started_at_once_on_a_fresh_data_dir_share_one_migrated_cluster(tmp_path):
+    ports = [_free_port(), _free_port()]
+    procs = [_serve(tmp_path, port) for port in ports]
+    try:
+        for port, proc in zip(ports, procs, strict=True):
+            assert _wait_ready(port, proc).json()["status"] == "ready"
+        headers = {"Authorization": "Bearer serve-test-admin"}
+        tb = httpx.get(f"http://127.0.0.1:{ports[1]}/v1/audit/trial-balance", headers=headers).json()
+        assert tb["total_debits"] == tb["total_credits"]
+        assert "tokentill" in httpx.get(f"http://127.0.0.1:{ports[0]}/metrics").text
+    finally:
+        codes = [_stop(proc) for proc in procs]
+    assert codes == [0, 0]
+    assert (tmp_path / "pg" / "PG_VERSION").exists()
+    assert not (tmp_path / "pg" / "postmaster.pid").exists(), "the last server out stops PostgreSQL"
+
+
+def test_a_restarted_server_reuses_its_data_dir(tmp_path):
+    port = _free_port()
+    proc = _serve(tmp_path, port)
+    _wait_ready(port, proc)
+    assert _stop(proc) == 0
+    started = time.monotonic()
+    proc = _serve(tmp_path, port)
+    try:
+        _wait_ready(port, proc)
+    finally:
+        _stop(proc)
+    assert time.monotonic() - started < 30
