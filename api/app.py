@@ -17,7 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api.errors import EXCEPTION_HANDLERS
-from api.routes import audit, ops
+from api.routes import audit, keys, ops
 from api.settings import Settings
 from ledger.db import Database, connect
 from wallets.jobs import build_scheduler, jobs
@@ -60,7 +60,7 @@ def create_app(settings: Settings, database_url: str, **overrides: Any) -> Lites
                                   exclude=["/metrics"])
     return Litestar(
         route_handlers=[ops.healthz, ops.readyz, PrometheusController, audit.get_trial_balance,
-                        audit.post_verify],
+                        audit.post_verify, keys.create_api_key, keys.list_api_keys, keys.revoke_api_key],
         state=State({"services": services}),
         lifespan=[lifespan],
         middleware=[prometheus.middleware],

@@ -1,7 +1,10 @@
 """Bearer-key authentication and scope guards.
 
-A principal is what a key may do. The bootstrap admin key comes from TOKENTILL_ADMIN_KEY; keys
-are compared in constant time.
+Scopes: `admin` does everything; `inference` reserves, settles, releases and sends usage,
+optionally only for its listed customers; `customer:<id>` reads that customer's own data;
+`auditor` reads the journal, trial balance, verify and charge traces. The bootstrap admin key
+comes from TOKENTILL_ADMIN_KEY. Keys are looked up on every request, so a revoked key is refused
+at once by every process.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 
 from api.errors import ApiError
+from wallets import keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,7 +25,16 @@ class Principal:
     customers: tuple[str, ...] = ()
 
     def allows(self, *scopes: str) -> bool:
-        return self.scope == "admin" or self.scope in scopes
+        return self.scope == "admin" or self.scope in scopes or (
+            "customer" in scopes and self.scope.startswith("customer:"))
+
+    def may_see(self, customer_id: str) -> bool:
+        """Whether this key may act on or read `customer_id`'s data (its scope permitting)."""
+        if self.scope in ("admin", "auditor"):
+            return True
+        if self.scope == "inference":
+            return not self.customers or customer_id in self.customers
+        return self.scope == f"customer:{customer_id}"
 
 
 def bearer(connection: ASGIConnection) -> str:
@@ -34,19 +47,36 @@ def bearer(connection: ASGIConnection) -> str:
 
 async def authenticate(connection: ASGIConnection) -> Principal:
     token = bearer(connection)
-    admin_key = connection.app.state.services.settings.admin_key
+    services = connection.app.state.services
+    admin_key = services.settings.admin_key
     if admin_key and hmac.compare_digest(token.encode(), admin_key.encode()):
         return Principal("bootstrap-admin", "admin")
-    raise ApiError("unauthorized", "unknown or revoked key", 401)
+    key = await services.db.read(lambda conn: keys.find(conn, token))
+    if key is None:
+        raise ApiError("unauthorized", "unknown or revoked key", 401)
+    return Principal(key.id, key.scope, key.customers)
 
 
 def require(*scopes: str):
-    """A guard admitting admin keys and keys of any of `scopes`."""
+    """A guard admitting admin keys and keys of any of `scopes` ("customer" means customer:<any>)."""
 
     async def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
         principal = await authenticate(connection)
         if not principal.allows(*scopes):
-            raise ApiError("forbidden", f"this key's scope {principal.scope!r} may not do this", 403)
+            raise ApiError("forbidden", f"a key of scope {principal.scope!r} may not do this", 403)
         connection.scope["state"]["principal"] = principal
+        customer_id = connection.path_params.get("customer_id")
+        if customer_id is not None and not principal.may_see(customer_id):
+            raise ApiError("forbidden", f"this key may not access customer {customer_id!r}", 403)
 
     return guard
+
+
+def principal_of(connection: ASGIConnection) -> Principal:
+    return connection.scope["state"]["principal"]
+
+
+def ensure_customer(connection: ASGIConnection, customer_id: str) -> None:
+    """For customers named in a body or found by lookup rather than in the path."""
+    if not principal_of(connection).may_see(customer_id):
+        raise ApiError("forbidden", f"this key may not access customer {customer_id!r}", 403)

@@ -48,23 +48,9 @@ def _migrate(_: argparse.Namespace, settings: Settings) -> int:
 
 
 def _audit_verify(args: argparse.Namespace, settings: Settings) -> int:
-    from api.runtime import open_database
-    from ledger.db import connect
     from wallets.audit import full_verify
 
-    handle = open_database(settings)
-
-    async def run():
-        db = connect(handle.url, pool_size=1)
-        try:
-            return await db.read(full_verify)
-        finally:
-            await db.dispose()
-
-    try:
-        report = asyncio.run(run())
-    finally:
-        handle.close()
+    report = _with_db(settings, lambda db: db.read(full_verify))
     if args.json:
         print(json.dumps({"ok": report.ok, "checks": [
             {"name": c.name, "ok": c.ok, "detail": c.detail, "problems": list(c.problems)}
@@ -76,6 +62,50 @@ def _audit_verify(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"       {p}")
         print("verified: the ledger is whole" if report.ok else "verification FAILED")
     return 0 if report.ok else 1
+
+
+def _with_db(settings: Settings, work):
+    """Run `work(db)` against the configured (or embedded) database, migrated."""
+    from api.runtime import open_database
+    from ledger.db import connect
+
+    handle = open_database(settings)
+
+    async def run():
+        db = connect(handle.url, pool_size=1)
+        try:
+            return await work(db)
+        finally:
+            await db.dispose()
+
+    try:
+        return asyncio.run(run())
+    finally:
+        handle.close()
+
+
+def _keys(args: argparse.Namespace, settings: Settings) -> int:
+    from ledger.errors import LedgerError
+    from wallets import keys
+
+    try:
+        if args.keys == "create":
+            key, secret = _with_db(settings, lambda db: db.run(
+                lambda conn: keys.create(conn, args.scope, args.customer or [], args.name)))
+            print(json.dumps({"id": key.id, "key": secret, "scope": key.scope,
+                              "customers": list(key.customers), "created_at": key.created_at.isoformat()}))
+            print("store the key now: it is not shown again", file=sys.stderr)
+        elif args.keys == "list":
+            for key in _with_db(settings, lambda db: db.read(keys.list_keys)):
+                state = f"revoked {key.revoked_at.isoformat()}" if key.revoked_at else "active"
+                print(f"{key.id}  {key.scope:<20} {','.join(key.customers) or '-':<20} {state}  {key.name}")
+        else:
+            key = _with_db(settings, lambda db: db.run(lambda conn: keys.revoke(conn, args.id)))
+            print(f"revoked {key.id}")
+    except LedgerError as exc:
+        print(f"error: {exc.detail}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
@@ -102,6 +132,18 @@ def parser() -> argparse.ArgumentParser:
 
     migrate = sub.add_parser("migrate", help="apply database migrations (safe to run concurrently)")
     migrate.set_defaults(func=_migrate)
+
+    keys = sub.add_parser("keys", help="create, list and revoke API keys").add_subparsers(
+        dest="keys", required=True)
+    create = keys.add_parser("create", help="create a key; prints it once, as JSON")
+    create.add_argument("--scope", required=True, help="admin, inference, auditor or customer:<id>")
+    create.add_argument("--customer", action="append", help="limit an inference key to this customer (repeat)")
+    create.add_argument("--name", default="", help="a label for the key")
+    keys.add_parser("list", help="list keys, without their secrets")
+    revoke = keys.add_parser("revoke", help="revoke a key at once")
+    revoke.add_argument("id")
+    for command in keys.choices.values():
+        command.set_defaults(func=_keys)
 
     audit = sub.add_parser("audit", help="audit commands").add_subparsers(dest="audit", required=True)
     verify = audit.add_parser("verify", help="check the journal; exit 1 when any check fails")

@@ -76,6 +76,9 @@ def _validation(request: Request, exc: ValidationException) -> Response:
 
 
 def _http(request: Request, exc: HTTPException) -> Response:
+    if exc.status_code == 400:  # an unreadable body (malformed JSON, say) is invalid input
+        return problem(422, "validation_error", exc.detail or "malformed request", request,
+                       fields=[{"field": "body", "message": exc.detail or "malformed request"}])
     code = CODE_BY_STATUS.get(exc.status_code, "http_error")
     return problem(exc.status_code, code, exc.detail or code, request)
 

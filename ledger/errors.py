@@ -8,7 +8,7 @@ class LedgerError(Exception):
     def __init__(self, detail: str, **context: object) -> None:
         super().__init__(detail)
         self.detail = detail
-        self.context = context
+        self.context = context  # str/int/list/dict values are shown to API clients
 
 
 class InvalidEntryError(LedgerError):

@@ -1,0 +1,54 @@
+"""API keys: create (the secret is shown once), list without secrets, revoke at once."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+from litestar import delete, get, post
+from litestar.datastructures import State
+
+from api.auth import require
+from wallets import keys
+
+
+class CreateApiKeyRequest(msgspec.Struct, forbid_unknown_fields=True):
+    scope: Annotated[str, msgspec.Meta(min_length=1, max_length=140)]
+    customers: Annotated[list[Annotated[str, msgspec.Meta(min_length=1, max_length=128)]],
+                         msgspec.Meta(max_length=1000)] = []
+    name: Annotated[str, msgspec.Meta(max_length=200)] = ""
+
+
+class ApiKeyResponse(msgspec.Struct):
+    id: str
+    scope: str
+    customers: list[str]
+    name: str
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+
+class CreatedApiKeyResponse(ApiKeyResponse):
+    key: str = ""  # the secret: shown in this response only
+
+
+def _response(key: keys.ApiKey) -> ApiKeyResponse:
+    return ApiKeyResponse(key.id, key.scope, list(key.customers), key.name, key.created_at, key.revoked_at)
+
+
+@post("/v1/api-keys", guards=[require()], tags=["api keys"])
+async def create_api_key(state: State, data: CreateApiKeyRequest) -> CreatedApiKeyResponse:
+    """Create a key; its secret `key` is returned here and never again."""
+    key, secret = await state.services.db.run(lambda conn: keys.create(conn, data.scope, data.customers, data.name))
+    return CreatedApiKeyResponse(**msgspec.structs.asdict(_response(key)), key=secret)
+
+
+@get("/v1/api-keys", guards=[require()], tags=["api keys"])
+async def list_api_keys(state: State) -> list[ApiKeyResponse]:
+    return [_response(k) for k in await state.services.db.read(keys.list_keys)]
+
+
+@delete("/v1/api-keys/{key_id:str}", guards=[require()], status_code=200, tags=["api keys"])
+async def revoke_api_key(state: State, key_id: str) -> ApiKeyResponse:
+    """Revoke a key; every process refuses it from the next request on."""
+    return _response(await state.services.db.run(lambda conn: keys.revoke(conn, key_id)))

@@ -1,0 +1,87 @@
+"""API keys (created, scoped, revoked at once) and problem+json for every kind of error."""
+from __future__ import annotations
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from api.app import create_app
+from api.settings import Settings
+
+ADMIN = {"Authorization": "Bearer test-admin"}
+
+
+@pytest.fixture
+async def client(db, database_url):
+    app = create_app(Settings(admin_key="test-admin", scheduler=False), database_url)
+    async with AsyncTestClient(app=app) as client:
+        yield client
+
+
+async def _key(client, scope, customers=()):
+    response = await client.post("/v1/api-keys", headers=ADMIN,
+                                 json={"scope": scope, "customers": list(customers), "name": "t"})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def bearer(key):
+    return {"Authorization": f"Bearer {key['key']}"}
+
+
+async def test_a_created_key_is_shown_once_and_listed_without_its_secret(client):
+    created = await _key(client, "auditor")
+    assert created["key"].startswith("tt_") and created["scope"] == "auditor"
+    listed = (await client.get("/v1/api-keys", headers=ADMIN)).json()
+    mine = [k for k in listed if k["id"] == created["id"]]
+    assert mine and "key" not in mine[0]
+    assert created["key"] not in (await client.get("/v1/api-keys", headers=ADMIN)).text
+
+
+async def test_an_auditor_reads_the_trial_balance_and_a_customer_key_may_not(client):
+    auditor, customer = await _key(client, "auditor"), await _key(client, "customer:acme")
+    assert (await client.get("/v1/audit/trial-balance", headers=bearer(auditor))).status_code == 200
+    refused = await client.get("/v1/audit/trial-balance", headers=bearer(customer))
+    assert refused.status_code == 403 and refused.json()["code"] == "forbidden"
+    assert (await client.get("/v1/api-keys", headers=bearer(auditor))).status_code == 403
+
+
+async def test_a_revoked_key_is_refused_at_once(client):
+    key = await _key(client, "auditor")
+    assert (await client.post("/v1/audit/verify", headers=bearer(key))).status_code == 200
+    revoked = await client.delete(f"/v1/api-keys/{key['id']}", headers=ADMIN)
+    assert revoked.status_code == 200 and revoked.json()["revoked_at"] is not None
+    after = await client.post("/v1/audit/verify", headers=bearer(key))
+    assert after.status_code == 401 and after.json()["code"] == "unauthorized"
+
+
+async def test_key_requests_are_validated_field_by_field(client):
+    bad = await client.post("/v1/api-keys", headers=ADMIN, json={"scope": "root"})
+    assert bad.status_code == 422 and bad.json()["code"] == "validation_error"
+    assert [f["field"] for f in bad.json()["fields"]] == ["scope"]
+    limited = await client.post("/v1/api-keys", headers=ADMIN, json={"scope": "auditor", "customers": ["a"]})
+    assert limited.status_code == 422 and limited.json()["fields"][0]["field"] == "customers"
+    unknown = await client.delete("/v1/api-keys/key_nope", headers=ADMIN)
+    assert unknown.status_code == 404 and unknown.json()["code"] == "not_found"
+
+
+@pytest.mark.parametrize("body, content_type", [
+    (b"{not json", "application/json"),
+    (b'{"scope": 5}', "application/json"),
+    (b'{"scope": "admin", "extra": 1}', "application/json"),
+])
+async def test_malformed_bodies_are_validation_problems(client, body, content_type):
+    response = await client.post("/v1/api-keys", headers={**ADMIN, "Content-Type": content_type}, content=body)
+    assert response.status_code == 422
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["code"] == "validation_error"
+
+
+async def test_framework_errors_are_problem_documents(client):
+    too_big = await client.post("/v1/api-keys", headers={**ADMIN, "Content-Type": "application/json"},
+                                content=b'{"name": "' + b"x" * 2_000_000 + b'"}')
+    assert too_big.status_code == 413 and too_big.json()["code"] == "payload_too_large"
+    wrong_method = await client.put("/v1/api-keys", headers=ADMIN)
+    assert wrong_method.status_code == 405 and wrong_method.json()["code"] == "method_not_allowed"
+    for response in (too_big, wrong_method):
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert {"type", "title", "status", "code", "detail"} <= response.json().keys()
