@@ -12,7 +12,7 @@ from litestar.config.app import AppConfig
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.plugins.prometheus import PrometheusConfig
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -41,6 +41,18 @@ class Services:
         return self._scales[asset]
 
 
+async def _complete_allow_header(message, scope) -> None:
+    """Litestar's automatic OPTIONS answer lists only one handler's methods for a path served by
+    several (GET and POST /v1/api-keys, say); list them all, as RFC 9110 asks."""
+    if message["type"] != "http.response.start" or scope.get("method") != "OPTIONS":
+        return
+    methods = {"OPTIONS"}
+    for path in scope["route_handler"].paths:
+        methods |= set(scope["app"].route_handler_method_map.get(path, {}))
+    message["headers"] = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"allow"]
+    message["headers"].append((b"allow", ", ".join(sorted(methods)).encode()))
+
+
 def create_app(settings: Settings, database_url: str, **overrides: Any) -> Litestar:
     services = Services(settings, connect(database_url, pool_size=settings.pool_size), {})
 
@@ -59,19 +71,19 @@ def create_app(settings: Settings, database_url: str, **overrides: Any) -> Lites
     prometheus = PrometheusConfig(app_name="tokentill", prefix="tokentill", group_path=True,
                                   exclude=["/metrics"])
     return Litestar(
-        route_handlers=[ops.healthz, ops.readyz, PrometheusController, audit.get_trial_balance,
+        route_handlers=[ops.healthz, ops.readyz, ops.metrics, audit.get_trial_balance,
                         audit.post_verify, keys.create_api_key, keys.list_api_keys, keys.revoke_api_key],
         state=State({"services": services}),
         lifespan=[lifespan],
         middleware=[prometheus.middleware],
         exception_handlers=EXCEPTION_HANDLERS,
+        before_send=[_complete_allow_header],
         request_max_body_size=1_048_576,
         openapi_config=OpenAPIConfig(
             title="tokentill", version="0.1.0",
             description="Double-entry ledger for billing LLM usage.",
             components=Components(security_schemes={
                 "bearer": SecurityScheme(type="http", scheme="bearer")}),
-            security=[{"bearer": []}],
         ),
         on_app_init=[_log_config(settings)],
         **overrides,

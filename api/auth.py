@@ -1,8 +1,9 @@
 """Bearer-key authentication and scope guards.
 
-Scopes: `admin` does everything; `inference` reserves, settles, releases and sends usage,
-optionally only for its listed customers; `customer:<id>` reads that customer's own data;
-`auditor` reads the journal, trial balance, verify and charge traces. The bootstrap admin key
+Scopes: `admin` does everything; `inference` reserves, settles, releases and sends usage;
+`customer:<id>` reads that customer's own data;
+`auditor` reads the journal, trial balance, verify and charge traces. A key's
+optional `customers` list limits it to those customers. The bootstrap admin key
 comes from TOKENTILL_ADMIN_KEY. Keys are looked up on every request, so a revoked key is refused
 at once by every process.
 """
@@ -29,12 +30,14 @@ class Principal:
             "customer" in scopes and self.scope.startswith("customer:"))
 
     def may_see(self, customer_id: str) -> bool:
-        """Whether this key may act on or read `customer_id`'s data (its scope permitting)."""
-        if self.scope in ("admin", "auditor"):
-            return True
-        if self.scope == "inference":
-            return not self.customers or customer_id in self.customers
-        return self.scope == f"customer:{customer_id}"
+        """Whether this key may act on or read `customer_id`'s data (its scope permitting).
+
+        A non-empty `customers` list limits any key to those customers; a customer:<id> key
+        sees only its own customer.
+        """
+        if self.customers and customer_id not in self.customers:
+            return False
+        return not self.scope.startswith("customer:") or self.scope == f"customer:{customer_id}"
 
 
 def bearer(connection: ASGIConnection) -> str:

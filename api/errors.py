@@ -4,11 +4,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import msgspec
+import psycopg
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
 
-from ledger.db import RetriesExhaustedError
+from ledger.db import RetriesExhaustedError, sqlstate_of
 from ledger.errors import LedgerError
+from pricing.errors import PricingError
 
 log = logging.getLogger("tokentill.api")
 
@@ -38,6 +42,43 @@ TITLES = {
 }
 
 
+class FieldProblem(msgspec.Struct):
+    field: str
+    message: str
+
+
+class Problem(msgspec.Struct, omit_defaults=True):
+    """RFC 9457 problem details, with our stable machine `code`."""
+
+    type: str
+    title: str
+    status: int
+    code: str
+    detail: str
+    instance: str | None = None
+    fields: list[FieldProblem] | None = None
+
+
+DESCRIPTIONS = {
+    401: "No key, or an unknown or revoked key", 402: "Insufficient funds", 403: "The key's scope forbids this",
+    404: "Not found", 409: "Conflict (idempotency key reused, reservation closed)",
+    413: "Request body too large", 415: "Unsupported content type", 422: "Invalid request; `fields` names them",
+    429: "A budget or limit was exceeded", 503: "Not ready, or too contended right now",
+}
+
+
+def documented(*statuses: int, secured: bool = True, body: bool = False) -> dict[str, Any]:
+    """Route-handler keyword arguments that document the problem responses a route can give."""
+    codes = set(statuses) | ({401, 403} if secured else set()) | ({413, 415, 422} if body else set())
+    kwargs: dict[str, Any] = {"responses": {
+        status: ResponseSpec(data_container=Problem, media_type="application/problem+json",
+                             description=DESCRIPTIONS.get(status, "Error"), generate_examples=False)
+        for status in sorted(codes)}}
+    if secured:
+        kwargs["security"] = [{"bearer": []}]
+    return kwargs
+
+
 class ApiError(Exception):
     """An error raised by the HTTP layer itself (auth, lookups), with a stable code."""
 
@@ -48,13 +89,13 @@ class ApiError(Exception):
 
 
 def problem(status: int, code: str, detail: str, request: Request | None = None,
-            **extra: Any) -> Response:
+            headers: dict[str, str] | None = None, **extra: Any) -> Response:
     body = {"type": f"https://tokentill.dev/problems/{code}",
             "title": TITLES.get(code, code.replace("_", " ").capitalize()),
             "status": status, "code": code, "detail": detail, **extra}
     if request is not None:
         body["instance"] = request.url.path
-    return Response(body, status_code=status, media_type="application/problem+json")
+    return Response(body, status_code=status, media_type="application/problem+json", headers=headers)
 
 
 def _api_error(request: Request, exc: ApiError) -> Response:
@@ -80,7 +121,7 @@ def _http(request: Request, exc: HTTPException) -> Response:
         return problem(422, "validation_error", exc.detail or "malformed request", request,
                        fields=[{"field": "body", "message": exc.detail or "malformed request"}])
     code = CODE_BY_STATUS.get(exc.status_code, "http_error")
-    return problem(exc.status_code, code, exc.detail or code, request)
+    return problem(exc.status_code, code, exc.detail or code, request, headers=exc.headers or None)
 
 
 def _retries(request: Request, exc: RetriesExhaustedError) -> Response:
@@ -88,8 +129,23 @@ def _retries(request: Request, exc: RetriesExhaustedError) -> Response:
 
 
 def _internal(request: Request, exc: Exception) -> Response:
+    if _is_data_error(exc):  # the database refused a value (NUL byte, out of range): bad input
+        return problem(422, "validation_error", "a value in the request cannot be stored", request,
+                       fields=[{"field": "body", "message": str(getattr(exc, "orig", exc)).splitlines()[0]}])
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem(500, "internal_error", "an internal error occurred; it has been logged", request)
+
+
+def _is_data_error(exc: BaseException) -> bool:
+    state = sqlstate_of(exc)
+    if state is not None:
+        return state.startswith("22")  # class 22: data exception
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, psycopg.DataError):
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return False
 
 
 EXCEPTION_HANDLERS = {
@@ -100,3 +156,25 @@ EXCEPTION_HANDLERS = {
     RetriesExhaustedError: _retries,
     Exception: _internal,
 }
+
+
+def _pricing_error(request: Request, exc: PricingError) -> Response:
+    extra: dict[str, Any] = {"fields": exc.fields} if isinstance(getattr(exc, "fields", None), list) else {}
+    for name in ("model", "token_type"):
+        if isinstance(getattr(exc, name, None), str):
+            extra[name] = getattr(exc, name)
+    return problem(STATUS_BY_CODE.get(exc.code, 422), exc.code, str(exc), request, **extra)
+
+
+EXCEPTION_HANDLERS[PricingError] = _pricing_error
+
+
+def error_response(request: Request, exc: Exception) -> Response:
+    """The problem response a domain error leaves as (stored too, for idempotent replays)."""
+    if isinstance(exc, PricingError):
+        return _pricing_error(request, exc)
+    if isinstance(exc, LedgerError):
+        return _domain_error(request, exc)
+    if isinstance(exc, ApiError):
+        return _api_error(request, exc)
+    raise TypeError(f"not a domain error: {type(exc).__name__}")

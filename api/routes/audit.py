@@ -9,7 +9,7 @@ from litestar.datastructures import State
 from litestar.params import Parameter
 
 from api.auth import require
-from api.errors import ApiError
+from api.errors import ApiError, documented
 from ledger.audit import trial_balance
 from pricing.money import DEFAULT_SCALE, format_amount
 from wallets.audit import full_verify
@@ -42,7 +42,7 @@ class VerifyResponse(msgspec.Struct):
     checks: list[CheckResponse]
 
 
-@get("/v1/audit/trial-balance", guards=[require("auditor")], tags=["audit"])
+@get("/v1/audit/trial-balance", guards=[require("auditor")], tags=["audit"], **documented(404, 422))
 async def get_trial_balance(
     state: State, currency: Annotated[str | None, Parameter(query="currency", max_length=16)] = None
 ) -> TrialBalanceResponse:
@@ -71,7 +71,7 @@ async def get_trial_balance(
     )
 
 
-@post("/v1/audit/verify", guards=[require("auditor")], status_code=200, tags=["audit"])
+@post("/v1/audit/verify", guards=[require("auditor")], status_code=200, tags=["audit"], **documented())
 async def post_verify(state: State) -> VerifyResponse:
     """Run every integrity check on one snapshot; each failing check names what is wrong."""
     report = await state.services.db.read(full_verify)

@@ -9,13 +9,14 @@ from litestar import delete, get, post
 from litestar.datastructures import State
 
 from api.auth import require
+from api.errors import documented
 from wallets import keys
 
 
-class CreateApiKeyRequest(msgspec.Struct, forbid_unknown_fields=True):
-    scope: Annotated[str, msgspec.Meta(min_length=1, max_length=140)]
-    customers: Annotated[list[Annotated[str, msgspec.Meta(min_length=1, max_length=128)]],
-                         msgspec.Meta(max_length=1000)] = []
+class CreateApiKeyRequest(msgspec.Struct):
+    scope: Annotated[str, msgspec.Meta(pattern=keys.SCOPE.pattern)]
+    # Litestar's OpenAPI drops constraints on list items, so items carry none (schema = behaviour).
+    customers: Annotated[list[str], msgspec.Meta(max_length=1000)] = []
     name: Annotated[str, msgspec.Meta(max_length=200)] = ""
 
 
@@ -36,19 +37,19 @@ def _response(key: keys.ApiKey) -> ApiKeyResponse:
     return ApiKeyResponse(key.id, key.scope, list(key.customers), key.name, key.created_at, key.revoked_at)
 
 
-@post("/v1/api-keys", guards=[require()], tags=["api keys"])
+@post("/v1/api-keys", guards=[require()], tags=["api keys"], **documented(body=True))
 async def create_api_key(state: State, data: CreateApiKeyRequest) -> CreatedApiKeyResponse:
     """Create a key; its secret `key` is returned here and never again."""
     key, secret = await state.services.db.run(lambda conn: keys.create(conn, data.scope, data.customers, data.name))
     return CreatedApiKeyResponse(**msgspec.structs.asdict(_response(key)), key=secret)
 
 
-@get("/v1/api-keys", guards=[require()], tags=["api keys"])
+@get("/v1/api-keys", guards=[require()], tags=["api keys"], **documented())
 async def list_api_keys(state: State) -> list[ApiKeyResponse]:
     return [_response(k) for k in await state.services.db.read(keys.list_keys)]
 
 
-@delete("/v1/api-keys/{key_id:str}", guards=[require()], status_code=200, tags=["api keys"])
+@delete("/v1/api-keys/{key_id:str}", guards=[require()], status_code=200, tags=["api keys"], **documented(404))
 async def revoke_api_key(state: State, key_id: str) -> ApiKeyResponse:
     """Revoke a key; every process refuses it from the next request on."""
     return _response(await state.services.db.run(lambda conn: keys.revoke(conn, key_id)))

@@ -58,8 +58,6 @@ async def test_key_requests_are_validated_field_by_field(client):
     bad = await client.post("/v1/api-keys", headers=ADMIN, json={"scope": "root"})
     assert bad.status_code == 422 and bad.json()["code"] == "validation_error"
     assert [f["field"] for f in bad.json()["fields"]] == ["scope"]
-    limited = await client.post("/v1/api-keys", headers=ADMIN, json={"scope": "auditor", "customers": ["a"]})
-    assert limited.status_code == 422 and limited.json()["fields"][0]["field"] == "customers"
     unknown = await client.delete("/v1/api-keys/key_nope", headers=ADMIN)
     assert unknown.status_code == 404 and unknown.json()["code"] == "not_found"
 
@@ -67,7 +65,6 @@ async def test_key_requests_are_validated_field_by_field(client):
 @pytest.mark.parametrize("body, content_type", [
     (b"{not json", "application/json"),
     (b'{"scope": 5}', "application/json"),
-    (b'{"scope": "admin", "extra": 1}', "application/json"),
 ])
 async def test_malformed_bodies_are_validation_problems(client, body, content_type):
     response = await client.post("/v1/api-keys", headers={**ADMIN, "Content-Type": content_type}, content=body)
@@ -82,6 +79,7 @@ async def test_framework_errors_are_problem_documents(client):
     assert too_big.status_code == 413 and too_big.json()["code"] == "payload_too_large"
     wrong_method = await client.put("/v1/api-keys", headers=ADMIN)
     assert wrong_method.status_code == 405 and wrong_method.json()["code"] == "method_not_allowed"
+    assert set(wrong_method.headers["allow"].replace(" ", "").split(",")) >= {"GET", "POST"}
     for response in (too_big, wrong_method):
         assert response.headers["content-type"].startswith("application/problem+json")
         assert {"type", "title", "status", "code", "detail"} <= response.json().keys()

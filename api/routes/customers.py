@@ -1,0 +1,165 @@
+"""Customers and their wallets: create, read, top up, grant credit, read the wallet."""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from litestar import Request, Response, get, post
+from litestar.datastructures import State
+
+from api.auth import require
+from api.errors import documented
+from api.routes.wire import amount_in, idempotency, money, renderer, respond, time_in, time_out
+from wallets.batch import LotView, WalletView
+from wallets.credits import GRANT_PRIORITY, TOPUP_PRIORITY, CreditResult, Grant, TopUp
+from wallets.service import CustomerSpec, CustomerView
+
+Id = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")]
+Priority = Annotated[int, msgspec.Meta(ge=0, le=100)]
+Text = Annotated[str, msgspec.Meta(max_length=500)]
+READERS = ("inference", "auditor", "customer")
+
+
+class CreateCustomerRequest(msgspec.Struct):
+    id: Id
+    name: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")] = "USD"
+    billing: Literal["prepaid", "postpaid"] = "prepaid"
+    price_book: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] | None = "standard"
+    overdraft_limit: str | msgspec.UnsetType | None = msgspec.UNSET  # null: unlimited
+    low_balance_threshold: str | None = None
+
+
+class CustomerResponse(msgspec.Struct):
+    id: str
+    name: str
+    currency: str
+    billing: str
+    price_book: str | None
+    overdraft_limit: str | None
+    low_balance_threshold: str | None
+    created_at: str
+
+
+class GrantResponse(msgspec.Struct):
+    id: str
+    kind: str
+    granted: str
+    remaining: str
+    priority: int
+    expires_at: str | None
+    created_at: str
+    reason: str
+    reference: str
+
+
+class WalletResponse(msgspec.Struct):
+    customer_id: str
+    currency: str
+    available: str
+    reserved: str
+    receivable: str
+    blocked: bool
+    overdraft_limit: str | None
+    grants: list[GrantResponse]
+
+
+class TopUpRequest(msgspec.Struct):
+    amount: str
+    reference: Text = ""
+    priority: Priority = TOPUP_PRIORITY
+    expires_at: str | None = None
+
+
+class GrantRequest(msgspec.Struct):
+    amount: str
+    priority: Priority = GRANT_PRIORITY
+    expires_at: str | None = None
+    reason: Text = ""
+
+
+class CreditResponse(msgspec.Struct):
+    grant_id: str
+    entry_id: int | None
+    applied_to_receivable: str
+    grant: GrantResponse
+    wallet: WalletResponse
+
+
+def customer_response(view: CustomerView) -> CustomerResponse:
+    s = view.spec
+    return CustomerResponse(s.id, s.name, s.currency, s.billing, s.price_book, money(s.overdraft_limit),
+                            money(s.low_balance_threshold), time_out(view.created_at) or "")
+
+
+def grant_response(lot: LotView) -> GrantResponse:
+    return GrantResponse(lot.id, lot.kind, money(lot.granted) or "0", money(lot.remaining) or "0", lot.priority,
+                         time_out(lot.expires_at), time_out(lot.created_at) or "", lot.reason, lot.reference)
+
+
+def wallet_response(w: WalletView) -> WalletResponse:
+    return WalletResponse(w.customer_id, w.currency, money(w.available) or "0", money(w.reserved) or "0",
+                          money(w.receivable) or "0", w.blocked, money(w.overdraft_limit),
+                          [grant_response(lot) for lot in w.grants])
+
+
+def _spec(data: CreateCustomerRequest) -> CustomerSpec:
+    if data.overdraft_limit is msgspec.UNSET:
+        limit = 0 if data.billing == "prepaid" else None
+    else:
+        limit = None if data.overdraft_limit is None else amount_in(data.overdraft_limit, "overdraft_limit",
+                                                                    positive=False)
+    low = None if data.low_balance_threshold is None else amount_in(
+        data.low_balance_threshold, "low_balance_threshold", positive=False)
+    return CustomerSpec(data.id, data.name, data.currency, data.billing, data.price_book, limit, low)
+
+
+@post("/v1/customers", guards=[require()], tags=["customers"], status_code=201, **documented(409, body=True))
+async def create_customer(state: State, request: Request, data: CreateCustomerRequest) -> Response[CustomerResponse]:
+    """Create a customer with its wallet. `overdraft_limit` defaults to 0 for prepaid customers
+    and to null (no limit) for postpaid ones. The same definition again answers 200."""
+    spec = _spec(data)
+    render = renderer(request, lambda out: (201 if out[1] else 200, customer_response(out[0])))
+    outcome = await state.services.wallets.create_customer(spec, idempotency(request, data, render))
+    return respond(outcome, render)
+
+
+@get("/v1/customers/{customer_id:str}", guards=[require(*READERS)], tags=["customers"], **documented(404))
+async def get_customer(state: State, customer_id: str) -> CustomerResponse:
+    return customer_response(await state.services.wallets.get_customer(customer_id))
+
+
+@get("/v1/customers/{customer_id:str}/wallet", guards=[require(*READERS)], tags=["customers"],
+     **documented(404))
+async def get_wallet(state: State, customer_id: str) -> WalletResponse:
+    """What new reservations may draw (`available`, live lots only), what open reservations hold,
+    what the customer owes (`receivable`), and the lots in consumption order."""
+    return wallet_response(await state.services.wallets.wallet(customer_id))
+
+
+def _credit(result: CreditResult) -> tuple[int, Any]:
+    return 201, CreditResponse(result.grant.id, result.entry_id, money(result.applied_to_receivable) or "0",
+                               grant_response(result.grant), wallet_response(result.wallet))
+
+
+@post("/v1/customers/{customer_id:str}/topups", guards=[require()], tags=["customers"], status_code=201,
+      **documented(404, 409, body=True))
+async def top_up(state: State, request: Request, customer_id: str, data: TopUpRequest) -> Response[CreditResponse]:
+    """Paid credit: a new lot (priority 100, no expiry unless given). For a prepaid customer
+    it first pays off the receivable of settled usage (`applied_to_receivable`)."""
+    render = renderer(request, _credit)
+    command = TopUp(customer_id=customer_id, amount=amount_in(data.amount, "amount"), reference=data.reference,
+                    priority=data.priority, expires_at=time_in(data.expires_at, "expires_at"),
+                    idem=idempotency(request, data, render))
+    return respond(await state.services.wallets.submit(command), render)
+
+
+@post("/v1/customers/{customer_id:str}/grants", guards=[require()], tags=["customers"], status_code=201,
+      **documented(404, 409, body=True))
+async def grant(state: State, request: Request, customer_id: str, data: GrantRequest) -> Response[CreditResponse]:
+    """Promotional or contractual credit: a lot paid by the promotions expense (priority 50)."""
+    render = renderer(request, _credit)
+    command = Grant(customer_id=customer_id, amount=amount_in(data.amount, "amount"), priority=data.priority,
+                    expires_at=time_in(data.expires_at, "expires_at"), reason=data.reason,
+                    idem=idempotency(request, data, render))
+    return respond(await state.services.wallets.submit(command), render)

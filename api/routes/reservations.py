@@ -1,0 +1,161 @@
+"""The hot path: reserve before inference, settle (or capture) after it, release if unused."""
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request, Response, get, post
+from litestar.datastructures import State
+
+from api.auth import ensure_customer, require
+from api.errors import documented
+from api.routes.wire import amount_in, idempotency, money, renderer, respond, time_out
+from ledger.model import request_hash
+from wallets import reports
+from wallets.commands import Release, ReleaseResult, Reserve, ReserveResult, Settle, SettleResult
+from wallets.errors import WalletValidationError
+from wallets.requests import prepare_estimate, usage_tokens
+
+Dimension = str | int | bool
+
+
+class CreateReservationRequest(msgspec.Struct):
+    customer_id: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    request_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    model: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    ttl_seconds: Annotated[int, msgspec.Meta(ge=1, le=7 * 86400)] = 300
+    estimate: dict[str, Any] | None = None
+    amount: str | None = None
+    dimensions: Annotated[dict[str, Dimension], msgspec.Meta(max_length=32)] = {}
+
+
+class ReservationResponse(msgspec.Struct):
+    id: str
+    request_id: str
+    customer_id: str
+    model: str
+    status: str
+    amount: str
+    currency: str
+    created_at: str
+    expires_at: str
+
+
+class SettleRequest(msgspec.Struct):
+    usage: dict[str, Any] | None = None
+    openai_usage: dict[str, Any] | None = None
+    anthropic_usage: dict[str, Any] | None = None
+    final: bool = True
+    capture_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+
+
+class LineResponse(msgspec.Struct):
+    token_type: str | None
+    quantity: int
+    unit_price: str
+    amount: str
+    rule_id: str | None
+    price_version: str
+    kind: str = "usage"
+
+
+class SettleResponse(msgspec.Struct):
+    id: str
+    status: str
+    charged: str
+    released: str
+    currency: str
+    price_book: str
+    price_version: str
+    lines: list[LineResponse]
+    entry_id: int | None
+
+
+class ReleaseResponse(msgspec.Struct):
+    id: str
+    status: str
+    released: str
+    entry_id: int | None
+
+
+def lines_out(lines: list[dict[str, Any]]) -> list[LineResponse]:
+    return [LineResponse(ln["token_type"], ln["quantity"], ln["unit_price"], money(ln["amount_units"]) or "0",
+                         ln["rule_id"], ln["price_version"], ln["kind"]) for ln in lines]
+
+
+def _reserved(result: ReserveResult) -> tuple[int, ReservationResponse]:
+    r = result.reservation
+    body = ReservationResponse(r.id, r.request_id, r.customer_id, r.model, r.status, money(r.amount) or "0",
+                               r.currency, time_out(r.created_at) or "", time_out(r.expires_at) or "")
+    return (200 if result.replayed else 201), body
+
+
+def _settled(result: SettleResult) -> tuple[int, SettleResponse]:
+    return 200, SettleResponse(result.reservation_id, result.status, money(result.charged) or "0",
+                               money(result.released) or "0", result.currency, result.price_book,
+                               result.price_version, lines_out(result.lines), result.entry_id)
+
+
+def _released(result: ReleaseResult) -> tuple[int, ReleaseResponse]:
+    return 200, ReleaseResponse(result.reservation_id, result.status, money(result.released) or "0",
+                                result.entry_id)
+
+
+@post("/v1/reservations", guards=[require("inference")], tags=["reservations"], status_code=201,
+      **documented(402, 404, 409, 429, body=True))
+async def create_reservation(state: State, request: Request,
+                             data: CreateReservationRequest) -> Response[ReservationResponse]:
+    """Hold credit before a model call: `amount`, or an upper bound priced from `estimate`
+    (token counts, or a prompt / messages counted here). The same `request_id` again answers
+    200 with the first answer (refusals included); with another body it is a conflict."""
+    ensure_customer(request, data.customer_id)
+    if (data.estimate is None) == (data.amount is None):
+        raise WalletValidationError("estimate", "give either estimate or amount")
+    render = renderer(request, _reserved)
+    prepared = prepare_estimate(data.model, data.estimate) if data.estimate is not None else None
+    command = Reserve(
+        customer_id=data.customer_id, request_id=data.request_id, model=data.model,
+        request_hash=request_hash(msgspec.to_builtins(data)), ttl_seconds=data.ttl_seconds,
+        amount=amount_in(data.amount, "amount", positive=False) if data.amount is not None else None,
+        prompt_tokens=prepared.prompt_tokens if prepared else None,
+        max_output_tokens=prepared.max_output_tokens if prepared else None,
+        dimensions=data.dimensions, estimate=prepared.stored if prepared else None,
+        idem=idempotency(request, data, render))
+    return respond(await state.services.wallets.submit(command), render)
+
+
+@post("/v1/reservations/{reservation_id:str}/settle", guards=[require("inference")], tags=["reservations"],
+      status_code=200, **documented(404, 409, body=True))
+async def settle(state: State, request: Request, reservation_id: str,
+                 data: SettleRequest) -> Response[SettleResponse]:
+    """Charge the reported usage: from the hold, then the lots, then the receivable (never
+    refused). `final: false` is a capture that keeps the rest of the hold open."""
+    customer_id = await state.services.wallets.owner_of(reservation_id)
+    ensure_customer(request, customer_id)
+    tokens, usage = usage_tokens(data.usage, data.openai_usage, data.anthropic_usage)
+    render = renderer(request, _settled)
+    command = Settle(customer_id=customer_id, reservation_id=reservation_id,
+                     request_hash=request_hash(msgspec.to_builtins(data)), tokens=tokens, usage=usage,
+                     final=data.final, capture_id=data.capture_id, idem=idempotency(request, data, render))
+    return respond(await state.services.wallets.submit(command), render)
+
+
+@post("/v1/reservations/{reservation_id:str}/release", guards=[require("inference")], tags=["reservations"],
+      status_code=200, **documented(404, 409))
+async def release(state: State, request: Request, reservation_id: str) -> Response[ReleaseResponse]:
+    """Give the whole remaining hold back to the lots it came from."""
+    customer_id = await state.services.wallets.owner_of(reservation_id)
+    ensure_customer(request, customer_id)
+    render = renderer(request, _released)
+    command = Release(customer_id=customer_id, reservation_id=reservation_id,
+                      idem=idempotency(request, {}, render))
+    return respond(await state.services.wallets.submit(command), render)
+
+
+@get("/v1/reservations/{reservation_id:str}", guards=[require("inference", "auditor", "customer")],
+     tags=["reservations"], **documented(404))
+async def get_reservation(state: State, request: Request, reservation_id: str) -> dict[str, Any]:
+    """The reservation's state, where its hold came from, its captures and journal entries."""
+    view = await state.services.db.read(lambda conn: reports.reservation(conn, reservation_id))
+    ensure_customer(request, view["customer_id"])
+    return view

@@ -1,0 +1,97 @@
+"""Shared pieces of the wallet routes: money on the wire, times, Idempotency-Key handling and
+the one way a command's outcome becomes a response (fresh or replayed)."""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+
+from api.auth import principal_of
+from api.errors import error_response
+from pricing.errors import InvalidAmountError
+from pricing.money import format_amount, parse_amount
+from pricing.parse import parse_time
+from wallets.batch import IdemKey, Replayed
+from wallets.errors import WalletValidationError
+
+SCALE = 9  # atomic units of every wallet currency (wallets.chart.ASSET_SCALE)
+MAX_AMOUNT = 10**18  # 1e9 currency units: larger top-ups and holds are mistakes
+PROBLEM = "application/problem+json"
+
+
+def money(units: int | None) -> str | None:
+    return None if units is None else format_amount(units, SCALE)
+
+
+def amount_in(value: str, field: str, *, positive: bool = True) -> int:
+    """Parse a decimal money string into atomic units; errors name `field`."""
+    if not isinstance(value, str):
+        raise WalletValidationError(field, "money is a decimal string, such as \"10.00\"")
+    try:
+        units = parse_amount(value, SCALE)
+    except (InvalidAmountError, TypeError) as exc:
+        raise WalletValidationError(field, str(exc).split(": ", 1)[-1]) from None
+    if units > MAX_AMOUNT or (positive and units <= 0):
+        raise WalletValidationError(field, "must be more than 0 and at most 1000000000" if positive
+                                    else "must be at most 1000000000")
+    return units
+
+
+def time_in(value: str | None, field: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_time(value, field)
+    except ValueError as exc:
+        raise WalletValidationError(field, "must be an RFC 3339 date-time with an offset") from exc
+
+
+def time_out(value: datetime | str | None) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def body_hash(request: Request, body: Any) -> bytes:
+    """What identifies a request for idempotency: method, path and the body's canonical JSON."""
+    text = json.dumps([request.method, request.url.path, msgspec.to_builtins(body)], sort_keys=True,
+                      separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).digest()
+
+
+def idempotency(request: Request, body: Any, render: Callable[[Any], tuple[int, Any]]) -> IdemKey | None:
+    """The call's IdemKey when it carries an Idempotency-Key header (scoped to the API key)."""
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    key = key.strip()
+    if not 1 <= len(key) <= 255:
+        raise WalletValidationError("Idempotency-Key", "must be 1 to 255 characters")
+    return IdemKey(f"http:{principal_of(request).key_id}", key, body_hash(request, body), render)
+
+
+def renderer(request: Request, success: Callable[[Any], tuple[int, Any]]) -> Callable[[Any], tuple[int, Any]]:
+    """outcome -> (status, body): `success` for results, the problem document for domain errors."""
+
+    def render(outcome: Any) -> tuple[int, Any]:
+        if isinstance(outcome, BaseException):
+            response = error_response(request, outcome)  # type: ignore[arg-type]
+            return response.status_code, response.content
+        status, body = success(outcome)
+        return status, msgspec.to_builtins(body)
+
+    return render
+
+
+def respond(outcome: Any, render: Callable[[Any], tuple[int, Any]]) -> Response:
+    if isinstance(outcome, Replayed):
+        media = PROBLEM if outcome.status >= 400 else "application/json"
+        return Response(outcome.body, status_code=outcome.status, media_type=media,
+                        headers={"Idempotent-Replayed": "true"})
+    status, body = render(outcome)
+    return Response(body, status_code=status)
