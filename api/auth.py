@@ -54,7 +54,7 @@ async def authenticate(connection: ASGIConnection) -> Principal:
     admin_key = services.settings.admin_key
     if admin_key and hmac.compare_digest(token.encode(), admin_key.encode()):
         return Principal("bootstrap-admin", "admin")
-    key = await services.db.read(lambda conn: keys.find(conn, token))
+    key = await services.db.lookup(lambda conn: keys.find(conn, token))
     if key is None:
         raise ApiError("unauthorized", "unknown or revoked key", 401)
     return Principal(key.id, key.scope, key.customers)

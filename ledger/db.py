@@ -116,6 +116,12 @@ class Database:
             async with conn.begin():
                 return await work(conn)
 
+    async def lookup(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run a single-statement read in autocommit: one round trip, for hot-path lookups."""
+        async with self.engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            return await work(conn)
+
     async def dispose(self) -> None:
         await self.engine.dispose()
 
