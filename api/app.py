@@ -18,9 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api.errors import EXCEPTION_HANDLERS
 from api.routes import audit, keys, ops
+from api.routes.wallet_routes import ROUTES as WALLET_ROUTES
 from api.settings import Settings
 from ledger.db import Database, connect
 from wallets.jobs import build_scheduler, jobs
+from wallets.service import WalletService
 
 log = logging.getLogger("tokentill")
 
@@ -30,6 +32,7 @@ class Services:
     settings: Settings
     db: Database
     _scales: dict[str, int]
+    wallets: WalletService | None = None
 
     async def asset_scale(self, conn: AsyncConnection, asset: str) -> int | None:
         if asset not in self._scales:
@@ -55,6 +58,7 @@ async def _complete_allow_header(message, scope) -> None:
 
 def create_app(settings: Settings, database_url: str, **overrides: Any) -> Litestar:
     services = Services(settings, connect(database_url, pool_size=settings.pool_size), {})
+    services.wallets = WalletService(services.db)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -72,7 +76,8 @@ def create_app(settings: Settings, database_url: str, **overrides: Any) -> Lites
                                   exclude=["/metrics"])
     return Litestar(
         route_handlers=[ops.healthz, ops.readyz, ops.metrics, audit.get_trial_balance,
-                        audit.post_verify, keys.create_api_key, keys.list_api_keys, keys.revoke_api_key],
+                        audit.post_verify, keys.create_api_key, keys.list_api_keys, keys.revoke_api_key,
+                        *WALLET_ROUTES],
         state=State({"services": services}),
         lifespan=[lifespan],
         middleware=[prometheus.middleware],
@@ -92,7 +97,9 @@ def create_app(settings: Settings, database_url: str, **overrides: Any) -> Lites
 
 def _log_config(settings: Settings):
     def hook(config: AppConfig) -> AppConfig:
-        logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        # Our loggers at the configured level; libraries (httpx, the embedded server) at WARNING.
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        logging.getLogger("tokentill").setLevel(settings.log_level)
         return config
 
     return hook

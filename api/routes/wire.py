@@ -52,9 +52,10 @@ def time_in(value: str | None, field: str) -> datetime | None:
 
 
 def time_out(value: datetime | str | None) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    return value.isoformat().replace("+00:00", "Z")
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else value.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
 def body_hash(request: Request, body: Any) -> bytes:

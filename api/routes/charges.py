@@ -1,0 +1,21 @@
+"""The audit trace of one charge: request -> reservation -> usage -> prices -> entries."""
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import get
+from litestar.datastructures import State
+from litestar.params import Parameter
+
+from api.auth import require
+from api.errors import documented
+from wallets import reports
+
+
+@get("/v1/audit/charges/{request_id:str}", guards=[require("auditor")], tags=["audit"], **documented(404))
+async def get_charge_trace(state: State, request_id: str,
+                           customer_id: Annotated[str | None, Parameter(query="customer_id")] = None
+                           ) -> dict[str, Any]:
+    """The request's reservation (or usage event), its usage, the price book version, the rules
+    and unit prices applied, the amounts, and the journal entries that moved the money."""
+    return await state.services.db.read(lambda conn: reports.charge_trace(conn, request_id, customer_id))

@@ -1,0 +1,98 @@
+"""Post-hoc usage events (batches, idempotent per event id) and the customer usage report."""
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request, get, post
+from litestar.datastructures import State
+from litestar.params import Parameter
+
+from api.auth import principal_of, require
+from api.errors import documented
+from api.routes.wire import time_in
+from ledger.errors import LedgerError
+from ledger.model import request_hash
+from pricing.errors import PricingError
+from wallets import reports
+from wallets.credits import RecordUsage, UsageResult
+from wallets.requests import usage_tokens
+
+MAX_EVENTS = 1000
+
+
+class UsageEvent(msgspec.Struct):
+    event_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    customer_id: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    model: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    timestamp: str
+    usage: dict[str, Any] | None = None
+    openai_usage: dict[str, Any] | None = None
+    anthropic_usage: dict[str, Any] | None = None
+    dimensions: Annotated[dict[str, str | int | bool], msgspec.Meta(max_length=32)] = {}
+
+
+class Rejected(msgspec.Struct):
+    event_id: str
+    code: str
+    detail: str
+
+
+class UsageEventsResponse(msgspec.Struct):
+    accepted: int
+    duplicates: int
+    rejected: list[Rejected]
+
+
+def _command(event: UsageEvent) -> RecordUsage:
+    occurred_at = time_in(event.timestamp, "timestamp")
+    tokens, stored = usage_tokens(event.usage, event.openai_usage, event.anthropic_usage)
+    return RecordUsage(customer_id=event.customer_id, event_id=event.event_id,
+                       request_hash=request_hash(msgspec.to_builtins(event)), model=event.model,
+                       occurred_at=occurred_at, tokens=tokens, usage=stored, dimensions=event.dimensions)
+
+
+@post("/v1/usage-events", guards=[require("inference")], tags=["usage"], status_code=200,
+      **documented(body=True))
+async def post_usage_events(state: State, request: Request,
+                            data: Annotated[list[UsageEvent], msgspec.Meta(max_length=MAX_EVENTS)]
+                            ) -> UsageEventsResponse:
+    """Rate and post each event exactly once, however often it is sent (by `event_id`); the
+    same id with another body is rejected as `idempotency_conflict`."""
+    principal = principal_of(request)
+    rejected: list[Rejected] = []
+    commands: list[RecordUsage] = []
+    for event in data:
+        if not principal.may_see(event.customer_id):
+            rejected.append(Rejected(event.event_id, "forbidden", f"this key may not post for {event.customer_id}"))
+            continue
+        try:
+            commands.append(_command(event))
+        except (LedgerError, PricingError) as exc:
+            rejected.append(Rejected(event.event_id, exc.code, str(exc)))
+    outcomes = await asyncio.gather(*(state.services.wallets.submit(c) for c in commands), return_exceptions=True)
+    accepted = duplicates = 0
+    for command, outcome in zip(commands, outcomes, strict=True):
+        if isinstance(outcome, UsageResult):
+            accepted += not outcome.duplicate
+            duplicates += outcome.duplicate
+        elif isinstance(outcome, LedgerError | PricingError):
+            rejected.append(Rejected(command.event_id, outcome.code, str(outcome)))
+        else:
+            raise outcome
+    return UsageEventsResponse(accepted, duplicates, rejected)
+
+
+@get("/v1/customers/{customer_id:str}/usage", guards=[require("inference", "auditor", "customer")],
+     tags=["usage"], **documented(404))
+async def get_usage(state: State, customer_id: str,
+                    start: Annotated[str | None, Parameter(query="from")] = None,
+                    end: Annotated[str | None, Parameter(query="to")] = None,
+                    group_by: Annotated[str, Parameter(query="group_by", max_length=200)] = "model,token_type",
+                    ) -> dict[str, Any]:
+    """Quantity and amount per group over [from, to): group by model, token_type, kind, rule_id,
+    price_version, day, month or any usage dimension (feature, api_key, …)."""
+    groups = [g.strip() for g in group_by.split(",") if g.strip()]
+    return await state.services.db.read(lambda conn: reports.usage(
+        conn, customer_id, time_in(start, "from"), time_in(end, "to"), groups))

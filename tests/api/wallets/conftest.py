@@ -1,0 +1,34 @@
+"""An app on the session database, and helpers that speak the HTTP contract."""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from api.app import create_app
+from api.settings import Settings
+
+ADMIN = {"Authorization": "Bearer test-admin"}
+
+BOOK = {"id": "standard", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": [
+    {"id": "a-in", "model": "model-a", "token_type": "input", "price": "10.00"},
+    {"id": "a-out", "model": "model-a", "token_type": "output", "price": "20.00"},
+    {"id": "call", "token_type": "request", "price": "0.01"},
+]}
+
+
+@pytest.fixture(scope="session")
+async def client(database_url: str) -> AsyncIterator[AsyncTestClient]:
+    app = create_app(Settings(admin_key="test-admin", scheduler=False), database_url)
+    async with AsyncTestClient(app=app) as c:
+        c.headers.update(ADMIN)
+        yield c
+
+
+@pytest.fixture
+async def book(client: AsyncTestClient, tag: str) -> str:
+    """A price book of the test's own: model-a at $10 in / $20 out per 1M tokens, $0.01 a call."""
+    response = await client.post("/v1/price-books", json={**BOOK, "id": f"book-{tag}"})
+    assert response.status_code == 201, response.text
+    return f"book-{tag}"

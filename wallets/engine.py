@@ -1,0 +1,181 @@
+"""Running wallet commands: each batch is one SERIALIZABLE transaction under its customers'
+advisory locks, and commands that arrive while one is in flight ride in the next (group
+commit). A hot wallet then costs one lock, one load and one commit per batch, not per call.
+
+A batch never holds two commands with the same conflict key (request id, reservation,
+idempotency key), so each command sees the effects of the ones before it only through the
+in-memory state. When a batch fails for any reason but a domain refusal, its commands run
+again one by one, so that one bad command cannot fail the others.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import Histogram
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ledger.db import Database, lock_key
+from ledger.errors import LedgerError
+from pricing.errors import PricingError
+from wallets import store
+from wallets.batch import Batch, Replayed
+from wallets.books import BookCache
+from wallets.commands import Command, Reserve
+from wallets.errors import ConflictError, NotFoundError
+
+BATCH_COMMANDS = Histogram("tokentill_wallet_batch_commands", "Wallet commands per transaction",
+                           buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+DOMAIN_ERRORS = (LedgerError, PricingError)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def customer_lock(customer_id: str) -> int:
+    return lock_key("customer:" + customer_id)
+
+
+class Engine:
+    def __init__(self, db: Database, *, clock: Callable[[], datetime] = utc_now, max_batch: int = 64,
+                 flushers: int = 2, grouping: bool = True) -> None:
+        self.db = db
+        self.clock = clock
+        self.books = BookCache()
+        self.max_batch = max_batch if grouping else 1
+        self._max_flushers = flushers
+        self._queue: deque[tuple[Command, asyncio.Future[Any]]] = deque()
+        self._flushers: set[asyncio.Task[None]] = set()
+        self._owners: OrderedDict[str, str] = OrderedDict()  # reservation id -> customer id
+
+    async def submit(self, command: Command) -> Any:
+        """Run `command` once committed; returns its result or Replayed, raises its domain error."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((command, future))
+        if len(self._flushers) < self._max_flushers:
+            task = asyncio.create_task(self._flush())
+            self._flushers.add(task)
+            task.add_done_callback(self._flushers.discard)
+        return await future
+
+    async def owner_of(self, reservation_id: str) -> str:
+        """The customer of a reservation (it never changes, so it is cached)."""
+        if reservation_id in self._owners:
+            return self._owners[reservation_id]
+        row = await self.db.read(lambda conn: conn.exec_driver_sql(
+            "SELECT customer_id FROM reservations WHERE id = %s", (reservation_id,)))
+        customer = row.scalar()
+        if customer is None:
+            raise NotFoundError(f"no reservation {reservation_id}", reservation_id=reservation_id)
+        self._remember(reservation_id, customer)
+        return customer
+
+    def _remember(self, reservation_id: str, customer_id: str) -> None:
+        self._owners[reservation_id] = customer_id
+        if len(self._owners) > 100_000:
+            self._owners.popitem(last=False)
+
+    async def _flush(self) -> None:
+        while self._queue:
+            items = self._take()
+            await self._run(items)
+
+    def _take(self) -> list[tuple[Command, asyncio.Future[Any]]]:
+        taken: list[tuple[Command, asyncio.Future[Any]]] = []
+        skipped: list[tuple[Command, asyncio.Future[Any]]] = []
+        keys: set[tuple[str, ...]] = set()
+        customers: set[str] = set()
+        closed: set[str] = set()  # customers with an exclusive command in this batch
+        scanned = 0
+        while self._queue and len(taken) < self.max_batch and scanned < 4 * self.max_batch:
+            command, future = item = self._queue.popleft()
+            scanned += 1
+            if future.done():
+                continue
+            conflicts = command.conflict_keys()
+            cid = command.customer_id
+            if conflicts & keys or cid in closed or (command.exclusive and cid in customers):
+                skipped.append(item)
+                continue
+            taken.append(item)
+            keys |= conflicts
+            customers.add(cid)
+            if command.exclusive:
+                closed.add(cid)
+        self._queue.extendleft(reversed(skipped))
+        return taken
+
+    async def _run(self, items: list[tuple[Command, asyncio.Future[Any]]]) -> None:
+        try:
+            outcomes = await self.execute([command for command, _ in items])
+        except Exception as exc:
+            if len(items) == 1:
+                if not items[0][1].done():
+                    items[0][1].set_exception(exc)
+                return
+            for item in items:
+                await self._run([item])
+            return
+        for (command, future), outcome in zip(items, outcomes, strict=True):
+            if isinstance(command, Reserve) and hasattr(outcome, "reservation"):
+                self._remember(outcome.reservation.id, command.customer_id)
+            if future.done():
+                continue
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+    async def execute(self, commands: Sequence[Command]) -> list[Any]:
+        """Run `commands` in one transaction; one outcome each (a result, Replayed or an error)."""
+        BATCH_COMMANDS.observe(len(commands))
+        customers = sorted({c.customer_id for c in commands})
+
+        async def work(conn: AsyncConnection) -> list[Any]:
+            return await self._work(conn, commands, customers)
+
+        return await self.db.run(work, locks=[customer_lock(c) for c in customers])
+
+    async def _work(self, conn: AsyncConnection, commands: Sequence[Command], customers: list[str]) -> list[Any]:
+        needs: dict[str, list[Any]] = {}
+        for command in commands:
+            for name, values in command.needs().items():
+                needs.setdefault(name, []).extend(values)
+            if command.idem is not None:
+                needs.setdefault("idempotency", []).append((command.idem.scope, command.idem.key))
+        loaded = await store.load(conn, customers, **needs)
+        rating = {c.customer_id for c in commands if c.needs_book}
+        books = {cid: await self.books.get(conn, w.customer.price_book, w.customer.book_versions)
+                 for cid, w in loaded.wallets.items() if cid in rating}
+        batch = Batch(self.clock(), loaded, books)
+        outcomes = [self._apply(batch, command) for command in commands]
+        await batch.flush(conn)
+        for command, outcome in zip(commands, outcomes, strict=True):
+            idem = command.idem
+            if idem is not None and not isinstance(outcome, Replayed) and not isinstance(outcome, ConflictError):
+                status, body = idem.render(outcome)
+                batch.add("idempotency", {"scope": idem.scope, "key": idem.key,
+                                          "request_hash": idem.request_hash, "status": status, "response": body})
+        await batch.write(conn)
+        return outcomes
+
+    @staticmethod
+    def _apply(batch: Batch, command: Command) -> Any:
+        idem = command.idem
+        if idem is not None:
+            stored = batch.loaded.idempotency.get((idem.scope, idem.key))
+            if stored is not None:
+                if stored.request_hash != idem.request_hash:
+                    return ConflictError(f"Idempotency-Key {idem.key} was used with another request",
+                                         key=idem.key)
+                return Replayed(stored.status, stored.body)
+        try:
+            outcome = command.apply(batch)
+        except DOMAIN_ERRORS as exc:
+            return exc
+        batch.alerts(command.customer_id)
+        return outcome

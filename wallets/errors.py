@@ -1,0 +1,39 @@
+"""Domain errors of the wallets, each with a stable `code` (api/ alone maps codes to HTTP)."""
+from __future__ import annotations
+
+from ledger.errors import LedgerError
+
+
+class WalletError(LedgerError):
+    code = "wallet_error"
+
+
+class InsufficientFundsError(WalletError):
+    """The live lots plus the allowed overdraft cannot cover a hold, or the wallet is blocked."""
+
+    code = "insufficient_funds"
+
+
+class ReservationClosedError(WalletError):
+    """A settle or release of a reservation that is already settled, released or expired."""
+
+    code = "reservation_closed"
+
+
+class NotFoundError(WalletError):
+    code = "not_found"
+
+
+class WalletValidationError(WalletError):
+    """A request that cannot be carried out as written; `fields` lists what is wrong."""
+
+    code = "validation_error"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}", fields=[{"field": field, "message": message}])
+
+
+class ConflictError(WalletError):
+    """The same id or key was used before for something else."""
+
+    code = "idempotency_conflict"

@@ -1,0 +1,155 @@
+"""Reads for people: a reservation with its holds, captures and entries; the trace of one
+charge back to its prices and rules; usage grouped by model, token type and dimensions."""
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from pricing.money import format_amount
+from wallets.errors import NotFoundError, WalletValidationError
+
+
+def money(units: Any) -> str | None:
+    return None if units is None else format_amount(int(units), 9)
+
+
+def when(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat().replace("+00:00", "Z")
+
+
+_ENTRIES = text("""
+SELECT j.id, j.key, j.kind, j.occurred_at, j.metadata,
+       coalesce((SELECT jsonb_agg(jsonb_build_array(a.code, p.amount) ORDER BY p.id)
+                   FROM postings p JOIN accounts a ON a.id = p.account_id WHERE p.entry_id = j.id),
+                '[]'::jsonb) AS postings
+  FROM journal_entries j WHERE j.key = ANY(:keys) ORDER BY j.id
+""")
+
+
+async def entries(conn: AsyncConnection, keys: list[str]) -> list[dict[str, Any]]:
+    rows = await conn.execute(_ENTRIES, {"keys": keys})
+    return [{"id": r.id, "key": r.key, "kind": r.kind, "occurred_at": when(r.occurred_at),
+             "metadata": r.metadata,
+             "postings": [{"account": code, "amount": money(amount)} for code, amount in r.postings]}
+            for r in rows]
+
+
+def _lines(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"kind": ln["kind"], "model": ln.get("model"), "token_type": ln["token_type"],
+             "quantity": ln["quantity"], "unit_price": ln["unit_price"], "amount": money(ln["amount_units"]),
+             "exact_amount": ln.get("exact"), "rule_id": ln["rule_id"], "price_version": ln["price_version"],
+             "tier": ln.get("tier"), "override_id": ln.get("override_id")} for ln in lines]
+
+
+_CHARGES = text("""
+SELECT c.*, v.rules AS version_rules
+  FROM charges c LEFT JOIN price_book_versions v ON v.book_id = c.price_book AND v.version = c.price_version
+ WHERE {where} ORDER BY c.id
+""")
+
+
+def _charge(r: Any) -> dict[str, Any]:
+    used = {ln["rule_id"] for ln in r.lines}
+    return {"seq": r.seq, "capture_id": r.capture_id, "final": r.final, "model": r.model,
+            "occurred_at": when(r.occurred_at), "usage": r.usage, "dimensions": r.dimensions,
+            "price_book": r.price_book, "price_version": r.price_version,
+            "rules": [rule for rule in (r.version_rules or []) if rule.get("id") in used],
+            "lines": _lines(r.lines), "charged": money(r.charged), "from_hold": money(r.from_hold),
+            "from_lots": money(r.from_lots), "from_receivable": money(r.from_receivable),
+            "released": money(r.released), "entry_id": r.entry_id, "recorded_at": when(r.created_at)}
+
+
+async def reservation(conn: AsyncConnection, reservation_id: str) -> dict[str, Any]:
+    r = (await conn.execute(text(
+        """SELECT r.*, c.currency FROM reservations r JOIN customers c ON c.id = r.customer_id
+            WHERE r.id = :id"""), {"id": reservation_id})).first()
+    if r is None:
+        raise NotFoundError(f"no reservation {reservation_id}", reservation_id=reservation_id)
+    holds = await conn.execute(text(
+        "SELECT seq, account_code, amount FROM reservation_holds WHERE reservation_id = :id ORDER BY seq"),
+        {"id": r.id})
+    charges = await conn.execute(text(_CHARGES.text.format(where="c.reservation_id = :id")), {"id": r.id})
+    keys = [f"reserve:{r.id}", f"release:{r.id}", f"expire:{r.id}",
+            *(f"settle:{r.id}:{n}" for n in range(r.captures))]
+    return {
+        "id": r.id, "request_id": r.request_id, "customer_id": r.customer_id, "model": r.model,
+        "status": r.status, "currency": r.currency, "amount": money(r.amount), "captured": money(r.captured),
+        "released": money(r.released), "charged": money(r.charged), "captures": r.captures,
+        "dimensions": r.dimensions, "estimate": r.estimate, "created_at": when(r.created_at),
+        "expires_at": when(r.expires_at), "closed_at": when(r.closed_at),
+        "holds": [{"seq": h.seq, "account": h.account_code, "amount": money(h.amount)} for h in holds],
+        "charges": [_charge(c) for c in charges],
+        "entries": await entries(conn, keys),
+    }
+
+
+async def charge_trace(conn: AsyncConnection, request_id: str, customer_id: str | None) -> dict[str, Any]:
+    """Everything about one request: its reservation (or usage event), the usage, the price
+    book version and the rules and unit prices applied, the amounts, and the journal entries."""
+    found = (await conn.execute(text(
+        """SELECT id, customer_id FROM reservations WHERE request_id = :r
+              AND (CAST(:c AS text) IS NULL OR customer_id = :c)"""), {"r": request_id, "c": customer_id})).all()
+    if len(found) > 1:
+        raise WalletValidationError("customer_id", f"request {request_id} exists for several customers; name one")
+    if found:
+        view = await reservation(conn, found[0].id)
+        return {"request_id": request_id, "customer_id": view["customer_id"], "kind": "reservation",
+                "reservation": {k: v for k, v in view.items() if k not in ("charges", "entries")},
+                "charges": view["charges"], "entries": view["entries"]}
+    event = (await conn.execute(text(
+        """SELECT * FROM usage_events WHERE event_id = :r AND (CAST(:c AS text) IS NULL OR customer_id = :c)"""),
+        {"r": request_id, "c": customer_id})).first()
+    if event is None:
+        raise NotFoundError(f"no reservation or usage event {request_id}", request_id=request_id)
+    charges = await conn.execute(text(_CHARGES.text.format(where="c.event_id = :id")), {"id": request_id})
+    return {"request_id": request_id, "customer_id": event.customer_id, "kind": "usage_event",
+            "usage_event": {"event_id": event.event_id, "model": event.model, "occurred_at": when(event.occurred_at),
+                            "usage": event.usage, "dimensions": event.dimensions,
+                            "recorded_at": when(event.created_at)},
+            "charges": [_charge(c) for c in charges], "entries": await entries(conn, [f"usage:{request_id}"])}
+
+
+GROUPS = {"model": "c.model", "token_type": "l->>'token_type'", "kind": "l->>'kind'", "rule_id": "l->>'rule_id'",
+          "price_version": "c.price_version", "day": "to_char(c.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+          "month": "to_char(c.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM')"}
+_DIMENSION = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+
+
+async def usage(conn: AsyncConnection, customer_id: str, start: datetime | None, end: datetime | None,
+                group_by: list[str]) -> dict[str, Any]:
+    """Quantities and amounts of the customer's rated lines, grouped; any other group name is a
+    usage dimension (feature, api_key, …). Amounts sum to the revenue the entries posted."""
+    exprs, params = [], {"c": customer_id, "start": start, "end": end}
+    for i, name in enumerate(group_by):
+        if name in GROUPS:
+            exprs.append(f"{GROUPS[name]} AS g{i}")
+        elif _DIMENSION.match(name):
+            params[f"d{i}"] = name
+            exprs.append(f"c.dimensions ->> CAST(:d{i} AS text) AS g{i}")
+        else:
+            raise WalletValidationError("group_by", f"cannot group by {name!r}")
+    select = ", ".join([*exprs, ""]) if exprs else ""
+    group = " GROUP BY " + ", ".join(f"g{i}" for i in range(len(exprs))) if exprs else ""
+    order = " ORDER BY " + ", ".join(f"g{i}" for i in range(len(exprs))) if exprs else ""
+    rows = await conn.execute(text(f"""
+        SELECT {select} sum((l->>'quantity')::bigint)::numeric AS quantity,
+               sum((l->>'amount_units')::numeric) AS amount, count(DISTINCT c.id) AS charges
+          FROM charges c CROSS JOIN LATERAL jsonb_array_elements(c.lines) l
+         WHERE c.customer_id = :c
+           AND (CAST(:start AS timestamptz) IS NULL OR c.occurred_at >= :start)
+           AND (CAST(:end AS timestamptz) IS NULL OR c.occurred_at < :end){group}{order}"""), params)
+    exists = (await conn.execute(text("SELECT 1 FROM customers WHERE id = :c"), {"c": customer_id})).first()
+    if exists is None:
+        raise NotFoundError(f"no customer {customer_id}", customer_id=customer_id)
+    out = []
+    for row in rows:
+        if row.amount is None:
+            continue
+        item = {name: getattr(row, f"g{i}") for i, name in enumerate(group_by)}
+        item.update(quantity=int(row.quantity or 0), amount=money(row.amount), charges=row.charges)
+        out.append(item)
+    return {"customer_id": customer_id, "from": when(start), "to": when(end), "group_by": group_by, "rows": out}

@@ -1,0 +1,65 @@
+"""Turning what a caller sends into what commands take: an estimate's token counts (counted
+here, before any transaction, when a prompt or messages are given) and canonical usage."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pricing.errors import InvalidUsageError
+from pricing.normalize import normalize_anthropic, normalize_canonical, normalize_openai
+from pricing.usage import check_count
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedEstimate:
+    prompt_tokens: int
+    max_output_tokens: int
+    stored: dict[str, Any]  # what the reservation keeps about it (counts, never the prompt)
+
+
+def prepare_estimate(model: str, estimate: Mapping[str, Any]) -> PreparedEstimate:
+    """Count the prompt's tokens (tiktoken, offline) or take the given count, and validate."""
+    given = [k for k in ("input_tokens", "messages", "prompt") if k in estimate]
+    if len(given) != 1:
+        raise InvalidUsageError("estimate", "give exactly one of input_tokens, messages or prompt")
+    unknown = sorted(set(estimate) - {"input_tokens", "messages", "prompt", "max_output_tokens"})
+    if unknown:
+        raise InvalidUsageError(f"estimate.{unknown[0]}", "unknown field")
+    errors: list[dict[str, str]] = []
+    max_output = check_count(estimate.get("max_output_tokens", 0), "estimate.max_output_tokens", errors)
+    stored: dict[str, Any] = {"source": given[0], "max_output_tokens": max_output}
+    if given[0] == "input_tokens":
+        prompt = check_count(estimate["input_tokens"], "estimate.input_tokens", errors)
+    else:
+        from pricing.tokens import default_counter  # loads tiktoken: only when text is given
+
+        counter = default_counter()
+        try:
+            counted = (counter.count_messages(estimate["messages"], model) if given[0] == "messages"
+                       else counter.count_text(estimate["prompt"], model))
+        except InvalidUsageError as exc:
+            raise InvalidUsageError([{"field": f"estimate.{f['field']}", "message": f["message"]}
+                                     for f in exc.fields]) from None
+        prompt = counted.tokens
+        stored.update(encoding=counted.encoding, counted_tokens=counted.raw_tokens,
+                      margin_percent=counted.margin_percent)
+    if errors:
+        raise InvalidUsageError(errors)
+    stored["input_tokens"] = prompt
+    return PreparedEstimate(prompt, max_output, stored)
+
+
+def usage_tokens(usage: Mapping[str, Any] | None, openai_usage: Mapping[str, Any] | None,
+                 anthropic_usage: Mapping[str, Any] | None) -> tuple[dict[str, int], dict[str, Any]]:
+    """Exactly one usage form -> (counts by rating token type, what to store with the charge)."""
+    forms = {"usage": usage, "openai_usage": openai_usage, "anthropic_usage": anthropic_usage}
+    given = {name: value for name, value in forms.items() if value is not None}
+    if len(given) != 1:
+        raise InvalidUsageError("usage", "give exactly one of usage, openai_usage or anthropic_usage")
+    name, value = next(iter(given.items()))
+    normalize = {"usage": normalize_canonical, "openai_usage": normalize_openai,
+                 "anthropic_usage": normalize_anthropic}[name]
+    normalized = normalize(value)
+    stored = {"source": name, "reported": dict(value), "canonical": normalized.as_usage_fields()}
+    return normalized.token_counts(), stored

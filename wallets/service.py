@@ -1,0 +1,144 @@
+"""The wallets' use cases, as the API calls them: customers, wallet reads, and commands run
+through the engine. Services raise domain errors; they know nothing of HTTP."""
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ledger.db import Database
+from ledger.errors import LedgerError
+from pricing.errors import PricingError
+from wallets import chart, store
+from wallets.batch import IdemKey, Replayed, WalletView, wallet_view
+from wallets.commands import Command
+from wallets.engine import Engine, customer_lock, utc_now
+from wallets.errors import ConflictError, NotFoundError, WalletValidationError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerSpec:
+    id: str
+    name: str
+    currency: str
+    billing: str
+    price_book: str | None
+    overdraft_limit: int | None  # None: unlimited
+    low_balance_threshold: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerView:
+    spec: CustomerSpec
+    created_at: datetime
+
+
+_CUSTOMER = text("""SELECT id, name, currency, billing, price_book, overdraft_limit::text AS overdraft_limit,
+                           low_balance_threshold::text AS low_balance_threshold, created_at
+                      FROM customers WHERE id = :id""")
+
+
+def _customer(row: Any) -> CustomerView:
+    def opt(value: str | None) -> int | None:
+        return int(value) if value is not None else None
+
+    return CustomerView(CustomerSpec(row.id, row.name, row.currency, row.billing, row.price_book,
+                                     opt(row.overdraft_limit), opt(row.low_balance_threshold)), row.created_at)
+
+
+async def run_once(db: Database, idem: IdemKey | None, work: Callable[[AsyncConnection], Awaitable[T]],
+                   locks: list[int]) -> T | Replayed:
+    """Run `work` in one transaction; with an idempotency key, store its answer (refusals
+    included) in the same transaction, and replay the stored answer instead of running again."""
+    refused: list[BaseException] = []
+
+    async def unit(conn: AsyncConnection) -> T | Replayed | None:
+        refused.clear()
+        if idem is not None:
+            loaded = await store.load(conn, (), idempotency=[(idem.scope, idem.key)])
+            stored = loaded.idempotency.get((idem.scope, idem.key))
+            if stored is not None:
+                if stored.request_hash != idem.request_hash:
+                    raise ConflictError(f"Idempotency-Key {idem.key} was used with another request", key=idem.key)
+                return Replayed(stored.status, stored.body)
+        try:
+            outcome: Any = await work(conn)
+        except (LedgerError, PricingError) as exc:
+            if idem is None or isinstance(exc, ConflictError):
+                raise
+            refused.append(exc)
+            outcome = exc
+        if idem is not None:
+            status, body = idem.render(outcome)
+            await store.write(conn, {"idempotency": [{"scope": idem.scope, "key": idem.key,
+                                                      "request_hash": idem.request_hash, "status": status,
+                                                      "response": body}]})
+        return None if refused else outcome
+
+    result = await db.run(unit, locks=locks)
+    if refused:
+        raise refused[0]
+    return result  # type: ignore[return-value]
+
+
+class WalletService:
+    def __init__(self, db: Database, *, clock: Callable[[], datetime] = utc_now, grouping: bool = True) -> None:
+        self.db = db
+        self.clock = clock
+        self.engine = Engine(db, clock=clock, grouping=grouping)
+
+    async def submit(self, command: Command) -> Any:
+        return await self.engine.submit(command)
+
+    async def owner_of(self, reservation_id: str) -> str:
+        return await self.engine.owner_of(reservation_id)
+
+    async def create_customer(self, spec: CustomerSpec, idem: IdemKey | None = None
+                              ) -> tuple[CustomerView, bool] | Replayed:
+        """Create a customer and its accounts. The same definition again answers with the
+        customer (created=False); another definition under an existing id is a conflict."""
+
+        async def work(conn: AsyncConnection) -> tuple[CustomerView, bool]:
+            row = (await conn.execute(_CUSTOMER, {"id": spec.id})).first()
+            if row is not None:
+                existing = _customer(row)
+                if existing.spec != spec:
+                    raise ConflictError(f"customer {spec.id} exists with other settings", customer_id=spec.id)
+                return existing, False
+            book_currency = (await conn.execute(text("SELECT currency FROM price_books WHERE id = :id"),
+                                                {"id": spec.price_book})).scalar()
+            if book_currency is not None and book_currency != spec.currency:
+                raise WalletValidationError("price_book", f"price book {spec.price_book} is in {book_currency}")
+            await chart.open_customer_accounts(conn, spec.id, spec.currency)
+            await conn.execute(text(
+                """INSERT INTO customers (id, name, currency, billing, price_book, overdraft_limit,
+                                          low_balance_threshold)
+                   VALUES (:id, :name, :currency, :billing, :book, :limit, :low)"""),
+                {"id": spec.id, "name": spec.name, "currency": spec.currency, "billing": spec.billing,
+                 "book": spec.price_book, "limit": spec.overdraft_limit, "low": spec.low_balance_threshold})
+            created = (await conn.execute(_CUSTOMER, {"id": spec.id})).one()
+            return _customer(created), True
+
+        return await run_once(self.db, idem, work, [customer_lock(spec.id)])
+
+    async def get_customer(self, customer_id: str) -> CustomerView:
+        row = await self.db.read(lambda conn: _first(conn, _CUSTOMER, {"id": customer_id}))
+        if row is None:
+            raise NotFoundError(f"no customer {customer_id}", customer_id=customer_id)
+        return _customer(row)
+
+    async def wallet(self, customer_id: str) -> WalletView:
+        loaded = await self.db.read(lambda conn: store.load(conn, [customer_id]))
+        if customer_id not in loaded.wallets:
+            raise NotFoundError(f"no customer {customer_id}", customer_id=customer_id)
+        return wallet_view(loaded.wallets[customer_id], self.clock())
+
+
+async def _first(conn: AsyncConnection, statement: Any, params: dict[str, Any]) -> Any:
+    return (await conn.execute(statement, params)).first()

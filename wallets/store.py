@@ -1,0 +1,293 @@
+"""Loading wallets into plain values, and writing a batch's effects back in one statement.
+
+Every read here runs inside the command's own SERIALIZABLE transaction, after the customers'
+advisory locks were taken, so what is loaded is what the commands act on.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ledger.model import AccountSpec
+from wallets import chart
+from wallets.model import Customer, Hold, Lot, Reservation, Wallet
+
+_CUSTOMERS = """
+SELECT c.id, c.name, c.currency, c.billing, c.price_book, c.overdraft_limit::text,
+       c.low_balance_threshold::text, c.low_balance_alerted, c.blocked, c.created_at,
+       (SELECT count(*) FROM price_book_versions v WHERE v.book_id = c.price_book) AS book_versions,
+       (SELECT (b.credits - b.debits)::text FROM accounts a JOIN account_balances b ON b.account_id = a.id
+         WHERE a.code = 'liability:customer:' || c.id || ':reserved') AS reserved,
+       (SELECT (b.debits - b.credits)::text FROM accounts a JOIN account_balances b ON b.account_id = a.id
+         WHERE a.code = 'asset:customer:' || c.id || ':receivable') AS receivable
+  FROM customers c WHERE c.id = ANY(%s)
+"""
+
+_RESERVATIONS = """
+SELECT r.id, r.customer_id, r.request_id, r.request_hash, r.model, r.amount::text, r.status,
+       r.created_at, r.expires_at, r.dimensions, r.estimate, r.captured::text, r.released::text,
+       r.charged::text, r.captures, r.closed_at,
+       (SELECT jsonb_agg(jsonb_build_array(h.seq, h.account_code, h.amount::text) ORDER BY h.seq)
+          FROM reservation_holds h WHERE h.reservation_id = r.id) AS holds,
+       (SELECT to_jsonb(c) FROM charges c WHERE c.reservation_id = r.id AND c.final) AS final_charge,
+       (SELECT jsonb_object_agg(c.capture_id, to_jsonb(c)) FROM charges c
+         WHERE c.reservation_id = r.id AND c.capture_id = ANY(%s)) AS captures_by_id
+  FROM reservations r WHERE r.id = ANY(%s)
+"""
+
+_LOTS = """
+SELECT l.id, l.customer_id, l.account_code, l.kind, l.granted::text, l.priority, l.expires_at,
+       l.created_at, l.reason, l.reference, (b.credits - b.debits)::text AS balance
+  FROM lots l JOIN account_balances b ON b.account_id = l.account_id
+ WHERE l.customer_id = ANY(%s) AND l.expired_at IS NULL
+   AND (b.credits > b.debits OR l.account_code = ANY(%s))
+"""
+
+_CREDIT_HELD = """
+SELECT r.customer_id, sum(least(h.amount, r.amount - r.captured))::text
+  FROM reservations r JOIN reservation_holds h ON h.reservation_id = r.id
+ WHERE r.customer_id = ANY(%s) AND r.status IN ('held', 'capturing')
+   AND h.account_code = 'asset:customer:' || r.customer_id || ':receivable'
+ GROUP BY r.customer_id
+"""
+
+_IDEMPOTENCY = """
+SELECT k.scope, k.key, k.request_hash, k.status, k.response
+  FROM idempotency_keys k JOIN unnest(%s::text[], %s::text[]) AS w(scope, key)
+    ON k.scope = w.scope AND k.key = w.key
+"""
+
+_EVENTS = "SELECT event_id, request_hash FROM usage_events WHERE event_id = ANY(%s)"
+
+
+def _int(value: Any) -> int:
+    return int(value) if value is not None else 0
+
+
+def _opt_int(value: Any) -> int | None:
+    return int(value) if value is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    request_hash: bytes
+    status: int
+    body: Any
+
+
+@dataclass(slots=True)
+class Loaded:
+    wallets: dict[str, Wallet]
+    idempotency: dict[tuple[str, str], StoredResponse]
+    events: dict[str, bytes]
+    missing_reservations: set[str] = field(default_factory=set)
+
+
+def _reservation(row: Any) -> Reservation:
+    r = Reservation(
+        id=row.id, customer_id=row.customer_id, request_id=row.request_id,
+        request_hash=bytes(row.request_hash), model=row.model, amount=int(row.amount),
+        status=row.status, created_at=row.created_at, expires_at=row.expires_at,
+        holds=[Hold(seq, code, int(amount)) for seq, code, amount in (row.holds or [])],
+        dimensions=row.dimensions or {}, estimate=row.estimate, captured=int(row.captured),
+        released=int(row.released), charged=int(row.charged), captures=row.captures,
+        closed_at=row.closed_at,
+    )
+    if row.final_charge:
+        r.final_charge = row.final_charge
+        r.final_hash = bytes.fromhex(row.final_charge["request_hash"][2:])
+    for capture_id, charge in (row.captures_by_id or {}).items():
+        r.capture_ids[capture_id] = (bytes.fromhex(charge["request_hash"][2:]), charge)
+    return r
+
+
+async def load(conn: AsyncConnection, customer_ids: Iterable[str], *,
+               reservation_ids: Iterable[str] = (), capture_ids: Iterable[str] = (),
+               lot_codes: Iterable[str] = (), idempotency: Iterable[tuple[str, str]] = (),
+               event_ids: Iterable[str] = (), credit_held_for: Iterable[str] = ()) -> Loaded:
+    """The wallets of `customer_ids` (live lots, balances, the named reservations) and the
+    stored idempotent responses and usage events the commands refer to."""
+    ids = sorted(set(customer_ids))
+    loaded = Loaded({}, {}, {})
+    reservations: list[Reservation] = []
+    wanted = sorted(set(reservation_ids))
+    if wanted:
+        rows = await conn.exec_driver_sql(_RESERVATIONS, (sorted(set(capture_ids)), wanted))
+        reservations = [_reservation(row) for row in rows]
+        loaded.missing_reservations = set(wanted) - {r.id for r in reservations}
+    codes = set(lot_codes) | {h.account for r in reservations for h in r.holds}
+    for row in await conn.exec_driver_sql(_CUSTOMERS, (ids,)):
+        customer = Customer(row.id, row.name, row.currency, row.billing, row.price_book,
+                            _opt_int(row.overdraft_limit), _opt_int(row.low_balance_threshold),
+                            row.low_balance_alerted, row.blocked, row.created_at, row.book_versions)
+        loaded.wallets[row.id] = Wallet(customer, {}, _int(row.reserved), _int(row.receivable))
+    if loaded.wallets:
+        for row in await conn.exec_driver_sql(_LOTS, (ids, sorted(codes))):
+            loaded.wallets[row.customer_id].lots[row.account_code] = Lot(
+                row.id, row.account_code, row.kind, int(row.granted), row.priority, row.expires_at,
+                row.created_at, int(row.balance), False, row.reason, row.reference)
+    for r in reservations:
+        if r.customer_id in loaded.wallets:
+            loaded.wallets[r.customer_id].reservations[r.id] = r
+    held_for = sorted(set(credit_held_for) & loaded.wallets.keys())
+    if held_for:
+        for wallet_id in held_for:
+            loaded.wallets[wallet_id].credit_held = 0
+        for cid, amount in await conn.exec_driver_sql(_CREDIT_HELD, (held_for,)):
+            loaded.wallets[cid].credit_held = int(amount)
+    pairs = sorted(set(idempotency))
+    if pairs:
+        rows = await conn.exec_driver_sql(_IDEMPOTENCY, ([s for s, _ in pairs], [k for _, k in pairs]))
+        for row in rows:
+            loaded.idempotency[(row.scope, row.key)] = StoredResponse(
+                bytes(row.request_hash), row.status, row.response)
+    events = sorted(set(event_ids))
+    if events:
+        for event_id, digest in await conn.exec_driver_sql(_EVENTS, (events,)):
+            loaded.events[event_id] = bytes(digest)
+    return loaded
+
+
+# ------------------------------------------------------------------------------------------
+# Writing: one statement, one data-modifying CTE per table that has rows.
+
+_WRITES: dict[str, str] = {
+    "lots": """INSERT INTO lots (id, customer_id, kind, account_id, account_code, granted, priority,
+                   expires_at, reason, reference, entry_id, created_at)
+               SELECT r.id, r.customer_id, r.kind, a.id, r.account_code, r.granted, r.priority,
+                      r.expires_at, r.reason, r.reference, r.entry_id, r.created_at
+                 FROM jsonb_to_recordset({p}::jsonb) AS r(id text, customer_id text, kind text,
+                      account_code text, granted numeric, priority smallint, expires_at timestamptz,
+                      reason text, reference text, entry_id bigint, created_at timestamptz)
+                 JOIN accounts a ON a.code = r.account_code""",
+    "lot_expiries": """UPDATE lots SET expired_at = r.expired_at, expired_amount = r.amount,
+                              expiry_entry_id = r.entry_id
+                 FROM jsonb_to_recordset({p}::jsonb) AS r(id text, expired_at timestamptz,
+                      amount numeric, entry_id bigint)
+                WHERE lots.id = r.id""",
+    "reservations": """INSERT INTO reservations (id, customer_id, request_id, request_hash, model,
+                   amount, captured, released, charged, captures, status, dimensions, estimate,
+                   entry_id, created_at, expires_at, closed_at)
+               SELECT r.id, r.customer_id, r.request_id, decode(r.request_hash, 'hex'), r.model,
+                      r.amount, r.captured, r.released, r.charged, r.captures, r.status,
+                      r.dimensions, r.estimate, r.entry_id, r.created_at, r.expires_at, r.closed_at
+                 FROM jsonb_to_recordset({p}::jsonb) AS r(id text, customer_id text, request_id text,
+                      request_hash text, model text, amount numeric, captured numeric,
+                      released numeric, charged numeric, captures int, status text, dimensions jsonb,
+                      estimate jsonb, entry_id bigint, created_at timestamptz,
+                      expires_at timestamptz, closed_at timestamptz)""",
+    "reservation_updates": """UPDATE reservations SET captured = r.captured, released = r.released,
+                      charged = r.charged, captures = r.captures, status = r.status,
+                      closed_at = r.closed_at
+                 FROM jsonb_to_recordset({p}::jsonb) AS r(id text, captured numeric,
+                      released numeric, charged numeric, captures int, status text,
+                      closed_at timestamptz)
+                WHERE reservations.id = r.id""",
+    "holds": """INSERT INTO reservation_holds (reservation_id, seq, account_code, amount)
+               SELECT r.reservation_id, r.seq, r.account_code, r.amount
+                 FROM jsonb_to_recordset({p}::jsonb) AS r(reservation_id text, seq smallint,
+                      account_code text, amount numeric)""",
+    "usage_events": """INSERT INTO usage_events (event_id, customer_id, request_hash, model,
+                   occurred_at, usage, dimensions, entry_id)
+               SELECT r.event_id, r.customer_id, decode(r.request_hash, 'hex'), r.model,
+                      r.occurred_at, r.usage, r.dimensions, r.entry_id
+                 FROM jsonb_to_recordset({p}::jsonb) AS r(event_id text, customer_id text,
+                      request_hash text, model text, occurred_at timestamptz, usage jsonb,
+                      dimensions jsonb, entry_id bigint)""",
+    "charges": """INSERT INTO charges (customer_id, reservation_id, event_id, request_id, seq,
+                   capture_id, final, request_hash, model, occurred_at, usage, dimensions,
+                   price_book, price_version, lines, charged, from_hold, from_lots,
+                   from_receivable, released, entry_id)
+               SELECT r.customer_id, r.reservation_id, r.event_id, r.request_id, r.seq,
+                      r.capture_id, r.final, decode(r.request_hash, 'hex'), r.model, r.occurred_at,
+                      r.usage, r.dimensions, r.price_book, r.price_version, r.lines, r.charged,
+                      r.from_hold, r.from_lots, r.from_receivable, r.released, r.entry_id
+                 FROM jsonb_to_recordset({p}::jsonb) AS r(customer_id text, reservation_id text,
+                      event_id text, request_id text, seq int, capture_id text, final boolean,
+                      request_hash text, model text, occurred_at timestamptz, usage jsonb,
+                      dimensions jsonb, price_book text, price_version text, lines jsonb,
+                      charged numeric, from_hold numeric, from_lots numeric,
+                      from_receivable numeric, released numeric, entry_id bigint)""",
+    "outbox": """INSERT INTO outbox (topic, customer_id, dedup_key, payload)
+               SELECT r.topic, r.customer_id, r.dedup_key, r.payload
+                 FROM jsonb_to_recordset({p}::jsonb) AS r(topic text, customer_id text,
+                      dedup_key text, payload jsonb)
+               ON CONFLICT (dedup_key) DO NOTHING""",
+    "idempotency": """INSERT INTO idempotency_keys (scope, key, request_hash, status, response)
+               SELECT r.scope, r.key, decode(r.request_hash, 'hex'), r.status, r.response
+                 FROM jsonb_to_recordset({p}::jsonb) AS r(scope text, key text,
+                      request_hash text, status smallint, response jsonb)""",
+    "customers": """UPDATE customers SET low_balance_alerted = r.low_balance_alerted,
+                      blocked = r.blocked
+                 FROM jsonb_to_recordset({p}::jsonb) AS r(id text, low_balance_alerted boolean,
+                      blocked boolean)
+                WHERE customers.id = r.id""",
+}
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, default=_json_default, separators=(",", ":"))
+
+
+async def write(conn: AsyncConnection, rows: dict[str, list[dict[str, Any]]]) -> None:
+    """Write every table's rows in one statement (one round trip), in dependency order."""
+    parts, params = [], []
+    for table, sql in _WRITES.items():
+        if rows.get(table):
+            parts.append(f"w{len(parts)} AS ({sql.format(p='%s')})")
+            params.append(dumps(rows[table]))
+    if parts:
+        await conn.exec_driver_sql("WITH " + ",\n".join(parts) + " SELECT 1", tuple(params))
+
+
+async def open_accounts(conn: AsyncConnection, specs: list[AccountSpec]) -> None:
+    """Open lot accounts in one statement (their balance rows come from the ledger's trigger)."""
+    if not specs:
+        return
+    await conn.exec_driver_sql(
+        """INSERT INTO accounts (code, type, asset, customer_id, lower_bound)
+           SELECT r.code, r.type, r.asset, r.customer_id, r.lower_bound
+             FROM jsonb_to_recordset(%s::jsonb) AS r(code text, type text, asset text,
+                  customer_id text, lower_bound numeric)""",
+        (dumps([{"code": s.code, "type": s.type.value, "asset": s.asset, "customer_id": s.customer_id,
+                 "lower_bound": s.lower_bound} for s in specs]),))
+
+
+def reservation_row(r: Reservation, entry_id: int | None) -> dict[str, Any]:
+    return {"id": r.id, "customer_id": r.customer_id, "request_id": r.request_id,
+            "request_hash": r.request_hash, "model": r.model, "amount": r.amount,
+            "captured": r.captured, "released": r.released, "charged": r.charged,
+            "captures": r.captures, "status": r.status, "dimensions": r.dimensions,
+            "estimate": r.estimate, "entry_id": entry_id, "created_at": r.created_at,
+            "expires_at": r.expires_at, "closed_at": r.closed_at}
+
+
+def reservation_update(r: Reservation) -> dict[str, Any]:
+    return {"id": r.id, "captured": r.captured, "released": r.released, "charged": r.charged,
+            "captures": r.captures, "status": r.status, "closed_at": r.closed_at}
+
+
+def hold_rows(r: Reservation) -> list[dict[str, Any]]:
+    return [{"reservation_id": r.id, "seq": h.seq, "account_code": h.account, "amount": h.amount}
+            for h in r.holds]
+
+
+def customer_update(w: Wallet) -> dict[str, Any]:
+    return {"id": w.customer.id, "low_balance_alerted": w.customer.low_balance_alerted,
+            "blocked": w.customer.blocked}
+
+
+__all__ = ["Loaded", "StoredResponse", "chart", "load", "open_accounts", "write"]
