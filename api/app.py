@@ -91,6 +91,7 @@ def create_app(settings: Settings, database_url: str, **overrides: Any) -> Lites
                 "bearer": SecurityScheme(type="http", scheme="bearer")}),
         ),
         on_app_init=[_log_config(settings)],
+        logging_config=None,  # Litestar's default would set the root logger to INFO
         **overrides,
     )
 

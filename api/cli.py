@@ -108,6 +108,12 @@ def _keys(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from api import demo
+
+    return demo.main(args, settings)
+
+
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
     from api.bench import ledger_bench
 
@@ -149,6 +155,9 @@ def parser() -> argparse.ArgumentParser:
     verify = audit.add_parser("verify", help="check the journal; exit 1 when any check fails")
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.set_defaults(func=_audit_verify)
+
+    demo = sub.add_parser("demo", help="play a billed chatbot scenario on a fresh embedded database")
+    demo.set_defaults(func=_demo)
 
     bench = sub.add_parser("bench", help="benchmarks against pgbench on the same cluster")
     bench.add_argument("target", choices=["ledger"])
