@@ -1,0 +1,139 @@
+"""The client SDK against a live server: release on error, metered streams, retries charge once."""
+from __future__ import annotations
+
+import threading
+import uuid
+from decimal import Decimal
+
+import httpx
+import pytest
+
+from api.app import create_app
+from api.client import AsyncClient, Client, InsufficientFunds, UnpricedModel
+from api.demo import PRICE_BOOK, _free_port, _Server, streamed_text
+from api.settings import Settings
+from pricing.tokens import TokenCounter
+
+ADMIN = "sdk-admin"
+
+
+@pytest.fixture(scope="module")
+def live(database_url):
+    port = _free_port()
+    server = _Server(create_app(Settings(admin_key=ADMIN, scheduler=False), database_url), port)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    with Client(url, ADMIN) as tt:
+        from api.demo import _wait_ready
+
+        _wait_ready(tt)
+        book = {**PRICE_BOOK, "id": f"sdk-{uuid.uuid4().hex[:8]}"}
+        tt.post("/v1/price-books", book)
+        server.book = book["id"]
+    yield url, server.book
+    server.stop()
+
+
+@pytest.fixture
+def customer(live):
+    url, book = live
+    customer_id = f"c-{uuid.uuid4().hex[:10]}"
+    with Client(url, ADMIN) as tt:
+        tt.post("/v1/customers", {"id": customer_id, "name": "SDK", "currency": "USD", "price_book": book})
+        tt.post(f"/v1/customers/{customer_id}/topups", {"amount": "10.00"})
+    return customer_id
+
+
+def available(tt: Client, customer_id: str) -> Decimal:
+    return Decimal(tt.get(f"/v1/customers/{customer_id}/wallet")["available"])
+
+
+def test_an_exception_inside_the_block_releases_the_hold(live, customer):
+    with Client(live[0], ADMIN) as tt:
+        with pytest.raises(RuntimeError, match="provider down"):
+            with tt.reserve(customer, "model-a", input_tokens=1000, max_output_tokens=500) as r:
+                assert Decimal(tt.get(f"/v1/customers/{customer}/wallet")["reserved"]) == Decimal("0.03")
+                raise RuntimeError("provider down")
+        assert r.settlement["status"] == "released"
+        wallet = tt.get(f"/v1/customers/{customer}/wallet")
+        assert Decimal(wallet["available"]) == Decimal("10") and Decimal(wallet["reserved"]) == 0
+
+
+def test_a_stream_cancelled_after_200_tokens_bills_exactly_200_output_tokens(live, customer):
+    text = streamed_text(200)
+    with Client(live[0], ADMIN) as tt:
+        with pytest.raises(KeyboardInterrupt):
+            with tt.reserve(customer, "model-a", input_tokens=500, max_output_tokens=1000) as r:
+                meter = r.stream_meter()
+                for word in text.split(" ")[1:]:
+                    meter.add(" " + word)
+                raise KeyboardInterrupt
+        assert TokenCounter().count_text(meter.text, "model-a").raw_tokens == 200
+        lines = {line["token_type"]: line for line in r.settlement["lines"]}
+        assert lines["output"]["quantity"] == 200 and Decimal(lines["output"]["amount"]) == Decimal("0.004")
+        assert lines["input"]["quantity"] == 500
+        # $0.005 input + $0.004 output + $0.01 per request
+        assert Decimal(r.settlement["charged"]) == Decimal("0.019")
+        assert available(tt, customer) == Decimal("9.981")
+
+
+def test_provider_usage_wins_over_the_meter(live, customer):
+    usage = {"prompt_tokens": 1200, "completion_tokens": 300, "total_tokens": 1500,
+             "prompt_tokens_details": {"cached_tokens": 200}, "completion_tokens_details": {"reasoning_tokens": 0}}
+    with Client(live[0], ADMIN) as tt:
+        with tt.reserve(customer, "model-a", input_tokens=1200, max_output_tokens=500) as r:
+            meter = r.stream_meter()
+            meter.add(streamed_text(50))
+            r.record(openai_usage=usage)
+        lines = {line["token_type"]: line["quantity"] for line in r.settlement["lines"]}
+        assert lines["output"] == 300 and lines["input"] == 1000 and lines["cached_input"] == 200
+
+
+def test_a_dropped_connection_during_settle_is_retried_and_charges_once(live, customer):
+    class DropFirstSettleResponse(httpx.BaseTransport):
+        """Forwards every request; loses the first settle's response after the server handled it."""
+
+        def __init__(self) -> None:
+            self.inner, self.dropped, self.lock = httpx.HTTPTransport(), 0, threading.Lock()
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            response = self.inner.handle_request(request)
+            with self.lock:
+                if request.url.path.endswith("/settle") and not self.dropped:
+                    self.dropped += 1
+                    response.read()
+                    raise httpx.ReadError("connection dropped", request=request)
+            return response
+
+    transport = DropFirstSettleResponse()
+    request_id = f"req-{uuid.uuid4().hex}"
+    with Client(live[0], ADMIN, transport=transport, backoff_s=0.01) as tt:
+        with tt.reserve(customer, "model-a", request_id=request_id, input_tokens=1000, max_output_tokens=500) as r:
+            r.record(input_tokens=1000, output_tokens=400)
+        assert transport.dropped == 1
+        assert Decimal(r.settlement["charged"]) == Decimal("0.028")
+        assert available(tt, customer) == Decimal("9.972")
+        trace = tt.get(f"/v1/audit/charges/{request_id}")
+    assert len(trace["charges"]) == 1, "the retried settle was replayed, not charged again"
+
+
+def test_typed_errors_for_refusals(live, customer):
+    with Client(live[0], ADMIN) as tt:
+        with pytest.raises(InsufficientFunds):
+            with tt.reserve(customer, "model-a", input_tokens=1, max_output_tokens=2_000_000):
+                pass
+        with pytest.raises(UnpricedModel):
+            with tt.reserve(customer, "no-such-model", input_tokens=10, max_output_tokens=10):
+                pass
+        assert available(tt, customer) == Decimal("10")
+
+
+async def test_the_async_client_releases_on_error_too(live, customer):
+    async with AsyncClient(live[0], ADMIN) as tt:
+        with pytest.raises(ValueError):
+            async with tt.reserve(customer, "model-b", input_tokens=100, max_output_tokens=100) as r:
+                raise ValueError
+        assert r.settlement["status"] == "released"
+        async with tt.reserve(customer, "model-b", input_tokens=100, max_output_tokens=100) as r:
+            r.record(input_tokens=100, output_tokens=10)
+        assert Decimal(r.settlement["charged"]) == Decimal("0.0106")
