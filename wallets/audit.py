@@ -1,11 +1,110 @@
-"""The full audit: the ledger's own checks plus the product's (added as wallets grow)."""
+"""The full audit: the ledger's own checks plus the wallets'. Each wallet check is a query that
+names what is wrong; together they prove the product tables agree with the journal."""
 from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ledger.audit import CheckFn, Report, verify
+from ledger.audit import Check, CheckFn, Report, _query_check, verify
 
-WALLET_CHECKS: tuple[CheckFn, ...] = ()
+_OPEN = "('held', 'capturing')"
+
+
+async def reservations_consistent(conn: AsyncConnection) -> Check:
+    return await _query_check(conn, "reservations", f"""
+        SELECT format('reservation %s is %s but has a final charge', r.id, r.status)
+          FROM reservations r JOIN charges c ON c.reservation_id = r.id AND c.final
+         WHERE r.status IN {_OPEN}
+        UNION ALL
+        SELECT format('reservation %s is settled without a final charge', r.id)
+          FROM reservations r
+         WHERE r.status = 'settled' AND NOT EXISTS (
+               SELECT 1 FROM charges c WHERE c.reservation_id = r.id AND c.final)
+        UNION ALL
+        SELECT format('reservation %s: captured %s, charged %s, but its charges say %s and %s',
+                      r.id, r.captured, r.charged, coalesce(c.from_hold, 0), coalesce(c.charged, 0))
+          FROM reservations r LEFT JOIN (
+               SELECT reservation_id, sum(from_hold) AS from_hold, sum(charged) AS charged
+                 FROM charges WHERE reservation_id IS NOT NULL GROUP BY reservation_id) c
+            ON c.reservation_id = r.id
+         WHERE r.captured <> coalesce(c.from_hold, 0) OR r.charged <> coalesce(c.charged, 0)
+        UNION ALL
+        SELECT format('reservation %s holds %s but its hold pieces sum to %s', r.id, r.amount, coalesce(h.s, 0))
+          FROM reservations r LEFT JOIN (
+               SELECT reservation_id, sum(amount) AS s FROM reservation_holds GROUP BY reservation_id) h
+            ON h.reservation_id = r.id
+         WHERE r.amount <> coalesce(h.s, 0)
+        """, "no reservation is both open and settled; captures and holds add up")
+
+
+async def holds_equal_reserved(conn: AsyncConnection) -> Check:
+    return await _query_check(conn, "holds_equal_reserved", f"""
+        SELECT format('customer %s: reserved account holds %s, open reservations hold %s',
+                      c.id, coalesce(b.credits - b.debits, 0), coalesce(h.held, 0))
+          FROM customers c
+          JOIN accounts a ON a.code = 'liability:customer:' || c.id || ':' || 'reserved'
+          JOIN account_balances b ON b.account_id = a.id
+          LEFT JOIN (SELECT customer_id, sum(amount - captured - released) AS held FROM reservations
+                      WHERE status IN {_OPEN} GROUP BY customer_id) h ON h.customer_id = c.id
+         WHERE b.credits - b.debits <> coalesce(h.held, 0)
+        """, "every reserved account equals what its open reservations hold")
+
+
+async def lots_match_accounts(conn: AsyncConnection) -> Check:
+    return await _query_check(conn, "lots", """
+        SELECT format('lot %s: remaining %s is outside 0..%s granted', l.id, b.credits - b.debits, l.granted)
+          FROM lots l JOIN account_balances b ON b.account_id = l.account_id
+         WHERE b.credits - b.debits < 0 OR b.credits - b.debits > l.granted
+        UNION ALL
+        SELECT format('lot %s expired, yet its account still holds %s', l.id, b.credits - b.debits)
+          FROM lots l JOIN account_balances b ON b.account_id = l.account_id
+         WHERE l.expired_at IS NOT NULL AND b.credits <> b.debits
+        UNION ALL
+        SELECT format('lot %s: granted %s, but its opening entry credited %s', l.id, l.granted,
+                      coalesce(-(SELECT sum(p.amount) FROM postings p
+                                  WHERE p.entry_id = l.entry_id AND p.account_id = l.account_id), 0))
+          FROM lots l
+         WHERE l.granted <> coalesce(-(SELECT sum(p.amount) FROM postings p
+                                        WHERE p.entry_id = l.entry_id AND p.account_id = l.account_id), 0)
+        """, "each lot's remaining is its account balance, within what was granted; expired lots are empty")
+
+
+async def wallets_within_limits(conn: AsyncConnection) -> Check:
+    return await _query_check(conn, "wallet_limits", """
+        SELECT format('customer %s: %s is at %s, below 0', c.id, a.code, b.normal_sign * (b.debits - b.credits))
+          FROM customers c JOIN accounts a ON a.customer_id = c.id
+          JOIN account_balances b ON b.account_id = a.id
+         WHERE b.normal_sign * (b.debits - b.credits) < 0
+        UNION ALL
+        SELECT format('customer %s: receivable %s against overdraft limit %s, but blocked is %s',
+                      c.id, b.debits - b.credits, c.overdraft_limit, c.blocked)
+          FROM customers c
+          JOIN accounts a ON a.code = 'asset:customer:' || c.id || ':' || 'receivable'
+          JOIN account_balances b ON b.account_id = a.id
+         WHERE c.blocked <> (c.overdraft_limit IS NOT NULL AND b.debits - b.credits > c.overdraft_limit)
+        """, "no wallet account is below zero; a wallet past its overdraft limit is blocked")
+
+
+async def charges_match_entries(conn: AsyncConnection) -> Check:
+    return await _query_check(conn, "charges", """
+        SELECT format('charge %s (%s) charged %s, but entry %s credited usage revenue %s',
+                      c.id, c.request_id, c.charged, c.entry_id, coalesce(r.revenue, 0))
+          FROM charges c LEFT JOIN LATERAL (
+               SELECT -sum(p.amount) AS revenue FROM postings p JOIN accounts a ON a.id = p.account_id
+                WHERE p.entry_id = c.entry_id AND a.code LIKE 'income:platform:usage:%') r ON true
+         WHERE c.charged <> coalesce(r.revenue, 0)
+        UNION ALL
+        SELECT format('charge %s (%s): its lines sum to %s, not %s', c.id, c.request_id,
+                      (SELECT sum((l->>'amount_units')::numeric) FROM jsonb_array_elements(c.lines) l), c.charged)
+          FROM charges c
+         WHERE c.charged <> coalesce((SELECT sum((l->>'amount_units')::numeric)
+                                        FROM jsonb_array_elements(c.lines) l), 0)
+        """, "every charge equals the revenue its entry posted and the sum of its lines")
+
+
+WALLET_CHECKS: tuple[CheckFn, ...] = (
+    reservations_consistent, holds_equal_reserved, lots_match_accounts, wallets_within_limits,
+    charges_match_entries,
+)
 
 
 async def full_verify(conn: AsyncConnection) -> Report:

@@ -66,9 +66,8 @@ class Engine:
         """The customer of a reservation (it never changes, so it is cached)."""
         if reservation_id in self._owners:
             return self._owners[reservation_id]
-        row = await self.db.read(lambda conn: conn.exec_driver_sql(
-            "SELECT customer_id FROM reservations WHERE id = %s", (reservation_id,)))
-        customer = row.scalar()
+        customer = await self.db.read(lambda conn: _scalar(
+            conn, "SELECT customer_id FROM reservations WHERE id = %s", (reservation_id,)))
         if customer is None:
             raise NotFoundError(f"no reservation {reservation_id}", reservation_id=reservation_id)
         self._remember(reservation_id, customer)
@@ -130,17 +129,19 @@ class Engine:
             else:
                 future.set_result(outcome)
 
-    async def execute(self, commands: Sequence[Command]) -> list[Any]:
-        """Run `commands` in one transaction; one outcome each (a result, Replayed or an error)."""
+    async def execute(self, commands: Sequence[Command], *, now: datetime | None = None) -> list[Any]:
+        """Run `commands` in one transaction; one outcome each (a result, Replayed or an error).
+        `now` overrides the clock (jobs catching up, tests)."""
         BATCH_COMMANDS.observe(len(commands))
         customers = sorted({c.customer_id for c in commands})
 
         async def work(conn: AsyncConnection) -> list[Any]:
-            return await self._work(conn, commands, customers)
+            return await self._work(conn, commands, customers, now or self.clock())
 
         return await self.db.run(work, locks=[customer_lock(c) for c in customers])
 
-    async def _work(self, conn: AsyncConnection, commands: Sequence[Command], customers: list[str]) -> list[Any]:
+    async def _work(self, conn: AsyncConnection, commands: Sequence[Command], customers: list[str],
+                    now: datetime) -> list[Any]:
         needs: dict[str, list[Any]] = {}
         for command in commands:
             for name, values in command.needs().items():
@@ -151,7 +152,7 @@ class Engine:
         rating = {c.customer_id for c in commands if c.needs_book}
         books = {cid: await self.books.get(conn, w.customer.price_book, w.customer.book_versions)
                  for cid, w in loaded.wallets.items() if cid in rating}
-        batch = Batch(self.clock(), loaded, books)
+        batch = Batch(now, loaded, books)
         outcomes = [self._apply(batch, command) for command in commands]
         await batch.flush(conn)
         for command, outcome in zip(commands, outcomes, strict=True):
@@ -179,3 +180,7 @@ class Engine:
             return exc
         batch.alerts(command.customer_id)
         return outcome
+
+
+async def _scalar(conn: AsyncConnection, sql: str, params: tuple[Any, ...]) -> Any:
+    return (await conn.exec_driver_sql(sql, params)).scalar()

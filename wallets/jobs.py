@@ -12,8 +12,10 @@ from prometheus_client import Counter
 
 from ledger.db import Database
 from ledger.seal import seal_once
+from wallets.expiry import expire_grants, expire_reservations
 
 log = logging.getLogger("tokentill.jobs")
+EXPIRE_RESERVATIONS_EVERY_S, EXPIRE_GRANTS_EVERY_S = 5, 30
 JOB_RUNS = Counter("tokentill_job_runs", "Scheduled job runs", ["job", "result"])
 
 
@@ -33,7 +35,9 @@ async def seal_journal(db: Database) -> object:
 
 
 def jobs(seal_interval_s: int) -> list[Job]:
-    return [Job("seal_journal", seal_interval_s, seal_journal)]
+    return [Job("seal_journal", seal_interval_s, seal_journal),
+            Job("expire_reservations", EXPIRE_RESERVATIONS_EVERY_S, expire_reservations),
+            Job("expire_grants", EXPIRE_GRANTS_EVERY_S, expire_grants)]
 
 
 async def run_job(db: Database, job: Job) -> None:

@@ -1,0 +1,120 @@
+"""A small kit for wallet scenarios: a controllable clock, a price book with round prices,
+commands built from decimal strings, and every account's balance by a short name."""
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ledger.accounts import balances, customer_balances
+from ledger.audit import verify
+from ledger.db import Database
+from pricing.money import parse_amount
+from wallets import books, chart
+from wallets.audit import WALLET_CHECKS
+from wallets.commands import Release, Reserve, Settle
+from wallets.credits import Grant, RecordUsage, TopUp
+from wallets.service import CustomerSpec, WalletService
+
+T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+# model-x: $1.00 per 1,000 input tokens, $2.00 per 1,000 output tokens: amounts read easily.
+BOOK = {"currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": [
+    {"id": "x-in", "model": "model-x", "token_type": "input", "price": "1000"},
+    {"id": "x-out", "model": "model-x", "token_type": "output", "price": "2000"},
+]}
+
+
+def usd(text: str) -> int:
+    return parse_amount(text, 9)
+
+
+class Clock:
+    def __init__(self, now: datetime = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> datetime:
+        self.now += timedelta(**delta)
+        return self.now
+
+
+class Kit:
+    def __init__(self, db: Database, tag: str, clock: Clock | None = None, *, grouping: bool = True) -> None:
+        self.db, self.tag = db, tag
+        self.clock = clock or Clock()
+        self.service = WalletService(db, clock=self.clock, grouping=grouping)
+        self.book = f"book-{tag}"
+        self.names: dict[str, str] = {}  # account code -> short name
+
+    async def setup_book(self) -> None:
+        await self.db.run(lambda conn: books.add_version(conn, {**BOOK, "id": self.book}))
+
+    async def customer(self, name: str, *, billing: str = "prepaid", overdraft: str | None = "0",
+                       low: str | None = None) -> str:
+        cid = f"{name}-{self.tag}"
+        spec = CustomerSpec(cid, name, "USD", billing, self.book, None if overdraft is None else usd(overdraft),
+                            None if low is None else usd(low))
+        await self.service.create_customer(spec)
+        self.names[chart.reserved_account(cid)] = f"{name}.reserved"
+        self.names[chart.receivable_account(cid)] = f"{name}.receivable"
+        return cid
+
+    async def top_up(self, cid: str, amount: str, name: str | None = None, **kw: Any):
+        result = await self.service.submit(TopUp(customer_id=cid, amount=usd(amount), **kw))
+        self.names[chart.lot_account(cid, result.grant.id)] = name or result.grant.id
+        return result
+
+    async def grant(self, cid: str, amount: str, name: str | None = None, **kw: Any):
+        result = await self.service.submit(Grant(customer_id=cid, amount=usd(amount), **kw))
+        self.names[chart.lot_account(cid, result.grant.id)] = name or result.grant.id
+        return result
+
+    async def reserve(self, cid: str, request_id: str, *, amount: str | None = None, input_tokens: int = 0,
+                      max_output_tokens: int = 0, ttl_seconds: int = 300):
+        body = {"amount": amount, "input": input_tokens, "output": max_output_tokens, "ttl": ttl_seconds}
+        return await self.service.submit(Reserve(
+            customer_id=cid, request_id=request_id, request_hash=repr(sorted(body.items())).encode(),
+            model="model-x", ttl_seconds=ttl_seconds, amount=usd(amount) if amount is not None else None,
+            prompt_tokens=input_tokens, max_output_tokens=max_output_tokens))
+
+    async def settle(self, cid: str, reservation_id: str, *, input_tokens: int = 0, output_tokens: int = 0,
+                     final: bool = True, capture_id: str | None = None):
+        tokens = {"input": input_tokens, "output": output_tokens}
+        return await self.service.submit(Settle(
+            customer_id=cid, reservation_id=reservation_id, request_hash=repr((tokens, final)).encode(),
+            tokens=tokens, usage=tokens, final=final, capture_id=capture_id))
+
+    async def release(self, cid: str, reservation_id: str):
+        return await self.service.submit(Release(customer_id=cid, reservation_id=reservation_id))
+
+    async def usage_event(self, cid: str, event_id: str, *, input_tokens: int = 0, output_tokens: int = 0,
+                          at: datetime | None = None):
+        tokens = {"input": input_tokens, "output": output_tokens}
+        return await self.service.submit(RecordUsage(
+            customer_id=cid, event_id=event_id, request_hash=repr(tokens).encode(), model="model-x",
+            occurred_at=at or self.clock.now, tokens=tokens, usage=tokens))
+
+    async def balances(self, *customers: str, platform: bool = True) -> dict[str, int]:
+        """Normal balances by short name: every account of `customers`, and the platform's."""
+
+        async def read(conn):
+            found = {}
+            for cid in customers:
+                found.update(await customer_balances(conn, cid))
+            if platform:
+                found.update(await balances(conn, [spec.code for spec in chart.platform_specs("USD")]))
+            return found
+
+        found = await self.db.read(read)
+        short = {chart.cash_account("USD"): "cash", chart.promotions_account("USD"): "promotions",
+                 chart.revenue_account("USD"): "revenue", chart.breakage_account("USD"): "breakage", **self.names}
+        return {short.get(code, code): b.normal for code, b in found.items()}
+
+    async def verify(self):
+        return await self.db.read(lambda conn: verify(conn, WALLET_CHECKS))
+
+
+def amounts(**named: str) -> dict[str, int]:
+    return {name.replace("__", "."): usd(value) for name, value in named.items()}
