@@ -82,17 +82,17 @@ def renderer(request: Request, success: Callable[[Any], tuple[int, Any]]) -> Cal
     def render(outcome: Any) -> tuple[int, Any]:
         if isinstance(outcome, BaseException):
             response = error_response(request, outcome)  # type: ignore[arg-type]
-            return response.status_code, response.content
-        status, body = success(outcome)
-        return status, msgspec.to_builtins(body)
+            status, body = response.status_code, response.content
+        else:
+            status, body = success(outcome)
+        return status, {"json": msgspec.json.encode(body).decode()}  # kept as text: replays byte for byte
 
     return render
 
 
 def respond(outcome: Any, render: Callable[[Any], tuple[int, Any]]) -> Response:
-    if isinstance(outcome, Replayed):
-        media = PROBLEM if outcome.status >= 400 else "application/json"
-        return Response(outcome.body, status_code=outcome.status, media_type=media,
-                        headers={"Idempotent-Replayed": "true"})
-    status, body = render(outcome)
-    return Response(body, status_code=status)
+    replayed = isinstance(outcome, Replayed)
+    status, body = (outcome.status, outcome.body) if replayed else render(outcome)
+    return Response(body["json"].encode(), status_code=status,
+                    media_type=PROBLEM if status >= 400 else "application/json",
+                    headers={"Idempotent-Replayed": "true"} if replayed else None)
