@@ -1,0 +1,38 @@
+"""A price change effective at T: usage at T-1s is rated by the old version, usage at T by the
+new one, although both are processed after T (issue: versioned price books)."""
+from __future__ import annotations
+
+from decimal import Decimal
+
+from litestar.testing import AsyncTestClient
+
+
+T = "2026-06-01T00:00:00Z"
+BOOK = {"id": "", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": [
+    {"id": "a-in", "model": "model-a", "token_type": "input", "price": "10.00"},
+    {"id": "call", "token_type": "request", "price": "0.01"},
+]}
+
+
+async def test_usage_is_rated_by_the_version_in_force_at_its_own_time(client: AsyncTestClient, tag: str):
+    book = f"versions-{tag}"
+    assert (await client.post("/v1/price-books", json={**BOOK, "id": book})).status_code == 201
+    doubled = [{**rule, "price": "20.00"} if rule["id"] == "a-in" else rule for rule in BOOK["rules"]]
+    assert (await client.post("/v1/price-books", json={**BOOK, "id": book, "effective_from": T,
+                                                       "rules": doubled})).status_code == 201
+    customer = f"cust-{tag}"
+    await client.post("/v1/customers", json={"id": customer, "currency": "USD", "price_book": book})
+    await client.post(f"/v1/customers/{customer}/topups", json={"amount": "10.00"})
+
+    events = [{"event_id": f"{tag}-{name}", "customer_id": customer, "model": "model-a", "timestamp": when,
+               "usage": {"input_tokens": 1_000_000}}
+              for name, when in (("before", "2026-05-31T23:59:59Z"), ("at", T))]
+    result = (await client.post("/v1/usage-events", json=events)).json()
+    assert result == {"accepted": 2, "duplicates": 0, "rejected": []}
+
+    before = (await client.get(f"/v1/audit/charges/{tag}-before")).json()["charges"][0]
+    at = (await client.get(f"/v1/audit/charges/{tag}-at")).json()["charges"][0]
+    assert before["price_version"] == "2026-01-01T00:00:00Z" and at["price_version"] == T
+    # $10 and $20 for the million input tokens, each plus the $0.01 request fee
+    assert Decimal(before["charged"]) == Decimal("10.01")
+    assert Decimal(at["charged"]) == Decimal("20.01")
