@@ -6,7 +6,6 @@ from decimal import Decimal
 
 from litestar.testing import AsyncTestClient
 
-
 T = "2026-06-01T00:00:00Z"
 BOOK = {"id": "", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": [
     {"id": "a-in", "model": "model-a", "token_type": "input", "price": "10.00"},
