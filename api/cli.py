@@ -119,6 +119,10 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.target == "ledger":
         return ledger_bench.main(args, settings)
+    if args.target == "lifecycle":
+        from api.bench import lifecycle_bench
+
+        return lifecycle_bench.main(args, settings)
     raise SystemExit(f"unknown benchmark {args.target}")
 
 
@@ -160,10 +164,11 @@ def parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     bench = sub.add_parser("bench", help="benchmarks against pgbench on the same cluster")
-    bench.add_argument("target", choices=["ledger"])
+    bench.add_argument("target", choices=["ledger", "lifecycle"])
     bench.add_argument("--seconds", type=float, default=10.0, help="duration of each case")
     bench.add_argument("--workers", type=int, default=64, help="concurrent posting tasks")
     bench.add_argument("--accounts", type=int, default=10_000, help="accounts in the spread case")
+    bench.add_argument("--wallets", type=int, default=1000, help="wallets in the lifecycle spread case")
     bench.add_argument("--pgbench-clients", type=int, default=8)
     bench.add_argument("--json", action="store_true", help="print figures as JSON")
     bench.set_defaults(func=_bench)

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ledger.db import Database
+from ledger.db import Database, lock_key
 from ledger.errors import LedgerError
 from pricing.errors import PricingError
 from wallets import chart, store
@@ -125,7 +125,9 @@ class WalletService:
             created = (await conn.execute(_CUSTOMER, {"id": spec.id})).one()
             return _customer(created), True
 
-        return await run_once(self.db, idem, work, [customer_lock(spec.id)])
+        # One creation at a time: they insert into the same index pages, and under SERIALIZABLE
+        # concurrent ones would mostly fail and retry (creating customers is rare; queueing is cheap).
+        return await run_once(self.db, idem, work, [customer_lock(spec.id), lock_key("customers:create")])
 
     async def get_customer(self, customer_id: str) -> CustomerView:
         row = await self.db.read(lambda conn: _first(conn, _CUSTOMER, {"id": customer_id}))
