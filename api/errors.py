@@ -67,13 +67,20 @@ DESCRIPTIONS = {
 }
 
 
-def documented(*statuses: int, secured: bool = True, body: bool = False) -> dict[str, Any]:
-    """Route-handler keyword arguments that document the problem responses a route can give."""
-    codes = set(statuses) | ({401, 403} if secured else set()) | ({413, 415, 422} if body else set())
-    kwargs: dict[str, Any] = {"responses": {
+def documented(*statuses: int, secured: bool = True, body: bool = False,
+               replay: type | None = None) -> dict[str, Any]:
+    """Route-handler keyword arguments that document the problem responses a route can give, and
+    (`replay`) the 200 with that body a creating route answers when the resource already exists."""
+    # A secured route reads the database (its key, at least): under contention it may answer 503.
+    codes = set(statuses) | ({401, 403, 503} if secured else set()) | ({413, 415, 422} if body else set())
+    responses: dict[int, ResponseSpec] = {
         status: ResponseSpec(data_container=Problem, media_type="application/problem+json",
                              description=DESCRIPTIONS.get(status, "Error"), generate_examples=False)
-        for status in sorted(codes)}}
+        for status in sorted(codes)}
+    if replay is not None:
+        responses[200] = ResponseSpec(data_container=replay, generate_examples=False,
+                                      description="The same request again: what the first one created")
+    kwargs: dict[str, Any] = {"responses": responses}
     if secured:
         kwargs["security"] = [{"bearer": []}]
     return kwargs

@@ -9,12 +9,14 @@ from litestar.datastructures import State
 
 from api.auth import require
 from api.errors import documented
-from api.routes.wire import amount_in, idempotency, money, renderer, respond, time_in, time_out
+from api.routes.formats import IDENTIFIER, Amount, DateTime, PositiveAmount
+from api.routes.schemas import json_body
+from api.routes.wire import amount_in, idempotency, money, renderer, respond, shaped, time_in, time_out
 from wallets.batch import LotView, WalletView
 from wallets.credits import GRANT_PRIORITY, TOPUP_PRIORITY, CreditResult, Grant, TopUp
 from wallets.service import CustomerSpec, CustomerView
 
-Id = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")]
+Id = Annotated[str, msgspec.Meta(pattern=IDENTIFIER)]
 Priority = Annotated[int, msgspec.Meta(ge=0, le=100)]
 Text = Annotated[str, msgspec.Meta(max_length=500)]
 READERS = ("inference", "auditor", "customer")
@@ -26,8 +28,8 @@ class CreateCustomerRequest(msgspec.Struct):
     currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")] = "USD"
     billing: Literal["prepaid", "postpaid"] = "prepaid"
     price_book: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] | None = "standard"
-    overdraft_limit: str | msgspec.UnsetType | None = msgspec.UNSET  # null: unlimited
-    low_balance_threshold: str | None = None
+    overdraft_limit: Amount | msgspec.UnsetType | None = msgspec.UNSET  # null: unlimited
+    low_balance_threshold: Amount | None = None
 
 
 class CustomerResponse(msgspec.Struct):
@@ -65,16 +67,16 @@ class WalletResponse(msgspec.Struct):
 
 
 class TopUpRequest(msgspec.Struct):
-    amount: str
+    amount: PositiveAmount
     reference: Text = ""
     priority: Priority = TOPUP_PRIORITY
-    expires_at: str | None = None
+    expires_at: DateTime | None = None  # in the future
 
 
 class GrantRequest(msgspec.Struct):
-    amount: str
+    amount: PositiveAmount
     priority: Priority = GRANT_PRIORITY
-    expires_at: str | None = None
+    expires_at: DateTime | None = None  # in the future
     reason: Text = ""
 
 
@@ -84,6 +86,11 @@ class CreditResponse(msgspec.Struct):
     applied_to_receivable: str
     grant: GrantResponse
     wallet: WalletResponse
+
+
+CreateCustomerBody = Annotated[dict[str, Any], json_body(CreateCustomerRequest)]
+TopUpBody = Annotated[dict[str, Any], json_body(TopUpRequest)]
+GrantBody = Annotated[dict[str, Any], json_body(GrantRequest)]
 
 
 def customer_response(view: CustomerView) -> CustomerResponse:
@@ -114,10 +121,12 @@ def _spec(data: CreateCustomerRequest) -> CustomerSpec:
     return CustomerSpec(data.id, data.name, data.currency, data.billing, data.price_book, limit, low)
 
 
-@post("/v1/customers", guards=[require()], tags=["customers"], status_code=201, **documented(409, body=True))
-async def create_customer(state: State, request: Request, data: CreateCustomerRequest) -> Response[CustomerResponse]:
+@post("/v1/customers", guards=[require()], tags=["customers"], status_code=201,
+      **documented(409, body=True, replay=CustomerResponse))
+async def create_customer(state: State, request: Request, data: CreateCustomerBody) -> Response[CustomerResponse]:
     """Create a customer with its wallet. `overdraft_limit` defaults to 0 for prepaid customers
     and to null (no limit) for postpaid ones. The same definition again answers 200."""
+    data = shaped(data, CreateCustomerRequest)
     spec = _spec(data)
     render = renderer(request, lambda out: (201 if out[1] else 200, customer_response(out[0])))
     outcome = await state.services.wallets.create_customer(spec, idempotency(request, data, render))
@@ -144,9 +153,10 @@ def _credit(result: CreditResult) -> tuple[int, Any]:
 
 @post("/v1/customers/{customer_id:str}/topups", guards=[require()], tags=["customers"], status_code=201,
       **documented(404, 409, body=True))
-async def top_up(state: State, request: Request, customer_id: str, data: TopUpRequest) -> Response[CreditResponse]:
+async def top_up(state: State, request: Request, customer_id: str, data: TopUpBody) -> Response[CreditResponse]:
     """Paid credit: a new lot (priority 100, no expiry unless given). For a prepaid customer
     it first pays off the receivable of settled usage (`applied_to_receivable`)."""
+    data = shaped(data, TopUpRequest)
     render = renderer(request, _credit)
     command = TopUp(customer_id=customer_id, amount=amount_in(data.amount, "amount"), reference=data.reference,
                     priority=data.priority, expires_at=time_in(data.expires_at, "expires_at"),
@@ -156,8 +166,9 @@ async def top_up(state: State, request: Request, customer_id: str, data: TopUpRe
 
 @post("/v1/customers/{customer_id:str}/grants", guards=[require()], tags=["customers"], status_code=201,
       **documented(404, 409, body=True))
-async def grant(state: State, request: Request, customer_id: str, data: GrantRequest) -> Response[CreditResponse]:
+async def grant(state: State, request: Request, customer_id: str, data: GrantBody) -> Response[CreditResponse]:
     """Promotional or contractual credit: a lot paid by the promotions expense (priority 50)."""
+    data = shaped(data, GrantRequest)
     render = renderer(request, _credit)
     command = Grant(customer_id=customer_id, amount=amount_in(data.amount, "amount"), priority=data.priority,
                     expires_at=time_in(data.expires_at, "expires_at"), reason=data.reason,

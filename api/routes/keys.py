@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 from litestar import delete, get, post
@@ -10,6 +10,8 @@ from litestar.datastructures import State
 
 from api.auth import require
 from api.errors import documented
+from api.routes.schemas import json_body
+from api.routes.wire import shaped
 from wallets import keys
 
 
@@ -18,6 +20,9 @@ class CreateApiKeyRequest(msgspec.Struct):
     # Litestar's OpenAPI drops constraints on list items, so items carry none (schema = behaviour).
     customers: Annotated[list[str], msgspec.Meta(max_length=1000)] = []
     name: Annotated[str, msgspec.Meta(max_length=200)] = ""
+
+
+CreateApiKeyBody = Annotated[dict[str, Any], json_body(CreateApiKeyRequest)]
 
 
 class ApiKeyResponse(msgspec.Struct):
@@ -38,8 +43,9 @@ def _response(key: keys.ApiKey) -> ApiKeyResponse:
 
 
 @post("/v1/api-keys", guards=[require()], tags=["api keys"], **documented(body=True))
-async def create_api_key(state: State, data: CreateApiKeyRequest) -> CreatedApiKeyResponse:
+async def create_api_key(state: State, data: CreateApiKeyBody) -> CreatedApiKeyResponse:
     """Create a key; its secret `key` is returned here and never again."""
+    data = shaped(data, CreateApiKeyRequest)
     key, secret = await state.services.db.run(lambda conn: keys.create(conn, data.scope, data.customers, data.name))
     return CreatedApiKeyResponse(**msgspec.structs.asdict(_response(key)), key=secret)
 

@@ -1,8 +1,7 @@
 """Price books: post a version (creating the book on first use), read a book's versions."""
 from __future__ import annotations
 
-import json
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Request, Response, get, post
@@ -10,11 +9,58 @@ from litestar.datastructures import State
 
 from api.auth import require
 from api.errors import documented
-from api.routes.wire import idempotency, renderer, respond, time_out
+from api.routes.formats import IDENTIFIER, PRICE, DateTime
+from api.routes.schemas import json_body
+from api.routes.wire import idempotency, integral, renderer, respond, shaped, time_in, time_out
 from ledger.db import lock_key
+from pricing.books import TIER_MODES, TOKEN_TYPES
+from pricing.errors import PriceBookValidationError
+from pricing.parse import parse_version
 from wallets import books
 from wallets.errors import WalletValidationError
 from wallets.service import run_once
+
+Price = Annotated[str, msgspec.Meta(pattern=PRICE, description="A decimal string (never a JSON number)")]
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+DimensionName = Annotated[str, msgspec.Meta(min_length=1, extra_json_schema={"not": {"const": "model"}})]
+_OPEN_TIER = {"anyOf": [{"not": {"required": ["up_to"]}}, {"properties": {"up_to": {"type": "null"}}}]}
+_PRICE_OR_TIERS = {"oneOf": [
+    {"required": ["price"], "properties": {
+        "price": {"not": {"type": "null"}}, "tiers": {"anyOf": [{"type": "null"}, {"maxItems": 0}]},
+        "tier_mode": {"not": {"const": "volume"}}}},
+    {"required": ["tiers"], "properties": {"tiers": {"type": "array", "minItems": 1}, "price": {"type": "null"}}},
+]}
+
+
+class TierRequest(msgspec.Struct, forbid_unknown_fields=True):
+    price: Price
+    up_to: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+
+class RuleRequest(msgspec.Struct, forbid_unknown_fields=True):
+    id: NonEmpty
+    token_type: Literal[TOKEN_TYPES]  # type: ignore[valid-type]
+    model: NonEmpty | None = None
+    price: Price | None = None
+    match: dict[DimensionName, str | int | bool] | None = None
+    tiers: Annotated[list[TierRequest], msgspec.Meta(extra_json_schema={
+        "description": "Ascending `up_to`; only the last tier is open (`up_to` null).",
+        "contains": _OPEN_TIER, "maxContains": 1})] | None = None
+    tier_mode: Literal[TIER_MODES] | None = None  # type: ignore[valid-type]
+    source: str | None = None
+
+
+class PriceBookRequest(msgspec.Struct):
+    """A version of a book: unique rule ids, and no two rules that could tie for one usage."""
+
+    id: Annotated[str, msgspec.Meta(pattern=IDENTIFIER)]
+    currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")]
+    effective_from: DateTime
+    rules: list[Annotated[RuleRequest, msgspec.Meta(extra_json_schema=_PRICE_OR_TIERS)]]
+    version: Annotated[str, msgspec.Meta(max_length=100)] | None = None
+
+
+PriceBookBody = Annotated[dict[str, Any], json_body(PriceBookRequest)]
 
 
 class PriceVersionResponse(msgspec.Struct):
@@ -32,26 +78,43 @@ class PriceBookResponse(msgspec.Struct):
     versions: list[PriceVersionResponse]
 
 
+def _valid(data: dict[str, Any]) -> dict[str, Any]:
+    """The body, once valid. The schema's checks come first, so that pricing never reads a shape
+    it cannot (a list for `match`, say); where they fail, pricing's own list every bad field."""
+    data = integral(data)
+    try:
+        shaped(data, PriceBookRequest)
+        time_in(data["effective_from"], "effective_from")
+    except WalletValidationError as shape_error:
+        try:
+            parse_version(data)
+        except PriceBookValidationError:
+            raise
+        except (TypeError, ValueError, AttributeError):
+            pass  # a shape pricing cannot read at all: the schema's error names it
+        raise shape_error from None
+    parse_version(data)
+    return data
+
+
 def _version(v: books.StoredVersion) -> PriceVersionResponse:
     return PriceVersionResponse(v.book_id, v.currency, v.version, time_out(v.effective_from) or "", v.rules,
                                 time_out(v.created_at) or "")
 
 
 @post("/v1/price-books", guards=[require()], tags=["price books"], status_code=201,
-      **documented(409, body=True))
-async def post_price_book(state: State, request: Request) -> Response[PriceVersionResponse]:
+      **documented(409, body=True, replay=PriceVersionResponse))
+async def post_price_book(
+    state: State, request: Request,
+    data: PriceBookBody,
+) -> Response[PriceVersionResponse]:
     """Create a book, or add a version to it. Versions never change: posting the same version
     again answers 200 with it; another version at the same `effective_from` is refused."""
-    try:
-        body = json.loads(await request.body())  # floats stay floats, so that parsing refuses them
-    except ValueError:
-        raise WalletValidationError("body", "must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise WalletValidationError("body", "must be a JSON object")
+    data = _valid(data)
     render = renderer(request, lambda added: (201 if added.created else 200, _version(added.version)))
-    outcome = await run_once(state.services.db, idempotency(request, body, render),
-                             lambda conn: books.add_version(conn, body),
-                             locks=[lock_key("price-book:" + str(body.get("id")))])
+    outcome = await run_once(state.services.db, idempotency(request, data, render),
+                             lambda conn: books.add_version(conn, data),
+                             locks=[lock_key("price-book:" + str(data.get("id")))])
     return respond(outcome, render)
 
 

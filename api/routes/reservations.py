@@ -9,7 +9,18 @@ from litestar.datastructures import State
 
 from api.auth import ensure_customer, require
 from api.errors import documented
-from api.routes.wire import amount_in, idempotency, money, renderer, respond, time_out
+from api.routes.formats import Amount
+from api.routes.schemas import (
+    ANTHROPIC_USAGE,
+    CANONICAL_USAGE,
+    ESTIMATE,
+    MAX_DIMENSIONS,
+    OPENAI_USAGE,
+    exactly_one,
+    json_body,
+    json_object,
+)
+from api.routes.wire import amount_in, idempotency, money, renderer, respond, shaped, time_out
 from ledger.model import request_hash
 from wallets import reports
 from wallets.commands import Release, ReleaseResult, Reserve, ReserveResult, Settle, SettleResult
@@ -17,6 +28,7 @@ from wallets.errors import WalletValidationError
 from wallets.requests import prepare_estimate, usage_tokens
 
 Dimension = str | int | bool
+Dimensions = Annotated[dict[str, Dimension], msgspec.Meta(max_length=MAX_DIMENSIONS)]
 
 
 class CreateReservationRequest(msgspec.Struct):
@@ -24,9 +36,9 @@ class CreateReservationRequest(msgspec.Struct):
     request_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     model: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     ttl_seconds: Annotated[int, msgspec.Meta(ge=1, le=7 * 86400)] = 300
-    estimate: dict[str, Any] | None = None
-    amount: str | None = None
-    dimensions: Annotated[dict[str, Dimension], msgspec.Meta(max_length=32)] = {}
+    estimate: Annotated[dict[str, Any], json_object(ESTIMATE)] | None = None
+    amount: Amount | None = None
+    dimensions: Dimensions = {}
 
 
 class ReservationResponse(msgspec.Struct):
@@ -42,9 +54,9 @@ class ReservationResponse(msgspec.Struct):
 
 
 class SettleRequest(msgspec.Struct):
-    usage: dict[str, Any] | None = None
-    openai_usage: dict[str, Any] | None = None
-    anthropic_usage: dict[str, Any] | None = None
+    usage: Annotated[dict[str, Any], json_object(CANONICAL_USAGE)] | None = None
+    openai_usage: Annotated[dict[str, Any], json_object(OPENAI_USAGE)] | None = None
+    anthropic_usage: Annotated[dict[str, Any], json_object(ANTHROPIC_USAGE)] | None = None
     final: bool = True
     capture_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
 
@@ -78,6 +90,12 @@ class ReleaseResponse(msgspec.Struct):
     entry_id: int | None
 
 
+CreateReservationBody = Annotated[dict[str, Any], json_body(Annotated[CreateReservationRequest, msgspec.Meta(
+    extra_json_schema=exactly_one(estimate="object", amount="string"))])]
+SettleBody = Annotated[dict[str, Any], json_body(Annotated[SettleRequest, msgspec.Meta(
+    extra_json_schema=exactly_one(usage="object", openai_usage="object", anthropic_usage="object"))])]
+
+
 def lines_out(lines: list[dict[str, Any]]) -> list[LineResponse]:
     return [LineResponse(ln["token_type"], ln["quantity"], ln["unit_price"], money(ln["amount_units"]) or "0",
                          ln["rule_id"], ln["price_version"], ln["kind"]) for ln in lines]
@@ -102,12 +120,15 @@ def _released(result: ReleaseResult) -> tuple[int, ReleaseResponse]:
 
 
 @post("/v1/reservations", guards=[require("inference")], tags=["reservations"], status_code=201,
-      **documented(402, 404, 409, 429, body=True))
-async def create_reservation(state: State, request: Request,
-                             data: CreateReservationRequest) -> Response[ReservationResponse]:
+      **documented(402, 404, 409, 429, body=True, replay=ReservationResponse))
+async def create_reservation(
+    state: State, request: Request,
+    data: CreateReservationBody,
+) -> Response[ReservationResponse]:
     """Hold credit before a model call: `amount`, or an upper bound priced from `estimate`
     (token counts, or a prompt / messages counted here). The same `request_id` again answers
     200 with the first answer (refusals included); with another body it is a conflict."""
+    data = shaped(data, CreateReservationRequest)
     ensure_customer(request, data.customer_id)
     if (data.estimate is None) == (data.amount is None):
         raise WalletValidationError("estimate", "give either estimate or amount")
@@ -126,10 +147,13 @@ async def create_reservation(state: State, request: Request,
 
 @post("/v1/reservations/{reservation_id:str}/settle", guards=[require("inference")], tags=["reservations"],
       status_code=200, **documented(404, 409, body=True))
-async def settle(state: State, request: Request, reservation_id: str,
-                 data: SettleRequest) -> Response[SettleResponse]:
+async def settle(
+    state: State, request: Request, reservation_id: str,
+    data: SettleBody,
+) -> Response[SettleResponse]:
     """Charge the reported usage: from the hold, then the lots, then the receivable (never
     refused). `final: false` is a capture that keeps the rest of the hold open."""
+    data = shaped(data, SettleRequest)
     customer_id = await state.services.wallets.owner_of(reservation_id)
     ensure_customer(request, customer_id)
     tokens, usage = usage_tokens(data.usage, data.openai_usage, data.anthropic_usage)
@@ -141,7 +165,7 @@ async def settle(state: State, request: Request, reservation_id: str,
 
 
 @post("/v1/reservations/{reservation_id:str}/release", guards=[require("inference")], tags=["reservations"],
-      status_code=200, **documented(404, 409))
+      status_code=200, **documented(404, 409, 422))  # 422: a malformed Idempotency-Key
 async def release(state: State, request: Request, reservation_id: str) -> Response[ReleaseResponse]:
     """Give the whole remaining hold back to the lots it came from."""
     customer_id = await state.services.wallets.owner_of(reservation_id)

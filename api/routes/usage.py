@@ -11,26 +11,37 @@ from litestar.params import Parameter
 
 from api.auth import principal_of, require
 from api.errors import documented
-from api.routes.wire import time_in
+from api.routes.formats import DATE_TIME, DATE_TIME_TEXT, GROUP_BY, matches
+from api.routes.schemas import MAX_DIMENSIONS, json_body
+from api.routes.wire import shaped, time_in
 from ledger.errors import LedgerError
 from ledger.model import request_hash
 from pricing.errors import PricingError
 from wallets import reports
 from wallets.credits import RecordUsage, UsageResult
+from wallets.errors import WalletValidationError
 from wallets.requests import usage_tokens
 
 MAX_EVENTS = 1000
+Dimensions = Annotated[dict[str, str | int | bool], msgspec.Meta(max_length=MAX_DIMENSIONS)]
+# A query parameter is a string or absent: the schema says so (not Litestar's string-or-null).
+_TIME_PARAM = {"one_of": None, "type": "string", "pattern": DATE_TIME, "format": "date-time"}
 
 
 class UsageEvent(msgspec.Struct):
     event_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     customer_id: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
     model: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-    timestamp: str
+    timestamp: Annotated[str, msgspec.Meta(extra_json_schema={
+        "description": "RFC 3339 with an offset; an event with another time is rejected, not the batch"})]
     usage: dict[str, Any] | None = None
     openai_usage: dict[str, Any] | None = None
     anthropic_usage: dict[str, Any] | None = None
-    dimensions: Annotated[dict[str, str | int | bool], msgspec.Meta(max_length=32)] = {}
+    dimensions: Dimensions = {}
+
+
+UsageEvents = Annotated[list[UsageEvent], msgspec.Meta(max_length=MAX_EVENTS)]
+UsageEventsBody = Annotated[list[Any], json_body(UsageEvents)]
 
 
 class Rejected(msgspec.Struct):
@@ -56,14 +67,14 @@ def _command(event: UsageEvent) -> RecordUsage:
 @post("/v1/usage-events", guards=[require("inference")], tags=["usage"], status_code=200,
       **documented(body=True))
 async def post_usage_events(state: State, request: Request,
-                            data: Annotated[list[UsageEvent], msgspec.Meta(max_length=MAX_EVENTS)]
-                            ) -> UsageEventsResponse:
+                            data: UsageEventsBody) -> UsageEventsResponse:
     """Rate and post each event exactly once, however often it is sent (by `event_id`); the
     same id with another body is rejected as `idempotency_conflict`."""
+    events: list[UsageEvent] = shaped(data, UsageEvents)
     principal = principal_of(request)
     rejected: list[Rejected] = []
     commands: list[RecordUsage] = []
-    for event in data:
+    for event in events:
         if not principal.may_see(event.customer_id):
             rejected.append(Rejected(event.event_id, "forbidden", f"this key may not post for {event.customer_id}"))
             continue
@@ -85,14 +96,18 @@ async def post_usage_events(state: State, request: Request,
 
 
 @get("/v1/customers/{customer_id:str}/usage", guards=[require("inference", "auditor", "customer")],
-     tags=["usage"], **documented(404))
-async def get_usage(state: State, customer_id: str,
-                    start: Annotated[str | None, Parameter(query="from")] = None,
-                    end: Annotated[str | None, Parameter(query="to")] = None,
-                    group_by: Annotated[str, Parameter(query="group_by", max_length=200)] = "model,token_type",
-                    ) -> dict[str, Any]:
+     tags=["usage"], **documented(404, 422))
+async def get_usage(
+    state: State, customer_id: str,
+    start: Annotated[str | None, Parameter(query="from", description=DATE_TIME_TEXT, schema_extra=_TIME_PARAM)] = None,
+    end: Annotated[str | None, Parameter(query="to", description=DATE_TIME_TEXT, schema_extra=_TIME_PARAM)] = None,
+    group_by: Annotated[str, Parameter(query="group_by", max_length=200, pattern=GROUP_BY,
+                                       description="Comma-separated group names")] = "model,token_type",
+) -> dict[str, Any]:
     """Quantity and amount per group over [from, to): group by model, token_type, kind, rule_id,
     price_version, day, month or any usage dimension (feature, api_key, …)."""
+    if not matches(GROUP_BY, group_by):
+        raise WalletValidationError("group_by", "comma-separated names of groups or usage dimensions")
     groups = [g.strip() for g in group_by.split(",") if g.strip()]
     return await state.services.db.read(lambda conn: reports.usage(
         conn, customer_id, time_in(start, "from"), time_in(end, "to"), groups))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -13,6 +14,15 @@ from litestar import Request, Response
 
 from api.auth import principal_of
 from api.errors import error_response
+from api.routes.formats import (
+    AMOUNT,
+    AMOUNT_TEXT,
+    DATE_TIME,
+    DATE_TIME_TEXT,
+    POSITIVE_AMOUNT,
+    matches,
+    mismatched_patterns,
+)
 from pricing.errors import InvalidAmountError
 from pricing.money import format_amount, parse_amount
 from pricing.parse import parse_time
@@ -29,9 +39,13 @@ def money(units: int | None) -> str | None:
 
 
 def amount_in(value: str, field: str, *, positive: bool = True) -> int:
-    """Parse a decimal money string into atomic units; errors name `field`."""
+    """Parse a decimal money string into atomic units; errors name `field`. The accepted strings
+    are exactly those of the published pattern (formats.POSITIVE_AMOUNT or formats.AMOUNT)."""
     if not isinstance(value, str):
         raise WalletValidationError(field, "money is a decimal string, such as \"10.00\"")
+    if not matches(POSITIVE_AMOUNT if positive else AMOUNT, value):
+        raise WalletValidationError(field, ("must be more than 0: " if positive else "must be 0 or more: ")
+                                    + AMOUNT_TEXT)
     try:
         units = parse_amount(value, SCALE)
     except (InvalidAmountError, TypeError) as exc:
@@ -45,10 +59,44 @@ def amount_in(value: str, field: str, *, positive: bool = True) -> int:
 def time_in(value: str | None, field: str) -> datetime | None:
     if value is None:
         return None
+    if not isinstance(value, str) or not matches(DATE_TIME, value):
+        raise WalletValidationError(field, "must be " + DATE_TIME_TEXT)
     try:
         return parse_time(value, field)
     except ValueError as exc:
-        raise WalletValidationError(field, "must be an RFC 3339 date-time with an offset") from exc
+        raise WalletValidationError(field, "must be " + DATE_TIME_TEXT) from exc
+
+
+def checked(data: Any, type_: Any = None) -> Any:
+    """`data`, once every pattern-constrained string in it is known to match all the way."""
+    wrong = mismatched_patterns(data, type_)
+    if wrong:
+        raise WalletValidationError(wrong[0], "does not match the pattern in the OpenAPI document")
+    return data
+
+
+def integral(value: Any) -> Any:
+    """JSON has one kind of number, and JSON Schema counts 5.0 as the integer 5: so do we. Other
+    floats stay floats (for the schema, and pricing, to refuse)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [integral(item) for item in value]
+    if isinstance(value, dict):
+        return {key: integral(item) for key, item in value.items()}
+    return value
+
+
+def shaped(data: Any, type_: Any) -> Any:
+    """`data` (decoded JSON) as `type_`, strictly (Litestar's own conversion would also take "5"
+    for an integer), or a validation error naming the first field that is wrong."""
+    try:
+        return checked(msgspec.convert(integral(data), type_), type_)
+    except msgspec.ValidationError as exc:
+        text = str(exc)  # "Expected `str` - at `$.rules[0].id`" (or "at `key` in `$.…`")
+        where = re.search(r" - at (?:`key` in )?`\$\.?([^`]*)`$", text)
+        field = (where.group(1) if where else "") or "body"
+        raise WalletValidationError(field, text[:where.start()] if where else text) from None
 
 
 def time_out(value: datetime | str | None) -> str | None:

@@ -1,0 +1,98 @@
+"""The wire formats the routes accept, each one regular expression that the OpenAPI document
+publishes and the handlers enforce (with `fullmatch`), so that the schema is the behaviour.
+
+The expressions use no lookarounds and `[0-9]` rather than `\\d` (which is any Unicode digit in
+Python), so that they mean the same in ECMA-262 (JSON Schema) and in Python.
+"""
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+import msgspec
+
+MAX_WHOLE_DIGITS = 9  # amounts are at most 1000000000 ...
+MAX_DECIMALS = 9  # ... with at most 9 decimals (the atomic unit of every wallet currency)
+
+
+def _anchored(*alternatives: str) -> str:
+    return "^(?:" + "|".join(alternatives) + ")$"
+
+
+def _positive_amount() -> list[str]:
+    """From 0.000000001 up to 1000000000, as plain decimals without leading zeros or a sign."""
+    fraction = rf"(?:\.[0-9]{{1,{MAX_DECIMALS}}})?"
+    below_one = [rf"0\.{'0' * zeros}[1-9]" + (rf"[0-9]{{0,{rest}}}" if (rest := MAX_DECIMALS - 1 - zeros) else "")
+                 for zeros in range(MAX_DECIMALS)]
+    return [rf"[1-9][0-9]{{0,{MAX_WHOLE_DIGITS - 1}}}{fraction}",
+            rf"1{'0' * MAX_WHOLE_DIGITS}(?:\.0{{1,{MAX_DECIMALS}}})?", *below_one]
+
+
+POSITIVE_AMOUNT = _anchored(*_positive_amount())
+AMOUNT = _anchored(*_positive_amount(), rf"0(?:\.0{{1,{MAX_DECIMALS}}})?")
+
+MAX_PRICE_DECIMALS = 18  # pricing.books.MAX_PRICE_DECIMALS: unit prices are finer than amounts
+PRICE = _anchored(rf"(?:0|[1-9][0-9]{{0,{MAX_WHOLE_DIGITS - 1}}})(?:\.[0-9]{{1,{MAX_PRICE_DECIMALS}}})?",
+                  rf"1{'0' * MAX_WHOLE_DIGITS}(?:\.0{{1,{MAX_PRICE_DECIMALS}}})?")
+
+_YEAR = "(?:[1-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])"  # 1000-9998: every offset stays in range
+_LEAP_YEAR = "(?:[1-9][0-9](?:0[48]|[2468][048]|[13579][26])|(?:[2468][048]|[13579][26])00)"
+_DATE = "|".join([
+    rf"{_YEAR}-(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])",
+    rf"{_YEAR}-(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)",
+    rf"{_YEAR}-02-(?:0[1-9]|1[0-9]|2[0-8])",
+    rf"{_LEAP_YEAR}-02-29",
+])
+_TIME = r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,9})?"
+_OFFSET = "(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
+DATE_TIME = f"^(?:{_DATE})T{_TIME}{_OFFSET}$"
+
+IDENTIFIER = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+DIMENSION_NAME = r"[A-Za-z_][A-Za-z0-9_.-]{0,63}"
+GROUP_BY = rf"^ *(?:{DIMENSION_NAME} *(?:, *{DIMENSION_NAME} *)*)?$"
+
+AMOUNT_TEXT = "a decimal string, such as \"10.00\": at most 1000000000, with at most 9 decimals"
+DATE_TIME_TEXT = "an RFC 3339 date-time with an offset, such as \"2026-01-01T00:00:00Z\" (years 1000 to 9998)"
+
+
+def matches(pattern: str, value: str) -> bool:
+    """Whether all of `value` is in the language of `pattern` (`fullmatch`: with `search`, as
+    msgspec checks patterns, Python's `$` would also let a trailing newline through)."""
+    return re.fullmatch(pattern, value) is not None
+
+
+def mismatched_patterns(data: Any, type_: Any = None) -> list[str]:
+    """Paths of the strings in `data` (nested structs, lists and dicts included) that are not
+    all in their declared pattern. msgspec checks a pattern with `re.search`, where `$` also
+    matches before a trailing newline; JSON Schema's (ECMA-262) `$` does not, nor does this."""
+    return _mismatched(data, msgspec.inspect.type_info(type(data) if type_ is None else type_), "")
+
+
+def _mismatched(value: Any, info: msgspec.inspect.Type, path: str) -> list[str]:
+    if isinstance(info, msgspec.inspect.Metadata):
+        return _mismatched(value, info.type, path)
+    if isinstance(info, msgspec.inspect.UnionType):
+        return [p for member in info.types for p in _mismatched(value, member, path)]
+    if isinstance(info, msgspec.inspect.StrType):
+        return [path] if isinstance(value, str) and info.pattern and not matches(info.pattern, value) else []
+    if isinstance(info, msgspec.inspect.StructType) and isinstance(value, info.cls):
+        return [p for f in info.fields
+                for p in _mismatched(getattr(value, f.name), f.type, f"{path}.{f.encode_name}".lstrip("."))]
+    if isinstance(info, msgspec.inspect.ListType) and isinstance(value, list):
+        return [p for i, item in enumerate(value) for p in _mismatched(item, info.item_type, f"{path}[{i}]")]
+    if isinstance(info, msgspec.inspect.DictType) and isinstance(value, dict):
+        return [p for key, item in value.items()
+                for p in (*_mismatched(key, info.key_type, path), *_mismatched(item, info.value_type, f"{path}.{key}"))]
+    return []
+
+
+def documented_as(pattern: str, description: str, **schema: Any) -> msgspec.Meta:
+    """Schema-only metadata: the document shows `pattern`, and the handler enforces it (through
+    wire.amount_in or wire.time_in) with a message of its own, where msgspec's would quote the
+    whole expression."""
+    return msgspec.Meta(description=description, extra_json_schema={"pattern": pattern, **schema})
+
+
+PositiveAmount = Annotated[str, documented_as(POSITIVE_AMOUNT, "More than 0: " + AMOUNT_TEXT)]
+Amount = Annotated[str, documented_as(AMOUNT, "0 or more: " + AMOUNT_TEXT)]
+DateTime = Annotated[str, documented_as(DATE_TIME, DATE_TIME_TEXT, format="date-time")]

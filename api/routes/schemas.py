@@ -1,0 +1,119 @@
+"""JSON Schemas, for the OpenAPI document, of the objects the routes take as plain JSON and the
+domain validates (an estimate, usage in its three forms), and of rules between fields.
+
+Litestar renders a `dict[str, Any]` field as any object; these say what is really accepted, so
+that a client (or a fuzzer) reading the document sends what the server takes.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar.params import Body, BodyKwarg
+
+from pricing.usage import MAX_QUANTITY
+
+MAX_DIMENSIONS = 32
+
+COUNT = {"type": "integer", "minimum": 0, "maximum": MAX_QUANTITY}
+OPTIONAL_COUNT = {"anyOf": [COUNT, {"type": "null"}]}
+
+_TEXT_PART = {"anyOf": [{"type": "string"},
+                        {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}}]}
+_MESSAGE = {"type": "object", "properties": {
+    # content parts are counted only when they are text; any other value is counted as its JSON
+    "content": {"anyOf": [{"not": {"type": "array"}}, {"type": "array", "items": _TEXT_PART}]}}}
+
+ESTIMATE = {
+    "type": "object",
+    "description": "Exactly one of `input_tokens`, `messages` (chat messages, counted here) or `prompt`"
+                   " (text, counted here), and optionally `max_output_tokens`.",
+    "properties": {"input_tokens": COUNT, "messages": {"type": "array", "items": _MESSAGE},
+                   "prompt": {"type": "string"}, "max_output_tokens": COUNT},
+    "additionalProperties": False,
+    "oneOf": [{"required": ["input_tokens"]}, {"required": ["messages"]}, {"required": ["prompt"]}],
+}
+
+CANONICAL_USAGE = {
+    "type": "object",
+    "description": "Disjoint token counts: `input_tokens` excludes cached and cache-write tokens, "
+                   "`output_tokens` excludes reasoning tokens.",
+    "properties": {name: OPTIONAL_COUNT for name in (
+        "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens")},
+    "additionalProperties": False,
+}
+
+
+def _details(*names: str) -> dict[str, Any]:
+    return {"anyOf": [{"type": "object", "properties": {n: OPTIONAL_COUNT for n in names}}, {"type": "null"}]}
+
+
+OPENAI_USAGE = {
+    "type": "object",
+    "description": "OpenAI's `usage`, verbatim: Chat Completions (`prompt_tokens`, `completion_tokens`) or "
+                   "Responses (`input_tokens`, `output_tokens`). Subsets (cached, reasoning, audio, "
+                   "prediction tokens) may not exceed their totals, and `total_tokens` is their sum.",
+    "oneOf": [
+        {"required": ["prompt_tokens", "completion_tokens"],
+         "properties": {"prompt_tokens": COUNT, "completion_tokens": COUNT, "total_tokens": OPTIONAL_COUNT,
+                        "prompt_tokens_details": _details("cached_tokens", "audio_tokens"),
+                        "completion_tokens_details": _details(
+                            "reasoning_tokens", "audio_tokens", "accepted_prediction_tokens",
+                            "rejected_prediction_tokens"),
+                        "input_tokens": False, "output_tokens": False}},
+        {"required": ["input_tokens", "output_tokens"],
+         "properties": {"input_tokens": COUNT, "output_tokens": COUNT, "total_tokens": OPTIONAL_COUNT,
+                        "input_tokens_details": _details("cached_tokens"),
+                        "output_tokens_details": _details("reasoning_tokens"),
+                        "prompt_tokens": False, "completion_tokens": False,
+                        "cache_creation_input_tokens": False, "cache_read_input_tokens": False}},
+    ],
+}
+
+ANTHROPIC_USAGE = {
+    "type": "object",
+    "description": "Anthropic's `usage`, verbatim. Where `cache_creation` is given, its two counts add "
+                   "up to `cache_creation_input_tokens`.",
+    "required": ["input_tokens", "output_tokens"],
+    "properties": {
+        "input_tokens": COUNT, "output_tokens": COUNT, "cache_read_input_tokens": OPTIONAL_COUNT,
+        "cache_creation_input_tokens": OPTIONAL_COUNT,
+        "cache_creation": _details("ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens"),
+        "server_tool_use": _details("web_search_requests", "web_fetch_requests"),
+    },
+}
+
+
+def json_object(schema: dict[str, Any]) -> msgspec.Meta:
+    """For a `dict[str, Any]` field that the domain validates: what it really accepts."""
+    return msgspec.Meta(extra_json_schema=schema)
+
+
+def exactly_one(**types: str) -> dict[str, Any]:
+    """A body rule: exactly one of these fields is given (present, and not null)."""
+    return {"oneOf": [{"required": [name], "properties": {name: {"type": kind}}} for name, kind in types.items()]}
+
+
+def msgspec_schema(type_: Any) -> dict[str, Any]:
+    """msgspec's own JSON Schema of `type_` (which keeps every constraint, where Litestar's drops
+    those of list items and nested types), with its `$defs` inlined into one document."""
+    schema = msgspec.json.schema(type_)
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        out = {key: inline(value) for key, value in node.items() if key != "$ref"}
+        if "$ref" in node:
+            out = {**inline(defs[node["$ref"].rsplit("/", 1)[-1]]), **out}
+        return out
+
+    return inline(schema)
+
+
+def json_body(type_: Any) -> BodyKwarg:
+    """For a handler's `data`, taken as plain JSON and converted with wire.shaped: the document
+    shows `type_` as msgspec sees it."""
+    return Body(schema_extra=msgspec_schema(type_))

@@ -1,0 +1,183 @@
+"""The served OpenAPI document says what the server does: every pattern it publishes is the
+language the server accepts, replays are documented, and schema-violating input is refused as
+problem+json (never a 500), while JSON's integral numbers count as integers."""
+from __future__ import annotations
+
+import re
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from api.app import create_app
+from api.routes.formats import AMOUNT, DATE_TIME, POSITIVE_AMOUNT, PRICE, matches
+from api.routes.wire import amount_in, time_in
+from api.settings import Settings
+from pricing.books import TOKEN_TYPES
+from wallets.errors import WalletValidationError
+
+ADMIN = {"Authorization": "Bearer test-admin"}
+PROBLEM = "application/problem+json"
+BOOK = {"currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
+        "rules": [{"id": "in", "model": "model-a", "token_type": "input", "price": "10.00"}]}
+
+
+@pytest.fixture
+async def client(db, database_url):
+    app = create_app(Settings(admin_key="test-admin", scheduler=False), database_url)
+    async with AsyncTestClient(app=app) as c:
+        c.headers.update(ADMIN)
+        yield c
+
+
+@pytest.fixture
+async def document(client) -> dict:
+    response = await client.get("/schema/openapi.json")
+    assert response.status_code == 200
+    return response.json()
+
+
+def _body_schema(document: dict, path: str) -> dict:
+    return document["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+
+
+def _accepts(parse, value: str) -> bool:
+    try:
+        parse(value)
+    except WalletValidationError:
+        return False
+    return True
+
+
+AMOUNTS = ["0", "0.0", "0.000000001", "0.0000000001", "1", "1.", ".5", "01", "-1", "+1", "1e3", "10.00",
+           "999999999.999999999", "1000000000", "1000000000.000000000", "1000000000.000000001", "1 ", "1\n",
+           "\u0663", "0.5", "0.100000000", "NaN"]
+
+
+@pytest.mark.parametrize("value", AMOUNTS)
+def test_the_server_takes_exactly_the_amounts_the_patterns_describe(value: str):
+    assert _accepts(lambda v: amount_in(v, "amount"), value) == matches(POSITIVE_AMOUNT, value)
+    assert _accepts(lambda v: amount_in(v, "amount", positive=False), value) == matches(AMOUNT, value)
+
+
+TIMES = ["2026-01-01T00:00:00Z", "2026-01-01T00:00:00.123456789+05:30", "2024-02-29T23:59:59-23:59",
+         "2100-02-29T00:00:00Z", "2026-04-31T00:00:00Z", "2026-01-01t00:00:00z", "20260101T000000Z",
+         "2026-01-01 00:00:00Z", "2026-01-01T00:00:00", "2026-01-01T00:00Z", "2026-01-01T00:00:00+0000",
+         "0999-12-31T23:59:59Z", "1000-01-01T00:00:00+23:59", "9998-12-31T23:59:59-23:59",
+         "9999-12-31T00:00:00Z", "2026-W01-1T00:00:00Z", "2026-01-01T00:00:00Z\n", "2026-01-01T24:00:00Z"]
+
+
+@pytest.mark.parametrize("value", TIMES)
+def test_the_server_takes_exactly_the_times_the_pattern_describes(value: str):
+    assert _accepts(lambda v: time_in(v, "at"), value) == matches(DATE_TIME, value)
+
+
+def test_the_patterns_mean_the_same_in_json_schema_and_python():
+    for pattern in (AMOUNT, POSITIVE_AMOUNT, PRICE, DATE_TIME):
+        assert pattern.startswith("^") and pattern.endswith("$")
+        assert not re.search(r"\\d|\(\?[=!<]", pattern), "no \\d (Unicode digits in Python), no lookarounds"
+
+
+async def test_the_document_publishes_what_the_server_enforces(document: dict):
+    top_up = _body_schema(document, "/v1/customers/{customer_id}/topups")
+    assert top_up["properties"]["amount"]["pattern"] == POSITIVE_AMOUNT
+    assert top_up["properties"]["expires_at"]["anyOf"][0]["pattern"] == DATE_TIME
+    customer = _body_schema(document, "/v1/customers")
+    assert customer["properties"]["overdraft_limit"]["anyOf"][0]["pattern"] == AMOUNT
+    book = _body_schema(document, "/v1/price-books")
+    assert set(book["required"]) == {"id", "currency", "effective_from", "rules"}
+    rule = book["properties"]["rules"]["items"]
+    assert rule["additionalProperties"] is False and set(rule["properties"]["token_type"]["enum"]) == set(TOKEN_TYPES)
+    assert rule["properties"]["price"]["anyOf"][0] == {"type": "string", "pattern": PRICE,
+                                                       "description": "A decimal string (never a JSON number)"}
+    reservation = _body_schema(document, "/v1/reservations")
+    assert [branch["required"] for branch in reservation["oneOf"]] == [["estimate"], ["amount"]]
+    usage = document["paths"]["/v1/customers/{customer_id}/usage"]["get"]
+    assert {p["name"]: p["schema"].get("pattern") for p in usage["parameters"]}["from"] == DATE_TIME
+    assert "422" in usage["responses"]
+
+
+async def test_creating_routes_document_the_200_of_a_replay(document: dict):
+    for path in ("/v1/customers", "/v1/price-books", "/v1/reservations"):
+        responses = document["paths"][path]["post"]["responses"]
+        assert {"200", "201"} <= set(responses), path
+        assert responses["200"]["content"]["application/json"]["schema"] == \
+            responses["201"]["content"]["application/json"]["schema"]
+
+
+async def test_a_customer_posted_again_answers_200_with_the_documented_body(client: AsyncTestClient, tag: str):
+    body = {"id": f"c-{tag}", "overdraft_limit": "0"}
+    first = await client.post("/v1/customers", json=body)
+    again = await client.post("/v1/customers", json=body)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json() == first.json()
+
+
+async def test_an_integral_number_is_an_integer_and_a_string_is_not(client: AsyncTestClient, tag: str):
+    cid = f"c-{tag}"
+    assert (await client.post("/v1/customers", json={"id": cid})).status_code == 201
+    as_float = await client.post(f"/v1/customers/{cid}/topups", json={"amount": "1", "priority": 7.0})
+    assert as_float.status_code == 201 and as_float.json()["grant"]["priority"] == 7
+    as_text = await client.post(f"/v1/customers/{cid}/topups", json={"amount": "1", "priority": "7"})
+    assert as_text.status_code == 422 and as_text.json()["fields"][0]["field"] == "priority"
+    held = await client.post("/v1/reservations", json={"customer_id": cid, "request_id": "r", "model": "m",
+                                                       "amount": "0.5", "ttl_seconds": "60"})
+    assert held.status_code == 422 and held.headers["content-type"].startswith(PROBLEM)
+
+
+@pytest.mark.parametrize("body", [
+    {"id": "bad\n"}, {"id": "ok", "currency": "USD\n"}, {"id": "ok", "overdraft_limit": "01"},
+    {"id": "ok", "low_balance_threshold": "-0"}, {"id": "ok", "name": 5},
+])
+async def test_a_customer_outside_the_schema_is_refused(client: AsyncTestClient, body: dict):
+    response = await client.post("/v1/customers", json=body)
+    assert response.status_code == 422 and response.json()["code"] == "validation_error"
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"id": "no spaces"}, "id"),
+    ({"rules": [{"id": "in", "token_type": "input", "price": 5.0}]}, "rules[0].price"),
+    ({"rules": [{"id": "in", "token_type": "input", "price": 1.5}]}, "rules[0].price"),
+    ({"rules": [{"id": "in", "token_type": "input", "price": "01"}]}, "rules[0].price"),
+    ({"rules": [{"id": "in", "token_type": "input", "price": "1", "match": [None, None]}]}, "rules[0].match"),
+    ({"rules": [{"id": "in", "token_type": "input", "tiers": 5}]}, "rules[0].tiers"),
+    ({"effective_from": "20260101T000000Z"}, "effective_from"),
+    ({"version": 7}, "version"),
+])
+async def test_a_price_book_outside_the_schema_is_a_validation_problem(
+        client: AsyncTestClient, tag: str, change: dict, field: str):
+    response = await client.post("/v1/price-books", json={**BOOK, "id": f"b-{tag}", **change})
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    assert field in {f["field"] for f in response.json()["fields"]}
+
+
+async def test_a_price_book_with_integral_numbers_where_integers_go_is_taken(client: AsyncTestClient, tag: str):
+    rules = [{"id": "t", "token_type": "input", "match": {"tier": 2.0},
+              "tiers": [{"up_to": 1000.0, "price": "2"}, {"up_to": None, "price": "1"}]}]
+    response = await client.post("/v1/price-books", json={**BOOK, "id": f"b-{tag}", "rules": rules})
+    assert response.status_code == 201, response.text
+
+
+@pytest.mark.parametrize("body", [
+    {}, {"estimate": {"input_tokens": 1}, "amount": "1"}, {"estimate": None, "amount": None}])
+async def test_a_reservation_needs_exactly_one_of_estimate_and_amount(client: AsyncTestClient, tag: str, body: dict):
+    response = await client.post("/v1/reservations", json={"customer_id": f"c-{tag}", "request_id": "r",
+                                                           "model": "m", **body})
+    assert response.status_code == 422 and response.json()["code"] == "validation_error"
+
+
+async def test_the_usage_report_refuses_times_and_groups_outside_the_schema(client: AsyncTestClient, tag: str):
+    cid = f"c-{tag}"
+    assert (await client.post("/v1/customers", json={"id": cid})).status_code == 201
+    ok = await client.get(f"/v1/customers/{cid}/usage",
+                          params={"from": "2026-01-01T00:00:00+01:00", "group_by": "model, feature"})
+    assert ok.status_code == 200, ok.text
+    for params in ({"from": "yesterday"}, {"to": "2026-01-01"}, {"group_by": "model,,kind"}, {"group_by": "a b"}):
+        refused = await client.get(f"/v1/customers/{cid}/usage", params=params)
+        assert refused.status_code == 422 and refused.headers["content-type"].startswith(PROBLEM), params
+
+
+async def test_a_usage_batch_over_its_documented_size_is_refused(client: AsyncTestClient):
+    event = {"event_id": "e", "customer_id": "c", "model": "m", "timestamp": "2026-01-01T00:00:00Z"}
+    response = await client.post("/v1/usage-events", json=[event] * 1001)
+    assert response.status_code == 422 and response.json()["code"] == "validation_error"
