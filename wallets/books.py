@@ -12,9 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.model import request_hash
 from pricing.books import PriceBook, PriceVersion
-from pricing.errors import PriceBookValidationError, field_error
 from pricing.parse import parse_version
-from wallets.errors import NotFoundError
+from wallets.errors import ConflictError, NotFoundError
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +54,8 @@ def _book(versions: list[StoredVersion]) -> PriceBook:
 
 async def add_version(conn: AsyncConnection, body: dict[str, Any]) -> AddedVersion:
     """Validate and store a version (creating the book on first use). Posting the same version
-    again is a no-op; another version at the same time, or one that makes the book invalid,
-    is a validation error listing the fields."""
+    again is a no-op; another version at the same time (or in another currency) conflicts with
+    what is stored (409); one that makes the book invalid is a validation error listing fields."""
     version: PriceVersion = parse_version(body)
     digest = request_hash({"rules": body.get("rules"), "effective_from": version.effective_from.isoformat(),
                            "version": version.version})
@@ -66,7 +65,7 @@ async def add_version(conn: AsyncConnection, body: dict[str, Any]) -> AddedVersi
     currency = (await conn.execute(text("SELECT currency FROM price_books WHERE id = :id"),
                                    {"id": version.book_id})).scalar_one()
     if currency != version.currency:
-        raise PriceBookValidationError("currency", f"book {version.book_id} is priced in {currency}")
+        raise ConflictError(f"book {version.book_id} is priced in {currency}", field="currency")
     for v in existing:
         if v.effective_from == version.effective_from or v.version == version.version:
             same = (await conn.execute(text(
@@ -74,9 +73,8 @@ async def add_version(conn: AsyncConnection, body: dict[str, Any]) -> AddedVersi
                 {"b": v.book_id, "v": v.version})).scalar_one()
             if bytes(same) == digest:
                 return AddedVersion(v, created=False)
-            raise PriceBookValidationError([field_error(
-                "effective_from", f"version {v.version} of {v.book_id} already takes effect then; "
-                "versions never change, post another effective_from")])
+            raise ConflictError(f"version {v.version} of {v.book_id} already takes effect then; versions "
+                                "never change, post another effective_from", field="effective_from")
     if existing:
         _book(existing).with_version(version)  # the book as a whole must stay valid
     row = (await conn.execute(text(
