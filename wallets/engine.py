@@ -42,7 +42,7 @@ def customer_lock(customer_id: str) -> int:
 
 class Engine:
     def __init__(self, db: Database, *, clock: Callable[[], datetime] = utc_now, max_batch: int = 64,
-                 flushers: int = 2, grouping: bool = True) -> None:
+                 flushers: int = 1, grouping: bool = True) -> None:
         self.db = db
         self.clock = clock
         self.books = BookCache()
@@ -50,13 +50,15 @@ class Engine:
         self._max_flushers = flushers
         self._queue: deque[tuple[Command, asyncio.Future[Any]]] = deque()
         self._flushers: set[asyncio.Task[None]] = set()
+        self._running = 0
         self._owners: OrderedDict[str, str] = OrderedDict()  # reservation id -> customer id
 
     async def submit(self, command: Command) -> Any:
         """Run `command` once committed; returns its result or Replayed, raises its domain error."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append((command, future))
-        if len(self._flushers) < self._max_flushers:
+        if self._running < self._max_flushers:
+            self._running += 1  # counted here and uncounted in _flush: a done-callback would be too late
             task = asyncio.create_task(self._flush())
             self._flushers.add(task)
             task.add_done_callback(self._flushers.discard)
@@ -79,9 +81,12 @@ class Engine:
             self._owners.popitem(last=False)
 
     async def _flush(self) -> None:
-        while self._queue:
-            items = self._take()
-            await self._run(items)
+        try:
+            while self._queue:
+                items = self._take()
+                await self._run(items)
+        finally:
+            self._running -= 1  # no await since the queue was last seen empty: nothing is stranded
 
     def _take(self) -> list[tuple[Command, asyncio.Future[Any]]]:
         taken: list[tuple[Command, asyncio.Future[Any]]] = []

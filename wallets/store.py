@@ -17,52 +17,51 @@ from ledger.model import AccountSpec
 from wallets import chart
 from wallets.model import Customer, Hold, Lot, Reservation, Wallet
 
-_CUSTOMERS = """
-SELECT c.id, c.name, c.currency, c.billing, c.price_book, c.overdraft_limit::text,
-       c.low_balance_threshold::text, c.low_balance_alerted, c.blocked, c.created_at,
-       (SELECT count(*) FROM price_book_versions v WHERE v.book_id = c.price_book) AS book_versions,
-       (SELECT (b.credits - b.debits)::text FROM accounts a JOIN account_balances b ON b.account_id = a.id
-         WHERE a.code = 'liability:customer:' || c.id || ':reserved') AS reserved,
-       (SELECT (b.debits - b.credits)::text FROM accounts a JOIN account_balances b ON b.account_id = a.id
-         WHERE a.code = 'asset:customer:' || c.id || ':receivable') AS receivable
-  FROM customers c WHERE c.id = ANY(%s)
+# Everything a batch needs, in one round trip: each part is a JSON array (or object).
+_LOAD = """
+WITH want_reservations AS (
+    SELECT r.* FROM reservations r WHERE r.id = ANY(%(reservations)s::text[])
+)
+SELECT
+  (SELECT coalesce(jsonb_agg(jsonb_build_object(
+          'id', c.id, 'name', c.name, 'currency', c.currency, 'billing', c.billing,
+          'price_book', c.price_book, 'overdraft_limit', c.overdraft_limit,
+          'low_balance_threshold', c.low_balance_threshold, 'low_balance_alerted', c.low_balance_alerted,
+          'blocked', c.blocked, 'created_at', c.created_at,
+          'book_versions', (SELECT count(*) FROM price_book_versions v WHERE v.book_id = c.price_book),
+          'reserved', (SELECT b.credits - b.debits FROM accounts a JOIN account_balances b ON b.account_id = a.id
+                        WHERE a.code = 'liability:customer:' || c.id || ':reserved'),
+          'receivable', (SELECT b.debits - b.credits FROM accounts a JOIN account_balances b ON b.account_id = a.id
+                          WHERE a.code = 'asset:customer:' || c.id || ':receivable'))), '[]'::jsonb)
+     FROM customers c WHERE c.id = ANY(%(customers)s::text[])) AS customers,
+  (SELECT coalesce(jsonb_agg(jsonb_build_array(
+          l.id, l.customer_id, l.account_code, l.kind, l.granted, l.priority, l.expires_at, l.created_at,
+          l.reason, l.reference, b.credits - b.debits)), '[]'::jsonb)
+     FROM lots l JOIN account_balances b ON b.account_id = l.account_id
+    WHERE l.customer_id = ANY(%(customers)s::text[]) AND l.expired_at IS NULL
+      AND (b.credits > b.debits OR l.account_code = ANY(%(lot_codes)s::text[])
+           OR l.account_code IN (SELECT h.account_code FROM reservation_holds h
+                                  WHERE h.reservation_id = ANY(%(reservations)s::text[])))) AS lots,
+  (SELECT coalesce(jsonb_agg(to_jsonb(r) || jsonb_build_object(
+          'holds', (SELECT jsonb_agg(jsonb_build_array(h.seq, h.account_code, h.amount) ORDER BY h.seq)
+                      FROM reservation_holds h WHERE h.reservation_id = r.id),
+          'final_charge', (SELECT to_jsonb(c) FROM charges c WHERE c.reservation_id = r.id AND c.final),
+          'captures_by_id', (SELECT jsonb_object_agg(c.capture_id, to_jsonb(c)) FROM charges c
+                              WHERE c.reservation_id = r.id AND c.capture_id = ANY(%(captures)s::text[])))),
+          '[]'::jsonb)
+     FROM want_reservations r) AS reservations,
+  (SELECT coalesce(jsonb_agg(jsonb_build_array(k.scope, k.key, k.request_hash, k.status, k.response)), '[]'::jsonb)
+     FROM idempotency_keys k JOIN unnest(%(scopes)s::text[], %(keys)s::text[]) AS w(scope, key)
+       ON k.scope = w.scope AND k.key = w.key) AS idempotency,
+  (SELECT coalesce(jsonb_agg(jsonb_build_array(e.event_id, e.request_hash)), '[]'::jsonb)
+     FROM usage_events e WHERE e.event_id = ANY(%(events)s::text[])) AS events,
+  (SELECT coalesce(jsonb_object_agg(t.customer_id, t.held), '{}'::jsonb) FROM (
+     SELECT r.customer_id, sum(least(h.amount, r.amount - r.captured)) AS held
+       FROM reservations r JOIN reservation_holds h ON h.reservation_id = r.id
+      WHERE r.customer_id = ANY(%(credit_held_for)s::text[]) AND r.status IN ('held', 'capturing')
+        AND h.account_code = 'asset:customer:' || r.customer_id || ':receivable'
+      GROUP BY r.customer_id) t) AS credit_held
 """
-
-_RESERVATIONS = """
-SELECT r.id, r.customer_id, r.request_id, r.request_hash, r.model, r.amount::text, r.status,
-       r.created_at, r.expires_at, r.dimensions, r.estimate, r.captured::text, r.released::text,
-       r.charged::text, r.captures, r.closed_at,
-       (SELECT jsonb_agg(jsonb_build_array(h.seq, h.account_code, h.amount::text) ORDER BY h.seq)
-          FROM reservation_holds h WHERE h.reservation_id = r.id) AS holds,
-       (SELECT to_jsonb(c) FROM charges c WHERE c.reservation_id = r.id AND c.final) AS final_charge,
-       (SELECT jsonb_object_agg(c.capture_id, to_jsonb(c)) FROM charges c
-         WHERE c.reservation_id = r.id AND c.capture_id = ANY(%s)) AS captures_by_id
-  FROM reservations r WHERE r.id = ANY(%s)
-"""
-
-_LOTS = """
-SELECT l.id, l.customer_id, l.account_code, l.kind, l.granted::text, l.priority, l.expires_at,
-       l.created_at, l.reason, l.reference, (b.credits - b.debits)::text AS balance
-  FROM lots l JOIN account_balances b ON b.account_id = l.account_id
- WHERE l.customer_id = ANY(%s) AND l.expired_at IS NULL
-   AND (b.credits > b.debits OR l.account_code = ANY(%s))
-"""
-
-_CREDIT_HELD = """
-SELECT r.customer_id, sum(least(h.amount, r.amount - r.captured))::text
-  FROM reservations r JOIN reservation_holds h ON h.reservation_id = r.id
- WHERE r.customer_id = ANY(%s) AND r.status IN ('held', 'capturing')
-   AND h.account_code = 'asset:customer:' || r.customer_id || ':receivable'
- GROUP BY r.customer_id
-"""
-
-_IDEMPOTENCY = """
-SELECT k.scope, k.key, k.request_hash, k.status, k.response
-  FROM idempotency_keys k JOIN unnest(%s::text[], %s::text[]) AS w(scope, key)
-    ON k.scope = w.scope AND k.key = w.key
-"""
-
-_EVENTS = "SELECT event_id, request_hash FROM usage_events WHERE event_id = ANY(%s)"
 
 
 def _int(value: Any) -> int:
@@ -71,6 +70,14 @@ def _int(value: Any) -> int:
 
 def _opt_int(value: Any) -> int | None:
     return int(value) if value is not None else None
+
+
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value is not None else None
+
+
+def _bytes(value: str) -> bytes:
+    return bytes.fromhex(value[2:])  # bytea in JSON: "\\x…"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,21 +95,30 @@ class Loaded:
     missing_reservations: set[str] = field(default_factory=set)
 
 
-def _reservation(row: Any) -> Reservation:
+def _customer(c: dict[str, Any]) -> Wallet:
+    customer = Customer(c["id"], c["name"], c["currency"], c["billing"], c["price_book"],
+                        _opt_int(c["overdraft_limit"]), _opt_int(c["low_balance_threshold"]),
+                        c["low_balance_alerted"], c["blocked"], _time(c["created_at"]),  # type: ignore[arg-type]
+                        c["book_versions"])
+    return Wallet(customer, {}, _int(c["reserved"]), _int(c["receivable"]))
+
+
+def _reservation(row: dict[str, Any]) -> Reservation:
     r = Reservation(
-        id=row.id, customer_id=row.customer_id, request_id=row.request_id,
-        request_hash=bytes(row.request_hash), model=row.model, amount=int(row.amount),
-        status=row.status, created_at=row.created_at, expires_at=row.expires_at,
-        holds=[Hold(seq, code, int(amount)) for seq, code, amount in (row.holds or [])],
-        dimensions=row.dimensions or {}, estimate=row.estimate, captured=int(row.captured),
-        released=int(row.released), charged=int(row.charged), captures=row.captures,
-        closed_at=row.closed_at,
+        id=row["id"], customer_id=row["customer_id"], request_id=row["request_id"],
+        request_hash=_bytes(row["request_hash"]), model=row["model"], amount=int(row["amount"]),
+        status=row["status"], created_at=_time(row["created_at"]),  # type: ignore[arg-type]
+        expires_at=_time(row["expires_at"]),  # type: ignore[arg-type]
+        holds=[Hold(seq, code, int(amount)) for seq, code, amount in (row["holds"] or [])],
+        dimensions=row["dimensions"] or {}, estimate=row["estimate"], captured=int(row["captured"]),
+        released=int(row["released"]), charged=int(row["charged"]), captures=row["captures"],
+        closed_at=_time(row["closed_at"]),
     )
-    if row.final_charge:
-        r.final_charge = row.final_charge
-        r.final_hash = bytes.fromhex(row.final_charge["request_hash"][2:])
-    for capture_id, charge in (row.captures_by_id or {}).items():
-        r.capture_ids[capture_id] = (bytes.fromhex(charge["request_hash"][2:]), charge)
+    if row["final_charge"]:
+        r.final_charge = row["final_charge"]
+        r.final_hash = _bytes(row["final_charge"]["request_hash"])
+    for capture_id, charge in (row["captures_by_id"] or {}).items():
+        r.capture_ids[capture_id] = (_bytes(charge["request_hash"]), charge)
     return r
 
 
@@ -111,45 +127,29 @@ async def load(conn: AsyncConnection, customer_ids: Iterable[str], *,
                lot_codes: Iterable[str] = (), idempotency: Iterable[tuple[str, str]] = (),
                event_ids: Iterable[str] = (), credit_held_for: Iterable[str] = ()) -> Loaded:
     """The wallets of `customer_ids` (live lots, balances, the named reservations) and the
-    stored idempotent responses and usage events the commands refer to."""
-    ids = sorted(set(customer_ids))
-    loaded = Loaded({}, {}, {})
-    reservations: list[Reservation] = []
+    stored idempotent responses and usage events the commands refer to, in one round trip."""
+    pairs = sorted(set(idempotency))
+    held_for = sorted(set(credit_held_for))
     wanted = sorted(set(reservation_ids))
-    if wanted:
-        rows = await conn.exec_driver_sql(_RESERVATIONS, (sorted(set(capture_ids)), wanted))
-        reservations = [_reservation(row) for row in rows]
-        loaded.missing_reservations = set(wanted) - {r.id for r in reservations}
-    codes = set(lot_codes) | {h.account for r in reservations for h in r.holds}
-    for row in await conn.exec_driver_sql(_CUSTOMERS, (ids,)):
-        customer = Customer(row.id, row.name, row.currency, row.billing, row.price_book,
-                            _opt_int(row.overdraft_limit), _opt_int(row.low_balance_threshold),
-                            row.low_balance_alerted, row.blocked, row.created_at, row.book_versions)
-        loaded.wallets[row.id] = Wallet(customer, {}, _int(row.reserved), _int(row.receivable))
-    if loaded.wallets:
-        for row in await conn.exec_driver_sql(_LOTS, (ids, sorted(codes))):
-            loaded.wallets[row.customer_id].lots[row.account_code] = Lot(
-                row.id, row.account_code, row.kind, int(row.granted), row.priority, row.expires_at,
-                row.created_at, int(row.balance), False, row.reason, row.reference)
+    row = (await conn.exec_driver_sql(_LOAD, {
+        "customers": sorted(set(customer_ids)), "reservations": wanted, "captures": sorted(set(capture_ids)),
+        "lot_codes": sorted(set(lot_codes)), "scopes": [s for s, _ in pairs], "keys": [k for _, k in pairs],
+        "events": sorted(set(event_ids)), "credit_held_for": held_for})).one()
+    loaded = Loaded({c["id"]: _customer(c) for c in row.customers}, {}, {})
+    for lot_id, cid, code, kind, granted, priority, expires_at, created_at, reason, reference, balance in row.lots:
+        loaded.wallets[cid].lots[code] = Lot(lot_id, code, kind, int(granted), priority, _time(expires_at),
+                                             _time(created_at), int(balance), False, reason, reference)  # type: ignore[arg-type]
+    reservations = [_reservation(r) for r in row.reservations]
+    loaded.missing_reservations = set(wanted) - {r.id for r in reservations}
     for r in reservations:
         if r.customer_id in loaded.wallets:
             loaded.wallets[r.customer_id].reservations[r.id] = r
-    held_for = sorted(set(credit_held_for) & loaded.wallets.keys())
-    if held_for:
-        for wallet_id in held_for:
-            loaded.wallets[wallet_id].credit_held = 0
-        for cid, amount in await conn.exec_driver_sql(_CREDIT_HELD, (held_for,)):
-            loaded.wallets[cid].credit_held = int(amount)
-    pairs = sorted(set(idempotency))
-    if pairs:
-        rows = await conn.exec_driver_sql(_IDEMPOTENCY, ([s for s, _ in pairs], [k for _, k in pairs]))
-        for row in rows:
-            loaded.idempotency[(row.scope, row.key)] = StoredResponse(
-                bytes(row.request_hash), row.status, row.response)
-    events = sorted(set(event_ids))
-    if events:
-        for event_id, digest in await conn.exec_driver_sql(_EVENTS, (events,)):
-            loaded.events[event_id] = bytes(digest)
+    for cid in held_for:
+        if cid in loaded.wallets:
+            loaded.wallets[cid].credit_held = int(row.credit_held.get(cid, 0))
+    for scope, key, digest, status, response in row.idempotency:
+        loaded.idempotency[(scope, key)] = StoredResponse(_bytes(digest), status, response)
+    loaded.events = {event_id: _bytes(digest) for event_id, digest in row.events}
     return loaded
 
 
