@@ -96,6 +96,25 @@ class WalletService:
     async def submit(self, command: Command) -> Any:
         return await self.engine.submit(command)
 
+    async def replayed(self, idem: IdemKey) -> Replayed | None:
+        """The stored answer under an idempotency key, if any (a conflict if the body differs)."""
+        loaded = await self.db.read(lambda conn: store.load(conn, (), idempotency=[(idem.scope, idem.key)]))
+        stored = loaded.idempotency.get((idem.scope, idem.key))
+        if stored is None:
+            return None
+        if stored.request_hash != idem.request_hash:
+            raise ConflictError(f"Idempotency-Key {idem.key} was used with another request", key=idem.key)
+        return Replayed(stored.status, stored.body)
+
+    async def remember(self, idem: IdemKey, outcome: Any) -> Any:
+        """Store the answer of a call whose effects were idempotent each on their own (usage
+        events): a replay then answers the same; the first answer stored wins."""
+
+        async def work(conn: AsyncConnection) -> Any:
+            return outcome
+
+        return await run_once(self.db, idem, work, [lock_key(f"idempotency:{idem.scope}:{idem.key}")])
+
     async def owner_of(self, reservation_id: str) -> str:
         return await self.engine.owner_of(reservation_id)
 

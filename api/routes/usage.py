@@ -5,7 +5,7 @@ import asyncio
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Request, get, post
+from litestar import Request, Response, get, post
 from litestar.datastructures import State
 from litestar.params import Parameter
 
@@ -13,7 +13,7 @@ from api.auth import principal_of, require
 from api.errors import documented
 from api.routes.formats import DATE_TIME, DATE_TIME_TEXT, GROUP_BY, matches
 from api.routes.schemas import MAX_DIMENSIONS, json_body
-from api.routes.wire import shaped, time_in
+from api.routes.wire import idempotency, renderer, respond, shaped, time_in
 from ledger.errors import LedgerError
 from ledger.model import request_hash
 from pricing.errors import PricingError
@@ -67,10 +67,17 @@ def _command(event: UsageEvent) -> RecordUsage:
 @post("/v1/usage-events", guards=[require("inference")], tags=["usage"], status_code=200,
       **documented(body=True))
 async def post_usage_events(state: State, request: Request,
-                            data: UsageEventsBody) -> UsageEventsResponse:
+                            data: UsageEventsBody) -> Response[UsageEventsResponse]:
     """Rate and post each event exactly once, however often it is sent (by `event_id`); the
-    same id with another body is rejected as `idempotency_conflict`."""
+    same id with another body is rejected as `idempotency_conflict`. With an Idempotency-Key,
+    a replay answers what the first call answered."""
     events: list[UsageEvent] = shaped(data, UsageEvents)
+    render = renderer(request, lambda response: (200, response))
+    idem = idempotency(request, data, render)
+    wallets = state.services.wallets
+    replay = await wallets.replayed(idem) if idem is not None else None
+    if replay is not None:
+        return respond(replay, render)
     principal = principal_of(request)
     rejected: list[Rejected] = []
     commands: list[RecordUsage] = []
@@ -92,7 +99,8 @@ async def post_usage_events(state: State, request: Request,
             rejected.append(Rejected(command.event_id, outcome.code, str(outcome)))
         else:
             raise outcome
-    return UsageEventsResponse(accepted, duplicates, rejected)
+    response = UsageEventsResponse(accepted, duplicates, rejected)
+    return respond(await wallets.remember(idem, response) if idem is not None else response, render)
 
 
 @get("/v1/customers/{customer_id:str}/usage", guards=[require("inference", "auditor", "customer")],

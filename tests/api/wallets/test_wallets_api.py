@@ -216,3 +216,19 @@ async def test_usage_events_are_rated_once_per_event_id(client: AsyncTestClient,
         ("search", "input", 1000, "0.01"), ("search", "output", 10, "0.0002"), ("search", "request", 1, "0.01")]
     trace = (await client.get(f"/v1/audit/charges/evt-{tag}")).json()
     assert (trace["kind"], trace["charges"][0]["charged"]) == ("usage_event", "0.0202")
+
+
+async def test_usage_events_under_an_idempotency_key_answer_the_first_response_again(
+        client: AsyncTestClient, tag: str, book: str):
+    cid = await _customer(client, tag, book, billing="postpaid")
+    events = [{"event_id": f"k-{tag}-{i}", "customer_id": cid, "model": "model-a",
+               "timestamp": "2026-11-23T10:00:00Z", "usage": {"input_tokens": 100}} for i in range(3)]
+    headers = {"Idempotency-Key": f"batch-{tag}"}
+    first = await client.post("/v1/usage-events", json=events, headers=headers)
+    again = await client.post("/v1/usage-events", json=events, headers=headers)
+    assert first.json() == {"accepted": 3, "duplicates": 0, "rejected": []}
+    assert (again.status_code, again.content) == (first.status_code, first.content)
+    without_key = await client.post("/v1/usage-events", json=events)
+    assert without_key.json() == {"accepted": 0, "duplicates": 3, "rejected": []}
+    other = await client.post("/v1/usage-events", json=events[:1], headers=headers)
+    assert other.status_code == 409 and other.json()["code"] == "idempotency_conflict"
