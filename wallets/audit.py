@@ -101,9 +101,24 @@ async def charges_match_entries(conn: AsyncConnection) -> Check:
         """, "every charge equals the revenue its entry posted and the sum of its lines")
 
 
+async def usage_counters_match_charges(conn: AsyncConnection) -> Check:
+    return await _query_check(conn, "usage_counters", """
+        WITH rated AS (
+            SELECT c.customer_id, to_char(c.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM') AS period,
+                   c.price_book AS book_id, l->>'rule_id' AS rule_id, sum((l->>'quantity')::numeric) AS q
+              FROM charges c CROSS JOIN LATERAL jsonb_array_elements(c.lines) l
+             WHERE l->>'kind' = 'usage' AND l->>'rule_id' IS NOT NULL
+             GROUP BY 1, 2, 3, 4)
+        SELECT format('customer %s, period %s, book %s, rule %s: counter %s, charges %s', customer_id, period,
+                      book_id, rule_id, coalesce(u.quantity, 0), coalesce(r.q, 0))
+          FROM rated r FULL JOIN usage_counters u USING (customer_id, period, book_id, rule_id)
+         WHERE coalesce(r.q, 0) <> coalesce(u.quantity, 0)
+        """, "period-to-date counters equal the units the charges rated")
+
+
 WALLET_CHECKS: tuple[CheckFn, ...] = (
     reservations_consistent, holds_equal_reserved, lots_match_accounts, wallets_within_limits,
-    charges_match_entries,
+    charges_match_entries, usage_counters_match_charges,
 )
 
 

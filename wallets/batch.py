@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -16,6 +16,11 @@ from pricing.money import format_amount
 from wallets import store
 from wallets.errors import NotFoundError
 from wallets.model import Legs, Lot, Wallet, new_id
+
+
+def billing_period(at: datetime) -> str:
+    """The billing period of a usage time: its calendar month in UTC."""
+    return at.astimezone(UTC).strftime("%Y-%m")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +91,20 @@ class Batch:
     accounts: list[AccountSpec] = field(default_factory=list)
     rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     results: list[Any] = field(default_factory=list)  # results carrying an entry_key
+    # (customer, period, book) -> rule -> units rated earlier in the period (loaded for tiered books)
+    period_usage: dict[tuple[str, str, str], dict[str, int]] = field(default_factory=dict)
+    counted: dict[tuple[str, str, str, str], int] = field(default_factory=dict)  # increments to write
+
+    def period_to_date(self, customer_id: str, at: datetime, book_id: str) -> dict[str, int]:
+        """Units per rule already rated this billing period (graduated tiers continue from there)."""
+        return dict(self.period_usage.get((customer_id, billing_period(at), book_id), {}))
+
+    def count(self, customer_id: str, at: datetime, book_id: str, quantities: Mapping[str, int]) -> None:
+        key = (customer_id, billing_period(at), book_id)
+        known = self.period_usage.setdefault(key, {})
+        for rule_id, quantity in quantities.items():
+            known[rule_id] = known.get(rule_id, 0) + quantity
+            self.counted[(*key, rule_id)] = self.counted.get((*key, rule_id), 0) + quantity
 
     def wallet(self, customer_id: str) -> Wallet:
         wallet = self.loaded.wallets.get(customer_id)
@@ -163,6 +182,9 @@ class Batch:
                     self.add("reservation_updates", store.reservation_update(r))
             if w.customer_dirty:
                 self.add("customers", store.customer_update(w))
+        for (cid, period, book_id, rule_id), quantity in self.counted.items():
+            self.add("usage_counters", {"customer_id": cid, "period": period, "book_id": book_id,
+                                        "rule_id": rule_id, "quantity": quantity})
 
     async def write(self, conn: AsyncConnection) -> None:
         await store.write(conn, self.rows)

@@ -99,6 +99,12 @@ class BookCache:
 
     def __init__(self) -> None:
         self._books: dict[str, tuple[int, PriceBook]] = {}
+        self._tiered: dict[int, bool] = {}  # id(book) -> has graduated or volume tiers
+
+    def tiered(self, book: PriceBook) -> bool:
+        if id(book) not in self._tiered:
+            self._tiered[id(book)] = any(rule.tiers for version in book.versions for rule in version.rules)
+        return self._tiered[id(book)]
 
     async def get(self, conn: AsyncConnection, book_id: str | None, versions: int) -> PriceBook | None:
         if not book_id or versions == 0:
@@ -110,5 +116,7 @@ class BookCache:
         if not stored:
             return None
         book = _book(stored)
+        if cached is not None:
+            self._tiered.pop(id(cached[1]), None)
         self._books[book_id] = (len(stored), book)
         return book

@@ -52,6 +52,10 @@ class Command:
     def needs(self) -> dict[str, list[Any]]:
         return {}
 
+    def rating_time(self, wallets: Mapping[str, Wallet]) -> datetime | None:
+        """The usage time this command rates at, if it rates (its billing period's counters load)."""
+        return None
+
     def apply(self, batch: Batch) -> Any:
         raise NotImplementedError
 
@@ -64,15 +68,18 @@ def book_of(batch: Batch, wallet: Wallet) -> PriceBook:
     return book
 
 
-def rate_call(book: PriceBook, model: str, tokens: Mapping[str, int], at: datetime,
+def rate_call(batch: Batch, wallet: Wallet, model: str, tokens: Mapping[str, int], at: datetime,
               dimensions: Mapping[str, Any], *, with_request_fee: bool) -> Rating:
-    """Rate one call's usage at its own time; a book's per-request fee is charged once per call."""
+    """Rate one call's usage at its own time, graduated tiers continuing from the customer's
+    period to date; a book's per-request fee is charged once per call."""
+    book = book_of(batch, wallet)
     version = book.version_at(at)
     counts = {k: v for k, v in tokens.items() if v}
     usage = Usage(model, counts, at, dimensions)
     if with_request_fee and version.find_rule("request", model, usage.dimension_dict) is not None:
         usage = Usage(model, {**counts, "request": 1}, at, dimensions)
-    return rate(usage, version)
+    return rate(usage, version, period_to_date=batch.period_to_date(wallet.customer.id, at, book.id))
+
 
 
 def charge_lines(rating: Rating) -> list[dict[str, Any]]:
@@ -242,6 +249,11 @@ class Settle(Command):
         return {"reservation_ids": [self.reservation_id],
                 "capture_ids": [self.capture_id] if self.capture_id else []}
 
+    def rating_time(self, wallets: Mapping[str, Wallet]) -> datetime | None:
+        w = wallets.get(self.customer_id)
+        r = w.reservations.get(self.reservation_id) if w else None
+        return r.created_at if r else None
+
     def apply(self, batch: Batch) -> SettleResult:
         w = batch.wallet(self.customer_id)
         r = reservation_in(batch, w, self.reservation_id)
@@ -256,13 +268,14 @@ class Settle(Command):
                 return settle_result_from_charge(r.final_charge, r.status, currency)
             raise ReservationClosedError(f"reservation {r.id} is already {r.status}", reservation_id=r.id,
                                          reservation_status=r.status)
-        rating = rate_call(book_of(batch, w), r.model, self.tokens, r.created_at, r.dimensions,
+        rating = rate_call(batch, w, r.model, self.tokens, r.created_at, r.dimensions,
                            with_request_fee=r.captures == 0)
         s = settlement(w, r, rating.total_units, self.final, batch.now)
         key = batch.post(w, f"settle:{r.id}:{r.captures}", "settle", settlement_legs(w, s),
                          {"reservation_id": r.id, "request_id": r.request_id, "capture": r.captures,
                           "final": self.final, "price_book": rating.book_id,
                           "price_version": rating.price_version})
+        batch.count(w.customer.id, r.created_at, rating.book_id, rating.rule_quantities())
         lines = charge_lines(rating)
         batch.add("charges", {
             "customer_id": w.customer.id, "reservation_id": r.id, "event_id": None,

@@ -9,7 +9,7 @@ from typing import Any
 from pricing.money import format_amount
 from wallets import chart
 from wallets.batch import Batch, LotView, WalletView, lot_view, wallet_view
-from wallets.commands import Command, book_of, charge_lines, rate_call
+from wallets.commands import Command, charge_lines, rate_call
 from wallets.errors import ConflictError, WalletValidationError
 from wallets.model import Legs, Lot, Wallet, new_id, settlement, settlement_legs
 
@@ -155,6 +155,9 @@ class RecordUsage(Command):
     def _keys(self) -> set[tuple[str, ...]]:
         return {("event", self.event_id)}
 
+    def rating_time(self, wallets: Mapping[str, Wallet]) -> datetime | None:
+        return self.occurred_at
+
     def needs(self) -> dict[str, list[Any]]:
         return {"event_ids": [self.event_id]}
 
@@ -165,11 +168,12 @@ class RecordUsage(Command):
                 raise ConflictError(f"event {self.event_id} was sent before with another body")
             return UsageResult(self.event_id, duplicate=True)
         w = batch.wallet(self.customer_id)
-        rating = rate_call(book_of(batch, w), self.model, self.tokens, self.occurred_at, self.dimensions,
+        rating = rate_call(batch, w, self.model, self.tokens, self.occurred_at, self.dimensions,
                            with_request_fee=True)
         s = settlement(w, None, rating.total_units, False, batch.now)
         key = batch.post(w, f"usage:{self.event_id}", "usage", settlement_legs(w, s), {
             "event_id": self.event_id, "price_book": rating.book_id, "price_version": rating.price_version})
+        batch.count(w.customer.id, self.occurred_at, rating.book_id, rating.rule_quantities())
         batch.add("usage_events", {
             "event_id": self.event_id, "customer_id": w.customer.id, "request_hash": self.request_hash,
             "model": self.model, "occurred_at": self.occurred_at, "usage": dict(self.usage),

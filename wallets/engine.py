@@ -22,7 +22,7 @@ from ledger.db import Database, lock_key
 from ledger.errors import LedgerError
 from pricing.errors import PricingError
 from wallets import store
-from wallets.batch import Batch, Replayed
+from wallets.batch import Batch, Replayed, billing_period
 from wallets.books import BookCache
 from wallets.commands import Command, Reserve
 from wallets.errors import ConflictError, NotFoundError
@@ -158,6 +158,13 @@ class Engine:
         books = {cid: await self.books.get(conn, w.customer.price_book, w.customer.book_versions)
                  for cid, w in loaded.wallets.items() if cid in rating}
         batch = Batch(now, loaded, books)
+        periods = set()
+        for command in commands:
+            book = books.get(command.customer_id)
+            at = command.rating_time(loaded.wallets) if command.needs_book else None
+            if at is not None and book is not None and self.books.tiered(book):
+                periods.add((command.customer_id, billing_period(at)))
+        batch.period_usage = await store.load_period_usage(conn, periods)
         outcomes = [self._apply(batch, command) for command in commands]
         await batch.flush(conn)
         for command, outcome in zip(commands, outcomes, strict=True):

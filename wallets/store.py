@@ -213,6 +213,12 @@ _WRITES: dict[str, str] = {
                       dimensions jsonb, price_book text, price_version text, lines jsonb,
                       charged numeric, from_hold numeric, from_lots numeric,
                       from_receivable numeric, released numeric, entry_id bigint)""",
+    "usage_counters": """INSERT INTO usage_counters (customer_id, period, book_id, rule_id, quantity)
+               SELECT r.customer_id, r.period, r.book_id, r.rule_id, r.quantity
+                 FROM jsonb_to_recordset({p}::jsonb) AS r(customer_id text, period text, book_id text,
+                      rule_id text, quantity numeric)
+               ON CONFLICT (customer_id, period, book_id, rule_id)
+               DO UPDATE SET quantity = usage_counters.quantity + EXCLUDED.quantity""",
     "outbox": """INSERT INTO outbox (topic, customer_id, dedup_key, payload)
                SELECT r.topic, r.customer_id, r.dedup_key, r.payload
                  FROM jsonb_to_recordset({p}::jsonb) AS r(topic text, customer_id text,
@@ -228,6 +234,22 @@ _WRITES: dict[str, str] = {
                       blocked boolean)
                 WHERE customers.id = r.id""",
 }
+
+
+async def load_period_usage(conn: AsyncConnection, pairs: Iterable[tuple[str, str]]
+                            ) -> dict[tuple[str, str, str], dict[str, int]]:
+    """Units rated so far per (customer, period, book) and rule, for graduated tiers."""
+    wanted = sorted(set(pairs))
+    found: dict[tuple[str, str, str], dict[str, int]] = {}
+    if not wanted:
+        return found
+    rows = await conn.exec_driver_sql(
+        """SELECT customer_id, period, book_id, rule_id, quantity::text FROM usage_counters
+            WHERE (customer_id, period) IN (SELECT * FROM unnest(%s::text[], %s::text[]))""",
+        ([c for c, _ in wanted], [p for _, p in wanted]))
+    for cid, period, book_id, rule_id, quantity in rows:
+        found.setdefault((cid, period, book_id), {})[rule_id] = int(quantity)
+    return found
 
 
 def _json_default(value: Any) -> Any:

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import text
-from wallet_kit import Kit, amounts
+from wallet_kit import Kit, amounts, usd
 
+from wallets import books
 from wallets.errors import InsufficientFundsError, ReservationClosedError
 from wallets.expiry import expire_grants, expire_reservations
 
@@ -184,3 +185,23 @@ async def test_low_balance_alert_fires_once_per_crossing(kit: Kit):
     topics = await kit.db.read(lambda conn: conn.execute(text(
         "SELECT topic, payload->>'available' FROM outbox WHERE customer_id = :c ORDER BY id"), {"c": acme}))
     assert [tuple(t) for t in topics] == [("balance.low", "4.00"), ("balance.low", "4.50")]
+
+
+async def test_graduated_tiers_continue_from_the_customers_usage_earlier_in_the_month(kit: Kit):
+    # input: the first 1,000 tokens of a month at $1,000 per million, the rest at $500 per million
+    tiered = {"id": f"tiered-{kit.tag}", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": [
+        {"id": "x-in", "model": "model-x", "token_type": "input",
+         "tiers": [{"up_to": 1000, "price": "1000"}, {"up_to": None, "price": "500"}]}]}
+    await kit.db.run(lambda conn: books.add_version(conn, tiered))
+    kit.book = tiered["id"]
+    beta = await kit.customer("beta", billing="postpaid", overdraft=None)
+    november = kit.clock.now
+    first = await kit.usage_event(beta, "e1", input_tokens=800, at=november)  # 800 at 0.001
+    second = await kit.usage_event(beta, "e2", input_tokens=800, at=november)  # 200 at 0.001 + 600 at 0.0005
+    december = await kit.usage_event(beta, "e3", input_tokens=800, at=november.replace(month=12, day=1))
+    assert [first.charged, second.charged, december.charged] == [usd("0.80"), usd("0.50"), usd("0.80")]
+    assert (await kit.balances(beta))["beta.receivable"] == usd("2.10")
+    r = await kit.reserve(beta, "r1", amount="1.00")  # a settle in November continues the tiers too
+    settled = await kit.settle(beta, r.reservation.id, input_tokens=100)
+    assert settled.charged == usd("0.05")
+    assert (await kit.verify()).ok
