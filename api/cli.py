@@ -169,6 +169,7 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--workers", type=int, default=64, help="concurrent posting tasks")
     bench.add_argument("--accounts", type=int, default=10_000, help="accounts in the spread case")
     bench.add_argument("--wallets", type=int, default=1000, help="wallets in the lifecycle spread case")
+    bench.add_argument("--servers", type=int, default=1, help="tokentill serve processes in the lifecycle bench")
     bench.add_argument("--pgbench-clients", type=int, default=8)
     bench.add_argument("--json", action="store_true", help="print figures as JSON")
     bench.set_defaults(func=_bench)

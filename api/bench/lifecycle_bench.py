@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -65,6 +66,16 @@ class Connection:
         self._writer: asyncio.StreamWriter | None = None
 
     async def post(self, path: str, body: dict) -> tuple[int, dict]:
+        reused = self._writer is not None
+        try:
+            return await self._post(path, body)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            if not reused:
+                raise
+            self._writer = None  # the server closed an idle keep-alive connection: send it again
+            return await self._post(path, body)
+
+    async def _post(self, path: str, body: dict) -> tuple[int, dict]:
         if self._writer is None:
             self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
         payload = json.dumps(body, separators=(",", ":")).encode()
@@ -99,16 +110,25 @@ def free_port() -> int:
 def start_server(url: str, port: int) -> subprocess.Popen:
     env = {**os.environ, "TOKENTILL_DATABASE_URL": url, "TOKENTILL_ADMIN_KEY": KEY,
            "TOKENTILL_LOG_LEVEL": "WARNING", "TOKENTILL_SCHEDULER": "off"}
-    return subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tempfile.TemporaryFile()  # a pipe nobody reads would fill up and stall the server
+    server = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--host", "127.0.0.1", "--port",
+                               str(port)], env=env, stdout=subprocess.DEVNULL, stderr=log)
+    server.log = log  # type: ignore[attr-defined]
+    return server
 
 
-async def wait_ready(client: httpx.AsyncClient, server: subprocess.Popen) -> None:
+def server_log(server: subprocess.Popen) -> str:
+    log = server.log  # type: ignore[attr-defined]
+    log.seek(0)
+    return log.read().decode(errors="replace")[-3000:]
+
+
+async def wait_ready(client: httpx.AsyncClient, server: subprocess.Popen, base: str = "") -> None:
     for _ in range(600):
         if server.poll() is not None:
-            raise SystemExit(f"tokentill serve exited: {server.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+            raise SystemExit(f"tokentill serve exited: {server_log(server)}")
         try:
-            if (await client.get("/readyz")).status_code == 200:
+            if (await client.get(f"{base}/readyz")).status_code == 200:
                 return
         except httpx.TransportError:
             pass
@@ -155,12 +175,12 @@ async def lifecycle(conn: Connection, cid: str, request_id: str, samples: Sample
         samples.errors += 1
 
 
-async def closed_loop(address: tuple[str, int], wallets: list[str], *, workers: int, seconds: float,
+async def closed_loop(addresses: list[tuple[str, int]], wallets: list[str], *, workers: int, seconds: float,
                       tag: str) -> Samples:
     samples, counter = Samples(), itertools.count()
     deadline = time.perf_counter() + seconds
 
-    async def worker() -> None:
+    async def worker(address: tuple[str, int]) -> None:
         conn = Connection(*address)
         try:
             while time.perf_counter() < deadline:
@@ -169,21 +189,23 @@ async def closed_loop(address: tuple[str, int], wallets: list[str], *, workers: 
             await conn.close()
 
     start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(workers)))
+    await asyncio.gather(*(worker(addresses[i % len(addresses)]) for i in range(workers)))
     samples.seconds = time.perf_counter() - start
     return samples
 
 
-async def open_loop(address: tuple[str, int], wallets: list[str], *, rate: float, seconds: float,
+async def open_loop(addresses: list[tuple[str, int]], wallets: list[str], *, rate: float, seconds: float,
                     tag: str) -> Samples:
     """Lifecycles started at a fixed arrival rate, whatever the latency (no coordinated omission);
     each in flight uses an idle connection, or opens one."""
-    samples, tasks, idle = Samples(), [], []
+    samples, tasks = Samples(), []
+    idle: dict[tuple[str, int], list[Connection]] = {address: [] for address in addresses}
 
     async def one(n: int) -> None:
-        conn = idle.pop() if idle else Connection(*address)
+        address = addresses[n % len(addresses)]
+        conn = idle[address].pop() if idle[address] else Connection(*address)
         await lifecycle(conn, random.choice(wallets), f"{tag}-{n}", samples)
-        idle.append(conn)
+        idle[address].append(conn)
 
     start = time.perf_counter()
     for n in range(max(1, int(rate * seconds))):
@@ -193,8 +215,9 @@ async def open_loop(address: tuple[str, int], wallets: list[str], *, rate: float
         tasks.append(asyncio.create_task(one(n)))
     await asyncio.gather(*tasks)
     samples.seconds = time.perf_counter() - start
-    for conn in idle:
-        await conn.close()
+    for conns in idle.values():
+        for conn in conns:
+            await conn.close()
     return samples
 
 
@@ -204,13 +227,14 @@ async def server_counter(client: httpx.AsyncClient, name: str) -> float:
                if line.startswith(name) and not line.startswith("#"))
 
 
-async def run_cases(base: str, args: argparse.Namespace, server: subprocess.Popen) -> dict:
-    limits = httpx.Limits(max_connections=args.workers + 8, max_keepalive_connections=args.workers + 8)
-    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, limits=limits,
-                                 timeout=60) as client:
-        await wait_ready(client, server)
+async def run_cases(ports: list[int], args: argparse.Namespace, servers: list[subprocess.Popen]) -> dict:
+    limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports[0]}", headers={"Authorization": f"Bearer {KEY}"},
+                                 limits=limits, timeout=60) as client:
+        for port, server in zip(ports, servers, strict=True):
+            await wait_ready(client, server, f"http://127.0.0.1:{port}")
         wallets = await setup(client, args.wallets, args.workers)
-        address = (client.base_url.host, client.base_url.port or 80)
+        address = [("127.0.0.1", port) for port in ports]
         await closed_loop(address, wallets, workers=args.workers, seconds=min(2.0, args.seconds), tag="warm")
         retries0 = await server_counter(client, "tokentill_transaction_retries_total")
         spread = await closed_loop(address, wallets, workers=args.workers, seconds=args.seconds, tag="spread")
@@ -228,16 +252,22 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     try:
         with scratch_database(handle.url, f"tokentill_lifecycle_{suffix}") as url:
             runner.upgrade(sync_url(url))
-            port = free_port()
-            server = start_server(url, port)
+            ports = [free_port() for _ in range(max(1, args.servers))]
+            servers = [start_server(url, port) for port in ports]
             try:
-                figures = asyncio.run(run_cases(f"http://127.0.0.1:{port}", args, server))
+                figures = asyncio.run(run_cases(ports, args, servers))
+            except BaseException:
+                for server in servers:
+                    print(f"--- tokentill serve log (tail):\n{server_log(server)}", file=sys.stderr)
+                raise
             finally:
-                server.send_signal(signal.SIGTERM)
-                try:
-                    server.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    server.kill()
+                for server in servers:
+                    server.send_signal(signal.SIGTERM)
+                for server in servers:
+                    try:
+                        server.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        server.kill()
         with scratch_database(handle.url, f"tokentill_pgbench_{suffix}") as url:
             tps = pgbench_tps(url, seconds=args.seconds, clients=args.pgbench_clients)
     finally:
@@ -250,7 +280,8 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
 def report_of(figures: dict, tps: float, args: argparse.Namespace) -> dict:
     spread, hot, half = figures["spread"], figures["hot"], figures["half"]
     return {
-        "wallets": args.wallets, "clients": args.workers, "seconds_per_case": args.seconds,
+        "wallets": args.wallets, "clients": args.workers, "servers": args.servers,
+        "seconds_per_case": args.seconds,
         "spread": spread.summary(), "hot": hot.summary(), "half_load": half.summary(),
         "pgbench_tpcb_like_tps": round(tps, 1), "pgbench_clients": args.pgbench_clients,
         "spread_ratio": ratio(spread.rate(), tps), "hot_ratio": ratio(hot.rate(), tps),
@@ -262,7 +293,8 @@ def report_of(figures: dict, tps: float, args: argparse.Namespace) -> dict:
 def text_report(r: dict) -> str:
     s, h, half = r["spread"], r["hot"], r["half_load"]
     return "\n".join([
-        f"lifecycles over HTTP (reserve -> settle), {r['clients']} clients, {r['seconds_per_case']}s per case",
+        f"lifecycles over HTTP (reserve -> settle), {r['clients']} clients, {r['servers']} server process(es), "
+        f"{r['seconds_per_case']}s per case",
         f"  {r['wallets']} wallets: {s['lifecycles_per_s']:>8.1f}/s  ratio {r['spread_ratio']:.2f} (goal >= 0.5)"
         f"  reserve p50 {s['reserve_p50_ms']} p99 {s['reserve_p99_ms']} ms"
         f"  settle p50 {s['settle_p50_ms']} p99 {s['settle_p99_ms']} ms",
