@@ -161,19 +161,29 @@ class GroupPoster:
         self._max_batch = max_batch
         self._max_flushers = flushers  # >1 overlaps one batch's commit with the next batch
         self._queue: list[tuple[JournalEntry, asyncio.Future[PostResult]]] = []
-        self._flushers: set[asyncio.Task[None]] = set()
+        self._active = 0  # flushers running; changed only synchronously (no await in between)
+        self._tasks: set[asyncio.Task[None]] = set()  # strong references until they finish
 
     async def post(self, entry: JournalEntry) -> PostResult:
         """Post `entry` once it is committed; returns its outcome (refusals included, not raised)."""
         future: asyncio.Future[PostResult] = asyncio.get_running_loop().create_future()
         self._queue.append((entry, future))
-        if len(self._flushers) < self._max_flushers:
+        if self._active < self._max_flushers:
+            self._active += 1
             task = asyncio.create_task(self._flush())
-            self._flushers.add(task)
-            task.add_done_callback(self._flushers.discard)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         return await future
 
     async def _flush(self) -> None:
+        try:
+            await self._drain()
+        finally:
+            # Leaving the loop and giving up the slot happen with no await in between, so an
+            # entry queued after the queue was seen empty always finds a free slot.
+            self._active -= 1
+
+    async def _drain(self) -> None:
         while self._queue:
             batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch:]
             entries = [entry for entry, _ in batch]
