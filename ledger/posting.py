@@ -69,7 +69,7 @@ class AccountInfo:
 _directories: weakref.WeakKeyDictionary[object, dict[str, AccountInfo]] = weakref.WeakKeyDictionary()
 
 
-async def _resolve(conn: AsyncConnection, codes: set[str]) -> dict[str, AccountInfo]:
+async def resolve_accounts(conn: AsyncConnection, codes: set[str]) -> dict[str, AccountInfo]:
     directory = _directories.setdefault(conn.sync_engine, {})
     missing = [c for c in codes if c not in directory]
     if missing:
@@ -110,7 +110,7 @@ async def post_entries(conn: AsyncConnection, entries: list[JournalEntry]) -> li
     """
     if not entries:
         return []
-    accounts = await _resolve(conn, {p.account for e in entries for p in e.postings})
+    accounts = await resolve_accounts(conn, {p.account for e in entries for p in e.postings})
     wires, touched = [], set()
     for entry in entries:
         wire, keys = _wire(entry, accounts)
@@ -138,7 +138,7 @@ async def account_locks(db: Database, entries: list[JournalEntry]) -> list[int]:
     codes = {p.account for e in entries for p in e.postings}
     known = _directories.get(db.engine.sync_engine, {})
     if not codes <= known.keys():
-        known = await db.read(lambda conn: _resolve(conn, codes))
+        known = await db.read(lambda conn: resolve_accounts(conn, codes))
     return [lock_key(code) for code in codes if known[code].stripes == 1]
 
 

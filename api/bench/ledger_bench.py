@@ -21,7 +21,7 @@ from api.settings import Settings
 from ledger.accounts import ensure_asset, open_account
 from ledger.db import RETRIES, connect
 from ledger.model import AccountSpec, AccountType, JournalEntry, Posting
-from ledger.posting import GroupPoster, Outcome
+from ledger.posting import GroupPoster, Outcome, resolve_accounts
 from migrations import runner
 
 HOT = "liability:bench:hot"
@@ -38,6 +38,8 @@ async def _setup(db, accounts: int) -> list[str]:
             "FROM generate_series(0, %s) g ON CONFLICT DO NOTHING", (accounts - 1,))
 
     await db.run(work)
+    # Warm the process's account directory (code -> id), as a running service has it.
+    await db.read(lambda conn: resolve_accounts(conn, {*codes, HOT}))
     return codes
 
 
