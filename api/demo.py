@@ -6,7 +6,6 @@ as an inference service would. The figures it prints are worked by hand in the R
 from __future__ import annotations
 
 import secrets
-import socket
 import tempfile
 import threading
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 import uvicorn
 
 from api.app import create_app
+from api.bench.common import free_port
 from api.client import Client, InsufficientFunds
 from api.runtime import sync_url
 from api.settings import Settings
@@ -47,12 +47,6 @@ class _Server(threading.Thread):
     def stop(self) -> None:
         self.server.should_exit = True
         self.join(timeout=10)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def streamed_text(tokens: int) -> str:
@@ -132,7 +126,7 @@ def main(_args=None, _settings: Settings | None = None) -> int:
         try:
             runner.upgrade(sync_url(cluster.url))
             _step(f"database ready in {time.monotonic() - started:.1f}s")
-            port = _free_port()
+            port = free_port()
             server = _Server(create_app(Settings(admin_key=admin, scheduler=False), cluster.url), port)
             server.start()
             with Client(f"http://127.0.0.1:{port}", admin) as tt:

@@ -12,9 +12,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
+from api.bench.common import scratch_database
 from api.runtime import sync_url
 from ledger import embedded
 from ledger.accounts import ensure_asset
@@ -37,39 +36,23 @@ def server_url() -> Iterator[str]:
             cluster.stop()
 
 
-def create_database(server: str, name: str) -> str:
-    admin = create_engine(sync_url(server), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    url = make_url(server).set(database=name).render_as_string(hide_password=False)
-    runner.upgrade(sync_url(url))
-    return url
-
-
-def drop_database(server: str, name: str) -> None:
-    admin = create_engine(sync_url(server), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+def _migrated(server: str, name: str):
+    """A fresh database `name` on `server`, migrated to head; dropped afterwards."""
+    with scratch_database(server, name) as url:
+        runner.upgrade(sync_url(url))
+        yield url
 
 
 @pytest.fixture(scope="session")
 def database_url(server_url: str) -> Iterator[str]:
     """A migrated database shared by the session; tests keep apart by unique account codes."""
-    name = f"tokentill_test_{os.getpid()}"
-    url = create_database(server_url, name)
-    yield url
-    drop_database(server_url, name)
+    yield from _migrated(server_url, f"tokentill_test_{os.getpid()}")
 
 
 @pytest.fixture
 def scratch_url(server_url: str) -> Iterator[str]:
     """A migrated database of the test's own, for tests that damage it on purpose."""
-    name = f"tokentill_scratch_{uuid.uuid4().hex[:10]}"
-    yield create_database(server_url, name)
-    drop_database(server_url, name)
+    yield from _migrated(server_url, f"tokentill_scratch_{uuid.uuid4().hex[:10]}")
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,6 +42,13 @@ def pgbench_tps(url: str, *, seconds: float, clients: int, scale: int = 10) -> f
     if not match:
         raise SystemExit(f"could not read pgbench output:\n{out}")
     return float(match.group(1))  # a rate for the report, never money
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def ratio(value: float, base: float) -> float:

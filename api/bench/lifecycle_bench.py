@@ -15,7 +15,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from api.bench.common import pgbench_tps, ratio, scratch_database
+from api.bench.common import free_port, pgbench_tps, ratio, scratch_database
 from api.runtime import open_database, sync_url
 from api.settings import Settings
 from migrations import runner
@@ -99,12 +98,6 @@ def pct(values: list[float], p: int) -> float:
         return 0.0
     ordered = sorted(values)
     return round(ordered[min(len(ordered) - 1, (len(ordered) * p) // 100)], 2)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(url: str, port: int) -> subprocess.Popen:

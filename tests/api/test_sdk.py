@@ -9,8 +9,9 @@ import httpx
 import pytest
 
 from api.app import create_app
+from api.bench.common import free_port
 from api.client import AsyncClient, Client, InsufficientFunds, UnpricedModel
-from api.demo import PRICE_BOOK, _free_port, _Server, streamed_text
+from api.demo import PRICE_BOOK, _Server, streamed_text
 from api.settings import Settings
 from pricing.tokens import TokenCounter
 
@@ -19,7 +20,7 @@ ADMIN = "sdk-admin"
 
 @pytest.fixture(scope="module")
 def live(database_url):
-    port = _free_port()
+    port = free_port()
     server = _Server(create_app(Settings(admin_key=ADMIN, scheduler=False), database_url), port)
     server.start()
     url = f"http://127.0.0.1:{port}"

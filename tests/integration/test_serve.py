@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -11,11 +10,7 @@ from pathlib import Path
 
 import httpx
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from api.bench.common import free_port
 
 
 def _serve(data_dir: Path, port: int) -> subprocess.Popen:
@@ -45,7 +40,7 @@ def _stop(proc: subprocess.Popen) -> int:
 
 
 def test_two_servers_started_at_once_on_a_fresh_data_dir_share_one_migrated_cluster(tmp_path):
-    ports = [_free_port(), _free_port()]
+    ports = [free_port(), free_port()]
     procs = [_serve(tmp_path, port) for port in ports]
     try:
         for port, proc in zip(ports, procs, strict=True):
@@ -62,7 +57,7 @@ def test_two_servers_started_at_once_on_a_fresh_data_dir_share_one_migrated_clus
 
 
 def test_a_restarted_server_reuses_its_data_dir(tmp_path):
-    port = _free_port()
+    port = free_port()
     proc = _serve(tmp_path, port)
     _wait_ready(port, proc)
     assert _stop(proc) == 0
