@@ -121,6 +121,15 @@ async def bounds_hold(conn: AsyncConnection) -> Check:
         """, "no account is below its bound")
 
 
+async def one_customer_per_entry(conn: AsyncConnection) -> Check:
+    return await _query_check(conn, "one_customer_per_entry", """
+        SELECT format('entry %s (customer %s) posts to account %s of customer %s',
+                      j.id, coalesce(j.customer_id, 'none'), a.code, a.customer_id)
+          FROM journal_entries j JOIN postings p ON p.entry_id = j.id JOIN accounts a ON a.id = p.account_id
+         WHERE a.customer_id IS NOT NULL AND a.customer_id IS DISTINCT FROM j.customer_id
+        """, "every entry touches its own customer's accounts only")
+
+
 async def trial_balance_zero(conn: AsyncConnection) -> Check:
     tb = await trial_balance(conn)
     off = [f"{asset}: debits {d} != credits {c}" for asset, (d, c) in tb.totals.items() if d != c]
@@ -136,7 +145,8 @@ async def seals_intact(conn: AsyncConnection) -> Check:
 
 
 LEDGER_CHECKS: tuple[CheckFn, ...] = (
-    entries_balanced, balances_match_postings, bounds_hold, trial_balance_zero, seals_intact,
+    entries_balanced, balances_match_postings, bounds_hold, one_customer_per_entry, trial_balance_zero,
+    seals_intact,
 )
 
 

@@ -131,3 +131,30 @@ async def test_account_identity_is_immutable(db, database_url, tag):
     with psycopg.connect(database_url) as conn:
         with pytest.raises(psycopg.errors.RestrictViolation):
             conn.execute("DELETE FROM accounts WHERE code = %s", (cash,))
+
+
+async def test_verify_names_an_entry_written_around_the_api_onto_another_customers_account(scratch_url):
+    """The ledger API refuses it; raw SQL can write it, and the audit then names the entry."""
+    from ledger.accounts import ensure_asset
+    from ledger.audit import verify
+    from ledger.db import connect
+
+    db = connect(scratch_url, pool_size=1)
+
+    async def setup(conn):
+        await ensure_asset(conn, "USD", 9)
+        await open_account(conn, AccountSpec("asset:cash", AccountType.ASSET, "USD"))
+        await open_account(conn, AccountSpec("liability:b:lot", AccountType.LIABILITY, "USD", customer_id="b"))
+
+    await db.run(setup)
+    cash_id, lot_id = _ids(scratch_url, "asset:cash", "liability:b:lot")
+    with psycopg.connect(scratch_url) as conn:
+        entry = conn.execute("INSERT INTO journal_entries (key, request_hash, kind, customer_id, occurred_at) "
+                             "VALUES ('x', '\\x00', 'raw', 'a', now()) RETURNING id").fetchone()[0]
+        conn.execute("INSERT INTO postings (entry_id, account_id, amount) VALUES (%s, %s, 5), (%s, %s, -5)",
+                     (entry, cash_id, entry, lot_id))
+    report = await db.read(verify)
+    await db.dispose()
+    check = {c.name: c for c in report.checks}["one_customer_per_entry"]
+    assert not report.ok and not check.ok
+    assert check.problems == (f"entry {entry} (customer a) posts to account liability:b:lot of customer b",)
