@@ -12,7 +12,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+import msgspec
 from prometheus_client import Counter
+from psycopg.types.json import set_json_loads
+from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -147,4 +150,10 @@ def connect(url: str, *, pool_size: int = 10) -> Database:
         pool_pre_ping=False,
         connect_args={"prepare_threshold": 1},
     )
+    event.listen(engine.sync_engine, "connect", _decode_json_with_msgspec)
     return Database(engine)
+
+
+def _decode_json_with_msgspec(dbapi_connection: object, _record: object) -> None:
+    """json/jsonb results decoded by msgspec (same values as the json module, several times faster)."""
+    set_json_loads(msgspec.json.decode, dbapi_connection.driver_connection)  # type: ignore[attr-defined]

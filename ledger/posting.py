@@ -8,13 +8,13 @@ not turn into a storm of serialization retries. Each caller still gets its own e
 from __future__ import annotations
 
 import asyncio
-import json
 import weakref
 import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 from enum import StrEnum
 
+import msgspec
 from prometheus_client import Histogram
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -119,7 +119,7 @@ async def post_entries(conn: AsyncConnection, entries: list[JournalEntry]) -> li
     order = sorted(touched)
     rows = (await conn.exec_driver_sql(
         "SELECT idx, status, entry_id, detail FROM ledger_post(%s::jsonb, %s, %s::smallint[])",
-        (json.dumps(wires, separators=(",", ":")), [a for a, _ in order], [s for _, s in order]),
+        (msgspec.json.encode(wires).decode(), [a for a, _ in order], [s for _, s in order]),
     )).all()
     BATCH_SIZE.observe(len(entries))
     by_index = {row[0]: row for row in rows}

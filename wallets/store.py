@@ -5,12 +5,12 @@ advisory locks were taken, so what is loaded is what the commands act on.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.model import AccountSpec
@@ -173,7 +173,7 @@ _WRITES: dict[str, str] = {
     "reservations": """INSERT INTO reservations (id, customer_id, request_id, request_hash, model,
                    amount, captured, released, charged, captures, status, dimensions, estimate,
                    entry_id, created_at, expires_at, closed_at)
-               SELECT r.id, r.customer_id, r.request_id, decode(r.request_hash, 'hex'), r.model,
+               SELECT r.id, r.customer_id, r.request_id, decode(r.request_hash, 'base64'), r.model,
                       r.amount, r.captured, r.released, r.charged, r.captures, r.status,
                       r.dimensions, r.estimate, r.entry_id, r.created_at, r.expires_at, r.closed_at
                  FROM jsonb_to_recordset({p}::jsonb) AS r(id text, customer_id text, request_id text,
@@ -194,7 +194,7 @@ _WRITES: dict[str, str] = {
                       account_code text, amount numeric)""",
     "usage_events": """INSERT INTO usage_events (event_id, customer_id, request_hash, model,
                    occurred_at, usage, dimensions, entry_id)
-               SELECT r.event_id, r.customer_id, decode(r.request_hash, 'hex'), r.model,
+               SELECT r.event_id, r.customer_id, decode(r.request_hash, 'base64'), r.model,
                       r.occurred_at, r.usage, r.dimensions, r.entry_id
                  FROM jsonb_to_recordset({p}::jsonb) AS r(event_id text, customer_id text,
                       request_hash text, model text, occurred_at timestamptz, usage jsonb,
@@ -204,7 +204,7 @@ _WRITES: dict[str, str] = {
                    price_book, price_version, lines, charged, from_hold, from_lots,
                    from_receivable, released, entry_id)
                SELECT r.customer_id, r.reservation_id, r.event_id, r.request_id, r.seq,
-                      r.capture_id, r.final, decode(r.request_hash, 'hex'), r.model, r.occurred_at,
+                      r.capture_id, r.final, decode(r.request_hash, 'base64'), r.model, r.occurred_at,
                       r.usage, r.dimensions, r.price_book, r.price_version, r.lines, r.charged,
                       r.from_hold, r.from_lots, r.from_receivable, r.released, r.entry_id
                  FROM jsonb_to_recordset({p}::jsonb) AS r(customer_id text, reservation_id text,
@@ -225,7 +225,7 @@ _WRITES: dict[str, str] = {
                       dedup_key text, payload jsonb)
                ON CONFLICT (dedup_key) DO NOTHING""",
     "idempotency": """INSERT INTO idempotency_keys (scope, key, request_hash, status, response)
-               SELECT r.scope, r.key, decode(r.request_hash, 'hex'), r.status, r.response
+               SELECT r.scope, r.key, decode(r.request_hash, 'base64'), r.status, r.response
                  FROM jsonb_to_recordset({p}::jsonb) AS r(scope text, key text,
                       request_hash text, status smallint, response jsonb)""",
     "customers": """UPDATE customers SET low_balance_alerted = r.low_balance_alerted,
@@ -252,16 +252,12 @@ async def load_period_usage(conn: AsyncConnection, pairs: Iterable[tuple[str, st
     return found
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        return value.hex()
-    raise TypeError(f"cannot write {type(value).__name__} as JSON")
-
-
 def dumps(value: Any) -> str:
-    return json.dumps(value, default=_json_default, separators=(",", ":"))
+    """Rows as JSON for jsonb_to_recordset: datetimes as RFC 3339, bytes as base64."""
+    return _ENCODER.encode(value).decode()
+
+
+_ENCODER = msgspec.json.Encoder()
 
 
 async def write(conn: AsyncConnection, rows: dict[str, list[dict[str, Any]]]) -> None:

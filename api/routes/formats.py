@@ -6,6 +6,7 @@ Python), so that they mean the same in ECMA-262 (JSON Schema) and in Python.
 """
 from __future__ import annotations
 
+import functools
 import re
 from typing import Annotated, Any
 
@@ -58,14 +59,24 @@ DATE_TIME_TEXT = "an RFC 3339 date-time with an offset, such as \"2026-01-01T00:
 def matches(pattern: str, value: str) -> bool:
     """Whether all of `value` is in the language of `pattern` (`fullmatch`: with `search`, as
     msgspec checks patterns, Python's `$` would also let a trailing newline through)."""
-    return re.fullmatch(pattern, value) is not None
+    return _compiled(pattern).fullmatch(value) is not None
+
+
+@functools.cache
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+@functools.cache
+def _type_info(type_: Any) -> msgspec.inspect.Type:
+    return msgspec.inspect.type_info(type_)  # slow (it evaluates annotations): once per type
 
 
 def mismatched_patterns(data: Any, type_: Any = None) -> list[str]:
     """Paths of the strings in `data` (nested structs, lists and dicts included) that are not
     all in their declared pattern. msgspec checks a pattern with `re.search`, where `$` also
     matches before a trailing newline; JSON Schema's (ECMA-262) `$` does not, nor does this."""
-    return _mismatched(data, msgspec.inspect.type_info(type(data) if type_ is None else type_), "")
+    return _mismatched(data, _type_info(type(data) if type_ is None else type_), "")
 
 
 def _mismatched(value: Any, info: msgspec.inspect.Type, path: str) -> list[str]:
