@@ -75,6 +75,34 @@ async def test_an_entry_may_be_written_in_steps_if_it_balances_at_commit(db, dat
     assert (await db.read(lambda c: balance(c, f"asset:cash:{tag}"))).normal == 105
 
 
+async def test_a_committed_entry_cannot_gain_postings_even_balanced_ones(db, database_url, tag):
+    cash, lot, entry_id = await _two_accounts(db, tag)
+    cash_id, lot_id = _ids(database_url, cash, lot)
+    with psycopg.connect(database_url) as conn:
+        with pytest.raises(psycopg.errors.RestrictViolation, match="earlier transaction"):
+            conn.execute("INSERT INTO postings (entry_id, account_id, amount) VALUES (%s, %s, 9), (%s, %s, -9)",
+                         (entry_id, cash_id, entry_id, lot_id))
+    assert (await db.read(lambda c: balance(c, cash))).normal == 100
+
+
+async def test_an_entry_cannot_claim_another_transactions_id(db, database_url, tag):
+    with psycopg.connect(database_url) as conn:
+        with pytest.raises(psycopg.errors.CheckViolation, match="txid is set by the database"):
+            conn.execute("INSERT INTO journal_entries (key, request_hash, kind, occurred_at, txid) "
+                         "VALUES (%s, '\\x00', 'raw', now(), '3')", (f"{tag}-forged",))
+
+
+async def test_an_entry_without_postings_cannot_be_committed(database_url, tag):
+    conn = psycopg.connect(database_url)
+    try:
+        conn.execute("INSERT INTO journal_entries (key, request_hash, kind, occurred_at) "
+                     "VALUES (%s, '\\x00', 'raw', now())", (f"{tag}-empty",))
+        with pytest.raises(psycopg.errors.CheckViolation, match="has no postings"):
+            conn.commit()
+    finally:
+        conn.close()
+
+
 async def test_a_bounded_account_cannot_go_below_its_bound(db, database_url, tag):
     cash, lot, _ = await _two_accounts(db, tag, bound=0)
     cash_id, lot_id = _ids(database_url, cash, lot)
