@@ -123,12 +123,11 @@ async def post_entries(conn: AsyncConnection, entries: list[JournalEntry]) -> li
     )).all()
     BATCH_SIZE.observe(len(entries))
     by_index = {row[0]: row for row in rows}
-    codes = {info.id: code for code, info in accounts.items()}
     results = []
     for i, entry in enumerate(entries, start=1):
         _, status, entry_id, detail = by_index[i]
-        if detail is not None and detail.isdigit():
-            detail = codes.get(int(detail), detail)
+        if detail is not None and detail.isdigit():  # below_bound names the account by id
+            detail = next((p.account for p in entry.postings if accounts[p.account].id == int(detail)), detail)
         results.append(PostResult(entry.key, Outcome(status), entry_id, detail))
     return results
 

@@ -16,8 +16,8 @@ half a unit of the exact total.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from decimal import (
     ROUND_FLOOR,
     ROUND_HALF_EVEN,
@@ -51,11 +51,9 @@ _CONTEXT = Context(
 )
 
 
-@contextmanager
-def pricing_context() -> Iterator[Context]:
+def pricing_context() -> AbstractContextManager[Context]:
     """A local 60-digit decimal context that traps any inexact result (never the global one)."""
-    with localcontext(_CONTEXT) as ctx:
-        yield ctx
+    return localcontext(_CONTEXT)
 
 
 def minor_units(currency: str) -> int:

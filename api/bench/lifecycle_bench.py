@@ -20,10 +20,12 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
 from api.bench.common import free_port, pgbench_tps, ratio, scratch_database
+from api.bench.profile import CpuMeter, SpyProfile
 from api.runtime import open_database, sync_url
 from api.settings import Settings
 from migrations import runner
@@ -230,13 +232,21 @@ async def run_cases(ports: list[int], args: argparse.Namespace, servers: list[su
         address = [("127.0.0.1", port) for port in ports]
         await closed_loop(address, wallets, workers=args.workers, seconds=min(2.0, args.seconds), tag="warm")
         retries0 = await server_counter(client, "tokentill_transaction_retries_total")
-        spread = await closed_loop(address, wallets, workers=args.workers, seconds=args.seconds, tag="spread")
-        hot = await closed_loop(address, ["hot"], workers=args.workers, seconds=args.seconds, tag="hot")
+        pids = [server.pid for server in servers]
+        spy = SpyProfile(pids[0], args.seconds, Path(args.profile) / "serve-spread.txt") if args.profile else None
+        with CpuMeter(pids) as spread_cpu:
+            spread = await closed_loop(address, wallets, workers=args.workers, seconds=args.seconds, tag="spread")
+        if spy is not None:
+            spy.wait()
+        with CpuMeter(pids) as hot_cpu:
+            hot = await closed_loop(address, ["hot"], workers=args.workers, seconds=args.seconds, tag="hot")
         half = await open_loop(address, wallets, rate=max(1.0, spread.rate() / 2), seconds=args.seconds,
                                tag="half")
         retries = await server_counter(client, "tokentill_transaction_retries_total") - retries0
         verify = (await client.post("/v1/audit/verify", timeout=600)).json()
-    return {"spread": spread, "hot": hot, "half": half, "retries": int(retries), "verify_ok": verify["ok"]}
+    return {"spread": spread, "hot": hot, "half": half, "retries": int(retries), "verify_ok": verify["ok"],
+            "cpu": {"spread": spread_cpu.cores, "hot": hot_cpu.cores},
+            "profile": spy.summary() if spy is not None else None}
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
@@ -280,6 +290,7 @@ def report_of(figures: dict, tps: float, args: argparse.Namespace) -> dict:
         "spread_ratio": ratio(spread.rate(), tps), "hot_ratio": ratio(hot.rate(), tps),
         "half_load_reserve_p99_ms": pct(half.reserve_ms, 99),
         "serialization_retries": figures["retries"], "verify_ok": figures["verify_ok"],
+        "cpu_cores": figures["cpu"], "server_profile": figures["profile"],
     }
 
 
@@ -300,4 +311,15 @@ def text_report(r: dict) -> str:
         f"serialization retries: {r['serialization_retries']}; refused {s['refused'] + h['refused']}, "
         f"errors {s['errors'] + h['errors'] + half['errors']}; audit verify "
         f"{'ok' if r['verify_ok'] else 'FAILED'}",
+        *(f"CPU, {case} case (cores): " + ", ".join(f"{k} {v}" for k, v in cores.items())
+          for case, cores in r["cpu_cores"].items() if cores),
+        *profile_lines(r["server_profile"]),
     ])
+
+
+def profile_lines(profile: dict | None) -> list[str]:
+    if not profile:
+        return []
+    return [f"server profile, spread case ({profile['samples']} py-spy samples, raw stacks in {profile['file']}):",
+            *(f"  {share:5.1f}%  {layer}" for layer, share in profile["percent_by_layer"].items()),
+            "  most own time:", *(f"  {share:5.1f}%  {name}" for name, share in profile["top_own_time"])]

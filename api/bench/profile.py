@@ -1,0 +1,125 @@
+"""Where a benchmark case spends the machine: CPU per process, and where the server spends its own.
+
+`CpuMeter` reads /proc (Linux): the CPU seconds the server processes, the benchmark's own
+process (the load generator) and everything else (PostgreSQL, mostly) used during a case, as
+cores. `SpyProfile` runs py-spy (`pip install py-spy`, optional) on a server process for the
+case and sums its samples by layer, so that what limits a figure is shown, not guessed.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _process_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime + stime
+
+
+def _machine_seconds() -> float:
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    busy = sum(int(v) for v in fields) - int(fields[3]) - int(fields[4])  # all but idle and iowait
+    return busy / _TICKS
+
+
+class CpuMeter:
+    """Cores used by `servers`, by this process, and by the rest of the machine, over a case."""
+
+    def __init__(self, servers: list[int]) -> None:
+        self.servers = servers
+        self.available = Path("/proc/stat").exists()
+        self.cores: dict[str, float] = {}
+
+    def __enter__(self) -> CpuMeter:
+        if self.available:
+            self._start = (time.perf_counter(), self._sample())
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.available:
+            wall = time.perf_counter() - self._start[0]
+            end, start = self._sample(), self._start[1]
+            server, client, machine = (round((e - s) / wall, 2) for e, s in zip(end, start, strict=True))
+            self.cores = {"servers": server, "load_generator": client,
+                          "postgres_and_other": round(machine - server - client, 2), "machine": machine,
+                          "machine_cores": os.cpu_count() or 0}
+
+    def _sample(self) -> tuple[float, float, float]:
+        return (sum(_process_seconds(pid) for pid in self.servers), _process_seconds(os.getpid()),
+                _machine_seconds())
+
+
+# Layers of the server's stack, by file (py-spy runs with --full-filenames); for each sample the
+# innermost frame that belongs to a layer decides.
+LAYERS: list[tuple[str, re.Pattern[str]]] = [
+    ("wallet rules and pricing", re.compile(r"/(?:wallets/(?:commands|model|credits|requests)|pricing/)")),
+    ("unit of work: batch, SQL parameters, results",
+     re.compile(r"/(?:wallets/(?:engine|store|batch|service)|ledger/)")),
+    ("database driver (psycopg, SQLAlchemy)", re.compile(r"/site-packages/(?:psycopg|sqlalchemy)")),
+    ("HTTP: uvicorn, Litestar, routes", re.compile(r"/site-packages/(?:uvicorn|litestar|httptools|h11|msgspec)|/api/")),
+    ("metrics (prometheus_client)", re.compile(r"/site-packages/prometheus_client")),
+]
+OTHER = "event loop and other"
+
+
+class SpyProfile:
+    """py-spy on one process for a fixed time; `summary()` gives the share of samples per layer."""
+
+    def __init__(self, pid: int, seconds: float, out: Path) -> None:
+        self.out = out
+        exe = shutil.which("py-spy")
+        if exe is None:
+            raise SystemExit("--profile needs py-spy: pip install py-spy")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self._proc = subprocess.Popen(
+            [exe, "record", "--pid", str(pid), "--full-filenames", "--nonblocking", "--rate", "200",
+             "--duration", str(max(1, int(seconds))), "--format", "raw", "--output", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def wait(self) -> None:
+        _, err = self._proc.communicate(timeout=120)
+        if self._proc.returncode != 0 or not self.out.exists():
+            raise SystemExit(f"py-spy failed: {err.decode(errors='replace')[-500:]}")
+
+    def summary(self, top: int = 12) -> dict:
+        """Samples by layer (a sample counts for the innermost frame that names a layer), and
+        the functions with the most samples of their own."""
+        layers: Counter[str] = Counter()
+        own: Counter[str] = Counter()
+        total = 0
+        for line in self.out.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not stack or not count.isdigit():
+                continue
+            n, frames = int(count), stack.split(";")
+            total += n
+            layers[_layer_of(frames)] += n
+            own[_short(frames[-1])] += n
+        share = {name: round(100 * n / total, 1) for name, n in layers.most_common()} if total else {}
+        return {"samples": total, "file": str(self.out), "percent_by_layer": share,
+                "top_own_time": [[name, round(100 * n / total, 1)] for name, n in own.most_common(top)]}
+
+
+def _short(frame: str) -> str:
+    """"func (/long/path/site-packages/pkg/mod.py:12)" -> "func (pkg/mod.py)"."""
+    name, _, where = frame.partition(" (")
+    path = re.sub(r":\d+\)$", "", where)
+    for marker in ("/site-packages/", f"{ROOT}/"):
+        path = path.split(marker)[-1]
+    return f"{name} ({path})"
+
+
+def _layer_of(frames: list[str]) -> str:
+    for frame in reversed(frames):
+        for name, pattern in LAYERS:
+            if pattern.search(frame):
+                return name
+    return OTHER
