@@ -6,7 +6,7 @@ from typing import Annotated
 import msgspec
 from litestar import get, post
 from litestar.datastructures import State
-from litestar.params import Parameter
+from litestar.params import QueryParameter
 
 from api.auth import require
 from api.errors import ApiError, documented
@@ -44,7 +44,7 @@ class VerifyResponse(msgspec.Struct):
 
 @get("/v1/audit/trial-balance", guards=[require("auditor")], tags=["audit"], **documented(404, 422))
 async def get_trial_balance(
-    state: State, currency: Annotated[str | None, Parameter(query="currency", max_length=16)] = None
+    state: State, currency: Annotated[str | None, QueryParameter(name="currency", max_length=16)] = None
 ) -> TrialBalanceResponse:
     """Debits, credits and balance of every account in one currency; totals must be equal."""
     db = state.services.db

@@ -5,7 +5,7 @@ from typing import Annotated, Any
 
 from litestar import get
 from litestar.datastructures import State
-from litestar.params import Parameter
+from litestar.params import FromPath, QueryParameter
 
 from api.auth import require
 from api.errors import documented
@@ -13,8 +13,8 @@ from wallets import reports
 
 
 @get("/v1/audit/charges/{request_id:str}", guards=[require("auditor")], tags=["audit"], **documented(404, 422))
-async def get_charge_trace(state: State, request_id: str,
-                           customer_id: Annotated[str | None, Parameter(query="customer_id")] = None
+async def get_charge_trace(state: State, request_id: FromPath[str],
+                           customer_id: Annotated[str | None, QueryParameter(name="customer_id")] = None
                            ) -> dict[str, Any]:
     """The request's reservation (or usage event), its usage, the price book version, the rules
     and unit prices applied, the amounts, and the journal entries that moved the money. A

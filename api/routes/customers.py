@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
+from litestar.params import FromPath
 
 from api.auth import require
 from api.errors import documented
@@ -134,13 +135,13 @@ async def create_customer(state: State, request: Request, data: CreateCustomerBo
 
 
 @get("/v1/customers/{customer_id:str}", guards=[require(*READERS)], tags=["customers"], **documented(404))
-async def get_customer(state: State, customer_id: str) -> CustomerResponse:
+async def get_customer(state: State, customer_id: FromPath[str]) -> CustomerResponse:
     return customer_response(await state.services.wallets.get_customer(customer_id))
 
 
 @get("/v1/customers/{customer_id:str}/wallet", guards=[require(*READERS)], tags=["customers"],
      **documented(404))
-async def get_wallet(state: State, customer_id: str) -> WalletResponse:
+async def get_wallet(state: State, customer_id: FromPath[str]) -> WalletResponse:
     """What new reservations may draw (`available`, live lots only), what open reservations hold,
     what the customer owes (`receivable`), and the lots in consumption order."""
     return wallet_response(await state.services.wallets.wallet(customer_id))
@@ -153,7 +154,8 @@ def _credit(result: CreditResult) -> tuple[int, Any]:
 
 @post("/v1/customers/{customer_id:str}/topups", guards=[require()], tags=["customers"], status_code=201,
       **documented(404, 409, body=True))
-async def top_up(state: State, request: Request, customer_id: str, data: TopUpBody) -> Response[CreditResponse]:
+async def top_up(state: State, request: Request, customer_id: FromPath[str],
+                 data: TopUpBody) -> Response[CreditResponse]:
     """Paid credit: a new lot (priority 100, no expiry unless given). For a prepaid customer
     it first pays off the receivable of settled usage (`applied_to_receivable`)."""
     data = shaped(data, TopUpRequest)
@@ -166,7 +168,8 @@ async def top_up(state: State, request: Request, customer_id: str, data: TopUpBo
 
 @post("/v1/customers/{customer_id:str}/grants", guards=[require()], tags=["customers"], status_code=201,
       **documented(404, 409, body=True))
-async def grant(state: State, request: Request, customer_id: str, data: GrantBody) -> Response[CreditResponse]:
+async def grant(state: State, request: Request, customer_id: FromPath[str],
+                data: GrantBody) -> Response[CreditResponse]:
     """Promotional or contractual credit: a lot paid by the promotions expense (priority 50)."""
     data = shaped(data, GrantRequest)
     render = renderer(request, _credit)

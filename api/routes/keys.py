@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import delete, get, post
 from litestar.datastructures import State
+from litestar.params import FromPath
 
 from api.auth import require
 from api.errors import documented
@@ -56,6 +57,6 @@ async def list_api_keys(state: State) -> list[ApiKeyResponse]:
 
 
 @delete("/v1/api-keys/{key_id:str}", guards=[require()], status_code=200, tags=["api keys"], **documented(404))
-async def revoke_api_key(state: State, key_id: str) -> ApiKeyResponse:
+async def revoke_api_key(state: State, key_id: FromPath[str]) -> ApiKeyResponse:
     """Revoke a key; every process refuses it from the next request on."""
     return _response(await state.services.db.run(lambda conn: keys.revoke(conn, key_id)))

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
+from litestar.params import FromPath
 
 from api.auth import require
 from api.errors import documented
@@ -120,7 +121,7 @@ async def post_price_book(
 
 @get("/v1/price-books/{book_id:str}", guards=[require("auditor", "inference")], tags=["price books"],
      **documented(404))
-async def get_price_book(state: State, book_id: str) -> PriceBookResponse:
+async def get_price_book(state: State, book_id: FromPath[str]) -> PriceBookResponse:
     """A book and all its versions, oldest first."""
     versions = await state.services.db.read(lambda conn: books.get_versions(conn, book_id))
     return PriceBookResponse(versions[0].book_id, versions[0].currency, [_version(v) for v in versions])

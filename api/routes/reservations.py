@@ -6,6 +6,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
+from litestar.params import FromPath
 
 from api.auth import ensure_customer, require
 from api.errors import documented
@@ -148,7 +149,7 @@ async def create_reservation(
 @post("/v1/reservations/{reservation_id:str}/settle", guards=[require("inference")], tags=["reservations"],
       status_code=200, **documented(404, 409, body=True))
 async def settle(
-    state: State, request: Request, reservation_id: str,
+    state: State, request: Request, reservation_id: FromPath[str],
     data: SettleBody,
 ) -> Response[SettleResponse]:
     """Charge the reported usage: from the hold, then the lots, then the receivable (never
@@ -166,7 +167,7 @@ async def settle(
 
 @post("/v1/reservations/{reservation_id:str}/release", guards=[require("inference")], tags=["reservations"],
       status_code=200, **documented(404, 409, 422))  # 422: a malformed Idempotency-Key
-async def release(state: State, request: Request, reservation_id: str) -> Response[ReleaseResponse]:
+async def release(state: State, request: Request, reservation_id: FromPath[str]) -> Response[ReleaseResponse]:
     """Give the whole remaining hold back to the lots it came from."""
     customer_id = await state.services.wallets.owner_of(reservation_id)
     ensure_customer(request, customer_id)
@@ -178,7 +179,7 @@ async def release(state: State, request: Request, reservation_id: str) -> Respon
 
 @get("/v1/reservations/{reservation_id:str}", guards=[require("inference", "auditor", "customer")],
      tags=["reservations"], **documented(404))
-async def get_reservation(state: State, request: Request, reservation_id: str) -> dict[str, Any]:
+async def get_reservation(state: State, request: Request, reservation_id: FromPath[str]) -> dict[str, Any]:
     """The reservation's state, where its hold came from, its captures and journal entries."""
     view = await state.services.db.read(lambda conn: reports.reservation(conn, reservation_id))
     ensure_customer(request, view["customer_id"])

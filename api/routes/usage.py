@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
-from litestar.params import Parameter
+from litestar.params import FromPath, QueryParameter
 
 from api.auth import principal_of, require
 from api.errors import documented
@@ -103,13 +103,17 @@ async def post_usage_events(state: State, request: Request,
     return respond(await wallets.remember(idem, response) if idem is not None else response, render)
 
 
+def _time_param(name: str) -> QueryParameter:
+    return QueryParameter(name=name, description=DATE_TIME_TEXT, schema_extra=_TIME_PARAM)
+
+
 @get("/v1/customers/{customer_id:str}/usage", guards=[require("inference", "auditor", "customer")],
      tags=["usage"], **documented(404, 422))
 async def get_usage(
-    state: State, customer_id: str,
-    start: Annotated[str | None, Parameter(query="from", description=DATE_TIME_TEXT, schema_extra=_TIME_PARAM)] = None,
-    end: Annotated[str | None, Parameter(query="to", description=DATE_TIME_TEXT, schema_extra=_TIME_PARAM)] = None,
-    group_by: Annotated[str, Parameter(query="group_by", max_length=200, pattern=GROUP_BY,
+    state: State, customer_id: FromPath[str],
+    start: Annotated[str | None, _time_param("from")] = None,
+    end: Annotated[str | None, _time_param("to")] = None,
+    group_by: Annotated[str, QueryParameter(name="group_by", max_length=200, pattern=GROUP_BY,
                                        description="Comma-separated group names")] = "model,token_type",
 ) -> dict[str, Any]:
     """Quantity and amount per group over [from, to): group by model, token_type, kind, rule_id,
