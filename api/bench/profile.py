@@ -90,22 +90,26 @@ class SpyProfile:
             raise SystemExit(f"py-spy failed: {err.decode(errors='replace')[-500:]}")
 
     def summary(self, top: int = 12) -> dict:
-        """Samples by layer (a sample counts for the innermost frame that names a layer), and
-        the functions with the most samples of their own."""
-        layers: Counter[str] = Counter()
-        own: Counter[str] = Counter()
-        total = 0
-        for line in self.out.read_text().splitlines():
-            stack, _, count = line.rpartition(" ")
-            if not stack or not count.isdigit():
-                continue
-            n, frames = int(count), stack.split(";")
-            total += n
-            layers[_layer_of(frames)] += n
-            own[_short(frames[-1])] += n
-        share = {name: round(100 * n / total, 1) for name, n in layers.most_common()} if total else {}
-        return {"samples": total, "file": str(self.out), "percent_by_layer": share,
-                "top_own_time": [[name, round(100 * n / total, 1)] for name, n in own.most_common(top)]}
+        return summarize(self.out, top)
+
+
+def summarize(raw: Path, top: int = 12) -> dict:
+    """py-spy's raw (collapsed) stacks as the share of samples per layer (a sample counts for
+    the innermost frame that belongs to a layer), and the functions with most samples of their own."""
+    layers: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n, frames = int(count), stack.split(";")
+        total += n
+        layers[_layer_of(frames)] += n
+        own[_short(frames[-1])] += n
+    share = {name: round(100 * n / total, 1) for name, n in layers.most_common()} if total else {}
+    return {"samples": total, "file": str(raw), "percent_by_layer": share,
+            "top_own_time": [[name, round(100 * n / total, 1)] for name, n in own.most_common(top)]}
 
 
 def _short(frame: str) -> str:

@@ -1,0 +1,44 @@
+"""The profile summary of `tokentill bench lifecycle --profile`: py-spy's raw stacks by layer."""
+from __future__ import annotations
+
+from api.bench.profile import OTHER, summarize
+
+SITE = "/venv/lib/python3.11/site-packages"
+ROOT = "/src/tokentill"
+LOOP = "run (/usr/lib/python3.11/asyncio/base_events.py:600)"
+UVICORN = f"run_asgi ({SITE}/uvicorn/protocols/http/httptools_impl.py:401)"
+ROUTE = f"settle ({ROOT}/api/routes/reservations.py:160)"
+ENGINE = f"_work ({ROOT}/wallets/engine.py:150)"
+RULES = f"apply ({ROOT}/wallets/commands.py:300)"
+RATING = f"rate ({ROOT}/pricing/rating.py:200)"
+DRIVER = f"execute ({SITE}/psycopg/cursor_async.py:90)"
+
+
+def test_each_sample_counts_for_the_innermost_layer_on_its_stack(tmp_path):
+    raw = tmp_path / "raw.txt"
+    raw.write_text("\n".join([
+        f"{LOOP};{UVICORN};{ROUTE} 50",  # HTTP
+        f"{LOOP};{ENGINE};{RULES};{RATING} 20",  # rules and pricing (pricing under commands)
+        f"{LOOP};{ENGINE};{DRIVER} 20",  # the driver, though the engine called it
+        f"{LOOP};{ENGINE} 5",  # the unit of work itself
+        f"{LOOP} 5",  # nothing of ours: the loop
+        "garbage line without a count",
+    ]) + "\n")
+    summary = summarize(raw)
+    assert summary["samples"] == 100
+    assert summary["percent_by_layer"] == {
+        "HTTP: uvicorn, Litestar, routes": 50.0,
+        "wallet rules and pricing": 20.0,
+        "database driver (psycopg, SQLAlchemy)": 20.0,
+        "unit of work: batch, SQL parameters, results": 5.0,
+        OTHER: 5.0,
+    }
+    own = dict((name, share) for name, share in summary["top_own_time"])
+    assert own["execute (psycopg/cursor_async.py)"] == 20.0
+    assert own["rate (/src/tokentill/pricing/rating.py)"] == 20.0  # not under this checkout: path kept
+
+
+def test_an_empty_profile_has_no_shares(tmp_path):
+    raw = tmp_path / "raw.txt"
+    raw.write_text("")
+    assert summarize(raw) == {"samples": 0, "file": str(raw), "percent_by_layer": {}, "top_own_time": []}
