@@ -18,6 +18,24 @@ down_revision = "0004"
 branch_labels = None
 depends_on = None
 
+# Cached balances follow every posting, in one fixed order (no deadlocks): 0001's loop, unchanged.
+APPLY_BALANCES = r"""
+    FOR r IN
+        SELECT account_id, stripe,
+               sum(amount) FILTER (WHERE amount > 0) AS dr,
+               -sum(amount) FILTER (WHERE amount < 0) AS cr
+        FROM new_postings GROUP BY account_id, stripe ORDER BY account_id, stripe
+    LOOP
+        UPDATE account_balances
+           SET debits = debits + coalesce(r.dr, 0), credits = credits + coalesce(r.cr, 0)
+         WHERE account_id = r.account_id AND stripe = r.stripe;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'posting to account % has no balance stripe %', r.account_id, r.stripe
+                USING ERRCODE = 'foreign_key_violation';
+        END IF;
+    END LOOP;
+"""
+
 UPGRADE = r"""
 CREATE FUNCTION ledger_entry_txid() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -43,21 +61,7 @@ BEGIN
                 USING ERRCODE = 'restrict_violation';
         END IF;
     END LOOP;
-    FOR r IN
-        SELECT account_id, stripe,
-               sum(amount) FILTER (WHERE amount > 0) AS dr,
-               -sum(amount) FILTER (WHERE amount < 0) AS cr
-        FROM new_postings GROUP BY account_id, stripe ORDER BY account_id, stripe
-    LOOP
-        UPDATE account_balances
-           SET debits = debits + coalesce(r.dr, 0), credits = credits + coalesce(r.cr, 0)
-         WHERE account_id = r.account_id AND stripe = r.stripe;
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'posting to account % has no balance stripe %', r.account_id, r.stripe
-                USING ERRCODE = 'foreign_key_violation';
-        END IF;
-    END LOOP;
-    RETURN NULL;
+{apply_balances}    RETURN NULL;
 END $$;
 
 -- Every entry has postings and balances per asset, checked at commit (so an entry may be
@@ -114,21 +118,7 @@ CREATE OR REPLACE FUNCTION ledger_apply_postings() RETURNS trigger LANGUAGE plpg
 DECLARE
     r record;
 BEGIN
-    FOR r IN
-        SELECT account_id, stripe,
-               sum(amount) FILTER (WHERE amount > 0) AS dr,
-               -sum(amount) FILTER (WHERE amount < 0) AS cr
-        FROM new_postings GROUP BY account_id, stripe ORDER BY account_id, stripe
-    LOOP
-        UPDATE account_balances
-           SET debits = debits + coalesce(r.dr, 0), credits = credits + coalesce(r.cr, 0)
-         WHERE account_id = r.account_id AND stripe = r.stripe;
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'posting to account % has no balance stripe %', r.account_id, r.stripe
-                USING ERRCODE = 'foreign_key_violation';
-        END IF;
-    END LOOP;
-    RETURN NULL;
+{apply_balances}    RETURN NULL;
 END $$;
 
 DROP TRIGGER journal_entries_txid ON journal_entries;
@@ -137,8 +127,8 @@ DROP FUNCTION ledger_entry_txid();
 
 
 def upgrade() -> None:
-    op.execute(UPGRADE)
+    op.execute(UPGRADE.replace("{apply_balances}", APPLY_BALANCES.lstrip("\n")))
 
 
 def downgrade() -> None:
-    op.execute(DOWNGRADE)
+    op.execute(DOWNGRADE.replace("{apply_balances}", APPLY_BALANCES.lstrip("\n")))
