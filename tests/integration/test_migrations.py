@@ -23,7 +23,7 @@ def test_migrations_go_down_to_base_and_back_up_to_head(scratch_url):
             assert tables == 0
             command.upgrade(config, "head")
             conn.commit()
-            assert runner.current_revision(conn) == runner.head_revision() == "0005"
+            assert runner.current_revision(conn) == runner.head_revision()
             triggers = {row[0] for row in conn.execute(text(
                 "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgrelid = 'journal_entries'::regclass"))}
             assert {"journal_entries_balanced", "journal_entries_txid"} <= triggers
