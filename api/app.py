@@ -22,6 +22,7 @@ from api.routes.wallet_routes import ROUTES as WALLET_ROUTES
 from api.settings import Settings
 from ledger.db import Database, connect
 from wallets.jobs import build_scheduler, jobs
+from wallets.keys import KeyCache
 from wallets.service import WalletService
 
 log = logging.getLogger("tokentill")
@@ -32,6 +33,7 @@ class Services:
     settings: Settings
     db: Database
     _scales: dict[str, int]
+    keys: KeyCache
     wallets: WalletService | None = None
 
     async def asset_scale(self, conn: AsyncConnection, asset: str) -> int | None:
@@ -57,7 +59,8 @@ async def _complete_allow_header(message, scope) -> None:
 
 
 def create_app(settings: Settings, database_url: str, **overrides: Any) -> Litestar:
-    services = Services(settings, connect(database_url, pool_size=settings.pool_size), {})
+    db = connect(database_url, pool_size=settings.pool_size)
+    services = Services(settings, db, {}, KeyCache(db, database_url))
     services.wallets = WalletService(services.db)
 
     @asynccontextmanager
@@ -65,11 +68,13 @@ def create_app(settings: Settings, database_url: str, **overrides: Any) -> Lites
         scheduler = build_scheduler(services.db, jobs(settings.seal_interval_s))
         if settings.scheduler:
             scheduler.start()  # here, not in on_startup: there it would start paused
+        services.keys.start()
         try:
             yield
         finally:
             if settings.scheduler:
                 scheduler.shutdown(wait=False)
+            await services.keys.stop()
             await services.db.dispose()
 
     prometheus = PrometheusConfig(app_name="tokentill", prefix="tokentill", group_path=True,

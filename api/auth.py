@@ -4,8 +4,9 @@ Scopes: `admin` does everything; `inference` reserves, settles, releases and sen
 `customer:<id>` reads that customer's own data;
 `auditor` reads the journal, trial balance, verify and charge traces. A key's
 optional `customers` list limits it to those customers. The bootstrap admin key
-comes from TOKENTILL_ADMIN_KEY. Keys are looked up on every request, so a revoked key is refused
-at once by every process.
+comes from TOKENTILL_ADMIN_KEY. Verified keys are cached per process only while it listens for
+changes to keys (wallets.keys.KeyCache): a revocation is refused at once by the process that made
+it and within a notification's delay (milliseconds) by every other.
 """
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 
 from api.errors import ApiError
-from wallets import keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +54,7 @@ async def authenticate(connection: ASGIConnection) -> Principal:
     admin_key = services.settings.admin_key
     if admin_key and hmac.compare_digest(token.encode(), admin_key.encode()):
         return Principal("bootstrap-admin", "admin")
-    key = await services.db.lookup(lambda conn: keys.find(conn, token))
+    key = await services.keys.find(token)
     if key is None:
         raise ApiError("unauthorized", "unknown or revoked key", 401)
     return Principal(key.id, key.scope, key.customers)

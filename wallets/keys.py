@@ -1,16 +1,23 @@
 """API keys: random secrets shown once, stored as sha256 hashes, each with one scope."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import logging
 import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
+import psycopg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ledger.db import Database
 from ledger.errors import InvalidEntryError, LedgerError
+
+log = logging.getLogger(__name__)
 
 SCOPE = re.compile(r"^(admin|inference|auditor|customer:[A-Za-z0-9][A-Za-z0-9._:-]{0,127})$")
 PREFIX = "tt_"
@@ -75,3 +82,75 @@ async def revoke(conn: AsyncConnection, key_id: str) -> ApiKey:
     if row is None:
         raise KeyNotFoundError(f"no API key {key_id}")
     return ApiKey(row.id, row.scope, tuple(row.customers), row.name, row.created_at, row.revoked_at)
+
+
+CHANNEL = "tokentill_api_keys"  # migration 0006: every change to api_keys is announced here
+
+
+class KeyCache:
+    """The keys this process has verified, kept only while it listens for changes to keys.
+
+    A trigger announces every change to api_keys on CHANNEL at commit, and the listener then
+    forgets every cached key, so a revocation reaches every process within the time a
+    notification takes (milliseconds); `forget()` makes the revoking process refuse at once.
+    While the listener is not connected (starting, or after its connection dropped) nothing is
+    cached and every request looks its key up. A lookup that overlapped a notification is not
+    cached (it may have read the key before the change).
+    """
+
+    def __init__(self, db: Database, url: str, *, max_keys: int = 10_000, retry_s: float = 1.0,
+                 check_s: float = 5.0) -> None:
+        self.db, self.url = db, url
+        self.max_keys, self.retry_s, self.check_s = max_keys, retry_s, check_s
+        self._live: dict[bytes, ApiKey] = {}
+        self._generation = 0
+        self.listening = False
+        self._task: asyncio.Task[None] | None = None
+
+    async def find(self, secret: str) -> ApiKey | None:
+        """The live key with this secret, or None (unknown or revoked)."""
+        if not secret.startswith(PREFIX):
+            return None
+        digest = secret_hash(secret)
+        if self.listening and digest in self._live:
+            return self._live[digest]
+        generation = self._generation
+        key = await self.db.lookup(lambda conn: find(conn, secret))
+        if key is not None and self.listening and generation == self._generation:
+            if len(self._live) >= self.max_keys:
+                self._live.clear()
+            self._live[digest] = key
+        return key
+
+    def forget(self) -> None:
+        self._generation += 1
+        self._live.clear()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._listen())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    self.forget()  # anything cached before now may have missed a notification
+                    self.listening = True
+                    while True:
+                        async for _ in conn.notifies(timeout=self.check_s):
+                            self.forget()
+                        # Quiet for a while: is the connection still there? (A dead peer that
+                        # sent no reset would otherwise leave stale keys cached forever.)
+                        await asyncio.wait_for(conn.execute("SELECT 1"), self.check_s)
+            except (psycopg.Error, OSError, TimeoutError) as exc:
+                log.warning("not caching API keys: the key-change listener is down (%s)", exc)
+            finally:
+                self.listening = False
+                self.forget()
+            await asyncio.sleep(self.retry_s)

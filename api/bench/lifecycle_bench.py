@@ -30,7 +30,7 @@ from api.runtime import open_database, sync_url
 from api.settings import Settings
 from migrations import runner
 
-KEY = "bench-admin-key"
+KEY = "bench-admin-key"  # sets up the run; lifecycles use an inference key, as inference services do
 BOOK = {"id": "bench", "currency": "USD", "effective_from": "2020-01-01T00:00:00Z", "rules": [
     {"id": "in", "token_type": "input", "price": "1.00"},
     {"id": "out", "token_type": "output", "price": "4.00"},
@@ -61,8 +61,8 @@ class Connection:
     pool costs more CPU than the server under test once it holds dozens of connections (about
     220 requests/s at 64 connections here), so the load is generated with this instead."""
 
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
+    def __init__(self, host: str, port: int, token: str) -> None:
+        self.host, self.port, self.token = host, port, token
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
@@ -81,7 +81,7 @@ class Connection:
             self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
         payload = json.dumps(body, separators=(",", ":")).encode()
         self._writer.write(
-            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nAuthorization: Bearer {KEY}\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nAuthorization: Bearer {self.token}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode() + payload)
         assert self._reader is not None
         head = await self._reader.readuntil(b"\r\n\r\n")
@@ -131,8 +131,11 @@ async def wait_ready(client: httpx.AsyncClient, server: subprocess.Popen, base: 
     raise SystemExit("tokentill serve did not become ready")
 
 
-async def setup(client: httpx.AsyncClient, wallets: int, workers: int) -> list[str]:
+async def setup(client: httpx.AsyncClient, wallets: int, workers: int) -> tuple[list[str], str]:
+    """The wallets, and the secret of the inference key the lifecycles authenticate with."""
     (await client.post("/v1/price-books", json=BOOK)).raise_for_status()
+    key = await client.post("/v1/api-keys", json={"scope": "inference", "name": "bench"})
+    key.raise_for_status()
     ids = [f"w{i}" for i in range(wallets)] + ["hot"]
     queue = list(ids)
 
@@ -144,7 +147,7 @@ async def setup(client: httpx.AsyncClient, wallets: int, workers: int) -> list[s
             (await client.post(f"/v1/customers/{cid}/topups", json={"amount": amount})).raise_for_status()
 
     await asyncio.gather(*(worker() for _ in range(min(workers, 32))))
-    return ids[:-1]
+    return ids[:-1], key.json()["key"]
 
 
 async def lifecycle(conn: Connection, cid: str, request_id: str, samples: Samples) -> None:
@@ -170,7 +173,7 @@ async def lifecycle(conn: Connection, cid: str, request_id: str, samples: Sample
         samples.errors += 1
 
 
-async def closed_loop(addresses: list[tuple[str, int]], wallets: list[str], *, workers: int, seconds: float,
+async def closed_loop(addresses: list[tuple[str, int, str]], wallets: list[str], *, workers: int, seconds: float,
                       tag: str) -> Samples:
     samples, counter = Samples(), itertools.count()
     deadline = time.perf_counter() + seconds
@@ -189,12 +192,12 @@ async def closed_loop(addresses: list[tuple[str, int]], wallets: list[str], *, w
     return samples
 
 
-async def open_loop(addresses: list[tuple[str, int]], wallets: list[str], *, rate: float, seconds: float,
+async def open_loop(addresses: list[tuple[str, int, str]], wallets: list[str], *, rate: float, seconds: float,
                     tag: str) -> Samples:
     """Lifecycles started at a fixed arrival rate, whatever the latency (no coordinated omission);
     each in flight uses an idle connection, or opens one."""
     samples, tasks = Samples(), []
-    idle: dict[tuple[str, int], list[Connection]] = {address: [] for address in addresses}
+    idle: dict[tuple[str, int, str], list[Connection]] = {address: [] for address in addresses}
 
     async def one(n: int) -> None:
         address = addresses[n % len(addresses)]
@@ -228,8 +231,8 @@ async def run_cases(ports: list[int], args: argparse.Namespace, servers: list[su
                                  limits=limits, timeout=60) as client:
         for port, server in zip(ports, servers, strict=True):
             await wait_ready(client, server, f"http://127.0.0.1:{port}")
-        wallets = await setup(client, args.wallets, args.workers)
-        address = [("127.0.0.1", port) for port in ports]
+        wallets, token = await setup(client, args.wallets, args.workers)
+        address = [("127.0.0.1", port, token) for port in ports]
         await closed_loop(address, wallets, workers=args.workers, seconds=min(2.0, args.seconds), tag="warm")
         retries0 = await server_counter(client, "tokentill_transaction_retries_total")
         pids = [server.pid for server in servers]

@@ -58,5 +58,8 @@ async def list_api_keys(state: State) -> list[ApiKeyResponse]:
 
 @delete("/v1/api-keys/{key_id:str}", guards=[require()], status_code=200, tags=["api keys"], **documented(404))
 async def revoke_api_key(state: State, key_id: FromPath[str]) -> ApiKeyResponse:
-    """Revoke a key; every process refuses it from the next request on."""
-    return _response(await state.services.db.run(lambda conn: keys.revoke(conn, key_id)))
+    """Revoke a key: this process refuses it from the next request on, every other one as soon
+    as the change notification reaches it (milliseconds)."""
+    revoked = await state.services.db.run(lambda conn: keys.revoke(conn, key_id))
+    state.services.keys.forget()
+    return _response(revoked)

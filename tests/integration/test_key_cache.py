@@ -1,0 +1,109 @@
+"""API keys cached per process: a revocation reaches every process through NOTIFY, and nothing is
+cached while a process cannot hear about changes."""
+from __future__ import annotations
+
+import asyncio
+
+import psycopg
+import pytest
+
+from wallets import keys
+from wallets.keys import KeyCache
+
+
+class CountingDb:
+    """The real database, counting the key lookups that reach it."""
+
+    def __init__(self, db, on_lookup=None):
+        self.db, self.lookups, self.on_lookup = db, 0, on_lookup
+
+    async def lookup(self, work):
+        self.lookups += 1
+        if self.on_lookup is not None:
+            self.on_lookup()
+        return await self.db.lookup(work)
+
+
+async def _listening(*caches: KeyCache) -> None:
+    for _ in range(200):
+        if all(c.listening for c in caches):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the key-change listener did not connect")
+
+
+async def _until_refused(cache: KeyCache, secret: str) -> float:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while await cache.find(secret) is not None:
+        assert loop.time() - start < 5, "the revocation never reached this process"
+        await asyncio.sleep(0.005)
+    return loop.time() - start
+
+
+@pytest.fixture
+async def caches(db, database_url):
+    pair = [KeyCache(CountingDb(db), database_url), KeyCache(CountingDb(db), database_url)]
+    for cache in pair:
+        cache.start()
+    await _listening(*pair)
+    yield pair
+    for cache in pair:
+        await cache.stop()
+
+
+async def test_a_verified_key_is_served_from_the_cache(db, caches):
+    a, _ = caches
+    key, secret = await db.run(lambda conn: keys.create(conn, "inference", [], "cached"))
+    assert (await a.find(secret)).id == key.id
+    assert (await a.find(secret)).id == key.id
+    assert a.db.lookups == 1
+
+
+async def test_a_revocation_in_one_process_reaches_the_other(db, caches):
+    a, b = caches
+    key, secret = await db.run(lambda conn: keys.create(conn, "inference", [], "shared"))
+    assert (await a.find(secret)).id == key.id and (await b.find(secret)).id == key.id
+    await db.run(lambda conn: keys.revoke(conn, key.id))  # as process A's revoke route does
+    a.forget()
+    assert await a.find(secret) is None
+    assert await _until_refused(b, secret) < 1.0
+
+
+async def test_a_revocation_with_raw_sql_is_heard_too(db, database_url, caches):
+    a, _ = caches
+    key, secret = await db.run(lambda conn: keys.create(conn, "auditor", [], "raw"))
+    assert (await a.find(secret)).id == key.id
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE api_keys SET revoked_at = now() WHERE id = %s", (key.id,))
+    assert await _until_refused(a, secret) < 1.0
+
+
+async def test_nothing_is_cached_while_the_listener_is_down(db):
+    cache = KeyCache(CountingDb(db), "postgresql://nobody@127.0.0.1:1/none", retry_s=0.05)
+    cache.start()
+    try:
+        await asyncio.sleep(0.2)
+        assert not cache.listening
+        key, secret = await db.run(lambda conn: keys.create(conn, "inference", [], "unheard"))
+        assert (await cache.find(secret)).id == key.id
+        assert (await cache.find(secret)).id == key.id
+        assert cache.db.lookups == 2
+        await db.run(lambda conn: keys.revoke(conn, key.id))  # no notification can reach it
+        assert await cache.find(secret) is None
+    finally:
+        await cache.stop()
+
+
+async def test_a_lookup_that_overlaps_a_change_is_not_cached(db, database_url):
+    cache = KeyCache(None, database_url)  # type: ignore[arg-type]
+    cache.db = CountingDb(db, on_lookup=cache.forget)  # a notification arrives mid-lookup
+    cache.start()
+    try:
+        await _listening(cache)
+        _, secret = await db.run(lambda conn: keys.create(conn, "inference", [], "racing"))
+        assert await cache.find(secret) is not None
+        assert await cache.find(secret) is not None
+        assert cache.db.lookups == 2  # neither answer was kept
+    finally:
+        await cache.stop()
