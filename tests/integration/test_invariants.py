@@ -186,3 +186,40 @@ async def test_verify_names_an_entry_written_around_the_api_onto_another_custome
     check = {c.name: c for c in report.checks}["one_customer_per_entry"]
     assert not report.ok and not check.ok
     assert check.problems == (f"entry {entry} (customer a) posts to account liability:b:lot of customer b",)
+
+
+async def test_one_batch_is_judged_entry_by_entry_in_order(db, tag):
+    """Within one ledger_post batch each entry sees the ones before it: bounds count only what
+    was really posted before it (a replay or a conflict adds nothing), and refusals are whole."""
+    cash, lot = f"asset:cash:{tag}", f"liability:lot:{tag}"
+    striped = f"income:revenue:{tag}"
+
+    def entry(key, kind, amount, *, to=cash):
+        return JournalEntry(f"{tag}-{key}", kind, (Posting(lot, amount, "USD"), Posting(to, -amount, "USD")))
+
+    async def setup(conn):
+        await open_account(conn, AccountSpec(cash, AccountType.ASSET, "USD"))
+        await open_account(conn, AccountSpec(lot, AccountType.LIABILITY, "USD", lower_bound=0))
+        await open_account(conn, AccountSpec(striped, AccountType.INCOME, "USD", stripes=4))
+        return await post_entries(conn, [entry("fund", "topup", -100), spend_a])
+
+    spend_a = entry("spend-a", "spend", 30)
+    assert [r.outcome for r in await db.run(setup)] == [Outcome.POSTED, Outcome.POSTED]  # lot: 70
+    batch = [
+        spend_a,  # a replay (same key, same body): posts nothing
+        entry("fund", "topup", -500),  # same key, another body: a conflict, posts nothing
+        entry("spend-b", "spend", 60, to=striped),  # 70 -> 10
+        entry("spend-c", "spend", 20),  # would leave -10: refused, whole
+        entry("refund", "refund", -15),  # 10 -> 25
+        entry("spend-d", "spend", 25, to=striped),  # 25 -> 0: allowed
+        entry("spend-e", "spend", 1),  # refused
+    ]
+    results = await db.run(lambda conn: post_entries(conn, batch))
+    assert [r.outcome for r in results] == [
+        Outcome.REPLAYED, Outcome.CONFLICT, Outcome.POSTED, Outcome.BELOW_BOUND, Outcome.POSTED,
+        Outcome.POSTED, Outcome.BELOW_BOUND]
+    assert results[3].detail == lot and results[6].detail == lot
+    assert results[0].entry_id is not None and results[1].entry_id is not None
+    assert (await db.read(lambda c: balance(c, lot))).normal == 0
+    assert (await db.read(lambda c: balance(c, cash))).normal == 100 - 30 + 15
+    assert (await db.read(lambda c: balance(c, striped))).normal == 85
