@@ -94,20 +94,20 @@ class Database:
         raise AssertionError("unreachable")
 
     async def _run_locked(self, work: Callable[[AsyncConnection], Awaitable[T]], keys: list[int]) -> T:
+        """Lock, then BEGIN, in one round trip; COMMIT, then unlock, in one more. The session
+        runs in autocommit as far as the driver knows; the transaction block is ours."""
         async with self.engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            driver = (await conn.get_raw_connection()).driver_connection
             try:
-                await _autocommit(conn, _LOCK, keys)
-                await conn.execution_options(isolation_level="SERIALIZABLE")
-                async with conn.begin():
-                    result = await work(conn)
-                await _autocommit(conn, _UNLOCK_ALL)
+                await driver.execute(_lock_then_begin(keys), prepare=False)
+                result = await work(conn)
+                await driver.execute(_COMMIT_THEN_UNLOCK, prepare=False)
                 return result
             except BaseException:
-                # Session locks outlive a rollback: release them, or drop the session itself.
+                # Session locks outlive the transaction: release them, or drop the session itself.
                 try:
-                    if conn.in_transaction():
-                        await conn.rollback()
-                    await _autocommit(conn, _UNLOCK_ALL)
+                    await driver.execute(_ROLLBACK_THEN_UNLOCK, prepare=False)
                 except BaseException:
                     await conn.invalidate()
                 raise
@@ -129,15 +129,18 @@ class Database:
         await self.engine.dispose()
 
 
-_LOCK = "SELECT pg_advisory_lock(k) FROM unnest(%s::bigint[]) WITH ORDINALITY AS t(k, n) ORDER BY n"
-_UNLOCK_ALL = "SELECT pg_advisory_unlock_all()"
+def _lock_then_begin(keys: list[int]) -> str:
+    """Session advisory locks in the given order, *then* the transaction: its snapshot (taken by
+    its first statement) is newer than whatever the previous holder committed. The COMMIT ends
+    the implicit block a multi-statement query runs in (the locks outlive it), so that BEGIN may
+    set the isolation level. Keys are integers, written into the text."""
+    array = ",".join(str(int(k)) for k in keys)
+    return (f"SELECT pg_advisory_lock(k) FROM unnest('{{{array}}}'::bigint[]) WITH ORDINALITY AS t(k, n) "
+            "ORDER BY n; COMMIT; BEGIN ISOLATION LEVEL SERIALIZABLE")
 
 
-async def _autocommit(conn: AsyncConnection, sql: str, *params: object) -> None:
-    """Run one statement outside any transaction (advisory locks must precede the snapshot)."""
-    await conn.execution_options(isolation_level="AUTOCOMMIT")
-    await conn.exec_driver_sql(sql, params or None)
-    await conn.commit()
+_COMMIT_THEN_UNLOCK = "COMMIT; SELECT pg_advisory_unlock_all()"
+_ROLLBACK_THEN_UNLOCK = "ROLLBACK; SELECT pg_advisory_unlock_all()"
 
 
 def connect(url: str, *, pool_size: int = 10) -> Database:
