@@ -104,8 +104,12 @@ async def test_ten_concurrent_debits_of_30_against_100_give_exactly_three(db, ta
     assert (await db.read(lambda c: balance(c, lot))).normal == 10
 
 
-async def test_serialization_failures_are_retried_and_never_reach_the_caller(db, tag):
-    """Without advisory locks, concurrent transactions on one row collide (40001) and are retried."""
+def _retries() -> float:
+    return sum(s.value for m in RETRIES.collect() for s in m.samples if s.name.endswith("_total"))
+
+
+async def _twenty_posts_onto_one_row(db, tag, locks=()) -> float:
+    """Twenty concurrent transactions posting onto the same account; the retries they cost."""
     cash, lot = f"asset:cash:{tag}", f"liability:lot:{tag}"
 
     async def setup(conn):
@@ -113,39 +117,28 @@ async def test_serialization_failures_are_retried_and_never_reach_the_caller(db,
         await open_account(conn, AccountSpec(lot, AccountType.LIABILITY, "USD"))
 
     await db.run(setup)
-    before = sum(s.value for m in RETRIES.collect() for s in m.samples if s.name.endswith("_total"))
+    before = _retries()
 
     def entry(i):
         return JournalEntry(f"{tag}-{i}", "t", (Posting(cash, i + 1, "USD"), Posting(lot, -(i + 1), "USD")))
 
-    results = await asyncio.gather(*(db.run(lambda c, i=i: post(c, entry(i))) for i in range(20)))
-    after = sum(s.value for m in RETRIES.collect() for s in m.samples if s.name.endswith("_total"))
+    results = await asyncio.gather(*(db.run(lambda c, i=i: post(c, entry(i)), locks=locks) for i in range(20)))
     assert all(r.outcome is Outcome.POSTED for r in results)
     assert (await db.read(lambda c: balance(c, lot))).normal == sum(range(1, 21))
-    assert after > before, "the test should have provoked at least one serialization failure"
+    return _retries() - before
+
+
+async def test_serialization_failures_are_retried_and_never_reach_the_caller(db, tag):
+    """Without advisory locks, concurrent transactions on one row collide (40001) and are retried."""
+    retries = await _twenty_posts_onto_one_row(db, tag)
+    assert retries > 0, "the test should have provoked at least one serialization failure"
 
 
 async def test_the_same_work_under_an_advisory_lock_queues_without_a_single_retry(db, tag):
     """The lock is taken before the transaction's snapshot: twenty transactions on one row wait
     for each other and none fails with 40001 (taken after the snapshot, most would)."""
-    cash, lot = f"asset:cash:{tag}", f"liability:lot:{tag}"
-
-    async def setup(conn):
-        await open_account(conn, AccountSpec(cash, AccountType.ASSET, "USD"))
-        await open_account(conn, AccountSpec(lot, AccountType.LIABILITY, "USD"))
-
-    await db.run(setup)
-    before = sum(s.value for m in RETRIES.collect() for s in m.samples if s.name.endswith("_total"))
-
-    def entry(i):
-        return JournalEntry(f"{tag}-{i}", "t", (Posting(cash, i + 1, "USD"), Posting(lot, -(i + 1), "USD")))
-
     lock = [lock_key(f"test:{tag}")]
-    results = await asyncio.gather(*(db.run(lambda c, i=i: post(c, entry(i)), locks=lock) for i in range(20)))
-    after = sum(s.value for m in RETRIES.collect() for s in m.samples if s.name.endswith("_total"))
-    assert all(r.outcome is Outcome.POSTED for r in results)
-    assert (await db.read(lambda c: balance(c, lot))).normal == sum(range(1, 21))
-    assert after == before
+    assert await _twenty_posts_onto_one_row(db, tag, lock) == 0
     async with db.engine.connect() as conn:  # and released: another session takes it at once
         free = (await conn.exec_driver_sql("SELECT pg_try_advisory_lock(%s)", (lock[0],))).scalar()
         await conn.exec_driver_sql("SELECT pg_advisory_unlock_all()")
