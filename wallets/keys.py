@@ -85,6 +85,7 @@ async def revoke(conn: AsyncConnection, key_id: str) -> ApiKey:
 
 
 CHANNEL = "tokentill_api_keys"  # migration 0006: every change to api_keys is announced here
+LISTENER_NAME = "tokentill key listener"  # its application_name in pg_stat_activity
 
 
 class KeyCache:
@@ -138,7 +139,8 @@ class KeyCache:
     async def _listen(self) -> None:
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+                async with await psycopg.AsyncConnection.connect(
+                        self.url, autocommit=True, application_name=LISTENER_NAME) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     self.forget()  # anything cached before now may have missed a notification
                     self.listening = True

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from wallets import keys
-from wallets.keys import KeyCache
+from wallets.keys import LISTENER_NAME, KeyCache
 
 
 class CountingDb:
@@ -105,5 +105,30 @@ async def test_a_lookup_that_overlaps_a_change_is_not_cached(db, database_url):
         assert await cache.find(secret) is not None
         assert await cache.find(secret) is not None
         assert cache.db.lookups == 2  # neither answer was kept
+    finally:
+        await cache.stop()
+
+
+async def test_a_dropped_listener_stops_the_cache_until_it_is_back(db, database_url):
+    cache = KeyCache(CountingDb(db), database_url, retry_s=0.05, check_s=0.1)
+    cache.start()
+    try:
+        await _listening(cache)
+        await asyncio.sleep(0.3)  # quiet: the listener checks its connection and stays up
+        assert cache.listening
+        key, secret = await db.run(lambda conn: keys.create(conn, "inference", [], "dropped"))
+        assert (await cache.find(secret)).id == key.id
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                         "WHERE application_name = %s", (LISTENER_NAME,))
+        for _ in range(100):
+            if not cache.listening:
+                break
+            await asyncio.sleep(0.01)
+        assert not cache.listening  # and what it had cached is forgotten
+        lookups = cache.db.lookups
+        await _listening(cache)  # back, after retry_s
+        assert (await cache.find(secret)).id == key.id
+        assert cache.db.lookups == lookups + 1
     finally:
         await cache.stop()
