@@ -1,11 +1,15 @@
-"""Check each entry's balance once at commit, not once per posting.
+"""Check each entry's balance once at commit, not once per posting; and per statement.
 
 The deferred balance check fired for every posting row, so committing a batch of 64 wallet
 commands ran ~250 queries (a third of the batch's time, by `tokentill bench lifecycle`). It
-now fires once per journal entry. That is only sound if an entry cannot gain postings after
-the transaction that wrote it, so two rules come with it:
+now fires once per journal entry. That is only sound if an entry cannot gain postings the
+check at commit would not see, so three rules come with it:
 - an entry's txid is the id of the transaction that inserts it (no forged txid);
-- postings go only into entries written by the current transaction.
+- postings go only into entries written by the current transaction;
+- every INSERT of postings balances, per entry and asset, on its own (checked at the end of the
+  statement, from its transition table). Without this, SET CONSTRAINTS ... IMMEDIATE could run
+  an entry's check early and let later postings into it escape any check. An entry is written
+  in one statement (ledger_post does), or in several that each balance.
 
 Revision ID: 0005
 Revises: 0004
@@ -54,6 +58,7 @@ CREATE OR REPLACE FUNCTION ledger_apply_postings() RETURNS trigger LANGUAGE plpg
 DECLARE
     r record;
     entry bigint;
+    bad text;
 BEGIN
     FOR entry IN SELECT DISTINCT entry_id FROM new_postings LOOP  -- a primary-key probe each
         IF (SELECT j.txid FROM journal_entries j WHERE j.id = entry) <> pg_current_xact_id() THEN
@@ -61,6 +66,16 @@ BEGIN
                 USING ERRCODE = 'restrict_violation';
         END IF;
     END LOOP;
+    SELECT n.entry_id, a.asset INTO entry, bad
+      FROM new_postings n
+      CROSS JOIN LATERAL (SELECT asset FROM accounts WHERE id = n.account_id) a  -- primary-key probes
+     GROUP BY n.entry_id, a.asset
+    HAVING sum(n.amount) <> 0
+     LIMIT 1;
+    IF entry IS NOT NULL AND bad IS NOT NULL THEN
+        RAISE EXCEPTION 'these postings leave journal entry % unbalanced in %', entry, bad
+            USING ERRCODE = 'check_violation';
+    END IF;
 {apply_balances}    RETURN NULL;
 END $$;
 

@@ -50,29 +50,63 @@ async def test_a_posting_cannot_be_updated_or_deleted(db, database_url, tag):
 
 async def test_an_unbalanced_entry_cannot_be_committed(db, database_url, tag):
     cash_id, lot_id = _ids(database_url, *(await _two_accounts(db, tag))[:2])
-    conn = psycopg.connect(database_url)
-    try:
+
+    def unbalanced(conn, key):
         entry = conn.execute("INSERT INTO journal_entries (key, request_hash, kind, occurred_at) "
-                             "VALUES (%s, '\\x00', 'raw', now()) RETURNING id", (f"{tag}-raw",)).fetchone()[0]
+                             "VALUES (%s, '\\x00', 'raw', now()) RETURNING id", (key,)).fetchone()[0]
         conn.execute("INSERT INTO postings (entry_id, account_id, amount) VALUES (%s, %s, 70), (%s, %s, -60)",
                      (entry, cash_id, entry, lot_id))
+
+    with psycopg.connect(database_url) as conn:  # refused by the statement itself
+        with pytest.raises(psycopg.errors.CheckViolation, match="unbalanced"):
+            unbalanced(conn, f"{tag}-raw")
+    conn = psycopg.connect(database_url)
+    try:  # and were that check switched off (a superuser can), the one at commit still refuses it
+        conn.execute("ALTER TABLE postings DISABLE TRIGGER postings_apply")
+        unbalanced(conn, f"{tag}-raw2")
         with pytest.raises(psycopg.errors.CheckViolation, match="does not balance"):
             conn.commit()
     finally:
         conn.close()
     with psycopg.connect(database_url) as check:
-        assert check.execute("SELECT count(*) FROM journal_entries WHERE key = %s",
-                             (f"{tag}-raw",)).fetchone()[0] == 0
+        assert check.execute("SELECT count(*) FROM journal_entries WHERE key IN (%s, %s)",
+                             (f"{tag}-raw", f"{tag}-raw2")).fetchone()[0] == 0
 
 
-async def test_an_entry_may_be_written_in_steps_if_it_balances_at_commit(db, database_url, tag):
+async def test_an_entry_may_be_written_in_steps_that_each_balance(db, database_url, tag):
     cash_id, lot_id = _ids(database_url, *(await _two_accounts(db, tag))[:2])
     with psycopg.connect(database_url) as conn:
         entry = conn.execute("INSERT INTO journal_entries (key, request_hash, kind, occurred_at) "
                              "VALUES (%s, '\\x00', 'raw', now()) RETURNING id", (f"{tag}-steps",)).fetchone()[0]
-        conn.execute("INSERT INTO postings (entry_id, account_id, amount) VALUES (%s, %s, 5)", (entry, cash_id))
-        conn.execute("INSERT INTO postings (entry_id, account_id, amount) VALUES (%s, %s, -5)", (entry, lot_id))
-    assert (await db.read(lambda c: balance(c, f"asset:cash:{tag}"))).normal == 105
+        conn.execute("INSERT INTO postings (entry_id, account_id, amount) VALUES (%s, %s, 5), (%s, %s, -5)",
+                     (entry, cash_id, entry, lot_id))
+        conn.execute("INSERT INTO postings (entry_id, account_id, amount) VALUES (%s, %s, 2), (%s, %s, -2)",
+                     (entry, cash_id, entry, lot_id))
+        with pytest.raises(psycopg.errors.CheckViolation, match="unbalanced"):
+            conn.execute("INSERT INTO postings (entry_id, account_id, amount) VALUES (%s, %s, 5)", (entry, cash_id))
+    assert (await db.read(lambda c: balance(c, f"asset:cash:{tag}"))).normal == 100  # nothing committed
+
+
+@pytest.mark.parametrize("early", ["SET CONSTRAINTS ALL IMMEDIATE",
+                                   "SET CONSTRAINTS journal_entries_balanced IMMEDIATE"])
+async def test_running_the_check_early_does_not_let_later_postings_escape_it(db, database_url, tag, early):
+    cash_id, lot_id = _ids(database_url, *(await _two_accounts(db, tag))[:2])
+    conn = psycopg.connect(database_url)
+    try:
+        entry = conn.execute("INSERT INTO journal_entries (key, request_hash, kind, occurred_at) "
+                             "VALUES (%s, '\\x00', 'raw', now()) RETURNING id", (f"{tag}-early",)).fetchone()[0]
+        conn.execute("INSERT INTO postings (entry_id, account_id, amount) VALUES (%s, %s, 10), (%s, %s, -10)",
+                     (entry, cash_id, entry, lot_id))
+        conn.execute(early)  # the entry's deferred check runs now, and passes
+        conn.execute("SET CONSTRAINTS ALL DEFERRED")
+        with pytest.raises(psycopg.errors.CheckViolation, match="unbalanced"):
+            conn.execute("INSERT INTO postings (entry_id, account_id, amount) VALUES (%s, %s, 1000000)",
+                         (entry, cash_id))
+    finally:
+        conn.close()
+    with psycopg.connect(database_url) as check:
+        assert check.execute("SELECT count(*) FROM journal_entries WHERE key = %s",
+                             (f"{tag}-early",)).fetchone()[0] == 0
 
 
 async def test_a_committed_entry_cannot_gain_postings_even_balanced_ones(db, database_url, tag):
