@@ -7,6 +7,7 @@ import hashlib
 import logging
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -89,35 +90,42 @@ LISTENER_NAME = "tokentill key listener"  # its application_name in pg_stat_acti
 
 
 class KeyCache:
-    """The keys this process has verified, kept only while it listens for changes to keys.
+    """The keys this process has verified, served only while it provably listens for changes.
 
     A trigger announces every change to api_keys on CHANNEL at commit, and the listener then
     forgets every cached key, so a revocation reaches every process within the time a
     notification takes (milliseconds); `forget()` makes the revoking process refuse at once.
-    While the listener is not connected (starting, or after its connection dropped) nothing is
-    cached and every request looks its key up. A lookup that overlapped a notification is not
-    cached (it may have read the key before the change).
+    The listener proves its connection every `check_s` (SELECT 1 under a deadline); the cache is
+    served only while the last proof is younger than `stale_s`, so a connection that died
+    without a word stops the cache within `stale_s`, however long the driver takes to notice.
+    While the listener is down nothing is cached and every request looks its key up. A lookup
+    that overlapped a notification is not cached (it may have read the key before the change).
     """
 
     def __init__(self, db: Database, url: str, *, max_keys: int = 10_000, retry_s: float = 1.0,
-                 check_s: float = 5.0) -> None:
+                 check_s: float = 0.5, stale_s: float = 1.5) -> None:
         self.db, self.url = db, url
-        self.max_keys, self.retry_s, self.check_s = max_keys, retry_s, check_s
+        self.max_keys, self.retry_s, self.check_s, self.stale_s = max_keys, retry_s, check_s, stale_s
         self._live: dict[bytes, ApiKey] = {}
         self._generation = 0
         self.listening = False
+        self._proved_at = 0.0  # time.monotonic() of the listener's last proof of life
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def serving(self) -> bool:
+        return self.listening and time.monotonic() - self._proved_at < self.stale_s
 
     async def find(self, secret: str) -> ApiKey | None:
         """The live key with this secret, or None (unknown or revoked)."""
         if not secret.startswith(PREFIX):
             return None
         digest = secret_hash(secret)
-        if self.listening and digest in self._live:
+        if self.serving and digest in self._live:
             return self._live[digest]
         generation = self._generation
         key = await self.db.lookup(lambda conn: find(conn, secret))
-        if key is not None and self.listening and generation == self._generation:
+        if key is not None and self.serving and generation == self._generation:
             if len(self._live) >= self.max_keys:
                 self._live.clear()
             self._live[digest] = key
@@ -128,12 +136,13 @@ class KeyCache:
         self._live.clear()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._listen())
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._listen())
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
 
     async def _listen(self) -> None:
@@ -143,15 +152,17 @@ class KeyCache:
                         self.url, autocommit=True, application_name=LISTENER_NAME) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     self.forget()  # anything cached before now may have missed a notification
+                    self._proved_at = time.monotonic()
                     self.listening = True
                     while True:
                         async for _ in conn.notifies(timeout=self.check_s):
                             self.forget()
-                        # Quiet for a while: is the connection still there? (A dead peer that
-                        # sent no reset would otherwise leave stale keys cached forever.)
                         await asyncio.wait_for(conn.execute("SELECT 1"), self.check_s)
-            except (psycopg.Error, OSError, TimeoutError) as exc:
-                log.warning("not caching API keys: the key-change listener is down (%s)", exc)
+                        self._proved_at = time.monotonic()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # whatever it was, keep trying: a dead listener is a slow service
+                log.warning("not caching API keys: the key-change listener is down (%r)", exc)
             finally:
                 self.listening = False
                 self.forget()

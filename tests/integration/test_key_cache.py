@@ -132,3 +132,16 @@ async def test_a_dropped_listener_stops_the_cache_until_it_is_back(db, database_
         assert cache.db.lookups == lookups + 1
     finally:
         await cache.stop()
+
+
+async def test_a_listener_that_has_not_proved_itself_lately_is_not_trusted(db, caches):
+    """A connection that died without a word cannot keep a revoked key cached: without a recent
+    proof of life the cache is not served, whatever the driver believes."""
+    a, _ = caches
+    key, secret = await db.run(lambda conn: keys.create(conn, "inference", [], "silent"))
+    assert (await a.find(secret)).id == key.id
+    lookups = a.db.lookups
+    a._proved_at -= a.stale_s  # as if the last SELECT 1 had answered stale_s ago, and none since
+    assert a.listening and not a.serving
+    assert (await a.find(secret)).id == key.id
+    assert a.db.lookups == lookups + 1
