@@ -21,6 +21,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 T = TypeVar("T")
 RETRYABLE = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
+# A session that sits inside a transaction this long is ended by the server, and its advisory
+# locks with it: a process that hangs or loses the network while holding the wallet writer's
+# lock stops everyone's writes for a minute, not until TCP gives up.
+IDLE_IN_TRANSACTION_MS = 60_000
 
 RETRIES = Counter(
     "tokentill_transaction_retries", "Transactions retried after a serialization failure or deadlock",
@@ -143,7 +147,7 @@ _COMMIT_THEN_UNLOCK = "COMMIT; SELECT pg_advisory_unlock_all()"
 _ROLLBACK_THEN_UNLOCK = "ROLLBACK; SELECT pg_advisory_unlock_all()"
 
 
-def connect(url: str, *, pool_size: int = 10) -> Database:
+def connect(url: str, *, pool_size: int = 10, idle_in_transaction_ms: int = IDLE_IN_TRANSACTION_MS) -> Database:
     """Build the Database for a libpq URL. Nothing connects until first use."""
     engine = create_async_engine(
         sqlalchemy_url(url),
@@ -151,7 +155,8 @@ def connect(url: str, *, pool_size: int = 10) -> Database:
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=False,
-        connect_args={"prepare_threshold": 1},
+        connect_args={"prepare_threshold": 1,
+                      "options": f"-c idle_in_transaction_session_timeout={idle_in_transaction_ms}"},
     )
     event.listen(engine.sync_engine, "connect", _decode_json_with_msgspec)
     return Database(engine)

@@ -143,3 +143,39 @@ async def test_the_same_work_under_an_advisory_lock_queues_without_a_single_retr
         free = (await conn.exec_driver_sql("SELECT pg_try_advisory_lock(%s)", (lock[0],))).scalar()
         await conn.exec_driver_sql("SELECT pg_advisory_unlock_all()")
     assert free is True
+
+
+async def test_a_holder_that_hangs_inside_its_transaction_loses_its_locks(database_url, tag):
+    """The server ends a session idle in a transaction too long, and its advisory locks with it,
+    so one hung process cannot stop every wallet write for good."""
+    hung = connect(database_url, pool_size=1, idle_in_transaction_ms=300)
+    lock = lock_key(f"hang:{tag}")
+
+    async def hang(conn):
+        await conn.exec_driver_sql("SELECT 1")
+        await asyncio.sleep(3)  # a process frozen mid-transaction
+        await conn.exec_driver_sql("SELECT 1")
+
+    holder = asyncio.create_task(hung.run(hang, locks=[lock]))
+    await asyncio.sleep(0.1)
+    other = connect(database_url, pool_size=1)
+    try:
+        async with other.engine.connect() as conn:
+            taken = (await conn.exec_driver_sql("SELECT pg_try_advisory_lock(%s)", (lock,))).scalar()
+            assert taken is False  # held, for now
+            for _ in range(40):
+                await asyncio.sleep(0.1)
+                if (await conn.exec_driver_sql("SELECT pg_try_advisory_lock(%s)", (lock,))).scalar():
+                    break
+            else:
+                raise AssertionError("the hung session kept its lock")
+            await conn.exec_driver_sql("SELECT pg_advisory_unlock_all()")
+        try:
+            await holder
+        except Exception:
+            pass  # its session is gone: the hung work fails, it does not commit
+        else:
+            raise AssertionError("work whose session was ended must not succeed")
+    finally:
+        await other.dispose()
+        await hung.dispose()
