@@ -12,11 +12,11 @@ from litestar.config.app import AppConfig
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.plugins.prometheus import PrometheusConfig
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api.errors import EXCEPTION_HANDLERS
+from api.metrics import metrics_middleware
 from api.routes import audit, keys, ops
 from api.routes.wallet_routes import ROUTES as WALLET_ROUTES
 from api.settings import Settings
@@ -77,15 +77,13 @@ def create_app(settings: Settings, database_url: str, **overrides: Any) -> Lites
             await services.keys.stop()
             await services.db.dispose()
 
-    prometheus = PrometheusConfig(app_name="tokentill", prefix="tokentill", group_path=True,
-                                  exclude=["/metrics"])
     return Litestar(
         route_handlers=[ops.healthz, ops.readyz, ops.metrics, audit.get_trial_balance,
                         audit.post_verify, keys.create_api_key, keys.list_api_keys, keys.revoke_api_key,
                         *WALLET_ROUTES],
         state=State({"services": services}),
         lifespan=[lifespan],
-        middleware=[prometheus.middleware],
+        middleware=[metrics_middleware],
         exception_handlers=EXCEPTION_HANDLERS,
         before_send=[_complete_allow_header],
         request_max_body_size=1_048_576,

@@ -237,10 +237,15 @@ async def run_cases(ports: list[int], args: argparse.Namespace, servers: list[su
         retries0 = await server_counter(client, "tokentill_transaction_retries_total")
         pids = [server.pid for server in servers]
         spy = SpyProfile(pids[0], args.seconds, Path(args.profile) / "serve-spread.txt") if args.profile else None
-        with CpuMeter(pids) as spread_cpu:
-            spread = await closed_loop(address, wallets, workers=args.workers, seconds=args.seconds, tag="spread")
-        if spy is not None:
-            spy.wait()
+        try:
+            with CpuMeter(pids) as spread_cpu:
+                spread = await closed_loop(address, wallets, workers=args.workers, seconds=args.seconds,
+                                           tag="spread")
+            if spy is not None:
+                spy.wait()
+        finally:
+            if spy is not None:
+                spy.kill()  # a case that failed leaves no profiler behind
         with CpuMeter(pids) as hot_cpu:
             hot = await closed_loop(address, ["hot"], workers=args.workers, seconds=args.seconds, tag="hot")
         half = await open_loop(address, wallets, rate=max(1.0, spread.rate() / 2), seconds=args.seconds,

@@ -1,12 +1,14 @@
 """Where a benchmark case spends the machine: CPU per process, and where the server spends its own.
 
 `CpuMeter` reads /proc (Linux): the CPU seconds the server processes, the benchmark's own
-process (the load generator) and everything else (PostgreSQL, mostly) used during a case, as
-cores. `SpyProfile` runs py-spy (`pip install py-spy`, optional) on a server process for the
-case and sums its samples by layer, so that what limits a figure is shown, not guessed.
+process (the load generator) and everything else on the machine (PostgreSQL, mostly; py-spy
+too when profiling) used during a case, as cores. `SpyProfile` runs py-spy (`pip install
+py-spy`, optional) on a server process for the case and sums its samples by layer, so that what
+limits a figure is shown, not guessed.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -68,6 +70,8 @@ LAYERS: list[tuple[str, re.Pattern[str]]] = [
     ("metrics (prometheus_client)", re.compile(r"/site-packages/prometheus_client")),
 ]
 OTHER = "event loop and other"
+# Frames under every stack of the server (the command line, uvicorn starting the loop): no layer.
+BOOTSTRAP = re.compile(r"/api/cli\.py|/site-packages/uvicorn/(?:main|server|_compat)\.py|<frozen runpy>")
 
 
 class SpyProfile:
@@ -81,8 +85,13 @@ class SpyProfile:
         out.parent.mkdir(parents=True, exist_ok=True)
         self._proc = subprocess.Popen(
             [exe, "record", "--pid", str(pid), "--full-filenames", "--nonblocking", "--rate", "200",
-             "--duration", str(max(1, int(seconds))), "--format", "raw", "--output", str(out)],
+             "--duration", str(max(1, math.ceil(seconds))), "--format", "raw", "--output", str(out)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def kill(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
 
     def wait(self) -> None:
         _, err = self._proc.communicate(timeout=120)
@@ -123,6 +132,8 @@ def _short(frame: str) -> str:
 
 def _layer_of(frames: list[str]) -> str:
     for frame in reversed(frames):
+        if BOOTSTRAP.search(frame):
+            continue
         for name, pattern in LAYERS:
             if pattern.search(frame):
                 return name

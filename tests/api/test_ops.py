@@ -25,9 +25,19 @@ async def test_health_and_readiness_report_a_migrated_database(client):
 
 async def test_metrics_are_prometheus_text(client):
     await client.get("/healthz")
-    body = (await client.get("/metrics")).text
-    assert "tokentill_requests_total" in body or "tokentill_request" in body
-    assert "tokentill_transaction_retries" in body
+    await client.get("/v1/customers/someone-123/wallet")  # 401: no key
+    response = await client.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain")
+    series = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+              for line in response.text.splitlines() if line and not line.startswith("#")}
+    assert series['tokentill_requests_total{app_name="tokentill",method="GET",path="/healthz",'
+                  'status_code="200"}'] >= 1
+    routed = [name for name in series if name.startswith("tokentill_requests_total{")
+              and 'status_code="401"' in name and "/wallet" in name]
+    assert routed and all("someone-123" not in name for name in routed)  # by route, not by raw path
+    assert any(name.startswith("tokentill_request_duration_seconds_bucket{") for name in series)
+    assert not any('path="/metrics"' in name for name in series)
+    assert "tokentill_transaction_retries" in response.text
 
 
 async def test_audit_endpoints_need_a_key(client):

@@ -5,7 +5,11 @@ from api.bench.profile import OTHER, summarize
 
 SITE = "/venv/lib/python3.11/site-packages"
 ROOT = "/src/tokentill"
-LOOP = "run (/usr/lib/python3.11/asyncio/base_events.py:600)"
+BOOT = ";".join([  # under every stack of `tokentill serve`
+    "_run_module_as_main (<frozen runpy>:198)", f"main ({ROOT}/api/cli.py:183)", f"_serve ({ROOT}/api/cli.py:27)",
+    f"run ({SITE}/uvicorn/main.py:632)", f"Server.run ({SITE}/uvicorn/server.py:86)",
+    f"asyncio_run ({SITE}/uvicorn/_compat.py:30)"])
+LOOP = f"{BOOT};run (/usr/lib/python3.11/asyncio/base_events.py:600)"
 UVICORN = f"run_asgi ({SITE}/uvicorn/protocols/http/httptools_impl.py:401)"
 ROUTE = f"settle ({ROOT}/api/routes/reservations.py:160)"
 ENGINE = f"_work ({ROOT}/wallets/engine.py:150)"
@@ -21,7 +25,8 @@ def test_each_sample_counts_for_the_innermost_layer_on_its_stack(tmp_path):
         f"{LOOP};{ENGINE};{RULES};{RATING} 20",  # rules and pricing (pricing under commands)
         f"{LOOP};{ENGINE};{DRIVER} 20",  # the driver, though the engine called it
         f"{LOOP};{ENGINE} 5",  # the unit of work itself
-        f"{LOOP} 5",  # nothing of ours: the loop
+        f"{LOOP} 3",  # nothing of ours: the loop
+        f"{BOOT} 2",  # the command line and uvicorn starting the loop are no layer either
         "garbage line without a count",
     ]) + "\n")
     summary = summarize(raw)
