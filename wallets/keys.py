@@ -60,7 +60,7 @@ async def create(conn: AsyncConnection, scope: str, customers: list[str], name: 
     return ApiKey(key_id, scope, tuple(customers), name, row.created_at), secret
 
 
-async def find(conn: AsyncConnection, secret: str) -> ApiKey | None:
+async def find_live(conn: AsyncConnection, secret: str) -> ApiKey | None:
     """The live key with this secret, or None (unknown or revoked)."""
     if not secret.startswith(PREFIX):
         return None
@@ -124,7 +124,7 @@ class KeyCache:
         if self.serving and digest in self._live:
             return self._live[digest]
         generation = self._generation
-        key = await self.db.lookup(lambda conn: find(conn, secret))
+        key = await self.db.lookup(lambda conn: find_live(conn, secret))
         if key is not None and self.serving and generation == self._generation:
             if len(self._live) >= self.max_keys:
                 self._live.clear()
