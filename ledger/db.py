@@ -56,6 +56,35 @@ def sqlstate_of(exc: BaseException | None) -> str | None:
     return None
 
 
+# SQLSTATEs of a server that is not there for now: connection exceptions (class 08), too many
+# connections, and a server shutting down, crashed or still starting (57P01-57P03).
+UNAVAILABLE_STATES = frozenset({"53300", "57P01", "57P02", "57P03"})
+
+
+def is_unavailable(exc: BaseException | None) -> bool:
+    """Whether `exc` says the database cannot be reached or used right now (down, restarting,
+    connection lost, pool exhausted): a fault a caller may retry, not a bad request and not a bug."""
+    import psycopg
+    from sqlalchemy import exc as sa_exc
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, sa_exc.TimeoutError):  # the pool had no connection to give in time
+            return True
+        if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+            return True
+        state = getattr(exc, "sqlstate", None)
+        if isinstance(state, str) and (state.startswith("08") or state in UNAVAILABLE_STATES):
+            return True
+        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError) and state is None:
+            return True  # no SQLSTATE: the connection failed or broke before the server answered
+        if isinstance(exc, ConnectionError | TimeoutError):
+            return True
+        exc = getattr(exc, "orig", None) or exc.__cause__ or exc.__context__
+    return False
+
+
 def sqlalchemy_url(url: str, *, driver: str = "psycopg") -> URL:
     """A libpq URL (postgresql://…, socket ?host=/dir included) as a SQLAlchemy URL."""
     parsed = make_url(url)
