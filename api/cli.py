@@ -12,10 +12,9 @@ from api.settings import Settings
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    import uvicorn
-
     from api.app import create_app
     from api.runtime import open_database
+    from api.server import serve
 
     handle = open_database(settings)
     # uvicorn shuts down gracefully, then re-raises the signal it caught; make that an ordinary
@@ -23,9 +22,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_quietly)
     try:
-        app = create_app(settings, handle.url)
-        uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level.lower(),
-                    access_log=args.access_log)
+        app = create_app(settings, handle.url, cluster=handle.cluster)
+        serve(app, settings, host=args.host, port=args.port, log_level=settings.log_level.lower(),
+              access_log=args.access_log)
     finally:
         handle.close()
     return 0
@@ -123,6 +122,10 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
         from api.bench import lifecycle_bench
 
         return lifecycle_bench.main(args, settings)
+    if args.target == "faults":
+        from api.bench import faults
+
+        return faults.main(args)
     raise SystemExit(f"unknown benchmark {args.target}")
 
 
@@ -164,7 +167,7 @@ def parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     bench = sub.add_parser("bench", help="benchmarks against pgbench on the same cluster")
-    bench.add_argument("target", choices=["ledger", "lifecycle"])
+    bench.add_argument("target", choices=["ledger", "lifecycle", "faults"])
     bench.add_argument("--seconds", type=float, default=10.0, help="duration of each case")
     bench.add_argument("--workers", type=int, default=64, help="concurrent posting tasks")
     bench.add_argument("--accounts", type=int, default=10_000, help="accounts in the spread case")
@@ -173,6 +176,9 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--pgbench-clients", type=int, default=8)
     bench.add_argument("--profile", metavar="DIR", help="lifecycle: profile the server during the spread case "
                        "with py-spy (pip install py-spy) and write its raw stacks to DIR")
+    bench.add_argument("--stop-seconds", type=float, default=20.0, help="faults: how long a server is SIGSTOPped")
+    bench.add_argument("--settle-seconds", type=float, default=3.0,
+                       help="faults: load before the first fault and after each recovery")
     bench.add_argument("--json", action="store_true", help="print figures as JSON")
     bench.set_defaults(func=_bench)
     return p
