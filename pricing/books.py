@@ -12,6 +12,16 @@ Rule precedence, when several rules of a version match one usage token type:
 Fallbacks when no rule prices a token type: ``reasoning`` is priced as ``output``;
 ``cached_input`` and ``cache_write`` as ``input``. Prices are per 1,000,000 tokens, or per
 call for ``request``.
+
+Plausibility (optional): a version's ``max_charge_per_request`` (money) and ``context_window``
+(most input + output tokens one call can have), and a rule's own ``context_window``, bound what
+one call may be charged; a call priced by rules that name context windows is bound by the
+smallest of them, else by the version's.
+
+Limits on a version posted (``pricing.parse``; versions stored before them still load):
+``MAX_RULES`` rules, ``MAX_MATCH_DIMENSIONS`` match dimensions and ``MAX_TIERS`` tiers per
+rule, ``MAX_DIMENSION_SETS`` distinct sets of match dimension names and ``MAX_PATTERNS``
+distinct model patterns, which bound the cost of the ambiguity check (``pricing.ambiguity``).
 """
 
 from __future__ import annotations
@@ -24,8 +34,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from fnmatch import fnmatchcase
 
+from pricing.ambiguity import ambiguity_errors, is_pattern
+from pricing.ambiguity import patterns_may_overlap as patterns_may_overlap  # used by overrides
 from pricing.errors import PriceBookValidationError, UnpricedModelError, field_error
-from pricing.money import to_decimal
+from pricing.money import DEFAULT_SCALE, to_decimal
 
 TOKEN_TYPES: tuple[str, ...] = (
     "input", "cached_input", "cache_write", "output", "reasoning",
@@ -40,7 +52,12 @@ TIER_MODES = ("graduated", "volume")
 TOKENS_PER_PRICE_UNIT = 1_000_000
 MAX_PRICE = Decimal(10) ** 9
 MAX_PRICE_DECIMALS = 18
-_PATTERN_CHARS = "*?["
+MAX_RULES = 10_000
+MAX_MATCH_DIMENSIONS = 16
+MAX_TIERS = 64
+MAX_DIMENSION_SETS = 64
+MAX_PATTERNS = 200
+MAX_CONTEXT_WINDOW = 10**9
 _CURRENCY_RE = re.compile(r"[A-Z]{3}")
 
 DimValue = str | int | bool
@@ -51,11 +68,6 @@ def per_units(token_type: str) -> int:
     return 1 if token_type == "request" else TOKENS_PER_PRICE_UNIT
 
 
-def is_pattern(model: str) -> bool:
-    """Whether a rule's model is a glob pattern rather than an exact model name."""
-    return any(c in model for c in _PATTERN_CHARS)
-
-
 def model_rank(rule_model: str | None, model: str) -> int | None:
     """2 exact, 1 pattern, 0 any model; None when the rule does not apply to ``model``."""
     if rule_model is None:
@@ -63,22 +75,6 @@ def model_rank(rule_model: str | None, model: str) -> int | None:
     if is_pattern(rule_model):
         return 1 if fnmatchcase(model, rule_model) else None
     return 2 if rule_model == model else None
-
-
-def patterns_may_overlap(a: str, b: str) -> bool:
-    """Conservative test: False only when no model name can match both globs."""
-    def prefix(p: str) -> str:
-        cut = min((p.index(c) for c in _PATTERN_CHARS if c in p), default=len(p))
-        return p[:cut]
-
-    def suffix(p: str) -> str:
-        cut = max((p.rindex(c) for c in "*?]" if c in p), default=-1)
-        return p[cut + 1:]
-
-    pa, pb, sa, sb = prefix(a), prefix(b), suffix(a), suffix(b)
-    prefixes_ok = pa.startswith(pb) or pb.startswith(pa)
-    suffixes_ok = sa.endswith(sb) or sb.endswith(sa)
-    return prefixes_ok and suffixes_ok
 
 
 def _price(value: object, name: str, errors: list[dict[str, str]]) -> Decimal | None:
@@ -113,6 +109,7 @@ class Rule:
     tiers: tuple[Tier, ...] = ()
     tier_mode: str = "graduated"
     source: str | None = None
+    context_window: int | None = None  # most input + output tokens of one call this rule prices
 
     def __post_init__(self) -> None:
         errors = self._normalize()
@@ -131,6 +128,8 @@ class Rule:
             errors.append(field_error("source", "must be a string (where the price was taken from)"))
         if self.tier_mode not in TIER_MODES:
             errors.append(field_error("tier_mode", "must be graduated or volume"))
+        if not _valid_context_window(self.context_window):
+            errors.append(field_error("context_window", f"must be an integer from 1 to {MAX_CONTEXT_WINDOW}"))
         object.__setattr__(self, "match", self._normalized_match(errors))
         self._normalize_price(errors)
         return errors
@@ -182,6 +181,11 @@ class Rule:
         return max(t.price for t in self.tiers)
 
 
+def _valid_context_window(value: object) -> bool:
+    return value is None or (isinstance(value, int) and not isinstance(value, bool)
+                             and 1 <= value <= MAX_CONTEXT_WINDOW)
+
+
 def _normalized_tiers(raw: Iterable[object], errors: list[dict[str, str]]) -> tuple[Tier, ...]:
     tiers: list[Tier] = []
     items = list(raw)
@@ -218,7 +222,10 @@ class PriceVersion:
     effective_from: datetime
     rules: tuple[Rule, ...]
     version: str = ""
+    max_charge_per_request: Decimal | None = None  # in the currency, at most DEFAULT_SCALE decimals
+    context_window: int | None = None  # when the rules that price a call name none
     _by_type: dict[str, tuple[Rule, ...]] = field(init=False, repr=False, compare=False)
+    _by_id: dict[str, Rule] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         errors = validate_version_fields(self)
@@ -226,12 +233,21 @@ class PriceVersion:
             raise PriceBookValidationError(errors)
         object.__setattr__(self, "effective_from", self.effective_from.astimezone(UTC))
         object.__setattr__(self, "rules", tuple(self.rules))
+        if self.max_charge_per_request is not None:
+            object.__setattr__(self, "max_charge_per_request", to_decimal(self.max_charge_per_request))
         if not self.version:
             object.__setattr__(self, "version", self.effective_from.strftime("%Y-%m-%dT%H:%M:%SZ"))
         index: dict[str, list[Rule]] = {}
         for rule in self.rules:
             index.setdefault(rule.token_type, []).append(rule)
         object.__setattr__(self, "_by_type", {k: tuple(v) for k, v in index.items()})
+        object.__setattr__(self, "_by_id", {rule.id: rule for rule in self.rules})
+
+    def context_window_for(self, rule_ids: Iterable[str | None]) -> int | None:
+        """The context window of a call priced by these rules: the smallest that any of them
+        names, else the version's (None: the book does not know it)."""
+        named = [r.context_window for i in rule_ids if (r := self._by_id.get(i or "")) and r.context_window]
+        return min(named) if named else self.context_window
 
     def rules_for(self, token_type: str) -> tuple[Rule, ...]:
         """The rules of one token type, in book order."""
@@ -269,6 +285,18 @@ class PriceVersion:
         )
 
 
+def _plausibility_errors(version: PriceVersion) -> list[dict[str, str]]:
+    errors: list[dict[str, str]] = []
+    if version.max_charge_per_request is not None:
+        limit = _price(version.max_charge_per_request, "max_charge_per_request", errors)
+        if limit is not None and (limit <= 0 or -limit.as_tuple().exponent > DEFAULT_SCALE):  # type: ignore[operator]
+            errors.append(field_error("max_charge_per_request",
+                                      f"must be positive, with at most {DEFAULT_SCALE} decimals"))
+    if not _valid_context_window(version.context_window):
+        errors.append(field_error("context_window", f"must be an integer from 1 to {MAX_CONTEXT_WINDOW}"))
+    return errors
+
+
 def validate_version_fields(version: PriceVersion) -> list[dict[str, str]]:
     """All problems of a version: identity, currency, time, duplicate ids and ambiguous rules."""
     errors: list[dict[str, str]] = []
@@ -281,6 +309,7 @@ def validate_version_fields(version: PriceVersion) -> list[dict[str, str]]:
         errors.append(field_error("effective_from", "must be an aware datetime (UTC)"))
     if not isinstance(version.version, str):
         errors.append(field_error("version", "must be a string"))
+    errors.extend(_plausibility_errors(version))
     rules = tuple(version.rules)
     seen: set[str] = set()
     for i, rule in enumerate(rules):
@@ -292,35 +321,6 @@ def validate_version_fields(version: PriceVersion) -> list[dict[str, str]]:
             seen.add(rule.id)
     if not errors:
         errors.extend(ambiguity_errors(rules))
-    return errors
-
-
-def _may_tie(a: Rule, b: Rule) -> bool:
-    if a.token_type != b.token_type or len(a.match) != len(b.match):
-        return False
-    da, db = a.match_dict, b.match_dict
-    if any(k in db and (type(db[k]) is not type(v) or db[k] != v) for k, v in da.items()):
-        return False
-    if a.model is None or b.model is None:
-        return a.model is None and b.model is None
-    if is_pattern(a.model) != is_pattern(b.model):
-        return False
-    if is_pattern(a.model):
-        return patterns_may_overlap(a.model, b.model)
-    return a.model == b.model
-
-
-def ambiguity_errors(rules: tuple[Rule, ...]) -> list[dict[str, str]]:
-    """Pairs of rules that precedence cannot order for some possible usage."""
-    errors: list[dict[str, str]] = []
-    for i, a in enumerate(rules):
-        for j in range(i + 1, len(rules)):
-            if _may_tie(a, rules[j]):
-                errors.append(field_error(
-                    f"rules[{j}]",
-                    f"ambiguous with rule {a.id!r}: same token type, model specificity and "
-                    "number of match dimensions, and both can match one usage",
-                ))
     return errors
 
 

@@ -1,7 +1,9 @@
 """Build price versions and books from their JSON shape (as in API.md), listing every error.
 
 Prices must be decimal strings (or ints); a float anywhere is a validation error. Times are
-RFC 3339 with an offset (``Z`` included); naive times are refused.
+RFC 3339 with an offset (``Z`` included); naive times are refused. A version posted is held to
+the limits of :mod:`pricing.books` (rules, dimensions, tiers, name sets, patterns); one read
+back from storage is not, so that versions stored before a limit existed still load.
 """
 
 from __future__ import annotations
@@ -10,10 +12,20 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from pricing.books import PriceBook, PriceVersion, Rule
+from pricing.ambiguity import is_pattern
+from pricing.books import (
+    MAX_DIMENSION_SETS,
+    MAX_MATCH_DIMENSIONS,
+    MAX_PATTERNS,
+    MAX_RULES,
+    MAX_TIERS,
+    PriceBook,
+    PriceVersion,
+    Rule,
+)
 from pricing.errors import PriceBookValidationError, field_error
 
-_RULE_KEYS = {"id", "token_type", "price", "model", "match", "tiers", "tier_mode", "source"}
+_RULE_KEYS = {"id", "token_type", "price", "model", "match", "tiers", "tier_mode", "source", "context_window"}
 
 
 def parse_time(value: object, name: str = "effective_from") -> datetime:
@@ -56,6 +68,7 @@ def parse_rule(data: Mapping[str, Any], path: str = "rule") -> Rule:
             tiers=tuple(data.get("tiers") or ()),
             tier_mode=data.get("tier_mode") or "graduated",
             source=data.get("source"),
+            context_window=data.get("context_window"),
         )
     except PriceBookValidationError as exc:
         raise PriceBookValidationError(
@@ -63,8 +76,37 @@ def parse_rule(data: Mapping[str, Any], path: str = "rule") -> Rule:
         ) from None
 
 
-def parse_version(data: Mapping[str, Any], *, version: str = "") -> PriceVersion:
-    """A validated version from ``{"id", "currency", "effective_from", "rules": [...]}``."""
+def _rule_size_errors(raw: Any, path: str) -> list[dict[str, str]]:
+    """A rule's match dimensions and tiers over their limits (checked before it is built)."""
+    errors: list[dict[str, str]] = []
+    if not isinstance(raw, Mapping):
+        return errors
+    match, tiers = raw.get("match"), raw.get("tiers")
+    if isinstance(match, Mapping | list) and len(match) > MAX_MATCH_DIMENSIONS:
+        errors.append(field_error(f"{path}.match", f"at most {MAX_MATCH_DIMENSIONS} dimensions per rule"))
+    if isinstance(tiers, list) and len(tiers) > MAX_TIERS:
+        errors.append(field_error(f"{path}.tiers", f"at most {MAX_TIERS} tiers per rule"))
+    return errors
+
+
+def _variety_errors(rules: list[Rule]) -> list[dict[str, str]]:
+    """Name sets and patterns over their limits: they bound the cost of the ambiguity check."""
+    errors: list[dict[str, str]] = []
+    name_sets = {tuple(k for k, _ in rule.match) for rule in rules}
+    if len(name_sets) > MAX_DIMENSION_SETS:
+        errors.append(field_error("rules", f"at most {MAX_DIMENSION_SETS} distinct sets of match dimension "
+                                           f"names per version (this one has {len(name_sets)})"))
+    patterns = {rule.model for rule in rules if rule.model is not None and is_pattern(rule.model)}
+    if len(patterns) > MAX_PATTERNS:
+        errors.append(field_error("rules", f"at most {MAX_PATTERNS} distinct model patterns per version "
+                                           f"(this one has {len(patterns)}); name models exactly"))
+    return errors
+
+
+def parse_version(data: Mapping[str, Any], *, version: str = "", limits: bool = True) -> PriceVersion:
+    """A validated version from ``{"id", "currency", "effective_from", "rules": [...]}`` and the
+    optional plausibility bounds ``max_charge_per_request`` and ``context_window``. `limits`
+    False: a stored version, read back without the limits on what may be posted."""
     if not isinstance(data, Mapping):
         raise PriceBookValidationError("body", "must be an object")
     errors: list[dict[str, str]] = []
@@ -73,7 +115,14 @@ def parse_version(data: Mapping[str, Any], *, version: str = "") -> PriceVersion
     if not isinstance(raw_rules, Sequence) or isinstance(raw_rules, str):
         errors.append(field_error("rules", "must be a list"))
         raw_rules = []
+    if limits and len(raw_rules) > MAX_RULES:
+        raise PriceBookValidationError("rules", f"at most {MAX_RULES} rules per version "
+                                                f"(this one has {len(raw_rules)})")
     for i, raw in enumerate(raw_rules):
+        sizes = _rule_size_errors(raw, f"rules[{i}]") if limits else []
+        if sizes:
+            errors.extend(sizes)
+            continue
         try:
             rules.append(parse_rule(raw, f"rules[{i}]"))
         except PriceBookValidationError as exc:
@@ -82,6 +131,8 @@ def parse_version(data: Mapping[str, Any], *, version: str = "") -> PriceVersion
         effective_from = parse_time(data.get("effective_from"))
     except PriceBookValidationError as exc:
         errors.extend(exc.fields)
+    if limits and not errors:
+        errors.extend(_variety_errors(rules))
     if errors:
         raise PriceBookValidationError(errors)
     return PriceVersion(
@@ -90,6 +141,8 @@ def parse_version(data: Mapping[str, Any], *, version: str = "") -> PriceVersion
         effective_from=effective_from,
         rules=tuple(rules),
         version=str(data.get("version") or version),
+        max_charge_per_request=data.get("max_charge_per_request"),
+        context_window=data.get("context_window"),
     )
 
 
