@@ -2,11 +2,20 @@
 
 Scopes: `admin` does everything; `inference` reserves, settles, releases and sends usage;
 `customer:<id>` reads that customer's own data;
-`auditor` reads the journal, trial balance, verify and charge traces. A key's
-optional `customers` list limits it to those customers. The bootstrap admin key
-comes from TOKENTILL_ADMIN_KEY. Verified keys are cached per process only while it listens for
-changes to keys (wallets.keys.KeyCache): a revocation is refused at once by the process that made
-it and within a notification's delay (milliseconds) by every other.
+`auditor` reads the journal, trial balance, verify and charge traces. The bootstrap admin key
+comes from TOKENTILL_ADMIN_KEY.
+
+A key's optional `customers` list limits it, on every route, to those customers. A refusal
+depends only on the key and on what the request names, never on another customer's data:
+naming an unlisted customer (in the path, the body or `?customer_id=`) is 403 `forbidden`
+whether or not that customer exists; an id looked up among the key's customers (a charge
+trace's request id, a price book) that is not theirs is 404 `not_found`, as if it did not
+exist. Routes that act on the whole platform (API keys, writing price books, creating
+customers, `verify`) are refused to a limited key.
+
+Verified keys are cached per process only while it listens for changes to keys
+(wallets.keys.KeyCache): a revocation is refused at once by the process that made it and
+within a notification's delay (milliseconds) by every other.
 """
 from __future__ import annotations
 
@@ -17,6 +26,7 @@ from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 
 from api.errors import ApiError
+from wallets import reports
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +48,13 @@ class Principal:
         if self.customers and customer_id not in self.customers:
             return False
         return not self.scope.startswith("customer:") or self.scope == f"customer:{customer_id}"
+
+    def visible(self) -> tuple[str, ...] | None:
+        """The customers this key may see, or None for every customer."""
+        if self.scope.startswith("customer:"):
+            own = self.scope.removeprefix("customer:")
+            return (own,) if self.may_see(own) else ()
+        return self.customers or None
 
 
 def bearer(connection: ASGIConnection) -> str:
@@ -61,7 +78,12 @@ async def authenticate(connection: ASGIConnection) -> Principal:
 
 
 def require(*scopes: str):
-    """A guard admitting admin keys and keys of any of `scopes` ("customer" means customer:<any>)."""
+    """A guard admitting admin keys and keys of any of `scopes` ("customer" means customer:<any>).
+
+    An admin-only route (no `scopes`) that names no customer in its path acts on the whole
+    platform, and refuses a key limited to customers; a price book is read by a limited key
+    only if one of its customers is priced with it.
+    """
 
     async def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
         principal = await authenticate(connection)
@@ -71,6 +93,12 @@ def require(*scopes: str):
         customer_id = connection.path_params.get("customer_id")
         if customer_id is not None and not principal.may_see(customer_id):
             raise ApiError("forbidden", f"this key may not access customer {customer_id!r}", 403)
+        if customer_id is None and not scopes and principal.customers:
+            raise ApiError("forbidden", "a key limited to customers may not act on the whole platform", 403)
+        book_id = connection.path_params.get("book_id")
+        if book_id is not None and principal.customers:
+            await connection.app.state.services.db.read(
+                lambda conn: reports.ensure_book_visible(conn, book_id, principal.customers))
 
     return guard
 

@@ -5,7 +5,7 @@ auditor can act on the report rather than on a bare `false`. Other layers add th
 """
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import text
@@ -58,12 +58,17 @@ class Report:
 CheckFn = Callable[[AsyncConnection], Awaitable[Check]]
 
 
-async def trial_balance(conn: AsyncConnection, asset: str | None = None) -> TrialBalance:
+async def trial_balance(conn: AsyncConnection, asset: str | None = None,
+                        customers: Sequence[str] | None = None) -> TrialBalance:
+    """Every account's debits and credits (in `asset`, if given). With `customers`, only the
+    accounts of those customers: a part of the ledger, whose totals need not agree."""
     rows = (await conn.execute(text(
         """SELECT a.code, a.asset, sum(b.debits)::numeric AS d, sum(b.credits)::numeric AS c
              FROM accounts a JOIN account_balances b ON b.account_id = a.id
-            WHERE CAST(:asset AS text) IS NULL OR a.asset = :asset
-            GROUP BY a.code, a.asset ORDER BY a.asset, a.code"""), {"asset": asset})).all()
+            WHERE (CAST(:asset AS text) IS NULL OR a.asset = :asset)
+              AND (CAST(:customers AS text[]) IS NULL OR a.customer_id = ANY(CAST(:customers AS text[])))
+            GROUP BY a.code, a.asset ORDER BY a.asset, a.code"""),
+        {"asset": asset, "customers": None if customers is None else list(customers)})).all()
     lines = tuple(TrialBalanceLine(r.code, r.asset, int(r.d), int(r.c)) for r in rows)
     totals: dict[str, tuple[int, int]] = {}
     for line in lines:

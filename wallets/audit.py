@@ -116,9 +116,28 @@ async def usage_counters_match_charges(conn: AsyncConnection) -> Check:
         """, "period-to-date counters equal the units the charges rated")
 
 
+async def usage_events_charged(conn: AsyncConnection) -> Check:
+    """Event ids are per customer: each event pairs with its own customer's charge and entry."""
+    return await _query_check(conn, "usage_events", """
+        SELECT format('usage event %s of customer %s has no charge', e.event_id, e.customer_id)
+          FROM usage_events e
+         WHERE NOT EXISTS (SELECT 1 FROM charges c WHERE c.customer_id = e.customer_id AND c.event_id = e.event_id)
+        UNION ALL
+        SELECT format('usage event %s of customer %s: entry %s and its charge''s entry %s differ, or the bodies do',
+                      e.event_id, e.customer_id, e.entry_id, c.entry_id)
+          FROM usage_events e JOIN charges c ON c.customer_id = e.customer_id AND c.event_id = e.event_id
+         WHERE c.entry_id IS DISTINCT FROM e.entry_id OR c.request_hash <> e.request_hash
+        UNION ALL
+        SELECT format('usage event %s of customer %s is posted in entry %s of customer %s',
+                      e.event_id, e.customer_id, j.id, coalesce(j.customer_id, 'none'))
+          FROM usage_events e JOIN journal_entries j ON j.id = e.entry_id
+         WHERE j.customer_id IS DISTINCT FROM e.customer_id
+        """, "every usage event has its own customer's charge, posted in that customer's entry")
+
+
 WALLET_CHECKS: tuple[CheckFn, ...] = (
     reservations_consistent, holds_equal_reserved, lots_match_accounts, wallets_within_limits,
-    charges_match_entries, usage_counters_match_charges,
+    charges_match_entries, usage_counters_match_charges, usage_events_charged,
 )
 
 

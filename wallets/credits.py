@@ -1,6 +1,7 @@
 """Credit coming in and going away: top-ups, promotional grants, grant expiry, post-hoc usage."""
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -139,9 +140,21 @@ class UsageResult:
     entry_id: int | None = None
 
 
+def usage_entry_key(customer_id: str, event_id: str) -> str:
+    """The journal key of a usage event's entry: unique per (customer, event id). Customer ids
+    hold no ':', so the first one after the prefix ends the customer. Events recorded before
+    ids were per customer kept their `usage:<event id>` keys; this prefix never meets them. A
+    key longer than the journal takes (300) carries the event id's sha256 instead."""
+    key = f"usage-event:{customer_id}:{event_id}"
+    if len(key) <= 300:
+        return key
+    return f"usage-event-sha256:{customer_id}:{hashlib.sha256(event_id.encode()).hexdigest()}"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RecordUsage(Command):
-    """A post-hoc usage event: rated at its own time, paid from the lots, then the receivable."""
+    """A post-hoc usage event: rated at its own time, paid from the lots, then the receivable.
+    Event ids are per customer: another customer's event of the same id is another event."""
 
     event_id: str
     request_hash: bytes
@@ -153,16 +166,16 @@ class RecordUsage(Command):
     needs_book = True
 
     def _keys(self) -> set[tuple[str, ...]]:
-        return {("event", self.event_id)}
+        return {("event", self.customer_id, self.event_id)}
 
     def rating_time(self, wallets: Mapping[str, Wallet]) -> datetime | None:
         return self.occurred_at
 
     def needs(self) -> dict[str, list[Any]]:
-        return {"event_ids": [self.event_id]}
+        return {"events": [(self.customer_id, self.event_id)]}
 
     def apply(self, batch: Batch) -> UsageResult:
-        known = batch.loaded.events.get(self.event_id)
+        known = batch.loaded.events.get((self.customer_id, self.event_id))
         if known is not None:
             if known != self.request_hash:
                 raise ConflictError(f"event {self.event_id} was sent before with another body")
@@ -171,7 +184,7 @@ class RecordUsage(Command):
         rating = rate_call(batch, w, self.model, self.tokens, self.occurred_at, self.dimensions,
                            with_request_fee=True)
         s = settlement(w, None, rating.total_units, False, batch.now)
-        key = batch.post(w, f"usage:{self.event_id}", "usage", settlement_legs(w, s), {
+        key = batch.post(w, usage_entry_key(w.customer.id, self.event_id), "usage", settlement_legs(w, s), {
             "event_id": self.event_id, "price_book": rating.book_id, "price_version": rating.price_version})
         batch.count(w.customer.id, self.occurred_at, rating.book_id, rating.rule_quantities())
         batch.add("usage_events", {
@@ -186,5 +199,5 @@ class RecordUsage(Command):
             "price_version": rating.price_version, "lines": charge_lines(rating), "charged": s.cost,
             "from_hold": 0, "from_lots": sum(a for _, a in s.from_lots), "from_receivable": s.from_receivable,
             "released": 0, "entry_key": key})
-        batch.loaded.events[self.event_id] = self.request_hash
+        batch.loaded.events[(self.customer_id, self.event_id)] = self.request_hash
         return batch.track(UsageResult(self.event_id, False, s.cost, key))

@@ -3,6 +3,7 @@ charge back to its prices and rules; usage grouped by model, token type and dime
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -26,12 +27,13 @@ SELECT j.id, j.key, j.kind, j.occurred_at, j.metadata,
        coalesce((SELECT jsonb_agg(jsonb_build_array(a.code, p.amount) ORDER BY p.id)
                    FROM postings p JOIN accounts a ON a.id = p.account_id WHERE p.entry_id = j.id),
                 '[]'::jsonb) AS postings
-  FROM journal_entries j WHERE j.key = ANY(:keys) ORDER BY j.id
+  FROM journal_entries j WHERE j.key = ANY(:keys) OR j.id = ANY(:ids) ORDER BY j.id
 """)
 
 
-async def entries(conn: AsyncConnection, keys: list[str]) -> list[dict[str, Any]]:
-    rows = await conn.execute(_ENTRIES, {"keys": keys})
+async def entries(conn: AsyncConnection, keys: list[str], ids: Sequence[int] = ()) -> list[dict[str, Any]]:
+    """The journal entries with these keys or ids, with their postings."""
+    rows = await conn.execute(_ENTRIES, {"keys": keys, "ids": list(ids)})
     return [{"id": r.id, "key": r.key, "kind": r.kind, "occurred_at": when(r.occurred_at),
              "metadata": r.metadata,
              "postings": [{"account": code, "amount": money(amount)} for code, amount in r.postings]}
@@ -87,30 +89,53 @@ async def reservation(conn: AsyncConnection, reservation_id: str) -> dict[str, A
     }
 
 
-async def charge_trace(conn: AsyncConnection, request_id: str, customer_id: str | None) -> dict[str, Any]:
+_FIND = text("""
+SELECT 'reservation' AS kind, id, customer_id FROM reservations
+ WHERE request_id = :r AND (CAST(:c AS text[]) IS NULL OR customer_id = ANY(CAST(:c AS text[])))
+UNION ALL
+SELECT 'usage_event', event_id, customer_id FROM usage_events
+ WHERE event_id = :r AND (CAST(:c AS text[]) IS NULL OR customer_id = ANY(CAST(:c AS text[])))
+""")
+
+
+async def charge_trace(conn: AsyncConnection, request_id: str, customers: Sequence[str] | None) -> dict[str, Any]:
     """Everything about one request: its reservation (or usage event), the usage, the price
-    book version and the rules and unit prices applied, the amounts, and the journal entries."""
-    found = (await conn.execute(text(
-        """SELECT id, customer_id FROM reservations WHERE request_id = :r
-              AND (CAST(:c AS text) IS NULL OR customer_id = :c)"""), {"r": request_id, "c": customer_id})).all()
-    if len(found) > 1:
+    book version and the rules and unit prices applied, the amounts, and the journal entries.
+
+    Request ids and event ids are per customer: only `customers`' are looked at (None: every
+    customer's), and an id that several of them used needs one named (the caller narrows
+    `customers` to it). What other customers did with the id changes nothing in the answer."""
+    found = (await conn.execute(_FIND, {"r": request_id, "c": None if customers is None else list(customers)})).all()
+    if len({row.customer_id for row in found}) > 1:
         raise WalletValidationError("customer_id", f"request {request_id} exists for several customers; name one")
-    if found:
-        view = await reservation(conn, found[0].id)
+    if not found:
+        raise NotFoundError(f"no reservation or usage event {request_id}", request_id=request_id)
+    reserved = [row for row in found if row.kind == "reservation"]
+    if reserved:  # a customer's reservation and usage event of one id: the reservation is the request
+        view = await reservation(conn, reserved[0].id)
         return {"request_id": request_id, "customer_id": view["customer_id"], "kind": "reservation",
                 "reservation": {k: v for k, v in view.items() if k not in ("charges", "entries")},
                 "charges": view["charges"], "entries": view["entries"]}
-    event = (await conn.execute(text(
-        """SELECT * FROM usage_events WHERE event_id = :r AND (CAST(:c AS text) IS NULL OR customer_id = :c)"""),
-        {"r": request_id, "c": customer_id})).first()
-    if event is None:
-        raise NotFoundError(f"no reservation or usage event {request_id}", request_id=request_id)
-    charges = await conn.execute(text(_CHARGES.text.format(where="c.event_id = :id")), {"id": request_id})
-    return {"request_id": request_id, "customer_id": event.customer_id, "kind": "usage_event",
+    customer_id = found[0].customer_id
+    event = (await conn.execute(text("SELECT * FROM usage_events WHERE customer_id = :c AND event_id = :r"),
+                                {"c": customer_id, "r": request_id})).one()
+    charges = await conn.execute(text(_CHARGES.text.format(where="c.customer_id = :c AND c.event_id = :r")),
+                                 {"c": customer_id, "r": request_id})
+    entry_ids = [event.entry_id] if event.entry_id is not None else []
+    return {"request_id": request_id, "customer_id": customer_id, "kind": "usage_event",
             "usage_event": {"event_id": event.event_id, "model": event.model, "occurred_at": when(event.occurred_at),
                             "usage": event.usage, "dimensions": event.dimensions,
                             "recorded_at": when(event.created_at)},
-            "charges": [_charge(c) for c in charges], "entries": await entries(conn, [f"usage:{request_id}"])}
+            "charges": [_charge(c) for c in charges], "entries": await entries(conn, [], entry_ids)}
+
+
+async def ensure_book_visible(conn: AsyncConnection, book_id: str, customers: Sequence[str]) -> None:
+    """A key limited to `customers` sees the price books they are priced with; any other book is
+    answered as missing, exactly as a book that does not exist is."""
+    used = (await conn.execute(text("SELECT 1 FROM customers WHERE price_book = :b AND id = ANY(:c) LIMIT 1"),
+                               {"b": book_id, "c": list(customers)})).first()
+    if used is None:
+        raise NotFoundError(f"no price book {book_id}", book=book_id)
 
 
 GROUPS = {"model": "c.model", "token_type": "l->>'token_type'", "kind": "l->>'kind'", "rule_id": "l->>'rule_id'",

@@ -53,8 +53,9 @@ SELECT
   (SELECT coalesce(jsonb_agg(jsonb_build_array(k.scope, k.key, k.request_hash, k.status, k.response)), '[]'::jsonb)
      FROM idempotency_keys k JOIN unnest(%(scopes)s::text[], %(keys)s::text[]) AS w(scope, key)
        ON k.scope = w.scope AND k.key = w.key) AS idempotency,
-  (SELECT coalesce(jsonb_agg(jsonb_build_array(e.event_id, e.request_hash)), '[]'::jsonb)
-     FROM usage_events e WHERE e.event_id = ANY(%(events)s::text[])) AS events,
+  (SELECT coalesce(jsonb_agg(jsonb_build_array(e.customer_id, e.event_id, e.request_hash)), '[]'::jsonb)
+     FROM usage_events e JOIN unnest(%(event_customers)s::text[], %(event_ids)s::text[]) AS w(customer_id, event_id)
+       ON e.customer_id = w.customer_id AND e.event_id = w.event_id) AS events,
   (SELECT coalesce(jsonb_object_agg(t.customer_id, t.held), '{}'::jsonb) FROM (
      SELECT r.customer_id, sum(least(h.amount, r.amount - r.captured)) AS held
        FROM reservations r JOIN reservation_holds h ON h.reservation_id = r.id
@@ -91,7 +92,7 @@ class StoredResponse:
 class Loaded:
     wallets: dict[str, Wallet]
     idempotency: dict[tuple[str, str], StoredResponse]
-    events: dict[str, bytes]
+    events: dict[tuple[str, str], bytes]  # (customer id, event id) -> request hash
     missing_reservations: set[str] = field(default_factory=set)
 
 
@@ -125,16 +126,19 @@ def _reservation(row: dict[str, Any]) -> Reservation:
 async def load(conn: AsyncConnection, customer_ids: Iterable[str], *,
                reservation_ids: Iterable[str] = (), capture_ids: Iterable[str] = (),
                lot_codes: Iterable[str] = (), idempotency: Iterable[tuple[str, str]] = (),
-               event_ids: Iterable[str] = (), credit_held_for: Iterable[str] = ()) -> Loaded:
+               events: Iterable[tuple[str, str]] = (), credit_held_for: Iterable[str] = ()) -> Loaded:
     """The wallets of `customer_ids` (live lots, balances, the named reservations) and the
-    stored idempotent responses and usage events the commands refer to, in one round trip."""
+    stored idempotent responses and usage events (by customer and event id) the commands refer
+    to, in one round trip."""
     pairs = sorted(set(idempotency))
+    event_pairs = sorted(set(events))
     held_for = sorted(set(credit_held_for))
     wanted = sorted(set(reservation_ids))
     row = (await conn.exec_driver_sql(_LOAD, {
         "customers": sorted(set(customer_ids)), "reservations": wanted, "captures": sorted(set(capture_ids)),
         "lot_codes": sorted(set(lot_codes)), "scopes": [s for s, _ in pairs], "keys": [k for _, k in pairs],
-        "events": sorted(set(event_ids)), "credit_held_for": held_for})).one()
+        "event_customers": [c for c, _ in event_pairs], "event_ids": [e for _, e in event_pairs],
+        "credit_held_for": held_for})).one()
     loaded = Loaded({c["id"]: _customer(c) for c in row.customers}, {}, {})
     for lot_id, cid, code, kind, granted, priority, expires_at, created_at, reason, reference, balance in row.lots:
         loaded.wallets[cid].lots[code] = Lot(lot_id, code, kind, int(granted), priority, _time(expires_at),
@@ -149,7 +153,7 @@ async def load(conn: AsyncConnection, customer_ids: Iterable[str], *,
             loaded.wallets[cid].credit_held = int(row.credit_held.get(cid, 0))
     for scope, key, digest, status, response in row.idempotency:
         loaded.idempotency[(scope, key)] = StoredResponse(_bytes(digest), status, response)
-    loaded.events = {event_id: _bytes(digest) for event_id, digest in row.events}
+    loaded.events = {(cid, event_id): _bytes(digest) for cid, event_id, digest in row.events}
     return loaded
 
 

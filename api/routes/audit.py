@@ -1,14 +1,14 @@
 """Audit endpoints: the trial balance and `verify`, for auditors and admins."""
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
-from litestar import get, post
+from litestar import Request, get, post
 from litestar.datastructures import State
 from litestar.params import QueryParameter
 
-from api.auth import require
+from api.auth import principal_of, require
 from api.errors import ApiError, documented
 from ledger.audit import trial_balance
 from pricing.money import DEFAULT_SCALE, format_amount
@@ -22,12 +22,19 @@ class TrialBalanceAccount(msgspec.Struct):
     balance: str
 
 
-class TrialBalanceResponse(msgspec.Struct):
+class TrialBalanceResponse(msgspec.Struct, omit_defaults=True):
+    """`scope` "ledger": every account, and `balanced` says whether debits equal credits.
+    `scope` "customers" (a key limited to customers): only those `customers`' accounts; the
+    platform accounts on the other side of their entries are shared with every customer and
+    left out, so the totals need not agree and there is no `balanced`."""
+
     currency: str
+    scope: Literal["ledger", "customers"]
     accounts: list[TrialBalanceAccount]
     total_debits: str
     total_credits: str
-    balanced: bool
+    balanced: bool | None = None
+    customers: list[str] | None = None
 
 
 class CheckResponse(msgspec.Struct):
@@ -44,13 +51,16 @@ class VerifyResponse(msgspec.Struct):
 
 @get("/v1/audit/trial-balance", guards=[require("auditor")], tags=["audit"], **documented(404, 422))
 async def get_trial_balance(
-    state: State, currency: Annotated[str | None, QueryParameter(name="currency", max_length=16)] = None
+    state: State, request: Request,
+    currency: Annotated[str | None, QueryParameter(name="currency", max_length=16)] = None
 ) -> TrialBalanceResponse:
-    """Debits, credits and balance of every account in one currency; totals must be equal."""
+    """Debits, credits and balance of every account in one currency; totals must be equal. For a
+    key limited to customers, their accounts only (`scope` "customers"), without `balanced`."""
     db = state.services.db
+    customers = principal_of(request).visible()
 
     async def read(conn):
-        tb = await trial_balance(conn)
+        tb = await trial_balance(conn, customers=customers)
         chosen = currency or (next(iter(tb.totals)) if len(tb.totals) == 1 else "USD")
         return tb, chosen, await state.services.asset_scale(conn, chosen)
 
@@ -63,17 +73,24 @@ async def get_trial_balance(
     debits, credits = tb.totals.get(chosen, (0, 0))
     return TrialBalanceResponse(
         currency=chosen,
+        scope="ledger" if customers is None else "customers",
         accounts=[TrialBalanceAccount(line.account, format_amount(line.debits, scale),
                                       format_amount(line.credits, scale),
                                       format_amount(line.balance, scale)) for line in lines],
         total_debits=format_amount(debits, scale), total_credits=format_amount(credits, scale),
-        balanced=debits == credits,
+        balanced=debits == credits if customers is None else None,
+        customers=None if customers is None else list(customers),
     )
 
 
 @post("/v1/audit/verify", guards=[require("auditor")], status_code=200, tags=["audit"], **documented())
-async def post_verify(state: State) -> VerifyResponse:
-    """Run every integrity check on one snapshot; each failing check names what is wrong."""
+async def post_verify(state: State, request: Request) -> VerifyResponse:
+    """Run every integrity check on one snapshot; each failing check names what is wrong. The
+    checks span the whole ledger and name any customer, so a key limited to customers may not
+    run them (403)."""
+    if principal_of(request).visible() is not None:
+        raise ApiError("forbidden", "verify checks every customer's accounts; a key limited to customers "
+                       "may not run it", 403)
     report = await state.services.db.read(full_verify)
     return VerifyResponse(ok=report.ok, checks=[
         CheckResponse(c.name, c.ok, c.detail, list(c.problems)) for c in report.checks])

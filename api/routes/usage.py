@@ -1,4 +1,4 @@
-"""Post-hoc usage events (batches, idempotent per event id) and the customer usage report."""
+"""Post-hoc usage events (batches, idempotent per customer and event id) and the customer usage report."""
 from __future__ import annotations
 
 import asyncio
@@ -48,6 +48,7 @@ class Rejected(msgspec.Struct):
     event_id: str
     code: str
     detail: str
+    customer_id: str  # event ids are per customer: whose event this was
 
 
 class UsageEventsResponse(msgspec.Struct):
@@ -68,9 +69,10 @@ def _command(event: UsageEvent) -> RecordUsage:
       **documented(body=True))
 async def post_usage_events(state: State, request: Request,
                             data: UsageEventsBody) -> Response[UsageEventsResponse]:
-    """Rate and post each event exactly once, however often it is sent (by `event_id`); the
-    same id with another body is rejected as `idempotency_conflict`. With an Idempotency-Key,
-    a replay answers what the first call answered."""
+    """Rate and post each event exactly once, however often it is sent (by `customer_id` and
+    `event_id`: two customers may use one event id, and neither learns of the other's); the same
+    customer's id with another body is rejected as `idempotency_conflict`. With an
+    Idempotency-Key, a replay answers what the first call answered."""
     events: list[UsageEvent] = shaped(data, UsageEvents)
     render = renderer(request, lambda response: (200, response))
     idem = idempotency(request, data, render)
@@ -83,12 +85,13 @@ async def post_usage_events(state: State, request: Request,
     commands: list[RecordUsage] = []
     for event in events:
         if not principal.may_see(event.customer_id):
-            rejected.append(Rejected(event.event_id, "forbidden", f"this key may not post for {event.customer_id}"))
+            rejected.append(Rejected(event.event_id, "forbidden", f"this key may not post for {event.customer_id}",
+                                     event.customer_id))
             continue
         try:
             commands.append(_command(event))
         except (LedgerError, PricingError) as exc:
-            rejected.append(Rejected(event.event_id, exc.code, str(exc)))
+            rejected.append(Rejected(event.event_id, exc.code, str(exc), event.customer_id))
     outcomes = await asyncio.gather(*(state.services.wallets.submit(c) for c in commands), return_exceptions=True)
     accepted = duplicates = 0
     for command, outcome in zip(commands, outcomes, strict=True):
@@ -96,7 +99,7 @@ async def post_usage_events(state: State, request: Request,
             accepted += not outcome.duplicate
             duplicates += outcome.duplicate
         elif isinstance(outcome, LedgerError | PricingError):
-            rejected.append(Rejected(command.event_id, outcome.code, str(outcome)))
+            rejected.append(Rejected(command.event_id, outcome.code, str(outcome), command.customer_id))
         else:
             raise outcome
     response = UsageEventsResponse(accepted, duplicates, rejected)

@@ -1,0 +1,189 @@
+"""Tenants kept apart: usage event ids are per customer, and a key limited to customers (an
+auditor's included) reads and acts on those customers only, and never learns another's ids."""
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from api.app import create_app
+from api.settings import Settings
+
+ADMIN = {"Authorization": "Bearer isolation-admin"}
+RULES = [{"id": "a-in", "model": "model-a", "token_type": "input", "price": "10.00"},
+         {"id": "a-out", "model": "model-a", "token_type": "output", "price": "20.00"},
+         {"id": "call", "token_type": "request", "price": "0.01"}]
+
+
+@pytest.fixture(scope="module")
+async def client(database_url: str) -> AsyncIterator[AsyncTestClient]:
+    app = create_app(Settings(admin_key="isolation-admin", scheduler=False), database_url)
+    async with AsyncTestClient(app=app) as c:
+        c.headers.update(ADMIN)
+        yield c
+
+
+async def _customers(client: AsyncTestClient, *names: str) -> list[str]:
+    tag = uuid.uuid4().hex[:8]
+    ids = []
+    for name in names:
+        book = f"iso-{name}-{tag}"
+        created = await client.post("/v1/price-books", json={
+            "id": book, "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": RULES})
+        assert created.status_code == 201, created.text
+        cid = f"{name}-{tag}"
+        response = await client.post("/v1/customers", json={"id": cid, "price_book": book, "billing": "postpaid"})
+        assert response.status_code == 201, response.text
+        ids.append(cid)
+    return ids
+
+
+async def _key(client: AsyncTestClient, scope: str, customers: list[str]) -> dict[str, str]:
+    created = await client.post("/v1/api-keys", json={"scope": scope, "customers": customers})
+    assert created.status_code == 201, created.text
+    return {"Authorization": f"Bearer {created.json()['key']}"}
+
+
+def _event(event_id: str, customer: str, input_tokens: int, output_tokens: int = 0) -> dict:
+    return {"event_id": event_id, "customer_id": customer, "model": "model-a",
+            "timestamp": "2026-11-23T10:00:00Z",
+            "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens}}
+
+
+async def test_another_customers_event_with_the_same_id_is_accepted_and_charged(client: AsyncTestClient):
+    a, b = await _customers(client, "evt-a", "evt-b")
+    shared = f"shared-evt-{uuid.uuid4().hex[:6]}"
+    first = await client.post("/v1/usage-events", json=[_event(shared, a, 1000)])
+    assert first.json() == {"accepted": 1, "duplicates": 0, "rejected": []}
+    # B's own event, other usage, same id: charged, and nothing in the answer mentions A's
+    second = await client.post("/v1/usage-events", json=[_event(shared, b, 2000, 10)])
+    assert second.json() == {"accepted": 1, "duplicates": 0, "rejected": []}, second.text
+    # a replay is still a duplicate for its own customer, both in one batch too
+    again = await client.post("/v1/usage-events", json=[_event(shared, a, 1000), _event(shared, b, 2000, 10)])
+    assert again.json() == {"accepted": 0, "duplicates": 2, "rejected": []}
+    changed = await client.post("/v1/usage-events", json=[_event(shared, a, 7)])
+    assert [r["code"] for r in changed.json()["rejected"]] == ["idempotency_conflict"]
+
+    # A: 1,000 in at $10/M + the call $0.01; B: 2,000 in + 10 out at $20/M + the call
+    assert (await client.get(f"/v1/customers/{a}/wallet")).json()["receivable"] == "0.02"
+    assert (await client.get(f"/v1/customers/{b}/wallet")).json()["receivable"] == "0.0302"
+    for customer, charged in ((a, "0.02"), (b, "0.0302")):
+        trace = (await client.get(f"/v1/audit/charges/{shared}", params={"customer_id": customer})).json()
+        assert (trace["customer_id"], trace["kind"]) == (customer, "usage_event")
+        assert [c["charged"] for c in trace["charges"]] == [charged]
+        assert [e["kind"] for e in trace["entries"]] == ["usage"]
+        assert all(f":{customer}:" in p["account"] for p in trace["entries"][0]["postings"]
+                   if ":customer:" in p["account"])
+    # two customers used the id: an unlimited key must name one
+    ambiguous = await client.get(f"/v1/audit/charges/{shared}")
+    assert ambiguous.status_code == 422 and ambiguous.json()["code"] == "validation_error"
+    verify = (await client.post("/v1/audit/verify")).json()
+    assert verify["ok"], [c for c in verify["checks"] if not c["ok"]]
+
+
+async def test_events_sent_together_by_two_customers_with_one_id_are_both_charged(client: AsyncTestClient):
+    a, b = await _customers(client, "both-a", "both-b")
+    shared = f"together-{uuid.uuid4().hex[:6]}"
+    body = (await client.post("/v1/usage-events", json=[_event(shared, a, 1000), _event(shared, b, 1000)])).json()
+    assert body == {"accepted": 2, "duplicates": 0, "rejected": []}
+    for customer in (a, b):
+        assert (await client.get(f"/v1/customers/{customer}/wallet")).json()["receivable"] == "0.02"
+
+
+async def _reserve(client: AsyncTestClient, customer: str, request_id: str, **extra) -> dict:
+    response = await client.post("/v1/reservations", json={
+        "customer_id": customer, "request_id": request_id, "model": "model-a", "amount": "0.10", **extra})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def test_a_limited_auditor_cannot_read_another_customers_charge_trace(client: AsyncTestClient):
+    a, b = await _customers(client, "aud-a", "aud-b")
+    auditor_a = await _key(client, "auditor", [a])
+    only_b = f"req-b-{uuid.uuid4().hex[:6]}"
+    await _reserve(client, b, only_b, dimensions={"secret": "b-only"})
+
+    hidden = await client.get(f"/v1/audit/charges/{only_b}", headers=auditor_a)
+    assert hidden.status_code == 404, hidden.text  # as if it did not exist
+    assert hidden.json()["code"] == "not_found" and b not in hidden.text and "b-only" not in hidden.text
+    named = await client.get(f"/v1/audit/charges/{only_b}", params={"customer_id": b}, headers=auditor_a)
+    assert named.status_code == 403 and named.json()["code"] == "forbidden"
+    unknown = await client.get(f"/v1/audit/charges/{only_b}", params={"customer_id": f"nobody-{a}"},
+                               headers=auditor_a)
+    assert unknown.status_code == 403  # the same answer for a customer that does not exist at all
+
+    # an id both used: the limited key sees its own customer's, with or without naming it,
+    # and never the 422 that would tell it B used the id too
+    shared = f"req-shared-{uuid.uuid4().hex[:6]}"
+    mine = await _reserve(client, a, shared)
+    await _reserve(client, b, shared, dimensions={"secret": "b-only"})
+    for params in ({}, {"customer_id": a}):
+        trace = await client.get(f"/v1/audit/charges/{shared}", params=params, headers=auditor_a)
+        assert trace.status_code == 200, trace.text
+        assert trace.json()["reservation"]["id"] == mine["id"] and "b-only" not in trace.text
+    assert (await client.get(f"/v1/audit/charges/{shared}")).status_code == 422  # unlimited: name one
+    both = await _key(client, "auditor", [a, b])
+    assert (await client.get(f"/v1/audit/charges/{shared}", headers=both)).status_code == 422
+    assert (await client.get(f"/v1/audit/charges/{only_b}", headers=both)).status_code == 200
+
+
+async def test_a_limited_auditor_sees_a_trial_balance_of_its_customers_only(client: AsyncTestClient):
+    a, b = await _customers(client, "tb-a", "tb-b")
+    for customer in (a, b):
+        assert (await client.post(f"/v1/customers/{customer}/topups", json={"amount": "3.00"})).status_code == 201
+    auditor_a = await _key(client, "auditor", [a])
+
+    limited = await client.get("/v1/audit/trial-balance", headers=auditor_a)
+    assert limited.status_code == 200, limited.text
+    body = limited.json()
+    assert (body["scope"], body["customers"]) == ("customers", [a])
+    assert "balanced" not in body  # a customer's accounts alone are not a whole trial balance
+    assert body["accounts"] and all(f":customer:{a}:" in acc["account"] for acc in body["accounts"])
+    assert b not in limited.text and ":platform:" not in limited.text
+    # the top-up credited A's lot with 3.00, and nothing else of A's moved
+    assert (body["total_debits"], body["total_credits"]) == ("0.00", "3.00")
+
+    full = (await client.get("/v1/audit/trial-balance")).json()
+    assert (full["scope"], full["balanced"]) == ("ledger", True)
+    assert "customers" not in full
+    assert any(f":customer:{b}:" in acc["account"] for acc in full["accounts"])
+
+
+async def test_verify_is_refused_to_a_limited_key(client: AsyncTestClient):
+    (a,) = await _customers(client, "verify-a")
+    refused = await client.post("/v1/audit/verify", headers=await _key(client, "auditor", [a]))
+    assert refused.status_code == 403 and refused.json()["code"] == "forbidden"
+    assert (await client.post("/v1/audit/verify", headers=await _key(client, "auditor", []))).status_code == 200
+
+
+async def test_a_limited_admin_acts_on_its_customers_only_and_not_on_the_platform(client: AsyncTestClient):
+    a, b = await _customers(client, "adm-a", "adm-b")
+    admin_a = await _key(client, "admin", [a])
+    assert (await client.post(f"/v1/customers/{a}/topups", json={"amount": "1.00"}, headers=admin_a)).status_code == 201
+    assert (await client.post(f"/v1/customers/{b}/topups", json={"amount": "1.00"}, headers=admin_a)).status_code == 403
+    # platform-wide acts would escape the list: a new unlimited key, all keys, shared books, new customers
+    for method, path, body in [
+        ("POST", "/v1/api-keys", {"scope": "admin"}), ("GET", "/v1/api-keys", None),
+        ("DELETE", "/v1/api-keys/key_0000000000000000", None),
+        ("POST", "/v1/price-books", {"id": f"x-{a}", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
+                                     "rules": RULES}),
+        ("POST", "/v1/customers", {"id": f"new-{a}", "price_book": "standard"}),
+    ]:
+        response = await client.request(method, path, json=body, headers=admin_a)
+        assert response.status_code == 403, (method, path, response.text)
+        assert response.json()["code"] == "forbidden"
+
+
+async def test_a_limited_key_reads_only_the_price_books_its_customers_use(client: AsyncTestClient):
+    a, b = await _customers(client, "book-a", "book-b")
+    inference_a = await _key(client, "inference", [a])
+    book_a = (await client.get(f"/v1/customers/{a}")).json()["price_book"]
+    book_b = (await client.get(f"/v1/customers/{b}")).json()["price_book"]
+    assert (await client.get(f"/v1/price-books/{book_a}", headers=inference_a)).status_code == 200
+    hidden = await client.get(f"/v1/price-books/{book_b}", headers=inference_a)
+    assert hidden.status_code == 404 and hidden.json()["code"] == "not_found"
+    missing = await client.get(f"/v1/price-books/nothing-{a}", headers=inference_a)
+    assert (missing.status_code, missing.json()["code"]) == (404, "not_found")
+    assert (await client.get(f"/v1/price-books/{book_b}")).status_code == 200  # unlimited
