@@ -59,7 +59,7 @@ async def _complete_allow_header(message, scope) -> None:
 
 
 def create_app(settings: Settings, database_url: str, **overrides: Any) -> Litestar:
-    db = connect(database_url, pool_size=settings.pool_size)
+    db = connect(database_url, pool_size=settings.pool_size, pool_timeout_s=settings.pool_timeout_s)
     services = Services(settings, db, {}, KeyCache(db, database_url))
     services.wallets = WalletService(services.db)
 

@@ -10,7 +10,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 
-from ledger.db import RetriesExhaustedError, sqlstate_of
+from ledger.db import RetriesExhaustedError, is_unavailable, sqlstate_of
 from ledger.errors import LedgerError
 from pricing.errors import PricingError
 
@@ -128,14 +128,31 @@ def _http(request: Request, exc: HTTPException) -> Response:
         return problem(422, "validation_error", exc.detail or "malformed request", request,
                        fields=[{"field": "body", "message": exc.detail or "malformed request"}])
     code = CODE_BY_STATUS.get(exc.status_code, "http_error")
-    return problem(exc.status_code, code, exc.detail or code, request, headers=exc.headers or None)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 503:
+        headers.setdefault("Retry-After", str(RETRY_AFTER_S))
+    return problem(exc.status_code, code, exc.detail or code, request, headers=headers or None)
+
+
+# Seconds a client should wait before retrying a 503: the faults behind one (a restart, a full
+# pool, a contended database) pass in about that long, and the SDK backs off from there.
+RETRY_AFTER_S = 1
+
+
+def unavailable(detail: str, request: Request | None = None) -> Response:
+    """503 service_unavailable with Retry-After: a fault the caller may retry as it is."""
+    return problem(503, "service_unavailable", detail, request, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 def _retries(request: Request, exc: RetriesExhaustedError) -> Response:
-    return problem(503, "service_unavailable", str(exc), request)
+    return unavailable(str(exc), request)
 
 
 def _internal(request: Request, exc: Exception) -> Response:
+    if is_unavailable(exc):  # the database is down, restarting, unreachable or its pool is full
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path,
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return unavailable("the database is unavailable right now; retry shortly", request)
     if _is_data_error(exc):  # the database refused a value (NUL byte, out of range): bad input
         return problem(422, "validation_error", "a value in the request cannot be stored", request,
                        fields=[{"field": "body", "message": str(getattr(exc, "orig", exc)).splitlines()[0]}])

@@ -17,12 +17,24 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise SystemExit(f"{name} must be an integer, not {raw!r}") from None
 
 
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "")
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        value = -1.0
+    if not value > 0:  # also refuses nan
+        raise SystemExit(f"{name} must be a positive number of seconds, not {raw!r}")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     database_url: str | None = None  # libpq URL; None: an embedded cluster under data_dir
     data_dir: Path = Path(platformdirs.user_data_dir("tokentill"))
     admin_key: str | None = None
     pool_size: int = 10
+    pool_timeout_s: float = 5.0  # the longest a request waits for a database connection, then 503
     scheduler: bool = True
     seal_interval_s: int = 10
     log_level: str = "INFO"
@@ -35,6 +47,7 @@ class Settings:
             data_dir=Path(env.get("TOKENTILL_DATA_DIR") or platformdirs.user_data_dir("tokentill")),
             admin_key=env.get("TOKENTILL_ADMIN_KEY") or None,
             pool_size=_int(env, "TOKENTILL_POOL_SIZE", 10),
+            pool_timeout_s=_seconds(env, "TOKENTILL_POOL_TIMEOUT_SECONDS", 5.0),
             scheduler=env.get("TOKENTILL_SCHEDULER", "on").lower() not in ("0", "off", "false", "no"),
             seal_interval_s=_int(env, "TOKENTILL_SEAL_INTERVAL_SECONDS", 10),
             log_level=env.get("TOKENTILL_LOG_LEVEL", "INFO").upper(),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -131,13 +132,22 @@ class Database:
         runs in autocommit as far as the driver knows; the transaction block is ours."""
         async with self.engine.connect() as conn:
             await conn.execution_options(isolation_level="AUTOCOMMIT")
-            driver = (await conn.get_raw_connection()).driver_connection
+            pooled = await conn.get_raw_connection()
+            driver = pooled.driver_connection
             try:
                 await driver.execute(_lock_then_begin(keys), prepare=False)
                 result = await work(conn)
                 await driver.execute(_COMMIT_THEN_UNLOCK, prepare=False)
                 return result
-            except BaseException:
+            except BaseException as exc:
+                if driver.broken or driver.closed:
+                    # The server went away (restarted, or ended our sessions). These statements
+                    # bypass SQLAlchemy's error handling, so do what it does on a disconnect:
+                    # every pooled connection as old as this one is replaced at its next checkout.
+                    self.engine.sync_engine.pool._invalidate(pooled, exc, _checkin=False)
+                    if not conn.invalidated:
+                        await conn.invalidate(exc)
+                    raise
                 # Session locks outlive the transaction: release them, or drop the session itself.
                 try:
                     await driver.execute(_ROLLBACK_THEN_UNLOCK, prepare=False)
@@ -176,15 +186,22 @@ _COMMIT_THEN_UNLOCK = "COMMIT; SELECT pg_advisory_unlock_all()"
 _ROLLBACK_THEN_UNLOCK = "ROLLBACK; SELECT pg_advisory_unlock_all()"
 
 
-def connect(url: str, *, pool_size: int = 10, idle_in_transaction_ms: int = IDLE_IN_TRANSACTION_MS) -> Database:
-    """Build the Database for a libpq URL. Nothing connects until first use."""
+def connect(url: str, *, pool_size: int = 10, pool_timeout_s: float = 5.0,
+            idle_in_transaction_ms: int = IDLE_IN_TRANSACTION_MS) -> Database:
+    """Build the Database for a libpq URL. Nothing connects until first use.
+
+    `pool_timeout_s` bounds the wait for a pooled connection and for a new connection to be made
+    (libpq counts whole seconds, at least 2): past it the caller gets an error `is_unavailable`
+    recognises, not a request that hangs. No pre-ping on checkout (a round trip per use): a
+    connection that fails because the server went away invalidates the whole pool instead."""
     engine = create_async_engine(
         sqlalchemy_url(url),
         isolation_level="SERIALIZABLE",
         pool_size=pool_size,
         max_overflow=pool_size,
+        pool_timeout=pool_timeout_s,
         pool_pre_ping=False,
-        connect_args={"prepare_threshold": 1,
+        connect_args={"prepare_threshold": 1, "connect_timeout": max(2, math.ceil(pool_timeout_s)),
                       "options": f"-c idle_in_transaction_session_timeout={idle_in_transaction_ms}"},
     )
     event.listen(engine.sync_engine, "connect", _decode_json_with_msgspec)

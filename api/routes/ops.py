@@ -1,12 +1,14 @@
 """Operations endpoints: liveness, readiness, and (via the Prometheus plugin) metrics."""
 from __future__ import annotations
 
+import asyncio
+
 from litestar import Response, get
 from litestar.datastructures import State
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from sqlalchemy import text
 
-from api.errors import documented, problem
+from api.errors import RETRY_AFTER_S, documented, problem
 from migrations import runner
 
 
@@ -15,19 +17,30 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+# Readiness answers within this, whatever the database does (a full pool, a stopped server).
+READY_TIMEOUT_S = 2.0
+
+
 @get("/readyz", tags=["operations"], **documented(503, secured=False))
 async def readyz(state: State) -> Response:
     db = state.services.db
+    supervisor = state.get("supervisor")
+    if supervisor is not None and not supervisor.up:
+        return _not_ready("the embedded database is down; it is being restarted")
     try:
-        async with db.engine.connect() as conn:
+        async with asyncio.timeout(READY_TIMEOUT_S), db.engine.connect() as conn:
             current = await conn.run_sync(runner.current_revision)
             await conn.execute(text("SELECT 1"))
     except Exception as exc:
-        return problem(503, "not_ready", f"database unreachable: {type(exc).__name__}")
+        return _not_ready(f"database unreachable: {type(exc).__name__}")
     head = runner.head_revision()
     if current != head:
-        return problem(503, "not_ready", f"migrations at {current}, head is {head}")
+        return _not_ready(f"migrations at {current}, head is {head}")
     return Response({"status": "ready", "migration": current})
+
+
+def _not_ready(detail: str) -> Response:
+    return problem(503, "not_ready", detail, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 @get("/metrics", media_type="text/plain", tags=["operations"], **documented(secured=False))
