@@ -38,6 +38,11 @@ class Settings:
     scheduler: bool = True
     seal_interval_s: int = 10
     log_level: str = "INFO"
+    max_connections: int = 4096  # per process; less when the open-file limit leaves no room (api/server.py)
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 10.0  # no body bytes for this long: 408
+    body_deadline_s: float = 60.0  # a body not complete after this long: 408
+    keepalive_s: float = 5.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -51,4 +56,9 @@ class Settings:
             scheduler=env.get("TOKENTILL_SCHEDULER", "on").lower() not in ("0", "off", "false", "no"),
             seal_interval_s=_int(env, "TOKENTILL_SEAL_INTERVAL_SECONDS", 10),
             log_level=env.get("TOKENTILL_LOG_LEVEL", "INFO").upper(),
+            max_connections=_int(env, "TOKENTILL_MAX_CONNECTIONS", 4096),
+            header_timeout_s=_seconds(env, "TOKENTILL_HEADER_TIMEOUT_SECONDS", 10.0),
+            body_timeout_s=_seconds(env, "TOKENTILL_BODY_TIMEOUT_SECONDS", 10.0),
+            body_deadline_s=_seconds(env, "TOKENTILL_BODY_DEADLINE_SECONDS", 60.0),
+            keepalive_s=_seconds(env, "TOKENTILL_KEEPALIVE_SECONDS", 5.0),
         )

@@ -1,0 +1,288 @@
+"""uvicorn with connection hygiene, so a slowloris costs nothing.
+
+Plain uvicorn never times out an unfinished request: a connection that sends half a request head,
+or a head and then no body, holds a file descriptor for ever, and about a thousand of them (the
+usual soft open-file limit) stop the process from accepting anyone. Here, with uvicorn's own
+extension points (`Config(http=...)`, a `Server` subclass):
+
+- a request head must be complete within `header_timeout_s` of the connection's start, or of the
+  first byte of a later request on it; else the connection is closed;
+- a request body must not stall (no bytes) for `body_timeout_s`, nor take longer than
+  `body_deadline_s` in all; else the request is answered 408 (or the connection closed, when a
+  response has begun);
+- idle keep-alive connections close after `keepalive_s` (uvicorn's `timeout_keep_alive`);
+- at most `limit` connections are open at once, `limit` safely below the open-file limit. At the
+  limit a new connection evicts the connection idle longest (no request in progress: a head not
+  yet complete, or waiting between requests); a connection whose request is being handled is
+  never evicted. Only when every connection has a request in progress is the newcomer answered
+  503 and closed.
+
+The hot path stays cheap: each connection keeps one deadline (a float, set on a few parser
+callbacks), and one timer per process sweeps the deadlines a few times a second.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import uvicorn
+from prometheus_client import Counter, Gauge
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from api.errors import CODE_BY_STATUS
+from api.settings import Settings
+
+log = logging.getLogger("tokentill.server")
+
+EVICTED = Counter("tokentill_connections_evicted",
+                  "Idle or unfinished connections closed to admit a new one at the connection limit")
+REFUSED = Counter("tokentill_connections_refused",
+                  "New connections answered 503 because every open connection had a request in progress")
+TIMEOUTS = Counter("tokentill_connection_timeouts", "Connections closed by a read timeout, by phase",
+                   ["phase"])  # header, body, keepalive
+OPEN = Gauge("tokentill_connections_open", "Open HTTP connections", multiprocess_mode="livesum")
+LIMIT = Gauge("tokentill_connections_limit", "The connection limit in force", multiprocess_mode="livesum")
+
+# File descriptors kept for everything but client connections: stdio, the listener, the event
+# loop's own, log files, the key listener and the scheduler's connections, imports; plus room for
+# a burst of accepts, which the event loop makes before it tells the protocol (and so before a
+# connection can be counted and another evicted).
+RESERVED_FDS = 64
+ACCEPT_BURST = 128
+
+# A connection's phase, for its deadline.
+WAITING = 0  # between requests (uvicorn's keep-alive timer runs), or a request being handled
+HEAD = 1  # reading a request head: deadline = start + header timeout
+BODY = 2  # reading a request body: deadline = min(last bytes + body timeout, start + body deadline)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_connections: int
+    header_timeout_s: float
+    body_timeout_s: float
+    body_deadline_s: float
+    keepalive_s: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(connection_limit(settings.max_connections, settings.pool_size, open_file_limit()),
+                   settings.header_timeout_s, settings.body_timeout_s, settings.body_deadline_s,
+                   settings.keepalive_s)
+
+
+def open_file_limit() -> int | None:
+    """This process's soft RLIMIT_NOFILE, or None when it is unlimited."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def connection_limit(configured: int, pool_size: int, nofile: int | None) -> int:
+    """The connection limit in force: the configured one, or less when the open-file limit leaves
+    no room for it beside the database pool (pool_size plus as many overflow) and the reserve."""
+    if nofile is None:
+        return max(1, configured)
+    return max(1, min(configured, nofile - RESERVED_FDS - ACCEPT_BURST - 2 * pool_size))
+
+
+def _raw_response(status: int, reason: str, code: str, detail: str, extra: bytes = b"") -> bytes:
+    body = msgspec.json.encode({"type": f"https://tokentill.dev/problems/{code}", "title": reason,
+                                "status": status, "code": code, "detail": detail})
+    return (b"HTTP/1.1 %d %s\r\ncontent-type: application/problem+json\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n%s\r\n" % (status, reason.encode(), len(body), extra)) + body
+
+
+TIMED_OUT = _raw_response(408, "Request Timeout", CODE_BY_STATUS.get(408, "request_timeout"),
+                          "the request body stalled or took too long")
+BUSY = _raw_response(503, "Service Unavailable", CODE_BY_STATUS[503],
+                     "every connection this process may hold has a request in progress",
+                     b"retry-after: 1\r\n")
+
+
+class Guard:
+    """The connections of one server process: their count, who is idle (evictable, longest idle
+    first), and the sweep that closes those past their deadline."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.open: set[GuardedHttpToolsProtocol] = set()
+        self.idle: dict[GuardedHttpToolsProtocol, None] = {}  # insertion order: idle longest first
+        self._timer: asyncio.TimerHandle | None = None
+        # Sweep at a quarter of the shortest timeout, at least every second, at most every 50 ms.
+        shortest = min(limits.header_timeout_s, limits.body_timeout_s, limits.body_deadline_s)
+        self.sweep_every_s = min(1.0, max(0.05, shortest / 4))
+
+    def admit(self, conn: GuardedHttpToolsProtocol) -> bool:
+        if len(self.open) >= self.limits.max_connections:
+            victim = self._longest_idle()
+            if victim is None:
+                REFUSED.inc()
+                conn.transport.write(BUSY)
+                conn.transport.close()
+                return False
+            self.forget(victim)
+            victim.transport.close()
+            EVICTED.inc()
+        self.open.add(conn)
+        self.idle[conn] = None
+        return True
+
+    def _longest_idle(self) -> GuardedHttpToolsProtocol | None:
+        # A connection leaves `idle` when its request head completes (the one moment a request
+        # starts being handled) and re-enters only when no request is in progress on it.
+        return next(iter(self.idle), None)
+
+    def forget(self, conn: GuardedHttpToolsProtocol) -> None:
+        self.open.discard(conn)
+        self.idle.pop(conn, None)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        LIMIT.set(self.limits.max_connections)
+        self._timer = loop.call_later(self.sweep_every_s, self._sweep, loop)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        OPEN.set(0)
+        LIMIT.set(0)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        for conn in [c for c in self.open if c.deadline and c.deadline <= now]:
+            conn.expire()
+        OPEN.set(len(self.open))
+        self._timer = loop.call_later(self.sweep_every_s, self._sweep, loop)
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a deadline per connection, under a `Guard`."""
+
+    guard: Guard  # set on the subclass `protocol_for` makes
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.phase = HEAD
+        self.deadline = 0.0  # loop time; 0: none
+        self.body_ends = 0.0
+
+    def in_progress(self) -> bool:
+        """A request is being handled (its head is complete and its response is not)."""
+        return self.cycle is not None and not self.cycle.response_complete
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.deadline = self.loop.time() + self.guard.limits.header_timeout_s
+        self.guard.admit(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.guard.forget(self)
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self.phase != HEAD:  # a later request on this connection; the first one's clock runs since connect
+            self.phase = HEAD
+            self.deadline = self.loop.time() + self.guard.limits.header_timeout_s
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        self.guard.idle.pop(self, None)
+        limits = self.guard.limits
+        now = self.loop.time()
+        self.phase = BODY
+        self.body_ends = now + limits.body_deadline_s
+        self.deadline = min(self.body_ends, now + limits.body_timeout_s)
+
+    def on_body(self, body: bytes) -> None:
+        super().on_body(body)
+        self.deadline = min(self.body_ends, self.loop.time() + self.guard.limits.body_timeout_s)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        if self.in_progress():
+            self.phase, self.deadline = WAITING, 0.0
+        else:
+            # The response went out before the body was all in, and the body's bytes cancelled
+            # uvicorn's keep-alive timer: the next request head is due as on a new connection.
+            self.phase = HEAD
+            self.deadline = self.loop.time() + self.guard.limits.header_timeout_s
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.in_progress() and self in self.guard.open:
+            self.guard.idle[self] = None  # the end of the line: idle the shortest
+
+    def timeout_keep_alive_handler(self) -> None:
+        if not self.transport.is_closing():
+            TIMEOUTS.labels("keepalive").inc()
+        super().timeout_keep_alive_handler()
+
+    def expire(self) -> None:
+        """The deadline passed: close, answering 408 first if a request's body is late and no
+        response has begun. A late pipelined head behind a request in progress does not cut that
+        request short: the connection stops reading and closes after its response."""
+        self.deadline = 0.0
+        if self.transport.is_closing():
+            return
+        TIMEOUTS.labels("body" if self.phase == BODY else "header").inc()
+        cycle = self.cycle
+        if self.phase == HEAD and self.in_progress():
+            cycle.keep_alive = False
+            self.flow.pause_reading()
+            return
+        self.guard.forget(self)
+        if self.phase == BODY and cycle is not None and not cycle.response_started:
+            self.transport.write(TIMED_OUT)
+            # As if the client had gone: the application's receive() says http.disconnect, and
+            # whatever it sends after is dropped.
+            cycle.disconnected = True
+            cycle.message_event.set()
+        self.transport.close()
+
+
+def protocol_for(guard: Guard) -> type[GuardedHttpToolsProtocol]:
+    return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {"guard": guard})
+
+
+class GuardedServer(uvicorn.Server):
+    """uvicorn's server, sweeping its guard's deadlines from start-up to the end of shutdown."""
+
+    def __init__(self, config: uvicorn.Config, guard: Guard) -> None:
+        super().__init__(config)
+        self.guard = guard
+
+    async def startup(self, sockets: Any = None) -> None:
+        self.guard.start(asyncio.get_running_loop())
+        await super().startup(sockets)
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        try:
+            await super().shutdown(sockets)
+        finally:
+            self.guard.stop()
+
+
+def server(app: Any, settings: Settings, **config: Any) -> GuardedServer:
+    """A uvicorn server for `app` under the connection limits of `settings`; `config` goes to
+    `uvicorn.Config` (host, port, log_level, access_log, ...)."""
+    limits = Limits.from_settings(settings)
+    if limits.max_connections < settings.max_connections:
+        log.warning("at most %d connections (TOKENTILL_MAX_CONNECTIONS is %d, but the open-file limit is %s)",
+                    limits.max_connections, settings.max_connections, open_file_limit())
+    guard = Guard(limits)
+    uvicorn_config = uvicorn.Config(app, http=protocol_for(guard), ws="none", backlog=ACCEPT_BURST,
+                                    timeout_keep_alive=limits.keepalive_s, **config)
+    return GuardedServer(uvicorn_config, guard)
+
+
+def serve(app: Any, settings: Settings, **config: Any) -> None:
+    """Serve `app` until a signal stops it (exit 3, as uvicorn.run, when it never started)."""
+    running = server(app, settings, **config)
+    running.run()
+    if not running.started:
+        raise SystemExit(3)
