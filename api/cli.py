@@ -129,6 +129,28 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
     raise SystemExit(f"unknown benchmark {args.target}")
 
 
+def _spool_flush(args: argparse.Namespace, _: Settings) -> int:
+    import os
+
+    from api.client import flush_spool_dir
+
+    key = args.key or os.environ.get("TOKENTILL_API_KEY")
+    if not key:
+        print("error: give --key or set TOKENTILL_API_KEY", file=sys.stderr)
+        return 2
+    left = 0
+    for path, report in flush_spool_dir(args.dir, key, url=args.url):
+        if report.busy:
+            print(f"{path}: another flush is at work on it; skipped")
+            left += 1
+            continue
+        print(f"{path}: delivered {report.delivered}, refused {report.rejected}, left {report.kept}")
+        for problem in report.problems:
+            print(f"  kept: {problem}")
+        left += report.kept
+    return 1 if left else 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tokentill",
@@ -181,6 +203,14 @@ def parser() -> argparse.ArgumentParser:
                        help="faults: load before the first fault and after each recovery")
     bench.add_argument("--json", action="store_true", help="print figures as JSON")
     bench.set_defaults(func=_bench)
+
+    spool = sub.add_parser("spool", help="the SDK's local spool of undelivered settles and releases")
+    flush = spool.add_subparsers(dest="spool", required=True).add_parser(
+        "flush", help="re-send spooled settles and releases with their Idempotency-Keys; exit 1 if any are left")
+    flush.add_argument("--dir", help="spool directory (default: $TOKENTILL_SPOOL_DIR, else <user data dir>/spool)")
+    flush.add_argument("--url", help="send every record to this server instead of the one it names")
+    flush.add_argument("--key", help="API key to send with (default: $TOKENTILL_API_KEY)")
+    flush.set_defaults(func=_spool_flush)
     return p
 
 

@@ -9,191 +9,90 @@
 On a normal exit the reservation is settled with the usage recorded on it (or, failing that, the
 prompt's tokens plus the tokens the meter counted). On an exception it is settled with what was
 generated if any output arrived (the tokens were produced, so they are billed), otherwise
-released; the exception is re-raised either way. Network failures are retried with the same
-idempotency keys, so a retry never charges twice.
+released; the exception is re-raised either way.
+
+Delivery: settles and releases (the block's exit, `capture`, `settle`, `release`) are retried with
+the same Idempotency-Key, with capped exponential backoff and full jitter, on connection errors,
+timeouts, 429, 502, 503 and 504, until an answer or a deadline (by default the time left on the
+hold plus `settle_margin_s`, never under 60 s). One the SDK cannot deliver goes to a local spool
+file (api/spool.py), written as soon as a first attempt fails, and `SettlementSpooled` is raised;
+the spool is re-sent when a client next starts on it, or by `tokentill spool flush`. The server
+charges a late settle once, even after its hold expired. Other calls retry briefly.
 """
 from __future__ import annotations
 
 import asyncio
-import time
+import logging
+import os
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NoReturn
 
 import httpx
 
+from api import delivery
+from api.client_errors import (
+    ERRORS,
+    BudgetExceeded,
+    Forbidden,
+    IdempotencyConflict,
+    InsufficientFunds,
+    NotFound,
+    RateLimited,
+    ReservationClosed,
+    ServiceUnavailable,
+    SettlementSpooled,
+    TokentillError,
+    Unauthorized,
+    UnpricedModel,
+    ValidationFailed,
+    describe,
+    error_of,
+    raise_for,
+)
+from api.client_reservations import (
+    AsyncReservation,
+    Reservation,
+    StreamMeter,
+    release_call,
+    reserve_request,
+    settle_call,
+)
+from api.delivery import Failure, GaveUp, RetryPolicy, Schedule, seconds_until
+from api.spool import SUFFIX, FlushReport, Spool, SpoolRecord, spool_name
+from api.spool import spool_dir as resolve_spool_dir
 from pricing.tokens import TokenCounter
 
-RETRYABLE_STATUS = frozenset({502, 503, 504})
-
-
-class TokentillError(Exception):
-    """A problem+json answer from the server."""
-
-    def __init__(self, status: int, code: str, detail: str, body: Mapping[str, Any]) -> None:
-        super().__init__(f"{status} {code}: {detail}")
-        self.status, self.code, self.detail, self.body = status, code, detail, body
-
-
-class InsufficientFunds(TokentillError): ...
-class BudgetExceeded(TokentillError): ...
-class UnpricedModel(TokentillError): ...
-class ValidationFailed(TokentillError): ...
-class IdempotencyConflict(TokentillError): ...
-class NotFound(TokentillError): ...
-class Unauthorized(TokentillError): ...
-class Forbidden(TokentillError): ...
-class ReservationClosed(TokentillError): ...
-
-
-ERRORS: dict[str, type[TokentillError]] = {
-    "insufficient_funds": InsufficientFunds, "budget_exceeded": BudgetExceeded,
-    "unpriced_model": UnpricedModel, "validation_error": ValidationFailed,
-    "idempotency_conflict": IdempotencyConflict, "not_found": NotFound, "unauthorized": Unauthorized,
-    "forbidden": Forbidden, "reservation_closed": ReservationClosed,
-}
-
-
-def _raise_for(response: httpx.Response) -> Any:
-    try:
-        body = response.json()
-    except ValueError:
-        body = {"code": "http_error", "detail": response.text}
-    if response.is_success:
-        return body
-    code = body.get("code", "http_error") if isinstance(body, dict) else "http_error"
-    detail = body.get("detail", "") if isinstance(body, dict) else str(body)
-    raise ERRORS.get(code, TokentillError)(response.status_code, code, detail, body)
-
-
-class StreamMeter:
-    """Counts a stream's output tokens with the model's tiktoken encoding, as text arrives."""
-
-    def __init__(self, counter: TokenCounter, model: str) -> None:
-        self._counter, self._model = counter, model
-        self._text: list[str] = []
-
-    def add(self, delta: str) -> None:
-        self._text.append(delta)
-
-    @property
-    def text(self) -> str:
-        return "".join(self._text)
-
-    @property
-    def output_tokens(self) -> int:
-        """Tokens of the text so far, encoded as a whole (deltas may split a token)."""
-        return self._counter.count_text(self.text, self._model).raw_tokens if self._text else 0
-
-
-class _Reservation:
-    """What both reservation context managers share: the recorded usage and the settle body."""
-
-    def __init__(self, client: Any, body: dict[str, Any], counter: TokenCounter) -> None:
-        self._client, self._body, self._counter = client, body, counter
-        self.data: dict[str, Any] = {}
-        self.settlement: dict[str, Any] | None = None
-        self._usage: dict[str, Any] | None = None
-        self._meter: StreamMeter | None = None
-        self._captures = 0
-
-    @property
-    def id(self) -> str:
-        return self.data["id"]
-
-    def stream_meter(self) -> StreamMeter:
-        if self._meter is None:
-            self._meter = StreamMeter(self._counter, self._body["model"])
-        return self._meter
-
-    def record(self, *, openai_usage: Mapping[str, Any] | None = None,
-               anthropic_usage: Mapping[str, Any] | None = None, **canonical: int) -> None:
-        """Record the provider's usage (verbatim) or canonical token counts; it wins over the meter."""
-        if openai_usage is not None:
-            self._usage = {"openai_usage": dict(openai_usage)}
-        elif anthropic_usage is not None:
-            self._usage = {"anthropic_usage": dict(anthropic_usage)}
-        else:
-            self._usage = {"usage": dict(canonical)}
-
-    def _prompt_tokens(self) -> int:
-        estimate = self._body.get("estimate", {})
-        if "input_tokens" in estimate:
-            return int(estimate["input_tokens"])
-        if "messages" in estimate:
-            return self._counter.count_messages(estimate["messages"], self._body["model"]).raw_tokens
-        return self._counter.count_text(estimate.get("prompt", ""), self._body["model"]).raw_tokens
-
-    def _exit_call(self, failed: bool) -> tuple[str, dict[str, Any], str]:
-        """What leaving the block does: (path, body, idempotency key).
-
-        Recorded usage wins; else the prompt plus the metered output. A failure before any
-        output releases the hold; a failure after some output bills what was generated.
-        """
-        metered = self._meter.output_tokens if self._meter is not None else 0
-        if failed and self._usage is None and metered == 0:
-            return f"/v1/reservations/{self.id}/release", {}, self._key("release")
-        body = self._usage or {"usage": {"input_tokens": self._prompt_tokens(), "output_tokens": metered}}
-        return f"/v1/reservations/{self.id}/settle", {**body, "final": True}, self._key("settle")
-
-    def _capture_call(self, usage: dict[str, int]) -> tuple[str, dict[str, Any], str]:
-        self._captures += 1
-        return f"/v1/reservations/{self.id}/settle", {"usage": usage, "final": False}, self._key("capture")
-
-    def _key(self, action: str) -> str:
-        return f"{self.data['id']}:{action}:{self._captures}"
-
-
-class Reservation(_Reservation):
-    def __enter__(self) -> Reservation:
-        self.data = self._client._call("POST", "/v1/reservations", self._body)
-        return self
-
-    def capture(self, **usage: int) -> dict[str, Any]:
-        """Charge part of the usage now and keep the hold open (agent loops, long streams)."""
-        path, body, key = self._capture_call(usage)
-        return self._client._call("POST", path, body, key=key)
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        path, body, key = self._exit_call(failed=exc_type is not None)
-        self.settlement = self._client._call("POST", path, body, key=key)
-
-
-class AsyncReservation(_Reservation):
-    async def __aenter__(self) -> AsyncReservation:
-        self.data = await self._client._call("POST", "/v1/reservations", self._body)
-        return self
-
-    async def capture(self, **usage: int) -> dict[str, Any]:
-        path, body, key = self._capture_call(usage)
-        return await self._client._call("POST", path, body, key=key)
-
-    async def __aexit__(self, exc_type, exc, tb) -> None:
-        path, body, key = self._exit_call(failed=exc_type is not None)
-        self.settlement = await self._client._call("POST", path, body, key=key)
-
-
-def _reserve_body(customer: str, model: str, *, request_id: str | None, messages: Any, prompt: str | None,
-                  input_tokens: int | None, max_output_tokens: int, ttl_seconds: int,
-                  dimensions: Mapping[str, str] | None) -> dict[str, Any]:
-    given = [x is not None for x in (messages, prompt, input_tokens)]
-    if sum(given) != 1:
-        raise ValueError("give exactly one of messages=, prompt= or input_tokens=")
-    estimate: dict[str, Any] = {"max_output_tokens": max_output_tokens}
-    if messages is not None:
-        estimate["messages"] = list(messages)
-    elif prompt is not None:
-        estimate["prompt"] = prompt
-    else:
-        estimate["input_tokens"] = input_tokens
-    return {"customer_id": customer, "request_id": request_id or f"req_{uuid.uuid4().hex}", "model": model,
-            "ttl_seconds": ttl_seconds, "estimate": estimate, "dimensions": dict(dimensions or {})}
+__all__ = [  # the typed errors live in api.client_errors and are imported from here
+    "ERRORS", "AsyncClient", "AsyncReservation", "BudgetExceeded", "Client", "FlushReport", "Forbidden",
+    "IdempotencyConflict", "InsufficientFunds", "NotFound", "RateLimited", "Reservation", "ReservationClosed",
+    "ServiceUnavailable", "SettlementSpooled", "StreamMeter", "TokentillError", "Unauthorized", "UnpricedModel",
+    "ValidationFailed", "flush_spool_dir",
+]
+log = logging.getLogger("tokentill.client")
+MIN_SETTLE_DEADLINE_S = 60.0
 
 
 class _Base:
-    def __init__(self, base_url: str, api_key: str, *, retries: int = 4, backoff_s: float = 0.05) -> None:
-        self._base_url, self._retries, self._backoff_s = base_url.rstrip("/"), retries, backoff_s
+    """What both clients share: requests, retry schedules, the spool."""
+
+    def __init__(self, base_url: str, api_key: str, *, retries: int = 4, backoff_s: float = 0.05,
+                 max_backoff_s: float = 5.0, max_retry_after_s: float = 30.0, retry_budget_s: float = 2.0,
+                 settle_deadline_s: float | None = None, settle_margin_s: float = 30.0,
+                 key_id: str | None = None, spool: str | bool | None = None,
+                 spool_dir: str | os.PathLike[str] | None = None, spool_silently: bool = False) -> None:
+        self._base_url, self._retries, self._retry_budget_s = base_url.rstrip("/"), retries, retry_budget_s
+        self._policy = RetryPolicy(backoff_s, max_backoff_s, max_retry_after_s)
+        self._settle_deadline_s, self._settle_margin_s = settle_deadline_s, settle_margin_s
         self._headers = {"Authorization": f"Bearer {api_key}"}
+        self.key_id, self.spool_silently = key_id, spool_silently
+        self.spool: Spool | None = None
+        if spool is not False:  # the spool's place is decided here, once ($TOKENTILL_SPOOL_DIR included)
+            name = spool if isinstance(spool, str) else spool_name(self._base_url, api_key, key_id)
+            self.spool = Spool(resolve_spool_dir(spool_dir) / (name if name.endswith(SUFFIX) else name + SUFFIX))
         self.counter = TokenCounter()
 
     def _request(self, method: str, path: str, body: Any, key: str | None) -> dict[str, Any]:
@@ -205,34 +104,138 @@ class _Base:
         return {"method": method, "url": self._base_url + path, "headers": headers,
                 **({"json": body} if body is not None and method != "GET" else {})}
 
+    def _short(self) -> Schedule:
+        return Schedule(self._policy, retries=self._retries, budget_s=self._retry_budget_s)
+
+    def _durable(self, hold_left_s: float | None) -> Schedule:
+        """A settle's schedule: `settle_deadline_s`, else the hold's time left plus the margin, >= 60 s."""
+        deadline = self._settle_deadline_s
+        if deadline is None:
+            deadline = max(MIN_SETTLE_DEADLINE_S, (hold_left_s or 0.0) + self._settle_margin_s)
+        return Schedule(self._policy, deadline_s=deadline)
+
+    def _spooled(self, spooled: SettlementSpooled, in_flight: BaseException | None) -> None:
+        """A call went to the spool: raise, unless the block's own error is in flight or silence was asked."""
+        log.warning("%s", spooled)
+        if in_flight is not None:
+            in_flight.add_note(f"tokentill: {spooled}")
+        elif not self.spool_silently:
+            raise spooled
+
+    def _resend_request(self, record: SpoolRecord) -> dict[str, Any]:
+        return self._request(record.method, record.path, record.body, record.idempotency_key)
+
     def reserve_body(self, customer: str, model: str, *, request_id: str | None = None, messages: Any = None,
                      prompt: str | None = None, input_tokens: int | None = None, max_output_tokens: int = 0,
                      ttl_seconds: int = 300, dimensions: Mapping[str, str] | None = None) -> dict[str, Any]:
-        return _reserve_body(customer, model, request_id=request_id, messages=messages, prompt=prompt,
-                             input_tokens=input_tokens, max_output_tokens=max_output_tokens,
-                             ttl_seconds=ttl_seconds, dimensions=dimensions)
+        return reserve_request(customer, model, request_id=request_id, messages=messages, prompt=prompt,
+                               input_tokens=input_tokens, max_output_tokens=max_output_tokens,
+                               ttl_seconds=ttl_seconds, dimensions=dimensions)
+
+
+class _Pending:
+    """One settle or release on its way, and its spool record (written at its first failure)."""
+
+    def __init__(self, client: _Base, path: str, body: Any, key: str, reservation_id: str | None) -> None:
+        self.spool = client.spool
+        self.record = SpoolRecord("POST", path, body, key, reservation_id, client._base_url, client.key_id)
+
+    def write(self, failure: Failure) -> bool:
+        if self.spool is None:
+            return False
+        self.record = replace(self.record, reason=describe(failure))
+        try:
+            self.spool.append(self.record)
+            return True
+        except OSError:
+            log.exception("could not write to the spool %s", self.spool.path)
+            return False
+
+    def strike(self) -> None:
+        if self.spool is not None:
+            self.spool.remove({self.record.idempotency_key})
+
+    async def awrite(self, failure: Failure) -> bool:
+        return await asyncio.to_thread(self.write, failure)
+
+    async def astrike(self) -> None:
+        await asyncio.to_thread(self.strike)
+
+    def gave_up(self, gave_up: GaveUp) -> NoReturn:
+        """Raise SettlementSpooled, or the last failure itself when nothing could be spooled."""
+        failure = gave_up.failure
+        error = error_of(failure) if isinstance(failure, httpx.Response) else failure
+        if not gave_up.spooled or self.spool is None:
+            raise error from None
+        raise SettlementSpooled(replace(self.record, reason=describe(failure)), self.spool.path) from error
 
 
 class Client(_Base):
-    """Synchronous client."""
+    """Synchronous client. With `flush_spool` (the default) the constructor re-sends its spool."""
 
     def __init__(self, base_url: str, api_key: str, *, transport: httpx.BaseTransport | None = None,
-                 timeout: float = 10.0, **kwargs: Any) -> None:
+                 timeout: float = 10.0, flush_spool: bool = True, **kwargs: Any) -> None:
         super().__init__(base_url, api_key, **kwargs)
         self._http = httpx.Client(transport=transport, timeout=timeout)
+        if flush_spool:
+            self._flush_at_start()
 
     def _call(self, method: str, path: str, body: Any = None, *, key: str | None = None) -> dict[str, Any]:
         request = self._request(method, path, body, key)
-        for attempt in range(self._retries + 1):
-            try:
-                response = self._http.request(**request)
-                if response.status_code not in RETRYABLE_STATUS or attempt == self._retries:
-                    return _raise_for(response)
-            except httpx.TransportError:
-                if attempt == self._retries:
-                    raise
-            time.sleep(self._backoff_s * 2**attempt)
-        raise AssertionError("unreachable")
+        return raise_for(delivery.call(lambda: self._http.request(**request), self._short()))
+
+    def _deliver(self, path: str, body: Any, key: str, reservation_id: str | None,
+                 hold_left_s: float | None) -> dict[str, Any]:
+        """A settle or release: retried until an answer or the deadline; else spooled and raised."""
+        request, pending = self._request("POST", path, body, key), _Pending(self, path, body, key, reservation_id)
+        try:
+            response = delivery.deliver(lambda: self._http.request(**request), self._durable(hold_left_s),
+                                        spool=pending.write, unspool=pending.strike)
+        except GaveUp as gave_up:
+            pending.gave_up(gave_up)
+        return raise_for(response)
+
+    def _settle_or_release(self, path: str, body: Any, key: str, reservation_id: str,
+                           hold_left_s: float | None) -> dict[str, Any] | None:
+        try:
+            return self._deliver(path, body, key, reservation_id, hold_left_s)
+        except SettlementSpooled as spooled:
+            self._spooled(spooled, None)
+            return None
+
+    def settle(self, reservation_id: str, *, final: bool = True, key: str | None = None,
+               expires_at: str | datetime | None = None, **usage: Any) -> dict[str, Any] | None:
+        """Settle a reservation by id, durably (as the block's exit does); `usage=`, `openai_usage=`
+        or `anthropic_usage=`. None if silently spooled."""
+        return self._settle_or_release(*settle_call(reservation_id, final, key, usage), seconds_until(expires_at))
+
+    def release(self, reservation_id: str, *, key: str | None = None,
+                expires_at: str | datetime | None = None) -> dict[str, Any] | None:
+        """Release a reservation's hold by id, durably. None if silently spooled."""
+        return self._settle_or_release(*release_call(reservation_id, key), seconds_until(expires_at))
+
+    def flush_spool(self, *, wait: bool = True) -> FlushReport:
+        """Re-send this client's spooled calls with their own Idempotency-Keys and this client's key."""
+        if self.spool is None or not self.spool.path.exists():
+            return FlushReport()
+        return self.spool.flush(self.resend, wait=wait)
+
+    def resend(self, record: SpoolRecord) -> tuple[str, str]:
+        """Send one spooled call once: (outcome, note), as `delivery.flush_outcome` says."""
+        try:
+            response = self._http.request(**self._resend_request(record))
+        except httpx.TransportError as exc:
+            return "unreachable", describe(exc)
+        return delivery.flush_outcome(response), f"{response.status_code} {response.text[:300]}"
+
+    def _flush_at_start(self) -> None:
+        try:
+            report = self.flush_spool(wait=False)  # another flusher at work: leave it to them
+        except (OSError, httpx.HTTPError):
+            log.exception("could not flush the spool")
+            return
+        if report.delivered or report.rejected or report.kept:
+            log.warning("spool %s: %s", self.spool.path if self.spool else "-", report)
 
     def reserve(self, customer: str, model: str, **kwargs: Any) -> Reservation:
         return Reservation(self, self.reserve_body(customer, model, **kwargs), self.counter)
@@ -254,25 +257,72 @@ class Client(_Base):
 
 
 class AsyncClient(_Base):
-    """Asynchronous client."""
+    """Asynchronous client. With `flush_spool` (the default) it re-sends its spool on `__aenter__`
+    or its first call, whichever comes first."""
 
     def __init__(self, base_url: str, api_key: str, *, transport: httpx.AsyncBaseTransport | None = None,
-                 timeout: float = 10.0, **kwargs: Any) -> None:
+                 timeout: float = 10.0, flush_spool: bool = True, **kwargs: Any) -> None:
         super().__init__(base_url, api_key, **kwargs)
         self._http = httpx.AsyncClient(transport=transport, timeout=timeout)
+        self._flush_pending = flush_spool
 
     async def _call(self, method: str, path: str, body: Any = None, *, key: str | None = None) -> dict[str, Any]:
+        await self._flush_at_start()
         request = self._request(method, path, body, key)
-        for attempt in range(self._retries + 1):
-            try:
-                response = await self._http.request(**request)
-                if response.status_code not in RETRYABLE_STATUS or attempt == self._retries:
-                    return _raise_for(response)
-            except httpx.TransportError:
-                if attempt == self._retries:
-                    raise
-            await asyncio.sleep(self._backoff_s * 2**attempt)
-        raise AssertionError("unreachable")
+        return raise_for(await delivery.acall(lambda: self._http.request(**request), self._short()))
+
+    async def _deliver(self, path: str, body: Any, key: str, reservation_id: str | None,
+                       hold_left_s: float | None) -> dict[str, Any]:
+        """A settle or release: retried until an answer or the deadline; else spooled and raised."""
+        await self._flush_at_start()
+        request, pending = self._request("POST", path, body, key), _Pending(self, path, body, key, reservation_id)
+        try:
+            response = await delivery.adeliver(lambda: self._http.request(**request), self._durable(hold_left_s),
+                                               spool=pending.awrite, unspool=pending.astrike)
+        except GaveUp as gave_up:
+            pending.gave_up(gave_up)
+        return raise_for(response)
+
+    async def _settle_or_release(self, path: str, body: Any, key: str, reservation_id: str,
+                                 hold_left_s: float | None) -> dict[str, Any] | None:
+        try:
+            return await self._deliver(path, body, key, reservation_id, hold_left_s)
+        except SettlementSpooled as spooled:
+            self._spooled(spooled, None)
+            return None
+
+    async def settle(self, reservation_id: str, *, final: bool = True, key: str | None = None,
+                     expires_at: str | datetime | None = None, **usage: Any) -> dict[str, Any] | None:
+        return await self._settle_or_release(*settle_call(reservation_id, final, key, usage),
+                                             seconds_until(expires_at))
+
+    async def release(self, reservation_id: str, *, key: str | None = None,
+                      expires_at: str | datetime | None = None) -> dict[str, Any] | None:
+        return await self._settle_or_release(*release_call(reservation_id, key), seconds_until(expires_at))
+
+    async def flush_spool(self, *, wait: bool = True) -> FlushReport:
+        if self.spool is None or not self.spool.path.exists():
+            return FlushReport()
+        return await self.spool.aflush(self.resend, wait=wait)
+
+    async def resend(self, record: SpoolRecord) -> tuple[str, str]:
+        try:
+            response = await self._http.request(**self._resend_request(record))
+        except httpx.TransportError as exc:
+            return "unreachable", describe(exc)
+        return delivery.flush_outcome(response), f"{response.status_code} {response.text[:300]}"
+
+    async def _flush_at_start(self) -> None:
+        if not self._flush_pending:
+            return
+        self._flush_pending = False  # once; calls made meanwhile go ahead
+        try:
+            report = await self.flush_spool(wait=False)
+        except (OSError, httpx.HTTPError):
+            log.exception("could not flush the spool")
+            return
+        if report.delivered or report.rejected or report.kept:
+            log.warning("spool %s: %s", self.spool.path if self.spool else "-", report)
 
     def reserve(self, customer: str, model: str, **kwargs: Any) -> AsyncReservation:
         return AsyncReservation(self, self.reserve_body(customer, model, **kwargs), self.counter)
@@ -287,7 +337,28 @@ class AsyncClient(_Base):
         await self._http.aclose()
 
     async def __aenter__(self) -> AsyncClient:
+        await self._flush_at_start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def flush_spool_dir(directory: str | os.PathLike[str] | None, api_key: str, *, url: str | None = None,
+                    timeout: float = 10.0) -> list[tuple[Path, FlushReport]]:
+    """Re-send every spool file in `directory` (default: the SDK's) with `api_key`: each record to
+    the server it was meant for, or to `url`. A record the key may not send stays spooled."""
+    clients: dict[str, Client] = {}
+
+    def send(record: SpoolRecord) -> tuple[str, str]:
+        base = url or record.base_url
+        if base not in clients:
+            clients[base] = Client(base, api_key, timeout=timeout, spool=False, flush_spool=False)
+        return clients[base].resend(record)
+
+    try:
+        files = sorted(resolve_spool_dir(directory).glob("*" + SUFFIX))
+        return [(path, Spool(path).flush(send)) for path in files]
+    finally:
+        for client in clients.values():
+            client.close()

@@ -1,0 +1,81 @@
+"""The SDK's typed errors: one per problem+json `code`, and SettlementSpooled."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from api.delivery import retry_after
+from api.spool import SpoolRecord
+
+
+class TokentillError(Exception):
+    """A problem+json answer from the server."""
+
+    def __init__(self, status: int, code: str, detail: str, body: Mapping[str, Any],
+                 retry_after: float | None = None) -> None:
+        super().__init__(f"{status} {code}: {detail}")
+        self.status, self.code, self.detail, self.body = status, code, detail, body
+        self.retry_after = retry_after  # seconds, when the server sent Retry-After
+
+
+class InsufficientFunds(TokentillError): ...
+class BudgetExceeded(TokentillError): ...
+class UnpricedModel(TokentillError): ...
+class ValidationFailed(TokentillError): ...
+class IdempotencyConflict(TokentillError): ...
+class NotFound(TokentillError): ...
+class Unauthorized(TokentillError): ...
+class Forbidden(TokentillError): ...
+class ReservationClosed(TokentillError): ...
+class ServiceUnavailable(TokentillError): ...
+class RateLimited(TokentillError): ...
+
+
+ERRORS: dict[str, type[TokentillError]] = {
+    "insufficient_funds": InsufficientFunds, "budget_exceeded": BudgetExceeded,
+    "unpriced_model": UnpricedModel, "validation_error": ValidationFailed,
+    "idempotency_conflict": IdempotencyConflict, "not_found": NotFound, "unauthorized": Unauthorized,
+    "forbidden": Forbidden, "reservation_closed": ReservationClosed,
+    "service_unavailable": ServiceUnavailable, "rate_limited": RateLimited,
+}
+
+
+class SettlementSpooled(Exception):
+    """A settle or release not delivered by its deadline (or answered 5xx): it is in the local
+    spool, and is re-sent with the same Idempotency-Key when a client next starts on that spool or
+    by `tokentill spool flush`. `__cause__` is the last failure."""
+
+    def __init__(self, record: SpoolRecord, path: Path) -> None:
+        super().__init__(f"{record.method} {record.path} not delivered ({record.reason}); spooled to {path}")
+        self.record, self.path = record, path
+
+
+def raise_for(response: httpx.Response) -> Any:
+    """The body of a success; the typed error of anything else, raised."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"code": "http_error", "detail": response.text}
+    if response.is_success:
+        return body
+    code = body.get("code", "http_error") if isinstance(body, dict) else "http_error"
+    detail = body.get("detail", "") if isinstance(body, dict) else str(body)
+    raise ERRORS.get(code, TokentillError)(response.status_code, code, detail, body, retry_after(response))
+
+
+def describe(failure: BaseException | httpx.Response) -> str:
+    if isinstance(failure, httpx.Response):
+        return f"HTTP {failure.status_code}"
+    return f"{type(failure).__name__}: {failure}"
+
+
+def error_of(response: httpx.Response) -> TokentillError:
+    """The typed error a failed response stands for, not raised."""
+    try:
+        raise_for(response)
+    except TokentillError as exc:
+        return exc
+    raise AssertionError("a failed response always raises")

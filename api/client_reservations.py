@@ -1,0 +1,177 @@
+"""The SDK's reservation blocks: what leaving one sends (settle or release), and the stream meter.
+
+Both clients share them; the client does the sending (`_call`, `_deliver`, `_settle_or_release`).
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from api.client_errors import SettlementSpooled
+from api.delivery import seconds_until
+from pricing.tokens import TokenCounter
+
+
+class StreamMeter:
+    """Counts a stream's output tokens with the model's tiktoken encoding, as text arrives."""
+
+    def __init__(self, counter: TokenCounter, model: str) -> None:
+        self._counter, self._model = counter, model
+        self._text: list[str] = []
+
+    def add(self, delta: str) -> None:
+        self._text.append(delta)
+
+    @property
+    def text(self) -> str:
+        return "".join(self._text)
+
+    @property
+    def output_tokens(self) -> int:
+        """Tokens of the text so far, encoded as a whole (deltas may split a token)."""
+        return self._counter.count_text(self.text, self._model).raw_tokens if self._text else 0
+
+
+class _Reservation:
+    """What both reservation context managers share: the recorded usage and the settle body."""
+
+    def __init__(self, client: Any, body: dict[str, Any], counter: TokenCounter) -> None:
+        self._client, self._body, self._counter = client, body, counter
+        self.data: dict[str, Any] = {}
+        self.settlement: dict[str, Any] | None = None
+        self._usage: dict[str, Any] | None = None
+        self._meter: StreamMeter | None = None
+        self._captures = 0
+        self._entered_at = 0.0
+        self.spooled: SettlementSpooled | None = None  # set when the exit's settle went to the spool
+
+    @property
+    def id(self) -> str:
+        return self.data["id"]
+
+    def stream_meter(self) -> StreamMeter:
+        if self._meter is None:
+            self._meter = StreamMeter(self._counter, self._body["model"])
+        return self._meter
+
+    def record(self, *, openai_usage: Mapping[str, Any] | None = None,
+               anthropic_usage: Mapping[str, Any] | None = None, **canonical: int) -> None:
+        """Record the provider's usage (verbatim) or canonical token counts; it wins over the meter."""
+        if openai_usage is not None:
+            self._usage = {"openai_usage": dict(openai_usage)}
+        elif anthropic_usage is not None:
+            self._usage = {"anthropic_usage": dict(anthropic_usage)}
+        else:
+            self._usage = {"usage": dict(canonical)}
+
+    def _prompt_tokens(self) -> int:
+        estimate = self._body.get("estimate", {})
+        if "input_tokens" in estimate:
+            return int(estimate["input_tokens"])
+        if "messages" in estimate:
+            return self._counter.count_messages(estimate["messages"], self._body["model"]).raw_tokens
+        return self._counter.count_text(estimate.get("prompt", ""), self._body["model"]).raw_tokens
+
+    def _exit_call(self, failed: bool) -> tuple[str, dict[str, Any], str]:
+        """What leaving the block does: (path, body, idempotency key).
+
+        Recorded usage wins; else the prompt plus the metered output. A failure before any
+        output releases the hold; a failure after some output bills what was generated.
+        """
+        metered = self._meter.output_tokens if self._meter is not None else 0
+        if failed and self._usage is None and metered == 0:
+            return f"/v1/reservations/{self.id}/release", {}, self._key("release")
+        body = self._usage or {"usage": {"input_tokens": self._prompt_tokens(), "output_tokens": metered}}
+        return f"/v1/reservations/{self.id}/settle", {**body, "final": True}, self._key("settle")
+
+    def _capture_call(self, usage: dict[str, int]) -> tuple[str, dict[str, Any], str]:
+        self._captures += 1
+        key = self._key("capture")  # also the capture_id, so no API key can charge it twice
+        return f"/v1/reservations/{self.id}/settle", {"usage": usage, "final": False, "capture_id": key}, key
+
+    def _hold_left_s(self) -> float | None:
+        """Seconds until the hold expires, by the local clock since the reserve (no clock skew)."""
+        ttl = self._body.get("ttl_seconds")
+        if ttl is None:
+            return seconds_until(self.data.get("expires_at"))
+        return ttl - (time.monotonic() - self._entered_at)
+
+    def _spooled_on_exit(self, spooled: SettlementSpooled, exc: BaseException | None) -> None:
+        self.spooled = spooled
+        self._client._spooled(spooled, exc)
+
+    def _key(self, action: str) -> str:
+        return f"{self.data['id']}:{action}:{self._captures}"
+
+
+class Reservation(_Reservation):
+    def __enter__(self) -> Reservation:
+        self.data = self._client._call("POST", "/v1/reservations", self._body)
+        self._entered_at = time.monotonic()
+        return self
+
+    def capture(self, **usage: int) -> dict[str, Any] | None:
+        """Charge part of the usage now and keep the hold open (agent loops, long streams)."""
+        path, body, key = self._capture_call(usage)
+        return self._client._settle_or_release(path, body, key, self.id, self._hold_left_s())
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        path, body, key = self._exit_call(failed=exc_type is not None)
+        try:
+            self.settlement = self._client._deliver(path, body, key, self.id, self._hold_left_s())
+        except SettlementSpooled as spooled:
+            self._spooled_on_exit(spooled, exc)
+
+
+class AsyncReservation(_Reservation):
+    async def __aenter__(self) -> AsyncReservation:
+        self.data = await self._client._call("POST", "/v1/reservations", self._body)
+        self._entered_at = time.monotonic()
+        return self
+
+    async def capture(self, **usage: int) -> dict[str, Any] | None:
+        path, body, key = self._capture_call(usage)
+        return await self._client._settle_or_release(path, body, key, self.id, self._hold_left_s())
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        path, body, key = self._exit_call(failed=exc_type is not None)
+        try:
+            self.settlement = await self._client._deliver(path, body, key, self.id, self._hold_left_s())
+        except SettlementSpooled as spooled:
+            self._spooled_on_exit(spooled, exc)
+
+
+def reserve_request(customer: str, model: str, *, request_id: str | None, messages: Any, prompt: str | None,
+                    input_tokens: int | None, max_output_tokens: int, ttl_seconds: int,
+                    dimensions: Mapping[str, str] | None) -> dict[str, Any]:
+    given = [x is not None for x in (messages, prompt, input_tokens)]
+    if sum(given) != 1:
+        raise ValueError("give exactly one of messages=, prompt= or input_tokens=")
+    estimate: dict[str, Any] = {"max_output_tokens": max_output_tokens}
+    if messages is not None:
+        estimate["messages"] = list(messages)
+    elif prompt is not None:
+        estimate["prompt"] = prompt
+    else:
+        estimate["input_tokens"] = input_tokens
+    return {"customer_id": customer, "request_id": request_id or f"req_{uuid.uuid4().hex}", "model": model,
+            "ttl_seconds": ttl_seconds, "estimate": estimate, "dimensions": dict(dimensions or {})}
+
+
+def settle_call(reservation_id: str, final: bool, key: str | None,
+                usage: Mapping[str, Any]) -> tuple[str, dict[str, Any], str, str]:
+    """An explicit settle: (path, body, idempotency key, reservation id). A capture's key, made
+    once per call, is also its capture_id."""
+    unknown = set(usage) - {"usage", "openai_usage", "anthropic_usage"}
+    if len(usage) != 1 or unknown:
+        raise ValueError("give exactly one of usage=, openai_usage= or anthropic_usage=")
+    key = key or (f"{reservation_id}:settle:0" if final else f"{reservation_id}:capture:{uuid.uuid4().hex}")
+    body = {**{name: dict(value) for name, value in usage.items()}, "final": final,
+            **({} if final else {"capture_id": key})}
+    return f"/v1/reservations/{reservation_id}/settle", body, key, reservation_id
+
+
+def release_call(reservation_id: str, key: str | None) -> tuple[str, dict[str, Any], str, str]:
+    return f"/v1/reservations/{reservation_id}/release", {}, key or f"{reservation_id}:release:0", reservation_id

@@ -1,0 +1,197 @@
+"""When the SDK tries again: capped exponential backoff with full jitter, Retry-After, deadlines.
+
+Two schedules. A settle or release (`durable`) retries until its deadline on connection errors,
+timeouts, 429, 502, 503 and 504; other calls (`short`) retry a few times within a small budget,
+on connection errors, timeouts, 502, 503 and 504. Both wait what a Retry-After asks, capped.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+import httpx
+
+DURABLE_RETRY = frozenset({429, 502, 503, 504})
+SHORT_RETRY = frozenset({502, 503, 504})
+# Answers that say nothing about the call itself (wrong key, wrong server, a server fault): a
+# spooled call answered so stays spooled, to be sent again with the right key or later.
+KEEP_SPOOLED = frozenset({401, 403, 404, 408})
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    backoff_s: float = 0.05         # the ceiling of the first wait; doubled per attempt
+    max_backoff_s: float = 5.0      # the ceiling's cap
+    max_retry_after_s: float = 30.0  # a Retry-After is honoured up to this
+
+    def wait(self, attempt: int, retry_after: float | None) -> float:
+        """The wait before retry number `attempt` (0-based): Retry-After if given, else full jitter."""
+        if retry_after is not None:
+            return min(retry_after, self.max_retry_after_s)
+        return random.uniform(0, min(self.max_backoff_s, self.backoff_s * 2**attempt))
+
+
+class Schedule:
+    """One call's retries: `next_wait` gives the wait before the next attempt, or None to stop."""
+
+    def __init__(self, policy: RetryPolicy, *, deadline_s: float | None = None, retries: int | None = None,
+                 budget_s: float = 0.0) -> None:
+        self.policy, self.retries, self.budget_s = policy, retries, budget_s
+        self.deadline = None if deadline_s is None else time.monotonic() + deadline_s
+        self.attempt, self.waited = 0, 0.0
+
+    def next_wait(self, retry_after: float | None) -> float | None:
+        wait = self.policy.wait(self.attempt, retry_after)
+        if self.deadline is not None:  # durable: keep going until the deadline, never sleep past it
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                return None
+            wait = min(wait, left)
+        elif self.retries is not None and self.attempt >= self.retries:
+            return None
+        elif retry_after is not None and wait > self.budget_s - self.waited:
+            return None  # the server asks for more than this call may wait: answer now
+        self.attempt += 1
+        self.waited += wait
+        return wait
+
+
+Failure = BaseException | httpx.Response
+
+
+class GaveUp(Exception):
+    """A settle or release stopped without an answer: its last failure, and whether it is spooled."""
+
+    def __init__(self, failure: Failure, spooled: bool) -> None:
+        super().__init__(str(failure))
+        self.failure, self.spooled = failure, spooled
+
+
+def definite(response: httpx.Response) -> bool:
+    """An answer to stop at: a success or a 4xx refusal other than 429."""
+    return response.status_code not in DURABLE_RETRY and response.status_code < 500
+
+
+def call(send: Callable[[], httpx.Response], schedule: Schedule) -> httpx.Response:
+    """A call on the short schedule: its last answer, or its last connection error raised."""
+    while True:
+        try:
+            response = send()
+        except httpx.TransportError:
+            if (wait := schedule.next_wait(None)) is None:
+                raise
+        else:
+            if response.status_code not in SHORT_RETRY or (wait := schedule.next_wait(retry_after(response))) is None:
+                return response
+        time.sleep(wait)
+
+
+async def acall(send: Callable[[], Awaitable[httpx.Response]], schedule: Schedule) -> httpx.Response:
+    """`call` for asyncio."""
+    while True:
+        try:
+            response = await send()
+        except httpx.TransportError:
+            if (wait := schedule.next_wait(None)) is None:
+                raise
+        else:
+            if response.status_code not in SHORT_RETRY or (wait := schedule.next_wait(retry_after(response))) is None:
+                return response
+        await asyncio.sleep(wait)
+
+
+def _failed(response: httpx.Response | None, exc: BaseException | None) -> tuple[Failure, float | None, bool]:
+    """(failure, Retry-After, retry now?) of an attempt without a definite answer. A 5xx other
+    than 502-504 is not retried now: it goes to the spool, for a later flush."""
+    if response is None:
+        assert exc is not None
+        return exc, None, True
+    return response, retry_after(response), response.status_code in DURABLE_RETRY
+
+
+def deliver(send: Callable[[], httpx.Response], schedule: Schedule, *, spool: Callable[[Failure], bool],
+            unspool: Callable[[], None]) -> httpx.Response:
+    """A settle or release, sent until a definite answer, which is returned. Its first failure
+    calls `spool` (written ahead, so a client that dies while retrying loses nothing); an answer
+    after that calls `unspool`. Raises GaveUp at the deadline, or at once on a 5xx not retried."""
+    spooled = False
+    while True:
+        try:
+            response, exc = send(), None
+        except httpx.TransportError as error:
+            response, exc = None, error
+        if response is not None and definite(response):
+            if spooled:
+                unspool()
+            return response
+        failure, wait_hint, retry = _failed(response, exc)
+        spooled = spooled or spool(failure)
+        if (wait := schedule.next_wait(wait_hint) if retry else None) is None:
+            raise GaveUp(failure, spooled)
+        time.sleep(wait)
+
+
+async def adeliver(send: Callable[[], Awaitable[httpx.Response]], schedule: Schedule, *,
+                   spool: Callable[[Failure], Awaitable[bool]], unspool: Callable[[], Awaitable[None]]
+                   ) -> httpx.Response:
+    """`deliver` for asyncio."""
+    spooled = False
+    while True:
+        try:
+            response, exc = await send(), None
+        except httpx.TransportError as error:
+            response, exc = None, error
+        if response is not None and definite(response):
+            if spooled:
+                await unspool()
+            return response
+        failure, wait_hint, retry = _failed(response, exc)
+        spooled = spooled or await spool(failure)
+        if (wait := schedule.next_wait(wait_hint) if retry else None) is None:
+            raise GaveUp(failure, spooled)
+        await asyncio.sleep(wait)
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date), or None."""
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def flush_outcome(response: httpx.Response) -> str:
+    """What a re-sent spooled call's answer means: delivered, rejected, kept, or unreachable."""
+    status = response.status_code
+    if response.is_success:
+        return "delivered"
+    if status in DURABLE_RETRY:
+        return "unreachable"
+    if status in KEEP_SPOOLED or status >= 500:
+        return "kept"
+    return "rejected"  # a definite refusal (409 reservation_closed, 422, ...): sending it again cannot help
+
+
+def seconds_until(expires_at: str | datetime | None) -> float | None:
+    """Seconds from now until an ISO 8601 time (the server's `expires_at`), or None."""
+    if expires_at is None:
+        return None
+    when = expires_at if isinstance(expires_at, datetime) else datetime.fromisoformat(expires_at)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return (when - datetime.now(UTC)).total_seconds()

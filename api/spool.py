@@ -1,0 +1,251 @@
+"""The SDK's local spool: settles and releases not yet delivered, kept on disk until re-sent.
+
+One append-only JSON-lines file per client, under `spool_dir()`. An append writes one line, then
+flushes and fsyncs; a torn last line (a crash mid-write) is ignored on read, and the next append
+starts on a line of its own. Removing records writes a temp file and renames it over the spool.
+Because the rename replaces the file, the locks live beside it: every change holds an flock on
+`<name>.lock`, and a flush holds `<name>.flush-lock` from reading the records to removing the ones
+delivered, so two flushers never send the same record and never drop one the other kept.
+No secret is stored: a record names the key's id, or no key at all.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Awaitable, Callable, Collection, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+log = logging.getLogger("tokentill.spool")
+
+ENV_DIR = "TOKENTILL_SPOOL_DIR"
+SUFFIX = ".jsonl"
+
+
+def spool_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """Where spool files live: `explicit`, else $TOKENTILL_SPOOL_DIR, else `<user data dir>/spool`."""
+    if explicit is not None:
+        return Path(explicit)
+    from_env = os.environ.get(ENV_DIR)
+    return Path(from_env) if from_env else Path(platformdirs.user_data_dir("tokentill")) / "spool"
+
+
+def spool_name(base_url: str, api_key: str, key_id: str | None = None) -> str:
+    """A client's spool file name: a hash of its base URL and key id (or of a hash of its key)."""
+    who = f"id:{key_id}" if key_id else "sha256:" + hashlib.sha256(api_key.encode()).hexdigest()
+    return hashlib.sha256(f"{base_url.rstrip('/')}\n{who}".encode()).hexdigest()[:24] + SUFFIX
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolRecord:
+    """One call to send again, exactly as first sent (same Idempotency-Key)."""
+
+    method: str
+    path: str
+    body: Any
+    idempotency_key: str
+    reservation_id: str | None
+    base_url: str
+    key_id: str | None = None
+    reason: str = ""  # the last failure, for a person reading the file
+    spooled_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+
+    def line(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+    @classmethod
+    def parse(cls, line: bytes) -> SpoolRecord | None:
+        try:
+            data = json.loads(line)
+            return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
+        except (ValueError, TypeError):
+            return None
+
+
+@dataclass(slots=True)
+class FlushReport:
+    delivered: int = 0
+    rejected: int = 0        # refused for good (moved to `<name>.rejected`)
+    kept: int = 0            # left in the spool afterwards
+    busy: bool = False       # another flusher held the file; nothing was sent
+    problems: list[str] = field(default_factory=list)
+
+
+class Spool:
+    """One spool file and its locks."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.flush_lock_path = self.path.with_name(self.path.name + ".flush-lock")
+        self.rejected_path = self.path.with_name(self.path.name + ".rejected")
+
+    def append(self, record: SpoolRecord) -> None:
+        """Add one record, durably: it is on disk when this returns."""
+        with self._locked():
+            created = not self.path.exists()
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                torn = not created and not _ends_with_newline(fd)
+                _write_all(fd, (b"\n" if torn else b"") + record.line())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if created:
+                _fsync_dir(self.path.parent)
+
+    def records(self) -> list[SpoolRecord]:
+        with self._locked():
+            return self._read()[0]
+
+    def remove(self, keys: Collection[str], rejected: Collection[tuple[SpoolRecord, str]] = ()) -> int:
+        """Strike off the records with these idempotency keys, keeping `rejected` ones aside with why;
+        returns how many records are left."""
+        with self._locked():
+            if rejected:
+                stamp = datetime.now(UTC).isoformat()
+                lines = b"".join(json.dumps({**asdict(r), "rejected": why, "rejected_at": stamp},
+                                            ensure_ascii=False).encode() + b"\n" for r, why in rejected)
+                fd = os.open(self.rejected_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                try:
+                    _write_all(fd, lines)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            records, damaged = self._read()
+            kept = [r for r in records if r.idempotency_key not in keys]
+            if len(kept) != len(records) or damaged:
+                self._rewrite(kept)
+            return len(kept)
+
+    def flush(self, send: Callable[[SpoolRecord], tuple[str, str]], *, wait: bool = True) -> FlushReport:
+        """Send every record once; `send` answers (outcome, note) as `delivery.flush_outcome` does."""
+        fd = self._acquire(self.flush_lock_path, wait)
+        if fd is None:
+            return FlushReport(busy=True)
+        try:
+            run = _FlushRun()
+            for record in self.records():
+                if not run.add(record, *send(record)):
+                    break
+            run.report.kept = self.remove(run.done, run.rejected)
+            return run.report
+        finally:
+            os.close(fd)
+
+    async def aflush(self, send: Callable[[SpoolRecord], Awaitable[tuple[str, str]]], *,
+                     wait: bool = True) -> FlushReport:
+        """`flush` for asyncio: the file work runs in a thread."""
+        fd = await asyncio.to_thread(self._acquire, self.flush_lock_path, wait)
+        if fd is None:
+            return FlushReport(busy=True)
+        try:
+            run = _FlushRun()
+            for record in await asyncio.to_thread(self.records):
+                if not run.add(record, *await send(record)):
+                    break
+            run.report.kept = await asyncio.to_thread(self.remove, run.done, run.rejected)
+            return run.report
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        fd = self._acquire(self.lock_path, True)
+        try:
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the flock
+
+    def _acquire(self, lock_path: Path, wait: bool) -> int | None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+
+    def _read(self) -> tuple[list[SpoolRecord], int]:
+        """The records, and how many lines were damaged (a torn write) and skipped."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return [], 0
+        records, damaged = [], 0
+        for line in data.split(b"\n"):
+            if not line.strip():
+                continue
+            record = SpoolRecord.parse(line)
+            if record is None:
+                damaged += 1
+                log.warning("spool %s: skipped a damaged line (a write cut short)", self.path)
+            else:
+                records.append(record)
+        return records, damaged
+
+    def _rewrite(self, records: list[SpoolRecord]) -> None:
+        if not records:
+            self.path.unlink(missing_ok=True)
+            _fsync_dir(self.path.parent)
+            return
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        try:
+            _write_all(fd, b"".join(r.line() for r in records))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        _fsync_dir(self.path.parent)
+
+
+class _FlushRun:
+    """Tallies one flush: which keys to strike off, which records were refused for good."""
+
+    def __init__(self) -> None:
+        self.report = FlushReport()
+        self.done: set[str] = set()
+        self.rejected: list[tuple[SpoolRecord, str]] = []
+
+    def add(self, record: SpoolRecord, outcome: str, note: str) -> bool:
+        """Count one answer; False when the server is unreachable, so the rest wait for next time."""
+        if outcome == "delivered":
+            self.report.delivered += 1
+            self.done.add(record.idempotency_key)
+        elif outcome == "rejected":
+            self.report.rejected += 1
+            self.done.add(record.idempotency_key)
+            self.rejected.append((record, note))
+        else:
+            self.report.problems.append(f"{record.method} {record.path}: {note}")
+        return outcome != "unreachable"
+
+
+def _ends_with_newline(fd: int) -> bool:
+    size = os.fstat(fd).st_size
+    return size == 0 or os.pread(fd, 1, size - 1) == b"\n"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
