@@ -5,8 +5,10 @@ commit per batch, not per call.
 
 A batch never holds two commands with the same conflict key (request id, reservation,
 idempotency key), so each command sees the effects of the ones before it only through the
-in-memory state. When a batch fails for any reason but a domain refusal, its commands run
-again one by one, so that one bad command cannot fail the others.
+in-memory state. When a batch fails for any reason but a domain refusal, it is halved and
+each half runs as a transaction of its own, recursively, so one bad command fails alone after
+about 2*log2(n) transactions (not n); when the database is unavailable, every command fails at
+once with that error (the database is down, not the input).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from typing import Any
 from prometheus_client import Histogram
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ledger.db import Database, lock_key
+from ledger.db import Database, is_unavailable, lock_key
 from ledger.errors import LedgerError
 from pricing.errors import PricingError
 from wallets import store
@@ -128,12 +130,7 @@ class Engine:
         try:
             outcomes = await self.execute([command for command, _ in items])
         except Exception as exc:
-            if len(items) == 1:
-                if not items[0][1].done():
-                    items[0][1].set_exception(exc)
-                return
-            for item in items:
-                await self._run([item])
+            await self._isolate(items, exc)
             return
         for (command, future), outcome in zip(items, outcomes, strict=True):
             if isinstance(command, Reserve) and hasattr(outcome, "reservation"):
@@ -144,6 +141,18 @@ class Engine:
                 future.set_exception(outcome)
             else:
                 future.set_result(outcome)
+
+    async def _isolate(self, items: list[tuple[Command, asyncio.Future[Any]]], exc: Exception) -> None:
+        """After a batch failed with `exc` (not a domain refusal, which is an outcome): bisect, so
+        that the commands that would commit do, and the bad one gets its own error."""
+        if len(items) == 1 or is_unavailable(exc):
+            for _, future in items:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        half = len(items) // 2
+        await self._run(items[:half])
+        await self._run(items[half:])
 
     async def execute(self, commands: Sequence[Command], *, now: datetime | None = None) -> list[Any]:
         """Run `commands` in one transaction; one outcome each (a result, Replayed or an error).
