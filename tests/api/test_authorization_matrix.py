@@ -1,5 +1,7 @@
-"""Every route x every scope: 401 without a key, 403 outside the key's scope or customers,
-success otherwise. A customer key never reads another customer's data."""
+"""Every route x every key shape: 401 without a key, 403 outside the key's scope or customers,
+404 for an id a limited key looks up among its own customers that only another used, success
+otherwise. Two customers use the same request id and the same event id, and no response to a
+key limited to one customer ever carries the other's data."""
 from __future__ import annotations
 
 import uuid
@@ -14,61 +16,123 @@ from api.settings import Settings
 ADMIN = {"Authorization": "Bearer matrix-admin"}
 OWN, OTHER = f"own-{uuid.uuid4().hex[:8]}", f"other-{uuid.uuid4().hex[:8]}"
 BOOK = f"matrix-{uuid.uuid4().hex[:8]}"
-SCOPES = ["none", "admin", "inference", "inference:other", "auditor", "customer:own", "customer:other"]
+SHARED_REQ, SHARED_EVT = f"shared-req-{uuid.uuid4().hex[:8]}", f"shared-evt-{uuid.uuid4().hex[:8]}"
+# Marks carried by each customer's own data (dimensions, references): never in another's answers.
+MARK = {OWN: f"mark-own-{uuid.uuid4().hex[:8]}", OTHER: f"mark-other-{uuid.uuid4().hex[:8]}"}
 
-# (method, path, body, scopes allowed). {own}: a customer the keys are tested against; {res}: its
-# reservation. "customer:own"/"inference:other" stand for keys of customer OWN / limited to OTHER.
-READ_OWN = {"admin", "inference", "auditor", "customer:own"}
+# Key shapes: "<scope>:own" is the scope limited to customer OWN (customers list), and likewise
+# ":other"; "customer:own" is the scope customer:OWN. The unlimited shapes see both customers.
+SCOPES = ["none", "admin", "admin:own", "admin:other", "inference", "inference:own", "inference:other",
+          "auditor", "auditor:own", "auditor:other", "customer:own", "customer:other"]
+SEES = {scope: {OWN, OTHER} for scope in SCOPES}
+SEES.update({s: {OWN} for s in SCOPES if s.endswith(":own")})
+SEES.update({s: {OTHER} for s in SCOPES if s.endswith(":other")})
+
+UNLIMITED = {"admin", "inference", "auditor"}
+ADMINS_OWN = {"admin", "admin:own"}
+INFERENCE_OWN = {"admin", "admin:own", "inference", "inference:own"}
+AUDITORS_OWN = {"admin", "admin:own", "auditor", "auditor:own"}
+AUDITORS_OTHER = {"admin:other", "auditor:other"}
+READ_OWN = {"admin", "admin:own", "inference", "inference:own", "auditor", "auditor:own", "customer:own"}
+PUBLIC = set(SCOPES)
+
+# (method, path, body, {scopes: outcome}). Outcome "ok" is success (any status but 401, 403
+# and the route's other listed statuses); a scope not listed gets 401 without a key, else 403.
+# {own}, {res}, {req}, {book}: a customer's own things. A route naming them is tested for OWN and
+# again, mirrored, for OTHER (":own" and ":other" swapped). {shared_req}, {shared_evt}: ids both used.
 ROUTES = [
-    ("GET", "/healthz", None, set(SCOPES)),
-    ("GET", "/readyz", None, set(SCOPES)),
-    ("GET", "/metrics", None, set(SCOPES)),
-    ("GET", "/v1/audit/trial-balance", None, {"admin", "auditor"}),
-    ("POST", "/v1/audit/verify", None, {"admin", "auditor"}),
-    ("GET", "/v1/audit/charges/{req}", None, {"admin", "auditor"}),
-    ("POST", "/v1/api-keys", {"scope": "auditor"}, {"admin"}),
-    ("GET", "/v1/api-keys", None, {"admin"}),
-    ("DELETE", "/v1/api-keys/key_missing", None, {"admin"}),
-    ("POST", "/v1/price-books", {**PRICE_BOOK, "id": f"{BOOK}-2"}, {"admin"}),
-    ("GET", f"/v1/price-books/{BOOK}", None, {"admin", "auditor", "inference", "inference:other"}),
-    ("POST", "/v1/customers", {"id": "x", "currency": "USD", "price_book": BOOK}, {"admin"}),
-    ("GET", "/v1/customers/{own}", None, READ_OWN),
-    ("GET", "/v1/customers/{own}/wallet", None, READ_OWN),
-    ("GET", "/v1/customers/{own}/usage", None, READ_OWN),
-    ("POST", "/v1/customers/{own}/topups", {"amount": "1.00"}, {"admin"}),
-    ("POST", "/v1/customers/{own}/grants", {"amount": "1.00"}, {"admin"}),
+    ("GET", "/healthz", None, {frozenset(PUBLIC): "ok"}),
+    ("GET", "/readyz", None, {frozenset(PUBLIC): "ok"}),
+    ("GET", "/metrics", None, {frozenset(PUBLIC): "ok"}),
+    ("GET", "/v1/audit/trial-balance", None, {frozenset(AUDITORS_OWN | AUDITORS_OTHER): "ok"}),
+    ("POST", "/v1/audit/verify", None, {frozenset({"admin", "auditor"}): "ok"}),
+    ("GET", "/v1/audit/charges/{req}", None, {frozenset(AUDITORS_OWN): "ok", frozenset(AUDITORS_OTHER): 404}),
+    ("GET", "/v1/audit/charges/{req}?customer_id={own}", None, {frozenset(AUDITORS_OWN): "ok"}),
+    ("GET", "/v1/audit/charges/{shared_req}", None,
+     {frozenset({"admin:own", "auditor:own"} | AUDITORS_OTHER): "ok", frozenset({"admin", "auditor"}): 422}),
+    ("GET", "/v1/audit/charges/{shared_req}?customer_id={own}", None, {frozenset(AUDITORS_OWN): "ok"}),
+    ("GET", "/v1/audit/charges/{shared_evt}", None,
+     {frozenset({"admin:own", "auditor:own"} | AUDITORS_OTHER): "ok", frozenset({"admin", "auditor"}): 422}),
+    ("GET", "/v1/audit/charges/{shared_evt}?customer_id={own}", None, {frozenset(AUDITORS_OWN): "ok"}),
+    ("POST", "/v1/api-keys", {"scope": "auditor"}, {frozenset({"admin"}): "ok"}),
+    ("GET", "/v1/api-keys", None, {frozenset({"admin"}): "ok"}),
+    ("DELETE", "/v1/api-keys/key_missing", None, {frozenset({"admin"}): "ok"}),
+    ("POST", "/v1/price-books", {**PRICE_BOOK, "id": f"{BOOK}-2"}, {frozenset({"admin"}): "ok"}),
+    ("GET", "/v1/price-books/{book}", None, {frozenset(UNLIMITED | {"admin:own", "inference:own", "auditor:own"}): "ok",
+                                            frozenset({"admin:other", "inference:other", "auditor:other"}): 404}),
+    ("POST", "/v1/customers", {"id": "x", "currency": "USD", "price_book": BOOK}, {frozenset({"admin"}): "ok"}),
+    ("GET", "/v1/customers/{own}", None, {frozenset(READ_OWN): "ok"}),
+    ("GET", "/v1/customers/{own}/wallet", None, {frozenset(READ_OWN): "ok"}),
+    ("GET", "/v1/customers/{own}/usage", None, {frozenset(READ_OWN): "ok"}),
+    ("POST", "/v1/customers/{own}/topups", {"amount": "1.00"}, {frozenset(ADMINS_OWN): "ok"}),
+    ("POST", "/v1/customers/{own}/grants", {"amount": "1.00"}, {frozenset(ADMINS_OWN): "ok"}),
     ("POST", "/v1/reservations", {"customer_id": "{own}", "request_id": "r", "model": "model-a", "amount": "0.01"},
-     {"admin", "inference"}),
-    ("GET", "/v1/reservations/{res}", None, READ_OWN),
-    ("POST", "/v1/reservations/{res}/settle", {"usage": {"input_tokens": 1}}, {"admin", "inference"}),
-    ("POST", "/v1/reservations/{res}/release", {}, {"admin", "inference"}),
+     {frozenset(INFERENCE_OWN): "ok"}),
+    ("GET", "/v1/reservations/{res}", None, {frozenset(READ_OWN): "ok"}),
+    ("POST", "/v1/reservations/{res}/settle", {"usage": {"input_tokens": 1}}, {frozenset(INFERENCE_OWN): "ok"}),
+    ("POST", "/v1/reservations/{res}/release", {}, {frozenset(INFERENCE_OWN): "ok"}),
+    # a batch refuses, event by event, what the key may not post, and posts none of it
     ("POST", "/v1/usage-events", [{"event_id": "e", "customer_id": "{own}", "model": "model-a",
                                    "timestamp": "2026-11-23T10:00:00Z", "usage": {"input_tokens": 1}}],
-     {"admin", "inference"}),
+     {frozenset(INFERENCE_OWN): "ok", frozenset({"admin:other", "inference:other"}): "rejected"}),
 ]
+OWNED = ("{own}", "{res}", "{req}", "{book}")
+
+
+def _mirror(scope: str) -> str:
+    if scope.endswith(":own"):
+        return scope.removesuffix(":own") + ":other"
+    if scope.endswith(":other"):
+        return scope.removesuffix(":other") + ":own"
+    return scope
+
+
+CASES = []
+for _method, _path, _body, _outcomes in ROUTES:
+    CASES.append((_method, _path, _body, "own", _outcomes))
+    if any(name in f"{_path}{_body}" for name in OWNED):
+        CASES.append((_method, _path, _body, "other",
+                      {frozenset(_mirror(s) for s in scopes): outcome for scopes, outcome in _outcomes.items()}))
 
 
 @pytest.fixture(scope="module")
 async def world(database_url):
     app = create_app(Settings(admin_key="matrix-admin", scheduler=False), database_url)
     async with AsyncTestClient(app=app) as client:
-        assert (await client.post("/v1/price-books", headers=ADMIN, json={**PRICE_BOOK, "id": BOOK})).status_code == 201
+        names = {}
         for customer in (OWN, OTHER):
-            await client.post("/v1/customers", headers=ADMIN,
-                              json={"id": customer, "currency": "USD", "price_book": BOOK})
-            await client.post(f"/v1/customers/{customer}/topups", headers=ADMIN, json={"amount": "5.00"})
-        reservation = (await client.post("/v1/reservations", headers=ADMIN, json={
-            "customer_id": OWN, "request_id": f"matrix-{uuid.uuid4().hex}", "model": "model-a",
-            "amount": "0.10"})).json()
+            book = f"{BOOK}-{customer}"  # each customer's own book: a limited key reads its own only
+            assert (await client.post("/v1/price-books", headers=ADMIN,
+                                      json={**PRICE_BOOK, "id": book})).status_code == 201
+            assert (await client.post("/v1/customers", headers=ADMIN, json={
+                "id": customer, "currency": "USD", "price_book": book, "billing": "postpaid"})).status_code == 201
+            await client.post(f"/v1/customers/{customer}/topups", headers=ADMIN,
+                              json={"amount": "5.00", "reference": MARK[customer]})
+            marked = {"mark": MARK[customer]}
+            reservation = (await client.post("/v1/reservations", headers=ADMIN, json={
+                "customer_id": customer, "request_id": f"matrix-{uuid.uuid4().hex}", "model": "model-a",
+                "amount": "0.10", "dimensions": marked})).json()
+            shared = await client.post("/v1/reservations", headers=ADMIN, json={
+                "customer_id": customer, "request_id": SHARED_REQ, "model": "model-a", "amount": "0.10",
+                "dimensions": marked})
+            assert shared.status_code == 201, shared.text
+            sent = await client.post("/v1/usage-events", headers=ADMIN, json=[{
+                "event_id": SHARED_EVT, "customer_id": customer, "model": "model-a",
+                "timestamp": "2026-11-23T10:00:00Z", "usage": {"input_tokens": 1000}, "dimensions": marked}])
+            assert sent.json()["accepted"] == 1, sent.text
+            names[customer] = {"own": customer, "res": reservation["id"], "req": reservation["request_id"],
+                               "book": book, "shared_req": SHARED_REQ, "shared_evt": SHARED_EVT}
         keys = {"none": {}, "admin": ADMIN}
-        specs = {"inference": ("inference", []), "inference:other": ("inference", [OTHER]),
-                 "auditor": ("auditor", []), "customer:own": (f"customer:{OWN}", []),
-                 "customer:other": (f"customer:{OTHER}", [])}
-        for name, (scope, customers) in specs.items():
+        for name in SCOPES[2:]:
+            scope, _, limit = name.partition(":")
+            if scope == "customer":
+                scope, customers = f"customer:{OWN if limit == 'own' else OTHER}", []
+            else:
+                customers = {"own": [OWN], "other": [OTHER], "": []}[limit]
             created = (await client.post("/v1/api-keys", headers=ADMIN,
                                          json={"scope": scope, "customers": customers})).json()
             keys[name] = {"Authorization": f"Bearer {created['key']}"}
-        yield client, keys, {"own": OWN, "res": reservation["id"], "req": reservation["request_id"]}
+        yield client, keys, names
 
 
 def _fill(value, names):
@@ -85,28 +149,45 @@ def test_the_matrix_covers_every_route(database_url):
     app = create_app(Settings(admin_key="x", scheduler=False), database_url)
     served = {(method, route.path) for route in app.routes for method in getattr(route, "methods", ())
               if method not in ("OPTIONS", "HEAD") and not route.path.startswith("/schema")}
-    tested = {(method, path.replace("{own}", "{customer_id:str}").replace("{res}", "{reservation_id:str}")
-               .replace("{req}", "{request_id:str}").replace("key_missing", "{key_id:str}")
-               .replace(BOOK, "{book_id:str}")) for method, path, _, _ in ROUTES}
+    tested = {(method, path.partition("?")[0].replace("{own}", "{customer_id:str}")
+               .replace("{res}", "{reservation_id:str}").replace("{shared_req}", "{request_id:str}")
+               .replace("{shared_evt}", "{request_id:str}").replace("{req}", "{request_id:str}")
+               .replace("key_missing", "{key_id:str}").replace("{book}", "{book_id:str}"))
+              for method, path, _, _ in ROUTES}
     assert served == tested
 
 
+def _expected(outcomes: dict[frozenset[str], object], scope: str) -> object:
+    for scopes, outcome in outcomes.items():
+        if scope in scopes:
+            return outcome
+    return 401 if scope == "none" else 403
+
+
 @pytest.mark.parametrize("scope", SCOPES)
-@pytest.mark.parametrize("method, path, body, allowed", ROUTES, ids=[f"{m} {p}" for m, p, _, _ in ROUTES])
-async def test_route_by_scope(world, method, path, body, allowed, scope):
+@pytest.mark.parametrize("method, path, body, target, outcomes", CASES,
+                         ids=[f"{m} {p} [{t}]" for m, p, _, t, _ in CASES])
+async def test_route_by_key_shape(world, method, path, body, target, outcomes, scope):
     client, keys, names = world
+    customer = OWN if target == "own" else OTHER
     kwargs = {"headers": {**keys[scope], "Idempotency-Key": uuid.uuid4().hex}}
     if body is not None:
-        kwargs["json"] = _fill(body, names)
-    response = await client.request(method, _fill(path, names), **kwargs)
-    if path == "/v1/usage-events" and scope == "inference:other":
-        # a batch refuses each event the key may not post, by event, and posts none of them
-        assert response.status_code == 200
+        kwargs["json"] = _fill(body, names[customer])
+    response = await client.request(method, _fill(path, names[customer]), **kwargs)
+    expected = _expected(outcomes, scope)
+    assert response.status_code < 500, response.text
+    if expected == "ok":
+        refusals = {401, 403} | {o for o in outcomes.values() if isinstance(o, int)}
+        assert response.status_code not in refusals, response.text
+    elif expected == "rejected":
+        assert response.status_code == 200, response.text
         assert response.json()["accepted"] == 0 and response.json()["rejected"][0]["code"] == "forbidden"
-    elif scope in allowed:
-        assert response.status_code not in (401, 403), response.text
-    elif scope == "none":
-        assert response.status_code == 401, response.text
     else:
-        assert response.status_code == 403, response.text
-        assert response.json()["code"] == "forbidden"
+        assert response.status_code == expected, response.text
+        assert response.json()["code"] == {401: "unauthorized", 403: "forbidden", 404: "not_found",
+                                           422: "validation_error"}[expected]
+    # zero cross-customer reads: nothing of a customer the key may not see, in any answer
+    for unseen in {OWN, OTHER} - SEES[scope]:
+        assert MARK[unseen] not in response.text, response.text
+        assert f"customer:{unseen}:" not in response.text, response.text  # its account codes
+        assert f"{BOOK}-{unseen}" not in response.text or path.startswith("/v1/price-books"), response.text
