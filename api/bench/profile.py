@@ -71,7 +71,8 @@ LAYERS: list[tuple[str, re.Pattern[str]]] = [
 ]
 OTHER = "event loop and other"
 # Frames under every stack of the server (the command line, uvicorn starting the loop): no layer.
-BOOTSTRAP = re.compile(r"/api/cli\.py|/site-packages/uvicorn/(?:main|server|_compat)\.py|<frozen runpy>")
+BOOTSTRAP = re.compile(r"/api/cli\.py|\bserve \(\S*/api/server\.py|/site-packages/uvicorn/(?:main|server|_compat)\.py"
+                       r"|<frozen runpy>")
 
 
 class SpyProfile:

@@ -7,7 +7,7 @@ SITE = "/venv/lib/python3.11/site-packages"
 ROOT = "/src/tokentill"
 BOOT = ";".join([  # under every stack of `tokentill serve`
     "_run_module_as_main (<frozen runpy>:198)", f"main ({ROOT}/api/cli.py:183)", f"_serve ({ROOT}/api/cli.py:27)",
-    f"run ({SITE}/uvicorn/main.py:632)", f"Server.run ({SITE}/uvicorn/server.py:86)",
+    f"serve ({ROOT}/api/server.py:290)", f"Server.run ({SITE}/uvicorn/server.py:86)",
     f"asyncio_run ({SITE}/uvicorn/_compat.py:30)"])
 LOOP = f"{BOOT};run (/usr/lib/python3.11/asyncio/base_events.py:600)"
 UVICORN = f"run_asgi ({SITE}/uvicorn/protocols/http/httptools_impl.py:401)"
