@@ -1,19 +1,35 @@
-"""Price books in the database: versions are stored as posted and never change; a process
-keeps each book it has parsed, and reloads it when the number of versions changes."""
+"""Price books in the database: versions are stored as posted and never change. A process keeps
+the versions it has parsed, by (book id, version), and the books assembled from them.
+
+Parsing a big version takes milliseconds to a few tenths of a second, so it is kept out of the
+wallet batches, which run under the cluster-wide writer lock: the engine warms the cache before
+it queues a command (`BookCache.warm`: one lookup shared by the commands arriving meanwhile, and
+the parse in a worker thread), and under the lock `get` finds the book ready. Only a version that
+appeared between the two is parsed there.
+"""
 from __future__ import annotations
 
+import asyncio
 import json
-from dataclasses import dataclass
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ledger.db import Database
 from ledger.model import request_hash
 from pricing.books import PriceBook, PriceVersion
 from pricing.parse import parse_version
 from wallets.errors import ConflictError, NotFoundError
+
+log = logging.getLogger("tokentill.books")
+PLAUSIBILITY_FIELDS = ("max_charge_per_request", "context_window")
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +40,7 @@ class StoredVersion:
     effective_from: datetime
     rules: list[Any]
     created_at: datetime
+    plausibility: dict[str, Any] = field(default_factory=dict)  # the optional bounds, as posted
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,59 +49,70 @@ class AddedVersion:
     created: bool  # False: the very same version was posted before
 
 
+# `known`: versions this process has parsed; their rules are not sent again.
 _VERSIONS = text("""
-SELECT b.id, b.currency, v.version, v.effective_from, v.rules, v.created_at
+SELECT b.id, b.currency, v.version, v.effective_from, v.created_at, v.plausibility,
+       CASE WHEN v.version = ANY(CAST(:known AS text[])) THEN NULL ELSE v.rules END AS rules
   FROM price_books b JOIN price_book_versions v ON v.book_id = b.id
  WHERE b.id = :id ORDER BY v.effective_from
 """)
 
 
-async def stored_versions(conn: AsyncConnection, book_id: str) -> list[StoredVersion]:
-    rows = await conn.execute(_VERSIONS, {"id": book_id})
-    return [StoredVersion(r.id, r.currency, r.version, r.effective_from, r.rules, r.created_at) for r in rows]
+def _stored(r: Any) -> StoredVersion:
+    return StoredVersion(r.id, r.currency, r.version, r.effective_from, r.rules, r.created_at, r.plausibility or {})
 
 
-def _book(versions: list[StoredVersion]) -> PriceBook:
-    first = versions[0]
-    parsed = [parse_version({"id": v.book_id, "currency": v.currency,
-                             "effective_from": v.effective_from.isoformat(), "rules": v.rules},
-                            version=v.version) for v in versions]
-    return PriceBook(first.book_id, first.currency, tuple(parsed))
+async def stored_versions(conn: AsyncConnection, book_id: str, known: Sequence[str] = ()) -> list[StoredVersion]:
+    """A book's versions, oldest first; those named in `known` come without their rules (None)."""
+    rows = await conn.execute(_VERSIONS, {"id": book_id, "known": list(known)})
+    return [_stored(r) for r in rows]
 
 
-async def add_version(conn: AsyncConnection, body: dict[str, Any]) -> AddedVersion:
-    """Validate and store a version (creating the book on first use). Posting the same version
-    again is a no-op; another version at the same time (or in another currency) conflicts with
-    what is stored (409); one that makes the book invalid is a validation error listing fields."""
-    version: PriceVersion = parse_version(body)
+def plausibility_of(body: dict[str, Any]) -> dict[str, Any]:
+    """The optional plausibility bounds of a posted version, as posted."""
+    return {name: body[name] for name in PLAUSIBILITY_FIELDS if body.get(name) is not None}
+
+
+def parse_stored(v: StoredVersion) -> PriceVersion:
+    """A stored version, parsed as it was accepted (the limits on new versions do not apply)."""
+    return parse_version({"id": v.book_id, "currency": v.currency, "effective_from": v.effective_from.isoformat(),
+                          "rules": v.rules, **v.plausibility}, version=v.version, limits=False)
+
+
+async def add_version(conn: AsyncConnection, body: dict[str, Any], version: PriceVersion | None = None
+                      ) -> AddedVersion:
+    """Store a version (creating the book on first use). `version` is the body parsed and
+    validated before the transaction; without it the body is parsed here. Posting the same
+    version again is a no-op; another version at the same time (or in another currency)
+    conflicts with what is stored (409)."""
+    version = version if version is not None else parse_version(body)
+    bounds = plausibility_of(body)
     digest = request_hash({"rules": body.get("rules"), "effective_from": version.effective_from.isoformat(),
-                           "version": version.version})
+                           "version": version.version, **({"plausibility": bounds} if bounds else {})})
     await conn.execute(text("INSERT INTO price_books (id, currency) VALUES (:id, :cur) ON CONFLICT DO NOTHING"),
                        {"id": version.book_id, "cur": version.currency})
-    existing = await stored_versions(conn, version.book_id)
     currency = (await conn.execute(text("SELECT currency FROM price_books WHERE id = :id"),
                                    {"id": version.book_id})).scalar_one()
     if currency != version.currency:
         raise ConflictError(f"book {version.book_id} is priced in {currency}", field="currency")
-    for v in existing:
-        if v.effective_from == version.effective_from or v.version == version.version:
-            same = (await conn.execute(text(
-                "SELECT body_hash FROM price_book_versions WHERE book_id = :b AND version = :v"),
-                {"b": v.book_id, "v": v.version})).scalar_one()
-            if bytes(same) == digest:
-                return AddedVersion(v, created=False)
-            raise ConflictError(f"version {v.version} of {v.book_id} already takes effect then; versions "
-                                "never change, post another effective_from", field="effective_from")
-    if existing:
-        _book(existing).with_version(version)  # the book as a whole must stay valid
+    same = (await conn.execute(text(
+        """SELECT version, body_hash FROM price_book_versions
+            WHERE book_id = :b AND (effective_from = :at OR version = :v) ORDER BY effective_from"""),
+        {"b": version.book_id, "at": version.effective_from, "v": version.version})).first()
+    if same is not None:
+        if bytes(same.body_hash) == digest:
+            stored = await stored_versions(conn, version.book_id)
+            return AddedVersion(next(v for v in stored if v.version == same.version), created=False)
+        raise ConflictError(f"version {same.version} of {version.book_id} already takes effect then; versions "
+                            "never change, post another effective_from", field="effective_from")
     row = (await conn.execute(text(
-        """INSERT INTO price_book_versions (book_id, version, effective_from, rules, body_hash)
-           VALUES (:b, :v, :at, CAST(:rules AS jsonb), :h) RETURNING created_at"""),
+        """INSERT INTO price_book_versions (book_id, version, effective_from, rules, body_hash, plausibility)
+           VALUES (:b, :v, :at, CAST(:rules AS jsonb), :h, CAST(:bounds AS jsonb)) RETURNING created_at"""),
         {"b": version.book_id, "v": version.version, "at": version.effective_from,
-         "rules": json.dumps(body.get("rules")), "h": digest})).one()
+         "rules": json.dumps(body.get("rules")), "h": digest, "bounds": json.dumps(bounds)})).one()
     return AddedVersion(StoredVersion(version.book_id, version.currency, version.version,
                                       version.effective_from, list(body.get("rules") or []),
-                                      row.created_at), created=True)
+                                      row.created_at, bounds), created=True)
 
 
 async def get_versions(conn: AsyncConnection, book_id: str) -> list[StoredVersion]:
@@ -94,29 +122,128 @@ async def get_versions(conn: AsyncConnection, book_id: str) -> list[StoredVersio
     return versions
 
 
-class BookCache:
-    """Parsed books per process; a book is reloaded when its version count changes."""
+_BOOKS_OF = text("""
+SELECT c.id AS customer_id, c.price_book AS book_id, count(v.version) AS versions
+  FROM customers c JOIN price_book_versions v ON v.book_id = c.price_book
+ WHERE c.id = ANY(CAST(:ids AS text[])) GROUP BY c.id, c.price_book
+""")
 
-    def __init__(self) -> None:
-        self._books: dict[str, tuple[int, PriceBook]] = {}
-        self._tiered: dict[int, bool] = {}  # id(book) -> has graduated or volume tiers
+
+@dataclass(slots=True)
+class _Assembled:
+    versions: int  # how many versions the book had when assembled (versions are only ever added)
+    book: PriceBook
+    tiered: bool  # has graduated or volume tiers
+
+
+class BookCache:
+    """Parsed versions by (book id, version) and the books assembled from them, both bounded."""
+
+    def __init__(self, *, max_versions: int = 256, max_books: int = 128) -> None:
+        self._versions: OrderedDict[tuple[str, str], PriceVersion] = OrderedDict()
+        self._books: OrderedDict[str, _Assembled] = OrderedDict()
+        self._max_versions, self._max_books = max_versions, max_books
+        self._waiting: list[tuple[str, asyncio.Future[None]]] = []
+        self._warmer: asyncio.Task[None] | None = None
+        self._parsing: dict[str, asyncio.Task[None]] = {}  # book id -> its parse in flight
 
     def tiered(self, book: PriceBook) -> bool:
-        if id(book) not in self._tiered:
-            self._tiered[id(book)] = any(rule.tiers for version in book.versions for rule in version.rules)
-        return self._tiered[id(book)]
+        cached = self._books.get(book.id)
+        if cached is not None and cached.book is book:
+            return cached.tiered
+        return _has_tiers(book)
 
     async def get(self, conn: AsyncConnection, book_id: str | None, versions: int) -> PriceBook | None:
+        """The book with `versions` versions; a cache hit when the engine warmed it."""
         if not book_id or versions == 0:
             return None
         cached = self._books.get(book_id)
-        if cached is not None and cached[0] == versions:
-            return cached[1]
-        stored = await stored_versions(conn, book_id)
-        if not stored:
-            return None
-        book = _book(stored)
-        if cached is not None:
-            self._tiered.pop(id(cached[1]), None)
-        self._books[book_id] = (len(stored), book)
+        if cached is not None and cached.versions == versions:
+            self._books.move_to_end(book_id)
+            return cached.book
+        known = self._known(book_id)
+        stored = await stored_versions(conn, book_id, list(known))
+        return self._assemble(book_id, stored, known, _parse_all(stored)) if stored else None
+
+    async def warm(self, db: Database, customer_id: str) -> None:
+        """Parse the customer's book as stored now, if this process has not: called before a
+        command is queued, outside any lock. Commands arriving while a lookup runs share the next
+        one; a book is parsed once (in a worker thread) however many wait for it, and a slow parse
+        delays only the commands that need that book. Best effort: on any error `get` does it."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((customer_id, waiter))
+        if self._warmer is None or self._warmer.done():
+            self._warmer = asyncio.create_task(self._look_up_waiting(db))
+        await waiter
+
+    async def _look_up_waiting(self, db: Database) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            books: dict[str, str] = {}  # customer id -> a book it needs parsed
+            try:
+                ids = sorted({cid for cid, _ in batch})
+                rows = await db.lookup(partial(_all, statement=_BOOKS_OF, params={"ids": ids}))
+                for row in rows:
+                    cached = self._books.get(row.book_id)
+                    if cached is None or cached.versions != row.versions:
+                        books[row.customer_id] = row.book_id
+            except Exception:  # the command itself meets (and reports) the fault, if it lasts
+                log.warning("looking up price books to warm failed", exc_info=True)
+            for cid, waiter in batch:
+                if cid in books:
+                    self._parse_later(db, books[cid]).add_done_callback(lambda _, w=waiter: _wake(w))
+                else:
+                    _wake(waiter)
+
+    def _parse_later(self, db: Database, book_id: str) -> asyncio.Task[None]:
+        task = self._parsing.get(book_id)
+        if task is None or task.done():
+            task = self._parsing[book_id] = asyncio.create_task(self._parse(db, book_id))
+            task.add_done_callback(lambda t: self._parsing.pop(book_id, None) if self._parsing.get(book_id) is t
+                                   else None)
+        return task
+
+    async def _parse(self, db: Database, book_id: str) -> None:
+        known = self._known(book_id)
+        try:
+            stored = await db.read(lambda conn: stored_versions(conn, book_id, list(known)))
+            if stored:
+                self._assemble(book_id, stored, known, await asyncio.to_thread(_parse_all, stored))
+        except Exception:
+            log.warning("parsing price book %s ahead of its commands failed", book_id, exc_info=True)
+
+    def _known(self, book_id: str) -> dict[str, PriceVersion]:
+        return {v: parsed for (b, v), parsed in self._versions.items() if b == book_id}
+
+    def _assemble(self, book_id: str, stored: list[StoredVersion], known: dict[str, PriceVersion],
+                  parsed: dict[str, PriceVersion]) -> PriceBook:
+        versions = tuple(known[v.version] if v.rules is None else parsed[v.version] for v in stored)
+        book = PriceBook(book_id, stored[0].currency, versions)
+        for v in versions:
+            self._versions[(book_id, v.version)] = v
+            self._versions.move_to_end((book_id, v.version))
+        while len(self._versions) > self._max_versions:
+            self._versions.popitem(last=False)
+        self._books[book_id] = _Assembled(len(versions), book, _has_tiers(book))
+        self._books.move_to_end(book_id)
+        while len(self._books) > self._max_books:
+            self._books.popitem(last=False)
         return book
+
+
+def _parse_all(stored: list[StoredVersion]) -> dict[str, PriceVersion]:
+    """The versions that came with their rules, parsed (in a worker thread when warming)."""
+    return {v.version: parse_stored(v) for v in stored if v.rules is not None}
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _has_tiers(book: PriceBook) -> bool:
+    return any(rule.tiers for version in book.versions for rule in version.rules)
+
+
+async def _all(conn: AsyncConnection, statement: Any, params: dict[str, Any]) -> list[Any]:
+    return list(await conn.execute(statement, params))

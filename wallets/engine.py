@@ -68,6 +68,8 @@ class Engine:
 
     async def submit(self, command: Command) -> Any:
         """Run `command` once committed; returns its result or Replayed, raises its domain error."""
+        if command.needs_book:  # parse its price book here, not in the batch under the writer lock
+            await self.books.warm(self.db, command.customer_id)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append((command, future))
         if self._running < self._max_flushers:

@@ -1,6 +1,10 @@
-"""Price books: post a version (creating the book on first use), read a book's versions."""
+"""Price books: post a version (creating the book on first use), read a book's versions.
+
+A version is parsed and validated before any transaction (in a worker thread when it is big),
+and the transaction only stores it."""
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -14,7 +18,15 @@ from api.routes.formats import IDENTIFIER, PRICE, DateTime
 from api.routes.schemas import json_body
 from api.routes.wire import idempotency, integral, renderer, respond, shaped, time_in, time_out
 from ledger.db import lock_key
-from pricing.books import TIER_MODES, TOKEN_TYPES
+from pricing.books import (
+    MAX_CONTEXT_WINDOW,
+    MAX_MATCH_DIMENSIONS,
+    MAX_RULES,
+    MAX_TIERS,
+    TIER_MODES,
+    TOKEN_TYPES,
+    PriceVersion,
+)
 from pricing.errors import PriceBookValidationError
 from pricing.parse import parse_version
 from wallets import books
@@ -23,6 +35,9 @@ from wallets.service import run_once
 
 Price = Annotated[str, msgspec.Meta(pattern=PRICE, description="A decimal string (never a JSON number)")]
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+ContextWindow = Annotated[int, msgspec.Meta(ge=1, le=MAX_CONTEXT_WINDOW, description=(
+    "The most input + output tokens one call can have; a settle beyond it is implausible_usage"))]
+IN_THREAD_ABOVE = 200  # rules: a bigger version is parsed off the event loop
 DimensionName = Annotated[str, msgspec.Meta(min_length=1, extra_json_schema={"not": {"const": "model"}})]
 _OPEN_TIER = {"anyOf": [{"not": {"required": ["up_to"]}}, {"properties": {"up_to": {"type": "null"}}}]}
 _PRICE_OR_TIERS = {"oneOf": [
@@ -43,34 +58,42 @@ class RuleRequest(msgspec.Struct, forbid_unknown_fields=True):
     token_type: Literal[TOKEN_TYPES]  # type: ignore[valid-type]
     model: NonEmpty | None = None
     price: Price | None = None
-    match: dict[DimensionName, str | int | bool] | None = None
-    tiers: Annotated[list[TierRequest], msgspec.Meta(extra_json_schema={
+    match: Annotated[dict[DimensionName, str | int | bool], msgspec.Meta(max_length=MAX_MATCH_DIMENSIONS)] | None = None
+    tiers: Annotated[list[TierRequest], msgspec.Meta(max_length=MAX_TIERS, extra_json_schema={
         "description": "Ascending `up_to`; only the last tier is open (`up_to` null).",
         "contains": _OPEN_TIER, "maxContains": 1})] | None = None
     tier_mode: Literal[TIER_MODES] | None = None  # type: ignore[valid-type]
     source: str | None = None
+    context_window: ContextWindow | None = None
 
 
 class PriceBookRequest(msgspec.Struct):
-    """A version of a book: unique rule ids, and no two rules that could tie for one usage."""
+    """A version of a book: unique rule ids, and no two rules that could tie for one usage; at
+    most 10,000 rules, 64 distinct sets of match dimension names and 200 model patterns.
+    `max_charge_per_request` and `context_window` bound what one call may be charged."""
 
     id: Annotated[str, msgspec.Meta(pattern=IDENTIFIER)]
     currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")]
     effective_from: DateTime
-    rules: list[Annotated[RuleRequest, msgspec.Meta(extra_json_schema=_PRICE_OR_TIERS)]]
+    rules: Annotated[list[Annotated[RuleRequest, msgspec.Meta(extra_json_schema=_PRICE_OR_TIERS)]],
+                     msgspec.Meta(max_length=MAX_RULES)]
     version: Annotated[str, msgspec.Meta(max_length=100)] | None = None
+    max_charge_per_request: Price | None = None
+    context_window: ContextWindow | None = None
 
 
 PriceBookBody = Annotated[dict[str, Any], json_body(PriceBookRequest)]
 
 
-class PriceVersionResponse(msgspec.Struct):
+class PriceVersionResponse(msgspec.Struct, omit_defaults=True):
     id: str
     currency: str
     version: str
     effective_from: str
     rules: list[Any]
     created_at: str
+    max_charge_per_request: str | None = None
+    context_window: int | None = None
 
 
 class PriceBookResponse(msgspec.Struct):
@@ -79,10 +102,9 @@ class PriceBookResponse(msgspec.Struct):
     versions: list[PriceVersionResponse]
 
 
-def _valid(data: dict[str, Any]) -> dict[str, Any]:
-    """The body, once valid. The schema's checks come first, so that pricing never reads a shape
-    it cannot (a list for `match`, say); where they fail, pricing's own list every bad field."""
-    data = integral(data)
+def _valid(data: dict[str, Any]) -> PriceVersion:
+    """The body, parsed, once valid. The schema's checks come first, so that pricing never reads a
+    shape it cannot (a list for `match`, say); where they fail, pricing's own list every bad field."""
     try:
         shaped(data, PriceBookRequest)
         time_in(data["effective_from"], "effective_from")
@@ -94,13 +116,20 @@ def _valid(data: dict[str, Any]) -> dict[str, Any]:
         except (TypeError, ValueError, AttributeError):
             pass  # a shape pricing cannot read at all: the schema's error names it
         raise shape_error from None
-    parse_version(data)
-    return data
+    return parse_version(data)
+
+
+async def _parsed(data: dict[str, Any]) -> PriceVersion:
+    rules = data.get("rules")
+    if isinstance(rules, list) and len(rules) > IN_THREAD_ABOVE:
+        return await asyncio.to_thread(_valid, data)
+    return _valid(data)
 
 
 def _version(v: books.StoredVersion) -> PriceVersionResponse:
     return PriceVersionResponse(v.book_id, v.currency, v.version, time_out(v.effective_from) or "", v.rules,
-                                time_out(v.created_at) or "")
+                                time_out(v.created_at) or "", v.plausibility.get("max_charge_per_request"),
+                                v.plausibility.get("context_window"))
 
 
 @post("/v1/price-books", guards=[require()], tags=["price books"], status_code=201,
@@ -110,11 +139,13 @@ async def post_price_book(
     data: PriceBookBody,
 ) -> Response[PriceVersionResponse]:
     """Create a book, or add a version to it. Versions never change: posting the same version
-    again answers 200 with it; another version at the same `effective_from` is refused."""
-    data = _valid(data)
+    again answers 200 with it; another version at the same `effective_from` is refused. More
+    than 10,000 rules is a validation error naming `rules` (see the README's limits)."""
+    data = integral(data)
+    version = await _parsed(data)
     render = renderer(request, lambda added: (201 if added.created else 200, _version(added.version)))
     outcome = await run_once(state.services.db, idempotency(request, data, render),
-                             lambda conn: books.add_version(conn, data),
+                             lambda conn: books.add_version(conn, data, version),
                              locks=[lock_key("price-book:" + str(data.get("id")))])
     return respond(outcome, render)
 

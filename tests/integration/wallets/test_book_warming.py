@@ -1,0 +1,125 @@
+"""A big stored price book is parsed outside the writer lock (issue 9, item 6): the first time a
+process uses a 3,000-rule book, other customers' reserves keep completing meanwhile."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from itertools import pairwise
+from typing import Any
+
+from wallet_kit import Kit, usd
+
+from ledger.db import Database
+from pricing.parse import parse_version
+from wallets import books
+from wallets.service import CustomerSpec
+
+BIG = 3_000
+
+
+def big_book(book_id: str) -> dict[str, Any]:
+    """model-x at the kit's prices ($1.00 / $2.00 per 1,000 tokens), among 3,000 rules."""
+    rules: list[dict[str, Any]] = [
+        {"id": "x-in", "model": "model-x", "token_type": "input", "price": "1000"},
+        {"id": "x-out", "model": "model-x", "token_type": "output", "price": "2000"},
+    ]
+    i = 0
+    while len(rules) < BIG:
+        for token_type in ("input", "output", "cached_input"):
+            rules.append({"id": f"m{i}-{token_type}", "model": f"model-{i:05d}", "token_type": token_type,
+                          "price": "1.5"})
+        if i % 10 == 0:
+            rules.append({"id": f"m{i}-eu", "model": f"model-{i:05d}", "token_type": "input", "price": "2",
+                          "match": {"region": "eu"}})
+        i += 1
+    return {"id": book_id, "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": rules[:BIG]}
+
+
+async def setup(db: Database, tag: str) -> tuple[Kit, str, str]:
+    """A process that has not seen the big book yet (a new engine), customer b warmed up on the
+    kit's small book, customer a on the big one."""
+    big = f"big-{tag}"
+    await db.run(lambda conn: books.add_version(conn, big_book(big)))
+    kit = Kit(db, tag)
+    await kit.setup_book()
+    b = await kit.customer("b")
+    await kit.top_up(b, "100.00")
+    a = f"a-{tag}"
+    await kit.service.create_customer(CustomerSpec(a, "a", "USD", "prepaid", big, 0, None))
+    await kit.top_up(a, "10.00")
+    await kit.reserve(b, "warm", input_tokens=10, max_output_tokens=10)
+    return kit, a, b
+
+
+class Reserves:
+    """Customer b's reserves, one after another, with the time each completed."""
+
+    def __init__(self, kit: Kit, customer: str) -> None:
+        self.kit, self.customer = kit, customer
+        self.done: list[float] = []
+        self.stop = False
+
+    async def run(self) -> None:
+        i = 0
+        while not self.stop:
+            await self.kit.reserve(self.customer, f"b-{i}", input_tokens=10, max_output_tokens=10)
+            self.done.append(time.perf_counter())
+            i += 1
+            await asyncio.sleep(0)
+
+
+async def test_other_customers_reserves_complete_while_a_big_book_is_parsed(db, tag, monkeypatch):
+    kit, a, b = await setup(db, tag)
+    others = Reserves(kit, b)
+    parsing, progressed = threading.Event(), threading.Event()
+    waited: list[bool] = []
+    parse = books.parse_version
+
+    def parse_watching_others(data: dict[str, Any], **kw: Any) -> Any:
+        """Parsing the big book waits (up to 5 s) until b completed three more reserves: they can
+        only if the parse holds neither the event loop nor the writer lock."""
+        if data.get("id") == f"big-{tag}" and not parsing.is_set():
+            before = len(others.done)
+            parsing.set()
+            deadline = time.monotonic() + 5
+            while len(others.done) < before + 3 and time.monotonic() < deadline:
+                progressed.wait(0.01)
+            waited.append(len(others.done) >= before + 3)
+        return parse(data, **kw)
+
+    monkeypatch.setattr(books, "parse_version", parse_watching_others)
+    loop = asyncio.create_task(others.run())
+    try:
+        await asyncio.sleep(0.05)
+        first = await kit.reserve(a, "a-first", input_tokens=1_000, max_output_tokens=500)
+    finally:
+        others.stop = True
+        await loop
+    assert waited == [True], "b's reserves stalled while a's price book was parsed"
+    # a's hold is priced by the big book: 1,000 x $1/1,000 + 500 x $2/1,000
+    assert first.reservation.amount == usd("2.00")
+
+
+async def test_the_longest_pause_of_other_reserves_during_a_first_use_is_printed(db, tag):
+    kit, a, b = await setup(db, tag)
+    started = time.perf_counter()
+    parse_version(big_book(f"big-{tag}"))
+    parse_seconds = time.perf_counter() - started
+    others = Reserves(kit, b)
+    loop = asyncio.create_task(others.run())
+    try:
+        await asyncio.sleep(0.2)
+        began = time.perf_counter()
+        first = await kit.reserve(a, "a-first", input_tokens=1_000, max_output_tokens=500)
+        ended = time.perf_counter()
+        await asyncio.sleep(0.2)
+    finally:
+        others.stop = True
+        await loop
+    during = [t for t in others.done if began <= t <= ended + 0.2]
+    times = [began, *during]
+    gap = max((b2 - b1 for b1, b2 in pairwise(times)), default=ended - began)
+    print(f"\n{BIG}-rule book: parse {parse_seconds * 1000:.0f} ms; a's first reserve {(ended - began) * 1000:.0f} ms;"
+          f" b completed {len(during)} reserves meanwhile, longest pause {gap * 1000:.0f} ms")
+    assert first.reservation.amount == usd("2.00") and others.done
