@@ -1,0 +1,349 @@
+"""SDK durability against real servers: a settle outlives a killed server, retries only what it
+should, goes to the spool when its deadline passes, and is charged exactly once when re-sent,
+even after its hold expired."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from api.app import create_app
+from api.bench.common import free_port
+from api.client import AsyncClient, Client
+from api.client_errors import ReservationClosed, SettlementSpooled, TokentillError, ValidationFailed
+from api.demo import PRICE_BOOK, _Server
+from api.settings import Settings
+from api.spool import Spool
+from ledger.db import connect
+from wallets.expiry import expire_reservations
+
+ADMIN = "durability-admin"
+# model-a: $10/M input, $20/M output, $0.01 a request. 1,000 in + 400 out = $0.010 + $0.008 + $0.01
+CHARGED = Decimal("0.028")
+
+
+@pytest.fixture(scope="module")
+def live(database_url) -> Iterator[tuple[str, str]]:
+    """An in-process server and a price book of the demo's prices."""
+    port = free_port()
+    server = _Server(create_app(Settings(admin_key=ADMIN, scheduler=False), database_url), port)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url)
+    book = f"durable-{uuid.uuid4().hex[:8]}"
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}) as http:
+        assert http.post("/v1/price-books", json={**PRICE_BOOK, "id": book}).status_code in (200, 201)
+    yield url, book
+    server.stop()
+
+
+@pytest.fixture
+def spool_dir(tmp_path, monkeypatch) -> Path:
+    """Every client of the test spools here: never in the user's own data dir."""
+    directory = tmp_path / "spool"
+    monkeypatch.setenv("TOKENTILL_SPOOL_DIR", str(directory))
+    return directory
+
+
+def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc is None or proc.poll() is None, "the server exited"
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{url} never became ready")
+
+
+def new_customer(url: str, book: str) -> str:
+    customer = f"c-{uuid.uuid4().hex[:10]}"
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}) as http:
+        assert http.post("/v1/customers", json={"id": customer, "name": "Durable", "currency": "USD",
+                                                "price_book": book}).status_code == 201
+        assert http.post(f"/v1/customers/{customer}/topups", json={"amount": "10.00"}).status_code in (200, 201)
+    return customer
+
+
+def reservation(url: str, reservation_id: str) -> dict:
+    return httpx.get(f"{url}/v1/reservations/{reservation_id}", headers={"Authorization": f"Bearer {ADMIN}"}).json()
+
+
+def available(url: str, customer: str) -> Decimal:
+    wallet = httpx.get(f"{url}/v1/customers/{customer}/wallet", headers={"Authorization": f"Bearer {ADMIN}"})
+    return Decimal(wallet.json()["available"])
+
+
+def assert_charged_once(url: str, reservation_id: str, customer: str) -> None:
+    view = reservation(url, reservation_id)
+    assert view["status"] == "settled" and Decimal(view["charged"]) == CHARGED
+    assert len(view["charges"]) == 1, "one charge, however often the settle was sent"
+    assert available(url, customer) == Decimal("10") - CHARGED
+
+
+class Faulty(httpx.BaseTransport):
+    """Forwards to the real server, except: scripted answers for the next settles, and while
+    `down`, every settle and release refused as if the server were gone. Logs each request."""
+
+    def __init__(self, *script: Callable[[httpx.Request], httpx.Response]) -> None:
+        self.inner, self.script, self.down = httpx.HTTPTransport(), list(script), False
+        self.sent: list[tuple[float, str, str | None]] = []
+        self.lock = threading.Lock()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        closing = request.url.path.endswith(("/settle", "/release"))
+        with self.lock:
+            self.sent.append((time.monotonic(), request.url.path, request.headers.get("idempotency-key")))
+            answer = self.script.pop(0) if closing and self.script else None
+        if answer is not None:
+            return answer(request)
+        if closing and self.down:
+            raise httpx.ConnectError("connection refused", request=request)
+        return self.inner.handle_request(request)
+
+    def settles(self) -> list[tuple[float, str, str | None]]:
+        return [s for s in self.sent if s[1].endswith("/settle")]
+
+
+def problem(status: int, code: str, retry_after: str | None = None) -> Callable[[httpx.Request], httpx.Response]:
+    headers = {"Retry-After": retry_after} if retry_after else {}
+    return lambda request: httpx.Response(status, headers=headers,
+                                          json={"status": status, "code": code, "detail": "injected"})
+
+
+class ServeProcess:
+    """A real `tokentill serve` on the test database, to kill -9 and start again on its port."""
+
+    def __init__(self, database_url: str, log: Path) -> None:
+        self.port, self.log, self.proc = free_port(), log, None
+        self.env = {**os.environ, "TOKENTILL_DATABASE_URL": database_url, "TOKENTILL_ADMIN_KEY": ADMIN,
+                    "TOKENTILL_SCHEDULER": "off", "TOKENTILL_LOG_LEVEL": "WARNING"}
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(self.port)],
+                                         env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=30)
+
+
+def test_a_settle_outlives_a_server_killed_with_sigkill_and_started_again(database_url, spool_dir, tmp_path):
+    server = ServeProcess(database_url, tmp_path / "serve.log")
+    server.start()
+    try:
+        wait_ready(server.url, server.proc)
+        customer = new_customer(server.url, live_book(server.url))
+        with Client(server.url, ADMIN) as tt:
+            with tt.reserve(customer, "model-a", input_tokens=1000, max_output_tokens=500) as r:
+                r.record(input_tokens=1000, output_tokens=400)
+                server.kill()
+                killed_at = time.monotonic()
+                restart = threading.Timer(1.0, server.start)  # down for 1 s plus the start-up
+                restart.start()
+            landed_at = time.monotonic()
+            restart.join()
+        outage = landed_at - killed_at
+        print(f"settle delivered {outage:.2f} s after the kill")
+        assert outage > 1.0, "longer than the old client's 0.75 s of retries"
+        assert Decimal(r.settlement["charged"]) == CHARGED
+        assert_charged_once(server.url, r.id, customer)
+        assert not list(spool_dir.glob("*.jsonl")), "delivered: nothing left in the spool"
+    finally:
+        server.stop()
+
+
+def live_book(url: str) -> str:
+    book = f"killed-{uuid.uuid4().hex[:8]}"
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}) as http:
+        assert http.post("/v1/price-books", json={**PRICE_BOOK, "id": book}).status_code in (200, 201)
+    return book
+
+
+def test_503_with_retry_after_and_429_are_retried_with_the_same_key(live, spool_dir):
+    url, book = live
+    customer = new_customer(url, book)
+    transport = Faulty(problem(503, "service_unavailable", "1"), problem(429, "rate_limited"))
+    with Client(url, ADMIN, transport=transport, backoff_s=0.01) as tt:
+        with tt.reserve(customer, "model-a", input_tokens=1000, max_output_tokens=500) as r:
+            r.record(input_tokens=1000, output_tokens=400)
+    settles = transport.settles()
+    assert len(settles) == 3 and {key for _, _, key in settles} == {f"{r.id}:settle:0"}
+    assert settles[1][0] - settles[0][0] >= 1.0, "waited what Retry-After asked"
+    assert_charged_once(url, r.id, customer)
+    assert not list(spool_dir.glob("*.jsonl"))
+
+
+def test_a_500_is_not_retried_but_spooled_and_a_refusal_neither(live, spool_dir):
+    url, book = live
+    customer = new_customer(url, book)
+    transport = Faulty(problem(500, "internal_error"))
+    with Client(url, ADMIN, transport=transport) as tt:
+        with pytest.raises(SettlementSpooled) as spooled:
+            with tt.reserve(customer, "model-a", input_tokens=1000, max_output_tokens=500) as r:
+                r.record(input_tokens=1000, output_tokens=400)
+        assert isinstance(spooled.value.__cause__, TokentillError) and spooled.value.__cause__.status == 500
+        assert len(transport.settles()) == 1, "a 500 is not retried on the spot"
+        assert reservation(url, r.id)["status"] == "held"
+        report = tt.flush_spool()
+        assert (report.delivered, report.kept) == (1, 0)
+        assert_charged_once(url, r.id, customer)
+        sent = len(transport.settles())
+        with pytest.raises(ReservationClosed):
+            tt.settle(r.id, usage={"input_tokens": 5}, key="another-settle")
+        with pytest.raises(ValidationFailed):
+            tt.settle(r.id, usage={"input_tokens": -5}, key="a-bad-settle")
+        assert len(transport.settles()) == sent + 2, "refusals are answers: one attempt each"
+    assert not list(spool_dir.glob("*.jsonl"))
+
+
+def test_a_settle_past_its_deadline_is_spooled_then_flushed_by_the_cli_after_the_hold_expired(
+        live, spool_dir, database_url):
+    url, book = live
+    customer = new_customer(url, book)
+    transport = Faulty()
+    with Client(url, ADMIN, transport=transport, settle_deadline_s=0.5, backoff_s=0.01) as tt:
+        with pytest.raises(SettlementSpooled) as spooled:
+            with tt.reserve(customer, "model-a", input_tokens=1000, max_output_tokens=500, ttl_seconds=1) as r:
+                r.record(input_tokens=1000, output_tokens=400)
+                transport.down = True
+    assert r.spooled is spooled.value and len(transport.settles()) > 3
+    [record] = Spool(spooled.value.path).records()
+    assert (record.method, record.path, record.reservation_id) == ("POST", f"/v1/reservations/{r.id}/settle", r.id)
+    assert record.idempotency_key == f"{r.id}:settle:0" and record.base_url == url
+    assert record.body == {"usage": {"input_tokens": 1000, "output_tokens": 400}, "final": True}
+    assert ADMIN not in spooled.value.path.read_text(), "the key is never spooled"
+
+    time.sleep(1.1)
+    assert asyncio.run(expire_due(database_url)) >= 1
+    assert reservation(url, r.id)["status"] == "expired" and available(url, customer) == Decimal("10")
+
+    cli = [sys.executable, "-m", "api.cli", "spool", "flush", "--dir", str(spool_dir)]
+    flushed = subprocess.run(cli, env={**os.environ, "TOKENTILL_API_KEY": ADMIN}, capture_output=True, text=True)
+    assert flushed.returncode == 0, flushed.stdout + flushed.stderr
+    assert "delivered 1, refused 0, left 0" in flushed.stdout
+    assert_charged_once(url, r.id, customer)
+    assert not spooled.value.path.exists()
+    again = subprocess.run(cli, env={**os.environ, "TOKENTILL_API_KEY": ADMIN}, capture_output=True, text=True)
+    assert again.returncode == 0 and "delivered" not in again.stdout
+
+
+async def expire_due(database_url: str) -> int:
+    db = connect(database_url, pool_size=1)
+    try:
+        return await expire_reservations(db)
+    finally:
+        await db.dispose()
+
+
+class AsyncDown(httpx.AsyncBaseTransport):
+    def __init__(self) -> None:
+        self.inner, self.down = httpx.AsyncHTTPTransport(), False
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.down and request.url.path.endswith(("/settle", "/release")):
+            raise httpx.ConnectError("connection refused", request=request)
+        return await self.inner.handle_async_request(request)
+
+
+async def test_the_async_client_spools_and_the_next_one_re_sends_on_start(live, spool_dir, db):
+    url, book = live
+    customer = new_customer(url, book)
+    transport = AsyncDown()
+    async with AsyncClient(url, ADMIN, transport=transport, settle_deadline_s=0.3, backoff_s=0.01) as tt:
+        with pytest.raises(SettlementSpooled):
+            async with tt.reserve(customer, "model-a", input_tokens=1000, max_output_tokens=500, ttl_seconds=1) as r:
+                r.record(input_tokens=1000, output_tokens=400)
+                transport.down = True
+    await asyncio.sleep(1.1)
+    assert await expire_reservations(db) >= 1
+    assert reservation(url, r.id)["status"] == "expired"
+    async with AsyncClient(url, ADMIN):  # a new client on the same spool re-sends it as it starts
+        pass
+    assert_charged_once(url, r.id, customer)
+    assert not list(spool_dir.glob("*.jsonl"))
+
+
+def test_the_blocks_own_error_wins_over_a_spooled_release_and_silence_can_be_asked(live, spool_dir):
+    url, book = live
+    customer = new_customer(url, book)
+    transport = Faulty()
+    with Client(url, ADMIN, transport=transport, settle_deadline_s=0.2, backoff_s=0.01) as tt:
+        with pytest.raises(RuntimeError, match="provider down") as raised:
+            with tt.reserve(customer, "model-a", input_tokens=1000, max_output_tokens=500) as failed:
+                transport.down = True
+                raise RuntimeError("provider down")
+        assert failed.spooled is not None and failed.spooled.record.path.endswith("/release")
+        assert any("spooled" in note for note in raised.value.__notes__)
+    with Client(url, ADMIN, transport=transport, settle_deadline_s=0.2, backoff_s=0.01, spool_silently=True,
+                flush_spool=False) as tt:
+        transport.down = False
+        with tt.reserve(customer, "model-a", input_tokens=1000, max_output_tokens=500) as quiet:
+            quiet.record(input_tokens=1000, output_tokens=400)
+            transport.down = True
+        assert quiet.settlement is None and quiet.spooled is not None
+        transport.down = False
+        report = tt.flush_spool()
+    assert (report.delivered, report.kept) == (2, 0)
+    assert reservation(url, failed.id)["status"] == "released"
+    assert_charged_once(url, quiet.id, customer)
+
+
+def test_two_clients_flushing_one_spool_at_once_send_each_settle_once(live, spool_dir):
+    url, book = live
+    customer = new_customer(url, book)
+    transport = Faulty()
+    ids = []
+    with Client(url, ADMIN, transport=transport, settle_deadline_s=0.05, backoff_s=0.01, spool_silently=True) as tt:
+        for _ in range(6):
+            transport.down = False
+            with tt.reserve(customer, "model-a", input_tokens=1000, max_output_tokens=500) as r:
+                r.record(input_tokens=1000, output_tokens=400)
+                transport.down = True
+            ids.append(r.id)
+    counting = Faulty()
+    flushers = [Client(url, ADMIN, transport=counting, flush_spool=False) for _ in range(2)]
+    barrier = threading.Barrier(2)
+    reports = []
+
+    def flush(client: Client) -> None:
+        barrier.wait()
+        reports.append(client.flush_spool())
+
+    threads = [threading.Thread(target=flush, args=(c,)) for c in flushers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for c in flushers:
+        c.close()
+    assert sorted(path for _, path, _ in counting.settles()) == sorted(f"/v1/reservations/{i}/settle" for i in ids)
+    assert sum(rep.delivered for rep in reports) == 6 and all(rep.kept == 0 for rep in reports)
+    for reservation_id in ids:
+        view = reservation(url, reservation_id)
+        assert Decimal(view["charged"]) == CHARGED and len(view["charges"]) == 1
+    assert available(url, customer) == Decimal("10") - 6 * CHARGED
+    assert not list(spool_dir.glob("*.jsonl"))

@@ -1,0 +1,152 @@
+"""The SDK's retry schedules, on a virtual clock: deadlines, backoff with jitter, Retry-After."""
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import httpx
+import pytest
+
+from api import delivery
+from api.client import BudgetExceeded, Client, ServiceUnavailable, SettlementSpooled
+from api.delivery import RetryPolicy, retry_after
+
+
+class VirtualClock:
+    """Stands in for the `time` module of api.delivery: sleeping only moves the clock."""
+
+    def __init__(self) -> None:
+        self.now, self.sleeps = 1000.0, []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch) -> VirtualClock:
+    clock = VirtualClock()
+    monkeypatch.setattr(delivery, "time", clock)
+    return clock
+
+
+def server(*answers: httpx.Response | type[Exception], requests: list[httpx.Request]) -> httpx.MockTransport:
+    """A reserve always succeeds; every other call gets the next answer (the last one repeats)."""
+    queue = list(answers)
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        if request.url.path == "/v1/reservations":
+            return httpx.Response(201, json={"id": "res_1", "status": "held", "expires_at": None})
+        answer = queue.pop(0) if len(queue) > 1 else queue[0]
+        if isinstance(answer, type):
+            raise answer("connection refused", request=request)
+        return answer
+
+    return httpx.MockTransport(handle)
+
+
+def problem(status: int, code: str, retry: str | None = None) -> httpx.Response:
+    headers = {"Retry-After": retry} if retry is not None else {}
+    return httpx.Response(status, headers=headers, json={"status": status, "code": code, "detail": code})
+
+
+def client(transport: httpx.MockTransport, tmp_path, **kwargs) -> Client:
+    return Client("http://tt", "secret", transport=transport, spool_dir=tmp_path, **kwargs)
+
+
+def settle_once(tt: Client, ttl_seconds: int = 300) -> None:
+    with tt.reserve("acme", "model-a", input_tokens=10, max_output_tokens=10, ttl_seconds=ttl_seconds) as r:
+        r.record(input_tokens=10, output_tokens=5)
+
+
+def test_full_jitter_stays_under_the_capped_exponential_ceiling():
+    policy = RetryPolicy(backoff_s=0.1, max_backoff_s=1.0)
+    for attempt in range(8):
+        ceiling = min(1.0, 0.1 * 2**attempt)
+        waits = [policy.wait(attempt, None) for _ in range(300)]
+        assert all(0 <= w <= ceiling for w in waits)
+        assert max(waits) > 0.8 * ceiling and min(waits) < 0.2 * ceiling, "spread over the whole range"
+    assert policy.wait(0, 7.0) == 7.0 and policy.wait(0, 500.0) == 30.0, "Retry-After wins, capped"
+
+
+def test_retry_after_reads_seconds_and_http_dates():
+    assert retry_after(httpx.Response(503, headers={"Retry-After": "3"})) == 3.0
+    later = format_datetime(datetime.now(UTC) + timedelta(seconds=20), usegmt=True)
+    assert 18 <= retry_after(httpx.Response(503, headers={"Retry-After": later})) <= 20
+    past = format_datetime(datetime.now(UTC) - timedelta(seconds=20), usegmt=True)
+    assert retry_after(httpx.Response(503, headers={"Retry-After": past})) == 0
+    assert retry_after(httpx.Response(503, headers={"Retry-After": "soon"})) is None
+    assert retry_after(httpx.Response(503)) is None
+
+
+@pytest.mark.parametrize(("ttl_seconds", "deadline_s"), [(300, 330.0), (1, 60.0)])
+def test_a_settle_retries_until_the_hold_expires_plus_a_margin_and_never_under_a_minute(
+        clock, tmp_path, ttl_seconds, deadline_s):
+    requests: list[httpx.Request] = []
+    tt = client(server(httpx.ConnectError, requests=requests), tmp_path)
+    started = clock.now
+    with pytest.raises(SettlementSpooled):
+        settle_once(tt, ttl_seconds)
+    assert deadline_s - 0.5 <= clock.now - started <= deadline_s
+    assert max(clock.sleeps) <= 5.0, "each wait is capped"
+    settles = [r for r in requests if r.url.path.endswith("/settle")]
+    assert len(settles) > 10 and {r.headers["Idempotency-Key"] for r in settles} == {"res_1:settle:0"}
+
+
+def test_a_configured_deadline_replaces_the_default(clock, tmp_path):
+    tt = client(server(httpx.ConnectError, requests=[]), tmp_path, settle_deadline_s=2.0)
+    started = clock.now
+    with pytest.raises(SettlementSpooled):
+        settle_once(tt)
+    assert 1.5 <= clock.now - started <= 2.0
+
+
+def test_a_settle_waits_what_retry_after_asks_up_to_its_cap(clock, tmp_path):
+    requests: list[httpx.Request] = []
+    answers = (problem(503, "service_unavailable", "120"), problem(429, "rate_limited", "2"),
+               httpx.Response(200, json={"id": "res_1", "status": "settled"}))
+    tt = client(server(*answers, requests=requests), tmp_path, max_retry_after_s=30.0)
+    settle_once(tt)
+    assert clock.sleeps == [30.0, 2.0]
+    assert not list(tmp_path.glob("*.jsonl")), "delivered in the end: struck off the spool"
+
+
+def test_a_reserve_waits_out_a_short_retry_after_within_its_budget(clock, tmp_path):
+    requests: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        if len(requests) == 1:
+            return problem(503, "service_unavailable", "1")
+        return httpx.Response(201, json={"id": "res_1", "status": "held"})
+
+    tt = Client("http://tt", "secret", transport=httpx.MockTransport(handle), spool_dir=tmp_path)
+    tt.post("/v1/reservations", {"customer_id": "acme"})
+    assert clock.sleeps == [1.0] and len(requests) == 2
+
+
+def test_a_read_told_to_come_back_later_than_its_budget_answers_at_once(clock, tmp_path):
+    requests: list[httpx.Request] = []
+    tt = client(server(problem(503, "service_unavailable", "30"), requests=requests), tmp_path)
+    with pytest.raises(ServiceUnavailable) as refused:
+        tt.get("/v1/customers/acme/wallet")
+    assert refused.value.retry_after == 30.0
+    assert clock.sleeps == [] and len(requests) == 1
+
+
+def test_a_reserve_refused_by_a_budget_is_not_retried(clock, tmp_path):
+    requests: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return problem(429, "budget_exceeded", "60")
+
+    tt = Client("http://tt", "secret", transport=httpx.MockTransport(handle), spool_dir=tmp_path)
+    with pytest.raises(BudgetExceeded) as refused, tt.reserve("acme", "model-a", input_tokens=1, max_output_tokens=1):
+        pass
+    assert refused.value.retry_after == 60.0
+    assert clock.sleeps == [] and len(requests) == 1

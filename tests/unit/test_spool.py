@@ -1,0 +1,149 @@
+"""The SDK's spool file: durable appends, torn lines, atomic removal, one flusher at a time."""
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import platformdirs
+
+from api.spool import Spool, SpoolRecord, spool_dir, spool_name
+
+
+def record(n: int, reservation: str = "res_1") -> SpoolRecord:
+    return SpoolRecord("POST", f"/v1/reservations/{reservation}/settle",
+                       {"usage": {"input_tokens": n, "output_tokens": 1}, "final": True},
+                       f"{reservation}:settle:{n}", reservation, "http://127.0.0.1:8000", "key_0123",
+                       spooled_at="2026-01-02T03:04:05+00:00")
+
+
+def test_a_record_round_trips_with_everything_needed_to_send_it_again(tmp_path):
+    spool = Spool(tmp_path / "spool" / "a.jsonl")
+    spool.append(record(7))
+    spool.append(SpoolRecord("POST", "/v1/reservations/res_2/release", {}, "res_2:release:0", "res_2", "http://x"))
+    back, fresh = spool.records()
+    assert back == record(7)
+    assert (back.method, back.path, back.idempotency_key, back.reservation_id) == (
+        "POST", "/v1/reservations/res_1/settle", "res_1:settle:7", "res_1")
+    assert back.body == {"usage": {"input_tokens": 7, "output_tokens": 1}, "final": True}
+    assert abs(datetime.fromisoformat(fresh.spooled_at) - datetime.now(UTC)) < timedelta(seconds=5)
+    assert fresh.key_id is None
+    assert stat.S_IMODE(spool.path.stat().st_mode) == 0o600, "request bodies are the owner's alone"
+
+
+def test_a_torn_last_line_is_ignored_and_the_next_append_starts_a_line_of_its_own(tmp_path):
+    spool = Spool(tmp_path / "a.jsonl")
+    spool.append(record(1))
+    with open(spool.path, "ab") as f:  # a crash in the middle of writing record 2
+        f.write(record(2).line()[:40])
+    assert spool.records() == [record(1)]
+    spool.append(record(3))
+    assert spool.records() == [record(1), record(3)]
+
+
+def test_removing_records_replaces_the_file_and_removing_the_last_deletes_it(tmp_path):
+    spool = Spool(tmp_path / "a.jsonl")
+    for n in (1, 2, 3):
+        spool.append(record(n))
+    inode = spool.path.stat().st_ino
+    assert spool.remove({"res_1:settle:2"}) == 2
+    assert spool.records() == [record(1), record(3)]
+    assert spool.path.stat().st_ino != inode, "rewritten to a new file and renamed over the old one"
+    assert not list(tmp_path.glob("*.tmp"))
+    assert spool.remove({"res_1:settle:1", "res_1:settle:3"}) == 0
+    assert not spool.path.exists()
+
+
+def test_a_flush_stops_at_an_unreachable_server_and_keeps_what_it_did_not_deliver(tmp_path):
+    spool = Spool(tmp_path / "a.jsonl")
+    for n in (1, 2, 3, 4):
+        spool.append(record(n))
+    answers = iter([("delivered", "200"), ("kept", "401 unauthorized"), ("unreachable", "ConnectError")])
+    report = spool.flush(lambda r: next(answers))
+    assert (report.delivered, report.rejected, report.kept) == (1, 0, 3)
+    assert spool.records() == [record(2), record(3), record(4)]
+
+
+def test_a_refused_record_leaves_the_spool_for_the_rejected_file(tmp_path):
+    spool = Spool(tmp_path / "a.jsonl")
+    spool.append(record(1))
+    spool.append(record(2))
+    report = spool.flush(lambda r: ("rejected", "422 validation_error") if r == record(1) else ("delivered", "200"))
+    assert (report.delivered, report.rejected, report.kept) == (1, 1, 0)
+    assert not spool.path.exists()
+    [line] = spool.rejected_path.read_text().splitlines()
+    assert '"rejected": "422 validation_error"' in line and '"res_1:settle:1"' in line
+
+
+def test_two_concurrent_flushes_send_each_record_once_and_lose_none(tmp_path):
+    path = tmp_path / "a.jsonl"
+    for n in range(20):
+        Spool(path).append(record(n))
+    sent: list[str] = []
+    lock = threading.Lock()
+
+    def send(r: SpoolRecord) -> tuple[str, str]:
+        time.sleep(0.005)
+        with lock:
+            sent.append(r.idempotency_key)
+        return "delivered", "200"
+
+    def append_more() -> None:  # a live client spooling while the flushes run
+        for n in range(20, 30):
+            Spool(path).append(record(n))
+            time.sleep(0.004)
+
+    threads = [threading.Thread(target=Spool(path).flush, args=(send,)) for _ in range(2)]
+    threads.append(threading.Thread(target=append_more))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    left = [r.idempotency_key for r in Spool(path).records()]
+    assert len(sent) == len(set(sent)), "no record was sent twice"
+    assert set(sent) | set(left) == {record(n).idempotency_key for n in range(30)}, "none was lost"
+    assert not set(sent) & set(left), "none delivered and kept"
+    assert {record(n).idempotency_key for n in range(20)} <= set(sent)
+    Spool(path).flush(send)
+    assert Spool(path).records() == [] and len(sent) == 30
+
+
+def test_a_flush_that_must_not_wait_skips_a_spool_another_flusher_holds(tmp_path):
+    spool = Spool(tmp_path / "a.jsonl")
+    spool.append(record(1))
+    started, release = threading.Event(), threading.Event()
+
+    def slow(r: SpoolRecord) -> tuple[str, str]:
+        started.set()
+        release.wait(5)
+        return "delivered", "200"
+
+    first = threading.Thread(target=spool.flush, args=(slow,))
+    first.start()
+    started.wait(5)
+    report = Spool(spool.path).flush(lambda r: ("delivered", "200"), wait=False)
+    release.set()
+    first.join()
+    assert report.busy and report.delivered == 0
+    assert not spool.path.exists()
+
+
+def test_the_spool_dir_is_the_argument_then_the_environment_then_the_user_data_dir(tmp_path, monkeypatch):
+    monkeypatch.delenv("TOKENTILL_SPOOL_DIR", raising=False)
+    assert spool_dir() == Path(platformdirs.user_data_dir("tokentill")) / "spool"
+    monkeypatch.setenv("TOKENTILL_SPOOL_DIR", str(tmp_path / "env"))
+    assert spool_dir() == tmp_path / "env"
+    assert spool_dir(tmp_path / "arg") == tmp_path / "arg"
+
+
+def test_a_spool_name_is_one_per_server_and_key_and_never_holds_the_key():
+    secret = "ttk_" + "s3cret" * 6
+    name = spool_name("http://a:8000", secret)
+    assert name == spool_name("http://a:8000/", secret)
+    assert name != spool_name("http://b:8000", secret) != spool_name("http://a:8000", secret + "x")
+    assert spool_name("http://a:8000", secret, "key_1") != spool_name("http://a:8000", secret, "key_2")
+    assert "s3cret" not in name and name.endswith(".jsonl")
+    assert os.sep not in name
