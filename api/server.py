@@ -53,6 +53,10 @@ LIMIT = Gauge("tokentill_connections_limit", "The connection limit in force", mu
 # connection can be counted and another evicted).
 RESERVED_FDS = 64
 ACCEPT_BURST = 128
+# Refused connections (answered 503) linger up to a second, so that the client reads the answer
+# rather than a reset; at most this many at once, the others are closed at once.
+LINGERING = 32
+LINGER_S = 1.0
 
 # A connection's phase, for its deadline.
 WAITING = 0  # between requests (uvicorn's keep-alive timer runs), or a request being handled
@@ -86,7 +90,7 @@ def connection_limit(configured: int, pool_size: int, nofile: int | None) -> int
     no room for it beside the database pool (pool_size plus as many overflow) and the reserve."""
     if nofile is None:
         return max(1, configured)
-    return max(1, min(configured, nofile - RESERVED_FDS - ACCEPT_BURST - 2 * pool_size))
+    return max(1, min(configured, nofile - RESERVED_FDS - ACCEPT_BURST - LINGERING - 2 * pool_size))
 
 
 def _raw_response(status: int, reason: str, code: str, detail: str, extra: bytes = b"") -> bytes:
@@ -111,18 +115,23 @@ class Guard:
         self.limits = limits
         self.open: set[GuardedHttpToolsProtocol] = set()
         self.idle: dict[GuardedHttpToolsProtocol, None] = {}  # insertion order: idle longest first
+        self.refused: dict[Refused, None] = {}  # insertion order: oldest first
         self._timer: asyncio.TimerHandle | None = None
         # Sweep at a quarter of the shortest timeout, at least every second, at most every 50 ms.
         shortest = min(limits.header_timeout_s, limits.body_timeout_s, limits.body_deadline_s)
         self.sweep_every_s = min(1.0, max(0.05, shortest / 4))
 
-    def admit(self, conn: GuardedHttpToolsProtocol) -> bool:
+    def admit(self, conn: GuardedHttpToolsProtocol, transport: asyncio.Transport) -> bool:
         if len(self.open) >= self.limits.max_connections:
             victim = self._longest_idle()
             if victim is None:
                 REFUSED.inc()
-                conn.transport.write(BUSY)
-                conn.transport.close()
+                transport.write(BUSY)
+                if len(self.refused) < LINGERING:
+                    transport.write_eof()
+                    transport.set_protocol(Refused(self, transport, conn.loop.time() + LINGER_S))
+                else:
+                    transport.close()
                 return False
             self.forget(victim)
             victim.transport.close()
@@ -155,6 +164,8 @@ class Guard:
         now = loop.time()
         for conn in [c for c in self.open if c.deadline and c.deadline <= now]:
             conn.expire()
+        for refused in [r for r in self.refused if r.deadline <= now]:
+            refused.transport.close()
         OPEN.set(len(self.open))
         self._timer = loop.call_later(self.sweep_every_s, self._sweep, loop)
 
@@ -175,9 +186,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         return self.cycle is not None and not self.cycle.response_complete
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self.deadline = self.loop.time() + self.guard.limits.header_timeout_s
-        self.guard.admit(self)
+        if self.guard.admit(self, transport):
+            super().connection_made(transport)
+            self.deadline = self.loop.time() + self.guard.limits.header_timeout_s
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.guard.forget(self)
@@ -243,6 +254,24 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             cycle.disconnected = True
             cycle.message_event.set()
         self.transport.close()
+
+
+class Refused(asyncio.Protocol):
+    """A connection refused at the limit, after its 503 and end of stream: what the client sends
+    is dropped, and the connection closes when the client closes it or after LINGER_S."""
+
+    def __init__(self, guard: Guard, transport: asyncio.Transport, deadline: float) -> None:
+        self.guard, self.transport, self.deadline = guard, transport, deadline
+        guard.refused[self] = None
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def eof_received(self) -> bool:
+        return False  # close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.guard.refused.pop(self, None)
 
 
 def protocol_for(guard: Guard) -> type[GuardedHttpToolsProtocol]:

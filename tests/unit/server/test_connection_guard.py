@@ -1,0 +1,196 @@
+"""api.server: read timeouts and the connection limit, on a real uvicorn server in this process
+(a thread of its own) with a small ASGI app, configured as `tokentill serve` is: from the
+environment, here with short timeouts."""
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from prometheus_client import REGISTRY
+
+from api.bench.common import free_port
+from api.server import ACCEPT_BURST, LINGERING, RESERVED_FDS, connection_limit, server
+from api.settings import Settings
+
+release = threading.Event()  # lets GET /slow answer
+
+
+async def app(scope, receive, send) -> None:
+    assert scope["type"] == "http"
+    body = b""
+    if scope["method"] == "POST":
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+    if scope["path"] == "/slow":
+        await asyncio.to_thread(release.wait, 10)
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"got %d" % len(body)})
+
+
+@contextmanager
+def serving(**env: str) -> Iterator[int]:
+    settings = Settings.from_env({f"TOKENTILL_{name.upper()}": value for name, value in env.items()})
+    port = free_port()
+    running = server(app, settings, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
+    thread = threading.Thread(target=running.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not running.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.01)
+    try:
+        yield port
+    finally:
+        release.set()
+        running.should_exit = True
+        thread.join(10)
+        release.clear()
+
+
+def connect(port: int, send: bytes = b"") -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.settimeout(5)
+    if send:
+        sock.sendall(send)
+    return sock
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """Everything until the server closes the connection (raises if it does not within 5 s)."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def is_open(sock: socket.socket) -> bool:
+    sock.settimeout(0.3)
+    try:
+        return sock.recv(1, socket.MSG_PEEK) != b""
+    except TimeoutError:
+        return True
+    except ConnectionResetError:
+        return False
+    finally:
+        sock.settimeout(5)
+
+
+def counter(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_the_connection_limit_leaves_room_for_the_pool_and_the_reserve_below_the_open_file_limit():
+    assert RESERVED_FDS + ACCEPT_BURST + LINGERING == 224
+    assert connection_limit(4096, pool_size=10, nofile=1024) == 1024 - 224 - 20
+    assert connection_limit(4096, pool_size=10, nofile=None) == 4096
+    assert connection_limit(500, pool_size=10, nofile=65536) == 500
+    assert connection_limit(4096, pool_size=10, nofile=100) == 1
+
+
+def test_an_unfinished_request_head_is_closed_after_the_header_timeout():
+    before = counter("tokentill_connection_timeouts_total", phase="header")
+    with serving(header_timeout_seconds="0.5") as port:
+        silent = connect(port)
+        half = connect(port, b"GET / HTTP/1.1\r\nHost: test\r\n")
+        trickle = connect(port, b"GET / HTTP/1.1\r\n")
+        started = time.monotonic()
+        for _ in range(4):  # a byte now and then does not keep a head alive
+            time.sleep(0.1)
+            trickle.sendall(b"X")
+        for sock in (silent, half, trickle):
+            assert read_all(sock) == b""
+        waited = time.monotonic() - started
+        # a complete request is answered as ever
+        assert read_all(connect(port, b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+                        ).startswith(b"HTTP/1.1 200 ")
+    assert 0.3 <= waited < 2.0
+    assert counter("tokentill_connection_timeouts_total", phase="header") - before == 3
+
+
+def test_a_stalled_or_endless_body_is_answered_408():
+    before = counter("tokentill_connection_timeouts_total", phase="body")
+    head = b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 100\r\n\r\n"
+    with serving(body_timeout_seconds="0.5", body_deadline_seconds="1.5") as port:
+        stalled = connect(port, head + b"0123456789")
+        trickle = connect(port, head)
+        started = time.monotonic()
+        for _ in range(8):  # a byte every 0.25 s never stalls 0.5 s, but runs past the 1.5 s deadline
+            time.sleep(0.25)
+            try:
+                trickle.sendall(b"x")
+            except OSError:
+                break
+        answers = [read_all(stalled), read_all(trickle)]
+        waited = time.monotonic() - started
+        whole = read_all(connect(port, head.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n") + b"y" * 100))
+    for answer in answers:
+        status, _, body = answer.partition(b"\r\n\r\n")
+        assert status.startswith(b"HTTP/1.1 408 ")
+        assert b"content-type: application/problem+json" in status
+        assert json.loads(body)["status"] == 408
+    assert 1.2 <= waited < 3.0
+    assert whole.startswith(b"HTTP/1.1 200 ") and b"\r\ngot 100\r\n" in whole
+    assert counter("tokentill_connection_timeouts_total", phase="body") - before == 2
+
+
+def test_an_idle_keep_alive_connection_closes_after_the_keep_alive_timeout():
+    with serving(keepalive_seconds="0.5") as port:
+        sock = connect(port, b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        started = time.monotonic()
+        assert read_all(sock).startswith(b"HTTP/1.1 200 ")
+    assert 0.3 <= time.monotonic() - started < 2.0
+
+
+def test_at_the_limit_the_longest_idle_connection_is_evicted_and_never_one_in_flight():
+    before = counter("tokentill_connections_evicted_total")
+    with serving(max_connections="3", header_timeout_seconds="30") as port:
+        in_flight = connect(port, b"GET /slow HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        time.sleep(0.2)  # its head is in: the request is being handled
+        silent = connect(port)
+        time.sleep(0.05)
+        half = connect(port, b"GET / HTTP/1.1\r\nHost: te")
+        time.sleep(0.2)
+        newcomer = connect(port)  # the limit: the longest idle goes, not the older one in flight
+        assert read_all(silent) == b""
+        assert is_open(in_flight) and is_open(half)
+        normal = connect(port, b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        assert read_all(half) == b""
+        assert read_all(normal).startswith(b"HTTP/1.1 200 ")
+        assert is_open(in_flight) and is_open(newcomer)
+        release.set()
+        assert read_all(in_flight).startswith(b"HTTP/1.1 200 ")
+    assert counter("tokentill_connections_evicted_total") - before == 2
+
+
+def test_when_every_connection_has_a_request_in_flight_a_new_one_is_answered_503():
+    before = counter("tokentill_connections_refused_total")
+    slow = b"GET /slow HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    with serving(max_connections="2") as port:
+        busy = [connect(port, slow), connect(port, slow)]
+        time.sleep(0.2)
+        refused = read_all(connect(port, b"GET / HTTP/1.1\r\nHost: test\r\n\r\n"))
+        assert refused.startswith(b"HTTP/1.1 503 ") and b"retry-after: 1\r\n" in refused
+        assert json.loads(refused.partition(b"\r\n\r\n")[2])["code"] == "service_unavailable"
+        release.set()
+        for sock in busy:
+            assert read_all(sock).startswith(b"HTTP/1.1 200 ")
+    assert counter("tokentill_connections_refused_total") - before == 1
+
+
+@pytest.mark.parametrize("name", ["HEADER_TIMEOUT", "BODY_TIMEOUT", "BODY_DEADLINE", "KEEPALIVE"])
+def test_timeouts_must_be_positive_seconds(name):
+    assert Settings.from_env({f"TOKENTILL_{name}_SECONDS": "2.5"}) != Settings()
+    for bad in ("0", "-1", "soon", "nan"):
+        with pytest.raises(SystemExit, match=f"TOKENTILL_{name}_SECONDS"):
+            Settings.from_env({f"TOKENTILL_{name}_SECONDS": bad})
