@@ -20,6 +20,7 @@ STATUS_BY_CODE = {
     "insufficient_funds": 402,
     "budget_exceeded": 429,
     "unpriced_model": 422,
+    "implausible_usage": 422,
     "validation_error": 422,
     "idempotency_conflict": 409,
     "not_found": 404,

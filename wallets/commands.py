@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from pricing.books import PriceBook
+from pricing.books import PriceBook, PriceVersion
 from pricing.errors import UnpricedModelError
 from pricing.estimate import estimate_upper_bound
 from pricing.money import format_amount
@@ -18,7 +18,13 @@ from pricing.rating import Rating, rate
 from pricing.usage import Usage
 from wallets import chart
 from wallets.batch import Batch, IdemKey
-from wallets.errors import ConflictError, InsufficientFundsError, NotFoundError, ReservationClosedError
+from wallets.errors import (
+    ConflictError,
+    ImplausibleUsageError,
+    InsufficientFundsError,
+    NotFoundError,
+    ReservationClosedError,
+)
 from wallets.model import (
     Hold,
     Legs,
@@ -80,6 +86,33 @@ def rate_call(batch: Batch, wallet: Wallet, model: str, tokens: Mapping[str, int
         usage = Usage(model, {**counts, "request": 1}, at, dimensions)
     return rate(usage, version, period_to_date=batch.period_to_date(wallet.customer.id, at, book.id))
 
+
+
+CONTEXT_TOKEN_TYPES = ("input", "cached_input", "cache_write", "output", "reasoning")  # disjoint counts
+
+
+def implausibility(wallet: Wallet, version: PriceVersion, rating: Rating, tokens: Mapping[str, int],
+                   charged_before: int = 0) -> ImplausibleUsageError | None:
+    """The plausibility bound a call breaks, if any: its charge (with what the request was charged
+    before) past the customer's max_charge_per_request, or else its book version's; its input +
+    output tokens past the context window of the rules that priced it, or else the version's."""
+    limit, source = wallet.customer.max_charge_per_request, "customer"
+    if limit is None and version.max_charge_per_request is not None:
+        limit, source = int(version.max_charge_per_request.scaleb(rating.scale)), "price_book"
+    charge = charged_before + rating.total_units
+    if limit is not None and charge > limit:
+        currency = wallet.customer.currency
+        return ImplausibleUsageError(
+            f"a charge of {format_amount(charge)} {currency} for one request exceeds the {source.replace('_', ' ')}'s "
+            f"max_charge_per_request of {format_amount(limit)} {currency}",
+            limit="max_charge_per_request", maximum=format_amount(limit), value=format_amount(charge), source=source)
+    window = version.context_window_for(line.rule_id for line in rating.lines)
+    used = sum(tokens.get(t, 0) for t in CONTEXT_TOKEN_TYPES)
+    if window is not None and used > window:
+        return ImplausibleUsageError(
+            f"{used} input and output tokens exceed the context window of {window} tokens",
+            limit="context_window", maximum=window, value=used, source="price_book")
+    return None
 
 
 def charge_lines(rating: Rating) -> list[dict[str, Any]]:
@@ -240,6 +273,7 @@ class Settle(Command):
     usage: Mapping[str, Any]  # as reported, stored with the charge
     final: bool = True
     capture_id: str | None = None
+    forced_by: str | None = None  # an admin key's id: charge usage past the plausibility bounds
     needs_book = True
 
     def _keys(self) -> set[tuple[str, ...]]:
@@ -270,18 +304,20 @@ class Settle(Command):
                                          reservation_status=r.status)
         rating = rate_call(batch, w, r.model, self.tokens, r.created_at, r.dimensions,
                            with_request_fee=r.captures == 0)
+        forced = self._forced(implausibility(w, book_of(batch, w).version_at(r.created_at), rating, self.tokens,
+                                             r.charged))
         s = settlement(w, r, rating.total_units, self.final, batch.now)
         key = batch.post(w, f"settle:{r.id}:{r.captures}", "settle", settlement_legs(w, s),
                          {"reservation_id": r.id, "request_id": r.request_id, "capture": r.captures,
                           "final": self.final, "price_book": rating.book_id,
-                          "price_version": rating.price_version})
+                          "price_version": rating.price_version, **forced})
         batch.count(w.customer.id, r.created_at, rating.book_id, rating.rule_quantities())
         lines = charge_lines(rating)
         batch.add("charges", {
             "customer_id": w.customer.id, "reservation_id": r.id, "event_id": None,
             "request_id": r.request_id, "seq": r.captures, "capture_id": self.capture_id, "final": self.final,
             "request_hash": self.request_hash, "model": r.model, "occurred_at": r.created_at,
-            "usage": dict(self.usage), "dimensions": r.dimensions, "price_book": rating.book_id,
+            "usage": {**self.usage, **forced}, "dimensions": r.dimensions, "price_book": rating.book_id,
             "price_version": rating.price_version, "lines": lines, "charged": s.cost,
             "from_hold": s.from_hold, "from_lots": sum(a for _, a in s.from_lots),
             "from_receivable": s.from_receivable, "released": s.released, "entry_key": key})
@@ -299,6 +335,15 @@ class Settle(Command):
             r.status = "capturing"
         return batch.track(SettleResult(r.id, r.status, s.cost, s.released, lines, rating.book_id,
                                         rating.price_version, False, currency, key))
+
+    def _forced(self, problem: ImplausibleUsageError | None) -> dict[str, Any]:
+        """Nothing for plausible usage; a refusal (the hold stays as it is), unless an admin key
+        forces it: then what was forced past which bound, and by whom, for the charge's trace."""
+        if problem is None:
+            return {}
+        if self.forced_by is None:
+            raise problem
+        return {"forced": {"by": self.forced_by, **problem.context}}
 
 
 # ------------------------------------------------------------------------- release / expire

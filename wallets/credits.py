@@ -10,7 +10,7 @@ from typing import Any
 from pricing.money import format_amount
 from wallets import chart
 from wallets.batch import Batch, LotView, WalletView, lot_view, wallet_view
-from wallets.commands import Command, charge_lines, rate_call
+from wallets.commands import Command, book_of, charge_lines, implausibility, rate_call
 from wallets.errors import ConflictError, WalletValidationError
 from wallets.model import Legs, Lot, Wallet, new_id, settlement, settlement_legs
 
@@ -183,6 +183,9 @@ class RecordUsage(Command):
         w = batch.wallet(self.customer_id)
         rating = rate_call(batch, w, self.model, self.tokens, self.occurred_at, self.dimensions,
                            with_request_fee=True)
+        problem = implausibility(w, book_of(batch, w).version_at(self.occurred_at), rating, self.tokens)
+        if problem is not None:
+            raise problem  # not recorded: the same event, corrected, may come again
         s = settlement(w, None, rating.total_units, False, batch.now)
         key = batch.post(w, usage_entry_key(w.customer.id, self.event_id), "usage", settlement_legs(w, s), {
             "event_id": self.event_id, "price_book": rating.book_id, "price_version": rating.price_version})

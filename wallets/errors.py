@@ -37,3 +37,10 @@ class ConflictError(WalletError):
     """The same id or key was used before for something else."""
 
     code = "idempotency_conflict"
+
+
+class ImplausibleUsageError(WalletError):
+    """Usage beyond a plausibility bound (a maximum charge per request, a context window): it
+    is refused, not charged, unless an admin forces it; `limit` names the bound."""
+
+    code = "implausible_usage"

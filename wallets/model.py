@@ -39,6 +39,7 @@ class Customer:
     blocked: bool
     created_at: datetime
     book_versions: int = 0  # how many versions its price book has (cache check)
+    max_charge_per_request: int | None = None  # overrides its price book's (None: the book's)
 
 
 @dataclass(slots=True)

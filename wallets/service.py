@@ -31,6 +31,7 @@ class CustomerSpec:
     price_book: str | None
     overdraft_limit: int | None  # None: unlimited
     low_balance_threshold: int | None
+    max_charge_per_request: int | None = None  # None: its price book's plausibility bound
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +41,8 @@ class CustomerView:
 
 
 _CUSTOMER = text("""SELECT id, name, currency, billing, price_book, overdraft_limit::text AS overdraft_limit,
-                           low_balance_threshold::text AS low_balance_threshold, created_at
+                           low_balance_threshold::text AS low_balance_threshold, created_at,
+                           max_charge_per_request::text AS max_charge_per_request
                       FROM customers WHERE id = :id""")
 
 
@@ -49,7 +51,8 @@ def _customer(row: Any) -> CustomerView:
         return int(value) if value is not None else None
 
     return CustomerView(CustomerSpec(row.id, row.name, row.currency, row.billing, row.price_book,
-                                     opt(row.overdraft_limit), opt(row.low_balance_threshold)), row.created_at)
+                                     opt(row.overdraft_limit), opt(row.low_balance_threshold),
+                                     opt(row.max_charge_per_request)), row.created_at)
 
 
 async def run_once(db: Database, idem: IdemKey | None, work: Callable[[AsyncConnection], Awaitable[T]],
@@ -137,10 +140,11 @@ class WalletService:
             await chart.open_customer_accounts(conn, spec.id, spec.currency)
             await conn.execute(text(
                 """INSERT INTO customers (id, name, currency, billing, price_book, overdraft_limit,
-                                          low_balance_threshold)
-                   VALUES (:id, :name, :currency, :billing, :book, :limit, :low)"""),
+                                          low_balance_threshold, max_charge_per_request)
+                   VALUES (:id, :name, :currency, :billing, :book, :limit, :low, :max_charge)"""),
                 {"id": spec.id, "name": spec.name, "currency": spec.currency, "billing": spec.billing,
-                 "book": spec.price_book, "limit": spec.overdraft_limit, "low": spec.low_balance_threshold})
+                 "book": spec.price_book, "limit": spec.overdraft_limit, "low": spec.low_balance_threshold,
+                 "max_charge": spec.max_charge_per_request})
             created = (await conn.execute(_CUSTOMER, {"id": spec.id})).one()
             return _customer(created), True
 

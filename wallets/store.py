@@ -29,6 +29,7 @@ SELECT
           'low_balance_threshold', c.low_balance_threshold, 'low_balance_alerted', c.low_balance_alerted,
           'blocked', c.blocked, 'created_at', c.created_at,
           'book_versions', (SELECT count(*) FROM price_book_versions v WHERE v.book_id = c.price_book),
+          'max_charge_per_request', c.max_charge_per_request,
           'reserved', (SELECT b.credits - b.debits FROM accounts a JOIN account_balances b ON b.account_id = a.id
                         WHERE a.code = 'liability:customer:' || c.id || ':reserved'),
           'receivable', (SELECT b.debits - b.credits FROM accounts a JOIN account_balances b ON b.account_id = a.id
@@ -100,7 +101,7 @@ def _customer(c: dict[str, Any]) -> Wallet:
     customer = Customer(c["id"], c["name"], c["currency"], c["billing"], c["price_book"],
                         _opt_int(c["overdraft_limit"]), _opt_int(c["low_balance_threshold"]),
                         c["low_balance_alerted"], c["blocked"], _time(c["created_at"]),  # type: ignore[arg-type]
-                        c["book_versions"])
+                        c["book_versions"], _opt_int(c["max_charge_per_request"]))
     return Wallet(customer, {}, _int(c["reserved"]), _int(c["receivable"]))
 
 

@@ -31,6 +31,7 @@ class CreateCustomerRequest(msgspec.Struct):
     price_book: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] | None = "standard"
     overdraft_limit: Amount | msgspec.UnsetType | None = msgspec.UNSET  # null: unlimited
     low_balance_threshold: Amount | None = None
+    max_charge_per_request: PositiveAmount | None = None  # null: the price book's plausibility bound
 
 
 class CustomerResponse(msgspec.Struct):
@@ -42,6 +43,7 @@ class CustomerResponse(msgspec.Struct):
     overdraft_limit: str | None
     low_balance_threshold: str | None
     created_at: str
+    max_charge_per_request: str | None = None
 
 
 class GrantResponse(msgspec.Struct):
@@ -97,7 +99,8 @@ GrantBody = Annotated[dict[str, Any], json_body(GrantRequest)]
 def customer_response(view: CustomerView) -> CustomerResponse:
     s = view.spec
     return CustomerResponse(s.id, s.name, s.currency, s.billing, s.price_book, money(s.overdraft_limit),
-                            money(s.low_balance_threshold), time_out(view.created_at) or "")
+                            money(s.low_balance_threshold), time_out(view.created_at) or "",
+                            money(s.max_charge_per_request))
 
 
 def grant_response(lot: LotView) -> GrantResponse:
@@ -119,7 +122,9 @@ def _spec(data: CreateCustomerRequest) -> CustomerSpec:
                                                                     positive=False)
     low = None if data.low_balance_threshold is None else amount_in(
         data.low_balance_threshold, "low_balance_threshold", positive=False)
-    return CustomerSpec(data.id, data.name, data.currency, data.billing, data.price_book, limit, low)
+    max_charge = None if data.max_charge_per_request is None else amount_in(
+        data.max_charge_per_request, "max_charge_per_request")
+    return CustomerSpec(data.id, data.name, data.currency, data.billing, data.price_book, limit, low, max_charge)
 
 
 @post("/v1/customers", guards=[require()], tags=["customers"], status_code=201,

@@ -8,8 +8,8 @@ from litestar import Request, Response, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath
 
-from api.auth import ensure_customer, require
-from api.errors import documented
+from api.auth import ensure_customer, principal_of, require
+from api.errors import ApiError, documented
 from api.routes.formats import Amount
 from api.routes.schemas import (
     ANTHROPIC_USAGE,
@@ -60,6 +60,8 @@ class SettleRequest(msgspec.Struct):
     anthropic_usage: Annotated[dict[str, Any], json_object(ANTHROPIC_USAGE)] | None = None
     final: bool = True
     capture_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    force: Annotated[bool, msgspec.Meta(description=(
+        "Admin keys only: charge usage past the plausibility bounds; the charge's trace records it"))] = False
 
 
 class LineResponse(msgspec.Struct):
@@ -147,22 +149,41 @@ async def create_reservation(
 
 
 @post("/v1/reservations/{reservation_id:str}/settle", guards=[require("inference")], tags=["reservations"],
-      status_code=200, **documented(404, 409, body=True))
+      status_code=200, **documented(404, 409, body=True))  # 422 includes implausible_usage
 async def settle(
     state: State, request: Request, reservation_id: FromPath[str],
     data: SettleBody,
 ) -> Response[SettleResponse]:
-    """Charge the reported usage: from the hold, then the lots, then the receivable (never
-    refused). `final: false` is a capture that keeps the rest of the hold open."""
+    """Charge the reported usage: from the hold, then the lots, then the receivable (never for
+    lack of funds). `final: false` is a capture that keeps the rest of the hold open. Usage past
+    a plausibility bound is `implausible_usage` and the hold stays open, unless an admin forces it."""
     data = shaped(data, SettleRequest)
+    forced_by = _forcing_key(request) if data.force else None
     customer_id = await state.services.wallets.owner_of(reservation_id)
     ensure_customer(request, customer_id)
     tokens, usage = usage_tokens(data.usage, data.openai_usage, data.anthropic_usage)
     render = renderer(request, _settled)
+    body = _settle_body(data)
     command = Settle(customer_id=customer_id, reservation_id=reservation_id,
-                     request_hash=request_hash(msgspec.to_builtins(data)), tokens=tokens, usage=usage,
-                     final=data.final, capture_id=data.capture_id, idem=idempotency(request, data, render))
+                     request_hash=request_hash(body), tokens=tokens, usage=usage,
+                     final=data.final, capture_id=data.capture_id, forced_by=forced_by,
+                     idem=idempotency(request, body, render))
     return respond(await state.services.wallets.submit(command), render)
+
+
+def _settle_body(data: SettleRequest) -> dict[str, Any]:
+    """What a settle's hash covers: `force` only when given, so settles hash as they always did."""
+    body = msgspec.to_builtins(data)
+    if not data.force:
+        del body["force"]
+    return body
+
+
+def _forcing_key(request: Request) -> str:
+    principal = principal_of(request)
+    if principal.scope != "admin":
+        raise ApiError("forbidden", "only an admin key may force a settle past the plausibility bounds", 403)
+    return principal.key_id
 
 
 @post("/v1/reservations/{reservation_id:str}/release", guards=[require("inference")], tags=["reservations"],
