@@ -63,6 +63,21 @@ async def db(database_url: str) -> AsyncIterator[Database]:
     await database.dispose()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def spool_dir() -> Iterator[str]:
+    """The SDK's spool (undeliverable settles) in a directory of the session's, never the user's."""
+    with tempfile.TemporaryDirectory(prefix="tokentill-spool-") as tmp:
+        before = os.environ.get("TOKENTILL_SPOOL_DIR")
+        os.environ["TOKENTILL_SPOOL_DIR"] = tmp
+        try:
+            yield tmp
+        finally:
+            if before is None:
+                os.environ.pop("TOKENTILL_SPOOL_DIR", None)
+            else:
+                os.environ["TOKENTILL_SPOOL_DIR"] = before
+
+
 @pytest.fixture
 def tag() -> str:
     """A unique prefix for the account codes and keys of one test."""

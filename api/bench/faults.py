@@ -187,9 +187,10 @@ async def lifecycle(tt: AsyncClient, n: int, done: list[Lifecycle]) -> None:
         await asyncio.sleep(0.2)
 
 
-async def load(bases: list[str], key: str, workers: int, stop: asyncio.Event, done: list[Lifecycle]) -> None:
+async def load(bases: list[str], key: str, workers: int, stop: asyncio.Event, done: list[Lifecycle],
+               spool: Path) -> None:
     counter = itertools.count()
-    clients = [AsyncClient(base, key) for base in bases]
+    clients = [AsyncClient(base, key, spool_dir=spool) for base in bases]
 
     async def worker(tt: AsyncClient) -> None:
         while not stop.is_set():
@@ -252,7 +253,8 @@ async def _inject(cluster: Cluster, key: str, args: argparse.Namespace) -> dict:
     probes = [Probe(f"server-{i}", port) for i, port in enumerate(cluster.ports)]
     probing = [asyncio.create_task(probe(p, stop_probe)) for p in probes]
     done: list[Lifecycle] = []
-    loading = asyncio.create_task(load([cluster.base(0), cluster.base(1)], key, args.workers, stop_load, done))
+    loading = asyncio.create_task(load([cluster.base(0), cluster.base(1)], key, args.workers, stop_load, done,
+                                       cluster.data_dir / "spool"))
     settle = args.settle_seconds
     faults: list[dict] = []
 
