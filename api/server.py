@@ -235,8 +235,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def expire(self) -> None:
         """The deadline passed: close, answering 408 first if a request's body is late and no
-        response has begun. A late pipelined head behind a request in progress does not cut that
-        request short: the connection stops reading and closes after its response."""
+        response has begun. Nothing cuts short a request in progress before it: a late pipelined
+        head behind one stops reading and closes after its response, and a pipelined body is
+        not late while uvicorn does not read it (it waits for the requests before it)."""
+        if self.pipeline:
+            self.deadline = self.loop.time() + self.guard.limits.body_timeout_s
+            return
         self.deadline = 0.0
         if self.transport.is_closing():
             return
@@ -310,8 +314,5 @@ def server(app: Any, settings: Settings, **config: Any) -> GuardedServer:
 
 
 def serve(app: Any, settings: Settings, **config: Any) -> None:
-    """Serve `app` until a signal stops it (exit 3, as uvicorn.run, when it never started)."""
-    running = server(app, settings, **config)
-    running.run()
-    if not running.started:
-        raise SystemExit(3)
+    """Serve `app` until a signal stops it."""
+    server(app, settings, **config).run()

@@ -144,6 +144,18 @@ def test_a_stalled_or_endless_body_is_answered_408():
     assert counter("tokentill_connection_timeouts_total", phase="body") - before == 2
 
 
+def test_a_pipelined_request_whose_body_is_late_does_not_cut_short_the_request_before_it():
+    with serving(body_timeout_seconds="0.3") as port:
+        sock = connect(port, b"GET /slow HTTP/1.1\r\nHost: test\r\n\r\n"
+                             b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 100\r\n\r\nabc")
+        time.sleep(1.0)  # the first request is in progress all along; the second waits behind it
+        release.set()
+        answers = read_all(sock)
+    first, timed_out, second = answers.partition(b"HTTP/1.1 408 ")
+    assert first.startswith(b"HTTP/1.1 200 ") and first.endswith(b"got 0\r\n0\r\n\r\n")  # whole
+    assert timed_out and json.loads(second.partition(b"\r\n\r\n")[2])["status"] == 408
+
+
 def test_an_idle_keep_alive_connection_closes_after_the_keep_alive_timeout():
     with serving(keepalive_seconds="0.5") as port:
         sock = connect(port, b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
