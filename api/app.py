@@ -19,6 +19,7 @@ from api.errors import EXCEPTION_HANDLERS
 from api.metrics import metrics_middleware
 from api.routes import audit, keys, ops
 from api.routes.wallet_routes import ROUTES as WALLET_ROUTES
+from api.routes.wire import guard_request
 from api.settings import Settings
 from ledger.db import Database, connect
 from wallets.jobs import build_scheduler, jobs
@@ -86,6 +87,7 @@ def create_app(settings: Settings, database_url: str, **overrides: Any) -> Lites
         middleware=[metrics_middleware],
         exception_handlers=EXCEPTION_HANDLERS,
         before_send=[_complete_allow_header],
+        before_request=guard_request,  # 415, JSON depth, NUL: before any body is decoded
         request_max_body_size=1_048_576,
         openapi_config=OpenAPIConfig(
             title="tokentill", version="0.1.0",

@@ -10,21 +10,20 @@ from litestar.params import FromPath
 
 from api.auth import require
 from api.errors import documented
-from api.routes.formats import IDENTIFIER, Amount, DateTime, PositiveAmount
+from api.routes.formats import Amount, DateTime, Identifier, PositiveAmount
 from api.routes.schemas import json_body
 from api.routes.wire import amount_in, idempotency, money, renderer, respond, shaped, time_in, time_out
 from wallets.batch import LotView, WalletView
 from wallets.credits import GRANT_PRIORITY, TOPUP_PRIORITY, CreditResult, Grant, TopUp
 from wallets.service import CustomerSpec, CustomerView
 
-Id = Annotated[str, msgspec.Meta(pattern=IDENTIFIER)]
 Priority = Annotated[int, msgspec.Meta(ge=0, le=100)]
 Text = Annotated[str, msgspec.Meta(max_length=500)]
 READERS = ("inference", "auditor", "customer")
 
 
 class CreateCustomerRequest(msgspec.Struct):
-    id: Id
+    id: Identifier
     name: Annotated[str, msgspec.Meta(max_length=200)] = ""
     currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")] = "USD"
     billing: Literal["prepaid", "postpaid"] = "prepaid"

@@ -107,3 +107,4 @@ def documented_as(pattern: str, description: str, **schema: Any) -> msgspec.Meta
 PositiveAmount = Annotated[str, documented_as(POSITIVE_AMOUNT, "More than 0: " + AMOUNT_TEXT)]
 Amount = Annotated[str, documented_as(AMOUNT, "0 or more: " + AMOUNT_TEXT)]
 DateTime = Annotated[str, documented_as(DATE_TIME, DATE_TIME_TEXT, format="date-time")]
+Identifier = Annotated[str, msgspec.Meta(pattern=IDENTIFIER)]  # a customer's id, as its CHECK says

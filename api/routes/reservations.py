@@ -10,13 +10,13 @@ from litestar.params import FromPath
 
 from api.auth import ensure_customer, principal_of, require
 from api.errors import ApiError, documented
-from api.routes.formats import Amount
+from api.routes.formats import Amount, Identifier
 from api.routes.schemas import (
     ANTHROPIC_USAGE,
     CANONICAL_USAGE,
     ESTIMATE,
-    MAX_DIMENSIONS,
     OPENAI_USAGE,
+    Dimensions,
     exactly_one,
     json_body,
     json_object,
@@ -28,12 +28,9 @@ from wallets.commands import Release, ReleaseResult, Reserve, ReserveResult, Set
 from wallets.errors import WalletValidationError
 from wallets.requests import prepare_estimate, usage_tokens
 
-Dimension = str | int | bool
-Dimensions = Annotated[dict[str, Dimension], msgspec.Meta(max_length=MAX_DIMENSIONS)]
-
 
 class CreateReservationRequest(msgspec.Struct):
-    customer_id: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    customer_id: Identifier
     request_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     model: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     ttl_seconds: Annotated[int, msgspec.Meta(ge=1, le=7 * 86400)] = 300

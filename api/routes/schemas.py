@@ -6,7 +6,7 @@ that a client (or a fuzzer) reading the document sends what the server takes.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar.params import Body, BodyKwarg
@@ -14,6 +14,9 @@ from litestar.params import Body, BodyKwarg
 from pricing.usage import MAX_QUANTITY
 
 MAX_DIMENSIONS = 32
+BIGINT = 2**63  # PostgreSQL's bigint holds -BIGINT to BIGINT - 1
+Dimension = str | Annotated[int, msgspec.Meta(ge=-BIGINT, le=BIGINT - 1)] | bool
+Dimensions = Annotated[dict[str, Dimension], msgspec.Meta(max_length=MAX_DIMENSIONS)]
 
 COUNT = {"type": "integer", "minimum": 0, "maximum": MAX_QUANTITY}
 OPTIONAL_COUNT = {"anyOf": [COUNT, {"type": "null"}]}

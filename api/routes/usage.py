@@ -11,8 +11,8 @@ from litestar.params import FromPath, QueryParameter
 
 from api.auth import principal_of, require
 from api.errors import documented
-from api.routes.formats import DATE_TIME, DATE_TIME_TEXT, GROUP_BY, matches
-from api.routes.schemas import MAX_DIMENSIONS, json_body
+from api.routes.formats import DATE_TIME, DATE_TIME_TEXT, GROUP_BY, Identifier, matches
+from api.routes.schemas import Dimensions, json_body
 from api.routes.wire import idempotency, renderer, respond, shaped, time_in
 from ledger.errors import LedgerError
 from ledger.model import request_hash
@@ -23,14 +23,13 @@ from wallets.errors import WalletValidationError
 from wallets.requests import usage_tokens
 
 MAX_EVENTS = 1000
-Dimensions = Annotated[dict[str, str | int | bool], msgspec.Meta(max_length=MAX_DIMENSIONS)]
 # A query parameter is a string or absent: the schema says so (not Litestar's string-or-null).
 _TIME_PARAM = {"one_of": None, "type": "string", "pattern": DATE_TIME, "format": "date-time"}
 
 
 class UsageEvent(msgspec.Struct):
     event_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-    customer_id: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    customer_id: Identifier
     model: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     timestamp: Annotated[str, msgspec.Meta(extra_json_schema={
         "description": "RFC 3339 with an offset; an event with another time is rejected, not the batch"})]

@@ -1,9 +1,12 @@
-"""Shared pieces of the wallet routes: money on the wire, times, Idempotency-Key handling and
-the one way a command's outcome becomes a response (fresh or replayed)."""
+"""Shared pieces of the wallet routes: money on the wire, times, Idempotency-Key handling, the
+one way a command's outcome becomes a response (fresh or replayed), and the edge guard that
+refuses what no handler should see (a body that is not JSON, JSON nested too deep, text that
+PostgreSQL cannot store)."""
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Callable
 from datetime import datetime
@@ -11,6 +14,7 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response
+from litestar.exceptions import HTTPException
 
 from api.auth import principal_of
 from api.errors import error_response
@@ -32,6 +36,7 @@ from wallets.errors import WalletValidationError
 SCALE = 9  # atomic units of every wallet currency (wallets.chart.ASSET_SCALE)
 MAX_AMOUNT = 10**18  # 1e9 currency units: larger top-ups and holds are mistakes
 PROBLEM = "application/problem+json"
+MAX_JSON_DEPTH = 32  # arrays and objects within one another; the deepest body we take needs 5
 
 
 def money(units: int | None) -> str | None:
@@ -90,6 +95,9 @@ def integral(value: Any) -> Any:
 def shaped(data: Any, type_: Any) -> Any:
     """`data` (decoded JSON) as `type_`, strictly (Litestar's own conversion would also take "5"
     for an integer), or a validation error naming the first field that is wrong."""
+    unfit = unstorable(data)
+    if unfit is not None:
+        raise WalletValidationError(*unfit)
     try:
         return checked(msgspec.convert(integral(data), type_), type_)
     except msgspec.ValidationError as exc:
@@ -97,6 +105,92 @@ def shaped(data: Any, type_: Any) -> Any:
         where = re.search(r" - at (?:`key` in )?`\$\.?([^`]*)`$", text)
         field = (where.group(1) if where else "") or "body"
         raise WalletValidationError(field, text[:where.start()] if where else text) from None
+
+
+_SURROGATE = re.compile(r"[\ud800-\udfff]")  # in a str only as a lone half: pairs decode to one code point
+
+
+def _text_problem(text: str) -> str | None:
+    if "\x00" in text:
+        return "must not contain U+0000 (NUL): PostgreSQL text cannot hold it"
+    if not text.isascii() and _SURROGATE.search(text):
+        return "must not contain a lone surrogate (U+D800 to U+DFFF)"
+    return None
+
+
+def unstorable(value: Any, path: str = "") -> tuple[str, str] | None:
+    """(field, message) of the first string (key or value) or number in decoded JSON that
+    PostgreSQL would refuse to store, or None. Checked before shaping, so that such a value
+    never reaches a wallet batch, where it would fail every command that rides with it."""
+    if isinstance(value, str):
+        problem = _text_problem(value)
+        return None if problem is None else (path or "body", problem)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            problem = _text_problem(key) if isinstance(key, str) else None
+            if problem is not None:
+                return path or "body", "a key " + problem
+            found = unstorable(item, f"{path}.{key}" if path else str(key))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = unstorable(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    elif isinstance(value, float) and not math.isfinite(value):
+        return path or "body", "must be a finite number"
+    return None
+
+
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)
+_STRING = re.compile(rb'"[^"]*"')  # once escapes are gone, a string has no quote inside
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def nested_too_deep(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether JSON `body` has arrays and objects more than `limit` deep, found by counting
+    brackets outside strings, before any parser recurses into it. Linear (no regex here can
+    backtrack), and a deep body is known after `limit` brackets."""
+    if b"\\" in body:
+        body = _ESCAPE.sub(b"", body)
+    brackets = _STRING.sub(b"", body).translate(None, _NOT_BRACKET)
+    if brackets.count(b"[") + brackets.count(b"{") <= limit:
+        return False
+    depth = 0
+    for byte in brackets:  # about 50 ns a bracket: 50 ms for a mebibyte of them, at worst
+        depth += 1 if byte in b"[{" else -1
+        if depth > limit:
+            return True
+    return False
+
+
+def is_json(media_type: str, options: dict[str, str]) -> bool:
+    """application/json or application/*+json, in UTF-8 (the only encoding JSON has, RFC 8259)."""
+    media_type = media_type.strip().lower()
+    json_type = media_type == "application/json" or (media_type.startswith("application/")
+                                                      and media_type.endswith("+json"))
+    return json_type and options.get("charset", "utf-8").strip().lower() in ("utf-8", "utf8")
+
+
+async def guard_request(request: Request) -> None:
+    """Litestar's before_request hook (after the guards, before the body is decoded): path and
+    query values PostgreSQL cannot store are 422, a body on a route that takes one must be JSON
+    (415, a missing Content-Type included) nested at most MAX_JSON_DEPTH deep (422). None of it
+    touches the database."""
+    for name, value in (*request.path_params.items(), *request.query_params.items()):
+        problem = _text_problem(value) if isinstance(value, str) else None
+        if problem is not None:
+            raise WalletValidationError(name, problem)
+    if "data" not in request.route_handler.parsed_fn_signature.parameters:
+        return  # Litestar never reads the body of a route without `data`
+    body = await request.body()  # at most request_max_body_size (413 beyond)
+    if not body:
+        return
+    if not is_json(*request.content_type):
+        raise HTTPException(status_code=415, detail="the body must be JSON: Content-Type application/json")
+    if nested_too_deep(body):
+        raise WalletValidationError("body", f"JSON nested deeper than {MAX_JSON_DEPTH} arrays and objects")
 
 
 def time_out(value: datetime | str | None) -> str | None:

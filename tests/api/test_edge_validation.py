@@ -1,0 +1,249 @@
+"""Refused at the edge (issue 9, items 7 and 9): values PostgreSQL cannot store, JSON nested too
+deep and bodies that are not JSON each answer problem+json at once, before any wallet batch runs,
+so that one bad request never fails (and re-runs) the batch of everyone else."""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from api.app import create_app
+from api.routes.wire import nested_too_deep, shaped
+from api.settings import Settings
+from wallets.errors import WalletValidationError
+
+ADMIN = {"Authorization": "Bearer test-admin"}
+JSON = {"Content-Type": "application/json"}
+NUL = "\u0000"
+MAX_JSON_DEPTH = 32  # arrays and objects within one another, as the README documents
+
+
+@pytest.fixture
+async def app(db, database_url) -> Litestar:
+    return create_app(Settings(admin_key="test-admin", scheduler=False), database_url)
+
+
+@pytest.fixture
+async def client(app: Litestar):
+    async with AsyncTestClient(app=app) as c:
+        c.headers.update(ADMIN)
+        yield c
+
+
+@pytest.fixture
+def batches(app: Litestar) -> list[int]:
+    """The size of every wallet transaction the app runs from here on (Engine.execute's calls)."""
+    engine = app.state.services.wallets.engine
+    sizes: list[int] = []
+    run = engine.execute
+
+    async def counted(commands, **kw):
+        sizes.append(len(commands))
+        return await run(commands, **kw)
+
+    engine.execute = counted
+    return sizes
+
+
+@pytest.fixture
+async def world(client: AsyncTestClient, batches: list[int], tag: str) -> dict[str, str]:
+    """A customer with credit and an open reservation; `batches` is cleared once it exists."""
+    book = {"id": f"book-{tag}", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
+            "rules": [{"id": "in", "model": "model-a", "token_type": "input", "price": "10.00"},
+                      {"id": "out", "model": "model-a", "token_type": "output", "price": "20.00"}]}
+    assert (await client.post("/v1/price-books", json=book)).status_code == 201
+    cid = f"edge-{tag}"
+    created = await client.post("/v1/customers", json={"id": cid, "price_book": f"book-{tag}"})
+    assert created.status_code == 201, created.text
+    assert (await client.post(f"/v1/customers/{cid}/topups", json={"amount": "100"})).status_code == 201
+    held = await client.post("/v1/reservations", json={"customer_id": cid, "request_id": f"held-{tag}",
+                                                       "model": "model-a", "amount": "1"})
+    assert held.status_code == 201, held.text
+    batches.clear()
+    return {"customer": cid, "reservation": held.json()["id"], "tag": tag}
+
+
+def _reserve(w: dict[str, str], **fields: Any) -> dict[str, Any]:
+    return {"customer_id": w["customer"], "request_id": f"r-{w['tag']}", "model": "model-a", "amount": "1",
+            **fields}
+
+
+def _event(w: dict[str, str], **fields: Any) -> dict[str, Any]:
+    return {"event_id": f"e-{w['tag']}", "customer_id": w["customer"], "model": "model-a",
+            "timestamp": "2026-06-01T00:00:00Z", "usage": {"input_tokens": 1}, **fields}
+
+
+def _book(w: dict[str, str], **rule: Any) -> dict[str, Any]:
+    return {"id": f"nul-{w['tag']}", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
+            "rules": [{"id": "in", "model": "model-a", "token_type": "input", "price": "1", **rule}]}
+
+
+# (path, body, the field the answer names): a NUL in every kind of string a body carries.
+NUL_CASES = [
+    ("/v1/reservations", lambda w: _reserve(w, dimensions={"feature": f"chat{NUL}"}), "dimensions.feature"),
+    ("/v1/reservations", lambda w: _reserve(w, dimensions={f"fea{NUL}ture": "chat"}), "dimensions"),
+    ("/v1/reservations", lambda w: _reserve(w, request_id=f"r{NUL}-{w['tag']}"), "request_id"),
+    ("/v1/reservations", lambda w: _reserve(w, model=f"model-a{NUL}"), "model"),
+    ("/v1/reservations", lambda w: _reserve(w, amount=None, estimate={
+        "messages": [{"role": "user", "content": f"hi{NUL}"}], "max_output_tokens": 5}),
+     "estimate.messages[0].content"),
+    ("/v1/reservations", lambda w: _reserve(w, amount=None, estimate={"prompt": f"hi{NUL}"}), "estimate.prompt"),
+    ("/v1/reservations/{reservation}/settle", lambda w: {"openai_usage": {
+        "prompt_tokens": 1, "completion_tokens": 1, "service_tier": f"default{NUL}"}},
+     "openai_usage.service_tier"),
+    ("/v1/reservations/{reservation}/settle", lambda w: {"usage": {"input_tokens": 1}, "final": False,
+                                                         "capture_id": f"c{NUL}"}, "capture_id"),
+    ("/v1/usage-events", lambda w: [_event(w, dimensions={"feature": f"x{NUL}"})], "[0].dimensions.feature"),
+    ("/v1/usage-events", lambda w: [_event(w, event_id=f"e{NUL}")], "[0].event_id"),
+    ("/v1/customers/{customer}/topups", lambda w: {"amount": "1", "reference": f"inv{NUL}"}, "reference"),
+    ("/v1/customers/{customer}/grants", lambda w: {"amount": "1", "reason": f"promo{NUL}"}, "reason"),
+    ("/v1/customers", lambda w: {"id": f"n-{w['tag']}", "name": f"Acme{NUL}"}, "name"),
+    ("/v1/price-books", lambda w: _book(w, source=f"list{NUL}"), "rules[0].source"),
+    ("/v1/price-books", lambda w: _book(w, match={"tier": f"x{NUL}"}), "rules[0].match.tier"),
+    ("/v1/api-keys", lambda w: {"scope": "auditor", "customers": [f"a{NUL}"]}, "customers[0]"),
+]
+
+
+@pytest.mark.parametrize("path, body, field", NUL_CASES, ids=[c[2] for c in NUL_CASES])
+async def test_a_nul_anywhere_in_a_body_is_refused_naming_its_field_before_any_batch(
+        client, world, batches, path, body, field):
+    response = await client.post(path.format(**world), json=body(world))
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["code"] == "validation_error"
+    assert response.json()["fields"][0]["field"] == field
+    assert batches == []
+
+
+async def test_a_nul_in_a_path_parameter_is_refused_before_any_batch(client, world, batches):
+    response = await client.post("/v1/customers/edge%00x/topups", json={"amount": "1"})
+    assert response.status_code == 422 and response.json()["code"] == "validation_error"
+    assert response.json()["fields"][0]["field"] == "customer_id"
+    assert batches == []
+
+
+async def test_a_lone_surrogate_is_refused_in_a_body_and_where_data_is_shaped(client, world, batches):
+    body = '{"customer_id": "' + world["customer"] + '", "request_id": "r\\ud800", "model": "m", "amount": "1"}'
+    response = await client.post("/v1/reservations", content=body.encode(), headers=JSON)
+    assert response.status_code == 422 and response.json()["code"] == "validation_error"
+    assert batches == []
+    with pytest.raises(WalletValidationError) as refused:
+        shaped({"scope": "auditor", "name": "x\udc00"}, dict)
+    assert refused.value.context["fields"][0]["field"] == "name"
+
+
+# What the database's CHECKs and column types refuse, refused by the schema instead.
+SCHEMA_CASES = [
+    ("/v1/reservations", lambda w: _reserve(w, customer_id="no such id!"), "customer_id"),
+    ("/v1/reservations", lambda w: _reserve(w, dimensions={"n": 2**63}), "dimensions[...]"),
+    ("/v1/usage-events", lambda w: [_event(w, customer_id="x" * 101)], "[0].customer_id"),
+    ("/v1/usage-events", lambda w: [_event(w, dimensions={"n": -(2**63) - 1})], "[0].dimensions[...]"),
+]
+
+
+@pytest.mark.parametrize("path, body, field", SCHEMA_CASES, ids=[c[2] for c in SCHEMA_CASES])
+async def test_values_the_database_would_refuse_are_schema_errors(client, world, batches, path, body, field):
+    response = await client.post(path, json=body(world))
+    assert response.status_code == 422, response.text
+    assert [f["field"] for f in response.json()["fields"]] == [field]
+    assert batches == []
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+async def test_json_nested_500_deep_is_a_validation_problem_not_a_500(client, world, batches):
+    body = ('{"customer_id": "' + world["customer"] + '", "request_id": "r", "model": "model-a", '
+            '"estimate": {"messages": ' + _nested(500) + "}}")
+    response = await client.post("/v1/reservations", content=body.encode(), headers=JSON)
+    assert response.status_code == 422, response.text
+    assert response.json()["fields"][0] == {"field": "body", "message": f"JSON nested deeper than {MAX_JSON_DEPTH}"
+                                                                       " arrays and objects"}
+    assert batches == []
+
+
+async def test_a_mebibyte_of_nesting_is_refused_fast(client):
+    body = b"[" * (1 << 20)
+    started = time.perf_counter()
+    response = await client.post("/v1/api-keys", content=body, headers=JSON)
+    elapsed = time.perf_counter() - started
+    assert response.status_code == 422 and response.json()["fields"][0]["field"] == "body"
+    assert elapsed < 0.5, f"{elapsed:.3f} s"
+
+
+async def test_the_depth_limit_counts_arrays_and_objects_but_not_brackets_in_strings(client):
+    def key_body(customers: str, name: str = "k") -> bytes:
+        return ('{"scope": "auditor", "name": ' + json.dumps(name) + ', "customers": ' + customers + "}").encode()
+
+    at_limit = await client.post("/v1/api-keys", content=key_body(_nested(MAX_JSON_DEPTH - 1)), headers=JSON)
+    assert at_limit.status_code == 422 and at_limit.json()["fields"][0]["field"] == "customers[0]"
+    over = await client.post("/v1/api-keys", content=key_body(_nested(MAX_JSON_DEPTH)), headers=JSON)
+    assert over.status_code == 422 and over.json()["fields"][0]["field"] == "body"
+    brackets = "[{" * 40 + '\\"[' * 30 + "\\\\"  # 172 characters, escapes included
+    named = await client.post("/v1/api-keys", content=key_body("[]", brackets), headers=JSON)
+    assert named.status_code == 201, named.text
+    assert named.json()["name"] == brackets
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict | list):
+        return 1 + max(map(_depth, value.values() if isinstance(value, dict) else value), default=0)
+    return 0
+
+
+_TEXT = st.lists(st.sampled_from(['[', ']', '{', '}', '"', '\\', '\\"[', 'x', '\u00e9']), max_size=5).map("".join)
+_JSON = st.recursive(st.none() | st.integers() | _TEXT,
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
+                     max_leaves=60)
+
+
+@given(_JSON, st.integers(min_value=1, max_value=12), st.booleans())
+def test_the_bracket_scan_measures_the_depth_a_parser_would(value, limit, ascii_only):
+    body = json.dumps(value, ensure_ascii=ascii_only).encode()
+    assert nested_too_deep(body, limit) == (_depth(value) > limit)
+
+
+def _body_routes(app: Litestar) -> list[str]:
+    """The path of every route that takes a body, found in the app rather than listed by hand."""
+    paths = []
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", []):
+            if "data" in handler.parsed_fn_signature.parameters:
+                paths.append(route.path.replace("{customer_id:str}", "nobody").replace("{reservation_id:str}",
+                                                                                       "res_nope"))
+    return sorted(set(paths))
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
+                                          "application/xml", "multipart/form-data; boundary=x",
+                                          "application/json; charset=utf-16", None])
+async def test_a_body_that_is_not_json_is_415_on_every_route_that_takes_one(app, client, batches, content_type):
+    routes = _body_routes(app)
+    assert len(routes) >= 8 and "/v1/reservations" in routes
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    for path in routes:
+        response = await client.post(path, content=b'{"amount": "1"}', headers=headers)
+        assert response.status_code == 415, (path, response.text)
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert response.json()["code"] == "unsupported_media_type"
+    assert batches == []
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8",
+                                          "Application/JSON;charset=UTF-8", "application/merge-patch+json"])
+async def test_json_media_types_are_taken(client, content_type):
+    response = await client.post("/v1/api-keys", content=b'{"scope": "auditor"}',
+                                 headers={"Content-Type": content_type})
+    assert response.status_code == 201, response.text
+
+
+async def test_a_route_without_a_body_needs_no_content_type(client, world):
+    response = await client.post(f"/v1/reservations/{world['reservation']}/release")
+    assert response.status_code == 200, response.text
