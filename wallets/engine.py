@@ -21,7 +21,7 @@ from typing import Any
 from prometheus_client import Histogram
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ledger.db import Database, is_unavailable, lock_key
+from ledger.db import Database, RetriesExhaustedError, is_unavailable, lock_key
 from ledger.errors import LedgerError
 from pricing.errors import PricingError
 from wallets import store
@@ -147,7 +147,8 @@ class Engine:
     async def _isolate(self, items: list[tuple[Command, asyncio.Future[Any]]], exc: Exception) -> None:
         """After a batch failed with `exc` (not a domain refusal, which is an outcome): bisect, so
         that the commands that would commit do, and the bad one gets its own error."""
-        if len(items) == 1 or is_unavailable(exc):
+        if len(items) == 1 or is_unavailable(exc) or isinstance(exc, RetriesExhaustedError):
+            # The database is down or too contended: smaller batches would only add load.
             for _, future in items:
                 if not future.done():
                     future.set_exception(exc)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from wallet_kit import Kit, usd
 
-from ledger.db import connect, is_unavailable
+from ledger.db import Database, RetriesExhaustedError, connect, is_unavailable
 from wallets.commands import Reserve, ReserveResult
 from wallets.engine import Engine
 
@@ -68,3 +68,20 @@ async def test_a_batch_the_database_cannot_run_fails_every_command_at_once(share
     assert sizes == [BATCH]
     assert all(is_unavailable(o) for o in outcomes)
     assert len({id(o) for o in outcomes}) == 1  # the one failure, given to every command
+
+
+async def test_a_batch_that_spent_its_retry_budget_fails_every_command_at_once(shared_kit: Kit, database_url):
+    class Contended(Database):
+        async def run(self, work, *, locks=()):
+            raise RetriesExhaustedError("the database is too contended; try again")
+
+    real = connect(database_url, pool_size=1)
+    try:
+        engine = Engine(Contended(real.engine))
+        sizes = _counting(engine)
+        outcomes = await asyncio.gather(*(engine.submit(_reserve("acme", f"{shared_kit.tag}-c{i}"))
+                                          for i in range(BATCH)), return_exceptions=True)
+    finally:
+        await real.dispose()
+    assert sizes == [BATCH]  # halving a contended batch would only add transactions
+    assert all(isinstance(o, RetriesExhaustedError) for o in outcomes)
