@@ -20,8 +20,10 @@ from api.metrics import metrics_middleware
 from api.routes import audit, keys, ops
 from api.routes.wallet_routes import ROUTES as WALLET_ROUTES
 from api.routes.wire import guard_request
+from api.runtime import Supervisor
 from api.settings import Settings
 from ledger.db import Database, connect
+from ledger.embedded import EmbeddedPostgres
 from wallets.jobs import build_scheduler, jobs
 from wallets.keys import KeyCache
 from wallets.service import WalletService
@@ -59,10 +61,14 @@ async def _complete_allow_header(message, scope) -> None:
     message["headers"].append((b"allow", ", ".join(sorted(methods)).encode()))
 
 
-def create_app(settings: Settings, database_url: str, **overrides: Any) -> Litestar:
+def create_app(settings: Settings, database_url: str, *, cluster: EmbeddedPostgres | None = None,
+               **overrides: Any) -> Litestar:
+    """`cluster`: the embedded cluster `database_url` points at, if it is one: the app then
+    supervises it (restarts a postmaster that died, and renews its pool)."""
     db = connect(database_url, pool_size=settings.pool_size, pool_timeout_s=settings.pool_timeout_s)
     services = Services(settings, db, {}, KeyCache(db, database_url))
     services.wallets = WalletService(services.db)
+    supervisor = Supervisor(cluster, db.engine.dispose) if cluster is not None else None
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -70,9 +76,13 @@ def create_app(settings: Settings, database_url: str, **overrides: Any) -> Lites
         if settings.scheduler:
             scheduler.start()  # here, not in on_startup: there it would start paused
         services.keys.start()
+        if supervisor is not None:
+            supervisor.start()
         try:
             yield
         finally:
+            if supervisor is not None:
+                await supervisor.stop()
             if settings.scheduler:
                 scheduler.shutdown(wait=False)
             await services.keys.stop()
@@ -82,7 +92,7 @@ def create_app(settings: Settings, database_url: str, **overrides: Any) -> Lites
         route_handlers=[ops.healthz, ops.readyz, ops.metrics, audit.get_trial_balance,
                         audit.post_verify, keys.create_api_key, keys.list_api_keys, keys.revoke_api_key,
                         *WALLET_ROUTES],
-        state=State({"services": services}),
+        state=State({"services": services, "supervisor": supervisor}),
         lifespan=[lifespan],
         middleware=[metrics_middleware],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -1,12 +1,19 @@
-"""Where the database comes from: the configured server, or the embedded cluster; then migrate."""
+"""Where the database comes from: the configured server, or the embedded cluster; then migrate.
+And the supervisor that keeps an embedded cluster running under a live process."""
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from api.settings import Settings
 from ledger import embedded
 from ledger.db import sqlalchemy_url
 from migrations import runner
+
+log = logging.getLogger("tokentill.supervisor")
 
 
 @dataclass(slots=True)
@@ -33,3 +40,64 @@ def open_database(settings: Settings, *, migrate: bool = True) -> DatabaseHandle
 
 def sync_url(url: str) -> str:
     return sqlalchemy_url(url).render_as_string(hide_password=False)
+
+
+class Supervisor:
+    """Watches the embedded postmaster a few times a second; when it has died, restarts it
+    (`EmbeddedPostgres.ensure_running`, safe when every process sharing the cluster tries at
+    once) and renews the pool, whose connections went down with the old server.
+
+    Readiness asks `running()`, which looks at the postmaster itself: 503 from the moment it
+    dies, not from the next check. A postmaster restarted by another process is noticed by its
+    new identity, and the pool is renewed all the same."""
+
+    def __init__(self, cluster: embedded.EmbeddedPostgres, renew_pool: Callable[[], Awaitable[None]], *,
+                 interval_s: float = 0.25) -> None:
+        self.cluster = cluster
+        self.renew_pool = renew_pool
+        self.interval_s = interval_s
+        self.restarts = 0  # by this process
+        self._seen = cluster.postmaster()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def running(self) -> bool:
+        """Whether the postmaster runs now (cheap: two small file reads)."""
+        return self.cluster.postmaster() is not None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._watch(), name="embedded-postgres-supervisor")
+
+    async def stop(self) -> None:
+        """Stop watching; waits for a restart in progress (it cannot be interrupted midway)."""
+        self._stopping.set()
+        if self._task is not None:
+            await self._task
+
+    async def _watch(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self.check()
+            except Exception:  # keep watching whatever happened; the next check tries again
+                log.exception("supervising the embedded PostgreSQL in %s failed", self.cluster.pgdata)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self.interval_s)
+            except TimeoutError:
+                pass
+
+    async def check(self) -> None:
+        postmaster = self.cluster.postmaster()
+        if postmaster is None:
+            down_since = time.monotonic()
+            log.warning("the embedded PostgreSQL in %s is down; restarting it", self.cluster.pgdata)
+            if await asyncio.to_thread(self.cluster.ensure_running):
+                self.restarts += 1
+            postmaster = self.cluster.postmaster()
+            if postmaster is None:
+                return
+            log.warning("the embedded PostgreSQL runs again, %.2f s after it was seen down",
+                        time.monotonic() - down_since)
+        if postmaster != self._seen:
+            await self.renew_pool()  # every pooled connection belonged to the old server
+            self._seen = postmaster

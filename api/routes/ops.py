@@ -25,7 +25,7 @@ READY_TIMEOUT_S = 2.0
 async def readyz(state: State) -> Response:
     db = state.services.db
     supervisor = state.get("supervisor")
-    if supervisor is not None and not supervisor.up:
+    if supervisor is not None and not supervisor.running():
         return _not_ready("the embedded database is down; it is being restarted")
     try:
         async with asyncio.timeout(READY_TIMEOUT_S), db.engine.connect() as conn:

