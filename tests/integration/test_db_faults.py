@@ -106,6 +106,11 @@ async def test_a_stopped_database_answers_503_with_retry_after_until_it_is_back(
                 assert_unavailable(await client.post(f"/v1/customers/{cid}/topups", json={"amount": "1.00"}))
                 assert_unavailable(await client.post("/v1/customers", json={
                     "id": f"{cid}-2", "name": "C", "price_book": "any"}))
+            # Commands sent together ride in shared wallet batches: a batch's error reaches each one.
+            together = await asyncio.gather(*(client.post(f"/v1/customers/{cid}/topups", json={"amount": "1.00"})
+                                              for _ in range(8)))
+            for response in together:
+                assert_unavailable(response)
             started = time.monotonic()
             ready = await client.get("/readyz")
             assert ready.status_code == 503 and ready.headers["retry-after"] == "1"
