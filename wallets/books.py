@@ -5,13 +5,15 @@ Parsing a big version takes milliseconds to a few tenths of a second, so it is k
 wallet batches, which run under the cluster-wide writer lock: the engine warms the cache before
 it queues a command (`BookCache.warm`: one lookup shared by the commands arriving meanwhile, and
 the parse in a worker thread), and under the lock `get` finds the book ready. Only a version that
-appeared between the two is parsed there.
+appeared between the two is parsed there. A book that a batch or a lookup found current less than
+`FRESH_SECONDS` ago is not looked up again, so a busy engine pays no lookup per command.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +32,8 @@ from wallets.errors import ConflictError, NotFoundError
 
 log = logging.getLogger("tokentill.books")
 PLAUSIBILITY_FIELDS = ("max_charge_per_request", "context_window")
+FRESH_SECONDS = 1.0  # a version posted since is parsed under the writer lock (10,000 rules: ~0.1 s)
+MAX_CUSTOMERS = 100_000  # customers whose book this process remembers
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +150,8 @@ class BookCache:
         self._waiting: list[tuple[str, asyncio.Future[None]]] = []
         self._warmer: asyncio.Task[None] | None = None
         self._parsing: dict[str, asyncio.Task[None]] = {}  # book id -> its parse in flight
+        self._book_of: OrderedDict[str, str] = OrderedDict()  # customer id -> its book id
+        self._current_at: dict[str, float] = {}  # book id -> when it was last found current
 
     def tiered(self, book: PriceBook) -> bool:
         cached = self._books.get(book.id)
@@ -160,6 +166,7 @@ class BookCache:
         cached = self._books.get(book_id)
         if cached is not None and cached.versions == versions:
             self._books.move_to_end(book_id)
+            self._current_at[book_id] = time.monotonic()
             return cached.book
         known = self._known(book_id)
         stored = await stored_versions(conn, book_id, list(known))
@@ -170,6 +177,9 @@ class BookCache:
         command is queued, outside any lock. Commands arriving while a lookup runs share the next
         one; a book is parsed once (in a worker thread) however many wait for it, and a slow parse
         delays only the commands that need that book. Best effort: on any error `get` does it."""
+        book_id = self._book_of.get(customer_id)
+        if book_id is not None and time.monotonic() - self._current_at.get(book_id, -FRESH_SECONDS) < FRESH_SECONDS:
+            return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.append((customer_id, waiter))
         if self._warmer is None or self._warmer.done():
@@ -184,9 +194,12 @@ class BookCache:
                 ids = sorted({cid for cid, _ in batch})
                 rows = await db.lookup(partial(_all, statement=_BOOKS_OF, params={"ids": ids}))
                 for row in rows:
+                    self._remember(row.customer_id, row.book_id)
                     cached = self._books.get(row.book_id)
                     if cached is None or cached.versions != row.versions:
                         books[row.customer_id] = row.book_id
+                    else:
+                        self._current_at[row.book_id] = time.monotonic()
             except Exception:  # the command itself meets (and reports) the fault, if it lasts
                 log.warning("looking up price books to warm failed", exc_info=True)
             for cid, waiter in batch:
@@ -194,6 +207,12 @@ class BookCache:
                     self._parse_later(db, books[cid]).add_done_callback(lambda _, w=waiter: _wake(w))
                 else:
                     _wake(waiter)
+
+    def _remember(self, customer_id: str, book_id: str) -> None:
+        self._book_of[customer_id] = book_id
+        self._book_of.move_to_end(customer_id)
+        if len(self._book_of) > MAX_CUSTOMERS:
+            self._book_of.popitem(last=False)
 
     def _parse_later(self, db: Database, book_id: str) -> asyncio.Task[None]:
         task = self._parsing.get(book_id)
@@ -226,8 +245,9 @@ class BookCache:
             self._versions.popitem(last=False)
         self._books[book_id] = _Assembled(len(versions), book, _has_tiers(book))
         self._books.move_to_end(book_id)
+        self._current_at[book_id] = time.monotonic()
         while len(self._books) > self._max_books:
-            self._books.popitem(last=False)
+            self._current_at.pop(self._books.popitem(last=False)[0], None)
         return book
 
 

@@ -123,3 +123,32 @@ async def test_the_longest_pause_of_other_reserves_during_a_first_use_is_printed
     print(f"\n{BIG}-rule book: parse {parse_seconds * 1000:.0f} ms; a's first reserve {(ended - began) * 1000:.0f} ms;"
           f" b completed {len(during)} reserves meanwhile, longest pause {gap * 1000:.0f} ms")
     assert first.reservation.amount == usd("2.00") and others.done
+
+
+class CountingDatabase(Database):
+    """The session database, counting the hot-path lookups made through it."""
+
+    __slots__ = ("lookups",)
+
+    async def lookup(self, work):  # type: ignore[no-untyped-def]
+        self.lookups = getattr(self, "lookups", 0) + 1
+        return await super().lookup(work)
+
+
+async def test_a_book_found_current_is_not_looked_up_again_and_a_new_version_still_prices_at_once(db, tag):
+    counting = CountingDatabase(db.engine)
+    kit = Kit(counting, tag)
+    await kit.setup_book()
+    cid = await kit.customer("c")
+    await kit.top_up(cid, "10.00")
+    first = await kit.reserve(cid, "r1", input_tokens=1_000, max_output_tokens=0)
+    again = await kit.reserve(cid, "r2", input_tokens=1_000, max_output_tokens=0)
+    assert counting.lookups == 1  # the second found the book current (its batch had just used it)
+    assert first.reservation.amount == again.reservation.amount == usd("1.00")
+    doubled = {"id": kit.book, "currency": "USD", "effective_from": "2026-06-01T00:00:00Z", "rules": [
+        {"id": "x-in", "model": "model-x", "token_type": "input", "price": "2000"},
+        {"id": "x-out", "model": "model-x", "token_type": "output", "price": "4000"}]}
+    await counting.run(lambda conn: books.add_version(conn, doubled))
+    later = await kit.reserve(cid, "r3", input_tokens=1_000, max_output_tokens=0)
+    assert later.reservation.amount == usd("2.00")  # parsed under the lock: the version is that new
+    assert counting.lookups == 1
