@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -178,7 +179,7 @@ class BookCache:
         one; a book is parsed once (in a worker thread) however many wait for it, and a slow parse
         delays only the commands that need that book. Best effort: on any error `get` does it."""
         book_id = self._book_of.get(customer_id)
-        if book_id is not None and time.monotonic() - self._current_at.get(book_id, -FRESH_SECONDS) < FRESH_SECONDS:
+        if book_id is not None and time.monotonic() - self._current_at.get(book_id, -math.inf) < FRESH_SECONDS:
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.append((customer_id, waiter))
