@@ -8,8 +8,9 @@ lifecycles through the SDK, each with usage known in advance, while the driver:
 2. kills the embedded postmaster with SIGKILL;
 3. stops the other server with SIGSTOP for 20 s, then continues it.
 
-It prints the outage of each fault (from the fault to the first success after the first failure,
-seen by a probe every 50 ms), then checks every lifecycle whose reservation was granted: charged
+It prints the outage of each fault for each server: from the fault to the first success after
+the first failure of a probe that writes through the wallet engine every 50 ms (1 s timeout).
+Then it checks every lifecycle whose reservation was granted: charged
 exactly its expected amount, exactly one final charge, nothing left open; and `verify` is ok.
 """
 from __future__ import annotations
@@ -143,19 +144,24 @@ async def setup(base: str) -> str:
             (await http.post("/v1/customers", json={"id": f"f{c}", "currency": "USD", "price_book": "faults"})
              ).raise_for_status()
             (await http.post(f"/v1/customers/f{c}/topups", json={"amount": "1000.00"})).raise_for_status()
+        (await http.post("/v1/customers", json={"id": "probe", "currency": "USD"})).raise_for_status()
         key = await http.post("/v1/api-keys", json={"scope": "inference", "name": "faults"})
         key.raise_for_status()
         return key.json()["key"]
 
 
 async def probe(p: Probe, stop: asyncio.Event) -> None:
-    """A cheap authenticated read that reaches the database, every 50 ms, on fresh connections."""
+    """A write through the wallet engine (a top-up of one atomic unit to a customer of its own),
+    every 50 ms, on fresh connections: it needs the server, the database and the writer."""
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{p.port}", headers=ADMIN, timeout=1.0,
                                  limits=httpx.Limits(max_keepalive_connections=0)) as http:
-        while not stop.is_set():
+        for n in itertools.count():
+            if stop.is_set():
+                return
             started = time.monotonic()
             try:
-                ok = (await http.get("/v1/customers/f0/wallet")).status_code == 200
+                ok = (await http.post("/v1/customers/probe/topups", json={"amount": "0.000000001"},
+                                      headers={"Idempotency-Key": f"probe-{p.name}-{n}"})).status_code == 201
             except httpx.HTTPError:
                 ok = False
             p.seen.append((started, ok))
