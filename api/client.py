@@ -13,7 +13,7 @@ released; the exception is re-raised either way.
 
 Delivery: settles and releases (the block's exit, `capture`, `settle`, `release`) are retried with
 the same Idempotency-Key, with capped exponential backoff and full jitter, on connection errors,
-timeouts, 429, 502, 503 and 504, until an answer or a deadline (by default the time left on the
+timeouts, 408, 429, 502, 503 and 504, until an answer or a deadline (by default the time left on the
 hold plus `settle_margin_s`, never under 60 s). One the SDK cannot deliver goes to a local spool
 file (api/spool.py), written as soon as a first attempt fails, and `SettlementSpooled` is raised;
 the spool is re-sent when a client next starts on it, or by `tokentill spool flush`. The server

@@ -1,8 +1,10 @@
 """When the SDK tries again: capped exponential backoff with full jitter, Retry-After, deadlines.
 
 Two schedules. A settle or release (`durable`) retries until its deadline on connection errors,
-timeouts, 429, 502, 503 and 504; other calls (`short`) retry a few times within a small budget,
-on connection errors, timeouts, 502, 503 and 504. Both wait what a Retry-After asks, capped.
+timeouts, 408, 429, 502, 503 and 504; other calls (`short`) retry a few times within a small
+budget, on connection errors, timeouts, 408, 502, 503 and 504. Both wait what a Retry-After asks,
+capped. A 408 (the server's connection guard timed out a stalled body, before any handler saw
+it) is a timeout like any other: nothing was done, so the call may go again.
 """
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
-DURABLE_RETRY = frozenset({429, 502, 503, 504})
-SHORT_RETRY = frozenset({502, 503, 504})
+DURABLE_RETRY = frozenset({408, 429, 502, 503, 504})
+SHORT_RETRY = frozenset({408, 502, 503, 504})
 # Answers that say nothing about the call itself (wrong key, wrong server, a server fault): a
 # spooled call answered so stays spooled, to be sent again with the right key or later.
 KEEP_SPOOLED = frozenset({401, 403, 404, 408})
@@ -180,9 +182,11 @@ def flush_outcome(response: httpx.Response) -> str:
     status = response.status_code
     if response.is_success:
         return "delivered"
+    if status in KEEP_SPOOLED:  # before DURABLE_RETRY: a 408 says nothing about the server's state
+        return "kept"
     if status in DURABLE_RETRY:
         return "unreachable"
-    if status in KEEP_SPOOLED or status >= 500:
+    if status >= 500:
         return "kept"
     return "rejected"  # a definite refusal (409 reservation_closed, 422, ...): sending it again cannot help
 

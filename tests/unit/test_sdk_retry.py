@@ -150,3 +150,38 @@ def test_a_reserve_refused_by_a_budget_is_not_retried(clock, tmp_path):
         pass
     assert refused.value.retry_after == 60.0
     assert clock.sleeps == [] and len(requests) == 1
+
+
+def test_a_settle_whose_body_the_server_timed_out_is_sent_again(clock, tmp_path):
+    # The server's connection guard answers 408 when a request body stalls, before the
+    # application sees the request: nothing was done, and the same Idempotency-Key may go again.
+    requests: list[httpx.Request] = []
+    answers = (problem(408, "request_timeout"), httpx.Response(200, json={"id": "res_1", "status": "settled"}))
+    tt = client(server(*answers, requests=requests), tmp_path)
+    settle_once(tt)
+    settles = [r for r in requests if r.url.path.endswith("/settle")]
+    assert len(settles) == 2 and {r.headers["Idempotency-Key"] for r in settles} == {"res_1:settle:0"}
+    assert not list(tmp_path.glob("*.jsonl")), "delivered: nothing left in the spool"
+
+
+def test_a_reserve_whose_body_the_server_timed_out_is_sent_again(clock, tmp_path):
+    requests: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        if len(requests) == 1:
+            return problem(408, "request_timeout")
+        return httpx.Response(201, json={"id": "res_1", "status": "held"})
+
+    tt = Client("http://tt", "secret", transport=httpx.MockTransport(handle), spool_dir=tmp_path)
+    assert tt.post("/v1/reservations", {"customer_id": "acme"})["status"] == "held"
+    assert len(requests) == 2 and requests[0].headers["Idempotency-Key"] == requests[1].headers["Idempotency-Key"]
+
+
+@pytest.mark.parametrize(("status", "outcome"), [
+    (200, "delivered"), (409, "rejected"), (422, "rejected"), (401, "kept"), (404, "kept"), (408, "kept"),
+    (500, "kept"), (429, "unreachable"), (503, "unreachable")])
+def test_a_flushed_record_is_struck_off_kept_or_left_for_an_unreachable_server(status, outcome):
+    # 408 is retried while delivering, but a flush that meets it keeps the record and goes on
+    # with the next one (the server answered; it is not unreachable).
+    assert delivery.flush_outcome(httpx.Response(status)) == outcome
