@@ -1,12 +1,13 @@
 """Every route of the wallets, for create_app to register in one line."""
 from __future__ import annotations
 
-from api.routes import charges, customers, price_books, reservations, usage
+from api.routes import charges, customers, price_books, reservations, settlements, usage
 
 ROUTES = [
     price_books.post_price_book, price_books.get_price_book,
     customers.create_customer, customers.get_customer, customers.get_wallet, customers.top_up, customers.grant,
     reservations.create_reservation, reservations.settle, reservations.release, reservations.get_reservation,
+    settlements.settle_many,
     usage.post_usage_events, usage.get_usage,
     charges.get_charge_trace,
 ]

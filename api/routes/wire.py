@@ -200,22 +200,25 @@ def time_out(value: datetime | str | None) -> str | None:
     return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
-def body_hash(request: Request, body: Any) -> bytes:
+def body_hash(request: Request, body: Any, path: str | None = None) -> bytes:
     """What identifies a request for idempotency: method, path and the body's canonical JSON."""
-    text = json.dumps([request.method, request.url.path, msgspec.to_builtins(body)], sort_keys=True,
+    text = json.dumps([request.method, path or request.url.path, msgspec.to_builtins(body)], sort_keys=True,
                       separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).digest()
 
 
-def idempotency(request: Request, body: Any, render: Callable[[Any], tuple[int, Any]]) -> IdemKey | None:
-    """The call's IdemKey when it carries an Idempotency-Key header (scoped to the API key)."""
-    key = request.headers.get("idempotency-key")
+def idempotency(request: Request, body: Any, render: Callable[[Any], tuple[int, Any]], *,
+                key: str | None = None, path: str | None = None) -> IdemKey | None:
+    """The call's IdemKey when it carries an Idempotency-Key header (scoped to the API key). A
+    bulk call's item gives its own `key` and the `path` of the single call it stands for, so that
+    both share one key: sent either way, it is answered (and charged) once."""
+    key = request.headers.get("idempotency-key") if key is None else key
     if key is None:
         return None
     key = key.strip()
     if not 1 <= len(key) <= 255:
         raise WalletValidationError("Idempotency-Key", "must be 1 to 255 characters")
-    return IdemKey(f"http:{principal_of(request).key_id}", key, body_hash(request, body), render)
+    return IdemKey(f"http:{principal_of(request).key_id}", key, body_hash(request, body, path), render)
 
 
 def renderer(request: Request, success: Callable[[Any], tuple[int, Any]]) -> Callable[[Any], tuple[int, Any]]:

@@ -75,6 +75,9 @@ ROUTES = [
     ("POST", "/v1/usage-events", [{"event_id": "e", "customer_id": "{own}", "model": "model-a",
                                    "timestamp": "2026-11-23T10:00:00Z", "usage": {"input_tokens": 1}}],
      {frozenset(INFERENCE_OWN): "ok", frozenset({"admin:other", "inference:other"}): "rejected"}),
+    # so does a bulk settle, item by item
+    ("POST", "/v1/settlements", [{"reservation_id": "{res}", "usage": {"input_tokens": 1}}],
+     {frozenset(INFERENCE_OWN): "ok", frozenset({"admin:other", "inference:other"}): "item forbidden"}),
 ]
 OWNED = ("{own}", "{res}", "{req}", "{book}")
 
@@ -182,6 +185,9 @@ async def test_route_by_key_shape(world, method, path, body, target, outcomes, s
     elif expected == "rejected":
         assert response.status_code == 200, response.text
         assert response.json()["accepted"] == 0 and response.json()["rejected"][0]["code"] == "forbidden"
+    elif expected == "item forbidden":
+        assert response.status_code == 200, response.text
+        assert [r["body"]["code"] for r in response.json()["results"]] == ["forbidden"]
     else:
         assert response.status_code == expected, response.text
         assert response.json()["code"] == {401: "unauthorized", 403: "forbidden", 404: "not_found",

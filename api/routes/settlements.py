@@ -1,0 +1,153 @@
+"""Settle in bulk: up to 1,000 settles in one call, each answered on its own, as
+`POST /v1/reservations/{id}/settle` would answer it, and each under its own idempotency key.
+
+An item's key is its `idempotency_key`, or one derived from its reservation, capture and body.
+It lives where a single settle's Idempotency-Key lives (per API key, hashed as the single call),
+so a settle sent once singly and once in bulk under one key is charged once, and a replay answers
+what the first answered. The items go to the wallet engine one by one, where they batch together.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request, Response, post
+from litestar.datastructures import State
+
+from api.auth import principal_of, require
+from api.errors import ApiError, Problem, documented, error_response, unavailable
+from api.routes.reservations import SettleRequest, SettleResponse, _settle_body, _settled
+from api.routes.schemas import (
+    ANTHROPIC_USAGE,
+    CANONICAL_USAGE,
+    OPENAI_USAGE,
+    exactly_one,
+    json_body,
+    json_object,
+    msgspec_schema,
+)
+from api.routes.wire import idempotency, renderer, respond, shaped
+from ledger.db import RetriesExhaustedError, is_unavailable
+from ledger.errors import LedgerError
+from ledger.model import request_hash
+from pricing.errors import PricingError
+from wallets.batch import Replayed
+from wallets.commands import Settle
+from wallets.requests import usage_tokens
+
+MAX_SETTLES = 1000
+LOOKUPS = 8  # reservation owners looked up at once (the rest wait, rather than queue on the pool)
+Text = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+class SettleItem(msgspec.Struct):
+    reservation_id: Text
+    usage: Annotated[dict[str, Any], json_object(CANONICAL_USAGE)] | None = None
+    openai_usage: Annotated[dict[str, Any], json_object(OPENAI_USAGE)] | None = None
+    anthropic_usage: Annotated[dict[str, Any], json_object(ANTHROPIC_USAGE)] | None = None
+    final: bool = True
+    capture_id: Text | None = None
+    idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=255, description=(
+        "As a single settle's Idempotency-Key (the same key either way is one settle); when absent, "
+        "one is derived from the reservation, the capture and the body"))] | None = None
+
+
+SettleItems = Annotated[list[Annotated[SettleItem, msgspec.Meta(extra_json_schema=exactly_one(
+    usage="object", openai_usage="object", anthropic_usage="object"))]], msgspec.Meta(max_length=MAX_SETTLES)]
+SettlementsBody = Annotated[list[Any], json_body(SettleItems)]
+
+
+class SettlementResult(msgspec.Struct):
+    """One item's answer: what its single settle would answer (status and body), in item order."""
+
+    reservation_id: str | None
+    idempotency_key: str | None
+    status: int
+    replayed: bool
+    body: Annotated[dict[str, Any], msgspec.Meta(extra_json_schema={
+        "description": "The settle's answer (status 200), else its problem document",
+        "oneOf": [msgspec_schema(SettleResponse), msgspec_schema(Problem)]})]
+
+
+class SettlementsResponse(msgspec.Struct):
+    results: list[SettlementResult]
+
+
+class _Answer(msgspec.Struct):
+    """SettlementResult as sent: the body is the JSON a single settle answers (or stored), as is."""
+
+    reservation_id: str | None
+    idempotency_key: str | None
+    status: int
+    replayed: bool
+    body: msgspec.Raw
+
+
+def derived_key(item: SettleItem, body: dict[str, Any]) -> str:
+    """The key of an item sent without one: the same settle always derives the same key, another
+    body (a corrected settle after a refusal, another capture) another key."""
+    text = msgspec.json.encode([item.reservation_id, item.capture_id, body], order="sorted")
+    return "settle-" + hashlib.sha256(text).hexdigest()
+
+
+def _problem(request: Request, exc: Exception, item: SettleItem | None, key: str | None) -> _Answer:
+    if isinstance(exc, LedgerError | PricingError | ApiError):
+        response = error_response(request, exc)
+    else:  # the database is down, or a batch spent its retry budget: this item may be sent again
+        response = unavailable("the database is unavailable right now; retry shortly", request)
+    return _Answer(item.reservation_id if item else None, key, response.status_code, False,
+                   msgspec.Raw(msgspec.json.encode(response.content)))
+
+
+async def _settle_one(state: State, request: Request, raw: Any, lookups: asyncio.Semaphore) -> _Answer:
+    item: SettleItem | None = None
+    key: str | None = None
+    try:
+        item = shaped(raw, SettleItem)
+        data = SettleRequest(item.usage, item.openai_usage, item.anthropic_usage, item.final, item.capture_id)
+        body = _settle_body(data)
+        key = item.idempotency_key or derived_key(item, body)
+        path = f"/v1/reservations/{item.reservation_id}/settle"
+        render = renderer(request, _settled)
+        idem = idempotency(request, body, render, key=key, path=path)
+        async with lookups:
+            customer_id = await state.services.wallets.owner_of(item.reservation_id)
+        if not principal_of(request).may_see(customer_id):
+            raise ApiError("forbidden", f"this key may not settle reservation {item.reservation_id}", 403)
+        tokens, usage = usage_tokens(item.usage, item.openai_usage, item.anthropic_usage)
+        outcome = await state.services.wallets.submit(Settle(
+            customer_id=customer_id, reservation_id=item.reservation_id, request_hash=request_hash(body),
+            tokens=tokens, usage=usage, final=item.final, capture_id=item.capture_id, idem=idem))
+    except (LedgerError, PricingError, ApiError, RetriesExhaustedError) as exc:
+        return _problem(request, exc, item, key)
+    except Exception as exc:
+        if not is_unavailable(exc):
+            raise
+        return _problem(request, exc, item, key)
+    replayed = isinstance(outcome, Replayed)
+    status, text = (outcome.status, outcome.body) if replayed else render(outcome)
+    return _Answer(item.reservation_id, key, status, replayed, msgspec.Raw(text["json"].encode()))
+
+
+@post("/v1/settlements", guards=[require("inference")], tags=["reservations"], status_code=200,
+      **documented(body=True))
+async def settle_many(state: State, request: Request, data: SettlementsBody) -> Response[SettlementsResponse]:
+    """Up to 1,000 settles, each answered on its own in `results`, in order, with the status and
+    body its `POST /v1/reservations/{id}/settle` would answer: a refusal (not found, closed,
+    forbidden, implausible, invalid) is that item's, and the others go ahead. Each item has its
+    own idempotency key (`idempotency_key`, or one derived from it): a replay answers what the
+    first answered, and a settle sent singly and in bulk under one key is charged once."""
+    items: list[Any] = shaped(data, Annotated[list[Any], msgspec.Meta(max_length=MAX_SETTLES)])
+    render = renderer(request, lambda response: (200, response))
+    idem = idempotency(request, data, render)
+    replay = await state.services.wallets.replayed(idem) if idem is not None else None
+    if replay is not None:
+        return respond(replay, render)
+    lookups = asyncio.Semaphore(LOOKUPS)
+    answers = await asyncio.gather(*(_settle_one(state, request, raw, lookups) for raw in items))
+    response = {"results": answers}
+    if idem is not None and all(answer.status < 500 for answer in answers):  # a 503 item may be sent again
+        return respond(await state.services.wallets.remember(idem, response), render)
+    return respond(response, render)

@@ -1,0 +1,123 @@
+"""POST /v1/settlements: up to 1,000 settles in one call, each answered as its single settle
+would be, each under its own idempotency key, shared with the single route."""
+from __future__ import annotations
+
+import uuid
+
+from litestar.testing import AsyncTestClient
+
+USAGE = {"input_tokens": 1000, "output_tokens": 400}  # $0.010 + $0.008 + $0.01 a call = $0.028
+TOO_MUCH = {"output_tokens": 10**8}  # $2,000: past the customer's $1.00 per request
+
+
+async def customer(client: AsyncTestClient, book: str, tag: str, **extra) -> str:
+    cid = f"bulk-{tag}-{uuid.uuid4().hex[:6]}"
+    created = await client.post("/v1/customers", json={"id": cid, "price_book": book, **extra})
+    assert created.status_code == 201, created.text
+    assert (await client.post(f"/v1/customers/{cid}/topups", json={"amount": "10.00"})).status_code == 201
+    return cid
+
+
+async def reserve(client: AsyncTestClient, cid: str) -> str:
+    reserved = await client.post("/v1/reservations", json={
+        "customer_id": cid, "request_id": f"req-{uuid.uuid4().hex}", "model": "model-a", "amount": "0.10"})
+    assert reserved.status_code == 201, reserved.text
+    return reserved.json()["id"]
+
+
+async def wallet(client: AsyncTestClient, cid: str) -> tuple[str, str]:
+    w = (await client.get(f"/v1/customers/{cid}/wallet")).json()
+    return w["available"], w["reserved"]
+
+
+async def test_each_settle_is_answered_on_its_own_ok_not_found_closed_forbidden_implausible_invalid(
+        client: AsyncTestClient, book: str, tag: str):
+    own = await customer(client, book, tag, max_charge_per_request="1.00")
+    other = await customer(client, book, tag)
+    ok, closed, implausible, theirs = (await reserve(client, own), await reserve(client, own),
+                                       await reserve(client, own), await reserve(client, other))
+    assert (await client.post(f"/v1/reservations/{closed}/release")).status_code == 200
+    limited = (await client.post("/v1/api-keys", json={"scope": "inference", "customers": [own]})).json()
+    items = [
+        {"reservation_id": ok, "usage": USAGE},
+        {"reservation_id": f"res_missing_{tag}", "usage": USAGE},
+        {"reservation_id": closed, "usage": USAGE},
+        {"reservation_id": theirs, "usage": USAGE},
+        {"reservation_id": implausible, "usage": TOO_MUCH},
+        {"reservation_id": implausible, "usage": {"input_tokens": -1}},
+        {"usage": USAGE},
+        "not an object",
+    ]
+    response = await client.post("/v1/settlements", json=items, headers={"Authorization": f"Bearer {limited['key']}"})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [(r["status"], r["body"].get("code")) for r in results] == [
+        (200, None), (404, "not_found"), (409, "reservation_closed"), (403, "forbidden"),
+        (422, "implausible_usage"), (422, "validation_error"), (422, "validation_error"),
+        (422, "validation_error")]
+    assert results[0]["body"]["charged"] == "0.028" and results[0]["body"]["status"] == "settled"
+    assert results[0]["reservation_id"] == ok and not results[0]["replayed"]
+    assert other not in results[3]["body"]["detail"], "a refusal reveals nothing of another customer"
+    assert "reservation_id" in results[6]["body"]["detail"]
+    assert await wallet(client, own) == ("9.872", "0.10")  # 10 - 0.028 - the open hold of 0.10
+    assert await wallet(client, other) == ("9.90", "0.10")  # untouched: its hold is still open
+    corrected = await client.post("/v1/settlements", json=[{"reservation_id": implausible, "usage": USAGE}])
+    assert corrected.json()["results"][0]["status"] == 200, "a refused settle leaves the hold for a corrected one"
+
+
+async def test_a_replay_answers_what_the_first_answered_and_charges_nothing_more(
+        client: AsyncTestClient, book: str, tag: str):
+    cid = await customer(client, book, tag)
+    keyed, derived, capture = await reserve(client, cid), await reserve(client, cid), await reserve(client, cid)
+    items = [{"reservation_id": keyed, "usage": USAGE, "idempotency_key": f"k-{tag}"},
+             {"reservation_id": derived, "usage": USAGE},
+             {"reservation_id": capture, "usage": {"output_tokens": 100}, "final": False, "capture_id": "c1"}]
+    first = (await client.post("/v1/settlements", json=items)).json()["results"]
+    again = (await client.post("/v1/settlements", json=items)).json()["results"]
+    assert [r["status"] for r in first] == [200, 200, 200] and [r["replayed"] for r in again] == [True] * 3
+    assert [r["body"] for r in again] == [r["body"] for r in first]
+    assert [r["idempotency_key"] for r in again] == [r["idempotency_key"] for r in first]
+    assert first[0]["idempotency_key"] == f"k-{tag}" and first[1]["idempotency_key"].startswith("settle-")
+    # 0.028 twice, 100 output tokens ($0.002) and the call ($0.01) once; the capture's hold stays
+    assert await wallet(client, cid) == ("9.844", "0.088")
+    other_body = await client.post("/v1/settlements", json=[{**items[0], "usage": {"input_tokens": 1}}])
+    assert other_body.json()["results"][0]["status"] == 409
+    assert other_body.json()["results"][0]["body"]["code"] == "idempotency_conflict"
+
+
+async def test_a_settle_sent_singly_and_in_bulk_under_one_key_is_charged_once(
+        client: AsyncTestClient, book: str, tag: str):
+    cid = await customer(client, book, tag)
+    single_first, bulk_first = await reserve(client, cid), await reserve(client, cid)
+    single = await client.post(f"/v1/reservations/{single_first}/settle", json={"usage": USAGE},
+                               headers={"Idempotency-Key": f"one-{tag}"})
+    assert single.status_code == 200
+    bulk = (await client.post("/v1/settlements", json=[
+        {"reservation_id": single_first, "usage": USAGE, "idempotency_key": f"one-{tag}"},
+        {"reservation_id": bulk_first, "usage": USAGE, "idempotency_key": f"two-{tag}"}])).json()["results"]
+    assert bulk[0]["replayed"] and bulk[0]["body"] == single.json()
+    after = await client.post(f"/v1/reservations/{bulk_first}/settle", json={"usage": USAGE},
+                              headers={"Idempotency-Key": f"two-{tag}"})
+    assert after.headers.get("idempotent-replayed") == "true" and after.json() == bulk[1]["body"]
+    assert await wallet(client, cid) == ("9.944", "0.00")  # two settles of 0.028, each once
+    for rid in (single_first, bulk_first):
+        assert len((await client.get(f"/v1/reservations/{rid}")).json()["charges"]) == 1
+
+
+async def test_more_than_1000_settles_or_a_body_not_a_list_is_refused_whole(client: AsyncTestClient):
+    many = await client.post("/v1/settlements", json=[{"reservation_id": "r", "usage": USAGE}] * 1001)
+    assert many.status_code == 422 and many.json()["code"] == "validation_error"
+    single = await client.post("/v1/settlements", json={"reservation_id": "r", "usage": USAGE})
+    assert single.status_code == 422 and single.json()["code"] == "validation_error"
+    assert (await client.post("/v1/settlements", json=[])).json() == {"results": []}
+
+
+async def test_the_calls_own_idempotency_key_replays_the_whole_answer(client: AsyncTestClient, book: str, tag: str):
+    cid = await customer(client, book, tag)
+    rid = await reserve(client, cid)
+    headers = {"Idempotency-Key": f"call-{tag}"}
+    first = await client.post("/v1/settlements", json=[{"reservation_id": rid, "usage": USAGE}], headers=headers)
+    again = await client.post("/v1/settlements", json=[{"reservation_id": rid, "usage": USAGE}], headers=headers)
+    assert again.headers.get("idempotent-replayed") == "true" and again.content == first.content
+    other = await client.post("/v1/settlements", json=[], headers=headers)
+    assert other.status_code == 409 and other.json()["code"] == "idempotency_conflict"
