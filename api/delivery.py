@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
 
 import httpx
 
@@ -23,6 +24,7 @@ SHORT_RETRY = frozenset({408, 502, 503, 504})
 # Answers that say nothing about the call itself (wrong key, wrong server, a server fault): a
 # spooled call answered so stays spooled, to be sent again with the right key or later.
 KEEP_SPOOLED = frozenset({401, 403, 404, 408})
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,25 +77,17 @@ class GaveUp(Exception):
 
 
 def definite(response: httpx.Response) -> bool:
-    """An answer to stop at: a success or a 4xx refusal other than 429."""
+    """An answer to stop at: a success or a 4xx refusal other than 408 and 429."""
     return response.status_code not in DURABLE_RETRY and response.status_code < 500
 
 
 def call(send: Callable[[], httpx.Response], schedule: Schedule) -> httpx.Response:
     """A call on the short schedule: its last answer, or its last connection error raised."""
-    while True:
-        try:
-            response = send()
-        except httpx.TransportError:
-            if (wait := schedule.next_wait(None)) is None:
-                raise
-        else:
-            if response.status_code not in SHORT_RETRY or (wait := schedule.next_wait(retry_after(response))) is None:
-                return response
-        time.sleep(wait)
+    return _blocking(acall(_awaitable(send), schedule, sleep=_awaitable(_sleep)))
 
 
-async def acall(send: Callable[[], Awaitable[httpx.Response]], schedule: Schedule) -> httpx.Response:
+async def acall(send: Callable[[], Awaitable[httpx.Response]], schedule: Schedule, *,
+                sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> httpx.Response:
     """`call` for asyncio."""
     while True:
         try:
@@ -104,7 +98,7 @@ async def acall(send: Callable[[], Awaitable[httpx.Response]], schedule: Schedul
         else:
             if response.status_code not in SHORT_RETRY or (wait := schedule.next_wait(retry_after(response))) is None:
                 return response
-        await asyncio.sleep(wait)
+        await sleep(wait)
 
 
 def _failed(response: httpx.Response | None, exc: BaseException | None) -> tuple[Failure, float | None, bool]:
@@ -121,26 +115,13 @@ def deliver(send: Callable[[], httpx.Response], schedule: Schedule, *, spool: Ca
     """A settle or release, sent until a definite answer, which is returned. Its first failure
     calls `spool` (written ahead, so a client that dies while retrying loses nothing); an answer
     after that calls `unspool`. Raises GaveUp at the deadline, or at once on a 5xx not retried."""
-    spooled = False
-    while True:
-        try:
-            response, exc = send(), None
-        except httpx.TransportError as error:
-            response, exc = None, error
-        if response is not None and definite(response):
-            if spooled:
-                unspool()
-            return response
-        failure, wait_hint, retry = _failed(response, exc)
-        spooled = spooled or spool(failure)
-        if (wait := schedule.next_wait(wait_hint) if retry else None) is None:
-            raise GaveUp(failure, spooled)
-        time.sleep(wait)
+    return _blocking(adeliver(_awaitable(send), schedule, spool=_awaitable(spool), unspool=_awaitable(unspool),
+                              sleep=_awaitable(_sleep)))
 
 
 async def adeliver(send: Callable[[], Awaitable[httpx.Response]], schedule: Schedule, *,
-                   spool: Callable[[Failure], Awaitable[bool]], unspool: Callable[[], Awaitable[None]]
-                   ) -> httpx.Response:
+                   spool: Callable[[Failure], Awaitable[bool]], unspool: Callable[[], Awaitable[None]],
+                   sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> httpx.Response:
     """`deliver` for asyncio."""
     spooled = False
     while True:
@@ -156,7 +137,31 @@ async def adeliver(send: Callable[[], Awaitable[httpx.Response]], schedule: Sche
         spooled = spooled or await spool(failure)
         if (wait := schedule.next_wait(wait_hint) if retry else None) is None:
             raise GaveUp(failure, spooled)
-        await asyncio.sleep(wait)
+        await sleep(wait)
+
+
+# The retry loops are written once, as coroutines. The blocking client runs them with blocking
+# `send`, `spool` and `sleep` behind `async def` wrappers that never suspend, so the coroutine
+# runs to its end in a single step, with no event loop.
+
+def _awaitable(blocking: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+    async def run(*args: Any) -> T:
+        return blocking(*args)
+
+    return run
+
+
+def _sleep(seconds: float) -> None:
+    time.sleep(seconds)  # looked up when called: tests replace `time`
+
+
+def _blocking(coroutine: Coroutine[Any, Any, T]) -> T:
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value
+    coroutine.close()
+    raise RuntimeError("a blocking delivery awaited something that suspends")
 
 
 def retry_after(response: httpx.Response) -> float | None:

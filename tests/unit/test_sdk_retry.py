@@ -185,3 +185,38 @@ def test_a_flushed_record_is_struck_off_kept_or_left_for_an_unreachable_server(s
     # 408 is retried while delivering, but a flush that meets it keeps the record and goes on
     # with the next one (the server answered; it is not unreachable).
     assert delivery.flush_outcome(httpx.Response(status)) == outcome
+
+
+async def test_the_async_loops_sleep_on_the_event_loop_and_spool_once(clock):
+    # The blocking client runs these same coroutines; here they run as the AsyncClient runs them.
+    answers = [httpx.ConnectError("refused"), problem(503, "service_unavailable", "2"),
+               httpx.Response(200, json={"status": "settled"})]
+    slept: list[float] = []
+    written: list[delivery.Failure] = []
+    struck: list[bool] = []
+
+    async def send() -> httpx.Response:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    async def spool(failure: delivery.Failure) -> bool:
+        written.append(failure)
+        return True
+
+    async def unspool() -> None:
+        struck.append(True)
+
+    schedule = delivery.Schedule(RetryPolicy(backoff_s=0.05), deadline_s=60.0)
+    response = await delivery.adeliver(send, schedule, spool=spool, unspool=unspool, sleep=sleep)
+    assert response.status_code == 200
+    assert len(slept) == 2 and slept[1] == 2.0 and clock.sleeps == []
+    assert len(written) == 1 and isinstance(written[0], httpx.ConnectError) and struck == [True]
+
+    answers[:] = [problem(502, "bad_gateway"), httpx.ConnectError("refused")]
+    with pytest.raises(httpx.ConnectError):
+        await delivery.acall(send, delivery.Schedule(RetryPolicy(), retries=1), sleep=sleep)
