@@ -18,37 +18,20 @@ from pathlib import Path
 import psycopg
 import pytest
 from litestar.testing import AsyncTestClient
+from own_cluster import BOOK, own_cluster
 
 from api.app import create_app
-from api.runtime import sync_url
 from api.settings import Settings
 from ledger import embedded
-from ledger.accounts import ensure_asset
-from ledger.db import connect
-from migrations import runner
 
 ADMIN = {"Authorization": "Bearer faults-admin"}
-BOOK = {"currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": [
-    {"id": "a-in", "model": "model-a", "token_type": "input", "price": "10.00"}]}
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[embedded.EmbeddedPostgres]:
     """An embedded cluster of this module's own, migrated, with USD."""
-    with tempfile.TemporaryDirectory(prefix="tokentill-faults-") as tmp:
-        own = embedded.start(Path(tmp) / "pg", keep=False)
-        try:
-            runner.upgrade(sync_url(own.url))
-
-            async def with_usd() -> None:
-                db = connect(own.url, pool_size=1)
-                await db.run(lambda conn: ensure_asset(conn, "USD", 9))
-                await db.dispose()
-
-            asyncio.run(with_usd())
-            yield own
-        finally:
-            own.stop()
+    with tempfile.TemporaryDirectory(prefix="tokentill-faults-") as tmp, own_cluster(Path(tmp) / "pg") as own:
+        yield own
 
 
 def pg_ctl(cluster: embedded.EmbeddedPostgres, *args: str) -> None:

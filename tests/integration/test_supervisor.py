@@ -21,20 +21,15 @@ import httpx
 import psutil
 import pytest
 from litestar.testing import AsyncTestClient
+from own_cluster import BOOK, own_cluster
 
 from api.app import create_app
 from api.bench.common import free_port
-from api.runtime import sync_url
 from api.settings import Settings
 from ledger import embedded
-from ledger.accounts import ensure_asset
-from ledger.db import connect
-from migrations import runner
 
 ADMIN_KEY = "supervisor-admin"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
-BOOK = {"currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": [
-    {"id": "a-in", "model": "model-a", "token_type": "input", "price": "10.00"}]}
 
 
 def live_postmasters(pgdata: Path) -> list[int]:
@@ -72,19 +67,8 @@ def data_dir() -> Iterator[Path]:
 
 @pytest.fixture
 def cluster(data_dir: Path) -> Iterator[embedded.EmbeddedPostgres]:
-    own = embedded.start(data_dir / "pg", keep=False)
-    try:
-        runner.upgrade(sync_url(own.url))
-
-        async def with_usd() -> None:
-            db = connect(own.url, pool_size=1)
-            await db.run(lambda conn: ensure_asset(conn, "USD", 9))
-            await db.dispose()
-
-        asyncio.run(with_usd())
+    with own_cluster(data_dir / "pg") as own:
         yield own
-    finally:
-        own.stop()
     assert live_postmasters(own.pgdata) == []
 
 
