@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx
 
 from api.bench.common import free_port
-from api.client import AsyncClient, TokentillError
+from api.client import AsyncClient, SettlementSpooled, TokentillError
 
 KEY = "faults-admin-key"
 ADMIN = {"Authorization": f"Bearer {KEY}"}
@@ -184,6 +184,9 @@ async def lifecycle(tt: AsyncClient, n: int, done: list[Lifecycle]) -> None:
                 entered = True
                 r.record(input_tokens=input_tokens, output_tokens=output_tokens)
             life.outcome = "settled"
+            return
+        except SettlementSpooled as exc:  # the SDK gave up on the settle: a failure of the run
+            life.outcome = f"failed (settle): {exc}"
             return
         except (TokentillError, httpx.HTTPError) as exc:
             retry = not entered and (isinstance(exc, httpx.HTTPError) or exc.status >= 500)
