@@ -34,6 +34,8 @@ from typing import Any, NoReturn
 import httpx
 
 from api import delivery
+from api.background import PATH as SETTLEMENTS_PATH
+from api.background import BackgroundSettler, is_settle
 from api.client_errors import (
     ERRORS,
     BudgetExceeded,
@@ -258,13 +260,40 @@ class Client(_Base):
 
 class AsyncClient(_Base):
     """Asynchronous client. With `flush_spool` (the default) it re-sends its spool on `__aenter__`
-    or its first call, whichever comes first."""
+    or its first call, whichever comes first. With `background_settle`, a block's exit queues its
+    settle durably (api/background.py) instead of waiting for it; `aclose` drains the queue for at
+    most `drain_timeout_s`, and what is left stays in the spool."""
 
     def __init__(self, base_url: str, api_key: str, *, transport: httpx.AsyncBaseTransport | None = None,
-                 timeout: float = 10.0, flush_spool: bool = True, **kwargs: Any) -> None:
+                 timeout: float = 10.0, flush_spool: bool = True, background_settle: bool = False,
+                 drain_timeout_s: float = 30.0, **kwargs: Any) -> None:
         super().__init__(base_url, api_key, **kwargs)
         self._http = httpx.AsyncClient(transport=transport, timeout=timeout)
         self._flush_pending = flush_spool
+        self._background: BackgroundSettler | None = None
+        self._drain_timeout_s = drain_timeout_s
+        if background_settle:
+            if self.spool is None:
+                raise ValueError("background_settle needs the spool (spool=False turns it off)")
+            self._background = BackgroundSettler(self.spool, self._send_settlements, self._policy)
+
+    async def _send_settlements(self, items: list[dict[str, Any]]) -> httpx.Response:
+        """One bulk settle call; each item carries its own key, so the call needs none."""
+        return await self._http.post(self._base_url + SETTLEMENTS_PATH, json=items, headers=self._headers)
+
+    async def _queue(self, path: str, body: Any, key: str, reservation_id: str) -> bool:
+        """Queue a settle in the background, durably; False when not in that mode (or the spool
+        write failed: then the caller delivers it now)."""
+        if self._background is None or not is_settle(path):
+            return False
+        record = SpoolRecord("POST", path, body, key, reservation_id, self._base_url, self.key_id,
+                             reason="queued for a background settle")
+        try:
+            await self._background.put(record)
+        except OSError:
+            log.exception("could not queue a settle in %s; sending it now", self._background.spool.path)
+            return False
+        return True
 
     async def _call(self, method: str, path: str, body: Any = None, *, key: str | None = None) -> dict[str, Any]:
         await self._flush_at_start()
@@ -292,9 +321,13 @@ class AsyncClient(_Base):
             return None
 
     async def settle(self, reservation_id: str, *, final: bool = True, key: str | None = None,
-                     expires_at: str | datetime | None = None, **usage: Any) -> dict[str, Any] | None:
-        return await self._settle_or_release(*settle_call(reservation_id, final, key, usage),
-                                             seconds_until(expires_at))
+                     expires_at: str | datetime | None = None, background: bool = False,
+                     **usage: Any) -> dict[str, Any] | None:
+        """With `background` (a `background_settle` client), queue it durably and answer None."""
+        path, body, key, reservation_id = settle_call(reservation_id, final, key, usage)
+        if background and await self._queue(path, body, key, reservation_id):
+            return None
+        return await self._settle_or_release(path, body, key, reservation_id, seconds_until(expires_at))
 
     async def release(self, reservation_id: str, *, key: str | None = None,
                       expires_at: str | datetime | None = None) -> dict[str, Any] | None:
@@ -334,6 +367,8 @@ class AsyncClient(_Base):
         return await self._call("POST", path, body, key=key)
 
     async def aclose(self) -> None:
+        if self._background is not None:
+            await self._background.drain(self._drain_timeout_s)
         await self._http.aclose()
 
     async def __aenter__(self) -> AsyncClient:

@@ -46,6 +46,7 @@ class _Reservation:
         self._captures = 0
         self._entered_at = 0.0
         self.spooled: SettlementSpooled | None = None  # set when the exit's settle went to the spool
+        self.queued = False  # the exit's settle was queued for a background settle (settlement stays None)
 
     @property
     def id(self) -> str:
@@ -137,6 +138,9 @@ class AsyncReservation(_Reservation):
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
         path, body, key = self._exit_call(failed=exc_type is not None)
+        if await self._client._queue(path, body, key, self.id):
+            self.queued = True
+            return
         try:
             self.settlement = await self._client._deliver(path, body, key, self.id, self._hold_left_s())
         except SettlementSpooled as spooled:

@@ -92,12 +92,16 @@ class Spool:
 
     def append(self, record: SpoolRecord) -> None:
         """Add one record, durably: it is on disk when this returns."""
+        self.append_many([record])
+
+    def append_many(self, records: Collection[SpoolRecord]) -> None:
+        """Add records with one write and one fsync (a group commit of the callers waiting)."""
         with self._locked():
             created = not self.path.exists()
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             try:
                 torn = not created and not _ends_with_newline(fd)
-                _write_all(fd, (b"\n" if torn else b"") + record.line())
+                _write_all(fd, (b"\n" if torn else b"") + b"".join(record.line() for record in records))
                 os.fsync(fd)
             finally:
                 os.close(fd)

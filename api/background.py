@@ -1,0 +1,160 @@
+"""Background settles for the async SDK: a reservation block's exit queues its settle and goes on.
+
+A queued settle is first written to the client's spool and fsynced (records arriving together
+share one write and one fsync), so it survives the process. A task then sends what is queued in
+bulk, up to `MAX_ITEMS` a call, through `POST /v1/settlements`, each item under the Idempotency-Key
+its single settle would carry, and strikes off the spool what the server answered. A call that
+fails (connection error, timeout, 408, 429, 5xx) is sent again with the same keys after a backoff,
+as is an item answered 429 or 502-504, until answered. An item answered 500, 401, 403 or 404
+stays in the spool for a later flush (as `tokentill spool flush` would keep it); a refusal (409,
+422) goes to the `.rejected` file beside it. `drain` waits for the queue to empty, up to a
+deadline; what is left is in the spool, for the next client on it or `tokentill spool flush`.
+Delivery is at least once; the keys make the charge exactly once.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+
+from api.delivery import DURABLE_RETRY, KEEP_SPOOLED, RetryPolicy, retry_after
+from api.spool import Spool, SpoolRecord
+
+log = logging.getLogger("tokentill.client")
+MAX_ITEMS = 500  # settles per call: well under the endpoint's 1,000 and its 1 MiB body
+PATH = "/v1/settlements"
+Send = Callable[[list[dict[str, Any]]], Awaitable[httpx.Response]]
+
+
+def item_of(record: SpoolRecord) -> dict[str, Any]:
+    """A spooled single settle as an item of a bulk one, under the same key."""
+    return {"reservation_id": record.reservation_id, **record.body, "idempotency_key": record.idempotency_key}
+
+
+def is_settle(path: str) -> bool:
+    return path.startswith("/v1/reservations/") and path.endswith("/settle")
+
+
+class BackgroundSettler:
+    """The queue of one client: durable first, then sent in bulk by one task."""
+
+    def __init__(self, spool: Spool, send: Send, policy: RetryPolicy) -> None:
+        self.spool, self._send, self._policy = spool, send, policy
+        self._unwritten: list[tuple[SpoolRecord, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._queued: dict[str, SpoolRecord] = {}  # idempotency key -> record, in order
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._sender: asyncio.Task[None] | None = None
+        self.sent_calls = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._queued) + len(self._unwritten)
+
+    async def put(self, record: SpoolRecord) -> None:
+        """Queue a settle; it is on disk when this returns (or the write's OSError is raised)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._unwritten.append((record, done))
+        self._idle.clear()
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write())
+        await done
+
+    async def _write(self) -> None:
+        """Group commit: every record queued while a write was in flight goes in the next one."""
+        while self._unwritten:
+            taken, self._unwritten = self._unwritten, []
+            try:
+                await asyncio.to_thread(self.spool.append_many, [record for record, _ in taken])
+            except OSError as exc:
+                for _, done in taken:
+                    done.set_exception(exc)
+            else:
+                for record, done in taken:
+                    self._queued[record.idempotency_key] = record
+                    done.set_result(None)
+                self._wake.set()
+                if self._sender is None or self._sender.done():
+                    self._sender = asyncio.create_task(self._run())
+        self._settle_idle()
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            if not self._queued:
+                self._settle_idle()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = list(self._queued.values())[:MAX_ITEMS]
+            wait = await self._send_batch(batch)
+            if wait is None:
+                attempt = 0
+                continue
+            await asyncio.sleep(self._policy.wait(attempt, wait if wait > 0 else None))
+            attempt += 1
+
+    async def _send_batch(self, batch: list[SpoolRecord]) -> float | None:
+        """Send once: None when answered (the answer filed), else the Retry-After (0: none)."""
+        try:
+            response = await self._send([item_of(record) for record in batch])
+        except httpx.TransportError as exc:
+            log.info("background settles: %s; sending again", exc)
+            return 0.0
+        self.sent_calls += 1
+        if response.status_code in DURABLE_RETRY or response.status_code >= 500:
+            return retry_after(response) or 0.0
+        if response.status_code != 200:  # the key was refused, say: leave them all for a flush
+            log.error("background settles: %s %s; left in %s", response.status_code, response.text[:300],
+                      self.spool.path)
+            await self._file(batch, [], [])
+            return None
+        results = response.json()["results"]
+        retry = [r for r, answer in zip(batch, results, strict=True) if answer["status"] in DURABLE_RETRY]
+        done = [r for r, answer in zip(batch, results, strict=True) if answer["status"] < 300]
+        rejected = [(r, f"{answer['status']} {answer['body']}") for r, answer in zip(batch, results, strict=True)
+                    if answer["status"] not in DURABLE_RETRY | KEEP_SPOOLED and 400 <= answer["status"] < 500]
+        kept = len(batch) - len(retry) - len(done) - len(rejected)
+        if kept:
+            log.warning("background settles: %d kept in %s for a later flush", kept, self.spool.path)
+        await self._file([r for r in batch if r not in retry], done, rejected)
+        return 0.0 if retry and not done and not rejected else None
+
+    async def _file(self, answered: list[SpoolRecord], done: list[SpoolRecord],
+                    rejected: list[tuple[SpoolRecord, str]]) -> None:
+        """Take `answered` off the queue; strike `done` and `rejected` off the spool."""
+        for record in answered:
+            self._queued.pop(record.idempotency_key, None)
+        keys = {r.idempotency_key for r in done} | {r.idempotency_key for r, _ in rejected}
+        if keys:
+            await asyncio.to_thread(self.spool.remove, keys, rejected)
+
+    def _settle_idle(self) -> None:
+        if not self._queued and not self._unwritten:
+            self._idle.set()
+
+    async def drain(self, deadline_s: float) -> int:
+        """Wait until everything queued is answered, at most `deadline_s`; then stop. Returns how
+        many settles were left (in the spool)."""
+        try:
+            async with asyncio.timeout(deadline_s):
+                await self._idle.wait()
+        except TimeoutError:
+            pass
+        if self._writer is not None:
+            await asyncio.shield(self._writer)  # a write under way ends (an fsync), its callers answered
+        left = self.pending
+        if self._sender is not None and not self._sender.done():
+            self._sender.cancel()  # a call in flight may still be answered: its records stay spooled
+            try:
+                await self._sender
+            except asyncio.CancelledError:
+                pass
+        if left:
+            log.warning("background settles: %d not answered before close; left in %s", left, self.spool.path)
+        return left

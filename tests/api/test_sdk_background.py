@@ -1,0 +1,175 @@
+"""The async SDK's background settles against live servers: a block's exit queues its settle in
+the spool (on disk before the block exits) and a task sends the queue in bulk through
+POST /v1/settlements; a server killed mid-send, an answer lost, or a close before the queue
+drained still leave each lifecycle charged exactly once."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+
+import httpx
+import pytest
+
+from api.app import create_app
+from api.bench.common import free_port
+from api.client import AsyncClient
+from api.demo import PRICE_BOOK, _Server
+from api.settings import Settings
+from api.spool import Spool
+from tests.api.test_sdk_durability import (
+    ADMIN,
+    ServeProcess,
+    assert_charged_once,
+    live_book,
+    new_customer,
+    reservation,
+    wait_ready,
+)
+
+
+@pytest.fixture(scope="module")
+def live(database_url) -> Iterator[tuple[str, str]]:
+    port = free_port()
+    server = _Server(create_app(Settings(admin_key=ADMIN, scheduler=False), database_url), port)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url)
+    book = f"background-{uuid.uuid4().hex[:8]}"
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}) as http:
+        assert http.post("/v1/price-books", json={**PRICE_BOOK, "id": book}).status_code in (200, 201)
+    yield url, book
+    server.stop()
+
+
+@pytest.fixture
+def spool_dir(tmp_path, monkeypatch):
+    directory = tmp_path / "spool"
+    monkeypatch.setenv("TOKENTILL_SPOOL_DIR", str(directory))
+    return directory
+
+
+class Bulk(httpx.AsyncBaseTransport):
+    """Forwards everything; bulk settle calls wait for `open`, and `hook` may act on each one
+    (given the request and the server's answer) before the client sees it."""
+
+    def __init__(self, hook=None) -> None:
+        self.inner, self.hook = httpx.AsyncHTTPTransport(), hook
+        self.open = asyncio.Event()
+        self.open.set()
+        self.calls: list[list[dict]] = []
+        self.answers: list[dict] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path != "/v1/settlements":
+            return await self.inner.handle_async_request(request)
+        await self.open.wait()
+        self.calls.append(httpx.Response(200, content=request.content).json())
+        response = await self.inner.handle_async_request(request)
+        await response.aread()
+        if self.hook is not None:
+            await self.hook(len(self.calls), request)
+        if response.status_code == 200:
+            self.answers.append(response.json())  # an answer the client saw
+        return response
+
+
+async def lifecycle(tt: AsyncClient, customer: str):
+    async with tt.reserve(customer, "model-a", input_tokens=1000, max_output_tokens=500) as r:
+        r.record(input_tokens=1000, output_tokens=400)
+    return r
+
+
+async def test_a_blocks_exit_queues_its_settle_on_disk_and_the_queue_goes_in_bulk(live, spool_dir):
+    url, book = live
+    customer = new_customer(url, book)
+    transport = Bulk()
+    transport.open.clear()  # nothing is sent until the blocks have exited
+    tt = AsyncClient(url, ADMIN, transport=transport, background_settle=True)
+    blocks = await asyncio.gather(*(lifecycle(tt, customer) for _ in range(20)))
+    assert all(r.queued and r.settlement is None and r.spooled is None for r in blocks)
+    spooled = Spool(tt.spool.path).records()
+    assert sorted(rec.idempotency_key for rec in spooled) == sorted(f"{r.id}:settle:0" for r in blocks)
+    assert spooled[0].body == {"usage": {"input_tokens": 1000, "output_tokens": 400}, "final": True}
+    transport.open.set()
+    await tt.aclose()
+    assert sum(len(call) for call in transport.calls) == 20 and len(transport.calls) < 20, "sent in bulk"
+    assert_each_charged_once(url, customer, blocks)
+    assert not tt.spool.path.exists(), "every answered settle is struck off"
+
+
+def assert_each_charged_once(url: str, customer: str, blocks) -> None:
+    for r in blocks:
+        view = reservation(url, r.id)
+        assert view["status"] == "settled" and view["charged"] == "0.028" and len(view["charges"]) == 1
+    wallet = httpx.get(f"{url}/v1/customers/{customer}/wallet", headers={"Authorization": f"Bearer {ADMIN}"}).json()
+    assert Decimal(wallet["available"]) == 10 - len(blocks) * Decimal("0.028") and Decimal(wallet["reserved"]) == 0
+
+
+async def test_a_server_killed_mid_send_and_an_answer_lost_still_charge_each_lifecycle_once(
+        database_url, spool_dir, tmp_path):
+    server = ServeProcess(database_url, tmp_path / "serve.log")
+    server.start()
+    restarted = threading.Event()
+
+    async def kill_after_first(call: int, request: httpx.Request) -> None:
+        if call == 1:  # the server has settled the first call's items: kill it and lose the answer
+            server.kill()
+            threading.Timer(1.0, lambda: (server.start(), restarted.set())).start()
+            raise httpx.ReadError("connection reset by peer", request=request)
+
+    try:
+        wait_ready(server.url, server.proc)
+        customer = new_customer(server.url, live_book(server.url))
+        transport = Bulk(kill_after_first)
+        tt = AsyncClient(server.url, ADMIN, transport=transport, background_settle=True, backoff_s=0.05,
+                         drain_timeout_s=60)
+        transport.open.clear()  # the kill comes once every block has exited (a reserve would fail)
+        blocks = await asyncio.gather(*(lifecycle(tt, customer) for _ in range(30)))
+        transport.open.set()
+        await tt.aclose()
+        assert restarted.is_set() and len(transport.calls) >= 2
+        first_keys = {item["idempotency_key"] for item in transport.calls[0]}
+        resent = [result for answer in transport.answers for result in answer["results"]
+                  if result["idempotency_key"] in first_keys]
+        assert resent and all(result["replayed"] for result in resent), "the lost answer's settles replayed"
+        assert_each_charged_once(server.url, customer, blocks)
+        assert not tt.spool.path.exists()
+    finally:
+        restarted.wait(10)
+        server.stop()
+
+
+async def test_what_a_close_could_not_drain_stays_spooled_and_the_next_client_sends_it(live, spool_dir):
+    url, book = live
+    customer = new_customer(url, book)
+    transport = Bulk()
+    transport.open.clear()  # the server never gets the bulk call
+    tt = AsyncClient(url, ADMIN, transport=transport, background_settle=True, drain_timeout_s=0.2)
+    r = await lifecycle(tt, customer)
+    await tt.aclose()
+    [record] = Spool(tt.spool.path).records()
+    assert record.path == f"/v1/reservations/{r.id}/settle" and record.idempotency_key == f"{r.id}:settle:0"
+    async with AsyncClient(url, ADMIN):  # a client on the same spool re-sends it as it starts
+        pass
+    assert_charged_once(url, r.id, customer)
+    assert not tt.spool.path.exists()
+
+
+async def test_a_release_and_a_capture_stay_synchronous(live, spool_dir):
+    url, book = live
+    customer = new_customer(url, book)
+    async with AsyncClient(url, ADMIN, background_settle=True) as tt:
+        with pytest.raises(RuntimeError):
+            async with tt.reserve(customer, "model-a", input_tokens=1000, max_output_tokens=500) as failed:
+                raise RuntimeError("provider down")
+        assert not failed.queued and failed.settlement["status"] == "released"
+        async with tt.reserve(customer, "model-a", input_tokens=1000, max_output_tokens=500) as r:
+            captured = await r.capture(input_tokens=1000, output_tokens=100)
+            assert captured["status"] == "capturing"
+            r.record(output_tokens=300)
+        assert r.queued
+    view = reservation(url, r.id)
+    assert view["status"] == "settled" and len(view["charges"]) == 2
