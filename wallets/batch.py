@@ -1,36 +1,42 @@
-"""The state one transaction works on: loaded wallets, the effects commands add, and the
-flush that writes them (accounts, one ledger_post round trip, one write statement)."""
+"""The shell around the wallet rules for one transaction: the loaded state, each command decided
+by the pure core (wallets/core) and its decision followed in memory (so later commands in the
+batch see it) and turned into rows, then the flush that writes them (accounts, one ledger_post
+round trip, one write statement)."""
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from datetime import datetime
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.model import AccountSpec, JournalEntry
 from ledger.posting import Outcome, post_entries
 from pricing.books import PriceBook
-from pricing.money import format_amount
-from wallets import store
-from wallets.errors import NotFoundError
-from wallets.model import Legs, Lot, Wallet, new_id
+from wallets import chart, store
+from wallets.core import Decision, State, decide
+from wallets.core import idempotency as answers
+from wallets.core.alerts import alerts
+from wallets.core.commands import Command
+from wallets.core.decision import (
+    AnswerKept,
+    ChargeRecorded,
+    CustomerFlagged,
+    Effect,
+    LotOpened,
+    LotSwept,
+    OutboxEvent,
+    ReservationChanged,
+    ReservationOpened,
+    UsageCounted,
+    UsageEventRecorded,
+)
+from wallets.core.idempotency import IdemKey
+from wallets.core.rating import billing_period
+from wallets.model import Hold, Lot, Reservation
 
-
-def billing_period(at: datetime) -> str:
-    """The billing period of a usage time: its calendar month in UTC."""
-    return at.astimezone(UTC).strftime("%Y-%m")
-
-
-@dataclass(frozen=True, slots=True)
-class IdemKey:
-    """An Idempotency-Key of a mutating call: replays return `render`'s first answer."""
-
-    scope: str
-    key: str
-    request_hash: bytes
-    render: Callable[[Any], tuple[int, Any]]  # outcome (result or domain error) -> (status, body)
+__all__ = ["Batch", "IdemKey", "Replayed", "billing_period"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,47 +45,6 @@ class Replayed:
 
     status: int
     body: Any
-
-
-class HasEntry(Protocol):
-    entry_key: str | None
-    entry_id: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class LotView:
-    id: str
-    kind: str
-    granted: int
-    remaining: int
-    priority: int
-    expires_at: datetime | None
-    created_at: datetime
-    reason: str = ""
-    reference: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class WalletView:
-    customer_id: str
-    currency: str
-    available: int
-    reserved: int
-    receivable: int
-    blocked: bool
-    overdraft_limit: int | None
-    grants: tuple[LotView, ...]
-
-
-def lot_view(lot: Lot) -> LotView:
-    return LotView(lot.id, lot.kind, lot.granted, lot.balance, lot.priority, lot.expires_at, lot.created_at,
-                   lot.reason, lot.reference)
-
-
-def wallet_view(w: Wallet, now: datetime) -> WalletView:
-    return WalletView(w.customer.id, w.customer.currency, w.available(now), w.reserved, w.receivable,
-                      w.blocked, w.customer.overdraft_limit,
-                      tuple(lot_view(lot) for lot in w.live_lots(now)))
 
 
 @dataclass(slots=True)
@@ -95,68 +60,104 @@ class Batch:
     period_usage: dict[tuple[str, str, str], dict[str, int]] = field(default_factory=dict)
     counted: dict[tuple[str, str, str, str], int] = field(default_factory=dict)  # increments to write
 
-    def period_to_date(self, customer_id: str, at: datetime, book_id: str) -> dict[str, int]:
-        """Units per rule already rated this billing period (graduated tiers continue from there)."""
-        return dict(self.period_usage.get((customer_id, billing_period(at), book_id), {}))
+    def state(self, customer_id: str) -> State:
+        return State(customer_id, self.loaded.wallets.get(customer_id), self.loaded.idempotency,
+                     self.loaded.events, self.period_usage)
 
-    def count(self, customer_id: str, at: datetime, book_id: str, quantities: Mapping[str, int]) -> None:
-        key = (customer_id, billing_period(at), book_id)
+    def apply(self, command: Command) -> Any:
+        """Decide `command` and follow the decision; returns its result, raises its refusal."""
+        decision = decide(self.state(command.customer_id), command, self.now, self.books.get(command.customer_id))
+        self.follow(decision)
+        if decision.outcome.refused:
+            raise decision.outcome.body
+        return decision.outcome.body
+
+    def alerts(self, customer_id: str) -> None:
+        """Follow the alerts the wallet's state calls for now (balance low, blocked, unblocked)."""
+        w = self.loaded.wallets.get(customer_id)
+        if w is not None:
+            for effect in alerts(self.state(customer_id), w, self.now):
+                self._follow(effect, None)
+
+    def follow(self, decision: Decision) -> None:
+        key = decision.entry.key if decision.entry is not None else None
+        for effect in decision.effects:  # lots first: the entry's postings may credit them
+            if isinstance(effect, LotOpened):
+                self._follow(effect, key)
+        if decision.entry is not None:
+            self.entries.append(decision.entry)
+            self.loaded.wallets[decision.entry.customer_id].apply(decision.entry.postings)
+        for effect in decision.effects:
+            if not isinstance(effect, LotOpened):
+                self._follow(effect, key)
+        if getattr(decision.outcome.body, "entry_key", None) is not None:
+            self.results.append(decision.outcome.body)  # its entry id is known once posted
+
+    def _follow(self, effect: Effect, key: str | None) -> None:
+        match effect:
+            case LotOpened():
+                self.accounts.append(chart.lot_spec(effect.customer_id, effect.lot_id, effect.currency))
+                self.loaded.wallets[effect.customer_id].lots[effect.code] = Lot(
+                    effect.lot_id, effect.code, effect.kind, effect.granted, effect.priority, effect.expires_at,
+                    effect.created_at, 0, False, effect.reason, effect.reference)
+                self.add("lots", {"id": effect.lot_id, "customer_id": effect.customer_id, "kind": effect.kind,
+                                  "account_code": effect.code, "granted": effect.granted,
+                                  "priority": effect.priority, "expires_at": effect.expires_at,
+                                  "reason": effect.reason, "reference": effect.reference, "entry_key": key,
+                                  "created_at": effect.created_at})
+            case LotSwept():
+                self.loaded.wallets[effect.customer_id].lots[effect.code].swept = True
+                self.add("lot_expiries", {"id": effect.lot_id, "expired_at": effect.expired_at,
+                                          "amount": effect.amount, "entry_key": key})
+            case ReservationOpened():
+                self.loaded.wallets[effect.customer_id].reservations[effect.reservation_id] = Reservation(
+                    effect.reservation_id, effect.customer_id, effect.request_id, effect.request_hash,
+                    effect.model, effect.amount, chart.HELD, effect.created_at, effect.expires_at,
+                    [Hold(h.seq, h.account, h.amount) for h in effect.holds], dict(effect.dimensions),
+                    dict(effect.estimate) if effect.estimate is not None else None, entry_key=key, new=True)
+            case ReservationChanged():
+                r = self.loaded.wallets[effect.customer_id].reservations[effect.reservation_id]
+                r.status, r.captured, r.released, r.charged = effect.status, effect.captured, effect.released, \
+                    effect.charged
+                r.captures, r.closed_at, r.dirty = effect.captures, effect.closed_at, True
+            case ChargeRecorded():
+                self.add("charges", {
+                    "customer_id": effect.customer_id, "reservation_id": effect.reservation_id,
+                    "event_id": effect.event_id, "request_id": effect.request_id, "seq": effect.seq,
+                    "capture_id": effect.capture_id, "final": effect.final, "request_hash": effect.request_hash,
+                    "model": effect.model, "occurred_at": effect.occurred_at, "usage": dict(effect.usage),
+                    "dimensions": dict(effect.dimensions), "price_book": effect.price_book,
+                    "price_version": effect.price_version, "lines": list(effect.lines), "charged": effect.charged,
+                    "from_hold": effect.from_hold, "from_lots": effect.from_lots,
+                    "from_receivable": effect.from_receivable, "released": effect.released, "entry_key": key})
+            case UsageEventRecorded():
+                self.loaded.events[(effect.customer_id, effect.event_id)] = effect.request_hash
+                self.add("usage_events", {
+                    "event_id": effect.event_id, "customer_id": effect.customer_id,
+                    "request_hash": effect.request_hash, "model": effect.model, "occurred_at": effect.occurred_at,
+                    "usage": dict(effect.usage), "dimensions": dict(effect.dimensions), "entry_key": key})
+            case UsageCounted():
+                self._count(effect)
+            case OutboxEvent():
+                self.add("outbox", {"topic": effect.topic, "customer_id": effect.customer_id,
+                                    "dedup_key": effect.dedup_key, "payload": dict(effect.payload)})
+            case CustomerFlagged():
+                w = self.loaded.wallets[effect.customer_id]
+                w.customer.low_balance_alerted, w.customer.blocked = effect.low_balance_alerted, effect.blocked
+                w.customer_dirty = True
+            case AnswerKept():
+                self.add("idempotency", answers.row(effect.scope, effect.key, effect.request_hash, effect.code,
+                                                    effect.body))
+
+    def _count(self, effect: UsageCounted) -> None:
+        key = (effect.customer_id, effect.period, effect.book_id)
         known = self.period_usage.setdefault(key, {})
-        for rule_id, quantity in quantities.items():
+        for rule_id, quantity in effect.quantities.items():
             known[rule_id] = known.get(rule_id, 0) + quantity
             self.counted[(*key, rule_id)] = self.counted.get((*key, rule_id), 0) + quantity
 
-    def wallet(self, customer_id: str) -> Wallet:
-        wallet = self.loaded.wallets.get(customer_id)
-        if wallet is None:
-            raise NotFoundError(f"no customer {customer_id}", customer_id=customer_id)
-        return wallet
-
-    def post(self, wallet: Wallet, key: str, kind: str, legs: Legs, metadata: Mapping[str, Any]) -> str | None:
-        """Add the entry of `legs` (if it moves anything) and follow it in the wallet's balances."""
-        postings = legs.postings()
-        if len(postings) < 2:
-            return None
-        entry = JournalEntry(key, kind, postings, wallet.customer.id, self.now, dict(metadata))
-        self.entries.append(entry)
-        wallet.apply(postings)
-        return key
-
     def add(self, table: str, row: dict[str, Any]) -> None:
         self.rows.setdefault(table, []).append(row)
-
-    def track(self, result: Any) -> Any:
-        """Remember a result whose entry id is known only once the batch is posted."""
-        self.results.append(result)
-        return result
-
-    def outbox(self, topic: str, customer_id: str, dedup_key: str, payload: dict[str, Any]) -> None:
-        event_id = new_id("evt")
-        self.add("outbox", {"topic": topic, "customer_id": customer_id, "dedup_key": dedup_key,
-                            "payload": {"id": event_id, "type": topic, "customer_id": customer_id,
-                                        "created_at": self.now.isoformat(), **payload}})
-
-    def alerts(self, customer_id: str) -> None:
-        """balance.low when available falls below the threshold, wallet.blocked when the
-        receivable passes the overdraft limit: once per crossing (re-armed when it recovers)."""
-        w = self.loaded.wallets.get(customer_id)
-        if w is None:
-            return
-        c, scale = w.customer, 9
-        available = w.available(self.now)
-        low = c.low_balance_threshold is not None and available < c.low_balance_threshold
-        if low != c.low_balance_alerted:
-            c.low_balance_alerted, w.customer_dirty = low, True
-            if low:
-                self.outbox("balance.low", c.id, f"balance.low:{c.id}:{new_id('x')}", {
-                    "available": format_amount(available, scale), "currency": c.currency,
-                    "threshold": format_amount(c.low_balance_threshold or 0, scale)})
-        if w.blocked != c.blocked:
-            c.blocked, w.customer_dirty = w.blocked, True
-            topic = "wallet.blocked" if w.blocked else "wallet.unblocked"
-            self.outbox(topic, c.id, f"{topic}:{c.id}:{new_id('x')}", {
-                "receivable": format_amount(w.receivable, scale), "currency": c.currency,
-                "overdraft_limit": format_amount(c.overdraft_limit or 0, scale)})
 
     async def flush(self, conn: AsyncConnection) -> None:
         await store.open_accounts(conn, self.accounts)

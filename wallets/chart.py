@@ -1,4 +1,5 @@
-"""The chart of accounts of a wallet, and the platform accounts every currency needs.
+"""The chart of accounts of a wallet, the reservation statuses and the wallets' currency scale:
+each defined here once. Pure values (no database): SQL receives them as parameters.
 
 Customer accounts (one customer each, single-row, bounded):
   liability:customer:<id>:lot:<lot>   one per top-up or grant; what remains of it (bound 0)
@@ -10,13 +11,14 @@ Platform accounts (one per currency, striped so that no single row serializes th
 """
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
-from ledger.accounts import ensure_asset, open_account
 from ledger.model import AccountSpec, AccountType
 
 PLATFORM_STRIPES = 16
 ASSET_SCALE = 9  # atomic unit of every wallet currency: 10**-9 (token prices are tiny)
+
+# Reservation statuses: open ones still hold credit; the others are final.
+HELD, CAPTURING, SETTLED, RELEASED, EXPIRED = "held", "capturing", "settled", "released", "expired"
+OPEN_STATUSES = (HELD, CAPTURING)
 
 
 def lot_account(customer_id: str, lot_id: str) -> str:
@@ -65,10 +67,3 @@ def customer_specs(customer_id: str, currency: str) -> list[AccountSpec]:
 
 def lot_spec(customer_id: str, lot_id: str, currency: str) -> AccountSpec:
     return AccountSpec(lot_account(customer_id, lot_id), AccountType.LIABILITY, currency, customer_id, 0)
-
-
-async def open_customer_accounts(conn: AsyncConnection, customer_id: str, currency: str) -> None:
-    """The currency, its platform accounts and the customer's own fixed accounts (idempotent)."""
-    await ensure_asset(conn, currency, ASSET_SCALE)
-    for spec in (*platform_specs(currency), *customer_specs(customer_id, currency)):
-        await open_account(conn, spec)

@@ -210,7 +210,7 @@ class Engine:
                                          key=idem.key)
                 return Replayed(stored.status, stored.body)
         try:
-            outcome = command.apply(batch)
+            outcome = batch.apply(command)
         except DOMAIN_ERRORS as exc:
             return exc
         batch.alerts(command.customer_id)

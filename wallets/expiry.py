@@ -9,8 +9,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.db import Database
-from wallets.commands import Command, ExpireReservation
-from wallets.credits import ExpireLot
+from wallets.commands import Command, ExpireLot, ExpireReservation
 from wallets.engine import Engine, utc_now
 
 PAGE = 500

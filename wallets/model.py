@@ -1,14 +1,11 @@
-"""A customer's wallet as plain values, and the rules over it: consumption order, holds,
-charges and their postings. Pure: no database, no clock; `now` is always passed in.
-
-Sign convention is the ledger's: a posting's amount is a debit when > 0, a credit when < 0.
-Lots and the reserved account are liabilities (credit-normal), the receivable is an asset.
+"""A customer's wallet as plain values: its customer, lots (in consumption order), holds and
+reservations. The state the wallet rules (wallets/core) decide on; the shell loads it and
+follows decisions in it. No database, no clock: `now` is always passed in.
 """
 from __future__ import annotations
 
 import secrets
 import time
-from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,7 +14,6 @@ from typing import Any
 from ledger.model import Posting
 from wallets import chart
 
-OPEN = ("held", "capturing")
 _NEVER = datetime.max.replace(tzinfo=None)
 
 
@@ -101,7 +97,7 @@ class Reservation:
 
     @property
     def is_open(self) -> bool:
-        return self.status in OPEN
+        return self.status in chart.OPEN_STATUSES
 
     @property
     def hold_left(self) -> int:
@@ -145,104 +141,3 @@ class Wallet:
                 self.reserved -= p.amount
             elif p.account == chart.receivable_account(cid):
                 self.receivable += p.amount
-
-
-def allocate(sources: Iterable[tuple[str, int | None]], amount: int) -> list[tuple[str, int]] | None:
-    """Take `amount` from `sources` in order ((account, available or None for unlimited)).
-
-    Returns the pieces (account, amount > 0), or None when the sources cannot cover it.
-    """
-    pieces: list[tuple[str, int]] = []
-    left = amount
-    for account, available in sources:
-        if left == 0:
-            break
-        take = left if available is None else min(left, available)
-        if take > 0:
-            pieces.append((account, take))
-            left -= take
-    return pieces if left == 0 else None
-
-
-def pieces_left(holds: Iterable[Hold], consumed: int) -> list[tuple[str, int]]:
-    """What is left of each hold piece once `consumed` units were taken in seq order."""
-    out: list[tuple[str, int]] = []
-    for hold in sorted(holds, key=lambda h: h.seq):
-        used = min(consumed, hold.amount)
-        consumed -= used
-        if hold.amount - used:
-            out.append((hold.account, hold.amount - used))
-    return out
-
-
-class Legs:
-    """Postings under construction: signed amounts summed per account, zeros dropped."""
-
-    def __init__(self, currency: str) -> None:
-        self.currency = currency
-        self._sums: dict[str, int] = defaultdict(int)
-
-    def debit(self, account: str, amount: int) -> Legs:
-        self._sums[account] += amount
-        return self
-
-    def credit(self, account: str, amount: int) -> Legs:
-        self._sums[account] -= amount
-        return self
-
-    def postings(self) -> tuple[Posting, ...]:
-        return tuple(Posting(a, v, self.currency) for a, v in sorted(self._sums.items()) if v)
-
-
-def return_target(wallet: Wallet, account: str) -> str:
-    """Where a returned hold piece goes: its lot, the receivable, or breakage if the lot was swept."""
-    if account == chart.receivable_account(wallet.customer.id):
-        return account
-    lot = wallet.lots.get(account)  # a lot the expiry job swept is not loaded at all
-    if lot is None or lot.swept:
-        return chart.breakage_account(wallet.customer.currency)
-    return account
-
-
-@dataclass(frozen=True, slots=True)
-class Settlement:
-    """How one charge is paid: from the hold, then live lots, then the receivable."""
-
-    cost: int
-    from_hold: int
-    from_lots: tuple[tuple[str, int], ...]
-    from_receivable: int
-    returned: tuple[tuple[str, int], ...]  # hold pieces given back (final captures only)
-
-    @property
-    def released(self) -> int:
-        return sum(a for _, a in self.returned)
-
-
-def settlement(wallet: Wallet, reservation: Reservation | None, cost: int, final: bool,
-               now: datetime) -> Settlement:
-    """Split a charge over the hold, the lots and the receivable; never refuses (usage happened)."""
-    hold_left = reservation.hold_left if reservation is not None else 0
-    from_hold = min(cost, hold_left)
-    extra = cost - from_hold
-    lots = allocate(((lot.code, lot.balance) for lot in wallet.live_lots(now)), extra) if extra else []
-    if lots is None:
-        lots = [(lot.code, lot.balance) for lot in wallet.live_lots(now)]
-    from_lots = sum(a for _, a in lots)
-    returned: list[tuple[str, int]] = []
-    if final and reservation is not None and reservation.is_open:
-        returned = pieces_left(reservation.holds, reservation.captured + from_hold)
-    return Settlement(cost, from_hold, tuple(lots), extra - from_lots, tuple(returned))
-
-
-def settlement_legs(wallet: Wallet, s: Settlement) -> Legs:
-    currency, cid = wallet.customer.currency, wallet.customer.id
-    legs = Legs(currency)
-    legs.debit(chart.reserved_account(cid), s.from_hold + s.released)
-    legs.credit(chart.revenue_account(currency), s.cost)
-    for account, amount in s.from_lots:
-        legs.debit(account, amount)
-    legs.debit(chart.receivable_account(cid), s.from_receivable)
-    for account, amount in s.returned:
-        legs.credit(return_target(wallet, account), amount)
-    return legs

@@ -13,9 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ledger.db import Database, lock_key
 from ledger.errors import LedgerError
 from pricing.errors import PricingError
-from wallets import chart, store
-from wallets.batch import IdemKey, Replayed, WalletView, wallet_view
-from wallets.commands import Command
+from wallets import store
+from wallets.accounts import open_customer_accounts
+from wallets.batch import IdemKey, Replayed
+from wallets.commands import Command, WalletView, wallet_view
 from wallets.engine import Engine, customer_lock, utc_now
 from wallets.errors import ConflictError, NotFoundError, WalletValidationError
 
@@ -137,7 +138,7 @@ class WalletService:
                                                 {"id": spec.price_book})).scalar()
             if book_currency is not None and book_currency != spec.currency:
                 raise WalletValidationError("price_book", f"price book {spec.price_book} is in {book_currency}")
-            await chart.open_customer_accounts(conn, spec.id, spec.currency)
+            await open_customer_accounts(conn, spec.id, spec.currency)
             await conn.execute(text(
                 """INSERT INTO customers (id, name, currency, billing, price_book, overdraft_limit,
                                           low_balance_threshold, max_charge_per_request)

@@ -62,7 +62,7 @@ class CpuMeter:
 # Layers of the server's stack, by file (py-spy runs with --full-filenames); for each sample the
 # innermost frame that belongs to a layer decides.
 LAYERS: list[tuple[str, re.Pattern[str]]] = [
-    ("wallet rules and pricing", re.compile(r"/(?:wallets/(?:commands|model|credits|requests)|pricing/)")),
+    ("wallet rules and pricing", re.compile(r"/(?:wallets/(?:core/|commands|model|requests)|pricing/)")),
     ("unit of work: batch, SQL parameters, results",
      re.compile(r"/(?:wallets/(?:engine|store|batch|service)|ledger/)")),
     ("database driver (psycopg, SQLAlchemy)", re.compile(r"/site-packages/(?:psycopg|sqlalchemy)")),

@@ -13,8 +13,7 @@ from api.errors import documented
 from api.routes.formats import Amount, DateTime, Identifier, PositiveAmount
 from api.routes.schemas import json_body
 from api.routes.wire import amount_in, idempotency, money, renderer, respond, shaped, time_in, time_out
-from wallets.batch import LotView, WalletView
-from wallets.credits import GRANT_PRIORITY, TOPUP_PRIORITY, CreditResult, Grant, TopUp
+from wallets.commands import GRANT_PRIORITY, TOPUP_PRIORITY, CreditResult, Grant, LotView, TopUp, WalletView
 from wallets.service import CustomerSpec, CustomerView
 
 Priority = Annotated[int, msgspec.Meta(ge=0, le=100)]

@@ -18,7 +18,7 @@ from ledger.errors import LedgerError
 from ledger.model import request_hash
 from pricing.errors import PricingError
 from wallets import reports
-from wallets.credits import RecordUsage, UsageResult
+from wallets.commands import RecordUsage, UsageResult
 from wallets.errors import WalletValidationError
 from wallets.requests import usage_tokens
 

@@ -11,8 +11,7 @@ from ledger.db import Database
 from pricing.money import parse_amount
 from wallets import books, chart
 from wallets.audit import WALLET_CHECKS
-from wallets.commands import Release, Reserve, Settle
-from wallets.credits import Grant, RecordUsage, TopUp
+from wallets.commands import Grant, RecordUsage, Release, Reserve, Settle, TopUp
 from wallets.service import CustomerSpec, WalletService
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)

@@ -1,0 +1,173 @@
+"""The wallet commands as plain values: what a caller asks for, and what state deciding it needs
+(its conflict keys keep two commands on one reservation or key out of one batch)."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from wallets import chart
+from wallets.core.idempotency import IdemKey
+from wallets.model import Wallet
+
+TOPUP_PRIORITY, GRANT_PRIORITY = 100, 50
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Command:
+    customer_id: str
+    idem: IdemKey | None = None
+    exclusive = False  # True: alone among its customer's commands in a batch
+    needs_book = False  # True: rates usage with the customer's price book
+
+    def conflict_keys(self) -> set[tuple[str, ...]]:
+        keys = self._keys()
+        if self.idem is not None:
+            keys.add(("idem", self.idem.scope, self.idem.key))
+        return keys
+
+    def _keys(self) -> set[tuple[str, ...]]:
+        return set()
+
+    def needs(self) -> dict[str, list[Any]]:
+        """What the shell loads besides the customer's wallet, by the store's names."""
+        return {}
+
+    def rating_time(self, wallets: Mapping[str, Wallet]) -> datetime | None:
+        """The usage time this command rates at, if it rates (its billing period's counters load)."""
+        return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reserve(Command):
+    request_id: str
+    request_hash: bytes
+    model: str
+    ttl_seconds: int
+    amount: int | None = None  # the hold, when the caller gives it
+    prompt_tokens: int | None = None
+    max_output_tokens: int | None = None
+    dimensions: Mapping[str, Any] = field(default_factory=dict)
+    estimate: Mapping[str, Any] | None = None  # what is stored about the estimate
+
+    @property
+    def needs_book(self) -> bool:  # type: ignore[override]
+        return self.amount is None
+
+    @property
+    def scope(self) -> str:
+        """The idempotency scope of its request id: per customer."""
+        return f"reserve:{self.customer_id}"
+
+    def _keys(self) -> set[tuple[str, ...]]:
+        return {("reserve", self.customer_id, self.request_id)}
+
+    def needs(self) -> dict[str, list[Any]]:
+        return {"idempotency": [(self.scope, self.request_id)]}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settle(Command):
+    reservation_id: str
+    request_hash: bytes
+    tokens: Mapping[str, int]  # canonical counts by rating token type
+    usage: Mapping[str, Any]  # as reported, stored with the charge
+    final: bool = True
+    capture_id: str | None = None
+    forced_by: str | None = None  # an admin key's id: charge usage past the plausibility bounds
+    needs_book = True
+
+    def _keys(self) -> set[tuple[str, ...]]:
+        return {("reservation", self.reservation_id)}
+
+    def needs(self) -> dict[str, list[Any]]:
+        return {"reservation_ids": [self.reservation_id],
+                "capture_ids": [self.capture_id] if self.capture_id else []}
+
+    def rating_time(self, wallets: Mapping[str, Wallet]) -> datetime | None:
+        w = wallets.get(self.customer_id)
+        r = w.reservations.get(self.reservation_id) if w else None
+        return r.created_at if r else None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Release(Command):
+    reservation_id: str
+
+    def _keys(self) -> set[tuple[str, ...]]:
+        return {("reservation", self.reservation_id)}
+
+    def needs(self) -> dict[str, list[Any]]:
+        return {"reservation_ids": [self.reservation_id]}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExpireReservation(Release):
+    """Job: a reservation past its expiry gives its hold back (once; a no-op otherwise)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TopUp(Command):
+    """Paid credit. For a prepaid customer it first pays off what the receivable says is owed
+    for settled usage (not what open reservations hold on credit); the rest becomes a lot."""
+
+    amount: int
+    reference: str = ""
+    priority: int = TOPUP_PRIORITY
+    expires_at: datetime | None = None
+    exclusive = True  # needs the credit held on the receivable, read fresh from the database
+
+    def needs(self) -> dict[str, list[Any]]:
+        return {"credit_held_for": [self.customer_id]}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Grant(Command):
+    """Promotional or contractual credit, paid for by the platform's promotions expense."""
+
+    amount: int
+    priority: int = GRANT_PRIORITY
+    expires_at: datetime | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExpireLot(Command):
+    """Job: a lot past its expiry gives its remainder to breakage revenue, exactly once."""
+
+    lot_id: str
+
+    @property
+    def code(self) -> str:
+        return chart.lot_account(self.customer_id, self.lot_id)
+
+    def _keys(self) -> set[tuple[str, ...]]:
+        return {("lot", self.lot_id)}
+
+    def needs(self) -> dict[str, list[Any]]:
+        return {"lot_codes": [self.code]}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecordUsage(Command):
+    """A post-hoc usage event: rated at its own time, paid from the lots, then the receivable.
+    Event ids are per customer: another customer's event of the same id is another event."""
+
+    event_id: str
+    request_hash: bytes
+    model: str
+    occurred_at: datetime
+    tokens: Mapping[str, int]
+    usage: Mapping[str, Any]
+    dimensions: Mapping[str, Any] = field(default_factory=dict)
+    needs_book = True
+
+    def _keys(self) -> set[tuple[str, ...]]:
+        return {("event", self.customer_id, self.event_id)}
+
+    def rating_time(self, wallets: Mapping[str, Wallet]) -> datetime | None:
+        return self.occurred_at
+
+    def needs(self) -> dict[str, list[Any]]:
+        return {"events": [(self.customer_id, self.event_id)]}

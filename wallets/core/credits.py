@@ -1,0 +1,135 @@
+"""Credit coming in and going away: top-ups, promotional grants, grant expiry, post-hoc usage."""
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+
+from pricing.books import PriceBook
+from pricing.money import format_amount
+from wallets import chart
+from wallets.core.commands import ExpireLot, Grant, RecordUsage, TopUp
+from wallets.core.decision import (
+    ChargeRecorded,
+    Decision,
+    LotOpened,
+    LotSwept,
+    Outcome,
+    UsageCounted,
+    UsageEventRecorded,
+)
+from wallets.core.legs import Legs, entry, settlement, settlement_legs
+from wallets.core.rating import billing_period, book_for, charge_lines, implausibility, rate_call
+from wallets.core.reservations import NOTHING_DUE
+from wallets.core.results import CreditResult, ExpiryResult, UsageResult, WalletView, lot_view
+from wallets.core.state import State
+from wallets.errors import ConflictError, WalletValidationError
+from wallets.model import Lot, Wallet, consumption_key
+
+SCALE = chart.ASSET_SCALE
+
+
+def _opened(state: State, w: Wallet, kind: str, amount: int, priority: int, expires_at: datetime | None,
+            now: datetime, reason: str = "", reference: str = "") -> LotOpened:
+    if expires_at is not None and expires_at <= now:
+        raise WalletValidationError("expires_at", "must be in the future")
+    lot_id = state.ids("lot")
+    return LotOpened(w.customer.id, lot_id, chart.lot_account(w.customer.id, lot_id), w.customer.currency, kind,
+                     amount, priority, expires_at, now, reason, reference)
+
+
+def _view_after(w: Wallet, opened: LotOpened, paid: int, now: datetime) -> tuple[Lot, WalletView]:
+    """The new lot and the wallet as they will be once the credit is posted."""
+    lot = Lot(opened.lot_id, opened.code, opened.kind, opened.granted, opened.priority, opened.expires_at,
+              opened.created_at, opened.granted, False, opened.reason, opened.reference)
+    lots = sorted((*w.live_lots(now), *([lot] if lot.live(now) and lot.balance > 0 else [])), key=consumption_key)
+    receivable, limit = w.receivable - paid, w.customer.overdraft_limit
+    view = WalletView(w.customer.id, w.customer.currency, w.available(now) + lot.balance, w.reserved, receivable,
+                      limit is not None and receivable > limit, limit, tuple(lot_view(x) for x in lots))
+    return lot, view
+
+
+def top_up(state: State, cmd: TopUp, now: datetime, book: PriceBook | None) -> Decision:
+    """Paid credit: cash in; a prepaid customer's owed receivable (settled usage, not what open
+    reservations hold on credit) is paid off first, and the rest becomes a lot."""
+    w = state.require_wallet()
+    owed = max(0, w.receivable - (w.credit_held or 0)) if w.customer.billing == "prepaid" else 0
+    paid = min(cmd.amount, owed)
+    opened = _opened(state, w, "topup", cmd.amount - paid, cmd.priority, cmd.expires_at, now, "", cmd.reference)
+    cur, cid = w.customer.currency, w.customer.id
+    legs = Legs(cur).debit(chart.cash_account(cur), cmd.amount).credit(opened.code, cmd.amount - paid)
+    legs.credit(chart.receivable_account(cid), paid)
+    posted = entry(f"topup:{opened.lot_id}", "topup", legs, cid, now,
+                   {"lot_id": opened.lot_id, "reference": cmd.reference})
+    lot, view = _view_after(w, opened, paid, now)
+    result = CreditResult(lot_view(lot), view, paid, posted.key if posted else None)
+    return Decision(Outcome(result.code, result), posted, (opened,))
+
+
+def grant(state: State, cmd: Grant, now: datetime, book: PriceBook | None) -> Decision:
+    """Promotional or contractual credit, paid for by the platform's promotions expense."""
+    w = state.require_wallet()
+    opened = _opened(state, w, "grant", cmd.amount, cmd.priority, cmd.expires_at, now, cmd.reason, "")
+    cur = w.customer.currency
+    legs = Legs(cur).debit(chart.promotions_account(cur), cmd.amount).credit(opened.code, cmd.amount)
+    posted = entry(f"grant:{opened.lot_id}", "grant", legs, w.customer.id, now,
+                   {"lot_id": opened.lot_id, "reason": cmd.reason})
+    lot, view = _view_after(w, opened, 0, now)
+    result = CreditResult(lot_view(lot), view, 0, posted.key if posted else None)
+    return Decision(Outcome(result.code, result), posted, (opened,))
+
+
+def expire_lot(state: State, cmd: ExpireLot, now: datetime, book: PriceBook | None) -> Decision:
+    """Job: a lot past its expiry gives its remainder to breakage revenue, exactly once. What
+    open reservations hold from it is not touched now; when given back, it goes to breakage."""
+    w = state.require_wallet()
+    lot = w.lots.get(cmd.code)
+    if lot is None or lot.swept or lot.expires_at is None or lot.expires_at > now:
+        return NOTHING_DUE
+    amount, cur = lot.balance, w.customer.currency
+    legs = Legs(cur).debit(lot.code, amount).credit(chart.breakage_account(cur), amount)
+    posted = entry(f"grant-expiry:{lot.id}", "grant_expiry", legs, w.customer.id, now, {"lot_id": lot.id})
+    swept = LotSwept(w.customer.id, lot.id, lot.code, amount, now)
+    event = state.event("grant.expired", w.customer.id, f"grant.expired:{lot.id}", now, {
+        "grant_id": lot.id, "expired": format_amount(amount, SCALE), "currency": cur})
+    result = ExpiryResult(lot.id, amount, posted.key if posted else None)
+    return Decision(Outcome(result.code, result), posted, (swept, event))
+
+
+def usage_entry_key(customer_id: str, event_id: str) -> str:
+    """The journal key of a usage event's entry: unique per (customer, event id). Customer ids
+    hold no ':', so the first one after the prefix ends the customer. Events recorded before
+    ids were per customer kept their `usage:<event id>` keys; this prefix never meets them. A
+    key longer than the journal takes (300) carries the event id's sha256 instead."""
+    key = f"usage-event:{customer_id}:{event_id}"
+    if len(key) <= 300:
+        return key
+    return f"usage-event-sha256:{customer_id}:{hashlib.sha256(event_id.encode()).hexdigest()}"
+
+
+def record_usage(state: State, cmd: RecordUsage, now: datetime, book: PriceBook | None) -> Decision:
+    """A post-hoc usage event, rated at its own time and paid from the lots, then the receivable;
+    the same event again is a duplicate, and past a plausibility bound it is not recorded."""
+    known = state.events.get((cmd.customer_id, cmd.event_id))
+    if known is not None:
+        if known != cmd.request_hash:
+            raise ConflictError(f"event {cmd.event_id} was sent before with another body")
+        return Decision(Outcome("duplicate", UsageResult(cmd.event_id, duplicate=True)))
+    w = state.require_wallet()
+    rating = rate_call(w, book, state.period_usage, cmd.model, cmd.tokens, cmd.occurred_at, cmd.dimensions,
+                       with_request_fee=True)
+    problem = implausibility(w, book_for(w, book).version_at(cmd.occurred_at), rating, cmd.tokens)
+    if problem is not None:
+        return Decision.refuse(problem)  # not recorded: the same event, corrected, may come again
+    s = settlement(w, None, rating.total_units, False, now)
+    cid = w.customer.id
+    posted = entry(usage_entry_key(cid, cmd.event_id), "usage", settlement_legs(w, s), cid, now, {
+        "event_id": cmd.event_id, "price_book": rating.book_id, "price_version": rating.price_version})
+    counted = UsageCounted(cid, billing_period(cmd.occurred_at), rating.book_id, rating.rule_quantities())
+    recorded = UsageEventRecorded(cid, cmd.event_id, cmd.request_hash, cmd.model, cmd.occurred_at,
+                                  dict(cmd.usage), dict(cmd.dimensions))
+    charge = ChargeRecorded(
+        cid, None, cmd.event_id, cmd.event_id, 0, None, True, cmd.request_hash, cmd.model, cmd.occurred_at,
+        dict(cmd.usage), dict(cmd.dimensions), rating.book_id, rating.price_version, tuple(charge_lines(rating)),
+        s.cost, 0, s.from_lots_total, s.from_receivable, 0)
+    result = UsageResult(cmd.event_id, False, s.cost, posted.key if posted else None)
+    return Decision(Outcome(result.code, result), posted, (counted, recorded, charge))

@@ -1,0 +1,43 @@
+"""One entry point to the wallet rules: `decide(state, command, now, book) -> Decision`. A domain
+refusal (a wallet, ledger or pricing error) is an outcome, never an exception."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from ledger.errors import LedgerError
+from pricing.books import PriceBook
+from pricing.errors import PricingError
+from wallets.core.commands import (
+    Command,
+    ExpireLot,
+    ExpireReservation,
+    Grant,
+    RecordUsage,
+    Release,
+    Reserve,
+    Settle,
+    TopUp,
+)
+from wallets.core.credits import expire_lot, grant, record_usage, top_up
+from wallets.core.decision import Decision
+from wallets.core.reservations import expire_reservation, release, reserve, settle
+from wallets.core.state import State
+
+Rule = Callable[[State, Any, datetime, PriceBook | None], Decision]
+RULES: dict[type[Command], Rule] = {
+    Reserve: reserve, Settle: settle, Release: release, ExpireReservation: expire_reservation,
+    TopUp: top_up, Grant: grant, ExpireLot: expire_lot, RecordUsage: record_usage,
+}
+
+
+def decide(state: State, command: Command, now: datetime, book: PriceBook | None = None) -> Decision:
+    """What `command` does to `state` at `now`, priced with `book` (the customer's, if it rates)."""
+    try:
+        return RULES[type(command)](state, command, now, book)
+    except (LedgerError, PricingError) as error:
+        return Decision.refuse(error)
+
+
+__all__ = ["State", "decide"]

@@ -1,0 +1,89 @@
+"""Idempotency, in one place. An answer is kept under (scope, key) with the request's hash, in
+the same transaction as the effect, forever; it is an outcome code and a body (JSON values),
+never an HTTP status: api/ alone maps codes to statuses. A key seen again with the same hash
+replays the answer; with another hash it is a conflict."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import msgspec
+
+from ledger.errors import LedgerError
+from pricing.errors import PricingError
+from wallets.errors import ConflictError
+
+# The `status` column of an answer kept with a code: it says nothing of HTTP. Rows kept before
+# answers had codes hold the HTTP status they were answered with, and a body of {"json": text}.
+CODED = 0
+
+
+@dataclass(frozen=True, slots=True)
+class IdemKey:
+    """An Idempotency-Key of a mutating call (or a request id): its scope, key and request hash."""
+
+    scope: str
+    key: str
+    request_hash: bytes
+    render: Callable[[Any], tuple[int, Any]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    """The answer kept for an earlier call with the same key: a code and a body. `status` is set
+    only for answers kept before codes were (their HTTP status; their body is {"json": text})."""
+
+    code: str
+    body: Any
+    status: int | None = None
+
+
+class Kept(Protocol):
+    request_hash: bytes
+    status: int
+    body: Any
+
+
+def replayed(kept: Kept) -> Replayed:
+    if kept.status == CODED:
+        return Replayed(kept.body["code"], kept.body["body"])
+    body = kept.body
+    code = body.get("code", "") if isinstance(body, dict) else ""
+    return Replayed(code or "replayed", body, kept.status)
+
+
+def check(kept: Kept | None, request_hash: bytes, what: str, **context: Any) -> Replayed | None:
+    """The kept answer to replay, None if there is none, or a conflict if the request differs."""
+    if kept is None:
+        return None
+    if kept.request_hash != request_hash:
+        raise ConflictError(f"{what} was used with another request", **context)
+    return replayed(kept)
+
+
+def refusal_body(error: Exception) -> dict[str, Any]:
+    """What a client is told of a domain refusal: its detail and the context it may see."""
+    if isinstance(error, LedgerError):
+        return {"detail": error.detail,
+                **{k: v for k, v in error.context.items() if isinstance(v, str | int | list | dict)}}
+    body: dict[str, Any] = {"detail": str(error)}
+    if isinstance(getattr(error, "fields", None), list):
+        body["fields"] = error.fields  # type: ignore[attr-defined]
+    for name in ("model", "token_type"):
+        if isinstance(getattr(error, name, None), str):
+            body[name] = getattr(error, name)
+    return body
+
+
+def answer(outcome: Any) -> tuple[str, Any]:
+    """(code, body as JSON values) of a result or a domain refusal."""
+    if isinstance(outcome, LedgerError | PricingError):
+        return outcome.code, refusal_body(outcome)
+    return outcome.code, msgspec.to_builtins(outcome)
+
+
+def row(scope: str, key: str, request_hash: bytes, code: str, body: Any) -> dict[str, Any]:
+    """The idempotency_keys row that keeps an answer."""
+    return {"scope": scope, "key": key, "request_hash": request_hash, "status": CODED,
+            "response": {"code": code, "body": body}}

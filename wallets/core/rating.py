@@ -1,0 +1,77 @@
+"""Rating one call for a wallet: its usage at its own time, graduated tiers continuing from the
+customer's period to date, and the plausibility bounds a charge must stay within."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from pricing.books import PriceBook, PriceVersion
+from pricing.errors import UnpricedModelError
+from pricing.money import format_amount
+from pricing.rating import Rating, rate
+from pricing.usage import Usage
+from wallets.errors import ImplausibleUsageError
+from wallets.model import Wallet
+
+CONTEXT_TOKEN_TYPES = ("input", "cached_input", "cache_write", "output", "reasoning")  # disjoint counts
+
+# (customer, billing period, book) -> rule -> units rated earlier in the period
+PeriodUsage = Mapping[tuple[str, str, str], Mapping[str, int]]
+
+
+def billing_period(at: datetime) -> str:
+    """The billing period of a usage time: its calendar month in UTC."""
+    return at.astimezone(UTC).strftime("%Y-%m")
+
+
+def book_for(wallet: Wallet, book: PriceBook | None) -> PriceBook:
+    if book is None:
+        raise UnpricedModelError(f"customer {wallet.customer.id} has no price book "
+                                 f"({wallet.customer.price_book or 'none set'}) to price with")
+    return book
+
+
+def rate_call(wallet: Wallet, book: PriceBook | None, period_usage: PeriodUsage, model: str,
+              tokens: Mapping[str, int], at: datetime, dimensions: Mapping[str, Any], *,
+              with_request_fee: bool) -> Rating:
+    """Rate one call's usage at its own time; a book's per-request fee is charged once per call."""
+    book = book_for(wallet, book)
+    version = book.version_at(at)
+    counts = {k: v for k, v in tokens.items() if v}
+    usage = Usage(model, counts, at, dimensions)
+    if with_request_fee and version.find_rule("request", model, usage.dimension_dict) is not None:
+        usage = Usage(model, {**counts, "request": 1}, at, dimensions)
+    so_far = period_usage.get((wallet.customer.id, billing_period(at), book.id), {})
+    return rate(usage, version, period_to_date=dict(so_far))
+
+
+def implausibility(wallet: Wallet, version: PriceVersion, rating: Rating, tokens: Mapping[str, int],
+                   charged_before: int = 0) -> ImplausibleUsageError | None:
+    """The plausibility bound a call breaks, if any: its charge (with what the request was charged
+    before) past the customer's max_charge_per_request, or else its book version's; its input +
+    output tokens past the context window of the rules that priced it, or else the version's."""
+    limit, source = wallet.customer.max_charge_per_request, "customer"
+    if limit is None and version.max_charge_per_request is not None:
+        limit, source = int(version.max_charge_per_request.scaleb(rating.scale)), "price_book"
+    charge = charged_before + rating.total_units
+    if limit is not None and charge > limit:
+        currency = wallet.customer.currency
+        return ImplausibleUsageError(
+            f"a charge of {format_amount(charge)} {currency} for one request exceeds the {source.replace('_', ' ')}'s "
+            f"max_charge_per_request of {format_amount(limit)} {currency}",
+            limit="max_charge_per_request", maximum=format_amount(limit), value=format_amount(charge), source=source)
+    window = version.context_window_for(line.rule_id for line in rating.lines)
+    used = sum(tokens.get(t, 0) for t in CONTEXT_TOKEN_TYPES)
+    if window is not None and used > window:
+        return ImplausibleUsageError(
+            f"{used} input and output tokens exceed the context window of {window} tokens",
+            limit="context_window", maximum=window, value=used, source="price_book")
+    return None
+
+
+def charge_lines(rating: Rating) -> list[dict[str, Any]]:
+    return [{"kind": ln.kind, "token_type": ln.token_type, "quantity": ln.quantity,
+             "unit_price": str(ln.unit_price), "amount_units": ln.amount_units, "exact": str(ln.amount),
+             "rule_id": ln.rule_id, "price_version": ln.price_version, "model": ln.model,
+             "tier": ln.tier, "override_id": ln.override_id} for ln in rating.lines]

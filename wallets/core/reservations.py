@@ -1,0 +1,193 @@
+"""The reservation rules: reserve, settle (captures), release and expiry, as pure decisions."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from pricing.books import PriceBook
+from pricing.estimate import estimate_upper_bound
+from pricing.money import format_amount
+from wallets import chart
+from wallets.core import idempotency
+from wallets.core.commands import Release, Reserve, Settle
+from wallets.core.decision import (
+    AnswerKept,
+    ChargeRecorded,
+    Decision,
+    HoldPiece,
+    Outcome,
+    ReservationChanged,
+    ReservationOpened,
+    UsageCounted,
+)
+from wallets.core.legs import Legs, allocate, entry, pieces_left, return_target, settlement, settlement_legs
+from wallets.core.rating import billing_period, book_for, charge_lines, implausibility, rate_call
+from wallets.core.results import REPLAYED, ReleaseResult, ReservationSummary, ReserveResult, SettleResult
+from wallets.core.state import State
+from wallets.errors import ConflictError, InsufficientFundsError, NotFoundError, ReservationClosedError
+from wallets.model import Reservation, Wallet
+
+SCALE = chart.ASSET_SCALE
+
+
+def reserve(state: State, cmd: Reserve, now: datetime, book: PriceBook | None) -> Decision:
+    """Hold `amount` (or the upper bound priced from the estimate) from the lots in consumption
+    order, then the receivable up to the overdraft headroom; refused (and the refusal kept for
+    replays of the request id) when that cannot cover it or the wallet is blocked."""
+    w = state.require_wallet()
+    error_context = {"customer_id": w.customer.id, "request_id": cmd.request_id}
+    kept = idempotency.check(state.answers.get((cmd.scope, cmd.request_id)), cmd.request_hash,
+                             f"request_id {cmd.request_id}", request_id=cmd.request_id)
+    if kept is not None:
+        if kept.code == InsufficientFundsError.code:
+            return Decision.refuse(InsufficientFundsError(kept.body["detail"], **error_context))
+        return Decision(Outcome(REPLAYED, ReserveResult(ReservationSummary(**kept.body), replayed=True)))
+    amount = cmd.amount
+    if amount is None:
+        amount = estimate_upper_bound(book_for(w, book), cmd.model, cmd.prompt_tokens or 0,
+                                      cmd.max_output_tokens or 0, cmd.dimensions, now).total_units
+    pieces = _pieces(w, amount, now)
+    if isinstance(pieces, str):
+        return Decision.refuse(InsufficientFundsError(pieces, **error_context), AnswerKept(
+            cmd.scope, cmd.request_id, cmd.request_hash, InsufficientFundsError.code, {"detail": pieces}))
+    return _hold(state, w, cmd, amount, pieces, now)
+
+
+def _pieces(w: Wallet, amount: int, now: datetime) -> list[tuple[str, int]] | str:
+    """Where a hold comes from, or why it cannot be held."""
+    if w.blocked:
+        return (f"wallet {w.customer.id} is blocked: its receivable {format_amount(w.receivable, SCALE)} "
+                f"is past its overdraft limit {format_amount(w.customer.overdraft_limit or 0, SCALE)}")
+    sources = [(lot.code, lot.balance) for lot in w.live_lots(now)]
+    sources.append((chart.receivable_account(w.customer.id), w.headroom()))
+    pieces = allocate(sources, amount)
+    if pieces is None:
+        return (f"a hold of {format_amount(amount, SCALE)} {w.customer.currency} exceeds what wallet "
+                f"{w.customer.id} can draw: {format_amount(w.available(now), SCALE)} available"
+                + ("" if not w.customer.overdraft_limit else
+                   f" plus {format_amount(w.headroom() or 0, SCALE)} of overdraft"))
+    return pieces
+
+
+def _hold(state: State, w: Wallet, cmd: Reserve, amount: int, pieces: list[tuple[str, int]],
+          now: datetime) -> Decision:
+    cid, rid = w.customer.id, state.ids("res")
+    expires_at = now + timedelta(seconds=cmd.ttl_seconds)
+    legs = Legs(w.customer.currency).credit(chart.reserved_account(cid), amount)
+    for account, a in pieces:
+        legs.debit(account, a)
+    posted = entry(f"reserve:{rid}", "reserve", legs, cid, now,
+                   {"reservation_id": rid, "request_id": cmd.request_id, "model": cmd.model})
+    summary = ReservationSummary(rid, cmd.request_id, cid, cmd.model, w.customer.currency, chart.HELD, amount,
+                                 now.isoformat(), expires_at.isoformat())
+    opened = ReservationOpened(cid, rid, cmd.request_id, cmd.request_hash, cmd.model, amount, now, expires_at,
+                               tuple(HoldPiece(i, account, a) for i, (account, a) in enumerate(pieces)),
+                               dict(cmd.dimensions), dict(cmd.estimate) if cmd.estimate is not None else None)
+    kept = AnswerKept(cmd.scope, cmd.request_id, cmd.request_hash, "reserved", summary.as_dict())
+    result = ReserveResult(summary, replayed=False, entry_key=posted.key if posted else None)
+    return Decision(Outcome(result.code, result), posted, (opened, kept))
+
+
+def reservation_of(w: Wallet, reservation_id: str) -> Reservation:
+    r = w.reservations.get(reservation_id)
+    if r is None:
+        raise NotFoundError(f"no reservation {reservation_id}", reservation_id=reservation_id)
+    return r
+
+
+def _replayed_settle(charge: dict[str, Any], status: str, currency: str) -> Decision:
+    result = SettleResult(charge["reservation_id"], status, int(charge["charged"]), int(charge["released"]),
+                          list(charge["lines"]), charge["price_book"], charge["price_version"], True, currency,
+                          None, charge["entry_id"])
+    return Decision(Outcome(result.code, result))
+
+
+def settle(state: State, cmd: Settle, now: datetime, book: PriceBook | None) -> Decision:
+    """Charge reported usage, rated at the reservation's time: from the hold, then the lots, then
+    the receivable (never refused for lack of funds). A final settle gives the unused hold back."""
+    w = state.require_wallet()
+    r = reservation_of(w, cmd.reservation_id)
+    currency = w.customer.currency
+    if cmd.capture_id and cmd.capture_id in r.capture_ids:
+        digest, charge = r.capture_ids[cmd.capture_id]
+        if digest != cmd.request_hash:
+            raise ConflictError(f"capture {cmd.capture_id} was sent with another body")
+        return _replayed_settle(charge, r.status, currency)
+    if r.status in (chart.SETTLED, chart.RELEASED):
+        if r.status == chart.SETTLED and cmd.final and r.final_hash == cmd.request_hash and r.final_charge:
+            return _replayed_settle(r.final_charge, r.status, currency)
+        raise ReservationClosedError(f"reservation {r.id} is already {r.status}", reservation_id=r.id,
+                                     reservation_status=r.status)
+    rating = rate_call(w, book, state.period_usage, r.model, cmd.tokens, r.created_at, r.dimensions,
+                       with_request_fee=r.captures == 0)
+    problem = implausibility(w, book_for(w, book).version_at(r.created_at), rating, cmd.tokens, r.charged)
+    if problem is not None and cmd.forced_by is None:
+        return Decision.refuse(problem)  # nothing charged: the hold stays as it is
+    forced = {} if problem is None else {"forced": {"by": cmd.forced_by, **problem.context}}
+    s = settlement(w, r, rating.total_units, cmd.final, now)
+    posted = entry(f"settle:{r.id}:{r.captures}", "settle", settlement_legs(w, s), w.customer.id, now,
+                   {"reservation_id": r.id, "request_id": r.request_id, "capture": r.captures,
+                    "final": cmd.final, "price_book": rating.book_id, "price_version": rating.price_version,
+                    **forced})
+    lines = charge_lines(rating)
+    charge = ChargeRecorded(
+        w.customer.id, r.id, None, r.request_id, r.captures, cmd.capture_id, cmd.final, cmd.request_hash, r.model,
+        r.created_at, {**cmd.usage, **forced}, r.dimensions, rating.book_id, rating.price_version, tuple(lines),
+        s.cost, s.from_hold, s.from_lots_total, s.from_receivable, s.released)
+    counted = UsageCounted(w.customer.id, billing_period(r.created_at), rating.book_id, rating.rule_quantities())
+    status, released, closed_at = r.status, r.released, r.closed_at
+    if cmd.final:
+        if r.is_open:
+            released, closed_at = released + s.released, now
+        status = chart.SETTLED
+    elif r.is_open:
+        status = chart.CAPTURING
+    changed = ReservationChanged(w.customer.id, r.id, status, r.captured + (s.from_hold if r.is_open else 0),
+                                 released, r.charged + s.cost, r.captures + 1, closed_at)
+    result = SettleResult(r.id, status, s.cost, s.released, lines, rating.book_id, rating.price_version, False,
+                          currency, posted.key if posted else None)
+    return Decision(Outcome(result.code, result), posted, (charge, counted, changed))
+
+
+def give_back(w: Wallet, r: Reservation, status: str, kind: str, now: datetime) -> Decision:
+    """Return what is left of the hold to where it came from, and close the reservation."""
+    pieces = pieces_left(r.holds, r.captured)
+    left = sum(a for _, a in pieces)
+    legs = Legs(w.customer.currency).debit(chart.reserved_account(w.customer.id), left)
+    for account, amount in pieces:
+        legs.credit(return_target(w, account), amount)
+    posted = entry(f"{kind}:{r.id}", kind, legs, w.customer.id, now,
+                   {"reservation_id": r.id, "request_id": r.request_id})
+    changed = ReservationChanged(w.customer.id, r.id, status, r.captured, r.released + left, r.charged,
+                                 r.captures, now)
+    result = ReleaseResult(r.id, status, left, False, posted.key if posted else None)
+    return Decision(Outcome(result.code, result), posted, (changed,))
+
+
+def release(state: State, cmd: Release, now: datetime, book: PriceBook | None) -> Decision:
+    w = state.require_wallet()
+    r = reservation_of(w, cmd.reservation_id)
+    if r.status == chart.RELEASED:
+        result = ReleaseResult(r.id, r.status, r.released, True)
+        return Decision(Outcome(result.code, result))
+    if not r.is_open:
+        raise ReservationClosedError(f"reservation {r.id} is already {r.status}", reservation_id=r.id,
+                                     reservation_status=r.status)
+    return give_back(w, r, chart.RELEASED, "release", now)
+
+
+NOTHING_DUE = Decision(Outcome("nothing_due"))
+
+
+def expire_reservation(state: State, cmd: Release, now: datetime, book: PriceBook | None) -> Decision:
+    """Job: a reservation past its expiry gives its hold back, once (nothing is due otherwise)."""
+    w = state.require_wallet()
+    r = w.reservations.get(cmd.reservation_id)
+    if r is None or not r.is_open or r.expires_at > now:
+        return NOTHING_DUE
+    decision = give_back(w, r, chart.EXPIRED, "expire", now)
+    event = state.event("reservation.expired", w.customer.id, f"reservation.expired:{r.id}", now, {
+        "reservation_id": r.id, "request_id": r.request_id,
+        "released": format_amount(decision.outcome.body.released, SCALE), "currency": w.customer.currency})
+    return Decision(decision.outcome, decision.entry, (*decision.effects, event))
+

@@ -1,0 +1,142 @@
+"""Outcome bodies: what each wallet command answers, each with its outcome `code`. A result that
+posts an entry carries its key; the shell fills in the entry's id once the batch is posted."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from wallets.model import Lot, Wallet
+
+REPLAYED = "replayed"  # the same request again: the first answer, nothing done twice
+
+
+@dataclass(frozen=True, slots=True)
+class LotView:
+    id: str
+    kind: str
+    granted: int
+    remaining: int
+    priority: int
+    expires_at: datetime | None
+    created_at: datetime
+    reason: str = ""
+    reference: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class WalletView:
+    customer_id: str
+    currency: str
+    available: int
+    reserved: int
+    receivable: int
+    blocked: bool
+    overdraft_limit: int | None
+    grants: tuple[LotView, ...]
+
+
+def lot_view(lot: Lot) -> LotView:
+    return LotView(lot.id, lot.kind, lot.granted, lot.balance, lot.priority, lot.expires_at, lot.created_at,
+                   lot.reason, lot.reference)
+
+
+def wallet_view(w: Wallet, now: datetime) -> WalletView:
+    return WalletView(w.customer.id, w.customer.currency, w.available(now), w.reserved, w.receivable,
+                      w.blocked, w.customer.overdraft_limit,
+                      tuple(lot_view(lot) for lot in w.live_lots(now)))
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationSummary:
+    id: str
+    request_id: str
+    customer_id: str
+    model: str
+    currency: str
+    status: str
+    amount: int
+    created_at: str
+    expires_at: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__slots__}
+
+
+@dataclass(slots=True)
+class ReserveResult:
+    reservation: ReservationSummary
+    replayed: bool
+    entry_key: str | None = None
+    entry_id: int | None = None
+
+    @property
+    def code(self) -> str:
+        return REPLAYED if self.replayed else "reserved"
+
+
+@dataclass(slots=True)
+class SettleResult:
+    reservation_id: str
+    status: str
+    charged: int
+    released: int
+    lines: list[dict[str, Any]]
+    price_book: str
+    price_version: str
+    replayed: bool
+    currency: str
+    entry_key: str | None = None
+    entry_id: int | None = None
+
+    @property
+    def code(self) -> str:
+        return REPLAYED if self.replayed else "settled" if self.status == "settled" else "captured"
+
+
+@dataclass(slots=True)
+class ReleaseResult:
+    reservation_id: str
+    status: str
+    released: int
+    replayed: bool
+    entry_key: str | None = None
+    entry_id: int | None = None
+
+    @property
+    def code(self) -> str:
+        return REPLAYED if self.replayed else self.status  # released, or expired (the job)
+
+
+@dataclass(slots=True)
+class CreditResult:
+    grant: LotView
+    wallet: WalletView
+    applied_to_receivable: int
+    entry_key: str | None = None
+    entry_id: int | None = None
+
+    code = "credited"
+
+
+@dataclass(slots=True)
+class ExpiryResult:
+    lot_id: str
+    amount: int
+    entry_key: str | None = None
+    entry_id: int | None = None
+
+    code = "lot_expired"
+
+
+@dataclass(slots=True)
+class UsageResult:
+    event_id: str
+    duplicate: bool
+    charged: int = 0
+    entry_key: str | None = None
+    entry_id: int | None = None
+
+    @property
+    def code(self) -> str:
+        return "duplicate" if self.duplicate else "usage_recorded"

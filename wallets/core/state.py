@@ -1,0 +1,37 @@
+"""The state a wallet rule decides on, as plain values the shell loaded: the customer's wallet
+(lots, reservations), answers kept under idempotency keys, recorded usage events, and the
+units rated so far this period; and where new ids come from."""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from wallets.core.decision import OutboxEvent
+from wallets.core.idempotency import Kept
+from wallets.core.rating import PeriodUsage
+from wallets.errors import NotFoundError
+from wallets.model import Wallet, new_id
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    customer_id: str
+    wallet: Wallet | None
+    answers: Mapping[tuple[str, str], Kept] = field(default_factory=dict)  # (scope, key) -> kept answer
+    events: Mapping[tuple[str, str], bytes] = field(default_factory=dict)  # (customer, event id) -> hash
+    period_usage: PeriodUsage = field(default_factory=dict)
+    ids: Callable[[str], str] = new_id
+
+    def require_wallet(self) -> Wallet:
+        if self.wallet is None:
+            raise NotFoundError(f"no customer {self.customer_id}", customer_id=self.customer_id)
+        return self.wallet
+
+    def event(self, topic: str, customer_id: str, dedup_key: str, now: datetime,
+              payload: Mapping[str, Any]) -> OutboxEvent:
+        """An outbox event (delivered at least once, deduplicated by `dedup_key`)."""
+        return OutboxEvent(topic, customer_id, dedup_key, {
+            "id": self.ids("evt"), "type": topic, "customer_id": customer_id, "created_at": now.isoformat(),
+            **payload})
