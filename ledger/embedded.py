@@ -56,7 +56,8 @@ class Postmaster:
     def read(cls, pgdata: Path) -> Postmaster | None:
         try:
             lines = (pgdata / "postmaster.pid").read_text().splitlines()
-            return cls(int(lines[0]), int(lines[2]), int(lines[3] or 5432),
+            # A standalone backend (initdb's bootstrap, single-user mode) writes its pid negated.
+            return cls(abs(int(lines[0])), int(lines[2]), int(lines[3] or 5432),
                        Path(lines[4]) if len(lines) > 4 and lines[4].strip() else None)
         except (OSError, ValueError, IndexError):  # absent, or being written right now
             return None
@@ -75,7 +76,7 @@ class Postmaster:
 def process_alive(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
+    except (psutil.Error, ValueError):  # ValueError: not a valid pid at all
         return False
 
 
@@ -194,7 +195,7 @@ def _clear_stale_lock_files(pgdata: Path) -> None:
     socket_lock = (info.socket_dir or pgdata) / f".s.PGSQL.{info.port}.lock"
     for path in (socket_lock, pgdata / "postmaster.pid"):
         try:
-            if int(path.read_text().split()[0]) == info.pid:
+            if abs(int(path.read_text().split()[0])) == info.pid:
                 path.unlink()
         except (OSError, ValueError, IndexError):
             pass
