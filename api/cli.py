@@ -126,6 +126,10 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
         from api.bench import faults
 
         return faults.main(args)
+    if args.target == "ingest":
+        from api.bench import ingest_bench
+
+        return ingest_bench.main(args, settings)
     raise SystemExit(f"unknown benchmark {args.target}")
 
 
@@ -189,11 +193,12 @@ def parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     bench = sub.add_parser("bench", help="benchmarks against pgbench on the same cluster")
-    bench.add_argument("target", choices=["ledger", "lifecycle", "faults"])
+    bench.add_argument("target", choices=["ledger", "lifecycle", "faults", "ingest"])
     bench.add_argument("--seconds", type=float, default=10.0, help="duration of each case")
     bench.add_argument("--workers", type=int, default=64, help="concurrent posting tasks")
     bench.add_argument("--accounts", type=int, default=10_000, help="accounts in the spread case")
-    bench.add_argument("--wallets", type=int, default=1000, help="wallets in the lifecycle spread case")
+    bench.add_argument("--wallets", type=int, default=1000, help="wallets in the lifecycle spread case, "
+                       "customers in the ingest bench")
     bench.add_argument("--servers", type=int, default=1, help="tokentill serve processes in the lifecycle bench")
     bench.add_argument("--pgbench-clients", type=int, default=8)
     bench.add_argument("--profile", metavar="DIR", help="lifecycle: profile the server during the spread case "
