@@ -24,10 +24,14 @@ from pathlib import Path
 
 import httpx
 
+from api.background import PATH as SETTLEMENTS_PATH
+from api.background import BackgroundSettler
 from api.bench.common import free_port, pgbench_tps, ratio, scratch_database
 from api.bench.profile import CpuMeter, SpyProfile
+from api.delivery import DURABLE_RETRY, RetryPolicy
 from api.runtime import open_database, sync_url
 from api.settings import Settings
+from api.spool import Spool, SpoolRecord
 from migrations import runner
 
 KEY = "bench-admin-key"  # sets up the run; lifecycles use an inference key, as inference services do
@@ -150,22 +154,33 @@ async def setup(client: httpx.AsyncClient, wallets: int, workers: int) -> tuple[
     return ids[:-1], key.json()["key"]
 
 
-async def lifecycle(conn: Connection, cid: str, request_id: str, samples: Samples) -> None:
-    rng = random.Random()
+async def reserve(conn: Connection, cid: str, request_id: str, samples: Samples, rng: random.Random) -> str | None:
+    """A reserve, timed; the reservation's id, or None when refused (counted)."""
     t0 = time.perf_counter()
     status, body = await conn.post("/v1/reservations", {
         "customer_id": cid, "request_id": request_id, "model": "any-model",
         "estimate": {"input_tokens": rng.randint(100, 4000), "max_output_tokens": 1000}})
-    t1 = time.perf_counter()
     if status == 402:
         samples.refused += 1
-        return
+        return None
     if status != 201:
         samples.errors += 1
+        return None
+    samples.reserve_ms.append((time.perf_counter() - t0) * 1000)
+    return body["id"]
+
+
+def settle_body(rng: random.Random) -> dict:
+    return {"usage": {"input_tokens": rng.randint(100, 4000), "output_tokens": rng.randint(0, 1000)}}
+
+
+async def lifecycle(conn: Connection, cid: str, request_id: str, samples: Samples) -> None:
+    rng = random.Random()
+    reservation_id = await reserve(conn, cid, request_id, samples, rng)
+    if reservation_id is None:
         return
-    samples.reserve_ms.append((t1 - t0) * 1000)
-    status, _ = await conn.post(f"/v1/reservations/{body['id']}/settle", {
-        "usage": {"input_tokens": rng.randint(100, 4000), "output_tokens": rng.randint(0, 1000)}})
+    t1 = time.perf_counter()
+    status, _ = await conn.post(f"/v1/reservations/{reservation_id}/settle", settle_body(rng))
     samples.settle_ms.append((time.perf_counter() - t1) * 1000)
     if status == 200:
         samples.lifecycles += 1
@@ -189,6 +204,49 @@ async def closed_loop(addresses: list[tuple[str, int, str]], wallets: list[str],
     start = time.perf_counter()
     await asyncio.gather(*(worker(addresses[i % len(addresses)]) for i in range(workers)))
     samples.seconds = time.perf_counter() - start
+    return samples
+
+
+async def background_loop(addresses: list[tuple[str, int, str]], wallets: list[str], *, workers: int,
+                          seconds: float, tag: str) -> Samples:
+    """The spread case with background settles, as `AsyncClient(background_settle=True)` makes
+    them: the reserve waits for its answer; the settle is queued in a spool (fsynced) and sent in
+    bulk through POST /v1/settlements. A lifecycle counts once its settle is answered, and the case
+    lasts until the queue is (settle_ms: the time a block's exit waits, for the queue's fsync)."""
+    samples, counter = Samples(), itertools.count()
+    host, port, token = addresses[0]
+    async with httpx.AsyncClient(base_url=f"http://{host}:{port}", headers={"Authorization": f"Bearer {token}"},
+                                 timeout=60) as http:
+        async def send(items: list[dict]) -> httpx.Response:
+            response = await http.post(SETTLEMENTS_PATH, json=items)
+            for result in response.json()["results"] if response.status_code == 200 else ():
+                samples.lifecycles += result["status"] == 200
+                samples.errors += result["status"] >= 300 and result["status"] not in DURABLE_RETRY
+            return response
+
+        with tempfile.TemporaryDirectory(prefix="tokentill-bench-spool-") as spool_dir:
+            settler = BackgroundSettler(Spool(Path(spool_dir) / "bench.jsonl"), send, RetryPolicy())
+            deadline = time.perf_counter() + seconds
+
+            async def worker(address: tuple[str, int, str]) -> None:
+                conn, rng = Connection(*address), random.Random()
+                try:
+                    while time.perf_counter() < deadline:
+                        reservation_id = await reserve(conn, random.choice(wallets), f"{tag}-{next(counter)}",
+                                                       samples, rng)
+                        if reservation_id is not None:
+                            path = f"/v1/reservations/{reservation_id}/settle"
+                            t1 = time.perf_counter()
+                            await settler.put(SpoolRecord("POST", path, {**settle_body(rng), "final": True},
+                                                          f"{reservation_id}:settle:0", reservation_id, ""))
+                            samples.settle_ms.append((time.perf_counter() - t1) * 1000)
+                finally:
+                    await conn.close()
+
+            start = time.perf_counter()
+            await asyncio.gather(*(worker(addresses[i % len(addresses)]) for i in range(workers)))
+            samples.errors += await settler.drain(120.0)
+            samples.seconds = time.perf_counter() - start
     return samples
 
 
@@ -246,14 +304,18 @@ async def run_cases(ports: list[int], args: argparse.Namespace, servers: list[su
         finally:
             if spy is not None:
                 spy.kill()  # a case that failed leaves no profiler behind
+        with CpuMeter(pids) as background_cpu:
+            background = await background_loop(address, wallets, workers=args.workers, seconds=args.seconds,
+                                               tag="background")
         with CpuMeter(pids) as hot_cpu:
             hot = await closed_loop(address, ["hot"], workers=args.workers, seconds=args.seconds, tag="hot")
         half = await open_loop(address, wallets, rate=max(1.0, spread.rate() / 2), seconds=args.seconds,
                                tag="half")
         retries = await server_counter(client, "tokentill_transaction_retries_total") - retries0
         verify = (await client.post("/v1/audit/verify", timeout=600)).json()
-    return {"spread": spread, "hot": hot, "half": half, "retries": int(retries), "verify_ok": verify["ok"],
-            "cpu": {"spread": spread_cpu.cores, "hot": hot_cpu.cores},
+    return {"spread": spread, "hot": hot, "half": half, "background": background, "retries": int(retries),
+            "verify_ok": verify["ok"],
+            "cpu": {"spread": spread_cpu.cores, "background": background_cpu.cores, "hot": hot_cpu.cores},
             "profile": spy.summary() if spy is not None else None}
 
 
@@ -296,6 +358,8 @@ def report_of(figures: dict, tps: float, args: argparse.Namespace) -> dict:
         "spread": spread.summary(), "hot": hot.summary(), "half_load": half.summary(),
         "pgbench_tpcb_like_tps": round(tps, 1), "pgbench_clients": args.pgbench_clients,
         "spread_ratio": ratio(spread.rate(), tps), "hot_ratio": ratio(hot.rate(), tps),
+        "background_settles": figures["background"].summary(),
+        "background_ratio": ratio(figures["background"].rate(), tps),
         "half_load_reserve_p99_ms": pct(half.reserve_ms, 99),
         "serialization_retries": figures["retries"], "verify_ok": figures["verify_ok"],
         "cpu_cores": figures["cpu"], "server_profile": figures["profile"],
@@ -303,13 +367,17 @@ def report_of(figures: dict, tps: float, args: argparse.Namespace) -> dict:
 
 
 def text_report(r: dict) -> str:
-    s, h, half = r["spread"], r["hot"], r["half_load"]
+    s, h, half, b = r["spread"], r["hot"], r["half_load"], r["background_settles"]
     return "\n".join([
         f"lifecycles over HTTP (reserve -> settle), {r['clients']} clients, {r['servers']} server process(es), "
         f"{r['seconds_per_case']}s per case",
         f"  {r['wallets']} wallets: {s['lifecycles_per_s']:>8.1f}/s  ratio {r['spread_ratio']:.2f} (goal >= 0.5)"
         f"  reserve p50 {s['reserve_p50_ms']} p99 {s['reserve_p99_ms']} ms"
         f"  settle p50 {s['settle_p50_ms']} p99 {s['settle_p99_ms']} ms",
+        f"  {r['wallets']} wallets, settles in the background (POST /v1/settlements): "
+        f"{b['lifecycles_per_s']:.1f}/s  ratio {r['background_ratio']:.2f}"
+        f"  reserve p50 {b['reserve_p50_ms']} p99 {b['reserve_p99_ms']} ms"
+        f"  exit waits p50 {b['settle_p50_ms']} p99 {b['settle_p99_ms']} ms",
         f"  one hot wallet: {h['lifecycles_per_s']:>6.1f}/s  ratio {r['hot_ratio']:.2f} (goal >= 0.25)"
         f"  reserve p50 {h['reserve_p50_ms']} p99 {h['reserve_p99_ms']} ms"
         f"  settle p50 {h['settle_p50_ms']} p99 {h['settle_p99_ms']} ms",
@@ -317,7 +385,7 @@ def text_report(r: dict) -> str:
         " (goal <= 20)",
         f"pgbench tpcb-like, {r['pgbench_clients']} clients: {r['pgbench_tpcb_like_tps']:.1f} tps",
         f"serialization retries: {r['serialization_retries']}; refused {s['refused'] + h['refused']}, "
-        f"errors {s['errors'] + h['errors'] + half['errors']}; audit verify "
+        f"errors {s['errors'] + h['errors'] + half['errors'] + b['errors']}; audit verify "
         f"{'ok' if r['verify_ok'] else 'FAILED'}",
         *(f"CPU, {case} case (cores): " + ", ".join(f"{k} {v}" for k, v in cores.items())
           for case, cores in r["cpu_cores"].items() if cores),

@@ -18,7 +18,7 @@ def test_bench_lifecycle_runs_every_case_and_reports_its_figures(server_url):
     report = json.loads(done.stdout)
     assert report["verify_ok"] is True
     assert report["serialization_retries"] == 0
-    for case in ("spread", "hot", "half_load"):
+    for case in ("spread", "hot", "half_load", "background_settles"):
         assert report[case]["lifecycles"] > 0, case
         assert report[case]["errors"] == 0, case
         assert report[case]["reserve_p50_ms"] <= report[case]["reserve_p99_ms"], case
