@@ -26,6 +26,10 @@ RETRYABLE = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_det
 # locks with it: a process that hangs or loses the network while holding the wallet writer's
 # lock stops everyone's writes for a minute, not until TCP gives up.
 IDLE_IN_TRANSACTION_MS = 60_000
+# A writer's transaction (one taken under advisory locks: a wallet batch under its lane's lock)
+# runs a few round trips of milliseconds each, so a session idle inside one for this long has
+# hung or been stopped: the server ends it, and the lane it held is free again in seconds.
+WRITER_IDLE_IN_TRANSACTION_MS = 5_000
 
 RETRIES = Counter(
     "tokentill_transaction_retries", "Transactions retried after a serialization failure or deadlock",
@@ -101,6 +105,7 @@ class Database:
     engine: AsyncEngine
     attempts: int = 30
     max_backoff_s: float = 0.05
+    writer_idle_ms: int = WRITER_IDLE_IN_TRANSACTION_MS
 
     async def run(self, work: Callable[[AsyncConnection], Awaitable[T]], *,
                   locks: Sequence[int] = ()) -> T:
@@ -135,7 +140,7 @@ class Database:
             pooled = await conn.get_raw_connection()
             driver = pooled.driver_connection
             try:
-                await driver.execute(_lock_then_begin(keys), prepare=False)
+                await driver.execute(_lock_then_begin(keys, self.writer_idle_ms), prepare=False)
                 result = await work(conn)
                 await driver.execute(_COMMIT_THEN_UNLOCK, prepare=False)
                 return result
@@ -172,14 +177,17 @@ class Database:
         await self.engine.dispose()
 
 
-def _lock_then_begin(keys: list[int]) -> str:
+def _lock_then_begin(keys: list[int], idle_ms: int) -> str:
     """Session advisory locks in the given order, *then* the transaction: its snapshot (taken by
     its first statement) is newer than whatever the previous holder committed. The COMMIT ends
     the implicit block a multi-statement query runs in (the locks outlive it), so that BEGIN may
-    set the isolation level. Keys are integers, written into the text."""
+    set the isolation level. The session holds the locks only inside the transaction, whose idle
+    timeout (`idle_ms`) bounds how long a stopped process can keep them. Keys are integers,
+    written into the text."""
     array = ",".join(str(int(k)) for k in keys)
     return (f"SELECT pg_advisory_lock(k) FROM unnest('{{{array}}}'::bigint[]) WITH ORDINALITY AS t(k, n) "
-            "ORDER BY n; COMMIT; BEGIN ISOLATION LEVEL SERIALIZABLE")
+            "ORDER BY n; COMMIT; BEGIN ISOLATION LEVEL SERIALIZABLE; "
+            f"SET LOCAL idle_in_transaction_session_timeout = {int(idle_ms)}")
 
 
 _COMMIT_THEN_UNLOCK = "COMMIT; SELECT pg_advisory_unlock_all()"
@@ -187,7 +195,8 @@ _ROLLBACK_THEN_UNLOCK = "ROLLBACK; SELECT pg_advisory_unlock_all()"
 
 
 def connect(url: str, *, pool_size: int = 10, pool_timeout_s: float = 5.0,
-            idle_in_transaction_ms: int = IDLE_IN_TRANSACTION_MS) -> Database:
+            idle_in_transaction_ms: int = IDLE_IN_TRANSACTION_MS,
+            writer_idle_ms: int = WRITER_IDLE_IN_TRANSACTION_MS) -> Database:
     """Build the Database for a libpq URL. Nothing connects until first use.
 
     `pool_timeout_s` bounds the wait for a pooled connection and for a new connection to be made
@@ -205,7 +214,7 @@ def connect(url: str, *, pool_size: int = 10, pool_timeout_s: float = 5.0,
                       "options": f"-c idle_in_transaction_session_timeout={idle_in_transaction_ms}"},
     )
     event.listen(engine.sync_engine, "connect", _decode_json_with_msgspec)
-    return Database(engine)
+    return Database(engine, writer_idle_ms=min(writer_idle_ms, idle_in_transaction_ms))
 
 
 def _decode_json_with_msgspec(dbapi_connection: object, _record: object) -> None:

@@ -25,6 +25,7 @@ from ledger.errors import (
     IdempotencyConflictError,
     UnknownAccountError,
 )
+from ledger.lanes import balance_lane, entry_lane, lane_count
 from ledger.model import JournalEntry
 
 BATCH_SIZE = Histogram(
@@ -83,7 +84,18 @@ async def resolve_accounts(conn: AsyncConnection, codes: set[str]) -> dict[str, 
     return directory
 
 
-def _wire(entry: JournalEntry, accounts: dict[str, AccountInfo]) -> tuple[dict, set[tuple[int, int]]]:
+def stripe_of(entry: JournalEntry, info: AccountInfo, lanes: int) -> int:
+    """The stripe of a striped account an entry posts to: the entry's lane (so a lane's batches
+    share no row with another lane's), or for an entry without a customer one picked by its key."""
+    if info.stripes == 1:
+        return 0
+    if entry.customer_id is not None:
+        return entry_lane(entry.customer_id, lanes) % info.stripes
+    return zlib.crc32(entry.key.encode()) % info.stripes
+
+
+def _wire(entry: JournalEntry, accounts: dict[str, AccountInfo], lanes: int
+          ) -> tuple[dict, set[tuple[int, int, int]]]:
     legs, deltas = [], defaultdict(int)
     for p in entry.postings:
         info = accounts[p.account]
@@ -93,12 +105,12 @@ def _wire(entry: JournalEntry, accounts: dict[str, AccountInfo]) -> tuple[dict, 
         if info.customer_id is not None and info.customer_id != entry.customer_id:
             raise AccountMismatchError(f"account {p.account} belongs to another customer",
                                        account=p.account)
-        stripe = zlib.crc32(entry.key.encode()) % info.stripes if info.stripes > 1 else 0
+        stripe = stripe_of(entry, info, lanes)
         legs.append([info.id, stripe, p.amount])
-        deltas[(info.id, stripe)] += p.amount
+        deltas[(balance_lane(info.customer_id, info.stripes, stripe, lanes), info.id, stripe)] += p.amount
     wire = {"k": entry.key, "h": entry.request_hash().hex(), "kind": entry.kind,
             "c": entry.customer_id, "at": entry.occurred_at.isoformat(), "m": entry.metadata,
-            "p": legs, "d": [[a, s, d] for (a, s), d in deltas.items() if d]}
+            "p": legs, "d": [[a, s, d, lane] for (lane, a, s), d in deltas.items() if d]}
     return wire, set(deltas)
 
 
@@ -111,15 +123,17 @@ async def post_entries(conn: AsyncConnection, entries: list[JournalEntry]) -> li
     if not entries:
         return []
     accounts = await resolve_accounts(conn, {p.account for e in entries for p in e.postings})
+    lanes = await lane_count(conn)
     wires, touched = [], set()
     for entry in entries:
-        wire, keys = _wire(entry, accounts)
+        wire, keys = _wire(entry, accounts, lanes)
         wires.append(wire)
         touched |= keys
     order = sorted(touched)
     rows = (await conn.exec_driver_sql(
-        "SELECT idx, status, entry_id, detail FROM ledger_post(%s::jsonb, %s, %s::smallint[])",
-        (msgspec.json.encode(wires).decode(), [a for a, _ in order], [s for _, s in order]),
+        "SELECT idx, status, entry_id, detail FROM ledger_post(%s::jsonb, %s::smallint[], %s, %s::smallint[])",
+        (msgspec.json.encode(wires).decode(), [lane for lane, _, _ in order], [a for _, a, _ in order],
+         [s for _, _, s in order]),
     )).all()
     BATCH_SIZE.observe(len(entries))
     by_index = {row[0]: row for row in rows}

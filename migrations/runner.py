@@ -27,8 +27,9 @@ def current_revision(conn: Connection) -> str | None:
     return MigrationContext.configure(conn).get_current_revision()
 
 
-def upgrade(sync_url: str) -> str | None:
-    """Upgrade the database at `sync_url` to head; returns the revision it ends at."""
+def upgrade(sync_url: str, *, lanes: int | None = None) -> str | None:
+    """Upgrade the database at `sync_url` to head; returns the revision it ends at. `lanes` is
+    the lane count of a database created now (migration 0009; ignored once it has run)."""
     engine = create_engine(sync_url, poolclass=None)
     try:
         with engine.connect() as conn:
@@ -37,6 +38,7 @@ def upgrade(sync_url: str) -> str | None:
                 conn.commit()
                 config = alembic_config()
                 config.attributes["connection"] = conn
+                config.attributes["lanes"] = lanes
                 command.upgrade(config, "head")
                 conn.commit()
                 return current_revision(conn)

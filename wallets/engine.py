@@ -1,7 +1,12 @@
-"""Running wallet commands: each batch is one SERIALIZABLE transaction under its customers'
-advisory locks and the cluster's wallet-writer lock, and commands that arrive while one is in
-flight ride in the next (group commit). A hot wallet then costs one lock, one load and one
-commit per batch, not per call.
+"""Running wallet commands: each batch is one SERIALIZABLE transaction under its lane's writer
+lock and its customers' advisory locks, and commands that arrive while one is in flight ride in
+the next (group commit). A hot wallet then costs one lock, one load and one commit per batch,
+not per call.
+
+Every customer belongs to a lane (ledger.lanes), and every table a batch touches is partitioned
+by lane, so batches of different lanes share no page and run at once, in one process (a flusher
+per lane) or many; batches of one lane would collide under SERIALIZABLE, so they queue on the
+lane's lock. No lock on the write path is cluster-wide.
 
 A batch never holds two commands with the same conflict key (request id, reservation,
 idempotency key), so each command sees the effects of the ones before it only through the
@@ -23,26 +28,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.db import Database, RetriesExhaustedError, is_unavailable, lock_key
 from ledger.errors import LedgerError
+from ledger.lanes import lane_count, lane_of
 from pricing.errors import PricingError
 from wallets import store
-from wallets.batch import Batch, Replayed, billing_period
+from wallets.batch import Batch, billing_period
 from wallets.books import BookCache
 from wallets.commands import Command, Reserve
-from wallets.errors import ConflictError, NotFoundError
+from wallets.errors import NotFoundError
 
 BATCH_COMMANDS = Histogram("tokentill_wallet_batch_commands", "Wallet commands per transaction",
                            buckets=(1, 2, 4, 8, 16, 32, 64, 128))
 DOMAIN_ERRORS = (LedgerError, PricingError)
 
-
-# One wallet batch in flight in the whole cluster. Two concurrent batches on disjoint customers
-# still conflict under SERIALIZABLE: PostgreSQL's predicate locks are page-grained on indexes, and
-# both batches read (foreign-key and balance checks) and insert on the same index pages, the right
-# edge of journal_entries' primary key first of all. Measured with two 64-command batches: 10 of
-# 10 pairs failed with 40001, and with 2 servers the retry storm cut throughput by a quarter.
-# Queueing on this lock instead costs nothing in one process (its engine has one flusher) and
-# lets several processes share the database without retries.
-WRITER_LOCK = lock_key("wallets:writer")
 
 
 def utc_now() -> datetime:
@@ -53,6 +50,13 @@ def customer_lock(customer_id: str) -> int:
     return lock_key("customer:" + customer_id)
 
 
+def lane_lock(lane: int) -> int:
+    """The writer lock of a lane: one wallet batch of the lane at a time, in the whole cluster.
+    Two batches of one lane read and insert on the same index pages of its partitions, and under
+    SERIALIZABLE would fail with 40001; queued, they do not."""
+    return lock_key(f"wallets:lane:{lane}")
+
+
 class Engine:
     def __init__(self, db: Database, *, clock: Callable[[], datetime] = utc_now, max_batch: int = 64,
                  flushers: int = 1, grouping: bool = True) -> None:
@@ -60,24 +64,34 @@ class Engine:
         self.clock = clock
         self.books = BookCache()
         self.max_batch = max_batch if grouping else 1
-        self._max_flushers = flushers
-        self._queue: deque[tuple[Command, asyncio.Future[Any]]] = deque()
+        self._max_flushers = flushers  # per lane
+        self._queues: dict[int | None, deque[tuple[Command, asyncio.Future[Any]]]] = {}
         self._flushers: set[asyncio.Task[None]] = set()
-        self._running = 0
+        self._running: dict[int | None, int] = {}  # lane -> flushers running
+        self._lanes: int | None = None
         self._owners: OrderedDict[str, str] = OrderedDict()  # reservation id -> customer id
 
     async def submit(self, command: Command) -> Any:
         """Run `command` once committed; returns its result or Replayed, raises its domain error."""
         if command.needs_book:  # parse its price book here, not in the batch under the writer lock
             await self.books.warm(self.db, command.customer_id)
+        # Until the lane count is known (the first batch reads it), commands queue apart.
+        lane = lane_of(command.customer_id, self._lanes) if self._lanes is not None else None
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((command, future))
-        if self._running < self._max_flushers:
-            self._running += 1  # counted here and uncounted in _flush: a done-callback would be too late
-            task = asyncio.create_task(self._flush())
+        self._queues.setdefault(lane, deque()).append((command, future))
+        if self._running.get(lane, 0) < self._max_flushers:
+            # counted here and uncounted in _flush: a done-callback would be too late
+            self._running[lane] = self._running.get(lane, 0) + 1
+            task = asyncio.create_task(self._flush(lane))
             self._flushers.add(task)
             task.add_done_callback(self._flushers.discard)
         return await future
+
+    async def lane_of(self, customer_id: str) -> int:
+        """The lane of a customer (the lane count is read from the database once)."""
+        if self._lanes is None:
+            self._lanes = await self.db.read(lane_count)
+        return lane_of(customer_id, self._lanes)
 
     async def owner_of(self, reservation_id: str) -> str:
         """The customer of a reservation (it never changes, so it is cached)."""
@@ -95,23 +109,24 @@ class Engine:
         if len(self._owners) > 100_000:
             self._owners.popitem(last=False)
 
-    async def _flush(self) -> None:
+    async def _flush(self, lane: int | None) -> None:
+        queue = self._queues[lane]
         try:
-            while self._queue:
-                items = self._take()
+            while queue:
+                items = self._take(queue)
                 await self._run(items)
         finally:
-            self._running -= 1  # no await since the queue was last seen empty: nothing is stranded
+            self._running[lane] -= 1  # no await since the queue was last seen empty: nothing is stranded
 
-    def _take(self) -> list[tuple[Command, asyncio.Future[Any]]]:
+    def _take(self, queue: deque[tuple[Command, asyncio.Future[Any]]]) -> list[tuple[Command, asyncio.Future[Any]]]:
         taken: list[tuple[Command, asyncio.Future[Any]]] = []
         skipped: list[tuple[Command, asyncio.Future[Any]]] = []
         keys: set[tuple[str, ...]] = set()
         customers: set[str] = set()
         closed: set[str] = set()  # customers with an exclusive command in this batch
         scanned = 0
-        while self._queue and len(taken) < self.max_batch and scanned < 4 * self.max_batch:
-            command, future = item = self._queue.popleft()
+        while queue and len(taken) < self.max_batch and scanned < 4 * self.max_batch:
+            command, future = item = queue.popleft()
             scanned += 1
             if future.done():
                 continue
@@ -125,7 +140,7 @@ class Engine:
             customers.add(cid)
             if command.exclusive:
                 closed.add(cid)
-        self._queue.extendleft(reversed(skipped))
+        queue.extendleft(reversed(skipped))
         return taken
 
     async def _run(self, items: list[tuple[Command, asyncio.Future[Any]]]) -> None:
@@ -158,15 +173,31 @@ class Engine:
         await self._run(items[half:])
 
     async def execute(self, commands: Sequence[Command], *, now: datetime | None = None) -> list[Any]:
-        """Run `commands` in one transaction; one outcome each (a result, Replayed or an error).
-        `now` overrides the clock (jobs catching up, tests)."""
+        """Run `commands` in one transaction per lane they fall in (one, from the flushers); one
+        outcome each (a result, Replayed or an error). `now` overrides the clock (jobs catching
+        up, tests)."""
+        by_lane: dict[int, list[int]] = {}
+        for i, command in enumerate(commands):
+            by_lane.setdefault(await self.lane_of(command.customer_id), []).append(i)
+        outcomes: list[Any] = [None] * len(commands)
+        for lane, indexes in sorted(by_lane.items()):
+            done = await self._execute_lane(lane, [commands[i] for i in indexes], now)
+            for i, outcome in zip(indexes, done, strict=True):
+                outcomes[i] = outcome
+        return outcomes
+
+    async def _execute_lane(self, lane: int, commands: Sequence[Command], now: datetime | None) -> list[Any]:
         BATCH_COMMANDS.observe(len(commands))
         customers = sorted({c.customer_id for c in commands})
 
         async def work(conn: AsyncConnection) -> list[Any]:
-            return await self._work(conn, commands, customers, now or self.clock())
+            token = store.LANE.set(lane)
+            try:
+                return await self._work(conn, commands, customers, now or self.clock())
+            finally:
+                store.LANE.reset(token)
 
-        return await self.db.run(work, locks=[WRITER_LOCK, *(customer_lock(c) for c in customers)])
+        return await self.db.run(work, locks=[lane_lock(lane), *(customer_lock(c) for c in customers)])
 
     async def _work(self, conn: AsyncConnection, commands: Sequence[Command], customers: list[str],
                     now: datetime) -> list[Any]:
@@ -190,31 +221,16 @@ class Engine:
         batch.period_usage = await store.load_period_usage(conn, periods)
         outcomes = [self._apply(batch, command) for command in commands]
         await batch.flush(conn)
-        for command, outcome in zip(commands, outcomes, strict=True):
-            idem = command.idem
-            if idem is not None and not isinstance(outcome, Replayed) and not isinstance(outcome, ConflictError):
-                status, body = idem.render(outcome)
-                batch.add("idempotency", {"scope": idem.scope, "key": idem.key,
-                                          "request_hash": idem.request_hash, "status": status, "response": body})
+        batch.keep_answers(commands, outcomes)
         await batch.write(conn)
         return outcomes
 
     @staticmethod
     def _apply(batch: Batch, command: Command) -> Any:
-        idem = command.idem
-        if idem is not None:
-            stored = batch.loaded.idempotency.get((idem.scope, idem.key))
-            if stored is not None:
-                if stored.request_hash != idem.request_hash:
-                    return ConflictError(f"Idempotency-Key {idem.key} was used with another request",
-                                         key=idem.key)
-                return Replayed(stored.status, stored.body)
         try:
-            outcome = batch.apply(command)
+            return batch.apply(command)
         except DOMAIN_ERRORS as exc:
             return exc
-        batch.alerts(command.customer_id)
-        return outcome
 
 
 async def _scalar(conn: AsyncConnection, sql: str, params: tuple[Any, ...]) -> Any:

@@ -2,10 +2,15 @@
 
 Every read here runs inside the command's own SERIALIZABLE transaction, after the customers'
 advisory locks were taken, so what is loaded is what the commands act on.
+
+A batch works in one lane (ledger.lanes; the engine sets `LANE` around it): every statement
+names it (`lane = %(lane)s`), so PostgreSQL prunes the other lanes' partitions and the batch
+reads and writes no page another lane's batch does. Each row's lane is its customer's.
 """
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -13,14 +18,20 @@ from typing import Any
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ledger.lanes import lane_count, lane_of
 from ledger.model import AccountSpec
 from wallets import chart
 from wallets.model import Customer, Hold, Lot, Reservation, Wallet
 
-# Everything a batch needs, in one round trip: each part is a JSON array (or object).
+# The lane of the batch being run (set by the engine); None outside a wallet batch.
+LANE: ContextVar[int | None] = ContextVar("tokentill_lane", default=None)
+
+# Everything a batch needs, in one round trip: each part is a JSON array (or object). Idempotency
+# records are read from the lane's partition, and from `idempotency_keys` (the records kept
+# before lanes, and those of calls outside any lane).
 _LOAD = """
 WITH want_reservations AS (
-    SELECT r.* FROM reservations r WHERE r.id = ANY(%(reservations)s::text[])
+    SELECT r.* FROM reservations r WHERE r.lane = %(lane)s AND r.id = ANY(%(reservations)s::text[])
 )
 SELECT
   (SELECT coalesce(jsonb_agg(jsonb_build_object(
@@ -31,36 +42,45 @@ SELECT
           'book_versions', (SELECT count(*) FROM price_book_versions v WHERE v.book_id = c.price_book),
           'max_charge_per_request', c.max_charge_per_request,
           'reserved', (SELECT b.credits - b.debits FROM accounts a JOIN account_balances b ON b.account_id = a.id
-                        WHERE a.code = 'liability:customer:' || c.id || ':reserved'),
+                        WHERE b.lane = %(lane)s AND a.code = 'liability:customer:' || c.id || ':reserved'),
           'receivable', (SELECT b.debits - b.credits FROM accounts a JOIN account_balances b ON b.account_id = a.id
-                          WHERE a.code = 'asset:customer:' || c.id || ':receivable'))), '[]'::jsonb)
+                          WHERE b.lane = %(lane)s AND a.code = 'asset:customer:' || c.id || ':receivable'))),
+          '[]'::jsonb)
      FROM customers c WHERE c.id = ANY(%(customers)s::text[])) AS customers,
   (SELECT coalesce(jsonb_agg(jsonb_build_array(
           l.id, l.customer_id, l.account_code, l.kind, l.granted, l.priority, l.expires_at, l.created_at,
           l.reason, l.reference, b.credits - b.debits)), '[]'::jsonb)
-     FROM lots l JOIN account_balances b ON b.account_id = l.account_id
-    WHERE l.customer_id = ANY(%(customers)s::text[]) AND l.expired_at IS NULL
+     FROM lots l JOIN account_balances b ON b.lane = %(lane)s AND b.account_id = l.account_id
+    WHERE l.lane = %(lane)s AND l.customer_id = ANY(%(customers)s::text[]) AND l.expired_at IS NULL
       AND (b.credits > b.debits OR l.account_code = ANY(%(lot_codes)s::text[])
            OR l.account_code IN (SELECT h.account_code FROM reservation_holds h
-                                  WHERE h.reservation_id = ANY(%(reservations)s::text[])))) AS lots,
-  (SELECT coalesce(jsonb_agg(to_jsonb(r) || jsonb_build_object(
+                                  WHERE h.lane = %(lane)s AND h.reservation_id = ANY(%(reservations)s::text[]))))
+          AS lots,
+  (SELECT coalesce(jsonb_agg((to_jsonb(r) - 'lane') || jsonb_build_object(
           'holds', (SELECT jsonb_agg(jsonb_build_array(h.seq, h.account_code, h.amount) ORDER BY h.seq)
-                      FROM reservation_holds h WHERE h.reservation_id = r.id),
-          'final_charge', (SELECT to_jsonb(c) FROM charges c WHERE c.reservation_id = r.id AND c.final),
-          'captures_by_id', (SELECT jsonb_object_agg(c.capture_id, to_jsonb(c)) FROM charges c
-                              WHERE c.reservation_id = r.id AND c.capture_id = ANY(%(captures)s::text[])))),
+                      FROM reservation_holds h WHERE h.lane = %(lane)s AND h.reservation_id = r.id),
+          'final_charge', (SELECT to_jsonb(c) - 'lane' FROM charges c
+                            WHERE c.lane = %(lane)s AND c.reservation_id = r.id AND c.final),
+          'captures_by_id', (SELECT jsonb_object_agg(c.capture_id, to_jsonb(c) - 'lane') FROM charges c
+                              WHERE c.lane = %(lane)s AND c.reservation_id = r.id
+                                AND c.capture_id = ANY(%(captures)s::text[])))),
           '[]'::jsonb)
      FROM want_reservations r) AS reservations,
   (SELECT coalesce(jsonb_agg(jsonb_build_array(k.scope, k.key, k.request_hash, k.status, k.response)), '[]'::jsonb)
-     FROM idempotency_keys k JOIN unnest(%(scopes)s::text[], %(keys)s::text[]) AS w(scope, key)
+     FROM (SELECT k.scope, k.key, k.request_hash, k.status, k.response FROM idempotency_records k
+            WHERE %(lane)s IS NOT NULL AND k.lane = %(lane)s
+           UNION ALL
+           SELECT k.scope, k.key, k.request_hash, k.status, k.response FROM idempotency_keys k) k
+     JOIN unnest(%(scopes)s::text[], %(keys)s::text[]) AS w(scope, key)
        ON k.scope = w.scope AND k.key = w.key) AS idempotency,
   (SELECT coalesce(jsonb_agg(jsonb_build_array(e.customer_id, e.event_id, e.request_hash)), '[]'::jsonb)
      FROM usage_events e JOIN unnest(%(event_customers)s::text[], %(event_ids)s::text[]) AS w(customer_id, event_id)
-       ON e.customer_id = w.customer_id AND e.event_id = w.event_id) AS events,
+       ON e.lane = %(lane)s AND e.customer_id = w.customer_id AND e.event_id = w.event_id) AS events,
   (SELECT coalesce(jsonb_object_agg(t.customer_id, t.held), '{}'::jsonb) FROM (
      SELECT r.customer_id, sum(least(h.amount, r.amount - r.captured)) AS held
-       FROM reservations r JOIN reservation_holds h ON h.reservation_id = r.id
-      WHERE r.customer_id = ANY(%(credit_held_for)s::text[]) AND r.status IN ('held', 'capturing')
+       FROM reservations r JOIN reservation_holds h ON h.lane = %(lane)s AND h.reservation_id = r.id
+      WHERE r.lane = %(lane)s AND r.customer_id = ANY(%(credit_held_for)s::text[])
+        AND r.status IN ('held', 'capturing')
         AND h.account_code = 'asset:customer:' || r.customer_id || ':receivable'
       GROUP BY r.customer_id) t) AS credit_held
 """
@@ -135,8 +155,10 @@ async def load(conn: AsyncConnection, customer_ids: Iterable[str], *,
     event_pairs = sorted(set(events))
     held_for = sorted(set(credit_held_for))
     wanted = sorted(set(reservation_ids))
+    customers = sorted(set(customer_ids))
     row = (await conn.exec_driver_sql(_LOAD, {
-        "customers": sorted(set(customer_ids)), "reservations": wanted, "captures": sorted(set(capture_ids)),
+        "lane": await _lane(conn, customers), "customers": customers, "reservations": wanted,
+        "captures": sorted(set(capture_ids)),
         "lot_codes": sorted(set(lot_codes)), "scopes": [s for s, _ in pairs], "keys": [k for _, k in pairs],
         "event_customers": [c for c, _ in event_pairs], "event_ids": [e for _, e in event_pairs],
         "credit_held_for": held_for})).one()
@@ -158,13 +180,26 @@ async def load(conn: AsyncConnection, customer_ids: Iterable[str], *,
     return loaded
 
 
+async def _lane(conn: AsyncConnection, customers: list[str]) -> int | None:
+    """The lane of the batch: the engine's, or that of the customers read (all of one lane)."""
+    lane = LANE.get()
+    if lane is None and customers:
+        lanes = await lane_count(conn)
+        found = {lane_of(c, lanes) for c in customers}
+        if len(found) > 1:
+            raise ValueError(f"customers of {len(found)} lanes in one batch: {customers}")
+        lane = found.pop()
+    return lane
+
+
 # ------------------------------------------------------------------------------------------
-# Writing: one statement, one data-modifying CTE per table that has rows.
+# Writing: one statement, one data-modifying CTE per table that has rows. Every row goes to
+# the batch's lane ({lane}), and every update names it.
 
 _WRITES: dict[str, str] = {
-    "lots": """INSERT INTO lots (id, customer_id, kind, account_id, account_code, granted, priority,
+    "lots": """INSERT INTO lots (lane, id, customer_id, kind, account_id, account_code, granted, priority,
                    expires_at, reason, reference, entry_id, created_at)
-               SELECT r.id, r.customer_id, r.kind, a.id, r.account_code, r.granted, r.priority,
+               SELECT {lane}, r.id, r.customer_id, r.kind, a.id, r.account_code, r.granted, r.priority,
                       r.expires_at, r.reason, r.reference, r.entry_id, r.created_at
                  FROM jsonb_to_recordset({p}::jsonb) AS r(id text, customer_id text, kind text,
                       account_code text, granted numeric, priority smallint, expires_at timestamptz,
@@ -174,11 +209,11 @@ _WRITES: dict[str, str] = {
                               expiry_entry_id = r.entry_id
                  FROM jsonb_to_recordset({p}::jsonb) AS r(id text, expired_at timestamptz,
                       amount numeric, entry_id bigint)
-                WHERE lots.id = r.id""",
-    "reservations": """INSERT INTO reservations (id, customer_id, request_id, request_hash, model,
+                WHERE lots.lane = {lane} AND lots.id = r.id""",
+    "reservations": """INSERT INTO reservations (lane, id, customer_id, request_id, request_hash, model,
                    amount, captured, released, charged, captures, status, dimensions, estimate,
                    entry_id, created_at, expires_at, closed_at)
-               SELECT r.id, r.customer_id, r.request_id, decode(r.request_hash, 'base64'), r.model,
+               SELECT {lane}, r.id, r.customer_id, r.request_id, decode(r.request_hash, 'base64'), r.model,
                       r.amount, r.captured, r.released, r.charged, r.captures, r.status,
                       r.dimensions, r.estimate, r.entry_id, r.created_at, r.expires_at, r.closed_at
                  FROM jsonb_to_recordset({p}::jsonb) AS r(id text, customer_id text, request_id text,
@@ -192,23 +227,23 @@ _WRITES: dict[str, str] = {
                  FROM jsonb_to_recordset({p}::jsonb) AS r(id text, captured numeric,
                       released numeric, charged numeric, captures int, status text,
                       closed_at timestamptz)
-                WHERE reservations.id = r.id""",
-    "holds": """INSERT INTO reservation_holds (reservation_id, seq, account_code, amount)
-               SELECT r.reservation_id, r.seq, r.account_code, r.amount
+                WHERE reservations.lane = {lane} AND reservations.id = r.id""",
+    "holds": """INSERT INTO reservation_holds (lane, reservation_id, seq, account_code, amount)
+               SELECT {lane}, r.reservation_id, r.seq, r.account_code, r.amount
                  FROM jsonb_to_recordset({p}::jsonb) AS r(reservation_id text, seq smallint,
                       account_code text, amount numeric)""",
-    "usage_events": """INSERT INTO usage_events (event_id, customer_id, request_hash, model,
+    "usage_events": """INSERT INTO usage_events (lane, event_id, customer_id, request_hash, model,
                    occurred_at, usage, dimensions, entry_id)
-               SELECT r.event_id, r.customer_id, decode(r.request_hash, 'base64'), r.model,
+               SELECT {lane}, r.event_id, r.customer_id, decode(r.request_hash, 'base64'), r.model,
                       r.occurred_at, r.usage, r.dimensions, r.entry_id
                  FROM jsonb_to_recordset({p}::jsonb) AS r(event_id text, customer_id text,
                       request_hash text, model text, occurred_at timestamptz, usage jsonb,
                       dimensions jsonb, entry_id bigint)""",
-    "charges": """INSERT INTO charges (customer_id, reservation_id, event_id, request_id, seq,
+    "charges": """INSERT INTO charges (lane, customer_id, reservation_id, event_id, request_id, seq,
                    capture_id, final, request_hash, model, occurred_at, usage, dimensions,
                    price_book, price_version, lines, charged, from_hold, from_lots,
                    from_receivable, released, entry_id)
-               SELECT r.customer_id, r.reservation_id, r.event_id, r.request_id, r.seq,
+               SELECT {lane}, r.customer_id, r.reservation_id, r.event_id, r.request_id, r.seq,
                       r.capture_id, r.final, decode(r.request_hash, 'base64'), r.model, r.occurred_at,
                       r.usage, r.dimensions, r.price_book, r.price_version, r.lines, r.charged,
                       r.from_hold, r.from_lots, r.from_receivable, r.released, r.entry_id
@@ -218,26 +253,26 @@ _WRITES: dict[str, str] = {
                       dimensions jsonb, price_book text, price_version text, lines jsonb,
                       charged numeric, from_hold numeric, from_lots numeric,
                       from_receivable numeric, released numeric, entry_id bigint)""",
-    "usage_counters": """INSERT INTO usage_counters (customer_id, period, book_id, rule_id, quantity)
-               SELECT r.customer_id, r.period, r.book_id, r.rule_id, r.quantity
+    "usage_counters": """INSERT INTO usage_counters (lane, customer_id, period, book_id, rule_id, quantity)
+               SELECT {lane}, r.customer_id, r.period, r.book_id, r.rule_id, r.quantity
                  FROM jsonb_to_recordset({p}::jsonb) AS r(customer_id text, period text, book_id text,
                       rule_id text, quantity numeric)
-               ON CONFLICT (customer_id, period, book_id, rule_id)
+               ON CONFLICT (lane, customer_id, period, book_id, rule_id)
                DO UPDATE SET quantity = usage_counters.quantity + EXCLUDED.quantity""",
-    "outbox": """INSERT INTO outbox (topic, customer_id, dedup_key, payload)
-               SELECT r.topic, r.customer_id, r.dedup_key, r.payload
+    "outbox": """INSERT INTO outbox (lane, topic, customer_id, dedup_key, payload)
+               SELECT {lane}, r.topic, r.customer_id, r.dedup_key, r.payload
                  FROM jsonb_to_recordset({p}::jsonb) AS r(topic text, customer_id text,
                       dedup_key text, payload jsonb)
-               ON CONFLICT (dedup_key) DO NOTHING""",
-    "idempotency": """INSERT INTO idempotency_keys (scope, key, request_hash, status, response)
-               SELECT r.scope, r.key, decode(r.request_hash, 'base64'), r.status, r.response
+               ON CONFLICT (lane, dedup_key) DO NOTHING""",
+    "idempotency": """INSERT INTO idempotency_records (lane, scope, key, request_hash, status, response)
+               SELECT {lane}, r.scope, r.key, decode(r.request_hash, 'base64'), r.status, r.response
                  FROM jsonb_to_recordset({p}::jsonb) AS r(scope text, key text,
                       request_hash text, status smallint, response jsonb)""",
     "customers": """UPDATE customers SET low_balance_alerted = r.low_balance_alerted,
                       blocked = r.blocked
                  FROM jsonb_to_recordset({p}::jsonb) AS r(id text, low_balance_alerted boolean,
                       blocked boolean)
-                WHERE customers.id = r.id""",
+                WHERE customers.lane = {lane} AND customers.id = r.id""",
 }
 
 
@@ -250,8 +285,8 @@ async def load_period_usage(conn: AsyncConnection, pairs: Iterable[tuple[str, st
         return found
     rows = await conn.exec_driver_sql(
         """SELECT customer_id, period, book_id, rule_id, quantity::text FROM usage_counters
-            WHERE (customer_id, period) IN (SELECT * FROM unnest(%s::text[], %s::text[]))""",
-        ([c for c, _ in wanted], [p for _, p in wanted]))
+            WHERE lane = %s AND (customer_id, period) IN (SELECT * FROM unnest(%s::text[], %s::text[]))""",
+        (await _lane(conn, sorted({c for c, _ in wanted})), [c for c, _ in wanted], [p for _, p in wanted]))
     for cid, period, book_id, rule_id, quantity in rows:
         found.setdefault((cid, period, book_id), {})[rule_id] = int(quantity)
     return found
@@ -265,12 +300,24 @@ def dumps(value: Any) -> str:
 _ENCODER = msgspec.json.Encoder()
 
 
+_LEGACY_IDEMPOTENCY = """INSERT INTO idempotency_keys (scope, key, request_hash, status, response)
+               SELECT r.scope, r.key, decode(r.request_hash, 'base64'), r.status, r.response
+                 FROM jsonb_to_recordset({p}::jsonb) AS r(scope text, key text,
+                      request_hash text, status smallint, response jsonb)"""
+
+
 async def write(conn: AsyncConnection, rows: dict[str, list[dict[str, Any]]]) -> None:
-    """Write every table's rows in one statement (one round trip), in dependency order."""
+    """Write every table's rows in one statement (one round trip), in dependency order, in the
+    batch's lane. Outside a wallet batch only idempotency records are written, unpartitioned."""
+    lane = LANE.get()
     parts, params = [], []
     for table, sql in _WRITES.items():
         if rows.get(table):
-            parts.append(f"w{len(parts)} AS ({sql.format(p='%s')})")
+            if lane is None:
+                if table != "idempotency":
+                    raise ValueError(f"{table} rows are written in a lane")
+                sql = _LEGACY_IDEMPOTENCY
+            parts.append(f"w{len(parts)} AS ({sql.format(p='%s', lane=int(lane or 0))})")
             params.append(dumps(rows[table]))
     if parts:
         await conn.exec_driver_sql("WITH " + ",\n".join(parts) + " SELECT 1", tuple(params))

@@ -1,0 +1,43 @@
+"""Lanes: a customer's fixed hash bucket, which every write-path table is partitioned by.
+
+`lane_of` is the Python twin of the SQL function `ledger_lane` (migration 0009): the first 32
+bits of md5(id), unsigned, modulo the lane count. The count is fixed when the database is
+created and kept in `ledger_settings`; `lane_count` reads it once per engine.
+"""
+from __future__ import annotations
+
+import hashlib
+import weakref
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+_counts: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
+
+
+def lane_of(key: str, lanes: int) -> int:
+    """The lane of a customer id (or of any key) among `lanes`."""
+    return int.from_bytes(hashlib.md5(key.encode()).digest()[:4], "big") % lanes
+
+
+def entry_lane(customer_id: str | None, lanes: int) -> int:
+    """An entry's lane: its customer's, and lane 0 for an entry without one."""
+    return lane_of(customer_id, lanes) if customer_id is not None else 0
+
+
+def balance_lane(customer_id: str | None, stripes: int, stripe: int, lanes: int) -> int:
+    """Where a balance row lives (SQL `ledger_balance_lane`): a striped account's stripe s in
+    lane s mod lanes, any other account in its customer's lane."""
+    return stripe % lanes if stripes > 1 else entry_lane(customer_id, lanes)
+
+
+def known_lane_count(conn: AsyncConnection) -> int | None:
+    return _counts.get(conn.sync_engine)
+
+
+async def lane_count(conn: AsyncConnection) -> int:
+    """The database's lane count (fixed at creation, so cached per engine)."""
+    found = _counts.get(conn.sync_engine)
+    if found is None:
+        found = int((await conn.exec_driver_sql("SELECT lanes FROM ledger_settings")).scalar_one())
+        _counts[conn.sync_engine] = found
+    return found
