@@ -12,6 +12,13 @@ from api.settings import Settings
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    workers = settings.workers if args.workers is None else args.workers
+    if workers < 1:
+        raise SystemExit("--workers must be at least 1")
+    if workers > 1:
+        from api.workers import serve_workers
+
+        return serve_workers(settings, workers, host=args.host, port=args.port, access_log=args.access_log)
     from api.app import create_app
     from api.runtime import open_database
     from api.server import serve
@@ -167,6 +174,8 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.add_argument("--workers", type=int, metavar="N", help="server processes on the port, under one "
+                       "supervisor (default: $TOKENTILL_WORKERS, else 1)")
     serve.set_defaults(func=_serve)
 
     migrate = sub.add_parser("migrate", help="apply database migrations (safe to run concurrently)")

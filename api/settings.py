@@ -28,6 +28,16 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _workers(raw: str) -> int:
+    try:
+        value = int(raw) if raw else 1
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise SystemExit(f"TOKENTILL_WORKERS must be a whole number of processes, at least 1, not {raw!r}")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     database_url: str | None = None  # libpq URL; None: an embedded cluster under data_dir
@@ -43,6 +53,10 @@ class Settings:
     body_timeout_s: float = 10.0  # no body bytes for this long: 408
     body_deadline_s: float = 60.0  # a body not complete after this long: 408
     keepalive_s: float = 5.0
+    workers: int = 1  # server processes of one `tokentill serve` on its port (api/workers.py)
+    # Where the workers of one `serve --workers N` keep their metrics, summed at /metrics (set by
+    # api/workers.py for its children, never from the environment); None: this process's own.
+    metrics_dir: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -61,4 +75,5 @@ class Settings:
             body_timeout_s=_seconds(env, "TOKENTILL_BODY_TIMEOUT_SECONDS", 10.0),
             body_deadline_s=_seconds(env, "TOKENTILL_BODY_DEADLINE_SECONDS", 60.0),
             keepalive_s=_seconds(env, "TOKENTILL_KEEPALIVE_SECONDS", 5.0),
+            workers=_workers(env.get("TOKENTILL_WORKERS", "")),
         )

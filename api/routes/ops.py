@@ -5,7 +5,8 @@ import asyncio
 
 from litestar import Response, get
 from litestar.datastructures import State
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import text
 
 from api.errors import RETRY_AFTER_S, documented, problem
@@ -44,6 +45,12 @@ def _not_ready(detail: str) -> Response:
 
 
 @get("/metrics", media_type="text/plain", tags=["operations"], **documented(secured=False))
-async def metrics() -> Response[bytes]:
-    """Prometheus text exposition: request, transaction-retry, batch and job metrics."""
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+async def metrics(state: State) -> Response[bytes]:
+    """Prometheus text exposition: request, transaction-retry, batch and job metrics; under
+    `tokentill serve --workers N`, summed over the N processes (api/workers.py)."""
+    metrics_dir = state.services.settings.metrics_dir
+    registry = REGISTRY
+    if metrics_dir is not None:
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(metrics_dir))
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,172 @@
+"""`tokentill serve --workers N`: N processes on one port, supervised (api/workers.py).
+
+Which worker answered a request is read from the outside: the test keeps the connection open
+after its answer and asks the kernel (psutil) which worker process holds the other end."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from api.bench.common import free_port
+
+ADMIN_KEY = "workers-test-admin"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+def serve(port: int, log: Path, workers: int, **env: str) -> subprocess.Popen:
+    environment = {k: v for k, v in os.environ.items() if k not in ("TOKENTILL_DATABASE_URL", "TOKENTILL_WORKERS")}
+    environment.update(TOKENTILL_ADMIN_KEY=ADMIN_KEY, TOKENTILL_LOG_LEVEL="INFO", **env)
+    with log.open("a") as out:
+        return subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--workers",
+                                 str(workers)], env=environment, stdout=out, stderr=subprocess.STDOUT)
+
+
+def workers_of(proc: subprocess.Popen) -> list[int]:
+    """The live worker processes of a `serve --workers` (not multiprocessing's resource tracker)."""
+    found = []
+    for child in psutil.Process(proc.pid).children():
+        try:
+            if "spawn_main" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
+                found.append(child.pid)
+        except psutil.Error:
+            pass
+    return sorted(found)
+
+
+def wait_for(what, timeout: float, message: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = what()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(message)
+
+
+def wait_ready(port: int, proc: subprocess.Popen, log: Path, workers: int) -> list[int]:
+    def ready() -> bool:
+        assert proc.poll() is None, log.read_text()
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(ready, 120, f"never ready:\n{log.read_text()}")
+    return wait_for(lambda: len(workers_of(proc)) == workers and workers_of(proc), 60,
+                    f"not {workers} workers:\n{log.read_text()}")
+
+
+def answered_by(port: int, candidates: list[int], path: str = "/healthz") -> tuple[int, int]:
+    """(status, pid of the worker that answered) for a GET on a fresh connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ADMIN_KEY}\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = conn.recv(65536)
+            assert chunk, "the connection closed before an answer"
+            head += chunk
+        status = int(head.split(b" ", 2)[1])
+        mine = conn.getsockname()[1]
+        for pid in candidates:
+            try:
+                if any(c.raddr and c.raddr.port == mine for c in psutil.Process(pid).net_connections("tcp")):
+                    return status, pid
+            except psutil.NoSuchProcess:
+                pass
+    raise AssertionError("no worker holds the connection")
+
+
+def live_postmasters(pgdata: Path) -> list[int]:
+    return [p.pid for p in psutil.process_iter(["name", "cmdline", "status"])
+            if p.info["name"] == "postgres" and p.info["status"] != psutil.STATUS_ZOMBIE
+            and str(pgdata) in (p.info["cmdline"] or [])]
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def requests_counted(port: int, path: str) -> float:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("tokentill_requests_total{") and f'path="{path}"' in line)
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """Outside pytest's own temporary directory, as in test_supervisor.py (a server run as root
+    runs PostgreSQL as another user)."""
+    with tempfile.TemporaryDirectory(prefix="tokentill-workers-") as tmp:
+        yield Path(tmp)
+
+
+def test_two_workers_share_the_port_a_killed_one_is_restarted_and_sigterm_stops_everything(data_dir):
+    port, log, pgdata = free_port(), data_dir / "serve.log", data_dir / "pg"
+    proc = serve(port, log, 2, TOKENTILL_DATA_DIR=str(data_dir))
+    try:
+        workers = wait_ready(port, proc, log, 2)
+        answers = [answered_by(port, workers, "/v1/audit/trial-balance") for _ in range(40)]
+        assert {status for status, _ in answers} == {200}
+        assert {pid for _, pid in answers} == set(workers), "both workers answer, over fresh connections"
+
+        for _ in range(30):
+            assert answered_by(port, workers)[0] == 200
+        # Metrics are summed over the workers: any of them counts all 30.
+        assert [requests_counted(port, "/healthz") for _ in range(4)] == [30.0] * 4
+
+        killed = workers[0]
+        os.kill(killed, signal.SIGKILL)
+        wait_for(lambda: killed not in workers_of(proc), 10, "the killed worker is still there")
+        for _ in range(20):  # while it restarts, the other worker answers
+            assert answered_by(port, workers)[0] == 200
+        restarted = wait_for(lambda: len(workers_of(proc)) == 2 and workers_of(proc), 60,
+                             f"the worker was not restarted:\n{log.read_text()}")
+        assert killed not in restarted and workers[1] in restarted
+        wait_for(lambda: {answered_by(port, restarted, "/readyz")[1] for _ in range(20)} == set(restarted),
+                 60, "the restarted worker never answered")
+        assert "restarting it in 0.5 s" in log.read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=90)
+    assert code == 0, log.read_text()
+    assert not any(alive(pid) for pid in restarted), "every worker stopped"
+    assert live_postmasters(pgdata) == [], "the parent, last out, stops PostgreSQL"
+    assert not (pgdata / "postmaster.pid").exists()
+
+
+def test_a_worker_that_keeps_dying_makes_the_server_exit_1(database_url, data_dir):
+    port, log = free_port(), data_dir / "serve.log"
+    proc = serve(port, log, 2, TOKENTILL_DATABASE_URL=database_url, TOKENTILL_SCHEDULER="off")
+    try:
+        workers = wait_ready(port, proc, log, 2)
+        survivor = workers[1]
+        victim = workers[0]
+        killed: set[int] = set()
+        for death in range(1, 6):  # the 5th death in a row, each within 30 s of its start, gives up
+            os.kill(victim, signal.SIGKILL)
+            killed.add(victim)
+            if death == 5:
+                break
+            victim = wait_for(lambda: [p for p in workers_of(proc) if p not in killed and p != survivor], 30,
+                              f"not restarted:\n{log.read_text()}")[0]
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 1
+    assert "died 5 times in a row" in log.read_text()
+    assert not alive(survivor), "the other worker was stopped"
