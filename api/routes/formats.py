@@ -79,7 +79,40 @@ def mismatched_patterns(data: Any, type_: Any = None) -> list[str]:
     return _mismatched(data, _type_info(type(data) if type_ is None else type_), "")
 
 
+_PATTERNED: dict[int, bool] = {}  # id of a cached type info -> whether a pattern lies under it
+
+
+def _patterned(info: msgspec.inspect.Type) -> bool:
+    """Whether any string under `info` has a pattern: a subtree without one is not walked (a
+    batch of 1,000 usage events took 9 ms here, walking every usage and dimension)."""
+    known = _PATTERNED.get(id(info))
+    if known is None:
+        if isinstance(info, msgspec.inspect.StrType):
+            known = bool(info.pattern)
+        else:
+            _PATTERNED[id(info)] = True  # a recursive type meets itself: walked, to be safe
+            known = any(_patterned(child) for child in _children(info))
+        _PATTERNED[id(info)] = known
+    return known
+
+
+def _children(info: msgspec.inspect.Type) -> list[msgspec.inspect.Type]:
+    if isinstance(info, msgspec.inspect.Metadata):
+        return [info.type]
+    if isinstance(info, msgspec.inspect.UnionType):
+        return list(info.types)
+    if isinstance(info, msgspec.inspect.StructType):
+        return [f.type for f in info.fields]
+    if isinstance(info, msgspec.inspect.ListType):
+        return [info.item_type]
+    if isinstance(info, msgspec.inspect.DictType):
+        return [info.key_type, info.value_type]
+    return []
+
+
 def _mismatched(value: Any, info: msgspec.inspect.Type, path: str) -> list[str]:
+    if not _patterned(info):
+        return []
     if isinstance(info, msgspec.inspect.Metadata):
         return _mismatched(value, info.type, path)
     if isinstance(info, msgspec.inspect.UnionType):
@@ -87,7 +120,7 @@ def _mismatched(value: Any, info: msgspec.inspect.Type, path: str) -> list[str]:
     if isinstance(info, msgspec.inspect.StrType):
         return [path] if isinstance(value, str) and info.pattern and not matches(info.pattern, value) else []
     if isinstance(info, msgspec.inspect.StructType) and isinstance(value, info.cls):
-        return [p for f in info.fields
+        return [p for f in info.fields if _patterned(f.type)
                 for p in _mismatched(getattr(value, f.name), f.type, f"{path}.{f.encode_name}".lstrip("."))]
     if isinstance(info, msgspec.inspect.ListType) and isinstance(value, list):
         return [p for i, item in enumerate(value) for p in _mismatched(item, info.item_type, f"{path}[{i}]")]
