@@ -13,10 +13,16 @@ from litestar.openapi.datastructures import ResponseSpec
 from ledger.db import RetriesExhaustedError, is_unavailable, sqlstate_of
 from ledger.errors import LedgerError
 from pricing.errors import PricingError
+from wallets.core.idempotency import refusal_body
 
 log = logging.getLogger("tokentill.api")
 
 STATUS_BY_CODE = {
+    # outcomes: what was done (or found done)
+    "reserved": 201, "credited": 201, "created": 201,
+    "settled": 200, "captured": 200, "released": 200, "expired": 200, "replayed": 200, "exists": 200,
+    "usage_recorded": 200, "duplicate": 200, "lot_expired": 200, "nothing_due": 200, "ok": 200,
+    # refusals
     "insufficient_funds": 402,
     "budget_exceeded": 429,
     "unpriced_model": 422,
@@ -96,23 +102,38 @@ class ApiError(Exception):
         self.status = status or STATUS_BY_CODE.get(code, 400)
 
 
-def problem(status: int, code: str, detail: str, request: Request | None = None,
-            headers: dict[str, str] | None = None, **extra: Any) -> Response:
+def problem_body(status: int, code: str, detail: str, request: Request | None = None,
+                 **extra: Any) -> dict[str, Any]:
+    """The problem document; `extra` in key order, so that it reads the same after a round trip
+    through jsonb (a replayed refusal answers the first answer's bytes)."""
     body = {"type": f"https://tokentill.dev/problems/{code}",
             "title": TITLES.get(code, code.replace("_", " ").capitalize()),
-            "status": status, "code": code, "detail": detail, **extra}
+            "status": status, "code": code, "detail": detail, **dict(sorted(extra.items()))}
     if request is not None:
         body["instance"] = request.url.path
-    return Response(body, status_code=status, media_type="application/problem+json", headers=headers)
+    return body
+
+
+def problem(status: int, code: str, detail: str, request: Request | None = None,
+            headers: dict[str, str] | None = None, **extra: Any) -> Response:
+    return Response(problem_body(status, code, detail, request, **extra), status_code=status,
+                    media_type="application/problem+json", headers=headers)
+
+
+def refusal(request: Request, code: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """(status, problem document) of a domain refusal's outcome (a code and its refusal body)."""
+    status = STATUS_BY_CODE.get(code, 422)
+    extra = {k: v for k, v in body.items() if k != "detail"}
+    return status, problem_body(status, code, body.get("detail", ""), request, **extra)
 
 
 def _api_error(request: Request, exc: ApiError) -> Response:
     return problem(exc.status, exc.code, exc.detail, request, **exc.extra)
 
 
-def _domain_error(request: Request, exc: LedgerError) -> Response:
-    extra = {k: v for k, v in exc.context.items() if isinstance(v, str | int | list | dict)}
-    return problem(STATUS_BY_CODE.get(exc.code, 422), exc.code, exc.detail, request, **extra)
+def _domain_error(request: Request, exc: LedgerError | PricingError) -> Response:
+    status, body = refusal(request, exc.code, refusal_body(exc))
+    return Response(body, status_code=status, media_type="application/problem+json")
 
 
 def _validation(request: Request, exc: ValidationException) -> Response:
@@ -183,22 +204,12 @@ EXCEPTION_HANDLERS = {
 }
 
 
-def _pricing_error(request: Request, exc: PricingError) -> Response:
-    extra: dict[str, Any] = {"fields": exc.fields} if isinstance(getattr(exc, "fields", None), list) else {}
-    for name in ("model", "token_type"):
-        if isinstance(getattr(exc, name, None), str):
-            extra[name] = getattr(exc, name)
-    return problem(STATUS_BY_CODE.get(exc.code, 422), exc.code, str(exc), request, **extra)
-
-
-EXCEPTION_HANDLERS[PricingError] = _pricing_error
+EXCEPTION_HANDLERS[PricingError] = _domain_error
 
 
 def error_response(request: Request, exc: Exception) -> Response:
-    """The problem response a domain error leaves as (stored too, for idempotent replays)."""
-    if isinstance(exc, PricingError):
-        return _pricing_error(request, exc)
-    if isinstance(exc, LedgerError):
+    """The problem response a domain error leaves as."""
+    if isinstance(exc, LedgerError | PricingError):
         return _domain_error(request, exc)
     if isinstance(exc, ApiError):
         return _api_error(request, exc)

@@ -4,7 +4,7 @@ batch see it) and turned into rows, then the flush that writes them (accounts, o
 round trip, one write statement)."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -32,19 +32,12 @@ from wallets.core.decision import (
     UsageCounted,
     UsageEventRecorded,
 )
-from wallets.core.idempotency import IdemKey
+from wallets.core.idempotency import Replayed
 from wallets.core.rating import billing_period
+from wallets.errors import ConflictError
 from wallets.model import Hold, Lot, Reservation
 
-__all__ = ["Batch", "IdemKey", "Replayed", "billing_period"]
-
-
-@dataclass(frozen=True, slots=True)
-class Replayed:
-    """The stored answer to an earlier call with the same idempotency key."""
-
-    status: int
-    body: Any
+__all__ = ["Batch", "billing_period"]
 
 
 @dataclass(slots=True)
@@ -65,12 +58,27 @@ class Batch:
                      self.loaded.events, self.period_usage)
 
     def apply(self, command: Command) -> Any:
-        """Decide `command` and follow the decision; returns its result, raises its refusal."""
+        """Decide `command` and follow the decision, then the alerts it calls for; returns its
+        result (or the answer kept for its Idempotency-Key), raises its refusal."""
+        if command.idem is not None:
+            kept = answers.check_key(self.loaded.idempotency.get((command.idem.scope, command.idem.key)), command.idem)
+            if kept is not None:
+                return kept
         decision = decide(self.state(command.customer_id), command, self.now, self.books.get(command.customer_id))
         self.follow(decision)
         if decision.outcome.refused:
             raise decision.outcome.body
+        self.alerts(command.customer_id)
         return decision.outcome.body
+
+    def keep_answers(self, commands: Sequence[Command], outcomes: Sequence[Any]) -> None:
+        """Keep each Idempotency-Key's answer, refusals included, with the batch's effects (once
+        posted: answers carry entry ids)."""
+        for command, outcome in zip(commands, outcomes, strict=True):
+            idem = command.idem
+            if idem is not None and not isinstance(outcome, Replayed | ConflictError):
+                self.add("idempotency", answers.row(idem.scope, idem.key, idem.request_hash,
+                                                    *answers.answer(outcome)))
 
     def alerts(self, customer_id: str) -> None:
         """Follow the alerts the wallet's state calls for now (balance low, blocked, unblocked)."""

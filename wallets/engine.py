@@ -31,10 +31,10 @@ from ledger.errors import LedgerError
 from ledger.lanes import lane_count, lane_of
 from pricing.errors import PricingError
 from wallets import store
-from wallets.batch import Batch, Replayed, billing_period
+from wallets.batch import Batch, billing_period
 from wallets.books import BookCache
 from wallets.commands import Command, Reserve
-from wallets.errors import ConflictError, NotFoundError
+from wallets.errors import NotFoundError
 
 BATCH_COMMANDS = Histogram("tokentill_wallet_batch_commands", "Wallet commands per transaction",
                            buckets=(1, 2, 4, 8, 16, 32, 64, 128))
@@ -221,31 +221,16 @@ class Engine:
         batch.period_usage = await store.load_period_usage(conn, periods)
         outcomes = [self._apply(batch, command) for command in commands]
         await batch.flush(conn)
-        for command, outcome in zip(commands, outcomes, strict=True):
-            idem = command.idem
-            if idem is not None and not isinstance(outcome, Replayed) and not isinstance(outcome, ConflictError):
-                status, body = idem.render(outcome)
-                batch.add("idempotency", {"scope": idem.scope, "key": idem.key,
-                                          "request_hash": idem.request_hash, "status": status, "response": body})
+        batch.keep_answers(commands, outcomes)
         await batch.write(conn)
         return outcomes
 
     @staticmethod
     def _apply(batch: Batch, command: Command) -> Any:
-        idem = command.idem
-        if idem is not None:
-            stored = batch.loaded.idempotency.get((idem.scope, idem.key))
-            if stored is not None:
-                if stored.request_hash != idem.request_hash:
-                    return ConflictError(f"Idempotency-Key {idem.key} was used with another request",
-                                         key=idem.key)
-                return Replayed(stored.status, stored.body)
         try:
-            outcome = batch.apply(command)
+            return batch.apply(command)
         except DOMAIN_ERRORS as exc:
             return exc
-        batch.alerts(command.customer_id)
-        return outcome
 
 
 async def _scalar(conn: AsyncConnection, sql: str, params: tuple[Any, ...]) -> Any:

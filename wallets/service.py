@@ -15,8 +15,9 @@ from ledger.errors import LedgerError
 from pricing.errors import PricingError
 from wallets import store
 from wallets.accounts import open_customer_accounts
-from wallets.batch import IdemKey, Replayed
 from wallets.commands import Command, WalletView, wallet_view
+from wallets.core import idempotency
+from wallets.core.idempotency import CREATED, EXISTS, OK, IdemKey, Replayed
 from wallets.engine import Engine, customer_lock, utc_now
 from wallets.errors import ConflictError, NotFoundError, WalletValidationError
 
@@ -57,20 +58,19 @@ def _customer(row: Any) -> CustomerView:
 
 
 async def run_once(db: Database, idem: IdemKey | None, work: Callable[[AsyncConnection], Awaitable[T]],
-                   locks: list[int]) -> T | Replayed:
-    """Run `work` in one transaction; with an idempotency key, store its answer (refusals
-    included) in the same transaction, and replay the stored answer instead of running again."""
+                   locks: list[int], code_of: Callable[[T], str] | None = None) -> T | Replayed:
+    """Run `work` in one transaction; with an idempotency key, keep its answer (its outcome code,
+    `code_of` the result or the result's own, and body; refusals included) in the same
+    transaction, and replay the kept answer instead of running again."""
     refused: list[BaseException] = []
 
     async def unit(conn: AsyncConnection) -> T | Replayed | None:
         refused.clear()
         if idem is not None:
             loaded = await store.load(conn, (), idempotency=[(idem.scope, idem.key)])
-            stored = loaded.idempotency.get((idem.scope, idem.key))
-            if stored is not None:
-                if stored.request_hash != idem.request_hash:
-                    raise ConflictError(f"Idempotency-Key {idem.key} was used with another request", key=idem.key)
-                return Replayed(stored.status, stored.body)
+            kept = idempotency.check_key(loaded.idempotency.get((idem.scope, idem.key)), idem)
+            if kept is not None:
+                return kept
         try:
             outcome: Any = await work(conn)
         except (LedgerError, PricingError) as exc:
@@ -79,10 +79,9 @@ async def run_once(db: Database, idem: IdemKey | None, work: Callable[[AsyncConn
             refused.append(exc)
             outcome = exc
         if idem is not None:
-            status, body = idem.render(outcome)
-            await store.write(conn, {"idempotency": [{"scope": idem.scope, "key": idem.key,
-                                                      "request_hash": idem.request_hash, "status": status,
-                                                      "response": body}]})
+            code, body = idempotency.answer(outcome, None if refused or code_of is None else code_of(outcome))
+            await store.write(conn, {"idempotency": [idempotency.row(idem.scope, idem.key, idem.request_hash,
+                                                                     code, body)]})
         return None if refused else outcome
 
     result = await db.run(unit, locks=locks)
@@ -103,21 +102,17 @@ class WalletService:
     async def replayed(self, idem: IdemKey) -> Replayed | None:
         """The stored answer under an idempotency key, if any (a conflict if the body differs)."""
         loaded = await self.db.read(lambda conn: store.load(conn, (), idempotency=[(idem.scope, idem.key)]))
-        stored = loaded.idempotency.get((idem.scope, idem.key))
-        if stored is None:
-            return None
-        if stored.request_hash != idem.request_hash:
-            raise ConflictError(f"Idempotency-Key {idem.key} was used with another request", key=idem.key)
-        return Replayed(stored.status, stored.body)
+        return idempotency.check_key(loaded.idempotency.get((idem.scope, idem.key)), idem)
 
-    async def remember(self, idem: IdemKey, outcome: Any) -> Any:
-        """Store the answer of a call whose effects were idempotent each on their own (usage
-        events): a replay then answers the same; the first answer stored wins."""
+    async def remember(self, idem: IdemKey, body: Any, code: str = OK) -> Any:
+        """Keep the answer (`code`, `body`) of a call whose effects were idempotent each on their
+        own (usage events): a replay then answers the same; the first answer kept wins."""
 
         async def work(conn: AsyncConnection) -> Any:
-            return outcome
+            return body
 
-        return await run_once(self.db, idem, work, [lock_key(f"idempotency:{idem.scope}:{idem.key}")])
+        return await run_once(self.db, idem, work, [lock_key(f"idempotency:{idem.scope}:{idem.key}")],
+                              lambda _: code)
 
     async def owner_of(self, reservation_id: str) -> str:
         return await self.engine.owner_of(reservation_id)
@@ -151,7 +146,8 @@ class WalletService:
 
         # One creation at a time: they insert into the same index pages, and under SERIALIZABLE
         # concurrent ones would mostly fail and retry (creating customers is rare; queueing is cheap).
-        return await run_once(self.db, idem, work, [customer_lock(spec.id), lock_key("customers:create")])
+        return await run_once(self.db, idem, work, [customer_lock(spec.id), lock_key("customers:create")],
+                              lambda out: CREATED if out[1] else EXISTS)
 
     async def get_customer(self, customer_id: str) -> CustomerView:
         row = await self.db.read(lambda conn: _first(conn, _CUSTOMER, {"id": customer_id}))

@@ -12,8 +12,9 @@ from api.auth import require
 from api.errors import documented
 from api.routes.formats import Amount, DateTime, Identifier, PositiveAmount
 from api.routes.schemas import json_body
-from api.routes.wire import amount_in, idempotency, money, renderer, respond, shaped, time_in, time_out
+from api.routes.wire import Answer, amount_in, idempotency, money, respond, shaped, time_in, time_out
 from wallets.commands import GRANT_PRIORITY, TOPUP_PRIORITY, CreditResult, Grant, LotView, TopUp, WalletView
+from wallets.core.idempotency import CREATED, EXISTS
 from wallets.service import CustomerSpec, CustomerView
 
 Priority = Annotated[int, msgspec.Meta(ge=0, le=100)]
@@ -101,6 +102,10 @@ def customer_response(view: CustomerView) -> CustomerResponse:
                             money(s.max_charge_per_request))
 
 
+CUSTOMER = Answer(lambda out: customer_response(out[0]), tuple[CustomerView, bool],
+                  lambda out: CREATED if out[1] else EXISTS)
+
+
 def grant_response(lot: LotView) -> GrantResponse:
     return GrantResponse(lot.id, lot.kind, money(lot.granted) or "0", money(lot.remaining) or "0", lot.priority,
                          time_out(lot.expires_at), time_out(lot.created_at) or "", lot.reason, lot.reference)
@@ -132,9 +137,8 @@ async def create_customer(state: State, request: Request, data: CreateCustomerBo
     and to null (no limit) for postpaid ones. The same definition again answers 200."""
     data = shaped(data, CreateCustomerRequest)
     spec = _spec(data)
-    render = renderer(request, lambda out: (201 if out[1] else 200, customer_response(out[0])))
-    outcome = await state.services.wallets.create_customer(spec, idempotency(request, data, render))
-    return respond(outcome, render)
+    outcome = await state.services.wallets.create_customer(spec, idempotency(request, data))
+    return respond(request, outcome, CUSTOMER)
 
 
 @get("/v1/customers/{customer_id:str}", guards=[require(*READERS)], tags=["customers"], **documented(404))
@@ -150,9 +154,12 @@ async def get_wallet(state: State, customer_id: FromPath[str]) -> WalletResponse
     return wallet_response(await state.services.wallets.wallet(customer_id))
 
 
-def _credit(result: CreditResult) -> tuple[int, Any]:
-    return 201, CreditResponse(result.grant.id, result.entry_id, money(result.applied_to_receivable) or "0",
-                               grant_response(result.grant), wallet_response(result.wallet))
+def _credit(result: CreditResult) -> CreditResponse:
+    return CreditResponse(result.grant.id, result.entry_id, money(result.applied_to_receivable) or "0",
+                          grant_response(result.grant), wallet_response(result.wallet))
+
+
+CREDITED = Answer(_credit, CreditResult)
 
 
 @post("/v1/customers/{customer_id:str}/topups", guards=[require()], tags=["customers"], status_code=201,
@@ -162,11 +169,10 @@ async def top_up(state: State, request: Request, customer_id: FromPath[str],
     """Paid credit: a new lot (priority 100, no expiry unless given). For a prepaid customer
     it first pays off the receivable of settled usage (`applied_to_receivable`)."""
     data = shaped(data, TopUpRequest)
-    render = renderer(request, _credit)
     command = TopUp(customer_id=customer_id, amount=amount_in(data.amount, "amount"), reference=data.reference,
                     priority=data.priority, expires_at=time_in(data.expires_at, "expires_at"),
-                    idem=idempotency(request, data, render))
-    return respond(await state.services.wallets.submit(command), render)
+                    idem=idempotency(request, data))
+    return respond(request, await state.services.wallets.submit(command), CREDITED)
 
 
 @post("/v1/customers/{customer_id:str}/grants", guards=[require()], tags=["customers"], status_code=201,
@@ -175,8 +181,7 @@ async def grant(state: State, request: Request, customer_id: FromPath[str],
                 data: GrantBody) -> Response[CreditResponse]:
     """Promotional or contractual credit: a lot paid by the promotions expense (priority 50)."""
     data = shaped(data, GrantRequest)
-    render = renderer(request, _credit)
     command = Grant(customer_id=customer_id, amount=amount_in(data.amount, "amount"), priority=data.priority,
                     expires_at=time_in(data.expires_at, "expires_at"), reason=data.reason,
-                    idem=idempotency(request, data, render))
-    return respond(await state.services.wallets.submit(command), render)
+                    idem=idempotency(request, data))
+    return respond(request, await state.services.wallets.submit(command), CREDITED)

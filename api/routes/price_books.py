@@ -16,7 +16,7 @@ from api.auth import require
 from api.errors import documented
 from api.routes.formats import IDENTIFIER, PRICE, DateTime
 from api.routes.schemas import json_body
-from api.routes.wire import idempotency, integral, renderer, respond, shaped, time_in, time_out
+from api.routes.wire import Answer, idempotency, integral, respond, shaped, time_in, time_out
 from ledger.db import lock_key
 from pricing.books import (
     MAX_CONTEXT_WINDOW,
@@ -30,6 +30,7 @@ from pricing.books import (
 from pricing.errors import PriceBookValidationError
 from pricing.parse import parse_version
 from wallets import books
+from wallets.core.idempotency import CREATED, EXISTS
 from wallets.errors import WalletValidationError
 from wallets.service import run_once
 
@@ -132,6 +133,13 @@ def _version(v: books.StoredVersion) -> PriceVersionResponse:
                                 v.plausibility.get("context_window"))
 
 
+def _added(added: books.AddedVersion) -> str:
+    return CREATED if added.created else EXISTS
+
+
+ADDED = Answer(lambda added: _version(added.version), books.AddedVersion, _added)
+
+
 @post("/v1/price-books", guards=[require()], tags=["price books"], status_code=201,
       **documented(409, body=True, replay=PriceVersionResponse))
 async def post_price_book(
@@ -143,11 +151,10 @@ async def post_price_book(
     than 10,000 rules is a validation error naming `rules` (see the README's limits)."""
     data = integral(data)
     version = await _parsed(data)
-    render = renderer(request, lambda added: (201 if added.created else 200, _version(added.version)))
-    outcome = await run_once(state.services.db, idempotency(request, data, render),
+    outcome = await run_once(state.services.db, idempotency(request, data),
                              lambda conn: books.add_version(conn, data, version),
-                             locks=[lock_key("price-book:" + str(data.get("id")))])
-    return respond(outcome, render)
+                             locks=[lock_key("price-book:" + str(data.get("id")))], code_of=_added)
+    return respond(request, outcome, ADDED)
 
 
 @get("/v1/price-books/{book_id:str}", guards=[require("auditor", "inference")], tags=["price books"],

@@ -21,7 +21,7 @@ from api.routes.schemas import (
     json_body,
     json_object,
 )
-from api.routes.wire import amount_in, idempotency, money, renderer, respond, shaped, time_out
+from api.routes.wire import Answer, amount_in, idempotency, money, respond, shaped, time_out
 from ledger.model import request_hash
 from wallets import reports
 from wallets.commands import Release, ReleaseResult, Reserve, ReserveResult, Settle, SettleResult
@@ -101,22 +101,24 @@ def lines_out(lines: list[dict[str, Any]]) -> list[LineResponse]:
                          ln["rule_id"], ln["price_version"], ln["kind"]) for ln in lines]
 
 
-def _reserved(result: ReserveResult) -> tuple[int, ReservationResponse]:
+def _reserved(result: ReserveResult) -> ReservationResponse:
     r = result.reservation
-    body = ReservationResponse(r.id, r.request_id, r.customer_id, r.model, r.status, money(r.amount) or "0",
+    return ReservationResponse(r.id, r.request_id, r.customer_id, r.model, r.status, money(r.amount) or "0",
                                r.currency, time_out(r.created_at) or "", time_out(r.expires_at) or "")
-    return (200 if result.replayed else 201), body
 
 
-def _settled(result: SettleResult) -> tuple[int, SettleResponse]:
-    return 200, SettleResponse(result.reservation_id, result.status, money(result.charged) or "0",
-                               money(result.released) or "0", result.currency, result.price_book,
-                               result.price_version, lines_out(result.lines), result.entry_id)
+def _settled(result: SettleResult) -> SettleResponse:
+    return SettleResponse(result.reservation_id, result.status, money(result.charged) or "0",
+                          money(result.released) or "0", result.currency, result.price_book,
+                          result.price_version, lines_out(result.lines), result.entry_id)
 
 
-def _released(result: ReleaseResult) -> tuple[int, ReleaseResponse]:
-    return 200, ReleaseResponse(result.reservation_id, result.status, money(result.released) or "0",
-                                result.entry_id)
+def _released(result: ReleaseResult) -> ReleaseResponse:
+    return ReleaseResponse(result.reservation_id, result.status, money(result.released) or "0", result.entry_id)
+
+
+RESERVED, SETTLED, RELEASED = Answer(_reserved, ReserveResult), Answer(_settled, SettleResult), \
+    Answer(_released, ReleaseResult)
 
 
 @post("/v1/reservations", guards=[require("inference")], tags=["reservations"], status_code=201,
@@ -132,7 +134,6 @@ async def create_reservation(
     ensure_customer(request, data.customer_id)
     if (data.estimate is None) == (data.amount is None):
         raise WalletValidationError("estimate", "give either estimate or amount")
-    render = renderer(request, _reserved)
     prepared = prepare_estimate(data.model, data.estimate) if data.estimate is not None else None
     command = Reserve(
         customer_id=data.customer_id, request_id=data.request_id, model=data.model,
@@ -141,8 +142,8 @@ async def create_reservation(
         prompt_tokens=prepared.prompt_tokens if prepared else None,
         max_output_tokens=prepared.max_output_tokens if prepared else None,
         dimensions=data.dimensions, estimate=prepared.stored if prepared else None,
-        idem=idempotency(request, data, render))
-    return respond(await state.services.wallets.submit(command), render)
+        idem=idempotency(request, data))
+    return respond(request, await state.services.wallets.submit(command), RESERVED)
 
 
 @post("/v1/reservations/{reservation_id:str}/settle", guards=[require("inference")], tags=["reservations"],
@@ -159,13 +160,12 @@ async def settle(
     customer_id = await state.services.wallets.owner_of(reservation_id)
     ensure_customer(request, customer_id)
     tokens, usage = usage_tokens(data.usage, data.openai_usage, data.anthropic_usage)
-    render = renderer(request, _settled)
     body = _settle_body(data)
     command = Settle(customer_id=customer_id, reservation_id=reservation_id,
                      request_hash=request_hash(body), tokens=tokens, usage=usage,
                      final=data.final, capture_id=data.capture_id, forced_by=forced_by,
-                     idem=idempotency(request, body, render))
-    return respond(await state.services.wallets.submit(command), render)
+                     idem=idempotency(request, body))
+    return respond(request, await state.services.wallets.submit(command), SETTLED)
 
 
 def _settle_body(data: SettleRequest) -> dict[str, Any]:
@@ -189,10 +189,8 @@ async def release(state: State, request: Request, reservation_id: FromPath[str])
     """Give the whole remaining hold back to the lots it came from."""
     customer_id = await state.services.wallets.owner_of(reservation_id)
     ensure_customer(request, customer_id)
-    render = renderer(request, _released)
-    command = Release(customer_id=customer_id, reservation_id=reservation_id,
-                      idem=idempotency(request, {}, render))
-    return respond(await state.services.wallets.submit(command), render)
+    command = Release(customer_id=customer_id, reservation_id=reservation_id, idem=idempotency(request, {}))
+    return respond(request, await state.services.wallets.submit(command), RELEASED)
 
 
 @get("/v1/reservations/{reservation_id:str}", guards=[require("inference", "auditor", "customer")],

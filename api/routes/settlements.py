@@ -18,7 +18,7 @@ from litestar.datastructures import State
 
 from api.auth import principal_of, require
 from api.errors import ApiError, Problem, documented, error_response, unavailable
-from api.routes.reservations import SettleRequest, SettleResponse, _settle_body, _settled
+from api.routes.reservations import SETTLED, SettleRequest, SettleResponse, _settle_body
 from api.routes.schemas import (
     ANTHROPIC_USAGE,
     CANONICAL_USAGE,
@@ -28,12 +28,11 @@ from api.routes.schemas import (
     json_object,
     msgspec_schema,
 )
-from api.routes.wire import idempotency, renderer, respond, shaped
+from api.routes.wire import COMPOSED, answered, composed, idempotency, respond, shaped
 from ledger.db import RetriesExhaustedError, is_unavailable
 from ledger.errors import LedgerError
 from ledger.model import request_hash
 from pricing.errors import PricingError
-from wallets.batch import Replayed
 from wallets.commands import Settle
 from wallets.requests import usage_tokens
 
@@ -110,8 +109,7 @@ async def _settle_one(state: State, request: Request, raw: Any, lookups: asyncio
         body = _settle_body(data)
         key = item.idempotency_key or derived_key(item, body)
         path = f"/v1/reservations/{item.reservation_id}/settle"
-        render = renderer(request, _settled)
-        idem = idempotency(request, body, render, key=key, path=path)
+        idem = idempotency(request, body, key=key, path=path)
         async with lookups:
             customer_id = await state.services.wallets.owner_of(item.reservation_id)
         if not principal_of(request).may_see(customer_id):
@@ -126,9 +124,8 @@ async def _settle_one(state: State, request: Request, raw: Any, lookups: asyncio
         if not is_unavailable(exc):
             raise
         return _problem(request, exc, item, key)
-    replayed = isinstance(outcome, Replayed)
-    status, text = (outcome.status, outcome.body) if replayed else render(outcome)
-    return _Answer(item.reservation_id, key, status, replayed, msgspec.Raw(text["json"].encode()))
+    status, text, replayed = answered(request, outcome, SETTLED)
+    return _Answer(item.reservation_id, key, status, replayed, msgspec.Raw(text))
 
 
 @post("/v1/settlements", guards=[require("inference")], tags=["reservations"], status_code=200,
@@ -140,14 +137,13 @@ async def settle_many(state: State, request: Request, data: SettlementsBody) -> 
     own idempotency key (`idempotency_key`, or one derived from it): a replay answers what the
     first answered, and a settle sent singly and in bulk under one key is charged once."""
     items: list[Any] = shaped(data, Annotated[list[Any], msgspec.Meta(max_length=MAX_SETTLES)])
-    render = renderer(request, lambda response: (200, response))
-    idem = idempotency(request, data, render)
+    idem = idempotency(request, data)
     replay = await state.services.wallets.replayed(idem) if idem is not None else None
     if replay is not None:
-        return respond(replay, render)
+        return respond(request, replay, COMPOSED)
     lookups = asyncio.Semaphore(LOOKUPS)
     answers = await asyncio.gather(*(_settle_one(state, request, raw, lookups) for raw in items))
-    response = {"results": answers}
+    response = composed({"results": answers})
     if idem is not None and all(answer.status < 500 for answer in answers):  # a 503 item may be sent again
-        return respond(await state.services.wallets.remember(idem, response), render)
-    return respond(response, render)
+        return respond(request, await state.services.wallets.remember(idem, response), COMPOSED)
+    return respond(request, response, COMPOSED)

@@ -13,7 +13,7 @@ from api.auth import principal_of, require
 from api.errors import documented
 from api.routes.formats import DATE_TIME, DATE_TIME_TEXT, GROUP_BY, Identifier, matches
 from api.routes.schemas import Dimensions, json_body
-from api.routes.wire import idempotency, renderer, respond, shaped, time_in
+from api.routes.wire import COMPOSED, composed, idempotency, respond, shaped, time_in
 from ledger.errors import LedgerError
 from ledger.model import request_hash
 from pricing.errors import PricingError
@@ -73,12 +73,11 @@ async def post_usage_events(state: State, request: Request,
     customer's id with another body is rejected as `idempotency_conflict`. With an
     Idempotency-Key, a replay answers what the first call answered."""
     events: list[UsageEvent] = shaped(data, UsageEvents)
-    render = renderer(request, lambda response: (200, response))
-    idem = idempotency(request, data, render)
+    idem = idempotency(request, data)
     wallets = state.services.wallets
     replay = await wallets.replayed(idem) if idem is not None else None
     if replay is not None:
-        return respond(replay, render)
+        return respond(request, replay, COMPOSED)
     principal = principal_of(request)
     rejected: list[Rejected] = []
     commands: list[RecordUsage] = []
@@ -101,8 +100,8 @@ async def post_usage_events(state: State, request: Request,
             rejected.append(Rejected(command.event_id, outcome.code, str(outcome), command.customer_id))
         else:
             raise outcome
-    response = UsageEventsResponse(accepted, duplicates, rejected)
-    return respond(await wallets.remember(idem, response) if idem is not None else response, render)
+    response = composed(UsageEventsResponse(accepted, duplicates, rejected))
+    return respond(request, await wallets.remember(idem, response) if idem is not None else response, COMPOSED)
 
 
 def _time_param(name: str) -> QueryParameter:

@@ -9,6 +9,7 @@ import json
 import math
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -17,7 +18,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException
 
 from api.auth import principal_of
-from api.errors import error_response
+from api.errors import STATUS_BY_CODE, refusal
 from api.routes.formats import (
     AMOUNT,
     AMOUNT_TEXT,
@@ -30,10 +31,11 @@ from api.routes.formats import (
 from pricing.errors import InvalidAmountError
 from pricing.money import format_amount, parse_amount
 from pricing.parse import parse_time
-from wallets.batch import IdemKey, Replayed
+from wallets.chart import ASSET_SCALE
+from wallets.core.idempotency import OK, IdemKey, Replayed
 from wallets.errors import WalletValidationError
 
-SCALE = 9  # atomic units of every wallet currency (wallets.chart.ASSET_SCALE)
+SCALE = ASSET_SCALE
 MAX_AMOUNT = 10**18  # 1e9 currency units: larger top-ups and holds are mistakes
 PROBLEM = "application/problem+json"
 MAX_JSON_DEPTH = 32  # arrays and objects within one another; the deepest body we take needs 5
@@ -207,8 +209,7 @@ def body_hash(request: Request, body: Any, path: str | None = None) -> bytes:
     return hashlib.sha256(text.encode()).digest()
 
 
-def idempotency(request: Request, body: Any, render: Callable[[Any], tuple[int, Any]], *,
-                key: str | None = None, path: str | None = None) -> IdemKey | None:
+def idempotency(request: Request, body: Any, *, key: str | None = None, path: str | None = None) -> IdemKey | None:
     """The call's IdemKey when it carries an Idempotency-Key header (scoped to the API key). A
     bulk call's item gives its own `key` and the `path` of the single call it stands for, so that
     both share one key: sent either way, it is answered (and charged) once."""
@@ -218,26 +219,58 @@ def idempotency(request: Request, body: Any, render: Callable[[Any], tuple[int, 
     key = key.strip()
     if not 1 <= len(key) <= 255:
         raise WalletValidationError("Idempotency-Key", "must be 1 to 255 characters")
-    return IdemKey(f"http:{principal_of(request).key_id}", key, body_hash(request, body, path), render)
+    return IdemKey(f"http:{principal_of(request).key_id}", key, body_hash(request, body, path))
 
 
-def renderer(request: Request, success: Callable[[Any], tuple[int, Any]]) -> Callable[[Any], tuple[int, Any]]:
-    """outcome -> (status, body): `success` for results, the problem document for domain errors."""
-
-    def render(outcome: Any) -> tuple[int, Any]:
-        if isinstance(outcome, BaseException):
-            response = error_response(request, outcome)  # type: ignore[arg-type]
-            status, body = response.status_code, response.content
-        else:
-            status, body = success(outcome)
-        return status, {"json": msgspec.json.encode(body).decode()}  # kept as text: replays byte for byte
-
-    return render
+def _own_code(result: Any) -> str:
+    return result.code
 
 
-def respond(outcome: Any, render: Callable[[Any], tuple[int, Any]]) -> Response:
-    replayed = isinstance(outcome, Replayed)
-    status, body = (outcome.status, outcome.body) if replayed else render(outcome)
-    return Response(body["json"].encode(), status_code=status,
-                    media_type=PROBLEM if status >= 400 else "application/json",
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """How a route answers an outcome. `wire` makes a result its response (None: the result is
+    already {"json": text}, composed here); `kept` is the type a kept body is rebuilt as for it;
+    `code` is a fresh result's outcome code. A replay is answered by the same function as the
+    first answer, from the code and body kept: the same status and the same bytes."""
+
+    wire: Callable[[Any], Any] | None = None
+    kept: Any = None
+    code: Callable[[Any], str] = _own_code
+
+
+COMPOSED = Answer(code=lambda _: OK)  # an answer composed at the edge, kept as its text
+
+
+def answered(request: Request, outcome: Any, answer: Answer) -> tuple[int, bytes, bool]:
+    """(status, body bytes, replayed) of a fresh result or of a kept answer."""
+    if not isinstance(outcome, Replayed):
+        return (*_rendered(request, answer.code(outcome), outcome, answer), False)
+    if outcome.status is not None:  # kept before answers had codes: the first answer's status and text
+        return outcome.status, outcome.body["json"].encode(), True
+    body = outcome.body
+    if answer.kept is not None and STATUS_BY_CODE.get(outcome.code, 422) < 400:
+        body = msgspec.convert(body, answer.kept)
+    return (*_rendered(request, outcome.code, body, answer), True)
+
+
+def _rendered(request: Request, code: str, body: Any, answer: Answer) -> tuple[int, bytes]:
+    status = STATUS_BY_CODE.get(code, 422)
+    if status >= 400:
+        status, problem = refusal(request, code, body)
+        return status, msgspec.json.encode(problem)
+    if answer.wire is None:
+        return status, body["json"].encode()
+    return status, msgspec.json.encode(answer.wire(body), order="deterministic")  # dicts as jsonb gives them back
+
+
+def respond(request: Request, outcome: Any, answer: Answer) -> Response:
+    """The response to a fresh result or a kept answer (refusals are raised, and answered by the
+    error handlers, unless replayed)."""
+    status, body, replayed = answered(request, outcome, answer)
+    return Response(body, status_code=status, media_type=PROBLEM if status >= 400 else "application/json",
                     headers={"Idempotent-Replayed": "true"} if replayed else None)
+
+
+def composed(body: Any) -> dict[str, str]:
+    """An answer composed at the edge, as the text it is kept and answered as."""
+    return {"json": msgspec.json.encode(body).decode()}

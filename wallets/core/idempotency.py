@@ -4,7 +4,6 @@ never an HTTP status: api/ alone maps codes to statuses. A key seen again with t
 replays the answer; with another hash it is a conflict."""
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -17,6 +16,9 @@ from wallets.errors import ConflictError
 # The `status` column of an answer kept with a code: it says nothing of HTTP. Rows kept before
 # answers had codes hold the HTTP status they were answered with, and a body of {"json": text}.
 CODED = 0
+# Outcome codes of calls that create something, or find it as it was asked for, and of answers
+# composed at the edge (a batch of usage events, of settles): their body is {"json": text}.
+CREATED, EXISTS, OK = "created", "exists", "ok"
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +28,6 @@ class IdemKey:
     scope: str
     key: str
     request_hash: bytes
-    render: Callable[[Any], tuple[int, Any]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,11 +77,16 @@ def refusal_body(error: Exception) -> dict[str, Any]:
     return body
 
 
-def answer(outcome: Any) -> tuple[str, Any]:
-    """(code, body as JSON values) of a result or a domain refusal."""
+def answer(outcome: Any, code: str | None = None) -> tuple[str, Any]:
+    """(code, body as JSON values) of a domain refusal, or of a result (its own `code` unless given)."""
     if isinstance(outcome, LedgerError | PricingError):
         return outcome.code, refusal_body(outcome)
-    return outcome.code, msgspec.to_builtins(outcome)
+    return code or outcome.code, msgspec.to_builtins(outcome)
+
+
+def check_key(kept: Kept | None, idem: IdemKey) -> Replayed | None:
+    """`check` for an Idempotency-Key."""
+    return check(kept, idem.request_hash, f"Idempotency-Key {idem.key}", key=idem.key)
 
 
 def row(scope: str, key: str, request_hash: bytes, code: str, body: Any) -> dict[str, Any]:

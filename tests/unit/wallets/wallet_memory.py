@@ -62,7 +62,6 @@ class MemoryWallet:
         batch = Batch(self.now, self.loaded, {CID: self.book}, period_usage=self.period_usage)
         try:
             result = batch.apply(command)
-            batch.alerts(command.customer_id)
         except (LedgerError, PricingError) as refusal:
             result = refusal
         self._commit(batch)
