@@ -209,6 +209,8 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--wallets", type=int, default=1000, help="wallets in the lifecycle spread case, "
                        "customers in the ingest bench")
     bench.add_argument("--servers", type=int, default=1, help="tokentill serve processes in the lifecycle bench")
+    bench.add_argument("--workers-per-server", type=int, default=1, metavar="N",
+                       help="lifecycle: run each server as one `tokentill serve --workers N`")
     bench.add_argument("--pgbench-clients", type=int, default=8)
     bench.add_argument("--profile", metavar="DIR", help="lifecycle: profile the server during the spread case "
                        "with py-spy (pip install py-spy) and write its raw stacks to DIR")

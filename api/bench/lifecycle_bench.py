@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 
 from api.background import PATH as SETTLEMENTS_PATH
 from api.background import BackgroundSettler
@@ -106,12 +107,15 @@ def pct(values: list[float], p: int) -> float:
     return round(ordered[min(len(ordered) - 1, (len(ordered) * p) // 100)], 2)
 
 
-def start_server(url: str, port: int) -> subprocess.Popen:
+def start_server(url: str, port: int, workers: int = 1) -> subprocess.Popen:
+    """`tokentill serve` on `port`; with `workers` > 1, one `serve --workers` (api/workers.py)."""
     env = {**os.environ, "TOKENTILL_DATABASE_URL": url, "TOKENTILL_ADMIN_KEY": KEY,
            "TOKENTILL_LOG_LEVEL": "WARNING", "TOKENTILL_SCHEDULER": "off"}
+    env.pop("TOKENTILL_WORKERS", None)
     log = tempfile.TemporaryFile()  # a pipe nobody reads would fill up and stall the server
     server = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--host", "127.0.0.1", "--port",
-                               str(port)], env=env, stdout=subprocess.DEVNULL, stderr=log)
+                               str(port), "--workers", str(workers)], env=env, stdout=subprocess.DEVNULL,
+                              stderr=log)
     server.log = log  # type: ignore[attr-defined]
     return server
 
@@ -277,10 +281,24 @@ async def open_loop(addresses: list[tuple[str, int, str]], wallets: list[str], *
     return samples
 
 
-async def server_counter(client: httpx.AsyncClient, name: str) -> float:
-    text = (await client.get("/metrics")).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name) and not line.startswith("#"))
+async def server_counter(client: httpx.AsyncClient, name: str, ports: list[int]) -> float:
+    """`name` summed over the servers (each sums its own workers')."""
+    total = 0.0
+    for port in ports:
+        text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+        total += sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                     if line.startswith(name) and not line.startswith("#"))
+    return total
+
+
+def serving_pids(servers: list[subprocess.Popen]) -> list[int]:
+    """The processes that serve: each server's workers under `serve --workers`, else itself."""
+    pids = []
+    for server in servers:
+        workers = [child.pid for child in psutil.Process(server.pid).children()
+                   if "spawn_main" in " ".join(child.cmdline())]
+        pids.extend(workers or [server.pid])
+    return pids
 
 
 async def run_cases(ports: list[int], args: argparse.Namespace, servers: list[subprocess.Popen]) -> dict:
@@ -292,8 +310,8 @@ async def run_cases(ports: list[int], args: argparse.Namespace, servers: list[su
         wallets, token = await setup(client, args.wallets, args.workers)
         address = [("127.0.0.1", port, token) for port in ports]
         await closed_loop(address, wallets, workers=args.workers, seconds=min(2.0, args.seconds), tag="warm")
-        retries0 = await server_counter(client, "tokentill_transaction_retries_total")
-        pids = [server.pid for server in servers]
+        retries0 = await server_counter(client, "tokentill_transaction_retries_total", ports)
+        pids = serving_pids(servers)
         spy = SpyProfile(pids[0], args.seconds, Path(args.profile) / "serve-spread.txt") if args.profile else None
         try:
             with CpuMeter(pids) as spread_cpu:
@@ -311,7 +329,7 @@ async def run_cases(ports: list[int], args: argparse.Namespace, servers: list[su
             hot = await closed_loop(address, ["hot"], workers=args.workers, seconds=args.seconds, tag="hot")
         half = await open_loop(address, wallets, rate=max(1.0, spread.rate() / 2), seconds=args.seconds,
                                tag="half")
-        retries = await server_counter(client, "tokentill_transaction_retries_total") - retries0
+        retries = await server_counter(client, "tokentill_transaction_retries_total", ports) - retries0
         verify = (await client.post("/v1/audit/verify", timeout=600)).json()
     return {"spread": spread, "hot": hot, "half": half, "background": background, "retries": int(retries),
             "verify_ok": verify["ok"],
@@ -326,7 +344,7 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
         with scratch_database(handle.url, f"tokentill_lifecycle_{suffix}") as url:
             runner.upgrade(sync_url(url))
             ports = [free_port() for _ in range(max(1, args.servers))]
-            servers = [start_server(url, port) for port in ports]
+            servers = [start_server(url, port, max(1, args.workers_per_server)) for port in ports]
             try:
                 figures = asyncio.run(run_cases(ports, args, servers))
             except BaseException:
@@ -354,6 +372,7 @@ def report_of(figures: dict, tps: float, args: argparse.Namespace) -> dict:
     spread, hot, half = figures["spread"], figures["hot"], figures["half"]
     return {
         "wallets": args.wallets, "clients": args.workers, "servers": args.servers,
+        "workers_per_server": args.workers_per_server,
         "seconds_per_case": args.seconds,
         "spread": spread.summary(), "hot": hot.summary(), "half_load": half.summary(),
         "pgbench_tpcb_like_tps": round(tps, 1), "pgbench_clients": args.pgbench_clients,
@@ -369,7 +388,8 @@ def report_of(figures: dict, tps: float, args: argparse.Namespace) -> dict:
 def text_report(r: dict) -> str:
     s, h, half, b = r["spread"], r["hot"], r["half_load"], r["background_settles"]
     return "\n".join([
-        f"lifecycles over HTTP (reserve -> settle), {r['clients']} clients, {r['servers']} server process(es), "
+        f"lifecycles over HTTP (reserve -> settle), {r['clients']} clients, {r['servers']} server(s) "
+        f"of {r['workers_per_server']} process(es), "
         f"{r['seconds_per_case']}s per case",
         f"  {r['wallets']} wallets: {s['lifecycles_per_s']:>8.1f}/s  ratio {r['spread_ratio']:.2f} (goal >= 0.5)"
         f"  reserve p50 {s['reserve_p50_ms']} p99 {s['reserve_p99_ms']} ms"
