@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 import httpx
 
@@ -27,6 +28,7 @@ log = logging.getLogger("tokentill.client")
 MAX_ITEMS = 500  # settles per call: well under the endpoint's 1,000 and its 1 MiB body
 PATH = "/v1/settlements"
 Send = Callable[[list[dict[str, Any]]], Awaitable[httpx.Response]]
+T = TypeVar("T")
 
 
 def item_of(record: SpoolRecord) -> dict[str, Any]:
@@ -157,4 +159,39 @@ class BackgroundSettler:
                 pass
         if left:
             log.warning("background settles: %d not answered before close; left in %s", left, self.spool.path)
+        return left
+
+
+class ThreadedSettler:
+    """A BackgroundSettler for the blocking client: an event loop of its own in a daemon thread,
+    sending with an httpx.AsyncClient of its own. `put` blocks until the settle is on disk."""
+
+    def __init__(self, spool: Spool, url: str, headers: dict[str, str], policy: RetryPolicy,
+                 timeout: float) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="tokentill-settles", daemon=True)
+        self._thread.start()
+        self._url, self._headers = url, headers
+
+        async def start() -> tuple[httpx.AsyncClient, BackgroundSettler]:
+            return httpx.AsyncClient(timeout=timeout), BackgroundSettler(spool, self._send, policy)
+
+        self._http, self.settler = self._wait(start())
+
+    def _wait(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    async def _send(self, items: list[dict[str, Any]]) -> httpx.Response:
+        return await self._http.post(self._url, json=items, headers=self._headers)
+
+    def put(self, record: SpoolRecord) -> None:
+        self._wait(self.settler.put(record))
+
+    def close(self, deadline_s: float) -> int:
+        """Drain (see BackgroundSettler.drain), then stop the thread; how many were left."""
+        left = self._wait(self.settler.drain(deadline_s))
+        self._wait(self._http.aclose())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
         return left

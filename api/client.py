@@ -35,7 +35,7 @@ import httpx
 
 from api import delivery
 from api.background import PATH as SETTLEMENTS_PATH
-from api.background import BackgroundSettler, is_settle
+from api.background import BackgroundSettler, ThreadedSettler, is_settle
 from api.client_errors import (
     ERRORS,
     BudgetExceeded,
@@ -85,7 +85,8 @@ class _Base:
                  max_backoff_s: float = 5.0, max_retry_after_s: float = 30.0, retry_budget_s: float = 2.0,
                  settle_deadline_s: float | None = None, settle_margin_s: float = 30.0,
                  key_id: str | None = None, spool: str | bool | None = None,
-                 spool_dir: str | os.PathLike[str] | None = None, spool_silently: bool = False) -> None:
+                 spool_dir: str | os.PathLike[str] | None = None, spool_silently: bool = False,
+                 background_settle: bool = False, drain_timeout_s: float = 30.0) -> None:
         self._base_url, self._retries, self._retry_budget_s = base_url.rstrip("/"), retries, retry_budget_s
         self._policy = RetryPolicy(backoff_s, max_backoff_s, max_retry_after_s)
         self._settle_deadline_s, self._settle_margin_s = settle_deadline_s, settle_margin_s
@@ -96,6 +97,16 @@ class _Base:
             name = spool if isinstance(spool, str) else spool_name(self._base_url, api_key, key_id)
             self.spool = Spool(resolve_spool_dir(spool_dir) / (name if name.endswith(SUFFIX) else name + SUFFIX))
         self.counter = TokenCounter()
+        if background_settle and self.spool is None:
+            raise ValueError("background_settle needs the spool (spool=False turns it off)")
+        self._background_settle, self._drain_timeout_s = background_settle, drain_timeout_s
+
+    def _background_record(self, path: str, body: Any, key: str, reservation_id: str) -> SpoolRecord | None:
+        """The spool record of a settle to queue in the background; None when not in that mode."""
+        if not self._background_settle or not is_settle(path):
+            return None
+        return SpoolRecord("POST", path, body, key, reservation_id, self._base_url, self.key_id,
+                           reason="queued for a background settle")
 
     def _request(self, method: str, path: str, body: Any, key: str | None) -> dict[str, Any]:
         headers = dict(self._headers)
@@ -173,14 +184,31 @@ class _Pending:
 
 
 class Client(_Base):
-    """Synchronous client. With `flush_spool` (the default) the constructor re-sends its spool."""
+    """Synchronous client. With `flush_spool` (the default) the constructor re-sends its spool.
+    With `background_settle`, a block's exit queues its settle durably and a thread of the client
+    sends the queue (api/background.py); `close` drains it for at most `drain_timeout_s`."""
 
     def __init__(self, base_url: str, api_key: str, *, transport: httpx.BaseTransport | None = None,
                  timeout: float = 10.0, flush_spool: bool = True, **kwargs: Any) -> None:
         super().__init__(base_url, api_key, **kwargs)
         self._http = httpx.Client(transport=transport, timeout=timeout)
+        self._background = ThreadedSettler(self.spool, self._base_url + SETTLEMENTS_PATH, self._headers,
+                                           self._policy, timeout) if self.spool and self._background_settle else None
         if flush_spool:
             self._flush_at_start()
+
+    def _queue(self, path: str, body: Any, key: str, reservation_id: str) -> bool:
+        """Queue a settle in the background, durably; False when not in that mode (or the spool
+        write failed: then the caller delivers it now)."""
+        record = self._background_record(path, body, key, reservation_id)
+        if record is None or self._background is None:
+            return False
+        try:
+            self._background.put(record)
+        except OSError:
+            log.exception("could not queue a settle in the spool; sending it now")
+            return False
+        return True
 
     def _call(self, method: str, path: str, body: Any = None, *, key: str | None = None) -> dict[str, Any]:
         request = self._request(method, path, body, key)
@@ -206,10 +234,15 @@ class Client(_Base):
             return None
 
     def settle(self, reservation_id: str, *, final: bool = True, key: str | None = None,
-               expires_at: str | datetime | None = None, **usage: Any) -> dict[str, Any] | None:
+               expires_at: str | datetime | None = None, background: bool = False,
+               **usage: Any) -> dict[str, Any] | None:
         """Settle a reservation by id, durably (as the block's exit does); `usage=`, `openai_usage=`
-        or `anthropic_usage=`. None if silently spooled."""
-        return self._settle_or_release(*settle_call(reservation_id, final, key, usage), seconds_until(expires_at))
+        or `anthropic_usage=`. None if silently spooled, or queued (`background`, on a
+        `background_settle` client)."""
+        path, body, key, reservation_id = settle_call(reservation_id, final, key, usage)
+        if background and self._queue(path, body, key, reservation_id):
+            return None
+        return self._settle_or_release(path, body, key, reservation_id, seconds_until(expires_at))
 
     def release(self, reservation_id: str, *, key: str | None = None,
                 expires_at: str | datetime | None = None) -> dict[str, Any] | None:
@@ -249,6 +282,9 @@ class Client(_Base):
         return self._call("POST", path, body, key=key)
 
     def close(self) -> None:
+        if self._background is not None:
+            self._background.close(self._drain_timeout_s)
+            self._background = None
         self._http.close()
 
     def __enter__(self) -> Client:
@@ -265,17 +301,12 @@ class AsyncClient(_Base):
     most `drain_timeout_s`, and what is left stays in the spool."""
 
     def __init__(self, base_url: str, api_key: str, *, transport: httpx.AsyncBaseTransport | None = None,
-                 timeout: float = 10.0, flush_spool: bool = True, background_settle: bool = False,
-                 drain_timeout_s: float = 30.0, **kwargs: Any) -> None:
+                 timeout: float = 10.0, flush_spool: bool = True, **kwargs: Any) -> None:
         super().__init__(base_url, api_key, **kwargs)
         self._http = httpx.AsyncClient(transport=transport, timeout=timeout)
         self._flush_pending = flush_spool
-        self._background: BackgroundSettler | None = None
-        self._drain_timeout_s = drain_timeout_s
-        if background_settle:
-            if self.spool is None:
-                raise ValueError("background_settle needs the spool (spool=False turns it off)")
-            self._background = BackgroundSettler(self.spool, self._send_settlements, self._policy)
+        self._background = BackgroundSettler(self.spool, self._send_settlements, self._policy) \
+            if self.spool and self._background_settle else None
 
     async def _send_settlements(self, items: list[dict[str, Any]]) -> httpx.Response:
         """One bulk settle call; each item carries its own key, so the call needs none."""
@@ -284,14 +315,13 @@ class AsyncClient(_Base):
     async def _queue(self, path: str, body: Any, key: str, reservation_id: str) -> bool:
         """Queue a settle in the background, durably; False when not in that mode (or the spool
         write failed: then the caller delivers it now)."""
-        if self._background is None or not is_settle(path):
+        record = self._background_record(path, body, key, reservation_id)
+        if record is None or self._background is None:
             return False
-        record = SpoolRecord("POST", path, body, key, reservation_id, self._base_url, self.key_id,
-                             reason="queued for a background settle")
         try:
             await self._background.put(record)
         except OSError:
-            log.exception("could not queue a settle in %s; sending it now", self._background.spool.path)
+            log.exception("could not queue a settle in the spool; sending it now")
             return False
         return True
 
@@ -369,6 +399,7 @@ class AsyncClient(_Base):
     async def aclose(self) -> None:
         if self._background is not None:
             await self._background.drain(self._drain_timeout_s)
+            self._background = None
         await self._http.aclose()
 
     async def __aenter__(self) -> AsyncClient:

@@ -120,6 +120,9 @@ class Reservation(_Reservation):
 
     def __exit__(self, exc_type, exc, tb) -> None:
         path, body, key = self._exit_call(failed=exc_type is not None)
+        if self._client._queue(path, body, key, self.id):
+            self.queued = True
+            return
         try:
             self.settlement = self._client._deliver(path, body, key, self.id, self._hold_left_s())
         except SettlementSpooled as spooled:

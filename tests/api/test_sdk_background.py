@@ -15,7 +15,7 @@ import pytest
 
 from api.app import create_app
 from api.bench.common import free_port
-from api.client import AsyncClient
+from api.client import AsyncClient, Client
 from api.demo import PRICE_BOOK, _Server
 from api.settings import Settings
 from api.spool import Spool
@@ -173,3 +173,17 @@ async def test_a_release_and_a_capture_stay_synchronous(live, spool_dir):
         assert r.queued
     view = reservation(url, r.id)
     assert view["status"] == "settled" and len(view["charges"]) == 2
+
+
+def test_the_blocking_client_queues_too_and_close_drains_the_queue(live, spool_dir):
+    url, book = live
+    customer = new_customer(url, book)
+    blocks = []
+    with Client(url, ADMIN, background_settle=True) as tt:
+        for _ in range(10):
+            with tt.reserve(customer, "model-a", input_tokens=1000, max_output_tokens=500) as r:
+                r.record(input_tokens=1000, output_tokens=400)
+            assert r.queued and r.settlement is None
+            blocks.append(r)
+    assert_each_charged_once(url, customer, blocks)
+    assert not tt.spool.path.exists()
