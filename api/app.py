@@ -16,6 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api.errors import EXCEPTION_HANDLERS
+from api.keys import KeyCache
 from api.metrics import metrics_middleware
 from api.routes import audit, keys, ops
 from api.routes.wallet_routes import ROUTES as WALLET_ROUTES
@@ -25,7 +26,6 @@ from api.settings import Settings
 from ledger.db import Database, connect
 from ledger.embedded import EmbeddedPostgres
 from wallets.jobs import build_scheduler, jobs
-from wallets.keys import KeyCache
 from wallets.service import WalletService
 
 log = logging.getLogger("tokentill")

@@ -14,7 +14,7 @@ exist. Routes that act on the whole platform (API keys, writing price books, cre
 customers, `verify`) are refused to a limited key.
 
 Verified keys are cached per process only while it listens for changes to keys
-(wallets.keys.KeyCache): a revocation is refused at once by the process that made it and
+(api.keys.KeyCache): a revocation is refused at once by the process that made it and
 within a notification's delay (milliseconds) by every other.
 """
 from __future__ import annotations

@@ -91,8 +91,8 @@ def _with_db(settings: Settings, work):
 
 
 def _keys(args: argparse.Namespace, settings: Settings) -> int:
+    from api import keys
     from ledger.errors import LedgerError
-    from wallets import keys
 
     try:
         if args.keys == "create":

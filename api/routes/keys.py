@@ -9,11 +9,11 @@ from litestar import delete, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath
 
+from api import keys
 from api.auth import require
 from api.errors import documented
 from api.routes.schemas import json_body
 from api.routes.wire import shaped
-from wallets import keys
 
 
 class CreateApiKeyRequest(msgspec.Struct):

@@ -11,6 +11,7 @@ from litestar.params import FromPath
 from api.auth import ensure_customer, principal_of, require
 from api.errors import ApiError, documented
 from api.routes.formats import Amount, Identifier
+from api.routes.inputs import prepare_estimate, usage_tokens
 from api.routes.schemas import (
     ANTHROPIC_USAGE,
     CANONICAL_USAGE,
@@ -26,7 +27,6 @@ from ledger.model import request_hash
 from wallets import reports
 from wallets.commands import Release, ReleaseResult, Reserve, ReserveResult, Settle, SettleResult
 from wallets.errors import WalletValidationError
-from wallets.requests import prepare_estimate, usage_tokens
 
 
 class CreateReservationRequest(msgspec.Struct):

@@ -18,6 +18,7 @@ from litestar.datastructures import State
 
 from api.auth import principal_of, require
 from api.errors import ApiError, Problem, documented, error_response, unavailable
+from api.routes.inputs import usage_tokens
 from api.routes.reservations import SETTLED, SettleRequest, SettleResponse, _settle_body
 from api.routes.schemas import (
     ANTHROPIC_USAGE,
@@ -34,7 +35,6 @@ from ledger.errors import LedgerError
 from ledger.model import request_hash
 from pricing.errors import PricingError
 from wallets.commands import Settle
-from wallets.requests import usage_tokens
 
 MAX_SETTLES = 1000
 LOOKUPS = 8  # reservation owners looked up at once (the rest wait, rather than queue on the pool)

@@ -12,6 +12,7 @@ from litestar.params import FromPath, QueryParameter
 from api.auth import principal_of, require
 from api.errors import documented
 from api.routes.formats import DATE_TIME, DATE_TIME_TEXT, GROUP_BY, Identifier, matches
+from api.routes.inputs import usage_tokens
 from api.routes.schemas import Dimensions, json_body
 from api.routes.wire import COMPOSED, composed, idempotency, respond, shaped, time_in
 from ledger.errors import LedgerError
@@ -20,7 +21,6 @@ from pricing.errors import PricingError
 from wallets import reports
 from wallets.commands import RecordUsage, UsageResult
 from wallets.errors import WalletValidationError
-from wallets.requests import usage_tokens
 
 MAX_EVENTS = 1000
 # A query parameter is a string or absent: the schema says so (not Litestar's string-or-null).

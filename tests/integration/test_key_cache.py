@@ -7,8 +7,8 @@ import asyncio
 import psycopg
 import pytest
 
-from wallets import keys
-from wallets.keys import LISTENER_NAME, KeyCache
+from api import keys
+from api.keys import LISTENER_NAME, KeyCache
 
 
 class CountingDb:
