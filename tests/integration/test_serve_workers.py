@@ -170,3 +170,15 @@ def test_a_worker_that_keeps_dying_makes_the_server_exit_1(database_url, data_di
     assert code == 1
     assert "died 5 times in a row" in log.read_text()
     assert not alive(survivor), "the other worker was stopped"
+
+
+def test_workers_whose_parent_was_killed_shut_down_and_the_last_one_out_stops_postgres(data_dir):
+    port, log, pgdata = free_port(), data_dir / "serve.log", data_dir / "pg"
+    proc = serve(port, log, 2, TOKENTILL_DATA_DIR=str(data_dir), TOKENTILL_SCHEDULER="off")
+    try:
+        workers = wait_ready(port, proc, log, 2)
+    finally:
+        proc.kill()
+        proc.wait()
+    wait_for(lambda: not any(alive(pid) for pid in workers), 60, f"workers outlived the parent:\n{log.read_text()}")
+    wait_for(lambda: live_postmasters(pgdata) == [], 30, "PostgreSQL outlived its last user")
