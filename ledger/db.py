@@ -62,8 +62,10 @@ def sqlstate_of(exc: BaseException | None) -> str | None:
 
 
 # SQLSTATEs of a server that is not there for now: connection exceptions (class 08), too many
-# connections, and a server shutting down, crashed or still starting (57P01-57P03).
-UNAVAILABLE_STATES = frozenset({"53300", "57P01", "57P02", "57P03"})
+# connections, out of shared memory (53200: the predicate lock table is full, as when a stopped
+# writer's transaction keeps every other lane's locks alive until it is ended), and a server
+# shutting down, crashed or still starting (57P01-57P03).
+UNAVAILABLE_STATES = frozenset({"53200", "53300", "57P01", "57P02", "57P03"})
 
 
 def is_unavailable(exc: BaseException | None) -> bool:

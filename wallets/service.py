@@ -18,7 +18,7 @@ from wallets.accounts import open_customer_accounts
 from wallets.commands import Command, WalletView, wallet_view
 from wallets.core import idempotency
 from wallets.core.idempotency import CREATED, EXISTS, OK, IdemKey, Replayed
-from wallets.engine import Engine, customer_lock, utc_now
+from wallets.engine import ACCOUNTS_LOCK, Engine, customer_lock, utc_now
 from wallets.errors import ConflictError, NotFoundError, WalletValidationError
 
 T = TypeVar("T")
@@ -146,7 +146,9 @@ class WalletService:
 
         # One creation at a time: they insert into the same index pages, and under SERIALIZABLE
         # concurrent ones would mostly fail and retry (creating customers is rare; queueing is cheap).
-        return await run_once(self.db, idem, work, [customer_lock(spec.id), lock_key("customers:create")],
+        # It opens accounts, so it queues with top-ups and grants too.
+        return await run_once(self.db, idem, work, [customer_lock(spec.id), lock_key("customers:create"),
+                                                    ACCOUNTS_LOCK],
                               lambda out: CREATED if out[1] else EXISTS)
 
     async def get_customer(self, customer_id: str) -> CustomerView:

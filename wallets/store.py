@@ -66,13 +66,15 @@ SELECT
                                 AND c.capture_id = ANY(%(captures)s::text[])))),
           '[]'::jsonb)
      FROM want_reservations r) AS reservations,
-  (SELECT coalesce(jsonb_agg(jsonb_build_array(k.scope, k.key, k.request_hash, k.status, k.response)), '[]'::jsonb)
-     FROM (SELECT k.scope, k.key, k.request_hash, k.status, k.response FROM idempotency_records k
-            WHERE %(lane)s IS NOT NULL AND k.lane = %(lane)s
-           UNION ALL
-           SELECT k.scope, k.key, k.request_hash, k.status, k.response FROM idempotency_keys k) k
-     JOIN unnest(%(scopes)s::text[], %(keys)s::text[]) AS w(scope, key)
-       ON k.scope = w.scope AND k.key = w.key) AS idempotency,
+  (SELECT coalesce(jsonb_agg(jsonb_build_array(w.scope, w.key, k.request_hash, k.status, k.response)), '[]'::jsonb)
+     FROM unnest(%(scopes)s::text[], %(keys)s::text[]) AS w(scope, key)
+     CROSS JOIN LATERAL (  -- a primary-key probe per key: never a scan of the lane's records
+         SELECT r.request_hash, r.status, r.response FROM idempotency_records r
+          WHERE r.lane = %(lane)s AND r.scope = w.scope AND r.key = w.key
+         UNION ALL
+         SELECT o.request_hash, o.status, o.response FROM idempotency_keys o
+          WHERE o.scope = w.scope AND o.key = w.key
+         LIMIT 1) k) AS idempotency,
   (SELECT coalesce(jsonb_agg(jsonb_build_array(e.customer_id, e.event_id, e.request_hash)), '[]'::jsonb)
      FROM usage_events e JOIN unnest(%(event_customers)s::text[], %(event_ids)s::text[]) AS w(customer_id, event_id)
        ON e.lane = %(lane)s AND e.customer_id = w.customer_id AND e.event_id = w.event_id) AS events,

@@ -16,7 +16,7 @@ from migrations import runner
 from wallets.jobs import seal_journal
 
 sys.path.insert(0, str(Path(__file__).parent / "wallets"))
-from wallet_kit import Kit  # noqa: E402
+from wallet_kit import Kit
 
 COUNTS = """SELECT (SELECT count(*) FROM journal_entries), (SELECT count(*) FROM postings),
                    (SELECT count(*) FROM reservations), (SELECT count(*) FROM charges),

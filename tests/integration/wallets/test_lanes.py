@@ -156,6 +156,26 @@ async def test_one_lane_without_its_lock_collides_as_shared_tables_did(kit: Kit,
     assert any(isinstance(r, RetriesExhaustedError) for r in results), results
 
 
+async def test_customers_and_top_ups_of_many_lanes_at_once_never_retry(kit: Kit, scratch_url: str):
+    """What opens accounts (customer creation, top-ups, grants) queues on one lock, since the
+    accounts table is shared by every lane: none of them fails or retries, however many run."""
+    once = connect(scratch_url, pool_size=8)
+    once.attempts = 1
+    try:
+        other = Kit(once, kit.tag, kit.clock)
+        before = _retries()
+
+        async def open_and_fund(n: int) -> None:
+            cid = await other.customer(f"open{n}")
+            await other.top_up(cid, "1")
+            await other.grant(cid, "1")
+
+        await asyncio.gather(*(open_and_fund(n) for n in range(24)))
+        assert _retries() == before
+    finally:
+        await once.dispose()
+
+
 def test_the_lane_of_a_customer_is_the_same_in_python_and_in_sql(database_url: str):
     ids = ["acme", "a", "", "é-ü", "customer-0001", *(f"c{i}" for i in range(200))]
     with psycopg.connect(database_url) as conn:
