@@ -65,7 +65,8 @@ def create_app(settings: Settings, database_url: str, *, cluster: EmbeddedPostgr
                **overrides: Any) -> Litestar:
     """`cluster`: the embedded cluster `database_url` points at, if it is one: the app then
     supervises it (restarts a postmaster that died, and renews its pool)."""
-    db = connect(database_url, pool_size=settings.pool_size, pool_timeout_s=settings.pool_timeout_s)
+    db = connect(database_url, pool_size=settings.pool_size, pool_timeout_s=settings.pool_timeout_s,
+                 writer_idle_ms=round(settings.writer_idle_s * 1000))
     services = Services(settings, db, {}, KeyCache(db, database_url))
     services.wallets = WalletService(services.db)
     supervisor = Supervisor(cluster, db.engine.dispose) if cluster is not None else None

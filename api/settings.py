@@ -45,6 +45,7 @@ class Settings:
     admin_key: str | None = None
     pool_size: int = 10
     pool_timeout_s: float = 5.0  # the longest a request waits for a database connection, then 503
+    writer_idle_s: float = 5.0  # a wallet batch's session idle this long inside it is ended (its lane freed)
     scheduler: bool = True
     seal_interval_s: int = 10
     log_level: str = "INFO"
@@ -67,6 +68,7 @@ class Settings:
             admin_key=env.get("TOKENTILL_ADMIN_KEY") or None,
             pool_size=_int(env, "TOKENTILL_POOL_SIZE", 10),
             pool_timeout_s=_seconds(env, "TOKENTILL_POOL_TIMEOUT_SECONDS", 5.0),
+            writer_idle_s=_seconds(env, "TOKENTILL_WRITER_IDLE_SECONDS", 5.0),
             scheduler=env.get("TOKENTILL_SCHEDULER", "on").lower() not in ("0", "off", "false", "no"),
             seal_interval_s=_int(env, "TOKENTILL_SEAL_INTERVAL_SECONDS", 10),
             log_level=env.get("TOKENTILL_LOG_LEVEL", "INFO").upper(),
