@@ -25,7 +25,8 @@ from api.delivery import DURABLE_RETRY, KEEP_SPOOLED, RetryPolicy, retry_after
 from api.spool import Spool, SpoolRecord
 
 log = logging.getLogger("tokentill.client")
-MAX_ITEMS = 500  # settles per call: well under the endpoint's 1,000 and its 1 MiB body
+MAX_ITEMS = 500  # settles per call: well under the endpoint's 1,000
+MAX_BYTES = 512 * 1024  # and well under its 1 MiB body, however large the usage objects
 PATH = "/v1/settlements"
 Send = Callable[[list[dict[str, Any]]], Awaitable[httpx.Response]]
 T = TypeVar("T")
@@ -46,6 +47,7 @@ class BackgroundSettler:
     def __init__(self, spool: Spool, send: Send, policy: RetryPolicy) -> None:
         self.spool, self._send, self._policy = spool, send, policy
         self._unwritten: list[tuple[SpoolRecord, asyncio.Future[None]]] = []
+        self._writing = 0  # records in the spool write under way
         self._writer: asyncio.Task[None] | None = None
         self._queued: dict[str, SpoolRecord] = {}  # idempotency key -> record, in order
         self._wake = asyncio.Event()
@@ -56,7 +58,7 @@ class BackgroundSettler:
 
     @property
     def pending(self) -> int:
-        return len(self._queued) + len(self._unwritten)
+        return len(self._queued) + len(self._unwritten) + self._writing
 
     async def put(self, record: SpoolRecord) -> None:
         """Queue a settle; it is on disk when this returns (or the write's OSError is raised)."""
@@ -71,6 +73,7 @@ class BackgroundSettler:
         """Group commit: every record queued while a write was in flight goes in the next one."""
         while self._unwritten:
             taken, self._unwritten = self._unwritten, []
+            self._writing = len(taken)
             try:
                 await asyncio.to_thread(self.spool.append_many, [record for record, _ in taken])
             except OSError as exc:
@@ -83,6 +86,8 @@ class BackgroundSettler:
                 self._wake.set()
                 if self._sender is None or self._sender.done():
                     self._sender = asyncio.create_task(self._run())
+            finally:
+                self._writing = 0
         self._settle_idle()
 
     async def _run(self) -> None:
@@ -93,13 +98,24 @@ class BackgroundSettler:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            batch = list(self._queued.values())[:MAX_ITEMS]
+            batch = self._next_batch()
             wait = await self._send_batch(batch)
             if wait is None:
                 attempt = 0
                 continue
             await asyncio.sleep(self._policy.wait(attempt, wait if wait > 0 else None))
             attempt += 1
+
+    def _next_batch(self) -> list[SpoolRecord]:
+        """The oldest queued settles, up to MAX_ITEMS and about MAX_BYTES (one at least)."""
+        batch: list[SpoolRecord] = []
+        size = 0
+        for record in self._queued.values():
+            size += len(record.line())
+            if batch and (len(batch) == MAX_ITEMS or size > MAX_BYTES):
+                break
+            batch.append(record)
+        return batch
 
     async def _send_batch(self, batch: list[SpoolRecord]) -> float | None:
         """Send once: None when answered (the answer filed), else the Retry-After (0: none)."""
@@ -137,7 +153,7 @@ class BackgroundSettler:
             await asyncio.to_thread(self.spool.remove, keys, rejected)
 
     def _settle_idle(self) -> None:
-        if not self._queued and not self._unwritten:
+        if not self.pending:
             self._idle.set()
 
     async def drain(self, deadline_s: float) -> int:

@@ -1,0 +1,85 @@
+"""The background settle queue without a server: what each answer does to a queued settle."""
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+from api.background import MAX_ITEMS, BackgroundSettler, item_of
+from api.delivery import RetryPolicy
+from api.spool import Spool, SpoolRecord
+
+
+def record(n: int) -> SpoolRecord:
+    return SpoolRecord("POST", f"/v1/reservations/res_{n}/settle", {"usage": {"input_tokens": n}, "final": True},
+                       f"res_{n}:settle:0", f"res_{n}", "http://tokentill")
+
+
+class Server:
+    """Answers each bulk call with the statuses scripted per reservation (200 once not scripted)."""
+
+    def __init__(self, **script: list[int]) -> None:
+        self.script, self.calls = script, []
+
+    async def send(self, items: list[dict]) -> httpx.Response:
+        self.calls.append(items)
+        results = []
+        for item in items:
+            statuses = self.script.get(item["reservation_id"], [])
+            status = statuses.pop(0) if statuses else 200
+            results.append({"reservation_id": item["reservation_id"], "idempotency_key": item["idempotency_key"],
+                            "status": status, "replayed": False, "body": {"code": "x"} if status >= 400 else {}})
+        return httpx.Response(200, json={"results": results})
+
+
+async def test_an_item_is_the_single_settle_under_the_same_key():
+    assert item_of(record(7)) == {"reservation_id": "res_7", "usage": {"input_tokens": 7}, "final": True,
+                                  "idempotency_key": "res_7:settle:0"}
+
+
+async def test_answers_strike_off_retry_keep_or_set_aside(tmp_path):
+    spool = Spool(tmp_path / "s.jsonl")
+    server = Server(res_1=[503, 503], res_2=[500], res_3=[409], res_4=[404])
+    settler = BackgroundSettler(spool, server.send, RetryPolicy(backoff_s=0.001))
+    for n in range(5):
+        await settler.put(record(n))
+    assert await settler.drain(5) == 0
+    sent = [item["reservation_id"] for call in server.calls for item in call]
+    assert sent.count("res_1") == 3, "a 503 item is sent again with its key until answered"
+    assert sent.count("res_2") == sent.count("res_3") == sent.count("res_4") == 1
+    left = {r.reservation_id for r in spool.records()}
+    assert left == {"res_2", "res_4"}, "a 500 or a 404 stays spooled for a flush"
+    assert "res_3" in spool.rejected_path.read_text(), "a refusal is set aside"
+
+
+async def test_a_failed_call_is_sent_again_whole_and_a_queue_goes_in_calls_of_at_most_max_items(tmp_path):
+    spool = Spool(tmp_path / "s.jsonl")
+    server = Server()
+    failures = [httpx.ConnectError("refused"), httpx.Response(503, headers={"Retry-After": "0"})]
+
+    async def flaky(items: list[dict]) -> httpx.Response:
+        if failures:
+            failure = failures.pop(0)
+            if isinstance(failure, Exception):
+                raise failure
+            return failure
+        return await server.send(items)
+
+    settler = BackgroundSettler(spool, flaky, RetryPolicy(backoff_s=0.001))
+    await asyncio.gather(*(settler.put(record(n)) for n in range(MAX_ITEMS + 20)))  # one write, one fsync
+    assert await settler.drain(10) == 0
+    assert [len(call) for call in server.calls] == [MAX_ITEMS, 20]
+    assert not spool.path.exists()
+
+
+async def test_what_a_drain_cannot_send_by_its_deadline_stays_in_the_spool(tmp_path):
+    spool = Spool(tmp_path / "s.jsonl")
+
+    async def down(items: list[dict]) -> httpx.Response:
+        raise httpx.ConnectError("refused")
+
+    settler = BackgroundSettler(spool, down, RetryPolicy(backoff_s=0.01))
+    await settler.put(record(1))
+    assert [r.idempotency_key for r in spool.records()] == ["res_1:settle:0"], "on disk once put returns"
+    assert await settler.drain(0.1) == 1
+    assert [r.idempotency_key for r in spool.records()] == ["res_1:settle:0"]
