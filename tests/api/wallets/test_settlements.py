@@ -2,6 +2,7 @@
 would be, each under its own idempotency key, shared with the single route."""
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 from litestar.testing import AsyncTestClient
@@ -121,3 +122,14 @@ async def test_the_calls_own_idempotency_key_replays_the_whole_answer(client: As
     assert again.headers.get("idempotent-replayed") == "true" and again.content == first.content
     other = await client.post("/v1/settlements", json=[], headers=headers)
     assert other.status_code == 409 and other.json()["code"] == "idempotency_conflict"
+
+
+async def test_two_bulk_calls_at_once_with_the_same_settles_charge_each_once(
+        client: AsyncTestClient, book: str, tag: str):
+    cid = await customer(client, book, tag)
+    items = [{"reservation_id": await reserve(client, cid), "usage": USAGE} for _ in range(20)]
+    first, second = await asyncio.gather(*(client.post("/v1/settlements", json=items) for _ in range(2)))
+    pairs = list(zip(first.json()["results"], second.json()["results"], strict=True))
+    assert all(a["status"] == b["status"] == 200 and a["body"] == b["body"] for a, b in pairs)
+    assert all(a["replayed"] != b["replayed"] for a, b in pairs), "one of each pair is the first, one a replay"
+    assert await wallet(client, cid) == ("9.44", "0.00")  # 10 - 20 x 0.028
