@@ -5,8 +5,17 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.audit import Check, CheckFn, Report, _query_check, verify
+from wallets import chart
 
-_OPEN = "('held', 'capturing')"
+
+def _literal(value: str) -> str:
+    """A constant of the chart as an SQL literal in text() (which would read `:name` as a parameter)."""
+    return "'" + value.replace("'", "''").replace(":", "\\:") + "'"
+
+
+_OPEN = "(" + ", ".join(_literal(status) for status in chart.OPEN_STATUSES) + ")"
+_RESERVED = f"{_literal(chart.RESERVED_CODE[0])} || c.id || {_literal(chart.RESERVED_CODE[1])}"
+_RECEIVABLE = f"{_literal(chart.RECEIVABLE_CODE[0])} || c.id || {_literal(chart.RECEIVABLE_CODE[1])}"
 
 
 async def reservations_consistent(conn: AsyncConnection) -> Check:
@@ -41,7 +50,7 @@ async def holds_equal_reserved(conn: AsyncConnection) -> Check:
         SELECT format('customer %s: reserved account holds %s, open reservations hold %s',
                       c.id, coalesce(b.credits - b.debits, 0), coalesce(h.held, 0))
           FROM customers c
-          JOIN accounts a ON a.code = 'liability:customer:' || c.id || ':' || 'reserved'
+          JOIN accounts a ON a.code = {_RESERVED}
           JOIN account_balances b ON b.account_id = a.id
           LEFT JOIN (SELECT customer_id, sum(amount - captured - released) AS held FROM reservations
                       WHERE status IN {_OPEN} GROUP BY customer_id) h ON h.customer_id = c.id
@@ -69,7 +78,7 @@ async def lots_match_accounts(conn: AsyncConnection) -> Check:
 
 
 async def wallets_within_limits(conn: AsyncConnection) -> Check:
-    return await _query_check(conn, "wallet_limits", """
+    return await _query_check(conn, "wallet_limits", f"""
         SELECT format('customer %s: %s is at %s, below 0', c.id, a.code, b.normal_sign * (b.debits - b.credits))
           FROM customers c JOIN accounts a ON a.customer_id = c.id
           JOIN account_balances b ON b.account_id = a.id
@@ -78,7 +87,7 @@ async def wallets_within_limits(conn: AsyncConnection) -> Check:
         SELECT format('customer %s: receivable %s against overdraft limit %s, but blocked is %s',
                       c.id, b.debits - b.credits, c.overdraft_limit, c.blocked)
           FROM customers c
-          JOIN accounts a ON a.code = 'asset:customer:' || c.id || ':' || 'receivable'
+          JOIN accounts a ON a.code = {_RECEIVABLE}
           JOIN account_balances b ON b.account_id = a.id
          WHERE c.blocked <> (c.overdraft_limit IS NOT NULL AND b.debits - b.credits > c.overdraft_limit)
         """, "no wallet account is below zero; a wallet past its overdraft limit is blocked")

@@ -21,16 +21,29 @@ HELD, CAPTURING, SETTLED, RELEASED, EXPIRED = "held", "capturing", "settled", "r
 OPEN_STATUSES = (HELD, CAPTURING)
 
 
+# A customer's fixed accounts as (before, after) its id: SQL that builds them from a customer id
+# column gets these as parameters (`%(reserved_before)s || c.id || %(reserved_after)s`).
+RESERVED_CODE = ("liability:customer:", ":reserved")
+RECEIVABLE_CODE = ("asset:customer:", ":receivable")
+
+
 def lot_account(customer_id: str, lot_id: str) -> str:
     return f"liability:customer:{customer_id}:lot:{lot_id}"
 
 
 def reserved_account(customer_id: str) -> str:
-    return f"liability:customer:{customer_id}:reserved"
+    return RESERVED_CODE[0] + customer_id + RESERVED_CODE[1]
 
 
 def receivable_account(customer_id: str) -> str:
-    return f"asset:customer:{customer_id}:receivable"
+    return RECEIVABLE_CODE[0] + customer_id + RECEIVABLE_CODE[1]
+
+
+SQL_PARAMETERS: dict[str, str | list[str]] = {
+    "open_statuses": list(OPEN_STATUSES),  # `r.status = ANY(%(open_statuses)s::text[])`
+    "reserved_before": RESERVED_CODE[0], "reserved_after": RESERVED_CODE[1],
+    "receivable_before": RECEIVABLE_CODE[0], "receivable_after": RECEIVABLE_CODE[1],
+}
 
 
 def cash_account(currency: str) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.db import Database
+from wallets import chart
 from wallets.commands import Command, ExpireLot, ExpireReservation
 from wallets.engine import Engine, utc_now
 
@@ -17,7 +18,7 @@ BATCH = 32
 
 _DUE_RESERVATIONS = """
 SELECT id, customer_id FROM reservations
- WHERE status IN ('held', 'capturing') AND expires_at <= %s AND id > %s
+ WHERE status = ANY(%s::text[]) AND expires_at <= %s AND id > %s
  ORDER BY id LIMIT %s
 """
 _DUE_LOTS = """
@@ -27,12 +28,12 @@ SELECT id, customer_id FROM lots
 """
 
 
-async def _expire_due(db: Database, sql: str, make: Any, now: datetime | None) -> int:
+async def _expire_due(db: Database, sql: str, make: Any, now: datetime | None, *lead: Any) -> int:
     engine = Engine(db, grouping=False)  # no price books needed: a fresh one costs nothing
     at = now or utc_now()
     done, after = 0, ""
     while True:
-        rows = await db.read(lambda conn, after=after: _rows(conn, sql, (at, after, PAGE)))
+        rows = await db.read(lambda conn, after=after: _rows(conn, sql, (*lead, at, after, PAGE)))
         if not rows:
             return done
         after = rows[-1][0]
@@ -52,7 +53,8 @@ async def _rows(conn: AsyncConnection, sql: str, params: tuple[Any, ...]) -> lis
 async def expire_reservations(db: Database, now: datetime | None = None) -> int:
     """Give back the holds of reservations past their expiry; outbox reservation.expired."""
     return await _expire_due(db, _DUE_RESERVATIONS,
-                             lambda rid, cid: ExpireReservation(customer_id=cid, reservation_id=rid), now)
+                             lambda rid, cid: ExpireReservation(customer_id=cid, reservation_id=rid), now,
+                             list(chart.OPEN_STATUSES))
 
 
 async def expire_grants(db: Database, now: datetime | None = None) -> int:

@@ -11,11 +11,12 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pricing.money import format_amount
+from wallets import chart
 from wallets.errors import NotFoundError, WalletValidationError
 
 
 def money(units: Any) -> str | None:
-    return None if units is None else format_amount(int(units), 9)
+    return None if units is None else format_amount(int(units), chart.ASSET_SCALE)
 
 
 def when(value: datetime | None) -> str | None:
