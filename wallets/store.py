@@ -42,9 +42,9 @@ SELECT
           'book_versions', (SELECT count(*) FROM price_book_versions v WHERE v.book_id = c.price_book),
           'max_charge_per_request', c.max_charge_per_request,
           'reserved', (SELECT b.credits - b.debits FROM accounts a JOIN account_balances b ON b.account_id = a.id
-                        WHERE b.lane = %(lane)s AND a.code = %(reserved_before)s || c.id || %(reserved_after)s),
+                        WHERE b.lane = %(lane)s AND a.code = 'liability:customer:' || c.id || ':reserved'),
           'receivable', (SELECT b.debits - b.credits FROM accounts a JOIN account_balances b ON b.account_id = a.id
-                          WHERE b.lane = %(lane)s AND a.code = %(receivable_before)s || c.id || %(receivable_after)s))),
+                          WHERE b.lane = %(lane)s AND a.code = 'asset:customer:' || c.id || ':receivable'))),
           '[]'::jsonb)
      FROM customers c WHERE c.id = ANY(%(customers)s::text[])) AS customers,
   (SELECT coalesce(jsonb_agg(jsonb_build_array(
@@ -82,8 +82,8 @@ SELECT
      SELECT r.customer_id, sum(least(h.amount, r.amount - r.captured)) AS held
        FROM reservations r JOIN reservation_holds h ON h.lane = %(lane)s AND h.reservation_id = r.id
       WHERE r.lane = %(lane)s AND r.customer_id = ANY(%(credit_held_for)s::text[])
-        AND r.status = ANY(%(open_statuses)s::text[])
-        AND h.account_code = %(receivable_before)s || r.customer_id || %(receivable_after)s
+        AND r.status IN ('held', 'capturing')
+        AND h.account_code = 'asset:customer:' || r.customer_id || ':receivable'
       GROUP BY r.customer_id) t) AS credit_held
 """
 
@@ -158,12 +158,12 @@ async def load(conn: AsyncConnection, customer_ids: Iterable[str], *,
     held_for = sorted(set(credit_held_for))
     wanted = sorted(set(reservation_ids))
     customers = sorted(set(customer_ids))
-    row = (await conn.exec_driver_sql(_LOAD, {
-        "lane": await _lane(conn, customers), "customers": customers, "reservations": wanted,
+    row = (await conn.exec_driver_sql(_load_sql(await _lane(conn, customers)), {
+        "customers": customers, "reservations": wanted,
         "captures": sorted(set(capture_ids)),
         "lot_codes": sorted(set(lot_codes)), "scopes": [s for s, _ in pairs], "keys": [k for _, k in pairs],
         "event_customers": [c for c, _ in event_pairs], "event_ids": [e for _, e in event_pairs],
-        "credit_held_for": held_for, **chart.SQL_PARAMETERS})).one()
+        "credit_held_for": held_for})).one()
     loaded = Loaded({c["id"]: _customer(c) for c in row.customers}, {}, {})
     for lot_id, cid, code, kind, granted, priority, expires_at, created_at, reason, reference, balance in row.lots:
         loaded.wallets[cid].lots[code] = Lot(lot_id, code, kind, int(granted), priority, _time(expires_at),
@@ -180,6 +180,19 @@ async def load(conn: AsyncConnection, customer_ids: Iterable[str], *,
         loaded.idempotency[(scope, key)] = StoredResponse(_bytes(digest), status, response)
     loaded.events = {(cid, event_id): _bytes(digest) for cid, event_id, digest in row.events}
     return loaded
+
+
+def _load_sql(lane: int | None) -> str:
+    """The load with its lane written in, so the plan names one lane's partitions: with the lane
+    as a parameter a cached generic plan would name every lane's, and each execution would lock
+    them all (PostgreSQL locks a cached plan's relations before pruning them)."""
+    sql = _LOAD_BY_LANE.get(lane)
+    if sql is None:
+        sql = _LOAD_BY_LANE[lane] = _LOAD.replace("%(lane)s", "NULL" if lane is None else str(int(lane)))
+    return sql
+
+
+_LOAD_BY_LANE: dict[int | None, str] = {}
 
 
 async def _lane(conn: AsyncConnection, customers: list[str]) -> int | None:
@@ -285,10 +298,11 @@ async def load_period_usage(conn: AsyncConnection, pairs: Iterable[tuple[str, st
     found: dict[tuple[str, str, str], dict[str, int]] = {}
     if not wanted:
         return found
+    lane = int(await _lane(conn, sorted({c for c, _ in wanted})) or 0)  # written in, as in the load
     rows = await conn.exec_driver_sql(
-        """SELECT customer_id, period, book_id, rule_id, quantity::text FROM usage_counters
-            WHERE lane = %s AND (customer_id, period) IN (SELECT * FROM unnest(%s::text[], %s::text[]))""",
-        (await _lane(conn, sorted({c for c, _ in wanted})), [c for c, _ in wanted], [p for _, p in wanted]))
+        f"""SELECT customer_id, period, book_id, rule_id, quantity::text FROM usage_counters
+            WHERE lane = {lane} AND (customer_id, period) IN (SELECT * FROM unnest(%s::text[], %s::text[]))""",
+        ([c for c, _ in wanted], [p for _, p in wanted]))
     for cid, period, book_id, rule_id, quantity in rows:
         found.setdefault((cid, period, book_id), {})[rule_id] = int(quantity)
     return found
