@@ -23,7 +23,6 @@ from wallets.core.decision import (
     AnswerKept,
     ChargeRecorded,
     CustomerFlagged,
-    Effect,
     LotOpened,
     LotSwept,
     OutboxEvent,
@@ -52,6 +51,9 @@ class Batch:
     # (customer, period, book) -> rule -> units rated earlier in the period (loaded for tiered books)
     period_usage: dict[tuple[str, str, str], dict[str, int]] = field(default_factory=dict)
     counted: dict[tuple[str, str, str, str], int] = field(default_factory=dict)  # increments to write
+    opened: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # new reservation -> customer, entry key
+    changed: set[tuple[str, str]] = field(default_factory=set)  # (customer, reservation) to update
+    flagged: set[str] = field(default_factory=set)  # customers whose alert flags changed
 
     def state(self, customer_id: str) -> State:
         return State(customer_id, self.loaded.wallets.get(customer_id), self.loaded.idempotency,
@@ -85,77 +87,82 @@ class Batch:
         w = self.loaded.wallets.get(customer_id)
         if w is not None:
             for effect in alerts(self.state(customer_id), w, self.now):
-                self._follow(effect, None)
+                _FOLLOW[type(effect)](self, effect, None)
 
     def follow(self, decision: Decision) -> None:
         key = decision.entry.key if decision.entry is not None else None
         for effect in decision.effects:  # lots first: the entry's postings may credit them
-            if isinstance(effect, LotOpened):
-                self._follow(effect, key)
+            if type(effect) is LotOpened:
+                self._lot_opened(effect, key)
         if decision.entry is not None:
             self.entries.append(decision.entry)
             self.loaded.wallets[decision.entry.customer_id].apply(decision.entry.postings)
         for effect in decision.effects:
-            if not isinstance(effect, LotOpened):
-                self._follow(effect, key)
+            if type(effect) is not LotOpened:
+                _FOLLOW[type(effect)](self, effect, key)
         if getattr(decision.outcome.body, "entry_key", None) is not None:
             self.results.append(decision.outcome.body)  # its entry id is known once posted
 
-    def _follow(self, effect: Effect, key: str | None) -> None:
-        match effect:
-            case LotOpened():
-                self.accounts.append(chart.lot_spec(effect.customer_id, effect.lot_id, effect.currency))
-                self.loaded.wallets[effect.customer_id].lots[effect.code] = Lot(
-                    effect.lot_id, effect.code, effect.kind, effect.granted, effect.priority, effect.expires_at,
-                    effect.created_at, 0, False, effect.reason, effect.reference)
-                self.add("lots", {"id": effect.lot_id, "customer_id": effect.customer_id, "kind": effect.kind,
-                                  "account_code": effect.code, "granted": effect.granted,
-                                  "priority": effect.priority, "expires_at": effect.expires_at,
-                                  "reason": effect.reason, "reference": effect.reference, "entry_key": key,
-                                  "created_at": effect.created_at})
-            case LotSwept():
-                self.loaded.wallets[effect.customer_id].lots[effect.code].swept = True
-                self.add("lot_expiries", {"id": effect.lot_id, "expired_at": effect.expired_at,
-                                          "amount": effect.amount, "entry_key": key})
-            case ReservationOpened():
-                self.loaded.wallets[effect.customer_id].reservations[effect.reservation_id] = Reservation(
-                    effect.reservation_id, effect.customer_id, effect.request_id, effect.request_hash,
-                    effect.model, effect.amount, chart.HELD, effect.created_at, effect.expires_at,
-                    [Hold(h.seq, h.account, h.amount) for h in effect.holds], dict(effect.dimensions),
-                    dict(effect.estimate) if effect.estimate is not None else None, entry_key=key, new=True)
-            case ReservationChanged():
-                r = self.loaded.wallets[effect.customer_id].reservations[effect.reservation_id]
-                r.status, r.captured, r.released, r.charged = effect.status, effect.captured, effect.released, \
-                    effect.charged
-                r.captures, r.closed_at, r.dirty = effect.captures, effect.closed_at, True
-            case ChargeRecorded():
-                self.add("charges", {
-                    "customer_id": effect.customer_id, "reservation_id": effect.reservation_id,
-                    "event_id": effect.event_id, "request_id": effect.request_id, "seq": effect.seq,
-                    "capture_id": effect.capture_id, "final": effect.final, "request_hash": effect.request_hash,
-                    "model": effect.model, "occurred_at": effect.occurred_at, "usage": dict(effect.usage),
-                    "dimensions": dict(effect.dimensions), "price_book": effect.price_book,
-                    "price_version": effect.price_version, "lines": list(effect.lines), "charged": effect.charged,
-                    "from_hold": effect.from_hold, "from_lots": effect.from_lots,
-                    "from_receivable": effect.from_receivable, "released": effect.released, "entry_key": key})
-            case UsageEventRecorded():
-                self.loaded.events[(effect.customer_id, effect.event_id)] = effect.request_hash
-                self.add("usage_events", {
-                    "event_id": effect.event_id, "customer_id": effect.customer_id,
-                    "request_hash": effect.request_hash, "model": effect.model, "occurred_at": effect.occurred_at,
-                    "usage": dict(effect.usage), "dimensions": dict(effect.dimensions), "entry_key": key})
-            case UsageCounted():
-                self._count(effect)
-            case OutboxEvent():
-                self.add("outbox", {"topic": effect.topic, "customer_id": effect.customer_id,
-                                    "dedup_key": effect.dedup_key, "payload": dict(effect.payload)})
-            case CustomerFlagged():
-                w = self.loaded.wallets[effect.customer_id]
-                w.customer.low_balance_alerted, w.customer.blocked = effect.low_balance_alerted, effect.blocked
-                w.customer_dirty = True
-            case AnswerKept():
-                self.add("idempotency", answers.row(effect.scope, effect.key, effect.request_hash, effect.code,
-                                                    effect.body))
+    def _lot_opened(self, effect: LotOpened, key: str | None) -> None:
+        self.accounts.append(chart.lot_spec(effect.customer_id, effect.lot_id, effect.currency))
+        self.loaded.wallets[effect.customer_id].lots[effect.code] = Lot(
+            effect.lot_id, effect.code, effect.kind, effect.granted, effect.priority, effect.expires_at,
+            effect.created_at, 0, False, effect.reason, effect.reference)
+        self.add("lots", {"id": effect.lot_id, "customer_id": effect.customer_id, "kind": effect.kind,
+                          "account_code": effect.code, "granted": effect.granted, "priority": effect.priority,
+                          "expires_at": effect.expires_at, "reason": effect.reason, "reference": effect.reference,
+                          "entry_key": key, "created_at": effect.created_at})
+
+    def _lot_swept(self, effect: LotSwept, key: str | None) -> None:
+        self.loaded.wallets[effect.customer_id].lots[effect.code].swept = True
+        self.add("lot_expiries", {"id": effect.lot_id, "expired_at": effect.expired_at, "amount": effect.amount,
+                                  "entry_key": key})
+
+    def _reservation_opened(self, effect: ReservationOpened, key: str | None) -> None:
+        self.loaded.wallets[effect.customer_id].reservations[effect.reservation_id] = Reservation(
+            effect.reservation_id, effect.customer_id, effect.request_id, effect.request_hash, effect.model,
+            effect.amount, chart.HELD, effect.created_at, effect.expires_at,
+            [Hold(h.seq, h.account, h.amount) for h in effect.holds], dict(effect.dimensions),
+            dict(effect.estimate) if effect.estimate is not None else None)
+        self.opened[effect.reservation_id] = (effect.customer_id, key)
+
+    def _reservation_changed(self, effect: ReservationChanged, key: str | None) -> None:
+        r = self.loaded.wallets[effect.customer_id].reservations[effect.reservation_id]
+        r.status, r.captured, r.released, r.charged = effect.status, effect.captured, effect.released, effect.charged
+        r.captures, r.closed_at = effect.captures, effect.closed_at
+        self.changed.add((effect.customer_id, effect.reservation_id))
+
+    def _charge_recorded(self, effect: ChargeRecorded, key: str | None) -> None:
+        self.add("charges", {
+            "customer_id": effect.customer_id, "reservation_id": effect.reservation_id, "event_id": effect.event_id,
+            "request_id": effect.request_id, "seq": effect.seq, "capture_id": effect.capture_id,
+            "final": effect.final, "request_hash": effect.request_hash, "model": effect.model,
+            "occurred_at": effect.occurred_at, "usage": dict(effect.usage), "dimensions": dict(effect.dimensions),
+            "price_book": effect.price_book, "price_version": effect.price_version, "lines": list(effect.lines),
+            "charged": effect.charged, "from_hold": effect.from_hold, "from_lots": effect.from_lots,
+            "from_receivable": effect.from_receivable, "released": effect.released, "entry_key": key})
+
+    def _usage_event_recorded(self, effect: UsageEventRecorded, key: str | None) -> None:
+        self.loaded.events[(effect.customer_id, effect.event_id)] = effect.request_hash
+        self.add("usage_events", {
+            "event_id": effect.event_id, "customer_id": effect.customer_id, "request_hash": effect.request_hash,
+            "model": effect.model, "occurred_at": effect.occurred_at, "usage": dict(effect.usage),
+            "dimensions": dict(effect.dimensions), "entry_key": key})
+
+    def _outbox_event(self, effect: OutboxEvent, key: str | None) -> None:
+        self.add("outbox", {"topic": effect.topic, "customer_id": effect.customer_id, "dedup_key": effect.dedup_key,
+                            "payload": dict(effect.payload)})
+
+    def _customer_flagged(self, effect: CustomerFlagged, key: str | None) -> None:
+        c = self.loaded.wallets[effect.customer_id].customer
+        c.low_balance_alerted, c.blocked = effect.low_balance_alerted, effect.blocked
+        self.flagged.add(effect.customer_id)
+
+    def _answer_kept(self, effect: AnswerKept, key: str | None) -> None:
+        self.add("idempotency", answers.row(effect.scope, effect.key, effect.request_hash, effect.code, effect.body))
+
+    def _usage_counted(self, effect: UsageCounted, key: str | None) -> None:
+        self._count(effect)
 
     def _count(self, effect: UsageCounted) -> None:
         key = (effect.customer_id, effect.period, effect.book_id)
@@ -182,18 +189,26 @@ class Batch:
                     row["entry_id"] = ids.get(row.pop("entry_key") or "")
         for result in self.results:
             result.entry_id = ids.get(result.entry_key or "", result.entry_id)
-        for w in self.loaded.wallets.values():
-            for r in w.reservations.values():
-                if r.new:
-                    self.add("reservations", store.reservation_row(r, ids.get(r.entry_key or "")))
-                    self.rows.setdefault("holds", []).extend(store.hold_rows(r))
-                elif r.dirty:
-                    self.add("reservation_updates", store.reservation_update(r))
-            if w.customer_dirty:
-                self.add("customers", store.customer_update(w))
+        for cid, rid in sorted(self.changed):
+            if rid not in self.opened:
+                self.add("reservation_updates", store.reservation_update(self.loaded.wallets[cid].reservations[rid]))
+        for rid, (cid, entry_key) in self.opened.items():
+            r = self.loaded.wallets[cid].reservations[rid]
+            self.add("reservations", store.reservation_row(r, ids.get(entry_key or "")))
+            self.rows.setdefault("holds", []).extend(store.hold_rows(r))
+        for cid in sorted(self.flagged):
+            self.add("customers", store.customer_update(self.loaded.wallets[cid]))
         for (cid, period, book_id, rule_id), quantity in self.counted.items():
             self.add("usage_counters", {"customer_id": cid, "period": period, "book_id": book_id,
                                         "rule_id": rule_id, "quantity": quantity})
 
     async def write(self, conn: AsyncConnection) -> None:
         await store.write(conn, self.rows)
+
+
+_FOLLOW: dict[type, Any] = {
+    LotOpened: Batch._lot_opened, LotSwept: Batch._lot_swept, ReservationOpened: Batch._reservation_opened,
+    ReservationChanged: Batch._reservation_changed, ChargeRecorded: Batch._charge_recorded,
+    UsageEventRecorded: Batch._usage_event_recorded, UsageCounted: Batch._usage_counted,
+    OutboxEvent: Batch._outbox_event, CustomerFlagged: Batch._customer_flagged, AnswerKept: Batch._answer_kept,
+}  # how the shell follows each effect: in memory, and as the rows a flush writes

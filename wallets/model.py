@@ -91,9 +91,6 @@ class Reservation:
     final_hash: bytes | None = None  # request hash of the final settle, for replays
     final_charge: dict[str, Any] | None = None
     capture_ids: dict[str, tuple[bytes, dict[str, Any]]] = field(default_factory=dict)
-    entry_key: str | None = None  # the reserve entry, for a reservation created in this batch
-    new: bool = False
-    dirty: bool = False
 
     @property
     def is_open(self) -> bool:
@@ -112,7 +109,6 @@ class Wallet:
     receivable: int
     reservations: dict[str, Reservation] = field(default_factory=dict)
     credit_held: int | None = None  # receivable held by open reservations (loaded for top-ups)
-    customer_dirty: bool = False
 
     def live_lots(self, now: datetime) -> list[Lot]:
         return sorted((lot for lot in self.lots.values() if lot.live(now) and lot.balance > 0),

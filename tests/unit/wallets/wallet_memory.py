@@ -84,9 +84,6 @@ class MemoryWallet:
             if r is not None and row["final"]:
                 r.final_hash, r.final_charge = row["request_hash"], charge
         self.outbox.extend(batch.rows.get("outbox", []))
-        for r in self.wallet.reservations.values():
-            r.new = r.dirty = False
-        self.wallet.customer_dirty = False
         self.period_usage = batch.period_usage
 
     # Commands with amounts as decimal strings.
