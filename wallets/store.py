@@ -42,9 +42,9 @@ SELECT
           'book_versions', (SELECT count(*) FROM price_book_versions v WHERE v.book_id = c.price_book),
           'max_charge_per_request', c.max_charge_per_request,
           'reserved', (SELECT b.credits - b.debits FROM accounts a JOIN account_balances b ON b.account_id = a.id
-                        WHERE b.lane = %(lane)s AND a.code = 'liability:customer:' || c.id || ':reserved'),
+                        WHERE b.lane = %(lane)s AND a.code = %(reserved_before)s || c.id || %(reserved_after)s),
           'receivable', (SELECT b.debits - b.credits FROM accounts a JOIN account_balances b ON b.account_id = a.id
-                          WHERE b.lane = %(lane)s AND a.code = 'asset:customer:' || c.id || ':receivable'))),
+                          WHERE b.lane = %(lane)s AND a.code = %(receivable_before)s || c.id || %(receivable_after)s))),
           '[]'::jsonb)
      FROM customers c WHERE c.id = ANY(%(customers)s::text[])) AS customers,
   (SELECT coalesce(jsonb_agg(jsonb_build_array(
@@ -82,8 +82,8 @@ SELECT
      SELECT r.customer_id, sum(least(h.amount, r.amount - r.captured)) AS held
        FROM reservations r JOIN reservation_holds h ON h.lane = %(lane)s AND h.reservation_id = r.id
       WHERE r.lane = %(lane)s AND r.customer_id = ANY(%(credit_held_for)s::text[])
-        AND r.status IN ('held', 'capturing')
-        AND h.account_code = 'asset:customer:' || r.customer_id || ':receivable'
+        AND r.status = ANY(%(open_statuses)s::text[])
+        AND h.account_code = %(receivable_before)s || r.customer_id || %(receivable_after)s
       GROUP BY r.customer_id) t) AS credit_held
 """
 
@@ -163,7 +163,7 @@ async def load(conn: AsyncConnection, customer_ids: Iterable[str], *,
         "captures": sorted(set(capture_ids)),
         "lot_codes": sorted(set(lot_codes)), "scopes": [s for s, _ in pairs], "keys": [k for _, k in pairs],
         "event_customers": [c for c, _ in event_pairs], "event_ids": [e for _, e in event_pairs],
-        "credit_held_for": held_for})).one()
+        "credit_held_for": held_for, **chart.SQL_PARAMETERS})).one()
     loaded = Loaded({c["id"]: _customer(c) for c in row.customers}, {}, {})
     for lot_id, cid, code, kind, granted, priority, expires_at, created_at, reason, reference, balance in row.lots:
         loaded.wallets[cid].lots[code] = Lot(lot_id, code, kind, int(granted), priority, _time(expires_at),
