@@ -9,6 +9,7 @@ from pricing.money import format_amount
 from wallets import chart
 from wallets.core.commands import ExpireLot, Grant, RecordUsage, TopUp
 from wallets.core.decision import (
+    NOTHING_DUE,
     ChargeRecorded,
     Decision,
     LotOpened,
@@ -19,7 +20,6 @@ from wallets.core.decision import (
 )
 from wallets.core.legs import Legs, entry, settlement, settlement_legs
 from wallets.core.rating import billing_period, book_for, charge_lines, implausibility, rate_call
-from wallets.core.reservations import NOTHING_DUE
 from wallets.core.results import CreditResult, ExpiryResult, UsageResult, WalletView, lot_view
 from wallets.core.state import State
 from wallets.errors import ConflictError, WalletValidationError

@@ -175,3 +175,6 @@ class Decision:
     @staticmethod
     def refuse(error: Exception, *effects: Effect) -> Decision:
         return Decision(Outcome(getattr(error, "code", "error"), error), None, effects)
+
+
+NOTHING_DUE = Decision(Outcome("nothing_due"))  # a job's command that finds nothing to do

@@ -11,6 +11,7 @@ from wallets import chart
 from wallets.core import idempotency
 from wallets.core.commands import Release, Reserve, Settle
 from wallets.core.decision import (
+    NOTHING_DUE,
     AnswerKept,
     ChargeRecorded,
     Decision,
@@ -174,9 +175,6 @@ def release(state: State, cmd: Release, now: datetime, book: PriceBook | None) -
         raise ReservationClosedError(f"reservation {r.id} is already {r.status}", reservation_id=r.id,
                                      reservation_status=r.status)
     return give_back(w, r, chart.RELEASED, "release", now)
-
-
-NOTHING_DUE = Decision(Outcome("nothing_due"))
 
 
 def expire_reservation(state: State, cmd: Release, now: datetime, book: PriceBook | None) -> Decision:
