@@ -338,34 +338,74 @@ async def run_cases(ports: list[int], args: argparse.Namespace, servers: list[su
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
+    if getattr(args, "scaling", False):
+        return scaling(args, settings)
     handle = open_database(settings, migrate=False)
-    suffix = os.getpid()
     try:
-        with scratch_database(handle.url, f"tokentill_lifecycle_{suffix}") as url:
-            runner.upgrade(sync_url(url))
-            ports = [free_port() for _ in range(max(1, args.servers))]
-            servers = [start_server(url, port, max(1, args.workers_per_server)) for port in ports]
-            try:
-                figures = asyncio.run(run_cases(ports, args, servers))
-            except BaseException:
-                for server in servers:
-                    print(f"--- tokentill serve log (tail):\n{server_log(server)}", file=sys.stderr)
-                raise
-            finally:
-                for server in servers:
-                    server.send_signal(signal.SIGTERM)
-                for server in servers:
-                    try:
-                        server.wait(timeout=30)
-                    except subprocess.TimeoutExpired:
-                        server.kill()
-        with scratch_database(handle.url, f"tokentill_pgbench_{suffix}") as url:
+        figures = _cases_on_fresh_database(handle.url, args, getattr(args, "lanes", None), args.servers)
+        with scratch_database(handle.url, f"tokentill_pgbench_{os.getpid()}") as url:
             tps = pgbench_tps(url, seconds=args.seconds, clients=args.pgbench_clients)
     finally:
         handle.close()
     report = report_of(figures, tps, args)
     print(json.dumps(report, indent=2) if args.json else text_report(report))
     return 0 if report["verify_ok"] else 1
+
+
+def _cases_on_fresh_database(server_url: str, args: argparse.Namespace, lanes: int | None, servers: int) -> dict:
+    """Every case against `servers` fresh servers on a fresh database of `lanes` lanes."""
+    with scratch_database(server_url, f"tokentill_lifecycle_{os.getpid()}") as url:
+        runner.upgrade(sync_url(url), lanes=lanes)
+        ports = [free_port() for _ in range(max(1, servers))]
+        procs = [start_server(url, port, max(1, args.workers_per_server)) for port in ports]
+        try:
+            return asyncio.run(run_cases(ports, args, procs))
+        except BaseException:
+            for proc in procs:
+                print(f"--- tokentill serve log (tail):\n{server_log(proc)}", file=sys.stderr)
+            raise
+        finally:
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+SCALING_LANES, SCALING_SERVERS = (1, 2, 4, 16), (1, 2)
+
+
+def scaling(args: argparse.Namespace, settings: Settings) -> int:
+    """`--scaling`: every case for lanes 1/2/4/16 x servers 1/2, each on a fresh database, then
+    pgbench once; one row per pair (the ratios share that pgbench figure)."""
+    handle = open_database(settings, migrate=False)
+    rows = []
+    try:
+        for lanes in SCALING_LANES:
+            for servers in SCALING_SERVERS:
+                rows.append((lanes, servers, _cases_on_fresh_database(handle.url, args, lanes, servers)))
+        with scratch_database(handle.url, f"tokentill_pgbench_{os.getpid()}") as url:
+            tps = pgbench_tps(url, seconds=args.seconds, clients=args.pgbench_clients)
+    finally:
+        handle.close()
+    table = [{**{k: v for k, v in report_of(figures, tps, args).items() if k not in ("cpu_cores", "server_profile")},
+              "lanes": lanes, "servers": servers} for lanes, servers, figures in rows]
+    if args.json:
+        print(json.dumps({"pgbench_tpcb_like_tps": round(tps, 1), "rows": table}, indent=2))
+    else:
+        print(f"lifecycles over HTTP, {args.workers} clients, {args.seconds}s per case; "
+              f"pgbench tpcb-like {tps:.0f} tps (8 clients)")
+        print(f"lanes servers | {args.wallets} wallets/s (x pgbench) | hot wallet/s (x pgbench) | reserve p50/p99 ms "
+              "| half-load reserve p99 ms | retries")
+        for r in table:
+            s, h = r["spread"], r["hot"]
+            print(f"{r['lanes']:>5} {r['servers']:>7} | {s['lifecycles_per_s']:>9.1f} ({r['spread_ratio']:.2f}) "
+                  f"| {h['lifecycles_per_s']:>9.1f} ({r['hot_ratio']:.2f}) "
+                  f"| {s['reserve_p50_ms']:.1f}/{s['reserve_p99_ms']:.1f} | {r['half_load_reserve_p99_ms']:.1f} "
+                  f"| {r['serialization_retries']}")
+    return 0 if all(r["verify_ok"] for r in table) else 1
 
 
 def report_of(figures: dict, tps: float, args: argparse.Namespace) -> dict:
