@@ -209,6 +209,35 @@ def _last_log_line(pgdata: Path) -> str:
     return next((line for line in reversed(lines) if "FATAL" in line), lines[-1] if lines else "empty server log")
 
 
+# Settings the embedded cluster needs beyond initdb's defaults, applied once per data dir (with a
+# restart). SSI keeps the predicate locks of every committed transaction that overlaps the oldest
+# open serializable one, so one stalled writer (stopped, or slow) keeps every lane's locks alive:
+# at the default 64 per connection the table filled ("out of shared memory", SQLSTATE 53200)
+# in the test suite. 1,024 per connection costs 33 MB more shared memory than 64 (measured: 157 -> 191 MB).
+SERVER_SETTINGS = {"max_pred_locks_per_transaction": "1024"}
+
+
+def _apply_settings(cluster: EmbeddedPostgres) -> None:
+    """Write SERVER_SETTINGS into the cluster's configuration and restart it if any differed.
+    Call with the cluster's lock held."""
+    import psycopg
+
+    with psycopg.connect(cluster.url, autocommit=True) as conn:
+        current = dict(conn.execute("SELECT name, setting FROM pg_settings WHERE name = ANY(%s)",
+                                    (list(SERVER_SETTINGS),)).fetchall())
+        stale = {name: value for name, value in SERVER_SETTINGS.items() if current.get(name) != value}
+        for name, value in stale.items():  # names and values are this module's constants
+            conn.execute(f"ALTER SYSTEM SET {name} = {value}")
+    if not stale:
+        return
+    log.warning("embedded PostgreSQL in %s: applying %s (restart)", cluster.pgdata, stale)
+    subprocess.run([str(cluster.bin_dir / "pg_ctl"), "-D", str(cluster.pgdata), "-m", "fast", "-w", "stop"],
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True,
+                   timeout=60, user=cluster.system_user)
+    cluster._start_postmaster(30.0)
+    cluster._refresh()
+
+
 def start(pgdata: Path, *, keep: bool = True) -> EmbeddedPostgres:
     """Start (or join) the cluster in `pgdata`, creating it on first use.
 
@@ -233,7 +262,9 @@ def start(pgdata: Path, *, keep: bool = True) -> EmbeddedPostgres:
             _clear_stale_lock_files(pgdata)  # the wheel would take a zombie postmaster for a live one
         with _PROCESS_LOCK:
             server = pgserver.get_server(pgdata, cleanup_mode="stop" if keep else "delete")
-    return EmbeddedPostgres(pgdata=pgdata, url=server.get_uri(), _server=server)
+        cluster = EmbeddedPostgres(pgdata=pgdata, url=server.get_uri(), _server=server)
+        _apply_settings(cluster)
+    return cluster
 
 
 def bin_dir() -> Path:
