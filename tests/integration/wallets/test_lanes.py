@@ -231,3 +231,30 @@ async def test_postings_written_into_a_partition_directly_are_checked_and_counte
     with psycopg.connect(database_url) as conn:
         debits = conn.execute("SELECT sum(debits) FROM account_balances WHERE account_id = %s", (ids[0],)).fetchone()
     assert debits[0] == 5
+
+
+@pytest.mark.parametrize("in_flight", [1, 3])
+async def test_a_process_runs_at_most_its_in_flight_batches_at_once_over_all_lanes(shared_kit: Kit, in_flight: int):
+    kit = shared_kit
+    lanes = await kit.db.read(lane_count)
+    cids = [(await _customers_in(kit, lanes, lane, 1, f"slot{in_flight}-{lane}-"))[0] for lane in range(4)]
+    engine = Engine(kit.db, clock=kit.clock, in_flight=in_flight)
+    await engine.lane_of(cids[0])  # the engine reads the lane count once; until then commands queue together
+    running = most = 0
+    execute = engine.execute
+
+    async def counted(commands, **kw):
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        try:
+            await asyncio.sleep(0.05)  # long enough for every lane's flusher to be waiting
+            return await execute(commands, **kw)
+        finally:
+            running -= 1
+
+    engine.execute = counted  # type: ignore[method-assign]
+    outcomes = await asyncio.gather(*(engine.submit(_reserve(cid, f"{kit.tag}-slot{in_flight}-{i}"))
+                                      for i in range(8) for cid in cids))
+    assert len(outcomes) == 32
+    assert most == in_flight  # four lanes had work at once; the process ran only its slots' worth
