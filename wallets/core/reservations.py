@@ -117,8 +117,13 @@ def settle(state: State, cmd: Settle, now: datetime, book: PriceBook | None) -> 
     if r.status in (chart.SETTLED, chart.RELEASED):
         if r.status == chart.SETTLED and cmd.final and r.final_hash == cmd.request_hash and r.final_charge:
             return _replayed_settle(r.final_charge, r.status, currency)
-        raise ReservationClosedError(f"reservation {r.id} is already {r.status}", reservation_id=r.id,
-                                     reservation_status=r.status)
+        # A capture with an id of its own reports usage that happened; one that arrives after the
+        # reservation closed (the SDK spooled it and its block's exit released or settled first)
+        # is charged like a late settle after expiry, once by its id. A second final is refused.
+        late_capture = not cmd.final and cmd.capture_id is not None
+        if not late_capture:
+            raise ReservationClosedError(f"reservation {r.id} is already {r.status}", reservation_id=r.id,
+                                         reservation_status=r.status)
     rating = rate_call(w, book, state.period_usage, r.model, cmd.tokens, r.created_at, r.dimensions,
                        with_request_fee=r.captures == 0)
     problem = implausibility(w, book_for(w, book).version_at(r.created_at), rating, cmd.tokens, r.charged)

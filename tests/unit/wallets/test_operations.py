@@ -258,3 +258,29 @@ def test_every_effect_of_a_decision_is_a_frozen_value():
             continue
         raise AssertionError(f"{type(effect).__name__} is mutable")
     assert LotOpened.__dataclass_params__.frozen  # type: ignore[attr-defined]
+
+
+def test_a_capture_that_arrives_after_its_reservation_closed_is_charged_once_as_late_usage():
+    # The SDK spooled a capture (a 500, or its deadline passed) and its block's exit then released
+    # the hold: the capture's usage happened, so it is charged when it arrives, from the lots.
+    m = MemoryWallet()
+    lot = m.top_up("10.00")
+    r = m.reserve("3.00").reservation
+    assert m.release(r.id).code == "released" and m.lot(lot) == usd("10.00")
+    late = m.settle(r.id, input_tokens=500, final=False, capture_id="c-1")
+    assert (late.code, late.status, late.charged) == ("captured", "released", usd("0.50"))  # it stays released
+    assert m.lot(lot) == usd("9.50") and m.platform("revenue") == usd("0.50")
+    assert m.settle(r.id, input_tokens=500, final=False, capture_id="c-1").code == "replayed"
+    assert m.lot(lot) == usd("9.50")  # once, by its id
+    # A final settle after the release, or a capture with no id of its own, is still refused.
+    assert isinstance(m.settle(r.id, input_tokens=1), ReservationClosedError)
+    assert isinstance(m.settle(r.id, input_tokens=1, final=False), ReservationClosedError)
+
+
+def test_a_capture_that_arrives_after_the_final_settle_is_charged_too():
+    m = MemoryWallet()
+    lot = m.top_up("10.00")
+    r = m.reserve("3.00").reservation
+    assert m.settle(r.id, input_tokens=1000).charged == usd("1.00")
+    late = m.settle(r.id, output_tokens=250, final=False, capture_id="c-early")
+    assert late.charged == usd("0.50") and m.lot(lot) == usd("8.50") and m.reserved == 0
