@@ -41,6 +41,7 @@ from api.client_errors import (
     BudgetExceeded,
     Forbidden,
     IdempotencyConflict,
+    ImplausibleUsage,
     InsufficientFunds,
     NotFound,
     RateLimited,
@@ -70,9 +71,9 @@ from pricing.tokens import TokenCounter
 
 __all__ = [  # the typed errors live in api.client_errors and are imported from here
     "ERRORS", "AsyncClient", "AsyncReservation", "BudgetExceeded", "Client", "FlushReport", "Forbidden",
-    "IdempotencyConflict", "InsufficientFunds", "NotFound", "RateLimited", "Reservation", "ReservationClosed",
-    "ServiceUnavailable", "SettlementSpooled", "StreamMeter", "TokentillError", "Unauthorized", "UnpricedModel",
-    "ValidationFailed", "flush_spool_dir",
+    "IdempotencyConflict", "ImplausibleUsage", "InsufficientFunds", "NotFound", "RateLimited", "Reservation",
+    "ReservationClosed", "ServiceUnavailable", "SettlementSpooled", "StreamMeter", "TokentillError", "Unauthorized",
+    "UnpricedModel", "ValidationFailed", "flush_spool_dir",
 ]
 log = logging.getLogger("tokentill.client")
 MIN_SETTLE_DEADLINE_S = 60.0

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from api import delivery
-from api.client import BudgetExceeded, Client, ServiceUnavailable, SettlementSpooled
+from api.client import BudgetExceeded, Client, ImplausibleUsage, ServiceUnavailable, SettlementSpooled
 from api.delivery import RetryPolicy, retry_after
 
 
@@ -220,3 +220,12 @@ async def test_the_async_loops_sleep_on_the_event_loop_and_spool_once(clock):
     answers[:] = [problem(502, "bad_gateway"), httpx.ConnectError("refused")]
     with pytest.raises(httpx.ConnectError):
         await delivery.acall(send, delivery.Schedule(RetryPolicy(), retries=1), sleep=sleep)
+
+
+def test_an_implausible_settle_raises_its_typed_error_once_and_is_not_spooled(clock, tmp_path):
+    requests: list[httpx.Request] = []
+    tt = client(server(problem(422, "implausible_usage"), requests=requests), tmp_path)
+    with pytest.raises(ImplausibleUsage) as raised:
+        settle_once(tt)
+    assert raised.value.status == 422 and len(requests) == 2  # the reserve, and one settle
+    assert not list(tmp_path.glob("*.jsonl"))
