@@ -54,7 +54,6 @@ class BackgroundSettler:
         self._idle = asyncio.Event()
         self._idle.set()
         self._sender: asyncio.Task[None] | None = None
-        self.sent_calls = 0
 
     @property
     def pending(self) -> int:
@@ -124,7 +123,6 @@ class BackgroundSettler:
         except httpx.TransportError as exc:
             log.info("background settles: %s; sending again", exc)
             return 0.0
-        self.sent_calls += 1
         if response.status_code in DURABLE_RETRY or response.status_code >= 500:
             return retry_after(response) or 0.0
         if response.status_code != 200:  # the key was refused, say: leave them all for a flush

@@ -30,10 +30,6 @@ def balance_lane(customer_id: str | None, stripes: int, stripe: int, lanes: int)
     return stripe % lanes if stripes > 1 else entry_lane(customer_id, lanes)
 
 
-def known_lane_count(conn: AsyncConnection) -> int | None:
-    return _counts.get(conn.sync_engine)
-
-
 async def lane_count(conn: AsyncConnection) -> int:
     """The database's lane count (fixed at creation, so cached per engine)."""
     found = _counts.get(conn.sync_engine)
