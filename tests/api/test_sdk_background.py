@@ -6,18 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import uuid
-from collections.abc import Iterator
 from decimal import Decimal
 
 import httpx
 import pytest
 
-from api.app import create_app
-from api.bench.common import free_port
 from api.client import AsyncClient, Client
-from api.demo import PRICE_BOOK, _Server
-from api.settings import Settings
 from api.spool import Spool
 from tests.api.test_sdk_durability import (
     ADMIN,
@@ -28,27 +22,6 @@ from tests.api.test_sdk_durability import (
     reservation,
     wait_ready,
 )
-
-
-@pytest.fixture(scope="module")
-def live(database_url) -> Iterator[tuple[str, str]]:
-    port = free_port()
-    server = _Server(create_app(Settings(admin_key=ADMIN, scheduler=False), database_url), port)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(url)
-    book = f"background-{uuid.uuid4().hex[:8]}"
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}) as http:
-        assert http.post("/v1/price-books", json={**PRICE_BOOK, "id": book}).status_code in (200, 201)
-    yield url, book
-    server.stop()
-
-
-@pytest.fixture
-def spool_dir(tmp_path, monkeypatch):
-    directory = tmp_path / "spool"
-    monkeypatch.setenv("TOKENTILL_SPOOL_DIR", str(directory))
-    return directory
 
 
 class Bulk(httpx.AsyncBaseTransport):

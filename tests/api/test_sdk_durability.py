@@ -11,19 +11,17 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
 import httpx
 import pytest
 
-from api.app import create_app
 from api.bench.common import free_port
 from api.client import AsyncClient, Client
 from api.client_errors import ReservationClosed, SettlementSpooled, TokentillError, ValidationFailed
-from api.demo import PRICE_BOOK, _Server
-from api.settings import Settings
+from api.demo import PRICE_BOOK
 from api.spool import Spool
 from ledger.db import connect
 from wallets.expiry import expire_reservations
@@ -31,29 +29,6 @@ from wallets.expiry import expire_reservations
 ADMIN = "durability-admin"
 # model-a: $10/M input, $20/M output, $0.01 a request. 1,000 in + 400 out = $0.010 + $0.008 + $0.01
 CHARGED = Decimal("0.028")
-
-
-@pytest.fixture(scope="module")
-def live(database_url) -> Iterator[tuple[str, str]]:
-    """An in-process server and a price book of the demo's prices."""
-    port = free_port()
-    server = _Server(create_app(Settings(admin_key=ADMIN, scheduler=False), database_url), port)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(url)
-    book = f"durable-{uuid.uuid4().hex[:8]}"
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}) as http:
-        assert http.post("/v1/price-books", json={**PRICE_BOOK, "id": book}).status_code in (200, 201)
-    yield url, book
-    server.stop()
-
-
-@pytest.fixture
-def spool_dir(tmp_path, monkeypatch) -> Path:
-    """Every client of the test spools here: never in the user's own data dir."""
-    directory = tmp_path / "spool"
-    monkeypatch.setenv("TOKENTILL_SPOOL_DIR", str(directory))
-    return directory
 
 
 def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 60) -> None:
