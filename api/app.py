@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from api.errors import EXCEPTION_HANDLERS
 from api.keys import KeyCache
 from api.metrics import metrics_middleware
-from api.routes import audit, keys, ops
+from api.routes import audit, journal, keys, ops
 from api.routes.wallet_routes import ROUTES as WALLET_ROUTES
 from api.routes.wire import guard_request
 from api.runtime import Supervisor
@@ -91,7 +91,8 @@ def create_app(settings: Settings, database_url: str, *, cluster: EmbeddedPostgr
 
     return Litestar(
         route_handlers=[ops.healthz, ops.readyz, ops.metrics, audit.get_trial_balance,
-                        audit.post_verify, keys.create_api_key, keys.list_api_keys, keys.revoke_api_key,
+                        audit.post_verify, journal.get_journal, journal.get_statement,
+                        journal.get_account_balance, keys.create_api_key, keys.list_api_keys, keys.revoke_api_key,
                         *WALLET_ROUTES],
         state=State({"services": services, "supervisor": supervisor}),
         lifespan=[lifespan],

@@ -34,6 +34,7 @@ STATUS_BY_CODE = {
     "forbidden": 403,
     "reservation_closed": 409,
     "service_unavailable": 503,
+    "invalid_cursor": 400,
 }
 CODE_BY_STATUS = {
     400: "validation_error", 401: "unauthorized", 403: "forbidden", 404: "not_found",

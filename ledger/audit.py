@@ -5,7 +5,7 @@ auditor can act on the report rather than on a bare `false`. Other layers add th
 """
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import text
@@ -69,7 +69,12 @@ async def trial_balance(conn: AsyncConnection, asset: str | None = None,
               AND (CAST(:customers AS text[]) IS NULL OR a.customer_id = ANY(CAST(:customers AS text[])))
             GROUP BY a.code, a.asset ORDER BY a.asset, a.code"""),
         {"asset": asset, "customers": None if customers is None else list(customers)})).all()
-    lines = tuple(TrialBalanceLine(r.code, r.asset, int(r.d), int(r.c)) for r in rows)
+    return tally(TrialBalanceLine(r.code, r.asset, int(r.d), int(r.c)) for r in rows)
+
+
+def tally(lines: Iterable[TrialBalanceLine]) -> TrialBalance:
+    """A trial balance of `lines`, with its totals per asset."""
+    lines = tuple(lines)
     totals: dict[str, tuple[int, int]] = {}
     for line in lines:
         d, c = totals.get(line.asset, (0, 0))

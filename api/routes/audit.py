@@ -10,7 +10,9 @@ from litestar.params import QueryParameter
 
 from api.auth import principal_of, require
 from api.errors import ApiError, documented
+from api.routes.wire import time_in, time_out, time_param
 from ledger.audit import trial_balance
+from ledger.statements import trial_balance_at
 from pricing.money import DEFAULT_SCALE, format_amount
 from wallets.audit import full_verify
 
@@ -35,6 +37,7 @@ class TrialBalanceResponse(msgspec.Struct, omit_defaults=True):
     total_credits: str
     balanced: bool | None = None
     customers: list[str] | None = None
+    at: str | None = None
 
 
 class CheckResponse(msgspec.Struct):
@@ -52,15 +55,20 @@ class VerifyResponse(msgspec.Struct):
 @get("/v1/audit/trial-balance", guards=[require("auditor")], tags=["audit"], **documented(404, 422))
 async def get_trial_balance(
     state: State, request: Request,
-    currency: Annotated[str | None, QueryParameter(name="currency", max_length=16)] = None
+    currency: Annotated[str | None, QueryParameter(name="currency", max_length=16)] = None,
+    at: Annotated[str | None, time_param("at")] = None,
 ) -> TrialBalanceResponse:
     """Debits, credits and balance of every account in one currency; totals must be equal. For a
-    key limited to customers, their accounts only (`scope` "customers"), without `balanced`."""
+    key limited to customers, their accounts only (`scope` "customers"), without `balanced`.
+    With `at`, as of that instant: computed from the postings of entries that occurred before
+    it, rather than from the cached balances."""
     db = state.services.db
     customers = principal_of(request).visible()
+    when = time_in(at, "at")
 
     async def read(conn):
-        tb = await trial_balance(conn, customers=customers)
+        tb = await (trial_balance(conn, customers=customers) if when is None
+                    else trial_balance_at(conn, when, customers=customers))
         chosen = currency or (next(iter(tb.totals)) if len(tb.totals) == 1 else "USD")
         return tb, chosen, await state.services.asset_scale(conn, chosen)
 
@@ -80,6 +88,7 @@ async def get_trial_balance(
         total_debits=format_amount(debits, scale), total_credits=format_amount(credits, scale),
         balanced=debits == credits if customers is None else None,
         customers=None if customers is None else list(customers),
+        at=time_out(when),
     )
 
 

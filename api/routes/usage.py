@@ -11,10 +11,10 @@ from litestar.params import FromPath, QueryParameter
 
 from api.auth import principal_of, require
 from api.errors import documented
-from api.routes.formats import DATE_TIME, DATE_TIME_TEXT, GROUP_BY, Identifier, matches
+from api.routes.formats import GROUP_BY, Identifier, matches
 from api.routes.inputs import usage_tokens
 from api.routes.schemas import Dimensions, json_body
-from api.routes.wire import COMPOSED, composed, idempotency, respond, shaped, time_in
+from api.routes.wire import COMPOSED, composed, idempotency, respond, shaped, time_in, time_param
 from ledger.errors import LedgerError
 from ledger.model import request_hash
 from pricing.errors import PricingError
@@ -23,8 +23,6 @@ from wallets.commands import RecordUsage, UsageResult
 from wallets.errors import WalletValidationError
 
 MAX_EVENTS = 1000
-# A query parameter is a string or absent: the schema says so (not Litestar's string-or-null).
-_TIME_PARAM = {"one_of": None, "type": "string", "pattern": DATE_TIME, "format": "date-time"}
 
 
 class UsageEvent(msgspec.Struct):
@@ -104,16 +102,12 @@ async def post_usage_events(state: State, request: Request,
     return respond(request, await wallets.remember(idem, response) if idem is not None else response, COMPOSED)
 
 
-def _time_param(name: str) -> QueryParameter:
-    return QueryParameter(name=name, description=DATE_TIME_TEXT, schema_extra=_TIME_PARAM)
-
-
 @get("/v1/customers/{customer_id:str}/usage", guards=[require("inference", "auditor", "customer")],
      tags=["usage"], **documented(404, 422))
 async def get_usage(
     state: State, customer_id: FromPath[str],
-    start: Annotated[str | None, _time_param("from")] = None,
-    end: Annotated[str | None, _time_param("to")] = None,
+    start: Annotated[str | None, time_param("from")] = None,
+    end: Annotated[str | None, time_param("to")] = None,
     group_by: Annotated[str, QueryParameter(name="group_by", max_length=200, pattern=GROUP_BY,
                                        description="Comma-separated group names")] = "model,token_type",
 ) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
+from litestar.params import QueryParameter
 
 from api.auth import principal_of
 from api.errors import STATUS_BY_CODE, refusal
@@ -61,6 +62,13 @@ def amount_in(value: str, field: str, *, positive: bool = True) -> int:
         raise WalletValidationError(field, "must be more than 0 and at most 1000000000" if positive
                                     else "must be at most 1000000000")
     return units
+
+
+def time_param(name: str) -> QueryParameter:
+    """An optional date-time query parameter: a string or absent, as the schema says (not
+    Litestar's string-or-null), in the published pattern."""
+    return QueryParameter(name=name, description=DATE_TIME_TEXT, schema_extra={
+        "one_of": None, "type": "string", "pattern": DATE_TIME, "format": "date-time"})
 
 
 def time_in(value: str | None, field: str) -> datetime | None:

@@ -33,6 +33,7 @@ ADMINS_OWN = {"admin", "admin:own"}
 INFERENCE_OWN = {"admin", "admin:own", "inference", "inference:own"}
 AUDITORS_OWN = {"admin", "admin:own", "auditor", "auditor:own"}
 AUDITORS_OTHER = {"admin:other", "auditor:other"}
+JOURNAL_READERS = AUDITORS_OWN | AUDITORS_OTHER | {"customer:own", "customer:other"}
 READ_OWN = {"admin", "admin:own", "inference", "inference:own", "auditor", "auditor:own", "customer:own"}
 PUBLIC = set(SCOPES)
 
@@ -45,6 +46,18 @@ ROUTES = [
     ("GET", "/readyz", None, {frozenset(PUBLIC): "ok"}),
     ("GET", "/metrics", None, {frozenset(PUBLIC): "ok"}),
     ("GET", "/v1/audit/trial-balance", None, {frozenset(AUDITORS_OWN | AUDITORS_OTHER): "ok"}),
+    ("GET", "/v1/audit/trial-balance?at=2026-01-01T00:00:00Z", None, {frozenset(AUDITORS_OWN | AUDITORS_OTHER): "ok"}),
+    ("GET", "/v1/journal", None, {frozenset(JOURNAL_READERS): "ok"}),
+    ("GET", "/v1/journal?customer={own}", None, {frozenset(AUDITORS_OWN | {"customer:own"}): "ok"}),
+    ("GET", "/v1/journal?account={recv}", None,
+     {frozenset(AUDITORS_OWN | {"customer:own"}): "ok", frozenset(AUDITORS_OTHER | {"customer:other"}): 404}),
+    ("GET", "/v1/accounts/{recv}/statement", None,
+     {frozenset(AUDITORS_OWN | {"customer:own"}): "ok", frozenset(AUDITORS_OTHER | {"customer:other"}): 404}),
+    ("GET", "/v1/accounts/{recv}/balance", None,
+     {frozenset(AUDITORS_OWN | {"customer:own"}): "ok", frozenset(AUDITORS_OTHER | {"customer:other"}): 404}),
+    ("GET", "/v1/accounts/income:platform:usage:USD/statement", None, {frozenset({"admin", "auditor"}): "ok"}),
+    ("GET", "/v1/accounts/income:platform:usage:USD/balance?at=2026-01-01T00:00:00Z", None,
+     {frozenset({"admin", "auditor"}): "ok"}),
     ("POST", "/v1/audit/verify", None, {frozenset({"admin", "auditor"}): "ok"}),
     ("GET", "/v1/audit/charges/{req}", None, {frozenset(AUDITORS_OWN): "ok", frozenset(AUDITORS_OTHER): 404}),
     ("GET", "/v1/audit/charges/{req}?customer_id={own}", None, {frozenset(AUDITORS_OWN): "ok"}),
@@ -79,7 +92,7 @@ ROUTES = [
     ("POST", "/v1/settlements", [{"reservation_id": "{res}", "usage": {"input_tokens": 1}}],
      {frozenset(INFERENCE_OWN): "ok", frozenset({"admin:other", "inference:other"}): "item forbidden"}),
 ]
-OWNED = ("{own}", "{res}", "{req}", "{book}")
+OWNED = ("{own}", "{res}", "{req}", "{book}", "{recv}")
 
 
 def _mirror(scope: str) -> str:
@@ -124,7 +137,8 @@ async def world(database_url):
                 "timestamp": "2026-11-23T10:00:00Z", "usage": {"input_tokens": 1000}, "dimensions": marked}])
             assert sent.json()["accepted"] == 1, sent.text
             names[customer] = {"own": customer, "res": reservation["id"], "req": reservation["request_id"],
-                               "book": book, "shared_req": SHARED_REQ, "shared_evt": SHARED_EVT}
+                               "book": book, "shared_req": SHARED_REQ, "shared_evt": SHARED_EVT,
+                               "recv": f"asset:customer:{customer}:receivable"}
         keys = {"none": {}, "admin": ADMIN}
         for name in SCOPES[2:]:
             scope, _, limit = name.partition(":")
@@ -155,7 +169,8 @@ def test_the_matrix_covers_every_route(database_url):
     tested = {(method, path.partition("?")[0].replace("{own}", "{customer_id:str}")
                .replace("{res}", "{reservation_id:str}").replace("{shared_req}", "{request_id:str}")
                .replace("{shared_evt}", "{request_id:str}").replace("{req}", "{request_id:str}")
-               .replace("key_missing", "{key_id:str}").replace("{book}", "{book_id:str}"))
+               .replace("key_missing", "{key_id:str}").replace("{book}", "{book_id:str}")
+               .replace("{recv}", "{code:str}").replace("income:platform:usage:USD", "{code:str}"))
               for method, path, _, _ in ROUTES}
     assert served == tested
 
@@ -192,8 +207,10 @@ async def test_route_by_key_shape(world, method, path, body, target, outcomes, s
         assert response.status_code == expected, response.text
         assert response.json()["code"] == {401: "unauthorized", 403: "forbidden", 404: "not_found",
                                            422: "validation_error"}[expected]
-    # zero cross-customer reads: nothing of a customer the key may not see, in any answer
+    # zero cross-customer reads: nothing of a customer the key may not see, in any answer (but
+    # the path the key itself sent, which a problem echoes as its `instance`)
+    shown = response.text.replace(f'"instance":"{response.request.url.path}"', "")
     for unseen in {OWN, OTHER} - SEES[scope]:
         assert MARK[unseen] not in response.text, response.text
-        assert f"customer:{unseen}:" not in response.text, response.text  # its account codes
+        assert f"customer:{unseen}:" not in shown, response.text  # its account codes
         assert f"{BOOK}-{unseen}" not in response.text or path.startswith("/v1/price-books"), response.text

@@ -1,0 +1,53 @@
+"""Opaque keyset cursors: base64url of a small JSON array naming what was listed (the route and a
+digest of its filters), the snapshot watermark of the first page, and the last position read.
+
+A cursor is checked, never trusted: anything malformed, a cursor of another listing or of other
+filters is 400 `invalid_cursor`. Authorization never depends on it (every page applies the key's
+customers again), and balances are recomputed from postings on every page.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from typing import Any
+
+from api.errors import ApiError
+from ledger.journal import parse_snapshot
+
+VERSION = 1
+MAX_CURSOR = 200_000  # characters: a snapshot lists at most max_connections in-progress ids
+
+
+def _digest(listing: str, filters: Any) -> str:
+    text = json.dumps([listing, filters], sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def encode(listing: str, filters: Any, snapshot: str, position: list[Any]) -> str:
+    raw = json.dumps([VERSION, _digest(listing, filters), snapshot, position], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _invalid(detail: str) -> ApiError:
+    return ApiError("invalid_cursor", f"cursor: {detail}; start again without a cursor", 400)
+
+
+def decode(token: str, listing: str, filters: Any) -> tuple[str, list[Any]]:
+    """(snapshot, position) of a cursor that `encode(listing, filters, …)` made."""
+    if len(token) > MAX_CURSOR:
+        raise _invalid("too long")
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        value = json.loads(raw)
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise _invalid("not a cursor of this API") from None
+    if not (isinstance(value, list) and len(value) == 4 and value[0] == VERSION
+            and isinstance(value[2], str) and isinstance(value[3], list)):
+        raise _invalid("not a cursor of this API")
+    if value[1] != _digest(listing, filters):
+        raise _invalid("made for another listing or other filters")
+    if parse_snapshot(value[2]) is None:
+        raise _invalid("its snapshot is malformed")
+    return value[2], value[3]
