@@ -18,15 +18,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from api.errors import EXCEPTION_HANDLERS
 from api.keys import KeyCache
 from api.metrics import metrics_middleware
-from api.routes import audit, journal, keys, ops
+from api.routes import audit, journal, keys, ops, webhooks
 from api.routes.wallet_routes import ROUTES as WALLET_ROUTES
 from api.routes.wire import guard_request
 from api.runtime import Supervisor
 from api.settings import Settings
+from api.webhooks import Dispatcher, DispatchSettings
 from ledger.db import Database, connect
 from ledger.embedded import EmbeddedPostgres
 from wallets.jobs import build_scheduler, jobs
 from wallets.service import WalletService
+from wallets.webhooks.rules import RetryPolicy
 
 log = logging.getLogger("tokentill")
 
@@ -70,6 +72,7 @@ def create_app(settings: Settings, database_url: str, *, cluster: EmbeddedPostgr
     services = Services(settings, db, {}, KeyCache(db, database_url))
     services.wallets = WalletService(services.db)
     supervisor = Supervisor(cluster, db.engine.dispose) if cluster is not None else None
+    dispatcher = _dispatcher(settings, database_url) if settings.webhooks else None
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -79,9 +82,13 @@ def create_app(settings: Settings, database_url: str, *, cluster: EmbeddedPostgr
         services.keys.start()
         if supervisor is not None:
             supervisor.start()
+        if dispatcher is not None:
+            dispatcher.start()
         try:
             yield
         finally:
+            if dispatcher is not None:
+                await dispatcher.stop()
             if supervisor is not None:
                 await supervisor.stop()
             if settings.scheduler:
@@ -93,7 +100,7 @@ def create_app(settings: Settings, database_url: str, *, cluster: EmbeddedPostgr
         route_handlers=[ops.healthz, ops.readyz, ops.metrics, audit.get_trial_balance,
                         audit.post_verify, journal.get_journal, journal.get_statement,
                         journal.get_account_balance, keys.create_api_key, keys.list_api_keys, keys.revoke_api_key,
-                        *WALLET_ROUTES],
+                        *WALLET_ROUTES, *webhooks.ROUTES],
         state=State({"services": services, "supervisor": supervisor}),
         lifespan=[lifespan],
         middleware=[metrics_middleware],
@@ -111,6 +118,14 @@ def create_app(settings: Settings, database_url: str, *, cluster: EmbeddedPostgr
         logging_config=None,  # Litestar's default would set the root logger to INFO
         **overrides,
     )
+
+
+def _dispatcher(settings: Settings, database_url: str) -> Dispatcher:
+    """The webhook dispatcher, on a small pool of its own: a slow endpoint never holds one of
+    the API's connections."""
+    policy = RetryPolicy(settings.webhook_backoff_s, settings.webhook_backoff_cap_s, settings.webhook_retry_window_s)
+    db = connect(database_url, pool_size=2, pool_timeout_s=settings.pool_timeout_s)
+    return Dispatcher(db, DispatchSettings(settings.webhook_timeout_s, settings.webhook_poll_s, policy=policy))
 
 
 def _log_config(settings: Settings):

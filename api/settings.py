@@ -28,6 +28,10 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    return env.get(name, "on").lower() not in ("0", "off", "false", "no")
+
+
 def _workers(raw: str) -> int:
     try:
         value = int(raw) if raw else 1
@@ -55,6 +59,12 @@ class Settings:
     body_deadline_s: float = 60.0  # a body not complete after this long: 408
     keepalive_s: float = 5.0
     workers: int = 1  # server processes of one `tokentill serve` on its port (api/workers.py)
+    webhooks: bool = True  # run the webhook dispatcher in this process (api/webhooks.py)
+    webhook_timeout_s: float = 10.0
+    webhook_poll_s: float = 1.0
+    webhook_backoff_s: float = 5.0  # the first retry's delay; each next one doubles, with jitter
+    webhook_backoff_cap_s: float = 4 * 3600.0
+    webhook_retry_window_s: float = 3 * 86400.0  # then the delivery has failed
     # Where the workers of one `serve --workers N` keep their metrics, summed at /metrics (set by
     # api/workers.py for its children, never from the environment); None: this process's own.
     metrics_dir: Path | None = None
@@ -69,7 +79,7 @@ class Settings:
             pool_size=_int(env, "TOKENTILL_POOL_SIZE", 10),
             pool_timeout_s=_seconds(env, "TOKENTILL_POOL_TIMEOUT_SECONDS", 5.0),
             writer_idle_s=_seconds(env, "TOKENTILL_WRITER_IDLE_SECONDS", 5.0),
-            scheduler=env.get("TOKENTILL_SCHEDULER", "on").lower() not in ("0", "off", "false", "no"),
+            scheduler=_flag(env, "TOKENTILL_SCHEDULER"),
             seal_interval_s=_int(env, "TOKENTILL_SEAL_INTERVAL_SECONDS", 10),
             log_level=env.get("TOKENTILL_LOG_LEVEL", "INFO").upper(),
             max_connections=_int(env, "TOKENTILL_MAX_CONNECTIONS", 4096),
@@ -78,4 +88,10 @@ class Settings:
             body_deadline_s=_seconds(env, "TOKENTILL_BODY_DEADLINE_SECONDS", 60.0),
             keepalive_s=_seconds(env, "TOKENTILL_KEEPALIVE_SECONDS", 5.0),
             workers=_workers(env.get("TOKENTILL_WORKERS", "")),
+            webhooks=_flag(env, "TOKENTILL_WEBHOOKS"),
+            webhook_timeout_s=_seconds(env, "TOKENTILL_WEBHOOK_TIMEOUT_SECONDS", 10.0),
+            webhook_poll_s=_seconds(env, "TOKENTILL_WEBHOOK_POLL_SECONDS", 1.0),
+            webhook_backoff_s=_seconds(env, "TOKENTILL_WEBHOOK_BACKOFF_SECONDS", 5.0),
+            webhook_backoff_cap_s=_seconds(env, "TOKENTILL_WEBHOOK_BACKOFF_CAP_SECONDS", 4 * 3600.0),
+            webhook_retry_window_s=_seconds(env, "TOKENTILL_WEBHOOK_RETRY_WINDOW_SECONDS", 3 * 86400.0),
         )

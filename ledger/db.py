@@ -169,6 +169,14 @@ class Database:
             async with conn.begin():
                 return await work(conn)
 
+    async def committed(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run `work` in one READ COMMITTED transaction: for bookkeeping beside the ledger (webhook
+        deliveries) that must never abort a SERIALIZABLE writer, which SSI lets it not do."""
+        async with self.engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="READ COMMITTED")
+            async with conn.begin():
+                return await work(conn)
+
     async def lookup(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """Run a single-statement read in autocommit: one round trip, for hot-path lookups."""
         async with self.engine.connect() as conn:

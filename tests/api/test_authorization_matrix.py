@@ -84,6 +84,18 @@ ROUTES = [
     ("GET", "/v1/reservations/{res}", None, {frozenset(READ_OWN): "ok"}),
     ("POST", "/v1/reservations/{res}/settle", {"usage": {"input_tokens": 1}}, {frozenset(INFERENCE_OWN): "ok"}),
     ("POST", "/v1/reservations/{res}/release", {}, {frozenset(INFERENCE_OWN): "ok"}),
+    # webhooks act on the whole platform: admin keys not limited to customers only
+    ("POST", "/v1/webhook-endpoints", {"url": "http://127.0.0.1:9/matrix", "topics": ["webhook_endpoint.disabled"]},
+     {frozenset({"admin"}): "ok"}),
+    ("GET", "/v1/webhook-endpoints", None, {frozenset({"admin"}): "ok"}),
+    ("GET", "/v1/webhook-endpoints/we_missing", None, {frozenset({"admin"}): "ok"}),
+    ("PATCH", "/v1/webhook-endpoints/we_missing", {"enabled": False}, {frozenset({"admin"}): "ok"}),
+    ("DELETE", "/v1/webhook-endpoints/we_missing", None, {frozenset({"admin"}): "ok"}),
+    ("POST", "/v1/webhook-endpoints/we_missing/rotate-secret", {}, {frozenset({"admin"}): "ok"}),
+    ("POST", "/v1/webhook-endpoints/we_missing/redrive", {"since": "2026-01-01T00:00:00Z"},
+     {frozenset({"admin"}): "ok"}),
+    ("GET", "/v1/webhook-endpoints/we_missing/deliveries", None, {frozenset({"admin"}): "ok"}),
+    ("GET", "/v1/webhook-endpoints/we_missing/attempts", None, {frozenset({"admin"}): "ok"}),
     # a batch refuses, event by event, what the key may not post, and posts none of it
     ("POST", "/v1/usage-events", [{"event_id": "e", "customer_id": "{own}", "model": "model-a",
                                    "timestamp": "2026-11-23T10:00:00Z", "usage": {"input_tokens": 1}}],
@@ -169,7 +181,8 @@ def test_the_matrix_covers_every_route(database_url):
     tested = {(method, path.partition("?")[0].replace("{own}", "{customer_id:str}")
                .replace("{res}", "{reservation_id:str}").replace("{shared_req}", "{request_id:str}")
                .replace("{shared_evt}", "{request_id:str}").replace("{req}", "{request_id:str}")
-               .replace("key_missing", "{key_id:str}").replace("{book}", "{book_id:str}")
+               .replace("key_missing", "{key_id:str}").replace("we_missing", "{endpoint_id:str}")
+               .replace("{book}", "{book_id:str}")
                .replace("{recv}", "{code:str}").replace("income:platform:usage:USD", "{code:str}"))
               for method, path, _, _ in ROUTES}
     assert served == tested

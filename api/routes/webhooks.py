@@ -1,0 +1,220 @@
+"""Webhook endpoints (admin): create (the signing secret is shown once), list, read, update or
+disable, rotate the secret, delete; each endpoint's delivery log, and re-drives."""
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+from typing import Annotated, Any, Literal, Optional
+
+import msgspec
+from litestar import delete, get, patch, post
+from litestar.datastructures import State
+from litestar.params import FromPath, QueryParameter
+
+from api.auth import require
+from api.errors import documented
+from api.routes.formats import DateTime
+from api.routes.schemas import json_body
+from api.routes.wire import shaped, time_in, time_out
+from wallets.errors import WalletValidationError
+from wallets.webhooks import endpoints, log
+from wallets.webhooks.endpoints import Changes, Endpoint
+from wallets.webhooks.rules import MAX_TOPICS, MAX_URL, check_topics, check_url
+
+Url = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_URL)]
+Topic = Annotated[str, msgspec.Meta(max_length=100)]
+Topics = Annotated[list[Topic], msgspec.Meta(min_length=1, max_length=MAX_TOPICS)]
+Description = Annotated[str, msgspec.Meta(max_length=1000)]
+InFlight = Annotated[int, msgspec.Meta(ge=1, le=64)]
+TAGS = ["webhooks"]
+PAGE = 100
+GRACE_S = 86400
+
+
+class CreateWebhookEndpointRequest(msgspec.Struct, forbid_unknown_fields=True):
+    url: Url
+    topics: Topics
+    description: Description = ""
+    max_in_flight: InFlight = 4
+
+
+class UpdateWebhookEndpointRequest(msgspec.Struct, forbid_unknown_fields=True):
+    url: Url | None = None
+    topics: Topics | None = None
+    description: Description | None = None
+    max_in_flight: InFlight | None = None
+    enabled: bool | None = None
+
+
+class RotateSecretRequest(msgspec.Struct, forbid_unknown_fields=True):
+    # how long the old secret keeps signing too (a second signature); 0: it stops at once
+    previous_secret_valid_seconds: Annotated[int, msgspec.Meta(ge=0, le=7 * 86400)] = GRACE_S
+
+
+class RedriveRequest(msgspec.Struct, forbid_unknown_fields=True):
+    event_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    since: DateTime | None = None
+    until: DateTime | None = None
+    failed_only: bool = False
+
+
+class WebhookEndpointResponse(msgspec.Struct):
+    id: str
+    url: str
+    topics: list[str]
+    description: str
+    status: str  # enabled | disabled
+    disabled_reason: str | None
+    max_in_flight: int
+    previous_secret_until: str | None  # while a rotated-out secret still signs
+    created_at: str
+    updated_at: str
+
+
+class CreatedWebhookEndpointResponse(WebhookEndpointResponse):
+    secret: str = ""  # whsec_…: shown in this response (and a rotation's) only
+
+
+class RedriveResponse(msgspec.Struct):
+    endpoint_id: str
+    scheduled: int
+
+
+def _response(e: Endpoint) -> WebhookEndpointResponse:
+    return WebhookEndpointResponse(e.id, e.url, list(e.topics), e.description, e.status, e.disabled_reason,
+                                   e.max_in_flight, time_out(e.previous_secret_until), time_out(e.created_at) or "",
+                                   time_out(e.updated_at) or "")
+
+
+def _with_secret(e: Endpoint, secret: str) -> CreatedWebhookEndpointResponse:
+    return CreatedWebhookEndpointResponse(**msgspec.structs.asdict(_response(e)), secret=secret)
+
+
+@post("/v1/webhook-endpoints", guards=[require()], tags=TAGS, **documented(body=True))
+async def create_webhook_endpoint(
+        state: State, data: Annotated[dict[str, Any], json_body(CreateWebhookEndpointRequest)]
+) -> CreatedWebhookEndpointResponse:
+    """Subscribe a URL to topics (`*`, `balance.*`, `invoice.finalized`, …); the signing secret
+    is returned here and never again."""
+    body = shaped(data, CreateWebhookEndpointRequest)
+    url, topics = check_url(body.url), check_topics(body.topics)
+    endpoint, secret = await state.services.db.committed(
+        lambda c: endpoints.create(c, url, topics, body.description, body.max_in_flight))
+    return _with_secret(endpoint, secret)
+
+
+@get("/v1/webhook-endpoints", guards=[require()], tags=TAGS, **documented())
+async def list_webhook_endpoints(state: State) -> list[WebhookEndpointResponse]:
+    return [_response(e) for e in await state.services.db.read(endpoints.list_all)]
+
+
+@get("/v1/webhook-endpoints/{endpoint_id:str}", guards=[require()], tags=TAGS, **documented(404))
+async def get_webhook_endpoint(state: State, endpoint_id: FromPath[str]) -> WebhookEndpointResponse:
+    return _response(await state.services.db.read(lambda c: endpoints.get(c, endpoint_id)))
+
+
+@patch("/v1/webhook-endpoints/{endpoint_id:str}", guards=[require()], tags=TAGS, **documented(404, body=True))
+async def update_webhook_endpoint(
+        state: State, endpoint_id: FromPath[str],
+        data: Annotated[dict[str, Any], json_body(UpdateWebhookEndpointRequest)]) -> WebhookEndpointResponse:
+    """Change the URL, topics, description or concurrency limit; `"enabled": false` disables it
+    (nothing is queued for it meanwhile), `true` enables it again."""
+    body = shaped(data, UpdateWebhookEndpointRequest)
+    changes = Changes(None if body.url is None else check_url(body.url),
+                      None if body.topics is None else check_topics(body.topics),
+                      body.description, body.max_in_flight, body.enabled)
+    return _response(await state.services.db.committed(lambda c: endpoints.update(c, endpoint_id, changes)))
+
+
+@delete("/v1/webhook-endpoints/{endpoint_id:str}", guards=[require()], status_code=200, tags=TAGS,
+        **documented(404))
+async def delete_webhook_endpoint(state: State, endpoint_id: FromPath[str]) -> WebhookEndpointResponse:
+    """Delete it: nothing more is sent to it and its secrets are erased; its delivery log stays."""
+    return _response(await state.services.db.committed(lambda c: endpoints.delete(c, endpoint_id)))
+
+
+@post("/v1/webhook-endpoints/{endpoint_id:str}/rotate-secret", guards=[require()], status_code=200, tags=TAGS,
+      **documented(404, body=True))
+async def rotate_webhook_secret(
+        state: State, endpoint_id: FromPath[str],
+        # typing.Optional: Litestar's OpenAPI cannot name a `X | None` body (types.UnionType)
+        data: Annotated[Optional[dict[str, Any]], json_body(RotateSecretRequest)] = None,  # noqa: UP045
+) -> CreatedWebhookEndpointResponse:
+    """A new signing secret, returned once. For `previous_secret_valid_seconds` (a day unless
+    given) deliveries carry a signature with each secret, so a receiver can switch over."""
+    body = shaped(data or {}, RotateSecretRequest)
+    grace = timedelta(seconds=body.previous_secret_valid_seconds)
+    endpoint, secret = await state.services.db.committed(lambda c: endpoints.rotate_secret(c, endpoint_id, grace))
+    return _with_secret(endpoint, secret)
+
+
+@post("/v1/webhook-endpoints/{endpoint_id:str}/redrive", guards=[require()], status_code=202, tags=TAGS,
+      **documented(404, body=True))
+async def redrive_webhooks(
+        state: State, endpoint_id: FromPath[str], data: Annotated[dict[str, Any], json_body(RedriveRequest)]
+) -> RedriveResponse:
+    """Send again one event (`event_id`), or every event of the endpoint's topics written since
+    `since` (and before `until`); `failed_only` skips those already delivered."""
+    body = shaped(data, RedriveRequest)
+    since, until = time_in(body.since, "since"), time_in(body.until, "until")
+    if (body.event_id is None) == (since is None):
+        raise WalletValidationError("body", "give either event_id or since")
+
+    async def work(conn) -> int:
+        endpoint = await endpoints.get(conn, endpoint_id)
+        if body.event_id is not None:
+            return await log.redrive_event(conn, endpoint_id, body.event_id)
+        return await log.redrive_since(conn, endpoint_id, endpoint.topics, since, until, body.failed_only)
+
+    return RedriveResponse(endpoint_id, await state.services.db.committed(work))
+
+
+def _page(name: str) -> Any:
+    return QueryParameter(name=name, ge=1, le=1000)
+
+
+@get("/v1/webhook-endpoints/{endpoint_id:str}/deliveries", guards=[require()], tags=TAGS, **documented(404, 422))
+async def list_webhook_deliveries(
+        state: State, endpoint_id: FromPath[str],
+        status: Annotated[Literal["pending", "succeeded", "failed", "cancelled"] | None,
+                          QueryParameter(name="status")] = None,
+        event_id: Annotated[str | None, QueryParameter(name="event_id", max_length=200)] = None,
+        before: Annotated[int | None, QueryParameter(name="before", ge=1)] = None,
+        limit: Annotated[int, _page("limit")] = PAGE) -> dict[str, Any]:
+    """One row per event sent to the endpoint, newest first: its status, attempts, the last
+    answer's status code and latency, when it is tried next. `before`: the previous page's `next`."""
+    async def work(conn) -> list[log.Delivery]:
+        await endpoints.get(conn, endpoint_id)
+        return await log.deliveries(conn, endpoint_id, status=status, event_id=event_id, before=before, limit=limit)
+
+    rows = await state.services.db.read(work)
+    return _paged([_delivery(d) for d in rows], rows, limit)
+
+
+@get("/v1/webhook-endpoints/{endpoint_id:str}/attempts", guards=[require()], tags=TAGS, **documented(404, 422))
+async def list_webhook_attempts(
+        state: State, endpoint_id: FromPath[str],
+        event_id: Annotated[str | None, QueryParameter(name="event_id", max_length=200)] = None,
+        before: Annotated[int | None, QueryParameter(name="before", ge=1)] = None,
+        limit: Annotated[int, _page("limit")] = PAGE) -> dict[str, Any]:
+    """Every attempt, newest first: when, the status code (none if no answer), latency, error."""
+    async def work(conn) -> list[log.Attempt]:
+        await endpoints.get(conn, endpoint_id)
+        return await log.attempts(conn, endpoint_id, event_id=event_id, before=before, limit=limit)
+
+    rows = await state.services.db.read(work)
+    return _paged([{**dataclasses.asdict(a), "attempted_at": time_out(a.attempted_at)} for a in rows], rows, limit)
+
+
+def _delivery(d: log.Delivery) -> dict[str, Any]:
+    times = ("event_at", "next_attempt_at", "last_attempt_at", "succeeded_at")
+    return {k: (time_out(v) if k in times else v) for k, v in dataclasses.asdict(d).items()}
+
+
+def _paged(items: list[dict[str, Any]], rows: list[Any], limit: int) -> dict[str, Any]:
+    return {"items": items, "next": rows[-1].id if len(rows) == limit else None}
+
+
+ROUTES = [create_webhook_endpoint, list_webhook_endpoints, get_webhook_endpoint, update_webhook_endpoint,
+          delete_webhook_endpoint, rotate_webhook_secret, redrive_webhooks, list_webhook_deliveries,
+          list_webhook_attempts]

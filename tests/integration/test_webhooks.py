@@ -1,0 +1,207 @@
+"""Webhooks against a real local HTTP receiver: every outbox event reaches each subscribed
+endpoint, signed per Standard Webhooks (verified with the `standardwebhooks` package), at least
+once under one event id, retried with backoff, logged, re-driven on request, and an endpoint
+that fails for its whole retry window is disabled with an event of its own."""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from dataclasses import replace
+
+import pytest
+from litestar.testing import AsyncTestClient
+from sqlalchemy import text
+from standardwebhooks import Webhook, WebhookVerificationError
+
+from api.app import create_app
+from api.demo import PRICE_BOOK
+from api.settings import Settings
+from tests.webhook_receiver import Received, for_customer, receiver
+
+ADMIN = {"Authorization": "Bearer webhooks-admin"}
+FAST = Settings(admin_key="webhooks-admin", scheduler=False, webhook_poll_s=0.05, webhook_backoff_s=0.2,
+                webhook_timeout_s=2.0)
+
+
+@pytest.fixture
+async def client(database_url):
+    async with AsyncTestClient(app=create_app(FAST, database_url)) as c:
+        c.headers.update(ADMIN)
+        yield c
+
+
+async def _endpoint(client, url: str, topics: list[str], **extra) -> dict:
+    response = await client.post("/v1/webhook-endpoints", json={"url": url, "topics": topics, **extra})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def _low_balance(client) -> str:
+    """A customer whose balance falls below its threshold: one balance.low event."""
+    customer, book = f"wh-{uuid.uuid4().hex[:10]}", f"wh-book-{uuid.uuid4().hex[:8]}"
+    assert (await client.post("/v1/price-books", json={**PRICE_BOOK, "id": book})).status_code == 201
+    assert (await client.post("/v1/customers", json={"id": customer, "currency": "USD", "price_book": book,
+                                                     "low_balance_threshold": "5.00"})).status_code == 201
+    assert (await client.post(f"/v1/customers/{customer}/topups", json={"amount": "6.00"})).status_code == 201
+    reserved = await client.post("/v1/reservations", json={
+        "customer_id": customer, "request_id": "r1", "model": "model-a", "amount": "2.00"})
+    assert reserved.status_code == 201, reserved.text
+    return customer
+
+
+def _verified(secret: str, got: Received) -> dict:
+    return Webhook(secret).verify(got.body, got.headers)
+
+
+async def test_an_event_arrives_signed_and_verifies_with_standardwebhooks(client):
+    with receiver() as hook:
+        endpoint = await _endpoint(client, hook.url, ["balance.low"], description="finance")
+        assert endpoint["secret"].startswith("whsec_") and endpoint["status"] == "enabled"
+        customer = await _low_balance(client)
+        [got] = await hook.wait_for(for_customer(customer))
+        event = _verified(endpoint["secret"], got)
+        assert event["type"] == "balance.low" and event["data"]["customer_id"] == customer
+        assert got.webhook_id == event["data"]["id"] and got.webhook_id.startswith("evt_")
+        assert event["data"]["available"] == "4.00" and event["data"]["threshold"] == "5.00"
+        with pytest.raises(WebhookVerificationError):
+            _verified((await _endpoint(client, hook.url, ["balance.low"]))["secret"], got)
+        tampered = Received(got.headers, got.body.replace(b"\"4.00\"", b"\"9.00\""), got.at)
+        with pytest.raises(WebhookVerificationError):
+            _verified(endpoint["secret"], tampered)
+        log = (await client.get(f"/v1/webhook-endpoints/{endpoint['id']}/deliveries",
+                                params={"event_id": got.webhook_id})).json()
+        [delivery] = log["items"]
+        assert delivery["status"] == "succeeded" and delivery["attempts"] == 1
+        assert delivery["last_status_code"] == 200 and delivery["last_latency_ms"] >= 0
+
+
+async def test_a_receiver_failing_five_times_gets_the_event_with_the_same_id_after_backoff(client):
+    def five_failures(seen: list[Received], this: Received) -> int:
+        earlier = [r for r in seen if r.webhook_id == this.webhook_id]
+        return 500 if len(earlier) <= 5 else 200
+
+    with receiver(five_failures) as hook:
+        endpoint = await _endpoint(client, hook.url, ["balance.*"])
+        customer = await _low_balance(client)
+        got = await hook.wait_for(for_customer(customer), count=6, within=60)
+        assert len({r.webhook_id for r in got}) == 1
+        for r in got:
+            _verified(endpoint["secret"], r)
+        gaps = [b.at - a.at for a, b in itertools.pairwise(got)]
+        # attempt n failed: the next waits between half and all of 0.2 s * 2**(n-1)
+        for n, gap in enumerate(gaps, start=1):
+            assert gap >= 0.5 * 0.2 * 2 ** (n - 1) - 0.01, gaps
+        await asyncio.sleep(0.5)
+        assert len(hook.of(for_customer(customer))) == 6, "once successful, never sent again"
+        attempts = (await client.get(f"/v1/webhook-endpoints/{endpoint['id']}/attempts",
+                                     params={"event_id": got[0].webhook_id})).json()["items"]
+        assert [a["status_code"] for a in reversed(attempts)] == [500] * 5 + [200]
+        assert [a["attempt"] for a in reversed(attempts)] == [1, 2, 3, 4, 5, 6]
+        print(f"\nretry gaps (base 0.2 s): {', '.join(f'{g:.2f}' for g in gaps)} s")
+
+
+async def test_an_endpoint_failing_for_its_whole_window_is_disabled_with_an_event(database_url):
+    short = replace(FAST, webhook_retry_window_s=1.0)
+    async with AsyncTestClient(app=create_app(short, database_url)) as client:
+        client.headers.update(ADMIN)
+        with receiver(lambda seen, this: 503) as dead, receiver() as watcher:
+            failing = await _endpoint(client, dead.url, ["balance.low"])
+            await _endpoint(client, watcher.url, ["webhook_endpoint.disabled"])
+            customer = await _low_balance(client)
+            [notice] = await watcher.wait_for(lambda r: r.event["data"].get("endpoint_id") == failing["id"])
+            assert notice.event["type"] == "webhook_endpoint.disabled"
+            state = (await client.get(f"/v1/webhook-endpoints/{failing['id']}")).json()
+            assert state["status"] == "disabled" and state["disabled_reason"].startswith("no successful delivery")
+            [delivery] = (await client.get(f"/v1/webhook-endpoints/{failing['id']}/deliveries")).json()["items"]
+            assert delivery["status"] == "failed" and delivery["last_status_code"] == 503
+            assert delivery["attempts"] >= 2 and len(dead.of(for_customer(customer))) == delivery["attempts"]
+
+
+async def test_a_redrive_sends_one_event_again_and_everything_since_a_time(client):
+    with receiver() as hook:
+        endpoint = await _endpoint(client, hook.url, ["balance.low"])
+        first = await _low_balance(client)
+        [got] = await hook.wait_for(for_customer(first))
+        second = await _low_balance(client)
+        await hook.wait_for(for_customer(second))
+        path = f"/v1/webhook-endpoints/{endpoint['id']}/redrive"
+        again = await client.post(path, json={"event_id": got.webhook_id})
+        assert again.status_code == 202 and again.json()["scheduled"] == 1
+        twice = await hook.wait_for(for_customer(first), count=2)
+        assert {r.webhook_id for r in twice} == {got.webhook_id}
+        since = await client.post(path, json={"since": got.event["timestamp"], "failed_only": True})
+        assert since.json()["scheduled"] == 0, "both were delivered"
+        everything = await client.post(path, json={"since": got.event["timestamp"]})
+        assert everything.json()["scheduled"] >= 2
+        await hook.wait_for(for_customer(second), count=2)
+        missing = await client.post(path, json={"event_id": "evt_nope"})
+        assert missing.status_code == 404 and missing.json()["code"] == "not_found"
+        both = await client.post(path, json={"event_id": got.webhook_id, "since": "2026-01-01T00:00:00Z"})
+        assert both.status_code == 422
+
+
+async def test_a_rotated_secret_signs_beside_the_old_one_during_its_grace(client):
+    with receiver() as hook:
+        endpoint = await _endpoint(client, hook.url, ["balance.low"])
+        rotated = (await client.post(f"/v1/webhook-endpoints/{endpoint['id']}/rotate-secret")).json()
+        assert rotated["secret"] != endpoint["secret"] and rotated["previous_secret_until"]
+        [got] = await hook.wait_for(for_customer(await _low_balance(client)))
+        _verified(endpoint["secret"], got)
+        _verified(rotated["secret"], got)
+        final = (await client.post(f"/v1/webhook-endpoints/{endpoint['id']}/rotate-secret",
+                                   json={"previous_secret_valid_seconds": 0})).json()
+        assert final["previous_secret_until"] is None
+        [got] = await hook.wait_for(for_customer(await _low_balance(client)))
+        _verified(final["secret"], got)
+        with pytest.raises(WebhookVerificationError):
+            _verified(rotated["secret"], got)
+
+
+async def test_disabled_and_deleted_endpoints_get_nothing_and_topics_filter(client):
+    with receiver() as hook, receiver() as other:
+        disabled = await _endpoint(client, hook.url, ["*"])
+        patched = await client.patch(f"/v1/webhook-endpoints/{disabled['id']}", json={"enabled": False})
+        assert patched.json()["status"] == "disabled" and patched.json()["disabled_reason"] == "disabled by request"
+        deleted = await _endpoint(client, hook.url, ["balance.*"])
+        assert (await client.delete(f"/v1/webhook-endpoints/{deleted['id']}")).status_code == 200
+        assert (await client.get(f"/v1/webhook-endpoints/{deleted['id']}")).status_code == 404
+        await _endpoint(client, hook.url, ["grant.expired", "reservation.*"])
+        await _endpoint(client, other.url, ["balance.low"])
+        customer = await _low_balance(client)
+        await other.wait_for(for_customer(customer))
+        await asyncio.sleep(0.5)
+        assert hook.of(for_customer(customer)) == []
+        listed = {e["id"] for e in (await client.get("/v1/webhook-endpoints")).json()}
+        assert disabled["id"] in listed and deleted["id"] not in listed
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"url": "ftp://example.com/x", "topics": ["*"]}, "url"),
+    ({"url": "http://user:pw@example.com/x", "topics": ["*"]}, "url"),
+    ({"url": "https://example.com/x", "topics": []}, "topics"),
+    ({"url": "https://example.com/x", "topics": ["balanse.low"]}, "topics[0]"),
+    ({"url": "https://example.com/x", "topics": ["*"], "max_in_flight": 0}, "max_in_flight"),
+    ({"url": "https://example.com/x", "topics": ["*"], "secret": "mine"}, "body"),  # unknown: refused
+])
+async def test_bad_endpoints_are_refused_naming_the_field(client, body, field):
+    response = await client.post("/v1/webhook-endpoints", json=body)
+    assert response.status_code == 422 and response.json()["code"] == "validation_error"
+    assert response.json()["fields"][0]["field"] == field
+
+
+async def test_the_database_keeps_attempts_append_only_and_deleted_endpoints_deleted(client, db):
+    with receiver() as hook:
+        endpoint = await _endpoint(client, hook.url, ["balance.low"])
+        await hook.wait_for(for_customer(await _low_balance(client)))
+        assert (await client.delete(f"/v1/webhook-endpoints/{endpoint['id']}")).status_code == 200
+    for sql in ("UPDATE webhook_attempts SET status_code = 500 WHERE endpoint_id = :e",
+                "DELETE FROM webhook_attempts WHERE endpoint_id = :e",
+                "UPDATE webhook_endpoints SET status = 'enabled' WHERE id = :e",
+                "DELETE FROM webhook_endpoints WHERE id = :e"):
+        with pytest.raises(Exception, match=r"append-only|deleted"):
+            await db.committed(lambda conn, sql=sql: conn.execute(text(sql), {"e": endpoint["id"]}))
+    with pytest.raises(Exception, match="check constraint"):
+        await db.committed(lambda conn: conn.execute(text(
+            "INSERT INTO webhook_endpoints (id, url, topics, secret) VALUES ('we_0000000000000000', "
+            "'https://x.example', '{*}', 'plaintext')")))

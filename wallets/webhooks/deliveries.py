@@ -1,0 +1,167 @@
+"""Webhook deliveries in PostgreSQL: the fan-out of outbox events to subscribed endpoints, the
+claim of due deliveries (leases, per-endpoint limits, shared by every process with SKIP LOCKED),
+the record of each attempt, the delivery log and re-drives.
+
+Every function here runs at READ COMMITTED (Database.committed): none takes a lane lock or a
+SERIALIZABLE snapshot, so none can make a wallet writer wait or abort.
+"""
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from wallets.webhooks.rules import DISABLED_TOPIC, RetryPolicy
+
+FAN_OUT = text("""
+WITH picked AS (
+    SELECT lane, id, topic, customer_id, dedup_key, payload, created_at FROM outbox
+     WHERE delivered_at IS NULL ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED
+), fanned AS (
+    INSERT INTO webhook_deliveries (endpoint_id, event_id, topic, customer_id, payload, event_at)
+    SELECT e.id, webhook_event_id(p.lane, p.dedup_key, p.payload), p.topic, p.customer_id, p.payload, p.created_at
+      FROM picked p JOIN webhook_endpoints e ON e.status = 'enabled' AND webhook_topic_matches(e.topics, p.topic)
+    ON CONFLICT (endpoint_id, event_id) DO NOTHING
+    RETURNING 1
+), marked AS (
+    UPDATE outbox o SET delivered_at = now() FROM picked p WHERE o.lane = p.lane AND o.id = p.id RETURNING 1
+)
+SELECT (SELECT count(*) FROM marked) AS events, (SELECT count(*) FROM fanned) AS deliveries
+""")
+
+# Endpoints with something due, locked so that concurrent claimers skip them: the count of
+# deliveries in flight that the next statement reads (a fresh snapshot) is then exact.
+_LOCK_DUE_ENDPOINTS = text("""
+SELECT e.id, e.max_in_flight FROM webhook_endpoints e
+ WHERE e.status = 'enabled' AND EXISTS (
+       SELECT 1 FROM webhook_deliveries d
+        WHERE d.endpoint_id = e.id AND d.status = 'pending' AND d.next_attempt_at <= now())
+ FOR NO KEY UPDATE SKIP LOCKED
+""")
+_CLAIM = text("""
+WITH room AS (
+    SELECT r.id, r.max_in_flight - (SELECT count(*) FROM webhook_deliveries z
+                                     WHERE z.endpoint_id = r.id AND z.status = 'pending'
+                                       AND z.leased_until > now()) AS room
+      FROM unnest(CAST(:ids AS text[]), CAST(:limits AS int[])) AS r(id, max_in_flight)
+), picked AS (
+    SELECT x.id FROM room CROSS JOIN LATERAL (
+        SELECT y.id, y.next_attempt_at FROM webhook_deliveries y
+         WHERE y.endpoint_id = room.id AND y.status = 'pending' AND y.next_attempt_at <= now()
+         ORDER BY y.next_attempt_at, y.id LIMIT greatest(room.room, 0) FOR UPDATE SKIP LOCKED) x
+     ORDER BY x.next_attempt_at LIMIT :free
+)
+UPDATE webhook_deliveries d
+   SET attempts = d.attempts + 1, leased_until = now() + make_interval(secs => :lease_s),
+       next_attempt_at = now() + make_interval(secs => :lease_s)
+  FROM picked, webhook_endpoints e
+ WHERE d.id = picked.id AND e.id = d.endpoint_id
+RETURNING d.id, d.endpoint_id, d.event_id, d.topic, d.payload, d.event_at, d.attempts, d.scheduled_at,
+          d.leased_until, e.url, e.secret,
+          CASE WHEN e.previous_secret_until > now() THEN e.previous_secret END AS previous_secret
+""")
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A delivery this process holds until `leased_until` (after that another may take it)."""
+
+    id: int
+    endpoint_id: str
+    event_id: str
+    topic: str
+    payload: dict[str, Any]
+    event_at: datetime
+    attempt: int
+    scheduled_at: datetime
+    leased_until: datetime
+    url: str
+    secrets: tuple[str, ...]  # the current secret first; during a rotation's grace, the old one too
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    attempted_at: datetime
+    latency_ms: int
+    status_code: int | None = None
+    error: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.error is None and self.status_code is not None and 200 <= self.status_code < 300
+
+
+async def fan_out(conn: AsyncConnection, limit: int = 500) -> tuple[int, int]:
+    """Hand up to `limit` undelivered outbox events to the deliveries of every enabled endpoint
+    that subscribes to them; (events, deliveries). Concurrent callers take disjoint events."""
+    row = (await conn.execute(FAN_OUT, {"limit": limit})).one()
+    return int(row.events), int(row.deliveries)
+
+
+async def claim(conn: AsyncConnection, free: int, lease_s: float) -> list[Claimed]:
+    """Take up to `free` due deliveries, at most each endpoint's `max_in_flight` in flight over
+    all processes, oldest due first; each is leased for `lease_s` seconds."""
+    endpoints = (await conn.execute(_LOCK_DUE_ENDPOINTS)).all()
+    if not endpoints or free <= 0:
+        return []
+    rows = await conn.execute(_CLAIM, {"ids": [e.id for e in endpoints], "limits": [e.max_in_flight for e in endpoints],
+                                       "free": free, "lease_s": lease_s})
+    return [Claimed(r.id, r.endpoint_id, r.event_id, r.topic, r.payload, r.event_at, r.attempts, r.scheduled_at,
+                    r.leased_until, r.url, tuple(s for s in (r.secret, r.previous_secret) if s)) for r in rows]
+
+
+async def record(conn: AsyncConnection, claimed: Claimed, outcome: Outcome, policy: RetryPolicy) -> str:
+    """Log the attempt and move the delivery on: succeeded, retried later, or failed for good
+    (which disables an endpoint that has not succeeded since; that is an event too). A delivery
+    re-driven or re-claimed meanwhile keeps its new state. Returns the delivery's status."""
+    await conn.execute(text(
+        """INSERT INTO webhook_attempts (delivery_id, endpoint_id, event_id, attempt, attempted_at, status_code,
+                                         latency_ms, error, succeeded)
+           VALUES (:id, :endpoint_id, :event_id, :attempt, :at, :code, :latency, :error, :ok)"""),
+        {"id": claimed.id, "endpoint_id": claimed.endpoint_id, "event_id": claimed.event_id,
+         "attempt": claimed.attempt, "at": outcome.attempted_at, "code": outcome.status_code,
+         "latency": outcome.latency_ms, "error": outcome.error, "ok": outcome.succeeded})
+    retry_at = None if outcome.succeeded else policy.next_attempt(
+        claimed.scheduled_at, outcome.attempted_at, claimed.attempt)
+    status = "succeeded" if outcome.succeeded else ("pending" if retry_at else "failed")
+    moved = (await conn.execute(text(
+        """UPDATE webhook_deliveries SET status = :status, leased_until = NULL,
+                  next_attempt_at = coalesce(:retry_at, next_attempt_at), last_attempt_at = :at,
+                  last_status_code = :code, last_latency_ms = :latency, last_error = :error,
+                  succeeded_at = CASE WHEN :status = 'succeeded' THEN :at END
+            WHERE id = :id AND leased_until = :lease RETURNING id"""),
+        {"status": status, "retry_at": retry_at, "at": outcome.attempted_at, "code": outcome.status_code,
+         "latency": outcome.latency_ms, "error": outcome.error, "id": claimed.id,
+         "lease": claimed.leased_until})).first()
+    if moved is not None and status == "failed":
+        await _disable_if_failing(conn, claimed)
+    return status if moved is not None else "superseded"
+
+
+async def _disable_if_failing(conn: AsyncConnection, failed: Claimed) -> None:
+    """An endpoint with no successful attempt since this delivery was scheduled (its whole retry
+    window) is disabled, and the outbox gets webhook_endpoint.disabled for the others."""
+    reason = f"no successful delivery since {failed.scheduled_at.isoformat()}"
+    row = (await conn.execute(text(
+        """UPDATE webhook_endpoints e SET status = 'disabled', disabled_reason = :reason, updated_at = now()
+            WHERE e.id = :id AND e.status = 'enabled' AND NOT EXISTS (
+                  SELECT 1 FROM webhook_attempts a
+                   WHERE a.endpoint_id = e.id AND a.succeeded AND a.attempted_at >= :since)
+           RETURNING e.id, e.url, e.updated_at"""),
+        {"id": failed.endpoint_id, "reason": reason, "since": failed.scheduled_at})).first()
+    if row is None:
+        return
+    event_id = f"evt_{secrets.token_hex(12)}"
+    payload = {"id": event_id, "type": DISABLED_TOPIC, "customer_id": None,
+               "created_at": row.updated_at.isoformat(), "endpoint_id": row.id, "url": row.url,
+               "reason": reason, "failing_since": failed.scheduled_at.isoformat()}
+    await conn.execute(text(
+        """INSERT INTO outbox (lane, topic, customer_id, dedup_key, payload)
+           VALUES (0, :topic, NULL, :key, CAST(:payload AS jsonb))"""),
+        {"topic": DISABLED_TOPIC, "key": f"{DISABLED_TOPIC}:{row.id}:{event_id}",
+         "payload": msgspec.json.encode(payload).decode()})

@@ -1,0 +1,125 @@
+"""Webhook endpoints in PostgreSQL: create (the secret is returned once), read, update, disable,
+rotate the secret, delete (by status: the delivery log stays)."""
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from wallets.errors import NotFoundError
+from wallets.webhooks.rules import new_secret
+
+_COLUMNS = """id, url, topics, description, status, disabled_reason, max_in_flight, previous_secret_until,
+              created_at, updated_at"""
+DISABLED_BY_REQUEST = "disabled by request"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    id: str
+    url: str
+    topics: tuple[str, ...]
+    description: str
+    status: str  # enabled | disabled (deleted ones are not found)
+    disabled_reason: str | None
+    max_in_flight: int
+    previous_secret_until: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What a PATCH changes; None leaves a field as it is."""
+
+    url: str | None = None
+    topics: list[str] | None = None
+    description: str | None = None
+    max_in_flight: int | None = None
+    enabled: bool | None = None
+
+
+def _endpoint(row: Any) -> Endpoint:
+    return Endpoint(row.id, row.url, tuple(row.topics), row.description, row.status, row.disabled_reason,
+                    row.max_in_flight, row.previous_secret_until, row.created_at, row.updated_at)
+
+
+def _found(row: Any, endpoint_id: str) -> Endpoint:
+    if row is None:
+        raise NotFoundError(f"no webhook endpoint {endpoint_id}", endpoint_id=endpoint_id)
+    return _endpoint(row)
+
+
+async def create(conn: AsyncConnection, url: str, topics: list[str], description: str,
+                 max_in_flight: int) -> tuple[Endpoint, str]:
+    """A new endpoint and its signing secret, which no later answer shows."""
+    secret = new_secret()
+    row = (await conn.execute(text(
+        f"""INSERT INTO webhook_endpoints (id, url, topics, description, max_in_flight, secret)
+            VALUES (:id, :url, :topics, :description, :max_in_flight, :secret) RETURNING {_COLUMNS}"""),
+        {"id": f"we_{secrets.token_hex(8)}", "url": url, "topics": topics, "description": description,
+         "max_in_flight": max_in_flight, "secret": secret})).one()
+    return _endpoint(row), secret
+
+
+async def get(conn: AsyncConnection, endpoint_id: str) -> Endpoint:
+    row = (await conn.execute(text(
+        f"SELECT {_COLUMNS} FROM webhook_endpoints WHERE id = :id AND status <> 'deleted'"),
+        {"id": endpoint_id})).first()
+    return _found(row, endpoint_id)
+
+
+async def list_all(conn: AsyncConnection) -> list[Endpoint]:
+    rows = await conn.execute(text(
+        f"SELECT {_COLUMNS} FROM webhook_endpoints WHERE status <> 'deleted' ORDER BY created_at, id"))
+    return [_endpoint(r) for r in rows]
+
+
+async def update(conn: AsyncConnection, endpoint_id: str, changes: Changes) -> Endpoint:
+    """Apply `changes`; enabling clears the reason it was disabled, disabling gives one."""
+    status = None if changes.enabled is None else ("enabled" if changes.enabled else "disabled")
+    row = (await conn.execute(text(
+        f"""UPDATE webhook_endpoints SET
+              url = coalesce(:url, url), topics = coalesce(:topics, topics),
+              description = coalesce(:description, description),
+              max_in_flight = coalesce(:max_in_flight, max_in_flight),
+              disabled_reason = CASE WHEN :status = 'enabled' THEN NULL
+                                     WHEN :status = 'disabled' THEN coalesce(disabled_reason, :reason)
+                                     ELSE disabled_reason END,
+              status = coalesce(:status, status), updated_at = now()
+            WHERE id = :id AND status <> 'deleted' RETURNING {_COLUMNS}"""),
+        {"id": endpoint_id, "url": changes.url, "topics": changes.topics, "description": changes.description,
+         "max_in_flight": changes.max_in_flight, "status": status, "reason": DISABLED_BY_REQUEST})).first()
+    return _found(row, endpoint_id)
+
+
+async def rotate_secret(conn: AsyncConnection, endpoint_id: str, grace: timedelta) -> tuple[Endpoint, str]:
+    """A new secret; for `grace` the old one signs too (a second signature in the header), so a
+    receiver can switch without dropping an event. A zero grace drops the old secret at once."""
+    secret = new_secret()
+    keep = grace > timedelta(0)
+    row = (await conn.execute(text(
+        f"""UPDATE webhook_endpoints SET
+              previous_secret = CASE WHEN :keep THEN secret END,
+              previous_secret_until = CASE WHEN :keep THEN now() + :grace END,
+              secret = :secret, updated_at = now()
+            WHERE id = :id AND status <> 'deleted' RETURNING {_COLUMNS}"""),
+        {"id": endpoint_id, "secret": secret, "keep": keep, "grace": grace})).first()
+    return _found(row, endpoint_id), secret
+
+
+async def delete(conn: AsyncConnection, endpoint_id: str) -> Endpoint:
+    """Delete by status: its secrets are erased, its pending deliveries cancelled, its log kept."""
+    row = (await conn.execute(text(
+        f"""UPDATE webhook_endpoints SET status = 'deleted', disabled_reason = NULL, secret = NULL,
+              previous_secret = NULL, previous_secret_until = NULL, updated_at = now()
+            WHERE id = :id AND status <> 'deleted' RETURNING {_COLUMNS}"""), {"id": endpoint_id})).first()
+    endpoint = _found(row, endpoint_id)
+    await conn.execute(text(
+        """UPDATE webhook_deliveries SET status = 'cancelled', leased_until = NULL
+            WHERE endpoint_id = :id AND status = 'pending'"""), {"id": endpoint_id})
+    return endpoint

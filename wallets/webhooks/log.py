@@ -1,0 +1,111 @@
+"""An endpoint's delivery log (one row per event, and every attempt) and re-drives: one event
+again, or every event since a time (optionally only those not delivered)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from wallets.errors import NotFoundError
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    id: int
+    event_id: str
+    topic: str
+    customer_id: str | None
+    event_at: datetime
+    status: str
+    attempts: int
+    next_attempt_at: datetime | None
+    last_attempt_at: datetime | None
+    last_status_code: int | None
+    last_latency_ms: int | None
+    last_error: str | None
+    succeeded_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    id: int
+    event_id: str
+    attempt: int
+    attempted_at: datetime
+    status_code: int | None
+    latency_ms: int
+    error: str | None
+    succeeded: bool
+
+
+async def deliveries(conn: AsyncConnection, endpoint_id: str, *, status: str | None, event_id: str | None,
+                     before: int | None, limit: int) -> list[Delivery]:
+    """Newest first; `before` is the last id of the previous page."""
+    rows = await conn.execute(text(
+        """SELECT id, event_id, topic, customer_id, event_at, status, attempts,
+                  CASE WHEN status = 'pending' THEN next_attempt_at END AS next_attempt_at, last_attempt_at,
+                  last_status_code, last_latency_ms, last_error, succeeded_at
+             FROM webhook_deliveries
+            WHERE endpoint_id = :e AND (CAST(:status AS text) IS NULL OR status = :status)
+              AND (CAST(:event AS text) IS NULL OR event_id = :event)
+              AND (CAST(:before AS bigint) IS NULL OR id < :before)
+            ORDER BY id DESC LIMIT :limit"""),
+        {"e": endpoint_id, "status": status, "event": event_id, "before": before, "limit": limit})
+    return [Delivery(*r) for r in rows]
+
+
+async def attempts(conn: AsyncConnection, endpoint_id: str, *, event_id: str | None, before: int | None,
+                   limit: int) -> list[Attempt]:
+    rows = await conn.execute(text(
+        """SELECT id, event_id, attempt, attempted_at, status_code, latency_ms, error, succeeded
+             FROM webhook_attempts
+            WHERE endpoint_id = :e AND (CAST(:event AS text) IS NULL OR event_id = :event)
+              AND (CAST(:before AS bigint) IS NULL OR id < :before)
+            ORDER BY id DESC LIMIT :limit"""),
+        {"e": endpoint_id, "event": event_id, "before": before, "limit": limit})
+    return [Attempt(*r) for r in rows]
+
+
+# A re-drive schedules the delivery afresh: due now, a new retry window, the attempt count from 0.
+_AGAIN = """status = 'pending', scheduled_at = now(), next_attempt_at = now(), leased_until = NULL,
+            attempts = 0, succeeded_at = NULL"""
+_FROM_OUTBOX = """
+INSERT INTO webhook_deliveries (endpoint_id, event_id, topic, customer_id, payload, event_at)
+SELECT :e, webhook_event_id(o.lane, o.dedup_key, o.payload), o.topic, o.customer_id, o.payload, o.created_at
+  FROM outbox o WHERE {where}
+ON CONFLICT (endpoint_id, event_id) DO UPDATE SET {again}
+ WHERE NOT :failed_only OR webhook_deliveries.status IN ('failed', 'cancelled')
+RETURNING id
+"""
+
+
+async def redrive_event(conn: AsyncConnection, endpoint_id: str, event_id: str) -> int:
+    """Send one event to the endpoint again (or for the first time, if it came before the
+    endpoint subscribed to it); not_found if no such event exists."""
+    again = await conn.execute(text(
+        f"UPDATE webhook_deliveries SET {_AGAIN} WHERE endpoint_id = :e AND event_id = :ev RETURNING id"),
+        {"e": endpoint_id, "ev": event_id})
+    if again.first() is not None:
+        return 1
+    rows = (await conn.execute(text(_FROM_OUTBOX.format(
+        where="webhook_event_id(o.lane, o.dedup_key, o.payload) = :ev", again=_AGAIN)),
+        {"e": endpoint_id, "ev": event_id, "failed_only": False})).all()
+    if not rows:
+        raise NotFoundError(f"no event {event_id}", event_id=event_id)
+    return len(rows)
+
+
+async def redrive_since(conn: AsyncConnection, endpoint_id: str, topics: tuple[str, ...], since: datetime,
+                        until: datetime | None, failed_only: bool) -> int:
+    """Every event of the endpoint's topics written at or after `since` (and before `until`),
+    sent again; with `failed_only`, only those never delivered (failed, cancelled, or never
+    handed to this endpoint). Returns how many were scheduled."""
+    params: dict[str, Any] = {"e": endpoint_id, "topics": list(topics), "since": since, "until": until,
+                              "failed_only": failed_only}
+    where = ("webhook_topic_matches(CAST(:topics AS text[]), o.topic) AND o.created_at >= :since"
+             " AND (CAST(:until AS timestamptz) IS NULL OR o.created_at < :until)")
+    rows = (await conn.execute(text(_FROM_OUTBOX.format(where=where, again=_AGAIN)), params)).all()
+    return len(rows)
