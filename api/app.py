@@ -15,7 +15,10 @@ from litestar.openapi.spec import Components, SecurityScheme
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from api.auth import principal_for
 from api.errors import EXCEPTION_HANDLERS
+from api.gateway import Gateway
+from api.gateway import routes as gateway_routes
 from api.keys import KeyCache
 from api.metrics import metrics_middleware
 from api.routes import audit, journal, keys, ops, webhooks
@@ -40,6 +43,7 @@ class Services:
     _scales: dict[str, int]
     keys: KeyCache
     wallets: WalletService | None = None
+    gateway: Gateway | None = None
 
     async def asset_scale(self, conn: AsyncConnection, asset: str) -> int | None:
         if asset not in self._scales:
@@ -71,6 +75,7 @@ def create_app(settings: Settings, database_url: str, *, cluster: EmbeddedPostgr
                  writer_idle_ms=round(settings.writer_idle_s * 1000))
     services = Services(settings, db, {}, KeyCache(db, database_url))
     services.wallets = WalletService(services.db)
+    services.gateway = Gateway(settings.gateway, services.wallets, lambda token: principal_for(services, token))
     supervisor = Supervisor(cluster, db.engine.dispose) if cluster is not None else None
     dispatcher = _dispatcher(settings, database_url) if settings.webhooks else None
 
@@ -80,6 +85,7 @@ def create_app(settings: Settings, database_url: str, *, cluster: EmbeddedPostgr
         if settings.scheduler:
             scheduler.start()  # here, not in on_startup: there it would start paused
         services.keys.start()
+        await services.gateway.start()
         if supervisor is not None:
             supervisor.start()
         if dispatcher is not None:
@@ -93,6 +99,7 @@ def create_app(settings: Settings, database_url: str, *, cluster: EmbeddedPostgr
                 await supervisor.stop()
             if settings.scheduler:
                 scheduler.shutdown(wait=False)
+            await services.gateway.stop()
             await services.keys.stop()
             await services.db.dispose()
 
@@ -100,7 +107,7 @@ def create_app(settings: Settings, database_url: str, *, cluster: EmbeddedPostgr
         route_handlers=[ops.healthz, ops.readyz, ops.metrics, audit.get_trial_balance,
                         audit.post_verify, journal.get_journal, journal.get_statement,
                         journal.get_account_balance, keys.create_api_key, keys.list_api_keys, keys.revoke_api_key,
-                        *WALLET_ROUTES, *webhooks.ROUTES],
+                        *WALLET_ROUTES, *webhooks.ROUTES, *gateway_routes(services.gateway)],
         state=State({"services": services, "supervisor": supervisor}),
         lifespan=[lifespan],
         middleware=[metrics_middleware],

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
+from typing import Any
 
 from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
@@ -66,8 +67,11 @@ def bearer(connection: ASGIConnection) -> str:
 
 
 async def authenticate(connection: ASGIConnection) -> Principal:
-    token = bearer(connection)
-    services = connection.app.state.services
+    return await principal_for(connection.app.state.services, bearer(connection))
+
+
+async def principal_for(services: Any, token: str) -> Principal:
+    """The key `token` is (the bootstrap admin key, or a stored key), or 401."""
     admin_key = services.settings.admin_key
     if admin_key and hmac.compare_digest(token.encode(), admin_key.encode()):
         return Principal("bootstrap-admin", "admin")

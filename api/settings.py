@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import platformdirs
+
+from api.gateway.config import GatewaySettings
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -68,6 +70,7 @@ class Settings:
     # Where the workers of one `serve --workers N` keep their metrics, summed at /metrics (set by
     # api/workers.py for its children, never from the environment); None: this process's own.
     metrics_dir: Path | None = None
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)  # the metering gateway's upstreams
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -94,4 +97,5 @@ class Settings:
             webhook_backoff_s=_seconds(env, "TOKENTILL_WEBHOOK_BACKOFF_SECONDS", 5.0),
             webhook_backoff_cap_s=_seconds(env, "TOKENTILL_WEBHOOK_BACKOFF_CAP_SECONDS", 4 * 3600.0),
             webhook_retry_window_s=_seconds(env, "TOKENTILL_WEBHOOK_RETRY_WINDOW_SECONDS", 3 * 86400.0),
+            gateway=GatewaySettings.from_env(env),
         )

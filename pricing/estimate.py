@@ -69,12 +69,13 @@ def estimate_upper_bound(
     overrides = overrides or Overrides()
     dims = probe.dimension_dict
     input_rule = resolved.resolve("input", model, dims)
-    output_line = max(
-        (_line(resolved, model, t, max_output_tokens, resolved.resolve(t, model, dims), overrides)
-         for t in ("output", "reasoning")),
-        key=lambda ln: ln.unit_price,
-    )
-    lines = [_line(resolved, model, "input", prompt_tokens, input_rule, overrides), output_line]
+    lines = [_line(resolved, model, "input", prompt_tokens, input_rule, overrides)]
+    if max_output_tokens:  # a call that produces no output (embeddings) needs no output price
+        lines.append(max(
+            (_line(resolved, model, t, max_output_tokens, resolved.resolve(t, model, dims), overrides)
+             for t in ("output", "reasoning")),
+            key=lambda ln: ln.unit_price,
+        ))
     request_rule = resolved.find_rule("request", model, dims)
     if request_rule is not None:
         lines.append(_line(resolved, model, "request", 1, request_rule, overrides))

@@ -45,6 +45,14 @@ def test_the_output_budget_is_priced_at_the_dearer_of_output_and_reasoning():
     assert with_fee.total == Decimal("0.0151")
 
 
+def test_a_call_without_output_needs_no_output_price():
+    embedder = version({"id": "e-in", "model": "embedder", "token_type": "input", "price": "0.02"})
+    rating = estimate_upper_bound(embedder, "embedder", 1000, 0, {}, AT)
+    assert [(ln.token_type, ln.amount) for ln in rating.lines] == [("input", Decimal("0.00002"))]
+    with pytest.raises(UnpricedModelError):
+        estimate_upper_bound(embedder, "embedder", 1000, 1, {}, AT)
+
+
 def test_tiered_rules_count_at_their_dearest_tier():
     rating = estimate_upper_bound(REASONER, "tiered", 10, 0, None, AT)
     assert [(ln.unit_price, ln.amount) for ln in rating.lines] == [(Decimal("3"), Decimal("0.00003"))]
@@ -68,7 +76,7 @@ def test_an_unpriced_model_cannot_be_estimated():
     assert info.value.code == "unpriced_model"
     only_input = version({"id": "in", "model": "m", "token_type": "input", "price": "1"})
     with pytest.raises(UnpricedModelError):
-        estimate_upper_bound(only_input, "m", 10, 0, {}, AT)
+        estimate_upper_bound(only_input, "m", 10, 1, {}, AT)
 
 
 def test_a_book_picks_the_version_in_force_at_the_estimate_time():

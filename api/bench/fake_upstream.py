@@ -1,0 +1,290 @@
+"""A local fake of the OpenAI and Anthropic APIs, for the gateway's tests and `tokentill bench
+gateway`: a real HTTP server (uvicorn, on a thread) that answers the four endpoints with
+realistic bodies and server-sent events, usage included, at zero latency.
+
+The model name picks the behaviour: `...-fail` answers 500 before any token; `...-pause` sends
+PAUSE_AFTER tokens, then waits for the caller to leave (so "emitted before the cut" is exact);
+`...-hold` sends one token, then waits until `release()` is called; `...-nousage` streams
+without any usage. Anything else answers OUTPUT_TOKENS tokens. Each output token is one word of
+`api.demo.STREAM_WORDS`, one cl100k_base token each. Every call is logged in `calls`: the
+headers it came with, its body, the tokens emitted and whether the caller left.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import uvicorn
+
+from api.demo import STREAM_WORDS
+
+OUTPUT_TOKENS = 40
+PAUSE_AFTER = 200
+# What the fake reports as the prompt's usage, per API (a real provider counts it itself).
+CHAT_USAGE = {"prompt_tokens": 1000, "cached_tokens": 200}
+RESPONSES_USAGE = {"input_tokens": 800, "cached_tokens": 100, "reasoning_tokens": 16}
+ANTHROPIC_USAGE = {"input_tokens": 900, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 50}
+EMBEDDING_TOKENS = 12
+WORDS = STREAM_WORDS.split(" ")[1:]
+
+
+@dataclass
+class Logged:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    emitted: int = 0  # output tokens sent
+    cancelled: bool = False  # the caller left before the end
+    done: bool = False
+
+
+@dataclass
+class FakeUpstream:
+    calls: list[Logged] = field(default_factory=list)
+    loop: asyncio.AbstractEventLoop | None = None
+    _gate: asyncio.Event | None = None
+
+    def release(self) -> None:
+        """Let every `...-hold` stream finish (thread-safe)."""
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(self._open_gate)
+
+    def _open_gate(self) -> None:
+        self._gates().set()
+
+    def _gates(self) -> asyncio.Event:
+        if self._gate is None:
+            self._gate = asyncio.Event()
+        return self._gate
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        self.loop = asyncio.get_running_loop()
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        body = msgspec.json.decode(b"".join(chunks) or b"{}")
+        log = Logged(scope["path"], {k.decode(): v.decode() for k, v in scope["headers"]}, body)
+        self.calls.append(log)
+        answer = ANSWERS.get(scope["path"])
+        if answer is None:
+            await _json(send, 404, {"error": {"message": "no such path", "type": "invalid_request_error"}})
+            return
+        await answer(self, log, receive, send)
+
+    async def stream(self, log: Logged, receive: Any, send: Any, events: Any) -> None:
+        """Send `events` (bytes, or None for "one output token was sent" after the previous one)."""
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream; charset=utf-8"), (b"x-request-id", b"fake")]})
+        model = log.body.get("model", "")
+        for event in events:
+            if event is None:
+                log.emitted += 1
+                if model.endswith("-pause") and log.emitted == PAUSE_AFTER:
+                    await self._wait_for_cut(log, receive)
+                    return
+                if model.endswith("-hold") and log.emitted == 1:
+                    await self._gates().wait()
+                continue
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        log.done = True
+
+    async def _wait_for_cut(self, log: Logged, receive: Any) -> None:
+        try:
+            message = await asyncio.wait_for(receive(), timeout=30)
+            log.cancelled = message["type"] == "http.disconnect"
+        except TimeoutError:
+            pass
+
+
+async def _lifespan(receive: Any, send: Any) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def _json(send: Any, status: int, body: Any) -> None:
+    data = msgspec.json.encode(body)
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                            (b"x-request-id", b"fake")]})
+    await send({"type": "http.response.body", "body": data})
+
+
+def _sse(data: Any, event: str | None = None) -> bytes:
+    head = f"event: {event}\n".encode() if event else b""
+    return head + b"data: " + msgspec.json.encode(data) + b"\n\n"
+
+
+def _words(count: int) -> list[str]:
+    return [f" {WORDS[i % len(WORDS)]}" for i in range(count)]
+
+
+def _tokens(log: Logged) -> int:
+    return PAUSE_AFTER * 2 if log.body.get("model", "").endswith("-pause") else OUTPUT_TOKENS
+
+
+def _failed(log: Logged) -> bool:
+    return log.body.get("model", "").endswith("-fail")
+
+
+def _chat_usage(output: int) -> dict[str, Any]:
+    prompt = CHAT_USAGE["prompt_tokens"]
+    return {"prompt_tokens": prompt, "completion_tokens": output, "total_tokens": prompt + output,
+            "prompt_tokens_details": {"cached_tokens": CHAT_USAGE["cached_tokens"], "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0}}
+
+
+async def _chat(fake: FakeUpstream, log: Logged, receive: Any, send: Any) -> None:
+    if _failed(log):
+        await _json(send, 500, {"error": {"message": "The server had an error", "type": "server_error",
+                                          "param": None, "code": None}})
+        return
+    cid, model, words = f"chatcmpl-{uuid.uuid4().hex[:12]}", log.body["model"], _words(_tokens(log))
+    head = {"id": cid, "object": "chat.completion.chunk", "created": 1764680000, "model": model,
+            "system_fingerprint": "fp_fake"}
+    if not log.body.get("stream"):
+        log.emitted, log.done = len(words), True
+        await _json(send, 200, {"id": cid, "object": "chat.completion", "created": 1764680000, "model": model,
+                                "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(words),
+                                                                     "refusal": None}, "logprobs": None,
+                                             "finish_reason": "stop"}], "usage": _chat_usage(len(words)),
+                                "system_fingerprint": "fp_fake"})
+        return
+    usage_wanted = (log.body.get("stream_options") or {}).get("include_usage") and not model.endswith("-nousage")
+
+    def events():
+        yield _sse({**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                         "finish_reason": None}]})
+        for word in words:
+            yield _sse({**head, "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]})
+            yield None
+        yield _sse({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        if usage_wanted:
+            yield _sse({**head, "choices": [], "usage": _chat_usage(len(words))})
+        yield b"data: [DONE]\n\n"
+
+    await fake.stream(log, receive, send, events())
+
+
+def _responses_usage(output: int) -> dict[str, Any]:
+    u = RESPONSES_USAGE
+    total_out = output + u["reasoning_tokens"]
+    return {"input_tokens": u["input_tokens"], "input_tokens_details": {"cached_tokens": u["cached_tokens"]},
+            "output_tokens": total_out, "output_tokens_details": {"reasoning_tokens": u["reasoning_tokens"]},
+            "total_tokens": u["input_tokens"] + total_out}
+
+
+async def _responses(fake: FakeUpstream, log: Logged, receive: Any, send: Any) -> None:
+    if _failed(log):
+        await _json(send, 500, {"error": {"message": "The server had an error", "type": "server_error",
+                                          "param": None, "code": None}})
+        return
+    rid, words = f"resp_{uuid.uuid4().hex[:12]}", _words(_tokens(log))
+    item = {"id": "msg_fake", "type": "message", "status": "completed", "role": "assistant",
+            "content": [{"type": "output_text", "text": "".join(words), "annotations": []}]}
+    response = {"id": rid, "object": "response", "created_at": 1764680000, "status": "completed",
+                "model": log.body["model"], "output": [item], "usage": _responses_usage(len(words)),
+                "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "error": None,
+                "incomplete_details": None, "instructions": None, "metadata": {}, "temperature": 1.0,
+                "top_p": 1.0, "text": {"format": {"type": "text"}}, "truncation": "disabled"}
+    if not log.body.get("stream"):
+        log.emitted, log.done = len(words), True
+        await _json(send, 200, response)
+        return
+
+    def events():
+        seq = iter(range(10**6))
+        started = {**response, "status": "in_progress", "output": [], "usage": None}
+        yield _sse({"type": "response.created", "sequence_number": next(seq), "response": started},
+                   "response.created")
+        for word in words:
+            yield _sse({"type": "response.output_text.delta", "sequence_number": next(seq), "item_id": "msg_fake",
+                        "output_index": 0, "content_index": 0, "delta": word, "logprobs": []},
+                       "response.output_text.delta")
+            yield None
+        yield _sse({"type": "response.completed", "sequence_number": next(seq), "response": response},
+                   "response.completed")
+
+    await fake.stream(log, receive, send, events())
+
+
+async def _embeddings(fake: FakeUpstream, log: Logged, receive: Any, send: Any) -> None:
+    inputs = log.body.get("input")
+    count = len(inputs) if isinstance(inputs, list) and inputs and not isinstance(inputs[0], int) else 1
+    log.done = True
+    await _json(send, 200, {"object": "list", "model": log.body["model"],
+                            "data": [{"object": "embedding", "index": i, "embedding": [0.0125, -0.5, 0.25]}
+                                     for i in range(count)],
+                            "usage": {"prompt_tokens": EMBEDDING_TOKENS, "total_tokens": EMBEDDING_TOKENS}})
+
+
+async def _messages(fake: FakeUpstream, log: Logged, receive: Any, send: Any) -> None:
+    if _failed(log):
+        await _json(send, 500, {"type": "error", "error": {"type": "api_error", "message": "Internal server error"}})
+        return
+    mid, words = f"msg_{uuid.uuid4().hex[:12]}", _words(_tokens(log))
+    start_usage = {**ANTHROPIC_USAGE, "output_tokens": 1}
+    message = {"id": mid, "type": "message", "role": "assistant", "model": log.body["model"], "content": [],
+               "stop_reason": None, "stop_sequence": None, "usage": start_usage}
+    if not log.body.get("stream"):
+        log.emitted, log.done = len(words), True
+        await _json(send, 200, {**message, "content": [{"type": "text", "text": "".join(words)}],
+                                "stop_reason": "end_turn", "usage": {**ANTHROPIC_USAGE, "output_tokens": len(words)}})
+        return
+
+    def events():
+        yield _sse({"type": "message_start", "message": message}, "message_start")
+        yield _sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+                   "content_block_start")
+        yield _sse({"type": "ping"}, "ping")
+        for word in words:
+            yield _sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word}},
+                       "content_block_delta")
+            yield None
+        yield _sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
+        yield _sse({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                    "usage": {"output_tokens": len(words)}}, "message_delta")
+        yield _sse({"type": "message_stop"}, "message_stop")
+
+    await fake.stream(log, receive, send, events())
+
+
+ANSWERS = {"/v1/chat/completions": _chat, "/v1/responses": _responses, "/v1/embeddings": _embeddings,
+           "/v1/messages": _messages}
+
+
+class FakeServer(threading.Thread):
+    """The fake on 127.0.0.1:`port`, on a thread of its own (its own event loop)."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.fake = FakeUpstream()
+        self.port = port
+        self.server = uvicorn.Server(uvicorn.Config(self.fake, host="127.0.0.1", port=port, log_level="warning",
+                                                    lifespan="on"))
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def run(self) -> None:
+        self.server.run()
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.join(timeout=10)

@@ -1,0 +1,47 @@
+"""The gateway's settings: where each provider's upstream is, the key it is called with, and the
+bounds of a call. Read once with the rest of `Settings`; nothing here reads the environment later."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+OPENAI_URL = "https://api.openai.com/v1"  # what the openai SDK takes as base_url
+ANTHROPIC_URL = "https://api.anthropic.com"  # what the anthropic SDK takes as base_url
+
+
+def _positive(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "")
+    try:
+        value = int(raw) if raw else default
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise SystemExit(f"{name} must be a positive whole number, not {raw!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    openai_url: str = OPENAI_URL
+    openai_key: str | None = None  # sent upstream as the bearer; the caller's key never is
+    anthropic_url: str = ANTHROPIC_URL
+    anthropic_key: str | None = None  # sent upstream as x-api-key
+    default_max_output_tokens: int = 4096  # the output cap a call that sets none is held for, and sent with
+    hold_seconds: int = 600  # a gateway reservation's TTL: longer than any call should take
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 600.0  # the longest an upstream may stay silent (between stream events too)
+    connect_retries: int = 2  # retried only when the connection failed: the request was never sent
+    max_body_bytes: int = 32 * 1024 * 1024  # a caller's request (images inline in base64 are big)
+    max_upstream_connections: int = 1000
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> GatewaySettings:
+        return cls(
+            openai_url=(env.get("TOKENTILL_UPSTREAM_OPENAI") or OPENAI_URL).rstrip("/"),
+            openai_key=env.get("TOKENTILL_UPSTREAM_OPENAI_KEY") or None,
+            anthropic_url=(env.get("TOKENTILL_UPSTREAM_ANTHROPIC") or ANTHROPIC_URL).rstrip("/"),
+            anthropic_key=env.get("TOKENTILL_UPSTREAM_ANTHROPIC_KEY") or None,
+            default_max_output_tokens=_positive(env, "TOKENTILL_GATEWAY_MAX_OUTPUT_TOKENS", 4096),
+            hold_seconds=_positive(env, "TOKENTILL_GATEWAY_HOLD_SECONDS", 600),
+            read_timeout_s=float(_positive(env, "TOKENTILL_GATEWAY_READ_TIMEOUT_SECONDS", 600)),
+        )

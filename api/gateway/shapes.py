@@ -1,0 +1,29 @@
+"""The gateway's own refusals in each provider's error shape, so that the caller's SDK raises its
+usual exception for the status (402, 429, ...). Our stable `code` rides along in the body."""
+from __future__ import annotations
+
+import msgspec
+
+OPENAI_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 402: "insufficient_funds",
+                403: "permission_error", 404: "invalid_request_error", 409: "invalid_request_error",
+                413: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_exceeded"}
+ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
+                   403: "permission_error", 404: "not_found_error", 409: "invalid_request_error",
+                   413: "request_too_large", 422: "invalid_request_error", 429: "rate_limit_error",
+                   503: "overloaded_error"}
+
+
+def error_body(provider: str, status: int, code: str, message: str, param: str | None = None) -> bytes:
+    """`{"error": {...}}` as OpenAI answers, or `{"type": "error", "error": {...}}` as Anthropic does."""
+    if provider == "anthropic":
+        return msgspec.json.encode({"type": "error", "error": {
+            "type": ANTHROPIC_TYPES.get(status, "api_error"), "message": message, "code": code}})
+    return msgspec.json.encode({"error": {"message": message, "type": OPENAI_TYPES.get(status, "api_error"),
+                                          "param": param, "code": code}})
+
+
+def stream_error_event(provider: str, code: str, message: str) -> bytes:
+    """An error event for a stream already under way (its status was sent): each SDK raises on it."""
+    if provider == "anthropic":
+        return b"event: error\ndata: " + error_body(provider, 500, code, message) + b"\n\n"
+    return b"data: " + error_body(provider, 500, code, message) + b"\n\n"

@@ -1,0 +1,205 @@
+"""What a provider's answer says it cost (pure: no I/O): the usage of a whole JSON answer, and, as
+a stream's server-sent events go by, the text generated so far and any usage it reports.
+
+The settlement a finished, failed or cut call gets (`settlement`): the provider's final usage
+when it came; else, for Anthropic, the input usage its `message_start` reported with the output
+tokens metered here; else the prompt's raw tiktoken count and the metered output. Metered
+output is the tiktoken count (the model's encoding, else cl100k_base, no margin) of every
+generated text delta in the order received: message text, refusals, reasoning text, tool-call
+arguments. No usage and no output at all means nothing was generated: the hold is released.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from api.gateway.calls import CHAT, EMBEDDINGS, MESSAGES, RESPONSES
+from pricing.tokens import TokenCounter
+
+_TERMINATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
+
+
+class EventSplitter:
+    """Cuts a byte stream into whole server-sent events (each with its blank-line terminator)."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        data = self._pending + chunk
+        events: list[bytes] = []
+        start = 0
+        while True:
+            ends = [(i, t) for t in _TERMINATORS if (i := data.find(t, start)) >= 0]
+            if not ends:
+                break
+            index, terminator = min(ends)
+            events.append(data[start:index + len(terminator)])
+            start = index + len(terminator)
+        self._pending = data[start:]
+        return events
+
+    def rest(self) -> bytes:
+        """What came after the last complete event (a stream cut mid-event)."""
+        rest, self._pending = self._pending, b""
+        return rest
+
+
+def event_fields(raw: bytes) -> tuple[str | None, str]:
+    """(the event's name, its data lines joined) of one server-sent event."""
+    name, data = None, []
+    for line in raw.decode("utf-8", "replace").splitlines():
+        if line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+    return name, "\n".join(data)
+
+
+def _texts_of_chat_delta(chunk: Mapping[str, Any]) -> list[str]:
+    texts: list[str] = []
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") if isinstance(choice, Mapping) else None
+        if not isinstance(delta, Mapping):
+            continue
+        texts += [delta[k] for k in ("content", "refusal", "reasoning_content") if isinstance(delta.get(k), str)]
+        for call in delta.get("tool_calls") or ():
+            function = call.get("function") if isinstance(call, Mapping) else None
+            if isinstance(function, Mapping):
+                texts += [function[k] for k in ("name", "arguments") if isinstance(function.get(k), str)]
+    return texts
+
+
+_RESPONSES_DELTAS = frozenset({"response.output_text.delta", "response.refusal.delta",
+                               "response.function_call_arguments.delta", "response.reasoning_text.delta",
+                               "response.reasoning_summary_text.delta"})
+_RESPONSES_DONE = frozenset({"response.completed", "response.incomplete", "response.failed"})
+_ANTHROPIC_DELTAS = ("text", "partial_json", "thinking")
+
+
+@dataclass(slots=True)
+class StreamTally:
+    """Follows one stream's events: what to forward, the text generated, the usage reported."""
+
+    kind: str
+    usage_chunk_wanted: bool = True
+    texts: list[str] = field(default_factory=list)
+    usage: dict[str, Any] | None = None  # the provider's final usage
+    started: dict[str, Any] | None = None  # Anthropic: message_start's usage (input known)
+    error: bool = False  # the upstream reported an error inside the stream
+
+    def observe(self, raw: bytes) -> bool:
+        """Take one event into account; whether to forward it to the caller."""
+        name, data = event_fields(raw)
+        if not data or data == "[DONE]":
+            return True
+        try:
+            payload = msgspec.json.decode(data)
+        except msgspec.DecodeError:
+            return True
+        if not isinstance(payload, dict):
+            return True
+        if name == "error" or payload.get("type") == "error" or isinstance(payload.get("error"), Mapping):
+            self.error = True
+        if self.kind == CHAT:
+            return self._chat(payload)
+        if self.kind == RESPONSES:
+            self._responses(payload.get("type") or name, payload)
+        elif self.kind == MESSAGES:
+            self._messages(payload.get("type") or name, payload)
+        return True
+
+    def _chat(self, chunk: dict[str, Any]) -> bool:
+        self.texts += _texts_of_chat_delta(chunk)
+        if isinstance(chunk.get("usage"), Mapping):
+            self.usage = dict(chunk["usage"])
+            return self.usage_chunk_wanted or bool(chunk.get("choices"))
+        return True
+
+    def _responses(self, kind: Any, event: dict[str, Any]) -> None:
+        if kind in _RESPONSES_DELTAS and isinstance(event.get("delta"), str):
+            self.texts.append(event["delta"])
+        elif kind in _RESPONSES_DONE:
+            response = event.get("response")
+            if isinstance(response, Mapping) and isinstance(response.get("usage"), Mapping):
+                self.usage = dict(response["usage"])
+
+    def _messages(self, kind: Any, event: dict[str, Any]) -> None:
+        if kind == "content_block_delta":
+            delta = event.get("delta")
+            if isinstance(delta, Mapping):
+                self.texts += [delta[k] for k in _ANTHROPIC_DELTAS if isinstance(delta.get(k), str)]
+        elif kind == "message_start":
+            message = event.get("message")
+            if isinstance(message, Mapping) and isinstance(message.get("usage"), Mapping):
+                self.started = dict(message["usage"])
+        elif kind == "message_delta" and isinstance(event.get("usage"), Mapping):
+            reported = {k: v for k, v in event["usage"].items() if v is not None}
+            self.usage = {**(self.started or {}), **reported}
+
+    def settlement(self, counter: TokenCounter, model: str, prompt_raw_tokens: int) -> tuple[str, dict] | None:
+        """(usage form, usage) to settle with, or None: nothing was generated, release."""
+        if self.usage is not None:
+            return ("anthropic_usage" if self.kind == MESSAGES else "openai_usage"), self.usage
+        text = "".join(self.texts)
+        metered = counter.count_text(text, model).raw_tokens if text else 0
+        if self.started is not None:
+            return "anthropic_usage", {**self.started, "output_tokens": metered}
+        if metered == 0:
+            return None
+        return "usage", {"input_tokens": prompt_raw_tokens, "output_tokens": metered}
+
+
+def answer_texts(kind: str, raw: bytes | Mapping[str, Any]) -> list[str]:
+    """The generated text of a whole (non-streamed) answer, for metering when it has no usage."""
+    body = _json(raw) if isinstance(raw, bytes) else raw
+    texts: list[str] = []
+    if body is None:
+        return texts
+    if kind == CHAT:
+        for choice in body.get("choices") or ():
+            message = choice.get("message") if isinstance(choice, Mapping) else None
+            if isinstance(message, Mapping):
+                texts += _texts_of_chat_delta({"choices": [{"delta": message}]})
+    elif kind == RESPONSES:
+        for item in body.get("output") or ():
+            if isinstance(item, Mapping):
+                texts += [item[k] for k in ("arguments",) if isinstance(item.get(k), str)]
+                for part in item.get("content") or ():
+                    if isinstance(part, Mapping) and isinstance(part.get("text"), str):
+                        texts.append(part["text"])
+    elif kind == MESSAGES:
+        for block in body.get("content") or ():
+            if isinstance(block, Mapping):
+                texts += [block[k] for k in ("text", "thinking") if isinstance(block.get(k), str)]
+                if block.get("type") == "tool_use":
+                    texts.append(msgspec.json.encode(block.get("input")).decode())
+    return texts
+
+
+def _json(raw: bytes) -> dict[str, Any] | None:
+    try:
+        body = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def answer_settlement(kind: str, raw: bytes, counter: TokenCounter, model: str,
+                      prompt_raw_tokens: int) -> tuple[str, dict] | None:
+    """(usage form, usage) of a whole JSON answer: its own usage, else metered as a stream would be."""
+    body = _json(raw)
+    if body is None:
+        return None
+    usage = body.get("usage")
+    if isinstance(usage, Mapping):
+        if kind == EMBEDDINGS:  # {prompt_tokens, total_tokens}: all input
+            return "openai_usage", {**usage, "completion_tokens": 0}
+        return ("anthropic_usage" if kind == MESSAGES else "openai_usage"), dict(usage)
+    if kind == EMBEDDINGS:
+        return "usage", {"input_tokens": prompt_raw_tokens}
+    tally = StreamTally(kind, texts=answer_texts(kind, body))
+    return tally.settlement(counter, model, prompt_raw_tokens) or ("usage", {"input_tokens": prompt_raw_tokens})

@@ -1,0 +1,352 @@
+"""The metering gateway, driven by the official `openai` and `anthropic` packages against a live
+server whose upstream is a local fake (api.bench.fake_upstream). Every charge is worked by hand
+from the price book below and the usage the fake reports."""
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from api.app import create_app
+from api.bench import fake_upstream as fk
+from api.bench.common import free_port
+from api.demo import _Server
+from api.gateway.config import GatewaySettings
+from api.settings import Settings
+from tests.api.test_sdk_durability import wait_ready
+
+ADMIN = "gateway-admin"
+M = Decimal(1_000_000)
+IN, CACHED, WRITE, OUT, CALL = Decimal("10"), Decimal("1"), Decimal("12.5"), Decimal("20"), Decimal("0.001")
+BOOK = {"currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": [
+    {"id": "in", "token_type": "input", "price": "10.00"},
+    {"id": "cached", "token_type": "cached_input", "price": "1.00"},
+    {"id": "write", "token_type": "cache_write", "price": "12.50"},
+    {"id": "out", "token_type": "output", "price": "20.00"},
+    {"id": "call", "token_type": "request", "price": "0.001"}]}
+HI = [{"role": "user", "content": "hi"}]
+
+# By hand, from the fake's usage: input excludes cached tokens; reasoning is priced as output.
+CHAT_CHARGE = (800 * IN + 200 * CACHED + 40 * OUT) / M + CALL  # 0.0100
+RESPONSES_CHARGE = (700 * IN + 100 * CACHED + (40 + 16) * OUT) / M + CALL  # 0.00922
+EMBEDDINGS_CHARGE = 12 * IN / M + CALL  # 0.00112
+MESSAGES_CHARGE = (900 * IN + 100 * CACHED + 50 * WRITE + 40 * OUT) / M + CALL  # 0.011525
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[fk.FakeServer]:
+    server = fk.FakeServer(free_port())
+    server.start()
+    deadline = time.monotonic() + 10
+    while not server.server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    yield server
+    server.fake.release()
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def live(database_url, fake) -> Iterator[tuple[str, str]]:
+    """The server with its gateway pointed at the fake, and a price book."""
+    port = free_port()
+    settings = Settings(admin_key=ADMIN, scheduler=False, gateway=GatewaySettings(
+        openai_url=f"{fake.url}/v1", openai_key="sk-upstream-openai",
+        anthropic_url=fake.url, anthropic_key="sk-upstream-anthropic", default_max_output_tokens=1000))
+    server = _Server(create_app(settings, database_url), port)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url)
+    book = f"gw-{uuid.uuid4().hex[:8]}"
+    with admin(url) as http:
+        assert http.post("/v1/price-books", json={**BOOK, "id": book}).status_code == 201
+    yield url, book
+    server.stop()
+
+
+def admin(url: str) -> httpx.Client:
+    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30)
+
+
+def customer(live, amount: str = "10.00") -> tuple[str, str]:
+    """A funded customer and an inference key limited to it."""
+    url, book = live
+    cid = f"gw-{uuid.uuid4().hex[:10]}"
+    with admin(url) as http:
+        assert http.post("/v1/customers", json={"id": cid, "name": "GW", "currency": "USD",
+                                                "price_book": book}).status_code == 201
+        assert http.post(f"/v1/customers/{cid}/topups", json={"amount": amount}).status_code == 201
+        key = http.post("/v1/api-keys", json={"scope": "inference", "customers": [cid]}).json()["key"]
+    return cid, key
+
+
+def wallet(url: str, cid: str, timeout: float = 10) -> tuple[Decimal, Decimal]:
+    """(available, reserved), once nothing is reserved (a stream's settle may trail its last byte)."""
+    deadline = time.monotonic() + timeout
+    with admin(url) as http:
+        while True:
+            w = http.get(f"/v1/customers/{cid}/wallet").json()
+            if Decimal(w["reserved"]) == 0 or time.monotonic() > deadline:
+                return Decimal(w["available"]), Decimal(w["reserved"])
+            time.sleep(0.05)
+
+
+def charged(url: str, request_id: str, timeout: float = 10) -> Decimal:
+    """The request's final charge, from its audit trace (waits for a settle that follows a cut)."""
+    deadline = time.monotonic() + timeout
+    with admin(url) as http:
+        while True:
+            trace = http.get(f"/v1/audit/charges/{request_id}").json()
+            status = trace.get("reservation", {}).get("status")
+            if status in ("settled", "released") or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    assert status in ("settled", "released"), trace
+    return sum((Decimal(c["charged"]) for c in trace["charges"]), Decimal(0))
+
+
+def oai(url: str, key: str, **kw) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/openai/v1", api_key=key, max_retries=0, **kw)
+
+
+def claude(url: str, key: str, **kw) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=f"{url}/anthropic", api_key=key, max_retries=0, **kw)
+
+
+def words(count: int) -> str:
+    return "".join(fk._words(count))
+
+
+def test_chat_completion_is_charged_the_providers_usage_and_says_so_in_headers(live, fake):
+    url, _ = live
+    cid, key = customer(live)
+    raw = oai(url, key).chat.completions.with_raw_response.create(model="gpt-test", messages=HI)
+    completion = raw.parse()
+    assert completion.choices[0].message.content == words(40)
+    assert Decimal(raw.headers["x-tokentill-charged"]) == CHAT_CHARGE == Decimal("0.0100")
+    assert charged(url, raw.headers["x-tokentill-request-id"]) == CHAT_CHARGE
+    assert wallet(url, cid) == (Decimal("10") - CHAT_CHARGE, 0)
+    sent = fake.fake.calls[-1].headers
+    assert sent["authorization"] == "Bearer sk-upstream-openai" and key not in str(sent)
+
+
+def test_a_streamed_chat_is_charged_its_usage_and_the_usage_chunk_it_did_not_ask_for_is_not_sent(live, fake):
+    url, _ = live
+    cid, key = customer(live)
+    with oai(url, key).chat.completions.with_streaming_response.create(
+            model="gpt-test", messages=HI, stream=True) as response:
+        chunks = list(response.parse())
+        request_id = response.headers["x-tokentill-request-id"]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == words(40)
+    assert all(c.choices for c in chunks) and all(c.usage is None for c in chunks)
+    assert fake.fake.calls[-1].body["stream_options"] == {"include_usage": True}
+    assert charged(url, request_id) == CHAT_CHARGE
+    assert wallet(url, cid) == (Decimal("10") - CHAT_CHARGE, 0)
+
+
+def test_a_streamed_chat_that_asks_for_usage_gets_it(live):
+    url, _ = live
+    _, key = customer(live)
+    chunks = list(oai(url, key).chat.completions.create(model="gpt-test", messages=HI, stream=True,
+                                                        stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 40
+
+
+def test_a_chat_stream_without_usage_is_charged_the_prompt_count_and_the_metered_output(live):
+    url, _ = live
+    _, key = customer(live)
+    with oai(url, key).chat.completions.with_streaming_response.create(
+            model="gpt-test-nousage", messages=HI, stream=True) as response:
+        list(response.parse())
+        request_id = response.headers["x-tokentill-request-id"]
+    # "user" and "hi" are a token each (cl100k_base), 3 per message and 3 for the reply: 8 in
+    assert charged(url, request_id) == (8 * IN + 40 * OUT) / M + CALL
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_responses_are_charged_their_usage(live, stream):
+    url, _ = live
+    cid, key = customer(live)
+    client = oai(url, key)
+    if stream:
+        with client.responses.with_streaming_response.create(model="gpt-test", input="hi", stream=True) as r:
+            events = list(r.parse())
+            request_id = r.headers["x-tokentill-request-id"]
+        assert events[-1].type == "response.completed" and events[-1].response.output_text == words(40)
+    else:
+        raw = client.responses.with_raw_response.create(model="gpt-test", input="hi")
+        assert raw.parse().output_text == words(40)
+        assert Decimal(raw.headers["x-tokentill-charged"]) == RESPONSES_CHARGE
+        request_id = raw.headers["x-tokentill-request-id"]
+    assert charged(url, request_id) == RESPONSES_CHARGE == Decimal("0.00922")
+    assert wallet(url, cid) == (Decimal("10") - RESPONSES_CHARGE, 0)
+
+
+def test_embeddings_are_charged_their_input_tokens(live):
+    url, _ = live
+    cid, key = customer(live)
+    raw = oai(url, key).embeddings.with_raw_response.create(model="embed-test", input=["a", "b"])
+    assert len(raw.parse().data) == 2
+    assert Decimal(raw.headers["x-tokentill-charged"]) == EMBEDDINGS_CHARGE == Decimal("0.00112")
+    assert wallet(url, cid) == (Decimal("10") - EMBEDDINGS_CHARGE, 0)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropic_messages_are_charged_their_usage_with_the_key_as_x_api_key(live, fake, stream):
+    url, _ = live
+    cid, key = customer(live)
+    client = claude(url, key)
+    if stream:
+        with client.messages.stream(model="claude-test", max_tokens=1000, messages=HI) as s:
+            text = "".join(s.text_stream)
+            request_id = s.response.headers["x-tokentill-request-id"]
+    else:
+        raw = client.messages.with_raw_response.create(model="claude-test", max_tokens=1000, messages=HI)
+        text = raw.parse().content[0].text
+        assert Decimal(raw.headers["x-tokentill-charged"]) == MESSAGES_CHARGE
+        request_id = raw.headers["x-tokentill-request-id"]
+    assert text == words(40)
+    assert charged(url, request_id) == MESSAGES_CHARGE == Decimal("0.011525")
+    assert wallet(url, cid) == (Decimal("10") - MESSAGES_CHARGE, 0)
+    sent = fake.fake.calls[-1].headers
+    assert sent["x-api-key"] == "sk-upstream-anthropic" and "authorization" not in sent
+
+
+def _wait_cancelled(fake: fk.FakeServer) -> fk.Logged:
+    call = fake.fake.calls[-1]
+    deadline = time.monotonic() + 10
+    while not call.cancelled and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert call.cancelled, "the upstream never saw the cancellation"
+    return call
+
+
+def test_a_chat_stream_cut_by_the_client_is_charged_what_was_sent_and_cancels_the_upstream(live, fake):
+    url, _ = live
+    cid, key = customer(live)
+    received = 0
+    with oai(url, key).chat.completions.with_streaming_response.create(
+            model="gpt-test-pause", messages=HI, stream=True) as response:
+        request_id = response.headers["x-tokentill-request-id"]
+        for chunk in response.parse():
+            received += bool(chunk.choices and chunk.choices[0].delta.content)
+            if received == fk.PAUSE_AFTER:
+                break
+    call = _wait_cancelled(fake)
+    assert call.emitted == fk.PAUSE_AFTER == 200 and not call.done
+    # no usage came: the prompt as counted (8 tokens) and the 200 tokens the upstream emitted
+    assert charged(url, request_id) == (8 * IN + 200 * OUT) / M + CALL
+    assert wallet(url, cid)[1] == 0
+
+
+def test_an_anthropic_stream_cut_by_the_client_is_charged_the_reported_input_and_the_sent_output(live, fake):
+    url, _ = live
+    _, key = customer(live)
+    received = 0
+    with claude(url, key).messages.stream(model="claude-test-pause", max_tokens=1000, messages=HI) as s:
+        request_id = s.response.headers["x-tokentill-request-id"]
+        for _ in s.text_stream:
+            received += 1
+            if received == fk.PAUSE_AFTER:
+                break
+    call = _wait_cancelled(fake)
+    assert call.emitted == 200
+    assert charged(url, request_id) == (900 * IN + 100 * CACHED + 50 * WRITE + 200 * OUT) / M + CALL
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_upstream_500_before_any_token_releases_the_hold_and_passes_the_error_through(live, fake, stream):
+    url, _ = live
+    cid, key = customer(live)
+    with pytest.raises(openai.InternalServerError) as raised:
+        oai(url, key).chat.completions.create(model="gpt-test-fail", messages=HI, stream=stream)
+    response = raised.value.response
+    assert response.json() == {"error": {"message": "The server had an error", "type": "server_error",
+                                         "param": None, "code": None}}
+    assert response.headers["x-tokentill-charged"] == "0" and response.headers["x-request-id"] == "fake"
+    assert charged(url, response.headers["x-tokentill-request-id"]) == 0
+    assert wallet(url, cid) == (Decimal("10"), 0)
+
+
+def test_an_anthropic_upstream_500_is_passed_through_and_released(live):
+    url, _ = live
+    cid, key = customer(live)
+    with pytest.raises(anthropic.InternalServerError) as raised:
+        claude(url, key).messages.create(model="claude-test-fail", max_tokens=100, messages=HI)
+    assert raised.value.body == {"type": "error", "error": {"type": "api_error", "message": "Internal server error"}}
+    assert wallet(url, cid) == (Decimal("10"), 0)
+
+
+def test_an_insufficient_wallet_gets_a_provider_shaped_402_before_any_upstream_call(live, fake):
+    url, _ = live
+    _, key = customer(live, amount="0.000001")
+    before = len(fake.fake.calls)
+    with pytest.raises(openai.APIStatusError) as raised:
+        oai(url, key).chat.completions.create(model="gpt-test", messages=HI)
+    assert raised.value.status_code == 402
+    assert raised.value.body["code"] == "insufficient_funds" and raised.value.body["type"] == "insufficient_funds"
+    with pytest.raises(anthropic.APIStatusError) as raised_too:
+        claude(url, key).messages.create(model="claude-test", max_tokens=100, messages=HI)
+    assert raised_too.value.status_code == 402
+    assert raised_too.value.body["error"]["type"] == "billing_error"
+    assert len(fake.fake.calls) == before
+
+
+def test_keys_are_checked_and_a_key_of_several_customers_names_one(live):
+    url, _ = live
+    cid, _ = customer(live)
+    with pytest.raises(openai.AuthenticationError):
+        oai(url, "not-a-key").chat.completions.create(model="gpt-test", messages=HI)
+    with admin(url) as http:
+        reader = http.post("/v1/api-keys", json={"scope": f"customer:{cid}"}).json()["key"]
+        several = http.post("/v1/api-keys", json={"scope": "inference"}).json()["key"]
+    with pytest.raises(openai.PermissionDeniedError):
+        oai(url, reader).chat.completions.create(model="gpt-test", messages=HI)
+    with pytest.raises(openai.UnprocessableEntityError, match="x-tokentill-customer"):
+        oai(url, several).chat.completions.create(model="gpt-test", messages=HI)
+    rid = f"my-{uuid.uuid4().hex[:8]}"
+    raw = oai(url, several, default_headers={"x-tokentill-customer": cid, "x-tokentill-request-id": rid}
+              ).chat.completions.with_raw_response.create(model="gpt-test", messages=HI)
+    assert raw.headers["x-tokentill-request-id"] == rid and charged(url, rid) == CHAT_CHARGE
+    with pytest.raises(openai.ConflictError):  # the same request id again is never billed twice
+        oai(url, several, default_headers={"x-tokentill-customer": cid, "x-tokentill-request-id": rid}
+            ).chat.completions.create(model="gpt-test", messages=HI)
+
+
+async def test_64_parallel_streams_on_a_wallet_of_10_holds_10_proceed_54_are_refused(live, fake):
+    url, _ = live
+    # The hold, by hand: prompt "user" + "hi" counted in cl100k_base with the 10 % margin of an
+    # unknown model (2 -> 3) plus 3 per message and 3 for the reply, 9 tokens; 1,000 output tokens.
+    hold = (9 * IN + 1000 * OUT) / M + CALL  # 0.02109
+    cid, key = customer(live, amount=str(10 * hold + hold / 2))
+    client = openai.AsyncOpenAI(base_url=f"{url}/openai/v1", api_key=key, max_retries=0,
+                                http_client=openai.DefaultAsyncHttpxClient(limits=httpx.Limits(max_connections=100)))
+
+    async def one() -> str:
+        try:
+            stream = await client.chat.completions.create(model="gpt-test-hold", messages=HI, stream=True,
+                                                          max_tokens=1000)
+        except openai.APIStatusError as exc:
+            assert exc.status_code == 402 and exc.body["code"] == "insufficient_funds"
+            return "refused"
+        async for _ in stream:
+            pass
+        return "proceeded"
+
+    calls = [asyncio.create_task(one()) for _ in range(64)]
+    for finished, call in enumerate(asyncio.as_completed(calls, timeout=60), 1):
+        assert await call == "refused"  # none can finish before the fake lets the held ones go
+        if finished == 54:
+            break
+    fake.fake.release()  # the 10 held streams finish only now: every hold was taken at once
+    outcomes = await asyncio.gather(*calls)
+    await client.close()
+    assert outcomes.count("proceeded") == 10 and outcomes.count("refused") == 54
+    available, reserved = await asyncio.to_thread(wallet, url, cid)
+    assert reserved == 0 and available == 10 * hold + hold / 2 - 10 * CHAT_CHARGE

@@ -1,0 +1,87 @@
+"""Reading provider calls for the hold: prompt counts worked by hand, output caps, the body sent on."""
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from api.gateway.calls import CHAT, EMBEDDINGS, MESSAGES, NON_TEXT_PART_TOKENS, RESPONSES, CallError, parse_call
+from pricing.tokens import TokenCounter
+
+COUNTER = TokenCounter()
+HI = [{"role": "user", "content": "hi"}]
+
+
+def call(kind: str, body: dict, default: int = 1000):
+    return parse_call(kind, msgspec.json.encode(body), default_max_output=default, counter=COUNTER)
+
+
+def test_a_chat_prompt_counts_each_string_plus_3_per_message_and_3_for_the_reply():
+    # gpt-4 is cl100k_base, exact: "user" 1 + "hi" 1 + 3 + 3
+    c = call(CHAT, {"model": "gpt-4", "messages": HI, "max_tokens": 50})
+    assert (c.prompt_tokens, c.prompt_raw_tokens, c.max_output_tokens) == (8, 8, 50)
+
+
+def test_an_unknown_models_prompt_is_held_with_the_margin_and_settled_without_it():
+    c = call(CHAT, {"model": "my-model", "messages": HI, "max_tokens": 50})
+    assert (c.prompt_tokens, c.prompt_raw_tokens) == (9, 8)  # 2 text tokens + 10 %, rounded up: 3
+
+
+def test_a_call_without_an_output_cap_is_held_and_sent_with_the_default_one():
+    c = call(CHAT, {"model": "gpt-4", "messages": HI}, default=777)
+    assert c.max_output_tokens == 777 and msgspec.json.decode(c.body)["max_completion_tokens"] == 777
+    r = call(RESPONSES, {"model": "gpt-4", "input": "hi"}, default=555)
+    assert r.max_output_tokens == 555 and msgspec.json.decode(r.body)["max_output_tokens"] == 555
+
+
+def test_a_call_with_its_own_cap_is_forwarded_byte_for_byte():
+    raw = b'{"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 7, "temperature": 0.7}'
+    c = parse_call(CHAT, raw, default_max_output=1000, counter=COUNTER)
+    assert c.body == raw and c.max_output_tokens == 7
+
+
+def test_n_choices_hold_n_times_the_cap():
+    assert call(CHAT, {"model": "gpt-4", "messages": HI, "max_completion_tokens": 100, "n": 3}).max_output_tokens == 300
+
+
+def test_a_chat_stream_asks_for_usage_and_remembers_whether_the_caller_did():
+    c = call(CHAT, {"model": "gpt-4", "messages": HI, "stream": True, "max_tokens": 5})
+    assert msgspec.json.decode(c.body)["stream_options"] == {"include_usage": True} and not c.usage_chunk_wanted
+    asked = call(CHAT, {"model": "gpt-4", "messages": HI, "stream": True, "max_tokens": 5,
+                        "stream_options": {"include_usage": True}})
+    assert asked.usage_chunk_wanted and asked.stream
+
+
+def test_a_non_text_part_counts_a_fixed_allowance_not_its_base64():
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 100_000}}
+    c = call(CHAT, {"model": "gpt-4", "max_tokens": 1,
+                    "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}, image]}]})
+    # "user", "text" (the part's type) and "hi": 3 tokens, + 3 + 3, + one image
+    assert c.prompt_raw_tokens == 3 + 6 + NON_TEXT_PART_TOKENS
+
+
+def test_embeddings_count_texts_and_token_ids_and_produce_no_output():
+    c = call(EMBEDDINGS, {"model": "text-embedding-3-small", "input": [[1, 2, 3], [4]], "stream": True})
+    assert (c.prompt_raw_tokens, c.max_output_tokens, c.stream) == (4, 0, False)
+    assert call(EMBEDDINGS, {"model": "text-embedding-3-small", "input": "hi there"}).prompt_raw_tokens == 2
+
+
+def test_anthropic_counts_the_system_prompt_and_is_never_given_a_cap():
+    c = call(MESSAGES, {"model": "claude-x", "system": "be brief", "messages": HI}, default=321)
+    assert c.max_output_tokens == 321 and "max_tokens" not in msgspec.json.decode(c.body)
+    assert c.prompt_raw_tokens == len(COUNTER.encoding_for("claude-x")[0].encode_ordinary("be brief")) + 2 + 6
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    (b"not json", "body"), (b"[1]", "body"), (b'{"messages": []}', "model"),
+    (b'{"model": "m", "messages": [], "max_tokens": -1}', "max_tokens"),
+    (b'{"model": "m", "messages": [], "max_tokens": true}', "max_tokens"),
+])
+def test_malformed_calls_name_the_field(body, field):
+    with pytest.raises(CallError) as raised:
+        parse_call(CHAT, body, default_max_output=10, counter=COUNTER)
+    assert raised.value.field == field
+
+
+def test_embedding_input_of_another_shape_is_refused():
+    with pytest.raises(CallError, match="input"):
+        call(EMBEDDINGS, {"model": "e", "input": [{"x": 1}]})

@@ -1,0 +1,111 @@
+"""Server-sent events: cutting them out of a byte stream, and what each provider's says it cost."""
+from __future__ import annotations
+
+import msgspec
+from hypothesis import given
+from hypothesis import strategies as st
+
+from api.gateway.calls import CHAT, EMBEDDINGS, MESSAGES, RESPONSES
+from api.gateway.streams import EventSplitter, StreamTally, answer_settlement, event_fields
+from pricing.tokens import TokenCounter
+
+COUNTER = TokenCounter()
+
+
+def sse(data, event=None) -> bytes:
+    return (f"event: {event}\n".encode() if event else b"") + b"data: " + msgspec.json.encode(data) + b"\n\n"
+
+
+@given(st.lists(st.text(alphabet="ab \n:", max_size=20).map(lambda t: t.replace("\n\n", "\n")), max_size=8),
+       st.lists(st.integers(min_value=0, max_value=200), max_size=10))
+def test_splitting_finds_the_same_events_wherever_the_bytes_are_cut(texts, cuts):
+    events = [b"data: " + t.replace("\n", "\ndata: ").encode() + b"\n\n" for t in texts]
+    stream = b"".join(events)
+    splitter, found, last = EventSplitter(), [], 0
+    for cut in sorted({min(c, len(stream)) for c in cuts}) + [len(stream)]:
+        found += splitter.feed(stream[last:cut])
+        last = cut
+    assert found == events and splitter.rest() == b""
+
+
+def test_crlf_events_and_a_cut_mid_event():
+    splitter = EventSplitter()
+    assert splitter.feed(b"event: a\r\ndata: 1\r\n\r\ndata: 2") == [b"event: a\r\ndata: 1\r\n\r\n"]
+    assert splitter.rest() == b"data: 2"
+    assert event_fields(b"event: a\r\ndata: 1\r\ndata: 2\r\n\r\n") == ("a", "1\n2")
+
+
+def chunk(content=None, usage=None, choices=True):
+    body = {"choices": [{"index": 0, "delta": {"content": content}}] if choices else []}
+    return sse({**body, "usage": usage} if usage else body)
+
+
+def test_a_chat_stream_meters_its_text_and_drops_the_usage_chunk_the_caller_did_not_ask_for():
+    usage = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+    tally = StreamTally(CHAT, usage_chunk_wanted=False)
+    assert tally.observe(chunk(" the")) and tally.observe(chunk(" fox"))
+    assert not tally.observe(chunk(usage=usage, choices=False))
+    assert tally.observe(b"data: [DONE]\n\n")
+    assert tally.texts == [" the", " fox"] and tally.settlement(COUNTER, "m", 9) == ("openai_usage", usage)
+
+
+def test_a_cut_chat_stream_settles_the_prompt_count_and_the_metered_output():
+    tally = StreamTally(CHAT)
+    for word in (" the", " quick", " fox"):
+        tally.observe(chunk(word))
+    assert tally.settlement(COUNTER, "m", 9) == ("usage", {"input_tokens": 9, "output_tokens": 3})
+
+
+def test_nothing_generated_is_released():
+    tally = StreamTally(CHAT)
+    tally.observe(sse({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}))
+    assert tally.settlement(COUNTER, "m", 9) is None
+
+
+def test_tool_call_arguments_are_metered_as_output():
+    tally = StreamTally(CHAT)
+    tally.observe(sse({"choices": [{"delta": {"tool_calls": [{"function": {"arguments": "{\"a\": 1}"}}]}}]}))
+    assert tally.texts == ['{"a": 1}']
+
+
+def test_anthropic_usage_is_message_starts_with_message_deltas_output():
+    tally = StreamTally(MESSAGES)
+    tally.observe(sse({"type": "message_start", "message": {"usage": {"input_tokens": 900, "output_tokens": 1,
+                                                                      "cache_read_input_tokens": 100}}},
+                      "message_start"))
+    tally.observe(sse({"type": "content_block_delta", "delta": {"type": "text_delta", "text": " the"}},
+                      "content_block_delta"))
+    assert tally.settlement(COUNTER, "m", 9) == ("anthropic_usage", {"input_tokens": 900, "output_tokens": 1,
+                                                                    "cache_read_input_tokens": 100})
+    tally.observe(sse({"type": "content_block_delta", "delta": {"type": "text_delta", "text": " fox"}},
+                      "content_block_delta"))
+    cut = tally.settlement(COUNTER, "m", 9)
+    assert cut == ("anthropic_usage", {"input_tokens": 900, "output_tokens": 2, "cache_read_input_tokens": 100})
+    tally.observe(sse({"type": "message_delta", "usage": {"output_tokens": 40}}, "message_delta"))
+    assert tally.settlement(COUNTER, "m", 9)[1] == {"input_tokens": 900, "output_tokens": 40,
+                                                    "cache_read_input_tokens": 100}
+
+
+def test_a_responses_stream_takes_the_completed_responses_usage():
+    tally = StreamTally(RESPONSES)
+    tally.observe(sse({"type": "response.output_text.delta", "delta": " the"}, "response.output_text.delta"))
+    usage = {"input_tokens": 3, "output_tokens": 1, "total_tokens": 4}
+    tally.observe(sse({"type": "response.completed", "response": {"usage": usage}}, "response.completed"))
+    assert tally.settlement(COUNTER, "m", 9) == ("openai_usage", usage)
+
+
+def test_an_error_inside_a_stream_is_noticed():
+    tally = StreamTally(MESSAGES)
+    tally.observe(sse({"type": "error", "error": {"type": "overloaded_error", "message": "x"}}, "error"))
+    assert tally.error
+
+
+def test_whole_answers():
+    embedding = msgspec.json.encode({"data": [], "usage": {"prompt_tokens": 12, "total_tokens": 12}})
+    assert answer_settlement(EMBEDDINGS, embedding, COUNTER, "m", 3) == (
+        "openai_usage", {"prompt_tokens": 12, "total_tokens": 12, "completion_tokens": 0})
+    bare = msgspec.json.encode({"choices": [{"message": {"role": "assistant", "content": " the fox"}}]})
+    assert answer_settlement(CHAT, bare, COUNTER, "m", 3) == ("usage", {"input_tokens": 3, "output_tokens": 2})
+    claude = msgspec.json.encode({"content": [{"type": "text", "text": " the"}]})
+    assert answer_settlement(MESSAGES, claude, COUNTER, "m", 3) == ("usage", {"input_tokens": 3, "output_tokens": 1})
+    assert answer_settlement(CHAT, b"not json", COUNTER, "m", 3) is None
