@@ -134,7 +134,9 @@ def _api_error(request: Request, exc: ApiError) -> Response:
 
 def _domain_error(request: Request, exc: LedgerError | PricingError) -> Response:
     status, body = refusal(request, exc.code, refusal_body(exc))
-    return Response(body, status_code=status, media_type="application/problem+json")
+    wait = body.get("retry_after_seconds")  # a rolling budget window: when enough of it lapses
+    return Response(body, status_code=status, media_type="application/problem+json",
+                    headers={"Retry-After": str(wait)} if isinstance(wait, int) else None)
 
 
 def _validation(request: Request, exc: ValidationException) -> Response:

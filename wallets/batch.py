@@ -21,6 +21,7 @@ from wallets.core.alerts import alerts
 from wallets.core.commands import Command
 from wallets.core.decision import (
     AnswerKept,
+    BudgetCounted,
     ChargeRecorded,
     CustomerFlagged,
     LotOpened,
@@ -34,7 +35,7 @@ from wallets.core.decision import (
 from wallets.core.idempotency import Replayed
 from wallets.core.rating import billing_period
 from wallets.errors import ConflictError
-from wallets.model import Hold, Lot, Reservation
+from wallets.model import BudgetHold, Hold, Lot, Reservation
 
 __all__ = ["Batch", "billing_period"]
 
@@ -54,6 +55,8 @@ class Batch:
     opened: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # new reservation -> customer, entry key
     changed: set[tuple[str, str]] = field(default_factory=set)  # (customer, reservation) to update
     flagged: set[str] = field(default_factory=set)  # customers whose alert flags changed
+    budget_deltas: dict[tuple[str, datetime], list[int]] = field(default_factory=dict)  # window -> [used, held]
+    budget_changed: set[tuple[str, str, str]] = field(default_factory=set)  # (customer, reservation, budget)
 
     def state(self, customer_id: str) -> State:
         return State(customer_id, self.loaded.wallets.get(customer_id), self.loaded.idempotency,
@@ -153,6 +156,25 @@ class Batch:
         self.add("outbox", {"topic": effect.topic, "customer_id": effect.customer_id, "dedup_key": effect.dedup_key,
                             "payload": dict(effect.payload)})
 
+    def _budget_counted(self, effect: BudgetCounted, key: str | None) -> None:
+        w = self.loaded.wallets[effect.customer_id]
+        b = w.budgets.get(effect.budget_id)
+        counts = [self.budget_deltas.setdefault((effect.budget_id, effect.window_start), [0, 0])]
+        if b is not None:  # a deleted budget's windows still get back what its holds return
+            counts.append(b.windows.setdefault(effect.window_start, [0, 0]))
+        for c in counts:
+            c[0] += effect.used
+            c[1] += effect.held
+        r = w.reservations[effect.reservation_id]
+        if effect.opened:
+            r.budget_holds[effect.budget_id] = BudgetHold(effect.budget_id, effect.window_start, effect.metric,
+                                                          effect.held, effect.used)
+            return
+        bh = r.budget_holds[effect.budget_id]
+        bh.held += effect.held
+        bh.used += effect.used
+        self.budget_changed.add((effect.customer_id, effect.reservation_id, effect.budget_id))
+
     def _customer_flagged(self, effect: CustomerFlagged, key: str | None) -> None:
         c = self.loaded.wallets[effect.customer_id].customer
         c.low_balance_alerted, c.blocked = effect.low_balance_alerted, effect.blocked
@@ -196,11 +218,23 @@ class Batch:
             r = self.loaded.wallets[cid].reservations[rid]
             self.add("reservations", store.reservation_row(r, ids.get(entry_key or "")))
             self.rows.setdefault("holds", []).extend(store.hold_rows(r))
+        self._budget_rows()
         for cid in sorted(self.flagged):
             self.add("customers", store.customer_update(self.loaded.wallets[cid]))
         for (cid, period, book_id, rule_id), quantity in self.counted.items():
             self.add("usage_counters", {"customer_id": cid, "period": period, "book_id": book_id,
                                         "rule_id": rule_id, "quantity": quantity})
+
+    def _budget_rows(self) -> None:
+        for (budget_id, start), (used, held) in sorted(self.budget_deltas.items()):
+            self.add("budget_windows", {"budget_id": budget_id, "window_start": start, "used": used, "held": held})
+        for rid, (cid, _) in self.opened.items():
+            holds = self.loaded.wallets[cid].reservations[rid].budget_holds.values()
+            self.rows.setdefault("reservation_budgets", []).extend(store.budget_hold_row(rid, bh) for bh in holds)
+        for cid, rid, budget_id in sorted(self.budget_changed):
+            if rid not in self.opened:
+                bh = self.loaded.wallets[cid].reservations[rid].budget_holds[budget_id]
+                self.add("reservation_budget_updates", store.budget_hold_row(rid, bh))
 
     async def write(self, conn: AsyncConnection) -> None:
         await store.write(conn, self.rows)
@@ -210,5 +244,6 @@ _FOLLOW: dict[type, Any] = {
     LotOpened: Batch._lot_opened, LotSwept: Batch._lot_swept, ReservationOpened: Batch._reservation_opened,
     ReservationChanged: Batch._reservation_changed, ChargeRecorded: Batch._charge_recorded,
     UsageEventRecorded: Batch._usage_event_recorded, UsageCounted: Batch._usage_counted,
-    OutboxEvent: Batch._outbox_event, CustomerFlagged: Batch._customer_flagged, AnswerKept: Batch._answer_kept,
+    BudgetCounted: Batch._budget_counted, OutboxEvent: Batch._outbox_event,
+    CustomerFlagged: Batch._customer_flagged, AnswerKept: Batch._answer_kept,
 }  # how the shell follows each effect: in memory, and as the rows a flush writes

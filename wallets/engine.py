@@ -225,7 +225,7 @@ class Engine:
                 needs.setdefault(name, []).extend(values)
             if command.idem is not None:
                 needs.setdefault("idempotency", []).append((command.idem.scope, command.idem.key))
-        loaded = await store.load(conn, customers, **needs)
+        loaded = await store.load(conn, customers, now=now, **needs)
         rating = {c.customer_id for c in commands if c.needs_book}
         books = {cid: await self.books.get(conn, w.customer.price_book, w.customer.book_versions)
                  for cid, w in loaded.wallets.items() if cid in rating}

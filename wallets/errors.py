@@ -44,3 +44,11 @@ class ImplausibleUsageError(WalletError):
     is refused, not charged, unless an admin forces it; `limit` names the bound."""
 
     code = "implausible_usage"
+
+
+class BudgetExceededError(WalletError):
+    """A hard budget that matches the reservation cannot take its hold: what its window already
+    used and holds plus the hold would pass its limit. The context names the budget, its limit,
+    what is used and held, and, for a rolling window, how long until enough of it lapses."""
+
+    code = "budget_exceeded"

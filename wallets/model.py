@@ -70,6 +70,39 @@ class Hold:
 
 
 @dataclass(slots=True)
+class BudgetHold:
+    """What one reservation counts in one budget's window: its hold (what is left of the upper
+    bound) and what it used (the actual, once settled), in the budget's metric."""
+
+    budget_id: str
+    window_start: datetime
+    metric: str
+    held: int
+    used: int = 0
+
+
+@dataclass(slots=True)
+class Budget:
+    """A customer's budget: its scope (narrowed by API key, model pattern, dimension values),
+    window, metric and limit, and the windows loaded for it (start -> [used, held])."""
+
+    id: str
+    customer_id: str
+    name: str
+    api_key: str | None
+    model: str | None
+    dimensions: dict[str, str]
+    window: str  # request | minute | day | month | lifetime
+    metric: str  # money | tokens | input_tokens | output_tokens | requests
+    limit: int
+    mode: str  # hard | soft
+    thresholds: tuple[int, ...]
+    time_zone: str  # the budget's own, else its customer's, else UTC
+    created_at: datetime
+    windows: dict[datetime, list[int]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class Reservation:
     id: str
     customer_id: str
@@ -91,6 +124,7 @@ class Reservation:
     final_hash: bytes | None = None  # request hash of the final settle, for replays
     final_charge: dict[str, Any] | None = None
     capture_ids: dict[str, tuple[bytes, dict[str, Any]]] = field(default_factory=dict)
+    budget_holds: dict[str, BudgetHold] = field(default_factory=dict)  # by budget id
 
     @property
     def is_open(self) -> bool:
@@ -109,6 +143,7 @@ class Wallet:
     receivable: int
     reservations: dict[str, Reservation] = field(default_factory=dict)
     credit_held: int | None = None  # receivable held by open reservations (loaded for top-ups)
+    budgets: dict[str, Budget] = field(default_factory=dict)  # live budgets, by id
 
     def live_lots(self, now: datetime) -> list[Lot]:
         return sorted((lot for lot in self.lots.values() if lot.live(now) and lot.balance > 0),

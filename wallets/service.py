@@ -15,6 +15,7 @@ from ledger.errors import LedgerError
 from pricing.errors import PricingError
 from wallets import store
 from wallets.accounts import open_customer_accounts
+from wallets.budgets import BudgetService
 from wallets.commands import Command, WalletView, wallet_view
 from wallets.core import idempotency
 from wallets.core.idempotency import CREATED, EXISTS, OK, IdemKey, Replayed
@@ -95,6 +96,7 @@ class WalletService:
         self.db = db
         self.clock = clock
         self.engine = Engine(db, clock=clock, grouping=grouping)
+        self.budgets = BudgetService(db, self.engine, clock)
 
     async def submit(self, command: Command) -> Any:
         return await self.engine.submit(command)
@@ -158,10 +160,11 @@ class WalletService:
         return _customer(row)
 
     async def wallet(self, customer_id: str) -> WalletView:
-        loaded = await self.db.read(lambda conn: store.load(conn, [customer_id]))
+        now = self.clock()
+        loaded = await self.db.read(lambda conn: store.load(conn, [customer_id], now=now))
         if customer_id not in loaded.wallets:
             raise NotFoundError(f"no customer {customer_id}", customer_id=customer_id)
-        return wallet_view(loaded.wallets[customer_id], self.clock())
+        return wallet_view(loaded.wallets[customer_id], now)
 
 
 async def _first(conn: AsyncConnection, statement: Any, params: dict[str, Any]) -> Any:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ledger.lanes import lane_count, lane_of
 from ledger.model import AccountSpec
 from wallets import chart
-from wallets.model import Customer, Hold, Lot, Reservation, Wallet
+from wallets.model import Budget, BudgetHold, Customer, Hold, Lot, Reservation, Wallet
 
 # The lane of the batch being run (set by the engine); None outside a wallet batch.
 LANE: ContextVar[int | None] = ContextVar("tokentill_lane", default=None)
@@ -63,9 +63,20 @@ SELECT
                             WHERE c.lane = %(lane)s AND c.reservation_id = r.id AND c.final),
           'captures_by_id', (SELECT jsonb_object_agg(c.capture_id, to_jsonb(c) - 'lane') FROM charges c
                               WHERE c.lane = %(lane)s AND c.reservation_id = r.id
-                                AND c.capture_id = ANY(%(captures)s::text[])))),
+                                AND c.capture_id = ANY(%(captures)s::text[])),
+          'budget_holds', (SELECT jsonb_agg(jsonb_build_array(x.budget_id, x.window_start, x.metric, x.held, x.used))
+                             FROM reservation_budgets x WHERE x.lane = %(lane)s AND x.reservation_id = r.id))),
           '[]'::jsonb)
      FROM want_reservations r) AS reservations,
+  (SELECT coalesce(jsonb_agg(jsonb_build_object(
+          'budget', to_jsonb(b) - 'lane', 'customer_zone', to_jsonb(c) ->> 'time_zone',
+          'windows', (SELECT jsonb_agg(jsonb_build_array(w.window_start, w.used, w.held)) FROM budget_windows w
+                       WHERE w.lane = %(lane)s AND w.budget_id = b.id
+                         AND (b.window_kind = 'lifetime' OR w.window_start > %(now)s::timestamptz
+                              - CASE b.window_kind WHEN 'minute' THEN interval '61 seconds'
+                                                   ELSE interval '32 days' END)))), '[]'::jsonb)
+     FROM budgets b JOIN customers c ON c.id = b.customer_id  -- time_zone: read if the column exists
+    WHERE b.lane = %(lane)s AND b.customer_id = ANY(%(customers)s::text[]) AND b.deleted_at IS NULL) AS budgets,
   (SELECT coalesce(jsonb_agg(jsonb_build_array(w.scope, w.key, k.request_hash, k.status, k.response)), '[]'::jsonb)
      FROM unnest(%(scopes)s::text[], %(keys)s::text[]) AS w(scope, key)
      CROSS JOIN LATERAL (  -- a primary-key probe per key: never a scan of the lane's records
@@ -143,13 +154,29 @@ def _reservation(row: dict[str, Any]) -> Reservation:
         r.final_hash = _bytes(row["final_charge"]["request_hash"])
     for capture_id, charge in (row["captures_by_id"] or {}).items():
         r.capture_ids[capture_id] = (_bytes(charge["request_hash"]), charge)
+    for budget_id, start, metric, held, used in row["budget_holds"] or []:
+        r.budget_holds[budget_id] = BudgetHold(budget_id, _time(start), metric, int(held), int(used))  # type: ignore[arg-type]
     return r
+
+
+def budget(row: dict[str, Any], customer_zone: str | None = None) -> Budget:
+    """A budget from its row (as JSON); its time zone: its own, else its customer's, else UTC."""
+    return Budget(row["id"], row["customer_id"], row["name"], row["api_key"], row["model"], row["dimensions"] or {},
+                  row["window_kind"], row["metric"], int(row["limit_units"]), row["mode"],
+                  tuple(row["thresholds"] or ()), row["time_zone"] or customer_zone or "UTC",
+                  _time(row["created_at"]))  # type: ignore[arg-type]
+
+
+def budget_hold_row(reservation_id: str, bh: BudgetHold) -> dict[str, Any]:
+    return {"reservation_id": reservation_id, "budget_id": bh.budget_id, "window_start": bh.window_start,
+            "metric": bh.metric, "held": bh.held, "used": bh.used}
 
 
 async def load(conn: AsyncConnection, customer_ids: Iterable[str], *,
                reservation_ids: Iterable[str] = (), capture_ids: Iterable[str] = (),
                lot_codes: Iterable[str] = (), idempotency: Iterable[tuple[str, str]] = (),
-               events: Iterable[tuple[str, str]] = (), credit_held_for: Iterable[str] = ()) -> Loaded:
+               events: Iterable[tuple[str, str]] = (), credit_held_for: Iterable[str] = (),
+               now: datetime | None = None) -> Loaded:
     """The wallets of `customer_ids` (live lots, balances, the named reservations) and the
     stored idempotent responses and usage events (by customer and event id) the commands refer
     to, in one round trip."""
@@ -163,11 +190,15 @@ async def load(conn: AsyncConnection, customer_ids: Iterable[str], *,
         "captures": sorted(set(capture_ids)),
         "lot_codes": sorted(set(lot_codes)), "scopes": [s for s, _ in pairs], "keys": [k for _, k in pairs],
         "event_customers": [c for c, _ in event_pairs], "event_ids": [e for _, e in event_pairs],
-        "credit_held_for": held_for, **chart.SQL_PARAMETERS})).one()
+        "credit_held_for": held_for, "now": now or datetime.now(UTC), **chart.SQL_PARAMETERS})).one()
     loaded = Loaded({c["id"]: _customer(c) for c in row.customers}, {}, {})
     for lot_id, cid, code, kind, granted, priority, expires_at, created_at, reason, reference, balance in row.lots:
         loaded.wallets[cid].lots[code] = Lot(lot_id, code, kind, int(granted), priority, _time(expires_at),
                                              _time(created_at), int(balance), False, reason, reference)  # type: ignore[arg-type]
+    for item in row.budgets:
+        b = budget(item["budget"], item["customer_zone"])
+        b.windows = {_time(start): [int(used), int(held)] for start, used, held in item["windows"] or []}  # type: ignore[misc]
+        loaded.wallets[b.customer_id].budgets[b.id] = b
     reservations = [_reservation(r) for r in row.reservations]
     loaded.missing_reservations = set(wanted) - {r.id for r in reservations}
     for r in reservations:
@@ -274,6 +305,22 @@ _WRITES: dict[str, str] = {
                       rule_id text, quantity numeric)
                ON CONFLICT (lane, customer_id, period, book_id, rule_id)
                DO UPDATE SET quantity = usage_counters.quantity + EXCLUDED.quantity""",
+    "budget_windows": """INSERT INTO budget_windows (lane, budget_id, window_start, used, held)
+               SELECT {lane}, r.budget_id, r.window_start, r.used, r.held
+                 FROM jsonb_to_recordset({p}::jsonb) AS r(budget_id text, window_start timestamptz,
+                      used numeric, held numeric)
+               ON CONFLICT (lane, budget_id, window_start)
+               DO UPDATE SET used = budget_windows.used + EXCLUDED.used, held = budget_windows.held + EXCLUDED.held""",
+    "reservation_budgets": """INSERT INTO reservation_budgets (lane, reservation_id, budget_id, window_start, metric,
+                   held, used)
+               SELECT {lane}, r.reservation_id, r.budget_id, r.window_start, r.metric, r.held, r.used
+                 FROM jsonb_to_recordset({p}::jsonb) AS r(reservation_id text, budget_id text,
+                      window_start timestamptz, metric text, held numeric, used numeric)""",
+    "reservation_budget_updates": """UPDATE reservation_budgets SET held = r.held, used = r.used
+                 FROM jsonb_to_recordset({p}::jsonb) AS r(reservation_id text, budget_id text, held numeric,
+                      used numeric)
+                WHERE reservation_budgets.lane = {lane} AND reservation_budgets.reservation_id = r.reservation_id
+                  AND reservation_budgets.budget_id = r.budget_id""",
     "outbox": """INSERT INTO outbox (lane, topic, customer_id, dedup_key, payload)
                SELECT {lane}, r.topic, r.customer_id, r.dedup_key, r.payload
                  FROM jsonb_to_recordset({p}::jsonb) AS r(topic text, customer_id text,

@@ -10,6 +10,7 @@ from litestar.params import FromPath
 
 from api.auth import require
 from api.errors import documented
+from api.routes.budgets import READERS, BudgetResponse, budget_response
 from api.routes.formats import Amount, DateTime, Identifier, PositiveAmount
 from api.routes.schemas import json_body
 from api.routes.wire import Answer, amount_in, idempotency, money, respond, shaped, time_in, time_out
@@ -19,7 +20,6 @@ from wallets.service import CustomerSpec, CustomerView
 
 Priority = Annotated[int, msgspec.Meta(ge=0, le=100)]
 Text = Annotated[str, msgspec.Meta(max_length=500)]
-READERS = ("inference", "auditor", "customer")
 
 
 class CreateCustomerRequest(msgspec.Struct):
@@ -66,6 +66,7 @@ class WalletResponse(msgspec.Struct):
     blocked: bool
     overdraft_limit: str | None
     grants: list[GrantResponse]
+    budgets: list[BudgetResponse] = []  # each live budget of the customer, as it stands now
 
 
 class TopUpRequest(msgspec.Struct):
@@ -114,7 +115,7 @@ def grant_response(lot: LotView) -> GrantResponse:
 def wallet_response(w: WalletView) -> WalletResponse:
     return WalletResponse(w.customer_id, w.currency, money(w.available) or "0", money(w.reserved) or "0",
                           money(w.receivable) or "0", w.blocked, money(w.overdraft_limit),
-                          [grant_response(lot) for lot in w.grants])
+                          [grant_response(lot) for lot in w.grants], [budget_response(v) for v in w.budgets])
 
 
 def _spec(data: CreateCustomerRequest) -> CustomerSpec:

@@ -36,6 +36,7 @@ AUDITORS_OTHER = {"admin:other", "auditor:other"}
 JOURNAL_READERS = AUDITORS_OWN | AUDITORS_OTHER | {"customer:own", "customer:other"}
 READ_OWN = {"admin", "admin:own", "inference", "inference:own", "auditor", "auditor:own", "customer:own"}
 PUBLIC = set(SCOPES)
+LIMITED_OTHER = {"admin:other", "inference:other", "auditor:other", "customer:other"}
 
 # (method, path, body, {scopes: outcome}). Outcome "ok" is success (any status but 401, 403
 # and the route's other listed statuses); a scope not listed gets 401 without a key, else 403.
@@ -96,6 +97,15 @@ ROUTES = [
      {frozenset({"admin"}): "ok"}),
     ("GET", "/v1/webhook-endpoints/we_missing/deliveries", None, {frozenset({"admin"}): "ok"}),
     ("GET", "/v1/webhook-endpoints/we_missing/attempts", None, {frozenset({"admin"}): "ok"}),
+    ("POST", "/v1/budgets", {"customer_id": "{own}", "window": "day", "metric": "money", "limit": "100.00"},
+     {frozenset(ADMINS_OWN | {"customer:own"}): "ok"}),
+    ("GET", "/v1/budgets", None, {frozenset(set(SCOPES) - {"none"}): "ok"}),  # only what the key may see
+    ("GET", "/v1/budgets?customer_id={own}", None, {frozenset(READ_OWN): "ok"}),
+    ("GET", "/v1/budgets/{bud}", None, {frozenset(READ_OWN): "ok", frozenset(LIMITED_OTHER): 404}),
+    ("PATCH", "/v1/budgets/{bud}", {"thresholds": [50]}, {frozenset(ADMINS_OWN | {"customer:own"}): "ok",
+                                                         frozenset({"admin:other", "customer:other"}): 404}),
+    ("DELETE", "/v1/budgets/bud_missing", None,
+     {frozenset({"admin", "admin:own", "admin:other", "customer:own", "customer:other"}): 404}),
     # a batch refuses, event by event, what the key may not post, and posts none of it
     ("POST", "/v1/usage-events", [{"event_id": "e", "customer_id": "{own}", "model": "model-a",
                                    "timestamp": "2026-11-23T10:00:00Z", "usage": {"input_tokens": 1}}],
@@ -104,7 +114,7 @@ ROUTES = [
     ("POST", "/v1/settlements", [{"reservation_id": "{res}", "usage": {"input_tokens": 1}}],
      {frozenset(INFERENCE_OWN): "ok", frozenset({"admin:other", "inference:other"}): "item forbidden"}),
 ]
-OWNED = ("{own}", "{res}", "{req}", "{book}", "{recv}")
+OWNED = ("{own}", "{res}", "{req}", "{book}", "{recv}", "{bud}")
 
 
 def _mirror(scope: str) -> str:
@@ -148,9 +158,13 @@ async def world(database_url):
                 "event_id": SHARED_EVT, "customer_id": customer, "model": "model-a",
                 "timestamp": "2026-11-23T10:00:00Z", "usage": {"input_tokens": 1000}, "dimensions": marked}])
             assert sent.json()["accepted"] == 1, sent.text
+            budget = await client.post("/v1/budgets", headers=ADMIN, json={
+                "customer_id": customer, "name": MARK[customer], "window": "month", "metric": "money",
+                "limit": "100.00"})
+            assert budget.status_code == 201, budget.text
             names[customer] = {"own": customer, "res": reservation["id"], "req": reservation["request_id"],
-                               "book": book, "shared_req": SHARED_REQ, "shared_evt": SHARED_EVT,
-                               "recv": f"asset:customer:{customer}:receivable"}
+                               "book": book, "bud": budget.json()["id"], "shared_req": SHARED_REQ,
+                               "shared_evt": SHARED_EVT, "recv": f"asset:customer:{customer}:receivable"}
         keys = {"none": {}, "admin": ADMIN}
         for name in SCOPES[2:]:
             scope, _, limit = name.partition(":")
@@ -183,7 +197,8 @@ def test_the_matrix_covers_every_route(database_url):
                .replace("{shared_evt}", "{request_id:str}").replace("{req}", "{request_id:str}")
                .replace("key_missing", "{key_id:str}").replace("we_missing", "{endpoint_id:str}")
                .replace("{book}", "{book_id:str}")
-               .replace("{recv}", "{code:str}").replace("income:platform:usage:USD", "{code:str}"))
+               .replace("{recv}", "{code:str}").replace("income:platform:usage:USD", "{code:str}")
+               .replace("{bud}", "{budget_id:str}").replace("bud_missing", "{budget_id:str}"))
               for method, path, _, _ in ROUTES}
     assert served == tested
 

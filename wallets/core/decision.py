@@ -130,6 +130,21 @@ class OutboxEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class BudgetCounted:
+    """A reservation's count in one budget's window moved by `held` and `used` (changes, in the
+    budget's metric); `opened`: its first hold there, which opens the reservation's record."""
+
+    customer_id: str
+    reservation_id: str
+    budget_id: str
+    window_start: datetime
+    metric: str
+    held: int
+    used: int
+    opened: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class CustomerFlagged:
     """The customer's alert flags changed (a low balance crossed, blocked or unblocked)."""
 
@@ -150,7 +165,7 @@ class AnswerKept:
 
 
 Effect = (LotOpened | LotSwept | ReservationOpened | ReservationChanged | ChargeRecorded | UsageEventRecorded
-          | UsageCounted | OutboxEvent | CustomerFlagged | AnswerKept)
+          | UsageCounted | BudgetCounted | OutboxEvent | CustomerFlagged | AnswerKept)
 
 
 @dataclass(frozen=True, slots=True)

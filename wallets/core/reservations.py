@@ -8,7 +8,7 @@ from pricing.books import PriceBook
 from pricing.estimate import estimate_upper_bound
 from pricing.money import format_amount
 from wallets import chart
-from wallets.core import idempotency
+from wallets.core import budgets, idempotency
 from wallets.core.commands import Release, Reserve, Settle
 from wallets.core.decision import (
     NOTHING_DUE,
@@ -47,11 +47,17 @@ def reserve(state: State, cmd: Reserve, now: datetime, book: PriceBook | None) -
     if amount is None:
         amount = estimate_upper_bound(book_for(w, book), cmd.model, cmd.prompt_tokens or 0,
                                       cmd.max_output_tokens or 0, cmd.dimensions, now).total_units
+    rid = state.ids("res")
+    counted = budgets.on_reserve(state, w, rid, cmd.model, cmd.dimensions, amount,
+                                 (cmd.prompt_tokens, cmd.max_output_tokens), now)
+    if isinstance(counted, Decision):  # a budget refusal is not kept: the window may make room
+        return counted
     pieces = _pieces(w, amount, now)
     if isinstance(pieces, str):
         return Decision.refuse(InsufficientFundsError(pieces, **error_context), AnswerKept(
             cmd.scope, cmd.request_id, cmd.request_hash, InsufficientFundsError.code, {"detail": pieces}))
-    return _hold(state, w, cmd, amount, pieces, now)
+    decision = _hold(w, cmd, rid, amount, pieces, now)
+    return Decision(decision.outcome, decision.entry, (*decision.effects, *counted))
 
 
 def _pieces(w: Wallet, amount: int, now: datetime) -> list[tuple[str, int]] | str:
@@ -70,9 +76,9 @@ def _pieces(w: Wallet, amount: int, now: datetime) -> list[tuple[str, int]] | st
     return pieces
 
 
-def _hold(state: State, w: Wallet, cmd: Reserve, amount: int, pieces: list[tuple[str, int]],
+def _hold(w: Wallet, cmd: Reserve, rid: str, amount: int, pieces: list[tuple[str, int]],
           now: datetime) -> Decision:
-    cid, rid = w.customer.id, state.ids("res")
+    cid = w.customer.id
     expires_at = now + timedelta(seconds=cmd.ttl_seconds)
     legs = Legs(w.customer.currency).credit(chart.reserved_account(cid), amount)
     for account, a in pieces:
@@ -152,7 +158,8 @@ def settle(state: State, cmd: Settle, now: datetime, book: PriceBook | None) -> 
                                  released, r.charged + s.cost, r.captures + 1, closed_at)
     result = SettleResult(r.id, status, s.cost, s.released, lines, rating.book_id, rating.price_version, False,
                           currency, posted.key if posted else None)
-    return Decision(Outcome(result.code, result), posted, (charge, counted, changed))
+    spent = budgets.on_settle(state, w, r, s.cost, cmd.tokens, cmd.final, now)
+    return Decision(Outcome(result.code, result), posted, (charge, counted, changed, *spent))
 
 
 def give_back(w: Wallet, r: Reservation, status: str, kind: str, now: datetime) -> Decision:
@@ -167,7 +174,7 @@ def give_back(w: Wallet, r: Reservation, status: str, kind: str, now: datetime) 
     changed = ReservationChanged(w.customer.id, r.id, status, r.captured, r.released + left, r.charged,
                                  r.captures, now)
     result = ReleaseResult(r.id, status, left, False, posted.key if posted else None)
-    return Decision(Outcome(result.code, result), posted, (changed,))
+    return Decision(Outcome(result.code, result), posted, (changed, *budgets.on_release(w, r)))
 
 
 def release(state: State, cmd: Release, now: datetime, book: PriceBook | None) -> Decision:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from wallets.core.budgets import BudgetView, budget_view
 from wallets.model import Lot, Wallet
 
 REPLAYED = "replayed"  # the same request again: the first answer, nothing done twice
@@ -34,6 +35,7 @@ class WalletView:
     blocked: bool
     overdraft_limit: int | None
     grants: tuple[LotView, ...]
+    budgets: tuple[BudgetView, ...] = ()
 
 
 def lot_view(lot: Lot) -> LotView:
@@ -44,7 +46,8 @@ def lot_view(lot: Lot) -> LotView:
 def wallet_view(w: Wallet, now: datetime) -> WalletView:
     return WalletView(w.customer.id, w.customer.currency, w.available(now), w.reserved, w.receivable,
                       w.blocked, w.customer.overdraft_limit,
-                      tuple(lot_view(lot) for lot in w.live_lots(now)))
+                      tuple(lot_view(lot) for lot in w.live_lots(now)),
+                      tuple(budget_view(b, w.customer.currency, now) for _, b in sorted(w.budgets.items())))
 
 
 @dataclass(frozen=True, slots=True)

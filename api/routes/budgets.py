@@ -1,0 +1,166 @@
+"""Budgets and quotas: create, list, read (with the current window's usage), change, delete.
+A budget belongs to one customer; API key, model pattern and dimension values narrow it."""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from litestar import Request, Response, delete, get, patch, post
+from litestar.datastructures import State
+from litestar.params import FromPath, FromQuery
+
+from api.auth import ensure_customer, principal_of, require
+from api.errors import documented
+from api.routes.formats import Identifier
+from api.routes.schemas import json_body
+from api.routes.wire import Answer, amount_in, idempotency, respond, shaped, time_out
+from wallets.budgets import BudgetChange, BudgetSpec
+from wallets.core.budgets import BudgetView, figure
+from wallets.errors import NotFoundError, WalletValidationError
+
+Window = Literal["request", "minute", "day", "month", "lifetime"]
+Metric = Literal["money", "tokens", "input_tokens", "output_tokens", "requests"]
+Mode = Literal["hard", "soft"]
+Limit = Annotated[str | Annotated[int, msgspec.Meta(ge=1, le=10**18)], msgspec.Meta(
+    description='money: a decimal string ("10.00"); tokens and requests: an integer')]
+Thresholds = Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=1000)]], msgspec.Meta(max_length=20)]
+Short = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+READERS = ("inference", "auditor", "customer")  # a customer's data: its wallet, its budgets
+WRITERS = ("customer",)  # admin keys, and a customer's own key
+
+
+class CreateBudgetRequest(msgspec.Struct):
+    customer_id: Identifier
+    window: Window
+    metric: Metric
+    limit: Limit
+    mode: Mode = "hard"
+    name: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    api_key: Short | None = None  # matches the reservation's dimensions.api_key
+    model: Short | None = None  # a model, or a pattern with `*`
+    dimensions: Annotated[dict[Short, Short], msgspec.Meta(max_length=16)] = {}
+    thresholds: Thresholds = []
+    time_zone: Short | None = None  # day and month windows; default: the customer's, else UTC
+
+
+class ChangeBudgetRequest(msgspec.Struct):
+    name: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    limit: Limit | None = None
+    mode: Mode | None = None
+    thresholds: Thresholds | None = None
+
+
+class BudgetResponse(msgspec.Struct):
+    id: str
+    customer_id: str
+    name: str
+    api_key: str | None
+    model: str | None
+    dimensions: dict[str, str]
+    window: str
+    metric: str
+    limit: str | int
+    mode: str
+    thresholds: list[int]
+    time_zone: str
+    currency: str
+    used: str | int
+    held: str | int
+    remaining: str | int
+    window_start: str | None
+    resets_at: str | None
+    created_at: str
+
+
+CreateBudgetBody = Annotated[dict[str, Any], json_body(CreateBudgetRequest)]
+ChangeBudgetBody = Annotated[dict[str, Any], json_body(ChangeBudgetRequest)]
+
+
+def budget_response(v: BudgetView) -> BudgetResponse:
+    b = v.budget
+    return BudgetResponse(
+        b.id, b.customer_id, b.name, b.api_key, b.model, dict(b.dimensions), b.window, b.metric,
+        figure(b, b.limit, v.currency), b.mode, list(b.thresholds), b.time_zone, v.currency,
+        figure(b, v.used, v.currency), figure(b, v.held, v.currency),
+        figure(b, max(0, b.limit - v.used - v.held), v.currency), time_out(v.window_start), time_out(v.resets_at),
+        time_out(b.created_at) or "")
+
+
+BUDGET = Answer(budget_response, BudgetView, lambda _: "created")
+
+
+def _limit(metric: str, value: str | int) -> int:
+    """The limit in atomic units (money) or counts; the type must suit the metric."""
+    if metric == "money":
+        if not isinstance(value, str):
+            raise WalletValidationError("limit", 'a money limit is a decimal string, such as "10.00"')
+        return amount_in(value, "limit")
+    if not isinstance(value, int):
+        raise WalletValidationError("limit", f"a {metric} limit is an integer")
+    return value
+
+
+@post("/v1/budgets", guards=[require(*WRITERS)], tags=["budgets"], status_code=201,
+      **documented(404, 409, body=True, replay=BudgetResponse))
+async def create_budget(state: State, request: Request, data: CreateBudgetBody) -> Response[BudgetResponse]:
+    """A budget of a customer's: every reservation that matches its scope counts against its
+    window at its upper bound from the moment it is held. `hard` refuses with 429; `soft` alerts."""
+    data = shaped(data, CreateBudgetRequest)
+    ensure_customer(request, data.customer_id)
+    spec = BudgetSpec(data.customer_id, data.window, data.metric, _limit(data.metric, data.limit), data.mode,
+                      data.name, data.api_key, data.model, dict(data.dimensions), tuple(data.thresholds),
+                      data.time_zone)
+    await state.services.wallets.get_customer(data.customer_id)  # 404 before anything is written
+    return respond(request, await state.services.wallets.budgets.create(spec, idempotency(request, data)), BUDGET)
+
+
+@get("/v1/budgets", guards=[require(*READERS)], tags=["budgets"], **documented(422))
+async def list_budgets(state: State, request: Request,
+                       customer_id: FromQuery[Identifier | None] = None) -> dict[str, list[BudgetResponse]]:
+    """The live budgets of one customer (`customer_id`), or of every customer the key may see."""
+    if customer_id is not None:
+        ensure_customer(request, customer_id)
+        customers: list[str] | None = [customer_id]
+    else:
+        visible = principal_of(request).visible()
+        customers = list(visible) if visible is not None else None
+    views = await state.services.wallets.budgets.list(customers)
+    return {"budgets": [budget_response(v) for v in views]}
+
+
+async def _owned(state: State, request: Request, budget_id: str) -> None:
+    """A budget of a customer the key may not see is not found, as a missing one is: what a key is
+    told never depends on another customer's data."""
+    if not principal_of(request).may_see(await state.services.wallets.budgets.owner(budget_id)):
+        raise NotFoundError(f"no budget {budget_id}", budget_id=budget_id)
+
+
+@get("/v1/budgets/{budget_id:str}", guards=[require(*READERS)], tags=["budgets"], **documented(404))
+async def get_budget(state: State, request: Request, budget_id: FromPath[str]) -> BudgetResponse:
+    """The budget, its current window (start, rollover), what it used and what it holds now."""
+    await _owned(state, request, budget_id)
+    return budget_response(await state.services.wallets.budgets.get(budget_id))
+
+
+@patch("/v1/budgets/{budget_id:str}", guards=[require(*WRITERS)], tags=["budgets"],
+       **documented(404, body=True))
+async def change_budget(state: State, request: Request, budget_id: FromPath[str],
+                        data: ChangeBudgetBody) -> BudgetResponse:
+    """Change its name, limit, mode or thresholds (scope, window and metric never change)."""
+    data = shaped(data, ChangeBudgetRequest)
+    await _owned(state, request, budget_id)
+    service = state.services.wallets.budgets
+    limit = None if data.limit is None else _limit((await service.get(budget_id)).budget.metric, data.limit)
+    change = BudgetChange(data.name, limit, data.mode, None if data.thresholds is None else tuple(data.thresholds))
+    return budget_response(await service.change(budget_id, change))
+
+
+@delete("/v1/budgets/{budget_id:str}", guards=[require(*WRITERS)], tags=["budgets"], status_code=200,
+        **documented(404))
+async def delete_budget(state: State, request: Request, budget_id: FromPath[str]) -> BudgetResponse:
+    """New reservations stop counting against it; what its windows hold still returns there."""
+    await _owned(state, request, budget_id)
+    return budget_response(await state.services.wallets.budgets.delete(budget_id))
+
+
+ROUTES = [create_budget, list_budgets, get_budget, change_budget, delete_budget]

@@ -1,0 +1,142 @@
+"""Budgets through the HTTP contract: their routes, the 429 they answer, what a reservation's
+hold, settle and release count in them, alerts once per window, and the wallet view."""
+from __future__ import annotations
+
+from litestar.testing import AsyncTestClient
+from sqlalchemy import text
+
+from ledger.db import Database
+
+
+async def _funded(client: AsyncTestClient, tag: str, book: str, amount: str = "1000.00") -> str:
+    cid = f"bud-{tag}"
+    assert (await client.post("/v1/customers", json={"id": cid, "price_book": book})).status_code == 201
+    assert (await client.post(f"/v1/customers/{cid}/topups", json={"amount": amount})).status_code == 201
+    return cid
+
+
+async def _budget(client: AsyncTestClient, **body) -> dict:
+    response = await client.post("/v1/budgets", json=body)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def _reserve(client: AsyncTestClient, cid: str, request_id: str, **body):
+    return await client.post("/v1/reservations", json={"customer_id": cid, "request_id": request_id,
+                                                       "model": "model-a", **body})
+
+
+async def test_a_hard_monthly_budget_refuses_the_hold_that_would_pass_it_with_429(
+        client: AsyncTestClient, tag: str, book: str):
+    cid = await _funded(client, tag, book)
+    b = await _budget(client, customer_id=cid, name="team cap", window="month", metric="money", limit="10.00",
+                      time_zone="America/New_York")
+    assert (b["limit"], b["used"], b["held"], b["remaining"], b["mode"]) == ("10.00", "0.00", "0.00", "10.00", "hard")
+    held = [await _reserve(client, cid, f"r{i}", amount="3.00") for i in range(3)]
+    assert [r.status_code for r in held] == [201, 201, 201]
+    refused = await _reserve(client, cid, "r3", amount="3.00")
+    assert refused.status_code == 429
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert "retry-after" not in refused.headers  # a calendar window: waiting a few seconds cannot help
+    body = refused.json()
+    assert body["code"] == "budget_exceeded" and body["budget_id"] == b["id"]
+    assert (body["limit"], body["used"], body["held"], body["requested"]) == ("10.00", "0.00", "9.00", "3.00")
+    assert body["window"] == "month" and body["resets_at"] and body["currency"] == "USD"
+    # settle one for less than its hold: the budget counts the actual, and room opens
+    settled = await client.post(f"/v1/reservations/{held[0].json()['id']}/settle",
+                                json={"usage": {"input_tokens": 100000, "output_tokens": 0}})
+    assert settled.status_code == 200 and settled.json()["charged"] == "1.01"
+    now = (await client.get(f"/v1/budgets/{b['id']}")).json()
+    assert (now["used"], now["held"], now["remaining"]) == ("1.01", "6.00", "2.99")
+    assert (await _reserve(client, cid, "r3", amount="2.99")).status_code == 201  # the refusal was not kept
+    assert (await _reserve(client, cid, "r4", amount="0.01")).status_code == 429
+    # release returns the hold
+    assert (await client.post(f"/v1/reservations/{held[1].json()['id']}/release")).status_code == 200
+    assert (await client.get(f"/v1/budgets/{b['id']}")).json()["held"] == "5.99"
+    wallet = (await client.get(f"/v1/customers/{cid}/wallet")).json()
+    assert [(x["id"], x["used"], x["held"]) for x in wallet["budgets"]] == [(b["id"], "1.01", "5.99")]
+
+
+async def test_a_streamed_request_counts_its_hold_in_flight_and_its_tokens_after_settle(
+        client: AsyncTestClient, tag: str, book: str):
+    cid = await _funded(client, tag, book)
+    b = await _budget(client, customer_id=cid, window="minute", metric="tokens", limit=100000)
+    r = await _reserve(client, cid, "stream", estimate={"input_tokens": 0, "max_output_tokens": 4000})
+    assert r.status_code == 201, r.text
+    assert (await client.get(f"/v1/budgets/{b['id']}")).json()["held"] == 4000
+    # the client cancels after 200 tokens and settles what was generated
+    settled = await client.post(f"/v1/reservations/{r.json()['id']}/settle",
+                                json={"usage": {"input_tokens": 0, "output_tokens": 200}})
+    assert settled.status_code == 200, settled.text
+    now = (await client.get(f"/v1/budgets/{b['id']}")).json()
+    assert (now["used"], now["held"], now["remaining"]) == (200, 0, 99800)
+
+
+async def test_a_tpm_refusal_says_when_to_retry(client: AsyncTestClient, tag: str, book: str):
+    cid = await _funded(client, tag, book)
+    b = await _budget(client, customer_id=cid, window="minute", metric="tokens", limit=1000, api_key="k1")
+    ok = await _reserve(client, cid, "a", estimate={"input_tokens": 600, "max_output_tokens": 0},
+                        dimensions={"api_key": "k1"})
+    assert ok.status_code == 201
+    other_key = await _reserve(client, cid, "b", estimate={"input_tokens": 600, "max_output_tokens": 0},
+                               dimensions={"api_key": "k2"})
+    assert other_key.status_code == 201  # another key: outside the budget's scope
+    refused = await _reserve(client, cid, "c", estimate={"input_tokens": 600, "max_output_tokens": 0},
+                             dimensions={"api_key": "k1"})
+    assert refused.status_code == 429
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert refused.json()["retry_after_seconds"] == int(refused.headers["retry-after"])
+    assert (refused.json()["used"], refused.json()["held"], refused.json()["limit"]) == (0, 600, 1000)
+    no_estimate = await _reserve(client, cid, "d", amount="1.00", dimensions={"api_key": "k1"})
+    assert no_estimate.status_code == 422 and no_estimate.json()["fields"][0]["field"] == "estimate"
+    assert b["api_key"] == "k1"
+
+
+async def test_soft_budget_alerts_each_threshold_once_per_window(
+        client: AsyncTestClient, db: Database, tag: str, book: str):
+    cid = await _funded(client, tag, book)
+    b = await _budget(client, customer_id=cid, window="day", metric="money", limit="1.00", mode="soft",
+                      thresholds=[50, 80, 100])
+    ids = []
+    for i, amount in enumerate(["0.40", "0.20", "0.30", "0.50"]):  # 0.40, 0.60 (50), 0.90 (80), 1.40 (100)
+        r = await _reserve(client, cid, f"s{i}", amount=amount)
+        assert r.status_code == 201  # soft: past its limit too
+        ids.append(r.json()["id"])
+    for rid in ids:  # everything returns, and is held again: the thresholds are crossed again
+        assert (await client.post(f"/v1/reservations/{rid}/release")).status_code == 200
+    assert (await _reserve(client, cid, "again", amount="1.50")).status_code == 201
+    rows = await db.read(lambda conn: conn.execute(text(
+        "SELECT payload FROM outbox WHERE customer_id = :c AND topic = 'budget.threshold_crossed' ORDER BY id"),
+        {"c": cid}))
+    payloads = [row.payload for row in rows]
+    assert [p["threshold"] for p in payloads] == [50, 80, 100]
+    assert {p["budget_id"] for p in payloads} == {b["id"]}
+    assert [p["used"] for p in payloads] == ["0.00", "0.00", "0.00"]
+    assert [p["held"] for p in payloads] == ["0.60", "0.90", "1.40"]
+
+
+async def test_budget_routes_change_list_and_delete(client: AsyncTestClient, tag: str, book: str):
+    cid = await _funded(client, tag, book)
+    b = await _budget(client, customer_id=cid, window="lifetime", metric="requests", limit=2, model="model-*")
+    assert (await _reserve(client, cid, "x1", amount="0.10")).status_code == 201
+    assert (await _reserve(client, cid, "x2", amount="0.10")).status_code == 201
+    assert (await _reserve(client, cid, "x3", amount="0.10")).status_code == 429
+    changed = await client.patch(f"/v1/budgets/{b['id']}", json={"limit": 3, "name": "three calls"})
+    assert changed.status_code == 200 and (changed.json()["limit"], changed.json()["name"]) == (3, "three calls")
+    assert (await _reserve(client, cid, "x3", amount="0.10")).status_code == 201
+    listed = (await client.get(f"/v1/budgets?customer_id={cid}")).json()["budgets"]
+    assert [(x["id"], x["held"]) for x in listed] == [(b["id"], 3)]
+    wrong = await client.patch(f"/v1/budgets/{b['id']}", json={"limit": "3.00"})
+    assert wrong.status_code == 422 and wrong.json()["fields"][0]["field"] == "limit"
+    assert (await client.delete(f"/v1/budgets/{b['id']}")).status_code == 200
+    assert (await client.get(f"/v1/budgets/{b['id']}")).status_code == 404
+    assert (await _reserve(client, cid, "x4", amount="0.10")).status_code == 201
+    bad = await client.post("/v1/budgets", json={"customer_id": cid, "window": "week", "metric": "money",
+                                                 "limit": "1.00"})
+    assert bad.status_code == 422 and bad.json()["fields"][0]["field"] == "window"
+    zone = await client.post("/v1/budgets", json={"customer_id": cid, "window": "day", "metric": "money",
+                                                  "limit": "1.00", "time_zone": "Mars/Olympus"})
+    assert zone.status_code == 422 and zone.json()["fields"][0]["field"] == "time_zone"
+    nobody = await client.post("/v1/budgets", json={"customer_id": f"nobody-{tag}", "window": "day",
+                                                    "metric": "money", "limit": "1.00"})
+    assert nobody.status_code == 404

@@ -1,0 +1,138 @@
+"""Budgets as the API manages them: create, read (with the current window's usage), change and
+delete. A budget belongs to one customer and lives in its lane, so a reserve that checks it stays
+a one-lane transaction; writes take the lane's writer lock and the customer's, as a wallet batch
+does, so they queue beside the batches that read budgets instead of failing them with 40001."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ledger.db import Database
+from wallets import store
+from wallets.core import budgets as rules
+from wallets.core.budgets import BudgetView
+from wallets.core.idempotency import CREATED, IdemKey, Replayed
+from wallets.engine import Engine, customer_lock, lane_lock
+from wallets.errors import NotFoundError
+from wallets.model import new_id
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetSpec:
+    customer_id: str
+    window: str
+    metric: str
+    limit: int
+    mode: str = "hard"
+    name: str = ""
+    api_key: str | None = None
+    model: str | None = None
+    dimensions: dict[str, str] = field(default_factory=dict)
+    thresholds: tuple[int, ...] = ()
+    time_zone: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetChange:
+    """What PATCH may change (None: unchanged). Scope, window and metric never change."""
+
+    name: str | None = None
+    limit: int | None = None
+    mode: str | None = None
+    thresholds: tuple[int, ...] | None = None
+
+
+class BudgetService:
+    def __init__(self, db: Database, engine: Engine, clock: Callable[[], datetime]) -> None:
+        self.db, self.engine, self.clock = db, engine, clock
+
+    async def create(self, spec: BudgetSpec, idem: IdemKey | None = None) -> BudgetView | Replayed:
+        from wallets.service import run_once  # imported here: wallets.service imports this module
+
+        rules.validate(spec.window, spec.metric, spec.mode, spec.limit, spec.thresholds, spec.time_zone)
+        budget_id = new_id("bud")
+
+        async def work(conn: AsyncConnection) -> BudgetView:
+            await conn.exec_driver_sql(
+                """INSERT INTO budgets (lane, id, customer_id, name, api_key, model, dimensions, window_kind, metric,
+                                        limit_units, mode, thresholds, time_zone)
+                   SELECT c.lane, %s, c.id, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s
+                     FROM customers c WHERE c.id = %s""",
+                (budget_id, spec.name, spec.api_key, spec.model, store.dumps(spec.dimensions), spec.window,
+                 spec.metric, spec.limit, spec.mode, list(spec.thresholds), spec.time_zone, spec.customer_id))
+            return await self._view(conn, spec.customer_id, budget_id)
+
+        return await run_once(self.db, idem, work, await self._locks(spec.customer_id), lambda _: CREATED)
+
+    async def get(self, budget_id: str) -> BudgetView:
+        customer_id = await self.owner(budget_id)
+        return await self.db.read(lambda conn: self._view(conn, customer_id, budget_id))
+
+    async def list(self, customers: list[str] | None) -> list[BudgetView]:
+        """The live budgets of `customers` (None: of every customer), by customer then id."""
+        rows = await self.db.read(lambda conn: conn.exec_driver_sql(
+            """SELECT DISTINCT customer_id FROM budgets WHERE deleted_at IS NULL
+                AND (%(all)s OR customer_id = ANY(%(customers)s::text[])) ORDER BY customer_id""",
+            {"all": customers is None, "customers": customers or []}))
+        views: list[BudgetView] = []
+        for (customer_id,) in rows.all():
+            now = self.clock()
+            loaded = await self.db.read(lambda conn, cid=customer_id, at=now: store.load(conn, [cid], now=at))
+            w = loaded.wallets[customer_id]
+            views += [rules.budget_view(b, w.customer.currency, now) for _, b in sorted(w.budgets.items())]
+        return views
+
+    async def change(self, budget_id: str, change: BudgetChange) -> BudgetView:
+        customer_id = await self.owner(budget_id)
+        current = (await self.get(budget_id)).budget
+        rules.validate(current.window, current.metric, change.mode or current.mode,
+                       current.limit if change.limit is None else change.limit,
+                       current.thresholds if change.thresholds is None else change.thresholds, None)
+
+        async def work(conn: AsyncConnection) -> BudgetView:
+            await conn.exec_driver_sql(
+                """UPDATE budgets SET name = coalesce(%s, name), limit_units = coalesce(%s, limit_units),
+                          mode = coalesce(%s, mode), thresholds = coalesce(%s, thresholds), updated_at = now()
+                    WHERE id = %s AND customer_id = %s AND deleted_at IS NULL""",
+                (change.name, change.limit, change.mode,
+                 None if change.thresholds is None else list(change.thresholds), budget_id, customer_id))
+            return await self._view(conn, customer_id, budget_id)
+
+        return await self.db.run(work, locks=await self._locks(customer_id))
+
+    async def delete(self, budget_id: str) -> BudgetView:
+        """Stop counting new reservations against the budget; holds taken in it still return."""
+        customer_id = await self.owner(budget_id)
+        view = await self.get(budget_id)
+
+        async def work(conn: AsyncConnection) -> None:
+            await conn.exec_driver_sql("UPDATE budgets SET deleted_at = now() WHERE id = %s AND customer_id = %s "
+                                       "AND deleted_at IS NULL", (budget_id, customer_id))
+
+        await self.db.run(work, locks=await self._locks(customer_id))
+        return view
+
+    async def owner(self, budget_id: str) -> str:
+        """The customer of a live budget, or not_found."""
+        found = await self.db.read(lambda conn: conn.exec_driver_sql(
+            "SELECT customer_id FROM budgets WHERE id = %s AND deleted_at IS NULL", (budget_id,)))
+        customer_id = found.scalar()
+        if customer_id is None:
+            raise NotFoundError(f"no budget {budget_id}", budget_id=budget_id)
+        return customer_id
+
+    async def _locks(self, customer_id: str) -> list[int]:
+        return [lane_lock(await self.engine.lane_of(customer_id)), customer_lock(customer_id)]
+
+    async def _view(self, conn: AsyncConnection, customer_id: str, budget_id: str) -> BudgetView:
+        now = self.clock()
+        loaded = await store.load(conn, [customer_id], now=now)
+        w = loaded.wallets.get(customer_id)
+        if w is None:
+            raise NotFoundError(f"no customer {customer_id}", customer_id=customer_id)
+        if budget_id not in w.budgets:
+            raise NotFoundError(f"no budget {budget_id}", budget_id=budget_id)
+        return rules.budget_view(w.budgets[budget_id], w.customer.currency, now)

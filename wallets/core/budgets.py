@@ -1,0 +1,274 @@
+"""Budgets and quotas, as pure rules over a customer's budgets and a reservation.
+
+A reservation counts against every budget that matches it (its API key, model and dimensions),
+at its upper bound, from the moment it is held, in the window current at that moment; settle
+replaces the hold with the actual amount and release returns it, in that same window, so a
+window's rollover never forgets what is still held. A hard budget refuses a hold that would
+take its window past its limit; a soft one allows it. Each alert threshold is emitted once per
+window (the outbox keeps one event per key).
+
+Windows: `request` (the hold alone), `minute` (rolling: one-second windows, the last 60 count),
+`day` and `month` (calendar, in the budget's time zone), `lifetime`.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from fnmatch import fnmatchcase
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from pricing.money import format_amount
+from wallets import chart
+from wallets.core.decision import BudgetCounted, Decision, Effect
+from wallets.core.state import State
+from wallets.errors import BudgetExceededError, WalletValidationError
+from wallets.model import Budget, Reservation, Wallet
+
+WINDOWS = ("request", "minute", "day", "month", "lifetime")
+METRICS = ("money", "tokens", "input_tokens", "output_tokens", "requests")
+MODES = ("hard", "soft")
+ROLLING = timedelta(seconds=60)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # the one window of a lifetime budget
+THRESHOLD_TOPIC = "budget.threshold_crossed"
+EXCEEDED_TOPIC = "budget.exceeded"
+_INPUT_SIDE = ("input", "cached_input", "cache_write")
+_OUTPUT_SIDE = ("output", "reasoning")
+
+
+def matches(b: Budget, model: str, dimensions: Mapping[str, Any]) -> bool:
+    """Whether a reservation of `model` with `dimensions` falls in the budget's scope: every
+    narrowing it has (API key, model pattern with `*`, dimension values) must hold."""
+    if b.api_key is not None and _text(dimensions.get("api_key")) != b.api_key:
+        return False
+    if b.model is not None and not fnmatchcase(model, b.model):
+        return False
+    return all(_text(dimensions.get(k)) == v for k, v in b.dimensions.items())
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def window_start(b: Budget, now: datetime) -> datetime:
+    """The start (UTC) of the budget's window that holds `now`."""
+    if b.window == "minute":
+        return now.astimezone(UTC).replace(microsecond=0)
+    if b.window in ("lifetime", "request"):
+        return EPOCH
+    zone = ZoneInfo(b.time_zone)
+    local = now.astimezone(zone)
+    day = 1 if b.window == "month" else local.day
+    return datetime(local.year, local.month, day, tzinfo=zone).astimezone(UTC)
+
+
+def window_end(b: Budget, start: datetime) -> datetime | None:
+    """When the calendar window starting at `start` rolls over (None: it never does)."""
+    if b.window not in ("day", "month"):
+        return start + ROLLING if b.window == "minute" else None
+    zone = ZoneInfo(b.time_zone)
+    local = start.astimezone(zone)
+    if b.window == "day":
+        nxt = (local.replace(tzinfo=None) + timedelta(days=1)).date()
+        return datetime(nxt.year, nxt.month, nxt.day, tzinfo=zone).astimezone(UTC)
+    year, month = (local.year + 1, 1) if local.month == 12 else (local.year, local.month + 1)
+    return datetime(year, month, 1, tzinfo=zone).astimezone(UTC)
+
+
+def _live(b: Budget, now: datetime) -> list[tuple[datetime, list[int]]]:
+    """The loaded windows that count at `now`, oldest first."""
+    start = window_start(b, now)
+    if b.window == "minute":
+        return sorted((s, w) for s, w in b.windows.items() if start - ROLLING < s <= start)
+    return [(start, b.windows[start])] if start in b.windows else []
+
+
+def counted(b: Budget, now: datetime) -> tuple[int, int]:
+    """(used, held) in the budget's window at `now`."""
+    live = _live(b, now)
+    return sum(w[0] for _, w in live), sum(w[1] for _, w in live)
+
+
+def counts_now(b: Budget, start: datetime, now: datetime) -> bool:
+    """Whether the window starting at `start` is (part of) the budget's window at `now`."""
+    current = window_start(b, now)
+    return current - ROLLING < start <= current if b.window == "minute" else start == current
+
+
+def hold_quantity(metric: str, amount: int, prompt_tokens: int | None, max_output_tokens: int | None) -> int | None:
+    """What a hold of `amount` counts in `metric` (None: tokens with no estimate to count)."""
+    if metric == "money":
+        return amount
+    if metric == "requests":
+        return 1
+    if prompt_tokens is None and max_output_tokens is None:
+        return None
+    prompt, output = prompt_tokens or 0, max_output_tokens or 0
+    return {"tokens": prompt + output, "input_tokens": prompt, "output_tokens": output}[metric]
+
+
+def actual_quantity(metric: str, cost: int, tokens: Mapping[str, int], first: bool) -> int:
+    """What a charge of `cost` for `tokens` (by rating token type) counts in `metric`."""
+    if metric == "money":
+        return cost
+    if metric == "requests":
+        return 1 if first else 0
+    if metric == "input_tokens":
+        return sum(tokens.get(t, 0) for t in _INPUT_SIDE)
+    if metric == "output_tokens":
+        return sum(tokens.get(t, 0) for t in _OUTPUT_SIDE)
+    return sum(n for t, n in tokens.items() if t != "request")
+
+
+def retry_after(b: Budget, now: datetime, excess: int) -> int | None:
+    """Seconds until enough of a rolling window lapses to free `excess` (None: waiting cannot)."""
+    if b.window != "minute":
+        return None
+    freed = 0
+    for start, (used, held) in _live(b, now):
+        freed += used + held
+        if freed >= excess:
+            return max(1, math.ceil((start + ROLLING - now).total_seconds()))
+    return None
+
+
+def figure(b: Budget, units: int, currency: str) -> str | int:
+    """A budget figure on the wire: money as a decimal string, tokens and requests as integers."""
+    return format_amount(units, chart.ASSET_SCALE) if b.metric == "money" else units
+
+
+def _describe(b: Budget, currency: str, used: int, held: int, start: datetime) -> dict[str, Any]:
+    end = window_end(b, start) if b.window in ("day", "month") else None
+    return {"budget_id": b.id, "budget_name": b.name, "metric": b.metric, "window": b.window, "mode": b.mode,
+            "limit": figure(b, b.limit, currency), "used": figure(b, used, currency),
+            "held": figure(b, held, currency), "currency": currency,
+            "window_start": start.isoformat() if b.window not in ("request", "lifetime") else None,
+            "resets_at": end.isoformat() if end else None}
+
+
+def _alert_key(b: Budget, start: datetime, reservation_id: str, now: datetime) -> str:
+    """The window an alert is once per: a calendar window, the lifetime, the request; a rolling
+    minute alerts at most once per clock minute."""
+    if b.window == "request":
+        return reservation_id
+    if b.window == "minute":
+        return now.astimezone(UTC).replace(second=0, microsecond=0).isoformat()
+    return start.isoformat()
+
+
+def crossed(state: State, b: Budget, currency: str, before: int, after: int, held: int, start: datetime,
+            reservation_id: str, now: datetime) -> list[Effect]:
+    """Alerts for each threshold (percent of the limit) that `before` -> `after` crosses."""
+    events: list[Effect] = []
+    for pct in b.thresholds:
+        if before * 100 < pct * b.limit <= after * 100:
+            key = f"{THRESHOLD_TOPIC}:{b.id}:{_alert_key(b, start, reservation_id, now)}:{pct}"
+            events.append(state.event(THRESHOLD_TOPIC, b.customer_id, key, now, {
+                **_describe(b, currency, after - held, held, start), "threshold": pct}))
+    return events
+
+
+def on_reserve(state: State, w: Wallet, reservation_id: str, model: str, dimensions: Mapping[str, Any],
+               amount: int, tokens: tuple[int | None, int | None], now: datetime) -> Decision | list[Effect]:
+    """The budget effects of a new hold (in every matching budget's current window) and the
+    alerts it crosses, or the refusal of the first hard budget it would take past its limit."""
+    effects: list[Effect] = []
+    currency = w.customer.currency
+    for b in _matching(w.budgets.values(), model, dimensions):
+        q = hold_quantity(b.metric, amount, *tokens)
+        if q is None:
+            return Decision.refuse(WalletValidationError(
+                "estimate", f"budget {b.id} counts {b.metric}: reserve with an estimate, not an amount"))
+        start = window_start(b, now)
+        used, held = counted(b, now) if b.window != "request" else (0, 0)
+        if b.mode == "hard" and used + held + q > b.limit:
+            return _refusal(state, b, currency, used, held, q, start, now)
+        if b.window != "request":
+            effects.append(BudgetCounted(w.customer.id, reservation_id, b.id, start, b.metric, q, 0, opened=True))
+        effects += crossed(state, b, currency, used + held, used + held + q, held + q, start, reservation_id, now)
+    return effects
+
+
+def _matching(budgets: Iterable[Budget], model: str, dimensions: Mapping[str, Any]) -> list[Budget]:
+    return sorted((b for b in budgets if matches(b, model, dimensions)), key=lambda b: b.id)
+
+
+def _refusal(state: State, b: Budget, currency: str, used: int, held: int, q: int, start: datetime,
+             now: datetime) -> Decision:
+    wait = retry_after(b, now, used + held + q - b.limit)
+    context = {**_describe(b, currency, used, held, start), "requested": figure(b, q, currency)}
+    if wait is not None:
+        context["retry_after_seconds"] = wait
+    noun = "a hold" if b.metric == "money" else f"{q} {b.metric}"
+    error = BudgetExceededError(
+        f"budget {b.id} ({b.window}, hard) cannot take {noun}: its limit {context['limit']} has "
+        f"{context['used']} used and {context['held']} held", **{k: v for k, v in context.items() if v is not None})
+    key = f"{EXCEEDED_TOPIC}:{b.id}:{_alert_key(b, start, '', now)}"
+    return Decision.refuse(error, state.event(EXCEEDED_TOPIC, b.customer_id, key, now, context))
+
+
+def on_settle(state: State, w: Wallet, r: Reservation, cost: int, tokens: Mapping[str, int], final: bool,
+              now: datetime) -> list[Effect]:
+    """A charge replaces (part of) each budget hold of the reservation with the actual amount,
+    in the window it was held in; a final one returns what is left of the hold there."""
+    effects: list[Effect] = []
+    for bh in sorted(r.budget_holds.values(), key=lambda h: h.budget_id):
+        used = actual_quantity(bh.metric, cost, tokens, first=r.captures == 0)
+        freed = 0 if not r.is_open else bh.held if final else min(used, bh.held)
+        if not used and not freed:
+            continue
+        effects.append(BudgetCounted(w.customer.id, r.id, bh.budget_id, bh.window_start, bh.metric, -freed, used))
+        b = w.budgets.get(bh.budget_id)
+        if b is not None and used > freed and counts_now(b, bh.window_start, now):
+            before_used, before_held = counted(b, now)
+            before = before_used + before_held
+            effects += crossed(state, b, w.customer.currency, before, before + used - freed,
+                               before_held - freed, bh.window_start, r.id, now)
+    return effects
+
+
+def on_release(w: Wallet, r: Reservation) -> list[Effect]:
+    """A release or expiry returns each budget hold to the window it was held in."""
+    return [BudgetCounted(w.customer.id, r.id, bh.budget_id, bh.window_start, bh.metric, -bh.held, 0)
+            for bh in sorted(r.budget_holds.values(), key=lambda h: h.budget_id) if bh.held]
+
+
+def validate(window: str, metric: str, mode: str, limit: int, thresholds: Iterable[int],
+             time_zone: str | None) -> None:
+    """Refuse a budget that cannot mean anything (names the field)."""
+    for name, value, allowed in (("window", window, WINDOWS), ("metric", metric, METRICS), ("mode", mode, MODES)):
+        if value not in allowed:
+            raise WalletValidationError(name, f"must be one of {', '.join(allowed)}")
+    if window == "request" and metric == "requests":
+        raise WalletValidationError("metric", "a request is always one request: limit money or tokens per request")
+    if limit <= 0:
+        raise WalletValidationError("limit", "must be more than 0")
+    marks = list(thresholds)
+    if any(not 1 <= t <= 1000 for t in marks) or len(set(marks)) != len(marks):
+        raise WalletValidationError("thresholds", "distinct percentages of the limit, from 1 to 1000")
+    if time_zone is not None:
+        try:
+            ZoneInfo(time_zone)
+        except (ValueError, KeyError, OSError):
+            raise WalletValidationError("time_zone", f"unknown time zone {time_zone!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetView:
+    """A budget as it stands at `now`: its window's start and rollover, what it used and holds."""
+
+    budget: Budget
+    currency: str
+    used: int
+    held: int
+    window_start: datetime | None
+    resets_at: datetime | None
+
+
+def budget_view(b: Budget, currency: str, now: datetime) -> BudgetView:
+    used, held = counted(b, now) if b.window != "request" else (0, 0)
+    start = window_start(b, now) if b.window in ("minute", "day", "month") else None
+    end = window_end(b, start) if start and b.window != "minute" else None
+    return BudgetView(replace(b, windows={}), currency, used, held, start, end)  # a value, not the loaded state
