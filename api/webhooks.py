@@ -43,7 +43,9 @@ class DispatchSettings:
 
     @property
     def lease_s(self) -> float:
-        return self.timeout_s + 30.0
+        """How long a claim lasts: a send ends within the timeout, and its record a moment later;
+        past this, the process is taken for dead and another sends the event again."""
+        return 2 * self.timeout_s + 5.0
 
 
 def body_of(claimed: Claimed) -> bytes:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import select
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -75,17 +77,23 @@ def receiver(answer: Callable[[list[Received], Received], int | None] | None = N
                 seen = list(state.received)
                 state.in_flight += 1
                 state.max_in_flight = max(state.max_in_flight, state.in_flight)
+            status = None
             try:
                 status = state.answer(seen, got)
-                if status is None:
-                    state.released.wait(60)
-                    return
+                if status is None:  # hang until released, or until the sender gives up and hangs up
+                    while not state.released.wait(0.05) and not self._hung_up():
+                        pass
+            finally:
+                with state.lock:  # before the answer leaves: the sender may send the next at once
+                    state.in_flight -= 1
+            if status is not None:
                 self.send_response(status)
                 self.send_header("content-length", "0")
                 self.end_headers()
-            finally:
-                with state.lock:
-                    state.in_flight -= 1
+
+        def _hung_up(self) -> bool:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
 
         def log_message(self, *args: Any) -> None:
             pass
