@@ -54,6 +54,12 @@ def _migrate(_: argparse.Namespace, settings: Settings) -> int:
 
 
 def _audit_verify(args: argparse.Namespace, settings: Settings) -> int:
+    if args.file:
+        from api.audit_cli import verify_file
+
+        return verify_file(args)
+    if args.expect_head:
+        raise SystemExit("--expect-head checks an export: give --file too")
     from wallets.audit import full_verify
 
     report = _with_db(settings, lambda db: db.read(full_verify))
@@ -68,6 +74,12 @@ def _audit_verify(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"       {p}")
         print("verified: the ledger is whole" if report.ok else "verification FAILED")
     return 0 if report.ok else 1
+
+
+def _audit_tool(args: argparse.Namespace, settings: Settings) -> int:
+    from api import audit_cli
+
+    return getattr(audit_cli, args.audit)(args, settings)
 
 
 def _with_db(settings: Settings, work):
@@ -194,9 +206,18 @@ def parser() -> argparse.ArgumentParser:
         command.set_defaults(func=_keys)
 
     audit = sub.add_parser("audit", help="audit commands").add_subparsers(dest="audit", required=True)
-    verify = audit.add_parser("verify", help="check the journal; exit 1 when any check fails")
+    verify = audit.add_parser("verify", help="check the journal (or, with --file, a jsonl export, offline); "
+                              "exit 1 when any check fails")
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.add_argument("--file", metavar="EXPORT.jsonl", help="verify this export offline, with no database")
+    verify.add_argument("--expect-head", metavar="HEX", help="with --file: the chain hash the last seal must have")
     verify.set_defaults(func=_audit_verify)
+    export = audit.add_parser("export", help="stream the journal as beancount, csv or jsonl (with its seals)")
+    export.add_argument("--format", required=True, choices=["beancount", "csv", "jsonl"])
+    export.add_argument("--from", dest="start", metavar="T", help="entries that occurred at or after T")
+    export.add_argument("--to", dest="end", metavar="T", help="entries that occurred before T")
+    export.add_argument("--out", metavar="FILE", help="write here (complete or not at all); default stdout")
+    export.set_defaults(func=_audit_tool)
 
     demo = sub.add_parser("demo", help="play a billed chatbot scenario on a fresh embedded database")
     demo.set_defaults(func=_demo)

@@ -7,20 +7,23 @@ a seal stores those hashes and chains them: chain_hash = sha256(prev_hash || ent
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ledger.chain import GENESIS, chain, entry_digest
+
 SEAL_LOCK = 7_402_211_902
-GENESIS = bytes(32)
 MAX_TXIDS_PER_SEAL = 5000
 
-_ENTRIES = text("""
-SELECT j.id, j.key, j.request_hash, j.kind, j.customer_id, j.metadata, j.txid::text AS txid,
-       to_char(j.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US') AS occurred_at,
+# What an entry's hash covers, as SQL over `journal_entries j` (the offline export writes the same).
+SEALED_TXID = "j.txid::text"
+SEALED_OCCURRED_AT = """to_char(j.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US')"""
+
+_ENTRIES = text(f"""
+SELECT j.id, j.key, j.request_hash, j.kind, j.customer_id, j.metadata, {SEALED_TXID} AS txid,
+       {SEALED_OCCURRED_AT} AS occurred_at,
        coalesce((SELECT jsonb_agg(jsonb_build_array(p.id, a.code, p.stripe, p.amount) ORDER BY p.id)
                    FROM postings p JOIN accounts a ON a.id = p.account_id
                   WHERE p.entry_id = j.id), '[]'::jsonb) AS postings
@@ -39,13 +42,8 @@ class Seal:
 
 
 def entry_hash(row) -> bytes:
-    body = [row.id, row.key, row.request_hash.hex(), row.kind, row.customer_id, row.metadata,
-            row.txid, row.occurred_at, row.postings]
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).digest()
-
-
-def chain(prev: bytes, hashes: list[bytes]) -> bytes:
-    return hashlib.sha256(prev + b"".join(hashes)).digest()
+    return entry_digest(row.id, row.key, row.request_hash.hex(), row.kind, row.customer_id, row.metadata,
+                        row.txid, row.occurred_at, row.postings)
 
 
 async def hashes_between(conn: AsyncConnection, lo: int, hi: int) -> dict[int, bytes]:

@@ -1,0 +1,127 @@
+"""`tokentill audit export`, `audit verify --file` (offline) and `audit reconcile`: the auditor's
+command-line tools. Export reads one snapshot through server-side cursors; the offline verify
+imports nothing of the database layer."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+from api.settings import Settings
+
+
+def parse_time(raw: str | None) -> datetime | None:
+    """An RFC 3339 time or a date (midnight UTC); naive times are UTC."""
+    if raw is None:
+        return None
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise SystemExit(f"not a time: {raw!r} (give RFC 3339, e.g. 2026-11-01T00:00:00Z, or a date)") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+class StderrBar:
+    """A progress bar on stderr, redrawn at most five times a second; only made for a terminal."""
+
+    def __init__(self, label: str, unit: str) -> None:
+        self.label, self.unit = label, unit
+        self.started = self.drawn = time.monotonic()
+
+    @classmethod
+    def on_terminal(cls, label: str, unit: str = "entries") -> StderrBar | None:
+        return cls(label, unit) if sys.stderr.isatty() else None
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self.drawn < 0.2 and done < total:
+            return
+        self.drawn = now
+        share = min(1.0, done / total) if total else 1.0
+        rate = done / max(now - self.started, 1e-9)
+        bar = "#" * int(share * 30)
+        sys.stderr.write(f"\r{self.label} [{bar:<30}] {share:4.0%} {done:,}/{total:,} {self.unit} "
+                         f"{rate:,.0f}/s ")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+@contextmanager
+def output(path: str | None):
+    """stdout, or a file that appears only once complete (written beside it, then renamed)."""
+    if path is None:
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tokentill-export-", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def export(args: argparse.Namespace, settings: Settings) -> int:
+    from api.runtime import open_database
+    from ledger import export as exporting
+
+    window = exporting.Window(parse_time(args.start), parse_time(args.end))
+    if window.start and window.end and window.start >= window.end:
+        raise SystemExit("--from must be before --to")
+    handle = open_database(settings, migrate=False)
+    started = time.monotonic()
+    try:
+        with exporting.connect(handle.url) as conn, output(args.out) as out:
+            progress = StderrBar.on_terminal(f"export {args.format}",
+                                             "postings" if args.format == "csv" else "entries")
+            summary = exporting.WRITERS[args.format](conn, out, window, progress)
+    finally:
+        handle.close()
+    seconds = time.monotonic() - started
+    counted = (f"{summary.entries:,} entries" if summary.entries is not None
+               else f"{summary.postings:,} postings")
+    sealed = (f", {summary.seals:,} seals, {summary.unsealed:,} entries not sealed yet"
+              if args.format == "jsonl" else "")
+    print(f"exported {counted}{sealed} as {args.format} in {seconds:.1f}s"
+          f"{' to ' + args.out if args.out else ''}", file=sys.stderr)
+    return 0
+
+
+def verify_file(args: argparse.Namespace) -> int:
+    from ledger.offline import verify_file as check
+
+    try:
+        report = check(args.file)
+    except OSError as exc:
+        print(f"error: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return 2
+    if args.expect_head and report.head != args.expect_head.lower():
+        report.fail(f"the chain ends at {report.head}, not at the expected head {args.expect_head}")
+    if args.json:
+        print(json.dumps({"ok": report.ok, "entries": report.entries, "seals": report.seals,
+                          "unsealed": report.unsealed, "head": report.head, "whole": report.whole,
+                          "problem_count": report.problem_count, "problems": report.problems}, indent=2))
+        return 0 if report.ok else 1
+    for problem in report.problems:
+        print(f"FAIL {problem}")
+    if report.problem_count > len(report.problems):
+        print(f"     ... and {report.problem_count - len(report.problems)} more")
+    if not report.ok:
+        print(f"offline verification FAILED: {report.problem_count} problem(s); first: {report.problems[0]}")
+        return 1
+    print(f"verified offline: {report.entries:,} entries, {report.seals:,} seals intact; chain head "
+          f"{report.head or '(no seal)'}")
+    if report.unsealed:
+        print(f"note: {report.unsealed:,} entries are not sealed yet, so no hash vouches for them")
+    if not args.expect_head:
+        print("note: compare the chain head with one obtained apart from this file (--expect-head)")
+    return 0

@@ -1,0 +1,297 @@
+"""Streaming exports of the journal: Beancount, CSV (one posting a row), and JSON lines that carry
+the seal chain for the offline verifier (`ledger.offline`).
+
+The whole file is read in one REPEATABLE READ, READ ONLY transaction (one snapshot, and no
+writer is ever aborted by it), through server-side cursors, so memory stays flat whatever the
+size of the ledger. Amounts are written in the asset's display unit with all of its decimal
+places (`1.500000000 USD` for 1,500,000,000 atomic units at scale 9): exact, and what the trial
+balance shows.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TextIO
+
+import psycopg
+
+from ledger.seal import SEALED_OCCURRED_AT, SEALED_TXID
+
+FORMATS = ("beancount", "csv", "jsonl")
+ROOTS = {"asset": "Assets", "liability": "Liabilities", "equity": "Equity", "income": "Income",
+         "expense": "Expenses"}
+FETCH = 5000  # rows per round trip of a server-side cursor
+JSONL_VERSION = 1
+
+Progress = Callable[[int, int], None]  # (entries written, entries in the export)
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """Entries whose `occurred_at` lies in [start, end); None is unbounded."""
+    start: datetime | None = None
+    end: datetime | None = None
+
+    @property
+    def whole(self) -> bool:
+        return self.start is None and self.end is None
+
+    def params(self) -> dict:
+        return {"from": self.start, "to": self.end}
+
+
+WINDOW_SQL = ("(CAST(%(from)s AS timestamptz) IS NULL OR j.occurred_at >= %(from)s) "
+              "AND (CAST(%(to)s AS timestamptz) IS NULL OR j.occurred_at < %(to)s)")
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    id: int
+    code: str
+    type: str
+    asset: str
+    scale: int
+    customer_id: str | None
+    name: str  # its Beancount name
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    entries: int | None  # None: not counted (CSV counts postings)
+    postings: int | None = None
+    seals: int = 0
+    unsealed: int = 0
+
+
+def _component(part: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9-]", "-", part) or "X"
+    if cleaned[0].islower():
+        return cleaned[0].upper() + cleaned[1:]
+    return cleaned if cleaned[0].isalnum() else "X" + cleaned
+
+
+def beancount_names(accounts: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Account code -> Beancount account name, given (code, type) pairs: the root by type
+    (Assets, Liabilities, Equity, Income, Expenses), then each part of the code (a leading part
+    equal to the type dropped) with its first letter upper-cased and any character Beancount
+    forbids replaced by "-". Codes that would share a name each get "-" and 8 hex digits of the
+    code's sha256 appended, so the mapping is one-to-one and depends only on the codes."""
+    base: dict[str, str] = {}
+    for code, type_ in accounts:
+        parts = code.split(":")
+        if len(parts) > 1 and parts[0] == type_:
+            parts = parts[1:]
+        base[code] = ":".join([ROOTS[type_], *(_component(p) for p in parts)])
+    shared = {name for name, n in Counter(base.values()).items() if n > 1}
+    return {code: f"{name}-{hashlib.sha256(code.encode()).hexdigest()[:8]}" if name in shared else name
+            for code, name in base.items()}
+
+
+def connect(url: str) -> psycopg.Connection:
+    """A connection in one REPEATABLE READ, READ ONLY transaction: the export's snapshot. The
+    sorts that put entries in order get memory of the server's, not of this process."""
+    conn = psycopg.connect(url)
+    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    conn.execute("SET LOCAL work_mem = '256MB'")
+    return conn
+
+
+def accounts(conn: psycopg.Connection) -> dict[int, Account]:
+    rows = conn.execute("""SELECT a.id, a.code, a.type, a.asset, s.scale, a.customer_id
+                             FROM accounts a JOIN assets s ON s.code = a.asset ORDER BY a.code""").fetchall()
+    names = beancount_names((r[1], r[2]) for r in rows)
+    return {r[0]: Account(*r, names[r[1]]) for r in rows}
+
+
+def _stream(conn: psycopg.Connection, sql: str, params: dict, name: str) -> Iterator[tuple]:
+    with conn.cursor(name=name) as cur:
+        cur.itersize = FETCH
+        cur.execute(sql, params)
+        yield from cur
+
+
+def count_entries(conn: psycopg.Connection, window: Window) -> int:
+    return conn.execute(f"SELECT count(*) FROM journal_entries j WHERE {WINDOW_SQL}", window.params()
+                        ).fetchone()[0]
+
+
+def _bean_string(sql: str) -> str:
+    """A Beancount string literal of a SQL text expression."""
+    return f"""('"' || replace(replace(replace({sql}, '\\', '\\\\'), '"', '\\"'), E'\\n', '\\n') || '"')"""
+
+
+# One transaction per entry, written by PostgreSQL; the account names come in as parameters.
+_BEANCOUNT = f"""
+SELECT to_char(j.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') || ' * '
+       || coalesce({_bean_string("j.customer_id")} || ' ', '') || {_bean_string("j.kind")}
+       || E'\n  entry_id: "' || j.id || E'"\n  key: ' || {_bean_string("j.key")}
+       || E'\n  time: "' || to_char(j.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') || '"'
+       || coalesce(E'\n  request_id: ' || {_bean_string("j.metadata ->> 'request_id'")}, '') || E'\n'
+       || string_agg('  ' || m.name || '  ' || round(p.amount / m.unit, m.scale) || ' ' || m.asset, E'\n'
+                     ORDER BY p.id)
+       || E'\n'
+  FROM journal_entries j
+  JOIN postings p ON p.lane = j.lane AND p.entry_id = j.id
+  JOIN (SELECT a.id, a.name, x.asset, s.scale, power(10::numeric, s.scale) AS unit
+          FROM unnest(CAST(%(ids)s AS bigint[]), CAST(%(names)s AS text[])) a(id, name)
+          JOIN accounts x ON x.id = a.id JOIN assets s ON s.code = x.asset) m (id, name, asset, scale, unit)
+    ON m.id = p.account_id
+ WHERE {WINDOW_SQL}
+ GROUP BY j.lane, j.id ORDER BY j.id
+"""
+
+
+def write_beancount(conn: psycopg.Connection, out: TextIO, window: Window = Window(),
+                    progress: Progress | None = None) -> Summary:
+    """Commodities, an `open` for every account (dated on the first entry's day, its code as
+    metadata), then one transaction per entry: the customer as payee, the kind as narration,
+    and its id, key, time and request id as metadata."""
+    book = accounts(conn)
+    first = conn.execute(f"SELECT min(j.occurred_at AT TIME ZONE 'UTC')::date FROM journal_entries j "
+                         f"WHERE {WINDOW_SQL}", window.params()).fetchone()[0]
+    total = count_entries(conn, window) if progress else 0
+    out.write(f'option "title" "tokentill journal"\n; entries that occurred in [{window.start or "-"}, '
+              f'{window.end or "-"}); amounts in display units (all decimal places)\n\n')
+    opened = (first or datetime.now(UTC).date()).isoformat()
+    for asset, scale in sorted({(a.asset, a.scale) for a in book.values()}):
+        out.write(f'{opened} commodity {asset}\n  scale: "{scale}"\n')
+    for a in sorted(book.values(), key=lambda a: a.name):
+        out.write(f"{opened} open {a.name} {a.asset}\n  code: {_quote(a.code)}\n")
+    params = {"ids": list(book), "names": [a.name for a in book.values()], **window.params()}
+    entries = 0
+    for (text,) in _stream(conn, _BEANCOUNT, params, "tokentill_beancount"):
+        out.write("\n")
+        out.write(text)
+        entries += 1
+        if progress and entries % FETCH == 0:
+            progress(entries, total)
+    if progress:
+        progress(entries, total)
+    return Summary(entries)
+
+
+def _quote(value: str) -> str:
+    value = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{value}"'
+
+
+CSV_COLUMNS = ("entry_id", "time", "kind", "customer_id", "request_id", "account", "asset", "amount")
+_CSV = f"""
+COPY (SELECT j.id, to_char(j.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), j.kind,
+             j.customer_id, j.metadata ->> 'request_id', a.code, a.asset,
+             round(p.amount / power(10::numeric, s.scale), s.scale)
+        FROM journal_entries j
+        JOIN postings p ON p.lane = j.lane AND p.entry_id = j.id
+        JOIN accounts a ON a.id = p.account_id JOIN assets s ON s.code = a.asset
+       WHERE {WINDOW_SQL}
+       ORDER BY j.id, p.id) TO STDOUT WITH (FORMAT csv)
+"""
+
+
+def write_csv(conn: psycopg.Connection, out: TextIO, window: Window = Window(),
+              progress: Progress | None = None) -> Summary:
+    """One posting a row, in entry then posting order; `amount` is signed (debits positive), in
+    the asset's display unit. PostgreSQL writes the rows (COPY), quoted as RFC 4180 says."""
+    total = conn.execute(f"SELECT count(*) FROM journal_entries j JOIN postings p ON p.lane = j.lane "
+                         f"AND p.entry_id = j.id WHERE {WINDOW_SQL}", window.params()).fetchone()[0] if progress else 0
+    out.write(",".join(CSV_COLUMNS) + "\n")
+    rows = 0
+    with conn.cursor() as cur, cur.copy(_CSV, window.params()) as copy:
+        for chunk in copy:
+            data = bytes(chunk)
+            out.write(data.decode())
+            rows += data.count(b"\n")  # a quoted value may hold a newline: progress only
+            if progress:
+                progress(rows, total)
+    return Summary(None, rows)
+
+
+# JSON lines: a header, the accounts, then each seal followed by its entries (in id order, each
+# with the hash the seal stored for it), then the entries no seal covers yet, then an end record.
+_SEALS = f"""
+SELECT s.id, s.from_txid::text, s.to_txid::text, encode(s.prev_hash, 'hex'), encode(s.chain_hash, 'hex'),
+       to_char(s.sealed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), array_to_json(s.entry_ids)::text
+  FROM seals s
+ WHERE %(whole)s OR EXISTS (SELECT 1 FROM journal_entries j
+                             WHERE j.txid >= s.from_txid AND j.txid < s.to_txid AND {WINDOW_SQL})
+ ORDER BY s.id
+"""
+# Each line is written by PostgreSQL. The fields are those an entry's seal hash covers, as
+# `ledger.seal` reads them (`metadata` is the jsonb's own text, which the sealer decoded).
+_SEALED_ENTRIES = f"""
+SELECT '{{"type":"entry","seal":' || coalesce(CAST(%(seal)s AS bigint)::text, 'null')
+       || ',"sealed_hash":' || coalesce('"' || encode(u.h, 'hex') || '"', 'null')
+       || ',"id":' || j.id || ',"key":' || to_json(j.key) || ',"request_hash":"' || encode(j.request_hash, 'hex')
+       || '","kind":' || to_json(j.kind) || ',"customer_id":' || coalesce(to_json(j.customer_id)::text, 'null')
+       || ',"metadata":' || j.metadata::text || ',"txid":"' || {SEALED_TXID} || '","occurred_at":"'
+       || {SEALED_OCCURRED_AT} || '","postings":['
+       || coalesce(string_agg('[' || p.id || ',' || to_json(a.code) || ',' || p.stripe || ',' || p.amount || ',"'
+                              || a.asset || '"]', ',' ORDER BY p.id), '') || ']}}'
+  FROM journal_entries j
+  LEFT JOIN postings p ON p.lane = j.lane AND p.entry_id = j.id
+  LEFT JOIN accounts a ON a.id = p.account_id
+  LEFT JOIN (SELECT x.id, x.h FROM seals s, unnest(s.entry_ids, s.entry_hashes) x(id, h)
+              WHERE s.id = %(seal)s) u ON u.id = j.id
+ WHERE j.txid >= CAST(%(lo)s AS xid8) AND (CAST(%(hi)s AS xid8) IS NULL OR j.txid < CAST(%(hi)s AS xid8))
+   AND {WINDOW_SQL}
+ GROUP BY j.lane, j.id, u.h ORDER BY j.id
+"""
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def write_jsonl(conn: psycopg.Connection, out: TextIO, window: Window = Window(),
+                progress: Progress | None = None) -> Summary:
+    """The journal with its seal chain, for `tokentill audit verify --file`. With a window, every
+    seal that covers an entry of the window is written whole (a seal can only be checked whole),
+    so entries just outside the window may be included; unsealed entries are those of the window."""
+    book = accounts(conn)
+    total = count_entries(conn, window) if progress else 0
+    exported_at = conn.execute("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+                               ).fetchone()[0]
+    out.write(_json({"type": "export", "format": "tokentill-journal", "version": JSONL_VERSION,
+                     "exported_at": exported_at, "whole": window.whole,
+                     "from": window.start and window.start.isoformat(),
+                     "to": window.end and window.end.isoformat()}) + "\n")
+    for a in book.values():
+        out.write(_json({"type": "account", "code": a.code, "account_type": a.type, "asset": a.asset,
+                         "scale": a.scale, "customer_id": a.customer_id}) + "\n")
+    entries = seals = 0
+    everything = Window()  # a seal's entries are written whole, in or out of the window
+
+    def section(seal_id: int | None, lo: str, hi: str | None, within: Window) -> None:
+        nonlocal entries
+        params = {"seal": seal_id, "lo": lo, "hi": hi, **within.params()}
+        for (line,) in _stream(conn, _SEALED_ENTRIES, params, "tokentill_sealed"):
+            out.write(line + "\n")
+            entries += 1
+            if progress and entries % FETCH == 0:
+                progress(entries, total)
+
+    with conn.cursor(name="tokentill_seals") as cur:
+        cur.itersize = 1  # a seal row carries its entry ids: hold one at a time
+        cur.execute(_SEALS, {"whole": window.whole, **window.params()})
+        for seal_id, lo, hi, prev, chain_hash, sealed_at, ids in cur:
+            out.write(f'{{"type":"seal","id":{seal_id},"from_txid":"{lo}","to_txid":"{hi}",'
+                      f'"prev_hash":"{prev}","chain_hash":"{chain_hash}","sealed_at":"{sealed_at}",'
+                      f'"entry_ids":{ids}}}\n')
+            seals += 1
+            section(seal_id, lo, hi, everything)
+    sealed = entries
+    last = conn.execute("SELECT to_txid::text FROM seals ORDER BY id DESC LIMIT 1").fetchone()
+    out.write(_json({"type": "unsealed", "from_txid": last[0] if last else "0"}) + "\n")
+    section(None, last[0] if last else "0", None, window)
+    out.write(_json({"type": "end", "entries": entries, "seals": seals, "unsealed": entries - sealed}) + "\n")
+    if progress:
+        progress(entries, total)
+    return Summary(entries, None, seals, entries - sealed)
+
+
+WRITERS = {"beancount": write_beancount, "csv": write_csv, "jsonl": write_jsonl}

@@ -1,0 +1,178 @@
+"""The offline verifier of a JSON-lines export: no database, only hashing and JSON (an import-linter
+contract keeps it so), for an auditor who holds a copy and does not trust our server.
+
+It recomputes every entry's hash from its fields and compares it with the hash its seal stored,
+recomputes each seal's chain hash from those, checks that each seal follows the one before it,
+that a seal's entries are all there and in its order, and that every entry balances per asset.
+Memory is one seal's entry ids at a time.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import msgspec
+
+from ledger.chain import GENESIS, entry_digest
+
+LIMIT = 50  # problems kept; the count is exact
+
+
+@dataclass(slots=True)
+class OfflineReport:
+    entries: int = 0
+    seals: int = 0
+    unsealed: int = 0
+    head: str | None = None  # the last seal's chain hash: compare it with one from another source
+    whole: bool = True
+    problems: list[str] = field(default_factory=list)
+    problem_count: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.problem_count == 0
+
+    def fail(self, problem: str) -> None:
+        self.problem_count += 1
+        if len(self.problems) < LIMIT:
+            self.problems.append(problem)
+
+
+@dataclass(slots=True)
+class _Seal:
+    id: int
+    chain_hash: str
+    expected: list[int]
+    hasher: object
+    seen: list[int] = field(default_factory=list)
+
+
+class _Verifier:
+    def __init__(self) -> None:
+        self.report = OfflineReport()
+        self.seal: _Seal | None = None
+        self.prev: dict | None = None  # the previous seal record
+        self.in_unsealed = False
+        self.ended = False
+        self.ids: set[int] = set()
+
+    def line(self, number: int, raw: bytes) -> None:
+        try:
+            rec = msgspec.json.decode(raw)
+            kind = rec["type"]
+        except (msgspec.DecodeError, KeyError, TypeError):
+            self.report.fail(f"line {number} is not a record of the export")
+            return
+        if self.ended:
+            self.report.fail(f"line {number} follows the end record")
+        elif kind == "export":
+            self.report.whole = bool(rec.get("whole", True))
+        elif kind == "seal":
+            self.start_seal(rec)
+        elif kind == "entry":
+            self.entry(number, rec)
+        elif kind == "unsealed":
+            self.close_seal()
+            self.in_unsealed = True
+        elif kind == "end":
+            self.close_seal()
+            self.ended = True
+            if rec.get("entries") != self.report.entries:
+                self.report.fail(f"the end record counts {rec.get('entries')} entries, the file holds "
+                                 f"{self.report.entries}")
+        elif kind != "account":
+            self.report.fail(f"line {number}: unknown record type {kind!r}")
+
+    def start_seal(self, rec: dict) -> None:
+        self.close_seal()
+        if self.in_unsealed:
+            self.report.fail(f"seal {rec['id']} comes after the unsealed entries")
+        prev = self.prev
+        if prev is None:
+            if self.report.whole and (rec["prev_hash"] != GENESIS.hex() or rec["from_txid"] != "0"):
+                self.report.fail(f"seal {rec['id']} is not the first seal, yet nothing precedes it "
+                                 "(a whole export starts at the first seal)")
+        elif rec["from_txid"] == prev["to_txid"]:
+            if rec["prev_hash"] != prev["chain_hash"]:
+                self.report.fail(f"seal {rec['id']} does not follow seal {prev['id']}: its previous hash "
+                                 "is not that seal's chain hash")
+        elif self.report.whole:  # a window may skip seals; a whole export may not
+            self.report.fail(f"seal {rec['id']} does not follow seal {prev['id']}: its range does not "
+                             "start where that seal's ends")
+        self.prev = rec
+        self.report.seals += 1
+        self.seal = _Seal(rec["id"], rec["chain_hash"], list(rec["entry_ids"]),
+                          hashlib.sha256(bytes.fromhex(rec["prev_hash"])))
+
+    def entry(self, number: int, rec: dict) -> None:
+        self.report.entries += 1
+        entry_id = rec.get("id")
+        if entry_id in self.ids:
+            self.report.fail(f"entry {entry_id} appears twice (line {number})")
+        self.ids.add(entry_id)
+        postings = rec.get("postings") or []
+        digest = entry_digest(entry_id, rec["key"], rec["request_hash"], rec["kind"], rec["customer_id"],
+                              rec["metadata"], rec["txid"], rec["occurred_at"], [p[:4] for p in postings])
+        sums: dict[str, int] = defaultdict(int)
+        for p in postings:
+            sums[p[4]] += p[3]
+        if any(sums.values()) or len(postings) < 2:
+            self.report.fail(f"entry {entry_id} does not balance: {dict(sums)}")
+        seal = self.seal
+        if self.in_unsealed or seal is None:
+            self.report.unsealed += 1
+            if rec.get("seal") is not None:
+                self.report.fail(f"entry {entry_id} names seal {rec['seal']} but lies among the unsealed entries")
+            return
+        seal.seen.append(entry_id)
+        if rec.get("seal") != seal.id:
+            self.report.fail(f"entry {entry_id} (line {number}) names seal {rec.get('seal')} but lies in seal "
+                             f"{seal.id}'s part of the file")
+        sealed = rec.get("sealed_hash")
+        if sealed is None:
+            self.report.fail(f"entry {entry_id} lies in seal {seal.id}'s range but was never sealed: "
+                             "it was added after the seal")
+            return
+        if digest.hex() != sealed:
+            self.report.fail(f"entry {entry_id} was altered: its content does not match the hash "
+                             f"seal {seal.id} stored for it")
+        seal.hasher.update(bytes.fromhex(sealed))  # type: ignore[attr-defined]
+
+    def close_seal(self) -> None:
+        seal, self.seal = self.seal, None
+        if seal is None:
+            return
+        expected, present = set(seal.expected), set(seal.seen)
+        for missing in (i for i in seal.expected if i not in present):
+            self.report.fail(f"entry {missing} sealed by seal {seal.id} is missing")
+        in_file = [i for i in seal.seen if i in expected]
+        in_seal = [i for i in seal.expected if i in present]
+        for found, sealed in zip(in_file, in_seal, strict=False):  # duplicates are reported apart
+            if found != sealed:
+                self.report.fail(f"entries out of order in seal {seal.id}: entry {found} stands where "
+                                 f"the seal has entry {sealed}")
+                break
+        for extra in sorted(present - expected):
+            self.report.fail(f"entry {extra} is not one of the entries seal {seal.id} sealed")
+        if seal.hasher.hexdigest() != seal.chain_hash:  # type: ignore[attr-defined]
+            self.report.fail(f"seal {seal.id}: its chain hash does not match the hashes of its entries")
+        self.report.head = seal.chain_hash
+
+
+def verify_lines(lines: Iterable[bytes]) -> OfflineReport:
+    """Check an export given as its lines; every problem names the entry or the seal."""
+    verifier = _Verifier()
+    for number, raw in enumerate(lines, start=1):
+        if raw.strip():
+            verifier.line(number, raw)
+    if not verifier.ended:
+        verifier.close_seal()
+        verifier.report.fail("the file ends before its end record: it was cut short")
+    return verifier.report
+
+
+def verify_file(path: str) -> OfflineReport:
+    with open(path, "rb") as f:
+        return verify_lines(f)

@@ -1,0 +1,232 @@
+"""`tokentill audit export`: the demo ledger in Beancount passes bean-check and bean-query's balances
+equal the trial balance; the CSV sums to it too; the jsonl export verifies offline, and each
+kind of tampering with it is caught and named."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from collections import defaultdict
+from decimal import Decimal
+from pathlib import Path
+
+import beanquery
+import pytest
+from beancount import loader
+from beancount.core import data
+
+from api.app import create_app
+from api.bench.common import free_port
+from api.bench.synthetic import build_ledger
+from api.client import Client
+from api.demo import _Server, _wait_ready, scenario
+from api.settings import Settings
+from ledger.db import connect
+from ledger.seal import seal_once
+
+ADMIN = "export-admin"
+
+
+def cli(url: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TOKENTILL_DATABASE_URL": url}
+    return subprocess.run([sys.executable, "-m", "api.cli", "audit", *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def demo(server_url, tmp_path_factory):
+    """The demo's chatbot scenario played over HTTP on a database of its own, then sealed;
+    yields its URL and the trial balance the API reports."""
+    from tests.conftest import _migrated
+
+    gen = _migrated(server_url, "tokentill_export_demo")
+    url = next(gen)
+    port = free_port()
+    server = _Server(create_app(Settings(admin_key=ADMIN, scheduler=False), url), port)
+    server.start()
+    try:
+        with Client(f"http://127.0.0.1:{port}", ADMIN) as tt:
+            _wait_ready(tt)
+            scenario(tt)
+            yield url, tt.get("/v1/audit/trial-balance")
+    finally:
+        server.stop()
+        gen.close()
+
+
+def _seal_all(url: str) -> None:
+    import asyncio
+
+    async def run():
+        db = connect(url, pool_size=1)
+        while await db.run(seal_once):
+            pass
+        await db.dispose()
+
+    asyncio.run(run())
+
+
+def test_the_demo_ledger_in_beancount_passes_bean_check_and_its_balances_equal_the_trial_balance(demo, tmp_path):
+    url, trial = demo
+    out = tmp_path / "demo.beancount"
+    done = cli(url, "export", "--format", "beancount", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    check = subprocess.run(["bean-check", str(out)], capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0 and check.stdout == "" and check.stderr == "", check.stdout + check.stderr
+
+    entries, errors, _ = loader.load_file(str(out))
+    assert errors == []
+    code_of = {e.account: e.meta["code"] for e in entries if isinstance(e, data.Open)}
+    kinds = {e.meta["entry_id"]: e.narration for e in entries if isinstance(e, data.Transaction)}
+    assert {"topup", "reserve", "settle", "release"} <= set(kinds.values())
+    rows = beanquery.connect(f"beancount:{out}").execute(
+        "SELECT account, sum(number) GROUP BY account").fetchall()
+    beancount = {code_of[account]: total for account, total in rows}
+    expected = {line["account"]: Decimal(line["balance"]) for line in trial["accounts"]}
+    assert set(beancount) <= set(expected)  # an account without postings has no row in bean-query
+    assert {code: beancount.get(code, Decimal(0)) for code in expected} == expected
+    assert set(code_of.values()) == set(expected)  # every account is opened
+    assert sum(beancount.values()) == 0 and any(beancount.values())
+
+
+def test_the_csv_export_is_one_posting_a_row_and_sums_to_the_trial_balance(demo, tmp_path):
+    url, trial = demo
+    out = tmp_path / "demo.csv"
+    assert cli(url, "export", "--format", "csv", "--out", str(out)).returncode == 0
+    with out.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["entry_id", "time", "kind", "customer_id", "request_id", "account", "asset", "amount"]
+    sums: dict[str, Decimal] = defaultdict(Decimal)
+    for row in rows:
+        sums[row["account"]] += Decimal(row["amount"])
+    expected = {line["account"]: Decimal(line["balance"]) for line in trial["accounts"]}
+    assert {code: sums.get(code, Decimal(0)) for code in expected} == expected
+    assert set(sums) <= set(expected)
+    settles = [r for r in rows if r["kind"] == "settle"]
+    assert {r["request_id"] for r in settles} >= {"chat-1", "chat-2", "chat-3"}
+    assert all(r["time"].endswith("Z") and r["asset"] == "USD" for r in rows)
+
+
+def test_a_window_exports_only_the_entries_that_occurred_in_it(demo, tmp_path):
+    url, _ = demo
+    everything = cli(url, "export", "--format", "csv")
+    rows = list(csv.DictReader(everything.stdout.splitlines()))
+    times = sorted({r["time"] for r in rows})
+    middle = times[len(times) // 2]
+    later = cli(url, "export", "--format", "csv", "--from", middle)
+    earlier = cli(url, "export", "--format", "csv", "--to", middle)
+    later_rows = list(csv.DictReader(later.stdout.splitlines()))
+    earlier_rows = list(csv.DictReader(earlier.stdout.splitlines()))
+    assert later_rows and earlier_rows
+    assert all(r["time"] >= middle for r in later_rows) and all(r["time"] < middle for r in earlier_rows)
+    assert len(later_rows) + len(earlier_rows) == len(rows)
+    assert cli(url, "export", "--format", "csv", "--from", "2026-02-01", "--to", "2026-01-01").returncode != 0
+
+
+# ---- offline verification of the jsonl export ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sealed_export(server_url, tmp_path_factory) -> list[str]:
+    """A 900-entry ledger sealed in several seals, with 30 entries after the last seal, as jsonl."""
+    import asyncio
+
+    from tests.conftest import _migrated
+
+    gen = _migrated(server_url, "tokentill_export_chain")
+    url = next(gen)
+
+    async def build():
+        db = connect(url, pool_size=1)
+        await build_ledger(db, 870, customers=7, seal_every=300, chunk=150)
+        await build_ledger(db, 30, customers=7, seal=False, first=870)
+        await db.dispose()
+
+    asyncio.run(build())
+    path = tmp_path_factory.mktemp("chain") / "journal.jsonl"
+    done = cli(url, "export", "--format", "jsonl", "--out", str(path))
+    gen.close()
+    assert done.returncode == 0, done.stderr
+    return path.read_text().splitlines()
+
+
+def _verify(tmp_path: Path, lines: list[str], *extra: str) -> subprocess.CompletedProcess:
+    path = tmp_path / "edited.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    env = {k: v for k, v in os.environ.items() if k != "TOKENTILL_DATABASE_URL"}
+    return subprocess.run([sys.executable, "-m", "api.cli", "audit", "verify", "--file", str(path), *extra],
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def _entries(lines: list[str]) -> list[tuple[int, dict]]:
+    return [(i, json.loads(line)) for i, line in enumerate(lines) if '"type":"entry"' in line]
+
+
+def test_an_untouched_export_verifies_offline(sealed_export, tmp_path):
+    seals = [json.loads(line) for line in sealed_export if '"type":"seal"' in line]
+    assert len(seals) >= 3
+    done = _verify(tmp_path, sealed_export)
+    assert done.returncode == 0, done.stdout
+    assert "900 entries" in done.stdout and f"{len(seals)} seals intact" in done.stdout
+    assert "30 entries are not sealed yet" in done.stdout
+    assert _verify(tmp_path, sealed_export, "--expect-head", seals[-1]["chain_hash"]).returncode == 0
+    assert _verify(tmp_path, sealed_export, "--expect-head", "00" * 32).returncode == 1
+
+
+def test_a_changed_amount_is_named(sealed_export, tmp_path):
+    lines = list(sealed_export)
+    i, entry = _entries(lines)[400]
+    entry["postings"][0][3] += 1
+    entry["postings"][1][3] -= 1  # still balanced: only the seal can tell
+    lines[i] = json.dumps(entry)
+    done = _verify(tmp_path, lines)
+    assert done.returncode == 1
+    assert f"entry {entry['id']} was altered" in done.stdout.splitlines()[0]
+
+
+def test_a_deleted_entry_is_named(sealed_export, tmp_path):
+    lines = list(sealed_export)
+    i, entry = _entries(lines)[123]
+    del lines[i]
+    done = _verify(tmp_path, lines)
+    assert done.returncode == 1
+    assert f"entry {entry['id']} sealed by seal {entry['seal']} is missing" in done.stdout.splitlines()[0]
+
+
+def test_two_swapped_entries_are_named(sealed_export, tmp_path):
+    lines = list(sealed_export)
+    (i, a), (j, b) = _entries(lines)[200:202]
+    assert a["seal"] == b["seal"]
+    lines[i], lines[j] = lines[j], lines[i]
+    done = _verify(tmp_path, lines)
+    assert done.returncode == 1
+    assert (f"entries out of order in seal {a['seal']}: entry {b['id']} stands where the seal has entry {a['id']}"
+            in done.stdout.splitlines()[0])
+
+
+def test_a_changed_seal_hash_is_named(sealed_export, tmp_path):
+    lines = list(sealed_export)
+    i, entry = _entries(lines)[50]
+    entry["sealed_hash"] = "ab" * 32
+    lines[i] = json.dumps(entry)
+    done = _verify(tmp_path, lines)
+    assert done.returncode == 1
+    assert f"entry {entry['id']} was altered" in done.stdout.splitlines()[0]
+
+    lines = list(sealed_export)
+    k = next(k for k, line in enumerate(lines) if '"type":"seal"' in line)
+    seal = json.loads(lines[k])
+    seal["chain_hash"] = "cd" * 32
+    lines[k] = json.dumps(seal)
+    done = _verify(tmp_path, lines)
+    assert done.returncode == 1
+    assert done.stdout.splitlines()[0] == (
+        f"FAIL seal {seal['id']}: its chain hash does not match the hashes of its entries")
+    assert f"does not follow seal {seal['id']}" in done.stdout
+
+
+def test_a_cut_short_export_fails(sealed_export, tmp_path):
+    done = _verify(tmp_path, sealed_export[:-40])
+    assert done.returncode == 1
+    assert "cut short" in done.stdout
