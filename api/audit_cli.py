@@ -125,3 +125,68 @@ def verify_file(args: argparse.Namespace) -> int:
     if not args.expect_head:
         print("note: compare the chain head with one obtained apart from this file (--expect-head)")
     return 0
+
+
+def reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    from api.cli import _with_db
+    from pricing.money import format_amount
+    from wallets.reconcile import PaymentFileError, asset_scales, ledger_topups, read_payments
+    from wallets.reconcile import reconcile as match
+
+    start, end = parse_time(args.start), parse_time(args.end)
+
+    async def read(db):
+        async def work(conn):
+            return await ledger_topups(conn, start, end), await asset_scales(conn)
+        return await db.read(work)
+
+    try:
+        with open(args.payments, newline="", encoding="utf-8-sig") as f:
+            ledger, scales = _with_db(settings, read)
+            paid, skipped = read_payments(f, lambda currency: scales.get(currency, 9))
+    except OSError as exc:
+        print(f"error: cannot read {args.payments}: {exc.strerror}", file=sys.stderr)
+        return 2
+    except PaymentFileError as exc:
+        print(f"error: {args.payments}: {exc}", file=sys.stderr)
+        return 2
+    paid = [p for p in paid if p.at is None or ((start is None or p.at >= start) and (end is None or p.at < end))]
+    result = match(ledger, paid)
+
+    def money(p) -> str:
+        scale = scales.get(p.currency, 9)
+        return f"{format_amount(p.amount, scale, min(2, scale))} {p.currency}"
+
+    report = {
+        "matched": [{"reference": m.reference, "amount": money(m), "ledger": m.where, "file": t.where}
+                    for m, t in result.matched],
+        "amount_mismatches": [{"reference": m.reference, "ledger_amount": money(m), "file_amount": money(t),
+                               "ledger": m.where, "file": t.where} for m, t in result.mismatched],
+        "only_in_ledger": [{"reference": p.reference, "amount": money(p), "ledger": p.where}
+                           for p in result.only_in_ledger],
+        "only_in_file": [{"reference": p.reference, "amount": money(p), "file": p.where} for p in result.only_in_file],
+        "duplicates": result.duplicates,
+        "skipped_rows": dict(skipped),
+        "ok": result.clean,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"matched: {len(result.matched)} top-ups")
+        for m in report["amount_mismatches"]:
+            print(f"AMOUNT MISMATCH reference {m['reference']}: ledger {m['ledger_amount']} ({m['ledger']}), "
+                  f"file {m['file_amount']} ({m['file']})")
+        for m in report["only_in_ledger"]:
+            print(f"ONLY IN LEDGER  reference {m['reference'] or '(none)'}: {m['amount']}, {m['ledger']}")
+        for m in report["only_in_file"]:
+            print(f"ONLY IN FILE    reference {m['reference']}: {m['amount']}, {m['file']}")
+        for d in result.duplicates:
+            print(f"DUPLICATE       {d}")
+        if report["skipped_rows"]:
+            print("skipped rows that are not payments: " + ", ".join(
+                f"{kind} {n}" for kind, n in sorted(report["skipped_rows"].items())))
+        differences = (len(result.mismatched) + len(result.only_in_ledger) + len(result.only_in_file)
+                       + len(result.duplicates))
+        print("reconciled: every top-up matches a payment, and every payment a top-up" if result.clean
+              else f"reconciliation FAILED: {differences} difference(s)")
+    return 0 if result.clean else 1

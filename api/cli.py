@@ -218,6 +218,14 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--to", dest="end", metavar="T", help="entries that occurred before T")
     export.add_argument("--out", metavar="FILE", help="write here (complete or not at all); default stdout")
     export.set_defaults(func=_audit_tool)
+    reconcile = audit.add_parser("reconcile", help="match top-ups against a payment processor's CSV; "
+                                 "exit 1 on any difference")
+    reconcile.add_argument("--payments", required=True, metavar="FILE.csv",
+                           help="Stripe balance transactions, or a generic reference,amount,currency[,date] CSV")
+    reconcile.add_argument("--from", dest="start", metavar="T", help="top-ups (and payments) at or after T")
+    reconcile.add_argument("--to", dest="end", metavar="T", help="top-ups (and payments) before T")
+    reconcile.add_argument("--json", action="store_true", help="print the report as JSON")
+    reconcile.set_defaults(func=_audit_tool)
 
     demo = sub.add_parser("demo", help="play a billed chatbot scenario on a fresh embedded database")
     demo.set_defaults(func=_demo)

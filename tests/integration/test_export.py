@@ -17,14 +17,10 @@ import pytest
 from beancount import loader
 from beancount.core import data
 
-from api.app import create_app
-from api.bench.common import free_port
 from api.bench.synthetic import build_ledger
-from api.client import Client
-from api.demo import _Server, _wait_ready, scenario
-from api.settings import Settings
+from api.demo import scenario
 from ledger.db import connect
-from ledger.seal import seal_once
+from tests.live_server import serving
 
 ADMIN = "export-admin"
 
@@ -36,36 +32,19 @@ def cli(url: str, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def demo(server_url, tmp_path_factory):
-    """The demo's chatbot scenario played over HTTP on a database of its own, then sealed;
-    yields its URL and the trial balance the API reports."""
+def demo(server_url):
+    """The demo's chatbot scenario played over HTTP on a database of its own; yields its URL and
+    the trial balance the API reports."""
     from tests.conftest import _migrated
 
     gen = _migrated(server_url, "tokentill_export_demo")
     url = next(gen)
-    port = free_port()
-    server = _Server(create_app(Settings(admin_key=ADMIN, scheduler=False), url), port)
-    server.start()
     try:
-        with Client(f"http://127.0.0.1:{port}", ADMIN) as tt:
-            _wait_ready(tt)
+        with serving(url, ADMIN) as tt:
             scenario(tt)
             yield url, tt.get("/v1/audit/trial-balance")
     finally:
-        server.stop()
         gen.close()
-
-
-def _seal_all(url: str) -> None:
-    import asyncio
-
-    async def run():
-        db = connect(url, pool_size=1)
-        while await db.run(seal_once):
-            pass
-        await db.dispose()
-
-    asyncio.run(run())
 
 
 def test_the_demo_ledger_in_beancount_passes_bean_check_and_its_balances_equal_the_trial_balance(demo, tmp_path):

@@ -1,0 +1,74 @@
+"""`tokentill audit reconcile`: top-ups made over HTTP against a Stripe balance-transactions export."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import _migrated
+from tests.live_server import serving
+
+HEADER = "id,Type,Source,Amount,Fee,Net,Currency,Created (UTC),Available On (UTC),Description\n"
+TOPUPS = {"ch_1": "10.00", "ch_2": "20.00", "ch_3": "30.00", "ch_4": "44.44", "ch_5": "5.55"}
+
+
+@pytest.fixture(scope="module")
+def ledger_url(server_url):
+    gen = _migrated(server_url, "tokentill_reconcile")
+    url = next(gen)
+    try:
+        with serving(url, "reconcile-admin") as tt:
+            tt.post("/v1/customers", {"id": "acme", "name": "Acme", "currency": "USD"})
+            for reference, amount in TOPUPS.items():
+                tt.post("/v1/customers/acme/topups", {"amount": amount, "reference": reference})
+        yield url
+    finally:
+        gen.close()
+
+
+def _stripe(rows: dict[str, str]) -> str:
+    lines = [f"txn_{i},charge,{ref},{amount},0.30,0.00,usd,2026-11-02 10:00,2026-11-04 00:00,\n"
+             for i, (ref, amount) in enumerate(rows.items())]
+    return HEADER + "".join(lines) + "txn_r,refund,re_1,-3.00,0.00,-3.00,usd,2026-11-03 10:00,2026-11-05 00:00,\n"
+
+
+def _reconcile(url: str, tmp_path, body: str, *extra: str) -> subprocess.CompletedProcess:
+    path = tmp_path / "balance_transactions.csv"
+    path.write_text(body)
+    env = {**os.environ, "TOKENTILL_DATABASE_URL": url}
+    return subprocess.run([sys.executable, "-m", "api.cli", "audit", "reconcile", "--payments", str(path), *extra],
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_a_clean_processor_file_reconciles(ledger_url, tmp_path):
+    done = _reconcile(ledger_url, tmp_path, _stripe(TOPUPS))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "matched: 5 top-ups" in done.stdout and "skipped rows that are not payments: refund 1" in done.stdout
+
+
+def test_a_missing_payment_an_extra_one_and_a_cent_off_are_each_reported(ledger_url, tmp_path):
+    paid = {**TOPUPS, "ch_4": "44.43", "ch_9": "12.00"}
+    del paid["ch_2"]
+    done = _reconcile(ledger_url, tmp_path, _stripe(paid))
+    assert done.returncode == 1
+    out = done.stdout
+    assert "AMOUNT MISMATCH reference ch_4: ledger 44.44 USD" in out and "file 44.43 USD" in out
+    assert "ONLY IN LEDGER  reference ch_2: 20.00 USD, entry" in out
+    assert "ONLY IN FILE    reference ch_9: 12.00 USD, line" in out
+    assert "matched: 3 top-ups" in out and "reconciliation FAILED: 3 difference(s)" in out
+
+    report = json.loads(_reconcile(ledger_url, tmp_path, _stripe(paid), "--json").stdout)
+    assert [m["reference"] for m in report["amount_mismatches"]] == ["ch_4"]
+    assert [m["reference"] for m in report["only_in_ledger"]] == ["ch_2"]
+    assert [m["reference"] for m in report["only_in_file"]] == ["ch_9"]
+    assert report["ok"] is False
+
+
+def test_the_generic_layout_and_a_file_it_cannot_read(ledger_url, tmp_path):
+    generic = "reference,amount,currency\n" + "".join(f"{r},{a},USD\n" for r, a in TOPUPS.items())
+    assert _reconcile(ledger_url, tmp_path, generic).returncode == 0
+    bad = _reconcile(ledger_url, tmp_path, "reference,amount,currency\nch_1,ten,USD\n")
+    assert bad.returncode == 2 and "line 2: not an amount" in bad.stderr

@@ -1,0 +1,79 @@
+"""Reading payment processors' CSVs and matching them against top-ups: no database."""
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from wallets.reconcile import Payment, PaymentFileError, read_payments, reconcile
+
+SCALES = {"USD": 9, "EUR": 9}.get
+
+DASHBOARD = """id,Type,Source,Amount,Fee,Net,Currency,Created (UTC),Available On (UTC),Description
+txn_1,charge,ch_1,100.00,3.20,96.80,usd,2026-11-02 10:00,2026-11-04 00:00,top-up
+txn_2,refund,re_1,-5.00,0.00,-5.00,usd,2026-11-03 10:00,2026-11-05 00:00,
+txn_3,payment,py_2,20.50,0.89,19.61,eur,2026-11-03 11:00,2026-11-05 00:00,
+txn_4,payout,po_1,-90.00,0.00,-90.00,usd,2026-11-04 10:00,2026-11-04 00:00,
+"""
+ITEMIZED = ("balance_transaction_id,created_utc,available_on_utc,currency,gross,fee,net,reporting_category,"
+            "source_id,description,charge_id,payment_intent_id\n") + """\
+txn_1,2026-11-02 10:00:00,2026-11-04 00:00:00,usd,100.00,3.20,96.80,charge,ch_1,,ch_1,pi_1
+txn_9,2026-11-02 11:00:00,2026-11-04 00:00:00,usd,-3.00,0.00,-3.00,refund,re_9,,ch_1,pi_1
+"""
+GENERIC = "reference,amount,currency,date\npay-1,100.00,USD,2026-11-02T10:00:00Z\npay-2,0.000000001,usd,\n"
+
+
+def test_the_stripe_dashboard_export_keeps_charges_and_payments_only():
+    paid, skipped = read_payments(io.StringIO(DASHBOARD), SCALES)
+    assert [(p.reference, p.amount, p.currency, p.aliases) for p in paid] == [
+        ("ch_1", 100 * 10**9, "USD", ("txn_1",)), ("py_2", 20_500_000_000, "EUR", ("txn_3",))]
+    assert paid[0].at is not None and paid[0].at.isoformat() == "2026-11-02T10:00:00+00:00"
+    assert dict(skipped) == {"refund": 1, "payout": 1}
+
+
+def test_the_stripe_itemized_report_answers_to_its_charge_and_payment_intent_ids():
+    paid, skipped = read_payments(io.StringIO(ITEMIZED), SCALES)
+    assert [(p.reference, p.aliases) for p in paid] == [("ch_1", ("ch_1", "pi_1", "txn_1"))]
+    assert dict(skipped) == {"refund": 1}
+    topup = Payment("pi_1", 100 * 10**9, "USD", "entry 1")
+    assert reconcile([topup], paid).clean
+
+
+def test_the_generic_layout_and_exact_amounts():
+    paid, _ = read_payments(io.StringIO(GENERIC), SCALES)
+    assert [(p.reference, p.amount, p.currency) for p in paid] == [("pay-1", 100 * 10**9, "USD"), ("pay-2", 1, "USD")]
+
+
+@pytest.mark.parametrize("body, message", [
+    ("what,ever\n1,2\n", "neither Stripe"),
+    ("reference,amount,currency\npay-1,ten,USD\n", "line 2: not an amount"),
+    ("reference,amount,currency\npay-1,1.0000000001,USD\n", "line 2: '1.0000000001' has more decimal places"),
+    ("reference,amount,currency\n,1.00,USD\n", "line 2: no reference"),
+    ("reference,amount,currency,date\npay-1,1.00,USD,yesterday\n", "line 2: not a time"),
+])
+def test_a_file_that_cannot_be_read_says_where(body, message):
+    with pytest.raises(PaymentFileError, match=message):
+        read_payments(io.StringIO(body), SCALES)
+
+
+def test_every_kind_of_difference_is_reported():
+    ledger = [Payment("a", 100, "USD", "entry 1"), Payment("b", 200, "USD", "entry 2"),
+              Payment("c", 300, "USD", "entry 3"), Payment("", 50, "USD", "entry 4"),
+              Payment("e", 500, "USD", "entry 5")]
+    paid = [Payment("a", 100, "USD", "line 2"), Payment("b", 199, "USD", "line 3"),
+            Payment("d", 400, "USD", "line 4"), Payment("e", 500, "EUR", "line 5")]
+    result = reconcile(ledger, paid)
+    assert [m.reference for m, _ in result.matched] == ["a"]
+    assert [(m.reference, t.amount, t.currency) for m, t in result.mismatched] == [("b", 199, "USD"), ("e", 500, "EUR")]
+    assert [p.where for p in result.only_in_ledger] == ["entry 3", "entry 4"]
+    assert [p.reference for p in result.only_in_file] == ["d"]
+    assert not result.clean
+
+
+def test_a_reference_twice_is_a_difference_even_when_amounts_agree():
+    ledger = [Payment("a", 100, "USD", "entry 1"), Payment("a", 100, "USD", "entry 2")]
+    paid = [Payment("a", 100, "USD", "line 2"), Payment("a", 100, "USD", "line 3")]
+    result = reconcile(ledger, paid)
+    assert result.duplicates == ["reference 'a' appears 2 times in the ledger",
+                                 "reference 'a' appears 2 times in the file"]
+    assert not result.clean

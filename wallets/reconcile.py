@@ -1,0 +1,160 @@
+"""Cash reconciliation: the top-ups the ledger recorded against a payment processor's export.
+
+A top-up is matched by its `reference` (what `POST /v1/customers/{id}/topups` was given: the
+processor's charge or payment id) and compared by amount and currency, exactly, in atomic units.
+Two file layouts are read, told apart by their header:
+
+- Stripe balance transactions, as the Dashboard exports them (`id`, `Type`, `Source`, `Amount`,
+  `Currency`, `Created (UTC)`, ...) or as the itemized balance report does (`balance_transaction_id`,
+  `reporting_category`, `source_id`, `gross`, `currency`, `created_utc`, optional `charge_id`,
+  `payment_intent_id`). Only rows of type `charge` or `payment` (category `charge`) are payments;
+  a reference matches the row's source, charge, payment intent or balance transaction id.
+- Generic: `reference,amount,currency` and an optional `date` (RFC 3339 or a date), amounts in
+  the currency's display unit (`100.00`).
+"""
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from wallets import chart
+
+
+class PaymentFileError(ValueError):
+    """The file cannot be read as a payment export; says which line and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Payment:
+    reference: str
+    amount: int  # atomic units of `currency`
+    currency: str
+    where: str  # "line 7" in the file, "entry 123 (customer acme)" in the ledger
+    at: datetime | None = None
+    aliases: tuple[str, ...] = ()  # other ids of the same file row that a reference may name
+
+
+@dataclass(slots=True)
+class Reconciliation:
+    matched: list[tuple[Payment, Payment]] = field(default_factory=list)  # (ledger, file)
+    mismatched: list[tuple[Payment, Payment]] = field(default_factory=list)
+    only_in_ledger: list[Payment] = field(default_factory=list)
+    only_in_file: list[Payment] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not (self.mismatched or self.only_in_ledger or self.only_in_file or self.duplicates)
+
+
+STRIPE_DASHBOARD = {"id", "type", "source", "amount", "currency"}
+STRIPE_ITEMIZED = {"balance_transaction_id", "reporting_category", "gross", "currency"}
+GENERIC = {"reference", "amount", "currency"}
+STRIPE_PAYMENT_TYPES = {"charge", "payment"}
+
+
+def _time(raw: str | None, where: str) -> datetime | None:
+    if not raw:
+        return None
+    try:
+        value = datetime.fromisoformat(raw.strip().replace(" ", "T", 1))
+    except ValueError:
+        raise PaymentFileError(f"{where}: not a time: {raw!r}") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _atomic(raw: str, scale: int, where: str) -> int:
+    try:
+        value = Decimal(raw.strip().replace(",", ""))
+    except InvalidOperation:
+        raise PaymentFileError(f"{where}: not an amount: {raw!r}") from None
+    atomic = value.scaleb(scale)
+    if not value.is_finite() or atomic != atomic.to_integral_value():
+        raise PaymentFileError(f"{where}: {raw!r} has more decimal places than the currency's {scale}")
+    return int(atomic)
+
+
+def read_payments(lines: Iterable[str], scale_of: Callable[[str], int]) -> tuple[list[Payment], Counter]:
+    """The payments of a Stripe or generic CSV, and the count of rows skipped as not payments."""
+    reader = csv.DictReader(lines)
+    header = {(name or "").strip().lower(): name for name in reader.fieldnames or ()}
+    if STRIPE_ITEMIZED <= header.keys():
+        type_col, amount_col, time_col = "reporting_category", "gross", "created_utc"
+        ref_cols: tuple[str, ...] = ("source_id", "charge_id", "payment_intent_id", "balance_transaction_id")
+    elif STRIPE_DASHBOARD <= header.keys():
+        type_col, amount_col, time_col, ref_cols = "type", "amount", "created (utc)", ("source", "id")
+    elif GENERIC <= header.keys():
+        type_col, amount_col, time_col, ref_cols = None, "amount", "date", ("reference",)
+    else:
+        raise PaymentFileError("the header is neither Stripe's balance transactions nor the generic "
+                               "reference,amount,currency")
+    payments, skipped = [], Counter()
+    for number, row in enumerate(reader, start=2):
+        where = f"line {number}"
+        value = {key: (row.get(name) or "").strip() for key, name in header.items()}
+        if type_col and value[type_col].lower() not in STRIPE_PAYMENT_TYPES:
+            skipped[value[type_col] or "(no type)"] += 1
+            continue
+        ids = tuple(v for v in (value.get(c, "") for c in ref_cols) if v)
+        if not ids:
+            raise PaymentFileError(f"{where}: no reference")
+        currency = value["currency"].upper()
+        if not currency:
+            raise PaymentFileError(f"{where}: no currency")
+        payments.append(Payment(ids[0], _atomic(value[amount_col], scale_of(currency), where), currency, where,
+                                _time(value.get(time_col), where), ids[1:]))
+    return payments, skipped
+
+
+_TOPUPS = text("""
+SELECT j.id, j.occurred_at, j.customer_id, coalesce(j.metadata ->> 'reference', '') AS reference,
+       a.asset, sum(p.amount)::bigint AS amount
+  FROM journal_entries j
+  JOIN postings p ON p.lane = j.lane AND p.entry_id = j.id
+  JOIN accounts a ON a.id = p.account_id
+ WHERE j.kind = 'topup' AND a.code = :cash || a.asset
+   AND (CAST(:start AS timestamptz) IS NULL OR j.occurred_at >= :start)
+   AND (CAST(:end AS timestamptz) IS NULL OR j.occurred_at < :end)
+ GROUP BY j.lane, j.id, a.asset ORDER BY j.id
+""")
+
+
+async def ledger_topups(conn: AsyncConnection, start: datetime | None, end: datetime | None) -> list[Payment]:
+    """Every top-up in [start, end): the cash it brought in, with its reference."""
+    rows = await conn.execute(_TOPUPS, {"cash": chart.cash_account(""), "start": start, "end": end})
+    return [Payment(r.reference, int(r.amount), r.asset, f"entry {r.id} (customer {r.customer_id})", r.occurred_at)
+            for r in rows]
+
+
+async def asset_scales(conn: AsyncConnection) -> dict[str, int]:
+    return {code: scale for code, scale in await conn.execute(text("SELECT code, scale FROM assets"))}
+
+
+def reconcile(ledger: list[Payment], paid: list[Payment]) -> Reconciliation:
+    """Match by reference (a file row also answers to its other ids), then compare amounts."""
+    result = Reconciliation()
+    for name, items in (("the ledger", ledger), ("the file", paid)):
+        counts = Counter(p.reference for p in items if p.reference)
+        result.duplicates += [f"reference {ref!r} appears {n} times in {name}" for ref, n in counts.items() if n > 1]
+    by_id: dict[str, Payment] = {}
+    for p in paid:
+        for ref in (p.reference, *p.aliases):
+            by_id.setdefault(ref, p)
+    used: set[int] = set()
+    for mine in ledger:
+        theirs = by_id.get(mine.reference) if mine.reference else None
+        if theirs is None or id(theirs) in used:
+            result.only_in_ledger.append(mine)
+            continue
+        used.add(id(theirs))
+        same = (mine.amount, mine.currency) == (theirs.amount, theirs.currency)
+        (result.matched if same else result.mismatched).append((mine, theirs))
+    result.only_in_file = [p for p in paid if id(p) not in used]
+    return result
