@@ -22,7 +22,22 @@ class TokentillError(Exception):
 
 
 class InsufficientFunds(TokentillError): ...
-class BudgetExceeded(TokentillError): ...
+class BudgetExceeded(TokentillError):
+    """A hard budget refused the reservation (429). Its details are the problem's fields: which
+    budget, its window and metric, its limit, what is used and held, what was asked for (money as
+    decimal strings, tokens and requests as integers) and, for a rolling window, `retry_after`."""
+
+    budget_id = property(lambda self: self.body.get("budget_id"))
+    budget_name = property(lambda self: self.body.get("budget_name"))
+    window = property(lambda self: self.body.get("window"))
+    metric = property(lambda self: self.body.get("metric"))
+    limit = property(lambda self: self.body.get("limit"))
+    used = property(lambda self: self.body.get("used"))
+    held = property(lambda self: self.body.get("held"))
+    requested = property(lambda self: self.body.get("requested"))
+    resets_at = property(lambda self: self.body.get("resets_at"))
+
+
 class UnpricedModel(TokentillError): ...
 class ValidationFailed(TokentillError): ...
 class IdempotencyConflict(TokentillError): ...

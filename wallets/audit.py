@@ -144,9 +144,32 @@ async def usage_events_charged(conn: AsyncConnection) -> Check:
         """, "every usage event has its own customer's charge, posted in that customer's entry")
 
 
+async def budgets_match_reservations(conn: AsyncConnection) -> Check:
+    """Budget windows are derived figures: each equals what the reservations counted in it hold
+    and used; a closed reservation holds nothing in any budget; a money budget counts exactly
+    the reservation's open hold and its charges."""
+    return await _query_check(conn, "budgets", f"""
+        SELECT format('budget %s, window %s: used %s and held %s, its reservations say %s and %s', w.budget_id,
+                      w.window_start, w.used, w.held, coalesce(x.used, 0), coalesce(x.held, 0))
+          FROM budget_windows w LEFT JOIN (
+               SELECT lane, budget_id, window_start, sum(used) AS used, sum(held) AS held
+                 FROM reservation_budgets GROUP BY 1, 2, 3) x USING (lane, budget_id, window_start)
+         WHERE w.used <> coalesce(x.used, 0) OR w.held <> coalesce(x.held, 0)
+        UNION ALL
+        SELECT format('reservation %s (%s) holds %s in budget %s, where it should hold %s and have used %s, '
+                      'not %s', r.id, r.status, x.held, x.budget_id,
+                      CASE WHEN r.status IN {_OPEN} THEN r.amount - r.captured - r.released ELSE 0 END,
+                      r.charged, x.used)
+          FROM reservation_budgets x JOIN reservations r ON r.lane = x.lane AND r.id = x.reservation_id
+         WHERE (r.status NOT IN {_OPEN} AND x.held <> 0)
+            OR (x.metric = 'money' AND (x.used <> r.charged OR x.held <> CASE WHEN r.status IN {_OPEN}
+                THEN r.amount - r.captured - r.released ELSE 0 END))
+        """, "every budget window equals what its reservations hold and used")
+
+
 WALLET_CHECKS: tuple[CheckFn, ...] = (
     reservations_consistent, holds_equal_reserved, lots_match_accounts, wallets_within_limits,
-    charges_match_entries, usage_counters_match_charges, usage_events_charged,
+    charges_match_entries, usage_counters_match_charges, usage_events_charged, budgets_match_reservations,
 )
 
 

@@ -1,0 +1,114 @@
+"""Acceptance 2 of issue 12, with a stepped clock through the engine and PostgreSQL: a rolling
+minute admits again as the window slides, a calendar month in America/New_York rolls over at
+local midnight, and a hold that spans a rollover is counted where it was held and returned there
+exactly."""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import text
+from wallet_kit import Kit, usd
+
+from wallets.budgets import BudgetSpec
+from wallets.errors import BudgetExceededError
+
+
+async def _budget(kit: Kit, cid: str, **spec) -> str:
+    view = await kit.service.budgets.create(BudgetSpec(customer_id=cid, **spec))
+    return view.budget.id
+
+
+async def _window(kit: Kit, budget_id: str, start: datetime) -> tuple[int, int]:
+    row = await kit.db.read(lambda conn: conn.execute(text(
+        "SELECT used::bigint, held::bigint FROM budget_windows WHERE budget_id = :b AND window_start = :s"),
+        {"b": budget_id, "s": start}))
+    return tuple(row.one())
+
+
+async def test_a_tokens_per_minute_budget_admits_again_as_the_window_slides(shared_kit: Kit):
+    kit, clock = shared_kit, shared_kit.clock
+    clock.now = datetime(2026, 11, 23, 12, 0, 0, 500000, tzinfo=UTC)
+    cid = await kit.customer("tpm")
+    await kit.top_up(cid, "100.00")
+    budget_id = await _budget(kit, cid, window="minute", metric="tokens", limit=1000)
+    first = await kit.reserve(cid, "t1", input_tokens=600)
+    clock.advance(seconds=10)
+    with pytest.raises(BudgetExceededError) as refused:
+        await kit.reserve(cid, "t2", input_tokens=600)
+    assert refused.value.context["retry_after_seconds"] == 50  # the 12:00:00 second lapses at 12:01:00
+    assert (refused.value.context["used"], refused.value.context["held"]) == (0, 600)
+    clock.now = datetime(2026, 11, 23, 12, 0, 59, 900000, tzinfo=UTC)
+    with pytest.raises(BudgetExceededError):
+        await kit.reserve(cid, "t2", input_tokens=600)
+    clock.now = datetime(2026, 11, 23, 12, 1, 0, 500000, tzinfo=UTC)
+    second = await kit.reserve(cid, "t2", input_tokens=600)
+    # the first hold, still open, lapsed with its second: settling it counts there, not now
+    await kit.settle(cid, first.reservation.id, input_tokens=100)
+    assert await _window(kit, budget_id, datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)) == (100, 0)
+    view = await kit.service.budgets.get(budget_id)
+    assert (view.used, view.held) == (0, 600)
+    await kit.release(cid, second.reservation.id)
+    assert (await kit.service.budgets.get(budget_id)).held == 0
+
+
+async def test_a_new_york_month_rolls_at_local_midnight_and_a_spanning_hold_returns_where_it_was_held(
+        shared_kit: Kit):
+    kit, clock = shared_kit, shared_kit.clock
+    november = datetime(2026, 11, 1, 4, 0, tzinfo=UTC)  # Nov 1 00:00 EDT (DST ends at 02:00 that day)
+    december = datetime(2026, 12, 1, 5, 0, tzinfo=UTC)  # Dec 1 00:00 EST
+    clock.now = datetime(2026, 12, 1, 0, 30, tzinfo=UTC)  # Nov 30 19:30 in New York: December in UTC
+    cid = await kit.customer("month")
+    await kit.top_up(cid, "1000.00")
+    budget_id = await _budget(kit, cid, window="month", metric="money", limit=usd("10.00"),
+                              time_zone="America/New_York")
+    spanning = await kit.reserve(cid, "m1", amount="8.00")
+    view = await kit.service.budgets.get(budget_id)
+    assert (view.window_start, view.resets_at, view.held) == (november, december, usd("8.00"))
+    clock.now = datetime(2026, 12, 1, 4, 59, 59, tzinfo=UTC)  # 23:59:59 in New York
+    with pytest.raises(BudgetExceededError) as refused:
+        await kit.reserve(cid, "m2", amount="3.00")
+    assert refused.value.context["resets_at"] == december.isoformat()
+    assert "retry_after_seconds" not in refused.value.context  # a calendar window
+    clock.now = december  # local midnight: a new month
+    await kit.reserve(cid, "m2", amount="3.00")
+    # the November hold settles in December for $5.00: November counts it, December is untouched
+    await kit.settle(cid, spanning.reservation.id, input_tokens=5000)
+    assert await _window(kit, budget_id, november) == (usd("5.00"), 0)
+    assert await _window(kit, budget_id, december) == (0, usd("3.00"))
+    view = await kit.service.budgets.get(budget_id)
+    assert (view.window_start, view.used, view.held) == (december, 0, usd("3.00"))
+    assert (await kit.verify()).ok
+
+
+async def test_raw_sql_cannot_take_a_hard_budget_past_its_limit_or_rewrite_what_was_counted(kit: Kit):
+    cid = await kit.customer("guard")
+    await kit.top_up(cid, "100.00")
+    hard = await _budget(kit, cid, window="lifetime", metric="money", limit=usd("10.00"))
+    soft = await _budget(kit, cid, window="lifetime", metric="money", limit=usd("10.00"), mode="soft")
+    held = await kit.reserve(cid, "g1", amount="6.00")
+    refused = [
+        ("UPDATE budget_windows SET held = held + 5000000000 WHERE budget_id = :b", hard),  # 11.00 held
+        ("UPDATE budget_windows SET held = held + 5000000000, used = used + 1 WHERE budget_id = :b", hard),
+        ("UPDATE budget_windows SET used = -1 WHERE budget_id = :b", soft),
+        ("DELETE FROM budget_windows WHERE budget_id = :b", soft),
+        ("UPDATE reservation_budgets SET held = held + 1 WHERE budget_id = :b", soft),
+        ("UPDATE reservation_budgets SET used = used - 1 WHERE budget_id = :b", soft),
+        ("DELETE FROM reservation_budgets WHERE budget_id = :b", soft),
+        ("UPDATE budgets SET window_kind = 'day' WHERE id = :b", soft),
+        ("DELETE FROM budgets WHERE id = :b", soft),
+        ("TRUNCATE budget_windows CASCADE", soft),
+        ("TRUNCATE reservation_budgets_l0, reservation_budgets_l1", soft),
+    ]
+    for sql, budget_id in refused:
+        with pytest.raises(Exception, match=r"budget|reservation_budgets|never"):
+            await kit.db.run(lambda conn, q=sql, b=budget_id: conn.execute(text(q), {"b": b}))
+    assert await _window(kit, hard, datetime(1970, 1, 1, tzinfo=UTC)) == (0, usd("6.00"))
+    # a soft budget's window may grow by hand, but verify names it: it no longer equals its holds
+    await kit.db.run(lambda conn: conn.execute(text(
+        "UPDATE budget_windows SET held = held + 1 WHERE budget_id = :b"), {"b": soft}))
+    report = await kit.verify()
+    assert not report.ok
+    assert [c.name for c in report.checks if not c.ok] == ["budgets"]
+    assert soft in next(c.detail for c in report.checks if not c.ok)
+    await kit.release(cid, held.reservation.id)
