@@ -15,6 +15,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from api import console
 from api.auth import principal_for
 from api.errors import EXCEPTION_HANDLERS
 from api.gateway import Gateway
@@ -107,7 +108,9 @@ def create_app(settings: Settings, database_url: str, *, cluster: EmbeddedPostgr
         route_handlers=[ops.healthz, ops.readyz, ops.metrics, audit.get_trial_balance,
                         audit.post_verify, journal.get_journal, journal.get_statement,
                         journal.get_account_balance, keys.create_api_key, keys.list_api_keys, keys.revoke_api_key,
-                        *WALLET_ROUTES, *webhooks.ROUTES, *gateway_routes(services.gateway)],
+                        *WALLET_ROUTES, *webhooks.ROUTES, *gateway_routes(services.gateway),
+                        *console.routers(settings.session_secret)],
+        template_config=console.templates(),
         state=State({"services": services, "supervisor": supervisor}),
         lifespan=[lifespan],
         middleware=[metrics_middleware],

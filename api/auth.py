@@ -90,21 +90,25 @@ def require(*scopes: str):
     """
 
     async def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
-        principal = await authenticate(connection)
-        if not principal.allows(*scopes):
-            raise ApiError("forbidden", f"a key of scope {principal.scope!r} may not do this", 403)
-        connection.scope["state"]["principal"] = principal
-        customer_id = connection.path_params.get("customer_id")
-        if customer_id is not None and not principal.may_see(customer_id):
-            raise ApiError("forbidden", f"this key may not access customer {customer_id!r}", 403)
-        if customer_id is None and not scopes and principal.customers:
-            raise ApiError("forbidden", "a key limited to customers may not act on the whole platform", 403)
-        book_id = connection.path_params.get("book_id")
-        if book_id is not None and principal.customers:
-            await connection.app.state.services.db.read(
-                lambda conn: reports.ensure_book_visible(conn, book_id, principal.customers))
+        await authorize(connection, await authenticate(connection), scopes)
 
     return guard
+
+
+async def authorize(connection: ASGIConnection, principal: Principal, scopes: tuple[str, ...]) -> None:
+    """`require`'s rules for an authenticated principal; the console applies them too."""
+    if not principal.allows(*scopes):
+        raise ApiError("forbidden", f"a key of scope {principal.scope!r} may not do this", 403)
+    connection.scope["state"]["principal"] = principal
+    customer_id = connection.path_params.get("customer_id")
+    if customer_id is not None and not principal.may_see(customer_id):
+        raise ApiError("forbidden", f"this key may not access customer {customer_id!r}", 403)
+    if customer_id is None and not scopes and principal.customers:
+        raise ApiError("forbidden", "a key limited to customers may not act on the whole platform", 403)
+    book_id = connection.path_params.get("book_id")
+    if book_id is not None and principal.customers:
+        await connection.app.state.services.db.read(
+            lambda conn: reports.ensure_book_visible(conn, book_id, principal.customers))
 
 
 def principal_of(connection: ASGIConnection) -> Principal:

@@ -1,7 +1,9 @@
 """Settings, read once from the environment and passed down; nothing else reads os.environ."""
 from __future__ import annotations
 
+import hashlib
 import os
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,16 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
 
 def _flag(env: Mapping[str, str], name: str) -> bool:
     return env.get(name, "on").lower() not in ("0", "off", "false", "no")
+
+
+def _session_secret(raw: str) -> bytes:
+    """The console's session key: derived from TOKENTILL_SESSION_SECRET (so that several
+    `tokentill serve` hosts share sessions), else random per `serve` (its workers share it)."""
+    if not raw:
+        return secrets.token_bytes(32)
+    if len(raw) < 32:
+        raise SystemExit("TOKENTILL_SESSION_SECRET must be at least 32 characters")
+    return hashlib.sha256(raw.encode()).digest()
 
 
 def _workers(raw: str) -> int:
@@ -71,6 +83,8 @@ class Settings:
     # api/workers.py for its children, never from the environment); None: this process's own.
     metrics_dir: Path | None = None
     gateway: GatewaySettings = field(default_factory=GatewaySettings)  # the metering gateway's upstreams
+    # Encrypts the console's session cookies (api/console); a restart with a random one signs everyone out.
+    session_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -98,4 +112,5 @@ class Settings:
             webhook_backoff_cap_s=_seconds(env, "TOKENTILL_WEBHOOK_BACKOFF_CAP_SECONDS", 4 * 3600.0),
             webhook_retry_window_s=_seconds(env, "TOKENTILL_WEBHOOK_RETRY_WINDOW_SECONDS", 3 * 86400.0),
             gateway=GatewaySettings.from_env(env),
+            session_secret=_session_secret(env.get("TOKENTILL_SESSION_SECRET", "")),
         )

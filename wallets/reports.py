@@ -179,3 +179,30 @@ async def usage(conn: AsyncConnection, customer_id: str, start: datetime | None,
         item.update(quantity=int(row.quantity or 0), amount=money(row.amount), charges=row.charges)
         out.append(item)
     return {"customer_id": customer_id, "from": when(start), "to": when(end), "group_by": group_by, "rows": out}
+
+
+_OPEN = text("""
+SELECT id, request_id, model, status, amount, captured, captures, created_at, expires_at
+  FROM reservations
+ WHERE lane = ledger_lane(:c) AND customer_id = :c AND status = ANY(CAST(:open AS text[]))
+ ORDER BY created_at DESC, id LIMIT :limit
+""")
+
+
+async def open_reservations(conn: AsyncConnection, customer_id: str, limit: int = 200) -> list[dict[str, Any]]:
+    """The customer's reservations that still hold credit, newest first (at most `limit`)."""
+    rows = await conn.execute(_OPEN, {"c": customer_id, "open": list(chart.OPEN_STATUSES), "limit": limit})
+    return [{"id": r.id, "request_id": r.request_id, "model": r.model, "status": r.status,
+             "amount": money(r.amount), "captured": money(r.captured), "captures": r.captures,
+             "created_at": when(r.created_at), "expires_at": when(r.expires_at)} for r in rows]
+
+
+async def customer_ids(conn: AsyncConnection, visible: Sequence[str] | None, prefix: str = "",
+                       limit: int = 100) -> list[str]:
+    """Ids of the customers a key sees (None: all), those starting with `prefix`, in order."""
+    rows = await conn.execute(text(
+        """SELECT id FROM customers
+            WHERE (CAST(:v AS text[]) IS NULL OR id = ANY(CAST(:v AS text[])))
+              AND left(id, length(:p)) = :p ORDER BY id LIMIT :limit"""),
+        {"v": None if visible is None else list(visible), "p": prefix, "limit": limit})
+    return [r.id for r in rows]

@@ -1,20 +1,24 @@
 """Audit endpoints: the trial balance and `verify`, for auditors and admins."""
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import msgspec
 from litestar import Request, get, post
 from litestar.datastructures import State
 from litestar.params import QueryParameter
 
-from api.auth import principal_of, require
+from api.auth import Principal, principal_of, require
 from api.errors import ApiError, documented
 from api.routes.wire import time_in, time_out, time_param
 from ledger.audit import trial_balance
 from ledger.statements import trial_balance_at
 from pricing.money import DEFAULT_SCALE, format_amount
 from wallets.audit import full_verify
+
+if TYPE_CHECKING:
+    from api.app import Services
 
 
 class TrialBalanceAccount(msgspec.Struct):
@@ -62,17 +66,22 @@ async def get_trial_balance(
     key limited to customers, their accounts only (`scope` "customers"), without `balanced`.
     With `at`, as of that instant: computed from the postings of entries that occurred before
     it, rather than from the cached balances."""
-    db = state.services.db
-    customers = principal_of(request).visible()
-    when = time_in(at, "at")
+    return await trial_balance_report(state.services, principal_of(request).visible(), currency,
+                                      time_in(at, "at"))
+
+
+async def trial_balance_report(services: Services, customers: tuple[str, ...] | None,
+                               currency: str | None, when: datetime | None = None) -> TrialBalanceResponse:
+    """The trial balance `customers` may see (None: the whole ledger), now or as of `when`, as
+    the API and the console show it."""
 
     async def read(conn):
         tb = await (trial_balance(conn, customers=customers) if when is None
                     else trial_balance_at(conn, when, customers=customers))
         chosen = currency or (next(iter(tb.totals)) if len(tb.totals) == 1 else "USD")
-        return tb, chosen, await state.services.asset_scale(conn, chosen)
+        return tb, chosen, await services.asset_scale(conn, chosen)
 
-    tb, chosen, scale = await db.read(read)
+    tb, chosen, scale = await services.db.read(read)
     if scale is None:
         if currency is not None:
             raise ApiError("not_found", f"no currency {chosen}")
@@ -97,9 +106,13 @@ async def post_verify(state: State, request: Request) -> VerifyResponse:
     """Run every integrity check on one snapshot; each failing check names what is wrong. The
     checks span the whole ledger and name any customer, so a key limited to customers may not
     run them (403)."""
-    if principal_of(request).visible() is not None:
+    return await verify_report(state.services, principal_of(request))
+
+
+async def verify_report(services: Services, principal: Principal) -> VerifyResponse:
+    if principal.visible() is not None:
         raise ApiError("forbidden", "verify checks every customer's accounts; a key limited to customers "
                        "may not run it", 403)
-    report = await state.services.db.read(full_verify)
+    report = await services.db.read(full_verify)
     return VerifyResponse(ok=report.ok, checks=[
         CheckResponse(c.name, c.ok, c.detail, list(c.problems)) for c in report.checks])

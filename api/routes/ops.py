@@ -24,20 +24,28 @@ READY_TIMEOUT_S = 2.0
 
 @get("/readyz", tags=["operations"], **documented(503, secured=False))
 async def readyz(state: State) -> Response:
+    ready, detail = await readiness(state)
+    if not ready:
+        return _not_ready(detail)
+    return Response({"status": "ready", "migration": detail})
+
+
+async def readiness(state: State) -> tuple[bool, str]:
+    """(True, the migration the database is at) or (False, why not ready); within READY_TIMEOUT_S."""
     db = state.services.db
     supervisor = state.get("supervisor")
     if supervisor is not None and not supervisor.running():
-        return _not_ready("the embedded database is down; it is being restarted")
+        return False, "the embedded database is down; it is being restarted"
     try:
         async with asyncio.timeout(READY_TIMEOUT_S), db.engine.connect() as conn:
             current = await conn.run_sync(runner.current_revision)
             await conn.execute(text("SELECT 1"))
     except Exception as exc:
-        return _not_ready(f"database unreachable: {type(exc).__name__}")
+        return False, f"database unreachable: {type(exc).__name__}"
     head = runner.head_revision()
     if current != head:
-        return _not_ready(f"migrations at {current}, head is {head}")
-    return Response({"status": "ready", "migration": current})
+        return False, f"migrations at {current}, head is {head}"
+    return True, current
 
 
 def _not_ready(detail: str) -> Response:

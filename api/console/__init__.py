@@ -1,0 +1,62 @@
+"""The web console (issue 16): server-rendered pages for customers, auditors and operators,
+served under /console by `tokentill serve` itself. Jinja2 templates and static files live in
+this package; htmx and uPlot are vendored in static/vendor (see VENDORED.md)."""
+from __future__ import annotations
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from litestar import Router
+from litestar.datastructures import CacheControlHeader
+from litestar.middleware.csrf import CSRFMiddleware
+from litestar.middleware.session import SessionMiddleware
+from litestar.middleware.session.client_side import ClientSideSessionBackend
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.static_files import create_static_files_router
+from litestar.template.config import TemplateConfig
+from litestar.types import ASGIApp
+
+from api.console import auditor, customer, operator, session
+from api.console.web import PREFIX, STATIC, csrf_config, error_page, session_config
+from api.errors import EXCEPTION_HANDLERS
+
+PAGES = [
+    session.sign_in_form, session.sign_in_post, session.sign_out, session.home,
+    customer.wallet_page, customer.reservations_page, customer.usage_page, customer.top_up_form, customer.top_up,
+    auditor.trial_balance_page, auditor.trace_page, auditor.verify_form, auditor.verify_page,
+    operator.operator_page,
+]
+
+
+def templates() -> TemplateConfig:
+    env = Environment(loader=PackageLoader("api.console", "templates"), autoescape=select_autoescape(default=True),
+                      trim_blocks=True, lstrip_blocks=True)
+    env.filters["utc"] = utc
+    return TemplateConfig(engine=JinjaTemplateEngine.from_environment(env))
+
+
+def utc(value: str | None) -> str:
+    """An RFC 3339 UTC time as people read it: 2026-12-02 12:46:47 UTC."""
+    if not value:
+        return ""
+    day, _, clock = value.rstrip("Z").partition("T")
+    return f"{day} {clock.split('.')[0]} UTC" if clock else day
+
+
+def routers(secret: bytes) -> list[Router]:
+    """The pages (session and CSRF middleware on them alone: the API neither reads nor sets a
+    cookie) and the static files (cached for a year: their URLs carry a content hash)."""
+    session = session_config(secret)
+    csrf = csrf_config(secret)
+
+    # Factories, not DefineMiddleware: Litestar deep-copies a router's middleware arguments, and
+    # the session backend's cipher cannot be copied.
+    def sessions(app: ASGIApp) -> ASGIApp:
+        return SessionMiddleware(app, backend=ClientSideSessionBackend(config=session))
+
+    def csrf_checks(app: ASGIApp) -> ASGIApp:
+        return CSRFMiddleware(app, config=csrf)
+
+    pages = Router(path="/", route_handlers=PAGES, include_in_schema=False, middleware=[sessions, csrf_checks],
+                   exception_handlers={cls: error_page for cls in EXCEPTION_HANDLERS})
+    files = create_static_files_router(path=f"{PREFIX}/static", directories=[STATIC], name="console-static",
+                                       cache_control=CacheControlHeader(max_age=31_536_000, public=True))
+    return [pages, files]

@@ -1,0 +1,158 @@
+"""Customer pages: the wallet and its lots, usage over time with a chart, open reservations, and
+the top-up an admin makes for a customer. Reads go through the same service functions as the
+API (`WalletService`, `wallets.reports`), and render the API's own response values."""
+from __future__ import annotations
+
+import secrets
+from collections import defaultdict
+from datetime import UTC, date, datetime, timedelta
+from typing import Annotated, Any
+
+from litestar import Request, Response, get, post
+from litestar.datastructures import State
+from litestar.params import FromPath, QueryParameter
+from litestar.response import Redirect, Template
+
+from api.console.web import PREFIX, allow, render, viewer
+from api.routes.customers import READERS, customer_response, grant_response, wallet_response
+from api.routes.wire import amount_in, body_hash, time_in
+from ledger.errors import LedgerError
+from pricing.money import format_amount, parse_amount
+from wallets import reports
+from wallets.chart import ASSET_SCALE
+from wallets.commands import TOPUP_PRIORITY, CreditResult, TopUp
+from wallets.core.idempotency import IdemKey
+from wallets.errors import WalletValidationError
+
+USAGE_GROUPS = ["day", "model", "token_type"]
+
+
+@get(f"{PREFIX}/customers/{{customer_id:str}}", guards=[allow(*READERS)], name="console-wallet")
+async def wallet_page(state: State, request: Request, customer_id: FromPath[str],
+                      credited: Annotated[str | None, QueryParameter(name="credited", max_length=100)] = None
+                      ) -> Template:
+    wallets = state.services.wallets
+    customer = customer_response(await wallets.get_customer(customer_id))
+    wallet = wallet_response(await wallets.wallet(customer_id))
+    holds = await state.services.db.read(lambda conn: reports.open_reservations(conn, customer_id, limit=10))
+    return render(request, "customer/wallet.html", customer=customer, wallet=wallet, holds=holds,
+                  credited=credited, section="wallet")
+
+
+@get(f"{PREFIX}/customers/{{customer_id:str}}/reservations", guards=[allow(*READERS)],
+     name="console-reservations")
+async def reservations_page(state: State, request: Request, customer_id: FromPath[str]) -> Template:
+    customer = customer_response(await state.services.wallets.get_customer(customer_id))
+    holds = await state.services.db.read(lambda conn: reports.open_reservations(conn, customer_id))
+    return render(request, "customer/reservations.html", customer=customer, holds=holds, section="reservations")
+
+
+def _day(value: str | None, field: str, default: date) -> date:
+    if not value:
+        return default
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise WalletValidationError(field, "a date, YYYY-MM-DD") from None
+
+
+def usage_range(start: str | None, end: str | None, today: date) -> tuple[date, date]:
+    """The days shown, both included: this month so far unless the form says otherwise."""
+    first = _day(start, "from", today.replace(day=1))
+    last = _day(end, "to", today)
+    if last < first:
+        raise WalletValidationError("to", "on or after the first day")
+    if (last - first).days > 731:
+        raise WalletValidationError("from", "at most two years at once")
+    return first, last
+
+
+def chart_of(rows: list[dict[str, Any]], first: date, last: date) -> dict[str, Any]:
+    """The chart's data: one series per model and token type, its amount per day (exact decimal
+    strings, as the usage API gives them; days without usage are "0"), and the totals."""
+    days = [(first + timedelta(days=n)).isoformat() for n in range((last - first).days + 1)]
+    index = {day: n for n, day in enumerate(days)}
+    series: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0] * len(days))
+    totals: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
+    for row in rows:
+        key = (row["model"], row["token_type"])
+        units = parse_amount(row["amount"], ASSET_SCALE)
+        series[key][index[row["day"]]] += units
+        totals[key][0] += row["quantity"]
+        totals[key][1] += units
+        totals[key][2] += row["charges"]
+    fmt = lambda units: format_amount(units, ASSET_SCALE)  # noqa: E731
+    return {
+        "days": days,
+        "series": [{"model": m, "token_type": t, "label": f"{m} · {t}", "amounts": [fmt(u) for u in values]}
+                   for (m, t), values in sorted(series.items())],
+        "totals": [{"model": m, "token_type": t, "quantity": q, "amount": fmt(a), "charges": c}
+                   for (m, t), (q, a, c) in sorted(totals.items())],
+        "total": fmt(sum(a for _, a, _ in totals.values())),
+    }
+
+
+@get(f"{PREFIX}/customers/{{customer_id:str}}/usage", guards=[allow(*READERS)], name="console-usage")
+async def usage_page(state: State, request: Request, customer_id: FromPath[str],
+                     start: Annotated[str | None, QueryParameter(name="from", max_length=10)] = None,
+                     end: Annotated[str | None, QueryParameter(name="to", max_length=10)] = None) -> Template:
+    """Usage by day, model and token type over a range of days: the usage API's report
+    (`group_by=day,model,token_type`), drawn as a chart and listed as a table."""
+    customer = customer_response(await state.services.wallets.get_customer(customer_id))
+    first, last = usage_range(start, end, datetime.now(UTC).date())
+    lower = datetime.combine(first, datetime.min.time(), UTC)
+    upper = datetime.combine(last + timedelta(days=1), datetime.min.time(), UTC)
+    report = await state.services.db.read(lambda conn: reports.usage(conn, customer_id, lower, upper, USAGE_GROUPS))
+    return render(request, "customer/usage.html", customer=customer, first=first, last=last,
+                  api_query={"from": reports.when(lower), "to": reports.when(upper),
+                             "group_by": ",".join(USAGE_GROUPS)},
+                  chart=chart_of(report["rows"], first, last), section="usage")
+
+
+@get(f"{PREFIX}/customers/{{customer_id:str}}/top-up", guards=[allow()], name="console-top-up")
+async def top_up_form(state: State, request: Request, customer_id: FromPath[str]) -> Template:
+    customer = customer_response(await state.services.wallets.get_customer(customer_id))
+    return _top_up_form(request, customer, {"priority": str(TOPUP_PRIORITY)}, {})
+
+
+def _top_up_form(request: Request, customer: Any, form: dict[str, str], errors: dict[str, str],
+                 status: int = 200) -> Template:
+    return render(request, "customer/top_up.html", status=status, customer=customer, form=form, errors=errors,
+                  idempotency_key=form.get("idempotency_key") or secrets.token_urlsafe(16), section="top-up")
+
+
+def _top_up_command(request: Request, customer_id: str, form: dict[str, str]) -> TopUp:
+    """The form as the API's TopUp command; a field the API would refuse is refused alike."""
+    try:
+        priority = int(form.get("priority") or TOPUP_PRIORITY)
+    except ValueError:
+        raise WalletValidationError("priority", "a whole number from 0 to 100") from None
+    if not 0 <= priority <= 100:
+        raise WalletValidationError("priority", "a whole number from 0 to 100")
+    expires = form.get("expires_on") or None
+    expires_at = None if expires is None else time_in(f"{_day(expires, 'expires_on', date.today())}T00:00:00Z",
+                                                       "expires_on")
+    key = form.get("idempotency_key", "")
+    if not 8 <= len(key) <= 100:
+        raise WalletValidationError("idempotency_key", "reload the form")
+    body = {k: form.get(k, "") for k in ("amount", "reference", "priority", "expires_on")}
+    return TopUp(customer_id=customer_id, amount=amount_in(form.get("amount", ""), "amount"),
+                 reference=form.get("reference", "")[:500], priority=priority, expires_at=expires_at,
+                 idem=IdemKey(f"console:{viewer(request).key_id}", key, body_hash(request, body)))
+
+
+@post(f"{PREFIX}/customers/{{customer_id:str}}/top-up", guards=[allow()], name="console-top-up-post")
+async def top_up(state: State, request: Request, customer_id: FromPath[str]) -> Response:
+    """Paid credit for the customer, as `POST /v1/customers/{id}/topups` does it; the form's
+    one-time key makes a second submission (a double click, a reload) a replay, not a second
+    top-up."""
+    customer = customer_response(await state.services.wallets.get_customer(customer_id))
+    form = {k: v for k, v in (await request.form()).items() if isinstance(v, str) and k != "_csrf_token"}
+    try:
+        result = await state.services.wallets.submit(_top_up_command(request, customer_id, form))
+    except LedgerError as exc:
+        fields = exc.context.get("fields") or [{"field": "amount", "message": exc.detail}]
+        errors = {f["field"]: f["message"] for f in fields}
+        return _top_up_form(request, customer, form, errors, status=422)
+    grant = grant_response(result.grant).id if isinstance(result, CreditResult) else result.body.get("grant_id")
+    return Redirect(f"{PREFIX}/customers/{customer_id}?credited={grant}", status_code=303)

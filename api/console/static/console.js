@@ -1,0 +1,38 @@
+// tokentill console: draws the usage chart from the JSON the page carries (the table beside it
+// holds the same figures, so the page reads without JavaScript). Amounts arrive as exact
+// decimal strings; Number() is used only to place points on the screen.
+(function () {
+  "use strict";
+  var PALETTE = ["#0b6b63", "#b45309", "#1d4ed8", "#9d174d", "#4d7c0f", "#6d28d9", "#0e7490", "#92400e"];
+  window.tokentillCharts = {};
+
+  function draw(root) {
+    var holder = root.querySelector("[data-usage-chart]");
+    var source = root.querySelector("#usage-data");
+    if (!holder || !source || typeof uPlot === "undefined") { return; }
+    var data = JSON.parse(source.textContent);
+    holder.textContent = "";
+    if (!data.series.length) { return; }
+    var xs = data.days.map(function (d) { return Date.parse(d + "T00:00:00Z") / 1000; });
+    var series = [{}];
+    var columns = [xs];
+    data.series.forEach(function (s, i) {
+      series.push({ label: s.label, stroke: PALETTE[i % PALETTE.length], width: 2,
+                    fill: PALETTE[i % PALETTE.length] + "1a", points: { show: data.days.length < 45 },
+                    value: function (u, v) { return v == null ? "-" : s.amounts[u.cursor.idx] + " " + data.currency; } });
+      columns.push(s.amounts.map(Number));
+    });
+    var width = Math.max(320, holder.clientWidth - 8);
+    var chart = new uPlot({
+      width: width, height: 300, series: series, tzDate: function (ts) { return uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"); },
+      axes: [{ stroke: "#4a5565", grid: { stroke: "#eceef1" } },
+             { stroke: "#4a5565", grid: { stroke: "#eceef1" }, size: 70,
+               values: function (u, ticks) { return ticks.map(function (t) { return t + " " + data.currency; }); } }],
+      scales: { x: { time: true } }, legend: { live: true }
+    }, columns, holder);
+    window.tokentillCharts.usage = { data: data, chart: chart };
+  }
+
+  document.addEventListener("DOMContentLoaded", function () { draw(document); });
+  document.addEventListener("htmx:afterSwap", function (e) { draw(e.target); });
+})();

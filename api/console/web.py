@@ -1,0 +1,117 @@
+"""The console's plumbing: the cookie session that holds the signed-in key, CSRF, the guard
+that applies the API's own authorization (api.auth) to a page, rendering, and error pages.
+
+The session is Litestar's client-side cookie session: AES-GCM encrypted with the settings'
+session secret, HTTP-only, Secure, SameSite=Strict, scoped to /console. It holds the API key
+itself, so every page authenticates it exactly as the API authenticates a bearer key (a revoked
+key is signed out on its next page), and an absolute expiry, checked here, not by the browser.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from litestar import Request, Response
+from litestar.config.csrf import CSRFConfig
+from litestar.connection import ASGIConnection
+from litestar.handlers import BaseRouteHandler
+from litestar.middleware.session.client_side import CookieBackendConfig
+from litestar.response import Redirect, Template
+
+from api.auth import Principal, authorize, principal_for, principal_of
+from api.errors import EXCEPTION_HANDLERS, ApiError
+
+PREFIX = "/console"
+SESSION_COOKIE = "tokentill_console"
+CSRF_COOKIE = "tokentill_csrf"
+SESSION_S = 8 * 3600  # a sign-in lasts a working day, however active
+STATIC = Path(__file__).parent / "static"
+
+
+HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                               "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+
+
+def session_config(secret: bytes) -> CookieBackendConfig:
+    return CookieBackendConfig(secret=secret, key=SESSION_COOKIE, max_age=SESSION_S, path=PREFIX,
+                               secure=True, httponly=True, samesite="strict")
+
+
+def csrf_config(secret: bytes) -> CSRFConfig:
+    """Double-submit token: a signed cookie and a hidden form field (or X-CSRFToken header)."""
+    return CSRFConfig(secret=hashlib.sha256(b"csrf" + secret).hexdigest(), cookie_name=CSRF_COOKIE,
+                      cookie_path=PREFIX, cookie_secure=True, cookie_httponly=True,
+                      cookie_samesite="strict", header_name="x-csrftoken")
+
+
+def sign_in(request: Request, token: str) -> None:
+    request.set_session({"key": token, "expires_at": int(time.time()) + SESSION_S})
+
+
+def allow(*scopes: str) -> Callable[[ASGIConnection, BaseRouteHandler], Any]:
+    """A page guard: the signed-in key, authorized by api.auth's rules for `scopes` (as `require`)."""
+
+    async def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+        session = connection.session or {}
+        token = session.get("key")
+        if not isinstance(token, str) or int(session.get("expires_at", 0)) < time.time():
+            raise ApiError("unauthorized", "sign in to see this page", 401)
+        await authorize(connection, await principal_for(connection.app.state.services, token), scopes)
+
+    return guard
+
+
+def _fingerprint(name: str) -> str:
+    return hashlib.sha256((STATIC / name).read_bytes()).hexdigest()[:12]
+
+
+_VERSIONS: dict[str, str] = {}
+
+
+def static(name: str) -> str:
+    """The URL of a static file, with its content's hash: cached for a year, never stale."""
+    if name not in _VERSIONS:
+        _VERSIONS[name] = _fingerprint(name)
+    return f"{PREFIX}/static/{name}?v={_VERSIONS[name]}"
+
+
+def render(request: Request, template: str, *, status: int = 200, **context: Any) -> Template:
+    principal: Principal | None = request.scope["state"].get("principal")
+    return Template(template_name=template, status_code=status,
+                    context={"principal": principal, "static": static, "path": request.url.path,
+                             **context},
+                    headers=HEADERS)
+
+
+def viewer(request: Request) -> Principal:
+    return principal_of(request)
+
+
+def _problem(request: Request, exc: Exception) -> Response:
+    for cls in type(exc).__mro__:
+        if cls in EXCEPTION_HANDLERS:
+            return EXCEPTION_HANDLERS[cls](request, exc)
+    raise exc
+
+
+def error_page(request: Request, exc: Exception) -> Response:
+    """The API's answer to `exc` (the one map of codes to statuses), shown as a page; a missing
+    or expired sign-in goes to the sign-in page and comes back."""
+    if isinstance(exc, ApiError) and exc.code == "unauthorized":
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return Redirect(f"{PREFIX}/sign-in?next={quote(target, safe='')}", status_code=303)
+    answer = _problem(request, exc)
+    body = answer.content if isinstance(answer.content, dict) else {}
+    page = render(request, "error.html", status=answer.status_code, problem=body)
+    if "retry-after" in answer.headers:
+        page.headers["Retry-After"] = answer.headers["retry-after"]
+    return page

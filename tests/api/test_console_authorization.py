@@ -1,0 +1,97 @@
+"""The console's pages x key shapes: the same authorization as the API (api.auth), applied to a
+key signed in by cookie. A page outside the key's scope or customers is a 403 page; without a
+session, every page sends to the sign-in page."""
+from __future__ import annotations
+
+import re
+import uuid
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from api.app import create_app
+from api.demo import PRICE_BOOK
+from api.settings import Settings
+
+ADMIN_KEY = "console-matrix-admin"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+OWN, OTHER = f"cown-{uuid.uuid4().hex[:8]}", f"cother-{uuid.uuid4().hex[:8]}"
+SHAPES = ["none", "admin", "admin:own", "inference", "inference:own", "auditor", "auditor:own",
+          "customer:own", "customer:other"]
+READ_OWN = {"admin", "admin:own", "inference", "inference:own", "auditor", "auditor:own", "customer:own"}
+AUDITORS = {"admin", "admin:own", "auditor", "auditor:own"}
+# (method, page, shapes that get it); every other signed-in shape gets a 403 page.
+PAGES = [
+    ("GET", "/console", READ_OWN | {"customer:other"}),
+    ("GET", "/console/customers/{own}", READ_OWN),
+    ("GET", "/console/customers/{own}/usage", READ_OWN),
+    ("GET", "/console/customers/{own}/reservations", READ_OWN),
+    ("GET", "/console/customers/{own}/top-up", {"admin", "admin:own"}),
+    ("GET", "/console/audit", AUDITORS),
+    ("GET", "/console/audit/trace", AUDITORS),
+    ("GET", "/console/audit/verify", AUDITORS),
+    ("POST", "/console/audit/verify", {"admin", "auditor"}),  # verify spans every customer
+    ("GET", "/console/operator", {"admin"}),
+]
+OPEN = {("GET", "/console/sign-in"), ("POST", "/console/sign-in"), ("POST", "/console/sign-out"),
+        ("POST", "/console/customers/{own}/top-up")}  # the top-up post: tests/e2e (a browser's form)
+
+
+def _token(html: str) -> str:
+    return re.search(r'name="_csrf_token" value="([^"]+)"', html).group(1)
+
+
+@pytest.fixture(scope="module")
+async def world(database_url):
+    app = create_app(Settings(admin_key=ADMIN_KEY, scheduler=False), database_url)
+    async with AsyncTestClient(app=app, base_url="https://console.test") as client:
+        book = f"cbook-{uuid.uuid4().hex[:8]}"
+        assert (await client.post("/v1/price-books", headers=ADMIN, json={**PRICE_BOOK, "id": book})).status_code == 201
+        for customer in (OWN, OTHER):
+            assert (await client.post("/v1/customers", headers=ADMIN,
+                                      json={"id": customer, "price_book": book})).status_code == 201
+        keys = {"admin": ADMIN_KEY}
+        for shape in SHAPES[2:]:
+            scope, _, limit = shape.partition(":")
+            if scope == "customer":
+                body = {"scope": f"customer:{OWN if limit == 'own' else OTHER}"}
+            else:
+                body = {"scope": scope, "customers": [OWN] if limit == "own" else []}
+            keys[shape] = (await client.post("/v1/api-keys", headers=ADMIN, json=body)).json()["key"]
+        yield app, keys
+
+
+def test_the_matrix_covers_every_page(database_url):
+    app = create_app(Settings(admin_key="x", scheduler=False), database_url)
+    served = {(method, route.path) for route in app.routes for method in getattr(route, "methods", ())
+              if method not in ("OPTIONS", "HEAD") and route.path.startswith("/console")
+              and not route.path.startswith("/console/static")}
+    tested = {(m, p.replace("{own}", "{customer_id:str}")) for m, p, _ in PAGES}
+    assert served == tested | {(m, p.replace("{own}", "{customer_id:str}")) for m, p in OPEN}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+async def test_each_page_by_key_shape(world, shape):
+    app, keys = world
+    async with AsyncTestClient(app=app, base_url="https://console.test") as client:
+        token = _token((await client.get("/console/sign-in")).text)
+        if shape != "none":
+            signed = await client.post("/console/sign-in", data={"key": keys[shape], "_csrf_token": token},
+                                      follow_redirects=False)
+            assert signed.status_code == 303, signed.text
+            assert "httponly" in signed.headers["set-cookie"].lower()
+            assert "secure" in signed.headers["set-cookie"].lower()
+            assert "samesite=strict" in signed.headers["set-cookie"].lower()
+        for method, page, allowed in PAGES:
+            path = page.format(own=OWN)
+            answer = await client.request(method, path, data={"_csrf_token": token} if method == "POST" else None,
+                                          follow_redirects=False)
+            if shape == "none":
+                assert answer.status_code == 303 and "/console/sign-in?next=" in answer.headers["location"], path
+            elif shape in allowed:
+                assert answer.status_code in (200, 303), (path, answer.status_code, answer.text[:300])
+                if shape.endswith(":own"):  # nothing of the customer the key may not see
+                    assert OTHER not in answer.text, path
+            else:
+                assert answer.status_code == 403, (path, answer.status_code)
+                assert "text/html" in answer.headers["content-type"] and "Forbidden" in answer.text, path

@@ -1,0 +1,167 @@
+"""The console in a real browser: each flow of issue 16's first acceptance item."""
+from __future__ import annotations
+
+import re
+
+from playwright.sync_api import Page, expect
+
+from tests.e2e.conftest import ARTIFACTS, Console
+
+
+def shot(page: Page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def sign_in(page: Page, key: str) -> None:
+    page.goto("/console/sign-in")
+    page.get_by_label("API key").fill(key)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def test_a_customer_signs_in_and_sees_the_wallet_the_api_reports(page: Page, console: Console):
+    sign_in(page, console.keys["acme"])
+    expect(page).to_have_url(re.compile(r"/console/customers/acme$"))
+    wallet = console.client("acme").get("/v1/customers/acme/wallet").json()
+    expect(page.locator("[data-figure=available] .value")).to_contain_text(wallet["available"])
+    expect(page.locator("[data-figure=held] .value")).to_contain_text(wallet["reserved"])
+    expect(page.locator("[data-figure=owed] .value")).to_contain_text(wallet["receivable"])
+    for lot in wallet["grants"]:
+        expect(page.get_by_role("row").filter(has_text=lot["id"])).to_contain_text(lot["remaining"])
+    expect(page.get_by_role("row").filter(has_text="req-open")).to_contain_text("held")
+    shot(page, "customer-wallet")
+    assert page.errors == []
+
+
+def test_the_usage_chart_draws_exactly_what_the_usage_api_reports(page: Page, console: Console):
+    sign_in(page, console.keys["acme"])
+    page.get_by_role("link", name="Usage").click()
+    expect(page.locator("[data-usage-chart] canvas")).to_be_visible()
+    drawn = page.evaluate("window.tokentillCharts.usage.data")
+    api = console.client("acme").get("/v1/customers/acme/usage", params=drawn["api"]).json()
+    assert api["rows"], "the seed posted usage this month"
+    from_api = {(r["day"], r["model"], r["token_type"]): r["amount"] for r in api["rows"]}
+    from_chart = {(day, s["model"], s["token_type"]): amount for s in drawn["series"]
+                  for day, amount in zip(drawn["days"], s["amounts"], strict=True) if amount not in ("0", "0.00")}
+    assert from_chart == from_api
+    plotted = page.evaluate("window.tokentillCharts.usage.chart.series.length")
+    assert plotted == 1 + len({(m, t) for _, m, t in from_api})  # the time axis, then one line each
+    shot(page, "customer-usage")
+    assert page.errors == []
+
+
+def test_the_usage_range_form_reads_without_javascript(browser, console: Console):
+    context = browser.new_context(base_url=console.url, java_script_enabled=False)
+    page = context.new_page()
+    sign_in(page, console.keys["acme"])
+    page.goto("/console/customers/acme/usage?from=2020-01-01&to=2020-01-31")
+    expect(page.get_by_role("heading", name="Usage from 2020-01-01 to 2020-01-31")).to_be_visible()
+    expect(page.get_by_text("No usage in this range.")).to_be_visible()
+    page.goto("/console/customers/acme/usage")
+    total = console.client("acme").get("/v1/customers/acme/usage", params={"group_by": ""}).json()["rows"][0]["amount"]
+    expect(page.locator("tfoot")).to_contain_text(total)
+    context.close()
+
+
+def test_an_auditor_reads_the_trial_balance_traces_a_charge_and_runs_verify(page: Page, console: Console):
+    sign_in(page, console.keys["auditor"])
+    expect(page).to_have_url(re.compile(r"/console/audit$"))
+    tb = console.client("auditor").get("/v1/audit/trial-balance").json()
+    expect(page.locator("tfoot")).to_contain_text(tb["total_debits"])
+    expect(page.get_by_text("yes", exact=True)).to_be_visible()
+    shot(page, "audit-trial-balance")
+    page.get_by_role("link", name="Charge trace").click()
+    page.get_by_label("Request id").fill("req-traced")
+    page.get_by_role("button", name="Trace").click()
+    trace = console.client("auditor").get("/v1/audit/charges/req-traced").json()
+    for entry in trace["entries"]:
+        expect(page.locator("caption", has_text=f"Entry #{entry['id']} ")).to_be_visible()
+    expect(page.get_by_role("row").filter(has_text="a-input")).to_contain_text(trace["charges"][0]["lines"][0]["amount"])
+    shot(page, "audit-trace")
+    page.get_by_role("link", name="Verify").click()
+    page.get_by_role("button", name="Run verify").click()
+    expect(page.locator("[data-verify]")).to_have_attribute("data-verify", "ok")
+    api = console.client("auditor").post("/v1/audit/verify").json()
+    for check in api["checks"]:
+        row = page.get_by_role("row").filter(has=page.get_by_role("cell", name=check["name"], exact=True))
+        expect(row).to_contain_text("passed")
+    shot(page, "audit-verify")
+    assert page.errors == []
+
+
+def test_a_customer_key_gets_403_pages_for_another_customer_and_for_audit_pages(page: Page, console: Console):
+    sign_in(page, console.keys["acme"])
+    for path in ("/console/customers/globex", "/console/customers/globex/usage",
+                 "/console/customers/globex/reservations", "/console/audit",
+                 "/console/audit/trace?request_id=req-traced", "/console/audit/verify",
+                 "/console/operator", "/console/customers/acme/top-up"):
+        response = page.goto(path)
+        assert response.status == 403, path
+        expect(page.get_by_role("heading", level=1)).to_contain_text("403")
+        expect(page.get_by_role("alert")).not_to_contain_text("Globex")
+        assert "100.00" not in page.content()  # globex's balance appears nowhere
+    shot(page, "forbidden")
+
+
+def test_a_form_post_without_the_csrf_token_is_refused(page: Page, console: Console):
+    sign_in(page, console.keys["admin"])
+    page.goto("/console/customers/globex/top-up")
+    before = console.api.get("/v1/customers/globex/wallet").json()["available"]
+    refused = page.request.post("/console/customers/globex/top-up",
+                                form={"amount": "7.00", "idempotency_key": "x" * 16})
+    assert refused.status == 403
+    forged = page.request.post("/console/customers/globex/top-up",
+                               form={"amount": "7.00", "idempotency_key": "x" * 16, "_csrf_token": "forged"})
+    assert forged.status == 403
+    assert console.api.get("/v1/customers/globex/wallet").json()["available"] == before
+
+
+def test_an_admin_tops_up_once_however_often_the_form_is_sent(page: Page, console: Console):
+    sign_in(page, console.keys["admin"])
+    page.goto("/console/customers/globex/top-up")
+    before = console.api.get("/v1/customers/globex/wallet").json()
+    page.get_by_label("Amount (USD)").fill("abc")
+    page.get_by_role("button", name="Record the top-up").click()
+    expect(page.get_by_role("alert")).to_contain_text("amount")
+    page.get_by_label("Amount (USD)").fill("25.50")
+    page.get_by_label("Payment reference").fill("wire-77")
+    sent = {name: page.locator(f"main form [name={name}]").input_value()
+            for name in ("_csrf_token", "idempotency_key", "amount", "reference", "priority", "expires_on")}
+    page.get_by_role("button", name="Record the top-up").click()
+    expect(page.get_by_role("status")).to_contain_text("Top-up recorded")
+    again = page.request.post("/console/customers/globex/top-up", form=sent)  # the same form, sent again
+    assert again.ok and "Top-up recorded" in again.text()
+    after = console.api.get("/v1/customers/globex/wallet").json()
+    assert len(after["grants"]) == len(before["grants"]) + 1
+    lot = next(g for g in after["grants"] if g["reference"] == "wire-77")
+    assert lot["granted"] == "25.50"
+    shot(page, "admin-top-up")
+
+
+def test_an_admin_sees_the_operator_page(page: Page, console: Console):
+    sign_in(page, console.keys["admin"])
+    page.goto("/console/operator")
+    ready = console.api.get("/readyz").json()
+    expect(page.get_by_text("ready", exact=True)).to_be_visible()
+    expect(page.locator(".figure").filter(has_text="Migration")).to_contain_text(ready["migration"])
+    expect(page.get_by_role("row").filter(has_text="tokentill_requests_total")).to_be_visible()
+    shot(page, "operator")
+    assert page.errors == []
+
+
+def test_signing_out_ends_the_session(page: Page, console: Console):
+    sign_in(page, console.keys["acme"])
+    page.get_by_role("button", name="Sign out").click()
+    expect(page).to_have_url(re.compile(r"/console/sign-in$"))
+    page.goto("/console/customers/acme")
+    expect(page).to_have_url(re.compile(r"/console/sign-in\?next="))
+
+
+def test_a_wrong_key_is_refused_and_a_revoked_key_is_signed_out(page: Page, console: Console):
+    sign_in(page, "tt_not-a-key")
+    expect(page.get_by_role("alert")).to_contain_text("unknown or revoked key")
+    made = console.api.post("/v1/api-keys", json={"scope": "customer:globex"}).json()
+    sign_in(page, made["key"])
+    expect(page).to_have_url(re.compile(r"/console/customers/globex$"))
+    console.api.delete(f"/v1/api-keys/{made['id']}")
+    page.goto("/console/customers/globex")
+    expect(page).to_have_url(re.compile(r"/console/sign-in"))
