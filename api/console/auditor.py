@@ -3,6 +3,7 @@ verify with each of its checks. Each calls what the API's audit routes call."""
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import urlencode
 
 from litestar import Request, get, post
 from litestar.datastructures import State
@@ -11,10 +12,13 @@ from litestar.response import Template
 
 from api.auth import ensure_customer
 from api.console.web import PREFIX, allow, render, viewer
+from api.routes import journal
 from api.routes.audit import trial_balance_report, verify_report
 from wallets import reports
+from wallets.errors import WalletValidationError
 
 AUDITOR = ("auditor",)
+JOURNAL_PAGE = 50
 
 
 @get(f"{PREFIX}/audit", guards=[allow(*AUDITOR)], name="console-trial-balance")
@@ -51,3 +55,55 @@ async def verify_page(state: State, request: Request) -> Template:
     """Every integrity check on one snapshot, as `POST /v1/audit/verify` runs them."""
     report = await verify_report(state.services, viewer(request))
     return render(request, "audit/verify.html", report=report, section="verify")
+
+
+def _day_start(value: str | None, field: str) -> str | None:
+    """A date from a form as the API's RFC 3339 time (UTC midnight); the API validates it."""
+    if not value:
+        return None
+    if len(value) == 10:
+        return f"{value}T00:00:00Z"
+    raise WalletValidationError(field, "a date, YYYY-MM-DD")
+
+
+Text = Annotated[str | None, QueryParameter(max_length=200)]
+
+
+@get(f"{PREFIX}/audit/journal", guards=[allow(*AUDITOR)], name="console-journal")
+async def journal_page(state: State, request: Request,
+                       start: Annotated[str | None, QueryParameter(name="from", max_length=10)] = None,
+                       end: Annotated[str | None, QueryParameter(name="to", max_length=10)] = None,
+                       customer: Text = None, account: Text = None, kind: Text = None, request_id: Text = None,
+                       cursor: Annotated[str | None, QueryParameter(name="cursor", max_length=4096)] = None
+                       ) -> Template:
+    """`GET /v1/journal` as a page (the route's own function: same filters, same cursor pages)."""
+    filters = {"from": start or "", "to": end or "", "customer": customer or "", "account": account or "",
+               "kind": kind or "", "request_id": request_id or ""}
+    page = await journal.get_journal.fn(
+        state=state, request=request, start=_day_start(start, "from"), end=_day_start(end, "to"),
+        customer=customer or None, account=account or None, kind=kind or None, request_id=request_id or None,
+        cursor=cursor or None, limit=JOURNAL_PAGE)
+    more = None if page.next_cursor is None else urlencode({**filters, "cursor": page.next_cursor})
+    return render(request, "audit/journal.html", page=page, filters=filters, next_query=more,
+                  first=cursor is None, section="journal")
+
+
+@get(f"{PREFIX}/audit/statement", guards=[allow(*AUDITOR)], name="console-statement")
+async def statement_page(state: State, request: Request,
+                         account: Annotated[str | None, QueryParameter(name="account", max_length=200)] = None,
+                         start: Annotated[str | None, QueryParameter(name="from", max_length=10)] = None,
+                         end: Annotated[str | None, QueryParameter(name="to", max_length=10)] = None,
+                         cursor: Annotated[str | None, QueryParameter(name="cursor", max_length=4096)] = None
+                         ) -> Template:
+    """`GET /v1/accounts/{code}/statement` as a page: opening balance, postings with the running
+    balance, closing balance."""
+    filters = {"account": account or "", "from": start or "", "to": end or ""}
+    statement = None
+    if account:
+        statement = await journal.get_statement.fn(
+            state=state, request=request, code=account, start=_day_start(start, "from"), end=_day_start(end, "to"),
+            cursor=cursor or None, limit=JOURNAL_PAGE)
+    more = None if statement is None or statement.next_cursor is None else urlencode(
+        {**filters, "cursor": statement.next_cursor})
+    return render(request, "audit/statement.html", statement=statement, filters=filters, next_query=more,
+                  section="statement")

@@ -29,6 +29,8 @@ PAGES = [
     ("GET", "/console/customers/{own}/top-up", {"admin", "admin:own"}),
     ("GET", "/console/audit", AUDITORS),
     ("GET", "/console/audit/trace", AUDITORS),
+    ("GET", "/console/audit/journal", AUDITORS),
+    ("GET", "/console/audit/statement", AUDITORS),
     ("GET", "/console/audit/verify", AUDITORS),
     ("POST", "/console/audit/verify", {"admin", "auditor"}),  # verify spans every customer
     ("GET", "/console/operator", {"admin"}),

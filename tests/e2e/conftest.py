@@ -83,6 +83,9 @@ def seed(api: httpx.Client) -> dict[str, str]:
                "timestamp": day.strftime("%Y-%m-%dT%H:%M:%SZ"),
                "usage": {"input_tokens": 1000 * (n + 1), "output_tokens": 250 * (n + 1)}}
               for n, day in enumerate(days) for model in ("model-a", "model-b")]
+    events += [{"event_id": f"bulk-{n}", "customer_id": "globex", "model": "model-b",  # a second journal page
+                "timestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "usage": {"input_tokens": 100 + n}}
+               for n in range(60)]
     assert _ok(api.post("/v1/usage-events", json=events))["accepted"] == len(events)
     held = _ok(api.post("/v1/reservations", json={"customer_id": "acme", "request_id": "req-open", "model": "model-a",
                                                   "estimate": {"input_tokens": 2000, "max_output_tokens": 500}}))

@@ -69,6 +69,23 @@ def test_an_auditor_reads_the_trial_balance_traces_a_charge_and_runs_verify(page
     expect(page.locator("tfoot")).to_contain_text(tb["total_debits"])
     expect(page.get_by_text("yes", exact=True)).to_be_visible()
     shot(page, "audit-trial-balance")
+    page.get_by_role("link", name="Journal").click()
+    api = console.client("auditor")
+    first = api.get("/v1/journal", params={"limit": 50}).json()
+    second = api.get("/v1/journal", params={"limit": 50, "cursor": first["next_cursor"]}).json()
+    assert first["next_cursor"], "the seed wrote more than one page of entries"
+    for entry in first["entries"]:
+        expect(page.locator(f"tr[data-entry='{entry['id']}']")).to_be_visible()
+    shot(page, "audit-journal")
+    page.get_by_role("link", name="Next page").click()
+    shown = page.locator("tr[data-entry]").evaluate_all("rows => rows.map(r => Number(r.dataset.entry))")
+    assert shown == [e["id"] for e in second["entries"]]
+    account = "liability:customer:acme:reserved"
+    page.get_by_role("link", name=account).first.click()
+    statement = api.get(f"/v1/accounts/{account}/statement").json()
+    expect(page.locator("[data-figure=closing]")).to_have_text(statement["closing_balance"])
+    expect(page.locator("[data-figure=opening]")).to_have_text(statement["opening_balance"])
+    shot(page, "audit-statement")
     page.get_by_role("link", name="Charge trace").click()
     page.get_by_label("Request id").fill("req-traced")
     page.get_by_role("button", name="Trace").click()
@@ -91,7 +108,8 @@ def test_an_auditor_reads_the_trial_balance_traces_a_charge_and_runs_verify(page
 def test_a_customer_key_gets_403_pages_for_another_customer_and_for_audit_pages(page: Page, console: Console):
     sign_in(page, console.keys["acme"])
     for path in ("/console/customers/globex", "/console/customers/globex/usage",
-                 "/console/customers/globex/reservations", "/console/audit",
+                 "/console/customers/globex/reservations", "/console/audit", "/console/audit/journal",
+                 "/console/audit/statement?account=liability:customer:acme:reserved",
                  "/console/audit/trace?request_id=req-traced", "/console/audit/verify",
                  "/console/operator", "/console/customers/acme/top-up"):
         response = page.goto(path)
