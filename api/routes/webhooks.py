@@ -3,20 +3,25 @@ disable, rotate the secret, delete; each endpoint's delivery log, and re-drives.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Annotated, Any, Literal, Optional
 
 import msgspec
-from litestar import delete, get, patch, post
+from litestar import Request, Response, delete, get, patch, post
 from litestar.datastructures import State
 from litestar.params import FromPath, QueryParameter
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api.auth import require
 from api.errors import documented
 from api.routes.formats import DateTime
 from api.routes.schemas import json_body
-from api.routes.wire import shaped, time_in, time_out
+from api.routes.wire import Answer, idempotency, respond, shaped, time_in, time_out
+from ledger.db import lock_key
+from wallets.core.idempotency import CREATED, OK
 from wallets.errors import WalletValidationError
+from wallets.service import run_once
 from wallets.webhooks import endpoints, log
 from wallets.webhooks.endpoints import Changes, Endpoint
 from wallets.webhooks.rules import MAX_TOPICS, MAX_URL, check_topics, check_url
@@ -80,6 +85,11 @@ class RedriveResponse(msgspec.Struct):
     scheduled: int
 
 
+# Answers that show a secret: a new endpoint (201), a rotated secret (200).
+CREATED_WITH_SECRET = Answer(lambda r: r, CreatedWebhookEndpointResponse, lambda _: CREATED)
+ROTATED_WITH_SECRET = Answer(lambda r: r, CreatedWebhookEndpointResponse, lambda _: OK)
+
+
 def _response(e: Endpoint) -> WebhookEndpointResponse:
     return WebhookEndpointResponse(e.id, e.url, list(e.topics), e.description, e.status, e.disabled_reason,
                                    e.max_in_flight, time_out(e.previous_secret_until), time_out(e.created_at) or "",
@@ -90,17 +100,20 @@ def _with_secret(e: Endpoint, secret: str) -> CreatedWebhookEndpointResponse:
     return CreatedWebhookEndpointResponse(**msgspec.structs.asdict(_response(e)), secret=secret)
 
 
-@post("/v1/webhook-endpoints", guards=[require()], tags=TAGS, **documented(body=True))
+@post("/v1/webhook-endpoints", guards=[require()], tags=TAGS,
+      **documented(409, body=True, replay=CreatedWebhookEndpointResponse))
 async def create_webhook_endpoint(
-        state: State, data: Annotated[dict[str, Any], json_body(CreateWebhookEndpointRequest)]
-) -> CreatedWebhookEndpointResponse:
+        state: State, request: Request, data: Annotated[dict[str, Any], json_body(CreateWebhookEndpointRequest)]
+) -> Response[CreatedWebhookEndpointResponse]:
     """Subscribe a URL to topics (`*`, `balance.*`, `invoice.finalized`, …); the signing secret
-    is returned here and never again."""
+    is returned here and never again (but to a replay of the same Idempotency-Key)."""
     body = shaped(data, CreateWebhookEndpointRequest)
     url, topics = check_url(body.url), check_topics(body.topics)
-    endpoint, secret = await state.services.db.committed(
-        lambda c: endpoints.create(c, url, topics, body.description, body.max_in_flight))
-    return _with_secret(endpoint, secret)
+
+    async def work(conn: AsyncConnection) -> CreatedWebhookEndpointResponse:
+        return _with_secret(*await endpoints.create(conn, url, topics, body.description, body.max_in_flight))
+
+    return await _once(state, request, data, work, CREATED_WITH_SECRET)
 
 
 @get("/v1/webhook-endpoints", guards=[require()], tags=TAGS, **documented())
@@ -134,18 +147,32 @@ async def delete_webhook_endpoint(state: State, endpoint_id: FromPath[str]) -> W
 
 
 @post("/v1/webhook-endpoints/{endpoint_id:str}/rotate-secret", guards=[require()], status_code=200, tags=TAGS,
-      **documented(404, body=True))
+      **documented(404, 409, body=True))
 async def rotate_webhook_secret(
-        state: State, endpoint_id: FromPath[str],
+        state: State, request: Request, endpoint_id: FromPath[str],
         # typing.Optional: Litestar's OpenAPI cannot name a `X | None` body (types.UnionType)
         data: Annotated[Optional[dict[str, Any]], json_body(RotateSecretRequest)] = None,  # noqa: UP045
-) -> CreatedWebhookEndpointResponse:
-    """A new signing secret, returned once. For `previous_secret_valid_seconds` (a day unless
-    given) deliveries carry a signature with each secret, so a receiver can switch over."""
+) -> Response[CreatedWebhookEndpointResponse]:
+    """A new signing secret, returned once (send an Idempotency-Key: a retried rotation would
+    otherwise rotate again). For `previous_secret_valid_seconds` (a day unless given) deliveries
+    carry a signature with each secret, so a receiver can switch over."""
     body = shaped(data or {}, RotateSecretRequest)
     grace = timedelta(seconds=body.previous_secret_valid_seconds)
-    endpoint, secret = await state.services.db.committed(lambda c: endpoints.rotate_secret(c, endpoint_id, grace))
-    return _with_secret(endpoint, secret)
+
+    async def work(conn: AsyncConnection) -> CreatedWebhookEndpointResponse:
+        return _with_secret(*await endpoints.rotate_secret(conn, endpoint_id, grace))
+
+    return await _once(state, request, data or {}, work, ROTATED_WITH_SECRET)
+
+
+async def _once(state: State, request: Request, data: Any,
+                work: Callable[[AsyncConnection], Awaitable[CreatedWebhookEndpointResponse]],
+                answer: Answer) -> Response:
+    """Run `work` once per Idempotency-Key: a replay answers the first answer, secret included."""
+    idem = idempotency(request, data)
+    locks = [] if idem is None else [lock_key(f"idempotency:{idem.scope}:{idem.key}")]
+    outcome = await run_once(state.services.db, idem, work, locks, answer.code)
+    return respond(request, outcome, answer)
 
 
 @post("/v1/webhook-endpoints/{endpoint_id:str}/redrive", guards=[require()], status_code=202, tags=TAGS,

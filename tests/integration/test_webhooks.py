@@ -205,3 +205,24 @@ async def test_the_database_keeps_attempts_append_only_and_deleted_endpoints_del
         await db.committed(lambda conn: conn.execute(text(
             "INSERT INTO webhook_endpoints (id, url, topics, secret) VALUES ('we_0000000000000000', "
             "'https://x.example', '{*}', 'plaintext')")))
+
+
+async def test_create_and_rotate_answer_a_replayed_idempotency_key_with_the_same_secret(client):
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    body = {"url": "https://hooks.example.com/a", "topics": ["invoice.finalized"]}
+    first = await client.post("/v1/webhook-endpoints", json=body, headers=key)
+    again = await client.post("/v1/webhook-endpoints", json=body, headers=key)
+    assert first.status_code == again.status_code == 201
+    assert again.json() == first.json() and again.headers["idempotent-replayed"] == "true"
+    other = await client.post("/v1/webhook-endpoints", json={**body, "url": "https://hooks.example.com/b"},
+                              headers=key)
+    assert other.status_code == 409 and other.json()["code"] == "idempotency_conflict"
+    listed = [e for e in (await client.get("/v1/webhook-endpoints")).json() if e["id"] == first.json()["id"]]
+    assert len(listed) == 1 and "secret" not in listed[0]
+    path, rotation = f"/v1/webhook-endpoints/{first.json()['id']}/rotate-secret", {"Idempotency-Key": uuid.uuid4().hex}
+    rotated = await client.post(path, json={}, headers=rotation)
+    retried = await client.post(path, json={}, headers=rotation)
+    assert rotated.status_code == retried.status_code == 200
+    assert retried.json()["secret"] == rotated.json()["secret"] != first.json()["secret"]
+    missing = await client.post("/v1/webhook-endpoints/we_0000000000000000/rotate-secret")
+    assert missing.status_code == 404 and missing.json()["code"] == "not_found"

@@ -1,6 +1,6 @@
-"""Webhook deliveries in PostgreSQL: the fan-out of outbox events to subscribed endpoints, the
-claim of due deliveries (leases, per-endpoint limits, shared by every process with SKIP LOCKED),
-the record of each attempt, the delivery log and re-drives.
+"""Webhook deliveries in PostgreSQL: the fan-out of outbox events to subscribed endpoints (read
+past a cursor, never written), the claim of due deliveries (leases, per-endpoint limits, shared
+by every process with SKIP LOCKED), and the record of each attempt.
 
 Every function here runs at READ COMMITTED (Database.committed): none takes a lane lock or a
 SERIALIZABLE snapshot, so none can make a wallet writer wait or abort.
@@ -18,20 +18,28 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from wallets.webhooks.rules import DISABLED_TOPIC, RetryPolicy
 
-FAN_OUT = text("""
-WITH picked AS (
-    SELECT lane, id, topic, customer_id, dedup_key, payload, created_at FROM outbox
-     WHERE delivered_at IS NULL ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED
+# The fan-out never writes an outbox row (a writer inserting the same dedup key after such an
+# update would fail with 40001): it reads past its cursor, in (txid, id) order, the rows of
+# transactions older than every open one, so a row that commits later lies past the cursor.
+_LOCK_CURSOR = text("SELECT txid::text AS txid, outbox_id FROM webhook_fan_out FOR UPDATE SKIP LOCKED")
+_FAN_OUT = text("""
+WITH scanned AS (
+    SELECT lane, id, txid, topic, customer_id, dedup_key, payload, created_at, delivered_at FROM outbox
+     WHERE (txid, id) > (CAST(:txid AS xid8), :outbox_id) AND txid < pg_snapshot_xmin(pg_current_snapshot())
+     ORDER BY txid, id LIMIT :limit
 ), fanned AS (
     INSERT INTO webhook_deliveries (endpoint_id, event_id, topic, customer_id, payload, event_at)
     SELECT e.id, webhook_event_id(p.lane, p.dedup_key, p.payload), p.topic, p.customer_id, p.payload, p.created_at
-      FROM picked p JOIN webhook_endpoints e ON e.status = 'enabled' AND webhook_topic_matches(e.topics, p.topic)
+      FROM scanned p JOIN webhook_endpoints e ON e.status = 'enabled' AND webhook_topic_matches(e.topics, p.topic)
+     WHERE p.delivered_at IS NULL  -- set only by migration 0013's fan-out: those went out then
     ON CONFLICT (endpoint_id, event_id) DO NOTHING
     RETURNING 1
-), marked AS (
-    UPDATE outbox o SET delivered_at = now() FROM picked p WHERE o.lane = p.lane AND o.id = p.id RETURNING 1
+), last AS (
+    SELECT txid, id FROM scanned ORDER BY txid DESC, id DESC LIMIT 1
+), moved AS (  -- runs whether or not it is read, as every data-modifying WITH does
+    UPDATE webhook_fan_out SET txid = last.txid, outbox_id = last.id FROM last RETURNING 1
 )
-SELECT (SELECT count(*) FROM marked) AS events, (SELECT count(*) FROM fanned) AS deliveries
+SELECT (SELECT count(*) FROM scanned) AS events, (SELECT count(*) FROM fanned) AS deliveries
 """)
 
 # Endpoints with something due, locked so that concurrent claimers skip them: the count of
@@ -97,9 +105,12 @@ class Outcome:
 
 
 async def fan_out(conn: AsyncConnection, limit: int = 500) -> tuple[int, int]:
-    """Hand up to `limit` undelivered outbox events to the deliveries of every enabled endpoint
-    that subscribes to them; (events, deliveries). Concurrent callers take disjoint events."""
-    row = (await conn.execute(FAN_OUT, {"limit": limit})).one()
+    """Hand up to `limit` new outbox events to the deliveries of every enabled endpoint that
+    subscribes to them; (events, deliveries). One process at a time: the others skip the round."""
+    cursor = (await conn.execute(_LOCK_CURSOR)).first()
+    if cursor is None:
+        return 0, 0
+    row = (await conn.execute(_FAN_OUT, {"txid": cursor.txid, "outbox_id": cursor.outbox_id, "limit": limit})).one()
     return int(row.events), int(row.deliveries)
 
 

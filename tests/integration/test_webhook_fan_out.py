@@ -1,0 +1,49 @@
+"""The fan-out reads the outbox and never writes it: a wallet writer that inserts an event's
+dedup key again is never failed by it, and an event whose transaction commits after a later
+one is still handed out, once."""
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+from sqlalchemy import text
+
+from wallets.webhooks import deliveries, endpoints
+
+INSERT = ("INSERT INTO outbox (topic, dedup_key, payload) VALUES ('invoice.finalized', %s, "
+          "jsonb_build_object('id', %s::text)) ON CONFLICT (lane, dedup_key) DO NOTHING")
+
+
+async def _fanned(db, endpoint_id: str, mark: str) -> list[str]:
+    while (await db.committed(deliveries.fan_out))[0]:
+        pass
+    rows = await db.read(lambda conn: conn.execute(text(
+        "SELECT event_id FROM webhook_deliveries WHERE endpoint_id = :e AND event_id LIKE '%' || :m ORDER BY id"),
+        {"e": endpoint_id, "m": mark}))
+    return [r.event_id for r in rows]
+
+
+async def test_a_writer_inserting_a_fanned_out_key_again_is_not_failed_by_the_fan_out(database_url, db):
+    mark = uuid.uuid4().hex[:10]
+    endpoint, _ = await db.committed(lambda c: endpoints.create(c, "https://x.example/h", ["invoice.*"], "", 1))
+    with psycopg.connect(database_url, autocommit=True) as first:
+        first.execute(INSERT, (f"k-{mark}", f"evt_{mark}"))
+    with psycopg.connect(database_url) as writer:
+        writer.execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
+        writer.execute("SELECT count(*) FROM customers")  # the writer's snapshot predates the fan-out
+        assert await _fanned(db, endpoint.id, mark) == [f"evt_{mark}"]
+        writer.execute(INSERT, (f"k-{mark}", f"evt_again_{mark}"))  # 0013's UPDATE made this a 40001
+        writer.commit()
+
+
+async def test_an_event_committed_after_a_later_one_is_not_skipped(database_url, db):
+    mark = uuid.uuid4().hex[:10]
+    endpoint, _ = await db.committed(lambda c: endpoints.create(c, "https://x.example/h", ["invoice.*"], "", 1))
+    with psycopg.connect(database_url) as slow, psycopg.connect(database_url) as fast:
+        slow.execute(INSERT, (f"slow-{mark}", f"evt_slow_{mark}"))  # the lower id, still open
+        fast.execute(INSERT, (f"fast-{mark}", f"evt_fast_{mark}"))
+        fast.commit()
+        assert await _fanned(db, endpoint.id, mark) == [], "nothing past an open transaction's xid is read yet"
+        slow.commit()
+    assert sorted(await _fanned(db, endpoint.id, mark)) == sorted([f"evt_slow_{mark}", f"evt_fast_{mark}"])
+    assert len(await _fanned(db, endpoint.id, mark)) == 2, "each once"
