@@ -1,5 +1,6 @@
 """The operator's page: readiness and the migration head, the lanes and what their writers are
-doing right now, the retry and error counters of the metrics, for admins."""
+doing right now, the webhook delivery backlog, the retry and error counters of the metrics, for
+admins."""
 from __future__ import annotations
 
 from typing import Any
@@ -50,7 +51,11 @@ def counters(registry: Any) -> list[dict[str, Any]]:
 _LANES = text("""
 SELECT s.lanes,
        (SELECT count(*) FROM customers) AS customers,
-       (SELECT count(*) FROM reservations WHERE status IN ('held', 'capturing')) AS open_reservations
+       (SELECT count(*) FROM reservations WHERE status IN ('held', 'capturing')) AS open_reservations,
+       (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending') AS webhooks_pending,
+       (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= now())
+           AS webhooks_due,
+       (SELECT count(*) FROM webhook_deliveries WHERE status = 'failed') AS webhooks_failed
   FROM ledger_settings s
 """)
 _WRITERS = text("""
@@ -77,6 +82,7 @@ async def lanes(conn: AsyncConnection) -> dict[str, Any]:
         else:
             entry["waiting"] += 1
     return {"lanes": head.lanes, "customers": head.customers, "open_reservations": head.open_reservations,
+            "webhooks": {"pending": head.webhooks_pending, "due": head.webhooks_due, "failed": head.webhooks_failed},
             "active": [activity[n] for n in sorted(activity)]}
 
 
