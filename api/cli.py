@@ -37,6 +37,18 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _gateway(args: argparse.Namespace, settings: Settings) -> int:
+    """`serve`, with the gateway's upstreams from the command line (their keys stay in the environment)."""
+    from dataclasses import replace
+
+    given = {name: url.rstrip("/") for name, url in (("openai_url", args.upstream_openai),
+                                                      ("anthropic_url", args.upstream_anthropic)) if url}
+    if args.max_output_tokens is not None and args.max_output_tokens < 1:
+        raise SystemExit("--max-output-tokens must be at least 1")
+    changes = {**given, **({"default_max_output_tokens": args.max_output_tokens} if args.max_output_tokens else {})}
+    return _serve(args, replace(settings, gateway=replace(settings.gateway, **changes)))
+
+
 def _exit_quietly(signum: int, _frame: object) -> None:
     raise SystemExit(0)
 
@@ -145,6 +157,10 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
         from api.bench import faults
 
         return faults.main(args)
+    if args.target == "gateway":
+        from api.bench import gateway_bench
+
+        return gateway_bench.main(args, settings)
     if args.target == "ingest":
         from api.bench import ingest_bench
 
@@ -182,13 +198,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"tokentill {version('tokentill')}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="migrate, then serve the HTTP API")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--access-log", action="store_true", help="log every request")
-    serve.add_argument("--workers", type=int, metavar="N", help="server processes on the port, under one "
-                       "supervisor (default: $TOKENTILL_WORKERS, else 1)")
+    serve = sub.add_parser("serve", help="migrate, then serve the HTTP API (and the metering gateway)")
+    gateway = sub.add_parser("gateway", help="serve, with the metering gateway's upstreams given here "
+                             "(their keys: $TOKENTILL_UPSTREAM_OPENAI_KEY, $TOKENTILL_UPSTREAM_ANTHROPIC_KEY)")
+    for command in (serve, gateway):
+        command.add_argument("--host", default="127.0.0.1")
+        command.add_argument("--port", type=int, default=8000)
+        command.add_argument("--access-log", action="store_true", help="log every request")
+        command.add_argument("--workers", type=int, metavar="N", help="server processes on the port, under one "
+                             "supervisor (default: $TOKENTILL_WORKERS, else 1)")
     serve.set_defaults(func=_serve)
+    gateway.add_argument("--upstream-openai", metavar="URL", help="the OpenAI-compatible upstream, as its SDK's "
+                         "base_url (default: $TOKENTILL_UPSTREAM_OPENAI, else https://api.openai.com/v1)")
+    gateway.add_argument("--upstream-anthropic", metavar="URL", help="the Anthropic upstream, as its SDK's "
+                         "base_url (default: $TOKENTILL_UPSTREAM_ANTHROPIC, else https://api.anthropic.com)")
+    gateway.add_argument("--max-output-tokens", type=int, metavar="N", help="the output cap held for (and sent "
+                         "with) a call that sets none (default: $TOKENTILL_GATEWAY_MAX_OUTPUT_TOKENS, else 4096)")
+    gateway.set_defaults(func=_gateway)
 
     migrate = sub.add_parser("migrate", help="apply database migrations (safe to run concurrently)")
     migrate.set_defaults(func=_migrate)
@@ -231,7 +257,7 @@ def parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     bench = sub.add_parser("bench", help="benchmarks against pgbench on the same cluster")
-    bench.add_argument("target", choices=["ledger", "lifecycle", "faults", "ingest"])
+    bench.add_argument("target", choices=["ledger", "lifecycle", "faults", "ingest", "gateway"])
     bench.add_argument("--seconds", type=float, default=10.0, help="duration of each case")
     bench.add_argument("--workers", type=int, default=64, help="concurrent posting tasks")
     bench.add_argument("--accounts", type=int, default=10_000, help="accounts in the spread case")

@@ -4,9 +4,10 @@ realistic bodies and server-sent events, usage included, at zero latency.
 
 The model name picks the behaviour: `...-fail` answers 500 before any token; `...-pause` sends
 PAUSE_AFTER tokens, then waits for the caller to leave (so "emitted before the cut" is exact);
-`...-hold` sends one token, then waits until `release()` is called; `...-nousage` streams
-without any usage. Anything else answers OUTPUT_TOKENS tokens. Each output token is one word of
-`api.demo.STREAM_WORDS`, one cl100k_base token each. Every call is logged in `calls`: the
+`...-hold` sends one token, then waits until `release()` is called; `...-drop` breaks the
+connection after DROP_AFTER tokens; `...-nousage` streams without any usage. Anything else
+answers OUTPUT_TOKENS tokens. Each output token is one word of `api.demo.STREAM_WORDS`, one
+cl100k_base token each. Every call is logged in `calls`: the
 headers it came with, its body, the tokens emitted and whether the caller left.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ from api.demo import STREAM_WORDS
 
 OUTPUT_TOKENS = 40
 PAUSE_AFTER = 200
+DROP_AFTER = 10
 # What the fake reports as the prompt's usage, per API (a real provider counts it itself).
 CHAT_USAGE = {"prompt_tokens": 1000, "cached_tokens": 200}
 RESPONSES_USAGE = {"input_tokens": 800, "cached_tokens": 100, "reasoning_tokens": 16}
@@ -94,6 +96,8 @@ class FakeUpstream:
                     return
                 if model.endswith("-hold") and log.emitted == 1:
                     await self._gates().wait()
+                if model.endswith("-drop") and log.emitted == DROP_AFTER:
+                    raise ConnectionAbortedError("the fake drops the stream")  # uvicorn aborts the connection
                 continue
             await send({"type": "http.response.body", "body": event, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -288,3 +292,16 @@ class FakeServer(threading.Thread):
     def stop(self) -> None:
         self.server.should_exit = True
         self.join(timeout=10)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m api.bench.fake_upstream PORT`: the fake in a process of its own (the benchmark's)."""
+    import sys
+
+    port = int((argv if argv is not None else sys.argv[1:])[0])
+    uvicorn.run(FakeUpstream(), host="127.0.0.1", port=port, log_level="warning", lifespan="on",
+                loop="uvloop", http="httptools", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

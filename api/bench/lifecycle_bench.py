@@ -107,13 +107,13 @@ def pct(values: list[float], p: int) -> float:
     return round(ordered[min(len(ordered) - 1, (len(ordered) * p) // 100)], 2)
 
 
-def start_server(url: str, port: int, workers: int = 1) -> subprocess.Popen:
-    """`tokentill serve` on `port`; with `workers` > 1, one `serve --workers` (api/workers.py)."""
+def start_server(url: str, port: int, workers: int = 1, command: tuple[str, ...] = ("serve",)) -> subprocess.Popen:
+    """`tokentill serve` (or `command`) on `port`; with `workers` > 1, one `serve --workers` (api/workers.py)."""
     env = {**os.environ, "TOKENTILL_DATABASE_URL": url, "TOKENTILL_ADMIN_KEY": KEY,
            "TOKENTILL_LOG_LEVEL": "WARNING", "TOKENTILL_SCHEDULER": "off"}
     env.pop("TOKENTILL_WORKERS", None)
     log = tempfile.TemporaryFile()  # a pipe nobody reads would fill up and stall the server
-    server = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--host", "127.0.0.1", "--port",
+    server = subprocess.Popen([sys.executable, "-m", "api.cli", *command, "--host", "127.0.0.1", "--port",
                                str(port), "--workers", str(workers)], env=env, stdout=subprocess.DEVNULL,
                               stderr=log)
     server.log = log  # type: ignore[attr-defined]

@@ -2,6 +2,8 @@
 usual exception for the status (402, 429, ...). Our stable `code` rides along in the body."""
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 OPENAI_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 402: "insufficient_funds",
@@ -13,13 +15,15 @@ ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 40
                    503: "overloaded_error"}
 
 
-def error_body(provider: str, status: int, code: str, message: str, param: str | None = None) -> bytes:
-    """`{"error": {...}}` as OpenAI answers, or `{"type": "error", "error": {...}}` as Anthropic does."""
+def error_body(provider: str, status: int, code: str, message: str, details: dict[str, Any] | None = None) -> bytes:
+    """`{"error": {...}}` as OpenAI answers, or `{"type": "error", "error": {...}}` as Anthropic does;
+    `details` (a refusal's context: the budget's figures, say) ride along under `tokentill`."""
+    extra = {"tokentill": details} if details else {}
     if provider == "anthropic":
         return msgspec.json.encode({"type": "error", "error": {
-            "type": ANTHROPIC_TYPES.get(status, "api_error"), "message": message, "code": code}})
+            "type": ANTHROPIC_TYPES.get(status, "api_error"), "message": message, "code": code, **extra}})
     return msgspec.json.encode({"error": {"message": message, "type": OPENAI_TYPES.get(status, "api_error"),
-                                          "param": param, "code": code}})
+                                          "param": None, "code": code, **extra}})
 
 
 def stream_error_event(provider: str, code: str, message: str) -> bytes:

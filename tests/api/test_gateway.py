@@ -274,6 +274,20 @@ def test_an_upstream_500_before_any_token_releases_the_hold_and_passes_the_error
     assert wallet(url, cid) == (Decimal("10"), 0)
 
 
+def test_an_upstream_that_breaks_mid_stream_is_billed_what_it_generated_and_the_client_gets_an_error(live):
+    url, _ = live
+    _, key = customer(live)
+    received = []
+    with pytest.raises(openai.APIError, match="upstream stream failed"):
+        with oai(url, key).chat.completions.with_streaming_response.create(
+                model="gpt-test-drop", messages=HI, stream=True) as response:
+            request_id = response.headers["x-tokentill-request-id"]
+            for chunk in response.parse():
+                received.append(chunk.choices[0].delta.content if chunk.choices else None)
+    assert "".join(filter(None, received)) == words(fk.DROP_AFTER)
+    assert charged(url, request_id) == (8 * IN + fk.DROP_AFTER * OUT) / M + CALL
+
+
 def test_an_anthropic_upstream_500_is_passed_through_and_released(live):
     url, _ = live
     cid, key = customer(live)
@@ -317,6 +331,21 @@ def test_keys_are_checked_and_a_key_of_several_customers_names_one(live):
     with pytest.raises(openai.ConflictError):  # the same request id again is never billed twice
         oai(url, several, default_headers={"x-tokentill-customer": cid, "x-tokentill-request-id": rid}
             ).chat.completions.create(model="gpt-test", messages=HI)
+
+
+def test_the_callers_dimensions_and_key_are_recorded_with_the_charge(live):
+    url, _ = live
+    _, key = customer(live)
+    raw = oai(url, key, default_headers={"x-tokentill-dimensions": '{"feature": "chat", "tier": 2}'}
+              ).chat.completions.with_raw_response.create(model="gpt-test", messages=HI)
+    with admin(url) as http:
+        trace = http.get(f"/v1/audit/charges/{raw.headers['x-tokentill-request-id']}").json()
+        key_id = next(k["id"] for k in http.get("/v1/api-keys").json() if k["customers"] == [trace["customer_id"]])
+    assert trace["charges"][0]["dimensions"] == {"feature": "chat", "tier": 2, "api_key": key_id,
+                                                 "gateway": "openai.chat.completions"}
+    with pytest.raises(openai.UnprocessableEntityError, match="x-tokentill-dimensions"):
+        oai(url, key, default_headers={"x-tokentill-dimensions": "[1]"}).chat.completions.create(
+            model="gpt-test", messages=HI)
 
 
 async def test_64_parallel_streams_on_a_wallet_of_10_holds_10_proceed_54_are_refused(live, fake):

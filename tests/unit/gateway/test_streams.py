@@ -22,7 +22,7 @@ def test_splitting_finds_the_same_events_wherever_the_bytes_are_cut(texts, cuts)
     events = [b"data: " + t.replace("\n", "\ndata: ").encode() + b"\n\n" for t in texts]
     stream = b"".join(events)
     splitter, found, last = EventSplitter(), [], 0
-    for cut in sorted({min(c, len(stream)) for c in cuts}) + [len(stream)]:
+    for cut in [*sorted({min(c, len(stream)) for c in cuts}), len(stream)]:
         found += splitter.feed(stream[last:cut])
         last = cut
     assert found == events and splitter.rest() == b""
