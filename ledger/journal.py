@@ -1,10 +1,12 @@
-"""Reading the journal: entries with their postings and seal status, a page at a time.
+"""Reading the journal: entries with their postings and seal status, a page at a time, in time
+order (occurred_at, then id: a stable order, since entries never change).
 
 Pages are read against a *snapshot watermark*: the first page records the reading transaction's
 `pg_current_snapshot()`, and every later page keeps only entries whose inserting transaction is
-visible in that snapshot (`pg_visible_in_snapshot(txid, snapshot)`). Entry ids are allocated
-before commit, so an id below the cursor can still commit later; the watermark keeps it out, and
-together the pages are exactly the entries committed before the first page was read. This holds
+visible in that snapshot (`pg_visible_in_snapshot(txid, snapshot)`). Entry ids and times are
+fixed before commit, so an entry with an earlier id or time than the first page's newest can
+still commit later; the snapshot keeps it out, and together the pages are exactly the entries
+committed before the first page was read, whatever the order of their commits. This holds
 because an entry's `txid` is always its own transaction's (a database trigger sees to it) and
 entries are never updated or deleted.
 """
@@ -34,6 +36,7 @@ class JournalFilter:
     end: datetime | None = None  # occurred_at < end
     customer: str | None = None
     account_id: int | None = None
+    account_customer: str | None = None  # the account's customer: its entries live in that lane
     kind: str | None = None
     request_id: str | None = None  # reservations' request id, or a usage event's id
     visible: tuple[str, ...] | None = None
@@ -98,9 +101,15 @@ async def snapshot_is_past(conn: AsyncConnection, snapshot: str) -> bool:
     return parsed[1] <= now_xmax
 
 
-def _where(f: JournalFilter, params: dict[str, Any]) -> str:
+Position = tuple[datetime, int]  # (occurred_at, id) of the last entry read: the listing's order
+
+
+def _where(f: JournalFilter, after: Position | None, params: dict[str, Any]) -> str:
     """The WHERE clause of `f`, naming only the filters given (so each plan fits its query)."""
-    clauses = ["pg_visible_in_snapshot(j.txid, CAST(:snapshot AS pg_snapshot))", "j.id > :after"]
+    clauses = ["pg_visible_in_snapshot(j.txid, CAST(:snapshot AS pg_snapshot))"]
+    if after is not None:
+        clauses.append("(j.occurred_at, j.id) > (:after_at, :after_id)")
+        params.update(after_at=after[0], after_id=after[1])
     if f.start is not None:
         clauses.append("j.occurred_at >= :start")
         params["start"] = f.start
@@ -122,8 +131,11 @@ def _where(f: JournalFilter, params: dict[str, Any]) -> str:
         params["request_id"] = f.request_id
     if f.account_id is not None:
         clauses.append("(j.lane, j.id) IN (SELECT p.lane, p.entry_id FROM postings p"
-                       " WHERE p.account_id = :account_id AND p.entry_id > :after)")
+                       " WHERE p.account_id = :account_id)")
         params["account_id"] = f.account_id
+        if f.account_customer is not None:
+            clauses.append("j.lane = ledger_entry_lane(:account_customer)")
+            params["account_customer"] = f.account_customer
     return " AND ".join(clauses)
 
 
@@ -144,14 +156,15 @@ SELECT s.id, s.from_txid::text AS lo, s.to_txid::text AS hi, s.sealed_at, u.entr
 """
 
 
-async def journal_page(conn: AsyncConnection, f: JournalFilter, snapshot: str, after: int,
+async def journal_page(conn: AsyncConnection, f: JournalFilter, snapshot: str, after: Position | None,
                        limit: int) -> list[EntryRecord]:
-    """Up to `limit` entries with ids above `after`, in id order, as of `snapshot`."""
-    params: dict[str, Any] = {"snapshot": snapshot, "after": after, "limit": limit}
+    """Up to `limit` entries after `after`, in (occurred_at, id) order, as of `snapshot`."""
+    params: dict[str, Any] = {"snapshot": snapshot, "limit": limit}
     rows = (await conn.execute(text(
         f"""SELECT j.lane, j.id, j.key, j.request_hash, j.kind, j.customer_id, j.metadata,
                    j.txid::text AS txid, j.occurred_at, j.recorded_at
-              FROM journal_entries j WHERE {_where(f, params)} ORDER BY j.id LIMIT :limit"""),
+              FROM journal_entries j WHERE {_where(f, after, params)}
+             ORDER BY j.occurred_at, j.id LIMIT :limit"""),
         params)).all()
     if not rows:
         return []

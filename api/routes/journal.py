@@ -24,6 +24,7 @@ from api.routes.wire import time_in, time_out, time_param
 from ledger.journal import EntryRecord, JournalFilter, current_snapshot, journal_page, snapshot_is_past
 from ledger.statements import AccountRef, balance_at, cached_balance, find_account, statement_page
 from pricing.money import DEFAULT_SCALE, format_amount
+from wallets.errors import WalletValidationError
 
 PAGE = 100
 MAX_PAGE = 1000
@@ -70,7 +71,7 @@ class EntryView(msgspec.Struct):
 
 
 class JournalPage(msgspec.Struct):
-    """Entries in id order; `next_cursor` is null on the last page."""
+    """Entries in time order (occurred_at, then id); `next_cursor` is null on the last page."""
 
     entries: list[EntryView]
     next_cursor: str | None
@@ -142,6 +143,13 @@ async def _visible_account(conn, principal: Principal, code: str, *, platform_ok
     return account
 
 
+def _range(start: str | None, end: str | None) -> tuple[datetime | None, datetime | None]:
+    since, until = time_in(start, "from"), time_in(end, "to")
+    if since is not None and until is not None and until < since:
+        raise WalletValidationError("to", "must not be before from")
+    return since, until
+
+
 async def _snapshot(conn, cursor: str | None, listing: str, filters: Any) -> tuple[str, list[Any] | None]:
     if cursor is None:
         return await current_snapshot(conn), None
@@ -163,51 +171,45 @@ async def get_journal(
     cursor: Cursor = None,
     limit: Limit = PAGE,
 ) -> JournalPage:
-    """Journal entries with their postings, metadata and seal status, in id order, filtered by
-    occurred_at in [from, to), customer, account (entries posting to it), kind and request id
-    (a reservation's request id or a usage event's id). Page with `next_cursor`: the pages are
-    disjoint and together exactly the entries committed before the first page was read."""
+    """Journal entries with their postings, metadata and seal status, in time order (occurred_at,
+    then id), filtered by occurred_at in [from, to), customer, account (entries posting to it),
+    kind and request id (a reservation's request id or a usage event's id). Page with
+    `next_cursor`: the pages are disjoint and together exactly the entries committed before the
+    first page was read."""
     principal = principal_of(request)
     if customer is not None:
         ensure_customer(request, customer)
-    since, until = time_in(start, "from"), time_in(end, "to")
+    since, until = _range(start, end)
     filters = [start, end, customer, account, kind, request_id]
 
     async def read(conn):
         snapshot, position = await _snapshot(conn, cursor, "journal", filters)
-        after = _int_position(position)
-        account_id = None
-        if account is not None:
-            account_id = (await _visible_account(conn, principal, account, platform_ok=True)).id
-        f = JournalFilter(since, until, customer, account_id, kind, request_id, principal.visible())
+        after = _position(position, 2)
+        named = None if account is None else await _visible_account(conn, principal, account, platform_ok=True)
+        f = JournalFilter(since, until, customer, named and named.id, named and named.customer_id, kind, request_id,
+                          principal.visible())
         page = await journal_page(conn, f, snapshot, after, limit)
         scales = await _scales(state, conn, {p.asset for e in page for p in e.postings})
-        more = cursors.encode("journal", filters, snapshot, [page[-1].id]) if len(page) == limit else None
+        more = (cursors.encode("journal", filters, snapshot, [page[-1].occurred_at.isoformat(), page[-1].id])
+                if len(page) == limit else None)
         return JournalPage([_entry(e, scales) for e in page], more)
 
     return await state.services.db.read(read)
 
 
-def _int_position(position: list[Any] | None) -> int:
-    if position is None:
-        return 0
-    if len(position) != 1 or type(position[0]) is not int or position[0] < 0:
-        raise ApiError("invalid_cursor", "cursor: not a cursor of this API; start again without a cursor", 400)
-    return position[0]
-
-
-def _statement_position(position: list[Any] | None) -> tuple[datetime, int, int] | None:
+def _position(position: list[Any] | None, ids: int) -> Any:
+    """A cursor's position: an occurred_at and `ids` integer ids after it (entry, posting)."""
     if position is None:
         return None
     try:
-        at, entry_id, posting_id = position
+        at, *rest = position
         parsed = datetime.fromisoformat(at)
-        if type(entry_id) is not int or type(posting_id) is not int or parsed.tzinfo is None:
+        if len(rest) != ids - 1 or any(type(i) is not int for i in rest) or parsed.tzinfo is None:
             raise ValueError
     except (TypeError, ValueError):
         raise ApiError("invalid_cursor", "cursor: not a cursor of this API; start again without a cursor",
                        400) from None
-    return parsed, entry_id, posting_id
+    return (parsed, *rest)
 
 
 @get("/v1/accounts/{code:str}/statement", guards=[require("auditor", "customer")], tags=["audit"],
@@ -223,13 +225,13 @@ async def get_statement(
     the running balance, and its closing balance at `to`; a striped platform account as a whole.
     Time is each entry's occurred_at. Page with `next_cursor`, as the journal does."""
     principal = principal_of(request)
-    since, until = time_in(start, "from"), time_in(end, "to")
+    since, until = _range(start, end)
     filters = [code, start, end]
 
     async def read(conn):
         snapshot, position = await _snapshot(conn, cursor, "statement", filters)
         account = await _visible_account(conn, principal, code, platform_ok=False)
-        page = await statement_page(conn, account, since, until, snapshot, _statement_position(position), limit)
+        page = await statement_page(conn, account, since, until, snapshot, _position(position, 3), limit)
         scale = await state.services.asset_scale(conn, account.asset) or DEFAULT_SCALE
         last = page.lines[-1] if page.lines else None
         more = (cursors.encode("statement", filters, snapshot,

@@ -7,6 +7,7 @@ import base64
 import json
 import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime
 
 import pytest
 from litestar.testing import AsyncTestClient
@@ -71,7 +72,8 @@ async def test_a_customers_journal_lists_its_entries_in_order_with_balanced_post
     page = (await client.get("/v1/journal", params={"customer": c["customer"]})).json()
     entries = page["entries"]
     assert [e["kind"] for e in entries] == ["topup", "reserve", "settle"]
-    assert [e["id"] for e in entries] == sorted(e["id"] for e in entries)
+    order = [(datetime.fromisoformat(e["occurred_at"]), e["id"]) for e in entries]
+    assert order == sorted(order)
     assert page["next_cursor"] is None
     topup = entries[0]
     assert {p["account"]: p["amount"] for p in topup["postings"]} == {
@@ -214,8 +216,34 @@ async def test_the_trial_balance_before_the_first_entry_is_empty_and_balanced(cl
 async def test_malformed_parameters_are_validation_errors(client):
     for path, params in (("/v1/journal", {"from": "yesterday"}), ("/v1/journal", {"limit": 0}),
                          ("/v1/journal", {"limit": 1001}), ("/v1/journal", {"customer": "bad id!"}),
-                         ("/v1/audit/trial-balance", {"at": "2026-13-01T00:00:00Z"})):
+                         ("/v1/audit/trial-balance", {"at": "2026-13-01T00:00:00Z"}),
+                         ("/v1/journal", {"from": "2026-02-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}),
+                         ("/v1/accounts/income:platform:usage:USD/statement",
+                          {"from": "2026-02-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"})):
         response = await client.get(path, params=params)
         assert response.status_code == 422 and response.json()["code"] == "validation_error", (params, response.text)
     missing = await client.get("/v1/accounts/no:such:account/statement")
     assert missing.status_code == 404 and missing.json()["code"] == "not_found"
+
+
+async def test_an_entry_changed_after_its_seal_reads_as_altered(scratch_url):
+    """Triggers forbid the change; a superuser who turns them off still cannot hide it."""
+    app = create_app(Settings(admin_key="journal-admin", scheduler=False), scratch_url)
+    async with AsyncTestClient(app=app) as c:
+        c.headers.update(ADMIN)
+        assert (await c.post("/v1/price-books", json=BOOK)).status_code == 201
+        lifecycle = await _lifecycle(c)
+        db = connect(scratch_url, pool_size=1)
+        try:
+            await seal_journal(db)
+            entries = (await c.get("/v1/journal", params={"customer": lifecycle["customer"]})).json()["entries"]
+            async with db.engine.begin() as conn:
+                await conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
+                await conn.exec_driver_sql(
+                    "UPDATE journal_entries SET metadata = metadata || '{\"note\": \"edited\"}' WHERE id = %s",
+                    (entries[1]["id"],))
+        finally:
+            await db.dispose()
+        after = (await c.get("/v1/journal", params={"customer": lifecycle["customer"]})).json()["entries"]
+    assert [e["seal"]["status"] for e in after] == ["sealed", "altered", "sealed"]
+    assert after[1]["seal"]["hash"] == entries[1]["seal"]["hash"]  # what the seal stored, not the new hash

@@ -1,11 +1,12 @@
 """Acceptance 1 of issue 13: journal pages under concurrent writes.
 
 Four writers commit 106,000 entries in batches while two readers page through `GET /v1/journal`
-(an auditor, and a `customer:<id>` key). A straggler transaction allocates its entry ids before
-the first page is read and commits after it, while the cursor is still below its ids. Every
+(an auditor, and a `customer:<id>` key). A straggler transaction takes its entry ids and times
+before the first page is read (both below those of entries committed before it) and commits
+only after page 3: a watermark of the newest id or time seen would let it in. Every
 writer transaction is classified by wall-clock: committed before the first page was requested
 (must be listed), COMMIT sent after the first page answered (must not be), or in between (either,
-but all of it or none). The pages must be disjoint, in id order, and together exactly that set;
+but all of it or none). The pages must be disjoint, in time order, and together exactly that set;
 the customer's pages exactly its own part of it.
 """
 from __future__ import annotations
@@ -125,7 +126,8 @@ def _check(read, log: Log, prefill, straggled, customer: str | None = None) -> t
     pages, _, t0, t1, t_last = read
     listed = [i for page in pages for i in page]
     assert len(listed) == len(set(listed)), "pages overlap"
-    assert listed == sorted(listed), "not in id order"
+    order = [(datetime.fromisoformat(e["occurred_at"]), e["id"]) for e in read[1]]
+    assert [i for _, i in order] == listed and order == sorted(order), "not in time order"
     must, must_not, either = _expected(log, prefill, t0, t1)
     keep = (lambda ids: {i for i, c in ids.items() if c == customer}) if customer else (lambda ids: set(ids))
     got = set(listed)
