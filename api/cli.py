@@ -161,6 +161,10 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
         from api.bench import gateway_bench
 
         return gateway_bench.main(args, settings)
+    if args.target == "budgets":
+        from api.bench import budget_bench
+
+        return budget_bench.main(args, settings)
     if args.target == "ingest":
         from api.bench import ingest_bench
 
@@ -257,7 +261,7 @@ def parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     bench = sub.add_parser("bench", help="benchmarks against pgbench on the same cluster")
-    bench.add_argument("target", choices=["ledger", "lifecycle", "faults", "ingest", "gateway"])
+    bench.add_argument("target", choices=["ledger", "lifecycle", "faults", "ingest", "gateway", "budgets"])
     bench.add_argument("--seconds", type=float, default=10.0, help="duration of each case")
     bench.add_argument("--workers", type=int, default=64, help="concurrent posting tasks")
     bench.add_argument("--accounts", type=int, default=10_000, help="accounts in the spread case")
@@ -270,6 +274,8 @@ def parser() -> argparse.ArgumentParser:
                        help="lifecycle: the table of lanes 1/2/4/16 x servers 1/2, each on a fresh database")
     bench.add_argument("--workers-per-server", type=int, default=1, metavar="N",
                        help="lifecycle: run each server as one `tokentill serve --workers N`")
+    bench.add_argument("--budgets", action="store_true",
+                       help="lifecycle: run the spread case again with three matching budgets per wallet")
     bench.add_argument("--pgbench-clients", type=int, default=8)
     bench.add_argument("--profile", metavar="DIR", help="lifecycle: profile the server during the spread case "
                        "with py-spy (pip install py-spy) and write its raw stacks to DIR")

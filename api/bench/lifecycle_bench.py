@@ -27,6 +27,7 @@ import psutil
 
 from api.background import PATH as SETTLEMENTS_PATH
 from api.background import BackgroundSettler
+from api.bench.budget_bench import add_lifecycle_budgets
 from api.bench.common import free_port, pgbench_tps, ratio, scratch_database
 from api.bench.profile import CpuMeter, SpyProfile
 from api.delivery import DURABLE_RETRY, RetryPolicy
@@ -162,7 +163,7 @@ async def reserve(conn: Connection, cid: str, request_id: str, samples: Samples,
     """A reserve, timed; the reservation's id, or None when refused (counted)."""
     t0 = time.perf_counter()
     status, body = await conn.post("/v1/reservations", {
-        "customer_id": cid, "request_id": request_id, "model": "any-model",
+        "customer_id": cid, "request_id": request_id, "model": "any-model", "dimensions": {"api_key": "bench"},
         "estimate": {"input_tokens": rng.randint(100, 4000), "max_output_tokens": 1000}})
     if status == 402:
         samples.refused += 1
@@ -322,6 +323,11 @@ async def run_cases(ports: list[int], args: argparse.Namespace, servers: list[su
         finally:
             if spy is not None:
                 spy.kill()  # a case that failed leaves no profiler behind
+        budgeted = None
+        if getattr(args, "budgets", False):  # the same case again, each lifecycle matching three budgets
+            await add_lifecycle_budgets(client, wallets, args.workers)
+            budgeted = await closed_loop(address, wallets, workers=args.workers, seconds=args.seconds,
+                                         tag="budgets")
         with CpuMeter(pids) as background_cpu:
             background = await background_loop(address, wallets, workers=args.workers, seconds=args.seconds,
                                                tag="background")
@@ -334,7 +340,7 @@ async def run_cases(ports: list[int], args: argparse.Namespace, servers: list[su
     return {"spread": spread, "hot": hot, "half": half, "background": background, "retries": int(retries),
             "verify_ok": verify["ok"],
             "cpu": {"spread": spread_cpu.cores, "background": background_cpu.cores, "hot": hot_cpu.cores},
-            "profile": spy.summary() if spy is not None else None}
+            "profile": spy.summary() if spy is not None else None, "budgets": budgeted}
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
@@ -422,6 +428,9 @@ def report_of(figures: dict, tps: float, args: argparse.Namespace) -> dict:
         "half_load_reserve_p99_ms": pct(half.reserve_ms, 99),
         "serialization_retries": figures["retries"], "verify_ok": figures["verify_ok"],
         "cpu_cores": figures["cpu"], "server_profile": figures["profile"],
+        **({"budgets": figures["budgets"].summary(),
+            "budgets_ratio_to_without": ratio(figures["budgets"].rate(), spread.rate())}
+           if figures.get("budgets") else {}),
     }
 
 
@@ -449,8 +458,19 @@ def text_report(r: dict) -> str:
         f"{'ok' if r['verify_ok'] else 'FAILED'}",
         *(f"CPU, {case} case (cores): " + ", ".join(f"{k} {v}" for k, v in cores.items())
           for case, cores in r["cpu_cores"].items() if cores),
+        *budget_lines(r),
         *profile_lines(r["server_profile"]),
     ])
+
+
+def budget_lines(r: dict) -> list[str]:
+    if "budgets" not in r:
+        return []
+    b = r["budgets"]
+    return [f"  {r['wallets']} wallets, 3 matching budgets each (customer month, key TPM, model RPM): "
+            f"{b['lifecycles_per_s']:.1f}/s against {r['spread']['lifecycles_per_s']:.1f}/s without: "
+            f"{r['budgets_ratio_to_without']:.2f} (goal >= 0.8)  reserve p50 {b['reserve_p50_ms']} "
+            f"p99 {b['reserve_p99_ms']} ms; refused {b['refused']}, errors {b['errors']}"]
 
 
 def profile_lines(profile: dict | None) -> list[str]:

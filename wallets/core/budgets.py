@@ -148,12 +148,13 @@ def _describe(b: Budget, currency: str, used: int, held: int, start: datetime) -
             "resets_at": end.isoformat() if end else None}
 
 
-def _alert_key(b: Budget, start: datetime, reservation_id: str, now: datetime) -> str:
-    """The window an alert is once per: a calendar window, the lifetime, the request; a rolling
-    minute alerts at most once per clock minute."""
-    if b.window == "request":
+def _alert_key(b: Budget, start: datetime, reservation_id: str | None, now: datetime) -> str:
+    """The window an alert is once per: a calendar window, the lifetime, the request (a refusal
+    of a per-request budget: the clock minute); a rolling minute alerts at most once per clock
+    minute."""
+    if b.window == "request" and reservation_id is not None:
         return reservation_id
-    if b.window == "minute":
+    if b.window in ("minute", "request"):
         return now.astimezone(UTC).replace(second=0, microsecond=0).isoformat()
     return start.isoformat()
 
@@ -205,7 +206,7 @@ def _refusal(state: State, b: Budget, currency: str, used: int, held: int, q: in
     error = BudgetExceededError(
         f"budget {b.id} ({b.window}, hard) cannot take {noun}: its limit {context['limit']} has "
         f"{context['used']} used and {context['held']} held", **{k: v for k, v in context.items() if v is not None})
-    key = f"{EXCEEDED_TOPIC}:{b.id}:{_alert_key(b, start, '', now)}"
+    key = f"{EXCEEDED_TOPIC}:{b.id}:{_alert_key(b, start, None, now)}"
     return Decision.refuse(error, state.event(EXCEEDED_TOPIC, b.customer_id, key, now, context))
 
 

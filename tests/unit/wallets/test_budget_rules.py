@@ -1,0 +1,175 @@
+"""The budget rules without PostgreSQL: scope matching, windows (rolling, calendar in a time
+zone, across DST), what holds and charges count, Retry-After, thresholds once per window, and a
+property: whatever the history, a hard budget never admits a hold past its limit and every
+window equals what its reservations hold and used."""
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from wallet_memory import CID, T0, MemoryWallet, usd
+
+from wallets.core import budgets as rules
+from wallets.errors import BudgetExceededError
+from wallets.model import Budget, Reservation
+
+
+def budget(window: str = "lifetime", metric: str = "money", limit: int = usd("10.00"), mode: str = "hard",
+           **kw) -> Budget:
+    fields = {"api_key": None, "model": None, "dimensions": {}, "thresholds": (), "time_zone": "UTC", **kw}
+    return Budget(kw.get("id", f"bud-{window}-{metric}"), CID, "", fields["api_key"], fields["model"],
+                  fields["dimensions"], window, metric, limit, mode, tuple(fields["thresholds"]),
+                  fields["time_zone"], T0)
+
+
+def with_budgets(*budgets: Budget, **wallet) -> MemoryWallet:
+    mw = MemoryWallet(**wallet)
+    mw.top_up("1000.00")
+    for b in budgets:
+        mw.wallet.budgets[b.id] = b
+    return mw
+
+
+def test_a_budget_matches_only_within_every_narrowing_it_has():
+    b = budget(api_key="k1", model="gpt-4o*", dimensions={"feature": "search"})
+    assert rules.matches(b, "gpt-4o-mini", {"api_key": "k1", "feature": "search", "end_user": "u1"})
+    assert not rules.matches(b, "gpt-4o-mini", {"api_key": "k2", "feature": "search"})
+    assert not rules.matches(b, "o3", {"api_key": "k1", "feature": "search"})
+    assert not rules.matches(b, "gpt-4o", {"api_key": "k1"})
+    assert rules.matches(budget(), "anything", {})
+
+
+def test_calendar_windows_start_at_local_midnight_across_daylight_saving():
+    month = budget("month", time_zone="America/New_York")
+    day = budget("day", time_zone="America/New_York")
+    just_before = datetime(2026, 12, 1, 4, 59, 59, tzinfo=UTC)  # Nov 30 23:59:59 EST
+    assert rules.window_start(month, just_before) == datetime(2026, 11, 1, 4, 0, tzinfo=UTC)  # EDT then
+    assert rules.window_end(month, rules.window_start(month, just_before)) == datetime(2026, 12, 1, 5, tzinfo=UTC)
+    assert rules.window_start(month, just_before + timedelta(seconds=1)) == datetime(2026, 12, 1, 5, tzinfo=UTC)
+    assert rules.window_start(day, datetime(2026, 3, 8, 12, tzinfo=UTC)) == datetime(2026, 3, 8, 5, tzinfo=UTC)
+    assert rules.window_end(day, datetime(2026, 3, 8, 5, tzinfo=UTC)) == datetime(2026, 3, 9, 4, tzinfo=UTC)  # 23 h
+    assert rules.window_start(budget("minute"), datetime(2026, 1, 1, 0, 0, 5, 999999, tzinfo=UTC)) == \
+        datetime(2026, 1, 1, 0, 0, 5, tzinfo=UTC)
+
+
+def test_what_holds_and_charges_count_in_each_metric():
+    assert rules.hold_quantity("money", 700, 100, 20) == 700
+    assert [rules.hold_quantity(m, 700, 100, 20) for m in ("tokens", "input_tokens", "output_tokens")] == \
+        [120, 100, 20]
+    assert rules.hold_quantity("requests", 700, None, None) == 1
+    assert rules.hold_quantity("tokens", 700, None, None) is None
+    tokens = {"input": 10, "cached_input": 5, "cache_write": 1, "output": 7, "reasoning": 3, "request": 1}
+    assert [rules.actual_quantity(m, 99, tokens, first=True) for m in rules.METRICS] == [99, 26, 16, 10, 1]
+    assert rules.actual_quantity("requests", 99, tokens, first=False) == 0
+
+
+def test_a_rolling_minute_says_when_enough_of_it_lapses():
+    b = budget("minute", "tokens", 1000)
+    now = datetime(2026, 1, 1, 12, 0, 30, 250000, tzinfo=UTC)
+    b.windows = {now.replace(second=0, microsecond=0): [0, 300], now.replace(second=10, microsecond=0): [200, 0],
+                 now.replace(second=20, microsecond=0): [0, 400], datetime(2026, 1, 1, 11, 59, tzinfo=UTC): [999, 0]}
+    assert rules.counted(b, now) == (200, 700)  # 11:59:00 left the window long ago
+    assert rules.retry_after(b, now, 300) == 30  # the 12:00:00 second lapses at 12:01:00
+    assert rules.retry_after(b, now, 301) == 40
+    assert rules.retry_after(b, now, 901) is None  # more than the window holds: waiting cannot help
+    assert rules.retry_after(budget("month"), now, 1) is None
+
+
+def test_a_hard_budget_refuses_and_keeps_nothing_a_soft_one_alerts_once_per_threshold():
+    hard = budget(id="hard", limit=usd("1.00"))
+    soft = budget(id="soft", limit=usd("1.00"), mode="soft", thresholds=(50, 100))
+    mw = with_budgets(soft)
+    first = mw.reserve("0.60")
+    mw.reserve("0.60")
+    assert [(e["topic"], e["payload"]["threshold"]) for e in mw.outbox] == [
+        ("budget.threshold_crossed", 50), ("budget.threshold_crossed", 100)]
+    mw.release(first.reservation.id)
+    mw.reserve("0.60")  # crosses 100 % again in the same window: the same outbox key, once
+    assert len({e["dedup_key"] for e in mw.outbox}) == 2
+    mw = with_budgets(hard)
+    refused = mw.reserve("1.01", request_id="r")
+    assert isinstance(refused, BudgetExceededError)
+    assert (refused.context["limit"], refused.context["requested"], refused.context["budget_id"]) == \
+        ("1.00", "1.01", "hard")
+    assert mw.reserved == 0 and not mw.loaded.idempotency  # nothing held, the request id stays free
+    assert mw.reserve("1.00", request_id="r").reservation.amount == usd("1.00")
+
+
+def test_a_per_request_cap_refuses_one_large_hold_and_counts_nothing_across_requests():
+    cap = budget("request", "money", usd("1.00"), id="cap", thresholds=(90,))
+    mw = with_budgets(cap)
+    assert isinstance(mw.reserve("1.01"), BudgetExceededError)
+    for _ in range(3):
+        r = mw.reserve("0.95")
+        assert not mw.wallet.reservations[r.reservation.id].budget_holds
+    assert cap.windows == {}
+    crossed = [e for e in mw.outbox if e["topic"] == "budget.threshold_crossed"]
+    assert len(crossed) == 3 and len({e["dedup_key"] for e in crossed}) == 3  # once per request
+    assert [e["topic"] for e in mw.outbox].count("budget.exceeded") == 1
+
+
+def test_a_capture_replaces_part_of_the_hold_and_the_final_settle_returns_the_rest():
+    tokens = budget("lifetime", "tokens", 10_000)
+    mw = with_budgets(tokens)
+    r = mw.reserve(input_tokens=1000, max_output_tokens=3000).reservation
+    mw.settle(r.id, input_tokens=1000, output_tokens=200, final=False)
+    bh = mw.wallet.reservations[r.id].budget_holds[tokens.id]
+    assert (bh.held, bh.used) == (2800, 1200) and rules.counted(tokens, mw.now) == (1200, 2800)
+    mw.settle(r.id, output_tokens=300)
+    assert rules.counted(tokens, mw.now) == (1500, 0)
+
+
+OPS = st.lists(st.tuples(st.sampled_from(["reserve", "settle", "release", "wait"]), st.integers(0, 50),
+                         st.integers(0, 3000)), max_size=40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(OPS)
+def test_no_history_takes_a_hard_budget_past_its_limit_and_windows_equal_their_holds(ops):
+    money = budget(id="money", limit=usd("5.00"))
+    tpm = budget("minute", "tokens", 6000, id="tpm")
+    mw = with_budgets(money, tpm)
+    opened: list[str] = []
+    for op, pick, size in ops:
+        if op == "wait":
+            mw.advance(seconds=size / 100)
+        elif op == "reserve":
+            before = {b.id: sum(rules.counted(b, mw.now)) for b in (money, tpm)}
+            result = mw.reserve(input_tokens=size, max_output_tokens=pick * 10)
+            if not isinstance(result, Exception):
+                opened.append(result.reservation.id)
+                r = mw.wallet.reservations[result.reservation.id]
+                assert before["money"] + r.amount <= money.limit
+                assert before["tpm"] + size + pick * 10 <= tpm.limit
+            else:
+                assert isinstance(result, BudgetExceededError)
+        elif opened:
+            rid = opened[pick % len(opened)]
+            r = mw.wallet.reservations[rid]
+            if op == "settle" and r.is_open:
+                mw.settle(rid, input_tokens=size // 2, output_tokens=pick)
+            elif op == "release" and r.is_open:
+                mw.release(rid)
+        _windows_equal_their_reservations(mw, money, tpm)
+
+
+def _windows_equal_their_reservations(mw: MemoryWallet, *budgets: Budget) -> None:
+    for b in budgets:
+        expected: dict[datetime, list[int]] = {}
+        for r in mw.wallet.reservations.values():
+            bh = r.budget_holds.get(b.id)
+            if bh is not None:
+                window = expected.setdefault(bh.window_start, [0, 0])
+                window[0] += bh.used
+                window[1] += bh.held
+                _consistent(r, bh, b)
+        assert {s: w for s, w in b.windows.items() if w != [0, 0]} == {s: w for s, w in expected.items()
+                                                                         if w != [0, 0]}
+
+
+def _consistent(r: Reservation, bh, b: Budget) -> None:
+    if not r.is_open:
+        assert bh.held == 0
+    if b.metric == "money":
+        assert (bh.held, bh.used) == (r.hold_left, r.charged)
