@@ -1,4 +1,4 @@
-"""The `tokentill` command line: serve, migrate, audit verify, bench."""
+"""The `tokentill` command line: serve, migrate, audit verify, prices import, bench."""
 from __future__ import annotations
 
 import argparse
@@ -138,6 +138,33 @@ def _keys(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _prices_import(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import UTC, datetime
+
+    from wallets.price_import import import_genai_prices
+
+    now = datetime.now(UTC)
+    at = datetime.fromisoformat(args.effective_from) if args.effective_from else now
+    if at.tzinfo is None:
+        raise SystemExit("--effective-from needs a UTC offset (2026-12-01T00:00:00Z)")
+    reports = _with_db(settings, lambda db: import_genai_prices(db, args.provider, args.model, at,
+                                                                now.date().isoformat()))
+    if not reports:
+        print(f"error: genai-prices has no {'model ' + args.model if args.model else 'provider ' + str(args.provider)}",
+              file=sys.stderr)
+        return 2
+    for r in reports:
+        if args.json:
+            print(json.dumps(r.as_dict()))
+            continue
+        state = f"{len(r.created)} new version(s)" if r.created else "unchanged"
+        print(f"{r.book_id}: {r.models} models, {r.rules} rules in force; {state}"
+              + (f"; not expressed: {', '.join(r.skipped)}" if r.skipped else ""))
+        for problem in r.conflicts:
+            print(f"  conflict: {problem}", file=sys.stderr)
+    return 1 if any(r.conflicts for r in reports) else 0
+
+
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from api import demo
 
@@ -145,6 +172,10 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
+    if args.target == "rating":
+        from api.bench import rating_bench
+
+        return rating_bench.main(args)
     from api.bench import ledger_bench
 
     if args.target == "ledger":
@@ -257,11 +288,22 @@ def parser() -> argparse.ArgumentParser:
     reconcile.add_argument("--json", action="store_true", help="print the report as JSON")
     reconcile.set_defaults(func=_audit_tool)
 
+    prices = sub.add_parser("prices", help="price books").add_subparsers(dest="prices", required=True)
+    imp = prices.add_parser("import", help="create or version price books from a price data source (offline)")
+    imp.add_argument("--source", required=True, choices=["genai-prices"],
+                     help="genai-prices: the data snapshot bundled with the installed package")
+    imp.add_argument("--provider", help="only this provider's book (genai-<provider>)")
+    imp.add_argument("--model", help="only this model's rules (the book's other rules are kept)")
+    imp.add_argument("--effective-from", help="when changed prices take effect (RFC 3339; default: now)")
+    imp.add_argument("--json", action="store_true", help="one JSON report per book")
+    imp.set_defaults(func=_prices_import)
+
     demo = sub.add_parser("demo", help="play a billed chatbot scenario on a fresh embedded database")
     demo.set_defaults(func=_demo)
 
     bench = sub.add_parser("bench", help="benchmarks against pgbench on the same cluster")
-    bench.add_argument("target", choices=["ledger", "lifecycle", "faults", "ingest", "gateway", "budgets"])
+    bench.add_argument("target", choices=["ledger", "lifecycle", "faults", "ingest", "gateway", "budgets",
+                                          "rating"])
     bench.add_argument("--seconds", type=float, default=10.0, help="duration of each case")
     bench.add_argument("--workers", type=int, default=64, help="concurrent posting tasks")
     bench.add_argument("--accounts", type=int, default=10_000, help="accounts in the spread case")
@@ -282,6 +324,7 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--stop-seconds", type=float, default=20.0, help="faults: how long a server is SIGSTOPped")
     bench.add_argument("--settle-seconds", type=float, default=3.0,
                        help="faults: load before the first fault and after each recovery")
+    bench.add_argument("--rules", type=int, default=2000, help="rating: rules of the imported book")
     bench.add_argument("--json", action="store_true", help="print figures as JSON")
     bench.set_defaults(func=_bench)
 

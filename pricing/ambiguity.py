@@ -3,10 +3,11 @@
 Two rules of a version tie when they have the same token type, the same model specificity
 (both without a model, both naming one exact model, or both patterns that may overlap), the same
 number of ``match`` dimensions, and no dimension they share has two different values: some usage
-then matches both and neither wins. Comparing every pair of rules made this O(n²) (3,000 rules
-took 3 s, 10,000 rules 25 s). Instead, rules are grouped by token type, model specificity and
-number of dimensions, then by model (or pattern) and by their set of dimension names, and two
-sets are joined on the values of the names they share through a hash. The cost is about
+then matches both and neither wins, unless a rule of the same model and type matches exactly
+the dimensions of both (it has more, so it wins wherever both match). Comparing every pair of
+rules made this O(n²) (3,000 rules took 3 s, 10,000 rules 25 s). Instead, rules are grouped by
+token type, model specificity and number of dimensions, then by model (or pattern) and by their
+set of dimension names, and two sets are joined on the values of the names they share through a hash. The cost is about
 ``n × s`` rule visits for ``s`` distinct sets of dimension names in a group, plus ``p²`` pattern
 comparisons for ``p`` distinct patterns, plus the ties found; reporting stops at ``limit`` ties.
 """
@@ -48,6 +49,10 @@ def patterns_may_overlap(a: str, b: str) -> bool:
     return _ends_may_overlap(literal_ends(a), literal_ends(b))
 
 
+def _typed(pairs: Sequence[tuple[str, object]]) -> frozenset[tuple[str, type, object]]:
+    return frozenset((k, type(v), v) for k, v in pairs)  # "1", 1 and True are three values
+
+
 class _Enough(Exception):
     """Raised once `limit` ties are found: the rest are not looked for."""
 
@@ -61,8 +66,14 @@ class TieCheck:
     pairs: list[tuple[int, int]] = field(default_factory=list)
     truncated: bool = False
     work: int = 0
+    joins: set[tuple[object, ...]] = field(default_factory=set)  # rules that outrank a pair they cover
+    rules: Sequence[Rule] = ()
 
     def add(self, i: int, j: int) -> None:
+        a, b = self.rules[i], self.rules[j]
+        both = _typed((*a.keyed_match, *b.keyed_match))
+        if a.model == b.model and len(both) > len(a.keyed_match) and (a.token_type, a.model, both) in self.joins:
+            return  # a rule of the same model matching both rules' dimensions wins wherever both match
         if len(self.pairs) == self.limit:
             raise _Enough
         self.pairs.append((min(i, j), max(i, j)))
@@ -70,12 +81,13 @@ class TieCheck:
 
 def find_ties(rules: Sequence[Rule], limit: int = MAX_REPORTED_TIES) -> TieCheck:
     """The pairs of rules that can tie for one usage (see the module's docstring)."""
-    check = TieCheck(limit)
+    check = TieCheck(limit, rules=rules)
+    check.joins = {(r.token_type, r.model, _typed(r.keyed_match)) for r in rules if len(r.keyed_match) > 1}
     groups: dict[tuple[str, int, int], dict[str | None, list[int]]] = {}
     for i, rule in enumerate(rules):
         kind = 0 if rule.model is None else 1 if is_pattern(rule.model) else 2
-        groups.setdefault((rule.token_type, kind, len(rule.match)), {}).setdefault(rule.model, []).append(i)
-    values = [dict(rule.match) for rule in rules]
+        groups.setdefault((rule.token_type, kind, len(rule.keyed_match)), {}).setdefault(rule.model, []).append(i)
+    values = [dict(rule.keyed_match) for rule in rules]  # a window of hours counts as a dimension
     try:
         for (_, kind, _), by_model in groups.items():
             if kind == 1:

@@ -10,8 +10,11 @@ Rule precedence, when several rules of a version match one usage token type:
    ``"gpt-4o*"`` and ``"gpt-4o-mini*"`` in one version is an error: name models exactly.
 
 Fallbacks when no rule prices a token type: ``reasoning`` is priced as ``output``;
-``cached_input`` and ``cache_write`` as ``input``. Prices are per 1,000,000 tokens, or per
-call for ``request``.
+``cached_input`` and ``cache_write`` as ``input``; format 2 types as listed in
+:mod:`pricing.units`, which also says how many units a price covers (1,000,000 tokens, one call).
+Format 2 rules may add ``prompt_tiers``, ``hours`` (a daily UTC window, which counts as one
+more match dimension for precedence), ``label`` and ``source_date``; a format 2 version may
+set ``unpriced: zero`` (usage no rule prices is not charged) instead of the default ``error``.
 
 Plausibility (optional): a version's ``max_charge_per_request`` (money) and ``context_window``
 (most input + output tokens one call can have), and a rule's own ``context_window``, bound what
@@ -38,20 +41,18 @@ from pricing.ambiguity import ambiguity_errors, is_pattern
 from pricing.ambiguity import patterns_may_overlap as patterns_may_overlap  # used by overrides
 from pricing.errors import PriceBookValidationError, UnpricedModelError, field_error
 from pricing.money import DEFAULT_SCALE, to_decimal
-
-TOKEN_TYPES: tuple[str, ...] = (
-    "input", "cached_input", "cache_write", "output", "reasoning",
-    "tool", "embedding", "image", "audio", "request",
+from pricing.rule_fields import PromptTier as PromptTier
+from pricing.rule_fields import (
+    checked_price,
+    format_errors,
+    in_hours,
+    normalize_format_2,
+    window_errors,
 )
-FALLBACKS: dict[str, tuple[str, ...]] = {
-    "reasoning": ("output",),
-    "cached_input": ("input",),
-    "cache_write": ("input",),
-}
+from pricing.units import FORMAT_1_TYPES, KINDS, PER_UNITS, TOKEN_TYPES
+
+FALLBACKS: dict[str, tuple[str, ...]] = {k.name: k.fallbacks for k in KINDS.values() if k.fallbacks}
 TIER_MODES = ("graduated", "volume")
-TOKENS_PER_PRICE_UNIT = 1_000_000
-MAX_PRICE = Decimal(10) ** 9
-MAX_PRICE_DECIMALS = 18
 MAX_RULES = 10_000
 MAX_MATCH_DIMENSIONS = 16
 MAX_TIERS = 64
@@ -64,8 +65,9 @@ DimValue = str | int | bool
 
 
 def per_units(token_type: str) -> int:
-    """How many units one price covers: 1 call for ``request``, else 1,000,000 tokens."""
-    return 1 if token_type == "request" else TOKENS_PER_PRICE_UNIT
+    """How many units one price covers: 1,000,000 tokens, 1 call (``request``, tool calls,
+    pages), or 3,600 seconds (an hour of audio); see :mod:`pricing.units`."""
+    return PER_UNITS[token_type]
 
 
 def model_rank(rule_model: str | None, model: str) -> int | None:
@@ -75,18 +77,6 @@ def model_rank(rule_model: str | None, model: str) -> int | None:
     if is_pattern(rule_model):
         return 1 if fnmatchcase(model, rule_model) else None
     return 2 if rule_model == model else None
-
-
-def _price(value: object, name: str, errors: list[dict[str, str]]) -> Decimal | None:
-    try:
-        price = to_decimal(value, name)
-    except (TypeError, ValueError) as exc:
-        errors.append(field_error(name, str(exc).split(": ", 1)[-1]))
-        return None
-    if price > MAX_PRICE or -price.as_tuple().exponent > MAX_PRICE_DECIMALS:  # type: ignore[operator]
-        errors.append(field_error(name, f"at most {MAX_PRICE} with {MAX_PRICE_DECIMALS} decimals"))
-        return None
-    return price
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +100,11 @@ class Rule:
     tier_mode: str = "graduated"
     source: str | None = None
     context_window: int | None = None  # most input + output tokens of one call this rule prices
+    prompt_tiers: tuple[PromptTier, ...] = ()  # format 2: prices by the call's prompt size
+    hours: tuple[int, int] | None = None  # format 2: daily UTC window (minutes), e.g. off-peak
+    label: str | None = None  # format 2: shown on the rule's charge lines, e.g. "off-peak"
+    source_date: str | None = None  # format 2: the date the price was taken from its source
+    keyed_match: tuple[tuple[str, DimValue], ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         errors = self._normalize()
@@ -132,7 +127,24 @@ class Rule:
             errors.append(field_error("context_window", f"must be an integer from 1 to {MAX_CONTEXT_WINDOW}"))
         object.__setattr__(self, "match", self._normalized_match(errors))
         self._normalize_price(errors)
+        normalize_format_2(self, errors)
+        window = () if self.hours is None else (("@hours", f"{self.hours[0]}-{self.hours[1]}"),)
+        object.__setattr__(self, "keyed_match", tuple(sorted((*self.match, *window))))
         return errors
+
+    @property
+    def format_2(self) -> bool:
+        """Whether the rule uses what only a format 2 book may: new token types or fields."""
+        return (self.token_type not in FORMAT_1_TYPES or bool(self.prompt_tiers) or self.hours is not None
+                or self.label is not None or self.source_date is not None)
+
+    def price_at(self, prompt: int) -> tuple[Decimal, int | None]:
+        """A flat rule's unit price for a call with this prompt size, and the prompt tier reached
+        (1 for the first above the base price; None: the base price)."""
+        for index in range(len(self.prompt_tiers), 0, -1):
+            if prompt > self.prompt_tiers[index - 1].above:
+                return self.prompt_tiers[index - 1].price, index
+        return self.price, None  # type: ignore[return-value]
 
     def _normalized_match(self, errors: list[dict[str, str]]) -> tuple[tuple[str, DimValue], ...]:
         items = self.match.items() if isinstance(self.match, Mapping) else self.match
@@ -152,7 +164,7 @@ class Rule:
         if (self.price is None) == (not self.tiers):
             errors.append(field_error("price", "give either price or tiers, not both or neither"))
         if self.price is not None:
-            object.__setattr__(self, "price", _price(self.price, "price", errors))
+            object.__setattr__(self, "price", checked_price(self.price, "price", errors))
         if self.tiers:
             object.__setattr__(self, "tiers", _normalized_tiers(self.tiers, errors))
         elif self.tier_mode == "volume":
@@ -177,7 +189,7 @@ class Rule:
     def max_price(self) -> Decimal:
         """The highest unit price this rule can charge (flat price or the dearest tier)."""
         if self.price is not None:
-            return self.price
+            return max((self.price, *(t.price for t in self.prompt_tiers)))
         return max(t.price for t in self.tiers)
 
 
@@ -202,7 +214,7 @@ def _normalized_tiers(raw: Iterable[object], errors: list[dict[str, str]]) -> tu
             errors.append(field_error(f"{name}.up_to", "tiers must be strictly increasing and positive"))
         else:
             previous = up_to if up_to is not None else previous
-        checked = _price(price, f"{name}.price", errors)
+        checked = checked_price(price, f"{name}.price", errors)
         tiers.append(Tier(up_to if isinstance(up_to, int) else None, checked or Decimal(0)))
     return tuple(tiers)
 
@@ -224,8 +236,14 @@ class PriceVersion:
     version: str = ""
     max_charge_per_request: Decimal | None = None  # in the currency, at most DEFAULT_SCALE decimals
     context_window: int | None = None  # when the rules that price a call name none
+    format: int = 1  # 2: the token types, prompt tiers, hours and fields of pricing.units
+    unpriced: str = "error"  # format 2: "zero" rates usage no rule prices at nothing
     _by_type: dict[str, tuple[Rule, ...]] = field(init=False, repr=False, compare=False)
     _by_id: dict[str, Rule] = field(init=False, repr=False, compare=False)
+    _by_model: dict[tuple[str, str], tuple[Rule, ...]] = field(init=False, repr=False, compare=False)
+    _generic: dict[str, tuple[Rule, ...]] = field(init=False, repr=False, compare=False)
+    timed: bool = field(init=False, repr=False, compare=False)  # some rule has hours
+    resolved: dict[tuple[object, ...], object] = field(init=False, repr=False, compare=False)  # rating's cache
 
     def __post_init__(self) -> None:
         errors = validate_version_fields(self)
@@ -238,10 +256,20 @@ class PriceVersion:
         if not self.version:
             object.__setattr__(self, "version", self.effective_from.strftime("%Y-%m-%dT%H:%M:%SZ"))
         index: dict[str, list[Rule]] = {}
+        by_model: dict[tuple[str, str], list[Rule]] = {}
+        generic: dict[str, list[Rule]] = {}
         for rule in self.rules:
             index.setdefault(rule.token_type, []).append(rule)
+            if rule.model is not None and not is_pattern(rule.model):
+                by_model.setdefault((rule.token_type, rule.model), []).append(rule)
+            else:
+                generic.setdefault(rule.token_type, []).append(rule)
         object.__setattr__(self, "_by_type", {k: tuple(v) for k, v in index.items()})
         object.__setattr__(self, "_by_id", {rule.id: rule for rule in self.rules})
+        object.__setattr__(self, "_by_model", {k: tuple(v) for k, v in by_model.items()})
+        object.__setattr__(self, "_generic", {k: tuple(v) for k, v in generic.items()})
+        object.__setattr__(self, "timed", any(rule.hours is not None for rule in self.rules))
+        object.__setattr__(self, "resolved", {})
 
     def context_window_for(self, rule_ids: Iterable[str | None]) -> int | None:
         """The context window of a call priced by these rules: the smallest that any of them
@@ -253,30 +281,37 @@ class PriceVersion:
         """The rules of one token type, in book order."""
         return self._by_type.get(token_type, ())
 
-    def find_rule(self, token_type: str, model: str, dimensions: Mapping[str, DimValue]) -> Rule | None:
-        """The rule that prices this exact token type by the documented precedence (no fallback)."""
+    def find_rule(self, token_type: str, model: str, dimensions: Mapping[str, DimValue],
+                  minute: int | None = None) -> Rule | None:
+        """The rule that prices this exact token type by the documented precedence (no fallback);
+        ``minute`` (of the UTC day) selects rules with ``hours``, which never apply without it."""
         best: list[Rule] = []
         best_key = (-1, -1)
-        for rule in self.rules_for(token_type):
-            rank = rule.matches(model, dimensions)
-            if rank is None:
-                continue
-            key = (rank, len(rule.match))
-            if key > best_key:
-                best, best_key = [rule], key
-            elif key == best_key:
-                best.append(rule)
+        for rules in (self._by_model.get((token_type, model), ()), self._generic.get(token_type, ())):
+            for rule in rules:
+                rank = rule.matches(model, dimensions)
+                if rank is None or (rule.hours is not None and (minute is None or not in_hours(rule.hours, minute))):
+                    continue
+                key = (rank, len(rule.keyed_match))
+                if key > best_key:
+                    best, best_key = [rule], key
+                elif key == best_key:
+                    best.append(rule)
         if len(best) > 1:
             ids = ", ".join(r.id for r in best)
             raise PriceBookValidationError("rules", f"ambiguous rules for {model}/{token_type}: {ids}")
         return best[0] if best else None
 
-    def resolve(self, token_type: str, model: str, dimensions: Mapping[str, DimValue]) -> Rule:
-        """The rule pricing a token type, with fallbacks; UnpricedModelError when there is none."""
+    def resolve(self, token_type: str, model: str, dimensions: Mapping[str, DimValue],
+                minute: int | None = None) -> Rule | None:
+        """The rule pricing a token type, with fallbacks. None only when the version's
+        ``unpriced`` policy is ``zero``; else no rule is UnpricedModelError."""
         for candidate in (token_type, *FALLBACKS.get(token_type, ())):
-            rule = self.find_rule(candidate, model, dimensions)
+            rule = self.find_rule(candidate, model, dimensions, minute)
             if rule is not None:
                 return rule
+        if self.unpriced == "zero":
+            return None
         raise UnpricedModelError(
             f"no rule of price book {self.book_id} version {self.version} prices "
             f"{token_type} for model {model}",
@@ -288,7 +323,7 @@ class PriceVersion:
 def _plausibility_errors(version: PriceVersion) -> list[dict[str, str]]:
     errors: list[dict[str, str]] = []
     if version.max_charge_per_request is not None:
-        limit = _price(version.max_charge_per_request, "max_charge_per_request", errors)
+        limit = checked_price(version.max_charge_per_request, "max_charge_per_request", errors)
         if limit is not None and (limit <= 0 or -limit.as_tuple().exponent > DEFAULT_SCALE):  # type: ignore[operator]
             errors.append(field_error("max_charge_per_request",
                                       f"must be positive, with at most {DEFAULT_SCALE} decimals"))
@@ -310,6 +345,7 @@ def validate_version_fields(version: PriceVersion) -> list[dict[str, str]]:
     if not isinstance(version.version, str):
         errors.append(field_error("version", "must be a string"))
     errors.extend(_plausibility_errors(version))
+    errors.extend(format_errors(version))
     rules = tuple(version.rules)
     seen: set[str] = set()
     for i, rule in enumerate(rules):
@@ -320,6 +356,7 @@ def validate_version_fields(version: PriceVersion) -> list[dict[str, str]]:
         else:
             seen.add(rule.id)
     if not errors:
+        errors.extend(window_errors(rules))
         errors.extend(ambiguity_errors(rules))
     return errors
 

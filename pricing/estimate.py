@@ -18,24 +18,32 @@ from typing import Any
 
 from pricing.books import DimValue, PriceBook, PriceVersion, Rule, per_units
 from pricing.errors import InvalidUsageError, UnpricedModelError
-from pricing.money import DEFAULT_SCALE, pricing_context
+from pricing.money import DEFAULT_SCALE, per_amount, pricing_context
 from pricing.overrides import Overrides
 from pricing.rating import Line, Rating, build_rating
 from pricing.tokens import TokenCount, TokenCounter, default_counter
 from pricing.usage import Usage, check_count
 
 
-def _unit_price(rule: Rule, model: str, token_type: str, overrides: Overrides) -> tuple[Decimal, str | None]:
+def _unit_price(rule: Rule, model: str, token_type: str, overrides: Overrides,
+                prompt: int) -> tuple[Decimal, str | None, int | None]:
     contract = overrides.contract_for(model, token_type, rule.token_type)
-    return (contract.price, contract.id) if contract else (rule.max_price(), None)
+    if contract:
+        return contract.price, contract.id, None
+    if rule.prompt_tiers:
+        price, tier = rule.price_at(prompt)
+        return price, None, tier
+    return rule.max_price(), None, None
 
 
-def _line(version: PriceVersion, model: str, token_type: str, quantity: int, rule: Rule,
-          overrides: Overrides) -> Line:
-    price, override_id = _unit_price(rule, model, token_type, overrides)
+def _line(version: PriceVersion, model: str, token_type: str, quantity: int, rule: Rule | None,
+          overrides: Overrides, prompt: int) -> Line | None:
+    if rule is None:
+        return None  # unpriced, and the version's policy is zero
+    price, override_id, tier = _unit_price(rule, model, token_type, overrides, prompt)
     with pricing_context():
-        amount = quantity * price / per_units(token_type)
-    return Line("usage", token_type, quantity, price, amount, 0, rule.id, version.version, model, override_id)
+        amount = per_amount(quantity * price, per_units(token_type))
+    return Line("usage", token_type, quantity, price, amount, 0, rule.id, version.version, model, override_id, tier)
 
 
 def _version(book_or_version: PriceBook | PriceVersion, at: datetime) -> PriceVersion:
@@ -58,7 +66,9 @@ def estimate_upper_bound(
     scale: int = DEFAULT_SCALE,
 ) -> Rating:
     """The most a call can cost: prompt at input price, output budget at the dearer of
-    output/reasoning, plus any per-request fee; rounded once like any entry."""
+    output/reasoning, plus any per-request fee; rounded once like any entry. Prices tiered by
+    prompt size are taken at the tier the estimated prompt reaches (a prompt estimated past
+    272k tokens holds at the long-context price); rules with hours at the time of the reserve."""
     errors: list[dict[str, str]] = []
     check_count(prompt_tokens, "prompt_tokens", errors)
     check_count(max_output_tokens, "max_output_tokens", errors)
@@ -68,18 +78,19 @@ def estimate_upper_bound(
     resolved = _version(version, probe.occurred_at)
     overrides = overrides or Overrides()
     dims = probe.dimension_dict
-    input_rule = resolved.resolve("input", model, dims)
-    lines = [_line(resolved, model, "input", prompt_tokens, input_rule, overrides)]
+    minute = at.hour * 60 + at.minute if resolved.timed else None
+
+    def line(token_type: str, quantity: int) -> Line | None:
+        rule = resolved.resolve(token_type, model, dims, minute)
+        return _line(resolved, model, token_type, quantity, rule, overrides, prompt_tokens)
+
+    lines = [line("input", prompt_tokens)]
     if max_output_tokens:  # a call that produces no output (embeddings) needs no output price
-        lines.append(max(
-            (_line(resolved, model, t, max_output_tokens, resolved.resolve(t, model, dims), overrides)
-             for t in ("output", "reasoning")),
-            key=lambda ln: ln.unit_price,
-        ))
-    request_rule = resolved.find_rule("request", model, dims)
-    if request_rule is not None:
-        lines.append(_line(resolved, model, "request", 1, request_rule, overrides))
-    return build_rating(resolved, [ln for ln in lines if ln.quantity], scale)
+        outputs = [ln for ln in (line("output", max_output_tokens), line("reasoning", max_output_tokens)) if ln]
+        lines.append(max(outputs, key=lambda ln: ln.unit_price) if outputs else None)
+    if resolved.find_rule("request", model, dims, minute) is not None:
+        lines.append(line("request", 1))
+    return build_rating(resolved, [ln for ln in lines if ln is not None and ln.quantity], scale)
 
 
 @dataclass(frozen=True, slots=True)

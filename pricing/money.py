@@ -51,6 +51,26 @@ _CONTEXT = Context(
 )
 
 
+_DIVIDE = Context(prec=60, rounding=ROUND_HALF_EVEN, traps=[InvalidOperation, DivisionByZero, Overflow])
+
+
+def per_amount(value: Decimal, per: int) -> Decimal:
+    """``value / per``: exact when ``per`` is a power of ten (tokens, calls); for other units
+    (3,600 seconds an hour) rounded half-even to 30 decimal places. That is far below an atomic
+    unit, and a quotient that ends exactly on a half unit has fewer places (a price has at most
+    18), so the one rounding to atomic units gives what it gives on the exact quotient."""
+    if per == 1:
+        return value
+    if per in _POWERS_OF_TEN:
+        return value / per
+    with localcontext(_DIVIDE):
+        return (value / per).quantize(_PLACES)
+
+
+_POWERS_OF_TEN = frozenset(10**k for k in range(19))
+_PLACES = Decimal(1).scaleb(-30)
+
+
 def pricing_context() -> AbstractContextManager[Context]:
     """A local 60-digit decimal context that traps any inexact result (never the global one)."""
     return localcontext(_CONTEXT)

@@ -1,19 +1,30 @@
-"""Provider usage objects -> canonical, disjoint token counts.
+"""Provider usage objects -> canonical, disjoint counts by rating type (pricing.units).
 
-Canonical fields (API.md): ``input_tokens`` excludes cached and cache-write tokens,
-``output_tokens`` excludes reasoning tokens, so no token is ever counted twice.
+Canonical fields (API.md) are disjoint, so no token is counted twice: ``input_tokens``
+excludes cached, cache-write and audio/image/video input tokens, ``output_tokens`` excludes
+reasoning and audio/image/video output tokens, ``cache_write_tokens`` excludes one-hour writes.
 
-- OpenAI Chat Completions: ``prompt_tokens`` includes ``prompt_tokens_details.cached_tokens``;
-  ``completion_tokens`` includes ``completion_tokens_details.reasoning_tokens`` (and accepted /
-  rejected prediction tokens, billed as output).
-- OpenAI Responses: the same with ``input_tokens`` / ``input_tokens_details.cached_tokens`` and
-  ``output_tokens`` / ``output_tokens_details.reasoning_tokens``.
+- OpenAI Chat Completions: ``prompt_tokens`` includes ``prompt_tokens_details.cached_tokens``,
+  ``.cache_write_tokens``, ``.audio_tokens`` and ``.image_tokens`` (cached audio and image
+  tokens, where ``cached_tokens_details`` gives them, are inside both their cached and their
+  modality counts); ``completion_tokens`` includes ``completion_tokens_details.reasoning_tokens``,
+  ``.audio_tokens`` and ``.image_tokens`` (prediction tokens are billed as output). An
+  embeddings ``usage`` has no ``completion_tokens``: none were produced.
+- OpenAI Responses: the same with ``input_tokens`` / ``input_tokens_details`` and
+  ``output_tokens`` / ``output_tokens_details``.
 - Anthropic Messages: ``input_tokens`` already excludes ``cache_creation_input_tokens`` and
-  ``cache_read_input_tokens``; thinking tokens are inside ``output_tokens`` and not reported
-  apart, so ``reasoning_tokens`` is 0.
+  ``cache_read_input_tokens``; ``cache_creation`` splits writes into 5-minute and one-hour;
+  ``server_tool_use.web_search_requests`` are web searches; thinking tokens, where
+  ``output_tokens_details.thinking_tokens`` reports them, are reasoning inside ``output_tokens``.
+- Google Gemini ``usageMetadata``: ``promptTokenCount`` (plus ``toolUsePromptTokenCount``)
+  includes ``cachedContentTokenCount``; ``candidatesTokenCount`` and ``thoughtsTokenCount``
+  (reasoning) are apart; per-modality details (``promptTokensDetails``, ``cacheTokensDetails``,
+  ``candidatesTokensDetails``; a DOCUMENT counts as an image) split them further.
 
-Audio tokens, 1-hour cache writes and server tool requests are kept as informational subsets
-(``details``); they are billed inside the canonical fields, not separately.
+``service_tier``, where the provider reports it (OpenAI's response and Anthropic's usage carry
+it; a caller copies OpenAI's into the usage object), becomes the ``service_tier`` dimension
+that price rules match. Counts that are not billed (web fetches, prediction tokens) are kept as
+informational ``details``.
 """
 
 from __future__ import annotations
@@ -23,18 +34,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from pricing.errors import InvalidUsageError, field_error
+from pricing.units import FIELD_OF, FORMAT_1_TYPES, TYPE_OF_FIELD
 from pricing.usage import check_count
 
 CANONICAL_FIELDS = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
                     "reasoning_tokens")
-_TOKEN_TYPE_OF = {"input_tokens": "input", "cached_input_tokens": "cached_input",
-                  "cache_write_tokens": "cache_write", "output_tokens": "output",
-                  "reasoning_tokens": "reasoning"}
+EXTRA_FIELDS = tuple(f for t, f in FIELD_OF.items() if t not in FORMAT_1_TYPES)
+_TOKEN_TYPE_OF = {f: TYPE_OF_FIELD[f] for f in CANONICAL_FIELDS}
+MAX_SERVICE_TIER = 40
+MODALITIES = ("audio", "image", "video")
 
 
 @dataclass(frozen=True, slots=True)
 class NormalizedUsage:
-    """Disjoint canonical counts, where they came from, and informational subsets."""
+    """Disjoint canonical counts, where they came from, format 2 counts (``extra``, by rating
+    type), the service tier the provider reported, and informational subsets."""
 
     input_tokens: int
     cached_input_tokens: int
@@ -43,14 +57,26 @@ class NormalizedUsage:
     reasoning_tokens: int
     source: str = "canonical"
     details: tuple[tuple[str, int], ...] = ()
+    extra: tuple[tuple[str, int], ...] = ()
+    service_tier: str | None = None
 
-    def as_usage_fields(self) -> dict[str, int]:
-        """The canonical ``usage`` object of the API."""
-        return {name: getattr(self, name) for name in CANONICAL_FIELDS}
+    def as_usage_fields(self) -> dict[str, Any]:
+        """The canonical ``usage`` object of the API (format 2 fields and the tier when given)."""
+        fields: dict[str, Any] = {name: getattr(self, name) for name in CANONICAL_FIELDS}
+        fields.update((FIELD_OF[t], v) for t, v in self.extra)
+        if self.service_tier is not None:
+            fields["service_tier"] = self.service_tier
+        return fields
 
     def token_counts(self) -> dict[str, int]:
         """Counts keyed by rating token type (input, cached_input, ...), zeros omitted."""
-        return {_TOKEN_TYPE_OF[n]: v for n, v in self.as_usage_fields().items() if v}
+        counts = {_TOKEN_TYPE_OF[n]: getattr(self, n) for n in CANONICAL_FIELDS}
+        counts.update(self.extra)
+        return {t: v for t, v in counts.items() if v}
+
+    def dimensions(self) -> dict[str, str]:
+        """What the usage itself says about the price: its service tier."""
+        return {} if self.service_tier is None else {"service_tier": self.service_tier}
 
 
 class _Reader:
@@ -77,6 +103,42 @@ class _Reader:
             return 0
         return check_count(value, ".".join(path), self.errors)
 
+    def tier(self, *path: str) -> str | None:
+        """The service tier the provider reported, if any (a short string)."""
+        value: Any = self.obj
+        for key in path:
+            value = value.get(key) if isinstance(value, Mapping) else None
+        if value is None:
+            return None
+        self.check(isinstance(value, str) and 0 < len(value) <= MAX_SERVICE_TIER, ".".join(path),
+                   f"must be a string of 1 to {MAX_SERVICE_TIER} characters")
+        return value if isinstance(value, str) else None
+
+    def by_modality(self, name: str) -> dict[str, int]:
+        """Gemini's ``[{"modality": "AUDIO", "tokenCount": n}, ...]`` as counts by lower-case
+        modality (DOCUMENT counted as image)."""
+        items = self.obj.get(name)
+        out: dict[str, int] = {}
+        if items is None:
+            return out
+        if not isinstance(items, list):
+            self.check(False, name, "must be a list")
+            return out
+        for i, item in enumerate(items):
+            if not isinstance(item, Mapping) or not isinstance(item.get("modality"), str):
+                self.check(False, f"{name}[{i}]", "must be an object with a modality")
+                continue
+            modality = item["modality"].lower()
+            modality = "image" if modality == "document" else modality
+            count = check_count(item.get("tokenCount", 0), f"{name}[{i}].tokenCount", self.errors)
+            out[modality] = out.get(modality, 0) + count
+        return out
+
+    def part(self, whole: int, part: int, name: str, whole_name: str) -> int:
+        """``part``, checked to be within ``whole``."""
+        self.check(part <= whole, name, f"exceeds {whole_name}")
+        return part
+
     def check(self, ok: bool, name: str, message: str) -> None:
         if not ok:
             self.errors.append(field_error(name, message))
@@ -86,52 +148,60 @@ class _Reader:
             raise InvalidUsageError(self.errors)
 
 
-def _split(r: _Reader, inp: str, cached_path: str, out: str, reasoning_path: str,
-           source: str) -> NormalizedUsage:
-    """Subtract the cached and reasoning subsets out of OpenAI's inclusive totals."""
-    total = "total_tokens"
-    prompt = r.count(inp, required=True)
-    completion = r.count(out, required=True)
-    cached = r.count(*cached_path.split("."))
-    reasoning = r.count(*reasoning_path.split("."))
-    r.check(cached <= prompt, cached_path, f"cached tokens exceed {inp}")
-    r.check(reasoning <= completion, reasoning_path, f"reasoning tokens exceed {out}")
-    if r.obj.get(total) is not None:
-        r.check(r.count(total) == prompt + completion, total, f"must equal {inp} + {out}")
+def _result(r: _Reader, source: str, counts: dict[str, int], tier: str | None,
+            details: Mapping[str, int] | None = None) -> NormalizedUsage:
+    """Build the normalized usage once every count is read and checked non-negative."""
+    if not r.errors:
+        for name, value in counts.items():
+            r.check(value >= 0, name, "the subsets reported exceed their total")
     r.done()
-    return NormalizedUsage(prompt - cached, cached, 0, completion - reasoning, reasoning, source)
+    base = [counts.pop(t, 0) for t in ("input", "cached_input", "cache_write", "output", "reasoning")]
+    extra = tuple((t, v) for t, v in counts.items() if v)
+    kept = tuple(sorted((k, v) for k, v in (details or {}).items() if v))
+    return NormalizedUsage(*base, source, kept, extra, tier)
+
+
+def _openai(r: _Reader, prompt_name: str, completion_name: str, source: str) -> NormalizedUsage:
+    """Subtract the subsets out of OpenAI's inclusive totals (both APIs)."""
+    inp, out = f"{prompt_name}_details", f"{completion_name}_details"
+    prompt = r.count(prompt_name, required=True)
+    # an embeddings usage has no completion_tokens; a chat usage with completion details must
+    completion = r.count(completion_name, required=out in r.obj or source == "openai_responses")
+    cached = r.part(prompt, r.count(inp, "cached_tokens"), f"{inp}.cached_tokens", prompt_name)
+    write = r.count(inp, "cache_write_tokens")
+    reasoning = r.part(completion, r.count(out, "reasoning_tokens"), f"{out}.reasoning_tokens", completion_name)
+    counts = {"cache_write": write, "reasoning": reasoning}
+    cached_by = {m: r.count(inp, "cached_tokens_details", f"{m}_tokens") for m in MODALITIES}
+    for m in MODALITIES:
+        modal = r.part(prompt, r.count(inp, f"{m}_tokens"), f"{inp}.{m}_tokens", prompt_name)
+        counts[f"cached_input_{m}"] = cached_by[m]
+        counts[f"input_{m}"] = modal - cached_by[m]
+        counts[f"output_{m}"] = r.part(completion, r.count(out, f"{m}_tokens"), f"{out}.{m}_tokens", completion_name)
+    counts["cached_input"] = cached - sum(cached_by.values())
+    counts["input"] = prompt - cached - write - sum(counts[f"input_{m}"] for m in MODALITIES)
+    counts["output"] = completion - reasoning - sum(counts[f"output_{m}"] for m in MODALITIES)
+    if r.obj.get("total_tokens") is not None:
+        r.check(r.count("total_tokens") == prompt + completion, "total_tokens",
+                f"must equal {prompt_name} + {completion_name}")
+    details = {f"{k}_prediction_tokens": r.part(completion, r.count(out, f"{k}_prediction_tokens"),
+                                                f"{out}.{k}_prediction_tokens", completion_name)
+               for k in ("accepted", "rejected")}
+    return _result(r, source, counts, r.tier("service_tier"), details)
 
 
 def normalize_openai_chat(usage: Mapping[str, Any]) -> NormalizedUsage:
-    """Chat Completions ``usage`` -> canonical counts."""
-    r = _Reader(usage, "openai_usage")
-    result = _split(r, "prompt_tokens", "prompt_tokens_details.cached_tokens", "completion_tokens",
-                    "completion_tokens_details.reasoning_tokens", "openai_chat")
-    details = {
-        "audio_input_tokens": r.count("prompt_tokens_details", "audio_tokens"),
-        "audio_output_tokens": r.count("completion_tokens_details", "audio_tokens"),
-        "accepted_prediction_tokens": r.count("completion_tokens_details", "accepted_prediction_tokens"),
-        "rejected_prediction_tokens": r.count("completion_tokens_details", "rejected_prediction_tokens"),
-    }
-    prompt, completion = usage["prompt_tokens"], usage["completion_tokens"]
-    r.check(details["audio_input_tokens"] <= prompt, "prompt_tokens_details.audio_tokens",
-            "audio tokens exceed prompt_tokens")
-    for name in ("audio_output_tokens", "accepted_prediction_tokens", "rejected_prediction_tokens"):
-        r.check(details[name] <= completion, f"completion_tokens_details.{name}",
-                "exceeds completion_tokens")
-    r.done()
-    return _with_details(result, details)
+    """Chat Completions (or embeddings) ``usage`` -> canonical counts."""
+    return _openai(_Reader(usage, "openai_usage"), "prompt_tokens", "completion_tokens", "openai_chat")
 
 
 def normalize_openai_responses(usage: Mapping[str, Any]) -> NormalizedUsage:
     """Responses API ``usage`` -> canonical counts."""
-    r = _Reader(usage, "openai_usage")
-    return _split(r, "input_tokens", "input_tokens_details.cached_tokens", "output_tokens",
-                  "output_tokens_details.reasoning_tokens", "openai_responses")
+    return _openai(_Reader(usage, "openai_usage"), "input_tokens", "output_tokens", "openai_responses")
 
 
 def normalize_openai(usage: Mapping[str, Any]) -> NormalizedUsage:
-    """OpenAI usage of either API, told apart by its keys (prompt_/completion_ vs input_/output_)."""
+    """OpenAI usage of either API, told apart by its keys (prompt_/completion_ vs input_/output_);
+    an embeddings usage (``prompt_tokens`` alone) is a chat usage with no output."""
     if not isinstance(usage, Mapping):
         raise InvalidUsageError("openai_usage", "must be an object")
     chat = "prompt_tokens" in usage or "completion_tokens" in usage
@@ -158,25 +228,42 @@ def normalize_anthropic(usage: Mapping[str, Any]) -> NormalizedUsage:
             write = five + hour
         r.check(five + hour == write, "cache_creation",
                 "ephemeral_5m + ephemeral_1h must equal cache_creation_input_tokens")
-    searches = r.count("server_tool_use", "web_search_requests")
-    fetches = r.count("server_tool_use", "web_fetch_requests")
-    r.done()
-    result = NormalizedUsage(inp, read, write, out, 0, "anthropic")
-    return _with_details(result, {"cache_write_1h_tokens": hour, "web_search_requests": searches,
-                                  "web_fetch_requests": fetches})
+    thinking = r.part(out, r.count("output_tokens_details", "thinking_tokens"),
+                      "output_tokens_details.thinking_tokens", "output_tokens")
+    counts = {"input": inp, "cached_input": read, "cache_write": write - hour, "cache_write_1h": hour,
+              "output": out - thinking, "reasoning": thinking,
+              "web_search": r.count("server_tool_use", "web_search_requests")}
+    details = {"web_fetch_requests": r.count("server_tool_use", "web_fetch_requests")}
+    return _result(r, "anthropic", counts, r.tier("service_tier"), details)
+
+
+def normalize_gemini(usage: Mapping[str, Any]) -> NormalizedUsage:
+    """Google Gemini ``usageMetadata`` -> canonical counts."""
+    r = _Reader(usage, "gemini_usage")
+    prompt = r.count("promptTokenCount") + r.count("toolUsePromptTokenCount")
+    cached = r.part(prompt, r.count("cachedContentTokenCount"), "cachedContentTokenCount", "promptTokenCount")
+    thoughts = r.count("thoughtsTokenCount")
+    candidates = r.count("candidatesTokenCount")
+    modal_in = r.by_modality("promptTokensDetails")
+    for m, n in r.by_modality("toolUsePromptTokensDetails").items():
+        modal_in[m] = modal_in.get(m, 0) + n
+    modal_cached, modal_out = r.by_modality("cacheTokensDetails"), r.by_modality("candidatesTokensDetails")
+    counts: dict[str, int] = {"reasoning": thoughts}
+    for m in MODALITIES:
+        counts[f"cached_input_{m}"] = modal_cached.get(m, 0)
+        counts[f"input_{m}"] = modal_in.get(m, 0) - modal_cached.get(m, 0)
+        counts[f"output_{m}"] = modal_out.get(m, 0)
+    counts["cached_input"] = cached - sum(modal_cached.get(m, 0) for m in MODALITIES)
+    counts["input"] = prompt - cached - sum(counts[f"input_{m}"] for m in MODALITIES)
+    counts["output"] = candidates - sum(counts[f"output_{m}"] for m in MODALITIES)
+    return _result(r, "gemini", counts, None)
 
 
 def normalize_canonical(usage: Mapping[str, Any]) -> NormalizedUsage:
     """Validate the API's canonical ``usage`` object (unknown fields refused)."""
     r = _Reader(usage, "usage")
     for key in usage:
-        r.check(key in CANONICAL_FIELDS, str(key), "unknown usage field")
-    counts = [r.count(name) for name in CANONICAL_FIELDS]
-    r.done()
-    return NormalizedUsage(*counts)
-
-
-def _with_details(result: NormalizedUsage, details: Mapping[str, int]) -> NormalizedUsage:
-    kept = tuple(sorted((k, v) for k, v in details.items() if v))
-    return NormalizedUsage(result.input_tokens, result.cached_input_tokens, result.cache_write_tokens,
-                           result.output_tokens, result.reasoning_tokens, result.source, kept)
+        r.check(key in CANONICAL_FIELDS or key in EXTRA_FIELDS or key == "service_tier", str(key),
+                "unknown usage field")
+    counts = {TYPE_OF_FIELD[name]: r.count(name) for name in (*CANONICAL_FIELDS, *EXTRA_FIELDS)}
+    return _result(r, "canonical", counts, r.tier("service_tier"))

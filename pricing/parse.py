@@ -24,8 +24,10 @@ from pricing.books import (
     Rule,
 )
 from pricing.errors import PriceBookValidationError, field_error
+from pricing.rule_fields import FORMAT_2_RULE_FIELDS
 
-_RULE_KEYS = {"id", "token_type", "price", "model", "match", "tiers", "tier_mode", "source", "context_window"}
+_RULE_KEYS = {"id", "token_type", "price", "model", "match", "tiers", "tier_mode", "source", "context_window",
+              *FORMAT_2_RULE_FIELDS}
 
 
 def parse_time(value: object, name: str = "effective_from") -> datetime:
@@ -69,6 +71,10 @@ def parse_rule(data: Mapping[str, Any], path: str = "rule") -> Rule:
             tier_mode=data.get("tier_mode") or "graduated",
             source=data.get("source"),
             context_window=data.get("context_window"),
+            prompt_tiers=tuple(data.get("prompt_tiers") or ()),
+            hours=data.get("hours"),
+            label=data.get("label"),
+            source_date=data.get("source_date"),
         )
     except PriceBookValidationError as exc:
         raise PriceBookValidationError(
@@ -81,11 +87,12 @@ def _rule_size_errors(raw: Any, path: str) -> list[dict[str, str]]:
     errors: list[dict[str, str]] = []
     if not isinstance(raw, Mapping):
         return errors
-    match, tiers = raw.get("match"), raw.get("tiers")
+    match = raw.get("match")
     if isinstance(match, Mapping | list) and len(match) > MAX_MATCH_DIMENSIONS:
         errors.append(field_error(f"{path}.match", f"at most {MAX_MATCH_DIMENSIONS} dimensions per rule"))
-    if isinstance(tiers, list) and len(tiers) > MAX_TIERS:
-        errors.append(field_error(f"{path}.tiers", f"at most {MAX_TIERS} tiers per rule"))
+    for name in ("tiers", "prompt_tiers"):
+        if isinstance(raw.get(name), list) and len(raw[name]) > MAX_TIERS:
+            errors.append(field_error(f"{path}.{name}", f"at most {MAX_TIERS} tiers per rule"))
     return errors
 
 
@@ -104,8 +111,9 @@ def _variety_errors(rules: list[Rule]) -> list[dict[str, str]]:
 
 
 def parse_version(data: Mapping[str, Any], *, version: str = "", limits: bool = True) -> PriceVersion:
-    """A validated version from ``{"id", "currency", "effective_from", "rules": [...]}`` and the
-    optional plausibility bounds ``max_charge_per_request`` and ``context_window``. `limits`
+    """A validated version from ``{"id", "currency", "effective_from", "rules": [...]}``, the
+    optional plausibility bounds ``max_charge_per_request`` and ``context_window``, and the
+    format 2 fields ``format`` and ``unpriced``. `limits`
     False: a stored version, read back without the limits on what may be posted."""
     if not isinstance(data, Mapping):
         raise PriceBookValidationError("body", "must be an object")
@@ -143,6 +151,8 @@ def parse_version(data: Mapping[str, Any], *, version: str = "", limits: bool = 
         version=str(data.get("version") or version),
         max_charge_per_request=data.get("max_charge_per_request"),
         context_window=data.get("context_window"),
+        format=data.get("format") or 1,  # type: ignore[arg-type]
+        unpriced=data.get("unpriced") or "error",  # type: ignore[arg-type]
     )
 
 

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from pricing.books import (
-    TOKEN_TYPES,
     DimValue,
     PriceBook,
     PriceVersion,
@@ -35,55 +34,13 @@ from pricing.books import (
     per_units,
 )
 from pricing.errors import InvalidUsageError, UnpricedModelError
-from pricing.money import DEFAULT_SCALE, pricing_context, round_entry, to_decimal
+from pricing.fast_rating import rate_call_fast
+from pricing.lines import TOKEN_ORDER, Line, Rating, call_tokens, line_note, prompt_size
+from pricing.money import DEFAULT_SCALE, per_amount, pricing_context, round_entry, to_decimal
 from pricing.overrides import ContractPrice, Overrides
 from pricing.usage import PeriodToDate, Usage
 
 LINE_KINDS = ("usage", "discount", "free_allowance")
-
-
-@dataclass(frozen=True, slots=True)
-class Line:
-    """One priced line. For usage and discount lines amount = quantity * unit_price / per
-    (per = 1,000,000 tokens, or 1 call for ``request``); allowance lines have no quantity."""
-
-    kind: str
-    token_type: str | None
-    quantity: int
-    unit_price: Decimal
-    amount: Decimal
-    amount_units: int
-    rule_id: str | None
-    price_version: str
-    model: str | None = None
-    override_id: str | None = None
-    tier: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Rating:
-    """The priced lines of one journal entry, exact and rounded once."""
-
-    book_id: str
-    price_version: str
-    currency: str
-    scale: int
-    lines: tuple[Line, ...]
-    total: Decimal
-    total_units: int
-
-    def rule_quantities(self) -> dict[str, int]:
-        """Quantity priced per rule id, to add to the period-to-date counters."""
-        out: dict[str, int] = {}
-        for line in self.lines:
-            if line.kind == "usage" and line.rule_id is not None:
-                out[line.rule_id] = out.get(line.rule_id, 0) + line.quantity
-        return out
-
-    def allowance_consumed(self) -> dict[str, Decimal]:
-        """Money taken from each free allowance (positive), to add to its period-to-date use."""
-        return {ln.override_id: -ln.amount for ln in self.lines
-                if ln.kind == "free_allowance" and ln.override_id is not None}
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,18 +49,26 @@ class _Bucket:
     token_type: str
     rule: Rule
     contract: ContractPrice | None
+    prompt_tier: int | None = None
 
 
 def _aggregate(usages: Sequence[Usage], version: PriceVersion, overrides: Overrides) -> dict[_Bucket, int]:
     buckets: dict[_Bucket, int] = {}
     for usage in usages:
         dims = usage.dimension_dict
-        for token_type, quantity in usage.tokens:
+        tokens = call_tokens(usage, version)
+        prompt = prompt_size(tokens)
+        at = usage.occurred_at
+        minute = at.hour * 60 + at.minute if version.timed else None
+        for token_type, quantity in tokens:
             if quantity == 0:
                 continue
-            rule = version.resolve(token_type, usage.model, dims)
+            rule = version.resolve(token_type, usage.model, dims, minute)
+            if rule is None:
+                continue  # the version's unpriced policy is zero
             contract = overrides.contract_for(usage.model, token_type, rule.token_type)
-            key = _Bucket(usage.model, token_type, rule, contract)
+            tier = rule.price_at(prompt)[1] if rule.prompt_tiers and contract is None else None
+            key = _Bucket(usage.model, token_type, rule, contract, tier)
             buckets[key] = buckets.get(key, 0) + quantity
     return buckets
 
@@ -124,19 +89,18 @@ def split_graduated(tiers: Sequence[Tier], start: int, quantity: int) -> list[tu
     return out
 
 
-_TOKEN_ORDER = {token_type: index for index, token_type in enumerate(TOKEN_TYPES)}
 _NO_OVERRIDES = Overrides()
 _NOTHING_SO_FAR = PeriodToDate()
 
 
 def _amount(quantity: int, unit_price: Decimal, token_type: str) -> Decimal:
     """quantity * unit_price / per; the caller holds the pricing context."""
-    return quantity * unit_price / per_units(token_type)
+    return per_amount(quantity * unit_price, per_units(token_type))
 
 
 def _usage_lines(buckets: dict[_Bucket, int], version: PriceVersion, ptd: PeriodToDate) -> list[Line]:
     # Lines are built whole (dataclasses.replace was a quarter of rating's time) in one context.
-    order = sorted(buckets, key=lambda b: (b.rule.id, b.model, _TOKEN_ORDER[b.token_type]))
+    order = sorted(buckets, key=lambda b: (b.rule.id, b.model, TOKEN_ORDER[b.token_type], b.prompt_tier or 0))
     position = {rule_id: qty for rule_id, qty in ptd.quantities}
     lines: list[Line] = []
     with pricing_context():
@@ -145,22 +109,24 @@ def _usage_lines(buckets: dict[_Bucket, int], version: PriceVersion, ptd: Period
             if contract is not None:
                 lines.append(Line("usage", token_type, quantity, contract.price,
                                   _amount(quantity, contract.price, token_type), 0, rule.id, version.version,
-                                  bucket.model, contract.id))
+                                  bucket.model, contract.id, note=rule.label))
             elif rule.price is not None:
-                lines.append(Line("usage", token_type, quantity, rule.price, _amount(quantity, rule.price, token_type),
-                                  0, rule.id, version.version, bucket.model))
+                tier = bucket.prompt_tier
+                price = rule.price if tier is None else rule.prompt_tiers[tier - 1].price
+                lines.append(Line("usage", token_type, quantity, price, _amount(quantity, price, token_type),
+                                  0, rule.id, version.version, bucket.model, None, tier, line_note(rule, tier)))
             else:
                 start = position.get(rule.id, 0)
                 for tier_index, part in split_graduated(rule.tiers, start, quantity):
                     price = rule.tiers[tier_index].price
                     lines.append(Line("usage", token_type, part, price, _amount(part, price, token_type), 0,
-                                      rule.id, version.version, bucket.model, tier=tier_index))
+                                      rule.id, version.version, bucket.model, tier=tier_index, note=rule.label))
             position[rule.id] = position.get(rule.id, 0) + quantity
     return sorted(lines, key=_line_key)
 
 
 def _line_key(line: Line) -> tuple[object, ...]:
-    token_index = _TOKEN_ORDER[line.token_type] if line.token_type else -1
+    token_index = TOKEN_ORDER[line.token_type] if line.token_type else -1
     return (line.model or "", token_index, line.rule_id or "", line.tier or 0, line.override_id or "")
 
 
@@ -174,7 +140,7 @@ def _discount_lines(usage_lines: list[Line], overrides: Overrides) -> list[Line]
                 unit = -line.unit_price * discount.percent / 100
                 amount = -line.amount * discount.percent / 100
             lines.append(Line("discount", line.token_type, line.quantity, unit, amount, 0, line.rule_id,
-                              line.price_version, line.model, discount.id, line.tier))
+                              line.price_version, line.model, discount.id, line.tier, line.note))
     return lines
 
 
@@ -209,7 +175,25 @@ def rate(
     *,
     scale: int = DEFAULT_SCALE,
 ) -> Rating:
-    """Price usage with one version (pure): usage lines, then discounts, then allowances."""
+    """Price usage with one version (pure): usage lines, then discounts, then allowances. One
+    call without overrides takes the fast path (pricing.fast_rating), which gives the same Rating."""
+    simple = overrides is None or overrides == _NO_OVERRIDES
+    if simple and isinstance(usage, Usage) and scale == DEFAULT_SCALE and usage.occurred_at >= version.effective_from:
+        fast = rate_call_fast(usage, version)
+        if fast is not None:
+            return fast
+    return rate_general(usage, version, overrides, period_to_date, scale=scale)
+
+
+def rate_general(
+    usage: Usage | Iterable[Usage],
+    version: PriceVersion,
+    overrides: Overrides | None = None,
+    period_to_date: PeriodToDate | Mapping[str, int] | None = None,
+    *,
+    scale: int = DEFAULT_SCALE,
+) -> Rating:
+    """The general path of :func:`rate`: any usage records, overrides and period to date."""
     usages = _as_usages(usage)
     for item in usages:
         if item.occurred_at < version.effective_from:
@@ -235,7 +219,8 @@ def build_rating(version: PriceVersion, lines: list[Line], scale: int = DEFAULT_
     with pricing_context():
         total = sum((ln.amount for ln in lines), Decimal(0))
     final = tuple(Line(ln.kind, ln.token_type, ln.quantity, ln.unit_price, ln.amount, u, ln.rule_id,
-                       ln.price_version, ln.model, ln.override_id, ln.tier) for ln, u in zip(lines, units, strict=True))
+                       ln.price_version, ln.model, ln.override_id, ln.tier, ln.note)
+                  for ln, u in zip(lines, units, strict=True))
     return Rating(version.book_id, version.version, version.currency, scale, final, total, total_units)
 
 
@@ -274,12 +259,12 @@ def volume_true_up(rule: Rule, period_quantity: int, amount_already_charged: Dec
         raise InvalidUsageError("period_quantity", "must be a non-negative int")
     charged = to_decimal(amount_already_charged, "amount_already_charged", allow_negative=True)
     with pricing_context():
-        target = period_quantity * volume_tier_price(rule, period_quantity) / per_units(rule.token_type)
+        target = per_amount(period_quantity * volume_tier_price(rule, period_quantity), per_units(rule.token_type))
         return target - charged
 
 
 __all__ = [
     "LINE_KINDS", "DimValue", "Line", "PeriodToDate", "Rating", "Usage", "build_rating", "rate",
-    "rate_usage",
+    "rate_general", "rate_usage",
     "split_graduated", "volume_tier_price", "volume_true_up",
 ]

@@ -32,7 +32,8 @@ from pricing.parse import parse_version
 from wallets.errors import ConflictError, NotFoundError
 
 log = logging.getLogger("tokentill.books")
-PLAUSIBILITY_FIELDS = ("max_charge_per_request", "context_window")
+# a version's optional fields, stored beside its rules (column `plausibility`, which they outgrew)
+VERSION_FIELDS = ("max_charge_per_request", "context_window", "format", "unpriced")
 FRESH_SECONDS = 1.0  # a version posted since is parsed under the writer lock (10,000 rules: ~0.1 s)
 MAX_CUSTOMERS = 100_000  # customers whose book this process remembers
 
@@ -45,7 +46,7 @@ class StoredVersion:
     effective_from: datetime
     rules: list[Any]
     created_at: datetime
-    plausibility: dict[str, Any] = field(default_factory=dict)  # the optional bounds, as posted
+    plausibility: dict[str, Any] = field(default_factory=dict)  # the optional fields, as posted
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +75,8 @@ async def stored_versions(conn: AsyncConnection, book_id: str, known: Sequence[s
 
 
 def plausibility_of(body: dict[str, Any]) -> dict[str, Any]:
-    """The optional plausibility bounds of a posted version, as posted."""
-    return {name: body[name] for name in PLAUSIBILITY_FIELDS if body.get(name) is not None}
+    """The optional fields of a posted version (plausibility bounds, format 2's), as posted."""
+    return {name: body[name] for name in VERSION_FIELDS if body.get(name) is not None}
 
 
 def parse_stored(v: StoredVersion) -> PriceVersion:

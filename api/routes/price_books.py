@@ -5,6 +5,7 @@ and the transaction only stores it."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -31,7 +32,8 @@ from pricing.errors import PriceBookValidationError
 from pricing.parse import parse_version
 from wallets import books
 from wallets.core.idempotency import CREATED, EXISTS
-from wallets.errors import WalletValidationError
+from wallets.errors import NotFoundError, WalletValidationError
+from wallets.price_import import import_genai_prices
 from wallets.service import run_once
 
 Price = Annotated[str, msgspec.Meta(pattern=PRICE, description="A decimal string (never a JSON number)")]
@@ -54,6 +56,15 @@ class TierRequest(msgspec.Struct, forbid_unknown_fields=True):
     up_to: Annotated[int, msgspec.Meta(ge=1)] | None = None
 
 
+class PromptTierRequest(msgspec.Struct, forbid_unknown_fields=True):
+    above: Annotated[int, msgspec.Meta(ge=0)]
+    price: Price
+
+
+HHMM = Annotated[str, msgspec.Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
+Hours = msgspec.defstruct("Hours", [("from", HHMM), ("to", HHMM)], forbid_unknown_fields=True)
+
+
 class RuleRequest(msgspec.Struct, forbid_unknown_fields=True):
     id: NonEmpty
     token_type: Literal[TOKEN_TYPES]  # type: ignore[valid-type]
@@ -66,6 +77,11 @@ class RuleRequest(msgspec.Struct, forbid_unknown_fields=True):
     tier_mode: Literal[TIER_MODES] | None = None  # type: ignore[valid-type]
     source: str | None = None
     context_window: ContextWindow | None = None
+    prompt_tiers: Annotated[list[PromptTierRequest], msgspec.Meta(max_length=MAX_TIERS, description=(
+        "Format 2: every unit of a call at `price` once its prompt passes `above` tokens"))] | None = None
+    hours: Annotated[Hours, msgspec.Meta(description="Format 2: a daily UTC window, `to` excluded")] | None = None  # type: ignore[valid-type]
+    label: Annotated[str, msgspec.Meta(min_length=1, max_length=60)] | None = None
+    source_date: Annotated[str, msgspec.Meta(pattern=r"^\d{4}-\d{2}-\d{2}$")] | None = None
 
 
 class PriceBookRequest(msgspec.Struct):
@@ -81,6 +97,8 @@ class PriceBookRequest(msgspec.Struct):
     version: Annotated[str, msgspec.Meta(max_length=100)] | None = None
     max_charge_per_request: Price | None = None
     context_window: ContextWindow | None = None
+    format: Literal[1, 2] | None = None
+    unpriced: Literal["error", "zero"] | None = None
 
 
 PriceBookBody = Annotated[dict[str, Any], json_body(PriceBookRequest)]
@@ -95,6 +113,8 @@ class PriceVersionResponse(msgspec.Struct, omit_defaults=True):
     created_at: str
     max_charge_per_request: str | None = None
     context_window: int | None = None
+    format: int | None = None
+    unpriced: str | None = None
 
 
 class PriceBookResponse(msgspec.Struct):
@@ -130,7 +150,8 @@ async def _parsed(data: dict[str, Any]) -> PriceVersion:
 def _version(v: books.StoredVersion) -> PriceVersionResponse:
     return PriceVersionResponse(v.book_id, v.currency, v.version, time_out(v.effective_from) or "", v.rules,
                                 time_out(v.created_at) or "", v.plausibility.get("max_charge_per_request"),
-                                v.plausibility.get("context_window"))
+                                v.plausibility.get("context_window"), v.plausibility.get("format"),
+                                v.plausibility.get("unpriced"))
 
 
 def _added(added: books.AddedVersion) -> str:
@@ -163,3 +184,43 @@ async def get_price_book(state: State, book_id: FromPath[str]) -> PriceBookRespo
     """A book and all its versions, oldest first."""
     versions = await state.services.db.read(lambda conn: books.get_versions(conn, book_id))
     return PriceBookResponse(versions[0].book_id, versions[0].currency, [_version(v) for v in versions])
+
+
+class ImportPricesRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Create or version books from a price data source bundled with the server (no network)."""
+
+    source: Literal["genai-prices"]
+    provider: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] | None = None
+    model: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    effective_from: DateTime | None = None
+
+
+class ImportedBookResponse(msgspec.Struct):
+    book: str
+    models: int
+    rules: int
+    created: list[str]
+    unchanged: bool
+    conflicts: list[str]
+    not_expressed: dict[str, str]
+
+
+class ImportPricesResponse(msgspec.Struct):
+    books: list[ImportedBookResponse]
+
+
+@post("/v1/price-books/import", guards=[require()], tags=["price books"], status_code=200,
+      **documented(404, body=True))
+async def import_price_books(state: State, data: Annotated[dict[str, Any], json_body(ImportPricesRequest)]
+                             ) -> ImportPricesResponse:
+    """`tokentill prices import` over HTTP: one book per provider (`genai-<provider>`), created
+    with the snapshot's dated versions, or versioned from `effective_from` (default: now) where
+    its prices changed; the same data again creates nothing. Admin only."""
+    request = shaped(data, ImportPricesRequest)
+    now = datetime.now(UTC)
+    at = time_in(request.effective_from, "effective_from") or now
+    reports = await import_genai_prices(state.services.db, request.provider, request.model, at, now.date().isoformat())
+    if not reports:
+        raise NotFoundError(f"genai-prices has no {'model ' + request.model if request.model else 'provider'} "
+                            f"{request.provider or ''}".strip())
+    return ImportPricesResponse([ImportedBookResponse(**r.as_dict()) for r in reports])

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar.params import Body, BodyKwarg
 
+from pricing.normalize import CANONICAL_FIELDS, EXTRA_FIELDS
 from pricing.usage import MAX_QUANTITY
 
 MAX_DIMENSIONS = 32
@@ -37,12 +38,15 @@ ESTIMATE = {
     "oneOf": [{"required": ["input_tokens"]}, {"required": ["messages"]}, {"required": ["prompt"]}],
 }
 
+SERVICE_TIER = {"type": "string", "minLength": 1, "maxLength": 40,
+                "description": "The service tier the provider reported (flex, priority, ...): it selects prices"}
 CANONICAL_USAGE = {
     "type": "object",
-    "description": "Disjoint token counts: `input_tokens` excludes cached and cache-write tokens, "
-                   "`output_tokens` excludes reasoning tokens.",
-    "properties": {name: OPTIONAL_COUNT for name in (
-        "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens")},
+    "description": "Disjoint counts: `input_tokens` excludes cached, cache-write and audio/image/video input "
+                   "tokens, `output_tokens` excludes reasoning and audio/image/video output tokens, "
+                   "`cache_write_tokens` excludes one-hour writes (price book format 2 types).",
+    "properties": {**{name: OPTIONAL_COUNT for name in (*CANONICAL_FIELDS, *EXTRA_FIELDS)},
+                   "service_tier": SERVICE_TIER},
     "additionalProperties": False,
 }
 
@@ -51,23 +55,28 @@ def _details(*names: str) -> dict[str, Any]:
     return {"anyOf": [{"type": "object", "properties": {n: OPTIONAL_COUNT for n in names}}, {"type": "null"}]}
 
 
+_PROMPT_DETAILS = ("cached_tokens", "cache_write_tokens", "audio_tokens", "image_tokens")
+
+
 OPENAI_USAGE = {
     "type": "object",
-    "description": "OpenAI's `usage`, verbatim: Chat Completions (`prompt_tokens`, `completion_tokens`) or "
-                   "Responses (`input_tokens`, `output_tokens`). Subsets (cached, reasoning, audio, "
-                   "prediction tokens) may not exceed their totals, and `total_tokens` is their sum.",
+    "description": "OpenAI's `usage`, verbatim: Chat Completions (`prompt_tokens`, `completion_tokens`; an "
+                   "embeddings usage has no `completion_tokens`) or Responses (`input_tokens`, `output_tokens`), "
+                   "with the response's `service_tier` copied in. Subsets (cached, cache-write, reasoning, "
+                   "audio, image, prediction tokens) may not exceed their totals, and `total_tokens` is their sum.",
     "oneOf": [
-        {"required": ["prompt_tokens", "completion_tokens"],
+        {"required": ["prompt_tokens"],
          "properties": {"prompt_tokens": COUNT, "completion_tokens": COUNT, "total_tokens": OPTIONAL_COUNT,
-                        "prompt_tokens_details": _details("cached_tokens", "audio_tokens"),
+                        "prompt_tokens_details": _details(*_PROMPT_DETAILS),
                         "completion_tokens_details": _details(
-                            "reasoning_tokens", "audio_tokens", "accepted_prediction_tokens",
+                            "reasoning_tokens", "audio_tokens", "image_tokens", "accepted_prediction_tokens",
                             "rejected_prediction_tokens"),
-                        "input_tokens": False, "output_tokens": False}},
+                        "service_tier": SERVICE_TIER, "input_tokens": False, "output_tokens": False}},
         {"required": ["input_tokens", "output_tokens"],
          "properties": {"input_tokens": COUNT, "output_tokens": COUNT, "total_tokens": OPTIONAL_COUNT,
-                        "input_tokens_details": _details("cached_tokens"),
-                        "output_tokens_details": _details("reasoning_tokens"),
+                        "input_tokens_details": _details(*_PROMPT_DETAILS),
+                        "output_tokens_details": _details("reasoning_tokens", "audio_tokens", "image_tokens"),
+                        "service_tier": SERVICE_TIER,
                         "prompt_tokens": False, "completion_tokens": False,
                         "cache_creation_input_tokens": False, "cache_read_input_tokens": False}},
     ],
@@ -83,6 +92,7 @@ ANTHROPIC_USAGE = {
         "cache_creation_input_tokens": OPTIONAL_COUNT,
         "cache_creation": _details("ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens"),
         "server_tool_use": _details("web_search_requests", "web_fetch_requests"),
+        "output_tokens_details": _details("thinking_tokens"), "service_tier": SERVICE_TIER,
     },
 }
 

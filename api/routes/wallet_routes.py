@@ -4,7 +4,7 @@ from __future__ import annotations
 from api.routes import budgets, charges, customers, price_books, reservations, settlements, usage
 
 ROUTES = [
-    price_books.post_price_book, price_books.get_price_book,
+    price_books.post_price_book, price_books.get_price_book, price_books.import_price_books,
     customers.create_customer, customers.get_customer, customers.get_wallet, customers.top_up, customers.grant,
     reservations.create_reservation, reservations.settle, reservations.release, reservations.get_reservation,
     settlements.settle_many,

@@ -116,7 +116,7 @@ def record_usage(state: State, cmd: RecordUsage, now: datetime, book: PriceBook 
         return Decision(Outcome("duplicate", UsageResult(cmd.event_id, duplicate=True)))
     w = state.require_wallet()
     rating = rate_call(w, book, state.period_usage, cmd.model, cmd.tokens, cmd.occurred_at, cmd.dimensions,
-                       with_request_fee=True)
+                       with_request_fee=True, reported=cmd.usage)
     problem = implausibility(w, book_for(w, book).version_at(cmd.occurred_at), rating, cmd.tokens)
     if problem is not None:
         return Decision.refuse(problem)  # not recorded: the same event, corrected, may come again

@@ -10,11 +10,13 @@ from pricing.books import PriceBook, PriceVersion
 from pricing.errors import UnpricedModelError
 from pricing.money import format_amount
 from pricing.rating import Rating, rate
+from pricing.units import PROMPT_TYPES, line_label
 from pricing.usage import Usage
 from wallets.errors import ImplausibleUsageError
 from wallets.model import Wallet
 
-CONTEXT_TOKEN_TYPES = ("input", "cached_input", "cache_write", "output", "reasoning")  # disjoint counts
+CONTEXT_TOKEN_TYPES = (*sorted(PROMPT_TYPES), "output", "reasoning", "output_audio", "output_image",
+                       "output_video", "citation")  # disjoint counts
 
 # (customer, billing period, book) -> rule -> units rated earlier in the period
 PeriodUsage = Mapping[tuple[str, str, str], Mapping[str, int]]
@@ -34,9 +36,13 @@ def book_for(wallet: Wallet, book: PriceBook | None) -> PriceBook:
 
 def rate_call(wallet: Wallet, book: PriceBook | None, period_usage: PeriodUsage, model: str,
               tokens: Mapping[str, int], at: datetime, dimensions: Mapping[str, Any], *,
-              with_request_fee: bool) -> Rating:
-    """Rate one call's usage at its own time; a book's per-request fee is charged once per call."""
+              with_request_fee: bool, reported: Mapping[str, Any] | None = None) -> Rating:
+    """Rate one call's usage at its own time; a book's per-request fee is charged once per call.
+    What the provider reported about the price (its service tier, in the stored usage's
+    ``dimensions``) overrides the caller's dimensions."""
     book = book_for(wallet, book)
+    if reported and reported.get("dimensions"):
+        dimensions = {**dimensions, **reported["dimensions"]}
     version = book.version_at(at)
     counts = {k: v for k, v in tokens.items() if v}
     usage = Usage(model, counts, at, dimensions)
@@ -74,4 +80,5 @@ def charge_lines(rating: Rating) -> list[dict[str, Any]]:
     return [{"kind": ln.kind, "token_type": ln.token_type, "quantity": ln.quantity,
              "unit_price": str(ln.unit_price), "amount_units": ln.amount_units, "exact": str(ln.amount),
              "rule_id": ln.rule_id, "price_version": ln.price_version, "model": ln.model,
-             "tier": ln.tier, "override_id": ln.override_id} for ln in rating.lines]
+             "tier": ln.tier, "override_id": ln.override_id, "description": line_label(ln.token_type, ln.note)}
+            for ln in rating.lines]

@@ -131,7 +131,7 @@ def settle(state: State, cmd: Settle, now: datetime, book: PriceBook | None) -> 
             raise ReservationClosedError(f"reservation {r.id} is already {r.status}", reservation_id=r.id,
                                          reservation_status=r.status)
     rating = rate_call(w, book, state.period_usage, r.model, cmd.tokens, r.created_at, r.dimensions,
-                       with_request_fee=r.captures == 0)
+                       with_request_fee=r.captures == 0, reported=cmd.usage)
     problem = implausibility(w, book_for(w, book).version_at(r.created_at), rating, cmd.tokens, r.charged)
     if problem is not None and cmd.forced_by is None:
         return Decision.refuse(problem)  # nothing charged: the hold stays as it is

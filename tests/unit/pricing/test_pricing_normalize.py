@@ -55,8 +55,8 @@ def test_openai_auto_detection_matches_the_explicit_normalizers():
         ("anthropic_message_cache_write.json", (21, 0, 188086, 393, 0), ()),
         (
             "anthropic_message_cache_read_web_search.json",
-            (6039, 188086, 1024, 931, 0),
-            (("cache_write_1h_tokens", 1024), ("web_search_requests", 1)),
+            (6039, 188086, 0, 931, 0),
+            (),
         ),
         ("anthropic_message_legacy_nulls.json", (10, 0, 0, 25, 0), ()),
     ],
@@ -74,7 +74,9 @@ def test_anthropic_cache_creation_breakdown_alone_gives_the_cache_writes():
         "output_tokens": 7,
         "cache_creation": {"ephemeral_5m_input_tokens": 3, "ephemeral_1h_input_tokens": 4},
     }
-    assert canonical(normalize_anthropic(usage)) == (5, 0, 7, 7, 0)
+    normalized = normalize_anthropic(usage)
+    assert canonical(normalized) == (5, 0, 3, 7, 0)
+    assert normalized.extra == (("cache_write_1h", 4),)
 
 
 def test_unknown_provider_fields_are_tolerated():

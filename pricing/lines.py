@@ -1,0 +1,81 @@
+"""The values rating produces: priced lines and the rating of one entry, and what both the
+general and the fast path of rating need to build them alike."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import NamedTuple
+
+from pricing.books import PriceVersion, Rule
+from pricing.units import FORMAT_1_TYPES, PROMPT_TYPES, TOKEN_TYPES, legacy_counts
+from pricing.usage import Usage
+
+TOKEN_ORDER = {token_type: index for index, token_type in enumerate(TOKEN_TYPES)}
+
+
+class Line(NamedTuple):
+    """One priced line, an immutable named tuple (rating builds millions). For usage and discount
+    lines amount = quantity * unit_price / per (pricing.units: 1,000,000 tokens, 1 call, ...);
+    allowance lines have no quantity."""
+
+    kind: str
+    token_type: str | None
+    quantity: int
+    unit_price: Decimal
+    amount: Decimal
+    amount_units: int
+    rule_id: str | None
+    price_version: str
+    model: str | None = None
+    override_id: str | None = None
+    tier: int | None = None  # graduated tier index, or prompt tier (1 = the first above the base)
+    note: str | None = None  # shown after the token type on an invoice: "long context", "off-peak"
+
+
+@dataclass(frozen=True, slots=True)
+class Rating:
+    """The priced lines of one journal entry, exact and rounded once."""
+
+    book_id: str
+    price_version: str
+    currency: str
+    scale: int
+    lines: tuple[Line, ...]
+    total: Decimal
+    total_units: int
+
+    def rule_quantities(self) -> dict[str, int]:
+        """Quantity priced per rule id, to add to the period-to-date counters."""
+        out: dict[str, int] = {}
+        for line in self.lines:
+            if line.kind == "usage" and line.rule_id is not None:
+                out[line.rule_id] = out.get(line.rule_id, 0) + line.quantity
+        return out
+
+    def allowance_consumed(self) -> dict[str, Decimal]:
+        """Money taken from each free allowance (positive), to add to its period-to-date use."""
+        return {ln.override_id: -ln.amount for ln in self.lines
+                if ln.kind == "free_allowance" and ln.override_id is not None}
+
+
+def call_tokens(usage: Usage, version: PriceVersion) -> tuple[tuple[str, int], ...]:
+    """A call's counts as the version rates them: a format 1 book folds format 2 types into
+    the types it knows (pricing.units.legacy_counts)."""
+    if version.format == 1 and any(t not in FORMAT_1_TYPES for t, _ in usage.tokens):
+        return tuple(legacy_counts(dict(usage.tokens)).items())
+    return usage.tokens
+
+
+def prompt_size(tokens: Iterable[tuple[str, int]]) -> int:
+    """The prompt size that selects a prompt tier: every input-side token of one call."""
+    return sum(q for t, q in tokens if t in PROMPT_TYPES)
+
+
+def line_note(rule: Rule, prompt_tier: int | None) -> str | None:
+    if prompt_tier is None:
+        return rule.label
+    return "long context" if rule.label is None else f"long context, {rule.label}"
+
+

@@ -1,0 +1,142 @@
+"""Fields of a price rule: prices, and what format 2 adds (prompt-size tiers, daily hours,
+labels), each validated into a list of field errors."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+from pricing.errors import field_error
+from pricing.money import to_decimal
+from pricing.units import FORMATS
+
+if TYPE_CHECKING:
+    from pricing.books import PriceVersion, Rule
+
+MAX_PRICE = Decimal(10) ** 9
+MAX_PRICE_DECIMALS = 18
+
+
+def checked_price(value: object, name: str, errors: list[dict[str, str]]) -> Decimal | None:
+    try:
+        price = to_decimal(value, name)
+    except (TypeError, ValueError) as exc:
+        errors.append(field_error(name, str(exc).split(": ", 1)[-1]))
+        return None
+    if price > MAX_PRICE or -price.as_tuple().exponent > MAX_PRICE_DECIMALS:  # type: ignore[operator]
+        errors.append(field_error(name, f"at most {MAX_PRICE} with {MAX_PRICE_DECIMALS} decimals"))
+        return None
+    return price
+
+
+@dataclass(frozen=True, slots=True)
+class PromptTier:
+    """Format 2: every unit of a call is priced at ``price`` once the call's prompt (all its
+    input, cached and cache-write tokens, every modality) has more than ``above`` tokens."""
+
+    above: int
+    price: Decimal
+
+
+_HHMM = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
+MINUTES_PER_DAY = 24 * 60
+
+
+def parse_hours(value: object, errors: list[dict[str, str]]) -> tuple[int, int] | None:
+    """``{"from": "HH:MM", "to": "HH:MM"}`` (UTC, ``to`` excluded, may wrap past midnight) as
+    minutes of the day."""
+    if value is None:
+        return None
+    if isinstance(value, tuple):
+        return value
+    ends = [value.get(k) if isinstance(value, Mapping) else None for k in ("from", "to")]
+    found = [_HHMM.fullmatch(e) if isinstance(e, str) else None for e in ends]
+    if not isinstance(value, Mapping) or set(value) != {"from", "to"} or None in found or ends[0] == ends[1]:
+        errors.append(field_error("hours", 'must be {"from": "HH:MM", "to": "HH:MM"}, two different UTC times'))
+        return None
+    start, end = (int(m.group(1)) * 60 + int(m.group(2)) for m in found)  # type: ignore[union-attr]
+    return start, end
+
+
+def in_hours(hours: tuple[int, int], minute: int) -> bool:
+    """Whether a minute of the day falls in a window [from, to), which may wrap past midnight."""
+    start, end = hours
+    return start <= minute < end if start < end else minute >= start or minute < end
+
+
+def hours_overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    """Whether two daily windows share a minute."""
+    return any(in_hours(b, m) for m in _window_starts(a)) or any(in_hours(a, m) for m in _window_starts(b))
+
+
+def _window_starts(w: tuple[int, int]) -> tuple[int, ...]:
+    return (w[0],) if w[0] < w[1] else (w[0], 0)
+
+
+def format_hours(hours: tuple[int, int]) -> dict[str, str]:
+    return {k: f"{m // 60:02d}:{m % 60:02d}" for k, m in zip(("from", "to"), hours, strict=True)}
+
+
+_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
+FORMAT_2_RULE_FIELDS = ("prompt_tiers", "hours", "label", "source_date")
+MAX_LABEL = 60
+
+
+def normalized_prompt_tiers(raw: Iterable[object], errors: list[dict[str, str]]) -> tuple[PromptTier, ...]:
+    tiers: list[PromptTier] = []
+    previous = -1
+    for i, item in enumerate(raw):
+        above, price = ((item.above, item.price) if isinstance(item, PromptTier)
+                        else (item.get("above"), item.get("price")) if isinstance(item, Mapping) else (None, None))
+        name = f"prompt_tiers[{i}]"
+        if isinstance(above, bool) or not isinstance(above, int) or above <= previous:
+            errors.append(field_error(f"{name}.above", "must be an integer, strictly increasing from 0"))
+            above = previous + 1
+        previous = above
+        checked = checked_price(price, f"{name}.price", errors)
+        tiers.append(PromptTier(above, checked if checked is not None else Decimal(0)))
+    return tuple(tiers)
+
+
+def window_errors(rules: tuple[Rule, ...]) -> list[dict[str, str]]:
+    """Rules of one token type, model and match whose daily windows overlap: they would tie."""
+    windows: dict[tuple[object, ...], list[tuple[int, Rule]]] = {}
+    for i, rule in enumerate(rules):
+        if rule.hours is not None:
+            windows.setdefault((rule.token_type, rule.model, rule.match), []).append((i, rule))
+    return [field_error(f"rules[{j}].hours", f"overlaps the hours of rule {a.id!r}")
+            for group in windows.values() for n, (_, a) in enumerate(group) for j, b in group[n + 1:]
+            if a.hours and b.hours and hours_overlap(a.hours, b.hours)]
+
+
+
+
+def normalize_format_2(rule: Rule, errors: list[dict[str, str]]) -> None:
+    """Validate and normalize a rule's format 2 fields in place (its __post_init__)."""
+    object.__setattr__(rule, "hours", parse_hours(rule.hours, errors))
+    if rule.label is not None and (not isinstance(rule.label, str) or not 0 < len(rule.label) <= MAX_LABEL):
+        errors.append(field_error("label", f"must be a string of 1 to {MAX_LABEL} characters"))
+    if rule.source_date is not None and (not isinstance(rule.source_date, str)
+                                         or not _DATE_RE.fullmatch(rule.source_date)):
+        errors.append(field_error("source_date", "must be a date, YYYY-MM-DD"))
+    if rule.prompt_tiers:
+        object.__setattr__(rule, "prompt_tiers", normalized_prompt_tiers(rule.prompt_tiers, errors))
+        if rule.tiers:
+            errors.append(field_error("prompt_tiers", "give prompt_tiers or tiers, not both"))
+
+
+def format_errors(version: PriceVersion) -> list[dict[str, str]]:
+    """A version's format and unpriced policy, and format 2 rules in a format 1 version."""
+    if version.format not in FORMATS or isinstance(version.format, bool):
+        return [field_error("format", "must be 1 or 2")]
+    if version.unpriced not in ("error", "zero"):
+        return [field_error("unpriced", "must be error or zero")]
+    if version.format == 2:
+        return []
+    errors = [field_error("unpriced", "needs format 2")] if version.unpriced != "error" else []
+    return errors + [field_error(f"rules[{i}]", "uses format 2 (a token type or field format 1 does not "
+                                 'know); give "format": 2')
+                     for i, rule in enumerate(version.rules) if getattr(rule, "format_2", False)]

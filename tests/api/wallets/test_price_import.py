@@ -1,0 +1,73 @@
+"""Price books imported from genai-prices' bundled snapshot, through the admin endpoint: the
+import is idempotent, and the imported book prices a reserve and its settle over HTTP to the
+atomic unit of genai-prices' own calculation."""
+from __future__ import annotations
+
+import warnings
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_EVEN, Decimal
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+genai_prices = pytest.importorskip("genai_prices")
+
+IMPORT = {"source": "genai-prices", "provider": "openai", "model": "gpt-5.4"}
+
+
+def genai_amount(usage: dict[str, int], context: dict[str, str] | None = None) -> str:
+    """genai-prices' price of a call now, rounded half-even to the nano-dollar, as a decimal string."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        price = genai_prices.calc_price(genai_prices.Usage(**usage), "gpt-5.4", provider_id="openai",
+                                        genai_request_timestamp=datetime.now(UTC), price_context=context).total_price
+    return str(price.quantize(Decimal("1e-9"), rounding=ROUND_HALF_EVEN).normalize())
+
+
+async def test_importing_the_same_data_again_creates_no_version(client: AsyncTestClient):
+    first = await client.post("/v1/price-books/import", json=IMPORT)
+    assert first.status_code == 200, first.text
+    (book,) = first.json()["books"]
+    assert book["book"] == "genai-openai" and book["models"] == 1 and book["rules"] > 0
+    versions = (await client.get("/v1/price-books/genai-openai")).json()["versions"]
+    assert versions[-1]["format"] == 2 and versions[-1]["unpriced"] == "zero"
+    assert all(r["source"].startswith("genai-prices") and r["source_date"] for r in versions[-1]["rules"])
+    again = (await client.post("/v1/price-books/import", json={**IMPORT, "effective_from": "2030-01-01T00:00:00Z"})
+             ).json()["books"][0]
+    assert (again["unchanged"], again["created"], again["conflicts"]) == (True, [], [])
+    assert (await client.get("/v1/price-books/genai-openai")).json()["versions"] == versions
+
+
+async def test_an_unknown_provider_is_not_found(client: AsyncTestClient):
+    response = await client.post("/v1/price-books/import", json={"source": "genai-prices", "provider": "nobody"})
+    assert response.status_code == 404 and response.json()["code"] == "not_found"
+    wrong = await client.post("/v1/price-books/import", json={"source": "elsewhere"})
+    assert wrong.status_code == 422 and wrong.json()["code"] == "validation_error"
+
+
+async def test_the_imported_book_prices_a_reserve_and_a_flex_settle_like_genai_prices(client: AsyncTestClient,
+                                                                                       tag: str):
+    assert (await client.post("/v1/price-books/import", json=IMPORT)).status_code == 200
+    cid = f"importer-{tag}"
+    assert (await client.post("/v1/customers", json={"id": cid, "name": "I", "price_book": "genai-openai"})
+            ).status_code == 201
+    assert (await client.post(f"/v1/customers/{cid}/topups", json={"amount": "100.00"})).status_code == 201
+    # a 300,000-token prompt crosses gpt-5.4's 272k tier: the hold is at the long-context prices
+    reserved = await client.post("/v1/reservations", json={
+        "customer_id": cid, "request_id": "r1", "model": "gpt-5.4",
+        "estimate": {"input_tokens": 300_000, "max_output_tokens": 1_000}})
+    assert reserved.status_code == 201, reserved.text
+    assert reserved.json()["amount"] == genai_amount({"input_tokens": 300_000, "output_tokens": 1_000})
+    # the Responses usage, with the service tier OpenAI reported on the response
+    usage = {"input_tokens": 300_000, "output_tokens": 1_000, "total_tokens": 301_000, "service_tier": "flex",
+             "input_tokens_details": {"cached_tokens": 100_000},
+             "output_tokens_details": {"reasoning_tokens": 200}}
+    settled = await client.post(f"/v1/reservations/{reserved.json()['id']}/settle",
+                                json={"openai_usage": usage, "final": True})
+    assert settled.status_code == 200, settled.text
+    assert settled.json()["charged"] == genai_amount(
+        {"input_tokens": 300_000, "cache_read_tokens": 100_000, "output_tokens": 1_000,
+         "output_reasoning_tokens": 200}, {"service_tier": "flex"})
+    assert {ln["description"] for ln in settled.json()["lines"]} >= {"input (long context, flex)"}
+    verify = (await client.post("/v1/audit/verify")).json()
+    assert verify["ok"], [c for c in verify["checks"] if not c["ok"]]

@@ -1,0 +1,175 @@
+"""Worked examples of price book format 2, amounts written out by hand (prices per 1M tokens,
+or per call for web searches)."""
+
+from datetime import UTC, datetime
+
+import pytest
+from pricing_testkit import AT, load_fixture
+
+from pricing.errors import PriceBookValidationError, UnpricedModelError
+from pricing.estimate import estimate_upper_bound
+from pricing.normalize import normalize_anthropic, normalize_openai
+from pricing.parse import parse_version
+from pricing.rating import rate
+from pricing.reference import load_reference_book
+from pricing.units import line_label
+from pricing.usage import Usage
+
+BOOK = {
+    "id": "real", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "format": 2, "rules": [
+        {"id": "g-in", "model": "gpt-x", "token_type": "input", "price": "2.50",
+         "prompt_tiers": [{"above": 272000, "price": "5.00"}]},
+        {"id": "g-out", "model": "gpt-x", "token_type": "output", "price": "15.00",
+         "prompt_tiers": [{"above": 272000, "price": "22.50"}]},
+        {"id": "g-in-flex", "model": "gpt-x", "token_type": "input", "price": "1.25", "match": {"service_tier": "flex"},
+         "label": "flex"},
+        {"id": "g-out-flex", "model": "gpt-x", "token_type": "output", "price": "7.50",
+         "match": {"service_tier": "flex"}, "label": "flex"},
+        {"id": "a-in", "model": "claude-x", "token_type": "input", "price": "3.00"},
+        {"id": "a-out", "model": "claude-x", "token_type": "output", "price": "15.00"},
+        {"id": "a-write", "model": "claude-x", "token_type": "cache_write", "price": "3.75"},
+        {"id": "a-write-1h", "model": "claude-x", "token_type": "cache_write_1h", "price": "6.00"},
+        {"id": "a-search", "model": "claude-x", "token_type": "web_search", "price": "0.01"},
+        {"id": "rt-in", "model": "realtime-x", "token_type": "input", "price": "2.50"},
+        {"id": "rt-audio-in", "model": "realtime-x", "token_type": "input_audio", "price": "40.00"},
+        {"id": "rt-out", "model": "realtime-x", "token_type": "output", "price": "10.00"},
+        {"id": "rt-audio-out", "model": "realtime-x", "token_type": "output_audio", "price": "80.00"},
+        {"id": "d-in", "model": "deep-x", "token_type": "input", "price": "0.27"},
+        {"id": "d-in-night", "model": "deep-x", "token_type": "input", "price": "0.135",
+         "hours": {"from": "16:30", "to": "00:30"}, "label": "off-peak"},
+    ]}
+VERSION = parse_version(BOOK)
+
+
+def at(hour: int, minute: int = 0) -> datetime:
+    return datetime(2026, 3, 2, hour, minute, 17, tzinfo=UTC)
+
+
+def rated(model, tokens, when=AT, dims=None):
+    return rate(Usage(model, tokens, when, dims or {}), VERSION)
+
+
+def described(rating):
+    return [(line_label(ln.token_type, ln.note), ln.quantity, ln.amount_units) for ln in rating.lines]
+
+
+def test_a_300k_token_prompt_past_a_272k_tier_prices_every_token_of_the_call_at_the_long_context_price():
+    rating = rated("gpt-x", {"input": 300_000, "output": 1_000})
+    # 300,000 x $5.00 / 1M = $1.50; 1,000 x $22.50 / 1M = $0.0225
+    assert described(rating) == [("input (long context)", 300_000, 1_500_000_000),
+                                 ("output (long context)", 1_000, 22_500_000)]
+    assert rating.total_units == 1_522_500_000
+
+
+def test_a_prompt_of_exactly_272k_tokens_stays_at_the_base_price():
+    rating = rated("gpt-x", {"input": 272_000, "output": 1_000})
+    # 272,000 x $2.50 / 1M = $0.68; 1,000 x $15.00 / 1M = $0.015
+    assert described(rating) == [("input", 272_000, 680_000_000), ("output", 1_000, 15_000_000)]
+
+
+def test_a_reserve_whose_prompt_would_cross_the_tier_holds_at_the_higher_tier():
+    hold = estimate_upper_bound(VERSION, "gpt-x", 300_000, 2_000, {}, AT)
+    # 300,000 x $5.00 + 2,000 x $22.50, per 1M
+    assert hold.total_units == 1_500_000_000 + 45_000_000
+    below = estimate_upper_bound(VERSION, "gpt-x", 200_000, 2_000, {}, AT)
+    assert below.total_units == 500_000_000 + 30_000_000  # 200,000 x $2.50 + 2,000 x $15.00
+
+
+def test_30000_one_hour_cache_write_tokens_are_priced_apart_from_five_minute_writes():
+    usage = normalize_anthropic({"input_tokens": 0, "output_tokens": 0, "cache_creation_input_tokens": 30_000,
+                                 "cache_creation": {"ephemeral_5m_input_tokens": 0,
+                                                    "ephemeral_1h_input_tokens": 30_000}})
+    rating = rated("claude-x", usage.token_counts())
+    assert described(rating) == [("cache write (1 hour)", 30_000, 180_000_000)]  # 30,000 x $6.00 / 1M
+
+
+def test_an_audio_round_trip_prices_audio_in_and_out_at_their_own_prices():
+    usage = normalize_openai({"prompt_tokens": 1_200, "completion_tokens": 600, "total_tokens": 1_800,
+                              "prompt_tokens_details": {"audio_tokens": 1_000, "cached_tokens": 0},
+                              "completion_tokens_details": {"audio_tokens": 500, "reasoning_tokens": 0}})
+    rating = rated("realtime-x", usage.token_counts())
+    # text in 200 x $2.50, audio in 1,000 x $40, text out 100 x $10, audio out 500 x $80 (per 1M)
+    assert described(rating) == [("input", 200, 500_000), ("output", 100, 1_000_000),
+                                 ("audio input", 1_000, 40_000_000), ("audio output", 500, 40_000_000)]
+    assert rating.total_units == 81_500_000
+
+
+def test_three_web_searches_are_a_line_of_their_own():
+    usage = normalize_anthropic({"input_tokens": 100, "output_tokens": 50,
+                                 "server_tool_use": {"web_search_requests": 3}})
+    rating = rated("claude-x", usage.token_counts())
+    # 100 x $3 / 1M + 50 x $15 / 1M + 3 x $0.01
+    assert described(rating) == [("input", 100, 300_000), ("output", 50, 750_000), ("web search", 3, 30_000_000)]
+    assert rating.total_units == 31_050_000
+
+
+@pytest.mark.parametrize(("hour", "minute", "price_units", "label"), [
+    (17, 0, 135_000_000, "input (off-peak)"),  # in the window
+    (16, 29, 270_000_000, "input"),            # a minute before it opens
+    (16, 30, 135_000_000, "input (off-peak)"),  # it opens at 16:30
+    (0, 29, 135_000_000, "input (off-peak)"),   # past midnight, still in it
+    (0, 30, 270_000_000, "input"),             # it closes at 00:30 (excluded)
+])
+def test_an_off_peak_call_is_priced_by_the_time_of_day_of_the_usage(hour, minute, price_units, label):
+    rating = rated("deep-x", {"input": 1_000_000}, at(hour, minute))
+    assert described(rating) == [(label, 1_000_000, price_units)]
+
+
+def test_a_flex_tier_call_read_from_the_providers_usage_is_priced_at_the_flex_price():
+    usage = normalize_openai({"input_tokens": 10_000, "output_tokens": 2_000, "service_tier": "flex",
+                              "input_tokens_details": {"cached_tokens": 0},
+                              "output_tokens_details": {"reasoning_tokens": 0}})
+    assert usage.dimensions() == {"service_tier": "flex"}
+    rating = rated("gpt-x", usage.token_counts(), dims=usage.dimensions())
+    # 10,000 x $1.25 / 1M + 2,000 x $7.50 / 1M
+    assert described(rating) == [("input (flex)", 10_000, 12_500_000), ("output (flex)", 2_000, 15_000_000)]
+    default = rated("gpt-x", usage.token_counts())
+    assert default.total_units == 25_000_000 + 30_000_000  # the standard tier: $2.50 and $15.00
+
+
+def test_an_openai_embeddings_usage_has_no_completion_tokens_and_is_input_only():
+    usage = normalize_openai({"prompt_tokens": 8, "total_tokens": 8})
+    assert usage.token_counts() == {"input": 8}
+
+
+def test_the_openai_cache_write_field_is_read_as_cache_writes():
+    usage = normalize_openai({"prompt_tokens": 1_000, "completion_tokens": 10, "total_tokens": 1_010,
+                              "prompt_tokens_details": {"cached_tokens": 200, "cache_write_tokens": 300}})
+    assert usage.token_counts() == {"input": 500, "cached_input": 200, "cache_write": 300, "output": 10}
+
+
+def test_the_unpriced_policy_is_explicit_per_book():
+    body = {"id": "emb", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "format": 2,
+            "rules": [{"id": "e-in", "model": "embed-x", "token_type": "input", "price": "0.02"}]}
+    usage = Usage("embed-x", {"input": 1_000_000, "output": 5}, AT)
+    with pytest.raises(UnpricedModelError):
+        rate(usage, parse_version(body))  # the default: error
+    zero = rate(usage, parse_version({**body, "unpriced": "zero"}))
+    assert [(ln.token_type, ln.amount_units) for ln in zero.lines] == [("input", 20_000_000)]
+
+
+def test_a_format_1_book_rates_format_2_usage_exactly_as_before():
+    book = load_reference_book()
+    anthropic = normalize_anthropic(load_fixture("anthropic_message_cache_read_web_search.json")["usage"])
+    assert dict(anthropic.extra) == {"cache_write_1h": 1024, "web_search": 1}
+    rating = rate(Usage("claude-sonnet-4-20250514", anthropic.token_counts(), AT), book.version_at(AT))
+    # as before format 2: the 1-hour writes at the cache-write price, the search not billed
+    before = rate(Usage("claude-sonnet-4-20250514", {"input": 6039, "cached_input": 188086, "cache_write": 1024,
+                                                     "output": 931}, AT), book.version_at(AT))
+    assert rating.lines == before.lines and rating.total_units == before.total_units
+
+
+def test_a_format_1_book_refuses_what_only_format_2_knows():
+    body = {**BOOK, "format": 1}
+    with pytest.raises(PriceBookValidationError) as info:
+        parse_version(body)
+    assert any("format 2" in f["message"] for f in info.value.fields)
+
+
+def test_overlapping_hours_for_one_model_and_type_are_refused():
+    rules = [{"id": "a", "model": "m", "token_type": "input", "price": "1", "hours": {"from": "22:00", "to": "02:00"}},
+             {"id": "b", "model": "m", "token_type": "input", "price": "2", "hours": {"from": "01:00", "to": "03:00"}}]
+    with pytest.raises(PriceBookValidationError) as info:
+        parse_version({"id": "h", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "format": 2,
+                       "rules": rules})
+    assert [f["field"] for f in info.value.fields] == ["rules[1].hours"]

@@ -1,0 +1,108 @@
+"""Import price books from genai-prices' bundled snapshot: create a book, or version it.
+
+A book that does not exist yet gets every dated version of the snapshot. For a book that does,
+the import compares, at ``effective_from`` and at each later date the snapshot changes prices,
+the prices it would have in force (the rules of the models imported replaced, the others kept)
+with those stored; only a difference posts a version, effective from that time. Rules are
+compared without their ``source_date``, so importing unchanged prices again creates nothing.
+Versions are never changed: a stored version at the very time of a needed one is reported as
+a conflict, and nothing of that book is written.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ledger.db import Database, lock_key
+from pricing.genai import ProviderBook
+from pricing.parse import parse_version
+from wallets.books import StoredVersion, add_version, stored_versions
+
+CURRENCY = "USD"  # genai-prices prices in US dollars
+
+
+@dataclass(slots=True)
+class ImportReport:
+    book_id: str
+    models: int
+    rules: int  # rules of the version in force at effective_from
+    created: list[str] = field(default_factory=list)  # effective_from of each version posted
+    conflicts: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"book": self.book_id, "models": self.models, "rules": self.rules, "created": self.created,
+                "unchanged": not self.created and not self.conflicts, "conflicts": self.conflicts,
+                "not_expressed": self.skipped}
+
+
+def _key(rules: list[dict[str, Any]]) -> str:
+    return json.dumps(sorted(({k: v for k, v in r.items() if k != "source_date"} for r in rules),
+                             key=lambda r: r["id"]), sort_keys=True)
+
+
+def _in_force(versions: list[tuple[datetime, list[dict[str, Any]]]], at: datetime) -> list[dict[str, Any]] | None:
+    found = [rules for start, rules in versions if start <= at]
+    return found[-1] if found else None
+
+
+def _body(book_id: str, at: datetime, rules: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"id": book_id, "currency": CURRENCY, "effective_from": at.isoformat(), "rules": rules,
+            "format": 2, "unpriced": "zero"}
+
+
+def plan_versions(plan: ProviderBook, stored: list[StoredVersion], effective_from: datetime
+                  ) -> tuple[list[tuple[datetime, list[dict[str, Any]]]], list[str]]:
+    """The versions to post (pure), and the conflicts that forbid posting any."""
+    if not stored:
+        return list(plan.versions), []
+    names = {r["model"] for _, rules in plan.versions for r in rules} | set(plan.names) | set(plan.skipped)
+    current = [(v.effective_from, list(v.rules)) for v in stored]
+    wanted: list[tuple[datetime, list[dict[str, Any]]]] = []
+    conflicts: list[str] = []
+    times = [effective_from, *[at for at, _ in plan.versions if at > effective_from]]
+    for at in times:
+        before = _in_force(current, at) or []
+        rules = [r for r in before if r.get("model") not in names] + (_in_force(plan.versions, at) or [])
+        if _key(rules) == _key(before):
+            continue
+        if any(start == at for start, _ in current):
+            conflicts.append(f"a stored version takes effect at {at.isoformat()} with other prices")
+            continue
+        wanted.append((at, rules))
+        current = sorted([*current, (at, rules)], key=lambda v: v[0])
+    return ([] if conflicts else wanted), conflicts
+
+
+async def import_book(db: Database, plan: ProviderBook, effective_from: datetime) -> ImportReport:
+    """Create or version one provider's book, in one transaction under the book's lock."""
+    async def work(conn: AsyncConnection) -> ImportReport:
+        stored = await stored_versions(conn, plan.book_id)
+        versions, conflicts = plan_versions(plan, stored, effective_from)
+        report = ImportReport(plan.book_id, plan.models, len(_in_force(plan.versions, effective_from) or []),
+                              conflicts=conflicts, skipped=dict(plan.skipped))
+        for at, rules in versions:
+            body = _body(plan.book_id, at, rules)
+            await add_version(conn, body, parse_version(body))
+            report.created.append(at.isoformat())
+        return report
+
+    return await db.run(work, locks=[lock_key("price-book:" + plan.book_id)])
+
+
+async def import_genai_prices(db: Database, provider: str | None, model: str | None, effective_from: datetime,
+                              taken_on: str) -> list[ImportReport]:
+    """Import the snapshot's books (one provider's, or one model's), each in its own transaction.
+    Building the books from the snapshot takes seconds: it runs in a worker thread."""
+    import asyncio
+
+    from pricing.genai import provider_books
+
+    plans = await asyncio.to_thread(provider_books, provider, model, taken_on=taken_on)
+    if model is not None:
+        plans = [p for p in plans if p.models]
+    return [await import_book(db, plan, effective_from) for plan in plans]
