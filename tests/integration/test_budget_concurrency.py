@@ -100,3 +100,29 @@ async def test_64_concurrent_sdk_reserves_never_pass_a_tokens_per_minute_budget(
     async with httpx.AsyncClient(headers=ADMIN, timeout=60) as client:
         budget = (await client.get(f"{servers[0]}/v1/budgets/{budget_id}")).json()
         assert (budget["used"], budget["held"]) == (0, 9800)
+
+
+async def test_a_stream_cancelled_after_200_tokens_counts_4000_while_in_flight_and_200_after(servers: list[str]):
+    """Acceptance 3, through the SDK's stream meter: the hold counts from the reserve, and the
+    block's exit on cancellation settles the 200 tokens generated, in the window it was held in."""
+    async with httpx.AsyncClient(headers=ADMIN, timeout=60) as client:
+        cid, budget_id = await _customer(client, servers[0], window="month", metric="output_tokens", limit=100000)
+
+        async def counted() -> tuple[int, int]:
+            view = (await client.get(f"{servers[0]}/v1/budgets/{budget_id}")).json()
+            return view["used"], view["held"]
+
+        sdk = AsyncClient(servers[1], KEY, flush_spool=False)
+        try:
+            with pytest.raises(asyncio.CancelledError):
+                async with sdk.reserve(cid, "gpt-4o", prompt="Tell me a long story.", max_output_tokens=4000) as r:
+                    meter = r.stream_meter()
+                    for i in range(200):
+                        meter.add(" a")  # one token each
+                        if i in (0, 199):
+                            assert await counted() == (0, 4000)
+                    raise asyncio.CancelledError  # the caller went away mid-stream
+        finally:
+            await sdk.aclose()
+        assert meter.output_tokens == 200
+        assert await counted() == (200, 0)

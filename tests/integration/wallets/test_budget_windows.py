@@ -112,3 +112,23 @@ async def test_raw_sql_cannot_take_a_hard_budget_past_its_limit_or_rewrite_what_
     assert [c.name for c in report.checks if not c.ok] == ["budgets"]
     assert soft in next(c.detail for c in report.checks if not c.ok)
     await kit.release(cid, held.reservation.id)
+
+
+async def test_a_soft_budget_alerts_each_threshold_once_per_window_and_again_in_the_next(shared_kit: Kit):
+    kit, clock = shared_kit, shared_kit.clock
+    clock.now = datetime(2026, 11, 23, 20, 0, tzinfo=UTC)
+    cid = await kit.customer("alerts")
+    await kit.top_up(cid, "100.00")
+    await _budget(kit, cid, window="day", metric="money", limit=usd("1.00"), mode="soft",
+                              thresholds=(50, 100), time_zone="Europe/Paris")
+    for request_id, amount in (("a1", "0.60"), ("a2", "0.60"), ("a3", "0.60")):  # 50 %, 100 %, nothing new
+        await kit.reserve(cid, request_id, amount=amount)
+    clock.now = datetime(2026, 11, 23, 23, 0, tzinfo=UTC)  # midnight in Paris: a new day
+    for request_id in ("b1", "b2"):
+        await kit.reserve(cid, request_id, amount="0.60")
+    rows = await kit.db.read(lambda conn: conn.execute(text(
+        "SELECT payload FROM outbox WHERE customer_id = :c AND topic = 'budget.threshold_crossed' ORDER BY id"),
+        {"c": cid}))
+    alerts = [(p["window_start"], p["threshold"], p["held"]) for (p,) in rows]
+    assert alerts == [("2026-11-22T23:00:00+00:00", 50, "0.60"), ("2026-11-22T23:00:00+00:00", 100, "1.20"),
+                      ("2026-11-23T23:00:00+00:00", 50, "0.60"), ("2026-11-23T23:00:00+00:00", 100, "1.20")]
