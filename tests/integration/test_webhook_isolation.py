@@ -21,6 +21,7 @@ from api.app import create_app
 from api.bench.common import free_port
 from api.webhooks import Dispatcher, DispatchSettings
 from ledger.db import connect
+from tests.integration.test_serve import _wait_ready
 from tests.integration.test_webhooks import ADMIN, FAST, _endpoint, _low_balance
 from tests.webhook_receiver import Received, for_customer, receiver
 
@@ -132,20 +133,7 @@ def _serve(database_url: str, port: int) -> subprocess.Popen:
            "TOKENTILL_WEBHOOK_BACKOFF_CAP_SECONDS": "0.5", "TOKENTILL_WEBHOOK_TIMEOUT_SECONDS": "1",
            "TOKENTILL_SCHEDULER": "off"}
     return subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def _ready(port: int, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the server exited"
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("the server never became ready")
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 async def test_a_server_killed_with_undelivered_events_delivers_them_after_restart(database_url, db):
@@ -154,7 +142,7 @@ async def test_a_server_killed_with_undelivered_events_delivers_them_after_resta
         port = free_port()
         proc = _serve(database_url, port)
         try:
-            _ready(port, proc)
+            _wait_ready(port, proc)
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=ADMIN) as client:
                 endpoint = await _endpoint(client, hook.url, ["balance.low"])
                 customers = [await _low_balance(client) for _ in range(3)]
@@ -172,7 +160,7 @@ async def test_a_server_killed_with_undelivered_events_delivers_them_after_resta
         restarted = time.monotonic()
         proc = _serve(database_url, port)
         try:
-            _ready(port, proc)
+            _wait_ready(port, proc)
             for customer in customers:
                 await hook.wait_for(lambda r, c=customer: for_customer(c)(r) and r.at > restarted, within=30)
         finally:
