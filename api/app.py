@@ -45,6 +45,7 @@ class Services:
     keys: KeyCache
     wallets: WalletService | None = None
     gateway: Gateway | None = None
+    database_url: str = ""  # libpq URL, for the synchronous readers (the console's export download)
 
     async def asset_scale(self, conn: AsyncConnection, asset: str) -> int | None:
         if asset not in self._scales:
@@ -74,7 +75,7 @@ def create_app(settings: Settings, database_url: str, *, cluster: EmbeddedPostgr
     supervises it (restarts a postmaster that died, and renews its pool)."""
     db = connect(database_url, pool_size=settings.pool_size, pool_timeout_s=settings.pool_timeout_s,
                  writer_idle_ms=round(settings.writer_idle_s * 1000))
-    services = Services(settings, db, {}, KeyCache(db, database_url))
+    services = Services(settings, db, {}, KeyCache(db, database_url), database_url=database_url)
     services.wallets = WalletService(services.db)
     services.gateway = Gateway(settings.gateway, services.wallets, lambda token: principal_for(services, token))
     supervisor = Supervisor(cluster, db.engine.dispose) if cluster is not None else None

@@ -57,7 +57,7 @@ async def verify_page(state: State, request: Request) -> Template:
     return render(request, "audit/verify.html", report=report, section="verify")
 
 
-def _day_start(value: str | None, field: str) -> str | None:
+def day_start(value: str | None, field: str) -> str | None:
     """A date from a form as the API's RFC 3339 time (UTC midnight); the API validates it."""
     if not value:
         return None
@@ -80,7 +80,7 @@ async def journal_page(state: State, request: Request,
     filters = {"from": start or "", "to": end or "", "customer": customer or "", "account": account or "",
                "kind": kind or "", "request_id": request_id or ""}
     page = await journal.get_journal.fn(
-        state=state, request=request, start=_day_start(start, "from"), end=_day_start(end, "to"),
+        state=state, request=request, start=day_start(start, "from"), end=day_start(end, "to"),
         customer=customer or None, account=account or None, kind=kind or None, request_id=request_id or None,
         cursor=cursor or None, limit=JOURNAL_PAGE)
     more = None if page.next_cursor is None else urlencode({**filters, "cursor": page.next_cursor})
@@ -101,7 +101,7 @@ async def statement_page(state: State, request: Request,
     statement = None
     if account:
         statement = await journal.get_statement.fn(
-            state=state, request=request, code=account, start=_day_start(start, "from"), end=_day_start(end, "to"),
+            state=state, request=request, code=account, start=day_start(start, "from"), end=day_start(end, "to"),
             cursor=cursor or None, limit=JOURNAL_PAGE)
     more = None if statement is None or statement.next_cursor is None else urlencode(
         {**filters, "cursor": statement.next_cursor})

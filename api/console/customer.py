@@ -14,6 +14,7 @@ from litestar.params import FromPath, QueryParameter
 from litestar.response import Redirect, Template
 
 from api.console.web import PREFIX, allow, render, viewer
+from api.routes.budgets import budget_response
 from api.routes.customers import READERS, customer_response, grant_response, wallet_response
 from api.routes.wire import amount_in, body_hash, time_in
 from ledger.errors import LedgerError
@@ -107,6 +108,14 @@ async def usage_page(state: State, request: Request, customer_id: FromPath[str],
                   api_query={"from": reports.when(lower), "to": reports.when(upper),
                              "group_by": ",".join(USAGE_GROUPS)},
                   chart=chart_of(report["rows"], first, last), section="usage")
+
+
+@get(f"{PREFIX}/customers/{{customer_id:str}}/budgets", guards=[allow(*READERS)], name="console-budgets")
+async def budgets_page(state: State, request: Request, customer_id: FromPath[str]) -> Template:
+    """The customer's live budgets with the current window's use, as `GET /v1/budgets` reads them."""
+    customer = customer_response(await state.services.wallets.get_customer(customer_id))
+    budgets = [budget_response(v) for v in await state.services.wallets.budgets.list([customer_id])]
+    return render(request, "customer/budgets.html", customer=customer, budgets=budgets, section="budgets")
 
 
 @get(f"{PREFIX}/customers/{{customer_id:str}}/top-up", guards=[allow()], name="console-top-up")

@@ -26,11 +26,14 @@ PAGES = [
     ("GET", "/console/customers/{own}", READ_OWN),
     ("GET", "/console/customers/{own}/usage", READ_OWN),
     ("GET", "/console/customers/{own}/reservations", READ_OWN),
+    ("GET", "/console/customers/{own}/budgets", READ_OWN),
     ("GET", "/console/customers/{own}/top-up", {"admin", "admin:own"}),
     ("GET", "/console/audit", AUDITORS),
     ("GET", "/console/audit/trace", AUDITORS),
     ("GET", "/console/audit/journal", AUDITORS),
     ("GET", "/console/audit/statement", AUDITORS),
+    ("GET", "/console/audit/export", AUDITORS),
+    ("GET", "/console/audit/export/download", {"admin", "auditor"}),  # every customer's entries
     ("GET", "/console/audit/verify", AUDITORS),
     ("POST", "/console/audit/verify", {"admin", "auditor"}),  # verify spans every customer
     ("GET", "/console/operator", {"admin"}),

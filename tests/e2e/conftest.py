@@ -95,6 +95,8 @@ def seed(api: httpx.Client) -> dict[str, str]:
                                                      "estimate": {"input_tokens": 1200, "max_output_tokens": 400}}))
     _ok(api.post(f"/v1/reservations/{settled['id']}/settle",
                  json={"usage": {"input_tokens": 1100, "output_tokens": 300}}))
+    _ok(api.post("/v1/budgets", json={"customer_id": "acme", "name": "monthly cap", "window": "month",
+                                      "metric": "money", "limit": "50.00", "thresholds": [80]}))
     keys["auditor"] = _ok(api.post("/v1/api-keys", json={"scope": "auditor"}))["key"]
     return keys
 

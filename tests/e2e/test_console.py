@@ -5,6 +5,7 @@ import re
 
 from playwright.sync_api import Page, expect
 
+from ledger.offline import verify_file
 from tests.e2e.conftest import ARTIFACTS, Console
 
 
@@ -47,6 +48,41 @@ def test_the_usage_chart_draws_exactly_what_the_usage_api_reports(page: Page, co
     assert plotted == 1 + len({(m, t) for _, m, t in from_api})  # the time axis, then one line each
     shot(page, "customer-usage")
     assert page.errors == []
+
+
+def test_a_customer_sees_its_budgets_as_the_budgets_api_reads_them(page: Page, console: Console):
+    sign_in(page, console.keys["acme"])
+    page.get_by_role("link", name="Budgets").click()
+    budgets = console.client("acme").get("/v1/budgets", params={"customer_id": "acme"}).json()["budgets"]
+    assert budgets
+    for budget in budgets:
+        row = page.locator(f"tr[data-budget='{budget['id']}']")
+        for figure in ("limit", "used", "held", "remaining"):
+            expect(row).to_contain_text(str(budget[figure]))
+    shot(page, "customer-budgets")
+    assert page.errors == []
+
+
+def test_an_auditor_downloads_an_export_that_verifies_offline(page: Page, console: Console, tmp_path):
+    sign_in(page, console.keys["auditor"])
+    page.get_by_role("link", name="Export").click()
+    page.get_by_label("Format").select_option("jsonl")
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download").click()
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    assert saved.suffix == ".jsonl"
+    report = verify_file(str(saved))
+    assert report.ok, report.problems
+    journal, cursor = [], None
+    while True:  # every entry, through the journal API
+        page_of = console.client("auditor").get("/v1/journal", params={"limit": 1000, "cursor": cursor}
+                                                if cursor else {"limit": 1000}).json()
+        journal += page_of["entries"]
+        if not (cursor := page_of["next_cursor"]):
+            break
+    assert report.entries >= len(journal) > 0
+    shot(page, "audit-export")
 
 
 def test_the_usage_range_form_reads_without_javascript(browser, console: Console):
@@ -108,7 +144,9 @@ def test_an_auditor_reads_the_trial_balance_traces_a_charge_and_runs_verify(page
 def test_a_customer_key_gets_403_pages_for_another_customer_and_for_audit_pages(page: Page, console: Console):
     sign_in(page, console.keys["acme"])
     for path in ("/console/customers/globex", "/console/customers/globex/usage",
-                 "/console/customers/globex/reservations", "/console/audit", "/console/audit/journal",
+                 "/console/customers/globex/reservations", "/console/customers/globex/budgets",
+                 "/console/audit", "/console/audit/journal", "/console/audit/export",
+                 "/console/audit/export/download?format=csv",
                  "/console/audit/statement?account=liability:customer:acme:reserved",
                  "/console/audit/trace?request_id=req-traced", "/console/audit/verify",
                  "/console/operator", "/console/customers/acme/top-up"):

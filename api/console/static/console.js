@@ -25,9 +25,12 @@
     var width = Math.max(320, holder.clientWidth - 8);
     var chart = new uPlot({
       width: width, height: 300, series: series, tzDate: function (ts) { return uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"); },
-      axes: [{ stroke: "#4a5565", grid: { stroke: "#eceef1" } },
-             { stroke: "#4a5565", grid: { stroke: "#eceef1" }, size: 70,
-               values: function (u, ticks) { return ticks.map(function (t) { return t + " " + data.currency; }); } }],
+      axes: [{ stroke: "#4a5565", grid: { stroke: "#eceef1" },
+               // one tick a day (every few days over long ranges), labelled with the UTC date
+               splits: function () { var step = Math.ceil(xs.length / 12); return xs.filter(function (_, i) { return i % step === 0; }); },
+               values: function (u, splits) { return splits.map(function (t) { return new Date(t * 1e3).toISOString().slice(5, 10); }); } },
+             { stroke: "#4a5565", grid: { stroke: "#eceef1" }, size: 90,
+               values: function (u, ticks) { return ticks.map(function (t) { return t.toLocaleString("en-US", { maximumFractionDigits: 9 }) + " " + data.currency; }); } }],
       scales: { x: { time: true } }, legend: { live: true }
     }, columns, holder);
     window.tokentillCharts.usage = { data: data, chart: chart };

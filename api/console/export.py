@@ -1,0 +1,121 @@
+"""The export download: `tokentill audit export` (ledger.export) streamed to the browser.
+
+The writers are synchronous (psycopg, server-side cursors, one REPEATABLE READ READ ONLY
+snapshot); one runs in a thread and hands 64 KiB chunks over a bounded queue, so memory stays
+flat whatever the ledger's size, and a browser that goes away stops it at its next chunk.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from litestar import Request, get
+from litestar.datastructures import State
+from litestar.params import QueryParameter
+from litestar.response import Stream, Template
+
+from api.console.auditor import AUDITOR, day_start
+from api.console.web import PREFIX, allow, render, viewer
+from api.errors import ApiError
+from api.routes.wire import time_in
+from ledger import export as exporting
+from wallets.errors import WalletValidationError
+
+CHUNK = 65_536
+MEDIA = {"beancount": "text/plain; charset=utf-8", "csv": "text/csv; charset=utf-8",
+         "jsonl": "application/jsonl; charset=utf-8"}
+EXTENSION = {"beancount": "beancount", "csv": "csv", "jsonl": "jsonl"}
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class _Chunks:
+    """A text sink for an export writer that hands full chunks to the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, stop: threading.Event) -> None:
+        self.loop, self.queue, self.stop = loop, queue, stop
+        self.parts: list[str] = []
+        self.size = 0
+
+    def write(self, text: str) -> int:
+        self.parts.append(text)
+        self.size += len(text)
+        if self.size >= CHUNK:
+            self.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        if self.parts:
+            self.put("".join(self.parts).encode())
+            self.parts, self.size = [], 0
+
+    def put(self, item: object) -> None:
+        while True:  # wait for room, but give up as soon as the browser has gone
+            if self.stop.is_set():
+                raise _Cancelled
+            future = asyncio.run_coroutine_threadsafe(self.queue.put(item), self.loop)
+            try:
+                future.result(timeout=1)
+                return
+            except TimeoutError:
+                future.cancel()
+
+
+async def stream(url: str, fmt: str, window: exporting.Window) -> AsyncIterator[bytes]:
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue(maxsize=8)
+    stop = threading.Event()
+    sink = _Chunks(loop, queue, stop)
+
+    def run() -> None:
+        try:
+            with exporting.connect(url) as conn:
+                exporting.WRITERS[fmt](conn, sink, window)
+            sink.flush()
+            sink.put(None)
+        except _Cancelled:
+            pass
+        except Exception as exc:  # handed to the response, which ends the download unfinished
+            with contextlib.suppress(_Cancelled):
+                sink.put(exc)
+
+    worker = threading.Thread(target=run, name="console-export", daemon=True)
+    worker.start()
+    try:
+        while (item := await queue.get()) is not None:
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+@get(f"{PREFIX}/audit/export", guards=[allow(*AUDITOR)], name="console-export")
+async def export_form(request: Request) -> Template:
+    return render(request, "audit/export.html", section="export")
+
+
+@get(f"{PREFIX}/audit/export/download", guards=[allow(*AUDITOR)], name="console-export-download")
+async def export_download(state: State, request: Request,
+                          fmt: Annotated[str, QueryParameter(name="format", max_length=16)] = "jsonl",
+                          start: Annotated[str | None, QueryParameter(name="from", max_length=10)] = None,
+                          end: Annotated[str | None, QueryParameter(name="to", max_length=10)] = None) -> Stream:
+    """The journal as `tokentill audit export --format F [--from --to]` writes it. It spans every
+    customer (platform accounts included), so a key limited to customers may not take it."""
+    if viewer(request).visible() is not None:
+        raise ApiError("forbidden", "the export holds every customer's entries; a key limited to customers "
+                       "may not download it", 403)
+    if fmt not in exporting.FORMATS:
+        raise WalletValidationError("format", "beancount, csv or jsonl")
+    window = exporting.Window(time_in(day_start(start, "from"), "from"), time_in(day_start(end, "to"), "to"))
+    if window.start and window.end and window.start >= window.end:
+        raise WalletValidationError("to", "after the first day")
+    name = "tokentill-journal" + (f"-{start}" if start else "") + (f"-to-{end}" if end else "")
+    return Stream(stream(state.services.database_url, fmt, window), media_type=MEDIA[fmt],
+                  headers={"Content-Disposition": f'attachment; filename="{name}.{EXTENSION[fmt]}"',
+                           "Cache-Control": "no-store"})
