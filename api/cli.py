@@ -200,6 +200,10 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
         from api.bench import ingest_bench
 
         return ingest_bench.main(args, settings)
+    if args.target == "console":
+        from api.bench import console_bench
+
+        return console_bench.main(args, settings)
     raise SystemExit(f"unknown benchmark {args.target}")
 
 
@@ -303,7 +307,7 @@ def parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks against pgbench on the same cluster")
     bench.add_argument("target", choices=["ledger", "lifecycle", "faults", "ingest", "gateway", "budgets",
-                                          "rating"])
+                                          "rating", "console"])
     bench.add_argument("--seconds", type=float, default=10.0, help="duration of each case")
     bench.add_argument("--workers", type=int, default=64, help="concurrent posting tasks")
     bench.add_argument("--accounts", type=int, default=10_000, help="accounts in the spread case")
@@ -325,6 +329,8 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--settle-seconds", type=float, default=3.0,
                        help="faults: load before the first fault and after each recovery")
     bench.add_argument("--rules", type=int, default=2000, help="rating: rules of the imported book")
+    bench.add_argument("--charges", type=int, default=100_000, help="console: charges of the customer this month")
+    bench.add_argument("--requests", type=int, default=200, help="console: requests per page")
     bench.add_argument("--json", action="store_true", help="print figures as JSON")
     bench.set_defaults(func=_bench)
 
