@@ -97,34 +97,10 @@ def export(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def verify_file(args: argparse.Namespace) -> int:
-    from ledger.offline import verify_file as check
+    from ledger import offline
 
-    try:
-        report = check(args.file)
-    except OSError as exc:
-        print(f"error: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
-        return 2
-    if args.expect_head and report.head != args.expect_head.lower():
-        report.fail(f"the chain ends at {report.head}, not at the expected head {args.expect_head}")
-    if args.json:
-        print(json.dumps({"ok": report.ok, "entries": report.entries, "seals": report.seals,
-                          "unsealed": report.unsealed, "head": report.head, "whole": report.whole,
-                          "problem_count": report.problem_count, "problems": report.problems}, indent=2))
-        return 0 if report.ok else 1
-    for problem in report.problems:
-        print(f"FAIL {problem}")
-    if report.problem_count > len(report.problems):
-        print(f"     ... and {report.problem_count - len(report.problems)} more")
-    if not report.ok:
-        print(f"offline verification FAILED: {report.problem_count} problem(s); first: {report.problems[0]}")
-        return 1
-    print(f"verified offline: {report.entries:,} entries, {report.seals:,} seals intact; chain head "
-          f"{report.head or '(no seal)'}")
-    if report.unsealed:
-        print(f"note: {report.unsealed:,} entries are not sealed yet, so no hash vouches for them")
-    if not args.expect_head:
-        print("note: compare the chain head with one obtained apart from this file (--expect-head)")
-    return 0
+    return offline.main([args.file, *(["--expect-head", args.expect_head] if args.expect_head else []),
+                         *(["--json"] if args.json else [])])
 
 
 def reconcile(args: argparse.Namespace, settings: Settings) -> int:

@@ -196,6 +196,10 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
         from api.bench import budget_bench
 
         return budget_bench.main(args, settings)
+    if args.target == "export":
+        from api.bench import export_bench
+
+        return export_bench.main(args, settings)
     if args.target == "ingest":
         from api.bench import ingest_bench
 
@@ -307,7 +311,7 @@ def parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks against pgbench on the same cluster")
     bench.add_argument("target", choices=["ledger", "lifecycle", "faults", "ingest", "gateway", "budgets",
-                                          "rating", "console"])
+                                          "rating", "console", "export"])
     bench.add_argument("--seconds", type=float, default=10.0, help="duration of each case")
     bench.add_argument("--workers", type=int, default=64, help="concurrent posting tasks")
     bench.add_argument("--accounts", type=int, default=10_000, help="accounts in the spread case")
@@ -331,6 +335,9 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--rules", type=int, default=2000, help="rating: rules of the imported book")
     bench.add_argument("--charges", type=int, default=100_000, help="console: charges of the customer this month")
     bench.add_argument("--requests", type=int, default=200, help="console: requests per page")
+    bench.add_argument("--entries", type=int, default=1_000_000, help="export: entries in the synthetic ledger")
+    bench.add_argument("--bean-check", action="store_true",
+                       help="export: run bean-check and compare bean-query's balances with the trial balance")
     bench.add_argument("--json", action="store_true", help="print figures as JSON")
     bench.set_defaults(func=_bench)
 

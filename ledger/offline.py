@@ -1,5 +1,7 @@
 """The offline verifier of a JSON-lines export: no database, only hashing and JSON (an import-linter
-contract keeps it so), for an auditor who holds a copy and does not trust our server.
+contract keeps it so), for an auditor who holds a copy and does not trust our server. It runs as
+`tokentill audit verify --file EXPORT.jsonl`, or on its own with this file and `ledger/chain.py`:
+`python -m ledger.offline EXPORT.jsonl`.
 
 It recomputes every entry's hash from its fields and compares it with the hash its seal stored,
 recomputes each seal's chain hash from those, checks that each seal follows the one before it,
@@ -8,7 +10,10 @@ Memory is one seal's entry ids at a time.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
+import json
+import sys
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -176,3 +181,46 @@ def verify_lines(lines: Iterable[bytes]) -> OfflineReport:
 def verify_file(path: str) -> OfflineReport:
     with open(path, "rb") as f:
         return verify_lines(f)
+
+
+def _print(report: OfflineReport, expect_head: str | None) -> None:
+    for problem in report.problems:
+        print(f"FAIL {problem}")
+    if report.problem_count > len(report.problems):
+        print(f"     ... and {report.problem_count - len(report.problems)} more")
+    if not report.ok:
+        print(f"offline verification FAILED: {report.problem_count} problem(s); first: {report.problems[0]}")
+        return
+    print(f"verified offline: {report.entries:,} entries, {report.seals:,} seals intact; chain head "
+          f"{report.head or '(no seal)'}")
+    if report.unsealed:
+        print(f"note: {report.unsealed:,} entries are not sealed yet, so no hash vouches for them")
+    if not expect_head:
+        print("note: compare the chain head with one obtained apart from this file (--expect-head)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit 0 when the export is intact, 1 naming the first problem, 2 when it cannot be read."""
+    p = argparse.ArgumentParser(prog="python -m ledger.offline", description="verify a tokentill jsonl export")
+    p.add_argument("file")
+    p.add_argument("--expect-head", metavar="HEX", help="the chain hash the last seal must have")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = p.parse_args(argv)
+    try:
+        report = verify_file(args.file)
+    except OSError as exc:
+        print(f"error: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return 2
+    if args.expect_head and report.head != args.expect_head.lower():
+        report.fail(f"the chain ends at {report.head}, not at the expected head {args.expect_head}")
+    if args.json:
+        print(json.dumps({"ok": report.ok, "entries": report.entries, "seals": report.seals,
+                          "unsealed": report.unsealed, "head": report.head, "whole": report.whole,
+                          "problem_count": report.problem_count, "problems": report.problems}, indent=2))
+    else:
+        _print(report, args.expect_head)
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
