@@ -125,7 +125,12 @@ def _bean_string(sql: str) -> str:
     return f"""('"' || replace(replace(replace({sql}, '\\', '\\\\'), '"', '\\"'), E'\\n', '\\n') || '"')"""
 
 
-# One transaction per entry, written by PostgreSQL; the account names come in as parameters.
+# Accounts with their Beancount names (given as parameters) and the divisor of their display unit.
+_NAMED = """(SELECT a.id, a.name, x.asset, s.scale, power(10::numeric, s.scale) AS unit
+          FROM unnest(CAST(%(ids)s AS bigint[]), CAST(%(names)s AS text[])) a(id, name)
+          JOIN accounts x ON x.id = a.id JOIN assets s ON s.code = x.asset) m"""
+
+# One transaction per entry, written by PostgreSQL.
 _BEANCOUNT = f"""
 SELECT to_char(j.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') || ' * '
        || coalesce({_bean_string("j.customer_id")} || ' ', '') || {_bean_string("j.kind")}
@@ -137,12 +142,19 @@ SELECT to_char(j.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') || ' * '
        || E'\n'
   FROM journal_entries j
   JOIN postings p ON p.lane = j.lane AND p.entry_id = j.id
-  JOIN (SELECT a.id, a.name, x.asset, s.scale, power(10::numeric, s.scale) AS unit
-          FROM unnest(CAST(%(ids)s AS bigint[]), CAST(%(names)s AS text[])) a(id, name)
-          JOIN accounts x ON x.id = a.id JOIN assets s ON s.code = x.asset) m (id, name, asset, scale, unit)
-    ON m.id = p.account_id
+  JOIN {_NAMED} ON m.id = p.account_id
  WHERE {WINDOW_SQL}
  GROUP BY j.lane, j.id ORDER BY j.id
+"""
+
+# A window's opening balances: every account's postings before it, one posting line each.
+_OPENING = f"""
+SELECT string_agg('  ' || m.name || '  ' || round(o.total / m.unit, m.scale) || ' ' || m.asset, E'\n'
+                  ORDER BY m.name)
+  FROM (SELECT p.account_id, sum(p.amount) AS total
+          FROM journal_entries j JOIN postings p ON p.lane = j.lane AND p.entry_id = j.id
+         WHERE j.occurred_at < %(from)s GROUP BY p.account_id HAVING sum(p.amount) <> 0) o
+  JOIN {_NAMED} ON m.id = o.account_id
 """
 
 
@@ -150,19 +162,23 @@ def write_beancount(conn: psycopg.Connection, out: TextIO, window: Window = Wind
                     progress: Progress | None = None) -> Summary:
     """Commodities, an `open` for every account (dated on the first entry's day, its code as
     metadata), then one transaction per entry: the customer as payee, the kind as narration,
-    and its id, key, time and request id as metadata."""
+    and its id, key, time and request id as metadata. A window with a start opens with one
+    transaction of the balances before it, so the file's balances are those at its end."""
     book = accounts(conn)
     first = conn.execute(f"SELECT min(j.occurred_at AT TIME ZONE 'UTC')::date FROM journal_entries j "
                          f"WHERE {WINDOW_SQL}", window.params()).fetchone()[0]
     total = count_entries(conn, window) if progress else 0
     out.write(f'option "title" "tokentill journal"\n; entries that occurred in [{window.start or "-"}, '
               f'{window.end or "-"}); amounts in display units (all decimal places)\n\n')
-    opened = (first or datetime.now(UTC).date()).isoformat()
+    opened = (window.start.astimezone(UTC).date() if window.start else first or datetime.now(UTC).date()).isoformat()
     for asset, scale in sorted({(a.asset, a.scale) for a in book.values()}):
         out.write(f'{opened} commodity {asset}\n  scale: "{scale}"\n')
     for a in sorted(book.values(), key=lambda a: a.name):
         out.write(f"{opened} open {a.name} {a.asset}\n  code: {_quote(a.code)}\n")
     params = {"ids": list(book), "names": [a.name for a in book.values()], **window.params()}
+    opening = conn.execute(_OPENING, params).fetchone()[0] if window.start else None
+    if opening:
+        out.write(f'\n{opened} * "opening balances"\n  time: "{window.start.isoformat()}"\n{opening}\n')
     entries = 0
     for (text,) in _stream(conn, _BEANCOUNT, params, "tokentill_beancount"):
         out.write("\n")

@@ -42,9 +42,32 @@ def demo(server_url):
     try:
         with serving(url, ADMIN) as tt:
             scenario(tt)
-            yield url, tt.get("/v1/audit/trial-balance")
+            trial = tt.get("/v1/audit/trial-balance")
+            middle = _middle_time(url)
+            trial["at_middle"] = tt.get(f"/v1/audit/trial-balance?at={middle}")
+            trial["middle"] = middle
+            yield url, trial
     finally:
         gen.close()
+
+
+def _middle_time(url: str) -> str:
+    rows = list(csv.DictReader(cli(url, "export", "--format", "csv").stdout.splitlines()))
+    times = sorted({r["time"] for r in rows})
+    return times[len(times) // 2]
+
+
+def _bean_balances(path: Path) -> dict[str, Decimal]:
+    """bean-query's balance of every account, by the code its open directive carries."""
+    entries, errors, _ = loader.load_file(str(path))
+    assert errors == []
+    code_of = {e.account: e.meta["code"] for e in entries if isinstance(e, data.Open)}
+    rows = beanquery.connect(f"beancount:{path}").execute("SELECT account, sum(number) GROUP BY account").fetchall()
+    return {code_of[account]: total for account, total in rows}
+
+
+def _trial(trial: dict) -> dict[str, Decimal]:
+    return {line["account"]: Decimal(line["balance"]) for line in trial["accounts"]}
 
 
 def test_the_demo_ledger_in_beancount_passes_bean_check_and_its_balances_equal_the_trial_balance(demo, tmp_path):
@@ -60,14 +83,27 @@ def test_the_demo_ledger_in_beancount_passes_bean_check_and_its_balances_equal_t
     code_of = {e.account: e.meta["code"] for e in entries if isinstance(e, data.Open)}
     kinds = {e.meta["entry_id"]: e.narration for e in entries if isinstance(e, data.Transaction)}
     assert {"topup", "reserve", "settle", "release"} <= set(kinds.values())
-    rows = beanquery.connect(f"beancount:{out}").execute(
-        "SELECT account, sum(number) GROUP BY account").fetchall()
-    beancount = {code_of[account]: total for account, total in rows}
-    expected = {line["account"]: Decimal(line["balance"]) for line in trial["accounts"]}
+    beancount, expected = _bean_balances(out), _trial(trial)
     assert set(beancount) <= set(expected)  # an account without postings has no row in bean-query
     assert {code: beancount.get(code, Decimal(0)) for code in expected} == expected
     assert set(code_of.values()) == set(expected)  # every account is opened
     assert sum(beancount.values()) == 0 and any(beancount.values())
+
+
+def test_a_window_in_beancount_opens_with_the_balances_before_it(demo, tmp_path):
+    """With --from the file starts from the balances before it, so its balances are those at its end."""
+    url, trial = demo
+    for name, window, expected in (("from", ["--from", trial["middle"]], _trial(trial)),
+                                   ("to", ["--to", trial["middle"]], _trial(trial["at_middle"])),
+                                   ("both", ["--from", "2000-01-01", "--to", trial["middle"]],
+                                    _trial(trial["at_middle"]))):
+        out = tmp_path / f"{name}.beancount"
+        assert cli(url, "export", "--format", "beancount", "--out", str(out), *window).returncode == 0
+        check = subprocess.run(["bean-check", str(out)], capture_output=True, text=True, timeout=300)
+        assert check.returncode == 0 and not check.stdout + check.stderr, check.stdout + check.stderr
+        found = _bean_balances(out)
+        assert {code: found.get(code, Decimal(0)) for code in expected} == expected, name
+    assert _trial(trial["at_middle"]) != _trial(trial)  # the window matters
 
 
 def test_the_csv_export_is_one_posting_a_row_and_sums_to_the_trial_balance(demo, tmp_path):
