@@ -184,10 +184,10 @@ async def get_journal(
 
     async def read(conn):
         snapshot, position = await _snapshot(conn, cursor, "journal", filters)
-        after = _position(position, 2)
+        after = _position(position, ids=1)
         named = None if account is None else await _visible_account(conn, principal, account, platform_ok=True)
-        f = JournalFilter(since, until, customer, named and named.id, named and named.customer_id, kind, request_id,
-                          principal.visible())
+        f = JournalFilter(since, until, customer, named.id if named else None, named.customer_id if named else None,
+                          kind, request_id, principal.visible())
         page = await journal_page(conn, f, snapshot, after, limit)
         scales = await _scales(state, conn, {p.asset for e in page for p in e.postings})
         more = (cursors.encode("journal", filters, snapshot, [page[-1].occurred_at.isoformat(), page[-1].id])
@@ -197,14 +197,14 @@ async def get_journal(
     return await state.services.db.read(read)
 
 
-def _position(position: list[Any] | None, ids: int) -> Any:
-    """A cursor's position: an occurred_at and `ids` integer ids after it (entry, posting)."""
+def _position(position: list[Any] | None, *, ids: int) -> Any:
+    """A cursor's position: an occurred_at, then `ids` integer ids (an entry's; a posting's)."""
     if position is None:
         return None
     try:
         at, *rest = position
         parsed = datetime.fromisoformat(at)
-        if len(rest) != ids - 1 or any(type(i) is not int for i in rest) or parsed.tzinfo is None:
+        if len(rest) != ids or any(type(i) is not int for i in rest) or parsed.tzinfo is None:
             raise ValueError
     except (TypeError, ValueError):
         raise ApiError("invalid_cursor", "cursor: not a cursor of this API; start again without a cursor",
@@ -231,7 +231,7 @@ async def get_statement(
     async def read(conn):
         snapshot, position = await _snapshot(conn, cursor, "statement", filters)
         account = await _visible_account(conn, principal, code, platform_ok=False)
-        page = await statement_page(conn, account, since, until, snapshot, _position(position, 3), limit)
+        page = await statement_page(conn, account, since, until, snapshot, _position(position, ids=2), limit)
         scale = await state.services.asset_scale(conn, account.asset) or DEFAULT_SCALE
         last = page.lines[-1] if page.lines else None
         more = (cursors.encode("statement", filters, snapshot,
