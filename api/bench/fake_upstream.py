@@ -39,6 +39,7 @@ class Logged:
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
+    peer: tuple[str, int] | None = None  # the caller's address: one per connection
     emitted: int = 0  # output tokens sent
     cancelled: bool = False  # the caller left before the end
     done: bool = False
@@ -75,7 +76,8 @@ class FakeUpstream:
             if not message.get("more_body"):
                 break
         body = msgspec.json.decode(b"".join(chunks) or b"{}")
-        log = Logged(scope["path"], {k.decode(): v.decode() for k, v in scope["headers"]}, body)
+        log = Logged(scope["path"], {k.decode(): v.decode() for k, v in scope["headers"]}, body,
+                     tuple(scope["client"]) if scope.get("client") else None)
         self.calls.append(log)
         answer = ANSWERS.get(scope["path"])
         if answer is None:

@@ -67,6 +67,16 @@ class Caller:
         self.writer: asyncio.StreamWriter | None = None
 
     async def post(self, path: str, payload: bytes, extra: str = "") -> Answer:
+        reused = self.writer is not None
+        try:
+            return await self._post(path, payload, extra)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            if not reused:
+                raise
+            self.writer = None  # the server closed an idle keep-alive connection: send it again
+            return await self._post(path, payload, extra)
+
+    async def _post(self, path: str, payload: bytes, extra: str) -> Answer:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
         assert self.reader is not None

@@ -31,3 +31,13 @@ def stream_error_event(provider: str, code: str, message: str) -> bytes:
     if provider == "anthropic":
         return b"event: error\ndata: " + error_body(provider, 500, code, message) + b"\n\n"
     return b"data: " + error_body(provider, 500, code, message) + b"\n\n"
+
+
+class Refusal(Exception):
+    """The gateway's own refusal, answered in the provider's error shape."""
+
+    def __init__(self, status: int, code: str, message: str, retry_after: str | None = None,
+                 details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
+        self.details = details

@@ -136,6 +136,17 @@ def test_chat_completion_is_charged_the_providers_usage_and_says_so_in_headers(l
     assert sent["authorization"] == "Bearer sk-upstream-openai" and key not in str(sent)
 
 
+def test_upstream_connections_are_pooled(live, fake):
+    url, _ = live
+    _, key = customer(live)
+    client = oai(url, key)
+    first = len(fake.fake.calls)
+    for stream in (False, True, False, True):
+        list(client.chat.completions.create(model="gpt-test", messages=HI, stream=True)) if stream else \
+            client.chat.completions.create(model="gpt-test", messages=HI)
+    assert len({call.peer for call in fake.fake.calls[first:]}) == 1
+
+
 def test_a_streamed_chat_is_charged_its_usage_and_the_usage_chunk_it_did_not_ask_for_is_not_sent(live, fake):
     url, _ = live
     cid, key = customer(live)
@@ -310,6 +321,26 @@ def test_an_insufficient_wallet_gets_a_provider_shaped_402_before_any_upstream_c
     assert raised_too.value.status_code == 402
     assert raised_too.value.body["error"]["type"] == "billing_error"
     assert len(fake.fake.calls) == before
+
+
+def test_a_budget_refusal_is_the_providers_429_with_retry_after_before_any_upstream_call(live, fake):
+    url, _ = live
+    cid, key = customer(live)
+    with admin(url) as http:
+        budget = http.post("/v1/budgets", json={"customer_id": cid, "window": "minute", "metric": "requests",
+                                                "limit": 1})
+        assert budget.status_code == 201, budget.text
+    oai(url, key).chat.completions.create(model="gpt-test", messages=HI)
+    before = len(fake.fake.calls)
+    with pytest.raises(openai.RateLimitError) as raised:
+        oai(url, key).chat.completions.create(model="gpt-test", messages=HI)
+    assert raised.value.body["code"] == "budget_exceeded"
+    assert raised.value.body["tokentill"]["budget_id"] == budget.json()["id"]
+    assert 1 <= int(raised.value.response.headers["retry-after"]) <= 60
+    with pytest.raises(anthropic.RateLimitError):
+        claude(url, key).messages.create(model="claude-test", max_tokens=10, messages=HI)
+    assert len(fake.fake.calls) == before
+    assert wallet(url, cid) == (Decimal("10") - CHAT_CHARGE, 0)
 
 
 def test_keys_are_checked_and_a_key_of_several_customers_names_one(live):

@@ -1,0 +1,164 @@
+"""The upstream half of a gateway call: forward it, relay the answer (whole, or event by event),
+then settle with what it cost or release the hold (see api.gateway.proxy)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from prometheus_client import Counter
+
+from api.gateway.calls import Call
+from api.gateway.shapes import Refusal, stream_error_event
+from api.gateway.streams import EventSplitter, StreamTally, answer_settlement, answer_texts
+from api.routes.inputs import usage_tokens
+from api.routes.wire import money
+from ledger.model import request_hash
+from pricing.errors import InvalidUsageError
+from wallets.commands import Release, ReserveResult, Settle
+
+if TYPE_CHECKING:
+    from api.gateway.proxy import Exchange
+
+log = logging.getLogger("tokentill.gateway")
+CALLS = Counter("tokentill_gateway_calls", "Gateway calls by provider, kind and outcome "
+                "(settled, released, refused, upstream_error, cut, unsettled)", ["provider", "kind", "outcome"])
+
+FORWARDED_REQUEST_HEADERS = ("content-type", "accept", "anthropic-version", "anthropic-beta", "openai-beta",
+                             "openai-organization", "openai-project")
+DROPPED_RESPONSE_HEADERS = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"content-length",
+                                      b"content-encoding", b"date", b"server", b"proxy-connection", b"upgrade",
+                                      b"trailer", b"te", b"alt-svc"})
+ANTHROPIC_VERSION = "2023-06-01"
+
+
+class Forwarding:
+    """The upstream half of a call: forward, relay the answer, settle or release."""
+
+    def __init__(self, exchange: Exchange, call: Call, reserved: ReserveResult) -> None:
+        self.x, self.call, self.reservation = exchange, call, reserved.reservation
+        self.tally = StreamTally(call.kind, call.usage_chunk_wanted)
+        self.outcome = "settled"
+
+    async def run(self) -> None:
+        response: httpx.Response | None = None
+        try:
+            response = await self._open()
+            if response is None:
+                return
+            if not response.is_success:
+                await self._pass_error(response)
+            elif self.call.stream:
+                await self._relay(response)
+            else:
+                await self._whole(response)
+        except asyncio.CancelledError:  # the caller left: what was generated is charged below
+            self.outcome = "cut"
+            if response is not None:
+                await response.aclose()  # closes the upstream connection: the upstream sees it
+            await self.finish(self.tally.settlement(self.x.gw.counter, self.call.model, self.call.prompt_raw_tokens))
+        finally:
+            if response is not None:
+                await response.aclose()
+            CALLS.labels(self.x.provider, self.x.kind, self.outcome).inc()
+
+    async def _open(self) -> httpx.Response | None:
+        url, auth = self.x.gw.upstream(self.x.provider, self.x.path)
+        headers = {k: self.x.headers[k] for k in FORWARDED_REQUEST_HEADERS if k in self.x.headers}
+        if self.x.provider == "anthropic":
+            headers.setdefault("anthropic-version", ANTHROPIC_VERSION)
+        headers.update(auth, **{"accept-encoding": "identity"})  # SSE is parsed here: no compression
+        transport = self.x.gw.transport
+        assert transport is not None, "the gateway was not started"
+        started = time.perf_counter()
+        try:
+            response = await transport.handle_async_request(httpx.Request(
+                "POST", url, content=self.call.body, headers=headers, extensions={"timeout": self.x.gw.timeout}))
+        except httpx.HTTPError as exc:
+            self.outcome = "upstream_error"
+            await self.finish(None)
+            timeout = isinstance(exc, httpx.TimeoutException)
+            status = 504 if timeout else 502
+            log.warning("upstream %s failed: %s", url, exc.__class__.__name__)
+            await self.x._refuse(Refusal(status, "upstream_timeout" if timeout else "upstream_unavailable",
+                                         f"the upstream did not answer ({exc.__class__.__name__})"))
+            return None
+        self.x.timings["upstream"] = time.perf_counter() - started
+        return response
+
+    def _upstream_headers(self, response: httpx.Response) -> list[tuple[bytes, bytes]]:
+        return [(k.lower(), v) for k, v in response.headers.raw if k.lower() not in DROPPED_RESPONSE_HEADERS]
+
+    async def _pass_error(self, response: httpx.Response) -> None:
+        """An upstream error status: release the hold, answer the upstream's error unchanged."""
+        body = await response.aread()
+        self.outcome = "upstream_error"
+        await self.finish(None)
+        await self.x.respond(response.status_code, [*self._upstream_headers(response),
+                                                    (b"x-tokentill-charged", b"0")], body)
+
+    async def _whole(self, response: httpx.Response) -> None:
+        body = await response.aread()
+        self.tally.texts = answer_texts(self.call.kind, body)
+        charged = await self.finish(answer_settlement(self.call.kind, body, self.x.gw.counter, self.call.model,
+                                                      self.call.prompt_raw_tokens))
+        extra = [(b"x-tokentill-charged", money(charged).encode())] if charged is not None else []
+        await self.x.respond(response.status_code, [*self._upstream_headers(response), *extra], body)
+
+    async def _relay(self, response: httpx.Response) -> None:
+        """Each event goes to the caller as soon as it is complete; the charge follows as an SSE comment."""
+        x = self.x
+        await x.start(response.status_code, [*self._upstream_headers(response), (
+            b"x-tokentill-reserved", (money(self.reservation.amount) or "0").encode())])
+        splitter = EventSplitter()
+        try:
+            async for chunk in response.aiter_raw():
+                out = b"".join(event for event in splitter.feed(chunk) if self.tally.observe(event))
+                if out:
+                    await x.send({"type": "http.response.body", "body": out, "more_body": True})
+            tail = splitter.rest()
+        except httpx.HTTPError as exc:  # the upstream failed mid-stream: bill what it generated
+            self.outcome = "upstream_error"
+            log.warning("upstream stream failed: %s", exc.__class__.__name__)
+            tail = stream_error_event(x.provider, "upstream_failed", f"the upstream stream failed "
+                                      f"({exc.__class__.__name__})")
+        charged = await self.finish(self.tally.settlement(x.gw.counter, self.call.model, self.call.prompt_raw_tokens))
+        if charged is not None:
+            tail += (f": tokentill charged={money(charged)} currency={self.reservation.currency} "
+                     f"request_id={x.request_id}\n\n").encode()
+        await x.send({"type": "http.response.body", "body": tail, "more_body": False})
+
+    async def finish(self, settlement: tuple[str, dict[str, Any]] | None) -> int | None:
+        """Settle with `settlement` (usage form, usage), or release when None; the charge, or None
+        when the ledger could not be told (logged; the hold then expires after its TTL)."""
+        self.x.finishing = True
+        started = time.perf_counter()
+        r = self.reservation
+        try:
+            if settlement is None:
+                if self.outcome == "settled":
+                    self.outcome = "released"
+                await asyncio.shield(self.x.gw.wallets.submit(Release(customer_id=r.customer_id, reservation_id=r.id)))
+                return 0
+            form, usage = settlement
+            try:
+                tokens, stored = usage_tokens(**{"usage": None, "openai_usage": None, "anthropic_usage": None,
+                                                 form: usage})
+            except InvalidUsageError as exc:
+                log.warning("upstream usage unreadable (%s); settling with the metered output", exc)
+                self.tally.usage = self.tally.started = None
+                _, metered = self.tally.settlement(self.x.gw.counter, self.call.model, self.call.prompt_raw_tokens) \
+                    or ("usage", {"input_tokens": self.call.prompt_raw_tokens})
+                tokens, stored = usage_tokens(metered, None, None)
+            result = await asyncio.shield(self.x.gw.wallets.submit(Settle(
+                customer_id=r.customer_id, reservation_id=r.id, request_hash=request_hash({form: usage}),
+                tokens=tokens, usage=stored, final=True)))
+            return result.charged
+        except Exception:
+            self.outcome = "unsettled"
+            log.exception("gateway call %s (reservation %s) could not be settled", self.x.request_id, r.id)
+            return None
+        finally:
+            self.x.timings["settle"] = time.perf_counter() - started
