@@ -143,8 +143,9 @@ def test_a_window_exports_only_the_entries_that_occurred_in_it(demo, tmp_path):
 # ---- offline verification of the jsonl export ---------------------------------------------------
 
 @pytest.fixture(scope="module")
-def sealed_export(server_url, tmp_path_factory) -> list[str]:
-    """A 900-entry ledger sealed in several seals, with 30 entries after the last seal, as jsonl."""
+def chain_url(server_url):
+    """A 900-entry ledger (entry n occurred n seconds into 2026) sealed in several seals, with 30
+    entries after the last seal."""
     import asyncio
 
     from tests.conftest import _migrated
@@ -159,11 +160,32 @@ def sealed_export(server_url, tmp_path_factory) -> list[str]:
         await db.dispose()
 
     asyncio.run(build())
-    path = tmp_path_factory.mktemp("chain") / "journal.jsonl"
-    done = cli(url, "export", "--format", "jsonl", "--out", str(path))
+    yield url
     gen.close()
+
+
+@pytest.fixture(scope="module")
+def sealed_export(chain_url, tmp_path_factory) -> list[str]:
+    """That ledger as jsonl."""
+    path = tmp_path_factory.mktemp("chain") / "journal.jsonl"
+    done = cli(chain_url, "export", "--format", "jsonl", "--out", str(path))
     assert done.returncode == 0, done.stderr
     return path.read_text().splitlines()
+
+
+def test_a_window_in_jsonl_carries_whole_seals_and_verifies(chain_url, tmp_path):
+    """Entries 400-499 lie inside one seal: the export holds that seal whole, and nothing else."""
+    path = tmp_path / "window.jsonl"
+    done = cli(chain_url, "export", "--format", "jsonl", "--out", str(path),
+               "--from", "2026-01-01T00:06:40Z", "--to", "2026-01-01T00:08:20Z")
+    assert done.returncode == 0, done.stderr
+    lines = path.read_text().splitlines()
+    seals = [json.loads(line) for line in lines if '"type":"seal"' in line]
+    keys = {json.loads(line)["key"] for line in lines if '"type":"entry"' in line}
+    assert len(seals) == 1 and {f"syn:{n}" for n in range(400, 500)} <= keys
+    assert len(keys) == len(seals[0]["entry_ids"]) < 900
+    verified = _verify(tmp_path, lines)
+    assert verified.returncode == 0, verified.stdout
 
 
 def _verify(tmp_path: Path, lines: list[str], *extra: str) -> subprocess.CompletedProcess:
