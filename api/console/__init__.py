@@ -15,7 +15,7 @@ from litestar.template.config import TemplateConfig
 from litestar.types import ASGIApp
 
 from api.console import auditor, customer, export, operator, session
-from api.console.web import PREFIX, STATIC, csrf_config, error_page, session_config
+from api.console.web import PREFIX, STATIC, csrf_config, error_page, refusing_forgeries, session_config
 from api.errors import EXCEPTION_HANDLERS
 
 PAGES = [
@@ -55,7 +55,7 @@ def routers(secret: bytes) -> list[Router]:
         return SessionMiddleware(app, backend=ClientSideSessionBackend(config=session))
 
     def csrf_checks(app: ASGIApp) -> ASGIApp:
-        return CSRFMiddleware(app, config=csrf)
+        return refusing_forgeries(CSRFMiddleware(app, config=csrf))
 
     pages = Router(path="/", route_handlers=PAGES, include_in_schema=False, middleware=[sessions, csrf_checks],
                    exception_handlers={cls: error_page for cls in EXCEPTION_HANDLERS})

@@ -82,7 +82,9 @@ def chart_of(rows: list[dict[str, Any]], first: date, last: date) -> dict[str, A
         totals[key][0] += row["quantity"]
         totals[key][1] += units
         totals[key][2] += row["charges"]
-    fmt = lambda units: format_amount(units, ASSET_SCALE)  # noqa: E731
+    def fmt(units: int) -> str:
+        return format_amount(units, ASSET_SCALE)
+
     return {
         "days": days,
         "series": [{"model": m, "token_type": t, "label": f"{m} · {t}", "amounts": [fmt(u) for u in values]}

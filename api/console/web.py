@@ -18,9 +18,11 @@ from urllib.parse import quote
 from litestar import Request, Response
 from litestar.config.csrf import CSRFConfig
 from litestar.connection import ASGIConnection
+from litestar.exceptions import PermissionDeniedException
 from litestar.handlers import BaseRouteHandler
 from litestar.middleware.session.client_side import CookieBackendConfig
 from litestar.response import Redirect, Template
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 from api.auth import Principal, authorize, principal_for, principal_of
 from api.errors import EXCEPTION_HANDLERS, ApiError
@@ -51,6 +53,22 @@ def csrf_config(secret: bytes) -> CSRFConfig:
     return CSRFConfig(secret=hashlib.sha256(b"csrf" + secret).hexdigest(), cookie_name=CSRF_COOKIE,
                       cookie_path=PREFIX, cookie_secure=True, cookie_httponly=True,
                       cookie_samesite="strict", header_name="x-csrftoken")
+
+
+def refusing_forgeries(csrf: ASGIApp) -> ASGIApp:
+    """The CSRF check's refusal answered here, as the 403 page: raised from a middleware, it would
+    pass the metrics middleware before any response began and be counted there as a 500."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await csrf(scope, receive, send)
+        except PermissionDeniedException:
+            request: Request = Request(scope, receive)
+            refusal = ApiError("forbidden", "the form's CSRF token is missing or wrong: reload the page and "
+                               "send it again", 403)
+            await error_page(request, refusal).to_asgi_response(scope["app"], request)(scope, receive, send)
+
+    return middleware
 
 
 def sign_in(request: Request, token: str) -> None:

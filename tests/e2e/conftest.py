@@ -36,17 +36,18 @@ class Console:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.keys[who]}"}, timeout=30)
 
 
-def _serve(database_url: str, port: int) -> subprocess.Popen:
+def _serve(database_url: str, port: int, log: Path) -> subprocess.Popen:
     env = {**os.environ, "TOKENTILL_DATABASE_URL": database_url, "TOKENTILL_ADMIN_KEY": ADMIN,
            "TOKENTILL_SCHEDULER": "off", "TOKENTILL_LOG_LEVEL": "WARNING"}
-    return subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with log.open("w") as out:  # a file, not a pipe nobody reads (a full pipe would stall the server)
+        return subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port)], env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
 
 
-def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else "the server exited"
+        assert proc.poll() is None, log.read_text()
         try:
             if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                 return
@@ -102,19 +103,23 @@ def seed(api: httpx.Client) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def console(server_url: str) -> Iterator[Console]:
-    """`tokentill serve` on a database of its own (verify sees only what these tests wrote)."""
+def console(server_url: str, request) -> Iterator[Console]:
+    """`tokentill serve` on a database of its own (verify sees only what these tests wrote). Its
+    log is kept beside the screenshots; the module fails if the server logged an unhandled error."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    log = ARTIFACTS / f"{request.module.__name__.rsplit('.', 1)[-1]}.server.log"
     for url in _migrated(server_url, f"tokentill_e2e_{uuid.uuid4().hex[:8]}"):
         port = free_port()
-        proc = _serve(url, port)
+        proc = _serve(url, port, log)
         base = f"http://127.0.0.1:{port}"
         try:
-            _wait_ready(base, proc)
+            _wait_ready(base, proc, log)
             with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30) as api:
                 yield Console(base, seed(api), api)
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+        assert "unhandled error" not in log.read_text(), log.read_text()[-5000:]
 
 
 @pytest.fixture(scope="module")
