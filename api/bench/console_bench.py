@@ -78,6 +78,9 @@ async def measure(base: str, server: subprocess.Popen, args: argparse.Namespace)
     async with httpx.AsyncClient(base_url=base, timeout=60) as client:
         await wait_ready(client, server)
         rate = await seed(client, args.charges, args.workers)
+        usage = (await client.get(f"/v1/customers/{CUSTOMER}/usage", params={"group_by": ""},
+                                  headers={"Authorization": f"Bearer {KEY}"})).json()["rows"]
+        charged = usage[0]["charges"] if usage else 0
         cookie = await signed_in_cookie(client)
         pages = {}
         for page in PAGES:
@@ -93,9 +96,10 @@ async def measure(base: str, server: subprocess.Popen, args: argparse.Namespace)
                     times.append(elapsed)
             pages[path] = {"p50_ms": pct(times, 50), "p95_ms": pct(times, 95), "max_ms": round(max(times), 2),
                            "p95_ratio_to_goal": round(pct(times, 95) / GOAL_MS, 3)}
-        return {"charges": args.charges, "seed_events_per_s": round(rate), "requests_per_page": args.requests,
+        return {"charges": args.charges, "charges_posted": charged, "seed_events_per_s": round(rate),
+                "requests_per_page": args.requests,
                 "goal_p95_ms": GOAL_MS, "pages": pages, "load": os.getloadavg(),
-                "goal_met": all(p["p95_ms"] < GOAL_MS for p in pages.values())}
+                "goal_met": charged == args.charges and all(p["p95_ms"] < GOAL_MS for p in pages.values())}
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
@@ -121,7 +125,7 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"console pages, a customer with {report['charges']:,} charges this month "
+        print(f"console pages, a customer with {report['charges_posted']:,} charges this month "
               f"(seeded at {report['seed_events_per_s']:,} events/s), {report['requests_per_page']} requests each, "
               f"load {report['load'][0]:.2f}:")
         for path, f in report["pages"].items():
