@@ -56,6 +56,7 @@ from api.client_errors import (
     error_of,
     raise_for,
 )
+from api.client_journal import AsyncJournalReads, JournalReads
 from api.client_reservations import (
     AsyncReservation,
     Reservation,
@@ -184,7 +185,7 @@ class _Pending:
         raise SettlementSpooled(replace(self.record, reason=describe(failure)), self.spool.path) from error
 
 
-class Client(_Base):
+class Client(_Base, JournalReads):
     """Synchronous client. With `flush_spool` (the default) the constructor re-sends its spool.
     With `background_settle`, a block's exit queues its settle durably and a thread of the client
     sends the queue (api/background.py); `close` drains it for at most `drain_timeout_s`."""
@@ -295,7 +296,7 @@ class Client(_Base):
         self.close()
 
 
-class AsyncClient(_Base):
+class AsyncClient(_Base, AsyncJournalReads):
     """Asynchronous client. With `flush_spool` (the default) it re-sends its spool on `__aenter__`
     or its first call, whichever comes first. With `background_settle`, a block's exit queues its
     settle durably (api/background.py) instead of waiting for it; `aclose` drains the queue for at
