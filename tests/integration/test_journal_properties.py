@@ -8,16 +8,13 @@ posted with.
 """
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger.accounts import ensure_asset, open_account
-from ledger.db import connect
+from ledger.accounts import open_account
 from ledger.journal import JournalFilter, current_snapshot, journal_page
 from ledger.model import AccountSpec, AccountType, JournalEntry, Posting
 from ledger.posting import post_entries
@@ -44,16 +41,6 @@ filters = st.fixed_dictionaries({
     "start": maybe_instant,
     "end": maybe_instant,
 })
-
-
-@pytest.fixture(scope="module")
-def loop_db(database_url):
-    loop = asyncio.new_event_loop()
-    db = connect(database_url, pool_size=2)
-    loop.run_until_complete(db.run(lambda conn: ensure_asset(conn, "USD", 9)))
-    yield loop, db
-    loop.run_until_complete(db.dispose())
-    loop.close()
 
 
 async def _post(db, tag: str, drawn) -> tuple[list[str], dict[str, str], list[tuple[int, JournalEntry]]]:

@@ -11,17 +11,14 @@ striped platform accounts (read as a whole).
 """
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger.accounts import ensure_asset, open_account
-from ledger.db import connect
+from ledger.accounts import open_account
 from ledger.journal import current_snapshot
 from ledger.model import AccountSpec, AccountType, JournalEntry, Posting
 from ledger.posting import post_entries
@@ -38,16 +35,6 @@ entries = st.lists(st.tuples(
     st.integers(0, 3),  # the account that balances the entry
 ), min_size=1, max_size=20)
 instant = st.integers(-1, 52).map(lambda s: BASE + timedelta(seconds=s))
-
-
-@pytest.fixture(scope="module")
-def loop_db(database_url):
-    loop = asyncio.new_event_loop()
-    db = connect(database_url, pool_size=2)
-    loop.run_until_complete(db.run(lambda conn: ensure_asset(conn, "USD", 9)))
-    yield loop, db
-    loop.run_until_complete(db.dispose())
-    loop.close()
 
 
 def _codes(tag: str) -> tuple[str, list[str]]:
