@@ -140,3 +140,16 @@ async def test_budget_routes_change_list_and_delete(client: AsyncTestClient, tag
     nobody = await client.post("/v1/budgets", json={"customer_id": f"nobody-{tag}", "window": "day",
                                                     "metric": "money", "limit": "1.00"})
     assert nobody.status_code == 404
+
+
+async def test_a_budget_created_again_under_its_idempotency_key_is_the_same_budget(
+        client: AsyncTestClient, tag: str, book: str):
+    cid = await _funded(client, tag, book)
+    body = {"customer_id": cid, "window": "day", "metric": "tokens", "limit": 5000, "thresholds": [80]}
+    first = await client.post("/v1/budgets", json=body, headers={"Idempotency-Key": f"b-{tag}"})
+    again = await client.post("/v1/budgets", json=body, headers={"Idempotency-Key": f"b-{tag}"})
+    assert (first.status_code, again.status_code) == (201, 201) and first.content == again.content
+    other = await client.post("/v1/budgets", json={**body, "limit": 6000}, headers={"Idempotency-Key": f"b-{tag}"})
+    assert other.status_code == 409 and other.json()["code"] == "idempotency_conflict"
+    listed = (await client.get(f"/v1/budgets?customer_id={cid}")).json()["budgets"]
+    assert [b["id"] for b in listed] == [first.json()["id"]]
