@@ -238,8 +238,8 @@ class Client(_Base, JournalReads):
     def settle(self, reservation_id: str, *, final: bool = True, key: str | None = None,
                expires_at: str | datetime | None = None, background: bool = False,
                **usage: Any) -> dict[str, Any] | None:
-        """Settle a reservation by id, durably (as the block's exit does); `usage=`, `openai_usage=`
-        or `anthropic_usage=`. None if silently spooled, or queued (`background`, on a
+        """Settle a reservation by id, durably (as the block's exit does); `usage=`, `openai_usage=`,
+        `anthropic_usage=` or `gemini_usage=`. None if silently spooled, or queued (`background`, on a
         `background_settle` client)."""
         path, body, key, reservation_id = settle_call(reservation_id, final, key, usage)
         if background and self._queue(path, body, key, reservation_id):

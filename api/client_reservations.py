@@ -58,12 +58,15 @@ class _Reservation:
         return self._meter
 
     def record(self, *, openai_usage: Mapping[str, Any] | None = None,
-               anthropic_usage: Mapping[str, Any] | None = None, **canonical: int) -> None:
+               anthropic_usage: Mapping[str, Any] | None = None, gemini_usage: Mapping[str, Any] | None = None,
+               **canonical: int) -> None:
         """Record the provider's usage (verbatim) or canonical token counts; it wins over the meter."""
         if openai_usage is not None:
             self._usage = {"openai_usage": dict(openai_usage)}
         elif anthropic_usage is not None:
             self._usage = {"anthropic_usage": dict(anthropic_usage)}
+        elif gemini_usage is not None:
+            self._usage = {"gemini_usage": dict(gemini_usage)}
         else:
             self._usage = {"usage": dict(canonical)}
 
@@ -171,9 +174,9 @@ def settle_call(reservation_id: str, final: bool, key: str | None,
                 usage: Mapping[str, Any]) -> tuple[str, dict[str, Any], str, str]:
     """An explicit settle: (path, body, idempotency key, reservation id). A capture's key, made
     once per call, is also its capture_id."""
-    unknown = set(usage) - {"usage", "openai_usage", "anthropic_usage"}
+    unknown = set(usage) - {"usage", "openai_usage", "anthropic_usage", "gemini_usage"}
     if len(usage) != 1 or unknown:
-        raise ValueError("give exactly one of usage=, openai_usage= or anthropic_usage=")
+        raise ValueError("give exactly one of usage=, openai_usage=, anthropic_usage= or gemini_usage=")
     key = key or (f"{reservation_id}:settle:0" if final else f"{reservation_id}:capture:{uuid.uuid4().hex}")
     body = {**{name: dict(value) for name, value in usage.items()}, "final": final,
             **({} if final else {"capture_id": key})}

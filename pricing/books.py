@@ -49,7 +49,7 @@ from pricing.rule_fields import (
     normalize_format_2,
     window_errors,
 )
-from pricing.units import FORMAT_1_TYPES, KINDS, PER_UNITS, TOKEN_TYPES
+from pricing.units import KINDS, PER_UNITS, TOKEN_TYPES
 
 FALLBACKS: dict[str, tuple[str, ...]] = {k.name: k.fallbacks for k in KINDS.values() if k.fallbacks}
 TIER_MODES = ("graduated", "volume")
@@ -131,12 +131,6 @@ class Rule:
         window = () if self.hours is None else (("@hours", f"{self.hours[0]}-{self.hours[1]}"),)
         object.__setattr__(self, "keyed_match", tuple(sorted((*self.match, *window))))
         return errors
-
-    @property
-    def format_2(self) -> bool:
-        """Whether the rule uses what only a format 2 book may: new token types or fields."""
-        return (self.token_type not in FORMAT_1_TYPES or bool(self.prompt_tiers) or self.hours is not None
-                or self.label is not None or self.source_date is not None)
 
     def price_at(self, prompt: int) -> tuple[Decimal, int | None]:
         """A flat rule's unit price for a call with this prompt size, and the prompt tier reached
@@ -243,6 +237,7 @@ class PriceVersion:
     _by_model: dict[tuple[str, str], tuple[Rule, ...]] = field(init=False, repr=False, compare=False)
     _generic: dict[str, tuple[Rule, ...]] = field(init=False, repr=False, compare=False)
     timed: bool = field(init=False, repr=False, compare=False)  # some rule has hours
+    _models: frozenset[str | None] = field(init=False, repr=False, compare=False)  # None: a rule for any
     resolved: dict[tuple[object, ...], object] = field(init=False, repr=False, compare=False)  # rating's cache
 
     def __post_init__(self) -> None:
@@ -269,6 +264,7 @@ class PriceVersion:
         object.__setattr__(self, "_by_model", {k: tuple(v) for k, v in by_model.items()})
         object.__setattr__(self, "_generic", {k: tuple(v) for k, v in generic.items()})
         object.__setattr__(self, "timed", any(rule.hours is not None for rule in self.rules))
+        object.__setattr__(self, "_models", frozenset(r.model for r in self.rules))
         object.__setattr__(self, "resolved", {})
 
     def context_window_for(self, rule_ids: Iterable[str | None]) -> int | None:
@@ -302,6 +298,11 @@ class PriceVersion:
             raise PriceBookValidationError("rules", f"ambiguous rules for {model}/{token_type}: {ids}")
         return best[0] if best else None
 
+    def prices_model(self, model: str) -> bool:
+        """Whether some rule of the version applies to the model (by name, pattern or no model)."""
+        return (model in self._models or None in self._models
+                or any(fnmatchcase(model, p) for p in self._models if p is not None and is_pattern(p)))
+
     def resolve(self, token_type: str, model: str, dimensions: Mapping[str, DimValue],
                 minute: int | None = None) -> Rule | None:
         """The rule pricing a token type, with fallbacks. None only when the version's
@@ -310,8 +311,8 @@ class PriceVersion:
             rule = self.find_rule(candidate, model, dimensions, minute)
             if rule is not None:
                 return rule
-        if self.unpriced == "zero":
-            return None
+        if self.unpriced == "zero" and self.prices_model(model):
+            return None  # a model the version prices, usage of a type it does not: not charged
         raise UnpricedModelError(
             f"no rule of price book {self.book_id} version {self.version} prices "
             f"{token_type} for model {model}",

@@ -182,7 +182,8 @@ def _contexts(model: Any) -> list[tuple[tuple[str, str], ...]]:
     values: dict[str, list[str]] = {}
     for variant in model.price_variants or ():
         for k, v in variant.when.items():
-            values.setdefault(k, []).append(v) if v not in values.get(k, []) else None
+            if v not in values.setdefault(k, []):
+                values[k].append(v)
     keys = sorted(values)
     combos = itertools.product(*[[None, *values[k]] for k in keys])
     out = [tuple((k, v) for k, v in zip(keys, combo, strict=True) if v is not None) for combo in combos]
@@ -218,7 +219,7 @@ def model_rules(provider: Any, model: Any, day: date, units: Mapping[str, tuple[
     resolver = _Resolver()
     rules: list[dict[str, Any]] = []
     source = f"{SOURCE}: {(provider.pricing_urls or [provider.id])[0]}"
-    dated = day if day > SINCE_ALWAYS.date() else None
+    taken = day if day > SINCE_ALWAYS.date() else date.fromisoformat(taken_on)
     situations = [(c, h) for c in _contexts(model) for h in (None, *[w for w, _ in windows])]
     for context, hours in sorted(situations, key=lambda s: len(s[0]) + (s[1] is not None)):
         standard = next((p for w, p in reversed(windows) if w == hours), base) if hours else base
@@ -228,7 +229,9 @@ def model_rules(provider: Any, model: Any, day: date, units: Mapping[str, tuple[
             if want is None or resolver.price(leaf, (context, hours)) == want:
                 continue
             resolver.add(leaf, (context, hours), want)
-            rules.append(_rule(model.id, leaf, context, hours, want, source, (dated or date.fromisoformat(taken_on))))
+            rules.append(_rule(model.id, leaf, context, hours, want, source, taken))
+    if not rules:  # genai-prices prices nothing of it: free, and a model the book knows (not unpriced)
+        rules.append(_rule(model.id, "input", (), None, (Decimal(0), ()), source, taken))
     return rules
 
 

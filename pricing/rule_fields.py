@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from pricing.errors import field_error
 from pricing.money import to_decimal
-from pricing.units import FORMATS
+from pricing.units import FORMAT_1_TYPES, FORMATS
 
 if TYPE_CHECKING:
     from pricing.books import PriceVersion, Rule
@@ -139,4 +139,10 @@ def format_errors(version: PriceVersion) -> list[dict[str, str]]:
     errors = [field_error("unpriced", "needs format 2")] if version.unpriced != "error" else []
     return errors + [field_error(f"rules[{i}]", "uses format 2 (a token type or field format 1 does not "
                                  'know); give "format": 2')
-                     for i, rule in enumerate(version.rules) if getattr(rule, "format_2", False)]
+                     for i, rule in enumerate(version.rules) if uses_format_2(rule)]
+
+
+def uses_format_2(rule: Rule) -> bool:
+    """Whether a rule uses what only a format 2 book may: new token types or fields."""
+    return (getattr(rule, "token_type", None) not in FORMAT_1_TYPES or bool(rule.prompt_tiers)
+            or rule.hours is not None or rule.label is not None or rule.source_date is not None)

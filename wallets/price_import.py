@@ -60,7 +60,8 @@ def plan_versions(plan: ProviderBook, stored: list[StoredVersion], effective_fro
     """The versions to post (pure), and the conflicts that forbid posting any."""
     if not stored:
         return list(plan.versions), []
-    names = {r["model"] for _, rules in plan.versions for r in rules} | set(plan.names) | set(plan.skipped)
+    # the imported models' rules are replaced; a model it cannot express now keeps what it had
+    names = {r["model"] for _, rules in plan.versions for r in rules}
     current = [(v.effective_from, list(v.rules)) for v in stored]
     wanted: list[tuple[datetime, list[dict[str, Any]]]] = []
     conflicts: list[str] = []

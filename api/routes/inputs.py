@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pricing.errors import InvalidUsageError
-from pricing.normalize import normalize_anthropic, normalize_canonical, normalize_openai
+from pricing.normalize import normalize_anthropic, normalize_canonical, normalize_gemini, normalize_openai
 from pricing.usage import check_count
 
 
@@ -51,17 +51,27 @@ def prepare_estimate(model: str, estimate: Mapping[str, Any]) -> PreparedEstimat
 
 
 def usage_tokens(usage: Mapping[str, Any] | None, openai_usage: Mapping[str, Any] | None,
-                 anthropic_usage: Mapping[str, Any] | None) -> tuple[dict[str, int], dict[str, Any]]:
+                 anthropic_usage: Mapping[str, Any] | None, gemini_usage: Mapping[str, Any] | None = None
+                 ) -> tuple[dict[str, int], dict[str, Any]]:
     """Exactly one usage form -> (counts by rating token type, what to store with the charge)."""
-    forms = {"usage": usage, "openai_usage": openai_usage, "anthropic_usage": anthropic_usage}
+    forms = {"usage": usage, "openai_usage": openai_usage, "anthropic_usage": anthropic_usage,
+             "gemini_usage": gemini_usage}
     given = {name: value for name, value in forms.items() if value is not None}
     if len(given) != 1:
-        raise InvalidUsageError("usage", "give exactly one of usage, openai_usage or anthropic_usage")
+        raise InvalidUsageError("usage", "give exactly one of usage, openai_usage, anthropic_usage or gemini_usage")
     name, value = next(iter(given.items()))
     normalize = {"usage": normalize_canonical, "openai_usage": normalize_openai,
-                 "anthropic_usage": normalize_anthropic}[name]
+                 "anthropic_usage": normalize_anthropic, "gemini_usage": normalize_gemini}[name]
     normalized = normalize(value)
     stored = {"source": name, "reported": dict(value), "canonical": normalized.as_usage_fields()}
     if normalized.service_tier is not None:  # the provider's word on the tier prices it
         stored["dimensions"] = normalized.dimensions()
     return normalized.token_counts(), stored
+
+
+def hashed_as_before(body: dict[str, Any]) -> dict[str, Any]:
+    """A request body for its hash, without a `gemini_usage` it does not give: bodies sent before
+    that form existed hash as they did, so their replays still match."""
+    if body.get("gemini_usage") is None:
+        body.pop("gemini_usage", None)
+    return body

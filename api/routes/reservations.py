@@ -11,11 +11,12 @@ from litestar.params import FromPath
 from api.auth import ensure_customer, principal_of, require
 from api.errors import ApiError, documented
 from api.routes.formats import Amount, Identifier
-from api.routes.inputs import prepare_estimate, usage_tokens
+from api.routes.inputs import hashed_as_before, prepare_estimate, usage_tokens
 from api.routes.schemas import (
     ANTHROPIC_USAGE,
     CANONICAL_USAGE,
     ESTIMATE,
+    GEMINI_USAGE,
     OPENAI_USAGE,
     Dimensions,
     exactly_one,
@@ -59,6 +60,7 @@ class SettleRequest(msgspec.Struct):
     capture_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
     force: Annotated[bool, msgspec.Meta(description=(
         "Admin keys only: charge usage past the plausibility bounds; the charge's trace records it"))] = False
+    gemini_usage: Annotated[dict[str, Any], json_object(GEMINI_USAGE)] | None = None
 
 
 class LineResponse(msgspec.Struct):
@@ -94,7 +96,8 @@ class ReleaseResponse(msgspec.Struct):
 CreateReservationBody = Annotated[dict[str, Any], json_body(Annotated[CreateReservationRequest, msgspec.Meta(
     extra_json_schema=exactly_one(estimate="object", amount="string"))])]
 SettleBody = Annotated[dict[str, Any], json_body(Annotated[SettleRequest, msgspec.Meta(
-    extra_json_schema=exactly_one(usage="object", openai_usage="object", anthropic_usage="object"))])]
+    extra_json_schema=exactly_one(usage="object", openai_usage="object", anthropic_usage="object",
+                                  gemini_usage="object"))])]
 
 
 def lines_out(lines: list[dict[str, Any]]) -> list[LineResponse]:
@@ -160,7 +163,7 @@ async def settle(
     forced_by = _forcing_key(request) if data.force else None
     customer_id = await state.services.wallets.owner_of(reservation_id)
     ensure_customer(request, customer_id)
-    tokens, usage = usage_tokens(data.usage, data.openai_usage, data.anthropic_usage)
+    tokens, usage = usage_tokens(data.usage, data.openai_usage, data.anthropic_usage, data.gemini_usage)
     body = _settle_body(data)
     command = Settle(customer_id=customer_id, reservation_id=reservation_id,
                      request_hash=request_hash(body), tokens=tokens, usage=usage,
@@ -174,7 +177,7 @@ def _settle_body(data: SettleRequest) -> dict[str, Any]:
     body = msgspec.to_builtins(data)
     if not data.force:
         del body["force"]
-    return body
+    return hashed_as_before(body)
 
 
 def _forcing_key(request: Request) -> str:

@@ -97,6 +97,17 @@ ANTHROPIC_USAGE = {
 }
 
 
+GEMINI_USAGE = {
+    "type": "object",
+    "description": "Google Gemini's `usageMetadata`, verbatim: `promptTokenCount` (with "
+                   "`toolUsePromptTokenCount`) includes `cachedContentTokenCount`; `thoughtsTokenCount` is "
+                   "reasoning; per-modality `promptTokensDetails`, `cacheTokensDetails`, `candidatesTokensDetails`.",
+    "properties": {name: OPTIONAL_COUNT for name in (
+        "promptTokenCount", "cachedContentTokenCount", "candidatesTokenCount", "thoughtsTokenCount",
+        "toolUsePromptTokenCount", "totalTokenCount")},
+}
+
+
 def json_object(schema: dict[str, Any]) -> msgspec.Meta:
     """For a `dict[str, Any]` field that the domain validates: what it really accepts."""
     return msgspec.Meta(extra_json_schema=schema)

@@ -23,6 +23,7 @@ from api.routes.reservations import SETTLED, SettleRequest, SettleResponse, _set
 from api.routes.schemas import (
     ANTHROPIC_USAGE,
     CANONICAL_USAGE,
+    GEMINI_USAGE,
     OPENAI_USAGE,
     exactly_one,
     json_body,
@@ -51,10 +52,12 @@ class SettleItem(msgspec.Struct):
     idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=255, description=(
         "As a single settle's Idempotency-Key (the same key either way is one settle); when absent, "
         "one is derived from the reservation, the capture and the body"))] | None = None
+    gemini_usage: Annotated[dict[str, Any], json_object(GEMINI_USAGE)] | None = None
 
 
 SettleItems = Annotated[list[Annotated[SettleItem, msgspec.Meta(extra_json_schema=exactly_one(
-    usage="object", openai_usage="object", anthropic_usage="object"))]], msgspec.Meta(max_length=MAX_SETTLES)]
+    usage="object", openai_usage="object", anthropic_usage="object", gemini_usage="object"))]],
+    msgspec.Meta(max_length=MAX_SETTLES)]
 SettlementsBody = Annotated[list[Any], json_body(SettleItems)]
 
 
@@ -105,7 +108,8 @@ async def _settle_one(state: State, request: Request, raw: Any, lookups: asyncio
     key: str | None = None
     try:
         item = shaped(raw, SettleItem)
-        data = SettleRequest(item.usage, item.openai_usage, item.anthropic_usage, item.final, item.capture_id)
+        data = SettleRequest(item.usage, item.openai_usage, item.anthropic_usage, item.final, item.capture_id,
+                             gemini_usage=item.gemini_usage)
         body = _settle_body(data)
         key = item.idempotency_key or derived_key(item, body)
         path = f"/v1/reservations/{item.reservation_id}/settle"
@@ -114,7 +118,7 @@ async def _settle_one(state: State, request: Request, raw: Any, lookups: asyncio
             customer_id = await state.services.wallets.owner_of(item.reservation_id)
         if not principal_of(request).may_see(customer_id):
             raise ApiError("forbidden", f"this key may not settle reservation {item.reservation_id}", 403)
-        tokens, usage = usage_tokens(item.usage, item.openai_usage, item.anthropic_usage)
+        tokens, usage = usage_tokens(item.usage, item.openai_usage, item.anthropic_usage, item.gemini_usage)
         outcome = await state.services.wallets.submit(Settle(
             customer_id=customer_id, reservation_id=item.reservation_id, request_hash=request_hash(body),
             tokens=tokens, usage=usage, final=item.final, capture_id=item.capture_id, idem=idem))

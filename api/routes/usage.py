@@ -12,7 +12,7 @@ from litestar.params import FromPath, QueryParameter
 from api.auth import principal_of, require
 from api.errors import documented
 from api.routes.formats import GROUP_BY, Identifier, matches
-from api.routes.inputs import usage_tokens
+from api.routes.inputs import hashed_as_before, usage_tokens
 from api.routes.schemas import Dimensions, json_body
 from api.routes.wire import COMPOSED, composed, idempotency, respond, shaped, time_in, time_param
 from ledger.errors import LedgerError
@@ -35,6 +35,7 @@ class UsageEvent(msgspec.Struct):
     openai_usage: dict[str, Any] | None = None
     anthropic_usage: dict[str, Any] | None = None
     dimensions: Dimensions = {}
+    gemini_usage: dict[str, Any] | None = None
 
 
 UsageEvents = Annotated[list[UsageEvent], msgspec.Meta(max_length=MAX_EVENTS)]
@@ -56,9 +57,9 @@ class UsageEventsResponse(msgspec.Struct):
 
 def _command(event: UsageEvent) -> RecordUsage:
     occurred_at = time_in(event.timestamp, "timestamp")
-    tokens, stored = usage_tokens(event.usage, event.openai_usage, event.anthropic_usage)
+    tokens, stored = usage_tokens(event.usage, event.openai_usage, event.anthropic_usage, event.gemini_usage)
     return RecordUsage(customer_id=event.customer_id, event_id=event.event_id,
-                       request_hash=request_hash(msgspec.to_builtins(event)), model=event.model,
+                       request_hash=request_hash(hashed_as_before(msgspec.to_builtins(event))), model=event.model,
                        occurred_at=occurred_at, tokens=tokens, usage=stored, dimensions=event.dimensions)
 
 

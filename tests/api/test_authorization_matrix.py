@@ -72,6 +72,8 @@ ROUTES = [
     ("GET", "/v1/api-keys", None, {frozenset({"admin"}): "ok"}),
     ("DELETE", "/v1/api-keys/key_missing", None, {frozenset({"admin"}): "ok"}),
     ("POST", "/v1/price-books", {**PRICE_BOOK, "id": f"{BOOK}-2"}, {frozenset({"admin"}): "ok"}),
+    ("POST", "/v1/price-books/import", {"source": "genai-prices", "provider": "openai", "model": "gpt-4o"},
+     {frozenset({"admin"}): "ok"}),
     ("GET", "/v1/price-books/{book}", None, {frozenset(UNLIMITED | {"admin:own", "inference:own", "auditor:own"}): "ok",
                                             frozenset({"admin:other", "inference:other", "auditor:other"}): 404}),
     ("POST", "/v1/customers", {"id": "x", "currency": "USD", "price_book": BOOK}, {frozenset({"admin"}): "ok"}),

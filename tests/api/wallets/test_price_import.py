@@ -71,3 +71,34 @@ async def test_the_imported_book_prices_a_reserve_and_a_flex_settle_like_genai_p
     assert {ln["description"] for ln in settled.json()["lines"]} >= {"input (long context, flex)"}
     verify = (await client.post("/v1/audit/verify")).json()
     assert verify["ok"], [c for c in verify["checks"] if not c["ok"]]
+
+
+async def test_a_gemini_usage_metadata_settles_audio_cache_and_thoughts_like_genai_prices(client: AsyncTestClient,
+                                                                                          tag: str):
+    imported = await client.post("/v1/price-books/import", json={
+        "source": "genai-prices", "provider": "google", "model": "gemini-2.5-flash"})
+    assert imported.status_code == 200, imported.text
+    cid = f"gemini-{tag}"
+    assert (await client.post("/v1/customers", json={"id": cid, "name": "G", "price_book": "genai-google"})
+            ).status_code == 201
+    assert (await client.post(f"/v1/customers/{cid}/topups", json={"amount": "10.00"})).status_code == 201
+    reserved = (await client.post("/v1/reservations", json={
+        "customer_id": cid, "request_id": "g1", "model": "gemini-2.5-flash",
+        "estimate": {"input_tokens": 30_000, "max_output_tokens": 3_000}})).json()
+    metadata = {"promptTokenCount": 30_000, "cachedContentTokenCount": 8_000, "candidatesTokenCount": 1_200,
+                "thoughtsTokenCount": 900, "totalTokenCount": 32_100,
+                "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 20_000},
+                                        {"modality": "AUDIO", "tokenCount": 10_000}],
+                "cacheTokensDetails": [{"modality": "TEXT", "tokenCount": 5_000},
+                                       {"modality": "AUDIO", "tokenCount": 3_000}]}
+    settled = await client.post(f"/v1/reservations/{reserved['id']}/settle", json={"gemini_usage": metadata})
+    assert settled.status_code == 200, settled.text
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        price = genai_prices.calc_price(genai_prices.Usage(
+            input_tokens=30_000, cache_read_tokens=8_000, input_audio_tokens=10_000, cache_audio_read_tokens=3_000,
+            output_tokens=2_100, output_reasoning_tokens=900), "gemini-2.5-flash", provider_id="google",
+            genai_request_timestamp=datetime.now(UTC)).total_price
+    assert settled.json()["charged"] == str(price.quantize(Decimal("1e-9"), rounding=ROUND_HALF_EVEN).normalize())
+    assert {ln["token_type"] for ln in settled.json()["lines"]} == {
+        "input", "cached_input", "input_audio", "cached_input_audio", "output", "reasoning"}

@@ -144,8 +144,10 @@ def test_the_unpriced_policy_is_explicit_per_book():
     usage = Usage("embed-x", {"input": 1_000_000, "output": 5}, AT)
     with pytest.raises(UnpricedModelError):
         rate(usage, parse_version(body))  # the default: error
-    zero = rate(usage, parse_version({**body, "unpriced": "zero"}))
-    assert [(ln.token_type, ln.amount_units) for ln in zero.lines] == [("input", 20_000_000)]
+    zero = parse_version({**body, "unpriced": "zero"})
+    assert [(ln.token_type, ln.amount_units) for ln in rate(usage, zero).lines] == [("input", 20_000_000)]
+    with pytest.raises(UnpricedModelError):  # zero is for the types of a model it prices, not other models
+        rate(Usage("other-model", {"input": 5}, AT), zero)
 
 
 def test_a_format_1_book_rates_format_2_usage_exactly_as_before():
