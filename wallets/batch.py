@@ -165,7 +165,11 @@ class Batch:
         for c in counts:
             c[0] += effect.used
             c[1] += effect.held
-        r = w.reservations[effect.reservation_id]
+        r = w.reservations.get(effect.reservation_id)
+        if r is None:  # a usage event's count (on_usage): a record of its own, written once
+            self.add("reservation_budgets", store.budget_hold_row(effect.reservation_id, BudgetHold(
+                effect.budget_id, effect.window_start, effect.metric, effect.held, effect.used)))
+            return
         if effect.opened:
             r.budget_holds[effect.budget_id] = BudgetHold(effect.budget_id, effect.window_start, effect.metric,
                                                           effect.held, effect.used)

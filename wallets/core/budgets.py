@@ -230,6 +230,26 @@ def on_settle(state: State, w: Wallet, r: Reservation, cost: int, tokens: Mappin
     return effects
 
 
+def on_usage(state: State, w: Wallet, event_id: str, model: str, dimensions: Mapping[str, Any], cost: int,
+             tokens: Mapping[str, int], occurred_at: datetime, now: datetime) -> list[Effect]:
+    """A post-hoc usage event happened: it counts as used (never held, never refused) in every
+    matching budget's window of its own time; a hard budget it takes past the limit refuses
+    the next hold. Its record is `event:<event_id>` beside the reservations'."""
+    effects: list[Effect] = []
+    key = f"event:{event_id}"
+    for b in _matching(w.budgets.values(), model, dimensions):
+        used = actual_quantity(b.metric, cost, tokens, first=True)
+        if b.window == "request" or not used:
+            continue
+        start = window_start(b, occurred_at)
+        effects.append(BudgetCounted(w.customer.id, key, b.id, start, b.metric, 0, used, opened=True))
+        if counts_now(b, start, now):
+            before_used, held = counted(b, now)
+            effects += crossed(state, b, w.customer.currency, before_used + held, before_used + held + used, held,
+                               start, key, now)
+    return effects
+
+
 def on_release(w: Wallet, r: Reservation) -> list[Effect]:
     """A release or expiry returns each budget hold to the window it was held in."""
     return [BudgetCounted(w.customer.id, r.id, bh.budget_id, bh.window_start, bh.metric, -bh.held, 0)

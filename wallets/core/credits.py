@@ -7,6 +7,7 @@ from datetime import datetime
 from pricing.books import PriceBook
 from pricing.money import format_amount
 from wallets import chart
+from wallets.core import budgets
 from wallets.core.commands import ExpireLot, Grant, RecordUsage, TopUp
 from wallets.core.decision import (
     NOTHING_DUE,
@@ -132,4 +133,6 @@ def record_usage(state: State, cmd: RecordUsage, now: datetime, book: PriceBook 
         dict(cmd.usage), dict(cmd.dimensions), rating.book_id, rating.price_version, tuple(charge_lines(rating)),
         s.cost, 0, s.from_lots_total, s.from_receivable, 0)
     result = UsageResult(cmd.event_id, False, s.cost, posted.key if posted else None)
-    return Decision(Outcome(result.code, result), posted, (counted, recorded, charge))
+    spent = budgets.on_usage(state, w, cmd.event_id, cmd.model, cmd.dimensions, s.cost, cmd.tokens, cmd.occurred_at,
+                             now)
+    return Decision(Outcome(result.code, result), posted, (counted, recorded, charge, *spent))

@@ -153,3 +153,25 @@ async def test_a_budget_created_again_under_its_idempotency_key_is_the_same_budg
     assert other.status_code == 409 and other.json()["code"] == "idempotency_conflict"
     listed = (await client.get(f"/v1/budgets?customer_id={cid}")).json()["budgets"]
     assert [b["id"] for b in listed] == [first.json()["id"]]
+
+
+async def test_post_hoc_usage_counts_in_the_window_of_its_own_time_and_is_never_refused(
+        client: AsyncTestClient, db: Database, tag: str, book: str):
+    cid = await _funded(client, tag, book)
+    b = await _budget(client, customer_id=cid, window="lifetime", metric="money", limit="1.00",
+                      thresholds=[100])
+    events = [{"event_id": f"e{i}", "customer_id": cid, "model": "model-a", "timestamp": "2026-11-23T10:00:00Z",
+               "usage": {"input_tokens": 60000, "output_tokens": 0}} for i in range(2)]  # 0.61 each
+    sent = await client.post("/v1/usage-events", json=events)
+    assert sent.json()["accepted"] == 2, sent.text
+    again = await client.post("/v1/usage-events", json=events)
+    assert again.json()["duplicates"] == 2  # counted once
+    now = (await client.get(f"/v1/budgets/{b['id']}")).json()
+    assert (now["used"], now["held"], now["remaining"]) == ("1.22", "0.00", "0.00")  # past a hard limit: it happened
+    refused = await _reserve(client, cid, "after", amount="0.01")
+    assert refused.status_code == 429 and refused.json()["used"] == "1.22"
+    rows = await db.read(lambda conn: conn.execute(text(
+        "SELECT payload FROM outbox WHERE customer_id = :c AND topic = 'budget.threshold_crossed'"), {"c": cid}))
+    assert [(p["threshold"], p["used"]) for (p,) in rows] == [(100, "1.22")]
+    verify = (await client.post("/v1/audit/verify")).json()
+    assert next(c for c in verify["checks"] if c["name"] == "budgets")["ok"]
