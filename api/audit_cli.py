@@ -78,7 +78,7 @@ def export(args: argparse.Namespace, settings: Settings) -> int:
     if window.start and window.end and window.start >= window.end:
         raise SystemExit("--from must be before --to")
     handle = open_database(settings, migrate=False)
-    started = time.monotonic()
+    started, cpu = time.monotonic(), time.process_time()
     try:
         with exporting.connect(handle.url) as conn, output(args.out) as out:
             progress = StderrBar.on_terminal(f"export {args.format}",
@@ -86,12 +86,12 @@ def export(args: argparse.Namespace, settings: Settings) -> int:
             summary = exporting.WRITERS[args.format](conn, out, window, progress)
     finally:
         handle.close()
-    seconds = time.monotonic() - started
+    seconds, cpu = time.monotonic() - started, time.process_time() - cpu
     counted = (f"{summary.entries:,} entries" if summary.entries is not None
                else f"{summary.postings:,} postings")
     sealed = (f", {summary.seals:,} seals, {summary.unsealed:,} entries not sealed yet"
               if args.format == "jsonl" else "")
-    print(f"exported {counted}{sealed} as {args.format} in {seconds:.1f}s"
+    print(f"exported {counted}{sealed} as {args.format} in {seconds:.1f}s ({cpu:.1f}s of CPU)"
           f"{' to ' + args.out if args.out else ''}", file=sys.stderr)
     return 0
 

@@ -27,6 +27,7 @@ ROOTS = {"asset": "Assets", "liability": "Liabilities", "equity": "Equity", "inc
          "expense": "Expenses"}
 FETCH = 5000  # rows per round trip of a server-side cursor
 JSONL_VERSION = 1
+APPLICATION = "tokentill-export"  # the export's session in pg_stat_activity
 
 Progress = Callable[[int, int], None]  # (entries written, entries in the export)
 
@@ -95,7 +96,7 @@ def beancount_names(accounts: Iterable[tuple[str, str]]) -> dict[str, str]:
 def connect(url: str) -> psycopg.Connection:
     """A connection in one REPEATABLE READ, READ ONLY transaction: the export's snapshot. The
     sorts that put entries in order get memory of the server's, not of this process."""
-    conn = psycopg.connect(url)
+    conn = psycopg.connect(url, application_name=APPLICATION)
     conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
     conn.execute("SET LOCAL work_mem = '256MB'")
     return conn

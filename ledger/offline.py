@@ -6,7 +6,7 @@ contract keeps it so), for an auditor who holds a copy and does not trust our se
 It recomputes every entry's hash from its fields and compares it with the hash its seal stored,
 recomputes each seal's chain hash from those, checks that each seal follows the one before it,
 that a seal's entries are all there and in its order, and that every entry balances per asset.
-Memory is one seal's entry ids at a time.
+Memory is one seal's entry ids at a time (and the ids of the entries no seal covers yet).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import argparse
 import hashlib
 import json
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -61,7 +61,7 @@ class _Verifier:
         self.prev: dict | None = None  # the previous seal record
         self.in_unsealed = False
         self.ended = False
-        self.ids: set[int] = set()
+        self.unsealed_ids: set[int] = set()  # a seal's own ids are checked when it closes
 
     def line(self, number: int, raw: bytes) -> None:
         try:
@@ -114,9 +114,6 @@ class _Verifier:
     def entry(self, number: int, rec: dict) -> None:
         self.report.entries += 1
         entry_id = rec.get("id")
-        if entry_id in self.ids:
-            self.report.fail(f"entry {entry_id} appears twice (line {number})")
-        self.ids.add(entry_id)
         postings = rec.get("postings") or []
         digest = entry_digest(entry_id, rec["key"], rec["request_hash"], rec["kind"], rec["customer_id"],
                               rec["metadata"], rec["txid"], rec["occurred_at"], [p[:4] for p in postings])
@@ -128,6 +125,9 @@ class _Verifier:
         seal = self.seal
         if self.in_unsealed or seal is None:
             self.report.unsealed += 1
+            if entry_id in self.unsealed_ids:
+                self.report.fail(f"entry {entry_id} appears twice among the unsealed entries (line {number})")
+            self.unsealed_ids.add(entry_id)
             if rec.get("seal") is not None:
                 self.report.fail(f"entry {entry_id} names seal {rec['seal']} but lies among the unsealed entries")
             return
@@ -150,6 +150,8 @@ class _Verifier:
         if seal is None:
             return
         expected, present = set(seal.expected), set(seal.seen)
+        for twice in sorted(i for i, n in Counter(seal.seen).items() if n > 1):
+            self.report.fail(f"entry {twice} appears twice in seal {seal.id}'s part of the file")
         for missing in (i for i in seal.expected if i not in present):
             self.report.fail(f"entry {missing} sealed by seal {seal.id} is missing")
         in_file = [i for i in seal.seen if i in expected]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -23,6 +24,9 @@ import tempfile
 import time
 from decimal import Decimal
 from pathlib import Path
+
+import psutil
+import psycopg
 
 from api.bench.common import scratch_database
 from api.bench.synthetic import build_ledger
@@ -37,22 +41,37 @@ GOAL_RATE = 50_000  # entries/s
 GOAL_RSS_MB = 200
 
 
-def _run(argv: list[str], env: dict) -> dict:
-    """Run a command: its wall seconds, CPU seconds and peak RSS. The peak is VmHWM, read from
-    /proc while it runs (the mm's own high-water mark; wait4's ru_maxrss would also count the
-    bench process the child was forked from)."""
+def _run(argv: list[str], env: dict, url: str | None = None) -> dict:
+    """Run a command: its wall seconds and peak RSS, and with `url` the CPU seconds of its
+    PostgreSQL session (found by the export's application_name; the leader only, not the
+    parallel workers a sort may start). The peak is VmHWM, read from /proc while it runs (the
+    mm's own high-water mark; wait4's ru_maxrss would also count the bench process the child was
+    forked from)."""
     started = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=err, text=True)
-        peak_kb = 0
+        backend, peak_kb, backend_cpu, polls = None, 0, 0.0, 0
         while proc.poll() is None:
             peak_kb = max(peak_kb, _hwm_kb(proc.pid))
+            polls += 1
+            if url and polls % 10 == 0:
+                with contextlib.suppress(psutil.Error):
+                    backend = backend or _backend(url)
+                    backend_cpu = sum(backend.cpu_times()[:2]) if backend else 0.0
             time.sleep(0.02)
         seconds = time.perf_counter() - started
         out.seek(0)
         err.seek(0)
         return {"seconds": round(seconds, 2), "peak_rss_mb": round(peak_kb / 1024, 1),
-                "returncode": proc.returncode, "stdout": out.read(), "stderr": err.read()}
+                "backend_cpu_s": round(backend_cpu, 1), "returncode": proc.returncode, "stdout": out.read(),
+                "stderr": err.read()}
+
+
+def _backend(url: str) -> psutil.Process | None:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s AND backend_type = "
+                           "'client backend'", (exporting.APPLICATION,)).fetchone()
+    return psutil.Process(row[0]) if row else None
 
 
 def _hwm_kb(pid: int) -> int:
@@ -122,12 +141,16 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
             for fmt in ("beancount", "jsonl"):
                 path = Path(tmp) / f"journal.{fmt}"
                 run = _run([sys.executable, "-m", "api.cli", "audit", "export", "--format", fmt, "--out", str(path)],
-                           env)
+                           env, url)
                 if run["returncode"]:
                     raise SystemExit(f"export {fmt} failed:\n{run['stderr'][-2000:]}")
-                streaming = float(re.search(r" in ([0-9.]+)s", run["stderr"]).group(1))  # type: ignore[union-attr]
+                said = re.search(r" in ([0-9.]+)s \(([0-9.]+)s of CPU\)", run["stderr"])
+                streaming, streaming_cpu = float(said.group(1)), float(said.group(2))  # type: ignore[union-attr]
+                cpu = streaming_cpu + run["backend_cpu_s"]
                 report[fmt] = {"entries_per_s": round(args.entries / streaming), "streaming_s": streaming,
                                "process_s": run["seconds"], "peak_rss_mb": run["peak_rss_mb"],
+                               "export_cpu_s": streaming_cpu, "postgres_cpu_s": run["backend_cpu_s"],
+                               "entries_per_cpu_s": round(args.entries / cpu) if cpu else None,
                                "mb_written": round(path.stat().st_size / 2**20, 1)}
             verified = _run([sys.executable, "-m", "ledger.offline",
                              str(Path(tmp) / "journal.jsonl")], {k: v for k, v in env.items()
@@ -158,6 +181,8 @@ def _print(report: dict, as_json: bool) -> None:
         print(f"  {fmt:<9} {r['entries_per_s']:>9,} entries/s ({r['entries_per_s'] / GOAL_RATE:.2f} x the goal of "
               f"{GOAL_RATE:,})  peak RSS {r['peak_rss_mb']:>6} MB (goal < {GOAL_RSS_MB})  streamed in "
               f"{r['streaming_s']}s, {r['process_s']}s with start-up, {r['mb_written']} MB written")
+        print(f"  {'':<9} CPU while streaming: export {r['export_cpu_s']}s, its PostgreSQL session "
+              f"{r['postgres_cpu_s']}s: {r['entries_per_cpu_s'] or 0:,} entries per CPU-second")
     v = report["offline_verify"]
     print(f"  offline verify of the jsonl: {'ok' if v['ok'] else 'FAILED'} in {v['seconds']}s, "
           f"peak RSS {v['peak_rss_mb']} MB")

@@ -19,6 +19,8 @@ def test_bench_export_builds_exports_and_checks_a_small_ledger(server_url):
     assert all(report["build"]["checks"].values())
     for fmt in ("beancount", "jsonl"):
         assert report[fmt]["entries_per_s"] > 0 and report[fmt]["peak_rss_mb"] > 0 and report[fmt]["mb_written"] > 0
+        assert report[fmt]["streaming_s"] <= report[fmt]["process_s"]
+        assert report[fmt]["export_cpu_s"] >= 0 and report[fmt]["postgres_cpu_s"] >= 0
     assert report["offline_verify"]["ok"] is True
     assert "3,000 entries" in report["offline_verify"]["output"][0]
     assert report["bean_check"]["bean_check_ok"] is True
