@@ -161,6 +161,20 @@ def test_a_streamed_chat_is_charged_its_usage_and_the_usage_chunk_it_did_not_ask
     assert wallet(url, cid) == (Decimal("10") - CHAT_CHARGE, 0)
 
 
+def test_a_stream_ends_with_its_charge_as_an_sse_comment_and_its_hold_in_the_headers(live):
+    url, _ = live
+    _, key = customer(live)
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
+        with http.stream("POST", "/openai/v1/chat/completions", json={
+                "model": "gpt-test", "messages": HI, "stream": True, "max_tokens": 100}) as response:
+            body = b"".join(response.iter_raw()).decode()
+            headers = response.headers
+    # the hold, by hand: 9 prompt tokens (see the 64-call test) and 100 output tokens
+    assert Decimal(headers["x-tokentill-reserved"]) == (9 * IN + 100 * OUT) / M + CALL
+    assert body.endswith("data: [DONE]\n\n: tokentill charged=0.01 currency=USD "
+                         f"request_id={headers['x-tokentill-request-id']}\n\n")
+
+
 def test_a_streamed_chat_that_asks_for_usage_gets_it(live):
     url, _ = live
     _, key = customer(live)

