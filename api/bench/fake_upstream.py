@@ -5,7 +5,8 @@ realistic bodies and server-sent events, usage included, at zero latency.
 The model name picks the behaviour: `...-fail` answers 500 before any token; `...-pause` sends
 PAUSE_AFTER tokens, then waits for the caller to leave (so "emitted before the cut" is exact);
 `...-hold` sends one token, then waits until `release()` is called; `...-drop` breaks the
-connection after DROP_AFTER tokens; `...-nousage` streams without any usage. Anything else
+connection after DROP_AFTER tokens; `...-slow` (a whole chat answer) never answers, and waits for
+the caller to leave; `...-nousage` streams without any usage. Anything else
 answers OUTPUT_TOKENS tokens. Each output token is one word of `api.demo.STREAM_WORDS`, one
 cl100k_base token each. Every call is logged in `calls`: the
 headers it came with, its body, the tokens emitted and whether the caller left.
@@ -53,8 +54,8 @@ class FakeUpstream:
 
     def release(self) -> None:
         """Let every `...-hold` stream finish (thread-safe)."""
-        assert self.loop is not None
-        self.loop.call_soon_threadsafe(self._open_gate)
+        if self.loop is not None:  # else no call came yet, and none waits
+            self.loop.call_soon_threadsafe(self._open_gate)
 
     def _open_gate(self) -> None:
         self._gates().set()
@@ -159,6 +160,9 @@ async def _chat(fake: FakeUpstream, log: Logged, receive: Any, send: Any) -> Non
     if _failed(log):
         await _json(send, 500, {"error": {"message": "The server had an error", "type": "server_error",
                                           "param": None, "code": None}})
+        return
+    if log.body["model"].endswith("-slow") and not log.body.get("stream"):
+        await fake._wait_for_cut(log, receive)  # thinks until the caller gives up
         return
     cid, model, words = f"chatcmpl-{uuid.uuid4().hex[:12]}", log.body["model"], _words(_tokens(log))
     head = {"id": cid, "object": "chat.completion.chunk", "created": 1764680000, "model": model,

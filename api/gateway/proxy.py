@@ -234,7 +234,11 @@ class Exchange:
             done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
             if work not in done and not self.finishing:
                 work.cancel()
-            await asyncio.gather(work, return_exceptions=True)
+            failure = (await asyncio.gather(work, return_exceptions=True))[0]
+            if isinstance(failure, Exception):  # a fault of the gateway's own: logged, answered 500 if not begun
+                log.error("gateway call %s failed", self.request_id, exc_info=failure)
+                if not self.started:
+                    await self._refuse(Refusal(500, "internal_error", "an internal error occurred; it has been logged"))
         finally:
             watcher.cancel()
 
