@@ -146,13 +146,19 @@ SELECT p.entry_id, p.id, a.code, a.asset, p.stripe, p.amount
  ORDER BY p.entry_id, p.id
 """
 
-# The seals whose txid range covers any of the page's entries, and what they stored for them.
+# The seal covering each of the page's txids (the last seal starting at or below it, if it ends
+# above it: one index probe each), and what those seals stored for the page's entries.
 _SEALS = """
+WITH covering AS (
+    SELECT DISTINCT s.id
+      FROM unnest(CAST(:txids AS text[])) AS t(txid)
+      CROSS JOIN LATERAL (SELECT id, to_txid FROM seals WHERE from_txid <= CAST(t.txid AS xid8)
+                           ORDER BY from_txid DESC LIMIT 1) AS s
+     WHERE s.to_txid > CAST(t.txid AS xid8))
 SELECT s.id, s.from_txid::text AS lo, s.to_txid::text AS hi, s.sealed_at, u.entry_id, u.hash
-  FROM seals s
+  FROM seals s JOIN covering c ON c.id = s.id
   LEFT JOIN LATERAL unnest(s.entry_ids, s.entry_hashes) AS u(entry_id, hash)
     ON u.entry_id = ANY(CAST(:ids AS bigint[]))
- WHERE s.to_txid > CAST(:lo AS xid8) AND s.from_txid <= CAST(:hi AS xid8)
 """
 
 
@@ -172,8 +178,7 @@ async def journal_page(conn: AsyncConnection, f: JournalFilter, snapshot: str, a
     legs: dict[int, list[PostingLine]] = {i: [] for i in ids}
     for p in await conn.execute(text(_POSTINGS), {"lanes": [r.lane for r in rows], "ids": ids}):
         legs[p.entry_id].append(PostingLine(p.id, p.code, p.asset, p.stripe, p.amount))
-    txids = [int(r.txid) for r in rows]
-    seals = (await conn.execute(text(_SEALS), {"ids": ids, "lo": str(min(txids)), "hi": str(max(txids))})).all()
+    seals = (await conn.execute(text(_SEALS), {"ids": ids, "txids": sorted({r.txid for r in rows})})).all()
     return [_record(r, tuple(legs[r.id]), seals) for r in rows]
 
 

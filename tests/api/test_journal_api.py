@@ -226,7 +226,7 @@ async def test_malformed_parameters_are_validation_errors(client):
     assert missing.status_code == 404 and missing.json()["code"] == "not_found"
 
 
-async def test_an_entry_changed_after_its_seal_reads_as_altered(scratch_url):
+async def test_an_entry_changed_or_slipped_in_after_its_seal_reads_as_altered_or_unlisted(scratch_url):
     """Triggers forbid the change; a superuser who turns them off still cannot hide it."""
     app = create_app(Settings(admin_key="journal-admin", scheduler=False), scratch_url)
     async with AsyncTestClient(app=app) as c:
@@ -242,8 +242,13 @@ async def test_an_entry_changed_after_its_seal_reads_as_altered(scratch_url):
                 await conn.exec_driver_sql(
                     "UPDATE journal_entries SET metadata = metadata || '{\"note\": \"edited\"}' WHERE id = %s",
                     (entries[1]["id"],))
+                await conn.exec_driver_sql(  # an entry slipped into the first one's sealed transaction
+                    """INSERT INTO journal_entries (lane, key, request_hash, kind, customer_id, occurred_at, txid)
+                       SELECT lane, 'forged', request_hash, kind, customer_id, occurred_at, txid
+                         FROM journal_entries WHERE id = %s""", (entries[0]["id"],))
         finally:
             await db.dispose()
         after = (await c.get("/v1/journal", params={"customer": lifecycle["customer"]})).json()["entries"]
-    assert [e["seal"]["status"] for e in after] == ["sealed", "altered", "sealed"]
-    assert after[1]["seal"]["hash"] == entries[1]["seal"]["hash"]  # what the seal stored, not the new hash
+    assert [(e["key"] == "forged", e["seal"]["status"]) for e in after] == [
+        (False, "sealed"), (True, "unlisted"), (False, "altered"), (False, "sealed")]
+    assert after[2]["seal"]["hash"] == entries[1]["seal"]["hash"]  # what the seal stored, not the new hash
