@@ -94,6 +94,26 @@ def _audit_tool(args: argparse.Namespace, settings: Settings) -> int:
     return getattr(audit_cli, args.audit)(args, settings)
 
 
+def _billing_close(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import datetime
+
+    from pricing.money import format_amount
+    from wallets.billing import close_due
+
+    until = None
+    if args.until:
+        until = datetime.fromisoformat(args.until.replace("Z", "+00:00"))
+        if until.tzinfo is None:
+            print("error: --until needs an offset (RFC 3339, e.g. 2026-12-01T01:00:00Z)", file=sys.stderr)
+            return 2
+    closed = _with_db(settings, lambda db: close_due(db, until))
+    for c in closed:
+        print(f"{c.number}  {c.customer_id}  {c.period}  total {format_amount(c.total)}  "
+              f"due {format_amount(c.amount_due)}")
+    print(f"closed {len(closed)} period(s)")
+    return 0
+
+
 def _with_db(settings: Settings, work):
     """Run `work(db)` against the configured (or embedded) database, migrated."""
     from api.runtime import open_database
@@ -305,6 +325,13 @@ def parser() -> argparse.ArgumentParser:
     imp.add_argument("--effective-from", help="when changed prices take effect (RFC 3339; default: now)")
     imp.add_argument("--json", action="store_true", help="one JSON report per book")
     imp.set_defaults(func=_prices_import)
+
+    billing = sub.add_parser("billing", help="billing periods and invoices").add_subparsers(
+        dest="billing", required=True)
+    close = billing.add_parser("close", help="close every billing period due and finalize its invoice "
+                               "(safe while servers run the same job)")
+    close.add_argument("--until", help="close what is due by this time (RFC 3339; default: now)")
+    close.set_defaults(func=_billing_close)
 
     demo = sub.add_parser("demo", help="play a billed chatbot scenario on a fresh embedded database")
     demo.set_defaults(func=_demo)

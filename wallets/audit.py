@@ -112,11 +112,16 @@ async def charges_match_entries(conn: AsyncConnection) -> Check:
 
 
 async def usage_counters_match_charges(conn: AsyncConnection) -> Check:
-    return await _query_check(conn, "usage_counters", """
+    """Counters count by the customer's billing period (its cycle, from migration 0017; UTC
+    months before)."""
+    period = ("wallets_period_label(c.occurred_at, cu.time_zone, cu.billing_anchor_day)" if await _billed(conn)
+              else "to_char(c.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM')")
+    return await _query_check(conn, "usage_counters", f"""
         WITH rated AS (
-            SELECT c.customer_id, to_char(c.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM') AS period,
+            SELECT c.customer_id, {period} AS period,
                    c.price_book AS book_id, l->>'rule_id' AS rule_id, sum((l->>'quantity')::numeric) AS q
-              FROM charges c CROSS JOIN LATERAL jsonb_array_elements(c.lines) l
+              FROM charges c JOIN customers cu ON cu.id = c.customer_id
+             CROSS JOIN LATERAL jsonb_array_elements(c.lines) l
              WHERE l->>'kind' = 'usage' AND l->>'rule_id' IS NOT NULL
              GROUP BY 1, 2, 3, 4)
         SELECT format('customer %s, period %s, book %s, rule %s: counter %s, charges %s', customer_id, period,
@@ -170,9 +175,90 @@ async def budgets_match_reservations(conn: AsyncConnection) -> Check:
         """, "every budget window equals what its reservations hold and used")
 
 
+# What the entries billed in each (customer, period) moved, from the postings (the period is in
+# each entry's metadata since migration 0017).
+_MOVED = f"""
+    SELECT j.customer_id, j.metadata ->> 'period' AS period,
+           coalesce(-sum(p.amount) FILTER (WHERE a.code LIKE {_literal(chart.revenue_account('%'))}), 0) AS revenue,
+           coalesce(sum(p.amount) FILTER (WHERE a.code = {_RECEIVABLE.replace('c.id', 'j.customer_id')}), 0)
+               AS receivable,
+           coalesce(-sum(p.amount) FILTER (WHERE a.code = {_RESERVED.replace('c.id', 'j.customer_id')}), 0)
+               AS reserved
+      FROM journal_entries j JOIN postings p ON p.lane = j.lane AND p.entry_id = j.id
+      JOIN accounts a ON a.id = p.account_id
+     WHERE j.customer_id IS NOT NULL AND j.metadata ? 'period'
+     GROUP BY 1, 2"""
+
+
+async def _billed(conn: AsyncConnection) -> bool:
+    """Whether this schema bills periods (migration 0017 on)."""
+    return (await conn.execute(text("SELECT to_regclass('invoices')"))).scalar() is not None
+
+
+async def period_rollups_match_postings(conn: AsyncConnection) -> Check:
+    if not await _billed(conn):
+        return Check("period_rollups", True, "no billing periods in this schema (before migration 0017)")
+    return await _query_check(conn, "period_rollups", f"""
+        WITH moved AS ({_MOVED}),
+        rolled AS (
+            SELECT customer_id, period,
+                   coalesce(sum(amount) FILTER (WHERE item = 'revenue'), 0) AS revenue,
+                   coalesce(sum(amount) FILTER (WHERE item = 'receivable'), 0) AS receivable,
+                   coalesce(sum(amount) FILTER (WHERE item = 'reserved'), 0) AS reserved,
+                   coalesce(sum(amount) FILTER (WHERE item LIKE 'line:%'), 0) AS lines,
+                   coalesce(sum(amount) FILTER (WHERE item LIKE 'funded:%'), 0) AS funded
+              FROM period_rollups GROUP BY 1, 2)
+        SELECT format('customer %s, period %s: rollup says revenue %s, receivable %s, reserved %s; '
+                      'the postings say %s, %s, %s', customer_id, period, coalesce(r.revenue, 0),
+                      coalesce(r.receivable, 0), coalesce(r.reserved, 0), coalesce(m.revenue, 0),
+                      coalesce(m.receivable, 0), coalesce(m.reserved, 0))
+          FROM moved m FULL JOIN rolled r USING (customer_id, period)
+         WHERE coalesce(m.revenue, 0) <> coalesce(r.revenue, 0)
+            OR coalesce(m.receivable, 0) <> coalesce(r.receivable, 0)
+            OR coalesce(m.reserved, 0) <> coalesce(r.reserved, 0)
+        UNION ALL
+        SELECT format('customer %s, period %s: lines %s and what paid them %s differ from revenue %s',
+                      customer_id, period, lines, funded, revenue)
+          FROM rolled WHERE lines <> revenue OR funded <> revenue
+        """, "each billing period's rollup equals what its entries posted; its lines and their funding tie out")
+
+
+async def invoices_tie_out(conn: AsyncConnection) -> Check:
+    if not await _billed(conn):
+        return Check("invoices", True, "no invoices in this schema (before migration 0017)")
+    return await _query_check(conn, "invoices", f"""
+        WITH moved AS ({_MOVED})
+        SELECT format('invoice %s: its content hash does not match its content', i.number)
+          FROM invoices i WHERE i.content_hash <> sha256(convert_to(i.content::text, 'UTF8'))
+        UNION ALL
+        SELECT format('invoice %s: total %s, but the revenue postings of %s billed in %s are %s',
+                      i.number, i.total, i.customer_id, i.period, coalesce(m.revenue, 0))
+          FROM invoices i LEFT JOIN moved m ON m.customer_id = i.customer_id AND m.period = i.period
+         WHERE i.total <> coalesce(m.revenue, 0)
+        UNION ALL
+        SELECT format('invoice %s: its document says total %s and amount due %s, its lines sum to %s',
+                      i.number, i.content ->> 'total', i.content ->> 'amount_due',
+                      (SELECT sum((l ->> 'amount')::numeric) FROM jsonb_array_elements(i.content -> 'lines') l))
+          FROM invoices i
+         WHERE (i.content ->> 'total')::numeric * 1000000000 <> i.total
+            OR (i.content ->> 'amount_due')::numeric * 1000000000 <> i.amount_due
+            OR coalesce((SELECT sum((l ->> 'amount')::numeric) FROM jsonb_array_elements(i.content -> 'lines') l), 0)
+               * 1000000000 <> i.total
+        UNION ALL
+        SELECT format('invoices %s-%s: %s numbers, the last %s (a gap or a duplicate)',
+                      issuer, year, count(*), max(seq))
+          FROM invoices GROUP BY issuer, year HAVING count(*) <> max(seq)
+        UNION ALL
+        SELECT format('invoice %s: payments %s exceed its amount due %s', i.number, sum(p.amount), i.amount_due)
+          FROM invoices i JOIN invoice_payments p ON p.invoice_id = i.id
+         GROUP BY i.id, i.number, i.amount_due HAVING sum(p.amount) > i.amount_due
+        """, "invoices are intact (content hash), numbered without gaps, and total the revenue of their period")
+
+
 WALLET_CHECKS: tuple[CheckFn, ...] = (
     reservations_consistent, holds_equal_reserved, lots_match_accounts, wallets_within_limits,
     charges_match_entries, usage_counters_match_charges, usage_events_charged, budgets_match_reservations,
+    period_rollups_match_postings, invoices_tie_out,
 )
 
 

@@ -5,7 +5,7 @@ round trip, one write statement)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -18,22 +18,28 @@ from wallets import chart, store
 from wallets.core import Decision, State, decide
 from wallets.core import idempotency as answers
 from wallets.core.alerts import alerts
+from wallets.core.billing import entry_rollup, merge
 from wallets.core.commands import Command
 from wallets.core.decision import (
     AnswerKept,
     BudgetCounted,
     ChargeRecorded,
     CustomerFlagged,
+    InvoiceFinalized,
     LotOpened,
     LotSwept,
     OutboxEvent,
+    PaymentRecorded,
+    PeriodAdvanced,
     ReservationChanged,
     ReservationOpened,
+    TrueUpPosted,
     UsageCounted,
     UsageEventRecorded,
 )
 from wallets.core.idempotency import Replayed
 from wallets.core.rating import billing_period
+from wallets.core.state import InvoiceDue
 from wallets.errors import ConflictError
 from wallets.model import BudgetHold, Hold, Lot, Reservation
 
@@ -57,10 +63,15 @@ class Batch:
     flagged: set[str] = field(default_factory=set)  # customers whose alert flags changed
     budget_deltas: dict[tuple[str, datetime], list[int]] = field(default_factory=dict)  # window -> [used, held]
     budget_changed: set[tuple[str, str, str]] = field(default_factory=set)  # (customer, reservation, budget)
+    # customer -> period -> rollup item -> (quantity, amount): loaded (closes), then followed
+    rollups: dict[str, dict[str, dict[str, tuple[int, int]]]] = field(default_factory=dict)
+    rolled: dict[tuple[str, str, str], tuple[int, int]] = field(default_factory=dict)  # increments to write
+    invoice_seqs: dict[tuple[str, int], int] = field(default_factory=dict)  # (issuer, year) -> last number
+    invoices: dict[str, InvoiceDue] = field(default_factory=dict)
 
     def state(self, customer_id: str) -> State:
         return State(customer_id, self.loaded.wallets.get(customer_id), self.loaded.idempotency,
-                     self.loaded.events, self.period_usage)
+                     self.loaded.events, self.period_usage, self.rollups, self.invoice_seqs, self.invoices)
 
     def apply(self, command: Command) -> Any:
         """Decide `command` and follow the decision, then the alerts it calls for; returns its
@@ -98,13 +109,66 @@ class Batch:
             if type(effect) is LotOpened:
                 self._lot_opened(effect, key)
         if decision.entry is not None:
-            self.entries.append(decision.entry)
-            self.loaded.wallets[decision.entry.customer_id].apply(decision.entry.postings)
+            posted = self._billed(decision)
+            self.entries.append(posted)
+            self.loaded.wallets[posted.customer_id].apply(posted.postings)
         for effect in decision.effects:
             if type(effect) is not LotOpened:
                 _FOLLOW[type(effect)](self, effect, key)
         if getattr(decision.outcome.body, "entry_key", None) is not None:
             self.results.append(decision.outcome.body)  # its entry id is known once posted
+
+    def _billed(self, decision: Decision) -> JournalEntry:
+        """The entry with the period it is billed in (in its metadata), and what it adds to that
+        period's rollup: its lines (from its charge or true-up), what paid it, its postings."""
+        entry = decision.entry
+        assert entry is not None and entry.customer_id is not None
+        w = self.loaded.wallets[entry.customer_id]
+        c = w.customer
+        priced = next((e for e in decision.effects if type(e) in (ChargeRecorded, TrueUpPosted)), None)
+        lines: list[tuple[str, Any]] = []
+        if isinstance(priced, ChargeRecorded):
+            period = c.billed_in(priced.occurred_at).label
+            origin = billing_period(priced.occurred_at, c)
+            lines = [(origin, line) for line in priced.lines]
+        else:
+            period = entry.metadata.get("period") or c.billed_in(entry.occurred_at).label
+            if isinstance(priced, TrueUpPosted):
+                lines = [(priced.period, line) for line in priced.lines]
+        kinds = {code: lot.kind for code, lot in w.lots.items()}
+        for effect in decision.effects:
+            if type(effect) is LotOpened:
+                kinds[effect.code] = effect.kind
+        items = entry_rollup(c, entry, kinds, lines, priced.funding if priced is not None else ())
+        held = self.rollups.setdefault(c.id, {}).setdefault(period, {})
+        for item, (q, a) in items.items():
+            merge(held, {item: (q, a)})
+            before = self.rolled.get((c.id, period, item), (0, 0))
+            self.rolled[(c.id, period, item)] = (before[0] + q, before[1] + a)
+        return replace(entry, metadata={**entry.metadata, "period": period})
+
+    def _invoice_finalized(self, effect: InvoiceFinalized, key: str | None) -> None:
+        self.invoice_seqs[(effect.issuer, effect.year)] = effect.seq
+        self.add("invoices", {
+            "id": effect.invoice_id, "customer_id": effect.customer_id, "period": effect.period,
+            "period_start": effect.period_start, "period_end": effect.period_end, "issuer": effect.issuer,
+            "year": effect.year, "seq": effect.seq, "number": effect.number, "currency": effect.currency,
+            "total": effect.total, "amount_due": effect.amount_due, "due_at": effect.due_at,
+            "content": dict(effect.content), "entry_key": key, "finalized_at": effect.finalized_at})
+
+    def _period_advanced(self, effect: PeriodAdvanced, key: str | None) -> None:
+        self.loaded.wallets[effect.customer_id].customer.open_period_start = effect.open_period_start
+        self.add("customer_periods", {"id": effect.customer_id, "open_period_start": effect.open_period_start,
+                                      "next_close_at": effect.next_close_at})
+
+    def _payment_recorded(self, effect: PaymentRecorded, key: str | None) -> None:
+        invoice = self.invoices[effect.invoice_id]
+        paid = {**invoice.payments, effect.reference: effect.amount}
+        self.invoices[effect.invoice_id] = replace(invoice, payments=paid)
+        self.add("invoice_payments", {"id": effect.payment_id, "invoice_id": effect.invoice_id,
+                                      "customer_id": effect.customer_id, "amount": effect.amount,
+                                      "reference": effect.reference, "entry_key": key,
+                                      "created_at": effect.created_at})
 
     def _lot_opened(self, effect: LotOpened, key: str | None) -> None:
         self.accounts.append(chart.lot_spec(effect.customer_id, effect.lot_id, effect.currency))
@@ -225,6 +289,10 @@ class Batch:
         self._budget_rows()
         for cid in sorted(self.flagged):
             self.add("customers", store.customer_update(self.loaded.wallets[cid]))
+        for (cid, period, item), (quantity, amount) in self.rolled.items():
+            if quantity or amount:
+                self.add("period_rollups", {"customer_id": cid, "period": period, "item": item,
+                                            "quantity": quantity, "amount": amount})
         for (cid, period, book_id, rule_id), quantity in self.counted.items():
             self.add("usage_counters", {"customer_id": cid, "period": period, "book_id": book_id,
                                         "rule_id": rule_id, "quantity": quantity})
@@ -250,4 +318,7 @@ _FOLLOW: dict[type, Any] = {
     UsageEventRecorded: Batch._usage_event_recorded, UsageCounted: Batch._usage_counted,
     BudgetCounted: Batch._budget_counted, OutboxEvent: Batch._outbox_event,
     CustomerFlagged: Batch._customer_flagged, AnswerKept: Batch._answer_kept,
+    TrueUpPosted: lambda batch, effect, key: None,  # its lines went into the rollup with its entry
+    InvoiceFinalized: Batch._invoice_finalized, PeriodAdvanced: Batch._period_advanced,
+    PaymentRecorded: Batch._payment_recorded,
 }  # how the shell follows each effect: in memory, and as the rows a flush writes

@@ -5,10 +5,12 @@ from __future__ import annotations
 from wallets.core.commands import (
     GRANT_PRIORITY,
     TOPUP_PRIORITY,
+    ClosePeriod,
     Command,
     ExpireLot,
     ExpireReservation,
     Grant,
+    PayInvoice,
     RecordUsage,
     Release,
     Reserve,
@@ -30,7 +32,8 @@ from wallets.core.results import (
 )
 
 __all__ = [
-    "GRANT_PRIORITY", "TOPUP_PRIORITY", "Command", "CreditResult", "ExpireLot", "ExpireReservation", "ExpiryResult",
-    "Grant", "LotView", "RecordUsage", "Release", "ReleaseResult", "ReservationSummary", "Reserve", "ReserveResult",
-    "Settle", "SettleResult", "TopUp", "UsageResult", "WalletView", "lot_view", "wallet_view",
+    "GRANT_PRIORITY", "TOPUP_PRIORITY", "ClosePeriod", "Command", "CreditResult", "ExpireLot", "ExpireReservation",
+    "ExpiryResult", "Grant", "LotView", "PayInvoice", "RecordUsage", "Release", "ReleaseResult",
+    "ReservationSummary", "Reserve", "ReserveResult", "Settle", "SettleResult", "TopUp", "UsageResult",
+    "WalletView", "lot_view", "wallet_view",
 ]

@@ -34,7 +34,7 @@ from pricing.errors import PricingError
 from wallets import store
 from wallets.batch import Batch, billing_period
 from wallets.books import BookCache
-from wallets.commands import Command, Grant, Reserve, TopUp
+from wallets.commands import ClosePeriod, Command, Grant, PayInvoice, Reserve, TopUp
 from wallets.errors import NotFoundError
 
 BATCH_COMMANDS = Histogram("tokentill_wallet_batch_commands", "Wallet commands per transaction",
@@ -57,7 +57,12 @@ def customer_lock(customer_id: str) -> int:
 # SERIALIZABLE (10 of 10 overlapping pairs of 16 top-ups failed); they queue here instead.
 # Reserves, settles, releases, usage and expiry never take it.
 ACCOUNTS_LOCK = lock_key("wallets:accounts")
-OPENS_ACCOUNTS = (TopUp, Grant)
+OPENS_ACCOUNTS = (TopUp, Grant, ClosePeriod)  # a close may open a lot (a volume true-up's money back)
+
+
+def invoice_lock(issuer: str) -> int:
+    """One close at a time per invoice issuer: numbers are gapless, each the last one plus one."""
+    return lock_key(f"invoices:issuer:{issuer}")
 
 
 def lane_lock(lane: int) -> int:
@@ -215,6 +220,7 @@ class Engine:
                 store.LANE.reset(token)
 
         opens = [ACCOUNTS_LOCK] if any(isinstance(c, OPENS_ACCOUNTS) for c in commands) else []
+        opens += sorted({invoice_lock(c.issuer) for c in commands if isinstance(c, ClosePeriod)})
         return await self.db.run(work, locks=[lane_lock(lane), *opens, *(customer_lock(c) for c in customers)])
 
     async def _work(self, conn: AsyncConnection, commands: Sequence[Command], customers: list[str],
@@ -234,9 +240,11 @@ class Engine:
         for command in commands:
             book = books.get(command.customer_id)
             at = command.rating_time(loaded.wallets) if command.needs_book else None
-            if at is not None and book is not None and self.books.tiered(book):
-                periods.add((command.customer_id, billing_period(at)))
+            w = loaded.wallets.get(command.customer_id)
+            if at is not None and w is not None and book is not None and self.books.tiered(book):
+                periods.add((command.customer_id, billing_period(at, w.customer)))
         batch.period_usage = await store.load_period_usage(conn, periods)
+        await _load_billing(conn, batch, commands, now)
         outcomes = [self._apply(batch, command) for command in commands]
         await batch.flush(conn)
         batch.keep_answers(commands, outcomes)
@@ -249,6 +257,20 @@ class Engine:
             return batch.apply(command)
         except DOMAIN_ERRORS as exc:
             return exc
+
+
+async def _load_billing(conn: AsyncConnection, batch: Batch, commands: Sequence[Command], now: datetime) -> None:
+    """What closes and payments decide on: the rollups of the customers' open periods, the
+    issuers' last invoice numbers (under their locks), the invoices being paid."""
+    closes = [c for c in commands if isinstance(c, ClosePeriod)]
+    if closes:
+        since = [(c.customer_id, billing_period(w.customer.open_period_start, w.customer)) for c in closes
+                 if (w := batch.loaded.wallets.get(c.customer_id)) is not None and w.customer.open_period_start]
+        batch.rollups = await store.load_rollups(conn, since)
+        batch.invoice_seqs = await store.last_invoice_seqs(conn, {(c.issuer, now.astimezone(UTC).year) for c in closes})
+    paid = [c.invoice_id for c in commands if isinstance(c, PayInvoice)]
+    if paid:
+        batch.invoices = await store.load_invoices(conn, paid)
 
 
 async def _scalar(conn: AsyncConnection, sql: str, params: tuple[Any, ...]) -> Any:

@@ -52,3 +52,15 @@ class BudgetExceededError(WalletError):
     what is used and held, and, for a rolling window, how long until enough of it lapses."""
 
     code = "budget_exceeded"
+
+
+class OverpaymentError(WalletError):
+    """A payment above what is still due on an invoice (or owed on the receivable)."""
+
+    code = "overpayment"
+
+
+class CurrencyMismatchError(WalletError):
+    """An amount in another currency than the resource it is for."""
+
+    code = "currency_mismatch"

@@ -12,10 +12,11 @@ from prometheus_client import Counter
 
 from ledger.db import Database
 from ledger.seal import seal_once
+from wallets.billing import close_due
 from wallets.expiry import expire_grants, expire_reservations
 
 log = logging.getLogger("tokentill.jobs")
-EXPIRE_RESERVATIONS_EVERY_S, EXPIRE_GRANTS_EVERY_S = 5, 30
+EXPIRE_RESERVATIONS_EVERY_S, EXPIRE_GRANTS_EVERY_S, CLOSE_PERIODS_EVERY_S = 5, 30, 60
 JOB_RUNS = Counter("tokentill_job_runs", "Scheduled job runs", ["job", "result"])
 
 
@@ -34,10 +35,16 @@ async def seal_journal(db: Database) -> object:
     return sealed
 
 
+async def close_periods(db: Database) -> object:
+    """Close every billing period whose grace window is over; finalize, number, announce."""
+    return len(await close_due(db))
+
+
 def jobs(seal_interval_s: int) -> list[Job]:
     return [Job("seal_journal", seal_interval_s, seal_journal),
             Job("expire_reservations", EXPIRE_RESERVATIONS_EVERY_S, expire_reservations),
-            Job("expire_grants", EXPIRE_GRANTS_EVERY_S, expire_grants)]
+            Job("expire_grants", EXPIRE_GRANTS_EVERY_S, expire_grants),
+            Job("close_periods", CLOSE_PERIODS_EVERY_S, close_periods)]
 
 
 async def run_job(db: Database, job: Job) -> None:

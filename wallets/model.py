@@ -13,6 +13,7 @@ from typing import Any
 
 from ledger.model import Posting
 from wallets import chart
+from wallets.periods import DEFAULT_GRACE_S, DEFAULT_TERMS_DAYS, Cycle, Period, assigned
 
 _NEVER = datetime.max.replace(tzinfo=None)
 
@@ -36,6 +37,14 @@ class Customer:
     created_at: datetime
     book_versions: int = 0  # how many versions its price book has (cache check)
     max_charge_per_request: int | None = None  # overrides its price book's (None: the book's)
+    cycle: Cycle = field(default_factory=Cycle)  # its billing periods: time zone and anchor day
+    open_period_start: datetime | None = None  # start of its first period not closed (None: unknown)
+    grace_s: int = DEFAULT_GRACE_S
+    terms_days: int = DEFAULT_TERMS_DAYS
+
+    def billed_in(self, at: datetime) -> Period:
+        """The period what happened at `at` is billed in (the first open one if its own is closed)."""
+        return assigned(at, self.open_period_start or at, self.cycle)
 
 
 @dataclass(slots=True)

@@ -21,6 +21,7 @@ from wallets.core import idempotency
 from wallets.core.idempotency import CREATED, EXISTS, OK, IdemKey, Replayed
 from wallets.engine import ACCOUNTS_LOCK, Engine, customer_lock, utc_now
 from wallets.errors import ConflictError, NotFoundError, WalletValidationError
+from wallets.periods import DEFAULT_GRACE_S, DEFAULT_TERMS_DAYS, Cycle, close_due_at, period_of
 
 T = TypeVar("T")
 
@@ -35,17 +36,27 @@ class CustomerSpec:
     overdraft_limit: int | None  # None: unlimited
     low_balance_threshold: int | None
     max_charge_per_request: int | None = None  # None: its price book's plausibility bound
+    time_zone: str = "UTC"  # its billing periods: calendar months (or from the anchor day) in this zone
+    billing_anchor_day: int | None = None
+    grace_seconds: int = DEFAULT_GRACE_S  # a period closes this long after its end
+    payment_terms_days: int = DEFAULT_TERMS_DAYS  # an invoice is due this long after its period's end
+
+    @property
+    def cycle(self) -> Cycle:
+        return Cycle(self.time_zone, self.billing_anchor_day)
 
 
 @dataclass(frozen=True, slots=True)
 class CustomerView:
     spec: CustomerSpec
     created_at: datetime
+    open_period_start: datetime | None = None  # start of its first billing period not closed
 
 
 _CUSTOMER = text("""SELECT id, name, currency, billing, price_book, overdraft_limit::text AS overdraft_limit,
                            low_balance_threshold::text AS low_balance_threshold, created_at,
-                           max_charge_per_request::text AS max_charge_per_request
+                           max_charge_per_request::text AS max_charge_per_request, time_zone,
+                           billing_anchor_day, grace_seconds, payment_terms_days, open_period_start
                       FROM customers WHERE id = :id""")
 
 
@@ -55,7 +66,9 @@ def _customer(row: Any) -> CustomerView:
 
     return CustomerView(CustomerSpec(row.id, row.name, row.currency, row.billing, row.price_book,
                                      opt(row.overdraft_limit), opt(row.low_balance_threshold),
-                                     opt(row.max_charge_per_request)), row.created_at)
+                                     opt(row.max_charge_per_request), row.time_zone, row.billing_anchor_day,
+                                     row.grace_seconds, row.payment_terms_days),
+                        row.created_at, row.open_period_start)
 
 
 async def run_once(db: Database, idem: IdemKey | None, work: Callable[[AsyncConnection], Awaitable[T]],
@@ -136,13 +149,19 @@ class WalletService:
             if book_currency is not None and book_currency != spec.currency:
                 raise WalletValidationError("price_book", f"price book {spec.price_book} is in {book_currency}")
             await open_customer_accounts(conn, spec.id, spec.currency)
+            period = period_of(self.clock(), spec.cycle)
             await conn.execute(text(
                 """INSERT INTO customers (id, name, currency, billing, price_book, overdraft_limit,
-                                          low_balance_threshold, max_charge_per_request)
-                   VALUES (:id, :name, :currency, :billing, :book, :limit, :low, :max_charge)"""),
+                                          low_balance_threshold, max_charge_per_request, time_zone,
+                                          billing_anchor_day, grace_seconds, payment_terms_days,
+                                          open_period_start, next_close_at)
+                   VALUES (:id, :name, :currency, :billing, :book, :limit, :low, :max_charge, :tz, :anchor,
+                           :grace, :terms, :open, :close_at)"""),
                 {"id": spec.id, "name": spec.name, "currency": spec.currency, "billing": spec.billing,
                  "book": spec.price_book, "limit": spec.overdraft_limit, "low": spec.low_balance_threshold,
-                 "max_charge": spec.max_charge_per_request})
+                 "max_charge": spec.max_charge_per_request, "tz": spec.time_zone, "anchor": spec.billing_anchor_day,
+                 "grace": spec.grace_seconds, "terms": spec.payment_terms_days, "open": period.start,
+                 "close_at": close_due_at(period, spec.grace_seconds)})
             created = (await conn.execute(_CUSTOMER, {"id": spec.id})).one()
             return _customer(created), True
 

@@ -21,7 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ledger.lanes import lane_count, lane_of
 from ledger.model import AccountSpec
 from wallets import chart
+from wallets.core.state import InvoiceDue
 from wallets.model import Budget, BudgetHold, Customer, Hold, Lot, Reservation, Wallet
+from wallets.periods import Cycle
 
 # The lane of the batch being run (set by the engine); None outside a wallet batch.
 LANE: ContextVar[int | None] = ContextVar("tokentill_lane", default=None)
@@ -41,6 +43,8 @@ SELECT
           'blocked', c.blocked, 'created_at', c.created_at,
           'book_versions', (SELECT count(*) FROM price_book_versions v WHERE v.book_id = c.price_book),
           'max_charge_per_request', c.max_charge_per_request,
+          'time_zone', c.time_zone, 'billing_anchor_day', c.billing_anchor_day, 'grace_seconds', c.grace_seconds,
+          'payment_terms_days', c.payment_terms_days, 'open_period_start', c.open_period_start,
           'reserved', (SELECT b.credits - b.debits FROM accounts a JOIN account_balances b ON b.account_id = a.id
                         WHERE b.lane = %(lane)s AND a.code = %(reserved_before)s || c.id || %(reserved_after)s),
           'receivable', (SELECT b.debits - b.credits FROM accounts a JOIN account_balances b ON b.account_id = a.id
@@ -49,10 +53,11 @@ SELECT
      FROM customers c WHERE c.id = ANY(%(customers)s::text[])) AS customers,
   (SELECT coalesce(jsonb_agg(jsonb_build_array(
           l.id, l.customer_id, l.account_code, l.kind, l.granted, l.priority, l.expires_at, l.created_at,
-          l.reason, l.reference, b.credits - b.debits)), '[]'::jsonb)
+          l.reason, l.reference, b.credits - b.debits, l.expired_at IS NOT NULL)), '[]'::jsonb)
      FROM lots l JOIN account_balances b ON b.lane = %(lane)s AND b.account_id = l.account_id
-    WHERE l.lane = %(lane)s AND l.customer_id = ANY(%(customers)s::text[]) AND l.expired_at IS NULL
-      AND (b.credits > b.debits OR l.account_code = ANY(%(lot_codes)s::text[])
+    WHERE l.lane = %(lane)s AND l.customer_id = ANY(%(customers)s::text[])
+      AND (l.expired_at IS NULL AND (b.credits > b.debits OR l.account_code = ANY(%(lot_codes)s::text[]))
+           -- a lot a hold came from, even swept: a settle bills its kind, a release goes to breakage
            OR l.account_code IN (SELECT h.account_code FROM reservation_holds h
                                   WHERE h.lane = %(lane)s AND h.reservation_id = ANY(%(reservations)s::text[]))))
           AS lots,
@@ -134,7 +139,9 @@ def _customer(c: dict[str, Any]) -> Wallet:
     customer = Customer(c["id"], c["name"], c["currency"], c["billing"], c["price_book"],
                         _opt_int(c["overdraft_limit"]), _opt_int(c["low_balance_threshold"]),
                         c["low_balance_alerted"], c["blocked"], _time(c["created_at"]),  # type: ignore[arg-type]
-                        c["book_versions"], _opt_int(c["max_charge_per_request"]))
+                        c["book_versions"], _opt_int(c["max_charge_per_request"]),
+                        Cycle(c["time_zone"], c["billing_anchor_day"]), _time(c["open_period_start"]),
+                        c["grace_seconds"], c["payment_terms_days"])
     return Wallet(customer, {}, _int(c["reserved"]), _int(c["receivable"]))
 
 
@@ -192,9 +199,10 @@ async def load(conn: AsyncConnection, customer_ids: Iterable[str], *,
         "event_customers": [c for c, _ in event_pairs], "event_ids": [e for _, e in event_pairs],
         "credit_held_for": held_for, "now": now or datetime.now(UTC), **chart.SQL_PARAMETERS})).one()
     loaded = Loaded({c["id"]: _customer(c) for c in row.customers}, {}, {})
-    for lot_id, cid, code, kind, granted, priority, expires_at, created_at, reason, reference, balance in row.lots:
+    for lot_id, cid, code, kind, granted, priority, expires_at, created_at, reason, reference, balance, swept \
+            in row.lots:
         loaded.wallets[cid].lots[code] = Lot(lot_id, code, kind, int(granted), priority, _time(expires_at),
-                                             _time(created_at), int(balance), False, reason, reference)  # type: ignore[arg-type]
+                                             _time(created_at), int(balance), swept, reason, reference)  # type: ignore[arg-type]
     for item in row.budgets:
         b = budget(item["budget"], item["customer_zone"])
         b.windows = {_time(start): [int(used), int(held)] for start, used, held in item["windows"] or []}  # type: ignore[misc]
@@ -330,6 +338,34 @@ _WRITES: dict[str, str] = {
                SELECT {lane}, r.scope, r.key, decode(r.request_hash, 'base64'), r.status, r.response
                  FROM jsonb_to_recordset({p}::jsonb) AS r(scope text, key text,
                       request_hash text, status smallint, response jsonb)""",
+    "period_rollups": """INSERT INTO period_rollups (lane, customer_id, period, item, quantity, amount)
+               SELECT {lane}, r.customer_id, r.period, r.item, r.quantity, r.amount
+                 FROM jsonb_to_recordset({p}::jsonb) AS r(customer_id text, period text, item text,
+                      quantity numeric, amount numeric)
+               ON CONFLICT (lane, customer_id, period, item)
+               DO UPDATE SET quantity = period_rollups.quantity + EXCLUDED.quantity,
+                             amount = period_rollups.amount + EXCLUDED.amount""",
+    "invoices": """INSERT INTO invoices (id, lane, customer_id, period, period_start, period_end, issuer, year, seq,
+                   number, currency, total, amount_due, due_at, content, content_hash, true_up_entry_id,
+                   finalized_at)
+               SELECT r.id, {lane}, r.customer_id, r.period, r.period_start, r.period_end, r.issuer, r.year,
+                      r.seq, r.number, r.currency, r.total, r.amount_due, r.due_at, r.content,
+                      sha256(convert_to(r.content::text, 'UTF8')), r.entry_id, r.finalized_at
+                 FROM jsonb_to_recordset({p}::jsonb) AS r(id text, customer_id text, period text,
+                      period_start timestamptz, period_end timestamptz, issuer text, year int, seq bigint,
+                      number text, currency text, total numeric, amount_due numeric, due_at timestamptz,
+                      content jsonb, entry_id bigint, finalized_at timestamptz)
+                ORDER BY r.seq""",
+    "invoice_payments": """INSERT INTO invoice_payments (id, lane, invoice_id, customer_id, amount, reference,
+                   entry_id, created_at)
+               SELECT r.id, {lane}, r.invoice_id, r.customer_id, r.amount, r.reference, r.entry_id, r.created_at
+                 FROM jsonb_to_recordset({p}::jsonb) AS r(id text, invoice_id text, customer_id text,
+                      amount numeric, reference text, entry_id bigint, created_at timestamptz)""",
+    "customer_periods": """UPDATE customers SET open_period_start = r.open_period_start,
+                      next_close_at = r.next_close_at
+                 FROM jsonb_to_recordset({p}::jsonb) AS r(id text, open_period_start timestamptz,
+                      next_close_at timestamptz)
+                WHERE customers.lane = {lane} AND customers.id = r.id""",
     "customers": """UPDATE customers SET low_balance_alerted = r.low_balance_alerted,
                       blocked = r.blocked
                  FROM jsonb_to_recordset({p}::jsonb) AS r(id text, low_balance_alerted boolean,
@@ -353,6 +389,45 @@ async def load_period_usage(conn: AsyncConnection, pairs: Iterable[tuple[str, st
     for cid, period, book_id, rule_id, quantity in rows:
         found.setdefault((cid, period, book_id), {})[rule_id] = int(quantity)
     return found
+
+
+async def load_rollups(conn: AsyncConnection, since: Iterable[tuple[str, str]]
+                       ) -> dict[str, dict[str, dict[str, tuple[int, int]]]]:
+    """Each customer's rollups of the periods from `since` (customer, period) on."""
+    wanted = sorted(set(since))
+    found: dict[str, dict[str, dict[str, tuple[int, int]]]] = {c: {} for c, _ in wanted}
+    if not wanted:
+        return found
+    lane = int(await _lane(conn, sorted(found)) or 0)
+    rows = await conn.exec_driver_sql(
+        f"""SELECT r.customer_id, r.period, r.item, r.quantity::text, r.amount::text
+              FROM period_rollups r JOIN unnest(%s::text[], %s::text[]) AS w(customer_id, period)
+                ON r.lane = {lane} AND r.customer_id = w.customer_id AND r.period >= w.period""",
+        ([c for c, _ in wanted], [p for _, p in wanted]))
+    for cid, period, item, quantity, amount in rows:
+        found[cid].setdefault(period, {})[item] = (int(quantity), int(amount))
+    return found
+
+
+async def last_invoice_seqs(conn: AsyncConnection, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    """The last invoice number of each (issuer, year): read under the issuer's lock."""
+    found = {}
+    for issuer, year in sorted(set(keys)):
+        last = (await conn.exec_driver_sql("SELECT max(seq) FROM invoices WHERE issuer = %s AND year = %s",
+                                           (issuer, year))).scalar()
+        found[(issuer, year)] = int(last or 0)
+    return found
+
+
+async def load_invoices(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, InvoiceDue]:
+    """Finalized invoices as a payment sees them: amount due and payments by reference."""
+    rows = await conn.exec_driver_sql(
+        """SELECT i.id, i.customer_id, i.number, i.currency, i.amount_due::text,
+                  coalesce((SELECT jsonb_object_agg(p.reference, p.amount) FROM invoice_payments p
+                             WHERE p.invoice_id = i.id), '{}'::jsonb)
+             FROM invoices i WHERE i.id = ANY(%s::text[])""", (sorted(set(ids)),))
+    return {r[0]: InvoiceDue(r[0], r[1], r[2], r[3], int(r[4]), {k: int(v) for k, v in r[5].items()})
+            for r in rows}
 
 
 def dumps(value: Any) -> str:

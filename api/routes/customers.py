@@ -16,6 +16,7 @@ from api.routes.schemas import json_body
 from api.routes.wire import Answer, amount_in, idempotency, money, respond, shaped, time_in, time_out
 from wallets.commands import GRANT_PRIORITY, TOPUP_PRIORITY, CreditResult, Grant, LotView, TopUp, WalletView
 from wallets.core.idempotency import CREATED, EXISTS
+from wallets.periods import DEFAULT_GRACE_S, DEFAULT_TERMS_DAYS
 from wallets.service import CustomerSpec, CustomerView
 
 Priority = Annotated[int, msgspec.Meta(ge=0, le=100)]
@@ -31,6 +32,10 @@ class CreateCustomerRequest(msgspec.Struct):
     overdraft_limit: Amount | msgspec.UnsetType | None = msgspec.UNSET  # null: unlimited
     low_balance_threshold: Amount | None = None
     max_charge_per_request: PositiveAmount | None = None  # null: the price book's plausibility bound
+    time_zone: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "UTC"  # IANA: its billing periods'
+    billing_anchor_day: Annotated[int, msgspec.Meta(ge=1, le=31)] | None = None  # null: the 1st of the month
+    grace_period_seconds: Annotated[int, msgspec.Meta(ge=0, le=2_678_400)] = DEFAULT_GRACE_S
+    payment_terms_days: Annotated[int, msgspec.Meta(ge=0, le=365)] = DEFAULT_TERMS_DAYS
 
 
 class CustomerResponse(msgspec.Struct):
@@ -43,6 +48,11 @@ class CustomerResponse(msgspec.Struct):
     low_balance_threshold: str | None
     created_at: str
     max_charge_per_request: str | None = None
+    time_zone: str = "UTC"
+    billing_anchor_day: int | None = None
+    grace_period_seconds: int = DEFAULT_GRACE_S
+    payment_terms_days: int = DEFAULT_TERMS_DAYS
+    current_period_start: str | None = None  # its first billing period not closed yet
 
 
 class GrantResponse(msgspec.Struct):
@@ -100,7 +110,8 @@ def customer_response(view: CustomerView) -> CustomerResponse:
     s = view.spec
     return CustomerResponse(s.id, s.name, s.currency, s.billing, s.price_book, money(s.overdraft_limit),
                             money(s.low_balance_threshold), time_out(view.created_at) or "",
-                            money(s.max_charge_per_request))
+                            money(s.max_charge_per_request), s.time_zone, s.billing_anchor_day, s.grace_seconds,
+                            s.payment_terms_days, time_out(view.open_period_start))
 
 
 CUSTOMER = Answer(lambda out: customer_response(out[0]), tuple[CustomerView, bool],
@@ -128,7 +139,10 @@ def _spec(data: CreateCustomerRequest) -> CustomerSpec:
         data.low_balance_threshold, "low_balance_threshold", positive=False)
     max_charge = None if data.max_charge_per_request is None else amount_in(
         data.max_charge_per_request, "max_charge_per_request")
-    return CustomerSpec(data.id, data.name, data.currency, data.billing, data.price_book, limit, low, max_charge)
+    spec = CustomerSpec(data.id, data.name, data.currency, data.billing, data.price_book, limit, low, max_charge,
+                        data.time_zone, data.billing_anchor_day, data.grace_period_seconds, data.payment_terms_days)
+    spec.cycle  # noqa: B018 - refuses an unknown time zone (validation_error) before anything is written
+    return spec
 
 
 @post("/v1/customers", guards=[require()], tags=["customers"], status_code=201,

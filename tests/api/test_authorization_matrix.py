@@ -5,6 +5,7 @@ key limited to one customer ever carries the other's data."""
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from litestar.testing import AsyncTestClient
@@ -12,6 +13,7 @@ from litestar.testing import AsyncTestClient
 from api.app import create_app
 from api.demo import PRICE_BOOK
 from api.settings import Settings
+from wallets.periods import Cycle, period_of
 
 ADMIN = {"Authorization": "Bearer matrix-admin"}
 OWN, OTHER = f"own-{uuid.uuid4().hex[:8]}", f"other-{uuid.uuid4().hex[:8]}"
@@ -35,6 +37,7 @@ AUDITORS_OWN = {"admin", "admin:own", "auditor", "auditor:own"}
 AUDITORS_OTHER = {"admin:other", "auditor:other"}
 JOURNAL_READERS = AUDITORS_OWN | AUDITORS_OTHER | {"customer:own", "customer:other"}
 READ_OWN = {"admin", "admin:own", "inference", "inference:own", "auditor", "auditor:own", "customer:own"}
+INVOICE_READERS_OWN = {"admin", "admin:own", "auditor", "auditor:own", "customer:own"}
 PUBLIC = set(SCOPES)
 LIMITED_OTHER = {"admin:other", "inference:other", "auditor:other", "customer:other"}
 
@@ -81,6 +84,11 @@ ROUTES = [
     ("GET", "/v1/customers/{own}/wallet", None, {frozenset(READ_OWN): "ok"}),
     ("GET", "/v1/customers/{own}/usage", None, {frozenset(READ_OWN): "ok"}),
     ("POST", "/v1/customers/{own}/topups", {"amount": "1.00"}, {frozenset(ADMINS_OWN): "ok"}),
+    ("GET", "/v1/customers/{own}/invoices", None, {frozenset(INVOICE_READERS_OWN): "ok"}),
+    ("GET", "/v1/customers/{own}/invoices/upcoming", None, {frozenset(INVOICE_READERS_OWN): "ok"}),
+    ("GET", "/v1/invoices/{inv}", None, {frozenset(INVOICE_READERS_OWN): "ok"}),
+    ("POST", "/v1/invoices/{inv}/payments", {"amount": "0.01", "reference": "matrix"}, {frozenset(ADMINS_OWN): "ok"}),
+    ("POST", "/v1/billing/close", {"until": "2000-01-01T00:00:00Z"}, {frozenset({"admin"}): "ok"}),
     ("POST", "/v1/customers/{own}/grants", {"amount": "1.00"}, {frozenset(ADMINS_OWN): "ok"}),
     ("POST", "/v1/reservations", {"customer_id": "{own}", "request_id": "r", "model": "model-a", "amount": "0.01"},
      {frozenset(INFERENCE_OWN): "ok"}),
@@ -116,7 +124,7 @@ ROUTES = [
     ("POST", "/v1/settlements", [{"reservation_id": "{res}", "usage": {"input_tokens": 1}}],
      {frozenset(INFERENCE_OWN): "ok", frozenset({"admin:other", "inference:other"}): "item forbidden"}),
 ]
-OWNED = ("{own}", "{res}", "{req}", "{book}", "{recv}", "{bud}")
+OWNED = ("{own}", "{res}", "{req}", "{book}", "{recv}", "{bud}", "{inv}")
 
 
 def _mirror(scope: str) -> str:
@@ -160,13 +168,19 @@ async def world(database_url):
                 "event_id": SHARED_EVT, "customer_id": customer, "model": "model-a",
                 "timestamp": "2026-11-23T10:00:00Z", "usage": {"input_tokens": 1000}, "dimensions": marked}])
             assert sent.json()["accepted"] == 1, sent.text
+            closed = await client.post("/v1/billing/close", headers=ADMIN, json={
+                "until": (period_of(datetime.now(UTC), Cycle()).end + timedelta(hours=2)).isoformat(),
+                "customer_id": customer})
+            assert closed.status_code == 200, closed.text
+            invoice = closed.json()["closed"][0]["invoice_id"]
             budget = await client.post("/v1/budgets", headers=ADMIN, json={
                 "customer_id": customer, "name": MARK[customer], "window": "month", "metric": "money",
                 "limit": "100.00"})
             assert budget.status_code == 201, budget.text
             names[customer] = {"own": customer, "res": reservation["id"], "req": reservation["request_id"],
                                "book": book, "bud": budget.json()["id"], "shared_req": SHARED_REQ,
-                               "shared_evt": SHARED_EVT, "recv": f"asset:customer:{customer}:receivable"}
+                               "shared_evt": SHARED_EVT, "recv": f"asset:customer:{customer}:receivable",
+                               "inv": invoice}
         keys = {"none": {}, "admin": ADMIN}
         for name in SCOPES[2:]:
             scope, _, limit = name.partition(":")
@@ -202,7 +216,8 @@ def test_the_matrix_covers_every_route(database_url):
                .replace("key_missing", "{key_id:str}").replace("we_missing", "{endpoint_id:str}")
                .replace("{book}", "{book_id:str}")
                .replace("{recv}", "{code:str}").replace("income:platform:usage:USD", "{code:str}")
-               .replace("{bud}", "{budget_id:str}").replace("bud_missing", "{budget_id:str}"))
+               .replace("{bud}", "{budget_id:str}").replace("bud_missing", "{budget_id:str}")
+               .replace("{inv}", "{invoice_id:str}"))
               for method, path, _, _ in ROUTES}
     assert served == tested
 

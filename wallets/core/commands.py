@@ -171,3 +171,37 @@ class RecordUsage(Command):
 
     def needs(self) -> dict[str, list[Any]]:
         return {"events": [(self.customer_id, self.event_id)]}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClosePeriod(Command):
+    """Job: close the customer's period that starts at `period_start` once its grace window is
+    over: post the volume true-up, then finalize the invoice under the issuer's next number."""
+
+    period_start: datetime
+    issuer: str = "INV"
+    exclusive = True  # reads the period's rollup, which the customer's other commands change
+    needs_book = True  # volume tiers are trued up with the customer's price book
+
+    def _keys(self) -> set[tuple[str, ...]]:
+        return {("close", self.customer_id)}
+
+    def needs(self) -> dict[str, list[Any]]:
+        return {"credit_held_for": [self.customer_id]}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PayInvoice(Command):
+    """A payment of a finalized invoice's amount due: cash in, the receivable down."""
+
+    invoice_id: str
+    amount: int
+    currency: str
+    reference: str = ""
+    exclusive = True  # reads the credit held on the receivable, fresh from the database
+
+    def _keys(self) -> set[tuple[str, ...]]:
+        return {("invoice", self.invoice_id)}
+
+    def needs(self) -> dict[str, list[Any]]:
+        return {"credit_held_for": [self.customer_id]}

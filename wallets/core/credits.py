@@ -19,7 +19,7 @@ from wallets.core.decision import (
     UsageCounted,
     UsageEventRecorded,
 )
-from wallets.core.legs import Legs, entry, settlement, settlement_legs
+from wallets.core.legs import Legs, entry, funding, settlement, settlement_legs
 from wallets.core.rating import billing_period, book_for, charge_lines, implausibility, rate_call
 from wallets.core.results import CreditResult, ExpiryResult, UsageResult, WalletView, lot_view
 from wallets.core.state import State
@@ -29,7 +29,7 @@ from wallets.model import Lot, Wallet, consumption_key
 SCALE = chart.ASSET_SCALE
 
 
-def _opened(state: State, w: Wallet, kind: str, amount: int, priority: int, expires_at: datetime | None,
+def opened_lot(state: State, w: Wallet, kind: str, amount: int, priority: int, expires_at: datetime | None,
             now: datetime, reason: str = "", reference: str = "") -> LotOpened:
     if expires_at is not None and expires_at <= now:
         raise WalletValidationError("expires_at", "must be in the future")
@@ -55,7 +55,7 @@ def top_up(state: State, cmd: TopUp, now: datetime, book: PriceBook | None) -> D
     w = state.require_wallet()
     owed = max(0, w.receivable - (w.credit_held or 0)) if w.customer.billing == "prepaid" else 0
     paid = min(cmd.amount, owed)
-    opened = _opened(state, w, "topup", cmd.amount - paid, cmd.priority, cmd.expires_at, now, "", cmd.reference)
+    opened = opened_lot(state, w, "topup", cmd.amount - paid, cmd.priority, cmd.expires_at, now, "", cmd.reference)
     cur, cid = w.customer.currency, w.customer.id
     legs = Legs(cur).debit(chart.cash_account(cur), cmd.amount).credit(opened.code, cmd.amount - paid)
     legs.credit(chart.receivable_account(cid), paid)
@@ -69,7 +69,7 @@ def top_up(state: State, cmd: TopUp, now: datetime, book: PriceBook | None) -> D
 def grant(state: State, cmd: Grant, now: datetime, book: PriceBook | None) -> Decision:
     """Promotional or contractual credit, paid for by the platform's promotions expense."""
     w = state.require_wallet()
-    opened = _opened(state, w, "grant", cmd.amount, cmd.priority, cmd.expires_at, now, cmd.reason, "")
+    opened = opened_lot(state, w, "grant", cmd.amount, cmd.priority, cmd.expires_at, now, cmd.reason, "")
     cur = w.customer.currency
     legs = Legs(cur).debit(chart.promotions_account(cur), cmd.amount).credit(opened.code, cmd.amount)
     posted = entry(f"grant:{opened.lot_id}", "grant", legs, w.customer.id, now,
@@ -125,13 +125,13 @@ def record_usage(state: State, cmd: RecordUsage, now: datetime, book: PriceBook 
     cid = w.customer.id
     posted = entry(usage_entry_key(cid, cmd.event_id), "usage", settlement_legs(w, s), cid, now, {
         "event_id": cmd.event_id, "price_book": rating.book_id, "price_version": rating.price_version})
-    counted = UsageCounted(cid, billing_period(cmd.occurred_at), rating.book_id, rating.rule_quantities())
+    counted = UsageCounted(cid, billing_period(cmd.occurred_at, w.customer), rating.book_id, rating.rule_quantities())
     recorded = UsageEventRecorded(cid, cmd.event_id, cmd.request_hash, cmd.model, cmd.occurred_at,
                                   dict(cmd.usage), dict(cmd.dimensions))
     charge = ChargeRecorded(
         cid, None, cmd.event_id, cmd.event_id, 0, None, True, cmd.request_hash, cmd.model, cmd.occurred_at,
         dict(cmd.usage), dict(cmd.dimensions), rating.book_id, rating.price_version, tuple(charge_lines(rating)),
-        s.cost, 0, s.from_lots_total, s.from_receivable, 0)
+        s.cost, 0, s.from_lots_total, s.from_receivable, 0, funding(w, None, s))
     result = UsageResult(cmd.event_id, False, s.cost, posted.key if posted else None)
     spent = budgets.on_usage(state, w, cmd.event_id, cmd.model, cmd.dimensions, s.cost, cmd.tokens, cmd.occurred_at,
                              now)

@@ -10,10 +10,12 @@ from ledger.errors import LedgerError
 from pricing.books import PriceBook
 from pricing.errors import PricingError
 from wallets.core.commands import (
+    ClosePeriod,
     Command,
     ExpireLot,
     ExpireReservation,
     Grant,
+    PayInvoice,
     RecordUsage,
     Release,
     Reserve,
@@ -22,6 +24,7 @@ from wallets.core.commands import (
 )
 from wallets.core.credits import expire_lot, grant, record_usage, top_up
 from wallets.core.decision import Decision
+from wallets.core.invoicing import close_period, pay_invoice
 from wallets.core.reservations import expire_reservation, release, reserve, settle
 from wallets.core.state import State
 
@@ -29,6 +32,7 @@ Rule = Callable[[State, Any, datetime, PriceBook | None], Decision]
 RULES: dict[type[Command], Rule] = {
     Reserve: reserve, Settle: settle, Release: release, ExpireReservation: expire_reservation,
     TopUp: top_up, Grant: grant, ExpireLot: expire_lot, RecordUsage: record_usage,
+    ClosePeriod: close_period, PayInvoice: pay_invoice,
 }
 
 

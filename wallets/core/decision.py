@@ -98,6 +98,57 @@ class ChargeRecorded:
     from_lots: int
     from_receivable: int
     released: int
+    funding: tuple[tuple[str, int], ...] = ()  # what paid it: (lot or receivable account, amount)
+
+
+@dataclass(frozen=True, slots=True)
+class TrueUpPosted:
+    """A period's volume true-up: its lines and what paid (or got back) the difference."""
+
+    customer_id: str
+    period: str
+    lines: tuple[Mapping[str, Any], ...]
+    funding: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceFinalized:
+    """A closed period's invoice, numbered and frozen (`content` is the document)."""
+
+    customer_id: str
+    invoice_id: str
+    period: str
+    period_start: datetime
+    period_end: datetime
+    issuer: str
+    year: int
+    seq: int
+    number: str
+    currency: str
+    total: int
+    amount_due: int
+    due_at: datetime
+    content: Mapping[str, Any]
+    finalized_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodAdvanced:
+    """The customer's first open period now starts at `open_period_start`."""
+
+    customer_id: str
+    open_period_start: datetime
+    next_close_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentRecorded:
+    customer_id: str
+    invoice_id: str
+    payment_id: str
+    amount: int
+    reference: str
+    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +216,8 @@ class AnswerKept:
 
 
 Effect = (LotOpened | LotSwept | ReservationOpened | ReservationChanged | ChargeRecorded | UsageEventRecorded
-          | UsageCounted | BudgetCounted | OutboxEvent | CustomerFlagged | AnswerKept)
+          | UsageCounted | BudgetCounted | OutboxEvent | CustomerFlagged | AnswerKept | TrueUpPosted
+          | InvoiceFinalized | PeriodAdvanced | PaymentRecorded)
 
 
 @dataclass(frozen=True, slots=True)

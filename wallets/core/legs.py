@@ -118,6 +118,20 @@ def settlement(wallet: Wallet, reservation: Reservation | None, cost: int, final
     return Settlement(cost, from_hold, tuple(lots), extra - from_lots, tuple(returned))
 
 
+def funding(wallet: Wallet, reservation: Reservation | None, s: Settlement) -> tuple[tuple[str, int], ...]:
+    """What paid a charge, by account: the hold pieces it consumed (in seq order), then the lots,
+    then the receivable (what the invoice shows as credits applied and charged to account)."""
+    paid: dict[str, int] = defaultdict(int)
+    if reservation is not None and s.from_hold:
+        for account, amount in allocate(pieces_left(reservation.holds, reservation.captured), s.from_hold) or ():
+            paid[account] += amount
+    for account, amount in s.from_lots:
+        paid[account] += amount
+    if s.from_receivable:
+        paid[chart.receivable_account(wallet.customer.id)] += s.from_receivable
+    return tuple(sorted(paid.items()))
+
+
 def settlement_legs(wallet: Wallet, s: Settlement) -> Legs:
     currency, cid = wallet.customer.currency, wallet.customer.id
     legs = Legs(currency)

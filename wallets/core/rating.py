@@ -3,7 +3,7 @@ customer's period to date, and the plausibility bounds a charge must stay within
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pricing.books import PriceBook, PriceVersion
@@ -13,7 +13,8 @@ from pricing.rating import Rating, rate
 from pricing.units import PROMPT_TYPES, line_label
 from pricing.usage import Usage
 from wallets.errors import ImplausibleUsageError
-from wallets.model import Wallet
+from wallets.model import Customer, Wallet
+from wallets.periods import period_of
 
 CONTEXT_TOKEN_TYPES = (*sorted(PROMPT_TYPES), "output", "reasoning", "output_audio", "output_image",
                        "output_video", "citation")  # disjoint counts
@@ -22,9 +23,10 @@ CONTEXT_TOKEN_TYPES = (*sorted(PROMPT_TYPES), "output", "reasoning", "output_aud
 PeriodUsage = Mapping[tuple[str, str, str], Mapping[str, int]]
 
 
-def billing_period(at: datetime) -> str:
-    """The billing period of a usage time: its calendar month in UTC."""
-    return at.astimezone(UTC).strftime("%Y-%m")
+def billing_period(at: datetime, customer: Customer) -> str:
+    """The billing period of a usage time, by the customer's cycle (calendar months in UTC by
+    default): graduated tiers continue from that period's counters, even once it is closed."""
+    return period_of(at, customer.cycle).label
 
 
 def book_for(wallet: Wallet, book: PriceBook | None) -> PriceBook:
@@ -48,7 +50,7 @@ def rate_call(wallet: Wallet, book: PriceBook | None, period_usage: PeriodUsage,
     usage = Usage(model, counts, at, dimensions)
     if with_request_fee and version.find_rule("request", model, usage.dimension_dict) is not None:
         usage = Usage(model, {**counts, "request": 1}, at, dimensions)
-    so_far = period_usage.get((wallet.customer.id, billing_period(at), book.id), {})
+    so_far = period_usage.get((wallet.customer.id, billing_period(at, wallet.customer), book.id), {})
     return rate(usage, version, period_to_date=dict(so_far))
 
 

@@ -21,7 +21,7 @@ from wallets.core.decision import (
     ReservationOpened,
     UsageCounted,
 )
-from wallets.core.legs import Legs, allocate, entry, pieces_left, return_target, settlement, settlement_legs
+from wallets.core.legs import Legs, allocate, entry, funding, pieces_left, return_target, settlement, settlement_legs
 from wallets.core.rating import billing_period, book_for, charge_lines, implausibility, rate_call
 from wallets.core.results import REPLAYED, ReleaseResult, ReservationSummary, ReserveResult, SettleResult
 from wallets.core.state import State
@@ -145,8 +145,9 @@ def settle(state: State, cmd: Settle, now: datetime, book: PriceBook | None) -> 
     charge = ChargeRecorded(
         w.customer.id, r.id, None, r.request_id, r.captures, cmd.capture_id, cmd.final, cmd.request_hash, r.model,
         r.created_at, {**cmd.usage, **forced}, r.dimensions, rating.book_id, rating.price_version, tuple(lines),
-        s.cost, s.from_hold, s.from_lots_total, s.from_receivable, s.released)
-    counted = UsageCounted(w.customer.id, billing_period(r.created_at), rating.book_id, rating.rule_quantities())
+        s.cost, s.from_hold, s.from_lots_total, s.from_receivable, s.released, funding(w, r, s))
+    counted = UsageCounted(w.customer.id, billing_period(r.created_at, w.customer), rating.book_id,
+                           rating.rule_quantities())
     status, released, closed_at = r.status, r.released, r.closed_at
     if cmd.final:
         if r.is_open:

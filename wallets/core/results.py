@@ -143,3 +143,42 @@ class UsageResult:
     @property
     def code(self) -> str:
         return "duplicate" if self.duplicate else "usage_recorded"
+
+
+@dataclass(slots=True)
+class InvoiceClosed:
+    invoice_id: str
+    number: str
+    customer_id: str
+    period: str
+    total: int
+    amount_due: int
+    entry_key: str | None = None  # the volume true-up's, if one was posted
+    entry_id: int | None = None
+
+    code = "invoice_finalized"
+
+
+@dataclass(slots=True)
+class PaymentResult:
+    invoice_id: str
+    number: str
+    reference: str
+    amount: int
+    paid: int  # paid on the invoice in all, this payment included
+    amount_due: int
+    replayed: bool
+    entry_key: str | None = None
+    entry_id: int | None = None
+
+    @property
+    def status(self) -> str:
+        return payment_status(self.amount_due, self.paid)
+
+    @property
+    def code(self) -> str:
+        return REPLAYED if self.replayed else "payment_recorded"
+
+
+def payment_status(amount_due: int, paid: int) -> str:
+    return "paid" if paid >= amount_due else "partially_paid" if paid else "open"

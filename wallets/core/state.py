@@ -16,12 +16,32 @@ from wallets.model import Wallet, new_id
 
 
 @dataclass(frozen=True, slots=True)
+class InvoiceDue:
+    """A finalized invoice as a payment sees it: what is due and what was paid, by reference."""
+
+    id: str
+    customer_id: str
+    number: str
+    currency: str
+    amount_due: int
+    payments: Mapping[str, int]  # reference -> amount
+
+    @property
+    def paid(self) -> int:
+        return sum(self.payments.values())
+
+
+@dataclass(frozen=True, slots=True)
 class State:
     customer_id: str
     wallet: Wallet | None
     answers: Mapping[tuple[str, str], Kept] = field(default_factory=dict)  # (scope, key) -> kept answer
     events: Mapping[tuple[str, str], bytes] = field(default_factory=dict)  # (customer, event id) -> hash
     period_usage: PeriodUsage = field(default_factory=dict)
+    # customer -> billing period -> rollup item -> (quantity, amount), of its open periods (closes)
+    rollups: Mapping[str, Mapping[str, Mapping[str, tuple[int, int]]]] = field(default_factory=dict)
+    invoice_seqs: Mapping[tuple[str, int], int] = field(default_factory=dict)  # (issuer, year) -> last number
+    invoices: Mapping[str, InvoiceDue] = field(default_factory=dict)  # invoices being paid, by id
     ids: Callable[[str], str] = new_id
 
     def require_wallet(self) -> Wallet:

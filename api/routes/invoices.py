@@ -1,0 +1,113 @@
+"""Invoices: a customer's finalized invoices, the upcoming one (live), one by id, payments of
+one, and closing what is due (admin). A customer:<id> key reads its own customer's invoices only;
+auditor and admin keys read every customer's (a key limited to customers, theirs)."""
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request, Response, get, post
+from litestar.datastructures import State
+from litestar.params import FromPath
+
+from api.auth import ensure_customer, require
+from api.errors import documented
+from api.routes.formats import DateTime, Identifier, PositiveAmount
+from api.routes.schemas import json_body
+from api.routes.wire import Answer, amount_in, idempotency, money, respond, shaped, time_in
+from wallets import billing
+from wallets.commands import PayInvoice
+from wallets.core.results import PaymentResult
+
+READERS = ("auditor", "customer")
+
+
+class PayInvoiceRequest(msgspec.Struct):
+    amount: PositiveAmount
+    reference: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+    currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")] | None = None  # default: the invoice's
+
+
+class PaymentResponse(msgspec.Struct):
+    invoice_id: str
+    number: str
+    reference: str
+    amount: str
+    amount_paid: str
+    amount_due: str
+    payment_status: str
+    entry_id: int | None
+
+
+class CloseRequest(msgspec.Struct):
+    until: DateTime | None = None  # close what is due by then (default: now)
+    customer_id: Identifier | None = None  # only this customer's periods
+
+
+PayInvoiceBody = Annotated[dict[str, Any], json_body(PayInvoiceRequest)]
+CloseBody = Annotated[dict[str, Any], json_body(CloseRequest)]
+
+
+def _payment(result: PaymentResult) -> PaymentResponse:
+    return PaymentResponse(result.invoice_id, result.number, result.reference, money(result.amount) or "0",
+                           money(result.paid) or "0", money(result.amount_due) or "0", result.status, result.entry_id)
+
+
+PAID = Answer(_payment, PaymentResult)
+
+
+@get("/v1/customers/{customer_id:str}/invoices", guards=[require(*READERS)], tags=["invoices"], **documented(404))
+async def list_invoices(state: State, customer_id: FromPath[str]) -> dict[str, Any]:
+    """The customer's finalized invoices, oldest first, each with its payments and status."""
+    return await state.services.db.read(lambda conn: billing.invoices(conn, customer_id))
+
+
+@get("/v1/customers/{customer_id:str}/invoices/upcoming", guards=[require(*READERS)], tags=["invoices"],
+     **documented(404))
+async def upcoming_invoice(state: State, customer_id: FromPath[str]) -> dict[str, Any]:
+    """The invoice of the customer's current period so far, computed now by the close's own code
+    (a volume true-up shows as it would be posted if the period closed now); no number yet."""
+    wallets = state.services.wallets
+    return await state.services.db.read(
+        lambda conn: billing.upcoming(conn, customer_id, wallets.clock(), wallets.engine.books))
+
+
+@get("/v1/invoices/{invoice_id:str}", guards=[require(*READERS)], tags=["invoices"], **documented(404))
+async def get_invoice(state: State, request: Request, invoice_id: FromPath[str]) -> dict[str, Any]:
+    """A finalized invoice: its frozen document, its content hash, its payments and status."""
+    db = state.services.db
+    ensure_customer(request, await db.read(lambda conn: billing.invoice_owner(conn, invoice_id)))
+    return await db.read(lambda conn: billing.invoice(conn, invoice_id))
+
+
+@post("/v1/invoices/{invoice_id:str}/payments", guards=[require("admin")], tags=["invoices"], status_code=201,
+      **documented(404, 409, body=True))
+async def pay_invoice(state: State, request: Request, invoice_id: FromPath[str],
+                      data: PayInvoiceBody) -> Response[PaymentResponse]:
+    """Record a payment of the invoice's amount due: cash in, the customer's receivable down, as
+    one balanced entry. Idempotent by `reference` (and by Idempotency-Key); more than is still
+    due is `overpayment`, another currency `currency_mismatch`; paid in full, `invoice.paid`
+    goes to the outbox."""
+    data = shaped(data, PayInvoiceRequest)
+    db = state.services.db
+    customer_id = await db.read(lambda conn: billing.invoice_owner(conn, invoice_id))
+    ensure_customer(request, customer_id)
+    view = await db.read(lambda conn: billing.invoice(conn, invoice_id))
+    command = PayInvoice(customer_id=customer_id, invoice_id=invoice_id, amount=amount_in(data.amount, "amount"),
+                         currency=data.currency or view["currency"], reference=data.reference,
+                         idem=idempotency(request, data))
+    return respond(request, await state.services.wallets.submit(command), PAID)
+
+
+@post("/v1/billing/close", guards=[require()], tags=["invoices"], status_code=200, **documented(body=True))
+async def close_periods(state: State, data: CloseBody) -> dict[str, Any]:
+    """Close every billing period due by `until` (default: now), or only `customer_id`'s, and
+    finalize its invoice, as the scheduled job does; safe to run while the job runs."""
+    data = shaped(data, CloseRequest)
+    wallets = state.services.wallets
+    closed = await billing.close_due(state.services.db, time_in(data.until, "until") or wallets.clock(),
+                                     engine=wallets.engine,
+                                     customers=None if data.customer_id is None else [data.customer_id])
+    return {"closed": [{"invoice_id": c.invoice_id, "number": c.number, "customer_id": c.customer_id,
+                        "period": c.period, "total": money(c.total), "amount_due": money(c.amount_due)}
+                       for c in closed]}

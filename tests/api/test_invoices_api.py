@@ -1,0 +1,109 @@
+"""The invoice routes end to end: a customer's cycle set at creation, a close through the admin
+endpoint, the invoice and its payments (idempotent, never above the amount due, in its own
+currency only), and the events they leave in the outbox."""
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+from litestar.testing import AsyncTestClient
+from sqlalchemy import text
+
+from api.app import create_app
+from api.settings import Settings
+from ledger.db import connect
+from wallets.periods import Cycle, period_of
+
+ADMIN = {"Authorization": "Bearer inv-admin"}
+SEED = {"id": "seed", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": [
+    {"id": "a-in", "model": "model-a", "token_type": "input", "price": "10.00"},
+    {"id": "a-out", "model": "model-a", "token_type": "output", "price": "20.00"},
+    {"id": "call", "token_type": "request", "price": "0.01"}]}
+
+
+@pytest.fixture
+async def client(scratch_url):
+    app = create_app(Settings(admin_key="inv-admin", scheduler=False), scratch_url)
+    async with AsyncTestClient(app=app) as c:
+        assert (await c.post("/v1/price-books", headers=ADMIN, json=SEED)).status_code == 201
+        yield c
+
+
+async def _closed_invoice(client, cid: str, **cycle) -> dict:
+    created = await client.post("/v1/customers", headers=ADMIN, json={
+        "id": cid, "currency": "USD", "price_book": "seed", "billing": "postpaid", **cycle})
+    assert created.status_code == 201, created.text
+    now = datetime.now(UTC)
+    sent = await client.post("/v1/usage-events", headers=ADMIN, json=[
+        {"event_id": f"e{i}", "customer_id": cid, "model": "model-a", "timestamp": now.isoformat(),
+         "usage": {"input_tokens": 1000, "output_tokens": 500}} for i in range(5)])
+    assert sent.json()["accepted"] == 5, sent.text
+    period = period_of(now, Cycle(cycle.get("time_zone", "UTC"), cycle.get("billing_anchor_day")))
+    closed = await client.post("/v1/billing/close", headers=ADMIN, json={
+        "until": (period.end + timedelta(hours=1, seconds=1)).isoformat(), "customer_id": cid})
+    assert closed.status_code == 200, closed.text
+    [one] = closed.json()["closed"]
+    return (await client.get(f"/v1/invoices/{one['invoice_id']}", headers=ADMIN)).json()
+
+
+async def test_a_customer_cycle_is_set_at_creation_and_shapes_its_invoice(client) -> None:
+    invoice = await _closed_invoice(client, "berlin", time_zone="Europe/Berlin", billing_anchor_day=15,
+                                    payment_terms_days=14)
+    customer = (await client.get("/v1/customers/berlin", headers=ADMIN)).json()
+    assert customer["time_zone"] == "Europe/Berlin" and customer["billing_anchor_day"] == 15
+    assert customer["grace_period_seconds"] == 3600 and customer["payment_terms_days"] == 14
+    period = period_of(datetime.now(UTC), Cycle("Europe/Berlin", 15))
+    assert invoice["period"]["start"] == period.start.isoformat().replace("+00:00", "Z")
+    assert period.start.astimezone(ZoneInfo("Europe/Berlin")).day == 15
+    assert customer["current_period_start"] == period.end.isoformat().replace("+00:00", "Z")
+    assert invoice["total"] == "0.15" and invoice["amount_due"] == "0.15"  # 5 x ($0.01 + $0.01 + $0.01)
+    assert invoice["number"].startswith("INV-") and invoice["payment_status"] == "open"
+
+
+async def test_an_unknown_time_zone_is_a_validation_error(client) -> None:
+    response = await client.post("/v1/customers", headers=ADMIN, json={
+        "id": "nowhere", "currency": "USD", "price_book": "seed", "time_zone": "Mars/Olympus"})
+    assert response.status_code == 422 and response.json()["code"] == "validation_error", response.text
+
+
+async def test_payments_are_idempotent_and_never_exceed_the_amount_due(client, scratch_url) -> None:
+    invoice = await _closed_invoice(client, "payer")
+    path = f"/v1/invoices/{invoice['id']}/payments"
+    too_much = await client.post(path, headers=ADMIN, json={"amount": "0.16", "reference": "wire-0"})
+    assert too_much.status_code == 422 and too_much.json()["code"] == "overpayment", too_much.text
+    euros = await client.post(path, headers=ADMIN, json={"amount": "0.05", "reference": "wire-0", "currency": "EUR"})
+    assert euros.status_code == 422 and euros.json()["code"] == "currency_mismatch", euros.text
+    keyed = {**ADMIN, "Idempotency-Key": "pay-1"}
+    first = await client.post(path, headers=keyed, json={"amount": "0.05", "reference": "wire-1"})
+    assert first.status_code == 201, first.text
+    assert first.json()["payment_status"] == "partially_paid" and first.json()["amount_paid"] == "0.05"
+    again = await client.post(path, headers=keyed, json={"amount": "0.05", "reference": "wire-1"})
+    assert again.status_code == 201 and again.headers["idempotent-replayed"] == "true"
+    assert again.content == first.content
+    same_reference = await client.post(path, headers=ADMIN, json={"amount": "0.05", "reference": "wire-1"})
+    assert same_reference.status_code == 200 and same_reference.json()["amount_paid"] == "0.05"
+    other_amount = await client.post(path, headers=ADMIN, json={"amount": "0.06", "reference": "wire-1"})
+    assert other_amount.status_code == 409, other_amount.text
+    rest = await client.post(path, headers=ADMIN, json={"amount": "0.10", "reference": "wire-2"})
+    assert rest.status_code == 201 and rest.json()["payment_status"] == "paid", rest.text
+    view = (await client.get(path.removesuffix("/payments"), headers=ADMIN)).json()
+    assert view["payment_status"] == "paid" and [p["amount"] for p in view["payments"]] == ["0.05", "0.10"]
+    assert {k: view[k] for k in invoice if k not in ("payment_status", "amount_paid", "payments")} == \
+        {k: invoice[k] for k in invoice if k not in ("payment_status", "amount_paid", "payments")}
+    wallet = (await client.get("/v1/customers/payer/wallet", headers=ADMIN)).json()
+    assert wallet["receivable"] == "0.00"
+    db = connect(scratch_url, pool_size=1)
+    try:
+        topics = await db.read(lambda conn: _topics(conn, "payer"))
+    finally:
+        await db.dispose()
+    assert topics == ["invoice.finalized", "invoice.paid"]
+    verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
+    assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]
+
+
+async def _topics(conn, customer_id: str) -> list[str]:
+    rows = await conn.execute(text("SELECT topic FROM outbox WHERE customer_id = :c AND topic LIKE 'invoice.%' "
+                                   "ORDER BY id"), {"c": customer_id})
+    return [r.topic for r in rows]

@@ -1,0 +1,30 @@
+"""`tokentill billing close --until T` closes what is due by T, once."""
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+from billing_kit import BillingKit
+
+
+async def _close(url: str, *args: str) -> tuple[int, str, str]:
+    env = {**os.environ, "TOKENTILL_DATABASE_URL": url}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "api.cli", "billing", "close", *args, env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_billing_close_until_closes_what_is_due_once(bk: BillingKit, scratch_url: str) -> None:
+    cid = await bk.customer("cli", billing_mode="postpaid")
+    await bk.event(cid, "model-a", 1000, 500)  # $0.03
+    code, out, err = await _close(scratch_url, "--until", "2026-12-01T00:59:59Z")  # within the grace window
+    assert code == 0 and out.splitlines() == ["closed 0 period(s)"], err
+    code, out, err = await _close(scratch_url, "--until", "2026-12-01T01:00:00Z")
+    assert code == 0, err
+    assert out.splitlines() == ["INV-2026-000001  cli  2026-11  total 0.03  due 0.03", "closed 1 period(s)"]
+    code, out, _ = await _close(scratch_url, "--until", "2026-12-01T01:00:00Z")
+    assert out.splitlines() == ["closed 0 period(s)"]
+    code, out, err = await _close(scratch_url, "--until", "2026-12-01T01:00:00")
+    assert code == 2 and "needs an offset" in err

@@ -1,0 +1,232 @@
+"""Tie-out, as a property: random workloads of top-ups, grants, reserves, settles (captures too),
+releases, expiries, usage events (late ones included) and closes across period boundaries, for a
+prepaid and a postpaid customer. For every closed period of each customer, computed here from the
+postings and the charge records, independently of the rollups:
+- the invoice's lines sum to its total, and the total is the revenue its period's entries posted;
+- credits applied (by lot kind) are the lot debits that paid its charges (directly, or through
+  the hold pieces they consumed), and what the receivable paid is the amount charged to account;
+- the amount due is that, when positive; balances move by exactly the period's postings, each
+  period opening where the one before closed;
+- top-ups, grants and expirations are the period's cash, promotions and breakage postings;
+and over both customers the invoices sum to their revenue postings. All exact, to the unit."""
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from billing_kit import BillingKit, Clock
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import text
+
+from ledger.accounts import ensure_asset
+from ledger.db import connect
+from ledger.errors import LedgerError
+from pricing.errors import PricingError
+from wallets import chart
+from wallets.audit import full_verify
+from wallets.billing import close_due
+from wallets.expiry import expire_grants, expire_reservations
+from wallets.periods import Cycle, period_of
+
+START = datetime(2026, 10, 20, 9, tzinfo=UTC)
+_examples = itertools.count()
+
+WHO = st.integers(0, 1)
+OPS = st.one_of(
+    st.tuples(st.just("advance"), st.integers(1, 400)),
+    st.tuples(st.just("topup"), WHO, st.integers(1, 3000)),
+    st.tuples(st.just("grant"), WHO, st.integers(1, 2000), st.none() | st.integers(1, 500)),
+    st.tuples(st.just("reserve"), WHO, st.integers(1, 3000), st.integers(1, 200)),
+    st.tuples(st.just("settle"), WHO, st.integers(0, 20), st.integers(0, 150_000), st.integers(0, 80_000),
+              st.booleans()),
+    st.tuples(st.just("release"), WHO, st.integers(0, 20)),
+    st.tuples(st.just("usage"), WHO, st.integers(0, 150_000), st.integers(0, 80_000),
+              st.sampled_from([0, 0, 30, 400])),  # hours late: late usage lands after a close
+    st.tuples(st.just("expire")),
+    st.tuples(st.just("close")),
+)
+
+
+def units(amount: str) -> int:
+    return int(Decimal(amount).scaleb(9))
+
+
+async def _play(bk: BillingKit, customers: list[str], ops: list[tuple]) -> None:
+    held: dict[int, list[str]] = defaultdict(list)
+    for op in ops:
+        kind, args = op[0], op[1:]
+        try:
+            if kind == "advance":
+                bk.clock.now += timedelta(hours=args[0])
+            elif kind == "topup":
+                await bk.top_up(customers[args[0]], f"{args[1] / 100:.2f}")
+            elif kind == "grant":
+                expires = None if args[2] is None else bk.clock.now + timedelta(hours=args[2])
+                await bk.grant(customers[args[0]], f"{args[1] / 100:.2f}", expires)
+            elif kind == "reserve":
+                held[args[0]].append(await bk.reserve(customers[args[0]], "model-a", f"{args[1] / 100:.2f}",
+                                                      ttl_seconds=args[2] * 3600))
+            elif kind in ("settle", "release") and held[args[0]]:
+                rid = held[args[0]][args[1] % len(held[args[0]])]
+                if kind == "settle":
+                    await bk.settle(customers[args[0]], rid, args[2], args[3], final=args[4])
+                else:
+                    await bk.release(customers[args[0]], rid)
+            elif kind == "usage":
+                await bk.event(customers[args[0]], "model-a", args[1], args[2],
+                               at=bk.clock.now - timedelta(hours=args[3]))
+            elif kind == "expire":
+                await expire_reservations(bk.db, bk.clock.now)
+                await expire_grants(bk.db, bk.clock.now)
+            elif kind == "close":
+                await close_due(bk.db, bk.clock.now)
+        except (LedgerError, PricingError):
+            pass  # a refusal (insufficient funds, a closed reservation) is an outcome, not a failure
+
+
+_POSTED = """
+SELECT j.metadata ->> 'period' AS period, j.kind, a.code, sum(p.amount)::bigint AS amount
+  FROM journal_entries j JOIN postings p ON p.lane = j.lane AND p.entry_id = j.id
+  JOIN accounts a ON a.id = p.account_id
+ WHERE j.customer_id = :c GROUP BY 1, 2, 3"""
+_CHARGES = """
+SELECT c.reservation_id, c.seq, c.from_hold::bigint, c.from_lots::bigint, c.from_receivable::bigint,
+       c.entry_id, j.metadata ->> 'period' AS period
+  FROM charges c JOIN journal_entries j ON j.id = c.entry_id AND j.customer_id = c.customer_id
+ WHERE c.customer_id = :c ORDER BY c.reservation_id NULLS FIRST, c.seq"""
+
+
+async def _facts(conn, cid: str) -> dict:
+    posted = [tuple(r) for r in await conn.execute(text(_POSTED), {"c": cid})]
+    charges = [tuple(r) for r in await conn.execute(text(_CHARGES), {"c": cid})]
+    holds = defaultdict(list)
+    for rid, _seq, code, amount in await conn.execute(text(
+            "SELECT h.reservation_id, h.seq, h.account_code, h.amount::bigint FROM reservation_holds h "
+            "JOIN reservations r ON r.id = h.reservation_id WHERE r.customer_id = :c ORDER BY 1, 2"), {"c": cid}):
+        holds[rid].append((code, amount))
+    kinds = dict(tuple(r) for r in await conn.execute(text(
+        "SELECT account_code, kind FROM lots WHERE customer_id = :c"), {"c": cid}))
+    lot_debits = defaultdict(dict)
+    for entry_id, code, amount in await conn.execute(text(
+            "SELECT p.entry_id, a.code, p.amount::bigint FROM postings p JOIN accounts a ON a.id = p.account_id "
+            "JOIN journal_entries j ON j.lane = p.lane AND j.id = p.entry_id "
+            "WHERE j.customer_id = :c AND p.amount > 0 AND a.code LIKE :lots"),
+            {"c": cid, "lots": f"liability:customer:{cid}:lot:%"}):
+        lot_debits[entry_id][code] = amount
+    return {"posted": posted, "charges": charges, "holds": holds, "kinds": kinds, "lot_debits": lot_debits}
+
+
+def _funding_by_period(cid: str, facts: dict) -> dict[str, dict[str, int]]:
+    """What paid each period's charges, by source, from the charge records, the holds they drew
+    on and the lot debits of their entries."""
+    paid: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    consumed: dict[str, int] = defaultdict(int)
+    receivable = chart.receivable_account(cid)
+    for rid, _, from_hold, from_lots, from_receivable, entry_id, period in facts["charges"]:
+        if from_hold:
+            start, end, position = consumed[rid], consumed[rid] + from_hold, 0
+            for code, amount in facts["holds"][rid]:
+                take = max(0, min(end, position + amount) - max(start, position))
+                if take:
+                    paid[period]["account" if code == receivable else facts["kinds"][code]] += take
+                position += amount
+            consumed[rid] = end
+        debits = facts["lot_debits"].get(entry_id, {})
+        assert sum(debits.values()) == from_lots
+        for code, amount in debits.items():
+            paid[period][facts["kinds"][code]] += amount
+        paid[period]["account"] += from_receivable
+    return paid
+
+
+def _check_customer(cid: str, invoices: list[dict], facts: dict) -> int:
+    moved: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    cur = "USD"
+    for period, kind, code, amount in facts["posted"]:
+        m = moved[period]
+        if code == chart.revenue_account(cur):
+            m["revenue"] -= amount
+        elif code == chart.breakage_account(cur):
+            m["expired"] -= amount
+        elif code == chart.promotions_account(cur):
+            m["grants"] += amount
+        elif code == chart.cash_account(cur):
+            m["topups" if kind == "topup" else "payments"] += amount
+        elif code == chart.receivable_account(cid):
+            m["receivable"] += amount
+        elif code == chart.reserved_account(cid):
+            m["reserved"] -= amount
+        else:
+            m["credits"] -= amount
+    funding = _funding_by_period(cid, facts)
+    previous = None
+    for invoice in invoices:
+        period = invoice["period"]["label"]
+        m, f = moved[period], funding[period]
+        total = units(invoice["total"])
+        assert sum(units(line["amount"]) for line in invoice["lines"]) == total
+        assert total == m["revenue"]
+        assert units(invoice["credits_applied"]["promotional"]) == f["grant"]
+        assert units(invoice["credits_applied"]["paid"]) == f["topup"]
+        assert units(invoice["charged_to_account"]) == f["account"]
+        assert f["grant"] + f["topup"] + f["account"] == total
+        assert units(invoice["amount_due"]) == max(0, f["account"])
+        assert units(invoice["top_ups"]) == m["topups"] and units(invoice["grants"]) == m["grants"]
+        assert units(invoice["expired"]) == m["expired"]
+        for name in ("credits", "reserved", "receivable"):
+            opening, closing = units(invoice["opening_balance"][name]), units(invoice["closing_balance"][name])
+            assert closing - opening == m[name], (period, name)
+            if previous is not None:
+                assert opening == units(previous["closing_balance"][name])
+        previous = invoice
+    return sum(units(i["total"]) for i in invoices)
+
+
+async def _example(url: str, ops: list[tuple]) -> None:
+    db = connect(url, pool_size=2)
+    try:
+        bk = BillingKit(db, Clock(START))
+        n = next(_examples)
+        customers = [await bk.customer(f"pre{n}"), await bk.customer(f"post{n}", billing_mode="postpaid")]
+        await _play(bk, customers, ops)
+        end = period_of(bk.clock.now, Cycle()).end + timedelta(hours=2)  # everything billed is due
+        await close_due(db, end)
+        invoiced = revenue = 0
+        for cid in customers:
+            facts = await db.read(lambda conn, cid=cid: _facts(conn, cid))
+            invoiced += _check_customer(cid, await bk.invoices(cid), facts)
+            revenue -= sum(amount for _, _, code, amount in facts["posted"] if code == chart.revenue_account("USD"))
+        assert invoiced == revenue  # over both customers: the invoices are their revenue postings
+    finally:
+        await db.dispose()
+
+
+def test_invoices_tie_out_to_the_postings_through_random_workloads(scratch_url: str) -> None:
+    async def setup():
+        db = connect(scratch_url, pool_size=1)
+        await db.run(lambda conn: ensure_asset(conn, "USD", 9))
+        await BillingKit(db).add_book(BillingKit.SEED)
+        await db.dispose()
+
+    asyncio.run(setup())
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(OPS, min_size=5, max_size=40))
+    def run(ops: list[tuple]) -> None:
+        asyncio.run(_example(scratch_url, ops))
+
+    run()
+
+    async def verified():
+        db = connect(scratch_url, pool_size=1)
+        try:
+            return await db.read(full_verify)
+        finally:
+            await db.dispose()
+
+    report = asyncio.run(verified())
+    assert report.ok, [c for c in report.checks if not c.ok]

@@ -1,0 +1,97 @@
+"""Invoices of closed periods, worked by hand: the seed example of the issue, late usage, and
+the figures that must tie out to the postings."""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from billing_kit import NOV_23, BillingKit
+
+from ledger.audit import verify
+from wallets.audit import WALLET_CHECKS
+
+DEC_1_GRACE_OVER = datetime(2026, 12, 1, 1, 0, tzinfo=UTC)
+JAN_1_GRACE_OVER = datetime(2027, 1, 1, 1, 0, tzinfo=UTC)
+
+
+def lines_of(invoice: dict) -> list[tuple]:
+    return [(ln["kind"], ln["model"], ln["token_type"], ln["quantity"], ln["unit_price"], ln["amount"],
+             ln["original_period"]) for ln in invoice["lines"]]
+
+
+async def test_the_seed_example_invoice_matches_a_hand_calculation(bk: BillingKit) -> None:
+    cid = await bk.customer("acme", billing_mode="postpaid")
+    # model-a: three calls of 1,000 input and 500 output tokens, as usage events
+    for _ in range(3):
+        await bk.event(cid, "model-a", 1000, 500)
+    # model-b: two reserved calls of 2,000 input and 1,000 output tokens
+    for _ in range(2):
+        rid = await bk.reserve(cid, "model-b", "1.00")
+        await bk.settle(cid, rid, 2000, 1000)
+    closed = await bk.close(DEC_1_GRACE_OVER)
+    assert [c.number for c in closed] == ["INV-2026-000001"]
+    [invoice] = await bk.invoices(cid)
+    # By hand: model-a input 3,000 x $10/M = $0.03; output 1,500 x $20/M = $0.03; 3 requests x $0.01;
+    # model-b input 4,000 x $5/M = $0.02; output 2,000 x $10/M = $0.02; 2 requests x $0.01.
+    assert lines_of(invoice) == [
+        ("usage", "model-a", "input", 3000, "10.00", "0.03", None),
+        ("usage", "model-a", "output", 1500, "20.00", "0.03", None),
+        ("request", "model-a", "request", 3, "0.01", "0.03", None),
+        ("usage", "model-b", "input", 4000, "5.00", "0.02", None),
+        ("usage", "model-b", "output", 2000, "10.00", "0.02", None),
+        ("request", "model-b", "request", 2, "0.01", "0.02", None),
+    ]
+    assert invoice["total"] == "0.15"
+    assert invoice["subtotals"]["usage"] == "0.10" and invoice["subtotals"]["requests"] == "0.05"
+    assert invoice["charged_to_account"] == "0.15" and invoice["amount_due"] == "0.15"
+    assert invoice["credits_applied"] == {"promotional": "0.00", "paid": "0.00", "total": "0.00"}
+    assert invoice["opening_balance"] == {"credits": "0.00", "reserved": "0.00", "receivable": "0.00"}
+    assert invoice["closing_balance"] == {"credits": "0.00", "reserved": "0.00", "receivable": "0.15"}
+    assert invoice["period"] == {"label": "2026-11", "start": "2026-11-01T00:00:00Z",
+                                 "end": "2026-12-01T00:00:00Z", "time_zone": "UTC"}
+    assert invoice["due_at"] == "2026-12-31T00:00:00Z"
+    assert invoice["payment_status"] == "open"
+    report = await bk.db.read(lambda conn: verify(conn, WALLET_CHECKS))
+    assert report.ok, [c for c in report.checks if not c.ok]
+
+
+async def test_a_prepaid_invoice_splits_credits_applied_by_lot_kind(bk: BillingKit) -> None:
+    cid = await bk.customer("pre")
+    await bk.grant(cid, "0.05")  # priority 50: spent first
+    await bk.top_up(cid, "1.00")
+    for _ in range(3):
+        await bk.event(cid, "model-a", 1000, 500)  # $0.03 each
+    await bk.close(DEC_1_GRACE_OVER)
+    [invoice] = await bk.invoices(cid)
+    assert invoice["total"] == "0.09"
+    assert invoice["credits_applied"] == {"promotional": "0.05", "paid": "0.04", "total": "0.09"}
+    assert invoice["charged_to_account"] == "0.00" and invoice["amount_due"] == "0.00"
+    assert invoice["top_ups"] == "1.00" and invoice["grants"] == "0.05"
+    assert invoice["closing_balance"]["credits"] == "0.96"
+    assert invoice["payment_status"] == "paid"
+
+
+async def test_late_usage_bills_on_the_next_invoice_and_leaves_the_closed_one_unchanged(bk: BillingKit) -> None:
+    cid = await bk.customer("late", billing_mode="postpaid")
+    await bk.event(cid, "model-a", 1000, 500)  # $0.03 in November
+    await bk.close(DEC_1_GRACE_OVER)
+    [november] = await bk.invoices(cid)
+    bk.clock.at(datetime(2026, 12, 2, tzinfo=UTC))
+    await bk.event(cid, "model-b", 2000, 1000, at=NOV_23)  # November usage, after November closed: $0.03
+    await bk.event(cid, "model-b", 2000, 0)  # December usage: $0.01 + $0.01
+    upcoming = await bk.upcoming(cid)
+    assert upcoming["status"] == "upcoming" and upcoming["total"] == "0.05"
+    await bk.close(JAN_1_GRACE_OVER)
+    november_again, december = await bk.invoices(cid)
+    assert november_again == november  # byte for byte: same content, same hash
+    assert december["number"] == "INV-2027-000001"
+    assert lines_of(december) == [
+        ("usage", "model-b", "input", 2000, "5.00", "0.01", None),
+        ("request", "model-b", "request", 1, "0.01", "0.01", None),
+        ("usage", "model-b", "input", 2000, "5.00", "0.01", "2026-11"),
+        ("usage", "model-b", "output", 1000, "10.00", "0.01", "2026-11"),
+        ("request", "model-b", "request", 1, "0.01", "0.01", "2026-11"),
+    ]
+    assert december["total"] == "0.05" and december["amount_due"] == "0.05"
+    assert december["opening_balance"]["receivable"] == "0.03"
+    report = await bk.db.read(lambda conn: verify(conn, WALLET_CHECKS))
+    assert report.ok, [c for c in report.checks if not c.ok]

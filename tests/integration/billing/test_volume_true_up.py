@@ -1,0 +1,63 @@
+"""Graduated tiers crossing their boundary mid-month, and a volume tier trued up at close,
+against sums written by hand."""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from billing_kit import BillingKit
+
+from ledger.audit import verify
+from wallets.audit import WALLET_CHECKS
+
+TIERED = {"id": "tiered", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": [
+    {"id": "g-in", "model": "model-g", "token_type": "input", "tier_mode": "graduated",
+     "tiers": [{"up_to": 1_000_000, "price": "10"}, {"up_to": None, "price": "5"}]},
+    {"id": "v-out", "model": "model-v", "token_type": "output", "tier_mode": "volume",
+     "tiers": [{"up_to": 1_000_000, "price": "20"}, {"up_to": None, "price": "10"}]},
+]}
+
+
+def at(day: int) -> datetime:
+    return datetime(2026, 11, day, 12, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("mode", ["postpaid", "prepaid"])
+async def test_graduated_tiers_and_the_volume_true_up_match_a_hand_sum(bk: BillingKit, mode: str) -> None:
+    await bk.add_book(TIERED)
+    bk.clock.at(datetime(2026, 11, 1, 9, tzinfo=UTC))
+    cid = await bk.customer(f"tiers-{mode}", billing_mode=mode, book="tiered")
+    if mode == "prepaid":
+        await bk.top_up(cid, "50.00")
+    for day, model, tokens in [(5, "model-g", 600_000), (5, "model-v", 600_000),
+                               (20, "model-g", 700_000), (20, "model-v", 700_000)]:
+        bk.clock.at(at(day))
+        await bk.event(cid, model, tokens if model == "model-g" else 0, tokens if model == "model-v" else 0)
+    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    [invoice] = await bk.invoices(cid)
+    lines = [(ln["kind"], ln["model"], ln["quantity"], ln["unit_price"], ln["tier"], ln["amount"])
+             for ln in invoice["lines"]]
+    # By hand. model-g input, graduated: 600,000 on the 5th at $10/M = $6.00; on the 20th the
+    # first 400,000 at $10/M = $4.00 and 300,000 past the first million at $5/M = $1.50.
+    # model-v output, rated graduated during the month: 1,000,000 at $20/M = $20.00 and 300,000 at
+    # $10/M = $3.00; at close, volume: all 1,300,000 at the tier reached, $10/M = $13.00, so the
+    # true-up is $13.00 - $23.00 = -$10.00.
+    assert lines == [
+        ("usage", "model-g", 1_000_000, "10", 0, "10.00"),
+        ("usage", "model-g", 300_000, "5", 1, "1.50"),
+        ("usage", "model-v", 1_000_000, "20", 0, "20.00"),
+        ("usage", "model-v", 300_000, "10", 1, "3.00"),
+        ("volume_true_up", "model-v", 1_300_000, "10", 1, "-10.00"),
+    ]
+    assert invoice["subtotals"]["usage"] == "34.50" and invoice["subtotals"]["true_ups"] == "-10.00"
+    assert invoice["total"] == "24.50"
+    if mode == "postpaid":
+        assert invoice["charged_to_account"] == "24.50" and invoice["amount_due"] == "24.50"
+        assert invoice["closing_balance"]["receivable"] == "24.50"
+    else:  # paid from the top-up; the $10.00 back is paid credit again
+        assert invoice["credits_applied"]["paid"] == "24.50" and invoice["amount_due"] == "0.00"
+        assert invoice["closing_balance"] == {"credits": "25.50", "reserved": "0.00", "receivable": "0.00"}
+        wallet = await bk.service.wallet(cid)
+        assert wallet.available == 25_500_000_000
+    report = await bk.db.read(lambda conn: verify(conn, WALLET_CHECKS))
+    assert report.ok, [c for c in report.checks if not c.ok]

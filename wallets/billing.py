@@ -1,0 +1,136 @@
+"""Billing periods and invoices, as the API, the CLI and the scheduler use them: closing what is
+due (a ClosePeriod command per customer and period, through the engine: one transaction per
+lane under the lane's writer lock and the issuer's numbering lock), reading invoices, computing
+the upcoming one live with the close's own code, and paying one."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ledger.db import Database
+from wallets import store
+from wallets.books import BookCache
+from wallets.commands import ClosePeriod
+from wallets.core.billing import Balances, Header, document, line_item, merge, money
+from wallets.core.billing import opening_balances as opening_of
+from wallets.core.invoicing import true_up_lines, volume_rules
+from wallets.core.results import InvoiceClosed, payment_status
+from wallets.engine import Engine, utc_now
+from wallets.errors import NotFoundError
+from wallets.periods import period_of
+
+PAGE = 1000
+CHUNK = 256  # closes per engine call: one transaction per lane among them
+DEFAULT_ISSUER = "INV"
+
+
+async def close_due(db: Database, until: datetime | None = None, *, issuer: str = DEFAULT_ISSUER,
+                    engine: Engine | None = None, customers: Sequence[str] | None = None) -> list[InvoiceClosed]:
+    """Close every period whose grace window ended by `until` (default: now), oldest first per
+    customer, until nothing is due (a customer idle for months gets one invoice per period);
+    only `customers`' when given.
+    Several processes may run it at once: each period is closed once, numbers stay gapless."""
+    engine = engine or Engine(db, grouping=False)
+    at = until or utc_now()
+    closed: list[InvoiceClosed] = []
+    while True:
+        found = 0
+        after = ""
+        while True:
+            rows = await db.read(lambda conn, after=after: _due(conn, at, after, customers))
+            if not rows:
+                break
+            after = rows[-1][0]
+            commands = [ClosePeriod(customer_id=cid, period_start=start, issuer=issuer) for cid, start in rows]
+            for i in range(0, len(commands), CHUNK):
+                for outcome in await engine.execute(commands[i:i + CHUNK], now=at):
+                    if isinstance(outcome, InvoiceClosed):
+                        closed.append(outcome)
+                        found += 1
+                    elif isinstance(outcome, BaseException):
+                        raise outcome
+            if len(rows) < PAGE:
+                break
+        if not found:
+            return closed
+
+
+async def _due(conn: AsyncConnection, at: datetime, after: str, customers: Sequence[str] | None) -> list[Any]:
+    rows = await conn.exec_driver_sql(
+        """SELECT id, open_period_start FROM customers
+            WHERE next_close_at <= %s AND id > %s AND (%s::text[] IS NULL OR id = ANY(%s::text[]))
+            ORDER BY id LIMIT %s""",
+        (at, after, customers, customers, PAGE))
+    return list(rows.all())
+
+
+_INVOICE = """SELECT i.id, i.customer_id, i.number, i.period, i.amount_due::text AS amount_due, i.content,
+                     encode(i.content_hash, 'hex') AS content_hash,
+                     coalesce((SELECT sum(p.amount) FROM invoice_payments p WHERE p.invoice_id = i.id), 0)::text
+                         AS paid,
+                     coalesce((SELECT jsonb_agg(jsonb_build_object('id', p.id, 'amount', p.amount::text,
+                                                'reference', p.reference, 'entry_id', p.entry_id,
+                                                'created_at', p.created_at) ORDER BY p.created_at, p.id)
+                                 FROM invoice_payments p WHERE p.invoice_id = i.id), '[]'::jsonb) AS payments
+                FROM invoices i"""
+
+
+def _view(row: Any) -> dict[str, Any]:
+    """The frozen document, then what happened since: payments and the payment status."""
+    paid = int(row.paid)
+    return {**row.content, "content_hash": row.content_hash,
+            "payment_status": payment_status(int(row.amount_due), paid), "amount_paid": money(paid),
+            "payments": [{**p, "amount": money(int(p["amount"]))} for p in row.payments]}
+
+
+async def invoice(conn: AsyncConnection, invoice_id: str, customers: Sequence[str] | None = None) -> dict[str, Any]:
+    """One invoice; a key limited to `customers` sees theirs only (another's is not found)."""
+    row = (await conn.execute(text(_INVOICE + " WHERE i.id = :id"), {"id": invoice_id})).first()
+    if row is None or (customers is not None and row.customer_id not in customers):
+        raise NotFoundError(f"no invoice {invoice_id}", invoice_id=invoice_id)
+    return _view(row)
+
+
+async def invoices(conn: AsyncConnection, customer_id: str) -> dict[str, Any]:
+    await _require_customer(conn, customer_id)
+    rows = await conn.execute(text(_INVOICE + " WHERE i.customer_id = :c ORDER BY i.period_start"),
+                              {"c": customer_id})
+    return {"customer_id": customer_id, "invoices": [_view(r) for r in rows]}
+
+
+async def invoice_owner(conn: AsyncConnection, invoice_id: str) -> str:
+    owner = (await conn.execute(text("SELECT customer_id FROM invoices WHERE id = :id"), {"id": invoice_id})).scalar()
+    if owner is None:
+        raise NotFoundError(f"no invoice {invoice_id}", invoice_id=invoice_id)
+    return owner
+
+
+async def upcoming(conn: AsyncConnection, customer_id: str, now: datetime, books: BookCache) -> dict[str, Any]:
+    """The invoice of the customer's current period so far, built by the close's own code:
+    the period's rollup, the volume true-up it would get if it closed now, the balances."""
+    loaded = await store.load(conn, [customer_id])
+    w = loaded.wallets.get(customer_id)
+    if w is None:
+        raise NotFoundError(f"no customer {customer_id}", customer_id=customer_id)
+    c = w.customer
+    period = period_of(max(now, c.open_period_start or now), c.cycle)
+    rollups = (await store.load_rollups(conn, [(c.id, period.label)])).get(c.id, {})
+    rollup = dict(rollups.get(period.label, {}))
+    book = await books.get(conn, c.price_book, c.book_versions)
+    projected = true_up_lines(volume_rules(book, rollup, period.label))
+    merge(rollup, {line_item(period.label, x): (int(x["quantity"]), int(x["amount_units"])) for x in projected})
+    opening = opening_of(Balances(sum(lot.balance for lot in w.lots.values()), w.reserved, w.receivable),
+                         rollups, period.label)
+    return document(c, period, rollup, opening, Header(None, None, "upcoming", now))
+
+
+async def _require_customer(conn: AsyncConnection, customer_id: str) -> None:
+    if (await conn.execute(text("SELECT 1 FROM customers WHERE id = :c"), {"c": customer_id})).first() is None:
+        raise NotFoundError(f"no customer {customer_id}", customer_id=customer_id)
+
+
+__all__ = ["DEFAULT_ISSUER", "close_due", "invoice", "invoice_owner", "invoices", "upcoming"]

@@ -1,0 +1,190 @@
+"""Per-period rollups of a customer's entries, and the invoice document built from them. Pure.
+
+Every entry of a customer is billed in one period (`Customer.billed_in`: the period of its
+usage time for a charge, of its own time otherwise; the first open period when that one is
+closed already) and adds items to that period's rollup, in the same transaction:
+
+  line:<json>         a priced line: [original period, kind, model, token type, rule, unit
+                      price, tier, override, price version] -> quantity, amount
+  revenue             usage revenue the entry credited
+  funded:<source>     what paid the revenue: `grant` or `topup` lots, or the `receivable`
+  topups, grants      credit bought or given; `expired`: what went to breakage
+  payments            invoice payments received
+  lots, reserved, receivable   the change of the customer's balances
+
+An invoice is a function of its period's rollup and of the customer's balances, so it ties out
+to the postings by construction, and `tokentill audit verify` proves the rollups agree with them.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from ledger.model import JournalEntry
+from pricing.books import TOKEN_TYPES
+from pricing.money import format_amount
+from wallets import chart
+from wallets.model import Customer
+from wallets.periods import Period
+
+SCALE = chart.ASSET_SCALE
+LINE = "line:"
+BALANCES = ("lots", "reserved", "receivable")
+LINE_FIELDS = ("original_period", "kind", "model", "token_type", "rule_id", "unit_price", "tier", "override_id",
+               "price_version")
+KIND_ORDER = {"usage": 0, "request": 1, "discount": 2, "free_allowance": 3, "volume_true_up": 4, "adjustment": 5}
+SUBTOTALS = {"usage": "usage", "request": "requests", "discount": "discounts", "free_allowance": "free_allowances",
+             "volume_true_up": "true_ups", "adjustment": "adjustments"}
+
+Rollup = dict[str, tuple[int, int]]  # item -> (quantity, amount in atomic units)
+
+
+def add(rollup: Rollup, item: str, quantity: int, amount: int) -> None:
+    q, a = rollup.get(item, (0, 0))
+    rollup[item] = (q + quantity, a + amount)
+
+
+def merge(into: Rollup, other: Mapping[str, tuple[int, int]]) -> None:
+    for item, (q, a) in other.items():
+        add(into, item, q, a)
+
+
+def line_item(origin: str, line: Mapping[str, Any]) -> str:
+    values = [origin, line["kind"], line.get("model"), line.get("token_type"), line.get("rule_id"),
+              line.get("unit_price"), line.get("tier"), line.get("override_id"), line.get("price_version")]
+    return LINE + json.dumps(values, separators=(",", ":"))
+
+
+def entry_rollup(customer: Customer, entry: JournalEntry, lot_kinds: Mapping[str, str],
+                 lines: Iterable[tuple[str, Mapping[str, Any]]] = (),
+                 funding: Iterable[tuple[str, int]] = ()) -> Rollup:
+    """What one entry adds to its period's rollup: its priced `lines` (original period, line),
+    how its revenue was paid (`funding`: account, amount) and the movement of its postings."""
+    cur, cid = customer.currency, customer.id
+    out: Rollup = {}
+    for origin, line in lines:
+        add(out, line_item(origin, line), int(line["quantity"]), int(line["amount_units"]))
+    receivable = chart.receivable_account(cid)
+    for account, amount in funding:
+        add(out, "funded:" + ("receivable" if account == receivable else lot_kinds.get(account, "grant")), 0, amount)
+    for p in entry.postings:
+        if p.account == chart.revenue_account(cur):
+            add(out, "revenue", 0, -p.amount)
+        elif p.account == chart.breakage_account(cur):
+            add(out, "expired", 0, -p.amount)
+        elif p.account == chart.promotions_account(cur):
+            add(out, "grants", 0, p.amount)
+        elif p.account == chart.cash_account(cur):
+            add(out, "payments" if entry.kind == "invoice_payment" else "topups", 0, p.amount)
+        elif p.account == chart.reserved_account(cid):
+            add(out, "reserved", 0, -p.amount)
+        elif p.account == receivable:
+            add(out, "receivable", 0, p.amount)
+        elif p.account in lot_kinds:
+            add(out, "lots", 0, -p.amount)
+    return out
+
+
+def money(units: int) -> str:
+    return format_amount(units, SCALE)
+
+
+@dataclass(frozen=True, slots=True)
+class Balances:
+    lots: int
+    reserved: int
+    receivable: int
+
+    def view(self) -> dict[str, str]:
+        return {"credits": money(self.lots), "reserved": money(self.reserved), "receivable": money(self.receivable)}
+
+
+def opening_balances(now: Balances, rollups: Mapping[str, Mapping[str, tuple[int, int]]], period: str) -> Balances:
+    """The balances at the start of `period`: today's, less what `period` and later ones moved."""
+    later = [r for label, r in rollups.items() if label >= period]
+    lots, reserved, receivable = ([now.lots, now.reserved, now.receivable][i]
+                                  - sum(r.get(name, (0, 0))[1] for r in later) for i, name in enumerate(BALANCES))
+    return Balances(lots, reserved, receivable)
+
+
+def _line(item: str, quantity: int, amount: int, period: str) -> dict[str, Any]:
+    line = dict(zip(LINE_FIELDS, json.loads(item[len(LINE):]), strict=True))
+    if line["kind"] == "usage" and line["token_type"] == "request":
+        line["kind"] = "request"
+    line["original_period"] = None if line["original_period"] == period else line["original_period"]
+    return {**line, "quantity": quantity, "amount": money(amount), "amount_units": amount}
+
+
+def _line_order(line: Mapping[str, Any]) -> tuple[Any, ...]:
+    token = line["token_type"]
+    token_index = TOKEN_TYPES.index(token) if token in TOKEN_TYPES else -1
+    return (line["original_period"] or "", line["model"] or "", token_index,
+            KIND_ORDER.get(line["kind"], 9), line["rule_id"] or "", line["tier"] or 0, line["override_id"] or "",
+            line["price_version"] or "", line["unit_price"] or "")
+
+
+def invoice_lines(rollup: Mapping[str, tuple[int, int]], period: str) -> list[dict[str, Any]]:
+    lines = [_line(item, q, a, period) for item, (q, a) in rollup.items() if item.startswith(LINE) and (q or a)]
+    return sorted(lines, key=_line_order)
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    id: str | None
+    number: str | None
+    status: str  # finalized | upcoming
+    issued_at: datetime
+
+
+def document(customer: Customer, period: Period, rollup: Mapping[str, tuple[int, int]], opening: Balances,
+             header: Header) -> dict[str, Any]:
+    """The invoice of `period`: lines by model and token type, per-request fees, discounts,
+    allowances and true-ups each their own lines; credits applied by lot kind; top-ups, grants,
+    expirations; opening and closing balances; the amount due. Amounts are exact atomic units,
+    never re-rounded: lines sum to the total, which is the period's usage revenue."""
+    lines = invoice_lines(rollup, period.label)
+    for line in lines:
+        line.pop("amount_units")
+    units = [a for item, (_, a) in sorted(rollup.items()) if item.startswith(LINE)]
+    subtotals: dict[str, int] = dict.fromkeys(SUBTOTALS.values(), 0)
+    for item, (_, a) in rollup.items():
+        if item.startswith(LINE):
+            _, kind, _, token = json.loads(item[len(LINE):])[:4]
+            subtotals[SUBTOTALS["request" if kind == "usage" and token == "request" else kind]] += a
+    amount = {name: rollup.get(name, (0, 0))[1] for name in (
+        "funded:grant", "funded:topup", "funded:receivable", "topups", "grants", "expired", "payments", *BALANCES)}
+    closing = Balances(*(getattr(opening, name) + amount[name] for name in BALANCES))
+    due = max(0, amount["funded:receivable"])
+    return {
+        "id": header.id, "number": header.number, "status": header.status, "customer_id": customer.id,
+        "currency": customer.currency, "billing": customer.billing,
+        "period": {"label": period.label, "start": _utc(period.start), "end": _utc(period.end),
+                   "time_zone": customer.cycle.time_zone},
+        "issued_at": _utc(header.issued_at), "due_at": _utc(period.end + timedelta(days=customer.terms_days)),
+        "lines": lines,
+        "subtotals": {name: money(v) for name, v in subtotals.items()},
+        "total": money(sum(units)),
+        "credits_applied": {"promotional": money(amount["funded:grant"]), "paid": money(amount["funded:topup"]),
+                            "total": money(amount["funded:grant"] + amount["funded:topup"])},
+        "charged_to_account": money(amount["funded:receivable"]),
+        "top_ups": money(amount["topups"]), "grants": money(amount["grants"]), "expired": money(amount["expired"]),
+        "payments_received": money(amount["payments"]),
+        "opening_balance": opening.view(), "closing_balance": closing.view(),
+        "amount_due": money(due),
+        "adjustments": [],  # re-rating adjustments (credit notes) of this period's charges
+    }
+
+
+def total_units(rollup: Mapping[str, tuple[int, int]]) -> int:
+    return sum(a for item, (_, a) in rollup.items() if item.startswith(LINE))
+
+
+def amount_due_units(rollup: Mapping[str, tuple[int, int]]) -> int:
+    return max(0, rollup.get("funded:receivable", (0, 0))[1])
+
+
+def _utc(at: datetime) -> str:
+    return at.isoformat().replace("+00:00", "Z")

@@ -1,0 +1,188 @@
+"""Closing a billing period and paying its invoice, as pure decisions.
+
+Close: once a period's grace window is over, the volume tiers used in it are trued up (every
+unit at the price of the tier the period reached, less what graduated rating charged), as an
+ordinary balanced entry billed in that period; then the invoice is built from the period's
+rollup, numbered with the issuer's next number of the year (gapless), frozen, and announced
+(`invoice.finalized`); the customer's first open period moves on.
+"""
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from pricing.books import PriceBook, Rule
+from pricing.money import format_amount, round_entry
+from pricing.rating import volume_tier_price, volume_true_up
+from wallets import chart
+from wallets.core.billing import LINE, Balances, Header, Rollup, amount_due_units, document, entry_rollup, merge
+from wallets.core.billing import opening_balances as opening_of
+from wallets.core.billing import total_units as total_of
+from wallets.core.commands import TOPUP_PRIORITY, ClosePeriod, PayInvoice
+from wallets.core.credits import opened_lot
+from wallets.core.decision import (
+    NOTHING_DUE,
+    Decision,
+    InvoiceFinalized,
+    Outcome,
+    PaymentRecorded,
+    PeriodAdvanced,
+    TrueUpPosted,
+)
+from wallets.core.legs import Legs, entry, funding, settlement, settlement_legs
+from wallets.core.results import InvoiceClosed, PaymentResult
+from wallets.core.state import State
+from wallets.errors import ConflictError, CurrencyMismatchError, NotFoundError, OverpaymentError
+from wallets.model import Wallet
+from wallets.periods import Period, close_due_at, following, period_of
+
+SCALE = chart.ASSET_SCALE
+
+
+def invoice_number(issuer: str, year: int, seq: int) -> str:
+    return f"{issuer}-{year:04d}-{seq:06d}"
+
+
+def volume_rules(book: PriceBook | None, rollup: Rollup, period: str) -> list[tuple[Rule, str, int, int]]:
+    """(rule, price version, quantity, amount charged) of each volume-tiered rule the period's own
+    usage was rated with, in the latest version that rated it."""
+    if book is None:
+        return []
+    used: dict[str, tuple[str, int, int]] = {}
+    for item, (quantity, amount) in rollup.items():
+        if not item.startswith(LINE):
+            continue
+        origin, kind, _, _, rule_id, _, _, _, version = json.loads(item[len(LINE):])
+        if origin != period or kind != "usage" or rule_id is None:
+            continue
+        v, q, a = used.get(rule_id, ("", 0, 0))
+        used[rule_id] = (max(v, version), q + quantity, a + amount)
+    versions = {v.version: v for v in book.versions}
+    found = []
+    for rule_id, (version, quantity, amount) in sorted(used.items()):
+        rule = next((r for r in versions[version].rules if r.id == rule_id), None) if version in versions else None
+        if rule is not None and rule.tier_mode == "volume" and rule.tiers:
+            found.append((rule, version, quantity, amount))
+    return found
+
+
+def true_up_lines(rules: list[tuple[Rule, str, int, int]]) -> list[dict[str, Any]]:
+    exact = [volume_true_up(rule, q, Decimal(a).scaleb(-SCALE)) for rule, _, q, a in rules]
+    _, units = round_entry(exact, SCALE)
+    lines = []
+    for (rule, version, q, _), amount, u in zip(rules, exact, units, strict=True):
+        price = volume_tier_price(rule, q)
+        tier = next(i for i, t in enumerate(rule.tiers) if t.price == price and (t.up_to is None or q <= t.up_to))
+        lines.append({"kind": "volume_true_up", "token_type": rule.token_type, "quantity": q, "unit_price": str(price),
+                      "amount_units": u, "exact": str(amount), "rule_id": rule.id, "price_version": version,
+                      "model": rule.model, "tier": tier, "override_id": None})
+    return [line for line in lines if line["amount_units"]]
+
+
+def _true_up(state: State, w: Wallet, period: Period, lines: list[dict[str, Any]], now: datetime):
+    """The true-up entry: more charged is paid like usage (lots, then the receivable); money back
+    pays down what the customer owes, and the rest becomes credit (a paid lot)."""
+    amount = sum(line["amount_units"] for line in lines)
+    cid, cur = w.customer.id, w.customer.currency
+    lot = None
+    if amount > 0:
+        s = settlement(w, None, amount, False, now)
+        legs, paid = settlement_legs(w, s), funding(w, None, s)
+    else:
+        owed = max(0, w.receivable - (w.credit_held or 0))
+        back = min(-amount, owed)
+        legs = Legs(cur).debit(chart.revenue_account(cur), -amount).credit(chart.receivable_account(cid), back)
+        paid = [(chart.receivable_account(cid), -back)] if back else []
+        if -amount - back:
+            lot = opened_lot(state, w, "topup", -amount - back, TOPUP_PRIORITY, None, now,
+                             reference=f"volume true-up {period.label}")
+            legs.credit(lot.code, -amount - back)
+            paid.append((lot.code, -(-amount - back)))
+    posted = entry(f"true-up:{cid}:{period.label}", "volume_true_up", legs, cid, now,
+                   {"period": period.label, "rules": [line["rule_id"] for line in lines]})
+    return posted, lot, tuple(paid)
+
+
+def close_period(state: State, cmd: ClosePeriod, now: datetime, book: PriceBook | None) -> Decision:
+    w = state.require_wallet()
+    c = w.customer
+    if c.open_period_start is None or c.open_period_start != cmd.period_start:
+        return NOTHING_DUE  # closed already (or another period is first)
+    period = period_of(c.open_period_start, c.cycle)
+    if close_due_at(period, c.grace_s) > now:
+        return NOTHING_DUE
+    rollups = state.rollups.get(c.id, {})
+    rollup: Rollup = dict(rollups.get(period.label, {}))
+    opening = opening_of(Balances(sum(lot.balance for lot in w.lots.values()), w.reserved, w.receivable),
+                         rollups, period.label)
+    lines = true_up_lines(volume_rules(book, rollup, period.label))
+    effects: list[Any] = []
+    posted = None
+    if lines:
+        posted, lot, paid = _true_up(state, w, period, lines, now)
+        kinds = {code: x.kind for code, x in w.lots.items()}
+        if lot is not None:
+            effects.append(lot)
+            kinds[lot.code] = lot.kind
+        effects.append(TrueUpPosted(c.id, period.label, tuple(lines), paid))
+        if posted is not None:
+            merge(rollup, entry_rollup(c, posted, kinds, [(period.label, x) for x in lines], paid))
+    year = now.astimezone(UTC).year
+    seq = state.invoice_seqs.get((cmd.issuer, year), 0) + 1
+    number, invoice_id = invoice_number(cmd.issuer, year, seq), state.ids("inv")
+    content = document(c, period, rollup, opening, Header(invoice_id, number, "finalized", now))
+    nxt = following(period, c.cycle)
+    due_at = datetime.fromisoformat(content["due_at"].replace("Z", "+00:00"))
+    total, due = total_of(rollup), amount_due_units(rollup)
+    effects += [
+        InvoiceFinalized(c.id, invoice_id, period.label, period.start, period.end, cmd.issuer, year, seq, number,
+                         c.currency, total, due, due_at, content, now),
+        PeriodAdvanced(c.id, nxt.start, close_due_at(nxt, c.grace_s)),
+        state.event("invoice.finalized", c.id, f"invoice.finalized:{c.id}:{period.label}", now, {
+            "invoice_id": invoice_id, "number": number, "period": period.label, "total": content["total"],
+            "amount_due": content["amount_due"], "due_at": content["due_at"], "currency": c.currency}),
+    ]
+    result = InvoiceClosed(invoice_id, number, c.id, period.label, total, due, posted.key if posted else None)
+    return Decision(Outcome(result.code, result), posted, tuple(effects))
+
+
+def pay_invoice(state: State, cmd: PayInvoice, now: datetime, book: PriceBook | None) -> Decision:
+    """Cash against the receivable, up to what the invoice still has due; the same reference
+    again with the same amount is the same payment (answered again, posted once)."""
+    w = state.require_wallet()
+    invoice = state.invoices.get(cmd.invoice_id)
+    if invoice is None or invoice.customer_id != w.customer.id:
+        raise NotFoundError(f"no invoice {cmd.invoice_id}", invoice_id=cmd.invoice_id)
+    if cmd.currency != invoice.currency:
+        raise CurrencyMismatchError(f"invoice {invoice.number} is in {invoice.currency}, not {cmd.currency}",
+                                    invoice_id=invoice.id, currency=invoice.currency)
+    if cmd.reference in invoice.payments:
+        if invoice.payments[cmd.reference] != cmd.amount:
+            raise ConflictError(f"payment {cmd.reference!r} of invoice {invoice.number} was of another amount")
+        result = PaymentResult(invoice.id, invoice.number, cmd.reference, cmd.amount, invoice.paid,
+                               invoice.amount_due, True, None)
+        return Decision(Outcome("replayed", result))
+    left = invoice.amount_due - invoice.paid
+    owed = max(0, w.receivable - (w.credit_held or 0))
+    if cmd.amount > left or cmd.amount > owed:
+        more = min(left, owed)
+        raise OverpaymentError(
+            f"a payment of {format_amount(cmd.amount, SCALE)} {invoice.currency} exceeds the "
+            f"{format_amount(more, SCALE)} still due on invoice {invoice.number}",
+            invoice_id=invoice.id, amount_due=format_amount(more, SCALE))
+    cur, cid = w.customer.currency, w.customer.id
+    payment_id = state.ids("pay")
+    legs = Legs(cur).debit(chart.cash_account(cur), cmd.amount).credit(chart.receivable_account(cid), cmd.amount)
+    posted = entry(f"invoice-payment:{invoice.id}:{payment_id}", "invoice_payment", legs, cid, now,
+                   {"invoice_id": invoice.id, "number": invoice.number, "reference": cmd.reference})
+    paid = invoice.paid + cmd.amount
+    effects: list[Any] = [PaymentRecorded(cid, invoice.id, payment_id, cmd.amount, cmd.reference, now)]
+    if paid == invoice.amount_due:
+        effects.append(state.event("invoice.paid", cid, f"invoice.paid:{invoice.id}", now, {
+            "invoice_id": invoice.id, "number": invoice.number, "amount_paid": format_amount(paid, SCALE),
+            "currency": cur}))
+    result = PaymentResult(invoice.id, invoice.number, cmd.reference, cmd.amount, paid, invoice.amount_due, False,
+                           posted.key if posted else None)
+    return Decision(Outcome(result.code, result), posted, tuple(effects))
