@@ -4,6 +4,7 @@ lane under the lane's writer lock and the issuer's numbering lock), reading invo
 the upcoming one live with the close's own code, and paying one."""
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -23,6 +24,7 @@ from wallets.engine import Engine, utc_now
 from wallets.errors import NotFoundError
 from wallets.periods import period_of
 
+log = logging.getLogger("tokentill.billing")
 PAGE = 1000
 CHUNK = 256  # closes per engine call: one transaction per lane among them
 DEFAULT_ISSUER = "INV"
@@ -47,12 +49,13 @@ async def close_due(db: Database, until: datetime | None = None, *, issuer: str 
             after = rows[-1][0]
             commands = [ClosePeriod(customer_id=cid, period_start=start, issuer=issuer) for cid, start in rows]
             for i in range(0, len(commands), CHUNK):
-                for outcome in await engine.execute(commands[i:i + CHUNK], now=at):
+                chunk = commands[i:i + CHUNK]
+                for command, outcome in zip(chunk, await engine.execute(chunk, now=at), strict=True):
                     if isinstance(outcome, InvoiceClosed):
                         closed.append(outcome)
                         found += 1
-                    elif isinstance(outcome, BaseException):
-                        raise outcome
+                    elif isinstance(outcome, BaseException):  # this customer waits; the others close
+                        log.error("closing the period of %s failed: %s", command.customer_id, outcome)
             if len(rows) < PAGE:
                 break
         if not found:

@@ -17,6 +17,25 @@ down_revision = "0016"
 branch_labels = None
 depends_on = None
 
+# The customers guard of 0003 ({cycle} empty), and this migration's cycle check.
+GUARD = r"""
+CREATE OR REPLACE FUNCTION wallets_customer_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' OR NEW.id IS DISTINCT FROM OLD.id OR NEW.currency IS DISTINCT FROM OLD.currency
+       OR NEW.created_at IS DISTINCT FROM OLD.created_at THEN
+        RAISE EXCEPTION 'customers: id, currency and created_at never change'
+            USING ERRCODE = 'restrict_violation';
+    END IF;{cycle}
+    RETURN NEW;
+END $$;
+"""
+CYCLE = r"""
+    IF NEW.time_zone IS DISTINCT FROM OLD.time_zone OR NEW.billing_anchor_day IS DISTINCT FROM OLD.billing_anchor_day
+       OR NEW.open_period_start < OLD.open_period_start THEN
+        RAISE EXCEPTION 'customers: the billing cycle never changes, and periods close forward only'
+            USING ERRCODE = 'restrict_violation';
+    END IF;"""
+
 SCHEMA = r"""
 ALTER TABLE customers
     ADD COLUMN time_zone text NOT NULL DEFAULT 'UTC' CHECK (length(time_zone) BETWEEN 1 AND 64),
@@ -39,21 +58,7 @@ ALTER TABLE customers
 CREATE INDEX customers_close_due ON customers (next_close_at);
 
 -- The cycle never changes (periods already billed would move); periods close forward only.
-CREATE OR REPLACE FUNCTION wallets_customer_guard() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF TG_OP = 'DELETE' OR NEW.id IS DISTINCT FROM OLD.id OR NEW.currency IS DISTINCT FROM OLD.currency
-       OR NEW.created_at IS DISTINCT FROM OLD.created_at THEN
-        RAISE EXCEPTION 'customers: id, currency and created_at never change'
-            USING ERRCODE = 'restrict_violation';
-    END IF;
-    IF NEW.time_zone IS DISTINCT FROM OLD.time_zone OR NEW.billing_anchor_day IS DISTINCT FROM OLD.billing_anchor_day
-       OR NEW.open_period_start < OLD.open_period_start THEN
-        RAISE EXCEPTION 'customers: the billing cycle never changes, and periods close forward only'
-            USING ERRCODE = 'restrict_violation';
-    END IF;
-    RETURN NEW;
-END $$;
-
+{guard}
 -- The billing period (local year-month it starts in) of an instant, by a customer's cycle: the
 -- SQL twin of wallets.periods.period_of, for the audit's checks.
 CREATE FUNCTION wallets_period_label(at timestamptz, tz text, anchor smallint) RETURNS text
@@ -156,26 +161,17 @@ DROP TABLE invoice_payments, invoices, period_rollups;
 DROP FUNCTION wallets_invoice_gapless(), wallets_invoice_paid_within_due(),
     wallets_period_label(timestamptz, text, smallint);
 DROP INDEX customers_close_due;
-CREATE OR REPLACE FUNCTION wallets_customer_guard() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF TG_OP = 'DELETE' OR NEW.id IS DISTINCT FROM OLD.id OR NEW.currency IS DISTINCT FROM OLD.currency
-       OR NEW.created_at IS DISTINCT FROM OLD.created_at THEN
-        RAISE EXCEPTION 'customers: id, currency and created_at never change'
-            USING ERRCODE = 'restrict_violation';
-    END IF;
-    RETURN NEW;
-END $$;
-ALTER TABLE customers DROP COLUMN time_zone, DROP COLUMN billing_anchor_day, DROP COLUMN grace_seconds,
+{guard}ALTER TABLE customers DROP COLUMN time_zone, DROP COLUMN billing_anchor_day, DROP COLUMN grace_seconds,
     DROP COLUMN payment_terms_days, DROP COLUMN open_period_start, DROP COLUMN next_close_at;
 """
 
 
 def upgrade() -> None:
-    op.execute(SCHEMA)
+    op.execute(SCHEMA.replace("{guard}", GUARD.replace("{cycle}", CYCLE)))
     lanes = op.get_bind().exec_driver_sql("SELECT lanes FROM ledger_settings").scalar_one()
     op.execute("".join(f"CREATE TABLE period_rollups_l{k} PARTITION OF period_rollups FOR VALUES IN ({k});\n"
                        for k in range(int(lanes))))
 
 
 def downgrade() -> None:
-    op.execute(DROP)
+    op.execute(DROP.replace("{guard}", GUARD.replace("{cycle}", "")))

@@ -4,32 +4,16 @@ token counts, closes, and the invoices' figures by name."""
 from __future__ import annotations
 
 import itertools
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from ledger.db import Database
-from pricing.money import parse_amount
+from tests.integration.wallets.wallet_kit import Clock, usd
 from wallets import billing, books
 from wallets.commands import Grant, RecordUsage, Release, Reserve, Settle, TopUp
 from wallets.service import CustomerSpec, WalletService
 
 NOV_23 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
-
-
-def usd(text: str) -> int:
-    return parse_amount(text, 9)
-
-
-class Clock:
-    def __init__(self, now: datetime = NOV_23) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def at(self, when: datetime) -> datetime:
-        self.now = when
-        return when
 
 
 class BillingKit:
@@ -44,7 +28,7 @@ class BillingKit:
 
     def __init__(self, db: Database, clock: Clock | None = None) -> None:
         self.db = db
-        self.clock = clock or Clock()
+        self.clock = clock or Clock(NOV_23)
         self.service = WalletService(db, clock=self.clock)
         self.ids = itertools.count(1)
 
@@ -86,7 +70,7 @@ class BillingKit:
         return await self.service.submit(Release(customer_id=cid, reservation_id=reservation_id))
 
     async def close(self, until: datetime):
-        self.clock.at(until)
+        self.clock.now = until
         return await billing.close_due(self.db, until)
 
     async def invoices(self, cid: str) -> list[dict[str, Any]]:
@@ -94,7 +78,3 @@ class BillingKit:
 
     async def upcoming(self, cid: str) -> dict[str, Any]:
         return await self.db.read(lambda conn: billing.upcoming(conn, cid, self.clock.now, self.service.engine.books))
-
-
-def after(days: float = 0, **kw: float) -> timedelta:
-    return timedelta(days=days, **kw)

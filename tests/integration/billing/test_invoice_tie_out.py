@@ -17,7 +17,7 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from billing_kit import BillingKit, Clock
+from billing_kit import BillingKit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
@@ -26,6 +26,7 @@ from ledger.accounts import ensure_asset
 from ledger.db import connect
 from ledger.errors import LedgerError
 from pricing.errors import PricingError
+from tests.integration.wallets.wallet_kit import Clock
 from wallets import chart
 from wallets.audit import full_verify
 from wallets.billing import close_due

@@ -75,7 +75,7 @@ async def test_late_usage_bills_on_the_next_invoice_and_leaves_the_closed_one_un
     await bk.event(cid, "model-a", 1000, 500)  # $0.03 in November
     await bk.close(DEC_1_GRACE_OVER)
     [november] = await bk.invoices(cid)
-    bk.clock.at(datetime(2026, 12, 2, tzinfo=UTC))
+    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
     await bk.event(cid, "model-b", 2000, 1000, at=NOV_23)  # November usage, after November closed: $0.03
     await bk.event(cid, "model-b", 2000, 0)  # December usage: $0.01 + $0.01
     upcoming = await bk.upcoming(cid)

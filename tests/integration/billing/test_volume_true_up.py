@@ -25,13 +25,13 @@ def at(day: int) -> datetime:
 @pytest.mark.parametrize("mode", ["postpaid", "prepaid"])
 async def test_graduated_tiers_and_the_volume_true_up_match_a_hand_sum(bk: BillingKit, mode: str) -> None:
     await bk.add_book(TIERED)
-    bk.clock.at(datetime(2026, 11, 1, 9, tzinfo=UTC))
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
     cid = await bk.customer(f"tiers-{mode}", billing_mode=mode, book="tiered")
     if mode == "prepaid":
         await bk.top_up(cid, "50.00")
     for day, model, tokens in [(5, "model-g", 600_000), (5, "model-v", 600_000),
                                (20, "model-g", 700_000), (20, "model-v", 700_000)]:
-        bk.clock.at(at(day))
+        bk.clock.now = at(day)
         await bk.event(cid, model, tokens if model == "model-g" else 0, tokens if model == "model-v" else 0)
     await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
     [invoice] = await bk.invoices(cid)
