@@ -74,13 +74,13 @@ SELECT
           '[]'::jsonb)
      FROM want_reservations r) AS reservations,
   (SELECT coalesce(jsonb_agg(jsonb_build_object(
-          'budget', to_jsonb(b) - 'lane', 'customer_zone', to_jsonb(c) ->> 'time_zone',
+          'budget', to_jsonb(b) - 'lane', 'customer_zone', c.time_zone,
           'windows', (SELECT jsonb_agg(jsonb_build_array(w.window_start, w.used, w.held)) FROM budget_windows w
                        WHERE w.lane = %(lane)s AND w.budget_id = b.id
                          AND (b.window_kind = 'lifetime' OR w.window_start > %(now)s::timestamptz
                               - CASE b.window_kind WHEN 'minute' THEN interval '61 seconds'
                                                    ELSE interval '32 days' END)))), '[]'::jsonb)
-     FROM budgets b JOIN customers c ON c.id = b.customer_id  -- time_zone: read if the column exists
+     FROM budgets b JOIN customers c ON c.id = b.customer_id
     WHERE b.lane = %(lane)s AND b.customer_id = ANY(%(customers)s::text[]) AND b.deleted_at IS NULL) AS budgets,
   (SELECT coalesce(jsonb_agg(jsonb_build_array(w.scope, w.key, k.request_hash, k.status, k.response)), '[]'::jsonb)
      FROM unnest(%(scopes)s::text[], %(keys)s::text[]) AS w(scope, key)

@@ -12,6 +12,7 @@ from wallet_kit import Kit, usd
 
 from wallets.budgets import BudgetSpec
 from wallets.errors import BudgetExceededError
+from wallets.service import CustomerSpec
 
 
 async def _budget(kit: Kit, cid: str, **spec) -> str:
@@ -134,18 +135,19 @@ async def test_a_soft_budget_alerts_each_threshold_once_per_window_and_again_in_
                       ("2026-11-23T23:00:00+00:00", 50, "0.60"), ("2026-11-23T23:00:00+00:00", 100, "1.20")]
 
 
-async def test_a_budget_without_a_time_zone_follows_its_customers_when_customers_have_one(kit: Kit):
-    """Customers get a `time_zone` column with invoices; until then budgets default to UTC, and
-    the load reads the column whenever it exists (this test adds it by hand)."""
-    cid = await kit.customer("zone")
-    await kit.top_up(cid, "10.00")
-    utc_budget = await _budget(kit, cid, window="day", metric="requests", limit=5)
+async def test_a_budget_without_a_time_zone_follows_its_customers(kit: Kit):
+    """A budget with no time zone of its own counts in its customer's: customers carry a
+    `time_zone` (their billing cycle's, migration 0017), UTC unless set at creation."""
+    utc = await kit.customer("utc")
+    utc_budget = await _budget(kit, utc, window="day", metric="requests", limit=5)
     assert (await kit.service.budgets.get(utc_budget)).budget.time_zone == "UTC"
-    await kit.db.run(lambda conn: conn.execute(text("ALTER TABLE customers ADD COLUMN time_zone text")))
-    await kit.db.run(lambda conn: conn.execute(text("UPDATE customers SET time_zone = 'Asia/Tokyo' WHERE id = :c"),
-                                               {"c": cid}))
+    cid = f"zone-{kit.tag}"
+    await kit.service.create_customer(CustomerSpec(cid, "zone", "USD", "prepaid", kit.book, 0, None,
+                                                   time_zone="Asia/Tokyo"))
+    await kit.top_up(cid, "10.00")
+    tokyo_budget = await _budget(kit, cid, window="day", metric="requests", limit=5)
     kit.clock.now = datetime(2026, 11, 23, 16, 0, tzinfo=UTC)  # Nov 24 01:00 in Tokyo
-    view = await kit.service.budgets.get(utc_budget)
+    view = await kit.service.budgets.get(tokyo_budget)
     assert (view.budget.time_zone, view.window_start) == ("Asia/Tokyo", datetime(2026, 11, 23, 15, 0, tzinfo=UTC))
     await kit.reserve(cid, "z1", amount="1.00")
-    assert (await kit.service.budgets.get(utc_budget)).held == 1
+    assert (await kit.service.budgets.get(tokyo_budget)).held == 1
