@@ -136,6 +136,8 @@ def test_chat_completion_is_charged_the_providers_usage_and_says_so_in_headers(l
     assert wallet(url, cid) == (Decimal("10") - CHAT_CHARGE, 0)
     sent = fake.fake.calls[-1].headers
     assert sent["authorization"] == "Bearer sk-upstream-openai" and key not in str(sent)
+    metrics = httpx.get(f"{url}/metrics").text
+    assert 'tokentill_gateway_calls_total{kind="chat.completions",outcome="settled",provider="openai"}' in metrics
 
 
 def test_upstream_connections_are_pooled(live, fake):
