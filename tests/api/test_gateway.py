@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
+from typing import Any
 
 import anthropic
 import httpx
@@ -56,11 +57,15 @@ def fake() -> Iterator[fk.FakeServer]:
 
 @pytest.fixture(scope="module")
 def live(database_url, fake) -> Iterator[tuple[str, str]]:
-    """The server with its gateway pointed at the fake, and a price book."""
+    yield from serving(database_url, fake)
+
+
+def serving(database_url: str, fake: fk.FakeServer, **gateway: Any) -> Iterator[tuple[str, str]]:
+    """The server with its gateway pointed at the fake (and `gateway` settings), and a price book."""
     port = free_port()
     settings = Settings(admin_key=ADMIN, scheduler=False, gateway=GatewaySettings(
-        openai_url=f"{fake.url}/v1", openai_key="sk-upstream-openai",
-        anthropic_url=fake.url, anthropic_key="sk-upstream-anthropic", default_max_output_tokens=1000))
+        openai_url=f"{fake.url}/v1", openai_key="sk-upstream-openai", anthropic_url=fake.url,
+        anthropic_key="sk-upstream-anthropic", **{"default_max_output_tokens": 1000, **gateway}))
     server = _Server(create_app(settings, database_url), port)
     server.start()
     url = f"http://127.0.0.1:{port}"
