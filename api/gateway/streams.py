@@ -89,6 +89,7 @@ class StreamTally:
     texts: list[str] = field(default_factory=list)
     usage: dict[str, Any] | None = None  # the provider's final usage
     started: dict[str, Any] | None = None  # Anthropic: message_start's usage (input known)
+    service_tier: str | None = None  # OpenAI: the tier that served the call, beside its usage
     error: bool = False  # the upstream reported an error inside the stream
 
     def observe(self, raw: bytes) -> bool:
@@ -114,6 +115,7 @@ class StreamTally:
 
     def _chat(self, chunk: dict[str, Any]) -> bool:
         self.texts += _texts_of_chat_delta(chunk)
+        self.service_tier = _tier_of(chunk) or self.service_tier
         if isinstance(chunk.get("usage"), Mapping):
             self.usage = dict(chunk["usage"])
             return self.usage_chunk_wanted or bool(chunk.get("choices"))
@@ -126,6 +128,7 @@ class StreamTally:
             response = event.get("response")
             if isinstance(response, Mapping) and isinstance(response.get("usage"), Mapping):
                 self.usage = dict(response["usage"])
+                self.service_tier = _tier_of(response)
 
     def _messages(self, kind: Any, event: dict[str, Any]) -> None:
         if kind == "content_block_delta":
@@ -143,7 +146,9 @@ class StreamTally:
     def settlement(self, counter: TokenCounter, model: str, prompt_raw_tokens: int) -> tuple[str, dict] | None:
         """(usage form, usage) to settle with, or None: nothing was generated, release."""
         if self.usage is not None:
-            return ("anthropic_usage" if self.kind == MESSAGES else "openai_usage"), self.usage
+            if self.kind == MESSAGES:  # Anthropic reports its tier inside the usage
+                return "anthropic_usage", self.usage
+            return "openai_usage", _with_tier(self.usage, self.service_tier)
         text = "".join(self.texts)
         metered = counter.count_text(text, model).raw_tokens if text else 0
         if self.started is not None:
@@ -180,6 +185,18 @@ def answer_texts(kind: str, raw: bytes | Mapping[str, Any]) -> list[str]:
     return texts
 
 
+def _tier_of(body: Mapping[str, Any]) -> str | None:
+    """The `service_tier` OpenAI puts on an answer (or a chunk), beside the usage, not in it."""
+    tier = body.get("service_tier")
+    return tier if isinstance(tier, str) and tier else None
+
+
+def _with_tier(usage: Mapping[str, Any], tier: str | None) -> dict[str, Any]:
+    """OpenAI's usage with the answer's service tier copied in, so that the tier prices it
+    (flex, priority); a tier the usage names itself stays."""
+    return {**usage, "service_tier": tier} if tier is not None and "service_tier" not in usage else dict(usage)
+
+
 def _json(raw: bytes) -> dict[str, Any] | None:
     try:
         body = msgspec.json.decode(raw)
@@ -196,9 +213,11 @@ def answer_settlement(kind: str, raw: bytes, counter: TokenCounter, model: str,
         return None
     usage = body.get("usage")
     if isinstance(usage, Mapping):
+        if kind == MESSAGES:
+            return "anthropic_usage", dict(usage)
         if kind == EMBEDDINGS:  # {prompt_tokens, total_tokens}: all input
-            return "openai_usage", {**usage, "completion_tokens": 0}
-        return ("anthropic_usage" if kind == MESSAGES else "openai_usage"), dict(usage)
+            usage = {**usage, "completion_tokens": 0}
+        return "openai_usage", _with_tier(usage, _tier_of(body))
     if kind == EMBEDDINGS:
         return "usage", {"input_tokens": prompt_raw_tokens}
     tally = StreamTally(kind, texts=answer_texts(kind, body))

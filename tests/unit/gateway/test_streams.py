@@ -94,6 +94,26 @@ def test_a_responses_stream_takes_the_completed_responses_usage():
     assert tally.settlement(COUNTER, "m", 9) == ("openai_usage", usage)
 
 
+def test_openais_service_tier_beside_the_usage_goes_into_the_usage_it_settles():
+    chat = StreamTally(CHAT)
+    chat.observe(sse({"choices": [{"delta": {"content": " the"}}], "service_tier": "flex"}))
+    chat.observe(sse({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1}, "service_tier": "flex"}))
+    assert chat.settlement(COUNTER, "m", 9) == (
+        "openai_usage", {"prompt_tokens": 3, "completion_tokens": 1, "service_tier": "flex"})
+    responses = StreamTally(RESPONSES)
+    done = {"usage": {"input_tokens": 3, "output_tokens": 1}, "service_tier": "priority"}
+    responses.observe(sse({"type": "response.completed", "response": done}, "response.completed"))
+    assert responses.settlement(COUNTER, "m", 9) == (
+        "openai_usage", {"input_tokens": 3, "output_tokens": 1, "service_tier": "priority"})
+    whole = msgspec.json.encode({"choices": [], "service_tier": "flex",
+                                 "usage": {"prompt_tokens": 3, "completion_tokens": 1}})
+    assert answer_settlement(CHAT, whole, COUNTER, "m", 9) == (
+        "openai_usage", {"prompt_tokens": 3, "completion_tokens": 1, "service_tier": "flex"})
+    default = msgspec.json.encode({"choices": [], "service_tier": "default",
+                                   "usage": {"prompt_tokens": 3, "completion_tokens": 1, "service_tier": "flex"}})
+    assert answer_settlement(CHAT, default, COUNTER, "m", 9)[1]["service_tier"] == "flex", "the usage's own word stays"
+
+
 def test_an_error_inside_a_stream_is_noticed():
     tally = StreamTally(MESSAGES)
     tally.observe(sse({"type": "error", "error": {"type": "overloaded_error", "message": "x"}}, "error"))
