@@ -14,14 +14,14 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 from litestar.types import ASGIApp
 
-from api.console import auditor, customer, export, operator, session
+from api.console import auditor, customer, export, invoices, operator, session
 from api.console.web import PREFIX, STATIC, csrf_config, error_page, refusing_forgeries, session_config
 from api.errors import EXCEPTION_HANDLERS
 
 PAGES = [
     session.sign_in_form, session.sign_in_post, session.sign_out, session.home,
     customer.wallet_page, customer.reservations_page, customer.usage_page, customer.budgets_page,
-    customer.top_up_form, customer.top_up,
+    customer.top_up_form, customer.top_up, invoices.invoices_page, invoices.upcoming_page, invoices.invoice_page,
     auditor.trial_balance_page, auditor.journal_page, auditor.statement_page, auditor.trace_page,
     auditor.verify_form, auditor.verify_page, export.export_form, export.export_download,
     operator.operator_page,

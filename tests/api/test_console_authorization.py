@@ -27,6 +27,8 @@ PAGES = [
     ("GET", "/console/customers/{own}/usage", READ_OWN),
     ("GET", "/console/customers/{own}/reservations", READ_OWN),
     ("GET", "/console/customers/{own}/budgets", READ_OWN),
+    ("GET", "/console/customers/{own}/invoices", READ_OWN - {"inference", "inference:own"}),
+    ("GET", "/console/customers/{own}/invoices/upcoming", READ_OWN - {"inference", "inference:own"}),
     ("GET", "/console/customers/{own}/top-up", {"admin", "admin:own"}),
     ("GET", "/console/audit", AUDITORS),
     ("GET", "/console/audit/trace", AUDITORS),
@@ -39,7 +41,8 @@ PAGES = [
     ("GET", "/console/operator", {"admin"}),
 ]
 OPEN = {("GET", "/console/sign-in"), ("POST", "/console/sign-in"), ("POST", "/console/sign-out"),
-        ("POST", "/console/customers/{own}/top-up")}  # the top-up post: tests/e2e (a browser's form)
+        ("POST", "/console/customers/{own}/top-up"),  # the top-up post: tests/e2e (a browser's form)
+        ("GET", "/console/invoices/{invoice_id:str}")}  # a finalized invoice: tests/e2e (a closed period)
 
 
 def _token(html: str) -> str:

@@ -9,7 +9,9 @@ from tests.e2e.test_console import sign_in
 
 AXE = __import__("pathlib").Path(__file__).parent / "vendor" / "axe-core-4.14.1.min.js"
 PAGES = {
-    "acme": ["/console/customers/acme", "/console/customers/acme/usage", "/console/customers/acme/reservations"],
+    "acme": ["/console/customers/acme", "/console/customers/acme/usage", "/console/customers/acme/reservations",
+             "/console/customers/acme/budgets", "/console/customers/acme/invoices",
+             "/console/customers/acme/invoices/upcoming"],
     "auditor": ["/console/audit", "/console/audit/journal", "/console/audit/trace?request_id=req-traced",
                 "/console/audit/verify", "/console/audit/statement?account=liability:customer:acme:reserved"],
     "admin": ["/console", "/console/operator", "/console/customers/globex/top-up", "/console/audit/journal?cursor=x"],

@@ -50,6 +50,35 @@ def test_the_usage_chart_draws_exactly_what_the_usage_api_reports(page: Page, co
     assert page.errors == []
 
 
+def test_a_customer_opens_an_invoice_as_the_invoice_api_has_it(page: Page, console: Console):
+    sign_in(page, console.keys["acme"])
+    page.get_by_role("link", name="Invoices").click()
+    listed = console.client("acme").get("/v1/customers/acme/invoices").json()["invoices"]
+    assert listed, "the seed closed acme's period"
+    invoice = listed[-1]
+    expect(page.locator(f"tr[data-invoice='{invoice['id']}']")).to_contain_text(invoice["total"])
+    shot(page, "customer-invoices")
+    page.get_by_role("link", name=invoice["number"]).click()
+    expect(page.get_by_role("heading", name=f"Invoice {invoice['number']}")).to_be_visible()
+    expect(page.locator("[data-figure=invoice-total]")).to_have_text(invoice["total"])
+    expect(page.locator("[data-figure=amount-due]")).to_have_text(invoice["amount_due"])
+    for line in invoice["lines"]:
+        row = page.get_by_role("row").filter(has_text=line["token_type"]).filter(has_text=line["model"] or "all models")
+        expect(row.first).to_contain_text(line["amount"])
+    shot(page, "customer-invoice")
+    page.goto("/console/customers/acme/invoices/upcoming")
+    expect(page.get_by_role("heading", name="Upcoming invoice (not final)")).to_be_visible()
+    assert page.errors == []
+
+
+def test_another_customer_gets_a_403_page_for_an_invoice(page: Page, console: Console):
+    invoice = console.client("acme").get("/v1/customers/acme/invoices").json()["invoices"][-1]
+    sign_in(page, console.keys["globex"])
+    response = page.goto(f"/console/invoices/{invoice['id']}")
+    assert response.status == 403
+    assert invoice["number"] not in page.content() and invoice["total"] not in page.locator("main").inner_text()
+
+
 def test_a_customer_sees_its_budgets_as_the_budgets_api_reads_them(page: Page, console: Console):
     sign_in(page, console.keys["acme"])
     page.get_by_role("link", name="Budgets").click()
@@ -145,6 +174,7 @@ def test_a_customer_key_gets_403_pages_for_another_customer_and_for_audit_pages(
     sign_in(page, console.keys["acme"])
     for path in ("/console/customers/globex", "/console/customers/globex/usage",
                  "/console/customers/globex/reservations", "/console/customers/globex/budgets",
+                 "/console/customers/globex/invoices", "/console/customers/globex/invoices/upcoming",
                  "/console/audit", "/console/audit/journal", "/console/audit/export",
                  "/console/audit/export/download?format=csv",
                  "/console/audit/statement?account=liability:customer:acme:reserved",
