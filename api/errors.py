@@ -38,11 +38,12 @@ STATUS_BY_CODE = {
     "currency_mismatch": 422,
     "service_unavailable": 503,
     "invalid_cursor": 400,
+    "not_acceptable": 406,
 }
 CODE_BY_STATUS = {
     400: "validation_error", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-    405: "method_not_allowed", 408: "request_timeout", 409: "conflict", 413: "payload_too_large",
-    415: "unsupported_media_type", 422: "validation_error", 429: "rate_limited",
+    405: "method_not_allowed", 406: "not_acceptable", 408: "request_timeout", 409: "conflict",
+    413: "payload_too_large", 415: "unsupported_media_type", 422: "validation_error", 429: "rate_limited",
     503: "service_unavailable",
 }
 TITLES = {
@@ -72,7 +73,8 @@ class Problem(msgspec.Struct, omit_defaults=True):
 
 DESCRIPTIONS = {
     401: "No key, or an unknown or revoked key", 402: "Insufficient funds", 403: "The key's scope forbids this",
-    404: "Not found", 409: "Conflict (idempotency key reused, reservation closed)",
+    404: "Not found", 406: "Not available in the Accept header's media types",
+    409: "Conflict (idempotency key reused, reservation closed)",
     413: "Request body too large", 415: "Unsupported content type", 422: "Invalid request; `fields` names them",
     429: "A budget or limit was exceeded", 503: "Not ready, or too contended right now",
 }

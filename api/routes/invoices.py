@@ -6,10 +6,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Request, Response, get, post
+from litestar import MediaType, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath
+from litestar.response import Template
 
+from api import renderings
 from api.auth import ensure_customer, require
 from api.errors import documented
 from api.routes.formats import DateTime, Identifier, PositiveAmount
@@ -63,21 +65,40 @@ async def list_invoices(state: State, customer_id: FromPath[str]) -> dict[str, A
 
 
 @get("/v1/customers/{customer_id:str}/invoices/upcoming", guards=[require(*READERS)], tags=["invoices"],
-     **documented(404))
-async def upcoming_invoice(state: State, customer_id: FromPath[str]) -> dict[str, Any]:
+     **documented(404, 406))
+async def upcoming_invoice(state: State, request: Request, customer_id: FromPath[str]) -> Response[Any]:
     """The invoice of the customer's current period so far, computed now by the close's own code
-    (a volume true-up shows as it would be posted if the period closed now); no number yet."""
+    (a volume true-up shows as it would be posted if the period closed now); no number yet.
+    Rendered by the Accept header as an invoice is."""
+    media = renderings.negotiate(request)
     wallets = state.services.wallets
-    return await state.services.db.read(
-        lambda conn: billing.upcoming(conn, customer_id, wallets.clock(), wallets.engine.books))
+    return rendered(media, await state.services.db.read(
+        lambda conn: billing.upcoming(conn, customer_id, wallets.clock(), wallets.engine.books)))
 
 
-@get("/v1/invoices/{invoice_id:str}", guards=[require(*READERS)], tags=["invoices"], **documented(404))
-async def get_invoice(state: State, request: Request, invoice_id: FromPath[str]) -> dict[str, Any]:
-    """A finalized invoice: its frozen document, its content hash, its payments and status."""
+@get("/v1/invoices/{invoice_id:str}", guards=[require(*READERS)], tags=["invoices"], **documented(404, 406))
+async def get_invoice(state: State, request: Request, invoice_id: FromPath[str]) -> Response[Any]:
+    """A finalized invoice: its frozen document, its content hash, its payments and status; by
+    the Accept header as JSON (default), a printable page (`text/html`), a PDF
+    (`application/pdf`) or its lines as CSV (`text/csv`); any other is 406."""
+    media = renderings.negotiate(request)
     db = state.services.db
     ensure_customer(request, await db.read(lambda conn: billing.invoice_owner(conn, invoice_id)))
-    return await db.read(lambda conn: billing.invoice(conn, invoice_id))
+    return rendered(media, await db.read(lambda conn: billing.invoice(conn, invoice_id)))
+
+
+def rendered(media: str, document: dict[str, Any]) -> Response[Any]:
+    """The invoice document in the negotiated media type (see api.renderings)."""
+    if media == renderings.HTML:
+        return Template("documents/invoice.html", context=renderings.html_context(document),
+                        headers=renderings.HTML_HEADERS, media_type=MediaType.HTML)
+    if media == renderings.PDF:
+        return Response(renderings.pdf(document), media_type=media, headers={
+            "Content-Disposition": f'inline; filename="{renderings.filename(document, "pdf")}"'})
+    if media == renderings.CSV:
+        return Response(renderings.csv_text(document), media_type="text/csv; charset=utf-8", headers={
+            "Content-Disposition": f'attachment; filename="{renderings.filename(document, "csv")}"'})
+    return Response(document, media_type=media)
 
 
 @post("/v1/invoices/{invoice_id:str}/payments", guards=[require("admin")], tags=["invoices"], status_code=201,

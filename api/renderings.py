@@ -1,0 +1,169 @@
+"""An invoice as a person or a spreadsheet reads it: a printable HTML page, a PDF (fpdf2, pure
+Python, no browser) and a CSV of its lines, all drawn from the invoice's own JSON document, so
+the three show exactly the lines and totals the API returns (nothing recomputed here).
+
+`negotiate` picks the rendering from the request's Accept header: JSON (the default, and for
+*/*), text/html, application/pdf or text/csv; anything else is a 406 `not_acceptable`."""
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fpdf import FPDF
+from litestar import Request
+
+from api.errors import ApiError
+from pricing.units import KINDS, TOKENS
+
+JSON, HTML, PDF, CSV = "application/json", "text/html", "application/pdf", "text/csv"
+MEDIA_TYPES = (JSON, HTML, PDF, CSV)
+KIND_LABELS = {"usage": "", "request": "", "discount": "discount", "free_allowance": "free allowance",
+               "volume_true_up": "volume true-up", "adjustment": "adjustment"}
+CSV_FIELDS = ("number", "period", "kind", "model", "token_type", "original_period", "quantity", "unit_price",
+              "per", "amount", "currency", "rule_id", "tier", "override_id", "price_version")
+HTML_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+                "X-Content-Type-Options": "nosniff", "Cache-Control": "private, no-store"}
+
+
+def negotiate(request: Request) -> str:
+    """The media type to answer with; no Accept header (or */*) is JSON."""
+    if "accept" not in request.headers:
+        return JSON
+    best = request.accept.best_match(list(MEDIA_TYPES))
+    if best is None:
+        raise ApiError("not_acceptable", f"an invoice is available as {', '.join(MEDIA_TYPES)}; "
+                       f"not as {request.headers['accept']}", 406)
+    return best
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One line as printed: what it is, how many, at what price, for how much."""
+    description: str
+    quantity: str
+    unit_price: str
+    amount: str
+
+
+def per_label(token_type: str | None) -> str:
+    per = KINDS[token_type].per if token_type in KINDS else 1
+    return {TOKENS: "per 1M", 1: "each", 3600: "per hour"}.get(per, f"per {per:,}")
+
+
+def rows(document: Mapping[str, Any]) -> list[Row]:
+    out = []
+    for line in document["lines"]:
+        token = line.get("token_type")
+        unit = KINDS[token].label if token in KINDS else (token or "")
+        what = " ".join(p for p in (line.get("model") or "all models", unit if token != "request" else "requests",
+                                    KIND_LABELS.get(line["kind"], line["kind"])) if p)
+        if line.get("original_period"):
+            what += f" (usage of {line['original_period']})"
+        price = f"{line['unit_price']} {per_label(token)}" if line.get("unit_price") is not None else ""
+        out.append(Row(what, f"{int(line['quantity']):,}", price, line["amount"]))
+    return out
+
+
+def summary(document: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The figures under the lines, label and amount, in the order a reader checks them."""
+    credits, opening, closing = document["credits_applied"], document["opening_balance"], document["closing_balance"]
+    figures = [("Total", document["total"]),
+               ("Paid by promotional credits", credits["promotional"]), ("Paid by prepaid credits", credits["paid"]),
+               ("Charged to account", document["charged_to_account"]),
+               ("Top-ups received", document["top_ups"]), ("Grants received", document["grants"]),
+               ("Credits expired", document["expired"]), ("Payments received", document["payments_received"]),
+               ("Opening credit balance", opening["credits"]), ("Closing credit balance", closing["credits"]),
+               ("Opening amount owed", opening["receivable"]), ("Closing amount owed", closing["receivable"])]
+    if "amount_paid" in document:
+        figures.append(("Paid on this invoice", document["amount_paid"]))
+    figures.append(("Amount due", document["amount_due"]))
+    return figures
+
+
+def title(document: Mapping[str, Any]) -> str:
+    return f"Invoice {document.get('number') or '(upcoming)'}"
+
+
+def facts(document: Mapping[str, Any]) -> list[tuple[str, str]]:
+    period = document["period"]
+    out = [("Customer", document["customer_id"]), ("Billing", document["billing"]),
+           ("Period", f"{period['label']}: {_day(period['start'])} to {_day(period['end'])} ({period['time_zone']})"),
+           ("Issued", _day(document["issued_at"])), ("Due", _day(document["due_at"])),
+           ("Currency", document["currency"])]
+    if "payment_status" in document:
+        out.append(("Status", document["payment_status"].replace("_", " ")))
+    return out
+
+
+def _day(at: str | None) -> str:
+    """An RFC 3339 UTC time as people read it: the day alone at midnight, else day and time."""
+    day, _, clock = (at or "").removesuffix("Z").partition("T")
+    clock = clock.split(".")[0]
+    return day if clock in ("", "00:00:00") else f"{day} {clock} UTC"
+
+
+def html_context(document: Mapping[str, Any]) -> dict[str, Any]:
+    return {"invoice": document, "title": title(document), "facts": facts(document), "rows": rows(document),
+            "summary": summary(document)}
+
+
+def pdf(document: Mapping[str, Any]) -> bytes:
+    """The invoice as a one-or-more-page A4 PDF, in core fonts (Latin-1: other characters print
+    as '?'), lines as a table that repeats its heading on each page."""
+    doc = FPDF(format="A4", unit="mm")
+    doc.set_title(_latin(title(document)))
+    doc.set_creator("tokentill")
+    doc.set_auto_page_break(auto=True, margin=15)
+    doc.add_page()
+    doc.set_font("Helvetica", "B", 16)
+    doc.cell(0, 10, _latin(title(document)), new_x="LMARGIN", new_y="NEXT")
+    doc.set_font("Helvetica", size=10)
+    for label, value in facts(document):
+        doc.cell(40, 6, _latin(label))
+        doc.cell(0, 6, _latin(value), new_x="LMARGIN", new_y="NEXT")
+    doc.ln(4)
+    doc.set_font("Helvetica", size=9)
+    with doc.table(col_widths=(90, 30, 35, 25), text_align=("LEFT", "RIGHT", "RIGHT", "RIGHT"),
+                   first_row_as_headings=True, repeat_headings=1) as table:
+        table.row(("Description", "Quantity", "Unit price", f"Amount ({document['currency']})"))
+        for row in rows(document):
+            table.row(tuple(_latin(v) for v in (row.description, row.quantity, row.unit_price, row.amount)))
+    doc.ln(4)
+    doc.set_font("Helvetica", size=10)
+    for label, value in summary(document):
+        bold = label in ("Total", "Amount due")
+        doc.set_font("Helvetica", "B" if bold else "", 10)
+        doc.cell(145, 6, _latin(label), align="R")
+        doc.cell(35, 6, f"{value} {document['currency']}", align="R", new_x="LMARGIN", new_y="NEXT")
+    if document.get("content_hash"):
+        doc.ln(4)
+        doc.set_font("Helvetica", size=7)
+        doc.cell(0, 5, f"Content hash (SHA-256): {document['content_hash']}", new_x="LMARGIN", new_y="NEXT")
+    return bytes(doc.output())
+
+
+def _latin(value: str) -> str:
+    return value.encode("latin-1", "replace").decode("latin-1")
+
+
+def csv_text(document: Mapping[str, Any]) -> str:
+    """The lines, one a row, with the invoice's number, period and currency on each."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, CSV_FIELDS, lineterminator="\r\n")
+    writer.writeheader()
+    for line in document["lines"]:
+        writer.writerow({**{k: line.get(k) for k in CSV_FIELDS if k in line}, "number": document.get("number") or "",
+                         "period": document["period"]["label"], "currency": document["currency"],
+                         "per": KINDS[line["token_type"]].per if line.get("token_type") in KINDS else 1})
+    return out.getvalue()
+
+
+def filename(document: Mapping[str, Any], extension: str) -> str:
+    return f"{document.get('number') or 'invoice-' + document['period']['label']}.{extension}"
+
+
+__all__ = ["CSV", "HTML", "HTML_HEADERS", "JSON", "MEDIA_TYPES", "PDF", "Row", "csv_text", "filename", "html_context",
+           "negotiate", "pdf", "rows", "summary"]
