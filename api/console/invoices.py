@@ -19,7 +19,7 @@ READERS = invoices.READERS
 async def invoices_page(state: State, request: Request, customer_id: FromPath[str]) -> Template:
     customer = customer_response(await state.services.wallets.get_customer(customer_id))
     listed = await invoices.list_invoices.fn(state=state, customer_id=customer_id)
-    upcoming = await invoices.upcoming_invoice.fn(state=state, customer_id=customer_id)
+    upcoming = await invoices.upcoming_document(state, customer_id)
     return render(request, "customer/invoices.html", customer=customer, invoices=listed["invoices"],
                   upcoming=upcoming, section="invoices")
 
@@ -28,13 +28,13 @@ async def invoices_page(state: State, request: Request, customer_id: FromPath[st
      name="console-invoice-upcoming")
 async def upcoming_page(state: State, request: Request, customer_id: FromPath[str]) -> Template:
     customer = customer_response(await state.services.wallets.get_customer(customer_id))
-    document = await invoices.upcoming_invoice.fn(state=state, customer_id=customer_id)
+    document = await invoices.upcoming_document(state, customer_id)
     return render(request, "customer/invoice.html", customer=customer, invoice=document, section="invoices")
 
 
 @get(f"{PREFIX}/invoices/{{invoice_id:str}}", guards=[allow(*READERS)], name="console-invoice")
 async def invoice_page(state: State, request: Request, invoice_id: FromPath[str]) -> Template:
     """One finalized invoice; another customer's is 403, as `GET /v1/invoices/{id}` answers it."""
-    document = await invoices.get_invoice.fn(state=state, request=request, invoice_id=invoice_id)
+    document = await invoices.invoice_document(state, request, invoice_id)
     customer = customer_response(await state.services.wallets.get_customer(document["customer_id"]))
     return render(request, "customer/invoice.html", customer=customer, invoice=document, section="invoices")

@@ -70,10 +70,13 @@ async def upcoming_invoice(state: State, request: Request, customer_id: FromPath
     """The invoice of the customer's current period so far, computed now by the close's own code
     (a volume true-up shows as it would be posted if the period closed now); no number yet.
     Rendered by the Accept header as an invoice is."""
-    media = renderings.negotiate(request)
+    return rendered(renderings.negotiate(request), await upcoming_document(state, customer_id))
+
+
+async def upcoming_document(state: State, customer_id: str) -> dict[str, Any]:
     wallets = state.services.wallets
-    return rendered(media, await state.services.db.read(
-        lambda conn: billing.upcoming(conn, customer_id, wallets.clock(), wallets.engine.books)))
+    return await state.services.db.read(
+        lambda conn: billing.upcoming(conn, customer_id, wallets.clock(), wallets.engine.books))
 
 
 @get("/v1/invoices/{invoice_id:str}", guards=[require(*READERS)], tags=["invoices"], **documented(404, 406))
@@ -82,9 +85,14 @@ async def get_invoice(state: State, request: Request, invoice_id: FromPath[str])
     the Accept header as JSON (default), a printable page (`text/html`), a PDF
     (`application/pdf`) or its lines as CSV (`text/csv`); any other is 406."""
     media = renderings.negotiate(request)
+    return rendered(media, await invoice_document(state, request, invoice_id))
+
+
+async def invoice_document(state: State, request: Request, invoice_id: str) -> dict[str, Any]:
+    """The invoice's JSON document, for a key allowed to read its customer's (else 403)."""
     db = state.services.db
     ensure_customer(request, await db.read(lambda conn: billing.invoice_owner(conn, invoice_id)))
-    return rendered(media, await db.read(lambda conn: billing.invoice(conn, invoice_id)))
+    return await db.read(lambda conn: billing.invoice(conn, invoice_id))
 
 
 def rendered(media: str, document: dict[str, Any]) -> Response[Any]:
