@@ -1,27 +1,38 @@
-"""Invoice pages: a customer's finalized invoices and the upcoming one, and one invoice as a
-printable page. Each reads through the invoice routes' own functions (`wallets.billing`), so the
-page is the API's document, figure for figure."""
+"""Invoice pages: a customer's finalized invoices and the upcoming one, one invoice line by
+line, and its renderings (PDF, printable HTML, CSV) to download. Documents and renderings come
+from the invoice routes' own `invoice_document`, `upcoming_document` and `rendered`, so every
+figure is the API's (another customer's invoice is 403, as the API answers it)."""
 from __future__ import annotations
 
-from litestar import Request, get
+from typing import Any
+
+from litestar import Request, Response, get
 from litestar.datastructures import State
 from litestar.params import FromPath
 from litestar.response import Template
 
+from api import renderings
 from api.console.web import PREFIX, allow, render
 from api.routes import invoices
 from api.routes.customers import customer_response
+from wallets.errors import NotFoundError
 
 READERS = invoices.READERS
+FORMATS = {"pdf": renderings.PDF, "html": renderings.HTML, "csv": renderings.CSV}
+
+
+def _download(document: dict[str, Any], fmt: str) -> Response[Any]:
+    if fmt not in FORMATS:
+        raise NotFoundError(f"no {fmt} rendering of an invoice: pdf, html or csv")
+    return invoices.rendered(FORMATS[fmt], document)
 
 
 @get(f"{PREFIX}/customers/{{customer_id:str}}/invoices", guards=[allow(*READERS)], name="console-invoices")
 async def invoices_page(state: State, request: Request, customer_id: FromPath[str]) -> Template:
     customer = customer_response(await state.services.wallets.get_customer(customer_id))
     listed = await invoices.list_invoices.fn(state=state, customer_id=customer_id)
-    upcoming = await invoices.upcoming_document(state, customer_id)
     return render(request, "customer/invoices.html", customer=customer, invoices=listed["invoices"],
-                  upcoming=upcoming, section="invoices")
+                  upcoming=await invoices.upcoming_document(state, customer_id), section="invoices")
 
 
 @get(f"{PREFIX}/customers/{{customer_id:str}}/invoices/upcoming", guards=[allow(*READERS)],
@@ -29,12 +40,26 @@ async def invoices_page(state: State, request: Request, customer_id: FromPath[st
 async def upcoming_page(state: State, request: Request, customer_id: FromPath[str]) -> Template:
     customer = customer_response(await state.services.wallets.get_customer(customer_id))
     document = await invoices.upcoming_document(state, customer_id)
-    return render(request, "customer/invoice.html", customer=customer, invoice=document, section="invoices")
+    return render(request, "customer/invoice.html", customer=customer, invoice=document,
+                  downloads=f"{PREFIX}/customers/{customer_id}/invoices/upcoming", section="invoices")
+
+
+@get(f"{PREFIX}/customers/{{customer_id:str}}/invoices/upcoming/{{fmt:str}}", guards=[allow(*READERS)],
+     name="console-invoice-upcoming-download")
+async def upcoming_download(state: State, customer_id: FromPath[str], fmt: FromPath[str]) -> Response[Any]:
+    return _download(await invoices.upcoming_document(state, customer_id), fmt)
 
 
 @get(f"{PREFIX}/invoices/{{invoice_id:str}}", guards=[allow(*READERS)], name="console-invoice")
 async def invoice_page(state: State, request: Request, invoice_id: FromPath[str]) -> Template:
-    """One finalized invoice; another customer's is 403, as `GET /v1/invoices/{id}` answers it."""
     document = await invoices.invoice_document(state, request, invoice_id)
     customer = customer_response(await state.services.wallets.get_customer(document["customer_id"]))
-    return render(request, "customer/invoice.html", customer=customer, invoice=document, section="invoices")
+    return render(request, "customer/invoice.html", customer=customer, invoice=document,
+                  downloads=f"{PREFIX}/invoices/{invoice_id}", section="invoices")
+
+
+@get(f"{PREFIX}/invoices/{{invoice_id:str}}/{{fmt:str}}", guards=[allow(*READERS)], name="console-invoice-download")
+async def invoice_download(state: State, request: Request, invoice_id: FromPath[str], fmt: FromPath[str]
+                           ) -> Response[Any]:
+    """The invoice as a PDF, a printable page or its lines as CSV: the API's renderings."""
+    return _download(await invoices.invoice_document(state, request, invoice_id), fmt)

@@ -42,7 +42,9 @@ PAGES = [
 ]
 OPEN = {("GET", "/console/sign-in"), ("POST", "/console/sign-in"), ("POST", "/console/sign-out"),
         ("POST", "/console/customers/{own}/top-up"),  # the top-up post: tests/e2e (a browser's form)
-        ("GET", "/console/invoices/{invoice_id:str}")}  # a finalized invoice: tests/e2e (a closed period)
+        ("GET", "/console/invoices/{invoice_id:str}"),  # a finalized invoice: tests/e2e (a closed period)
+        ("GET", "/console/invoices/{invoice_id:str}/{fmt:str}"),
+        ("GET", "/console/customers/{own}/invoices/upcoming/{fmt:str}")}
 
 
 def _token(html: str) -> str:

@@ -66,8 +66,16 @@ def test_a_customer_opens_an_invoice_as_the_invoice_api_has_it(page: Page, conso
         row = page.get_by_role("row").filter(has_text=line["token_type"]).filter(has_text=line["model"] or "all models")
         expect(row.first).to_contain_text(line["amount"])
     shot(page, "customer-invoice")
+    with page.expect_download() as download:
+        page.get_by_role("link", name="lines as CSV").click()
+    saved = download.value.path().read_text()
+    for line in invoice["lines"]:
+        assert line["amount"] in saved
+    pdf = page.request.get(f"/console/invoices/{invoice['id']}/pdf")
+    assert pdf.ok and pdf.headers["content-type"] == "application/pdf" and pdf.body().startswith(b"%PDF")
     page.goto("/console/customers/acme/invoices/upcoming")
     expect(page.get_by_role("heading", name="Upcoming invoice (not final)")).to_be_visible()
+    assert page.request.get("/console/customers/acme/invoices/upcoming/html").ok
     assert page.errors == []
 
 
@@ -77,6 +85,7 @@ def test_another_customer_gets_a_403_page_for_an_invoice(page: Page, console: Co
     response = page.goto(f"/console/invoices/{invoice['id']}")
     assert response.status == 403
     assert invoice["number"] not in page.content() and invoice["total"] not in page.locator("main").inner_text()
+    assert page.request.get(f"/console/invoices/{invoice['id']}/pdf").status == 403
 
 
 def test_a_customer_sees_its_budgets_as_the_budgets_api_reads_them(page: Page, console: Console):
@@ -175,6 +184,7 @@ def test_a_customer_key_gets_403_pages_for_another_customer_and_for_audit_pages(
     for path in ("/console/customers/globex", "/console/customers/globex/usage",
                  "/console/customers/globex/reservations", "/console/customers/globex/budgets",
                  "/console/customers/globex/invoices", "/console/customers/globex/invoices/upcoming",
+                 "/console/customers/globex/invoices/upcoming/pdf",
                  "/console/audit", "/console/audit/journal", "/console/audit/export",
                  "/console/audit/export/download?format=csv",
                  "/console/audit/statement?account=liability:customer:acme:reserved",
