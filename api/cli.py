@@ -228,6 +228,10 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
         from api.bench import console_bench
 
         return console_bench.main(args, settings)
+    if args.target == "invoices":
+        from api.bench import invoice_bench
+
+        return invoice_bench.main(args, settings)
     raise SystemExit(f"unknown benchmark {args.target}")
 
 
@@ -338,7 +342,7 @@ def parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks against pgbench on the same cluster")
     bench.add_argument("target", choices=["ledger", "lifecycle", "faults", "ingest", "gateway", "budgets",
-                                          "rating", "console", "export"])
+                                          "rating", "console", "export", "invoices"])
     bench.add_argument("--seconds", type=float, default=10.0, help="duration of each case")
     bench.add_argument("--workers", type=int, default=64, help="concurrent posting tasks")
     bench.add_argument("--accounts", type=int, default=10_000, help="accounts in the spread case")
@@ -365,6 +369,9 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--entries", type=int, default=1_000_000, help="export: entries in the synthetic ledger")
     bench.add_argument("--bean-check", action="store_true",
                        help="export: run bean-check and compare bean-query's balances with the trial balance")
+    bench.add_argument("--customers", type=int, default=10_000, help="invoices: postpaid customers to close")
+    bench.add_argument("--total-charges", type=int, default=1_000_000, help="invoices: usage charges in all")
+    bench.add_argument("--big", type=int, default=100_000, help="invoices: charges of the busiest customer")
     bench.add_argument("--json", action="store_true", help="print figures as JSON")
     bench.set_defaults(func=_bench)
 

@@ -12,19 +12,14 @@ import asyncio
 import json
 import os
 import re
-import signal
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
 
-from api.bench.common import free_port, scratch_database
-from api.bench.lifecycle_bench import KEY, pct, server_log, start_server, wait_ready
-from api.runtime import open_database, sync_url
+from api.bench.lifecycle_bench import KEY, pct, scratch_server, wait_ready
 from api.settings import Settings
-from migrations import runner
 
 GOAL_MS = 100.0
 CUSTOMER = "bench-console"
@@ -103,25 +98,8 @@ async def measure(base: str, server: subprocess.Popen, args: argparse.Namespace)
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
-    handle = open_database(settings, migrate=False)
-    try:
-        with scratch_database(handle.url, f"tokentill_console_{os.getpid()}") as url:
-            runner.upgrade(sync_url(url))
-            port = free_port()
-            server = start_server(url, port)
-            try:
-                report = asyncio.run(measure(f"http://127.0.0.1:{port}", server, args))
-            except BaseException:
-                print(f"--- tokentill serve log (tail):\n{server_log(server)}", file=sys.stderr)
-                raise
-            finally:
-                server.send_signal(signal.SIGTERM)
-                try:
-                    server.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    server.kill()
-    finally:
-        handle.close()
+    with scratch_server(settings, f"tokentill_console_{os.getpid()}") as (_, port, server):
+        report = asyncio.run(measure(f"http://127.0.0.1:{port}", server, args))
     if args.json:
         print(json.dumps(report, indent=2))
     else:

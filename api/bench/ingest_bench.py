@@ -14,9 +14,7 @@ import asyncio
 import itertools
 import json
 import os
-import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,12 +23,10 @@ from pathlib import Path
 import httpx
 from sqlalchemy import create_engine, text
 
-from api.bench.common import free_port, scratch_database
-from api.bench.lifecycle_bench import KEY, Connection, pct, server_log, start_server, wait_ready
+from api.bench.lifecycle_bench import KEY, Connection, pct, scratch_server, wait_ready
 from api.bench.profile import CpuMeter, SpyProfile
-from api.runtime import open_database, sync_url
+from api.runtime import sync_url
 from api.settings import Settings
-from migrations import runner
 
 GOAL = 20_000  # events/s
 BATCH = 1000
@@ -172,25 +168,8 @@ async def run_cases(url: str, port: int, server: subprocess.Popen, args: argpars
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
-    handle = open_database(settings, migrate=False)
-    try:
-        with scratch_database(handle.url, f"tokentill_ingest_{os.getpid()}") as url:
-            runner.upgrade(sync_url(url))
-            port = free_port()
-            server = start_server(url, port)
-            try:
-                figures = asyncio.run(run_cases(url, port, server, args))
-            except BaseException:
-                print(f"--- tokentill serve log (tail):\n{server_log(server)}", file=sys.stderr)
-                raise
-            finally:
-                server.send_signal(signal.SIGTERM)
-                try:
-                    server.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    server.kill()
-    finally:
-        handle.close()
+    with scratch_server(settings, f"tokentill_ingest_{os.getpid()}") as (url, port, server):
+        figures = asyncio.run(run_cases(url, port, server, args))
     report = report_of(figures, args)
     print(json.dumps(report, indent=2) if args.json else text_report(report))
     ok = report["verify_ok"] and report["replay_added_postings"] == 0 and report["replay"]["accepted"] == 0

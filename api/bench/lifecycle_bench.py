@@ -19,6 +19,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,6 +127,32 @@ def server_log(server: subprocess.Popen) -> str:
     log = server.log  # type: ignore[attr-defined]
     log.seek(0)
     return log.read().decode(errors="replace")[-3000:]
+
+
+@contextmanager
+def scratch_server(settings: Settings, name: str) -> Iterator[tuple[str, int, subprocess.Popen]]:
+    """A fresh, migrated scratch database `name` on the settings' cluster and one `tokentill serve`
+    on it: (database URL, port, server). On a failure the server's log tail goes to stderr; the
+    server is stopped and the database dropped afterwards."""
+    handle = open_database(settings, migrate=False)
+    try:
+        with scratch_database(handle.url, name) as url:
+            runner.upgrade(sync_url(url))
+            port = free_port()
+            server = start_server(url, port)
+            try:
+                yield url, port, server
+            except BaseException:
+                print(f"--- tokentill serve log (tail):\n{server_log(server)}", file=sys.stderr)
+                raise
+            finally:
+                server.send_signal(signal.SIGTERM)
+                try:
+                    server.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+    finally:
+        handle.close()
 
 
 async def wait_ready(client: httpx.AsyncClient, server: subprocess.Popen, base: str = "") -> None:
