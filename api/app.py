@@ -18,8 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from api import console
 from api.auth import principal_for
 from api.errors import EXCEPTION_HANDLERS
-from api.gateway import Gateway
-from api.gateway import routes as gateway_routes
+from api.gateway.mounts import routes as gateway_routes
+from api.gateway.proxy import Gateway
 from api.keys import KeyCache
 from api.metrics import metrics_middleware
 from api.routes import audit, journal, keys, ops, webhooks
