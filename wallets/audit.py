@@ -6,7 +6,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.audit import Check, CheckFn, Report, _query_check, verify
-from wallets import chart
+from wallets import chart, store
 
 
 def _literal(value: str) -> str:
@@ -129,6 +129,28 @@ async def usage_counters_match_charges(conn: AsyncConnection) -> Check:
           FROM rated r FULL JOIN usage_counters u USING (customer_id, period, book_id, rule_id)
          WHERE coalesce(r.q, 0) <> coalesce(u.quantity, 0)
         """, "period-to-date counters equal the units the charges rated")
+
+
+async def usage_rollups_match_charges(conn: AsyncConnection) -> Check:
+    """The usage report's daily rollups equal the charges they sum, key by key, in the
+    customer's lane (migration 0018 on)."""
+    if (await conn.execute(text("SELECT to_regclass('usage_rollups')"))).scalar() is None:
+        return Check("usage_rollups", True, "no usage rollups in this schema (before migration 0018)")
+    key, aggregate = f"lane, {store.USAGE_KEY}", store.USAGE_AGGREGATE.format(source="charges")
+    return await _query_check(conn, "usage_rollups", f"""
+        WITH rated AS (SELECT ledger_lane(customer_id) AS lane, * FROM ({aggregate}) a),
+        differ AS (
+            (SELECT 'rollup' AS side, {key}, quantity, amount, charges FROM usage_rollups
+             EXCEPT SELECT 'rollup', {key}, quantity, amount, charges FROM rated)
+            UNION ALL
+            (SELECT 'charges', {key}, quantity, amount, charges FROM rated
+             EXCEPT SELECT 'charges', {key}, quantity, amount, charges FROM usage_rollups))
+        SELECT format('usage rollup of customer %s, day %s, model %s, version %s, line %s/%s/%s (lane %s): '
+                      'the %s say quantity %s, amount %s, %s charges, and the other side differs',
+                      customer_id, day, model, price_version, token_type, kind, rule_id, lane, side,
+                      quantity, amount, charges)
+          FROM differ
+        """, "the daily usage rollups equal the charges they sum")
 
 
 async def usage_events_charged(conn: AsyncConnection) -> Check:
@@ -257,7 +279,8 @@ async def invoices_tie_out(conn: AsyncConnection) -> Check:
 
 WALLET_CHECKS: tuple[CheckFn, ...] = (
     reservations_consistent, holds_equal_reserved, lots_match_accounts, wallets_within_limits,
-    charges_match_entries, usage_counters_match_charges, usage_events_charged, budgets_match_reservations,
+    charges_match_entries, usage_counters_match_charges, usage_rollups_match_charges, usage_events_charged,
+    budgets_match_reservations,
     period_rollups_match_postings, invoices_tie_out,
 )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
@@ -143,32 +143,89 @@ async def ensure_book_visible(conn: AsyncConnection, book_id: str, customers: Se
 GROUPS = {"model": "c.model", "token_type": "l->>'token_type'", "kind": "l->>'kind'", "rule_id": "l->>'rule_id'",
           "price_version": "c.price_version", "day": "to_char(c.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
           "month": "to_char(c.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM')"}
+# The same groups over the daily rollups (migration 0018): days are UTC days, as `day` is here.
+ROLLED = {"model": "r.model", "token_type": "r.token_type", "kind": "r.kind", "rule_id": "r.rule_id",
+          "price_version": "r.price_version", "day": "to_char(r.day, 'YYYY-MM-DD')",
+          "month": "to_char(r.day, 'YYYY-MM')"}
+_LINE_KEY = {"token_type": 4, "kind": 2, "rule_id": 1}  # a rollup level's bit per part left out
 _DIMENSION = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+_DAY = timedelta(days=1)
+
+
+def _rollup_level(group_by: list[str]) -> int | None:
+    """The rollup rows that answer these groups exactly (those rolled up over the parts of the
+    line key the groups leave out: each counts every charge with a line under it once), None
+    when a group is a usage dimension, which only the charges know."""
+    if not set(group_by) <= ROLLED.keys():
+        return None
+    return sum(bit for part, bit in _LINE_KEY.items() if part not in group_by)
+
+
+def _midnight(at: datetime) -> datetime:
+    at = at.astimezone(UTC)
+    return datetime(at.year, at.month, at.day, tzinfo=UTC)
+
+
+Span = tuple[datetime | None, datetime | None]
+
+
+def usage_plan(start: datetime | None, end: datetime | None, group_by: list[str]
+               ) -> tuple[int | None, tuple[date | None, date | None] | None, list[Span]]:
+    """How a usage report is read: the rollup level and its whole UTC days [first, stop) (None
+    bounds: open), and the ranges [from, to) of raw charges around them (everything raw when the
+    groups or the range leave the rollups no whole day)."""
+    level = _rollup_level(group_by)
+    first = None if start is None else _midnight(start) + (_DAY if _midnight(start) != start else timedelta())
+    stop = None if end is None else _midnight(end)
+    if level is None or (first is not None and stop is not None and first >= stop):
+        return None, None, [(start, end)]
+    raw = [*([(start, first)] if start is not None and start < first else []),
+           *([(stop, end)] if end is not None and stop < end else [])]
+    return level, (first and first.date(), stop and stop.date()), raw
 
 
 async def usage(conn: AsyncConnection, customer_id: str, start: datetime | None, end: datetime | None,
                 group_by: list[str]) -> dict[str, Any]:
     """Quantities and amounts of the customer's rated lines, grouped; any other group name is a
-    usage dimension (feature, api_key, …). Amounts sum to the revenue the entries posted."""
-    exprs, params = [], {"c": customer_id, "start": start, "end": end}
+    usage dimension (feature, api_key, …). Amounts sum to the revenue the entries posted.
+    Whole UTC days come from the daily rollups where the groups allow it, the rest (partial days
+    at the edges, usage dimensions) from the charges: the answer is the same either way."""
+    exprs, rolled, params = [], [], {"c": customer_id}
     for i, name in enumerate(group_by):
         if name in GROUPS:
             exprs.append(f"{GROUPS[name]} AS g{i}")
+            rolled.append(f"{ROLLED[name]} AS g{i}")
         elif _DIMENSION.match(name):
             params[f"d{i}"] = name
             exprs.append(f"c.dimensions ->> CAST(:d{i} AS text) AS g{i}")
         else:
             raise WalletValidationError("group_by", f"cannot group by {name!r}")
-    select = ", ".join([*exprs, ""]) if exprs else ""
-    group = " GROUP BY " + ", ".join(f"g{i}" for i in range(len(exprs))) if exprs else ""
-    order = " ORDER BY " + ", ".join(f"g{i}" for i in range(len(exprs))) if exprs else ""
-    rows = await conn.execute(text(f"""
-        SELECT {select} sum((l->>'quantity')::bigint)::numeric AS quantity,
+    groups = ", ".join(f"g{i}" for i in range(len(exprs)))
+    select = groups + ", " if exprs else ""
+    group = f" GROUP BY {groups}" if exprs else ""
+    level, days, raw = usage_plan(start, end, group_by)
+    parts = []
+    for k, (lo, hi) in enumerate(raw):
+        params.update({f"lo{k}": lo, f"hi{k}": hi})
+        parts.append(f"""
+        SELECT {", ".join([*exprs, ""])} sum((l->>'quantity')::bigint)::numeric AS quantity,
                sum((l->>'amount_units')::numeric) AS amount, count(DISTINCT c.id) AS charges
           FROM charges c CROSS JOIN LATERAL jsonb_array_elements(c.lines) l
          WHERE c.customer_id = :c
-           AND (CAST(:start AS timestamptz) IS NULL OR c.occurred_at >= :start)
-           AND (CAST(:end AS timestamptz) IS NULL OR c.occurred_at < :end){group}{order}"""), params)
+           AND (CAST(:lo{k} AS timestamptz) IS NULL OR c.occurred_at >= :lo{k})
+           AND (CAST(:hi{k} AS timestamptz) IS NULL OR c.occurred_at < :hi{k}){group}""")
+    if days is not None:
+        params.update(level=level, first=days[0], stop=days[1])
+        parts.append(f"""
+        SELECT {", ".join([*rolled, ""])} sum(r.quantity) AS quantity, sum(r.amount) AS amount,
+               sum(r.charges) AS charges
+          FROM usage_rollups r
+         WHERE r.lane = ledger_lane(:c) AND r.customer_id = :c AND r.level = :level
+           AND (CAST(:first AS date) IS NULL OR r.day >= :first)
+           AND (CAST(:stop AS date) IS NULL OR r.day < :stop){group}""")
+    rows = await conn.execute(text(f"""
+        SELECT {select} sum(quantity) AS quantity, sum(amount) AS amount, sum(charges) AS charges
+          FROM ({" UNION ALL ".join(parts)}) p{group}{f" ORDER BY {groups}" if exprs else ""}"""), params)
     exists = (await conn.execute(text("SELECT 1 FROM customers WHERE id = :c"), {"c": customer_id})).first()
     if exists is None:
         raise NotFoundError(f"no customer {customer_id}", customer_id=customer_id)
@@ -177,7 +234,7 @@ async def usage(conn: AsyncConnection, customer_id: str, start: datetime | None,
         if row.amount is None:
             continue
         item = {name: getattr(row, f"g{i}") for i, name in enumerate(group_by)}
-        item.update(quantity=int(row.quantity or 0), amount=money(row.amount), charges=row.charges)
+        item.update(quantity=int(row.quantity or 0), amount=money(row.amount), charges=int(row.charges))
         out.append(item)
     return {"customer_id": customer_id, "from": when(start), "to": when(end), "group_by": group_by, "rows": out}
 

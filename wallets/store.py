@@ -306,7 +306,8 @@ _WRITES: dict[str, str] = {
                       request_hash text, model text, occurred_at timestamptz, usage jsonb,
                       dimensions jsonb, price_book text, price_version text, lines jsonb,
                       charged numeric, from_hold numeric, from_lots numeric,
-                      from_receivable numeric, released numeric, entry_id bigint)""",
+                      from_receivable numeric, released numeric, entry_id bigint)
+               RETURNING id, customer_id, occurred_at, model, price_version, lines""",
     "usage_counters": """INSERT INTO usage_counters (lane, customer_id, period, book_id, rule_id, quantity)
                SELECT {lane}, r.customer_id, r.period, r.book_id, r.rule_id, r.quantity
                  FROM jsonb_to_recordset({p}::jsonb) AS r(customer_id text, period text, book_id text,
@@ -444,9 +445,34 @@ _LEGACY_IDEMPOTENCY = """INSERT INTO idempotency_keys (scope, key, request_hash,
                       request_hash text, status smallint, response jsonb)"""
 
 
+# The usage report's figures of some charges (`source`: the charges table, or the rows a write
+# just inserted into it), per customer, UTC day, model and price version, and per every subset of
+# the line key (level: a bit per part left out, 4 token type, 2 kind, 1 rule; 7 whole charges),
+# by the report's own expressions (wallets/reports.py).
+USAGE_AGGREGATE = """
+SELECT c.customer_id, (c.occurred_at AT TIME ZONE 'UTC')::date AS day, c.model, c.price_version,
+       l ->> 'token_type' AS token_type, l ->> 'kind' AS kind, l ->> 'rule_id' AS rule_id,
+       GROUPING(l ->> 'token_type', l ->> 'kind', l ->> 'rule_id') AS level,
+       sum((l ->> 'quantity')::bigint)::numeric AS quantity, sum((l ->> 'amount_units')::numeric) AS amount,
+       count(DISTINCT c.id) AS charges
+  FROM {source} c CROSS JOIN LATERAL jsonb_array_elements(c.lines) l
+ GROUP BY c.customer_id, (c.occurred_at AT TIME ZONE 'UTC')::date, c.model, c.price_version,
+          CUBE (l ->> 'token_type', l ->> 'kind', l ->> 'rule_id')"""
+USAGE_KEY = "customer_id, day, level, model, price_version, token_type, kind, rule_id"
+# Kept up from the charges the same statement inserts (no rows of their own to send).
+_USAGE_ROLLUPS = f"""INSERT INTO usage_rollups (lane, {USAGE_KEY}, quantity, amount, charges)
+               SELECT {{lane}}, {USAGE_KEY}, quantity, amount, charges
+                 FROM ({USAGE_AGGREGATE.format(source="w_charges")}) a
+               ON CONFLICT (lane, {USAGE_KEY})
+               DO UPDATE SET quantity = usage_rollups.quantity + EXCLUDED.quantity,
+                             amount = usage_rollups.amount + EXCLUDED.amount,
+                             charges = usage_rollups.charges + EXCLUDED.charges"""
+
+
 async def write(conn: AsyncConnection, rows: dict[str, list[dict[str, Any]]]) -> None:
     """Write every table's rows in one statement (one round trip), in dependency order, in the
-    batch's lane. Outside a wallet batch only idempotency records are written, unpartitioned."""
+    batch's lane; the usage rollups follow the charges inserted. Outside a wallet batch only
+    idempotency records are written, unpartitioned."""
     lane = LANE.get()
     parts, params = [], []
     for table, sql in _WRITES.items():
@@ -455,8 +481,10 @@ async def write(conn: AsyncConnection, rows: dict[str, list[dict[str, Any]]]) ->
                 if table != "idempotency":
                     raise ValueError(f"{table} rows are written in a lane")
                 sql = _LEGACY_IDEMPOTENCY
-            parts.append(f"w{len(parts)} AS ({sql.format(p='%s', lane=int(lane or 0))})")
+            parts.append(f"w_{table} AS ({sql.format(p='%s', lane=int(lane or 0))})")
             params.append(dumps(rows[table]))
+            if table == "charges":
+                parts.append(f"w_usage_rollups AS ({_USAGE_ROLLUPS.format(lane=int(lane or 0))})")
     if parts:
         await conn.exec_driver_sql("WITH " + ",\n".join(parts) + " SELECT 1", tuple(params))
 

@@ -23,7 +23,8 @@ from api.settings import Settings
 
 GOAL_MS = 100.0
 CUSTOMER = "bench-console"
-PAGES = ["/console/customers/{c}", "/console/customers/{c}/usage", "/console/customers/{c}/reservations"]
+PAGES = ["/console/customers/{c}", "/console/customers/{c}/usage", "/console/customers/{c}/reservations",
+         "/console/customers/{c}/invoices/upcoming"]
 
 
 async def seed(client: httpx.AsyncClient, charges: int, workers: int) -> float:
@@ -89,7 +90,8 @@ async def measure(base: str, server: subprocess.Popen, args: argparse.Namespace)
                     raise SystemExit(f"{path}: {answer.status_code}")
                 if n >= 5:  # the first few warm the caches and the pool
                     times.append(elapsed)
-            pages[path] = {"p50_ms": pct(times, 50), "p95_ms": pct(times, 95), "max_ms": round(max(times), 2),
+            pages[path] = {"p50_ms": pct(times, 50), "p95_ms": pct(times, 95), "p99_ms": pct(times, 99),
+                           "max_ms": round(max(times), 2),
                            "p95_ratio_to_goal": round(pct(times, 95) / GOAL_MS, 3)}
         return {"charges": args.charges, "charges_posted": charged, "seed_events_per_s": round(rate),
                 "requests_per_page": args.requests,
@@ -107,7 +109,8 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
               f"(seeded at {report['seed_events_per_s']:,} events/s), {report['requests_per_page']} requests each, "
               f"load {report['load'][0]:.2f}:")
         for path, f in report["pages"].items():
-            print(f"  {path:<48} p50 {f['p50_ms']:>8.2f} ms  p95 {f['p95_ms']:>8.2f} ms  max {f['max_ms']:>8.2f} ms"
+            print(f"  {path:<48} p50 {f['p50_ms']:>8.2f} ms  p95 {f['p95_ms']:>8.2f} ms  p99 {f['p99_ms']:>8.2f} ms"
+                  f"  max {f['max_ms']:>8.2f} ms"
                   f"  p95/goal {f['p95_ratio_to_goal']:.3f}")
         print(f"goal p95 < {GOAL_MS:.0f} ms: {'met' if report['goal_met'] else 'NOT met'}")
     return 0 if report["goal_met"] else 1

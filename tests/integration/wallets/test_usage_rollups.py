@@ -1,0 +1,141 @@
+"""Issue 11: the usage report reads daily rollups kept up with the charges, and answers exactly
+what the charges themselves say, for every grouping and any range (whole UTC days from the
+rollups, partial days and usage dimensions from the charges)."""
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from alembic import command
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import create_engine, text
+from wallet_kit import BOOK, T0, Kit
+
+from api.runtime import sync_url
+from ledger.audit import verify
+from migrations import runner
+from wallets import books, reports
+from wallets.audit import WALLET_CHECKS, usage_rollups_match_charges
+from wallets.commands import RecordUsage
+
+START = datetime(2026, 11, 23, tzinfo=UTC)  # the kit's first day; T0 is its noon
+# A second price version from the third day on: other rules, another price for model-x input,
+# model-y priced too, so line keys and versions vary.
+LATER = {"currency": "USD", "effective_from": (START + timedelta(days=2)).isoformat().replace("+00:00", "Z"),
+         "rules": [*BOOK["rules"][1:],
+                   {"id": "x-in-2", "model": "model-x", "token_type": "input", "price": "1500"},
+                   {"id": "y-all", "model": "model-y", "token_type": "input", "price": "700"},
+                   {"id": "y-out", "model": "model-y", "token_type": "output", "price": "900"}]}
+GROUPS = ["model", "token_type", "kind", "rule_id", "price_version", "day", "month", "feature"]
+
+# Events: minutes after START over five days (midnights and their neighbours drawn often).
+minute = st.one_of(st.integers(0, 5 * 1440 - 1), st.sampled_from([1439, 1440, 1441, 2880, 2879, 4320]))
+events = st.lists(st.tuples(minute, st.sampled_from(["model-x", "model-y"]), st.integers(0, 5000),
+                            st.integers(0, 5000), st.sampled_from([None, "chat", "search"])),
+                  min_size=0, max_size=25)
+instant = st.one_of(st.none(), st.integers(-1440, 6 * 1440).map(lambda m: START + timedelta(minutes=m)),
+                    st.integers(-1, 6).map(lambda d: START + timedelta(days=d)))
+queries = st.lists(st.tuples(instant, instant, st.lists(st.sampled_from(GROUPS), unique=True, max_size=4)),
+                   min_size=1, max_size=6)
+
+
+async def _raw(conn, cid: str, start, end, group_by: list[str]) -> list[dict]:
+    """The reference: every charge's lines expanded, as the report read them before the rollups."""
+    exprs = [f"c.dimensions ->> '{n}'" if n == "feature" else reports.GROUPS[n] for n in group_by]
+    cols = "".join(f"{e} AS g{i}, " for i, e in enumerate(exprs))
+    keys = ", ".join(f"g{i}" for i in range(len(exprs)))
+    rows = await conn.execute(text(f"""
+        SELECT {cols} sum((l->>'quantity')::bigint) AS q, sum((l->>'amount_units')::numeric) AS a,
+               count(DISTINCT c.id) AS n
+          FROM charges c CROSS JOIN LATERAL jsonb_array_elements(c.lines) l
+         WHERE c.customer_id = :c AND (CAST(:s AS timestamptz) IS NULL OR c.occurred_at >= :s)
+           AND (CAST(:e AS timestamptz) IS NULL OR c.occurred_at < :e)
+         {f"GROUP BY {keys} ORDER BY {keys}" if exprs else ""}"""), {"c": cid, "s": start, "e": end})
+    return [{**{n: getattr(r, f"g{i}") for i, n in enumerate(group_by)}, "quantity": int(r.q),
+             "amount": reports.money(r.a), "charges": r.n} for r in rows if r.a is not None]
+
+
+async def _workload(db, drawn) -> str:
+    kit = Kit(db, uuid.uuid4().hex[:12])
+    await kit.setup_book()
+    await db.run(lambda conn: books.add_version(conn, {**LATER, "id": kit.book}))
+    cid = await kit.customer("roll", billing="postpaid", overdraft=None)
+    for n, (m, model, tin, tout, feature) in enumerate(drawn):
+        tokens = {"input": tin, "output": tout}
+        await kit.service.submit(RecordUsage(  # model-y is priced from the later version on
+            customer_id=cid, event_id=f"e{n}", request_hash=repr(tokens).encode(),
+            model=model if m >= 2 * 1440 else "model-x",
+            occurred_at=START + timedelta(minutes=m), tokens=tokens, usage=tokens,
+            dimensions={} if feature is None else {"feature": feature}))
+    return cid
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(drawn=events, asked=queries)
+def test_the_report_equals_the_raw_charges_for_any_grouping_and_range(loop_db, drawn, asked):
+    loop, db = loop_db
+
+    async def run():
+        cid = await _workload(db, drawn)
+        for start, end, group_by in asked:
+            got = await db.read(lambda conn, s=start, e=end, g=group_by: reports.usage(conn, cid, s, e, g))
+            want = await db.read(lambda conn, s=start, e=end, g=group_by: _raw(conn, cid, s, e, g))
+            assert got["rows"] == want, (start, end, group_by)
+        check = await db.read(usage_rollups_match_charges)
+        assert check.ok, check.detail
+
+    loop.run_until_complete(run())
+
+
+def test_the_plan_reads_whole_utc_days_from_the_rollups_and_only_the_edges_raw():
+    noon, day = START + timedelta(hours=12), timedelta(days=1)
+    level, days, raw = reports.usage_plan(noon, noon + 3 * day, ["model"])
+    assert (level, days) == (7, ((START + day).date(), (START + 3 * day).date()))
+    assert raw == [(noon, START + day), (START + 3 * day, noon + 3 * day)]
+    assert reports.usage_plan(START, START + 2 * day, ["token_type", "kind", "rule_id"]) == (
+        0, (START.date(), (START + 2 * day).date()), [])
+    assert reports.usage_plan(None, None, []) == (7, (None, None), [])
+    assert reports.usage_plan(None, START, ["day", "model", "token_type"]) == (3, (None, START.date()), [])
+    assert reports.usage_plan(START, None, ["rule_id"])[0] == 6
+    assert reports.usage_plan(START, START + day, ["feature", "model"]) == (None, None, [(START, START + day)])
+    assert reports.usage_plan(noon, noon + day, ["model"]) == (None, None, [(noon, noon + day)])  # no whole day
+
+
+async def test_verify_finds_a_rollup_that_differs_from_the_charges(kit: Kit):
+    cid = await kit.customer("tamper", billing="postpaid", overdraft=None)
+    await kit.usage_event(cid, "e1", input_tokens=1000, output_tokens=500, at=T0)
+    assert (await kit.verify()).ok
+    await kit.db.run(lambda conn: conn.execute(text(
+        "UPDATE usage_rollups SET amount = amount + 1 WHERE customer_id = :c AND level = 7"), {"c": cid}))
+    report = await kit.db.read(lambda conn: verify(conn, WALLET_CHECKS))
+    failed = [c for c in report.checks if not c.ok]
+    assert [c.name for c in failed] == ["usage_rollups"], failed
+    assert cid in failed[0].detail
+
+
+async def test_the_migration_backfills_the_rollups_of_existing_charges(kit: Kit, scratch_url: str):
+    cid = await kit.customer("old", billing="postpaid", overdraft=None)
+    for n, at in enumerate([T0, T0 + timedelta(hours=13), T0 + timedelta(days=1, hours=5)]):
+        await kit.usage_event(cid, f"e{n}", input_tokens=1000 * (n + 1), output_tokens=250, at=at)
+    before = await kit.db.read(lambda conn: reports.usage(conn, cid, None, None, ["day", "token_type"]))
+    engine = create_engine(sync_url(scratch_url))
+    try:
+        with engine.connect() as conn:
+            config = runner.alembic_config()
+            config.attributes["connection"] = conn
+            command.downgrade(config, "0017")
+            conn.commit()
+            command.upgrade(config, "head")
+            conn.commit()
+            rows = conn.execute(text("SELECT count(*) FROM usage_rollups WHERE customer_id = :c"), {"c": cid}).scalar()
+    finally:
+        engine.dispose()
+    assert rows > 0
+    assert (await kit.verify()).ok
+    after = await kit.db.read(lambda conn: reports.usage(conn, cid, None, None, ["day", "token_type"]))
+    assert after == before
+    assert [(r["day"], r["token_type"], r["charges"]) for r in after["rows"]] == [
+        ("2026-11-23", "input", 1), ("2026-11-23", "output", 1), ("2026-11-24", "input", 2),
+        ("2026-11-24", "output", 2)]  # noon on the 23rd; 01:00 and 17:00 on the 24th (UTC days)
