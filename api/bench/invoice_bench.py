@@ -80,7 +80,7 @@ def _columns(conn, table: str, without: set[str]) -> list[str]:
 
 def copy_charges(url: str, ids: list[str], copies: list[int]) -> float:
     """Each customer's one charge copied `copies` times (entry, postings, usage event, charge),
-    its rollups and counters multiplied to match; returns the seconds it took."""
+    its rollups (period and usage) and counters multiplied to match; returns the seconds it took."""
     engine = create_engine(sync_url(url))
     began = time.perf_counter()
     try:
@@ -122,6 +122,8 @@ UPDATE {table} r SET quantity = r.quantity * (k.copies + 1){amount}
                     conn.execute(text(multiply.format(table="period_rollups",
                                                       amount=", amount = r.amount * (k.copies + 1)")), params)
                     conn.execute(text(multiply.format(table="usage_counters", amount="")), params)
+                    conn.execute(text(multiply.format(table="usage_rollups", amount=(
+                        ", amount = r.amount * (k.copies + 1), charges = r.charges * (k.copies + 1)"))), params)
                 chunk = []
         with engine.begin() as conn:
             conn.execute(text("ANALYZE"))
