@@ -156,6 +156,37 @@ CREATE TRIGGER invoice_payments_within_due AFTER INSERT ON invoice_payments
     FOR EACH ROW EXECUTE FUNCTION wallets_invoice_paid_within_due();
 """
 
+# Rollups are kept up with each entry and cannot be rebuilt from SQL alone (their lines come from
+# the charges as rated, their funding from the lots' kinds then): going below this migration keeps
+# them aside, and coming back restores them, each in its customer's lane (the lane count may
+# differ). Invoices are documents issued to customers: going below this migration is refused
+# while any exists.
+KEEP = r"""
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM invoices) THEN
+        RAISE EXCEPTION 'invoices were issued: a downgrade below 0017 would destroy them'
+            USING ERRCODE = 'restrict_violation';
+    END IF;
+    IF EXISTS (SELECT 1 FROM period_rollups) THEN
+        CREATE SCHEMA IF NOT EXISTS billing_kept;
+        CREATE TABLE billing_kept.period_rollups AS
+            SELECT customer_id, period, item, quantity, amount FROM period_rollups;
+    END IF;
+END $$;
+"""
+RESTORE_KEPT = r"""
+DO $$
+BEGIN
+    IF to_regclass('billing_kept.period_rollups') IS NOT NULL THEN
+        INSERT INTO period_rollups (lane, customer_id, period, item, quantity, amount)
+        SELECT ledger_lane(customer_id), customer_id, period, item, quantity, amount
+          FROM billing_kept.period_rollups;
+        DROP SCHEMA billing_kept CASCADE;
+    END IF;
+END $$;
+"""
+
 DROP = r"""
 DROP TABLE invoice_payments, invoices, period_rollups;
 DROP FUNCTION wallets_invoice_gapless(), wallets_invoice_paid_within_due(),
@@ -171,7 +202,9 @@ def upgrade() -> None:
     lanes = op.get_bind().exec_driver_sql("SELECT lanes FROM ledger_settings").scalar_one()
     op.execute("".join(f"CREATE TABLE period_rollups_l{k} PARTITION OF period_rollups FOR VALUES IN ({k});\n"
                        for k in range(int(lanes))))
+    op.execute(RESTORE_KEPT)
 
 
 def downgrade() -> None:
+    op.execute(KEEP)
     op.execute(DROP.replace("{guard}", GUARD.replace("{cycle}", "")))
