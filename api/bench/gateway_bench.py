@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ import httpx
 
 from api.bench import fake_upstream as fake
 from api.bench.common import free_port, scratch_database
-from api.bench.lifecycle_bench import KEY, pct, server_log, start_server, wait_ready
+from api.bench.lifecycle_bench import KEY, pct, running, start_server, wait_ready
 from api.bench.profile import CpuMeter
 from api.runtime import open_database, sync_url
 from api.settings import Settings
@@ -217,17 +216,8 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
             up = f"http://127.0.0.1:{up_port}"
             gateway = start_server(url, gw_port, command=("gateway", "--upstream-openai", f"{up}/v1",
                                                           "--upstream-anthropic", up))
-            try:
+            with running(gateway, "gateway"):
                 figures = asyncio.run(run_cases(gw_port, up_port, gateway, args))
-            except BaseException:
-                print(f"--- tokentill gateway log (tail):\n{server_log(gateway)}", file=sys.stderr)
-                raise
-            finally:
-                gateway.send_signal(signal.SIGTERM)
-                try:
-                    gateway.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    gateway.kill()
     finally:
         upstream.kill()
         upstream.wait()

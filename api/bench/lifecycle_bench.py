@@ -139,20 +139,27 @@ def scratch_server(settings: Settings, name: str) -> Iterator[tuple[str, int, su
         with scratch_database(handle.url, name) as url:
             runner.upgrade(sync_url(url))
             port = free_port()
-            server = start_server(url, port)
-            try:
+            with running(start_server(url, port), "serve") as server:
                 yield url, port, server
-            except BaseException:
-                print(f"--- tokentill serve log (tail):\n{server_log(server)}", file=sys.stderr)
-                raise
-            finally:
-                server.send_signal(signal.SIGTERM)
-                try:
-                    server.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    server.kill()
     finally:
         handle.close()
+
+
+@contextmanager
+def running(server: subprocess.Popen, name: str) -> Iterator[subprocess.Popen]:
+    """`server` until the block ends, then stopped (SIGTERM, killed after 30 s); on a failure in
+    the block, its log tail goes to stderr first."""
+    try:
+        yield server
+    except BaseException:
+        print(f"--- tokentill {name} log (tail):\n{server_log(server)}", file=sys.stderr)
+        raise
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
 
 
 async def wait_ready(client: httpx.AsyncClient, server: subprocess.Popen, base: str = "") -> None:
