@@ -11,6 +11,7 @@ from pathlib import Path
 import platformdirs
 
 from api.gateway.config import GatewaySettings
+from wallets.webhooks.rules import AddressPolicy, parse_networks
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -46,6 +47,13 @@ def _session_secret(raw: str) -> bytes:
     return hashlib.sha256(raw.encode()).digest()
 
 
+def _networks(env: Mapping[str, str], name: str) -> AddressPolicy:
+    try:
+        return AddressPolicy(parse_networks(env.get(name, "")))
+    except ValueError as exc:
+        raise SystemExit(f"{name}: {exc}") from None
+
+
 def _workers(raw: str) -> int:
     try:
         value = int(raw) if raw else 1
@@ -79,6 +87,8 @@ class Settings:
     webhook_backoff_s: float = 5.0  # the first retry's delay; each next one doubles, with jitter
     webhook_backoff_cap_s: float = 4 * 3600.0
     webhook_retry_window_s: float = 3 * 86400.0  # then the delivery has failed
+    # Networks deliveries may reach beside public addresses (loopback, private, ... are refused).
+    webhook_addresses: AddressPolicy = field(default_factory=AddressPolicy)
     # Where the workers of one `serve --workers N` keep their metrics, summed at /metrics (set by
     # api/workers.py for its children, never from the environment); None: this process's own.
     metrics_dir: Path | None = None
@@ -111,6 +121,7 @@ class Settings:
             webhook_backoff_s=_seconds(env, "TOKENTILL_WEBHOOK_BACKOFF_SECONDS", 5.0),
             webhook_backoff_cap_s=_seconds(env, "TOKENTILL_WEBHOOK_BACKOFF_CAP_SECONDS", 4 * 3600.0),
             webhook_retry_window_s=_seconds(env, "TOKENTILL_WEBHOOK_RETRY_WINDOW_SECONDS", 3 * 86400.0),
+            webhook_addresses=_networks(env, "TOKENTILL_WEBHOOK_ALLOWED_NETWORKS"),
             gateway=GatewaySettings.from_env(env),
             session_secret=_session_secret(env.get("TOKENTILL_SESSION_SECRET", "")),
         )

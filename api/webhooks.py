@@ -6,16 +6,24 @@ processes share the work with SKIP LOCKED), and sends each delivery as its own t
 Standard Webhooks, within `timeout_s`. A slow or dead endpoint ties up at most its own
 `max_in_flight` sends over all processes; other endpoints and the wallet write path never wait
 for it. Nothing here holds a lane lock or a SERIALIZABLE transaction.
+
+Deliveries connect only where the `AddressPolicy` allows (public addresses, and the networks the
+operator named): the host is resolved when a connection opens, every address it resolves to is
+checked, and the connection goes to a checked address, so a name that resolves elsewhere later
+(DNS rebinding) or a redirect (never followed) cannot reach an internal service.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import socket
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import httpcore
 import httpx
 import msgspec
 from prometheus_client import Counter, Histogram
@@ -24,7 +32,7 @@ from standardwebhooks import Webhook
 from ledger.db import Database
 from wallets.webhooks import deliveries
 from wallets.webhooks.deliveries import Claimed, Outcome
-from wallets.webhooks.rules import RetryPolicy
+from wallets.webhooks.rules import AddressPolicy, RetryPolicy
 
 log = logging.getLogger("tokentill.webhooks")
 USER_AGENT = "tokentill-webhooks/0.1"
@@ -40,6 +48,7 @@ class DispatchSettings:
     poll_s: float = 1.0
     concurrency: int = 32  # sends in flight in this process, over all endpoints
     policy: RetryPolicy = field(default_factory=RetryPolicy)
+    addresses: AddressPolicy = field(default_factory=AddressPolicy)
 
     @property
     def lease_s(self) -> float:
@@ -62,6 +71,51 @@ def signed_headers(claimed: Claimed, body: bytes, at: datetime) -> dict[str, str
             "webhook-signature": signature, "content-type": "application/json", "user-agent": USER_AGENT}
 
 
+class GuardedBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's network backend, resolving each host itself and connecting only to addresses
+    the policy allows; a refused one fails the attempt as a connection error naming why."""
+
+    def __init__(self, policy: AddressPolicy) -> None:
+        self.policy, self.inner = policy, httpcore.AnyIOBackend()
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,  # noqa: ASYNC109 -- httpcore's signature
+                          local_address: str | None = None, socket_options=None) -> httpcore.AsyncNetworkStream:
+        try:
+            async with asyncio.timeout(timeout):
+                infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except TimeoutError:
+            raise httpcore.ConnectTimeout(f"resolving {host} took over {timeout:g} s") from None
+        except OSError as exc:
+            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from None
+        addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
+        for address in addresses:
+            reason = self.policy.refusal(address)
+            if reason is not None:
+                raise httpcore.ConnectError(f"refused to connect to {host}: {reason}")
+        error: Exception = httpcore.ConnectError(f"{host} resolved to no address")
+        for address in addresses:
+            try:
+                return await self.inner.connect_tcp(str(address), port, timeout, local_address, socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                error = exc
+        raise error
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
+
+
+class GuardedTransport(httpx.AsyncHTTPTransport):
+    """httpx's transport on a connection pool whose connections open through `GuardedBackend`
+    (TLS still verifies the URL's host name)."""
+
+    def __init__(self, policy: AddressPolicy, limits: httpx.Limits) -> None:
+        super().__init__(limits=limits, trust_env=False)
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(trust_env=False), max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections, keepalive_expiry=limits.keepalive_expiry,
+            network_backend=GuardedBackend(policy))
+
+
 class Dispatcher:
     def __init__(self, db: Database, settings: DispatchSettings) -> None:
         self.db, self.settings = db, settings
@@ -71,8 +125,8 @@ class Dispatcher:
 
     def start(self) -> None:
         limits = httpx.Limits(max_connections=self.settings.concurrency, max_keepalive_connections=8)
-        self._client = httpx.AsyncClient(timeout=self.settings.timeout_s, limits=limits, follow_redirects=False,
-                                         trust_env=False)
+        self._client = httpx.AsyncClient(timeout=self.settings.timeout_s, follow_redirects=False, trust_env=False,
+                                         transport=GuardedTransport(self.settings.addresses, limits))
         self._loop = asyncio.create_task(self._run(), name="webhook-dispatcher")
 
     async def stop(self) -> None:

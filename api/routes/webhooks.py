@@ -24,7 +24,7 @@ from wallets.errors import WalletValidationError
 from wallets.service import run_once
 from wallets.webhooks import endpoints, log
 from wallets.webhooks.endpoints import Changes, Endpoint
-from wallets.webhooks.rules import MAX_TOPICS, MAX_URL, check_topics, check_url
+from wallets.webhooks.rules import MAX_TOPICS, MAX_URL, check_destination, check_topics, check_url
 
 Url = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_URL)]
 Topic = Annotated[str, msgspec.Meta(max_length=100)]
@@ -108,7 +108,8 @@ async def create_webhook_endpoint(
     """Subscribe a URL to topics (`*`, `balance.*`, `invoice.finalized`, …); the signing secret
     is returned here and never again (but to a replay of the same Idempotency-Key)."""
     body = shaped(data, CreateWebhookEndpointRequest)
-    url, topics = check_url(body.url), check_topics(body.topics)
+    url = check_destination(check_url(body.url), state.services.settings.webhook_addresses)
+    topics = check_topics(body.topics)
 
     async def work(conn: AsyncConnection) -> CreatedWebhookEndpointResponse:
         return _with_secret(*await endpoints.create(conn, url, topics, body.description, body.max_in_flight))
@@ -133,7 +134,8 @@ async def update_webhook_endpoint(
     """Change the URL, topics, description or concurrency limit; `"enabled": false` disables it
     (nothing is queued for it meanwhile), `true` enables it again."""
     body = shaped(data, UpdateWebhookEndpointRequest)
-    changes = Changes(None if body.url is None else check_url(body.url),
+    addresses = state.services.settings.webhook_addresses
+    changes = Changes(None if body.url is None else check_destination(check_url(body.url), addresses),
                       None if body.topics is None else check_topics(body.topics),
                       body.description, body.max_in_flight, body.enabled)
     return _response(await state.services.db.committed(lambda c: endpoints.update(c, endpoint_id, changes)))

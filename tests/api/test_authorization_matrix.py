@@ -96,7 +96,7 @@ ROUTES = [
     ("POST", "/v1/reservations/{res}/settle", {"usage": {"input_tokens": 1}}, {frozenset(INFERENCE_OWN): "ok"}),
     ("POST", "/v1/reservations/{res}/release", {}, {frozenset(INFERENCE_OWN): "ok"}),
     # webhooks act on the whole platform: admin keys not limited to customers only
-    ("POST", "/v1/webhook-endpoints", {"url": "http://127.0.0.1:9/matrix", "topics": ["webhook_endpoint.disabled"]},
+    ("POST", "/v1/webhook-endpoints", {"url": "https://hooks.example.com/m", "topics": ["webhook_endpoint.disabled"]},
      {frozenset({"admin"}): "ok"}),
     ("GET", "/v1/webhook-endpoints", None, {frozenset({"admin"}): "ok"}),
     ("GET", "/v1/webhook-endpoints/we_missing", None, {frozenset({"admin"}): "ok"}),

@@ -22,7 +22,7 @@ from api.bench.common import free_port
 from api.webhooks import Dispatcher, DispatchSettings
 from ledger.db import connect
 from tests.integration.test_serve import _wait_ready
-from tests.integration.test_webhooks import ADMIN, FAST, _endpoint, _low_balance
+from tests.integration.test_webhooks import ADMIN, FAST, LOOPBACK, _endpoint, _low_balance
 from tests.webhook_receiver import Received, for_customer, receiver
 
 
@@ -92,7 +92,8 @@ async def test_two_dispatchers_share_the_work_and_keep_an_endpoints_limit(databa
                SELECT 'invoice.finalized', :mark || ':' || n,
                       jsonb_build_object('id', 'evt_' || :mark || '_' || n, 'customer_id', :mark)
                  FROM generate_series(1, 16) AS n"""), {"mark": mark}))
-        dispatchers = [Dispatcher(connect(database_url, pool_size=2), DispatchSettings(2.0, 0.02)) for _ in range(2)]
+        dispatchers = [Dispatcher(connect(database_url, pool_size=2), DispatchSettings(2.0, 0.02, addresses=LOOPBACK))
+                       for _ in range(2)]
         for d in dispatchers:
             d.start()
         try:
@@ -131,7 +132,7 @@ def _serve(database_url: str, port: int) -> subprocess.Popen:
     env = {**os.environ, "TOKENTILL_DATABASE_URL": database_url, "TOKENTILL_ADMIN_KEY": "webhooks-admin",
            "TOKENTILL_WEBHOOK_POLL_SECONDS": "0.1", "TOKENTILL_WEBHOOK_BACKOFF_SECONDS": "0.2",
            "TOKENTILL_WEBHOOK_BACKOFF_CAP_SECONDS": "0.5", "TOKENTILL_WEBHOOK_TIMEOUT_SECONDS": "1",
-           "TOKENTILL_SCHEDULER": "off"}
+           "TOKENTILL_SCHEDULER": "off", "TOKENTILL_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8"}
     return subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

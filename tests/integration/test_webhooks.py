@@ -18,10 +18,12 @@ from api.app import create_app
 from api.demo import PRICE_BOOK
 from api.settings import Settings
 from tests.webhook_receiver import Received, for_customer, receiver
+from wallets.webhooks.rules import AddressPolicy, parse_networks
 
 ADMIN = {"Authorization": "Bearer webhooks-admin"}
+LOOPBACK = AddressPolicy(parse_networks("127.0.0.0/8"))  # the receivers listen there
 FAST = Settings(admin_key="webhooks-admin", scheduler=False, webhook_poll_s=0.05, webhook_backoff_s=0.2,
-                webhook_timeout_s=2.0)
+                webhook_timeout_s=2.0, webhook_addresses=LOOPBACK)
 
 
 @pytest.fixture
@@ -226,3 +228,30 @@ async def test_create_and_rotate_answer_a_replayed_idempotency_key_with_the_same
     assert retried.json()["secret"] == rotated.json()["secret"] != first.json()["secret"]
     missing = await client.post("/v1/webhook-endpoints/we_0000000000000000/rotate-secret")
     assert missing.status_code == 404 and missing.json()["code"] == "not_found"
+
+
+async def test_by_default_deliveries_reach_no_loopback_or_private_address(database_url):
+    """The guard against server-side request forgery: an address literal is refused when the
+    endpoint is created; a host that resolves to one (here 2130706433, which resolves to
+    127.0.0.1) is refused when the delivery connects, and the attempt's log says why."""
+    guarded = replace(FAST, webhook_addresses=AddressPolicy())
+    with receiver() as hook:
+        port = hook.url.split(":")[2].split("/")[0]
+        async with AsyncTestClient(app=create_app(guarded, database_url)) as client:
+            client.headers.update(ADMIN)
+            for url in (hook.url, f"http://localhost:{port}/hook", "http://169.254.169.254/latest/meta-data",
+                        "http://[::ffff:10.0.0.1]/x", "http://192.168.1.1/x"):
+                refused = await client.post("/v1/webhook-endpoints", json={"url": url, "topics": ["*"]})
+                assert refused.status_code == 422 and refused.json()["fields"][0]["field"] == "url", url
+                assert "may not go to" in refused.json()["fields"][0]["message"]
+            endpoint = await _endpoint(client, f"http://2130706433:{port}/hook", ["balance.low"])
+            customer = await _low_balance(client)
+            path = f"/v1/webhook-endpoints/{endpoint['id']}/deliveries"
+            for _ in range(200):
+                items = (await client.get(path)).json()["items"]
+                if items and items[0]["last_error"]:
+                    break
+                await asyncio.sleep(0.05)
+            assert "127.0.0.1 is a loopback address" in items[0]["last_error"], items
+            assert items[0]["status"] != "succeeded" and items[0]["last_status_code"] is None
+        assert hook.of(for_customer(customer)) == [], "nothing reached the loopback receiver"

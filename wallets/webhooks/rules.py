@@ -1,8 +1,10 @@
-"""Pure webhook rules: which topics an endpoint may name, which URLs it may have, what a
-signing secret looks like, and when a failed delivery is tried again."""
+"""Pure webhook rules: which topics an endpoint may name, which URLs it may have, which
+addresses a delivery may connect to, what a signing secret looks like, and when a failed
+delivery is tried again."""
 from __future__ import annotations
 
 import base64
+import ipaddress
 import random
 import re
 import secrets
@@ -47,6 +49,81 @@ def check_url(url: str, field: str = "url") -> str:
             or parts.username is not None or parts.fragment or any(c.isspace() for c in url)):
         raise WalletValidationError(field, f"an absolute http:// or https:// URL with a host, without "
                                            f"credentials or fragment, at most {MAX_URL} characters")
+    return url
+
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class AddressPolicy:
+    """Where deliveries may connect (the guard against server-side request forgery): public
+    unicast addresses only, unless an address lies in one of the `allowed` networks that the
+    operator named (TOKENTILL_WEBHOOK_ALLOWED_NETWORKS). Loopback, private (RFC 1918, unique
+    local), link-local (cloud metadata at 169.254.169.254 included), carrier-grade NAT,
+    multicast, unspecified, reserved and documentation ranges are refused, also when written as
+    an IPv4-mapped or NAT64 IPv6 address."""
+
+    allowed: tuple[IPNetwork, ...] = ()
+
+    def refusal(self, address: IPAddress) -> str | None:
+        """Why a delivery may not connect to `address`, or None when it may."""
+        if any(address.version == net.version and address in net for net in self.allowed):
+            return None
+        embedded = _embedded_ipv4(address)
+        if embedded is not None:
+            return self.refusal(embedded)
+        if address.is_multicast:
+            return f"{address} is a multicast address"
+        if not address.is_global:
+            kind = next((name for name, test in _KINDS if test(address)), "non-public")
+            return (f"{address} is a {kind} address; name its network in TOKENTILL_WEBHOOK_ALLOWED_NETWORKS"
+                    " to allow it")
+        return None
+
+
+_KINDS = (("unspecified", lambda a: a.is_unspecified), ("loopback", lambda a: a.is_loopback),
+          ("link-local", lambda a: a.is_link_local), ("reserved", lambda a: a.is_reserved),
+          ("private", lambda a: a.is_private))
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def _embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
+    if address.version != 6:
+        return None
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
+def parse_networks(raw: str) -> tuple[IPNetwork, ...]:
+    """A comma-separated list of networks (`10.0.0.0/8, 127.0.0.1`, a bare address is one host);
+    ValueError naming the first that is not one."""
+    networks = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not a network (such as 10.0.0.0/8) or an address") from None
+    return tuple(networks)
+
+
+def check_destination(url: str, policy: AddressPolicy, field: str = "url") -> str:
+    """Refuse at once a URL whose host is an address the policy refuses, or `localhost`. A host
+    name is resolved, and its addresses checked, when each delivery connects."""
+    host = (urlsplit(url).hostname or "").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        host = "127.0.0.1"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return url
+    reason = policy.refusal(address)
+    if reason is not None:
+        raise WalletValidationError(field, f"deliveries may not go to {reason}")
     return url
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 import random
 from datetime import UTC, datetime, timedelta
 
@@ -10,7 +11,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from wallets.errors import WalletValidationError
-from wallets.webhooks.rules import RetryPolicy, check_topics, check_url, new_secret
+from wallets.webhooks.rules import (
+    AddressPolicy,
+    RetryPolicy,
+    check_destination,
+    check_topics,
+    check_url,
+    new_secret,
+    parse_networks,
+)
 
 T0 = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 
@@ -71,3 +80,46 @@ def test_a_retry_waits_half_to_all_of_the_capped_doubling_and_never_passes_the_w
         assert retry is None
     else:
         assert failed_at < retry <= T0 + timedelta(days=1)
+
+
+@pytest.mark.parametrize("address, kind", [
+    ("127.0.0.1", "loopback"), ("::1", "loopback"), ("10.1.2.3", "private"), ("172.16.0.1", "private"),
+    ("192.168.0.10", "private"), ("169.254.169.254", "link-local"), ("fe80::1", "link-local"),
+    ("fc00::1", "private"), ("0.0.0.0", "unspecified"), ("100.64.0.1", "non-public"),
+    ("224.0.0.1", "multicast"), ("::ffff:127.0.0.1", "loopback"), ("64:ff9b::a00:1", "private"),
+    ("192.0.2.7", "private"), ("240.0.0.1", "reserved")])
+def test_deliveries_may_not_reach_internal_addresses(address, kind):
+    reason = AddressPolicy().refusal(ipaddress.ip_address(address))
+    assert reason is not None and kind in reason
+
+
+@pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8"])
+def test_public_addresses_are_allowed(address):
+    assert AddressPolicy().refusal(ipaddress.ip_address(address)) is None
+
+
+def test_networks_the_operator_names_are_allowed_and_nothing_else_of_their_kind():
+    policy = AddressPolicy(parse_networks(" 10.0.0.0/8, 127.0.0.1 ,fd00::/8"))
+    for allowed in ("10.9.8.7", "127.0.0.1", "fd12::1", "::ffff:10.0.0.1"):
+        assert policy.refusal(ipaddress.ip_address(allowed)) is None, allowed
+    for refused in ("127.0.0.2", "192.168.1.1", "fe80::1"):
+        assert policy.refusal(ipaddress.ip_address(refused)) is not None, refused
+
+
+@pytest.mark.parametrize("raw", ["10.0.0.0/33", "example.com", "10.0.0.0/8,,nope"])
+def test_a_network_list_with_something_else_is_refused_naming_it(raw):
+    with pytest.raises(ValueError, match="is not a network"):
+        parse_networks(raw)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080/x", "http://LOCALHOST./x", "http://api.localhost/x",
+                                 "https://[::1]/x", "http://10.0.0.5/x"])
+def test_an_endpoint_at_an_internal_address_literal_is_refused_when_named(url):
+    with pytest.raises(WalletValidationError) as refused:
+        check_destination(url, AddressPolicy())
+    assert refused.value.context["fields"][0]["field"] == "url"
+
+
+def test_host_names_are_checked_when_a_delivery_connects_not_when_named():
+    assert check_destination("https://hooks.example.com/x", AddressPolicy()) == "https://hooks.example.com/x"
+    assert check_destination("http://127.0.0.1/x", AddressPolicy(parse_networks("127.0.0.0/8")))

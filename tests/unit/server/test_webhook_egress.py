@@ -1,0 +1,53 @@
+"""The dispatcher's network backend connects only where the address policy allows, resolving
+the host itself, so a name that resolves to an internal address is refused at connect time."""
+from __future__ import annotations
+
+import asyncio
+
+import httpcore
+import httpx
+import pytest
+
+from api.webhooks import GuardedBackend, GuardedTransport
+from wallets.webhooks.rules import AddressPolicy, parse_networks
+
+
+async def _listener():
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "2130706433", "0x7f000001"])
+async def test_a_loopback_host_in_any_spelling_is_refused_at_connect(host):
+    server, port = await _listener()
+    async with server:
+        with pytest.raises(httpcore.ConnectError, match="loopback address"):
+            await GuardedBackend(AddressPolicy()).connect_tcp(host, port, timeout=2)
+
+
+async def test_an_allowed_network_connects_and_a_request_goes_through():
+    server, port = await _listener()
+    async with server:
+        transport = GuardedTransport(AddressPolicy(parse_networks("127.0.0.0/8")), httpx.Limits(max_connections=2))
+        async with httpx.AsyncClient(transport=transport) as client:
+            assert (await client.post(f"http://localhost:{port}/hook", content=b"{}")).status_code == 204
+
+
+async def test_through_httpx_a_refusal_is_a_connect_error_naming_why():
+    server, port = await _listener()
+    async with server:
+        transport = GuardedTransport(AddressPolicy(), httpx.Limits(max_connections=2))
+        async with httpx.AsyncClient(transport=transport) as client:
+            with pytest.raises(httpx.ConnectError, match=r"127\.0\.0\.1 is a loopback address"):
+                await client.post(f"http://127.0.0.1:{port}/hook", content=b"{}")
+
+
+async def test_an_unresolvable_host_fails_as_a_connect_error():
+    with pytest.raises(httpcore.ConnectError, match="cannot resolve"):
+        await GuardedBackend(AddressPolicy()).connect_tcp("no-such-host.invalid", 80, timeout=2)
