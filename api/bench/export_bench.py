@@ -29,7 +29,7 @@ import psutil
 import psycopg
 
 from api.bench.common import scratch_database
-from api.bench.synthetic import build_ledger
+from api.bench.synthetic import build_ledger, ledger_checks
 from api.runtime import open_database, sync_url
 from api.settings import Settings
 from ledger import audit
@@ -91,15 +91,10 @@ async def _build(url: str, entries: int, quiet: bool) -> dict:
 
     try:
         seconds = await build_ledger(db, entries, without_triggers=True, progress=progress)
-        checks = await db.read(_ledger_checks)
+        checks = await db.read(ledger_checks)
     finally:
         await db.dispose()
     return {"seconds": round(seconds, 1), "checks": checks}
-
-
-async def _ledger_checks(conn) -> dict[str, bool]:
-    return {c.name: c.ok for c in [await check(conn) for check in (
-        audit.entries_balanced, audit.balances_match_postings, audit.bounds_hold, audit.trial_balance_zero)]}
 
 
 def _bean_check(url: str, path: Path, env: dict) -> dict:

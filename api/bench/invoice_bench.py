@@ -5,13 +5,15 @@ with 100,000 charges in the period answer with p99 under 50 ms).
 
 A fresh database on the cluster and one `tokentill serve`. Every customer (postpaid) sends one
 usage event through `POST /v1/usage-events` (the real path: rated, posted, counted, rolled up);
-then each charge is copied in bulk SQL, a statement per chunk of customers, to the customer's
-share of `--charges` (the first customer, `--big` of them): the copies' entries and postings go
-through the ledger's triggers like any other, and the period's rollups and usage counters are
-multiplied to match (every copy is the same charge, so that is exact). The reads are timed over
-HTTP, one at a time, before the close (after it the period is no longer the open one); then one
-`POST /v1/billing/close` closes every period, and the invoices are counted and summed against the
-charges (each charge is $0.004: 1,000 input tokens at $1/M, 500 output at $4/M, $0.001 a call).
+then each charge is copied in bulk SQL to the customer's share of `--charges` (the first customer,
+`--big` of them): one INSERT ... SELECT per table and chunk, two chunks at a time, without the
+triggers (a superuser's session), after which the cached balances are set from the postings and
+`verify`'s ledger checks must prove the ledger whole (as `bench export` does); the period's
+rollups and usage counters are multiplied to match (every copy is the same charge, so that is
+exact). The reads are timed over HTTP, one at a time, before the close (after it the period is
+no longer the open one); then one `POST /v1/billing/close` closes every period, and the invoices
+are counted and summed against the charges (each charge is $0.004: 1,000 input tokens at $1/M,
+500 output at $4/M, $0.001 a call).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import json
 import os
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -28,8 +31,10 @@ from sqlalchemy import create_engine, text
 
 from api.bench.common import ratio
 from api.bench.lifecycle_bench import KEY, pct, scratch_server, wait_ready
+from api.bench.synthetic import REBUILD_BALANCES, ledger_checks
 from api.runtime import sync_url
 from api.settings import Settings
+from ledger.db import connect
 from wallets.core.billing import money
 from wallets.periods import Cycle, period_of
 
@@ -41,7 +46,8 @@ BOOK = {"id": "bench-invoices", "currency": "USD", "effective_from": "2020-01-01
     {"id": "out", "token_type": "output", "price": "4.00"},
     {"id": "call", "token_type": "request", "price": "0.001"}]}
 ADMIN = {"Authorization": f"Bearer {KEY}"}
-COPIES_PER_STATEMENT = 100_000
+COPIES_PER_STATEMENT = 50_000
+COPY_CONNECTIONS = 2  # the machine's cores
 
 
 def shares(customers: int, charges: int, big: int) -> list[int]:
@@ -78,58 +84,84 @@ def _columns(conn, table: str, without: set[str]) -> list[str]:
     return [r[0] for r in rows if r[0] not in without]
 
 
-def copy_charges(url: str, ids: list[str], copies: list[int]) -> float:
+def copy_charges(url: str, ids: list[str], copies: list[int]) -> dict:
     """Each customer's one charge copied `copies` times (entry, postings, usage event, charge),
-    its rollups (period and usage) and counters multiplied to match; returns the seconds it took."""
-    engine = create_engine(sync_url(url))
+    its rollups (period and usage) and counters multiplied to match. A bulk load: the copies are
+    written without the triggers (a superuser's session), two chunks at a time, then the cached
+    balances are set from the postings and `verify`'s ledger checks must prove the ledger whole.
+    Returns the seconds of each step and the checks."""
+    engine = create_engine(sync_url(url), pool_size=COPY_CONNECTIONS)
     began = time.perf_counter()
     try:
         with engine.connect() as conn:
             entry = _columns(conn, "journal_entries", {"id", "key", "recorded_at", "txid"})
             event = _columns(conn, "usage_events", {"event_id", "entry_id", "created_at"})
             charge = _columns(conn, "charges", {"id", "event_id", "request_id", "entry_id", "created_at"})
+        # Every copy gets its entry id up front (the entries' own sequence), so each table is one
+        # INSERT ... SELECT joined on ids, with no lookup of what another statement returned.
         sql = f"""
 WITH k AS (SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:copies AS int[])) k (cid, copies)),
-g AS (SELECT c.id AS charge, c.lane, c.customer_id, c.event_id, c.request_id, c.entry_id, n
-        FROM k JOIN charges c ON c.customer_id = k.cid, generate_series(1, k.copies) n),
-je AS (INSERT INTO journal_entries (key, {", ".join(entry)})
-       SELECT j.key || '~' || g.n, {", ".join("j." + c for c in entry)}
-         FROM g JOIN journal_entries j ON j.lane = g.lane AND j.id = g.entry_id
-       RETURNING lane, id, key, customer_id),
-gj AS (SELECT g.*, je.id AS copy FROM g JOIN journal_entries j ON j.lane = g.lane AND j.id = g.entry_id
-         JOIN je ON je.lane = g.lane AND je.customer_id = g.customer_id AND je.key = j.key || '~' || g.n),
+g AS MATERIALIZED (
+    SELECT c.id AS charge, c.lane, c.customer_id, c.event_id, c.request_id, c.entry_id, n,
+           nextval(pg_get_serial_sequence('journal_entries', 'id')) AS copy
+      FROM k JOIN charges c ON c.customer_id = k.cid, generate_series(1, k.copies) n),
+je AS (INSERT INTO journal_entries (id, key, {", ".join(entry)})
+       SELECT g.copy, j.key || '~' || g.n, {", ".join("j." + c for c in entry)}
+         FROM g JOIN journal_entries j ON j.lane = g.lane AND j.id = g.entry_id),
 ue AS (INSERT INTO usage_events (event_id, entry_id, {", ".join(event)})
-       SELECT gj.event_id || '~' || gj.n, gj.copy, {", ".join("u." + c for c in event)}
-         FROM gj JOIN usage_events u ON u.lane = gj.lane AND u.customer_id = gj.customer_id
-                                    AND u.event_id = gj.event_id),
+       SELECT g.event_id || '~' || g.n, g.copy, {", ".join("u." + c for c in event)}
+         FROM g JOIN usage_events u ON u.lane = g.lane AND u.customer_id = g.customer_id
+                                   AND u.event_id = g.event_id),
 po AS (INSERT INTO postings (lane, entry_id, account_id, stripe, amount)
-       SELECT gj.lane, gj.copy, p.account_id, p.stripe, p.amount
-         FROM gj JOIN postings p ON p.lane = gj.lane AND p.entry_id = gj.entry_id)
+       SELECT g.lane, g.copy, p.account_id, p.stripe, p.amount
+         FROM g JOIN postings p ON p.lane = g.lane AND p.entry_id = g.entry_id)
 INSERT INTO charges (event_id, request_id, entry_id, {", ".join(charge)})
-SELECT gj.event_id || '~' || gj.n, gj.request_id || '~' || gj.n, gj.copy, {", ".join("c." + c for c in charge)}
-  FROM gj JOIN charges c ON c.lane = gj.lane AND c.id = gj.charge"""
+SELECT g.event_id || '~' || g.n, g.request_id || '~' || g.n, g.copy, {", ".join("c." + c for c in charge)}
+  FROM g JOIN charges c ON c.lane = g.lane AND c.id = g.charge"""
         multiply = """
 UPDATE {table} r SET quantity = r.quantity * (k.copies + 1){amount}
   FROM unnest(CAST(:ids AS text[]), CAST(:copies AS int[])) k (cid, copies) WHERE r.customer_id = k.cid"""
+        chunks: list[dict[str, list]] = []
         chunk: list[tuple[str, int]] = []
         work = [(cid, n) for cid, n in zip(ids, copies, strict=True) if n > 0]
         for i, pair in enumerate(work):
             chunk.append(pair)
             if sum(n for _, n in chunk) >= COPIES_PER_STATEMENT or i == len(work) - 1:
-                params = {"ids": [c for c, _ in chunk], "copies": [n for _, n in chunk]}
-                with engine.begin() as conn:
-                    conn.execute(text(sql), params)
-                    conn.execute(text(multiply.format(table="period_rollups",
-                                                      amount=", amount = r.amount * (k.copies + 1)")), params)
-                    conn.execute(text(multiply.format(table="usage_counters", amount="")), params)
-                    conn.execute(text(multiply.format(table="usage_rollups", amount=(
-                        ", amount = r.amount * (k.copies + 1), charges = r.charges * (k.copies + 1)"))), params)
+                chunks.append({"ids": [c for c, _ in chunk], "copies": [n for _, n in chunk]})
                 chunk = []
+
+        def load(params: dict[str, list]) -> None:
+            with engine.begin() as conn:
+                conn.execute(text("SET LOCAL session_replication_role = replica"))
+                conn.execute(text(sql), params)
+                conn.execute(text(multiply.format(table="period_rollups",
+                                                  amount=", amount = r.amount * (k.copies + 1)")), params)
+                conn.execute(text(multiply.format(table="usage_counters", amount="")), params)
+                conn.execute(text(multiply.format(table="usage_rollups", amount=(
+                    ", amount = r.amount * (k.copies + 1), charges = r.charges * (k.copies + 1)"))), params)
+
+        with ThreadPoolExecutor(COPY_CONNECTIONS) as pool:
+            list(pool.map(load, chunks))
+        loaded = time.perf_counter()
         with engine.begin() as conn:
+            conn.execute(text(REBUILD_BALANCES))
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(text("ANALYZE"))
+        rebuilt = time.perf_counter()
+        checks = asyncio.run(_checks(url))
     finally:
         engine.dispose()
-    return time.perf_counter() - began
+    done = time.perf_counter()
+    return {"load_s": round(loaded - began, 2), "balances_s": round(rebuilt - loaded, 2),
+            "verify_s": round(done - rebuilt, 2), "checks": checks}
+
+
+async def _checks(url: str) -> dict[str, bool]:
+    db = connect(url, pool_size=1)
+    try:
+        return await db.read(ledger_checks)
+    finally:
+        await db.dispose()
 
 
 async def timed(client: httpx.AsyncClient, path: str, params: dict, requests: int) -> dict:
@@ -169,7 +201,11 @@ async def measure(base: str, url: str, server: subprocess.Popen, args: argparse.
         began = time.perf_counter()
         await seed(client, ids, at)
         seeded_s = time.perf_counter() - began
-        copied_s = await asyncio.to_thread(copy_charges, url, ids, [n - 1 for n in per_customer])
+        began = time.perf_counter()
+        copied = await asyncio.to_thread(copy_charges, url, ids, [n - 1 for n in per_customer])
+        copied_s = time.perf_counter() - began
+        if not all(copied["checks"].values()):
+            raise SystemExit(f"the bulk-loaded ledger is not whole: {copied['checks']}")
         window = {"from": period.start.isoformat(), "to": period.end.isoformat(), "group_by": "model,token_type"}
         usage = await timed(client, f"/v1/customers/{ids[0]}/usage", window, args.requests)
         upcoming = await timed(client, f"/v1/customers/{ids[0]}/invoices/upcoming", {}, args.requests)
@@ -186,7 +222,7 @@ async def measure(base: str, url: str, server: subprocess.Popen, args: argparse.
                 "big_upcoming_total": money(big * CHARGE_UNITS)}
     found = {"invoices": invoices, "total_units": total, "big_upcoming_total": upcoming_total}
     return {"customers": customers, "charges": charges, "big_customer_charges": big,
-            "seed_s": round(seeded_s, 2), "copy_s": round(copied_s, 2),
+            "seed_s": round(seeded_s, 2), "copy_s": round(copied_s, 2), "copy": copied,
             "close_s": round(close_s, 2), "close_ratio_to_goal": ratio(close_s, CLOSE_GOAL_S),
             "closed_per_s": round(invoices / close_s, 1) if close_s else 0.0,
             "usage_report": usage, "usage_report_rows": usage_rows, "upcoming_invoice": upcoming,
@@ -207,6 +243,9 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
         print(f"invoices: {report['customers']:,} postpaid customers, {report['charges']:,} usage charges "
               f"(the busiest {report['big_customer_charges']:,}); seeded in {report['seed_s']} s, "
               f"copied in {report['copy_s']} s; load {report['load'][0]:.2f} on {report['cores']} cores")
+        c = report["copy"]
+        print(f"  bulk copy: loaded {c['load_s']} s, balances set {c['balances_s']} s, ledger verified "
+              f"{c['verify_s']} s ({', '.join(c['checks'])}: all ok)")
         print(f"  close every period      {report['close_s']:>9.2f} s  ({report['closed_per_s']:,} invoices/s)"
               f"  ratio to {CLOSE_GOAL_S:.0f} s goal {report['close_ratio_to_goal']:.3f}")
         for name in ("usage_report", "upcoming_invoice"):
