@@ -230,20 +230,30 @@ def write_csv(conn: psycopg.Connection, out: TextIO, window: Window = Window(),
 
 # JSON lines: a header, the accounts, then each seal followed by its entries (in id order, each
 # with the hash the seal stored for it), then the entries no seal covers yet, then an end record.
-_SEALS = f"""
+#
+# Seal k covers the txids [from_txid, to_txid), and the ranges follow one another, so an entry's
+# section is `width_bucket(txid, bounds)` over the seals' from_txids and the last to_txid: k for
+# seal k (by id order), and one past the last seal for the entries not sealed yet. One statement
+# streams every entry in (section, id) order; this process writes each seal's record before its
+# entries and puts in the hash the seal stored for each entry (one seal's hashes held at a time).
+_SEAL_BOUNDS = "SELECT id, from_txid::text, to_txid::text FROM seals ORDER BY id"
+_SEALS = """
 SELECT s.id, s.from_txid::text, s.to_txid::text, encode(s.prev_hash, 'hex'), encode(s.chain_hash, 'hex'),
-       to_char(s.sealed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), array_to_json(s.entry_ids)::text
+       to_char(s.sealed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), array_to_json(s.entry_ids)::text,
+       s.entry_ids, s.entry_hashes
   FROM seals s
- WHERE %(whole)s OR EXISTS (SELECT 1 FROM journal_entries j
-                             WHERE j.txid >= s.from_txid AND j.txid < s.to_txid AND {WINDOW_SQL})
+ WHERE %(whole)s OR s.id = ANY(%(ids)s)
  ORDER BY s.id
 """
-# Each line is written by PostgreSQL. The fields are those an entry's seal hash covers, as
-# `ledger.seal` reads them (`metadata` is the jsonb's own text, which the sealer decoded).
-_SEALED_ENTRIES = f"""
-SELECT '{{"type":"entry","seal":' || coalesce(CAST(%(seal)s AS bigint)::text, 'null')
-       || ',"sealed_hash":' || coalesce('"' || encode(u.h, 'hex') || '"', 'null')
-       || ',"id":' || j.id || ',"key":' || to_json(j.key) || ',"request_hash":"' || encode(j.request_hash, 'hex')
+_SECTION = "width_bucket(j.txid, CAST(%(bounds)s AS xid8[]))"
+# The sections that hold an entry of a window (whose seals are then written whole).
+_WINDOW_SECTIONS = f"SELECT DISTINCT {_SECTION} FROM journal_entries j WHERE {WINDOW_SQL}"
+# The rest of each entry's line after its seal and stored hash, written by PostgreSQL. The fields
+# are those an entry's seal hash covers, as `ledger.seal` reads them (`metadata` is the jsonb's own
+# text, which the sealer decoded).
+_ENTRIES = f"""
+SELECT {_SECTION}, j.id,
+       ',"id":' || j.id || ',"key":' || to_json(j.key) || ',"request_hash":"' || encode(j.request_hash, 'hex')
        || '","kind":' || to_json(j.kind) || ',"customer_id":' || coalesce(to_json(j.customer_id)::text, 'null')
        || ',"metadata":' || j.metadata::text || ',"txid":"' || {SEALED_TXID} || '","occurred_at":"'
        || {SEALED_OCCURRED_AT} || '","postings":['
@@ -252,11 +262,9 @@ SELECT '{{"type":"entry","seal":' || coalesce(CAST(%(seal)s AS bigint)::text, 'n
   FROM journal_entries j
   LEFT JOIN postings p ON p.lane = j.lane AND p.entry_id = j.id
   LEFT JOIN accounts a ON a.id = p.account_id
-  LEFT JOIN (SELECT x.id, x.h FROM seals s, unnest(s.entry_ids, s.entry_hashes) x(id, h)
-              WHERE s.id = %(seal)s) u ON u.id = j.id
- WHERE j.txid >= CAST(%(lo)s AS xid8) AND (CAST(%(hi)s AS xid8) IS NULL OR j.txid < CAST(%(hi)s AS xid8))
-   AND {WINDOW_SQL}
- GROUP BY j.lane, j.id, u.h ORDER BY j.id
+ WHERE {_SECTION} > 0 AND (%(whole)s OR {_SECTION} = ANY(%(sections)s)
+                               OR ({_SECTION} = %(unsealed)s AND {WINDOW_SQL}))
+ GROUP BY j.lane, j.id ORDER BY 1, j.id
 """
 
 
@@ -280,31 +288,44 @@ def write_jsonl(conn: psycopg.Connection, out: TextIO, window: Window = Window()
     for a in book.values():
         out.write(_json({"type": "account", "code": a.code, "account_type": a.type, "asset": a.asset,
                          "scale": a.scale, "customer_id": a.customer_id}) + "\n")
-    entries = seals = 0
-    everything = Window()  # a seal's entries are written whole, in or out of the window
+    ranges = conn.execute(_SEAL_BOUNDS).fetchall()  # (id, from_txid, to_txid) of every seal
+    bounds = [lo for _, lo, _ in ranges] + [ranges[-1][2] if ranges else "0"]
+    unsealed = len(bounds)  # the section past the last seal's to_txid
+    params = {"whole": window.whole, "bounds": bounds, "unsealed": unsealed, **window.params()}
+    sections = [] if window.whole else sorted(
+        b for (b,) in conn.execute(_WINDOW_SECTIONS, params) if 0 < b < unsealed)
+    section_of = {seal_id: k for k, (seal_id, _, _) in enumerate(ranges, 1)}
+    entries = seals = sealed = 0
+    with conn.cursor(name="tokentill_seals") as seal_rows, conn.cursor(name="tokentill_entries") as entry_rows:
+        seal_rows.itersize = 1  # a seal row carries its entry ids and hashes: hold one at a time
+        seal_rows.execute(_SEALS, {"whole": window.whole, "ids": [ranges[k - 1][0] for k in sections]})
+        entry_rows.itersize = FETCH
+        entry_rows.execute(_ENTRIES, {**params, "sections": sections})
+        stream = iter(entry_rows)
+        row = next(stream, None)
 
-    def section(seal_id: int | None, lo: str, hi: str | None, within: Window) -> None:
-        nonlocal entries
-        params = {"seal": seal_id, "lo": lo, "hi": hi, **within.params()}
-        for (line,) in _stream(conn, _SEALED_ENTRIES, params, "tokentill_sealed"):
-            out.write(line + "\n")
-            entries += 1
-            if progress and entries % FETCH == 0:
-                progress(entries, total)
+        def section(number: int, head: str, stored: dict[int, bytes]) -> None:
+            nonlocal row, entries
+            while row is not None and row[0] == number:
+                digest = stored.get(row[1])
+                out.write(f'{head}"{digest.hex()}"' if digest is not None else f"{head}null")
+                out.write(row[2])
+                out.write("\n")
+                entries += 1
+                if progress and entries % FETCH == 0:
+                    progress(entries, total)
+                row = next(stream, None)
 
-    with conn.cursor(name="tokentill_seals") as cur:
-        cur.itersize = 1  # a seal row carries its entry ids: hold one at a time
-        cur.execute(_SEALS, {"whole": window.whole, **window.params()})
-        for seal_id, lo, hi, prev, chain_hash, sealed_at, ids in cur:
+        for seal_id, lo, hi, prev, chain_hash, sealed_at, ids, entry_ids, hashes in seal_rows:
             out.write(f'{{"type":"seal","id":{seal_id},"from_txid":"{lo}","to_txid":"{hi}",'
                       f'"prev_hash":"{prev}","chain_hash":"{chain_hash}","sealed_at":"{sealed_at}",'
                       f'"entry_ids":{ids}}}\n')
             seals += 1
-            section(seal_id, lo, hi, everything)
-    sealed = entries
-    last = conn.execute("SELECT to_txid::text FROM seals ORDER BY id DESC LIMIT 1").fetchone()
-    out.write(_json({"type": "unsealed", "from_txid": last[0] if last else "0"}) + "\n")
-    section(None, last[0] if last else "0", None, window)
+            section(section_of[seal_id], f'{{"type":"entry","seal":{seal_id},"sealed_hash":',
+                    dict(zip(entry_ids, hashes, strict=True)))
+        sealed = entries
+        out.write(_json({"type": "unsealed", "from_txid": bounds[-1]}) + "\n")
+        section(unsealed, '{"type":"entry","seal":null,"sealed_hash":', {})
     out.write(_json({"type": "end", "entries": entries, "seals": seals, "unsealed": entries - sealed}) + "\n")
     if progress:
         progress(entries, total)
