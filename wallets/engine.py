@@ -107,6 +107,38 @@ class Engine:
             task.add_done_callback(self._flushers.discard)
         return await future
 
+    async def submit_many(self, commands: Sequence[Command]) -> list[Any]:
+        """Run a bulk call's commands (POST /v1/usage-events: up to 1,000): one outcome each, in
+        order (a result, Replayed or its domain error, returned, not raised). The commands are
+        grouped by lane, and each lane's run as one transaction (rounds, when two share a conflict
+        key), the lanes at once as far as the in-flight slots allow: a 1,000-event call over 16
+        lanes is ~16 transactions of ~60 entries, not ~250 of ~4 through the flushers' queues.
+        A batch that fails for another reason than a domain refusal is bisected as in a flush."""
+        books = {c.customer_id for c in commands if c.needs_book}
+        await asyncio.gather(*(self.books.warm(self.db, cid) for cid in books))
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Any]] = [loop.create_future() for _ in commands]
+        rounds: dict[int, list[list[tuple[Command, asyncio.Future[Any]]]]] = {}
+        keys: dict[int, list[set[tuple[str, ...]]]] = {}
+        for command, future in zip(commands, futures, strict=True):
+            lane = await self.lane_of(command.customer_id)
+            lane_rounds, lane_keys = rounds.setdefault(lane, []), keys.setdefault(lane, [])
+            conflicts = command.conflict_keys()
+            k = next((i for i, taken in enumerate(lane_keys) if not conflicts & taken), len(lane_keys))
+            if k == len(lane_keys):
+                lane_rounds.append([])
+                lane_keys.append(set())
+            lane_rounds[k].append((command, future))
+            lane_keys[k] |= conflicts
+
+        async def lane(batches: list[list[tuple[Command, asyncio.Future[Any]]]]) -> None:
+            for batch in batches:  # in order: a round's commands see the ones before them
+                async with self._slots:
+                    await self._run(batch)
+
+        await asyncio.gather(*(lane(batches) for batches in rounds.values()))
+        return [f.exception() or f.result() for f in futures]
+
     async def lane_of(self, customer_id: str) -> int:
         """The lane of a customer (the lane count is read from the database once)."""
         if self._lanes is None:

@@ -2,7 +2,7 @@
 through the engine. Services raise domain errors; they know nothing of HTTP."""
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -113,6 +113,10 @@ class WalletService:
 
     async def submit(self, command: Command) -> Any:
         return await self.engine.submit(command)
+
+    async def submit_many(self, commands: Sequence[Command]) -> list[Any]:
+        """Outcomes of a bulk call's commands, in order; domain errors are returned, not raised."""
+        return await self.engine.submit_many(commands)
 
     async def replayed(self, idem: IdemKey) -> Replayed | None:
         """The stored answer under an idempotency key, if any (a conflict if the body differs)."""

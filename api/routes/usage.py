@@ -1,7 +1,6 @@
 """Post-hoc usage events (batches, idempotent per customer and event id) and the customer usage report."""
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any
 
 import msgspec
@@ -89,7 +88,7 @@ async def post_usage_events(state: State, request: Request,
             commands.append(_command(event))
         except (LedgerError, PricingError) as exc:
             rejected.append(Rejected(event.event_id, exc.code, str(exc), event.customer_id))
-    outcomes = await asyncio.gather(*(state.services.wallets.submit(c) for c in commands), return_exceptions=True)
+    outcomes = await wallets.submit_many(commands)
     accepted = duplicates = 0
     for command, outcome in zip(commands, outcomes, strict=True):
         if isinstance(outcome, UsageResult):
