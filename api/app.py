@@ -20,6 +20,7 @@ from api.auth import principal_for
 from api.errors import EXCEPTION_HANDLERS
 from api.gateway.mounts import routes as gateway_routes
 from api.gateway.proxy import Gateway
+from api.gateway.settles import spool_for
 from api.keys import KeyCache
 from api.metrics import metrics_middleware
 from api.routes import audit, journal, keys, ops, webhooks
@@ -77,7 +78,8 @@ def create_app(settings: Settings, database_url: str, *, cluster: EmbeddedPostgr
                  writer_idle_ms=round(settings.writer_idle_s * 1000))
     services = Services(settings, db, {}, KeyCache(db, database_url), database_url=database_url)
     services.wallets = WalletService(services.db)
-    services.gateway = Gateway(settings.gateway, services.wallets, lambda token: principal_for(services, token))
+    services.gateway = Gateway(settings.gateway, services.wallets, lambda token: principal_for(services, token),
+                               spool_for(database_url, settings.gateway.spool_dir))
     supervisor = Supervisor(cluster, db.engine.dispose) if cluster is not None else None
     dispatcher = _dispatcher(settings, database_url) if settings.webhooks else None
 

@@ -68,6 +68,16 @@ class BackgroundSettler:
             self._writer = asyncio.create_task(self._write())
         await done
 
+    def adopt(self, records: list[SpoolRecord]) -> None:
+        """Queue settles already on disk (left in the spool by an earlier run) to be sent."""
+        for record in records:
+            self._queued.setdefault(record.idempotency_key, record)
+        if self._queued:
+            self._idle.clear()
+            self._wake.set()
+            if self._sender is None or self._sender.done():
+                self._sender = asyncio.create_task(self._run())
+
     async def _write(self) -> None:
         """Group commit: every record queued while a write was in flight goes in the next one."""
         while self._unwritten:

@@ -33,6 +33,7 @@ class GatewaySettings:
     connect_retries: int = 2  # retried only when the connection failed: the request was never sent
     max_body_bytes: int = 32 * 1024 * 1024  # a caller's request (images inline in base64 are big)
     max_upstream_connections: int = 1000
+    spool_dir: str | None = None  # where settles wait for the ledger (None: $TOKENTILL_SPOOL_DIR, else the SDK's)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> GatewaySettings:
@@ -44,4 +45,5 @@ class GatewaySettings:
             default_max_output_tokens=_positive(env, "TOKENTILL_GATEWAY_MAX_OUTPUT_TOKENS", 4096),
             hold_seconds=_positive(env, "TOKENTILL_GATEWAY_HOLD_SECONDS", 600),
             read_timeout_s=float(_positive(env, "TOKENTILL_GATEWAY_READ_TIMEOUT_SECONDS", 600)),
+            spool_dir=env.get("TOKENTILL_SPOOL_DIR") or None,
         )

@@ -11,13 +11,13 @@ import httpx
 from prometheus_client import Counter
 
 from api.gateway.calls import Call
+from api.gateway.settles import settle_record
 from api.gateway.shapes import Refusal, stream_error_event
 from api.gateway.streams import EventSplitter, StreamTally, answer_settlement, answer_texts
 from api.routes.inputs import usage_tokens
 from api.routes.wire import money
-from ledger.model import request_hash
 from pricing.errors import InvalidUsageError
-from wallets.commands import Release, ReserveResult, Settle
+from wallets.commands import Release, ReserveResult
 
 if TYPE_CHECKING:
     from api.gateway.proxy import Exchange
@@ -32,6 +32,7 @@ DROPPED_RESPONSE_HEADERS = frozenset({b"connection", b"keep-alive", b"transfer-e
                                       b"content-encoding", b"date", b"server", b"proxy-connection", b"upgrade",
                                       b"trailer", b"te", b"alt-svc"})
 ANTHROPIC_VERSION = "2023-06-01"
+STREAM_CHARGE_WAIT_S = 10.0  # how long a stream's end waits for its charge (its SSE comment)
 
 
 class Forwarding:
@@ -100,18 +101,21 @@ class Forwarding:
                                                     (b"x-tokentill-charged", b"0")], body)
 
     async def _whole(self, response: httpx.Response) -> None:
+        """The answer goes back as soon as it is read and its settle is spooled: the ledger takes
+        the settle in the background, so the charge is in the trace, and the hold in the headers."""
         body = await response.aread()
         self.tally.texts = answer_texts(self.call.kind, body)
-        charged = await self.finish(answer_settlement(self.call.kind, body, self.x.gw.counter, self.call.model,
-                                                      self.call.prompt_raw_tokens))
-        extra = [(b"x-tokentill-charged", money(charged).encode())] if charged is not None else []
-        await self.x.respond(response.status_code, [*self._upstream_headers(response), *extra], body)
+        await self.finish(answer_settlement(self.call.kind, body, self.x.gw.counter, self.call.model,
+                                            self.call.prompt_raw_tokens), wait_s=None)
+        await self.x.respond(response.status_code, [*self._upstream_headers(response), self._reserved()], body)
+
+    def _reserved(self) -> tuple[bytes, bytes]:
+        return b"x-tokentill-reserved", (money(self.reservation.amount) or "0").encode()
 
     async def _relay(self, response: httpx.Response) -> None:
         """Each event goes to the caller as soon as it is complete; the charge follows as an SSE comment."""
         x = self.x
-        await x.start(response.status_code, [*self._upstream_headers(response), (
-            b"x-tokentill-reserved", (money(self.reservation.amount) or "0").encode())])
+        await x.start(response.status_code, [*self._upstream_headers(response), self._reserved()])
         splitter = EventSplitter()
         try:
             async for chunk in response.aiter_raw():
@@ -124,14 +128,17 @@ class Forwarding:
             log.warning("upstream stream failed: %s", exc.__class__.__name__)
             tail = stream_error_event(x.provider, "upstream_failed", f"the upstream stream failed "
                                       f"({exc.__class__.__name__})")
-        charged = await self.finish(self.tally.settlement(x.gw.counter, self.call.model, self.call.prompt_raw_tokens))
+        charged = await self.finish(self.tally.settlement(x.gw.counter, self.call.model, self.call.prompt_raw_tokens),
+                                    wait_s=STREAM_CHARGE_WAIT_S)
         if charged is not None:
             tail += (f": tokentill charged={money(charged)} currency={self.reservation.currency} "
                      f"request_id={x.request_id}\n\n").encode()
         await x.send({"type": "http.response.body", "body": tail, "more_body": False})
 
-    async def finish(self, settlement: tuple[str, dict[str, Any]] | None) -> int | None:
-        """Settle with `settlement` (usage form, usage), or release when None; the charge, or None
+    async def finish(self, settlement: tuple[str, dict[str, Any]] | None, wait_s: float | None = None) -> int | None:
+        """Settle with `settlement` (usage form, usage), or release when None. A settle is spooled
+        and taken by the ledger in the background; with `wait_s`, the charge once it has been
+        (None: not by then, or not waited for). A release is told to the ledger at once: 0, or None
         when the ledger could not be told (logged; the hold then expires after its TTL)."""
         self.x.finishing = True
         started = time.perf_counter()
@@ -142,23 +149,32 @@ class Forwarding:
                     self.outcome = "released"
                 await asyncio.shield(self.x.gw.wallets.submit(Release(customer_id=r.customer_id, reservation_id=r.id)))
                 return 0
-            form, usage = settlement
+            form, usage = self._readable(*settlement)
+            record = settle_record(r.customer_id, self.x.request_id, r.id, form, usage)
+            settles = self.x.gw.settles
             try:
-                tokens, stored = usage_tokens(**{"usage": None, "openai_usage": None, "anthropic_usage": None,
-                                                 form: usage})
-            except InvalidUsageError as exc:
-                log.warning("upstream usage unreadable (%s); settling with the metered output", exc)
-                self.tally.usage = self.tally.started = None
-                _, metered = self.tally.settlement(self.x.gw.counter, self.call.model, self.call.prompt_raw_tokens) \
-                    or ("usage", {"input_tokens": self.call.prompt_raw_tokens})
-                tokens, stored = usage_tokens(metered, None, None)
-            result = await asyncio.shield(self.x.gw.wallets.submit(Settle(
-                customer_id=r.customer_id, reservation_id=r.id, request_hash=request_hash({form: usage}),
-                tokens=tokens, usage=stored, final=True)))
-            return result.charged
+                if wait_s is None:
+                    await asyncio.shield(settles.put(record))
+                    return None
+                return await asyncio.shield(settles.put_and_wait(record, wait_s))
+            except OSError:  # the spool cannot be written: settle on the response path, as without one
+                log.exception("gateway spool %s not writable; settling call %s at once", settles.spool.path,
+                              self.x.request_id)
+                return await asyncio.shield(settles.settle_now(record))
         except Exception:
             self.outcome = "unsettled"
             log.exception("gateway call %s (reservation %s) could not be settled", self.x.request_id, r.id)
             return None
         finally:
             self.x.timings["settle"] = time.perf_counter() - started
+
+    def _readable(self, form: str, usage: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The settlement as given when the ledger can read its usage, else the metered output's."""
+        try:
+            usage_tokens(**{"usage": None, "openai_usage": None, "anthropic_usage": None, form: usage})
+            return form, usage
+        except InvalidUsageError as exc:
+            log.warning("upstream usage unreadable (%s); settling with the metered output", exc)
+            self.tally.usage = self.tally.started = None
+            return self.tally.settlement(self.x.gw.counter, self.call.model, self.call.prompt_raw_tokens) \
+                or ("usage", {"input_tokens": self.call.prompt_raw_tokens})

@@ -27,10 +27,12 @@ from api.errors import STATUS_BY_CODE, ApiError
 from api.gateway.calls import KINDS, Call, CallError, parse_call
 from api.gateway.config import GatewaySettings
 from api.gateway.forwarding import CALLS, Forwarding
+from api.gateway.settles import GatewaySettles
 from api.gateway.shapes import Refusal, error_body
 from api.routes.formats import IDENTIFIER
 from api.routes.schemas import MAX_DIMENSIONS, Dimensions
 from api.routes.wire import shaped
+from api.spool import Spool
 from ledger.db import RetriesExhaustedError, is_unavailable
 from ledger.errors import LedgerError
 from ledger.model import request_hash
@@ -49,8 +51,9 @@ class Gateway:
     """The shared parts of every call: settings, the wallet engine, key lookup and the upstream pool."""
 
     def __init__(self, settings: GatewaySettings, wallets: Any,
-                 principal_for: Callable[[str], Awaitable[Principal]]) -> None:
+                 principal_for: Callable[[str], Awaitable[Principal]], spool: Spool) -> None:
         self.settings, self.wallets, self.principal_for = settings, wallets, principal_for
+        self.settles = GatewaySettles(spool, wallets)
         self.counter = TokenCounter()
         self.transport: httpx.AsyncHTTPTransport | None = None
         self.timeout = httpx.Timeout(connect=settings.connect_timeout_s, read=settings.read_timeout_s,
@@ -65,7 +68,13 @@ class Gateway:
         self.transport = httpx.AsyncHTTPTransport(http2=True, retries=s.connect_retries, limits=httpx.Limits(
             max_connections=s.max_upstream_connections, max_keepalive_connections=min(200, s.max_upstream_connections)))
 
+        await self.settles.start()
+
     async def stop(self) -> None:
+        left = await self.settles.stop()
+        if left:
+            log.warning("gateway stopping with %d settles in its spool %s; they are sent at its next start",
+                        left, self.settles.spool.path)
         if self.transport is not None:
             await self.transport.aclose()
 

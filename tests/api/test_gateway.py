@@ -130,14 +130,16 @@ def words(count: int) -> str:
     return "".join(fk._words(count))
 
 
-def test_chat_completion_is_charged_the_providers_usage_and_says_so_in_headers(live, fake):
+def test_chat_completion_is_answered_with_its_hold_and_charged_the_providers_usage_once_settled(live, fake):
     url, _ = live
     cid, key = customer(live)
     raw = oai(url, key).chat.completions.with_raw_response.create(model="gpt-test", messages=HI)
     completion = raw.parse()
     assert completion.choices[0].message.content == words(40)
-    assert Decimal(raw.headers["x-tokentill-charged"]) == CHAT_CHARGE == Decimal("0.0100")
-    assert charged(url, raw.headers["x-tokentill-request-id"]) == CHAT_CHARGE
+    # The answer does not wait for the settle: it carries the hold (9 in, see below; the 1,000 cap out)
+    assert Decimal(raw.headers["x-tokentill-reserved"]) == (9 * IN + 1000 * OUT) / M + CALL
+    assert "x-tokentill-charged" not in raw.headers
+    assert charged(url, raw.headers["x-tokentill-request-id"]) == CHAT_CHARGE == Decimal("0.0100")
     assert wallet(url, cid) == (Decimal("10") - CHAT_CHARGE, 0)
     sent = fake.fake.calls[-1].headers
     assert sent["authorization"] == "Bearer sk-upstream-openai" and key not in str(sent)
@@ -216,7 +218,6 @@ def test_responses_are_charged_their_usage(live, stream):
     else:
         raw = client.responses.with_raw_response.create(model="gpt-test", input="hi")
         assert raw.parse().output_text == words(40)
-        assert Decimal(raw.headers["x-tokentill-charged"]) == RESPONSES_CHARGE
         request_id = raw.headers["x-tokentill-request-id"]
     assert charged(url, request_id) == RESPONSES_CHARGE == Decimal("0.00922")
     assert wallet(url, cid) == (Decimal("10") - RESPONSES_CHARGE, 0)
@@ -227,7 +228,7 @@ def test_embeddings_are_charged_their_input_tokens(live):
     cid, key = customer(live)
     raw = oai(url, key).embeddings.with_raw_response.create(model="embed-test", input=["a", "b"])
     assert len(raw.parse().data) == 2
-    assert Decimal(raw.headers["x-tokentill-charged"]) == EMBEDDINGS_CHARGE == Decimal("0.00112")
+    assert charged(url, raw.headers["x-tokentill-request-id"]) == EMBEDDINGS_CHARGE == Decimal("0.00112")
     assert wallet(url, cid) == (Decimal("10") - EMBEDDINGS_CHARGE, 0)
 
 
@@ -243,7 +244,6 @@ def test_anthropic_messages_are_charged_their_usage_with_the_key_as_x_api_key(li
     else:
         raw = client.messages.with_raw_response.create(model="claude-test", max_tokens=1000, messages=HI)
         text = raw.parse().content[0].text
-        assert Decimal(raw.headers["x-tokentill-charged"]) == MESSAGES_CHARGE
         request_id = raw.headers["x-tokentill-request-id"]
     assert text == words(40)
     assert charged(url, request_id) == MESSAGES_CHARGE == Decimal("0.011525")

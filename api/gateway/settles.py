@@ -1,0 +1,140 @@
+"""The gateway's settles, off the response path: each is written to a local spool and fsynced
+(api.spool, the SDK's), then sent through the wallet engine in bulk by one task
+(api.background.BackgroundSettler, as the SDK's background settles are sent over HTTP).
+
+A settle the ledger cannot take now (the database down) stays queued and is sent again after a
+backoff; one it refuses for good (the reservation closed, the usage implausible) goes to the
+spool's `.rejected` file. What is left in the spool when the gateway stops, or dies, is sent when
+it next starts on the same database. Each settle carries an idempotency key derived from its
+customer and request id, so a settle sent twice (again after a crash, or by two workers sharing
+the spool) is charged once.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from api.background import BackgroundSettler, item_of
+from api.delivery import RetryPolicy
+from api.errors import STATUS_BY_CODE
+from api.routes.inputs import usage_tokens
+from api.spool import SUFFIX, Spool, SpoolRecord, spool_dir
+from ledger.db import RetriesExhaustedError, is_unavailable
+from ledger.errors import LedgerError
+from ledger.model import request_hash
+from pricing.errors import PricingError
+from wallets.commands import Settle
+from wallets.core.idempotency import IdemKey, Replayed
+
+log = logging.getLogger("tokentill.gateway")
+SCOPE = "gateway"  # the idempotency scope of the gateway's settles
+RETRY = RetryPolicy(backoff_s=0.2, max_backoff_s=10.0)
+DRAIN_S = 5.0  # how long a stopping gateway waits for its queued settles
+
+
+def spool_for(database_url: str, directory: str | os.PathLike[str] | None = None) -> Spool:
+    """The gateway spool of one database: under the spool directory's `gateway/` (apart from the
+    SDK's files, which `tokentill spool flush` re-sends over HTTP), named by the database."""
+    name = "gateway-" + hashlib.sha256(database_url.encode()).hexdigest()[:24] + SUFFIX
+    return Spool(Path(spool_dir(directory)) / "gateway" / name)
+
+
+def settle_key(customer_id: str, request_id: str) -> str:
+    """A call's settle idempotency key: derived from its customer and request id (scoped per customer)."""
+    return "gw-settle-" + hashlib.sha256(f"{customer_id}\n{request_id}".encode()).hexdigest()
+
+
+def settle_record(customer_id: str, request_id: str, reservation_id: str, form: str,
+                  usage: dict[str, Any]) -> SpoolRecord:
+    """The spool record of a call's final settle with `usage` (as `form`: usage, openai_usage, ...)."""
+    return SpoolRecord("POST", f"/v1/reservations/{reservation_id}/settle",
+                       {"customer_id": customer_id, "request_id": request_id, form: usage, "final": True},
+                       settle_key(customer_id, request_id), reservation_id, SCOPE)
+
+
+class GatewaySettles:
+    """The queue of one gateway process: durable first, then settled through the engine in bulk."""
+
+    def __init__(self, spool: Spool, wallets: Any) -> None:
+        self.spool, self.wallets = spool, wallets
+        self.settler: BackgroundSettler | None = None
+        self._charges: dict[str, asyncio.Future[int]] = {}  # key -> its charge, for a caller waiting
+
+    async def start(self) -> None:
+        self.settler = BackgroundSettler(self.spool, self._send, RETRY)
+        left = await asyncio.to_thread(self.spool.records)
+        if left:  # an earlier run answered these calls and stopped before the ledger took their settles
+            log.warning("gateway spool %s: %d settles left by an earlier run; sending them", self.spool.path, len(left))
+            self.settler.adopt(left)
+
+    async def stop(self) -> int:
+        """Wait up to DRAIN_S for what is queued; returns how many settles are left in the spool."""
+        return await self.settler.drain(DRAIN_S) if self.settler is not None else 0
+
+    async def put(self, record: SpoolRecord) -> None:
+        """Queue a settle: it is on disk when this returns (an OSError is raised otherwise)."""
+        assert self.settler is not None, "the gateway was not started"
+        await self.settler.put(record)
+
+    async def put_and_wait(self, record: SpoolRecord, timeout_s: float) -> int | None:
+        """Queue a settle, then wait for its charge once the ledger took it (None: not within
+        `timeout_s`; it stays queued)."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._charges[record.idempotency_key] = future
+        try:
+            await self.put(record)
+            return await asyncio.wait_for(future, timeout_s)
+        except TimeoutError:
+            return None
+        finally:
+            self._charges.pop(record.idempotency_key, None)
+
+    async def settle_now(self, record: SpoolRecord) -> int | None:
+        """Settle through the engine at once, without the spool: the charge, None if not taken."""
+        answer = await self._settle(item_of(record))
+        if answer["status"] != 200:
+            raise RuntimeError(f"settle {record.idempotency_key} not taken: {answer}")
+        return answer["body"]["charged"]
+
+    async def _send(self, items: list[dict[str, Any]]) -> httpx.Response:
+        """One bulk send, answered as `POST /v1/settlements` answers (the BackgroundSettler files it)."""
+        answers = await asyncio.gather(*(self._settle(item) for item in items))
+        return httpx.Response(200, json={"results": answers})
+
+    async def _settle(self, item: dict[str, Any]) -> dict[str, Any]:
+        key = item["idempotency_key"]
+        form = next(name for name in ("usage", "openai_usage", "anthropic_usage") if item.get(name) is not None)
+        digest = request_hash({form: item[form]})
+        try:
+            tokens, stored = usage_tokens(**{"usage": None, "openai_usage": None, "anthropic_usage": None,
+                                             form: item[form]})
+            result = await self.wallets.submit(Settle(
+                customer_id=item["customer_id"], reservation_id=item["reservation_id"], request_hash=digest,
+                tokens=tokens, usage=stored, final=True, idem=IdemKey(SCOPE, key, digest)))
+        except (LedgerError, PricingError) as exc:
+            log.error("gateway settle %s (request %s) refused: %s", key, item.get("request_id"), exc)
+            return {"status": STATUS_BY_CODE.get(exc.code, 422), "body": {"code": exc.code, "detail": str(exc)}}
+        except Exception as exc:
+            if not (is_unavailable(exc) or isinstance(exc, RetriesExhaustedError)):
+                log.exception("gateway settle %s failed; left in the spool", key)
+                return {"status": 500, "body": {"code": "internal_error"}}
+            return {"status": 503, "body": {"code": "service_unavailable"}}
+        charged = _charged(result)
+        future = self._charges.get(key)
+        if future is not None and not future.done() and charged is not None:
+            future.set_result(charged)
+        return {"status": 200, "body": {"charged": charged}}
+
+
+def _charged(result: Any) -> int | None:
+    if isinstance(result, Replayed):  # sent before, under the same key: what it charged then
+        body = result.body.get("body", result.body) if isinstance(result.body, dict) else None
+        charged = body.get("charged") if isinstance(body, dict) else None
+        return charged if isinstance(charged, int) else None
+    return result.charged

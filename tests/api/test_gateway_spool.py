@@ -1,0 +1,143 @@
+"""The gateway's settles off the response path: spooled and fsynced before the answer, taken by
+the ledger in the background, kept while the ledger cannot take them, and sent again from the
+spool by the next gateway on the database, charged once however often they are sent."""
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from api.app import create_app
+from api.bench import fake_upstream as fk
+from api.bench.common import free_port
+from api.demo import _Server
+from api.gateway.config import GatewaySettings
+from api.gateway.settles import settle_key, spool_for
+from api.settings import Settings
+from ledger.db import RetriesExhaustedError
+from tests.api.test_gateway import ADMIN, BOOK, CALL, CHAT_CHARGE, HI, IN, OUT, M, admin, charged, oai, wallet
+from tests.api.test_gateway import fake as fake  # the fake upstream fixture
+from tests.api.test_sdk_durability import wait_ready
+
+
+class Gateway:
+    """A server whose gateway spools under `spool_dir`; `before_start` may patch its services."""
+
+    def __init__(self, database_url: str, fake: fk.FakeServer, spool_dir: Path, before_start: Any = None) -> None:
+        settings = Settings(admin_key=ADMIN, scheduler=False, gateway=GatewaySettings(
+            openai_url=f"{fake.url}/v1", openai_key="sk-up", default_max_output_tokens=1000,
+            spool_dir=str(spool_dir)))
+        app = create_app(settings, database_url)
+        self.services = app.state["services"]
+        if before_start is not None:
+            before_start(self.services)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = _Server(app, self.port)
+
+    def __enter__(self) -> Gateway:
+        self.server.start()
+        wait_ready(self.url)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop()
+
+
+@pytest.fixture
+def spool_dir(tmp_path: Path) -> Path:
+    return tmp_path / "spool"
+
+
+@pytest.fixture
+def book(database_url, fake, spool_dir) -> Iterator[str]:
+    with Gateway(database_url, fake, spool_dir) as gw, admin(gw.url) as http:
+        book = f"gws-{uuid.uuid4().hex[:8]}"
+        assert http.post("/v1/price-books", json={**BOOK, "id": book}).status_code == 201
+    yield book
+
+
+def customer(url: str, book: str) -> tuple[str, str]:
+    cid = f"gws-{uuid.uuid4().hex[:10]}"
+    with admin(url) as http:
+        assert http.post("/v1/customers", json={"id": cid, "name": "GW", "currency": "USD",
+                                                "price_book": book}).status_code == 201
+        assert http.post(f"/v1/customers/{cid}/topups", json={"amount": "10.00"}).status_code == 201
+        key = http.post("/v1/api-keys", json={"scope": "inference", "customers": [cid]}).json()["key"]
+    return cid, key
+
+
+def never_send(services: Any) -> None:
+    """The gateway answers and spools, but its ledger sends hang: as if it died right after answering."""
+    async def hang(items: list[dict[str, Any]]) -> httpx.Response:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    services.gateway.settles._send = hang
+
+
+def reserved(url: str, cid: str) -> Decimal:
+    with admin(url) as http:
+        return Decimal(http.get(f"/v1/customers/{cid}/wallet").json()["reserved"])
+
+
+HOLD = (9 * IN + 1000 * OUT) / M + CALL  # 9 prompt tokens (cl100k_base plus 10 %), the 1,000 cap
+
+
+def test_a_gateway_stopped_after_answering_but_before_settling_settles_once_on_restart(database_url, fake,
+                                                                                      spool_dir, book):
+    spool = spool_for(database_url, spool_dir)
+    with Gateway(database_url, fake, spool_dir, never_send) as gw:
+        cid, key = customer(gw.url, book)
+        raw = oai(gw.url, key).chat.completions.with_raw_response.create(model="gpt-test", messages=HI)
+        request_id = raw.headers["x-tokentill-request-id"]
+        assert raw.parse().choices[0].message.content  # answered ...
+        time.sleep(0.3)
+        assert reserved(gw.url, cid) == HOLD  # ... and not settled
+    (record,) = spool.records()  # on disk when it answered
+    assert record.idempotency_key == settle_key(cid, request_id) and record.reservation_id
+    with Gateway(database_url, fake, spool_dir) as gw:  # the next gateway on the database sends it
+        assert charged(gw.url, request_id) == CHAT_CHARGE
+        assert wallet(gw.url, cid) == (Decimal("10") - CHAT_CHARGE, 0)
+        deadline = time.monotonic() + 10
+        while spool.records() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert spool.records() == []
+    spool.append(record)  # sent again, as after a crash between the ledger's answer and the strike-off
+    with Gateway(database_url, fake, spool_dir) as gw:
+        deadline = time.monotonic() + 10
+        while spool.records() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert spool.records() == [] and not spool.rejected_path.exists()
+        assert charged(gw.url, request_id) == CHAT_CHARGE  # once
+        assert wallet(gw.url, cid) == (Decimal("10") - CHAT_CHARGE, 0)
+
+
+def test_a_settle_the_ledger_cannot_take_now_stays_spooled_and_is_sent_again(database_url, fake, spool_dir, book):
+    refusals = {"left": 2}
+
+    def flaky(services: Any) -> None:
+        submit = services.wallets.submit
+
+        async def sometimes_down(command: Any) -> Any:
+            if type(command).__name__ == "Settle" and refusals["left"]:
+                refusals["left"] -= 1
+                raise RetriesExhaustedError("the database is down")
+            return await submit(command)
+
+        services.wallets.submit = sometimes_down
+
+    with Gateway(database_url, fake, spool_dir, flaky) as gw:
+        cid, key = customer(gw.url, book)
+        raw = oai(gw.url, key).chat.completions.with_raw_response.create(model="gpt-test", messages=HI)
+        assert charged(gw.url, raw.headers["x-tokentill-request-id"]) == CHAT_CHARGE
+        assert refusals["left"] == 0  # refused twice, then taken
+        assert wallet(gw.url, cid) == (Decimal("10") - CHAT_CHARGE, 0)
+        assert spool_for(database_url, spool_dir).records() == []
