@@ -39,6 +39,10 @@ STATUS_BY_CODE = {
     "service_unavailable": 503,
     "invalid_cursor": 400,
     "not_acceptable": 406,
+    "unknown_price_book": 404,
+    "unknown_price_version": 404,
+    "invalid_range": 422,
+    "version_not_in_force": 422,
 }
 CODE_BY_STATUS = {
     400: "validation_error", 401: "unauthorized", 403: "forbidden", 404: "not_found",

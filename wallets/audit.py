@@ -277,11 +277,49 @@ async def invoices_tie_out(conn: AsyncConnection) -> Check:
         """, "invoices are intact (content hash), numbered without gaps, and total the revenue of their period")
 
 
+async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
+    """Re-rates: each adjustment entry moved usage revenue by exactly what its charges' adjustments
+    changed; each credit note is intact, numbered without gaps, its lines sum to its total, which
+    is its entry's revenue movement and its charges' adjustments."""
+    if (await conn.execute(text("SELECT to_regclass('credit_notes')"))).scalar() is None:
+        return Check("credit_notes", True, "no re-rates in this schema (before migration 0019)")
+    revenue = f"""SELECT -coalesce(sum(p.amount), 0) FROM postings p JOIN accounts a ON a.id = p.account_id
+                   WHERE p.entry_id = {{entry}} AND a.code LIKE {_literal(chart.revenue_account('%'))}"""
+    return await _query_check(conn, "credit_notes", f"""
+        SELECT format('re-rate entry %s: its charges moved %s, its revenue postings %s', x.entry_id, x.moved,
+                      ({revenue.format(entry="x.entry_id")}))
+          FROM (SELECT entry_id, sum(new_amount - old_amount) AS moved FROM charge_adjustments
+                 WHERE entry_id IS NOT NULL GROUP BY entry_id) x
+         WHERE x.moved <> ({revenue.format(entry="x.entry_id")})
+        UNION ALL
+        SELECT format('credit note %s: its content hash does not match its content', n.number)
+          FROM credit_notes n WHERE n.content_hash <> sha256(convert_to(n.content::text, 'UTF8'))
+        UNION ALL
+        SELECT format('credit note %s: total %s, lines %s, its entry %s moved revenue by %s, its charges by %s',
+                      n.number, n.total,
+                      (SELECT sum((l ->> 'amount')::numeric) FROM jsonb_array_elements(n.content -> 'lines') l),
+                      n.entry_id, ({revenue.format(entry="n.entry_id")}),
+                      (SELECT sum(a.new_amount - a.old_amount) FROM charge_adjustments a WHERE a.credit_note_id = n.id))
+          FROM credit_notes n
+         WHERE (n.content ->> 'total')::numeric * 1000000000 <> n.total
+            OR coalesce((SELECT sum((l ->> 'amount')::numeric) FROM jsonb_array_elements(n.content -> 'lines') l), 0)
+               * 1000000000 <> n.total
+            OR n.total <> ({revenue.format(entry="n.entry_id")})
+            OR n.total IS DISTINCT FROM (SELECT sum(a.new_amount - a.old_amount) FROM charge_adjustments a
+                                          WHERE a.credit_note_id = n.id)
+        UNION ALL
+        SELECT format('credit notes %s-%s: %s numbers, the last %s (a gap or a duplicate)',
+                      issuer, year, count(*), max(seq))
+          FROM credit_notes GROUP BY issuer, year HAVING count(*) <> max(seq)
+        """, "re-rate entries move revenue by their charges' adjustments; credit notes tie out to them, "
+             "intact and numbered without gaps")
+
+
 WALLET_CHECKS: tuple[CheckFn, ...] = (
     reservations_consistent, holds_equal_reserved, lots_match_accounts, wallets_within_limits,
     charges_match_entries, usage_counters_match_charges, usage_rollups_match_charges, usage_events_charged,
     budgets_match_reservations,
-    period_rollups_match_postings, invoices_tie_out,
+    period_rollups_match_postings, invoices_tie_out, credit_notes_tie_out,
 )
 
 

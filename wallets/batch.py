@@ -21,9 +21,12 @@ from wallets.core.alerts import alerts
 from wallets.core.billing import entry_rollup, merge
 from wallets.core.commands import Command
 from wallets.core.decision import (
+    AdjustmentPosted,
     AnswerKept,
     BudgetCounted,
+    ChargeAdjusted,
     ChargeRecorded,
+    CreditNoteIssued,
     CustomerFlagged,
     InvoiceFinalized,
     LotOpened,
@@ -68,10 +71,13 @@ class Batch:
     rolled: dict[tuple[str, str, str], tuple[int, int]] = field(default_factory=dict)  # increments to write
     invoice_seqs: dict[tuple[str, int], int] = field(default_factory=dict)  # (issuer, year) -> last number
     invoices: dict[str, InvoiceDue] = field(default_factory=dict)
+    rerates: dict[tuple[str, str], Any] = field(default_factory=dict)  # (customer, period) -> RerateInput
+    credit_note_seqs: dict[tuple[str, int], int] = field(default_factory=dict)  # (issuer, year) -> last number
 
     def state(self, customer_id: str) -> State:
         return State(customer_id, self.loaded.wallets.get(customer_id), self.loaded.idempotency,
-                     self.loaded.events, self.period_usage, self.rollups, self.invoice_seqs, self.invoices)
+                     self.loaded.events, self.period_usage, self.rollups, self.invoice_seqs, self.invoices,
+                     self.rerates, self.credit_note_seqs)
 
     def apply(self, command: Command) -> Any:
         """Decide `command` and follow the decision, then the alerts it calls for; returns its
@@ -125,7 +131,8 @@ class Batch:
         assert entry is not None and entry.customer_id is not None
         w = self.loaded.wallets[entry.customer_id]
         c = w.customer
-        priced = next((e for e in decision.effects if type(e) in (ChargeRecorded, TrueUpPosted)), None)
+        priced = next((e for e in decision.effects if type(e) in (ChargeRecorded, TrueUpPosted, AdjustmentPosted)),
+                      None)
         lines: list[tuple[str, Any]] = []
         if isinstance(priced, ChargeRecorded):
             period = c.billed_in(priced.occurred_at).label
@@ -133,7 +140,7 @@ class Batch:
             lines = [(origin, line) for line in priced.lines]
         else:
             period = entry.metadata.get("period") or c.billed_in(entry.occurred_at).label
-            if isinstance(priced, TrueUpPosted):
+            if isinstance(priced, TrueUpPosted | AdjustmentPosted):
                 lines = [(priced.period, line) for line in priced.lines]
         kinds = {code: lot.kind for code, lot in w.lots.items()}
         for effect in decision.effects:
@@ -155,6 +162,22 @@ class Batch:
             "year": effect.year, "seq": effect.seq, "number": effect.number, "currency": effect.currency,
             "total": effect.total, "amount_due": effect.amount_due, "due_at": effect.due_at,
             "content": dict(effect.content), "entry_key": key, "finalized_at": effect.finalized_at})
+
+    def _credit_note_issued(self, effect: CreditNoteIssued, key: str | None) -> None:
+        self.credit_note_seqs[(effect.issuer, effect.year)] = effect.seq
+        self.add("credit_notes", {
+            "id": effect.credit_note_id, "customer_id": effect.customer_id, "invoice_id": effect.invoice_id,
+            "rerate_id": effect.rerate_id, "kind": effect.content["kind"], "issuer": effect.issuer,
+            "year": effect.year, "seq": effect.seq, "number": effect.number, "currency": effect.currency,
+            "total": effect.total, "content": dict(effect.content), "entry_key": key, "issued_at": effect.issued_at})
+
+    def _charge_adjusted(self, effect: ChargeAdjusted, key: str | None) -> None:
+        self.add("charge_adjustments", {
+            "charge_id": effect.charge_id, "corrected_version": effect.version, "rerate_id": effect.rerate_id,
+            "customer_id": effect.customer_id, "period": effect.period, "old_amount": effect.old_amount,
+            "new_amount": effect.new_amount, "old_lines": [list(x) for x in effect.old_lines],
+            "new_lines": [list(x) for x in effect.new_lines], "entry_key": key,
+            "credit_note_id": effect.credit_note_id, "created_at": self.now})
 
     def _period_advanced(self, effect: PeriodAdvanced, key: str | None) -> None:
         self.loaded.wallets[effect.customer_id].customer.open_period_start = effect.open_period_start
@@ -207,7 +230,8 @@ class Batch:
             "occurred_at": effect.occurred_at, "usage": dict(effect.usage), "dimensions": dict(effect.dimensions),
             "price_book": effect.price_book, "price_version": effect.price_version, "lines": list(effect.lines),
             "charged": effect.charged, "from_hold": effect.from_hold, "from_lots": effect.from_lots,
-            "from_receivable": effect.from_receivable, "released": effect.released, "entry_key": key})
+            "from_receivable": effect.from_receivable, "released": effect.released,
+            "funding": [list(x) for x in effect.funding], "entry_key": key})
 
     def _usage_event_recorded(self, effect: UsageEventRecorded, key: str | None) -> None:
         self.loaded.events[(effect.customer_id, effect.event_id)] = effect.request_hash
@@ -320,5 +344,7 @@ _FOLLOW: dict[type, Any] = {
     CustomerFlagged: Batch._customer_flagged, AnswerKept: Batch._answer_kept,
     TrueUpPosted: lambda batch, effect, key: None,  # its lines went into the rollup with its entry
     InvoiceFinalized: Batch._invoice_finalized, PeriodAdvanced: Batch._period_advanced,
-    PaymentRecorded: Batch._payment_recorded,
+    PaymentRecorded: Batch._payment_recorded, CreditNoteIssued: Batch._credit_note_issued,
+    ChargeAdjusted: Batch._charge_adjusted,
+    AdjustmentPosted: lambda batch, effect, key: None,  # its lines went into the rollup with its entry
 }  # how the shell follows each effect: in memory, and as the rows a flush writes

@@ -35,7 +35,10 @@ from wallets import store
 from wallets.batch import Batch, billing_period
 from wallets.books import BookCache
 from wallets.commands import ClosePeriod, Command, Grant, PayInvoice, Reserve, TopUp
+from wallets.core.commands import RerateCharges
+from wallets.core.rerating import ChargeOnRecord, RerateInput
 from wallets.errors import NotFoundError
+from wallets.periods import Cycle, period_of
 
 BATCH_COMMANDS = Histogram("tokentill_wallet_batch_commands", "Wallet commands per transaction",
                            buckets=(1, 2, 4, 8, 16, 32, 64, 128))
@@ -57,12 +60,17 @@ def customer_lock(customer_id: str) -> int:
 # SERIALIZABLE (10 of 10 overlapping pairs of 16 top-ups failed); they queue here instead.
 # Reserves, settles, releases, usage and expiry never take it.
 ACCOUNTS_LOCK = lock_key("wallets:accounts")
-OPENS_ACCOUNTS = (TopUp, Grant, ClosePeriod)  # a close may open a lot (a volume true-up's money back)
+OPENS_ACCOUNTS = (TopUp, Grant, ClosePeriod, RerateCharges)  # a close or re-rate may open a lot (money back)
 
 
 def invoice_lock(issuer: str) -> int:
     """One close at a time per invoice issuer: numbers are gapless, each the last one plus one."""
     return lock_key(f"invoices:issuer:{issuer}")
+
+
+def credit_note_lock(issuer: str) -> int:
+    """One re-rate at a time per credit note issuer: numbers are gapless, as invoices' are."""
+    return lock_key(f"credit_notes:issuer:{issuer}")
 
 
 def lane_lock(lane: int) -> int:
@@ -253,6 +261,7 @@ class Engine:
 
         opens = [ACCOUNTS_LOCK] if any(isinstance(c, OPENS_ACCOUNTS) for c in commands) else []
         opens += sorted({invoice_lock(c.issuer) for c in commands if isinstance(c, ClosePeriod)})
+        opens += sorted({credit_note_lock(c.issuer) for c in commands if isinstance(c, RerateCharges)})
         return await self.db.run(work, locks=[lane_lock(lane), *opens, *(customer_lock(c) for c in customers)])
 
     async def _work(self, conn: AsyncConnection, commands: Sequence[Command], customers: list[str],
@@ -277,6 +286,7 @@ class Engine:
                 periods.add((command.customer_id, billing_period(at, w.customer)))
         batch.period_usage = await store.load_period_usage(conn, periods)
         await _load_billing(conn, batch, commands, now)
+        await _load_rerates(conn, batch, commands, now, self.books)
         outcomes = [self._apply(batch, command) for command in commands]
         await batch.flush(conn)
         batch.keep_answers(commands, outcomes)
@@ -303,6 +313,58 @@ async def _load_billing(conn: AsyncConnection, batch: Batch, commands: Sequence[
     paid = [c.invoice_id for c in commands if isinstance(c, PayInvoice)]
     if paid:
         batch.invoices = await store.load_invoices(conn, paid)
+
+
+async def _load_rerates(conn: AsyncConnection, batch: Batch, commands: Sequence[Command], now: datetime,
+                        books: BookCache) -> None:
+    """What re-rates decide on: the corrected version, the charges of each customer's period (with
+    their earlier re-rates), the lots that paid them, the period's invoice if finalized, and the
+    credit note issuers' last numbers (under their locks)."""
+    rerates = [c for c in commands if isinstance(c, RerateCharges)]
+    if not rerates:
+        return
+    for cmd in rerates:
+        w = batch.loaded.wallets.get(cmd.customer_id)
+        data = await rerate_input(conn, books, cmd, w.customer.cycle) if w is not None else None
+        if w is None or data is None:
+            continue
+        codes = sorted({a for ch in data.charges for a, _ in ch.funding or () if a not in w.lots})
+        if codes:  # lots that paid the charges and are spent now: money may go back to them
+            more = await store.load(conn, [cmd.customer_id], now=now, lot_codes=codes)
+            for code, lot in more.wallets[cmd.customer_id].lots.items():
+                w.lots.setdefault(code, lot)
+        batch.rerates[(cmd.customer_id, cmd.period)] = data
+    batch.credit_note_seqs = await store.last_credit_note_seqs(
+        conn, {(c.issuer, now.astimezone(UTC).year) for c in rerates})
+
+
+async def rerate_input(conn: AsyncConnection, books: BookCache, cmd: RerateCharges, cycle: Cycle
+                       ) -> RerateInput | None:
+    """What re-rating `cmd`'s customer and period decides on (None: no such book version): the
+    corrected version, the period's charges of the book up to the range's end (with their earlier
+    re-rates), and the period's invoice if it was finalized. A preview reads the same."""
+    versions = await _scalar(conn, "SELECT count(*) FROM price_book_versions WHERE book_id = %s", (cmd.book_id,))
+    book = await books.get(conn, cmd.book_id, int(versions or 0))
+    version = next((v for v in book.versions if v.version == cmd.version), None) if book else None
+    if version is None:
+        return None
+    period = period_of(cmd.range_from, cycle)
+    while period.label < cmd.period:
+        period = period_of(period.end, cycle)
+    rows = await store.load_rerate_charges(conn, cmd.customer_id, cmd.book_id, period.start,
+                                           min(period.end, cmd.range_to))
+    return RerateInput(version, tuple(_on_record(r) for r in rows),
+                       await store.finalized_invoice(conn, cmd.customer_id, cmd.period))
+
+
+def _on_record(r: dict[str, Any]) -> ChargeOnRecord:
+    adjustments = r["adjustments"] or []
+    current = ({(m, t): int(a) for m, t, a in adjustments[-1][1]} if adjustments else None)
+    at = r["occurred_at"]
+    return ChargeOnRecord(int(r["id"]), at, r["model"], r["dimensions"] or {}, r["usage"] or {},
+                          tuple(r["lines"]), int(r["charged"]), int(r["from_receivable"]),
+                          None if r["funding"] is None else tuple((a, int(x)) for a, x in r["funding"]),
+                          current, frozenset(v for v, _ in adjustments))
 
 
 async def _scalar(conn: AsyncConnection, sql: str, params: tuple[Any, ...]) -> Any:

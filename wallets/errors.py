@@ -64,3 +64,27 @@ class CurrencyMismatchError(WalletError):
     """An amount in another currency than the resource it is for."""
 
     code = "currency_mismatch"
+
+
+class UnknownPriceBookError(WalletError):
+    """A re-rate of a price book that does not exist."""
+
+    code = "unknown_price_book"
+
+
+class UnknownPriceVersionError(WalletError):
+    """A re-rate with a version the price book does not have."""
+
+    code = "unknown_price_version"
+
+
+class InvalidRangeError(WalletError):
+    """A time range that is empty or inverted (`to` must be after `from`)."""
+
+    code = "invalid_range"
+
+
+class VersionNotInForceError(WalletError):
+    """A corrected version that is not the book's version in force throughout the range."""
+
+    code = "version_not_in_force"

@@ -296,17 +296,17 @@ _WRITES: dict[str, str] = {
     "charges": """INSERT INTO charges (lane, customer_id, reservation_id, event_id, request_id, seq,
                    capture_id, final, request_hash, model, occurred_at, usage, dimensions,
                    price_book, price_version, lines, charged, from_hold, from_lots,
-                   from_receivable, released, entry_id)
+                   from_receivable, released, funding, entry_id)
                SELECT {lane}, r.customer_id, r.reservation_id, r.event_id, r.request_id, r.seq,
                       r.capture_id, r.final, decode(r.request_hash, 'base64'), r.model, r.occurred_at,
                       r.usage, r.dimensions, r.price_book, r.price_version, r.lines, r.charged,
-                      r.from_hold, r.from_lots, r.from_receivable, r.released, r.entry_id
+                      r.from_hold, r.from_lots, r.from_receivable, r.released, r.funding, r.entry_id
                  FROM jsonb_to_recordset({p}::jsonb) AS r(customer_id text, reservation_id text,
                       event_id text, request_id text, seq int, capture_id text, final boolean,
                       request_hash text, model text, occurred_at timestamptz, usage jsonb,
                       dimensions jsonb, price_book text, price_version text, lines jsonb,
                       charged numeric, from_hold numeric, from_lots numeric,
-                      from_receivable numeric, released numeric, entry_id bigint)
+                      from_receivable numeric, released numeric, funding jsonb, entry_id bigint)
                RETURNING id, customer_id, occurred_at, model, price_version, lines""",
     "usage_counters": """INSERT INTO usage_counters (lane, customer_id, period, book_id, rule_id, quantity)
                SELECT {lane}, r.customer_id, r.period, r.book_id, r.rule_id, r.quantity
@@ -362,6 +362,25 @@ _WRITES: dict[str, str] = {
                SELECT r.id, {lane}, r.invoice_id, r.customer_id, r.amount, r.reference, r.entry_id, r.created_at
                  FROM jsonb_to_recordset({p}::jsonb) AS r(id text, invoice_id text, customer_id text,
                       amount numeric, reference text, entry_id bigint, created_at timestamptz)""",
+    "credit_notes": """INSERT INTO credit_notes (id, lane, customer_id, invoice_id, rerate_id, kind, issuer, year,
+                   seq, number, currency, total, entry_id, content, content_hash, issued_at)
+               SELECT r.id, {lane}, r.customer_id, r.invoice_id, r.rerate_id, r.kind, r.issuer, r.year, r.seq,
+                      r.number, r.currency, r.total, r.entry_id, r.content,
+                      sha256(convert_to(r.content::text, 'UTF8')), r.issued_at
+                 FROM jsonb_to_recordset({p}::jsonb) AS r(id text, customer_id text, invoice_id text,
+                      rerate_id text, kind text, issuer text, year int, seq bigint, number text, currency text,
+                      total numeric, entry_id bigint, content jsonb, issued_at timestamptz)
+                ORDER BY r.seq""",
+    "charge_adjustments": """INSERT INTO charge_adjustments (lane, charge_id, corrected_version, rerate_id,
+                   customer_id, period, old_amount, new_amount, old_lines, new_lines, entry_id, credit_note_id,
+                   created_at)
+               SELECT {lane}, r.charge_id, r.corrected_version, r.rerate_id, r.customer_id, r.period,
+                      r.old_amount, r.new_amount, r.old_lines, r.new_lines, r.entry_id, r.credit_note_id,
+                      r.created_at
+                 FROM jsonb_to_recordset({p}::jsonb) AS r(charge_id bigint, corrected_version text,
+                      rerate_id text, customer_id text, period text, old_amount numeric, new_amount numeric,
+                      old_lines jsonb, new_lines jsonb, entry_id bigint, credit_note_id text,
+                      created_at timestamptz)""",
     "customer_periods": """UPDATE customers SET open_period_start = r.open_period_start,
                       next_close_at = r.next_close_at
                  FROM jsonb_to_recordset({p}::jsonb) AS r(id text, open_period_start timestamptz,
@@ -429,6 +448,40 @@ async def load_invoices(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, 
              FROM invoices i WHERE i.id = ANY(%s::text[])""", (sorted(set(ids)),))
     return {r[0]: InvoiceDue(r[0], r[1], r[2], r[3], int(r[4]), {k: int(v) for k, v in r[5].items()})
             for r in rows}
+
+
+async def load_rerate_charges(conn: AsyncConnection, customer_id: str, book_id: str, start: datetime,
+                              end: datetime) -> list[dict[str, Any]]:
+    """The customer's charges priced with `book_id` whose usage time is in [start, end), by usage
+    time, each with the amounts and versions of the re-rates that adjusted it (oldest first)."""
+    lane = int(await _lane(conn, [customer_id]) or 0)
+    rows = await conn.exec_driver_sql(
+        f"""SELECT c.id, c.occurred_at, c.model, c.dimensions, c.usage, c.lines, c.charged::text,
+                   c.from_receivable::text, c.funding,
+                   (SELECT jsonb_agg(jsonb_build_array(a.corrected_version, a.new_lines) ORDER BY a.id)
+                      FROM charge_adjustments a WHERE a.charge_id = c.id) AS adjustments
+              FROM charges c
+             WHERE c.lane = {lane} AND c.customer_id = %s AND c.price_book = %s
+               AND c.occurred_at >= %s AND c.occurred_at < %s
+             ORDER BY c.occurred_at, c.id""", (customer_id, book_id, start, end))
+    return [dict(r._mapping) for r in rows]
+
+
+async def finalized_invoice(conn: AsyncConnection, customer_id: str, period: str) -> tuple[str, str] | None:
+    row = (await conn.exec_driver_sql("SELECT id, number FROM invoices WHERE customer_id = %s AND period = %s",
+                                      (customer_id, period))).first()
+    return (row[0], row[1]) if row is not None else None
+
+
+async def last_credit_note_seqs(conn: AsyncConnection, keys: Iterable[tuple[str, int]]
+                                ) -> dict[tuple[str, int], int]:
+    """The last credit note number of each (issuer, year): read under the issuer's lock."""
+    found = {}
+    for issuer, year in sorted(set(keys)):
+        last = (await conn.exec_driver_sql("SELECT max(seq) FROM credit_notes WHERE issuer = %s AND year = %s",
+                                           (issuer, year))).scalar()
+        found[(issuer, year)] = int(last or 0)
+    return found
 
 
 def dumps(value: Any) -> str:

@@ -174,7 +174,9 @@ def document(customer: Customer, period: Period, rollup: Mapping[str, tuple[int,
         "payments_received": money(amount["payments"]),
         "opening_balance": opening.view(), "closing_balance": closing.view(),
         "amount_due": money(due),
-        "adjustments": [],  # re-rating adjustments (credit notes) of this period's charges
+        # re-rating adjustments billed in this period (also among the lines, which sum to the total),
+        # each with the period of the charges it corrects; a closed period's also have a credit note
+        "adjustments": [line for line in lines if line["kind"] == "adjustment"],
     }
 
 

@@ -205,3 +205,27 @@ class PayInvoice(Command):
 
     def needs(self) -> dict[str, list[Any]]:
         return {"credit_held_for": [self.customer_id]}
+
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RerateCharges(Command):
+    """Re-rate the customer's charges of one billing period (`period`) priced with `book_id`
+    whose usage time falls in [range_from, range_to), with the corrected `version`: one balanced
+    adjustment entry for what changed, linked to each charge it corrects, and a credit (or debit)
+    note when the period's invoice is finalized. A charge already re-rated to `version` is left."""
+
+    rerate_id: str
+    book_id: str
+    version: str
+    range_from: datetime
+    range_to: datetime
+    period: str
+    issuer: str = "CN"
+    exclusive = True  # reads and adjusts the charges of the period
+
+    def _keys(self) -> set[tuple[str, ...]]:
+        return {("rerate", self.customer_id, self.period)}
+
+    def needs(self) -> dict[str, list[Any]]:
+        return {"credit_held_for": [self.customer_id]}

@@ -18,6 +18,7 @@ from wallets.core.commands import (
     PayInvoice,
     RecordUsage,
     Release,
+    RerateCharges,
     Reserve,
     Settle,
     TopUp,
@@ -25,6 +26,7 @@ from wallets.core.commands import (
 from wallets.core.credits import expire_lot, grant, record_usage, top_up
 from wallets.core.decision import Decision
 from wallets.core.invoicing import close_period, pay_invoice
+from wallets.core.rerating import rerate_charges
 from wallets.core.reservations import expire_reservation, release, reserve, settle
 from wallets.core.state import State
 
@@ -32,7 +34,7 @@ Rule = Callable[[State, Any, datetime, PriceBook | None], Decision]
 RULES: dict[type[Command], Rule] = {
     Reserve: reserve, Settle: settle, Release: release, ExpireReservation: expire_reservation,
     TopUp: top_up, Grant: grant, ExpireLot: expire_lot, RecordUsage: record_usage,
-    ClosePeriod: close_period, PayInvoice: pay_invoice,
+    ClosePeriod: close_period, PayInvoice: pay_invoice, RerateCharges: rerate_charges,
 }
 
 

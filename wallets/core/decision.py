@@ -112,6 +112,50 @@ class TrueUpPosted:
 
 
 @dataclass(frozen=True, slots=True)
+class AdjustmentPosted:
+    """A re-rate's adjustment of charges of `period`: its lines and what paid (or got back) it."""
+
+    customer_id: str
+    period: str
+    lines: tuple[Mapping[str, Any], ...]
+    funding: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeAdjusted:
+    """A charge re-rated to `version`: its amounts by (model, token type) before and after."""
+
+    customer_id: str
+    charge_id: int
+    version: str
+    rerate_id: str
+    period: str
+    old_amount: int
+    new_amount: int
+    old_lines: tuple[tuple[str, str, int], ...]
+    new_lines: tuple[tuple[str, str, int], ...]
+    credit_note_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CreditNoteIssued:
+    """A credit (total < 0) or debit note correcting a finalized invoice, numbered and frozen."""
+
+    customer_id: str
+    credit_note_id: str
+    invoice_id: str
+    rerate_id: str
+    issuer: str
+    year: int
+    seq: int
+    number: str
+    currency: str
+    total: int
+    content: Mapping[str, Any]
+    issued_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class InvoiceFinalized:
     """A closed period's invoice, numbered and frozen (`content` is the document)."""
 
@@ -217,7 +261,8 @@ class AnswerKept:
 
 Effect = (LotOpened | LotSwept | ReservationOpened | ReservationChanged | ChargeRecorded | UsageEventRecorded
           | UsageCounted | BudgetCounted | OutboxEvent | CustomerFlagged | AnswerKept | TrueUpPosted
-          | InvoiceFinalized | PeriodAdvanced | PaymentRecorded)
+          | InvoiceFinalized | PeriodAdvanced | PaymentRecorded | AdjustmentPosted | ChargeAdjusted
+          | CreditNoteIssued)
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,8 @@ class State:
     rollups: Mapping[str, Mapping[str, Mapping[str, tuple[int, int]]]] = field(default_factory=dict)
     invoice_seqs: Mapping[tuple[str, int], int] = field(default_factory=dict)  # (issuer, year) -> last number
     invoices: Mapping[str, InvoiceDue] = field(default_factory=dict)  # invoices being paid, by id
+    rerates: Mapping[tuple[str, str], Any] = field(default_factory=dict)  # (customer, period) -> RerateInput
+    credit_note_seqs: Mapping[tuple[str, int], int] = field(default_factory=dict)  # (issuer, year) -> last
     ids: Callable[[str], str] = new_id
 
     def require_wallet(self) -> Wallet:

@@ -1,0 +1,75 @@
+"""Re-rating after a price fix (admin), and the credit notes it issues: `POST /v1/rerate` previews
+or applies a corrected price version over a time range; `GET /v1/credit-notes/{id}` and
+`GET /v1/customers/{id}/credit-notes` read the notes (a customer:<id> key its own only)."""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from litestar import Request, get, post
+from litestar.datastructures import State
+from litestar.params import FromPath
+
+from api.auth import ensure_customer, require
+from api.errors import documented
+from api.routes.formats import DateTime, Identifier
+from api.routes.schemas import json_body
+from api.routes.wire import shaped, time_in
+from wallets import rerating
+from wallets.errors import WalletValidationError
+
+READERS = ("auditor", "customer")
+
+
+class RerateRequest(msgspec.Struct):
+    price_book: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    version: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]  # the corrected version
+    from_: Annotated[DateTime, msgspec.Meta(description="start of the usage-time range (inclusive)")] = (
+        msgspec.field(name="from"))
+    to: DateTime  # end of the range (exclusive)
+    mode: Literal["preview", "apply"]
+    customer_id: Identifier | None = None  # only this customer's charges
+
+
+RerateBody = Annotated[dict[str, Any], json_body(RerateRequest)]
+
+
+@post("/v1/rerate", guards=[require()], tags=["invoices"], status_code=200, **documented(404, 409, body=True))
+async def rerate(state: State, request: Request, data: RerateBody) -> dict[str, Any]:
+    """Re-rate the charges priced with `price_book` whose usage time is in [`from`, `to`) with the
+    corrected `version` (which must be the book's version in force throughout the range).
+    `preview`: the exact difference per customer, model and token type; nothing changes.
+    `apply`: one balanced adjustment entry per customer and billing period (money back where it
+    came from, or more charged), linked to each charge it corrects, and a credit (or debit) note for
+    every affected finalized invoice. The same re-rate applied again moves nothing and answers the
+    first result; an Idempotency-Key used for another re-rate is `idempotency_conflict`."""
+    body = shaped(data, RerateRequest)
+    start, end = time_in(body.from_, "from"), time_in(body.to, "to")
+    assert start is not None and end is not None
+    spec = rerating.RerateSpec(body.price_book, body.version, start, end, body.customer_id)
+    services = state.services
+    if body.mode == "preview":
+        return await rerating.preview(services.db, services.wallets.engine.books, spec)
+    key = request.headers.get("idempotency-key")
+    if key is not None and not 1 <= len(key.strip()) <= 255:
+        raise WalletValidationError("Idempotency-Key", "must be 1 to 255 characters")
+    return await rerating.apply(services.db, services.wallets.engine, spec, key.strip() if key else None)
+
+
+@get("/v1/credit-notes/{credit_note_id:str}", guards=[require(*READERS)], tags=["invoices"], **documented(404))
+async def get_credit_note(state: State, request: Request, credit_note_id: FromPath[str]) -> dict[str, Any]:
+    """A credit (or debit) note: its frozen document (lines by model and token type: old amount,
+    new amount, difference; the invoice it corrects), its content hash and its entry."""
+    db = state.services.db
+    ensure_customer(request, await db.read(lambda conn: rerating.credit_note_owner(conn, credit_note_id)))
+    return await db.read(lambda conn: rerating.credit_note(conn, credit_note_id))
+
+
+@get("/v1/customers/{customer_id:str}/credit-notes", guards=[require(*READERS)], tags=["invoices"],
+     **documented(404))
+async def list_credit_notes(state: State, customer_id: FromPath[str]) -> dict[str, Any]:
+    """The customer's credit and debit notes, oldest first."""
+    return await state.services.db.read(lambda conn: rerating.credit_notes(conn, customer_id))
+
+
+ROUTES = [rerate, get_credit_note, list_credit_notes]

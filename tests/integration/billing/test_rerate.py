@@ -1,0 +1,206 @@
+"""Re-rating after a price fix (issue 11, acceptance 5), worked by hand: the preview is exactly
+what apply posts, per customer, model and token type; applying twice (or at once, twice) moves
+money once; a second correction adjusts by its difference only; credit notes tie out to the
+adjustment entries; money goes back where it came from; verify stays ok."""
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from billing_kit import BillingKit
+from sqlalchemy import text
+
+from ledger.audit import verify
+from wallets import rerating
+from wallets.audit import WALLET_CHECKS
+from wallets.errors import (
+    ConflictError,
+    InvalidRangeError,
+    UnknownPriceBookError,
+    UnknownPriceVersionError,
+    VersionNotInForceError,
+)
+
+NOV_1 = datetime(2026, 11, 1, tzinfo=UTC)
+NOV_2 = datetime(2026, 11, 2, tzinfo=UTC)
+DEC_1 = datetime(2026, 12, 1, tzinfo=UTC)
+DEC_1_GRACE_OVER = datetime(2026, 12, 1, 1, 0, tzinfo=UTC)
+DEC_2 = datetime(2026, 12, 2, tzinfo=UTC)
+
+
+def book(version: str, effective_from: str, a_in: str) -> dict[str, Any]:
+    return {"id": "fix", "version": version, "currency": "USD", "effective_from": effective_from, "rules": [
+        {"id": "a-in", "model": "model-a", "token_type": "input", "price": a_in},
+        {"id": "a-out", "model": "model-a", "token_type": "output", "price": "20.00"},
+        {"id": "b-in", "model": "model-b", "token_type": "input", "price": "5.00"},
+        {"id": "b-out", "model": "model-b", "token_type": "output", "price": "10.00"},
+        {"id": "call", "token_type": "request", "price": "0.01"},
+    ]}
+
+
+V1 = book("v1", "2026-01-01T00:00:00Z", "10.00")
+V2 = book("v2", "2026-11-01T00:00:00Z", "8.00")  # the fix: model-a input was $8/M from November on
+V3 = book("v3", "2026-11-02T00:00:00Z", "9.00")  # and then a second fix, from the 2nd
+
+
+def units(amount: str) -> int:
+    return int(Decimal(amount).scaleb(9))
+
+
+def spec(version: str, start: datetime = NOV_1, end: datetime = DEC_1, customer: str | None = None):
+    return rerating.RerateSpec("fix", version, start, end, customer)
+
+
+async def entries(bk: BillingKit, kind: str = "rerate_adjustment") -> list[Any]:
+    return list(await bk.db.read(lambda conn: conn.execute(text(
+        "SELECT id, customer_id FROM journal_entries WHERE kind = :k ORDER BY id"), {"k": kind})))
+
+
+async def revenue_of(bk: BillingKit, entry_id: int) -> int:
+    return int(await bk.db.read(lambda conn: conn.scalar(text(
+        """SELECT -coalesce(sum(p.amount), 0) FROM postings p JOIN accounts a ON a.id = p.account_id
+            WHERE p.entry_id = :e AND a.code LIKE 'income:platform:usage:%'"""), {"e": entry_id})))
+
+
+async def wallet(bk: BillingKit, cid: str):
+    return await bk.service.wallet(cid)
+
+
+async def verified(bk: BillingKit) -> None:
+    report = await bk.db.read(lambda conn: verify(conn, WALLET_CHECKS))
+    assert report.ok, [c for c in report.checks if not c.ok]
+
+
+@pytest.fixture
+async def fixed(fresh_db) -> BillingKit:
+    kit = BillingKit(fresh_db)
+    await kit.add_book(V1)
+    return kit
+
+
+async def test_preview_is_exactly_what_apply_posts_and_a_credit_note_ties_out(fixed: BillingKit) -> None:
+    bk = fixed
+    cid = await bk.customer("pre", book="fix")
+    await bk.top_up(cid, "10.00")
+    at = datetime(2026, 11, 10, tzinfo=UTC)
+    rid = await bk.reserve(cid, "model-a", "1.00")
+    await bk.settle(cid, rid, 50_000, 0)  # $0.50 + $0.01 (Nov 23), from the hold
+    await bk.event(cid, "model-a", 1_000_000, 100_000, at=at)  # $10 + $2 + $0.01 under v1
+    await bk.event(cid, "model-b", 1_000_000, 0, at=at)  # $5.01: model-b is not corrected
+    # $17.53 charged; $10 from the lot, $7.53 on the receivable (overdrawn)
+    await bk.close(DEC_1_GRACE_OVER)
+    [invoice] = await bk.invoices(cid)
+    assert invoice["total"] == "17.53"
+    await bk.add_book(V2)
+    bk.clock.now = DEC_2
+
+    seen = await rerating.preview(bk.db, bk.service.engine.books, spec("v2"))
+    # by hand: model-a input 1,050,000 tokens at $8/M instead of $10/M: 10.50 -> 8.40, -2.10
+    assert seen["customers"] == [{"customer_id": cid, "charges": 2, "old_amount": "10.50", "new_amount": "8.40",
+                                  "delta": "-2.10", "lines": [{"model": "model-a", "token_type": "input",
+                                                              "old_amount": "10.50", "new_amount": "8.40",
+                                                              "delta": "-2.10"}]}]
+    assert seen["delta"] == "-2.10"
+    assert await entries(bk) == []  # a preview changes nothing
+
+    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), "fix-1")
+    assert done["customers"] == [{**seen["customers"][0], "entry_ids": done["customers"][0]["entry_ids"]}]
+    assert done["delta"] == seen["delta"] and done["errors"] == []
+    [(entry_id, owner)] = await entries(bk)
+    assert owner == cid and done["customers"][0]["entry_ids"] == [entry_id]
+    assert await revenue_of(bk, entry_id) == -2_100_000_000
+    [note] = done["credit_notes"]
+    assert note["number"] == "CN-2026-000001" and note["kind"] == "credit" and note["total"] == "-2.10"
+    assert note["invoice_id"] == invoice["id"]
+    document = await bk.db.read(lambda conn: rerating.credit_note(conn, note["id"]))
+    assert document["entry_id"] == entry_id and document["invoice_number"] == invoice["number"]
+    assert document["lines"] == [{"model": "model-a", "token_type": "input", "old_amount": "10.50",
+                                  "new_amount": "8.40", "amount": "-2.10"}]
+    # The receivable paid $7.53 of the charges: the $2.10 back pays that down first.
+    w = await wallet(bk, cid)
+    assert w.receivable == 5_430_000_000 and w.available == 0
+    # The closed invoice is untouched; the next one carries the adjustment with its period.
+    assert (await bk.invoices(cid))[0] == invoice
+    upcoming = await bk.upcoming(cid)
+    assert [(ln["kind"], ln["model"], ln["token_type"], ln["amount"], ln["original_period"])
+            for ln in upcoming["lines"]] == [("adjustment", "model-a", "input", "-2.10", "2026-11")]
+    assert upcoming["total"] == "-2.10" and upcoming["subtotals"]["adjustments"] == "-2.10"
+    assert upcoming["adjustments"] == upcoming["lines"]
+    await verified(bk)
+
+
+async def test_applying_twice_moves_money_once_and_a_second_fix_adjusts_by_its_difference(
+        fixed: BillingKit) -> None:
+    bk = fixed
+    cid = await bk.customer("pre", book="fix")
+    await bk.top_up(cid, "20.00")
+    await bk.event(cid, "model-a", 1_000_000, 0, at=datetime(2026, 11, 10, tzinfo=UTC))  # $10.01
+    await bk.add_book(V2)
+    first = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    again = await rerating.apply(bk.db, bk.service.engine, spec("v2"), "other-key")
+    assert again == first and first["delta"] == "-2.00"
+    assert len(await entries(bk)) == 1
+    # Open period: no credit note; the money goes back to the lot it came from.
+    assert first["credit_notes"] == []
+    w = await wallet(bk, cid)
+    assert w.available == 11_990_000_000 and len(w.grants) == 1  # back into the same lot
+    # v3 ($9/M) from Nov 2: the charge stands at v2's $8.01, so it moves by +$1.00, not +$2.00 - ...
+    await bk.add_book(V3)
+    third = await rerating.apply(bk.db, bk.service.engine, spec("v3", start=NOV_2), None)
+    assert third["customers"][0]["lines"] == [{"model": "model-a", "token_type": "input", "old_amount": "8.00",
+                                               "new_amount": "9.00", "delta": "1.00"}]
+    w = await wallet(bk, cid)
+    assert w.available == 10_990_000_000
+    assert len(await entries(bk)) == 2
+    # the same re-rate under an Idempotency-Key used for another one is a conflict
+    await rerating.apply(bk.db, bk.service.engine, spec("v3", start=NOV_2, customer=cid), "k")
+    with pytest.raises(ConflictError):
+        await rerating.apply(bk.db, bk.service.engine, spec("v3", start=NOV_2), "k")
+    assert len(await entries(bk)) == 2  # that one found nothing left to move
+    await verified(bk)
+
+
+async def test_two_concurrent_applies_move_money_once(fixed: BillingKit) -> None:
+    bk = fixed
+    customers = [await bk.customer(f"c{i}", billing_mode="postpaid", book="fix") for i in range(4)]
+    for cid in customers:
+        for _ in range(3):
+            await bk.event(cid, "model-a", 333_333, 10, at=datetime(2026, 11, 10, tzinfo=UTC))
+    await bk.close(DEC_1_GRACE_OVER)
+    await bk.add_book(V2)
+    bk.clock.now = DEC_2
+    one, two = await asyncio.gather(rerating.apply(bk.db, bk.service.engine, spec("v2"), None),
+                                    rerating.apply(bk.db, bk.service.engine, spec("v2"), None))
+    assert one == two
+    assert len(await entries(bk)) == 4 and len(one["credit_notes"]) == 4
+    assert sorted(n["number"] for n in one["credit_notes"]) == [f"CN-2026-00000{i}" for i in range(1, 5)]
+    # 3 calls of 333,333 input tokens: $3.33333 each at $10/M, $2.666664 at $8/M (exact at 9 decimals)
+    for c in one["customers"]:
+        assert c["lines"] == [{"model": "model-a", "token_type": "input", "old_amount": "9.99999",
+                               "new_amount": "7.999992", "delta": "-1.999998"}]
+    for note in one["credit_notes"]:
+        document = await bk.db.read(lambda conn, n=note: rerating.credit_note(conn, n["id"]))
+        assert units(document["total"]) == sum(units(ln["amount"]) for ln in document["lines"])
+        assert await revenue_of(bk, document["entry_id"]) == units(document["total"]) == -1_999_998_000
+    await verified(bk)
+
+
+async def test_bad_requests_are_refused_with_stable_codes(fixed: BillingKit) -> None:
+    bk = fixed
+    await bk.add_book(V2)
+    cases = [
+        (rerating.RerateSpec("nope", "v2", NOV_1, DEC_1), UnknownPriceBookError),
+        (spec("v9"), UnknownPriceVersionError),
+        (spec("v2", start=DEC_1, end=NOV_1), InvalidRangeError),
+        (spec("v2", start=DEC_1, end=DEC_1), InvalidRangeError),
+        (spec("v1"), VersionNotInForceError),  # v2 took over on Nov 1
+        (spec("v2", start=datetime(2026, 10, 1, tzinfo=UTC)), VersionNotInForceError),
+    ]
+    for wrong, error in cases:
+        with pytest.raises(error):
+            await rerating.preview(bk.db, bk.service.engine.books, wrong)
+        with pytest.raises(error):
+            await rerating.apply(bk.db, bk.service.engine, wrong, None)

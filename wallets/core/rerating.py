@@ -1,0 +1,266 @@
+"""Re-rating, as pure rules: what a corrected price version makes of charges already posted, and
+the decision that corrects them.
+
+A charge keeps the usage it was rated for (its usage lines' quantities by token type, its
+dimensions, its usage time). Re-rating rates it again with the corrected version, graduated
+tiers continuing, as at the time, from the period's earlier charges (re-rated too, in order); its
+difference from what the charge now stands at (as charged, or as its last re-rate left it) is
+what moves. A charge is re-rated to a version at most once, so v2 then v3 adjusts by v3 - v2.
+
+The money moves in one balanced entry per customer and billing period of the charges:
+- more charged: paid like usage, from the live lots in consumption order, then the receivable;
+- money back: where the charges' money came from, the receivable first (what it paid), then the
+  lots that paid (while live, up to what each was granted), then what the customer still owes,
+  and the rest becomes credit (a paid lot);
+- usage revenue moves by the difference.
+The entry is billed in the first open period (its lines marked `adjustment`, with the charges'
+original period); when the charges' period was invoiced already, a credit note (a debit note for
+an increase) documents the correction of that invoice, its lines the entry's by model and token type.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pricing.books import PriceVersion
+from pricing.money import format_amount
+from pricing.rating import rate
+from pricing.usage import Usage
+from wallets import chart
+from wallets.core.commands import TOPUP_PRIORITY, RerateCharges
+from wallets.core.credits import opened_lot
+from wallets.core.decision import AdjustmentPosted, ChargeAdjusted, CreditNoteIssued, Decision, LotOpened, Outcome
+from wallets.core.legs import Legs, entry, funding, settlement, settlement_legs
+from wallets.core.state import State
+
+SCALE = chart.ASSET_SCALE
+TypeKey = tuple[str, str]  # (model, token type; or the line's kind for a line of no token type)
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeOnRecord:
+    """A charge as stored: what it was rated for, what it cost, what paid it, and how earlier
+    re-rates left it."""
+
+    id: int
+    occurred_at: datetime
+    model: str
+    dimensions: Mapping[str, Any]
+    usage: Mapping[str, Any]
+    lines: tuple[Mapping[str, Any], ...]
+    charged: int
+    from_receivable: int
+    funding: tuple[tuple[str, int], ...] | None  # None: not recorded (charges before migration 0019)
+    current: Mapping[TypeKey, int] | None = None  # amounts after its last re-rate (None: as charged)
+    versions: frozenset[str] = frozenset()  # versions it was re-rated to
+
+    def tokens(self) -> dict[str, int]:
+        """The usage it was rated for: its usage lines' quantities by token type."""
+        out: dict[str, int] = {}
+        for line in self.lines:
+            if line["kind"] == "usage" and line.get("token_type"):
+                out[line["token_type"]] = out.get(line["token_type"], 0) + int(line["quantity"])
+        return {k: v for k, v in out.items() if v}
+
+    def standing(self) -> dict[TypeKey, int]:
+        return dict(self.current) if self.current is not None else by_type(self.model, self.lines)
+
+
+@dataclass(frozen=True, slots=True)
+class RerateInput:
+    """What re-rating one customer's period needs: the corrected version, the period's charges of
+    the book up to the range's end (by usage time), and the period's invoice if finalized."""
+
+    version: PriceVersion
+    charges: tuple[ChargeOnRecord, ...]
+    invoice: tuple[str, str] | None = None  # (id, number)
+
+
+@dataclass(frozen=True, slots=True)
+class Correction:
+    charge: ChargeOnRecord
+    old: Mapping[TypeKey, int]
+    new: Mapping[TypeKey, int]
+
+    @property
+    def old_amount(self) -> int:
+        return sum(self.old.values())
+
+    @property
+    def new_amount(self) -> int:
+        return sum(self.new.values())
+
+    @property
+    def delta(self) -> int:
+        return self.new_amount - self.old_amount
+
+
+@dataclass(slots=True)
+class Rerated:
+    customer_id: str
+    period: str
+    charges: int
+    delta: int
+    credit_note: str | None = None
+    entry_key: str | None = None
+    entry_id: int | None = None
+
+    code = "rerated"
+
+
+def by_type(model: str, lines: Iterable[Mapping[str, Any]]) -> dict[TypeKey, int]:
+    """Amounts (atomic units) by (model, token type) of priced lines."""
+    out: dict[TypeKey, int] = {}
+    for line in lines:
+        key = (model, line.get("token_type") or line["kind"])
+        out[key] = out.get(key, 0) + int(line["amount_units"])
+    return out
+
+
+def rerated_lines(charge: ChargeOnRecord, version: PriceVersion, so_far: Mapping[str, int]):
+    """The charge's usage rated with `version`, graduated tiers continuing from `so_far`."""
+    dimensions = dict(charge.dimensions)
+    reported = charge.usage.get("dimensions") if isinstance(charge.usage, Mapping) else None
+    if isinstance(reported, Mapping):
+        dimensions.update(reported)
+    return rate(Usage(charge.model, charge.tokens(), charge.occurred_at, dimensions), version,
+                period_to_date=dict(so_far))
+
+
+def corrections(data: RerateInput, range_from: datetime, range_to: datetime) -> list[Correction]:
+    """Each charge of the range whose amounts the corrected version changes (in usage-time order);
+    the period's charges before the range only carry the graduated tiers forward."""
+    so_far: dict[str, int] = {}
+    out: list[Correction] = []
+    for charge in data.charges:
+        if charge.occurred_at >= range_to:
+            break
+        rating = rerated_lines(charge, data.version, so_far)
+        for rule_id, quantity in rating.rule_quantities().items():
+            so_far[rule_id] = so_far.get(rule_id, 0) + quantity
+        if charge.occurred_at < range_from or data.version.version in charge.versions:
+            continue
+        old = {k: v for k, v in charge.standing().items() if v}
+        new = {k: v for k, v in by_type(charge.model, (
+            {"kind": ln.kind, "token_type": ln.token_type, "amount_units": ln.amount_units}
+            for ln in rating.lines)).items() if v}
+        if old != new:
+            out.append(Correction(charge, old, new))
+    return out
+
+
+def type_rows(found: Iterable[Correction]) -> list[dict[str, Any]]:
+    """Old and new amounts and their difference by model and token type (atomic units)."""
+    sums: dict[TypeKey, list[int]] = {}
+    for x in found:
+        for key in set(x.old) | set(x.new):
+            row = sums.setdefault(key, [0, 0])
+            row[0] += x.old.get(key, 0)
+            row[1] += x.new.get(key, 0)
+    return [{"model": m, "token_type": t, "old_amount": o, "new_amount": n, "delta": n - o}
+            for (m, t), (o, n) in sorted(sums.items()) if n != o]
+
+
+def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int, now: datetime):
+    """Legs of money back (`back` > 0), where the decreased charges' money came from."""
+    w = state.require_wallet()
+    cid, cur = w.customer.id, w.customer.currency
+    receivable = chart.receivable_account(cid)
+    shares: dict[str, int] = {}
+    for x in found:
+        if x.delta >= 0:
+            continue
+        paid = x.charge.funding if x.charge.funding is not None else ((receivable, x.charge.from_receivable),)
+        for account, amount in paid:
+            shares[account] = shares.get(account, 0) + amount
+    owed = max(0, w.receivable - (w.credit_held or 0))
+    legs = Legs(cur).debit(chart.revenue_account(cur), back)
+    paid_back: dict[str, int] = {}
+
+    def give(account: str, amount: int) -> None:
+        nonlocal back
+        if amount > 0:
+            legs.credit(account, amount)
+            paid_back[account] = paid_back.get(account, 0) - amount
+            back -= amount
+
+    rec = min(back, shares.pop(receivable, 0), owed)
+    give(receivable, rec)
+    owed -= rec
+    for account, share in reversed(list(shares.items())):  # the last consumed first
+        lot = w.lots.get(account)
+        if lot is not None and lot.live(now):
+            give(account, min(back, share, lot.granted - lot.balance))
+    more = min(back, owed)
+    give(receivable, more)
+    lot_opened: LotOpened | None = None
+    if back:
+        lot_opened = opened_lot(state, w, "topup", back, TOPUP_PRIORITY, None, now,
+                                reference=f"re-rate {cmd.rerate_id} {cmd.period}")
+        give(lot_opened.code, back)
+    return legs, tuple(sorted(paid_back.items())), lot_opened
+
+
+def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -> Decision:
+    w = state.require_wallet()
+    c = w.customer
+    data = state.rerates.get((c.id, cmd.period))
+    found = corrections(data, cmd.range_from, cmd.range_to) if data is not None else []
+    if not found:
+        return Decision(Outcome(Rerated.code, Rerated(c.id, cmd.period, 0, 0)))
+    net = sum(x.delta for x in found)
+    rows = type_rows(found)
+    lot = None
+    if net > 0:
+        s = settlement(w, None, net, False, now)
+        legs, paid = settlement_legs(w, s), funding(w, None, s)
+    elif net < 0:
+        legs, paid, lot = _refund(state, cmd, found, -net, now)
+    else:
+        legs, paid = Legs(c.currency), ()
+    posted = entry(f"rerate:{cmd.rerate_id}:{c.id}:{cmd.period}", "rerate_adjustment", legs, c.id, now,
+                   {"rerate_id": cmd.rerate_id, "original_period": cmd.period, "price_book": cmd.book_id,
+                    "price_version": cmd.version, "charges": [x.charge.id for x in found]})
+    lines = tuple({"kind": "adjustment", "model": r["model"], "token_type": r["token_type"], "quantity": 0,
+                   "unit_price": None, "amount_units": r["delta"], "rule_id": None, "price_version": cmd.version,
+                   "tier": None, "override_id": None} for r in rows)
+    effects: list[Any] = [*([lot] if lot is not None else []), AdjustmentPosted(c.id, cmd.period, lines, paid)]
+    note = None
+    if data is not None and data.invoice is not None and net and posted is not None:
+        year = now.astimezone(UTC).year
+        seq = state.credit_note_seqs.get((cmd.issuer, year), 0) + 1
+        number = f"{cmd.issuer}-{year:04d}-{seq:06d}"
+        note_id = state.ids("cn")
+        invoice_id, invoice_number = data.invoice
+        content = {
+            "id": note_id, "number": number, "kind": "credit" if net < 0 else "debit", "customer_id": c.id,
+            "currency": c.currency, "invoice_id": invoice_id, "invoice_number": invoice_number,
+            "period": cmd.period, "rerate_id": cmd.rerate_id, "price_book": cmd.book_id,
+            "price_version": cmd.version, "charges": len(found),
+            "lines": [{"model": r["model"], "token_type": r["token_type"], "old_amount": _money(r["old_amount"]),
+                       "new_amount": _money(r["new_amount"]), "amount": _money(r["delta"])} for r in rows],
+            "total": _money(net), "issued_at": now.astimezone(UTC).isoformat().replace("+00:00", "Z")}
+        note = CreditNoteIssued(c.id, note_id, invoice_id, cmd.rerate_id, cmd.issuer, year, seq, number,
+                                c.currency, net, content, now)
+        effects.append(note)
+    for x in found:
+        effects.append(ChargeAdjusted(
+            c.id, x.charge.id, cmd.version, cmd.rerate_id, cmd.period, x.old_amount, x.new_amount,
+            _pairs(x.old), _pairs(x.new), note.credit_note_id if note is not None else None))
+    result = Rerated(c.id, cmd.period, len(found), net, note.number if note is not None else None,
+                     posted.key if posted is not None else None)
+    return Decision(Outcome(result.code, result), posted, tuple(effects))
+
+
+def _pairs(amounts: Mapping[TypeKey, int]) -> tuple[tuple[str, str, int], ...]:
+    return tuple((m, t, a) for (m, t), a in sorted(amounts.items()))
+
+
+def _money(units: int) -> str:
+    return format_amount(units, SCALE)
+
+
+__all__ = ["ChargeOnRecord", "Correction", "RerateInput", "Rerated", "by_type", "corrections", "rerate_charges",
+           "type_rows"]
