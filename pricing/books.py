@@ -369,6 +369,7 @@ class PriceBook:
     id: str
     currency: str
     versions: tuple[PriceVersion, ...]
+    _starts: tuple[datetime, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         versions = tuple(sorted(self.versions, key=lambda v: v.effective_from))
@@ -383,12 +384,13 @@ class PriceBook:
         if errors:
             raise PriceBookValidationError(errors)
         object.__setattr__(self, "versions", versions)
+        object.__setattr__(self, "_starts", tuple(v.effective_from for v in versions))
 
     def version_at(self, at: datetime) -> PriceVersion:
         """The version in force at ``at`` (latest effective_from <= at), by usage time."""
         if at.tzinfo is None or at.utcoffset() is None:
             raise TypeError("usage time must be an aware datetime")
-        i = bisect_right([v.effective_from for v in self.versions], at)
+        i = bisect_right(self._starts, at)
         if i == 0:
             raise UnpricedModelError(f"price book {self.id} has no version in force at {at.isoformat()}")
         return self.versions[i - 1]

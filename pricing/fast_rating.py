@@ -1,11 +1,19 @@
-"""Rating's fast path: one call without customer overrides, in integers, over rules resolved
-once per (version, model, dimensions, token type) and kept on the version. It gives the very
+"""Rating's fast path: one call without customer overrides, in integers, over rules resolved and
+compiled once per (version, model, dimensions, minute) and kept on the version. It gives the very
 Rating of the general path (pricing.rating), which it falls back to where it cannot (graduated
-tiers, units priced per hour); tests hold the two equal, amounts' exponents included."""
+tiers, units priced per hour); tests hold the two equal, amounts' exponents included.
+
+A compiled plan prices one token type: the rule, the price's power of ten per unit (6 for a
+price per million tokens, 0 per call), and each price it may take (the base price, then each
+prompt-size tier) as (integer coefficient, decimals, the Decimal price, tier index, line note).
+A line's exact amount is ``quantity * coefficient`` at ``decimals + per`` decimals, with the
+trailing zeros a Decimal division would drop dropped down to the price's own decimals; the one
+rounding rule (pricing.money.round_entry) then runs in integers. Decimal is only built for the
+amounts the Rating carries."""
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Any
 
 from pricing.books import DimValue, PriceVersion, per_units
@@ -13,9 +21,13 @@ from pricing.lines import TOKEN_ORDER, Line, Rating, call_tokens, line_note, pro
 from pricing.money import DEFAULT_SCALE
 from pricing.usage import Usage
 
-_MISSING = object()
 _FAST_PER = {1: 0, 1_000_000: 6}  # units per price -> its power of ten
-_CACHE_LIMIT = 100_000
+_CACHE_LIMIT = 20_000  # (model, dimensions, minute) keys kept on a version
+_GENERAL = "general"  # a plan the fast path cannot price
+_ZERO = "zero"  # unpriced, and the version's policy is zero
+_POW = tuple(10**k for k in range(80))
+_EXACT = Context(prec=60)  # coefficients have at most 42 digits: scaleb is exact
+_new = tuple.__new__
 
 
 def _parts(price: Decimal) -> tuple[int, int]:
@@ -26,82 +38,124 @@ def _parts(price: Decimal) -> tuple[int, int]:
 
 
 def _compiled(version: PriceVersion, token_type: str, model: str, dims: tuple[tuple[str, DimValue], ...],
-              minute: int | None) -> tuple[Any, ...] | None:
-    """Resolve and compile one (token type, model, dimensions, minute), and keep it on the version:
-    (rule, per digits, base price parts, prompt tiers as (above, parts)); (None,) when unpriced
-    under a zero policy; None when the rule has graduated tiers or a unit that is not a power of
-    ten (the general path)."""
+              minute: int | None) -> Any:
+    """Resolve and compile one token type of a (model, dimensions, minute): (order, rule, per
+    digits, base price, prompt tiers from the highest as (above, price)), each price as
+    (coefficient, decimals, Decimal, tier, note); _ZERO or _GENERAL."""
     rule = version.resolve(token_type, model, dict(dims), minute)
     per = _FAST_PER.get(per_units(token_type))
     if rule is None:
-        hit: tuple[Any, ...] | None = (None,)
-    elif rule.tiers or per is None or rule.price is None:
-        hit = None
-    else:
-        hit = (rule, per, _parts(rule.price), tuple((t.above, _parts(t.price)) for t in rule.prompt_tiers))
-    if len(version.resolved) >= _CACHE_LIMIT:
-        version.resolved.clear()
-    version.resolved[(token_type, model, dims, minute)] = hit
-    return hit
+        return _ZERO
+    if rule.tiers or per is None or rule.price is None:
+        return _GENERAL
+    base = (*_parts(rule.price), rule.price, None, line_note(rule, None))
+    tiers = tuple((t.above, (*_parts(t.price), t.price, i, line_note(rule, i)))
+                  for i, t in reversed(list(enumerate(rule.prompt_tiers, 1))))
+    return (TOKEN_ORDER[token_type], rule, per, base, tiers)
+
+
+def _plans(version: PriceVersion, model: str, dims: tuple[tuple[str, DimValue], ...],
+           minute: int | None) -> dict[str, Any]:
+    """The compiled plans of one (model, dimensions, minute) by token type, filled as types come."""
+    cache = version.resolved
+    if len(cache) >= _CACHE_LIMIT:
+        cache.clear()
+    plans: dict[str, Any] = {}
+    cache[(model, dims, minute)] = plans
+    return plans
+
+
+def charges_requests(version: PriceVersion, model: str, dims: tuple[tuple[str, DimValue], ...]) -> bool:
+    """Whether a rule of the version prices ``request`` itself for the model and (normalized)
+    dimensions, so a call is charged its per-request fee: found once per (model, dimensions) and
+    kept with the plans (a key of its own: a plan's key has the dimensions second)."""
+    key = ("request fee", model, dims)
+    known = version.resolved.get(key)
+    if known is None:
+        known = version.resolved[key] = version.find_rule("request", model, dict(dims)) is not None
+    return known  # type: ignore[return-value]
 
 
 def rate_call_fast(usage: Usage, version: PriceVersion) -> Rating | None:
     """One call without overrides, in integers over rules compiled once per version: the same
     Rating as the general path (same lines, amounts with the same exponents, the same rounding),
     or None where that path is needed (graduated tiers, units priced per hour)."""
-    tokens = call_tokens(usage, version)
-    at = usage.occurred_at
-    minute = at.hour * 60 + at.minute if version.timed else None
+    model, dims = usage.model, usage.dimensions
+    if version.timed:
+        at = usage.occurred_at
+        minute: int | None = at.hour * 60 + at.minute
+    else:
+        minute = None
+    plans = version.resolved.get((model, dims, minute))
+    if plans is None:
+        plans = _plans(version, model, dims, minute)
+    legacy = version.format == 1
+    tokens = call_tokens(usage, version) if legacy else usage.tokens
     prompt = -1
     drafts = []
-    cache, model, dims = version.resolved, usage.model, usage.dimensions
     for token_type, quantity in tokens:
         if not quantity:
             continue
-        plan = cache.get((token_type, model, dims, minute), _MISSING)
-        if plan is _MISSING:
-            plan = _compiled(version, token_type, model, dims, minute)
+        plan = plans.get(token_type)
         if plan is None:
+            plan = plans[token_type] = _compiled(version, token_type, model, dims, minute)
+        if plan is _GENERAL:
             return None
-        if plan[0] is None:
-            continue  # unpriced, and the version's policy is zero
-        rule, per, (number, decimals), tiers = plan
-        price, tier = rule.price, None
-        if tiers:
-            prompt = prompt_size(tokens) if prompt < 0 else prompt
-            for index in range(len(tiers), 0, -1):
-                if prompt > tiers[index - 1][0]:
-                    (number, decimals), price, tier = tiers[index - 1][1], rule.prompt_tiers[index - 1].price, index
+        if plan is _ZERO:
+            continue
+        choice = plan[3]
+        if plan[4]:
+            if prompt < 0:
+                prompt = prompt_size(tokens)
+            for above, tier_choice in plan[4]:
+                if prompt > above:
+                    choice = tier_choice
                     break
-        drafts.append((TOKEN_ORDER[token_type], rule.id, tier or 0, token_type, quantity, price, number, decimals,
-                       per, rule, tier))
-    drafts.sort()  # by token type: one draft each, so the first item decides
-    return _rounded(version, usage.model, drafts)
+        decimals = choice[1]
+        coefficient, exp = quantity * choice[0], decimals + plan[2]
+        while exp > decimals and not coefficient % 10:  # an exact quotient keeps the price's exponent
+            coefficient //= 10
+            exp -= 1
+        drafts.append((plan[0], token_type, quantity, plan[1], choice, coefficient, exp))
+    if legacy:
+        drafts.sort(key=_first)  # folded types may come out of order
+    return _rounded(version, model, drafts)
+
+
+def _first(draft: tuple[Any, ...]) -> int:
+    return draft[0]  # type: ignore[no-any-return]
 
 
 def _rounded(version: PriceVersion, model: str, drafts: list[tuple[Any, ...]]) -> Rating:
     """The rounding rule of pricing.money.round_entry, in integers of 10**-(scale + shift)."""
-    places = []
+    scale = DEFAULT_SCALE
+    most = scale
     for d in drafts:
-        coefficient, exp = d[4] * d[6], d[7] + d[8]  # quantity x price / 10**per digits
-        while exp > d[7] and coefficient % 10 == 0:  # an exact quotient keeps the price's exponent, as Decimal
-            coefficient //= 10
-            exp -= 1
-        places.append((coefficient, exp))
-    most = max([e for _, e in places] + [DEFAULT_SCALE])
-    den = 10 ** (most - DEFAULT_SCALE)
-    nums = [c * 10 ** (most - e) for c, e in places]
-    total, rest = divmod(sum(nums), den)
-    if 2 * rest > den or (2 * rest == den and total % 2):
-        total += 1
-    units = [n // den for n in nums]
-    missing = total - sum(units)
-    if missing:
-        for i in sorted(range(len(nums)), key=lambda i: (-(nums[i] % den), i))[:missing]:
-            units[i] += 1
-    lines = tuple(Line("usage", d[3], d[4], d[5], Decimal(f"{c}e-{e}"), unit, d[9].id, version.version, model,
-                       None, d[10], line_note(d[9], d[10]))
-                  for d, (c, e), unit in zip(drafts, places, units, strict=True))
-    top = max((e for _, e in places), default=0)
-    exact = Decimal(f"{sum(c * 10 ** (top - e) for c, e in places)}e-{top}") if places else Decimal(0)
-    return Rating(version.book_id, version.version, version.currency, DEFAULT_SCALE, lines, exact, total)
+        if d[6] > most:
+            most = d[6]
+    nums = [d[5] * _POW[most - d[6]] for d in drafts]
+    if most == scale:  # every amount is a whole number of atomic units
+        units = nums
+        total = sum(nums)
+    else:
+        den = _POW[most - scale]
+        total, rest = divmod(sum(nums), den)
+        if 2 * rest > den or (2 * rest == den and total % 2):
+            total += 1
+        units = [n // den for n in nums]
+        missing = total - sum(units)
+        if missing:
+            for i in sorted(range(len(nums)), key=lambda i: (-(nums[i] % den), i))[:missing]:
+                units[i] += 1
+    scaleb, version_id = _EXACT.scaleb, version.version
+    lines = tuple(_new(Line, ("usage", d[1], d[2], d[4][2], scaleb(Decimal(d[5]), -d[6]), unit, d[3].id, version_id,
+                              model, None, d[4][3], d[4][4]))
+                  for d, unit in zip(drafts, units, strict=True))
+    if len(lines) == 1:
+        exact = lines[0].amount
+    elif lines:
+        top = max(d[6] for d in drafts)
+        exact = scaleb(Decimal(sum(d[5] * _POW[top - d[6]] for d in drafts)), -top)
+    else:
+        exact = Decimal(0)
+    return Rating(version.book_id, version_id, version.currency, scale, lines, exact, total)

@@ -4,9 +4,10 @@ general and the fast path of rating need to build them alike."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import NamedTuple
+
+import msgspec
 
 from pricing.books import PriceVersion, Rule
 from pricing.units import FORMAT_1_TYPES, PROMPT_TYPES, TOKEN_TYPES, legacy_counts
@@ -34,9 +35,9 @@ class Line(NamedTuple):
     note: str | None = None  # shown after the token type on an invoice: "long context", "off-peak"
 
 
-@dataclass(frozen=True, slots=True)
-class Rating:
-    """The priced lines of one journal entry, exact and rounded once."""
+class Rating(msgspec.Struct, frozen=True, gc=False):
+    """The priced lines of one journal entry, exact and rounded once (an immutable msgspec Struct:
+    built for every call rated, ten times cheaper than a frozen dataclass)."""
 
     book_id: str
     price_version: str

@@ -38,7 +38,16 @@ def check_count(value: object, name: str, errors: list[dict[str, str]], maximum:
     return value
 
 
+_ORDER = {token_type: index for index, token_type in enumerate(TOKEN_TYPES)}
+_order_of = _ORDER.__getitem__
+
+
 def _tokens(raw: object, errors: list[dict[str, str]]) -> tuple[tuple[str, int], ...]:
+    if type(raw) is dict and all(type(v) is int and 0 <= v <= MAX_QUANTITY for v in raw.values()):
+        try:  # the common case, a dict of known types and valid counts: no error to collect
+            return tuple((name, raw[name]) for name in sorted(raw, key=_order_of))
+        except (KeyError, TypeError):
+            pass  # an unknown type: the full check below names it
     counts: dict[str, int] = {}
     for key, value in _pairs(raw):
         if key not in TOKEN_TYPES:
@@ -52,6 +61,8 @@ def _tokens(raw: object, errors: list[dict[str, str]]) -> tuple[tuple[str, int],
 
 
 def _dimensions(raw: object, errors: list[dict[str, str]]) -> tuple[tuple[str, DimValue], ...]:
+    if raw == () or (type(raw) is dict and not raw):
+        return ()
     dims: dict[str, DimValue] = {}
     for key, value in _pairs(raw):
         if not isinstance(key, str) or not key:
@@ -85,6 +96,18 @@ class Usage:
         object.__setattr__(self, "dimensions", _dimensions(self.dimensions, errors))
         if errors:
             raise InvalidUsageError(errors)
+
+    def with_request(self) -> Usage:
+        """This usage with one ``request`` counted (a call's per-request fee), built without
+        checking again what was checked when this one was built."""
+        counts = dict(self.tokens)
+        counts["request"] = 1
+        usage = object.__new__(Usage)
+        for name, value in (("model", self.model), ("occurred_at", self.occurred_at),
+                            ("tokens", tuple((t, counts[t]) for t in sorted(counts, key=_order_of))),
+                            ("dimensions", self.dimensions)):
+            object.__setattr__(usage, name, value)
+        return usage
 
     @property
     def token_counts(self) -> dict[str, int]:

@@ -60,8 +60,22 @@ def _shift(year: int, month: int, by: int) -> tuple[int, int]:
     return index // 12, index % 12 + 1
 
 
+_LAST: dict[Cycle, Period] = {}  # the period each cycle was last asked for: usage comes in time order
+
+
 def period_of(at: datetime, cycle: Cycle) -> Period:
     """The billing period `at` (an aware datetime) falls in."""
+    last = _LAST.get(cycle)
+    if last is not None and at.tzinfo is not None and last.start <= at < last.end:
+        return last
+    period = _period_of(at, cycle)
+    if len(_LAST) >= 1024:
+        _LAST.clear()
+    _LAST[cycle] = period
+    return period
+
+
+def _period_of(at: datetime, cycle: Cycle) -> Period:
     local = at.astimezone(zone(cycle.time_zone))
     year, month = local.year, local.month
     if at.astimezone(UTC) < _start_of(year, month, cycle):

@@ -8,6 +8,7 @@ from typing import Any
 
 from pricing.books import PriceBook, PriceVersion
 from pricing.errors import UnpricedModelError
+from pricing.fast_rating import charges_requests
 from pricing.money import format_amount
 from pricing.rating import Rating, rate
 from pricing.units import PROMPT_TYPES, line_label
@@ -46,12 +47,11 @@ def rate_call(wallet: Wallet, book: PriceBook | None, period_usage: PeriodUsage,
     if reported and reported.get("dimensions"):
         dimensions = {**dimensions, **reported["dimensions"]}
     version = book.version_at(at)
-    counts = {k: v for k, v in tokens.items() if v}
-    usage = Usage(model, counts, at, dimensions)
-    if with_request_fee and version.find_rule("request", model, usage.dimension_dict) is not None:
-        usage = Usage(model, {**counts, "request": 1}, at, dimensions)
+    usage = Usage(model, {k: v for k, v in tokens.items() if v}, at, dimensions)
+    if with_request_fee and charges_requests(version, model, usage.dimensions):
+        usage = usage.with_request()
     so_far = period_usage.get((wallet.customer.id, billing_period(at, wallet.customer), book.id), {})
-    return rate(usage, version, period_to_date=dict(so_far))
+    return rate(usage, version, period_to_date=so_far)
 
 
 def implausibility(wallet: Wallet, version: PriceVersion, rating: Rating, tokens: Mapping[str, int],

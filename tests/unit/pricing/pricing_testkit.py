@@ -40,9 +40,11 @@ def load_fixture(name: str) -> dict[str, Any]:
 
 
 def walk_values(value: Any) -> list[Any]:
-    """Every leaf value of a rating-like object (dataclasses, tuples, dicts)."""
+    """Every leaf value of a rating-like object (dataclasses, msgspec Structs, tuples, dicts)."""
     if hasattr(value, "__dataclass_fields__"):
         return [v for name in value.__dataclass_fields__ for v in walk_values(getattr(value, name))]
+    if hasattr(value, "__struct_fields__"):
+        return [v for name in value.__struct_fields__ for v in walk_values(getattr(value, name))]
     if isinstance(value, tuple | list):
         return [v for item in value for v in walk_values(item)]
     if isinstance(value, dict):
