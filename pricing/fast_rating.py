@@ -148,9 +148,9 @@ def _rounded(version: PriceVersion, model: str, drafts: list[tuple[Any, ...]]) -
             for i in sorted(range(len(nums)), key=lambda i: (-(nums[i] % den), i))[:missing]:
                 units[i] += 1
     scaleb, version_id = _EXACT.scaleb, version.version
-    lines = tuple(_new(Line, ("usage", d[1], d[2], d[4][2], scaleb(Decimal(d[5]), -d[6]), unit, d[3].id, version_id,
-                              model, None, d[4][3], d[4][4]))
-                  for d, unit in zip(drafts, units, strict=True))
+    lines = tuple([_new(Line, ("usage", d[1], d[2], d[4][2], scaleb(Decimal(d[5]), -d[6]), unit, d[3].id, version_id,
+                               model, None, d[4][3], d[4][4]))
+                   for d, unit in zip(drafts, units, strict=True)])
     if len(lines) == 1:
         exact = lines[0].amount
     elif lines:

@@ -45,7 +45,8 @@ _order_of = _ORDER.__getitem__
 def _tokens(raw: object, errors: list[dict[str, str]]) -> tuple[tuple[str, int], ...]:
     if type(raw) is dict and all(type(v) is int and 0 <= v <= MAX_QUANTITY for v in raw.values()):
         try:  # the common case, a dict of known types and valid counts: no error to collect
-            return tuple((name, raw[name]) for name in sorted(raw, key=_order_of))
+            names = sorted(raw, key=_order_of)
+            return tuple(zip(names, map(raw.__getitem__, names), strict=True))
         except (KeyError, TypeError):
             pass  # an unknown type: the full check below names it
     counts: dict[str, int] = {}
@@ -88,7 +89,9 @@ class Usage:
         if not isinstance(self.model, str) or not self.model:
             errors.append(field_error("model", "must be a non-empty string"))
         at = self.occurred_at
-        if not isinstance(at, datetime) or at.tzinfo is None or at.utcoffset() is None:
+        if type(at) is datetime and at.tzinfo is UTC:
+            pass  # in UTC already
+        elif not isinstance(at, datetime) or at.tzinfo is None or at.utcoffset() is None:
             errors.append(field_error("occurred_at", "must be an aware datetime"))
         else:
             object.__setattr__(self, "occurred_at", at.astimezone(UTC))
