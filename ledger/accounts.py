@@ -1,6 +1,7 @@
 """Persistence of assets and accounts, and reads of their cached balances."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from sqlalchemy import text
@@ -50,6 +51,30 @@ async def open_account(conn: AsyncConnection, spec: AccountSpec) -> int:
         raise AccountMismatchError(f"account {spec.code} exists with another type, asset or customer",
                                    account=spec.code)
     return int(existing.id)
+
+
+async def open_accounts(conn: AsyncConnection, specs: list[AccountSpec]) -> None:
+    """`open_account` for several accounts in one statement: the new ones are created (in the
+    order given), every existing one must match its spec."""
+    rows = (await conn.execute(
+        text("""WITH s AS (SELECT * FROM jsonb_to_recordset(CAST(:specs AS jsonb))
+                               AS s (code text, type text, asset text, customer_id text, lower_bound numeric,
+                                     stripes smallint, n bigint)),
+                     new AS (INSERT INTO accounts (code, type, asset, customer_id, lower_bound, stripes)
+                             SELECT code, type, asset, customer_id, lower_bound, stripes FROM s ORDER BY n
+                             ON CONFLICT (code) DO NOTHING)
+                -- the statement's snapshot: the accounts that existed before it
+                SELECT a.code, a.type, a.asset, a.customer_id FROM accounts a JOIN s ON s.code = a.code"""),
+        {"specs": json.dumps([{"code": x.code, "type": x.type.value, "asset": x.asset, "customer_id": x.customer_id,
+                               "lower_bound": x.lower_bound, "stripes": x.stripes, "n": n}
+                              for n, x in enumerate(specs)])},
+    )).all()
+    wanted = {x.code: x for x in specs}
+    for row in rows:
+        spec = wanted[row.code]
+        if (AccountType(row.type), row.asset, row.customer_id) != (spec.type, spec.asset, spec.customer_id):
+            raise AccountMismatchError(f"account {spec.code} exists with another type, asset or customer",
+                                       account=spec.code)
 
 
 async def set_lower_bound(conn: AsyncConnection, code: str, bound: int | None) -> None:

@@ -48,6 +48,8 @@ BOOK = {"id": "bench-invoices", "currency": "USD", "effective_from": "2020-01-01
 ADMIN = {"Authorization": f"Bearer {KEY}"}
 COPIES_PER_STATEMENT = 50_000
 COPY_CONNECTIONS = 2  # the machine's cores
+CLIENTS = 32  # concurrent customer creations
+EVENT_CLIENTS, EVENTS_PER_REQUEST = 4, 250
 
 
 def shares(customers: int, charges: int, big: int) -> list[int]:
@@ -56,7 +58,10 @@ def shares(customers: int, charges: int, big: int) -> list[int]:
     return [big] + [rest // others + (1 if i < rest % others else 0) for i in range(others)]
 
 
-async def seed(client: httpx.AsyncClient, ids: list[str], at: datetime) -> None:
+async def seed(client: httpx.AsyncClient, ids: list[str], at: datetime) -> dict[str, float]:
+    """The customers, created through the API by concurrent clients, then one usage event each
+    (a thousand a request); the seconds of each part."""
+    began = time.perf_counter()
     (await client.post("/v1/price-books", headers=ADMIN, json=BOOK)).raise_for_status()
     queue = list(ids)
 
@@ -68,14 +73,21 @@ async def seed(client: httpx.AsyncClient, ids: list[str], at: datetime) -> None:
             if answer.status_code != 201:
                 raise SystemExit(f"creating {cid}: {answer.status_code} {answer.text[:300]}")
 
-    await asyncio.gather(*(create() for _ in range(8)))
+    await asyncio.gather(*(create() for _ in range(CLIENTS)))
+    created = time.perf_counter()
     stamp = at.strftime("%Y-%m-%dT%H:%M:%SZ")
-    for i in range(0, len(ids), 1000):
-        batch = [{"event_id": f"e-{cid}", "customer_id": cid, "model": "model-x", "timestamp": stamp,
-                  "usage": {"input_tokens": 1000, "output_tokens": 500}} for cid in ids[i:i + 1000]]
-        answer = await client.post("/v1/usage-events", headers=ADMIN, json=batch, timeout=600)
-        if answer.status_code != 200 or answer.json()["accepted"] != len(batch):
-            raise SystemExit(f"seeding failed: {answer.status_code} {answer.text[:300]}")
+    batches = [ids[i:i + EVENTS_PER_REQUEST] for i in range(0, len(ids), EVENTS_PER_REQUEST)]
+
+    async def send() -> None:
+        while batches:
+            batch = [{"event_id": f"e-{cid}", "customer_id": cid, "model": "model-x", "timestamp": stamp,
+                      "usage": {"input_tokens": 1000, "output_tokens": 500}} for cid in batches.pop()]
+            answer = await client.post("/v1/usage-events", headers=ADMIN, json=batch, timeout=600)
+            if answer.status_code != 200 or answer.json()["accepted"] != len(batch):
+                raise SystemExit(f"seeding failed: {answer.status_code} {answer.text[:300]}")
+
+    await asyncio.gather(*(send() for _ in range(EVENT_CLIENTS)))
+    return {"customers_s": round(created - began, 2), "events_s": round(time.perf_counter() - created, 2)}
 
 
 def _columns(conn, table: str, without: set[str]) -> list[str]:
@@ -199,7 +211,7 @@ async def measure(base: str, url: str, server: subprocess.Popen, args: argparse.
     async with httpx.AsyncClient(base_url=base, timeout=600) as client:
         await wait_ready(client, server)
         began = time.perf_counter()
-        await seed(client, ids, at)
+        seeded = await seed(client, ids, at)
         seeded_s = time.perf_counter() - began
         began = time.perf_counter()
         copied = await asyncio.to_thread(copy_charges, url, ids, [n - 1 for n in per_customer])
@@ -222,7 +234,7 @@ async def measure(base: str, url: str, server: subprocess.Popen, args: argparse.
                 "big_upcoming_total": money(big * CHARGE_UNITS)}
     found = {"invoices": invoices, "total_units": total, "big_upcoming_total": upcoming_total}
     return {"customers": customers, "charges": charges, "big_customer_charges": big,
-            "seed_s": round(seeded_s, 2), "copy_s": round(copied_s, 2), "copy": copied,
+            "seed_s": round(seeded_s, 2), "seed": seeded, "copy_s": round(copied_s, 2), "copy": copied,
             "close_s": round(close_s, 2), "close_ratio_to_goal": ratio(close_s, CLOSE_GOAL_S),
             "closed_per_s": round(invoices / close_s, 1) if close_s else 0.0,
             "usage_report": usage, "usage_report_rows": usage_rows, "upcoming_invoice": upcoming,
@@ -241,7 +253,8 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(report, indent=2))
     else:
         print(f"invoices: {report['customers']:,} postpaid customers, {report['charges']:,} usage charges "
-              f"(the busiest {report['big_customer_charges']:,}); seeded in {report['seed_s']} s, "
+              f"(the busiest {report['big_customer_charges']:,}); seeded in {report['seed_s']} s "
+              f"(customers {report['seed']['customers_s']} s, events {report['seed']['events_s']} s), "
               f"copied in {report['copy_s']} s; load {report['load'][0]:.2f} on {report['cores']} cores")
         c = report["copy"]
         print(f"  bulk copy: loaded {c['load_s']} s, balances set {c['balances_s']} s, ledger verified "

@@ -4,8 +4,8 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from ledger.accounts import balance, open_account
-from ledger.errors import IdempotencyConflictError
+from ledger.accounts import balance, open_account, open_accounts
+from ledger.errors import AccountMismatchError, IdempotencyConflictError
 from ledger.model import AccountSpec, AccountType, JournalEntry, Posting
 from ledger.posting import Outcome, post, post_entries
 
@@ -193,6 +193,30 @@ async def test_account_identity_is_immutable(db, database_url, tag):
     with psycopg.connect(database_url) as conn:
         with pytest.raises(psycopg.errors.RestrictViolation):
             conn.execute("DELETE FROM accounts WHERE code = %s", (cash,))
+
+
+async def test_opening_accounts_in_one_statement_creates_the_new_ones_and_checks_the_existing(db, database_url, tag):
+    cash = AccountSpec(f"asset:cash:{tag}", AccountType.ASSET, "USD", stripes=4)
+    lot = AccountSpec(f"liability:lot:{tag}", AccountType.LIABILITY, "USD", customer_id=f"c-{tag}", lower_bound=0)
+    await db.run(lambda conn: open_account(conn, cash))
+    await db.run(lambda conn: open_accounts(conn, [cash, lot]))
+    await db.run(lambda conn: open_accounts(conn, [cash, lot]))  # again: nothing new, nothing refused
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute("""SELECT a.code, a.customer_id, a.lower_bound, count(b.*) FROM accounts a
+                                 JOIN account_balances b ON b.account_id = a.id
+                                WHERE a.code IN (%s, %s) GROUP BY a.id ORDER BY a.id""",
+                            (cash.code, lot.code)).fetchall()
+    assert rows == [(cash.code, None, None, 4), (lot.code, f"c-{tag}", 0, 1)]
+    other = AccountSpec(f"liability:other:{tag}", AccountType.LIABILITY, "USD")
+    income = AccountSpec(cash.code, AccountType.INCOME, "USD", stripes=4)
+    with pytest.raises(AccountMismatchError):
+        await db.run(lambda conn: open_accounts(conn, [other, income]))
+    assert _count(database_url, other.code) == 0  # refused as a whole
+
+
+def _count(database_url, code):
+    with psycopg.connect(database_url) as conn:
+        return conn.execute("SELECT count(*) FROM accounts WHERE code = %s", (code,)).fetchone()[0]
 
 
 async def test_verify_names_an_entry_written_around_the_api_onto_another_customers_account(scratch_url):
