@@ -16,7 +16,7 @@ from __future__ import annotations
 from decimal import Context, Decimal
 from typing import Any
 
-from pricing.books import DimValue, PriceVersion, per_units
+from pricing.books import DimValue, PriceVersion, Rule, per_units
 from pricing.lines import TOKEN_ORDER, Line, Rating, call_tokens, line_note, prompt_size
 from pricing.money import DEFAULT_SCALE
 from pricing.usage import Usage
@@ -39,19 +39,24 @@ def _parts(price: Decimal) -> tuple[int, int]:
 
 def _compiled(version: PriceVersion, token_type: str, model: str, dims: tuple[tuple[str, DimValue], ...],
               minute: int | None) -> Any:
-    """Resolve and compile one token type of a (model, dimensions, minute): (order, rule, per
-    digits, base price, prompt tiers from the highest as (above, price)), each price as
-    (coefficient, decimals, Decimal, tier, note); _ZERO or _GENERAL."""
+    """Resolve and compile one token type of a (model, dimensions, minute): (base price, prompt
+    tiers from the highest as (above, price)), each price a _choice; _ZERO or _GENERAL."""
     rule = version.resolve(token_type, model, dict(dims), minute)
     per = _FAST_PER.get(per_units(token_type))
     if rule is None:
         return _ZERO
     if rule.tiers or per is None or rule.price is None:
         return _GENERAL
-    base = (*_parts(rule.price), rule.price, None, line_note(rule, None))
-    tiers = tuple((t.above, (*_parts(t.price), t.price, i, line_note(rule, i)))
+    tiers = tuple((t.above, _choice(token_type, rule, per, t.price, i))
                   for i, t in reversed(list(enumerate(rule.prompt_tiers, 1))))
-    return (TOKEN_ORDER[token_type], rule, per, base, tiers)
+    return _choice(token_type, rule, per, rule.price, None), tiers
+
+
+def _choice(token_type: str, rule: Rule, per: int, price: Decimal, tier: int | None) -> tuple[Any, ...]:
+    """One price a plan may take: (coefficient, decimals, per digits, the Decimal price, prompt
+    tier, line note, token type, rule id, token order)."""
+    number, decimals = _parts(price)
+    return number, decimals, per, price, tier, line_note(rule, tier), token_type, rule.id, TOKEN_ORDER[token_type]
 
 
 def _plans(version: PriceVersion, model: str, dims: tuple[tuple[str, DimValue], ...],
@@ -92,6 +97,7 @@ def rate_call_fast(usage: Usage, version: PriceVersion) -> Rating | None:
     legacy = version.format == 1
     tokens = call_tokens(usage, version) if legacy else usage.tokens
     prompt = -1
+    top = 0  # the most decimals of an exact amount
     drafts = []
     for token_type, quantity in tokens:
         if not quantity:
@@ -103,43 +109,43 @@ def rate_call_fast(usage: Usage, version: PriceVersion) -> Rating | None:
             return None
         if plan is _ZERO:
             continue
-        choice = plan[3]
-        if plan[4]:
+        choice = plan[0]
+        if plan[1]:
             if prompt < 0:
                 prompt = prompt_size(tokens)
-            for above, tier_choice in plan[4]:
+            for above, tier_choice in plan[1]:
                 if prompt > above:
                     choice = tier_choice
                     break
         decimals = choice[1]
-        coefficient, exp = quantity * choice[0], decimals + plan[2]
+        coefficient, exp = quantity * choice[0], decimals + choice[2]
         while exp > decimals and not coefficient % 10:  # an exact quotient keeps the price's exponent
             coefficient //= 10
             exp -= 1
-        drafts.append((plan[0], token_type, quantity, plan[1], choice, coefficient, exp))
+        if exp > top:
+            top = exp
+        drafts.append((choice[8], choice, quantity, coefficient, exp))
     if legacy:
         drafts.sort(key=_first)  # folded types may come out of order
-    return _rounded(version, model, drafts)
+    return _rounded(version, model, drafts, top)
 
 
 def _first(draft: tuple[Any, ...]) -> int:
     return draft[0]  # type: ignore[no-any-return]
 
 
-def _rounded(version: PriceVersion, model: str, drafts: list[tuple[Any, ...]]) -> Rating:
-    """The rounding rule of pricing.money.round_entry, in integers of 10**-(scale + shift)."""
+def _rounded(version: PriceVersion, model: str, drafts: list[tuple[Any, ...]], top: int) -> Rating:
+    """The rounding rule of pricing.money.round_entry, in integers of 10**-(scale + shift); the
+    exact total at the most decimals of its lines, as Decimal sums them."""
     scale = DEFAULT_SCALE
-    most = scale
-    for d in drafts:
-        if d[6] > most:
-            most = d[6]
-    nums = [d[5] * _POW[most - d[6]] for d in drafts]
+    most = top if top > scale else scale
+    nums = [d[3] * _POW[most - d[4]] for d in drafts]
+    whole = sum(nums)
     if most == scale:  # every amount is a whole number of atomic units
-        units = nums
-        total = sum(nums)
+        units, total = nums, whole
     else:
         den = _POW[most - scale]
-        total, rest = divmod(sum(nums), den)
+        total, rest = divmod(whole, den)
         if 2 * rest > den or (2 * rest == den and total % 2):
             total += 1
         units = [n // den for n in nums]
@@ -148,14 +154,13 @@ def _rounded(version: PriceVersion, model: str, drafts: list[tuple[Any, ...]]) -
             for i in sorted(range(len(nums)), key=lambda i: (-(nums[i] % den), i))[:missing]:
                 units[i] += 1
     scaleb, version_id = _EXACT.scaleb, version.version
-    lines = tuple([_new(Line, ("usage", d[1], d[2], d[4][2], scaleb(Decimal(d[5]), -d[6]), unit, d[3].id, version_id,
-                               model, None, d[4][3], d[4][4]))
-                   for d, unit in zip(drafts, units, strict=True)])
+    lines = tuple([_new(Line, ("usage", c[6], q, c[3], scaleb(Decimal(coefficient), -exp), unit, c[7], version_id,
+                               model, None, c[4], c[5]))
+                   for (_, c, q, coefficient, exp), unit in zip(drafts, units, strict=True)])
     if len(lines) == 1:
         exact = lines[0].amount
     elif lines:
-        top = max(d[6] for d in drafts)
-        exact = scaleb(Decimal(sum(d[5] * _POW[top - d[6]] for d in drafts)), -top)
+        exact = scaleb(Decimal(whole // _POW[most - top]), -top)
     else:
         exact = Decimal(0)
     return Rating(version.book_id, version_id, version.currency, scale, lines, exact, total)
