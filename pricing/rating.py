@@ -174,26 +174,16 @@ def rate(
     period_to_date: PeriodToDate | Mapping[str, int] | None = None,
     *,
     scale: int = DEFAULT_SCALE,
+    general: bool = False,
 ) -> Rating:
     """Price usage with one version (pure): usage lines, then discounts, then allowances. One
-    call without overrides takes the fast path (pricing.fast_rating), which gives the same Rating."""
-    simple = overrides is None or overrides == _NO_OVERRIDES
-    if simple and isinstance(usage, Usage) and scale == DEFAULT_SCALE and usage.occurred_at >= version.effective_from:
+    call without overrides takes the fast path (pricing.fast_rating), which gives the same Rating;
+    ``general=True`` takes the general path whatever the usage (tests hold the two equal)."""
+    if (not general and isinstance(usage, Usage) and (overrides is None or overrides == _NO_OVERRIDES)
+            and scale == DEFAULT_SCALE and usage.occurred_at >= version.effective_from):
         fast = rate_call_fast(usage, version)
         if fast is not None:
             return fast
-    return rate_general(usage, version, overrides, period_to_date, scale=scale)
-
-
-def rate_general(
-    usage: Usage | Iterable[Usage],
-    version: PriceVersion,
-    overrides: Overrides | None = None,
-    period_to_date: PeriodToDate | Mapping[str, int] | None = None,
-    *,
-    scale: int = DEFAULT_SCALE,
-) -> Rating:
-    """The general path of :func:`rate`: any usage records, overrides and period to date."""
     usages = _as_usages(usage)
     for item in usages:
         if item.occurred_at < version.effective_from:
@@ -264,7 +254,6 @@ def volume_true_up(rule: Rule, period_quantity: int, amount_already_charged: Dec
 
 
 __all__ = [
-    "LINE_KINDS", "DimValue", "Line", "PeriodToDate", "Rating", "Usage", "build_rating", "rate",
-    "rate_general", "rate_usage",
+    "LINE_KINDS", "DimValue", "Line", "PeriodToDate", "Rating", "Usage", "build_rating", "rate", "rate_usage",
     "split_graduated", "volume_tier_price", "volume_true_up",
 ]

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pricing.parse import parse_version
-from pricing.rating import rate, rate_general
+from pricing.rating import rate
 from pricing.usage import Usage
 
 PRICES = st.decimals(min_value=Decimal(0), max_value=Decimal(1000), places=6).map(lambda d: format(d.normalize(), "f"))
@@ -51,7 +51,7 @@ def test_the_fast_path_rates_exactly_as_the_general_path(version, shape):
     tokens, minute, dims = shape
     usage = Usage("m", tokens, datetime(2026, 5, 1, tzinfo=UTC) + timedelta(minutes=minute), dims)
     try:
-        general = rate_general(usage, version)
+        general = rate(usage, version, general=True)
     except Exception as exc:  # an unpriced usage: the fast path must refuse it the same way
         try:
             rate(usage, version)
@@ -70,4 +70,4 @@ def test_both_paths_take_the_prompt_tier_only_past_its_threshold():
     at = datetime(2026, 5, 1, tzinfo=UTC)
     for prompt, units in ((999, 999_000), (1000, 1_000_000), (1001, 2_002_000)):  # $1 or $2 per 1M tokens
         usage = Usage("m", {"input": prompt - 1, "cached_input": 1}, at)  # cached tokens count toward the prompt
-        assert rate(usage, version).total_units == rate_general(usage, version).total_units == units
+        assert rate(usage, version).total_units == rate(usage, version, general=True).total_units == units
