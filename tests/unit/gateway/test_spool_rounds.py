@@ -1,0 +1,43 @@
+"""The gateway spool strikes off delivered settles in rounds, not after each batch, and keeps
+every record not yet delivered."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from api.gateway.settles import RoundsSpool, settle_key, settle_record
+
+
+def records(n: int) -> list:
+    return [settle_record("acme", f"req-{i}", f"res-{i}", "usage", {"input_tokens": i}) for i in range(n)]
+
+
+def test_delivered_records_stay_until_a_round_is_full_then_all_are_struck_off(tmp_path: Path):
+    spool = RoundsSpool(tmp_path / "gw.jsonl", every=3)
+    spool.append_many(records(5))
+    spool.remove({settle_key("acme", "req-0")})
+    spool.remove({settle_key("acme", "req-1")})
+    assert len(spool.records()) == 5  # two delivered: not yet a round
+    assert spool.remove({settle_key("acme", "req-2")}) == 2
+    assert [r.idempotency_key for r in spool.records()] == [settle_key("acme", "req-3"), settle_key("acme", "req-4")]
+
+
+def test_compact_strikes_off_what_was_delivered_and_keeps_the_rest(tmp_path: Path):
+    spool = RoundsSpool(tmp_path / "gw.jsonl", every=100)
+    spool.append_many(records(3))
+    spool.remove({settle_key("acme", "req-1")})
+    assert spool.compact() == 2
+    assert [r.reservation_id for r in spool.records()] == ["res-0", "res-2"]
+
+
+def test_a_refused_record_is_set_aside_at_once(tmp_path: Path):
+    spool = RoundsSpool(tmp_path / "gw.jsonl", every=100)
+    first, second = records(2)
+    spool.append_many([first, second])
+    spool.remove({first.idempotency_key}, [(first, "409 closed")])
+    assert [r.reservation_id for r in spool.records()] == ["res-1"]
+    assert "409 closed" in spool.rejected_path.read_text()
+
+
+def test_settle_keys_are_derived_from_the_customer_and_the_request_id():
+    assert settle_key("acme", "req-1") == settle_key("acme", "req-1")
+    assert settle_key("acme", "req-1") != settle_key("globex", "req-1") != settle_key("acme", "req-2")
