@@ -350,7 +350,7 @@ def parser() -> argparse.ArgumentParser:
                        "customers in the ingest bench")
     bench.add_argument("--servers", type=int, default=1, help="tokentill serve processes in the lifecycle bench")
     bench.add_argument("--lanes", type=int, default=None, metavar="N",
-                       help="lifecycle: lanes of the bench's fresh database (default: migration 0009's, 16)")
+                       help="lifecycle: lanes of the bench's fresh database (default: the machine's cores, 2-16)")
     bench.add_argument("--scaling", action="store_true",
                        help="lifecycle: the table of lanes 1/2/4/16 x servers 1/2, each on a fresh database")
     bench.add_argument("--workers-per-server", type=int, default=1, metavar="N",

@@ -39,7 +39,8 @@ def server_url() -> Iterator[str]:
 def _migrated(server: str, name: str):
     """A fresh database `name` on `server`, migrated to head; dropped afterwards."""
     with scratch_database(server, name) as url:
-        runner.upgrade(sync_url(url))
+        # 16 lanes whatever the machine (its default is its cores): tests pick customers of lanes 0-3
+        runner.upgrade(sync_url(url), lanes=16)
         yield url
 
 
