@@ -1,0 +1,93 @@
+"""ledger_post writes a batch of new, distinct keys that crosses no bound with a few set-based
+statements (migration 0020), and any other batch entry by entry (ledger_post_each): the answers
+are the same either way, and the database's checks still hold."""
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from ledger.accounts import balance, open_account
+from ledger.model import AccountSpec, AccountType, JournalEntry, Posting
+from ledger.posting import Outcome, post_entries
+
+
+async def _accounts(conn, tag):
+    cash, lot, revenue = f"asset:cash:{tag}", f"liability:lot:{tag}", f"income:revenue:{tag}"
+    await open_account(conn, AccountSpec(cash, AccountType.ASSET, "USD"))
+    await open_account(conn, AccountSpec(lot, AccountType.LIABILITY, "USD", lower_bound=0))
+    await open_account(conn, AccountSpec(revenue, AccountType.INCOME, "USD", stripes=4))
+    return cash, lot, revenue
+
+
+def _entry(tag, key, amount, frm, to):
+    return JournalEntry(f"{tag}-{key}", "spend", (Posting(frm, amount, "USD"), Posting(to, -amount, "USD")))
+
+
+async def _careful_calls(conn) -> int:
+    """How often the entry-by-entry path was taken: the session's calls not yet flushed to the
+    statistics (tests compare two readings)."""
+    row = (await conn.exec_driver_sql(
+        "SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions WHERE funcname = 'ledger_post_each'")).one()
+    return int(row[0])
+
+
+@pytest.mark.parametrize("spends, careful", [
+    ([30, 30, 40], 0),  # down to exactly the bound, on a running sum: set-based
+    ([60, 60], 1),  # each fits alone, the second not after the first: entry by entry
+])
+async def test_a_batch_is_judged_on_a_running_sum_of_the_entries_before_it(db, tag, spends, careful):
+    async def work(conn):
+        await conn.exec_driver_sql("SET LOCAL track_functions = 'all'")
+        cash, lot, revenue = await _accounts(conn, tag)
+        funded = await post_entries(conn, [_entry(tag, "fund", -100, lot, cash)])
+        before = await _careful_calls(conn)
+        results = await post_entries(conn, [_entry(tag, f"s{i}", s, lot, revenue) for i, s in enumerate(spends)])
+        return funded, results, await _careful_calls(conn) - before, lot, revenue
+
+    funded, results, calls, lot, revenue = await db.run(work)
+    assert funded[0].outcome is Outcome.POSTED
+    assert calls == careful
+    total = 0
+    expected = []
+    for s in spends:
+        expected.append(Outcome.POSTED if total + s <= 100 else Outcome.BELOW_BOUND)
+        total += s if total + s <= 100 else 0
+    assert [r.outcome for r in results] == expected
+    assert len({r.entry_id for r in results if r.outcome is Outcome.POSTED}) == expected.count(Outcome.POSTED)
+    assert (await db.read(lambda c: balance(c, lot))).normal == 100 - total
+    assert (await db.read(lambda c: balance(c, revenue))).normal == total
+
+
+async def test_a_replay_in_a_batch_takes_the_careful_path_and_adds_nothing(db, tag):
+    async def work(conn):
+        await conn.exec_driver_sql("SET LOCAL track_functions = 'all'")
+        cash, lot, revenue = await _accounts(conn, tag)
+        a, b = _entry(tag, "a", 10, lot, revenue), _entry(tag, "b", 5, lot, revenue)
+        before = await _careful_calls(conn)
+        first = await post_entries(conn, [_entry(tag, "fund", -100, lot, cash), a])
+        fast = await _careful_calls(conn) - before
+        again = await post_entries(conn, [a, b, b])
+        return first, fast, again, await _careful_calls(conn) - before, lot
+
+    first, fast, again, careful, lot = await db.run(work)
+    assert [r.outcome for r in first] == [Outcome.POSTED, Outcome.POSTED] and fast == 0
+    assert [r.outcome for r in again] == [Outcome.REPLAYED, Outcome.POSTED, Outcome.REPLAYED] and careful == 1
+    assert again[0].entry_id == first[1].entry_id and again[2].entry_id == again[1].entry_id
+    assert (await db.read(lambda c: balance(c, lot))).normal == 100 - 10 - 5
+
+
+async def test_one_raw_statement_of_postings_is_checked_entry_by_entry(db, database_url, tag):
+    """The apply trigger runs once per statement: one entry's postings balancing in it does not
+    cover another's that do not."""
+    async def setup(conn):
+        return await _accounts(conn, tag)
+
+    cash, lot, _ = await db.run(setup)
+    with psycopg.connect(database_url) as conn, pytest.raises(psycopg.errors.CheckViolation, match="unbalanced"):
+        with conn.transaction():
+            a, b = (conn.execute("SELECT id FROM accounts WHERE code = %s", (c,)).fetchone()[0] for c in (cash, lot))
+            e1, e2 = (conn.execute("INSERT INTO journal_entries (key, request_hash, kind, occurred_at) "
+                                   "VALUES (%s, '\\x00', 'raw', now()) RETURNING id", (f"{tag}-{k}",)).fetchone()[0]
+                      for k in ("one", "two"))
+            conn.execute("INSERT INTO postings (entry_id, account_id, amount) VALUES "
+                         "(%s, %s, 5), (%s, %s, -5), (%s, %s, 7), (%s, %s, -6)", (e1, a, e1, b, e2, a, e2, b))
