@@ -7,9 +7,13 @@ Token counts are ints (never bool or float), keyed by the token types of
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from copy import copy
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+
+import msgspec
+from msgspec.structs import force_setattr
 
 from pricing.books import TOKEN_TYPES, DimValue
 from pricing.errors import InvalidUsageError, field_error
@@ -39,14 +43,16 @@ def check_count(value: object, name: str, errors: list[dict[str, str]], maximum:
 
 
 _ORDER = {token_type: index for index, token_type in enumerate(TOKEN_TYPES)}
-_order_of = _ORDER.__getitem__
+
+
+def _item_order(item: tuple[str, int]) -> int:
+    return _ORDER[item[0]]
 
 
 def _tokens(raw: object, errors: list[dict[str, str]]) -> tuple[tuple[str, int], ...]:
     if type(raw) is dict and all(type(v) is int and 0 <= v <= MAX_QUANTITY for v in raw.values()):
         try:  # the common case, a dict of known types and valid counts: no error to collect
-            names = sorted(raw, key=_order_of)
-            return tuple(zip(names, map(raw.__getitem__, names), strict=True))
+            return tuple(sorted(raw.items(), key=_item_order))
         except (KeyError, TypeError):
             pass  # an unknown type: the full check below names it
     counts: dict[str, int] = {}
@@ -75,9 +81,9 @@ def _dimensions(raw: object, errors: list[dict[str, str]]) -> tuple[tuple[str, D
     return tuple(sorted(dims.items()))
 
 
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """What one model call (or usage event) consumed, with its own time and dimensions."""
+class Usage(msgspec.Struct, frozen=True, gc=False):
+    """What one model call (or usage event) consumed, with its own time and dimensions: an
+    immutable msgspec Struct (built for every call rated), checked and normalized when built."""
 
     model: str
     tokens: tuple[tuple[str, int], ...]
@@ -94,9 +100,9 @@ class Usage:
         elif not isinstance(at, datetime) or at.tzinfo is None or at.utcoffset() is None:
             errors.append(field_error("occurred_at", "must be an aware datetime"))
         else:
-            object.__setattr__(self, "occurred_at", at.astimezone(UTC))
-        object.__setattr__(self, "tokens", _tokens(self.tokens, errors))
-        object.__setattr__(self, "dimensions", _dimensions(self.dimensions, errors))
+            force_setattr(self, "occurred_at", at.astimezone(UTC))
+        force_setattr(self, "tokens", _tokens(self.tokens, errors))
+        force_setattr(self, "dimensions", _dimensions(self.dimensions, errors))
         if errors:
             raise InvalidUsageError(errors)
 
@@ -105,11 +111,8 @@ class Usage:
         checking again what was checked when this one was built."""
         counts = dict(self.tokens)
         counts["request"] = 1
-        usage = object.__new__(Usage)
-        for name, value in (("model", self.model), ("occurred_at", self.occurred_at),
-                            ("tokens", tuple((t, counts[t]) for t in sorted(counts, key=_order_of))),
-                            ("dimensions", self.dimensions)):
-            object.__setattr__(usage, name, value)
+        usage = copy(self)
+        force_setattr(usage, "tokens", tuple(sorted(counts.items(), key=_item_order)))
         return usage
 
     @property
