@@ -26,6 +26,7 @@ _CACHE_LIMIT = 20_000  # (model, dimensions, minute) keys kept on a version
 _GENERAL = "general"  # a plan the fast path cannot price
 _ZERO = "zero"  # unpriced, and the version's policy is zero
 _POW = tuple(10**k for k in range(80))
+_SCALE = DEFAULT_SCALE
 _EXACT = Context(prec=60)  # coefficients have at most 42 digits: scaleb is exact
 _new = tuple.__new__
 
@@ -47,16 +48,16 @@ def _compiled(version: PriceVersion, token_type: str, model: str, dims: tuple[tu
         return _ZERO
     if rule.tiers or per is None or rule.price is None:
         return _GENERAL
-    tiers = tuple((t.above, _choice(token_type, rule, per, t.price, i))
+    tiers = tuple((t.above, _choice(rule, per, t.price, i))
                   for i, t in reversed(list(enumerate(rule.prompt_tiers, 1))))
-    return _choice(token_type, rule, per, rule.price, None), tiers
+    return _choice(rule, per, rule.price, None), tiers
 
 
-def _choice(token_type: str, rule: Rule, per: int, price: Decimal, tier: int | None) -> tuple[Any, ...]:
-    """One price a plan may take: (coefficient, decimals, per digits, the Decimal price, prompt
-    tier, line note, token type, rule id, token order)."""
+def _choice(rule: Rule, per: int, price: Decimal, tier: int | None) -> tuple[Any, ...]:
+    """One price a plan may take: (coefficient, decimals, per digits, the Decimal price, rule id,
+    prompt tier, line note)."""
     number, decimals = _parts(price)
-    return number, decimals, per, price, tier, line_note(rule, tier), token_type, rule.id, TOKEN_ORDER[token_type]
+    return number, decimals, per, price, rule.id, tier, line_note(rule, tier)
 
 
 def _plans(version: PriceVersion, model: str, dims: tuple[tuple[str, DimValue], ...],
@@ -97,8 +98,9 @@ def rate_call_fast(usage: Usage, version: PriceVersion) -> Rating | None:
     legacy = version.format == 1
     tokens = call_tokens(usage, version) if legacy else usage.tokens
     prompt = -1
-    top = 0  # the most decimals of an exact amount
-    drafts = []
+    top = whole = 0  # the most decimals of an exact amount; the sum in atomic units while exact
+    scaleb, version_id = _EXACT.scaleb, version.version
+    lines = []
     for token_type, quantity in tokens:
         if not quantity:
             continue
@@ -124,43 +126,42 @@ def rate_call_fast(usage: Usage, version: PriceVersion) -> Rating | None:
             exp -= 1
         if exp > top:
             top = exp
-        drafts.append((choice[8], choice, quantity, coefficient, exp))
+        units = coefficient * _POW[_SCALE - exp] if exp <= _SCALE else 0  # exact: no rounding to do
+        whole += units
+        lines.append(_new(Line, ("usage", token_type, quantity, choice[3], scaleb(Decimal(coefficient), -exp), units,
+                                 choice[4], version_id, model, None, choice[5], choice[6])))
     if legacy:
-        drafts.sort(key=_first)  # folded types may come out of order
-    return _rounded(version, model, drafts, top)
-
-
-def _first(draft: tuple[Any, ...]) -> int:
-    return draft[0]  # type: ignore[no-any-return]
-
-
-def _rounded(version: PriceVersion, model: str, drafts: list[tuple[Any, ...]], top: int) -> Rating:
-    """The rounding rule of pricing.money.round_entry, in integers of 10**-(scale + shift); the
-    exact total at the most decimals of its lines, as Decimal sums them."""
-    scale = DEFAULT_SCALE
-    most = top if top > scale else scale
-    nums = [d[3] * _POW[most - d[4]] for d in drafts]
-    whole = sum(nums)
-    if most == scale:  # every amount is a whole number of atomic units
-        units, total = nums, whole
-    else:
-        den = _POW[most - scale]
-        total, rest = divmod(whole, den)
-        if 2 * rest > den or (2 * rest == den and total % 2):
-            total += 1
-        units = [n // den for n in nums]
-        missing = total - sum(units)
-        if missing:
-            for i in sorted(range(len(nums)), key=lambda i: (-(nums[i] % den), i))[:missing]:
-                units[i] += 1
-    scaleb, version_id = _EXACT.scaleb, version.version
-    lines = tuple([_new(Line, ("usage", c[6], q, c[3], scaleb(Decimal(coefficient), -exp), unit, c[7], version_id,
-                               model, None, c[4], c[5]))
-                   for (_, c, q, coefficient, exp), unit in zip(drafts, units, strict=True)])
+        lines.sort(key=_token_order)  # folded types may come out of order
+    if top > _SCALE:
+        return _rounded(version, lines, top)
     if len(lines) == 1:
         exact = lines[0].amount
-    elif lines:
-        exact = scaleb(Decimal(whole // _POW[most - top]), -top)
     else:
-        exact = Decimal(0)
-    return Rating(version.book_id, version_id, version.currency, scale, lines, exact, total)
+        exact = scaleb(Decimal(whole // _POW[_SCALE - top]), -top) if lines else Decimal(0)
+    return Rating(version.book_id, version_id, version.currency, _SCALE, tuple(lines), exact, whole)
+
+
+def _token_order(line: Line) -> int:
+    return TOKEN_ORDER[line.token_type]  # type: ignore[index]
+
+
+def _rounded(version: PriceVersion, lines: list[Line], top: int) -> Rating:
+    """Some amount has more decimals than the atomic unit: the rounding rule of
+    pricing.money.round_entry, in integers of 10**-top."""
+    nums = []
+    for line in lines:
+        _, digits, exponent = line.amount.as_tuple()
+        nums.append(int("".join(map(str, digits)) or "0") * _POW[top + exponent])  # type: ignore[operator]
+    whole = sum(nums)
+    den = _POW[top - _SCALE]
+    total, rest = divmod(whole, den)
+    if 2 * rest > den or (2 * rest == den and total % 2):
+        total += 1
+    units = [n // den for n in nums]
+    missing = total - sum(units)
+    if missing:
+        for i in sorted(range(len(nums)), key=lambda i: (-(nums[i] % den), i))[:missing]:
+            units[i] += 1
+    exact = lines[0].amount if len(lines) == 1 else _EXACT.scaleb(Decimal(whole), -top)
+    return Rating(version.book_id, version.version, version.currency, _SCALE,
+                  tuple(ln._replace(amount_units=u) for ln, u in zip(lines, units, strict=True)), exact, total)
