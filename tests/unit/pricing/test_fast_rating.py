@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from pricing.parse import parse_version
 from pricing.rating import rate
+from pricing.units import TOKEN_TYPES
 from pricing.usage import Usage
 
 PRICES = st.decimals(min_value=Decimal(0), max_value=Decimal(1000), places=6).map(lambda d: format(d.normalize(), "f"))
@@ -71,3 +72,34 @@ def test_both_paths_take_the_prompt_tier_only_past_its_threshold():
     for prompt, units in ((999, 999_000), (1000, 1_000_000), (1001, 2_002_000)):  # $1 or $2 per 1M tokens
         usage = Usage("m", {"input": prompt - 1, "cached_input": 1}, at)  # cached tokens count toward the prompt
         assert rate(usage, version).total_units == rate(usage, version, general=True).total_units == units
+
+
+FORMAT_1_TYPES = ["input", "cached_input", "cache_write", "output", "reasoning", "request"]
+FOLDED = ["cache_write_1h", "input_audio", "cached_input_audio", "output_audio", "output_image", "web_search"]
+FINE_PRICES = st.decimals(min_value=Decimal(0), max_value=Decimal(100), places=12).map(
+    lambda d: format(d.normalize(), "f"))  # down to 10**-12 per million tokens: amounts past the atomic unit
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(FORMAT_1_TYPES), min_size=1, max_size=6, unique=True), st.data(),
+       st.dictionaries(st.sampled_from(FORMAT_1_TYPES + FOLDED), st.integers(0, 10**9), max_size=8))
+def test_a_format_1_book_rates_folded_types_alike_on_both_paths(types, data, tokens):
+    """A format 1 book folds format 2 types into its own (audio input as input, a one-hour cache
+    write as cache_write, ...), which may put them out of order; both paths give one Rating."""
+    rules = [{"id": f"r{i}", "model": "m", "token_type": t, "price": data.draw(FINE_PRICES)}
+             for i, t in enumerate(types)]
+    version = parse_version({"id": "b", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
+                             "rules": rules})
+    usage = Usage("m", tokens, datetime(2026, 5, 1, tzinfo=UTC))
+    try:
+        general = rate(usage, version, general=True)
+    except Exception as exc:
+        try:
+            rate(usage, version)
+        except type(exc):
+            return
+        raise AssertionError("the fast path priced what the general path refused") from exc
+    fast = rate(usage, version)
+    assert as_text(fast) == as_text(general)
+    assert [ln.token_type for ln in fast.lines] == sorted((ln.token_type for ln in fast.lines), key=TOKEN_TYPES.index)
+
