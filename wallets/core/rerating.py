@@ -130,24 +130,37 @@ def rerated_lines(charge: ChargeOnRecord, version: PriceVersion, so_far: Mapping
 
 
 def corrections(data: RerateInput, range_from: datetime, range_to: datetime) -> list[Correction]:
-    """Each charge of the range whose amounts the corrected version changes (in usage-time order);
-    the period's charges before the range only carry the graduated tiers forward."""
+    """Each charge of the range whose amounts the corrected version changes (in usage-time order).
+    Graduated tiers continue from the period's earlier charges: those before the range count as
+    they were rated (their rules' quantities, as the period's usage counters have them), those in
+    it as re-rated."""
     so_far: dict[str, int] = {}
     out: list[Correction] = []
     for charge in data.charges:
         if charge.occurred_at >= range_to:
             break
-        rating = rerated_lines(charge, data.version, so_far)
-        for rule_id, quantity in rating.rule_quantities().items():
+        if charge.occurred_at < range_from:
+            counted = rule_quantities(charge.lines)
+        else:
+            rating = rerated_lines(charge, data.version, so_far)
+            counted = rating.rule_quantities()
+            old = {k: v for k, v in charge.standing().items() if v}
+            new = {k: v for k, v in by_type(charge.model, (
+                {"kind": ln.kind, "token_type": ln.token_type, "amount_units": ln.amount_units}
+                for ln in rating.lines)).items() if v}
+            if old != new and data.version.version not in charge.versions:
+                out.append(Correction(charge, old, new))
+        for rule_id, quantity in counted.items():
             so_far[rule_id] = so_far.get(rule_id, 0) + quantity
-        if charge.occurred_at < range_from or data.version.version in charge.versions:
-            continue
-        old = {k: v for k, v in charge.standing().items() if v}
-        new = {k: v for k, v in by_type(charge.model, (
-            {"kind": ln.kind, "token_type": ln.token_type, "amount_units": ln.amount_units}
-            for ln in rating.lines)).items() if v}
-        if old != new:
-            out.append(Correction(charge, old, new))
+    return out
+
+
+def rule_quantities(lines: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """Units priced per rule by a charge's stored usage lines."""
+    out: dict[str, int] = {}
+    for line in lines:
+        if line["kind"] == "usage" and line.get("rule_id") is not None:
+            out[line["rule_id"]] = out.get(line["rule_id"], 0) + int(line["quantity"])
     return out
 
 

@@ -1,5 +1,7 @@
 """Tie-out, as a property: random workloads of top-ups, grants, reserves, settles (captures too),
-releases, expiries, usage events (late ones included) and closes across period boundaries, for a
+releases, expiries, usage events (late ones included), re-rates (a corrected price version posted
+after the fact, previewed, then applied to each customer, closed periods included) and closes
+across period boundaries, for a
 prepaid and a postpaid customer. For every closed period of each customer, computed here from the
 postings and the charge records, independently of the rollups:
 - the invoice's lines sum to its total, and the total is the revenue its period's entries posted;
@@ -27,7 +29,7 @@ from ledger.db import connect
 from ledger.errors import LedgerError
 from pricing.errors import PricingError
 from tests.integration.wallets.wallet_kit import Clock
-from wallets import chart
+from wallets import chart, rerating
 from wallets.audit import full_verify
 from wallets.billing import close_due
 from wallets.expiry import expire_grants, expire_reservations
@@ -49,7 +51,40 @@ OPS = st.one_of(
               st.sampled_from([0, 0, 30, 400])),  # hours late: late usage lands after a close
     st.tuples(st.just("expire")),
     st.tuples(st.just("close")),
+    # a corrected version in force from `hours` ago, pricing model-a's input at `price`, re-rated
+    st.tuples(st.just("rerate"), st.integers(1, 2000), st.sampled_from(["7.00", "10.00", "13.50"])),
 )
+_versions = itertools.count(1)
+
+
+def _book(book_id: str, version: str, effective_from: datetime, price: str) -> dict:
+    rules = [{**rule, "price": price} if rule["id"] == "a-in" else rule for rule in BillingKit.SEED["rules"]]
+    return {**BillingKit.SEED, "id": book_id, "version": version, "effective_from": effective_from.isoformat(),
+            "rules": rules}
+
+
+async def _rerate(bk: BillingKit, customers: list[str], hours: int, price: str) -> None:
+    """Post a corrected version from `hours` ago (to the microsecond, unique in the book), then
+    preview and apply its re-rate to each customer over the time it is in force, up to now;
+    the preview is exactly what apply posted."""
+    n, book_id = next(_versions), await bk.db.read(lambda conn: conn.scalar(text(
+        "SELECT price_book FROM customers WHERE id = :c"), {"c": customers[0]}))
+    start = bk.clock.now - timedelta(hours=hours, microseconds=n)
+    await bk.add_book(_book(book_id, f"fix-{n}", start, price))
+    later = await bk.db.read(lambda conn: conn.scalar(text(
+        "SELECT min(effective_from) FROM price_book_versions WHERE book_id = :b AND effective_from > :at"),
+        {"b": book_id, "at": start}))
+    now = bk.clock.now + timedelta(seconds=1)  # usage of this very instant included
+    end = min(now, later) if later is not None else now
+    if end <= start:
+        return
+    for cid in customers:
+        spec = rerating.RerateSpec(book_id, f"fix-{n}", start, end, cid)
+        seen = await rerating.preview(bk.db, bk.service.engine.books, spec)
+        done = await rerating.apply(bk.db, bk.service.engine, spec, None)
+        assert done["errors"] == []
+        assert [{k: v for k, v in c.items() if k != "entry_ids"} for c in done["customers"]] == seen["customers"]
+        assert done["delta"] == seen["delta"]
 
 
 def units(amount: str) -> int:
@@ -85,6 +120,8 @@ async def _play(bk: BillingKit, customers: list[str], ops: list[tuple]) -> None:
                 await expire_grants(bk.db, bk.clock.now)
             elif kind == "close":
                 await close_due(bk.db, bk.clock.now)
+            elif kind == "rerate":
+                await _rerate(bk, customers, *args)
         except (LedgerError, PricingError):
             pass  # a refusal (insufficient funds, a closed reservation) is an outcome, not a failure
 
@@ -118,7 +155,13 @@ async def _facts(conn, cid: str) -> dict:
             "WHERE j.customer_id = :c AND p.amount > 0 AND a.code LIKE :lots"),
             {"c": cid, "lots": f"liability:customer:{cid}:lot:%"}):
         lot_debits[entry_id][code] = amount
-    return {"posted": posted, "charges": charges, "holds": holds, "kinds": kinds, "lot_debits": lot_debits}
+    adjusted = [tuple(r) for r in await conn.execute(text(
+        "SELECT j.metadata ->> 'period', a.code, p.amount::bigint FROM postings p "
+        "JOIN accounts a ON a.id = p.account_id JOIN journal_entries j ON j.lane = p.lane AND j.id = p.entry_id "
+        "WHERE j.customer_id = :c AND j.kind = 'rerate_adjustment' AND (a.code LIKE :lots OR a.code = :recv)"),
+        {"c": cid, "lots": f"liability:customer:{cid}:lot:%", "recv": chart.receivable_account(cid)})]
+    return {"posted": posted, "charges": charges, "holds": holds, "kinds": kinds, "lot_debits": lot_debits,
+            "adjusted": adjusted}
 
 
 def _funding_by_period(cid: str, facts: dict) -> dict[str, dict[str, int]]:
@@ -141,6 +184,9 @@ def _funding_by_period(cid: str, facts: dict) -> dict[str, dict[str, int]]:
         for code, amount in debits.items():
             paid[period][facts["kinds"][code]] += amount
         paid[period]["account"] += from_receivable
+    # re-rates: more charged is paid from lots and the receivable (debits), money back goes to them
+    for period, code, amount in facts["adjusted"]:
+        paid[period]["account" if code == receivable else facts["kinds"][code]] += amount
     return paid
 
 
@@ -187,13 +233,17 @@ def _check_customer(cid: str, invoices: list[dict], facts: dict) -> int:
     return sum(units(i["total"]) for i in invoices)
 
 
-async def _example(url: str, ops: list[tuple]) -> None:
+async def _example(url: str, ops: list[tuple], price: str) -> None:
     db = connect(url, pool_size=2)
     try:
         bk = BillingKit(db, Clock(START))
         n = next(_examples)
-        customers = [await bk.customer(f"pre{n}"), await bk.customer(f"post{n}", billing_mode="postpaid")]
+        await bk.add_book({**BillingKit.SEED, "id": f"seed{n}"})  # its own book: re-rates add versions to it
+        customers = [await bk.customer(f"pre{n}", book=f"seed{n}"),
+                     await bk.customer(f"post{n}", billing_mode="postpaid", book=f"seed{n}")]
+        # and last, a correction of the whole workload (closed periods included), as a re-rate does
         await _play(bk, customers, ops)
+        await _rerate(bk, customers, int((bk.clock.now - START).total_seconds() // 3600) + 401, price)
         end = period_of(bk.clock.now, Cycle()).end + timedelta(hours=2)  # everything billed is due
         await close_due(db, end)
         invoiced = revenue = 0
@@ -216,9 +266,9 @@ def test_invoices_tie_out_to_the_postings_through_random_workloads(scratch_url: 
     asyncio.run(setup())
 
     @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(st.lists(OPS, min_size=5, max_size=40))
-    def run(ops: list[tuple]) -> None:
-        asyncio.run(_example(scratch_url, ops))
+    @given(st.lists(OPS, min_size=5, max_size=40), st.sampled_from(["7.00", "13.50"]))
+    def run(ops: list[tuple], price: str) -> None:
+        asyncio.run(_example(scratch_url, ops, price))
 
     run()
 

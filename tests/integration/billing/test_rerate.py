@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from billing_kit import BillingKit
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from ledger.audit import verify
 from wallets import rerating
@@ -204,3 +205,38 @@ async def test_bad_requests_are_refused_with_stable_codes(fixed: BillingKit) -> 
             await rerating.preview(bk.db, bk.service.engine.books, wrong)
         with pytest.raises(error):
             await rerating.apply(bk.db, bk.service.engine, wrong, None)
+
+
+async def test_the_database_guards_adjustments_and_credit_notes(fixed: BillingKit) -> None:
+    bk = fixed
+    cid = await bk.customer("post", billing_mode="postpaid", book="fix")
+    await bk.event(cid, "model-a", 1_000_000, 0, at=datetime(2026, 11, 10, tzinfo=UTC))
+    await bk.close(DEC_1_GRACE_OVER)
+    await bk.add_book(V2)
+    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    [note] = done["credit_notes"]
+    attempts = [
+        "UPDATE credit_notes SET total = total - 1",
+        "DELETE FROM credit_notes",
+        "TRUNCATE credit_notes CASCADE",
+        "UPDATE charge_adjustments SET new_amount = new_amount + 1",
+        "DELETE FROM charge_adjustments",
+        "UPDATE rerates SET version = 'v1'",
+        # a second adjustment of the charge to the same version
+        """INSERT INTO charge_adjustments (lane, charge_id, corrected_version, rerate_id, customer_id, period,
+                  old_amount, new_amount, old_lines, new_lines)
+           SELECT lane, charge_id, corrected_version, rerate_id, customer_id, period, new_amount, old_amount,
+                  new_lines, old_lines FROM charge_adjustments""",
+        # a credit note numbered past a gap
+        """INSERT INTO credit_notes (id, lane, customer_id, invoice_id, rerate_id, kind, issuer, year, seq, number,
+                  currency, total, entry_id, content, content_hash, issued_at)
+           SELECT 'cn_gap', lane, customer_id, invoice_id, rerate_id, kind, issuer, year, 3, 'CN-2026-000003',
+                  currency, total, entry_id, jsonb_set(jsonb_set(content, '{id}', '"cn_gap"'), '{number}',
+                  '"CN-2026-000003"'), sha256(convert_to(jsonb_set(jsonb_set(content, '{id}', '"cn_gap"'),
+                  '{number}', '"CN-2026-000003"')::text, 'UTF8')), issued_at FROM credit_notes""",
+    ]
+    for sql in attempts:
+        with pytest.raises(DBAPIError):
+            await bk.db.run(lambda conn, sql=sql: conn.execute(text(sql)))
+    assert (await bk.db.read(lambda conn: rerating.credit_note(conn, note["id"])))["total"] == "-2.00"
+    await verified(bk)

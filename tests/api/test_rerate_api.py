@@ -1,0 +1,113 @@
+"""POST /v1/rerate end to end: a preview, an apply under an Idempotency-Key (and again: the same
+answer, nothing more posted), the credit note of the closed invoice read by admin and by the
+customer's own key only, and every refusal as problem+json with its stable code."""
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from api.app import create_app
+from api.settings import Settings
+from wallets.periods import Cycle, period_of
+
+ADMIN = {"Authorization": "Bearer rr-admin"}
+
+
+def book(version: str, effective_from: str, a_in: str) -> dict:
+    return {"id": "rrb", "version": version, "currency": "USD", "effective_from": effective_from, "rules": [
+        {"id": "a-in", "model": "model-a", "token_type": "input", "price": a_in},
+        {"id": "a-out", "model": "model-a", "token_type": "output", "price": "20.00"},
+        {"id": "call", "token_type": "request", "price": "0.01"}]}
+
+
+def utc(at: datetime) -> str:
+    return at.isoformat().replace("+00:00", "Z")
+
+
+@pytest.fixture
+async def client(scratch_url):
+    app = create_app(Settings(admin_key="rr-admin", scheduler=False), scratch_url)
+    async with AsyncTestClient(app=app) as c:
+        assert (await c.post("/v1/price-books", headers=ADMIN, json=book("v1", "2026-01-01T00:00:00Z",
+                                                                          "10.00"))).status_code == 201
+        yield c
+
+
+async def key_of(client, scope: str) -> dict[str, str]:
+    made = await client.post("/v1/api-keys", headers=ADMIN, json={"scope": scope})
+    assert made.status_code == 201, made.text
+    return {"Authorization": f"Bearer {made.json()['key']}"}
+
+
+async def test_preview_apply_and_the_credit_note_over_http(client) -> None:
+    for cid in ("rr-a", "rr-b"):
+        created = await client.post("/v1/customers", headers=ADMIN, json={
+            "id": cid, "currency": "USD", "price_book": "rrb", "billing": "postpaid"})
+        assert created.status_code == 201, created.text
+    now = datetime.now(UTC)
+    period = period_of(now, Cycle())
+    sent = await client.post("/v1/usage-events", headers=ADMIN, json=[
+        {"event_id": f"e{i}", "customer_id": "rr-a", "model": "model-a", "timestamp": now.isoformat(),
+         "usage": {"input_tokens": 100_000, "output_tokens": 500}} for i in range(5)])
+    assert sent.json()["accepted"] == 5, sent.text
+    closed = await client.post("/v1/billing/close", headers=ADMIN, json={
+        "until": utc(period.end + timedelta(hours=1, seconds=1)), "customer_id": "rr-a"})
+    [invoice] = closed.json()["closed"]
+    # the fix: model-a input was $6/M, not $10/M, all period long
+    fixed = await client.post("/v1/price-books", headers=ADMIN, json=book("v2", utc(period.start), "6.00"))
+    assert fixed.status_code == 201, fixed.text
+    body = {"price_book": "rrb", "version": "v2", "from": utc(period.start), "to": utc(period.end)}
+
+    seen = await client.post("/v1/rerate", headers=ADMIN, json={**body, "mode": "preview"})
+    assert seen.status_code == 200, seen.text
+    # by hand: 5 x 100,000 input tokens: $5.00 at $10/M, $3.00 at $6/M
+    assert seen.json()["customers"] == [{
+        "customer_id": "rr-a", "charges": 5, "old_amount": "5.00", "new_amount": "3.00", "delta": "-2.00",
+        "lines": [{"model": "model-a", "token_type": "input", "old_amount": "5.00", "new_amount": "3.00",
+                   "delta": "-2.00"}]}]
+
+    applied = await client.post("/v1/rerate", headers={**ADMIN, "Idempotency-Key": "fix-v2"},
+                                json={**body, "mode": "apply"})
+    assert applied.status_code == 200, applied.text
+    done = applied.json()
+    assert [{k: v for k, v in c.items() if k != "entry_ids"} for c in done["customers"]] == seen.json()["customers"]
+    [note] = done["credit_notes"]
+    assert note["kind"] == "credit" and note["total"] == "-2.00" and note["invoice_id"] == invoice["invoice_id"]
+    again = await client.post("/v1/rerate", headers={**ADMIN, "Idempotency-Key": "fix-v2"},
+                              json={**body, "mode": "apply"})
+    assert again.json() == done
+
+    own, other = await key_of(client, "customer:rr-a"), await key_of(client, "customer:rr-b")
+    read = await client.get(f"/v1/credit-notes/{note['id']}", headers=own)
+    assert read.status_code == 200 and read.json()["number"] == note["number"]
+    assert read.json()["invoice_number"] == invoice["number"] and read.json()["total"] == "-2.00"
+    refused = await client.get(f"/v1/credit-notes/{note['id']}", headers=other)
+    assert refused.status_code == 403 and refused.json()["code"] == "forbidden"
+    listed = await client.get("/v1/customers/rr-a/credit-notes", headers=own)
+    assert [n["id"] for n in listed.json()["credit_notes"]] == [note["id"]]
+    assert (await client.get("/v1/customers/rr-a/credit-notes", headers=other)).status_code == 403
+    assert (await client.post("/v1/rerate", headers=own, json={**body, "mode": "preview"})).status_code == 403
+
+    verified = await client.post("/v1/audit/verify", headers=ADMIN)
+    assert verified.json()["ok"], [c for c in verified.json()["checks"] if not c["ok"]]
+
+
+@pytest.mark.parametrize(("change", "status", "code"), [
+    ({"price_book": "nope"}, 404, "unknown_price_book"),
+    ({"version": "v9"}, 404, "unknown_price_version"),
+    ({"from": "2026-12-01T00:00:00Z", "to": "2026-11-01T00:00:00Z"}, 422, "invalid_range"),
+    ({"to": "2026-11-01T00:00:00Z"}, 422, "invalid_range"),
+    ({"from": "2025-12-01T00:00:00Z"}, 422, "version_not_in_force"),
+    ({"customer_id": "nobody"}, 404, "not_found"),
+    ({"mode": "undo"}, 422, "validation_error"),
+    ({"from": "yesterday"}, 422, "validation_error"),
+])
+async def test_bad_rerates_are_problems_with_stable_codes(client, change, status, code) -> None:
+    body = {"price_book": "rrb", "version": "v1", "from": "2026-11-01T00:00:00Z", "to": "2026-12-01T00:00:00Z",
+            "mode": "apply", **change}
+    answer = await client.post("/v1/rerate", headers=ADMIN, json=body)
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"].startswith("application/problem+json")
+    assert answer.json()["code"] == code
