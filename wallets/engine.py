@@ -43,6 +43,9 @@ from wallets.periods import Cycle, period_of
 BATCH_COMMANDS = Histogram("tokentill_wallet_batch_commands", "Wallet commands per transaction",
                            buckets=(1, 2, 4, 8, 16, 32, 64, 128))
 DOMAIN_ERRORS = (LedgerError, PricingError)
+# The most commands of a bulk call in one transaction: its Python work between statements stays
+# well under the writer sessions' idle-in-transaction timeout on a loaded machine.
+BULK_BATCH = 256
 
 
 
@@ -120,7 +123,8 @@ class Engine:
         order (a result, Replayed or its domain error, returned, not raised). The commands are
         grouped by lane, and each lane's run as one transaction (rounds, when two share a conflict
         key), the lanes at once as far as the in-flight slots allow: a 1,000-event call over 16
-        lanes is ~16 transactions of ~60 entries, not ~250 of ~4 through the flushers' queues.
+        lanes is ~16 transactions of ~60 entries, not ~250 of ~4 through the flushers' queues (at
+        most BULK_BATCH commands a transaction).
         A batch that fails for another reason than a domain refusal is bisected as in a flush."""
         books = {c.customer_id for c in commands if c.needs_book}
         await asyncio.gather(*(self.books.warm(self.db, cid) for cid in books))
@@ -132,7 +136,8 @@ class Engine:
             lane = await self.lane_of(command.customer_id)
             lane_rounds, lane_keys = rounds.setdefault(lane, []), keys.setdefault(lane, [])
             conflicts = command.conflict_keys()
-            k = next((i for i, taken in enumerate(lane_keys) if not conflicts & taken), len(lane_keys))
+            k = next((i for i, taken in enumerate(lane_keys)
+                      if not conflicts & taken and len(lane_rounds[i]) < BULK_BATCH), len(lane_keys))
             if k == len(lane_keys):
                 lane_rounds.append([])
                 lane_keys.append(set())

@@ -91,3 +91,31 @@ async def test_one_raw_statement_of_postings_is_checked_entry_by_entry(db, datab
                       for k in ("one", "two"))
             conn.execute("INSERT INTO postings (entry_id, account_id, amount) VALUES "
                          "(%s, %s, 5), (%s, %s, -5), (%s, %s, 7), (%s, %s, -6)", (e1, a, e1, b, e2, a, e2, b))
+
+
+async def test_an_entry_flagged_as_checked_in_its_statement_is_checked_there(db, database_url, tag):
+    """The flag ledger_post sets (migration 0021) skips no check: a flagged entry is checked when
+    its statement ends, so one whose postings come later, or do not balance, is refused."""
+    async def setup(conn):
+        return await _accounts(conn, tag)
+
+    cash, lot, _ = await db.run(setup)
+    flagged = ("INSERT INTO journal_entries (key, request_hash, kind, occurred_at, checked_in_statement) "
+               "VALUES (%s, '\\x00', 'raw', now(), true) RETURNING id")
+    with psycopg.connect(database_url) as conn:
+        a, b = (conn.execute("SELECT id FROM accounts WHERE code = %s", (c,)).fetchone()[0] for c in (cash, lot))
+        with pytest.raises(psycopg.errors.CheckViolation, match="no postings"), conn.transaction():
+            entry = conn.execute(flagged, (f"{tag}-later",)).fetchone()[0]
+            conn.execute("INSERT INTO postings (entry_id, account_id, amount) VALUES (%s, %s, 5), (%s, %s, -5)",
+                         (entry, a, entry, b))
+        with pytest.raises(psycopg.errors.CheckViolation, match="does not balance"), conn.transaction():
+            conn.execute(f"""WITH e AS ({flagged}),
+                             p AS (INSERT INTO postings (entry_id, account_id, amount)
+                                   SELECT e.id, %s, 5 FROM e)
+                             SELECT 1""", (f"{tag}-alone", a))
+        with conn.transaction():  # flagged with its balanced postings in the same statement: fine
+            conn.execute(f"""WITH e AS ({flagged}),
+                             p AS (INSERT INTO postings (entry_id, account_id, amount)
+                                   SELECT e.id, x.account, x.amount
+                                     FROM e, (VALUES (%s::bigint, 5), (%s::bigint, -5)) x(account, amount))
+                             SELECT 1""", (f"{tag}-whole", a, b))
