@@ -50,7 +50,12 @@ def _lines(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 _CHARGES = text("""
-SELECT c.*, v.rules AS version_rules
+SELECT c.*, v.rules AS version_rules,
+       (SELECT jsonb_agg(jsonb_build_object('corrected_version', a.corrected_version, 'rerate_id', a.rerate_id,
+                         'old_amount', a.old_amount, 'new_amount', a.new_amount, 'entry_id', a.entry_id,
+                         'credit_note', n.number) ORDER BY a.id)
+          FROM charge_adjustments a LEFT JOIN credit_notes n ON n.id = a.credit_note_id
+         WHERE a.charge_id = c.id) AS adjustments
   FROM charges c LEFT JOIN price_book_versions v ON v.book_id = c.price_book AND v.version = c.price_version
  WHERE {where} ORDER BY c.id
 """)
@@ -64,7 +69,15 @@ def _charge(r: Any) -> dict[str, Any]:
             "rules": [rule for rule in (r.version_rules or []) if rule.get("id") in used],
             "lines": _lines(r.lines), "charged": money(r.charged), "from_hold": money(r.from_hold),
             "from_lots": money(r.from_lots), "from_receivable": money(r.from_receivable),
-            "released": money(r.released), "entry_id": r.entry_id, "recorded_at": when(r.created_at)}
+            "released": money(r.released), "entry_id": r.entry_id, "recorded_at": when(r.created_at),
+            "funding": [{"account": account, "amount": money(int(amount))} for account, amount in r.funding or ()],
+            # re-rates that corrected it, oldest first: what it stood at before and after each
+            "adjustments": [{**a, "old_amount": money(int(a["old_amount"])), "new_amount": money(int(a["new_amount"]))}
+                            for a in r.adjustments or ()]}
+
+
+def _adjustment_entries(charges: list[Any]) -> list[int]:
+    return [a["entry_id"] for c in charges for a in c.adjustments or () if a["entry_id"] is not None]
 
 
 async def reservation(conn: AsyncConnection, reservation_id: str) -> dict[str, Any]:
@@ -76,7 +89,7 @@ async def reservation(conn: AsyncConnection, reservation_id: str) -> dict[str, A
     holds = await conn.execute(text(
         "SELECT seq, account_code, amount FROM reservation_holds WHERE reservation_id = :id ORDER BY seq"),
         {"id": r.id})
-    charges = await conn.execute(text(_CHARGES.text.format(where="c.reservation_id = :id")), {"id": r.id})
+    charges = list(await conn.execute(text(_CHARGES.text.format(where="c.reservation_id = :id")), {"id": r.id}))
     keys = [f"reserve:{r.id}", f"release:{r.id}", f"expire:{r.id}",
             *(f"settle:{r.id}:{n}" for n in range(r.captures))]
     return {
@@ -87,7 +100,7 @@ async def reservation(conn: AsyncConnection, reservation_id: str) -> dict[str, A
         "expires_at": when(r.expires_at), "closed_at": when(r.closed_at),
         "holds": [{"seq": h.seq, "account": h.account_code, "amount": money(h.amount)} for h in holds],
         "charges": [_charge(c) for c in charges],
-        "entries": await entries(conn, keys),
+        "entries": await entries(conn, keys, _adjustment_entries(charges)),
     }
 
 
@@ -121,9 +134,10 @@ async def charge_trace(conn: AsyncConnection, request_id: str, customers: Sequen
     customer_id = found[0].customer_id
     event = (await conn.execute(text("SELECT * FROM usage_events WHERE customer_id = :c AND event_id = :r"),
                                 {"c": customer_id, "r": request_id})).one()
-    charges = await conn.execute(text(_CHARGES.text.format(where="c.customer_id = :c AND c.event_id = :r")),
-                                 {"c": customer_id, "r": request_id})
+    charges = list(await conn.execute(text(_CHARGES.text.format(where="c.customer_id = :c AND c.event_id = :r")),
+                                      {"c": customer_id, "r": request_id}))
     entry_ids = [event.entry_id] if event.entry_id is not None else []
+    entry_ids += _adjustment_entries(charges)
     return {"request_id": request_id, "customer_id": customer_id, "kind": "usage_event",
             "usage_event": {"event_id": event.event_id, "model": event.model, "occurred_at": when(event.occurred_at),
                             "usage": event.usage, "dimensions": event.dimensions,

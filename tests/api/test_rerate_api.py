@@ -79,6 +79,14 @@ async def test_preview_apply_and_the_credit_note_over_http(client) -> None:
                               json={**body, "mode": "apply"})
     assert again.json() == done
 
+    # the audit trace follows a charge to its adjustment and the entry that moved it
+    trace = (await client.get("/v1/audit/charges/e0?customer_id=rr-a", headers=ADMIN)).json()
+    [adjustment] = trace["charges"][0]["adjustments"]
+    assert adjustment["corrected_version"] == "v2" and adjustment["credit_note"] == note["number"]
+    assert (adjustment["old_amount"], adjustment["new_amount"]) == ("1.02", "0.62")  # $0.60 + $0.01 + $0.01
+    assert adjustment["entry_id"] in [e["id"] for e in trace["entries"]]
+    assert adjustment["entry_id"] in done["customers"][0]["entry_ids"]
+
     own, other = await key_of(client, "customer:rr-a"), await key_of(client, "customer:rr-b")
     read = await client.get(f"/v1/credit-notes/{note['id']}", headers=own)
     assert read.status_code == 200 and read.json()["number"] == note["number"]

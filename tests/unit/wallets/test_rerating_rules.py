@@ -1,0 +1,71 @@
+"""The re-rating rule over plain values (no database), worked by hand: graduated tiers continue
+from the period's earlier charges, a charge stands at its last re-rate, and one already re-rated
+to a version is left alone."""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from pricing.parse import parse_version
+from wallets.core.rerating import ChargeOnRecord, RerateInput, corrections, type_rows
+
+NOV_1 = datetime(2026, 11, 1, tzinfo=UTC)
+DEC_1 = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def version(name: str, a_in: list[dict]) -> object:
+    return parse_version({"id": "b", "version": name, "currency": "USD", "effective_from": "2026-11-01T00:00:00Z",
+                          "rules": [{"id": "a-in", "model": "model-a", "token_type": "input", "tiers": a_in},
+                                    {"id": "call", "token_type": "request", "price": "0.01"}]})
+
+
+def charge(n: int, day: int, tokens: int, amount: int, rule_lines=None, **more) -> ChargeOnRecord:
+    lines = rule_lines or [{"kind": "usage", "token_type": "input", "quantity": tokens, "amount_units": amount,
+                            "rule_id": "a-in"}]
+    return ChargeOnRecord(n, datetime(2026, 11, day, tzinfo=UTC), "model-a", {}, {}, tuple(lines), amount, 0, None,
+                          **more)
+
+
+FLAT_8 = version("v2", [{"up_to": None, "price": "8.00"}])
+# $10/M for the period's first 1,000,000 input tokens, then $5/M
+TIERED = version("v2", [{"up_to": 1_000_000, "price": "10.00"}, {"up_to": None, "price": "5.00"}])
+
+
+def test_a_flat_correction_is_the_difference_per_model_and_token_type():
+    found = corrections(RerateInput(FLAT_8, (charge(1, 5, 500_000, 5_000_000_000),)), NOV_1, DEC_1)
+    [x] = found
+    assert (x.old_amount, x.new_amount, x.delta) == (5_000_000_000, 4_000_000_000, -1_000_000_000)
+    assert type_rows(found) == [{"model": "model-a", "token_type": "input", "old_amount": 5_000_000_000,
+                                 "new_amount": 4_000_000_000, "delta": -1_000_000_000}]
+
+
+def test_graduated_tiers_continue_from_the_earlier_charges_of_the_period():
+    # Nov 2 (before the range): 800,000 tokens as rated; Nov 20 (in it): 600,000 tokens, charged $6.00 flat.
+    data = RerateInput(TIERED, (charge(1, 2, 800_000, 8_000_000_000), charge(2, 20, 600_000, 6_000_000_000)))
+    [x] = corrections(data, datetime(2026, 11, 10, tzinfo=UTC), DEC_1)
+    # 200,000 left at $10/M = $2.00, then 400,000 at $5/M = $2.00
+    assert x.charge.id == 2 and x.new_amount == 4_000_000_000 and x.delta == -2_000_000_000
+
+
+def test_charges_in_the_range_carry_the_tiers_as_re_rated():
+    # both in the range, both charged $12/M: 800,000 -> $8.00 (tier 1); 600,000 -> $2.00 + $2.00
+    data = RerateInput(TIERED, (charge(1, 2, 800_000, 9_600_000_000), charge(2, 20, 600_000, 7_200_000_000)))
+    first, second = corrections(data, NOV_1, DEC_1)
+    assert (first.new_amount, first.delta) == (8_000_000_000, -1_600_000_000)
+    assert (second.new_amount, second.delta) == (4_000_000_000, -3_200_000_000)
+
+
+def test_a_charge_stands_at_its_last_re_rate_and_is_re_rated_to_a_version_once():
+    adjusted = charge(1, 5, 500_000, 5_000_000_000, current={("model-a", "input"): 4_500_000_000},
+                      versions=frozenset({"v1-fix"}))
+    [x] = corrections(RerateInput(FLAT_8, (adjusted,)), NOV_1, DEC_1)
+    assert (x.old_amount, x.delta) == (4_500_000_000, -500_000_000)  # v3 - v2, not v3 - charged
+    done = charge(1, 5, 500_000, 5_000_000_000, versions=frozenset({"v2"}))
+    assert corrections(RerateInput(FLAT_8, (done,)), NOV_1, DEC_1) == []
+
+
+def test_a_request_fee_is_rated_again_from_the_charge_s_request_line():
+    lines = [{"kind": "usage", "token_type": "input", "quantity": 500_000, "amount_units": 5_000_000_000,
+              "rule_id": "a-in"},
+             {"kind": "usage", "token_type": "request", "quantity": 1, "amount_units": 20_000_000, "rule_id": "call"}]
+    [x] = corrections(RerateInput(FLAT_8, (charge(1, 5, 0, 5_020_000_000, lines),)), NOV_1, DEC_1)
+    assert x.new == {("model-a", "input"): 4_000_000_000, ("model-a", "request"): 10_000_000}
