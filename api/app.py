@@ -139,7 +139,7 @@ def _dispatcher(settings: Settings, database_url: str) -> Dispatcher:
     policy = RetryPolicy(settings.webhook_backoff_s, settings.webhook_backoff_cap_s, settings.webhook_retry_window_s)
     db = connect(database_url, pool_size=2, pool_timeout_s=settings.pool_timeout_s)
     return Dispatcher(db, DispatchSettings(settings.webhook_timeout_s, settings.webhook_poll_s, policy=policy,
-                                           addresses=settings.webhook_addresses))
+                                           addresses=settings.webhook_addresses), listen_url=database_url)
 
 
 def _log_config(settings: Settings):

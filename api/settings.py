@@ -83,7 +83,7 @@ class Settings:
     workers: int = 1  # server processes of one `tokentill serve` on its port (api/workers.py)
     webhooks: bool = True  # run the webhook dispatcher in this process (api/webhooks.py)
     webhook_timeout_s: float = 10.0
-    webhook_poll_s: float = 1.0
+    webhook_poll_s: float = 5.0  # the fallback poll: committed outbox events wake the dispatcher at once
     webhook_backoff_s: float = 5.0  # the first retry's delay; each next one doubles, with jitter
     webhook_backoff_cap_s: float = 4 * 3600.0
     webhook_retry_window_s: float = 3 * 86400.0  # then the delivery has failed
@@ -117,7 +117,7 @@ class Settings:
             workers=_workers(env.get("TOKENTILL_WORKERS", "")),
             webhooks=_flag(env, "TOKENTILL_WEBHOOKS"),
             webhook_timeout_s=_seconds(env, "TOKENTILL_WEBHOOK_TIMEOUT_SECONDS", 10.0),
-            webhook_poll_s=_seconds(env, "TOKENTILL_WEBHOOK_POLL_SECONDS", 1.0),
+            webhook_poll_s=_seconds(env, "TOKENTILL_WEBHOOK_POLL_SECONDS", 5.0),
             webhook_backoff_s=_seconds(env, "TOKENTILL_WEBHOOK_BACKOFF_SECONDS", 5.0),
             webhook_backoff_cap_s=_seconds(env, "TOKENTILL_WEBHOOK_BACKOFF_CAP_SECONDS", 4 * 3600.0),
             webhook_retry_window_s=_seconds(env, "TOKENTILL_WEBHOOK_RETRY_WINDOW_SECONDS", 3 * 86400.0),

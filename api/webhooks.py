@@ -1,6 +1,9 @@
 """The webhook dispatcher: each server process runs one beside the API, on connections of its own.
 
-Every `poll_s` it fans new outbox events out to the deliveries of subscribed endpoints, claims
+When an outbox event is committed (migration 0022 announces it on `tokentill_outbox`, which
+the dispatcher LISTENs on with a connection of its own), and otherwise every `poll_s` (a slow
+fallback: retries falling due, leases running out, a listener that is down), it fans new outbox
+events out to the deliveries of subscribed endpoints, claims
 what is due (leased, so a process that dies hands its work on when the lease runs out; several
 processes share the work with SKIP LOCKED), and sends each delivery as its own task, signed per
 Standard Webhooks, within `timeout_s`. A slow or dead endpoint ties up at most its own
@@ -26,6 +29,7 @@ from datetime import UTC, datetime
 import httpcore
 import httpx
 import msgspec
+import psycopg
 from prometheus_client import Counter, Histogram
 from standardwebhooks import Webhook
 
@@ -45,7 +49,7 @@ LATENCY = Histogram("tokentill_webhook_latency_seconds", "Webhook delivery attem
 @dataclass(frozen=True, slots=True)
 class DispatchSettings:
     timeout_s: float = 10.0  # one attempt, connect to last byte of the answer's head
-    poll_s: float = 1.0
+    poll_s: float = 5.0  # the fallback poll; committed events wake the dispatcher at once
     concurrency: int = 32  # sends in flight in this process, over all endpoints
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     addresses: AddressPolicy = field(default_factory=AddressPolicy)
@@ -116,11 +120,21 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
             network_backend=GuardedBackend(policy))
 
 
+CHANNEL = "tokentill_outbox"  # migration 0022: every INSERT into the outbox is announced here at commit
+LISTENER_NAME = "tokentill webhook listener"  # its application_name in pg_stat_activity
+
+
 class Dispatcher:
-    def __init__(self, db: Database, settings: DispatchSettings) -> None:
-        self.db, self.settings = db, settings
+    def __init__(self, db: Database, settings: DispatchSettings, *, listen_url: str | None = None,
+                 retry_s: float = 1.0) -> None:
+        """`listen_url`: a libpq URL to LISTEN for committed outbox events on; without it the
+        dispatcher polls every `poll_s` only."""
+        self.db, self.settings, self.listen_url, self.retry_s = db, settings, listen_url, retry_s
         self._sends: set[asyncio.Task[None]] = set()
         self._loop: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self.listening = False
         self._client: httpx.AsyncClient | None = None
 
     def start(self) -> None:
@@ -128,10 +142,12 @@ class Dispatcher:
         self._client = httpx.AsyncClient(timeout=self.settings.timeout_s, follow_redirects=False, trust_env=False,
                                          transport=GuardedTransport(self.settings.addresses, limits))
         self._loop = asyncio.create_task(self._run(), name="webhook-dispatcher")
+        if self.listen_url is not None:
+            self._listener = asyncio.create_task(self._listen(), name="webhook-listener")
 
     async def stop(self) -> None:
         """Stop sending; what was in flight is sent again by whichever process claims it next."""
-        tasks = [t for t in (self._loop, *self._sends) if t is not None]
+        tasks = [t for t in (self._loop, self._listener, *self._sends) if t is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -149,7 +165,29 @@ class Dispatcher:
                 raise
             except Exception as exc:  # the database down or restarting: try again next round
                 log.warning("webhook dispatch round failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
-            await asyncio.sleep(self.settings.poll_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.poll_s)
+            self._wake.clear()  # a notification during the round that follows wakes the next one
+
+    async def _listen(self) -> None:
+        """Wake the dispatcher at each committed outbox event. While the listener is down the
+        fallback poll goes on; once it is back, one round catches up on what it missed."""
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                        self.listen_url, autocommit=True, application_name=LISTENER_NAME) as conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    self.listening = True
+                    self._wake.set()
+                    async for _ in conn.notifies():
+                        self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database restarting: poll meanwhile, and listen again
+                log.warning("webhook listener down, polling every %g s (%r)", self.settings.poll_s, exc)
+            finally:
+                self.listening = False
+            await asyncio.sleep(self.retry_s)
 
     async def tick(self) -> int:
         """One round: fan out, claim, start sends. Returns how many sends it started."""

@@ -255,3 +255,17 @@ async def test_by_default_deliveries_reach_no_loopback_or_private_address(databa
             assert "127.0.0.1 is a loopback address" in items[0]["last_error"], items
             assert items[0]["status"] != "succeeded" and items[0]["last_status_code"] is None
         assert hook.of(for_customer(customer)) == [], "nothing reached the loopback receiver"
+
+
+async def test_a_committed_event_wakes_the_dispatcher_without_waiting_for_its_poll(database_url):
+    """Migration 0022 announces outbox inserts at commit; with the fallback poll at a minute, the
+    event still arrives within seconds (first a round at start, then nothing polls)."""
+    slow = replace(FAST, webhook_poll_s=60.0)
+    async with AsyncTestClient(app=create_app(slow, database_url)) as client:
+        client.headers.update(ADMIN)
+        with receiver() as hook:
+            await _endpoint(client, hook.url, ["balance.low"])
+            await asyncio.sleep(0.5)  # the start-up round is over; the next poll is a minute away
+            customer = await _low_balance(client)
+            [got] = await hook.wait_for(for_customer(customer), within=10)
+            assert got.webhook_id.startswith("evt_")
