@@ -1,5 +1,6 @@
 """The upstream half of a gateway call: forward it, relay the answer (whole, or event by event),
-then settle with what it cost or release the hold (see api.gateway.proxy)."""
+then settle with what it cost (spooled, posted in the background: api.gateway.settles) or release
+the hold (see api.gateway.proxy)."""
 from __future__ import annotations
 
 import asyncio

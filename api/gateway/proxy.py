@@ -4,10 +4,12 @@ Per call: read the body, authenticate the caller's tokentill key (Bearer, or x-a
 its customer, read the call (api.gateway.calls), reserve the upper bound through the wallet
 engine (in-process, the same engine the HTTP routes use), forward it with the upstream's own key,
 stream the answer back event by event as it arrives, and settle with the provider's usage, else
-the metered output (api.gateway.streams). An upstream error status releases the hold and is
-passed through unchanged; a caller who leaves cancels the upstream call and is charged what was
-generated. A watcher task reads the caller's side of the connection, so a disconnect is seen
-while the upstream is still thinking, not only at the next write.
+the metered output (api.gateway.streams), through the gateway's spool (api.gateway.settles): a
+whole answer goes back once its settle is on disk, and the ledger takes it in the background.
+An upstream error status releases the hold and is passed through unchanged; a caller who leaves
+cancels the upstream call and is charged what was generated. A watcher task reads the caller's
+side of the connection, so a disconnect is seen while the upstream is still thinking, not only at
+the next write.
 """
 from __future__ import annotations
 
