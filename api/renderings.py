@@ -110,18 +110,43 @@ def html_context(document: Mapping[str, Any]) -> dict[str, Any]:
             "summary": summary(document)}
 
 
+def credit_note_context(document: Mapping[str, Any]) -> dict[str, Any]:
+    """A credit (or debit) note as the invoice page and PDF print it: its lines are the
+    differences by model and token type (what was charged, what it is now), its total theirs."""
+    label = "Credit note" if document["kind"] == "credit" else "Debit note"
+    lines = []
+    for line in document["lines"]:
+        token = line["token_type"]
+        unit = KINDS[token].label if token in KINDS else token
+        lines.append(Row(f"{line['model']} {unit} (was {line['old_amount']}, now {line['new_amount']})", "", "",
+                         line["amount"]))
+    return {"invoice": document, "title": f"{label} {document['number']}",
+            "facts": [("Customer", document["customer_id"]),
+                      ("Corrects", f"invoice {document['invoice_number']} ({document['period']})"),
+                      ("Price", f"{document['price_book']} version {document['price_version']}"),
+                      ("Charges", str(document["charges"])), ("Issued", _day(document["issued_at"])),
+                      ("Currency", document["currency"])],
+            "rows": lines, "summary": [("Total", document["total"])]}
+
+
 def pdf(document: Mapping[str, Any]) -> bytes:
     """The invoice as a one-or-more-page A4 PDF, in core fonts (Latin-1: other characters print
     as '?'), lines as a table that repeats its heading on each page."""
+    return context_pdf(html_context(document))
+
+
+def context_pdf(context: Mapping[str, Any]) -> bytes:
+    """A document's printed context (html_context, credit_note_context) as an A4 PDF."""
+    document = context["invoice"]
     doc = FPDF(format="A4", unit="mm")
-    doc.set_title(_latin(title(document)))
+    doc.set_title(_latin(context["title"]))
     doc.set_creator("tokentill")
     doc.set_auto_page_break(auto=True, margin=15)
     doc.add_page()
     doc.set_font("Helvetica", "B", 16)
-    doc.cell(0, 10, _latin(title(document)), new_x="LMARGIN", new_y="NEXT")
+    doc.cell(0, 10, _latin(context["title"]), new_x="LMARGIN", new_y="NEXT")
     doc.set_font("Helvetica", size=10)
-    for label, value in facts(document):
+    for label, value in context["facts"]:
         doc.cell(40, 6, _latin(label))
         doc.cell(0, 6, _latin(value), new_x="LMARGIN", new_y="NEXT")
     doc.ln(4)
@@ -129,11 +154,11 @@ def pdf(document: Mapping[str, Any]) -> bytes:
     with doc.table(col_widths=(90, 30, 35, 25), text_align=("LEFT", "RIGHT", "RIGHT", "RIGHT"),
                    first_row_as_headings=True, repeat_headings=1) as table:
         table.row(("Description", "Quantity", "Unit price", f"Amount ({document['currency']})"))
-        for row in rows(document):
+        for row in context["rows"]:
             table.row(tuple(_latin(v) for v in (row.description, row.quantity, row.unit_price, row.amount)))
     doc.ln(4)
     doc.set_font("Helvetica", size=10)
-    for label, value in summary(document):
+    for label, value in context["summary"]:
         bold = label in ("Total", "Amount due")
         doc.set_font("Helvetica", "B" if bold else "", 10)
         doc.cell(145, 6, _latin(label), align="R")
@@ -165,5 +190,5 @@ def filename(document: Mapping[str, Any], extension: str) -> str:
     return f"{document.get('number') or 'invoice-' + document['period']['label']}.{extension}"
 
 
-__all__ = ["CSV", "HTML", "HTML_HEADERS", "JSON", "MEDIA_TYPES", "PDF", "Row", "csv_text", "filename", "html_context",
-           "negotiate", "pdf", "rows", "summary"]
+__all__ = ["CSV", "HTML", "HTML_HEADERS", "JSON", "MEDIA_TYPES", "PDF", "Row", "context_pdf", "credit_note_context",
+           "csv_text", "filename", "html_context", "negotiate", "pdf", "rows", "summary"]

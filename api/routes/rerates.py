@@ -6,12 +6,14 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import msgspec
-from litestar import Request, get, post
+from litestar import MediaType, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath
+from litestar.response import Template
 
+from api import renderings
 from api.auth import ensure_customer, require
-from api.errors import documented
+from api.errors import ApiError, documented
 from api.routes.formats import DateTime, Identifier
 from api.routes.schemas import json_body
 from api.routes.wire import shaped, time_in
@@ -56,13 +58,25 @@ async def rerate(state: State, request: Request, data: RerateBody) -> dict[str, 
     return await rerating.apply(services.db, services.wallets.engine, spec, key.strip() if key else None)
 
 
-@get("/v1/credit-notes/{credit_note_id:str}", guards=[require(*READERS)], tags=["invoices"], **documented(404))
-async def get_credit_note(state: State, request: Request, credit_note_id: FromPath[str]) -> dict[str, Any]:
+@get("/v1/credit-notes/{credit_note_id:str}", guards=[require(*READERS)], tags=["invoices"],
+     **documented(404, 406))
+async def get_credit_note(state: State, request: Request, credit_note_id: FromPath[str]) -> Response[Any]:
     """A credit (or debit) note: its frozen document (lines by model and token type: old amount,
-    new amount, difference; the invoice it corrects), its content hash and its entry."""
+    new amount, difference; the invoice it corrects), its content hash and its entry; by the
+    Accept header as JSON (default), a printable page (`text/html`) or a PDF (`application/pdf`)."""
+    media = renderings.negotiate(request)
+    if media == renderings.CSV:
+        raise ApiError("not_acceptable", "a credit note is available as JSON, HTML or PDF", 406)
     db = state.services.db
     ensure_customer(request, await db.read(lambda conn: rerating.credit_note_owner(conn, credit_note_id)))
-    return await db.read(lambda conn: rerating.credit_note(conn, credit_note_id))
+    document = await db.read(lambda conn: rerating.credit_note(conn, credit_note_id))
+    if media == renderings.HTML:
+        return Template("documents/invoice.html", context=renderings.credit_note_context(document),
+                        headers=renderings.HTML_HEADERS, media_type=MediaType.HTML)
+    if media == renderings.PDF:
+        return Response(renderings.context_pdf(renderings.credit_note_context(document)), media_type=media,
+                        headers={"Content-Disposition": f'inline; filename="{document["number"]}.pdf"'})
+    return Response(document, media_type=media)
 
 
 @get("/v1/customers/{customer_id:str}/credit-notes", guards=[require(*READERS)], tags=["invoices"],

@@ -3,10 +3,12 @@ answer, nothing more posted), the credit note of the closed invoice read by admi
 customer's own key only, and every refusal as problem+json with its stable code."""
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from litestar.testing import AsyncTestClient
+from pypdf import PdfReader
 
 from api.app import create_app
 from api.settings import Settings
@@ -93,6 +95,14 @@ async def test_preview_apply_and_the_credit_note_over_http(client) -> None:
     assert read.json()["invoice_number"] == invoice["number"] and read.json()["total"] == "-2.00"
     refused = await client.get(f"/v1/credit-notes/{note['id']}", headers=other)
     assert refused.status_code == 403 and refused.json()["code"] == "forbidden"
+    page = await client.get(f"/v1/credit-notes/{note['id']}", headers={**own, "Accept": "text/html"})
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert f"Credit note {note['number']}" in page.text and "-2.00" in page.text and invoice["number"] in page.text
+    printed = await client.get(f"/v1/credit-notes/{note['id']}", headers={**own, "Accept": "application/pdf"})
+    text_of_pdf = "".join(p.extract_text() for p in PdfReader(io.BytesIO(printed.content)).pages)
+    assert f"Credit note {note['number']}" in text_of_pdf and "-2.00" in text_of_pdf
+    assert (await client.get(f"/v1/credit-notes/{note['id']}",
+                             headers={**own, "Accept": "text/csv"})).json()["code"] == "not_acceptable"
     listed = await client.get("/v1/customers/rr-a/credit-notes", headers=own)
     assert [n["id"] for n in listed.json()["credit_notes"]] == [note["id"]]
     assert (await client.get("/v1/customers/rr-a/credit-notes", headers=other)).status_code == 403
