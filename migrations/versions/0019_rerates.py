@@ -113,7 +113,9 @@ CREATE TRIGGER charge_adjustments_no_truncate BEFORE TRUNCATE ON charge_adjustme
 """
 
 # Credit notes are documents issued to customers, and adjustments record money that moved:
-# going below this migration is refused while any exists (as 0017 refuses for invoices).
+# going below this migration is refused while any exists (as 0017 refuses for invoices). Without
+# them it drops `charges.funding`: charges are then re-rated as older ones are (money back to the
+# receivable first, then to a paid lot, not to the lots that paid).
 DROP = r"""
 DO $$
 BEGIN

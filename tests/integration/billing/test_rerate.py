@@ -10,11 +10,14 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from alembic import command
 from billing_kit import BillingKit
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
+from api.runtime import sync_url
 from ledger.audit import verify
+from migrations import runner
 from wallets import rerating
 from wallets.audit import WALLET_CHECKS
 from wallets.errors import (
@@ -239,4 +242,25 @@ async def test_the_database_guards_adjustments_and_credit_notes(fixed: BillingKi
         with pytest.raises(DBAPIError):
             await bk.db.run(lambda conn, sql=sql: conn.execute(text(sql)))
     assert (await bk.db.read(lambda conn: rerating.credit_note(conn, note["id"])))["total"] == "-2.00"
+    await verified(bk)
+
+
+async def test_going_below_migration_0019_is_refused_while_adjustments_exist(fixed: BillingKit, scratch_url) -> None:
+    bk = fixed
+    cid = await bk.customer("pre", book="fix")
+    await bk.top_up(cid, "20.00")
+    await bk.event(cid, "model-a", 1_000_000, 0, at=datetime(2026, 11, 10, tzinfo=UTC))
+    await bk.add_book(V2)
+    await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    engine = create_engine(sync_url(scratch_url))
+    try:
+        with engine.connect() as conn:
+            config = runner.alembic_config()
+            config.attributes["connection"] = conn
+            with pytest.raises(DBAPIError, match="re-rates were applied"):
+                command.downgrade(config, "0018")
+            conn.rollback()
+    finally:
+        engine.dispose()
+    assert len(await entries(bk)) == 1
     await verified(bk)
