@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,6 +44,13 @@ from wallets.periods import Cycle, period_of
 
 BATCH_COMMANDS = Histogram("tokentill_wallet_batch_commands", "Wallet commands per transaction",
                            buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+# Where a command's time goes: `queued` (per command, from submit until its batch is taken), then
+# per batch `lock` (a pooled connection, the advisory locks, BEGIN; retries too), `load` (every
+# read), `rules` (the core, in Python), `post` (ledger_post), `write` (the rows) and `commit`.
+BATCH_PHASE = Histogram("tokentill_wallet_batch_phase_seconds", "Wallet command and batch time, by phase",
+                        ["phase"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+_MARKS: ContextVar[list[float] | None] = ContextVar("tokentill_batch_marks", default=None)  # when each phase ended
+_PHASES = {name: BATCH_PHASE.labels(name) for name in ("queued", "lock", "load", "rules", "post", "write", "commit")}
 DOMAIN_ERRORS = (LedgerError, PricingError)
 # The most commands of a bulk call in one transaction: its Python work between statements stays
 # well under the writer sessions' idle-in-transaction timeout on a loaded machine.
@@ -101,6 +110,7 @@ class Engine:
         self._running: dict[int | None, int] = {}  # lane -> flushers running
         self._lanes: int | None = None
         self._owners: OrderedDict[str, str] = OrderedDict()  # reservation id -> customer id
+        self._queued_at: dict[asyncio.Future[Any], float] = {}  # a submitted command's future -> when
 
     async def submit(self, command: Command) -> Any:
         """Run `command` once committed; returns its result or Replayed, raises its domain error."""
@@ -109,6 +119,7 @@ class Engine:
         # Until the lane count is known (the first batch reads it), commands queue apart.
         lane = lane_of(command.customer_id, self._lanes) if self._lanes is not None else None
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queued_at[future] = time.perf_counter()
         self._queues.setdefault(lane, deque()).append((command, future))
         if self._running.get(lane, 0) < self._max_flushers:
             # counted here and uncounted in _flush: a done-callback would be too late
@@ -116,7 +127,10 @@ class Engine:
             task = asyncio.create_task(self._flush(lane))
             self._flushers.add(task)
             task.add_done_callback(self._flushers.discard)
-        return await future
+        try:
+            return await future
+        finally:
+            self._queued_at.pop(future, None)  # a command skipped as done (cancelled) leaves none behind
 
     async def submit_many(self, commands: Sequence[Command]) -> list[Any]:
         """Run a bulk call's commands (POST /v1/usage-events: up to 1,000): one outcome each, in
@@ -211,6 +225,10 @@ class Engine:
         return taken
 
     async def _run(self, items: list[tuple[Command, asyncio.Future[Any]]]) -> None:
+        taken = time.perf_counter()
+        for _, future in items:
+            if (queued := self._queued_at.pop(future, None)) is not None:
+                _PHASES["queued"].observe(taken - queued)
         try:
             outcomes = await self.execute([command for command, _ in items])
         except Exception as exc:
@@ -257,20 +275,33 @@ class Engine:
         BATCH_COMMANDS.observe(len(commands))
         customers = sorted({c.customer_id for c in commands})
 
+        marks = [time.perf_counter()]
+
         async def work(conn: AsyncConnection) -> list[Any]:
             token = store.LANE.set(lane)
+            marks[1:] = [time.perf_counter()]
+            timed = _MARKS.set(marks)
             try:
                 return await self._work(conn, commands, customers, now or self.clock())
             finally:
+                _MARKS.reset(timed)
                 store.LANE.reset(token)
 
         opens = [ACCOUNTS_LOCK] if any(isinstance(c, OPENS_ACCOUNTS) for c in commands) else []
         opens += sorted({invoice_lock(c.issuer) for c in commands if isinstance(c, ClosePeriod)})
         opens += sorted({credit_note_lock(c.issuer) for c in commands if isinstance(c, RerateCharges)})
-        return await self.db.run(work, locks=[lane_lock(lane), *opens, *(customer_lock(c) for c in customers)])
+        outcomes = await self.db.run(work, locks=[lane_lock(lane), *opens, *(customer_lock(c) for c in customers)])
+        marks.append(time.perf_counter())
+        for name, start, end in zip(("lock", "load", "rules", "post", "write", "commit"), marks, marks[1:],
+                                    strict=False):
+            _PHASES[name].observe(end - start)
+        return outcomes
 
     async def _work(self, conn: AsyncConnection, commands: Sequence[Command], customers: list[str],
                     now: datetime) -> list[Any]:
+        marks = _MARKS.get()
+        if marks is None:
+            marks = []  # called outside _execute_lane: nothing times it
         needs: dict[str, list[Any]] = {}
         for command in commands:
             for name, values in command.needs().items():
@@ -292,10 +323,14 @@ class Engine:
         batch.period_usage = await store.load_period_usage(conn, periods)
         await _load_billing(conn, batch, commands, now)
         await _load_rerates(conn, batch, commands, now, self.books)
+        marks.append(time.perf_counter())
         outcomes = [self._apply(batch, command) for command in commands]
+        marks.append(time.perf_counter())
         await batch.flush(conn)
+        marks.append(time.perf_counter())
         batch.keep_answers(commands, outcomes)
         await batch.write(conn)
+        marks.append(time.perf_counter())
         return outcomes
 
     @staticmethod

@@ -327,6 +327,28 @@ async def server_counter(client: httpx.AsyncClient, name: str, ports: list[int])
     return total
 
 
+async def batch_phases(client: httpx.AsyncClient, ports: list[int]) -> dict[str, tuple[float, float]]:
+    """tokentill_wallet_batch_phase_seconds summed over the servers: phase -> (sum s, count)."""
+    found: dict[str, list[float]] = {}
+    for port in ports:
+        for line in (await client.get(f"http://127.0.0.1:{port}/metrics")).text.splitlines():
+            for part in ("_sum", "_count"):
+                if line.startswith(f"tokentill_wallet_batch_phase_seconds{part}{{"):
+                    phase = line.split('phase="', 1)[1].split('"', 1)[0]
+                    found.setdefault(phase, [0.0, 0.0])[part == "_count"] += float(line.rsplit(" ", 1)[1])
+    return {phase: (total, count) for phase, (total, count) in found.items()}
+
+
+def phase_means(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Mean ms per phase between two readings (queued: per command; the others: per batch)."""
+    means = {}
+    for phase, (total, count) in after.items():
+        total0, count0 = before.get(phase, (0.0, 0.0))
+        if count > count0:
+            means[phase] = round((total - total0) / (count - count0) * 1000, 2)
+    return means
+
+
 def serving_pids(servers: list[subprocess.Popen]) -> list[int]:
     """The processes that serve: each server's workers under `serve --workers`, else itself."""
     pids = []
@@ -368,14 +390,17 @@ async def run_cases(ports: list[int], args: argparse.Namespace, servers: list[su
                                                tag="background")
         with CpuMeter(pids) as hot_cpu:
             hot = await closed_loop(address, ["hot"], workers=args.workers, seconds=args.seconds, tag="hot")
+        phases0 = await batch_phases(client, ports)
         half = await open_loop(address, wallets, rate=max(1.0, spread.rate() / 2), seconds=args.seconds,
                                tag="half")
+        half_phases = phase_means(phases0, await batch_phases(client, ports))
         retries = await server_counter(client, "tokentill_transaction_retries_total", ports) - retries0
         verify = (await client.post("/v1/audit/verify", timeout=600)).json()
     return {"spread": spread, "hot": hot, "half": half, "background": background, "retries": int(retries),
             "verify_ok": verify["ok"],
             "cpu": {"spread": spread_cpu.cores, "background": background_cpu.cores, "hot": hot_cpu.cores},
-            "profile": spy.summary() if spy is not None else None, "budgets": budgeted}
+            "profile": spy.summary() if spy is not None else None, "budgets": budgeted,
+            "half_phases": half_phases}
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
@@ -461,6 +486,7 @@ def report_of(figures: dict, tps: float, args: argparse.Namespace) -> dict:
         "background_settles": figures["background"].summary(),
         "background_ratio": ratio(figures["background"].rate(), tps),
         "half_load_reserve_p99_ms": pct(half.reserve_ms, 99),
+        "half_load_phases_ms": figures.get("half_phases", {}),
         "serialization_retries": figures["retries"], "verify_ok": figures["verify_ok"],
         "cpu_cores": figures["cpu"], "server_profile": figures["profile"],
         **({"budgets": figures["budgets"].summary(),
@@ -487,6 +513,7 @@ def text_report(r: dict) -> str:
         f"  settle p50 {h['settle_p50_ms']} p99 {h['settle_p99_ms']} ms",
         f"  half load ({half['lifecycles_per_s']}/s offered): reserve p99 {r['half_load_reserve_p99_ms']} ms"
         " (goal <= 20)",
+        *phase_lines(r.get("half_load_phases_ms")),
         f"pgbench tpcb-like, {r['pgbench_clients']} clients: {r['pgbench_tpcb_like_tps']:.1f} tps",
         f"serialization retries: {r['serialization_retries']}; refused {s['refused'] + h['refused']}, "
         f"errors {s['errors'] + h['errors'] + half['errors'] + b['errors']}; audit verify "
@@ -496,6 +523,13 @@ def text_report(r: dict) -> str:
         *budget_lines(r),
         *profile_lines(r["server_profile"]),
     ])
+
+
+def phase_lines(phases: dict | None) -> list[str]:
+    if not phases:
+        return []
+    return ["  half load, where the time goes (mean ms; queued: per command, from submit to its batch; the rest "
+            "per batch): " + ", ".join(f"{k} {v}" for k, v in phases.items())]
 
 
 def budget_lines(r: dict) -> list[str]:

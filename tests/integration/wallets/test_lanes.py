@@ -258,3 +258,36 @@ async def test_a_process_runs_at_most_its_in_flight_batches_at_once_over_all_lan
                                       for i in range(8) for cid in cids))
     assert len(outcomes) == 32
     assert most == in_flight  # four lanes had work at once; the process ran only its slots' worth
+
+
+def _phases() -> dict[str, tuple[float, float]]:
+    from wallets.engine import BATCH_PHASE
+    found: dict[str, list[float]] = {}
+    for metric in BATCH_PHASE.collect():
+        for sample in metric.samples:
+            if sample.name.endswith(("_sum", "_count")):
+                found.setdefault(sample.labels["phase"], [0.0, 0.0])[sample.name.endswith("_count")] += sample.value
+    return {phase: (total, count) for phase, (total, count) in found.items()}
+
+
+async def test_the_engine_times_each_phase_of_a_command_and_its_batch(shared_kit: Kit):
+    """tokentill_wallet_batch_phase_seconds: queued per command, the batch's phases once per batch,
+    and the phases of a batch add up to no more than the time its commands took."""
+    kit = shared_kit
+    lanes = await kit.db.read(lane_count)
+    cids = await _customers_in(kit, lanes, 1, 3, "phase")
+    engine = Engine(kit.db, clock=kit.clock)
+    await engine.lane_of(cids[0])
+    before = _phases()
+    started = asyncio.get_running_loop().time()
+    await asyncio.gather(*(engine.submit(_reserve(cid, f"{kit.tag}-phase-{cid}")) for cid in cids))
+    took = asyncio.get_running_loop().time() - started
+    after = _phases()
+    counts = {p: after[p][1] - before.get(p, (0.0, 0.0))[1] for p in after}
+    sums = {p: after[p][0] - before.get(p, (0.0, 0.0))[0] for p in after}
+    assert counts["queued"] == 3
+    batches = counts["lock"]
+    assert 1 <= batches <= 3
+    assert all(counts[p] == batches for p in ("load", "rules", "post", "write", "commit"))
+    assert all(sums[p] > 0 for p in ("lock", "load", "post", "write", "commit"))
+    assert sum(sums[p] for p in ("lock", "load", "rules", "post", "write", "commit")) <= took * batches
