@@ -141,7 +141,11 @@ class GatewaySettles:
 
     async def _settle(self, item: dict[str, Any]) -> dict[str, Any]:
         key = item["idempotency_key"]
-        form = next(name for name in ("usage", "openai_usage", "anthropic_usage") if item.get(name) is not None)
+        forms = [name for name in ("usage", "openai_usage", "anthropic_usage") if isinstance(item.get(name), dict)]
+        if len(forms) != 1 or not isinstance(item.get("customer_id"), str) or not item.get("reservation_id"):
+            log.error("gateway spool: settle %s is malformed; set aside", key)
+            return {"status": 422, "body": {"code": "validation_error", "detail": "a malformed spool record"}}
+        form = forms[0]
         digest = request_hash({form: item[form]})
         try:
             tokens, stored = usage_tokens(**{"usage": None, "openai_usage": None, "anthropic_usage": None,

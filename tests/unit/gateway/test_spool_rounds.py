@@ -41,3 +41,15 @@ def test_a_refused_record_is_set_aside_at_once(tmp_path: Path):
 def test_settle_keys_are_derived_from_the_customer_and_the_request_id():
     assert settle_key("acme", "req-1") == settle_key("acme", "req-1")
     assert settle_key("acme", "req-1") != settle_key("globex", "req-1") != settle_key("acme", "req-2")
+
+
+async def test_a_malformed_spool_record_is_refused_for_good_and_reaches_no_engine():
+    from api.gateway.settles import GatewaySettles
+
+    class NoEngine:
+        async def submit(self, command):
+            raise AssertionError("a malformed record reached the engine")
+
+    settles = GatewaySettles(RoundsSpool("/nonexistent/gw.jsonl"), NoEngine())
+    answer = await settles._settle({"idempotency_key": "k", "reservation_id": "r", "customer_id": "acme"})
+    assert answer["status"] == 422  # the BackgroundSettler sets a 422 aside in `.rejected`
