@@ -267,3 +267,63 @@ def test_a_cut_short_export_fails(sealed_export, tmp_path):
     done = _verify(tmp_path, sealed_export[:-40])
     assert done.returncode == 1
     assert "cut short" in done.stdout
+
+
+def test_an_entry_sealed_after_entries_with_higher_ids_is_written_under_its_own_seal(scratch_url, tmp_path):
+    """Ids are drawn before commit: entries 3-5 (lower ids) commit after entries 6-8 have been
+    sealed, so the second seal holds higher ids than the third. The export writes each entry
+    under the seal that covers its transaction, in id order within it, and it verifies offline."""
+    import asyncio
+
+    import psycopg
+
+    from api.bench.synthetic import _CHUNK_SQL, CURRENCY, START
+    from ledger.seal import seal_once
+    from wallets import chart
+
+    async def on_db(step):
+        db = connect(scratch_url, pool_size=1)
+        try:
+            return await step(db)
+        finally:
+            await db.dispose()
+
+    asyncio.run(on_db(lambda db: build_ledger(db, 3, customers=1)))  # entries 0-2, seal 1
+    codes = {"cash": chart.cash_account(CURRENCY), "revenue": chart.revenue_account(CURRENCY),
+             "lot": chart.lot_account("{cid}", "main"), "reserved": chart.reserved_account("{cid}")}
+    late, early = psycopg.connect(scratch_url), psycopg.connect(scratch_url)
+    try:
+        for conn in (early, late):  # no posting triggers: the two would wait on each other's balance rows
+            conn.execute("SET LOCAL session_replication_role = replica")
+        early.execute("SELECT pg_current_xact_id()")  # the lower txid, for entries 6-8
+        late.execute("SELECT pg_current_xact_id()")
+        late.execute(_CHUNK_SQL, {"customers": 1, "lo": 3, "hi": 6, "start": START, **codes})  # lower ids
+        early.execute(_CHUNK_SQL, {"customers": 1, "lo": 6, "hi": 9, "start": START, **codes})
+        early.commit()
+        assert asyncio.run(on_db(lambda db: db.run(seal_once))) is not None  # stops below `late`'s txid
+        late.commit()
+        assert asyncio.run(on_db(lambda db: db.run(seal_once))) is not None
+    finally:
+        late.close()
+        early.close()
+
+    path = tmp_path / "crossed.jsonl"
+    done = cli(scratch_url, "export", "--format", "jsonl", "--out", str(path))
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    under: dict[int, list[str]] = defaultdict(list)
+    current = None
+    for r in records:
+        if r["type"] == "seal":
+            current = r["id"]
+        elif r["type"] == "entry":
+            assert r["seal"] == current
+            under[current].append(r["key"])
+    seals = [r for r in records if r["type"] == "seal"]
+    assert [under[s["id"]] for s in seals] == [["syn:0", "syn:1", "syn:2"], ["syn:6", "syn:7", "syn:8"],
+                                               ["syn:3", "syn:4", "syn:5"]]
+    ids = [[e["id"] for e in records if e["type"] == "entry" and e["seal"] == s["id"]] for s in seals]
+    assert ids[1] == sorted(ids[1]) and max(ids[2]) < min(ids[1])
+    assert [s["entry_ids"] for s in seals] == ids
+    verified = _verify(tmp_path, [line for line in path.read_text().splitlines()])
+    assert verified.returncode == 0, verified.stdout
