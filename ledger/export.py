@@ -250,7 +250,9 @@ _SECTION = "width_bucket(j.txid, CAST(%(bounds)s AS xid8[]))"
 _WINDOW_SECTIONS = f"SELECT DISTINCT {_SECTION} FROM journal_entries j WHERE {WINDOW_SQL}"
 # The rest of each entry's line after its seal and stored hash, written by PostgreSQL. The fields
 # are those an entry's seal hash covers, as `ledger.seal` reads them (`metadata` is the jsonb's own
-# text, which the sealer decoded).
+# text, which the sealer decoded). Grouped by (section, id, lane) so that the one sort feeding the
+# aggregate also gives the output order (grouped by (lane, id), the written lines took a second sort:
+# 457 MB spilled to disk at 1,000,000 entries).
 _ENTRIES = f"""
 SELECT {_SECTION}, j.id,
        ',"id":' || j.id || ',"key":' || to_json(j.key) || ',"request_hash":"' || encode(j.request_hash, 'hex')
@@ -264,7 +266,7 @@ SELECT {_SECTION}, j.id,
   LEFT JOIN accounts a ON a.id = p.account_id
  WHERE {_SECTION} > 0 AND (%(whole)s OR {_SECTION} = ANY(%(sections)s)
                                OR ({_SECTION} = %(unsealed)s AND {WINDOW_SQL}))
- GROUP BY j.lane, j.id ORDER BY 1, j.id
+ GROUP BY 1, j.id, j.lane ORDER BY 1, j.id
 """
 
 
