@@ -149,6 +149,7 @@ async def run_cases(url: str, port: int, server: subprocess.Popen, args: argpars
         await wait_ready(client, server)
         customers, token = await setup(client, args.wallets)
         address = ("127.0.0.1", port, token)
+        load_before = os.getloadavg()[0]
         spy = SpyProfile(server.pid, args.seconds, Path(args.profile) / "serve-ingest.txt") if args.profile else None
         try:
             with CpuMeter([server.pid]) as cpu:
@@ -164,6 +165,7 @@ async def run_cases(url: str, port: int, server: subprocess.Popen, args: argpars
         verify = (await client.post("/v1/audit/verify")).json()
     return {"first": first, "replay": again, "postings_before_replay": before, "postings_after_replay": after,
             "clients": workers, "cpu": cpu.cores, "verify_ok": verify["ok"],
+            "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "profile": spy.summary() if spy is not None else None}
 
 
@@ -185,7 +187,16 @@ def report_of(figures: dict, args: argparse.Namespace) -> dict:
         "postings_after_replay": figures["postings_after_replay"],
         "replay_added_postings": figures["postings_after_replay"] - figures["postings_before_replay"],
         "verify_ok": figures["verify_ok"], "cpu_cores": figures["cpu"], "server_profile": figures["profile"],
+        "load_average": figures["load_average"], "server_cpu_us_per_event": server_cpu_per_event(figures),
     }
+
+
+def server_cpu_per_event(figures: dict) -> float | None:
+    """The server's CPU time per accepted event while ingesting (its cores × seconds / events), in µs."""
+    first, cores = figures["first"], figures["cpu"]
+    if not cores or not first.accepted:
+        return None
+    return round(cores["servers"] * first.seconds / first.accepted * 1e6, 1)
 
 
 def text_report(r: dict) -> str:
@@ -203,5 +214,7 @@ def text_report(r: dict) -> str:
         f"  postings: {r['postings_before_replay']:,} before the replay, {r['postings_after_replay']:,} after "
         f"({r['replay_added_postings']} added); audit verify {'ok' if r['verify_ok'] else 'FAILED'}",
         *(["CPU (cores): " + ", ".join(f"{k} {v}" for k, v in r["cpu_cores"].items())] if r["cpu_cores"] else []),
+        *([f"  server CPU per event: {r['server_cpu_us_per_event']} µs"] if r["server_cpu_us_per_event"] else []),
+        f"  load average (1 min): {r['load_average'][0]} at the start, {r['load_average'][1]} at the end",
         *profile_lines(r["server_profile"]),
     ])

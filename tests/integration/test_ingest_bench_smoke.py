@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 
 def test_bench_ingest_reports_its_rate_and_a_replay_that_adds_no_postings(server_url):
     env = {**os.environ, "TOKENTILL_DATABASE_URL": server_url}
@@ -23,3 +25,7 @@ def test_bench_ingest_reports_its_rate_and_a_replay_that_adds_no_postings(server
     assert (again["events"], again["accepted"], again["duplicates"]) == (first["events"], 0, first["events"])
     assert report["postings_before_replay"] > 0 and report["replay_added_postings"] == 0
     assert report["verify_ok"] is True
+    assert len(report["load_average"]) == 2
+    if report["cpu_cores"]:  # the server's CPU over the ingest, per accepted event
+        assert report["server_cpu_us_per_event"] == pytest.approx(
+            report["cpu_cores"]["servers"] * first["seconds"] / first["accepted"] * 1e6, rel=0.02)
