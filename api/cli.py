@@ -45,7 +45,8 @@ def _gateway(args: argparse.Namespace, settings: Settings) -> int:
                                                       ("anthropic_url", args.upstream_anthropic)) if url}
     if args.max_output_tokens is not None and args.max_output_tokens < 1:
         raise SystemExit("--max-output-tokens must be at least 1")
-    changes = {**given, **({"default_max_output_tokens": args.max_output_tokens} if args.max_output_tokens else {})}
+    changes = {**given, **({"default_max_output_tokens": args.max_output_tokens} if args.max_output_tokens else {}),
+               **({"settle": args.settle} if args.settle else {})}
     return _serve(args, replace(settings, gateway=replace(settings.gateway, **changes)))
 
 
@@ -281,6 +282,9 @@ def parser() -> argparse.ArgumentParser:
                          "base_url (default: $TOKENTILL_UPSTREAM_ANTHROPIC, else https://api.anthropic.com)")
     gateway.add_argument("--max-output-tokens", type=int, metavar="N", help="the output cap held for (and sent "
                          "with) a call that sets none (default: $TOKENTILL_GATEWAY_MAX_OUTPUT_TOKENS, else 4096)")
+    gateway.add_argument("--settle", choices=("wait", "background"), help="wait: a whole answer waits for its "
+                         "settle and carries x-tokentill-charged; background: it goes back once the settle is "
+                         "spooled, with x-tokentill-reserved (default: $TOKENTILL_GATEWAY_SETTLE, else wait)")
     gateway.set_defaults(func=_gateway)
 
     migrate = sub.add_parser("migrate", help="apply database migrations (safe to run concurrently)")

@@ -34,6 +34,9 @@ class GatewaySettings:
     max_body_bytes: int = 32 * 1024 * 1024  # a caller's request (images inline in base64 are big)
     max_upstream_connections: int = 1000
     spool_dir: str | None = None  # where settles wait for the ledger (None: $TOKENTILL_SPOOL_DIR, else the SDK's)
+    # "wait": a whole answer waits for its settle and carries x-tokentill-charged; "background":
+    # it goes back once the settle is spooled, with the hold (x-tokentill-reserved) only.
+    settle: str = "wait"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> GatewaySettings:
@@ -46,4 +49,14 @@ class GatewaySettings:
             hold_seconds=_positive(env, "TOKENTILL_GATEWAY_HOLD_SECONDS", 600),
             read_timeout_s=float(_positive(env, "TOKENTILL_GATEWAY_READ_TIMEOUT_SECONDS", 600)),
             spool_dir=env.get("TOKENTILL_SPOOL_DIR") or None,
+            settle=settle_mode(env.get("TOKENTILL_GATEWAY_SETTLE") or "wait", "TOKENTILL_GATEWAY_SETTLE"),
         )
+
+
+SETTLE_MODES = ("wait", "background")
+
+
+def settle_mode(raw: str, name: str) -> str:
+    if raw not in SETTLE_MODES:
+        raise SystemExit(f"{name} must be one of {', '.join(SETTLE_MODES)}, not {raw!r}")
+    return raw

@@ -33,7 +33,7 @@ DROPPED_RESPONSE_HEADERS = frozenset({b"connection", b"keep-alive", b"transfer-e
                                       b"content-encoding", b"date", b"server", b"proxy-connection", b"upgrade",
                                       b"trailer", b"te", b"alt-svc"})
 ANTHROPIC_VERSION = "2023-06-01"
-STREAM_CHARGE_WAIT_S = 10.0  # how long a stream's end waits for its charge (its SSE comment)
+SETTLE_WAIT_S = 10.0  # how long an answer (a stream's end: its SSE comment) waits for its charge
 
 
 class Forwarding:
@@ -102,13 +102,19 @@ class Forwarding:
                                                     (b"x-tokentill-charged", b"0")], body)
 
     async def _whole(self, response: httpx.Response) -> None:
-        """The answer goes back as soon as it is read and its settle is spooled: the ledger takes
-        the settle in the background, so the charge is in the trace, and the hold in the headers."""
+        """The answer goes back once its settle is spooled and, by default, taken by the ledger:
+        its headers carry the charge. With `settle="background"` it goes back once spooled, with
+        the hold in its headers and the charge in the trace. A charge not known within
+        SETTLE_WAIT_S (the ledger down) is left to the spool: the answer carries the hold only."""
         body = await response.aread()
         self.tally.texts = answer_texts(self.call.kind, body)
-        await self.finish(answer_settlement(self.call.kind, body, self.x.gw.counter, self.call.model,
-                                            self.call.prompt_raw_tokens), wait_s=None)
-        await self.x.respond(response.status_code, [*self._upstream_headers(response), self._reserved()], body)
+        wait_s = None if self.x.gw.settings.settle == "background" else SETTLE_WAIT_S
+        charged = await self.finish(answer_settlement(self.call.kind, body, self.x.gw.counter, self.call.model,
+                                                      self.call.prompt_raw_tokens), wait_s=wait_s)
+        headers = [*self._upstream_headers(response), self._reserved()]
+        if charged is not None:
+            headers.append((b"x-tokentill-charged", money(charged).encode()))
+        await self.x.respond(response.status_code, headers, body)
 
     def _reserved(self) -> tuple[bytes, bytes]:
         return b"x-tokentill-reserved", (money(self.reservation.amount) or "0").encode()
@@ -130,7 +136,7 @@ class Forwarding:
             tail = stream_error_event(x.provider, "upstream_failed", f"the upstream stream failed "
                                       f"({exc.__class__.__name__})")
         charged = await self.finish(self.tally.settlement(x.gw.counter, self.call.model, self.call.prompt_raw_tokens),
-                                    wait_s=STREAM_CHARGE_WAIT_S)
+                                    wait_s=None if x.gw.settings.settle == "background" else SETTLE_WAIT_S)
         if charged is not None:
             tail += (f": tokentill charged={money(charged)} currency={self.reservation.currency} "
                      f"request_id={x.request_id}\n\n").encode()

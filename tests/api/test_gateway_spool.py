@@ -30,10 +30,11 @@ from tests.api.test_sdk_durability import wait_ready
 class Gateway:
     """A server whose gateway spools under `spool_dir`; `before_start` may patch its services."""
 
-    def __init__(self, database_url: str, fake: fk.FakeServer, spool_dir: Path, before_start: Any = None) -> None:
+    def __init__(self, database_url: str, fake: fk.FakeServer, spool_dir: Path, before_start: Any = None,
+                 settle: str = "background") -> None:
         settings = Settings(admin_key=ADMIN, scheduler=False, gateway=GatewaySettings(
             openai_url=f"{fake.url}/v1", openai_key="sk-up", default_max_output_tokens=1000,
-            spool_dir=str(spool_dir)))
+            spool_dir=str(spool_dir), settle=settle))
         app = create_app(settings, database_url)
         self.services = app.state["services"]
         if before_start is not None:
@@ -98,7 +99,8 @@ def test_a_gateway_stopped_after_answering_but_before_settling_settles_once_on_r
         cid, key = customer(gw.url, book)
         raw = oai(gw.url, key).chat.completions.with_raw_response.create(model="gpt-test", messages=HI)
         request_id = raw.headers["x-tokentill-request-id"]
-        assert raw.parse().choices[0].message.content  # answered ...
+        assert raw.parse().choices[0].message.content  # answered, with the hold but no charge ...
+        assert Decimal(raw.headers["x-tokentill-reserved"]) == HOLD and "x-tokentill-charged" not in raw.headers
         time.sleep(0.3)
         assert reserved(gw.url, cid) == HOLD  # ... and not settled
     (record,) = spool.records()  # on disk when it answered
@@ -131,10 +133,11 @@ def test_a_settle_the_ledger_cannot_take_now_stays_spooled_and_is_sent_again(dat
 
         services.wallets.submit = sometimes_down
 
-    with Gateway(database_url, fake, spool_dir, flaky) as gw:
+    with Gateway(database_url, fake, spool_dir, flaky, settle="wait") as gw:
         cid, key = customer(gw.url, book)
         raw = oai(gw.url, key).chat.completions.with_raw_response.create(model="gpt-test", messages=HI)
+        assert refusals["left"] == 0  # refused twice, then taken, before the answer went back with its charge
+        assert Decimal(raw.headers["x-tokentill-charged"]) == CHAT_CHARGE
         assert charged(gw.url, raw.headers["x-tokentill-request-id"]) == CHAT_CHARGE
-        assert refusals["left"] == 0  # refused twice, then taken
         assert wallet(gw.url, cid) == (Decimal("10") - CHAT_CHARGE, 0)
     assert spool_for(database_url, spool_dir).records() == []
