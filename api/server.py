@@ -23,6 +23,7 @@ callbacks), and one timer per process sweeps the deadlines a few times a second.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import resource
 from dataclasses import dataclass
@@ -313,6 +314,21 @@ def server(app: Any, settings: Settings, **config: Any) -> GuardedServer:
     return GuardedServer(uvicorn_config, guard)
 
 
+# The young generation is collected every 50,000 net allocations rather than 700, and what was
+# built before serving (modules, the app) is left out of every collection: a 1,000-event usage
+# call allocates hundreds of thousands of short-lived objects, and the default thresholds ran
+# collections that walked the whole heap. In-process, 3 x 1,000 events at load ~8: 250-278 ->
+# 212-223 µs of Python CPU an event (two A/B pairs).
+GC_THRESHOLDS = (50_000, 50, 100)
+
+
+def tune_gc() -> None:
+    """Called by a server process once its app is built, before it serves."""
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def serve(app: Any, settings: Settings, **config: Any) -> None:
     """Serve `app` until a signal stops it."""
+    tune_gc()
     server(app, settings, **config).run()

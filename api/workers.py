@@ -209,7 +209,7 @@ def _worker(index: int, settings: Settings, sock: socket.socket, host: str, port
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(settings.metrics_dir)
     from api.app import create_app
     from api.runtime import open_database
-    from api.server import server
+    from api.server import server, tune_gc
 
     # uvicorn shuts down gracefully, then re-raises the signal it caught: make that an ordinary
     # exit, so that the finally below leaves the embedded cluster (as api/cli.py does).
@@ -225,6 +225,7 @@ def _worker(index: int, settings: Settings, sock: socket.socket, host: str, port
         if parent is not None:
             threading.Thread(target=_exit_with, args=(parent, worker), daemon=True,
                              name="parent-watch").start()
+        tune_gc()
         worker.run(sockets=[sock])
     finally:
         handle.close()
