@@ -20,7 +20,9 @@ BOOK = {"id": "standard", "currency": "USD", "effective_from": "2026-01-01T00:00
 
 @pytest.fixture(scope="session")
 async def client(database_url: str) -> AsyncIterator[AsyncTestClient]:
-    app = create_app(Settings(admin_key="test-admin", scheduler=False), database_url)
+    # No webhook dispatcher: one living through the whole session would claim the deliveries of
+    # the webhook tests' loopback receivers, which its default address policy refuses.
+    app = create_app(Settings(admin_key="test-admin", scheduler=False, webhooks=False), database_url)
     async with AsyncTestClient(app=app) as c:
         c.headers.update(ADMIN)
         yield c
