@@ -31,7 +31,7 @@ from sqlalchemy import create_engine, text
 
 from api.bench.common import ratio
 from api.bench.lifecycle_bench import KEY, pct, scratch_server, wait_ready
-from api.bench.synthetic import REBUILD_BALANCES, ledger_checks
+from api.bench.synthetic import REBUILD_BALANCES, REPLICA_ROLE, ledger_checks
 from api.runtime import sync_url
 from api.settings import Settings
 from ledger.db import connect
@@ -156,6 +156,7 @@ UPDATE {table} r SET quantity = r.quantity * (k.copies + 1){amount}
             list(pool.map(load, chunks))
         loaded = time.perf_counter()
         with engine.begin() as conn:
+            conn.execute(text(REPLICA_ROLE))
             conn.execute(text(REBUILD_BALANCES))
         rebuilt = time.perf_counter()
         analyze(engine)

@@ -45,7 +45,9 @@ SELECT e.lane, e.id, a.id, CASE WHEN a.stripes > 1 THEN e.lane %% a.stripes ELSE
 
 
 # What the posting triggers would have done, for a load that ran without them: every cached
-# balance set to its postings' sums.
+# balance set to its postings' sums. Only the ledger's triggers may write balances (migration
+# 0023), so this too runs with them off (after REPLICA_ROLE: a superuser's session only).
+REPLICA_ROLE = "SET LOCAL session_replication_role = replica"
 REBUILD_BALANCES = """
 UPDATE account_balances b SET debits = s.d, credits = s.c
   FROM (SELECT ledger_balance_lane(a.customer_id, a.stripes, p.stripe) AS lane, p.account_id, p.stripe,
@@ -98,7 +100,11 @@ async def build_ledger(db: Database, entries: int, *, customers: int = 1000, fir
         if progress:
             progress(hi - first, entries)
     if without_triggers:
-        await db.run(lambda conn: conn.exec_driver_sql(REBUILD_BALANCES))
+        async def rebuild(conn):
+            await conn.exec_driver_sql(REPLICA_ROLE)
+            await conn.exec_driver_sql(REBUILD_BALANCES)
+
+        await db.run(rebuild)
     if seal:
         await seal_all()
     return time.perf_counter() - t0
@@ -113,5 +119,5 @@ async def ledger_checks(conn) -> dict[str, bool]:
 
 async def _write_chunk(conn, params: dict, without_triggers: bool) -> None:
     if without_triggers:
-        await conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
+        await conn.exec_driver_sql(REPLICA_ROLE)
     await conn.exec_driver_sql(_CHUNK_SQL, params)

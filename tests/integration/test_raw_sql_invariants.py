@@ -1,0 +1,185 @@
+"""Raw SQL, as a buggy caller or an attacker holding the application's role would write it (no
+trigger switched off), against the invariants of migrations 0019-0023: entries checked per
+statement (the `checked_in_statement` flag), the set-based ledger_post, cached balances, lanes."""
+from __future__ import annotations
+
+import json
+
+import psycopg
+import pytest
+
+from ledger.accounts import balance, open_account
+from ledger.model import AccountSpec, AccountType, JournalEntry, Posting
+from ledger.posting import post
+
+FLAGGED = ("INSERT INTO journal_entries (key, request_hash, kind, occurred_at, checked_in_statement) "
+           "VALUES (%s, '\\x00', 'raw', now(), true) RETURNING id")
+
+
+async def _accounts(db, database_url, tag, *, bound=None):
+    """A cash and a lot account of no customer (lane 0), the lot funded with 100; their ids."""
+    cash, lot = f"asset:cash:{tag}", f"liability:lot:{tag}"
+
+    async def work(conn):
+        await open_account(conn, AccountSpec(cash, AccountType.ASSET, "USD"))
+        await open_account(conn, AccountSpec(lot, AccountType.LIABILITY, "USD", lower_bound=bound))
+        await post(conn, JournalEntry(f"{tag}-fund", "topup", (Posting(cash, 100, "USD"), Posting(lot, -100, "USD"))))
+
+    await db.run(work)
+    with psycopg.connect(database_url) as conn:
+        ids = [conn.execute("SELECT id FROM accounts WHERE code = %s", (c,)).fetchone()[0] for c in (cash, lot)]
+    return cash, lot, ids[0], ids[1]
+
+
+def _balances(database_url, *account_ids):
+    with psycopg.connect(database_url) as conn:
+        return conn.execute("SELECT account_id, stripe, debits, credits, lower_bound FROM account_balances "
+                            "WHERE account_id = ANY (%s) ORDER BY 1, 2", (list(account_ids),)).fetchall()
+
+
+def _entries(database_url, key_prefix):
+    with psycopg.connect(database_url) as conn:
+        return conn.execute("SELECT count(*) FROM journal_entries WHERE key LIKE %s",
+                            (key_prefix + "%",)).fetchone()[0]
+
+
+# -- cached balances ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("attack", [
+    "UPDATE account_balances SET debits = debits + 7, credits = credits + 7 WHERE account_id = {lot}",
+    "UPDATE account_balances_l0 SET debits = debits + 7, credits = credits + 7 WHERE account_id = {lot}",
+    "UPDATE account_balances SET lower_bound = -1000 WHERE account_id = {lot}",
+    "DELETE FROM account_balances WHERE account_id = {lot}",
+    "INSERT INTO account_balances (lane, account_id, stripe, debits, normal_sign) VALUES (0, {cash}, 7, 500, 1)",
+    "TRUNCATE account_balances CASCADE",
+    "TRUNCATE account_balances_l0",
+])
+async def test_cached_balances_cannot_be_written_around_the_postings(db, database_url, tag, attack):
+    """Before 0023 each of these committed, and the cached balances no longer equalled the
+    postings (or a bound the account does not have was lifted)."""
+    cash, lot, cash_id, lot_id = await _accounts(db, database_url, tag, bound=0)
+    before = _balances(database_url, cash_id, lot_id)
+    with psycopg.connect(database_url) as conn:
+        with pytest.raises(psycopg.errors.RestrictViolation, match="not allowed"):
+            conn.execute(attack.format(cash=cash_id, lot=lot_id))
+    assert _balances(database_url, cash_id, lot_id) == before
+    assert (await db.read(lambda c: balance(c, lot))).normal == 100
+
+
+async def test_the_ledgers_own_triggers_still_write_balances(db, database_url, tag):
+    """Postings and a bound set on the account move the balance rows (the guard lets them)."""
+    cash, lot, cash_id, lot_id = await _accounts(db, database_url, tag)
+    with psycopg.connect(database_url) as conn:
+        conn.execute("UPDATE accounts SET lower_bound = 40 WHERE id = %s", (lot_id,))
+        with pytest.raises(psycopg.errors.CheckViolation, match="balance_within_bound"), conn.transaction():
+            conn.execute("UPDATE accounts SET lower_bound = 101 WHERE id = %s", (lot_id,))
+    assert [r[4] for r in _balances(database_url, lot_id)] == [40]
+    await db.run(lambda conn: post(conn, JournalEntry(f"{tag}-spend", "spend", (
+        Posting(lot, 60, "USD"), Posting(cash, -60, "USD")))))
+    assert _balances(database_url, cash_id, lot_id) == [(cash_id, 0, 100, 60, None), (lot_id, 0, 60, 100, 40)]
+
+
+# -- lanes -------------------------------------------------------------------------------------
+
+async def test_an_entry_lives_in_its_customers_lane(db, database_url, tag):
+    """Before 0023 the same (customer, key) went in twice, once in another lane than the
+    customer's (the unique key includes the lane), and the replay lookups never saw it."""
+    cash, lot, cash_id, lot_id = await _accounts(db, database_url, tag)
+    customer = f"c-{tag}"
+    with psycopg.connect(database_url) as conn:
+        lane = conn.execute("SELECT ledger_entry_lane(%s)", (customer,)).fetchone()[0]
+        wrong = (lane + 1) % 16
+        with pytest.raises(psycopg.errors.CheckViolation, match="lane_of_customer"), conn.transaction():
+            conn.execute(f"""WITH e AS (INSERT INTO journal_entries (lane, key, request_hash, kind, customer_id,
+                                            occurred_at, checked_in_statement)
+                                    VALUES (%s, %s, '\\x00', 'raw', %s, now(), true), (%s, %s, '\\x00', 'raw', %s, now(), true)
+                                    RETURNING lane, id)
+                             INSERT INTO postings (lane, entry_id, account_id, amount)
+                             SELECT e.lane, e.id, x.a, x.m FROM e, (VALUES ({cash_id}, 5), ({lot_id}, -5)) x(a, m)""",
+                         (lane, f"{tag}-dup", customer, wrong, f"{tag}-dup", customer))
+        with pytest.raises(psycopg.errors.UniqueViolation), conn.transaction():  # twice in its own lane
+            conn.execute("INSERT INTO journal_entries (lane, key, request_hash, kind, customer_id, occurred_at) "
+                         "VALUES (%s, %s, '\\x00', 'raw', %s, now()), (%s, %s, '\\x00', 'raw', %s, now())",
+                         (lane, f"{tag}-dup", customer, lane, f"{tag}-dup", customer))
+    assert _entries(database_url, f"{tag}-dup") == 0
+
+
+# -- entries checked in their statement (0021) -------------------------------------------------
+
+async def test_a_flagged_entry_is_checked_whatever_writes_it(db, database_url, tag):
+    """COPY, MERGE and an INSERT naming a partition fire the statement check as INSERT does."""
+    await _accounts(db, database_url, tag)
+    with psycopg.connect(database_url) as conn:
+        with pytest.raises(psycopg.errors.CheckViolation, match="no postings"), conn.transaction():
+            with conn.cursor().copy("COPY journal_entries (key, request_hash, kind, occurred_at, checked_in_statement) "
+                                    "FROM STDIN") as copy:
+                copy.write_row((f"{tag}-copy", b"\x00", "raw", "2026-12-01T00:00:00Z", True))
+        with pytest.raises(psycopg.errors.CheckViolation, match="no postings"), conn.transaction():
+            conn.execute("""MERGE INTO journal_entries j USING (SELECT %s::text AS k) s ON j.lane = 0 AND j.key = s.k
+                            WHEN NOT MATCHED THEN INSERT (key, request_hash, kind, occurred_at, checked_in_statement)
+                                 VALUES (s.k, '\\x00', 'raw', now(), true)""", (f"{tag}-merge",))
+        with pytest.raises(psycopg.errors.CheckViolation, match="no postings"), conn.transaction():
+            conn.execute(FLAGGED.replace("journal_entries", "journal_entries_l0"), (f"{tag}-part",))
+    assert _entries(database_url, f"{tag}-") == 1  # the funding entry only
+
+
+async def test_a_flagged_entry_stays_balanced_after_its_statement(db, database_url, tag):
+    """Checked at the end of its statement, a flagged entry cannot be unbalanced later in the
+    transaction: later postings must balance on their own, and the flag cannot be cleared."""
+    _, _, cash_id, lot_id = await _accounts(db, database_url, tag)
+    whole = f"""WITH e AS ({FLAGGED}),
+                p AS (INSERT INTO postings (entry_id, account_id, amount)
+                      SELECT e.id, x.a, x.m FROM e, (VALUES ({cash_id}::bigint, 5), ({lot_id}::bigint, -5)) x(a, m))
+                SELECT id FROM e"""
+    with psycopg.connect(database_url) as conn:
+        with pytest.raises(psycopg.errors.CheckViolation, match="unbalanced"), conn.transaction():
+            entry = conn.execute(whole, (f"{tag}-later",)).fetchone()[0]
+            conn.execute("INSERT INTO postings (entry_id, account_id, amount) VALUES (%s, %s, 9)", (entry, cash_id))
+        with pytest.raises(psycopg.errors.RestrictViolation, match="append-only"), conn.transaction():
+            entry = conn.execute(whole, (f"{tag}-unflag",)).fetchone()[0]
+            conn.execute("UPDATE journal_entries SET checked_in_statement = false WHERE id = %s", (entry,))
+        with pytest.raises(psycopg.errors.CheckViolation, match="no postings"), conn.transaction():
+            # two entries flagged in one statement, whose postings all go to the first
+            conn.execute(f"""WITH e AS (INSERT INTO journal_entries (key, request_hash, kind, occurred_at,
+                                                                  checked_in_statement)
+                                         VALUES (%s, '\\x00', 'raw', now(), true), (%s, '\\x00', 'raw', now(), true)
+                                         RETURNING id),
+                             p AS (INSERT INTO postings (entry_id, account_id, amount)
+                                   SELECT min(e.id), x.a, x.m FROM e, (VALUES ({cash_id}::bigint, 5),
+                                                                             ({lot_id}::bigint, -5)) x(a, m)
+                                    GROUP BY x.a, x.m)
+                             SELECT 1""", (f"{tag}-two-a", f"{tag}-two-b"))
+    assert _entries(database_url, f"{tag}-") == 1
+
+
+# -- the set-based ledger_post (0020) ----------------------------------------------------------
+
+def _wire(key, legs, deltas):
+    return {"k": key, "h": "00", "kind": "raw", "c": None, "at": "2026-12-01T00:00:00+00:00", "m": {},
+            "p": [[a, 0, amount] for a, amount in legs], "d": deltas}
+
+
+async def test_a_batch_whose_deltas_lie_still_cannot_cross_a_bound(db, database_url, tag):
+    """ledger_post trusts the caller's deltas to choose its path; were they wrong (here: none),
+    the set-based path posts, and the balance's CHECK refuses the whole batch."""
+    _, lot, cash_id, lot_id = await _accounts(db, database_url, tag, bound=0)
+    batch = [_wire(f"{tag}-a", [(lot_id, 60), (cash_id, -60)], []),
+             _wire(f"{tag}-b", [(lot_id, 60), (cash_id, -60)], [])]  # each fits alone, not both
+    with psycopg.connect(database_url) as conn:
+        with pytest.raises(psycopg.errors.CheckViolation, match="balance_within_bound"):
+            conn.execute("SELECT * FROM ledger_post(%s::jsonb, '{}', '{}', '{}')", (json.dumps(batch),))
+    assert _entries(database_url, f"{tag}-") == 1
+    assert (await db.read(lambda c: balance(c, lot))).normal == 100
+
+
+async def test_a_raw_batch_with_a_key_twice_or_two_lanes_posts_each_entry_once_in_its_lane(db, database_url, tag):
+    _, _, cash_id, lot_id = await _accounts(db, database_url, tag)
+    one, other = _wire(f"{tag}-x", [(cash_id, 3), (lot_id, -3)], []), _wire(f"{tag}-y", [(cash_id, 4), (lot_id, -4)], [])
+    other["c"] = f"c-{tag}"  # another lane than lane 0 for most tags; the entry follows its customer
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute("SELECT idx, status, entry_id FROM ledger_post(%s::jsonb, '{}', '{}', '{}') ORDER BY idx",
+                            (json.dumps([one, other, one]),)).fetchall()
+        assert [r[1] for r in rows] == ["posted", "posted", "replayed"] and rows[2][2] == rows[0][2]
+        lanes = conn.execute("SELECT customer_id, lane = ledger_entry_lane(customer_id) FROM journal_entries "
+                             "WHERE key LIKE %s ORDER BY key", (f"{tag}-%",)).fetchall()
+    assert lanes == [(None, True), (None, True), (f"c-{tag}", True)]
