@@ -7,14 +7,14 @@ from sqlalchemy import text
 from ledger.db import connect
 from wallets.audit import usage_events_charged
 
-EVENT = """INSERT INTO usage_events (event_id, customer_id, request_hash, model, occurred_at, usage, entry_id)
-           VALUES (:e, :c, '\\x01', 'model-a', now(), '{}', :entry)"""
-CHARGE = """INSERT INTO charges (customer_id, event_id, request_id, final, request_hash, model, occurred_at,
+EVENT = """INSERT INTO usage_events (lane, event_id, customer_id, request_hash, model, occurred_at, usage, entry_id)
+           VALUES (:lane, :e, :c, '\\x01', 'model-a', now(), '{}', :entry)"""
+CHARGE = """INSERT INTO charges (lane, customer_id, event_id, request_id, final, request_hash, model, occurred_at,
                                  usage, price_book, price_version, lines, charged, from_hold, from_lots,
                                  from_receivable, entry_id)
-            VALUES (:c, :e, :e, true, '\\x01', 'model-a', now(), '{}', 'book', 'v1', '[]', 0, 0, 0, 0, :entry)"""
-ENTRY = """INSERT INTO journal_entries (key, request_hash, kind, customer_id, occurred_at)
-           VALUES (:k, '\\x01', 'usage', :c, now()) RETURNING id"""
+            VALUES (:lane, :c, :e, :e, true, '\\x01', 'model-a', now(), '{}', 'book', 'v1', '[]', 0, 0, 0, 0, :entry)"""
+ENTRY = """INSERT INTO journal_entries (lane, key, request_hash, kind, customer_id, occurred_at)
+           VALUES (ledger_entry_lane(:c), :k, '\\x01', 'usage', :c, now()) RETURNING lane, id"""
 
 
 async def test_the_usage_event_check_names_events_without_their_own_customers_charge(scratch_url):
@@ -26,15 +26,15 @@ async def test_the_usage_event_check_names_events_without_their_own_customers_ch
             assert (await usage_events_charged(conn)).ok
             # the same id for both customers, each with its own charge: fine
             for customer in ("ua", "ub"):
-                await conn.execute(text(EVENT), {"e": "same", "c": customer, "entry": None})
-                await conn.execute(text(CHARGE), {"e": "same", "c": customer, "entry": None})
+                await conn.execute(text(EVENT), {"lane": 0, "e": "same", "c": customer, "entry": None})
+                await conn.execute(text(CHARGE), {"lane": 0, "e": "same", "c": customer, "entry": None})
             assert (await usage_events_charged(conn)).ok
             # an event without a charge, and one posted in the other customer's entry (that entry
             # has no postings, but nothing is committed: the check at commit never runs)
-            await conn.execute(text(EVENT), {"e": "lonely", "c": "ua", "entry": None})
-            entry_b = (await conn.execute(text(ENTRY), {"k": "usage-event:ub:x", "c": "ub"})).scalar()
-            await conn.execute(text(EVENT), {"e": "astray", "c": "ua", "entry": entry_b})
-            await conn.execute(text(CHARGE), {"e": "astray", "c": "ua", "entry": entry_b})
+            await conn.execute(text(EVENT), {"lane": 0, "e": "lonely", "c": "ua", "entry": None})
+            lane_b, entry_b = (await conn.execute(text(ENTRY), {"k": "usage-event:ub:x", "c": "ub"})).one()
+            await conn.execute(text(EVENT), {"lane": lane_b, "e": "astray", "c": "ua", "entry": entry_b})
+            await conn.execute(text(CHARGE), {"lane": lane_b, "e": "astray", "c": "ua", "entry": entry_b})
             check = await usage_events_charged(conn)
             await conn.rollback()
         assert not check.ok
