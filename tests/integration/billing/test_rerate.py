@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 import pytest
 from alembic import command
 from billing_kit import BillingKit
@@ -243,6 +244,51 @@ async def test_the_database_guards_adjustments_and_credit_notes(fixed: BillingKi
             await bk.db.run(lambda conn, sql=sql: conn.execute(text(sql)))
     assert (await bk.db.read(lambda conn: rerating.credit_note(conn, note["id"])))["total"] == "-2.00"
     await verified(bk)
+
+
+# A copy of credit note seq 1 under another re-rate (so its (re-rate, invoice) pair is new), with
+# its own id, seq, number, content and hash: only the numbering can refuse it.
+FORGED_NOTE = """
+INSERT INTO credit_notes (id, lane, customer_id, invoice_id, rerate_id, kind, issuer, year, seq, number,
+                          currency, total, entry_id, content, content_hash, issued_at)
+SELECT f.id, c.lane, c.customer_id, c.invoice_id, %(rerate)s, c.kind, c.issuer, c.year, f.seq, f.number,
+       c.currency, c.total, c.entry_id, f.content, sha256(convert_to(f.content::text, 'UTF8')), c.issued_at
+  FROM credit_notes c
+ CROSS JOIN LATERAL (SELECT %(id)s::text AS id, %(seq)s::bigint AS seq,
+                            c.issuer || '-' || lpad(c.year::text, 4, '0') || '-' || lpad(%(seq)s::text, 6, '0')
+                              AS number) n
+ CROSS JOIN LATERAL (SELECT n.id, n.seq, n.number,
+                            jsonb_set(jsonb_set(c.content, '{id}', to_jsonb(n.id)), '{number}', to_jsonb(n.number))
+                              AS content) f
+ WHERE c.seq = 1"""
+
+
+async def test_credit_note_numbers_have_no_gap_and_no_duplicate_even_when_raced(fixed: BillingKit, scratch_url) -> None:
+    bk = fixed
+    cid = await bk.customer("post", billing_mode="postpaid", book="fix")
+    await bk.event(cid, "model-a", 1_000_000, 0, at=datetime(2026, 11, 10, tzinfo=UTC))
+    await bk.close(DEC_1_GRACE_OVER)
+    await bk.add_book(V2)
+    [note] = (await rerating.apply(bk.db, bk.service.engine, spec("v2"), None))["credit_notes"]
+    with psycopg.connect(scratch_url) as conn:
+        for rerate in ("rr-x", "rr-a", "rr-b"):
+            conn.execute("INSERT INTO rerates (id, book_id, version, range_from, range_to, customer_filter) "
+                         "SELECT %s, book_id, version, range_from, range_to, %s FROM rerates LIMIT 1", (rerate, rerate))
+    with psycopg.connect(scratch_url) as conn:
+        for seq in (3, 1):  # past a gap; the number already issued
+            with pytest.raises(psycopg.errors.CheckViolation, match="would leave a gap"), conn.transaction():
+                conn.execute(FORGED_NOTE, {"rerate": "rr-x", "id": f"cn-{seq}", "seq": seq})
+    # Two writers that both see seq 1 as the last: the second to commit is refused, not numbered twice.
+    with psycopg.connect(scratch_url) as a, psycopg.connect(scratch_url, autocommit=True) as b:
+        a.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        assert a.execute("SELECT max(seq) FROM credit_notes").fetchone()[0] == 1  # a's snapshot
+        b.execute(FORGED_NOTE, {"rerate": "rr-b", "id": "cn-b", "seq": 2})
+        with pytest.raises(psycopg.errors.UniqueViolation) as refused:
+            a.execute(FORGED_NOTE, {"rerate": "rr-a", "id": "cn-a", "seq": 2})
+        assert refused.value.diag.constraint_name in ("credit_notes_number_key", "credit_notes_issuer_year_seq_key")
+    with psycopg.connect(scratch_url) as conn:
+        rows = conn.execute("SELECT id, seq FROM credit_notes ORDER BY seq").fetchall()
+    assert rows == [(note["id"], 1), ("cn-b", 2)]
 
 
 async def test_going_below_migration_0019_is_refused_while_adjustments_exist(fixed: BillingKit, scratch_url) -> None:
