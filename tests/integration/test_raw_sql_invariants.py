@@ -186,3 +186,19 @@ async def test_a_raw_batch_with_a_key_twice_or_two_lanes_posts_each_entry_once_i
         lanes = conn.execute("SELECT customer_id, lane = ledger_entry_lane(customer_id) FROM journal_entries "
                              "WHERE key LIKE %s ORDER BY key", (f"{tag}-%",)).fetchall()
     assert lanes == [(None, True), (None, True), (other["c"], True)]
+
+
+async def test_postings_written_into_a_partition_by_name_are_checked_and_counted(db, database_url, tag):
+    """The apply trigger is a statement trigger: each partition has its own, so postings named
+    into postings_l0 are checked per entry and move the cached balances as through the parent."""
+    cash, _, cash_id, lot_id = await _accounts(db, database_url, tag)
+    with psycopg.connect(database_url) as conn:
+        entry = conn.execute(FLAGGED.replace("INSERT INTO journal_entries", "INSERT INTO journal_entries_l0")
+                             .replace(", true)", ", false)"), (f"{tag}-part",)).fetchone()[0]
+        with pytest.raises(psycopg.errors.CheckViolation, match="unbalanced"), conn.transaction():
+            conn.execute("INSERT INTO postings_l0 (entry_id, account_id, amount) VALUES (%s, %s, 8), (%s, %s, -7)",
+                         (entry, cash_id, entry, lot_id))
+        conn.execute("INSERT INTO postings_l0 (entry_id, account_id, amount) VALUES (%s, %s, 8), (%s, %s, -8)",
+                     (entry, cash_id, entry, lot_id))
+    assert (await db.read(lambda c: balance(c, cash))).normal == 108
+    assert _balances(database_url, cash_id, lot_id) == [(cash_id, 0, 108, 0, None), (lot_id, 0, 0, 108, None)]
