@@ -46,7 +46,7 @@ class BackgroundSettler:
 
     def __init__(self, spool: Spool, send: Send, policy: RetryPolicy) -> None:
         self.spool, self._send, self._policy = spool, send, policy
-        self._unwritten: list[tuple[SpoolRecord, asyncio.Future[None]]] = []
+        self._unwritten: list[tuple[SpoolRecord, asyncio.Future[None], bool]] = []
         self._writing = 0  # records in the spool write under way
         self._writer: asyncio.Task[None] | None = None
         self._queued: dict[str, SpoolRecord] = {}  # idempotency key -> record, in order
@@ -59,10 +59,11 @@ class BackgroundSettler:
     def pending(self) -> int:
         return len(self._queued) + len(self._unwritten) + self._writing
 
-    async def put(self, record: SpoolRecord) -> None:
-        """Queue a settle; it is on disk when this returns (or the write's OSError is raised)."""
+    async def put(self, record: SpoolRecord, send: bool = True) -> None:
+        """Queue a settle; it is on disk when this returns (or the write's OSError is raised).
+        `send=False`: only write it (the caller sends it, and `adopt`s it if that fails)."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._unwritten.append((record, done))
+        self._unwritten.append((record, done, send))
         self._idle.clear()
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write())
@@ -84,13 +85,14 @@ class BackgroundSettler:
             taken, self._unwritten = self._unwritten, []
             self._writing = len(taken)
             try:
-                await asyncio.to_thread(self.spool.append_many, [record for record, _ in taken])
+                await asyncio.to_thread(self.spool.append_many, [record for record, _, _ in taken])
             except OSError as exc:
-                for _, done in taken:
+                for _, done, _ in taken:
                     done.set_exception(exc)
             else:
-                for record, done in taken:
-                    self._queued[record.idempotency_key] = record
+                for record, done, send in taken:
+                    if send:
+                        self._queued[record.idempotency_key] = record
                     done.set_result(None)
                 self._wake.set()
                 if self._sender is None or self._sender.done():

@@ -33,7 +33,6 @@ DROPPED_RESPONSE_HEADERS = frozenset({b"connection", b"keep-alive", b"transfer-e
                                       b"content-encoding", b"date", b"server", b"proxy-connection", b"upgrade",
                                       b"trailer", b"te", b"alt-svc"})
 ANTHROPIC_VERSION = "2023-06-01"
-SETTLE_WAIT_S = 10.0  # how long an answer (a stream's end: its SSE comment) waits for its charge
 
 
 class Forwarding:
@@ -104,13 +103,12 @@ class Forwarding:
     async def _whole(self, response: httpx.Response) -> None:
         """The answer goes back once its settle is spooled and, by default, taken by the ledger:
         its headers carry the charge. With `settle="background"` it goes back once spooled, with
-        the hold in its headers and the charge in the trace. A charge not known within
-        SETTLE_WAIT_S (the ledger down) is left to the spool: the answer carries the hold only."""
+        the hold in its headers and the charge in the trace. A settle the ledger cannot take now
+        (the database down) is left to the spool's queue: the answer carries the hold only."""
         body = await response.aread()
         self.tally.texts = answer_texts(self.call.kind, body)
-        wait_s = None if self.x.gw.settings.settle == "background" else SETTLE_WAIT_S
         charged = await self.finish(answer_settlement(self.call.kind, body, self.x.gw.counter, self.call.model,
-                                                      self.call.prompt_raw_tokens), wait_s=wait_s)
+                                                      self.call.prompt_raw_tokens), wait=self._waits())
         headers = [*self._upstream_headers(response), self._reserved()]
         if charged is not None:
             headers.append((b"x-tokentill-charged", money(charged).encode()))
@@ -136,17 +134,21 @@ class Forwarding:
             tail = stream_error_event(x.provider, "upstream_failed", f"the upstream stream failed "
                                       f"({exc.__class__.__name__})")
         charged = await self.finish(self.tally.settlement(x.gw.counter, self.call.model, self.call.prompt_raw_tokens),
-                                    wait_s=None if x.gw.settings.settle == "background" else SETTLE_WAIT_S)
+                                    wait=self._waits())
         if charged is not None:
             tail += (f": tokentill charged={money(charged)} currency={self.reservation.currency} "
                      f"request_id={x.request_id}\n\n").encode()
         await x.send({"type": "http.response.body", "body": tail, "more_body": False})
 
-    async def finish(self, settlement: tuple[str, dict[str, Any]] | None, wait_s: float | None = None) -> int | None:
-        """Settle with `settlement` (usage form, usage), or release when None. A settle is spooled
-        and taken by the ledger in the background; with `wait_s`, the charge once it has been
-        (None: not by then, or not waited for). A release is told to the ledger at once: 0, or None
-        when the ledger could not be told (logged; the hold then expires after its TTL)."""
+    def _waits(self) -> bool:
+        return self.x.gw.settings.settle != "background"
+
+    async def finish(self, settlement: tuple[str, dict[str, Any]] | None, wait: bool = False) -> int | None:
+        """Settle with `settlement` (usage form, usage), or release when None. A settle is spooled,
+        then, with `wait`, posted at once and its charge returned (None: not taken now, and sent
+        again from the spool's queue), else queued for the ledger in the background (None). A
+        release is told to the ledger at once: 0, or None when the ledger could not be told
+        (logged; the hold then expires after its TTL)."""
         self.x.finishing = True
         started = time.perf_counter()
         r = self.reservation
@@ -160,10 +162,10 @@ class Forwarding:
             record = settle_record(r.customer_id, self.x.request_id, r.id, form, usage)
             settles = self.x.gw.settles
             try:
-                if wait_s is None:
+                if not wait:
                     await asyncio.shield(settles.put(record))
                     return None
-                return await asyncio.shield(settles.put_and_wait(record, wait_s))
+                return await asyncio.shield(settles.settle_waiting(record))
             except OSError:  # the spool cannot be written: settle on the response path, as without one
                 log.exception("gateway spool %s not writable; settling call %s at once", settles.spool.path,
                               self.x.request_id)

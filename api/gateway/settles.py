@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from api.background import BackgroundSettler, item_of
-from api.delivery import RetryPolicy
+from api.delivery import DURABLE_RETRY, RetryPolicy
 from api.errors import STATUS_BY_CODE
 from api.routes.inputs import usage_tokens
 from api.spool import SUFFIX, Spool, SpoolRecord, spool_dir
@@ -93,7 +93,6 @@ class GatewaySettles:
     def __init__(self, spool: Spool, wallets: Any) -> None:
         self.spool, self.wallets = spool, wallets
         self.settler: BackgroundSettler | None = None
-        self._charges: dict[str, asyncio.Future[int]] = {}  # key -> its charge, for a caller waiting
 
     async def start(self) -> None:
         self.settler = BackgroundSettler(self.spool, self._send, RETRY)
@@ -114,18 +113,22 @@ class GatewaySettles:
         assert self.settler is not None, "the gateway was not started"
         await self.settler.put(record)
 
-    async def put_and_wait(self, record: SpoolRecord, timeout_s: float) -> int | None:
-        """Queue a settle, then wait for its charge once the ledger took it (None: not within
-        `timeout_s`; it stays queued)."""
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._charges[record.idempotency_key] = future
-        try:
-            await self.put(record)
-            return await asyncio.wait_for(future, timeout_s)
-        except TimeoutError:
-            return None
-        finally:
-            self._charges.pop(record.idempotency_key, None)
+    async def settle_waiting(self, record: SpoolRecord) -> int | None:
+        """Spool a settle (fsynced), then settle it through the engine at once and return its
+        charge, for an answer that carries it. Not taken now (the database down): the queue sends
+        it again in the background and this returns None; refused for good: set aside, None."""
+        assert self.settler is not None, "the gateway was not started"
+        await self.settler.put(record, send=False)  # written with the others of the moment: one fsync
+        answer = await self._settle(item_of(record))
+        status, key = answer["status"], record.idempotency_key
+        if status == 200:
+            await asyncio.to_thread(self.spool.remove, [key])
+            return answer["body"]["charged"]
+        if status in DURABLE_RETRY or status >= 500:
+            self.settler.adopt([record])
+        else:
+            await asyncio.to_thread(self.spool.remove, [key], [(record, f"{status} {answer['body']}")])
+        return None
 
     async def settle_now(self, record: SpoolRecord) -> int | None:
         """Settle through the engine at once, without the spool: the charge, None if not taken."""
@@ -161,11 +164,7 @@ class GatewaySettles:
                 log.exception("gateway settle %s failed; left in the spool", key)
                 return {"status": 500, "body": {"code": "internal_error"}}
             return {"status": 503, "body": {"code": "service_unavailable"}}
-        charged = _charged(result)
-        future = self._charges.get(key)
-        if future is not None and not future.done() and charged is not None:
-            future.set_result(charged)
-        return {"status": 200, "body": {"charged": charged}}
+        return {"status": 200, "body": {"charged": _charged(result)}}
 
 
 def _charged(result: Any) -> int | None:

@@ -136,8 +136,9 @@ def test_a_settle_the_ledger_cannot_take_now_stays_spooled_and_is_sent_again(dat
     with Gateway(database_url, fake, spool_dir, flaky, settle="wait") as gw:
         cid, key = customer(gw.url, book)
         raw = oai(gw.url, key).chat.completions.with_raw_response.create(model="gpt-test", messages=HI)
-        assert refusals["left"] == 0  # refused twice, then taken, before the answer went back with its charge
-        assert Decimal(raw.headers["x-tokentill-charged"]) == CHAT_CHARGE
+        # not taken when the answer went back: the hold only; then sent again from the spool
+        assert "x-tokentill-charged" not in raw.headers and Decimal(raw.headers["x-tokentill-reserved"]) == HOLD
         assert charged(gw.url, raw.headers["x-tokentill-request-id"]) == CHAT_CHARGE
+        assert refusals["left"] == 0  # refused twice, then taken
         assert wallet(gw.url, cid) == (Decimal("10") - CHAT_CHARGE, 0)
     assert spool_for(database_url, spool_dir).records() == []
