@@ -1,8 +1,12 @@
 """Every migration can be undone and redone: downgrade to nothing, then upgrade to head again."""
 from __future__ import annotations
 
+import json
+
+import pytest
 from alembic import command
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DBAPIError
 
 from api.runtime import sync_url
 from migrations import runner
@@ -27,5 +31,59 @@ def test_migrations_go_down_to_base_and_back_up_to_head(scratch_url):
             triggers = {row[0] for row in conn.execute(text(
                 "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgrelid = 'journal_entries'::regclass"))}
             assert {"journal_entries_balanced", "journal_entries_txid"} <= triggers
+    finally:
+        engine.dispose()
+
+
+def _post(conn, key: str, cash: int, lot: int, amount: int) -> str:
+    batch = json.dumps([{"k": key, "h": "00", "kind": "raw", "c": None, "at": "2026-12-01T00:00:00+00:00", "m": {},
+                         "p": [[cash, 0, amount], [lot, 0, -amount]],
+                         "d": [[cash, 0, amount, 0], [lot, 0, -amount, 0]]}])
+    row = conn.execute(text("SELECT status FROM ledger_post(CAST(:b AS jsonb), '{}', '{}', '{}')"), {"b": batch}).one()
+    conn.commit()
+    return row[0]
+
+
+def test_the_ledger_posts_and_checks_at_every_step_down_from_head_to_0018_and_back(scratch_url):
+    """The ledger-invariant migrations of this session (0019-0023) downgrade one by one with data
+    in the ledger: at each step ledger_post posts, an unbalanced raw entry is refused, and the
+    cached balances equal the postings; then up to head again."""
+    engine = create_engine(sync_url(scratch_url))
+    try:
+        with engine.connect() as conn:
+            config = runner.alembic_config()
+            config.attributes["connection"] = conn
+            conn.execute(text("INSERT INTO assets (code, scale) VALUES ('USD', 9)"))
+            cash, lot = (conn.execute(text("INSERT INTO accounts (code, type, asset) "
+                                           "VALUES (:c, :t, 'USD') RETURNING id"), {"c": c, "t": t}).scalar_one()
+                         for c, t in (("asset:cash", "asset"), ("liability:lot", "liability")))
+            conn.commit()
+            steps = ["0022", "0021", "0020", "0019", "0018", "head"]
+            for n, revision in enumerate(steps):
+                if revision == "head":
+                    command.upgrade(config, "head")
+                else:
+                    command.downgrade(config, revision)
+                conn.commit()
+                assert _post(conn, f"k-{revision}", cash, lot, 10 + n) == "posted"
+                with pytest.raises(DBAPIError, match=r"unbalanced|does not balance"):
+                    entry = conn.execute(text("INSERT INTO journal_entries (key, request_hash, kind, occurred_at) "
+                                              "VALUES (:k, '\\x00', 'raw', now()) RETURNING id"),
+                                         {"k": f"bad-{revision}"}).scalar_one()
+                    conn.execute(text("INSERT INTO postings (entry_id, account_id, amount) VALUES (:e, :a, 5)"),
+                                 {"e": entry, "a": cash})
+                    conn.commit()
+                conn.rollback()
+                drift = conn.execute(text("""
+                    SELECT count(*) FROM account_balances b
+                      LEFT JOIN (SELECT account_id, stripe, sum(amount) FILTER (WHERE amount > 0) AS d,
+                                        -sum(amount) FILTER (WHERE amount < 0) AS c
+                                   FROM postings GROUP BY 1, 2) s USING (account_id, stripe)
+                     WHERE b.debits <> coalesce(s.d, 0) OR b.credits <> coalesce(s.c, 0)""")).scalar_one()
+                assert drift == 0
+            assert runner.current_revision(conn) == runner.head_revision()
+            total = conn.execute(text("SELECT debits FROM account_balances WHERE account_id = :a"),
+                                 {"a": cash}).scalar()
+            assert total == sum(10 + n for n in range(len(steps)))
     finally:
         engine.dispose()
