@@ -202,3 +202,20 @@ async def test_postings_written_into_a_partition_by_name_are_checked_and_counted
                      (entry, cash_id, entry, lot_id))
     assert (await db.read(lambda c: balance(c, cash))).normal == 108
     assert _balances(database_url, cash_id, lot_id) == [(cash_id, 0, 108, 0, None), (lot_id, 0, 0, 108, None)]
+
+
+@pytest.mark.parametrize("first", ["journal_entries", "journal_entries_l0"])
+async def test_flagged_entries_from_two_inserts_of_one_statement_are_all_checked(db, database_url, tag, first):
+    """Two data-modifying CTEs inserting entries in one statement: the statement check sees the
+    rows of both (one transition table per table and statement), so the entry without postings
+    is refused even when the other one, written after it, has its postings."""
+    _, _, cash_id, lot_id = await _accounts(db, database_url, tag)
+    with psycopg.connect(database_url) as conn:
+        with pytest.raises(psycopg.errors.CheckViolation, match="no postings"):
+            conn.execute(f"""WITH a AS ({FLAGGED.replace("journal_entries", first)}),
+                              b AS ({FLAGGED}),
+                              p AS (INSERT INTO postings (entry_id, account_id, amount)
+                                    SELECT b.id, x.a, x.m FROM b, (VALUES ({cash_id}::bigint, 5),
+                                                                        ({lot_id}::bigint, -5)) x(a, m))
+                              SELECT 1""", (f"{tag}-bare", f"{tag}-whole"))
+    assert _entries(database_url, f"{tag}-") == 1
