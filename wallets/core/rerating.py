@@ -10,8 +10,9 @@ what moves. A charge is re-rated to a version at most once, so v2 then v3 adjust
 The money moves in one balanced entry per customer and billing period of the charges:
 - more charged: paid like usage, from the live lots in consumption order, then the receivable;
 - money back: where the charges' money came from, the receivable first (what it paid), then the
-  lots that paid (while live, up to what each was granted), then what the customer still owes,
-  and the rest becomes credit (a paid lot);
+  lots that paid each decreased charge, up to its decrease, the last consumed first (while live,
+  up to what each was granted), then what the customer still owes, and the rest becomes credit
+  (a paid lot);
 - usage revenue moves by the difference.
 The entry is billed in the first open period (its lines marked `adjustment`, with the charges'
 original period); when the charges' period was invoiced already, a credit note (a debit note for
@@ -34,6 +35,7 @@ from wallets.core.credits import opened_lot
 from wallets.core.decision import AdjustmentPosted, ChargeAdjusted, CreditNoteIssued, Decision, LotOpened, Outcome
 from wallets.core.legs import Legs, entry, funding, settlement, settlement_legs
 from wallets.core.state import State
+from wallets.model import consumption_key
 
 SCALE = chart.ASSET_SCALE
 TypeKey = tuple[str, str]  # (model, token type; or the line's kind for a line of no token type)
@@ -181,13 +183,29 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
     w = state.require_wallet()
     cid, cur = w.customer.id, w.customer.currency
     receivable = chart.receivable_account(cid)
-    shares: dict[str, int] = {}
+    consumed = {lot.code: i for i, lot in enumerate(sorted(w.lots.values(), key=consumption_key))}
+
+    def last_consumed_first(account: str) -> tuple[int, str]:
+        """The lots in the reverse of their consumption order, then accounts not loaded (swept
+        lots: they take nothing back)."""
+        return (-consumed[account], account) if account in consumed else (1, account)
+
+    # what the receivable paid of the decreased charges; then, of each one's decrease, what goes
+    # back to the lots that paid it, the last consumed first
+    shares: dict[str, int] = {receivable: 0}
     for x in found:
         if x.delta >= 0:
             continue
         paid = x.charge.funding if x.charge.funding is not None else ((receivable, x.charge.from_receivable),)
-        for account, amount in paid:
-            shares[account] = shares.get(account, 0) + amount
+        need = -x.delta
+        for account, amount in sorted(paid, key=lambda piece: last_consumed_first(piece[0])):
+            if account == receivable:
+                shares[receivable] += amount
+                continue
+            part = min(need, amount)
+            if part > 0:
+                shares[account] = shares.get(account, 0) + part
+                need -= part
     owed = max(0, w.receivable - (w.credit_held or 0))
     legs = Legs(cur).debit(chart.revenue_account(cur), back)
     paid_back: dict[str, int] = {}
@@ -202,7 +220,7 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
     rec = min(back, shares.pop(receivable, 0), owed)
     give(receivable, rec)
     owed -= rec
-    for account, share in reversed(list(shares.items())):  # the last consumed first
+    for account, share in sorted(shares.items(), key=lambda item: last_consumed_first(item[0])):
         lot = w.lots.get(account)
         if lot is not None and lot.live(now):
             give(account, min(back, share, lot.granted - lot.balance))

@@ -1,12 +1,16 @@
 """The re-rating rule over plain values (no database), worked by hand: graduated tiers continue
-from the period's earlier charges, a charge stands at its last re-rate, and one already re-rated
-to a version is left alone."""
+from the period's earlier charges, a charge stands at its last re-rate, one already re-rated
+to a version is left alone, and money back goes to the lots that paid each charge."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
 from pricing.parse import parse_version
-from wallets.core.rerating import ChargeOnRecord, RerateInput, corrections, type_rows
+from wallets import chart
+from wallets.core.commands import RerateCharges
+from wallets.core.rerating import ChargeOnRecord, RerateInput, corrections, rerate_charges, type_rows
+from wallets.core.state import State
+from wallets.model import Customer, Lot, Wallet
 
 NOV_1 = datetime(2026, 11, 1, tzinfo=UTC)
 DEC_1 = datetime(2026, 12, 1, tzinfo=UTC)
@@ -69,3 +73,50 @@ def test_a_request_fee_is_rated_again_from_the_charge_s_request_line():
              {"kind": "usage", "token_type": "request", "quantity": 1, "amount_units": 20_000_000, "rule_id": "call"}]
     [x] = corrections(RerateInput(FLAT_8, (charge(1, 5, 0, 5_020_000_000, lines),)), NOV_1, DEC_1)
     assert x.new == {("model-a", "input"): 4_000_000_000, ("model-a", "request"): 10_000_000}
+
+
+# ------------------------------------------------------------------------------------------
+# Money back goes to the lots that paid the re-rated charges (the rule's decision, no database).
+
+CID = "acme"
+LATE_NOV = datetime(2026, 11, 25, tzinfo=UTC)
+
+
+def lot(lot_id: str, priority: int, granted: int, balance: int) -> Lot:
+    return Lot(lot_id, chart.lot_account(CID, lot_id), "topup", granted, priority, None, NOV_1, balance)
+
+
+def refund_postings(charges: tuple[ChargeOnRecord, ...], *lots) -> dict[str, int]:
+    """The adjustment entry's postings (signed, debit > 0) re-rating `charges` to FLAT_8."""
+    customer = Customer(CID, "Acme", "USD", "prepaid", "b", 0, None, False, False, NOV_1, 1)
+    wallet = Wallet(customer, {x.code: x for x in lots}, 0, 0)
+    state = State(CID, wallet, rerates={(CID, "2026-11"): RerateInput(FLAT_8, charges)})
+    cmd = RerateCharges(customer_id=CID, rerate_id="rr_1", book_id="b", version="v2", range_from=NOV_1,
+                        range_to=DEC_1, period="2026-11")
+    decision = rerate_charges(state, cmd, LATE_NOV, None)
+    assert decision.entry is not None
+    assert sum(p.amount for p in decision.entry.postings) == 0
+    return {p.account: p.amount for p in decision.entry.postings}
+
+
+def paid_by(n: int, *pieces: tuple[Lot, int]) -> ChargeOnRecord:
+    """Charge `n`: 500,000 input tokens charged $5.00 at $10/M, paid by these (lot, amount) pieces."""
+    return ChargeOnRecord(n, datetime(2026, 11, n, tzinfo=UTC), "model-a", {}, {}, (
+        {"kind": "usage", "token_type": "input", "quantity": 500_000, "amount_units": 5_000_000_000,
+         "rule_id": "a-in"},), 5_000_000_000, 0, tuple(sorted((x.code, amount) for x, amount in pieces)))
+
+
+def test_each_charge_s_money_goes_back_to_the_lot_that_paid_it():
+    # two charges of $5.00, one paid by lot a, the other by lot b; each re-rated to $4.00: $1.00 back to each
+    a, b = lot("lot_a", 10, 10_000_000_000, 5_000_000_000), lot("lot_b", 10, 10_000_000_000, 5_000_000_000)
+    postings = refund_postings((paid_by(1, (a, 5_000_000_000)), paid_by(2, (b, 5_000_000_000))), a, b)
+    assert postings[a.code] == -1_000_000_000 and postings[b.code] == -1_000_000_000
+    assert postings["income:platform:usage:USD"] == 2_000_000_000
+
+
+def test_a_charge_s_money_goes_back_to_the_lot_it_consumed_last():
+    # one $5.00 charge paid $3.00 by `first` (consumed first: lower priority number), then $2.00 by
+    # `second`; re-rated to $4.00: the $1.00 goes back to `second`, whatever the lots' ids sort as
+    first, second = lot("lot_z", 1, 3_000_000_000, 0), lot("lot_a", 5, 10_000_000_000, 8_000_000_000)
+    postings = refund_postings((paid_by(1, (first, 3_000_000_000), (second, 2_000_000_000)),), first, second)
+    assert postings.get(first.code, 0) == 0 and postings[second.code] == -1_000_000_000
