@@ -13,7 +13,7 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -47,6 +47,11 @@ class RerateSpec:
     range_from: datetime
     range_to: datetime
     customer_id: str | None = None
+
+    def __post_init__(self) -> None:
+        # the range in UTC: the same instants in another offset are the same re-rate (its id)
+        object.__setattr__(self, "range_from", self.range_from.astimezone(UTC))
+        object.__setattr__(self, "range_to", self.range_to.astimezone(UTC))
 
     @property
     def customer_filter(self) -> str:

@@ -4,7 +4,7 @@ customer's own key only, and every refusal as problem+json with its stable code.
 from __future__ import annotations
 
 import io
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from litestar.testing import AsyncTestClient
@@ -129,3 +129,33 @@ async def test_bad_rerates_are_problems_with_stable_codes(client, change, status
     assert answer.status_code == status, answer.text
     assert answer.headers["content-type"].startswith("application/problem+json")
     assert answer.json()["code"] == code
+
+
+async def test_the_same_range_in_another_utc_offset_is_the_same_re_rate(client) -> None:
+    created = await client.post("/v1/customers", headers=ADMIN, json={
+        "id": "rr-tz", "currency": "USD", "price_book": "rrb", "billing": "postpaid"})
+    assert created.status_code == 201, created.text
+    now = datetime.now(UTC)
+    period = period_of(now, Cycle())
+    sent = await client.post("/v1/usage-events", headers=ADMIN, json=[
+        {"event_id": "tz0", "customer_id": "rr-tz", "model": "model-a", "timestamp": now.isoformat(),
+         "usage": {"input_tokens": 100_000, "output_tokens": 0}}])
+    assert sent.json()["accepted"] == 1, sent.text
+    fixed = await client.post("/v1/price-books", headers=ADMIN, json=book("v2", utc(period.start), "6.00"))
+    assert fixed.status_code == 201, fixed.text
+    body = {"price_book": "rrb", "version": "v2", "customer_id": "rr-tz", "mode": "apply"}
+    tokyo = timezone(timedelta(hours=9))
+    first = await client.post("/v1/rerate", headers=ADMIN, json={
+        **body, "from": utc(period.start), "to": utc(period.end)})
+    assert first.status_code == 200, first.text
+    assert first.json()["delta"] == "-0.40" and first.json()["from"] == utc(period.start)  # $1.00 -> $0.60
+    # the same instants, written at +09:00: the same re-rate, answered as the first, nothing moved again
+    again = await client.post("/v1/rerate", headers=ADMIN, json={
+        **body, "from": period.start.astimezone(tokyo).isoformat(), "to": period.end.astimezone(tokyo).isoformat()})
+    assert again.status_code == 200, again.text
+    assert again.json() == first.json()
+    seen = await client.post("/v1/rerate", headers=ADMIN, json={
+        **body, "mode": "preview", "from": period.start.astimezone(tokyo).isoformat(),
+        "to": period.end.astimezone(tokyo).isoformat()})
+    assert seen.json()["rerate_id"] == first.json()["rerate_id"] and seen.json()["from"] == utc(period.start)
+    assert seen.json()["customers"] == []  # already re-rated to v2: nothing left to move
