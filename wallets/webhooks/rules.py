@@ -76,7 +76,7 @@ class AddressPolicy:
             return self.refusal(embedded)
         if address.is_multicast:
             return f"{address} is a multicast address"
-        if not address.is_global:
+        if not address.is_global or address.is_reserved or any(address in net for net in _NOT_PUBLIC):
             kind = next((name for name, test in _KINDS if test(address)), "non-public")
             return (f"{address} is a {kind} address; name its network in TOKENTILL_WEBHOOK_ALLOWED_NETWORKS"
                     " to allow it")
@@ -85,8 +85,16 @@ class AddressPolicy:
 
 _KINDS = (("unspecified", lambda a: a.is_unspecified), ("loopback", lambda a: a.is_loopback),
           ("link-local", lambda a: a.is_link_local), ("reserved", lambda a: a.is_reserved),
-          ("private", lambda a: a.is_private))
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+          ("site-local", lambda a: getattr(a, "is_site_local", False)), ("private", lambda a: a.is_private))
+# Python 3.11's is_global lets these through: IETF protocol assignments (but for the two relays
+# IANA lists as global), local-use NAT64 (RFC 8215) and the deprecated site-local range
+_NOT_PUBLIC = tuple(ipaddress.ip_network(n) for n in (
+    "192.0.0.0/29", "192.0.0.8/32", "192.0.0.11/32", "192.0.0.12/30", "192.0.0.16/28", "192.0.0.32/27",
+    "192.0.0.64/26", "192.0.0.128/25", "64:ff9b:1::/48", "fec0::/10"))
+# IPv6 spellings of an IPv4 address, its last 32 bits: IPv4-translated (SIIT) and NAT64 (RFC 6052);
+# IPv4-compatible (::/96, deprecated) is checked as the IPv4 address it names too
+_EMBEDDING = (ipaddress.IPv6Network("::ffff:0:0:0/96"), ipaddress.IPv6Network("64:ff9b::/96"),
+              ipaddress.IPv6Network("::/96"))
 
 
 def _embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
@@ -94,7 +102,9 @@ def _embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
         return None
     if address.ipv4_mapped is not None:
         return address.ipv4_mapped
-    if address in _NAT64:
+    if address.sixtofour is not None:  # 2002::/16, 6to4: bits 16 to 48
+        return address.sixtofour
+    if int(address) > 1 and any(address in net for net in _EMBEDDING):  # :: and ::1 are themselves
         return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     return None
 

@@ -93,7 +93,21 @@ def test_deliveries_may_not_reach_internal_addresses(address, kind):
     assert reason is not None and kind in reason
 
 
-@pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8"])
+@pytest.mark.parametrize("address", [
+    "::7f00:1",  # IPv4-compatible ::127.0.0.1 (deprecated, reserved ::/8)
+    "::ffff:0:7f00:1",  # IPv4-translated (SIIT) 127.0.0.1
+    "64:ff9b:1::7f00:1",  # local-use NAT64 (RFC 8215): never public
+    "2002:7f00:1::1",  # 6to4 of 127.0.0.1
+    "2002:a00:1::1",  # 6to4 of 10.0.0.1
+    "fec0::1",  # site-local (deprecated, routed inside a site)
+    "192.0.0.8",  # IETF protocol assignments (192.0.0.0/24): not public
+])
+def test_other_spellings_and_ranges_of_internal_addresses_are_refused(address):
+    assert AddressPolicy().refusal(ipaddress.ip_address(address)) is not None
+
+
+@pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8",
+                                     "2002:808:808::1", "192.0.0.9"])
 def test_public_addresses_are_allowed(address):
     assert AddressPolicy().refusal(ipaddress.ip_address(address)) is None
 
