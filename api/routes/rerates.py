@@ -23,7 +23,7 @@ from wallets.errors import WalletValidationError
 READERS = ("auditor", "customer")
 
 
-class RerateRequest(msgspec.Struct):
+class RerateRequest(msgspec.Struct, forbid_unknown_fields=True):
     price_book: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     version: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]  # the corrected version
     from_: Annotated[DateTime, msgspec.Meta(description="start of the usage-time range (inclusive)")] = (

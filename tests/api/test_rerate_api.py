@@ -121,6 +121,8 @@ async def test_preview_apply_and_the_credit_note_over_http(client) -> None:
     ({"customer_id": "nobody"}, 404, "not_found"),
     ({"mode": "undo"}, 422, "validation_error"),
     ({"from": "yesterday"}, 422, "validation_error"),
+    # a misspelt customer_id must not widen an apply to every customer of the book
+    ({"customer": "nobody"}, 422, "validation_error"),
 ])
 async def test_bad_rerates_are_problems_with_stable_codes(client, change, status, code) -> None:
     body = {"price_book": "rrb", "version": "v1", "from": "2026-11-01T00:00:00Z", "to": "2026-12-01T00:00:00Z",
