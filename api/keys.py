@@ -157,7 +157,8 @@ class KeyCache:
                     while True:
                         async for _ in conn.notifies(timeout=self.check_s):
                             self.forget()
-                        await asyncio.wait_for(conn.execute("SELECT 1"), self.check_s)
+                        async with asyncio.timeout(self.check_s):  # not wait_for: it can drop a cancellation
+                            await conn.execute("SELECT 1")
                         self._proved_at = time.monotonic()
             except asyncio.CancelledError:
                 raise

@@ -121,6 +121,7 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
 
 
 CHANNEL = "tokentill_outbox"  # migration 0022: every INSERT into the outbox is announced here at commit
+STOP_S = 5.0  # the longest a stopping dispatcher waits for its tasks
 LISTENER_NAME = "tokentill webhook listener"  # its application_name in pg_stat_activity
 
 
@@ -150,9 +151,10 @@ class Dispatcher:
         tasks = [t for t in (self._loop, self._listener, *self._sends) if t is not None]
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=STOP_S)
+            if stuck:  # never wait forever on a task that did not take its cancellation
+                log.warning("webhook dispatcher stopping without %s", ", ".join(t.get_name() for t in stuck))
         if self._client is not None:
             await self._client.aclose()
         await self.db.dispose()
@@ -165,8 +167,11 @@ class Dispatcher:
                 raise
             except Exception as exc:  # the database down or restarting: try again next round
                 log.warning("webhook dispatch round failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancellation that
+            # arrives as the event is set, and the dispatcher then never stopped (app shutdown hung)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.poll_s)
+                async with asyncio.timeout(self.settings.poll_s):
+                    await self._wake.wait()
             self._wake.clear()  # a notification during the round that follows wakes the next one
 
     async def _listen(self) -> None:
