@@ -148,10 +148,10 @@ class Dispatcher:
 
     async def stop(self) -> None:
         """Stop sending; what was in flight is sent again by whichever process claims it next."""
-        tasks = [t for t in (self._loop, self._listener, *self._sends) if t is not None]
+        tasks = [t for t in (self._loop, self._listener, *self._sends) if t is not None and not t.done()]
         for task in tasks:
             task.cancel()
-        if tasks:
+        if tasks:  # (a done task is left alone: its loop may be gone, as under a test client's portal)
             _, stuck = await asyncio.wait(tasks, timeout=STOP_S)
             if stuck:  # never wait forever on a task that did not take its cancellation
                 log.warning("webhook dispatcher stopping without %s", ", ".join(t.get_name() for t in stuck))
