@@ -349,7 +349,8 @@ async def _load_billing(conn: AsyncConnection, batch: Batch, commands: Sequence[
         since = [(c.customer_id, billing_period(w.customer.open_period_start, w.customer)) for c in closes
                  if (w := batch.loaded.wallets.get(c.customer_id)) is not None and w.customer.open_period_start]
         batch.rollups = await store.load_rollups(conn, since)
-        batch.invoice_seqs = await store.last_invoice_seqs(conn, {(c.issuer, now.astimezone(UTC).year) for c in closes})
+        batch.invoice_seqs = await store.last_seqs(conn, "invoices",
+                                                   {(c.issuer, now.astimezone(UTC).year) for c in closes})
     paid = [c.invoice_id for c in commands if isinstance(c, PayInvoice)]
     if paid:
         batch.invoices = await store.load_invoices(conn, paid)
@@ -374,8 +375,8 @@ async def _load_rerates(conn: AsyncConnection, batch: Batch, commands: Sequence[
             for code, lot in more.wallets[cmd.customer_id].lots.items():
                 w.lots.setdefault(code, lot)
         batch.rerates[(cmd.customer_id, cmd.period)] = data
-    batch.credit_note_seqs = await store.last_credit_note_seqs(
-        conn, {(c.issuer, now.astimezone(UTC).year) for c in rerates})
+    batch.credit_note_seqs = await store.last_seqs(
+        conn, "credit_notes", {(c.issuer, now.astimezone(UTC).year) for c in rerates})
 
 
 async def rerate_input(conn: AsyncConnection, books: BookCache, cmd: RerateCharges, cycle: Cycle

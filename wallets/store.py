@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -429,11 +429,13 @@ async def load_rollups(conn: AsyncConnection, since: Iterable[tuple[str, str]]
     return found
 
 
-async def last_invoice_seqs(conn: AsyncConnection, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
-    """The last invoice number of each (issuer, year): read under the issuer's lock."""
+async def last_seqs(conn: AsyncConnection, table: Literal["invoices", "credit_notes"],
+                    keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    """The last number of each (issuer, year) among invoices or credit notes (each has its own
+    gapless numbering): read under the issuer's lock."""
     found = {}
     for issuer, year in sorted(set(keys)):
-        last = (await conn.exec_driver_sql("SELECT max(seq) FROM invoices WHERE issuer = %s AND year = %s",
+        last = (await conn.exec_driver_sql(f"SELECT max(seq) FROM {table} WHERE issuer = %s AND year = %s",
                                            (issuer, year))).scalar()
         found[(issuer, year)] = int(last or 0)
     return found
@@ -471,17 +473,6 @@ async def finalized_invoice(conn: AsyncConnection, customer_id: str, period: str
     row = (await conn.exec_driver_sql("SELECT id, number FROM invoices WHERE customer_id = %s AND period = %s",
                                       (customer_id, period))).first()
     return (row[0], row[1]) if row is not None else None
-
-
-async def last_credit_note_seqs(conn: AsyncConnection, keys: Iterable[tuple[str, int]]
-                                ) -> dict[tuple[str, int], int]:
-    """The last credit note number of each (issuer, year): read under the issuer's lock."""
-    found = {}
-    for issuer, year in sorted(set(keys)):
-        last = (await conn.exec_driver_sql("SELECT max(seq) FROM credit_notes WHERE issuer = %s AND year = %s",
-                                           (issuer, year))).scalar()
-        found[(issuer, year)] = int(last or 0)
-    return found
 
 
 def dumps(value: Any) -> str:
