@@ -187,7 +187,7 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
 
     def last_consumed_first(account: str) -> tuple[int, str]:
         """The lots in the reverse of their consumption order, then accounts not loaded (swept
-        lots: they take nothing back)."""
+        lots: their part goes to breakage)."""
         return (-consumed[account], account) if account in consumed else (1, account)
 
     # what the receivable paid of the decreased charges; then, of each one's decrease, what goes
@@ -210,10 +210,11 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
     legs = Legs(cur).debit(chart.revenue_account(cur), back)
     paid_back: dict[str, int] = {}
 
-    def give(account: str, amount: int) -> None:
+    def give(account: str, amount: int, to: str | None = None) -> None:
+        """`amount` of what `account` paid comes back, credited to `to` (by default itself)."""
         nonlocal back
         if amount > 0:
-            legs.credit(account, amount)
+            legs.credit(to or account, amount)
             paid_back[account] = paid_back.get(account, 0) - amount
             back -= amount
 
@@ -224,6 +225,12 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
         lot = w.lots.get(account)
         if lot is not None and lot.live(now):
             give(account, min(back, share, lot.granted - lot.balance))
+        else:
+            # The lot has expired since (swept, or due to be): had the charge cost less, the
+            # difference would have stayed in it and gone to breakage at its expiry, as a hold
+            # given back to a swept lot does (legs.return_target). The customer gets no credit
+            # from an expired promotion; the invoice counts it as expired.
+            give(account, min(back, share), to=chart.breakage_account(cur))
     more = min(back, owed)
     give(receivable, more)
     lot_opened: LotOpened | None = None

@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from api.runtime import sync_url
 from ledger.audit import verify
 from migrations import runner
-from wallets import rerating
+from wallets import expiry, rerating
 from wallets.audit import WALLET_CHECKS
 from wallets.errors import (
     ConflictError,
@@ -166,6 +166,37 @@ async def test_applying_twice_moves_money_once_and_a_second_fix_adjusts_by_its_d
         await rerating.apply(bk.db, bk.service.engine, spec("v3", start=NOV_2), "k")
     assert len(await entries(bk)) == 2  # that one found nothing left to move
     await verified(bk)
+
+
+async def test_money_back_from_a_promotional_grant_expired_since_goes_to_breakage(fixed: BillingKit) -> None:
+    bk = fixed
+    cid = await bk.customer("promo", book="fix")
+    await bk.grant(cid, "20.00", expires_at=datetime(2026, 11, 24, tzinfo=UTC))
+    await bk.top_up(cid, "5.00")
+    # $10.01 under v1, paid by the grant (consumed first: it expires); then the grant expires
+    await bk.event(cid, "model-a", 1_000_000, 0, at=datetime(2026, 11, 10, tzinfo=UTC))
+    bk.clock.now = datetime(2026, 11, 25, tzinfo=UTC)
+    assert await expiry.expire_grants(bk.db, bk.clock.now) == 1
+    breakage_before = await account_total(bk, "income:platform:breakage:USD")
+    assert breakage_before == -9_990_000_000  # the grant's remainder: $20.00 - $10.01
+    await bk.add_book(V2)
+    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    assert done["delta"] == "-2.00"
+    # had the charge been $8.01, the grant would have left $11.99 to breakage: the $2.00 goes
+    # there, not to the customer (no credit lot: the paid top-up stays the only live lot)
+    [(entry_id, _)] = await entries(bk)
+    assert await revenue_of(bk, entry_id) == -2_000_000_000
+    assert await account_total(bk, "income:platform:breakage:USD") == breakage_before - 2_000_000_000
+    w = await wallet(bk, cid)
+    assert w.available == 5_000_000_000 and len(w.grants) == 1
+    await verified(bk)
+
+
+async def account_total(bk: BillingKit, code: str) -> int:
+    """An account's balance, its stripes summed (signed, debit > 0)."""
+    return int(await bk.db.read(lambda conn: conn.scalar(text(
+        """SELECT coalesce(sum(p.amount), 0) FROM postings p JOIN accounts a ON a.id = p.account_id
+            WHERE a.code = :c OR a.code LIKE :stripes"""), {"c": code, "stripes": code + ":%"})))
 
 
 async def test_two_concurrent_applies_move_money_once(fixed: BillingKit) -> None:

@@ -120,3 +120,28 @@ def test_a_charge_s_money_goes_back_to_the_lot_it_consumed_last():
     first, second = lot("lot_z", 1, 3_000_000_000, 0), lot("lot_a", 5, 10_000_000_000, 8_000_000_000)
     postings = refund_postings((paid_by(1, (first, 3_000_000_000), (second, 2_000_000_000)),), first, second)
     assert postings.get(first.code, 0) == 0 and postings[second.code] == -1_000_000_000
+
+
+def test_money_back_from_a_lot_expired_since_goes_to_breakage_not_to_the_customer():
+    # a $5.00 charge paid by a promotional grant that expired on Nov 20 (before the re-rate on
+    # Nov 25), re-rated to $4.00: the $1.00 would have expired with the grant, so it goes to
+    # breakage revenue; no credit lot is opened and the expired lot takes nothing back
+    promo = Lot("lot_p", chart.lot_account(CID, "lot_p"), "grant", 5_000_000_000, 1,
+                datetime(2026, 11, 20, tzinfo=UTC), NOV_1, 0)
+    paid = lot("lot_paid", 10, 10_000_000_000, 10_000_000_000)  # live, untouched by the charge
+    postings = refund_postings((paid_by(1, (promo, 5_000_000_000)),), promo, paid)
+    assert postings == {"income:platform:usage:USD": 1_000_000_000,
+                        chart.breakage_account("USD"): -1_000_000_000}
+
+
+def test_money_back_from_a_swept_lot_goes_to_breakage_and_a_live_lot_s_part_to_the_lot():
+    # $3.00 paid by a grant since swept (not loaded at all), $2.00 by a live paid lot; re-rated to
+    # $4.00: the $1.00 goes back to the live lot, consumed last
+    swept = lot("lot_s", 1, 3_000_000_000, 0)
+    live = lot("lot_l", 5, 10_000_000_000, 8_000_000_000)
+    postings = refund_postings((paid_by(1, (swept, 3_000_000_000), (live, 2_000_000_000)),), live)
+    assert postings == {"income:platform:usage:USD": 1_000_000_000, live.code: -1_000_000_000}
+    # two charges each paid $5.00 wholly by the swept grant: $2.00 back, all of it to breakage
+    postings = refund_postings((paid_by(1, (swept, 5_000_000_000)), paid_by(2, (swept, 5_000_000_000))), live)
+    assert postings == {"income:platform:usage:USD": 2_000_000_000,
+                        chart.breakage_account("USD"): -2_000_000_000}
