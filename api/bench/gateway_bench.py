@@ -27,7 +27,7 @@ import httpx
 
 from api.bench import fake_upstream as fake
 from api.bench.common import free_port, scratch_database
-from api.bench.lifecycle_bench import KEY, pct, running, start_server, wait_ready
+from api.bench.lifecycle_bench import KEY, batch_phases, pct, phase_means, running, start_server, wait_ready
 from api.bench.profile import CpuMeter
 from api.runtime import open_database, sync_url
 from api.settings import Settings
@@ -173,6 +173,16 @@ async def open_loop(port: int, headers: dict[str, str], path: str, *, rate: floa
     return run
 
 
+async def batch_sizes(client: httpx.AsyncClient, port: int) -> tuple[float, float]:
+    """tokentill_wallet_batch_commands of the gateway: (commands, batches) so far."""
+    found = [0.0, 0.0]
+    for line in (await client.get(f"http://127.0.0.1:{port}/metrics")).text.splitlines():
+        for i, part in enumerate(("_sum ", "_count ")):
+            if line.startswith("tokentill_wallet_batch_commands" + part):
+                found[i] += float(line.rsplit(" ", 1)[1])
+    return found[0], found[1]
+
+
 def ms(values: list[float]) -> dict[str, float]:
     return {"p50": pct(values, 50), "p99": pct(values, 99)}
 
@@ -198,15 +208,20 @@ async def run_cases(gw_port: int, up_port: int, gateway: subprocess.Popen, args:
         peak = await closed_loop(gw_port, via, gw_path, workers=args.workers, seconds=args.seconds)
         rate = max(1.0, peak.rate() / 2)
         direct = await open_loop(up_port, {}, up_path, rate=rate, seconds=args.seconds, stream=False)
+        phases0, sizes0 = await batch_phases(client, [gw_port]), await batch_sizes(client, gw_port)
         with CpuMeter([gateway.pid]) as cpu:
             through = await open_loop(gw_port, via, gw_path, rate=rate, seconds=args.seconds, stream=False)
+        phases = phase_means(phases0, await batch_phases(client, [gw_port]))
+        sizes = [a - b for a, b in zip(await batch_sizes(client, gw_port), sizes0, strict=True)]
+        per_batch = round(sizes[0] / sizes[1], 2) if sizes[1] else 0.0
         direct_stream = await open_loop(up_port, {}, up_path, rate=rate, seconds=args.seconds, stream=True)
         through_stream = await open_loop(gw_port, via, gw_path, rate=rate, seconds=args.seconds, stream=True)
         exact = await charges_exact(client, [a.headers.get("x-tokentill-request-id", "")
                                              for a in through.answers + peak.answers])
         verify = (await client.post("/v1/audit/verify", timeout=600)).json()
     return {"peak": peak, "rate": rate, "direct": direct, "through": through, "direct_stream": direct_stream,
-            "through_stream": through_stream, "verify_ok": verify["ok"], "cpu": cpu.cores, "charges": exact}
+            "through_stream": through_stream, "verify_ok": verify["ok"], "cpu": cpu.cores, "charges": exact,
+            "phases": phases, "per_batch": per_batch}
 
 
 async def charges_exact(client: httpx.AsyncClient, request_ids: list[str], wait_s: float = 60) -> list[bool]:
@@ -277,6 +292,7 @@ def report_of(f: dict, args: argparse.Namespace) -> dict:
                                            zip(stream_ttfb, f["through_stream"].answers, strict=True)]),
         "gateway_cpu_ms_per_call": round(f["cpu"].get("servers", 0) * f["through"].seconds * 1000
                                          / max(1, len(through)), 2),
+        "batch_phases_ms": f["phases"], "commands_per_batch": f["per_batch"],
         "calls_checked": len(f["charges"]), "charges_exact": all(f["charges"]),
         "failed": sum(f[k].failed for k in CASES),
         "failed_statuses": {str(status): sum(f[k].statuses.get(status, 0) for k in CASES)
@@ -300,6 +316,9 @@ def text_report(r: dict) -> str:
         row("  the upstream, as the gateway saw it", r["upstream_ms"]),
         row("added, less reserve and settle", r["added_without_ledger_ms"]),
         f"  the gateway process's CPU per call: {r['gateway_cpu_ms_per_call']} ms (its wallet engine included)",
+        "  its wallet batches (reserves and settles), mean ms: "
+        + ", ".join(f"{k} {v}" for k, v in r["batch_phases_ms"].items())
+        + f" (queued: per command, until its batch is taken; the others per batch of {r['commands_per_batch']})",
         "streamed, at the same rate, time to the first byte:",
         row("straight to the upstream", r["first_byte_direct_ms"]),
         row("through the gateway", r["first_byte_through_ms"]), row("  the reserve", r["stream_reserve_ms"]),

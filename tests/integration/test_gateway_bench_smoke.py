@@ -21,3 +21,8 @@ def test_bench_gateway_reports_added_latency_and_exact_charges(server_url):
     for figure in ("through_ms", "direct_ms", "reserve_ms", "settle_ms", "first_byte_through_ms"):
         assert report[figure]["p50"] > 0, figure
     assert report["added_ms"]["p50"] == round(report["through_ms"]["p50"] - report["direct_ms"]["p50"], 2)
+    # where the ledger's part goes: the gateway's wallet batches by phase, read from its /metrics
+    phases = report["batch_phases_ms"]
+    assert {"queued", "lock", "load", "rules", "post", "write", "commit"} <= set(phases), phases
+    assert all(v >= 0 for v in phases.values()) and phases["commit"] > 0
+    assert report["commands_per_batch"] >= 1
