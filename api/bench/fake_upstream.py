@@ -5,11 +5,13 @@ realistic bodies and server-sent events, usage included, at zero latency.
 The model name picks the behaviour: `...-fail` answers 500 before any token; `...-pause` sends
 PAUSE_AFTER tokens, then waits for the caller to leave (so "emitted before the cut" is exact);
 `...-hold` sends one token, then waits until `release()` is called; `...-drop` breaks the
-connection after DROP_AFTER tokens; `...-slow` (a whole chat answer) never answers, and waits for
-the caller to leave; `...-nousage` streams without any usage. Anything else
-answers OUTPUT_TOKENS tokens. Each output token is one word of `api.demo.STREAM_WORDS`, one
-cl100k_base token each. Every call is logged in `calls`: the
-headers it came with, its body, the tokens emitted and whether the caller left.
+connection after DROP_AFTER tokens (a whole chat or messages answer: after half its body);
+`...-overloaded` answers 503; `...-trickle` streams a token every TRICKLE_SECONDS; `...-slow` (a
+whole chat answer) never answers, and waits for the caller to leave; `...-nousage` streams without
+any usage. Anything else answers OUTPUT_TOKENS tokens. Each output token is one word of
+`api.demo.STREAM_WORDS`, one cl100k_base token each. Every call is logged in `calls`: the headers
+it came with, its body, the HTTP version and peer it came over, the tokens emitted and whether the
+caller left.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from api.demo import STREAM_WORDS
 OUTPUT_TOKENS = 40
 PAUSE_AFTER = 200
 DROP_AFTER = 10
+TRICKLE_SECONDS = 0.1
 # What the fake reports as the prompt's usage, per API (a real provider counts it itself).
 CHAT_USAGE = {"prompt_tokens": 1000, "cached_tokens": 200}
 RESPONSES_USAGE = {"input_tokens": 800, "cached_tokens": 100, "reasoning_tokens": 16}
@@ -41,6 +44,7 @@ class Logged:
     headers: dict[str, str]
     body: dict[str, Any]
     peer: tuple[str, int] | None = None  # the caller's address: one per connection
+    http_version: str = "1.1"  # as the server saw it: "1.1", or "2"
     emitted: int = 0  # output tokens sent
     cancelled: bool = False  # the caller left before the end
     done: bool = False
@@ -78,7 +82,7 @@ class FakeUpstream:
                 break
         body = msgspec.json.decode(b"".join(chunks) or b"{}")
         log = Logged(scope["path"], {k.decode(): v.decode() for k, v in scope["headers"]}, body,
-                     tuple(scope["client"]) if scope.get("client") else None)
+                     tuple(scope["client"]) if scope.get("client") else None, scope.get("http_version", "1.1"))
         self.calls.append(log)
         answer = ANSWERS.get(scope["path"])
         if answer is None:
@@ -99,6 +103,8 @@ class FakeUpstream:
                     return
                 if model.endswith("-hold") and log.emitted == 1:
                     await self._gates().wait()
+                if model.endswith("-trickle"):
+                    await asyncio.sleep(TRICKLE_SECONDS)
                 if model.endswith("-drop") and log.emitted == DROP_AFTER:
                     raise ConnectionAbortedError("the fake drops the stream")  # uvicorn aborts the connection
                 continue
@@ -132,6 +138,14 @@ async def _json(send: Any, status: int, body: Any) -> None:
     await send({"type": "http.response.body", "body": data})
 
 
+async def _dropped(send: Any, data: bytes) -> None:
+    """Start a whole answer, send half of its body, and break the connection."""
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data[:len(data) // 2], "more_body": True})
+    raise ConnectionAbortedError("the fake drops the answer")  # the server aborts the connection (or stream)
+
+
 def _sse(data: Any, event: str | None = None) -> bytes:
     head = f"event: {event}\n".encode() if event else b""
     return head + b"data: " + msgspec.json.encode(data) + b"\n\n"
@@ -161,6 +175,10 @@ async def _chat(fake: FakeUpstream, log: Logged, receive: Any, send: Any) -> Non
         await _json(send, 500, {"error": {"message": "The server had an error", "type": "server_error",
                                           "param": None, "code": None}})
         return
+    if log.body["model"].endswith("-overloaded"):
+        await _json(send, 503, {"error": {"message": "The engine is currently overloaded", "type": "server_error",
+                                          "param": None, "code": None}})
+        return
     if log.body["model"].endswith("-slow") and not log.body.get("stream"):
         await fake._wait_for_cut(log, receive)  # thinks until the caller gives up
         return
@@ -168,12 +186,14 @@ async def _chat(fake: FakeUpstream, log: Logged, receive: Any, send: Any) -> Non
     head = {"id": cid, "object": "chat.completion.chunk", "created": 1764680000, "model": model,
             "system_fingerprint": "fp_fake"}
     if not log.body.get("stream"):
+        answer = {"id": cid, "object": "chat.completion", "created": 1764680000, "model": model,
+                  "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(words), "refusal": None},
+                               "logprobs": None, "finish_reason": "stop"}], "usage": _chat_usage(len(words)),
+                  "system_fingerprint": "fp_fake"}
+        if model.endswith("-drop"):
+            await _dropped(send, msgspec.json.encode(answer))
         log.emitted, log.done = len(words), True
-        await _json(send, 200, {"id": cid, "object": "chat.completion", "created": 1764680000, "model": model,
-                                "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(words),
-                                                                     "refusal": None}, "logprobs": None,
-                                             "finish_reason": "stop"}], "usage": _chat_usage(len(words)),
-                                "system_fingerprint": "fp_fake"})
+        await _json(send, 200, answer)
         return
     usage_wanted = (log.body.get("stream_options") or {}).get("include_usage") and not model.endswith("-nousage")
 
@@ -252,9 +272,12 @@ async def _messages(fake: FakeUpstream, log: Logged, receive: Any, send: Any) ->
     message = {"id": mid, "type": "message", "role": "assistant", "model": log.body["model"], "content": [],
                "stop_reason": None, "stop_sequence": None, "usage": start_usage}
     if not log.body.get("stream"):
+        answer = {**message, "content": [{"type": "text", "text": "".join(words)}], "stop_reason": "end_turn",
+                  "usage": {**ANTHROPIC_USAGE, "output_tokens": len(words)}}
+        if log.body["model"].endswith("-drop"):
+            await _dropped(send, msgspec.json.encode(answer))
         log.emitted, log.done = len(words), True
-        await _json(send, 200, {**message, "content": [{"type": "text", "text": "".join(words)}],
-                                "stop_reason": "end_turn", "usage": {**ANTHROPIC_USAGE, "output_tokens": len(words)}})
+        await _json(send, 200, answer)
         return
 
     def events():

@@ -2,6 +2,7 @@
 bounds of a call. Read once with the rest of `Settings`; nothing here reads the environment later."""
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -33,6 +34,9 @@ class GatewaySettings:
     connect_retries: int = 2  # retried only when the connection failed: the request was never sent
     max_body_bytes: int = 32 * 1024 * 1024  # a caller's request (images inline in base64 are big)
     max_upstream_connections: int = 1000
+    # A PEM file of CA certificates trusted for the upstreams besides the default ones (certifi's,
+    # or $SSL_CERT_FILE's): an upstream behind a private CA, a self-signed test server.
+    upstream_ca: str | None = None
     spool_dir: str | None = None  # where settles wait for the ledger (None: $TOKENTILL_SPOOL_DIR, else the SDK's)
     # "wait": a whole answer waits for its settle and carries x-tokentill-charged; "background":
     # it goes back once the settle is spooled, with the hold (x-tokentill-reserved) only.
@@ -48,9 +52,17 @@ class GatewaySettings:
             default_max_output_tokens=_positive(env, "TOKENTILL_GATEWAY_MAX_OUTPUT_TOKENS", 4096),
             hold_seconds=_positive(env, "TOKENTILL_GATEWAY_HOLD_SECONDS", 600),
             read_timeout_s=float(_positive(env, "TOKENTILL_GATEWAY_READ_TIMEOUT_SECONDS", 600)),
+            upstream_ca=_readable_file(env, "TOKENTILL_GATEWAY_UPSTREAM_CA"),
             spool_dir=env.get("TOKENTILL_SPOOL_DIR") or None,
             settle=settle_mode(env.get("TOKENTILL_GATEWAY_SETTLE") or "wait", "TOKENTILL_GATEWAY_SETTLE"),
         )
+
+
+def _readable_file(env: Mapping[str, str], name: str) -> str | None:
+    path = env.get(name) or None
+    if path is not None and not (os.path.isfile(path) and os.access(path, os.R_OK)):
+        raise SystemExit(f"{name} must name a readable file, not {path!r}")
+    return path
 
 
 SETTLE_MODES = ("wait", "background")

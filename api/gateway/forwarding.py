@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -35,6 +36,10 @@ DROPPED_RESPONSE_HEADERS = frozenset({b"connection", b"keep-alive", b"transfer-e
 ANTHROPIC_VERSION = "2023-06-01"
 
 
+def _silent() -> httpx.ReadTimeout:
+    return httpx.ReadTimeout("the upstream was silent for longer than the read timeout")
+
+
 class Forwarding:
     """The upstream half of a call: forward, relay the answer, settle or release."""
 
@@ -58,7 +63,7 @@ class Forwarding:
         except asyncio.CancelledError:  # the caller left: what was generated is charged below
             self.outcome = "cut"
             if response is not None:
-                await response.aclose()  # closes the upstream connection: the upstream sees it
+                await response.aclose()  # the connection closed (HTTP/1.1), the stream reset (HTTP/2)
             await self.finish(self.tally.settlement(self.x.gw.counter, self.call.model, self.call.prompt_raw_tokens))
         finally:
             if response is not None:
@@ -74,38 +79,73 @@ class Forwarding:
         transport = self.x.gw.transport
         assert transport is not None, "the gateway was not started"
         started = time.perf_counter()
+        read, loop = self.x.gw.settings.read_timeout_s, asyncio.get_running_loop()
         try:
-            response = await transport.handle_async_request(httpx.Request(
-                "POST", url, content=self.call.body, headers=headers, extensions={"timeout": self.x.gw.timeout}))
+            # The read timeout is kept here, per call: httpcore's, on an HTTP/2 connection, would
+            # fail every stream of the connection (and only when all of them are silent at once).
+            # It runs from the moment the request is sent; the connection's own phases have theirs.
+            async with asyncio.timeout(None) as silence:
+                async def sent(event: str, info: dict[str, Any]) -> None:
+                    if event.endswith(".send_request_body.complete"):
+                        silence.reschedule(loop.time() + read)
+
+                response = await transport.handle_async_request(httpx.Request(
+                    "POST", url, content=self.call.body, headers=headers,
+                    extensions={"timeout": self.x.gw.timeout, "trace": sent}))
+        except TimeoutError:
+            await self._unanswered(_silent())
+            return None
         except httpx.HTTPError as exc:
-            self.outcome = "upstream_error"
-            await self.finish(None)
-            timeout = isinstance(exc, httpx.TimeoutException)
-            status = 504 if timeout else 502
-            log.warning("upstream %s failed: %s", url, exc.__class__.__name__)
-            await self.x._refuse(Refusal(status, "upstream_timeout" if timeout else "upstream_unavailable",
-                                         f"the upstream did not answer ({exc.__class__.__name__})"))
+            await self._unanswered(exc)
             return None
         self.x.timings["upstream"] = time.perf_counter() - started
         return response
+
+    async def _unanswered(self, exc: httpx.HTTPError) -> None:
+        """No answer came whole (none at all, or a whole answer cut short): release the hold and
+        answer 504 upstream_timeout (silent past the read timeout, or no connection in time) or 502
+        upstream_unavailable (no connection, or one lost), in the provider's shape. Never sent again."""
+        self.outcome = "upstream_error"
+        await self.finish(None)
+        timeout = isinstance(exc, httpx.TimeoutException)
+        log.warning("upstream %s %s failed: %s", self.x.provider, self.x.path, exc.__class__.__name__)
+        await self.x._refuse(Refusal(504 if timeout else 502, "upstream_timeout" if timeout else "upstream_unavailable",
+                                     f"the upstream did not answer ({exc.__class__.__name__})"))
 
     def _upstream_headers(self, response: httpx.Response) -> list[tuple[bytes, bytes]]:
         return [(k.lower(), v) for k, v in response.headers.raw if k.lower() not in DROPPED_RESPONSE_HEADERS]
 
     async def _pass_error(self, response: httpx.Response) -> None:
         """An upstream error status: release the hold, answer the upstream's error unchanged."""
-        body = await response.aread()
+        body = await self._body(response)
+        if body is None:
+            return
         self.outcome = "upstream_error"
         await self.finish(None)
         await self.x.respond(response.status_code, [*self._upstream_headers(response),
                                                     (b"x-tokentill-charged", b"0")], body)
+
+    async def _body(self, response: httpx.Response) -> bytes | None:
+        """A whole answer's body, or None when it was cut or went silent mid-way: the hold is then
+        released and the caller gets no part of it, but a 502 or 504 (see _unanswered)."""
+        parts: list[bytes] = []
+        try:
+            chunks = response.aiter_bytes()
+            while (part := await self._next(chunks)) is not None:
+                parts.append(part)
+        except httpx.HTTPError as exc:
+            await self._unanswered(exc)
+            return None
+        return b"".join(parts)
 
     async def _whole(self, response: httpx.Response) -> None:
         """The answer goes back once its settle is spooled and, by default, taken by the ledger:
         its headers carry the charge. With `settle="background"` it goes back once spooled, with
         the hold in its headers and the charge in the trace. A settle the ledger cannot take now
         (the database down) is left to the spool's queue: the answer carries the hold only."""
-        body = await response.aread()
+        body = await self._body(response)
+        if body is None:
+            return
         self.tally.texts = answer_texts(self.call.kind, body)
         charged = await self.finish(answer_settlement(self.call.kind, body, self.x.gw.counter, self.call.model,
                                                       self.call.prompt_raw_tokens), wait=self._waits())
@@ -123,7 +163,8 @@ class Forwarding:
         await x.start(response.status_code, [*self._upstream_headers(response), self._reserved()])
         splitter = EventSplitter()
         try:
-            async for chunk in response.aiter_raw():
+            chunks = response.aiter_raw()
+            while (chunk := await self._next(chunks)) is not None:
                 out = b"".join(event for event in splitter.feed(chunk) if self.tally.observe(event))
                 if out:
                     await x.send({"type": "http.response.body", "body": out, "more_body": True})
@@ -131,14 +172,25 @@ class Forwarding:
         except httpx.HTTPError as exc:  # the upstream failed mid-stream: bill what it generated
             self.outcome = "upstream_error"
             log.warning("upstream stream failed: %s", exc.__class__.__name__)
-            tail = stream_error_event(x.provider, "upstream_failed", f"the upstream stream failed "
-                                      f"({exc.__class__.__name__})")
+            timeout = isinstance(exc, httpx.TimeoutException)
+            tail = stream_error_event(x.provider, "upstream_timeout" if timeout else "upstream_failed",
+                                      f"the upstream stream failed ({exc.__class__.__name__})")
         charged = await self.finish(self.tally.settlement(x.gw.counter, self.call.model, self.call.prompt_raw_tokens),
                                     wait=self._waits())
         if charged is not None:
             tail += (f": tokentill charged={money(charged)} currency={self.reservation.currency} "
                      f"request_id={x.request_id}\n\n").encode()
         await x.send({"type": "http.response.body", "body": tail, "more_body": False})
+
+    async def _next(self, chunks: AsyncIterator[bytes]) -> bytes | None:
+        """The next part of the answer, None at its end, or httpx.ReadTimeout when the upstream is
+        silent for longer than the read timeout (the stream is given up: over HTTP/2 it is reset,
+        over HTTP/1.1 its connection closed; either way the upstream sees it)."""
+        try:
+            async with asyncio.timeout(self.x.gw.settings.read_timeout_s):
+                return await anext(chunks, None)
+        except TimeoutError:
+            raise _silent() from None
 
     def _waits(self) -> bool:
         return self.x.gw.settings.settle != "background"

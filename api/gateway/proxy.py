@@ -28,6 +28,7 @@ from api.auth import Principal
 from api.errors import STATUS_BY_CODE, ApiError
 from api.gateway.calls import KINDS, Call, CallError, parse_call
 from api.gateway.config import GatewaySettings
+from api.gateway.connections import upstream_timeouts, upstream_transport
 from api.gateway.forwarding import CALLS, Forwarding
 from api.gateway.settles import GatewaySettles
 from api.gateway.shapes import Refusal, error_body
@@ -59,17 +60,14 @@ class Gateway:
         self.counter = TokenCounter()
         self._urls: dict[tuple[str, str], httpx.URL] = {}  # only the paths of KINDS reach upstream
         self.transport: httpx.AsyncHTTPTransport | None = None
-        self.timeout = httpx.Timeout(connect=settings.connect_timeout_s, read=settings.read_timeout_s,
-                                     write=settings.read_timeout_s, pool=settings.connect_timeout_s).as_dict()
+        self.timeout = upstream_timeouts(settings)
 
     async def start(self) -> None:
         s = self.settings
-        # Pooled HTTP/1.1, and HTTP/2 where the upstream offers it (TLS with ALPN). The transport
-        # retries only a connection that failed: then the request was never sent. A sent call is
-        # never retried: it may have generated (and been billed) already. Calls go to the transport
-        # itself: httpx.AsyncClient's cookies, auth and redirects cost 1.3 ms of CPU a call here.
-        self.transport = httpx.AsyncHTTPTransport(http2=True, retries=s.connect_retries, limits=httpx.Limits(
-            max_connections=s.max_upstream_connections, max_keepalive_connections=min(200, s.max_upstream_connections)))
+        # Pooled HTTP/1.1, and HTTP/2 where the upstream offers it; connection failures retried,
+        # sent calls never (api.gateway.connections). Calls go to the transport itself:
+        # httpx.AsyncClient's cookies, auth and redirects cost 1.3 ms of CPU a call here.
+        self.transport = upstream_transport(s)
 
         await self.settles.start()
 

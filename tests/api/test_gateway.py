@@ -63,9 +63,9 @@ def live(database_url, fake) -> Iterator[tuple[str, str]]:
 def serving(database_url: str, fake: fk.FakeServer, **gateway: Any) -> Iterator[tuple[str, str]]:
     """The server with its gateway pointed at the fake (and `gateway` settings), and a price book."""
     port = free_port()
-    settings = Settings(admin_key=ADMIN, scheduler=False, gateway=GatewaySettings(
-        openai_url=f"{fake.url}/v1", openai_key="sk-upstream-openai", anthropic_url=fake.url,
-        anthropic_key="sk-upstream-anthropic", **{"default_max_output_tokens": 1000, **gateway}))
+    settings = Settings(admin_key=ADMIN, scheduler=False, gateway=GatewaySettings(**{
+        "openai_url": f"{fake.url}/v1", "openai_key": "sk-upstream-openai", "anthropic_url": fake.url,
+        "anthropic_key": "sk-upstream-anthropic", "default_max_output_tokens": 1000, **gateway}))
     server = _Server(create_app(settings, database_url), port)
     server.start()
     url = f"http://127.0.0.1:{port}"

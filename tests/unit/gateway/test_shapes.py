@@ -55,3 +55,11 @@ def test_the_customer_is_the_named_one_or_the_keys_only_one():
         with pytest.raises(Exception) as raised:
             customer_of(principal, named)
         assert raised.value.status in (403, 422)
+
+
+def test_the_gateways_upstream_timeout_is_anthropics_timeout_error_and_an_openai_api_error():
+    assert msgspec.json.decode(error_body("anthropic", 504, "upstream_timeout", "x"))["error"]["type"] == \
+        "timeout_error"
+    assert msgspec.json.decode(error_body("openai", 504, "upstream_timeout", "x"))["error"]["type"] == "api_error"
+    assert msgspec.json.decode(error_body("anthropic", 502, "upstream_unavailable", "x"))["error"]["type"] == \
+        "api_error"

@@ -1,0 +1,436 @@
+"""The gateway's upstream connections, driven by the official clients: HTTP/2 over TLS where the
+upstream offers it (a self-signed CA trusted through the gateway's `upstream_ca`), HTTP/1.1
+otherwise, pooled; a silent upstream is a provider-shaped 504 and releases the hold; and an upstream
+call is retried only when its connection failed to open, never once the request was sent.
+
+Three gateways share the module: `h2`, whose OpenAI upstream is the fake over TLS offering h2 and
+http/1.1 (5 streams at most per connection) and whose Anthropic upstream offers http/1.1 only;
+`flaky`, whose OpenAI upstream sits behind a front that drops the first two connections and whose
+Anthropic upstream drops every connection; and `plain`, which trusts no extra CA, whose OpenAI
+upstream hangs up after reading each request and whose Anthropic upstream is the h2 fake."""
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import anthropic
+import openai
+import pytest
+
+from api.bench import fake_upstream as fk
+from api.bench.common import free_port
+from tests.api.test_gateway import (
+    CALL,
+    CHAT_CHARGE,
+    HI,
+    IN,
+    MESSAGES_CHARGE,
+    OUT,
+    RESPONSES_CHARGE,
+    M,
+    charged,
+    claude,
+    customer,
+    oai,
+    serving,
+    wallet,
+    words,
+)
+from tests.upstream_tls import DroppingFront, HangingUp, TLSFake, make_certs
+
+READ_TIMEOUT = 2.0
+MAX_STREAMS = 5
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory) -> tuple[Path, Path, Path]:
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture(scope="module")
+def tls(certs) -> Iterator[TLSFake]:
+    server = TLSFake(free_port(), certs[1], certs[2], max_streams=MAX_STREAMS)
+    server.begin()
+    yield server
+    server.fake.release()
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def tls_h1(certs) -> Iterator[TLSFake]:
+    server = TLSFake(free_port(), certs[1], certs[2], alpn=("http/1.1",))
+    server.begin()
+    yield server
+    server.stop()
+
+
+class _Upstreams:
+    def __init__(self, openai_url: str, anthropic_url: str) -> None:
+        self.url, self.anthropic_url = openai_url, anthropic_url
+
+
+def _serve(database_url: str, openai_url: str, anthropic_url: str, **gateway) -> Iterator[tuple[str, str]]:
+    fake = _Upstreams(openai_url, anthropic_url)
+    # serving() points OpenAI at `{url}/v1` and Anthropic at `url`: give each its own
+    yield from serving(database_url, fake, **{"anthropic_url": anthropic_url, **gateway})  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def h2(database_url, tls, tls_h1, certs) -> Iterator[tuple[str, str]]:
+    yield from _serve(database_url, tls.url, tls_h1.url, upstream_ca=str(certs[0]), read_timeout_s=READ_TIMEOUT)
+
+
+@pytest.fixture(scope="module")
+def fronts(tls) -> Iterator[tuple[DroppingFront, DroppingFront]]:
+    some, every = (DroppingFront(free_port(), ("127.0.0.1", tls.port), drops) for drops in (2, 10**9))
+    some.begin()
+    every.begin()
+    yield some, every
+    some.stop()
+    every.stop()
+
+
+@pytest.fixture(scope="module")
+def flaky(database_url, fronts, certs) -> Iterator[tuple[str, str]]:
+    some, every = fronts
+    yield from _serve(database_url, f"https://127.0.0.1:{some.port}", f"https://127.0.0.1:{every.port}",
+                      upstream_ca=str(certs[0]), connect_timeout_s=5.0)
+
+
+@pytest.fixture(scope="module")
+def hanging() -> Iterator[HangingUp]:
+    server = HangingUp(free_port())
+    server.begin()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def plain(database_url, hanging, tls) -> Iterator[tuple[str, str]]:
+    yield from _serve(database_url, f"http://127.0.0.1:{hanging.port}", tls.url)
+
+
+def _last(fake: fk.FakeUpstream, model: str) -> fk.Logged:
+    return next(call for call in reversed(fake.calls) if call.body.get("model") == model)
+
+
+# --- HTTP/2 over TLS, with the CA given by upstream_ca -------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_chat_call_goes_upstream_over_http2_and_is_charged_its_usage(h2, tls, stream):
+    url, _ = h2
+    cid, key = customer(h2)
+    before = len(tls.fake.calls)
+    if stream:
+        with oai(url, key).chat.completions.with_streaming_response.create(
+                model="gpt-test", messages=HI, stream=True) as response:
+            text = "".join(c.choices[0].delta.content or "" for c in response.parse() if c.choices)
+            request_id = response.headers["x-tokentill-request-id"]
+    else:
+        raw = oai(url, key).chat.completions.with_raw_response.create(model="gpt-test", messages=HI)
+        text, request_id = raw.parse().choices[0].message.content, raw.headers["x-tokentill-request-id"]
+        assert Decimal(raw.headers["x-tokentill-charged"]) == CHAT_CHARGE
+    assert text == words(40)
+    [call] = tls.fake.calls[before:]
+    assert call.http_version == "2" and call.done
+    assert call.headers["authorization"] == "Bearer sk-upstream-openai"
+    assert charged(url, request_id) == CHAT_CHARGE
+    assert wallet(url, cid) == (Decimal("10") - CHAT_CHARGE, 0)
+
+
+def test_a_streamed_responses_call_goes_over_http2_and_is_charged_its_usage(h2, tls):
+    url, _ = h2
+    _, key = customer(h2)
+    with oai(url, key).responses.with_streaming_response.create(model="gpt-test", input="hi", stream=True) as r:
+        events = list(r.parse())
+        request_id = r.headers["x-tokentill-request-id"]
+    assert events[-1].type == "response.completed"
+    assert _last(tls.fake, "gpt-test").http_version == "2"
+    assert charged(url, request_id) == RESPONSES_CHARGE
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_upstream_offering_only_http11_over_tls_is_called_over_http11(h2, tls_h1, stream):
+    url, _ = h2
+    _, key = customer(h2)
+    before = len(tls_h1.fake.calls)
+    if stream:
+        with claude(url, key).messages.stream(model="claude-test", max_tokens=1000, messages=HI) as s:
+            text = "".join(s.text_stream)
+            request_id = s.response.headers["x-tokentill-request-id"]
+    else:
+        raw = claude(url, key).messages.with_raw_response.create(model="claude-test", max_tokens=1000, messages=HI)
+        text, request_id = raw.parse().content[0].text, raw.headers["x-tokentill-request-id"]
+    assert text == words(40)
+    [call] = tls_h1.fake.calls[before:]
+    assert call.http_version == "1.1" and call.headers["x-api-key"] == "sk-upstream-anthropic"
+    assert charged(url, request_id) == MESSAGES_CHARGE
+
+
+def test_sequential_calls_reuse_one_upstream_connection_http2_and_http11(h2, tls, tls_h1):
+    url, _ = h2
+    _, key = customer(h2, amount="100.00")
+    gpt, sonnet = oai(url, key), claude(url, key)
+    first, first_h1 = len(tls.fake.calls), len(tls_h1.fake.calls)
+    for stream in (False, True) * 4:
+        if stream:
+            list(gpt.chat.completions.create(model="gpt-test", messages=HI, stream=True))
+            with sonnet.messages.stream(model="claude-test", max_tokens=100, messages=HI) as s:
+                s.until_done()
+        else:
+            gpt.chat.completions.create(model="gpt-test", messages=HI)
+            sonnet.messages.create(model="claude-test", max_tokens=100, messages=HI)
+    over_h2, over_h1 = tls.fake.calls[first:], tls_h1.fake.calls[first_h1:]
+    assert len(over_h2) == len(over_h1) == 8
+    assert {c.http_version for c in over_h2} == {"2"} and {c.http_version for c in over_h1} == {"1.1"}
+    assert len({c.peer for c in over_h2}) == 1 and len({c.peer for c in over_h1}) == 1
+
+
+async def test_concurrent_streams_are_multiplexed_on_one_http2_connection(h2, tls):
+    url, _ = h2
+    _, key = customer(h2, amount="100.00")
+    client = openai.AsyncOpenAI(base_url=f"{url}/openai/v1", api_key=key, max_retries=0)
+    await client.chat.completions.create(model="gpt-test", messages=HI)  # the connection is open
+    first = len(tls.fake.calls)
+
+    async def one() -> str:
+        stream = await client.chat.completions.create(model="gpt-test", messages=HI, stream=True)
+        return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+    texts = await asyncio.gather(*(one() for _ in range(12)))  # more than the 5 streams the server allows
+    await client.close()
+    assert texts == [words(40)] * 12
+    calls = tls.fake.calls[first:]
+    assert len(calls) == 12 and len({c.peer for c in calls}) == 1
+
+
+def test_an_upstream_whose_certificate_is_not_trusted_is_a_502_and_released(plain, tls):
+    url, _ = plain  # this gateway was not given the CA that signed the fake's certificate
+    cid, key = customer(plain)
+    before = len(tls.fake.calls)
+    with pytest.raises(anthropic.InternalServerError) as raised:
+        claude(url, key).messages.create(model="claude-test", max_tokens=100, messages=HI)
+    assert raised.value.status_code == 502
+    assert raised.value.body["error"]["code"] == "upstream_unavailable"
+    assert charged(url, raised.value.response.headers["x-tokentill-request-id"]) == 0
+    assert wallet(url, cid) == (Decimal("10"), 0) and len(tls.fake.calls) == before
+
+
+# --- Cancellation over HTTP/2 ---------------------------------------------------------------------------
+
+
+def _cut_after_pause(url: str, key: str) -> str:
+    received = 0
+    with oai(url, key).chat.completions.with_streaming_response.create(
+            model="gpt-test-pause", messages=HI, stream=True) as response:
+        request_id = response.headers["x-tokentill-request-id"]
+        for chunk in response.parse():
+            received += bool(chunk.choices and chunk.choices[0].delta.content)
+            if received == fk.PAUSE_AFTER:
+                break
+    return request_id
+
+
+def _wait_cancelled(call: fk.Logged, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not call.cancelled and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert call.cancelled, "the upstream never saw the cancellation"
+
+
+def test_a_stream_cut_by_the_client_resets_its_http2_stream_and_the_connection_serves_on(h2, tls):
+    url, _ = h2
+    cid, key = customer(h2, amount="100.00")
+    request_id = _cut_after_pause(url, key)
+    call = _last(tls.fake, "gpt-test-pause")
+    _wait_cancelled(call)  # the upstream stops generating: it saw the stream reset
+    assert call.http_version == "2" and call.emitted == fk.PAUSE_AFTER and not call.done
+    assert charged(url, request_id) == (8 * IN + 200 * OUT) / M + CALL
+    first = len(tls.fake.calls)
+    for _ in range(MAX_STREAMS + 1):  # more cut streams than the connection may have open at once
+        _cut_after_pause(url, key)
+        _wait_cancelled(tls.fake.calls[-1])
+    raw = oai(url, key).chat.completions.with_raw_response.create(model="gpt-test", messages=HI)
+    assert Decimal(raw.headers["x-tokentill-charged"]) == CHAT_CHARGE
+    assert len({c.peer for c in tls.fake.calls[first:]}) == 1  # the same connection, still serving
+    assert wallet(url, cid)[1] == 0
+
+
+def test_a_caller_who_gives_up_before_a_whole_answer_resets_its_http2_stream(h2, tls):
+    url, _ = h2
+    cid, key = customer(h2)
+    body = json.dumps({"model": "gpt-test-slow", "messages": HI}).encode()
+    before = len(tls.fake.calls)
+    with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as caller:
+        caller.sendall(f"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {key}\r\n"
+                       f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        deadline = time.monotonic() + 30
+        while len(tls.fake.calls) == before and time.monotonic() < deadline:
+            time.sleep(0.02)  # the call is upstream, which thinks until the caller leaves
+    call = _last(tls.fake, "gpt-test-slow")
+    _wait_cancelled(call, timeout=READ_TIMEOUT / 2)  # the reset, not the read timeout
+    assert call.http_version == "2" and call.emitted == 0
+    assert wallet(url, cid) == (Decimal("10"), 0)
+
+
+# --- Timeouts -------------------------------------------------------------------------------------------
+
+
+def test_an_upstream_that_never_answers_is_a_504_upstream_timeout_and_the_hold_is_released(h2, tls):
+    url, _ = h2
+    cid, key = customer(h2)
+    started = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as raised:
+        oai(url, key, timeout=30).chat.completions.create(model="gpt-test-slow", messages=HI)
+    assert READ_TIMEOUT <= time.monotonic() - started < READ_TIMEOUT + 5
+    error = raised.value
+    assert error.status_code == 504 and isinstance(error, openai.InternalServerError)
+    assert error.body == {"message": "the upstream did not answer (ReadTimeout)", "type": "api_error",
+                          "param": None, "code": "upstream_timeout"}
+    assert charged(url, error.response.headers["x-tokentill-request-id"]) == 0
+    assert wallet(url, cid) == (Decimal("10"), 0)
+    _wait_cancelled(_last(tls.fake, "gpt-test-slow"))  # and the upstream call was abandoned
+    oai(url, key).chat.completions.create(model="gpt-test", messages=HI)  # the pool serves on
+
+
+async def test_a_silent_call_times_out_on_its_own_beside_a_busy_stream_on_the_same_http2_connection(h2, tls):
+    url, _ = h2
+    cid, key = customer(h2)
+    client = openai.AsyncOpenAI(base_url=f"{url}/openai/v1", api_key=key, max_retries=0, timeout=30)
+    await client.chat.completions.create(model="gpt-test", messages=HI)  # the connection is open
+    first = len(tls.fake.calls)
+
+    async def busy() -> str:  # a token every 0.1 s for 4 s: the connection is never silent
+        stream = await client.chat.completions.create(model="gpt-test-trickle", messages=HI, stream=True)
+        return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+    async def silent() -> tuple[int, float]:
+        started = time.monotonic()
+        try:
+            await client.chat.completions.create(model="gpt-test-slow", messages=HI)
+        except openai.APIStatusError as exc:
+            return exc.status_code, time.monotonic() - started
+        raise AssertionError("the silent call was answered")
+
+    text, (status, waited) = await asyncio.gather(busy(), silent())
+    await client.close()
+    assert status == 504 and READ_TIMEOUT <= waited < READ_TIMEOUT + 1.5  # not when the busy stream ended
+    assert text == words(40)  # and the busy stream was not failed with it
+    assert len({c.peer for c in tls.fake.calls[first:]}) == 1
+    assert (await asyncio.to_thread(wallet, url, cid))[1] == 0
+
+
+def test_a_stream_that_goes_silent_is_billed_what_it_sent_and_ends_with_a_timeout_error(h2, tls):
+    url, _ = h2
+    _, key = customer(h2)
+    received = []
+    with pytest.raises(openai.APIError, match=r"upstream stream failed \(ReadTimeout\)"):
+        with oai(url, key).chat.completions.with_streaming_response.create(
+                model="gpt-test-pause", messages=HI, stream=True) as response:
+            request_id = response.headers["x-tokentill-request-id"]
+            for chunk in response.parse():
+                received.append(chunk.choices[0].delta.content if chunk.choices else None)
+    assert "".join(filter(None, received)) == words(fk.PAUSE_AFTER)
+    assert charged(url, request_id) == (8 * IN + fk.PAUSE_AFTER * OUT) / M + CALL
+    _wait_cancelled(_last(tls.fake, "gpt-test-pause"))
+
+
+# --- Retries: only a connection that failed to open ------------------------------------------------------
+
+
+def test_a_connection_that_fails_to_open_is_retried_and_the_call_is_sent_once(flaky, fronts, tls):
+    url, _ = flaky
+    some, _ = fronts
+    _, key = customer(flaky)
+    before = len(tls.fake.calls)
+    raw = oai(url, key).chat.completions.with_raw_response.create(model="gpt-test", messages=HI)
+    assert Decimal(raw.headers["x-tokentill-charged"]) == CHAT_CHARGE
+    assert some.accepted == 3  # two dropped before a byte passed, then the one that carried the call
+    assert len(tls.fake.calls) == before + 1 and tls.fake.calls[-1].http_version == "2"
+
+
+def test_a_connection_that_never_opens_is_tried_three_times_then_a_502_and_released(flaky, fronts):
+    url, _ = flaky
+    _, every = fronts
+    cid, key = customer(flaky)
+    with pytest.raises(anthropic.InternalServerError) as raised:
+        claude(url, key).messages.create(model="claude-test", max_tokens=100, messages=HI)
+    assert raised.value.status_code == 502 and raised.value.body["error"]["code"] == "upstream_unavailable"
+    assert every.accepted == 3  # the first try and connect_retries (2) more
+    assert wallet(url, cid) == (Decimal("10"), 0)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_upstream_that_hangs_up_after_the_request_is_not_sent_again(plain, hanging, stream):
+    url, _ = plain
+    cid, key = customer(plain)
+    before = hanging.requests
+    with pytest.raises(openai.InternalServerError) as raised:
+        oai(url, key).chat.completions.create(model="gpt-test", messages=HI, stream=stream)
+    assert raised.value.status_code == 502 and raised.value.body["code"] == "upstream_unavailable"
+    time.sleep(0.5)  # a retry would have come by now
+    assert hanging.requests == before + 1
+    assert charged(url, raised.value.response.headers["x-tokentill-request-id"]) == 0
+    assert wallet(url, cid) == (Decimal("10"), 0)
+
+
+@pytest.mark.parametrize(("model", "error", "status"), [("gpt-test-fail", openai.InternalServerError, 500),
+                                                        ("gpt-test-overloaded", openai.InternalServerError, 503)])
+def test_an_upstream_error_status_is_passed_through_once_and_never_resent(h2, tls, model, error, status):
+    url, _ = h2
+    cid, key = customer(h2)
+    before = len(tls.fake.calls)
+    with pytest.raises(error) as raised:
+        oai(url, key).chat.completions.create(model=model, messages=HI)
+    assert raised.value.status_code == status and raised.value.response.headers["x-tokentill-charged"] == "0"
+    assert [c.body["model"] for c in tls.fake.calls[before:]] == [model]
+    assert wallet(url, cid) == (Decimal("10"), 0)
+
+
+def test_a_whole_answer_cut_mid_body_is_not_resent_answers_502_and_releases_the_hold(h2, tls_h1):
+    url, _ = h2
+    cid, key = customer(h2)
+    before = len(tls_h1.fake.calls)
+    with pytest.raises(anthropic.InternalServerError) as raised:  # over HTTP/1.1: the connection is closed
+        claude(url, key).messages.create(model="claude-test-drop", max_tokens=100, messages=HI)
+    assert raised.value.status_code == 502 and raised.value.body["error"]["code"] == "upstream_unavailable"
+    assert [c.body["model"] for c in tls_h1.fake.calls[before:]] == ["claude-test-drop"]
+    assert charged(url, raised.value.response.headers["x-tokentill-request-id"]) == 0
+    assert wallet(url, cid) == (Decimal("10"), 0)
+    claude(url, key).messages.create(model="claude-test", max_tokens=100, messages=HI)  # the pool serves on
+
+
+def test_a_whole_answer_left_unfinished_over_http2_is_a_504_not_resent_and_released(h2, tls):
+    url, _ = h2
+    cid, key = customer(h2)
+    before = len(tls.fake.calls)
+    # hypercorn ends neither the stream nor the connection when the app fails mid-answer: silence
+    with pytest.raises(openai.InternalServerError) as raised:
+        oai(url, key).chat.completions.create(model="gpt-test-drop", messages=HI)
+    assert raised.value.status_code == 504 and raised.value.body["code"] == "upstream_timeout"
+    assert [c.body["model"] for c in tls.fake.calls[before:]] == ["gpt-test-drop"]
+    assert charged(url, raised.value.response.headers["x-tokentill-request-id"]) == 0
+    assert wallet(url, cid) == (Decimal("10"), 0)
+    oai(url, key).chat.completions.create(model="gpt-test", messages=HI)  # the pool serves on
+
+
+def test_a_stream_broken_mid_way_over_http2_is_billed_what_it_sent_and_not_resent(h2, tls):
+    url, _ = h2
+    _, key = customer(h2)
+    before = len(tls.fake.calls)
+    received = []
+    with pytest.raises(openai.APIError, match="upstream stream failed"):
+        with oai(url, key).chat.completions.with_streaming_response.create(
+                model="gpt-test-drop", messages=HI, stream=True) as response:
+            request_id = response.headers["x-tokentill-request-id"]
+            for chunk in response.parse():
+                received.append(chunk.choices[0].delta.content if chunk.choices else None)
+    assert "".join(filter(None, received)) == words(fk.DROP_AFTER)
+    assert charged(url, request_id) == (8 * IN + fk.DROP_AFTER * OUT) / M + CALL
+    assert [c.http_version for c in tls.fake.calls[before:]] == ["2"]
