@@ -179,3 +179,15 @@ async def test_a_holder_that_hangs_inside_its_transaction_loses_its_locks(databa
     finally:
         await other.dispose()
         await hung.dispose()
+
+
+async def test_a_writer_transaction_plans_its_statements_generically_and_only_itself(db, tag):
+    """Under the default plan_cache_mode the foreign-key checks against partitioned tables were
+    re-planned for every row: a transaction taken under advisory locks (a wallet batch) plans
+    generically, and the setting ends with it."""
+    async def mode(conn):
+        return (await conn.exec_driver_sql("SHOW plan_cache_mode")).scalar()
+
+    assert await db.run(mode, locks=[lock_key(f"plans:{tag}")]) == "force_generic_plan"
+    assert await db.run(mode) == "auto"
+    assert await db.run(mode, locks=[lock_key(f"plans:{tag}")]) == "force_generic_plan"
