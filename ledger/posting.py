@@ -94,7 +94,7 @@ def stripe_of(entry: JournalEntry, info: AccountInfo, lanes: int) -> int:
     return zlib.crc32(entry.key.encode()) % info.stripes
 
 
-def _wire(entry: JournalEntry, accounts: dict[str, AccountInfo], lanes: int
+def _wire(entry: JournalEntry, accounts: dict[str, AccountInfo], lanes: int, entry_id: int | None = None
           ) -> tuple[dict, set[tuple[int, int, int]]]:
     legs, deltas = [], defaultdict(int)
     for p in entry.postings:
@@ -111,7 +111,52 @@ def _wire(entry: JournalEntry, accounts: dict[str, AccountInfo], lanes: int
     wire = {"k": entry.key, "h": entry.request_hash().hex(), "kind": entry.kind,
             "c": entry.customer_id, "at": entry.occurred_at.isoformat(), "m": entry.metadata,
             "p": legs, "d": [[a, s, d, lane] for (lane, a, s), d in deltas.items() if d]}
+    if entry_id is not None:
+        wire["i"] = entry_id
     return wire, set(deltas)
+
+
+_POST = "SELECT idx, status, entry_id, detail FROM ledger_post(%s::jsonb, %s::smallint[], %s, %s::smallint[])"
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedPost:
+    """One `ledger_post` call, ready to run: alone, or inside a wallet batch's write statement."""
+    entries: list[JournalEntry]
+    accounts: dict[str, AccountInfo]
+    sql: str
+    params: tuple
+
+    def results(self, rows: list) -> list[PostResult]:
+        """One outcome per entry, in order, from the rows `ledger_post` returned."""
+        BATCH_SIZE.observe(len(self.entries))
+        by_index = {row[0]: row for row in rows}
+        results = []
+        for i, entry in enumerate(self.entries, start=1):
+            _, status, entry_id, detail = by_index[i]
+            if detail is not None and detail.isdigit():  # below_bound names the account by id
+                detail = next((p.account for p in entry.postings if self.accounts[p.account].id == int(detail)),
+                              detail)
+            results.append(PostResult(entry.key, Outcome(status), entry_id, detail))
+        return results
+
+
+async def prepare_post(conn: AsyncConnection, entries: list[JournalEntry],
+                       ids: list[int] | None = None) -> PreparedPost:
+    """The `ledger_post` call for `entries` (with the entry ids `ids` when given: ids the caller
+    allocated from `journal_entries_id_seq`, one per entry). Raises for what is wrong with the
+    request itself (unknown account, mismatched asset or customer)."""
+    accounts = await resolve_accounts(conn, {p.account for e in entries for p in e.postings})
+    lanes = await lane_count(conn)
+    wires, touched = [], set()
+    for i, entry in enumerate(entries):
+        wire, keys = _wire(entry, accounts, lanes, ids[i] if ids is not None else None)
+        wires.append(wire)
+        touched |= keys
+    order = sorted(touched)
+    return PreparedPost(entries, accounts, _POST, (
+        msgspec.json.encode(wires).decode(), [lane for lane, _, _ in order], [a for _, a, _ in order],
+        [s for _, _, s in order]))
 
 
 async def post_entries(conn: AsyncConnection, entries: list[JournalEntry]) -> list[PostResult]:
@@ -122,28 +167,9 @@ async def post_entries(conn: AsyncConnection, entries: list[JournalEntry]) -> li
     """
     if not entries:
         return []
-    accounts = await resolve_accounts(conn, {p.account for e in entries for p in e.postings})
-    lanes = await lane_count(conn)
-    wires, touched = [], set()
-    for entry in entries:
-        wire, keys = _wire(entry, accounts, lanes)
-        wires.append(wire)
-        touched |= keys
-    order = sorted(touched)
-    rows = (await conn.exec_driver_sql(
-        "SELECT idx, status, entry_id, detail FROM ledger_post(%s::jsonb, %s::smallint[], %s, %s::smallint[])",
-        (msgspec.json.encode(wires).decode(), [lane for lane, _, _ in order], [a for _, a, _ in order],
-         [s for _, _, s in order]),
-    )).all()
-    BATCH_SIZE.observe(len(entries))
-    by_index = {row[0]: row for row in rows}
-    results = []
-    for i, entry in enumerate(entries, start=1):
-        _, status, entry_id, detail = by_index[i]
-        if detail is not None and detail.isdigit():  # below_bound names the account by id
-            detail = next((p.account for p in entry.postings if accounts[p.account].id == int(detail)), detail)
-        results.append(PostResult(entry.key, Outcome(status), entry_id, detail))
-    return results
+    prepared = await prepare_post(conn, entries)
+    rows = (await conn.exec_driver_sql(prepared.sql, prepared.params)).all()
+    return prepared.results(rows)
 
 
 async def account_locks(db: Database, entries: list[JournalEntry]) -> list[int]:

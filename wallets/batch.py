@@ -1,7 +1,7 @@
 """The shell around the wallet rules for one transaction: the loaded state, each command decided
 by the pure core (wallets/core) and its decision followed in memory (so later commands in the
-batch see it) and turned into rows, then the flush that writes them (accounts, one ledger_post
-round trip, one write statement)."""
+batch see it) and turned into rows, then the flush that makes them ready (accounts opened, entry
+ids given) and the one statement that posts the entries (ledger_post) and writes the rows."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.model import AccountSpec, JournalEntry
-from ledger.posting import Outcome, post_entries
+from ledger.posting import Outcome, PreparedPost, prepare_post
 from pricing.books import PriceBook
 from wallets import chart, store
 from wallets.core import Decision, State, decide
@@ -73,6 +73,8 @@ class Batch:
     invoices: dict[str, InvoiceDue] = field(default_factory=dict)
     rerates: dict[tuple[str, str], Any] = field(default_factory=dict)  # (customer, period) -> RerateInput
     credit_note_seqs: dict[tuple[str, int], int] = field(default_factory=dict)  # (issuer, year) -> last number
+    entry_ids: list[int] = field(default_factory=list)  # the entries' ids (given by flush), in order
+    posting: PreparedPost | None = None  # the entries' ledger_post call (made by flush)
 
     def state(self, customer_id: str) -> State:
         return State(customer_id, self.loaded.wallets.get(customer_id), self.loaded.idempotency,
@@ -289,14 +291,17 @@ class Batch:
         self.rows.setdefault(table, []).append(row)
 
     async def flush(self, conn: AsyncConnection) -> None:
+        """Make the batch ready to write: open its accounts, give each entry its id (allocated
+        with the load), and turn what was followed into rows, each naming its entry by id."""
         await store.open_accounts(conn, self.accounts)
-        posted = await post_entries(conn, self.entries)
-        ids: dict[str, int] = {}
-        for result in posted:
-            if result.outcome is not Outcome.POSTED:
-                # Every account a command touches is under its customer's lock: this is a bug.
-                raise RuntimeError(f"entry {result.key} was {result.outcome.value} ({result.detail})")
-            ids[result.key] = result.entry_id  # type: ignore[assignment]
+        spare = self.loaded.entry_ids
+        if len(spare) < len(self.entries):  # more entries than commands, or no ids loaded
+            spare = spare + [r[0] for r in await conn.exec_driver_sql(
+                "SELECT nextval('journal_entries_id_seq') FROM generate_series(1, %s)",
+                (len(self.entries) - len(spare),))]
+        self.entry_ids, self.loaded.entry_ids = spare[:len(self.entries)], spare[len(self.entries):]
+        self.posting = await prepare_post(conn, self.entries, self.entry_ids)
+        ids = {entry.key: entry_id for entry, entry_id in zip(self.entries, self.entry_ids, strict=True)}
         for table_rows in self.rows.values():
             for row in table_rows:
                 if "entry_key" in row:
@@ -333,7 +338,20 @@ class Batch:
                 self.add("reservation_budget_updates", store.budget_hold_row(rid, bh))
 
     async def write(self, conn: AsyncConnection) -> None:
-        await store.write(conn, self.rows)
+        """Post the entries and write the rows in one statement (one round trip): the rows' entry
+        ids were allocated before, and their foreign keys are checked when the statement ends."""
+        assert self.posting is not None, "flush the batch before writing it"
+        post = (self.posting.sql, self.posting.params) if self.entries else None
+        statement = store.write_statement(self.rows, first=post)
+        if statement is None:
+            return
+        rows = (await conn.exec_driver_sql(*statement)).all()
+        if post is None:
+            return
+        for result, entry_id in zip(self.posting.results(rows), self.entry_ids, strict=True):
+            if result.outcome is not Outcome.POSTED or result.entry_id != entry_id:
+                # Every account a command touches is under its customer's lock: this is a bug.
+                raise RuntimeError(f"entry {result.key} was {result.outcome.value} ({result.detail})")
 
 
 _FOLLOW: dict[type, Any] = {

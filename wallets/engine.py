@@ -46,7 +46,8 @@ BATCH_COMMANDS = Histogram("tokentill_wallet_batch_commands", "Wallet commands p
                            buckets=(1, 2, 4, 8, 16, 32, 64, 128))
 # Where a command's time goes: `queued` (per command, from submit until its batch is taken), then
 # per batch `lock` (a pooled connection, the advisory locks, BEGIN; retries too), `load` (every
-# read), `rules` (the core, in Python), `post` (ledger_post), `write` (the rows) and `commit`.
+# read), `rules` (the core, in Python), `post` (the entries' ids, ledger_post's call and the rows
+# made ready; accounts opened), `write` (ledger_post and the rows: one statement) and `commit`.
 BATCH_PHASE = Histogram("tokentill_wallet_batch_phase_seconds", "Wallet command and batch time, by phase",
                         ["phase"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 _MARKS: ContextVar[list[float] | None] = ContextVar("tokentill_batch_marks", default=None)  # when each phase ended
@@ -308,7 +309,7 @@ class Engine:
                 needs.setdefault(name, []).extend(values)
             if command.idem is not None:
                 needs.setdefault("idempotency", []).append((command.idem.scope, command.idem.key))
-        loaded = await store.load(conn, customers, now=now, **needs)
+        loaded = await store.load(conn, customers, now=now, new_entries=len(commands), **needs)
         rating = {c.customer_id for c in commands if c.needs_book}
         books = {cid: await self.books.get(conn, w.customer.price_book, w.customer.book_versions)
                  for cid, w in loaded.wallets.items() if cid in rating}

@@ -100,7 +100,11 @@ SELECT
       WHERE r.lane = %(lane)s AND r.customer_id = ANY(%(credit_held_for)s::text[])
         AND r.status = ANY(%(open_statuses)s::text[])
         AND h.account_code = %(receivable_before)s || r.customer_id || %(receivable_after)s
-      GROUP BY r.customer_id) t) AS credit_held
+      GROUP BY r.customer_id) t) AS credit_held,
+  -- ids for the entries the batch may post (one a command at most): known before it posts, the
+  -- rows naming them go with ledger_post in one round trip
+  (SELECT coalesce(array_agg(nextval('journal_entries_id_seq')), '{}')
+     FROM generate_series(1, %(new_entries)s::int)) AS entry_ids
 """
 
 
@@ -133,6 +137,7 @@ class Loaded:
     idempotency: dict[tuple[str, str], StoredResponse]
     events: dict[tuple[str, str], bytes]  # (customer id, event id) -> request hash
     missing_reservations: set[str] = field(default_factory=set)
+    entry_ids: list[int] = field(default_factory=list)  # allocated for the batch's entries, unused yet
 
 
 def _customer(c: dict[str, Any]) -> Wallet:
@@ -183,10 +188,10 @@ async def load(conn: AsyncConnection, customer_ids: Iterable[str], *,
                reservation_ids: Iterable[str] = (), capture_ids: Iterable[str] = (),
                lot_codes: Iterable[str] = (), idempotency: Iterable[tuple[str, str]] = (),
                events: Iterable[tuple[str, str]] = (), credit_held_for: Iterable[str] = (),
-               now: datetime | None = None) -> Loaded:
+               now: datetime | None = None, new_entries: int = 0) -> Loaded:
     """The wallets of `customer_ids` (live lots, balances, the named reservations) and the
     stored idempotent responses and usage events (by customer and event id) the commands refer
-    to, in one round trip."""
+    to, in one round trip; and `new_entries` journal entry ids from the entries' sequence."""
     pairs = sorted(set(idempotency))
     event_pairs = sorted(set(events))
     held_for = sorted(set(credit_held_for))
@@ -197,8 +202,9 @@ async def load(conn: AsyncConnection, customer_ids: Iterable[str], *,
         "captures": sorted(set(capture_ids)),
         "lot_codes": sorted(set(lot_codes)), "scopes": [s for s, _ in pairs], "keys": [k for _, k in pairs],
         "event_customers": [c for c, _ in event_pairs], "event_ids": [e for _, e in event_pairs],
-        "credit_held_for": held_for, "now": now or datetime.now(UTC), **chart.SQL_PARAMETERS})).one()
-    loaded = Loaded({c["id"]: _customer(c) for c in row.customers}, {}, {})
+        "credit_held_for": held_for, "now": now or datetime.now(UTC), "new_entries": new_entries,
+        **chart.SQL_PARAMETERS})).one()
+    loaded = Loaded({c["id"]: _customer(c) for c in row.customers}, {}, {}, entry_ids=list(row.entry_ids))
     for lot_id, cid, code, kind, granted, priority, expires_at, created_at, reason, reference, balance, swept \
             in row.lots:
         loaded.wallets[cid].lots[code] = Lot(lot_id, code, kind, int(granted), priority, _time(expires_at),
@@ -513,12 +519,21 @@ _USAGE_ROLLUPS = f"""INSERT INTO usage_rollups (lane, {USAGE_KEY}, quantity, amo
                              charges = usage_rollups.charges + EXCLUDED.charges"""
 
 
-async def write(conn: AsyncConnection, rows: dict[str, list[dict[str, Any]]]) -> None:
-    """Write every table's rows in one statement (one round trip), in dependency order, in the
-    batch's lane; the usage rollups follow the charges inserted. Outside a wallet batch only
-    idempotency records are written, unpartitioned."""
+def write_statement(rows: dict[str, list[dict[str, Any]]], *, first: tuple[str, tuple[Any, ...]] | None = None
+                    ) -> tuple[str, tuple[Any, ...]] | None:
+    """The one statement that writes every table's rows, in dependency order, in the batch's lane
+    (the usage rollups follow the charges inserted), and its parameters; None when there is
+    nothing to run. Outside a wallet batch only idempotency records are written, unpartitioned.
+
+    `first`, a query and its parameters, runs in the same statement and its rows are the
+    statement's (a wallet batch's ledger_post call: the rows' foreign keys are checked when the
+    statement ends, after the entries they name were posted)."""
     lane = LANE.get()
-    parts, params = [], []
+    parts: list[str] = []
+    params: list[Any] = []
+    if first is not None:
+        parts.append(f"w_first AS ({first[0]})")
+        params.extend(first[1])
     for table, sql in _WRITES.items():
         if rows.get(table):
             if lane is None:
@@ -529,8 +544,17 @@ async def write(conn: AsyncConnection, rows: dict[str, list[dict[str, Any]]]) ->
             params.append(dumps(rows[table]))
             if table == "charges":
                 parts.append(f"w_usage_rollups AS ({_USAGE_ROLLUPS.format(lane=int(lane or 0))})")
-    if parts:
-        await conn.exec_driver_sql("WITH " + ",\n".join(parts) + " SELECT 1", tuple(params))
+    if not parts:
+        return None
+    return "WITH " + ",\n".join(parts) + (" SELECT * FROM w_first" if first is not None else " SELECT 1"), \
+        tuple(params)
+
+
+async def write(conn: AsyncConnection, rows: dict[str, list[dict[str, Any]]]) -> None:
+    """Write every table's rows in one statement (one round trip); see `write_statement`."""
+    statement = write_statement(rows)
+    if statement is not None:
+        await conn.exec_driver_sql(*statement)
 
 
 async def open_accounts(conn: AsyncConnection, specs: list[AccountSpec]) -> None:

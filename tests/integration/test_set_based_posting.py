@@ -8,7 +8,7 @@ import pytest
 
 from ledger.accounts import balance, open_account
 from ledger.model import AccountSpec, AccountType, JournalEntry, Posting
-from ledger.posting import Outcome, post_entries
+from ledger.posting import Outcome, post_entries, prepare_post
 
 
 async def _accounts(conn, tag):
@@ -119,3 +119,32 @@ async def test_an_entry_flagged_as_checked_in_its_statement_is_checked_there(db,
                                    SELECT e.id, x.account, x.amount
                                      FROM e, (VALUES (%s::bigint, 5), (%s::bigint, -5)) x(account, amount))
                              SELECT 1""", (f"{tag}-whole", a, b))
+
+
+@pytest.mark.parametrize("spends, careful", [([30, 30], 0), ([60, 60], 1)])
+async def test_an_entry_takes_the_id_its_batch_gives_on_either_path(db, tag, spends, careful):
+    """Migration 0024: ids allocated by the caller from the entries' sequence are the entries' ids,
+    set-based or entry by entry; an id given twice in a lane is refused by the primary key."""
+    async def work(conn):
+        await conn.exec_driver_sql("SET LOCAL track_functions = 'all'")
+        cash, lot, revenue = await _accounts(conn, tag)
+        await post_entries(conn, [_entry(tag, "fund", -100, lot, cash)])
+        ids = [r[0] for r in await conn.exec_driver_sql(
+            "SELECT nextval('journal_entries_id_seq') FROM generate_series(1, %s)", (len(spends),))]
+        before = await _careful_calls(conn)
+        prepared = await prepare_post(conn, [_entry(tag, f"s{i}", s, lot, revenue) for i, s in enumerate(spends)],
+                                      ids)
+        results = prepared.results((await conn.exec_driver_sql(prepared.sql, prepared.params)).all())
+        return ids, results, await _careful_calls(conn) - before, cash, lot
+
+    ids, results, calls, cash, lot = await db.run(work)
+    assert calls == careful
+    assert [r.outcome for r in results] == [Outcome.POSTED, Outcome.POSTED if careful == 0 else Outcome.BELOW_BOUND]
+    assert results[0].entry_id == ids[0] and (careful or results[1].entry_id == ids[1])
+
+    async def again(conn):
+        prepared = await prepare_post(conn, [_entry(tag, "dup", 1, cash, lot)], [ids[0]])
+        await conn.exec_driver_sql(prepared.sql, prepared.params)
+
+    with pytest.raises(Exception, match=r"journal_entries_l[0-9]+_pkey|duplicate key"):
+        await db.run(again)
