@@ -25,7 +25,7 @@ from api.keys import KeyCache
 from api.metrics import metrics_middleware
 from api.routes import audit, journal, keys, ops, webhooks
 from api.routes.wallet_routes import ROUTES as WALLET_ROUTES
-from api.routes.wire import guard_request
+from api.routes.wire import WireRequest, guard_request
 from api.runtime import Supervisor
 from api.settings import Settings
 from api.webhooks import Dispatcher, DispatchSettings
@@ -120,6 +120,7 @@ def create_app(settings: Settings, database_url: str, *, cluster: EmbeddedPostgr
         exception_handlers=EXCEPTION_HANDLERS,
         before_send=[_complete_allow_header],
         before_request=guard_request,  # 415, JSON depth, NUL: before any body is decoded
+        request_class=WireRequest,
         request_max_body_size=1_048_576,
         openapi_config=OpenAPIConfig(
             title="tokentill", version="0.1.0",

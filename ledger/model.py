@@ -106,7 +106,10 @@ class JournalEntry:
         return request_hash(self.canonical())
 
 
+# json.dumps with these arguments, made once: dumps builds a new encoder on every call.
+CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def request_hash(value: Any) -> bytes:
     """sha256 of canonical JSON (sorted keys, no spaces): equal requests, equal hashes."""
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode()).digest()
+    return hashlib.sha256(CANONICAL_JSON.encode(value).encode()).digest()

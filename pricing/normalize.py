@@ -41,6 +41,9 @@ CANONICAL_FIELDS = ("input_tokens", "cached_input_tokens", "cache_write_tokens",
                     "reasoning_tokens")
 EXTRA_FIELDS = tuple(f for t, f in FIELD_OF.items() if t not in FORMAT_1_TYPES)
 _TOKEN_TYPE_OF = {f: TYPE_OF_FIELD[f] for f in CANONICAL_FIELDS}
+_COUNTED_FIELDS = (*CANONICAL_FIELDS, *EXTRA_FIELDS)
+_NO_COUNTS = {TYPE_OF_FIELD[name]: 0 for name in _COUNTED_FIELDS}
+assert len(_NO_COUNTS) == len(_COUNTED_FIELDS)  # one rating type per field: no field overwrites another
 MAX_SERVICE_TIER = 40
 MODALITIES = ("audio", "image", "video")
 
@@ -265,5 +268,8 @@ def normalize_canonical(usage: Mapping[str, Any]) -> NormalizedUsage:
     for key in usage:
         r.check(key in CANONICAL_FIELDS or key in EXTRA_FIELDS or key == "service_tier", str(key),
                 "unknown usage field")
-    counts = {TYPE_OF_FIELD[name]: r.count(name) for name in (*CANONICAL_FIELDS, *EXTRA_FIELDS)}
+    counts = dict(_NO_COUNTS)  # a field not given counts 0: read only those given, in the same order
+    for name in _COUNTED_FIELDS:
+        if name in usage:
+            counts[TYPE_OF_FIELD[name]] = r.count(name)
     return _result(r, "canonical", counts, r.tier("service_tier"))

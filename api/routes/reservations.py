@@ -4,11 +4,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Request, Response, get, post
+from litestar import Request, Response, get
 from litestar.datastructures import State
 from litestar.params import FromPath
 
-from api.auth import ensure_customer, principal_of, require
+from api.auth import ensure_customer, guarded_post, principal_of, require
 from api.errors import ApiError, documented
 from api.routes.formats import Amount, Identifier
 from api.routes.inputs import hashed_as_before, prepare_estimate, usage_tokens
@@ -125,7 +125,7 @@ RESERVED, SETTLED, RELEASED = Answer(_reserved, ReserveResult), Answer(_settled,
     Answer(_released, ReleaseResult)
 
 
-@post("/v1/reservations", guards=[require("inference")], tags=["reservations"], status_code=201,
+@guarded_post("/v1/reservations", guards=[require("inference")], tags=["reservations"], status_code=201,
       **documented(402, 404, 409, 429, body=True, replay=ReservationResponse))
 async def create_reservation(
     state: State, request: Request,
@@ -150,7 +150,7 @@ async def create_reservation(
     return respond(request, await state.services.wallets.submit(command), RESERVED)
 
 
-@post("/v1/reservations/{reservation_id:str}/settle", guards=[require("inference")], tags=["reservations"],
+@guarded_post("/v1/reservations/{reservation_id:str}/settle", guards=[require("inference")], tags=["reservations"],
       status_code=200, **documented(404, 409, body=True))  # 422 includes implausible_usage
 async def settle(
     state: State, request: Request, reservation_id: FromPath[str],
@@ -187,7 +187,7 @@ def _forcing_key(request: Request) -> str:
     return principal.key_id
 
 
-@post("/v1/reservations/{reservation_id:str}/release", guards=[require("inference")], tags=["reservations"],
+@guarded_post("/v1/reservations/{reservation_id:str}/release", guards=[require("inference")], tags=["reservations"],
       status_code=200, **documented(404, 409, 422))  # 422: a malformed Idempotency-Key
 async def release(state: State, request: Request, reservation_id: FromPath[str]) -> Response[ReleaseResponse]:
     """Give the whole remaining hold back to the lots it came from."""

@@ -13,10 +13,10 @@ import hashlib
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Request, Response, post
+from litestar import Request, Response
 from litestar.datastructures import State
 
-from api.auth import principal_of, require
+from api.auth import guarded_post, principal_of, require
 from api.errors import ApiError, Problem, documented, error_response, unavailable
 from api.routes.inputs import usage_tokens
 from api.routes.reservations import SETTLED, SettleRequest, SettleResponse, _settle_body
@@ -132,7 +132,7 @@ async def _settle_one(state: State, request: Request, raw: Any, lookups: asyncio
     return _Answer(item.reservation_id, key, status, replayed, msgspec.Raw(text))
 
 
-@post("/v1/settlements", guards=[require("inference")], tags=["reservations"], status_code=200,
+@guarded_post("/v1/settlements", guards=[require("inference")], tags=["reservations"], status_code=200,
       **documented(body=True))
 async def settle_many(state: State, request: Request, data: SettlementsBody) -> Response[SettlementsResponse]:
     """Up to 1,000 settles, each answered on its own in `results`, in order, with the status and

@@ -5,7 +5,6 @@ PostgreSQL cannot store)."""
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 from collections.abc import Callable
@@ -15,10 +14,12 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response
-from litestar.exceptions import HTTPException
+from litestar.datastructures import MutableScopeHeaders
+from litestar.exceptions import ClientException, HTTPException
 from litestar.params import QueryParameter
+from litestar.response.base import ASGIResponse
 
-from api.auth import principal_of
+from api.auth import header, principal_of
 from api.errors import STATUS_BY_CODE, refusal
 from api.routes.formats import (
     AMOUNT,
@@ -29,6 +30,7 @@ from api.routes.formats import (
     matches,
     mismatched_patterns,
 )
+from ledger.model import CANONICAL_JSON
 from pricing.errors import InvalidAmountError
 from pricing.money import format_amount, parse_amount
 from pricing.parse import parse_time
@@ -105,11 +107,12 @@ def integral(value: Any) -> Any:
 def shaped(data: Any, type_: Any) -> Any:
     """`data` (decoded JSON) as `type_`, strictly (Litestar's own conversion would also take "5"
     for an integer), or a validation error naming the first field that is wrong."""
-    unfit = unstorable(data)
-    if unfit is not None:
-        raise WalletValidationError(*unfit)
     try:
-        return checked(msgspec.convert(integral(data), type_), type_)
+        fitted = _fitted(data)
+    except _Unfit:
+        raise WalletValidationError(*unstorable(data)) from None  # where, and why
+    try:
+        return checked(msgspec.convert(fitted, type_), type_)
     except msgspec.ValidationError as exc:
         text = str(exc)  # "Expected `str` - at `$.rules[0].id`" (or "at `key` in `$.…`")
         where = re.search(r" - at (?:`key` in )?`\$\.?([^`]*)`$", text)
@@ -126,6 +129,35 @@ def _text_problem(text: str) -> str | None:
     if not text.isascii() and _SURROGATE.search(text):
         return "must not contain a lone surrogate (U+D800 to U+DFFF)"
     return None
+
+
+class _Unfit(Exception):
+    pass
+
+
+def _fitted(value: Any) -> Any:
+    """integral(value), in the same walk that checks what `unstorable` checks (raising _Unfit
+    where that would name a problem): one walk of the body instead of two, and no paths built
+    unless something is wrong."""
+    if isinstance(value, str):
+        if "\x00" in value or (not value.isascii() and _SURROGATE.search(value)):
+            raise _Unfit
+        return value
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if isinstance(key, str) and ("\x00" in key or (not key.isascii() and _SURROGATE.search(key))):
+                raise _Unfit
+            out[key] = _fitted(item)
+        return out
+    if isinstance(value, list):
+        return [_fitted(item) for item in value]
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _Unfit
+        if value.is_integer():
+            return int(value)
+    return value
 
 
 def unstorable(value: Any, path: str = "") -> tuple[str, str] | None:
@@ -162,6 +194,8 @@ def nested_too_deep(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
     """Whether JSON `body` has arrays and objects more than `limit` deep, found by counting
     brackets outside strings, before any parser recurses into it. Linear (no regex here can
     backtrack), and a deep body is known after `limit` brackets."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False  # brackets in strings only add to the count
     if b"\\" in body:
         body = _ESCAPE.sub(b"", body)
     brackets = _STRING.sub(b"", body).translate(None, _NOT_BRACKET)
@@ -183,21 +217,44 @@ def is_json(media_type: str, options: dict[str, str]) -> bool:
     return json_type and options.get("charset", "utf-8").strip().lower() in ("utf-8", "utf8")
 
 
+class WireRequest(Request):
+    """Litestar's Request, reading Content-Length from the scope's raw headers: its own property
+    builds the case-insensitive multidict of every header first (on every request whose body is
+    read, the largest single cost of reading it)."""
+
+    @property
+    def content_length(self) -> int | None:
+        value = header(self, b"content-length")
+        if value is None:
+            return None
+        try:
+            return int(value)
+        except ValueError:
+            raise ClientException(f"Invalid content-length: {value!r}") from None
+
+
+_PLAIN_JSON = frozenset({"application/json", "application/json; charset=utf-8", "application/json;charset=utf-8"})
+
+
 async def guard_request(request: Request) -> None:
     """Litestar's before_request hook (after the guards, before the body is decoded): path and
     query values PostgreSQL cannot store are 422, a body on a route that takes one must be JSON
     (415, a missing Content-Type included) nested at most MAX_JSON_DEPTH deep (422). None of it
     touches the database."""
-    for name, value in (*request.path_params.items(), *request.query_params.items()):
+    scope = request.scope
+    values = (*scope["path_params"].items(), *request.query_params.items()) if scope.get("query_string") \
+        else scope["path_params"].items()
+    for name, value in values:
         problem = _text_problem(value) if isinstance(value, str) else None
         if problem is not None:
             raise WalletValidationError(name, problem)
-    if "data" not in request.route_handler.parsed_fn_signature.parameters:
+    if "data" not in scope["route_handler"].parsed_fn_signature.parameters:
         return  # Litestar never reads the body of a route without `data`
     body = await request.body()  # at most request_max_body_size (413 beyond)
     if not body:
         return
-    if not is_json(*request.content_type):
+    content_type = header(request, b"content-type")
+    if content_type not in _PLAIN_JSON and not is_json(*request.content_type):
         raise HTTPException(status_code=415, detail="the body must be JSON: Content-Type application/json")
     if nested_too_deep(body):
         raise WalletValidationError("body", f"JSON nested deeper than {MAX_JSON_DEPTH} arrays and objects")
@@ -212,8 +269,7 @@ def time_out(value: datetime | str | None) -> str | None:
 
 def body_hash(request: Request, body: Any, path: str | None = None) -> bytes:
     """What identifies a request for idempotency: method, path and the body's canonical JSON."""
-    text = json.dumps([request.method, path or request.url.path, msgspec.to_builtins(body)], sort_keys=True,
-                      separators=(",", ":"), ensure_ascii=False)
+    text = CANONICAL_JSON.encode([request.method, path or request.url.path, msgspec.to_builtins(body)])
     return hashlib.sha256(text.encode()).digest()
 
 
@@ -221,7 +277,7 @@ def idempotency(request: Request, body: Any, *, key: str | None = None, path: st
     """The call's IdemKey when it carries an Idempotency-Key header (scoped to the API key). A
     bulk call's item gives its own `key` and the `path` of the single call it stands for, so that
     both share one key: sent either way, it is answered (and charged) once."""
-    key = request.headers.get("idempotency-key") if key is None else key
+    key = header(request, b"idempotency-key") if key is None else key
     if key is None:
         return None
     key = key.strip()
@@ -271,12 +327,52 @@ def _rendered(request: Request, code: str, body: Any, answer: Answer) -> tuple[i
     return status, msgspec.json.encode(answer.wire(body), order="deterministic")  # dicts as jsonb gives them back
 
 
+class _Sent(ASGIResponse):
+    """What Litestar's ASGIResponse sends for bytes, a media type and an optional
+    Idempotent-Replayed header (the same start message: these headers, then content-type and
+    content-length), built without its generic header handling."""
+
+    __slots__ = ()
+
+    def __init__(self, body: bytes, status: int, media_type: str, replayed: bool) -> None:
+        headers = [(b"idempotent-replayed", b"true")] if replayed else []
+        headers.append((b"content-type", media_type.encode("latin-1")))
+        headers.append((b"content-length", str(len(body)).encode("latin-1")))
+        self.headers = MutableScopeHeaders({"headers": headers})
+        self.background, self.body, self.content_length, self._encoded_cookies = None, body, len(body), ()
+        self.encoding, self.is_head_response, self.status_code = "utf-8", False, status
+
+
+class Answered(Response):
+    """A wallet route's answer: bytes already encoded, a status and whether it is a replay.
+    Turned into `_Sent` directly when nothing else (route headers, cookies, a background task, a
+    HEAD request) asks for Litestar's general path; that path cost more than the route's own work."""
+
+    def __init__(self, body: bytes, status: int, replayed: bool) -> None:
+        # What Response.__init__ sets for these arguments, without its general conversions.
+        self.content, self.status_code, self._replayed = body, status, replayed
+        self.media_type = PROBLEM if status >= 400 else "application/json"
+        self.headers = {"Idempotent-Replayed": "true"} if replayed else {}
+        self.background, self.cookies, self.encoding, self.response_type_encoders = None, [], "utf-8", {}
+
+    def to_asgi_response(self, app: Any, request: Request, *, background: Any = None, cookies: Any = None,
+                         encoded_headers: Any = None, headers: Any = None, is_head_response: bool = False,
+                         media_type: Any = None, status_code: int | None = None,
+                         type_encoders: Any = None) -> ASGIResponse:
+        if background or cookies or encoded_headers or headers or is_head_response or self.cookies \
+                or self.background:
+            return super().to_asgi_response(app, request, background=background, cookies=cookies,
+                                            encoded_headers=encoded_headers, headers=headers,
+                                            is_head_response=is_head_response, media_type=media_type,
+                                            status_code=status_code, type_encoders=type_encoders)
+        return _Sent(self.content, self.status_code, self.media_type, self._replayed)
+
+
 def respond(request: Request, outcome: Any, answer: Answer) -> Response:
     """The response to a fresh result or a kept answer (refusals are raised, and answered by the
     error handlers, unless replayed)."""
     status, body, replayed = answered(request, outcome, answer)
-    return Response(body, status_code=status, media_type=PROBLEM if status >= 400 else "application/json",
-                    headers={"Idempotent-Replayed": "true"} if replayed else None)
+    return Answered(body, status, replayed)
 
 
 def composed(body: Any) -> dict[str, str]:

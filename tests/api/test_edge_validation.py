@@ -14,7 +14,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from api.app import create_app
-from api.routes.wire import nested_too_deep, shaped
+from api.routes.wire import _fitted, _Unfit, integral, nested_too_deep, shaped, unstorable
 from api.settings import Settings
 from wallets.errors import WalletValidationError
 
@@ -208,6 +208,30 @@ _JSON = st.recursive(st.none() | st.integers() | _TEXT,
 def test_the_bracket_scan_measures_the_depth_a_parser_would(value, limit, ascii_only):
     body = json.dumps(value, ensure_ascii=ascii_only).encode()
     assert nested_too_deep(body, limit) == (_depth(value) > limit)
+
+
+_UNFIT_TEXT = st.lists(st.sampled_from(["a", "\x00", "\ud800", "\U0001f600", "\u00e9"]), max_size=3).map("".join)
+_UNFIT_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | _UNFIT_TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_UNFIT_TEXT, inner, max_size=3), max_leaves=30)
+
+
+@given(_UNFIT_JSON)
+def test_shaping_refuses_exactly_what_unstorable_names_and_makes_integral_floats_ints(value):
+    """shaped() checks and converts in one walk (wire._fitted); it must refuse what
+    `unstorable` finds, with its field and message, and otherwise give `integral`'s value."""
+    problem = unstorable(value)
+    try:
+        fitted = _fitted(value)
+    except _Unfit:
+        assert problem is not None
+        with pytest.raises(WalletValidationError) as refused:
+            shaped(value, Any)
+        assert refused.value.context == WalletValidationError(*problem).context
+    else:
+        assert problem is None
+        assert fitted == integral(value)  # no NaN here: a non-finite float is refused
+        assert json.dumps(fitted) == json.dumps(integral(value))  # 5.0 became 5 in both
 
 
 def _body_routes(app: Litestar) -> list[tuple[str, str]]:
