@@ -399,8 +399,14 @@ async def run_cases(ports: list[int], args: argparse.Namespace, servers: list[su
     return {"spread": spread, "hot": hot, "half": half, "background": background, "retries": int(retries),
             "verify_ok": verify["ok"],
             "cpu": {"spread": spread_cpu.cores, "background": background_cpu.cores, "hot": hot_cpu.cores},
+            "server_cpu_us": {"spread": per_lifecycle_us(spread_cpu, spread), "hot": per_lifecycle_us(hot_cpu, hot)},
             "profile": spy.summary() if spy is not None else None, "budgets": budgeted,
             "half_phases": half_phases}
+
+
+def per_lifecycle_us(cpu: CpuMeter, samples: Samples) -> float:
+    """The servers' CPU time per lifecycle answered (reserve and settle), in microseconds."""
+    return round(cpu.server_seconds / samples.lifecycles * 1e6) if samples.lifecycles else 0.0
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
@@ -456,7 +462,8 @@ def scaling(args: argparse.Namespace, settings: Settings) -> int:
             tps = pgbench_tps(url, seconds=args.seconds, clients=args.pgbench_clients)
     finally:
         handle.close()
-    table = [{**{k: v for k, v in report_of(figures, tps, args).items() if k not in ("cpu_cores", "server_profile")},
+    table = [{**{k: v for k, v in report_of(figures, tps, args).items()
+                 if k not in ("cpu_cores", "server_cpu_us_per_lifecycle", "server_profile")},
               "lanes": lanes, "servers": servers} for lanes, servers, figures in rows]
     if args.json:
         print(json.dumps({"pgbench_tpcb_like_tps": round(tps, 1), "rows": table}, indent=2))
@@ -488,7 +495,8 @@ def report_of(figures: dict, tps: float, args: argparse.Namespace) -> dict:
         "half_load_reserve_p99_ms": pct(half.reserve_ms, 99),
         "half_load_phases_ms": figures.get("half_phases", {}),
         "serialization_retries": figures["retries"], "verify_ok": figures["verify_ok"],
-        "cpu_cores": figures["cpu"], "server_profile": figures["profile"],
+        "cpu_cores": figures["cpu"], "server_cpu_us_per_lifecycle": figures.get("server_cpu_us", {}),
+        "server_profile": figures["profile"],
         **({"budgets": figures["budgets"].summary(),
             "budgets_ratio_to_without": ratio(figures["budgets"].rate(), spread.rate())}
            if figures.get("budgets") else {}),
@@ -518,6 +526,8 @@ def text_report(r: dict) -> str:
         f"serialization retries: {r['serialization_retries']}; refused {s['refused'] + h['refused']}, "
         f"errors {s['errors'] + h['errors'] + half['errors'] + b['errors']}; audit verify "
         f"{'ok' if r['verify_ok'] else 'FAILED'}",
+        *(f"server CPU per lifecycle, {case} case: {us:.0f} us"
+          for case, us in r["server_cpu_us_per_lifecycle"].items()),
         *(f"CPU, {case} case (cores): " + ", ".join(f"{k} {v}" for k, v in cores.items())
           for case, cores in r["cpu_cores"].items() if cores),
         *budget_lines(r),

@@ -39,6 +39,7 @@ class CpuMeter:
         self.servers = servers
         self.available = Path("/proc/stat").exists()
         self.cores: dict[str, float] = {}
+        self.server_seconds = 0.0  # CPU seconds the servers used over the case
 
     def __enter__(self) -> CpuMeter:
         if self.available:
@@ -49,6 +50,7 @@ class CpuMeter:
         if self.available:
             wall = time.perf_counter() - self._start[0]
             end, start = self._sample(), self._start[1]
+            self.server_seconds = end[0] - start[0]
             server, client, machine = (round((e - s) / wall, 2) for e, s in zip(end, start, strict=True))
             self.cores = {"servers": server, "load_generator": client,
                           "postgres_and_other": round(machine - server - client, 2), "machine": machine,

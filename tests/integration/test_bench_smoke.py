@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 
 def test_bench_lifecycle_runs_every_case_and_reports_its_figures(server_url):
     env = {**os.environ, "TOKENTILL_DATABASE_URL": server_url}
@@ -27,3 +29,7 @@ def test_bench_lifecycle_runs_every_case_and_reports_its_figures(server_url):
     if sys.platform == "linux":
         assert set(report["cpu_cores"]["spread"]) >= {"servers", "load_generator", "postgres_and_other"}
         assert report["cpu_cores"]["spread"]["servers"] > 0
+        # the servers' CPU per lifecycle agrees with their cores over the case (to the cores' rounding)
+        spread = report["spread"]
+        assert report["server_cpu_us_per_lifecycle"]["spread"] == pytest.approx(
+            report["cpu_cores"]["spread"]["servers"] * 1e6 / spread["lifecycles_per_s"], rel=0.3)
