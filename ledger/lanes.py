@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import weakref
+from functools import lru_cache
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 _counts: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
 
 
+@lru_cache(maxsize=65_536)  # a customer's lane never changes: md5 once per customer, not per posting
 def lane_of(key: str, lanes: int) -> int:
     """The lane of a customer id (or of any key) among `lanes`."""
     return int.from_bytes(hashlib.md5(key.encode()).digest()[:4], "big") % lanes

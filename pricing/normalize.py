@@ -35,7 +35,7 @@ from typing import Any
 
 from pricing.errors import InvalidUsageError, field_error
 from pricing.units import FIELD_OF, FORMAT_1_TYPES, TYPE_OF_FIELD
-from pricing.usage import check_count
+from pricing.usage import MAX_QUANTITY, check_count
 
 CANONICAL_FIELDS = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
                     "reasoning_tokens")
@@ -262,8 +262,33 @@ def normalize_gemini(usage: Mapping[str, Any]) -> NormalizedUsage:
     return _result(r, "gemini", counts, None)
 
 
+_CANONICAL = frozenset(CANONICAL_FIELDS)
+
+
+def _plain_canonical(usage: Mapping[str, Any]) -> NormalizedUsage | None:
+    """The common case without a reader: only the five canonical fields, each an int in bounds
+    or null. Anything else (an error to report, a format 2 field, a tier) returns None: the
+    general path then decides, with the same result."""
+    if type(usage) is not dict:
+        return None
+    for name, value in usage.items():
+        if name not in _CANONICAL:
+            return None
+        if value is not None and (type(value) is not int or not 0 <= value <= MAX_QUANTITY):
+            return None
+    get = usage.get
+    return NormalizedUsage(get("input_tokens") or 0, get("cached_input_tokens") or 0,
+                           get("cache_write_tokens") or 0, get("output_tokens") or 0,
+                           get("reasoning_tokens") or 0)
+
+
 def normalize_canonical(usage: Mapping[str, Any]) -> NormalizedUsage:
     """Validate the API's canonical ``usage`` object (unknown fields refused)."""
+    plain = _plain_canonical(usage)
+    return plain if plain is not None else _read_canonical(usage)
+
+
+def _read_canonical(usage: Mapping[str, Any]) -> NormalizedUsage:
     r = _Reader(usage, "usage")
     for key in usage:
         r.check(key in CANONICAL_FIELDS or key in EXTRA_FIELDS or key == "service_tier", str(key),

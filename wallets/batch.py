@@ -154,7 +154,7 @@ class Batch:
             merge(held, {item: (q, a)})
             before = self.rolled.get((c.id, period, item), (0, 0))
             self.rolled[(c.id, period, item)] = (before[0] + q, before[1] + a)
-        return replace(entry, metadata={**entry.metadata, "period": period})
+        return entry.with_metadata({**entry.metadata, "period": period})
 
     def _invoice_finalized(self, effect: InvoiceFinalized, key: str | None) -> None:
         self.invoice_seqs[(effect.issuer, effect.year)] = effect.seq

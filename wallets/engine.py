@@ -141,14 +141,14 @@ class Engine:
         lanes is ~16 transactions of ~60 entries, not ~250 of ~4 through the flushers' queues (at
         most BULK_BATCH commands a transaction).
         A batch that fails for another reason than a domain refusal is bisected as in a flush."""
-        books = {c.customer_id for c in commands if c.needs_book}
-        await asyncio.gather(*(self.books.warm(self.db, cid) for cid in books))
+        await self.books.warm_many(self.db, {c.customer_id for c in commands if c.needs_book})
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[Any]] = [loop.create_future() for _ in commands]
         rounds: dict[int, list[list[tuple[Command, asyncio.Future[Any]]]]] = {}
         keys: dict[int, list[set[tuple[str, ...]]]] = {}
+        lanes = self._lanes if self._lanes is not None else await self.lane_count()
         for command, future in zip(commands, futures, strict=True):
-            lane = await self.lane_of(command.customer_id)
+            lane = lane_of(command.customer_id, lanes)
             lane_rounds, lane_keys = rounds.setdefault(lane, []), keys.setdefault(lane, [])
             conflicts = command.conflict_keys()
             k = next((i for i, taken in enumerate(lane_keys)
@@ -169,9 +169,12 @@ class Engine:
 
     async def lane_of(self, customer_id: str) -> int:
         """The lane of a customer (the lane count is read from the database once)."""
+        return lane_of(customer_id, self._lanes if self._lanes is not None else await self.lane_count())
+
+    async def lane_count(self) -> int:
         if self._lanes is None:
             self._lanes = await self.db.read(lane_count)
-        return lane_of(customer_id, self._lanes)
+        return self._lanes
 
     async def owner_of(self, reservation_id: str) -> str:
         """The customer of a reservation (it never changes, so it is cached)."""
@@ -263,8 +266,9 @@ class Engine:
         outcome each (a result, Replayed or an error). `now` overrides the clock (jobs catching
         up, tests)."""
         by_lane: dict[int, list[int]] = {}
+        lanes = self._lanes if self._lanes is not None else await self.lane_count()
         for i, command in enumerate(commands):
-            by_lane.setdefault(await self.lane_of(command.customer_id), []).append(i)
+            by_lane.setdefault(lane_of(command.customer_id, lanes), []).append(i)
         outcomes: list[Any] = [None] * len(commands)
         for lane, indexes in sorted(by_lane.items()):
             done = await self._execute_lane(lane, [commands[i] for i in indexes], now)

@@ -11,7 +11,7 @@ from litestar.params import FromPath, QueryParameter
 from api.auth import principal_of, require
 from api.errors import documented
 from api.routes.formats import GROUP_BY, Identifier, matches
-from api.routes.inputs import hashed_as_before, usage_tokens
+from api.routes.inputs import usage_tokens
 from api.routes.schemas import Dimensions, json_body
 from api.routes.wire import COMPOSED, composed, idempotency, respond, shaped, time_in, time_param
 from ledger.errors import LedgerError
@@ -54,11 +54,22 @@ class UsageEventsResponse(msgspec.Struct):
     rejected: list[Rejected]
 
 
+def _body(event: UsageEvent) -> dict[str, Any]:
+    """The event as its request hash reads it: `hashed_as_before(msgspec.to_builtins(event))`,
+    built directly (the fields are decoded JSON already, which to_builtins would only copy)."""
+    body = {"event_id": event.event_id, "customer_id": event.customer_id, "model": event.model,
+            "timestamp": event.timestamp, "usage": event.usage, "openai_usage": event.openai_usage,
+            "anthropic_usage": event.anthropic_usage, "dimensions": event.dimensions}
+    if event.gemini_usage is not None:
+        body["gemini_usage"] = event.gemini_usage
+    return body
+
+
 def _command(event: UsageEvent) -> RecordUsage:
     occurred_at = time_in(event.timestamp, "timestamp")
     tokens, stored = usage_tokens(event.usage, event.openai_usage, event.anthropic_usage, event.gemini_usage)
     return RecordUsage(customer_id=event.customer_id, event_id=event.event_id,
-                       request_hash=request_hash(hashed_as_before(msgspec.to_builtins(event))), model=event.model,
+                       request_hash=request_hash(_body(event)), model=event.model,
                        occurred_at=occurred_at, tokens=tokens, usage=stored, dimensions=event.dimensions)
 
 

@@ -53,9 +53,22 @@ def merge(into: Rollup, other: Mapping[str, tuple[int, int]]) -> None:
 
 
 def line_item(origin: str, line: Mapping[str, Any]) -> str:
-    values = [origin, line["kind"], line.get("model"), line.get("token_type"), line.get("rule_id"),
-              line.get("unit_price"), line.get("tier"), line.get("override_id"), line.get("price_version")]
-    return LINE + json.dumps(values, separators=(",", ":"))
+    values = (origin, line["kind"], line.get("model"), line.get("token_type"), line.get("rule_id"),
+              line.get("unit_price"), line.get("tier"), line.get("override_id"), line.get("price_version"))
+    if not all(type(v) in _KEYABLE for v in values):  # equal tuples of these have equal JSON (not 1 and True)
+        return LINE + json.dumps(list(values), separators=(",", ":"))
+    item = _LINE_ITEMS.get(values)
+    if item is None:
+        if len(_LINE_ITEMS) >= 65_536:
+            _LINE_ITEMS.clear()
+        item = _LINE_ITEMS[values] = LINE + json.dumps(list(values), separators=(",", ":"))
+    return item
+
+
+# The items of the lines seen lately: a period's lines repeat (one model, rule, price), and
+# their JSON is the same each time.
+_LINE_ITEMS: dict[tuple[Any, ...], str] = {}
+_KEYABLE = (str, int, type(None))
 
 
 def entry_rollup(customer: Customer, entry: JournalEntry, lot_kinds: Mapping[str, str],
@@ -70,16 +83,18 @@ def entry_rollup(customer: Customer, entry: JournalEntry, lot_kinds: Mapping[str
     receivable = chart.receivable_account(cid)
     for account, amount in funding:
         add(out, "funded:" + ("receivable" if account == receivable else lot_kinds.get(account, "grant")), 0, amount)
+    revenue, breakage = chart.revenue_account(cur), chart.breakage_account(cur)
+    promotions, cash, reserved = chart.promotions_account(cur), chart.cash_account(cur), chart.reserved_account(cid)
     for p in entry.postings:
-        if p.account == chart.revenue_account(cur):
+        if p.account == revenue:
             add(out, "revenue", 0, -p.amount)
-        elif p.account == chart.breakage_account(cur):
+        elif p.account == breakage:
             add(out, "expired", 0, -p.amount)
-        elif p.account == chart.promotions_account(cur):
+        elif p.account == promotions:
             add(out, "grants", 0, p.amount)
-        elif p.account == chart.cash_account(cur):
+        elif p.account == cash:
             add(out, "payments" if entry.kind == "invoice_payment" else "topups", 0, p.amount)
-        elif p.account == chart.reserved_account(cid):
+        elif p.account == reserved:
             add(out, "reserved", 0, -p.amount)
         elif p.account == receivable:
             add(out, "receivable", 0, p.amount)
