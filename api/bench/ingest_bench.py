@@ -116,6 +116,21 @@ async def replay(address: tuple[str, int, str], batches: list[list[dict]], *, wo
     return sent
 
 
+def postmaster(url: str) -> int | None:
+    """The pid of the PostgreSQL cluster's postmaster when it runs on this machine (the parent of
+    this connection's backend), else None."""
+    engine = create_engine(sync_url(url))
+    try:
+        with engine.connect() as conn:
+            backend = int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+        parent = int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        return parent if "postgres" in Path(f"/proc/{parent}/comm").read_text() else None
+    except OSError:  # the server runs elsewhere
+        return None
+    finally:
+        engine.dispose()
+
+
 def postings(url: str) -> int:
     engine = create_engine(sync_url(url))
     try:
@@ -152,7 +167,7 @@ async def run_cases(url: str, port: int, server: subprocess.Popen, args: argpars
         load_before = os.getloadavg()[0]
         spy = SpyProfile(server.pid, args.seconds, Path(args.profile) / "serve-ingest.txt") if args.profile else None
         try:
-            with CpuMeter([server.pid]) as cpu:
+            with CpuMeter([server.pid], await asyncio.to_thread(postmaster, url)) as cpu:
                 first = await ingest(address, customers, workers=workers, seconds=args.seconds)
             if spy is not None:
                 spy.wait()
@@ -188,15 +203,17 @@ def report_of(figures: dict, args: argparse.Namespace) -> dict:
         "replay_added_postings": figures["postings_after_replay"] - figures["postings_before_replay"],
         "verify_ok": figures["verify_ok"], "cpu_cores": figures["cpu"], "server_profile": figures["profile"],
         "load_average": figures["load_average"], "server_cpu_us_per_event": server_cpu_per_event(figures),
+        "postgres_cpu_us_per_event": server_cpu_per_event(figures, "postgres_cluster"),
     }
 
 
-def server_cpu_per_event(figures: dict) -> float | None:
-    """The server's CPU time per accepted event while ingesting (its cores × seconds / events), in µs."""
+def server_cpu_per_event(figures: dict, who: str = "servers") -> float | None:
+    """The server's (or PostgreSQL's) CPU time per accepted event while ingesting (its cores ×
+    seconds / events), in µs."""
     first, cores = figures["first"], figures["cpu"]
-    if not cores or not first.accepted:
+    if not cores or who not in cores or not first.accepted:
         return None
-    return round(cores["servers"] * first.seconds / first.accepted * 1e6, 1)
+    return round(cores[who] * first.seconds / first.accepted * 1e6, 1)
 
 
 def text_report(r: dict) -> str:
@@ -215,6 +232,8 @@ def text_report(r: dict) -> str:
         f"({r['replay_added_postings']} added); audit verify {'ok' if r['verify_ok'] else 'FAILED'}",
         *(["CPU (cores): " + ", ".join(f"{k} {v}" for k, v in r["cpu_cores"].items())] if r["cpu_cores"] else []),
         *([f"  server CPU per event: {r['server_cpu_us_per_event']} µs"] if r["server_cpu_us_per_event"] else []),
+        *([f"  PostgreSQL CPU per event: {r['postgres_cpu_us_per_event']} µs (the whole cluster)"]
+          if r.get("postgres_cpu_us_per_event") else []),
         f"  load average (1 min): {r['load_average'][0]} at the start, {r['load_average'][1]} at the end",
         *profile_lines(r["server_profile"]),
     ])

@@ -26,6 +26,26 @@ def _process_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS  # utime + stime
 
 
+def _cluster_seconds(postmaster: int) -> float:
+    """CPU seconds of a PostgreSQL cluster: the postmaster, its live children (backends, background
+    workers) and the children it has reaped (cutime + cstime)."""
+    fields = Path(f"/proc/{postmaster}/stat").read_text().rsplit(")", 1)[1].split()
+    total = sum(int(v) for v in fields[11:15]) / _TICKS
+    for child in _children(postmaster):
+        try:
+            total += _process_seconds(child)
+        except OSError:  # exited meanwhile: counted in cutime once reaped
+            pass
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 def _machine_seconds() -> float:
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
     busy = sum(int(v) for v in fields) - int(fields[3]) - int(fields[4])  # all but idle and iowait
@@ -33,10 +53,12 @@ def _machine_seconds() -> float:
 
 
 class CpuMeter:
-    """Cores used by `servers`, by this process, and by the rest of the machine, over a case."""
+    """Cores used by `servers`, by this process, and by the rest of the machine, over a case; with
+    `postgres` (a postmaster's pid), also by that PostgreSQL cluster (all its databases)."""
 
-    def __init__(self, servers: list[int]) -> None:
+    def __init__(self, servers: list[int], postgres: int | None = None) -> None:
         self.servers = servers
+        self.postgres = postgres
         self.available = Path("/proc/stat").exists()
         self.cores: dict[str, float] = {}
         self.server_seconds = 0.0  # CPU seconds the servers used over the case
@@ -51,14 +73,15 @@ class CpuMeter:
             wall = time.perf_counter() - self._start[0]
             end, start = self._sample(), self._start[1]
             self.server_seconds = end[0] - start[0]
-            server, client, machine = (round((e - s) / wall, 2) for e, s in zip(end, start, strict=True))
+            server, client, machine, cluster = (round((e - s) / wall, 2) for e, s in zip(end, start, strict=True))
             self.cores = {"servers": server, "load_generator": client,
-                          "postgres_and_other": round(machine - server - client, 2), "machine": machine,
-                          "machine_cores": os.cpu_count() or 0}
+                          "postgres_and_other": round(machine - server - client, 2),
+                          **({"postgres_cluster": cluster} if self.postgres is not None else {}),
+                          "machine": machine, "machine_cores": os.cpu_count() or 0}
 
-    def _sample(self) -> tuple[float, float, float]:
+    def _sample(self) -> tuple[float, float, float, float]:
         return (sum(_process_seconds(pid) for pid in self.servers), _process_seconds(os.getpid()),
-                _machine_seconds())
+                _machine_seconds(), _cluster_seconds(self.postgres) if self.postgres is not None else 0.0)
 
 
 # Layers of the server's stack, by file (py-spy runs with --full-filenames); for each sample the

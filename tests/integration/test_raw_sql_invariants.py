@@ -219,3 +219,68 @@ async def test_flagged_entries_from_two_inserts_of_one_statement_are_all_checked
                                                                         ({lot_id}::bigint, -5)) x(a, m))
                               SELECT 1""", (f"{tag}-bare", f"{tag}-whole"))
     assert _entries(database_url, f"{tag}-") == 1
+
+
+# -- references into the journal and to usage events, checked per statement (0024) --------------
+
+_JOURNAL_ENTRY = ("INSERT INTO journal_entries (lane, key, request_hash, kind, customer_id, occurred_at) "
+                  "VALUES (%s, %s, '\\x00', 'usage', %s, now()) RETURNING id")
+_EVENT = ("INSERT INTO {table} (lane, event_id, customer_id, request_hash, model, occurred_at, usage, entry_id) "
+          "VALUES (%s, %s, %s, '\\x01', 'm', now(), '{{}}', %s)")
+_CHARGE = ("INSERT INTO {table} (lane, customer_id, event_id, request_id, final, request_hash, model, occurred_at, "
+           "usage, price_book, price_version, lines, charged, from_hold, from_lots, from_receivable, entry_id) "
+           "VALUES (%s, %s, %s, %s, true, '\\x01', 'm', now(), '{{}}', 'b', 'v1', '[]', 0, 0, 0, 0, %s)")
+
+
+@pytest.mark.parametrize("named", ["parent", "partition"])
+async def test_usage_events_and_charges_cannot_name_a_missing_entry_or_event(database_url, tag, named):
+    """Before 0024 foreign keys refused these rows one by one; now a statement check per table (and
+    per partition, for rows named into one) refuses them as foreign_key_violation, and the rows
+    that name what exists, in the same statement or an earlier one, go in."""
+    customer = f"c-{tag}"
+    with psycopg.connect(database_url) as conn:
+        conn.execute("INSERT INTO customers (id, currency) VALUES (%s, 'USD')", (customer,))
+        lane = conn.execute("SELECT ledger_entry_lane(%s)", (customer,)).fetchone()[0]
+        other = (lane + 1) % 16
+        entry = conn.execute(_JOURNAL_ENTRY, (lane, f"{tag}-e", customer)).fetchone()[0]
+        events = _EVENT.format(table="usage_events" if named == "parent" else f"usage_events_l{lane}")
+        charges = _CHARGE.format(table="charges" if named == "parent" else f"charges_l{lane}")
+
+        def refused(sql: str, params: tuple) -> None:
+            with pytest.raises(psycopg.errors.ForeignKeyViolation), conn.transaction():
+                conn.execute(sql, params)
+
+        refused(events, (lane, "e0", customer, entry + 1_000_000_000))  # no such entry
+        if named == "parent":  # an entry of this id, but in another lane
+            refused(events.replace("%s, %s, %s, '", f"{other}, %s, %s, '", 1), ("e0", customer, entry))
+        conn.execute(events, (lane, "e1", customer, entry))
+        refused(charges, (lane, customer, "nope", "nope", entry))  # no such usage event
+        refused(charges, (lane, customer, "e1", "e1", entry + 1_000_000_000))  # no such entry
+        conn.execute(charges, (lane, customer, "e1", "e1", entry))
+        # the event and its charge in one statement; then a charge whose event comes in none
+        conn.execute(f"WITH e AS ({events}) {charges}",
+                     (lane, "e2", customer, entry, lane, customer, "e2", "e2", entry))
+        refused(f"WITH e AS ({events}) {charges}", (lane, "e3", customer, entry, lane, customer, "e4", "e4", entry))
+        assert conn.execute("SELECT count(*) FROM charges WHERE customer_id = %s", (customer,)).fetchone()[0] == 2
+        conn.rollback()
+
+
+@pytest.mark.parametrize("table", ["postings", "postings_l0"])
+async def test_postings_cannot_name_a_missing_entry(db, database_url, tag, table):
+    """Balanced postings into an entry that does not exist: refused by the apply trigger's probe of
+    the entries (before 0024, by the foreign key)."""
+    _, _, cash_id, lot_id = await _accounts(db, database_url, tag)
+    with psycopg.connect(database_url) as conn:
+        with pytest.raises(psycopg.errors.ForeignKeyViolation, match="journal_entries"):
+            conn.execute(f"INSERT INTO {table} (lane, entry_id, account_id, amount) "
+                         "VALUES (0, -7, %s, 5), (0, -7, %s, -5)", (cash_id, lot_id))
+
+
+@pytest.mark.parametrize("attack", ["TRUNCATE usage_events", "TRUNCATE usage_events_l0",
+                                    "TRUNCATE usage_events CASCADE"])
+def test_usage_events_cannot_be_truncated_from_under_their_charges(scratch_url, attack):
+    """Their foreign key refused a TRUNCATE without CASCADE (a CASCADE emptied the charges too);
+    the guard of 0024 refuses all three."""
+    with psycopg.connect(scratch_url) as conn:
+        with pytest.raises(psycopg.errors.RestrictViolation, match="not allowed"):
+            conn.execute(attack)
