@@ -132,11 +132,23 @@ async def usage_counters_match_charges(conn: AsyncConnection) -> Check:
 
 
 async def usage_rollups_match_charges(conn: AsyncConnection) -> Check:
-    """The usage report's daily rollups equal the charges they sum, key by key, in the
-    customer's lane (migration 0018 on)."""
+    """The usage report's daily rollups equal the charges folded into them, key by key, in the
+    customer's lane (migration 0018 on); from 0026 on, the charges still queued are not folded,
+    and every queued charge is one of its customer's charges."""
     if (await conn.execute(text("SELECT to_regclass('usage_rollups')"))).scalar() is None:
         return Check("usage_rollups", True, "no usage rollups in this schema (before migration 0018)")
-    key, aggregate = f"lane, {store.USAGE_KEY}", store.USAGE_AGGREGATE.format(source="charges")
+    queued = (await conn.execute(text("SELECT to_regclass('usage_unfolded')"))).scalar() is not None
+    folded = ("""(SELECT * FROM charges f WHERE NOT EXISTS (
+                    SELECT 1 FROM usage_unfolded u WHERE u.lane = f.lane AND u.customer_id = f.customer_id
+                                                     AND u.charge_id = f.id))""" if queued else "charges")
+    key, aggregate = f"lane, {store.USAGE_KEY}", store.USAGE_AGGREGATE.format(source=folded)
+    stray = """
+        UNION ALL
+        SELECT format('usage_unfolded names charge %s of customer %s (lane %s), which is not one of its charges',
+                      u.charge_id, u.customer_id, u.lane)
+          FROM usage_unfolded u
+         WHERE NOT EXISTS (SELECT 1 FROM charges c WHERE c.lane = u.lane AND c.id = u.charge_id
+                                                     AND c.customer_id = u.customer_id)""" if queued else ""
     return await _query_check(conn, "usage_rollups", f"""
         WITH rated AS (SELECT ledger_lane(customer_id) AS lane, * FROM ({aggregate}) a),
         differ AS (
@@ -149,8 +161,8 @@ async def usage_rollups_match_charges(conn: AsyncConnection) -> Check:
                       'the %s say quantity %s, amount %s, %s charges, and the other side differs',
                       customer_id, day, model, price_version, token_type, kind, rule_id, lane, side,
                       quantity, amount, charges)
-          FROM differ
-        """, "the daily usage rollups equal the charges they sum")
+          FROM differ{stray}
+        """, "the daily usage rollups equal the charges folded into them")
 
 
 async def usage_events_charged(conn: AsyncConnection) -> Check:

@@ -202,8 +202,9 @@ async def usage(conn: AsyncConnection, customer_id: str, start: datetime | None,
                 group_by: list[str]) -> dict[str, Any]:
     """Quantities and amounts of the customer's rated lines, grouped; any other group name is a
     usage dimension (feature, api_key, …). Amounts sum to the revenue the entries posted.
-    Whole UTC days come from the daily rollups where the groups allow it, the rest (partial days
-    at the edges, usage dimensions) from the charges: the answer is the same either way."""
+    Whole UTC days come from the daily rollups where the groups allow it, with the charges not
+    folded into them yet, the rest (partial days at the edges, usage dimensions) from the
+    charges: the answer is the same either way."""
     exprs, rolled, params = [], [], {"c": customer_id}
     for i, name in enumerate(group_by):
         if name in GROUPS:
@@ -237,6 +238,17 @@ async def usage(conn: AsyncConnection, customer_id: str, start: datetime | None,
          WHERE r.lane = ledger_lane(:c) AND r.customer_id = :c AND r.level = :level
            AND (CAST(:first AS date) IS NULL OR r.day >= :first)
            AND (CAST(:stop AS date) IS NULL OR r.day < :stop){group}""")
+        # the charges of those days not folded into the rollups yet (migration 0026), from their lines
+        parts.append(f"""
+        SELECT {", ".join([*exprs, ""])} sum((l->>'quantity')::bigint)::numeric AS quantity,
+               sum((l->>'amount_units')::numeric) AS amount, count(DISTINCT c.id) AS charges
+          FROM usage_unfolded u
+         CROSS JOIN LATERAL (SELECT * FROM charges q  -- a primary-key probe per queued charge
+                              WHERE q.lane = u.lane AND q.id = u.charge_id LIMIT 1) c
+         CROSS JOIN LATERAL jsonb_array_elements(c.lines) l
+         WHERE u.lane = ledger_lane(:c) AND u.customer_id = :c
+           AND (CAST(:first AS date) IS NULL OR (c.occurred_at AT TIME ZONE 'UTC')::date >= :first)
+           AND (CAST(:stop AS date) IS NULL OR (c.occurred_at AT TIME ZONE 'UTC')::date < :stop){group}""")
     rows = await conn.execute(text(f"""
         SELECT {select} sum(quantity) AS quantity, sum(amount) AS amount, sum(charges) AS charges
           FROM ({" UNION ALL ".join(parts)}) p{group}{f" ORDER BY {groups}" if exprs else ""}"""), params)

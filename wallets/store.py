@@ -312,8 +312,7 @@ _WRITES: dict[str, str] = {
                       request_hash text, model text, occurred_at timestamptz, usage jsonb,
                       dimensions jsonb, price_book text, price_version text, lines jsonb,
                       charged numeric, from_hold numeric, from_lots numeric,
-                      from_receivable numeric, released numeric, funding jsonb, entry_id bigint)
-               RETURNING id, customer_id, occurred_at, model, price_version, lines""",
+                      from_receivable numeric, released numeric, funding jsonb, entry_id bigint)""",
     "usage_counters": """INSERT INTO usage_counters (lane, customer_id, period, book_id, rule_id, quantity)
                SELECT {lane}, r.customer_id, r.period, r.book_id, r.rule_id, r.quantity
                  FROM jsonb_to_recordset({p}::jsonb) AS r(customer_id text, period text, book_id text,
@@ -495,10 +494,10 @@ _LEGACY_IDEMPOTENCY = """INSERT INTO idempotency_keys (scope, key, request_hash,
                       request_hash text, status smallint, response jsonb)"""
 
 
-# The usage report's figures of some charges (`source`: the charges table, or the rows a write
-# just inserted into it), per customer, UTC day, model and price version, and per every subset of
-# the line key (level: a bit per part left out, 4 token type, 2 kind, 1 rule; 7 whole charges),
-# by the report's own expressions (wallets/reports.py).
+# The usage report's figures of some charges (`source`), per customer, UTC day, model and price
+# version, and per every subset of the line key (level: a bit per part left out, 4 token type,
+# 2 kind, 1 rule; 7 whole charges), by the report's own expressions (wallets/reports.py). The
+# rollups hold it for every charge folded (migration 0026: `wallets_fold_usage`).
 USAGE_AGGREGATE = """
 SELECT c.customer_id, (c.occurred_at AT TIME ZONE 'UTC')::date AS day, c.model, c.price_version,
        l ->> 'token_type' AS token_type, l ->> 'kind' AS kind, l ->> 'rule_id' AS rule_id,
@@ -509,20 +508,21 @@ SELECT c.customer_id, (c.occurred_at AT TIME ZONE 'UTC')::date AS day, c.model, 
  GROUP BY c.customer_id, (c.occurred_at AT TIME ZONE 'UTC')::date, c.model, c.price_version,
           CUBE (l ->> 'token_type', l ->> 'kind', l ->> 'rule_id')"""
 USAGE_KEY = "customer_id, day, level, model, price_version, token_type, kind, rule_id"
-# Kept up from the charges the same statement inserts (no rows of their own to send).
-_USAGE_ROLLUPS = f"""INSERT INTO usage_rollups (lane, {USAGE_KEY}, quantity, amount, charges)
-               SELECT {{lane}}, {USAGE_KEY}, quantity, amount, charges
-                 FROM ({USAGE_AGGREGATE.format(source="w_charges")}) a
-               ON CONFLICT (lane, {USAGE_KEY})
-               DO UPDATE SET quantity = usage_rollups.quantity + EXCLUDED.quantity,
-                             amount = usage_rollups.amount + EXCLUDED.amount,
-                             charges = usage_rollups.charges + EXCLUDED.charges"""
+
+
+async def fold_usage(conn: AsyncConnection) -> int:
+    """Fold the batch's lane's queued charges into the usage rollups (one statement); returns
+    how many. The report is exact before and after: it adds the queued charges itself."""
+    lane = LANE.get()
+    if lane is None:
+        raise ValueError("usage is folded in a lane")
+    return int((await conn.exec_driver_sql("SELECT wallets_fold_usage(%s::smallint)", (lane,))).scalar_one())
 
 
 def write_statement(rows: dict[str, list[dict[str, Any]]], *, first: tuple[str, tuple[Any, ...]] | None = None
                     ) -> tuple[str, tuple[Any, ...]] | None:
     """The one statement that writes every table's rows, in dependency order, in the batch's lane
-    (the usage rollups follow the charges inserted), and its parameters; None when there is
+    (the charges' trigger queues them for the usage rollups), and its parameters; None when there is
     nothing to run. Outside a wallet batch only idempotency records are written, unpartitioned.
 
     `first`, a query and its parameters, runs in the same statement and its rows are the
@@ -542,8 +542,6 @@ def write_statement(rows: dict[str, list[dict[str, Any]]], *, first: tuple[str, 
                 sql = _LEGACY_IDEMPOTENCY
             parts.append(f"w_{table} AS ({sql.format(p='%s', lane=int(lane or 0))})")
             params.append(dumps(rows[table]))
-            if table == "charges":
-                parts.append(f"w_usage_rollups AS ({_USAGE_ROLLUPS.format(lane=int(lane or 0))})")
     if not parts:
         return None
     return "WITH " + ",\n".join(parts) + (" SELECT * FROM w_first" if first is not None else " SELECT 1"), \
@@ -594,4 +592,4 @@ def customer_update(w: Wallet) -> dict[str, Any]:
             "blocked": w.customer.blocked}
 
 
-__all__ = ["Loaded", "StoredResponse", "chart", "load", "open_accounts", "write"]
+__all__ = ["Loaded", "StoredResponse", "chart", "fold_usage", "load", "open_accounts", "write"]

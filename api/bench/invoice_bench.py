@@ -98,7 +98,8 @@ def _columns(conn, table: str, without: set[str]) -> list[str]:
 
 def copy_charges(url: str, ids: list[str], copies: list[int]) -> dict:
     """Each customer's one charge copied `copies` times (entry, postings, usage event, charge),
-    its rollups (period and usage) and counters multiplied to match. A bulk load: the copies are
+    its rollups (period and usage, every charge folded first) and counters multiplied to match.
+    A bulk load: the copies are
     written without the triggers (a superuser's session), two chunks at a time, then the cached
     balances are set from the postings and `verify`'s ledger checks must prove the ledger whole.
     Returns the seconds of each step and the checks."""
@@ -152,6 +153,8 @@ UPDATE {table} r SET quantity = r.quantity * (k.copies + 1){amount}
                 conn.execute(text(multiply.format(table="usage_rollups", amount=(
                     ", amount = r.amount * (k.copies + 1), charges = r.charges * (k.copies + 1)"))), params)
 
+        with engine.begin() as conn:  # the charges copied are in the rollups, none still queued
+            conn.execute(text("SELECT wallets_fold_usage(lane) FROM (SELECT DISTINCT lane FROM usage_unfolded) l"))
         with ThreadPoolExecutor(COPY_CONNECTIONS) as pool:
             list(pool.map(load, chunks))
         loaded = time.perf_counter()

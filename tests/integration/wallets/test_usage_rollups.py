@@ -1,21 +1,25 @@
 """Issue 11: the usage report reads daily rollups kept up with the charges, and answers exactly
 what the charges themselves say, for every grouping and any range (whole UTC days from the
-rollups, partial days and usage dimensions from the charges)."""
+rollups, partial days and usage dimensions from the charges). From migration 0026 the charges are
+folded into the rollups in bulk, later: the report is exact with none, some or all of them folded."""
 from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from alembic import command
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DBAPIError
 from wallet_kit import BOOK, T0, Kit
 
 from api.runtime import sync_url
 from ledger.audit import verify
 from migrations import runner
 from wallets import books, reports
+from wallets import engine as engine_module
 from wallets.audit import WALLET_CHECKS, usage_rollups_match_charges
 from wallets.commands import RecordUsage
 
@@ -56,7 +60,16 @@ async def _raw(conn, cid: str, start, end, group_by: list[str]) -> list[dict]:
              "amount": reports.money(r.a), "charges": r.n} for r in rows if r.a is not None]
 
 
-async def _workload(db, drawn) -> str:
+async def fold(db, cid: str) -> int:
+    """Fold the queued charges of `cid`'s lane into the rollups; how many were folded."""
+    return await db.run(lambda conn: _scalar(conn, "SELECT wallets_fold_usage(ledger_lane(:c)::smallint)", c=cid))
+
+
+async def _scalar(conn, sql: str, **params):
+    return (await conn.execute(text(sql), params)).scalar()
+
+
+async def _workload(db, drawn, fold_at: int | None = None) -> str:
     kit = Kit(db, uuid.uuid4().hex[:12])
     await kit.setup_book()
     await db.run(lambda conn: books.add_version(conn, {**LATER, "id": kit.book}))
@@ -68,23 +81,32 @@ async def _workload(db, drawn) -> str:
             model=model if m >= 2 * 1440 else "model-x",
             occurred_at=START + timedelta(minutes=m), tokens=tokens, usage=tokens,
             dimensions={} if feature is None else {"feature": feature}))
+        if n == fold_at:
+            await fold(db, cid)
     return cid
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
-@given(drawn=events, asked=queries)
-def test_the_report_equals_the_raw_charges_for_any_grouping_and_range(loop_db, drawn, asked):
+@given(drawn=events, asked=queries, fold_at=st.one_of(st.none(), st.integers(0, 25)))
+def test_the_report_equals_the_raw_charges_for_any_grouping_and_range(loop_db, drawn, asked, fold_at):
+    """With the charges up to the `fold_at`-th folded into the rollups and the rest queued, then
+    with every one folded."""
     loop, db = loop_db
 
     async def run():
-        cid = await _workload(db, drawn)
-        for start, end, group_by in asked:
-            got = await db.read(lambda conn, s=start, e=end, g=group_by: reports.usage(conn, cid, s, e, g))
-            want = await db.read(lambda conn, s=start, e=end, g=group_by: _raw(conn, cid, s, e, g))
-            assert got["rows"] == want, (start, end, group_by)
-        check = await db.read(usage_rollups_match_charges)
-        assert check.ok, check.detail
+        cid = await _workload(db, drawn, fold_at)
+        for folded in (False, True):
+            if folded:
+                await fold(db, cid)
+                assert await db.read(lambda conn: _scalar(
+                    conn, "SELECT count(*) FROM usage_unfolded WHERE customer_id = :c", c=cid)) == 0
+            for start, end, group_by in asked:
+                got = await db.read(lambda conn, s=start, e=end, g=group_by: reports.usage(conn, cid, s, e, g))
+                want = await db.read(lambda conn, s=start, e=end, g=group_by: _raw(conn, cid, s, e, g))
+                assert got["rows"] == want, (start, end, group_by, folded)
+            check = await db.read(usage_rollups_match_charges)
+            assert check.ok, check.detail
 
     loop.run_until_complete(run())
 
@@ -106,6 +128,7 @@ def test_the_plan_reads_whole_utc_days_from_the_rollups_and_only_the_edges_raw()
 async def test_verify_finds_a_rollup_that_differs_from_the_charges(kit: Kit):
     cid = await kit.customer("tamper", billing="postpaid", overdraft=None)
     await kit.usage_event(cid, "e1", input_tokens=1000, output_tokens=500, at=T0)
+    assert await fold(kit.db, cid) >= 1
     assert (await kit.verify()).ok
     await kit.db.run(lambda conn: conn.execute(text(
         "UPDATE usage_rollups SET amount = amount + 1 WHERE customer_id = :c AND level = 7"), {"c": cid}))
@@ -139,3 +162,62 @@ async def test_the_migration_backfills_the_rollups_of_existing_charges(kit: Kit,
     assert [(r["day"], r["token_type"], r["charges"]) for r in after["rows"]] == [
         ("2026-11-23", "input", 1), ("2026-11-23", "output", 1), ("2026-11-24", "input", 2),
         ("2026-11-24", "output", 2)]  # noon on the 23rd; 01:00 and 17:00 on the 24th (UTC days)
+
+
+async def test_verify_finds_a_charge_taken_out_of_the_queue_without_being_folded(kit: Kit):
+    cid = await kit.customer("unqueued", billing="postpaid", overdraft=None)
+    await kit.usage_event(cid, "e1", input_tokens=1000, output_tokens=500, at=T0)
+    await kit.usage_event(cid, "e2", input_tokens=10, output_tokens=5, at=T0)
+    assert (await kit.verify()).ok  # queued, not folded: the rollups need not have them yet
+    await kit.db.run(lambda conn: conn.execute(text(
+        "DELETE FROM usage_unfolded WHERE customer_id = :c AND charge_id = (SELECT min(charge_id) "
+        "FROM usage_unfolded WHERE customer_id = :c)"), {"c": cid}))
+    report = await kit.db.read(lambda conn: verify(conn, WALLET_CHECKS))
+    failed = [c for c in report.checks if not c.ok]
+    assert [c.name for c in failed] == ["usage_rollups"], failed
+    assert cid in failed[0].detail
+
+
+async def test_the_queue_is_written_only_by_the_charges_trigger(kit: Kit):
+    cid = await kit.customer("forged", billing="postpaid", overdraft=None)
+    await kit.usage_event(cid, "e1", input_tokens=1000, output_tokens=500, at=T0)
+    charge, lane = await kit.db.read(lambda conn: _row(conn, "SELECT id, lane FROM charges WHERE customer_id = :c",
+                                                       c=cid))
+    await fold(kit.db, cid)
+    for table in ("usage_unfolded", f"usage_unfolded_l{lane}"):  # folded, queued again: counted twice
+        with pytest.raises(DBAPIError, match="only by the charges"):
+            await kit.db.run(lambda conn, t=table: conn.execute(text(
+                f"INSERT INTO {t} (lane, customer_id, charge_id) VALUES (:l, :c, :i)"),
+                {"l": lane, "c": cid, "i": charge}))
+    with pytest.raises(DBAPIError, match="not allowed"):
+        await kit.db.run(lambda conn: conn.execute(text("TRUNCATE usage_unfolded")))
+    assert (await kit.verify()).ok
+
+
+async def _row(conn, sql: str, **params):
+    return (await conn.execute(text(sql), params)).one()
+
+
+@pytest.mark.parametrize("limit", ["FOLD_AFTER", "FOLD_CUSTOMER_AFTER"])
+async def test_the_engine_folds_a_lane_once_enough_charges_are_queued_there(kit: Kit, monkeypatch, limit):
+    """A batch folds its lane's queue (every queued charge of the lane, whoever queued it) once
+    this process queued FOLD_AFTER charges there, or FOLD_CUSTOMER_AFTER of one customer; the
+    report is the same before and after."""
+    monkeypatch.setattr(engine_module, "FOLD_AFTER", 1000)
+    monkeypatch.setattr(engine_module, "FOLD_CUSTOMER_AFTER", 1000)
+    monkeypatch.setattr(engine_module, limit, 3)
+    cid = await kit.customer("folding", billing="postpaid", overdraft=None)
+
+    async def queued() -> int:
+        return await kit.db.read(lambda conn: _scalar(
+            conn, "SELECT count(*) FROM usage_unfolded WHERE customer_id = :c", c=cid))
+
+    await kit.usage_event(cid, "e1", input_tokens=1000, output_tokens=500, at=T0)
+    await kit.usage_event(cid, "e2", input_tokens=100, output_tokens=50, at=T0)
+    assert await queued() == 2
+    before = await kit.db.read(lambda conn: reports.usage(conn, cid, None, None, ["model", "token_type"]))
+    await kit.usage_event(cid, "e3", input_tokens=10, output_tokens=10, at=T0 + timedelta(days=1))
+    assert await queued() == 0
+    after = await kit.db.read(lambda conn: reports.usage(conn, cid, None, None, ["model", "token_type"]))
+    assert [r["charges"] for r in after["rows"]] == [r["charges"] + 1 for r in before["rows"]]
+    assert (await kit.verify()).ok
