@@ -295,17 +295,23 @@ def test_an_anthropic_stream_cut_by_the_client_is_charged_the_reported_input_and
     assert charged(url, request_id) == (900 * IN + 100 * CACHED + 50 * WRITE + 200 * OUT) / M + CALL
 
 
-def test_a_caller_who_gives_up_on_a_whole_answer_cancels_the_upstream_and_is_released(live, fake):
-    url, _ = live
-    cid, key = customer(live)
+def leave_once_upstream(url: str, key: str, calls: list) -> None:
+    """Send a slow non-streamed chat call on a raw connection and hang up once the upstream has
+    it (it thinks until the caller leaves); `calls`: the fake upstream's log of calls."""
     body = json.dumps({"model": "gpt-test-slow", "messages": HI}).encode()
-    before = len(fake.fake.calls)
+    before = len(calls)
     with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as caller:
         caller.sendall(f"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {key}\r\n"
                        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
         deadline = time.monotonic() + 30
-        while len(fake.fake.calls) == before and time.monotonic() < deadline:
-            time.sleep(0.02)  # the call is upstream, which thinks until the caller leaves
+        while len(calls) == before and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+
+def test_a_caller_who_gives_up_on_a_whole_answer_cancels_the_upstream_and_is_released(live, fake):
+    url, _ = live
+    cid, key = customer(live)
+    leave_once_upstream(url, key, fake.fake.calls)
     call = _wait_cancelled(fake)
     assert call.body["model"] == "gpt-test-slow" and call.emitted == 0
     assert wallet(url, cid) == (Decimal("10"), 0)

@@ -11,8 +11,6 @@ upstream hangs up after reading each request and whose Anthropic upstream is the
 from __future__ import annotations
 
 import asyncio
-import json
-import socket
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -36,6 +34,7 @@ from tests.api.test_gateway import (
     charged,
     claude,
     customer,
+    leave_once_upstream,
     oai,
     serving,
     wallet,
@@ -265,14 +264,7 @@ def test_a_stream_cut_by_the_client_resets_its_http2_stream_and_the_connection_s
 def test_a_caller_who_gives_up_before_a_whole_answer_resets_its_http2_stream(h2, tls):
     url, _ = h2
     cid, key = customer(h2)
-    body = json.dumps({"model": "gpt-test-slow", "messages": HI}).encode()
-    before = len(tls.fake.calls)
-    with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as caller:
-        caller.sendall(f"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {key}\r\n"
-                       f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
-        deadline = time.monotonic() + 30
-        while len(tls.fake.calls) == before and time.monotonic() < deadline:
-            time.sleep(0.02)  # the call is upstream, which thinks until the caller leaves
+    leave_once_upstream(url, key, tls.fake.calls)
     call = _last(tls.fake, "gpt-test-slow")
     _wait_cancelled(call, timeout=READ_TIMEOUT / 2)  # the reset, not the read timeout
     assert call.http_version == "2" and call.emitted == 0
