@@ -189,9 +189,12 @@ class Database:
 
 def _lock_then_begin(keys: list[int], idle_ms: int) -> str:
     """Session advisory locks in the given order, *then* the transaction: its snapshot (taken by
-    its first statement) is newer than whatever the previous holder committed. The COMMIT ends
-    the implicit block a multi-statement query runs in (the locks outlive it), so that BEGIN may
-    set the isolation level. The session holds the locks only inside the transaction, whose idle
+    its first statement) is newer than whatever the previous holder committed. The locks are
+    taken in a block of their own (BEGIN ... COMMIT; session locks outlive it), so that the next
+    BEGIN may set the isolation level. Without that BEGIN, the COMMIT would end the implicit block
+    a multi-statement query runs in, which PostgreSQL answers with a WARNING ("there is no
+    transaction in progress"), written to the server log once a batch. The session holds the
+    locks only inside the transaction, whose idle
     timeout (`idle_ms`) bounds how long a stopped process can keep them. Keys are integers,
     written into the text.
 
@@ -203,7 +206,7 @@ def _lock_then_begin(keys: list[int], idle_ms: int) -> str:
     lanes when it runs (the lane is a parameter) and reads no page of theirs. Our own statements
     name their lane as a constant, so their generic plans are pruned when planned."""
     array = ",".join(str(int(k)) for k in keys)
-    return (f"SELECT pg_advisory_lock(k) FROM unnest('{{{array}}}'::bigint[]) WITH ORDINALITY AS t(k, n) "
+    return (f"BEGIN; SELECT pg_advisory_lock(k) FROM unnest('{{{array}}}'::bigint[]) WITH ORDINALITY AS t(k, n) "
             "ORDER BY n; COMMIT; BEGIN ISOLATION LEVEL SERIALIZABLE; "
             f"SET LOCAL idle_in_transaction_session_timeout = {int(idle_ms)}; "
             "SET LOCAL plan_cache_mode = force_generic_plan")

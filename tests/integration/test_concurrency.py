@@ -191,3 +191,30 @@ async def test_a_writer_transaction_plans_its_statements_generically_and_only_it
     assert await db.run(mode, locks=[lock_key(f"plans:{tag}")]) == "force_generic_plan"
     assert await db.run(mode) == "auto"
     assert await db.run(mode, locks=[lock_key(f"plans:{tag}")]) == "force_generic_plan"
+
+
+async def test_a_writer_transaction_leaves_no_warning_for_the_server_log(database_url, tag):
+    """Taking the lane locks and opening the transaction is one round trip of several statements.
+    A COMMIT that ended the query's implicit block drew a WARNING ("there is no transaction in
+    progress") from PostgreSQL, which its log kept once a wallet batch: the batch sends none."""
+    one = connect(database_url, pool_size=1)  # every run below uses the one pooled session
+    notices: list[str] = []
+
+    async def listen(conn):
+        raw = await conn.get_raw_connection()
+        raw.driver_connection.add_notice_handler(lambda d: notices.append(f"{d.severity}: {d.message_primary}"))
+
+    async def isolation(conn):
+        return (await conn.exec_driver_sql("SHOW transaction_isolation")).scalar()
+
+    try:
+        await one.run(listen)
+        for _ in range(3):
+            assert await one.run(isolation, locks=[lock_key(f"quiet:{tag}")]) == "serializable"
+        async with one.engine.connect() as conn:  # the locks went with each transaction
+            held = (await conn.exec_driver_sql(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()")).scalar()
+        assert held == 0
+        assert notices == []
+    finally:
+        await one.dispose()
