@@ -244,3 +244,30 @@ async def test_the_fold_job_folds_every_lane_s_queue_when_traffic_stops(kit: Kit
     assert await jobs.fold_usage(kit.db) == 0  # nothing left
     assert (await kit.verify()).ok
     assert "fold_usage" in [job.name for job in jobs.jobs(60)]
+
+
+async def test_the_fold_reads_only_the_queued_charges_of_a_customer_with_many(kit: Kit, monkeypatch):
+    """Each queued charge is found by its key (migration 0027): folding a few charges of a customer
+    with hundreds already folded reads those few, not all of the customer's (0026's probe also
+    matched the customer, and the planner then read every charge of theirs for each one queued)."""
+    monkeypatch.setattr(engine_module, "FOLD_CUSTOMER_AFTER", 10_000)  # folded here only
+    cid = await kit.customer("busy", billing="postpaid", overdraft=None)
+
+    def events(prefix: str, n: int) -> list[RecordUsage]:
+        tokens = {"input": 100, "output": 10}
+        return [RecordUsage(customer_id=cid, event_id=f"{prefix}{i}", request_hash=f"{prefix}{i}".encode(),
+                            model="model-x", occurred_at=T0, tokens=tokens, usage=tokens) for i in range(n)]
+
+    await kit.service.submit_many(events("old", 600))
+    assert await fold(kit.db, cid) == 600
+    await kit.service.submit_many(events("new", 5))
+
+    async def folded_reading(conn):
+        lane = await _scalar(conn, "SELECT ledger_lane(:c)", c=cid)
+        read = f"SELECT idx_tup_fetch + seq_tup_read FROM pg_stat_xact_user_tables WHERE relname = 'charges_l{lane}'"
+        before = await _scalar(conn, read)
+        count = await _scalar(conn, "SELECT wallets_fold_usage(CAST(:l AS smallint))", l=lane)
+        return count, await _scalar(conn, read) - before
+
+    assert await kit.db.run(folded_reading) == (5, 5)
+    assert (await kit.verify()).ok
