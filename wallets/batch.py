@@ -18,7 +18,7 @@ from wallets import chart, store
 from wallets.core import Decision, State, decide
 from wallets.core import idempotency as answers
 from wallets.core.alerts import alerts
-from wallets.core.billing import entry_rollup, merge
+from wallets.core.billing import add, entry_rollup
 from wallets.core.commands import Command
 from wallets.core.decision import (
     AdjustmentPosted,
@@ -133,10 +133,13 @@ class Batch:
         assert entry is not None and entry.customer_id is not None
         w = self.loaded.wallets[entry.customer_id]
         c = w.customer
-        priced = next((e for e in decision.effects if type(e) in (ChargeRecorded, TrueUpPosted, AdjustmentPosted)),
-                      None)
+        priced = None
+        for effect in decision.effects:
+            if type(effect) in _PRICED:
+                priced = effect
+                break
         lines: list[tuple[str, Any]] = []
-        if isinstance(priced, ChargeRecorded):
+        if type(priced) is ChargeRecorded:
             period = c.billed_in(priced.occurred_at).label
             origin = billing_period(priced.occurred_at, c)
             lines = [(origin, line) for line in priced.lines]
@@ -150,10 +153,12 @@ class Batch:
                 kinds[effect.code] = effect.kind
         items = entry_rollup(c, entry, kinds, lines, priced.funding if priced is not None else ())
         held = self.rollups.setdefault(c.id, {}).setdefault(period, {})
-        for item, (q, a) in items.items():
-            merge(held, {item: (q, a)})
-            before = self.rolled.get((c.id, period, item), (0, 0))
-            self.rolled[(c.id, period, item)] = (before[0] + q, before[1] + a)
+        rolled = self.rolled
+        for item, qa in items.items():
+            add(held, item, *qa)
+            key = (c.id, period, item)
+            before = rolled.get(key)
+            rolled[key] = qa if before is None else (before[0] + qa[0], before[1] + qa[1])
         return entry.with_metadata({**entry.metadata, "period": period})
 
     def _invoice_finalized(self, effect: InvoiceFinalized, key: str | None) -> None:
@@ -354,6 +359,7 @@ class Batch:
                 raise RuntimeError(f"entry {result.key} was {result.outcome.value} ({result.detail})")
 
 
+_PRICED = (ChargeRecorded, TrueUpPosted, AdjustmentPosted)  # effects whose lines an entry's rollup adds
 _FOLLOW: dict[type, Any] = {
     LotOpened: Batch._lot_opened, LotSwept: Batch._lot_swept, ReservationOpened: Batch._reservation_opened,
     ReservationChanged: Batch._reservation_changed, ChargeRecorded: Batch._charge_recorded,

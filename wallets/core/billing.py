@@ -55,7 +55,7 @@ def merge(into: Rollup, other: Mapping[str, tuple[int, int]]) -> None:
 def line_item(origin: str, line: Mapping[str, Any]) -> str:
     values = (origin, line["kind"], line.get("model"), line.get("token_type"), line.get("rule_id"),
               line.get("unit_price"), line.get("tier"), line.get("override_id"), line.get("price_version"))
-    if not all(type(v) in _KEYABLE for v in values):  # equal tuples of these have equal JSON (not 1 and True)
+    if not all(map(_KEYABLE.__contains__, map(type, values))):  # equal tuples of these have equal JSON (not 1 and True)
         return LINE + json.dumps(list(values), separators=(",", ":"))
     item = _LINE_ITEMS.get(values)
     if item is None:
@@ -68,7 +68,7 @@ def line_item(origin: str, line: Mapping[str, Any]) -> str:
 # The items of the lines seen lately: a period's lines repeat (one model, rule, price), and
 # their JSON is the same each time.
 _LINE_ITEMS: dict[tuple[Any, ...], str] = {}
-_KEYABLE = (str, int, type(None))
+_KEYABLE = frozenset((str, int, type(None)))
 
 
 def entry_rollup(customer: Customer, entry: JournalEntry, lot_kinds: Mapping[str, str],

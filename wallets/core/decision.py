@@ -1,17 +1,23 @@
 """What a wallet rule decides: the journal entry it posts (balanced legs), typed effects on the
-wallet's state, and an outcome (a code and a body). Frozen values; the shell applies them."""
+wallet's state, and an outcome (a code and a body). Frozen values; the shell applies them.
+
+Each is an immutable msgspec Struct, not a frozen dataclass: a usage event builds about six of
+them, and a frozen dataclass sets each field through `object.__setattr__` (ChargeRecorded: ~3.8
+against ~0.14 µs to build). Effects hold plain values and no reference back, so the garbage
+collector need not track them (`gc=False`); an outcome may hold a refusal, whose traceback can
+lead back to it, so outcomes and decisions are tracked."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+import msgspec
 
 from ledger.model import JournalEntry
 
 
-@dataclass(frozen=True, slots=True)
-class LotOpened:
+class LotOpened(msgspec.Struct, frozen=True, gc=False):
     """A top-up or grant opens a lot: a bounded liability account of its own."""
 
     customer_id: str
@@ -27,8 +33,7 @@ class LotOpened:
     reference: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class LotSwept:
+class LotSwept(msgspec.Struct, frozen=True, gc=False):
     """An expired lot's remainder went to breakage (`amount`); it never takes part again."""
 
     customer_id: str
@@ -38,15 +43,13 @@ class LotSwept:
     expired_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class HoldPiece:
+class HoldPiece(msgspec.Struct, frozen=True, gc=False):
     seq: int
     account: str
     amount: int
 
 
-@dataclass(frozen=True, slots=True)
-class ReservationOpened:
+class ReservationOpened(msgspec.Struct, frozen=True, gc=False):
     customer_id: str
     reservation_id: str
     request_id: str
@@ -60,8 +63,7 @@ class ReservationOpened:
     estimate: Mapping[str, Any] | None
 
 
-@dataclass(frozen=True, slots=True)
-class ReservationChanged:
+class ReservationChanged(msgspec.Struct, frozen=True, gc=False):
     """A reservation's new figures and status (a capture, a final settle, a release, an expiry)."""
 
     customer_id: str
@@ -74,8 +76,7 @@ class ReservationChanged:
     closed_at: datetime | None
 
 
-@dataclass(frozen=True, slots=True)
-class ChargeRecorded:
+class ChargeRecorded(msgspec.Struct, frozen=True, gc=False):
     """What one charge cost and how it was paid, with all that is needed to recompute it."""
 
     customer_id: str
@@ -101,8 +102,7 @@ class ChargeRecorded:
     funding: tuple[tuple[str, int], ...] = ()  # what paid it: (lot or receivable account, amount)
 
 
-@dataclass(frozen=True, slots=True)
-class TrueUpPosted:
+class TrueUpPosted(msgspec.Struct, frozen=True, gc=False):
     """A period's volume true-up: its lines and what paid (or got back) the difference."""
 
     customer_id: str
@@ -111,8 +111,7 @@ class TrueUpPosted:
     funding: tuple[tuple[str, int], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class AdjustmentPosted:
+class AdjustmentPosted(msgspec.Struct, frozen=True, gc=False):
     """A re-rate's adjustment of charges of `period`: its lines and what paid (or got back) it."""
 
     customer_id: str
@@ -121,8 +120,7 @@ class AdjustmentPosted:
     funding: tuple[tuple[str, int], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class ChargeAdjusted:
+class ChargeAdjusted(msgspec.Struct, frozen=True, gc=False):
     """A charge re-rated to `version`: its amounts by (model, token type) before and after."""
 
     customer_id: str
@@ -137,8 +135,7 @@ class ChargeAdjusted:
     credit_note_id: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class CreditNoteIssued:
+class CreditNoteIssued(msgspec.Struct, frozen=True, gc=False):
     """A credit (total < 0) or debit note correcting a finalized invoice, numbered and frozen."""
 
     customer_id: str
@@ -155,8 +152,7 @@ class CreditNoteIssued:
     issued_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class InvoiceFinalized:
+class InvoiceFinalized(msgspec.Struct, frozen=True, gc=False):
     """A closed period's invoice, numbered and frozen (`content` is the document)."""
 
     customer_id: str
@@ -176,8 +172,7 @@ class InvoiceFinalized:
     finalized_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class PeriodAdvanced:
+class PeriodAdvanced(msgspec.Struct, frozen=True, gc=False):
     """The customer's first open period now starts at `open_period_start`."""
 
     customer_id: str
@@ -185,8 +180,7 @@ class PeriodAdvanced:
     next_close_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class PaymentRecorded:
+class PaymentRecorded(msgspec.Struct, frozen=True, gc=False):
     customer_id: str
     invoice_id: str
     payment_id: str
@@ -195,8 +189,7 @@ class PaymentRecorded:
     created_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class UsageEventRecorded:
+class UsageEventRecorded(msgspec.Struct, frozen=True, gc=False):
     customer_id: str
     event_id: str
     request_hash: bytes
@@ -206,8 +199,7 @@ class UsageEventRecorded:
     dimensions: Mapping[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class UsageCounted:
+class UsageCounted(msgspec.Struct, frozen=True, gc=False):
     """Units rated per rule in a billing period (graduated tiers continue from there)."""
 
     customer_id: str
@@ -216,16 +208,14 @@ class UsageCounted:
     quantities: Mapping[str, int]
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxEvent:
+class OutboxEvent(msgspec.Struct, frozen=True, gc=False):
     topic: str
     customer_id: str
     dedup_key: str
     payload: Mapping[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class BudgetCounted:
+class BudgetCounted(msgspec.Struct, frozen=True, gc=False):
     """A reservation's count in one budget's window moved by `held` and `used` (changes, in the
     budget's metric); `opened`: its first hold there, which opens the reservation's record."""
 
@@ -239,8 +229,7 @@ class BudgetCounted:
     opened: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class CustomerFlagged:
+class CustomerFlagged(msgspec.Struct, frozen=True, gc=False):
     """The customer's alert flags changed (a low balance crossed, blocked or unblocked)."""
 
     customer_id: str
@@ -248,8 +237,7 @@ class CustomerFlagged:
     blocked: bool
 
 
-@dataclass(frozen=True, slots=True)
-class AnswerKept:
+class AnswerKept(msgspec.Struct, frozen=True, gc=False):
     """An answer kept for replays under an idempotency scope and key (a code and a body)."""
 
     scope: str
@@ -265,8 +253,7 @@ Effect = (LotOpened | LotSwept | ReservationOpened | ReservationChanged | Charge
           | CreditNoteIssued)
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(msgspec.Struct, frozen=True):  # tracked: a refusal's traceback may lead back to it
     """A code (`reserved`, `settled`, `insufficient_funds`, …) and a body: the result value, or
     the domain error of a refusal. `None` as a body: nothing was due (a job found nothing to do)."""
 
@@ -278,11 +265,10 @@ class Outcome:
         return isinstance(self.body, Exception)
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(msgspec.Struct, frozen=True):
     outcome: Outcome
     entry: JournalEntry | None = None
-    effects: tuple[Effect, ...] = field(default=())
+    effects: tuple[Effect, ...] = ()
 
     @staticmethod
     def refuse(error: Exception, *effects: Effect) -> Decision:

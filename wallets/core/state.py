@@ -4,9 +4,11 @@ units rated so far this period; and where new ids come from."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+import msgspec
 
 from wallets.core.decision import OutboxEvent
 from wallets.core.idempotency import Kept
@@ -31,19 +33,21 @@ class InvoiceDue:
         return sum(self.payments.values())
 
 
-@dataclass(frozen=True, slots=True)
-class State:
+class State(msgspec.Struct, frozen=True):
+    """An immutable msgspec Struct (the shell builds one per command, and alerts one more): a
+    frozen dataclass of these eleven fields took ~2 µs to build, in Python."""
+
     customer_id: str
     wallet: Wallet | None
-    answers: Mapping[tuple[str, str], Kept] = field(default_factory=dict)  # (scope, key) -> kept answer
-    events: Mapping[tuple[str, str], bytes] = field(default_factory=dict)  # (customer, event id) -> hash
-    period_usage: PeriodUsage = field(default_factory=dict)
+    answers: Mapping[tuple[str, str], Kept] = msgspec.field(default_factory=dict)  # (scope, key) -> kept answer
+    events: Mapping[tuple[str, str], bytes] = msgspec.field(default_factory=dict)  # (customer, event id) -> hash
+    period_usage: PeriodUsage = msgspec.field(default_factory=dict)
     # customer -> billing period -> rollup item -> (quantity, amount), of its open periods (closes)
-    rollups: Mapping[str, Mapping[str, Mapping[str, tuple[int, int]]]] = field(default_factory=dict)
-    invoice_seqs: Mapping[tuple[str, int], int] = field(default_factory=dict)  # (issuer, year) -> last number
-    invoices: Mapping[str, InvoiceDue] = field(default_factory=dict)  # invoices being paid, by id
-    rerates: Mapping[tuple[str, str], Any] = field(default_factory=dict)  # (customer, period) -> RerateInput
-    credit_note_seqs: Mapping[tuple[str, int], int] = field(default_factory=dict)  # (issuer, year) -> last
+    rollups: Mapping[str, Mapping[str, Mapping[str, tuple[int, int]]]] = msgspec.field(default_factory=dict)
+    invoice_seqs: Mapping[tuple[str, int], int] = msgspec.field(default_factory=dict)  # (issuer, year) -> last number
+    invoices: Mapping[str, InvoiceDue] = msgspec.field(default_factory=dict)  # invoices being paid, by id
+    rerates: Mapping[tuple[str, str], Any] = msgspec.field(default_factory=dict)  # (customer, period) -> RerateInput
+    credit_note_seqs: Mapping[tuple[str, int], int] = msgspec.field(default_factory=dict)  # (issuer, year) -> last
     ids: Callable[[str], str] = new_id
 
     def require_wallet(self) -> Wallet:
