@@ -282,6 +282,27 @@ def _plain_canonical(usage: Mapping[str, Any]) -> NormalizedUsage | None:
                            get("reasoning_tokens") or 0)
 
 
+_PLAIN_TYPES = tuple(_TOKEN_TYPE_OF[name] for name in CANONICAL_FIELDS)
+
+
+def plain_canonical_counts(usage: Any) -> tuple[dict[str, int], dict[str, Any]] | None:
+    """For plain canonical usage (as `_plain_canonical` takes it): what
+    `normalize_canonical(usage)` gives as `(token_counts(), as_usage_fields())`, built without
+    the NormalizedUsage between them (a usage event's hot path). None: anything else."""
+    if type(usage) is not dict:
+        return None
+    for name, value in usage.items():
+        if name not in _CANONICAL:
+            return None
+        if value is not None and (type(value) is not int or not 0 <= value <= MAX_QUANTITY):
+            return None
+    get = usage.get
+    values = (get("input_tokens") or 0, get("cached_input_tokens") or 0, get("cache_write_tokens") or 0,
+              get("output_tokens") or 0, get("reasoning_tokens") or 0)
+    return ({t: v for t, v in zip(_PLAIN_TYPES, values, strict=True) if v},
+            dict(zip(CANONICAL_FIELDS, values, strict=True)))
+
+
 def normalize_canonical(usage: Mapping[str, Any]) -> NormalizedUsage:
     """Validate the API's canonical ``usage`` object (unknown fields refused)."""
     plain = _plain_canonical(usage)

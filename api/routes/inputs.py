@@ -7,7 +7,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from pricing.errors import InvalidUsageError
-from pricing.normalize import normalize_anthropic, normalize_canonical, normalize_gemini, normalize_openai
+from pricing.normalize import (
+    normalize_anthropic,
+    normalize_canonical,
+    normalize_gemini,
+    normalize_openai,
+    plain_canonical_counts,
+)
 from pricing.usage import check_count
 
 
@@ -54,6 +60,10 @@ def usage_tokens(usage: Mapping[str, Any] | None, openai_usage: Mapping[str, Any
                  anthropic_usage: Mapping[str, Any] | None, gemini_usage: Mapping[str, Any] | None = None
                  ) -> tuple[dict[str, int], dict[str, Any]]:
     """Exactly one usage form -> (counts by rating token type, what to store with the charge)."""
+    if usage is not None and openai_usage is None and anthropic_usage is None and gemini_usage is None:
+        plain = plain_canonical_counts(usage)  # the common case, as below without the general reader
+        if plain is not None:
+            return plain[0], {"source": "usage", "reported": dict(usage), "canonical": plain[1]}
     forms = {"usage": usage, "openai_usage": openai_usage, "anthropic_usage": anthropic_usage,
              "gemini_usage": gemini_usage}
     given = {name: value for name, value in forms.items() if value is not None}

@@ -76,12 +76,22 @@ def time_param(name: str) -> QueryParameter:
 def time_in(value: str | None, field: str) -> datetime | None:
     if value is None:
         return None
+    if type(value) is str and (known := _TIMES.get(value)) is not None:
+        return known  # the batch's events often share a time: checked and parsed once
     if not isinstance(value, str) or not matches(DATE_TIME, value):
         raise WalletValidationError(field, "must be " + DATE_TIME_TEXT)
     try:
-        return parse_time(value, field)
+        parsed = parse_time(value, field)
     except ValueError as exc:
         raise WalletValidationError(field, "must be " + DATE_TIME_TEXT) from exc
+    if type(value) is str:
+        if len(_TIMES) >= 4096:
+            _TIMES.clear()
+        _TIMES[value] = parsed
+    return parsed
+
+
+_TIMES: dict[str, datetime] = {}  # times that passed time_in lately (a datetime is immutable)
 
 
 def checked(data: Any, type_: Any = None) -> Any:

@@ -13,13 +13,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from api.routes.inputs import hashed_as_before
+from api.routes.inputs import hashed_as_before, usage_tokens
 from api.routes.usage import UsageEvent, _body
+from api.routes.wire import time_in
 from ledger.model import JournalEntry, Posting, request_hash
 from pricing.errors import InvalidUsageError
-from pricing.normalize import CANONICAL_FIELDS, _read_canonical, normalize_canonical
+from pricing.normalize import CANONICAL_FIELDS, _read_canonical, normalize_canonical, plain_canonical_counts
 from pricing.usage import MAX_QUANTITY
 from wallets.core.billing import line_item
+from wallets.errors import WalletValidationError
 
 
 def hash_as_json(value) -> bytes:
@@ -88,6 +90,24 @@ def test_canonical_usage_normalizes_as_the_general_reader_does(usage):
     assert normalize_canonical(usage) == expected
 
 
+@settings(max_examples=500)
+@given(st.dictionaries(FIELD, COUNT, max_size=6) | st.dictionaries(st.sampled_from(CANONICAL_FIELDS), COUNT))
+def test_plain_canonical_usage_gives_what_the_normalized_usage_gives(usage):
+    plain = plain_canonical_counts(usage)
+    try:
+        normalized = _read_canonical(usage)
+    except InvalidUsageError:
+        assert plain is None  # an error to report: the general path reports it
+        return
+    if plain is not None:
+        assert plain == (normalized.token_counts(), normalized.as_usage_fields())
+        assert list(plain[0]) == list(normalized.token_counts())  # the same order too
+        assert usage_tokens(usage, None, None) == (normalized.token_counts(), {
+            "source": "usage", "reported": usage, "canonical": normalized.as_usage_fields()})
+    else:
+        assert any(k not in CANONICAL_FIELDS or (v is not None and type(v) is not int) for k, v in usage.items())
+
+
 LINE_VALUES = st.none() | st.booleans() | st.integers(min_value=-3, max_value=3) | st.sampled_from(["1", "x", "é"])
 
 
@@ -108,3 +128,14 @@ def test_an_entry_with_other_metadata_is_the_replaced_entry():
     metadata = {**entry.metadata, "period": "2026-01"}
     assert entry.with_metadata(metadata) == replace(entry, metadata=metadata)
     assert entry.with_metadata(metadata).request_hash() == replace(entry, metadata=metadata).request_hash()
+
+
+def test_a_time_checked_before_is_the_same_time_and_a_bad_one_stays_refused():
+    first = time_in("2026-12-03T06:46:59.934643Z", "timestamp")
+    assert first == datetime(2026, 12, 3, 6, 46, 59, 934643, tzinfo=UTC)
+    assert time_in("2026-12-03T06:46:59.934643Z", "timestamp") is first
+    assert time_in("2026-12-03T07:46:59.934643+01:00", "timestamp") == first  # another text: parsed on its own
+    for bad in ("2026-12-03T06:46:59", "2026-12-03 06:46:59Z", "2026-12-03T06:46:59Z\n"):
+        for _ in range(2):
+            with pytest.raises(WalletValidationError):
+                time_in(bad, "timestamp")
