@@ -5,16 +5,18 @@ touches a float or a database; the rules are plain functions over plain values.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 import msgspec
+from msgspec.structs import force_setattr
 
 from ledger.errors import InvalidEntryError, UnbalancedEntryError
 
@@ -50,8 +52,10 @@ class AccountSpec:
             raise InvalidEntryError("stripes must be 1..256", account=self.code)
 
 
-@dataclass(frozen=True, slots=True)
-class Posting:
+class Posting(msgspec.Struct, frozen=True, gc=False):
+    """One leg of an entry (an immutable msgspec Struct: a usage event's entry builds two or
+    three, and a frozen dataclass set each field in Python)."""
+
     account: str
     amount: int
     asset: str
@@ -72,14 +76,15 @@ def residual_by_asset(postings: Iterable[Posting]) -> dict[str, int]:
     return {asset: total for asset, total in sums.items() if total}
 
 
-@dataclass(frozen=True, slots=True)
-class JournalEntry:
+class JournalEntry(msgspec.Struct, frozen=True, gc=False):
+    """An immutable msgspec Struct, checked when built (its postings, its balance per asset)."""
+
     key: str  # idempotency key, unique forever
     kind: str
     postings: tuple[Posting, ...]
     customer_id: str | None = None
-    occurred_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-    metadata: Mapping[str, Any] = field(default_factory=dict)
+    occurred_at: datetime = msgspec.field(default_factory=lambda: datetime.now(UTC))
+    metadata: Mapping[str, Any] = msgspec.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.key or len(self.key) > 300:
@@ -99,7 +104,7 @@ class JournalEntry:
             "key": self.key,
             "kind": self.kind,
             "customer_id": self.customer_id,
-            "occurred_at": self.occurred_at.astimezone(UTC).isoformat(),
+            "occurred_at": iso_time(self.occurred_at.astimezone(UTC)),
             "metadata": self.metadata,
             "postings": [[p.account, p.amount, p.asset] for p in self.postings],
         }
@@ -108,13 +113,22 @@ class JournalEntry:
         return request_hash(self.canonical())
 
     def with_metadata(self, metadata: Mapping[str, Any]) -> JournalEntry:
-        """The entry with other metadata: `dataclasses.replace` without checking the postings
-        again (they are this entry's, checked when it was made)."""
-        copy = object.__new__(JournalEntry)
-        for name in ("key", "kind", "postings", "customer_id", "occurred_at"):
-            object.__setattr__(copy, name, getattr(self, name))
-        object.__setattr__(copy, "metadata", metadata)
-        return copy
+        """The entry with other metadata: `msgspec.structs.replace` without checking the
+        postings again (they are this entry's, checked when it was made)."""
+        entry = copy.copy(self)
+        force_setattr(entry, "metadata", metadata)
+        return entry
+
+
+def iso_time(at: datetime) -> str:
+    """`at.isoformat()`, kept for the last datetime asked: a batch's entries share their time."""
+    global _last_iso
+    if _last_iso[0] != at or _last_iso[0].utcoffset() != at.utcoffset():
+        _last_iso = (at, at.isoformat())
+    return _last_iso[1]
+
+
+_last_iso: tuple[datetime, str] = (datetime.min.replace(tzinfo=UTC), datetime.min.replace(tzinfo=UTC).isoformat())
 
 
 # json.dumps with these arguments, made once: dumps builds a new encoder on every call.

@@ -25,8 +25,8 @@ from ledger.errors import (
     IdempotencyConflictError,
     UnknownAccountError,
 )
-from ledger.lanes import balance_lane, entry_lane, lane_count
-from ledger.model import JournalEntry
+from ledger.lanes import entry_lane, lane_count
+from ledger.model import JournalEntry, iso_time
 
 BATCH_SIZE = Histogram(
     "tokentill_ledger_batch_entries", "Entries per ledger_post round trip",
@@ -96,20 +96,29 @@ def stripe_of(entry: JournalEntry, info: AccountInfo, lanes: int) -> int:
 
 def _wire(entry: JournalEntry, accounts: dict[str, AccountInfo], lanes: int, entry_id: int | None = None
           ) -> tuple[dict, set[tuple[int, int, int]]]:
+    """An entry as `ledger_post` reads it, and the balance rows it moves (lane, account id,
+    stripe). Stripes and lanes as `stripe_of` and `balance_lane` give them, the entry's lane
+    found once: an account of its own customer, or of none, lives in that lane or lane 0."""
     legs, deltas = [], defaultdict(int)
+    customer = entry.customer_id
+    own_lane = entry_lane(customer, lanes)
     for p in entry.postings:
         info = accounts[p.account]
         if info.asset != p.asset:
             raise AccountMismatchError(f"account {p.account} holds {info.asset}, not {p.asset}",
                                        account=p.account)
-        if info.customer_id is not None and info.customer_id != entry.customer_id:
+        if info.customer_id is not None and info.customer_id != customer:
             raise AccountMismatchError(f"account {p.account} belongs to another customer",
                                        account=p.account)
-        stripe = stripe_of(entry, info, lanes)
+        if info.stripes == 1:
+            stripe, lane = 0, own_lane if info.customer_id is not None else 0
+        else:
+            stripe = stripe_of(entry, info, lanes)
+            lane = stripe % lanes
         legs.append([info.id, stripe, p.amount])
-        deltas[(balance_lane(info.customer_id, info.stripes, stripe, lanes), info.id, stripe)] += p.amount
+        deltas[(lane, info.id, stripe)] += p.amount
     wire = {"k": entry.key, "h": entry.request_hash().hex(), "kind": entry.kind,
-            "c": entry.customer_id, "at": entry.occurred_at.isoformat(), "m": entry.metadata,
+            "c": customer, "at": iso_time(entry.occurred_at), "m": entry.metadata,
             "p": legs, "d": [[a, s, d, lane] for (lane, a, s), d in deltas.items() if d]}
     if entry_id is not None:
         wire["i"] = entry_id

@@ -7,7 +7,6 @@ Token counts are ints (never bool or float), keyed by the token types of
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from copy import copy
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -43,6 +42,9 @@ def check_count(value: object, name: str, errors: list[dict[str, str]], maximum:
 
 
 _ORDER = {token_type: index for index, token_type in enumerate(TOKEN_TYPES)}
+
+
+_REQUEST = _ORDER["request"]
 
 
 def _item_order(item: tuple[str, int]) -> int:
@@ -109,10 +111,15 @@ class Usage(msgspec.Struct, frozen=True, gc=False):
     def with_request(self) -> Usage:
         """This usage with one ``request`` counted (a call's per-request fee), built without
         checking again what was checked when this one was built."""
-        counts = dict(self.tokens)
-        counts["request"] = 1
-        usage = copy(self)
-        force_setattr(usage, "tokens", tuple(sorted(counts.items(), key=_item_order)))
+        tokens = self.tokens
+        if not tokens or _ORDER[tokens[-1][0]] < _REQUEST:
+            counted = (*tokens, ("request", 1))  # every type sorts before it: no request counted yet
+        else:
+            counts = dict(tokens)
+            counts["request"] = 1
+            counted = tuple(sorted(counts.items(), key=_item_order))
+        usage = self.__copy__()
+        force_setattr(usage, "tokens", counted)
         return usage
 
     @property

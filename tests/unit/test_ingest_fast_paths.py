@@ -5,21 +5,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import replace
 from datetime import UTC, datetime
 
 import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from msgspec.structs import replace
 
 from api.routes.inputs import hashed_as_before, usage_tokens
 from api.routes.usage import UsageEvent, _body
 from api.routes.wire import time_in
 from ledger.model import JournalEntry, Posting, request_hash
+from pricing.books import TOKEN_TYPES
 from pricing.errors import InvalidUsageError
 from pricing.normalize import CANONICAL_FIELDS, _read_canonical, normalize_canonical, plain_canonical_counts
-from pricing.usage import MAX_QUANTITY
+from pricing.usage import MAX_QUANTITY, Usage
 from wallets.core.billing import line_item
 from wallets.errors import WalletValidationError
 
@@ -139,3 +140,13 @@ def test_a_time_checked_before_is_the_same_time_and_a_bad_one_stays_refused():
         for _ in range(2):
             with pytest.raises(WalletValidationError):
                 time_in(bad, "timestamp")
+
+
+@settings(max_examples=300)
+@given(st.dictionaries(st.sampled_from(TOKEN_TYPES), st.integers(min_value=0, max_value=10**6), max_size=6))
+def test_a_usage_with_its_request_is_the_usage_with_one_request_counted(tokens):
+    at = datetime(2026, 12, 3, tzinfo=UTC)
+    usage = Usage("m", tokens, at, {"tier": "x"})
+    expected = Usage("m", {**tokens, "request": 1}, at, {"tier": "x"})
+    assert usage.with_request() == expected
+    assert usage.tokens == Usage("m", tokens, at, {"tier": "x"}).tokens  # the usage itself is unchanged
