@@ -121,9 +121,10 @@ class JournalEntry(msgspec.Struct, frozen=True, gc=False):
 
 
 def iso_time(at: datetime) -> str:
-    """`at.isoformat()`, kept for the last datetime asked: a batch's entries share their time."""
+    """`at.isoformat()`, kept for the last datetime asked: a batch's entries share their time
+    (one datetime object, and a datetime is immutable)."""
     global _last_iso
-    if _last_iso[0] != at or _last_iso[0].utcoffset() != at.utcoffset():
+    if _last_iso[0] is not at:
         _last_iso = (at, at.isoformat())
     return _last_iso[1]
 

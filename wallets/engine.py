@@ -324,8 +324,14 @@ class Engine:
                 needs.setdefault("idempotency", []).append((command.idem.scope, command.idem.key))
         loaded = await store.load(conn, customers, now=now, new_entries=len(commands), **needs)
         rating = {c.customer_id for c in commands if c.needs_book}
-        books = {cid: await self.books.get(conn, w.customer.price_book, w.customer.book_versions)
-                 for cid, w in loaded.wallets.items() if cid in rating}
+        books: dict[str, Any] = {}
+        found: dict[tuple[str | None, int], Any] = {}  # a batch's customers mostly share a book: got once
+        for cid, w in loaded.wallets.items():
+            if cid in rating:
+                key = (w.customer.price_book, w.customer.book_versions)
+                if key not in found:
+                    found[key] = await self.books.get(conn, *key)
+                books[cid] = found[key]
         batch = Batch(now, loaded, books)
         periods = set()
         for command in commands:
