@@ -235,6 +235,8 @@ def on_usage(state: State, w: Wallet, event_id: str, model: str, dimensions: Map
     """A post-hoc usage event happened: it counts as used (never held, never refused) in every
     matching budget's window of its own time; a hard budget it takes past the limit refuses
     the next hold. Its record is `event:<event_id>` beside the reservations'."""
+    if not w.budgets:
+        return []  # most customers have none
     effects: list[Effect] = []
     key = f"event:{event_id}"
     for b in _matching(w.budgets.values(), model, dimensions):

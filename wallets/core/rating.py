@@ -19,6 +19,7 @@ from wallets.periods import period_of
 
 CONTEXT_TOKEN_TYPES = (*sorted(PROMPT_TYPES), "output", "reasoning", "output_audio", "output_image",
                        "output_video", "citation")  # disjoint counts
+_CONTEXT = frozenset(CONTEXT_TOKEN_TYPES)
 
 # (customer, billing period, book) -> rule -> units rated earlier in the period
 PeriodUsage = Mapping[tuple[str, str, str], Mapping[str, int]]
@@ -70,7 +71,7 @@ def implausibility(wallet: Wallet, version: PriceVersion, rating: Rating, tokens
             f"max_charge_per_request of {format_amount(limit)} {currency}",
             limit="max_charge_per_request", maximum=format_amount(limit), value=format_amount(charge), source=source)
     window = version.context_window_for(line.rule_id for line in rating.lines)
-    used = sum(tokens.get(t, 0) for t in CONTEXT_TOKEN_TYPES)
+    used = sum(count for token_type, count in tokens.items() if token_type in _CONTEXT)
     if window is not None and used > window:
         return ImplausibleUsageError(
             f"{used} input and output tokens exceed the context window of {window} tokens",
