@@ -1,6 +1,7 @@
 """Raw SQL, as a buggy caller or an attacker holding the application's role would write it (no
-trigger switched off), against the invariants of migrations 0019-0023: entries checked per
-statement (the `checked_in_statement` flag), the set-based ledger_post, cached balances, lanes."""
+trigger switched off), against the invariants of migrations 0019-0028: entries checked per
+statement (the `checked_in_statement` flag), the set-based ledger_post, cached balances, lanes,
+references checked per statement."""
 from __future__ import annotations
 
 import json
@@ -284,3 +285,67 @@ def test_usage_events_cannot_be_truncated_from_under_their_charges(scratch_url, 
     with psycopg.connect(scratch_url) as conn:
         with pytest.raises(psycopg.errors.RestrictViolation, match="not allowed"):
             conn.execute(attack)
+
+
+# -- the postings' accounts, checked per statement (0028) ----------------------------------------
+
+@pytest.mark.parametrize("table", ["postings", "postings_l0"])
+async def test_postings_cannot_name_a_missing_account(db, database_url, tag, table):
+    """Balanced postings of which one names no account: refused by the apply trigger's read of
+    the statement's accounts (before 0028, by the foreign key), and nothing moves."""
+    _, _, cash_id, lot_id = await _accounts(db, database_url, tag)
+    before = _balances(database_url, cash_id, lot_id)
+    with psycopg.connect(database_url) as conn:
+        missing = conn.execute("SELECT max(id) + 1000 FROM accounts").fetchone()[0]
+        entry = conn.execute(FLAGGED.replace(", true)", ", false)"), (f"{tag}-ghost",)).fetchone()[0]
+        with pytest.raises(psycopg.errors.ForeignKeyViolation, match=f"no account {missing}"), conn.transaction():
+            conn.execute(f"INSERT INTO {table} (entry_id, account_id, amount) VALUES (%s, %s, 5), (%s, %s, -5)",
+                         (entry, cash_id, entry, missing))
+        with pytest.raises(psycopg.errors.ForeignKeyViolation, match="no balance stripe 3"), conn.transaction():
+            conn.execute(f"INSERT INTO {table} (entry_id, account_id, stripe, amount) "
+                         "VALUES (%s, %s, 3, 5), (%s, %s, 0, -5)", (entry, cash_id, entry, lot_id))
+        conn.rollback()
+    assert _balances(database_url, cash_id, lot_id) == before
+
+
+@pytest.mark.parametrize("attack, refusal", [
+    ("TRUNCATE accounts", psycopg.errors.FeatureNotSupported),  # the balances' foreign key
+    ("TRUNCATE accounts CASCADE", psycopg.errors.RestrictViolation),
+    ("DELETE FROM accounts", psycopg.errors.RestrictViolation),
+    ("UPDATE accounts SET id = id + 1000000", psycopg.errors.RestrictViolation),
+])
+def test_accounts_cannot_go_from_under_their_postings(scratch_url, attack, refusal):
+    """What the postings name cannot be taken away: accounts refuse DELETE and a new id (their
+    guard) and, since 0028 dropped the postings' foreign key, TRUNCATE even with CASCADE (which
+    would have emptied the balances and left the postings naming nothing)."""
+    with psycopg.connect(scratch_url) as conn:
+        conn.execute("INSERT INTO assets (code, scale) VALUES ('USD', 9) ON CONFLICT DO NOTHING")
+        conn.execute("INSERT INTO accounts (code, type, asset) VALUES ('asset:cash', 'asset', 'USD')")
+        conn.commit()
+        with pytest.raises(refusal):
+            conn.execute(attack)
+        conn.rollback()
+        assert conn.execute("SELECT count(*) FROM accounts").fetchone()[0] == 1
+
+
+async def test_a_flagged_entry_balances_only_with_its_statements_postings(db, database_url, tag):
+    """Since 0028 the entries' statement check no longer re-reads the postings to balance them:
+    that is the postings' check. Postings split across two of the statement's INSERTs (the parent
+    and a partition by name, each its own transition table) that only balance together are
+    refused, and so are a flagged entry's legs that balance in count but not in amount."""
+    _, _, cash_id, lot_id = await _accounts(db, database_url, tag)
+    with psycopg.connect(database_url) as conn:
+        with pytest.raises(psycopg.errors.CheckViolation, match="unbalanced"), conn.transaction():
+            conn.execute(f"""WITH e AS ({FLAGGED}),
+                              p AS (INSERT INTO postings (entry_id, account_id, amount)
+                                    SELECT e.id, {cash_id}, 5 FROM e),
+                              q AS (INSERT INTO postings_l0 (entry_id, account_id, amount)
+                                    SELECT e.id, {lot_id}, -5 FROM e)
+                              SELECT 1""", (f"{tag}-split",))
+        with pytest.raises(psycopg.errors.CheckViolation, match="unbalanced"), conn.transaction():
+            conn.execute(f"""WITH e AS ({FLAGGED}),
+                              p AS (INSERT INTO postings (entry_id, account_id, amount)
+                                    SELECT e.id, x.a, x.m FROM e, (VALUES ({cash_id}::bigint, 5),
+                                                                        ({lot_id}::bigint, -4)) x(a, m))
+                              SELECT 1""", (f"{tag}-short",))
+    assert _entries(database_url, f"{tag}-") == 1

@@ -95,7 +95,8 @@ async def test_one_raw_statement_of_postings_is_checked_entry_by_entry(db, datab
 
 async def test_an_entry_flagged_as_checked_in_its_statement_is_checked_there(db, database_url, tag):
     """The flag ledger_post sets (migration 0021) skips no check: a flagged entry is checked when
-    its statement ends, so one whose postings come later, or do not balance, is refused."""
+    its statement ends, so one whose postings come later, or do not balance, is refused (since
+    0028 the balance is the postings' own statement check, which names them unbalanced)."""
     async def setup(conn):
         return await _accounts(conn, tag)
 
@@ -108,7 +109,7 @@ async def test_an_entry_flagged_as_checked_in_its_statement_is_checked_there(db,
             entry = conn.execute(flagged, (f"{tag}-later",)).fetchone()[0]
             conn.execute("INSERT INTO postings (entry_id, account_id, amount) VALUES (%s, %s, 5), (%s, %s, -5)",
                          (entry, a, entry, b))
-        with pytest.raises(psycopg.errors.CheckViolation, match="does not balance"), conn.transaction():
+        with pytest.raises(psycopg.errors.CheckViolation, match="unbalanced"), conn.transaction():
             conn.execute(f"""WITH e AS ({flagged}),
                              p AS (INSERT INTO postings (entry_id, account_id, amount)
                                    SELECT e.id, %s, 5 FROM e)
