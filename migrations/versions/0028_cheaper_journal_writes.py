@@ -151,9 +151,11 @@ BEGIN
             RAISE EXCEPTION 'posting to account % has no balance stripe %', r.accounts[gap], r.stripes[gap]
                 USING ERRCODE = 'foreign_key_violation';
         END IF;
+        -- account_id = ANY: an index condition with the lane's (PostgreSQL 18 then probes each
+        -- account even without statistics; 15 still reads the lane until they are gathered).
         UPDATE account_balances b SET debits = b.debits + u.dr, credits = b.credits + u.cr
           FROM unnest(r.accounts, r.stripes, r.drs, r.crs) AS u(a, s, dr, cr)
-         WHERE b.lane = r.lane AND b.account_id = u.a AND b.stripe = u.s;
+         WHERE b.lane = r.lane AND b.account_id = ANY (r.accounts) AND b.account_id = u.a AND b.stripe = u.s;
     END LOOP;
     RETURN NULL;
 END $$;
