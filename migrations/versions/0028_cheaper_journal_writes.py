@@ -23,6 +23,13 @@ postings' accounts cost more than the INSERTs themselves. Each is now cheaper, a
   posting to no account is refused there as foreign_key_violation. As strong as the key was:
   postings cannot change (row trigger), and accounts cannot be deleted or renumbered (their
   guard) nor, now, truncated.
+- `ledger_post`'s key check, bound check and balance locks, and the apply trigger's locks, probe
+  by key (`LATERAL ... LIMIT 1`) instead of joining a lane's rows; `ledger_post_each` finds an
+  entry already there by its unique key (IS NOT DISTINCT FROM on the customer was no index
+  condition: a replay read the lane's every key).
+- These four functions price sequential scans out (`enable_seqscan = off`): their generic plans
+  are kept per session, and one made while a table was a page or two probed by a sequential scan
+  for as long as the session lived. Every table they read, they read by key.
 - The index of the entries' request ids holds only entries that have one (usage events' entries
   have an event id instead: one index entry fewer for each). Every query by request id compares
   it with `=`, which the partial index serves.
