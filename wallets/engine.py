@@ -51,6 +51,10 @@ BATCH_COMMANDS = Histogram("tokentill_wallet_batch_commands", "Wallet commands p
 BATCH_PHASE = Histogram("tokentill_wallet_batch_phase_seconds", "Wallet command and batch time, by phase",
                         ["phase"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 _MARKS: ContextVar[list[float] | None] = ContextVar("tokentill_batch_marks", default=None)  # when each phase ended
+# A flusher's answers of its last batch, kept until the next batch's write statement is on its way
+# (see Engine._flush): the function that delivers them, for that batch to call.
+_DELIVER: ContextVar[Callable[[], None] | None] = ContextVar("tokentill_deliver", default=None)
+LOCK_WAITED_S = 0.005  # a lock taken slower than this was held by another process: answer now
 _PHASES = {name: BATCH_PHASE.labels(name) for name in ("queued", "lock", "load", "rules", "post", "write", "commit")}
 DOMAIN_ERRORS = (LedgerError, PricingError)
 # The most commands of a bulk call in one transaction: its Python work between statements stays
@@ -202,14 +206,34 @@ class Engine:
             self._owners.popitem(last=False)
 
     async def _flush(self, lane: int | None) -> None:
+        """Run the lane's queue, batch after batch. When more commands are queued once a batch has
+        committed, its answers are delivered while the next batch's write statement runs in
+        PostgreSQL, not before that batch starts: answering wakes every caller of the batch, whose
+        responses the event loop renders (and whose next requests it parses) before it gets back to
+        the next batch's lock and load replies, on the one loop. Committed is committed; only the
+        answers wait, for the next batch's lock, load and rules."""
         queue = self._queues[lane]
+        pending: list[tuple[asyncio.Future[Any], Any]] = []
+
+        def deliver() -> None:
+            for future, outcome in pending:
+                _answer(future, outcome)
+            pending.clear()
+
+        token = _DELIVER.set(deliver)
         try:
             while queue:
+                if self._slots.locked():
+                    deliver()  # not behind another lane's batch
                 async with self._slots:
                     items = self._take(queue)
                     if items:
-                        await self._run(items)
+                        await self._run(items, pending)
+                if not queue:
+                    deliver()
         finally:
+            deliver()
+            _DELIVER.reset(token)
             self._running[lane] -= 1  # no await since the queue was last seen empty: nothing is stranded
 
     def _take(self, queue: deque[tuple[Command, asyncio.Future[Any]]]) -> list[tuple[Command, asyncio.Future[Any]]]:
@@ -237,7 +261,10 @@ class Engine:
         queue.extendleft(reversed(skipped))
         return taken
 
-    async def _run(self, items: list[tuple[Command, asyncio.Future[Any]]]) -> None:
+    async def _run(self, items: list[tuple[Command, asyncio.Future[Any]]],
+                   pending: list[tuple[asyncio.Future[Any], Any]] | None = None) -> None:
+        """Run `items` as a batch and answer them; with `pending`, the answers go there instead,
+        for the flusher to deliver (the previous batch's answers are delivered in any case)."""
         taken = time.perf_counter()
         for _, future in items:
             if (queued := self._queued_at.pop(future, None)) is not None:
@@ -245,17 +272,19 @@ class Engine:
         try:
             outcomes = await self.execute([command for command, _ in items])
         except Exception as exc:
+            if (deliver := _DELIVER.get()) is not None:
+                deliver()
             await self._isolate(items, exc)
             return
+        if (deliver := _DELIVER.get()) is not None:
+            deliver()  # a batch that wrote nothing, or ran outside this flusher's lane
         for (command, future), outcome in zip(items, outcomes, strict=True):
             if isinstance(command, Reserve) and hasattr(outcome, "reservation"):
                 self._remember(outcome.reservation.id, command.customer_id)
-            if future.done():
-                continue
-            if isinstance(outcome, BaseException):
-                future.set_exception(outcome)
+            if pending is not None:
+                pending.append((future, outcome))
             else:
-                future.set_result(outcome)
+                _answer(future, outcome)
 
     async def _isolate(self, items: list[tuple[Command, asyncio.Future[Any]]], exc: Exception) -> None:
         """After a batch failed with `exc` (not a domain refusal, which is an outcome): bisect, so
@@ -294,6 +323,8 @@ class Engine:
         async def work(conn: AsyncConnection) -> list[Any]:
             token = store.LANE.set(lane)
             marks[1:] = [time.perf_counter()]
+            if marks[1] - marks[0] > LOCK_WAITED_S and (deliver := _DELIVER.get()) is not None:
+                deliver()  # the lane was another process's: the previous answers waited enough
             timed = _MARKS.set(marks)
             try:
                 return await self._work(conn, commands, customers, now or self.clock())
@@ -349,6 +380,8 @@ class Engine:
         await batch.flush(conn)
         marks.append(time.perf_counter())
         batch.keep_answers(commands, outcomes)
+        if (deliver := _DELIVER.get()) is not None:
+            deliver()  # the previous batch's answers: their callers run while this write does
         await batch.write(conn)
         await self._fold_if_due(conn, [row["customer_id"] for row in batch.rows.get("charges", ())])
         marks.append(time.perf_counter())
@@ -374,6 +407,15 @@ class Engine:
             return batch.apply(command)
         except DOMAIN_ERRORS as exc:
             return exc
+
+
+def _answer(future: asyncio.Future[Any], outcome: Any) -> None:
+    if future.done():  # its caller went away
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 async def _load_billing(conn: AsyncConnection, batch: Batch, commands: Sequence[Command], now: datetime) -> None:

@@ -11,6 +11,7 @@ import pytest
 from wallet_kit import Kit, usd
 
 from ledger.db import Database, RetriesExhaustedError, connect, is_unavailable
+from wallets.batch import Batch
 from wallets.commands import Reserve, ReserveResult
 from wallets.engine import Engine
 
@@ -85,3 +86,61 @@ async def test_a_batch_that_spent_its_retry_budget_fails_every_command_at_once(s
         await real.dispose()
     assert sizes == [BATCH]  # halving a contended batch would only add transactions
     assert all(isinstance(o, RetriesExhaustedError) for o in outcomes)
+
+
+async def _two_batches(kit: Kit, second, answered: list[str]) -> tuple[Any, Any]:
+    """Reserve A alone in a batch, with reserve B queued while A's batch runs; `second(run,
+    commands)` runs B's batch. `answered` gets "a" once A's caller has its answer. Returns A's and
+    B's outcomes."""
+    cid = await kit.customer("defer")
+    await kit.top_up(cid, "10")
+    engine = kit.service.engine
+    run = engine.execute
+    later: list[asyncio.Future] = []
+
+    async def execute(commands, **kw):
+        if not later:  # A's batch: B arrives meanwhile
+            later.append(asyncio.ensure_future(engine.submit(_reserve(cid, f"{kit.tag}-b"))))
+            await asyncio.sleep(0)
+            return await run(commands, **kw)
+        return await second(run, commands, **kw)
+
+    async def a() -> Any:
+        outcome = await engine.submit(_reserve(cid, f"{kit.tag}-a"))
+        answered.append("a")
+        return outcome
+
+    engine.execute = execute  # type: ignore[method-assign]
+    outcomes = await asyncio.gather(a(), return_exceptions=True)
+    return outcomes[0], (await asyncio.gather(*later, return_exceptions=True))[0]
+
+
+async def test_a_batch_s_answers_wait_for_the_next_batch_s_write(shared_kit: Kit, monkeypatch):
+    """With more commands queued when a batch commits, its callers are woken once the next batch's
+    write statement is on its way, not before that batch's lock and load (the event loop would
+    render their answers before it read the next batch's replies)."""
+    answered: list[str] = []
+    seen_at_write: list[list[str]] = []
+    write = Batch.write
+
+    async def watched(self, conn):
+        seen_at_write.append(list(answered))
+        return await write(self, conn)
+
+    monkeypatch.setattr(Batch, "write", watched)
+
+    async def second(run, commands, **kw):
+        return await run(commands, **kw)
+
+    a, b = await _two_batches(shared_kit, second, answered)
+    assert isinstance(a, ReserveResult) and isinstance(b, ReserveResult)
+    assert seen_at_write[-2:] == [[], []]  # A's batch, then B's: A's caller had not run at either
+
+
+async def test_a_batch_s_answers_survive_the_next_batch_s_failure(shared_kit: Kit):
+    async def second(run, commands, **kw):
+        raise RuntimeError("the next batch failed")
+
+    a, b = await _two_batches(shared_kit, second, [])
+    assert isinstance(a, ReserveResult)  # committed, and answered
+    assert isinstance(b, RuntimeError)
