@@ -11,6 +11,7 @@ import pytest
 from wallet_kit import Kit, usd
 
 from ledger.db import Database, RetriesExhaustedError, connect, is_unavailable
+from wallets import engine as engine_module
 from wallets.batch import Batch
 from wallets.commands import Reserve, ReserveResult
 from wallets.engine import Engine
@@ -119,6 +120,7 @@ async def test_a_batch_s_answers_wait_for_the_next_batch_s_write(shared_kit: Kit
     """With more commands queued when a batch commits, its callers are woken once the next batch's
     write statement is on its way, not before that batch's lock and load (the event loop would
     render their answers before it read the next batch's replies)."""
+    monkeypatch.setattr(engine_module, "LOCK_WAITED_S", 60.0)  # a slow lock on a loaded machine answers early
     answered: list[str] = []
     seen_at_write: list[list[str]] = []
     write = Batch.write
