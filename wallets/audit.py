@@ -111,11 +111,22 @@ async def charges_match_entries(conn: AsyncConnection) -> Check:
         """, "every charge equals the revenue its entry posted and the sum of its lines")
 
 
+async def _deltas(conn: AsyncConnection) -> bool:
+    """Whether this schema appends period deltas (migration 0028 on)."""
+    return (await conn.execute(text("SELECT to_regclass('period_deltas')"))).scalar() is not None
+
+
 async def usage_counters_match_charges(conn: AsyncConnection) -> Check:
     """Counters count by the customer's billing period (its cycle, from migration 0017; UTC
-    months before)."""
+    months before). From 0028 on, a counter is its folded row plus its unfolded deltas."""
     period = ("wallets_period_label(c.occurred_at, cu.time_zone, cu.billing_anchor_day)" if await _billed(conn)
               else "to_char(c.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM')")
+    counters = ("""(SELECT customer_id, period, book_id, rule_id, sum(quantity) AS quantity FROM (
+                       SELECT customer_id, period, book_id, rule_id, quantity FROM usage_counters
+                       UNION ALL
+                       SELECT customer_id, period, unnest(books), unnest(rules), unnest(counts)
+                         FROM period_deltas) u
+                     GROUP BY 1, 2, 3, 4)""" if await _deltas(conn) else "usage_counters")
     return await _query_check(conn, "usage_counters", f"""
         WITH rated AS (
             SELECT c.customer_id, {period} AS period,
@@ -126,7 +137,7 @@ async def usage_counters_match_charges(conn: AsyncConnection) -> Check:
              GROUP BY 1, 2, 3, 4)
         SELECT format('customer %s, period %s, book %s, rule %s: counter %s, charges %s', customer_id, period,
                       book_id, rule_id, coalesce(u.quantity, 0), coalesce(r.q, 0))
-          FROM rated r FULL JOIN usage_counters u USING (customer_id, period, book_id, rule_id)
+          FROM rated r FULL JOIN {counters} u USING (customer_id, period, book_id, rule_id)
          WHERE coalesce(r.q, 0) <> coalesce(u.quantity, 0)
         """, "period-to-date counters equal the units the charges rated")
 
@@ -230,8 +241,24 @@ async def _billed(conn: AsyncConnection) -> bool:
 
 
 async def period_rollups_match_postings(conn: AsyncConnection) -> Check:
+    """Each period's rollup (its folded rows plus its unfolded deltas, from migration 0028 on)
+    against its entries' postings; a delta of rollup items names a period some entry of its
+    customer is billed in."""
     if not await _billed(conn):
         return Check("period_rollups", True, "no billing periods in this schema (before migration 0017)")
+    deltas = await _deltas(conn)
+    items = ("""(SELECT customer_id, period, item, amount FROM period_rollups
+                 UNION ALL
+                 SELECT customer_id, period, unnest(items), unnest(amounts) FROM period_deltas)"""
+             if deltas else "period_rollups")
+    stray = """
+        UNION ALL
+        SELECT format('a period delta of customer %s names period %s (lane %s), in which none of its entries '
+                      'is billed', d.customer_id, d.period, d.lane)
+          FROM period_deltas d
+         WHERE cardinality(d.items) > 0
+           AND NOT EXISTS (SELECT 1 FROM moved m WHERE m.customer_id = d.customer_id AND m.period = d.period)
+         GROUP BY d.customer_id, d.period, d.lane""" if deltas else ""
     return await _query_check(conn, "period_rollups", f"""
         WITH moved AS ({_MOVED}),
         rolled AS (
@@ -241,7 +268,7 @@ async def period_rollups_match_postings(conn: AsyncConnection) -> Check:
                    coalesce(sum(amount) FILTER (WHERE item = 'reserved'), 0) AS reserved,
                    coalesce(sum(amount) FILTER (WHERE item LIKE 'line:%'), 0) AS lines,
                    coalesce(sum(amount) FILTER (WHERE item LIKE 'funded:%'), 0) AS funded
-              FROM period_rollups GROUP BY 1, 2)
+              FROM {items} r GROUP BY 1, 2)
         SELECT format('customer %s, period %s: rollup says revenue %s, receivable %s, reserved %s; '
                       'the postings say %s, %s, %s', customer_id, period, coalesce(r.revenue, 0),
                       coalesce(r.receivable, 0), coalesce(r.reserved, 0), coalesce(m.revenue, 0),
@@ -253,7 +280,7 @@ async def period_rollups_match_postings(conn: AsyncConnection) -> Check:
         UNION ALL
         SELECT format('customer %s, period %s: lines %s and what paid them %s differ from revenue %s',
                       customer_id, period, lines, funded, revenue)
-          FROM rolled WHERE lines <> revenue OR funded <> revenue
+          FROM rolled WHERE lines <> revenue OR funded <> revenue{stray}
         """, "each billing period's rollup equals what its entries posted; its lines and their funding tie out")
 
 

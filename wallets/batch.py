@@ -323,13 +323,34 @@ class Batch:
         self._budget_rows()
         for cid in sorted(self.flagged):
             self.add("customers", store.customer_update(self.loaded.wallets[cid]))
+        self._delta_rows()
+
+    def _delta_rows(self) -> None:
+        """What the batch added to each customer's billing periods, one row per customer and
+        period (migration 0028): the rollup items and the usage counters, folded later."""
+        deltas: dict[tuple[str, str], dict[str, Any]] = {}
+
+        def delta(cid: str, period: str) -> dict[str, Any]:
+            row = deltas.get((cid, period))
+            if row is None:
+                row = deltas[(cid, period)] = {"customer_id": cid, "period": period, "items": [], "quantities": [],
+                                               "amounts": [], "books": [], "rules": [], "counts": []}
+            return row
+
         for (cid, period, item), (quantity, amount) in self.rolled.items():
             if quantity or amount:
-                self.add("period_rollups", {"customer_id": cid, "period": period, "item": item,
-                                            "quantity": quantity, "amount": amount})
+                row = delta(cid, period)
+                row["items"].append(item)
+                row["quantities"].append(quantity)
+                row["amounts"].append(amount)
         for (cid, period, book_id, rule_id), quantity in self.counted.items():
-            self.add("usage_counters", {"customer_id": cid, "period": period, "book_id": book_id,
-                                        "rule_id": rule_id, "quantity": quantity})
+            if quantity:
+                row = delta(cid, period)
+                row["books"].append(book_id)
+                row["rules"].append(rule_id)
+                row["counts"].append(quantity)
+        if deltas:
+            self.rows.setdefault("period_deltas", []).extend(deltas.values())
 
     def _budget_rows(self) -> None:
         for (budget_id, start), (used, held) in sorted(self.budget_deltas.items()):

@@ -65,6 +65,9 @@ BULK_BATCH = 256
 # every charge folded together. A lane is folded sooner once one customer has FOLD_CUSTOMER_AFTER
 # charges queued there: the usage report reads a customer's queued charges raw (~50 µs each, 4,000
 # took ~200 ms on the loaded machine, against ~13 ms from the rollups), so that bounds its cost.
+# The same limits count the period deltas (migration 0028: a row per batch, customer and period),
+# folded with the charges: the invoice close, the upcoming invoice and graduated tiers read a
+# customer's unfolded deltas besides its rollups and counters.
 FOLD_AFTER = 4096
 FOLD_CUSTOMER_AFTER = 256
 
@@ -123,8 +126,9 @@ class Engine:
         self._lanes: int | None = None
         self._owners: OrderedDict[str, str] = OrderedDict()  # reservation id -> customer id
         self._queued_at: dict[asyncio.Future[Any], float] = {}  # a submitted command's future -> when
-        # lane -> charges this process queued there since it last folded it, per customer
-        self._unfolded: dict[int, Counter[str]] = {}
+        # (lane, 0) -> charges, (lane, 1) -> period deltas this process queued there since it last
+        # folded it, per customer
+        self._unfolded: dict[tuple[int, int], Counter[str]] = {}
 
     async def submit(self, command: Command) -> Any:
         """Run `command` once committed; returns its result or Replayed, raises its domain error."""
@@ -383,23 +387,29 @@ class Engine:
         if (deliver := _DELIVER.get()) is not None:
             deliver()  # the previous batch's answers: their callers run while this write does
         await batch.write(conn)
-        await self._fold_if_due(conn, [row["customer_id"] for row in batch.rows.get("charges", ())])
+        await self._fold_if_due(conn, batch.rows)
         marks.append(time.perf_counter())
         return outcomes
 
-    async def _fold_if_due(self, conn: AsyncConnection, charged: list[str]) -> None:
-        """Fold the lane's queued charges into the usage rollups, in this batch, once this process
-        queued FOLD_AFTER there, or FOLD_CUSTOMER_AFTER of one customer (counts kept in memory: a
-        retried batch may count twice, which only folds sooner). `charged`: the customer of each
-        charge the batch wrote."""
+    async def _fold_if_due(self, conn: AsyncConnection, rows: dict[str, list[dict[str, Any]]]) -> None:
+        """Fold the lane's queues (charges into the usage rollups, period deltas into the period
+        rollups and usage counters) in this batch, once this process queued FOLD_AFTER charges or
+        deltas there, or FOLD_CUSTOMER_AFTER charges or deltas of one customer (counts kept in
+        memory: a retried batch may count twice, which only folds sooner). `rows`: the batch's."""
         lane = store.LANE.get()
-        if lane is None or not charged:
+        if lane is None:
             return
-        queued = self._unfolded.setdefault(lane, Counter())
-        queued.update(charged)
-        if queued.total() >= FOLD_AFTER or max(queued[c] for c in charged) >= FOLD_CUSTOMER_AFTER:
+        due = False
+        for i, table in enumerate(("charges", "period_deltas")):
+            customers = [row["customer_id"] for row in rows.get(table, ())]
+            if customers:
+                queued = self._unfolded.setdefault((lane, i), Counter())
+                queued.update(customers)
+                due = due or queued.total() >= FOLD_AFTER or max(queued[c] for c in customers) >= FOLD_CUSTOMER_AFTER
+        if due:
             await store.fold_usage(conn)
-            queued.clear()
+            self._unfolded.pop((lane, 0), None)
+            self._unfolded.pop((lane, 1), None)
 
     @staticmethod
     def _apply(batch: Batch, command: Command) -> Any:

@@ -45,13 +45,14 @@ async def close_periods(db: Database) -> object:
 
 
 async def fold_usage(db: Database) -> object:
-    """Fold every lane's queued charges into the usage rollups (migration 0026), each lane in a
-    transaction of its own under the lane's writer lock, as a batch of the lane folds. Batches
-    fold only once enough charges are queued; this catches up when traffic stops, so the raw tail
-    the usage report reads stays short. How many charges were folded."""
+    """Fold every lane's queued charges into the usage rollups (migration 0026) and its period
+    deltas into the period rollups and usage counters (0028), each lane in a transaction of its
+    own under the lane's writer lock, as a batch of the lane folds. Batches fold only once enough
+    is queued; this catches up when traffic stops, so the unfolded tail the readers add stays
+    short. How many charges were folded."""
     async def queued_lanes(conn: AsyncConnection) -> list[int]:
         return [int(lane) for lane in (await conn.execute(text(
-            "SELECT DISTINCT lane FROM usage_unfolded ORDER BY lane"))).scalars()]
+            "SELECT lane FROM usage_unfolded UNION SELECT lane FROM period_deltas ORDER BY lane"))).scalars()]
 
     folded = 0
     for lane in await db.read(queued_lanes):

@@ -313,12 +313,6 @@ _WRITES: dict[str, str] = {
                       dimensions jsonb, price_book text, price_version text, lines jsonb,
                       charged numeric, from_hold numeric, from_lots numeric,
                       from_receivable numeric, released numeric, funding jsonb, entry_id bigint)""",
-    "usage_counters": """INSERT INTO usage_counters (lane, customer_id, period, book_id, rule_id, quantity)
-               SELECT {lane}, r.customer_id, r.period, r.book_id, r.rule_id, r.quantity
-                 FROM jsonb_to_recordset({p}::jsonb) AS r(customer_id text, period text, book_id text,
-                      rule_id text, quantity numeric)
-               ON CONFLICT (lane, customer_id, period, book_id, rule_id)
-               DO UPDATE SET quantity = usage_counters.quantity + EXCLUDED.quantity""",
     "budget_windows": """INSERT INTO budget_windows (lane, budget_id, window_start, used, held)
                SELECT {lane}, r.budget_id, r.window_start, r.used, r.held
                  FROM jsonb_to_recordset({p}::jsonb) AS r(budget_id text, window_start timestamptz,
@@ -344,13 +338,15 @@ _WRITES: dict[str, str] = {
                SELECT {lane}, r.scope, r.key, decode(r.request_hash, 'base64'), r.status, r.response
                  FROM jsonb_to_recordset({p}::jsonb) AS r(scope text, key text,
                       request_hash text, status smallint, response jsonb)""",
-    "period_rollups": """INSERT INTO period_rollups (lane, customer_id, period, item, quantity, amount)
-               SELECT {lane}, r.customer_id, r.period, r.item, r.quantity, r.amount
-                 FROM jsonb_to_recordset({p}::jsonb) AS r(customer_id text, period text, item text,
-                      quantity numeric, amount numeric)
-               ON CONFLICT (lane, customer_id, period, item)
-               DO UPDATE SET quantity = period_rollups.quantity + EXCLUDED.quantity,
-                             amount = period_rollups.amount + EXCLUDED.amount""",
+    # What the batch added to each customer's billing period (rollup items, usage counters), one
+    # row per customer and period, folded into period_rollups and usage_counters later (migration
+    # 0028: `wallets_fold_usage`).
+    "period_deltas": """INSERT INTO period_deltas (lane, customer_id, period, items, quantities, amounts, books,
+                   rules, counts)
+               SELECT {lane}, r.customer_id, r.period, r.items, r.quantities, r.amounts, r.books, r.rules,
+                      r.counts
+                 FROM jsonb_to_recordset({p}::jsonb) AS r(customer_id text, period text, items text[],
+                      quantities numeric[], amounts numeric[], books text[], rules text[], counts numeric[])""",
     "invoices": """INSERT INTO invoices (id, lane, customer_id, period, period_start, period_end, issuer, year, seq,
                    number, currency, total, amount_due, due_at, content, content_hash, true_up_entry_id,
                    finalized_at)
@@ -401,15 +397,24 @@ _WRITES: dict[str, str] = {
 
 async def load_period_usage(conn: AsyncConnection, pairs: Iterable[tuple[str, str]]
                             ) -> dict[tuple[str, str, str], dict[str, int]]:
-    """Units rated so far per (customer, period, book) and rule, for graduated tiers."""
+    """Units rated so far per (customer, period, book) and rule, for graduated tiers: the folded
+    counters plus the unfolded deltas (migration 0028), in one snapshot."""
     wanted = sorted(set(pairs))
     found: dict[tuple[str, str, str], dict[str, int]] = {}
     if not wanted:
         return found
     lane = int(await _lane(conn, sorted({c for c, _ in wanted})) or 0)  # written in, as in the load
     rows = await conn.exec_driver_sql(
-        f"""SELECT customer_id, period, book_id, rule_id, quantity::text FROM usage_counters
-            WHERE lane = {lane} AND (customer_id, period) IN (SELECT * FROM unnest(%s::text[], %s::text[]))""",
+        f"""WITH w AS (SELECT * FROM unnest(%s::text[], %s::text[]) AS w(customer_id, period))
+            SELECT customer_id, period, book_id, rule_id, sum(quantity)::text FROM (
+                SELECT u.customer_id, u.period, u.book_id, u.rule_id, u.quantity
+                  FROM usage_counters u JOIN w ON u.lane = {lane} AND u.customer_id = w.customer_id
+                                               AND u.period = w.period
+                UNION ALL
+                SELECT d.customer_id, d.period, unnest(d.books), unnest(d.rules), unnest(d.counts)
+                  FROM period_deltas d JOIN w ON d.lane = {lane} AND d.customer_id = w.customer_id
+                                               AND d.period = w.period) c
+             GROUP BY 1, 2, 3, 4""",
         ([c for c, _ in wanted], [p for _, p in wanted]))
     for cid, period, book_id, rule_id, quantity in rows:
         found.setdefault((cid, period, book_id), {})[rule_id] = int(quantity)
@@ -418,16 +423,27 @@ async def load_period_usage(conn: AsyncConnection, pairs: Iterable[tuple[str, st
 
 async def load_rollups(conn: AsyncConnection, since: Iterable[tuple[str, str]]
                        ) -> dict[str, dict[str, dict[str, tuple[int, int]]]]:
-    """Each customer's rollups of the periods from `since` (customer, period) on."""
-    wanted = sorted(set(since))
+    """Each customer's rollups of the periods from `since` (customer, period) on: the folded rows
+    plus the unfolded deltas (migration 0028), in one snapshot."""
+    first: dict[str, str] = {}
+    for cid, period in since:  # a customer's earliest period: each row is read (and summed) once
+        first[cid] = min(period, first.get(cid, period))
+    wanted = sorted(first.items())
     found: dict[str, dict[str, dict[str, tuple[int, int]]]] = {c: {} for c, _ in wanted}
     if not wanted:
         return found
     lane = int(await _lane(conn, sorted(found)) or 0)
     rows = await conn.exec_driver_sql(
-        f"""SELECT r.customer_id, r.period, r.item, r.quantity::text, r.amount::text
-              FROM period_rollups r JOIN unnest(%s::text[], %s::text[]) AS w(customer_id, period)
-                ON r.lane = {lane} AND r.customer_id = w.customer_id AND r.period >= w.period""",
+        f"""WITH w AS (SELECT * FROM unnest(%s::text[], %s::text[]) AS w(customer_id, period))
+            SELECT customer_id, period, item, sum(quantity)::text, sum(amount)::text FROM (
+                SELECT r.customer_id, r.period, r.item, r.quantity, r.amount
+                  FROM period_rollups r JOIN w ON r.lane = {lane} AND r.customer_id = w.customer_id
+                                               AND r.period >= w.period
+                UNION ALL
+                SELECT d.customer_id, d.period, unnest(d.items), unnest(d.quantities), unnest(d.amounts)
+                  FROM period_deltas d JOIN w ON d.lane = {lane} AND d.customer_id = w.customer_id
+                                               AND d.period >= w.period) r
+             GROUP BY 1, 2, 3""",
         ([c for c, _ in wanted], [p for _, p in wanted]))
     for cid, period, item, quantity, amount in rows:
         found[cid].setdefault(period, {})[item] = (int(quantity), int(amount))
@@ -511,8 +527,9 @@ USAGE_KEY = "customer_id, day, level, model, price_version, token_type, kind, ru
 
 
 async def fold_usage(conn: AsyncConnection) -> int:
-    """Fold the batch's lane's queued charges into the usage rollups (one statement); returns
-    how many. The report is exact before and after: it adds the queued charges itself."""
+    """Fold the batch's lane's queued charges into the usage rollups and its period deltas into
+    the period rollups and usage counters (one statement); returns how many charges.
+    Every reader is exact before and after: each adds what is still queued itself."""
     lane = LANE.get()
     if lane is None:
         raise ValueError("usage is folded in a lane")

@@ -153,8 +153,9 @@ UPDATE {table} r SET quantity = r.quantity * (k.copies + 1){amount}
                 conn.execute(text(multiply.format(table="usage_rollups", amount=(
                     ", amount = r.amount * (k.copies + 1), charges = r.charges * (k.copies + 1)"))), params)
 
-        with engine.begin() as conn:  # the charges copied are in the rollups, none still queued
-            conn.execute(text("SELECT wallets_fold_usage(lane) FROM (SELECT DISTINCT lane FROM usage_unfolded) l"))
+        with engine.begin() as conn:  # the charges and deltas copied are in the rollups, none still queued
+            conn.execute(text("SELECT wallets_fold_usage(lane) FROM (SELECT lane FROM usage_unfolded "
+                              "UNION SELECT lane FROM period_deltas) l"))
         with ThreadPoolExecutor(COPY_CONNECTIONS) as pool:
             list(pool.map(load, chunks))
         loaded = time.perf_counter()
