@@ -112,13 +112,13 @@ async def charges_match_entries(conn: AsyncConnection) -> Check:
 
 
 async def _deltas(conn: AsyncConnection) -> bool:
-    """Whether this schema appends period deltas (migration 0028 on)."""
+    """Whether this schema appends period deltas (migration 0029 on)."""
     return (await conn.execute(text("SELECT to_regclass('period_deltas')"))).scalar() is not None
 
 
 async def usage_counters_match_charges(conn: AsyncConnection) -> Check:
     """Counters count by the customer's billing period (its cycle, from migration 0017; UTC
-    months before). From 0028 on, a counter is its folded row plus its unfolded deltas."""
+    months before). From 0029 on, a counter is its folded row plus its unfolded deltas."""
     period = ("wallets_period_label(c.occurred_at, cu.time_zone, cu.billing_anchor_day)" if await _billed(conn)
               else "to_char(c.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM')")
     counters = ("""(SELECT customer_id, period, book_id, rule_id, sum(quantity) AS quantity FROM (
@@ -241,7 +241,7 @@ async def _billed(conn: AsyncConnection) -> bool:
 
 
 async def period_rollups_match_postings(conn: AsyncConnection) -> Check:
-    """Each period's rollup (its folded rows plus its unfolded deltas, from migration 0028 on)
+    """Each period's rollup (its folded rows plus its unfolded deltas, from migration 0029 on)
     against its entries' postings; a delta of rollup items names a period some entry of its
     customer is billed in."""
     if not await _billed(conn):

@@ -327,7 +327,7 @@ class Batch:
 
     def _delta_rows(self) -> None:
         """What the batch added to each customer's billing periods, one row per customer and
-        period (migration 0028): the rollup items and the usage counters, folded later."""
+        period (migration 0029): the rollup items and the usage counters, folded later."""
         deltas: dict[tuple[str, str], dict[str, Any]] = {}
 
         def delta(cid: str, period: str) -> dict[str, Any]:

@@ -65,7 +65,7 @@ BULK_BATCH = 256
 # every charge folded together. A lane is folded sooner once one customer has FOLD_CUSTOMER_AFTER
 # charges queued there: the usage report reads a customer's queued charges raw (~50 µs each, 4,000
 # took ~200 ms on the loaded machine, against ~13 ms from the rollups), so that bounds its cost.
-# The same limits count the period deltas (migration 0028: a row per batch, customer and period),
+# The same limits count the period deltas (migration 0029: a row per batch, customer and period),
 # folded with the charges: the invoice close, the upcoming invoice and graduated tiers read a
 # customer's unfolded deltas besides its rollups and counters.
 FOLD_AFTER = 4096

@@ -46,7 +46,7 @@ async def close_periods(db: Database) -> object:
 
 async def fold_usage(db: Database) -> object:
     """Fold every lane's queued charges into the usage rollups (migration 0026) and its period
-    deltas into the period rollups and usage counters (0028), each lane in a transaction of its
+    deltas into the period rollups and usage counters (0029), each lane in a transaction of its
     own under the lane's writer lock, as a batch of the lane folds. Batches fold only once enough
     is queued; this catches up when traffic stops, so the unfolded tail the readers add stays
     short. How many charges were folded."""

@@ -340,7 +340,7 @@ _WRITES: dict[str, str] = {
                       request_hash text, status smallint, response jsonb)""",
     # What the batch added to each customer's billing period (rollup items, usage counters), one
     # row per customer and period, folded into period_rollups and usage_counters later (migration
-    # 0028: `wallets_fold_usage`).
+    # 0029: `wallets_fold_usage`).
     "period_deltas": """INSERT INTO period_deltas (lane, customer_id, period, items, quantities, amounts, books,
                    rules, counts)
                SELECT {lane}, r.customer_id, r.period, r.items, r.quantities, r.amounts, r.books, r.rules,
@@ -398,7 +398,7 @@ _WRITES: dict[str, str] = {
 async def load_period_usage(conn: AsyncConnection, pairs: Iterable[tuple[str, str]]
                             ) -> dict[tuple[str, str, str], dict[str, int]]:
     """Units rated so far per (customer, period, book) and rule, for graduated tiers: the folded
-    counters plus the unfolded deltas (migration 0028), in one snapshot."""
+    counters plus the unfolded deltas (migration 0029), in one snapshot."""
     wanted = sorted(set(pairs))
     found: dict[tuple[str, str, str], dict[str, int]] = {}
     if not wanted:
@@ -424,7 +424,7 @@ async def load_period_usage(conn: AsyncConnection, pairs: Iterable[tuple[str, st
 async def load_rollups(conn: AsyncConnection, since: Iterable[tuple[str, str]]
                        ) -> dict[str, dict[str, dict[str, tuple[int, int]]]]:
     """Each customer's rollups of the periods from `since` (customer, period) on: the folded rows
-    plus the unfolded deltas (migration 0028), in one snapshot."""
+    plus the unfolded deltas (migration 0029), in one snapshot."""
     first: dict[str, str] = {}
     for cid, period in since:  # a customer's earliest period: each row is read (and summed) once
         first[cid] = min(period, first.get(cid, period))

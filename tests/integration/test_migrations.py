@@ -45,7 +45,7 @@ def _post(conn, key: str, cash: int, lot: int, amount: int) -> str:
 
 
 def test_the_ledger_posts_and_checks_at_every_step_down_from_head_to_0018_and_back(scratch_url):
-    """The ledger-invariant migrations (0019-0028) downgrade one by one with data
+    """The ledger-invariant migrations (0019-0029) downgrade one by one with data
     in the ledger: at each step ledger_post posts, an unbalanced raw entry is refused, and the
     cached balances equal the postings; then up to head again."""
     engine = create_engine(sync_url(scratch_url))
@@ -58,7 +58,7 @@ def test_the_ledger_posts_and_checks_at_every_step_down_from_head_to_0018_and_ba
                                            "VALUES (:c, :t, 'USD') RETURNING id"), {"c": c, "t": t}).scalar_one()
                          for c, t in (("asset:cash", "asset"), ("liability:lot", "liability")))
             conn.commit()
-            steps = ["0027", "0026", "0025", "0024", "0023", "0022", "0021", "0020", "0019", "0018", "head"]
+            steps = ["0028", "0027", "0026", "0025", "0024", "0023", "0022", "0021", "0020", "0019", "0018", "head"]
             for n, revision in enumerate(steps):
                 if revision == "head":
                     command.upgrade(config, "head")

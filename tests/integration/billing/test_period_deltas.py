@@ -1,4 +1,4 @@
-"""Migration 0028: a batch appends what it adds to each customer's billing period (rollup items,
+"""Migration 0029: a batch appends what it adds to each customer's billing period (rollup items,
 usage counters) as a period delta, folded into `period_rollups` and `usage_counters` later. The
 readers (invoice close, upcoming invoice, graduated tiers) are exact with none, some or all of
 the deltas folded; the audit sees a delta tampered with; the database refuses nonsense deltas."""
@@ -298,13 +298,13 @@ async def test_the_downgrade_folds_the_pending_deltas(bk: BillingKit, scratch_ur
         with engine.connect() as conn:
             config = runner.alembic_config()
             config.attributes["connection"] = conn
-            command.downgrade(config, "0027")
+            command.downgrade(config, "0028")
             conn.commit()
             assert conn.execute(text("SELECT to_regclass('period_deltas')")).scalar() is None
             rollups = conn.execute(text("SELECT count(*) FROM period_rollups WHERE customer_id = :c"),
                                    {"c": cid}).scalar()
             assert rollups > 0
-            assert await failed_checks(bk) == {}  # at 0027: the rollups and counters alone
+            assert await failed_checks(bk) == {}  # at 0028: the rollups and counters alone
             command.upgrade(config, "head")
             conn.commit()
     finally:

@@ -33,8 +33,8 @@ added by hand, is found by the audit.
 Every period rollup and counter already in the database is folded (written directly before), so
 there are no deltas at first; the downgrade folds the pending ones back.
 
-Revision ID: 0028
-Revises: 0027
+Revision ID: 0029
+Revises: 0028
 Create Date: 2026-12-03
 """
 from __future__ import annotations
@@ -45,8 +45,8 @@ from types import ModuleType
 
 from alembic import op
 
-revision = "0028"
-down_revision = "0027"
+revision = "0029"
+down_revision = "0028"
 branch_labels = None
 depends_on = None
 
