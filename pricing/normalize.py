@@ -269,6 +269,13 @@ def _plain_canonical(usage: Mapping[str, Any]) -> NormalizedUsage | None:
     """The common case without a reader: only the five canonical fields, each an int in bounds
     or null. Anything else (an error to report, a format 2 field, a tier) returns None: the
     general path then decides, with the same result."""
+    values = _plain_values(usage)
+    return None if values is None else NormalizedUsage(*values)
+
+
+def _plain_values(usage: Any) -> tuple[int, int, int, int, int] | None:
+    """The five canonical fields of plain canonical usage, in CANONICAL_FIELDS' order (a null is
+    0), or None for anything else (see `_plain_canonical`)."""
     if type(usage) is not dict:
         return None
     for name, value in usage.items():
@@ -277,9 +284,8 @@ def _plain_canonical(usage: Mapping[str, Any]) -> NormalizedUsage | None:
         if value is not None and (type(value) is not int or not 0 <= value <= MAX_QUANTITY):
             return None
     get = usage.get
-    return NormalizedUsage(get("input_tokens") or 0, get("cached_input_tokens") or 0,
-                           get("cache_write_tokens") or 0, get("output_tokens") or 0,
-                           get("reasoning_tokens") or 0)
+    return (get("input_tokens") or 0, get("cached_input_tokens") or 0, get("cache_write_tokens") or 0,
+            get("output_tokens") or 0, get("reasoning_tokens") or 0)
 
 
 _PLAIN_TYPES = tuple(_TOKEN_TYPE_OF[name] for name in CANONICAL_FIELDS)
@@ -289,16 +295,9 @@ def plain_canonical_counts(usage: Any) -> tuple[dict[str, int], dict[str, Any]] 
     """For plain canonical usage (as `_plain_canonical` takes it): what
     `normalize_canonical(usage)` gives as `(token_counts(), as_usage_fields())`, built without
     the NormalizedUsage between them (a usage event's hot path). None: anything else."""
-    if type(usage) is not dict:
+    values = _plain_values(usage)
+    if values is None:
         return None
-    for name, value in usage.items():
-        if name not in _CANONICAL:
-            return None
-        if value is not None and (type(value) is not int or not 0 <= value <= MAX_QUANTITY):
-            return None
-    get = usage.get
-    values = (get("input_tokens") or 0, get("cached_input_tokens") or 0, get("cache_write_tokens") or 0,
-              get("output_tokens") or 0, get("reasoning_tokens") or 0)
     return ({t: v for t, v in zip(_PLAIN_TYPES, values, strict=True) if v},
             dict(zip(CANONICAL_FIELDS, values, strict=True)))
 
