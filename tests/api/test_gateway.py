@@ -331,9 +331,9 @@ def test_an_upstream_500_before_any_token_releases_the_hold_and_passes_the_error
     assert wallet(url, cid) == (Decimal("10"), 0)
 
 
-def test_an_upstream_that_breaks_mid_stream_is_billed_what_it_generated_and_the_client_gets_an_error(live):
-    url, _ = live
-    _, key = customer(live)
+def read_until_dropped(url: str, key: str) -> tuple[str, str]:
+    """Stream a call whose upstream drops it mid-way (the fake's `-drop` model), through the
+    official client, which raises the gateway's stream error: (the text received, the request id)."""
     received = []
     with pytest.raises(openai.APIError, match="upstream stream failed"):
         with oai(url, key).chat.completions.with_streaming_response.create(
@@ -341,7 +341,14 @@ def test_an_upstream_that_breaks_mid_stream_is_billed_what_it_generated_and_the_
             request_id = response.headers["x-tokentill-request-id"]
             for chunk in response.parse():
                 received.append(chunk.choices[0].delta.content if chunk.choices else None)
-    assert "".join(filter(None, received)) == words(fk.DROP_AFTER)
+    return "".join(filter(None, received)), request_id
+
+
+def test_an_upstream_that_breaks_mid_stream_is_billed_what_it_generated_and_the_client_gets_an_error(live):
+    url, _ = live
+    _, key = customer(live)
+    text, request_id = read_until_dropped(url, key)
+    assert text == words(fk.DROP_AFTER)
     assert charged(url, request_id) == (8 * IN + fk.DROP_AFTER * OUT) / M + CALL
 
 
