@@ -77,15 +77,6 @@ async def open_accounts(conn: AsyncConnection, specs: list[AccountSpec]) -> None
                                        account=spec.code)
 
 
-async def set_lower_bound(conn: AsyncConnection, code: str, bound: int | None) -> None:
-    """Move an account's bound (an overdraft limit, say); fails if the balance is already past it."""
-    result = await conn.execute(
-        text("UPDATE accounts SET lower_bound = :b WHERE code = :c"), {"b": bound, "c": code}
-    )
-    if result.rowcount == 0:
-        raise UnknownAccountError(f"no account {code}", account=code)
-
-
 _BALANCES = """
 SELECT a.code, a.asset, b.normal_sign,
        sum(b.debits)::numeric AS debits, sum(b.credits)::numeric AS credits

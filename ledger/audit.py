@@ -33,10 +33,6 @@ class TrialBalance:
     lines: tuple[TrialBalanceLine, ...]
     totals: dict[str, tuple[int, int]]  # asset -> (total debits, total credits)
 
-    @property
-    def balanced(self) -> bool:
-        return all(d == c for d, c in self.totals.values())
-
 
 @dataclass(frozen=True, slots=True)
 class Check:

@@ -98,10 +98,6 @@ def sqlalchemy_url(url: str, *, driver: str = "psycopg") -> URL:
     return parsed.set(drivername=f"postgresql+{driver}")
 
 
-def libpq_url(url: URL) -> str:
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 @dataclass(slots=True)
 class Database:
     engine: AsyncEngine

@@ -26,12 +26,6 @@ def entry_lane(customer_id: str | None, lanes: int) -> int:
     return lane_of(customer_id, lanes) if customer_id is not None else 0
 
 
-def balance_lane(customer_id: str | None, stripes: int, stripe: int, lanes: int) -> int:
-    """Where a balance row lives (SQL `ledger_balance_lane`): a striped account's stripe s in
-    lane s mod lanes, any other account in its customer's lane."""
-    return stripe % lanes if stripes > 1 else entry_lane(customer_id, lanes)
-
-
 async def lane_count(conn: AsyncConnection) -> int:
     """The database's lane count (fixed at creation, so cached per engine)."""
     found = _counts.get(conn.sync_engine)

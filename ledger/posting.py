@@ -97,7 +97,7 @@ def stripe_of(entry: JournalEntry, info: AccountInfo, lanes: int) -> int:
 def _wire(entry: JournalEntry, accounts: dict[str, AccountInfo], lanes: int, entry_id: int | None = None
           ) -> tuple[dict, set[tuple[int, int, int]]]:
     """An entry as `ledger_post` reads it, and the balance rows it moves (lane, account id,
-    stripe). Stripes and lanes as `stripe_of` and `balance_lane` give them, the entry's lane
+    stripe). Stripes and lanes as `stripe_of` and SQL `ledger_balance_lane` give them, the entry's lane
     found once: an account of its own customer, or of none, lives in that lane or lane 0."""
     legs, deltas = [], defaultdict(int)
     customer = entry.customer_id

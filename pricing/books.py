@@ -164,11 +164,6 @@ class Rule:
         elif self.tier_mode == "volume":
             errors.append(field_error("tier_mode", "volume pricing needs tiers"))
 
-    @property
-    def match_dict(self) -> dict[str, DimValue]:
-        """The dimension constraints as a plain dict."""
-        return dict(self.match)
-
     def matches(self, model: str, dimensions: Mapping[str, DimValue]) -> int | None:
         """The model rank (2/1/0) when this rule applies to the model and dimensions, else None."""
         rank = model_rank(self.model, model)
@@ -232,7 +227,6 @@ class PriceVersion:
     context_window: int | None = None  # when the rules that price a call name none
     format: int = 1  # 2: the token types, prompt tiers, hours and fields of pricing.units
     unpriced: str = "error"  # format 2: "zero" rates usage no rule prices at nothing
-    _by_type: dict[str, tuple[Rule, ...]] = field(init=False, repr=False, compare=False)
     _by_id: dict[str, Rule] = field(init=False, repr=False, compare=False)
     _by_model: dict[tuple[str, str], tuple[Rule, ...]] = field(init=False, repr=False, compare=False)
     _generic: dict[str, tuple[Rule, ...]] = field(init=False, repr=False, compare=False)
@@ -250,16 +244,13 @@ class PriceVersion:
             object.__setattr__(self, "max_charge_per_request", to_decimal(self.max_charge_per_request))
         if not self.version:
             object.__setattr__(self, "version", self.effective_from.strftime("%Y-%m-%dT%H:%M:%SZ"))
-        index: dict[str, list[Rule]] = {}
         by_model: dict[tuple[str, str], list[Rule]] = {}
         generic: dict[str, list[Rule]] = {}
         for rule in self.rules:
-            index.setdefault(rule.token_type, []).append(rule)
             if rule.model is not None and not is_pattern(rule.model):
                 by_model.setdefault((rule.token_type, rule.model), []).append(rule)
             else:
                 generic.setdefault(rule.token_type, []).append(rule)
-        object.__setattr__(self, "_by_type", {k: tuple(v) for k, v in index.items()})
         object.__setattr__(self, "_by_id", {rule.id: rule for rule in self.rules})
         object.__setattr__(self, "_by_model", {k: tuple(v) for k, v in by_model.items()})
         object.__setattr__(self, "_generic", {k: tuple(v) for k, v in generic.items()})
@@ -272,10 +263,6 @@ class PriceVersion:
         names, else the version's (None: the book does not know it)."""
         named = [r.context_window for i in rule_ids if (r := self._by_id.get(i or "")) and r.context_window]
         return min(named) if named else self.context_window
-
-    def rules_for(self, token_type: str) -> tuple[Rule, ...]:
-        """The rules of one token type, in book order."""
-        return self._by_type.get(token_type, ())
 
     def find_rule(self, token_type: str, model: str, dimensions: Mapping[str, DimValue],
                   minute: int | None = None) -> Rule | None:
