@@ -8,7 +8,7 @@ import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from ledger.model import Posting
@@ -66,8 +66,12 @@ class Lot:
 
 
 def consumption_key(lot: Lot) -> tuple[Any, ...]:
-    """Priority (lower first), then earliest expiry (none last), then the oldest lot."""
-    expiry = lot.expires_at.replace(tzinfo=None) if lot.expires_at else _NEVER
+    """Priority (lower first), then earliest expiry (none last), then the oldest lot. Expiries
+    compare as instants (in UTC): a grant's may carry any offset, and loaded ones the session's."""
+    expiry = _NEVER
+    if lot.expires_at is not None:
+        expiry = lot.expires_at.astimezone(UTC) if lot.expires_at.tzinfo else lot.expires_at
+        expiry = expiry.replace(tzinfo=None)
     return (lot.priority, lot.expires_at is None, expiry, lot.created_at, lot.id)
 
 

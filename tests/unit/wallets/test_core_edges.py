@@ -1,12 +1,21 @@
 """Edge cases of the wallet rules against DESIGN.md, worked by hand (no database)."""
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import timedelta, timezone
 
 from wallet_memory import CID, T0, MemoryWallet, usd
 
 from wallets.commands import ExpireLot, ExpireReservation
 from wallets.errors import InsufficientFundsError
+
+
+def test_lots_of_equal_priority_are_consumed_by_the_earliest_expiry_whatever_its_utc_offset():
+    m = MemoryWallet()
+    pacific = timezone(timedelta(hours=-8))
+    later = m.grant("1.00", expires_at=(T0 + timedelta(days=2, hours=8)).astimezone(pacific))  # 12:00-08:00
+    sooner = m.grant("1.00", expires_at=T0 + timedelta(days=2, hours=5))  # 17:00Z: three hours earlier
+    m.reserve("1.00")
+    assert (m.lot(sooner), m.lot(later)) == (0, usd("1.00"))
 
 
 def test_lots_of_equal_priority_and_expiry_are_consumed_oldest_first():

@@ -5,7 +5,7 @@ time jumps, each account compared with a deliberately simple reference after eve
 from __future__ import annotations
 
 import itertools
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -46,9 +46,13 @@ class WalletModel(RuleBasedStateMachine):
         ref.receivable -= paid
         self._lot(result, priority, None)
 
-    @rule(cents=st.integers(1, 2000), priority=st.integers(0, 100), minutes=st.none() | st.integers(1, 120))
-    def grant(self, cents: int, priority: int, minutes: int | None) -> None:
+    @rule(cents=st.integers(1, 2000), priority=st.integers(0, 100), minutes=st.none() | st.integers(1, 120),
+          offset=st.sampled_from([0, 0, -8, 9]))
+    def grant(self, cents: int, priority: int, minutes: int | None, offset: int = 0) -> None:
+        """A grant; its expiry, an instant, is given with any UTC offset (the API keeps the caller's)."""
         expires_at = None if minutes is None else self.m.now + timedelta(minutes=minutes)
+        if expires_at is not None:
+            expires_at = expires_at.astimezone(timezone(timedelta(hours=offset)))
         result = self.m.grant(f"{cents / 100:.2f}", priority=priority, expires_at=expires_at)
         self.ref.promotions += cents * CENT
         self._lot(result, priority, expires_at)
@@ -80,10 +84,10 @@ class WalletModel(RuleBasedStateMachine):
         ref.reservations[rid] = RefReservation(rid, pieces, now + timedelta(seconds=ttl))
         return rid
 
-    @rule(target=reservations, cents=st.integers(1, 500))
-    def hold_from_a_grant_about_to_expire(self, cents: int) -> str:
+    @rule(target=reservations, cents=st.integers(1, 500), offset=st.sampled_from([0, -8, 9]))
+    def hold_from_a_grant_about_to_expire(self, cents: int, offset: int) -> str:
         """The awkward case: a grant expires while part of it is held by a long reservation."""
-        self.grant(cents, 0, 30)
+        self.grant(cents, 0, 30, offset)
         return self.reserve(cents // 2, 86400)
 
     @rule(rid=reservations, tokens=st.integers(0, 3000).map(lambda t: t * 10), final=st.booleans())
