@@ -13,19 +13,22 @@ upstream: the body to forward, changed only where metering needs it:
 
 Prompt tokens: every string in the fields the provider bills as input (messages or input,
 system or instructions, tool definitions, response formats), counted one by one, plus 3 tokens
-per message and 3 for the reply (OpenAI's cookbook overhead); a non-text part (an image, audio,
-a file) counts NON_TEXT_PART_TOKENS, about the most one image costs at either provider.
+per message and 3 for the reply (OpenAI's cookbook overhead). An image counts what the model's
+provider charges for it (pricing.images: by its size, read from the header of an inline image,
+and its `detail`; the rule's most for an image given by URL or file id); an image for a model no
+rule names, and any other non-text part (audio, a file, a document), counts NON_TEXT_PART_TOKENS.
 Embedding inputs given as token ids count one each.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
 from pricing.errors import PricingError
+from pricing.images import base64_size, data_url_size, rule_for
 from pricing.tokens import REPLY_PRIMING_TOKENS, TOKENS_PER_MESSAGE, TokenCounter, with_margin
 
 CHAT, RESPONSES, EMBEDDINGS, MESSAGES = "chat.completions", "responses", "embeddings", "messages"
@@ -35,6 +38,7 @@ KINDS = {("openai", "/chat/completions"): CHAT, ("openai", "/responses"): RESPON
 NON_TEXT_PART_TOKENS = 2500
 NON_TEXT_TYPES = frozenset({"image_url", "input_image", "image", "input_audio", "audio", "document", "file",
                             "input_file"})
+IMAGE_TYPES = frozenset({"image_url", "input_image", "image"})
 # The fields each kind bills as input.
 PROMPT_FIELDS = {CHAT: ("messages", "tools", "functions", "response_format"),
                  RESPONSES: ("input", "instructions", "tools", "text"),
@@ -73,16 +77,38 @@ def _count(value: Any, name: str) -> int | None:
 @dataclass(slots=True)
 class _Prompt:
     texts: list[str]
-    non_text: int = 0
+    non_text: int = 0  # parts other than text and images
     ids: int = 0  # token ids given as such (embeddings)
     messages: int = 0
+    images: list[tuple[tuple[int, int] | None, str | None]] = field(default_factory=list)  # size, detail
+
+
+def _image(part: Mapping[str, Any]) -> tuple[tuple[int, int] | None, str | None]:
+    """An image part's size (None: not inline, or unreadable) and `detail`, in each provider's
+    shape: chat `image_url: {url, detail}`, responses `image_url: "<url>", detail`, Anthropic
+    `source: {type: base64, data}`."""
+    given = part.get("image_url")
+    if isinstance(given, Mapping):
+        url, detail = given.get("url"), given.get("detail")
+    else:
+        url, detail = given, part.get("detail")
+    source = part.get("source")
+    if isinstance(source, Mapping) and source.get("type") == "base64" and isinstance(source.get("data"), str):
+        size = base64_size(source["data"])
+    else:
+        size = data_url_size(url) if isinstance(url, str) else None
+    return size, detail if isinstance(detail, str) else None
 
 
 def _walk(value: Any, prompt: _Prompt) -> None:
     if isinstance(value, str):
         prompt.texts.append(value)
     elif isinstance(value, Mapping):
-        if value.get("type") in NON_TEXT_TYPES:
+        kind = value.get("type")
+        if kind in IMAGE_TYPES:
+            prompt.images.append(_image(value))
+            return
+        if kind in NON_TEXT_TYPES:
             prompt.non_text += 1
             return
         for item in value.values():
@@ -123,7 +149,10 @@ def count_prompt(kind: str, body: Mapping[str, Any], model: str, counter: TokenC
         raise CallError("model", str(exc)) from None
     counted = sum(len(encoding.encode_ordinary(text)) for text in prompt.texts)
     overhead = 0 if kind == EMBEDDINGS else TOKENS_PER_MESSAGE * prompt.messages + REPLY_PRIMING_TOKENS
-    fixed = overhead + prompt.ids + NON_TEXT_PART_TOKENS * prompt.non_text
+    rule = rule_for(model)
+    images = sum(rule.tokens(size, detail) if rule is not None else NON_TEXT_PART_TOKENS
+                 for size, detail in prompt.images)
+    fixed = overhead + prompt.ids + NON_TEXT_PART_TOKENS * prompt.non_text + images
     return with_margin(counted, 0 if exact else counter.margin_percent) + fixed, counted + fixed
 
 

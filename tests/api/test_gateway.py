@@ -4,6 +4,8 @@ from the price book below and the usage the fake reports."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
 import socket
 import time
@@ -16,6 +18,7 @@ import anthropic
 import httpx
 import openai
 import pytest
+from PIL import Image
 
 from api.app import create_app
 from api.bench import fake_upstream as fk
@@ -204,6 +207,22 @@ def test_a_chat_stream_without_usage_is_charged_the_prompt_count_and_the_metered
         request_id = response.headers["x-tokentill-request-id"]
     # "user" and "hi" are a token each (cl100k_base), 3 per message and 3 for the reply: 8 in
     assert charged(url, request_id) == (8 * IN + 40 * OUT) / M + CALL
+
+
+def test_a_stream_without_usage_is_charged_its_image_at_the_models_own_image_rule(live):
+    url, _ = live
+    _, key = customer(live)
+    out = io.BytesIO()
+    Image.new("RGB", (1024, 1024)).save(out, "PNG")
+    image = {"type": "image_url", "image_url": {
+        "url": "data:image/png;base64," + base64.b64encode(out.getvalue()).decode(), "detail": "high"}}
+    with oai(url, key).chat.completions.with_streaming_response.create(
+            model="gpt-4o-mini-nousage", stream=True,
+            messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}, image]}]) as response:
+        list(response.parse())
+        request_id = response.headers["x-tokentill-request-id"]
+    # "user", "text" (the part's type) and "hi", 3 + 3, and gpt-4o-mini's 4 tiles: 2,833 + 4 x 5,667
+    assert charged(url, request_id) == ((3 + 6 + 2833 + 4 * 5667) * IN + 40 * OUT) / M + CALL
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -1,8 +1,12 @@
 """Reading provider calls for the hold: prompt counts worked by hand, output caps, the body sent on."""
 from __future__ import annotations
 
+import base64
+import io
+
 import msgspec
 import pytest
+from PIL import Image
 
 from api.gateway.calls import CHAT, EMBEDDINGS, MESSAGES, NON_TEXT_PART_TOKENS, RESPONSES, CallError, parse_call
 from pricing.tokens import TokenCounter
@@ -85,3 +89,50 @@ def test_malformed_calls_name_the_field(body, field):
 def test_embedding_input_of_another_shape_is_refused():
     with pytest.raises(CallError, match="input"):
         call(EMBEDDINGS, {"model": "e", "input": [{"x": 1}]})
+
+
+def _png(size: tuple[int, int]) -> str:
+    out = io.BytesIO()
+    Image.new("RGB", size).save(out, "PNG")
+    return base64.b64encode(out.getvalue()).decode()
+
+
+def _image_tokens(kind: str, model: str, part: dict) -> tuple[int, int]:
+    """What one image part adds to a call's prompt: (for the hold, raw)."""
+    def body(parts: list) -> dict:
+        content = [{"type": "text" if kind != RESPONSES else "input_text", "text": "hi"}, *parts]
+        key = "input" if kind == RESPONSES else "messages"
+        return {"model": model, "max_tokens": 1, key: [{"role": "user", "content": content}]}
+    with_image, without = call(kind, body([part])), call(kind, body([]))
+    return (with_image.prompt_tokens - without.prompt_tokens, with_image.prompt_raw_tokens - without.prompt_raw_tokens)
+
+
+def test_an_inline_image_counts_what_the_models_provider_charges_for_its_size():
+    url = "data:image/png;base64," + _png((1024, 1024))
+    chat = {"type": "image_url", "image_url": {"url": url, "detail": "high"}}
+    assert _image_tokens(CHAT, "gpt-4o-mini", chat) == (2833 + 5667 * 4,) * 2  # 4 tiles at 4o-mini's price
+    assert _image_tokens(CHAT, "gpt-4o", chat) == (85 + 170 * 4,) * 2
+    low = {"type": "image_url", "image_url": {"url": url, "detail": "low"}}
+    assert _image_tokens(CHAT, "gpt-4o", low) == (85, 85)
+    responses = {"type": "input_image", "image_url": url, "detail": "auto"}
+    assert _image_tokens(RESPONSES, "gpt-4.1-mini", responses) == (1659, 1659)  # 1,024 patches x 1.62
+    anthropic = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": _png((200, 200))}}
+    assert _image_tokens(MESSAGES, "claude-sonnet-4-5", anthropic) == (54, 54)  # 200 x 200 / 750
+
+
+def test_an_image_by_url_or_file_counts_the_most_its_model_can_charge():
+    remote = {"type": "input_image", "image_url": "https://example.com/cat.png"}
+    assert _image_tokens(RESPONSES, "gpt-4.1", remote) == (85 + 170 * 8,) * 2  # 768 x 2048: 8 tiles
+    by_file = {"type": "input_image", "file_id": "file-1", "detail": "low"}
+    assert _image_tokens(RESPONSES, "gpt-4.1", by_file) == (85, 85)
+    anthropic = {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}}
+    assert _image_tokens(MESSAGES, "claude-opus-4-1", anthropic) == (1600, 1600)
+    broken = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    assert _image_tokens(CHAT, "gpt-4o-mini", broken) == (2833 + 5667 * 8,) * 2
+
+
+def test_other_non_text_parts_and_images_for_models_without_a_rule_keep_the_flat_allowance():
+    audio = {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}
+    assert _image_tokens(CHAT, "gpt-4o", audio) == (NON_TEXT_PART_TOKENS,) * 2
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + _png((4000, 4000))}}
+    assert _image_tokens(CHAT, "llama-3-70b", image) == (NON_TEXT_PART_TOKENS,) * 2

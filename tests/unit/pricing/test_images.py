@@ -1,0 +1,98 @@
+"""Image tokens by each provider's published rule, from sizes read off real image headers
+(written here by Pillow, a decoder independent of the rule)."""
+from __future__ import annotations
+
+import base64
+import io
+
+import pytest
+from PIL import Image
+
+from pricing.images import IMAGE_RULES, base64_size, data_url_size, image_size, rule_for
+
+
+def encoded(size: tuple[int, int], fmt: str, **save: object) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 30)).save(out, fmt, **save)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "WEBP"])
+@pytest.mark.parametrize("size", [(1, 1), (640, 480), (300, 2500)])
+def test_the_size_is_read_from_the_header_of_each_format(fmt, size):
+    assert image_size(encoded(size, fmt)) == size
+
+
+def test_a_jpeg_whose_frame_header_lies_past_the_first_64_kib_is_read_whole():
+    icc = bytes(range(256)) * 600  # 150 KiB of APP2 segments before the frame header
+    data = encoded((1234, 567), "JPEG", icc_profile=icc, progressive=True)
+    assert data.index(b"\xff\xc2") > 64 * 1024
+    text = base64.b64encode(data).decode()
+    assert base64_size(text) == (1234, 567)
+    assert data_url_size("data:image/jpeg;base64," + text) == (1234, 567)
+
+
+def test_what_is_not_an_inline_image_has_no_size():
+    assert data_url_size("https://example.com/cat.png") is None
+    assert data_url_size("data:text/plain;base64,aGVsbG8=") is None
+    assert base64_size("A" * 1000) is None
+    assert base64_size("not base64 at all!") is None
+    assert image_size(b"\x89PNG\r\n\x1a\n") is None  # a signature without its header
+
+
+# OpenAI's worked examples (vision, "Calculating costs"): gpt-4o, 85 + 170 a tile.
+@pytest.mark.parametrize(("size", "detail", "tokens"), [
+    ((1024, 1024), "high", 765),  # scaled to 768 x 768: 4 tiles
+    ((2048, 4096), "high", 1105),  # 1024 x 2048, then 768 x 1536: 6 tiles
+    ((4096, 8192), "low", 85),
+    ((4096, 8192), None, 1105),  # no detail: counted as high
+    ((4096, 8192), "auto", 1105),
+    ((512, 512), "high", 255),  # small images are not scaled up: 1 tile
+    ((513, 100), "high", 425),  # 2 tiles
+    ((100, 10_000), "high", 85 + 170 * 4),  # 20 x 2048 after the fit: 1 x 4 tiles
+])
+def test_tiles_follow_openais_examples(size, detail, tokens):
+    assert rule_for("gpt-4o-2024-08-06").tokens(size, detail) == tokens
+
+
+def test_gpt_4o_mini_tiles_cost_what_its_own_rule_says_not_gpt_4os():
+    assert rule_for("gpt-4o-mini").tokens((1024, 1024), "high") == 2833 + 5667 * 4
+    assert rule_for("gpt-4o-mini-2024-07-18").tokens((1024, 1024), "low") == 2833
+    assert rule_for("gpt-4o-mini").most_tokens == 2833 + 5667 * 8  # 768 x 2048: 2 x 4 tiles
+
+
+@pytest.mark.parametrize(("model", "size", "tokens"), [
+    ("gpt-4.1-mini", (1024, 1024), 1659),  # 1,024 patches x 1.62 = 1,658.88, rounded up
+    ("gpt-4.1-nano", (1024, 1024), 2520),  # x 2.46 = 2,519.04
+    ("o4-mini", (64, 33), 7),  # 2 x 2 patches (33 rows need 2) x 1.72 = 6.88
+    ("gpt-4.1-mini", (1800, 2400), 2489),  # past 1,536 patches: 1,536 x 1.62 = 2,488.32 (a bound)
+])
+def test_patches_are_counted_and_capped(model, size, tokens):
+    assert rule_for(model).tokens(size, "high") == tokens
+
+
+# Anthropic's table (vision): tokens = width x height / 750, about 1,600 at most.
+@pytest.mark.parametrize(("size", "tokens"), [
+    ((200, 200), 54), ((1000, 1000), 1334), ((1092, 1092), 1590),
+    ((3136, 1568), 1600),  # long edge to 1,568: 1568 x 784 = 1,639 -> at most 1,600
+    ((1, 1), 1),
+])
+def test_claude_images_cost_their_area(size, tokens):
+    assert rule_for("claude-sonnet-4-5").tokens(size) == tokens
+
+
+def test_the_longest_prefix_wins_and_unknown_models_have_no_rule():
+    assert rule_for("gpt-4.1-mini-2025-04-14") is IMAGE_RULES["gpt-4.1-mini"]
+    assert rule_for("gpt-4.1-2025-04-14") is IMAGE_RULES["gpt-4.1"]
+    assert rule_for("GPT-4o") is IMAGE_RULES["gpt-4o"]
+    assert rule_for("gpt-5-nano") is IMAGE_RULES["gpt-5-nano"]
+    assert rule_for("llama-3-70b") is None
+    assert rule_for("gpt-4") is None
+
+
+def test_an_image_of_unknown_size_costs_the_most_any_image_can():
+    for model in ("gpt-4o", "gpt-4.1-mini", "claude-opus-4-1", "o3"):
+        rule = rule_for(model)
+        worst = max(rule.tokens((w, h), "high") for w in (1, 511, 513, 768, 1025, 2048, 4000, 9000)
+                    for h in (1, 511, 513, 768, 1025, 2048, 4000, 9000))
+        assert rule.most_tokens == rule.tokens(None, "high") >= worst
