@@ -134,3 +134,26 @@ def test_a_zero_token_capture_posts_nothing_and_keeps_the_hold():
     assert (result.code, result.charged, m.reserved, m.lot(lot)) == ("captured", 0, usd("1.00"), usd("1.00"))
     assert len(m.entries) == n
     assert m.settle(r.id, input_tokens=1000).released == 0
+
+
+def test_a_release_or_expiry_after_the_grant_was_swept_gives_the_held_part_to_breakage():
+    m = MemoryWallet()
+    grant = m.grant("5.00", expires_at=T0 + timedelta(minutes=30))
+    released = m.reserve("1.00", ttl_seconds=86400).reservation
+    expiring = m.reserve("2.00", ttl_seconds=3600).reservation
+    m.advance(minutes=31)
+    assert m.run(ExpireLot(customer_id=CID, lot_id=grant.grant.id)).amount == usd("2.00")
+    assert m.release(released.id).released == usd("1.00")
+    m.advance(minutes=60)
+    assert m.run(ExpireReservation(customer_id=CID, reservation_id=expiring.id)).released == usd("2.00")
+    assert (m.lot(grant), m.reserved, m.platform("breakage"), m.platform("revenue")) == (0, 0, usd("5.00"), 0)
+
+
+def test_a_charge_too_large_for_one_posting_is_refused_cleanly_and_leaves_the_hold_open():
+    m = MemoryWallet(overdraft=None)
+    lot = m.top_up("10.00")
+    r = m.reserve("1.00").reservation
+    refusal = m.settle(r.id, input_tokens=10**13)  # $10 billion: past a posting's 63 bits
+    assert refusal.code == "validation_error" and not m.charges
+    assert (m.reserved, m.lot(lot), m.wallet.reservations[r.id].status) == (usd("1.00"), usd("9.00"), "held")
+    assert m.settle(r.id, input_tokens=1000).charged == usd("1.00")
