@@ -6,6 +6,7 @@ import asyncio
 import json
 import signal
 import sys
+from datetime import datetime
 from importlib.metadata import version
 
 from api.settings import Settings
@@ -95,19 +96,22 @@ def _audit_tool(args: argparse.Namespace, settings: Settings) -> int:
     return getattr(audit_cli, args.audit)(args, settings)
 
 
-def _billing_close(args: argparse.Namespace, settings: Settings) -> int:
-    from datetime import datetime
+def instant(text: str) -> datetime:
+    """An argument's RFC 3339 time with its offset (argparse type): anything else is a usage error."""
+    try:
+        value = datetime.fromisoformat(text.replace("z", "Z").replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a time: {text!r} (RFC 3339, e.g. 2026-12-01T01:00:00Z)") from None
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no offset (RFC 3339, e.g. 2026-12-01T01:00:00Z)")
+    return value
 
+
+def _billing_close(args: argparse.Namespace, settings: Settings) -> int:
     from pricing.money import format_amount
     from wallets.billing import close_due
 
-    until = None
-    if args.until:
-        until = datetime.fromisoformat(args.until.replace("Z", "+00:00"))
-        if until.tzinfo is None:
-            print("error: --until needs an offset (RFC 3339, e.g. 2026-12-01T01:00:00Z)", file=sys.stderr)
-            return 2
-    closed = _with_db(settings, lambda db: close_due(db, until))
+    closed = _with_db(settings, lambda db: close_due(db, args.until))
     for c in closed:
         print(f"{c.number}  {c.customer_id}  {c.period}  total {format_amount(c.total)}  "
               f"due {format_amount(c.amount_due)}")
@@ -160,14 +164,12 @@ def _keys(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _prices_import(args: argparse.Namespace, settings: Settings) -> int:
-    from datetime import UTC, datetime
+    from datetime import UTC
 
     from wallets.price_import import import_genai_prices
 
     now = datetime.now(UTC)
-    at = datetime.fromisoformat(args.effective_from) if args.effective_from else now
-    if at.tzinfo is None:
-        raise SystemExit("--effective-from needs a UTC offset (2026-12-01T00:00:00Z)")
+    at = args.effective_from or now
     reports = _with_db(settings, lambda db: import_genai_prices(db, args.provider, args.model, at,
                                                                 now.date().isoformat()))
     if not reports:
@@ -330,7 +332,8 @@ def parser() -> argparse.ArgumentParser:
                      help="genai-prices: the data snapshot bundled with the installed package")
     imp.add_argument("--provider", help="only this provider's book (genai-<provider>)")
     imp.add_argument("--model", help="only this model's rules (the book's other rules are kept)")
-    imp.add_argument("--effective-from", help="when changed prices take effect (RFC 3339; default: now)")
+    imp.add_argument("--effective-from", type=instant, metavar="T",
+                     help="when changed prices take effect (RFC 3339 with an offset; default: now)")
     imp.add_argument("--json", action="store_true", help="one JSON report per book")
     imp.set_defaults(func=_prices_import)
 
@@ -338,7 +341,8 @@ def parser() -> argparse.ArgumentParser:
         dest="billing", required=True)
     close = billing.add_parser("close", help="close every billing period due and finalize its invoice "
                                "(safe while servers run the same job)")
-    close.add_argument("--until", help="close what is due by this time (RFC 3339; default: now)")
+    close.add_argument("--until", type=instant, metavar="T",
+                       help="close what is due by this time (RFC 3339 with an offset; default: now)")
     close.set_defaults(func=_billing_close)
 
     demo = sub.add_parser("demo", help="play a billed chatbot scenario on a fresh embedded database")

@@ -27,4 +27,6 @@ async def test_billing_close_until_closes_what_is_due_once(bk: BillingKit, scrat
     code, out, _ = await _close(scratch_url, "--until", "2026-12-01T01:00:00Z")
     assert out.splitlines() == ["closed 0 period(s)"]
     code, out, err = await _close(scratch_url, "--until", "2026-12-01T01:00:00")
-    assert code == 2 and "needs an offset" in err
+    assert code == 2 and "argument --until: '2026-12-01T01:00:00' has no offset" in err
+    code, out, err = await _close(scratch_url, "--until", "next tuesday")  # a usage error, not a traceback
+    assert code == 2 and "argument --until: not a time: 'next tuesday'" in err and "Traceback" not in err
