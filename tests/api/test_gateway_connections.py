@@ -7,7 +7,9 @@ Three gateways share the module: `h2`, whose OpenAI upstream is the fake over TL
 http/1.1 (5 streams at most per connection) and whose Anthropic upstream offers http/1.1 only;
 `flaky`, whose OpenAI upstream sits behind a front that drops the first two connections and whose
 Anthropic upstream drops every connection; and `plain`, which trusts no extra CA, whose OpenAI
-upstream hangs up after reading each request and whose Anthropic upstream is the h2 fake."""
+upstream hangs up after reading each request and whose Anthropic upstream is the h2 fake. Two
+more, each for one test, call a fake allowing 2 streams per HTTP/2 connection (`narrow`): `spread`
+(as many connections as it needs) and `single` (one connection, a pool timeout of 1 s)."""
 from __future__ import annotations
 
 import asyncio
@@ -17,11 +19,15 @@ from decimal import Decimal
 from pathlib import Path
 
 import anthropic
+import httpcore._async.http2 as httpcore_h2
+import httpx
 import openai
 import pytest
 
 from api.bench import fake_upstream as fk
 from api.bench.common import free_port
+from api.gateway import connections
+from api.gateway.config import GatewaySettings
 from tests.api.test_gateway import (
     CALL,
     CHAT_CHARGE,
@@ -193,7 +199,7 @@ def test_sequential_calls_reuse_one_upstream_connection_http2_and_http11(h2, tls
     assert len({c.peer for c in over_h2}) == 1 and len({c.peer for c in over_h1}) == 1
 
 
-async def test_concurrent_streams_are_multiplexed_on_one_http2_connection(h2, tls):
+async def test_concurrent_streams_share_http2_connections_opening_one_only_when_the_others_are_full(h2, tls):
     url, _ = h2
     _, key = customer(h2, amount="100.00")
     client = openai.AsyncOpenAI(base_url=f"{url}/openai/v1", api_key=key, max_retries=0)
@@ -204,11 +210,94 @@ async def test_concurrent_streams_are_multiplexed_on_one_http2_connection(h2, tl
         stream = await client.chat.completions.create(model="gpt-test", messages=HI, stream=True)
         return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
 
-    texts = await asyncio.gather(*(one() for _ in range(12)))  # more than the 5 streams the server allows
+    texts = await asyncio.wait_for(asyncio.gather(*(one() for _ in range(12))), 30)  # the server allows 5 a connection
     await client.close()
     assert texts == [words(40)] * 12
     calls = tls.fake.calls[first:]
-    assert len(calls) == 12 and len({c.peer for c in calls}) == 1
+    # a connection is opened only when every other one has its 5 streams in use: 3 at most for 12
+    assert len(calls) == 12 and {c.http_version for c in calls} == {"2"} and len({c.peer for c in calls}) <= 3
+
+
+# --- Calls beyond an HTTP/2 connection's streams ---------------------------------------------------------
+
+NARROW = 2  # streams at most per HTTP/2 connection, as the `narrow` fake's SETTINGS say
+
+
+@pytest.fixture
+def narrow(certs) -> Iterator[TLSFake]:
+    server = TLSFake(free_port(), certs[1], certs[2], max_streams=NARROW)
+    server.begin()
+    yield server
+    server.fake.release()
+    server.stop()
+
+
+@pytest.fixture
+def spread(database_url, narrow, certs) -> Iterator[tuple[str, str]]:
+    yield from _serve(database_url, narrow.url, narrow.url, upstream_ca=str(certs[0]))
+
+
+@pytest.fixture
+def single(database_url, narrow, certs) -> Iterator[tuple[str, str]]:
+    yield from _serve(database_url, narrow.url, narrow.url, upstream_ca=str(certs[0]), max_upstream_connections=1,
+                      connect_timeout_s=1.0)  # also the pool timeout
+
+
+async def _held(client: openai.AsyncOpenAI) -> openai.AsyncStream:
+    """A streamed call the fake holds open after its first token (until release()): once created,
+    its stream is open upstream."""
+    return await client.chat.completions.create(model="gpt-test-hold", messages=HI, stream=True)
+
+
+async def _text(stream: openai.AsyncStream) -> str:
+    return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+
+async def test_calls_beyond_an_http2_connections_streams_go_on_another_connection(spread, narrow):
+    url, _ = spread
+    cid, key = customer(spread)
+    client = openai.AsyncOpenAI(base_url=f"{url}/openai/v1", api_key=key, max_retries=0, timeout=30)
+    # 5 streams open at once where a connection carries 2: none waits for another to end
+    streams = await asyncio.wait_for(asyncio.gather(*(_held(client) for _ in range(5))), 15)
+    calls = list(narrow.fake.calls)
+    assert len(calls) == 5 and not any(c.done for c in calls) and {c.http_version for c in calls} == {"2"}
+    peers = [c.peer for c in calls]
+    assert len(set(peers)) == 3 and max(peers.count(p) for p in peers) == NARROW
+    narrow.fake.release()
+    texts = await asyncio.wait_for(asyncio.gather(*(_text(s) for s in streams)), 15)
+    await client.close()
+    assert texts == [words(40)] * 5
+    assert await asyncio.to_thread(wallet, url, cid) == (Decimal("10") - 5 * CHAT_CHARGE, 0)
+
+
+async def test_a_call_finding_no_http2_stream_nor_connection_fails_within_the_pool_timeout_released(single, narrow):
+    url, _ = single
+    cid, key = customer(single)
+    client = openai.AsyncOpenAI(base_url=f"{url}/openai/v1", api_key=key, max_retries=0, timeout=30)
+    held = await asyncio.wait_for(asyncio.gather(*(_held(client) for _ in range(NARROW))), 15)
+
+    async def beyond(stream: bool) -> tuple[openai.APIStatusError, float]:
+        started = time.monotonic()
+        try:
+            await client.chat.completions.create(model="gpt-test", messages=HI, stream=stream)
+        except openai.APIStatusError as exc:
+            return exc, time.monotonic() - started
+        raise AssertionError("a call beyond the connection's streams was answered")
+
+    # the one connection allowed has its 2 streams in use: each call beyond waits the pool timeout (1 s)
+    refused = await asyncio.wait_for(asyncio.gather(beyond(False), beyond(True)), 15)
+    for error, waited in refused:
+        assert error.status_code == 504 and waited < 1.0 + 3
+        assert error.body == {"message": "the upstream did not answer (PoolTimeout)", "type": "api_error",
+                              "param": None, "code": "upstream_timeout"}
+        assert await asyncio.to_thread(charged, url, error.response.headers["x-tokentill-request-id"]) == 0
+    assert len(narrow.fake.calls) == NARROW  # never sent
+    narrow.fake.release()
+    assert await asyncio.wait_for(asyncio.gather(*(_text(s) for s in held)), 15) == [words(40)] * NARROW
+    await client.chat.completions.create(model="gpt-test", messages=HI)  # the connection serves on
+    await client.close()
+    assert len({c.peer for c in narrow.fake.calls}) == 1
+    assert await asyncio.to_thread(wallet, url, cid) == (Decimal("10") - (NARROW + 1) * CHAT_CHARGE, 0)
 
 
 def test_an_upstream_whose_certificate_is_not_trusted_is_a_502_and_released(plain, tls):
@@ -429,3 +518,37 @@ def test_a_stream_broken_mid_way_over_http2_is_billed_what_it_sent_and_not_resen
     assert text == words(fk.DROP_AFTER)
     assert charged(url, request_id) == (8 * IN + fk.DROP_AFTER * OUT) / M + CALL
     assert [c.http_version for c in tls.fake.calls[before:]] == ["2"]
+
+
+def test_the_http2_patch_refuses_an_httpcore_without_what_it_wraps():
+    class Changed:  # an AsyncHTTP2Connection whose settings hook was renamed
+        async def handle_async_request(self, request): ...
+        def is_available(self): ...
+        def is_idle(self): ...
+        async def _response_closed(self, stream_id): ...
+
+    with pytest.raises(RuntimeError, match=r"lacks \['_receive_remote_settings_change'\]"):
+        connections._require(Changed)
+    connections._require(httpcore_h2.AsyncHTTP2Connection)  # the installed httpcore has them all
+
+
+@pytest.mark.parametrize("connections_allowed", [1, 3])
+async def test_calls_queued_for_full_http2_connections_all_succeed_on_the_connections_allowed(narrow, certs,
+                                                                                            connections_allowed):
+    """The transport alone, 60 calls at once to the `narrow` fake: with every connection allowed in
+    use, calls wait for a stream; none is failed by the pool closing a connection it took for idle."""
+    settings = GatewaySettings(upstream_ca=str(certs[0]), max_upstream_connections=connections_allowed)
+    transport, timeouts = connections.upstream_transport(settings), connections.upstream_timeouts(settings)
+
+    async def one(stream: bool) -> int:
+        response = await transport.handle_async_request(httpx.Request(
+            "POST", f"{narrow.url}/v1/chat/completions", json={"model": "gpt-test", "messages": HI, "stream": stream},
+            extensions={"timeout": timeouts}))
+        await response.aread()
+        await response.aclose()
+        return response.status_code
+
+    statuses = await asyncio.wait_for(asyncio.gather(*(one(i % 2 == 0) for i in range(60))), 30)
+    await transport.aclose()
+    assert statuses == [200] * 60 and len(narrow.fake.calls) == 60
+    assert len({c.peer for c in narrow.fake.calls}) == connections_allowed
