@@ -142,7 +142,10 @@ class Forwarding:
         """The answer goes back once its settle is spooled and, by default, taken by the ledger:
         its headers carry the charge. With `settle="background"` it goes back once spooled, with
         the hold in its headers and the charge in the trace. A settle the ledger cannot take now
-        (the database down) is left to the spool's queue: the answer carries the hold only."""
+        (the database down) is left to the spool's queue: the answer carries the hold only.
+        A whole answer was generated once its headers came: a caller who leaves while its body is
+        on its way no longer cancels it, and is charged it."""
+        self.x.finishing = True
         body = await self._body(response)
         if body is None:
             return

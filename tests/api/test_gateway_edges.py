@@ -1,0 +1,155 @@
+"""The gateway's money paths at their edges, against a scripted upstream: each test gives the
+upstream's answer to one model name byte by byte (its status, the parts of its body, the pauses
+between them), so that an answer cut, malformed or slow at a given point is exact. Every charge is
+worked by hand from the price book of tests.api.test_gateway."""
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+import pytest
+import uvicorn
+
+from api.bench.common import free_port
+from tests.api.test_gateway import CHAT_CHARGE, HI, charged, customer, serving, wallet
+
+Script = Callable[[Any, Any], Awaitable[None]]  # (send, receive) of the upstream's ASGI call
+
+
+class Scripted:
+    """An upstream that answers each model with its script; `calls` logs each body it was sent."""
+
+    def __init__(self) -> None:
+        self.scripts: dict[str, Script] = {}
+        self.calls: list[dict[str, Any]] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (message := await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        body = json.loads(b"".join(chunks))
+        self.calls.append(body)
+        await self.scripts[body["model"]](send, receive)
+
+
+class Upstream(threading.Thread):
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.fake, self.port = Scripted(), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(self.fake, host="127.0.0.1", port=self.port,
+                                                    log_level="warning", lifespan="on"))
+
+    def run(self) -> None:
+        self.server.run()
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Upstream]:
+    server = Upstream()
+    server.start()
+    deadline = time.monotonic() + 10
+    while not server.server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    yield server
+    server.server.should_exit = True
+    server.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def live(database_url, upstream) -> Iterator[tuple[str, str]]:
+    yield from serving(database_url, upstream)  # type: ignore[arg-type]
+
+
+def model(upstream: Upstream, script: Script) -> str:
+    name = f"gpt-edge-{uuid.uuid4().hex[:8]}"
+    upstream.fake.scripts[name] = script
+    return name
+
+
+async def start(send: Any, content_type: bytes, length: int | None = None, status: int = 200) -> None:
+    headers = [(b"content-type", content_type)]
+    if length is not None:
+        headers.append((b"content-length", str(length).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+
+
+async def body(send: Any, data: bytes, more: bool = True) -> None:
+    await send({"type": "http.response.body", "body": data, "more_body": more})
+
+
+def sse(data: Any) -> bytes:
+    return b"data: " + msgspec.json.encode(data) + b"\n\n"
+
+
+def content(text: str) -> bytes:
+    return sse({"id": "c", "object": "chat.completion.chunk", "model": "m",
+                "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]})
+
+
+def usage_chunk(output: int) -> bytes:
+    return sse({"id": "c", "object": "chat.completion.chunk", "model": "m", "choices": [],
+                "usage": {"prompt_tokens": 1000, "completion_tokens": output, "total_tokens": 1000 + output,
+                          "prompt_tokens_details": {"cached_tokens": 200}}})
+
+
+WHOLE = msgspec.json.encode({
+    "id": "chatcmpl-edge", "object": "chat.completion", "created": 1764680000, "model": "m",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": " one two three"},
+                 "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 1000, "completion_tokens": 40, "total_tokens": 1040,
+              "prompt_tokens_details": {"cached_tokens": 200}}})  # CHAT_CHARGE, as the fake's
+
+
+def post_and_leave(url: str, key: str, payload: dict[str, Any], until: Callable[[], bool]) -> str:
+    """Send a call on a raw connection with a request id of ours, hang up once `until()` holds, and
+    return the request id."""
+    request_id = f"edge-{uuid.uuid4().hex[:12]}"
+    data = json.dumps(payload).encode()
+    with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as caller:
+        caller.sendall(f"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {key}\r\n"
+                       f"x-tokentill-request-id: {request_id}\r\nContent-Type: application/json\r\n"
+                       f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+        deadline = time.monotonic() + 30
+        while not until() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert until(), "the upstream never got that far"
+    return request_id
+
+
+def test_a_caller_who_leaves_while_a_whole_answer_is_coming_in_is_charged_the_answer(live, upstream):
+    """The upstream has generated the whole answer when its headers come (a non-streamed answer):
+    a caller who leaves while its body is still on its way is charged it, not released."""
+    url, _ = live
+    cid, key = customer(live)
+    halfway, left = threading.Event(), threading.Event()
+
+    async def slow_body(send: Any, receive: Any) -> None:
+        await start(send, b"application/json", len(WHOLE))
+        await body(send, WHOLE[:len(WHOLE) // 2])
+        halfway.set()
+        await asyncio.to_thread(left.wait, 30)
+        await body(send, WHOLE[len(WHOLE) // 2:], more=False)
+
+    name = model(upstream, slow_body)
+    request_id = post_and_leave(url, key, {"model": name, "messages": HI}, halfway.is_set)
+    time.sleep(0.3)  # the gateway sees the caller gone while the body is still coming in
+    left.set()
+    assert charged(url, request_id) == CHAT_CHARGE
+    assert wallet(url, cid) == (Decimal("10") - CHAT_CHARGE, 0)
