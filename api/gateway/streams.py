@@ -59,14 +59,20 @@ def event_fields(raw: bytes) -> tuple[str | None, str]:
     return name, "\n".join(data)
 
 
+def _list(value: Any) -> list[Any]:
+    """A list an answer gives, or none: a field of another shape (an upstream's malformed chunk)
+    is read as empty, never iterated."""
+    return value if isinstance(value, list) else []
+
+
 def _texts_of_chat_delta(chunk: Mapping[str, Any]) -> list[str]:
     texts: list[str] = []
-    for choice in chunk.get("choices") or ():
+    for choice in _list(chunk.get("choices")):
         delta = choice.get("delta") if isinstance(choice, Mapping) else None
         if not isinstance(delta, Mapping):
             continue
         texts += [delta[k] for k in ("content", "refusal", "reasoning_content") if isinstance(delta.get(k), str)]
-        for call in delta.get("tool_calls") or ():
+        for call in _list(delta.get("tool_calls")):
             function = call.get("function") if isinstance(call, Mapping) else None
             if isinstance(function, Mapping):
                 texts += [function[k] for k in ("name", "arguments") if isinstance(function.get(k), str)]
@@ -107,10 +113,11 @@ class StreamTally:
             self.error = True
         if self.kind == CHAT:
             return self._chat(payload)
+        kind = payload.get("type") if isinstance(payload.get("type"), str) else None
         if self.kind == RESPONSES:
-            self._responses(payload.get("type") or name, payload)
+            self._responses(kind or name, payload)
         elif self.kind == MESSAGES:
-            self._messages(payload.get("type") or name, payload)
+            self._messages(kind or name, payload)
         return True
 
     def _chat(self, chunk: dict[str, Any]) -> bool:
@@ -165,19 +172,19 @@ def answer_texts(kind: str, raw: bytes | Mapping[str, Any]) -> list[str]:
     if body is None:
         return texts
     if kind == CHAT:
-        for choice in body.get("choices") or ():
+        for choice in _list(body.get("choices")):
             message = choice.get("message") if isinstance(choice, Mapping) else None
             if isinstance(message, Mapping):
                 texts += _texts_of_chat_delta({"choices": [{"delta": message}]})
     elif kind == RESPONSES:
-        for item in body.get("output") or ():
+        for item in _list(body.get("output")):
             if isinstance(item, Mapping):
                 texts += [item[k] for k in ("arguments",) if isinstance(item.get(k), str)]
-                for part in item.get("content") or ():
+                for part in _list(item.get("content")):
                     if isinstance(part, Mapping) and isinstance(part.get("text"), str):
                         texts.append(part["text"])
     elif kind == MESSAGES:
-        for block in body.get("content") or ():
+        for block in _list(body.get("content")):
             if isinstance(block, Mapping):
                 texts += [block[k] for k in ("text", "thinking") if isinstance(block.get(k), str)]
                 if block.get("type") == "tool_use":

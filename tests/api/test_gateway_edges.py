@@ -14,12 +14,13 @@ from collections.abc import Awaitable, Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
 import uvicorn
 
 from api.bench.common import free_port
-from tests.api.test_gateway import CHAT_CHARGE, HI, charged, customer, serving, wallet
+from tests.api.test_gateway import CALL, CHAT_CHARGE, HI, IN, M, charged, customer, serving, wallet
 
 Script = Callable[[Any, Any], Awaitable[None]]  # (send, receive) of the upstream's ASGI call
 
@@ -153,3 +154,57 @@ def test_a_caller_who_leaves_while_a_whole_answer_is_coming_in_is_charged_the_an
     left.set()
     assert charged(url, request_id) == CHAT_CHARGE
     assert wallet(url, cid) == (Decimal("10") - CHAT_CHARGE, 0)
+
+
+def stream_call(url: str, key: str, payload: dict[str, Any]) -> tuple[int, str, str]:
+    """(status, the body as received, the request id) of a streamed chat call."""
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
+        with http.stream("POST", "/openai/v1/chat/completions", json={**payload, "stream": True}) as response:
+            try:
+                received = b"".join(response.iter_raw()).decode()
+            except httpx.HTTPError:  # the gateway broke the stream off
+                received = "<broken>"
+            return response.status_code, received, response.headers["x-tokentill-request-id"]
+
+
+ODD_CHUNKS = [sse({"id": "c", "choices": 7}), sse({"id": "c", "choices": [{"index": 0, "delta": {"tool_calls": 3}}]}),
+              sse({"id": "c", "choices": [{"index": 0, "delta": 5}]})]
+
+
+def test_a_stream_with_chunks_of_an_unexpected_shape_is_relayed_whole_and_charged_its_usage(live, upstream):
+    url, _ = live
+    cid, key = customer(live)
+    events = [content(" one"), *ODD_CHUNKS, content(" two"), usage_chunk(40), b"data: [DONE]\n\n"]
+
+    async def odd(send: Any, receive: Any) -> None:
+        await start(send, b"text/event-stream")
+        for event in events:
+            await body(send, event)
+        await body(send, b"", more=False)
+
+    status, received, request_id = stream_call(url, key, {"model": model(upstream, odd), "messages": HI})
+    assert status == 200
+    # every event but the usage chunk the caller did not ask for, then the charge
+    assert received == b"".join(e for e in events if e != usage_chunk(40)).decode() + (
+        f": tokentill charged=0.01 currency=USD request_id={request_id}\n\n")
+    assert charged(url, request_id) == CHAT_CHARGE
+    assert wallet(url, cid) == (Decimal("10") - CHAT_CHARGE, 0)
+
+
+@pytest.mark.parametrize("answer", [{"choices": 7}, {"choices": [{"message": {"tool_calls": 3}}]}])
+def test_a_whole_answer_of_an_unexpected_shape_without_usage_is_charged_its_prompt(live, upstream, answer):
+    url, _ = live
+    cid, key = customer(live)
+    data = msgspec.json.encode({"id": "chatcmpl-odd", "object": "chat.completion", **answer})
+
+    async def odd(send: Any, receive: Any) -> None:
+        await start(send, b"application/json", len(data))
+        await body(send, data, more=False)
+
+    raw = httpx.post(f"{url}/openai/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                     json={"model": model(upstream, odd), "messages": HI}, timeout=30)
+    assert raw.status_code == 200 and raw.content == data
+    prompt = (8 * IN) / M + CALL  # "user" and "hi", 3 a message, 3 for the reply; no output metered
+    assert Decimal(raw.headers["x-tokentill-charged"]) == prompt
+    assert charged(url, raw.headers["x-tokentill-request-id"]) == prompt
+    assert wallet(url, cid) == (Decimal("10") - prompt, 0)

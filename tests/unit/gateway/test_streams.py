@@ -129,3 +129,14 @@ def test_whole_answers():
     claude = msgspec.json.encode({"content": [{"type": "text", "text": " the"}]})
     assert answer_settlement(MESSAGES, claude, COUNTER, "m", 3) == ("usage", {"input_tokens": 3, "output_tokens": 1})
     assert answer_settlement(CHAT, b"not json", COUNTER, "m", 3) is None
+
+
+def test_events_of_an_unexpected_shape_are_forwarded_and_read_as_empty():
+    for kind, odd in ((CHAT, {"choices": 7}), (CHAT, {"choices": [{"delta": {"tool_calls": 3}}]}),
+                      (RESPONSES, {"type": ["response.output_text.delta"], "delta": "x"}),
+                      (MESSAGES, {"type": {"a": 1}})):
+        tally = StreamTally(kind)
+        assert tally.observe(sse(odd)) is True and tally.texts == [] and tally.usage is None
+    for kind, odd in ((CHAT, {"choices": 7}), (RESPONSES, {"output": 7}), (RESPONSES, {"output": [{"content": 7}]}),
+                      (MESSAGES, {"content": 7})):
+        assert answer_settlement(kind, msgspec.json.encode(odd), COUNTER, "gpt-4o", 5) == ("usage", {"input_tokens": 5})
