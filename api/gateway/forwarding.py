@@ -47,6 +47,7 @@ class Forwarding:
         self.x, self.call, self.reservation = exchange, call, reserved.reservation
         self.tally = StreamTally(call.kind, call.usage_chunk_wanted)
         self.outcome = "settled"
+        self.finished = False  # settled or released (or tried to be)
 
     async def run(self) -> None:
         response: httpx.Response | None = None
@@ -65,6 +66,13 @@ class Forwarding:
             if response is not None:
                 await response.aclose()  # the connection closed (HTTP/1.1), the stream reset (HTTP/2)
             await self.finish(self.tally.settlement(self.x.gw.counter, self.call.model, self.call.prompt_raw_tokens))
+        except Exception:  # a fault of the gateway's own (logged by the exchange): what was generated is charged
+            if not self.finished:
+                if response is not None:
+                    await response.aclose()
+                await self.finish(self.tally.settlement(self.x.gw.counter, self.call.model,
+                                                        self.call.prompt_raw_tokens))
+            raise
         finally:
             if response is not None:
                 await response.aclose()
@@ -204,7 +212,7 @@ class Forwarding:
         again from the spool's queue), else queued for the ledger in the background (None). A
         release is told to the ledger at once: 0, or None when the ledger could not be told
         (logged; the hold then expires after its TTL)."""
-        self.x.finishing = True
+        self.x.finishing = self.finished = True
         started = time.perf_counter()
         r = self.reservation
         try:

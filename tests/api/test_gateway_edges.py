@@ -20,7 +20,8 @@ import pytest
 import uvicorn
 
 from api.bench.common import free_port
-from tests.api.test_gateway import CALL, CHAT_CHARGE, HI, IN, M, charged, customer, serving, wallet
+from api.gateway.streams import StreamTally
+from tests.api.test_gateway import CALL, CHAT_CHARGE, HI, IN, OUT, M, charged, customer, serving, wallet
 
 Script = Callable[[Any, Any], Awaitable[None]]  # (send, receive) of the upstream's ASGI call
 
@@ -208,3 +209,29 @@ def test_a_whole_answer_of_an_unexpected_shape_without_usage_is_charged_its_prom
     assert Decimal(raw.headers["x-tokentill-charged"]) == prompt
     assert charged(url, raw.headers["x-tokentill-request-id"]) == prompt
     assert wallet(url, cid) == (Decimal("10") - prompt, 0)
+
+
+def test_a_fault_of_the_gateways_own_mid_stream_charges_what_was_generated_and_closes_the_hold(
+        live, upstream, monkeypatch):
+    url, _ = live
+    cid, key = customer(live)
+    observe = StreamTally.observe
+
+    def failing(self: StreamTally, raw: bytes) -> bool:
+        if b" three" in raw:
+            raise RuntimeError("a fault of the gateway's own")
+        return observe(self, raw)
+
+    monkeypatch.setattr(StreamTally, "observe", failing)
+
+    async def words(send: Any, receive: Any) -> None:
+        await start(send, b"text/event-stream")
+        for word in (" one", " two", " three", " four"):
+            await body(send, content(word))
+        await body(send, usage_chunk(4) + b"data: [DONE]\n\n", more=False)
+
+    status, received, request_id = stream_call(url, key, {"model": model(upstream, words), "messages": HI})
+    assert status == 200 and " three" not in received
+    cost = (8 * IN + 2 * OUT) / M + CALL  # the prompt as counted, " one two" metered
+    assert charged(url, request_id) == cost
+    assert wallet(url, cid) == (Decimal("10") - cost, 0)
