@@ -10,6 +10,7 @@ arguments. No usage and no output at all means nothing was generated: the hold i
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ from api.gateway.calls import CHAT, EMBEDDINGS, MESSAGES, RESPONSES
 from pricing.tokens import TokenCounter
 
 _TERMINATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
+_LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 class EventSplitter:
@@ -51,7 +53,9 @@ class EventSplitter:
 def event_fields(raw: bytes) -> tuple[str | None, str]:
     """(the event's name, its data lines joined) of one server-sent event."""
     name, data = None, []
-    for line in raw.decode("utf-8", "replace").splitlines():
+    # Lines end at CR, LF or CRLF only (the SSE spec): str.splitlines would also cut at U+2028,
+    # U+0085 and the like, which JSON carries unescaped inside a string.
+    for line in _LINE_END.split(raw.decode("utf-8", "replace")):
         if line.startswith("event:"):
             name = line[6:].strip()
         elif line.startswith("data:"):

@@ -21,7 +21,19 @@ import uvicorn
 
 from api.bench.common import free_port
 from api.gateway.streams import StreamTally
-from tests.api.test_gateway import CALL, CHAT_CHARGE, HI, IN, OUT, M, charged, customer, serving, wallet
+from tests.api.test_gateway import (
+    CALL,
+    CHAT_CHARGE,
+    HI,
+    IN,
+    OUT,
+    RESPONSES_CHARGE,
+    M,
+    charged,
+    customer,
+    serving,
+    wallet,
+)
 
 Script = Callable[[Any, Any], Awaitable[None]]  # (send, receive) of the upstream's ASGI call
 
@@ -157,10 +169,11 @@ def test_a_caller_who_leaves_while_a_whole_answer_is_coming_in_is_charged_the_an
     assert wallet(url, cid) == (Decimal("10") - CHAT_CHARGE, 0)
 
 
-def stream_call(url: str, key: str, payload: dict[str, Any]) -> tuple[int, str, str]:
-    """(status, the body as received, the request id) of a streamed chat call."""
+def stream_call(url: str, key: str, payload: dict[str, Any], path: str = "/openai/v1/chat/completions"
+                ) -> tuple[int, str, str]:
+    """(status, the body as received, the request id) of a streamed call (chat by default)."""
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
-        with http.stream("POST", "/openai/v1/chat/completions", json={**payload, "stream": True}) as response:
+        with http.stream("POST", path, json={**payload, "stream": True}) as response:
             try:
                 received = b"".join(response.iter_raw()).decode()
             except httpx.HTTPError:  # the gateway broke the stream off
@@ -235,3 +248,31 @@ def test_a_fault_of_the_gateways_own_mid_stream_charges_what_was_generated_and_c
     cost = (8 * IN + 2 * OUT) / M + CALL  # the prompt as counted, " one two" metered
     assert charged(url, request_id) == cost
     assert wallet(url, cid) == (Decimal("10") - cost, 0)
+
+
+def test_a_responses_stream_whose_text_holds_a_unicode_line_separator_is_charged_its_usage(live, upstream):
+    """Only CR and LF end a server-sent event's lines: a U+2028 or U+0085 inside the JSON of
+    response.completed (its output text, unescaped as JSON allows) leaves the event, and its
+    usage, whole."""
+    url, _ = live
+    cid, key = customer(live)
+    text = " one\u2028two\x85three"
+    usage = {"input_tokens": 800, "input_tokens_details": {"cached_tokens": 100}, "output_tokens": 56,
+             "output_tokens_details": {"reasoning_tokens": 16}, "total_tokens": 856}
+    response = {"id": "resp_edge", "object": "response", "status": "completed", "usage": usage,
+                "output": [{"id": "msg", "type": "message", "role": "assistant",
+                            "content": [{"type": "output_text", "text": text, "annotations": []}]}]}
+    events = [b"event: response.output_text.delta\n" + sse({"type": "response.output_text.delta", "delta": text}),
+              b"event: response.completed\n" + sse({"type": "response.completed", "response": response})]
+
+    async def separated(send: Any, receive: Any) -> None:
+        await start(send, b"text/event-stream")
+        for event in events:
+            await body(send, event)
+        await body(send, b"", more=False)
+
+    status, received, request_id = stream_call(url, key, {"model": model(upstream, separated), "input": "hi"},
+                                                "/openai/v1/responses")
+    assert status == 200 and received.startswith(b"".join(events).decode())
+    assert charged(url, request_id) == RESPONSES_CHARGE
+    assert wallet(url, cid) == (Decimal("10") - RESPONSES_CHARGE, 0)

@@ -140,3 +140,9 @@ def test_events_of_an_unexpected_shape_are_forwarded_and_read_as_empty():
     for kind, odd in ((CHAT, {"choices": 7}), (RESPONSES, {"output": 7}), (RESPONSES, {"output": [{"content": 7}]}),
                       (MESSAGES, {"content": 7})):
         assert answer_settlement(kind, msgspec.json.encode(odd), COUNTER, "gpt-4o", 5) == ("usage", {"input_tokens": 5})
+
+
+def test_only_cr_and_lf_end_an_events_lines():
+    data = msgspec.json.encode({"text": "a\u2028b\u2029c\x85d\x0be\x1cf"})
+    assert event_fields(b"event: e\r\ndata: " + data + b"\r\n\r\n") == ("e", data.decode())
+    assert event_fields(b"data: 1\rdata: 2\ndata: 3\n\n") == (None, "1\n2\n3")
