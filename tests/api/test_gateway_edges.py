@@ -26,6 +26,7 @@ from tests.api.test_gateway import (
     CHAT_CHARGE,
     HI,
     IN,
+    MESSAGES_CHARGE,
     OUT,
     RESPONSES_CHARGE,
     M,
@@ -34,6 +35,8 @@ from tests.api.test_gateway import (
     serving,
     wallet,
 )
+from wallets.commands import Reserve
+from wallets.service import WalletService
 
 Script = Callable[[Any, Any], Awaitable[None]]  # (send, receive) of the upstream's ASGI call
 
@@ -276,3 +279,109 @@ def test_a_responses_stream_whose_text_holds_a_unicode_line_separator_is_charged
     assert status == 200 and received.startswith(b"".join(events).decode())
     assert charged(url, request_id) == RESPONSES_CHARGE
     assert wallet(url, cid) == (Decimal("10") - RESPONSES_CHARGE, 0)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_caller_who_leaves_while_its_hold_is_being_taken_is_released_and_not_forwarded(
+        live, upstream, monkeypatch, stream):
+    url, _ = live
+    cid, key = customer(live)
+    reserving, left = threading.Event(), threading.Event()
+    submit = WalletService.submit
+
+    async def slow_reserve(self: WalletService, command: Any) -> Any:
+        if isinstance(command, Reserve) and command.customer_id == cid:
+            reserving.set()
+            await asyncio.to_thread(left.wait, 30)
+        return await submit(self, command)
+
+    monkeypatch.setattr(WalletService, "submit", slow_reserve)
+
+    async def whole(send: Any, receive: Any) -> None:
+        await start(send, b"application/json", len(WHOLE))
+        await body(send, WHOLE, more=False)
+
+    name = model(upstream, whole)
+    request_id = post_and_leave(url, key, {"model": name, "messages": HI, "stream": stream}, reserving.is_set)
+    time.sleep(0.2)
+    left.set()
+    assert charged(url, request_id) == 0
+    assert wallet(url, cid) == (Decimal("10"), 0)
+    assert all(call["model"] != name for call in upstream.fake.calls)
+
+
+def test_a_stream_cut_before_its_first_token_is_released_and_cancelled_upstream(live, upstream):
+    url, _ = live
+    cid, key = customer(live)
+    started, gone = threading.Event(), threading.Event()
+
+    async def thinking(send: Any, receive: Any) -> None:
+        await start(send, b"text/event-stream")
+        await body(send, sse({"id": "c", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}))
+        started.set()
+        message = await asyncio.wait_for(receive(), timeout=30)
+        if message["type"] == "http.disconnect":
+            gone.set()
+
+    name = model(upstream, thinking)
+    request_id = post_and_leave(url, key, {"model": name, "messages": HI, "stream": True}, started.is_set)
+    assert gone.wait(10), "the upstream never saw the cut"
+    assert charged(url, request_id) == 0
+    assert wallet(url, cid) == (Decimal("10"), 0)
+
+
+def test_a_chat_stream_whose_caller_refused_usage_does_not_get_it_and_is_charged_the_last_usage(live, upstream):
+    """`include_usage: false` set by the caller: the upstream is asked for usage all the same (its
+    other stream options kept), and the usage chunks (here two, the second the final one) are
+    dropped on the way back."""
+    url, _ = live
+    cid, key = customer(live)
+    events = [content(" one"), usage_chunk(3), usage_chunk(40), b"data: [DONE]\n\n"]
+
+    async def twice(send: Any, receive: Any) -> None:
+        await start(send, b"text/event-stream")
+        for event in events:
+            await body(send, event)
+        await body(send, b"", more=False)
+
+    name = model(upstream, twice)
+    _, received, request_id = stream_call(url, key, {
+        "model": name, "messages": HI, "stream_options": {"include_usage": False, "include_obfuscation": False}})
+    assert received == (content(" one") + b"data: [DONE]\n\n").decode() + (
+        f": tokentill charged=0.01 currency=USD request_id={request_id}\n\n")
+    sent = next(call for call in upstream.fake.calls if call["model"] == name)
+    assert sent["stream_options"] == {"include_usage": True, "include_obfuscation": False}
+    assert charged(url, request_id) == CHAT_CHARGE
+    assert wallet(url, cid) == (Decimal("10") - CHAT_CHARGE, 0)
+
+
+def test_an_anthropic_stream_whose_message_delta_repeats_the_input_usage_is_charged_it_once(live, upstream):
+    """Anthropic's message_delta may carry the cumulative usage, input fields included, beside
+    message_start's: the settle takes each count once, the later word winning."""
+    url, _ = live
+    cid, key = customer(live)
+    start_usage = {"input_tokens": 900, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 50,
+                   "output_tokens": 1}
+    events = [
+        b"event: message_start\n" + sse({"type": "message_start", "message": {
+            "id": "msg_edge", "type": "message", "role": "assistant", "content": [], "usage": start_usage}}),
+        b"event: content_block_delta\n" + sse({"type": "content_block_delta", "index": 0,
+                                               "delta": {"type": "text_delta", "text": " one two"}}),
+        b"event: message_delta\n" + sse({"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                                         "usage": {**start_usage, "output_tokens": 40, "server_tool_use": None}}),
+        b"event: message_stop\n" + sse({"type": "message_stop"})]
+
+    async def cumulative(send: Any, receive: Any) -> None:
+        await start(send, b"text/event-stream")
+        for event in events:
+            await body(send, event)
+        await body(send, b"", more=False)
+
+    with httpx.Client(base_url=url, headers={"x-api-key": key}, timeout=30) as http:
+        with http.stream("POST", "/anthropic/v1/messages", json={
+                "model": model(upstream, cumulative), "max_tokens": 100, "messages": HI, "stream": True}) as r:
+            received = b"".join(r.iter_raw())
+            request_id = r.headers["x-tokentill-request-id"]
+    assert received.startswith(b"".join(events))
+    assert charged(url, request_id) == MESSAGES_CHARGE
+    assert wallet(url, cid) == (Decimal("10") - MESSAGES_CHARGE, 0)
