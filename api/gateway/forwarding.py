@@ -186,8 +186,9 @@ class Forwarding:
             timeout = isinstance(exc, httpx.TimeoutException)
             tail = stream_error_event(x.provider, "upstream_timeout" if timeout else "upstream_failed",
                                       f"the upstream stream failed ({exc.__class__.__name__})")
-        charged = await self.finish(self.tally.settlement(x.gw.counter, self.call.model, self.call.prompt_raw_tokens),
-                                    wait=self._waits())
+        failed = self.outcome == "upstream_error"
+        charged = await self.finish(self.tally.settlement(x.gw.counter, self.call.model, self.call.prompt_raw_tokens,
+                                                          failed), wait=self._waits())
         if charged is not None:
             tail += (f": tokentill charged={money(charged)} currency={self.reservation.currency} "
                      f"request_id={x.request_id}\n\n").encode()

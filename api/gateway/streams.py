@@ -6,7 +6,8 @@ when it came; else, for Anthropic, the input usage its `message_start` reported 
 tokens metered here; else the prompt's raw tiktoken count and the metered output. Metered
 output is the tiktoken count (the model's encoding, else cl100k_base, no margin) of every
 generated text delta in the order received: message text, refusals, reasoning text, tool-call
-arguments. No usage and no output at all means nothing was generated: the hold is released.
+arguments. No usage and no output at all means nothing was generated: the hold is released; so
+does an upstream that failed before any output token (Anthropic's message_start notwithstanding).
 """
 from __future__ import annotations
 
@@ -154,14 +155,19 @@ class StreamTally:
             reported = {k: v for k, v in event["usage"].items() if v is not None}
             self.usage = {**(self.started or {}), **reported}
 
-    def settlement(self, counter: TokenCounter, model: str, prompt_raw_tokens: int) -> tuple[str, dict] | None:
-        """(usage form, usage) to settle with, or None: nothing was generated, release."""
+    def settlement(self, counter: TokenCounter, model: str, prompt_raw_tokens: int,
+                   failed: bool = False) -> tuple[str, dict] | None:
+        """(usage form, usage) to settle with, or None: nothing was generated, release. An upstream
+        that failed (`failed`: its stream broke; or an error event inside it) before any output
+        token generated nothing, though Anthropic's message_start reported the input."""
         if self.usage is not None:
             if self.kind == MESSAGES:  # Anthropic reports its tier inside the usage
                 return "anthropic_usage", self.usage
             return "openai_usage", _with_tier(self.usage, self.service_tier)
         text = "".join(self.texts)
         metered = counter.count_text(text, model).raw_tokens if text else 0
+        if metered == 0 and (failed or self.error):
+            return None
         if self.started is not None:
             return "anthropic_usage", {**self.started, "output_tokens": metered}
         if metered == 0:

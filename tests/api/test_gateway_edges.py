@@ -385,3 +385,34 @@ def test_an_anthropic_stream_whose_message_delta_repeats_the_input_usage_is_char
     assert received.startswith(b"".join(events))
     assert charged(url, request_id) == MESSAGES_CHARGE
     assert wallet(url, cid) == (Decimal("10") - MESSAGES_CHARGE, 0)
+
+
+MESSAGE_START = b"event: message_start\n" + sse({"type": "message_start", "message": {
+    "id": "msg_edge", "type": "message", "role": "assistant", "content": [],
+    "usage": {"input_tokens": 900, "cache_read_input_tokens": 100, "output_tokens": 1}}})
+OVERLOADED = b"event: error\n" + sse({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+
+
+@pytest.mark.parametrize("failure", ["error_event", "dropped"])
+def test_an_anthropic_stream_that_fails_before_any_token_is_released(live, upstream, failure):
+    """message_start reports the input usage at once; an upstream that then fails (an error event,
+    or the connection lost) before any output token generated nothing: released, as a chat stream
+    failing before its first token is."""
+    url, _ = live
+    cid, key = customer(live)
+
+    async def failing(send: Any, receive: Any) -> None:
+        await start(send, b"text/event-stream")
+        await body(send, MESSAGE_START + b"event: ping\n" + sse({"type": "ping"}))
+        if failure == "dropped":
+            raise ConnectionAbortedError("the upstream drops the stream")
+        await body(send, OVERLOADED, more=False)
+
+    with httpx.Client(base_url=url, headers={"x-api-key": key}, timeout=30) as http:
+        with http.stream("POST", "/anthropic/v1/messages", json={
+                "model": model(upstream, failing), "max_tokens": 100, "messages": HI, "stream": True}) as r:
+            received = b"".join(r.iter_raw())
+            request_id = r.headers["x-tokentill-request-id"]
+    assert received.startswith(MESSAGE_START) and b"event: error" in received
+    assert charged(url, request_id) == 0
+    assert wallet(url, cid) == (Decimal("10"), 0)

@@ -146,3 +146,19 @@ def test_only_cr_and_lf_end_an_events_lines():
     data = msgspec.json.encode({"text": "a\u2028b\u2029c\x85d\x0be\x1cf"})
     assert event_fields(b"event: e\r\ndata: " + data + b"\r\n\r\n") == ("e", data.decode())
     assert event_fields(b"data: 1\rdata: 2\ndata: 3\n\n") == (None, "1\n2\n3")
+
+
+def test_an_upstream_that_fails_before_any_output_token_is_released_though_message_start_came():
+    start = sse({"type": "message_start", "message": {"usage": {"input_tokens": 900, "output_tokens": 1}}},
+                "message_start")
+    broken = StreamTally(MESSAGES)
+    broken.observe(start)
+    assert broken.settlement(COUNTER, "m", 9, failed=True) is None
+    assert broken.settlement(COUNTER, "m", 9) == ("anthropic_usage", {"input_tokens": 900, "output_tokens": 0})
+    broken.observe(sse({"type": "error", "error": {"type": "overloaded_error", "message": "x"}}, "error"))
+    assert broken.settlement(COUNTER, "m", 9) is None
+    late = StreamTally(MESSAGES)  # failed after a token: what was generated is charged
+    late.observe(start)
+    late.observe(sse({"type": "content_block_delta", "delta": {"type": "text_delta", "text": " the"}}))
+    assert late.settlement(COUNTER, "m", 9, failed=True) == ("anthropic_usage",
+                                                             {"input_tokens": 900, "output_tokens": 1})
