@@ -313,7 +313,20 @@ async def invoices_tie_out(conn: AsyncConnection) -> Check:
         SELECT format('invoice %s: payments %s exceed its amount due %s', i.number, sum(p.amount), i.amount_due)
           FROM invoices i JOIN invoice_payments p ON p.invoice_id = i.id
          GROUP BY i.id, i.number, i.amount_due HAVING sum(p.amount) > i.amount_due
-        """, "invoices are intact (content hash), numbered without gaps, and total the revenue of their period")
+        UNION ALL
+        SELECT format('entry %s (%s): invoice payments %s, but it paid the receivable of %s by %s',
+                      x.entry_id, j.kind, x.paid, x.customer_id, x.receivable)
+          FROM (SELECT x.*, (SELECT -coalesce(sum(p.amount), 0) FROM postings p JOIN accounts a ON a.id = p.account_id
+                              WHERE p.lane = x.lane AND p.entry_id = x.entry_id
+                                AND a.code = {_RECEIVABLE.replace('c.id', 'x.customer_id')}) AS receivable
+                  FROM (SELECT lane, entry_id, customer_id, sum(amount) AS paid FROM invoice_payments
+                         GROUP BY 1, 2, 3) x) x
+          LEFT JOIN journal_entries j ON j.lane = x.lane AND j.id = x.entry_id
+         WHERE j.kind IS DISTINCT FROM 'topup' AND j.kind IS DISTINCT FROM 'invoice_payment'
+            OR (j.kind = 'invoice_payment' AND x.paid <> x.receivable) OR x.paid > x.receivable
+        """, "invoices are intact (content hash), numbered without gaps, and total the revenue of their period; "
+             "their payments are what their entries paid off the receivable (an invoice payment all of it, a "
+             "prepaid top-up part of it)")
 
 
 async def credit_notes_tie_out(conn: AsyncConnection) -> Check:

@@ -430,7 +430,8 @@ def _answer(future: asyncio.Future[Any], outcome: Any) -> None:
 
 async def _load_billing(conn: AsyncConnection, batch: Batch, commands: Sequence[Command], now: datetime) -> None:
     """What closes and payments decide on: the rollups of the customers' open periods, the
-    issuers' last invoice numbers (under their locks), the invoices being paid."""
+    issuers' last invoice numbers (under their locks), the invoices being paid (by a payment, or
+    by a prepaid customer's top-up that pays what is owed: its open invoices)."""
     closes = [c for c in commands if isinstance(c, ClosePeriod)]
     if closes:
         since = [(c.customer_id, billing_period(w.customer.open_period_start, w.customer)) for c in closes
@@ -441,6 +442,12 @@ async def _load_billing(conn: AsyncConnection, batch: Batch, commands: Sequence[
     paid = [c.invoice_id for c in commands if isinstance(c, PayInvoice)]
     if paid:
         batch.invoices = await store.load_invoices(conn, paid)
+    # a prepaid top-up pays what is owed first, and with it the customer's open invoices
+    owing = [c.customer_id for c in commands if isinstance(c, TopUp)
+             and (w := batch.loaded.wallets.get(c.customer_id)) is not None and w.customer.billing == "prepaid"
+             and w.receivable - (w.credit_held or 0) > 0]
+    if owing:
+        batch.invoices.update(await store.load_open_invoices(conn, owing))
 
 
 async def _load_rerates(conn: AsyncConnection, batch: Batch, commands: Sequence[Command], now: datetime,

@@ -462,15 +462,28 @@ async def last_seqs(conn: AsyncConnection, table: Literal["invoices", "credit_no
     return found
 
 
+_INVOICES_DUE = """SELECT i.id, i.customer_id, i.number, i.currency, i.amount_due::text,
+                          coalesce((SELECT jsonb_object_agg(p.reference, p.amount) FROM invoice_payments p
+                                     WHERE p.invoice_id = i.id), '{}'::jsonb), i.period_start
+                     FROM invoices i"""
+
+
+def _due(rows: Iterable[Any]) -> dict[str, InvoiceDue]:
+    return {r[0]: InvoiceDue(r[0], r[1], r[2], r[3], int(r[4]), {k: int(v) for k, v in r[5].items()}, r[6])
+            for r in rows}
+
+
 async def load_invoices(conn: AsyncConnection, ids: Iterable[str]) -> dict[str, InvoiceDue]:
     """Finalized invoices as a payment sees them: amount due and payments by reference."""
-    rows = await conn.exec_driver_sql(
-        """SELECT i.id, i.customer_id, i.number, i.currency, i.amount_due::text,
-                  coalesce((SELECT jsonb_object_agg(p.reference, p.amount) FROM invoice_payments p
-                             WHERE p.invoice_id = i.id), '{}'::jsonb)
-             FROM invoices i WHERE i.id = ANY(%s::text[])""", (sorted(set(ids)),))
-    return {r[0]: InvoiceDue(r[0], r[1], r[2], r[3], int(r[4]), {k: int(v) for k, v in r[5].items()})
-            for r in rows}
+    return _due(await conn.exec_driver_sql(_INVOICES_DUE + " WHERE i.id = ANY(%s::text[])", (sorted(set(ids)),)))
+
+
+async def load_open_invoices(conn: AsyncConnection, customers: Iterable[str]) -> dict[str, InvoiceDue]:
+    """The customers' finalized invoices not paid in full yet (what a prepaid top-up pays off)."""
+    sql = _INVOICES_DUE + """ WHERE i.customer_id = ANY(%s::text[]) AND i.amount_due > 0
+                                AND i.amount_due > coalesce((SELECT sum(p.amount) FROM invoice_payments p
+                                                              WHERE p.invoice_id = i.id), 0)"""
+    return _due(await conn.exec_driver_sql(sql, (sorted(set(customers)),)))
 
 
 async def load_rerate_charges(conn: AsyncConnection, customer_id: str, book_id: str, start: datetime,

@@ -20,6 +20,7 @@ from wallets.core.decision import (
     UsageEventRecorded,
 )
 from wallets.core.legs import Legs, entry, funding, settlement, settlement_legs
+from wallets.core.payments import apply_to_invoices
 from wallets.core.rating import billing_period, book_for, charge_lines, implausibility, rate_call
 from wallets.core.results import CreditResult, ExpiryResult, UsageResult, WalletView, lot_view
 from wallets.core.state import State
@@ -61,9 +62,12 @@ def top_up(state: State, cmd: TopUp, now: datetime, book: PriceBook | None) -> D
     legs.credit(chart.receivable_account(cid), paid)
     posted = entry(f"topup:{opened.lot_id}", "topup", legs, cid, now,
                    {"lot_id": opened.lot_id, "reference": cmd.reference})
+    # what paid the receivable pays the customer's open invoices, oldest first, as invoice payments
+    # of this entry; the rest of it paid usage not invoiced yet, which no invoice records
+    applied = apply_to_invoices(state, cid, paid, f"topup:{opened.lot_id}", now) if paid else []
     lot, view = _view_after(w, opened, paid, now)
     result = CreditResult(lot_view(lot), view, paid, posted.key if posted else None)
-    return Decision(Outcome(result.code, result), posted, (opened,))
+    return Decision(Outcome(result.code, result), posted, (opened, *applied))
 
 
 def grant(state: State, cmd: Grant, now: datetime, book: PriceBook | None) -> Decision:

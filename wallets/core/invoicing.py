@@ -27,11 +27,11 @@ from wallets.core.decision import (
     Decision,
     InvoiceFinalized,
     Outcome,
-    PaymentRecorded,
     PeriodAdvanced,
     TrueUpPosted,
 )
 from wallets.core.legs import Legs, entry, funding, settlement, settlement_legs
+from wallets.core.payments import payment_effects
 from wallets.core.results import InvoiceClosed, PaymentResult
 from wallets.core.state import State
 from wallets.errors import ConflictError, CurrencyMismatchError, NotFoundError, OverpaymentError
@@ -173,16 +173,12 @@ def pay_invoice(state: State, cmd: PayInvoice, now: datetime, book: PriceBook | 
             f"{format_amount(more, SCALE)} still due on invoice {invoice.number}",
             invoice_id=invoice.id, amount_due=format_amount(more, SCALE))
     cur, cid = w.customer.currency, w.customer.id
-    payment_id = state.ids("pay")
+    effects = payment_effects(state, invoice, cmd.amount, cmd.reference, now)
+    payment_id = effects[0].payment_id
     legs = Legs(cur).debit(chart.cash_account(cur), cmd.amount).credit(chart.receivable_account(cid), cmd.amount)
     posted = entry(f"invoice-payment:{invoice.id}:{payment_id}", "invoice_payment", legs, cid, now,
                    {"invoice_id": invoice.id, "number": invoice.number, "reference": cmd.reference})
     paid = invoice.paid + cmd.amount
-    effects: list[Any] = [PaymentRecorded(cid, invoice.id, payment_id, cmd.amount, cmd.reference, now)]
-    if paid == invoice.amount_due:
-        effects.append(state.event("invoice.paid", cid, f"invoice.paid:{invoice.id}", now, {
-            "invoice_id": invoice.id, "number": invoice.number, "amount_paid": format_amount(paid, SCALE),
-            "currency": cur}))
     result = PaymentResult(invoice.id, invoice.number, cmd.reference, cmd.amount, paid, invoice.amount_due, False,
                            posted.key if posted else None)
     return Decision(Outcome(result.code, result), posted, tuple(effects))

@@ -27,6 +27,7 @@ class InvoiceDue:
     currency: str
     amount_due: int
     payments: Mapping[str, int]  # reference -> amount
+    period_start: datetime | None = None  # oldest first, when a top-up pays open invoices
 
     @property
     def paid(self) -> int:

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 from ledger.db import Database
 from tests.integration.wallets.wallet_kit import Clock, usd
 from wallets import billing, books
-from wallets.commands import Grant, RecordUsage, Release, Reserve, Settle, TopUp
+from wallets.commands import Grant, PayInvoice, RecordUsage, Release, Reserve, Settle, TopUp
 from wallets.service import CustomerSpec, WalletService
 
 NOV_23 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -35,13 +35,19 @@ class BillingKit:
     async def add_book(self, body: dict[str, Any]) -> None:
         await self.db.run(lambda conn: books.add_version(conn, body))
 
-    async def customer(self, cid: str, *, billing_mode: str = "prepaid", book: str = "seed", **cycle: Any) -> str:
-        overdraft = None if billing_mode == "postpaid" else 0
+    async def customer(self, cid: str, *, billing_mode: str = "prepaid", book: str = "seed",
+                       overdraft: str | None = None, **cycle: Any) -> str:
+        """A customer; a prepaid one has no overdraft unless `overdraft` (an amount) is given."""
+        overdraft = None if billing_mode == "postpaid" else usd(overdraft or "0")
         await self.service.create_customer(CustomerSpec(cid, cid, "USD", billing_mode, book, overdraft, None, **cycle))
         return cid
 
-    async def top_up(self, cid: str, amount: str):
-        return await self.service.submit(TopUp(customer_id=cid, amount=usd(amount)))
+    async def top_up(self, cid: str, amount: str, reference: str = ""):
+        return await self.service.submit(TopUp(customer_id=cid, amount=usd(amount), reference=reference))
+
+    async def pay(self, cid: str, invoice_id: str, amount: str, reference: str):
+        return await self.service.submit(PayInvoice(customer_id=cid, invoice_id=invoice_id, amount=usd(amount),
+                                                    reference=reference, currency="USD"))
 
     async def grant(self, cid: str, amount: str, expires_at: datetime | None = None):
         return await self.service.submit(Grant(customer_id=cid, amount=usd(amount), expires_at=expires_at))

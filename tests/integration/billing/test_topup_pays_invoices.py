@@ -1,0 +1,126 @@
+"""A prepaid customer's top-up pays what its receivable owes first; when that debt is on finalized
+invoices, the part that paid it is applied to them, oldest first, as invoice payments referring to
+the top-up (same entry), and the invoices' documents stay frozen. Worked by hand with the seed book:
+one model-a call of 1,000 input and 500 output tokens costs $0.01 + $0.01 + $0.01 (request) = $0.03."""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from billing_kit import BillingKit
+
+from ledger.audit import verify
+from wallets.audit import WALLET_CHECKS
+from wallets.errors import OverpaymentError
+
+NOV_GRACE_OVER = datetime(2026, 12, 1, 1, 0, tzinfo=UTC)
+DEC_GRACE_OVER = datetime(2027, 1, 1, 1, 0, tzinfo=UTC)
+DEC_5 = datetime(2026, 12, 5, tzinfo=UTC)
+JAN_5 = datetime(2027, 1, 5, tzinfo=UTC)
+
+
+async def _verified(bk: BillingKit) -> None:
+    report = await bk.db.read(lambda conn: verify(conn, WALLET_CHECKS))
+    assert report.ok, [c for c in report.checks if not c.ok]
+
+
+async def _entry_of_lot(bk: BillingKit, lot_id: str) -> int:
+    return await bk.db.read(lambda conn: _scalar(conn, "SELECT entry_id FROM lots WHERE id = %s", lot_id))
+
+
+async def _scalar(conn, sql: str, *args):
+    return (await conn.exec_driver_sql(sql, args)).scalar()
+
+
+def _frozen(invoice: dict) -> dict:
+    return {k: v for k, v in invoice.items() if k not in ("payment_status", "amount_paid", "payments")}
+
+
+async def test_a_top_up_that_pays_an_invoiced_receivable_pays_the_invoice(bk: BillingKit) -> None:
+    cid = await bk.customer("pre", overdraft="1.00")
+    for _ in range(3):
+        await bk.event(cid, "model-a", 1000, 500)  # $0.09 owed on the receivable
+    await bk.close(NOV_GRACE_OVER)
+    [before] = await bk.invoices(cid)
+    assert before["amount_due"] == "0.09" and before["payment_status"] == "open"
+
+    partly = await bk.top_up(cid, "0.05", reference="card-1")  # all of it pays the receivable
+    assert partly.applied_to_receivable == 50_000_000
+    [invoice] = await bk.invoices(cid)
+    assert invoice["payment_status"] == "partially_paid" and invoice["amount_paid"] == "0.05"
+    [payment] = invoice["payments"]
+    assert payment["amount"] == "0.05" and payment["reference"] == f"topup:{partly.grant.id}"
+    assert payment["entry_id"] == await _entry_of_lot(bk, partly.grant.id)
+
+    rest = await bk.top_up(cid, "1.00")  # $0.04 pays the rest, $0.96 becomes credit
+    assert rest.applied_to_receivable == 40_000_000 and rest.grant.granted == 960_000_000
+    [invoice] = await bk.invoices(cid)
+    assert invoice["payment_status"] == "paid" and invoice["amount_paid"] == "0.09"
+    assert [(p["amount"], p["reference"]) for p in invoice["payments"]] == [
+        ("0.05", f"topup:{partly.grant.id}"), ("0.04", f"topup:{rest.grant.id}")]
+    assert _frozen(invoice) == _frozen(before)  # the document and its hash are untouched
+    with pytest.raises(OverpaymentError):  # nothing left to pay, and nothing owed
+        await bk.pay(cid, invoice["id"], "0.01", "wire-1")
+    await _verified(bk)
+
+
+async def test_a_top_up_pays_open_invoices_oldest_first_and_the_rest_stays_uninvoiced(bk: BillingKit) -> None:
+    cid = await bk.customer("pre2", overdraft="1.00")
+    await bk.event(cid, "model-a", 1000, 500)  # November: $0.03
+    await bk.close(NOV_GRACE_OVER)
+    bk.clock.now = DEC_5
+    await bk.event(cid, "model-a", 1000, 500)
+    await bk.event(cid, "model-a", 1000, 500)  # December: $0.06
+    await bk.close(DEC_GRACE_OVER)
+    november, december = await bk.invoices(cid)
+    await bk.pay(cid, november["id"], "0.01", "wire-1")  # November: $0.02 left; December: $0.06
+    bk.clock.now = JAN_5
+    await bk.event(cid, "model-a", 1000, 500)  # January, not invoiced yet: $0.03; $0.11 owed in all
+
+    result = await bk.top_up(cid, "0.05")  # November's $0.02, then $0.03 of December's $0.06
+    assert result.applied_to_receivable == 50_000_000
+    november, december = await bk.invoices(cid)
+    ref = f"topup:{result.grant.id}"
+    assert (november["payment_status"], november["amount_paid"]) == ("paid", "0.03")
+    assert [(p["amount"], p["reference"]) for p in november["payments"]] == [("0.01", "wire-1"), ("0.02", ref)]
+    assert (december["payment_status"], december["amount_paid"]) == ("partially_paid", "0.03")
+    assert [(p["amount"], p["reference"]) for p in december["payments"]] == [("0.03", ref)]
+
+    result = await bk.top_up(cid, "0.10")  # December's last $0.03, then January's $0.03 (no invoice yet)
+    assert result.applied_to_receivable == 60_000_000 and result.grant.granted == 40_000_000
+    november, december = await bk.invoices(cid)
+    assert (december["payment_status"], december["amount_paid"]) == ("paid", "0.06")
+    assert len(november["payments"]) == 2  # a paid invoice takes nothing more
+    await _verified(bk)
+
+
+async def test_a_postpaid_top_up_pays_no_invoice(bk: BillingKit) -> None:
+    cid = await bk.customer("post", billing_mode="postpaid")
+    await bk.event(cid, "model-a", 1000, 500)
+    await bk.close(NOV_GRACE_OVER)
+    result = await bk.top_up(cid, "1.00")  # postpaid: a top-up is credit, invoices are paid by payments
+    assert result.applied_to_receivable == 0
+    [invoice] = await bk.invoices(cid)
+    assert invoice["payment_status"] == "open" and invoice["payments"] == []
+    await _verified(bk)
+
+
+async def test_verify_finds_invoice_payments_that_no_entry_paid(bk: BillingKit) -> None:
+    cid = await bk.customer("forged", overdraft="1.00")
+    for _ in range(3):
+        await bk.event(cid, "model-a", 1000, 500)
+    await bk.close(NOV_GRACE_OVER)
+    result = await bk.top_up(cid, "0.05")
+    [invoice] = await bk.invoices(cid)
+    await _verified(bk)
+    entry_id = await _entry_of_lot(bk, result.grant.id)
+
+    async def forge(conn) -> None:  # one more cent recorded against the top-up, which paid only $0.05
+        await conn.exec_driver_sql(
+            """INSERT INTO invoice_payments (id, lane, invoice_id, customer_id, amount, reference, entry_id, created_at)
+               SELECT 'pay_forged', lane, id, customer_id, 10000000, 'forged', %s, now() FROM invoices
+                WHERE id = %s""", (entry_id, invoice["id"]))
+    await bk.db.run(forge)
+    report = await bk.db.read(lambda conn: verify(conn, WALLET_CHECKS))
+    [failed] = [c for c in report.checks if not c.ok]
+    assert failed.name == "invoices" and "invoice payments 60000000" in str(failed), failed

@@ -1,0 +1,46 @@
+"""Payments of finalized invoices, as effects: what an invoice payment records (the payment, and
+`invoice.paid` once the invoice is paid in full), whether the cash came as an invoice payment or
+as the part of a prepaid top-up that paid off an invoiced receivable. Pure."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pricing.money import format_amount
+from wallets import chart
+from wallets.core.decision import PaymentRecorded
+from wallets.core.state import InvoiceDue, State
+
+SCALE = chart.ASSET_SCALE
+
+
+def payment_effects(state: State, invoice: InvoiceDue, amount: int, reference: str, now: datetime) -> list[Any]:
+    """The payment of `amount` against `invoice` (posted by the decision's entry), and
+    `invoice.paid` if it pays what was left."""
+    effects: list[Any] = [PaymentRecorded(invoice.customer_id, invoice.id, state.ids("pay"), amount, reference, now)]
+    paid = invoice.paid + amount
+    if paid == invoice.amount_due:
+        effects.append(state.event("invoice.paid", invoice.customer_id, f"invoice.paid:{invoice.id}", now, {
+            "invoice_id": invoice.id, "number": invoice.number, "amount_paid": format_amount(paid, SCALE),
+            "currency": invoice.currency}))
+    return effects
+
+
+def open_invoices(state: State, customer_id: str) -> list[InvoiceDue]:
+    """The customer's finalized invoices with something left to pay, oldest period first."""
+    found = [i for i in state.invoices.values() if i.customer_id == customer_id and i.paid < i.amount_due]
+    return sorted(found, key=lambda i: (i.period_start, i.number))
+
+
+def apply_to_invoices(state: State, customer_id: str, amount: int, reference: str, now: datetime) -> list[Any]:
+    """`amount` that paid the customer's receivable, applied to its open invoices oldest first,
+    each up to what it has left; what is left over paid a receivable not invoiced yet (usage of a
+    period still open) and is recorded against no invoice."""
+    effects: list[Any] = []
+    for invoice in open_invoices(state, customer_id):
+        if amount <= 0:
+            break
+        part = min(amount, invoice.amount_due - invoice.paid)
+        effects += payment_effects(state, invoice, part, reference, now)
+        amount -= part
+    return effects
