@@ -1,6 +1,7 @@
 """A local fake of the OpenAI and Anthropic APIs, for the gateway's tests and `tokentill bench
 gateway`: a real HTTP server (uvicorn, on a thread) that answers the four endpoints with
-realistic bodies and server-sent events, usage included, at zero latency.
+realistic bodies and server-sent events, usage included, at zero latency, and the free ones the
+gateway passes through (each provider's models list and model, Anthropic's count_tokens).
 
 The model name picks the behaviour: `...-fail` answers 500 before any token; `...-pause` sends
 PAUSE_AFTER tokens, then waits for the caller to leave (so "emitted before the cut" is exact);
@@ -8,7 +9,8 @@ PAUSE_AFTER tokens, then waits for the caller to leave (so "emitted before the c
 connection after DROP_AFTER tokens (a whole chat or messages answer: after half its body);
 `...-overloaded` answers 503; `...-trickle` streams a token every TRICKLE_SECONDS; `...-slow` (a
 whole chat answer) never answers, and waits for the caller to leave; `...-nousage` streams without
-any usage. Anything else answers OUTPUT_TOKENS tokens. Each output token is one word of
+any usage. Anything else answers OUTPUT_TOKENS tokens. A model id ending `-missing` is the
+provider's 404, one ending `-slow` never answers. Each output token is one word of
 `api.demo.STREAM_WORDS`, one cl100k_base token each. Every call is logged in `calls`: the headers
 it came with, its body, the HTTP version and peer it came over, the tokens emitted and whether the
 caller left.
@@ -43,6 +45,7 @@ class Logged:
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
+    query: str = ""
     peer: tuple[str, int] | None = None  # the caller's address: one per connection
     http_version: str = "1.1"  # as the server saw it: "1.1", or "2"
     emitted: int = 0  # output tokens sent
@@ -82,9 +85,10 @@ class FakeUpstream:
                 break
         body = msgspec.json.decode(b"".join(chunks) or b"{}")
         log = Logged(scope["path"], {k.decode(): v.decode() for k, v in scope["headers"]}, body,
+                     scope.get("query_string", b"").decode(),
                      tuple(scope["client"]) if scope.get("client") else None, scope.get("http_version", "1.1"))
         self.calls.append(log)
-        answer = ANSWERS.get(scope["path"])
+        answer = ANSWERS.get(scope["path"]) or (_model if scope["path"].startswith("/v1/models/") else None)
         if answer is None:
             await _json(send, 404, {"error": {"message": "no such path", "type": "invalid_request_error"}})
             return
@@ -297,8 +301,43 @@ async def _messages(fake: FakeUpstream, log: Logged, receive: Any, send: Any) ->
     await fake.stream(log, receive, send, events())
 
 
+MODELS = ("gpt-test", "claude-test")
+COUNTED_TOKENS = 14  # what count_tokens answers, whatever the prompt
+
+
+def _model_object(model: str, anthropic: bool) -> dict[str, Any]:
+    if anthropic:
+        return {"type": "model", "id": model, "display_name": model, "created_at": "2026-01-01T00:00:00Z"}
+    return {"id": model, "object": "model", "created": 1764680000, "owned_by": "fake"}
+
+
+async def _models(fake: FakeUpstream, log: Logged, receive: Any, send: Any) -> None:
+    """Both providers list models at /v1/models: Anthropic's clients send anthropic-version."""
+    anthropic = "anthropic-version" in log.headers
+    data = [_model_object(model, anthropic) for model in MODELS]
+    await _json(send, 200, {"data": data, "has_more": False, "first_id": MODELS[0], "last_id": MODELS[-1]}
+                if anthropic else {"object": "list", "data": data})
+
+
+async def _model(fake: FakeUpstream, log: Logged, receive: Any, send: Any) -> None:
+    model, anthropic = log.path.removeprefix("/v1/models/"), "anthropic-version" in log.headers
+    if model.endswith("-slow"):
+        await fake._wait_for_cut(log, receive)
+    elif model.endswith("-missing"):
+        message = f"model: {model}" if anthropic else f"The model '{model}' does not exist"
+        await _json(send, 404, {"type": "error", "error": {"type": "not_found_error", "message": message}}
+                    if anthropic else {"error": {"message": message, "type": "invalid_request_error",
+                                                 "param": "model", "code": "model_not_found"}})
+    else:
+        await _json(send, 200, _model_object(model, anthropic))
+
+
+async def _count_tokens(fake: FakeUpstream, log: Logged, receive: Any, send: Any) -> None:
+    await _json(send, 200, {"input_tokens": COUNTED_TOKENS})
+
+
 ANSWERS = {"/v1/chat/completions": _chat, "/v1/responses": _responses, "/v1/embeddings": _embeddings,
-           "/v1/messages": _messages}
+           "/v1/messages": _messages, "/v1/models": _models, "/v1/messages/count_tokens": _count_tokens}
 
 
 class FakeServer(threading.Thread):

@@ -25,8 +25,9 @@ if TYPE_CHECKING:
     from api.gateway.proxy import Exchange
 
 log = logging.getLogger("tokentill.gateway")
-CALLS = Counter("tokentill_gateway_calls", "Gateway calls by provider, kind and outcome "
-                "(settled, released, refused, upstream_error, cut, unsettled)", ["provider", "kind", "outcome"])
+CALLS = Counter("tokentill_gateway_calls", "Gateway calls by provider, kind and outcome (settled, released, "
+                "refused, upstream_error, cut, unsettled; passed: a free call passed through unmetered)",
+                ["provider", "kind", "outcome"])
 
 FORWARDED_REQUEST_HEADERS = ("content-type", "accept", "anthropic-version", "anthropic-beta", "openai-beta",
                              "openai-organization", "openai-project")
@@ -80,29 +81,9 @@ class Forwarding:
 
     async def _open(self) -> httpx.Response | None:
         url, auth = self.x.gw.upstream(self.x.provider, self.x.path)
-        headers = {k: self.x.headers[k] for k in FORWARDED_REQUEST_HEADERS if k in self.x.headers}
-        if self.x.provider == "anthropic":
-            headers.setdefault("anthropic-version", ANTHROPIC_VERSION)
-        headers.update(auth, **{"accept-encoding": "identity"})  # SSE is parsed here: no compression
-        transport = self.x.gw.transport
-        assert transport is not None, "the gateway was not started"
         started = time.perf_counter()
-        read, loop = self.x.gw.settings.read_timeout_s, asyncio.get_running_loop()
         try:
-            # The read timeout is kept here, per call: httpcore's, on an HTTP/2 connection, would
-            # fail every stream of the connection (and only when all of them are silent at once).
-            # It runs from the moment the request is sent; the connection's own phases have theirs.
-            async with asyncio.timeout(None) as silence:
-                async def sent(event: str, info: dict[str, Any]) -> None:
-                    if event.endswith(".send_request_body.complete"):
-                        silence.reschedule(loop.time() + read)
-
-                response = await transport.handle_async_request(httpx.Request(
-                    "POST", url, content=self.call.body, headers=headers,
-                    extensions={"timeout": self.x.gw.timeout, "trace": sent}))
-        except TimeoutError:
-            await self._unanswered(_silent())
-            return None
+            response = await open_upstream(self.x, "POST", url, auth, self.call.body)
         except httpx.HTTPError as exc:
             await self._unanswered(exc)
             return None
@@ -111,17 +92,13 @@ class Forwarding:
 
     async def _unanswered(self, exc: httpx.HTTPError) -> None:
         """No answer came whole (none at all, or a whole answer cut short): release the hold and
-        answer 504 upstream_timeout (silent past the read timeout, or no connection in time) or 502
-        upstream_unavailable (no connection, or one lost), in the provider's shape. Never sent again."""
+        answer 504 or 502 (see `unanswered`). Never sent again."""
         self.outcome = "upstream_error"
         await self.finish(None)
-        timeout = isinstance(exc, httpx.TimeoutException)
-        log.warning("upstream %s %s failed: %s", self.x.provider, self.x.path, exc.__class__.__name__)
-        await self.x._refuse(Refusal(504 if timeout else 502, "upstream_timeout" if timeout else "upstream_unavailable",
-                                     f"the upstream did not answer ({exc.__class__.__name__})"))
+        await self.x._refuse(unanswered(self.x, exc))
 
     def _upstream_headers(self, response: httpx.Response) -> list[tuple[bytes, bytes]]:
-        return [(k.lower(), v) for k, v in response.headers.raw if k.lower() not in DROPPED_RESPONSE_HEADERS]
+        return upstream_headers(response)
 
     async def _pass_error(self, response: httpx.Response) -> None:
         """An upstream error status: release the hold, answer the upstream's error unchanged."""
@@ -195,14 +172,7 @@ class Forwarding:
         await x.send({"type": "http.response.body", "body": tail, "more_body": False})
 
     async def _next(self, chunks: AsyncIterator[bytes]) -> bytes | None:
-        """The next part of the answer, None at its end, or httpx.ReadTimeout when the upstream is
-        silent for longer than the read timeout (the stream is given up: over HTTP/2 it is reset,
-        over HTTP/1.1 its connection closed; either way the upstream sees it)."""
-        try:
-            async with asyncio.timeout(self.x.gw.settings.read_timeout_s):
-                return await anext(chunks, None)
-        except TimeoutError:
-            raise _silent() from None
+        return await next_part(chunks, self.x.gw.settings.read_timeout_s)
 
     def _waits(self) -> bool:
         return self.x.gw.settings.settle != "background"
@@ -251,3 +221,56 @@ class Forwarding:
             self.tally.usage = self.tally.started = None
             return self.tally.settlement(self.x.gw.counter, self.call.model, self.call.prompt_raw_tokens) \
                 or ("usage", {"input_tokens": self.call.prompt_raw_tokens})
+
+
+async def open_upstream(x: Exchange, method: str, url: httpx.URL, auth: dict[str, str],
+                        content: bytes | None) -> httpx.Response:
+    """Send a call upstream with the upstream's own key (never the caller's) and the caller's
+    headers that matter to the provider: its response once its headers are in, else
+    httpx.HTTPError (httpx.ReadTimeout when the upstream is silent past the read timeout)."""
+    headers = {k: x.headers[k] for k in FORWARDED_REQUEST_HEADERS if k in x.headers}
+    if x.provider == "anthropic":
+        headers.setdefault("anthropic-version", ANTHROPIC_VERSION)
+    headers.update(auth, **{"accept-encoding": "identity"})  # SSE is parsed here: no compression
+    transport = x.gw.transport
+    assert transport is not None, "the gateway was not started"
+    read, loop = x.gw.settings.read_timeout_s, asyncio.get_running_loop()
+    try:
+        # The read timeout is kept here, per call: httpcore's, on an HTTP/2 connection, would
+        # fail every stream of the connection (and only when all of them are silent at once).
+        # It runs from the moment the request is sent; the connection's own phases have theirs.
+        async with asyncio.timeout(None) as silence:
+            async def sent(event: str, info: dict[str, Any]) -> None:
+                if event.endswith(".send_request_body.complete"):
+                    silence.reschedule(loop.time() + read)
+
+            return await transport.handle_async_request(httpx.Request(
+                method, url, content=content, headers=headers,
+                extensions={"timeout": x.gw.timeout, "trace": sent}))
+    except TimeoutError:
+        raise _silent() from None
+
+
+async def next_part(chunks: AsyncIterator[bytes], seconds: float) -> bytes | None:
+    """The next part of an answer, None at its end, or httpx.ReadTimeout when the upstream is
+    silent for longer than `seconds` (the read timeout; the stream is given up: over HTTP/2 it is
+    reset, over HTTP/1.1 its connection closed; either way the upstream sees it)."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await anext(chunks, None)
+    except TimeoutError:
+        raise _silent() from None
+
+
+def unanswered(x: Exchange, exc: httpx.HTTPError) -> Refusal:
+    """No answer came whole: 504 upstream_timeout (silent past the read timeout, or no connection
+    in time) or 502 upstream_unavailable (no connection, or one lost), in the provider's shape."""
+    timeout = isinstance(exc, httpx.TimeoutException)
+    log.warning("upstream %s %s failed: %s", x.provider, x.path, exc.__class__.__name__)
+    return Refusal(504 if timeout else 502, "upstream_timeout" if timeout else "upstream_unavailable",
+                   f"the upstream did not answer ({exc.__class__.__name__})")
+
+
+def upstream_headers(response: httpx.Response) -> list[tuple[bytes, bytes]]:
+    """The upstream's response headers that go back to the caller (not those of the hop itself)."""
+    return [(k.lower(), v) for k, v in response.headers.raw if k.lower() not in DROPPED_RESPONSE_HEADERS]

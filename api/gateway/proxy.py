@@ -9,11 +9,13 @@ whole answer goes back once its settle is on disk, and the ledger takes it in th
 An upstream error status releases the hold and is passed through unchanged; a caller who leaves
 cancels the upstream call and is charged what was generated. A watcher task reads the caller's
 side of the connection, so a disconnect is seen while the upstream is still thinking, not only at
-the next write.
+the next write. The providers' free, read-only endpoints (models, count_tokens) are passed through
+unmetered (api.gateway.passthrough); every other path is a 404.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -30,6 +32,7 @@ from api.gateway.calls import KINDS, Call, CallError, parse_call
 from api.gateway.config import GatewaySettings
 from api.gateway.connections import upstream_timeouts, upstream_transport
 from api.gateway.forwarding import CALLS, Forwarding
+from api.gateway.passthrough import FREE_KINDS, free_kind, pass_through
 from api.gateway.settles import GatewaySettles
 from api.gateway.shapes import Refusal, error_body
 from api.routes.formats import IDENTIFIER
@@ -58,7 +61,7 @@ class Gateway:
         self.settings, self.wallets, self.principal_for = settings, wallets, principal_for
         self.settles = GatewaySettles(spool, wallets)
         self.counter = TokenCounter()
-        self._urls: dict[tuple[str, str], httpx.URL] = {}  # only the paths of KINDS reach upstream
+        self._urls: dict[tuple[str, str], httpx.URL] = {}  # the paths of KINDS, and each base ("")
         self.transport: httpx.AsyncHTTPTransport | None = None
         self.timeout = upstream_timeouts(settings)
 
@@ -145,7 +148,7 @@ class Exchange:
         self.gw, self.provider, self.scope, self.receive, self.send = gateway, provider, scope, receive, send
         path = scope["path"].rstrip("/")  # a mount sees the path under it (Litestar adds a slash)
         self.path = path[len(prefix):] if path.startswith(prefix + "/") else path
-        self.kind = KINDS.get((provider, self.path), "unknown")
+        self.kind = KINDS.get((provider, self.path)) or free_kind(provider, self.path)  # else "unknown"
         self.headers = _headers(scope)
         self.request_id = ""
         self.dimensions: dict[str, Any] = {}
@@ -154,6 +157,10 @@ class Exchange:
         self.started = False  # the response has begun
 
     async def run(self) -> None:
+        if self.kind in FREE_KINDS:  # a free, read-only endpoint: passed through unmetered
+            with contextlib.suppress(_Gone):
+                await pass_through(self)
+            return
         try:
             started = time.perf_counter()
             call, customer, principal = await self._admit()
@@ -173,14 +180,7 @@ class Exchange:
         if self.scope["method"] != "POST":
             raise Refusal(405, "method_not_allowed", "use POST")
         body = await self._body()
-        try:
-            principal = await self.gw.principal_for(_caller_key(self.headers))
-        except ApiError as exc:
-            raise Refusal(exc.status, exc.code, exc.detail) from None
-        except Exception as exc:  # the key store (the database) is unreachable
-            raise _refusal_of(exc) from exc
-        if not principal.allows("inference"):
-            raise Refusal(403, "forbidden", f"a key of scope {principal.scope!r} may not make model calls")
+        principal = await self.caller()
         customer = customer_of(principal, self.headers.get("x-tokentill-customer"))
         self.dimensions = {**self._dimensions(), "api_key": principal.key_id, "gateway": f"{self.provider}.{self.kind}"}
         rid = self.headers.get("x-tokentill-request-id")
@@ -193,6 +193,18 @@ class Exchange:
                               counter=self.gw.counter), customer, principal
         except CallError as exc:
             raise Refusal(400, "validation_error", exc.message if exc.field == "body" else str(exc)) from None
+
+    async def caller(self) -> Principal:
+        """The caller's tokentill key, checked: it must allow model calls (inference, admin)."""
+        try:
+            principal = await self.gw.principal_for(_caller_key(self.headers))
+        except ApiError as exc:
+            raise Refusal(exc.status, exc.code, exc.detail) from None
+        except Exception as exc:  # the key store (the database) is unreachable
+            raise _refusal_of(exc) from exc
+        if not principal.allows("inference"):
+            raise Refusal(403, "forbidden", f"a key of scope {principal.scope!r} may not make model calls")
+        return principal
 
     def _dimensions(self) -> dict[str, Any]:
         """The caller's own usage dimensions (x-tokentill-dimensions, a JSON object), if any."""
