@@ -105,6 +105,7 @@ def _walk(value: Any, prompt: _Prompt) -> None:
         prompt.texts.append(value)
     elif isinstance(value, Mapping):
         kind = value.get("type")
+        kind = kind if isinstance(kind, str) else None  # a list or object there is no part type
         if kind in IMAGE_TYPES:
             prompt.images.append(_image(value))
             return

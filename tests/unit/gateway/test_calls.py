@@ -136,3 +136,9 @@ def test_other_non_text_parts_and_images_for_models_without_a_rule_keep_the_flat
     assert _image_tokens(CHAT, "gpt-4o", audio) == (NON_TEXT_PART_TOKENS,) * 2
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + _png((4000, 4000))}}
     assert _image_tokens(CHAT, "llama-3-70b", image) == (NON_TEXT_PART_TOKENS,) * 2
+
+
+def test_a_part_whose_type_is_not_a_string_is_counted_as_text_not_a_crash():
+    c = call(CHAT, {"model": "gpt-4o", "max_tokens": 1,
+                    "messages": [{"role": "user", "content": [{"type": ["image_url"], "text": "hi"}]}]})
+    assert c.prompt_raw_tokens == 4 + 6  # "user" (1), "image_url" (2) and "hi" (1) read as text; 3 + 3
