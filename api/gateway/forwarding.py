@@ -37,6 +37,10 @@ DROPPED_RESPONSE_HEADERS = frozenset({b"connection", b"keep-alive", b"transfer-e
 ANTHROPIC_VERSION = "2023-06-01"
 
 
+def _is_json(response: httpx.Response) -> bool:
+    return response.headers.get("content-type", "").lower().startswith("application/json")
+
+
 def _silent() -> httpx.ReadTimeout:
     return httpx.ReadTimeout("the upstream was silent for longer than the read timeout")
 
@@ -58,7 +62,7 @@ class Forwarding:
                 return
             if not response.is_success:
                 await self._pass_error(response)
-            elif self.call.stream:
+            elif self.call.stream and not _is_json(response):  # a whole answer to a streamed call: as one
                 await self._relay(response)
             else:
                 await self._whole(response)

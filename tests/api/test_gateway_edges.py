@@ -416,3 +416,19 @@ def test_an_anthropic_stream_that_fails_before_any_token_is_released(live, upstr
     assert received.startswith(MESSAGE_START) and b"event: error" in received
     assert charged(url, request_id) == 0
     assert wallet(url, cid) == (Decimal("10"), 0)
+
+
+def test_a_streamed_call_answered_with_a_whole_json_answer_is_charged_its_usage(live, upstream):
+    """An upstream may answer `stream: true` with a whole answer (JSON, not events): it is relayed
+    as it came, and charged the usage it carries, not released for want of events."""
+    url, _ = live
+    cid, key = customer(live)
+
+    async def whole(send: Any, receive: Any) -> None:
+        await start(send, b"application/json", len(WHOLE))
+        await body(send, WHOLE, more=False)
+
+    status, received, request_id = stream_call(url, key, {"model": model(upstream, whole), "messages": HI})
+    assert status == 200 and received.startswith(WHOLE.decode())
+    assert charged(url, request_id) == CHAT_CHARGE
+    assert wallet(url, cid) == (Decimal("10") - CHAT_CHARGE, 0)
