@@ -184,6 +184,10 @@ def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: Token
     model = body.get("model")
     if not isinstance(model, str) or not 0 < len(model) <= 200:
         raise CallError("model", "is required: a string of 1 to 200 characters")
+    if kind == RESPONSES and body.get("background") is True:
+        # generated upstream after the call returns (and after a caller who streams it leaves):
+        # its output would never be metered here, nor its result fetched through the gateway
+        raise CallError("background", "a background response cannot be metered by the gateway: call without it")
     stream = body.get("stream") is True and kind != EMBEDDINGS
     prompt_tokens, raw_tokens = count_prompt(kind, body, model, counter)
     cap, changed = _output_cap(kind, body, default_max_output)

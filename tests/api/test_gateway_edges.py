@@ -432,3 +432,26 @@ def test_a_streamed_call_answered_with_a_whole_json_answer_is_charged_its_usage(
     assert status == 200 and received.startswith(WHOLE.decode())
     assert charged(url, request_id) == CHAT_CHARGE
     assert wallet(url, cid) == (Decimal("10") - CHAT_CHARGE, 0)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_background_response_is_refused_before_any_hold_or_upstream_call(live, upstream, stream):
+    """A background response is generated upstream after the call returns (queued, its usage
+    null), and on after a caller who streams it leaves: the gateway could charge its prompt at
+    most, so it is refused, in OpenAI's shape, before anything is held or sent."""
+    url, _ = live
+    cid, key = customer(live)
+
+    async def queued(send: Any, receive: Any) -> None:
+        data = msgspec.json.encode({"id": "resp_bg", "object": "response", "status": "queued", "output": [],
+                                    "usage": None})
+        await start(send, b"application/json", len(data))
+        await body(send, data, more=False)
+
+    name = model(upstream, queued)
+    raw = httpx.post(f"{url}/openai/v1/responses", headers={"Authorization": f"Bearer {key}"}, timeout=30,
+                     json={"model": name, "input": "hi", "background": True, "store": True, "stream": stream})
+    assert raw.status_code == 400 and raw.json()["error"]["code"] == "validation_error"
+    assert "background" in raw.json()["error"]["message"]
+    assert all(call["model"] != name for call in upstream.fake.calls)
+    assert wallet(url, cid) == (Decimal("10"), 0)
