@@ -2,7 +2,7 @@
 A budget belongs to one customer; API key, model pattern and dimension values narrow it."""
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 from litestar import Request, Response, delete, get, patch, post
@@ -11,7 +11,7 @@ from litestar.params import FromPath, FromQuery
 
 from api.auth import ensure_customer, principal_of, require
 from api.errors import documented
-from api.routes.formats import Identifier
+from api.routes.formats import AMOUNT_TEXT, POSITIVE_AMOUNT, Identifier, documented_as
 from api.routes.schemas import json_body
 from api.routes.wire import Answer, amount_in, idempotency, respond, shaped, time_out
 from wallets.budgets import BudgetChange, BudgetSpec
@@ -21,8 +21,14 @@ from wallets.errors import NotFoundError, WalletValidationError
 Window = Literal["request", "minute", "day", "month", "lifetime"]
 Metric = Literal["money", "tokens", "input_tokens", "output_tokens", "requests"]
 Mode = Literal["hard", "soft"]
-Limit = Annotated[str | Annotated[int, msgspec.Meta(ge=1, le=10**18)], msgspec.Meta(
+MoneyLimit = Annotated[str, documented_as(POSITIVE_AMOUNT, "money: more than 0: " + AMOUNT_TEXT)]
+Limit = Annotated[MoneyLimit | Annotated[int, msgspec.Meta(ge=1, le=10**18)], msgspec.Meta(
     description='money: a decimal string ("10.00"); tokens and requests: an integer')]
+# the limit's type follows the metric: a decimal string for money, else an integer count
+LIMIT_BY_METRIC = {"oneOf": [
+    {"properties": {"metric": {"const": "money"}, "limit": {"type": "string"}}},
+    {"properties": {"metric": {"enum": [m for m in get_args(Metric) if m != "money"]}, "limit": {"type": "integer"}}},
+]}
 Thresholds = Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=1000)]], msgspec.Meta(max_length=20)]
 Short = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 READERS = ("inference", "auditor", "customer")  # a customer's data: its wallet, its budgets
@@ -72,7 +78,8 @@ class BudgetResponse(msgspec.Struct):
     created_at: str
 
 
-CreateBudgetBody = Annotated[dict[str, Any], json_body(CreateBudgetRequest)]
+CreateBudgetBody = Annotated[dict[str, Any], json_body(Annotated[CreateBudgetRequest, msgspec.Meta(
+    extra_json_schema=LIMIT_BY_METRIC)])]
 ChangeBudgetBody = Annotated[dict[str, Any], json_body(ChangeBudgetRequest)]
 
 

@@ -18,6 +18,7 @@ from ledger.journal import parse_snapshot
 
 VERSION = 1
 MAX_CURSOR = 200_000  # characters: a snapshot lists at most max_connections in-progress ids
+PATTERN = "^[A-Za-z0-9_-]+$"  # what encode makes (unpadded base64url), published in the document
 
 
 def _digest(listing: str, filters: Any) -> str:

@@ -33,8 +33,9 @@ CustomerParam = Annotated[str | None, QueryParameter(name="customer", max_length
 AccountParam = Annotated[str | None, QueryParameter(name="account", min_length=1, max_length=200)]
 KindParam = Annotated[str | None, QueryParameter(name="kind", min_length=1, max_length=64)]
 RequestIdParam = Annotated[str | None, QueryParameter(name="request_id", min_length=1, max_length=200)]
-Cursor = Annotated[str | None, QueryParameter(name="cursor", max_length=cursors.MAX_CURSOR,
-                                              description="`next_cursor` of the previous page")]
+Cursor = Annotated[str | None, QueryParameter(
+    name="cursor", max_length=cursors.MAX_CURSOR, description="`next_cursor` of the previous page",
+    schema_extra={"one_of": None, "type": "string", "min_length": 1, "pattern": cursors.PATTERN})]
 
 
 class PostingView(msgspec.Struct):

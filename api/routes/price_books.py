@@ -15,7 +15,7 @@ from litestar.params import FromPath
 
 from api.auth import require
 from api.errors import documented
-from api.routes.formats import IDENTIFIER, PRICE, DateTime
+from api.routes.formats import AMOUNT_TEXT, IDENTIFIER, POSITIVE_AMOUNT, PRICE, DateTime
 from api.routes.schemas import json_body
 from api.routes.wire import Answer, idempotency, integral, respond, shaped, time_in, time_out
 from ledger.db import lock_key
@@ -37,6 +37,8 @@ from wallets.price_import import import_genai_prices
 from wallets.service import run_once
 
 Price = Annotated[str, msgspec.Meta(pattern=PRICE, description="A decimal string (never a JSON number)")]
+# what pricing takes as a plausibility bound: a price, positive, with at most 9 decimals
+MaxCharge = Annotated[str, msgspec.Meta(pattern=POSITIVE_AMOUNT, description="More than 0: " + AMOUNT_TEXT)]
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 ContextWindow = Annotated[int, msgspec.Meta(ge=1, le=MAX_CONTEXT_WINDOW, description=(
     "The most input + output tokens one call can have; a settle beyond it is implausible_usage"))]
@@ -95,7 +97,7 @@ class PriceBookRequest(msgspec.Struct):
     rules: Annotated[list[Annotated[RuleRequest, msgspec.Meta(extra_json_schema=_PRICE_OR_TIERS)]],
                      msgspec.Meta(max_length=MAX_RULES)]
     version: Annotated[str, msgspec.Meta(max_length=100)] | None = None
-    max_charge_per_request: Price | None = None
+    max_charge_per_request: MaxCharge | None = None
     context_window: ContextWindow | None = None
     format: Literal[1, 2] | None = None
     unpriced: Literal["error", "zero"] | None = None

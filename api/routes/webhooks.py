@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from api.auth import require
 from api.errors import documented
 from api.routes.formats import DateTime
-from api.routes.schemas import json_body
+from api.routes.schemas import exactly_one, json_body
 from api.routes.wire import Answer, idempotency, respond, shaped, time_in, time_out
 from ledger.db import lock_key
 from wallets.core.idempotency import CREATED, OK
@@ -24,10 +24,18 @@ from wallets.errors import WalletValidationError
 from wallets.service import run_once
 from wallets.webhooks import endpoints, log
 from wallets.webhooks.endpoints import Changes, Endpoint
-from wallets.webhooks.rules import MAX_TOPICS, MAX_URL, check_destination, check_topics, check_url
+from wallets.webhooks.rules import (
+    MAX_TOPICS,
+    MAX_URL,
+    TOPIC_PATTERN,
+    URL_PATTERN,
+    check_destination,
+    check_topics,
+    check_url,
+)
 
-Url = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_URL)]
-Topic = Annotated[str, msgspec.Meta(max_length=100)]
+Url = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_URL, extra_json_schema={"pattern": URL_PATTERN})]
+Topic = Annotated[str, msgspec.Meta(max_length=100, extra_json_schema={"pattern": TOPIC_PATTERN})]
 Topics = Annotated[list[Topic], msgspec.Meta(min_length=1, max_length=MAX_TOPICS)]
 Description = Annotated[str, msgspec.Meta(max_length=1000)]
 InFlight = Annotated[int, msgspec.Meta(ge=1, le=64)]
@@ -61,6 +69,10 @@ class RedriveRequest(msgspec.Struct, forbid_unknown_fields=True):
     since: DateTime | None = None
     until: DateTime | None = None
     failed_only: bool = False
+
+
+RedriveBody = Annotated[dict[str, Any], json_body(Annotated[RedriveRequest, msgspec.Meta(
+    extra_json_schema=exactly_one(event_id="string", since="string"))])]
 
 
 class WebhookEndpointResponse(msgspec.Struct):
@@ -180,7 +192,7 @@ async def _once(state: State, request: Request, data: Any,
 @post("/v1/webhook-endpoints/{endpoint_id:str}/redrive", guards=[require()], status_code=202, tags=TAGS,
       **documented(404, body=True))
 async def redrive_webhooks(
-        state: State, endpoint_id: FromPath[str], data: Annotated[dict[str, Any], json_body(RedriveRequest)]
+        state: State, endpoint_id: FromPath[str], data: RedriveBody
 ) -> RedriveResponse:
     """Send again one event (`event_id`), or every event of the endpoint's topics written since
     `since` (and before `until`); `failed_only` skips those already delivered."""

@@ -181,3 +181,94 @@ async def test_a_usage_batch_over_its_documented_size_is_refused(client: AsyncTe
     event = {"event_id": "e", "customer_id": "c", "model": "m", "timestamp": "2026-01-01T00:00:00Z"}
     response = await client.post("/v1/usage-events", json=[event] * 1001)
     assert response.status_code == 422 and response.json()["code"] == "validation_error"
+
+
+# What schemathesis found (st run ... -c all: positive_data_acceptance): inputs the document took
+# and the server refused, for want of a published rule. Each rule is now in the document, and
+# the server takes exactly its language.
+
+def _body(document: dict, path: str, method: str = "post") -> dict:
+    return document["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]
+
+
+MONEY_LIMITS = ["10.00", "0.000000001", "1000000000", "0", "0.0", "", "-1", "01", "1e3", "1000000000.1", "1\n"]
+
+
+async def test_a_money_budget_limit_is_the_published_positive_amount(client: AsyncTestClient, document: dict, tag: str):
+    schema = _body(document, "/v1/budgets")
+    string = next(b for b in schema["properties"]["limit"]["anyOf"] if b.get("type") == "string")
+    assert string["pattern"] == POSITIVE_AMOUNT
+    # the limit's type follows the metric: a string for money, an integer for counts
+    by_metric = {branch["properties"]["limit"]["type"]: branch["properties"]["metric"] for branch in schema["oneOf"]}
+    assert by_metric["string"] == {"const": "money"} and "money" not in by_metric["integer"]["enum"]
+    cid = f"c-{tag}"
+    assert (await client.post("/v1/customers", json={"id": cid})).status_code == 201
+    for limit in MONEY_LIMITS:
+        response = await client.post("/v1/budgets", json={"customer_id": cid, "window": "day", "metric": "money",
+                                                          "limit": limit})
+        assert (response.status_code == 201) == matches(POSITIVE_AMOUNT, limit), (limit, response.text)
+    for metric, limit in (("tokens", "10"), ("money", 10)):
+        response = await client.post("/v1/budgets", json={"customer_id": cid, "window": "day", "metric": metric,
+                                                          "limit": limit})
+        assert response.status_code == 422 and response.json()["fields"][0]["field"] == "limit"
+
+
+async def test_a_price_books_max_charge_is_the_published_positive_amount(client: AsyncTestClient, document: dict,
+                                                                         tag: str):
+    schema = _body(document, "/v1/price-books")["properties"]["max_charge_per_request"]
+    assert schema["anyOf"][0]["pattern"] == POSITIVE_AMOUNT
+    for i, value in enumerate([*MONEY_LIMITS, "0.5000000001", "1.0000000000"]):
+        response = await client.post("/v1/price-books", json={**BOOK, "id": f"b-{tag}-{i}",
+                                                              "max_charge_per_request": value})
+        assert (response.status_code == 201) == matches(POSITIVE_AMOUNT, value), (value, response.text)
+        if response.status_code != 201:
+            assert response.json()["code"] == "validation_error"
+
+
+TOPICS = ["*", "balance.*", "invoice.finalized", "webhook_endpoint.disabled", "balance.low.x1", "", "balance",
+          "foo.bar", "Balance.low", "balance.low\n", "balance..low", "balance.*.low"]
+URLS = ["https://hooks.example.com/m", "HTTP://hooks.example.com:8080/a?b=1", "https://hooks.example.com/p@x",
+        "0", "ftp://hooks.example.com/", "https://u@hooks.example.com/", "https://hooks.example.com/#",
+        "https://hooks.example.com/#f", "\x01https://hooks.example.com/", "https://hooks.example.com/\x01",
+        "https://hooks.example.com/a b", "https://hooks.example.com/\u3000", "https://hooks.example.com\ufeff/"]
+
+
+async def test_webhook_topics_and_urls_are_the_published_patterns(client: AsyncTestClient, document: dict):
+    schema = _body(document, "/v1/webhook-endpoints")["properties"]
+    topic_pattern, url_pattern = schema["topics"]["items"]["pattern"], schema["url"]["pattern"]
+    for topic in TOPICS:
+        response = await client.post("/v1/webhook-endpoints", json={"url": URLS[0], "topics": [topic]})
+        assert (response.status_code == 201) == matches(topic_pattern, topic), (topic, response.text)
+    for url in URLS:  # each of these has a host and a valid port: only the pattern decides
+        response = await client.post("/v1/webhook-endpoints", json={"url": url, "topics": ["*"]})
+        assert (response.status_code == 201) == matches(url_pattern, url), (url, response.text)
+        if response.status_code != 201:
+            assert response.json()["fields"][0]["field"] == "url"
+
+
+async def test_a_redrive_names_exactly_one_of_event_id_and_since(client: AsyncTestClient, document: dict):
+    assert _body(document, "/v1/webhook-endpoints/{endpoint_id}/redrive")["oneOf"] == [
+        {"required": ["event_id"], "properties": {"event_id": {"type": "string"}}},
+        {"required": ["since"], "properties": {"since": {"type": "string"}}}]
+    for body in ({}, {"event_id": "e", "since": "2026-01-01T00:00:00Z"}, {"event_id": None, "since": None}):
+        response = await client.post("/v1/webhook-endpoints/we_missing/redrive", json=body)
+        assert response.status_code == 422 and response.json()["code"] == "validation_error", body
+    response = await client.post("/v1/webhook-endpoints/we_missing/redrive", json={"event_id": "e", "since": None})
+    assert response.status_code == 404
+
+
+async def test_a_cursor_is_published_as_what_the_server_makes(client: AsyncTestClient, document: dict, tag: str):
+    for path in ("/v1/journal", "/v1/accounts/{code}/statement"):
+        cursor = next(p for p in document["paths"][path]["get"]["parameters"] if p["name"] == "cursor")
+        assert cursor["schema"]["minLength"] == 1 and cursor["schema"]["pattern"] == "^[A-Za-z0-9_-]+$"
+    page = await client.get("/v1/journal", params={"limit": 1})
+    assert page.status_code == 200 and matches("^[A-Za-z0-9_-]+$", page.json()["next_cursor"])
+    for bad in ("", "!!", "AAAA"):
+        refused = await client.get("/v1/journal", params={"cursor": bad})
+        assert refused.status_code == 400 and refused.json()["code"] == "invalid_cursor", bad
+
+
+async def test_an_upper_case_url_scheme_is_refused_not_a_500(client: AsyncTestClient):
+    # the table's CHECK wants a lower-case scheme: urlsplit's lower-casing let HTTP:// reach it
+    response = await client.post("/v1/webhook-endpoints", json={"url": "HTTPS://hooks.example.com/", "topics": ["*"]})
+    assert response.status_code == 422 and response.json()["fields"][0]["field"] == "url"

@@ -16,9 +16,19 @@ from wallets.errors import WalletValidationError
 
 # Event families written to the outbox; a topic is one of their events, `family.*` or `*`.
 FAMILIES = ("balance", "wallet", "reservation", "grant", "invoice", "budget", "webhook_endpoint")
-_TOPIC = re.compile(r"^(\*|([a-z][a-z0-9_]*)\.(\*|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*))$")
+# the language check_topics takes, published as the OpenAPI pattern of a topic (no \d, no lookarounds)
+TOPIC_PATTERN = (r"^(?:\*|(?:" + "|".join(FAMILIES) + r")\.(?:\*|[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)*))$")
+_TOPIC = re.compile(TOPIC_PATTERN)
 MAX_TOPICS = 64
 MAX_URL = 2048
+# Characters no URL here has: controls (C0, C1, DEL) and whitespace, spelled out rather than \s
+# (which means other sets in Python and in ECMA-262)
+_NOT_IN_URL = r"\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+# http(s):// (lower case, as the table's CHECK wants), an authority without credentials, then a
+# path or query, no fragment: published as the OpenAPI pattern of an endpoint's URL; check_url
+# also wants a host and a valid port
+URL_PATTERN = rf"^https?://[^{_NOT_IN_URL}/?#@]+(?:[/?][^{_NOT_IN_URL}#]*)?$"
+_URL = re.compile(URL_PATTERN)
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32  # Standard Webhooks: 24 to 64 bytes
 DISABLED_TOPIC = "webhook_endpoint.disabled"
@@ -31,22 +41,22 @@ def check_topics(topics: list[str], field: str = "topics") -> list[str]:
     if len(topics) > MAX_TOPICS:
         raise WalletValidationError(field, f"at most {MAX_TOPICS} topics")
     for i, topic in enumerate(topics):
-        match = _TOPIC.match(topic)
-        if match is None or (match.group(2) is not None and match.group(2) not in FAMILIES):
+        if not isinstance(topic, str) or _TOPIC.fullmatch(topic) is None:  # fullmatch: no trailing newline
             raise WalletValidationError(f"{field}[{i}]", "a topic is \"*\", \"<family>.*\" or \"<family>.<event>\""
                                         f" (such as balance.low), with a family among {', '.join(FAMILIES)}")
     return list(dict.fromkeys(topics))
 
 
 def check_url(url: str, field: str = "url") -> str:
-    """An absolute http(s) URL with a host, no credentials and no fragment."""
+    """An absolute http:// or https:// URL (lower case) with a host, no credentials, no fragment,
+    no control character and no whitespace."""
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 -- raises ValueError for a port out of range
     except ValueError:
         parts = None
-    if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname or len(url) > MAX_URL
-            or parts.username is not None or parts.fragment or any(c.isspace() for c in url)):
+    if (parts is None or _URL.fullmatch(url) is None or parts.scheme not in ("http", "https")
+            or not parts.hostname or len(url) > MAX_URL or parts.username is not None or parts.fragment):
         raise WalletValidationError(field, f"an absolute http:// or https:// URL with a host, without "
                                            f"credentials or fragment, at most {MAX_URL} characters")
     return url
