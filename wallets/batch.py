@@ -64,6 +64,7 @@ class Batch:
     opened: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # new reservation -> customer, entry key
     changed: set[tuple[str, str]] = field(default_factory=set)  # (customer, reservation) to update
     flagged: set[str] = field(default_factory=set)  # customers whose alert flags changed
+    periods: dict[str, tuple[datetime, datetime]] = field(default_factory=dict)  # advanced: start, next close
     budget_deltas: dict[tuple[str, datetime], list[int]] = field(default_factory=dict)  # window -> [used, held]
     budget_changed: set[tuple[str, str, str]] = field(default_factory=set)  # (customer, reservation, budget)
     # customer -> period -> rollup item -> (quantity, amount): loaded (closes), then followed
@@ -188,8 +189,7 @@ class Batch:
 
     def _period_advanced(self, effect: PeriodAdvanced, key: str | None) -> None:
         self.loaded.wallets[effect.customer_id].customer.open_period_start = effect.open_period_start
-        self.add("customer_periods", {"id": effect.customer_id, "open_period_start": effect.open_period_start,
-                                      "next_close_at": effect.next_close_at})
+        self.periods[effect.customer_id] = (effect.open_period_start, effect.next_close_at)
 
     def _payment_recorded(self, effect: PaymentRecorded, key: str | None) -> None:
         invoice = self.invoices[effect.invoice_id]
@@ -321,8 +321,9 @@ class Batch:
             self.add("reservations", store.reservation_row(r, ids.get(entry_key or "")))
             self.rows.setdefault("holds", []).extend(store.hold_rows(r))
         self._budget_rows()
-        for cid in sorted(self.flagged):
-            self.add("customers", store.customer_update(self.loaded.wallets[cid]))
+        for cid in sorted(self.flagged | self.periods.keys()):  # one row each: see store's "customers"
+            self.add("customers", store.customer_update(self.loaded.wallets[cid], cid in self.flagged,
+                                                        self.periods.get(cid)))
         self._delta_rows()
 
     def _delta_rows(self) -> None:

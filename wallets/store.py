@@ -382,15 +382,16 @@ _WRITES: dict[str, str] = {
                       rerate_id text, customer_id text, period text, old_amount numeric, new_amount numeric,
                       old_lines jsonb, new_lines jsonb, entry_id bigint, credit_note_id text,
                       created_at timestamptz)""",
-    "customer_periods": """UPDATE customers SET open_period_start = r.open_period_start,
-                      next_close_at = r.next_close_at
-                 FROM jsonb_to_recordset({p}::jsonb) AS r(id text, open_period_start timestamptz,
-                      next_close_at timestamptz)
-                WHERE customers.lane = {lane} AND customers.id = r.id""",
-    "customers": """UPDATE customers SET low_balance_alerted = r.low_balance_alerted,
-                      blocked = r.blocked
+    # One row per customer: two UPDATEs of one row in one statement keep only one of them (a
+    # close that also flagged a low balance lost its period's advance, and closed it again).
+    "customers": """UPDATE customers
+                  SET low_balance_alerted = coalesce(r.low_balance_alerted, customers.low_balance_alerted),
+                      blocked = coalesce(r.blocked, customers.blocked),
+                      open_period_start = CASE WHEN r.advanced THEN r.open_period_start
+                                               ELSE customers.open_period_start END,
+                      next_close_at = CASE WHEN r.advanced THEN r.next_close_at ELSE customers.next_close_at END
                  FROM jsonb_to_recordset({p}::jsonb) AS r(id text, low_balance_alerted boolean,
-                      blocked boolean)
+                      blocked boolean, advanced boolean, open_period_start timestamptz, next_close_at timestamptz)
                 WHERE customers.lane = {lane} AND customers.id = r.id""",
 }
 
@@ -617,9 +618,13 @@ def hold_rows(r: Reservation) -> list[dict[str, Any]]:
             for h in r.holds]
 
 
-def customer_update(w: Wallet) -> dict[str, Any]:
-    return {"id": w.customer.id, "low_balance_alerted": w.customer.low_balance_alerted,
-            "blocked": w.customer.blocked}
+def customer_update(w: Wallet, flagged: bool, period: tuple[datetime, datetime] | None) -> dict[str, Any]:
+    """A customer's one update row: its alert flags (when `flagged`; None keeps them) and its
+    open period's start and next close (when advanced)."""
+    c = w.customer
+    return {"id": c.id, "low_balance_alerted": c.low_balance_alerted if flagged else None,
+            "blocked": c.blocked if flagged else None, "advanced": period is not None,
+            "open_period_start": period[0] if period else None, "next_close_at": period[1] if period else None}
 
 
 __all__ = ["Loaded", "StoredResponse", "chart", "fold_usage", "load", "open_accounts", "write"]

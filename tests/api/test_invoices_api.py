@@ -107,3 +107,31 @@ async def _topics(conn, customer_id: str) -> list[str]:
     rows = await conn.execute(text("SELECT topic FROM outbox WHERE customer_id = :c AND topic LIKE 'invoice.%' "
                                    "ORDER BY id"), {"c": customer_id})
     return [r.topic for r in rows]
+
+
+async def test_a_close_that_also_flags_a_low_balance_advances_the_period(client, scratch_url) -> None:
+    """The close's period advance and the low-balance flag it raises update one customers row:
+    written as two UPDATEs in one statement, one was lost, the period stayed open, and the next
+    close of it broke the invoices' unique (customer, period) with a 500 (found by schemathesis)."""
+    created = await client.post("/v1/customers", headers=ADMIN, json={
+        "id": "low-close", "price_book": "seed", "billing_anchor_day": 12, "low_balance_threshold": "1.00"})
+    assert created.status_code == 201, created.text
+    first = period_of(datetime.now(UTC), Cycle("UTC", 12))
+    third = period_of(first.end + timedelta(days=40), Cycle("UTC", 12))
+    closed = await client.post("/v1/billing/close", headers=ADMIN, json={
+        "until": (third.end + timedelta(hours=2)).isoformat(), "customer_id": "low-close"})
+    assert closed.status_code == 200, closed.text
+    labels = [c["period"] for c in closed.json()["closed"]]
+    assert len(labels) == 3 and len(set(labels)) == 3
+    customer = (await client.get("/v1/customers/low-close", headers=ADMIN)).json()
+    assert customer["current_period_start"] == third.end.isoformat().replace("+00:00", "Z")
+    db = connect(scratch_url, pool_size=1)
+    try:
+        flagged = await db.read(lambda conn: conn.execute(text(
+            "SELECT low_balance_alerted FROM customers WHERE id = 'low-close'")))
+        assert flagged.scalar_one() is True  # both updates landed
+    finally:
+        await db.dispose()
+    again = await client.post("/v1/billing/close", headers=ADMIN, json={
+        "until": (third.end + timedelta(hours=2)).isoformat(), "customer_id": "low-close"})
+    assert again.status_code == 200 and again.json()["closed"] == []
