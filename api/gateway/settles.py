@@ -38,6 +38,7 @@ log = logging.getLogger("tokentill.gateway")
 SCOPE = "gateway"  # the idempotency scope of the gateway's settles
 RETRY = RetryPolicy(backoff_s=0.2, max_backoff_s=10.0)
 DRAIN_S = 5.0  # how long a stopping gateway waits for its queued settles
+SETTLE_WAIT_S = 10.0  # the longest an answer waits for its settle's charge (settle mode "wait")
 
 
 class RoundsSpool(Spool):
@@ -93,6 +94,7 @@ class GatewaySettles:
     def __init__(self, spool: Spool, wallets: Any) -> None:
         self.spool, self.wallets = spool, wallets
         self.settler: BackgroundSettler | None = None
+        self._late: set[asyncio.Future[int | None]] = set()  # posts an answer stopped waiting for
 
     async def start(self) -> None:
         self.settler = BackgroundSettler(self.spool, self._send, RETRY)
@@ -116,9 +118,19 @@ class GatewaySettles:
     async def settle_waiting(self, record: SpoolRecord) -> int | None:
         """Spool a settle (fsynced), then settle it through the engine at once and return its
         charge, for an answer that carries it. Not taken now (the database down): the queue sends
-        it again in the background and this returns None; refused for good: set aside, None."""
+        it again in the background and this returns None; refused for good: set aside, None. Not
+        answered within SETTLE_WAIT_S (the ledger slow, or hung): None, and the post goes on."""
         assert self.settler is not None, "the gateway was not started"
         await self.settler.put(record, send=False)  # written with the others of the moment: one fsync
+        posting = asyncio.ensure_future(self._post(record))
+        try:
+            return await asyncio.wait_for(asyncio.shield(posting), SETTLE_WAIT_S)
+        except TimeoutError:
+            self._late.add(posting)
+            posting.add_done_callback(self._late.discard)
+            return None
+
+    async def _post(self, record: SpoolRecord) -> int | None:
         answer = await self._settle(item_of(record))
         status, key = answer["status"], record.idempotency_key
         if status == 200:

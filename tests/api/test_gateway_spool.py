@@ -18,6 +18,7 @@ from api.app import create_app
 from api.bench import fake_upstream as fk
 from api.bench.common import free_port
 from api.demo import _Server
+from api.gateway import settles
 from api.gateway.config import GatewaySettings
 from api.gateway.settles import settle_key, spool_for
 from api.settings import Settings
@@ -142,3 +143,27 @@ def test_a_settle_the_ledger_cannot_take_now_stays_spooled_and_is_sent_again(dat
         assert refusals["left"] == 0  # refused twice, then taken
         assert wallet(gw.url, cid) == (Decimal("10") - CHAT_CHARGE, 0)
     assert spool_for(database_url, spool_dir).records() == []
+
+
+def test_an_answer_waits_for_its_charge_at_most_settle_wait_s_and_the_settle_still_lands(
+        database_url, fake, spool_dir, book, monkeypatch):
+    monkeypatch.setattr(settles, "SETTLE_WAIT_S", 0.3, raising=False)
+
+    def slow(services: Any) -> None:
+        submit = services.wallets.submit
+
+        async def slow_settles(command: Any) -> Any:
+            if type(command).__name__ == "Settle":
+                await asyncio.sleep(2)
+            return await submit(command)
+
+        services.wallets.submit = slow_settles
+
+    with Gateway(database_url, fake, spool_dir, slow, settle="wait") as gw:
+        cid, key = customer(gw.url, book)
+        started = time.monotonic()
+        raw = oai(gw.url, key).chat.completions.with_raw_response.create(model="gpt-test", messages=HI)
+        assert time.monotonic() - started < 1.5  # not the ledger's 2 s
+        assert "x-tokentill-charged" not in raw.headers and Decimal(raw.headers["x-tokentill-reserved"]) == HOLD
+        assert charged(gw.url, raw.headers["x-tokentill-request-id"]) == CHAT_CHARGE  # posted all the same, once
+        assert wallet(gw.url, cid) == (Decimal("10") - CHAT_CHARGE, 0)
