@@ -42,8 +42,11 @@ def _gateway(args: argparse.Namespace, settings: Settings) -> int:
     """`serve`, with the gateway's upstreams from the command line (their keys stay in the environment)."""
     from dataclasses import replace
 
-    given = {name: url.rstrip("/") for name, url in (("openai_url", args.upstream_openai),
-                                                      ("anthropic_url", args.upstream_anthropic)) if url}
+    from api.gateway.config import upstream_url
+
+    given = {name: upstream_url({flag: url}, flag, default) for name, flag, url, default in (
+        ("openai_url", "--upstream-openai", args.upstream_openai, settings.gateway.openai_url),
+        ("anthropic_url", "--upstream-anthropic", args.upstream_anthropic, settings.gateway.anthropic_url)) if url}
     if args.max_output_tokens is not None and args.max_output_tokens < 1:
         raise SystemExit("--max-output-tokens must be at least 1")
     changes = {**given, **({"default_max_output_tokens": args.max_output_tokens} if args.max_output_tokens else {}),
@@ -94,6 +97,13 @@ def _audit_tool(args: argparse.Namespace, settings: Settings) -> int:
     from api import audit_cli
 
     return getattr(audit_cli, args.audit)(args, settings)
+
+
+def port(text: str) -> int:
+    """A TCP port (argparse type): 0 (any free one) to 65535."""
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"not a port: {text!r} (0 to 65535)")
+    return int(text)
 
 
 def instant(text: str) -> datetime:
@@ -273,7 +283,7 @@ def parser() -> argparse.ArgumentParser:
                              "(their keys: $TOKENTILL_UPSTREAM_OPENAI_KEY, $TOKENTILL_UPSTREAM_ANTHROPIC_KEY)")
     for command in (serve, gateway):
         command.add_argument("--host", default="127.0.0.1")
-        command.add_argument("--port", type=int, default=8000)
+        command.add_argument("--port", type=port, default=8000)
         command.add_argument("--access-log", action="store_true", help="log every request")
         command.add_argument("--workers", type=int, metavar="N", help="server processes on the port, under one "
                              "supervisor (default: $TOKENTILL_WORKERS, else 1)")

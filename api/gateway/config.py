@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 OPENAI_URL = "https://api.openai.com/v1"  # what the openai SDK takes as base_url
 ANTHROPIC_URL = "https://api.anthropic.com"  # what the anthropic SDK takes as base_url
@@ -45,9 +46,9 @@ class GatewaySettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> GatewaySettings:
         return cls(
-            openai_url=(env.get("TOKENTILL_UPSTREAM_OPENAI") or OPENAI_URL).rstrip("/"),
+            openai_url=upstream_url(env, "TOKENTILL_UPSTREAM_OPENAI", OPENAI_URL),
             openai_key=env.get("TOKENTILL_UPSTREAM_OPENAI_KEY") or None,
-            anthropic_url=(env.get("TOKENTILL_UPSTREAM_ANTHROPIC") or ANTHROPIC_URL).rstrip("/"),
+            anthropic_url=upstream_url(env, "TOKENTILL_UPSTREAM_ANTHROPIC", ANTHROPIC_URL),
             anthropic_key=env.get("TOKENTILL_UPSTREAM_ANTHROPIC_KEY") or None,
             default_max_output_tokens=_positive(env, "TOKENTILL_GATEWAY_MAX_OUTPUT_TOKENS", 4096),
             hold_seconds=_positive(env, "TOKENTILL_GATEWAY_HOLD_SECONDS", 600),
@@ -56,6 +57,21 @@ class GatewaySettings:
             spool_dir=env.get("TOKENTILL_SPOOL_DIR") or None,
             settle=settle_mode(env.get("TOKENTILL_GATEWAY_SETTLE") or "wait", "TOKENTILL_GATEWAY_SETTLE"),
         )
+
+
+def upstream_url(env: Mapping[str, str], name: str, default: str) -> str:
+    """An upstream's base URL: http or https, with a host, no query or fragment (the gateway adds
+    the provider's paths to it), without its trailing slash; anything else stops the start."""
+    raw = env.get(name) or default
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 - raises on a port that is not a number from 0 to 65535
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.query \
+            or parts.fragment or "@" in parts.netloc:
+        raise SystemExit(f"{name} must be an http(s) URL with a host and no query, e.g. {default}, not {raw!r}")
+    return raw.rstrip("/")
 
 
 def _readable_file(env: Mapping[str, str], name: str) -> str | None:

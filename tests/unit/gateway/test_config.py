@@ -14,3 +14,23 @@ def test_the_upstream_ca_setting_is_read_and_checked(tmp_path):
     with pytest.raises(SystemExit, match="TOKENTILL_GATEWAY_UPSTREAM_CA"):
         GatewaySettings.from_env({"TOKENTILL_GATEWAY_UPSTREAM_CA": str(tmp_path / "missing.pem")})
 
+
+
+def test_upstream_urls_are_http_or_https_with_a_host_and_lose_their_trailing_slash():
+    s = GatewaySettings.from_env({"TOKENTILL_UPSTREAM_OPENAI": "http://127.0.0.1:8081/v1/",
+                                  "TOKENTILL_UPSTREAM_ANTHROPIC": "https://gw.example.com"})
+    assert (s.openai_url, s.anthropic_url) == ("http://127.0.0.1:8081/v1", "https://gw.example.com")
+    assert GatewaySettings.from_env({}).openai_url == "https://api.openai.com/v1"
+    for bad in ("notaurl", "ftp://x/v1", "http:///v1", "http://host:99999", "https://h/v1?x=1", "https://h/v1#f",
+                "https://user:secret@h/v1"):
+        with pytest.raises(SystemExit, match="TOKENTILL_UPSTREAM_OPENAI must be an http"):
+            GatewaySettings.from_env({"TOKENTILL_UPSTREAM_OPENAI": bad})
+
+
+def test_the_cli_refuses_a_port_out_of_range_as_a_usage_error(capsys):
+    from api.cli import parser
+    assert parser().parse_args(["serve", "--port", "0"]).port == 0
+    for bad in ("99999", "-1", "http"):
+        with pytest.raises(SystemExit) as raised:
+            parser().parse_args(["serve", "--port", bad])
+        assert raised.value.code == 2 and "argument --port: not a port" in capsys.readouterr().err
