@@ -74,16 +74,10 @@ class FakeUpstream:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
             return
         self.loop = asyncio.get_running_loop()
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        body = msgspec.json.decode(b"".join(chunks) or b"{}")
+        body = msgspec.json.decode(await request_body(receive) or b"{}")
         log = Logged(scope["path"], {k.decode(): v.decode() for k, v in scope["headers"]}, body,
                      scope.get("query_string", b"").decode(),
                      tuple(scope["client"]) if scope.get("client") else None, scope.get("http_version", "1.1"))
@@ -124,7 +118,18 @@ class FakeUpstream:
             pass
 
 
-async def _lifespan(receive: Any, send: Any) -> None:
+async def request_body(receive: Any) -> bytes:
+    """An ASGI request's whole body."""
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def lifespan(receive: Any, send: Any) -> None:
+    """Answer an ASGI server's lifespan messages until it shuts down."""
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":

@@ -19,6 +19,7 @@ import msgspec
 import pytest
 import uvicorn
 
+from api.bench import fake_upstream as fk
 from api.bench.common import free_port
 from api.gateway.streams import StreamTally
 from tests.api.test_gateway import (
@@ -50,17 +51,9 @@ class Scripted:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while (message := await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await fk.lifespan(receive, send)
             return
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        body = json.loads(b"".join(chunks))
+        body = json.loads(await fk.request_body(receive))
         self.calls.append(body)
         await self.scripts[body["model"]](send, receive)
 
