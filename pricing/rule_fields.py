@@ -80,7 +80,7 @@ def format_hours(hours: tuple[int, int]) -> dict[str, str]:
     return {k: f"{m // 60:02d}:{m % 60:02d}" for k, m in zip(("from", "to"), hours, strict=True)}
 
 
-_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")  # [0-9]: \d is any Unicode digit in Python
 FORMAT_2_RULE_FIELDS = ("prompt_tiers", "hours", "label", "source_date")
 MAX_LABEL = 60
 

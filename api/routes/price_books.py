@@ -30,6 +30,7 @@ from pricing.books import (
 )
 from pricing.errors import PriceBookValidationError
 from pricing.parse import parse_version
+from pricing.units import FORMAT_1_TYPES
 from wallets import books
 from wallets.core.idempotency import CREATED, EXISTS
 from wallets.errors import NotFoundError, WalletValidationError
@@ -83,7 +84,7 @@ class RuleRequest(msgspec.Struct, forbid_unknown_fields=True):
         "Format 2: every unit of a call at `price` once its prompt passes `above` tokens"))] | None = None
     hours: Annotated[Hours, msgspec.Meta(description="Format 2: a daily UTC window, `to` excluded")] | None = None  # type: ignore[valid-type]
     label: Annotated[str, msgspec.Meta(min_length=1, max_length=60)] | None = None
-    source_date: Annotated[str, msgspec.Meta(pattern=r"^\d{4}-\d{2}-\d{2}$")] | None = None
+    source_date: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")] | None = None
 
 
 class PriceBookRequest(msgspec.Struct):
@@ -103,7 +104,17 @@ class PriceBookRequest(msgspec.Struct):
     unpriced: Literal["error", "zero"] | None = None
 
 
-PriceBookBody = Annotated[dict[str, Any], json_body(PriceBookRequest)]
+# pricing.rule_fields.format_errors: without "format": 2, no unpriced policy but "error", and no
+# rule with a format 2 token type or field
+_FORMAT_1_RULE = {"properties": {
+    "token_type": {"enum": list(FORMAT_1_TYPES)}, "prompt_tiers": {"anyOf": [{"type": "null"}, {"maxItems": 0}]},
+    "hours": {"type": "null"}, "label": {"type": "null"}, "source_date": {"type": "null"}}}
+_FORMAT_2_OR_NOT_USED = {"anyOf": [
+    {"required": ["format"], "properties": {"format": {"const": 2}}},
+    {"properties": {"unpriced": {"enum": [None, "error"]}, "rules": {"items": _FORMAT_1_RULE}}},
+]}
+PriceBookBody = Annotated[dict[str, Any], json_body(Annotated[PriceBookRequest, msgspec.Meta(
+    extra_json_schema=_FORMAT_2_OR_NOT_USED)])]
 
 
 class PriceVersionResponse(msgspec.Struct, omit_defaults=True):

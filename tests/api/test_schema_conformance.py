@@ -13,6 +13,7 @@ from api.routes.formats import AMOUNT, DATE_TIME, POSITIVE_AMOUNT, PRICE, matche
 from api.routes.wire import amount_in, time_in
 from api.settings import Settings
 from pricing.books import TOKEN_TYPES
+from pricing.units import FORMAT_1_TYPES
 from wallets.errors import WalletValidationError
 
 ADMIN = {"Authorization": "Bearer test-admin"}
@@ -230,7 +231,10 @@ TOPICS = ["*", "balance.*", "invoice.finalized", "webhook_endpoint.disabled", "b
 URLS = ["https://hooks.example.com/m", "HTTP://hooks.example.com:8080/a?b=1", "https://hooks.example.com/p@x",
         "0", "ftp://hooks.example.com/", "https://u@hooks.example.com/", "https://hooks.example.com/#",
         "https://hooks.example.com/#f", "\x01https://hooks.example.com/", "https://hooks.example.com/\x01",
-        "https://hooks.example.com/a b", "https://hooks.example.com/\u3000", "https://hooks.example.com\ufeff/"]
+        "https://hooks.example.com/a b", "https://hooks.example.com/\u3000", "https://hooks.example.com\ufeff/",
+        "https://hooks.example.com:65535/", "https://hooks.example.com:065535/", "https://hooks.example.com:/",
+        "https://hooks.example.com:65536/", "https://hooks.example.com:x/", "https://:443/", "https://a:b:443/",
+        "https://[2001:db8::1/"]
 
 
 async def test_webhook_topics_and_urls_are_the_published_patterns(client: AsyncTestClient, document: dict):
@@ -239,11 +243,16 @@ async def test_webhook_topics_and_urls_are_the_published_patterns(client: AsyncT
     for topic in TOPICS:
         response = await client.post("/v1/webhook-endpoints", json={"url": URLS[0], "topics": [topic]})
         assert (response.status_code == 201) == matches(topic_pattern, topic), (topic, response.text)
-    for url in URLS:  # each of these has a host and a valid port: only the pattern decides
+    for url in URLS:  # the pattern decides each of these
         response = await client.post("/v1/webhook-endpoints", json={"url": url, "topics": ["*"]})
         assert (response.status_code == 201) == matches(url_pattern, url), (url, response.text)
         if response.status_code != 201:
             assert response.json()["fields"][0]["field"] == "url"
+    # in the pattern, but a name no resolver takes (a label over 63 characters): refused at once,
+    # where it was taken and its deliveries failed out of the record, for ever
+    response = await client.post("/v1/webhook-endpoints", json={"url": f"https://{'a' * 64}.example.com/",
+                                                                "topics": ["*"]})
+    assert response.status_code == 422 and response.json()["fields"][0]["field"] == "url"
 
 
 async def test_a_redrive_names_exactly_one_of_event_id_and_since(client: AsyncTestClient, document: dict):
@@ -272,3 +281,26 @@ async def test_an_upper_case_url_scheme_is_refused_not_a_500(client: AsyncTestCl
     # the table's CHECK wants a lower-case scheme: urlsplit's lower-casing let HTTP:// reach it
     response = await client.post("/v1/webhook-endpoints", json={"url": "HTTPS://hooks.example.com/", "topics": ["*"]})
     assert response.status_code == 422 and response.json()["fields"][0]["field"] == "url"
+
+
+@pytest.mark.parametrize(("change", "taken"), [
+    ({"unpriced": "zero"}, False), ({"format": 1, "unpriced": "zero"}, False), ({"unpriced": "error"}, True),
+    ({"format": 2, "unpriced": "zero"}, True),
+    ({"rules": [{"id": "s", "token_type": "audio_seconds", "price": "1"}]}, False),
+    ({"format": 2, "rules": [{"id": "s", "token_type": "audio_seconds", "price": "1"}]}, True),
+    ({"rules": [{"id": "in", "token_type": "input", "price": "1", "label": "peak"}]}, False),
+    ({"rules": [{"id": "in", "token_type": "input", "price": "1", "prompt_tiers": []}]}, True),
+    ({"format": 2, "rules": [{"id": "in", "token_type": "input", "price": "1", "source_date": "2026-01-01"}]}, True),
+    ({"format": 2, "rules": [{"id": "in", "token_type": "input", "price": "1",
+                              "source_date": "\u0662\u0660\u0662\u0666-\u0660\u0661-\u0660\u0661"}]}, False),
+])
+async def test_format_2_fields_need_format_2_as_the_document_says(
+        client: AsyncTestClient, document: dict, tag: str, change: dict, taken: bool):
+    rule = _body(document, "/v1/price-books")["anyOf"]
+    assert rule[0] == {"required": ["format"], "properties": {"format": {"const": 2}}}
+    assert rule[1]["properties"]["unpriced"] == {"enum": [None, "error"]}
+    assert set(rule[1]["properties"]["rules"]["items"]["properties"]["token_type"]["enum"]) == set(FORMAT_1_TYPES)
+    response = await client.post("/v1/price-books", json={**BOOK, "id": f"b-{tag}", **change})
+    assert (response.status_code == 201) == taken, response.text
+    if not taken:
+        assert response.json()["code"] == "validation_error"

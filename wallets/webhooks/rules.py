@@ -24,10 +24,12 @@ MAX_URL = 2048
 # Characters no URL here has: controls (C0, C1, DEL) and whitespace, spelled out rather than \s
 # (which means other sets in Python and in ECMA-262)
 _NOT_IN_URL = r"\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
-# http(s):// (lower case, as the table's CHECK wants), an authority without credentials, then a
-# path or query, no fragment: published as the OpenAPI pattern of an endpoint's URL; check_url
-# also wants a host and a valid port
-URL_PATTERN = rf"^https?://[^{_NOT_IN_URL}/?#@]+(?:[/?][^{_NOT_IN_URL}#]*)?$"
+# http(s):// (lower case, as the table's CHECK wants), a host (a name or a bracketed IPv6 address)
+# without credentials, a port up to 65535, then a path or query, no fragment: published as the
+# OpenAPI pattern of an endpoint's URL; check_url also wants a host IDNA can encode
+_HOST = rf"(?:[^{_NOT_IN_URL}/?#@:\[\]]+|\[[0-9A-Fa-f:.]+\])"
+_PORT = r"(?::0*(?:[0-9]{0,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?"
+URL_PATTERN = rf"^https?://{_HOST}{_PORT}(?:[/?][^{_NOT_IN_URL}#]*)?$"
 _URL = re.compile(URL_PATTERN)
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32  # Standard Webhooks: 24 to 64 bytes
@@ -53,6 +55,7 @@ def check_url(url: str, field: str = "url") -> str:
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 -- raises ValueError for a port out of range
+        (parts.hostname or "").encode("idna")  # UnicodeError (a ValueError): a name no resolver takes
     except ValueError:
         parts = None
     if (parts is None or _URL.fullmatch(url) is None or parts.scheme not in ("http", "https")

@@ -51,3 +51,11 @@ async def test_through_httpx_a_refusal_is_a_connect_error_naming_why():
 async def test_an_unresolvable_host_fails_as_a_connect_error():
     with pytest.raises(httpcore.ConnectError, match="cannot resolve"):
         await GuardedBackend(AddressPolicy()).connect_tcp("no-such-host.invalid", 80, timeout=2)
+
+
+@pytest.mark.parametrize("host", ["a" * 64 + ".example.com", "a..example.com"])
+async def test_a_host_idna_cannot_encode_fails_as_a_connect_error(host):
+    # was a UnicodeError out of the delivery task: the attempt was never recorded, and its lease
+    # ran out and sent it again, for ever (found by schemathesis through a created endpoint)
+    with pytest.raises(httpcore.ConnectError, match="cannot resolve"):
+        await GuardedBackend(AddressPolicy()).connect_tcp(host, 80, timeout=2)
