@@ -34,6 +34,7 @@ from prometheus_client import Counter, Histogram
 from standardwebhooks import Webhook
 
 from ledger.db import Database
+from wallets.errors import WalletValidationError
 from wallets.webhooks import deliveries
 from wallets.webhooks.deliveries import Claimed, Outcome
 from wallets.webhooks.rules import AddressPolicy, RetryPolicy
@@ -73,6 +74,16 @@ def signed_headers(claimed: Claimed, body: bytes, at: datetime) -> dict[str, str
     signature = " ".join(Webhook(secret).sign(claimed.event_id, at, text) for secret in claimed.secrets)
     return {"webhook-id": claimed.event_id, "webhook-timestamp": str(int(at.timestamp())),
             "webhook-signature": signature, "content-type": "application/json", "user-agent": USER_AGENT}
+
+
+def sendable(url: str, field: str = "url") -> str:
+    """`url`, if the dispatcher's client can send to it: httpx parses a host with IDNA 2008,
+    stricter than the codec check_url uses (`a§b.example.com` passes that one, not this)."""
+    try:
+        httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise WalletValidationError(field, f"not a URL the webhook client can send to: {exc}") from None
+    return url
 
 
 class GuardedBackend(httpcore.AsyncNetworkBackend):
@@ -231,7 +242,7 @@ class Dispatcher:
                 code, error = None, f"invalid HTTP status {code}"
         except httpx.TimeoutException:
             error = f"no answer within {self.settings.timeout_s:g} s"
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL: not an HTTPError, and was never recorded
             error = f"{type(exc).__name__}: {exc}"[:500] or type(exc).__name__
         latency = round((time.perf_counter() - started) * 1000)
         return Outcome(at, latency, code, error)

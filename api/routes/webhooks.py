@@ -18,6 +18,7 @@ from api.errors import documented
 from api.routes.formats import DateTime
 from api.routes.schemas import exactly_one, json_body
 from api.routes.wire import Answer, idempotency, respond, shaped, time_in, time_out
+from api.webhooks import sendable
 from ledger.db import lock_key
 from wallets.core.idempotency import CREATED, OK
 from wallets.errors import WalletValidationError
@@ -120,7 +121,7 @@ async def create_webhook_endpoint(
     """Subscribe a URL to topics (`*`, `balance.*`, `invoice.finalized`, …); the signing secret
     is returned here and never again (but to a replay of the same Idempotency-Key)."""
     body = shaped(data, CreateWebhookEndpointRequest)
-    url = check_destination(check_url(body.url), state.services.settings.webhook_addresses)
+    url = check_destination(sendable(check_url(body.url)), state.services.settings.webhook_addresses)
     topics = check_topics(body.topics)
 
     async def work(conn: AsyncConnection) -> CreatedWebhookEndpointResponse:
@@ -147,7 +148,7 @@ async def update_webhook_endpoint(
     (nothing is queued for it meanwhile), `true` enables it again."""
     body = shaped(data, UpdateWebhookEndpointRequest)
     addresses = state.services.settings.webhook_addresses
-    changes = Changes(None if body.url is None else check_destination(check_url(body.url), addresses),
+    changes = Changes(None if body.url is None else check_destination(sendable(check_url(body.url)), addresses),
                       None if body.topics is None else check_topics(body.topics),
                       body.description, body.max_in_flight, body.enabled)
     return _response(await state.services.db.committed(lambda c: endpoints.update(c, endpoint_id, changes)))

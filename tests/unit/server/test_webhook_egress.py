@@ -3,13 +3,15 @@ the host itself, so a name that resolves to an internal address is refused at co
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import httpcore
 import httpx
 import pytest
 
-from api.webhooks import GuardedBackend, GuardedTransport
-from wallets.webhooks.rules import AddressPolicy, parse_networks
+from api.webhooks import Dispatcher, DispatchSettings, GuardedBackend, GuardedTransport
+from wallets.webhooks.deliveries import Claimed
+from wallets.webhooks.rules import AddressPolicy, new_secret, parse_networks
 
 
 async def _listener():
@@ -59,3 +61,16 @@ async def test_a_host_idna_cannot_encode_fails_as_a_connect_error(host):
     # ran out and sent it again, for ever (found by schemathesis through a created endpoint)
     with pytest.raises(httpcore.ConnectError, match="cannot resolve"):
         await GuardedBackend(AddressPolicy()).connect_tcp(host, 80, timeout=2)
+
+
+async def test_a_url_httpx_cannot_parse_is_a_failed_attempt_not_a_lost_one():
+    # IDNA 2008 refuses `§`, which Python's codec takes: httpx.InvalidURL is no HTTPError, and it
+    # left the delivery task unrecorded (found by schemathesis through a created endpoint)
+    at = datetime(2026, 12, 2, tzinfo=UTC)
+    claimed = Claimed(7, "we_0123456789abcdef", "evt_1", "balance.low", {"id": "evt_1"}, at, 1, at, at,
+                      "https://a\u00a7b.example.com/x", (new_secret(),))
+    dispatcher = Dispatcher(None, DispatchSettings())  # type: ignore[arg-type]  # send needs no database
+    dispatcher._client = httpx.AsyncClient(transport=GuardedTransport(AddressPolicy(), httpx.Limits()))
+    async with dispatcher._client:
+        outcome = await dispatcher.send(claimed)
+    assert not outcome.succeeded and outcome.status_code is None and "InvalidURL" in outcome.error
