@@ -126,6 +126,13 @@ def _bean_string(sql: str) -> str:
     return f"""('"' || replace(replace(replace({sql}, '\\', '\\\\'), '"', '\\"'), E'\\n', '\\n') || '"')"""
 
 
+def _display(units: str, scale: str, unit: str) -> str:
+    """SQL of an amount in atomic units as a numeric in display units, exact: the dividend is given
+    the asset's scale first, since PostgreSQL divides to 16 significant digits otherwise
+    (123456789123456789 / 10^9 was 123456789.123456790)."""
+    return f"round(round(CAST({units} AS numeric), {scale}) / {unit}, {scale})"
+
+
 # Accounts with their Beancount names (given as parameters) and the divisor of their display unit.
 _NAMED = """(SELECT a.id, a.name, x.asset, s.scale, power(10::numeric, s.scale) AS unit
           FROM unnest(CAST(%(ids)s AS bigint[]), CAST(%(names)s AS text[])) a(id, name)
@@ -138,7 +145,7 @@ SELECT to_char(j.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') || ' * '
        || E'\n  entry_id: "' || j.id || E'"\n  key: ' || {_bean_string("j.key")}
        || E'\n  time: "' || to_char(j.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') || '"'
        || coalesce(E'\n  request_id: ' || {_bean_string("j.metadata ->> 'request_id'")}, '') || E'\n'
-       || string_agg('  ' || m.name || '  ' || round(p.amount / m.unit, m.scale) || ' ' || m.asset, E'\n'
+       || string_agg('  ' || m.name || '  ' || {_display('p.amount', 'm.scale', 'm.unit')} || ' ' || m.asset, E'\n'
                      ORDER BY p.id)
        || E'\n'
   FROM journal_entries j
@@ -150,7 +157,7 @@ SELECT to_char(j.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') || ' * '
 
 # A window's opening balances: every account's postings before it, one posting line each.
 _OPENING = f"""
-SELECT string_agg('  ' || m.name || '  ' || round(o.total / m.unit, m.scale) || ' ' || m.asset, E'\n'
+SELECT string_agg('  ' || m.name || '  ' || {_display('o.total', 'm.scale', 'm.unit')} || ' ' || m.asset, E'\n'
                   ORDER BY m.name)
   FROM (SELECT p.account_id, sum(p.amount) AS total
           FROM journal_entries j JOIN postings p ON p.lane = j.lane AND p.entry_id = j.id
@@ -201,7 +208,7 @@ CSV_COLUMNS = ("entry_id", "time", "kind", "customer_id", "request_id", "account
 _CSV = f"""
 COPY (SELECT j.id, to_char(j.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), j.kind,
              j.customer_id, j.metadata ->> 'request_id', a.code, a.asset,
-             round(p.amount / power(10::numeric, s.scale), s.scale)
+             {_display('p.amount', 's.scale', 'power(10::numeric, s.scale)')}
         FROM journal_entries j
         JOIN postings p ON p.lane = j.lane AND p.entry_id = j.id
         JOIN accounts a ON a.id = p.account_id JOIN assets s ON s.code = a.asset

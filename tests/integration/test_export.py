@@ -327,3 +327,41 @@ def test_an_entry_sealed_after_entries_with_higher_ids_is_written_under_its_own_
     assert [s["entry_ids"] for s in seals] == ids
     verified = _verify(tmp_path, [line for line in path.read_text().splitlines()])
     assert verified.returncode == 0, verified.stdout
+
+
+@pytest.fixture(scope="module")
+def large(server_url):
+    """Two top-ups of 18 significant digits (at most 1e9 USD each, as the API allows), and the
+    trial balance."""
+    from tests.conftest import _migrated
+
+    gen = _migrated(server_url, "tokentill_export_large")
+    url = next(gen)
+    try:
+        with serving(url, ADMIN) as tt:
+            tt.post("/v1/price-books", {"id": "plain", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
+                                        "rules": [{"id": "call", "token_type": "request", "price": "0.01"}]})
+            tt.post("/v1/customers", {"id": "whale", "currency": "USD", "price_book": "plain"})
+            for amount in ("123456789.123456789", "987654321.987654321"):
+                tt.post("/v1/customers/whale/topups", {"amount": amount})
+            yield url, tt.get("/v1/audit/trial-balance")
+    finally:
+        gen.close()
+
+
+def test_large_amounts_are_exported_exactly(large, tmp_path):
+    """Was: amounts were divided by 10^scale with PostgreSQL's default precision (16 significant
+    digits), so 123456789.123456789 USD came out as 123456789.123456790 in CSV and Beancount."""
+    url, trial = large
+    expected = _trial(trial)
+    assert expected["asset:platform:cash:USD"] == Decimal("1111111111.111111110")
+    out = tmp_path / "large.csv"
+    assert cli(url, "export", "--format", "csv", "--out", str(out)).returncode == 0
+    with out.open(newline="") as f:
+        amounts = sorted(Decimal(r["amount"]) for r in csv.DictReader(f) if r["account"] == "asset:platform:cash:USD")
+    assert amounts == [Decimal("123456789.123456789"), Decimal("987654321.987654321")]
+    for window in ([], ["--from", "2000-01-01"], ["--from", "9000-01-01"]):  # the last: all in the opening
+        bean = tmp_path / "large.beancount"
+        assert cli(url, "export", "--format", "beancount", "--out", str(bean), *window).returncode == 0
+        found = _bean_balances(bean)
+        assert {code: found.get(code, Decimal(0)) for code in expected} == expected, window
