@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -23,6 +24,36 @@ import msgspec
 from ledger.chain import GENESIS, entry_digest
 
 LIMIT = 50  # problems kept; the count is exact
+_HASH = re.compile(r"[0-9a-f]{64}")
+
+
+def _int(value: object) -> bool:
+    return type(value) is int
+
+
+def _text(value: object) -> bool:
+    return type(value) is str
+
+
+def _hash(value: object) -> bool:
+    return type(value) is str and _HASH.fullmatch(value) is not None
+
+
+def _posting(value: object) -> bool:
+    return (type(value) is list and len(value) == 5 and _int(value[0]) and _text(value[1]) and _int(value[2])
+            and _int(value[3]) and _text(value[4]))
+
+
+# The fields each record must carry, and what each must be: a record that is otherwise (an edited
+# file) is named as such, rather than stopping the verifier.
+_SHAPES = {
+    "seal": {"id": _int, "from_txid": _text, "to_txid": _text, "prev_hash": _hash, "chain_hash": _text,
+             "entry_ids": lambda v: type(v) is list and all(_int(i) for i in v)},
+    "entry": {"id": _int, "key": _text, "request_hash": _text, "kind": _text,
+              "customer_id": lambda v: v is None or _text(v), "metadata": lambda v: True, "txid": _text,
+              "occurred_at": _text, "postings": lambda v: type(v) is list and all(_posting(p) for p in v),
+              "seal": lambda v: v is None or _int(v), "sealed_hash": lambda v: v is None or _hash(v)},
+}
 
 
 @dataclass(slots=True)
@@ -70,8 +101,17 @@ class _Verifier:
         except (msgspec.DecodeError, KeyError, TypeError):
             self.report.fail(f"line {number} is not a record of the export")
             return
+        wrong = next((name for name, ok in _SHAPES.get(kind, {}).items() if name not in rec or not ok(rec[name])),
+                     None) if isinstance(kind, str) else None
         if self.ended:
             self.report.fail(f"line {number} follows the end record")
+        elif wrong is not None:
+            self.report.fail(f"line {number}: the {kind} record's {wrong!r} is missing or malformed")
+            if kind == "seal":  # its entries are then checked against no seal
+                self.close_seal()
+                self.seal = None
+            else:
+                self.report.entries += 1
         elif kind == "export":
             self.report.whole = bool(rec.get("whole", True))
         elif kind == "seal":
@@ -113,8 +153,8 @@ class _Verifier:
 
     def entry(self, number: int, rec: dict) -> None:
         self.report.entries += 1
-        entry_id = rec.get("id")
-        postings = rec.get("postings") or []
+        entry_id = rec["id"]
+        postings = rec["postings"]
         digest = entry_digest(entry_id, rec["key"], rec["request_hash"], rec["kind"], rec["customer_id"],
                               rec["metadata"], rec["txid"], rec["occurred_at"], [p[:4] for p in postings])
         sums: dict[str, int] = defaultdict(int)
