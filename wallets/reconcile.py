@@ -73,9 +73,9 @@ def _time(raw: str | None, where: str) -> datetime | None:
 def _atomic(raw: str, scale: int, where: str) -> int:
     try:
         value = Decimal(raw.strip().replace(",", ""))
-    except InvalidOperation:
-        raise PaymentFileError(f"{where}: not an amount: {raw!r}") from None
-    atomic = value.scaleb(scale)
+        atomic = value.scaleb(scale)  # sNaN and exponents past Decimal's range signal here
+    except (InvalidOperation, ArithmeticError):
+        raise PaymentFileError(f"{where}: not an amount: {raw[:40]!r}") from None
     if not value.is_finite() or atomic != atomic.to_integral_value():
         raise PaymentFileError(f"{where}: {raw!r} has more decimal places than the currency's {scale}")
     return int(atomic)
@@ -84,6 +84,15 @@ def _atomic(raw: str, scale: int, where: str) -> int:
 def read_payments(lines: Iterable[str], scale_of: Callable[[str], int]) -> tuple[list[Payment], Counter]:
     """The payments of a Stripe or generic CSV, and the count of rows skipped as not payments."""
     reader = csv.DictReader(lines)
+    try:
+        return _read(reader, scale_of)
+    except csv.Error as exc:
+        raise PaymentFileError(f"line {reader.line_num + 1}: {exc}") from None  # the line being read
+    except UnicodeDecodeError:
+        raise PaymentFileError("not UTF-8 text: save the file as UTF-8") from None
+
+
+def _read(reader: csv.DictReader, scale_of: Callable[[str], int]) -> tuple[list[Payment], Counter]:
     header = {(name or "").strip().lower(): name for name in reader.fieldnames or ()}
     if STRIPE_ITEMIZED <= header.keys():
         type_col, amount_col, time_col = "reporting_category", "gross", "created_utc"

@@ -72,3 +72,15 @@ def test_the_generic_layout_and_a_file_it_cannot_read(ledger_url, tmp_path):
     assert _reconcile(ledger_url, tmp_path, generic).returncode == 0
     bad = _reconcile(ledger_url, tmp_path, "reference,amount,currency\nch_1,ten,USD\n")
     assert bad.returncode == 2 and "line 2: not an amount" in bad.stderr
+
+
+def test_a_file_that_is_not_utf8_or_has_an_amount_out_of_range_is_exit_2(ledger_url, tmp_path):
+    """Were tracebacks (UnicodeDecodeError, decimal.Overflow), not exit 2 naming the problem."""
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("reference,amount,currency,note\nch_1,10.00,USD,caf\u00e9\n".encode("latin-1"))
+    env = {**os.environ, "TOKENTILL_DATABASE_URL": ledger_url}
+    latin = subprocess.run([sys.executable, "-m", "api.cli", "audit", "reconcile", "--payments", str(path)],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert latin.returncode == 2 and "not UTF-8 text" in latin.stderr and "Traceback" not in latin.stderr
+    huge = _reconcile(ledger_url, tmp_path, "reference,amount,currency\nch_1,1e999999,USD\n")
+    assert huge.returncode == 2 and "line 2: not an amount" in huge.stderr, huge.stderr

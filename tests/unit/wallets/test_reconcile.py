@@ -50,6 +50,10 @@ def test_the_generic_layout_and_exact_amounts():
     ("reference,amount,currency\npay-1,1.0000000001,USD\n", "line 2: '1.0000000001' has more decimal places"),
     ("reference,amount,currency\n,1.00,USD\n", "line 2: no reference"),
     ("reference,amount,currency,date\npay-1,1.00,USD,yesterday\n", "line 2: not a time"),
+    # Were tracebacks (decimal.InvalidOperation, decimal.Overflow, csv.Error), not exit 2:
+    ("reference,amount,currency\npay-1,1.00,USD\npay-2,sNaN,USD\n", "line 3: not an amount"),
+    ("reference,amount,currency\npay-1,1e999999,USD\n", "line 2: not an amount"),
+    ("reference,amount,currency\npay-1,1.00,USD\npay-2," + "1" * 200_000 + ",USD\n", "line 3: "),
 ])
 def test_a_file_that_cannot_be_read_says_where(body, message):
     with pytest.raises(PaymentFileError, match=message):
@@ -77,3 +81,11 @@ def test_a_reference_twice_is_a_difference_even_when_amounts_agree():
     assert result.duplicates == ["reference 'a' appears 2 times in the ledger",
                                  "reference 'a' appears 2 times in the file"]
     assert not result.clean
+
+
+def test_a_file_that_is_not_utf8_says_where(tmp_path):
+    """Was a UnicodeDecodeError traceback (the CLI opens the file as UTF-8), not exit 2."""
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("reference,amount,currency,note\npay-1,1.00,USD,ok\npay-2,2.00,USD,caf\u00e9\n".encode("latin-1"))
+    with path.open(newline="", encoding="utf-8-sig") as f, pytest.raises(PaymentFileError, match="not UTF-8"):
+        read_payments(f, SCALES)
