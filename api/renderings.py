@@ -16,12 +16,13 @@ from fpdf import FPDF
 from litestar import Request
 
 from api.errors import ApiError
+from pricing.money import format_amount
 from pricing.units import KINDS, TOKENS
 
 JSON, HTML, PDF, CSV = "application/json", "text/html", "application/pdf", "text/csv"
 MEDIA_TYPES = (JSON, HTML, PDF, CSV)
 KIND_LABELS = {"usage": "", "request": "", "discount": "discount", "free_allowance": "free allowance",
-               "volume_true_up": "volume true-up", "adjustment": "adjustment"}
+               "volume_true_up": "volume true-up", "adjustment": "adjustment", "rounding": "rounding"}
 CSV_FIELDS = ("number", "period", "kind", "model", "token_type", "original_period", "quantity", "unit_price",
               "per", "amount", "currency", "rule_id", "tier", "override_id", "price_version")
 HTML_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
@@ -63,8 +64,20 @@ def rows(document: Mapping[str, Any]) -> list[Row]:
         if line.get("original_period"):
             what += f" (usage of {line['original_period']})"
         price = f"{line['unit_price']} {per_label(token)}" if line.get("unit_price") is not None else ""
-        out.append(Row(what, f"{int(line['quantity']):,}", price, line["amount"]))
+        if line["kind"] == "rounding":
+            what = "Rounding difference (" + rounding_note(document) + ")"
+        quantity = f"{int(line['quantity']):,}" if line.get("quantity") is not None else ""
+        out.append(Row(what, quantity, price, line["amount"]))
     return out
+
+
+def rounding_note(document: Mapping[str, Any]) -> str:
+    """How the lines' amounts are shown: rounded (documents from the line rounding on), or exact."""
+    rounding = document.get("line_rounding")
+    if rounding is None:
+        return "exact amounts, not rounded"
+    step = format_amount(1, rounding["decimals"], min_decimals=rounding["decimals"]) if rounding["decimals"] else "1"
+    return f"each line rounded to {step}, half to even"
 
 
 def summary(document: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -92,7 +105,7 @@ def facts(document: Mapping[str, Any]) -> list[tuple[str, str]]:
     out = [("Customer", document["customer_id"]), ("Billing", document["billing"]),
            ("Period", f"{period['label']}: {_day(period['start'])} to {_day(period['end'])} ({period['time_zone']})"),
            ("Issued", _day(document["issued_at"])), ("Due", _day(document["due_at"])),
-           ("Currency", document["currency"])]
+           ("Currency", document["currency"]), ("Line amounts", rounding_note(document))]
     if "payment_status" in document:
         out.append(("Status", document["payment_status"].replace("_", " ")))
     return out
@@ -191,4 +204,4 @@ def filename(document: Mapping[str, Any], extension: str) -> str:
 
 
 __all__ = ["CSV", "HTML", "HTML_HEADERS", "JSON", "MEDIA_TYPES", "PDF", "Row", "context_pdf", "credit_note_context",
-           "csv_text", "filename", "html_context", "negotiate", "pdf", "rows", "summary"]
+           "csv_text", "filename", "html_context", "negotiate", "pdf", "rounding_note", "rows", "summary"]

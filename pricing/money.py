@@ -35,7 +35,8 @@ from pricing.errors import InvalidAmountError
 DEFAULT_SCALE = 9
 MAX_SCALE = 18
 
-# ISO 4217 minor units (decimals shown on invoices); atomic units use DEFAULT_SCALE instead.
+# ISO 4217 minor units: the decimals an invoice line is rounded to (wallets.core.billing.line_decimals;
+# an asset not listed here keeps its atomic unit there); atomic units use DEFAULT_SCALE instead.
 CURRENCY_MINOR_UNITS: dict[str, int] = {
     "USD": 2, "EUR": 2, "GBP": 2, "CHF": 2, "CAD": 2, "AUD": 2, "NZD": 2, "SEK": 2, "NOK": 2,
     "DKK": 2, "PLN": 2, "CZK": 2, "CNY": 2, "HKD": 2, "SGD": 2, "INR": 2, "BRL": 2, "MXN": 2,

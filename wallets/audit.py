@@ -306,6 +306,13 @@ async def invoices_tie_out(conn: AsyncConnection) -> Check:
             OR coalesce((SELECT sum((l ->> 'amount')::numeric) FROM jsonb_array_elements(i.content -> 'lines') l), 0)
                * 1000000000 <> i.total
         UNION ALL
+        SELECT format('invoice %s: its %s line of %s is not rounded to %s decimals', i.number, l ->> 'kind',
+                      l ->> 'amount', i.content -> 'line_rounding' ->> 'decimals')
+          FROM invoices i CROSS JOIN LATERAL jsonb_array_elements(i.content -> 'lines') l
+         WHERE i.content -> 'line_rounding' IS NOT NULL AND l ->> 'kind' <> 'rounding'
+           AND (l ->> 'amount')::numeric
+               <> round((l ->> 'amount')::numeric, (i.content -> 'line_rounding' ->> 'decimals')::int)
+        UNION ALL
         SELECT format('invoices %s-%s: %s numbers, the last %s (a gap or a duplicate)',
                       issuer, year, count(*), max(seq))
           FROM invoices GROUP BY issuer, year HAVING count(*) <> max(seq)
@@ -324,7 +331,8 @@ async def invoices_tie_out(conn: AsyncConnection) -> Check:
           LEFT JOIN journal_entries j ON j.lane = x.lane AND j.id = x.entry_id
          WHERE j.kind IS DISTINCT FROM 'topup' AND j.kind IS DISTINCT FROM 'invoice_payment'
             OR (j.kind = 'invoice_payment' AND x.paid <> x.receivable) OR x.paid > x.receivable
-        """, "invoices are intact (content hash), numbered without gaps, and total the revenue of their period; "
+        """, "invoices are intact (content hash), numbered without gaps, and total the revenue of their period "
+             "(lines rounded to the currency's minor unit where the document says so, a rounding line the rest); "
              "their payments are what their entries paid off the receivable (an invoice payment all of it, a "
              "prepaid top-up part of it)")
 

@@ -177,3 +177,31 @@ async def test_a_customer_key_renders_its_own_invoice_only(client) -> None:
     assert own.status_code == 200 and own.content.startswith(b"%PDF-")
     theirs = await client.get(f"/v1/invoices/{invoice['id']}", headers={**keys["other"], "Accept": "application/pdf"})
     assert theirs.status_code == 403 and theirs.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_a_rounding_line_renders_with_the_rounded_lines(client) -> None:
+    created = await client.post("/v1/customers", headers=ADMIN, json={
+        "id": "cents", "currency": "USD", "price_book": "seed", "billing": "postpaid"})
+    assert created.status_code == 201
+    sent = await client.post("/v1/usage-events", headers=ADMIN, json=[
+        {"event_id": "c1", "customer_id": "cents", "model": "model-a", "timestamp": datetime.now(UTC).isoformat(),
+         "usage": {"input_tokens": 1340, "output_tokens": 670}}])
+    assert sent.json()["accepted"] == 1
+    path = "/v1/customers/cents/invoices/upcoming"
+    # By hand: $0.0134 and $0.0134 show $0.01 each, the request $0.01; exact total $0.0368, rounding $0.0068.
+    page = await client.get(path, headers={**ADMIN, "Accept": "text/html"})
+    tables = Tables()
+    tables.feed(page.text)
+    assert tables.rows[1:5] == [["model-a input", "1,340", "10.00 per 1M", "0.01"],
+                                ["model-a output", "670", "20.00 per 1M", "0.01"],
+                                ["model-a requests", "1", "0.01 each", "0.01"],
+                                ["Rounding difference (each line rounded to 0.01, half to even)", "", "", "0.0068"]]
+    assert ["Total", "0.0368 USD"] in tables.rows
+    sheet = await client.get(path, headers={**ADMIN, "Accept": "text/csv"})
+    records = list(csv.DictReader(io.StringIO(sheet.text)))
+    assert [(r["kind"], r["quantity"], r["amount"]) for r in records] == [
+        ("usage", "1340", "0.01"), ("usage", "670", "0.01"), ("request", "1", "0.01"), ("rounding", "", "0.0068")]
+    document = await client.get(path, headers={**ADMIN, "Accept": "application/pdf"})
+    text = "\n".join(p.extract_text() for p in PdfReader(io.BytesIO(document.content)).pages)
+    printed = [" ".join(line.split()) for line in text.splitlines()]
+    assert "Rounding difference (each line rounded to 0.01, half to even) 0.0068" in printed, printed

@@ -25,7 +25,7 @@ from typing import Any
 
 from ledger.model import JournalEntry
 from pricing.books import TOKEN_TYPES
-from pricing.money import format_amount
+from pricing.money import CURRENCY_MINOR_UNITS, format_amount
 from wallets import chart
 from wallets.model import Customer
 from wallets.periods import Period
@@ -37,7 +37,8 @@ LINE_FIELDS = ("original_period", "kind", "model", "token_type", "rule_id", "uni
                "price_version")
 KIND_ORDER = {"usage": 0, "request": 1, "discount": 2, "free_allowance": 3, "volume_true_up": 4, "adjustment": 5}
 SUBTOTALS = {"usage": "usage", "request": "requests", "discount": "discounts", "free_allowance": "free_allowances",
-             "volume_true_up": "true_ups", "adjustment": "adjustments"}
+             "volume_true_up": "true_ups", "adjustment": "adjustments", "rounding": "rounding"}
+ROUNDING_MODE = "half_even"  # the mode pricing rounds an entry's total with (pricing.money.round_entry)
 
 Rollup = dict[str, tuple[int, int]]  # item -> (quantity, amount in atomic units)
 
@@ -146,6 +147,42 @@ def invoice_lines(rollup: Mapping[str, tuple[int, int]], period: str) -> list[di
     return sorted(lines, key=_line_order)
 
 
+def line_decimals(currency: str) -> int:
+    """The decimals an invoice line is rounded to: the currency's ISO 4217 minor unit (the table
+    `pricing.money.CURRENCY_MINOR_UNITS`: USD, EUR… 2, JPY, KRW, CLP… 0, BHD, KWD, JOD, OMR, TND 3).
+    An asset the table does not know (a non-ISO unit such as a credit, or a currency not listed)
+    keeps its atomic unit, 10^-SCALE: its lines are not rounded, and it never has a rounding line."""
+    return min(CURRENCY_MINOR_UNITS.get(currency, SCALE), SCALE)
+
+
+def round_line(units: int, decimals: int) -> int:
+    """`units` (atomic) rounded to 10^-decimals of the currency, half to even, in integers: the one
+    rule of invoice lines (each line once, independently; its sign does not matter)."""
+    step = 10 ** (SCALE - decimals)
+    whole, rest = divmod(units, step)  # floor: rest is in [0, step)
+    if 2 * rest > step or (2 * rest == step and whole % 2):
+        whole += 1
+    return whole * step
+
+
+def rounded_lines(lines: list[dict[str, Any]], decimals: int) -> list[dict[str, Any]]:
+    """Each line's amount rounded once to `decimals`, then one `rounding` line carrying the exact
+    total less the sum of the rounded lines (none when that is zero), so the lines still sum to the
+    exact total, which is what the postings say."""
+    total = rounded = 0
+    out = []
+    for line in lines:
+        exact = line.pop("amount_units")
+        amount = round_line(exact, decimals)
+        total, rounded = total + exact, rounded + amount
+        out.append({**line, "amount": money(amount), "amount_units": amount})
+    if total != rounded:
+        out.append({"kind": "rounding", "model": None, "token_type": None, "rule_id": None, "unit_price": None,
+                    "tier": None, "override_id": None, "price_version": None, "original_period": None,
+                    "quantity": None, "amount": money(total - rounded), "amount_units": total - rounded})
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Header:
     id: str | None
@@ -158,17 +195,18 @@ def document(customer: Customer, period: Period, rollup: Mapping[str, tuple[int,
              header: Header) -> dict[str, Any]:
     """The invoice of `period`: lines by model and token type, per-request fees, discounts,
     allowances and true-ups each their own lines; credits applied by lot kind; top-ups, grants,
-    expirations; opening and closing balances; the amount due. Amounts are exact atomic units,
-    never re-rounded: lines sum to the total, which is the period's usage revenue."""
-    lines = invoice_lines(rollup, period.label)
-    for line in lines:
-        line.pop("amount_units")
+    expirations; opening and closing balances; the amount due.
+    Each line's amount is rounded once to the currency's minor unit (`line_decimals`, half to
+    even), and a `rounding` line carries the exact total less the rounded lines; the subtotals
+    are the sums of the rounded lines by kind (`rounding` its own); the total and every other
+    figure are exact atomic units: the lines sum to the total, the period's usage revenue.
+    `line_rounding` says so; a document without it (finalized before) has exact lines."""
+    decimals = line_decimals(customer.currency)
+    lines = rounded_lines(invoice_lines(rollup, period.label), decimals)
     units = [a for item, (_, a) in sorted(rollup.items()) if item.startswith(LINE)]
     subtotals: dict[str, int] = dict.fromkeys(SUBTOTALS.values(), 0)
-    for item, (_, a) in rollup.items():
-        if item.startswith(LINE):
-            _, kind, _, token = json.loads(item[len(LINE):])[:4]
-            subtotals[SUBTOTALS["request" if kind == "usage" and token == "request" else kind]] += a
+    for line in lines:
+        subtotals[SUBTOTALS[line["kind"]]] += line.pop("amount_units")
     amount = {name: rollup.get(name, (0, 0))[1] for name in (
         "funded:grant", "funded:topup", "funded:receivable", "topups", "grants", "expired", "payments", *BALANCES)}
     closing = Balances(*(getattr(opening, name) + amount[name] for name in BALANCES))
@@ -180,6 +218,7 @@ def document(customer: Customer, period: Period, rollup: Mapping[str, tuple[int,
                    "time_zone": customer.cycle.time_zone},
         "issued_at": _utc(header.issued_at), "due_at": _utc(period.end + timedelta(days=customer.terms_days)),
         "lines": lines,
+        "line_rounding": {"decimals": decimals, "mode": ROUNDING_MODE},
         "subtotals": {name: money(v) for name, v in subtotals.items()},
         "total": money(sum(units)),
         "credits_applied": {"promotional": money(amount["funded:grant"]), "paid": money(amount["funded:topup"]),

@@ -95,3 +95,63 @@ async def test_late_usage_bills_on_the_next_invoice_and_leaves_the_closed_one_un
     assert december["opening_balance"]["receivable"] == "0.03"
     report = await bk.db.read(lambda conn: verify(conn, WALLET_CHECKS))
     assert report.ok, [c for c in report.checks if not c.ok]
+
+
+async def test_lines_round_to_the_cent_and_a_rounding_line_ties_them_to_the_exact_total(bk: BillingKit) -> None:
+    cid = await bk.customer("cents", billing_mode="postpaid")
+    await bk.event(cid, "model-a", 1340, 670)  # input 1,340 x $10/M = $0.0134; output 670 x $20/M = $0.0134
+    await bk.event(cid, "model-b", 2680, 0)  # input 2,680 x $5/M = $0.0134; one request each: $0.01
+    upcoming = await bk.upcoming(cid)
+    await bk.close(DEC_1_GRACE_OVER)
+    [invoice] = await bk.invoices(cid)
+    # By hand: each $0.0134 line shows $0.01; the exact total is 3 x 0.0134 + 2 x 0.01 = $0.0602, so the
+    # rounding line is 0.0602 - 0.05 = $0.0102.
+    assert lines_of(invoice) == [
+        ("usage", "model-a", "input", 1340, "10.00", "0.01", None),
+        ("usage", "model-a", "output", 670, "20.00", "0.01", None),
+        ("request", "model-a", "request", 1, "0.01", "0.01", None),
+        ("usage", "model-b", "input", 2680, "5.00", "0.01", None),
+        ("request", "model-b", "request", 1, "0.01", "0.01", None),
+        ("rounding", None, None, None, None, "0.0102", None),
+    ]
+    assert invoice["total"] == "0.0602" and invoice["amount_due"] == "0.0602"  # exact, as posted
+    assert invoice["line_rounding"] == {"decimals": 2, "mode": "half_even"}
+    assert invoice["subtotals"] == {"usage": "0.03", "requests": "0.02", "discounts": "0.00",
+                                    "free_allowances": "0.00", "true_ups": "0.00", "adjustments": "0.00",
+                                    "rounding": "0.0102"}
+    assert lines_of(upcoming) == lines_of(invoice) and upcoming["total"] == "0.0602"
+    report = await bk.db.read(lambda conn: verify(conn, WALLET_CHECKS))
+    assert report.ok, [c for c in report.checks if not c.ok]
+
+
+async def test_lines_round_half_to_even_and_need_no_rounding_line_when_they_tie(bk: BillingKit) -> None:
+    cid = await bk.customer("even", billing_mode="postpaid")
+    await bk.event(cid, "model-a", 1500, 0)  # $0.015 -> $0.02
+    await bk.event(cid, "model-b", 5000, 0)  # $0.025 -> $0.02
+    await bk.close(DEC_1_GRACE_OVER)
+    [invoice] = await bk.invoices(cid)
+    assert [(ln["kind"], ln["amount"]) for ln in invoice["lines"]] == [
+        ("usage", "0.02"), ("request", "0.01"), ("usage", "0.02"), ("request", "0.01")]
+    assert invoice["total"] == "0.06" and invoice["subtotals"]["rounding"] == "0.00"
+
+
+async def test_verify_finds_a_line_of_a_rounded_invoice_that_is_not_rounded(bk: BillingKit) -> None:
+    cid = await bk.customer("unround", billing_mode="postpaid")
+    await bk.event(cid, "model-a", 1340, 0)  # $0.0134 shown as $0.01, rounding $0.0034
+    await bk.close(DEC_1_GRACE_OVER)
+    [invoice] = await bk.invoices(cid)
+
+    async def forge(conn) -> None:  # the same document under another number, its first line left exact
+        await conn.exec_driver_sql("""
+            INSERT INTO invoices (id, lane, customer_id, period, period_start, period_end, issuer, year, seq, number,
+                                  currency, total, amount_due, due_at, content, content_hash, finalized_at)
+            SELECT 'inv_forged', i.lane, i.customer_id, '2026-10', i.period_start - interval '1 month',
+                   i.period_start, 'FORGE', i.year, 1, 'FORGE-2026-000001', i.currency, i.total, i.amount_due,
+                   i.due_at, f.content, sha256(convert_to(f.content::text, 'UTF8')), i.finalized_at
+              FROM invoices i, LATERAL (SELECT jsonb_set(jsonb_set(jsonb_set(i.content, '{id}', '"inv_forged"'),
+                   '{number}', '"FORGE-2026-000001"'), '{lines,0,amount}', '"0.0134"') AS content) f
+             WHERE i.id = %s""", (invoice["id"],))
+    await bk.db.run(forge)
+    report = await bk.db.read(lambda conn: verify(conn, WALLET_CHECKS))
+    [failed] = [c for c in report.checks if not c.ok]
+    assert "invoice FORGE-2026-000001: its usage line of 0.0134 is not rounded to 2 decimals" in failed.problems
