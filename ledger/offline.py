@@ -63,6 +63,7 @@ class OfflineReport:
     unsealed: int = 0
     head: str | None = None  # the last seal's chain hash: compare it with one from another source
     whole: bool = True
+    gaps: int = 0  # in a window export: places where seals were left out (the chain is not checked there)
     problems: list[str] = field(default_factory=list)
     problem_count: int = 0
 
@@ -146,6 +147,8 @@ class _Verifier:
         elif self.report.whole:  # a window may skip seals; a whole export may not
             self.report.fail(f"seal {rec['id']} does not follow seal {prev['id']}: its range does not "
                              "start where that seal's ends")
+        else:
+            self.report.gaps += 1
         self.prev = rec
         self.report.seals += 1
         self.seal = _Seal(rec["id"], rec["chain_hash"], list(rec["entry_ids"]),
@@ -237,6 +240,10 @@ def _print(report: OfflineReport, expect_head: str | None) -> None:
           f"{report.head or '(no seal)'}")
     if report.unsealed:
         print(f"note: {report.unsealed:,} entries are not sealed yet, so no hash vouches for them")
+    if not report.whole:
+        print("note: a window export (its header says so): the seals before its first"
+              + (f" and in {report.gaps:,} gap(s) between its seals" if report.gaps else "")
+              + " are not in it, so nothing here shows that none was removed; verify a whole export to know")
     if not expect_head:
         print("note: compare the chain head with one obtained apart from this file (--expect-head)")
 
@@ -258,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps({"ok": report.ok, "entries": report.entries, "seals": report.seals,
                           "unsealed": report.unsealed, "head": report.head, "whole": report.whole,
+                          "gaps": report.gaps,
                           "problem_count": report.problem_count, "problems": report.problems}, indent=2))
     else:
         _print(report, args.expect_head)

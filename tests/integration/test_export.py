@@ -263,6 +263,26 @@ def test_a_changed_seal_hash_is_named(sealed_export, tmp_path):
     assert f"does not follow seal {seal['id']}" in done.stdout
 
 
+def test_a_seal_removed_under_a_window_header_is_not_reported_intact_without_a_caveat(sealed_export, tmp_path):
+    """The header's `whole` is covered by no hash: a middle seal and its entries deleted, with the
+    header turned into a window's, passes (the chain head is unchanged). Was: "verified offline:
+    ... seals intact" and nothing else; now the output says what a window export cannot show."""
+    lines = list(sealed_export)
+    seals = [k for k, line in enumerate(lines) if '"type":"seal"' in line]
+    first, second = seals[1], seals[2]
+    removed = len(lines[first:second]) - 1
+    del lines[first:second]
+    header = json.loads(lines[0])
+    lines[0] = json.dumps({**header, "whole": False, "from": "2026-01-01T00:00:00+00:00"})
+    end = json.loads(lines[-1])
+    lines[-1] = json.dumps({**end, "entries": end["entries"] - removed})
+    assert _verify(tmp_path, [sealed_export[0], *lines[1:]]).returncode == 1  # as a whole export: caught
+    done = _verify(tmp_path, lines, "--expect-head", json.loads(lines[seals[-1] - removed - 1])["chain_hash"])
+    assert done.returncode == 0, done.stdout  # nothing in the file can tell, not even the head
+    assert "a window export (its header says so)" in done.stdout and "1 gap(s) between its seals" in done.stdout
+    assert json.loads(_verify(tmp_path, lines, "--json").stdout)["gaps"] == 1
+
+
 def test_a_cut_short_export_fails(sealed_export, tmp_path):
     done = _verify(tmp_path, sealed_export[:-40])
     assert done.returncode == 1
