@@ -78,12 +78,26 @@ def signed_headers(claimed: Claimed, body: bytes, at: datetime) -> dict[str, str
 
 def sendable(url: str, field: str = "url") -> str:
     """`url`, if the dispatcher's client can send to it: httpx parses a host with IDNA 2008,
-    stricter than the codec check_url uses (`a§b.example.com` passes that one, not this)."""
+    stricter than the codec check_url uses (`a§b.example.com` passes that one, not this), decodes
+    an `xn--` name when it sends (idna's errors are no InvalidURL), and the resolver encodes a
+    name with Python's IDNA codec (an empty label, `a..b`, or one over 63 characters fails)."""
     try:
-        httpx.URL(url)
-    except httpx.InvalidURL as exc:
+        parsed = httpx.URL(url)
+        parsed.host  # noqa: B018 -- decodes an xn-- label, as a request does
+        host = parsed.raw_host.decode("ascii")
+        if not _is_address(host):
+            host.encode("idna")  # as getaddrinfo does
+    except (httpx.InvalidURL, UnicodeError) as exc:  # idna's errors are UnicodeErrors
         raise WalletValidationError(field, f"not a URL the webhook client can send to: {exc}") from None
     return url
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 class GuardedBackend(httpcore.AsyncNetworkBackend):
@@ -242,7 +256,8 @@ class Dispatcher:
                 code, error = None, f"invalid HTTP status {code}"
         except httpx.TimeoutException:
             error = f"no answer within {self.settings.timeout_s:g} s"
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL: not an HTTPError, and was never recorded
+        except Exception as exc:  # an unrecorded attempt would be claimed again at every lease, forever:
+            # httpx.HTTPError mostly, but httpx.InvalidURL and IDNA errors (a URL it cannot use) are not
             error = f"{type(exc).__name__}: {exc}"[:500] or type(exc).__name__
         latency = round((time.perf_counter() - started) * 1000)
         return Outcome(at, latency, code, error)

@@ -196,6 +196,22 @@ async def test_bad_endpoints_are_refused_naming_the_field(client, body, field):
     assert response.json()["fields"][0]["field"] == field
 
 
+# Hosts the URL pattern lets through but that no request can reach: an empty or over-long label
+# (getaddrinfo's UnicodeError), an xn-- name that is not IDNA, an IDNA-invalid character, a
+# bracketed literal that is no IPv6 address (httpx.InvalidURL). They were 201, and every attempt
+# then crashed the dispatcher's send, unrecorded, the delivery claimed again at each lease forever.
+@pytest.mark.parametrize("url", ["http://a..b/hook", "http://.example.com/", "http://" + "a" * 64 + ".example.com/",
+                                 "http://xn--a.com/", "http://\u2488.com/", "http://a.\u3002com/", "http://[v1.x]/"])
+async def test_a_host_no_request_could_reach_is_refused_on_create_and_update(client, url):
+    created = await client.post("/v1/webhook-endpoints", json={"url": url, "topics": ["*"]})
+    assert created.status_code == 422, created.text
+    assert created.json()["fields"][0]["field"] == "url"
+    endpoint = await _endpoint(client, "https://hooks.example.com/ok", ["balance.low"])
+    changed = await client.patch(f"/v1/webhook-endpoints/{endpoint['id']}", json={"url": url})
+    assert changed.status_code == 422 and changed.json()["fields"][0]["field"] == "url"
+    assert (await client.get(f"/v1/webhook-endpoints/{endpoint['id']}")).json()["url"] == "https://hooks.example.com/ok"
+
+
 async def test_the_database_keeps_attempts_append_only_and_deleted_endpoints_deleted(client, db):
     with receiver() as hook:
         endpoint = await _endpoint(client, hook.url, ["balance.low"])

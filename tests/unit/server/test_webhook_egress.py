@@ -74,3 +74,16 @@ async def test_a_url_httpx_cannot_parse_is_a_failed_attempt_not_a_lost_one():
     async with dispatcher._client:
         outcome = await dispatcher.send(claimed)
     assert not outcome.succeeded and outcome.status_code is None and "InvalidURL" in outcome.error
+
+
+@pytest.mark.parametrize("url", ["http://a..b/hook", "http://[v1.x]/hook", "http://xn--a.com/", "http://\u2488.com/"])
+async def test_a_send_to_a_url_httpx_cannot_use_is_a_failed_attempt_not_a_crash(url):
+    # http://xn--a.com/ raised idna's InvalidCodepoint out of Dispatcher.send (neither an
+    # httpx.HTTPError nor InvalidURL): no attempt was ever recorded for it
+    now = datetime.now(UTC)
+    claimed = Claimed(1, "we_x", "evt_x", "balance.low", {"id": "evt_x"}, now, 1, now, now, url, (new_secret(),))
+    dispatcher = Dispatcher(None, DispatchSettings(timeout_s=2))  # type: ignore[arg-type]  # send needs no database
+    dispatcher._client = httpx.AsyncClient(transport=GuardedTransport(AddressPolicy(), httpx.Limits()))
+    async with dispatcher._client:
+        outcome = await dispatcher.send(claimed)
+    assert not outcome.succeeded and outcome.status_code is None and outcome.error
