@@ -31,6 +31,8 @@ LIMIT_BY_METRIC = {"oneOf": [
 ]}
 Thresholds = Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=1000)]], msgspec.Meta(max_length=20)]
 Short = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+# what a budget is: never changed (its windows' counts would mean something else), so never ignored either
+FIXED = ("customer_id", "window", "metric", "time_zone", "api_key", "model", "dimensions")
 READERS = ("inference", "auditor", "customer")  # a customer's data: its wallet, its budgets
 WRITERS = ("customer",)  # admin keys, and a customer's own key
 
@@ -49,7 +51,7 @@ class CreateBudgetRequest(msgspec.Struct):
     time_zone: Short | None = None  # day and month windows; default: the customer's, else UTC
 
 
-class ChangeBudgetRequest(msgspec.Struct):
+class ChangeBudgetRequest(msgspec.Struct, forbid_unknown_fields=True):
     name: Annotated[str, msgspec.Meta(max_length=200)] | None = None
     limit: Limit | None = None
     mode: Mode | None = None
@@ -154,6 +156,9 @@ async def get_budget(state: State, request: Request, budget_id: FromPath[str]) -
 async def change_budget(state: State, request: Request, budget_id: FromPath[str],
                         data: ChangeBudgetBody) -> BudgetResponse:
     """Change its name, limit, mode or thresholds (scope, window and metric never change)."""
+    fixed = next((name for name in FIXED if isinstance(data, dict) and name in data), None)
+    if fixed is not None:
+        raise WalletValidationError(fixed, "never changes: create another budget (and delete this one)")
     data = shaped(data, ChangeBudgetRequest)
     await _owned(state, request, budget_id)
     service = state.services.wallets.budgets

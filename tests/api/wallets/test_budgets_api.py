@@ -175,3 +175,18 @@ async def test_post_hoc_usage_counts_in_the_window_of_its_own_time_and_is_never_
     assert [(p["threshold"], p["used"]) for (p,) in rows] == [(100, "1.22")]
     verify = (await client.post("/v1/audit/verify")).json()
     assert next(c for c in verify["checks"] if c["name"] == "budgets")["ok"]
+
+
+async def test_a_change_to_what_a_budget_is_is_refused_not_ignored(client: AsyncTestClient, tag: str, book: str):
+    # PATCH {"window": "day"} was 200 with the budget unchanged: the caller was told nothing
+    cid = await _funded(client, tag, book)
+    b = await _budget(client, customer_id=cid, window="month", metric="money", limit="10.00")
+    for change, field in [({"window": "day"}, "window"), ({"metric": "tokens", "limit": 5}, "metric"),
+                          ({"time_zone": "Europe/Paris"}, "time_zone"), ({"name": "x", "model": "gpt-*"}, "model"),
+                          ({"dimensions": {"feature": "search"}}, "dimensions"), ({"api_key": "k1"}, "api_key"),
+                          ({"customer_id": "other"}, "customer_id"), ({"limt": "5.00"}, "body")]:
+        refused = await client.patch(f"/v1/budgets/{b['id']}", json=change)
+        assert refused.status_code == 422 and refused.json()["code"] == "validation_error", (change, refused.text)
+        assert refused.json()["fields"][0]["field"] == field, (change, refused.text)
+    now = (await client.get(f"/v1/budgets/{b['id']}")).json()
+    assert (now["window"], now["metric"], now["name"], now["limit"]) == ("month", "money", "", "10.00")
