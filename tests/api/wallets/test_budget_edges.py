@@ -1,0 +1,78 @@
+"""Budgets at their edges through HTTP: what a create or a change refuses (422 naming the field,
+nothing written), a budget gone, and a limit lowered under what its window already holds."""
+from __future__ import annotations
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from tests.api.wallets.test_budgets_api import _budget, _funded, _reserve
+
+BAD_CREATES = [
+    ({"limit": "99999999999999999999999.00"}, "limit"), ({"limit": "1e3"}, "limit"), ({"limit": "0.00"}, "limit"),
+    ({"limit": 10, "metric": "money"}, "limit"), ({"limit": "10", "metric": "tokens"}, "limit"),
+    ({"limit": 10.5, "metric": "tokens"}, "limit"), ({"limit": 10**19, "metric": "tokens"}, "limit"),
+    ({"limit": True, "metric": "tokens"}, "limit"),
+    ({"time_zone": "Not/AZone"}, "time_zone"), ({"time_zone": "../../etc/passwd"}, "time_zone"),
+    ({"time_zone": "/etc/localtime"}, "time_zone"), ({"time_zone": "zone.tab"}, "time_zone"),
+    ({"time_zone": "America"}, "time_zone"), ({"time_zone": " UTC"}, "time_zone"),
+    ({"thresholds": [50, 50]}, "thresholds"), ({"thresholds": [0]}, "thresholds[0]"),
+    ({"thresholds": [1001]}, "thresholds[0]"), ({"window": "week"}, "window"),
+    ({"window": "request", "metric": "requests", "limit": 3}, "metric"), ({"model": ""}, "model"),
+    ({"dimensions": {"a": 1}}, "dimensions"), ({"name": "x" * 201}, "name"),
+]
+
+
+@pytest.mark.parametrize("change, field", BAD_CREATES)
+async def test_a_budget_that_cannot_mean_anything_is_422_naming_the_field_and_nothing_is_written(
+        client: AsyncTestClient, tag: str, book: str, change: dict, field: str):
+    cid = await _funded(client, tag, book)
+    body = {"customer_id": cid, "window": "month", "metric": "money", "limit": "10.00", **change}
+    refused = await client.post("/v1/budgets", json=body)
+    assert refused.status_code == 422, refused.text
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert refused.json()["code"] == "validation_error"
+    assert refused.json()["fields"][0]["field"].startswith(field), refused.text
+    assert (await client.get(f"/v1/budgets?customer_id={cid}")).json()["budgets"] == []
+
+
+@pytest.mark.parametrize("change", [{"limit": "abc"}, {"limit": 5}, {"mode": "x"}, {"thresholds": [2000]},
+                                    {"limit": "99999999999.00"}, {"name": None, "limit": "0.00"}])
+async def test_a_bad_change_is_422_and_leaves_the_budget_as_it_was(client: AsyncTestClient, tag: str, book: str,
+                                                                  change: dict):
+    cid = await _funded(client, tag, book)
+    b = await _budget(client, customer_id=cid, window="month", metric="money", limit="10.00")
+    refused = await client.patch(f"/v1/budgets/{b['id']}", json=change)
+    assert refused.status_code == 422 and refused.json()["code"] == "validation_error", refused.text
+    now = (await client.get(f"/v1/budgets/{b['id']}")).json()
+    assert (now["limit"], now["mode"], now["thresholds"]) == ("10.00", "hard", [])
+
+
+async def test_a_deleted_budget_is_gone_for_every_route(client: AsyncTestClient, tag: str, book: str):
+    cid = await _funded(client, tag, book)
+    b = await _budget(client, customer_id=cid, window="day", metric="requests", limit=2, time_zone="Pacific/Kiritimati")
+    assert (await client.delete(f"/v1/budgets/{b['id']}")).status_code == 200
+    for answer in (await client.delete(f"/v1/budgets/{b['id']}"), await client.get(f"/v1/budgets/{b['id']}"),
+                   await client.patch(f"/v1/budgets/{b['id']}", json={"limit": 3})):
+        assert answer.status_code == 404 and answer.json()["code"] == "not_found", answer.text
+    for path in ("/v1/budgets/" + "x" * 5000, "/v1/budgets/%00"):
+        assert (await client.get(path)).status_code in (404, 422)
+
+
+async def test_a_limit_lowered_under_what_is_held_refuses_new_holds_but_lets_the_old_ones_close(
+        client: AsyncTestClient, tag: str, book: str):
+    cid = await _funded(client, tag, book)
+    b = await _budget(client, customer_id=cid, window="minute", metric="requests", limit=3)
+    held = [await _reserve(client, cid, f"q{i}", amount="1.00") for i in range(3)]
+    assert [h.status_code for h in held] == [201] * 3
+    assert (await client.patch(f"/v1/budgets/{b['id']}", json={"limit": 1})).json()["remaining"] == 0
+    refused = await _reserve(client, cid, "q3", amount="1.00")
+    assert refused.status_code == 429 and refused.json()["code"] == "budget_exceeded"
+    assert 1 <= int(refused.headers["retry-after"]) == refused.json()["retry_after_seconds"] <= 60
+    released = await client.post(f"/v1/reservations/{held[0].json()['id']}/release")
+    settled = await client.post(f"/v1/reservations/{held[1].json()['id']}/settle",
+                                json={"usage": {"input_tokens": 10, "output_tokens": 1}})
+    assert (released.status_code, settled.status_code) == (200, 200), settled.text
+    now = (await client.get(f"/v1/budgets/{b['id']}")).json()
+    assert (now["used"], now["held"], now["remaining"]) == (1, 1, 0)
+    assert (await client.patch(f"/v1/budgets/{b['id']}", json={"mode": "soft"})).status_code == 200
+    assert (await _reserve(client, cid, "q4", amount="1.00")).status_code == 201  # soft: allowed past the limit
