@@ -210,6 +210,7 @@ async def test_a_host_no_request_could_reach_is_refused_on_create_and_update(cli
     changed = await client.patch(f"/v1/webhook-endpoints/{endpoint['id']}", json={"url": url})
     assert changed.status_code == 422 and changed.json()["fields"][0]["field"] == "url"
     assert (await client.get(f"/v1/webhook-endpoints/{endpoint['id']}")).json()["url"] == "https://hooks.example.com/ok"
+    assert (await client.delete(f"/v1/webhook-endpoints/{endpoint['id']}")).status_code == 200  # sends nothing later
 
 
 async def test_the_database_keeps_attempts_append_only_and_deleted_endpoints_deleted(client, db):
