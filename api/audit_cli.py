@@ -16,14 +16,25 @@ from api.settings import Settings
 
 
 def parse_time(raw: str | None) -> datetime | None:
-    """An RFC 3339 time or a date (midnight UTC); naive times are UTC."""
+    """An RFC 3339 time or a date (midnight UTC); naive times are UTC. A bad one is exit 2, as any
+    bad argument (reconcile's exit 1 means differences)."""
     if raw is None:
         return None
     try:
         value = datetime.fromisoformat(raw)
-    except ValueError:
-        raise SystemExit(f"not a time: {raw!r} (give RFC 3339, e.g. 2026-11-01T00:00:00Z, or a date)") from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: a year-1 time east of UTC
+        print(f"error: not a time: {raw!r} (give RFC 3339, e.g. 2026-11-01T00:00:00Z, or a date)", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def parse_window(start: str | None, end: str | None) -> tuple[datetime | None, datetime | None]:
+    """--from and --to; the first must be before the second (exit 2 otherwise)."""
+    since, until = parse_time(start), parse_time(end)
+    if since is not None and until is not None and since >= until:
+        print("error: --from must be before --to", file=sys.stderr)
+        raise SystemExit(2)
+    return since, until
 
 
 class StderrBar:
@@ -74,9 +85,7 @@ def export(args: argparse.Namespace, settings: Settings) -> int:
     from api.runtime import open_database
     from ledger import export as exporting
 
-    window = exporting.Window(parse_time(args.start), parse_time(args.end))
-    if window.start and window.end and window.start >= window.end:
-        raise SystemExit("--from must be before --to")
+    window = exporting.Window(*parse_window(args.start, args.end))
     handle = open_database(settings, migrate=False)
     started, cpu = time.monotonic(), time.process_time()
     try:
@@ -109,7 +118,7 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
     from wallets.reconcile import PaymentFileError, asset_scales, ledger_topups, read_payments
     from wallets.reconcile import reconcile as match
 
-    start, end = parse_time(args.start), parse_time(args.end)
+    start, end = parse_window(args.start, args.end)
 
     async def read(db):
         async def work(conn):

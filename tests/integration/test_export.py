@@ -137,7 +137,10 @@ def test_a_window_exports_only_the_entries_that_occurred_in_it(demo, tmp_path):
     assert later_rows and earlier_rows
     assert all(r["time"] >= middle for r in later_rows) and all(r["time"] < middle for r in earlier_rows)
     assert len(later_rows) + len(earlier_rows) == len(rows)
-    assert cli(url, "export", "--format", "csv", "--from", "2026-02-01", "--to", "2026-01-01").returncode != 0
+    assert cli(url, "export", "--format", "csv", "--from", "2026-02-01", "--to", "2026-01-01").returncode == 2
+    # Was a traceback (OverflowError: the beancount writer moved the start to UTC, before year 1):
+    early = cli(url, "export", "--format", "beancount", "--from", "0001-01-01T00:00:00+01:00")
+    assert early.returncode == 2 and "not a time" in early.stderr and "Traceback" not in early.stderr
 
 
 # ---- offline verification of the jsonl export ---------------------------------------------------

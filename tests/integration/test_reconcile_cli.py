@@ -84,3 +84,14 @@ def test_a_file_that_is_not_utf8_or_has_an_amount_out_of_range_is_exit_2(ledger_
     assert latin.returncode == 2 and "not UTF-8 text" in latin.stderr and "Traceback" not in latin.stderr
     huge = _reconcile(ledger_url, tmp_path, "reference,amount,currency\nch_1,1e999999,USD\n")
     assert huge.returncode == 2 and "line 2: not an amount" in huge.stderr, huge.stderr
+
+
+def test_a_bad_or_reversed_window_is_exit_2_not_a_verdict(ledger_url, tmp_path):
+    """Was: a --from that is not a time exited 1 (which means differences), and --from after --to
+    reconciled an empty window: exit 0, "reconciled", with every top-up and payment left out."""
+    body = _stripe(TOPUPS)
+    bad = _reconcile(ledger_url, tmp_path, body, "--from", "yesterday")
+    assert bad.returncode == 2 and "not a time: 'yesterday'" in bad.stderr, bad.stdout + bad.stderr
+    reversed_ = _reconcile(ledger_url, tmp_path, body, "--from", "2026-12-01", "--to", "2026-11-01")
+    assert reversed_.returncode == 2 and "--from must be before --to" in reversed_.stderr, reversed_.stdout
+    assert "reconciled" not in reversed_.stdout
