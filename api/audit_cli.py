@@ -93,6 +93,9 @@ def export(args: argparse.Namespace, settings: Settings) -> int:
             progress = StderrBar.on_terminal(f"export {args.format}",
                                              "postings" if args.format == "csv" else "entries")
             summary = exporting.WRITERS[args.format](conn, out, window, progress)
+    except OSError as exc:  # a folder that does not exist, a full disk (psycopg's errors are not OSError)
+        print(f"error: cannot write {args.out or 'to stdout'}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     finally:
         handle.close()
     seconds, cpu = time.monotonic() - started, time.process_time() - cpu

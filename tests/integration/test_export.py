@@ -141,6 +141,10 @@ def test_a_window_exports_only_the_entries_that_occurred_in_it(demo, tmp_path):
     # Was a traceback (OverflowError: the beancount writer moved the start to UTC, before year 1):
     early = cli(url, "export", "--format", "beancount", "--from", "0001-01-01T00:00:00+01:00")
     assert early.returncode == 2 and "not a time" in early.stderr and "Traceback" not in early.stderr
+    # Was a traceback (FileNotFoundError from the temporary file beside it):
+    nowhere = cli(url, "export", "--format", "csv", "--out", "/nonexistent-folder/journal.csv")
+    assert nowhere.returncode == 2 and nowhere.stderr.startswith(
+        "error: cannot write /nonexistent-folder/journal.csv: No such file or directory"), nowhere.stderr
 
 
 # ---- offline verification of the jsonl export ---------------------------------------------------
