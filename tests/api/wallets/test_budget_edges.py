@@ -2,10 +2,15 @@
 nothing written), a budget gone, and a limit lowered under what its window already holds."""
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 from litestar.testing import AsyncTestClient
+from sqlalchemy import text
 
+from ledger.db import Database
 from tests.api.wallets.test_budgets_api import _budget, _funded, _reserve
+from wallets.chart import ASSET_SCALE
 
 BAD_CREATES = [
     ({"limit": "99999999999999999999999.00"}, "limit"), ({"limit": "1e3"}, "limit"), ({"limit": "0.00"}, "limit"),
@@ -76,3 +81,36 @@ async def test_a_limit_lowered_under_what_is_held_refuses_new_holds_but_lets_the
     assert (now["used"], now["held"], now["remaining"]) == (1, 1, 0)
     assert (await client.patch(f"/v1/budgets/{b['id']}", json={"mode": "soft"})).status_code == 200
     assert (await _reserve(client, cid, "q4", amount="1.00")).status_code == 201  # soft: allowed past the limit
+
+
+async def test_a_change_can_clear_the_thresholds_and_the_name(client: AsyncTestClient, tag: str, book: str):
+    cid = await _funded(client, tag, book)
+    b = await _budget(client, customer_id=cid, name="cap", window="day", metric="tokens", limit=100,
+                      thresholds=[80, 50], time_zone="Asia/Kathmandu")
+    assert b["thresholds"] == [80, 50] and b["window_start"].endswith(":15:00Z")  # +05:45: local midnight
+    changed = await client.patch(f"/v1/budgets/{b['id']}", json={"thresholds": [], "name": ""})
+    assert changed.status_code == 200, changed.text
+    assert (changed.json()["thresholds"], changed.json()["name"]) == ([], "")
+    assert (await client.get(f"/v1/budgets/{b['id']}")).json()["thresholds"] == []
+
+
+async def test_a_hold_taken_before_its_budget_was_deleted_still_returns_and_verify_agrees(
+        client: AsyncTestClient, db: Database, tag: str, book: str):
+    cid = await _funded(client, tag, book)
+    old = await _budget(client, customer_id=cid, window="month", metric="money", limit="5.00")
+    held = [await _reserve(client, cid, f"d{i}", amount="2.00") for i in range(2)]
+    assert [h.status_code for h in held] == [201, 201]
+    assert (await client.delete(f"/v1/budgets/{old['id']}")).status_code == 200
+    new = await _budget(client, customer_id=cid, window="month", metric="money", limit="5.00")
+    assert (await _reserve(client, cid, "d2", amount="5.00")).status_code == 201  # the old holds count in no live one
+    assert (await client.post(f"/v1/reservations/{held[0].json()['id']}/release")).status_code == 200
+    settled = await client.post(f"/v1/reservations/{held[1].json()['id']}/settle",
+                                json={"usage": {"input_tokens": 1000, "output_tokens": 0}})
+    assert settled.status_code == 200, settled.text
+    rows = await db.read(lambda conn: conn.execute(text(
+        "SELECT used, held FROM budget_windows WHERE budget_id = :b"), {"b": old["id"]}))
+    charged = int(Decimal(settled.json()["charged"]).scaleb(ASSET_SCALE))
+    assert [(int(u), int(h)) for u, h in rows] == [(charged, 0)]  # the release returned, the settle counted
+    assert (await client.get(f"/v1/budgets/{new['id']}")).json()["held"] == "5.00"
+    verify = (await client.post("/v1/audit/verify")).json()
+    assert next(c for c in verify["checks"] if c["name"] == "budgets")["ok"]

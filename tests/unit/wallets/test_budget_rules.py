@@ -173,3 +173,43 @@ def _consistent(r: Reservation, bh, b: Budget) -> None:
         assert bh.held == 0
     if b.metric == "money":
         assert (bh.held, bh.used) == (r.hold_left, r.charged)
+
+
+# zones whose midnight some day does not exist (Santiago, Asuncion, Havana, Beirut, Sao Paulo
+# before 2019) or comes twice, half- and quarter-hour offsets, a 30-minute DST (Lord Howe)
+ODD_ZONES = ("America/Santiago", "America/Asuncion", "America/Havana", "Asia/Beirut", "America/Sao_Paulo",
+             "Asia/Tehran", "Australia/Lord_Howe", "Pacific/Chatham", "Asia/Kathmandu", "Africa/Cairo")
+
+
+@given(st.sampled_from(ODD_ZONES), st.sampled_from(("day", "month")),
+       st.datetimes(min_value=datetime(2010, 1, 1), max_value=datetime(2030, 1, 1)))
+@settings(max_examples=400, deadline=None)
+def test_calendar_windows_tile_time_in_zones_whose_midnight_is_skipped_or_doubled(zone, window, naive):
+    b = budget(window, time_zone=zone)
+    at = naive.replace(tzinfo=UTC)
+    start = rules.window_start(b, at)
+    end = rules.window_end(b, start)
+    assert start <= at < end  # every instant in exactly one window: no gap, no overlap at a rollover
+    assert rules.window_start(b, end) == end and rules.window_start(b, end - timedelta(microseconds=1)) == start
+
+
+@given(st.dictionaries(st.integers(0, 70), st.tuples(st.integers(0, 50), st.integers(0, 50)), max_size=6),
+       st.integers(1, 200), st.integers(1, 100), st.integers(0, 999_999))
+@settings(max_examples=400, deadline=None)
+def test_retry_after_is_the_first_second_at_which_the_hold_fits(windows, limit, q, micros):
+    now = datetime(2026, 12, 3, 10, 0, 0, micros, tzinfo=UTC)
+    b = budget("minute", "tokens", limit)
+    b.windows = {now.replace(microsecond=0) - timedelta(seconds=ago): list(w) for ago, w in windows.items()}
+    used, held = rules.counted(b, now)
+    excess = used + held + q - limit
+    if excess <= 0:
+        return
+
+    def fits(at: datetime) -> bool:
+        return sum(rules.counted(b, at)) + q <= limit
+
+    wait = rules.retry_after(b, now, excess)
+    if wait is None:
+        assert q > limit  # only a hold larger than the limit never fits
+        return
+    assert fits(now + timedelta(seconds=wait)) and (wait == 1 or not fits(now + timedelta(seconds=wait - 1)))
