@@ -61,6 +61,7 @@ from api.client_reservations import (
     AsyncReservation,
     Reservation,
     StreamMeter,
+    extend_call,
     release_call,
     reserve_request,
     settle_call,
@@ -251,6 +252,12 @@ class Client(_Base, JournalReads):
         """Release a reservation's hold by id, durably. None if silently spooled."""
         return self._settle_or_release(*release_call(reservation_id, key), seconds_until(expires_at))
 
+    def extend(self, reservation_id: str, ttl_seconds: int, *, key: str | None = None) -> dict[str, Any]:
+        """Keep an open reservation's hold until `ttl_seconds` from now (later than its expiry).
+        Not spooled: an extension that cannot be sent now is of no use later."""
+        path, body, key = extend_call(reservation_id, ttl_seconds, key)
+        return self._call("POST", path, body, key=key)
+
     def flush_spool(self, *, wait: bool = True) -> FlushReport:
         """Re-send this client's spooled calls with their own Idempotency-Keys and this client's key."""
         if self.spool is None or not self.spool.path.exists():
@@ -364,6 +371,10 @@ class AsyncClient(_Base, AsyncJournalReads):
     async def release(self, reservation_id: str, *, key: str | None = None,
                       expires_at: str | datetime | None = None) -> dict[str, Any] | None:
         return await self._settle_or_release(*release_call(reservation_id, key), seconds_until(expires_at))
+
+    async def extend(self, reservation_id: str, ttl_seconds: int, *, key: str | None = None) -> dict[str, Any]:
+        path, body, key = extend_call(reservation_id, ttl_seconds, key)
+        return await self._call("POST", path, body, key=key)
 
     async def flush_spool(self, *, wait: bool = True) -> FlushReport:
         if self.spool is None or not self.spool.path.exists():

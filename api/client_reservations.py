@@ -1,4 +1,5 @@
-"""The SDK's reservation blocks: what leaving one sends (settle or release), and the stream meter.
+"""The SDK's reservation blocks: what leaving one sends (settle or release), their extension, and
+the stream meter.
 
 Both clients share them; the client does the sending (`_call`, `_deliver`, `_settle_or_release`).
 """
@@ -47,6 +48,7 @@ class _Reservation:
         self._entered_at = 0.0
         self.spooled: SettlementSpooled | None = None  # set when the exit's settle went to the spool
         self.queued = False  # the exit's settle was queued for a background settle (settlement stays None)
+        self._held_until: float | None = None  # by the local clock, once extended
 
     @property
     def id(self) -> str:
@@ -97,10 +99,17 @@ class _Reservation:
 
     def _hold_left_s(self) -> float | None:
         """Seconds until the hold expires, by the local clock since the reserve (no clock skew)."""
+        if self._held_until is not None:
+            return self._held_until - time.monotonic()
         ttl = self._body.get("ttl_seconds")
         if ttl is None:
             return seconds_until(self.data.get("expires_at"))
         return ttl - (time.monotonic() - self._entered_at)
+
+    def _extended(self, answer: dict[str, Any], ttl_seconds: int, asked_at: float) -> dict[str, Any]:
+        self.data["expires_at"] = answer["expires_at"]
+        self._held_until = asked_at + ttl_seconds
+        return answer
 
     def _spooled_on_exit(self, spooled: SettlementSpooled, exc: BaseException | None) -> None:
         self.spooled = spooled
@@ -120,6 +129,11 @@ class Reservation(_Reservation):
         """Charge part of the usage now and keep the hold open (agent loops, long streams)."""
         path, body, key = self._capture_call(usage)
         return self._client._settle_or_release(path, body, key, self.id, self._hold_left_s())
+
+    def extend(self, ttl_seconds: int) -> dict[str, Any]:
+        """Keep the hold `ttl_seconds` from now (a call running longer than its TTL)."""
+        asked_at = time.monotonic()
+        return self._extended(self._client.extend(self.id, ttl_seconds), ttl_seconds, asked_at)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         path, body, key = self._exit_call(failed=exc_type is not None)
@@ -141,6 +155,10 @@ class AsyncReservation(_Reservation):
     async def capture(self, **usage: int) -> dict[str, Any] | None:
         path, body, key = self._capture_call(usage)
         return await self._client._settle_or_release(path, body, key, self.id, self._hold_left_s())
+
+    async def extend(self, ttl_seconds: int) -> dict[str, Any]:
+        asked_at = time.monotonic()
+        return self._extended(await self._client.extend(self.id, ttl_seconds), ttl_seconds, asked_at)
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
         path, body, key = self._exit_call(failed=exc_type is not None)
@@ -185,3 +203,10 @@ def settle_call(reservation_id: str, final: bool, key: str | None,
 
 def release_call(reservation_id: str, key: str | None) -> tuple[str, dict[str, Any], str, str]:
     return f"/v1/reservations/{reservation_id}/release", {}, key or f"{reservation_id}:release:0", reservation_id
+
+
+def extend_call(reservation_id: str, ttl_seconds: int, key: str | None) -> tuple[str, dict[str, Any], str]:
+    """An extension: (path, body, idempotency key); its key is made once per call, so its own
+    retries replay it and a later extension is another one."""
+    return (f"/v1/reservations/{reservation_id}/extend", {"ttl_seconds": ttl_seconds},
+            key or f"{reservation_id}:extend:{uuid.uuid4().hex}")

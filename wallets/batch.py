@@ -35,6 +35,7 @@ from wallets.core.decision import (
     PaymentRecorded,
     PeriodAdvanced,
     ReservationChanged,
+    ReservationExtended,
     ReservationOpened,
     TrueUpPosted,
     UsageCounted,
@@ -229,6 +230,10 @@ class Batch:
         r.captures, r.closed_at = effect.captures, effect.closed_at
         self.changed.add((effect.customer_id, effect.reservation_id))
 
+    def _reservation_extended(self, effect: ReservationExtended, key: str | None) -> None:
+        self.loaded.wallets[effect.customer_id].reservations[effect.reservation_id].expires_at = effect.expires_at
+        self.changed.add((effect.customer_id, effect.reservation_id))
+
     def _charge_recorded(self, effect: ChargeRecorded, key: str | None) -> None:
         self.add("charges", {
             "customer_id": effect.customer_id, "reservation_id": effect.reservation_id, "event_id": effect.event_id,
@@ -384,7 +389,8 @@ class Batch:
 _PRICED = (ChargeRecorded, TrueUpPosted, AdjustmentPosted)  # effects whose lines an entry's rollup adds
 _FOLLOW: dict[type, Any] = {
     LotOpened: Batch._lot_opened, LotSwept: Batch._lot_swept, ReservationOpened: Batch._reservation_opened,
-    ReservationChanged: Batch._reservation_changed, ChargeRecorded: Batch._charge_recorded,
+    ReservationChanged: Batch._reservation_changed, ReservationExtended: Batch._reservation_extended,
+    ChargeRecorded: Batch._charge_recorded,
     UsageEventRecorded: Batch._usage_event_recorded, UsageCounted: Batch._usage_counted,
     BudgetCounted: Batch._budget_counted, OutboxEvent: Batch._outbox_event,
     CustomerFlagged: Batch._customer_flagged, AnswerKept: Batch._answer_kept,

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from wallets.core.commands import (
     GRANT_PRIORITY,
+    MAX_TTL_SECONDS,
     TOPUP_PRIORITY,
     ClosePeriod,
     Command,
     ExpireLot,
     ExpireReservation,
+    Extend,
     Grant,
     PayInvoice,
     RecordUsage,
@@ -20,6 +22,7 @@ from wallets.core.commands import (
 from wallets.core.results import (
     CreditResult,
     ExpiryResult,
+    ExtendResult,
     LotView,
     ReleaseResult,
     ReservationSummary,
@@ -32,8 +35,8 @@ from wallets.core.results import (
 )
 
 __all__ = [
-    "GRANT_PRIORITY", "TOPUP_PRIORITY", "ClosePeriod", "Command", "CreditResult", "ExpireLot", "ExpireReservation",
-    "ExpiryResult", "Grant", "LotView", "PayInvoice", "RecordUsage", "Release", "ReleaseResult",
-    "ReservationSummary", "Reserve", "ReserveResult", "Settle", "SettleResult", "TopUp", "UsageResult",
-    "WalletView", "lot_view", "wallet_view",
+    "GRANT_PRIORITY", "MAX_TTL_SECONDS", "TOPUP_PRIORITY", "ClosePeriod", "Command", "CreditResult", "ExpireLot",
+    "ExpireReservation", "ExpiryResult", "Extend", "ExtendResult", "Grant", "LotView", "PayInvoice", "RecordUsage",
+    "Release", "ReleaseResult", "ReservationSummary", "Reserve", "ReserveResult", "Settle", "SettleResult", "TopUp",
+    "UsageResult", "WalletView", "lot_view", "wallet_view",
 ]

@@ -20,6 +20,12 @@ class ReservationClosedError(WalletError):
     code = "reservation_closed"
 
 
+class ExtensionTooShortError(WalletError):
+    """An extension whose new expiry would not be later than the reservation's current one."""
+
+    code = "extension_too_short"
+
+
 class NotFoundError(WalletError):
     code = "not_found"
 

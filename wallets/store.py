@@ -283,10 +283,10 @@ _WRITES: dict[str, str] = {
                       expires_at timestamptz, closed_at timestamptz)""",
     "reservation_updates": """UPDATE reservations SET captured = r.captured, released = r.released,
                       charged = r.charged, captures = r.captures, status = r.status,
-                      closed_at = r.closed_at
+                      closed_at = r.closed_at, expires_at = r.expires_at
                  FROM jsonb_to_recordset({p}::jsonb) AS r(id text, captured numeric,
                       released numeric, charged numeric, captures int, status text,
-                      closed_at timestamptz)
+                      closed_at timestamptz, expires_at timestamptz)
                 WHERE reservations.lane = {lane} AND reservations.id = r.id""",
     "holds": """INSERT INTO reservation_holds (lane, reservation_id, seq, account_code, amount)
                SELECT {lane}, r.reservation_id, r.seq, r.account_code, r.amount
@@ -610,7 +610,7 @@ def reservation_row(r: Reservation, entry_id: int | None) -> dict[str, Any]:
 
 def reservation_update(r: Reservation) -> dict[str, Any]:
     return {"id": r.id, "captured": r.captured, "released": r.released, "charged": r.charged,
-            "captures": r.captures, "status": r.status, "closed_at": r.closed_at}
+            "captures": r.captures, "status": r.status, "closed_at": r.closed_at, "expires_at": r.expires_at}
 
 
 def hold_rows(r: Reservation) -> list[dict[str, Any]]:

@@ -26,7 +26,17 @@ from api.routes.schemas import (
 from api.routes.wire import Answer, amount_in, idempotency, money, respond, shaped, time_out
 from ledger.model import request_hash
 from wallets import reports
-from wallets.commands import Release, ReleaseResult, Reserve, ReserveResult, Settle, SettleResult
+from wallets.commands import (
+    MAX_TTL_SECONDS,
+    Extend,
+    ExtendResult,
+    Release,
+    ReleaseResult,
+    Reserve,
+    ReserveResult,
+    Settle,
+    SettleResult,
+)
 from wallets.errors import WalletValidationError
 
 
@@ -34,7 +44,7 @@ class CreateReservationRequest(msgspec.Struct):
     customer_id: Identifier
     request_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     model: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-    ttl_seconds: Annotated[int, msgspec.Meta(ge=1, le=7 * 86400)] = 300
+    ttl_seconds: Annotated[int, msgspec.Meta(ge=1, le=MAX_TTL_SECONDS)] = 300
     estimate: Annotated[dict[str, Any], json_object(ESTIMATE)] | None = None
     amount: Amount | None = None
     dimensions: Dimensions = {}
@@ -49,6 +59,17 @@ class ReservationResponse(msgspec.Struct):
     amount: str
     currency: str
     created_at: str
+    expires_at: str
+
+
+class ExtendRequest(msgspec.Struct):
+    ttl_seconds: Annotated[int, msgspec.Meta(ge=1, le=MAX_TTL_SECONDS, description=(
+        "Hold until this many seconds from now; must end later than the current expiry"))]
+
+
+class ExtendResponse(msgspec.Struct):
+    id: str
+    status: str
     expires_at: str
 
 
@@ -121,8 +142,13 @@ def _released(result: ReleaseResult) -> ReleaseResponse:
     return ReleaseResponse(result.reservation_id, result.status, money(result.released) or "0", result.entry_id)
 
 
+def _extended(result: ExtendResult) -> ExtendResponse:
+    return ExtendResponse(result.reservation_id, result.status, time_out(result.expires_at) or "")
+
+
 RESERVED, SETTLED, RELEASED = Answer(_reserved, ReserveResult), Answer(_settled, SettleResult), \
     Answer(_released, ReleaseResult)
+EXTENDED = Answer(_extended, ExtendResult)
 
 
 @guarded_post("/v1/reservations", guards=[require("inference")], tags=["reservations"], status_code=201,
@@ -195,6 +221,24 @@ async def release(state: State, request: Request, reservation_id: FromPath[str])
     ensure_customer(request, customer_id)
     command = Release(customer_id=customer_id, reservation_id=reservation_id, idem=idempotency(request, {}))
     return respond(request, await state.services.wallets.submit(command), RELEASED)
+
+
+@guarded_post("/v1/reservations/{reservation_id:str}/extend", guards=[require("inference")], tags=["reservations"],
+      status_code=200, **documented(404, 409, body=True))
+async def extend(
+    state: State, request: Request, reservation_id: FromPath[str],
+    data: Annotated[dict[str, Any], json_body(ExtendRequest)],
+) -> Response[ExtendResponse]:
+    """Keep an open (held or capturing) reservation's hold until `ttl_seconds` from now, for a
+    call that runs longer than its TTL: the new expiry must be later than the current one
+    (`extension_too_short` otherwise); a settled, released or expired reservation is
+    `reservation_closed`. Nothing is posted: the hold stays where it is."""
+    data = shaped(data, ExtendRequest)
+    customer_id = await state.services.wallets.owner_of(reservation_id)
+    ensure_customer(request, customer_id)
+    command = Extend(customer_id=customer_id, reservation_id=reservation_id, ttl_seconds=data.ttl_seconds,
+                     idem=idempotency(request, msgspec.to_builtins(data)))
+    return respond(request, await state.services.wallets.submit(command), EXTENDED)
 
 
 @get("/v1/reservations/{reservation_id:str}", guards=[require("inference", "auditor", "customer")],

@@ -6,7 +6,8 @@ from api.routes import budgets, charges, customers, invoices, price_books, rerat
 ROUTES = [
     price_books.post_price_book, price_books.get_price_book, price_books.import_price_books,
     customers.create_customer, customers.get_customer, customers.get_wallet, customers.top_up, customers.grant,
-    reservations.create_reservation, reservations.settle, reservations.release, reservations.get_reservation,
+    reservations.create_reservation, reservations.settle, reservations.release, reservations.extend,
+    reservations.get_reservation,
     settlements.settle_many,
     usage.post_usage_events, usage.get_usage,
     charges.get_charge_trace,

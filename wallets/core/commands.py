@@ -12,6 +12,7 @@ from wallets.core.idempotency import IdemKey
 from wallets.model import Wallet
 
 TOPUP_PRIORITY, GRANT_PRIORITY = 100, 50
+MAX_TTL_SECONDS = 7 * 86400  # the longest a hold may be asked for, at a reserve or an extension
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,6 +95,20 @@ class Settle(Command):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Release(Command):
     reservation_id: str
+
+    def _keys(self) -> set[tuple[str, ...]]:
+        return {("reservation", self.reservation_id)}
+
+    def needs(self) -> dict[str, list[Any]]:
+        return {"reservation_ids": [self.reservation_id]}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Extend(Command):
+    """Keep an open reservation's hold for `ttl_seconds` from now: a later expiry, nothing else."""
+
+    reservation_id: str
+    ttl_seconds: int
 
     def _keys(self) -> set[tuple[str, ...]]:
         return {("reservation", self.reservation_id)}

@@ -14,6 +14,7 @@ from wallets.core.commands import (
     Command,
     ExpireLot,
     ExpireReservation,
+    Extend,
     Grant,
     PayInvoice,
     RecordUsage,
@@ -27,12 +28,13 @@ from wallets.core.credits import expire_lot, grant, record_usage, top_up
 from wallets.core.decision import Decision
 from wallets.core.invoicing import close_period, pay_invoice
 from wallets.core.rerating import rerate_charges
-from wallets.core.reservations import expire_reservation, release, reserve, settle
+from wallets.core.reservations import expire_reservation, extend, release, reserve, settle
 from wallets.core.state import State
 
 Rule = Callable[[State, Any, datetime, PriceBook | None], Decision]
 RULES: dict[type[Command], Rule] = {
-    Reserve: reserve, Settle: settle, Release: release, ExpireReservation: expire_reservation,
+    Reserve: reserve, Settle: settle, Release: release, Extend: extend,
+    ExpireReservation: expire_reservation,
     TopUp: top_up, Grant: grant, ExpireLot: expire_lot, RecordUsage: record_usage,
     ClosePeriod: close_period, PayInvoice: pay_invoice, RerateCharges: rerate_charges,
 }

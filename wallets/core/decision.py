@@ -76,6 +76,14 @@ class ReservationChanged(msgspec.Struct, frozen=True, gc=False):
     closed_at: datetime | None
 
 
+class ReservationExtended(msgspec.Struct, frozen=True, gc=False):
+    """An open reservation's new, later expiry (its hold and figures do not change)."""
+
+    customer_id: str
+    reservation_id: str
+    expires_at: datetime
+
+
 class ChargeRecorded(msgspec.Struct, frozen=True, gc=False):
     """What one charge cost and how it was paid, with all that is needed to recompute it."""
 
@@ -247,9 +255,9 @@ class AnswerKept(msgspec.Struct, frozen=True, gc=False):
     body: Any
 
 
-Effect = (LotOpened | LotSwept | ReservationOpened | ReservationChanged | ChargeRecorded | UsageEventRecorded
-          | UsageCounted | BudgetCounted | OutboxEvent | CustomerFlagged | AnswerKept | TrueUpPosted
-          | InvoiceFinalized | PeriodAdvanced | PaymentRecorded | AdjustmentPosted | ChargeAdjusted
+Effect = (LotOpened | LotSwept | ReservationOpened | ReservationChanged | ReservationExtended | ChargeRecorded
+          | UsageEventRecorded | UsageCounted | BudgetCounted | OutboxEvent | CustomerFlagged | AnswerKept
+          | TrueUpPosted | InvoiceFinalized | PeriodAdvanced | PaymentRecorded | AdjustmentPosted | ChargeAdjusted
           | CreditNoteIssued)
 
 

@@ -1,4 +1,4 @@
-"""The reservation rules: reserve, settle (captures), release and expiry, as pure decisions."""
+"""The reservation rules: reserve, settle (captures), release, extension and expiry, as pure decisions."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
@@ -9,7 +9,7 @@ from pricing.estimate import estimate_upper_bound
 from pricing.money import format_amount
 from wallets import chart
 from wallets.core import budgets, idempotency
-from wallets.core.commands import Release, Reserve, Settle
+from wallets.core.commands import MAX_TTL_SECONDS, Extend, Release, Reserve, Settle
 from wallets.core.decision import (
     NOTHING_DUE,
     AnswerKept,
@@ -18,14 +18,22 @@ from wallets.core.decision import (
     HoldPiece,
     Outcome,
     ReservationChanged,
+    ReservationExtended,
     ReservationOpened,
     UsageCounted,
 )
 from wallets.core.legs import Legs, allocate, entry, funding, pieces_left, return_target, settlement, settlement_legs
 from wallets.core.rating import billing_period, book_for, charge_lines, implausibility, rate_call
-from wallets.core.results import REPLAYED, ReleaseResult, ReservationSummary, ReserveResult, SettleResult
+from wallets.core.results import REPLAYED, ExtendResult, ReleaseResult, ReservationSummary, ReserveResult, SettleResult
 from wallets.core.state import State
-from wallets.errors import ConflictError, InsufficientFundsError, NotFoundError, ReservationClosedError
+from wallets.errors import (
+    ConflictError,
+    ExtensionTooShortError,
+    InsufficientFundsError,
+    NotFoundError,
+    ReservationClosedError,
+    WalletValidationError,
+)
 from wallets.model import Reservation, Wallet
 
 SCALE = chart.ASSET_SCALE
@@ -188,6 +196,30 @@ def release(state: State, cmd: Release, now: datetime, book: PriceBook | None) -
         raise ReservationClosedError(f"reservation {r.id} is already {r.status}", reservation_id=r.id,
                                      reservation_status=r.status)
     return give_back(w, r, chart.RELEASED, "release", now)
+
+
+def extend(state: State, cmd: Extend, now: datetime, book: PriceBook | None) -> Decision:
+    """Keep an open reservation's hold until `now + ttl_seconds` (at most MAX_TTL_SECONDS, as a
+    reserve): only while it is held or capturing and not yet past its expiry, and only to a later
+    expiry. Nothing is posted: the hold stays where it is, only its expiry moves."""
+    w = state.require_wallet()
+    r = reservation_of(w, cmd.reservation_id)
+    if not r.is_open:
+        raise ReservationClosedError(f"reservation {r.id} is already {r.status}", reservation_id=r.id,
+                                     reservation_status=r.status)
+    if r.expires_at <= now:  # the expiry job has not released it yet: it will, whatever is asked
+        raise ReservationClosedError(f"reservation {r.id} expired at {r.expires_at.isoformat()}",
+                                     reservation_id=r.id, reservation_status=chart.EXPIRED)
+    if not 1 <= cmd.ttl_seconds <= MAX_TTL_SECONDS:
+        raise WalletValidationError("ttl_seconds", f"must be from 1 to {MAX_TTL_SECONDS} seconds")
+    expires_at = now + timedelta(seconds=cmd.ttl_seconds)
+    if expires_at <= r.expires_at:
+        raise ExtensionTooShortError(
+            f"reservation {r.id} is held until {r.expires_at.isoformat()}: {cmd.ttl_seconds} s from now "
+            f"({expires_at.isoformat()}) is not later", reservation_id=r.id, expires_at=r.expires_at.isoformat())
+    result = ExtendResult(r.id, r.status, expires_at.isoformat())
+    return Decision(Outcome(result.code, result), None,
+                    (ReservationExtended(w.customer.id, r.id, expires_at),))
 
 
 def expire_reservation(state: State, cmd: Release, now: datetime, book: PriceBook | None) -> Decision:

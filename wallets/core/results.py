@@ -112,6 +112,15 @@ class ReleaseResult:
 
 
 @dataclass(slots=True)
+class ExtendResult:
+    reservation_id: str
+    status: str
+    expires_at: str  # ISO 8601, the new expiry
+
+    code = "extended"
+
+
+@dataclass(slots=True)
 class CreditResult:
     grant: LotView
     wallet: WalletView
