@@ -39,6 +39,7 @@ from api.background import BackgroundSettler, ThreadedSettler, is_settle
 from api.client_errors import (
     ERRORS,
     BudgetExceeded,
+    ExtensionTooShort,
     Forbidden,
     IdempotencyConflict,
     ImplausibleUsage,
@@ -72,7 +73,8 @@ from api.spool import spool_dir as resolve_spool_dir
 from pricing.tokens import TokenCounter
 
 __all__ = [  # the typed errors live in api.client_errors and are imported from here
-    "ERRORS", "AsyncClient", "AsyncReservation", "BudgetExceeded", "Client", "FlushReport", "Forbidden",
+    "ERRORS", "AsyncClient", "AsyncReservation", "BudgetExceeded", "Client", "ExtensionTooShort", "FlushReport",
+    "Forbidden",
     "IdempotencyConflict", "ImplausibleUsage", "InsufficientFunds", "NotFound", "RateLimited", "Reservation",
     "ReservationClosed", "ServiceUnavailable", "SettlementSpooled", "StreamMeter", "TokentillError", "Unauthorized",
     "UnpricedModel", "ValidationFailed", "flush_spool_dir",

@@ -100,6 +100,7 @@ ROUTES = [
     ("GET", "/v1/reservations/{res}", None, {frozenset(READ_OWN): "ok"}),
     ("POST", "/v1/reservations/{res}/settle", {"usage": {"input_tokens": 1}}, {frozenset(INFERENCE_OWN): "ok"}),
     ("POST", "/v1/reservations/{res}/release", {}, {frozenset(INFERENCE_OWN): "ok"}),
+    ("POST", "/v1/reservations/{res}/extend", {"ttl_seconds": 3600}, {frozenset(INFERENCE_OWN): "ok"}),
     # webhooks act on the whole platform: admin keys not limited to customers only
     ("POST", "/v1/webhook-endpoints", {"url": "https://hooks.example.com/m", "topics": ["webhook_endpoint.disabled"]},
      {frozenset({"admin"}): "ok"}),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from datetime import datetime
 from decimal import Decimal
 
 import httpx
@@ -10,7 +11,14 @@ import pytest
 
 from api.app import create_app
 from api.bench.common import free_port
-from api.client import AsyncClient, Client, InsufficientFunds, UnpricedModel
+from api.client import (
+    AsyncClient,
+    Client,
+    ExtensionTooShort,
+    InsufficientFunds,
+    ReservationClosed,
+    UnpricedModel,
+)
 from api.demo import PRICE_BOOK, _Server, streamed_text
 from api.settings import Settings
 from pricing.tokens import TokenCounter
@@ -138,3 +146,35 @@ async def test_the_async_client_releases_on_error_too(live, customer):
         async with tt.reserve(customer, "model-b", input_tokens=100, max_output_tokens=100) as r:
             r.record(input_tokens=100, output_tokens=10)
         assert Decimal(r.settlement["charged"]) == Decimal("0.0106")
+
+
+def _instant(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def test_a_block_extends_its_hold_and_the_client_extends_one_by_id(live, customer):
+    with Client(live[0], ADMIN) as tt:
+        with tt.reserve(customer, "model-a", input_tokens=1000, max_output_tokens=500, ttl_seconds=60) as r:
+            first_expiry = r.data["expires_at"]
+            extended = r.extend(3600)
+            assert extended["status"] == "held" and r.data["expires_at"] == extended["expires_at"]
+            assert _instant(extended["expires_at"]) > _instant(first_expiry)
+            assert tt.get(f"/v1/reservations/{r.id}")["expires_at"] == extended["expires_at"]
+            assert r._hold_left_s() > 3500  # the exit's settle may retry for the extended hold
+            with pytest.raises(ExtensionTooShort):
+                tt.extend(r.id, 60)
+            r.record(input_tokens=1000, output_tokens=100)
+        assert r.settlement["status"] == "settled"
+        with pytest.raises(ReservationClosed):
+            tt.extend(r.id, 3600)
+
+
+async def test_the_async_client_extends_too(live, customer):
+    async with AsyncClient(live[0], ADMIN) as tt:
+        async with tt.reserve(customer, "model-a", input_tokens=100, max_output_tokens=100, ttl_seconds=60) as r:
+            extended = await r.extend(600)
+            assert r.data["expires_at"] == extended["expires_at"]
+            again = await tt.extend(r.id, 900)
+            assert _instant(again["expires_at"]) > _instant(extended["expires_at"])
+            r.record(input_tokens=100, output_tokens=10)
+        assert r.settlement["status"] == "settled"

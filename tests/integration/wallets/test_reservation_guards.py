@@ -3,9 +3,10 @@ writes the rows: raw SQL, as a buggy caller or an attacker holding the applicati
 write it (no trigger switched off), against a reservation the engine left `capturing` after one
 capture, and against one settled by its final capture.
 
-What it guards (migrations 0003, 0009, 0010): what the captures and releases take from a hold
-never exceeds it (`captured + released <= amount`); the hold, its owner and its request never
-change; running totals only move forward; a closed reservation has accounted for its whole hold
+What it guards (migrations 0003, 0009, 0010, 0030): what the captures and releases take from a
+hold never exceeds it (`captured + released <= amount`); the hold, its owner and its request never
+change; running totals only move forward; the expiry moves only later, on an open reservation, and
+alone (an extension); a closed reservation has accounted for its whole hold
 and stays closed (only a late capture moves its charge total and count); a capture id is charged
 once per reservation, and a reservation has one final charge; charge rows never change."""
 from __future__ import annotations
@@ -22,6 +23,7 @@ HOLD = r"reservations_check"  # captured + released <= amount
 CLOSED_AT = r"reservations_check1"  # open <=> closed_at IS NULL
 ACCOUNTED = r"reservations_check2"  # closed => captured + released = amount
 FORWARD = r"reservations: only status and running totals change, forward"
+EXTENSION = r"reservation res_\w+: only an open reservation's expiry moves, later, and alone"
 MACHINE = r"reservation res_\w+: settled -> \w+ is not allowed"
 CAPTURE_ONCE = r"charges_l\d+_lane_reservation_id_capture_id_key"
 ONE_FINAL = r"charges_l\d+_lane_reservation_id_idx"  # charges_one_final, on each partition
@@ -48,7 +50,12 @@ ATTACKS_OPEN = {
     "hold_grown": (FORWARD, SET.format("amount = amount + 1")),
     "hold_shrunk": (FORWARD, SET.format("amount = captured")),
     "other_owner": (FORWARD, SET.format("customer_id = %(other)s")),
-    "longer_life": (FORWARD, SET.format("expires_at = expires_at + interval '1 day'")),
+    "shorter_life": (EXTENSION, SET.format("expires_at = expires_at - interval '1 second'")),
+    "longer_life_and_a_capture": (EXTENSION, SET.format("expires_at = expires_at + interval '1 day', "
+                                                        "captured = captured + 1, charged = charged + 1")),
+    "longer_life_and_closed": (EXTENSION, SET.format("expires_at = expires_at + interval '1 day', "
+                                                     "status = 'released', closed_at = now(), "
+                                                     "released = amount - captured")),
     # closed without accounting for the whole hold, or closed and still open
     "settled_with_hold_left": (ACCOUNTED, SET.format("status = 'settled', closed_at = now()")),
     "released_with_hold_left": (ACCOUNTED, SET.format("status = 'released', closed_at = now()")),
@@ -65,6 +72,7 @@ ATTACKS_CLOSED = {
     "reopened": (MACHINE, SET.format("status = 'capturing', closed_at = NULL")),
     "capture_after_close_from_the_hold": (FORWARD, SET.format("captured = captured + 1, released = released - 1")),
     "released_instead": (MACHINE, SET.format("status = 'released'")),
+    "longer_life_once_closed": (EXTENSION, SET.format("expires_at = expires_at + interval '1 day'")),
     "second_final_charge": (ONE_FINAL, COPY_CHARGE.format(capture_id="'another'", which="final")),
 }
 
@@ -136,6 +144,7 @@ async def test_the_guards_let_the_engines_own_forward_writes_through(shared_kit,
     forward moves (what a capture, then a release, write) pass every guard."""
     _, _, rid = await _capturing(shared_kit)
     with psycopg.connect(database_url) as conn:
+        conn.execute("UPDATE reservations SET expires_at = expires_at + interval '1 hour' WHERE id = %s", (rid,))
         conn.execute("UPDATE reservations SET captured = captured + 1, charged = charged + 1, "
                      "captures = captures + 1 WHERE id = %s", (rid,))
         conn.execute("UPDATE reservations SET status = 'released', closed_at = now(), "
