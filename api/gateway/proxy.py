@@ -6,7 +6,9 @@ engine (in-process, the same engine the HTTP routes use), forward it with the up
 stream the answer back event by event as it arrives, and settle with the provider's usage, else
 the metered output (api.gateway.streams), through the gateway's spool (api.gateway.settles): a
 whole answer goes back once its settle is on disk, and the ledger takes it in the background.
-An upstream error status releases the hold and is passed through unchanged; a caller who leaves
+While the call runs its hold is renewed at about half its TTL (`hold_seconds`), so a call that
+outlasts the TTL (a long stream) keeps its money held until its settle. An upstream error status
+releases the hold and is passed through unchanged; a caller who leaves
 cancels the upstream call and is charged what was generated. A watcher task reads the caller's
 side of the connection, so a disconnect is seen while the upstream is still thinking, not only at
 the next write. The providers' free, read-only endpoints (models, count_tokens) are passed through
@@ -44,9 +46,9 @@ from ledger.errors import LedgerError
 from ledger.model import request_hash
 from pricing.errors import PricingError
 from pricing.tokens import TokenCounter
-from wallets.commands import Reserve, ReserveResult
+from wallets.commands import MAX_TTL_SECONDS, Extend, Reserve, ReserveResult
 from wallets.core.idempotency import refusal_body
-from wallets.errors import WalletValidationError
+from wallets.errors import ReservationClosedError, WalletValidationError
 
 log = logging.getLogger("tokentill.gateway")
 
@@ -254,9 +256,12 @@ class Exchange:
         return result
 
     async def _guarded(self, call: Call, reserved: ReserveResult) -> None:
-        """Run the call; when the caller leaves first, cancel it (unless it is settling already)."""
-        work = asyncio.create_task(Forwarding(self, call, reserved).run())
+        """Run the call; when the caller leaves first, cancel it (unless it is settling already).
+        Meanwhile keep its hold (`_keep_held`) until it is settled or released."""
+        forwarding = Forwarding(self, call, reserved)
+        work = asyncio.create_task(forwarding.run())
         watcher = asyncio.create_task(self._caller_left())
+        keeper = asyncio.create_task(self._keep_held(reserved, forwarding))
         try:
             done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
             if work not in done and not self.finishing:
@@ -268,6 +273,27 @@ class Exchange:
                     await self._refuse(Refusal(500, "internal_error", "an internal error occurred; it has been logged"))
         finally:
             watcher.cancel()
+            keeper.cancel()
+
+    async def _keep_held(self, reserved: ReserveResult, forwarding: Forwarding) -> None:
+        """Extend the reservation to `hold_seconds` from now every half of it, while the call runs:
+        the read timeout bounds only the silences of a stream, not its length, and a hold that
+        expired under a running call would give its money back to be spent by others before the
+        settle arrives. A failed extension is logged and the call goes on (the next one may pass)."""
+        ttl = min(self.gw.settings.hold_seconds, MAX_TTL_SECONDS)
+        r = reserved.reservation
+        while True:
+            await asyncio.sleep(ttl / 2)
+            if forwarding.finished:  # its settle or release is on its way: nothing left to hold for
+                return
+            try:
+                await self.gw.wallets.submit(Extend(customer_id=r.customer_id, reservation_id=r.id, ttl_seconds=ttl))
+            except ReservationClosedError as exc:
+                log.warning("gateway call %s: its hold %s can no longer be extended: %s", self.request_id, r.id, exc)
+                return
+            except Exception:
+                log.warning("gateway call %s: its hold %s could not be extended; the call goes on",
+                            self.request_id, r.id, exc_info=True)
 
     async def _caller_left(self) -> None:
         while (await self.receive())["type"] != "http.disconnect":
