@@ -160,7 +160,7 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"matched: {len(result.matched)} top-ups")
+        print(f"matched: {len(result.matched)} top-ups and invoice payments")
         for m in report["amount_mismatches"]:
             print(f"AMOUNT MISMATCH reference {m['reference']}: ledger {m['ledger_amount']} ({m['ledger']}), "
                   f"file {m['file_amount']} ({m['file']})")
@@ -175,6 +175,6 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
                 f"{kind} {n}" for kind, n in sorted(report["skipped_rows"].items())))
         differences = (len(result.mismatched) + len(result.only_in_ledger) + len(result.only_in_file)
                        + len(result.duplicates))
-        print("reconciled: every top-up matches a payment, and every payment a top-up" if result.clean
-              else f"reconciliation FAILED: {differences} difference(s)")
+        print("reconciled: every top-up and invoice payment matches a payment, and every payment one of them"
+              if result.clean else f"reconciliation FAILED: {differences} difference(s)")
     return 0 if result.clean else 1

@@ -1,7 +1,9 @@
-"""Cash reconciliation: the top-ups the ledger recorded against a payment processor's export.
+"""Cash reconciliation: the top-ups and invoice payments the ledger recorded (the cash it received)
+against a payment processor's export.
 
-A top-up is matched by its `reference` (what `POST /v1/customers/{id}/topups` was given: the
-processor's charge or payment id) and compared by amount and currency, exactly, in atomic units.
+A top-up or invoice payment is matched by its `reference` (what `POST /v1/customers/{id}/topups`
+or `POST /v1/invoices/{id}/payments` was given: the processor's charge or payment id) and
+compared by amount and currency, exactly, in atomic units.
 Two file layouts are read, told apart by their header:
 
 - Stripe balance transactions, as the Dashboard exports them (`id`, `Type`, `Source`, `Amount`,
@@ -122,13 +124,15 @@ def _read(reader: csv.DictReader, scale_of: Callable[[str], int]) -> tuple[list[
     return payments, skipped
 
 
+# The entries that bring cash in: top-ups, and payments of invoices (a postpaid customer's).
+CASH_IN = {"topup": "top-up", "invoice_payment": "invoice payment"}
 _TOPUPS = text("""
-SELECT j.id, j.occurred_at, j.customer_id, coalesce(j.metadata ->> 'reference', '') AS reference,
+SELECT j.id, j.kind, j.occurred_at, j.customer_id, coalesce(j.metadata ->> 'reference', '') AS reference,
        a.asset, sum(p.amount)::bigint AS amount
   FROM journal_entries j
   JOIN postings p ON p.lane = j.lane AND p.entry_id = j.id
   JOIN accounts a ON a.id = p.account_id
- WHERE j.kind = 'topup' AND a.code = :cash || a.asset
+ WHERE j.kind IN ('topup', 'invoice_payment') AND a.code = :cash || a.asset
    AND (CAST(:start AS timestamptz) IS NULL OR j.occurred_at >= :start)
    AND (CAST(:end AS timestamptz) IS NULL OR j.occurred_at < :end)
  GROUP BY j.lane, j.id, a.asset ORDER BY j.id
@@ -136,9 +140,11 @@ SELECT j.id, j.occurred_at, j.customer_id, coalesce(j.metadata ->> 'reference', 
 
 
 async def ledger_topups(conn: AsyncConnection, start: datetime | None, end: datetime | None) -> list[Payment]:
-    """Every top-up in [start, end): the cash it brought in, with its reference."""
+    """Every top-up and invoice payment in [start, end): the cash it brought in, with its reference."""
     rows = await conn.execute(_TOPUPS, {"cash": chart.cash_account(""), "start": start, "end": end})
-    return [Payment(r.reference, int(r.amount), r.asset, f"entry {r.id} (customer {r.customer_id})", r.occurred_at)
+    return [Payment(r.reference, int(r.amount), r.asset,
+                    f"entry {r.id} (customer {r.customer_id}{'' if r.kind == 'topup' else ', ' + CASH_IN[r.kind]})",
+                    r.occurred_at)
             for r in rows]
 
 

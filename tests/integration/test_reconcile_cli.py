@@ -95,3 +95,43 @@ def test_a_bad_or_reversed_window_is_exit_2_not_a_verdict(ledger_url, tmp_path):
     reversed_ = _reconcile(ledger_url, tmp_path, body, "--from", "2026-12-01", "--to", "2026-11-01")
     assert reversed_.returncode == 2 and "--from must be before --to" in reversed_.stderr, reversed_.stdout
     assert "reconciled" not in reversed_.stdout
+
+
+def test_an_invoice_payment_is_cash_received_and_is_reconciled(server_url, tmp_path):
+    """A postpaid customer pays its invoice by card: the ledger's cash comes in by an
+    `invoice_payment` entry, with the processor's reference. Was: only top-ups were read, so the
+    charge was "ONLY IN FILE" and a clean ledger failed to reconcile."""
+    from datetime import UTC, datetime, timedelta
+
+    from wallets.periods import Cycle, period_of
+
+    gen = _migrated(server_url, "tokentill_reconcile_invoices")
+    url = next(gen)
+    try:
+        with serving(url, "reconcile-admin") as tt:
+            tt.post("/v1/price-books", {"id": "seed", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
+                                        "rules": [{"id": "call", "token_type": "request", "price": "0.01"},
+                                                  {"id": "in", "model": "m", "token_type": "input", "price": "0"}]})
+            tt.post("/v1/customers", {"id": "later", "currency": "USD", "price_book": "seed", "billing": "postpaid"})
+            tt.post("/v1/customers", {"id": "acme", "currency": "USD", "price_book": "seed"})
+            tt.post("/v1/customers/acme/topups", {"amount": "10.00", "reference": "ch_top"})
+            now = datetime.now(UTC)
+            sent = tt.post("/v1/usage-events", [{"event_id": f"e{i}", "customer_id": "later", "model": "m",
+                                          "timestamp": now.isoformat(), "usage": {"input_tokens": 1}}
+                                         for i in range(5)])
+            assert sent["accepted"] == 5, sent
+            period = period_of(now, Cycle("UTC", None))
+            closed = tt.post("/v1/billing/close", {"until": (period.end + timedelta(hours=1, seconds=1)).isoformat(),
+                                                   "customer_id": "later"})
+            [one] = closed["closed"]
+            paid = tt.post(f"/v1/invoices/{one['invoice_id']}/payments", {"amount": "0.05", "reference": "ch_inv"})
+            assert paid["payment_status"] == "paid", paid
+        done = _reconcile(url, tmp_path, _stripe({"ch_top": "10.00", "ch_inv": "0.05"}), "--json")
+        report = json.loads(done.stdout)
+        assert done.returncode == 0 and report["ok"], done.stdout + done.stderr
+        assert sorted(m["reference"] for m in report["matched"]) == ["ch_inv", "ch_top"]
+        assert any("invoice payment" in m["ledger"] for m in report["matched"])
+        short = _reconcile(url, tmp_path, _stripe({"ch_top": "10.00"}))
+        assert short.returncode == 1 and "ONLY IN LEDGER  reference ch_inv: 0.05 USD" in short.stdout, short.stdout
+    finally:
+        gen.close()
