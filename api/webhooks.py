@@ -249,13 +249,15 @@ class Dispatcher:
         started = time.perf_counter()
         code, error = None, None
         try:
-            async with self._client.stream("POST", claimed.url, content=body,
-                                           headers=signed_headers(claimed, body, at)) as response:
+            # the whole attempt, not each read as httpx's timeout: a receiver trickling its answer
+            # would otherwise outlast the claim's lease, and another process send the event again
+            async with asyncio.timeout(self.settings.timeout_s), self._client.stream(
+                    "POST", claimed.url, content=body, headers=signed_headers(claimed, body, at)) as response:
                 code = response.status_code  # the answer's body is not read: only its status counts
             if not 100 <= code <= 599:
                 code, error = None, f"invalid HTTP status {code}"
-        except httpx.TimeoutException:
-            error = f"no answer within {self.settings.timeout_s:g} s"
+        except (httpx.TimeoutException, TimeoutError):
+            code, error = None, f"no answer within {self.settings.timeout_s:g} s"
         except Exception as exc:  # an unrecorded attempt would be claimed again at every lease, forever:
             # httpx.HTTPError mostly, but httpx.InvalidURL and IDNA errors (a URL it cannot use) are not
             error = f"{type(exc).__name__}: {exc}"[:500] or type(exc).__name__

@@ -87,3 +87,29 @@ async def test_a_send_to_a_url_httpx_cannot_use_is_a_failed_attempt_not_a_crash(
     async with dispatcher._client:
         outcome = await dispatcher.send(claimed)
     assert not outcome.succeeded and outcome.status_code is None and outcome.error
+
+
+async def test_a_receiver_trickling_its_answer_fails_the_attempt_at_the_timeout():
+    # httpx's timeout bounds each read, not the answer: a receiver sending its status line a byte
+    # every 0.2 s was a success after 5 s with a 1 s timeout, past the claim's lease (2 x timeout
+    # + 5 s), so another process could send the event again meanwhile
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        for byte in b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n":
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0.1)
+        writer.close()
+
+    server = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    now = datetime.now(UTC)
+    claimed = Claimed(1, "we_x", "evt_x", "balance.low", {"id": "evt_x"}, now, 1, now, now,
+                      f"http://127.0.0.1:{port}/hook", (new_secret(),))
+    dispatcher = Dispatcher(None, DispatchSettings(timeout_s=1))  # type: ignore[arg-type]  # send needs no database
+    dispatcher._client = httpx.AsyncClient(timeout=1, transport=GuardedTransport(
+        AddressPolicy(parse_networks("127.0.0.0/8")), httpx.Limits()))
+    async with server, dispatcher._client:
+        outcome = await dispatcher.send(claimed)
+    assert not outcome.succeeded and outcome.status_code is None, outcome
+    assert outcome.error == "no answer within 1 s" and outcome.latency_ms < 2000
