@@ -403,9 +403,31 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+DATABASE_UNREACHABLE = 3  # exit status: the command could not reach its database (1: it found problems, 2: usage)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    return args.func(args, Settings.from_env())
+    try:
+        return args.func(args, Settings.from_env())
+    except Exception as exc:
+        reason = _unreachable(exc)
+        if reason is None:
+            raise
+        print(f"error: cannot reach the database: {reason}", file=sys.stderr)
+        return DATABASE_UNREACHABLE
+
+
+def _unreachable(exc: BaseException) -> str | None:
+    """The driver's own words when `exc` is a failure to connect (no server, a refused login, no
+    such database), else None: a command's other errors keep their traceback."""
+    import psycopg
+    import sqlalchemy.exc
+
+    cause = exc.orig if isinstance(exc, sqlalchemy.exc.DBAPIError) else exc
+    if isinstance(cause, psycopg.OperationalError) and str(cause).startswith("connection failed"):
+        return " ".join(str(cause).split())
+    return None
 
 
 if __name__ == "__main__":
