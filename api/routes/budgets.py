@@ -29,7 +29,8 @@ LIMIT_BY_METRIC = {"oneOf": [
     {"properties": {"metric": {"const": "money"}, "limit": {"type": "string"}}},
     {"properties": {"metric": {"enum": [m for m in get_args(Metric) if m != "money"]}, "limit": {"type": "integer"}}},
 ]}
-Thresholds = Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=1000)]], msgspec.Meta(max_length=20)]
+Thresholds = Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=1000)]], msgspec.Meta(
+    max_length=20, extra_json_schema={"uniqueItems": True})]  # distinct: wallets.core.budgets checks
 Short = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 # what a budget is: never changed (its windows' counts would mean something else), so never ignored either
 FIXED = ("customer_id", "window", "metric", "time_zone", "api_key", "model", "dimensions")

@@ -17,7 +17,8 @@ from pricing.usage import MAX_QUANTITY
 MAX_DIMENSIONS = 32
 BIGINT = 2**63  # PostgreSQL's bigint holds -BIGINT to BIGINT - 1
 Dimension = str | Annotated[int, msgspec.Meta(ge=-BIGINT, le=BIGINT - 1)] | bool
-Dimensions = Annotated[dict[str, Dimension], msgspec.Meta(max_length=MAX_DIMENSIONS)]
+DimensionName = Annotated[str, msgspec.Meta(min_length=1)]  # pricing.usage refuses an empty name
+Dimensions = Annotated[dict[DimensionName, Dimension], msgspec.Meta(max_length=MAX_DIMENSIONS)]
 
 COUNT = {"type": "integer", "minimum": 0, "maximum": MAX_QUANTITY}
 OPTIONAL_COUNT = {"anyOf": [COUNT, {"type": "null"}]}

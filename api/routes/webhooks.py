@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from api.auth import require
 from api.errors import documented
 from api.routes.formats import DateTime
-from api.routes.schemas import exactly_one, json_body
+from api.routes.schemas import BIGINT, exactly_one, json_body
 from api.routes.wire import Answer, idempotency, respond, shaped, time_in, time_out
 from api.webhooks import sendable
 from ledger.db import lock_key
@@ -221,7 +221,7 @@ async def list_webhook_deliveries(
         status: Annotated[Literal["pending", "succeeded", "failed", "cancelled"] | None,
                           QueryParameter(name="status")] = None,
         event_id: Annotated[str | None, QueryParameter(name="event_id", max_length=200)] = None,
-        before: Annotated[int | None, QueryParameter(name="before", ge=1)] = None,
+        before: Annotated[int | None, QueryParameter(name="before", ge=1, le=BIGINT - 1)] = None,
         limit: Annotated[int, _page("limit")] = PAGE) -> dict[str, Any]:
     """One row per event sent to the endpoint, newest first: its status, attempts, the last
     answer's status code and latency, when it is tried next. `before`: the previous page's `next`."""
@@ -237,7 +237,7 @@ async def list_webhook_deliveries(
 async def list_webhook_attempts(
         state: State, endpoint_id: FromPath[str],
         event_id: Annotated[str | None, QueryParameter(name="event_id", max_length=200)] = None,
-        before: Annotated[int | None, QueryParameter(name="before", ge=1)] = None,
+        before: Annotated[int | None, QueryParameter(name="before", ge=1, le=BIGINT - 1)] = None,
         limit: Annotated[int, _page("limit")] = PAGE) -> dict[str, Any]:
     """Every attempt, newest first: when, the status code (none if no answer), latency, error."""
     async def work(conn) -> list[log.Attempt]:

@@ -305,3 +305,27 @@ async def test_format_2_fields_need_format_2_as_the_document_says(
     assert (response.status_code == 201) == taken, response.text
     if not taken:
         assert response.json()["code"] == "validation_error"
+
+
+async def test_the_document_states_distinct_thresholds_named_dimensions_and_a_bigint_cursor(
+        client: AsyncTestClient, document: dict, tag: str):
+    cid = f"c-{tag}"
+    assert (await client.post("/v1/customers", json={"id": cid})).status_code == 201
+    assert _body(document, "/v1/budgets")["properties"]["thresholds"]["uniqueItems"] is True
+    twice = await client.post("/v1/budgets", json={"customer_id": cid, "window": "day", "metric": "requests",
+                                                   "limit": 10, "thresholds": [50, 50]})
+    assert twice.status_code == 422 and twice.json()["fields"][0]["field"] == "thresholds"
+    for path in ("/v1/reservations", "/v1/usage-events"):
+        schema = _body(document, path)
+        assert (schema.get("items") or schema)["properties"]["dimensions"]["propertyNames"] == {"minLength": 1}
+    unnamed = await client.post("/v1/reservations", json={"customer_id": cid, "request_id": "r", "model": "m",
+                                                          "amount": "1", "dimensions": {"": 1}})
+    assert unnamed.status_code == 422 and unnamed.json()["fields"][0]["field"] == "dimensions"
+    for path in ("/v1/webhook-endpoints/{endpoint_id}/attempts", "/v1/webhook-endpoints/{endpoint_id}/deliveries"):
+        [before] = [p for p in document["paths"][path]["get"]["parameters"] if p["name"] == "before"]
+        assert before["schema"]["maximum"] == 2**63 - 1
+    endpoint = await client.post("/v1/webhook-endpoints", json={"url": URLS[0], "topics": ["*"]})
+    attempts = f"/v1/webhook-endpoints/{endpoint.json()['id']}/attempts"
+    assert (await client.get(attempts, params={"before": 2**63 - 1})).status_code == 200
+    beyond = await client.get(attempts, params={"before": 2**63})
+    assert beyond.status_code == 422 and beyond.json()["code"] == "validation_error"
