@@ -6,7 +6,9 @@ prepaid and a postpaid customer. For every closed period of each customer, compu
 postings and the charge records, independently of the rollups:
 - the invoice's lines sum to its total, and the total is the revenue its period's entries posted;
 - credits applied (by lot kind) are the lot debits that paid its charges (directly, or through
-  the hold pieces they consumed), and what the receivable paid is the amount charged to account;
+  the hold pieces they consumed), less what re-rates gave back to those lots (money back for a
+  lot expired since goes to breakage instead: less credit applied, and expired), and what the
+  receivable paid is the amount charged to account;
 - the amount due is that, when positive; balances move by exactly the period's postings, each
   period opening where the one before closed;
 - top-ups, grants and expirations are the period's cash, promotions and breakage postings;
@@ -146,8 +148,12 @@ async def _facts(conn, cid: str) -> dict:
             "SELECT h.reservation_id, h.seq, h.account_code, h.amount::bigint FROM reservation_holds h "
             "JOIN reservations r ON r.id = h.reservation_id WHERE r.customer_id = :c ORDER BY 1, 2"), {"c": cid}):
         holds[rid].append((code, amount))
-    kinds = dict(tuple(r) for r in await conn.execute(text(
-        "SELECT account_code, kind FROM lots WHERE customer_id = :c"), {"c": cid}))
+    lots = [tuple(r) for r in await conn.execute(text(
+        "SELECT account_code, kind, expires_at FROM lots WHERE customer_id = :c"), {"c": cid})]
+    kinds = {code: kind for code, kind, _ in lots}
+    # a re-rate's money back for a lot expired since is credited to breakage, not to the lot; only
+    # grants expire in these workloads (top-ups and re-rate credit lots never do), so it was a grant's
+    assert all(kind == "grant" for _, kind, expires_at in lots if expires_at is not None)
     lot_debits = defaultdict(dict)
     for entry_id, code, amount in await conn.execute(text(
             "SELECT p.entry_id, a.code, p.amount::bigint FROM postings p JOIN accounts a ON a.id = p.account_id "
@@ -158,8 +164,10 @@ async def _facts(conn, cid: str) -> dict:
     adjusted = [tuple(r) for r in await conn.execute(text(
         "SELECT j.metadata ->> 'period', a.code, p.amount::bigint FROM postings p "
         "JOIN accounts a ON a.id = p.account_id JOIN journal_entries j ON j.lane = p.lane AND j.id = p.entry_id "
-        "WHERE j.customer_id = :c AND j.kind = 'rerate_adjustment' AND (a.code LIKE :lots OR a.code = :recv)"),
-        {"c": cid, "lots": f"liability:customer:{cid}:lot:%", "recv": chart.receivable_account(cid)})]
+        "WHERE j.customer_id = :c AND j.kind = 'rerate_adjustment' "
+        "AND (a.code LIKE :lots OR a.code = :recv OR a.code = :breakage)"),
+        {"c": cid, "lots": f"liability:customer:{cid}:lot:%", "recv": chart.receivable_account(cid),
+         "breakage": chart.breakage_account("USD")})]
     return {"posted": posted, "charges": charges, "holds": holds, "kinds": kinds, "lot_debits": lot_debits,
             "adjusted": adjusted}
 
@@ -184,9 +192,13 @@ def _funding_by_period(cid: str, facts: dict) -> dict[str, dict[str, int]]:
         for code, amount in debits.items():
             paid[period][facts["kinds"][code]] += amount
         paid[period]["account"] += from_receivable
-    # re-rates: more charged is paid from lots and the receivable (debits), money back goes to them
+    # re-rates: more charged is paid from lots and the receivable (debits), money back goes to them,
+    # or to breakage for a (grant) lot expired since: that much less of the grant paid the period
     for period, code, amount in facts["adjusted"]:
-        paid[period]["account" if code == receivable else facts["kinds"][code]] += amount
+        if code == chart.breakage_account("USD"):
+            paid[period]["grant"] += amount
+        else:
+            paid[period]["account" if code == receivable else facts["kinds"][code]] += amount
     return paid
 
 
@@ -233,7 +245,9 @@ def _check_customer(cid: str, invoices: list[dict], facts: dict) -> int:
     return sum(units(i["total"]) for i in invoices)
 
 
-async def _example(url: str, ops: list[tuple], price: str) -> None:
+async def _example(url: str, ops: list[tuple], price: str) -> dict[str, list[dict]]:
+    """Play `ops` for a prepaid and a postpaid customer, re-rate it all at `price`, close and check
+    every invoice; their invoices, prepaid first."""
     db = connect(url, pool_size=2)
     try:
         bk = BillingKit(db, Clock(START))
@@ -247,23 +261,19 @@ async def _example(url: str, ops: list[tuple], price: str) -> None:
         end = period_of(bk.clock.now, Cycle()).end + timedelta(hours=2)  # everything billed is due
         await close_due(db, end)
         invoiced = revenue = 0
+        invoices = {cid: await bk.invoices(cid) for cid in customers}
         for cid in customers:
             facts = await db.read(lambda conn, cid=cid: _facts(conn, cid))
-            invoiced += _check_customer(cid, await bk.invoices(cid), facts)
+            invoiced += _check_customer(cid, invoices[cid], facts)
             revenue -= sum(amount for _, _, code, amount in facts["posted"] if code == chart.revenue_account("USD"))
         assert invoiced == revenue  # over both customers: the invoices are their revenue postings
+        return invoices
     finally:
         await db.dispose()
 
 
 def test_invoices_tie_out_to_the_postings_through_random_workloads(scratch_url: str) -> None:
-    async def setup():
-        db = connect(scratch_url, pool_size=1)
-        await db.run(lambda conn: ensure_asset(conn, "USD", 9))
-        await BillingKit(db).add_book(BillingKit.SEED)
-        await db.dispose()
-
-    asyncio.run(setup())
+    _scratch(scratch_url)
 
     @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
     @given(st.lists(OPS, min_size=5, max_size=40), st.sampled_from(["7.00", "13.50"]))
@@ -281,3 +291,29 @@ def test_invoices_tie_out_to_the_postings_through_random_workloads(scratch_url: 
 
     report = asyncio.run(verified())
     assert report.ok, [c for c in report.checks if not c.ok]
+
+
+def _scratch(url: str) -> None:
+    async def setup():
+        db = connect(url, pool_size=1)
+        await db.run(lambda conn: ensure_asset(conn, "USD", 9))
+        await BillingKit(db).add_book(BillingKit.SEED)
+        await db.dispose()
+
+    asyncio.run(setup())
+
+
+def test_money_back_for_a_grant_expired_since_is_promotion_not_applied(scratch_url: str) -> None:
+    """The example Hypothesis found (shrunk): a $0.02 grant expiring in 1 h holds a $0.02
+    reservation; at its expiry 1 input token is settled ($0.01 a call + $0.00001 at $10/M =
+    $0.01001, from the hold, i.e. the grant); the closing re-rate at $7/M makes it $0.010007. The
+    $0.000003 back is owed to the grant, expired since, so it goes to breakage (ac60c1d): the
+    invoice is $0.010007, all promotional, and $0.000003 expired. The recount failed before
+    (promotional 0.010007 != 0.010010: it did not count the breakage leg of the re-rate as money
+    back from the grant, and its credits then summed to more than the invoice's total)."""
+    _scratch(scratch_url)
+    ops = [("advance", 1), ("grant", 0, 2, 1), ("reserve", 0, 2, 1), ("advance", 1), ("settle", 0, 0, 1, 0, False)]
+    prepaid, _postpaid = asyncio.run(_example(scratch_url, ops, "7.00")).values()
+    [invoice] = prepaid
+    assert (invoice["total"], invoice["credits_applied"], invoice["charged_to_account"], invoice["expired"]) == (
+        "0.010007", {"promotional": "0.010007", "paid": "0.00", "total": "0.010007"}, "0.00", "0.000003")
