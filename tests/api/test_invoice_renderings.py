@@ -130,14 +130,19 @@ async def test_html_pdf_and_csv_show_the_json_invoices_lines_and_total(client) -
     assert sum(int(r["amount"].replace(".", "")) for r in records) == 15  # cents: the lines add up to the total
 
 
-async def test_the_upcoming_invoice_renders_as_html_too(client) -> None:
+async def _postpaid_with_usage(client, cid: str, model: str, input_tokens: int, output_tokens: int) -> None:
+    """A postpaid customer on the seed book with one usage event now: its upcoming invoice has lines."""
     created = await client.post("/v1/customers", headers=ADMIN, json={
-        "id": "soon", "currency": "USD", "price_book": "seed", "billing": "postpaid"})
+        "id": cid, "currency": "USD", "price_book": "seed", "billing": "postpaid"})
     assert created.status_code == 201
     sent = await client.post("/v1/usage-events", headers=ADMIN, json=[
-        {"event_id": "u1", "customer_id": "soon", "model": "model-b", "timestamp": datetime.now(UTC).isoformat(),
-         "usage": {"input_tokens": 2000, "output_tokens": 1000}}])
+        {"event_id": f"{cid}-1", "customer_id": cid, "model": model, "timestamp": datetime.now(UTC).isoformat(),
+         "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens}}])
     assert sent.json()["accepted"] == 1
+
+
+async def test_the_upcoming_invoice_renders_as_html_too(client) -> None:
+    await _postpaid_with_usage(client, "soon", "model-b", 2000, 1000)
     page = await client.get("/v1/customers/soon/invoices/upcoming", headers={**ADMIN, "Accept": "text/html"})
     assert page.status_code == 200, page.text
     tables = Tables()
@@ -180,13 +185,7 @@ async def test_a_customer_key_renders_its_own_invoice_only(client) -> None:
 
 
 async def test_a_rounding_line_renders_with_the_rounded_lines(client) -> None:
-    created = await client.post("/v1/customers", headers=ADMIN, json={
-        "id": "cents", "currency": "USD", "price_book": "seed", "billing": "postpaid"})
-    assert created.status_code == 201
-    sent = await client.post("/v1/usage-events", headers=ADMIN, json=[
-        {"event_id": "c1", "customer_id": "cents", "model": "model-a", "timestamp": datetime.now(UTC).isoformat(),
-         "usage": {"input_tokens": 1340, "output_tokens": 670}}])
-    assert sent.json()["accepted"] == 1
+    await _postpaid_with_usage(client, "cents", "model-a", 1340, 670)
     path = "/v1/customers/cents/invoices/upcoming"
     # By hand: $0.0134 and $0.0134 show $0.01 each, the request $0.01; exact total $0.0368, rounding $0.0068.
     page = await client.get(path, headers={**ADMIN, "Accept": "text/html"})
