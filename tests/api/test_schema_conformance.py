@@ -3,7 +3,9 @@ language the server accepts, replays are documented, and schema-violating input 
 problem+json (never a 500), while JSON's integral numbers count as integers."""
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from litestar.testing import AsyncTestClient
@@ -12,8 +14,11 @@ from api.app import create_app
 from api.routes.formats import AMOUNT, DATE_TIME, POSITIVE_AMOUNT, PRICE, matches
 from api.routes.wire import amount_in, time_in
 from api.settings import Settings
+from ledger.accounts import ensure_asset
+from ledger.db import Database, connect
 from pricing.books import TOKEN_TYPES
 from pricing.units import FORMAT_1_TYPES
+from tests.conftest import _migrated
 from wallets.errors import WalletValidationError
 
 ADMIN = {"Authorization": "Bearer test-admin"}
@@ -22,9 +27,26 @@ BOOK = {"currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
         "rules": [{"id": "in", "model": "model-a", "token_type": "input", "price": "10.00"}]}
 
 
+@pytest.fixture(scope="module")
+def own_url(server_url: str) -> Iterator[str]:
+    """A database of this module's own: its tests create webhook endpoints subscribed to every
+    topic at hosts no test serves, to which every later test's dispatcher (in the shared database)
+    would fan out its events and spend its attempts (the webhook isolation tests then missed
+    their deliveries in the whole suite)."""
+    yield from _migrated(server_url, f"tokentill_conformance_{os.getpid()}")
+
+
+@pytest.fixture(scope="module")
+async def own_db(own_url: str) -> AsyncIterator[Database]:
+    database = connect(own_url, pool_size=2)
+    await database.run(lambda conn: ensure_asset(conn, "USD", 9))
+    yield database
+    await database.dispose()
+
+
 @pytest.fixture
-async def client(db, database_url):
-    app = create_app(Settings(admin_key="test-admin", scheduler=False), database_url)
+async def client(own_db, own_url):
+    app = create_app(Settings(admin_key="test-admin", scheduler=False), own_url)
     async with AsyncTestClient(app=app) as c:
         c.headers.update(ADMIN)
         yield c
