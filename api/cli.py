@@ -107,14 +107,20 @@ def port(text: str) -> int:
 
 
 def instant(text: str) -> datetime:
-    """An argument's RFC 3339 time with its offset (argparse type): anything else is a usage error."""
-    try:
-        value = datetime.fromisoformat(text.replace("z", "Z").replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a time: {text!r} (RFC 3339, e.g. 2026-12-01T01:00:00Z)") from None
-    if value.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"{text!r} has no offset (RFC 3339, e.g. 2026-12-01T01:00:00Z)")
-    return value
+    """An argument's time, in the HTTP API's language (RFC 3339 with an offset: formats.DATE_TIME,
+    read by pricing.parse.parse_time); anything else is a usage error (argparse type)."""
+    from api.routes.formats import DATE_TIME, DATE_TIME_TEXT, matches
+    from pricing.errors import PriceBookValidationError
+    from pricing.parse import parse_time
+
+    if matches(DATE_TIME, text):
+        try:
+            return parse_time(text, "time")
+        except PriceBookValidationError:  # in the pattern, not in the calendar (2026-02-30)
+            pass
+    elif matches(DATE_TIME, text + "Z"):
+        raise argparse.ArgumentTypeError(f"{text!r} has no offset (must be {DATE_TIME_TEXT})")
+    raise argparse.ArgumentTypeError(f"not a time: {text!r} (must be {DATE_TIME_TEXT})")
 
 
 def _billing_close(args: argparse.Namespace, settings: Settings) -> int:

@@ -233,11 +233,11 @@ async def extend(
     call that runs longer than its TTL: the new expiry must be later than the current one
     (`extension_too_short` otherwise); a settled, released or expired reservation is
     `reservation_closed`. Nothing is posted: the hold stays where it is."""
-    data = shaped(data, ExtendRequest)
+    asked = shaped(data, ExtendRequest)
     customer_id = await state.services.wallets.owner_of(reservation_id)
     ensure_customer(request, customer_id)
-    command = Extend(customer_id=customer_id, reservation_id=reservation_id, ttl_seconds=data.ttl_seconds,
-                     idem=idempotency(request, msgspec.to_builtins(data)))
+    command = Extend(customer_id=customer_id, reservation_id=reservation_id, ttl_seconds=asked.ttl_seconds,
+                     idem=idempotency(request, data))
     return respond(request, await state.services.wallets.submit(command), EXTENDED)
 
 
