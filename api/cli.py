@@ -64,7 +64,7 @@ def _migrate(_: argparse.Namespace, settings: Settings) -> int:
 
     handle = open_database(settings, migrate=False)
     try:
-        print(f"migrated to {runner.upgrade(sync_url(handle.url))}")
+        print(f"migrated to {runner.upgrade(sync_url(handle.url), lanes=settings.lanes)}")
     finally:
         handle.close()
     return 0

@@ -34,7 +34,7 @@ def open_database(settings: Settings, *, migrate: bool = True) -> DatabaseHandle
         cluster = embedded.start(settings.data_dir / "pg", keep=True)
         handle = DatabaseHandle(cluster.url, cluster)
     if migrate:
-        runner.upgrade(sync_url(handle.url))
+        runner.upgrade(sync_url(handle.url), lanes=settings.lanes)
     return handle
 
 

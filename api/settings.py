@@ -14,12 +14,18 @@ from api.gateway.config import GatewaySettings
 from wallets.webhooks.rules import AddressPolicy, parse_networks
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, *, most: int | None = None) -> int:
+    """A whole number, at least 1 (and at most `most`): 0 or less means nothing these settings
+    count (a pool of 0 connections is SQLAlchemy's unbounded pool, a seal interval of 0 a busy loop)."""
     raw = env.get(name, "")
     try:
-        return int(raw) if raw else default
+        value = int(raw) if raw else default
     except ValueError:
-        raise SystemExit(f"{name} must be an integer, not {raw!r}") from None
+        value = 0
+    if value < 1 or (most is not None and value > most):
+        bounds = f"from 1 to {most}" if most is not None else "at least 1"
+        raise SystemExit(f"{name} must be a whole number {bounds}, not {raw!r}")
+    return value
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
@@ -33,8 +39,29 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+ON, OFF = ("on", "1", "true", "yes"), ("off", "0", "false", "no")
+
+
 def _flag(env: Mapping[str, str], name: str) -> bool:
-    return env.get(name, "on").lower() not in ("0", "off", "false", "no")
+    """`on` (or 1, true, yes) or `off` (or 0, false, no); anything else stops the start (a
+    misspelt `disabled` must not leave a job running on a host meant to be without it)."""
+    raw = env.get(name, "") or "on"
+    if raw.lower() not in ON + OFF:
+        raise SystemExit(f"{name} must be on or off, not {raw!r}")
+    return raw.lower() in ON
+
+
+LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")  # what both logging and uvicorn take
+
+
+def _log_level(env: Mapping[str, str], name: str) -> str:
+    raw = env.get(name, "") or "INFO"
+    if raw.upper() not in LOG_LEVELS:
+        raise SystemExit(f"{name} must be one of {', '.join(LOG_LEVELS)}, not {raw!r}")
+    return raw.upper()
+
+
+MAX_LANES = 256  # ledger_settings.lanes' bound (migration 0009)
 
 
 def _session_secret(raw: str) -> bytes:
@@ -74,6 +101,7 @@ class Settings:
     writer_idle_s: float = 5.0  # a wallet batch's session idle this long inside it is ended (its lane freed)
     scheduler: bool = True
     seal_interval_s: int = 10
+    lanes: int | None = None  # lanes of a database created now (migration 0009); None: the machine's cores
     log_level: str = "INFO"
     max_connections: int = 4096  # per process; less when the open-file limit leaves no room (api/server.py)
     header_timeout_s: float = 10.0
@@ -108,7 +136,8 @@ class Settings:
             writer_idle_s=_seconds(env, "TOKENTILL_WRITER_IDLE_SECONDS", 5.0),
             scheduler=_flag(env, "TOKENTILL_SCHEDULER"),
             seal_interval_s=_int(env, "TOKENTILL_SEAL_INTERVAL_SECONDS", 10),
-            log_level=env.get("TOKENTILL_LOG_LEVEL", "INFO").upper(),
+            lanes=_int(env, "TOKENTILL_LANES", 0, most=MAX_LANES) if env.get("TOKENTILL_LANES") else None,
+            log_level=_log_level(env, "TOKENTILL_LOG_LEVEL"),
             max_connections=_int(env, "TOKENTILL_MAX_CONNECTIONS", 4096),
             header_timeout_s=_seconds(env, "TOKENTILL_HEADER_TIMEOUT_SECONDS", 10.0),
             body_timeout_s=_seconds(env, "TOKENTILL_BODY_TIMEOUT_SECONDS", 10.0),

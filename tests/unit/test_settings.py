@@ -1,0 +1,41 @@
+"""Settings from the environment: README's defaults, and a bad value stops the start with one
+message naming its variable (SystemExit), never a traceback or a silently different meaning."""
+from __future__ import annotations
+
+import pytest
+
+from api.settings import Settings
+
+
+def test_an_empty_environment_gives_the_defaults_the_readme_documents():
+    s = Settings.from_env({})
+    assert (s.pool_size, s.pool_timeout_s, s.writer_idle_s, s.scheduler, s.seal_interval_s, s.log_level,
+            s.max_connections, s.workers, s.webhooks, s.lanes) == (10, 5, 5, True, 10, "INFO", 4096, 1, True, None)
+
+
+@pytest.mark.parametrize("name, bad", [
+    ("TOKENTILL_POOL_SIZE", "0"), ("TOKENTILL_POOL_SIZE", "-1"), ("TOKENTILL_POOL_SIZE", "ten"),
+    ("TOKENTILL_SEAL_INTERVAL_SECONDS", "0"), ("TOKENTILL_SEAL_INTERVAL_SECONDS", "-5"),
+    ("TOKENTILL_MAX_CONNECTIONS", "0"), ("TOKENTILL_MAX_CONNECTIONS", "-3"),
+    ("TOKENTILL_SCHEDULER", "disabled"), ("TOKENTILL_SCHEDULER", "maybe"), ("TOKENTILL_WEBHOOKS", "disable"),
+    ("TOKENTILL_LOG_LEVEL", "verbose"), ("TOKENTILL_LOG_LEVEL", "warn"),
+    ("TOKENTILL_LANES", "x"), ("TOKENTILL_LANES", "0"), ("TOKENTILL_LANES", "257"),
+])
+def test_a_bad_value_stops_the_start_naming_its_variable(name, bad):
+    with pytest.raises(SystemExit) as stopped:
+        Settings.from_env({name: bad})
+    message = stopped.value.code
+    assert isinstance(message, str) and message.startswith(name) and repr(bad) in message
+
+
+@pytest.mark.parametrize("raw, on", [("on", True), ("ON", True), ("1", True), ("true", True), ("yes", True),
+                                     ("off", False), ("Off", False), ("0", False), ("false", False), ("no", False)])
+def test_the_switches_take_the_documented_words(raw, on):
+    s = Settings.from_env({"TOKENTILL_SCHEDULER": raw, "TOKENTILL_WEBHOOKS": raw})
+    assert (s.scheduler, s.webhooks) == (on, on)
+
+
+def test_good_values_are_read():
+    s = Settings.from_env({"TOKENTILL_POOL_SIZE": "3", "TOKENTILL_SEAL_INTERVAL_SECONDS": "2",
+                           "TOKENTILL_MAX_CONNECTIONS": "50", "TOKENTILL_LOG_LEVEL": "debug", "TOKENTILL_LANES": "4"})
+    assert (s.pool_size, s.seal_interval_s, s.max_connections, s.log_level, s.lanes) == (3, 2, 50, "DEBUG", 4)
