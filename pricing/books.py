@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from fnmatch import fnmatchcase
 
-from pricing.ambiguity import ambiguity_errors, is_pattern
+from pricing.ambiguity import HOURS, ambiguity_errors, is_pattern
 from pricing.ambiguity import patterns_may_overlap as patterns_may_overlap  # used by overrides
 from pricing.errors import PriceBookValidationError, UnpricedModelError, field_error
 from pricing.money import DEFAULT_SCALE, to_decimal
@@ -128,7 +128,7 @@ class Rule:
         object.__setattr__(self, "match", self._normalized_match(errors))
         self._normalize_price(errors)
         normalize_format_2(self, errors)
-        window = () if self.hours is None else (("@hours", f"{self.hours[0]}-{self.hours[1]}"),)
+        window = () if self.hours is None else ((HOURS, f"{self.hours[0]}-{self.hours[1]}"),)
         object.__setattr__(self, "keyed_match", tuple(sorted((*self.match, *window))))
         return errors
 

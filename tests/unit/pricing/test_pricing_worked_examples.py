@@ -175,3 +175,44 @@ def test_overlapping_hours_for_one_model_and_type_are_refused():
         parse_version({"id": "h", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "format": 2,
                        "rules": rules})
     assert [f["field"] for f in info.value.fields] == ["rules[1].hours"]
+
+
+def _hours_version(rules):
+    return parse_version({"id": "h", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "format": 2,
+                          "rules": rules})
+
+
+@pytest.mark.parametrize("a, b", [
+    # one model: each rule one dimension and a window; a flex call from the EU at 18:30 matches both
+    ({"id": "a", "model": "m", "match": {"region": "eu"}, "hours": {"from": "16:00", "to": "20:00"}},
+     {"id": "b", "model": "m", "match": {"service_tier": "flex"}, "hours": {"from": "18:00", "to": "22:00"}}),
+    # patterns that both match gpt-4o-mini, windows that share 18:00-20:00
+    ({"id": "a", "model": "gpt-4o*", "hours": {"from": "16:00", "to": "20:00"}},
+     {"id": "b", "model": "gpt-4*", "hours": {"from": "18:00", "to": "22:00"}}),
+])
+def test_rules_whose_different_windows_overlap_where_both_match_are_refused_not_left_to_fail_rating(a, b):
+    rules = [{"id": "base", "model": "m", "token_type": "input", "price": "1"},
+             {**a, "token_type": "input", "price": "2"}, {**b, "token_type": "input", "price": "3"}]
+    with pytest.raises(PriceBookValidationError) as info:
+        _hours_version(rules)  # was accepted, and every such call at 18:30 then failed to rate
+    assert [f["field"] for f in info.value.fields] == ["rules[2]"]
+    assert "ambiguous with rule 'a'" in info.value.fields[0]["message"]
+
+
+def test_different_windows_that_never_overlap_stay_apart_and_each_prices_its_own_hours():
+    version = _hours_version([
+        {"id": "base", "model": "m", "token_type": "input", "price": "1"},
+        {"id": "a", "model": "m", "token_type": "input", "price": "2", "match": {"region": "eu"},
+         "hours": {"from": "16:00", "to": "20:00"}},
+        {"id": "b", "model": "m", "token_type": "input", "price": "3", "match": {"service_tier": "flex"},
+         "hours": {"from": "20:00", "to": "16:00"}}])
+    dims = {"region": "eu", "service_tier": "flex"}
+    # 1M tokens: $2.00 by rule a at 19:59, $3.00 by rule b at 20:00 (its `from`; a's `to` is excluded)
+    assert [(ln.rule_id, ln.amount_units) for ln in rated_with(version, at(19, 59), dims).lines] == [
+        ("a", 2_000_000_000)]
+    assert [(ln.rule_id, ln.amount_units) for ln in rated_with(version, at(20, 0), dims).lines] == [
+        ("b", 3_000_000_000)]
+
+
+def rated_with(version, when, dims):
+    return rate(Usage("m", {"input": 1_000_000}, when, dims), version)
