@@ -125,8 +125,15 @@ def instant(text: str) -> datetime:
 
 def _billing_close(args: argparse.Namespace, settings: Settings) -> int:
     from pricing.money import format_amount
-    from wallets.billing import close_due
+    from wallets.billing import close_due, refuse_early
+    from wallets.engine import utc_now
+    from wallets.errors import WalletValidationError
 
+    try:
+        refuse_early(args.until, utc_now(), early=args.early)
+    except WalletValidationError as exc:
+        print(f"tokentill billing close: --{exc}", file=sys.stderr)
+        return 2
     closed = _with_db(settings, lambda db: close_due(db, args.until))
     for c in closed:
         print(f"{c.number}  {c.customer_id}  {c.period}  total {format_amount(c.total)}  "
@@ -359,6 +366,9 @@ def parser() -> argparse.ArgumentParser:
                                "(safe while servers run the same job)")
     close.add_argument("--until", type=instant, metavar="T",
                        help="close what is due by this time (RFC 3339 with an offset; default: now)")
+    close.add_argument("--early", action="store_true",
+                       help="allow an --until in the future: finalize invoices before their periods end "
+                       "(tests, simulations)")
     close.set_defaults(func=_billing_close)
 
     demo = sub.add_parser("demo", help="play a billed chatbot scenario on a fresh embedded database")

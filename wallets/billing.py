@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
@@ -21,13 +21,24 @@ from wallets.core.billing import opening_balances as opening_of
 from wallets.core.invoicing import true_up_lines, volume_rules
 from wallets.core.results import InvoiceClosed, payment_status
 from wallets.engine import Engine, utc_now
-from wallets.errors import NotFoundError
+from wallets.errors import NotFoundError, WalletValidationError
 from wallets.periods import period_of
 
 log = logging.getLogger("tokentill.billing")
 PAGE = 1000
 CHUNK = 256  # closes per engine call: one transaction per lane among them
 DEFAULT_ISSUER = "INV"
+CLOCK_SKEW = timedelta(seconds=60)  # an `until` this far past the clock is still "now"
+
+
+def refuse_early(until: datetime | None, now: datetime, *, early: bool) -> None:
+    """A close `until` a time to come would finalize and number invoices before their periods
+    end (what usage they would still receive becomes late usage) and date its entries then: an
+    operator's typo would be irreversible, so it is done only when asked for (`early`)."""
+    if until is not None and until > now + CLOCK_SKEW and not early:
+        raise WalletValidationError("until", f"{until.isoformat()} is in the future: closing then would issue "
+                                    "invoices before their periods end; set early to close early on purpose "
+                                    "(tests, simulations)")
 
 
 async def close_due(db: Database, until: datetime | None = None, *, issuer: str = DEFAULT_ISSUER,

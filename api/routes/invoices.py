@@ -44,6 +44,7 @@ class PaymentResponse(msgspec.Struct):
 class CloseRequest(msgspec.Struct):
     until: DateTime | None = None  # close what is due by then (default: now)
     customer_id: Identifier | None = None  # only this customer's periods
+    early: bool = False  # allow an `until` in the future: close periods before they end
 
 
 PayInvoiceBody = Annotated[dict[str, Any], json_body(PayInvoiceRequest)]
@@ -131,10 +132,14 @@ async def pay_invoice(state: State, request: Request, invoice_id: FromPath[str],
 @post("/v1/billing/close", guards=[require()], tags=["invoices"], status_code=200, **documented(body=True))
 async def close_periods(state: State, data: CloseBody) -> dict[str, Any]:
     """Close every billing period due by `until` (default: now), or only `customer_id`'s, and
-    finalize its invoice, as the scheduled job does; safe to run while the job runs."""
+    finalize its invoice, as the scheduled job does; safe to run while the job runs. An `until`
+    in the future is refused (422 `validation_error`) unless `early` is true."""
     data = shaped(data, CloseRequest)
     wallets = state.services.wallets
-    closed = await billing.close_due(state.services.db, time_in(data.until, "until") or wallets.clock(),
+    now = wallets.clock()
+    until = time_in(data.until, "until")
+    billing.refuse_early(until, now, early=data.early)
+    closed = await billing.close_due(state.services.db, until or now,
                                      engine=wallets.engine,
                                      customers=None if data.customer_id is None else [data.customer_id])
     return {"closed": [{"invoice_id": c.invoice_id, "number": c.number, "customer_id": c.customer_id,

@@ -176,7 +176,7 @@ async def world(database_url):
             assert sent.json()["accepted"] == 1, sent.text
             closed = await client.post("/v1/billing/close", headers=ADMIN, json={
                 "until": (period_of(datetime.now(UTC), Cycle()).end + timedelta(hours=2)).isoformat(),
-                "customer_id": customer})
+                "customer_id": customer, "early": True})
             assert closed.status_code == 200, closed.text
             invoice = closed.json()["closed"][0]["invoice_id"]
             budget = await client.post("/v1/budgets", headers=ADMIN, json={

@@ -64,7 +64,7 @@ async def _seed_invoice(client) -> dict:
     assert sent.json()["accepted"] == 5, sent.text
     period = period_of(now, Cycle("UTC", None))
     closed = await client.post("/v1/billing/close", headers=ADMIN, json={
-        "until": (period.end + timedelta(hours=1, seconds=1)).isoformat(), "customer_id": "acme"})
+        "until": (period.end + timedelta(hours=1, seconds=1)).isoformat(), "customer_id": "acme", "early": True})
     [one] = closed.json()["closed"]
     answer = await client.get(f"/v1/invoices/{one['invoice_id']}", headers=ADMIN)
     assert answer.headers["content-type"].startswith("application/json")

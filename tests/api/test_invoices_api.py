@@ -41,7 +41,7 @@ async def _closed_invoice(client, cid: str, **cycle) -> dict:
     assert sent.json()["accepted"] == 5, sent.text
     period = period_of(now, Cycle(cycle.get("time_zone", "UTC"), cycle.get("billing_anchor_day")))
     closed = await client.post("/v1/billing/close", headers=ADMIN, json={
-        "until": (period.end + timedelta(hours=1, seconds=1)).isoformat(), "customer_id": cid})
+        "until": (period.end + timedelta(hours=1, seconds=1)).isoformat(), "customer_id": cid, "early": True})
     assert closed.status_code == 200, closed.text
     [one] = closed.json()["closed"]
     return (await client.get(f"/v1/invoices/{one['invoice_id']}", headers=ADMIN)).json()
@@ -119,7 +119,7 @@ async def test_a_close_that_also_flags_a_low_balance_advances_the_period(client,
     first = period_of(datetime.now(UTC), Cycle("UTC", 12))
     third = period_of(first.end + timedelta(days=40), Cycle("UTC", 12))
     closed = await client.post("/v1/billing/close", headers=ADMIN, json={
-        "until": (third.end + timedelta(hours=2)).isoformat(), "customer_id": "low-close"})
+        "until": (third.end + timedelta(hours=2)).isoformat(), "customer_id": "low-close", "early": True})
     assert closed.status_code == 200, closed.text
     labels = [c["period"] for c in closed.json()["closed"]]
     assert len(labels) == 3 and len(set(labels)) == 3
@@ -133,5 +133,27 @@ async def test_a_close_that_also_flags_a_low_balance_advances_the_period(client,
     finally:
         await db.dispose()
     again = await client.post("/v1/billing/close", headers=ADMIN, json={
-        "until": (third.end + timedelta(hours=2)).isoformat(), "customer_id": "low-close"})
+        "until": (third.end + timedelta(hours=2)).isoformat(), "customer_id": "low-close", "early": True})
     assert again.status_code == 200 and again.json()["closed"] == []
+
+
+async def test_a_close_until_a_future_time_is_refused_unless_early(client) -> None:
+    """An `until` in the future would finalize and number invoices before their periods end:
+    422 naming `until`, and nothing closed; `early: true` closes them on purpose."""
+    created = await client.post("/v1/customers", headers=ADMIN, json={
+        "id": "too-soon", "currency": "USD", "price_book": "seed", "billing": "postpaid"})
+    assert created.status_code == 201, created.text
+    period = period_of(datetime.now(UTC), Cycle())
+    until = (period.end + timedelta(hours=2)).isoformat()
+    refused = await client.post("/v1/billing/close", headers=ADMIN, json={"until": until, "customer_id": "too-soon"})
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["code"] == "validation_error" and refused.json()["fields"][0]["field"] == "until"
+    customer = (await client.get("/v1/customers/too-soon", headers=ADMIN)).json()
+    assert customer["current_period_start"] == period.start.isoformat().replace("+00:00", "Z")
+    a_minute_ahead = (datetime.now(UTC) + timedelta(seconds=30)).isoformat()  # clocks differ a little
+    skewed = await client.post("/v1/billing/close", headers=ADMIN, json={"until": a_minute_ahead,
+                                                                         "customer_id": "too-soon"})
+    assert skewed.status_code == 200 and skewed.json()["closed"] == [], skewed.text
+    early = await client.post("/v1/billing/close", headers=ADMIN, json={"until": until, "customer_id": "too-soon",
+                                                                        "early": True})
+    assert early.status_code == 200 and len(early.json()["closed"]) == 1, early.text

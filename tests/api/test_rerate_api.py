@@ -55,7 +55,7 @@ async def test_preview_apply_and_the_credit_note_over_http(client) -> None:
          "usage": {"input_tokens": 100_000, "output_tokens": 500}} for i in range(5)])
     assert sent.json()["accepted"] == 5, sent.text
     closed = await client.post("/v1/billing/close", headers=ADMIN, json={
-        "until": utc(period.end + timedelta(hours=1, seconds=1)), "customer_id": "rr-a"})
+        "until": utc(period.end + timedelta(hours=1, seconds=1)), "customer_id": "rr-a", "early": True})
     [invoice] = closed.json()["closed"]
     # the fix: model-a input was $6/M, not $10/M, all period long
     fixed = await client.post("/v1/price-books", headers=ADMIN, json=book("v2", utc(period.start), "6.00"))

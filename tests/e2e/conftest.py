@@ -100,7 +100,7 @@ def seed(api: httpx.Client) -> dict[str, str]:
                                       "metric": "money", "limit": "50.00", "thresholds": [80]}))
     next_month = (now.replace(day=1) + timedelta(days=32)).replace(day=1, hour=2, minute=0, second=0, microsecond=0)
     closed = _ok(api.post("/v1/billing/close", json={"until": next_month.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                                                     "customer_id": "acme"}))  # this month's invoice, final
+                                                     "customer_id": "acme", "early": True}))  # this month's, final
     assert closed, "acme's period closed"
     keys["auditor"] = _ok(api.post("/v1/api-keys", json={"scope": "auditor"}))["key"]
     return keys

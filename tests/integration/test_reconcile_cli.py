@@ -122,7 +122,7 @@ def test_an_invoice_payment_is_cash_received_and_is_reconciled(server_url, tmp_p
             assert sent["accepted"] == 5, sent
             period = period_of(now, Cycle("UTC", None))
             closed = tt.post("/v1/billing/close", {"until": (period.end + timedelta(hours=1, seconds=1)).isoformat(),
-                                                   "customer_id": "later"})
+                                                   "customer_id": "later", "early": True})
             [one] = closed["closed"]
             paid = tt.post(f"/v1/invoices/{one['invoice_id']}/payments", {"amount": "0.05", "reference": "ch_inv"})
             assert paid["payment_status"] == "paid", paid

@@ -4,8 +4,10 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from datetime import UTC, datetime, timedelta
 
 from billing_kit import BillingKit
+from sqlalchemy import text
 
 
 async def _close(url: str, *args: str) -> tuple[int, str, str]:
@@ -30,3 +32,21 @@ async def test_billing_close_until_closes_what_is_due_once(bk: BillingKit, scrat
     assert code == 2 and "argument --until: '2026-12-01T01:00:00' has no offset" in err
     code, out, err = await _close(scratch_url, "--until", "next tuesday")  # a usage error, not a traceback
     assert code == 2 and "argument --until: not a time: 'next tuesday'" in err and "Traceback" not in err
+
+
+async def test_billing_close_refuses_a_future_until_unless_early(bk: BillingKit, scratch_url: str) -> None:
+    """An `--until` past now would number and send invoices before their periods end (a typo of
+    the year is enough): refused with exit 2 and nothing closed, unless --early asks for it."""
+    cid = await bk.customer("cli-early", billing_mode="postpaid")
+    await bk.event(cid, "model-a", 1000, 500)  # $0.03 in 2026-11
+    future = (datetime.now(UTC) + timedelta(days=400)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    code, out, err = await _close(scratch_url, "--until", future)
+    assert code == 2 and out == "", (out, err)
+    assert f"--until: {future[:19]}" in err and "is in the future" in err and "Traceback" not in err
+    count = await bk.db.read(lambda conn: conn.execute(text(
+        "SELECT count(*) FROM invoices WHERE customer_id = 'cli-early'")))
+    assert count.scalar_one() == 0
+    code, out, err = await _close(scratch_url, "--until", future, "--early")
+    assert code == 0, err
+    closed = [line for line in out.splitlines() if "  cli-early  " in line]
+    assert closed[0].endswith("cli-early  2026-11  total 0.03  due 0.03") and len(closed) >= 2, out
