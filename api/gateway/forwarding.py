@@ -53,6 +53,7 @@ class Forwarding:
         self.tally = StreamTally(call.kind, call.usage_chunk_wanted)
         self.outcome = "settled"
         self.finished = False  # settled or released (or tried to be)
+        self.charged: int | None = None  # what finish() knows was charged: 0 once released
 
     async def run(self) -> None:
         response: httpx.Response | None = None
@@ -189,6 +190,11 @@ class Forwarding:
         (logged; the hold then expires after its TTL)."""
         self.x.finishing = self.finished = True
         started = time.perf_counter()
+        self.charged = await self._finish(settlement, wait)
+        self.x.timings["settle"] = time.perf_counter() - started
+        return self.charged
+
+    async def _finish(self, settlement: tuple[str, dict[str, Any]] | None, wait: bool) -> int | None:
         r = self.reservation
         try:
             if settlement is None:
@@ -212,8 +218,6 @@ class Forwarding:
             self.outcome = "unsettled"
             log.exception("gateway call %s (reservation %s) could not be settled", self.x.request_id, r.id)
             return None
-        finally:
-            self.x.timings["settle"] = time.perf_counter() - started
 
     def _readable(self, form: str, usage: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """The settlement as given when the ledger can read its usage, else the metered output's."""

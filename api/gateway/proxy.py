@@ -39,7 +39,7 @@ from api.gateway.settles import GatewaySettles
 from api.gateway.shapes import Refusal, error_body
 from api.routes.formats import IDENTIFIER
 from api.routes.schemas import MAX_DIMENSIONS, Dimensions
-from api.routes.wire import shaped
+from api.routes.wire import money, shaped
 from api.spool import Spool
 from ledger.db import RetriesExhaustedError, is_unavailable
 from ledger.errors import LedgerError
@@ -269,8 +269,9 @@ class Exchange:
             failure = (await asyncio.gather(work, return_exceptions=True))[0]
             if isinstance(failure, Exception):  # a fault of the gateway's own: logged, answered 500 if not begun
                 log.error("gateway call %s failed", self.request_id, exc_info=failure)
-                if not self.started:
-                    await self._refuse(Refusal(500, "internal_error", "an internal error occurred; it has been logged"))
+                if not self.started:  # what was generated may have been charged: only a release is told as 0
+                    await self._refuse(Refusal(500, "internal_error", "an internal error occurred; it has been logged"),
+                                       charged=forwarding.charged)
         finally:
             watcher.cancel()
             keeper.cancel()
@@ -299,8 +300,12 @@ class Exchange:
         while (await self.receive())["type"] != "http.disconnect":
             pass
 
-    async def _refuse(self, refusal: Refusal) -> None:
+    async def _refuse(self, refusal: Refusal, charged: int | None = 0) -> None:
+        """Answer the gateway's own refusal; `charged` (None: not known now) as on any answer: a
+        refusal before the hold, a release, a free call all charged nothing."""
         headers = [(b"content-type", b"application/json")]
+        if charged is not None:
+            headers.append((b"x-tokentill-charged", (money(charged) if charged else "0").encode()))
         if refusal.retry_after:
             headers.append((b"retry-after", refusal.retry_after.encode()))
         await self.respond(refusal.status, headers, error_body(self.provider, refusal.status, refusal.code,

@@ -436,6 +436,45 @@ def test_keys_are_checked_and_a_key_of_several_customers_names_one(live):
             ).chat.completions.create(model="gpt-test", messages=HI)
 
 
+def test_every_refusal_before_the_upstream_says_nothing_was_charged(live, fake):
+    """The gateway's own refusals carry x-tokentill-charged: 0, as a passed-through upstream error
+    and a free call do: 402, 429, 401, 403, 422, 409, 400, 404, 405 (and 413, below)."""
+    url, _ = live
+    cid, key = customer(live)
+    _, poor = customer(live, amount="0.000001")
+    with admin(url) as http:
+        reader = http.post("/v1/api-keys", json={"scope": f"customer:{cid}"}).json()["key"]
+        several = http.post("/v1/api-keys", json={"scope": "inference"}).json()["key"]
+        assert http.post("/v1/budgets", json={"customer_id": cid, "window": "minute", "metric": "requests",
+                                              "limit": 1}).status_code == 201
+    rid = f"once-{uuid.uuid4().hex[:8]}"
+    once = oai(url, key, default_headers={"x-tokentill-request-id": rid})
+    once.chat.completions.create(model="gpt-test", messages=HI)
+    before = len(fake.fake.calls)
+    refused: list[tuple[int, httpx.Response]] = []
+    for status, make in [
+            (402, lambda: oai(url, poor).chat.completions.create(model="gpt-test", messages=HI)),
+            (402, lambda: claude(url, poor).messages.create(model="claude-test", max_tokens=10, messages=HI)),
+            (429, lambda: oai(url, key).chat.completions.create(model="gpt-test", messages=HI)),
+            (401, lambda: oai(url, "not-a-key").chat.completions.create(model="gpt-test", messages=HI)),
+            (403, lambda: oai(url, reader).chat.completions.create(model="gpt-test", messages=HI)),
+            (422, lambda: oai(url, several).chat.completions.create(model="gpt-test", messages=HI)),
+            (409, lambda: once.chat.completions.create(model="gpt-test", messages=HI)),
+            (400, lambda: oai(url, key).chat.completions.create(model="gpt-test", messages=HI, max_tokens=-1)),
+            (404, lambda: oai(url, key).batches.list()),
+            (405, lambda: oai(url, key).models.delete("ft:gpt-4o-mini:acme::a1b2"))]:
+        with pytest.raises((openai.APIStatusError, anthropic.APIStatusError)) as raised:
+            make()
+        refused.append((status, raised.value.response))
+    assert [(s, r.status_code, r.headers.get("x-tokentill-charged")) for s, r in refused] == \
+        [(s, s, "0") for s, _ in refused]
+    too_big = httpx.post(f"{url}/openai/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                         content=b"x" * (32 * 1024 * 1024 + 1), timeout=60)
+    assert too_big.status_code == 413 and too_big.headers["x-tokentill-charged"] == "0"
+    assert len(fake.fake.calls) == before
+    assert wallet(url, cid) == (Decimal("10") - CHAT_CHARGE, 0)
+
+
 def test_the_callers_dimensions_and_key_are_recorded_with_the_charge(live):
     url, _ = live
     _, key = customer(live)

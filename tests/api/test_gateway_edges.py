@@ -246,6 +246,35 @@ def test_a_fault_of_the_gateways_own_mid_stream_charges_what_was_generated_and_c
     assert wallet(url, cid) == (Decimal("10") - cost, 0)
 
 
+@pytest.mark.parametrize("after_release", [False, True])
+def test_a_fault_of_the_gateways_own_before_the_answer_tells_its_charge_only_when_nothing_was_charged(
+        live, upstream, monkeypatch, after_release):
+    """A 500 of the gateway's own: x-tokentill-charged is 0 only when the hold was released; a
+    call whose generated answer was charged (a settle spooled, its amount not known yet) does not
+    claim 0."""
+    url, _ = live
+    cid, key = customer(live)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a fault of the gateway's own")
+
+    async def whole(send: Any, receive: Any) -> None:
+        await start(send, b"application/json", len(WHOLE), status=500 if after_release else 200)
+        await body(send, WHOLE, more=False)
+
+    if after_release:  # the release went through, then answering the upstream's error failed
+        monkeypatch.setattr("api.gateway.forwarding.upstream_headers", broken)
+    else:
+        monkeypatch.setattr("api.gateway.forwarding.answer_settlement", broken)
+    raw = httpx.post(f"{url}/openai/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                     json={"model": model(upstream, whole), "messages": HI}, timeout=30)
+    assert raw.status_code == 500 and raw.json()["error"]["code"] == "internal_error"
+    cost = 0 if after_release else (8 * IN + 3 * OUT) / M + CALL  # the prompt as counted, " one two three"
+    assert raw.headers.get("x-tokentill-charged") == ("0" if after_release else None)
+    assert charged(url, raw.headers["x-tokentill-request-id"]) == cost
+    assert wallet(url, cid) == (Decimal("10") - cost, 0)
+
+
 def test_a_responses_stream_whose_text_holds_a_unicode_line_separator_is_charged_its_usage(live, upstream):
     """Only CR and LF end a server-sent event's lines: a U+2028 or U+0085 inside the JSON of
     response.completed (its output text, unescaped as JSON allows) leaves the event, and its

@@ -150,10 +150,18 @@ def unreachable(database_url, fake) -> Iterator[tuple[str, str]]:
 
 def test_an_unreachable_upstream_is_a_provider_shaped_502(unreachable):
     url, _ = unreachable
-    _, key = customer(unreachable)
+    cid, key = customer(unreachable)
     with pytest.raises(openai.APIStatusError) as raised:
         oai(url, key).models.list()
     assert raised.value.status_code == 502 and raised.value.body["code"] == "upstream_unavailable"
     with pytest.raises(anthropic.APIStatusError) as raised_too:
         claude(url, key).messages.count_tokens(model="claude-test", messages=HI)
     assert raised_too.value.status_code == 502 and raised_too.value.body["error"]["code"] == "upstream_unavailable"
+    # a metered call too: released, and each 502 says nothing was charged
+    with pytest.raises(openai.APIStatusError) as metered:
+        oai(url, key).chat.completions.create(model="gpt-test", messages=HI, stream=True)
+    with pytest.raises(anthropic.APIStatusError) as metered_too:
+        claude(url, key).messages.create(model="claude-test", max_tokens=10, messages=HI)
+    for error in (raised, raised_too, metered, metered_too):
+        assert error.value.status_code == 502 and error.value.response.headers["x-tokentill-charged"] == "0"
+    assert wallet(url, cid) == (Decimal("10"), 0)

@@ -22,6 +22,7 @@ def test_an_upstream_silent_past_the_read_timeout_is_a_504_and_the_hold_is_relea
     with pytest.raises(openai.APIStatusError) as raised:
         oai(url, key, timeout=30).chat.completions.create(model="gpt-test-slow", messages=HI)
     assert raised.value.status_code == 504 and raised.value.body["code"] == "upstream_timeout"
+    assert raised.value.response.headers["x-tokentill-charged"] == "0"
     assert wallet(url, cid) == (Decimal("10"), 0)
 
 
@@ -31,3 +32,4 @@ def test_a_free_call_to_an_upstream_silent_past_the_read_timeout_is_a_504(live):
     with pytest.raises(openai.APIStatusError) as raised:
         oai(url, key, timeout=30).models.retrieve("gpt-test-slow")
     assert raised.value.status_code == 504 and raised.value.body["code"] == "upstream_timeout"
+    assert raised.value.response.headers["x-tokentill-charged"] == "0"
