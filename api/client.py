@@ -15,7 +15,8 @@ Delivery: settles and releases (the block's exit, `capture`, `settle`, `release`
 the same Idempotency-Key, with capped exponential backoff and full jitter, on connection errors,
 timeouts, 408, 429, 502, 503 and 504, until an answer or a deadline (by default the time left on the
 hold plus `settle_margin_s`, never under 60 s). One the SDK cannot deliver goes to a local spool
-file (api/spool.py), written as soon as a first attempt fails, and `SettlementSpooled` is raised;
+file (api/spool.py), written as soon as a first attempt fails or is interrupted (a cancelled task,
+Ctrl-C: it goes on after the write), and `SettlementSpooled` is raised;
 the spool is re-sent when a client next starts on it, or by `tokentill spool flush`. The server
 charges a late settle once, even after its hold expired. Other calls retry briefly.
 """

@@ -113,8 +113,9 @@ def _failed(response: httpx.Response | None, exc: BaseException | None) -> tuple
 def deliver(send: Callable[[], httpx.Response], schedule: Schedule, *, spool: Callable[[Failure], bool],
             unspool: Callable[[], None]) -> httpx.Response:
     """A settle or release, sent until a definite answer, which is returned. Its first failure
-    calls `spool` (written ahead, so a client that dies while retrying loses nothing); an answer
-    after that calls `unspool`. Raises GaveUp at the deadline, or at once on a 5xx not retried."""
+    calls `spool` (written ahead, so a client that dies while retrying loses nothing), and so does
+    an attempt interrupted (a task cancelled, Ctrl-C) before it is re-raised; an answer after that
+    calls `unspool`. Raises GaveUp at the deadline, or at once on a 5xx not retried."""
     return _blocking(adeliver(_awaitable(send), schedule, spool=_awaitable(spool), unspool=_awaitable(unspool),
                               sleep=_awaitable(_sleep)))
 
@@ -129,6 +130,10 @@ async def adeliver(send: Callable[[], Awaitable[httpx.Response]], schedule: Sche
             response, exc = await send(), None
         except httpx.TransportError as error:
             response, exc = None, error
+        except BaseException as interrupted:  # cancelled, Ctrl-C: it may have arrived, or not
+            if not spooled:
+                await spool(interrupted)
+            raise
         if response is not None and definite(response):
             if spooled:
                 await unspool()

@@ -322,3 +322,73 @@ def test_two_clients_flushing_one_spool_at_once_send_each_settle_once(live, spoo
         assert Decimal(view["charged"]) == CHARGED and len(view["charges"]) == 1
     assert available(url, customer) == Decimal("10") - 6 * CHARGED
     assert not list(spool_dir.glob("*.jsonl"))
+
+
+class HeldSettle(httpx.AsyncBaseTransport):
+    """Forwards to the real server, but holds each settle back (as a slow network would) until
+    the caller is cancelled; `started` is set when one is under way."""
+
+    def __init__(self) -> None:
+        self.inner, self.started = httpx.AsyncHTTPTransport(), asyncio.Event()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/settle"):
+            self.started.set()
+            await asyncio.sleep(60)
+        return await self.inner.handle_async_request(request)
+
+
+async def test_a_task_cancelled_while_its_settle_is_in_flight_spools_the_settle(live, spool_dir):
+    url, book = live
+    customer = new_customer(url, book)
+    transport, block = HeldSettle(), {}
+    async with AsyncClient(url, ADMIN, transport=transport) as tt:
+        async def inference() -> None:
+            async with tt.reserve(customer, "model-a", input_tokens=1000, max_output_tokens=500) as r:
+                block["r"] = r
+                r.record(input_tokens=1000, output_tokens=400)
+
+        task = asyncio.create_task(inference())
+        await transport.started.wait()
+        task.cancel()  # a web framework cancels the handler: its caller went away
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    r = block["r"]
+    assert reservation(url, r.id)["status"] == "held", "the settle never reached the server"
+    [record] = [rec for path in spool_dir.glob("*.jsonl") for rec in Spool(path).records()]
+    assert (record.path, record.idempotency_key) == (f"/v1/reservations/{r.id}/settle", f"{r.id}:settle:0")
+    async with AsyncClient(url, ADMIN):  # the next client on the spool sends it
+        pass
+    assert_charged_once(url, r.id, customer)
+    assert not list(spool_dir.glob("*.jsonl"))
+
+
+class InterruptedAfterSending(httpx.BaseTransport):
+    """Forwards to the real server; the first settle's answer never comes back: Ctrl-C arrives
+    while the caller waits for it."""
+
+    def __init__(self) -> None:
+        self.inner, self.interrupted = httpx.HTTPTransport(), False
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        if request.url.path.endswith("/settle") and not self.interrupted:
+            self.interrupted = True
+            response.close()
+            raise KeyboardInterrupt
+        return response
+
+
+def test_ctrl_c_while_a_settles_answer_is_awaited_spools_it_and_the_replay_charges_once(live, spool_dir):
+    url, book = live
+    customer = new_customer(url, book)
+    with Client(url, ADMIN, transport=InterruptedAfterSending()) as tt:
+        with pytest.raises(KeyboardInterrupt):
+            with tt.reserve(customer, "model-a", input_tokens=1000, max_output_tokens=500) as r:
+                r.record(input_tokens=1000, output_tokens=400)
+    [record] = [rec for path in spool_dir.glob("*.jsonl") for rec in Spool(path).records()]
+    assert record.idempotency_key == f"{r.id}:settle:0", "the caller cannot know it arrived: spooled"
+    with Client(url, ADMIN, flush_spool=False) as next_client:
+        report = next_client.flush_spool()
+    assert (report.delivered, report.kept, report.rejected) == (1, 0, 0)
+    assert_charged_once(url, r.id, customer)
