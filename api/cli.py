@@ -14,8 +14,6 @@ from api.settings import Settings
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     workers = settings.workers if args.workers is None else args.workers
-    if workers < 1:
-        raise SystemExit("--workers must be at least 1")
     if workers > 1:
         from api.workers import serve_workers
 
@@ -42,13 +40,8 @@ def _gateway(args: argparse.Namespace, settings: Settings) -> int:
     """`serve`, with the gateway's upstreams from the command line (their keys stay in the environment)."""
     from dataclasses import replace
 
-    from api.gateway.config import upstream_url
-
-    given = {name: upstream_url({flag: url}, flag, default) for name, flag, url, default in (
-        ("openai_url", "--upstream-openai", args.upstream_openai, settings.gateway.openai_url),
-        ("anthropic_url", "--upstream-anthropic", args.upstream_anthropic, settings.gateway.anthropic_url)) if url}
-    if args.max_output_tokens is not None and args.max_output_tokens < 1:
-        raise SystemExit("--max-output-tokens must be at least 1")
+    given = {name: url for name, url in (("openai_url", args.upstream_openai),
+                                         ("anthropic_url", args.upstream_anthropic)) if url}
     changes = {**given, **({"default_max_output_tokens": args.max_output_tokens} if args.max_output_tokens else {}),
                **({"settle": args.settle} if args.settle else {})}
     return _serve(args, replace(settings, gateway=replace(settings.gateway, **changes)))
@@ -75,8 +68,6 @@ def _audit_verify(args: argparse.Namespace, settings: Settings) -> int:
         from api.audit_cli import verify_file
 
         return verify_file(args)
-    if args.expect_head:
-        raise SystemExit("--expect-head checks an export: give --file too")
     from wallets.audit import full_verify
 
     report = _with_db(settings, lambda db: db.read(full_verify))
@@ -104,6 +95,23 @@ def port(text: str) -> int:
     if not text.isdigit() or int(text) > 65535:
         raise argparse.ArgumentTypeError(f"not a port: {text!r} (0 to 65535)")
     return int(text)
+
+
+def at_least_one(text: str) -> int:
+    """A count of at least 1 (argparse type)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a whole number of at least 1: {text!r}")
+    return int(text)
+
+
+def upstream(text: str) -> str:
+    """An upstream's base URL (argparse type), as api.gateway.config.upstream_url takes it."""
+    from api.gateway.config import upstream_url
+
+    try:
+        return upstream_url({"URL": text}, "URL", text)
+    except SystemExit:
+        raise argparse.ArgumentTypeError(f"not an http(s) URL with a host and no query: {text!r}") from None
 
 
 def instant(text: str) -> datetime:
@@ -298,15 +306,15 @@ def parser() -> argparse.ArgumentParser:
         command.add_argument("--host", default="127.0.0.1")
         command.add_argument("--port", type=port, default=8000)
         command.add_argument("--access-log", action="store_true", help="log every request")
-        command.add_argument("--workers", type=int, metavar="N", help="server processes on the port, under one "
-                             "supervisor (default: $TOKENTILL_WORKERS, else 1)")
+        command.add_argument("--workers", type=at_least_one, metavar="N", help="server processes on the port, "
+                             "under one supervisor (default: $TOKENTILL_WORKERS, else 1)")
     serve.set_defaults(func=_serve)
-    gateway.add_argument("--upstream-openai", metavar="URL", help="the OpenAI-compatible upstream, as its SDK's "
-                         "base_url (default: $TOKENTILL_UPSTREAM_OPENAI, else https://api.openai.com/v1)")
-    gateway.add_argument("--upstream-anthropic", metavar="URL", help="the Anthropic upstream, as its SDK's "
-                         "base_url (default: $TOKENTILL_UPSTREAM_ANTHROPIC, else https://api.anthropic.com)")
-    gateway.add_argument("--max-output-tokens", type=int, metavar="N", help="the output cap held for (and sent "
-                         "with) a call that sets none (default: $TOKENTILL_GATEWAY_MAX_OUTPUT_TOKENS, else 4096)")
+    gateway.add_argument("--upstream-openai", type=upstream, metavar="URL", help="the OpenAI-compatible upstream, "
+                         "as its SDK's base_url (default: $TOKENTILL_UPSTREAM_OPENAI, else https://api.openai.com/v1)")
+    gateway.add_argument("--upstream-anthropic", type=upstream, metavar="URL", help="the Anthropic upstream, as its "
+                         "SDK's base_url (default: $TOKENTILL_UPSTREAM_ANTHROPIC, else https://api.anthropic.com)")
+    gateway.add_argument("--max-output-tokens", type=at_least_one, metavar="N", help="the output cap held for (and "
+                         "sent with) a call that sets none (default: $TOKENTILL_GATEWAY_MAX_OUTPUT_TOKENS, else 4096)")
     gateway.add_argument("--settle", choices=("wait", "background"), help="wait: a whole answer waits for its "
                          "settle and carries x-tokentill-charged; background: it goes back once the settle is "
                          "spooled, with x-tokentill-reserved (default: $TOKENTILL_GATEWAY_SETTLE, else wait)")
@@ -423,7 +431,10 @@ DATABASE_UNREACHABLE = 3  # exit status: the command could not reach its databas
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if getattr(args, "expect_head", None) and not args.file:
+        p.error("audit verify: --expect-head checks an export: give --file too")
     try:
         return args.func(args, Settings.from_env())
     except Exception as exc:

@@ -21,3 +21,27 @@ def test_a_command_whose_database_cannot_be_reached_says_so_and_exits_3(command,
     assert main(command) == DATABASE_UNREACHABLE == 3
     err = capsys.readouterr().err
     assert err.startswith("error: cannot reach the database: connection failed") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["serve", "--workers", "0"], ["gateway", "--workers", "-2"], ["gateway", "--max-output-tokens", "0"],
+    ["gateway", "--upstream-openai", "ftp://example.com"], ["gateway", "--upstream-anthropic", "api.anthropic.com"],
+    ["audit", "verify", "--expect-head", "ab" * 32],
+])
+def test_a_bad_argument_of_any_command_is_a_usage_error_exit_2_never_1(argv, monkeypatch, capsys):
+    """README, Configuration: "a bad argument is a usage error, exit 2". These exited 1, which
+    `audit verify` uses for a ledger that fails verification."""
+    monkeypatch.setenv("TOKENTILL_DATABASE_URL", "postgresql://postgres@127.0.0.1:1/nowhere")  # never reached
+    with pytest.raises(SystemExit) as raised:
+        main(argv)
+    assert raised.value.code == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "Traceback" not in err
+
+
+def test_good_counts_and_upstreams_still_parse():
+    args = parser().parse_args(["gateway", "--workers", "2", "--max-output-tokens", "512",
+                                "--upstream-openai", "https://api.openai.com/v1/", "--upstream-anthropic",
+                                "http://127.0.0.1:9000"])
+    assert (args.workers, args.max_output_tokens) == (2, 512)
+    assert (args.upstream_openai, args.upstream_anthropic) == ("https://api.openai.com/v1", "http://127.0.0.1:9000")
