@@ -494,7 +494,7 @@ async def load_rerate_charges(conn: AsyncConnection, customer_id: str, book_id: 
     lane = int(await _lane(conn, [customer_id]) or 0)
     rows = await conn.exec_driver_sql(
         f"""SELECT c.id, c.occurred_at, c.model, c.dimensions, c.usage, c.lines, c.charged::text,
-                   c.from_receivable::text, c.funding,
+                   c.from_receivable::text, c.funding, c.seq,
                    (SELECT jsonb_agg(jsonb_build_array(a.corrected_version, a.new_lines) ORDER BY a.id)
                       FROM charge_adjustments a WHERE a.charge_id = c.id) AS adjustments
               FROM charges c

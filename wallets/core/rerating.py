@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pricing.books import PriceVersion
+from pricing.fast_rating import charges_requests
 from pricing.money import format_amount
 from pricing.rating import rate
 from pricing.usage import Usage
@@ -57,12 +58,14 @@ class ChargeOnRecord:
     funding: tuple[tuple[str, int], ...] | None  # None: not recorded (charges before migration 0019)
     current: Mapping[TypeKey, int] | None = None  # amounts after its last re-rate (None: as charged)
     versions: frozenset[str] = frozenset()  # versions it was re-rated to
+    seq: int = 0  # its capture of the call (0: a usage event, or a call's first charge, which pays the fee)
 
     def tokens(self) -> dict[str, int]:
-        """The usage it was rated for: its usage lines' quantities by token type."""
+        """The usage it was rated for: its usage lines' quantities by token type (the per-request
+        fee aside: whether it is due is the corrected version's to say, see rerated_lines)."""
         out: dict[str, int] = {}
         for line in self.lines:
-            if line["kind"] == "usage" and line.get("token_type"):
+            if line["kind"] == "usage" and line.get("token_type") and line["token_type"] != "request":
                 out[line["token_type"]] = out.get(line["token_type"], 0) + int(line["quantity"])
         return {k: v for k, v in out.items() if v}
 
@@ -122,13 +125,18 @@ def by_type(model: str, lines: Iterable[Mapping[str, Any]]) -> dict[TypeKey, int
 
 
 def rerated_lines(charge: ChargeOnRecord, version: PriceVersion, so_far: Mapping[str, int]):
-    """The charge's usage rated with `version`, graduated tiers continuing from `so_far`."""
+    """The charge's usage rated with `version`, graduated tiers continuing from `so_far`; the
+    per-request fee as a call is charged it (wallets.core.rating.rate_call): by a call's first
+    charge, when a rule of `version` prices it (a fee the correction drops comes back, one it
+    adds is charged)."""
     dimensions = dict(charge.dimensions)
     reported = charge.usage.get("dimensions") if isinstance(charge.usage, Mapping) else None
     if isinstance(reported, Mapping):
         dimensions.update(reported)
-    return rate(Usage(charge.model, charge.tokens(), charge.occurred_at, dimensions), version,
-                period_to_date=dict(so_far))
+    usage = Usage(charge.model, charge.tokens(), charge.occurred_at, dimensions)
+    if charge.seq == 0 and charges_requests(version, charge.model, usage.dimensions):
+        usage = usage.with_request()
+    return rate(usage, version, period_to_date=dict(so_far))
 
 
 def corrections(data: RerateInput, range_from: datetime, range_to: datetime) -> list[Correction]:

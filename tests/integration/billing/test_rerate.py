@@ -168,6 +168,27 @@ async def test_applying_twice_moves_money_once_and_a_second_fix_adjusts_by_its_d
     await verified(bk)
 
 
+async def test_a_fix_that_drops_the_request_fee_gives_each_call_s_fee_back_once(fixed: BillingKit) -> None:
+    bk = fixed
+    cid = await bk.customer("fee", book="fix")
+    await bk.top_up(cid, "20.00")
+    rid = await bk.reserve(cid, "model-a", "5.00")
+    await bk.settle(cid, rid, 100_000, 0, final=False)  # $1.00 and the call's $0.01 fee (Nov 23)
+    await bk.settle(cid, rid, 100_000, 0)  # $1.00: the fee was paid by the first capture
+    await bk.event(cid, "model-a", 1_000_000, 0, at=datetime(2026, 11, 10, tzinfo=UTC))  # $10.01
+    assert (await wallet(bk, cid)).available == 7_980_000_000  # $20 - $12.02
+    # the fix: the same prices from November, without the per-request fee
+    await bk.add_book({**V1, "version": "no-fee", "effective_from": "2026-11-01T00:00:00Z",
+                       "rules": [r for r in V1["rules"] if r["id"] != "call"]})
+    seen = await rerating.preview(bk.db, bk.service.engine.books, spec("no-fee"))  # was: unpriced_model
+    done = await rerating.apply(bk.db, bk.service.engine, spec("no-fee"), None)
+    assert done["errors"] == [] and done["delta"] == seen["delta"] == "-0.02"
+    assert done["customers"][0]["lines"] == [{"model": "model-a", "token_type": "request", "old_amount": "0.02",
+                                              "new_amount": "0.00", "delta": "-0.02"}]
+    assert (await wallet(bk, cid)).available == 8_000_000_000
+    await verified(bk)
+
+
 async def test_money_back_from_a_promotional_grant_expired_since_goes_to_breakage(fixed: BillingKit) -> None:
     bk = fixed
     cid = await bk.customer("promo", book="fix")

@@ -18,8 +18,7 @@ DEC_1 = datetime(2026, 12, 1, tzinfo=UTC)
 
 def version(name: str, a_in: list[dict]) -> object:
     return parse_version({"id": "b", "version": name, "currency": "USD", "effective_from": "2026-11-01T00:00:00Z",
-                          "rules": [{"id": "a-in", "model": "model-a", "token_type": "input", "tiers": a_in},
-                                    {"id": "call", "token_type": "request", "price": "0.01"}]})
+                          "rules": [{"id": "a-in", "model": "model-a", "token_type": "input", "tiers": a_in}]})
 
 
 def charge(n: int, day: int, tokens: int, amount: int, rule_lines=None, **more) -> ChargeOnRecord:
@@ -71,8 +70,37 @@ def test_a_request_fee_is_rated_again_from_the_charge_s_request_line():
     lines = [{"kind": "usage", "token_type": "input", "quantity": 500_000, "amount_units": 5_000_000_000,
               "rule_id": "a-in"},
              {"kind": "usage", "token_type": "request", "quantity": 1, "amount_units": 20_000_000, "rule_id": "call"}]
-    [x] = corrections(RerateInput(FLAT_8, (charge(1, 5, 0, 5_020_000_000, lines),)), NOV_1, DEC_1)
+    [x] = corrections(RerateInput(_flat("v2", fee=True), (charge(1, 5, 0, 5_020_000_000, lines),)), NOV_1, DEC_1)
     assert x.new == {("model-a", "input"): 4_000_000_000, ("model-a", "request"): 10_000_000}
+
+
+def _flat(name: str, *, fee: bool) -> object:
+    rules = [{"id": "a-in", "model": "model-a", "token_type": "input", "price": "8.00"}]
+    if fee:
+        rules.append({"id": "call", "token_type": "request", "price": "0.01"})
+    return parse_version({"id": "b", "version": name, "currency": "USD", "effective_from": "2026-11-01T00:00:00Z",
+                          "rules": rules})
+
+
+def test_a_correction_that_drops_a_wrong_request_fee_gives_the_fee_back():
+    # charged $5.00 for 500,000 input tokens at $10/M and a $0.02 fee; the fix: $8/M and no fee
+    lines = [{"kind": "usage", "token_type": "input", "quantity": 500_000, "amount_units": 5_000_000_000,
+              "rule_id": "a-in"},
+             {"kind": "usage", "token_type": "request", "quantity": 1, "amount_units": 20_000_000, "rule_id": "call"}]
+    [x] = corrections(RerateInput(_flat("v2", fee=False), (charge(1, 5, 0, 5_020_000_000, lines),)), NOV_1, DEC_1)
+    assert x.new == {("model-a", "input"): 4_000_000_000}  # was: unpriced_model, the re-rate refused
+    assert x.delta == -1_020_000_000
+
+
+def test_a_correction_that_adds_a_forgotten_request_fee_charges_it_once_per_call():
+    # a call charged $5.00 (no fee then) and a later capture of another call ($1.00): the fix
+    # adds the $0.01 fee, which the call's first charge pays and its later captures do not
+    first = charge(1, 5, 500_000, 5_000_000_000)
+    later = charge(2, 6, 100_000, 1_000_000_000, seq=1)
+    found = corrections(RerateInput(_flat("v2", fee=True), (first, later)), NOV_1, DEC_1)
+    assert [(x.charge.id, x.new) for x in found] == [
+        (1, {("model-a", "input"): 4_000_000_000, ("model-a", "request"): 10_000_000}),
+        (2, {("model-a", "input"): 800_000_000})]
 
 
 # ------------------------------------------------------------------------------------------
