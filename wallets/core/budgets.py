@@ -139,13 +139,19 @@ def figure(b: Budget, units: int, currency: str) -> str | int:
     return format_amount(units, chart.ASSET_SCALE) if b.metric == "money" else units
 
 
+def wire_time(at: datetime) -> str:
+    """A time in an answer or event, spelled as the API spells every time: RFC 3339 UTC with Z
+    (a refusal's `resets_at` said +00:00 where the budget's own answer says Z)."""
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 def _describe(b: Budget, currency: str, used: int, held: int, start: datetime) -> dict[str, Any]:
     end = window_end(b, start) if b.window in ("day", "month") else None
     return {"budget_id": b.id, "budget_name": b.name, "metric": b.metric, "window": b.window, "mode": b.mode,
             "limit": figure(b, b.limit, currency), "used": figure(b, used, currency),
             "held": figure(b, held, currency), "currency": currency,
-            "window_start": start.isoformat() if b.window not in ("request", "lifetime") else None,
-            "resets_at": end.isoformat() if end else None}
+            "window_start": wire_time(start) if b.window not in ("request", "lifetime") else None,
+            "resets_at": wire_time(end) if end else None}
 
 
 def _alert_key(b: Budget, start: datetime, reservation_id: str | None, now: datetime) -> str:

@@ -215,8 +215,9 @@ def extend(state: State, cmd: Extend, now: datetime, book: PriceBook | None) -> 
     expires_at = now + timedelta(seconds=cmd.ttl_seconds)
     if expires_at <= r.expires_at:
         raise ExtensionTooShortError(
-            f"reservation {r.id} is held until {r.expires_at.isoformat()}: {cmd.ttl_seconds} s from now "
-            f"({expires_at.isoformat()}) is not later", reservation_id=r.id, expires_at=r.expires_at.isoformat())
+            f"reservation {r.id} is held until {budgets.wire_time(r.expires_at)}: {cmd.ttl_seconds} s from now "
+            f"({budgets.wire_time(expires_at)}) is not later", reservation_id=r.id,
+            expires_at=budgets.wire_time(r.expires_at))
     result = ExtendResult(r.id, r.status, expires_at.isoformat())
     return Decision(Outcome(result.code, result), None,
                     (ReservationExtended(w.customer.id, r.id, expires_at),))

@@ -41,7 +41,9 @@ async def test_a_hard_monthly_budget_refuses_the_hold_that_would_pass_it_with_42
     body = refused.json()
     assert body["code"] == "budget_exceeded" and body["budget_id"] == b["id"]
     assert (body["limit"], body["used"], body["held"], body["requested"]) == ("10.00", "0.00", "9.00", "3.00")
-    assert body["window"] == "month" and body["resets_at"] and body["currency"] == "USD"
+    assert body["window"] == "month" and body["currency"] == "USD"
+    # the window as the budget's own answer spells it (README, Budgets: "...Z"; the refusal said +00:00)
+    assert (body["window_start"], body["resets_at"]) == (b["window_start"], b["resets_at"])
     # settle one for less than its hold: the budget counts the actual, and room opens
     settled = await client.post(f"/v1/reservations/{held[0].json()['id']}/settle",
                                 json={"usage": {"input_tokens": 100000, "output_tokens": 0}})

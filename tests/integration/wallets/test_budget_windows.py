@@ -69,7 +69,7 @@ async def test_a_new_york_month_rolls_at_local_midnight_and_a_spanning_hold_retu
     clock.now = datetime(2026, 12, 1, 4, 59, 59, tzinfo=UTC)  # 23:59:59 in New York
     with pytest.raises(BudgetExceededError) as refused:
         await kit.reserve(cid, "m2", amount="3.00")
-    assert refused.value.context["resets_at"] == december.isoformat()
+    assert refused.value.context["resets_at"] == "2026-12-01T05:00:00Z"  # Z, as the API spells times
     assert "retry_after_seconds" not in refused.value.context  # a calendar window
     clock.now = december  # local midnight: a new month
     await kit.reserve(cid, "m2", amount="3.00")
@@ -131,8 +131,8 @@ async def test_a_soft_budget_alerts_each_threshold_once_per_window_and_again_in_
         "SELECT payload FROM outbox WHERE customer_id = :c AND topic = 'budget.threshold_crossed' ORDER BY id"),
         {"c": cid}))
     alerts = [(p["window_start"], p["threshold"], p["held"]) for (p,) in rows]
-    assert alerts == [("2026-11-22T23:00:00+00:00", 50, "0.60"), ("2026-11-22T23:00:00+00:00", 100, "1.20"),
-                      ("2026-11-23T23:00:00+00:00", 50, "0.60"), ("2026-11-23T23:00:00+00:00", 100, "1.20")]
+    assert alerts == [("2026-11-22T23:00:00Z", 50, "0.60"), ("2026-11-22T23:00:00Z", 100, "1.20"),
+                      ("2026-11-23T23:00:00Z", 50, "0.60"), ("2026-11-23T23:00:00Z", 100, "1.20")]
 
 
 async def test_a_budget_without_a_time_zone_follows_its_customers(kit: Kit):

@@ -2,7 +2,7 @@
 pure wallet rules (no database)."""
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from wallet_memory import CID, MemoryWallet, usd
 
@@ -67,7 +67,8 @@ def test_an_extension_must_end_later_than_the_current_expiry():
     for ttl in (60, 590):  # T0 + 70 s, T0 + 600 s: not later than T0 + 600 s
         refusal = _extend(m, r.id, ttl)
         assert isinstance(refusal, ExtensionTooShortError) and refusal.code == "extension_too_short"
-        assert refusal.context["expires_at"] == (m.now - timedelta(seconds=10) + timedelta(seconds=600)).isoformat()
+        assert datetime.fromisoformat(refusal.context["expires_at"]) == m.now - timedelta(seconds=10) + timedelta(
+            seconds=600)
     assert m.wallet.reservations[r.id].expires_at == m.now + timedelta(seconds=590)
     assert _extend(m, r.id, 591).code == "extended"
 
