@@ -10,7 +10,8 @@ depends only on the key and on what the request names, never on another customer
 naming an unlisted customer (in the path, the body or `?customer_id=`) is 403 `forbidden`
 whether or not that customer exists; an id looked up among the key's customers (a charge
 trace's request id, a price book) that is not theirs is 404 `not_found`, as if it did not
-exist. Routes that act on the whole platform (API keys, writing price books, creating
+exist. Another customer's reservation, invoice or credit note (random ids) is 403 `forbidden`,
+naming the id the request sent, never its customer. Routes that act on the whole platform (API keys, writing price books, creating
 customers, `verify`) are refused to a limited key.
 
 Verified keys are cached per process only while it listens for changes to keys
@@ -141,6 +142,13 @@ def principal_of(connection: ASGIConnection) -> Principal:
 
 
 def ensure_customer(connection: ASGIConnection, customer_id: str) -> None:
-    """For customers named in a body or found by lookup rather than in the path."""
+    """For customers named in a body or a query rather than in the path."""
     if not principal_of(connection).may_see(customer_id):
         raise ApiError("forbidden", f"this key may not access customer {customer_id!r}", 403)
+
+
+def ensure_owner(connection: ASGIConnection, customer_id: str, what: str) -> None:
+    """For `what` (a reservation, an invoice), found to be `customer_id`'s: the refusal names
+    the thing the request named, never its owner, whom the key may not learn of."""
+    if not principal_of(connection).may_see(customer_id):
+        raise ApiError("forbidden", f"this key may not access {what}", 403)

@@ -12,7 +12,7 @@ from litestar.params import FromPath
 from litestar.response import Template
 
 from api import renderings
-from api.auth import ensure_customer, require
+from api.auth import ensure_owner, require
 from api.errors import documented
 from api.routes.formats import DateTime, Identifier, PositiveAmount
 from api.routes.schemas import json_body
@@ -92,7 +92,8 @@ async def get_invoice(state: State, request: Request, invoice_id: FromPath[str])
 async def invoice_document(state: State, request: Request, invoice_id: str) -> dict[str, Any]:
     """The invoice's JSON document, for a key allowed to read its customer's (else 403)."""
     db = state.services.db
-    ensure_customer(request, await db.read(lambda conn: billing.invoice_owner(conn, invoice_id)))
+    ensure_owner(request, await db.read(lambda conn: billing.invoice_owner(conn, invoice_id)),
+                 f"invoice {invoice_id}")
     return await db.read(lambda conn: billing.invoice(conn, invoice_id))
 
 
@@ -121,7 +122,7 @@ async def pay_invoice(state: State, request: Request, invoice_id: FromPath[str],
     data = shaped(data, PayInvoiceRequest)
     db = state.services.db
     customer_id = await db.read(lambda conn: billing.invoice_owner(conn, invoice_id))
-    ensure_customer(request, customer_id)
+    ensure_owner(request, customer_id, f"invoice {invoice_id}")
     view = await db.read(lambda conn: billing.invoice(conn, invoice_id))
     command = PayInvoice(customer_id=customer_id, invoice_id=invoice_id, amount=amount_in(data.amount, "amount"),
                          currency=data.currency or view["currency"], reference=data.reference,

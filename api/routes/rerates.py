@@ -12,7 +12,7 @@ from litestar.params import FromPath
 from litestar.response import Template
 
 from api import renderings
-from api.auth import ensure_customer, require
+from api.auth import ensure_owner, require
 from api.errors import ApiError, documented
 from api.routes.formats import DateTime, Identifier
 from api.routes.schemas import json_body
@@ -68,7 +68,8 @@ async def get_credit_note(state: State, request: Request, credit_note_id: FromPa
     if media == renderings.CSV:
         raise ApiError("not_acceptable", "a credit note is available as JSON, HTML or PDF", 406)
     db = state.services.db
-    ensure_customer(request, await db.read(lambda conn: rerating.credit_note_owner(conn, credit_note_id)))
+    ensure_owner(request, await db.read(lambda conn: rerating.credit_note_owner(conn, credit_note_id)),
+                 f"credit note {credit_note_id}")
     document = await db.read(lambda conn: rerating.credit_note(conn, credit_note_id))
     if media == renderings.HTML:
         return Template("documents/invoice.html", context=renderings.credit_note_context(document),

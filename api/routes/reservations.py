@@ -8,7 +8,7 @@ from litestar import Request, Response, get
 from litestar.datastructures import State
 from litestar.params import FromPath
 
-from api.auth import ensure_customer, guarded_post, principal_of, require
+from api.auth import ensure_customer, ensure_owner, guarded_post, principal_of, require
 from api.errors import ApiError, documented
 from api.routes.formats import Amount, Identifier
 from api.routes.inputs import hashed_as_before, prepare_estimate, usage_tokens
@@ -188,7 +188,7 @@ async def settle(
     data = shaped(data, SettleRequest)
     forced_by = _forcing_key(request) if data.force else None
     customer_id = await state.services.wallets.owner_of(reservation_id)
-    ensure_customer(request, customer_id)
+    ensure_owner(request, customer_id, f"reservation {reservation_id}")
     tokens, usage = usage_tokens(data.usage, data.openai_usage, data.anthropic_usage, data.gemini_usage)
     body = _settle_body(data)
     command = Settle(customer_id=customer_id, reservation_id=reservation_id,
@@ -218,7 +218,7 @@ def _forcing_key(request: Request) -> str:
 async def release(state: State, request: Request, reservation_id: FromPath[str]) -> Response[ReleaseResponse]:
     """Give the whole remaining hold back to the lots it came from."""
     customer_id = await state.services.wallets.owner_of(reservation_id)
-    ensure_customer(request, customer_id)
+    ensure_owner(request, customer_id, f"reservation {reservation_id}")
     command = Release(customer_id=customer_id, reservation_id=reservation_id, idem=idempotency(request, {}))
     return respond(request, await state.services.wallets.submit(command), RELEASED)
 
@@ -235,7 +235,7 @@ async def extend(
     `reservation_closed`. Nothing is posted: the hold stays where it is."""
     asked = shaped(data, ExtendRequest)
     customer_id = await state.services.wallets.owner_of(reservation_id)
-    ensure_customer(request, customer_id)
+    ensure_owner(request, customer_id, f"reservation {reservation_id}")
     command = Extend(customer_id=customer_id, reservation_id=reservation_id, ttl_seconds=asked.ttl_seconds,
                      idem=idempotency(request, data))
     return respond(request, await state.services.wallets.submit(command), EXTENDED)
@@ -246,5 +246,5 @@ async def extend(
 async def get_reservation(state: State, request: Request, reservation_id: FromPath[str]) -> dict[str, Any]:
     """The reservation's state, where its hold came from, its captures and journal entries."""
     view = await state.services.db.read(lambda conn: reports.reservation(conn, reservation_id))
-    ensure_customer(request, view["customer_id"])
+    ensure_owner(request, view["customer_id"], f"reservation {reservation_id}")
     return view

@@ -263,7 +263,10 @@ async def test_route_by_key_shape(world, method, path, body, target, outcomes, s
     # zero cross-customer reads: nothing of a customer the key may not see, in any answer (but
     # the path the key itself sent, which a problem echoes as its `instance`)
     shown = response.text.replace(f'"instance":"{response.request.url.path}"', "")
+    sent = f"{response.request.url}{kwargs.get('json')}"
     for unseen in {OWN, OTHER} - SEES[scope]:
+        # nor its id, unless the request named it (a reservation or invoice id names no customer)
+        assert unseen in sent or unseen not in response.text, response.text
         assert MARK[unseen] not in response.text, response.text
         assert f"customer:{unseen}:" not in shown, response.text  # its account codes
         assert f"{BOOK}-{unseen}" not in response.text or path.startswith("/v1/price-books"), response.text
