@@ -231,6 +231,7 @@ class PriceVersion:
     _by_model: dict[tuple[str, str], tuple[Rule, ...]] = field(init=False, repr=False, compare=False)
     _generic: dict[str, tuple[Rule, ...]] = field(init=False, repr=False, compare=False)
     timed: bool = field(init=False, repr=False, compare=False)  # some rule has hours
+    token_types: frozenset[str] = field(init=False, repr=False, compare=False)  # the types its rules price
     _models: frozenset[str | None] = field(init=False, repr=False, compare=False)  # None: a rule for any
     resolved: dict[tuple[object, ...], object] = field(init=False, repr=False, compare=False)  # rating's cache
 
@@ -255,6 +256,7 @@ class PriceVersion:
         object.__setattr__(self, "_by_model", {k: tuple(v) for k, v in by_model.items()})
         object.__setattr__(self, "_generic", {k: tuple(v) for k, v in generic.items()})
         object.__setattr__(self, "timed", any(rule.hours is not None for rule in self.rules))
+        object.__setattr__(self, "token_types", frozenset(rule.token_type for rule in self.rules))
         object.__setattr__(self, "_models", frozenset(r.model for r in self.rules))
         object.__setattr__(self, "resolved", {})
 

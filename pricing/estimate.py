@@ -1,11 +1,11 @@
 """Upper-bound cost of a model call before it runs, for the reservation hold.
 
-The bound is: prompt tokens at the input price, plus ``max_output_tokens`` at the higher of
-the output and reasoning prices (a reasoning model may spend its whole output budget either
-way), plus one call of any per-request fee rule. Tiered rules count at their dearest tier;
-customer contract prices apply, discounts and allowances do not (they only lower a bill, and
-a hold must not be too small). The result is a :class:`~pricing.rating.Rating` rounded by the
-same single rule as any entry. Unpriced usage raises ``unpriced_model``.
+The bound is: prompt tokens at the input price, plus ``max_output_tokens`` at the dearest
+price of the output side (output, reasoning, audio, image and video output, citations: a model
+may spend its whole output budget on any of them), plus one call of any per-request fee rule.
+Tiered rules count at their dearest tier; customer contract prices apply, discounts and
+allowances do not (they only lower a bill, and a hold must not be too small). The result is a
+:class:`~pricing.rating.Rating` rounded by the same single rule as any entry. Unpriced usage raises ``unpriced_model``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pricing.money import DEFAULT_SCALE, per_amount, pricing_context
 from pricing.overrides import Overrides
 from pricing.rating import Line, Rating, build_rating
 from pricing.tokens import TokenCount, TokenCounter, default_counter
+from pricing.units import OUTPUT_TYPES
 from pricing.usage import Usage, check_count
 
 
@@ -65,10 +66,11 @@ def estimate_upper_bound(
     overrides: Overrides | None = None,
     scale: int = DEFAULT_SCALE,
 ) -> Rating:
-    """The most a call can cost: prompt at input price, output budget at the dearer of
-    output/reasoning, plus any per-request fee; rounded once like any entry. Prices tiered by
-    prompt size are taken at the tier the estimated prompt reaches (a prompt estimated past
-    272k tokens holds at the long-context price); rules with hours at the time of the reserve."""
+    """The most a call can cost: prompt at input price, output budget at the dearest output-side
+    price (pricing.units.OUTPUT_TYPES; the first of equals), plus any per-request fee; rounded
+    once like any entry. Prices tiered by prompt size are taken at the tier the estimated prompt
+    reaches (a prompt estimated past 272k tokens holds at the long-context price); rules with
+    hours at the time of the reserve."""
     errors: list[dict[str, str]] = []
     check_count(prompt_tokens, "prompt_tokens", errors)
     check_count(max_output_tokens, "max_output_tokens", errors)
@@ -86,7 +88,9 @@ def estimate_upper_bound(
 
     lines = [line("input", prompt_tokens)]
     if max_output_tokens:  # a call that produces no output (embeddings) needs no output price
-        outputs = [ln for ln in (line("output", max_output_tokens), line("reasoning", max_output_tokens)) if ln]
+        # a type no rule prices falls back to output's price: only the others can be dearer
+        types = [t for t in OUTPUT_TYPES if t == "output" or t in resolved.token_types]
+        outputs = [ln for ln in (line(t, max_output_tokens) for t in types) if ln]
         lines.append(max(outputs, key=lambda ln: ln.unit_price) if outputs else None)
     if resolved.find_rule("request", model, dims, minute) is not None:
         lines.append(line("request", 1))

@@ -74,6 +74,8 @@ FORMAT_1_TYPES: tuple[str, ...] = tuple(k.name for k in _KINDS[:10])
 TOKEN_TYPES: tuple[str, ...] = tuple(KINDS)
 PER_UNITS: dict[str, int] = {k.name: k.per for k in _KINDS}
 PROMPT_TYPES: frozenset[str] = frozenset(k.name for k in _KINDS if k.prompt)
+# what a call's output budget (max_output_tokens) may be spent on: output and the types inside it
+OUTPUT_TYPES: tuple[str, ...] = tuple(k.name for k in _KINDS if k.name == "output" or "output" in k.fallbacks)
 FIELD_OF: dict[str, str] = {k.name: k.field for k in _KINDS}
 TYPE_OF_FIELD: dict[str, str] = {k.field: k.name for k in _KINDS}
 FORMATS = (1, 2)

@@ -216,3 +216,17 @@ def test_different_windows_that_never_overlap_stay_apart_and_each_prices_its_own
 
 def rated_with(version, when, dims):
     return rate(Usage("m", {"input": 1_000_000}, when, dims), version)
+
+
+def test_a_reserve_for_an_audio_model_holds_its_output_budget_at_the_audio_output_price():
+    # max_output_tokens bounds every output token, audio ones included: 2,000 of them may all be
+    # audio at $80/M ($0.16), so the hold must cover that, not 2,000 at the $10/M text price ($0.02)
+    hold = estimate_upper_bound(VERSION, "realtime-x", 1_000, 2_000, {}, AT)
+    assert [(ln.token_type, ln.quantity, ln.amount_units) for ln in hold.lines] == [
+        ("input", 1_000, 2_500_000), ("output_audio", 2_000, 160_000_000)]
+    settled = rated("realtime-x", {"input": 1_000, "output_audio": 2_000})
+    assert settled.total_units == hold.total_units  # the call that spends it all fits its hold
+    # a text model's output-side types fall back to its output price: its hold is as before
+    assert [(ln.token_type, ln.amount_units) for ln in
+            estimate_upper_bound(VERSION, "claude-x", 1_000, 2_000, {}, AT).lines] == [
+        ("input", 3_000_000), ("output", 30_000_000)]
