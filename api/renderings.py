@@ -195,8 +195,15 @@ def csv_text(document: Mapping[str, Any]) -> str:
     for line in document["lines"]:
         writer.writerow({**{k: line.get(k) for k in CSV_FIELDS if k in line}, "number": document.get("number") or "",
                          "period": document["period"]["label"], "currency": document["currency"],
-                         "per": KINDS[line["token_type"]].per if line.get("token_type") in KINDS else 1})
+                         "per": _per(line)})
     return out.getvalue()
+
+
+def _per(line: Mapping[str, Any]) -> int | str:
+    """The units one unit price covers; none for a line without a price (the rounding line)."""
+    if line.get("unit_price") is None:
+        return ""
+    return KINDS[line["token_type"]].per if line.get("token_type") in KINDS else 1
 
 
 def filename(document: Mapping[str, Any], extension: str) -> str:
