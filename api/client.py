@@ -319,6 +319,7 @@ class AsyncClient(_Base, AsyncJournalReads):
         self._flush_pending = flush_spool
         self._background = BackgroundSettler(self.spool, self._send_settlements, self._policy) \
             if self.spool and self._background_settle else None
+        self._exits: set[asyncio.Task[dict[str, Any]]] = set()  # block exits sending on their own
 
     async def _send_settlements(self, items: list[dict[str, Any]]) -> httpx.Response:
         """One bulk settle call; each item carries its own key, so the call needs none."""
@@ -353,6 +354,20 @@ class AsyncClient(_Base, AsyncJournalReads):
         except GaveUp as gave_up:
             pending.gave_up(gave_up)
         return raise_for(response)
+
+    async def _deliver_exit(self, path: str, body: Any, key: str, reservation_id: str,
+                            hold_left_s: float | None) -> dict[str, Any]:
+        """A block's exit: `_deliver` in a task of its own. A cancelled caller (a cancel scope
+        cancels every await until the block is left) goes on cancelled at once, and the task
+        still sends the settle or release, or spools it; `aclose` waits for it."""
+        task = asyncio.create_task(self._deliver(path, body, key, reservation_id, hold_left_s))
+        self._exits.add(task)
+        task.add_done_callback(self._exits.discard)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(_report_orphaned_exit)  # nobody awaits its outcome now
+            raise
 
     async def _settle_or_release(self, path: str, body: Any, key: str, reservation_id: str,
                                  hold_left_s: float | None) -> dict[str, Any] | None:
@@ -413,6 +428,11 @@ class AsyncClient(_Base, AsyncJournalReads):
         return await self._call("POST", path, body, key=key)
 
     async def aclose(self) -> None:
+        if self._exits:  # exits whose callers were cancelled: let them finish, then interrupt (spool)
+            _, late = await asyncio.wait(set(self._exits), timeout=self._drain_timeout_s)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         if self._background is not None:
             await self._background.drain(self._drain_timeout_s)
             self._background = None
@@ -424,6 +444,14 @@ class AsyncClient(_Base, AsyncJournalReads):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _report_orphaned_exit(task: asyncio.Task[dict[str, Any]]) -> None:
+    """How a block's exit ended after its caller was cancelled: logged, since nobody awaits it."""
+    if task.cancelled():
+        log.warning("a settle or release interrupted at close; it is in the spool")
+    elif (error := task.exception()) is not None:
+        log.warning("a settle or release after its caller was cancelled: %s", error)
 
 
 def flush_spool_dir(directory: str | os.PathLike[str] | None, api_key: str, *, url: str | None = None,

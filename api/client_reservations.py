@@ -166,7 +166,7 @@ class AsyncReservation(_Reservation):
             self.queued = True
             return
         try:
-            self.settlement = await self._client._deliver(path, body, key, self.id, self._hold_left_s())
+            self.settlement = await self._client._deliver_exit(path, body, key, self.id, self._hold_left_s())
         except SettlementSpooled as spooled:
             self._spooled_on_exit(spooled, exc)
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 
@@ -338,11 +339,12 @@ class HeldSettle(httpx.AsyncBaseTransport):
         return await self.inner.handle_async_request(request)
 
 
-async def test_a_task_cancelled_while_its_settle_is_in_flight_spools_the_settle(live, spool_dir):
+async def test_a_task_cancelled_while_its_settle_is_in_flight_and_closed_before_it_lands_spools_it(
+        live, spool_dir):
     url, book = live
     customer = new_customer(url, book)
     transport, block = HeldSettle(), {}
-    async with AsyncClient(url, ADMIN, transport=transport) as tt:
+    async with AsyncClient(url, ADMIN, transport=transport, drain_timeout_s=0.5) as tt:
         async def inference() -> None:
             async with tt.reserve(customer, "model-a", input_tokens=1000, max_output_tokens=500) as r:
                 block["r"] = r
@@ -353,7 +355,7 @@ async def test_a_task_cancelled_while_its_settle_is_in_flight_spools_the_settle(
         task.cancel()  # a web framework cancels the handler: its caller went away
         with pytest.raises(asyncio.CancelledError):
             await task
-    r = block["r"]
+    r = block["r"]  # the close waited 0.5 s for the exit, then interrupted it
     assert reservation(url, r.id)["status"] == "held", "the settle never reached the server"
     [record] = [rec for path in spool_dir.glob("*.jsonl") for rec in Spool(path).records()]
     assert (record.path, record.idempotency_key) == (f"/v1/reservations/{r.id}/settle", f"{r.id}:settle:0")
@@ -392,3 +394,22 @@ def test_ctrl_c_while_a_settles_answer_is_awaited_spools_it_and_the_replay_charg
         report = next_client.flush_spool()
     assert (report.delivered, report.kept, report.rejected) == (1, 0, 0)
     assert_charged_once(url, r.id, customer)
+
+
+async def test_a_block_left_by_a_cancel_scope_still_settles_what_was_generated(live, spool_dir):
+    """A streaming handler whose caller went away is cancelled by a cancel scope (anyio, as
+    Starlette and Litestar use), which cancels every await until the block is left: the exit's
+    settle must still go out, not wait in the spool for some later client."""
+    url, book = live
+    customer = new_customer(url, book)
+    async with AsyncClient(url, ADMIN) as tt:
+        with anyio.move_on_after(0.3):
+            async with tt.reserve(customer, "model-a", input_tokens=1000, max_output_tokens=500) as r:
+                r.record(input_tokens=1000, output_tokens=400)
+                await anyio.sleep(30)  # the rest of the stream, never to come
+        for _ in range(100):
+            if reservation(url, r.id)["status"] != "held":
+                break
+            await asyncio.sleep(0.05)
+        assert_charged_once(url, r.id, customer)
+    assert not list(spool_dir.glob("*.jsonl"))
