@@ -88,12 +88,14 @@ class BackgroundSettler:
                 await asyncio.to_thread(self.spool.append_many, [record for record, _, _ in taken])
             except OSError as exc:
                 for _, done, _ in taken:
-                    done.set_exception(exc)
+                    if not done.done():  # a caller cancelled meanwhile no longer waits
+                        done.set_exception(exc)
             else:
                 for record, done, send in taken:
                     if send:
                         self._queued[record.idempotency_key] = record
-                    done.set_result(None)
+                    if not done.done():  # a caller cancelled meanwhile: its settle is on disk and queued all the same
+                        done.set_result(None)
                 self._wake.set()
                 if self._sender is None or self._sender.done():
                     self._sender = asyncio.create_task(self._run())

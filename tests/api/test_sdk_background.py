@@ -8,6 +8,7 @@ import asyncio
 import threading
 from decimal import Decimal
 
+import anyio
 import httpx
 import pytest
 
@@ -159,4 +160,33 @@ def test_the_blocking_client_queues_too_and_close_drains_the_queue(live, spool_d
             assert r.queued and r.settlement is None
             blocks.append(r)
     assert_each_charged_once(url, customer, blocks)
+    assert not tt.spool.path.exists()
+
+
+async def test_an_exit_cancelled_while_its_settle_is_written_holds_up_no_other_exit(live, spool_dir):
+    """Two blocks exit together, so their settles share one spool write; the first is cancelled
+    meanwhile (its handler's cancel scope). The other's exit must still return, and both settles
+    go out."""
+    url, book = live
+    customer = new_customer(url, book)
+    go, entered, blocks = asyncio.Event(), asyncio.Semaphore(0), {}
+
+    async def handler(name: str, cancelled: bool) -> None:
+        with anyio.CancelScope() as scope:
+            async with tt.reserve(customer, "model-a", input_tokens=1000, max_output_tokens=500) as r:
+                blocks[name] = r
+                r.record(input_tokens=1000, output_tokens=400)
+                entered.release()
+                await go.wait()
+                if cancelled:
+                    scope.cancel()  # takes effect at the exit's first await: its settle's write
+
+    async with AsyncClient(url, ADMIN, background_settle=True) as tt:
+        tasks = [asyncio.create_task(handler("cancelled", True)), asyncio.create_task(handler("other", False))]
+        for _ in tasks:
+            await entered.acquire()
+        go.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+        assert blocks["other"].queued
+    assert_each_charged_once(url, customer, list(blocks.values()))
     assert not tt.spool.path.exists()
