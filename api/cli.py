@@ -327,7 +327,7 @@ def parser() -> argparse.ArgumentParser:
         dest="keys", required=True)
     create = keys.add_parser("create", help="create a key; prints it once, as JSON")
     create.add_argument("--scope", required=True, help="admin, inference, auditor or customer:<id>")
-    create.add_argument("--customer", action="append", help="limit an inference key to this customer (repeat)")
+    create.add_argument("--customer", action="append", help="limit the key to this customer (repeat)")
     create.add_argument("--name", default="", help="a label for the key")
     keys.add_parser("list", help="list keys, without their secrets")
     revoke = keys.add_parser("revoke", help="revoke a key at once")
