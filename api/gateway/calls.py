@@ -16,17 +16,24 @@ system or instructions, tool definitions, response formats), counted one by one,
 per message and 3 for the reply (OpenAI's cookbook overhead). An image counts what the model's
 provider charges for it (pricing.images: by its size, read from the header of an inline image,
 and its `detail`; the rule's most for an image given by URL or file id); an image for a model no
-rule names, and any other non-text part (audio, a file, a document), counts NON_TEXT_PART_TOKENS.
-Embedding inputs given as token ids count one each.
+rule names counts NON_TEXT_PART_TOKENS. Audio and PDFs count by pricing.attachments: an audio
+clip by its duration (an upper bound from its size where that cannot be read), a PDF by its pages
+(text and an image each; PDF_MAX_PAGES when given by URL or file id, or not countable). A text
+document (Anthropic's `text` source, an inline file that is UTF-8 text) counts as text; a file of
+another kind counts as a PDF of PDF_MAX_PAGES. Embedding inputs given as token ids count one each.
 """
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
+from pricing.attachments import audio_tokens, pdf_pages, pdf_tokens
 from pricing.errors import PricingError
 from pricing.images import base64_size, data_url_size, rule_for
 from pricing.tokens import REPLY_PRIMING_TOKENS, TOKENS_PER_MESSAGE, TokenCounter, with_margin
@@ -36,9 +43,10 @@ CHAT, RESPONSES, EMBEDDINGS, MESSAGES = "chat.completions", "responses", "embedd
 KINDS = {("openai", "/chat/completions"): CHAT, ("openai", "/responses"): RESPONSES,
          ("openai", "/embeddings"): EMBEDDINGS, ("anthropic", "/v1/messages"): MESSAGES}
 NON_TEXT_PART_TOKENS = 2500
-NON_TEXT_TYPES = frozenset({"image_url", "input_image", "image", "input_audio", "audio", "document", "file",
-                            "input_file"})
 IMAGE_TYPES = frozenset({"image_url", "input_image", "image"})
+AUDIO_TYPES = frozenset({"input_audio", "audio"})
+FILE_TYPES = frozenset({"document", "file", "input_file"})
+_DATA_URL = re.compile(r"data:([^;,]*)(?:;[^;,]*)*;base64,", re.ASCII)
 # The fields each kind bills as input.
 PROMPT_FIELDS = {CHAT: ("messages", "tools", "functions", "response_format"),
                  RESPONSES: ("input", "instructions", "tools", "text"),
@@ -77,10 +85,12 @@ def _count(value: Any, name: str) -> int | None:
 @dataclass(slots=True)
 class _Prompt:
     texts: list[str]
-    non_text: int = 0  # parts other than text and images
+    non_text: int = 0  # audio parts without inline data
     ids: int = 0  # token ids given as such (embeddings)
     messages: int = 0
     images: list[tuple[tuple[int, int] | None, str | None]] = field(default_factory=list)  # size, detail
+    audio: int = 0  # the tokens of audio clips
+    pdfs: list[int | None] = field(default_factory=list)  # pages (None: PDF_MAX_PAGES)
 
 
 def _image(part: Mapping[str, Any]) -> tuple[tuple[int, int] | None, str | None]:
@@ -100,6 +110,63 @@ def _image(part: Mapping[str, Any]) -> tuple[tuple[int, int] | None, str | None]
     return size, detail if isinstance(detail, str) else None
 
 
+def _audio(part: Mapping[str, Any], prompt: _Prompt) -> None:
+    """An audio part (`input_audio: {data, format}`): its tokens by pricing.attachments; a part
+    without inline data (no shape the providers take as input) keeps the flat allowance."""
+    given = part.get("input_audio", part.get("audio"))
+    data = given.get("data") if isinstance(given, Mapping) else part.get("data")
+    if isinstance(data, str) and data:
+        prompt.audio += audio_tokens(data)
+    else:
+        prompt.non_text += 1
+
+
+def _inline(data: str) -> tuple[str | None, str]:
+    """(media type, base64) of a `data:` URL, or (None, data) for bare base64."""
+    match = _DATA_URL.match(data)
+    return (match.group(1).lower(), data[match.end():]) if match else (None, data)
+
+
+def _file(part: Mapping[str, Any], prompt: _Prompt) -> None:
+    """A file or document part, in each provider's shape: OpenAI chat `file: {file_data,
+    file_id}`, responses `file_data` / `file_id` / `file_url`, Anthropic `source: {type: base64 |
+    text | content | url | file}` (its title and context are text)."""
+    source = part.get("source")
+    if isinstance(source, Mapping):  # Anthropic's document
+        for name in ("title", "context"):
+            _walk(part.get(name), prompt)
+        kind = source.get("type")
+        if kind == "text":
+            _walk(source.get("data"), prompt)
+            return
+        if kind == "content":
+            _walk(source.get("content"), prompt)
+            return
+        data = source.get("data") if kind == "base64" else None
+        media = source.get("media_type")
+    else:
+        given = part.get("file")
+        given = given if isinstance(given, Mapping) else part
+        data, media = given.get("file_data"), None
+        if isinstance(data, str):
+            media, data = _inline(data)
+    raw = _decoded(data) if isinstance(data, str) else None
+    if raw is None or raw.startswith(b"%PDF-") or media == "application/pdf":  # by URL or file id: the cap
+        prompt.pdfs.append(pdf_pages(raw) if raw is not None else None)
+        return
+    try:  # a text file (plain text, code, CSV, ...): the provider extracts its text
+        prompt.texts.append(raw.decode("utf-8"))
+    except UnicodeDecodeError:  # another kind (a spreadsheet, a word processor's file): the cap
+        prompt.pdfs.append(None)
+
+
+def _decoded(data: str) -> bytes | None:
+    try:
+        return base64.b64decode(data, validate=False)
+    except (binascii.Error, ValueError):
+        return None
+
+
 def _walk(value: Any, prompt: _Prompt) -> None:
     if isinstance(value, str):
         prompt.texts.append(value)
@@ -109,8 +176,11 @@ def _walk(value: Any, prompt: _Prompt) -> None:
         if kind in IMAGE_TYPES:
             prompt.images.append(_image(value))
             return
-        if kind in NON_TEXT_TYPES:
-            prompt.non_text += 1
+        if kind in AUDIO_TYPES:
+            _audio(value, prompt)
+            return
+        if kind in FILE_TYPES:
+            _file(value, prompt)
             return
         for item in value.values():
             _walk(item, prompt)
@@ -153,7 +223,9 @@ def count_prompt(kind: str, body: Mapping[str, Any], model: str, counter: TokenC
     rule = rule_for(model)
     images = sum(rule.tokens(size, detail) if rule is not None else NON_TEXT_PART_TOKENS
                  for size, detail in prompt.images)
-    fixed = overhead + prompt.ids + NON_TEXT_PART_TOKENS * prompt.non_text + images
+    page_image = rule.most_tokens if rule is not None else NON_TEXT_PART_TOKENS  # a page's size is not read
+    pdfs = sum(pdf_tokens(pages, page_image) for pages in prompt.pdfs)
+    fixed = overhead + prompt.ids + NON_TEXT_PART_TOKENS * prompt.non_text + images + prompt.audio + pdfs
     return with_margin(counted, 0 if exact else counter.margin_percent) + fixed, counted + fixed
 
 

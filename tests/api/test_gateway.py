@@ -10,6 +10,7 @@ import json
 import socket
 import time
 import uuid
+import wave
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -18,6 +19,7 @@ import anthropic
 import httpx
 import openai
 import pytest
+from fpdf import FPDF
 from PIL import Image
 
 from api.app import create_app
@@ -223,6 +225,50 @@ def test_a_stream_without_usage_is_charged_its_image_at_the_models_own_image_rul
         request_id = response.headers["x-tokentill-request-id"]
     # "user", "text" (the part's type) and "hi", 3 + 3, and gpt-4o-mini's 4 tiles: 2,833 + 4 x 5,667
     assert charged(url, request_id) == ((3 + 6 + 2833 + 4 * 5667) * IN + 40 * OUT) / M + CALL
+
+
+def test_a_stream_without_usage_is_charged_its_audio_by_the_clips_duration(live):
+    url, _ = live
+    _, key = customer(live)
+    out = io.BytesIO()
+    with wave.open(out, "wb") as clip:  # 5 minutes at 8 kHz, 8 bits, mono
+        clip.setnchannels(1)
+        clip.setsampwidth(1)
+        clip.setframerate(8000)
+        clip.writeframes(bytes(8000 * 300))
+    audio = {"type": "input_audio", "input_audio": {"data": base64.b64encode(out.getvalue()).decode(), "format": "wav"}}
+    with oai(url, key).chat.completions.with_streaming_response.create(
+            model="gpt-4o-audio-preview-nousage", stream=True,
+            messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}, audio]}]) as response:
+        list(response.parse())
+        request_id = response.headers["x-tokentill-request-id"]
+    # "user", "text" and "hi", 3 + 3, and 300 s of audio at OpenAI's 1 token per 100 ms (was 2,500)
+    assert charged(url, request_id) == ((3 + 6 + 3000) * IN + 40 * OUT) / M + CALL
+
+
+def test_a_pdf_is_held_for_each_of_its_pages_so_a_wallet_that_cannot_pay_them_is_refused(live, fake):
+    url, _ = live
+    pdf = FPDF()
+    pdf.set_font("helvetica", size=12)
+    for n in range(40):
+        pdf.add_page()
+        pdf.cell(text=f"page {n + 1}")
+    document = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf",
+                                               "data": base64.b64encode(bytes(pdf.output())).decode()}}
+    messages = [{"role": "user", "content": [document]}]
+    # "user" (cl100k_base plus 10 %: 2), 3 + 3, and 40 pages at 3,000 text + 1,600 image tokens each
+    hold = ((2 + 6 + 40 * 4600) * IN + 100 * OUT) / M + CALL
+    assert hold == Decimal("1.84308")
+    _, key = customer(live)
+    raw = claude(url, key).messages.with_raw_response.create(model="claude-test", max_tokens=100, messages=messages)
+    assert Decimal(raw.headers["x-tokentill-reserved"]) == hold and Decimal(raw.headers["x-tokentill-charged"]) \
+        == MESSAGES_CHARGE
+    cid, poor = customer(live, amount="0.50")  # paid the 2,500 tokens it was held for, not 40 pages
+    before = len(fake.fake.calls)
+    with pytest.raises(anthropic.APIStatusError) as raised:
+        claude(url, poor).messages.create(model="claude-test", max_tokens=100, messages=messages)
+    assert raised.value.status_code == 402 and raised.value.body["error"]["code"] == "insufficient_funds"
+    assert len(fake.fake.calls) == before and wallet(url, cid) == (Decimal("0.50"), 0)
 
 
 @pytest.mark.parametrize("stream", [False, True])

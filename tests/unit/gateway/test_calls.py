@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import base64
 import io
+import wave
 
 import msgspec
 import pytest
+from fpdf import FPDF
 from PIL import Image
 
 from api.gateway.calls import CHAT, EMBEDDINGS, MESSAGES, NON_TEXT_PART_TOKENS, RESPONSES, CallError, parse_call
@@ -131,14 +133,75 @@ def test_an_image_by_url_or_file_counts_the_most_its_model_can_charge():
     assert _image_tokens(CHAT, "gpt-4o-mini", broken) == (2833 + 5667 * 8,) * 2
 
 
-def test_other_non_text_parts_and_images_for_models_without_a_rule_keep_the_flat_allowance():
-    audio = {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}
-    assert _image_tokens(CHAT, "gpt-4o", audio) == (NON_TEXT_PART_TOKENS,) * 2
+def test_images_for_models_without_a_rule_and_audio_without_data_keep_the_flat_allowance():
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + _png((4000, 4000))}}
     assert _image_tokens(CHAT, "llama-3-70b", image) == (NON_TEXT_PART_TOKENS,) * 2
+    no_data = {"type": "input_audio", "input_audio": {"format": "wav"}}  # refused upstream: nothing charged
+    assert _image_tokens(CHAT, "gpt-4o-audio-preview", no_data) == (NON_TEXT_PART_TOKENS,) * 2
 
 
-def test_a_part_whose_type_is_not_a_string_is_counted_as_text_not_a_crash():
-    c = call(CHAT, {"model": "gpt-4o", "max_tokens": 1,
-                    "messages": [{"role": "user", "content": [{"type": ["image_url"], "text": "hi"}]}]})
-    assert c.prompt_raw_tokens == 4 + 6  # "user" (1), "image_url" (2) and "hi" (1) read as text; 3 + 3
+def _wav(seconds: int, rate: int = 16_000) -> str:
+    out = io.BytesIO()
+    with wave.open(out, "wb") as clip:
+        clip.setnchannels(1)
+        clip.setsampwidth(2)
+        clip.setframerate(rate)
+        clip.writeframes(bytes(2 * rate * seconds))
+    return base64.b64encode(out.getvalue()).decode()
+
+
+def test_an_audio_clip_counts_ten_tokens_a_second_of_it():
+    clip = {"type": "input_audio", "input_audio": {"data": _wav(300), "format": "wav"}}  # 5 minutes
+    assert _image_tokens(CHAT, "gpt-4o-audio-preview", clip) == (3000, 3000)  # was 2,500
+    mp3 = {"type": "input_audio", "input_audio": {"data": base64.b64encode(bytes(48_000)).decode(), "format": "mp3"}}
+    assert _image_tokens(CHAT, "gpt-4o-audio-preview", mp3) == (480, 480)  # 48 s at most, at 8 kbit/s
+
+
+def _pdf(pages: int) -> str:
+    pdf = FPDF()
+    pdf.set_font("helvetica", size=12)
+    for n in range(pages):
+        pdf.add_page()
+        pdf.cell(text=f"page {n + 1}")
+    return base64.b64encode(bytes(pdf.output())).decode()
+
+
+def test_a_pdf_counts_each_pages_text_and_image_in_each_providers_shape():
+    pdf = _pdf(40)
+    chat = {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64," + pdf}}
+    assert _image_tokens(CHAT, "gpt-4o", chat) == (40 * (3000 + 1445),) * 2  # was 2,500
+    responses = {"type": "input_file", "filename": "a.pdf", "file_data": "data:application/pdf;base64," + pdf}
+    assert _image_tokens(RESPONSES, "gpt-4.1", responses) == (40 * (3000 + 85 + 170 * 8),) * 2
+    document = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": pdf}}
+    assert _image_tokens(MESSAGES, "claude-sonnet-4-5", document) == (40 * (3000 + 1600),) * 2
+    bare = {"type": "file", "file": {"file_data": pdf}}  # base64 without its data: prefix
+    assert _image_tokens(CHAT, "gpt-4o", bare) == (40 * (3000 + 1445),) * 2
+    unknown_model = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf",
+                                                    "data": _pdf(2)}}
+    assert _image_tokens(MESSAGES, "llama-3-70b", unknown_model) == (2 * (3000 + NON_TEXT_PART_TOKENS),) * 2
+
+
+def test_a_file_by_url_or_id_or_unreadable_counts_the_most_pages_a_request_takes():
+    most = 100 * (3000 + 1600)
+    for source in ({"type": "url", "url": "https://example.com/a.pdf"}, {"type": "file", "file_id": "file_1"},
+                   {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0xLjQK"}):  # "%PDF-1.4"
+        assert _image_tokens(MESSAGES, "claude-opus-4-1", {"type": "document", "source": source}) == (most, most)
+    for part in ({"type": "file", "file": {"file_id": "file-1"}},
+                 {"type": "input_file", "file_url": "https://example.com/a.pdf"},
+                 {"type": "input_file", "file_data": "data:application/vnd.ms-excel;base64,0M8R4KGxGuE="}):
+        kind = CHAT if part["type"] == "file" else RESPONSES
+        assert _image_tokens(kind, "gpt-4o", part) == (100 * (3000 + 1445),) * 2
+
+
+def test_a_text_document_counts_its_text():
+    text = "alpha beta gamma " * 50  # cl100k_base: 3 tokens a repeat, the last space apart
+    exact = len(TokenCounter().encoding_for("gpt-4")[0].encode_ordinary(text))
+    document = {"type": "document", "title": "notes", "source": {"type": "text", "media_type": "text/plain",
+                                                                 "data": text}}
+    # the text and its title ("notes", 1 token), counted with cl100k_base plus 10 % for a Claude model
+    assert exact == 150 + 1
+    # (held: the call's other 3 text tokens share the margin's rounding: 155 + 16 - (3 + 1))
+    assert _image_tokens(MESSAGES, "claude-sonnet-4-5", document) == (167, 152)  # was 2,500
+    inline = {"type": "input_file", "filename": "notes.txt",
+              "file_data": "data:text/plain;base64," + base64.b64encode(text.encode()).decode()}
+    assert _image_tokens(RESPONSES, "gpt-4", inline) == (exact, exact)
