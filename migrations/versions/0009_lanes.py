@@ -5,8 +5,8 @@ Two SERIALIZABLE batches on disjoint customers that share tables collide on btre
 its id, `ledger_lane(id)` (md5, modulo the lane count); every write-path table is LIST
 partitioned by lane, platform accounts have a stripe per lane, and each lane has its own writer.
 
-The lane count is fixed when the database is created: `alembic -x lanes=N`, the `lanes`
-attribute of the Alembic config (migrations.runner.upgrade(url, lanes=N)), or the environment
+The lane count is fixed when the database is created: the `lanes` attribute of the Alembic
+config (migrations.runner.upgrade(url, lanes=N)), or the environment
 variable TOKENTILL_LANES, read by this migration only; by default the cores of the machine that
 creates the database (at least 2, at most 16: `default_lanes`), at most 256.
 `ledger_settings` keeps it, and `ledger_lane()` is created with it written in.
@@ -51,8 +51,7 @@ def default_lanes() -> int:
 
 def lane_count() -> int:
     config = context.config
-    chosen = (config.attributes.get("lanes") or context.get_x_argument(as_dictionary=True).get("lanes")
-              or os.environ.get("TOKENTILL_LANES") or default_lanes())
+    chosen = config.attributes.get("lanes") or os.environ.get("TOKENTILL_LANES") or default_lanes()
     lanes = int(chosen)
     if not 1 <= lanes <= MAX_LANES:
         raise ValueError(f"lanes must be between 1 and {MAX_LANES}, not {lanes}")
