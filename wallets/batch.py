@@ -43,7 +43,7 @@ from wallets.core.decision import (
 )
 from wallets.core.idempotency import Replayed
 from wallets.core.rating import billing_period
-from wallets.core.state import InvoiceDue
+from wallets.core.state import InvoiceDue, Unapplied
 from wallets.errors import ConflictError
 from wallets.model import BudgetHold, Hold, Lot, Reservation
 
@@ -75,13 +75,14 @@ class Batch:
     invoices: dict[str, InvoiceDue] = field(default_factory=dict)
     rerates: dict[tuple[str, str], Any] = field(default_factory=dict)  # (customer, period) -> RerateInput
     credit_note_seqs: dict[tuple[str, int], int] = field(default_factory=dict)  # (issuer, year) -> last number
+    unapplied: dict[str, tuple[Unapplied, ...]] = field(default_factory=dict)  # customer -> top-ups' (closes)
     entry_ids: list[int] = field(default_factory=list)  # the entries' ids (given by flush), in order
     posting: PreparedPost | None = None  # the entries' ledger_post call (made by flush)
 
     def state(self, customer_id: str) -> State:
         return State(customer_id, self.loaded.wallets.get(customer_id), self.loaded.idempotency,
                      self.loaded.events, self.period_usage, self.rollups, self.invoice_seqs, self.invoices,
-                     self.rerates, self.credit_note_seqs)
+                     self.rerates, self.credit_note_seqs, self.unapplied)
 
     def apply(self, command: Command) -> Any:
         """Decide `command` and follow the decision, then the alerts it calls for; returns its
@@ -193,13 +194,21 @@ class Batch:
         self.periods[effect.customer_id] = (effect.open_period_start, effect.next_close_at)
 
     def _payment_recorded(self, effect: PaymentRecorded, key: str | None) -> None:
-        invoice = self.invoices[effect.invoice_id]
-        paid = {**invoice.payments, effect.reference: effect.amount}
-        self.invoices[effect.invoice_id] = replace(invoice, payments=paid)
-        self.add("invoice_payments", {"id": effect.payment_id, "invoice_id": effect.invoice_id,
-                                      "customer_id": effect.customer_id, "amount": effect.amount,
-                                      "reference": effect.reference, "entry_key": key,
-                                      "created_at": effect.created_at})
+        invoice = self.invoices.get(effect.invoice_id)  # not there: the invoice its close just finalized
+        if invoice is not None:
+            paid = {**invoice.payments, effect.reference: effect.amount}
+            self.invoices[effect.invoice_id] = replace(invoice, payments=paid)
+        row = {"id": effect.payment_id, "invoice_id": effect.invoice_id, "customer_id": effect.customer_id,
+               "amount": effect.amount, "reference": effect.reference, "created_at": effect.created_at}
+        if effect.entry_id is None:
+            row["entry_key"] = key
+        else:  # a top-up's payment of the receivable, posted earlier, applied now: no longer unapplied
+            row["entry_id"] = effect.entry_id
+            self.unapplied[effect.customer_id] = tuple(
+                x if x.entry_id != effect.entry_id else replace(x, amount=x.amount - effect.amount)
+                for x in self.unapplied.get(effect.customer_id, ()) if x.entry_id != effect.entry_id
+                or x.amount > effect.amount)
+        self.add("invoice_payments", row)
 
     def _lot_opened(self, effect: LotOpened, key: str | None) -> None:
         self.accounts.append(chart.lot_spec(effect.customer_id, effect.lot_id, effect.currency))

@@ -439,6 +439,10 @@ async def _load_billing(conn: AsyncConnection, batch: Batch, commands: Sequence[
         batch.rollups = await store.load_rollups(conn, since)
         batch.invoice_seqs = await store.last_seqs(conn, "invoices",
                                                    {(c.issuer, now.astimezone(UTC).year) for c in closes})
+        # what prepaid customers' top-ups paid off the receivable before it was invoiced
+        batch.unapplied = await store.load_unapplied(conn, [
+            c.customer_id for c in closes
+            if (w := batch.loaded.wallets.get(c.customer_id)) is not None and w.customer.billing == "prepaid"])
     paid = [c.invoice_id for c in commands if isinstance(c, PayInvoice)]
     if paid:
         batch.invoices = await store.load_invoices(conn, paid)

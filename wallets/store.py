@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ledger.lanes import lane_count, lane_of
 from ledger.model import AccountSpec
 from wallets import chart
-from wallets.core.state import InvoiceDue
+from wallets.core.state import InvoiceDue, Unapplied
 from wallets.model import Budget, BudgetHold, Customer, Hold, Lot, Reservation, Wallet
 from wallets.periods import Cycle
 
@@ -485,6 +485,33 @@ async def load_open_invoices(conn: AsyncConnection, customers: Iterable[str]) ->
                                 AND i.amount_due > coalesce((SELECT sum(p.amount) FROM invoice_payments p
                                                               WHERE p.invoice_id = i.id), 0)"""
     return _due(await conn.exec_driver_sql(sql, (sorted(set(customers)),)))
+
+
+async def load_unapplied(conn: AsyncConnection, customers: Iterable[str]) -> dict[str, tuple[Unapplied, ...]]:
+    """What each customer's top-ups paid off its receivable and no invoice records yet (it paid
+    usage not invoiced then), per top-up, oldest first: what its close applies to the new invoice."""
+    wanted = sorted(set(customers))
+    if not wanted:
+        return {}
+    lane = int(await _lane(conn, wanted) or 0)
+    rows = await conn.exec_driver_sql(
+        f"""SELECT t.customer_id, t.id, t.entry_id, t.created_at,
+                   (t.paid - coalesce((SELECT sum(p.amount) FROM invoices i
+                                         JOIN invoice_payments p ON p.invoice_id = i.id
+                                        WHERE i.customer_id = t.customer_id AND p.entry_id = t.entry_id), 0))::text
+              FROM (SELECT l.customer_id, l.id, l.entry_id, l.created_at,
+                           (SELECT -sum(p.amount) FROM postings p JOIN accounts a ON a.id = p.account_id
+                             WHERE p.lane = l.lane AND p.entry_id = l.entry_id
+                               AND a.code = %s || l.customer_id || %s) AS paid
+                      FROM lots l JOIN journal_entries j ON j.lane = l.lane AND j.id = l.entry_id AND j.kind = 'topup'
+                     WHERE l.lane = {lane} AND l.customer_id = ANY(%s::text[]) AND l.kind = 'topup') t
+             WHERE t.paid > 0
+             ORDER BY t.entry_id""", (*chart.RECEIVABLE_CODE, wanted))
+    found: dict[str, list[Unapplied]] = {}
+    for cid, lot_id, entry_id, at, left in rows:
+        if int(left) > 0:
+            found.setdefault(cid, []).append(Unapplied(int(entry_id), f"topup:{lot_id}", int(left), at))
+    return {cid: tuple(x) for cid, x in found.items()}
 
 
 async def load_rerate_charges(conn: AsyncConnection, customer_id: str, book_id: str, start: datetime,

@@ -157,3 +157,69 @@ async def test_a_close_until_a_future_time_is_refused_unless_early(client) -> No
     early = await client.post("/v1/billing/close", headers=ADMIN, json={"until": until, "customer_id": "too-soon",
                                                                         "early": True})
     assert early.status_code == 200 and len(early.json()["closed"]) == 1, early.text
+
+
+async def _owing_prepaid(client, cid: str, events: int) -> None:
+    """A prepaid customer whose `events` calls ($0.03 each: $0.01 input, $0.01 output, $0.01 the
+    request) were paid by its receivable (overdraft up to $1.00), in the current period."""
+    created = await client.post("/v1/customers", headers=ADMIN, json={
+        "id": cid, "currency": "USD", "price_book": "seed", "overdraft_limit": "1.00"})
+    assert created.status_code == 201, created.text
+    sent = await client.post("/v1/usage-events", headers=ADMIN, json=[
+        {"event_id": f"{cid}-{i}", "customer_id": cid, "model": "model-a", "timestamp": datetime.now(UTC).isoformat(),
+         "usage": {"input_tokens": 1000, "output_tokens": 500}} for i in range(events)])
+    assert sent.json()["accepted"] == events, sent.text
+
+
+async def _close_now(client, cid: str) -> dict:
+    period = period_of(datetime.now(UTC), Cycle("UTC", None))
+    closed = await client.post("/v1/billing/close", headers=ADMIN, json={
+        "until": (period.end + timedelta(hours=1, seconds=1)).isoformat(), "customer_id": cid, "early": True})
+    assert closed.status_code == 200, closed.text
+    [one] = closed.json()["closed"]
+    return (await client.get(f"/v1/invoices/{one['invoice_id']}", headers=ADMIN)).json()
+
+
+async def test_a_top_up_that_paid_the_receivable_before_the_close_pays_the_invoice(client, scratch_url) -> None:
+    """A prepaid customer's top-up pays what its receivable owes; when that usage was not
+    invoiced yet, the invoice finalized later must count that money as paid: it showed the
+    whole amount open, refused its payment as an overpayment (the receivable owed less), and
+    asked the customer for money it had paid already."""
+    await _owing_prepaid(client, "early", 5)  # $0.15 on the receivable
+    topped = await client.post("/v1/customers/early/topups", headers=ADMIN, json={"amount": "0.10"})
+    assert topped.status_code == 201 and topped.json()["applied_to_receivable"] == "0.10", topped.text
+    lot_id, entry_id = topped.json()["grant_id"], topped.json()["entry_id"]
+    invoice = await _close_now(client, "early")
+    assert invoice["amount_due"] == "0.15"  # the document: what the period's usage put on the receivable
+    assert (invoice["payment_status"], invoice["amount_paid"]) == ("partially_paid", "0.10"), invoice
+    [paid] = invoice["payments"]
+    assert (paid["amount"], paid["reference"], paid["entry_id"]) == ("0.10", f"topup:{lot_id}", entry_id)
+    path = f"/v1/invoices/{invoice['id']}/payments"
+    too_much = await client.post(path, headers=ADMIN, json={"amount": "0.06", "reference": "wire-1"})
+    assert too_much.status_code == 422 and too_much.json()["code"] == "overpayment", too_much.text
+    rest = await client.post(path, headers=ADMIN, json={"amount": "0.05", "reference": "wire-1"})
+    assert rest.status_code == 201 and rest.json()["payment_status"] == "paid", rest.text
+    wallet = (await client.get("/v1/customers/early/wallet", headers=ADMIN)).json()
+    assert wallet["receivable"] == "0.00"
+    verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
+    assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]
+
+
+async def test_a_top_up_that_paid_all_before_the_close_leaves_the_invoice_paid(client, scratch_url) -> None:
+    await _owing_prepaid(client, "settled", 5)
+    topped = await client.post("/v1/customers/settled/topups", headers=ADMIN, json={"amount": "1.00"})
+    assert topped.json()["applied_to_receivable"] == "0.15", topped.text
+    invoice = await _close_now(client, "settled")
+    assert (invoice["payment_status"], invoice["amount_paid"]) == ("paid", "0.15"), invoice
+    assert [p["amount"] for p in invoice["payments"]] == ["0.15"]
+    refused = await client.post(f"/v1/invoices/{invoice['id']}/payments", headers=ADMIN,
+                                json={"amount": "0.01", "reference": "wire-1"})
+    assert refused.status_code == 422 and refused.json()["code"] == "overpayment", refused.text
+    db = connect(scratch_url, pool_size=1)
+    try:
+        topics = await db.read(lambda conn: _topics(conn, "settled"))
+    finally:
+        await db.dispose()
+    assert topics == ["invoice.finalized", "invoice.paid"]
+    verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
+    assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]

@@ -63,7 +63,7 @@ def top_up(state: State, cmd: TopUp, now: datetime, book: PriceBook | None) -> D
     posted = entry(f"topup:{opened.lot_id}", "topup", legs, cid, now,
                    {"lot_id": opened.lot_id, "reference": cmd.reference})
     # what paid the receivable pays the customer's open invoices, oldest first, as invoice payments
-    # of this entry; the rest of it paid usage not invoiced yet, which no invoice records
+    # of this entry; the rest of it paid usage not invoiced yet: the close that invoices it applies it
     applied = apply_to_invoices(state, cid, paid, f"topup:{opened.lot_id}", now) if paid else []
     lot, view = _view_after(w, opened, paid, now)
     result = CreditResult(lot_view(lot), view, paid, posted.key if posted else None)

@@ -195,6 +195,9 @@ class PaymentRecorded(msgspec.Struct, frozen=True, gc=False):
     amount: int
     reference: str
     created_at: datetime
+    # the entry that paid it, when posted earlier (a top-up applied at a later close); None: the
+    # decision's own entry
+    entry_id: int | None = None
 
 
 class UsageEventRecorded(msgspec.Struct, frozen=True, gc=False):

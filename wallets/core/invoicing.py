@@ -31,9 +31,9 @@ from wallets.core.decision import (
     TrueUpPosted,
 )
 from wallets.core.legs import Legs, entry, funding, settlement, settlement_legs
-from wallets.core.payments import payment_effects
+from wallets.core.payments import apply_unapplied, payment_effects
 from wallets.core.results import InvoiceClosed, PaymentResult
-from wallets.core.state import State
+from wallets.core.state import InvoiceDue, State
 from wallets.errors import ConflictError, CurrencyMismatchError, NotFoundError, OverpaymentError
 from wallets.model import Wallet
 from wallets.periods import Period, close_due_at, following, period_of
@@ -144,6 +144,8 @@ def close_period(state: State, cmd: ClosePeriod, now: datetime, book: PriceBook 
             "invoice_id": invoice_id, "number": number, "period": period.label, "total": content["total"],
             "amount_due": content["amount_due"], "due_at": content["due_at"], "currency": c.currency}),
     ]
+    # what top-ups paid off the receivable before this usage was invoiced pays this invoice
+    effects += apply_unapplied(state, InvoiceDue(invoice_id, c.id, number, c.currency, due, {}, period.start), now)
     result = InvoiceClosed(invoice_id, number, c.id, period.label, total, due, posted.key if posted else None)
     return Decision(Outcome(result.code, result), posted, tuple(effects))
 

@@ -3,21 +3,25 @@
 as the part of a prepaid top-up that paid off an invoiced receivable. Pure."""
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from pricing.money import format_amount
 from wallets import chart
 from wallets.core.decision import PaymentRecorded
-from wallets.core.state import InvoiceDue, State
+from wallets.core.state import InvoiceDue, State, Unapplied
 
 SCALE = chart.ASSET_SCALE
 
 
-def payment_effects(state: State, invoice: InvoiceDue, amount: int, reference: str, now: datetime) -> list[Any]:
-    """The payment of `amount` against `invoice` (posted by the decision's entry), and
-    `invoice.paid` if it pays what was left."""
-    effects: list[Any] = [PaymentRecorded(invoice.customer_id, invoice.id, state.ids("pay"), amount, reference, now)]
+def payment_effects(state: State, invoice: InvoiceDue, amount: int, reference: str, now: datetime,
+                    paid_by: Unapplied | None = None) -> list[Any]:
+    """The payment of `amount` against `invoice` (posted by the decision's entry, or earlier by
+    the top-up `paid_by`), and `invoice.paid` if it pays what was left."""
+    effects: list[Any] = [PaymentRecorded(invoice.customer_id, invoice.id, state.ids("pay"), amount, reference,
+                                          now if paid_by is None else paid_by.at,
+                                          None if paid_by is None else paid_by.entry_id)]
     paid = invoice.paid + amount
     if paid == invoice.amount_due:
         effects.append(state.event("invoice.paid", invoice.customer_id, f"invoice.paid:{invoice.id}", now, {
@@ -35,7 +39,7 @@ def open_invoices(state: State, customer_id: str) -> list[InvoiceDue]:
 def apply_to_invoices(state: State, customer_id: str, amount: int, reference: str, now: datetime) -> list[Any]:
     """`amount` that paid the customer's receivable, applied to its open invoices oldest first,
     each up to what it has left; what is left over paid a receivable not invoiced yet (usage of a
-    period still open) and is recorded against no invoice."""
+    period still open), and the close of that period applies it (`apply_unapplied`)."""
     effects: list[Any] = []
     for invoice in open_invoices(state, customer_id):
         if amount <= 0:
@@ -43,4 +47,19 @@ def apply_to_invoices(state: State, customer_id: str, amount: int, reference: st
         part = min(amount, invoice.amount_due - invoice.paid)
         effects += payment_effects(state, invoice, part, reference, now)
         amount -= part
+    return effects
+
+
+def apply_unapplied(state: State, invoice: InvoiceDue, now: datetime) -> list[Any]:
+    """A new invoice (at its close) counts as paid what the customer's top-ups paid off the
+    receivable while its usage was not invoiced yet (`state.unapplied`, oldest first), up to its
+    amount due; what is left of them paid usage of a later period."""
+    effects: list[Any] = []
+    for credit in state.unapplied.get(invoice.customer_id, ()):
+        left = invoice.amount_due - invoice.paid
+        if left <= 0:
+            break
+        part = min(credit.amount, left)
+        effects += payment_effects(state, invoice, part, credit.reference, now, credit)
+        invoice = replace(invoice, payments={**invoice.payments, credit.reference: part})
     return effects

@@ -124,3 +124,56 @@ async def test_verify_finds_invoice_payments_that_no_entry_paid(bk: BillingKit) 
     report = await bk.db.read(lambda conn: verify(conn, WALLET_CHECKS))
     [failed] = [c for c in report.checks if not c.ok]
     assert failed.name == "invoices" and "invoice payments 60000000" in str(failed), failed
+
+
+async def test_top_ups_before_a_close_pay_its_invoice_oldest_period_first(bk: BillingKit) -> None:
+    """Top-ups that paid the receivable while its usage was not invoiced yet (the period open,
+    or ended and in its grace window while the next one runs) pay the invoices finalized later,
+    oldest period first: the invoices showed it all open and refused its payment as overpayment."""
+    cid = await bk.customer("early", overdraft="1.00")
+    for _ in range(3):
+        await bk.event(cid, "model-a", 1000, 500)  # November: $0.09 on the receivable
+    first = await bk.top_up(cid, "0.04")  # November still open: pays $0.04 of it
+    bk.clock.now = datetime(2026, 12, 1, 0, 30, tzinfo=UTC)  # November ended, not closed (grace)
+    await bk.event(cid, "model-a", 1000, 500)  # December: $0.03; $0.08 owed in all
+    second = await bk.top_up(cid, "0.07")  # $0.07 of it, billed in December
+    assert (first.applied_to_receivable, second.applied_to_receivable) == (40_000_000, 70_000_000)
+    await bk.close(NOV_GRACE_OVER)
+    [november] = await bk.invoices(cid)
+    assert (november["amount_due"], november["payment_status"], november["amount_paid"]) == ("0.09", "paid", "0.09")
+    assert [(p["amount"], p["reference"], p["entry_id"]) for p in november["payments"]] == [
+        ("0.04", f"topup:{first.grant.id}", await _entry_of_lot(bk, first.grant.id)),
+        ("0.05", f"topup:{second.grant.id}", await _entry_of_lot(bk, second.grant.id))]
+    bk.clock.now = DEC_5
+    await bk.event(cid, "model-a", 1000, 500)
+    await bk.event(cid, "model-a", 1000, 500)  # December: $0.09 in all, $0.02 of it paid by the second
+    await bk.close(DEC_GRACE_OVER)
+    november, december = await bk.invoices(cid)
+    assert len(november["payments"]) == 2
+    assert (december["amount_due"], december["payment_status"], december["amount_paid"]) == (
+        "0.09", "partially_paid", "0.02")
+    assert [(p["amount"], p["reference"]) for p in december["payments"]] == [("0.02", f"topup:{second.grant.id}")]
+    with pytest.raises(OverpaymentError):  # $0.07 is owed, and due
+        await bk.pay(cid, december["id"], "0.08", "wire-1")
+    paid = await bk.pay(cid, december["id"], "0.07", "wire-1")
+    assert paid.status == "paid"
+    wallet = await bk.service.wallet(cid)
+    assert wallet.receivable == 0
+    await _verified(bk)
+
+
+async def test_a_top_up_before_the_close_and_one_after_pay_the_invoice_between_them(bk: BillingKit) -> None:
+    cid = await bk.customer("split", overdraft="1.00")
+    for _ in range(3):
+        await bk.event(cid, "model-a", 1000, 500)  # $0.09
+    before = await bk.top_up(cid, "0.05")
+    await bk.close(NOV_GRACE_OVER)
+    [invoice] = await bk.invoices(cid)
+    assert (invoice["payment_status"], invoice["amount_paid"]) == ("partially_paid", "0.05")
+    after = await bk.top_up(cid, "1.00")  # $0.04 of it pays the rest, $0.96 is credit
+    assert after.applied_to_receivable == 40_000_000 and after.grant.granted == 960_000_000
+    [invoice] = await bk.invoices(cid)
+    assert (invoice["payment_status"], invoice["amount_paid"]) == ("paid", "0.09")
+    assert [(p["amount"], p["reference"]) for p in invoice["payments"]] == [
+        ("0.05", f"topup:{before.grant.id}"), ("0.04", f"topup:{after.grant.id}")]
+    await _verified(bk)
