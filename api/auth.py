@@ -11,8 +11,8 @@ naming an unlisted customer (in the path, the body or `?customer_id=`) is 403 `f
 whether or not that customer exists; an id looked up among the key's customers (a charge
 trace's request id, a price book) that is not theirs is 404 `not_found`, as if it did not
 exist. Another customer's reservation, invoice or credit note (random ids) is 403 `forbidden`,
-naming the id the request sent, never its customer. Routes that act on the whole platform (API keys, writing price books, creating
-customers, `verify`) are refused to a limited key.
+naming the id the request sent, never its customer. Routes that act on the whole platform (API
+keys, writing price books, creating customers, `verify`) are refused to a limited key.
 
 Verified keys are cached per process only while it listens for changes to keys
 (api.keys.KeyCache): a revocation is refused at once by the process that made it and
