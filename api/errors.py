@@ -49,6 +49,7 @@ CODE_BY_STATUS = {
     400: "validation_error", 401: "unauthorized", 403: "forbidden", 404: "not_found",
     405: "method_not_allowed", 406: "not_acceptable", 408: "request_timeout", 409: "conflict",
     413: "payload_too_large", 415: "unsupported_media_type", 422: "validation_error", 429: "rate_limited",
+    431: "headers_too_large",
     503: "service_unavailable",
 }
 TITLES = {

@@ -10,6 +10,8 @@ extension points (`Config(http=...)`, a `Server` subclass):
 - a request body must not stall (no bytes) for `body_timeout_s`, nor take longer than
   `body_deadline_s` in all; else the request is answered 408 (or the connection closed, when a
   response has begun);
+- a request head (request line and headers) larger than MAX_HEAD_BYTES is answered 431 and no
+  more of it is read: the parser buffers a head whole, before any key is checked;
 - idle keep-alive connections close after `keepalive_s` (uvicorn's `timeout_keep_alive`);
 - at most `limit` connections are open at once, `limit` safely below the open-file limit. At the
   limit a new connection evicts the connection idle longest (no request in progress: a head not
@@ -58,6 +60,9 @@ ACCEPT_BURST = 128
 # rather than a reset; at most this many at once, the others are closed at once.
 LINGERING = 32
 LINGER_S = 1.0
+# A request line and its headers together: a long query string (a journal cursor, filters) and a
+# console cookie fit many times over; nginx's default is 32 KiB, Node's 16 KiB.
+MAX_HEAD_BYTES = 65_536
 
 # A connection's phase, for its deadline.
 WAITING = 0  # between requests (uvicorn's keep-alive timer runs), or a request being handled
@@ -103,6 +108,8 @@ def _raw_response(status: int, reason: str, code: str, detail: str, extra: bytes
 
 TIMED_OUT = _raw_response(408, "Request Timeout", CODE_BY_STATUS.get(408, "request_timeout"),
                           "the request body stalled or took too long")
+HEAD_TOO_LARGE = _raw_response(431, "Request Header Fields Too Large", CODE_BY_STATUS[431],
+                               f"the request line and headers exceed {MAX_HEAD_BYTES} bytes")
 BUSY = _raw_response(503, "Service Unavailable", CODE_BY_STATUS[503],
                      "every connection this process may hold has a request in progress",
                      b"retry-after: 1\r\n")
@@ -127,12 +134,7 @@ class Guard:
             victim = self._longest_idle()
             if victim is None:
                 REFUSED.inc()
-                transport.write(BUSY)
-                if len(self.refused) < LINGERING:
-                    transport.write_eof()
-                    transport.set_protocol(Refused(self, transport, conn.loop.time() + LINGER_S))
-                else:
-                    transport.close()
+                self.refuse(transport, BUSY, conn.loop.time())
                 return False
             self.forget(victim)
             victim.transport.close()
@@ -140,6 +142,16 @@ class Guard:
         self.open.add(conn)
         self.idle[conn] = None
         return True
+
+    def refuse(self, transport: asyncio.Transport, answer: bytes, now: float) -> None:
+        """Answer `answer` and end the stream; what the client sends after is dropped, and the
+        connection lingers LINGER_S at most, so that the client reads the answer, not a reset."""
+        transport.write(answer)
+        if len(self.refused) < LINGERING:
+            transport.write_eof()
+            transport.set_protocol(Refused(self, transport, now + LINGER_S))
+        else:
+            transport.close()
 
     def _longest_idle(self) -> GuardedHttpToolsProtocol | None:
         # A connection leaves `idle` when its request head completes (the one moment a request
@@ -181,6 +193,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.phase = HEAD
         self.deadline = 0.0  # loop time; 0: none
         self.body_ends = 0.0
+        self.head_bytes = 0  # of the request head being read
+        self.head_tail = b""  # its last bytes read, where its blank line may begin
 
     def in_progress(self) -> bool:
         """A request is being handled (its head is complete and its response is not)."""
@@ -195,6 +209,29 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.guard.forget(self)
         super().connection_lost(exc)
 
+    def data_received(self, data: bytes) -> None:
+        if self.phase == HEAD:  # count the head's bytes, not those of a body read with its end
+            seen = self.head_tail + data
+            end = seen.find(b"\r\n\r\n")
+            self.head_bytes += len(data) if end < 0 else max(0, end + 4 - len(self.head_tail))
+            self.head_tail = seen[-3:]
+            if self.head_bytes > MAX_HEAD_BYTES:
+                self.refuse_head()
+                return
+        super().data_received(data)
+
+    def refuse_head(self) -> None:
+        """A head past MAX_HEAD_BYTES: 431, and none of it goes to the parser. A head pipelined
+        behind a request in progress stops the reading; the connection closes after its answer."""
+        if self.in_progress():
+            self.cycle.keep_alive = False
+            self.flow.pause_reading()
+            return
+        self.guard.forget(self)
+        self.connections.discard(self)
+        self._unset_keepalive_if_required()
+        self.guard.refuse(self.transport, HEAD_TOO_LARGE, self.loop.time())
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         if self.phase != HEAD:  # a later request on this connection; the first one's clock runs since connect
@@ -203,6 +240,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
+        self.head_bytes, self.head_tail = 0, b""
         self.guard.idle.pop(self, None)
         limits = self.guard.limits
         now = self.loop.time()

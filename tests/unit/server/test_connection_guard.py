@@ -86,6 +86,11 @@ def is_open(sock: socket.socket) -> bool:
         sock.settimeout(5)
 
 
+def resident_bytes() -> int:
+    with open("/proc/self/status") as status:
+        return int(next(line for line in status if line.startswith("VmRSS:")).split()[1]) * 1024
+
+
 def counter(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
@@ -198,6 +203,36 @@ def test_when_every_connection_has_a_request_in_flight_a_new_one_is_answered_503
         for sock in busy:
             assert read_all(sock).startswith(b"HTTP/1.1 200 ")
     assert counter("tokentill_connections_refused_total") - before == 1
+
+
+def test_a_request_head_past_the_limit_is_answered_431_and_never_buffered():
+    """Before any key is checked, a head is buffered whole: without a limit, one connection sent
+    200 MiB of a header in 3 s and the server held it all (and answered 200)."""
+    with serving(header_timeout_seconds="30") as port:
+        sock = connect(port, b"GET / HTTP/1.1\r\nHost: test\r\n")
+        filler = b"X-Filler: " + b"a" * 16_384 + b"\r\n"
+        before = resident_bytes()
+        try:
+            for _ in range(4096):  # 64 MiB, were it all taken
+                sock.sendall(filler)
+        except OSError:  # refused, and its connection closed
+            pass
+        grown = resident_bytes() - before  # the server runs in this process
+        answer = read_all(sock)
+        # a head within the limit, a long query string and many headers included, is served as ever
+        long_query = b"GET /?q=" + b"a" * 30_000 + b" HTTP/1.1\r\nHost: test\r\n"
+        fine = read_all(connect(port, long_query + b"X-B: b\r\n" * 1000 + b"Connection: close\r\n\r\n"))
+        # so is a body of any size after a small head, its first bytes in the head's packet
+        body = b"y" * 500_000
+        posted = read_all(connect(port, b"POST /echo HTTP/1.1\r\nHost: test\r\nConnection: close\r\n"
+                                        b"Content-Length: %d\r\n\r\n" % len(body) + body))
+    status, _, problem = answer.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert b"content-type: application/problem+json" in status
+    assert json.loads(problem)["code"] == "headers_too_large"
+    assert grown < 16 * 1024 * 1024, grown
+    assert fine.startswith(b"HTTP/1.1 200 ")
+    assert posted.startswith(b"HTTP/1.1 200 ") and b"got 500000" in posted
 
 
 @pytest.mark.parametrize("name", ["HEADER_TIMEOUT", "BODY_TIMEOUT", "BODY_DEADLINE", "KEEPALIVE"])
