@@ -303,8 +303,8 @@ def parser() -> argparse.ArgumentParser:
     gateway = sub.add_parser("gateway", help="serve, with the metering gateway's upstreams given here "
                              "(their keys: $TOKENTILL_UPSTREAM_OPENAI_KEY, $TOKENTILL_UPSTREAM_ANTHROPIC_KEY)")
     for command in (serve, gateway):
-        command.add_argument("--host", default="127.0.0.1")
-        command.add_argument("--port", type=port, default=8000)
+        command.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1)")
+        command.add_argument("--port", type=port, default=8000, help="default: 8000; 0: any free port")
         command.add_argument("--access-log", action="store_true", help="log every request")
         command.add_argument("--workers", type=at_least_one, metavar="N", help="server processes on the port, "
                              "under one supervisor (default: $TOKENTILL_WORKERS, else 1)")
