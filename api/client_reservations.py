@@ -5,6 +5,7 @@ Both clients share them; the client does the sending (`_call`, `_deliver`, `_set
 """
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Mapping
@@ -13,6 +14,8 @@ from typing import Any
 from api.client_errors import SettlementSpooled
 from api.delivery import seconds_until
 from pricing.tokens import TokenCounter
+
+log = logging.getLogger("tokentill.client")
 
 
 class StreamMeter:
@@ -115,6 +118,15 @@ class _Reservation:
         self.spooled = spooled
         self._client._spooled(spooled, exc)
 
+    @staticmethod
+    def _failed_on_exit(error: Exception, exc: BaseException | None) -> None:
+        """The exit's settle or release was refused (or failed unspooled): raise that, unless the
+        block's own error is in flight; then it goes on, with a note (the caller catches its own)."""
+        if exc is None:
+            raise error
+        log.warning("leaving a block that raised %s: %s", type(exc).__name__, error)
+        exc.add_note(f"tokentill: {error}")
+
     def _key(self, action: str) -> str:
         return f"{self.data['id']}:{action}:{self._captures}"
 
@@ -144,6 +156,8 @@ class Reservation(_Reservation):
             self.settlement = self._client._deliver(path, body, key, self.id, self._hold_left_s())
         except SettlementSpooled as spooled:
             self._spooled_on_exit(spooled, exc)
+        except Exception as error:  # raised again, unless the block's own error is in flight
+            self._failed_on_exit(error, exc)
 
 
 class AsyncReservation(_Reservation):
@@ -169,6 +183,8 @@ class AsyncReservation(_Reservation):
             self.settlement = await self._client._deliver_exit(path, body, key, self.id, self._hold_left_s())
         except SettlementSpooled as spooled:
             self._spooled_on_exit(spooled, exc)
+        except Exception as error:  # raised again, unless the block's own error is in flight
+            self._failed_on_exit(error, exc)
 
 
 def reserve_request(customer: str, model: str, *, request_id: str | None, messages: Any, prompt: str | None,

@@ -413,3 +413,32 @@ async def test_a_block_left_by_a_cancel_scope_still_settles_what_was_generated(l
             await asyncio.sleep(0.05)
         assert_charged_once(url, r.id, customer)
     assert not list(spool_dir.glob("*.jsonl"))
+
+
+def test_the_blocks_own_error_wins_over_a_refused_release(live, spool_dir, database_url):
+    """A call outlives its hold, which expires, and then the provider fails: the block's release is
+    refused (the reservation is closed), but the caller must still get the provider's error."""
+    url, book = live
+    customer = new_customer(url, book)
+    with Client(url, ADMIN) as tt:
+        with pytest.raises(RuntimeError, match="provider down") as raised:
+            with tt.reserve(customer, "model-a", input_tokens=1000, max_output_tokens=500, ttl_seconds=1) as r:
+                time.sleep(1.1)
+                assert asyncio.run(expire_due(database_url)) >= 1
+                raise RuntimeError("provider down")
+    assert any("reservation_closed" in note for note in raised.value.__notes__)
+    assert reservation(url, r.id)["status"] == "expired" and available(url, customer) == Decimal("10")
+
+
+async def test_the_async_blocks_own_error_wins_over_a_refused_release(live, spool_dir, db):
+    url, book = live
+    customer = new_customer(url, book)
+    async with AsyncClient(url, ADMIN) as tt:
+        with pytest.raises(RuntimeError, match="provider down") as raised:
+            async with tt.reserve(customer, "model-a", input_tokens=1000, max_output_tokens=500,
+                                  ttl_seconds=1) as r:
+                await asyncio.sleep(1.1)
+                assert await expire_reservations(db) >= 1
+                raise RuntimeError("provider down")
+    assert any("reservation_closed" in note for note in raised.value.__notes__)
+    assert reservation(url, r.id)["status"] == "expired"
