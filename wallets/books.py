@@ -29,7 +29,7 @@ from ledger.db import Database
 from ledger.model import request_hash
 from pricing.books import PriceBook, PriceVersion
 from pricing.parse import parse_version
-from wallets.errors import ConflictError, NotFoundError
+from wallets.errors import ConflictError, CurrencyMismatchError, NotFoundError
 
 log = logging.getLogger("tokentill.books")
 # a version's optional fields, stored beside its rules (column `plausibility`, which they outgrew)
@@ -90,13 +90,23 @@ async def add_version(conn: AsyncConnection, body: dict[str, Any], version: Pric
     """Store a version (creating the book on first use). `version` is the body parsed and
     validated before the transaction; without it the body is parsed here. Posting the same
     version again is a no-op; another version at the same time (or in another currency)
-    conflicts with what is stored (409)."""
+    conflicts with what is stored (409). A new book in another currency than a customer that
+    names it already is `currency_mismatch` (422)."""
     version = version if version is not None else parse_version(body)
     bounds = plausibility_of(body)
     digest = request_hash({"rules": body.get("rules"), "effective_from": version.effective_from.isoformat(),
                            "version": version.version, **({"plausibility": bounds} if bounds else {})})
-    await conn.execute(text("INSERT INTO price_books (id, currency) VALUES (:id, :cur) ON CONFLICT DO NOTHING"),
-                       {"id": version.book_id, "cur": version.currency})
+    created = (await conn.execute(text(
+        "INSERT INTO price_books (id, currency) VALUES (:id, :cur) ON CONFLICT DO NOTHING RETURNING id"),
+        {"id": version.book_id, "cur": version.currency})).first()
+    if created is not None:  # customers may name a book before it exists: it must be in their currency
+        other = (await conn.execute(text(
+            "SELECT id, currency FROM customers WHERE price_book = :id AND currency <> :cur ORDER BY id LIMIT 1"),
+            {"id": version.book_id, "cur": version.currency})).first()
+        if other is not None:
+            raise CurrencyMismatchError(f"customer {other.id} prices its usage with book {version.book_id} in "
+                                        f"{other.currency}, not {version.currency}", field="currency",
+                                        customer_id=other.id)
     currency = (await conn.execute(text("SELECT currency FROM price_books WHERE id = :id"),
                                    {"id": version.book_id})).scalar_one()
     if currency != version.currency:

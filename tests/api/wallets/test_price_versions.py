@@ -35,3 +35,17 @@ async def test_usage_is_rated_by_the_version_in_force_at_its_own_time(client: As
     # $10 and $20 for the million input tokens, each plus the $0.01 request fee
     assert Decimal(before["charged"]) == Decimal("10.01")
     assert Decimal(at["charged"]) == Decimal("20.01")
+
+
+async def test_a_book_posted_in_another_currency_than_its_customers_is_refused(client: AsyncTestClient, tag: str):
+    # customers may name a book before it exists (the default book "standard", say); the book
+    # then posted in EUR must not price a USD customer's usage (EUR amounts charged as dollars)
+    book, customer = f"later-{tag}", f"dollar-{tag}"
+    created = await client.post("/v1/customers", json={"id": customer, "currency": "USD", "price_book": book})
+    assert created.status_code == 201, created.text
+    euro = await client.post("/v1/price-books", json={**BOOK, "id": book, "currency": "EUR"})
+    assert euro.status_code == 422, euro.text
+    assert euro.json()["code"] == "currency_mismatch" and euro.json()["field"] == "currency"
+    assert euro.json()["customer_id"] == customer
+    assert (await client.get(f"/v1/price-books/{book}")).status_code == 404  # nothing stored
+    assert (await client.post("/v1/price-books", json={**BOOK, "id": book})).status_code == 201
