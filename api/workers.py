@@ -13,9 +13,10 @@ by the others.
 - A worker that exits (a crash, kill -9) is started again after a backoff: 0.5 s, doubling up
   to 8 s while it keeps dying within STABLE_S of its start; at the GIVE_UP-th such death in a
   row the parent stops the other workers and exits 1.
-- SIGTERM or SIGINT to the parent: every worker shuts down gracefully (SIGTERM: uvicorn ends the
-  requests in progress), killed after GRACE_S; then the parent leaves the embedded cluster,
-  which stops when the parent was its last user.
+- SIGTERM or SIGINT to the parent: the parent closes its copy of the listening socket (so the
+  port refuses new connections once the workers close theirs), every worker shuts down
+  gracefully (SIGTERM: uvicorn ends the requests in progress), killed after GRACE_S; then the
+  parent leaves the embedded cluster, which stops when the parent was its last user.
 - A worker whose parent died (kill -9) shuts itself down.
 - Scheduled jobs run in worker 0 only. They are safe in several processes (each job takes its
   own lock), but one process runs them for less; a restarted worker 0 runs them again.
@@ -186,6 +187,9 @@ class Supervisor:
         slot.process = None
 
     def _stop_all(self) -> None:
+        # The parent's copy of the listening socket: open, it kept the port accepting after the
+        # workers closed theirs, and new connections queued unanswered until it exited (then reset).
+        self.sock.close()
         live = [slot for slot in self.slots if slot.process is not None]
         for slot in live:
             if slot.process.exitcode is None:  # type: ignore[union-attr]

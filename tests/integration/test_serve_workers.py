@@ -182,3 +182,39 @@ def test_workers_whose_parent_was_killed_shut_down_and_the_last_one_out_stops_po
         proc.wait()
     wait_for(lambda: not any(alive(pid) for pid in workers), 60, f"workers outlived the parent:\n{log.read_text()}")
     wait_for(lambda: live_postmasters(pgdata) == [], 30, "PostgreSQL outlived its last user")
+
+
+def test_after_sigterm_new_connections_are_refused_while_a_request_in_progress_is_answered(database_url, data_dir):
+    """A rolling restart: once the workers stop accepting, so does the port, at once (a client or
+    load balancer tries elsewhere, knowing its request was never sent), while a request already
+    in progress still gets its answer. The parent's copy of the listening socket kept the port
+    accepting until the parent exited: new connections queued unanswered, then were reset."""
+    port, log = free_port(), data_dir / "serve.log"
+    proc = serve(port, log, 2, TOKENTILL_DATABASE_URL=database_url, TOKENTILL_SCHEDULER="off",
+                 TOKENTILL_WEBHOOKS="off", TOKENTILL_BODY_TIMEOUT_SECONDS="6")
+    try:
+        wait_ready(port, proc, log, 2)
+        # A request in progress: its head, and one byte of its body; the body stalls.
+        stalled = socket.create_connection(("127.0.0.1", port), timeout=20)
+        stalled.sendall(b"POST /v1/customers HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 40\r\nAuthorization: Bearer " + ADMIN_KEY.encode() + b"\r\n\r\n{")
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+
+        def refused() -> bool:
+            assert proc.poll() is None, "the server exited before the stalled request was answered"
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except ConnectionRefusedError:
+                return True
+            return False
+
+        wait_for(refused, 4, "the port kept accepting connections after SIGTERM")
+        answer = stalled.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 408 "), answer  # answered, not reset
+        stalled.close()
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 0, log.read_text()
