@@ -62,7 +62,7 @@ ERRORS: dict[str, type[TokentillError]] = {
 
 
 class SettlementSpooled(Exception):
-    """A settle or release not delivered by its deadline (or answered 5xx): it is in the local
+    """A settle or release not delivered by its deadline (or answered 5xx, or 401): it is in the local
     spool, and is re-sent with the same Idempotency-Key when a client next starts on that spool or
     by `tokentill spool flush`. `__cause__` is the last failure."""
 

@@ -24,6 +24,9 @@ SHORT_RETRY = frozenset({408, 502, 503, 504})
 # Answers that say nothing about the call itself (wrong key, wrong server, a server fault): a
 # spooled call answered so stays spooled, to be sent again with the right key or later.
 KEEP_SPOOLED = frozenset({401, 403, 404, 408})
+# A settle or release answered so is not retried now but spooled, as a 5xx other than 502-504
+# is: a 401 is about the key (revoked while the call ran), and another key's flush delivers it.
+SPOOL_NOW = frozenset({401})
 T = TypeVar("T")
 
 
@@ -77,8 +80,8 @@ class GaveUp(Exception):
 
 
 def definite(response: httpx.Response) -> bool:
-    """An answer to stop at: a success or a 4xx refusal other than 408 and 429."""
-    return response.status_code not in DURABLE_RETRY and response.status_code < 500
+    """An answer to stop at: a success or a 4xx refusal other than 401, 408 and 429."""
+    return response.status_code not in DURABLE_RETRY | SPOOL_NOW and response.status_code < 500
 
 
 def call(send: Callable[[], httpx.Response], schedule: Schedule) -> httpx.Response:
@@ -103,7 +106,7 @@ async def acall(send: Callable[[], Awaitable[httpx.Response]], schedule: Schedul
 
 def _failed(response: httpx.Response | None, exc: BaseException | None) -> tuple[Failure, float | None, bool]:
     """(failure, Retry-After, retry now?) of an attempt without a definite answer. A 5xx other
-    than 502-504 is not retried now: it goes to the spool, for a later flush."""
+    than 502-504, or a 401, is not retried now: it goes to the spool, for a later flush."""
     if response is None:
         assert exc is not None
         return exc, None, True
@@ -115,7 +118,7 @@ def deliver(send: Callable[[], httpx.Response], schedule: Schedule, *, spool: Ca
     """A settle or release, sent until a definite answer, which is returned. Its first failure
     calls `spool` (written ahead, so a client that dies while retrying loses nothing), and so does
     an attempt interrupted (a task cancelled, Ctrl-C) before it is re-raised; an answer after that
-    calls `unspool`. Raises GaveUp at the deadline, or at once on a 5xx not retried."""
+    calls `unspool`. Raises GaveUp at the deadline, or at once on a 5xx not retried or a 401."""
     return _blocking(adeliver(_awaitable(send), schedule, spool=_awaitable(spool), unspool=_awaitable(unspool),
                               sleep=_awaitable(_sleep)))
 

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from api.bench.common import free_port
-from api.client import AsyncClient, Client
+from api.client import AsyncClient, Client, flush_spool_dir
 from api.client_errors import ReservationClosed, SettlementSpooled, TokentillError, ValidationFailed
 from api.demo import PRICE_BOOK
 from api.spool import Spool
@@ -442,3 +442,23 @@ async def test_the_async_blocks_own_error_wins_over_a_refused_release(live, spoo
                 raise RuntimeError("provider down")
     assert any("reservation_closed" in note for note in raised.value.__notes__)
     assert reservation(url, r.id)["status"] == "expired"
+
+
+def test_a_settle_refused_because_its_key_was_revoked_meanwhile_is_spooled_for_another_key(live, spool_dir):
+    """Keys are rotated while calls run: a settle answered 401 says nothing about the call, only
+    about the key, so it is kept (as a flush keeps it) and another key's flush charges it."""
+    url, book = live
+    customer = new_customer(url, book)
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    created = httpx.post(f"{url}/v1/api-keys", headers=admin,
+                         json={"scope": "inference", "customers": [customer], "name": "rotated"}).json()
+    with Client(url, created["key"]) as tt:
+        with pytest.raises(SettlementSpooled) as spooled:
+            with tt.reserve(customer, "model-a", input_tokens=1000, max_output_tokens=500) as r:
+                r.record(input_tokens=1000, output_tokens=400)
+                assert httpx.delete(f"{url}/v1/api-keys/{created['id']}", headers=admin).status_code == 200
+    assert spooled.value.__cause__.code == "unauthorized"
+    assert reservation(url, r.id)["status"] == "held"
+    [(_, report)] = flush_spool_dir(spool_dir, ADMIN)
+    assert (report.delivered, report.kept) == (1, 0)
+    assert_charged_once(url, r.id, customer)
