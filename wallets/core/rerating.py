@@ -29,6 +29,7 @@ from pricing.books import PriceVersion
 from pricing.fast_rating import charges_requests
 from pricing.money import format_amount
 from pricing.rating import rate
+from pricing.units import TYPE_OF_FIELD
 from pricing.usage import Usage
 from wallets import chart
 from wallets.core.commands import TOPUP_PRIORITY, RerateCharges
@@ -61,8 +62,13 @@ class ChargeOnRecord:
     seq: int = 0  # its capture of the call (0: a usage event, or a call's first charge, which pays the fee)
 
     def tokens(self) -> dict[str, int]:
-        """The usage it was rated for: its usage lines' quantities by token type (the per-request
-        fee aside: whether it is due is the corrected version's to say, see rerated_lines)."""
+        """The usage it was rated for (the per-request fee aside: whether it is due is the corrected
+        version's to say, see rerated_lines): every count of the canonical usage stored with it,
+        those its version left unpriced or folded included; else its usage lines' quantities."""
+        canonical = self.usage.get("canonical") if isinstance(self.usage, Mapping) else None
+        if isinstance(canonical, Mapping):
+            counts = {TYPE_OF_FIELD[name]: value for name, value in canonical.items() if name in TYPE_OF_FIELD}
+            return {t: v for t, v in counts.items() if t != "request" and type(v) is int and v}
         out: dict[str, int] = {}
         for line in self.lines:
             if line["kind"] == "usage" and line.get("token_type") and line["token_type"] != "request":

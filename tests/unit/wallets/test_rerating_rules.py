@@ -103,6 +103,27 @@ def test_a_correction_that_adds_a_forgotten_request_fee_charges_it_once_per_call
         (2, {("model-a", "input"): 800_000_000})]
 
 
+def test_a_correction_prices_what_the_call_reported_that_the_first_version_left_unpriced():
+    # rated with an `unpriced: zero` book that priced input only: 3 web searches and 1,000 output
+    # tokens were reported (the canonical usage stored with the charge) but not charged; the fix
+    # prices them: $0.01 a search, $20/M output
+    fixed = parse_version({"id": "b", "version": "v2", "currency": "USD", "effective_from": "2026-11-01T00:00:00Z",
+                           "format": 2, "unpriced": "zero", "rules": [
+                               {"id": "a-in", "model": "model-a", "token_type": "input", "price": "10.00"},
+                               {"id": "a-out", "model": "model-a", "token_type": "output", "price": "20.00"},
+                               {"id": "a-search", "model": "model-a", "token_type": "web_search", "price": "0.01"}]})
+    usage = {"source": "anthropic_usage", "canonical": {"input_tokens": 500_000, "cached_input_tokens": 0,
+                                                         "cache_write_tokens": 0, "output_tokens": 1_000,
+                                                         "reasoning_tokens": 0, "web_search_calls": 3}}
+    reported = ChargeOnRecord(1, datetime(2026, 11, 5, tzinfo=UTC), "model-a", {}, usage,
+                              ({"kind": "usage", "token_type": "input", "quantity": 500_000,
+                                "amount_units": 5_000_000_000, "rule_id": "a-in"},), 5_000_000_000, 0, None)
+    [x] = corrections(RerateInput(fixed, (reported,)), NOV_1, DEC_1)
+    assert x.new == {("model-a", "input"): 5_000_000_000, ("model-a", "output"): 20_000_000,
+                     ("model-a", "web_search"): 30_000_000}
+    assert x.delta == 50_000_000
+
+
 # ------------------------------------------------------------------------------------------
 # Money back goes to the lots that paid the re-rated charges (the rule's decision, no database).
 
