@@ -9,7 +9,7 @@ back from storage is not, so that versions stored before a limit existed still l
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pricing.ambiguity import is_pattern
@@ -31,7 +31,8 @@ _RULE_KEYS = {"id", "token_type", "price", "model", "match", "tiers", "tier_mode
 
 
 def parse_time(value: object, name: str = "effective_from") -> datetime:
-    """An aware datetime from an RFC 3339 string (or an aware datetime)."""
+    """An aware datetime, in UTC, from an RFC 3339 string (or an aware datetime). In UTC: RFC 3339
+    allows offsets up to ±23:59, PostgreSQL reads at most ±15:59 where a time reaches it as text."""
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value)
@@ -39,7 +40,7 @@ def parse_time(value: object, name: str = "effective_from") -> datetime:
             raise PriceBookValidationError(name, "not an RFC 3339 date-time") from None
     if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
         raise PriceBookValidationError(name, "must be an RFC 3339 date-time with a UTC offset")
-    return value
+    return value.astimezone(UTC)
 
 
 def _float_fields(value: Any, path: str) -> list[dict[str, str]]:

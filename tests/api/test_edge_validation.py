@@ -272,3 +272,19 @@ async def test_json_media_types_are_taken(client, content_type):
 async def test_a_route_without_a_body_needs_no_content_type(client, world):
     response = await client.post(f"/v1/reservations/{world['reservation']}/release")
     assert response.status_code == 200, response.text
+
+
+async def test_a_time_at_any_offset_the_api_takes_is_stored_as_utc_not_refused_by_postgresql(client, world):
+    """RFC 3339 and the API's own pattern take offsets up to ±23:59, PostgreSQL's timestamptz at
+    most ±15:59: a grant's expiry, a usage event's time and a close's `until` at +17:19 were 422
+    "a value in the request cannot be stored" on `body`, the whole batch of events refused."""
+    w = world
+    grant = await client.post(f"/v1/customers/{w['customer']}/grants",
+                              json={"amount": "1", "expires_at": "2099-01-01T17:19:00+17:19"})
+    assert grant.status_code == 201, grant.text
+    assert grant.json()["grant"]["expires_at"] == "2099-01-01T00:00:00Z"  # the same instant, in UTC
+    events = await client.post("/v1/usage-events", json=[_event(w, timestamp="2026-06-01T17:19:00+17:19")])
+    assert events.json() == {"accepted": 1, "duplicates": 0, "rejected": []}, events.text
+    closed = await client.post("/v1/billing/close", json={"until": "2027-01-02T17:19:00+17:19", "early": True,
+                                                          "customer_id": w["customer"]})
+    assert closed.status_code == 200 and len(closed.json()["closed"]) >= 1, closed.text
