@@ -17,7 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 from pricing.books import DimValue, PriceBook, PriceVersion, Rule, per_units
-from pricing.errors import InvalidUsageError, UnpricedModelError
+from pricing.errors import InvalidUsageError, UnpricedModelError, field_error
 from pricing.money import DEFAULT_SCALE, per_amount, pricing_context
 from pricing.overrides import Overrides
 from pricing.rating import Line, Rating, build_rating
@@ -65,8 +65,10 @@ def estimate_upper_bound(
     *,
     overrides: Overrides | None = None,
     scale: int = DEFAULT_SCALE,
+    input_audio_tokens: int = 0,
 ) -> Rating:
-    """The most a call can cost: prompt at input price, output budget at the dearest output-side
+    """The most a call can cost: prompt at input price (the `input_audio_tokens` of it, audio the
+    caller counted, at the audio input price, else input's), output budget at the dearest output-side
     price (pricing.units.OUTPUT_TYPES; the first of equals), plus any per-request fee; rounded
     once like any entry. Prices tiered by prompt size are taken at the tier the estimated prompt
     reaches (a prompt estimated past 272k tokens holds at the long-context price); rules with
@@ -74,6 +76,9 @@ def estimate_upper_bound(
     errors: list[dict[str, str]] = []
     check_count(prompt_tokens, "prompt_tokens", errors)
     check_count(max_output_tokens, "max_output_tokens", errors)
+    check_count(input_audio_tokens, "input_audio_tokens", errors)
+    if not errors and input_audio_tokens > prompt_tokens:
+        errors.append(field_error("input_audio_tokens", "is part of prompt_tokens: at most it"))
     if errors:
         raise InvalidUsageError(errors)
     probe = Usage(model, {}, at, dimensions or {})  # validates model, dimensions and time
@@ -86,7 +91,9 @@ def estimate_upper_bound(
         rule = resolved.resolve(token_type, model, dims, minute)
         return _line(resolved, model, token_type, quantity, rule, overrides, prompt_tokens)
 
-    lines = [line("input", prompt_tokens)]
+    lines = [line("input", prompt_tokens - input_audio_tokens)]
+    if input_audio_tokens:
+        lines.append(line("input_audio", input_audio_tokens))
     if max_output_tokens:  # a call that produces no output (embeddings) needs no output price
         # a type no rule prices falls back to output's price: only the others can be dearer
         types = [t for t in OUTPUT_TYPES if t == "output" or t in resolved.token_types]

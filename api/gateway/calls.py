@@ -72,6 +72,7 @@ class Call:
     max_output_tokens: int
     body: bytes  # what goes upstream
     usage_chunk_wanted: bool = True  # a chat stream's usage-only chunk reaches the caller
+    prompt_audio_tokens: int = 0  # of both prompt counts, audio (priced as input_audio)
 
 
 def _count(value: Any, name: str) -> int | None:
@@ -211,8 +212,8 @@ def _prompt_of(kind: str, body: Mapping[str, Any]) -> _Prompt:
     return prompt
 
 
-def count_prompt(kind: str, body: Mapping[str, Any], model: str, counter: TokenCounter) -> tuple[int, int]:
-    """(tokens for the hold, raw tokens) of a call's input."""
+def count_prompt(kind: str, body: Mapping[str, Any], model: str, counter: TokenCounter) -> tuple[int, int, int]:
+    """(tokens for the hold, raw tokens, audio tokens among both) of a call's input."""
     prompt = _prompt_of(kind, body)
     try:
         encoding, exact = counter.encoding_for(model)
@@ -226,7 +227,7 @@ def count_prompt(kind: str, body: Mapping[str, Any], model: str, counter: TokenC
     page_image = rule.most_tokens if rule is not None else NON_TEXT_PART_TOKENS  # a page's size is not read
     pdfs = sum(pdf_tokens(pages, page_image) for pages in prompt.pdfs)
     fixed = overhead + prompt.ids + NON_TEXT_PART_TOKENS * prompt.non_text + images + prompt.audio + pdfs
-    return with_margin(counted, 0 if exact else counter.margin_percent) + fixed, counted + fixed
+    return with_margin(counted, 0 if exact else counter.margin_percent) + fixed, counted + fixed, prompt.audio
 
 
 def _output_cap(kind: str, body: dict[str, Any], default: int) -> tuple[int, bool]:
@@ -261,7 +262,7 @@ def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: Token
         # its output would never be metered here, nor its result fetched through the gateway
         raise CallError("background", "a background response cannot be metered by the gateway: call without it")
     stream = body.get("stream") is True and kind != EMBEDDINGS
-    prompt_tokens, raw_tokens = count_prompt(kind, body, model, counter)
+    prompt_tokens, raw_tokens, audio_tokens = count_prompt(kind, body, model, counter)
     cap, changed = _output_cap(kind, body, default_max_output)
     wanted = True
     if stream and kind == CHAT:
@@ -272,4 +273,4 @@ def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: Token
             body["stream_options"] = {**options, "include_usage": True}
             changed = True
     return Call(kind, model, stream, prompt_tokens, raw_tokens, cap,
-                msgspec.json.encode(body) if changed else raw, wanted)
+                msgspec.json.encode(body) if changed else raw, wanted, audio_tokens)

@@ -203,6 +203,9 @@ class Forwarding:
                 await asyncio.shield(self.x.gw.wallets.submit(Release(customer_id=r.customer_id, reservation_id=r.id)))
                 return 0
             form, usage = self._readable(*settlement)
+            audio = self.call.prompt_audio_tokens
+            if form == "usage" and audio and usage.get("input_tokens", 0) >= audio:  # the gateway's own count
+                usage = {**usage, "input_tokens": usage["input_tokens"] - audio, "input_audio_tokens": audio}
             record = settle_record(r.customer_id, self.x.request_id, r.id, form, usage)
             settles = self.x.gw.settles
             try:

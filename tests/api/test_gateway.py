@@ -246,6 +246,34 @@ def test_a_stream_without_usage_is_charged_its_audio_by_the_clips_duration(live)
     assert charged(url, request_id) == ((3 + 6 + 3000) * IN + 40 * OUT) / M + CALL
 
 
+def test_audio_is_held_and_charged_at_the_audio_input_price_of_a_book_that_prices_it(live):
+    url, _ = live
+    book = f"gw-audio-{uuid.uuid4().hex[:8]}"
+    audio_price = Decimal("160")  # 16 x the text input price, as gpt-4o-audio-preview's $40 to $2.50
+    with admin(url) as http:
+        rules = [*BOOK["rules"], {"id": "audio-in", "token_type": "input_audio", "price": str(audio_price)}]
+        assert http.post("/v1/price-books", json={**BOOK, "id": book, "format": 2, "rules": rules}).status_code == 201
+    cid, key = customer((url, book))
+    out = io.BytesIO()
+    with wave.open(out, "wb") as clip:  # 5 minutes at 8 kHz, 8 bits, mono: 3,000 audio tokens
+        clip.setnchannels(1)
+        clip.setsampwidth(1)
+        clip.setframerate(8000)
+        clip.writeframes(bytes(8000 * 300))
+    audio = {"type": "input_audio", "input_audio": {"data": base64.b64encode(out.getvalue()).decode(), "format": "wav"}}
+    with oai(url, key).chat.completions.with_streaming_response.create(
+            model="gpt-4o-audio-preview-nousage", stream=True,
+            messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}, audio]}]) as response:
+        list(response.parse())
+        request_id, reserved = response.headers["x-tokentill-request-id"], response.headers["x-tokentill-reserved"]
+    cost = ((3 + 6) * IN + 3000 * audio_price + 40 * OUT) / M + CALL
+    assert charged(url, request_id) == cost == Decimal("0.48189")
+    # held: the text (3 tokens, 4 with cl100k_base's margin) and overhead at input, the audio at its
+    # price, the default cap of 1,000 output tokens (was 0.0511: the audio at the text price)
+    assert Decimal(reserved) in {((t + 6) * IN + 3000 * audio_price + 1000 * OUT) / M + CALL for t in (3, 4)}
+    assert Decimal(reserved) >= cost and wallet(url, cid) == (Decimal("10") - cost, 0)
+
+
 def test_a_pdf_is_held_for_each_of_its_pages_so_a_wallet_that_cannot_pay_them_is_refused(live, fake):
     url, _ = live
     pdf = FPDF()

@@ -49,6 +49,7 @@ class Reserve(Command):
     amount: int | None = None  # the hold, when the caller gives it
     prompt_tokens: int | None = None
     max_output_tokens: int | None = None
+    prompt_audio_tokens: int = 0  # of prompt_tokens, audio: held at the audio input price
     dimensions: Mapping[str, Any] = field(default_factory=dict)
     estimate: Mapping[str, Any] | None = None  # what is stored about the estimate
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 import pytest
 from pricing_testkit import AT, load_fixture
 
-from pricing.errors import PriceBookValidationError, UnpricedModelError
+from pricing.errors import InvalidUsageError, PriceBookValidationError, UnpricedModelError
 from pricing.estimate import estimate_upper_bound
 from pricing.normalize import normalize_anthropic, normalize_openai
 from pricing.parse import parse_version
@@ -230,3 +230,16 @@ def test_a_reserve_for_an_audio_model_holds_its_output_budget_at_the_audio_outpu
     assert [(ln.token_type, ln.amount_units) for ln in
             estimate_upper_bound(VERSION, "claude-x", 1_000, 2_000, {}, AT).lines] == [
         ("input", 3_000_000), ("output", 30_000_000)]
+
+
+def test_audio_input_the_caller_counted_is_held_at_the_audio_input_price():
+    # 600 of 1,000 prompt tokens are audio at $40/M: held $0.024 + $0.001, not $0.0025 at the text price
+    hold = estimate_upper_bound(VERSION, "realtime-x", 1_000, 0, {}, AT, input_audio_tokens=600)
+    assert [(ln.token_type, ln.quantity, ln.amount_units) for ln in hold.lines] == [
+        ("input", 400, 1_000_000), ("input_audio", 600, 24_000_000)]
+    assert rated("realtime-x", {"input": 400, "input_audio": 600}).total_units == hold.total_units
+    # a model without an audio input price holds its audio at its input price, as the settle charges it
+    text = estimate_upper_bound(VERSION, "claude-x", 1_000, 0, {}, AT, input_audio_tokens=600)
+    assert text.total_units == estimate_upper_bound(VERSION, "claude-x", 1_000, 0, {}, AT).total_units
+    with pytest.raises(InvalidUsageError, match="input_audio_tokens"):
+        estimate_upper_bound(VERSION, "realtime-x", 100, 0, {}, AT, input_audio_tokens=101)
