@@ -436,7 +436,15 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "expect_head", None) and not args.file:
         p.error("audit verify: --expect-head checks an export: give --file too")
     try:
-        return args.func(args, Settings.from_env())
+        status = args.func(args, Settings.from_env())
+        sys.stdout.flush()  # a reader gone (`| head`) shows here, not as a traceback at exit
+        return status
+    except BrokenPipeError as exc:
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # what is left buffered goes nowhere
+        print(f"error: cannot write to stdout: {exc.strerror}", file=sys.stderr)  # as audit export says it
+        return 2
     except Exception as exc:
         reason = _unreachable(exc)
         if reason is None:

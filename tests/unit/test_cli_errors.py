@@ -2,6 +2,9 @@
 database is one line and exit 3, never a traceback."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from api.cli import DATABASE_UNREACHABLE, main, parser
@@ -45,3 +48,18 @@ def test_good_counts_and_upstreams_still_parse():
                                 "http://127.0.0.1:9000"])
     assert (args.workers, args.max_output_tokens) == (2, 512)
     assert (args.upstream_openai, args.upstream_anthropic) == ("https://api.openai.com/v1", "http://127.0.0.1:9000")
+
+
+def test_a_reader_that_goes_away_is_one_line_not_a_traceback(tmp_path):
+    """`tokentill keys list | head` and the like: output cut short by a closed pipe printed a
+    BrokenPipeError traceback (audit export alone said so in one line)."""
+    export = tmp_path / "empty.jsonl"
+    export.write_text('{"type": "export", "format": "tokentill-journal", "version": 1, "whole": true, '
+                      '"from": null, "to": null}\n{"type": "unsealed", "from_txid": "1"}\n'
+                      '{"type": "end", "entries": 0, "seals": 0, "unsealed": 0}\n')
+    done = subprocess.Popen([sys.executable, "-m", "api.cli", "audit", "verify", "--file", str(export)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    done.stdout.close()  # the reader leaves before a line is written
+    err = done.stderr.read()
+    assert done.wait() == 2, err
+    assert err.strip() == "error: cannot write to stdout: Broken pipe"
