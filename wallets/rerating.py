@@ -24,7 +24,7 @@ from wallets import chart
 from wallets.books import BookCache
 from wallets.core.commands import RerateCharges
 from wallets.core.rerating import Correction, corrections, type_rows
-from wallets.engine import Engine, rerate_input
+from wallets.engine import DOMAIN_ERRORS, Engine, rerate_input
 from wallets.errors import (
     ConflictError,
     InvalidRangeError,
@@ -115,22 +115,28 @@ def _command(spec: RerateSpec, rerate_id: str, customer_id: str, period: str) ->
 
 async def preview(db: Database, books: BookCache, spec: RerateSpec) -> dict[str, Any]:
     """The exact difference per customer, model and token type, computed by the rule apply runs
-    on the same records; nothing changes."""
+    on the same records; nothing changes. A customer's period the rule cannot rate is listed in
+    `errors`, as apply lists it."""
     await db.read(lambda conn: check(conn, spec))
     rerate_id = spec.rerate_id()
 
-    async def work(conn: AsyncConnection) -> dict[str, list[Correction]]:
+    async def work(conn: AsyncConnection) -> tuple[dict[str, list[Correction]], list[dict[str, Any]]]:
         found: dict[str, list[Correction]] = {}
+        errors: list[dict[str, Any]] = []
         for cid, period, cycle in await affected(conn, spec):
             data = await rerate_input(conn, books, _command(spec, rerate_id, cid, period), cycle)
-            if data is not None:
+            if data is None:
+                continue
+            try:
                 found.setdefault(cid, []).extend(corrections(data, spec.range_from, spec.range_to))
-        return found
+            except DOMAIN_ERRORS as error:  # as apply: this customer's period is listed, the others go on
+                errors.append({"customer_id": cid, "period": period, "code": error.code, "detail": str(error)})
+        return found, errors
 
-    found = await db.read(work)
+    found, errors = await db.read(work)
     customers = [_customer_view(cid, len(xs), type_rows(xs)) for cid, xs in sorted(found.items()) if xs]
     return {"mode": "preview", "rerate_id": rerate_id, **spec.view(), **_totals(customers), "credit_notes": [],
-            "errors": []}
+            "errors": errors}
 
 
 async def apply(db: Database, engine: Engine, spec: RerateSpec, idempotency_key: str | None) -> dict[str, Any]:

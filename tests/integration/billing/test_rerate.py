@@ -189,6 +189,26 @@ async def test_a_fix_that_drops_the_request_fee_gives_each_call_s_fee_back_once(
     await verified(bk)
 
 
+async def test_a_customer_the_fix_cannot_rate_is_listed_in_the_preview_s_errors_as_apply_lists_it(
+        fixed: BillingKit) -> None:
+    bk = fixed
+    a, b = await bk.customer("uses-a", book="fix"), await bk.customer("uses-b", book="fix")
+    for cid in (a, b):
+        await bk.top_up(cid, "20.00")
+    at = datetime(2026, 11, 10, tzinfo=UTC)
+    await bk.event(a, "model-a", 1_000_000, 0, at=at)  # $10.01
+    await bk.event(b, "model-b", 1_000_000, 0, at=at)  # $5.01
+    # the fix prices model-a input at $8/M and has no rule for model-b: b's charge cannot be rated
+    await bk.add_book({**V2, "version": "a-only", "rules": [r for r in V2["rules"] if not r["id"].startswith("b-")]})
+    seen = await rerating.preview(bk.db, bk.service.engine.books, spec("a-only"))  # was: unpriced_model, all of it
+    done = await rerating.apply(bk.db, bk.service.engine, spec("a-only"), None)
+    assert [c["customer_id"] for c in seen["customers"]] == [c["customer_id"] for c in done["customers"]] == [a]
+    assert seen["delta"] == done["delta"] == "-2.00"
+    assert [(e["customer_id"], e["period"], e["code"]) for e in seen["errors"]] == [(b, "2026-11", "unpriced_model")]
+    assert [(e["customer_id"], e["period"], e["code"]) for e in done["errors"]] == [(b, "2026-11", "unpriced_model")]
+    await verified(bk)
+
+
 async def test_money_back_from_a_promotional_grant_expired_since_goes_to_breakage(fixed: BillingKit) -> None:
     bk = fixed
     cid = await bk.customer("promo", book="fix")
