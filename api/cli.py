@@ -453,6 +453,11 @@ def main(argv: list[str] | None = None) -> int:
         return DATABASE_UNREACHABLE
 
 
+# How psycopg words a connection that was never made: refused, timed out or a refused login; a
+# host name that does not resolve; a socket that is not there (libpq gave up at once).
+CONNECT_FAILURES = ("connection failed", "failed to resolve host", "connection is bad")
+
+
 def _unreachable(exc: BaseException) -> str | None:
     """The driver's own words when `exc` is a failure to connect (no server, a refused login, no
     such database), else None: a command's other errors keep their traceback."""
@@ -460,7 +465,7 @@ def _unreachable(exc: BaseException) -> str | None:
     import sqlalchemy.exc
 
     cause = exc.orig if isinstance(exc, sqlalchemy.exc.DBAPIError) else exc
-    if isinstance(cause, psycopg.OperationalError) and str(cause).startswith("connection failed"):
+    if isinstance(cause, psycopg.OperationalError) and str(cause).startswith(CONNECT_FAILURES):
         return " ".join(str(cause).split())
     return None
 

@@ -7,6 +7,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import platformdirs
 
@@ -81,6 +82,23 @@ def _networks(env: Mapping[str, str], name: str) -> AddressPolicy:
         raise SystemExit(f"{name}: {exc}") from None
 
 
+def _database_url(raw: str) -> str | None:
+    """A libpq URL (postgresql:// or postgres://, a port from 1 to 65535), or None when unset;
+    anything else stops the start here rather than as a parser's traceback. The message does not
+    repeat the URL: it may hold a password."""
+    if not raw:
+        return None
+    try:
+        parts = urlsplit(raw)
+        port_ok = parts.port is None or parts.port > 0  # .port raises beyond 65535 or on a non-number
+    except ValueError:
+        port_ok = False
+    if not port_ok or parts.scheme not in ("postgresql", "postgres"):
+        raise SystemExit("TOKENTILL_DATABASE_URL must be a libpq URL, postgresql://user@host:5432/db "
+                         "(or postgresql://user@/db?host=/socket/dir)")
+    return raw
+
+
 def _workers(raw: str) -> int:
     try:
         value = int(raw) if raw else 1
@@ -128,7 +146,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         return cls(
-            database_url=env.get("TOKENTILL_DATABASE_URL") or None,
+            database_url=_database_url(env.get("TOKENTILL_DATABASE_URL", "")),
             data_dir=Path(env.get("TOKENTILL_DATA_DIR") or platformdirs.user_data_dir("tokentill")),
             admin_key=env.get("TOKENTILL_ADMIN_KEY") or None,
             pool_size=_int(env, "TOKENTILL_POOL_SIZE", 10),

@@ -26,6 +26,17 @@ def test_a_command_whose_database_cannot_be_reached_says_so_and_exits_3(command,
     assert err.startswith("error: cannot reach the database: connection failed") and "Traceback" not in err
 
 
+@pytest.mark.parametrize("url, reason", [
+    ("postgresql://postgres@db.invalid/tokentill", "failed to resolve host 'db.invalid'"),  # a typo in the host
+    ("postgresql://postgres@/tokentill?host=/nonexistent/dir", "connection is bad: connection to server on socket"),
+])
+def test_a_host_that_does_not_resolve_is_a_database_that_cannot_be_reached(url, reason, monkeypatch, capsys):
+    monkeypatch.setenv("TOKENTILL_DATABASE_URL", url)
+    assert main(["keys", "list"]) == DATABASE_UNREACHABLE
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot reach the database: {reason}") and "Traceback" not in err
+
+
 @pytest.mark.parametrize("argv", [
     ["serve", "--workers", "0"], ["gateway", "--workers", "-2"], ["gateway", "--max-output-tokens", "0"],
     ["gateway", "--upstream-openai", "ftp://example.com"], ["gateway", "--upstream-anthropic", "api.anthropic.com"],

@@ -39,3 +39,17 @@ def test_good_values_are_read():
     s = Settings.from_env({"TOKENTILL_POOL_SIZE": "3", "TOKENTILL_SEAL_INTERVAL_SECONDS": "2",
                            "TOKENTILL_MAX_CONNECTIONS": "50", "TOKENTILL_LOG_LEVEL": "debug", "TOKENTILL_LANES": "4"})
     assert (s.pool_size, s.seal_interval_s, s.max_connections, s.log_level, s.lanes) == (3, 2, 50, "DEBUG", 4)
+
+
+@pytest.mark.parametrize("bad", ["not a url", "mysql://tokentill:s3cret@db/ledger", "postgresql://tokentill:s3cret@db:99999/x",
+                                 "postgresql://tokentill:s3cret@db:port/x", "db.example.com:5432"])
+def test_a_database_url_that_is_not_a_postgresql_url_stops_the_start_without_echoing_a_password(bad):
+    with pytest.raises(SystemExit) as stopped:
+        Settings.from_env({"TOKENTILL_DATABASE_URL": bad})
+    message = stopped.value.code
+    assert isinstance(message, str) and message.startswith("TOKENTILL_DATABASE_URL must be") and "s3cret" not in message
+
+
+def test_the_database_url_forms_the_readme_gives_are_taken():
+    for url in ("postgresql://user@host:5432/db", "postgresql://user@/db?host=/dir", "postgres://u:p@h/db"):
+        assert Settings.from_env({"TOKENTILL_DATABASE_URL": url}).database_url == url
