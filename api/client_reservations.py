@@ -5,6 +5,7 @@ Both clients share them; the client does the sending (`_call`, `_deliver`, `_set
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -62,16 +63,16 @@ class _Reservation:
             self._meter = StreamMeter(self._counter, self._body["model"])
         return self._meter
 
-    def record(self, *, openai_usage: Mapping[str, Any] | None = None,
-               anthropic_usage: Mapping[str, Any] | None = None, gemini_usage: Mapping[str, Any] | None = None,
+    def record(self, *, openai_usage: Any = None, anthropic_usage: Any = None, gemini_usage: Any = None,
                **canonical: int) -> None:
-        """Record the provider's usage (verbatim) or canonical token counts; it wins over the meter."""
+        """Record the provider's usage (verbatim: a dict, or its SDK's object, `response.usage`) or
+        canonical token counts; it wins over the meter."""
         if openai_usage is not None:
-            self._usage = {"openai_usage": dict(openai_usage)}
+            self._usage = {"openai_usage": plain_usage(openai_usage)}
         elif anthropic_usage is not None:
-            self._usage = {"anthropic_usage": dict(anthropic_usage)}
+            self._usage = {"anthropic_usage": plain_usage(anthropic_usage)}
         elif gemini_usage is not None:
-            self._usage = {"gemini_usage": dict(gemini_usage)}
+            self._usage = {"gemini_usage": plain_usage(gemini_usage)}
         else:
             self._usage = {"usage": dict(canonical)}
 
@@ -187,6 +188,16 @@ class AsyncReservation(_Reservation):
             self._failed_on_exit(error, exc)
 
 
+def plain_usage(usage: Any) -> dict[str, Any]:
+    """A usage object as JSON data: a mapping, or a provider SDK's own object (a pydantic model,
+    such as openai's CompletionUsage or anthropic's Usage, nested details and all). Raises
+    TypeError here, where it is given, for anything that cannot be sent."""
+    dump = getattr(usage, "model_dump", None)
+    data = dump(mode="json", by_alias=True, exclude_none=True) if callable(dump) else dict(usage)
+    json.dumps(data)
+    return data
+
+
 def reserve_request(customer: str, model: str, *, request_id: str | None, messages: Any, prompt: str | None,
                     input_tokens: int | None, max_output_tokens: int, ttl_seconds: int,
                     dimensions: Mapping[str, str] | None) -> dict[str, Any]:
@@ -212,7 +223,7 @@ def settle_call(reservation_id: str, final: bool, key: str | None,
     if len(usage) != 1 or unknown:
         raise ValueError("give exactly one of usage=, openai_usage=, anthropic_usage= or gemini_usage=")
     key = key or (f"{reservation_id}:settle:0" if final else f"{reservation_id}:capture:{uuid.uuid4().hex}")
-    body = {**{name: dict(value) for name, value in usage.items()}, "final": final,
+    body = {**{name: plain_usage(value) for name, value in usage.items()}, "final": final,
             **({} if final else {"capture_id": key})}
     return f"/v1/reservations/{reservation_id}/settle", body, key, reservation_id
 

@@ -8,6 +8,10 @@ from decimal import Decimal
 
 import httpx
 import pytest
+from anthropic.types import CacheCreation
+from anthropic.types import Usage as AnthropicUsage
+from openai.types import CompletionUsage
+from openai.types.completion_usage import CompletionTokensDetails, PromptTokensDetails
 
 from api.app import create_app
 from api.bench.common import free_port
@@ -96,6 +100,28 @@ def test_provider_usage_wins_over_the_meter(live, customer):
             r.record(openai_usage=usage)
         lines = {line["token_type"]: line["quantity"] for line in r.settlement["lines"]}
         assert lines["output"] == 300 and lines["input"] == 1000 and lines["cached_input"] == 200
+
+
+def test_the_provider_sdks_own_usage_objects_are_taken_as_they_come(live, customer, spool_dir):
+    """`response.usage` of the openai and anthropic SDKs is a pydantic model with nested models
+    (token details, cache creation), not a dict: the block's exit and an explicit settle send it."""
+    openai_usage = CompletionUsage(
+        prompt_tokens=1000, completion_tokens=400, total_tokens=1400,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=0),
+        completion_tokens_details=CompletionTokensDetails(reasoning_tokens=0))
+    anthropic_usage = AnthropicUsage(input_tokens=1000, output_tokens=400, cache_creation_input_tokens=0,
+                                     cache_read_input_tokens=0,
+                                     cache_creation=CacheCreation(ephemeral_5m_input_tokens=0,
+                                                                  ephemeral_1h_input_tokens=0))
+    with Client(live[0], ADMIN) as tt:
+        with tt.reserve(customer, "model-a", input_tokens=1000, max_output_tokens=500) as r:
+            r.record(openai_usage=openai_usage)
+        held = tt.post("/v1/reservations", tt.reserve_body(customer, "model-a", input_tokens=1000,
+                                                            max_output_tokens=500))
+        settled = tt.settle(held["id"], anthropic_usage=anthropic_usage)
+        # model-a: 1,000 input x $10/M + 400 output x $20/M + $0.01 a request = $0.028, each
+        assert Decimal(r.settlement["charged"]) == Decimal(settled["charged"]) == Decimal("0.028")
+        assert available(tt, customer) == Decimal("10") - 2 * Decimal("0.028")
 
 
 def test_a_dropped_connection_during_settle_is_retried_and_charges_once(live, customer):
