@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from litestar.testing import AsyncTestClient
@@ -12,6 +13,7 @@ from litestar.testing import AsyncTestClient
 from api.app import create_app
 from api.demo import PRICE_BOOK
 from api.settings import Settings
+from wallets.periods import Cycle, period_of
 
 ADMIN_KEY = "console-matrix-admin"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -68,7 +70,11 @@ async def world(database_url):
             else:
                 body = {"scope": scope, "customers": [OWN] if limit == "own" else []}
             keys[shape] = (await client.post("/v1/api-keys", headers=ADMIN, json=body)).json()["key"]
-        yield app, keys
+        closed = await client.post("/v1/billing/close", headers=ADMIN, json={
+            "until": (period_of(datetime.now(UTC), Cycle()).end + timedelta(hours=2)).isoformat(),
+            "customer_id": OWN, "early": True})
+        assert closed.status_code == 200, closed.text
+        yield app, keys, closed.json()["closed"][0]["invoice_id"]
 
 
 def test_the_matrix_covers_every_page(database_url):
@@ -82,7 +88,7 @@ def test_the_matrix_covers_every_page(database_url):
 
 @pytest.mark.parametrize("shape", SHAPES)
 async def test_each_page_by_key_shape(world, shape):
-    app, keys = world
+    app, keys, _ = world
     async with AsyncTestClient(app=app, base_url="https://console.test") as client:
         token = _token((await client.get("/console/sign-in")).text)
         if shape != "none":
@@ -105,3 +111,16 @@ async def test_each_page_by_key_shape(world, shape):
             else:
                 assert answer.status_code == 403, (path, answer.status_code)
                 assert "text/html" in answer.headers["content-type"] and "Forbidden" in answer.text, path
+
+
+async def test_another_customers_invoice_is_a_403_page_that_does_not_name_its_customer(world):
+    """An invoice id names no customer: the refusal of a key that may not read it names the id
+    only (it named the invoice's customer, another tenant's id, before)."""
+    app, keys, invoice = world
+    async with AsyncTestClient(app=app, base_url="https://console.test") as client:
+        token = _token((await client.get("/console/sign-in")).text)
+        await client.post("/console/sign-in", data={"key": keys["customer:other"], "_csrf_token": token})
+        for page in (f"/console/invoices/{invoice}", f"/console/invoices/{invoice}/pdf"):
+            answer = await client.get(page, follow_redirects=False)
+            assert answer.status_code == 403 and "Forbidden" in answer.text, page
+            assert invoice in answer.text and OWN not in answer.text, page
