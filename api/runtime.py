@@ -31,6 +31,10 @@ def open_database(settings: Settings, *, migrate: bool = True) -> DatabaseHandle
     if settings.database_url:
         handle = DatabaseHandle(settings.database_url)
     else:
+        try:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file in the way, no permission, a read-only file system
+            raise SystemExit(f"TOKENTILL_DATA_DIR: cannot use {settings.data_dir}: {exc.strerror}") from None
         cluster = embedded.start(settings.data_dir / "pg", keep=True)
         handle = DatabaseHandle(cluster.url, cluster)
     if migrate:

@@ -74,3 +74,14 @@ def test_a_reader_that_goes_away_is_one_line_not_a_traceback(tmp_path):
     err = done.stderr.read()
     assert done.wait() == 2, err
     assert err.strip() == "error: cannot write to stdout: Broken pipe"
+
+
+def test_a_data_dir_that_cannot_be_made_stops_the_start_naming_the_variable(tmp_path, monkeypatch, capsys):
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.delenv("TOKENTILL_DATABASE_URL", raising=False)
+    monkeypatch.setenv("TOKENTILL_DATA_DIR", str(tmp_path / "a-file" / "tokentill"))
+    with pytest.raises(SystemExit) as stopped:
+        main(["migrate"])
+    message = stopped.value.code
+    assert isinstance(message, str) and message.startswith("TOKENTILL_DATA_DIR: cannot use ")
+    assert "Not a directory" in message
