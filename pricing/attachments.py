@@ -56,7 +56,9 @@ def decoded_size(text: str) -> int:
     return (len(text) - padding - spaces) * 3 // 4
 
 
-def _decode(text: str) -> bytes | None:
+def decoded(text: str) -> bytes | None:
+    """The bytes of a base64 text (characters outside the alphabet skipped), None if it cannot be
+    decoded (cut mid-quantum)."""
     try:
         return base64.b64decode(text, validate=False)
     except (binascii.Error, ValueError):
@@ -72,7 +74,7 @@ def audio_tokens(text: str) -> int:
     """The input tokens of a base64 audio clip (wav or mp3, whatever its declared format): a PCM
     WAV by its duration, anything else by the longest its size allows at LOWEST_BITRATE."""
     size = decoded_size(text)
-    header = _decode(text[:_HEADER_CHARS - _HEADER_CHARS % 4])
+    header = decoded(text[:_HEADER_CHARS - _HEADER_CHARS % 4])
     if header is not None and header[:4] == b"RIFF" and header[8:12] == b"WAVE":
         try:
             with wave.open(io.BytesIO(header)) as clip:

@@ -24,8 +24,6 @@ another kind counts as a PDF of PDF_MAX_PAGES. Embedding inputs given as token i
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,7 +31,7 @@ from typing import Any
 
 import msgspec
 
-from pricing.attachments import audio_tokens, pdf_pages, pdf_tokens
+from pricing.attachments import audio_tokens, decoded, pdf_pages, pdf_tokens
 from pricing.errors import PricingError
 from pricing.images import base64_size, data_url_size, rule_for
 from pricing.tokens import REPLY_PRIMING_TOKENS, TOKENS_PER_MESSAGE, TokenCounter, with_margin
@@ -151,7 +149,7 @@ def _file(part: Mapping[str, Any], prompt: _Prompt) -> None:
         data, media = given.get("file_data"), None
         if isinstance(data, str):
             media, data = _inline(data)
-    raw = _decoded(data) if isinstance(data, str) else None
+    raw = decoded(data) if isinstance(data, str) else None
     if raw is None or raw.startswith(b"%PDF-") or media == "application/pdf":  # by URL or file id: the cap
         prompt.pdfs.append(pdf_pages(raw) if raw is not None else None)
         return
@@ -159,13 +157,6 @@ def _file(part: Mapping[str, Any], prompt: _Prompt) -> None:
         prompt.texts.append(raw.decode("utf-8"))
     except UnicodeDecodeError:  # another kind (a spreadsheet, a word processor's file): the cap
         prompt.pdfs.append(None)
-
-
-def _decoded(data: str) -> bytes | None:
-    try:
-        return base64.b64decode(data, validate=False)
-    except (binascii.Error, ValueError):
-        return None
 
 
 def _walk(value: Any, prompt: _Prompt) -> None:
