@@ -13,6 +13,7 @@ amounts the Rating carries."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Context, Decimal
 from typing import Any
 
@@ -71,14 +72,17 @@ def _plans(version: PriceVersion, model: str, dims: tuple[tuple[str, DimValue], 
     return plans
 
 
-def charges_requests(version: PriceVersion, model: str, dims: tuple[tuple[str, DimValue], ...]) -> bool:
+def charges_requests(version: PriceVersion, model: str, dims: tuple[tuple[str, DimValue], ...],
+                     at: datetime) -> bool:
     """Whether a rule of the version prices ``request`` itself for the model and (normalized)
-    dimensions, so a call is charged its per-request fee: found once per (model, dimensions) and
-    kept with the plans (a key of its own: a plan's key has the dimensions second)."""
-    key = ("request fee", model, dims)
+    dimensions at ``at`` (a rule with ``hours`` in its window only), so a call is charged its
+    per-request fee: found once per (model, dimensions, minute) and kept with the plans (a key of
+    its own: a plan's key has three parts)."""
+    minute = at.hour * 60 + at.minute if version.timed else None
+    key = ("request fee", model, dims, minute)
     known = version.resolved.get(key)
     if known is None:
-        known = version.resolved[key] = version.find_rule("request", model, dict(dims)) is not None
+        known = version.resolved[key] = version.find_rule("request", model, dict(dims), minute) is not None
     return known  # type: ignore[return-value]
 
 

@@ -49,7 +49,7 @@ def rate_call(wallet: Wallet, book: PriceBook | None, period_usage: PeriodUsage,
         dimensions = {**dimensions, **reported["dimensions"]}
     version = book.version_at(at)
     usage = Usage(model, {k: v for k, v in tokens.items() if v}, at, dimensions)
-    if with_request_fee and charges_requests(version, model, usage.dimensions):
+    if with_request_fee and charges_requests(version, model, usage.dimensions, usage.occurred_at):
         usage = usage.with_request()
     so_far = period_usage.get((wallet.customer.id, billing_period(at, wallet.customer), book.id), {})
     return rate(usage, version, period_to_date=so_far)

@@ -140,7 +140,7 @@ def rerated_lines(charge: ChargeOnRecord, version: PriceVersion, so_far: Mapping
     if isinstance(reported, Mapping):
         dimensions.update(reported)
     usage = Usage(charge.model, charge.tokens(), charge.occurred_at, dimensions)
-    if charge.seq == 0 and charges_requests(version, charge.model, usage.dimensions):
+    if charge.seq == 0 and charges_requests(version, charge.model, usage.dimensions, usage.occurred_at):
         usage = usage.with_request()
     return rate(usage, version, period_to_date=dict(so_far))
 

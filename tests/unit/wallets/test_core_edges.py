@@ -157,3 +157,22 @@ def test_a_charge_too_large_for_one_posting_is_refused_cleanly_and_leaves_the_ho
     assert refusal.code == "validation_error" and not m.charges
     assert (m.reserved, m.lot(lot), m.wallet.reservations[r.id].status) == (usd("1.00"), usd("9.00"), "held")
     assert m.settle(r.id, input_tokens=1000).charged == usd("1.00")
+
+
+def test_a_per_request_fee_priced_only_at_some_hours_is_charged_at_those_hours_as_it_is_held():
+    from pricing.parse import parse_book
+
+    # a $0.01 per-call surcharge from 16:00 to 20:00 UTC only, beside $1.00 per 1,000 input tokens
+    book = parse_book({"id": "book-x", "currency": "USD", "versions": [{
+        "effective_from": "2026-01-01T00:00:00Z", "format": 2, "rules": [
+            {"id": "x-in", "model": "model-x", "token_type": "input", "price": "1000"},
+            {"id": "peak", "model": "model-x", "token_type": "request", "price": "0.01",
+             "hours": {"from": "16:00", "to": "20:00"}}]}]})
+    m = MemoryWallet(book=book)
+    m.top_up("10.00")
+    m.advance(hours=5)  # 17:00
+    r = m.reserve(input_tokens=1000).reservation
+    assert r.amount == usd("1.01")  # the hold counts the fee in force at 17:00
+    assert m.settle(r.id, input_tokens=1000).charged == usd("1.01")  # was 1.00: the fee never charged
+    m.advance(hours=4)  # 21:00: no fee
+    assert m.usage_event("late", input_tokens=1000).charged == usd("1.00")
