@@ -1,7 +1,7 @@
 """The metering gateway: one provider call, held, forwarded, streamed back and settled.
 
-Per call: read the body, authenticate the caller's tokentill key (Bearer, or x-api-key), resolve
-its customer, read the call (api.gateway.calls), reserve the upper bound through the wallet
+Per call: authenticate the caller's tokentill key (Bearer, or x-api-key) on the request head,
+read the body (a caller without a valid key never gets it read), resolve its customer, read the call (api.gateway.calls), reserve the upper bound through the wallet
 engine (in-process, the same engine the HTTP routes use), forward it with the upstream's own key,
 stream the answer back event by event as it arrives, and settle with the provider's usage, else
 the metered output (api.gateway.streams), through the gateway's spool (api.gateway.settles): a
@@ -181,8 +181,8 @@ class Exchange:
             raise Refusal(404, "not_found", f"the gateway does not serve {self.scope['path']}")
         if self.scope["method"] != "POST":
             raise Refusal(405, "method_not_allowed", "use POST")
+        principal = await self.caller()  # on the head alone: a body is read for a valid key only
         body = await self._body()
-        principal = await self.caller()
         customer = customer_of(principal, self.headers.get("x-tokentill-customer"))
         self.dimensions = {**self._dimensions(), "api_key": principal.key_id, "gateway": f"{self.provider}.{self.kind}"}
         rid = self.headers.get("x-tokentill-request-id")
