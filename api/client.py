@@ -26,11 +26,11 @@ import asyncio
 import logging
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import httpx
 
@@ -81,6 +81,7 @@ __all__ = [  # the typed errors live in api.client_errors and are imported from 
     "UnpricedModel", "ValidationFailed", "flush_spool_dir",
 ]
 log = logging.getLogger("tokentill.client")
+T = TypeVar("T")
 MIN_SETTLE_DEADLINE_S = 60.0
 
 
@@ -319,7 +320,7 @@ class AsyncClient(_Base, AsyncJournalReads):
         self._flush_pending = flush_spool
         self._background = BackgroundSettler(self.spool, self._send_settlements, self._policy) \
             if self.spool and self._background_settle else None
-        self._exits: set[asyncio.Task[dict[str, Any]]] = set()  # block exits sending on their own
+        self._exits: set[asyncio.Task[Any]] = set()  # block exits (and releases) sending on their own
 
     async def _send_settlements(self, items: list[dict[str, Any]]) -> httpx.Response:
         """One bulk settle call; each item carries its own key, so the call needs none."""
@@ -360,14 +361,36 @@ class AsyncClient(_Base, AsyncJournalReads):
         """A block's exit: `_deliver` in a task of its own. A cancelled caller (a cancel scope
         cancels every await until the block is left) goes on cancelled at once, and the task
         still sends the settle or release, or spools it; `aclose` waits for it."""
-        task = asyncio.create_task(self._deliver(path, body, key, reservation_id, hold_left_s))
-        self._exits.add(task)
-        task.add_done_callback(self._exits.discard)
+        task = self._on_its_own(self._deliver(path, body, key, reservation_id, hold_left_s))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
             task.add_done_callback(_report_orphaned_exit)  # nobody awaits its outcome now
             raise
+
+    async def _reserve_entry(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A block's reserve, in a task of its own: should the caller be cancelled before the
+        answer, the hold it made is released by a task of the client, not left until it expires."""
+        task = self._on_its_own(self._call("POST", "/v1/reservations", body))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            self._on_its_own(self._release_abandoned(task)).add_done_callback(_report_orphaned_exit)
+            raise
+
+    async def _release_abandoned(self, reserving: asyncio.Task[dict[str, Any]]) -> dict[str, Any] | None:
+        try:
+            data = await reserving
+        except Exception:  # refused or unreachable: no hold this client knows of
+            return None
+        path, body, key, reservation_id = release_call(data["id"], None)
+        return await self._deliver(path, body, key, reservation_id, seconds_until(data.get("expires_at")))
+
+    def _on_its_own(self, coroutine: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        task = asyncio.create_task(coroutine)
+        self._exits.add(task)
+        task.add_done_callback(self._exits.discard)
+        return task
 
     async def _settle_or_release(self, path: str, body: Any, key: str, reservation_id: str,
                                  hold_left_s: float | None) -> dict[str, Any] | None:
@@ -446,7 +469,7 @@ class AsyncClient(_Base, AsyncJournalReads):
         await self.aclose()
 
 
-def _report_orphaned_exit(task: asyncio.Task[dict[str, Any]]) -> None:
+def _report_orphaned_exit(task: asyncio.Task[Any]) -> None:
     """How a block's exit ended after its caller was cancelled: logged, since nobody awaits it."""
     if task.cancelled():
         log.warning("a settle or release interrupted at close; it is in the spool")

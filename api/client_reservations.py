@@ -163,7 +163,7 @@ class Reservation(_Reservation):
 
 class AsyncReservation(_Reservation):
     async def __aenter__(self) -> AsyncReservation:
-        self.data = await self._client._call("POST", "/v1/reservations", self._body)
+        self.data = await self._client._reserve_entry(self._body)
         self._entered_at = time.monotonic()
         return self
 

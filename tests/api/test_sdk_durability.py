@@ -462,3 +462,40 @@ def test_a_settle_refused_because_its_key_was_revoked_meanwhile_is_spooled_for_a
     [(_, report)] = flush_spool_dir(spool_dir, ADMIN)
     assert (report.delivered, report.kept) == (1, 0)
     assert_charged_once(url, r.id, customer)
+
+
+class SlowReserveAnswer(httpx.AsyncBaseTransport):
+    """Forwards to the real server; a reserve's answer comes back late (`answered` is set when
+    the server has made the hold)."""
+
+    def __init__(self) -> None:
+        self.inner, self.answered = httpx.AsyncHTTPTransport(), asyncio.Event()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if request.url.path == "/v1/reservations":
+            await response.aread()
+            self.answered.set()
+            await asyncio.sleep(0.5)
+        return response
+
+
+async def test_a_task_cancelled_while_its_reserve_is_answered_leaves_no_hold(live, spool_dir):
+    """A handler cancelled while its reserve is on the way back never sees the reservation: the
+    client releases it, rather than keep the customer's money held until it expires."""
+    url, book = live
+    customer = new_customer(url, book)
+    transport = SlowReserveAnswer()
+    async with AsyncClient(url, ADMIN, transport=transport) as tt:
+        async def inference() -> None:
+            async with tt.reserve(customer, "model-a", input_tokens=1000, max_output_tokens=500, ttl_seconds=3600):
+                raise AssertionError("never entered")
+
+        task = asyncio.create_task(inference())
+        await transport.answered.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    async with AsyncClient(url, ADMIN) as admin:
+        wallet = await admin.get(f"/v1/customers/{customer}/wallet")
+    assert Decimal(wallet["reserved"]) == 0 and Decimal(wallet["available"]) == Decimal("10")
