@@ -1,8 +1,9 @@
 """The metering gateway: one provider call, held, forwarded, streamed back and settled.
 
 Per call: authenticate the caller's tokentill key (Bearer, or x-api-key) on the request head,
-read the body (a caller without a valid key never gets it read), resolve its customer, read the call (api.gateway.calls), reserve the upper bound through the wallet
-engine (in-process, the same engine the HTTP routes use), forward it with the upstream's own key,
+read the body (a caller without a valid key never gets it read), resolve its customer, read the
+call (api.gateway.calls), reserve the upper bound through the wallet engine (in-process, the same
+engine the HTTP routes use), forward it with the upstream's own key,
 stream the answer back event by event as it arrives, and settle with the provider's usage, else
 the metered output (api.gateway.streams), through the gateway's spool (api.gateway.settles): a
 whole answer goes back once its settle is on disk, and the ledger takes it in the background.
