@@ -3,7 +3,9 @@
 A book that does not exist yet gets every dated version of the snapshot. For a book that does,
 the import compares, at ``effective_from`` and at each later date the snapshot changes prices,
 the prices it would have in force (the rules of the models imported replaced, the others kept)
-with those stored; only a difference posts a version, effective from that time. Rules are
+with those stored; only a difference posts a version, effective from that time. A stored version
+later than ``effective_from`` is compared too: one with other prices is a conflict (it would
+bring the old prices back from its time on). Rules are
 compared without their ``source_date``, so importing unchanged prices again creates nothing.
 Versions are never changed: a stored version at the very time of a needed one is reported as
 a conflict, and nothing of that book is written.
@@ -65,7 +67,9 @@ def plan_versions(plan: ProviderBook, stored: list[StoredVersion], effective_fro
     current = [(v.effective_from, list(v.rules)) for v in stored]
     wanted: list[tuple[datetime, list[dict[str, Any]]]] = []
     conflicts: list[str] = []
-    times = [effective_from, *[at for at, _ in plan.versions if at > effective_from]]
+    # each later time prices may change at: the snapshot's dates, and the stored versions' (one
+    # that would bring back prices this import changes is a conflict, not a silent revert)
+    times = sorted({effective_from, *[at for at, _ in (*plan.versions, *current) if at > effective_from]})
     for at in times:
         before = _in_force(current, at) or []
         rules = [r for r in before if r.get("model") not in names] + (_in_force(plan.versions, at) or [])

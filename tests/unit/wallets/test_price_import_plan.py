@@ -58,3 +58,21 @@ def test_a_stored_version_at_that_very_time_with_other_prices_is_a_conflict_and_
     book = stored([*plan.versions, (NOW, [{"id": "x", "model": "gpt-4o", "token_type": "input", "price": "1"}])])
     versions, conflicts = plan_versions(plan, book, NOW)
     assert versions == [] and len(conflicts) == 1
+
+
+def test_a_later_stored_version_that_would_bring_the_old_prices_back_is_a_conflict_not_a_silent_revert(plan):
+    # an earlier import scheduled the snapshot's prices from next month; the new data changes
+    # gpt-4o's input price from now on: the stored version of next month would restore the old
+    # price then, so the import must say so rather than post a change that lasts a month
+    next_month = datetime(2027, 1, 1, tzinfo=UTC)
+    book = stored([*plan.versions, (next_month, plan.versions[-1][1])])
+    changed = copy.deepcopy(plan)
+    for _, rules in changed.versions:
+        for rule in rules:
+            if rule["token_type"] == "input" and "match" not in rule:
+                rule["price"] = "9.99"
+    versions, conflicts = plan_versions(changed, book, NOW)
+    assert versions == [] and conflicts == [f"a stored version takes effect at {next_month.isoformat()} "
+                                            "with other prices"]
+    # unchanged data still posts nothing and reports nothing
+    assert plan_versions(plan, book, NOW) == ([], [])
