@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 from pricing.money import format_amount
 from wallets import chart
 from wallets.core.decision import BudgetCounted, Decision, Effect
-from wallets.core.state import State
+from wallets.core.state import State, wire_time
 from wallets.errors import BudgetExceededError, WalletValidationError
 from wallets.model import Budget, Reservation, Wallet
 
@@ -137,12 +137,6 @@ def retry_after(b: Budget, now: datetime, excess: int) -> int | None:
 def figure(b: Budget, units: int, currency: str) -> str | int:
     """A budget figure on the wire: money as a decimal string, tokens and requests as integers."""
     return format_amount(units, chart.ASSET_SCALE) if b.metric == "money" else units
-
-
-def wire_time(at: datetime) -> str:
-    """A time in an answer or event, spelled as the API spells every time: RFC 3339 UTC with Z
-    (a refusal's `resets_at` said +00:00 where the budget's own answer says Z)."""
-    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _describe(b: Budget, currency: str, used: int, held: int, start: datetime) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from wallets.core.decision import (
 from wallets.core.legs import Legs, allocate, entry, funding, pieces_left, return_target, settlement, settlement_legs
 from wallets.core.rating import billing_period, book_for, charge_lines, implausibility, rate_call
 from wallets.core.results import REPLAYED, ExtendResult, ReleaseResult, ReservationSummary, ReserveResult, SettleResult
-from wallets.core.state import State
+from wallets.core.state import State, wire_time
 from wallets.errors import (
     ConflictError,
     ExtensionTooShortError,
@@ -216,9 +216,9 @@ def extend(state: State, cmd: Extend, now: datetime, book: PriceBook | None) -> 
     expires_at = now + timedelta(seconds=cmd.ttl_seconds)
     if expires_at <= r.expires_at:
         raise ExtensionTooShortError(
-            f"reservation {r.id} is held until {budgets.wire_time(r.expires_at)}: {cmd.ttl_seconds} s from now "
-            f"({budgets.wire_time(expires_at)}) is not later", reservation_id=r.id,
-            expires_at=budgets.wire_time(r.expires_at))
+            f"reservation {r.id} is held until {wire_time(r.expires_at)}: {cmd.ttl_seconds} s from now "
+            f"({wire_time(expires_at)}) is not later", reservation_id=r.id,
+            expires_at=wire_time(r.expires_at))
     result = ExtendResult(r.id, r.status, expires_at.isoformat())
     return Decision(Outcome(result.code, result), None,
                     (ReservationExtended(w.customer.id, r.id, expires_at),))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -73,5 +73,11 @@ class State(msgspec.Struct, frozen=True):
               payload: Mapping[str, Any]) -> OutboxEvent:
         """An outbox event (delivered at least once, deduplicated by `dedup_key`)."""
         return OutboxEvent(topic, customer_id, dedup_key, {
-            "id": self.ids("evt"), "type": topic, "customer_id": customer_id, "created_at": now.isoformat(),
+            "id": self.ids("evt"), "type": topic, "customer_id": customer_id, "created_at": wire_time(now),
             **payload})
+
+
+def wire_time(at: datetime) -> str:
+    """A time in an answer or an event, spelled as the API spells every time: RFC 3339 UTC with Z
+    (refusals and events said +00:00 beside the Z of the answers and of the webhook's timestamp)."""
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")

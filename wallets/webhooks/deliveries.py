@@ -16,6 +16,7 @@ import msgspec
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from wallets.core.state import wire_time
 from wallets.webhooks.rules import DISABLED_TOPIC, RetryPolicy
 
 # The fan-out never writes an outbox row (a writer inserting the same dedup key after such an
@@ -169,8 +170,8 @@ async def _disable_if_failing(conn: AsyncConnection, failed: Claimed) -> None:
         return
     event_id = f"evt_{secrets.token_hex(12)}"
     payload = {"id": event_id, "type": DISABLED_TOPIC, "customer_id": None,
-               "created_at": row.updated_at.isoformat(), "endpoint_id": row.id, "url": row.url,
-               "reason": reason, "failing_since": failed.scheduled_at.isoformat()}
+               "created_at": wire_time(row.updated_at), "endpoint_id": row.id, "url": row.url,
+               "reason": reason, "failing_since": wire_time(failed.scheduled_at)}
     await conn.execute(text(
         """INSERT INTO outbox (lane, topic, customer_id, dedup_key, payload)
            VALUES (0, :topic, NULL, :key, CAST(:payload AS jsonb))"""),

@@ -130,7 +130,11 @@ async def test_a_soft_budget_alerts_each_threshold_once_per_window_and_again_in_
     rows = await kit.db.read(lambda conn: conn.execute(text(
         "SELECT payload FROM outbox WHERE customer_id = :c AND topic = 'budget.threshold_crossed' ORDER BY id"),
         {"c": cid}))
-    alerts = [(p["window_start"], p["threshold"], p["held"]) for (p,) in rows]
+    payloads = [p for (p,) in rows]
+    alerts = [(p["window_start"], p["threshold"], p["held"]) for p in payloads]
+    # every time of an event's data as the API spells times (Z), like the webhook's own timestamp:
+    # created_at said +00:00 beside a window_start in Z
+    assert {p["created_at"] for p in payloads} == {"2026-11-23T20:00:00Z", "2026-11-23T23:00:00Z"}
     assert alerts == [("2026-11-22T23:00:00Z", 50, "0.60"), ("2026-11-22T23:00:00Z", 100, "1.20"),
                       ("2026-11-23T23:00:00Z", 50, "0.60"), ("2026-11-23T23:00:00Z", 100, "1.20")]
 
