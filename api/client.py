@@ -472,7 +472,7 @@ class AsyncClient(_Base, AsyncJournalReads):
 def _report_orphaned_exit(task: asyncio.Task[Any]) -> None:
     """How a block's exit ended after its caller was cancelled: logged, since nobody awaits it."""
     if task.cancelled():
-        log.warning("a settle or release interrupted at close; it is in the spool")
+        log.warning("a call interrupted at close (a settle or release is left in the spool)")
     elif (error := task.exception()) is not None:
         log.warning("a settle or release after its caller was cancelled: %s", error)
 
