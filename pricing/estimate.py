@@ -85,7 +85,8 @@ def estimate_upper_bound(
     resolved = _version(version, probe.occurred_at)
     overrides = overrides or Overrides()
     dims = probe.dimension_dict
-    minute = at.hour * 60 + at.minute if resolved.timed else None
+    utc = probe.occurred_at  # hours are UTC windows, whatever the offset `at` was given in
+    minute = utc.hour * 60 + utc.minute if resolved.timed else None
 
     def line(token_type: str, quantity: int) -> Line | None:
         rule = resolved.resolve(token_type, model, dims, minute)

@@ -243,3 +243,13 @@ def test_audio_input_the_caller_counted_is_held_at_the_audio_input_price():
     assert text.total_units == estimate_upper_bound(VERSION, "claude-x", 1_000, 0, {}, AT).total_units
     with pytest.raises(InvalidUsageError, match="input_audio_tokens"):
         estimate_upper_bound(VERSION, "realtime-x", 100, 0, {}, AT, input_audio_tokens=101)
+
+
+def test_an_estimate_reads_the_hours_in_utc_whatever_the_offset_of_its_time():
+    from datetime import timedelta, timezone
+
+    paris = timezone(timedelta(hours=1))
+    # 17:00+01:00 is 16:00 UTC, before the 16:30 UTC off-peak window: the peak $0.27/M
+    hold = estimate_upper_bound(VERSION, "deep-x", 1_000_000, 0, {}, datetime(2026, 3, 2, 17, 0, tzinfo=paris))
+    assert [(ln.rule_id, ln.amount_units) for ln in hold.lines] == [("d-in", 270_000_000)]
+    assert hold.lines == estimate_upper_bound(VERSION, "deep-x", 1_000_000, 0, {}, at(16, 0)).lines
