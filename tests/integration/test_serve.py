@@ -68,3 +68,21 @@ def test_a_restarted_server_reuses_its_data_dir(tmp_path):
     finally:
         _stop(proc)
     assert time.monotonic() - started < 30
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line_and_exits_1_not_3(database_url):
+    """Exit 3 means the database could not be reached (README, Configuration); a port another
+    process holds is a line of its own, as `serve --workers N` gives, before the database is opened."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "TOKENTILL_DATABASE_URL": database_url, "TOKENTILL_SCHEDULER": "off"}
+        for workers in ("1", "2"):
+            done = subprocess.run([sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--workers", workers],
+                                  env=env, capture_output=True, text=True, timeout=120)
+            assert done.returncode == 1, (workers, done.returncode, done.stderr)
+            assert done.stderr.strip().splitlines()[-1].startswith(f"cannot listen on 127.0.0.1:{port}: ")
+            assert "Traceback" not in done.stderr
