@@ -8,7 +8,8 @@ later than ``effective_from`` is compared too: one with other prices is a confli
 bring the old prices back from its time on). Rules are
 compared without their ``source_date``, so importing unchanged prices again creates nothing.
 Versions are never changed: a stored version at the very time of a needed one is reported as
-a conflict, and nothing of that book is written.
+a conflict, and nothing of that book is written; so is a new book (in US dollars) that customers
+in another currency already name.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from ledger.db import Database, lock_key
 from pricing.genai import ProviderBook
 from pricing.parse import parse_version
 from wallets.books import StoredVersion, add_version, stored_versions
+from wallets.errors import CurrencyMismatchError
 
 CURRENCY = "USD"  # genai-prices prices in US dollars
 
@@ -96,7 +98,11 @@ async def import_book(db: Database, plan: ProviderBook, effective_from: datetime
             report.created.append(at.isoformat())
         return report
 
-    return await db.run(work, locks=[lock_key("price-book:" + plan.book_id)])
+    try:
+        return await db.run(work, locks=[lock_key("price-book:" + plan.book_id)])
+    except CurrencyMismatchError as exc:  # customers name the book in another currency: nothing written
+        return ImportReport(plan.book_id, plan.models, len(_in_force(plan.versions, effective_from) or []),
+                            conflicts=[str(exc)], skipped=dict(plan.skipped))
 
 
 async def import_genai_prices(db: Database, provider: str | None, model: str | None, effective_from: datetime,

@@ -102,3 +102,17 @@ async def test_a_gemini_usage_metadata_settles_audio_cache_and_thoughts_like_gen
     assert settled.json()["charged"] == str(price.quantize(Decimal("1e-9"), rounding=ROUND_HALF_EVEN).normalize())
     assert {ln["token_type"] for ln in settled.json()["lines"]} == {
         "input", "cached_input", "input_audio", "cached_input_audio", "output", "reasoning"}
+
+
+async def test_an_import_into_a_book_its_customers_price_in_another_currency_is_a_conflict(client: AsyncTestClient,
+                                                                                           tag: str):
+    # a EUR customer named the provider's book before any import: the USD book is not created,
+    # and the import says why, as it reports any conflict (nothing of that book written)
+    assert (await client.post("/v1/customers", json={"id": f"euro-{tag}", "currency": "EUR",
+                                                     "price_book": "genai-deepseek"})).status_code == 201
+    imported = await client.post("/v1/price-books/import", json={"source": "genai-prices", "provider": "deepseek"})
+    assert imported.status_code == 200, imported.text
+    (book,) = imported.json()["books"]
+    assert book["created"] == [] and book["unchanged"] is False
+    assert len(book["conflicts"]) == 1 and "EUR" in book["conflicts"][0]
+    assert (await client.get("/v1/price-books/genai-deepseek")).status_code == 404
