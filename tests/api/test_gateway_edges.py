@@ -477,3 +477,46 @@ def test_a_background_response_is_refused_before_any_hold_or_upstream_call(live,
     assert "background" in raw.json()["error"]["message"]
     assert all(call["model"] != name for call in upstream.fake.calls)
     assert wallet(url, cid) == (Decimal("10"), 0)
+
+
+def test_a_big_call_is_read_off_the_event_loop_while_small_calls_go_on(live, upstream, monkeypatch):
+    """Reading a big body (a long prompt counted, a PDF's pages) must not hold the process's other
+    calls: the big call's reading is held here until a small call sent after it has been answered.
+    Read on the event loop, the small call could not be answered meanwhile (only after it)."""
+    import api.gateway.proxy as proxy
+
+    url, _ = live
+    cid, key = customer(live)
+    small_answered, big_reading = threading.Event(), threading.Event()
+    parse_call, held = proxy.parse_call, []
+
+    def held_when_big(kind: str, raw: bytes, **kwargs: Any) -> Any:
+        if len(raw) > proxy.PARSE_ON_LOOP_MAX:
+            big_reading.set()
+            held.append(small_answered.wait(10))  # False: the small call waited for this one
+        return parse_call(kind, raw, **kwargs)
+
+    monkeypatch.setattr(proxy, "parse_call", held_when_big)
+
+    async def whole(send: Any, receive: Any) -> None:
+        await start(send, b"application/json", len(WHOLE))
+        await body(send, WHOLE, more=False)
+
+    name, answers = model(upstream, whole), {}
+
+    def call(which: str, text: str) -> None:
+        answers[which] = httpx.post(f"{url}/openai/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                                    json={"model": name, "messages": [{"role": "user", "content": text}]},
+                                    timeout=60)
+        if which == "small":
+            small_answered.set()
+
+    big = threading.Thread(target=call, args=("big", "word " * 40_000))
+    big.start()
+    assert big_reading.wait(20)
+    call("small", "hi")
+    big.join(60)
+    assert held == [True] and not big.is_alive()
+    assert answers["small"].status_code == 200 and answers["big"].status_code == 200
+    assert answers["big"].headers["x-tokentill-charged"] == answers["small"].headers["x-tokentill-charged"]
+    assert wallet(url, cid) == (Decimal("10") - 2 * CHAT_CHARGE, 0)  # each charged its usage, nothing held
