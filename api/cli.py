@@ -108,6 +108,17 @@ def at_least_one(text: str) -> int:
     return int(text)
 
 
+def seconds(text: str) -> float:
+    """A positive, finite number of seconds (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
+    return value
+
+
 def upstream(text: str) -> str:
     """An upstream's base URL (argparse type), as api.gateway.config.upstream_url takes it."""
     from api.gateway.config import upstream_url
@@ -389,35 +400,38 @@ def parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks against pgbench on the same cluster")
     bench.add_argument("target", choices=["ledger", "lifecycle", "faults", "ingest", "gateway", "budgets",
                                           "rating", "console", "export", "invoices"])
-    bench.add_argument("--seconds", type=float, default=10.0, help="duration of each case")
-    bench.add_argument("--workers", type=int, default=64, help="concurrent posting tasks")
-    bench.add_argument("--accounts", type=int, default=10_000, help="accounts in the spread case")
-    bench.add_argument("--wallets", type=int, default=1000, help="wallets in the lifecycle spread case, "
+    bench.add_argument("--seconds", type=seconds, default=10.0, help="duration of each case")
+    bench.add_argument("--workers", type=at_least_one, default=64, help="concurrent posting tasks")
+    bench.add_argument("--accounts", type=at_least_one, default=10_000, help="accounts in the spread case")
+    bench.add_argument("--wallets", type=at_least_one, default=1000, help="wallets in the lifecycle spread case, "
                        "customers in the ingest bench")
-    bench.add_argument("--servers", type=int, default=1, help="tokentill serve processes in the lifecycle bench")
-    bench.add_argument("--lanes", type=int, default=None, metavar="N",
+    bench.add_argument("--servers", type=at_least_one, default=1,
+                       help="tokentill serve processes in the lifecycle bench")
+    bench.add_argument("--lanes", type=at_least_one, default=None, metavar="N",
                        help="lifecycle: lanes of the bench's fresh database (default: the machine's cores, 2-16)")
     bench.add_argument("--scaling", action="store_true",
                        help="lifecycle: the table of lanes 1/2/4/16 x servers 1/2, each on a fresh database")
-    bench.add_argument("--workers-per-server", type=int, default=1, metavar="N",
+    bench.add_argument("--workers-per-server", type=at_least_one, default=1, metavar="N",
                        help="lifecycle: run each server as one `tokentill serve --workers N`")
     bench.add_argument("--budgets", action="store_true",
                        help="lifecycle: run the spread case again with three matching budgets per wallet")
-    bench.add_argument("--pgbench-clients", type=int, default=8)
+    bench.add_argument("--pgbench-clients", type=at_least_one, default=8)
     bench.add_argument("--profile", metavar="DIR", help="lifecycle: profile the server during the spread case "
                        "with py-spy (pip install py-spy) and write its raw stacks to DIR")
-    bench.add_argument("--stop-seconds", type=float, default=20.0, help="faults: how long a server is SIGSTOPped")
-    bench.add_argument("--settle-seconds", type=float, default=3.0,
+    bench.add_argument("--stop-seconds", type=seconds, default=20.0, help="faults: how long a server is SIGSTOPped")
+    bench.add_argument("--settle-seconds", type=seconds, default=3.0,
                        help="faults: load before the first fault and after each recovery")
-    bench.add_argument("--rules", type=int, default=2000, help="rating: rules of the imported book")
-    bench.add_argument("--charges", type=int, default=100_000, help="console: charges of the customer this month")
-    bench.add_argument("--requests", type=int, default=200, help="console: requests per page")
-    bench.add_argument("--entries", type=int, default=1_000_000, help="export: entries in the synthetic ledger")
+    bench.add_argument("--rules", type=at_least_one, default=2000, help="rating: rules of the imported book")
+    bench.add_argument("--charges", type=at_least_one, default=100_000,
+                       help="console: charges of the customer this month")
+    bench.add_argument("--requests", type=at_least_one, default=200, help="console: requests per page")
+    bench.add_argument("--entries", type=at_least_one, default=1_000_000,
+                       help="export: entries in the synthetic ledger")
     bench.add_argument("--bean-check", action="store_true",
                        help="export: run bean-check and compare bean-query's balances with the trial balance")
-    bench.add_argument("--customers", type=int, default=10_000, help="invoices: postpaid customers to close")
-    bench.add_argument("--total-charges", type=int, default=1_000_000, help="invoices: usage charges in all")
-    bench.add_argument("--big", type=int, default=100_000, help="invoices: charges of the busiest customer")
+    bench.add_argument("--customers", type=at_least_one, default=10_000, help="invoices: postpaid customers to close")
+    bench.add_argument("--total-charges", type=at_least_one, default=1_000_000, help="invoices: usage charges in all")
+    bench.add_argument("--big", type=at_least_one, default=100_000, help="invoices: charges of the busiest customer")
     bench.add_argument("--json", action="store_true", help="print figures as JSON")
     bench.set_defaults(func=_bench)
 

@@ -41,6 +41,9 @@ def test_a_host_that_does_not_resolve_is_a_database_that_cannot_be_reached(url, 
     ["serve", "--workers", "0"], ["gateway", "--workers", "-2"], ["gateway", "--max-output-tokens", "0"],
     ["gateway", "--upstream-openai", "ftp://example.com"], ["gateway", "--upstream-anthropic", "api.anthropic.com"],
     ["audit", "verify", "--expect-head", "ab" * 32],
+    ["bench", "rating", "--rules", "0"], ["bench", "rating", "--seconds", "0"], ["bench", "rating", "--seconds", "-1"],
+    ["bench", "ledger", "--seconds", "nan"], ["bench", "lifecycle", "--servers", "0"],
+    ["bench", "faults", "--stop-seconds", "x"],
 ])
 def test_a_bad_argument_of_any_command_is_a_usage_error_exit_2_never_1(argv, monkeypatch, capsys):
     """README, Configuration: "a bad argument is a usage error, exit 2". These exited 1, which
