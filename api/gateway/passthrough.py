@@ -48,8 +48,8 @@ async def pass_through(x: Exchange) -> None:
     try:
         if x.scope["method"] != method:
             raise Refusal(405, "method_not_allowed", f"use {method}")
+        await x.caller()  # on the head alone: a body is read for a valid key only
         body = await x._body() if method == "POST" else None
-        await x.caller()
     except Refusal as refusal:
         CALLS.labels(x.provider, x.kind, "refused").inc()
         await x._refuse(refusal)

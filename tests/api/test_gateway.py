@@ -510,15 +510,16 @@ def test_keys_are_checked_and_a_key_of_several_customers_names_one(live):
             ).chat.completions.create(model="gpt-test", messages=HI)
 
 
+@pytest.mark.parametrize("path", [b"/openai/v1/chat/completions", b"/anthropic/v1/messages/count_tokens"])
 @pytest.mark.parametrize("auth", [b"", b"Authorization: Bearer not-a-key\r\n"])
-def test_a_call_without_a_valid_key_is_refused_before_its_body_is_read(live, auth):
+def test_a_call_without_a_valid_key_is_refused_before_its_body_is_read(live, auth, path):
     """Anyone may open a connection: a keyless call announcing 30 MB had the gateway take (and hold)
     its whole body before the key was looked at, so that no answer came until the body was all
     in. Now the 401 comes on the head alone."""
     url, _ = live
     port = int(url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(b"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: test\r\n" + auth +
+        sock.sendall(b"POST " + path + b" HTTP/1.1\r\nHost: test\r\n" + auth +
                      b"Content-Type: application/json\r\nContent-Length: 30000000\r\n\r\n" + b" " * 65536)
         answer = b""
         while b"\r\n\r\n" not in answer:  # a timeout (5 s) fails the test: no answer came
