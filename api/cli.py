@@ -191,6 +191,7 @@ def _keys(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         if args.keys == "create":
+            keys.validate(args.scope, args.customer or [])  # before any connection: a usage error
             key, secret = _with_db(settings, lambda db: db.run(
                 lambda conn: keys.create(conn, args.scope, args.customer or [], args.name)))
             print(json.dumps({"id": key.id, "key": secret, "scope": key.scope,
@@ -204,7 +205,8 @@ def _keys(args: argparse.Namespace, settings: Settings) -> int:
             key = _with_db(settings, lambda db: db.run(lambda conn: keys.revoke(conn, args.id)))
             print(f"revoked {key.id}")
     except LedgerError as exc:
-        print(f"error: {exc.detail}", file=sys.stderr)
+        fields = exc.context.get("fields") or []
+        print(f"error: {exc.detail}" + "".join(f"; {f['field']}: {f['message']}" for f in fields), file=sys.stderr)
         return 2
     return 0
 

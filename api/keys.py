@@ -15,12 +15,14 @@ import psycopg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from api.routes.formats import IDENTIFIER
 from ledger.db import Database
 from ledger.errors import InvalidEntryError, LedgerError
 
 log = logging.getLogger(__name__)
 
-SCOPE = re.compile(r"^(admin|inference|auditor|customer:[A-Za-z0-9][A-Za-z0-9._:-]{0,127})$")
+SCOPE = re.compile(rf"^(admin|inference|auditor|customer:{IDENTIFIER.strip('^$')})$")
+CUSTOMER_ID = re.compile(IDENTIFIER)
 PREFIX = "tt_"
 
 
@@ -42,15 +44,20 @@ def secret_hash(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
-def validate(scope: str) -> None:
-    if not SCOPE.match(scope):
-        raise InvalidEntryError("invalid API key request", fields=[
-            {"field": "scope", "message": "admin, inference, auditor or customer:<id>"}])
+def validate(scope: str, customers: list[str]) -> None:
+    """A scope and customer list a key can be used with: a customer id that no customer can
+    have (customers.id's CHECK) would limit the key to nothing, silently."""
+    fields = [] if SCOPE.match(scope) else [{"field": "scope", "message": "admin, inference, auditor or customer:<id>"}]
+    fields += [{"field": f"customers[{i}]", "message": f"{c!r} is not a customer id (1-100 of A-Z a-z 0-9 . _ -, "
+                "starting with a letter or digit)"} for i, c in enumerate(customers)
+               if not (isinstance(c, str) and CUSTOMER_ID.match(c))]
+    if fields:
+        raise InvalidEntryError("invalid API key request", fields=fields)
 
 
 async def create(conn: AsyncConnection, scope: str, customers: list[str], name: str) -> tuple[ApiKey, str]:
     """A new key and its secret; the secret is not stored and cannot be shown again."""
-    validate(scope)
+    validate(scope, customers)
     key_id = f"key_{secrets.token_hex(8)}"
     secret = PREFIX + secrets.token_urlsafe(32)
     row = (await conn.execute(text(

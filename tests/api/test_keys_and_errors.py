@@ -58,6 +58,15 @@ async def test_key_requests_are_validated_field_by_field(client):
     bad = await client.post("/v1/api-keys", headers=ADMIN, json={"scope": "root"})
     assert bad.status_code == 422 and bad.json()["code"] == "validation_error"
     assert [f["field"] for f in bad.json()["fields"]] == ["scope"]
+    # a customer id no customer can have (customers.id's CHECK) limited the key to nothing, silently
+    nobody = await client.post("/v1/api-keys", headers=ADMIN, json={
+        "scope": "inference", "customers": ["acme", "bad id!", "x" * 101, ""]})
+    assert nobody.status_code == 422 and nobody.json()["code"] == "validation_error", nobody.text
+    assert [f["field"] for f in nobody.json()["fields"]] == ["customers[1]", "customers[2]", "customers[3]"]
+    colon = await client.post("/v1/api-keys", headers=ADMIN, json={"scope": "customer:a:b"})  # no customer's id
+    assert colon.status_code == 422 and [f["field"] for f in colon.json()["fields"]] == ["scope"], colon.text
+    fine = await client.post("/v1/api-keys", headers=ADMIN, json={"scope": "inference", "customers": ["acme.eu-1_a"]})
+    assert fine.status_code == 201 and fine.json()["customers"] == ["acme.eu-1_a"], fine.text
     unknown = await client.delete("/v1/api-keys/key_nope", headers=ADMIN)
     assert unknown.status_code == 404 and unknown.json()["code"] == "not_found"
 

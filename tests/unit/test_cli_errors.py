@@ -88,3 +88,12 @@ def test_a_data_dir_that_cannot_be_made_stops_the_start_naming_the_variable(tmp_
     message = stopped.value.code
     assert isinstance(message, str) and message.startswith("TOKENTILL_DATA_DIR: cannot use ")
     assert "Not a directory" in message
+
+
+def test_a_key_limited_to_a_customer_id_no_customer_can_have_is_a_usage_error(monkeypatch, capsys):
+    """`keys create --customer 'bad id!'` made a key limited to nothing; refused before any
+    connection (the database here cannot be reached, and is not tried)."""
+    monkeypatch.setenv("TOKENTILL_DATABASE_URL", "postgresql://postgres@127.0.0.1:1/nowhere")
+    assert main(["keys", "create", "--scope", "inference", "--customer", "acme", "--customer", "bad id!"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: invalid API key request; customers[1]: 'bad id!' is not a customer id"), err
