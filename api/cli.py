@@ -56,12 +56,11 @@ def _exit_quietly(signum: int, _frame: object) -> None:
 
 
 def _migrate(_: argparse.Namespace, settings: Settings) -> int:
-    from api.runtime import open_database, sync_url
-    from migrations import runner
+    from api.runtime import open_database, upgrade
 
     handle = open_database(settings, migrate=False)
     try:
-        print(f"migrated to {runner.upgrade(sync_url(handle.url), lanes=settings.lanes)}")
+        print(f"migrated to {upgrade(handle, settings)}")
     finally:
         handle.close()
     return 0

@@ -38,8 +38,20 @@ def open_database(settings: Settings, *, migrate: bool = True) -> DatabaseHandle
         cluster = embedded.start(settings.data_dir / "pg", keep=True)
         handle = DatabaseHandle(cluster.url, cluster)
     if migrate:
-        runner.upgrade(sync_url(handle.url), lanes=settings.lanes)
+        try:
+            upgrade(handle, settings)
+        except SystemExit:
+            handle.close()
+            raise
     return handle
+
+
+def upgrade(handle: DatabaseHandle, settings: Settings) -> str | None:
+    """Migrate to head; a database a newer tokentill migrated stops the command with one line."""
+    try:
+        return runner.upgrade(sync_url(handle.url), lanes=settings.lanes)
+    except runner.UnknownRevision as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def sync_url(url: str) -> str:

@@ -23,8 +23,20 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
+def _known_revisions(config: Config) -> set[str]:
+    return {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
+
+
 def current_revision(conn: Connection) -> str | None:
     return MigrationContext.configure(conn).get_current_revision()
+
+
+class UnknownRevision(Exception):
+    """The database is at a revision these migrations do not have: a newer tokentill migrated it."""
+
+    def __init__(self, revision: str) -> None:
+        super().__init__(f"the database is at revision {revision}, which this tokentill does not know (it knows "
+                         f"up to {head_revision()}): run a tokentill at least as new as the one that migrated it")
 
 
 def upgrade(sync_url: str, *, lanes: int | None = None) -> str | None:
@@ -37,6 +49,10 @@ def upgrade(sync_url: str, *, lanes: int | None = None) -> str | None:
             try:
                 conn.commit()
                 config = alembic_config()
+                current = current_revision(conn)
+                conn.commit()  # each migration in a transaction of its own, as before this look
+                if current is not None and current not in _known_revisions(config):
+                    raise UnknownRevision(current)
                 config.attributes["connection"] = conn
                 config.attributes["lanes"] = lanes
                 command.upgrade(config, "head")

@@ -87,3 +87,23 @@ def test_the_ledger_posts_and_checks_at_every_step_down_from_head_to_0018_and_ba
             assert total == sum(10 + n for n in range(len(steps)))
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("command", [["migrate"], ["audit", "verify"]])
+def test_a_database_migrated_by_a_newer_tokentill_stops_an_older_one_with_one_line(command, scratch_url, monkeypatch):
+    """A deploy rolled back: the database is at a revision this tokentill does not have. It says
+    so and stops (it was Alembic's CommandError traceback)."""
+    engine = create_engine(sync_url(scratch_url))
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    finally:
+        engine.dispose()
+    monkeypatch.setenv("TOKENTILL_DATABASE_URL", scratch_url)
+    from api.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(command)
+    assert stopped.value.code == (f"error: the database is at revision 9999, which this tokentill does not know "
+                                  f"(it knows up to {runner.head_revision()}): run a tokentill at least as new "
+                                  f"as the one that migrated it")
