@@ -73,7 +73,9 @@ def hours_overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:
 
 
 def _window_starts(w: tuple[int, int]) -> tuple[int, ...]:
-    return (w[0],) if w[0] < w[1] else (w[0], 0)
+    """The first minute of each piece of a window: one piece, or two when it wraps past midnight
+    (a window ending at 00:00 ends at midnight: it does not wrap)."""
+    return (w[0],) if w[0] < w[1] or w[1] == 0 else (w[0], 0)
 
 
 def format_hours(hours: tuple[int, int]) -> dict[str, str]:

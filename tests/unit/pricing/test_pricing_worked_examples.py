@@ -253,3 +253,14 @@ def test_an_estimate_reads_the_hours_in_utc_whatever_the_offset_of_its_time():
     hold = estimate_upper_bound(VERSION, "deep-x", 1_000_000, 0, {}, datetime(2026, 3, 2, 17, 0, tzinfo=paris))
     assert [(ln.rule_id, ln.amount_units) for ln in hold.lines] == [("d-in", 270_000_000)]
     assert hold.lines == estimate_upper_bound(VERSION, "deep-x", 1_000_000, 0, {}, at(16, 0)).lines
+
+
+def test_a_window_ending_at_midnight_does_not_overlap_one_starting_at_midnight():
+    version = _hours_version([
+        {"id": "day", "model": "m", "token_type": "input", "price": "1"},
+        {"id": "evening", "model": "m", "token_type": "input", "price": "2", "hours": {"from": "18:00", "to": "00:00"}},
+        {"id": "night", "model": "m", "token_type": "input", "price": "3", "hours": {"from": "00:00", "to": "06:00"}}])
+    # was refused: "rules[2].hours: overlaps the hours of rule 'evening'"
+    assert [ln.rule_id for ln in rated_with(version, at(23, 59), {}).lines] == ["evening"]
+    assert [ln.rule_id for ln in rated_with(version, at(0, 0), {}).lines] == ["night"]
+    assert [ln.rule_id for ln in rated_with(version, at(6, 0), {}).lines] == ["day"]
