@@ -329,12 +329,12 @@ async def invoices_tie_out(conn: AsyncConnection) -> Check:
                   FROM (SELECT lane, entry_id, customer_id, sum(amount) AS paid FROM invoice_payments
                          GROUP BY 1, 2, 3) x) x
           LEFT JOIN journal_entries j ON j.lane = x.lane AND j.id = x.entry_id
-         WHERE j.kind IS DISTINCT FROM 'topup' AND j.kind IS DISTINCT FROM 'invoice_payment'
+         WHERE j.kind IS NULL OR j.kind NOT IN ('topup', 'invoice_payment', 'rerate_adjustment', 'volume_true_up')
             OR (j.kind = 'invoice_payment' AND x.paid <> x.receivable) OR x.paid > x.receivable
         """, "invoices are intact (content hash), numbered without gaps, and total the revenue of their period "
              "(lines rounded to the currency's minor unit where the document says so, a rounding line the rest); "
              "their payments are what their entries paid off the receivable (an invoice payment all of it, a "
-             "prepaid top-up part of it)")
+             "prepaid top-up, a re-rate or a volume true-up part of it)")
 
 
 async def credit_notes_tie_out(conn: AsyncConnection) -> Check:

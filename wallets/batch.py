@@ -76,13 +76,15 @@ class Batch:
     rerates: dict[tuple[str, str], Any] = field(default_factory=dict)  # (customer, period) -> RerateInput
     credit_note_seqs: dict[tuple[str, int], int] = field(default_factory=dict)  # (issuer, year) -> last number
     unapplied: dict[str, tuple[Unapplied, ...]] = field(default_factory=dict)  # customer -> top-ups' (closes)
+    corrections: dict[str, tuple[Unapplied, ...]] = field(default_factory=dict)  # customer -> credit notes' (closes)
     entry_ids: list[int] = field(default_factory=list)  # the entries' ids (given by flush), in order
     posting: PreparedPost | None = None  # the entries' ledger_post call (made by flush)
 
     def state(self, customer_id: str) -> State:
         return State(customer_id, self.loaded.wallets.get(customer_id), self.loaded.idempotency,
                      self.loaded.events, self.period_usage, self.rollups, self.invoice_seqs, self.invoices,
-                     self.rerates, self.credit_note_seqs, self.unapplied)
+                     self.rerates, self.credit_note_seqs, self.unapplied,
+                     self.corrections)
 
     def apply(self, command: Command) -> Any:
         """Decide `command` and follow the decision, then the alerts it calls for; returns its

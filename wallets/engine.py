@@ -443,9 +443,13 @@ async def _load_billing(conn: AsyncConnection, batch: Batch, commands: Sequence[
         batch.unapplied = await store.load_unapplied(conn, [
             c.customer_id for c in closes
             if (w := batch.loaded.wallets.get(c.customer_id)) is not None and w.customer.billing == "prepaid"])
+        # what credit notes billed in the closing periods gave back off the receivable, and the
+        # customers' open invoices, which what a period does not owe of it pays
+        batch.corrections = await store.load_corrections(conn, since)
+        batch.invoices.update(await store.load_open_invoices(conn, [c.customer_id for c in closes]))
     paid = [c.invoice_id for c in commands if isinstance(c, PayInvoice)]
     if paid:
-        batch.invoices = await store.load_invoices(conn, paid)
+        batch.invoices.update(await store.load_invoices(conn, paid))
     # a prepaid top-up pays what is owed first, and with it the customer's open invoices
     owing = [c.customer_id for c in commands if isinstance(c, TopUp)
              and (w := batch.loaded.wallets.get(c.customer_id)) is not None and w.customer.billing == "prepaid"

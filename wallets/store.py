@@ -514,6 +514,40 @@ async def load_unapplied(conn: AsyncConnection, customers: Iterable[str]) -> dic
     return {cid: tuple(x) for cid, x in found.items()}
 
 
+async def load_corrections(conn: AsyncConnection, periods: Iterable[tuple[str, str]]
+                           ) -> dict[str, tuple[Unapplied, ...]]:
+    """For each (customer, open period): what the customer's credit notes whose entries are billed
+    in that period gave back off its receivable and no invoice records as paid yet, by entry."""
+    wanted = sorted(set(periods))
+    if not wanted:
+        return {}
+    lane = int(await _lane(conn, [c for c, _ in wanted]) or 0)
+    rows = await conn.exec_driver_sql(
+        f"""WITH w AS (SELECT * FROM unnest(%s::text[], %s::text[]) AS w(customer_id, period))
+            SELECT t.customer_id, t.number, t.entry_id, t.issued_at,
+                   (t.paid - coalesce((SELECT sum(p.amount) FROM invoices i
+                                         JOIN invoice_payments p ON p.invoice_id = i.id
+                                        WHERE i.customer_id = t.customer_id AND p.entry_id = t.entry_id), 0))::text
+              FROM (SELECT n.customer_id, n.number, n.entry_id, n.issued_at,
+                           (SELECT -sum(p.amount) FROM postings p JOIN accounts a ON a.id = p.account_id
+                             WHERE p.lane = n.lane AND p.entry_id = n.entry_id
+                               AND a.code = %s || n.customer_id || %s) AS paid
+                      FROM credit_notes n JOIN w ON n.customer_id = w.customer_id
+                      JOIN journal_entries j ON j.lane = n.lane AND j.id = n.entry_id
+                                            AND j.metadata ->> 'period' = w.period
+                     WHERE n.lane = {lane}) t
+             WHERE t.paid > 0
+             ORDER BY t.entry_id, t.number""",
+        ([c for c, _ in wanted], [p for _, p in wanted], *chart.RECEIVABLE_CODE))
+    found: dict[str, list[Unapplied]] = {}
+    seen: set[int] = set()
+    for cid, number, entry_id, at, left in rows:
+        if int(left) > 0 and int(entry_id) not in seen:  # one entry, one note (per customer and period)
+            seen.add(int(entry_id))
+            found.setdefault(cid, []).append(Unapplied(int(entry_id), f"credit-note:{number}", int(left), at))
+    return {cid: tuple(x) for cid, x in found.items()}
+
+
 async def load_rerate_charges(conn: AsyncConnection, customer_id: str, book_id: str, start: datetime,
                               end: datetime) -> list[dict[str, Any]]:
     """The customer's charges priced with `book_id` whose usage time is in [start, end), by usage

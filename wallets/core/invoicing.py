@@ -31,9 +31,9 @@ from wallets.core.decision import (
     TrueUpPosted,
 )
 from wallets.core.legs import Legs, entry, funding, settlement, settlement_legs
-from wallets.core.payments import apply_unapplied, payment_effects
+from wallets.core.payments import apply_corrections, apply_unapplied, payment_effects
 from wallets.core.results import InvoiceClosed, PaymentResult
-from wallets.core.state import InvoiceDue, State
+from wallets.core.state import InvoiceDue, State, Unapplied
 from wallets.errors import ConflictError, CurrencyMismatchError, NotFoundError, OverpaymentError
 from wallets.model import Wallet
 from wallets.periods import Period, close_due_at, following, period_of
@@ -120,8 +120,12 @@ def close_period(state: State, cmd: ClosePeriod, now: datetime, book: PriceBook 
     lines = true_up_lines(volume_rules(book, rollup, period.label))
     effects: list[Any] = []
     posted = None
+    sources = list(state.corrections.get(c.id, ()))  # what gave money back off the receivable
     if lines:
         posted, lot, paid = _true_up(state, w, period, lines, now)
+        back = -sum(a for account, a in paid if account == chart.receivable_account(c.id))
+        if back > 0:
+            sources.insert(0, Unapplied(None, f"true-up:{period.label}", back, now))
         kinds = {code: x.kind for code, x in w.lots.items()}
         if lot is not None:
             effects.append(lot)
@@ -146,6 +150,8 @@ def close_period(state: State, cmd: ClosePeriod, now: datetime, book: PriceBook 
     ]
     # what top-ups paid off the receivable before this usage was invoiced pays this invoice
     effects += apply_unapplied(state, InvoiceDue(invoice_id, c.id, number, c.currency, due, {}, period.start), now)
+    # money given back off the receivable beyond what this period owes pays the older invoices
+    effects += apply_corrections(state, c.id, max(0, -rollup.get("funded:receivable", (0, 0))[1]), sources, now)
     result = InvoiceClosed(invoice_id, number, c.id, period.label, total, due, posted.key if posted else None)
     return Decision(Outcome(result.code, result), posted, tuple(effects))
 

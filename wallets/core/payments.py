@@ -63,3 +63,25 @@ def apply_unapplied(state: State, invoice: InvoiceDue, now: datetime) -> list[An
         effects += payment_effects(state, invoice, part, credit.reference, now, credit)
         invoice = replace(invoice, payments={**invoice.payments, credit.reference: part})
     return effects
+
+
+def apply_corrections(state: State, customer_id: str, amount: int, sources: list[Unapplied],
+                      now: datetime) -> list[Any]:
+    """`amount` a closing period's corrections gave back off the receivable beyond what the period
+    owes (its amount due would be below 0), applied to the customer's open invoices, oldest first,
+    from `sources` in order (each up to what it gave back): the receivable they paid down is what
+    those invoices are owed on."""
+    effects: list[Any] = []
+    sources = [x for x in sources if x.amount > 0]
+    for invoice in open_invoices(state, customer_id):
+        while amount > 0 and sources and invoice.paid < invoice.amount_due:
+            source = sources[0]
+            part = min(amount, source.amount, invoice.amount_due - invoice.paid)
+            effects += payment_effects(state, invoice, part, source.reference, now,
+                                       replace(source, at=now) if source.entry_id is not None else None)
+            invoice = replace(invoice, payments={**invoice.payments, source.reference: part})
+            amount -= part
+            sources[0] = replace(source, amount=source.amount - part)
+            if not sources[0].amount:
+                sources.pop(0)
+    return effects

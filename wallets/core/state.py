@@ -36,11 +36,13 @@ class InvoiceDue:
 
 @dataclass(frozen=True, slots=True)
 class Unapplied:
-    """Money a prepaid top-up paid off the receivable that no invoice records yet: it paid usage
-    not invoiced when it came, and the invoice of that usage, once finalized, counts it as paid."""
+    """Money an entry paid off the receivable that no invoice records yet: a prepaid top-up's
+    that paid usage not invoiced when it came (the invoice of that usage, once finalized, counts it
+    as paid), or money a correction gave back (a credit note's, a volume true-up's) beyond what the
+    period it is billed in owes (the customer's older open invoices count it as paid)."""
 
-    entry_id: int  # the top-up's entry
-    reference: str  # topup:<lot id>
+    entry_id: int | None  # the entry that paid it (None: the close's own true-up)
+    reference: str  # topup:<lot id>, credit-note:<number>, true-up:<period>
     amount: int  # what is left of it to apply
     at: datetime  # when it was paid
 
@@ -62,6 +64,8 @@ class State(msgspec.Struct, frozen=True):
     credit_note_seqs: Mapping[tuple[str, int], int] = msgspec.field(default_factory=dict)  # (issuer, year) -> last
     # customer -> its top-ups' payments of the receivable not applied to an invoice yet, oldest first (closes)
     unapplied: Mapping[str, tuple[Unapplied, ...]] = msgspec.field(default_factory=dict)
+    # customer -> money its credit notes billed in its open period gave back off the receivable (closes)
+    corrections: Mapping[str, tuple[Unapplied, ...]] = msgspec.field(default_factory=dict)
     ids: Callable[[str], str] = new_id
 
     def require_wallet(self) -> Wallet:

@@ -382,3 +382,36 @@ async def test_going_below_migration_0019_is_refused_while_adjustments_exist(fix
         engine.dispose()
     assert len(await entries(bk)) == 1
     await verified(bk)
+
+
+async def test_a_credit_note_larger_than_the_next_period_s_usage_pays_the_invoice_it_corrects(
+        fixed: BillingKit) -> None:
+    """Money a credit note gives back off the receivable is netted into the next invoice's
+    amount due; when it is more than that period's usage, the rest paid down the receivable the
+    corrected invoice is owed on, so it counts there as paid. It was dropped (the next amount due
+    is never below 0): the corrected invoice stayed open for more than was owed, and paying it in
+    full was refused as an overpayment. By hand: November 1,000,000 input tokens at $10/M + $0.01
+    = $10.01 invoiced; the fix ($8/M) gives $2.00 back, billed in December, whose one call costs
+    $0.008 + $0.01 + $0.01 = $0.028: December's amount due is $0, November's $10.01 has $1.972 of
+    it paid, and $8.038 is what is owed and left to pay."""
+    bk = fixed
+    cid = await bk.customer("post", billing_mode="postpaid", book="fix")
+    await bk.event(cid, "model-a", 1_000_000, 0, at=datetime(2026, 11, 10, tzinfo=UTC))
+    await bk.close(DEC_1_GRACE_OVER)
+    await bk.add_book(V2)
+    bk.clock.now = DEC_2
+    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    [note] = done["credit_notes"]
+    assert note["total"] == "-2.00"
+    await bk.event(cid, "model-a", 1000, 500)
+    await bk.close(datetime(2027, 1, 1, 1, 0, tzinfo=UTC))
+    november, december = await bk.invoices(cid)
+    assert (november["amount_due"], december["amount_due"], december["total"]) == ("10.01", "0.00", "-1.972")
+    assert (await wallet(bk, cid)).receivable == 8_038_000_000
+    assert (november["payment_status"], november["amount_paid"]) == ("partially_paid", "1.972"), november
+    assert [(p["amount"], p["reference"]) for p in november["payments"]] == [
+        ("1.972", f"credit-note:{note['number']}")]
+    paid = await bk.pay(cid, november["id"], "8.038", "wire-1")
+    assert paid.status == "paid"
+    assert (await wallet(bk, cid)).receivable == 0
+    await verified(bk)

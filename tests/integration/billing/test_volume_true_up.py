@@ -61,3 +61,29 @@ async def test_graduated_tiers_and_the_volume_true_up_match_a_hand_sum(bk: Billi
         assert wallet.available == 25_500_000_000
     report = await bk.db.read(lambda conn: verify(conn, WALLET_CHECKS))
     assert report.ok, [c for c in report.checks if not c.ok]
+
+
+async def test_a_true_up_that_pays_down_an_older_invoice_s_debt_pays_that_invoice(bk: BillingKit) -> None:
+    """Money a volume true-up gives back goes first off what the customer owes, which may be an
+    older invoice's debt: that invoice then counts it as paid. It stayed open (the closing period's
+    amount due is never below 0) though nothing was owed any more, and its payment was refused.
+    By hand: November 100,000 model-g input tokens at $10/M = $1.00, invoiced; December (paid from
+    a $30 top-up, credit for a postpaid customer) 1,300,000 model-v output tokens rated $23.00,
+    trued up to $13.00: $1.00 of the $10.00 back pays November's $1.00, $9.00 is credit."""
+    await bk.add_book(TIERED)
+    bk.clock.now = at(5)
+    cid = await bk.customer("owing", billing_mode="postpaid", book="tiered")
+    await bk.event(cid, "model-g", 100_000, 0)
+    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    bk.clock.now = datetime(2026, 12, 5, tzinfo=UTC)
+    await bk.top_up(cid, "30.00")
+    await bk.event(cid, "model-v", 0, 1_300_000)
+    await bk.close(datetime(2027, 1, 1, 1, tzinfo=UTC))
+    november, december = await bk.invoices(cid)
+    assert (november["amount_due"], december["amount_due"], december["total"]) == ("1.00", "0.00", "13.00")
+    wallet = await bk.service.wallet(cid)
+    assert (wallet.receivable, wallet.available) == (0, 16_000_000_000)  # $7.00 left of the top-up + $9.00
+    assert (november["payment_status"], november["amount_paid"]) == ("paid", "1.00"), november
+    assert [(p["amount"], p["reference"]) for p in november["payments"]] == [("1.00", "true-up:2026-12")]
+    report = await bk.db.read(lambda conn: verify(conn, WALLET_CHECKS))
+    assert report.ok, [c for c in report.checks if not c.ok]
