@@ -3,6 +3,7 @@ at once (advisory locks and unique keys in the database), and catches up after d
 it works from what the database says is due, not from what the scheduler remembers."""
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -78,6 +79,11 @@ def jobs(seal_interval_s: int) -> list[Job]:
 async def run_job(db: Database, job: Job) -> None:
     try:
         result = await job.run(db)
+    except asyncio.CancelledError:
+        # The scheduler's shutdown cancels a job still running (a graceful stop): its transaction
+        # rolls back, and the next start does the work, which is found from the database.
+        log.info("job %s stopped by the shutdown; the next start runs it again", job.name)
+        return
     except Exception:
         JOB_RUNS.labels(job.name, "error").inc()
         log.exception("job %s failed; it will run again", job.name)
