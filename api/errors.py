@@ -35,6 +35,7 @@ STATUS_BY_CODE = {
     "forbidden": 403,
     "reservation_closed": 409,
     "extension_too_short": 409,
+    "endpoint_disabled": 409,
     "overpayment": 422,
     "currency_mismatch": 422,
     "service_unavailable": 503,

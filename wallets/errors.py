@@ -45,6 +45,12 @@ class ConflictError(WalletError):
     code = "idempotency_conflict"
 
 
+class EndpointDisabledError(WalletError):
+    """A re-drive to a disabled webhook endpoint: nothing is queued for one until it is enabled."""
+
+    code = "endpoint_disabled"
+
+
 class ImplausibleUsageError(WalletError):
     """Usage beyond a plausibility bound (a maximum charge per request, a context window): it
     is refused, not charged, unless an admin forces it; `limit` names the bound."""

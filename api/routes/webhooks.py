@@ -21,7 +21,7 @@ from api.routes.wire import Answer, idempotency, respond, shaped, time_in, time_
 from api.webhooks import sendable
 from ledger.db import lock_key
 from wallets.core.idempotency import CREATED, OK
-from wallets.errors import WalletValidationError
+from wallets.errors import EndpointDisabledError, WalletValidationError
 from wallets.service import run_once
 from wallets.webhooks import endpoints, log
 from wallets.webhooks.endpoints import Changes, Endpoint
@@ -191,12 +191,13 @@ async def _once(state: State, request: Request, data: Any,
 
 
 @post("/v1/webhook-endpoints/{endpoint_id:str}/redrive", guards=[require()], status_code=202, tags=TAGS,
-      **documented(404, body=True))
+      **documented(404, 409, body=True))
 async def redrive_webhooks(
         state: State, endpoint_id: FromPath[str], data: RedriveBody
 ) -> RedriveResponse:
     """Send again one event (`event_id`), or every event of the endpoint's topics written since
-    `since` (and before `until`); `failed_only` skips those already delivered."""
+    `since` (and before `until`); `failed_only` skips those already delivered. A disabled
+    endpoint is refused (409 `endpoint_disabled`): enable it first, as nothing is queued for it."""
     body = shaped(data, RedriveRequest)
     since, until = time_in(body.since, "since"), time_in(body.until, "until")
     if (body.event_id is None) == (since is None):
@@ -204,6 +205,9 @@ async def redrive_webhooks(
 
     async def work(conn) -> int:
         endpoint = await endpoints.get(conn, endpoint_id)
+        if endpoint.status != "enabled":
+            raise EndpointDisabledError(f"webhook endpoint {endpoint_id} is disabled ({endpoint.disabled_reason}): "
+                                        "enable it (PATCH enabled: true), then re-drive")
         if body.event_id is not None:
             return await log.redrive_event(conn, endpoint_id, body.event_id)
         return await log.redrive_since(conn, endpoint_id, endpoint.topics, since, until, body.failed_only)

@@ -145,6 +145,17 @@ async def test_a_redrive_sends_one_event_again_and_everything_since_a_time(clien
         assert missing.status_code == 404 and missing.json()["code"] == "not_found"
         both = await client.post(path, json={"event_id": got.webhook_id, "since": "2026-01-01T00:00:00Z"})
         assert both.status_code == 422
+        # nothing is queued for a disabled endpoint, a re-drive included: enable it first
+        await client.patch(f"/v1/webhook-endpoints/{endpoint['id']}", json={"enabled": False})
+        refused = await client.post(path, json={"since": got.event["timestamp"]})
+        assert refused.status_code == 409 and refused.json()["code"] == "endpoint_disabled", refused.text
+        pending = (await client.get(f"/v1/webhook-endpoints/{endpoint['id']}/deliveries",
+                                    params={"status": "pending"})).json()["items"]
+        assert pending == []
+        await client.patch(f"/v1/webhook-endpoints/{endpoint['id']}", json={"enabled": True})
+        enabled = await client.post(path, json={"event_id": got.webhook_id})
+        assert enabled.status_code == 202 and enabled.json()["scheduled"] == 1
+        await hook.wait_for(for_customer(first), count=3)
 
 
 async def test_a_rotated_secret_signs_beside_the_old_one_during_its_grace(client):
