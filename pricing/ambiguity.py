@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pricing.errors import field_error
-from pricing.rule_fields import hours_overlap
+from pricing.rule_fields import hours_overlap, overlapping
 
 if TYPE_CHECKING:
     from pricing.books import Rule
@@ -148,6 +148,9 @@ def _dimension_ties(values: list[dict[str, object]], left: list[int], right: lis
             for j in rmembers:
                 index.setdefault(_key(values[j], shared), []).append(j)
             check.work += len(rmembers)
+            if HOURS in shared:  # both sides have hours: pairs of windows that overlap, by a sweep
+                _window_ties(values, lmembers, index, shared, right is None and lnames == rnames, check)
+                continue
             for i in lmembers:
                 check.work += 1
                 for j in index.get(_key(values[i], shared), ()):
@@ -155,6 +158,25 @@ def _dimension_ties(values: list[dict[str, object]], left: list[int], right: lis
                     if right is None and lnames == rnames and j <= i:
                         continue
                     check.add(i, j)
+
+
+def _window_ties(values: list[dict[str, object]], lmembers: list[int], index: dict[tuple[object, ...], list[int]],
+                 shared: tuple[str, ...], same: bool, check: TieCheck) -> None:
+    """Ties between rules with hours that agree on their other shared dimensions: those whose
+    windows overlap (pricing.rule_fields.overlapping), without comparing every pair."""
+    lindex: dict[tuple[object, ...], list[int]] = {}
+    for i in lmembers:
+        lindex.setdefault(_key(values[i], shared), []).append(i)
+    check.work += len(lmembers)
+    for key, left in lindex.items():
+        right = index.get(key)
+        if not right:
+            continue
+        windows = [(i, check.rules[i].hours) for i in left]
+        pairs = overlapping(windows) if same else overlapping(windows, [(j, check.rules[j].hours) for j in right])
+        check.work += len(pairs) + (0 if same else len(right))
+        for i, j in pairs:
+            check.add(i, j)
 
 
 def ambiguity_errors(rules: Sequence[Rule], limit: int = MAX_REPORTED_TIES) -> list[dict[str, str]]:

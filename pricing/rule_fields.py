@@ -4,7 +4,7 @@ labels), each validated into a list of field errors."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING
@@ -72,6 +72,35 @@ def hours_overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:
     return any(in_hours(b, m) for m in _window_starts(a)) or any(in_hours(a, m) for m in _window_starts(b))
 
 
+def _pieces(w: tuple[int, int]) -> tuple[tuple[int, int], ...]:
+    """A window as half-open spans of minutes within one day: one, or two when it wraps."""
+    start, end = w
+    if start < end or end == 0:
+        return ((start, end or MINUTES_PER_DAY),)
+    return ((start, MINUTES_PER_DAY), (0, end))
+
+
+def overlapping(left: Sequence[tuple[int, tuple[int, int]]],
+                right: Sequence[tuple[int, tuple[int, int]]] | None = None) -> list[tuple[int, int]]:
+    """The pairs of windows that share a minute: (left index, right index), or without `right`
+    (i, j), i < j, within `left`. A sweep over the windows' spans sorted by start: n log n, plus
+    the spans still open at each start (none when no two overlap), not every pair."""
+    sides = ((0, left),) if right is None else ((0, left), (1, right))
+    spans = sorted((start, end, side, index) for side, items in sides for index, window in items
+                   for start, end in _pieces(window))
+    found: set[tuple[int, int]] = set()
+    open_spans: list[tuple[int, int, int]] = []  # (end, side, index)
+    for start, end, side, index in spans:
+        open_spans = [span for span in open_spans if span[0] > start]
+        for _, other_side, other in open_spans:
+            if right is None and other != index:
+                found.add((min(other, index), max(other, index)))
+            elif right is not None and other_side != side:
+                found.add((other, index) if other_side == 0 else (index, other))
+        open_spans.append((end, side, index))
+    return sorted(found)
+
+
 def _window_starts(w: tuple[int, int]) -> tuple[int, ...]:
     """The first minute of each piece of a window: one piece, or two when it wraps past midnight
     (a window ending at 00:00 ends at midnight: it does not wrap)."""
@@ -105,13 +134,12 @@ def normalized_prompt_tiers(raw: Iterable[object], errors: list[dict[str, str]])
 
 def window_errors(rules: tuple[Rule, ...]) -> list[dict[str, str]]:
     """Rules of one token type, model and match whose daily windows overlap: they would tie."""
-    windows: dict[tuple[object, ...], list[tuple[int, Rule]]] = {}
+    windows: dict[tuple[object, ...], list[tuple[int, tuple[int, int]]]] = {}
     for i, rule in enumerate(rules):
         if rule.hours is not None:
-            windows.setdefault((rule.token_type, rule.model, rule.match), []).append((i, rule))
-    return [field_error(f"rules[{j}].hours", f"overlaps the hours of rule {a.id!r}")
-            for group in windows.values() for n, (_, a) in enumerate(group) for j, b in group[n + 1:]
-            if a.hours and b.hours and hours_overlap(a.hours, b.hours)]
+            windows.setdefault((rule.token_type, rule.model, rule.match), []).append((i, rule.hours))
+    return [field_error(f"rules[{j}].hours", f"overlaps the hours of rule {rules[i].id!r}")
+            for group in windows.values() for i, j in overlapping(group)]
 
 
 

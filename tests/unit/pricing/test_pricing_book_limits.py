@@ -22,7 +22,7 @@ from pricing.books import (
     Rule,
 )
 from pricing.errors import PriceBookValidationError
-from pricing.parse import parse_version
+from pricing.parse import parse_rule, parse_version
 
 
 def fields_of(exc: PriceBookValidationError) -> set[str]:
@@ -214,3 +214,63 @@ def test_a_rule_context_window_must_be_a_positive_integer():
     with pytest.raises(PriceBookValidationError) as info:
         parse_version(body([{"id": "r", "token_type": "input", "price": "1", "context_window": -5}]))
     assert fields_of(info.value) == {"rules[0].context_window"}
+
+
+# ----------------------------------------------------------------- windows of hours
+
+def minutes_of(hours: tuple[int, int]) -> set[int]:
+    start, end = hours
+    return {m for m in range(24 * 60) if (start <= m < end if start < end else m >= start or m < end)}
+
+
+def window_tie_by_definition(a: Rule, b: Rule, rules) -> bool:
+    """The rule with hours counted as a dimension: two windows meet when they share a minute;
+    two rules of one model, type and match with different windows are window_errors' to name."""
+    if a.token_type != b.token_type or len(a.keyed_match) != len(b.keyed_match):
+        return False
+    both = typed(a.keyed_match) | typed(b.keyed_match)
+    if a.model == b.model and len(both) > len(a.keyed_match) and any(
+            c.token_type == a.token_type and c.model == a.model and typed(c.keyed_match) == both for c in rules):
+        return False
+    if a.hours is not None and b.hours is not None:
+        if not minutes_of(a.hours) & minutes_of(b.hours):
+            return False
+        if a.model == b.model and a.match == b.match and a.hours != b.hours:
+            return False
+    da, db = dict(a.match), dict(b.match)
+    if any(k in db and (type(db[k]) is not type(v) or db[k] != v) for k, v in da.items()):
+        return False
+    return a.model == b.model
+
+
+WINDOWS = st.sampled_from([None, None, (60, 120), (100, 200), (1380, 60), (1439, 0), (0, 30), (1200, 0)])
+WINDOWED = st.lists(st.tuples(st.sampled_from(["m", "n"]), DIMENSIONS, WINDOWS), max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(WINDOWED)
+def test_windows_of_hours_tie_exactly_where_they_share_a_minute(specs):
+    rules = [Rule(f"r{i}", "input", price=Decimal(1), model=m, match=d, hours=h)
+             for i, (m, d, h) in enumerate(specs)]
+    expected = [(i, j) for i in range(len(rules)) for j in range(i + 1, len(rules))
+                if window_tie_by_definition(rules[i], rules[j], rules)]
+    assert find_ties(rules, limit=10_000).pairs == expected
+
+
+def test_a_window_for_each_minute_of_the_day_is_checked_without_comparing_every_pair():
+    def hhmm(m: int) -> str:
+        return f"{m // 60 % 24:02d}:{m % 60:02d}"
+
+    def minute_rules(match: dict[str, str]) -> list[dict[str, Any]]:
+        return [{"id": f"{next(iter(match.values()))}{m}", "model": "m", "token_type": "input", "price": "1",
+                 "match": match, "hours": {"from": hhmm(m), "to": hhmm(m + 1)}} for m in range(24 * 60)]
+
+    # 1,440 one-minute windows for flex calls of one model and type: none overlaps another
+    flex = parse_version(body(minute_rules({"tier": "flex"}), format=2))  # was ~4 s: every pair compared twice
+    check = find_ties(flex.rules)
+    assert check.pairs == [] and check.work <= 4 * len(flex.rules), check.work
+    # and 1,440 more for EU calls: a flex call from the EU matches two rules at each minute
+    both = (*flex.rules, *(parse_rule(r) for r in minute_rules({"region": "eu"})))
+    ties = find_ties(both, limit=10_000)
+    assert ties.pairs == [(m, 24 * 60 + m) for m in range(24 * 60)]
+    assert ties.work <= 8 * len(both), ties.work
