@@ -33,6 +33,7 @@ class BudgetSpec:
     dimensions: dict[str, str] = field(default_factory=dict)
     thresholds: tuple[int, ...] = ()
     time_zone: str | None = None
+    set_by: str = "operator"  # or "customer": made with the customer's own key, which may change it
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,11 +59,12 @@ class BudgetService:
         async def work(conn: AsyncConnection) -> BudgetView:
             await conn.exec_driver_sql(
                 """INSERT INTO budgets (lane, id, customer_id, name, api_key, model, dimensions, window_kind, metric,
-                                        limit_units, mode, thresholds, time_zone)
-                   SELECT c.lane, %s, c.id, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s
+                                        limit_units, mode, thresholds, time_zone, set_by)
+                   SELECT c.lane, %s, c.id, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s
                      FROM customers c WHERE c.id = %s""",
                 (budget_id, spec.name, spec.api_key, spec.model, store.dumps(spec.dimensions), spec.window,
-                 spec.metric, spec.limit, spec.mode, list(spec.thresholds), spec.time_zone, spec.customer_id))
+                 spec.metric, spec.limit, spec.mode, list(spec.thresholds), spec.time_zone, spec.set_by,
+                 spec.customer_id))
             return await self._view(conn, spec.customer_id, budget_id)
 
         return await run_once(self.db, idem, work, await self._locks(spec.customer_id), lambda _: CREATED)

@@ -112,6 +112,7 @@ class Budget:
     thresholds: tuple[int, ...]
     time_zone: str  # the budget's own, else its customer's, else UTC
     created_at: datetime
+    set_by: str = "operator"  # operator (an admin key) | customer (its own key): who may change it
     windows: dict[datetime, list[int]] = field(default_factory=dict)
 
 

@@ -176,7 +176,7 @@ def budget(row: dict[str, Any], customer_zone: str | None = None) -> Budget:
     return Budget(row["id"], row["customer_id"], row["name"], row["api_key"], row["model"], row["dimensions"] or {},
                   row["window_kind"], row["metric"], int(row["limit_units"]), row["mode"],
                   tuple(row["thresholds"] or ()), row["time_zone"] or customer_zone or "UTC",
-                  _time(row["created_at"]))  # type: ignore[arg-type]
+                  _time(row["created_at"]), row.get("set_by", "operator"))  # type: ignore[arg-type]
 
 
 def budget_hold_row(reservation_id: str, bh: BudgetHold) -> dict[str, Any]:

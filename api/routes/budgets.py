@@ -10,7 +10,7 @@ from litestar.datastructures import State
 from litestar.params import FromPath, FromQuery
 
 from api.auth import ensure_customer, principal_of, require
-from api.errors import documented
+from api.errors import ApiError, documented
 from api.routes.formats import AMOUNT_TEXT, POSITIVE_AMOUNT, Identifier, documented_as
 from api.routes.schemas import json_body
 from api.routes.wire import Answer, amount_in, idempotency, respond, shaped, time_out
@@ -79,6 +79,7 @@ class BudgetResponse(msgspec.Struct):
     window_start: str | None
     resets_at: str | None
     created_at: str
+    set_by: str = "operator"  # operator: only admin keys change or delete it; customer: its own key too
 
 
 CreateBudgetBody = Annotated[dict[str, Any], json_body(Annotated[CreateBudgetRequest, msgspec.Meta(
@@ -93,7 +94,7 @@ def budget_response(v: BudgetView) -> BudgetResponse:
         figure(b, b.limit, v.currency), b.mode, list(b.thresholds), b.time_zone, v.currency,
         figure(b, v.used, v.currency), figure(b, v.held, v.currency),
         figure(b, max(0, b.limit - v.used - v.held), v.currency), time_out(v.window_start), time_out(v.resets_at),
-        time_out(b.created_at) or "")
+        time_out(b.created_at) or "", b.set_by)
 
 
 BUDGET = Answer(budget_response, BudgetView, lambda _: "created")
@@ -119,7 +120,7 @@ async def create_budget(state: State, request: Request, data: CreateBudgetBody) 
     ensure_customer(request, data.customer_id)
     spec = BudgetSpec(data.customer_id, data.window, data.metric, _limit(data.metric, data.limit), data.mode,
                       data.name, data.api_key, data.model, dict(data.dimensions), tuple(data.thresholds),
-                      data.time_zone)
+                      data.time_zone, "customer" if _customers_own(request) else "operator")
     await state.services.wallets.get_customer(data.customer_id)  # 404 before anything is written
     return respond(request, await state.services.wallets.budgets.create(spec, idempotency(request, data)), BUDGET)
 
@@ -136,6 +137,19 @@ async def list_budgets(state: State, request: Request,
         customers = list(visible) if visible is not None else None
     views = await state.services.wallets.budgets.list(customers)
     return {"budgets": [budget_response(v) for v in views]}
+
+
+def _customers_own(request: Request) -> bool:
+    return principal_of(request).scope.startswith("customer:")
+
+
+async def _changeable(state: State, request: Request, budget_id: str) -> None:
+    """A budget the operator set (an admin key made it) is changed or deleted by admin keys only:
+    the customer's own key may read it, but not raise or drop the cap set on it."""
+    await _owned(state, request, budget_id)
+    if _customers_own(request) and (await state.services.wallets.budgets.get(budget_id)).budget.set_by != "customer":
+        raise ApiError("forbidden", f"budget {budget_id} was set by the operator: only an admin key may change "
+                       "or delete it", 403)
 
 
 async def _owned(state: State, request: Request, budget_id: str) -> None:
@@ -161,7 +175,7 @@ async def change_budget(state: State, request: Request, budget_id: FromPath[str]
     if fixed is not None:
         raise WalletValidationError(fixed, "never changes: create another budget (and delete this one)")
     data = shaped(data, ChangeBudgetRequest)
-    await _owned(state, request, budget_id)
+    await _changeable(state, request, budget_id)
     service = state.services.wallets.budgets
     limit = None if data.limit is None else _limit((await service.get(budget_id)).budget.metric, data.limit)
     change = BudgetChange(data.name, limit, data.mode, None if data.thresholds is None else tuple(data.thresholds))
@@ -172,7 +186,7 @@ async def change_budget(state: State, request: Request, budget_id: FromPath[str]
         **documented(404))
 async def delete_budget(state: State, request: Request, budget_id: FromPath[str]) -> BudgetResponse:
     """New reservations stop counting against it; what its windows hold still returns there."""
-    await _owned(state, request, budget_id)
+    await _changeable(state, request, budget_id)
     return budget_response(await state.services.wallets.budgets.delete(budget_id))
 
 

@@ -118,7 +118,8 @@ ROUTES = [
     ("GET", "/v1/budgets", None, {frozenset(set(SCOPES) - {"none"}): "ok"}),  # only what the key may see
     ("GET", "/v1/budgets?customer_id={own}", None, {frozenset(READ_OWN): "ok"}),
     ("GET", "/v1/budgets/{bud}", None, {frozenset(READ_OWN): "ok", frozenset(LIMITED_OTHER): 404}),
-    ("PATCH", "/v1/budgets/{bud}", {"thresholds": [50]}, {frozenset(ADMINS_OWN | {"customer:own"}): "ok",
+    # {bud} was set by the operator: the customer's own key reads it but may not change it
+    ("PATCH", "/v1/budgets/{bud}", {"thresholds": [50]}, {frozenset(ADMINS_OWN): "ok", frozenset({"customer:own"}): 403,
                                                          frozenset({"admin:other", "customer:other"}): 404}),
     ("DELETE", "/v1/budgets/bud_missing", None,
      {frozenset({"admin", "admin:own", "admin:other", "customer:own", "customer:other"}): 404}),

@@ -192,3 +192,27 @@ async def test_a_change_to_what_a_budget_is_is_refused_not_ignored(client: Async
         assert refused.json()["fields"][0]["field"] == field, (change, refused.text)
     now = (await client.get(f"/v1/budgets/{b['id']}")).json()
     assert (now["window"], now["metric"], now["name"], now["limit"]) == ("month", "money", "", "10.00")
+
+
+async def test_a_budget_the_operator_set_is_changed_by_admin_keys_only(client: AsyncTestClient, tag: str, book: str):
+    """A customer's own key manages the budgets it made, but may not raise or delete the cap an
+    admin key set on it (it could, before: PATCH and DELETE answered 200)."""
+    cid = await _funded(client, tag, book)
+    made = await client.post("/v1/api-keys", json={"scope": f"customer:{cid}"})
+    own = {"Authorization": f"Bearer {made.json()['key']}"}
+    cap = await _budget(client, customer_id=cid, window="month", metric="money", limit="5.00", name="plan cap")
+    assert cap["set_by"] == "operator"
+    mine = await client.post("/v1/budgets", headers=own, json={"customer_id": cid, "window": "day",
+                                                                "metric": "money", "limit": "1.00"})
+    assert mine.status_code == 201 and mine.json()["set_by"] == "customer", mine.text
+    raised = await client.patch(f"/v1/budgets/{cap['id']}", headers=own, json={"limit": "500.00"})
+    assert raised.status_code == 403 and raised.json()["code"] == "forbidden", raised.text
+    dropped = await client.delete(f"/v1/budgets/{cap['id']}", headers=own)
+    assert dropped.status_code == 403 and dropped.json()["code"] == "forbidden", dropped.text
+    seen = await client.get(f"/v1/budgets/{cap['id']}", headers=own)
+    assert seen.status_code == 200 and (seen.json()["limit"], seen.json()["set_by"]) == ("5.00", "operator")
+    assert (await _reserve(client, cid, "cap-1", amount="6.00")).status_code == 429  # the cap still holds
+    changed = await client.patch(f"/v1/budgets/{mine.json()['id']}", headers=own, json={"limit": "2.00"})
+    assert changed.status_code == 200 and changed.json()["limit"] == "2.00", changed.text
+    assert (await client.delete(f"/v1/budgets/{mine.json()['id']}", headers=own)).status_code == 200
+    assert (await client.patch(f"/v1/budgets/{cap['id']}", json={"limit": "6.00"})).status_code == 200  # admin
