@@ -99,6 +99,9 @@ def serve_workers(settings: Settings, workers: int, *, host: str, port: int, acc
     metrics_dir = Path(tempfile.mkdtemp(prefix="tokentill-metrics-"))
     try:
         with listening_socket(host, port, ACCEPT_BURST) as sock:
+            bound = sock.getsockname()[1]  # --port 0: the one the system chose
+            log.info("serving on http://%s:%d with %d worker processes", f"[{host}]" if ":" in host else host,
+                     bound, workers)
             worker_settings = replace(settings, workers=workers, metrics_dir=metrics_dir)
             return Supervisor(worker_settings, workers, sock, host, port, access_log).run()
     finally:

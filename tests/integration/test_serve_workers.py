@@ -218,3 +218,20 @@ def test_after_sigterm_new_connections_are_refused_while_a_request_in_progress_i
         if proc.poll() is None:
             proc.kill()
     assert code == 0, log.read_text()
+
+
+def test_workers_on_any_free_port_say_which_one(database_url, data_dir):
+    """`serve --workers 2 --port 0` listens on a port the system chose and logs it, as one process
+    does (uvicorn's 'running on'): it did not, so the port could not be found."""
+    log = data_dir / "serve.log"
+    proc = serve(0, log, 2, TOKENTILL_DATABASE_URL=database_url, TOKENTILL_SCHEDULER="off")
+    try:
+        line = wait_for(lambda: next((ln for ln in log.read_text().splitlines() if "serving on http://" in ln), None),
+                        60, f"no address logged:\n{log.read_text()}")
+        port = int(line.split("serving on http://127.0.0.1:")[1].split()[0])
+        assert line.endswith("with 2 worker processes") and port > 0
+        wait_ready(port, proc, log, 2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=90)
+    assert code == 0, log.read_text()
