@@ -21,6 +21,16 @@ clip by its duration (an upper bound from its size where that cannot be read), a
 (text and an image each; PDF_MAX_PAGES when given by URL or file id, or not countable). A text
 document (Anthropic's `text` source, an inline file that is UTF-8 text) counts as text; a file of
 another kind counts as a PDF of PDF_MAX_PAGES. Embedding inputs given as token ids count one each.
+
+What the provider bills as input but the body does not show:
+
+- Anthropic adds a system prompt of its own to a call with `tools`, of a size it documents per
+  model and `tool_choice` (TOOL_USE_SYSTEM_PROMPT); a model the table does not list counts the
+  table's most. Counted in both prompt counts: it is a fixed figure, not a bound.
+- A chat message that refers to an earlier answer's audio by id (`audio: {"id": ...}`) is billed
+  that audio as input: held at AUDIO_REFERENCE_TOKENS of audio, the most audio an answer can
+  have. In the hold only (`hold_audio_tokens`): a settle without the provider's usage (a cut
+  stream) charges the body's own count, not the bound.
 """
 from __future__ import annotations
 
@@ -50,6 +60,22 @@ PROMPT_FIELDS = {CHAT: ("messages", "tools", "functions", "response_format"),
                  RESPONSES: ("input", "instructions", "tools", "text"),
                  MESSAGES: ("system", "messages", "tools")}
 MAX_COUNT = 10**12
+# Anthropic's "Tool use system prompt token count" (platform.claude.com/docs/en/agents-and-tools/
+# tool-use/overview, section Pricing), per model: (tool_choice auto or none, any or tool). Where
+# the table's revisions gave one model two figures, the larger is kept (a hold must not be short).
+# Longest prefix of the model's id wins; a model not listed counts TOOL_USE_SYSTEM_PROMPT_MOST.
+TOOL_USE_SYSTEM_PROMPT: dict[str, tuple[int, int]] = {
+    "claude-opus-4-8": (290, 410), "claude-opus-4-7": (675, 804), "claude-opus-4-6": (497, 589),
+    "claude-opus-4-5": (496, 588), "claude-opus-4-1": (346, 315), "claude-opus-4": (346, 315),
+    "claude-sonnet-5": (354, 474), "claude-sonnet-4-6": (497, 589), "claude-sonnet-4-5": (496, 588),
+    "claude-sonnet-4": (346, 315), "claude-haiku-4-5": (496, 588), "claude-3-7-sonnet": (346, 313),
+    "claude-3-5-sonnet": (346, 313), "claude-3-5-haiku": (264, 355), "claude-3-opus": (530, 281),
+    "claude-3-sonnet": (159, 235), "claude-3-haiku": (264, 340),
+}
+TOOL_USE_SYSTEM_PROMPT_MOST = max(max(pair) for pair in TOOL_USE_SYSTEM_PROMPT.values())
+# An earlier answer's audio, referred to by id: at most a whole answer of audio, the most output
+# tokens OpenAI's audio models produce (gpt-4o-audio-preview, gpt-audio: 16,384 max output tokens).
+AUDIO_REFERENCE_TOKENS = 16_384
 
 
 class CallError(Exception):
@@ -71,6 +97,7 @@ class Call:
     body: bytes  # what goes upstream
     usage_chunk_wanted: bool = True  # a chat stream's usage-only chunk reaches the caller
     prompt_audio_tokens: int = 0  # of both prompt counts, audio (priced as input_audio)
+    hold_audio_tokens: int = 0  # of prompt_tokens, audio: prompt_audio_tokens plus audio referred to by id
 
 
 def _count(value: Any, name: str) -> int | None:
@@ -90,6 +117,8 @@ class _Prompt:
     images: list[tuple[tuple[int, int] | None, str | None]] = field(default_factory=list)  # size, detail
     audio: int = 0  # the tokens of audio clips
     pdfs: list[int | None] = field(default_factory=list)  # pages (None: PDF_MAX_PAGES)
+    audio_references: int = 0  # earlier answers' audio, referred to by id
+    hidden: int = 0  # tokens the provider adds itself (Anthropic's tool-use system prompt)
 
 
 def _image(part: Mapping[str, Any]) -> tuple[tuple[int, int] | None, str | None]:
@@ -197,14 +226,44 @@ def _prompt_of(kind: str, body: Mapping[str, Any]) -> _Prompt:
                 raise CallError("input", "must be a string, a list of strings or of token ids")
         return prompt
     for name in PROMPT_FIELDS[kind]:
-        _walk(body.get(name), prompt)
+        given = body.get(name)
+        if kind == CHAT and name == "messages" and isinstance(given, list):
+            given = [_without_audio_reference(message, prompt) for message in given]
+        _walk(given, prompt)
+    if kind == MESSAGES:
+        prompt.hidden = _tool_use_system_prompt(body)
     turns = body.get("messages") if kind != RESPONSES else body.get("input")
     prompt.messages = len(turns) if isinstance(turns, list) else 1
     return prompt
 
 
-def count_prompt(kind: str, body: Mapping[str, Any], model: str, counter: TokenCounter) -> tuple[int, int, int]:
-    """(tokens for the hold, raw tokens, audio tokens among both) of a call's input."""
+def _without_audio_reference(message: Any, prompt: _Prompt) -> Any:
+    """A chat message without its `audio: {"id": ...}` (an earlier answer's audio), counted apart."""
+    if isinstance(message, Mapping) and isinstance(message.get("audio"), Mapping) \
+            and isinstance(message["audio"].get("id"), str):
+        prompt.audio_references += 1
+        return {k: v for k, v in message.items() if k != "audio"}
+    return message
+
+
+def _tool_use_system_prompt(body: Mapping[str, Any]) -> int:
+    """The system prompt Anthropic adds to a call with tools (none without tools)."""
+    model, tools = body["model"], body.get("tools")
+    if not isinstance(tools, list) or not tools:
+        return 0
+    choice = body.get("tool_choice")
+    kind = choice.get("type") if isinstance(choice, Mapping) else None
+    prefixes = [p for p in TOOL_USE_SYSTEM_PROMPT if model.startswith(p)]
+    if not prefixes:
+        return TOOL_USE_SYSTEM_PROMPT_MOST
+    auto, forced = TOOL_USE_SYSTEM_PROMPT[max(prefixes, key=len)]
+    return forced if kind in ("any", "tool") else auto
+
+
+def count_prompt(kind: str, body: Mapping[str, Any], model: str,
+                 counter: TokenCounter) -> tuple[int, int, int, int]:
+    """(tokens for the hold, raw tokens, audio tokens among both, audio tokens held only) of a
+    call's input."""
     prompt = _prompt_of(kind, body)
     try:
         encoding, exact = counter.encoding_for(model)
@@ -217,8 +276,11 @@ def count_prompt(kind: str, body: Mapping[str, Any], model: str, counter: TokenC
                  for size, detail in prompt.images)
     page_image = rule.most_tokens if rule is not None else NON_TEXT_PART_TOKENS  # a page's size is not read
     pdfs = sum(pdf_tokens(pages, page_image) for pages in prompt.pdfs)
-    fixed = overhead + prompt.ids + NON_TEXT_PART_TOKENS * prompt.non_text + images + prompt.audio + pdfs
-    return with_margin(counted, 0 if exact else counter.margin_percent) + fixed, counted + fixed, prompt.audio
+    fixed = (overhead + prompt.ids + NON_TEXT_PART_TOKENS * prompt.non_text + images + prompt.audio + pdfs
+             + prompt.hidden)
+    referred = AUDIO_REFERENCE_TOKENS * prompt.audio_references
+    return (with_margin(counted, 0 if exact else counter.margin_percent) + fixed + referred, counted + fixed,
+            prompt.audio, referred)
 
 
 def _output_cap(kind: str, body: dict[str, Any], default: int) -> tuple[int, bool]:
@@ -253,7 +315,7 @@ def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: Token
         # its output would never be metered here, nor its result fetched through the gateway
         raise CallError("background", "a background response cannot be metered by the gateway: call without it")
     stream = body.get("stream") is True and kind != EMBEDDINGS
-    prompt_tokens, raw_tokens, audio_tokens = count_prompt(kind, body, model, counter)
+    prompt_tokens, raw_tokens, audio_tokens, referred = count_prompt(kind, body, model, counter)
     cap, changed = _output_cap(kind, body, default_max_output)
     wanted = True
     if stream and kind == CHAT:
@@ -264,4 +326,4 @@ def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: Token
             body["stream_options"] = {**options, "include_usage": True}
             changed = True
     return Call(kind, model, stream, prompt_tokens, raw_tokens, cap,
-                msgspec.json.encode(body) if changed else raw, wanted, audio_tokens)
+                msgspec.json.encode(body) if changed else raw, wanted, audio_tokens, audio_tokens + referred)

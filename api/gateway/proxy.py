@@ -247,13 +247,13 @@ class Exchange:
         started = time.perf_counter()
         estimate = {"source": "gateway", "input_tokens": call.prompt_tokens,
                     "max_output_tokens": call.max_output_tokens,
-                    **({"input_audio_tokens": call.prompt_audio_tokens} if call.prompt_audio_tokens else {})}
+                    **({"input_audio_tokens": call.hold_audio_tokens} if call.hold_audio_tokens else {})}
         command = Reserve(
             customer_id=customer, request_id=self.request_id, model=call.model,
             ttl_seconds=self.gw.settings.hold_seconds,
             request_hash=request_hash({"gateway": f"{self.provider}.{self.kind}", "model": call.model, **estimate}),
             prompt_tokens=call.prompt_tokens, max_output_tokens=call.max_output_tokens, estimate=estimate,
-            prompt_audio_tokens=call.prompt_audio_tokens,
+            prompt_audio_tokens=call.hold_audio_tokens,
             dimensions=self.dimensions)
         try:
             result = await self.gw.wallets.submit(command)

@@ -274,6 +274,34 @@ def test_audio_is_held_and_charged_at_the_audio_input_price_of_a_book_that_price
     assert Decimal(reserved) >= cost and wallet(url, cid) == (Decimal("10") - cost, 0)
 
 
+def test_an_earlier_answers_audio_referred_to_by_id_is_held_as_a_whole_answer_of_audio(live):
+    url, _ = live
+    book = f"gw-audio-ref-{uuid.uuid4().hex[:8]}"
+    audio_price = Decimal("160")
+    with admin(url) as http:
+        rules = [*BOOK["rules"], {"id": "audio-in", "token_type": "input_audio", "price": str(audio_price)}]
+        assert http.post("/v1/price-books", json={**BOOK, "id": book, "format": 2, "rules": rules}).status_code == 201
+    _, key = customer((url, book))
+    said = {"role": "assistant", "audio": {"id": "audio_abc123"}}
+    raw = oai(url, key).chat.completions.with_raw_response.create(
+        model="gpt-4o-audio-preview", max_tokens=100, messages=[*HI, said])
+    # the audio the provider bills as input: at most 16,384 tokens (an answer's most), at the audio price
+    # (was: the id's few tokens at the text price, 0.003...)
+    assert Decimal(raw.headers["x-tokentill-reserved"]) >= 16_384 * audio_price / M + 100 * OUT / M + CALL
+
+
+def test_anthropic_tools_are_held_with_the_tool_use_system_prompt_anthropic_adds(live):
+    url, _ = live
+    _, key = customer(live)
+    tool = {"name": "get_weather", "description": "weather", "input_schema": {"type": "object"}}
+    client = claude(url, key)
+    bare = client.messages.with_raw_response.create(model="claude-test", max_tokens=100, messages=HI)
+    tools = client.messages.with_raw_response.create(model="claude-test", max_tokens=100, messages=HI, tools=[tool])
+    held = Decimal(tools.headers["x-tokentill-reserved"]) - Decimal(bare.headers["x-tokentill-reserved"])
+    # a model Anthropic's table does not list: its most, 804 tokens, besides the definition's own words
+    assert held >= 804 * IN / M
+
+
 def test_a_pdf_is_held_for_each_of_its_pages_so_a_wallet_that_cannot_pay_them_is_refused(live, fake):
     url, _ = live
     pdf = FPDF()

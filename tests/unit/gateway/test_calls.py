@@ -205,3 +205,51 @@ def test_a_text_document_counts_its_text():
     inline = {"type": "input_file", "filename": "notes.txt",
               "file_data": "data:text/plain;base64," + base64.b64encode(text.encode()).decode()}
     assert _image_tokens(RESPONSES, "gpt-4", inline) == (exact, exact)
+
+
+TOOL = {"name": "get_weather", "description": "The weather in a city",
+        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
+TOOL_STRINGS = ["get_weather", "The weather in a city", "object", "string"]
+
+
+def _tool_call(model: str, **extra):
+    return call(MESSAGES, {"model": model, "max_tokens": 10, "messages": HI, "tools": [TOOL], **extra})
+
+
+@pytest.mark.parametrize(("model", "choice", "system_prompt"), [
+    # Anthropic's table "Tool use system prompt token count" (platform.claude.com/docs/en/agents-and-tools/
+    # tool-use/overview, section Pricing): auto or none | any or tool
+    ("claude-sonnet-4-5-20250929", None, 496), ("claude-sonnet-4-5-20250929", {"type": "none"}, 496),
+    ("claude-sonnet-4-5-20250929", {"type": "any"}, 588),
+    ("claude-sonnet-4-5-20250929", {"type": "tool", "name": "get_weather"}, 588),
+    ("claude-opus-4-7", {"type": "auto"}, 675), ("claude-opus-4-7", {"type": "any"}, 804),
+    ("claude-3-haiku-20240307", None, 264), ("claude-3-haiku-20240307", {"type": "any"}, 340),
+    ("claude-3-opus-20240229", None, 530), ("claude-3-opus-20240229", {"type": "tool", "name": "x"}, 281),
+    ("claude-some-future-model", None, 804),  # a model the table does not list: the table's most
+])
+def test_anthropic_tools_add_the_tool_use_system_prompt_anthropic_documents(model, choice, system_prompt):
+    without = call(MESSAGES, {"model": model, "max_tokens": 10, "messages": HI})
+    with_tools = _tool_call(model, **({"tool_choice": choice} if choice else {}))
+    encoding, _ = COUNTER.encoding_for(model)
+    definitions = sum(len(encoding.encode_ordinary(s)) for s in TOOL_STRINGS)
+    assert with_tools.prompt_raw_tokens - without.prompt_raw_tokens == definitions + system_prompt
+
+
+def test_anthropic_without_tools_adds_no_tool_use_system_prompt():
+    without = call(MESSAGES, {"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": HI})
+    empty = call(MESSAGES, {"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": HI, "tools": [],
+                            "tool_choice": {"type": "none"}})
+    assert empty.prompt_raw_tokens == without.prompt_raw_tokens
+
+
+def test_an_earlier_answers_audio_referred_to_by_id_is_held_at_the_most_audio_an_answer_has():
+    plain = {"role": "assistant", "content": "hello"}
+    said = {"role": "assistant", "content": None, "audio": {"id": "audio_abc123"}}
+    base = call(CHAT, {"model": "gpt-4o-audio-preview", "max_tokens": 10, "messages": [*HI, plain]})
+    again = call(CHAT, {"model": "gpt-4o-audio-preview", "max_tokens": 10, "messages": [*HI, said]})
+    # held: gpt-4o-audio-preview's most output tokens (16,384), as audio input
+    assert again.prompt_tokens >= 16_384
+    assert again.hold_audio_tokens == 16_384
+    # settled without the provider's usage (a cut stream): the body's own count, not the bound
+    assert again.prompt_raw_tokens <= base.prompt_raw_tokens
+    assert again.prompt_audio_tokens == 0
