@@ -188,15 +188,27 @@ def _latin(value: str) -> str:
 
 
 def csv_text(document: Mapping[str, Any]) -> str:
-    """The lines, one a row, with the invoice's number, period and currency on each."""
+    """The lines, one a row, with the invoice's number, period and currency on each. A text cell
+    a spreadsheet would take as a formula (a model name from a usage event, priced by a rule with
+    a pattern: `=HYPERLINK(...)`) is written after a ' (OWASP's "CSV injection"); figures are not."""
     out = io.StringIO()
     writer = csv.DictWriter(out, CSV_FIELDS, lineterminator="\r\n")
     writer.writeheader()
     for line in document["lines"]:
-        writer.writerow({**{k: line.get(k) for k in CSV_FIELDS if k in line}, "number": document.get("number") or "",
-                         "period": document["period"]["label"], "currency": document["currency"],
-                         "per": _per(line)})
+        row = {**{k: line.get(k) for k in CSV_FIELDS if k in line}, "number": document.get("number") or "",
+               "period": document["period"]["label"], "currency": document["currency"], "per": _per(line)}
+        writer.writerow({k: v if k in CSV_FIGURES else _as_text(v) for k, v in row.items()})
     return out.getvalue()
+
+
+CSV_FIGURES = frozenset({"quantity", "unit_price", "per", "amount", "tier"})  # numbers ("-0.01" is one)
+
+
+def _as_text(value: Any) -> Any:
+    return "'" + value if isinstance(value, str) and value[:1] in FORMULA_STARTS else value
+
+
+FORMULA_STARTS = frozenset("=+-@\t\r")
 
 
 def _per(line: Mapping[str, Any]) -> int | str:

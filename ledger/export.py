@@ -205,9 +205,14 @@ def _quote(value: str) -> str:
 
 
 CSV_COLUMNS = ("entry_id", "time", "kind", "customer_id", "request_id", "account", "asset", "amount")
+# A request id is the caller's text: one a spreadsheet would take as a formula (it starts with =,
+# +, -, @, a tab or a CR: OWASP's "CSV injection") is written after a ' so that it opens as text.
+# The other text columns are the ledger's own codes and customer ids (which start with a letter
+# or digit); jsonl and Beancount keep every value exactly.
 _CSV = f"""
 COPY (SELECT j.id, to_char(j.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), j.kind,
-             j.customer_id, j.metadata ->> 'request_id', a.code, a.asset,
+             j.customer_id, regexp_replace(j.metadata ->> 'request_id', E'^([=+@\\t\\r-])', '''\\1'),
+             a.code, a.asset,
              {_display('p.amount', 's.scale', 'power(10::numeric, s.scale)')}
         FROM journal_entries j
         JOIN postings p ON p.lane = j.lane AND p.entry_id = j.id

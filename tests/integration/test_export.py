@@ -392,3 +392,33 @@ def test_large_amounts_are_exported_exactly(large, tmp_path):
         assert cli(url, "export", "--format", "beancount", "--out", str(bean), *window).returncode == 0
         found = _bean_balances(bean)
         assert {code: found.get(code, Decimal(0)) for code in expected} == expected, window
+
+
+def test_a_request_id_a_spreadsheet_would_run_is_exported_to_csv_as_text(server_url, tmp_path):
+    """A request id is the caller's text: '=HYPERLINK(...)' opened in a spreadsheet from the CSV
+    export ran as a formula (OWASP's CSV injection). It is written after a ', while amounts keep
+    their sign and jsonl keeps the id exactly."""
+    from tests.conftest import _migrated
+
+    gen = _migrated(server_url, "tokentill_export_formulas")
+    url = next(gen)
+    ids = ['=HYPERLINK("http://example.invalid","x")', "-2+3", "+1", "@SUM(A1)", "plain-1"]
+    try:
+        with serving(url, ADMIN) as tt:
+            tt.post("/v1/price-books", {"id": "plain", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
+                                        "rules": [{"id": "call", "token_type": "request", "price": "0.01"}]})
+            tt.post("/v1/customers", {"id": "sheet", "currency": "USD", "price_book": "plain"})
+            tt.post("/v1/customers/sheet/topups", {"amount": "10.00"})
+            for rid in ids:
+                tt.post("/v1/reservations", {"customer_id": "sheet", "request_id": rid, "model": "m", "amount": "0.10"})
+        out = tmp_path / "sheet.csv"
+        assert cli(url, "export", "--format", "csv", "--out", str(out)).returncode == 0
+        with out.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert {r["request_id"] for r in rows if r["request_id"]} == {
+            '\'=HYPERLINK("http://example.invalid","x")', "'-2+3", "'+1", "'@SUM(A1)", "plain-1"}
+        assert any(r["amount"].startswith("-") for r in rows)  # a figure is not text: its sign stays
+        jsonl = cli(url, "export", "--format", "jsonl").stdout
+        assert all(json.dumps(rid) in jsonl for rid in ids)
+    finally:
+        gen.close()
