@@ -76,7 +76,7 @@ class Batch:
     rerates: dict[tuple[str, str], Any] = field(default_factory=dict)  # (customer, period) -> RerateInput
     credit_note_seqs: dict[tuple[str, int], int] = field(default_factory=dict)  # (issuer, year) -> last number
     unapplied: dict[str, tuple[Unapplied, ...]] = field(default_factory=dict)  # customer -> top-ups' (closes)
-    corrections: dict[str, tuple[Unapplied, ...]] = field(default_factory=dict)  # customer -> credit notes' (closes)
+    corrections: dict[str, tuple[Unapplied, ...]] = field(default_factory=dict)  # customer -> re-rates' (closes)
     entry_ids: list[int] = field(default_factory=list)  # the entries' ids (given by flush), in order
     posting: PreparedPost | None = None  # the entries' ledger_post call (made by flush)
 

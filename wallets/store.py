@@ -516,35 +516,40 @@ async def load_unapplied(conn: AsyncConnection, customers: Iterable[str]) -> dic
 
 async def load_corrections(conn: AsyncConnection, periods: Iterable[tuple[str, str]]
                            ) -> dict[str, tuple[Unapplied, ...]]:
-    """For each (customer, open period): what the customer's credit notes whose entries are billed
-    in that period gave back off its receivable and no invoice records as paid yet, by entry."""
+    """For each (customer, open period): what the customer's re-rates whose entries are billed in
+    that period gave back off its receivable and no invoice records as paid yet, by entry (named
+    by the entry's credit note, if its corrected period was invoiced, else by the re-rate)."""
     wanted = sorted(set(periods))
     if not wanted:
         return {}
     lane = int(await _lane(conn, [c for c, _ in wanted]) or 0)
     rows = await conn.exec_driver_sql(
-        f"""WITH w AS (SELECT * FROM unnest(%s::text[], %s::text[]) AS w(customer_id, period))
-            SELECT t.customer_id, t.number, t.entry_id, t.issued_at,
+        f"""WITH w AS (SELECT * FROM unnest(%s::text[], %s::text[]) AS w(customer_id, period)),
+                 e AS (SELECT DISTINCT a.customer_id, a.entry_id, a.rerate_id, w.period
+                         FROM rerates r JOIN charge_adjustments a ON a.rerate_id = r.id
+                         JOIN w ON a.customer_id = w.customer_id
+                        WHERE a.lane = {lane})
+            SELECT t.customer_id, t.reference, t.entry_id,
                    (t.paid - coalesce((SELECT sum(p.amount) FROM invoices i
                                          JOIN invoice_payments p ON p.invoice_id = i.id
                                         WHERE i.customer_id = t.customer_id AND p.entry_id = t.entry_id), 0))::text
-              FROM (SELECT n.customer_id, n.number, n.entry_id, n.issued_at,
+              FROM (SELECT e.customer_id, e.entry_id,
+                           coalesce((SELECT 'credit-note:' || min(n.number) FROM credit_notes n
+                                      WHERE n.lane = {lane} AND n.entry_id = e.entry_id
+                                     HAVING count(*) > 0), 'rerate:' || e.rerate_id) AS reference,
                            (SELECT -sum(p.amount) FROM postings p JOIN accounts a ON a.id = p.account_id
-                             WHERE p.lane = n.lane AND p.entry_id = n.entry_id
-                               AND a.code = %s || n.customer_id || %s) AS paid
-                      FROM credit_notes n JOIN w ON n.customer_id = w.customer_id
-                      JOIN journal_entries j ON j.lane = n.lane AND j.id = n.entry_id
-                                            AND j.metadata ->> 'period' = w.period
-                     WHERE n.lane = {lane}) t
+                             WHERE p.lane = {lane} AND p.entry_id = e.entry_id
+                               AND a.code = %s || e.customer_id || %s) AS paid
+                      FROM e JOIN journal_entries j ON j.lane = {lane} AND j.id = e.entry_id
+                                                   AND j.kind = 'rerate_adjustment'
+                                                   AND j.metadata ->> 'period' = e.period) t
              WHERE t.paid > 0
-             ORDER BY t.entry_id, t.number""",
+             ORDER BY t.entry_id""",
         ([c for c, _ in wanted], [p for _, p in wanted], *chart.RECEIVABLE_CODE))
     found: dict[str, list[Unapplied]] = {}
-    seen: set[int] = set()
-    for cid, number, entry_id, at, left in rows:
-        if int(left) > 0 and int(entry_id) not in seen:  # one entry, one note (per customer and period)
-            seen.add(int(entry_id))
-            found.setdefault(cid, []).append(Unapplied(int(entry_id), f"credit-note:{number}", int(left), at))
+    for cid, reference, entry_id, left in rows:
+        if int(left) > 0:
+            found.setdefault(cid, []).append(Unapplied(int(entry_id), reference, int(left), None))
     return {cid: tuple(x) for cid, x in found.items()}
 
 

@@ -20,7 +20,7 @@ def payment_effects(state: State, invoice: InvoiceDue, amount: int, reference: s
     """The payment of `amount` against `invoice` (posted by the decision's entry, or earlier by
     the top-up `paid_by`), and `invoice.paid` if it pays what was left."""
     effects: list[Any] = [PaymentRecorded(invoice.customer_id, invoice.id, state.ids("pay"), amount, reference,
-                                          now if paid_by is None else paid_by.at,
+                                          now if paid_by is None else paid_by.at or now,
                                           None if paid_by is None else paid_by.entry_id)]
     paid = invoice.paid + amount
     if paid == invoice.amount_due:

@@ -44,7 +44,7 @@ class Unapplied:
     entry_id: int | None  # the entry that paid it (None: the close's own true-up)
     reference: str  # topup:<lot id>, credit-note:<number>, true-up:<period>
     amount: int  # what is left of it to apply
-    at: datetime  # when it was paid
+    at: datetime | None  # when it was paid (a correction's: when its close applies it)
 
 
 class State(msgspec.Struct, frozen=True):
@@ -64,7 +64,7 @@ class State(msgspec.Struct, frozen=True):
     credit_note_seqs: Mapping[tuple[str, int], int] = msgspec.field(default_factory=dict)  # (issuer, year) -> last
     # customer -> its top-ups' payments of the receivable not applied to an invoice yet, oldest first (closes)
     unapplied: Mapping[str, tuple[Unapplied, ...]] = msgspec.field(default_factory=dict)
-    # customer -> money its credit notes billed in its open period gave back off the receivable (closes)
+    # customer -> money its re-rates billed in its open period gave back off the receivable (closes)
     corrections: Mapping[str, tuple[Unapplied, ...]] = msgspec.field(default_factory=dict)
     ids: Callable[[str], str] = new_id
 

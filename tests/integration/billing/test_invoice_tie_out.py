@@ -12,6 +12,7 @@ postings and the charge records, independently of the rollups:
 - the amount due is that, when positive; balances move by exactly the period's postings, each
   period opening where the one before closed;
 - top-ups, grants and expirations are the period's cash, promotions and breakage postings;
+- what the invoices leave open (amount due less paid) is what the receivable says is owed;
 and over both customers the invoices sum to their revenue postings. All exact, to the unit."""
 from __future__ import annotations
 
@@ -267,6 +268,12 @@ async def _example(url: str, ops: list[tuple], price: str) -> dict[str, list[dic
             invoiced += _check_customer(cid, invoices[cid], facts)
             revenue -= sum(amount for _, _, code, amount in facts["posted"] if code == chart.revenue_account("USD"))
         assert invoiced == revenue  # over both customers: the invoices are their revenue postings
+        # every period with entries is invoiced: what the invoices leave open is what is owed, no
+        # more, no less (holds given back first: what they keep on credit is owed by no invoice)
+        await expire_reservations(db, end + timedelta(days=400))
+        for cid in customers:
+            left = sum(units(i["amount_due"]) - units(i["amount_paid"]) for i in await bk.invoices(cid))
+            assert left == (await bk.service.wallet(cid)).receivable, cid
         return invoices
     finally:
         await db.dispose()

@@ -415,3 +415,30 @@ async def test_a_credit_note_larger_than_the_next_period_s_usage_pays_the_invoic
     assert paid.status == "paid"
     assert (await wallet(bk, cid)).receivable == 0
     await verified(bk)
+
+
+async def test_a_re_rate_billed_after_its_period_ended_but_before_its_close_pays_that_invoice(
+        fixed: BillingKit) -> None:
+    """A re-rate run after the charges' period ended but before it closed is billed in the period
+    of its own time (no credit note: nothing was invoiced yet), while the corrected charges are on
+    the earlier invoice: the money it gave back off the receivable made the later period's amount
+    due negative (shown as 0) and the earlier invoice stayed open for more than was owed (found by
+    the tie-out property). By hand: November $10.01 on the receivable; on December 5th the fix
+    ($8/M) gives $2.00 back off it, billed in December; November's invoice has $2.00 of it paid and
+    $8.01 left, what is owed."""
+    bk = fixed
+    cid = await bk.customer("late-fix", billing_mode="postpaid", book="fix")
+    await bk.event(cid, "model-a", 1_000_000, 0, at=datetime(2026, 11, 10, tzinfo=UTC))
+    await bk.add_book(V2)
+    bk.clock.now = datetime(2026, 12, 5, tzinfo=UTC)
+    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    assert done["credit_notes"] == [] and done["delta"] == "-2.00"
+    await bk.close(datetime(2027, 1, 1, 1, 0, tzinfo=UTC))
+    november, december = await bk.invoices(cid)
+    assert (november["amount_due"], december["amount_due"], december["total"]) == ("10.01", "0.00", "-2.00")
+    assert (await wallet(bk, cid)).receivable == 8_010_000_000
+    assert (november["payment_status"], november["amount_paid"]) == ("partially_paid", "2.00"), november
+    assert [(p["amount"], p["reference"]) for p in november["payments"]] == [("2.00", f"rerate:{done['rerate_id']}")]
+    paid = await bk.pay(cid, november["id"], "8.01", "wire-1")
+    assert paid.status == "paid"
+    await verified(bk)
