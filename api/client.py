@@ -17,7 +17,8 @@ timeouts, 408, 429, 502, 503 and 504, until an answer or a deadline (by default 
 hold plus `settle_margin_s`, never under 60 s). One the SDK cannot deliver goes to a local spool
 file (api/spool.py), written as soon as a first attempt fails or is interrupted (a cancelled task,
 Ctrl-C: it goes on after the write), and `SettlementSpooled` is raised;
-the spool is re-sent when a client next starts on it, or by `tokentill spool flush`. The server
+the spool is re-sent in the background when a client next starts on it (settles in bulk,
+api/client_replay.py), or by `tokentill spool flush`. The server
 charges a late settle once, even after its hold expired. Other calls retry briefly.
 """
 from __future__ import annotations
@@ -59,6 +60,7 @@ from api.client_errors import (
     raise_for,
 )
 from api.client_journal import AsyncJournalReads, JournalReads
+from api.client_replay import ReplayThread, SpoolReplay, replay_logged
 from api.client_reservations import (
     AsyncReservation,
     Reservation,
@@ -142,6 +144,12 @@ class _Base:
         elif not self.spool_silently:
             raise spooled
 
+    def _replay_of(self, send_bulk: Any, send_one: Any) -> SpoolReplay | None:
+        """The replay of what an earlier run left in this client's spool; None when there is none."""
+        if self.spool is None:
+            return None
+        return SpoolReplay([self.spool], send_bulk, send_one, self._policy)
+
     def _resend_request(self, record: SpoolRecord) -> dict[str, Any]:
         return self._request(record.method, record.path, record.body, record.idempotency_key)
 
@@ -191,7 +199,9 @@ class _Pending:
 
 
 class Client(_Base, JournalReads):
-    """Synchronous client. With `flush_spool` (the default) the constructor re-sends its spool.
+    """Synchronous client. With `flush_spool` (the default) the constructor starts a thread that
+    re-sends its spool (api/client_replay.py) while the client's calls go ahead; `wait_replay`
+    waits for it, `close` stops it.
     With `background_settle`, a block's exit queues its settle durably and a thread of the client
     sends the queue (api/background.py); `close` drains it for at most `drain_timeout_s`."""
 
@@ -201,8 +211,20 @@ class Client(_Base, JournalReads):
         self._http = httpx.Client(transport=transport, timeout=timeout)
         self._background = ThreadedSettler(self.spool, self._base_url + SETTLEMENTS_PATH, self._headers,
                                            self._policy, timeout) if self.spool and self._background_settle else None
-        if flush_spool:
-            self._flush_at_start()
+        replay = self._replay_of(self._send_settlements, self._resend_in_thread) if flush_spool else None
+        self._replay = ReplayThread(replay) if replay is not None else None
+
+    async def _send_settlements(self, items: list[dict[str, Any]]) -> httpx.Response:
+        return await asyncio.to_thread(self._http.post, self._base_url + SETTLEMENTS_PATH, json=items,
+                                       headers=self._headers)
+
+    async def _resend_in_thread(self, record: SpoolRecord) -> tuple[str, str]:
+        return await asyncio.to_thread(self.resend, record)
+
+    def wait_replay(self, timeout: float | None = None) -> FlushReport | None:
+        """Wait, at most `timeout`, for the replay of the spool the client started with; its report
+        (an empty one without a replay), None while it goes on."""
+        return self._replay.wait(timeout) if self._replay is not None else FlushReport()
 
     def _queue(self, path: str, body: Any, key: str, reservation_id: str) -> bool:
         """Queue a settle in the background, durably; False when not in that mode (or the spool
@@ -276,15 +298,6 @@ class Client(_Base, JournalReads):
             return "unreachable", describe(exc)
         return delivery.flush_outcome(response), f"{response.status_code} {response.text[:300]}"
 
-    def _flush_at_start(self) -> None:
-        try:
-            report = self.flush_spool(wait=False)  # another flusher at work: leave it to them
-        except (OSError, httpx.HTTPError):
-            log.exception("could not flush the spool")
-            return
-        if report.delivered or report.rejected or report.kept:
-            log.warning("spool %s: %s", self.spool.path if self.spool else "-", report)
-
     def reserve(self, customer: str, model: str, **kwargs: Any) -> Reservation:
         return Reservation(self, self.reserve_body(customer, model, **kwargs), self.counter)
 
@@ -295,6 +308,8 @@ class Client(_Base, JournalReads):
         return self._call("POST", path, body, key=key)
 
     def close(self) -> None:
+        if self._replay is not None:
+            self._replay.stop()
         if self._background is not None:
             self._background.close(self._drain_timeout_s)
             self._background = None
@@ -308,16 +323,19 @@ class Client(_Base, JournalReads):
 
 
 class AsyncClient(_Base, AsyncJournalReads):
-    """Asynchronous client. With `flush_spool` (the default) it re-sends its spool on `__aenter__`
-    or its first call, whichever comes first. With `background_settle`, a block's exit queues its
-    settle durably (api/background.py) instead of waiting for it; `aclose` drains the queue for at
-    most `drain_timeout_s`, and what is left stays in the spool."""
+    """Asynchronous client. With `flush_spool` (the default) it starts a task re-sending its spool
+    (api/client_replay.py) on `__aenter__` or its first call, whichever comes first, and goes on
+    with the call at once; `wait_replay` waits for the task, `aclose` stops it. With
+    `background_settle`, a block's exit queues its settle durably (api/background.py) instead of
+    waiting for it; `aclose` drains the queue for at most `drain_timeout_s`, and what is left stays
+    in the spool."""
 
     def __init__(self, base_url: str, api_key: str, *, transport: httpx.AsyncBaseTransport | None = None,
                  timeout: float = 10.0, flush_spool: bool = True, **kwargs: Any) -> None:
         super().__init__(base_url, api_key, **kwargs)
         self._http = httpx.AsyncClient(transport=transport, timeout=timeout)
         self._flush_pending = flush_spool
+        self._replay: asyncio.Task[FlushReport | None] | None = None
         self._background = BackgroundSettler(self.spool, self._send_settlements, self._policy) \
             if self.spool and self._background_settle else None
         self._exits: set[asyncio.Task[Any]] = set()  # block exits (and releases) sending on their own
@@ -432,14 +450,18 @@ class AsyncClient(_Base, AsyncJournalReads):
     async def _flush_at_start(self) -> None:
         if not self._flush_pending:
             return
-        self._flush_pending = False  # once; calls made meanwhile go ahead
-        try:
-            report = await self.flush_spool(wait=False)
-        except (OSError, httpx.HTTPError):
-            log.exception("could not flush the spool")
-            return
-        if report.delivered or report.rejected or report.kept:
-            log.warning("spool %s: %s", self.spool.path if self.spool else "-", report)
+        self._flush_pending = False  # once
+        replay = self._replay_of(self._send_settlements, self.resend)
+        if replay is not None:
+            self._replay = asyncio.create_task(replay_logged(replay))
+
+    async def wait_replay(self) -> FlushReport | None:
+        """Wait for the replay of the spool the client started with (bound it with
+        `asyncio.timeout`); its report (an empty one without a replay), None if it was stopped."""
+        if self._replay is None:
+            return FlushReport()
+        await asyncio.wait([self._replay])
+        return None if self._replay.cancelled() else self._replay.result()
 
     def reserve(self, customer: str, model: str, **kwargs: Any) -> AsyncReservation:
         return AsyncReservation(self, self.reserve_body(customer, model, **kwargs), self.counter)
@@ -451,6 +473,9 @@ class AsyncClient(_Base, AsyncJournalReads):
         return await self._call("POST", path, body, key=key)
 
     async def aclose(self) -> None:
+        if self._replay is not None:  # stopped: what it has not sent stays in the spool
+            self._replay.cancel()
+            await asyncio.gather(self._replay, return_exceptions=True)
         if self._exits:  # exits whose callers were cancelled: let them finish, then interrupt (spool)
             _, late = await asyncio.wait(set(self._exits), timeout=self._drain_timeout_s)
             for task in late:

@@ -192,8 +192,12 @@ def retry_after(response: httpx.Response) -> float | None:
 
 def flush_outcome(response: httpx.Response) -> str:
     """What a re-sent spooled call's answer means: delivered, rejected, kept, or unreachable."""
-    status = response.status_code
-    if response.is_success:
+    return status_outcome(response.status_code)
+
+
+def status_outcome(status: int) -> str:
+    """`flush_outcome` of a status (a bulk settle's item has one of its own)."""
+    if 200 <= status < 300:
         return "delivered"
     if status in KEEP_SPOOLED:  # before DURABLE_RETRY: a 408 says nothing about the server's state
         return "kept"

@@ -163,6 +163,10 @@ class Spool:
         finally:
             os.close(fd)
 
+    def take_flush_lock(self) -> int | None:
+        """The flush lock's descriptor (close it to let go), or None when another flusher holds it."""
+        return self._acquire(self.flush_lock_path, False)
+
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         fd = self._acquire(self.lock_path, True)

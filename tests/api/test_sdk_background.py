@@ -126,8 +126,8 @@ async def test_what_a_close_could_not_drain_stays_spooled_and_the_next_client_se
     await tt.aclose()
     [record] = Spool(tt.spool.path).records()
     assert record.path == f"/v1/reservations/{r.id}/settle" and record.idempotency_key == f"{r.id}:settle:0"
-    async with AsyncClient(url, ADMIN):  # a client on the same spool re-sends it as it starts
-        pass
+    async with AsyncClient(url, ADMIN) as again:  # a client on the same spool re-sends it as it starts
+        await again.wait_replay()
     assert_charged_once(url, r.id, customer)
     assert not tt.spool.path.exists()
 

@@ -257,8 +257,9 @@ async def test_the_async_client_spools_and_the_next_one_re_sends_on_start(live, 
     await asyncio.sleep(1.1)
     assert await expire_reservations(db) >= 1
     assert reservation(url, r.id)["status"] == "expired"
-    async with AsyncClient(url, ADMIN):  # a new client on the same spool re-sends it as it starts
-        pass
+    async with AsyncClient(url, ADMIN) as again:  # a new client on the same spool re-sends it as it starts
+        report = await again.wait_replay()
+    assert report is not None and report.delivered == 1
     assert_charged_once(url, r.id, customer)
     assert not list(spool_dir.glob("*.jsonl"))
 
@@ -359,8 +360,8 @@ async def test_a_task_cancelled_while_its_settle_is_in_flight_and_closed_before_
     assert reservation(url, r.id)["status"] == "held", "the settle never reached the server"
     [record] = [rec for path in spool_dir.glob("*.jsonl") for rec in Spool(path).records()]
     assert (record.path, record.idempotency_key) == (f"/v1/reservations/{r.id}/settle", f"{r.id}:settle:0")
-    async with AsyncClient(url, ADMIN):  # the next client on the spool sends it
-        pass
+    async with AsyncClient(url, ADMIN) as again:  # the next client on the spool sends it
+        await again.wait_replay()
     assert_charged_once(url, r.id, customer)
     assert not list(spool_dir.glob("*.jsonl"))
 
