@@ -66,17 +66,25 @@ def estimate_upper_bound(
     overrides: Overrides | None = None,
     scale: int = DEFAULT_SCALE,
     input_audio_tokens: int = 0,
+    prior_context_tokens: int | None = None,
 ) -> Rating:
     """The most a call can cost: prompt at input price (the `input_audio_tokens` of it, audio the
     caller counted, at the audio input price, else input's), output budget at the dearest output-side
     price (pricing.units.OUTPUT_TYPES; the first of equals), plus any per-request fee; rounded
     once like any entry. Prices tiered by prompt size are taken at the tier the estimated prompt
     reaches (a prompt estimated past 272k tokens holds at the long-context price); rules with
-    hours at the time of the reserve."""
+    hours at the time of the reserve.
+
+    `prior_context_tokens` (not None): the call continues a conversation the provider bills as
+    input but `prompt_tokens` does not count (OpenAI's `previous_response_id`): the prompt is held
+    at the model's context window as the book names it (pricing.books: the rules that price its
+    input and output, else the version's), else at `prior_context_tokens`; never below its count."""
     errors: list[dict[str, str]] = []
     check_count(prompt_tokens, "prompt_tokens", errors)
     check_count(max_output_tokens, "max_output_tokens", errors)
     check_count(input_audio_tokens, "input_audio_tokens", errors)
+    if prior_context_tokens is not None:
+        check_count(prior_context_tokens, "prior_context_tokens", errors)
     if not errors and input_audio_tokens > prompt_tokens:
         errors.append(field_error("input_audio_tokens", "is part of prompt_tokens: at most it"))
     if errors:
@@ -87,6 +95,10 @@ def estimate_upper_bound(
     dims = probe.dimension_dict
     utc = probe.occurred_at  # hours are UTC windows, whatever the offset `at` was given in
     minute = utc.hour * 60 + utc.minute if resolved.timed else None
+    if prior_context_tokens is not None:
+        rules = (resolved.resolve(t, model, dims, minute) for t in ("input", "output"))
+        window = resolved.context_window_for(rule.id for rule in rules if rule is not None)
+        prompt_tokens = max(prompt_tokens, window if window is not None else prior_context_tokens)
 
     def line(token_type: str, quantity: int) -> Line | None:
         rule = resolved.resolve(token_type, model, dims, minute)

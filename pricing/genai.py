@@ -15,6 +15,7 @@ cannot express is listed with the reason instead.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -247,6 +248,19 @@ def _rule(model: str, leaf: str, context: tuple[tuple[str, str], ...], hours: tu
         rule["hours"] = format_hours(hours)
         rule["label"] = ", ".join(filter(None, [rule.get("label"), "off-peak"]))
     return rule
+
+
+@functools.lru_cache(maxsize=4096)  # model names are the callers': bounded
+def context_window(provider_id: str, model: str) -> int | None:
+    """The context window (most input and output tokens of one call) genai-prices' snapshot gives
+    the provider's model, as its own lookup finds the model by name; None when it knows none.
+    The first call loads the snapshot (about a second): call it off an event loop."""
+    from genai_prices.data import providers
+
+    provider = next((p for p in providers if p.id == provider_id), None)
+    found = provider.find_model(model) if provider is not None else None
+    window = getattr(found, "context_window", None)
+    return window if isinstance(window, int) and window > 0 else None
 
 
 def provider_books(provider_id: str | None = None, model_id: str | None = None, *,

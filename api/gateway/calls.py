@@ -31,6 +31,10 @@ What the provider bills as input but the body does not show:
   that audio as input: held at AUDIO_REFERENCE_TOKENS of audio, the most audio an answer can
   have. In the hold only (`hold_audio_tokens`): a settle without the provider's usage (a cut
   stream) charges the body's own count, not the bound.
+- A responses call that continues a conversation (`previous_response_id`, `conversation`) is
+  billed the earlier turns as input: `prior_context` marks it, and its hold counts the model's
+  context window (pricing.estimate), not the body alone; its settle, the provider's usage (without
+  it, a cut stream: the body's count, as any call's).
 """
 from __future__ import annotations
 
@@ -98,6 +102,7 @@ class Call:
     usage_chunk_wanted: bool = True  # a chat stream's usage-only chunk reaches the caller
     prompt_audio_tokens: int = 0  # of both prompt counts, audio (priced as input_audio)
     hold_audio_tokens: int = 0  # of prompt_tokens, audio: prompt_audio_tokens plus audio referred to by id
+    prior_context: bool = False  # the provider bills earlier turns the body does not show
 
 
 def _count(value: Any, name: str) -> int | None:
@@ -316,6 +321,8 @@ def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: Token
         raise CallError("background", "a background response cannot be metered by the gateway: call without it")
     stream = body.get("stream") is True and kind != EMBEDDINGS
     prompt_tokens, raw_tokens, audio_tokens, referred = count_prompt(kind, body, model, counter)
+    prior = kind == RESPONSES and (body.get("previous_response_id") is not None
+                                   or body.get("conversation") is not None)
     cap, changed = _output_cap(kind, body, default_max_output)
     wanted = True
     if stream and kind == CHAT:
@@ -326,4 +333,5 @@ def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: Token
             body["stream_options"] = {**options, "include_usage": True}
             changed = True
     return Call(kind, model, stream, prompt_tokens, raw_tokens, cap,
-                msgspec.json.encode(body) if changed else raw, wanted, audio_tokens, audio_tokens + referred)
+                msgspec.json.encode(body) if changed else raw, wanted, audio_tokens, audio_tokens + referred,
+                prior)

@@ -29,6 +29,9 @@ class GatewaySettings:
     anthropic_url: str = ANTHROPIC_URL
     anthropic_key: str | None = None  # sent upstream as x-api-key
     default_max_output_tokens: int = 4096  # the output cap a call that sets none is held for, and sent with
+    # The prompt held for a call that continues a conversation (previous_response_id, conversation)
+    # when neither its price book nor genai-prices knows the model's context window.
+    context_hold_tokens: int = 400_000
     hold_seconds: int = 600  # a gateway reservation's TTL: longer than any call should take
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 600.0  # the longest an upstream may stay silent (between stream events too)
@@ -51,6 +54,7 @@ class GatewaySettings:
             anthropic_url=upstream_url(env, "TOKENTILL_UPSTREAM_ANTHROPIC", ANTHROPIC_URL),
             anthropic_key=env.get("TOKENTILL_UPSTREAM_ANTHROPIC_KEY") or None,
             default_max_output_tokens=_positive(env, "TOKENTILL_GATEWAY_MAX_OUTPUT_TOKENS", 4096),
+            context_hold_tokens=_positive(env, "TOKENTILL_GATEWAY_CONTEXT_HOLD_TOKENS", 400_000),
             hold_seconds=_positive(env, "TOKENTILL_GATEWAY_HOLD_SECONDS", 600),
             read_timeout_s=float(_positive(env, "TOKENTILL_GATEWAY_READ_TIMEOUT_SECONDS", 600)),
             upstream_ca=_readable_file(env, "TOKENTILL_GATEWAY_UPSTREAM_CA"),

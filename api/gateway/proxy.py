@@ -47,6 +47,7 @@ from ledger.db import RetriesExhaustedError, is_unavailable
 from ledger.errors import LedgerError
 from ledger.model import request_hash
 from pricing.errors import PricingError
+from pricing.genai import context_window
 from pricing.tokens import TokenCounter
 from wallets.commands import MAX_TTL_SECONDS, Extend, Reserve, ReserveResult
 from wallets.core.idempotency import refusal_body
@@ -245,15 +246,20 @@ class Exchange:
 
     async def _reserve(self, call: Call, customer: str, principal: Principal) -> ReserveResult:
         started = time.perf_counter()
+        prior = None
+        if call.prior_context:  # the earlier turns: the model's context window, unless its book names one
+            prior = await asyncio.to_thread(context_window, self.provider, call.model) \
+                or self.gw.settings.context_hold_tokens
         estimate = {"source": "gateway", "input_tokens": call.prompt_tokens,
                     "max_output_tokens": call.max_output_tokens,
-                    **({"input_audio_tokens": call.hold_audio_tokens} if call.hold_audio_tokens else {})}
+                    **({"input_audio_tokens": call.hold_audio_tokens} if call.hold_audio_tokens else {}),
+                    **({"prior_context_tokens": prior} if prior is not None else {})}
         command = Reserve(
             customer_id=customer, request_id=self.request_id, model=call.model,
             ttl_seconds=self.gw.settings.hold_seconds,
             request_hash=request_hash({"gateway": f"{self.provider}.{self.kind}", "model": call.model, **estimate}),
             prompt_tokens=call.prompt_tokens, max_output_tokens=call.max_output_tokens, estimate=estimate,
-            prompt_audio_tokens=call.hold_audio_tokens,
+            prompt_audio_tokens=call.hold_audio_tokens, prior_context_tokens=prior,
             dimensions=self.dimensions)
         try:
             result = await self.gw.wallets.submit(command)

@@ -345,6 +345,34 @@ def test_responses_are_charged_their_usage(live, stream):
     assert wallet(url, cid) == (Decimal("10") - RESPONSES_CHARGE, 0)
 
 
+@pytest.mark.parametrize(("model", "context"), [("gpt-test", 400_000), ("gpt-4o", 128_000)])
+def test_a_response_that_continues_a_conversation_is_held_for_the_models_context_window(live, model, context):
+    # gpt-4o: genai-prices' 128,000 tokens; gpt-test, a model it does not know:
+    # TOKENTILL_GATEWAY_CONTEXT_HOLD_TOKENS' default, 400,000
+    url, _ = live
+    cid, key = customer(live)
+    raw = oai(url, key).responses.with_raw_response.create(model=model, input="hi", previous_response_id="resp_1",
+                                                           max_output_tokens=1000)
+    # the earlier turns OpenAI bills as input (was: "hi" and the overhead, 7 or 8 tokens)
+    assert Decimal(raw.headers["x-tokentill-reserved"]) == (context * IN + 1000 * OUT) / M + CALL
+    assert charged(url, raw.headers["x-tokentill-request-id"]) == RESPONSES_CHARGE  # the provider's usage
+    assert wallet(url, cid) == (Decimal("10") - RESPONSES_CHARGE, 0)
+
+
+def test_a_continued_conversations_stream_cut_upstream_is_charged_the_body_not_the_hold(live):
+    url, _ = live
+    _, key = customer(live)
+    with pytest.raises(openai.APIError, match="upstream stream failed"):
+        with oai(url, key).responses.with_streaming_response.create(
+                model="gpt-test-drop", input="hi", conversation="conv_1", stream=True) as response:
+            request_id, reserved = response.headers["x-tokentill-request-id"], response.headers["x-tokentill-reserved"]
+            list(response.parse())
+    assert Decimal(reserved) == (400_000 * IN + 1000 * OUT) / M + CALL
+    # no usage came: "hi", a token, 3 for its message and 3 for the reply, and the 10 tokens
+    # generated, as any cut call (not the 400,000 tokens held for the earlier turns)
+    assert charged(url, request_id) == (7 * IN + fk.DROP_AFTER * OUT) / M + CALL
+
+
 def test_embeddings_are_charged_their_input_tokens(live):
     url, _ = live
     cid, key = customer(live)

@@ -50,6 +50,9 @@ class Reserve(Command):
     prompt_tokens: int | None = None
     max_output_tokens: int | None = None
     prompt_audio_tokens: int = 0  # of prompt_tokens, audio: held at the audio input price
+    # the call continues a conversation prompt_tokens does not count: its prompt is held at the
+    # book's context window for the model, else at this (pricing.estimate)
+    prior_context_tokens: int | None = None
     dimensions: Mapping[str, Any] = field(default_factory=dict)
     estimate: Mapping[str, Any] | None = None  # what is stored about the estimate
 

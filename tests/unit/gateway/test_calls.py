@@ -253,3 +253,16 @@ def test_an_earlier_answers_audio_referred_to_by_id_is_held_at_the_most_audio_an
     # settled without the provider's usage (a cut stream): the body's own count, not the bound
     assert again.prompt_raw_tokens <= base.prompt_raw_tokens
     assert again.prompt_audio_tokens == 0
+
+
+@pytest.mark.parametrize(("kind", "extra", "prior"), [
+    (RESPONSES, {"previous_response_id": "resp_abc"}, True),
+    (RESPONSES, {"conversation": "conv_abc"}, True),
+    (RESPONSES, {"conversation": {"id": "conv_abc"}}, True),
+    (RESPONSES, {}, False),
+    (CHAT, {"previous_response_id": "resp_abc"}, False),  # no such field: the body is the whole prompt
+])
+def test_a_responses_call_that_continues_a_conversation_is_marked_for_its_earlier_turns(kind, extra, prior):
+    prompt = {"input": "hi"} if kind == RESPONSES else {"messages": HI}
+    c = call(kind, {"model": "gpt-4o", "max_output_tokens": 10, **prompt, **extra})
+    assert c.prior_context is prior

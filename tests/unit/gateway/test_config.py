@@ -26,3 +26,11 @@ def test_upstream_urls_are_http_or_https_with_a_host_and_lose_their_trailing_sla
         with pytest.raises(SystemExit, match="TOKENTILL_UPSTREAM_OPENAI must be an http"):
             GatewaySettings.from_env({"TOKENTILL_UPSTREAM_OPENAI": bad})
 
+
+
+def test_the_context_held_for_a_continued_conversation_is_read_and_checked():
+    assert GatewaySettings.from_env({}).context_hold_tokens == 400_000
+    assert GatewaySettings.from_env({"TOKENTILL_GATEWAY_CONTEXT_HOLD_TOKENS": "128000"}).context_hold_tokens == 128_000
+    for bad in ("0", "-5", "lots"):
+        with pytest.raises(SystemExit, match="TOKENTILL_GATEWAY_CONTEXT_HOLD_TOKENS must be a positive"):
+            GatewaySettings.from_env({"TOKENTILL_GATEWAY_CONTEXT_HOLD_TOKENS": bad})

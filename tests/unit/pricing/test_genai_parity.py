@@ -192,3 +192,12 @@ def test_rating_the_imported_books_agrees_with_genai_prices_over_the_whole_snaps
     assert models >= 2300 and cases >= 4 * 2300
     assert set(skipped) == {"groq/whisper-large-v3", "groq/whisper-large-v3-turbo"}
     assert SINCE_ALWAYS < UNTIL
+
+
+def test_the_snapshot_gives_a_models_context_window_by_genai_prices_own_lookup():
+    from pricing.genai import context_window
+
+    # genai-prices' data: gpt-4o 128,000 tokens, gpt-5 400,000 (a dated name finds its model)
+    assert context_window("openai", "gpt-4o") == 128_000
+    assert context_window("openai", "gpt-5-2025-08-07") == 400_000
+    assert context_window("openai", "gpt-test") is None and context_window("nobody", "gpt-4o") is None

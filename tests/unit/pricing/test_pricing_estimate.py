@@ -7,7 +7,7 @@ from pricing_testkit import AT, version, worked_example_version
 from pricing.errors import InvalidUsageError, UnpricedModelError
 from pricing.estimate import estimate_request, estimate_upper_bound
 from pricing.overrides import ContractPrice, Discount, Overrides
-from pricing.parse import parse_book
+from pricing.parse import parse_book, parse_version
 from pricing.tokens import TokenCounter
 
 REASONER = version(
@@ -161,3 +161,47 @@ def test_estimate_request_accepts_counts_messages_or_a_prompt():
         )
     with pytest.raises(InvalidUsageError):
         estimate_request(worked_example_version(), "model-a", {"prompt": "x"}, {}, AT)
+
+
+# ------------------------------------------------------------- earlier turns the body does not show
+
+WINDOWED = version(
+    {"id": "w-in", "model": "windowed", "token_type": "input", "price": "1", "context_window": 128_000},
+    {"id": "w-out", "model": "windowed", "token_type": "output", "price": "2"},
+    {"id": "p-in", "model": "plain", "token_type": "input", "price": "1"},
+    {"id": "p-out", "model": "plain", "token_type": "output", "price": "2"},
+)
+
+
+def test_a_call_that_continues_a_conversation_holds_its_prompt_at_the_books_context_window():
+    rating = estimate_upper_bound(WINDOWED, "windowed", 500, 1000, {}, AT, prior_context_tokens=400_000)
+    assert [(ln.token_type, ln.quantity) for ln in rating.lines] == [("input", 128_000), ("output", 1000)]
+    assert rating.total == Decimal("0.130")  # 128,000 x $1/M + 1,000 x $2/M (was 0.0025: the body's 500)
+    alone = estimate_upper_bound(WINDOWED, "windowed", 500, 1000, {}, AT)
+    assert alone.lines[0].quantity == 500  # a call that carries its whole prompt: its count
+
+
+def test_a_book_that_knows_no_context_window_holds_the_context_the_caller_gives():
+    rating = estimate_upper_bound(WINDOWED, "plain", 500, 1000, {}, AT, prior_context_tokens=400_000)
+    assert rating.lines[0].quantity == 400_000 and rating.total == Decimal("0.402")
+
+
+def test_a_prompt_counted_past_the_context_it_continues_is_held_at_its_count():
+    rating = estimate_upper_bound(WINDOWED, "windowed", 200_000, 10, {}, AT, prior_context_tokens=400_000)
+    assert rating.lines[0].quantity == 200_000
+
+
+def test_the_context_held_reaches_the_long_context_tier():
+    tiered = parse_version({"id": "t", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "format": 2,
+                            "rules": [{"id": "in", "model": "long", "token_type": "input", "price": "1",
+                                       "prompt_tiers": [{"above": 272_000, "price": "2"}]},
+                                      {"id": "out", "model": "long", "token_type": "output", "price": "2"}]})
+    rating = estimate_upper_bound(tiered, "long", 100, 0, {}, AT, prior_context_tokens=400_000)
+    assert (rating.lines[0].quantity, rating.lines[0].unit_price, rating.total) == (400_000, Decimal("2"),
+                                                                                    Decimal("0.8"))
+
+
+@pytest.mark.parametrize("bad", [-1, True, 1.5])
+def test_a_bad_prior_context_is_refused(bad):
+    with pytest.raises(InvalidUsageError):
+        estimate_upper_bound(WINDOWED, "plain", 500, 1000, {}, AT, prior_context_tokens=bad)
