@@ -98,6 +98,7 @@ def _view(row: Any) -> dict[str, Any]:
     paid = int(row.paid)
     return {**row.content, "content_hash": row.content_hash,
             "payment_status": payment_status(int(row.amount_due), paid), "amount_paid": money(paid),
+            "amount_remaining": money(max(0, int(row.amount_due) - paid)),
             "payments": [{**p, "amount": money(int(p["amount"]))} for p in row.payments]}
 
 

@@ -36,9 +36,10 @@ class PaymentResponse(msgspec.Struct):
     reference: str
     amount: str
     amount_paid: str
-    amount_due: str
+    amount_due: str  # the invoice's, as issued
     payment_status: str
     entry_id: int | None
+    amount_remaining: str = ""  # what is still owed on it after this payment (amount_due - amount_paid)
 
 
 class CloseRequest(msgspec.Struct):
@@ -53,7 +54,8 @@ CloseBody = Annotated[dict[str, Any], json_body(CloseRequest)]
 
 def _payment(result: PaymentResult) -> PaymentResponse:
     return PaymentResponse(result.invoice_id, result.number, result.reference, money(result.amount) or "0",
-                           money(result.paid) or "0", money(result.amount_due) or "0", result.status, result.entry_id)
+                           money(result.paid) or "0", money(result.amount_due) or "0", result.status, result.entry_id,
+                           money(max(0, result.amount_due - result.paid)) or "0")
 
 
 PAID = Answer(_payment, PaymentResult)

@@ -78,6 +78,9 @@ async def test_payments_are_idempotent_and_never_exceed_the_amount_due(client, s
     first = await client.post(path, headers=keyed, json={"amount": "0.05", "reference": "wire-1"})
     assert first.status_code == 201, first.text
     assert first.json()["payment_status"] == "partially_paid" and first.json()["amount_paid"] == "0.05"
+    assert (first.json()["amount_due"], first.json()["amount_remaining"]) == ("0.15", "0.10")  # as issued; still owed
+    partly = (await client.get(path.removesuffix("/payments"), headers=ADMIN)).json()
+    assert (partly["amount_due"], partly["amount_paid"], partly["amount_remaining"]) == ("0.15", "0.05", "0.10")
     again = await client.post(path, headers=keyed, json={"amount": "0.05", "reference": "wire-1"})
     assert again.status_code == 201 and again.headers["idempotent-replayed"] == "true"
     assert again.content == first.content
@@ -87,10 +90,11 @@ async def test_payments_are_idempotent_and_never_exceed_the_amount_due(client, s
     assert other_amount.status_code == 409, other_amount.text
     rest = await client.post(path, headers=ADMIN, json={"amount": "0.10", "reference": "wire-2"})
     assert rest.status_code == 201 and rest.json()["payment_status"] == "paid", rest.text
+    assert rest.json()["amount_remaining"] == "0.00"
     view = (await client.get(path.removesuffix("/payments"), headers=ADMIN)).json()
     assert view["payment_status"] == "paid" and [p["amount"] for p in view["payments"]] == ["0.05", "0.10"]
-    assert {k: view[k] for k in invoice if k not in ("payment_status", "amount_paid", "payments")} == \
-        {k: invoice[k] for k in invoice if k not in ("payment_status", "amount_paid", "payments")}
+    after = ("payment_status", "amount_paid", "amount_remaining", "payments")  # the rest is frozen
+    assert {k: view[k] for k in invoice if k not in after} == {k: invoice[k] for k in invoice if k not in after}
     wallet = (await client.get("/v1/customers/payer/wallet", headers=ADMIN)).json()
     assert wallet["receivable"] == "0.00"
     db = connect(scratch_url, pool_size=1)
