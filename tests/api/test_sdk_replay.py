@@ -161,3 +161,51 @@ def test_two_processes_starting_on_one_spool_charge_each_settle_once(live, spool
         assert not left or tt.flush_spool().delivered == 0
     assert_each_charged_once(url, customers, ids)
     assert not list(spool_dir.glob("*.jsonl"))
+
+
+class NoBulkAfterAnOutage(httpx.BaseTransport):
+    """Forwards to the real server, but the first bulk call meets a connection error, and later
+    ones a 404, as from a server without POST /v1/settlements."""
+
+    def __init__(self) -> None:
+        self.inner, self.paths = httpx.HTTPTransport(), []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.paths.append(request.url.path)
+        if request.url.path == "/v1/settlements":
+            if self.paths.count("/v1/settlements") == 1:
+                raise httpx.ConnectError("connection refused", request=request)
+            return httpx.Response(404, json={"status": 404, "code": "not_found", "detail": "no such route"})
+        return self.inner.handle_request(request)
+
+
+def test_the_replay_sends_again_after_a_connection_error_and_one_by_one_without_the_bulk_endpoint(
+        live, spool_dir):
+    url, book = live
+    customers, ids = spooled_settles(url, book, spool_dir, 5)
+    transport = NoBulkAfterAnOutage()
+    with Client(url, ADMIN, transport=transport, backoff_s=0.01) as tt:
+        report = tt.wait_replay(timeout=60)
+    assert report is not None and (report.delivered, report.kept, report.rejected) == (5, 0, 0)
+    assert transport.paths[:2] == ["/v1/settlements", "/v1/settlements"]
+    assert sorted(transport.paths[2:]) == sorted(f"/v1/reservations/{i}/settle" for i in ids)
+    for reservation_id in ids:
+        view = reservation(url, reservation_id)
+        assert view["status"] == "settled" and Decimal(view["charged"]) == CHARGED and len(view["charges"]) == 1
+    assert available(url, customers[0]) == Decimal("10") - 5 * CHARGED
+    assert not list(spool_dir.glob("*.jsonl"))
+
+
+def test_a_settle_the_bulk_call_refuses_goes_to_the_rejected_file_and_the_others_are_charged(live, spool_dir):
+    url, book = live
+    customers, ids = spooled_settles(url, book, spool_dir, 3)
+    with Client(url, ADMIN, spool=False, flush_spool=False) as other:
+        other.release(ids[0])  # closed meanwhile: its spooled settle is refused (409), for good
+    with Client(url, ADMIN) as tt:
+        report = tt.wait_replay(timeout=60)
+    assert report is not None and (report.delivered, report.rejected, report.kept) == (2, 1, 0)
+    [rejected] = [path for path in spool_dir.iterdir() if path.name.endswith(".rejected")]
+    assert ids[0] in rejected.read_text() and "reservation_closed" in rejected.read_text()
+    assert reservation(url, ids[0])["status"] == "released"
+    assert available(url, customers[0]) == Decimal("10") - 2 * CHARGED
+    assert not list(spool_dir.glob("*.jsonl"))
