@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import uuid
 from collections.abc import Coroutine, Mapping
 from dataclasses import replace
@@ -213,6 +214,7 @@ class Client(_Base, JournalReads):
                                            self._policy, timeout) if self.spool and self._background_settle else None
         replay = self._replay_of(self._send_settlements, self._resend_in_thread) if flush_spool else None
         self._replay = ReplayThread(replay) if replay is not None else None
+        self._abandoned: set[threading.Thread] = set()  # releases of reserves interrupted before their answer
 
     async def _send_settlements(self, items: list[dict[str, Any]]) -> httpx.Response:
         return await asyncio.to_thread(self._http.post, self._base_url + SETTLEMENTS_PATH, json=items,
@@ -242,6 +244,37 @@ class Client(_Base, JournalReads):
     def _call(self, method: str, path: str, body: Any = None, *, key: str | None = None) -> dict[str, Any]:
         request = self._request(method, path, body, key)
         return raise_for(delivery.call(lambda: self._http.request(**request), self._short()))
+
+    def _reserve_entry(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A block's reserve. Interrupted before its answer (Ctrl-C), the server may have made the
+        hold all the same: a thread of the client asks again with the same request id and
+        Idempotency-Key (the first hold is answered, or made now) and releases it, while the
+        interruption goes on at once; `close`, and the interpreter's exit, wait for that thread."""
+        key = f"sdk_{uuid.uuid4().hex}"  # kept, so that the release finds this very hold
+        try:
+            return self._call("POST", "/v1/reservations", body, key=key)
+        except Exception:
+            raise  # answered (a refusal), or never taken: no hold this client knows of
+        except BaseException:
+            thread = threading.Thread(target=self._release_abandoned, args=(body, key), daemon=False,
+                                      name="tokentill-release-interrupted-reserve")
+            self._abandoned.add(thread)
+            thread.start()
+            raise
+
+    def _release_abandoned(self, body: dict[str, Any], key: str) -> None:
+        request_id = body.get("request_id")
+        try:
+            data = self._call("POST", "/v1/reservations", body, key=key)
+            path, release, key, reservation_id = release_call(data["id"], None)
+            self._deliver(path, release, key, reservation_id, seconds_until(data.get("expires_at")))
+        except SettlementSpooled as spooled:
+            log.warning("the release of interrupted reserve %s: %s", request_id, spooled)
+        except Exception as exc:  # refused: no hold was made; unreachable: it lasts until it expires
+            log.warning("interrupted reserve %s not released (%s); any hold it made lasts until it expires",
+                        request_id, describe(exc))
+        finally:
+            self._abandoned.discard(threading.current_thread())
 
     def _deliver(self, path: str, body: Any, key: str, reservation_id: str | None,
                  hold_left_s: float | None) -> dict[str, Any]:
@@ -310,6 +343,8 @@ class Client(_Base, JournalReads):
     def close(self) -> None:
         if self._replay is not None:
             self._replay.stop()
+        for thread in list(self._abandoned):  # releases of interrupted reserves: let them finish
+            thread.join(self._drain_timeout_s)
         if self._background is not None:
             self._background.close(self._drain_timeout_s)
             self._background = None

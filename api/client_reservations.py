@@ -134,7 +134,7 @@ class _Reservation:
 
 class Reservation(_Reservation):
     def __enter__(self) -> Reservation:
-        self.data = self._client._call("POST", "/v1/reservations", self._body)
+        self.data = self._client._reserve_entry(self._body)
         self._entered_at = time.monotonic()
         return self
 

@@ -500,3 +500,37 @@ async def test_a_task_cancelled_while_its_reserve_is_answered_leaves_no_hold(liv
     async with AsyncClient(url, ADMIN) as admin:
         wallet = await admin.get(f"/v1/customers/{customer}/wallet")
     assert Decimal(wallet["reserved"]) == 0 and Decimal(wallet["available"]) == Decimal("10")
+
+
+class CtrlCWhileReserveIsAnswered(httpx.BaseTransport):
+    """Forwards to the real server; once the server has made the first reserve's hold, Ctrl-C
+    arrives (SIGINT, to the main thread) while its answer is still on the way back."""
+
+    def __init__(self) -> None:
+        self.inner, self.interrupted = httpx.HTTPTransport(), False
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        if request.url.path == "/v1/reservations" and not self.interrupted:
+            self.interrupted = True
+            response.read()
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            time.sleep(0.5)  # the answer, late: the interrupt comes first
+        return response
+
+
+def test_ctrl_c_while_a_reserves_answer_is_on_its_way_leaves_no_hold(live, spool_dir):
+    """Ctrl-C while the reserve is answered: the caller never sees the reservation, but the server
+    made its hold. The client releases it, rather than keep the customer's money held until it
+    expires (an hour here)."""
+    url, book = live
+    customer = new_customer(url, book)
+    transport = CtrlCWhileReserveIsAnswered()
+    with Client(url, ADMIN, transport=transport) as tt:
+        with pytest.raises(KeyboardInterrupt):
+            with tt.reserve(customer, "model-a", input_tokens=1000, max_output_tokens=500, ttl_seconds=3600):
+                raise AssertionError("never entered")
+    assert transport.interrupted
+    wallet = httpx.get(f"{url}/v1/customers/{customer}/wallet", headers={"Authorization": f"Bearer {ADMIN}"}).json()
+    assert Decimal(wallet["reserved"]) == 0 and Decimal(wallet["available"]) == Decimal("10")
+    assert not [rec for path in spool_dir.glob("*.jsonl") for rec in Spool(path).records()]
