@@ -229,7 +229,9 @@ def connect(url: str, *, pool_size: int = 10, pool_timeout_s: float = 5.0,
         pool_timeout=pool_timeout_s,
         pool_pre_ping=False,
         connect_args={"prepare_threshold": 1, "connect_timeout": max(2, math.ceil(pool_timeout_s)),
-                      "options": f"-c idle_in_transaction_session_timeout={idle_in_transaction_ms}"},
+                      # TimeZone: every time read back is UTC, as the API spells times, whatever
+                      # the server's own setting (initdb takes the host's zone)
+                      "options": f"-c idle_in_transaction_session_timeout={idle_in_transaction_ms} -c TimeZone=UTC"},
     )
     event.listen(engine.sync_engine, "connect", _decode_json_with_msgspec)
     return Database(engine, writer_idle_ms=min(writer_idle_ms, idle_in_transaction_ms))

@@ -301,3 +301,29 @@ async def test_a_committed_event_wakes_the_dispatcher_without_waiting_for_its_po
             customer = await _low_balance(client)
             [got] = await hook.wait_for(for_customer(customer), within=10)
             assert got.webhook_id.startswith("evt_")
+
+
+async def test_times_are_utc_whatever_time_zone_the_database_server_has(scratch_url):
+    """API.md: times are RFC 3339 UTC. A PostgreSQL server whose TimeZone is not UTC (initdb takes
+    the host's) gave every time read back from it in its own offset: the envelope's `timestamp`
+    of a webhook, an endpoint's created_at, the delivery log ("2026-12-03T10:47:42-05:00")."""
+    import psycopg
+
+    with psycopg.connect(scratch_url, autocommit=True) as conn:
+        conn.execute("DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET timezone TO %L', current_database(), "
+                     "'America/New_York'); END $$")
+    async with AsyncTestClient(app=create_app(FAST, scratch_url)) as client:
+        client.headers.update(ADMIN)
+        with receiver() as hook:
+            endpoint = await _endpoint(client, hook.url, ["balance.low"])
+            assert endpoint["created_at"].endswith("Z"), endpoint
+            customer = await _low_balance(client)
+            [got] = await hook.wait_for(for_customer(customer))
+            event = _verified(endpoint["secret"], got)
+            assert event["timestamp"].endswith("Z") and event["data"]["created_at"].endswith("Z"), event
+            for _ in range(100):
+                [delivery] = (await client.get(f"/v1/webhook-endpoints/{endpoint['id']}/deliveries")).json()["items"]
+                if delivery["status"] != "pending":
+                    break
+                await asyncio.sleep(0.05)
+            assert delivery["event_at"].endswith("Z") and delivery["last_attempt_at"].endswith("Z"), delivery
