@@ -38,7 +38,7 @@ READERS = ("inference", "auditor", "customer")  # a customer's data: its wallet,
 WRITERS = ("customer",)  # admin keys, and a customer's own key
 
 
-class CreateBudgetRequest(msgspec.Struct):
+class CreateBudgetRequest(msgspec.Struct, forbid_unknown_fields=True):  # a typo is a 422, never dropped
     customer_id: Identifier
     window: Window
     metric: Metric

@@ -24,6 +24,8 @@ BAD_CREATES = [
     ({"thresholds": [1001]}, "thresholds[0]"), ({"window": "week"}, "window"),
     ({"window": "request", "metric": "requests", "limit": 3}, "metric"), ({"model": ""}, "model"),
     ({"dimensions": {"a": 1}}, "dimensions"), ({"name": "x" * 201}, "name"),
+    # a misspelt field was dropped: "timezone" made a budget of UTC days, "threshold" one that never alerts
+    ({"timezone": "America/New_York"}, "body"), ({"threshold": [80]}, "body"),
 ]
 
 
