@@ -281,6 +281,14 @@ async def open_reservations(conn: AsyncConnection, customer_id: str, limit: int 
              "created_at": when(r.created_at), "expires_at": when(r.expires_at)} for r in rows]
 
 
+async def is_top_up(conn: AsyncConnection, customer_id: str, lot_id: str) -> bool:
+    """Whether `lot_id` is a lot that a top-up of the customer's opened (spent or not)."""
+    found = await conn.execute(text(
+        "SELECT 1 FROM lots WHERE lane = ledger_lane(:c) AND id = :l AND customer_id = :c AND kind = 'topup'"),
+        {"c": customer_id, "l": lot_id})
+    return found.first() is not None
+
+
 async def customer_ids(conn: AsyncConnection, visible: Sequence[str] | None, prefix: str = "",
                        limit: int = 100) -> list[str]:
     """Ids of the customers a key sees (None: all), those starting with `prefix`, in order."""

@@ -8,6 +8,7 @@ from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 
+import msgspec
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath, QueryParameter
@@ -15,13 +16,13 @@ from litestar.response import Redirect, Template
 
 from api.console.web import PREFIX, allow, render, viewer
 from api.routes.budgets import budget_response
-from api.routes.customers import READERS, customer_response, grant_response, wallet_response
-from api.routes.wire import amount_in, body_hash, time_in
+from api.routes.customers import CREDITED, READERS, customer_response, wallet_response
+from api.routes.wire import amount_in, answered, body_hash, time_in
 from ledger.errors import LedgerError
 from pricing.money import format_amount, parse_amount
 from wallets import reports
 from wallets.chart import ASSET_SCALE
-from wallets.commands import TOPUP_PRIORITY, CreditResult, TopUp
+from wallets.commands import TOPUP_PRIORITY, TopUp
 from wallets.core.idempotency import IdemKey
 from wallets.errors import WalletValidationError
 
@@ -36,6 +37,8 @@ async def wallet_page(state: State, request: Request, customer_id: FromPath[str]
     customer = customer_response(await wallets.get_customer(customer_id))
     wallet = wallet_response(await wallets.wallet(customer_id))
     holds = await state.services.db.read(lambda conn: reports.open_reservations(conn, customer_id, limit=10))
+    if credited and not await state.services.db.read(lambda conn: reports.is_top_up(conn, customer_id, credited)):
+        credited = None  # confirms only a top-up of this customer's (its lot may be spent already)
     return render(request, "customer/wallet.html", customer=customer, wallet=wallet, holds=holds,
                   credited=credited, section="wallet")
 
@@ -128,8 +131,10 @@ async def top_up_form(state: State, request: Request, customer_id: FromPath[str]
 
 def _top_up_form(request: Request, customer: Any, form: dict[str, str], errors: dict[str, str],
                  status: int = 200) -> Template:
+    """The form, with a new one-time key: a refused form's key keeps its refusal, so the
+    corrected form must be a new request."""
     return render(request, "customer/top_up.html", status=status, customer=customer, form=form, errors=errors,
-                  idempotency_key=form.get("idempotency_key") or secrets.token_urlsafe(16), section="top-up")
+                  idempotency_key=secrets.token_urlsafe(16), section="top-up")
 
 
 def _top_up_command(request: Request, customer_id: str, form: dict[str, str]) -> TopUp:
@@ -162,8 +167,17 @@ async def top_up(state: State, request: Request, customer_id: FromPath[str]) -> 
     try:
         result = await state.services.wallets.submit(_top_up_command(request, customer_id, form))
     except LedgerError as exc:
-        fields = exc.context.get("fields") or [{"field": "amount", "message": exc.detail}]
-        errors = {f["field"]: f["message"] for f in fields}
-        return _top_up_form(request, customer, form, errors, status=422)
-    grant = grant_response(result.grant).id if isinstance(result, CreditResult) else result.body.get("grant_id")
+        return _refused(request, customer, form, exc.context.get("fields"), exc.detail, 422)
+    # the API's answer, fresh or kept: the same form again answers as the first did, a refusal included
+    status, body, _ = answered(request, result, CREDITED)
+    answer = msgspec.json.decode(body)
+    if status >= 400:
+        return _refused(request, customer, form, answer.get("fields"), str(answer.get("detail", "")), status)
+    grant = answer["grant_id"]
     return Redirect(f"{PREFIX}/customers/{customer_id}?credited={grant}", status_code=303)
+
+
+def _refused(request: Request, customer: Any, form: dict[str, str], fields: Any, detail: str,
+             status: int) -> Template:
+    fields = fields or [{"field": "amount", "message": detail}]
+    return _top_up_form(request, customer, form, {f["field"]: f["message"] for f in fields}, status=status)

@@ -1,0 +1,127 @@
+"""The console's top-up form (admins): a refused form never reads as a recorded top-up, and a
+corrected form goes through."""
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from api.app import create_app
+from api.demo import PRICE_BOOK
+from api.settings import Settings
+
+ADMIN_KEY = "console-top-up-admin"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+def _field(html: str, name: str) -> str:
+    return re.search(rf'name="{name}"[^>]*? value="([^"]*)"', html).group(1)
+
+
+@pytest.fixture(scope="module")
+async def console(database_url):
+    app = create_app(Settings(admin_key=ADMIN_KEY, scheduler=False), database_url)
+    async with AsyncTestClient(app=app, base_url="https://console.test") as client:
+        book = f"tbook-{uuid.uuid4().hex[:8]}"
+        assert (await client.post("/v1/price-books", headers=ADMIN, json={**PRICE_BOOK, "id": book})).status_code == 201
+        token = _field((await client.get("/console/sign-in")).text, "_csrf_token")
+        signed = await client.post("/console/sign-in", data={"key": ADMIN_KEY, "_csrf_token": token},
+                                   follow_redirects=False)
+        assert signed.status_code == 303
+        yield client, book, token
+
+
+async def _customer(client, book: str) -> str:
+    customer = f"topup-{uuid.uuid4().hex[:8]}"
+    created = await client.post("/v1/customers", headers=ADMIN, json={"id": customer, "price_book": book})
+    assert created.status_code == 201
+    return customer
+
+
+async def _lots(client, customer: str) -> list[dict]:
+    return (await client.get(f"/v1/customers/{customer}/wallet", headers=ADMIN)).json()["grants"]
+
+
+async def test_a_refused_top_up_sent_again_is_refused_again_not_reported_as_recorded(console):
+    """The form sent twice (a reload, a double click) after the first was refused (an expiry in
+    the past): the second is a replay of the refusal. It redirected to the wallet with
+    "Top-up recorded: lot None" while nothing was recorded."""
+    client, book, token = console
+    customer = await _customer(client, book)
+    form = await client.get(f"/console/customers/{customer}/top-up")
+    yesterday = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
+    sent = {"_csrf_token": token, "idempotency_key": _field(form.text, "idempotency_key"), "amount": "25.00",
+            "reference": "wire 7", "priority": "100", "expires_on": yesterday}
+    for _ in range(2):
+        answer = await client.post(f"/console/customers/{customer}/top-up", data=sent, follow_redirects=False)
+        assert answer.status_code == 422, (answer.status_code, answer.headers.get("location"))
+        assert "The top-up was not recorded" in answer.text and "must be in the future" in answer.text
+        assert "Top-up recorded" not in answer.text
+    assert await _lots(client, customer) == []
+
+
+async def test_a_refused_top_up_corrected_and_sent_again_is_recorded_once(console):
+    """After a refusal the form comes back with the admin's values and a new one-time key: the
+    corrected form is a new top-up. It came back with the refused form's key, so the corrected
+    form was refused as "Idempotency-Key … was used with another request" until a reload."""
+    client, book, token = console
+    customer = await _customer(client, book)
+    form = await client.get(f"/console/customers/{customer}/top-up")
+    first = _field(form.text, "idempotency_key")
+    sent = {"_csrf_token": token, "idempotency_key": first, "amount": "25.00", "reference": "wire 8",
+            "priority": "100", "expires_on": (datetime.now(UTC) - timedelta(days=1)).date().isoformat()}
+    refused = await client.post(f"/console/customers/{customer}/top-up", data=sent, follow_redirects=False)
+    assert refused.status_code == 422
+    assert _field(refused.text, "amount") == "25.00" and _field(refused.text, "reference") == "wire 8"
+    again = _field(refused.text, "idempotency_key")
+    assert again != first
+    corrected = {**sent, "idempotency_key": again, "expires_on": ""}
+    for _ in range(2):  # a double click: one top-up
+        done = await client.post(f"/console/customers/{customer}/top-up", data=corrected, follow_redirects=False)
+        assert done.status_code == 303, done.text[:500]
+    lots = await _lots(client, customer)
+    assert [(lot["kind"], lot["granted"], lot["reference"]) for lot in lots] == [("topup", "25.00", "wire 8")]
+    assert done.headers["location"] == f"/console/customers/{customer}?credited={lots[0]['id']}"
+
+
+async def test_the_wallet_confirms_only_a_top_up_that_is_one_of_the_customers_lots(console):
+    """`?credited=` on the wallet page said "Top-up recorded: lot X" for any X: a link could
+    tell an admin a top-up was recorded when none was."""
+    client, book, token = console
+    customer = await _customer(client, book)
+    forged = await client.get(f"/console/customers/{customer}?credited=lot_paid_in_full")
+    assert forged.status_code == 200 and "Top-up recorded" not in forged.text
+    form = await client.get(f"/console/customers/{customer}/top-up")
+    done = await client.post(f"/console/customers/{customer}/top-up", follow_redirects=False, data={
+        "_csrf_token": token, "idempotency_key": _field(form.text, "idempotency_key"), "amount": "3.50",
+        "reference": "", "priority": "100", "expires_on": ""})
+    lot = (await _lots(client, customer))[0]["id"]
+    shown = await client.get(done.headers["location"])
+    assert f"Top-up recorded: lot <code>{lot}</code>" in shown.text
+    other = await _customer(client, book)  # another customer's lot is not this wallet's top-up
+    assert "Top-up recorded" not in (await client.get(f"/console/customers/{other}?credited={lot}")).text
+
+
+async def test_a_top_up_that_only_paid_what_was_owed_is_confirmed_too(console):
+    """A prepaid customer's top-up first pays what is owed: a top-up of exactly that leaves an
+    empty lot, which the wallet no longer lists; the page still confirms it."""
+    client, book, token = console
+    customer = await _customer(client, book)
+    used = await client.post("/v1/usage-events", headers=ADMIN, json=[{
+        "event_id": f"owed-{customer}", "customer_id": customer, "model": "model-a",
+        "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "usage": {"input_tokens": 1000}}])
+    assert used.status_code == 200, used.text
+    owed = (await client.get(f"/v1/customers/{customer}/wallet", headers=ADMIN)).json()["receivable"]
+    assert owed != "0.00"
+    form = await client.get(f"/console/customers/{customer}/top-up")
+    done = await client.post(f"/console/customers/{customer}/top-up", follow_redirects=False, data={
+        "_csrf_token": token, "idempotency_key": _field(form.text, "idempotency_key"), "amount": owed,
+        "reference": "", "priority": "100", "expires_on": ""})
+    assert done.status_code == 303
+    wallet = (await client.get(f"/v1/customers/{customer}/wallet", headers=ADMIN)).json()
+    assert wallet["receivable"] == "0.00" and wallet["grants"] == []
+    lot = done.headers["location"].partition("credited=")[2]
+    assert f"Top-up recorded: lot <code>{lot}</code>" in (await client.get(done.headers["location"])).text
