@@ -24,6 +24,9 @@ from wallets.errors import ConflictError, NotFoundError, WalletValidationError
 from wallets.periods import DEFAULT_GRACE_S, DEFAULT_TERMS_DAYS, Cycle, close_due_at, period_of
 
 T = TypeVar("T")
+# The scope of the claims bulk calls take on their Idempotency-Keys (WalletService.claim): its own,
+# so that a claim is never replayed as an answer. A scope is "http:<API key id>"; ids hold no "#".
+CLAIM_SCOPE = "#claim"
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,10 +121,23 @@ class WalletService:
         """Outcomes of a bulk call's commands, in order; domain errors are returned, not raised."""
         return await self.engine.submit_many(commands)
 
-    async def replayed(self, idem: IdemKey) -> Replayed | None:
-        """The stored answer under an idempotency key, if any (a conflict if the body differs)."""
-        loaded = await self.db.read(lambda conn: store.load(conn, (), idempotency=[(idem.scope, idem.key)]))
-        return idempotency.check_key(loaded.idempotency.get((idem.scope, idem.key)), idem)
+    async def claim(self, idem: IdemKey) -> Replayed | None:
+        """Before a bulk call's effects: the answer kept under its key, if any, to replay (a
+        conflict if the body differs); else the key is claimed for this body, so that a call with
+        another body under the same key, even one sent at the same moment, is refused before it
+        moves anything. The claim is kept apart from the answer (which `remember` keeps after
+        the effects), under the same lock: a call with the same body goes ahead, each of its
+        items idempotent on its own, and is answered what the first call answered."""
+        claims = (idem.scope + CLAIM_SCOPE, idem.key)
+
+        async def work(conn: AsyncConnection) -> Replayed | None:
+            loaded = await store.load(conn, (), idempotency=[(idem.scope, idem.key), claims])
+            kept = idempotency.check_key(loaded.idempotency.get((idem.scope, idem.key)), idem)
+            if kept is None and idempotency.check_key(loaded.idempotency.get(claims), idem) is None:
+                await store.write(conn, {"idempotency": [idempotency.row(*claims, idem.request_hash, OK, {})]})
+            return kept
+
+        return await self.db.run(work, locks=[lock_key(f"idempotency:{idem.scope}:{idem.key}")])
 
     async def remember(self, idem: IdemKey, body: Any, code: str = OK) -> Any:
         """Keep the answer (`code`, `body`) of a call whose effects were idempotent each on their

@@ -142,7 +142,7 @@ async def settle_many(state: State, request: Request, data: SettlementsBody) -> 
     first answered, and a settle sent singly and in bulk under one key is charged once."""
     items: list[Any] = shaped(data, Annotated[list[Any], msgspec.Meta(max_length=MAX_SETTLES)])
     idem = idempotency(request, data)
-    replay = await state.services.wallets.replayed(idem) if idem is not None else None
+    replay = await state.services.wallets.claim(idem) if idem is not None else None
     if replay is not None:
         return respond(request, replay, COMPOSED)
     lookups = asyncio.Semaphore(LOOKUPS)

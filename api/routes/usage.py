@@ -84,7 +84,7 @@ async def post_usage_events(state: State, request: Request,
     events: list[UsageEvent] = shaped(data, UsageEvents)
     idem = idempotency(request, data)
     wallets = state.services.wallets
-    replay = await wallets.replayed(idem) if idem is not None else None
+    replay = await wallets.claim(idem) if idem is not None else None
     if replay is not None:
         return respond(request, replay, COMPOSED)
     principal = principal_of(request)
