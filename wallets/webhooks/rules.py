@@ -14,10 +14,16 @@ from urllib.parse import urlsplit
 
 from wallets.errors import WalletValidationError
 
-# Event families written to the outbox; a topic is one of their events, `family.*` or `*`.
-FAMILIES = ("balance", "wallet", "reservation", "grant", "invoice", "budget", "webhook_endpoint")
+# The events written to the outbox, by family; a topic is one of them, `family.*` or `*` (an event
+# the family does not have is refused: a misspelt one subscribed to nothing)
+EVENTS = {"balance": ("low",), "wallet": ("blocked", "unblocked"), "reservation": ("expired",),
+          "grant": ("expired",), "invoice": ("finalized", "paid"), "budget": ("threshold_crossed", "exceeded"),
+          "webhook_endpoint": ("disabled",)}
+FAMILIES = tuple(EVENTS)
+TOPICS = tuple(f"{family}.{event}" for family, events in EVENTS.items() for event in events)
 # the language check_topics takes, published as the OpenAPI pattern of a topic (no \d, no lookarounds)
-TOPIC_PATTERN = (r"^(?:\*|(?:" + "|".join(FAMILIES) + r")\.(?:\*|[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)*))$")
+TOPIC_PATTERN = (r"^(?:\*|(?:" + "|".join(FAMILIES) + r")\.\*|"
+                 + "|".join(re.escape(t) for t in TOPICS) + ")$")
 _TOPIC = re.compile(TOPIC_PATTERN)
 MAX_TOPICS = 64
 MAX_URL = 2048
@@ -44,8 +50,8 @@ def check_topics(topics: list[str], field: str = "topics") -> list[str]:
         raise WalletValidationError(field, f"at most {MAX_TOPICS} topics")
     for i, topic in enumerate(topics):
         if not isinstance(topic, str) or _TOPIC.fullmatch(topic) is None:  # fullmatch: no trailing newline
-            raise WalletValidationError(f"{field}[{i}]", "a topic is \"*\", \"<family>.*\" or \"<family>.<event>\""
-                                        f" (such as balance.low), with a family among {', '.join(FAMILIES)}")
+            raise WalletValidationError(f"{field}[{i}]", "a topic is \"*\", \"<family>.*\" (a family among "
+                                        f"{', '.join(FAMILIES)}) or an event: {', '.join(TOPICS)}")
     return list(dict.fromkeys(topics))
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 import base64
 import ipaddress
 import random
+import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -12,6 +14,7 @@ from hypothesis import strategies as st
 
 from wallets.errors import WalletValidationError
 from wallets.webhooks.rules import (
+    TOPIC_PATTERN,
     AddressPolicy,
     RetryPolicy,
     check_destination,
@@ -35,6 +38,29 @@ def test_a_topic_outside_the_known_families_is_refused_by_position(topics, field
     with pytest.raises(WalletValidationError) as refused:
         check_topics(topics)
     assert refused.value.context["fields"][0]["field"] == field
+
+
+@pytest.mark.parametrize("topics, field", [
+    (["budget.threshold"], "topics[0]"), (["balance.lowe"], "topics[0]"),
+    (["*", "budget.thresholds_crossed"], "topics[1]"), (["invoice.finalised"], "topics[0]"),
+    (["webhook_endpoint.disabled.x"], "topics[0]")])
+def test_an_event_its_family_does_not_have_is_refused_by_position(topics, field):
+    # a misspelt event of a known family was taken, and the endpoint subscribed to nothing
+    with pytest.raises(WalletValidationError) as refused:
+        check_topics(topics)
+    assert refused.value.context["fields"][0]["field"] == field
+    assert "budget.threshold_crossed" in refused.value.context["fields"][0]["message"]  # says which there are
+
+
+def test_every_event_written_to_the_outbox_is_a_topic_an_endpoint_may_name():
+    root = Path(__file__).resolve().parents[3]
+    written = {m for path in root.glob("wallets/**/*.py") for m in re.findall(
+        r"""(?:\.event\(|_TOPIC = |topic = )[^"\n]*"([a-z_]+\.[a-z_]+)"(?: if [^"\n]* else "([a-z_]+\.[a-z_]+)")?""",
+        path.read_text())}
+    topics = {t for pair in written for t in pair if t}
+    assert {"budget.threshold_crossed", "invoice.paid", "wallet.unblocked", "webhook_endpoint.disabled"} <= topics
+    assert check_topics(sorted(topics)) == sorted(topics)
+    assert all(re.fullmatch(TOPIC_PATTERN, t) for t in topics)
 
 
 @pytest.mark.parametrize("url", ["https://hooks.example.com/tokentill", "http://127.0.0.1:8080/x?y=1"])
