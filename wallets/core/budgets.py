@@ -32,6 +32,7 @@ METRICS = ("money", "tokens", "input_tokens", "output_tokens", "requests")
 MODES = ("hard", "soft")
 ROLLING = timedelta(seconds=60)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # the one window of a lifetime budget
+LOADED = timedelta(days=31)  # calendar windows younger than this are loaded whole (wallets.store: 32 days)
 THRESHOLD_TOPIC = "budget.threshold_crossed"
 EXCEEDED_TOPIC = "budget.exceeded"
 _INPUT_SIDE = ("input", "cached_input", "cache_write")
@@ -222,12 +223,27 @@ def on_settle(state: State, w: Wallet, r: Reservation, cost: int, tokens: Mappin
             continue
         effects.append(BudgetCounted(w.customer.id, r.id, bh.budget_id, bh.window_start, bh.metric, -freed, used))
         b = w.budgets.get(bh.budget_id)
-        if b is not None and used > freed and counts_now(b, bh.window_start, now):
-            before_used, before_held = counted(b, now)
+        figures = None if b is None or used <= freed else _counted_in(b, bh.window_start, now)
+        if figures is not None:
+            before_used, before_held = figures
             before = before_used + before_held
             effects += crossed(state, b, w.customer.currency, before, before + used - freed,
                                before_held - freed, bh.window_start, r.id, now)
     return effects
+
+
+def _counted_in(b: Budget, start: datetime, now: datetime) -> tuple[int, int] | None:
+    """(used, held) of the budget's window starting at `start`, where an amount counted there
+    crosses its thresholds: the window current at `now`, or a calendar window that has rolled
+    over since (a hold settled after midnight, usage reported late), if the load read it (it
+    reads 32 days back; an older window is not known whole). None: a rolling minute's second
+    that has lapsed, or a window older than that."""
+    if counts_now(b, start, now):
+        return counted(b, now)
+    if b.window in ("day", "month") and now - start < LOADED and start in b.windows:
+        used, held = b.windows[start]
+        return used, held
+    return None
 
 
 def on_usage(state: State, w: Wallet, event_id: str, model: str, dimensions: Mapping[str, Any], cost: int,
@@ -244,9 +260,10 @@ def on_usage(state: State, w: Wallet, event_id: str, model: str, dimensions: Map
         if b.window == "request" or not used:
             continue
         start = window_start(b, occurred_at)
+        figures = _counted_in(b, start, now)
         effects.append(BudgetCounted(w.customer.id, key, b.id, start, b.metric, 0, used, opened=True))
-        if counts_now(b, start, now):
-            before_used, held = counted(b, now)
+        if figures is not None:
+            before_used, held = figures
             effects += crossed(state, b, w.customer.currency, before_used + held, before_used + held + used, held,
                                start, key, now)
     return effects

@@ -11,6 +11,7 @@ from sqlalchemy import text
 from wallet_kit import Kit, usd
 
 from wallets.budgets import BudgetSpec
+from wallets.commands import RecordUsage
 from wallets.errors import BudgetExceededError
 from wallets.service import CustomerSpec
 
@@ -155,3 +156,35 @@ async def test_a_budget_without_a_time_zone_follows_its_customers(kit: Kit):
     assert (view.budget.time_zone, view.window_start) == ("Asia/Tokyo", datetime(2026, 11, 23, 15, 0, tzinfo=UTC))
     await kit.reserve(cid, "z1", amount="1.00")
     assert (await kit.service.budgets.get(tokyo_budget)).held == 1
+
+
+async def test_a_settle_after_the_rollover_that_takes_the_held_window_past_a_threshold_alerts_there(
+        shared_kit: Kit):
+    """A hold counts in the window it was taken in, and so does its settle: the settle that takes
+    that window past a threshold after it rolled over crosses it there, and says so. It alerted
+    only while the window was still the current one: a request held at 23:00 and settled after
+    midnight for more than the day's limit passed it without a word."""
+    kit, clock = shared_kit, shared_kit.clock
+    november = datetime(2026, 11, 1, 4, 0, tzinfo=UTC)  # Nov 1 00:00 in New York
+    clock.now = datetime(2026, 12, 1, 4, 0, tzinfo=UTC)  # Nov 30 23:00 in New York
+    cid = await kit.customer("late")
+    await kit.top_up(cid, "100.00")
+    budget_id = await _budget(kit, cid, window="month", metric="money", limit=usd("10.00"), mode="soft",
+                              thresholds=(50, 100, 200), time_zone="America/New_York")
+    held = await kit.reserve(cid, "l1", amount="4.00")  # 40 %: no alert yet
+    clock.now = datetime(2026, 12, 1, 5, 30, tzinfo=UTC)  # December in New York
+    await kit.settle(cid, held.reservation.id, input_tokens=12000)  # $12.00, counted in November
+    assert await _window(kit, budget_id, november) == (usd("12.00"), 0)
+    # a post-hoc usage event of November, reported in December, counts there too
+    await kit.service.submit(RecordUsage(customer_id=cid, event_id="late-e1", model="model-x",
+                                        occurred_at=datetime(2026, 11, 30, 12, 0, tzinfo=UTC),
+                                        request_hash=b"late-e1", tokens={"input": 9000}, usage={"input": 9000}))
+    assert await _window(kit, budget_id, november) == (usd("21.00"), 0)
+    rows = await kit.db.read(lambda conn: conn.execute(text(
+        "SELECT payload FROM outbox WHERE customer_id = :c AND topic = 'budget.threshold_crossed' ORDER BY id"),
+        {"c": cid}))
+    alerts = [(p["threshold"], p["window_start"], p["resets_at"], p["used"], p["held"]) for (p,) in rows]
+    assert alerts == [(50, "2026-11-01T04:00:00Z", "2026-12-01T05:00:00Z", "12.00", "0.00"),
+                      (100, "2026-11-01T04:00:00Z", "2026-12-01T05:00:00Z", "12.00", "0.00"),
+                      (200, "2026-11-01T04:00:00Z", "2026-12-01T05:00:00Z", "21.00", "0.00")]
+    assert (await kit.verify()).ok
