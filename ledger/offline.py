@@ -5,8 +5,10 @@ contract keeps it so), for an auditor who holds a copy and does not trust our se
 
 It recomputes every entry's hash from its fields and compares it with the hash its seal stored,
 recomputes each seal's chain hash from those, checks that each seal follows the one before it,
-that a seal's entries are all there and in its order, and that every entry balances per asset.
-Memory is one seal's entry ids at a time (and the ids of the entries no seal covers yet).
+that a seal's entries are all there and in its order, that every entry balances per asset, and
+that each posting's asset is that of the account record of its code (the hash covers the code,
+not the asset). Memory is one seal's entry ids at a time, the ids of the entries no seal covers
+yet, and each account's asset.
 """
 from __future__ import annotations
 
@@ -39,6 +41,10 @@ def _hash(value: object) -> bool:
     return type(value) is str and _HASH.fullmatch(value) is not None
 
 
+def _txid(value: object) -> bool:
+    return type(value) is str and value.isascii() and value.isdigit()
+
+
 def _posting(value: object) -> bool:
     return (type(value) is list and len(value) == 5 and _int(value[0]) and _text(value[1]) and _int(value[2])
             and _int(value[3]) and _text(value[4]))
@@ -47,7 +53,8 @@ def _posting(value: object) -> bool:
 # The fields each record must carry, and what each must be: a record that is otherwise (an edited
 # file) is named as such, rather than stopping the verifier.
 _SHAPES = {
-    "seal": {"id": _int, "from_txid": _text, "to_txid": _text, "prev_hash": _hash, "chain_hash": _text,
+    "account": {"code": _text, "asset": _text},
+    "seal": {"id": _int, "from_txid": _txid, "to_txid": _txid, "prev_hash": _hash, "chain_hash": _text,
              "entry_ids": lambda v: type(v) is list and all(_int(i) for i in v)},
     "entry": {"id": _int, "key": _text, "request_hash": _text, "kind": _text,
               "customer_id": lambda v: v is None or _text(v), "metadata": lambda v: True, "txid": _text,
@@ -94,6 +101,9 @@ class _Verifier:
         self.in_unsealed = False
         self.ended = False
         self.unsealed_ids: set[int] = set()  # a seal's own ids are checked when it closes
+        # account code -> asset, from the account records: a posting's asset is not in the entry's hash
+        # (its account code is), so it is checked against the account it names
+        self.assets: dict[str, str] = {}
 
     def line(self, number: int, raw: bytes) -> None:
         try:
@@ -111,7 +121,7 @@ class _Verifier:
             if kind == "seal":  # its entries are then checked against no seal
                 self.close_seal()
                 self.seal = None
-            else:
+            elif kind == "entry":
                 self.report.entries += 1
         elif kind == "export":
             self.report.whole = bool(rec.get("whole", True))
@@ -128,7 +138,12 @@ class _Verifier:
             if rec.get("entries") != self.report.entries:
                 self.report.fail(f"the end record counts {rec.get('entries')} entries, the file holds "
                                  f"{self.report.entries}")
-        elif kind != "account":
+        elif kind == "account":
+            known = self.assets.setdefault(rec["code"], rec["asset"])
+            if known != rec["asset"]:
+                self.report.fail(f"line {number}: account {rec['code']} is listed again with another asset "
+                                 f"({rec['asset']}, was {known})")
+        else:
             self.report.fail(f"line {number}: unknown record type {kind!r}")
 
     def start_seal(self, rec: dict) -> None:
@@ -147,6 +162,9 @@ class _Verifier:
         elif self.report.whole:  # a window may skip seals; a whole export may not
             self.report.fail(f"seal {rec['id']} does not follow seal {prev['id']}: its range does not "
                              "start where that seal's ends")
+        elif int(rec["from_txid"]) < int(prev["to_txid"]):  # seals are written in txid order
+            self.report.fail(f"seal {rec['id']} does not follow seal {prev['id']}: its range starts before "
+                             "that seal's ends (a seal repeated, or seals out of order)")
         else:
             self.report.gaps += 1
         self.prev = rec
@@ -163,6 +181,11 @@ class _Verifier:
         sums: dict[str, int] = defaultdict(int)
         for p in postings:
             sums[p[4]] += p[3]
+            listed = self.assets.get(p[1])
+            if listed is None:
+                self.report.fail(f"entry {entry_id} posts to {p[1]}, which the file lists no account record for")
+            elif listed != p[4]:
+                self.report.fail(f"entry {entry_id} posts {p[4]} to {p[1]}, an account in {listed}")
         if any(sums.values()) or len(postings) < 2:
             self.report.fail(f"entry {entry_id} does not balance: {dict(sums)}")
         seal = self.seal

@@ -16,12 +16,14 @@ ENTRY = {"type": "entry", "seal": 1, "id": 1, "key": "k", "request_hash": "ab", 
          "customer_id": "a", "metadata": {}, "txid": "5", "occurred_at": "2026-01-01T00:00:00.000000",
          "postings": POSTINGS}
 DIGEST = entry_digest(1, "k", "ab", "topup", "a", {}, "5", "2026-01-01T00:00:00.000000", [p[:4] for p in POSTINGS])
+ACCOUNTS = [{"type": "account", "code": code, "asset": "USD"} for code in ("asset:platform:cash:USD",
+                                                                       "liability:customer:a:lot:x")]
 SEAL = {"type": "seal", "id": 1, "from_txid": "0", "to_txid": "10", "prev_hash": GENESIS.hex(),
         "chain_hash": chain(GENESIS, [DIGEST]).hex(), "sealed_at": "2026-01-01T00:00:01.000000Z", "entry_ids": [1]}
 
 
 def _file(seal: dict, entry: dict) -> list[bytes]:
-    records = [{"type": "export", "whole": True}, seal, {**entry, "sealed_hash": DIGEST.hex()},
+    records = [{"type": "export", "whole": True}, *ACCOUNTS, seal, {**entry, "sealed_hash": DIGEST.hex()},
                {"type": "unsealed", "from_txid": "10"}, {"type": "end", "entries": 1}]
     return [json.dumps(r).encode() for r in records]
 
@@ -32,18 +34,19 @@ def test_the_intact_file_verifies():
 
 
 @pytest.mark.parametrize(("seal", "entry", "named"), [
-    ({k: v for k, v in SEAL.items() if k != "prev_hash"}, ENTRY, "line 2: the seal record's 'prev_hash'"),
-    ({**SEAL, "prev_hash": "zz"}, ENTRY, "line 2: the seal record's 'prev_hash'"),
-    ({**SEAL, "entry_ids": None}, ENTRY, "line 2: the seal record's 'entry_ids'"),
-    ({**SEAL, "id": "1"}, ENTRY, "line 2: the seal record's 'id'"),
-    (SEAL, {k: v for k, v in ENTRY.items() if k != "key"}, "line 3: the entry record's 'key'"),
-    (SEAL, {**ENTRY, "postings": "ab"}, "line 3: the entry record's 'postings'"),
-    (SEAL, {**ENTRY, "postings": [p[:4] for p in POSTINGS]}, "line 3: the entry record's 'postings'"),
+    ({k: v for k, v in SEAL.items() if k != "prev_hash"}, ENTRY, "line 4: the seal record's 'prev_hash'"),
+    ({**SEAL, "prev_hash": "zz"}, ENTRY, "line 4: the seal record's 'prev_hash'"),
+    ({**SEAL, "entry_ids": None}, ENTRY, "line 4: the seal record's 'entry_ids'"),
+    ({**SEAL, "id": "1"}, ENTRY, "line 4: the seal record's 'id'"),
+    ({**SEAL, "from_txid": "0x0"}, ENTRY, "line 4: the seal record's 'from_txid'"),
+    (SEAL, {k: v for k, v in ENTRY.items() if k != "key"}, "line 5: the entry record's 'key'"),
+    (SEAL, {**ENTRY, "postings": "ab"}, "line 5: the entry record's 'postings'"),
+    (SEAL, {**ENTRY, "postings": [p[:4] for p in POSTINGS]}, "line 5: the entry record's 'postings'"),
     (SEAL, {**ENTRY, "postings": [[1, "a", 0, "5", "USD"], [2, "b", 0, "-5", "USD"]]},
-     "line 3: the entry record's 'postings'"),
+     "line 5: the entry record's 'postings'"),
     (SEAL, {**ENTRY, "postings": [[1, "a", 0, 5, ["USD"]], [2, "b", 0, -5, "USD"]]},
-     "line 3: the entry record's 'postings'"),
-    (SEAL, {**ENTRY, "id": [1]}, "line 3: the entry record's 'id'"),
+     "line 5: the entry record's 'postings'"),
+    (SEAL, {**ENTRY, "id": [1]}, "line 5: the entry record's 'id'"),
 ])
 def test_a_record_out_of_shape_is_named(seal, entry, named):
     report = verify_lines(_file(seal, entry))
@@ -52,8 +55,8 @@ def test_a_record_out_of_shape_is_named(seal, entry, named):
 
 def test_a_sealed_hash_that_is_not_hex_is_named(tmp_path, capsys):
     lines = _file(SEAL, ENTRY)
-    lines[2] = json.dumps({**ENTRY, "sealed_hash": 5}).encode()
+    lines[4] = json.dumps({**ENTRY, "sealed_hash": 5}).encode()
     path = tmp_path / "edited.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
     assert main([str(path)]) == 1
-    assert "line 3: the entry record's 'sealed_hash' is missing or malformed" in capsys.readouterr().out
+    assert "line 5: the entry record's 'sealed_hash' is missing or malformed" in capsys.readouterr().out

@@ -1,0 +1,117 @@
+"""The offline verifier against two edits it let through.
+
+A window export (`"whole": false`) may leave seals out, so the verifier counts gaps there rather
+than failing; but it also took a seal written twice, or two seals swapped, as gaps: a file with
+seal 2's block repeated verified "intact", its entries counted twice. Seals are written in
+txid order, so a seal that starts before the previous one ends is named now.
+
+A posting's asset is not among the fields an entry's hash covers (the account code is, and the
+code fixes the asset): an entry whose postings were all relabelled from USD to EUR still
+balanced and verified. Each posting's asset is now checked against the file's account record
+of its code, and a posting naming an account the file does not list is named too."""
+from __future__ import annotations
+
+import json
+
+from ledger.chain import GENESIS, chain, entry_digest
+from ledger.offline import verify_lines
+
+CASH, LOT = "asset:platform:cash:USD", "liability:customer:a:lot:x"
+ACCOUNTS = [{"type": "account", "code": CASH, "account_type": "asset", "asset": "USD", "scale": 9,
+             "customer_id": None},
+            {"type": "account", "code": LOT, "account_type": "liability", "asset": "USD", "scale": 9,
+             "customer_id": "a"}]
+
+
+def _entry(entry_id: int, txid: int, seal: int) -> dict:
+    postings = [[2 * entry_id, CASH, 0, 100, "USD"], [2 * entry_id + 1, LOT, 0, -100, "USD"]]
+    fields = {"id": entry_id, "key": f"topup:{entry_id}", "request_hash": "00", "kind": "topup",
+              "customer_id": "a", "metadata": {}, "txid": str(txid), "occurred_at": "2026-01-01T00:00:00.000000"}
+    digest = entry_digest(*fields.values(), [p[:4] for p in postings])
+    return {"type": "entry", "seal": seal, "sealed_hash": digest.hex(), **fields, "postings": postings}
+
+
+def _export(whole: bool = True) -> list[dict]:
+    """Three seals of three entries each (txids [0, 10), [10, 20), [20, 30)), nothing unsealed."""
+    records: list[dict] = [{"type": "export", "whole": whole}, *ACCOUNTS]
+    prev = GENESIS
+    for seal in (1, 2, 3):
+        lo = 10 * (seal - 1)
+        entries = [_entry(3 * (seal - 1) + k + 1, lo + k + 1, seal) for k in range(3)]
+        chained = chain(prev, [bytes.fromhex(e["sealed_hash"]) for e in entries])
+        records.append({"type": "seal", "id": seal, "from_txid": str(lo), "to_txid": str(lo + 10),
+                        "prev_hash": prev.hex(), "chain_hash": chained.hex(),
+                        "entry_ids": [e["id"] for e in entries]})
+        records += entries
+        prev = chained
+    return [*records, {"type": "unsealed", "from_txid": "30"}, {"type": "end", "entries": 9}]
+
+
+def _verify(records: list[dict]):
+    return verify_lines(json.dumps(r).encode() for r in records)
+
+
+def _seal_block(records: list[dict], seal: int) -> tuple[int, int]:
+    start = next(i for i, r in enumerate(records) if r["type"] == "seal" and r["id"] == seal)
+    return start, start + 4
+
+
+def test_the_untouched_files_verify():
+    for whole in (True, False):
+        report = _verify(_export(whole))
+        assert report.ok and report.entries == 9 and report.gaps == 0, report.problems
+
+
+def test_a_seal_left_out_of_a_window_export_is_a_gap_not_a_failure():
+    records = _export(whole=False)
+    start, stop = _seal_block(records, 2)
+    del records[start:stop]
+    records[-1] = {"type": "end", "entries": 6}
+    report = _verify(records)
+    assert report.ok and report.gaps == 1, report.problems
+
+
+def test_a_seal_written_twice_in_a_window_export_is_named():
+    records = _export(whole=False)
+    start, stop = _seal_block(records, 2)
+    records[stop:stop] = records[start:stop]
+    records[-1] = {"type": "end", "entries": 12}
+    report = _verify(records)
+    assert not report.ok
+    assert report.problems[0] == ("seal 2 does not follow seal 2: its range starts before that seal's ends "
+                                  "(a seal repeated, or seals out of order)")
+
+
+def test_two_seals_swapped_in_a_window_export_are_named():
+    records = _export(whole=False)
+    two, three = _seal_block(records, 2), _seal_block(records, 3)
+    records[two[0]:three[1]] = records[three[0]:three[1]] + records[two[0]:two[1]]
+    report = _verify(records)
+    assert not report.ok
+    assert report.problems[0] == ("seal 2 does not follow seal 3: its range starts before that seal's ends "
+                                  "(a seal repeated, or seals out of order)")
+
+
+def test_an_entry_relabelled_to_another_currency_is_named():
+    records = _export()
+    entry = next(r for r in records if r["type"] == "entry" and r["id"] == 5)
+    for posting in entry["postings"]:
+        posting[4] = "EUR"  # still balanced, and the hash does not cover the asset
+    report = _verify(records)
+    assert not report.ok
+    assert report.problems[0] == f"entry 5 posts EUR to {CASH}, an account in USD"
+
+
+def test_a_posting_to_an_account_the_file_does_not_list_is_named():
+    records = [r for r in _export() if not (r["type"] == "account" and r["code"] == LOT)]
+    report = _verify(records)
+    assert not report.ok
+    assert report.problems[0] == f"entry 1 posts to {LOT}, which the file lists no account record for"
+
+
+def test_an_account_record_that_changes_its_asset_is_named():
+    records = _export()
+    records.insert(3, {**ACCOUNTS[0], "asset": "EUR"})
+    report = _verify(records)
+    assert not report.ok
+    assert report.problems[0] == f"line 4: account {CASH} is listed again with another asset (EUR, was USD)"
