@@ -22,7 +22,7 @@ from pricing.money import DEFAULT_SCALE, per_amount, pricing_context
 from pricing.overrides import Overrides
 from pricing.rating import Line, Rating, build_rating
 from pricing.tokens import TokenCount, TokenCounter, default_counter
-from pricing.units import OUTPUT_TYPES
+from pricing.units import KINDS, OUTPUT_TYPES
 from pricing.usage import Usage, check_count
 
 
@@ -67,6 +67,7 @@ def estimate_upper_bound(
     scale: int = DEFAULT_SCALE,
     input_audio_tokens: int = 0,
     prior_context_tokens: int | None = None,
+    tool_uses: Mapping[str, int] | None = None,
 ) -> Rating:
     """The most a call can cost: prompt at input price (the `input_audio_tokens` of it, audio the
     caller counted, at the audio input price, else input's), output budget at the dearest output-side
@@ -78,13 +79,23 @@ def estimate_upper_bound(
     `prior_context_tokens` (not None): the call continues a conversation the provider bills as
     input but `prompt_tokens` does not count (OpenAI's `previous_response_id`): the prompt is held
     at the model's context window as the book names it (pricing.books: the rules that price its
-    input and output, else the version's), else at `prior_context_tokens`; never below its count."""
+    input and output, else the version's), else at `prior_context_tokens`; never below its count.
+
+    `tool_uses`: the most uses of per-call tools the provider may run itself ({"web_search": 5}),
+    each held at its rule's price; no rule is `unpriced_model` (refused before the call, never
+    given away), unless the version rates such usage at nothing (`unpriced: zero`). A format 1
+    book holds none: it charges none (pricing.units)."""
     errors: list[dict[str, str]] = []
     check_count(prompt_tokens, "prompt_tokens", errors)
     check_count(max_output_tokens, "max_output_tokens", errors)
     check_count(input_audio_tokens, "input_audio_tokens", errors)
     if prior_context_tokens is not None:
         check_count(prior_context_tokens, "prior_context_tokens", errors)
+    for unit, uses in (tool_uses or {}).items():
+        if unit not in KINDS or not KINDS[unit].field.endswith("_calls"):
+            errors.append(field_error(f"tool_uses.{unit}", "is not a per-call tool"))
+        else:
+            check_count(uses, f"tool_uses.{unit}", errors)
     if not errors and input_audio_tokens > prompt_tokens:
         errors.append(field_error("input_audio_tokens", "is part of prompt_tokens: at most it"))
     if errors:
@@ -112,6 +123,8 @@ def estimate_upper_bound(
         types = [t for t in OUTPUT_TYPES if t == "output" or t in resolved.token_types]
         outputs = [ln for ln in (line(t, max_output_tokens) for t in types) if ln]
         lines.append(max(outputs, key=lambda ln: ln.unit_price) if outputs else None)
+    if resolved.format != 1:
+        lines += [line(unit, uses) for unit, uses in (tool_uses or {}).items() if uses]
     if resolved.find_rule("request", model, dims, minute) is not None:
         lines.append(line("request", 1))
     return build_rating(resolved, [ln for ln in lines if ln is not None and ln.quantity], scale)

@@ -37,6 +37,7 @@ CHAT_USAGE = {"prompt_tokens": 1000, "cached_tokens": 200}
 RESPONSES_USAGE = {"input_tokens": 800, "cached_tokens": 100, "reasoning_tokens": 16}
 ANTHROPIC_USAGE = {"input_tokens": 900, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 50}
 EMBEDDING_TOKENS = 12
+SEARCHES = 2  # the web searches reported by a messages call offered a web_search tool
 WORDS = STREAM_WORDS.split(" ")[1:]
 
 
@@ -277,12 +278,15 @@ async def _messages(fake: FakeUpstream, log: Logged, receive: Any, send: Any) ->
         await _json(send, 500, {"type": "error", "error": {"type": "api_error", "message": "Internal server error"}})
         return
     mid, words = f"msg_{uuid.uuid4().hex[:12]}", _words(_tokens(log))
+    tools = log.body.get("tools") or []
+    searched = any(str(t.get("type", "")).startswith("web_search_") for t in tools if isinstance(t, dict))
+    server = {"server_tool_use": {"web_search_requests": SEARCHES}} if searched else {}
     start_usage = {**ANTHROPIC_USAGE, "output_tokens": 1}
     message = {"id": mid, "type": "message", "role": "assistant", "model": log.body["model"], "content": [],
                "stop_reason": None, "stop_sequence": None, "usage": start_usage}
     if not log.body.get("stream"):
         answer = {**message, "content": [{"type": "text", "text": "".join(words)}], "stop_reason": "end_turn",
-                  "usage": {**ANTHROPIC_USAGE, "output_tokens": len(words)}}
+                  "usage": {**ANTHROPIC_USAGE, "output_tokens": len(words), **server}}
         if log.body["model"].endswith("-drop"):
             await _dropped(send, msgspec.json.encode(answer))
         log.emitted, log.done = len(words), True
@@ -300,7 +304,7 @@ async def _messages(fake: FakeUpstream, log: Logged, receive: Any, send: Any) ->
             yield None
         yield _sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
         yield _sse({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                    "usage": {"output_tokens": len(words)}}, "message_delta")
+                    "usage": {"output_tokens": len(words), **server}}, "message_delta")
         yield _sse({"type": "message_stop"}, "message_stop")
 
     await fake.stream(log, receive, send, events())

@@ -25,8 +25,18 @@ another kind counts as a PDF of PDF_MAX_PAGES. Embedding inputs given as token i
 What the provider bills as input but the body does not show:
 
 - Anthropic adds a system prompt of its own to a call with `tools`, of a size it documents per
-  model and `tool_choice` (TOOL_USE_SYSTEM_PROMPT); a model the table does not list counts the
+  model and `tool_choice` (api.gateway.tools); a model the table does not list counts the
   table's most. Counted in both prompt counts: it is a fixed figure, not a bound.
+- Anthropic's client tools it defines itself (`bash_*`, `text_editor_*`, `computer_*` typed tools)
+  add the input tokens it documents per tool (api.gateway.tools; computer use also
+  adds its system prompt), in place of the definition's own words: fixed figures, in
+  both prompt counts.
+- Anthropic's server tools run inside the call (api.gateway.tools). Each use returns its results as
+  input: a web fetch at most its `max_content_tokens`, a web search an allowance
+  (`server_tool_result_tokens`) per search. A tool without `max_uses` is sent with the gateway's
+  (`server_tool_max_uses`), and a web fetch without `max_content_tokens` with the allowance, so
+  the hold has a bound. Held only (a cut stream settles the body's count); web searches are also
+  held at their per-search fee (`tool_uses`, priced by the book's `web_search` rule).
 - A chat message that refers to an earlier answer's audio by id (`audio: {"id": ...}`) is billed
   that audio as input: held at AUDIO_REFERENCE_TOKENS of audio, the most audio an answer can
   have. In the hold only (`hold_audio_tokens`): a settle without the provider's usage (a cut
@@ -45,6 +55,15 @@ from typing import Any
 
 import msgspec
 
+from api.gateway.tools import (
+    MAX_COUNT,
+    SERVER_TOOL_MAX_USES,
+    SERVER_TOOL_RESULT_TOKENS,
+    CallError,
+    server_tools,
+    tool_use_system_prompt,
+    without_built_in_tools,
+)
 from pricing.attachments import audio_tokens, decoded, pdf_pages, pdf_tokens
 from pricing.errors import PricingError
 from pricing.images import base64_size, data_url_size, rule_for
@@ -63,31 +82,9 @@ _DATA_URL = re.compile(r"data:([^;,]*)(?:;[^;,]*)*;base64,", re.ASCII)
 PROMPT_FIELDS = {CHAT: ("messages", "tools", "functions", "response_format"),
                  RESPONSES: ("input", "instructions", "tools", "text"),
                  MESSAGES: ("system", "messages", "tools")}
-MAX_COUNT = 10**12
-# Anthropic's "Tool use system prompt token count" (platform.claude.com/docs/en/agents-and-tools/
-# tool-use/overview, section Pricing), per model: (tool_choice auto or none, any or tool). Where
-# the table's revisions gave one model two figures, the larger is kept (a hold must not be short).
-# Longest prefix of the model's id wins; a model not listed counts TOOL_USE_SYSTEM_PROMPT_MOST.
-TOOL_USE_SYSTEM_PROMPT: dict[str, tuple[int, int]] = {
-    "claude-opus-4-8": (290, 410), "claude-opus-4-7": (675, 804), "claude-opus-4-6": (497, 589),
-    "claude-opus-4-5": (496, 588), "claude-opus-4-1": (346, 315), "claude-opus-4": (346, 315),
-    "claude-sonnet-5": (354, 474), "claude-sonnet-4-6": (497, 589), "claude-sonnet-4-5": (496, 588),
-    "claude-sonnet-4": (346, 315), "claude-haiku-4-5": (496, 588), "claude-3-7-sonnet": (346, 313),
-    "claude-3-5-sonnet": (346, 313), "claude-3-5-haiku": (264, 355), "claude-3-opus": (530, 281),
-    "claude-3-sonnet": (159, 235), "claude-3-haiku": (264, 340),
-}
-TOOL_USE_SYSTEM_PROMPT_MOST = max(max(pair) for pair in TOOL_USE_SYSTEM_PROMPT.values())
 # An earlier answer's audio, referred to by id: at most a whole answer of audio, the most output
 # tokens OpenAI's audio models produce (gpt-4o-audio-preview, gpt-audio: 16,384 max output tokens).
 AUDIO_REFERENCE_TOKENS = 16_384
-
-
-class CallError(Exception):
-    """A call the gateway cannot meter: names the field (the caller's request is malformed)."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field, self.message = field, message
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +100,7 @@ class Call:
     prompt_audio_tokens: int = 0  # of both prompt counts, audio (priced as input_audio)
     hold_audio_tokens: int = 0  # of prompt_tokens, audio: prompt_audio_tokens plus audio referred to by id
     prior_context: bool = False  # the provider bills earlier turns the body does not show
+    tool_uses: tuple[tuple[str, int], ...] = ()  # the most uses of per-call tools the provider runs ("web_search", 5)
 
 
 def _count(value: Any, name: str) -> int | None:
@@ -234,9 +232,12 @@ def _prompt_of(kind: str, body: Mapping[str, Any]) -> _Prompt:
         given = body.get(name)
         if kind == CHAT and name == "messages" and isinstance(given, list):
             given = [_without_audio_reference(message, prompt) for message in given]
+        if kind == MESSAGES and name == "tools" and isinstance(given, list):
+            given, built_in = without_built_in_tools(given)
+            prompt.hidden += built_in
         _walk(given, prompt)
     if kind == MESSAGES:
-        prompt.hidden = _tool_use_system_prompt(body)
+        prompt.hidden += tool_use_system_prompt(body)
     turns = body.get("messages") if kind != RESPONSES else body.get("input")
     prompt.messages = len(turns) if isinstance(turns, list) else 1
     return prompt
@@ -249,20 +250,6 @@ def _without_audio_reference(message: Any, prompt: _Prompt) -> Any:
         prompt.audio_references += 1
         return {k: v for k, v in message.items() if k != "audio"}
     return message
-
-
-def _tool_use_system_prompt(body: Mapping[str, Any]) -> int:
-    """The system prompt Anthropic adds to a call with tools (none without tools)."""
-    model, tools = body["model"], body.get("tools")
-    if not isinstance(tools, list) or not tools:
-        return 0
-    choice = body.get("tool_choice")
-    kind = choice.get("type") if isinstance(choice, Mapping) else None
-    prefixes = [p for p in TOOL_USE_SYSTEM_PROMPT if model.startswith(p)]
-    if not prefixes:
-        return TOOL_USE_SYSTEM_PROMPT_MOST
-    auto, forced = TOOL_USE_SYSTEM_PROMPT[max(prefixes, key=len)]
-    return forced if kind in ("any", "tool") else auto
 
 
 def count_prompt(kind: str, body: Mapping[str, Any], model: str,
@@ -304,7 +291,9 @@ def _output_cap(kind: str, body: dict[str, Any], default: int) -> tuple[int, boo
     return cap, added
 
 
-def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: TokenCounter) -> Call:
+def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: TokenCounter,
+               server_tool_max_uses: int = SERVER_TOOL_MAX_USES,
+               server_tool_result_tokens: int = SERVER_TOOL_RESULT_TOKENS) -> Call:
     """The call in `raw` (a provider's JSON request body), or CallError."""
     try:
         body = msgspec.json.decode(raw)
@@ -324,6 +313,10 @@ def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: Token
     prior = kind == RESPONSES and (body.get("previous_response_id") is not None
                                    or body.get("conversation") is not None)
     cap, changed = _output_cap(kind, body, default_max_output)
+    uses, results = (), 0
+    if kind == MESSAGES:
+        uses, results, tools_changed = server_tools(body, server_tool_max_uses, server_tool_result_tokens)
+        changed = changed or tools_changed
     wanted = True
     if stream and kind == CHAT:
         options = body.get("stream_options")
@@ -332,6 +325,6 @@ def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: Token
         if not wanted:
             body["stream_options"] = {**options, "include_usage": True}
             changed = True
-    return Call(kind, model, stream, prompt_tokens, raw_tokens, cap,
+    return Call(kind, model, stream, prompt_tokens + results, raw_tokens, cap,
                 msgspec.json.encode(body) if changed else raw, wanted, audio_tokens, audio_tokens + referred,
-                prior)
+                prior, uses)

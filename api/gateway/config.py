@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from api.gateway.calls import SERVER_TOOL_MAX_USES, SERVER_TOOL_RESULT_TOKENS
+
 OPENAI_URL = "https://api.openai.com/v1"  # what the openai SDK takes as base_url
 ANTHROPIC_URL = "https://api.anthropic.com"  # what the anthropic SDK takes as base_url
 
@@ -32,6 +34,11 @@ class GatewaySettings:
     # The prompt held for a call that continues a conversation (previous_response_id, conversation)
     # when neither its price book nor genai-prices knows the model's context window.
     context_hold_tokens: int = 400_000
+    # Anthropic's server tools (web search, web fetch): the uses a tool without max_uses is sent
+    # with, and the input tokens held per use for its results (a web fetch's max_content_tokens
+    # when it sets none). api.gateway.calls
+    server_tool_max_uses: int = SERVER_TOOL_MAX_USES
+    server_tool_result_tokens: int = SERVER_TOOL_RESULT_TOKENS
     hold_seconds: int = 600  # a gateway reservation's TTL: longer than any call should take
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 600.0  # the longest an upstream may stay silent (between stream events too)
@@ -55,6 +62,9 @@ class GatewaySettings:
             anthropic_key=env.get("TOKENTILL_UPSTREAM_ANTHROPIC_KEY") or None,
             default_max_output_tokens=_positive(env, "TOKENTILL_GATEWAY_MAX_OUTPUT_TOKENS", 4096),
             context_hold_tokens=_positive(env, "TOKENTILL_GATEWAY_CONTEXT_HOLD_TOKENS", 400_000),
+            server_tool_max_uses=_positive(env, "TOKENTILL_GATEWAY_SERVER_TOOL_MAX_USES", SERVER_TOOL_MAX_USES),
+            server_tool_result_tokens=_positive(env, "TOKENTILL_GATEWAY_SERVER_TOOL_RESULT_TOKENS",
+                                                SERVER_TOOL_RESULT_TOKENS),
             hold_seconds=_positive(env, "TOKENTILL_GATEWAY_HOLD_SECONDS", 600),
             read_timeout_s=float(_positive(env, "TOKENTILL_GATEWAY_READ_TIMEOUT_SECONDS", 600)),
             upstream_ca=_readable_file(env, "TOKENTILL_GATEWAY_UPSTREAM_CA"),

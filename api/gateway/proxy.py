@@ -195,7 +195,8 @@ class Exchange:
         self.request_id = rid or f"gw_{uuid.uuid4().hex}"
         s = self.gw.settings
         parse = functools.partial(parse_call, self.kind, body, default_max_output=s.default_max_output_tokens,
-                                  counter=self.gw.counter)
+                                  counter=self.gw.counter, server_tool_max_uses=s.server_tool_max_uses,
+                                  server_tool_result_tokens=s.server_tool_result_tokens)
         try:
             # a big body (a long prompt to count, an image's header, a PDF's pages) is read off the
             # event loop: read on it, a 32 MB PDF held every other call of this process for 0.5 s
@@ -253,13 +254,14 @@ class Exchange:
         estimate = {"source": "gateway", "input_tokens": call.prompt_tokens,
                     "max_output_tokens": call.max_output_tokens,
                     **({"input_audio_tokens": call.hold_audio_tokens} if call.hold_audio_tokens else {}),
-                    **({"prior_context_tokens": prior} if prior is not None else {})}
+                    **({"prior_context_tokens": prior} if prior is not None else {}),
+                    **({"tool_uses": dict(call.tool_uses)} if call.tool_uses else {})}
         command = Reserve(
             customer_id=customer, request_id=self.request_id, model=call.model,
             ttl_seconds=self.gw.settings.hold_seconds,
             request_hash=request_hash({"gateway": f"{self.provider}.{self.kind}", "model": call.model, **estimate}),
             prompt_tokens=call.prompt_tokens, max_output_tokens=call.max_output_tokens, estimate=estimate,
-            prompt_audio_tokens=call.hold_audio_tokens, prior_context_tokens=prior,
+            prompt_audio_tokens=call.hold_audio_tokens, prior_context_tokens=prior, tool_uses=dict(call.tool_uses),
             dimensions=self.dimensions)
         try:
             result = await self.gw.wallets.submit(command)

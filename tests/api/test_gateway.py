@@ -302,6 +302,82 @@ def test_anthropic_tools_are_held_with_the_tool_use_system_prompt_anthropic_adds
     assert held >= 804 * IN / M
 
 
+SEARCH = Decimal("0.01")  # Anthropic's web search: $10 per 1,000 searches
+WEB_SEARCH = {"type": "web_search_20250305", "name": "web_search"}
+
+
+def tool_book(url: str, *rules: dict, **fields: Any) -> str:
+    """A format 2 book: BOOK's rules and `rules`."""
+    book = f"gw-tools-{uuid.uuid4().hex[:8]}"
+    with admin(url) as http:
+        assert http.post("/v1/price-books", json={**BOOK, "id": book, "format": 2,
+                                                  "rules": [*BOOK["rules"], *rules], **fields}).status_code == 201
+    return book
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropic_web_searches_are_held_for_max_uses_and_charged_as_reported(live, fake, stream):
+    url, _ = live
+    cid, key = customer((url, tool_book(url, {"id": "search", "token_type": "web_search", "price": str(SEARCH)})))
+    client, tools = claude(url, key), [{**WEB_SEARCH, "max_uses": 3}]
+    if stream:
+        with client.messages.stream(model="claude-test", max_tokens=1000, messages=HI, tools=tools) as s:
+            "".join(s.text_stream)
+            headers = s.response.headers
+    else:
+        headers = client.messages.with_raw_response.create(model="claude-test", max_tokens=1000, messages=HI,
+                                                           tools=tools).headers
+    # held: 3 searches at their fee and their results (10,000 input tokens each, the default allowance),
+    # besides the prompt and the output (was: no search, nor its results)
+    assert Decimal(headers["x-tokentill-reserved"]) >= 3 * SEARCH + 3 * 10_000 * IN / M + 1000 * OUT / M + CALL
+    # charged: the provider's usage, its 2 searches included
+    assert charged(url, headers["x-tokentill-request-id"]) == MESSAGES_CHARGE + 2 * SEARCH
+    assert wallet(url, cid) == (Decimal("10") - MESSAGES_CHARGE - 2 * SEARCH, 0)
+    assert fake.fake.calls[-1].body["tools"] == tools
+
+
+def test_a_web_search_without_max_uses_is_sent_with_the_gateways_and_held_for_it(live, fake):
+    url, _ = live
+    _, key = customer((url, tool_book(url, {"id": "search", "token_type": "web_search", "price": str(SEARCH)})))
+    raw = claude(url, key).messages.with_raw_response.create(model="claude-test", max_tokens=100, messages=HI,
+                                                             tools=[WEB_SEARCH])
+    assert fake.fake.calls[-1].body["tools"] == [{**WEB_SEARCH, "max_uses": 5}]
+    assert Decimal(raw.headers["x-tokentill-reserved"]) >= 5 * SEARCH + 5 * 10_000 * IN / M
+
+
+def test_a_web_search_the_book_does_not_price_is_refused_before_the_upstream_call(live, fake):
+    """Usage no rule prices is an error, never a free charge: refused before the provider runs
+    (and bills) the searches, not answered and then left unsettled."""
+    url, _ = live
+    cid, key = customer((url, tool_book(url)))
+    before = len(fake.fake.calls)
+    with pytest.raises(anthropic.APIStatusError) as raised:
+        claude(url, key).messages.create(model="claude-test", max_tokens=100, messages=HI, tools=[WEB_SEARCH])
+    assert raised.value.status_code == 422 and raised.value.body["error"]["code"] == "unpriced_model"
+    assert len(fake.fake.calls) == before and wallet(url, cid) == (Decimal("10"), 0)
+
+
+def test_a_book_that_rates_unpriced_usage_at_nothing_holds_and_charges_no_search(live, fake):
+    url, _ = live
+    cid, key = customer((url, tool_book(url, unpriced="zero")))
+    raw = claude(url, key).messages.with_raw_response.create(model="claude-test", max_tokens=100, messages=HI,
+                                                             tools=[WEB_SEARCH])
+    assert charged(url, raw.headers["x-tokentill-request-id"]) == MESSAGES_CHARGE
+    assert wallet(url, cid) == (Decimal("10") - MESSAGES_CHARGE, 0)
+
+
+def test_anthropic_built_in_tools_are_held_with_the_tokens_anthropic_adds_for_them(live):
+    url, _ = live
+    _, key = customer(live)
+    client = claude(url, key)
+    bare = client.messages.with_raw_response.create(model="claude-test", max_tokens=100, messages=HI)
+    tools = [{"type": "bash_20250124", "name": "bash"}, {"type": "text_editor_20250728", "name": "edit"}]
+    raw = client.messages.with_raw_response.create(model="claude-test", max_tokens=100, messages=HI, tools=tools)
+    held = Decimal(raw.headers["x-tokentill-reserved"]) - Decimal(bare.headers["x-tokentill-reserved"])
+    # the tool-use system prompt (804: an unlisted model), bash's 245 and the text editor's 700 tokens
+    assert held == (804 + 245 + 700) * IN / M
+
+
 def test_a_pdf_is_held_for_each_of_its_pages_so_a_wallet_that_cannot_pay_them_is_refused(live, fake):
     url, _ = live
     pdf = FPDF()

@@ -53,6 +53,8 @@ class Reserve(Command):
     # the call continues a conversation prompt_tokens does not count: its prompt is held at the
     # book's context window for the model, else at this (pricing.estimate)
     prior_context_tokens: int | None = None
+    # the most uses of per-call tools the provider runs itself ({"web_search": 5}): held at their price
+    tool_uses: Mapping[str, int] = field(default_factory=dict)
     dimensions: Mapping[str, Any] = field(default_factory=dict)
     estimate: Mapping[str, Any] | None = None  # what is stored about the estimate
 

@@ -56,7 +56,8 @@ def reserve(state: State, cmd: Reserve, now: datetime, book: PriceBook | None) -
         amount = estimate_upper_bound(book_for(w, book), cmd.model, cmd.prompt_tokens or 0,
                                       cmd.max_output_tokens or 0, cmd.dimensions, now,
                                       input_audio_tokens=cmd.prompt_audio_tokens,
-                                      prior_context_tokens=cmd.prior_context_tokens).total_units
+                                      prior_context_tokens=cmd.prior_context_tokens,
+                                      tool_uses=cmd.tool_uses).total_units
     rid = state.ids("res")
     counted = budgets.on_reserve(state, w, rid, cmd.model, cmd.dimensions, amount,
                                  (cmd.prompt_tokens, cmd.max_output_tokens), now)

@@ -266,3 +266,64 @@ def test_a_responses_call_that_continues_a_conversation_is_marked_for_its_earlie
     prompt = {"input": "hi"} if kind == RESPONSES else {"messages": HI}
     c = call(kind, {"model": "gpt-4o", "max_output_tokens": 10, **prompt, **extra})
     assert c.prior_context is prior
+
+
+@pytest.mark.parametrize(("tool", "added"), [
+    # Anthropic's client tools, defined by Anthropic (its tool pages, section Pricing): the input
+    # tokens each adds; computer use also adds 466-499 tokens of system prompt (the most is held)
+    ({"type": "bash_20250124", "name": "bash"}, 245),
+    ({"type": "bash_20241022", "name": "bash"}, 245),
+    ({"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"}, 700),
+    ({"type": "text_editor_20250124", "name": "str_replace_editor"}, 700),
+    ({"type": "computer_20250124", "name": "computer", "display_width_px": 1024, "display_height_px": 768}, 735 + 499),
+])
+def test_anthropic_built_in_tools_add_the_input_tokens_anthropic_documents(tool, added):
+    model = "claude-sonnet-4-5-20250929"
+    without = call(MESSAGES, {"model": model, "max_tokens": 10, "messages": HI})
+    with_tool = call(MESSAGES, {"model": model, "max_tokens": 10, "messages": HI, "tools": [tool]})
+    # 496: the tool-use system prompt of this model (tool_choice auto)
+    assert with_tool.prompt_raw_tokens - without.prompt_raw_tokens == 496 + added
+    assert with_tool.prompt_tokens - without.prompt_tokens == 496 + added
+
+
+def _server_tools(*tools, **settings):
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": HI, "tools": list(tools)}
+    return parse_call(MESSAGES, msgspec.json.encode(body), default_max_output=1000, counter=COUNTER, **settings)
+
+
+def test_web_search_is_held_for_its_max_uses_searches_and_their_results():
+    bare = _server_tools()
+    c = _server_tools({"type": "web_search_20250305", "name": "web_search", "max_uses": 3},
+                      server_tool_result_tokens=2000)
+    assert c.tool_uses == (("web_search", 3),)
+    # the results of each search are input: held (2,000 a search), not counted as the body's own
+    assert c.prompt_tokens - c.prompt_raw_tokens - (bare.prompt_tokens - bare.prompt_raw_tokens) == 3 * 2000
+    assert msgspec.json.decode(c.body)["tools"][0]["max_uses"] == 3
+
+
+def test_web_search_without_max_uses_is_sent_and_held_with_the_default():
+    c = _server_tools({"type": "web_search_20250305", "name": "web_search"}, server_tool_max_uses=4)
+    assert c.tool_uses == (("web_search", 4),)
+    assert msgspec.json.decode(c.body)["tools"] == [{"type": "web_search_20250305", "name": "web_search",
+                                                     "max_uses": 4}]
+
+
+def test_web_fetch_is_held_for_its_content_cap_and_sent_with_one():
+    given = _server_tools({"type": "web_fetch_20250910", "name": "web_fetch", "max_uses": 2,
+                           "max_content_tokens": 5000}, server_tool_result_tokens=100)
+    bare = _server_tools()
+    assert given.tool_uses == ()  # no per-fetch fee: its content is input
+    assert given.prompt_tokens - given.prompt_raw_tokens - (bare.prompt_tokens - bare.prompt_raw_tokens) == 2 * 5000
+    capped = _server_tools({"type": "web_fetch_20250910", "name": "web_fetch"}, server_tool_max_uses=3,
+                           server_tool_result_tokens=700)
+    assert msgspec.json.decode(capped.body)["tools"][0] | {} == {"type": "web_fetch_20250910", "name": "web_fetch",
+                                                                 "max_uses": 3, "max_content_tokens": 700}
+    assert capped.prompt_tokens - capped.prompt_raw_tokens - (bare.prompt_tokens - bare.prompt_raw_tokens) == 3 * 700
+
+
+@pytest.mark.parametrize("tool", [{"type": "web_search_20250305", "name": "web_search", "max_uses": 0},
+                                  {"type": "web_search_20250305", "name": "web_search", "max_uses": "5"},
+                                  {"type": "web_fetch_20250910", "name": "web_fetch", "max_content_tokens": -1}])
+def test_a_server_tools_bad_bound_is_refused(tool):
+    with pytest.raises(CallError):
+        _server_tools(tool)

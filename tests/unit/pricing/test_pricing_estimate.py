@@ -205,3 +205,40 @@ def test_the_context_held_reaches_the_long_context_tier():
 def test_a_bad_prior_context_is_refused(bad):
     with pytest.raises(InvalidUsageError):
         estimate_upper_bound(WINDOWED, "plain", 500, 1000, {}, AT, prior_context_tokens=bad)
+
+
+def _searching(*rules, **fields):
+    return parse_version({"id": "s", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "format": 2,
+                          "rules": [{"id": "s-in", "model": "claude", "token_type": "input", "price": "3"},
+                                    {"id": "s-out", "model": "claude", "token_type": "output", "price": "15"},
+                                    *rules], **fields})
+
+
+def test_server_tool_uses_are_held_at_their_per_call_price():
+    # Anthropic's web search: $10 per 1,000 searches; 5 searches at most: $0.05
+    book = _searching({"id": "search", "token_type": "web_search", "price": "0.01"})
+    rating = estimate_upper_bound(book, "claude", 1000, 100, {}, AT, tool_uses={"web_search": 5})
+    assert [(ln.token_type, ln.quantity, ln.amount, ln.rule_id) for ln in rating.lines] == [
+        ("input", 1000, Decimal("0.003"), "s-in"),
+        ("output", 100, Decimal("0.0015"), "s-out"),
+        ("web_search", 5, Decimal("0.05"), "search"),
+    ]
+
+
+def test_a_server_tool_no_rule_prices_is_refused_before_the_call_not_given_away():
+    with pytest.raises(UnpricedModelError):
+        estimate_upper_bound(_searching(), "claude", 1000, 100, {}, AT, tool_uses={"web_search": 5})
+    # a book that rates what it does not price at nothing, as its settle will
+    zero = estimate_upper_bound(_searching(unpriced="zero"), "claude", 1000, 100, {}, AT, tool_uses={"web_search": 5})
+    assert [ln.token_type for ln in zero.lines] == ["input", "output"]
+
+
+def test_a_format_1_book_holds_no_server_tool_fee_as_it_charges_none():
+    rating = estimate_upper_bound(worked_example_version(), "model-a", 1200, 500, {}, AT, tool_uses={"web_search": 5})
+    assert rating.total_units == 32_000_000
+
+
+@pytest.mark.parametrize("uses", [{"web_search": -1}, {"web_search": True}, {"input": 3}, {"nope": 1}])
+def test_bad_server_tool_uses_are_refused(uses):
+    with pytest.raises(InvalidUsageError):
+        estimate_upper_bound(worked_example_version(), "model-a", 1, 1, {}, AT, tool_uses=uses)

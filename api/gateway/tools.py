@@ -1,0 +1,129 @@
+"""Anthropic's tools: what they add to a call's input and to its bill that the body does not show
+(pure: no I/O; api.gateway.calls counts the rest).
+
+- a call with `tools` gets a system prompt of Anthropic's, of a size it documents per model and
+  `tool_choice` (TOOL_USE_SYSTEM_PROMPT);
+- the client tools Anthropic defines itself (bash, text editor, computer use) add a documented
+  number of input tokens each (BUILT_IN_TOOLS), in place of their definitions' words;
+- the server tools it runs inside the call (SERVER_TOOLS) add their results as input, and a web
+  search its fee: held for each tool's `max_uses`, sent with the gateway's where it sets none.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+MAX_COUNT = 10**12
+# Anthropic's "Tool use system prompt token count" (platform.claude.com/docs/en/agents-and-tools/
+# tool-use/overview, section Pricing), per model: (tool_choice auto or none, any or tool). Where
+# the table's revisions gave one model two figures, the larger is kept (a hold must not be short).
+# Longest prefix of the model's id wins; a model not listed counts TOOL_USE_SYSTEM_PROMPT_MOST.
+TOOL_USE_SYSTEM_PROMPT: dict[str, tuple[int, int]] = {
+    "claude-opus-4-8": (290, 410), "claude-opus-4-7": (675, 804), "claude-opus-4-6": (497, 589),
+    "claude-opus-4-5": (496, 588), "claude-opus-4-1": (346, 315), "claude-opus-4": (346, 315),
+    "claude-sonnet-5": (354, 474), "claude-sonnet-4-6": (497, 589), "claude-sonnet-4-5": (496, 588),
+    "claude-sonnet-4": (346, 315), "claude-haiku-4-5": (496, 588), "claude-3-7-sonnet": (346, 313),
+    "claude-3-5-sonnet": (346, 313), "claude-3-5-haiku": (264, 355), "claude-3-opus": (530, 281),
+    "claude-3-sonnet": (159, 235), "claude-3-haiku": (264, 340),
+}
+TOOL_USE_SYSTEM_PROMPT_MOST = max(max(pair) for pair in TOOL_USE_SYSTEM_PROMPT.values())
+# Anthropic's client tools, defined by Anthropic (its bash, text editor and computer use tool pages,
+# section Pricing; platform.claude.com/docs/en/agents-and-tools/tool-use/): the input tokens one adds,
+# by its `type`'s prefix, whatever the version. Computer use: 735 per tool (683 for computer_20241022:
+# the larger is kept), and 466-499 tokens of system prompt once (the most is kept).
+BUILT_IN_TOOLS = (("bash_", 245), ("text_editor_", 700), ("computer_", 735))
+COMPUTER_USE_SYSTEM_PROMPT = 499
+# Anthropic's server tools: (type prefix, the per-call unit its uses are billed as, None: no fee).
+# A web search is $10 per 1,000 (usage.server_tool_use.web_search_requests); a web fetch costs its
+# content's input tokens only. Code execution is billed by container time to the organization,
+# which no call's usage reports: not held.
+SERVER_TOOLS = (("web_search_", "web_search"), ("web_fetch_", None))
+SERVER_TOOL_MAX_USES = 5  # a server tool without max_uses is sent with this many
+SERVER_TOOL_RESULT_TOKENS = 10_000  # held per use for its results; a web fetch's content cap when it sets none
+
+
+class CallError(Exception):
+    """A call the gateway cannot meter: names the field (the caller's request is malformed)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
+
+
+def _typed(tool: Any, prefixes: tuple[tuple[str, Any], ...]) -> tuple[str, Any] | None:
+    """The (prefix, value) of `prefixes` that a tool's `type` starts with, if any."""
+    kind = tool.get("type") if isinstance(tool, Mapping) else None
+    if isinstance(kind, str):
+        for prefix, value in prefixes:
+            if kind.startswith(prefix):
+                return prefix, value
+    return None
+
+
+def without_built_in_tools(tools: list[Any]) -> tuple[list[Any], int]:
+    """(the tools but Anthropic's client tools, the input tokens Anthropic documents for those)."""
+    rest, tokens, computer = [], 0, False
+    for tool in tools:
+        built_in = _typed(tool, BUILT_IN_TOOLS)
+        if built_in is None:
+            rest.append(tool)
+            continue
+        tokens += built_in[1]
+        computer = computer or built_in[0] == "computer_"
+    return rest, tokens + (COMPUTER_USE_SYSTEM_PROMPT if computer else 0)
+
+
+def _uses(tool: Mapping[str, Any], name: str) -> int | None:
+    value = tool.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_COUNT:
+        raise CallError(f"tools.{name}", "must be a whole number, 1 or more")
+    return value
+
+
+def server_tools(body: dict[str, Any], max_uses: int,
+                 result_tokens: int) -> tuple[tuple[tuple[str, int], ...], int, bool]:
+    """(uses of per-call units, input tokens held for the results, whether the body changed) of
+    Anthropic's server tools: a tool without max_uses (a web fetch without max_content_tokens) is
+    given the gateway's, so what is held bounds what they may return."""
+    tools = body.get("tools")
+    if not isinstance(tools, list):
+        return (), 0, False
+    fees: dict[str, int] = {}
+    held, changed, sent = 0, False, []
+    for tool in tools:
+        server = _typed(tool, SERVER_TOOLS)
+        if server is None:
+            sent.append(tool)
+            continue
+        tool, unit = dict(tool), server[1]
+        uses = _uses(tool, "max_uses")
+        if uses is None:
+            tool["max_uses"], uses, changed = max_uses, max_uses, True
+        per_use = result_tokens
+        if server[0] == "web_fetch_":
+            per_use = _uses(tool, "max_content_tokens") or 0
+            if not per_use:
+                tool["max_content_tokens"], per_use, changed = result_tokens, result_tokens, True
+        if unit is not None:
+            fees[unit] = fees.get(unit, 0) + uses
+        held += uses * per_use
+        sent.append(tool)
+    if changed:
+        body["tools"] = sent
+    return tuple(sorted(fees.items())), held, changed
+
+
+def tool_use_system_prompt(body: Mapping[str, Any]) -> int:
+    """The system prompt Anthropic adds to a call with tools (none without tools)."""
+    model, tools = body["model"], body.get("tools")
+    if not isinstance(tools, list) or not tools:
+        return 0
+    choice = body.get("tool_choice")
+    kind = choice.get("type") if isinstance(choice, Mapping) else None
+    prefixes = [p for p in TOOL_USE_SYSTEM_PROMPT if model.startswith(p)]
+    if not prefixes:
+        return TOOL_USE_SYSTEM_PROMPT_MOST
+    auto, forced = TOOL_USE_SYSTEM_PROMPT[max(prefixes, key=len)]
+    return forced if kind in ("any", "tool") else auto
