@@ -255,6 +255,7 @@ URLS = ["https://hooks.example.com/m", "HTTP://hooks.example.com:8080/a?b=1", "h
         "https://hooks.example.com/#f", "\x01https://hooks.example.com/", "https://hooks.example.com/\x01",
         "https://hooks.example.com/a b", "https://hooks.example.com/\u3000", "https://hooks.example.com\ufeff/",
         "https://hooks.example.com:65535/", "https://hooks.example.com:065535/", "https://hooks.example.com:/",
+        "https://hooks.example.com:0/", "https://hooks.example.com:00/",
         "https://hooks.example.com:65536/", "https://hooks.example.com:x/", "https://:443/", "https://a:b:443/",
         "https://[2001:db8::1/"]
 

@@ -34,7 +34,8 @@ _NOT_IN_URL = r"\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3
 # without credentials, a port up to 65535, then a path or query, no fragment: published as the
 # OpenAPI pattern of an endpoint's URL; check_url also wants a host IDNA can encode
 _HOST = rf"(?:[^{_NOT_IN_URL}/?#@:\[\]]+|\[[0-9A-Fa-f:.]+\])"
-_PORT = r"(?::0*(?:[0-9]{0,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?"
+# (1 to 65535, leading zeros allowed; an empty port is the scheme's; port 0 is nowhere to connect to)
+_PORT = r"(?::(?:0*(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?)?"
 URL_PATTERN = rf"^https?://{_HOST}{_PORT}(?:[/?][^{_NOT_IN_URL}#]*)?$"
 _URL = re.compile(URL_PATTERN)
 SECRET_PREFIX = "whsec_"

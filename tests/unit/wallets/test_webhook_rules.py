@@ -70,6 +70,7 @@ def test_http_and_https_urls_with_a_host_are_accepted(url):
 
 @pytest.mark.parametrize("url", ["ftp://example.com/", "https:///path", "https://u:p@example.com/",
                                  "https://example.com/#frag", "https://example.com:99999/", "example.com",
+                                 "https://example.com:0/", "https://example.com:000/",  # no port 0 to connect to
                                  "https://exa mple.com/", "https://example.com/" + "x" * 2048])
 def test_other_urls_are_refused(url):
     with pytest.raises(WalletValidationError):
