@@ -3,6 +3,8 @@ served under /console by `tokentill serve` itself. Jinja2 templates and static f
 this package; htmx and uPlot are vendored in static/vendor (see VENDORED.md)."""
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from jinja2 import Environment, PackageLoader, select_autoescape
 from litestar import Router
 from litestar.datastructures import CacheControlHeader
@@ -37,11 +39,19 @@ def templates() -> TemplateConfig:
 
 
 def utc(value: str | None) -> str:
-    """An RFC 3339 UTC time as people read it: 2026-12-02 12:46:47 UTC."""
+    """An RFC 3339 time as people read it, in UTC: 2026-12-02 12:46:47 UTC (a time with another
+    offset, as a document frozen on a server in another time zone may hold, converted)."""
     if not value:
         return ""
-    day, _, clock = value.rstrip("Z").partition("T")
-    return f"{day} {clock.split('.')[0]} UTC" if clock else day
+    if "T" not in value:
+        return value
+    try:
+        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return value
+    if at.tzinfo is not None:
+        at = at.astimezone(UTC)
+    return at.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def routers(secret: bytes) -> list[Router]:
