@@ -52,12 +52,16 @@ async def reservations_page(state: State, request: Request, customer_id: FromPat
 
 
 def _day(value: str | None, field: str, default: date) -> date:
+    """A date from a form, in the years the API's times take (1000 to 9998)."""
     if not value:
         return default
     try:
-        return date.fromisoformat(value)
+        day = date.fromisoformat(value)
     except ValueError:
         raise WalletValidationError(field, "a date, YYYY-MM-DD") from None
+    if not 1000 <= day.year <= 9998:
+        raise WalletValidationError(field, "a date in the years 1000 to 9998")
+    return day
 
 
 def usage_range(start: str | None, end: str | None, today: date) -> tuple[date, date]:
@@ -105,11 +109,16 @@ async def usage_page(state: State, request: Request, customer_id: FromPath[str],
     """Usage by day, model and token type over a range of days: the usage API's report
     (`group_by=day,model,token_type`), drawn as a chart and listed as a table."""
     customer = customer_response(await state.services.wallets.get_customer(customer_id))
-    first, last = usage_range(start, end, datetime.now(UTC).date())
+    try:
+        first, last = usage_range(start, end, datetime.now(UTC).date())
+    except WalletValidationError as exc:  # said in the usage region, which the form's htmx swaps in
+        return render(request, "customer/usage.html", status=422, customer=customer, start=start or "",
+                      end=end or "", refused=exc.context.get("fields") or [], chart=None, section="usage")
     lower = datetime.combine(first, datetime.min.time(), UTC)
     upper = datetime.combine(last + timedelta(days=1), datetime.min.time(), UTC)
     report = await state.services.db.read(lambda conn: reports.usage(conn, customer_id, lower, upper, USAGE_GROUPS))
     return render(request, "customer/usage.html", customer=customer, first=first, last=last,
+                  start=first.isoformat(), end=last.isoformat(),
                   api_query={"from": reports.when(lower), "to": reports.when(upper),
                              "group_by": ",".join(USAGE_GROUPS)},
                   chart=chart_of(report["rows"], first, last), section="usage")

@@ -137,6 +137,24 @@ def test_the_usage_range_form_reads_without_javascript(browser, console: Console
     context.close()
 
 
+def test_a_usage_range_that_ends_before_it_starts_says_so(page: Page, console: Console):
+    """The range form swaps the usage region with htmx: a refused range (422) was not swapped
+    and the page did nothing at all when "Show" was pressed."""
+    sign_in(page, console.keys["acme"])
+    page.goto("/console/customers/acme/usage")
+    expect(page.locator("[data-usage-chart] canvas")).to_be_visible()
+    page.get_by_label("From", exact=True).fill("2026-03-10")
+    page.get_by_label("To (included)", exact=True).fill("2026-03-01")
+    page.get_by_role("button", name="Show").click()
+    expect(page.locator("#usage-region").get_by_role("alert")).to_contain_text("on or after the first day")
+    expect(page.locator("[data-usage-chart] canvas")).to_have_count(0)  # no chart of the range shown before
+    page.get_by_label("To (included)", exact=True).fill("2026-03-31")
+    page.get_by_role("button", name="Show").click()
+    expect(page.get_by_role("heading", name="Usage from 2026-03-10 to 2026-03-31")).to_be_visible()
+    expect(page.locator("#usage-region").get_by_role("alert")).to_have_count(0)
+    assert [e for e in page.errors if "status of 422" not in e] == []  # Chromium logs the refusal's status
+
+
 def test_an_auditor_reads_the_trial_balance_traces_a_charge_and_runs_verify(page: Page, console: Console):
     sign_in(page, console.keys["auditor"])
     expect(page).to_have_url(re.compile(r"/console/audit$"))
