@@ -4,7 +4,9 @@ property: whatever the history, a hard budget never admits a hold past its limit
 window equals what its reservations hold and used."""
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -213,3 +215,26 @@ def test_retry_after_is_the_first_second_at_which_the_hold_fits(windows, limit, 
         assert q > limit  # only a hold larger than the limit never fits
         return
     assert fits(now + timedelta(seconds=wait)) and (wait == 1 or not fits(now + timedelta(seconds=wait - 1)))
+
+
+def _documented(topic: str) -> set[str]:
+    """The `data` fields the README's table of events gives `topic`, beside the four every event has."""
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith(f"| `{topic}`"))
+    return set(re.findall(r"`([a-z_]+)`", row.split("|")[2])) | {"id", "type", "customer_id", "created_at"}
+
+
+def test_the_budget_events_carry_the_fields_the_readme_documents():
+    mw = with_budgets(budget("month", limit=usd("1.00"), thresholds=(50,), id="a"),
+                      budget("minute", "tokens", 100, id="b"))
+    mw.reserve("0.60", input_tokens=10)
+    assert isinstance(mw.reserve("0.60", input_tokens=10), BudgetExceededError)
+    assert isinstance(mw.reserve("0.10", input_tokens=95), BudgetExceededError)
+    payloads = {}
+    for e in mw.outbox:
+        payloads.setdefault((e["topic"], "retry_after_seconds" in e["payload"]), e["payload"])
+    assert set(payloads) == {("budget.threshold_crossed", False), ("budget.exceeded", False),
+                             ("budget.exceeded", True)}
+    assert set(payloads["budget.threshold_crossed", False]) == _documented("budget.threshold_crossed")
+    assert set(payloads["budget.exceeded", True]) == _documented("budget.exceeded")
+    assert set(payloads["budget.exceeded", False]) == _documented("budget.exceeded") - {"retry_after_seconds"}
