@@ -13,15 +13,16 @@ Two file layouts are read, told apart by their header:
   a reference matches the row's source, charge, payment intent or balance transaction id.
 - Generic: `reference,amount,currency` and an optional `date` (RFC 3339 or a date), amounts in
   the currency's display unit (`100.00`).
+Amounts are plain decimals (`1,234.56`), read exactly; any other writing is refused (`_AMOUNT`).
 """
 from __future__ import annotations
 
 import csv
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -72,15 +73,22 @@ def _time(raw: str | None, where: str) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+# A plain decimal in the display unit: an optional sign, ASCII digits with commas only between
+# groups of three (1,234.56), an optional decimal point. Anything else (1.234,56 written the
+# European way, exponents, underscores) is refused rather than read as another number.
+_AMOUNT = re.compile(r"[+-]?(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]+)?")
+
+
 def _atomic(raw: str, scale: int, where: str) -> int:
-    try:
-        value = Decimal(raw.strip().replace(",", ""))
-        atomic = value.scaleb(scale)  # sNaN and exponents past Decimal's range signal here
-    except (InvalidOperation, ArithmeticError):
-        raise PaymentFileError(f"{where}: not an amount: {raw[:40]!r}") from None
-    if not value.is_finite() or atomic != atomic.to_integral_value():
+    text = raw.strip()
+    if len(text) > 60 or _AMOUNT.fullmatch(text) is None:
+        raise PaymentFileError(f"{where}: not an amount: {raw[:40]!r} (write it like 1234.56 or 1,234.56)")
+    # in integers, exactly (Decimal's context rounds past 28 significant digits)
+    whole, _, fraction = text.lstrip("+-").replace(",", "").partition(".")
+    if len(fraction.rstrip("0")) > scale:
         raise PaymentFileError(f"{where}: {raw!r} has more decimal places than the currency's {scale}")
-    return int(atomic)
+    units = int(whole) * 10**scale + int(fraction[:scale].ljust(scale, "0") or "0")
+    return -units if text.startswith("-") else units
 
 
 def read_payments(lines: Iterable[str], scale_of: Callable[[str], int]) -> tuple[list[Payment], Counter]:

@@ -60,6 +60,25 @@ def test_a_file_that_cannot_be_read_says_where(body, message):
         read_payments(io.StringIO(body), SCALES)
 
 
+@pytest.mark.parametrize("amount", ["1.000,50", "1,00", "10,0.00", "1e-999999999", "1E2", "1_000.00", "\u0661\u0660"])
+def test_an_amount_not_written_as_a_plain_decimal_is_refused_rather_than_misread(amount):
+    """Was read as another number: "1.000,50" (a thousand, written the European way) as 1.0005,
+    since every comma was dropped; "1e-999999999" underflowed to 0. An amount is digits, an
+    optional sign, commas only between groups of three digits, and a decimal point."""
+    body = f'reference,amount,currency\npay-1,1.00,USD\npay-2,"{amount}",EUR\n'
+    with pytest.raises(PaymentFileError, match="line 3: not an amount"):
+        read_payments(io.StringIO(body), SCALES)
+
+
+@pytest.mark.parametrize(("amount", "units"), [("1,000.50", 1_000_500_000_000), ("1,234,567", 1_234_567 * 10**9),
+                                               ("-3.00", -3 * 10**9), ("+0.5", 5 * 10**8), (" 12 ", 12 * 10**9),
+                                               # 29 significant digits: Decimal's context rounded the last one (…790)
+                                               ("12345678901234567891.123456789", 12345678901234567891123456789)])
+def test_plain_decimals_with_or_without_thousands_separators_are_read_exactly(amount, units):
+    paid, _ = read_payments(io.StringIO(f'reference,amount,currency\npay-1,"{amount}",USD\n'), SCALES)
+    assert [p.amount for p in paid] == [units]
+
+
 def test_every_kind_of_difference_is_reported():
     ledger = [Payment("a", 100, "USD", "entry 1"), Payment("b", 200, "USD", "entry 2"),
               Payment("c", 300, "USD", "entry 3"), Payment("", 50, "USD", "entry 4"),
