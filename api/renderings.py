@@ -93,6 +93,8 @@ def summary(document: Mapping[str, Any]) -> list[tuple[str, str]]:
     if "amount_paid" in document:
         figures.append(("Paid on this invoice", document["amount_paid"]))
     figures.append(("Amount due", document["amount_due"]))
+    if "amount_remaining" in document:  # what is still owed once the payments on it count
+        figures.append(("Amount remaining", document["amount_remaining"]))
     return figures
 
 
@@ -172,7 +174,7 @@ def context_pdf(context: Mapping[str, Any]) -> bytes:
     doc.ln(4)
     doc.set_font("Helvetica", size=10)
     for label, value in context["summary"]:
-        bold = label in ("Total", "Amount due")
+        bold = label in ("Total", "Amount due", "Amount remaining")
         doc.set_font("Helvetica", "B" if bold else "", 10)
         doc.cell(145, 6, _latin(label), align="R")
         doc.cell(35, 6, f"{value} {document['currency']}", align="R", new_x="LMARGIN", new_y="NEXT")

@@ -5,8 +5,8 @@ the upcoming one live with the close's own code, and paying one."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from datetime import datetime, timedelta
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
@@ -16,12 +16,15 @@ from ledger.db import Database
 from wallets import store
 from wallets.books import BookCache
 from wallets.commands import ClosePeriod
-from wallets.core.billing import Balances, Header, document, line_item, merge, money
+from wallets.core.billing import Balances, Header, Rollup, amount_due_units, document, line_item, merge, money
 from wallets.core.billing import opening_balances as opening_of
 from wallets.core.invoicing import true_up_lines, volume_rules
+from wallets.core.payments import unapplied_parts
 from wallets.core.results import InvoiceClosed, payment_status
+from wallets.core.state import Unapplied
 from wallets.engine import Engine, utc_now
 from wallets.errors import NotFoundError, WalletValidationError
+from wallets.model import Customer
 from wallets.periods import period_of
 
 log = logging.getLogger("tokentill.billing")
@@ -133,14 +136,40 @@ async def upcoming(conn: AsyncConnection, customer_id: str, now: datetime, books
         raise NotFoundError(f"no customer {customer_id}", customer_id=customer_id)
     c = w.customer
     period = period_of(max(now, c.open_period_start or now), c.cycle)
-    rollups = (await store.load_rollups(conn, [(c.id, period.label)])).get(c.id, {})
+    first = period_of(c.open_period_start, c.cycle).label if c.open_period_start else period.label
+    rollups = (await store.load_rollups(conn, [(c.id, min(first, period.label))])).get(c.id, {})
     rollup = dict(rollups.get(period.label, {}))
     book = await books.get(conn, c.price_book, c.book_versions)
     projected = true_up_lines(volume_rules(book, rollup, period.label))
     merge(rollup, {line_item(period.label, x): (int(x["quantity"]), int(x["amount_units"])) for x in projected})
     opening = opening_of(Balances(sum(lot.balance for lot in w.lots.values()), w.reserved, w.receivable),
                          rollups, period.label)
-    return document(c, period, rollup, opening, Header(None, None, "upcoming", now))
+    content = document(c, period, rollup, opening, Header(None, None, "upcoming", now))
+    return {**content, **await _preview_payments(conn, c, rollups, period.label, amount_due_units(rollup))}
+
+
+async def _preview_payments(conn: AsyncConnection, c: Customer, rollups: Mapping[str, Rollup], label: str,
+                            due: int) -> dict[str, Any]:
+    """What the close will count as paid on the upcoming invoice, as a finalized invoice shows it:
+    the prepaid top-ups' payments of the receivable no invoice records yet, less what the closes of
+    the earlier periods still open (in their grace window) take first, oldest first."""
+    credits: Sequence[Unapplied] = ()
+    if c.billing == "prepaid":
+        credits = (await store.load_unapplied(conn, [c.id])).get(c.id, ())
+    for earlier in sorted(x for x in rollups if x < label):
+        _, credits = unapplied_parts(credits, amount_due_units(rollups[earlier]))
+    parts, _ = unapplied_parts(credits, due)
+    paid = sum(part for _, part in parts)
+    return {"amount_paid": money(paid), "amount_remaining": money(max(0, due - paid)),
+            "payments": [{"amount": money(part), "reference": credit.reference, "entry_id": credit.entry_id,
+                          "created_at": _as_jsonb(credit.at)} for credit, part in parts]}
+
+
+def _as_jsonb(at: datetime) -> str:
+    """A time as a finalized invoice's payments give it (PostgreSQL's jsonb of a timestamptz in
+    UTC): '2026-11-23T12:00:00.12+00:00', its fraction without trailing zeros."""
+    whole, dot, rest = at.astimezone(UTC).isoformat().partition(".")  # no '.' when no microseconds
+    return f"{whole}.{rest[:6].rstrip('0')}{rest[6:]}" if dot else whole
 
 
 async def _require_customer(conn: AsyncConnection, customer_id: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 
@@ -207,3 +208,36 @@ async def test_a_rounding_line_renders_with_the_rounded_lines(client) -> None:
     text = "\n".join(p.extract_text() for p in PdfReader(io.BytesIO(document.content)).pages)
     printed = [" ".join(line.split()) for line in text.splitlines()]
     assert "Rounding difference (each line rounded to 0.01, half to even) 0.0068" in printed, printed
+
+
+async def test_the_upcoming_invoice_shows_what_a_top_up_paid_and_what_remains(client) -> None:
+    """A prepaid customer's top-up that paid the period's usage off the receivable pays its
+    invoice at the close; the upcoming invoice (JSON, printable page, console page) showed the
+    whole amount due and nothing paid."""
+    created = await client.post("/v1/customers", headers=ADMIN, json={
+        "id": "topped", "currency": "USD", "price_book": "seed", "overdraft_limit": "1.00"})
+    assert created.status_code == 201, created.text
+    sent = await client.post("/v1/usage-events", headers=ADMIN, json=[  # 5 x $0.03 on the receivable
+        {"event_id": f"t{i}", "customer_id": "topped", "model": "model-a", "timestamp": datetime.now(UTC).isoformat(),
+         "usage": {"input_tokens": 1000, "output_tokens": 500}} for i in range(5)])
+    assert sent.json()["accepted"] == 5, sent.text
+    topped = await client.post("/v1/customers/topped/topups", headers=ADMIN, json={"amount": "0.10"})
+    assert topped.json()["applied_to_receivable"] == "0.10", topped.text
+    path = "/v1/customers/topped/invoices/upcoming"
+    upcoming = (await client.get(path, headers=ADMIN)).json()
+    assert (upcoming["amount_due"], upcoming["amount_paid"], upcoming["amount_remaining"]) == ("0.15", "0.10", "0.05")
+    page = await client.get(path, headers={**ADMIN, "Accept": "text/html"})
+    tables = Tables()
+    tables.feed(page.text)
+    assert ["Paid on this invoice", "0.10 USD"] in tables.rows and ["Amount remaining", "0.05 USD"] in tables.rows
+    document = await client.get(path, headers={**ADMIN, "Accept": "application/pdf"})
+    text = "\n".join(p.extract_text() for p in PdfReader(io.BytesIO(document.content)).pages)
+    assert "Amount remaining 0.05 USD" in [" ".join(line.split()) for line in text.splitlines()]
+    async with AsyncTestClient(app=client.app, base_url="https://console.test") as browser:
+        token = re.search(r'name="_csrf_token" value="([^"]+)"', (await browser.get("/console/sign-in")).text)
+        signed = await browser.post("/console/sign-in", data={"key": "render-admin", "_csrf_token": token.group(1)},
+                                    follow_redirects=False)
+        assert signed.status_code == 303, signed.text
+        console = Tables()
+        console.feed((await browser.get("/console/customers/topped/invoices/upcoming")).text)
+        assert ["Paid on this invoice", "0.10"] in console.rows and ["Amount remaining", "0.05"] in console.rows

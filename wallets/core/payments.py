@@ -3,6 +3,7 @@
 as the part of a prepaid top-up that paid off an invoiced receivable. Pure."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -50,16 +51,30 @@ def apply_to_invoices(state: State, customer_id: str, amount: int, reference: st
     return effects
 
 
+def unapplied_parts(credits: Sequence[Unapplied], due: int) -> tuple[list[tuple[Unapplied, int]], list[Unapplied]]:
+    """What of `credits` (top-ups' payments of the receivable no invoice records yet, oldest
+    first) an invoice of `due` takes at its close: (credit, part) oldest first, up to `due`; and
+    what is left of them for the invoices of later periods. The close and the upcoming invoice's
+    preview both apply them by this rule."""
+    parts: list[tuple[Unapplied, int]] = []
+    left: list[Unapplied] = []
+    for credit in credits:
+        part = min(credit.amount, max(0, due))
+        if part > 0:
+            parts.append((credit, part))
+            due -= part
+        if credit.amount > part:
+            left.append(replace(credit, amount=credit.amount - part))
+    return parts, left
+
+
 def apply_unapplied(state: State, invoice: InvoiceDue, now: datetime) -> list[Any]:
     """A new invoice (at its close) counts as paid what the customer's top-ups paid off the
     receivable while its usage was not invoiced yet (`state.unapplied`, oldest first), up to its
     amount due; what is left of them paid usage of a later period."""
     effects: list[Any] = []
-    for credit in state.unapplied.get(invoice.customer_id, ()):
-        left = invoice.amount_due - invoice.paid
-        if left <= 0:
-            break
-        part = min(credit.amount, left)
+    parts, _ = unapplied_parts(state.unapplied.get(invoice.customer_id, ()), invoice.amount_due - invoice.paid)
+    for credit, part in parts:
         effects += payment_effects(state, invoice, part, credit.reference, now, credit)
         invoice = replace(invoice, payments={**invoice.payments, credit.reference: part})
     return effects

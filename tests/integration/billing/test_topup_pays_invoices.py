@@ -178,3 +178,64 @@ async def test_a_top_up_before_the_close_and_one_after_pay_the_invoice_between_t
     assert [(p["amount"], p["reference"]) for p in invoice["payments"]] == [
         ("0.05", f"topup:{before.grant.id}"), ("0.04", f"topup:{after.grant.id}")]
     await _verified(bk)
+
+
+def _settlement(invoice: dict) -> dict:
+    """What the customer reads as paid and still owed on an invoice, and by which payments (an
+    upcoming invoice's have no id yet: none is recorded before the close)."""
+    return {"amount_due": invoice["amount_due"], "amount_paid": invoice["amount_paid"],
+            "amount_remaining": invoice["amount_remaining"],
+            "payments": [{k: p[k] for k in ("amount", "reference", "entry_id", "created_at")}
+                         for p in invoice["payments"]]}
+
+
+async def test_the_upcoming_invoice_shows_what_top_ups_paid_as_its_close_will(bk: BillingKit) -> None:
+    """A top-up that paid the open period's usage off the receivable pays that period's invoice
+    at its close; the upcoming invoice showed the whole $0.09 due and nothing paid, so a customer
+    reading it was asked for money already paid."""
+    cid = await bk.customer("preview", overdraft="1.00")
+    for _ in range(3):
+        await bk.event(cid, "model-a", 1000, 500)  # $0.09 on the receivable
+    paid = await bk.top_up(cid, "0.04", reference="card-1")
+    upcoming = await bk.upcoming(cid)
+    assert (upcoming["amount_due"], upcoming["amount_paid"], upcoming["amount_remaining"]) == ("0.09", "0.04", "0.05")
+    assert [(p["amount"], p["reference"], p["entry_id"]) for p in upcoming["payments"]] == [
+        ("0.04", f"topup:{paid.grant.id}", await _entry_of_lot(bk, paid.grant.id))]
+    await bk.close(NOV_GRACE_OVER)
+    [november] = await bk.invoices(cid)
+    assert _settlement(november) == _settlement(upcoming)
+    await _verified(bk)
+
+
+async def test_the_upcoming_invoice_leaves_to_an_unclosed_earlier_period_what_its_close_takes_first(
+        bk: BillingKit) -> None:
+    """Top-ups pay the invoices finalized later oldest period first: while November waits for its
+    close, December's upcoming invoice shows as paid only what November's invoice leaves."""
+    cid = await bk.customer("preview2", overdraft="1.00")
+    for _ in range(3):
+        await bk.event(cid, "model-a", 1000, 500)  # November: $0.09
+    first = await bk.top_up(cid, "0.04")
+    bk.clock.now = datetime(2026, 12, 1, 0, 30, tzinfo=UTC)  # November ended, not closed (grace)
+    await bk.event(cid, "model-a", 1000, 500)  # December: $0.03
+    second = await bk.top_up(cid, "0.07")  # $0.04 + $0.07 = $0.11: November's $0.09, then $0.02 of December's
+    december = await bk.upcoming(cid)
+    assert december["period"]["label"] == "2026-12"
+    assert (december["amount_due"], december["amount_paid"], december["amount_remaining"]) == (
+        "0.03", "0.02", "0.01")
+    assert [(p["amount"], p["reference"]) for p in december["payments"]] == [("0.02", f"topup:{second.grant.id}")]
+    await bk.close(NOV_GRACE_OVER)
+    assert _settlement(await bk.upcoming(cid)) == _settlement(december)  # November's close changed nothing
+    await bk.close(DEC_GRACE_OVER)
+    november, closed = await bk.invoices(cid)
+    assert [p["reference"] for p in november["payments"]] == [f"topup:{first.grant.id}", f"topup:{second.grant.id}"]
+    assert _settlement(closed) == _settlement(december)
+    await _verified(bk)
+
+
+async def test_an_upcoming_invoice_with_nothing_paid_has_all_of_its_amount_due_remaining(bk: BillingKit) -> None:
+    cid = await bk.customer("unpaid", billing_mode="postpaid")
+    await bk.event(cid, "model-a", 1000, 500)
+    await bk.top_up(cid, "1.00")  # postpaid: credit, not a payment of the receivable
+    upcoming = await bk.upcoming(cid)
+    assert (upcoming["amount_due"], upcoming["amount_paid"], upcoming["amount_remaining"], upcoming["payments"]) == (
+        "0.03", "0.00", "0.03", [])
