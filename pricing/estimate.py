@@ -106,10 +106,7 @@ def estimate_upper_bound(
     dims = probe.dimension_dict
     utc = probe.occurred_at  # hours are UTC windows, whatever the offset `at` was given in
     minute = utc.hour * 60 + utc.minute if resolved.timed else None
-    if prior_context_tokens is not None:
-        rules = (resolved.resolve(t, model, dims, minute) for t in ("input", "output"))
-        window = resolved.context_window_for(rule.id for rule in rules if rule is not None)
-        prompt_tokens = max(prompt_tokens, window if window is not None else prior_context_tokens)
+    prompt_tokens = _held_prompt(resolved, model, dims, minute, prompt_tokens, prior_context_tokens)
 
     def line(token_type: str, quantity: int) -> Line | None:
         rule = resolved.resolve(token_type, model, dims, minute)
@@ -128,6 +125,32 @@ def estimate_upper_bound(
     if resolved.find_rule("request", model, dims, minute) is not None:
         lines.append(line("request", 1))
     return build_rating(resolved, [ln for ln in lines if ln is not None and ln.quantity], scale)
+
+
+def _held_prompt(resolved: PriceVersion, model: str, dims: Mapping[str, DimValue], minute: int | None,
+                 prompt_tokens: int, prior_context_tokens: int | None) -> int:
+    """The prompt a hold counts: `prompt_tokens`, or for a call that continues a conversation
+    (`prior_context_tokens` not None) the model's context window as the book names it, else
+    `prior_context_tokens`; never below its count."""
+    if prior_context_tokens is None:
+        return prompt_tokens
+    rules = (resolved.resolve(t, model, dims, minute) for t in ("input", "output"))
+    window = resolved.context_window_for(rule.id for rule in rules if rule is not None)
+    return max(prompt_tokens, window if window is not None else prior_context_tokens)
+
+
+def held_prompt_tokens(version: PriceBook | PriceVersion, model: str, prompt_tokens: int,
+                       dimensions: Mapping[str, DimValue] | None, at: datetime,
+                       prior_context_tokens: int | None) -> int:
+    """The prompt tokens `estimate_upper_bound` holds for these arguments: what a token budget
+    counts the hold at, so that it counts the same upper bound as the money."""
+    if prior_context_tokens is None:
+        return prompt_tokens
+    probe = Usage(model, {}, at, dimensions or {})
+    resolved = _version(version, probe.occurred_at)
+    utc = probe.occurred_at
+    minute = utc.hour * 60 + utc.minute if resolved.timed else None
+    return _held_prompt(resolved, model, probe.dimension_dict, minute, prompt_tokens, prior_context_tokens)
 
 
 @dataclass(frozen=True, slots=True)

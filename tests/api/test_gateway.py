@@ -435,6 +435,34 @@ def test_a_response_that_continues_a_conversation_is_held_for_the_models_context
     assert wallet(url, cid) == (Decimal("10") - RESPONSES_CHARGE, 0)
 
 
+def test_a_token_budget_counts_a_continued_conversation_at_its_hold_and_settles_its_usage(live, fake):
+    """A token budget counted a call that continues a conversation at the body's tokens ("hi":
+    7, and the 1,000 of output) while its money was held for the model's context window: a
+    budget of 100,000 tokens let such calls through, each billed the earlier turns as input."""
+    url, _ = live
+    cid, key = customer(live)
+    with admin(url) as http:
+        budget = http.post("/v1/budgets", json={"customer_id": cid, "window": "day", "metric": "tokens",
+                                                "limit": 100_000})
+        assert budget.status_code == 201, budget.text
+    before = len(fake.fake.calls)
+    with pytest.raises(openai.RateLimitError) as raised:
+        oai(url, key).responses.create(model="gpt-test", input="hi", previous_response_id="resp_1",
+                                       max_output_tokens=1000)
+    assert raised.value.body["code"] == "budget_exceeded"
+    assert raised.value.body["tokentill"]["requested"] == 400_000 + 1000  # the hold's prompt and output
+    assert len(fake.fake.calls) == before  # refused before the upstream
+    with admin(url) as http:
+        assert http.patch(f"/v1/budgets/{budget.json()['id']}", json={"limit": 500_000}).status_code == 200
+    raw = oai(url, key).responses.with_raw_response.create(model="gpt-test", input="hi", conversation="conv_1",
+                                                           max_output_tokens=1000)
+    assert charged(url, raw.headers["x-tokentill-request-id"]) == RESPONSES_CHARGE
+    with admin(url) as http:
+        counted = http.get(f"/v1/budgets/{budget.json()['id']}").json()
+    # the settle counts the provider's usage: 700 input + 100 cached + 40 output + 16 reasoning
+    assert (counted["used"], counted["held"]) == (856, 0), counted
+
+
 def test_a_continued_conversations_stream_cut_upstream_is_charged_the_body_not_the_hold(live):
     url, _ = live
     _, key = customer(live)

@@ -5,7 +5,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pricing.books import PriceBook
-from pricing.estimate import estimate_upper_bound
+from pricing.estimate import estimate_upper_bound, held_prompt_tokens
 from pricing.money import format_amount
 from wallets import chart
 from wallets.core import budgets, idempotency
@@ -58,9 +58,13 @@ def reserve(state: State, cmd: Reserve, now: datetime, book: PriceBook | None) -
                                       input_audio_tokens=cmd.prompt_audio_tokens,
                                       prior_context_tokens=cmd.prior_context_tokens,
                                       tool_uses=cmd.tool_uses).total_units
+    prompt = cmd.prompt_tokens
+    if cmd.prior_context_tokens is not None and w.budgets:  # token budgets count what the money holds
+        prompt = held_prompt_tokens(book_for(w, book), cmd.model, cmd.prompt_tokens or 0, cmd.dimensions, now,
+                                    cmd.prior_context_tokens)
     rid = state.ids("res")
     counted = budgets.on_reserve(state, w, rid, cmd.model, cmd.dimensions, amount,
-                                 (cmd.prompt_tokens, cmd.max_output_tokens), now)
+                                 (prompt, cmd.max_output_tokens), now)
     if isinstance(counted, Decision):  # a budget refusal is not kept: the window may make room
         return counted
     pieces = _pieces(w, amount, now)

@@ -5,7 +5,7 @@ import pytest
 from pricing_testkit import AT, version, worked_example_version
 
 from pricing.errors import InvalidUsageError, UnpricedModelError
-from pricing.estimate import estimate_request, estimate_upper_bound
+from pricing.estimate import estimate_request, estimate_upper_bound, held_prompt_tokens
 from pricing.overrides import ContractPrice, Discount, Overrides
 from pricing.parse import parse_book, parse_version
 from pricing.tokens import TokenCounter
@@ -242,3 +242,12 @@ def test_a_format_1_book_holds_no_server_tool_fee_as_it_charges_none():
 def test_bad_server_tool_uses_are_refused(uses):
     with pytest.raises(InvalidUsageError):
         estimate_upper_bound(worked_example_version(), "model-a", 1, 1, {}, AT, tool_uses=uses)
+
+
+@pytest.mark.parametrize(("model", "prompt", "prior", "held"), [
+    ("windowed", 500, 400_000, 128_000), ("plain", 500, 400_000, 400_000), ("windowed", 200_000, 400_000, 200_000),
+    ("plain", 500, None, 500)])
+def test_the_prompt_a_token_budget_counts_is_the_one_the_money_holds(model, prompt, prior, held):
+    assert held_prompt_tokens(WINDOWED, model, prompt, {}, AT, prior) == held
+    rating = estimate_upper_bound(WINDOWED, model, prompt, 0, {}, AT, prior_context_tokens=prior)
+    assert rating.lines[0].quantity == held
