@@ -5,7 +5,7 @@ does, so they queue beside the batches that read budgets instead of failing them
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -17,7 +17,9 @@ from wallets.core.budgets import BudgetView
 from wallets.core.idempotency import CREATED, IdemKey, Replayed
 from wallets.engine import Engine, customer_lock, lane_lock
 from wallets.errors import NotFoundError
-from wallets.model import new_id
+from wallets.model import Budget, new_id
+
+OWNERS_KEPT = 100_000  # budgets whose customer is kept (then forgotten all at once)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,7 @@ class BudgetChange:
 class BudgetService:
     def __init__(self, db: Database, engine: Engine, clock: Callable[[], datetime]) -> None:
         self.db, self.engine, self.clock = db, engine, clock
+        self._owners: dict[str, str] = {}  # budget -> its customer, which never changes
 
     async def create(self, spec: BudgetSpec, idem: IdemKey | None = None) -> BudgetView | Replayed:
         from wallets.service import run_once  # imported here: wallets.service imports this module
@@ -87,43 +90,58 @@ class BudgetService:
             views += [rules.budget_view(b, w.customer.currency, now) for _, b in sorted(w.budgets.items())]
         return views
 
-    async def change(self, budget_id: str, change: BudgetChange) -> BudgetView:
+    async def change(self, budget_id: str, decide: Callable[[Budget], BudgetChange]) -> BudgetView:
+        """The change `decide` makes of the budget (it may refuse, raising: the caller's authorization,
+        the limit's type by metric) applied to the budget as read by the unit of work that writes it:
+        one read, so nothing about the budget changes between the check and the write."""
         customer_id = await self.owner(budget_id)
-        current = (await self.get(budget_id)).budget
-        rules.validate(current.window, current.metric, change.mode or current.mode,
-                       current.limit if change.limit is None else change.limit,
-                       current.thresholds if change.thresholds is None else change.thresholds, None)
 
         async def work(conn: AsyncConnection) -> BudgetView:
+            now = self.clock()
+            current, currency = await self._live(conn, customer_id, budget_id, now)
+            change = decide(current)
+            b = replace(current, name=current.name if change.name is None else change.name,
+                        limit=current.limit if change.limit is None else change.limit,
+                        mode=change.mode or current.mode,
+                        thresholds=current.thresholds if change.thresholds is None else change.thresholds)
+            rules.validate(b.window, b.metric, b.mode, b.limit, b.thresholds, None)
             await conn.exec_driver_sql(
-                """UPDATE budgets SET name = coalesce(%s, name), limit_units = coalesce(%s, limit_units),
-                          mode = coalesce(%s, mode), thresholds = coalesce(%s, thresholds), updated_at = now()
+                """UPDATE budgets SET name = %s, limit_units = %s, mode = %s, thresholds = %s, updated_at = now()
                     WHERE id = %s AND customer_id = %s AND deleted_at IS NULL""",
-                (change.name, change.limit, change.mode,
-                 None if change.thresholds is None else list(change.thresholds), budget_id, customer_id))
-            return await self._view(conn, customer_id, budget_id)
+                (b.name, b.limit, b.mode, list(b.thresholds), budget_id, customer_id))
+            return rules.budget_view(b, currency, now)
 
         return await self.db.run(work, locks=await self._locks(customer_id))
 
-    async def delete(self, budget_id: str) -> BudgetView:
-        """Stop counting new reservations against the budget; holds taken in it still return."""
+    async def delete(self, budget_id: str, allow: Callable[[Budget], None] = lambda _: None) -> BudgetView:
+        """Stop counting new reservations against the budget; holds taken in it still return.
+        `allow` (the caller's authorization) sees the budget as read by the unit of work that
+        deletes it, and may refuse, raising."""
         customer_id = await self.owner(budget_id)
-        view = await self.get(budget_id)
 
-        async def work(conn: AsyncConnection) -> None:
+        async def work(conn: AsyncConnection) -> BudgetView:
+            now = self.clock()
+            b, currency = await self._live(conn, customer_id, budget_id, now)
+            allow(b)
             await conn.exec_driver_sql("UPDATE budgets SET deleted_at = now() WHERE id = %s AND customer_id = %s "
                                        "AND deleted_at IS NULL", (budget_id, customer_id))
+            return rules.budget_view(b, currency, now)
 
-        await self.db.run(work, locks=await self._locks(customer_id))
-        return view
+        return await self.db.run(work, locks=await self._locks(customer_id))
 
     async def owner(self, budget_id: str) -> str:
-        """The customer of a live budget, or not_found."""
+        """The customer of a live budget, or not_found. A budget's customer never changes, so it
+        is kept once found (a budget deleted since is found missing where it is read)."""
+        if budget_id in self._owners:
+            return self._owners[budget_id]
         found = await self.db.read(lambda conn: conn.exec_driver_sql(
             "SELECT customer_id FROM budgets WHERE id = %s AND deleted_at IS NULL", (budget_id,)))
         customer_id = found.scalar()
         if customer_id is None:
             raise NotFoundError(f"no budget {budget_id}", budget_id=budget_id)
+        if len(self._owners) >= OWNERS_KEPT:
+            self._owners.clear()
+        self._owners[budget_id] = customer_id
         return customer_id
 
     async def _locks(self, customer_id: str) -> list[int]:
@@ -131,10 +149,16 @@ class BudgetService:
 
     async def _view(self, conn: AsyncConnection, customer_id: str, budget_id: str) -> BudgetView:
         now = self.clock()
+        b, currency = await self._live(conn, customer_id, budget_id, now)
+        return rules.budget_view(b, currency, now)
+
+    async def _live(self, conn: AsyncConnection, customer_id: str, budget_id: str,
+                    now: datetime) -> tuple[Budget, str]:
+        """The live budget with its windows at `now`, and its customer's currency (one read)."""
         loaded = await store.load(conn, [customer_id], now=now)
         w = loaded.wallets.get(customer_id)
         if w is None:
             raise NotFoundError(f"no customer {customer_id}", customer_id=customer_id)
         if budget_id not in w.budgets:
             raise NotFoundError(f"no budget {budget_id}", budget_id=budget_id)
-        return rules.budget_view(w.budgets[budget_id], w.customer.currency, now)
+        return w.budgets[budget_id], w.customer.currency

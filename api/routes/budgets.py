@@ -2,6 +2,7 @@
 A budget belongs to one customer; API key, model pattern and dimension values narrow it."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, get_args
 
 import msgspec
@@ -17,6 +18,7 @@ from api.routes.wire import Answer, amount_in, idempotency, respond, shaped, tim
 from wallets.budgets import BudgetChange, BudgetSpec
 from wallets.core.budgets import BudgetView, figure
 from wallets.errors import NotFoundError, WalletValidationError
+from wallets.model import Budget
 
 Window = Literal["request", "minute", "day", "month", "lifetime"]
 Metric = Literal["money", "tokens", "input_tokens", "output_tokens", "requests"]
@@ -143,13 +145,20 @@ def _customers_own(request: Request) -> bool:
     return principal_of(request).scope.startswith("customer:")
 
 
-async def _changeable(state: State, request: Request, budget_id: str) -> None:
+def _changeable(request: Request, budget_id: str) -> Callable[[Budget], None]:
     """A budget the operator set (an admin key made it) is changed or deleted by admin keys only:
-    the customer's own key may read it, but not raise or drop the cap set on it."""
-    await _owned(state, request, budget_id)
-    if _customers_own(request) and (await state.services.wallets.budgets.get(budget_id)).budget.set_by != "customer":
-        raise ApiError("forbidden", f"budget {budget_id} was set by the operator: only an admin key may change "
-                       "or delete it", 403)
+    the customer's own key may read it, but not raise or drop the cap set on it. Checked on the
+    budget as the unit of work that changes it reads it (wallets.budgets: one read)."""
+    principal, customers_own = principal_of(request), _customers_own(request)
+
+    def check(b: Budget) -> None:
+        if not principal.may_see(b.customer_id):
+            raise NotFoundError(f"no budget {budget_id}", budget_id=budget_id)
+        if customers_own and b.set_by != "customer":
+            raise ApiError("forbidden", f"budget {budget_id} was set by the operator: only an admin key may "
+                           "change or delete it", 403)
+
+    return check
 
 
 async def _owned(state: State, request: Request, budget_id: str) -> None:
@@ -175,19 +184,23 @@ async def change_budget(state: State, request: Request, budget_id: FromPath[str]
     if fixed is not None:
         raise WalletValidationError(fixed, "never changes: create another budget (and delete this one)")
     data = shaped(data, ChangeBudgetRequest)
-    await _changeable(state, request, budget_id)
-    service = state.services.wallets.budgets
-    limit = None if data.limit is None else _limit((await service.get(budget_id)).budget.metric, data.limit)
-    change = BudgetChange(data.name, limit, data.mode, None if data.thresholds is None else tuple(data.thresholds))
-    return budget_response(await service.change(budget_id, change))
+    await _owned(state, request, budget_id)  # its customer (never changes): another's is not found
+    check = _changeable(request, budget_id)
+
+    def decide(b: Budget) -> BudgetChange:
+        check(b)
+        limit = None if data.limit is None else _limit(b.metric, data.limit)
+        return BudgetChange(data.name, limit, data.mode, None if data.thresholds is None else tuple(data.thresholds))
+
+    return budget_response(await state.services.wallets.budgets.change(budget_id, decide))
 
 
 @delete("/v1/budgets/{budget_id:str}", guards=[require(*WRITERS)], tags=["budgets"], status_code=200,
         **documented(404))
 async def delete_budget(state: State, request: Request, budget_id: FromPath[str]) -> BudgetResponse:
     """New reservations stop counting against it; what its windows hold still returns there."""
-    await _changeable(state, request, budget_id)
-    return budget_response(await state.services.wallets.budgets.delete(budget_id))
+    await _owned(state, request, budget_id)
+    return budget_response(await state.services.wallets.budgets.delete(budget_id, _changeable(request, budget_id)))
 
 
 ROUTES = [create_budget, list_budgets, get_budget, change_budget, delete_budget]

@@ -3,7 +3,7 @@ hold, settle and release count in them, alerts once per window, and the wallet v
 from __future__ import annotations
 
 from litestar.testing import AsyncTestClient
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from ledger.db import Database
 
@@ -216,3 +216,57 @@ async def test_a_budget_the_operator_set_is_changed_by_admin_keys_only(client: A
     assert changed.status_code == 200 and changed.json()["limit"] == "2.00", changed.text
     assert (await client.delete(f"/v1/budgets/{mine.json()['id']}", headers=own)).status_code == 200
     assert (await client.patch(f"/v1/budgets/{cap['id']}", json={"limit": "6.00"})).status_code == 200  # admin
+
+
+class _BudgetReads:
+    """The statements that read budgets (`FROM budgets`) on the app's database, while in use."""
+
+    def __init__(self, client: AsyncTestClient) -> None:
+        self.engine = client.app.state.services.db.engine.sync_engine
+        self.seen: list[str] = []
+
+    def _seen(self, conn, cursor, statement, parameters, context, executemany) -> None:
+        if "FROM budgets" in statement:
+            self.seen.append(statement)
+
+    def __enter__(self) -> list[str]:
+        event.listen(self.engine, "before_cursor_execute", self._seen)
+        return self.seen
+
+    def __exit__(self, *exc) -> None:
+        event.remove(self.engine, "before_cursor_execute", self._seen)
+
+
+async def test_a_customer_keys_change_and_delete_read_the_budget_once_where_they_act(
+        client: AsyncTestClient, tag: str, book: str):
+    """A customer key's PATCH and DELETE read the budget to authorize it (set_by, its customer),
+    then again, in other transactions, to act on it: 9 reads for a PATCH, a window in which the
+    budget could change between the check and the write. Now the unit of work that writes reads
+    it once, and checks it there; the answers are unchanged."""
+    cid = await _funded(client, tag, book)
+    other = await _funded(client, f"{tag}-o", book)
+    made = await client.post("/v1/api-keys", json={"scope": f"customer:{cid}"})
+    own = {"Authorization": f"Bearer {made.json()['key']}"}
+    cap = await _budget(client, customer_id=cid, window="month", metric="money", limit="5.00")
+    theirs = await _budget(client, customer_id=other, window="month", metric="money", limit="5.00")
+    mine = (await client.post("/v1/budgets", headers=own, json={"customer_id": cid, "window": "day",
+                                                                "metric": "tokens", "limit": 1000})).json()
+    with _BudgetReads(client) as reads:
+        changed = await client.patch(f"/v1/budgets/{mine['id']}", headers=own, json={"limit": 2000, "name": "n"})
+    assert changed.status_code == 200 and (changed.json()["limit"], changed.json()["name"]) == (2000, "n")
+    assert len(reads) <= 2, reads  # the owner (for the lane's lock: it never changes), then the budget
+    with _BudgetReads(client) as reads:
+        dropped = await client.delete(f"/v1/budgets/{mine['id']}", headers=own)
+    assert dropped.status_code == 200 and dropped.json()["limit"] == 2000, dropped.text
+    assert len(reads) == 1, reads  # its owner is known now
+    assert (await client.get(f"/v1/budgets/{mine['id']}", headers=own)).status_code == 404
+    assert (await client.delete(f"/v1/budgets/{mine['id']}", headers=own)).status_code == 404  # gone already
+    for method, body in (("PATCH", {"limit": "500.00"}), ("DELETE", None)):
+        refused = await client.request(method, f"/v1/budgets/{cap['id']}", headers=own, json=body)
+        assert refused.status_code == 403 and refused.json()["code"] == "forbidden", refused.text
+        hidden = await client.request(method, f"/v1/budgets/{theirs['id']}", headers=own, json=body)
+        assert hidden.status_code == 404 and hidden.json()["code"] == "not_found", hidden.text
+    money = await client.patch(f"/v1/budgets/{cap['id']}", json={"limit": 6})  # a money limit is a string
+    assert money.status_code == 422 and money.json()["fields"][0]["field"] == "limit", money.text
+    assert (await client.get(f"/v1/budgets/{cap['id']}")).json()["limit"] == "5.00"
+    assert (await client.get(f"/v1/budgets/{theirs['id']}")).json()["limit"] == "5.00"
