@@ -155,6 +155,25 @@ def test_a_usage_range_that_ends_before_it_starts_says_so(page: Page, console: C
     assert [e for e in page.errors if "status of 422" not in e] == []  # Chromium logs the refusal's status
 
 
+def test_no_page_of_a_customers_is_kept_in_the_browsers_storage(page: Page, console: Console):
+    """htmx kept a copy of the page in localStorage (its history cache) whenever the usage
+    form pushed a new URL: the wallet's figures outlived the no-store pages and the sign-out,
+    readable by whoever used the browser next (and restored by Back without the server)."""
+    sign_in(page, console.keys["acme"])
+    page.goto("/console/customers/acme/usage")
+    page.get_by_label("From", exact=True).fill("2020-01-01")
+    page.get_by_label("To (included)", exact=True).fill("2020-01-31")
+    page.get_by_role("button", name="Show").click()
+    expect(page).to_have_url(re.compile(r"from=2020-01-01"))
+    page.get_by_role("button", name="Sign out").click()
+    expect(page).to_have_url(re.compile(r"/console/sign-in$"))
+    stored = page.evaluate("JSON.stringify(Object.assign({}, window.localStorage, window.sessionStorage))")
+    assert "acme" not in stored.lower(), stored[:300]
+    page.go_back()  # to the range the form pushed: asked of the server again, which wants a sign-in
+    expect(page).to_have_url(re.compile(r"/console/sign-in\?next="))
+    assert "Acme Inc." not in page.content()
+
+
 def test_an_auditor_reads_the_trial_balance_traces_a_charge_and_runs_verify(page: Page, console: Console):
     sign_in(page, console.keys["auditor"])
     expect(page).to_have_url(re.compile(r"/console/audit$"))
