@@ -295,19 +295,34 @@ async def _messages(fake: FakeUpstream, log: Logged, receive: Any, send: Any) ->
 
     def events():
         yield _sse({"type": "message_start", "message": message}, "message_start")
-        yield _sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        text = 2 * SEARCHES if searched else 0  # the text block's index: after the searches and their results
+        for n in range(0, text, 2):
+            yield from _search_blocks(n)
+        yield _sse({"type": "content_block_start", "index": text, "content_block": {"type": "text", "text": ""}},
                    "content_block_start")
         yield _sse({"type": "ping"}, "ping")
         for word in words:
-            yield _sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word}},
+            yield _sse({"type": "content_block_delta", "index": text, "delta": {"type": "text_delta", "text": word}},
                        "content_block_delta")
             yield None
-        yield _sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
+        yield _sse({"type": "content_block_stop", "index": text}, "content_block_stop")
         yield _sse({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
                     "usage": {"output_tokens": len(words), **server}}, "message_delta")
         yield _sse({"type": "message_stop"}, "message_stop")
 
     await fake.stream(log, receive, send, events())
+
+
+def _search_blocks(index: int) -> Any:
+    """A web search Anthropic ran inside the call, as its stream shows it: the server_tool_use
+    block (its query left out) and the search's result block."""
+    tool_id = f"srvtoolu_{index}"
+    yield _sse({"type": "content_block_start", "index": index, "content_block": {
+        "type": "server_tool_use", "id": tool_id, "name": "web_search", "input": {}}}, "content_block_start")
+    yield _sse({"type": "content_block_stop", "index": index}, "content_block_stop")
+    yield _sse({"type": "content_block_start", "index": index + 1, "content_block": {
+        "type": "web_search_tool_result", "tool_use_id": tool_id, "content": []}}, "content_block_start")
+    yield _sse({"type": "content_block_stop", "index": index + 1}, "content_block_stop")
 
 
 MODELS = ("gpt-test", "claude-test")

@@ -3,11 +3,13 @@ a stream's server-sent events go by, the text generated so far and any usage it 
 
 The settlement a finished, failed or cut call gets (`settlement`): the provider's final usage
 when it came; else, for Anthropic, the input usage its `message_start` reported with the output
-tokens metered here; else the prompt's raw tiktoken count and the metered output. Metered
+tokens metered here (and the web searches its server_tool_use blocks showed, which Anthropic bills
+whether or not the answer ends); else the prompt's raw tiktoken count and the metered output. Metered
 output is the tiktoken count (the model's encoding, else cl100k_base, no margin) of every
 generated text delta in the order received: message text, refusals, reasoning text, tool-call
 arguments. No usage and no output at all means nothing was generated: the hold is released; so
-does an upstream that failed before any output token (Anthropic's message_start notwithstanding).
+does an upstream that failed before any output token (Anthropic's message_start notwithstanding)
+and any web search.
 """
 from __future__ import annotations
 
@@ -102,6 +104,7 @@ class StreamTally:
     started: dict[str, Any] | None = None  # Anthropic: message_start's usage (input known)
     service_tier: str | None = None  # OpenAI: the tier that served the call, beside its usage
     error: bool = False  # the upstream reported an error inside the stream
+    searches: int = 0  # Anthropic: the web searches it ran (server_tool_use blocks), billed even when cut
 
     def observe(self, raw: bytes) -> bool:
         """Take one event into account; whether to forward it to the caller."""
@@ -143,7 +146,12 @@ class StreamTally:
                 self.service_tier = _tier_of(response)
 
     def _messages(self, kind: Any, event: dict[str, Any]) -> None:
-        if kind == "content_block_delta":
+        if kind == "content_block_start":
+            block = event.get("content_block")
+            if isinstance(block, Mapping) and block.get("type") == "server_tool_use" \
+                    and block.get("name") == "web_search":
+                self.searches += 1
+        elif kind == "content_block_delta":
             delta = event.get("delta")
             if isinstance(delta, Mapping):
                 self.texts += [delta[k] for k in _ANTHROPIC_DELTAS if isinstance(delta.get(k), str)]
@@ -166,10 +174,11 @@ class StreamTally:
             return "openai_usage", _with_tier(self.usage, self.service_tier)
         text = "".join(self.texts)
         metered = counter.count_text(text, model).raw_tokens if text else 0
-        if metered == 0 and (failed or self.error):
+        if metered == 0 and not self.searches and (failed or self.error):
             return None
         if self.started is not None:
-            return "anthropic_usage", {**self.started, "output_tokens": metered}
+            searched = {"server_tool_use": {"web_search_requests": self.searches}} if self.searches else {}
+            return "anthropic_usage", {**self.started, "output_tokens": metered, **searched}
         if metered == 0:
             return None
         return "usage", {"input_tokens": prompt_raw_tokens, "output_tokens": metered}

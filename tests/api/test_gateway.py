@@ -548,6 +548,24 @@ def test_an_anthropic_stream_cut_by_the_client_is_charged_the_reported_input_and
     assert charged(url, request_id) == (900 * IN + 100 * CACHED + 50 * WRITE + 200 * OUT) / M + CALL
 
 
+def test_an_anthropic_stream_cut_after_web_searches_is_charged_the_searches_it_showed(live, fake):
+    """Cut before the final usage came: the searches Anthropic ran (its server_tool_use blocks) are
+    billed by Anthropic all the same, so they are charged with the reported input and the sent output."""
+    url, _ = live
+    _, key = customer((url, tool_book(url, {"id": "search", "token_type": "web_search", "price": str(SEARCH)})))
+    received = 0
+    with claude(url, key).messages.stream(model="claude-test-pause", max_tokens=1000, messages=HI,
+                                          tools=[WEB_SEARCH]) as s:
+        request_id = s.response.headers["x-tokentill-request-id"]
+        for _ in s.text_stream:
+            received += 1
+            if received == fk.PAUSE_AFTER:
+                break
+    assert _wait_cancelled(fake).emitted == 200
+    # was: the input and output alone, the 2 searches given away
+    assert charged(url, request_id) == (900 * IN + 100 * CACHED + 50 * WRITE + 200 * OUT) / M + CALL + 2 * SEARCH
+
+
 def leave_once_upstream(url: str, key: str, calls: list) -> None:
     """Send a slow non-streamed chat call on a raw connection and hang up once the upstream has
     it (it thinks until the caller leaves); `calls`: the fake upstream's log of calls."""

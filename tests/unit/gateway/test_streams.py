@@ -162,3 +162,23 @@ def test_an_upstream_that_fails_before_any_output_token_is_released_though_messa
     late.observe(sse({"type": "content_block_delta", "delta": {"type": "text_delta", "text": " the"}}))
     assert late.settlement(COUNTER, "m", 9, failed=True) == ("anthropic_usage",
                                                              {"input_tokens": 900, "output_tokens": 1})
+
+
+def test_an_upstream_that_fails_after_a_web_search_is_charged_the_search():
+    """Anthropic bills a search it ran though the answer then failed before any text: the
+    settlement counts the server_tool_use blocks the stream showed (a client tool_use is not one)."""
+    tally = StreamTally(MESSAGES)
+    tally.observe(sse({"type": "message_start", "message": {"usage": {"input_tokens": 900, "output_tokens": 1}}},
+                      "message_start"))
+    tally.observe(sse({"type": "content_block_start", "index": 0, "content_block": {
+        "type": "tool_use", "id": "toolu_1", "name": "web_search", "input": {}}}, "content_block_start"))
+    assert tally.settlement(COUNTER, "m", 9, failed=True) is None
+    for index in (1, 2):
+        tally.observe(sse({"type": "content_block_start", "index": index, "content_block": {
+            "type": "server_tool_use", "id": f"srvtoolu_{index}", "name": "web_search", "input": {}}},
+            "content_block_start"))
+    assert tally.settlement(COUNTER, "m", 9, failed=True) == ("anthropic_usage", {
+        "input_tokens": 900, "output_tokens": 0, "server_tool_use": {"web_search_requests": 2}})
+    tally.observe(sse({"type": "message_delta", "usage": {"output_tokens": 40,
+                                                          "server_tool_use": {"web_search_requests": 3}}}))
+    assert tally.settlement(COUNTER, "m", 9)[1]["server_tool_use"] == {"web_search_requests": 3}  # the provider's
