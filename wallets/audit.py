@@ -130,10 +130,15 @@ async def usage_counters_match_charges(conn: AsyncConnection) -> Check:
     return await _query_check(conn, "usage_counters", f"""
         WITH rated AS (
             SELECT c.customer_id, {period} AS period,
-                   c.price_book AS book_id, l->>'rule_id' AS rule_id, sum((l->>'quantity')::numeric) AS q
+                   c.price_book AS book_id,
+                   CASE WHEN l->>'kind' = 'usage' THEN l->>'rule_id' ELSE 'allowance:' || (l->>'override_id') END
+                       AS rule_id,
+                   sum(CASE WHEN l->>'kind' = 'usage' THEN (l->>'quantity')::numeric
+                            ELSE -(l->>'amount_units')::numeric END) AS q
               FROM charges c JOIN customers cu ON cu.id = c.customer_id
              CROSS JOIN LATERAL jsonb_array_elements(c.lines) l
-             WHERE l->>'kind' = 'usage' AND l->>'rule_id' IS NOT NULL
+             WHERE (l->>'kind' = 'usage' AND l->>'rule_id' IS NOT NULL)
+                OR (l->>'kind' = 'free_allowance' AND l->>'override_id' IS NOT NULL)  -- money taken, in units
              GROUP BY 1, 2, 3, 4)
         SELECT format('customer %s, period %s, book %s, rule %s: counter %s, charges %s', customer_id, period,
                       book_id, rule_id, coalesce(u.quantity, 0), coalesce(r.q, 0))

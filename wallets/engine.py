@@ -41,6 +41,7 @@ from wallets.core.commands import RerateCharges
 from wallets.core.rerating import ChargeOnRecord, RerateInput
 from wallets.errors import NotFoundError
 from wallets.periods import Cycle, period_of
+from wallets.price_overrides import OverrideCache, load_history
 
 BATCH_COMMANDS = Histogram("tokentill_wallet_batch_commands", "Wallet commands per transaction",
                            buckets=(1, 2, 4, 8, 16, 32, 64, 128))
@@ -113,6 +114,7 @@ class Engine:
         self.db = db
         self.clock = clock
         self.books = BookCache()
+        self.overrides = OverrideCache()
         self.max_batch = max_batch if grouping else 1
         self._max_flushers = flushers  # per lane
         # Batches of this process in flight at once, over all lanes. More than the machine's
@@ -367,13 +369,16 @@ class Engine:
                 if key not in found:
                     found[key] = await self.books.get(conn, *key)
                 books[cid] = found[key]
+                if w.customer.override_versions:  # parsed once per count of versions (they are only added)
+                    w.overrides = await self.overrides.get(conn, cid, w.customer.override_versions)
         batch = Batch(now, loaded, books)
         periods = set()
         for command in commands:
             book = books.get(command.customer_id)
             at = command.rating_time(loaded.wallets) if command.needs_book else None
             w = loaded.wallets.get(command.customer_id)
-            if at is not None and w is not None and book is not None and self.books.tiered(book):
+            if at is not None and w is not None and book is not None and (
+                    self.books.tiered(book) or (w.overrides is not None and w.overrides.has_allowances)):
                 periods.add((command.customer_id, billing_period(at, w.customer)))
         batch.period_usage = await store.load_period_usage(conn, periods)
         await _load_billing(conn, batch, commands, now)
@@ -497,7 +502,8 @@ async def rerate_input(conn: AsyncConnection, books: BookCache, cmd: RerateCharg
     rows = await store.load_rerate_charges(conn, cmd.customer_id, cmd.book_id, period.start,
                                            min(period.end, cmd.range_to))
     return RerateInput(version, tuple(_on_record(r) for r in rows),
-                       await store.finalized_invoice(conn, cmd.customer_id, cmd.period))
+                       await store.finalized_invoice(conn, cmd.customer_id, cmd.period),
+                       await load_history(conn, cmd.customer_id))
 
 
 def _on_record(r: dict[str, Any]) -> ChargeOnRecord:

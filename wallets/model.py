@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ledger.model import Posting
+from pricing.override_versions import OverrideHistory
 from wallets import chart
 from wallets.periods import DEFAULT_GRACE_S, DEFAULT_TERMS_DAYS, Cycle, Period, assigned
 
@@ -41,6 +42,7 @@ class Customer:
     open_period_start: datetime | None = None  # start of its first period not closed (None: unknown)
     grace_s: int = DEFAULT_GRACE_S
     terms_days: int = DEFAULT_TERMS_DAYS
+    override_versions: int = 0  # how many versions of price overrides it has (cache check)
 
     def billed_in(self, at: datetime) -> Period:
         """The period what happened at `at` is billed in (the first open one if its own is closed)."""
@@ -158,6 +160,7 @@ class Wallet:
     reservations: dict[str, Reservation] = field(default_factory=dict)
     credit_held: int | None = None  # receivable held by open reservations (loaded for top-ups)
     budgets: dict[str, Budget] = field(default_factory=dict)  # live budgets, by id
+    overrides: OverrideHistory | None = None  # its price overrides, set for commands that rate usage
 
     def live_lots(self, now: datetime) -> list[Lot]:
         return sorted((lot for lot in self.lots.values() if lot.live(now) and lot.balance > 0),

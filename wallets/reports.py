@@ -45,7 +45,9 @@ def _lines(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"kind": ln["kind"], "model": ln.get("model"), "token_type": ln["token_type"],
              "quantity": ln["quantity"], "unit_price": ln["unit_price"], "amount": money(ln["amount_units"]),
              "exact_amount": ln.get("exact"), "rule_id": ln["rule_id"], "price_version": ln["price_version"],
-             "tier": ln.get("tier"), "override_id": ln.get("override_id"), "description": ln.get("description")}
+             "tier": ln.get("tier"), "override_id": ln.get("override_id"), "description": ln.get("description"),
+             # the version of the customer's price overrides that priced the line (GET …/price-overrides)
+             **({"overrides_version": ln["overrides_version"]} if "overrides_version" in ln else {})}
             for ln in lines]
 
 

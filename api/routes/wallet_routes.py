@@ -1,7 +1,18 @@
 """Every route of the wallets, for create_app to register in one line."""
 from __future__ import annotations
 
-from api.routes import budgets, charges, customers, invoices, price_books, rerates, reservations, settlements, usage
+from api.routes import (
+    budgets,
+    charges,
+    customers,
+    invoices,
+    price_books,
+    price_overrides,
+    rerates,
+    reservations,
+    settlements,
+    usage,
+)
 
 ROUTES = [
     price_books.post_price_book, price_books.get_price_book, price_books.import_price_books,
@@ -15,4 +26,5 @@ ROUTES = [
     invoices.list_invoices, invoices.upcoming_invoice, invoices.get_invoice, invoices.pay_invoice,
     invoices.close_periods,
     *rerates.ROUTES,
+    *price_overrides.ROUTES,
 ]

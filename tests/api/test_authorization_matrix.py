@@ -77,6 +77,8 @@ ROUTES = [
     ("POST", "/v1/price-books", {**PRICE_BOOK, "id": f"{BOOK}-2"}, {frozenset({"admin"}): "ok"}),
     ("POST", "/v1/price-books/import", {"source": "genai-prices", "provider": "openai", "model": "gpt-4o"},
      {frozenset({"admin"}): "ok"}),
+    ("PUT", "/v1/customers/{own}/price-overrides", {}, {frozenset(ADMINS_OWN): "ok"}),
+    ("GET", "/v1/customers/{own}/price-overrides", None, {frozenset(READ_OWN): "ok"}),
     ("GET", "/v1/price-books/{book}", None, {frozenset(UNLIMITED | {"admin:own", "inference:own", "auditor:own"}): "ok",
                                             frozenset({"admin:other", "inference:other", "auditor:other"}): 404}),
     ("POST", "/v1/customers", {"id": "x", "currency": "USD", "price_book": BOOK}, {frozenset({"admin"}): "ok"}),

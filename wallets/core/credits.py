@@ -21,7 +21,15 @@ from wallets.core.decision import (
 )
 from wallets.core.legs import Legs, entry, funding, settlement, settlement_legs
 from wallets.core.payments import apply_to_invoices
-from wallets.core.rating import billing_period, book_for, charge_lines, implausibility, rate_call
+from wallets.core.rating import (
+    billing_period,
+    book_for,
+    charge_lines,
+    implausibility,
+    override_version,
+    period_counts,
+    rate_call,
+)
 from wallets.core.results import CreditResult, ExpiryResult, UsageResult, WalletView, lot_view
 from wallets.core.state import State
 from wallets.errors import ConflictError, WalletValidationError
@@ -129,12 +137,13 @@ def record_usage(state: State, cmd: RecordUsage, now: datetime, book: PriceBook 
     cid = w.customer.id
     posted = entry(usage_entry_key(cid, cmd.event_id), "usage", settlement_legs(w, s), cid, now, {
         "event_id": cmd.event_id, "price_book": rating.book_id, "price_version": rating.price_version})
-    counted = UsageCounted(cid, billing_period(cmd.occurred_at, w.customer), rating.book_id, rating.rule_quantities())
+    counted = UsageCounted(cid, billing_period(cmd.occurred_at, w.customer), rating.book_id, period_counts(rating))
     recorded = UsageEventRecorded(cid, cmd.event_id, cmd.request_hash, cmd.model, cmd.occurred_at,
                                   dict(cmd.usage), dict(cmd.dimensions))
+    lines = tuple(charge_lines(rating, override_version(w, cmd.occurred_at)))
     charge = ChargeRecorded(
         cid, None, cmd.event_id, cmd.event_id, 0, None, True, cmd.request_hash, cmd.model, cmd.occurred_at,
-        dict(cmd.usage), dict(cmd.dimensions), rating.book_id, rating.price_version, tuple(charge_lines(rating)),
+        dict(cmd.usage), dict(cmd.dimensions), rating.book_id, rating.price_version, lines,
         s.cost, 0, s.from_lots_total, s.from_receivable, 0, funding(w, None, s))
     result = UsageResult(cmd.event_id, False, s.cost, posted.key if posted else None)
     spent = budgets.on_usage(state, w, cmd.event_id, cmd.model, cmd.dimensions, s.cost, cmd.tokens, cmd.occurred_at,

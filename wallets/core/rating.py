@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from pricing.books import PriceBook, PriceVersion
 from pricing.errors import UnpricedModelError
 from pricing.fast_rating import charges_requests
-from pricing.money import format_amount
+from pricing.money import DEFAULT_SCALE, format_amount
+from pricing.overrides import Overrides
 from pricing.rating import Rating, rate
 from pricing.units import PROMPT_TYPES, line_label
-from pricing.usage import Usage
+from pricing.usage import PeriodToDate, Usage
 from wallets.errors import ImplausibleUsageError
 from wallets.model import Customer, Wallet
 from wallets.periods import period_of
@@ -22,6 +24,7 @@ CONTEXT_TOKEN_TYPES = (*sorted(PROMPT_TYPES), "output", "reasoning", "output_aud
 _CONTEXT = frozenset(CONTEXT_TOKEN_TYPES)
 
 # (customer, billing period, book) -> rule -> units rated earlier in the period
+ALLOWANCE = "allowance:"  # + a free allowance's id: the atomic units taken from it, in the same counters
 PeriodUsage = Mapping[tuple[str, str, str], Mapping[str, int]]
 
 
@@ -52,7 +55,42 @@ def rate_call(wallet: Wallet, book: PriceBook | None, period_usage: PeriodUsage,
     if with_request_fee and charges_requests(version, model, usage.dimensions, usage.occurred_at):
         usage = usage.with_request()
     so_far = period_usage.get((wallet.customer.id, billing_period(at, wallet.customer), book.id), {})
-    return rate(usage, version, period_to_date=so_far)
+    in_force = wallet.overrides.at(at) if wallet.overrides is not None else None
+    if in_force is None:  # most customers: the fast path (pricing.fast_rating) stays theirs
+        return rate(usage, version, period_to_date=so_far)
+    return rate(usage, version, in_force.overrides, period_to_date(so_far))
+
+
+def period_to_date(so_far: Mapping[str, int]) -> PeriodToDate:
+    """The period's counters as rating takes them: units per rule, and money taken from each free
+    allowance (counted in atomic units under ALLOWANCE + its id, beside the rules)."""
+    rules = [(k, v) for k, v in so_far.items() if not k.startswith(ALLOWANCE)]
+    used = [(k[len(ALLOWANCE):], Decimal(v).scaleb(-DEFAULT_SCALE)) for k, v in so_far.items()
+            if k.startswith(ALLOWANCE)]
+    return PeriodToDate(tuple(rules), tuple(used))
+
+
+def period_counts(rating: Rating) -> dict[str, int]:
+    """What a charge adds to its period's counters: units per rule, and atomic units taken from
+    each free allowance (ALLOWANCE + its id)."""
+    out = rating.rule_quantities()
+    for line in rating.lines:
+        if line.kind == "free_allowance" and line.override_id is not None:
+            key = ALLOWANCE + line.override_id
+            out[key] = out.get(key, 0) - line.amount_units
+    return out
+
+
+def overrides_at(wallet: Wallet, at: datetime) -> Overrides | None:
+    """The customer's overrides in force at `at` (None: none)."""
+    in_force = wallet.overrides.at(at) if wallet.overrides is not None else None
+    return in_force.overrides if in_force is not None else None
+
+
+def override_version(wallet: Wallet, at: datetime) -> int | None:
+    """The version of the customer's overrides in force at `at` (None: none)."""
+    in_force = wallet.overrides.at(at) if wallet.overrides is not None else None
+    return in_force.version if in_force is not None else None
 
 
 def implausibility(wallet: Wallet, version: PriceVersion, rating: Rating, tokens: Mapping[str, int],
@@ -79,9 +117,12 @@ def implausibility(wallet: Wallet, version: PriceVersion, rating: Rating, tokens
     return None
 
 
-def charge_lines(rating: Rating) -> list[dict[str, Any]]:
+def charge_lines(rating: Rating, overrides_version: int | None = None) -> list[dict[str, Any]]:
+    """The lines a charge stores; a line an override priced (a contract price, a discount, a free
+    allowance) also names the version of the customer's overrides it came from."""
     return [{"kind": ln.kind, "token_type": ln.token_type, "quantity": ln.quantity,
              "unit_price": str(ln.unit_price), "amount_units": ln.amount_units, "exact": str(ln.amount),
              "rule_id": ln.rule_id, "price_version": ln.price_version, "model": ln.model,
-             "tier": ln.tier, "override_id": ln.override_id, "description": line_label(ln.token_type, ln.note)}
+             "tier": ln.tier, "override_id": ln.override_id, "description": line_label(ln.token_type, ln.note),
+             **({"overrides_version": overrides_version} if ln.override_id is not None else {})}
             for ln in rating.lines]

@@ -28,6 +28,7 @@ from typing import Any
 from pricing.books import PriceVersion
 from pricing.fast_rating import charges_requests
 from pricing.money import format_amount
+from pricing.override_versions import OverrideHistory
 from pricing.rating import rate
 from pricing.units import TYPE_OF_FIELD
 from pricing.usage import Usage
@@ -36,6 +37,7 @@ from wallets.core.commands import TOPUP_PRIORITY, RerateCharges
 from wallets.core.credits import opened_lot
 from wallets.core.decision import AdjustmentPosted, ChargeAdjusted, CreditNoteIssued, Decision, LotOpened, Outcome
 from wallets.core.legs import Legs, entry, funding, settlement, settlement_legs
+from wallets.core.rating import ALLOWANCE, period_counts, period_to_date
 from wallets.core.state import State
 from wallets.model import consumption_key
 
@@ -87,6 +89,7 @@ class RerateInput:
     version: PriceVersion
     charges: tuple[ChargeOnRecord, ...]
     invoice: tuple[str, str] | None = None  # (id, number)
+    overrides: OverrideHistory | None = None  # the customer's price overrides: those in force at each usage rate it
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +133,8 @@ def by_type(model: str, lines: Iterable[Mapping[str, Any]]) -> dict[TypeKey, int
     return out
 
 
-def rerated_lines(charge: ChargeOnRecord, version: PriceVersion, so_far: Mapping[str, int]):
+def rerated_lines(charge: ChargeOnRecord, version: PriceVersion, so_far: Mapping[str, int],
+                  overrides: OverrideHistory | None = None):
     """The charge's usage rated with `version`, graduated tiers continuing from `so_far`; the
     per-request fee as a call is charged it (wallets.core.rating.rate_call): by a call's first
     charge, when a rule of `version` prices it (a fee the correction drops comes back, one it
@@ -142,7 +146,10 @@ def rerated_lines(charge: ChargeOnRecord, version: PriceVersion, so_far: Mapping
     usage = Usage(charge.model, charge.tokens(), charge.occurred_at, dimensions)
     if charge.seq == 0 and charges_requests(version, charge.model, usage.dimensions, usage.occurred_at):
         usage = usage.with_request()
-    return rate(usage, version, period_to_date=dict(so_far))
+    in_force = overrides.at(charge.occurred_at) if overrides is not None else None
+    if in_force is None:
+        return rate(usage, version, period_to_date=dict(so_far))
+    return rate(usage, version, in_force.overrides, period_to_date(so_far))
 
 
 def corrections(data: RerateInput, range_from: datetime, range_to: datetime) -> list[Correction]:
@@ -158,8 +165,8 @@ def corrections(data: RerateInput, range_from: datetime, range_to: datetime) -> 
         if charge.occurred_at < range_from:
             counted = rule_quantities(charge.lines)
         else:
-            rating = rerated_lines(charge, data.version, so_far)
-            counted = rating.rule_quantities()
+            rating = rerated_lines(charge, data.version, so_far, data.overrides)
+            counted = period_counts(rating)
             old = {k: v for k, v in charge.standing().items() if v}
             new = {k: v for k, v in by_type(charge.model, (
                 {"kind": ln.kind, "token_type": ln.token_type, "amount_units": ln.amount_units}
@@ -172,11 +179,15 @@ def corrections(data: RerateInput, range_from: datetime, range_to: datetime) -> 
 
 
 def rule_quantities(lines: Iterable[Mapping[str, Any]]) -> dict[str, int]:
-    """Units priced per rule by a charge's stored usage lines."""
+    """Units priced per rule by a charge's stored usage lines, and atomic units it took from each
+    free allowance (as the period's counters have them: wallets.core.rating.period_counts)."""
     out: dict[str, int] = {}
     for line in lines:
         if line["kind"] == "usage" and line.get("rule_id") is not None:
             out[line["rule_id"]] = out.get(line["rule_id"], 0) + int(line["quantity"])
+        elif line["kind"] == "free_allowance" and line.get("override_id") is not None:
+            key = ALLOWANCE + line["override_id"]
+            out[key] = out.get(key, 0) - int(line["amount_units"])
     return out
 
 

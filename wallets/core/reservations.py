@@ -23,7 +23,16 @@ from wallets.core.decision import (
     UsageCounted,
 )
 from wallets.core.legs import Legs, allocate, entry, funding, pieces_left, return_target, settlement, settlement_legs
-from wallets.core.rating import billing_period, book_for, charge_lines, implausibility, rate_call
+from wallets.core.rating import (
+    billing_period,
+    book_for,
+    charge_lines,
+    implausibility,
+    override_version,
+    overrides_at,
+    period_counts,
+    rate_call,
+)
 from wallets.core.results import REPLAYED, ExtendResult, ReleaseResult, ReservationSummary, ReserveResult, SettleResult
 from wallets.core.state import State, wire_time
 from wallets.errors import (
@@ -57,7 +66,7 @@ def reserve(state: State, cmd: Reserve, now: datetime, book: PriceBook | None) -
                                       cmd.max_output_tokens or 0, cmd.dimensions, now,
                                       input_audio_tokens=cmd.prompt_audio_tokens,
                                       prior_context_tokens=cmd.prior_context_tokens,
-                                      tool_uses=cmd.tool_uses).total_units
+                                      tool_uses=cmd.tool_uses, overrides=overrides_at(w, now)).total_units
     prompt = cmd.prompt_tokens
     if cmd.prior_context_tokens is not None and w.budgets:  # token budgets count what the money holds
         prompt = held_prompt_tokens(book_for(w, book), cmd.model, cmd.prompt_tokens or 0, cmd.dimensions, now,
@@ -156,13 +165,13 @@ def settle(state: State, cmd: Settle, now: datetime, book: PriceBook | None) -> 
                    {"reservation_id": r.id, "request_id": r.request_id, "capture": r.captures,
                     "final": cmd.final, "price_book": rating.book_id, "price_version": rating.price_version,
                     **forced})
-    lines = charge_lines(rating)
+    lines = charge_lines(rating, override_version(w, r.created_at))
     charge = ChargeRecorded(
         w.customer.id, r.id, None, r.request_id, r.captures, cmd.capture_id, cmd.final, cmd.request_hash, r.model,
         r.created_at, {**cmd.usage, **forced}, r.dimensions, rating.book_id, rating.price_version, tuple(lines),
         s.cost, s.from_hold, s.from_lots_total, s.from_receivable, s.released, funding(w, r, s))
     counted = UsageCounted(w.customer.id, billing_period(r.created_at, w.customer), rating.book_id,
-                           rating.rule_quantities())
+                           period_counts(rating))
     status, released, closed_at = r.status, r.released, r.closed_at
     if cmd.final:
         if r.is_open:

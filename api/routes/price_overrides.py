@@ -1,0 +1,120 @@
+"""A customer's price overrides (contract prices, discounts, free allowances): an admin appends
+a version effective from a time (default now); the customer's keys, inference and auditor keys
+read the current version and the history. Validated whole before the transaction (pricing),
+then against the customer's price book (its models) inside it."""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from litestar import Request, Response, get, put
+from litestar.datastructures import State
+from litestar.params import FromPath
+
+from api.auth import require
+from api.errors import documented
+from api.routes.formats import POSITIVE_AMOUNT, PRICE, DateTime
+from api.routes.schemas import json_body
+from api.routes.wire import Answer, idempotency, integral, respond, shaped, time_in, time_out
+from ledger.db import lock_key
+from pricing.books import TOKEN_TYPES
+from pricing.override_versions import MAX_ITEMS, parse_overrides
+from wallets import price_overrides
+from wallets.core.idempotency import CREATED, EXISTS
+from wallets.service import run_once
+
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+Model = Annotated[str, msgspec.Meta(min_length=1, max_length=200, description="a model, or a pattern with `*`")]
+Price = Annotated[str, msgspec.Meta(pattern=PRICE, description="per 1,000,000 tokens (per call for `request`)")]
+Percent = Annotated[str, msgspec.Meta(pattern=PRICE, description="a decimal string, more than 0 and at most 100")]
+Amount = Annotated[str, msgspec.Meta(pattern=POSITIVE_AMOUNT, description="money per billing period, more than 0")]
+TokenType = Literal[TOKEN_TYPES]  # type: ignore[valid-type]
+
+
+class ContractPriceRequest(msgspec.Struct, forbid_unknown_fields=True):
+    id: Id
+    price: Price
+    model: Model | None = None
+    token_type: TokenType | None = None
+
+
+class DiscountRequest(msgspec.Struct, forbid_unknown_fields=True):
+    id: Id
+    percent: Percent
+    model: Model | None = None
+    token_type: TokenType | None = None
+
+
+class FreeAllowanceRequest(msgspec.Struct, forbid_unknown_fields=True):
+    id: Id
+    amount: Amount
+
+
+class PutPriceOverridesRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """The whole set of overrides in force from `effective_from` (default now) until the next
+    version: an empty set ends them. Ids are unique across the three lists."""
+
+    effective_from: DateTime | None = None
+    contract_prices: Annotated[list[ContractPriceRequest], msgspec.Meta(max_length=MAX_ITEMS)] = []
+    discounts: Annotated[list[DiscountRequest], msgspec.Meta(max_length=MAX_ITEMS)] = []
+    free_allowances: Annotated[list[FreeAllowanceRequest], msgspec.Meta(max_length=MAX_ITEMS)] = []
+
+
+class PriceOverridesVersionResponse(msgspec.Struct):
+    customer_id: str
+    version: int
+    effective_from: str
+    created_at: str
+    contract_prices: list[Any]
+    discounts: list[Any]
+    free_allowances: list[Any]
+
+
+class PriceOverridesResponse(msgspec.Struct):
+    customer_id: str
+    current: PriceOverridesVersionResponse | None  # in force now
+    versions: list[PriceOverridesVersionResponse]  # oldest first
+
+
+def _version(v: price_overrides.StoredOverrides) -> PriceOverridesVersionResponse:
+    return PriceOverridesVersionResponse(**price_overrides.view(v, time_out))
+
+
+ADDED = Answer(lambda added: _version(added.stored), price_overrides.AddedOverrides,
+               lambda added: CREATED if added.created else EXISTS)
+Body = Annotated[dict[str, Any], json_body(PutPriceOverridesRequest)]
+
+
+@put("/v1/customers/{customer_id:str}/price-overrides", guards=[require()], tags=["price books"],
+     status_code=201, **documented(404, body=True, replay=PriceOverridesVersionResponse))
+async def put_price_overrides(state: State, request: Request, customer_id: FromPath[str],
+                              data: Body) -> Response[PriceOverridesVersionResponse]:
+    """Append a version of the customer's overrides (admin). 201 with it; the same overrides as
+    the latest version (without `effective_from`, or with its own) answer 200 with that version.
+    Usage is rated with the version in force at its own time, so a version never changes what
+    earlier usage was charged: `effective_from` must be after the latest version's."""
+    data = integral(data)
+    body = shaped(data, PutPriceOverridesRequest)
+    at = time_in(body.effective_from, "effective_from")
+    parse_overrides(data)  # every bad field at once, before any transaction
+    now = datetime.now(UTC)
+    outcome = await run_once(state.services.db, idempotency(request, data),
+                             lambda conn: price_overrides.add_version(conn, customer_id, data, at, now),
+                             locks=[lock_key("price-overrides:" + customer_id)],
+                             code_of=lambda added: CREATED if added.created else EXISTS)
+    return respond(request, outcome, ADDED)
+
+
+@get("/v1/customers/{customer_id:str}/price-overrides", guards=[require("inference", "auditor", "customer")],
+     tags=["price books"], **documented(404))
+async def get_price_overrides(state: State, customer_id: FromPath[str]) -> PriceOverridesResponse:
+    """The customer's versions, oldest first, and the one in force now (null: none)."""
+    versions = await state.services.db.read(lambda conn: price_overrides.get_versions(conn, customer_id))
+    now = datetime.now(UTC)
+    current = next((v for v in reversed(versions) if v.effective_from <= now), None)
+    return PriceOverridesResponse(customer_id, _version(current) if current else None,
+                                  [_version(v) for v in versions])
+
+
+ROUTES = [put_price_overrides, get_price_overrides]

@@ -1,0 +1,118 @@
+"""PUT/GET /v1/customers/{id}/price-overrides over HTTP: versions appended in order, read by the
+customer's own key, and every bad input refused as problem+json with its stable code, nothing
+stored."""
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from api.app import create_app
+from api.settings import Settings
+
+ADMIN = {"Authorization": "Bearer po-admin"}
+BOOK = {"id": "pob", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": [
+    {"id": "a-in", "model": "model-a", "token_type": "input", "price": "10.00"},
+    {"id": "a-out", "model": "model-a", "token_type": "output", "price": "20.00"},
+    {"id": "b-in", "model": "model-b", "token_type": "input", "price": "1.00"},
+    {"id": "call", "token_type": "request", "price": "0.01"}]}
+CONTRACT = {"contract_prices": [{"id": "acme-a-in", "model": "model-a", "token_type": "input", "price": "8.00"}],
+            "discounts": [{"id": "acme-10", "model": "model-a", "percent": "10"}],
+            "free_allowances": [{"id": "acme-free", "amount": "5.00"}]}
+
+
+def utc(at: datetime) -> str:
+    return at.isoformat().replace("+00:00", "Z")
+
+
+@pytest.fixture
+async def client(scratch_url):
+    app = create_app(Settings(admin_key="po-admin", scheduler=False), scratch_url)
+    async with AsyncTestClient(app=app) as c:
+        assert (await c.post("/v1/price-books", headers=ADMIN, json=BOOK)).status_code == 201
+        made = await c.post("/v1/customers", headers=ADMIN, json={"id": "po-acme", "currency": "USD",
+                                                                   "price_book": "pob"})
+        assert made.status_code == 201, made.text
+        yield c
+
+
+URL = "/v1/customers/po-acme/price-overrides"
+
+
+async def test_a_version_is_stored_read_back_and_the_same_put_again_is_that_version(client) -> None:
+    put = await client.put(URL, headers=ADMIN, json=CONTRACT)
+    assert put.status_code == 201, put.text
+    first = put.json()
+    assert first["version"] == 1 and first["contract_prices"] == CONTRACT["contract_prices"]
+    assert first["discounts"] == CONTRACT["discounts"] and first["free_allowances"] == CONTRACT["free_allowances"]
+    again = await client.put(URL, headers=ADMIN, json=CONTRACT)
+    assert again.status_code == 200 and again.json() == first
+    later = utc(datetime.now(UTC) + timedelta(days=30))
+    second = await client.put(URL, headers=ADMIN, json={"effective_from": later, "discounts": []})
+    assert second.status_code == 201 and second.json()["version"] == 2, second.text
+    read = await client.get(URL, headers=ADMIN)
+    assert read.status_code == 200
+    body = read.json()
+    assert body["current"] == first  # version 2 is not in force yet
+    assert [v["version"] for v in body["versions"]] == [1, 2]
+    assert body["versions"][1]["effective_from"] == later and body["versions"][1]["contract_prices"] == []
+
+
+async def test_a_version_must_take_effect_after_the_latest_one(client) -> None:
+    at = datetime.now(UTC) + timedelta(days=1)
+    assert (await client.put(URL, headers=ADMIN, json={**CONTRACT, "effective_from": utc(at)})).status_code == 201
+    earlier = await client.put(URL, headers=ADMIN, json={"effective_from": utc(at - timedelta(hours=1))})
+    assert earlier.status_code == 422 and earlier.json()["code"] == "validation_error"
+    assert earlier.json()["fields"][0]["field"] == "effective_from"
+    assert [v["version"] for v in (await client.get(URL, headers=ADMIN)).json()["versions"]] == [1]
+
+
+BAD = [
+    ({"contract_prices": [{"id": "x", "model": "model-zzz", "price": "1"}]}, "contract_prices[0].model"),
+    ({"discounts": [{"id": "x", "model": "model-zzz", "percent": "5"}]}, "discounts[0].model"),
+    ({"contract_prices": [{"id": "x", "model": "model-a", "token_type": "tokens", "price": "1"}]},
+     "contract_prices[0].token_type"),
+    ({"contract_prices": [{"id": "x", "model": "model-a", "price": "-1.00"}]}, "contract_prices[0].price"),
+    ({"contract_prices": [{"id": "x", "model": "model-a", "price": "ten"}]}, "contract_prices[0].price"),
+    ({"contract_prices": [{"id": "x", "model": "model-a", "price": 1.5}]}, "contract_prices[0].price"),
+    ({"contract_prices": [{"id": "x", "model": "model-a", "price": "1"},
+                          {"id": "y", "model": "model-a", "price": "2"}]}, "contract_prices[1]"),
+    ({"contract_prices": [{"id": "x", "price": "1"}]}, "contract_prices[0].model"),
+    ({"discounts": [{"id": "x", "percent": "100.5"}]}, "discounts[0].percent"),
+    ({"discounts": [{"id": "x", "percent": "0"}]}, "discounts[0].percent"),
+    ({"discounts": [{"id": "x", "percent": "-5"}]}, "discounts[0].percent"),
+    ({"discounts": [{"id": "x", "percent": "60"}, {"id": "y", "percent": "50"}]}, "discounts"),
+    ({"free_allowances": [{"id": "x", "amount": "0"}]}, "free_allowances[0].amount"),
+    ({"discounts": [{"id": "x", "percent": "5"}], "free_allowances": [{"id": "x", "amount": "1"}]}, "id"),
+    ({"surprise": []}, "body"),
+]
+
+
+async def test_bad_overrides_are_validation_errors_naming_the_field_and_store_nothing(client) -> None:
+    for change, field in BAD:  # one app for every case: each is a request, not a database
+        refused = await client.put(URL, headers=ADMIN, json=change)
+        assert refused.status_code == 422, (change, refused.text)
+        problem = refused.json()
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        assert problem["code"] == "validation_error"
+        assert field in [f["field"] for f in problem["fields"]], (change, problem)
+    assert "surprise" in problem["detail"]
+    assert (await client.get(URL, headers=ADMIN)).json()["versions"] == []
+
+
+async def test_an_unknown_customer_is_not_found_and_keys_other_than_admin_only_read(client) -> None:
+    missing = await client.put("/v1/customers/nobody/price-overrides", headers=ADMIN, json=CONTRACT)
+    assert missing.status_code == 404 and missing.json()["code"] == "not_found"
+    assert (await client.get("/v1/customers/nobody/price-overrides", headers=ADMIN)).status_code == 404
+    assert (await client.put(URL, headers=ADMIN, json=CONTRACT)).status_code == 201
+    made = await client.post("/v1/api-keys", headers=ADMIN, json={"scope": "customer:po-acme"})
+    own = {"Authorization": f"Bearer {made.json()['key']}"}
+    assert (await client.get(URL, headers=own)).json()["current"]["version"] == 1
+    refused = await client.put(URL, headers=own, json={})
+    assert refused.status_code == 403 and refused.json()["code"] == "forbidden"
+    other = await client.post("/v1/customers", headers=ADMIN, json={"id": "po-other", "currency": "USD",
+                                                                     "price_book": "pob"})
+    assert other.status_code == 201
+    peek = await client.get("/v1/customers/po-other/price-overrides", headers=own)
+    assert peek.status_code == 403 and peek.json()["code"] == "forbidden"

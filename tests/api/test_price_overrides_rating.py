@@ -1,0 +1,154 @@
+"""A customer's price overrides rate its usage end to end: the reserve's hold, the settle and the
+post-hoc usage event at the contract price, discounts and free allowances as lines of their own
+(on the charge and the invoice), the version in force at the usage's own time, and a re-rate
+preview after a version that covers usage already charged. Amounts worked by hand from the
+stated prices."""
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from api.app import create_app
+from api.settings import Settings
+
+ADMIN = {"Authorization": "Bearer por-admin"}
+RUN = uuid.uuid4().hex[:8]
+BOOK = f"por-{RUN}"
+RULES = [{"id": "a-in", "model": "model-a", "token_type": "input", "price": "10.00"},
+         {"id": "a-out", "model": "model-a", "token_type": "output", "price": "20.00"},
+         {"id": "call", "token_type": "request", "price": "0.01"}]
+
+
+def utc(at: datetime) -> str:
+    return at.isoformat().replace("+00:00", "Z")
+
+
+@pytest.fixture(scope="module")
+async def client(database_url):
+    app = create_app(Settings(admin_key="por-admin", scheduler=False), database_url)
+    async with AsyncTestClient(app=app) as c:
+        made = await c.post("/v1/price-books", headers=ADMIN, json={
+            "id": BOOK, "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": RULES})
+        assert made.status_code == 201, made.text
+        yield c
+
+
+async def customer(client, overrides: dict | None, *, effective_from: datetime | None = None) -> str:
+    cid = f"por-{uuid.uuid4().hex[:10]}"
+    made = await client.post("/v1/customers", headers=ADMIN, json={"id": cid, "currency": "USD",
+                                                                    "price_book": BOOK})
+    assert made.status_code == 201, made.text
+    topped = await client.post(f"/v1/customers/{cid}/topups", headers=ADMIN, json={"amount": "10.00"})
+    assert topped.status_code == 201, topped.text
+    if overrides is not None:  # in force from an hour ago: the usage events below are that recent
+        body = {**overrides, "effective_from": utc(effective_from or datetime.now(UTC) - timedelta(hours=1))}
+        put = await client.put(f"/v1/customers/{cid}/price-overrides", headers=ADMIN, json=body)
+        assert put.status_code == 201, put.text
+    return cid
+
+
+async def event(client, cid: str, at: datetime, input_tokens: int, output_tokens: int = 0) -> dict:
+    event_id = f"e-{uuid.uuid4().hex[:8]}"
+    sent = await client.post("/v1/usage-events", headers=ADMIN, json=[{
+        "event_id": event_id, "customer_id": cid, "model": "model-a", "timestamp": utc(at),
+        "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens}}])
+    assert sent.json()["accepted"] == 1, sent.text
+    trace = await client.get(f"/v1/audit/charges/{event_id}?customer_id={cid}", headers=ADMIN)
+    assert trace.status_code == 200, trace.text
+    return trace.json()
+
+
+def charged(trace: dict) -> str:
+    [charge] = trace["charges"]
+    return charge["charged"]
+
+
+async def test_the_hold_and_the_settle_use_the_contract_price(client) -> None:
+    cid = await customer(client, {"contract_prices": [
+        {"id": "acme-a-in", "model": "model-a", "token_type": "input", "price": "8.00"}]})
+    held = await client.post("/v1/reservations", headers=ADMIN, json={
+        "customer_id": cid, "request_id": "r1", "model": "model-a",
+        "estimate": {"input_tokens": 1000, "max_output_tokens": 500}})
+    assert held.status_code == 201, held.text
+    # 1,000 input at the contract's $8/M = 0.008; 500 output at $20/M = 0.01; the call fee 0.01
+    assert held.json()["amount"] == "0.028"
+    settled = await client.post(f"/v1/reservations/{held.json()['id']}/settle", headers=ADMIN, json={
+        "usage": {"input_tokens": 100_000, "output_tokens": 1000}, "final": True})
+    assert settled.status_code == 200, settled.text
+    # 100,000 x $8/M = 0.80; 1,000 x $20/M = 0.02; the call fee 0.01
+    assert settled.json()["charged"] == "0.83"
+    [line] = [ln for ln in settled.json()["lines"] if ln["token_type"] == "input"]
+    assert line["unit_price"] == "8.00" and line["amount"] == "0.80"
+    wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
+    assert wallet["available"] == "9.17" and wallet["reserved"] == "0.00"
+    trace = (await client.get(f"/v1/audit/charges/r1?customer_id={cid}", headers=ADMIN)).json()
+    [stored] = [ln for ln in trace["charges"][0]["lines"] if ln["token_type"] == "input"]
+    assert stored["override_id"] == "acme-a-in" and stored["overrides_version"] == 1
+
+
+async def test_a_customer_without_overrides_pays_the_book(client) -> None:
+    cid = await customer(client, None)
+    # 100,000 x $10/M = 1.00; the call fee 0.01
+    assert charged(await event(client, cid, datetime.now(UTC) - timedelta(minutes=1), 100_000)) == "1.01"
+
+
+async def test_a_discount_is_a_line_of_its_own_on_the_charge_and_the_invoice(client) -> None:
+    cid = await customer(client, {"discounts": [{"id": "ten-off", "model": "model-a", "percent": "10"}]})
+    trace = await event(client, cid, datetime.now(UTC) - timedelta(minutes=1), 100_000, 1000)
+    # usage: 1.00 + 0.02 + the call fee 0.01 = 1.03; 10 % off each line: -0.10, -0.002, -0.001
+    assert charged(trace) == "0.927"
+    lines = trace["charges"][0]["lines"]
+    discounts = sorted((ln["token_type"], ln["amount"]) for ln in lines if ln["kind"] == "discount")
+    assert discounts == [("input", "-0.10"), ("output", "-0.002"), ("request", "-0.001")]
+    assert all(ln["override_id"] == "ten-off" for ln in lines if ln["kind"] == "discount")
+    upcoming = (await client.get(f"/v1/customers/{cid}/invoices/upcoming", headers=ADMIN)).json()
+    kinds = {(ln.get("kind"), ln.get("token_type")): ln["amount"] for ln in upcoming["lines"]}
+    assert kinds[("discount", "input")] == "-0.10", upcoming["lines"]
+
+
+async def test_a_free_allowance_pays_until_it_is_spent_in_the_period(client) -> None:
+    cid = await customer(client, {"free_allowances": [{"id": "free-1", "amount": "1.50"}]})
+    now = datetime.now(UTC)
+    first = await event(client, cid, now - timedelta(minutes=2), 100_000)  # 1.01, all of it free
+    assert charged(first) == "0.00"
+    [free] = [ln for ln in first["charges"][0]["lines"] if ln["kind"] == "free_allowance"]
+    assert free["amount"] == "-1.01" and free["override_id"] == "free-1"
+    # 0.49 left of the allowance: 1.01 - 0.49 = 0.52 charged
+    assert charged(await event(client, cid, now - timedelta(minutes=1), 100_000)) == "0.52"
+    assert charged(await event(client, cid, now - timedelta(seconds=30), 100_000)) == "1.01"
+    verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
+    [counters] = [c for c in verified["checks"] if c["name"] == "usage_counters"]
+    assert counters["ok"], counters  # the money taken from the allowance is counted as the charges say
+
+
+async def test_a_later_version_never_changes_earlier_usage_and_a_rerate_previews_what_it_covers(client) -> None:
+    now = datetime.now(UTC)
+    cid = await customer(client, {"contract_prices": [
+        {"id": "c8", "model": "model-a", "token_type": "input", "price": "8.00"}]},
+        effective_from=now - timedelta(hours=3))
+    early = await event(client, cid, now - timedelta(hours=2), 100_000)
+    late = await event(client, cid, now - timedelta(minutes=10), 100_000)
+    assert charged(early) == charged(late) == "0.81"  # 0.80 + the call fee
+    put = await client.put(f"/v1/customers/{cid}/price-overrides", headers=ADMIN, json={
+        "effective_from": utc(now - timedelta(minutes=30)),
+        "contract_prices": [{"id": "c5", "model": "model-a", "token_type": "input", "price": "5.00"}]})
+    assert put.status_code == 201 and put.json()["version"] == 2, put.text
+    after = await event(client, cid, now - timedelta(minutes=5), 100_000)
+    assert charged(after) == "0.51"  # 0.50 + the call fee
+    for trace in (early, late):  # what was charged stays: history is never rewritten
+        again = await client.get(f"/v1/audit/charges/{trace['request_id']}?customer_id={cid}",
+                                 headers=ADMIN)
+        assert charged(again.json()) == "0.81"
+    preview = await client.post("/v1/rerate", headers=ADMIN, json={
+        "price_book": BOOK, "version": (await client.get(f"/v1/price-books/{BOOK}", headers=ADMIN)
+                                        ).json()["versions"][0]["version"],
+        "from": utc(now - timedelta(hours=3)), "to": utc(now), "customer_id": cid, "mode": "preview"})
+    assert preview.status_code == 200, preview.text
+    # only the usage at now-10min falls under version 2 ($5/M): 0.80 -> 0.50
+    assert preview.json()["customers"] == [{
+        "customer_id": cid, "charges": 1, "old_amount": "0.80", "new_amount": "0.50", "delta": "-0.30",
+        "lines": [{"model": "model-a", "token_type": "input", "old_amount": "0.80", "new_amount": "0.50",
+                   "delta": "-0.30"}]}]
