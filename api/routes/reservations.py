@@ -93,6 +93,7 @@ class LineResponse(msgspec.Struct):
     price_version: str
     kind: str = "usage"
     description: str | None = None  # "input (long context)", "web search", "output (off-peak)"
+    override_id: str | None = None  # the customer's contract price, discount or free allowance that priced it
 
 
 class SettleResponse(msgspec.Struct):
@@ -123,7 +124,8 @@ SettleBody = Annotated[dict[str, Any], json_body(Annotated[SettleRequest, msgspe
 
 def lines_out(lines: list[dict[str, Any]]) -> list[LineResponse]:
     return [LineResponse(ln["token_type"], ln["quantity"], ln["unit_price"], money(ln["amount_units"]) or "0",
-                         ln["rule_id"], ln["price_version"], ln["kind"], ln.get("description")) for ln in lines]
+                         ln["rule_id"], ln["price_version"], ln["kind"], ln.get("description"),
+                         ln.get("override_id")) for ln in lines]
 
 
 def _reserved(result: ReserveResult) -> ReservationResponse:

@@ -81,12 +81,25 @@ async def test_the_hold_and_the_settle_use_the_contract_price(client) -> None:
     # 100,000 x $8/M = 0.80; 1,000 x $20/M = 0.02; the call fee 0.01
     assert settled.json()["charged"] == "0.83"
     [line] = [ln for ln in settled.json()["lines"] if ln["token_type"] == "input"]
-    assert line["unit_price"] == "8.00" and line["amount"] == "0.80"
+    assert line["unit_price"] == "8.00" and line["amount"] == "0.80" and line["override_id"] == "acme-a-in"
     wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
     assert wallet["available"] == "9.17" and wallet["reserved"] == "0.00"
     trace = (await client.get(f"/v1/audit/charges/r1?customer_id={cid}", headers=ADMIN)).json()
     [stored] = [ln for ln in trace["charges"][0]["lines"] if ln["token_type"] == "input"]
     assert stored["override_id"] == "acme-a-in" and stored["overrides_version"] == 1
+
+
+async def test_a_bulk_settlement_charges_the_contract_price(client) -> None:
+    cid = await customer(client, {"contract_prices": [{"id": "c-out", "model": "model-a", "token_type": "output",
+                                                       "price": "4.00"}]})
+    held = await client.post("/v1/reservations", headers=ADMIN, json={
+        "customer_id": cid, "request_id": "bulk-1", "model": "model-a", "amount": "1.00"})
+    assert held.status_code == 201, held.text
+    done = await client.post("/v1/settlements", headers=ADMIN, json=[
+        {"reservation_id": held.json()["id"], "usage": {"input_tokens": 10_000, "output_tokens": 50_000}}])
+    [result] = done.json()["results"]
+    # 10,000 x $10/M = 0.10; 50,000 output at the contract's $4/M = 0.20; the call fee 0.01
+    assert result["status"] == 200 and result["body"]["charged"] == "0.31", result
 
 
 async def test_a_customer_without_overrides_pays_the_book(client) -> None:

@@ -47,16 +47,17 @@ def invoice_number(issuer: str, year: int, seq: int) -> str:
 
 def volume_rules(book: PriceBook | None, rollup: Rollup, period: str) -> list[tuple[Rule, str, int, int]]:
     """(rule, price version, quantity, amount charged) of each volume-tiered rule the period's own
-    usage was rated with, in the latest version that rated it."""
+    usage was rated with at the book's price (not a contract price), in the latest version that
+    rated it."""
     if book is None:
         return []
     used: dict[str, tuple[str, int, int]] = {}
     for item, (quantity, amount) in rollup.items():
         if not item.startswith(LINE):
             continue
-        origin, kind, _, _, rule_id, _, _, _, version = json.loads(item[len(LINE):])
-        if origin != period or kind != "usage" or rule_id is None:
-            continue
+        origin, kind, _, _, rule_id, _, _, override_id, version = json.loads(item[len(LINE):])
+        if origin != period or kind != "usage" or rule_id is None or override_id is not None:
+            continue  # a contract price is the customer's own: the book's volume tiers do not true it up
         v, q, a = used.get(rule_id, ("", 0, 0))
         used[rule_id] = (max(v, version), q + quantity, a + amount)
     versions = {v.version: v for v in book.versions}

@@ -1,0 +1,46 @@
+"""Price overrides in the wallet rules, without a database: the period counters of a free
+allowance, and the close's volume true-up, which must leave contract-priced usage alone."""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from pricing.books import PriceBook
+from pricing.overrides import ContractPrice, FreeAllowance, Overrides
+from pricing.parse import parse_version
+from pricing.rating import rate
+from pricing.usage import Usage
+from wallets.core.billing import line_item
+from wallets.core.invoicing import volume_rules
+from wallets.core.rating import charge_lines, period_counts, period_to_date
+
+VOLUME = parse_version({"id": "vol", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": [
+    {"id": "v-out", "model": "model-v", "token_type": "output", "tier_mode": "volume",
+     "tiers": [{"up_to": 1_000_000, "price": "20"}, {"up_to": None, "price": "10"}]}]})
+AT = datetime(2026, 11, 5, tzinfo=UTC)
+
+
+def test_contract_priced_usage_of_a_volume_rule_gets_no_true_up_at_close() -> None:
+    book = PriceBook("vol", "USD", (VOLUME,))
+    contract = Overrides(contract_prices=(ContractPrice("c", Decimal("3"), model="model-v"),))
+    rollup = {}
+    for overrides in (None, contract):  # 1.5M output tokens at the book's price, 1.5M at the contract's
+        rating = rate(Usage("model-v", {"output": 1_500_000}, AT), VOLUME, overrides)
+        for line in charge_lines(rating, 1 if overrides else None):
+            item = line_item("2026-11", line)
+            q, a = rollup.get(item, (0, 0))
+            rollup[item] = (q + line["quantity"], a + line["amount_units"])
+    [(rule, _, quantity, amount)] = volume_rules(book, rollup, "2026-11")
+    # only the book-priced 1.5M count: 1M at $20/M + 0.5M at $10/M = $25 charged during the period
+    assert rule.id == "v-out" and quantity == 1_500_000 and amount == 25 * 10**9
+
+
+def test_a_free_allowance_is_counted_in_atomic_units_and_read_back_as_money() -> None:
+    version = parse_version({"id": "b", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": [
+        {"id": "in", "model": "m", "token_type": "input", "price": "10"}]})
+    free = Overrides(allowances=(FreeAllowance("f", Decimal("1.5")),))
+    first = rate(Usage("m", {"input": 100_000}, AT), version, free)  # $1.00, all of it free
+    counts = period_counts(first)
+    assert counts == {"in": 100_000, "allowance:f": 10**9}
+    second = rate(Usage("m", {"input": 100_000}, AT), version, free, period_to_date(counts))
+    assert second.total_units == 5 * 10**8  # $0.50 of the allowance left: $0.50 charged
