@@ -32,7 +32,9 @@ METRICS = ("money", "tokens", "input_tokens", "output_tokens", "requests")
 MODES = ("hard", "soft")
 ROLLING = timedelta(seconds=60)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # the one window of a lifetime budget
-LOADED = timedelta(days=31)  # calendar windows younger than this are loaded whole (wallets.store: 32 days)
+# calendar windows that start later than this before the load's `now` are loaded (wallets.store reads
+# `window_start > now - 32 days`, with the batch's own now): every row of them, so a missing one is 0
+LOADED = timedelta(days=32)
 THRESHOLD_TOPIC = "budget.threshold_crossed"
 EXCEEDED_TOPIC = "budget.exceeded"
 _INPUT_SIDE = ("input", "cached_input", "cache_write")
@@ -236,12 +238,13 @@ def _counted_in(b: Budget, start: datetime, now: datetime) -> tuple[int, int] | 
     """(used, held) of the budget's window starting at `start`, where an amount counted there
     crosses its thresholds: the window current at `now`, or a calendar window that has rolled
     over since (a hold settled after midnight, usage reported late), if the load read it (it
-    reads 32 days back; an older window is not known whole). None: a rolling minute's second
-    that has lapsed, or a window older than that."""
+    reads 32 days back, every window there: one it has no row of counted nothing yet; an older
+    window is not known). None: a rolling minute's second that has lapsed, or a window older
+    than that."""
     if counts_now(b, start, now):
         return counted(b, now)
-    if b.window in ("day", "month") and now - start < LOADED and start in b.windows:
-        used, held = b.windows[start]
+    if b.window in ("day", "month") and now - start < LOADED:
+        used, held = b.windows.get(start, (0, 0))
         return used, held
     return None
 

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from wallet_memory import CID, T0, MemoryWallet, usd
 
+from wallets.commands import RecordUsage
 from wallets.core import budgets as rules
 from wallets.errors import BudgetExceededError
 from wallets.model import Budget, Reservation
@@ -238,3 +239,33 @@ def test_the_budget_events_carry_the_fields_the_readme_documents():
     assert set(payloads["budget.threshold_crossed", False]) == _documented("budget.threshold_crossed")
     assert set(payloads["budget.exceeded", True]) == _documented("budget.exceeded")
     assert set(payloads["budget.exceeded", False]) == _documented("budget.exceeded") - {"retry_after_seconds"}
+
+
+def _crossed(mw: MemoryWallet) -> list[tuple[int, str, str]]:
+    return [(e["payload"]["threshold"], e["payload"]["window_start"], e["payload"]["used"]) for e in mw.outbox
+            if e["topic"] == "budget.threshold_crossed"]
+
+
+def test_a_settle_after_a_31_day_months_rollover_alerts_in_the_month_it_was_held_in():
+    """A settle counted in its hold's rolled-over window alerts there while the load has that
+    window (32 days back); the rule stopped at 31 days, so a hold of a 31-day month settled just
+    after the month ended (31 days and 30 minutes after it began) passed 100 % without a word,
+    where one of a 30-day month alerted."""
+    mw = with_budgets(budget("month", limit=usd("10.00"), mode="soft", thresholds=(100,)))
+    mw.now = datetime(2026, 12, 31, 23, 0, tzinfo=UTC)
+    held = mw.reserve("4.00").reservation
+    mw.now = datetime(2027, 1, 1, 0, 30, tzinfo=UTC)
+    mw.settle(held.id, input_tokens=12_000)  # $12.00, counted in December
+    assert _crossed(mw) == [(100, "2026-12-01T00:00:00Z", "12.00")]
+
+
+def test_a_late_usage_event_alerts_in_its_own_day_even_when_that_day_counted_nothing_before():
+    """A post-hoc usage event counts in the window of its own time; reported the next day for a
+    day that had counted nothing, it took that day past its threshold without a word (the rule
+    only looked at windows that already had a row)."""
+    mw = with_budgets(budget("day", limit=usd("10.00"), mode="soft", thresholds=(50,)))
+    mw.now = datetime(2026, 11, 24, 1, 0, tzinfo=UTC)
+    tokens = {"input": 6000}
+    mw.run(RecordUsage(customer_id=CID, event_id="late", request_hash=b"late", model="model-x",
+                       occurred_at=datetime(2026, 11, 23, 12, 0, tzinfo=UTC), tokens=tokens, usage=tokens))
+    assert _crossed(mw) == [(50, "2026-11-23T00:00:00Z", "6.00")]
