@@ -10,6 +10,7 @@ from typing import Any
 from litestar import Litestar
 from litestar.config.app import AppConfig
 from litestar.datastructures import State
+from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from sqlalchemy import text
@@ -117,7 +118,7 @@ def create_app(settings: Settings, database_url: str, *, cluster: EmbeddedPostgr
         state=State({"services": services, "supervisor": supervisor}),
         lifespan=[lifespan],
         middleware=[metrics_middleware],
-        exception_handlers=EXCEPTION_HANDLERS,
+        exception_handlers={**EXCEPTION_HANDLERS, HTTPException: console.unrouted},
         before_send=[_complete_allow_header],
         before_request=guard_request,  # 415, JSON depth, NUL: before any body is decoded
         request_class=WireRequest,

@@ -17,7 +17,7 @@ from litestar.template.config import TemplateConfig
 from litestar.types import ASGIApp
 
 from api.console import auditor, customer, export, invoices, operator, session
-from api.console.web import PREFIX, STATIC, csrf_config, error_page, refusing_forgeries, session_config
+from api.console.web import PREFIX, STATIC, csrf_config, error_page, refusing_forgeries, session_config, unrouted
 from api.errors import EXCEPTION_HANDLERS
 
 PAGES = [
@@ -29,6 +29,9 @@ PAGES = [
     auditor.verify_form, auditor.verify_page, export.export_form, export.export_download,
     operator.operator_page,
 ]
+
+
+__all__ = ["PAGES", "routers", "templates", "unrouted", "utc"]
 
 
 def templates() -> TemplateConfig:

@@ -121,6 +121,15 @@ def _problem(request: Request, exc: Exception) -> Response:
     raise exc
 
 
+def unrouted(request: Request, exc: Exception) -> Response:
+    """The app's handler of HTTP errors outside any route (an address without a page: 404, 405):
+    under the console a page, as its routes' errors are; elsewhere the API's problem+json."""
+    path = request.url.path
+    if (path == PREFIX or path.startswith(PREFIX + "/")) and not path.startswith(PREFIX + "/static/"):
+        return error_page(request, exc)
+    return _problem(request, exc)
+
+
 def error_page(request: Request, exc: Exception) -> Response:
     """The API's answer to `exc` (the one map of codes to statuses), shown as a page; a missing
     or expired sign-in goes to the sign-in page and comes back."""
