@@ -328,3 +328,37 @@ async def test_times_are_utc_whatever_time_zone_the_database_server_has(scratch_
                     break
                 await asyncio.sleep(0.05)
             assert delivery["event_at"].endswith("Z") and delivery["last_attempt_at"].endswith("Z"), delivery
+
+
+async def test_an_endpoint_enabled_again_gets_what_was_pending_with_a_new_retry_window(database_url):
+    """Deliveries left pending while an endpoint is disabled wait for it; enabled again, each
+    starts afresh (due now, a new retry window), as a re-drive does. They kept the window of
+    their first fan-out, spent meanwhile: the first failed attempt after enabling failed them
+    for good and disabled the endpoint again at once, the event never delivered."""
+    short = replace(FAST, webhook_retry_window_s=2.0)
+    mode = {"now": "down"}  # down: 503; once: one more 503 (a receiver still starting), then up: 200
+
+    def answer(seen: list[Received], this: Received) -> int:
+        if mode["now"] == "once":
+            mode["now"] = "up"
+            return 503
+        return 200 if mode["now"] == "up" else 503
+
+    async with AsyncTestClient(app=create_app(short, database_url)) as client:
+        client.headers.update(ADMIN)
+        with receiver(answer) as hook:
+            endpoint = await _endpoint(client, hook.url, ["balance.low"])
+            customer = await _low_balance(client)
+            [first] = await hook.wait_for(for_customer(customer))
+            path = f"/v1/webhook-endpoints/{endpoint['id']}"
+            assert (await client.patch(path, json={"enabled": False})).json()["status"] == "disabled"
+            await asyncio.sleep(2.5)  # past the delivery's first retry window
+            mode["now"] = "once"
+            assert (await client.patch(path, json={"enabled": True})).json()["status"] == "enabled"
+            for _ in range(300):
+                [delivery] = (await client.get(f"{path}/deliveries")).json()["items"]
+                if delivery["status"] != "pending":
+                    break
+                await asyncio.sleep(0.05)
+            assert delivery["status"] == "succeeded" and delivery["event_id"] == first.webhook_id, delivery
+            assert (await client.get(path)).json()["status"] == "enabled"

@@ -16,6 +16,10 @@ from wallets.webhooks.rules import new_secret
 _COLUMNS = """id, url, topics, description, status, disabled_reason, max_in_flight, previous_secret_until,
               created_at, updated_at"""
 DISABLED_BY_REQUEST = "disabled by request"
+# A delivery scheduled afresh: due now, a new retry window, the attempt count from 0 (a re-drive,
+# an endpoint enabled again)
+AFRESH = """status = 'pending', scheduled_at = now(), next_attempt_at = now(), leased_until = NULL,
+            attempts = 0, succeeded_at = NULL"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +84,13 @@ async def list_all(conn: AsyncConnection) -> list[Endpoint]:
 
 
 async def update(conn: AsyncConnection, endpoint_id: str, changes: Changes) -> Endpoint:
-    """Apply `changes`; enabling clears the reason it was disabled, disabling gives one."""
+    """Apply `changes`; enabling clears the reason it was disabled, disabling gives one. Enabling
+    a disabled endpoint starts what was left pending for it afresh, as a re-drive does (due now,
+    a new retry window): the window of its first fan-out was spent while nothing could be sent."""
     status = None if changes.enabled is None else ("enabled" if changes.enabled else "disabled")
+    was = (await conn.execute(text(
+        "SELECT status FROM webhook_endpoints WHERE id = :id AND status <> 'deleted' FOR UPDATE"),
+        {"id": endpoint_id})).scalar()
     row = (await conn.execute(text(
         f"""UPDATE webhook_endpoints SET
               url = coalesce(:url, url), topics = coalesce(:topics, topics),
@@ -94,7 +103,12 @@ async def update(conn: AsyncConnection, endpoint_id: str, changes: Changes) -> E
             WHERE id = :id AND status <> 'deleted' RETURNING {_COLUMNS}"""),
         {"id": endpoint_id, "url": changes.url, "topics": changes.topics, "description": changes.description,
          "max_in_flight": changes.max_in_flight, "status": status, "reason": DISABLED_BY_REQUEST})).first()
-    return _found(row, endpoint_id)
+    endpoint = _found(row, endpoint_id)
+    if was == "disabled" and status == "enabled":
+        await conn.execute(text(
+            f"UPDATE webhook_deliveries SET {AFRESH} WHERE endpoint_id = :id AND status = 'pending'"),
+            {"id": endpoint_id})
+    return endpoint
 
 
 async def rotate_secret(conn: AsyncConnection, endpoint_id: str, grace: timedelta) -> tuple[Endpoint, str]:

@@ -10,6 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from wallets.errors import NotFoundError
+from wallets.webhooks.endpoints import AFRESH
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +70,7 @@ async def attempts(conn: AsyncConnection, endpoint_id: str, *, event_id: str | N
     return [Attempt(*r) for r in rows]
 
 
-# A re-drive schedules the delivery afresh: due now, a new retry window, the attempt count from 0.
-_AGAIN = """status = 'pending', scheduled_at = now(), next_attempt_at = now(), leased_until = NULL,
-            attempts = 0, succeeded_at = NULL"""
+_AGAIN = AFRESH  # a re-drive schedules the delivery afresh
 _FROM_OUTBOX = """
 INSERT INTO webhook_deliveries (endpoint_id, event_id, topic, customer_id, payload, event_at)
 SELECT :e, webhook_event_id(o.lane, o.dedup_key, o.payload), o.topic, o.customer_id, o.payload, o.created_at
