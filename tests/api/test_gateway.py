@@ -790,3 +790,19 @@ async def test_64_parallel_streams_on_a_wallet_of_10_holds_10_proceed_54_are_ref
     assert outcomes.count("proceeded") == 10 and outcomes.count("refused") == 54
     available, reserved = await asyncio.to_thread(wallet, url, cid)
     assert reserved == 0 and available == 10 * hold + hold / 2 - 10 * CHAT_CHARGE
+
+
+def test_a_gateway_call_is_held_and_charged_at_the_customers_contract_price(live, fake):
+    url, _ = live
+    cid, key = customer(live)
+    contract = Decimal("5")  # the customer's own input price for gpt-test, against the book's $10/M
+    with admin(url) as http:
+        put = http.put(f"/v1/customers/{cid}/price-overrides", json={"contract_prices": [
+            {"id": "gw-contract", "model": "gpt-test", "token_type": "input", "price": "5.00"}]})
+        assert put.status_code == 201, put.text
+    raw = oai(url, key).chat.completions.with_raw_response.create(model="gpt-test", messages=HI)
+    assert Decimal(raw.headers["x-tokentill-reserved"]) == (9 * contract + 1000 * OUT) / M + CALL
+    # the fake's usage: 800 input at the contract price; 200 cached and 40 output at the book's
+    expected = (800 * contract + 200 * CACHED + 40 * OUT) / M + CALL
+    assert Decimal(raw.headers["x-tokentill-charged"]) == expected == Decimal("0.006")
+    assert wallet(url, cid) == (Decimal("10") - expected, 0)

@@ -132,6 +132,12 @@ async def test_a_free_allowance_pays_until_it_is_spent_in_the_period(client) -> 
     # 0.49 left of the allowance: 1.01 - 0.49 = 0.52 charged
     assert charged(await event(client, cid, now - timedelta(minutes=1), 100_000)) == "0.52"
     assert charged(await event(client, cid, now - timedelta(seconds=30), 100_000)) == "1.01"
+    upcoming = (await client.get(f"/v1/customers/{cid}/invoices/upcoming", headers=ADMIN)).json()
+    # the allowance is a line of its own on the invoice. Only what was posted is there: the first
+    # event, all of it free, moved no money and posted no entry, so neither its usage nor its
+    # -1.01 is a line (see the README's note); the second's -0.49 is.
+    free_lines = [ln for ln in upcoming["lines"] if ln.get("kind") == "free_allowance"]
+    assert [ln["amount"] for ln in free_lines] == ["-0.49"], upcoming["lines"]
     verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
     [counters] = [c for c in verified["checks"] if c["name"] == "usage_counters"]
     assert counters["ok"], counters  # the money taken from the allowance is counted as the charges say
