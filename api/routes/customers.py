@@ -23,7 +23,7 @@ Priority = Annotated[int, msgspec.Meta(ge=0, le=100)]
 Text = Annotated[str, msgspec.Meta(max_length=500)]
 
 
-class CreateCustomerRequest(msgspec.Struct):
+class CreateCustomerRequest(msgspec.Struct, forbid_unknown_fields=True):  # a typo is a 422
     id: Identifier
     name: Annotated[str, msgspec.Meta(max_length=200)] = ""
     currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")] = "USD"
@@ -79,14 +79,14 @@ class WalletResponse(msgspec.Struct):
     budgets: list[BudgetResponse] = []  # each live budget of the customer, as it stands now
 
 
-class TopUpRequest(msgspec.Struct):
+class TopUpRequest(msgspec.Struct, forbid_unknown_fields=True):  # a typo is a 422
     amount: PositiveAmount
     reference: Text = ""
     priority: Priority = TOPUP_PRIORITY
     expires_at: DateTime | None = None  # in the future
 
 
-class GrantRequest(msgspec.Struct):
+class GrantRequest(msgspec.Struct, forbid_unknown_fields=True):  # a typo is a 422
     amount: PositiveAmount
     priority: Priority = GRANT_PRIORITY
     expires_at: DateTime | None = None  # in the future

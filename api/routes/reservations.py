@@ -40,7 +40,7 @@ from wallets.commands import (
 from wallets.errors import WalletValidationError
 
 
-class CreateReservationRequest(msgspec.Struct):
+class CreateReservationRequest(msgspec.Struct, forbid_unknown_fields=True):  # a typo is a 422
     customer_id: Identifier
     request_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     model: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
@@ -62,7 +62,7 @@ class ReservationResponse(msgspec.Struct):
     expires_at: str
 
 
-class ExtendRequest(msgspec.Struct):
+class ExtendRequest(msgspec.Struct, forbid_unknown_fields=True):  # a typo is a 422
     ttl_seconds: Annotated[int, msgspec.Meta(ge=1, le=MAX_TTL_SECONDS, description=(
         "Hold until this many seconds from now; must end later than the current expiry"))]
 
@@ -73,7 +73,7 @@ class ExtendResponse(msgspec.Struct):
     expires_at: str
 
 
-class SettleRequest(msgspec.Struct):
+class SettleRequest(msgspec.Struct, forbid_unknown_fields=True):  # a typo is a 422
     usage: Annotated[dict[str, Any], json_object(CANONICAL_USAGE)] | None = None
     openai_usage: Annotated[dict[str, Any], json_object(OPENAI_USAGE)] | None = None
     anthropic_usage: Annotated[dict[str, Any], json_object(ANTHROPIC_USAGE)] | None = None

@@ -42,7 +42,7 @@ LOOKUPS = 8  # reservation owners looked up at once (the rest wait, rather than 
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 
 
-class SettleItem(msgspec.Struct):
+class SettleItem(msgspec.Struct, forbid_unknown_fields=True):  # a typo is a 422
     reservation_id: Text
     usage: Annotated[dict[str, Any], json_object(CANONICAL_USAGE)] | None = None
     openai_usage: Annotated[dict[str, Any], json_object(OPENAI_USAGE)] | None = None

@@ -127,7 +127,14 @@ def shaped(data: Any, type_: Any) -> Any:
         text = str(exc)  # "Expected `str` - at `$.rules[0].id`" (or "at `key` in `$.…`")
         where = re.search(r" - at (?:`key` in )?`\$\.?([^`]*)`$", text)
         field = (where.group(1) if where else "") or "body"
-        raise WalletValidationError(field, text[:where.start()] if where else text) from None
+        message = text[:where.start()] if where else text
+        unknown = _UNKNOWN.fullmatch(message)
+        if unknown is not None:  # name the field itself: "pricebook", not "body"
+            field, message = (unknown.group(1) if field == "body" else f"{field}.{unknown.group(1)}"), "unknown field"
+        raise WalletValidationError(field, message) from None
+
+
+_UNKNOWN = re.compile(r"Object contains unknown field `(.*)`")
 
 
 _SURROGATE = re.compile(r"[\ud800-\udfff]")  # in a str only as a lone half: pairs decode to one code point

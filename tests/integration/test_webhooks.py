@@ -200,7 +200,7 @@ async def test_disabled_and_deleted_endpoints_get_nothing_and_topics_filter(clie
     ({"url": "https://example.com/x", "topics": ["balanse.low"]}, "topics[0]"),
     ({"url": "https://example.com/x", "topics": ["balance.low", "budget.threshold"]}, "topics[1]"),  # no such event
     ({"url": "https://example.com/x", "topics": ["*"], "max_in_flight": 0}, "max_in_flight"),
-    ({"url": "https://example.com/x", "topics": ["*"], "secret": "mine"}, "body"),  # unknown: refused
+    ({"url": "https://example.com/x", "topics": ["*"], "secret": "mine"}, "secret"),  # unknown: refused
 ])
 async def test_bad_endpoints_are_refused_naming_the_field(client, body, field):
     response = await client.post("/v1/webhook-endpoints", json=body)

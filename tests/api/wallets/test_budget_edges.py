@@ -25,7 +25,7 @@ BAD_CREATES = [
     ({"window": "request", "metric": "requests", "limit": 3}, "metric"), ({"model": ""}, "model"),
     ({"dimensions": {"a": 1}}, "dimensions"), ({"name": "x" * 201}, "name"),
     # a misspelt field was dropped: "timezone" made a budget of UTC days, "threshold" one that never alerts
-    ({"timezone": "America/New_York"}, "body"), ({"threshold": [80]}, "body"),
+    ({"timezone": "America/New_York"}, "timezone"), ({"threshold": [80]}, "threshold"),
 ]
 
 

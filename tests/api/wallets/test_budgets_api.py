@@ -186,7 +186,7 @@ async def test_a_change_to_what_a_budget_is_is_refused_not_ignored(client: Async
     for change, field in [({"window": "day"}, "window"), ({"metric": "tokens", "limit": 5}, "metric"),
                           ({"time_zone": "Europe/Paris"}, "time_zone"), ({"name": "x", "model": "gpt-*"}, "model"),
                           ({"dimensions": {"feature": "search"}}, "dimensions"), ({"api_key": "k1"}, "api_key"),
-                          ({"customer_id": "other"}, "customer_id"), ({"limt": "5.00"}, "body")]:
+                          ({"customer_id": "other"}, "customer_id"), ({"limt": "5.00"}, "limt")]:
         refused = await client.patch(f"/v1/budgets/{b['id']}", json=change)
         assert refused.status_code == 422 and refused.json()["code"] == "validation_error", (change, refused.text)
         assert refused.json()["fields"][0]["field"] == field, (change, refused.text)
