@@ -135,7 +135,10 @@ def error_page(request: Request, exc: Exception) -> Response:
     or expired sign-in goes to the sign-in page and comes back."""
     if isinstance(exc, ApiError) and exc.code == "unauthorized":
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        return Redirect(f"{PREFIX}/sign-in?next={quote(target, safe='')}", status_code=303)
+        sign_in_page = f"{PREFIX}/sign-in?next={quote(target, safe='')}"
+        if request.headers.get("hx-request") == "true":  # htmx would follow a 303 and swap in a part of it
+            return Response(b"", status_code=401, headers={"HX-Redirect": sign_in_page, **HEADERS})
+        return Redirect(sign_in_page, status_code=303)
     answer = _problem(request, exc)
     body = answer.content if isinstance(answer.content, dict) else {}
     page = render(request, "error.html", status=answer.status_code, problem=body)

@@ -174,6 +174,19 @@ def test_no_page_of_a_customers_is_kept_in_the_browsers_storage(page: Page, cons
     assert "Acme Inc." not in page.content()
 
 
+def test_the_range_form_after_the_sign_in_has_lapsed_goes_to_the_sign_in_page(page: Page, console: Console):
+    """htmx followed the redirect to the sign-in page and looked there for the usage region:
+    finding none, it emptied the region, and the customer was left with a blank page."""
+    sign_in(page, console.keys["acme"])
+    page.goto("/console/customers/acme/usage")
+    page.context.clear_cookies(name="tokentill_console")  # the session lapses (8 hours, a revoked key)
+    page.get_by_label("From", exact=True).fill("2020-01-01")
+    page.get_by_label("To (included)", exact=True).fill("2020-01-31")
+    page.get_by_role("button", name="Show").click()
+    expect(page).to_have_url(re.compile(r"/console/sign-in\?next=%2Fconsole%2Fcustomers%2Facme%2Fusage"))
+    expect(page.get_by_label("API key")).to_be_visible()
+
+
 def test_an_auditor_reads_the_trial_balance_traces_a_charge_and_runs_verify(page: Page, console: Console):
     sign_in(page, console.keys["auditor"])
     expect(page).to_have_url(re.compile(r"/console/audit$"))
