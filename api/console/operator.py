@@ -52,9 +52,13 @@ _LANES = text("""
 SELECT s.lanes,
        (SELECT count(*) FROM customers) AS customers,
        (SELECT count(*) FROM reservations WHERE status IN ('held', 'capturing')) AS open_reservations,
-       (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending') AS webhooks_pending,
-       (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= now())
-           AS webhooks_due,
+       -- what the dispatcher may send (an enabled endpoint's); what waits for a disabled one is held
+       (SELECT count(*) FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
+         WHERE d.status = 'pending' AND e.status = 'enabled') AS webhooks_pending,
+       (SELECT count(*) FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
+         WHERE d.status = 'pending' AND e.status = 'enabled' AND d.next_attempt_at <= now()) AS webhooks_due,
+       (SELECT count(*) FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
+         WHERE d.status = 'pending' AND e.status <> 'enabled') AS webhooks_held,
        (SELECT count(*) FROM webhook_deliveries WHERE status = 'failed') AS webhooks_failed
   FROM ledger_settings s
 """)
@@ -82,7 +86,8 @@ async def lanes(conn: AsyncConnection) -> dict[str, Any]:
         else:
             entry["waiting"] += 1
     return {"lanes": head.lanes, "customers": head.customers, "open_reservations": head.open_reservations,
-            "webhooks": {"pending": head.webhooks_pending, "due": head.webhooks_due, "failed": head.webhooks_failed},
+            "webhooks": {"pending": head.webhooks_pending, "due": head.webhooks_due, "failed": head.webhooks_failed,
+                         "held": head.webhooks_held},
             "active": [activity[n] for n in sorted(activity)]}
 
 

@@ -362,3 +362,32 @@ async def test_an_endpoint_enabled_again_gets_what_was_pending_with_a_new_retry_
                 await asyncio.sleep(0.05)
             assert delivery["status"] == "succeeded" and delivery["event_id"] == first.webhook_id, delivery
             assert (await client.get(path)).json()["status"] == "enabled"
+
+
+async def test_the_operator_page_counts_as_due_only_what_the_dispatcher_may_send(scratch_url):
+    """What waits for a disabled endpoint is sent only once it is enabled again: it was counted
+    'due now' on the operator page for as long as it stayed disabled, a backlog that looked stuck."""
+    from api.console.operator import lanes
+    from ledger.db import connect
+    from wallets.webhooks.rules import new_secret
+
+    db = connect(scratch_url, pool_size=1)
+    try:
+        async def rows(conn) -> None:
+            await conn.execute(text(
+                """INSERT INTO webhook_endpoints (id, url, topics, secret, status, disabled_reason) VALUES
+                     ('we_000000000000000a', 'https://a.example.com/', '{*}', :s, 'enabled', NULL),
+                     ('we_000000000000000b', 'https://b.example.com/', '{*}', :s, 'disabled', 'by request')"""),
+                {"s": new_secret()})
+            await conn.execute(text(
+                """INSERT INTO webhook_deliveries (endpoint_id, event_id, topic, payload, event_at) VALUES
+                     ('we_000000000000000a', 'evt_1', 'balance.low', '{}', now()),
+                     ('we_000000000000000b', 'evt_1', 'balance.low', '{}', now()),
+                     ('we_000000000000000b', 'evt_2', 'balance.low', '{}', now())"""))
+
+        await db.committed(rows)
+        webhooks = (await db.read(lanes))["webhooks"]
+        assert (webhooks["pending"], webhooks["due"], webhooks["failed"]) == (1, 1, 0), webhooks
+        assert webhooks["held"] == 2, webhooks  # waiting for an endpoint enabled again
+    finally:
+        await db.dispose()
