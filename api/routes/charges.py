@@ -2,17 +2,35 @@
 from __future__ import annotations
 
 from typing import Annotated, Any
+from urllib.parse import unquote_to_bytes
 
 from litestar import Request, get
 from litestar.datastructures import State
 from litestar.params import FromPath, QueryParameter
 
 from api.auth import ensure_customer, principal_of, require
-from api.errors import documented
+from api.errors import ApiError, documented
 from wallets import reports
 
+PREFIX = b"/v1/audit/charges/"
 
-@get("/v1/audit/charges/{request_id:str}", guards=[require("auditor")], tags=["audit"], **documented(404, 422))
+
+def exact_request_id(request: Request, decoded: str) -> str:
+    """The request id as the caller wrote it: the rest of the raw path after the prefix,
+    percent-decoded once. Request ids are any text, so one may hold "/" (sent as %2F) or be "." or
+    "..": the decoded path the router matches loses that (`trail/` read as `trail`, `%2F` in the id
+    as a separator), so the route takes the rest of the path and the id is read from the raw one."""
+    raw = request.scope.get("raw_path")
+    if not raw or PREFIX not in raw:
+        return decoded.removeprefix("/")
+    try:
+        # a "?" in the raw path starts the query (one in the id is %3F); some servers keep it there
+        return unquote_to_bytes(raw.split(PREFIX, 1)[1].split(b"?", 1)[0]).decode()
+    except UnicodeDecodeError:
+        raise ApiError("validation_error", "request_id: not UTF-8 text once percent-decoded", 422) from None
+
+
+@get("/v1/audit/charges/{request_id:path}", guards=[require("auditor")], tags=["audit"], **documented(404, 422))
 async def get_charge_trace(state: State, request: Request, request_id: FromPath[str],
                            customer_id: Annotated[str | None, QueryParameter(name="customer_id")] = None
                            ) -> dict[str, Any]:
@@ -22,7 +40,9 @@ async def get_charge_trace(state: State, request: Request, request_id: FromPath[
     Request and event ids are per customer. A key limited to customers looks among theirs only
     (an id they did not use is 404, whoever else used it), and naming another customer is 403.
     An id that several of the customers the key sees used needs `customer_id` (422 without it);
-    a key limited to one customer may leave it out."""
+    a key limited to one customer may leave it out. Send the id percent-encoded as one segment
+    ("/" as %2F, "." as %2E): it is read from the path exactly as sent."""
+    request_id = exact_request_id(request, request_id)
     if customer_id is not None:
         ensure_customer(request, customer_id)
         customers: tuple[str, ...] | None = (customer_id,)

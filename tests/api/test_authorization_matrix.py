@@ -220,8 +220,8 @@ def test_the_matrix_covers_every_route(database_url):
     served = {(method, route.path) for route in app.routes for method in getattr(route, "methods", ())
               if method not in ("OPTIONS", "HEAD") and not route.path.startswith(("/schema", "/console"))}
     tested = {(method, path.partition("?")[0].replace("{own}", "{customer_id:str}")
-               .replace("{res}", "{reservation_id:str}").replace("{shared_req}", "{request_id:str}")
-               .replace("{shared_evt}", "{request_id:str}").replace("{req}", "{request_id:str}")
+               .replace("{res}", "{reservation_id:str}").replace("{shared_req}", "{request_id:path}")
+               .replace("{shared_evt}", "{request_id:path}").replace("{req}", "{request_id:path}")
                .replace("key_missing", "{key_id:str}").replace("we_missing", "{endpoint_id:str}")
                .replace("{book}", "{book_id:str}")
                .replace("{recv}", "{code:str}").replace("income:platform:usage:USD", "{code:str}")

@@ -1,0 +1,85 @@
+"""A charge trace of any request id a reservation accepts (1-200 characters of any kind), sent
+percent-encoded as one path segment. Was: an id with a "/" (`chat/42`, or `%2F` literally) was a
+route-level 404, as were "." and ".."; and the server read the id from the decoded path, so
+`trail/` and `/lead` were answered with the trace of another request, `trail` and `lead`."""
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from urllib.parse import quote
+
+import httpx
+import pytest
+from litestar.testing import AsyncTestClient
+
+from api.app import create_app
+from api.settings import Settings
+from tests.api import test_journal_api as journal
+from tests.api.test_journal_api import _lifecycle
+from tests.api.test_sdk_durability import ADMIN, new_customer
+
+
+@pytest.fixture(scope="module")
+async def client(database_url: str) -> AsyncIterator[AsyncTestClient]:
+    app = create_app(Settings(admin_key="journal-admin", scheduler=False), database_url)
+    async with AsyncTestClient(app=app) as c:
+        c.headers.update(journal.ADMIN)
+        await c.post("/v1/price-books", json=journal.BOOK)
+        yield c
+
+
+def _segment(request_id: str) -> str:
+    """One path segment: every reserved character encoded, dots too (clients drop "." segments)."""
+    return quote(request_id, safe="").replace(".", "%2E")
+
+
+async def test_every_request_id_is_traced_as_itself(client):
+    customer = (await _lifecycle(client))["customer"]
+    tag = uuid.uuid4().hex[:6]
+    ids = [f"chat/{tag}", f"x%2Fy{tag}", f"/{tag}", f"{tag}/", f"{tag}//{tag}", ".", "..", f"q?x={tag}",
+           f"h#{tag}", f"sp ace{tag}", f"ü{tag}", f"a\\b{tag}", tag]
+    reserved = {}
+    for request_id in ids:
+        held = await client.post("/v1/reservations", json={
+            "customer_id": customer, "request_id": request_id, "model": "model-a", "amount": "0.01"})
+        assert held.status_code == 201, held.text
+        reserved[request_id] = held.json()["id"]
+    for request_id in ids:
+        trace = await client.get(f"/v1/audit/charges/{_segment(request_id)}", params={"customer_id": customer})
+        assert trace.status_code == 200, (request_id, trace.text)
+        body = trace.json()
+        assert (body["request_id"], body["reservation"]["id"]) == (request_id, reserved[request_id])
+
+
+async def test_an_unknown_id_with_a_slash_is_a_problem_not_another_request(client):
+    customer = (await _lifecycle(client))["customer"]
+    tag = uuid.uuid4().hex[:6]
+    held = await client.post("/v1/reservations", json={
+        "customer_id": customer, "request_id": tag, "model": "model-a", "amount": "0.01"})
+    assert held.status_code == 201, held.text
+    for unknown in (f"{tag}/", f"/{tag}", f"{tag}/x"):
+        trace = await client.get(f"/v1/audit/charges/{_segment(unknown)}", params={"customer_id": customer})
+        assert trace.status_code == 404, (unknown, trace.text)
+        assert trace.headers["content-type"].startswith("application/problem+json")
+        assert trace.json()["code"] == "not_found" and unknown in trace.json()["detail"]
+
+
+async def test_an_id_no_reservation_could_have_is_a_problem(client):
+    for segment, status in (("%00", 422), ("%FF", 422), ("", 404), ("x" * 300, 404)):
+        trace = await client.get(f"/v1/audit/charges/{segment}")
+        assert trace.status_code == status, (segment, trace.text)
+        assert trace.headers["content-type"].startswith("application/problem+json")
+
+
+def test_through_a_real_server_the_id_is_read_as_sent(live):
+    """uvicorn's raw path (the test client's differs: it keeps the query in it)."""
+    url, book = live
+    customer, tag = new_customer(url, book), uuid.uuid4().hex[:6]
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}) as http:
+        for request_id in (f"chat/{tag}", f"{tag}/", f"x%2F{tag}", ".."):
+            held = http.post("/v1/reservations", json={
+                "customer_id": customer, "request_id": request_id, "model": "model-a", "amount": "0.01"})
+            assert held.status_code == 201, held.text
+            trace = http.get(f"/v1/audit/charges/{_segment(request_id)}", params={"customer_id": customer})
+            assert trace.status_code == 200, (request_id, trace.text)
+            assert trace.json()["reservation"]["id"] == held.json()["id"]
