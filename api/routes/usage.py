@@ -127,5 +127,7 @@ async def get_usage(
     if not matches(GROUP_BY, group_by):
         raise WalletValidationError("group_by", "comma-separated names of groups or usage dimensions")
     groups = [g.strip() for g in group_by.split(",") if g.strip()]
-    return await state.services.db.read(lambda conn: reports.usage(
-        conn, customer_id, time_in(start, "from"), time_in(end, "to"), groups))
+    since, until = time_in(start, "from"), time_in(end, "to")
+    if since is not None and until is not None and until < since:  # as the journal: not an empty report
+        raise WalletValidationError("to", "must not be before from")
+    return await state.services.db.read(lambda conn: reports.usage(conn, customer_id, since, until, groups))

@@ -232,3 +232,22 @@ async def test_usage_events_under_an_idempotency_key_answer_the_first_response_a
     assert without_key.json() == {"accepted": 0, "duplicates": 3, "rejected": []}
     other = await client.post("/v1/usage-events", json=events[:1], headers=headers)
     assert other.status_code == 409 and other.json()["code"] == "idempotency_conflict"
+
+
+async def test_a_usage_report_whose_to_is_before_its_from_is_422_not_an_empty_report(
+        client: AsyncTestClient, tag: str, book: str):
+    # it answered 200 with no rows: a swapped range read as a customer without usage
+    cid = await _customer(client, tag, book)
+    event = {"event_id": "e1", "customer_id": cid, "model": "model-a", "timestamp": "2026-11-23T10:00:00Z",
+             "usage": {"input_tokens": 1000}}
+    assert (await client.post(f"/v1/customers/{cid}/topups", json={"amount": "1.00"})).status_code == 201
+    assert (await client.post("/v1/usage-events", json=[event])).json()["accepted"] == 1
+    swapped = await client.get(f"/v1/customers/{cid}/usage",
+                               params={"from": "2026-12-01T00:00:00Z", "to": "2026-11-01T00:00:00Z"})
+    assert swapped.status_code == 422, swapped.text
+    assert swapped.json()["code"] == "validation_error"
+    assert [f["field"] for f in swapped.json()["fields"]] == ["to"]
+    right = await client.get(f"/v1/customers/{cid}/usage",
+                             params={"from": "2026-11-01T00:00:00Z", "to": "2026-12-01T00:00:00Z"})
+    assert [(r["token_type"], r["quantity"], r["amount"]) for r in right.json()["rows"]] == [
+        ("input", 1000, "0.01"), ("request", 1, "0.01")]
