@@ -12,8 +12,9 @@ a record off after each call (a refusal goes to the `.rejected` file); a 401, 40
 other 5xx leaves it for the next flush; a connection error, 429 or 502-504 ends the round: the
 lock is let go and the rest is sent again after a backoff, until sent or the client closes.
 Closing stops the replay (a call in flight may land; its records stay spooled and are answered
-by key next time). Only the records in the file when the replay first read it are sent: settles
-spooled later are this run's own, delivered (and struck off) by whoever spooled them.
+by key next time). Only the records spooled before the replay was made (with the client) are
+sent: settles spooled later are this run's own, delivered (and struck off) by whoever spooled
+them, even when the replay's thread first reads the file after one of them was written.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import logging
 import os
 import threading
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import httpx
@@ -50,6 +52,7 @@ class SpoolReplay:
         self._spools, self._send_bulk, self._send_one, self._policy = spools, send_bulk, send_one, policy
         self._bulk = True  # until the server says it has no POST /v1/settlements
         self._todo: dict[Spool, set[str] | None] = {spool: None for spool in spools}  # None: not read yet
+        self._began = datetime.now(UTC)  # records spooled since are this run's own
         self.report = FlushReport()
 
     async def run(self) -> FlushReport:
@@ -87,7 +90,7 @@ class SpoolReplay:
             records = await _unbroken(spool.records)
             keys = self._todo[spool]
             if keys is None:
-                keys = self._todo[spool] = {r.idempotency_key for r in records}
+                keys = self._todo[spool] = {r.idempotency_key for r in records if self._earlier(r)}
             records = [r for r in records if r.idempotency_key in keys]
             settles = [r for r in records if is_settle(r.path)] if self._bulk else []
             for batch in _batches(settles):
@@ -98,6 +101,14 @@ class SpoolReplay:
                     await self._file(spool, keys, [(record, outcome, note)])
         finally:
             os.close(fd)
+
+    def _earlier(self, record: SpoolRecord) -> bool:
+        """Spooled before the replay was made (a record without a readable time: an earlier run's)."""
+        try:
+            at = datetime.fromisoformat(record.spooled_at)
+        except (TypeError, ValueError):
+            return True
+        return at.tzinfo is None or at < self._began
 
     async def _send_batch(self, spool: Spool, keys: set[str], batch: list[SpoolRecord]) -> None:
         if not self._bulk:

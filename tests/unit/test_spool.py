@@ -147,3 +147,39 @@ def test_a_spool_name_is_one_per_server_and_key_and_never_holds_the_key():
     assert spool_name("http://a:8000", secret, "key_1") != spool_name("http://a:8000", secret, "key_2")
     assert "s3cret" not in name and name.endswith(".jsonl")
     assert os.sep not in name
+
+
+async def test_a_replay_sends_only_what_was_spooled_before_it_began(tmp_path):
+    """A new client's replay starts on a thread of its own, and may first read the spool after the
+    client's own first settle failed once and was spooled: that settle is this run's own, being
+    delivered by its caller, and must not be sent again beside it (it took the answer meant for
+    the caller's next attempt: test_a_settle_waits_what_retry_after_asks_up_to_its_cap, flaky)."""
+    from dataclasses import replace
+
+    import httpx
+
+    from api.client_replay import SpoolReplay
+    from api.delivery import RetryPolicy
+
+    def settle(n: int, at: datetime | None = None) -> SpoolRecord:
+        record = SpoolRecord("POST", f"/v1/reservations/r{n}/settle", {"usage": {"input_tokens": 1}, "final": True},
+                             f"r{n}:settle:0", f"r{n}", "http://tt", reason="server down")
+        return record if at is None else replace(record, spooled_at=at.isoformat())
+
+    spool = Spool(tmp_path / "s.jsonl")
+    spool.append(settle(1, datetime.now(UTC) - timedelta(hours=1)))  # an earlier run's
+    sent: list[str] = []
+
+    async def bulk(items):
+        sent.extend(item["idempotency_key"] for item in items)
+        return httpx.Response(200, json={"results": [{"status": 200, "body": {}} for _ in items]})
+
+    async def one(record):
+        sent.append(record.idempotency_key)
+        return "delivered", "200"
+
+    replay = SpoolReplay([spool], bulk, one, RetryPolicy(0.01, 0.01, 0.01))
+    spool.append(settle(2))  # this run's, spooled at its first failure before the replay read the file
+    report = await replay.run()
+    assert sent == ["r1:settle:0"] and report.delivered == 1
+    assert [r.idempotency_key for r in spool.records()] == ["r2:settle:0"], "left to its caller"
