@@ -11,7 +11,8 @@ AXE = __import__("pathlib").Path(__file__).parent / "vendor" / "axe-core-4.14.1.
 PAGES = {
     "acme": ["/console/customers/acme", "/console/customers/acme/usage", "/console/customers/acme/reservations",
              "/console/customers/acme/budgets", "/console/customers/acme/invoices",
-             "/console/customers/acme/invoices/upcoming"],
+             "/console/customers/acme/invoices/upcoming", "/console/customers/acme/usage?from=2026-03-10&to=2026-03-01",
+             "/console/customer/acme"],
     "auditor": ["/console/audit", "/console/audit/journal", "/console/audit/trace?request_id=req-traced",
                 "/console/audit/verify", "/console/audit/statement?account=liability:customer:acme:reserved"],
     "admin": ["/console", "/console/operator", "/console/customers/globex/top-up", "/console/audit/journal?cursor=x"],
