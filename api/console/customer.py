@@ -75,16 +75,21 @@ def usage_range(start: str | None, end: str | None, today: date) -> tuple[date, 
     return first, last
 
 
+def _type_label(token_type: str | None) -> str:
+    return "free allowance" if token_type is None else token_type  # its lines have no token type
+
+
 def chart_of(rows: list[dict[str, Any]], first: date, last: date) -> dict[str, Any]:
     """The chart's data: one series per model and token type, its amount per day (exact decimal
-    strings, as the usage API gives them; days without usage are "0"), and the totals."""
+    strings, as the usage API gives them; days without usage are "0"), and the totals. Discounts
+    and free allowances are negative; a free allowance's lines have no token type (None)."""
     days = [(first + timedelta(days=n)).isoformat() for n in range((last - first).days + 1)]
     index = {day: n for n, day in enumerate(days)}
-    series: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0] * len(days))
-    totals: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
+    series: dict[tuple[str, str | None], list[int]] = defaultdict(lambda: [0] * len(days))
+    totals: dict[tuple[str, str | None], list[int]] = defaultdict(lambda: [0, 0, 0])
     for row in rows:
         key = (row["model"], row["token_type"])
-        units = parse_amount(row["amount"], ASSET_SCALE)
+        units = parse_amount(row["amount"], ASSET_SCALE, allow_negative=True)
         series[key][index[row["day"]]] += units
         totals[key][0] += row["quantity"]
         totals[key][1] += units
@@ -92,12 +97,15 @@ def chart_of(rows: list[dict[str, Any]], first: date, last: date) -> dict[str, A
     def fmt(units: int) -> str:
         return format_amount(units, ASSET_SCALE)
 
+    def order(item: tuple[tuple[str, str | None], Any]) -> tuple[str, str]:
+        return item[0][0] or "", item[0][1] or ""
+
     return {
         "days": days,
-        "series": [{"model": m, "token_type": t, "label": f"{m} · {t}", "amounts": [fmt(u) for u in values]}
-                   for (m, t), values in sorted(series.items())],
-        "totals": [{"model": m, "token_type": t, "quantity": q, "amount": fmt(a), "charges": c}
-                   for (m, t), (q, a, c) in sorted(totals.items())],
+        "series": [{"model": m, "token_type": t, "label": f"{m} · {_type_label(t)}",
+                    "amounts": [fmt(u) for u in values]} for (m, t), values in sorted(series.items(), key=order)],
+        "totals": [{"model": m, "token_type": t, "type_label": _type_label(t), "quantity": q, "amount": fmt(a),
+                    "charges": c} for (m, t), (q, a, c) in sorted(totals.items(), key=order)],
         "total": fmt(sum(a for _, a, _ in totals.values())),
     }
 
