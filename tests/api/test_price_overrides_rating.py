@@ -171,3 +171,28 @@ async def test_a_later_version_never_changes_earlier_usage_and_a_rerate_previews
         "customer_id": cid, "charges": 1, "old_amount": "0.80", "new_amount": "0.50", "delta": "-0.30",
         "lines": [{"model": "model-a", "token_type": "input", "old_amount": "0.80", "new_amount": "0.50",
                    "delta": "-0.30"}]}]
+
+
+async def test_a_rerate_applied_after_a_backdated_version_gives_the_difference_back(client) -> None:
+    now = datetime.now(UTC)
+    cid = await customer(client, {"contract_prices": [
+        {"id": "c8", "model": "model-a", "token_type": "input", "price": "8.00"}]},
+        effective_from=now - timedelta(hours=3))
+    charged_at_8 = await event(client, cid, now - timedelta(minutes=10), 100_000)
+    assert charged(charged_at_8) == "0.81"
+    put = await client.put(f"/v1/customers/{cid}/price-overrides", headers=ADMIN, json={
+        "effective_from": utc(now - timedelta(minutes=30)),
+        "contract_prices": [{"id": "c5", "model": "model-a", "token_type": "input", "price": "5.00"}]})
+    assert put.status_code == 201, put.text
+    version = (await client.get(f"/v1/price-books/{BOOK}", headers=ADMIN)).json()["versions"][0]["version"]
+    applied = await client.post("/v1/rerate", headers=ADMIN, json={
+        "price_book": BOOK, "version": version, "from": utc(now - timedelta(hours=3)), "to": utc(now),
+        "customer_id": cid, "mode": "apply"})
+    assert applied.status_code == 200, applied.text
+    assert applied.json()["customers"][0]["delta"] == "-0.30"
+    # 10.00 topped up, 0.81 charged, 0.30 given back
+    assert (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()["available"] == "9.49"
+    trace = (await client.get(f"/v1/audit/charges/{charged_at_8['request_id']}?customer_id={cid}",
+                              headers=ADMIN)).json()
+    [adjustment] = trace["charges"][0]["adjustments"]
+    assert adjustment["old_amount"] == "0.81" and adjustment["new_amount"] == "0.51"
