@@ -1,6 +1,7 @@
 """Post-hoc usage events (batches, idempotent per customer and event id) and the customer usage report."""
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import msgspec
@@ -22,6 +23,7 @@ from wallets.commands import RecordUsage, UsageResult
 from wallets.errors import WalletValidationError
 
 MAX_EVENTS = 1000
+FUTURE_SLACK_S = 300  # an event's time may be this far ahead of the server's clock (clocks differ)
 
 
 class UsageEvent(msgspec.Struct):
@@ -65,8 +67,10 @@ def _body(event: UsageEvent) -> dict[str, Any]:
     return body
 
 
-def _command(event: UsageEvent) -> RecordUsage:
+def _command(event: UsageEvent, latest: datetime) -> RecordUsage:
     occurred_at = time_in(event.timestamp, "timestamp")
+    if occurred_at is not None and occurred_at > latest:  # it would be billed in a period not begun
+        raise WalletValidationError("timestamp", f"must not be more than {FUTURE_SLACK_S} s in the future")
     tokens, stored = usage_tokens(event.usage, event.openai_usage, event.anthropic_usage, event.gemini_usage)
     return RecordUsage(customer_id=event.customer_id, event_id=event.event_id,
                        request_hash=request_hash(_body(event)), model=event.model,
@@ -90,13 +94,14 @@ async def post_usage_events(state: State, request: Request,
     principal = principal_of(request)
     rejected: list[Rejected] = []
     commands: list[RecordUsage] = []
+    latest = wallets.clock() + timedelta(seconds=FUTURE_SLACK_S)
     for event in events:
         if not principal.may_see(event.customer_id):
             rejected.append(Rejected(event.event_id, "forbidden", f"this key may not post for {event.customer_id}",
                                      event.customer_id))
             continue
         try:
-            commands.append(_command(event))
+            commands.append(_command(event, latest))
         except (LedgerError, PricingError) as exc:
             rejected.append(Rejected(event.event_id, exc.code, str(exc), event.customer_id))
     outcomes = await wallets.submit_many(commands)

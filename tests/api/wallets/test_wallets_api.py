@@ -251,3 +251,24 @@ async def test_a_usage_report_whose_to_is_before_its_from_is_422_not_an_empty_re
                              params={"from": "2026-11-01T00:00:00Z", "to": "2026-12-01T00:00:00Z"})
     assert [(r["token_type"], r["quantity"], r["amount"]) for r in right.json()["rows"]] == [
         ("input", 1000, "0.01"), ("request", 1, "0.01")]
+
+
+async def test_a_usage_event_from_the_future_is_rejected_not_billed_in_a_period_far_ahead(
+        client: AsyncTestClient, tag: str, book: str):
+    # a year typo (2062 for 2026) was accepted and charged now, billed in a period that closes
+    # decades later: a postpaid customer's usage never invoiced
+    from datetime import UTC, datetime, timedelta
+
+    cid = await _customer(client, tag, book)
+    assert (await client.post(f"/v1/customers/{cid}/topups", json={"amount": "1.00"})).status_code == 201
+    ahead = {"2062": "2062-11-23T10:00:00Z",
+             "a day": (datetime.now(UTC) + timedelta(days=1)).isoformat(),
+             "a minute": (datetime.now(UTC) + timedelta(minutes=1)).isoformat()}  # clocks differ a little
+    events = [{"event_id": name, "customer_id": cid, "model": "model-a", "timestamp": at,
+               "usage": {"input_tokens": 1000}} for name, at in ahead.items()]
+    answer = (await client.post("/v1/usage-events", json=events)).json()
+    assert (answer["accepted"], answer["duplicates"]) == (1, 0)
+    assert [(r["event_id"], r["code"]) for r in answer["rejected"]] == [
+        ("2062", "validation_error"), ("a day", "validation_error")]
+    assert all(r["detail"].startswith("timestamp:") for r in answer["rejected"])
+    assert (await client.get(f"/v1/customers/{cid}/wallet")).json()["available"] == "0.98"  # one event of 0.02
