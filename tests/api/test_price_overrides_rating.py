@@ -13,6 +13,7 @@ from litestar.testing import AsyncTestClient
 
 from api.app import create_app
 from api.settings import Settings
+from wallets.periods import Cycle, period_of
 
 ADMIN = {"Authorization": "Bearer por-admin"}
 RUN = uuid.uuid4().hex[:8]
@@ -141,6 +142,16 @@ async def test_a_free_allowance_pays_until_it_is_spent_in_the_period(client) -> 
     verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
     [counters] = [c for c in verified["checks"] if c["name"] == "usage_counters"]
     assert counters["ok"], counters  # the money taken from the allowance is counted as the charges say
+    period = period_of(now, Cycle())
+    closed = await client.post("/v1/billing/close", headers=ADMIN, json={
+        "until": utc(period.end + timedelta(hours=1, seconds=1)), "customer_id": cid, "early": True})
+    assert closed.status_code == 200, closed.text
+    [invoice] = closed.json()["closed"]
+    final = (await client.get(f"/v1/invoices/{invoice['invoice_id']}", headers=ADMIN)).json()
+    assert [ln["amount"] for ln in final["lines"] if ln.get("kind") == "free_allowance"] == ["-0.49"]
+    for accept in ("text/html", "application/pdf"):  # a line without a token type renders for a person too
+        shown = await client.get(f"/v1/invoices/{invoice['invoice_id']}", headers={**ADMIN, "Accept": accept})
+        assert shown.status_code == 200 and shown.headers["content-type"].startswith(accept), shown.text[:300]
 
 
 async def test_a_later_version_never_changes_earlier_usage_and_a_rerate_previews_what_it_covers(client) -> None:
