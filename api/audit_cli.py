@@ -4,6 +4,7 @@ imports nothing of the database layer."""
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -65,10 +66,21 @@ class StderrBar:
 
 @contextmanager
 def output(path: str | None):
-    """stdout, or a file that appears only once complete (written beside it, then renamed)."""
-    if path is None:
+    """stdout, or a file that appears only once complete (written beside it, then renamed). Either
+    gets UTF-8 with the lines exactly as written: stdout's own encoding is the locale's (ASCII or
+    Latin-1 could not hold a request id, and stopped the export half-way) and its newlines the
+    platform's."""
+    if path is None and getattr(sys.stdout, "buffer", None) is None:  # a stand-in without bytes (tests)
         yield sys.stdout
+        return
+    if path is None:
         sys.stdout.flush()
+        stream = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="")
+        try:
+            yield stream
+            stream.flush()
+        finally:
+            stream.detach()  # sys.stdout keeps its buffer
         return
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tokentill-export-", dir=folder)

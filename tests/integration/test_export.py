@@ -422,3 +422,38 @@ def test_a_request_id_a_spreadsheet_would_run_is_exported_to_csv_as_text(server_
         assert all(json.dumps(rid) in jsonl for rid in ids)
     finally:
         gen.close()
+
+
+def test_an_export_to_stdout_is_the_same_utf8_bytes_as_to_a_file_whatever_the_locale(server_url, tmp_path):
+    """`tokentill audit export > FILE` under a locale whose encoding is not UTF-8 (PYTHONIOENCODING
+    stands in for it) stopped with a UnicodeEncodeError traceback at the first request id it could
+    not encode, leaving a file cut short; stdout now gets the UTF-8 bytes `--out` writes."""
+    from tests.conftest import _migrated
+
+    gen = _migrated(server_url, "tokentill_export_stdout")
+    url = next(gen)
+    ids = ["caf\u00e9-\U0001f600", "cr\rlf\r\n", "plain"]
+    try:
+        with serving(url, ADMIN) as tt:
+            tt.post("/v1/price-books", {"id": "plain", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
+                                        "rules": [{"id": "call", "token_type": "request", "price": "0.01"}]})
+            tt.post("/v1/customers", {"id": "bytes", "currency": "USD", "price_book": "plain"})
+            tt.post("/v1/customers/bytes/topups", {"amount": "10.00"})
+            for rid in ids:
+                tt.post("/v1/reservations", {"customer_id": "bytes", "request_id": rid, "model": "m", "amount": "0.10"})
+        env = {**os.environ, "TOKENTILL_DATABASE_URL": url, "PYTHONIOENCODING": "ascii"}
+        for fmt in ("csv", "beancount"):
+            out = tmp_path / f"export.{fmt}"
+            assert cli(url, "export", "--format", fmt, "--out", str(out)).returncode == 0
+            piped = subprocess.run([sys.executable, "-m", "api.cli", "audit", "export", "--format", fmt], env=env,
+                                   capture_output=True, timeout=300)
+            assert piped.returncode == 0, piped.stderr.decode(errors="replace")
+            assert piped.stdout == out.read_bytes(), fmt
+            assert "caf\u00e9-\U0001f600".encode() in piped.stdout
+        gone = subprocess.Popen([sys.executable, "-m", "api.cli", "audit", "export", "--format", "jsonl"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        gone.stdout.close()  # a reader gone before the first line: one line, not a traceback
+        err = gone.stderr.read()
+        assert gone.wait() == 2 and err.strip() == "error: cannot write to stdout: Broken pipe", err
+    finally:
+        gen.close()
