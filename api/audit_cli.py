@@ -120,6 +120,13 @@ def export(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def readable_stdout() -> None:
+    """References are the caller's text: a character the locale's encoding lacks is written as an
+    escape (\\xe9) rather than stopping the report with a UnicodeEncodeError."""
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
+
+
 def verify_file(args: argparse.Namespace) -> int:
     from ledger import offline
 
@@ -172,6 +179,7 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
+        readable_stdout()
         print(f"matched: {len(result.matched)} top-ups and invoice payments")
         for m in report["amount_mismatches"]:
             print(f"AMOUNT MISMATCH reference {m['reference']}: ledger {m['ledger_amount']} ({m['ledger']}), "

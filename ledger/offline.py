@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import re
 import sys
@@ -278,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--expect-head", metavar="HEX", help="the chain hash the last seal must have")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     args = p.parse_args(argv)
+    if isinstance(sys.stdout, io.TextIOWrapper):  # an edited file's text, in a locale that lacks it: escaped
+        sys.stdout.reconfigure(errors="backslashreplace")
     try:
         report = verify_file(args.file)
     except OSError as exc:

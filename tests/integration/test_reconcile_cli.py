@@ -135,3 +135,18 @@ def test_an_invoice_payment_is_cash_received_and_is_reconciled(server_url, tmp_p
         assert short.returncode == 1 and "ONLY IN LEDGER  reference ch_inv: 0.05 USD" in short.stdout, short.stdout
     finally:
         gen.close()
+
+
+def test_a_reference_the_locale_cannot_encode_is_reported_not_a_traceback(ledger_url, tmp_path):
+    """Under a locale whose encoding is not UTF-8 (PYTHONIOENCODING stands in for it), the first
+    reference it could not encode stopped the report with a UnicodeEncodeError (exit 1, which means
+    differences, after a partial report)."""
+    path = tmp_path / "payments.csv"
+    path.write_text("reference,amount,currency\n" + "".join(f"{r},{a},USD\n" for r, a in TOPUPS.items())
+                    + "r\u00e9f-\U0001f600,1.00,USD\n", encoding="utf-8")
+    env = {**os.environ, "TOKENTILL_DATABASE_URL": ledger_url, "PYTHONIOENCODING": "ascii"}
+    done = subprocess.run([sys.executable, "-m", "api.cli", "audit", "reconcile", "--payments", str(path)],
+                          env=env, capture_output=True, text=True, encoding="ascii", errors="replace", timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "ONLY IN FILE    reference r\\xe9f-\\U0001f600: 1.00 USD, line 7" in done.stdout
+    assert "reconciliation FAILED: 1 difference(s)" in done.stdout

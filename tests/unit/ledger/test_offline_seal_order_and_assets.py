@@ -115,3 +115,23 @@ def test_an_account_record_that_changes_its_asset_is_named():
     report = _verify(records)
     assert not report.ok
     assert report.problems[0] == f"line 4: account {CASH} is listed again with another asset (EUR, was USD)"
+
+
+def test_a_problem_naming_text_the_locale_cannot_encode_is_printed_escaped(tmp_path):
+    """An edited file's text goes into the problems it prints: under an ASCII locale (PYTHONIOENCODING
+    stands in for it) an account code with an accent stopped the verifier with a UnicodeEncodeError."""
+    import os
+    import subprocess
+    import sys
+
+    records = _export()
+    entry = next(r for r in records if r["type"] == "entry")
+    entry["postings"][1][1] = "liability:customer:caf\u00e9:lot:x"
+    path = tmp_path / "edited.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n", encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "ledger.offline", str(path)], capture_output=True, text=True,
+                          encoding="ascii", errors="replace", env={**os.environ, "PYTHONIOENCODING": "ascii"},
+                          timeout=60)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "FAIL entry 1 posts to liability:customer:caf\\xe9:lot:x, which the file lists no account record for" \
+        in done.stdout
