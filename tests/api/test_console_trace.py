@@ -1,0 +1,58 @@
+"""The charge trace page names each line's kind: a discount's and a free allowance's lines
+read as what they are, not as usage lines with odd amounts."""
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from litestar.testing import AsyncTestClient
+
+from api.app import create_app
+from api.demo import PRICE_BOOK
+from api.settings import Settings
+
+ADMIN_KEY = "console-trace-admin"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+async def test_a_traced_charge_with_a_discount_and_a_free_allowance_names_their_lines(database_url):
+    """They showed as rows of token type 'input' (the discount, negative) and 'None' with rule
+    'None' (the allowance), under the same headings as the usage line."""
+    app = create_app(Settings(admin_key=ADMIN_KEY, scheduler=False), database_url)
+    customer = f"trace-{uuid.uuid4().hex[:8]}"
+    async with AsyncTestClient(app=app, base_url="https://console.test") as client:
+        book = f"trbook-{uuid.uuid4().hex[:8]}"
+        assert (await client.post("/v1/price-books", headers=ADMIN, json={**PRICE_BOOK, "id": book})).status_code == 201
+        assert (await client.post("/v1/customers", headers=ADMIN,
+                                  json={"id": customer, "price_book": book})).status_code == 201
+        now = datetime.now(UTC)
+        overrides = await client.put(f"/v1/customers/{customer}/price-overrides", headers=ADMIN, json={
+            "effective_from": (now - timedelta(days=40)).strftime("%Y-%m-%dT00:00:00Z"),
+            "discounts": [{"id": "ten-off", "model": "model-a", "percent": "10"}],
+            "free_allowances": [{"id": "free-1", "amount": "0.004"}]})
+        assert overrides.status_code < 300, overrides.text
+        sent = await client.post("/v1/usage-events", headers=ADMIN, json=[{
+            "event_id": "traced-1", "customer_id": customer, "model": "model-a",
+            "timestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "usage": {"input_tokens": 1000}}])
+        assert sent.status_code == 200, sent.text
+        trace = (await client.get("/v1/audit/charges/traced-1", headers=ADMIN,
+                                  params={"customer_id": customer})).json()
+        lines = trace["charges"][0]["lines"]
+        assert {ln["kind"] for ln in lines} == {"usage", "discount", "free_allowance"}, lines
+        token = re.search(r'name="_csrf_token" value="([^"]+)"', (await client.get("/console/sign-in")).text).group(1)
+        await client.post("/console/sign-in", data={"key": ADMIN_KEY, "_csrf_token": token})
+        page = await client.get("/console/audit/trace", params={"request_id": "traced-1", "customer_id": customer})
+        assert page.status_code == 200
+        rows = re.findall(r"<tr><td>(.*?)</td><td>(.*?)</td>", page.text.split("Journal entries")[0])
+        assert len(rows) == len(lines)
+        for line, (kind_column, rule_column) in zip(lines, rows, strict=True):
+            if line["kind"] == "usage":
+                assert kind_column == line["token_type"]
+            elif line["kind"] == "discount":
+                assert kind_column == f"{line['token_type']} (discount)"
+            else:
+                assert kind_column == "free allowance"
+            for name in filter(None, (line["rule_id"], line["override_id"])):
+                assert f"<code>{name}</code>" in rule_column, (line, rule_column)
+        assert ">None<" not in page.text
