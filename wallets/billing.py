@@ -5,7 +5,7 @@ the upcoming one live with the close's own code, and paying one."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,15 +16,12 @@ from ledger.db import Database
 from wallets import store
 from wallets.books import BookCache
 from wallets.commands import ClosePeriod
-from wallets.core.billing import Balances, Header, Rollup, amount_due_units, document, line_item, merge, money
-from wallets.core.billing import opening_balances as opening_of
-from wallets.core.invoicing import true_up_lines, volume_rules
-from wallets.core.payments import unapplied_parts
+from wallets.core.billing import Header, amount_due_units, document, money
+from wallets.core.invoicing import upcoming_invoice
 from wallets.core.results import InvoiceClosed, payment_status
-from wallets.core.state import Unapplied
+from wallets.core.state import State
 from wallets.engine import Engine, utc_now
 from wallets.errors import NotFoundError, WalletValidationError
-from wallets.model import Customer
 from wallets.periods import period_of
 
 log = logging.getLogger("tokentill.billing")
@@ -128,9 +125,11 @@ async def invoice_owner(conn: AsyncConnection, invoice_id: str) -> str:
 
 
 async def upcoming(conn: AsyncConnection, customer_id: str, now: datetime, books: BookCache) -> dict[str, Any]:
-    """The invoice of the customer's current period so far, built by the close's own code:
-    the period's rollup, the volume true-up it would get if it closed now, the balances."""
-    loaded = await store.load(conn, [customer_id])
+    """The invoice of the customer's current period so far, as its close would finalize it now
+    (`invoicing.upcoming_invoice`, the close's own rules): the period's rollup with the volume
+    true-up the close would post, paid as the close would pay it; the balances; what the top-ups
+    already paid on it. The earlier periods still waiting for their close are closed first, on paper."""
+    loaded = await store.load(conn, [customer_id], credit_held_for=[customer_id], now=now)
     w = loaded.wallets.get(customer_id)
     if w is None:
         raise NotFoundError(f"no customer {customer_id}", customer_id=customer_id)
@@ -138,29 +137,13 @@ async def upcoming(conn: AsyncConnection, customer_id: str, now: datetime, books
     period = period_of(max(now, c.open_period_start or now), c.cycle)
     first = period_of(c.open_period_start, c.cycle).label if c.open_period_start else period.label
     rollups = (await store.load_rollups(conn, [(c.id, min(first, period.label))])).get(c.id, {})
-    rollup = dict(rollups.get(period.label, {}))
+    credits = (await store.load_unapplied(conn, [c.id])).get(c.id, ()) if c.billing == "prepaid" else ()
     book = await books.get(conn, c.price_book, c.book_versions)
-    projected = true_up_lines(volume_rules(book, rollup, period.label))
-    merge(rollup, {line_item(period.label, x): (int(x["quantity"]), int(x["amount_units"])) for x in projected})
-    opening = opening_of(Balances(sum(lot.balance for lot in w.lots.values()), w.reserved, w.receivable),
-                         rollups, period.label)
+    state = State(c.id, w, rollups={c.id: rollups}, unapplied={c.id: credits})
+    rollup, opening, parts = upcoming_invoice(state, period, now, book)
     content = document(c, period, rollup, opening, Header(None, None, "upcoming", now))
-    return {**content, **await _preview_payments(conn, c, rollups, period.label, amount_due_units(rollup))}
-
-
-async def _preview_payments(conn: AsyncConnection, c: Customer, rollups: Mapping[str, Rollup], label: str,
-                            due: int) -> dict[str, Any]:
-    """What the close will count as paid on the upcoming invoice, as a finalized invoice shows it:
-    the prepaid top-ups' payments of the receivable no invoice records yet, less what the closes of
-    the earlier periods still open (in their grace window) take first, oldest first."""
-    credits: Sequence[Unapplied] = ()
-    if c.billing == "prepaid":
-        credits = (await store.load_unapplied(conn, [c.id])).get(c.id, ())
-    for earlier in sorted(x for x in rollups if x < label):
-        _, credits = unapplied_parts(credits, amount_due_units(rollups[earlier]))
-    parts, _ = unapplied_parts(credits, due)
-    paid = sum(part for _, part in parts)
-    return {"amount_paid": money(paid), "amount_remaining": money(max(0, due - paid)),
+    due, paid = amount_due_units(rollup), sum(part for _, part in parts)
+    return {**content, "amount_paid": money(paid), "amount_remaining": money(max(0, due - paid)),
             "payments": [{"amount": money(part), "reference": credit.reference, "entry_id": credit.entry_id,
                           "created_at": _as_jsonb(credit.at)} for credit, part in parts]}
 

@@ -241,3 +241,50 @@ async def test_the_upcoming_invoice_shows_what_a_top_up_paid_and_what_remains(cl
         console = Tables()
         console.feed((await browser.get("/console/customers/topped/invoices/upcoming")).text)
         assert ["Paid on this invoice", "0.10"] in console.rows and ["Amount remaining", "0.05"] in console.rows
+
+
+async def test_the_upcoming_invoice_s_renderings_count_its_volume_true_up_in_what_is_due(client) -> None:
+    """The upcoming invoice showed its volume true-up as a line but left it out of the amount due
+    and the amount remaining, in JSON, on the printable page and PDF, and in the console: the
+    customer read $23.00 due where the close would finalize $13.00.
+    By hand: model-v output, volume-tiered, 600,000 then 700,000 tokens rated graduated as they
+    came, 1,000,000 at $20/M and 300,000 at $10/M = $23.00; all 1,300,000 at the tier reached,
+    $10/M, is $13.00: a true-up of -$10.00, and $13.00 due (postpaid)."""
+    volume = {"id": "volume", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": [
+        {"id": "v-out", "model": "model-v", "token_type": "output", "tier_mode": "volume",
+         "tiers": [{"up_to": 1_000_000, "price": "20"}, {"up_to": None, "price": "10"}]}]}
+    assert (await client.post("/v1/price-books", headers=ADMIN, json=volume)).status_code == 201
+    created = await client.post("/v1/customers", headers=ADMIN, json={
+        "id": "tiered", "currency": "USD", "price_book": "volume", "billing": "postpaid"})
+    assert created.status_code == 201, created.text
+    for i, tokens in enumerate((600_000, 700_000)):
+        sent = await client.post("/v1/usage-events", headers=ADMIN, json=[
+            {"event_id": f"v{i}", "customer_id": "tiered", "model": "model-v",
+             "timestamp": datetime.now(UTC).isoformat(), "usage": {"input_tokens": 0, "output_tokens": tokens}}])
+        assert sent.json()["accepted"] == 1, sent.text
+    path = "/v1/customers/tiered/invoices/upcoming"
+    upcoming = (await client.get(path, headers=ADMIN)).json()
+    assert [(ln["kind"], ln["amount"]) for ln in upcoming["lines"]] == [
+        ("usage", "20.00"), ("usage", "3.00"), ("volume_true_up", "-10.00")]
+    assert (upcoming["total"], upcoming["charged_to_account"], upcoming["amount_due"], upcoming["amount_remaining"]) \
+        == ("13.00", "13.00", "13.00", "13.00")
+    assert upcoming["closing_balance"]["receivable"] == "13.00"
+    page = await client.get(path, headers={**ADMIN, "Accept": "text/html"})
+    tables = Tables()
+    tables.feed(page.text)
+    assert ["Amount due", "13.00 USD"] in tables.rows and ["Amount remaining", "13.00 USD"] in tables.rows
+    document = await client.get(path, headers={**ADMIN, "Accept": "application/pdf"})
+    printed = [" ".join(line.split()) for p in PdfReader(io.BytesIO(document.content)).pages
+               for line in p.extract_text().splitlines()]
+    assert "Amount due 13.00 USD" in printed and "Amount remaining 13.00 USD" in printed, printed
+    async with AsyncTestClient(app=client.app, base_url="https://console.test") as browser:
+        token = re.search(r'name="_csrf_token" value="([^"]+)"', (await browser.get("/console/sign-in")).text)
+        signed = await browser.post("/console/sign-in", data={"key": "render-admin", "_csrf_token": token.group(1)},
+                                    follow_redirects=False)
+        assert signed.status_code == 303, signed.text
+        console = Tables()
+        console.feed((await browser.get("/console/customers/tiered/invoices/upcoming")).text)
+        assert ["Amount due", "13.00"] in console.rows and ["Amount remaining", "13.00"] in console.rows
+        listed = (await browser.get("/console/customers/tiered/invoices")).text
+        remaining = re.search(r'Amount remaining</div><div class="value">([^<]+)<', listed)
+        assert remaining is not None and remaining.group(1) == "13.00", listed

@@ -9,10 +9,13 @@ rollup, numbered with the issuer's next number of the year (gapless), frozen, an
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from ledger.model import JournalEntry
 from pricing.books import PriceBook, Rule
 from pricing.money import format_amount, round_entry
 from pricing.rating import volume_tier_price, volume_true_up
@@ -26,16 +29,17 @@ from wallets.core.decision import (
     NOTHING_DUE,
     Decision,
     InvoiceFinalized,
+    LotOpened,
     Outcome,
     PeriodAdvanced,
     TrueUpPosted,
 )
 from wallets.core.legs import Legs, entry, funding, settlement, settlement_legs
-from wallets.core.payments import apply_corrections, apply_unapplied, payment_effects
+from wallets.core.payments import apply_corrections, apply_unapplied, payment_effects, unapplied_parts
 from wallets.core.results import InvoiceClosed, PaymentResult
 from wallets.core.state import InvoiceDue, State, Unapplied
 from wallets.errors import ConflictError, CurrencyMismatchError, NotFoundError, OverpaymentError
-from wallets.model import Wallet
+from wallets.model import Lot, Wallet
 from wallets.periods import Period, close_due_at, following, period_of
 
 SCALE = chart.ASSET_SCALE
@@ -82,7 +86,7 @@ def true_up_lines(rules: list[tuple[Rule, str, int, int]]) -> list[dict[str, Any
     return [line for line in lines if line["amount_units"]]
 
 
-def _true_up(state: State, w: Wallet, period: Period, lines: list[dict[str, Any]], now: datetime):
+def _true_up(state: State, w: Wallet, label: str, lines: list[dict[str, Any]], now: datetime):
     """The true-up entry: more charged is paid like usage (lots, then the receivable); money back
     pays down what the customer owes, and the rest becomes credit (a paid lot)."""
     amount = sum(line["amount_units"] for line in lines)
@@ -98,12 +102,66 @@ def _true_up(state: State, w: Wallet, period: Period, lines: list[dict[str, Any]
         paid = [(chart.receivable_account(cid), -back)] if back else []
         if -amount - back:
             lot = opened_lot(state, w, "topup", -amount - back, TOPUP_PRIORITY, None, now,
-                             reference=f"volume true-up {period.label}")
+                             reference=f"volume true-up {label}")
             legs.credit(lot.code, -amount - back)
             paid.append((lot.code, -(-amount - back)))
-    posted = entry(f"true-up:{cid}:{period.label}", "volume_true_up", legs, cid, now,
-                   {"period": period.label, "rules": [line["rule_id"] for line in lines]})
+    posted = entry(f"true-up:{cid}:{label}", "volume_true_up", legs, cid, now,
+                   {"period": label, "rules": [line["rule_id"] for line in lines]})
     return posted, lot, tuple(paid)
+
+
+@dataclass(frozen=True, slots=True)
+class Closing:
+    """A period's volume true-up as its close posts it, and the rollup its invoice is built from."""
+
+    lines: tuple[dict[str, Any], ...]
+    posted: JournalEntry | None
+    lot: LotOpened | None  # credit the money back beyond what is owed opens
+    paid: tuple[tuple[str, int], ...]  # what paid (or got back) the difference, by account
+    rollup: Rollup  # the period's rollup with the true-up entry's items
+
+
+def closing(state: State, w: Wallet, label: str, rollup: Rollup, book: PriceBook | None, now: datetime) -> Closing:
+    """The true-up of period `label` if it closed `now` with `w`'s balances, and the rollup its
+    invoice shows: the close and the upcoming invoice's preview both build the invoice by it."""
+    rollup = dict(rollup)
+    lines = true_up_lines(volume_rules(book, rollup, label))
+    if not lines:
+        return Closing((), None, None, (), rollup)
+    posted, lot, paid = _true_up(state, w, label, lines, now)
+    kinds = {code: x.kind for code, x in w.lots.items()}
+    if lot is not None:
+        kinds[lot.code] = lot.kind
+    if posted is not None:
+        merge(rollup, entry_rollup(w.customer, posted, kinds, [(label, x) for x in lines], paid))
+    return Closing(tuple(lines), posted, lot, paid, rollup)
+
+
+def upcoming_invoice(state: State, period: Period, now: datetime, book: PriceBook | None
+                     ) -> tuple[Rollup, Balances, list[tuple[Unapplied, int]]]:
+    """The invoice of `period` (the customer's current one) as its close would finalize it if it
+    came `now`: (its rollup, its opening balances, the top-ups' payments its close counts as paid).
+    The earlier periods still open (in their grace window) close first, by the close's own rules:
+    their true-ups move the balances this period's true-up is paid from, and their invoices take
+    the top-ups' unapplied payments first. `state.wallet` is left as it is."""
+    w = state.require_wallet()
+    w = replace(w, lots={code: replace(lot) for code, lot in w.lots.items()})  # followed below, a copy
+    rollups = state.rollups.get(w.customer.id, {})
+    credits: Sequence[Unapplied] = state.unapplied.get(w.customer.id, ())
+    for label in sorted(x for x in rollups if x < period.label):
+        earlier = closing(state, w, label, rollups[label], book, now)
+        if earlier.lot is not None:
+            lot = earlier.lot
+            w.lots[lot.code] = Lot(lot.lot_id, lot.code, lot.kind, lot.granted, lot.priority, lot.expires_at,
+                                   lot.created_at, 0, False, lot.reason, lot.reference)
+        if earlier.posted is not None:
+            w.apply(earlier.posted.postings)
+        _, credits = unapplied_parts(credits, amount_due_units(earlier.rollup))
+    opening = opening_of(Balances(sum(lot.balance for lot in w.lots.values()), w.reserved, w.receivable),
+                         rollups, period.label)
+    rollup = closing(state, w, period.label, rollups.get(period.label, {}), book, now).rollup
+    parts, _ = unapplied_parts(credits, amount_due_units(rollup))
+    return rollup, opening, parts
 
 
 def close_period(state: State, cmd: ClosePeriod, now: datetime, book: PriceBook | None) -> Decision:
@@ -115,25 +173,19 @@ def close_period(state: State, cmd: ClosePeriod, now: datetime, book: PriceBook 
     if close_due_at(period, c.grace_s) > now:
         return NOTHING_DUE
     rollups = state.rollups.get(c.id, {})
-    rollup: Rollup = dict(rollups.get(period.label, {}))
     opening = opening_of(Balances(sum(lot.balance for lot in w.lots.values()), w.reserved, w.receivable),
                          rollups, period.label)
-    lines = true_up_lines(volume_rules(book, rollup, period.label))
+    closed = closing(state, w, period.label, rollups.get(period.label, {}), book, now)
+    rollup, posted = closed.rollup, closed.posted
     effects: list[Any] = []
-    posted = None
     sources = list(state.corrections.get(c.id, ()))  # what gave money back off the receivable
-    if lines:
-        posted, lot, paid = _true_up(state, w, period, lines, now)
-        back = -sum(a for account, a in paid if account == chart.receivable_account(c.id))
+    if closed.lines:
+        back = -sum(a for account, a in closed.paid if account == chart.receivable_account(c.id))
         if back > 0:
             sources.insert(0, Unapplied(None, f"true-up:{period.label}", back, now))
-        kinds = {code: x.kind for code, x in w.lots.items()}
-        if lot is not None:
-            effects.append(lot)
-            kinds[lot.code] = lot.kind
-        effects.append(TrueUpPosted(c.id, period.label, tuple(lines), paid))
-        if posted is not None:
-            merge(rollup, entry_rollup(c, posted, kinds, [(period.label, x) for x in lines], paid))
+        if closed.lot is not None:
+            effects.append(closed.lot)
+        effects.append(TrueUpPosted(c.id, period.label, closed.lines, closed.paid))
     year = now.astimezone(UTC).year
     seq = state.invoice_seqs.get((cmd.issuer, year), 0) + 1
     number, invoice_id = invoice_number(cmd.issuer, year, seq), state.ids("inv")

@@ -87,3 +87,93 @@ async def test_a_true_up_that_pays_down_an_older_invoice_s_debt_pays_that_invoic
     assert [(p["amount"], p["reference"]) for p in november["payments"]] == [("1.00", "true-up:2026-12")]
     report = await bk.db.read(lambda conn: verify(conn, WALLET_CHECKS))
     assert report.ok, [c for c in report.checks if not c.ok]
+
+
+# A volume tier dearer than the one below it: the true-up charges more (rare, but a book may).
+DEARER = {"id": "dearer", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": [
+    {"id": "d-out", "model": "model-v", "token_type": "output", "tier_mode": "volume",
+     "tiers": [{"up_to": 1_000_000, "price": "10"}, {"up_to": None, "price": "20"}]},
+]}
+NOV_GRACE_OVER = datetime(2026, 12, 1, 1, tzinfo=UTC)
+DEC_GRACE_OVER = datetime(2027, 1, 1, 1, tzinfo=UTC)
+
+
+def _as_closed(invoice: dict) -> dict:
+    """What the upcoming invoice says the close will finalize: every figure the customer reads
+    (not the id, number, status, issue time, or payments' ids, which only the close gives)."""
+    left = {k: v for k, v in invoice.items()
+            if k not in ("id", "number", "status", "issued_at", "content_hash", "payment_status", "payments")}
+    left["payments"] = [{k: p[k] for k in ("amount", "reference", "entry_id", "created_at")}
+                        for p in invoice["payments"]]
+    return left
+
+
+@pytest.mark.parametrize(("book", "mode", "top_ups", "due", "paid", "remaining"), [
+    # postpaid, by hand: model-v 1,300,000 rated graduated $20.00 + $3.00 = $23.00, trued up to
+    # $13.00; the upcoming invoice said $23.00 due, the close finalized $13.00.
+    (TIERED, "postpaid", [], "13.00", "0.00", "13.00"),
+    # prepaid with a $100 overdraft: $5.00 of credit pays the first $5.00 of the $23.00, $18.00
+    # goes on the receivable; a $10.00 top-up then pays $10.00 of it (receivable $8.00); the
+    # true-up's $10.00 back pays the $8.00 still owed, and $2.00 is credit. Due $18.00 - $8.00 =
+    # $10.00, all of it paid by the $10.00 top-up: the upcoming invoice said $18.00 due, $8.00 left.
+    (TIERED, "prepaid", ["5.00", "10.00"], "10.00", "10.00", "0.00"),
+    # prepaid, the dearer book: 1,300,000 rated graduated $10.00 + $6.00 = $16.00, at volume
+    # $26.00: the true-up's $10.00 takes the $4.00 left of a $20.00 top-up, then $6.00 goes on the
+    # receivable: the upcoming invoice said nothing was due.
+    (DEARER, "prepaid", ["20.00"], "6.00", "0.00", "6.00"),
+])
+async def test_the_upcoming_invoice_counts_its_volume_true_up_in_what_is_due_as_the_close_does(
+        bk: BillingKit, book: dict, mode: str, top_ups: list[str], due: str, paid: str, remaining: str) -> None:
+    """The upcoming invoice showed the true-up the close would post as a line, but its amount
+    due, credits applied, balances and amount remaining left it out: the customer read another
+    amount due than the invoice then finalized."""
+    await bk.add_book(book)
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer(f"preview-{book['id']}-{mode}", billing_mode=mode, book=book["id"], overdraft="100.00")
+    if top_ups:
+        await bk.top_up(cid, top_ups[0])
+    bk.clock.now = at(5)
+    await bk.event(cid, "model-v", 0, 600_000)
+    bk.clock.now = at(20)
+    await bk.event(cid, "model-v", 0, 700_000)
+    for amount in top_ups[1:]:
+        await bk.top_up(cid, amount)
+    upcoming = await bk.upcoming(cid)
+    await bk.close(NOV_GRACE_OVER)
+    [invoice] = await bk.invoices(cid)
+    assert (invoice["amount_due"], invoice["amount_paid"], invoice["amount_remaining"]) == (due, paid, remaining)
+    assert (upcoming["amount_due"], upcoming["amount_paid"], upcoming["amount_remaining"]) == (due, paid, remaining)
+    assert _as_closed(upcoming) == _as_closed(invoice)
+    report = await bk.db.read(lambda conn: verify(conn, WALLET_CHECKS))
+    assert report.ok, [c for c in report.checks if not c.ok]
+
+
+async def test_the_upcoming_invoice_counts_the_true_up_an_earlier_period_gets_at_its_close(bk: BillingKit) -> None:
+    """While November waits for its close, December's upcoming invoice took November's amount
+    due before its true-up: the top-up money November's close leaves for December was not seen.
+    By hand (prepaid, $100 overdraft): November 1,300,000 model-v output rated $23.00 on the
+    receivable; December 100,000 model-g input $1.00; a $20.00 top-up pays $20.00 of the $24.00
+    owed. November's close trues up -$10.00: $4.00 pays off what is still owed, $6.00 is credit;
+    November is due $19.00, paid by $19.00 of the top-up, and the $1.00 left pays December's $1.00.
+    The upcoming invoice said November's $23.00 took all of the top-up: December $1.00 remaining."""
+    await bk.add_book(TIERED)
+    bk.clock.now = at(5)
+    cid = await bk.customer("preview-earlier", billing_mode="prepaid", book="tiered", overdraft="100.00")
+    await bk.event(cid, "model-v", 0, 600_000)
+    await bk.event(cid, "model-v", 0, 700_000)
+    bk.clock.now = datetime(2026, 12, 1, 0, 30, tzinfo=UTC)  # November ended, not closed (grace)
+    await bk.event(cid, "model-g", 100_000, 0)
+    topup = await bk.top_up(cid, "20.00")
+    december = await bk.upcoming(cid)
+    assert december["period"]["label"] == "2026-12"
+    assert (december["amount_due"], december["amount_paid"], december["amount_remaining"]) == ("1.00", "1.00", "0.00")
+    assert [(p["amount"], p["reference"]) for p in december["payments"]] == [("1.00", f"topup:{topup.grant.id}")]
+    await bk.close(NOV_GRACE_OVER)
+    november = (await bk.invoices(cid))[0]
+    assert (november["amount_due"], november["amount_paid"]) == ("19.00", "19.00")
+    assert _as_closed(await bk.upcoming(cid)) == _as_closed(december)  # November's close changed nothing
+    await bk.close(DEC_GRACE_OVER)
+    closed = (await bk.invoices(cid))[1]
+    assert _as_closed(closed) == _as_closed(december)
+    report = await bk.db.read(lambda conn: verify(conn, WALLET_CHECKS))
+    assert report.ok, [c for c in report.checks if not c.ok]
