@@ -93,7 +93,7 @@ def _atomic(raw: str, scale: int, where: str) -> int:
 
 def read_payments(lines: Iterable[str], scale_of: Callable[[str], int]) -> tuple[list[Payment], Counter]:
     """The payments of a Stripe or generic CSV, and the count of rows skipped as not payments."""
-    reader = csv.DictReader(lines)
+    reader = csv.DictReader(lines, strict=True)  # a quote left open or stray is an error, not read on
     try:
         return _read(reader, scale_of)
     except csv.Error as exc:

@@ -79,6 +79,19 @@ def test_plain_decimals_with_or_without_thousands_separators_are_read_exactly(am
     assert [p.amount for p in paid] == [units]
 
 
+@pytest.mark.parametrize("body", [
+    'reference,amount,currency\npay-1,1.00,"USD\npay-2,2.00,USD\n',
+    'reference,amount,currency\n"pay-1,1.00,USD\npay-2,2.00,USD\n',
+    'reference,amount,currency\npay-1,"1.00"x,USD\n',
+])
+def test_a_quote_left_open_or_stray_is_a_file_it_cannot_read(body):
+    """Was read on: a quote left open swallowed the rest of the file into one value (pay-2 went
+    into pay-1's currency, "USD\npay-2,2.00,USD", and was never compared), or was named as a
+    missing column ("no currency")."""
+    with pytest.raises(PaymentFileError, match=r"line \d+: (unexpected end of data|',' expected after '\"')"):
+        read_payments(io.StringIO(body, newline=""), SCALES)
+
+
 def test_every_kind_of_difference_is_reported():
     ledger = [Payment("a", 100, "USD", "entry 1"), Payment("b", 200, "USD", "entry 2"),
               Payment("c", 300, "USD", "entry 3"), Payment("", 50, "USD", "entry 4"),
