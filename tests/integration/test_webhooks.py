@@ -391,3 +391,35 @@ async def test_the_operator_page_counts_as_due_only_what_the_dispatcher_may_send
         assert webhooks["held"] == 2, webhooks  # waiting for an endpoint enabled again
     finally:
         await db.dispose()
+
+
+async def test_a_delete_during_a_fan_out_leaves_nothing_pending_for_the_deleted_endpoint(client, database_url):
+    """A fan-out that read the endpoint as enabled and committed after its DELETE left a pending
+    delivery the DELETE never cancelled: never sent, pending in its log for ever. The DELETE now
+    waits for a fan-out in flight (it takes the fan-out's cursor), then cancels what it wrote."""
+    import threading
+    import time
+
+    import psycopg
+
+    endpoint = await _endpoint(client, "https://hooks.example.com/racing", ["balance.low"])
+    holding, done = threading.Event(), threading.Event()
+
+    def fan_out_in_flight() -> None:  # a fan-out's transaction: the cursor taken, a delivery written
+        with psycopg.connect(database_url) as conn:
+            conn.execute("SELECT 1 FROM webhook_fan_out FOR UPDATE")
+            conn.execute("INSERT INTO webhook_deliveries (endpoint_id, event_id, topic, payload, event_at) "
+                         "VALUES (%s, %s, 'balance.low', '{}', now())", (endpoint["id"], f"evt_{uuid.uuid4().hex}"))
+            holding.set()
+            time.sleep(1.0)
+        done.set()  # committed
+
+    thread = threading.Thread(target=fan_out_in_flight, daemon=True)
+    thread.start()
+    assert await asyncio.to_thread(holding.wait, 10)
+    assert (await client.delete(f"/v1/webhook-endpoints/{endpoint['id']}")).status_code == 200
+    await asyncio.to_thread(thread.join, 10)
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute("SELECT status FROM webhook_deliveries WHERE endpoint_id = %s",
+                            (endpoint["id"],)).fetchall()
+    assert done.is_set() and rows == [("cancelled",)], rows

@@ -88,8 +88,10 @@ async def update(conn: AsyncConnection, endpoint_id: str, changes: Changes) -> E
     a disabled endpoint starts what was left pending for it afresh, as a re-drive does (due now,
     a new retry window): the window of its first fan-out was spent while nothing could be sent."""
     status = None if changes.enabled is None else ("enabled" if changes.enabled else "disabled")
+    if status == "disabled":
+        await _after_fan_out(conn)
     was = (await conn.execute(text(
-        "SELECT status FROM webhook_endpoints WHERE id = :id AND status <> 'deleted' FOR UPDATE"),
+        "SELECT status FROM webhook_endpoints WHERE id = :id AND status <> 'deleted' FOR NO KEY UPDATE"),
         {"id": endpoint_id})).scalar()
     row = (await conn.execute(text(
         f"""UPDATE webhook_endpoints SET
@@ -128,6 +130,7 @@ async def rotate_secret(conn: AsyncConnection, endpoint_id: str, grace: timedelt
 
 async def delete(conn: AsyncConnection, endpoint_id: str) -> Endpoint:
     """Delete by status: its secrets are erased, its pending deliveries cancelled, its log kept."""
+    await _after_fan_out(conn)
     row = (await conn.execute(text(
         f"""UPDATE webhook_endpoints SET status = 'deleted', disabled_reason = NULL, secret = NULL,
               previous_secret = NULL, previous_secret_until = NULL, updated_at = now()
@@ -137,3 +140,11 @@ async def delete(conn: AsyncConnection, endpoint_id: str) -> Endpoint:
         """UPDATE webhook_deliveries SET status = 'cancelled', leased_until = NULL
             WHERE endpoint_id = :id AND status = 'pending'"""), {"id": endpoint_id})
     return endpoint
+
+
+async def _after_fan_out(conn: AsyncConnection) -> None:
+    """Wait for a fan-out in flight (it holds its cursor's row until it commits), and keep the
+    next from starting until this transaction ends: a fan-out that read the endpoint enabled
+    and committed after it was disabled or deleted queued a delivery for it that nothing
+    cancelled (pending for ever in a deleted endpoint's log, or sent once it was enabled)."""
+    await conn.execute(text("SELECT 1 FROM webhook_fan_out FOR UPDATE"))
