@@ -37,7 +37,7 @@ CHAT_USAGE = {"prompt_tokens": 1000, "cached_tokens": 200}
 RESPONSES_USAGE = {"input_tokens": 800, "cached_tokens": 100, "reasoning_tokens": 16}
 ANTHROPIC_USAGE = {"input_tokens": 900, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 50}
 EMBEDDING_TOKENS = 12
-SEARCHES = 2  # the web searches reported by a messages call offered a web_search tool
+SEARCHES = 2  # the web searches a messages or responses call offered a web_search tool runs
 WORDS = STREAM_WORDS.split(" ")[1:]
 
 
@@ -237,8 +237,13 @@ async def _responses(fake: FakeUpstream, log: Logged, receive: Any, send: Any) -
     rid, words = f"resp_{uuid.uuid4().hex[:12]}", _words(_tokens(log))
     item = {"id": "msg_fake", "type": "message", "status": "completed", "role": "assistant",
             "content": [{"type": "output_text", "text": "".join(words), "annotations": []}]}
+    tools = log.body.get("tools") or []
+    searched = any(str(t.get("type", "")).startswith("web_search") for t in tools if isinstance(t, dict))
+    # OpenAI's web searches are output items; its usage does not count them
+    searches = [{"id": f"ws_{n}", "type": "web_search_call", "status": "completed",
+                 "action": {"type": "search", "query": "fake"}} for n in range(SEARCHES if searched else 0)]
     response = {"id": rid, "object": "response", "created_at": 1764680000, "status": "completed",
-                "model": log.body["model"], "output": [item], "usage": _responses_usage(len(words)),
+                "model": log.body["model"], "output": [*searches, item], "usage": _responses_usage(len(words)),
                 "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "error": None,
                 "incomplete_details": None, "instructions": None, "metadata": {}, "temperature": 1.0,
                 "top_p": 1.0, "text": {"format": {"type": "text"}}, "truncation": "disabled"}
@@ -252,9 +257,12 @@ async def _responses(fake: FakeUpstream, log: Logged, receive: Any, send: Any) -
         started = {**response, "status": "in_progress", "output": [], "usage": None}
         yield _sse({"type": "response.created", "sequence_number": next(seq), "response": started},
                    "response.created")
+        for index, search in enumerate(searches):
+            for kind in ("response.output_item.added", "response.output_item.done"):
+                yield _sse({"type": kind, "sequence_number": next(seq), "output_index": index, "item": search}, kind)
         for word in words:
             yield _sse({"type": "response.output_text.delta", "sequence_number": next(seq), "item_id": "msg_fake",
-                        "output_index": 0, "content_index": 0, "delta": word, "logprobs": []},
+                        "output_index": len(searches), "content_index": 0, "delta": word, "logprobs": []},
                        "response.output_text.delta")
             yield None
         yield _sse({"type": "response.completed", "sequence_number": next(seq), "response": response},

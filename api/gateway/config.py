@@ -35,8 +35,9 @@ class GatewaySettings:
     # when neither its price book nor genai-prices knows the model's context window.
     context_hold_tokens: int = 400_000
     # Anthropic's server tools (web search, web fetch): the uses a tool without max_uses is sent
-    # with, and the input tokens held per use for its results (a web fetch's max_content_tokens
-    # when it sets none). api.gateway.calls
+    # with (an OpenAI responses call's web search without max_tool_calls too), and the input
+    # tokens held per use for its results (a web fetch's max_content_tokens when it sets none).
+    # api.gateway.tools
     server_tool_max_uses: int = SERVER_TOOL_MAX_USES
     server_tool_result_tokens: int = SERVER_TOOL_RESULT_TOKENS
     hold_seconds: int = 600  # a gateway reservation's TTL: longer than any call should take

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from prometheus_client import Counter
 
-from api.gateway.calls import Call
+from api.gateway.calls import CHAT, Call
 from api.gateway.settles import settle_record
 from api.gateway.shapes import Refusal, stream_error_event
 from api.gateway.streams import EventSplitter, StreamTally, answer_settlement, answer_texts
@@ -50,7 +50,8 @@ class Forwarding:
 
     def __init__(self, exchange: Exchange, call: Call, reserved: ReserveResult) -> None:
         self.x, self.call, self.reservation = exchange, call, reserved.reservation
-        self.tally = StreamTally(call.kind, call.usage_chunk_wanted)
+        self.tally = StreamTally(call.kind, call.usage_chunk_wanted,
+                                 chat_searches=dict(call.tool_uses).get("web_search", 0) if call.kind == CHAT else 0)
         self.outcome = "settled"
         self.finished = False  # settled or released (or tried to be)
         self.charged: int | None = None  # what finish() knows was charged: 0 once released
@@ -140,6 +141,7 @@ class Forwarding:
         if body is None:
             return
         self.tally.texts = answer_texts(self.call.kind, body)
+        self.tally.observe_answer(body)
         charged = await self.finish(answer_settlement(self.call.kind, body, self.x.gw.counter, self.call.model,
                                                       self.call.prompt_raw_tokens), wait=self._waits())
         headers = [*self._upstream_headers(response), self._reserved()]
@@ -206,6 +208,7 @@ class Forwarding:
             audio = self.call.prompt_audio_tokens
             if form == "usage" and audio and usage.get("input_tokens", 0) >= audio:  # the gateway's own count
                 usage = {**usage, "input_tokens": usage["input_tokens"] - audio, "input_audio_tokens": audio}
+            form, usage = self.tally.with_searches(form, usage)  # OpenAI's web searches, which its usage omits
             record = settle_record(r.customer_id, self.x.request_id, r.id, form, usage)
             settles = self.x.gw.settles
             try:

@@ -4,7 +4,10 @@ a stream's server-sent events go by, the text generated so far and any usage it 
 The settlement a finished, failed or cut call gets (`settlement`): the provider's final usage
 when it came; else, for Anthropic, the input usage its `message_start` reported with the output
 tokens metered here (and the web searches its server_tool_use blocks showed, which Anthropic bills
-whether or not the answer ends); else the prompt's raw tiktoken count and the metered output. Metered
+whether or not the answer ends); else the prompt's raw tiktoken count and the metered output. OpenAI
+bills a responses call's web searches per call, and its usage does not count them: the
+web_search_call items its answer (or stream, cut or not) showed are charged besides (`with_searches`,
+as canonical `web_search_calls`). Metered
 output is the tiktoken count (the model's encoding, else cl100k_base, no margin) of every
 generated text delta in the order received: message text, refusals, reasoning text, tool-call
 arguments. No usage and no output at all means nothing was generated: the hold is released; so
@@ -21,6 +24,7 @@ from typing import Any
 import msgspec
 
 from api.gateway.calls import CHAT, EMBEDDINGS, MESSAGES, RESPONSES
+from pricing.normalize import normalize_openai
 from pricing.tokens import TokenCounter
 
 _TERMINATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
@@ -105,6 +109,9 @@ class StreamTally:
     service_tier: str | None = None  # OpenAI: the tier that served the call, beside its usage
     error: bool = False  # the upstream reported an error inside the stream
     searches: int = 0  # Anthropic: the web searches it ran (server_tool_use blocks), billed even when cut
+    # OpenAI (responses): the web_search_call items the answer showed, by id; its usage does not count them
+    search_calls: set[str] = field(default_factory=set)
+    chat_searches: int = 0  # OpenAI (chat): the searches a search model runs per call (web_search_options)
 
     def observe(self, raw: bytes) -> bool:
         """Take one event into account; whether to forward it to the caller."""
@@ -139,11 +146,25 @@ class StreamTally:
     def _responses(self, kind: Any, event: dict[str, Any]) -> None:
         if kind in _RESPONSES_DELTAS and isinstance(event.get("delta"), str):
             self.texts.append(event["delta"])
+        elif kind in ("response.output_item.added", "response.output_item.done"):
+            self.count_searches([event.get("item")])
         elif kind in _RESPONSES_DONE:
             response = event.get("response")
+            if isinstance(response, Mapping):
+                self.count_searches(_list(response.get("output")))
             if isinstance(response, Mapping) and isinstance(response.get("usage"), Mapping):
                 self.usage = dict(response["usage"])
                 self.service_tier = _tier_of(response)
+
+    def count_searches(self, items: list[Any]) -> None:
+        """Take OpenAI's web_search_call output items into account (each once, by its id, or its
+        place when it has none)."""
+        for item in items:
+            if isinstance(item, Mapping) and item.get("type") == "web_search_call":
+                ident = item.get("id")
+                self.search_calls.add(ident if isinstance(ident, str) else f"#{len(self.search_calls)}")
+        if self.kind == RESPONSES:
+            self.searches = len(self.search_calls)
 
     def _messages(self, kind: Any, event: dict[str, Any]) -> None:
         if kind == "content_block_start":
@@ -179,9 +200,27 @@ class StreamTally:
         if self.started is not None:
             searched = {"server_tool_use": {"web_search_requests": self.searches}} if self.searches else {}
             return "anthropic_usage", {**self.started, "output_tokens": metered, **searched}
-        if metered == 0:
+        if metered == 0 and not self.searches:
             return None
-        return "usage", {"input_tokens": prompt_raw_tokens, "output_tokens": metered}
+        return "usage", {"input_tokens": prompt_raw_tokens, "output_tokens": metered,
+                         **({"web_search_calls": self.searches} if self.searches else {})}
+
+    def observe_answer(self, raw: bytes) -> None:
+        """Take a whole (non-streamed) answer's web_search_call items into account."""
+        body = _json(raw) if self.kind == RESPONSES else None
+        if body is not None:
+            self.count_searches(_list(body.get("output")))
+
+    def with_searches(self, form: str, usage: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """A settlement with the web searches OpenAI ran and bills per call, which its usage does
+        not count: its usage (readable: api.gateway.forwarding checks it first) as canonical
+        counts, with `web_search_calls`. Any other settlement as given."""
+        searches = self.searches if self.kind == RESPONSES else self.chat_searches if self.kind == CHAT else 0
+        if not searches or form == "anthropic_usage":
+            return form, usage
+        if form == "usage":
+            return form, {**usage, "web_search_calls": usage.get("web_search_calls") or searches}
+        return "usage", {**normalize_openai(usage).as_usage_fields(), "web_search_calls": searches}
 
 
 def answer_texts(kind: str, raw: bytes | Mapping[str, Any]) -> list[str]:
@@ -247,4 +286,6 @@ def answer_settlement(kind: str, raw: bytes, counter: TokenCounter, model: str,
     if kind == EMBEDDINGS:
         return "usage", {"input_tokens": prompt_raw_tokens}
     tally = StreamTally(kind, texts=answer_texts(kind, body))
+    if kind == RESPONSES:
+        tally.count_searches(_list(body.get("output")))
     return tally.settlement(counter, model, prompt_raw_tokens) or ("usage", {"input_tokens": prompt_raw_tokens})

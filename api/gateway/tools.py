@@ -1,12 +1,17 @@
-"""Anthropic's tools: what they add to a call's input and to its bill that the body does not show
-(pure: no I/O; api.gateway.calls counts the rest).
+"""Anthropic's and OpenAI's tools: what they add to a call's input and to its bill that the body
+does not show (pure: no I/O; api.gateway.calls counts the rest).
 
 - a call with `tools` gets a system prompt of Anthropic's, of a size it documents per model and
   `tool_choice` (TOOL_USE_SYSTEM_PROMPT);
 - the client tools Anthropic defines itself (bash, text editor, computer use) add a documented
   number of input tokens each (BUILT_IN_TOOLS), in place of their definitions' words;
 - the server tools it runs inside the call (SERVER_TOOLS) add their results as input, and a web
-  search its fee: held for each tool's `max_uses`, sent with the gateway's where it sets none.
+  search its fee: held for each tool's `max_uses`, sent with the gateway's where it sets none;
+- OpenAI's web search (a responses call's `web_search*` tool) runs inside the call too: each
+  search is billed per call (its `web_search_call` output items; the usage does not count them)
+  with its results as input: held for the call's `max_tool_calls`, sent with the gateway's where
+  it sets none (`openai_web_search`); a chat call with `web_search_options` (its search
+  models) searches once, billed per call (`openai_chat_search`).
 """
 from __future__ import annotations
 
@@ -73,12 +78,12 @@ def without_built_in_tools(tools: list[Any]) -> tuple[list[Any], int]:
     return rest, tokens + (COMPUTER_USE_SYSTEM_PROMPT if computer else 0)
 
 
-def _uses(tool: Mapping[str, Any], name: str) -> int | None:
+def _uses(tool: Mapping[str, Any], name: str, field: str = "tools.") -> int | None:
     value = tool.get(name)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_COUNT:
-        raise CallError(f"tools.{name}", "must be a whole number, 1 or more")
+        raise CallError(f"{field}{name}", "must be a whole number, 1 or more")
     return value
 
 
@@ -113,6 +118,29 @@ def server_tools(body: dict[str, Any], max_uses: int,
     if changed:
         body["tools"] = sent
     return tuple(sorted(fees.items())), held, changed
+
+
+def openai_web_search(body: dict[str, Any], max_uses: int,
+                      result_tokens: int) -> tuple[tuple[tuple[str, int], ...], int, bool]:
+    """(uses of per-call units, input tokens held for the results, whether the body changed) of a
+    responses call's web search tool (`web_search`, `web_search_preview` and their dated types):
+    held for `max_tool_calls`, the most built-in tool calls the call may make (given the gateway's
+    when it sets none, so the hold is a bound), each a search at its fee with its results."""
+    tools = body.get("tools")
+    if not isinstance(tools, list) or not any(_typed(t, (("web_search", None),)) for t in tools):
+        return (), 0, False
+    uses, changed = _uses(body, "max_tool_calls", ""), False
+    if uses is None:
+        body["max_tool_calls"], uses, changed = max_uses, max_uses, True
+    return (("web_search", uses),), uses * result_tokens, changed
+
+
+def openai_chat_search(body: Mapping[str, Any], result_tokens: int) -> tuple[tuple[tuple[str, int], ...], int]:
+    """(uses of per-call units, input tokens held for the results) of a chat call with
+    `web_search_options`: OpenAI's search models search once per call, billed per call."""
+    if not isinstance(body.get("web_search_options"), Mapping):
+        return (), 0
+    return (("web_search", 1),), result_tokens
 
 
 def tool_use_system_prompt(body: Mapping[str, Any]) -> int:

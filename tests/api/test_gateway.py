@@ -366,6 +366,99 @@ def test_a_book_that_rates_unpriced_usage_at_nothing_holds_and_charges_no_search
     assert wallet(url, cid) == (Decimal("10") - MESSAGES_CHARGE, 0)
 
 
+OPENAI_SEARCH = {"type": "web_search"}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("tool", ["web_search", "web_search_preview"])
+def test_openai_web_searches_are_held_for_max_tool_calls_and_charged_per_call(live, fake, stream, tool):
+    """OpenAI bills each web_search_call output item, which its usage does not count."""
+    url, _ = live
+    cid, key = customer((url, tool_book(url, {"id": "search", "token_type": "web_search", "price": str(SEARCH)})))
+    args = {"model": "gpt-test", "input": "hi", "max_output_tokens": 1000, "tools": [{"type": tool}],
+            "max_tool_calls": 3}
+    if stream:
+        with oai(url, key).responses.with_streaming_response.create(**args, stream=True) as response:
+            headers = response.headers
+            assert sum(1 for _ in response.iter_lines()) > 0
+    else:
+        headers = oai(url, key).responses.with_raw_response.create(**args).headers
+    # held: 3 searches at their fee and their results (10,000 input tokens each, the default allowance)
+    # besides the prompt and the output (was: no search, nor its results)
+    assert Decimal(headers["x-tokentill-reserved"]) >= 3 * SEARCH + 3 * 10_000 * IN / M + 1000 * OUT / M + CALL
+    # charged: the usage and the 2 web_search_call items of the answer (was: the usage alone)
+    assert charged(url, headers["x-tokentill-request-id"]) == RESPONSES_CHARGE + 2 * SEARCH
+    assert wallet(url, cid) == (Decimal("10") - RESPONSES_CHARGE - 2 * SEARCH, 0)
+    assert fake.fake.calls[-1].body["max_tool_calls"] == 3
+
+
+def test_an_openai_web_search_without_max_tool_calls_is_sent_with_the_gateways_and_held_for_it(live, fake):
+    url, _ = live
+    _, key = customer((url, tool_book(url, {"id": "search", "token_type": "web_search", "price": str(SEARCH)})))
+    raw = oai(url, key).responses.with_raw_response.create(model="gpt-test", input="hi", max_output_tokens=100,
+                                                           tools=[OPENAI_SEARCH])
+    assert fake.fake.calls[-1].body["max_tool_calls"] == 5
+    assert Decimal(raw.headers["x-tokentill-reserved"]) >= 5 * SEARCH + 5 * 10_000 * IN / M
+
+
+def test_an_openai_web_search_the_book_does_not_price_is_refused_before_the_upstream_call(live, fake):
+    url, _ = live
+    cid, key = customer((url, tool_book(url)))
+    before = len(fake.fake.calls)
+    with pytest.raises(openai.APIStatusError) as raised:
+        oai(url, key).responses.create(model="gpt-test", input="hi", tools=[OPENAI_SEARCH])
+    assert raised.value.status_code == 422 and raised.value.body["code"] == "unpriced_model"
+    assert len(fake.fake.calls) == before and wallet(url, cid) == (Decimal("10"), 0)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_chat_call_to_a_search_model_is_held_and_charged_its_search(live, fake, stream):
+    """A chat call with web_search_options (OpenAI's search models) searches once, billed per call,
+    which its usage does not count."""
+    url, _ = live
+    cid, key = customer((url, tool_book(url, {"id": "search", "token_type": "web_search", "price": str(SEARCH)})))
+    raw = oai(url, key).chat.completions.with_raw_response.create(
+        model="gpt-test", messages=HI, max_tokens=1000, web_search_options={}, stream=stream)
+    if stream:
+        assert sum(1 for _ in raw.parse()) > 0
+    assert Decimal(raw.headers["x-tokentill-reserved"]) >= SEARCH + 10_000 * IN / M + 1000 * OUT / M + CALL
+    # was: the usage alone, the search given away
+    assert charged(url, raw.headers["x-tokentill-request-id"]) == CHAT_CHARGE + SEARCH
+    assert wallet(url, cid) == (Decimal("10") - CHAT_CHARGE - SEARCH, 0)
+
+
+def test_a_format_1_book_charges_no_openai_web_search(live, fake):
+    """A format 1 book bills no per-call tools: the answer's usage alone, its searches rated at nothing."""
+    url, _ = live
+    cid, key = customer(live)
+    raw = oai(url, key).responses.with_raw_response.create(model="gpt-test", input="hi", max_output_tokens=100,
+                                                           tools=[OPENAI_SEARCH])
+    assert charged(url, raw.headers["x-tokentill-request-id"]) == RESPONSES_CHARGE
+    assert wallet(url, cid) == (Decimal("10") - RESPONSES_CHARGE, 0)
+
+
+def test_an_openai_stream_cut_after_web_searches_is_charged_the_searches_it_showed(live, fake):
+    """Cut before response.completed: the web_search_call items the stream showed are billed by
+    OpenAI all the same. The same cut call at two books, a search at 0.01 and at 0.03, differs by
+    its 2 searches at 0.02."""
+    url, _ = live
+    paid = []
+    for price in (SEARCH, 3 * SEARCH):
+        _, key = customer((url, tool_book(url, {"id": "search", "token_type": "web_search", "price": str(price)})))
+        received = 0
+        with oai(url, key).responses.with_streaming_response.create(
+                model="gpt-test-pause", input="hi", max_output_tokens=1000, tools=[OPENAI_SEARCH],
+                stream=True) as response:
+            request_id = response.headers["x-tokentill-request-id"]
+            for event in response.parse():
+                received += event.type == "response.output_text.delta"
+                if received == fk.PAUSE_AFTER:
+                    break
+        assert _wait_cancelled(fake).emitted == fk.PAUSE_AFTER
+        paid.append(charged(url, request_id))
+    assert paid[1] - paid[0] == 2 * 2 * SEARCH  # was: 0, the searches given away
+
+
 def test_anthropic_built_in_tools_are_held_with_the_tokens_anthropic_adds_for_them(live):
     url, _ = live
     _, key = customer(live)

@@ -327,3 +327,46 @@ def test_web_fetch_is_held_for_its_content_cap_and_sent_with_one():
 def test_a_server_tools_bad_bound_is_refused(tool):
     with pytest.raises(CallError):
         _server_tools(tool)
+
+
+def _responses_tools(*tools, result_tokens=2000, **fields):
+    body = {"model": "gpt-4.1", "input": "hi", "max_output_tokens": 10, "tools": list(tools), **fields}
+    return parse_call(RESPONSES, msgspec.json.encode(body), default_max_output=1000, counter=COUNTER,
+                      server_tool_max_uses=4, server_tool_result_tokens=result_tokens)
+
+
+@pytest.mark.parametrize("tool", ["web_search", "web_search_preview", "web_search_2025_08_26",
+                                  "web_search_preview_2025_03_11"])
+def test_an_openai_web_search_is_held_for_max_tool_calls_searches_and_their_results(tool):
+    function = {"type": "function", "name": "f", "parameters": {}}
+    bare = _responses_tools(function, max_tool_calls=3)
+    c = _responses_tools(function, {"type": tool}, max_tool_calls=3)
+    assert bare.tool_uses == () and c.tool_uses == (("web_search", 3),)
+    less = _responses_tools(function, {"type": tool}, max_tool_calls=3, result_tokens=500)
+    # the results of each search are input: held (2,000 a search, then 500), not counted as the body's own
+    assert c.prompt_tokens - less.prompt_tokens == 3 * (2000 - 500)
+    assert c.prompt_tokens - bare.prompt_tokens >= 3 * 2000 and c.prompt_raw_tokens < bare.prompt_raw_tokens + 20
+    assert msgspec.json.decode(c.body)["max_tool_calls"] == 3
+
+
+def test_an_openai_web_search_without_max_tool_calls_is_sent_and_held_with_the_default():
+    c = _responses_tools({"type": "web_search"})
+    assert c.tool_uses == (("web_search", 4),)
+    assert msgspec.json.decode(c.body)["max_tool_calls"] == 4
+    assert "max_tool_calls" not in msgspec.json.decode(_responses_tools({"type": "file_search"}).body)
+
+
+@pytest.mark.parametrize("bound", [0, -1, "3", True, 2.5])
+def test_an_openai_web_searchs_bad_max_tool_calls_is_refused(bound):
+    with pytest.raises(CallError) as raised:
+        _responses_tools({"type": "web_search"}, max_tool_calls=bound)
+    assert raised.value.field == "max_tool_calls"
+
+
+def test_a_chat_call_to_a_search_model_is_held_for_its_search_and_its_results():
+    body = {"model": "gpt-4o-search-preview", "messages": HI, "max_tokens": 10}
+    bare = call(CHAT, body)
+    searched = parse_call(CHAT, msgspec.json.encode({**body, "web_search_options": {}}), default_max_output=1000,
+                          counter=COUNTER, server_tool_result_tokens=2000)
+    assert bare.tool_uses == () and searched.tool_uses == (("web_search", 1),)
+    assert searched.prompt_tokens - bare.prompt_tokens >= 2000

@@ -182,3 +182,61 @@ def test_an_upstream_that_fails_after_a_web_search_is_charged_the_search():
     tally.observe(sse({"type": "message_delta", "usage": {"output_tokens": 40,
                                                           "server_tool_use": {"web_search_requests": 3}}}))
     assert tally.settlement(COUNTER, "m", 9)[1]["server_tool_use"] == {"web_search_requests": 3}  # the provider's
+
+
+def _search(n: int, kind: str = "response.output_item.added") -> bytes:
+    return sse({"type": kind, "output_index": n, "item": {"id": f"ws_{n}", "type": "web_search_call",
+                                                           "status": "completed"}}, kind)
+
+
+def test_openai_web_searches_are_charged_besides_the_usage_that_omits_them():
+    tally = StreamTally(RESPONSES)
+    for n in (0, 1):
+        tally.observe(_search(n))
+        tally.observe(_search(n, "response.output_item.done"))  # the same search, done: counted once
+    tally.observe(sse({"type": "response.output_item.added", "item": {"id": "fc_1", "type": "function_call"}}))
+    usage = {"input_tokens": 800, "input_tokens_details": {"cached_tokens": 100},
+             "output_tokens": 56, "output_tokens_details": {"reasoning_tokens": 16}, "total_tokens": 856}
+    tally.observe(sse({"type": "response.completed", "response": {"usage": usage, "service_tier": "flex",
+                                                                  "output": []}}))
+    settlement = tally.settlement(COUNTER, "gpt-4.1", 9)
+    assert settlement[0] == "openai_usage"
+    assert tally.with_searches(*settlement) == ("usage", {
+        "input_tokens": 700, "cached_input_tokens": 100, "cache_write_tokens": 0, "output_tokens": 40,
+        "reasoning_tokens": 16, "service_tier": "flex", "web_search_calls": 2})
+
+
+def test_an_openai_stream_that_fails_after_a_web_search_is_charged_the_search():
+    tally = StreamTally(RESPONSES)
+    assert tally.settlement(COUNTER, "gpt-4.1", 9, failed=True) is None
+    tally.observe(_search(0))
+    assert tally.settlement(COUNTER, "gpt-4.1", 9, failed=True) == ("usage", {
+        "input_tokens": 9, "output_tokens": 0, "web_search_calls": 1})
+
+
+def test_a_whole_openai_answer_is_charged_its_web_search_items():
+    answer = msgspec.json.encode({"output": [{"id": "ws_1", "type": "web_search_call"},
+                                             {"id": "ws_2", "type": "web_search_call"},
+                                             {"id": "msg", "type": "message", "content": []}],
+                                  "usage": {"input_tokens": 10, "output_tokens": 5}})
+    tally = StreamTally(RESPONSES)
+    tally.observe_answer(answer)
+    assert tally.with_searches(*answer_settlement(RESPONSES, answer, COUNTER, "gpt-4.1", 9)) == ("usage", {
+        "input_tokens": 10, "cached_input_tokens": 0, "cache_write_tokens": 0, "output_tokens": 5,
+        "reasoning_tokens": 0, "web_search_calls": 2})
+    no_search = StreamTally(CHAT)
+    no_search.observe_answer(answer)
+    assert no_search.with_searches("openai_usage", {"prompt_tokens": 1}) == ("openai_usage", {"prompt_tokens": 1})
+
+
+def test_a_chat_call_to_a_search_model_is_charged_its_search_unless_released():
+    tally = StreamTally(CHAT, chat_searches=1)
+    assert tally.settlement(COUNTER, "gpt-4o-search-preview", 9, failed=True) is None  # released: no search charged
+    usage = {"prompt_tokens": 10, "completion_tokens": 5}
+    assert tally.with_searches("openai_usage", usage) == ("usage", {
+        "input_tokens": 10, "cached_input_tokens": 0, "cache_write_tokens": 0, "output_tokens": 5,
+        "reasoning_tokens": 0, "web_search_calls": 1})
+    tally.observe(chunk(" the"))
+    assert tally.with_searches(*tally.settlement(COUNTER, "gpt-4o-search-preview", 9)) == ("usage", {
+        "input_tokens": 9, "output_tokens": 1, "web_search_calls": 1})
+    assert StreamTally(CHAT).with_searches("openai_usage", usage) == ("openai_usage", usage)
