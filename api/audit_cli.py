@@ -181,8 +181,9 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
     else:
         readable_stdout()
         print(f"matched: {len(result.matched)} top-ups and invoice payments")
-        for m in report["amount_mismatches"]:
-            print(f"AMOUNT MISMATCH reference {m['reference']}: ledger {m['ledger_amount']} ({m['ledger']}), "
+        for (mine, theirs), m in zip(result.mismatched, report["amount_mismatches"], strict=True):
+            label = "AMOUNT" if mine.currency == theirs.currency else "CURRENCY"
+            print(f"{label} MISMATCH reference {m['reference']}: ledger {m['ledger_amount']} ({m['ledger']}), "
                   f"file {m['file_amount']} ({m['file']})")
         for m in report["only_in_ledger"]:
             print(f"ONLY IN LEDGER  reference {m['reference'] or '(none)'}: {m['amount']}, {m['ledger']}")

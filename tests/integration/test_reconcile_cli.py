@@ -150,3 +150,16 @@ def test_a_reference_the_locale_cannot_encode_is_reported_not_a_traceback(ledger
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert "ONLY IN FILE    reference r\\xe9f-\\U0001f600: 1.00 USD, line 7" in done.stdout
     assert "reconciliation FAILED: 1 difference(s)" in done.stdout
+
+
+def test_a_payment_in_another_currency_is_named_as_such(ledger_url, tmp_path):
+    """Was "AMOUNT MISMATCH reference ch_3: ledger 30.00 USD, file 30.00 EUR": the amounts agree,
+    the currency does not, and the report said otherwise."""
+    paid = "".join(f"{r},{a},{'EUR' if r == 'ch_3' else 'USD'}\n" for r, a in TOPUPS.items())
+    done = _reconcile(ledger_url, tmp_path, "reference,amount,currency\n" + paid)
+    assert done.returncode == 1
+    assert "CURRENCY MISMATCH reference ch_3: ledger 30.00 USD (entry" in done.stdout, done.stdout
+    assert "AMOUNT MISMATCH" not in done.stdout
+    report = json.loads(_reconcile(ledger_url, tmp_path, "reference,amount,currency\n" + paid, "--json").stdout)
+    assert [(m["reference"], m["ledger_amount"], m["file_amount"]) for m in report["amount_mismatches"]] == [
+        ("ch_3", "30.00 USD", "30.00 EUR")]
