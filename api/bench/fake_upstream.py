@@ -237,11 +237,11 @@ async def _responses(fake: FakeUpstream, log: Logged, receive: Any, send: Any) -
     rid, words = f"resp_{uuid.uuid4().hex[:12]}", _words(_tokens(log))
     item = {"id": "msg_fake", "type": "message", "status": "completed", "role": "assistant",
             "content": [{"type": "output_text", "text": "".join(words), "annotations": []}]}
-    tools = log.body.get("tools") or []
-    searched = any(str(t.get("type", "")).startswith("web_search") for t in tools if isinstance(t, dict))
-    # OpenAI's web searches are output items; its usage does not count them
-    searches = [{"id": f"ws_{n}", "type": "web_search_call", "status": "completed",
-                 "action": {"type": "search", "query": "fake"}} for n in range(SEARCHES if searched else 0)]
+    tools = [str(t.get("type", "")) for t in log.body.get("tools") or [] if isinstance(t, dict)]
+    # OpenAI's web and file searches are output items; its usage does not count them
+    searches = [{"id": f"{kind[:2]}_{n}", "type": f"{kind}_call", "status": "completed"}
+                for kind in ("web_search", "file_search") if any(t.startswith(kind) for t in tools)
+                for n in range(SEARCHES)]
     response = {"id": rid, "object": "response", "created_at": 1764680000, "status": "completed",
                 "model": log.body["model"], "output": [*searches, item], "usage": _responses_usage(len(words)),
                 "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "error": None,

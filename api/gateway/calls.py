@@ -37,10 +37,10 @@ What the provider bills as input but the body does not show:
   (`server_tool_max_uses`), and a web fetch without `max_content_tokens` with the allowance, so
   the hold has a bound. Held only (a cut stream settles the body's count); web searches are also
   held at their per-search fee (`tool_uses`, priced by the book's `web_search` rule).
-- OpenAI's web search (a responses call's `web_search*` tool) likewise: held for the call's
-  `max_tool_calls` searches (sent with `server_tool_max_uses` when it sets none), each at its fee
-  and with the results allowance as input; a chat call with `web_search_options` for its one
-  search.
+- OpenAI's web and file search (a responses call's `web_search*`, `file_search` tools)
+  likewise: each held for the call's `max_tool_calls` searches (sent with `server_tool_max_uses`
+  when it sets none), each at its fee, with the results allowance as input once per call; a chat
+  call with `web_search_options` for its one search.
 - A chat message that refers to an earlier answer's audio by id (`audio: {"id": ...}`) is billed
   that audio as input: held at AUDIO_REFERENCE_TOKENS of audio, the most audio an answer can
   have. In the hold only (`hold_audio_tokens`): a settle without the provider's usage (a cut
@@ -65,7 +65,7 @@ from api.gateway.tools import (
     SERVER_TOOL_RESULT_TOKENS,
     CallError,
     openai_chat_search,
-    openai_web_search,
+    openai_tools,
     server_tools,
     tool_use_system_prompt,
     without_built_in_tools,
@@ -324,7 +324,7 @@ def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: Token
         uses, results, tools_changed = server_tools(body, server_tool_max_uses, server_tool_result_tokens)
         changed = changed or tools_changed
     elif kind == RESPONSES:
-        uses, results, tools_changed = openai_web_search(body, server_tool_max_uses, server_tool_result_tokens)
+        uses, results, tools_changed = openai_tools(body, server_tool_max_uses, server_tool_result_tokens)
         changed = changed or tools_changed
     elif kind == CHAT:
         uses, results = openai_chat_search(body, server_tool_result_tokens)

@@ -5,9 +5,9 @@ The settlement a finished, failed or cut call gets (`settlement`): the provider'
 when it came; else, for Anthropic, the input usage its `message_start` reported with the output
 tokens metered here (and the web searches its server_tool_use blocks showed, which Anthropic bills
 whether or not the answer ends); else the prompt's raw tiktoken count and the metered output. OpenAI
-bills a responses call's web searches per call, and its usage does not count them: the
-web_search_call items its answer (or stream, cut or not) showed are charged besides (`with_searches`,
-as canonical `web_search_calls`). Metered
+bills a responses call's web and file searches per call, and its usage does not count them: the
+web_search_call and file_search_call items its answer (or stream, cut or not) showed are charged
+besides (`with_searches`, as canonical `web_search_calls`, `file_search_calls`). Metered
 output is the tiktoken count (the model's encoding, else cl100k_base, no margin) of every
 generated text delta in the order received: message text, refusals, reasoning text, tool-call
 arguments. No usage and no output at all means nothing was generated: the hold is released; so
@@ -24,6 +24,7 @@ from typing import Any
 import msgspec
 
 from api.gateway.calls import CHAT, EMBEDDINGS, MESSAGES, RESPONSES
+from api.gateway.tools import OPENAI_TOOL_CALLS
 from pricing.normalize import normalize_openai
 from pricing.tokens import TokenCounter
 
@@ -109,8 +110,9 @@ class StreamTally:
     service_tier: str | None = None  # OpenAI: the tier that served the call, beside its usage
     error: bool = False  # the upstream reported an error inside the stream
     searches: int = 0  # Anthropic: the web searches it ran (server_tool_use blocks), billed even when cut
-    # OpenAI (responses): the web_search_call items the answer showed, by id; its usage does not count them
-    search_calls: set[str] = field(default_factory=set)
+    # OpenAI (responses): the per-call tools' items the answer showed (web_search_call, file_search_call):
+    # their unit by id; its usage does not count them
+    search_calls: dict[str, str] = field(default_factory=dict)
     chat_searches: int = 0  # OpenAI (chat): the searches a search model runs per call (web_search_options)
 
     def observe(self, raw: bytes) -> bool:
@@ -157,14 +159,22 @@ class StreamTally:
                 self.service_tier = _tier_of(response)
 
     def count_searches(self, items: list[Any]) -> None:
-        """Take OpenAI's web_search_call output items into account (each once, by its id, or its
-        place when it has none)."""
+        """Take OpenAI's per-call tool items (web_search_call, file_search_call) into account (each
+        once, by its id, or its place when it has none)."""
         for item in items:
-            if isinstance(item, Mapping) and item.get("type") == "web_search_call":
+            unit = OPENAI_TOOL_CALLS.get(item.get("type")) if isinstance(item, Mapping) else None
+            if unit is not None:
                 ident = item.get("id")
-                self.search_calls.add(ident if isinstance(ident, str) else f"#{len(self.search_calls)}")
-        if self.kind == RESPONSES:
-            self.searches = len(self.search_calls)
+                self.search_calls[ident if isinstance(ident, str) else f"#{len(self.search_calls)}"] = unit
+
+    def tool_calls(self) -> dict[str, int]:
+        """OpenAI's per-call tool uses the answer showed, as canonical fields (web_search_calls, ...)."""
+        if self.kind == CHAT:
+            return {"web_search_calls": self.chat_searches} if self.chat_searches else {}
+        calls: dict[str, int] = {}
+        for unit in self.search_calls.values():
+            calls[f"{unit}_calls"] = calls.get(f"{unit}_calls", 0) + 1
+        return calls
 
     def _messages(self, kind: Any, event: dict[str, Any]) -> None:
         if kind == "content_block_start":
@@ -195,15 +205,15 @@ class StreamTally:
             return "openai_usage", _with_tier(self.usage, self.service_tier)
         text = "".join(self.texts)
         metered = counter.count_text(text, model).raw_tokens if text else 0
-        if metered == 0 and not self.searches and (failed or self.error):
+        calls = self.tool_calls() if self.kind == RESPONSES else {}
+        if metered == 0 and not self.searches and not calls and (failed or self.error):
             return None
         if self.started is not None:
             searched = {"server_tool_use": {"web_search_requests": self.searches}} if self.searches else {}
             return "anthropic_usage", {**self.started, "output_tokens": metered, **searched}
-        if metered == 0 and not self.searches:
+        if metered == 0 and not calls:
             return None
-        return "usage", {"input_tokens": prompt_raw_tokens, "output_tokens": metered,
-                         **({"web_search_calls": self.searches} if self.searches else {})}
+        return "usage", {"input_tokens": prompt_raw_tokens, "output_tokens": metered, **calls}
 
     def observe_answer(self, raw: bytes) -> None:
         """Take a whole (non-streamed) answer's web_search_call items into account."""
@@ -212,15 +222,16 @@ class StreamTally:
             self.count_searches(_list(body.get("output")))
 
     def with_searches(self, form: str, usage: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        """A settlement with the web searches OpenAI ran and bills per call, which its usage does
-        not count: its usage (readable: api.gateway.forwarding checks it first) as canonical
-        counts, with `web_search_calls`. Any other settlement as given."""
-        searches = self.searches if self.kind == RESPONSES else self.chat_searches if self.kind == CHAT else 0
-        if not searches or form == "anthropic_usage":
+        """A settlement with the tool calls OpenAI ran and bills per call (web and file searches),
+        which its usage does not count: its usage (readable: api.gateway.forwarding checks it
+        first) as canonical counts, with `web_search_calls`, `file_search_calls`. Any other
+        settlement as given."""
+        calls = self.tool_calls() if self.kind in (RESPONSES, CHAT) else {}
+        if not calls or form == "anthropic_usage":
             return form, usage
         if form == "usage":
-            return form, {**usage, "web_search_calls": usage.get("web_search_calls") or searches}
-        return "usage", {**normalize_openai(usage).as_usage_fields(), "web_search_calls": searches}
+            return form, {**usage, **calls}
+        return "usage", {**normalize_openai(usage).as_usage_fields(), **calls}
 
 
 def answer_texts(kind: str, raw: bytes | Mapping[str, Any]) -> list[str]:

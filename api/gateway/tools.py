@@ -7,11 +7,12 @@ does not show (pure: no I/O; api.gateway.calls counts the rest).
   number of input tokens each (BUILT_IN_TOOLS), in place of their definitions' words;
 - the server tools it runs inside the call (SERVER_TOOLS) add their results as input, and a web
   search its fee: held for each tool's `max_uses`, sent with the gateway's where it sets none;
-- OpenAI's web search (a responses call's `web_search*` tool) runs inside the call too: each
-  search is billed per call (its `web_search_call` output items; the usage does not count them)
-  with its results as input: held for the call's `max_tool_calls`, sent with the gateway's where
-  it sets none (`openai_web_search`); a chat call with `web_search_options` (its search
-  models) searches once, billed per call (`openai_chat_search`).
+- OpenAI's web and file search (a responses call's `web_search*`, `file_search` tools) run
+  inside the call too: each search is billed per call (its `web_search_call`, `file_search_call`
+  output items; the usage does not count them) with its results as input: held for the call's
+  `max_tool_calls`, sent with the gateway's where it sets none (`openai_tools`); a chat call
+  with `web_search_options` (its search models) searches once, billed per call
+  (`openai_chat_search`).
 """
 from __future__ import annotations
 
@@ -120,19 +121,28 @@ def server_tools(body: dict[str, Any], max_uses: int,
     return tuple(sorted(fees.items())), held, changed
 
 
-def openai_web_search(body: dict[str, Any], max_uses: int,
-                      result_tokens: int) -> tuple[tuple[tuple[str, int], ...], int, bool]:
+# OpenAI's built-in tools billed per call (responses): (type prefix, the per-call unit, its output
+# item's type). A web search is from $10 per 1,000 (by model and tool version), a file search $2.50.
+OPENAI_TOOLS = (("web_search", "web_search"), ("file_search", "file_search"))
+OPENAI_TOOL_CALLS = {f"{unit}_call": unit for _, unit in OPENAI_TOOLS}
+
+
+def openai_tools(body: dict[str, Any], max_uses: int,
+                 result_tokens: int) -> tuple[tuple[tuple[str, int], ...], int, bool]:
     """(uses of per-call units, input tokens held for the results, whether the body changed) of a
-    responses call's web search tool (`web_search`, `web_search_preview` and their dated types):
-    held for `max_tool_calls`, the most built-in tool calls the call may make (given the gateway's
-    when it sets none, so the hold is a bound), each a search at its fee with its results."""
+    responses call's per-call tools (`web_search`, `web_search_preview`, `file_search` and their
+    dated types): each held for `max_tool_calls`, the most built-in tool calls the call may make
+    (given the gateway's when it sets none, so the hold is a bound), at its fee, and that many
+    results."""
     tools = body.get("tools")
-    if not isinstance(tools, list) or not any(_typed(t, (("web_search", None),)) for t in tools):
+    units = sorted({t[1] for t in map(lambda tool: _typed(tool, OPENAI_TOOLS), tools) if t is not None}) \
+        if isinstance(tools, list) else []
+    if not units:
         return (), 0, False
     uses, changed = _uses(body, "max_tool_calls", ""), False
     if uses is None:
         body["max_tool_calls"], uses, changed = max_uses, max_uses, True
-    return (("web_search", uses),), uses * result_tokens, changed
+    return tuple((unit, uses) for unit in units), uses * result_tokens, changed
 
 
 def openai_chat_search(body: Mapping[str, Any], result_tokens: int) -> tuple[tuple[tuple[str, int], ...], int]:

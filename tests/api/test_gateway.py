@@ -427,6 +427,40 @@ def test_a_chat_call_to_a_search_model_is_held_and_charged_its_search(live, fake
     assert wallet(url, cid) == (Decimal("10") - CHAT_CHARGE - SEARCH, 0)
 
 
+FILE_SEARCH = Decimal("0.0025")  # OpenAI's file search: $2.50 per 1,000 calls
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_openai_file_searches_are_held_for_max_tool_calls_and_charged_per_call(live, fake, stream):
+    url, _ = live
+    cid, key = customer((url, tool_book(url, {"id": "search", "token_type": "web_search", "price": str(SEARCH)},
+                                        {"id": "files", "token_type": "file_search", "price": str(FILE_SEARCH)})))
+    args = {"model": "gpt-test", "input": "hi", "max_output_tokens": 1000, "max_tool_calls": 3,
+            "tools": [OPENAI_SEARCH, {"type": "file_search", "vector_store_ids": ["vs_1"]}]}
+    if stream:
+        with oai(url, key).responses.with_streaming_response.create(**args, stream=True) as response:
+            headers = response.headers
+            assert sum(1 for _ in response.iter_lines()) > 0
+    else:
+        headers = oai(url, key).responses.with_raw_response.create(**args).headers
+    # held: 3 calls of each tool (was: no file search), and the results of 3 calls
+    assert Decimal(headers["x-tokentill-reserved"]) >= 3 * (SEARCH + FILE_SEARCH) + 3 * 10_000 * IN / M
+    # charged: the usage, the 2 web_search_call and the 2 file_search_call items (was: no file search)
+    assert charged(url, headers["x-tokentill-request-id"]) == RESPONSES_CHARGE + 2 * SEARCH + 2 * FILE_SEARCH
+    assert wallet(url, cid) == (Decimal("10") - RESPONSES_CHARGE - 2 * SEARCH - 2 * FILE_SEARCH, 0)
+
+
+def test_an_openai_file_search_the_book_does_not_price_is_refused_before_the_upstream_call(live, fake):
+    url, _ = live
+    cid, key = customer((url, tool_book(url)))
+    before = len(fake.fake.calls)
+    with pytest.raises(openai.APIStatusError) as raised:
+        oai(url, key).responses.create(model="gpt-test", input="hi",
+                                       tools=[{"type": "file_search", "vector_store_ids": ["vs_1"]}])
+    assert raised.value.status_code == 422 and raised.value.body["code"] == "unpriced_model"
+    assert len(fake.fake.calls) == before and wallet(url, cid) == (Decimal("10"), 0)
+
+
 def test_a_format_1_book_charges_no_openai_web_search(live, fake):
     """A format 1 book bills no per-call tools: the answer's usage alone, its searches rated at nothing."""
     url, _ = live

@@ -353,7 +353,17 @@ def test_an_openai_web_search_without_max_tool_calls_is_sent_and_held_with_the_d
     c = _responses_tools({"type": "web_search"})
     assert c.tool_uses == (("web_search", 4),)
     assert msgspec.json.decode(c.body)["max_tool_calls"] == 4
-    assert "max_tool_calls" not in msgspec.json.decode(_responses_tools({"type": "file_search"}).body)
+    function = _responses_tools({"type": "function", "name": "f", "parameters": {}})
+    assert function.tool_uses == () and "max_tool_calls" not in msgspec.json.decode(function.body)
+
+
+def test_openai_web_and_file_search_are_each_held_for_max_tool_calls_with_one_results_allowance():
+    both = _responses_tools({"type": "file_search", "vector_store_ids": ["vs_1"]}, {"type": "web_search"},
+                            max_tool_calls=2)
+    less = _responses_tools({"type": "file_search", "vector_store_ids": ["vs_1"]}, {"type": "web_search"},
+                            max_tool_calls=2, result_tokens=500)
+    assert both.tool_uses == (("file_search", 2), ("web_search", 2))
+    assert both.prompt_tokens - less.prompt_tokens == 2 * (2000 - 500)  # at most 2 calls in all return results
 
 
 @pytest.mark.parametrize("bound", [0, -1, "3", True, 2.5])

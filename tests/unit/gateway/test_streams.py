@@ -240,3 +240,12 @@ def test_a_chat_call_to_a_search_model_is_charged_its_search_unless_released():
     assert tally.with_searches(*tally.settlement(COUNTER, "gpt-4o-search-preview", 9)) == ("usage", {
         "input_tokens": 9, "output_tokens": 1, "web_search_calls": 1})
     assert StreamTally(CHAT).with_searches("openai_usage", usage) == ("openai_usage", usage)
+
+
+def test_openai_file_searches_are_charged_beside_web_searches():
+    tally = StreamTally(RESPONSES)
+    tally.observe(_search(0))
+    tally.observe(sse({"type": "response.output_item.done", "item": {"id": "fs_1", "type": "file_search_call"}}))
+    tally.observe(sse({"type": "response.output_item.added", "item": {"id": "ci_1", "type": "code_interpreter_call"}}))
+    assert tally.settlement(COUNTER, "gpt-4.1", 9, failed=True) == ("usage", {
+        "input_tokens": 9, "output_tokens": 0, "web_search_calls": 1, "file_search_calls": 1})
