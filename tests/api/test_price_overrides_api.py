@@ -85,7 +85,7 @@ BAD = [
     ({"discounts": [{"id": "x", "percent": "60"}, {"id": "y", "percent": "50"}]}, "discounts"),
     ({"free_allowances": [{"id": "x", "amount": "0"}]}, "free_allowances[0].amount"),
     ({"discounts": [{"id": "x", "percent": "5"}], "free_allowances": [{"id": "x", "amount": "1"}]}, "id"),
-    ({"surprise": []}, "body"),
+    ({"surprise": []}, "surprise"),  # an unknown field is named itself (7542f3b)
 ]
 
 
