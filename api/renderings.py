@@ -10,6 +10,7 @@ import csv
 import io
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from fpdf import FPDF
@@ -114,10 +115,16 @@ def facts(document: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def _day(at: str | None) -> str:
-    """An RFC 3339 UTC time as people read it: the day alone at midnight, else day and time."""
-    day, _, clock = (at or "").removesuffix("Z").partition("T")
-    clock = clock.split(".")[0]
-    return day if clock in ("", "00:00:00") else f"{day} {clock} UTC"
+    """An RFC 3339 time as people read it, in UTC: the day alone at UTC midnight, else day and
+    time. A time with another offset (a document frozen on a server in another time zone keeps
+    the offset it was written with) is the UTC instant it names, not its local digits."""
+    if not at or "T" not in at:
+        return at or ""
+    moment = datetime.fromisoformat(at)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    day, clock = moment.date().isoformat(), moment.strftime("%H:%M:%S")
+    return day if clock == "00:00:00" else f"{day} {clock} UTC"
 
 
 def html_context(document: Mapping[str, Any]) -> dict[str, Any]:
