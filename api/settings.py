@@ -10,6 +10,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import platformdirs
+from psycopg import ProgrammingError
+from psycopg.conninfo import conninfo_to_dict
 
 from api.gateway.config import GatewaySettings
 from wallets.webhooks.rules import AddressPolicy, parse_networks
@@ -96,6 +98,11 @@ def _database_url(raw: str) -> str | None:
     if not port_ok or parts.scheme not in ("postgresql", "postgres"):
         raise SystemExit("TOKENTILL_DATABASE_URL must be a libpq URL, postgresql://user@host:5432/db "
                          "(or postgresql://user@/db?host=/socket/dir)")
+    try:  # its parameters alone, as libpq reads them: libpq's message names the one it refuses
+        conninfo_to_dict(f"postgresql://?{parts.query}")
+    except ProgrammingError as exc:
+        raise SystemExit(f"TOKENTILL_DATABASE_URL: {str(exc).strip()} (the parameters libpq takes: "
+                         f"https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-PARAMKEYWORDS)") from None
     return raw
 
 

@@ -53,3 +53,20 @@ def test_a_database_url_that_is_not_a_postgresql_url_stops_the_start_without_ech
 def test_the_database_url_forms_the_readme_gives_are_taken():
     for url in ("postgresql://user@host:5432/db", "postgresql://user@/db?host=/dir", "postgres://u:p@h/db"):
         assert Settings.from_env({"TOKENTILL_DATABASE_URL": url}).database_url == url
+
+
+@pytest.mark.parametrize("query, named", [("sslmod=require", '"sslmod"'), ("connect_timeout", '"connect_timeout"'),
+                                          ("foo=bar&sslmode=require", '"foo"')])
+def test_a_database_url_with_a_parameter_libpq_does_not_take_stops_the_start_naming_it(query, named):
+    """It passed, and every command that opened the database ended in psycopg's ProgrammingError
+    traceback (`invalid connection option "sslmod"`), exit 1."""
+    with pytest.raises(SystemExit) as stopped:
+        Settings.from_env({"TOKENTILL_DATABASE_URL": f"postgresql://tokentill:s3cret@db:5432/ledger?{query}"})
+    message = stopped.value.code
+    assert isinstance(message, str) and message.startswith("TOKENTILL_DATABASE_URL: ") and named in message
+    assert "s3cret" not in message
+
+
+def test_the_libpq_parameters_of_a_database_url_are_taken():
+    url = "postgresql://u@db/ledger?sslmode=verify-full&connect_timeout=5&application_name=till&target_session_attrs=any"
+    assert Settings.from_env({"TOKENTILL_DATABASE_URL": url}).database_url == url
