@@ -268,19 +268,30 @@ async def usage(conn: AsyncConnection, customer_id: str, start: datetime | None,
 
 
 _OPEN = text("""
-SELECT id, request_id, model, status, amount, captured, captures, created_at, expires_at
+SELECT id, request_id, model, status, amount, captured, amount - captured - released AS held, captures,
+       created_at, expires_at
   FROM reservations
  WHERE lane = ledger_lane(:c) AND customer_id = :c AND status = ANY(CAST(:open AS text[]))
+   AND (CAST(:before_at AS timestamptz) IS NULL
+        OR created_at < CAST(:before_at AS timestamptz)
+        OR created_at = CAST(:before_at AS timestamptz) AND id > :after_id)
  ORDER BY created_at DESC, id LIMIT :limit
 """)
 
 
-async def open_reservations(conn: AsyncConnection, customer_id: str, limit: int = 200) -> list[dict[str, Any]]:
-    """The customer's reservations that still hold credit, newest first (at most `limit`)."""
-    rows = await conn.execute(_OPEN, {"c": customer_id, "open": list(chart.OPEN_STATUSES), "limit": limit})
+async def open_reservations(conn: AsyncConnection, customer_id: str, limit: int,
+                            after: tuple[datetime, str] | None = None) -> list[dict[str, Any]]:
+    """The customer's reservations that still hold credit, newest first (then by id), at most
+    `limit`, those after `after` (the created_at and id of the last one of the page before).
+    `held` is what each still holds (its hold less what was captured or released), `amount`
+    the hold it opened with."""
+    before_at, after_id = after if after is not None else (None, "")
+    rows = await conn.execute(_OPEN, {"c": customer_id, "open": list(chart.OPEN_STATUSES), "limit": limit,
+                                      "before_at": before_at, "after_id": after_id})
     return [{"id": r.id, "request_id": r.request_id, "model": r.model, "status": r.status,
-             "amount": money(r.amount), "captured": money(r.captured), "captures": r.captures,
-             "created_at": when(r.created_at), "expires_at": when(r.expires_at)} for r in rows]
+             "amount": money(r.amount), "held": money(r.held), "captured": money(r.captured),
+             "captures": r.captures, "created_at": when(r.created_at),
+             "expires_at": when(r.expires_at)} for r in rows]
 
 
 async def is_top_up(conn: AsyncConnection, customer_id: str, lot_id: str) -> bool:

@@ -7,6 +7,7 @@ import secrets
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 import msgspec
 from litestar import Request, Response, get, post
@@ -15,6 +16,7 @@ from litestar.params import FromPath, QueryParameter
 from litestar.response import Redirect, Template
 
 from api.console.web import PREFIX, allow, render, viewer
+from api.routes import cursors
 from api.routes.budgets import budget_response
 from api.routes.customers import CREDITED, READERS, customer_response, wallet_response
 from api.routes.wire import amount_in, answered, body_hash, time_in
@@ -27,6 +29,8 @@ from wallets.core.idempotency import IdemKey
 from wallets.errors import WalletValidationError
 
 USAGE_GROUPS = ["day", "model", "token_type"]
+RESERVATIONS_PAGE = 100
+WALLET_HOLDS = 10  # the latest, on the wallet page
 
 
 @get(f"{PREFIX}/customers/{{customer_id:str}}", guards=[allow(*READERS)], name="console-wallet")
@@ -36,19 +40,44 @@ async def wallet_page(state: State, request: Request, customer_id: FromPath[str]
     wallets = state.services.wallets
     customer = customer_response(await wallets.get_customer(customer_id))
     wallet = wallet_response(await wallets.wallet(customer_id))
-    holds = await state.services.db.read(lambda conn: reports.open_reservations(conn, customer_id, limit=10))
+    holds = await state.services.db.read(lambda conn: reports.open_reservations(conn, customer_id, WALLET_HOLDS))
     if credited and not await state.services.db.read(lambda conn: reports.is_top_up(conn, customer_id, credited)):
         credited = None  # confirms only a top-up of this customer's (its lot may be spent already)
     return render(request, "customer/wallet.html", customer=customer, wallet=wallet, holds=holds,
                   credited=credited, section="wallet")
 
 
+def _after(cursor: str | None, customer_id: str) -> tuple[datetime, str] | None:
+    """The created_at and id a next page's cursor names (400 `invalid_cursor` for any other)."""
+    if cursor is None:
+        return None
+    position = cursors.decode_position(cursor, "console-reservations", [customer_id])
+    try:
+        at, reservation_id = position
+        created = datetime.fromisoformat(at)
+    except (TypeError, ValueError):
+        raise cursors.invalid("not a cursor of this listing") from None
+    if created.tzinfo is None or not isinstance(reservation_id, str):
+        raise cursors.invalid("not a cursor of this listing")
+    return created, reservation_id
+
+
 @get(f"{PREFIX}/customers/{{customer_id:str}}/reservations", guards=[allow(*READERS)],
      name="console-reservations")
-async def reservations_page(state: State, request: Request, customer_id: FromPath[str]) -> Template:
+async def reservations_page(state: State, request: Request, customer_id: FromPath[str],
+                            cursor: Annotated[str | None, QueryParameter(name="cursor", max_length=4096)] = None
+                            ) -> Template:
+    """Every open reservation, newest first, a page at a time (keyset pages: a reservation that
+    closes between pages leaves the listing, one opened since is ahead of the first page)."""
     customer = customer_response(await state.services.wallets.get_customer(customer_id))
-    holds = await state.services.db.read(lambda conn: reports.open_reservations(conn, customer_id))
-    return render(request, "customer/reservations.html", customer=customer, holds=holds, section="reservations")
+    after = _after(cursor or None, customer_id)
+    rows = await state.services.db.read(
+        lambda conn: reports.open_reservations(conn, customer_id, RESERVATIONS_PAGE + 1, after))
+    holds, more = rows[:RESERVATIONS_PAGE], len(rows) > RESERVATIONS_PAGE
+    next_query = urlencode({"cursor": cursors.encode_position(
+        "console-reservations", [customer_id], [holds[-1]["created_at"], holds[-1]["id"]])}) if more else None
+    return render(request, "customer/reservations.html", customer=customer, holds=holds, next_query=next_query,
+                  first=after is None, section="reservations")
 
 
 def _day(value: str | None, field: str, default: date) -> date:

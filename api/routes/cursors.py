@@ -1,6 +1,9 @@
 """Opaque keyset cursors: base64url of a small JSON array naming what was listed (the route and a
 digest of its filters), the snapshot watermark of the first page, and the last position read.
 
+A listing whose pages need no snapshot (keyset pages of rows that only ever leave it, such as
+the console's open reservations) keeps an empty one: `encode_position`, `decode_position`.
+
 A cursor is checked, never trusted: anything malformed, a cursor of another listing or of other
 filters is 400 `invalid_cursor`. Authorization never depends on it (every page applies the key's
 customers again), and balances are recomputed from postings on every page.
@@ -34,24 +37,42 @@ def encode(listing: str, filters: Any, snapshot: str, position: list[Any]) -> st
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def _invalid(detail: str) -> ApiError:
+def encode_position(listing: str, filters: Any, position: list[Any]) -> str:
+    """A cursor of a listing that pins no snapshot: the position reached alone."""
+    return encode(listing, filters, "", position)
+
+
+def invalid(detail: str) -> ApiError:
     return ApiError("invalid_cursor", f"cursor: {detail}; start again without a cursor", 400)
 
 
 def decode(token: str, listing: str, filters: Any) -> tuple[str, list[Any]]:
     """(snapshot, position) of a cursor that `encode(listing, filters, …)` made."""
+    snapshot, position = _decode(token, listing, filters)
+    if parse_snapshot(snapshot) is None:
+        raise invalid("its snapshot is malformed")
+    return snapshot, position
+
+
+def decode_position(token: str, listing: str, filters: Any) -> list[Any]:
+    """The position of a cursor that `encode_position(listing, filters, …)` made."""
+    snapshot, position = _decode(token, listing, filters)
+    if snapshot:
+        raise invalid("not a cursor of this listing")
+    return position
+
+
+def _decode(token: str, listing: str, filters: Any) -> tuple[str, list[Any]]:
     if len(token) > MAX_CURSOR:
-        raise _invalid("too long")
+        raise invalid("too long")
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         value = json.loads(raw)
     except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise _invalid("not a cursor of this API") from None
+        raise invalid("not a cursor of this API") from None
     if not (isinstance(value, list) and len(value) == 4 and value[0] == VERSION
             and isinstance(value[2], str) and isinstance(value[3], list)):
-        raise _invalid("not a cursor of this API")
+        raise invalid("not a cursor of this API")
     if value[1] != _digest(listing, filters):
-        raise _invalid("made for another listing or other filters")
-    if parse_snapshot(value[2]) is None:
-        raise _invalid("its snapshot is malformed")
+        raise invalid("made for another listing or other filters")
     return value[2], value[3]
