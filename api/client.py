@@ -27,6 +27,7 @@ import asyncio
 import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import Coroutine, Mapping
 from dataclasses import replace
@@ -66,6 +67,7 @@ from api.client_reservations import (
     AsyncReservation,
     Reservation,
     StreamMeter,
+    Unanswered,
     extend_call,
     release_call,
     reserve_request,
@@ -144,6 +146,12 @@ class _Base:
             in_flight.add_note(f"tokentill: {spooled}")
         elif not self.spool_silently:
             raise spooled
+
+    def _abandon_deadline(self, body: dict[str, Any]) -> float:
+        """Until when (monotonic) the client works at releasing a hold an unanswered reserve may
+        have made: until the hold would expire, at most `drain_timeout_s` (what a close waits)."""
+        ttl = body.get("ttl_seconds")
+        return time.monotonic() + min(float(ttl) if ttl else self._drain_timeout_s, self._drain_timeout_s)
 
     def _replay_of(self, send_bulk: Any, send_one: Any) -> SpoolReplay | None:
         """The replay of what an earlier run left in this client's spool; None when there is none."""
@@ -241,47 +249,57 @@ class Client(_Base, JournalReads):
             return False
         return True
 
-    def _call(self, method: str, path: str, body: Any = None, *, key: str | None = None) -> dict[str, Any]:
+    def _call(self, method: str, path: str, body: Any = None, *, key: str | None = None,
+              watch: Unanswered | None = None) -> dict[str, Any]:
         request = self._request(method, path, body, key)
-        return raise_for(delivery.call(lambda: self._http.request(**request), self._short()))
+        send = lambda: self._http.request(**request)  # noqa: E731
+        return raise_for(delivery.call(watch.watch(send) if watch is not None else send, self._short()))
 
     def _reserve_entry(self, body: dict[str, Any]) -> dict[str, Any]:
-        """A block's reserve. Interrupted before its answer (Ctrl-C), the server may have made the
-        hold all the same: a thread of the client asks again with the same request id and
-        Idempotency-Key (the first hold is answered, or made now) and releases it, while the
-        interruption goes on at once; `close`, and the interpreter's exit, wait for that thread."""
-        key = f"sdk_{uuid.uuid4().hex}"  # kept, so that the release finds this very hold
+        """A block's reserve, its retries under one Idempotency-Key. Ended without an answer (every
+        attempt's answer lost, say timed out, or interrupted by Ctrl-C), the server may have made
+        the hold all the same: a thread of the client asks again under that key (the first hold
+        is answered, or made now) and releases it, while the failure goes on at once; `close`, and
+        the interpreter's exit, wait for that thread (at most `drain_timeout_s`)."""
+        key, unanswered = f"sdk_{uuid.uuid4().hex}", Unanswered()  # the key, kept: the release finds this hold
         try:
-            return self._call("POST", "/v1/reservations", body, key=key)
-        except Exception:
-            raise  # answered (a refusal), or never taken: no hold this client knows of
-        except BaseException:
-            thread = threading.Thread(target=self._release_abandoned, args=(body, key), daemon=False,
-                                      name="tokentill-release-interrupted-reserve")
-            self._abandoned.add(thread)
-            thread.start()
+            return self._call("POST", "/v1/reservations", body, key=key, watch=unanswered)
+        except Exception as error:
+            if unanswered.left_a_hold(error):  # else answered (a refusal), or never sent: no hold
+                self._abandon(body, key, error)
+            raise
+        except BaseException as interrupted:
+            self._abandon(body, key, interrupted)
             raise
 
-    def _release_abandoned(self, body: dict[str, Any], key: str) -> None:
+    def _abandon(self, body: dict[str, Any], key: str, error: BaseException) -> None:
+        error.add_note(abandoned_note(body))
+        thread = threading.Thread(target=self._release_abandoned, args=(body, key, self._abandon_deadline(body)),
+                                  daemon=False, name="tokentill-release-unanswered-reserve")
+        self._abandoned.add(thread)
+        thread.start()
+
+    def _release_abandoned(self, body: dict[str, Any], key: str, deadline: float) -> None:
         request_id = body.get("request_id")
         try:
-            data = self._call("POST", "/v1/reservations", body, key=key)
+            request = self._request("POST", "/v1/reservations", body, key)
+            data = raise_for(delivery.call(lambda: self._http.request(**request), until(self._policy, deadline)))
             path, release, key, reservation_id = release_call(data["id"], None)
-            self._deliver(path, release, key, reservation_id, seconds_until(data.get("expires_at")))
+            self._deliver(path, release, key, reservation_id, None, until(self._policy, deadline))
         except SettlementSpooled as spooled:
-            log.warning("the release of interrupted reserve %s: %s", request_id, spooled)
+            log.warning("the release of unanswered reserve %s: %s", request_id, spooled)
         except Exception as exc:  # refused: no hold was made; unreachable: it lasts until it expires
-            log.warning("interrupted reserve %s not released (%s); any hold it made lasts until it expires",
+            log.warning("unanswered reserve %s not released (%s); any hold it made lasts until it expires",
                         request_id, describe(exc))
         finally:
             self._abandoned.discard(threading.current_thread())
 
     def _deliver(self, path: str, body: Any, key: str, reservation_id: str | None,
-                 hold_left_s: float | None) -> dict[str, Any]:
+                 hold_left_s: float | None, schedule: Schedule | None = None) -> dict[str, Any]:
         """A settle or release: retried until an answer or the deadline; else spooled and raised."""
         request, pending = self._request("POST", path, body, key), _Pending(self, path, body, key, reservation_id)
         try:
-            response = delivery.deliver(lambda: self._http.request(**request), self._durable(hold_left_s),
+            response = delivery.deliver(lambda: self._http.request(**request), schedule or self._durable(hold_left_s),
                                         spool=pending.write, unspool=pending.strike)
         except GaveUp as gave_up:
             pending.gave_up(gave_up)
@@ -392,18 +410,21 @@ class AsyncClient(_Base, AsyncJournalReads):
             return False
         return True
 
-    async def _call(self, method: str, path: str, body: Any = None, *, key: str | None = None) -> dict[str, Any]:
+    async def _call(self, method: str, path: str, body: Any = None, *, key: str | None = None,
+                    watch: Unanswered | None = None) -> dict[str, Any]:
         await self._flush_at_start()
         request = self._request(method, path, body, key)
-        return raise_for(await delivery.acall(lambda: self._http.request(**request), self._short()))
+        send = lambda: self._http.request(**request)  # noqa: E731
+        return raise_for(await delivery.acall(watch.awatch(send) if watch is not None else send, self._short()))
 
     async def _deliver(self, path: str, body: Any, key: str, reservation_id: str | None,
-                       hold_left_s: float | None) -> dict[str, Any]:
+                       hold_left_s: float | None, schedule: Schedule | None = None) -> dict[str, Any]:
         """A settle or release: retried until an answer or the deadline; else spooled and raised."""
         await self._flush_at_start()
         request, pending = self._request("POST", path, body, key), _Pending(self, path, body, key, reservation_id)
         try:
-            response = await delivery.adeliver(lambda: self._http.request(**request), self._durable(hold_left_s),
+            response = await delivery.adeliver(lambda: self._http.request(**request),
+                                               schedule or self._durable(hold_left_s),
                                                spool=pending.awrite, unspool=pending.astrike)
         except GaveUp as gave_up:
             pending.gave_up(gave_up)
@@ -422,22 +443,45 @@ class AsyncClient(_Base, AsyncJournalReads):
             raise
 
     async def _reserve_entry(self, body: dict[str, Any]) -> dict[str, Any]:
-        """A block's reserve, in a task of its own: should the caller be cancelled before the
-        answer, the hold it made is released by a task of the client, not left until it expires."""
-        task = self._on_its_own(self._call("POST", "/v1/reservations", body))
+        """A block's reserve, in a task of its own, its retries under one Idempotency-Key. Should
+        the caller be cancelled before the answer, or the reserve end without one (every attempt's
+        answer lost, say timed out), the hold the server may have made is released by a task of
+        the client (asking again under that key), not left until it expires."""
+        key, unanswered = f"sdk_{uuid.uuid4().hex}", Unanswered()
+        task = self._on_its_own(self._call("POST", "/v1/reservations", body, key=key, watch=unanswered))
         try:
             return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            self._on_its_own(self._release_abandoned(task)).add_done_callback(_report_orphaned_exit)
+        except asyncio.CancelledError as cancelled:
+            self._abandon(task, body, key, unanswered, cancelled)
+            raise
+        except Exception as error:
+            if unanswered.left_a_hold(error):  # else answered (a refusal), or never sent: no hold
+                self._abandon(task, body, key, unanswered, error)
             raise
 
-    async def _release_abandoned(self, reserving: asyncio.Task[dict[str, Any]]) -> dict[str, Any] | None:
+    def _abandon(self, reserving: asyncio.Task[dict[str, Any]], body: dict[str, Any], key: str,
+                 unanswered: Unanswered, error: BaseException) -> None:
+        error.add_note(abandoned_note(body))
+        releasing = self._release_abandoned(reserving, body, key, unanswered, self._abandon_deadline(body))
+        self._on_its_own(releasing).add_done_callback(_report_orphaned_exit)
+
+    async def _release_abandoned(self, reserving: asyncio.Task[dict[str, Any]], body: dict[str, Any], key: str,
+                                 unanswered: Unanswered, deadline: float) -> dict[str, Any] | None:
         try:
             data = await reserving
-        except Exception:  # refused or unreachable: no hold this client knows of
-            return None
-        path, body, key, reservation_id = release_call(data["id"], None)
-        return await self._deliver(path, body, key, reservation_id, seconds_until(data.get("expires_at")))
+        except Exception as error:
+            if not unanswered.left_a_hold(error):  # refused, or never sent: no hold
+                return None
+            try:
+                request = self._request("POST", "/v1/reservations", body, key)
+                data = raise_for(await delivery.acall(lambda: self._http.request(**request),
+                                                      until(self._policy, deadline)))
+            except Exception as exc:  # refused: no hold was made; unreachable: it lasts until it expires
+                log.warning("unanswered reserve %s not released (%s); any hold it made lasts until it expires",
+                            body.get("request_id"), describe(exc))
+                return None
+        path, release, release_key, reservation_id = release_call(data["id"], None)
+        return await self._deliver(path, release, release_key, reservation_id, None, until(self._policy, deadline))
 
     def _on_its_own(self, coroutine: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         task = asyncio.create_task(coroutine)
@@ -527,6 +571,16 @@ class AsyncClient(_Base, AsyncJournalReads):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def until(policy: RetryPolicy, deadline: float) -> Schedule:
+    """A schedule that retries until `deadline` (monotonic); one attempt at least."""
+    return Schedule(policy, deadline_s=max(0.0, deadline - time.monotonic()))
+
+
+def abandoned_note(body: dict[str, Any]) -> str:
+    return (f"tokentill: reserve {body.get('request_id')} had no answer; the client asks again under its "
+            "Idempotency-Key and releases any hold it made")
 
 
 def _report_orphaned_exit(task: asyncio.Task[Any]) -> None:

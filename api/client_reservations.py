@@ -9,14 +9,63 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from api.client_errors import SettlementSpooled
+import httpx
+
+from api.client_errors import SettlementSpooled, TokentillError
 from api.delivery import seconds_until
 from pricing.tokens import TokenCounter
 
 log = logging.getLogger("tokentill.client")
+
+
+# Failures of an attempt that never reached the server: it cannot have made anything.
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# Answers of a proxy that may have passed the call on before it gave up on it.
+PROXY_GAVE_UP = frozenset({502, 504})
+
+
+class Unanswered:
+    """Whether a reserve may have made a hold its caller was never told of: one of its attempts
+    reached the server and its answer was lost (a read timeout, a dropped connection, a proxy's
+    502 or 504), and no later attempt under the same Idempotency-Key was answered."""
+
+    def __init__(self) -> None:
+        self.reached = False
+
+    def watch(self, send: Callable[[], httpx.Response]) -> Callable[[], httpx.Response]:
+        def attempt() -> httpx.Response:
+            try:
+                return self._saw(send())
+            except NOT_SENT:
+                raise
+            except httpx.TransportError:
+                self.reached = True
+                raise
+        return attempt
+
+    def awatch(self, send: Callable[[], Awaitable[httpx.Response]]) -> Callable[[], Awaitable[httpx.Response]]:
+        async def attempt() -> httpx.Response:
+            try:
+                return self._saw(await send())
+            except NOT_SENT:
+                raise
+            except httpx.TransportError:
+                self.reached = True
+                raise
+        return attempt
+
+    def _saw(self, response: httpx.Response) -> httpx.Response:
+        self.reached = self.reached or response.status_code in PROXY_GAVE_UP
+        return response
+
+    def left_a_hold(self, error: BaseException) -> bool:
+        """True when the call ended with `error`, not with an answer, after an attempt that may
+        have made the hold: a refusal (a 4xx other than 408) is the key's answer, so no hold."""
+        answered = isinstance(error, TokentillError) and error.status < 500 and error.status != 408
+        return self.reached and not answered
 
 
 class StreamMeter:

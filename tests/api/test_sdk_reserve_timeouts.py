@@ -1,0 +1,87 @@
+"""A reserve the client gave up on (its answer timed out) against a real server slowed by a held
+lane lock: the server may have made the hold all the same, and the client must not leave the
+customer's money locked until it expires."""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+
+import httpx
+import psycopg
+import pytest
+
+from api.client import AsyncClient, Client
+from ledger.lanes import lane_of
+from tests.api.test_sdk_durability import ADMIN, available, new_customer
+from wallets.engine import lane_lock
+
+
+@contextmanager
+def lane_held(database_url: str, customer: str, seconds: float) -> Iterator[threading.Thread]:
+    """The customer's lane locked (as a long batch would hold it) for `seconds` from now: its
+    reserves wait in the server, answered only once the lock is let go."""
+    conn = psycopg.connect(database_url, autocommit=True)
+    lanes = conn.execute("SELECT lanes FROM ledger_settings").fetchone()[0]
+    conn.execute("SELECT pg_advisory_lock(%s)", (lane_lock(lane_of(customer, lanes)),))
+
+    def let_go() -> None:
+        time.sleep(seconds)
+        conn.close()  # its session's locks go with it
+
+    holder = threading.Thread(target=let_go)
+    holder.start()
+    try:
+        yield holder
+    finally:
+        holder.join()
+
+
+def charge(url: str, request_id: str) -> dict | None:
+    answer = httpx.get(f"{url}/v1/audit/charges/{request_id}", headers={"Authorization": f"Bearer {ADMIN}"})
+    return answer.json() if answer.status_code == 200 else None
+
+
+def settled_state(url: str, customer: str, request_id: str) -> tuple[str | None, Decimal]:
+    """The reservation's status once the server has done with it, and the wallet's reserved."""
+    wallet = {}
+    for _ in range(100):
+        found = charge(url, request_id)
+        wallet = httpx.get(f"{url}/v1/customers/{customer}/wallet", headers={"Authorization": f"Bearer {ADMIN}"}).json()
+        if found is not None and found["reservation"]["status"] != "held":
+            break
+        time.sleep(0.05)
+    status = found["reservation"]["status"] if found is not None else None
+    return status, Decimal(wallet["reserved"])
+
+
+def test_a_reserve_whose_answer_timed_out_is_released_by_its_key(live, spool_dir, database_url):
+    """Every attempt of the reserve times out on the client (0.3 s, the lane held 3 s), so the
+    caller gets the timeout; the server makes the hold once the lane is free. Before, it stayed
+    held for its TTL (an hour here: $0.03 of the customer's locked); now the client asks again
+    with the same Idempotency-Key, gets that very hold, and releases it."""
+    url, book = live
+    customer = new_customer(url, book)
+    with lane_held(database_url, customer, 3.0), \
+            Client(url, ADMIN, timeout=0.3, backoff_s=0.01, flush_spool=False) as tt:
+        with pytest.raises(httpx.TimeoutException):
+            with tt.reserve(customer, "model-a", request_id=f"slow-{customer}", input_tokens=1000,
+                            max_output_tokens=500, ttl_seconds=3600):
+                raise AssertionError("never entered")
+    assert settled_state(url, customer, f"slow-{customer}") == ("released", Decimal("0"))
+    assert available(url, customer) == Decimal("10")
+
+
+async def test_an_async_reserve_whose_answer_timed_out_is_released_by_its_key(live, spool_dir, database_url):
+    url, book = live
+    customer = new_customer(url, book)
+    with lane_held(database_url, customer, 3.0):
+        async with AsyncClient(url, ADMIN, timeout=0.3, backoff_s=0.01, flush_spool=False) as tt:
+            with pytest.raises(httpx.TimeoutException):
+                async with tt.reserve(customer, "model-a", request_id=f"slow-{customer}", input_tokens=1000,
+                                      max_output_tokens=500, ttl_seconds=3600):
+                    raise AssertionError("never entered")
+    assert settled_state(url, customer, f"slow-{customer}") == ("released", Decimal("0"))
+    assert available(url, customer) == Decimal("10")
