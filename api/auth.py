@@ -12,7 +12,8 @@ whether or not that customer exists; an id looked up among the key's customers (
 trace's request id, a price book) that is not theirs is 404 `not_found`, as if it did not
 exist. Another customer's reservation, invoice or credit note (random ids) is 403 `forbidden`,
 naming the id the request sent, never its customer. Routes that act on the whole platform (API
-keys, writing price books, creating customers, `verify`) are refused to a limited key.
+keys, writing price books, creating customers, `verify`) are refused to a limited key. A limited
+key (not an admin) is counted under its own id (`dimensions.api_key`) on every path: `key_dimensions`.
 
 Verified keys are cached per process only while it listens for changes to keys
 (api.keys.KeyCache): a revocation is refused at once by the process that made it and
@@ -21,6 +22,7 @@ within a notification's delay (milliseconds) by every other.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +53,12 @@ class Principal:
         if self.customers and customer_id not in self.customers:
             return False
         return not self.scope.startswith("customer:") or self.scope == f"customer:{customer_id}"
+
+    def counted_as_itself(self) -> bool:
+        """Whether this key's calls are counted under its own id (`dimensions.api_key`), whatever it
+        sends: a key limited to customers (other than an admin key) is one a customer holds, and the
+        budgets set on it (`api_key`) must bind it on every path, as through the gateway."""
+        return self.scope != "admin" and (bool(self.customers) or self.scope.startswith("customer:"))
 
     def visible(self) -> tuple[str, ...] | None:
         """The customers this key may see, or None for every customer."""
@@ -145,6 +153,24 @@ def ensure_customer(connection: ASGIConnection, customer_id: str) -> None:
     """For customers named in a body or a query rather than in the path."""
     if not principal_of(connection).may_see(customer_id):
         raise ApiError("forbidden", f"this key may not access customer {customer_id!r}", 403)
+
+
+def key_dimensions(principal: Principal, dimensions: Mapping[str, Any],
+                   where: str = "dimensions") -> Mapping[str, Any]:
+    """The usage dimensions a call of `principal` is counted (and its per-key budgets matched)
+    under: as sent, but a key counted as itself gets its own id as `api_key`, and naming another
+    id is 403 `forbidden` (it would escape the budgets set on the key). Other keys (admin keys,
+    unlimited platform keys) name the key a call counts for themselves. Replays match the body as
+    sent: hash it, not these."""
+    if not principal.counted_as_itself():
+        return dimensions
+    given = dimensions.get("api_key")
+    if given == principal.key_id:
+        return dimensions
+    if given is not None:
+        raise ApiError("forbidden", f"{where}.api_key: a key limited to customers is counted as itself "
+                       f"({principal.key_id}); leave api_key out or send its own id, not {given!r}", 403)
+    return {**dimensions, "api_key": principal.key_id}
 
 
 def ensure_owner(connection: ASGIConnection, customer_id: str, what: str) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from api.auth import Principal
+from api.auth import Principal, key_dimensions
 from api.errors import STATUS_BY_CODE, ApiError
 from api.gateway.calls import KINDS, Call, CallError, parse_call
 from api.gateway.config import GatewaySettings
@@ -188,7 +188,11 @@ class Exchange:
         principal = await self.caller()  # on the head alone: a body is read for a valid key only
         body = await self._body()
         customer = customer_of(principal, self.headers.get("x-tokentill-customer"))
-        self.dimensions = {**self._dimensions(), "api_key": principal.key_id, "gateway": f"{self.provider}.{self.kind}"}
+        try:  # the rule of every path (api.auth.key_dimensions): a customer's key names no other key
+            given = key_dimensions(principal, self._dimensions(), "x-tokentill-dimensions")
+        except ApiError as exc:
+            raise Refusal(exc.status, exc.code, exc.detail) from None
+        self.dimensions = {**given, "api_key": principal.key_id, "gateway": f"{self.provider}.{self.kind}"}
         rid = self.headers.get("x-tokentill-request-id")
         if rid is not None and not (0 < len(rid) <= 200 and rid.isprintable()):
             raise Refusal(422, "validation_error", "x-tokentill-request-id must be 1 to 200 printable characters")

@@ -8,7 +8,7 @@ from litestar import Request, Response, get
 from litestar.datastructures import State
 from litestar.params import FromPath
 
-from api.auth import ensure_customer, ensure_owner, guarded_post, principal_of, require
+from api.auth import ensure_customer, ensure_owner, guarded_post, key_dimensions, principal_of, require
 from api.errors import ApiError, documented
 from api.routes.formats import Amount, Identifier
 from api.routes.inputs import hashed_as_before, prepare_estimate, usage_tokens
@@ -173,7 +173,8 @@ async def create_reservation(
         amount=amount_in(data.amount, "amount", positive=False) if data.amount is not None else None,
         prompt_tokens=prepared.prompt_tokens if prepared else None,
         max_output_tokens=prepared.max_output_tokens if prepared else None,
-        dimensions=data.dimensions, estimate=prepared.stored if prepared else None,
+        dimensions=key_dimensions(principal_of(request), data.dimensions),
+        estimate=prepared.stored if prepared else None,
         idem=idempotency(request, data))
     return respond(request, await state.services.wallets.submit(command), RESERVED)
 

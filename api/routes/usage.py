@@ -1,6 +1,7 @@
 """Post-hoc usage events (batches, idempotent per customer and event id) and the customer usage report."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
@@ -9,8 +10,8 @@ from litestar import Request, Response, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath, QueryParameter
 
-from api.auth import principal_of, require
-from api.errors import documented
+from api.auth import key_dimensions, principal_of, require
+from api.errors import ApiError, documented
 from api.routes.formats import GROUP_BY, Identifier, matches
 from api.routes.inputs import usage_tokens
 from api.routes.schemas import Dimensions, json_body
@@ -67,14 +68,14 @@ def _body(event: UsageEvent) -> dict[str, Any]:
     return body
 
 
-def _command(event: UsageEvent, latest: datetime) -> RecordUsage:
+def _command(event: UsageEvent, latest: datetime, dimensions: Mapping[str, Any]) -> RecordUsage:
     occurred_at = time_in(event.timestamp, "timestamp")
     if occurred_at is not None and occurred_at > latest:  # it would be billed in a period not begun
         raise WalletValidationError("timestamp", f"must not be more than {FUTURE_SLACK_S} s in the future")
     tokens, stored = usage_tokens(event.usage, event.openai_usage, event.anthropic_usage, event.gemini_usage)
     return RecordUsage(customer_id=event.customer_id, event_id=event.event_id,
                        request_hash=request_hash(_body(event)), model=event.model,
-                       occurred_at=occurred_at, tokens=tokens, usage=stored, dimensions=event.dimensions)
+                       occurred_at=occurred_at, tokens=tokens, usage=stored, dimensions=dimensions)
 
 
 @post("/v1/usage-events", guards=[require("inference")], tags=["usage"], status_code=200,
@@ -101,8 +102,8 @@ async def post_usage_events(state: State, request: Request,
                                      event.customer_id))
             continue
         try:
-            commands.append(_command(event, latest))
-        except (LedgerError, PricingError) as exc:
+            commands.append(_command(event, latest, key_dimensions(principal, event.dimensions)))
+        except (LedgerError, PricingError, ApiError) as exc:
             rejected.append(Rejected(event.event_id, exc.code, str(exc), event.customer_id))
     outcomes = await wallets.submit_many(commands)
     accepted = duplicates = 0

@@ -886,6 +886,17 @@ def test_the_callers_dimensions_and_key_are_recorded_with_the_charge(live):
             model="gpt-test", messages=HI)
 
 
+def test_a_customers_key_naming_another_key_in_its_dimensions_is_refused_as_on_every_path(live, fake):
+    url, _ = live
+    cid, key = customer(live)
+    before = len(fake.fake.calls)
+    # before: the call went through, its api_key quietly replaced (POST /v1/reservations let it stand)
+    with pytest.raises(openai.PermissionDeniedError, match=r"x-tokentill-dimensions\.api_key"):
+        oai(url, key, default_headers={"x-tokentill-dimensions": '{"api_key": "key_0000000000000000"}'}
+            ).chat.completions.create(model="gpt-test", messages=HI)
+    assert len(fake.fake.calls) == before and wallet(url, cid) == (Decimal("10"), 0)
+
+
 async def test_64_parallel_streams_on_a_wallet_of_10_holds_10_proceed_54_are_refused(live, fake):
     url, _ = live
     # The hold, by hand: prompt "user" + "hi" counted in cl100k_base with the 10 % margin of an
