@@ -31,6 +31,7 @@ from wallets.errors import WalletValidationError
 USAGE_GROUPS = ["day", "model", "token_type"]
 RESERVATIONS_PAGE = 100
 WALLET_HOLDS = 10  # the latest, on the wallet page
+REFERENCE_MAX = 500  # characters, as TopUpRequest.reference
 
 
 @get(f"{PREFIX}/customers/{{customer_id:str}}", guards=[allow(*READERS)], name="console-wallet")
@@ -197,9 +198,12 @@ def _top_up_command(request: Request, customer_id: str, form: dict[str, str]) ->
     key = form.get("idempotency_key", "")
     if not 8 <= len(key) <= 100:
         raise WalletValidationError("idempotency_key", "reload the form")
+    reference = form.get("reference", "")
+    if len(reference) > REFERENCE_MAX:  # as the API refuses it: never recorded cut short
+        raise WalletValidationError("reference", f"at most {REFERENCE_MAX} characters")
     body = {k: form.get(k, "") for k in ("amount", "reference", "priority", "expires_on")}
     return TopUp(customer_id=customer_id, amount=amount_in(form.get("amount", ""), "amount"),
-                 reference=form.get("reference", "")[:500], priority=priority, expires_at=expires_at,
+                 reference=reference, priority=priority, expires_at=expires_at,
                  idem=IdemKey(f"console:{viewer(request).key_id}", key, body_hash(request, body)))
 
 

@@ -125,3 +125,20 @@ async def test_a_top_up_that_only_paid_what_was_owed_is_confirmed_too(console):
     assert wallet["receivable"] == "0.00" and wallet["grants"] == []
     lot = done.headers["location"].partition("credited=")[2]
     assert f"Top-up recorded: lot <code>{lot}</code>" in (await client.get(done.headers["location"])).text
+
+
+async def test_a_reference_longer_than_the_api_takes_is_refused_not_cut(console):
+    """A 600-character payment reference (the API refuses one over 500): the form recorded the
+    top-up with its first 500 characters, so the lot no longer matched the bank's reference."""
+    client, book, token = console
+    customer = await _customer(client, book)
+    form = await client.get(f"/console/customers/{customer}/top-up")
+    reference = "wire " + "7" * 595
+    answer = await client.post(f"/console/customers/{customer}/top-up", follow_redirects=False, data={
+        "_csrf_token": token, "idempotency_key": _field(form.text, "idempotency_key"), "amount": "5.00",
+        "reference": reference, "priority": "100", "expires_on": ""})
+    assert answer.status_code == 422, answer.headers.get("location")
+    assert "The top-up was not recorded" in answer.text
+    assert "<strong>reference</strong>: at most 500 characters" in answer.text
+    assert _field(answer.text, "reference") == reference  # given back whole, to correct
+    assert await _lots(client, customer) == []
