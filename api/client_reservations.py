@@ -75,7 +75,14 @@ class StreamMeter:
         self._counter, self._model = counter, model
         self._text: list[str] = []
 
-    def add(self, delta: str) -> None:
+    def add(self, delta: str | None) -> None:
+        """One piece of the stream's text. None is nothing (an OpenAI stream's role and finish
+        chunks carry `delta.content` None); anything else but a str is refused here, not at the
+        block's exit, which must settle."""
+        if delta is None:
+            return
+        if not isinstance(delta, str):
+            raise TypeError(f"a stream meter adds str deltas, not {type(delta).__name__}")
         self._text.append(delta)
 
     @property

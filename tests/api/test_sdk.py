@@ -90,6 +90,25 @@ def test_a_stream_cancelled_after_200_tokens_bills_exactly_200_output_tokens(liv
         assert available(tt, customer) == Decimal("9.981")
 
 
+def test_an_openai_streams_empty_deltas_are_metered_as_nothing_and_the_block_still_settles(live, customer):
+    """An OpenAI stream's first chunk (the role) and last (finish_reason) carry `delta.content`
+    None; fed to the meter as they come, they once broke the block's exit (TypeError joining the
+    text), so the settle was never sent and the $0.03 hold stayed for its TTL."""
+    text = streamed_text(200)
+    deltas = [None, *(" " + word for word in text.split(" ")[1:]), None]
+    with Client(live[0], ADMIN) as tt:
+        with tt.reserve(customer, "model-a", input_tokens=500, max_output_tokens=1000) as r:
+            meter = r.stream_meter()
+            for delta in deltas:
+                meter.add(delta)
+        assert meter.output_tokens == 200
+        lines = {line["token_type"]: line for line in r.settlement["lines"]}
+        assert lines["output"]["quantity"] == 200 and Decimal(r.settlement["charged"]) == Decimal("0.019")
+        assert Decimal(tt.get(f"/v1/customers/{customer}/wallet")["reserved"]) == 0
+        with pytest.raises(TypeError, match="str"):
+            meter.add(b"bytes")  # refused where it is given, not at the block's exit
+
+
 def test_provider_usage_wins_over_the_meter(live, customer):
     usage = {"prompt_tokens": 1200, "completion_tokens": 300, "total_tokens": 1500,
              "prompt_tokens_details": {"cached_tokens": 200}, "completion_tokens_details": {"reasoning_tokens": 0}}
