@@ -1,0 +1,67 @@
+"""Every problem `code` the server can answer is a typed error of the SDK, importable from
+api.client, so a caller can catch what it means rather than parse `.code`."""
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+
+import api.client
+import ledger
+import pricing
+import wallets
+from api.client_errors import ERRORS, NotFound, ServiceUnavailable, TokentillError, raise_for
+from api.errors import CODE_BY_STATUS, STATUS_BY_CODE
+
+ROOT = Path(api.__file__).parent
+# The base classes' codes: never raised themselves, only their subclasses (each with its own).
+BASES = {"ledger_error", "wallet_error", "pricing_error"}
+
+
+def domain_codes() -> set[str]:
+    codes = set()
+    for package in (ledger, pricing, wallets):
+        for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            for obj in vars(importlib.import_module(info.name)).values():
+                if inspect.isclass(obj) and issubclass(obj, Exception) and isinstance(getattr(obj, "code", None), str):
+                    codes.add(obj.code)
+    return codes - BASES
+
+
+def edge_codes() -> set[str]:
+    """Codes the HTTP layer answers itself (its handlers, guards and framework errors)."""
+    sources = [*ROOT.glob("*.py"), *(ROOT / "routes").glob("*.py")]
+    written = {code for path in sources if not path.name.startswith(("client", "delivery"))
+               for code in re.findall(r'(?:ApiError\(|problem\(\d+, )\s*"([a-z_]+)"', path.read_text())}
+    return written | set(CODE_BY_STATUS.values())
+
+
+CODES = sorted({code for code, status in STATUS_BY_CODE.items() if status >= 400} | domain_codes() | edge_codes())
+STATUS = {**{code: status for status, code in CODE_BY_STATUS.items()}, **STATUS_BY_CODE,
+          "not_ready": 503, "internal_error": 500}
+
+
+def test_the_codes_are_found():
+    assert {"insufficient_funds", "invalid_cursor", "not_ready", "currency_mismatch", "request_timeout"} <= set(CODES)
+
+
+@pytest.mark.parametrize("code", CODES)
+def test_every_problem_code_raises_its_own_typed_error(code):
+    status = STATUS.get(code, 422)
+    answer = httpx.Response(status, json={"status": status, "code": code, "detail": "x"})
+    with pytest.raises(TokentillError) as raised:
+        raise_for(answer)
+    kind = type(raised.value)
+    assert kind is not TokentillError and ERRORS[code] is kind, f"{code} is raised as a bare TokentillError"
+    assert getattr(api.client, kind.__name__) is kind and kind.__name__ in api.client.__all__
+    assert (raised.value.status, raised.value.code) == (status, code)
+
+
+def test_kinds_of_one_meaning_are_caught_together():
+    assert issubclass(ERRORS["not_ready"], ServiceUnavailable)
+    assert issubclass(ERRORS["unknown_price_book"], NotFound) and issubclass(ERRORS["unknown_price_version"], NotFound)
