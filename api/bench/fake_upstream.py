@@ -38,6 +38,8 @@ RESPONSES_USAGE = {"input_tokens": 800, "cached_tokens": 100, "reasoning_tokens"
 ANTHROPIC_USAGE = {"input_tokens": 900, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 50}
 EMBEDDING_TOKENS = 12
 SEARCHES = 2  # the web searches a messages or responses call offered a web_search tool runs
+EXECUTIONS = 2  # the code runs (in one container) of a call offered a code execution tool
+CONTAINER = "cntr_fake"  # the container OpenAI's code interpreter creates for a call (auto)
 WORDS = STREAM_WORDS.split(" ")[1:]
 
 
@@ -242,6 +244,12 @@ async def _responses(fake: FakeUpstream, log: Logged, receive: Any, send: Any) -
     searches = [{"id": f"{kind[:2]}_{n}", "type": f"{kind}_call", "status": "completed"}
                 for kind in ("web_search", "file_search") if any(t.startswith(kind) for t in tools)
                 for n in range(SEARCHES)]
+    # the code interpreter's runs: output items in the container it created (or the one it was given)
+    given = [t.get("container") for t in log.body.get("tools") or [] if isinstance(t, dict)
+             and t.get("type") == "code_interpreter"]
+    searches += [{"id": f"ci_{n}", "type": "code_interpreter_call", "status": "completed", "code": "print(6 * 7)",
+                  "container_id": given[0] if isinstance(given[0], str) else CONTAINER,
+                  "outputs": [{"type": "logs", "logs": "42\n"}]} for n in range(EXECUTIONS) if given]
     response = {"id": rid, "object": "response", "created_at": 1764680000, "status": "completed",
                 "model": log.body["model"], "output": [*searches, item], "usage": _responses_usage(len(words)),
                 "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "error": None,
@@ -288,13 +296,17 @@ async def _messages(fake: FakeUpstream, log: Logged, receive: Any, send: Any) ->
     mid, words = f"msg_{uuid.uuid4().hex[:12]}", _words(_tokens(log))
     tools = log.body.get("tools") or []
     searched = any(str(t.get("type", "")).startswith("web_search_") for t in tools if isinstance(t, dict))
-    server = {"server_tool_use": {"web_search_requests": SEARCHES}} if searched else {}
+    server = {"server_tool_use": {"web_search_requests": SEARCHES, "web_fetch_requests": 0}} if searched else {}
+    executed = any(str(t.get("type", "")).startswith("code_execution_") for t in tools if isinstance(t, dict))
+    # the container the code ran in: Anthropic's usage does not count code execution, the answer names it
+    container = {"container": {"id": "container_fake", "expires_at": "2026-12-31T00:00:00Z"}} if executed else {}
     start_usage = {**ANTHROPIC_USAGE, "output_tokens": 1}
     message = {"id": mid, "type": "message", "role": "assistant", "model": log.body["model"], "content": [],
                "stop_reason": None, "stop_sequence": None, "usage": start_usage}
     if not log.body.get("stream"):
-        answer = {**message, "content": [{"type": "text", "text": "".join(words)}], "stop_reason": "end_turn",
-                  "usage": {**ANTHROPIC_USAGE, "output_tokens": len(words), **server}}
+        runs = [block for n in range(EXECUTIONS if executed else 0) for block in _execution(n)]
+        answer = {**message, "content": [*runs, {"type": "text", "text": "".join(words)}], "stop_reason": "end_turn",
+                  "usage": {**ANTHROPIC_USAGE, "output_tokens": len(words), **server}, **container}
         if log.body["model"].endswith("-drop"):
             await _dropped(send, msgspec.json.encode(answer))
         log.emitted, log.done = len(words), True
@@ -303,9 +315,15 @@ async def _messages(fake: FakeUpstream, log: Logged, receive: Any, send: Any) ->
 
     def events():
         yield _sse({"type": "message_start", "message": message}, "message_start")
-        text = 2 * SEARCHES if searched else 0  # the text block's index: after the searches and their results
-        for n in range(0, text, 2):
+        searches = 2 * SEARCHES if searched else 0
+        text = searches + (2 * EXECUTIONS if executed else 0)  # the text block's index: after the tools' blocks
+        for n in range(0, searches, 2):
             yield from _search_blocks(n)
+        for n in range(searches, text, 2):
+            for block in _execution(n):
+                yield _sse({"type": "content_block_start", "index": n, "content_block": block}, "content_block_start")
+                yield _sse({"type": "content_block_stop", "index": n}, "content_block_stop")
+                n += 1
         yield _sse({"type": "content_block_start", "index": text, "content_block": {"type": "text", "text": ""}},
                    "content_block_start")
         yield _sse({"type": "ping"}, "ping")
@@ -314,7 +332,7 @@ async def _messages(fake: FakeUpstream, log: Logged, receive: Any, send: Any) ->
                        "content_block_delta")
             yield None
         yield _sse({"type": "content_block_stop", "index": text}, "content_block_stop")
-        yield _sse({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+        yield _sse({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None, **container},
                     "usage": {"output_tokens": len(words), **server}}, "message_delta")
         yield _sse({"type": "message_stop"}, "message_stop")
 
@@ -331,6 +349,16 @@ def _search_blocks(index: int) -> Any:
     yield _sse({"type": "content_block_start", "index": index + 1, "content_block": {
         "type": "web_search_tool_result", "tool_use_id": tool_id, "content": []}}, "content_block_start")
     yield _sse({"type": "content_block_stop", "index": index + 1}, "content_block_stop")
+
+
+def _execution(index: int) -> list[dict[str, Any]]:
+    """A bash command Anthropic's code execution ran inside the call: its server_tool_use block and
+    its result block."""
+    tool_id = f"srvtoolu_code_{index}"
+    return [{"type": "server_tool_use", "id": tool_id, "name": "bash_code_execution", "input": {"command": "echo 42"}},
+            {"type": "bash_code_execution_tool_result", "tool_use_id": tool_id, "content": {
+                "type": "bash_code_execution_result", "stdout": "42\n", "stderr": "", "return_code": 0,
+                "content": []}}]
 
 
 MODELS = ("gpt-test", "claude-test")

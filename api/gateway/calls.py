@@ -41,6 +41,10 @@ What the provider bills as input but the body does not show:
   likewise: each held for the call's `max_tool_calls` searches (sent with `server_tool_max_uses`
   when it sets none), each at its fee, with the results allowance as input once per call; a chat
   call with `web_search_options` for its one search.
+- Code execution (Anthropic's `code_execution_*` tool, OpenAI's `code_interpreter` and hosted
+  `shell`) is billed per container, which no usage reports (api.gateway.tools): held at the
+  `code_execution` units of its container (OpenAI's by its memory limit), and charged per
+  container the answer shows (`container_units` each).
 - A chat message that refers to an earlier answer's audio by id (`audio: {"id": ...}`) is billed
   that audio as input: held at AUDIO_REFERENCE_TOKENS of audio, the most audio an answer can
   have. In the hold only (`hold_audio_tokens`): a settle without the provider's usage (a cut
@@ -64,6 +68,7 @@ from api.gateway.tools import (
     SERVER_TOOL_MAX_USES,
     SERVER_TOOL_RESULT_TOKENS,
     CallError,
+    anthropic_containers,
     openai_chat_search,
     openai_tools,
     server_tools,
@@ -107,6 +112,7 @@ class Call:
     hold_audio_tokens: int = 0  # of prompt_tokens, audio: prompt_audio_tokens plus audio referred to by id
     prior_context: bool = False  # the provider bills earlier turns the body does not show
     tool_uses: tuple[tuple[str, int], ...] = ()  # the most uses of per-call tools the provider runs ("web_search", 5)
+    container_units: int = 0  # the code_execution units charged per container the answer shows it ran code in
 
 
 def _count(value: Any, name: str) -> int | None:
@@ -319,12 +325,14 @@ def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: Token
     prior = kind == RESPONSES and (body.get("previous_response_id") is not None
                                    or body.get("conversation") is not None)
     cap, changed = _output_cap(kind, body, default_max_output)
-    uses, results = (), 0
+    uses, results, containers = (), 0, 0
     if kind == MESSAGES:
         uses, results, tools_changed = server_tools(body, server_tool_max_uses, server_tool_result_tokens)
-        changed = changed or tools_changed
+        changed, containers = changed or tools_changed, anthropic_containers(body)
+        uses = tuple(sorted((*uses, ("code_execution", containers)))) if containers else uses
     elif kind == RESPONSES:
-        uses, results, tools_changed = openai_tools(body, server_tool_max_uses, server_tool_result_tokens)
+        uses, results, tools_changed, containers = openai_tools(body, server_tool_max_uses,
+                                                                server_tool_result_tokens)
         changed = changed or tools_changed
     elif kind == CHAT:
         uses, results = openai_chat_search(body, server_tool_result_tokens)
@@ -338,4 +346,4 @@ def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: Token
             changed = True
     return Call(kind, model, stream, prompt_tokens + results, raw_tokens, cap,
                 msgspec.json.encode(body) if changed else raw, wanted, audio_tokens, audio_tokens + referred,
-                prior, uses)
+                prior, uses, containers)

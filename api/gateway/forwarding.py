@@ -51,7 +51,8 @@ class Forwarding:
     def __init__(self, exchange: Exchange, call: Call, reserved: ReserveResult) -> None:
         self.x, self.call, self.reservation = exchange, call, reserved.reservation
         self.tally = StreamTally(call.kind, call.usage_chunk_wanted,
-                                 chat_searches=dict(call.tool_uses).get("web_search", 0) if call.kind == CHAT else 0)
+                                 chat_searches=dict(call.tool_uses).get("web_search", 0) if call.kind == CHAT else 0,
+                                 container_units=call.container_units)
         self.outcome = "settled"
         self.finished = False  # settled or released (or tried to be)
         self.charged: int | None = None  # what finish() knows was charged: 0 once released
@@ -208,7 +209,7 @@ class Forwarding:
             audio = self.call.prompt_audio_tokens
             if form == "usage" and audio and usage.get("input_tokens", 0) >= audio:  # the gateway's own count
                 usage = {**usage, "input_tokens": usage["input_tokens"] - audio, "input_audio_tokens": audio}
-            form, usage = self.tally.with_searches(form, usage)  # OpenAI's web searches, which its usage omits
+            form, usage = self.tally.with_tool_calls(form, usage)  # searches, containers: the usage omits them
             record = settle_record(r.customer_id, self.x.request_id, r.id, form, usage)
             settles = self.x.gw.settles
             try:

@@ -7,7 +7,11 @@ tokens metered here (and the web searches its server_tool_use blocks showed, whi
 whether or not the answer ends); else the prompt's raw tiktoken count and the metered output. OpenAI
 bills a responses call's web and file searches per call, and its usage does not count them: the
 web_search_call and file_search_call items its answer (or stream, cut or not) showed are charged
-besides (`with_searches`, as canonical `web_search_calls`, `file_search_calls`). Metered
+besides (`with_tool_calls`, as canonical `web_search_calls`, `file_search_calls`). Code execution
+is billed per container, which neither provider's usage reports: each container the answer
+showed (OpenAI's code_interpreter_call and shell_call items name theirs; Anthropic's answer, its
+`container`, or a stream cut before it, its code execution blocks) is charged the call's
+`container_units` as `code_execution_calls`. Metered
 output is the tiktoken count (the model's encoding, else cl100k_base, no margin) of every
 generated text delta in the order received: message text, refusals, reasoning text, tool-call
 arguments. No usage and no output at all means nothing was generated: the hold is released; so
@@ -24,8 +28,8 @@ from typing import Any
 import msgspec
 
 from api.gateway.calls import CHAT, EMBEDDINGS, MESSAGES, RESPONSES
-from api.gateway.tools import OPENAI_TOOL_CALLS
-from pricing.normalize import normalize_openai
+from api.gateway.tools import ANTHROPIC_CODE_EXECUTION_NAMES, OPENAI_CONTAINER_CALLS, OPENAI_TOOL_CALLS
+from pricing.normalize import normalize_anthropic, normalize_openai
 from pricing.tokens import TokenCounter
 
 _TERMINATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
@@ -114,6 +118,8 @@ class StreamTally:
     # their unit by id; its usage does not count them
     search_calls: dict[str, str] = field(default_factory=dict)
     chat_searches: int = 0  # OpenAI (chat): the searches a search model runs per call (web_search_options)
+    container_units: int = 0  # the code_execution units of a container the call runs code in
+    containers: set[str] = field(default_factory=set)  # those the answer showed (Anthropic's: one, "")
 
     def observe(self, raw: bytes) -> bool:
         """Take one event into account; whether to forward it to the caller."""
@@ -149,39 +155,53 @@ class StreamTally:
         if kind in _RESPONSES_DELTAS and isinstance(event.get("delta"), str):
             self.texts.append(event["delta"])
         elif kind in ("response.output_item.added", "response.output_item.done"):
-            self.count_searches([event.get("item")])
+            self.count_items([event.get("item")])
         elif kind in _RESPONSES_DONE:
             response = event.get("response")
             if isinstance(response, Mapping):
-                self.count_searches(_list(response.get("output")))
+                self.count_items(_list(response.get("output")))
             if isinstance(response, Mapping) and isinstance(response.get("usage"), Mapping):
                 self.usage = dict(response["usage"])
                 self.service_tier = _tier_of(response)
 
-    def count_searches(self, items: list[Any]) -> None:
+    def count_items(self, items: list[Any]) -> None:
         """Take OpenAI's per-call tool items (web_search_call, file_search_call) into account (each
-        once, by its id, or its place when it has none)."""
+        once, by its id, or its place when it has none), and the containers its code_interpreter_call
+        and shell_call items ran in (each once, by its id; an item that names none, as one)."""
         for item in items:
-            unit = OPENAI_TOOL_CALLS.get(item.get("type")) if isinstance(item, Mapping) else None
+            kind = item.get("type") if isinstance(item, Mapping) else None
+            unit = OPENAI_TOOL_CALLS.get(kind) if isinstance(kind, str) else None
             if unit is not None:
                 ident = item.get("id")
                 self.search_calls[ident if isinstance(ident, str) else f"#{len(self.search_calls)}"] = unit
+            elif kind in OPENAI_CONTAINER_CALLS:
+                place = item.get("environment") if kind == "shell_call" else item
+                if kind == "shell_call" and not (isinstance(place, Mapping)
+                                                 and place.get("type") == "container_reference"):
+                    continue  # a shell on the caller's machine
+                container = place.get("container_id") if isinstance(place, Mapping) else None
+                self.containers.add(container if isinstance(container, str) else "")
 
     def tool_calls(self) -> dict[str, int]:
-        """OpenAI's per-call tool uses the answer showed, as canonical fields (web_search_calls, ...)."""
+        """The per-call tool uses the answer showed that its usage does not count, as canonical
+        fields (web_search_calls, ..., code_execution_calls)."""
         if self.kind == CHAT:
             return {"web_search_calls": self.chat_searches} if self.chat_searches else {}
         calls: dict[str, int] = {}
         for unit in self.search_calls.values():
             calls[f"{unit}_calls"] = calls.get(f"{unit}_calls", 0) + 1
+        if self.containers and self.container_units:
+            calls["code_execution_calls"] = len(self.containers) * self.container_units
         return calls
 
     def _messages(self, kind: Any, event: dict[str, Any]) -> None:
         if kind == "content_block_start":
             block = event.get("content_block")
-            if isinstance(block, Mapping) and block.get("type") == "server_tool_use" \
-                    and block.get("name") == "web_search":
-                self.searches += 1
+            if isinstance(block, Mapping) and block.get("type") == "server_tool_use":
+                if block.get("name") == "web_search":
+                    self.searches += 1
+                if block.get("name") in ANTHROPIC_CODE_EXECUTION_NAMES:  # its container is billed, cut or not
+                    self.containers.add("")
         elif kind == "content_block_delta":
             delta = event.get("delta")
             if isinstance(delta, Mapping):
@@ -193,6 +213,9 @@ class StreamTally:
         elif kind == "message_delta" and isinstance(event.get("usage"), Mapping):
             reported = {k: v for k, v in event["usage"].items() if v is not None}
             self.usage = {**(self.started or {}), **reported}
+            delta = event.get("delta")
+            if isinstance(delta, Mapping) and isinstance(delta.get("container"), Mapping):
+                self.containers.add("")
 
     def settlement(self, counter: TokenCounter, model: str, prompt_raw_tokens: int,
                    failed: bool = False) -> tuple[str, dict] | None:
@@ -205,7 +228,7 @@ class StreamTally:
             return "openai_usage", _with_tier(self.usage, self.service_tier)
         text = "".join(self.texts)
         metered = counter.count_text(text, model).raw_tokens if text else 0
-        calls = self.tool_calls() if self.kind == RESPONSES else {}
+        calls = self.tool_calls() if self.kind != CHAT else {}  # a search model's search: not shown, assumed
         if metered == 0 and not self.searches and not calls and (failed or self.error):
             return None
         if self.started is not None:
@@ -216,22 +239,27 @@ class StreamTally:
         return "usage", {"input_tokens": prompt_raw_tokens, "output_tokens": metered, **calls}
 
     def observe_answer(self, raw: bytes) -> None:
-        """Take a whole (non-streamed) answer's web_search_call items into account."""
-        body = _json(raw) if self.kind == RESPONSES else None
-        if body is not None:
-            self.count_searches(_list(body.get("output")))
+        """Take a whole (non-streamed) answer's per-call tool items and containers into account."""
+        body = _json(raw) if self.kind in (RESPONSES, MESSAGES) else None
+        if body is None:
+            return
+        if self.kind == RESPONSES:
+            self.count_items(_list(body.get("output")))
+        elif isinstance(body.get("container"), Mapping):
+            self.containers.add("")
 
-    def with_searches(self, form: str, usage: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        """A settlement with the tool calls OpenAI ran and bills per call (web and file searches),
-        which its usage does not count: its usage (readable: api.gateway.forwarding checks it
-        first) as canonical counts, with `web_search_calls`, `file_search_calls`. Any other
-        settlement as given."""
-        calls = self.tool_calls() if self.kind in (RESPONSES, CHAT) else {}
-        if not calls or form == "anthropic_usage":
+    def with_tool_calls(self, form: str, usage: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """A settlement with the tool uses the provider bills which its usage does not count
+        (OpenAI's web and file searches, either's containers): its usage (readable:
+        api.gateway.forwarding checks it first) as canonical counts, with `web_search_calls`,
+        `file_search_calls`, `code_execution_calls`. Any other settlement as given."""
+        calls = self.tool_calls()
+        if not calls:
             return form, usage
         if form == "usage":
             return form, {**usage, **calls}
-        return "usage", {**normalize_openai(usage).as_usage_fields(), **calls}
+        normalize = normalize_anthropic if form == "anthropic_usage" else normalize_openai
+        return "usage", {**normalize(usage).as_usage_fields(), **calls}
 
 
 def answer_texts(kind: str, raw: bytes | Mapping[str, Any]) -> list[str]:
@@ -298,5 +326,5 @@ def answer_settlement(kind: str, raw: bytes, counter: TokenCounter, model: str,
         return "usage", {"input_tokens": prompt_raw_tokens}
     tally = StreamTally(kind, texts=answer_texts(kind, body))
     if kind == RESPONSES:
-        tally.count_searches(_list(body.get("output")))
+        tally.count_items(_list(body.get("output")))
     return tally.settlement(counter, model, prompt_raw_tokens) or ("usage", {"input_tokens": prompt_raw_tokens})

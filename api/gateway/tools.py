@@ -12,7 +12,9 @@ does not show (pure: no I/O; api.gateway.calls counts the rest).
   output items; the usage does not count them) with its results as input: held for the call's
   `max_tool_calls`, sent with the gateway's where it sets none (`openai_tools`); a chat call
   with `web_search_options` (its search models) searches once, billed per call
-  (`openai_chat_search`).
+  (`openai_chat_search`);
+- code execution is billed per container, which neither provider's usage reports: held and
+  charged as `code_execution` units (`anthropic_containers`, `openai_containers`).
 """
 from __future__ import annotations
 
@@ -41,9 +43,17 @@ BUILT_IN_TOOLS = (("bash_", 245), ("text_editor_", 700), ("computer_", 735))
 COMPUTER_USE_SYSTEM_PROMPT = 499
 # Anthropic's server tools: (type prefix, the per-call unit its uses are billed as, None: no fee).
 # A web search is $10 per 1,000 (usage.server_tool_use.web_search_requests); a web fetch costs its
-# content's input tokens only. Code execution is billed by container time to the organization,
-# which no call's usage reports: not held.
+# content's input tokens only. Code execution: see ANTHROPIC_CODE_EXECUTION.
 SERVER_TOOLS = (("web_search_", "web_search"), ("web_fetch_", None))
+# Anthropic's code execution (its code execution tool page, section Usage and pricing): billed by its
+# container's time ($0.05 an hour per container, at least 5 minutes, past the organization's free
+# hours), which its usage does not report (server_tool_use counts web searches and fetches only).
+# A call runs in one container, which its answer names (`container`; a stream's message_delta):
+# held and charged as one `code_execution` unit, the container's use, at the book's rule. Not
+# billed in a call that has web_search_20260209 or web_fetch_20260209 (or a later version) too.
+ANTHROPIC_CODE_EXECUTION = "code_execution_"
+ANTHROPIC_CODE_EXECUTION_NAMES = frozenset({"code_execution", "bash_code_execution", "text_editor_code_execution"})
+CODE_EXECUTION_FREE_WITH = (("web_search_", "20260209"), ("web_fetch_", "20260209"))
 SERVER_TOOL_MAX_USES = 5  # a server tool without max_uses is sent with this many
 SERVER_TOOL_RESULT_TOKENS = 10_000  # held per use for its results; a web fetch's content cap when it sets none
 
@@ -121,28 +131,72 @@ def server_tools(body: dict[str, Any], max_uses: int,
     return tuple(sorted(fees.items())), held, changed
 
 
+def anthropic_containers(body: Mapping[str, Any]) -> int:
+    """The `code_execution` units a messages call is held and charged for its container: 1 with a
+    code execution tool (none when a web search or fetch of CODE_EXECUTION_FREE_WITH's versions
+    makes it free)."""
+    tools = body.get("tools")
+    kinds = [t.get("type") for t in tools if isinstance(t, Mapping)] if isinstance(tools, list) else []
+    kinds = [kind for kind in kinds if isinstance(kind, str)]
+    if not any(kind.startswith(ANTHROPIC_CODE_EXECUTION) for kind in kinds):
+        return 0
+    free = any(kind.startswith(prefix) and kind[len(prefix):] >= since
+               for kind in kinds for prefix, since in CODE_EXECUTION_FREE_WITH)
+    return 0 if free else 1
+
+
 # OpenAI's built-in tools billed per call (responses): (type prefix, the per-call unit, its output
 # item's type). A web search is from $10 per 1,000 (by model and tool version), a file search $2.50.
 OPENAI_TOOLS = (("web_search", "web_search"), ("file_search", "file_search"))
 OPENAI_TOOL_CALLS = {f"{unit}_call": unit for _, unit in OPENAI_TOOLS}
+# OpenAI's containers (a code_interpreter tool's; a hosted shell's, `shell` in a container): billed
+# per container session by its memory limit, 4g, 16g and 64g at 4, 16 and 64 times the price of a
+# 1g container (the default): counted in `code_execution` units of 1 GB. A container given by id
+# (made earlier) does not show its size in the call: counted as 1 GB.
+OPENAI_CONTAINER_UNITS = {"1g": 1, "4g": 4, "16g": 16, "64g": 64}
+OPENAI_CONTAINER_CALLS = frozenset({"code_interpreter_call", "shell_call"})
+
+
+def _container_units(tool: Any) -> int:
+    """The `code_execution` units of the container an OpenAI tool runs in (0: none of OpenAI's)."""
+    if not isinstance(tool, Mapping) or tool.get("type") not in ("code_interpreter", "shell"):
+        return 0
+    field = "container" if tool["type"] == "code_interpreter" else "environment"
+    given = tool.get(field)
+    if isinstance(given, str):  # a container made earlier, by id
+        return 1
+    kind = given.get("type") if isinstance(given, Mapping) else None
+    if kind == "container_reference":
+        return 1
+    if kind not in ("auto", "container_auto"):  # a shell on the caller's machine: no container of OpenAI's
+        return 0
+    memory = given.get("memory_limit")
+    if memory is None:
+        return 1
+    if memory not in OPENAI_CONTAINER_UNITS:
+        raise CallError(f"tools.{field}.memory_limit", f"must be one of {', '.join(OPENAI_CONTAINER_UNITS)}")
+    return OPENAI_CONTAINER_UNITS[memory]
 
 
 def openai_tools(body: dict[str, Any], max_uses: int,
-                 result_tokens: int) -> tuple[tuple[tuple[str, int], ...], int, bool]:
-    """(uses of per-call units, input tokens held for the results, whether the body changed) of a
-    responses call's per-call tools (`web_search`, `web_search_preview`, `file_search` and their
-    dated types): each held for `max_tool_calls`, the most built-in tool calls the call may make
-    (given the gateway's when it sets none, so the hold is a bound), at its fee, and that many
-    results."""
+                 result_tokens: int) -> tuple[tuple[tuple[str, int], ...], int, bool, int]:
+    """(uses of per-call units, input tokens held for the results, whether the body changed, the
+    `code_execution` units of a container it uses) of a responses call's built-in tools: its
+    per-call tools (`web_search`, `web_search_preview`, `file_search` and their dated types) each
+    held for `max_tool_calls`, the most built-in tool calls the call may make (given the
+    gateway's when it sets none, so the hold is a bound), at its fee; its containers
+    (`code_interpreter`, a hosted `shell`) one session each at its units; and that many results."""
     tools = body.get("tools")
-    units = sorted({t[1] for t in map(lambda tool: _typed(tool, OPENAI_TOOLS), tools) if t is not None}) \
-        if isinstance(tools, list) else []
-    if not units:
-        return (), 0, False
+    tools = tools if isinstance(tools, list) else []
+    units = sorted({t[1] for t in map(lambda tool: _typed(tool, OPENAI_TOOLS), tools) if t is not None})
+    containers = [n for n in map(_container_units, tools) if n]
+    if not units and not containers:
+        return (), 0, False, 0
     uses, changed = _uses(body, "max_tool_calls", ""), False
     if uses is None:
         body["max_tool_calls"], uses, changed = max_uses, max_uses, True
-    return tuple((unit, uses) for unit in units), uses * result_tokens, changed
+    fees = [(unit, uses) for unit in units] + ([("code_execution", sum(containers))] if containers else [])
+    return tuple(sorted(fees)), uses * result_tokens, changed, max(containers, default=0)
 
 
 def openai_chat_search(body: Mapping[str, Any], result_tokens: int) -> tuple[tuple[tuple[str, int], ...], int]:

@@ -461,6 +461,113 @@ def test_an_openai_file_search_the_book_does_not_price_is_refused_before_the_ups
     assert len(fake.fake.calls) == before and wallet(url, cid) == (Decimal("10"), 0)
 
 
+EXECUTION = Decimal("0.03")  # a container's session: OpenAI's 1 GB code interpreter container
+CODE_EXECUTION = {"type": "code_execution_20250825", "name": "code_execution"}
+
+
+def execution_book(url: str, *rules: dict) -> str:
+    return tool_book(url, {"id": "exec", "token_type": "code_execution", "price": str(EXECUTION)}, *rules)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropic_code_execution_is_held_and_charged_its_container(live, fake, stream):
+    """Anthropic bills code execution by its container's time, which its usage does not report
+    (server_tool_use counts web searches and fetches only): the answer names the container it ran
+    in. Held and charged one container at the book's code_execution rule."""
+    url, _ = live
+    cid, key = customer((url, execution_book(url)))
+    client = claude(url, key)
+    if stream:
+        with client.messages.stream(model="claude-test", max_tokens=1000, messages=HI, tools=[CODE_EXECUTION]) as s:
+            "".join(s.text_stream)
+            assert s.get_final_message().container.id == "container_fake"
+            headers = s.response.headers
+    else:
+        raw = client.messages.with_raw_response.create(model="claude-test", max_tokens=1000, messages=HI,
+                                                       tools=[CODE_EXECUTION])
+        assert raw.parse().container.id == "container_fake"
+        headers = raw.headers
+    assert Decimal(headers["x-tokentill-reserved"]) >= EXECUTION + 1000 * OUT / M + CALL
+    # was: the usage alone, the container given away
+    assert charged(url, headers["x-tokentill-request-id"]) == MESSAGES_CHARGE + EXECUTION
+    assert wallet(url, cid) == (Decimal("10") - MESSAGES_CHARGE - EXECUTION, 0)
+    assert fake.fake.calls[-1].body["tools"] == [CODE_EXECUTION]
+
+
+def test_anthropic_code_execution_with_a_dynamic_web_search_is_not_charged(live, fake):
+    """Anthropic does not bill code execution in a call with web_search_20260209 (or
+    web_fetch_20260209, or later): neither held nor charged, the searches are."""
+    url, _ = live
+    cid, key = customer((url, execution_book(url, {"id": "search", "token_type": "web_search",
+                                                   "price": str(SEARCH)})))
+    tools = [CODE_EXECUTION, {"type": "web_search_20260209", "name": "web_search", "max_uses": 2}]
+    raw = claude(url, key).messages.with_raw_response.create(model="claude-test", max_tokens=1000, messages=HI,
+                                                             tools=tools)
+    assert Decimal(raw.headers["x-tokentill-reserved"]) < EXECUTION + 2 * SEARCH + 2 * 10_000 * IN / M \
+        + 2000 * IN / M + 1000 * OUT / M + CALL
+    assert charged(url, raw.headers["x-tokentill-request-id"]) == MESSAGES_CHARGE + 2 * SEARCH
+    assert wallet(url, cid) == (Decimal("10") - MESSAGES_CHARGE - 2 * SEARCH, 0)
+
+
+def test_an_anthropic_stream_cut_after_code_ran_is_charged_its_container(live, fake):
+    """Cut before message_delta named the container: the code execution blocks the stream showed
+    are billed by Anthropic all the same."""
+    url, _ = live
+    _, key = customer((url, execution_book(url)))
+    received = 0
+    with claude(url, key).messages.stream(model="claude-test-pause", max_tokens=1000, messages=HI,
+                                          tools=[CODE_EXECUTION]) as s:
+        request_id = s.response.headers["x-tokentill-request-id"]
+        for _ in s.text_stream:
+            received += 1
+            if received == fk.PAUSE_AFTER:
+                break
+    assert _wait_cancelled(fake).emitted == fk.PAUSE_AFTER
+    # was: the input and output alone, the container given away
+    assert charged(url, request_id) == (900 * IN + 100 * CACHED + 50 * WRITE + 200 * OUT) / M + CALL + EXECUTION
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_openai_code_interpreter_is_held_and_charged_its_container_by_its_memory(live, fake, stream):
+    """OpenAI bills a code interpreter container per session, a 4 GB one at 4 times a 1 GB one's
+    price; its usage does not count it (code_interpreter_call output items name the container)."""
+    url, _ = live
+    cid, key = customer((url, execution_book(url)))
+    args = {"model": "gpt-test", "input": "hi", "max_output_tokens": 1000, "max_tool_calls": 3,
+            "tools": [{"type": "code_interpreter", "container": {"type": "auto", "memory_limit": "4g"}}]}
+    if stream:
+        with oai(url, key).responses.with_streaming_response.create(**args, stream=True) as response:
+            headers = response.headers
+            assert sum(1 for _ in response.iter_lines()) > 0
+    else:
+        raw = oai(url, key).responses.with_raw_response.create(**args)
+        assert [item.container_id for item in raw.parse().output[:2]] == [fk.CONTAINER] * 2
+        headers = raw.headers
+    # held: the container at 4 GB and the results of 3 runs
+    assert Decimal(headers["x-tokentill-reserved"]) >= 4 * EXECUTION + 3 * 10_000 * IN / M + 1000 * OUT / M + CALL
+    # charged: the usage and the one container its 2 runs used (was: the usage alone)
+    assert charged(url, headers["x-tokentill-request-id"]) == RESPONSES_CHARGE + 4 * EXECUTION
+    assert wallet(url, cid) == (Decimal("10") - RESPONSES_CHARGE - 4 * EXECUTION, 0)
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_code_execution_the_book_does_not_price_is_refused_before_the_upstream_call(live, fake, provider):
+    url, _ = live
+    cid, key = customer((url, tool_book(url)))
+    before = len(fake.fake.calls)
+    if provider == "openai":
+        with pytest.raises(openai.APIStatusError) as raised:
+            oai(url, key).responses.create(model="gpt-test", input="hi",
+                                           tools=[{"type": "code_interpreter", "container": {"type": "auto"}}])
+        code = raised.value.body["code"]
+    else:
+        with pytest.raises(anthropic.APIStatusError) as raised:
+            claude(url, key).messages.create(model="claude-test", max_tokens=100, messages=HI, tools=[CODE_EXECUTION])
+        code = raised.value.body["error"]["code"]
+    assert raised.value.status_code == 422 and code == "unpriced_model"
+    assert len(fake.fake.calls) == before and wallet(url, cid) == (Decimal("10"), 0)
+
+
 def test_a_format_1_book_charges_no_openai_web_search(live, fake):
     """A format 1 book bills no per-call tools: the answer's usage alone, its searches rated at nothing."""
     url, _ = live

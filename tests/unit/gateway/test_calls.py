@@ -380,3 +380,47 @@ def test_a_chat_call_to_a_search_model_is_held_for_its_search_and_its_results():
                           counter=COUNTER, server_tool_result_tokens=2000)
     assert bare.tool_uses == () and searched.tool_uses == (("web_search", 1),)
     assert searched.prompt_tokens - bare.prompt_tokens >= 2000
+
+
+CODE = {"type": "code_execution_20250825", "name": "code_execution"}
+
+
+@pytest.mark.parametrize("tools, units", [
+    ([CODE], 1), ([{**CODE, "type": "code_execution_20250522"}], 1),
+    ([CODE, {"type": "web_search_20250305", "name": "web_search", "max_uses": 1}], 1),
+    # Anthropic does not bill code execution beside its dynamic web search or fetch (20260209 on)
+    ([CODE, {"type": "web_search_20260209", "name": "web_search", "max_uses": 1}], 0),
+    ([CODE, {"type": "web_fetch_20260318", "name": "web_fetch", "max_uses": 1}], 0),
+    ([{"type": "web_search_20260209", "name": "web_search", "max_uses": 1}], 0)])
+def test_anthropic_code_execution_is_held_for_one_container(tools, units):
+    c = _server_tools(*tools)
+    assert dict(c.tool_uses).get("code_execution", 0) == units and c.container_units == units
+    assert msgspec.json.decode(c.body)["tools"][0] == tools[0]  # sent as given: it has no max_uses
+
+
+@pytest.mark.parametrize("tool, units", [
+    ({"type": "code_interpreter", "container": {"type": "auto"}}, 1),
+    ({"type": "code_interpreter", "container": {"type": "auto", "memory_limit": "16g"}}, 16),
+    ({"type": "code_interpreter", "container": "cntr_abc"}, 1),  # made earlier: its size is not in the call
+    ({"type": "shell", "environment": {"type": "container_auto", "memory_limit": "64g"}}, 64),
+    ({"type": "shell", "environment": {"type": "container_reference", "container_id": "cntr_abc"}}, 1),
+    ({"type": "shell", "environment": {"type": "local"}}, 0), ({"type": "shell"}, 0)])
+def test_an_openai_container_is_held_at_its_memorys_units_and_its_runs_results(tool, units):
+    c = _responses_tools(tool, max_tool_calls=3)
+    bare = _responses_tools(max_tool_calls=3)
+    assert dict(c.tool_uses).get("code_execution", 0) == units and c.container_units == units
+    if units:  # each run's output is input: held for max_tool_calls runs
+        assert c.prompt_tokens - bare.prompt_tokens >= 3 * 2000
+
+
+def test_openai_containers_are_held_each_and_charged_at_the_largest():
+    c = _responses_tools({"type": "code_interpreter", "container": {"type": "auto", "memory_limit": "4g"}},
+                         {"type": "shell", "environment": {"type": "container_auto"}}, {"type": "web_search"})
+    assert c.tool_uses == (("code_execution", 5), ("web_search", 4)) and c.container_units == 4
+    assert msgspec.json.decode(c.body)["max_tool_calls"] == 4
+
+
+def test_an_openai_containers_unknown_memory_limit_is_refused():
+    with pytest.raises(CallError) as raised:
+        _responses_tools({"type": "code_interpreter", "container": {"type": "auto", "memory_limit": "2g"}})
+    assert raised.value.field == "tools.container.memory_limit"

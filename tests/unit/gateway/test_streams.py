@@ -201,7 +201,7 @@ def test_openai_web_searches_are_charged_besides_the_usage_that_omits_them():
                                                                   "output": []}}))
     settlement = tally.settlement(COUNTER, "gpt-4.1", 9)
     assert settlement[0] == "openai_usage"
-    assert tally.with_searches(*settlement) == ("usage", {
+    assert tally.with_tool_calls(*settlement) == ("usage", {
         "input_tokens": 700, "cached_input_tokens": 100, "cache_write_tokens": 0, "output_tokens": 40,
         "reasoning_tokens": 16, "service_tier": "flex", "web_search_calls": 2})
 
@@ -221,25 +221,25 @@ def test_a_whole_openai_answer_is_charged_its_web_search_items():
                                   "usage": {"input_tokens": 10, "output_tokens": 5}})
     tally = StreamTally(RESPONSES)
     tally.observe_answer(answer)
-    assert tally.with_searches(*answer_settlement(RESPONSES, answer, COUNTER, "gpt-4.1", 9)) == ("usage", {
+    assert tally.with_tool_calls(*answer_settlement(RESPONSES, answer, COUNTER, "gpt-4.1", 9)) == ("usage", {
         "input_tokens": 10, "cached_input_tokens": 0, "cache_write_tokens": 0, "output_tokens": 5,
         "reasoning_tokens": 0, "web_search_calls": 2})
     no_search = StreamTally(CHAT)
     no_search.observe_answer(answer)
-    assert no_search.with_searches("openai_usage", {"prompt_tokens": 1}) == ("openai_usage", {"prompt_tokens": 1})
+    assert no_search.with_tool_calls("openai_usage", {"prompt_tokens": 1}) == ("openai_usage", {"prompt_tokens": 1})
 
 
 def test_a_chat_call_to_a_search_model_is_charged_its_search_unless_released():
     tally = StreamTally(CHAT, chat_searches=1)
     assert tally.settlement(COUNTER, "gpt-4o-search-preview", 9, failed=True) is None  # released: no search charged
     usage = {"prompt_tokens": 10, "completion_tokens": 5}
-    assert tally.with_searches("openai_usage", usage) == ("usage", {
+    assert tally.with_tool_calls("openai_usage", usage) == ("usage", {
         "input_tokens": 10, "cached_input_tokens": 0, "cache_write_tokens": 0, "output_tokens": 5,
         "reasoning_tokens": 0, "web_search_calls": 1})
     tally.observe(chunk(" the"))
-    assert tally.with_searches(*tally.settlement(COUNTER, "gpt-4o-search-preview", 9)) == ("usage", {
+    assert tally.with_tool_calls(*tally.settlement(COUNTER, "gpt-4o-search-preview", 9)) == ("usage", {
         "input_tokens": 9, "output_tokens": 1, "web_search_calls": 1})
-    assert StreamTally(CHAT).with_searches("openai_usage", usage) == ("openai_usage", usage)
+    assert StreamTally(CHAT).with_tool_calls("openai_usage", usage) == ("openai_usage", usage)
 
 
 def test_openai_file_searches_are_charged_beside_web_searches():
@@ -249,3 +249,48 @@ def test_openai_file_searches_are_charged_beside_web_searches():
     tally.observe(sse({"type": "response.output_item.added", "item": {"id": "ci_1", "type": "code_interpreter_call"}}))
     assert tally.settlement(COUNTER, "gpt-4.1", 9, failed=True) == ("usage", {
         "input_tokens": 9, "output_tokens": 0, "web_search_calls": 1, "file_search_calls": 1})
+
+
+def _ran(ident, container="cntr_1"):
+    return sse({"type": "response.output_item.done", "item": {"id": ident, "type": "code_interpreter_call",
+                                                              "container_id": container, "code": "1"}})
+
+
+def test_openai_containers_are_charged_once_each_at_the_calls_units():
+    tally = StreamTally(RESPONSES, container_units=4)
+    assert tally.settlement(COUNTER, "gpt-4.1", 9, failed=True) is None
+    tally.observe(_ran("ci_1"))
+    tally.observe(_ran("ci_2"))  # the same container
+    assert tally.settlement(COUNTER, "gpt-4.1", 9, failed=True) == ("usage", {
+        "input_tokens": 9, "output_tokens": 0, "code_execution_calls": 4})
+    tally.observe(_ran("ci_3", "cntr_2"))
+    tally.observe(sse({"type": "response.output_item.added", "item": {
+        "id": "sh_1", "type": "shell_call", "environment": {"type": "container_reference", "container_id": "cntr_3"}}}))
+    tally.observe(sse({"type": "response.output_item.added", "item": {
+        "id": "sh_2", "type": "shell_call", "environment": {"type": "local"}}}))  # the caller's machine
+    assert tally.tool_calls() == {"code_execution_calls": 3 * 4}
+
+
+def test_an_anthropic_answers_container_is_charged_with_its_usage_as_canonical_counts():
+    usage = {"input_tokens": 10, "output_tokens": 5, "server_tool_use": {"web_search_requests": 1},
+             "service_tier": "priority"}
+    answer = msgspec.json.encode({"content": [], "usage": usage,
+                                  "container": {"id": "container_1", "expires_at": "2026-12-31T00:00:00Z"}})
+    tally = StreamTally(MESSAGES, container_units=1)
+    tally.observe_answer(answer)
+    assert tally.with_tool_calls(*answer_settlement(MESSAGES, answer, COUNTER, "claude-sonnet-4-5", 9)) == ("usage", {
+        "input_tokens": 10, "cached_input_tokens": 0, "cache_write_tokens": 0, "output_tokens": 5,
+        "reasoning_tokens": 0, "web_search_calls": 1, "code_execution_calls": 1, "service_tier": "priority"})
+    free = StreamTally(MESSAGES)  # code execution Anthropic does not bill (beside a dynamic web search)
+    free.observe_answer(answer)
+    assert free.with_tool_calls("anthropic_usage", usage) == ("anthropic_usage", usage)
+
+
+def test_an_anthropic_stream_that_fails_after_running_code_is_charged_its_container():
+    tally = StreamTally(MESSAGES, container_units=1)
+    tally.observe(sse({"type": "message_start", "message": {"usage": {"input_tokens": 20, "output_tokens": 1}}}))
+    tally.observe(sse({"type": "content_block_start", "index": 0, "content_block": {
+        "type": "server_tool_use", "id": "srvtoolu_1", "name": "bash_code_execution", "input": {}}}))
+    assert tally.with_tool_calls(*tally.settlement(COUNTER, "claude-sonnet-4-5", 9, failed=True)) == ("usage", {
+        "input_tokens": 20, "cached_input_tokens": 0, "cache_write_tokens": 0, "output_tokens": 0,
+        "reasoning_tokens": 0, "code_execution_calls": 1})
