@@ -321,12 +321,25 @@ def protocol_for(guard: Guard) -> type[GuardedHttpToolsProtocol]:
     return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {"guard": guard})
 
 
-class GuardedServer(uvicorn.Server):
-    """uvicorn's server, sweeping its guard's deadlines from start-up to the end of shutdown."""
+# Requests cut at the end of the shutdown grace have this long to finish what they must (a
+# gateway call's settle of what it streamed) before the application shuts down.
+CUT_WAIT_S = 10.0
 
-    def __init__(self, config: uvicorn.Config, guard: Guard) -> None:
+
+class GuardedServer(uvicorn.Server):
+    """uvicorn's server, sweeping its guard's deadlines from start-up to the end of shutdown.
+
+    A shutdown waits `grace_s` for the requests in progress, then cuts those left (a gateway
+    stream the upstream keeps open, say): each is cancelled, and a cut gateway call settles what
+    it streamed, as when its caller leaves. Plain uvicorn waited for ever, and under `--workers`
+    the parent killed the worker, the call neither charged nor released. uvicorn's own
+    `timeout_graceful_shutdown` cancels too, but shuts the application (its pool) down at once,
+    under the settles of the calls it cut."""
+
+    def __init__(self, config: uvicorn.Config, guard: Guard, grace_s: float) -> None:
         super().__init__(config)
         self.guard = guard
+        self.grace_s = grace_s
 
     async def startup(self, sockets: Any = None) -> None:
         self.guard.start(asyncio.get_running_loop())
@@ -337,6 +350,19 @@ class GuardedServer(uvicorn.Server):
             await super().shutdown(sockets)
         finally:
             self.guard.stop()
+
+    async def _wait_tasks_to_complete(self) -> None:
+        try:
+            async with asyncio.timeout(self.grace_s):
+                await super()._wait_tasks_to_complete()
+        except TimeoutError:
+            cut = list(self.server_state.tasks)
+            log.warning("%d request(s) still in progress %.0f s after the shutdown began; cutting them",
+                        len(cut), self.grace_s)
+            for task in cut:
+                task.cancel()
+            if cut:
+                await asyncio.wait(cut, timeout=CUT_WAIT_S)
 
 
 def server(app: Any, settings: Settings, **config: Any) -> GuardedServer:
@@ -349,7 +375,7 @@ def server(app: Any, settings: Settings, **config: Any) -> GuardedServer:
     guard = Guard(limits)
     uvicorn_config = uvicorn.Config(app, http=protocol_for(guard), ws="none", backlog=ACCEPT_BURST,
                                     timeout_keep_alive=limits.keepalive_s, **config)
-    return GuardedServer(uvicorn_config, guard)
+    return GuardedServer(uvicorn_config, guard, settings.shutdown_grace_s)
 
 
 # The young generation is collected every 50,000 net allocations rather than 700, and what was

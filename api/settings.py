@@ -133,6 +133,9 @@ class Settings:
     body_timeout_s: float = 10.0  # no body bytes for this long: 408
     body_deadline_s: float = 60.0  # a body not complete after this long: 408
     keepalive_s: float = 5.0
+    # After SIGTERM, requests in progress have this long to end; then they are cut (a gateway call
+    # is charged what it streamed) and the process exits (api/server.py).
+    shutdown_grace_s: float = 20.0
     workers: int = 1  # server processes of one `tokentill serve` on its port (api/workers.py)
     webhooks: bool = True  # run the webhook dispatcher in this process (api/webhooks.py)
     webhook_timeout_s: float = 10.0
@@ -168,6 +171,7 @@ class Settings:
             body_timeout_s=_seconds(env, "TOKENTILL_BODY_TIMEOUT_SECONDS", 10.0),
             body_deadline_s=_seconds(env, "TOKENTILL_BODY_DEADLINE_SECONDS", 60.0),
             keepalive_s=_seconds(env, "TOKENTILL_KEEPALIVE_SECONDS", 5.0),
+            shutdown_grace_s=_seconds(env, "TOKENTILL_SHUTDOWN_GRACE_SECONDS", 20.0),
             workers=_workers(env.get("TOKENTILL_WORKERS", "")),
             webhooks=_flag(env, "TOKENTILL_WEBHOOKS"),
             webhook_timeout_s=_seconds(env, "TOKENTILL_WEBHOOK_TIMEOUT_SECONDS", 10.0),

@@ -15,7 +15,8 @@ by the others.
   row the parent stops the other workers and exits 1.
 - SIGTERM or SIGINT to the parent: the parent closes its copy of the listening socket (so the
   port refuses new connections once the workers close theirs), every worker shuts down
-  gracefully (SIGTERM: uvicorn ends the requests in progress), killed after GRACE_S; then the
+  gracefully (SIGTERM: the requests in progress end, or are cut after the shutdown grace; see
+  api/server.py), killed KILL_AFTER_GRACE_S after that grace; then the
   parent leaves the embedded cluster, which stops when the parent was its last user.
 - A worker whose parent died (kill -9) shuts itself down.
 - Scheduled jobs run in worker 0 only. They are safe in several processes (each job takes its
@@ -47,7 +48,9 @@ BACKOFF_S = 0.5
 MAX_BACKOFF_S = 8.0
 STABLE_S = 30.0  # a worker that ran this long before it died starts the backoff afresh
 GIVE_UP = 5  # deaths in a row, each within STABLE_S of its start
-GRACE_S = 30.0  # a worker not gone this long after SIGTERM is killed
+# A worker not gone this long after its shutdown grace (TOKENTILL_SHUTDOWN_GRACE_SECONDS) is
+# killed: its server cuts what is left at the grace, then shuts the application down.
+KILL_AFTER_GRACE_S = 15.0
 
 
 @dataclass(slots=True)
@@ -197,14 +200,15 @@ class Supervisor:
         for slot in live:
             if slot.process.exitcode is None:  # type: ignore[union-attr]
                 slot.process.terminate()  # type: ignore[union-attr]  # SIGTERM: uvicorn's graceful shutdown
-        deadline = time.monotonic() + GRACE_S
+        grace = self.settings.shutdown_grace_s + KILL_AFTER_GRACE_S
+        deadline = time.monotonic() + grace
         for slot in live:
             process = slot.process
             assert process is not None
             process.join(max(0.0, deadline - time.monotonic()))
             if process.exitcode is None:
                 log.warning("worker %d (pid %s) still runs %.0f s after SIGTERM; killing it", slot.index,
-                            process.pid, GRACE_S)
+                            process.pid, grace)
                 process.kill()
                 process.join()
             self._forget(slot)

@@ -284,7 +284,13 @@ class Exchange:
         watcher = asyncio.create_task(self._caller_left())
         keeper = asyncio.create_task(self._keep_held(reserved, forwarding))
         try:
-            done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            try:
+                done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:  # the server cuts the call (its shutdown grace is over):
+                if not self.finishing:  # as when the caller leaves, what was generated is charged
+                    work.cancel()
+                await asyncio.gather(work, return_exceptions=True)
+                raise
             if work not in done and not self.finishing:
                 work.cancel()
             failure = (await asyncio.gather(work, return_exceptions=True))[0]

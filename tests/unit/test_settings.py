@@ -20,6 +20,7 @@ def test_an_empty_environment_gives_the_defaults_the_readme_documents():
     ("TOKENTILL_SCHEDULER", "disabled"), ("TOKENTILL_SCHEDULER", "maybe"), ("TOKENTILL_WEBHOOKS", "disable"),
     ("TOKENTILL_LOG_LEVEL", "verbose"), ("TOKENTILL_LOG_LEVEL", "warn"),
     ("TOKENTILL_LANES", "x"), ("TOKENTILL_LANES", "0"), ("TOKENTILL_LANES", "257"),
+    ("TOKENTILL_SHUTDOWN_GRACE_SECONDS", "0"), ("TOKENTILL_SHUTDOWN_GRACE_SECONDS", "soon"),
 ])
 def test_a_bad_value_stops_the_start_naming_its_variable(name, bad):
     with pytest.raises(SystemExit) as stopped:
