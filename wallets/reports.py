@@ -302,12 +302,13 @@ async def is_top_up(conn: AsyncConnection, customer_id: str, lot_id: str) -> boo
     return found.first() is not None
 
 
-async def customer_ids(conn: AsyncConnection, visible: Sequence[str] | None, prefix: str = "",
-                       limit: int = 100) -> list[str]:
-    """Ids of the customers a key sees (None: all), those starting with `prefix`, in order."""
+async def customer_ids(conn: AsyncConnection, visible: Sequence[str] | None, prefix: str, limit: int,
+                       after: str = "") -> list[str]:
+    """Ids of the customers a key sees (None: all), those starting with `prefix`, in order, at
+    most `limit` of those after `after` (the last id of the page before)."""
     rows = await conn.execute(text(
         """SELECT id FROM customers
             WHERE (CAST(:v AS text[]) IS NULL OR id = ANY(CAST(:v AS text[])))
-              AND left(id, length(:p)) = :p ORDER BY id LIMIT :limit"""),
-        {"v": None if visible is None else list(visible), "p": prefix, "limit": limit})
+              AND left(id, length(:p)) = :p AND id > :after ORDER BY id LIMIT :limit"""),
+        {"v": None if visible is None else list(visible), "p": prefix, "limit": limit, "after": after})
     return [r.id for r in rows]

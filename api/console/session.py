@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import urlencode
 
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
@@ -11,7 +12,10 @@ from litestar.response import Redirect, Template
 from api.auth import Principal, principal_for
 from api.console.web import PREFIX, allow, render, sign_in, viewer
 from api.errors import ApiError
+from api.routes import cursors
 from wallets import reports
+
+CUSTOMERS_PAGE = 100
 
 
 def _safe_next(target: str | None) -> str | None:
@@ -59,12 +63,26 @@ async def sign_out(request: Request) -> Response:
 
 @get(PREFIX, guards=[allow("inference", "auditor", "customer")], name="console-home")
 async def home(state: State, request: Request,
-               prefix: Annotated[str, QueryParameter(name="customer", max_length=128)] = "") -> Response:
-    """A customer key goes to its wallet; others find a customer here."""
+               prefix: Annotated[str, QueryParameter(name="customer", max_length=128)] = "",
+               cursor: Annotated[str | None, QueryParameter(name="cursor", max_length=4096)] = None) -> Response:
+    """A customer key goes to its wallet; others find a customer here, or list them all a page
+    at a time (by id)."""
     principal = viewer(request)
     if principal.scope.startswith("customer:"):
         return Redirect(landing(principal), status_code=303)
-    ids = await state.services.db.read(lambda conn: reports.customer_ids(conn, principal.visible(), prefix.strip()))
-    if prefix.strip() in ids:
-        return Redirect(f"{PREFIX}/customers/{prefix.strip()}", status_code=303)
-    return render(request, "home.html", customers=ids, prefix=prefix, section="home")
+    prefix = prefix.strip()
+    after = ""
+    if cursor:
+        position = cursors.decode_position(cursor, "console-customers", [prefix])
+        if len(position) != 1 or not isinstance(position[0], str):
+            raise cursors.invalid("not a cursor of this listing")
+        after = position[0]
+    ids = await state.services.db.read(
+        lambda conn: reports.customer_ids(conn, principal.visible(), prefix, CUSTOMERS_PAGE + 1, after))
+    if not cursor and prefix in ids:
+        return Redirect(f"{PREFIX}/customers/{prefix}", status_code=303)
+    shown, more = ids[:CUSTOMERS_PAGE], len(ids) > CUSTOMERS_PAGE
+    next_query = urlencode({"customer": prefix, "cursor": cursors.encode_position(
+        "console-customers", [prefix], [shown[-1]])}) if more else None
+    return render(request, "home.html", customers=shown, prefix=prefix, next_query=next_query,
+                  first=not cursor, section="home")
