@@ -2,7 +2,9 @@
 
 One append-only JSON-lines file per client, under `spool_dir()`. An append writes one line, then
 flushes and fsyncs; a torn last line (a crash mid-write) is ignored on read, and the next append
-starts on a line of its own. Removing records writes a temp file and renames it over the spool.
+starts on a line of its own; an append that fails (a full disk) is cut back, so it spools
+nothing. Removing records writes a temp file and renames it over the spool; a removal that fails
+leaves the spool as it was, and no temp file.
 Because the rename replaces the file, the locks live beside it: every change holds an flock on
 `<name>.lock`, and a flush holds `<name>.flush-lock` from reading the records to removing the ones
 delivered, so two flushers never send the same record and never drop one the other kept.
@@ -99,10 +101,15 @@ class Spool:
         with self._locked():
             created = not self.path.exists()
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            size = os.fstat(fd).st_size
             try:
                 torn = not created and not _ends_with_newline(fd)
                 _write_all(fd, (b"\n" if torn else b"") + b"".join(record.line() for record in records))
                 os.fsync(fd)
+            except OSError:  # a full disk, say: what was written is cut off, so none of it is spooled
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                raise
             finally:
                 os.close(fd)
             if created:
@@ -210,11 +217,16 @@ class Spool:
             return
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
         try:
-            _write_all(fd, b"".join(r.line() for r in records))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+            try:
+                _write_all(fd, b"".join(r.line() for r in records))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        except BaseException:  # a full disk, say: the spool stays as it was, and no temp file
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
         _fsync_dir(self.path.parent)
 
 

@@ -183,3 +183,60 @@ async def test_a_replay_sends_only_what_was_spooled_before_it_began(tmp_path):
     report = await replay.run()
     assert sent == ["r1:settle:0"] and report.delivered == 1
     assert [r.idempotency_key for r in spool.records()] == ["r2:settle:0"], "left to its caller"
+
+
+def test_a_removal_on_a_full_disk_keeps_every_record_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    """The disk fills while the spool is rewritten: the removal fails, and must leave the spool as
+    it was and no half-written temp file beside it (each failed removal left one, filling the
+    disk further)."""
+    import errno
+
+    import api.spool
+
+    spool = Spool(tmp_path / "a.jsonl")
+    spool.append_many([record(1), record(2)])
+    real = api.spool._write_all
+
+    def full(fd: int, data: bytes) -> None:
+        real(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(api.spool, "_write_all", full)
+    try:
+        spool.remove({"res_1:settle:1"})
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    else:
+        raise AssertionError("the removal cannot have succeeded")
+    monkeypatch.setattr(api.spool, "_write_all", real)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "a.jsonl.lock"]
+    assert spool.records() == [record(1), record(2)]
+
+
+def test_an_append_on_a_full_disk_leaves_the_spool_as_it_was(tmp_path, monkeypatch):
+    """A record half written when the disk filled is cut off again: the spool holds only whole
+    records, and the next append (space freed) adds its own."""
+    import errno
+
+    import api.spool
+
+    spool = Spool(tmp_path / "a.jsonl")
+    spool.append(record(1))
+    before = spool.path.read_bytes()
+    real = api.spool._write_all
+
+    def full(fd: int, data: bytes) -> None:
+        real(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(api.spool, "_write_all", full)
+    try:
+        spool.append(record(2))
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    else:
+        raise AssertionError("the append cannot have succeeded")
+    monkeypatch.setattr(api.spool, "_write_all", real)
+    assert spool.path.read_bytes() == before
+    spool.append(record(3))
+    assert spool.records() == [record(1), record(3)]
