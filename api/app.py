@@ -78,7 +78,7 @@ def create_app(settings: Settings, database_url: str, *, cluster: EmbeddedPostgr
     db = connect(database_url, pool_size=settings.pool_size, pool_timeout_s=settings.pool_timeout_s,
                  writer_idle_ms=round(settings.writer_idle_s * 1000))
     services = Services(settings, db, {}, KeyCache(db, database_url), database_url=database_url)
-    services.wallets = WalletService(services.db)
+    services.wallets = WalletService(services.db, max_budgets_per_customer=settings.max_budgets_per_customer)
     services.gateway = Gateway(settings.gateway, services.wallets, lambda token: principal_for(services, token),
                                spool_for(database_url, settings.gateway.spool_dir))
     supervisor = Supervisor(cluster, db.engine.dispose) if cluster is not None else None

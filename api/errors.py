@@ -36,6 +36,7 @@ STATUS_BY_CODE = {
     "reservation_closed": 409,
     "extension_too_short": 409,
     "endpoint_disabled": 409,
+    "too_many_budgets": 409,
     "overpayment": 422,
     "currency_mismatch": 422,
     "service_unavailable": 503,

@@ -14,6 +14,7 @@ from psycopg import ProgrammingError
 from psycopg.conninfo import conninfo_to_dict
 
 from api.gateway.config import GatewaySettings
+from wallets.budgets import MAX_PER_CUSTOMER as MAX_BUDGETS_PER_CUSTOMER
 from wallets.webhooks.rules import AddressPolicy, parse_networks
 
 
@@ -65,6 +66,7 @@ def _log_level(env: Mapping[str, str], name: str) -> str:
 
 
 MAX_LANES = 256  # ledger_settings.lanes' bound (migration 0009)
+MAX_BUDGETS_MOST = 10_000  # the most TOKENTILL_MAX_BUDGETS_PER_CUSTOMER allows: each is matched on every reserve
 
 
 def _session_secret(raw: str) -> bytes:
@@ -148,6 +150,7 @@ class Settings:
     # Where the workers of one `serve --workers N` keep their metrics, summed at /metrics (set by
     # api/workers.py for its children, never from the environment); None: this process's own.
     metrics_dir: Path | None = None
+    max_budgets_per_customer: int = MAX_BUDGETS_PER_CUSTOMER  # live budgets of a customer (each matched per reserve)
     gateway: GatewaySettings = field(default_factory=GatewaySettings)  # the metering gateway's upstreams
     # Encrypts the console's session cookies (api/console); a restart with a random one signs everyone out.
     session_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
@@ -180,6 +183,8 @@ class Settings:
             webhook_backoff_cap_s=_seconds(env, "TOKENTILL_WEBHOOK_BACKOFF_CAP_SECONDS", 4 * 3600.0),
             webhook_retry_window_s=_seconds(env, "TOKENTILL_WEBHOOK_RETRY_WINDOW_SECONDS", 3 * 86400.0),
             webhook_addresses=_networks(env, "TOKENTILL_WEBHOOK_ALLOWED_NETWORKS"),
+            max_budgets_per_customer=_int(env, "TOKENTILL_MAX_BUDGETS_PER_CUSTOMER", MAX_BUDGETS_PER_CUSTOMER,
+                                          most=MAX_BUDGETS_MOST),
             gateway=GatewaySettings.from_env(env),
             session_secret=_session_secret(env.get("TOKENTILL_SESSION_SECRET", "")),
         )

@@ -20,6 +20,7 @@ from wallets.errors import NotFoundError
 from wallets.model import Budget, new_id
 
 OWNERS_KEPT = 100_000  # budgets whose customer is kept (then forgotten all at once)
+MAX_PER_CUSTOMER = 100  # live budgets of one customer (TOKENTILL_MAX_BUDGETS_PER_CUSTOMER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +50,9 @@ class BudgetChange:
 
 
 class BudgetService:
-    def __init__(self, db: Database, engine: Engine, clock: Callable[[], datetime]) -> None:
-        self.db, self.engine, self.clock = db, engine, clock
+    def __init__(self, db: Database, engine: Engine, clock: Callable[[], datetime], *,
+                 max_per_customer: int = MAX_PER_CUSTOMER) -> None:
+        self.db, self.engine, self.clock, self.max_per_customer = db, engine, clock, max_per_customer
         self._owners: dict[str, str] = {}  # budget -> its customer, which never changes
 
     async def create(self, spec: BudgetSpec, idem: IdemKey | None = None) -> BudgetView | Replayed:
@@ -58,8 +60,13 @@ class BudgetService:
 
         rules.validate(spec.window, spec.metric, spec.mode, spec.limit, spec.thresholds, spec.time_zone)
         budget_id = new_id("bud")
+        lane = await self.engine.lane_of(spec.customer_id)
 
-        async def work(conn: AsyncConnection) -> BudgetView:
+        async def work(conn: AsyncConnection) -> BudgetView:  # under the customer's lock: counted, then added
+            live = await conn.exec_driver_sql(
+                "SELECT count(*) FROM budgets WHERE lane = %s AND customer_id = %s AND deleted_at IS NULL",
+                (lane, spec.customer_id))
+            rules.ensure_room(spec.customer_id, live.scalar_one(), self.max_per_customer)
             await conn.exec_driver_sql(
                 """INSERT INTO budgets (lane, id, customer_id, name, api_key, model, dimensions, window_kind, metric,
                                         limit_units, mode, thresholds, time_zone, set_by)
@@ -70,7 +77,8 @@ class BudgetService:
                  spec.customer_id))
             return await self._view(conn, spec.customer_id, budget_id)
 
-        return await run_once(self.db, idem, work, await self._locks(spec.customer_id), lambda _: CREATED)
+        return await run_once(self.db, idem, work, [lane_lock(lane), customer_lock(spec.customer_id)],
+                              lambda _: CREATED)
 
     async def get(self, budget_id: str) -> BudgetView:
         customer_id = await self.owner(budget_id)

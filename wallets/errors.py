@@ -66,6 +66,13 @@ class BudgetExceededError(WalletError):
     code = "budget_exceeded"
 
 
+class TooManyBudgetsError(WalletError):
+    """A new budget for a customer that has as many live budgets as one may have (each is matched
+    on every reserve of the customer): one must be deleted first. Names the customer and the limit."""
+
+    code = "too_many_budgets"
+
+
 class OverpaymentError(WalletError):
     """A payment above what is still due on an invoice (or owed on the receivable)."""
 

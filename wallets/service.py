@@ -15,6 +15,7 @@ from ledger.errors import LedgerError
 from pricing.errors import PricingError
 from wallets import store
 from wallets.accounts import open_customer_accounts
+from wallets.budgets import MAX_PER_CUSTOMER as MAX_BUDGETS_PER_CUSTOMER
 from wallets.budgets import BudgetService
 from wallets.commands import Command, WalletView, wallet_view
 from wallets.core import idempotency
@@ -108,11 +109,12 @@ async def run_once(db: Database, idem: IdemKey | None, work: Callable[[AsyncConn
 
 
 class WalletService:
-    def __init__(self, db: Database, *, clock: Callable[[], datetime] = utc_now, grouping: bool = True) -> None:
+    def __init__(self, db: Database, *, clock: Callable[[], datetime] = utc_now, grouping: bool = True,
+                 max_budgets_per_customer: int = MAX_BUDGETS_PER_CUSTOMER) -> None:
         self.db = db
         self.clock = clock
         self.engine = Engine(db, clock=clock, grouping=grouping)
-        self.budgets = BudgetService(db, self.engine, clock)
+        self.budgets = BudgetService(db, self.engine, clock, max_per_customer=max_budgets_per_customer)
 
     async def submit(self, command: Command) -> Any:
         return await self.engine.submit(command)

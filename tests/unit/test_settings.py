@@ -10,7 +10,8 @@ from api.settings import Settings
 def test_an_empty_environment_gives_the_defaults_the_readme_documents():
     s = Settings.from_env({})
     assert (s.pool_size, s.pool_timeout_s, s.writer_idle_s, s.scheduler, s.seal_interval_s, s.log_level,
-            s.max_connections, s.workers, s.webhooks, s.lanes) == (10, 5, 5, True, 10, "INFO", 4096, 1, True, None)
+            s.max_connections, s.workers, s.webhooks, s.lanes, s.max_budgets_per_customer) == \
+        (10, 5, 5, True, 10, "INFO", 4096, 1, True, None, 100)
 
 
 @pytest.mark.parametrize("name, bad", [
@@ -21,6 +22,7 @@ def test_an_empty_environment_gives_the_defaults_the_readme_documents():
     ("TOKENTILL_LOG_LEVEL", "verbose"), ("TOKENTILL_LOG_LEVEL", "warn"),
     ("TOKENTILL_LANES", "x"), ("TOKENTILL_LANES", "0"), ("TOKENTILL_LANES", "257"),
     ("TOKENTILL_SHUTDOWN_GRACE_SECONDS", "0"), ("TOKENTILL_SHUTDOWN_GRACE_SECONDS", "soon"),
+    ("TOKENTILL_MAX_BUDGETS_PER_CUSTOMER", "0"), ("TOKENTILL_MAX_BUDGETS_PER_CUSTOMER", "10001"),
 ])
 def test_a_bad_value_stops_the_start_naming_its_variable(name, bad):
     with pytest.raises(SystemExit) as stopped:
@@ -38,8 +40,10 @@ def test_the_switches_take_the_documented_words(raw, on):
 
 def test_good_values_are_read():
     s = Settings.from_env({"TOKENTILL_POOL_SIZE": "3", "TOKENTILL_SEAL_INTERVAL_SECONDS": "2",
-                           "TOKENTILL_MAX_CONNECTIONS": "50", "TOKENTILL_LOG_LEVEL": "debug", "TOKENTILL_LANES": "4"})
-    assert (s.pool_size, s.seal_interval_s, s.max_connections, s.log_level, s.lanes) == (3, 2, 50, "DEBUG", 4)
+                           "TOKENTILL_MAX_CONNECTIONS": "50", "TOKENTILL_LOG_LEVEL": "debug", "TOKENTILL_LANES": "4",
+                           "TOKENTILL_MAX_BUDGETS_PER_CUSTOMER": "7"})
+    assert (s.pool_size, s.seal_interval_s, s.max_connections, s.log_level, s.lanes, s.max_budgets_per_customer) == \
+        (3, 2, 50, "DEBUG", 4, 7)
 
 
 @pytest.mark.parametrize("bad", ["not a url", "mysql://tokentill:s3cret@db/ledger", "postgresql://tokentill:s3cret@db:99999/x",

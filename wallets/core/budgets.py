@@ -24,7 +24,7 @@ from pricing.money import format_amount
 from wallets import chart
 from wallets.core.decision import BudgetCounted, Decision, Effect
 from wallets.core.state import State, wire_time
-from wallets.errors import BudgetExceededError, WalletValidationError
+from wallets.errors import BudgetExceededError, TooManyBudgetsError, WalletValidationError
 from wallets.model import Budget, Reservation, Wallet
 
 WINDOWS = ("request", "minute", "day", "month", "lifetime")
@@ -276,6 +276,15 @@ def on_release(w: Wallet, r: Reservation) -> list[Effect]:
     """A release or expiry returns each budget hold to the window it was held in."""
     return [BudgetCounted(w.customer.id, r.id, bh.budget_id, bh.window_start, bh.metric, -bh.held, 0)
             for bh in sorted(r.budget_holds.values(), key=lambda h: h.budget_id) if bh.held]
+
+
+def ensure_room(customer_id: str, live: int, most: int) -> None:
+    """Refuse another budget to a customer that has `live` of at most `most`: every budget is
+    matched on each of its reserves, so their number is bounded (a deleted one makes room)."""
+    if live >= most:
+        raise TooManyBudgetsError(f"customer {customer_id} has {live} budgets, the most one customer may have: "
+                                  "delete one (DELETE /v1/budgets/{id}) before creating another",
+                                  customer_id=customer_id, limit=most)
 
 
 def validate(window: str, metric: str, mode: str, limit: int, thresholds: Iterable[int],
