@@ -10,6 +10,7 @@ from typing import NamedTuple
 import msgspec
 
 from pricing.books import PriceVersion, Rule
+from pricing.money import pricing_context
 from pricing.units import FORMAT_1_TYPES, PROMPT_TYPES, TOKEN_TYPES, legacy_counts
 from pricing.usage import Usage
 
@@ -57,8 +58,9 @@ class Rating(msgspec.Struct, frozen=True, gc=False):
 
     def allowance_consumed(self) -> dict[str, Decimal]:
         """Money taken from each free allowance (positive), to add to its period-to-date use."""
-        return {ln.override_id: -ln.amount for ln in self.lines
-                if ln.kind == "free_allowance" and ln.override_id is not None}
+        with pricing_context():
+            return {ln.override_id: -ln.amount for ln in self.lines
+                    if ln.kind == "free_allowance" and ln.override_id is not None}
 
 
 def call_tokens(usage: Usage, version: PriceVersion) -> tuple[tuple[str, int], ...]:

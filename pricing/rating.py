@@ -154,7 +154,8 @@ def _allowance_lines(net: Decimal, overrides: Overrides, ptd: PeriodToDate, vers
             if take <= 0:
                 continue
             net -= take
-        lines.append(Line("free_allowance", None, 0, Decimal(0), -take, 0, None, version,
+            paid = -take  # in the context: the global one would round it to 28 digits
+        lines.append(Line("free_allowance", None, 0, Decimal(0), paid, 0, None, version,
                           override_id=allowance.id))
     return lines
 

@@ -7,8 +7,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pricing_testkit import AT, version, walk_values
 
+from pricing.money import pricing_context
 from pricing.overrides import Discount, FreeAllowance, Overrides
+from pricing.parse import parse_version
 from pricing.rating import Rating, Usage, rate
+from pricing.units import TOKEN_TYPES
 
 FLAT_TYPES = ("input", "cached_input", "output", "reasoning", "request")
 prices = st.decimals(min_value=0, max_value=1000, places=6, allow_nan=False, allow_infinity=False)
@@ -139,3 +142,63 @@ def test_no_float_anywhere_and_lines_tie_out_to_the_total(usages, scale):
     assert abs(rating.total_units - exact_units) <= Decimal("0.5")
     assert all(abs(ln.amount_units - ln.amount.scaleb(scale)) < 1 for ln in rating.lines)
     assert rating.total >= 0
+
+
+ALL_TYPES = list(TOKEN_TYPES)
+FINE = st.decimals(min_value=0, max_value=100, places=9, allow_nan=False, allow_infinity=False)
+
+
+def _text(value: Decimal) -> str:
+    return format(value.normalize(), "f")
+
+
+@st.composite
+def format_2_books(draw):
+    """A format 2 book for model m: flat, prompt-tiered (dearer past the threshold) or graduated
+    rules over any token types, per-hour units included."""
+    rules = []
+    for i, token_type in enumerate(draw(st.lists(st.sampled_from(ALL_TYPES), min_size=1, max_size=10, unique=True))):
+        base, kind = draw(FINE), draw(st.sampled_from(["flat", "prompt", "tiers"]))
+        rule = {"id": f"r{i}", "model": "m", "token_type": token_type}
+        if kind == "tiers" and token_type != "request":
+            rule["tiers"] = [{"up_to": draw(st.integers(1, 10**6)), "price": _text(base)},
+                             {"up_to": None, "price": _text(draw(FINE))}]
+        else:
+            rule["price"] = _text(base)
+            if kind == "prompt" and token_type != "request":
+                rule["prompt_tiers"] = [{"above": draw(st.integers(0, 5000)), "price": _text(base + draw(FINE))}]
+        rules.append(rule)
+    return parse_version({"id": "b", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "format": 2,
+                          "unpriced": "zero", "rules": rules})
+
+
+PAYS_ALL = Overrides(discounts=(Discount("d", Decimal("12.5")),), allowances=(FreeAllowance("f", Decimal(10**9)),))
+ANY_OVERRIDES = st.sampled_from([
+    None,
+    Overrides(discounts=(Discount("d", Decimal("12.5")),)),
+    Overrides(discounts=(Discount("d", Decimal("33")),), allowances=(FreeAllowance("f", Decimal("0.001")),)),
+    PAYS_ALL,
+])
+
+
+@settings(max_examples=400, deadline=None)
+@given(format_2_books(), st.dictionaries(st.sampled_from(ALL_TYPES), st.integers(0, 10**7), max_size=12),
+       st.sampled_from(ALL_TYPES), st.integers(1, 10**6), st.integers(0, 10**7), ANY_OVERRIDES)
+def test_for_random_books_rating_is_monotonic_never_negative_and_ties_out_exactly(
+        built, tokens, more_of, more, so_far, overrides):
+    """One more unit of anything never costs less; no total and no usage line is negative; the
+    lines' units sum to the total's, and their exact amounts to the exact total, which is 0 when
+    a free allowance pays the call whole."""
+    ptd = {rule.id: so_far for rule in built.rules}
+    more_tokens = {**tokens, more_of: tokens.get(more_of, 0) + more}
+    fewer, bigger = (rate(Usage("m", t, AT), built, overrides, ptd) for t in (tokens, more_tokens))
+    for rating in (fewer, bigger):
+        assert rating.total >= 0 and rating.total_units >= 0
+        assert overrides is not PAYS_ALL or rating.total == 0
+        assert all(ln.amount >= 0 and ln.amount_units >= 0 for ln in rating.lines if ln.kind == "usage")
+        assert sum(ln.amount_units for ln in rating.lines) == rating.total_units
+        with pricing_context():  # exact: the global context keeps 28 digits
+            assert sum((ln.amount for ln in rating.lines), Decimal(0)) == rating.total
+    assert bigger.total >= fewer.total and bigger.total_units >= fewer.total_units
+    if overrides is None:
+        assert rate(Usage("m", tokens, AT), built, None, ptd, general=True) == fewer

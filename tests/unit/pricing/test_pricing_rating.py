@@ -7,7 +7,7 @@ from pricing_testkit import AT, version, worked_example_version
 from pricing.errors import InvalidUsageError, PriceBookValidationError, UnpricedModelError
 from pricing.money import format_amount
 from pricing.overrides import ContractPrice, Discount, FreeAllowance, Overrides
-from pricing.parse import parse_book
+from pricing.parse import parse_book, parse_version
 from pricing.rating import PeriodToDate, Usage, rate, rate_usage, volume_true_up
 
 
@@ -303,6 +303,22 @@ def test_discounts_apply_before_the_allowance():
         ("free_allowance", Decimal("-0.02")),
     ]
     assert rating.total == 0
+
+
+def test_a_free_allowance_that_pays_a_call_whole_pays_its_exact_amount_to_the_last_digit():
+    # 77,745 audio seconds at $811 an hour: $17,514.220833333333333333333333333333, 35 digits; the
+    # allowance line was negated under the global 28-digit context, -17514.22083333333333333333333,
+    # which left an exact total of 3.333333E-24 for a call the allowance paid whole
+    book = parse_version({"id": "b", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "format": 2,
+                          "rules": [{"id": "a", "model": "m", "token_type": "audio_seconds", "price": "811"}]})
+    overrides = Overrides(allowances=(FreeAllowance("free", Decimal("20000")),))
+    rating = rate(Usage("m", {"audio_seconds": 77_745}, AT), book, overrides)
+    assert [(ln.kind, ln.amount) for ln in rating.lines] == [
+        ("usage", Decimal("17514.220833333333333333333333333333")),
+        ("free_allowance", Decimal("-17514.220833333333333333333333333333")),
+    ]
+    assert rating.total == 0 and rating.total_units == 0
+    assert rating.allowance_consumed() == {"free": Decimal("17514.220833333333333333333333333333")}
 
 
 def test_overrides_are_validated_when_built():
