@@ -302,6 +302,15 @@ async def is_top_up(conn: AsyncConnection, customer_id: str, lot_id: str) -> boo
     return found.first() is not None
 
 
+async def currencies(conn: AsyncConnection, visible: Sequence[str] | None) -> list[str]:
+    """The currencies of the customers a key sees (None: all), in order."""
+    rows = await conn.execute(text(
+        """SELECT DISTINCT currency FROM customers
+            WHERE CAST(:v AS text[]) IS NULL OR id = ANY(CAST(:v AS text[])) ORDER BY currency"""),
+        {"v": None if visible is None else list(visible)})
+    return [r.currency for r in rows]
+
+
 async def customer_ids(conn: AsyncConnection, visible: Sequence[str] | None, prefix: str, limit: int,
                        after: str = "") -> list[str]:
     """Ids of the customers a key sees (None: all), those starting with `prefix`, in order, at

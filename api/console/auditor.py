@@ -25,8 +25,13 @@ JOURNAL_PAGE = 50
 async def trial_balance_page(state: State, request: Request,
                              currency: Annotated[str | None, QueryParameter(name="currency", max_length=16)] = None
                              ) -> Template:
-    report = await trial_balance_report(state.services, viewer(request).visible(), currency or None)
-    return render(request, "audit/trial_balance.html", report=report, section="trial-balance")
+    """The trial balance in one currency (the one asked, else USD, else the first there is), with
+    a link to each other currency of the customers the key sees."""
+    visible = viewer(request).visible()
+    held = await state.services.db.read(lambda conn: reports.currencies(conn, visible))
+    chosen = currency or ("USD" if "USD" in held or not held else held[0])
+    report = await trial_balance_report(state.services, visible, chosen if currency or held else None)
+    return render(request, "audit/trial_balance.html", report=report, currencies=held, section="trial-balance")
 
 
 @get(f"{PREFIX}/audit/trace", guards=[allow(*AUDITOR)], name="console-trace")
