@@ -248,7 +248,7 @@ async def _billed(conn: AsyncConnection) -> bool:
 async def period_rollups_match_postings(conn: AsyncConnection) -> Check:
     """Each period's rollup (its folded rows plus its unfolded deltas, from migration 0029 on)
     against its entries' postings; a delta of rollup items names a period some entry of its
-    customer is billed in."""
+    customer is billed in, or holds only the lines of free charges (no entry), netting 0."""
     if not await _billed(conn):
         return Check("period_rollups", True, "no billing periods in this schema (before migration 0017)")
     deltas = await _deltas(conn)
@@ -263,6 +263,9 @@ async def period_rollups_match_postings(conn: AsyncConnection) -> Check:
           FROM period_deltas d
          WHERE cardinality(d.items) > 0
            AND NOT EXISTS (SELECT 1 FROM moved m WHERE m.customer_id = d.customer_id AND m.period = d.period)
+           AND NOT (d.items <@ ARRAY(SELECT i FROM unnest(d.items) i WHERE i LIKE 'line:%')
+                    AND (SELECT sum(a) FROM unnest(d.amounts) a) = 0
+                    AND EXISTS (SELECT 1 FROM charges c WHERE c.customer_id = d.customer_id AND c.entry_id IS NULL))
          GROUP BY d.customer_id, d.period, d.lane""" if deltas else ""
     return await _query_check(conn, "period_rollups", f"""
         WITH moved AS ({_MOVED}),

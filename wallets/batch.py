@@ -18,7 +18,7 @@ from wallets import chart, store
 from wallets.core import Decision, State, decide
 from wallets.core import idempotency as answers
 from wallets.core.alerts import alerts
-from wallets.core.billing import add, entry_rollup
+from wallets.core.billing import add, entry_rollup, line_item
 from wallets.core.commands import Command
 from wallets.core.decision import (
     AdjustmentPosted,
@@ -125,6 +125,8 @@ class Batch:
             posted = self._billed(decision)
             self.entries.append(posted)
             self.loaded.wallets[posted.customer_id].apply(posted.postings)
+        else:
+            self._free_charge(decision)
         for effect in decision.effects:
             if type(effect) is not LotOpened:
                 _FOLLOW[type(effect)](self, effect, key)
@@ -156,15 +158,29 @@ class Batch:
         for effect in decision.effects:
             if type(effect) is LotOpened:
                 kinds[effect.code] = effect.kind
-        items = entry_rollup(c, entry, kinds, lines, priced.funding if priced is not None else ())
-        held = self.rollups.setdefault(c.id, {}).setdefault(period, {})
+        self._roll(c.id, period, entry_rollup(c, entry, kinds, lines, priced.funding if priced is not None else ()))
+        return entry.with_metadata({**entry.metadata, "period": period})
+
+    def _free_charge(self, decision: Decision) -> None:
+        """A charge that moved no money (a 100 % discount, an allowance that paid it all, a price
+        of 0) posts no entry, but its usage is billed all the same: its lines (the usage at list
+        price and what took it off, netting 0) go to the rollup of the period it is billed in."""
+        for effect in decision.effects:
+            if type(effect) is ChargeRecorded and effect.lines:
+                c = self.loaded.wallets[effect.customer_id].customer
+                origin, items = billing_period(effect.occurred_at, c), {}
+                for line in effect.lines:
+                    add(items, line_item(origin, line), int(line["quantity"]), int(line["amount_units"]))
+                self._roll(c.id, c.billed_in(effect.occurred_at).label, items)
+
+    def _roll(self, customer_id: str, period: str, items: Mapping[str, tuple[int, int]]) -> None:
+        held = self.rollups.setdefault(customer_id, {}).setdefault(period, {})
         rolled = self.rolled
         for item, qa in items.items():
             add(held, item, *qa)
-            key = (c.id, period, item)
+            key = (customer_id, period, item)
             before = rolled.get(key)
             rolled[key] = qa if before is None else (before[0] + qa[0], before[1] + qa[1])
-        return entry.with_metadata({**entry.metadata, "period": period})
 
     def _invoice_finalized(self, effect: InvoiceFinalized, key: str | None) -> None:
         self.invoice_seqs[(effect.issuer, effect.year)] = effect.seq

@@ -134,11 +134,12 @@ async def test_a_free_allowance_pays_until_it_is_spent_in_the_period(client) -> 
     assert charged(await event(client, cid, now - timedelta(minutes=1), 100_000)) == "0.52"
     assert charged(await event(client, cid, now - timedelta(seconds=30), 100_000)) == "1.01"
     upcoming = (await client.get(f"/v1/customers/{cid}/invoices/upcoming", headers=ADMIN)).json()
-    # the allowance is a line of its own on the invoice. Only what was posted is there: the first
-    # event, all of it free, moved no money and posted no entry, so neither its usage nor its
-    # -1.01 is a line (see the README's note); the second's -0.49 is.
+    # the allowance is a line of its own on the invoice: the first event's -1.01 (all of it free:
+    # no money moved, no entry, but its usage is billed) and the second's -0.49
     free_lines = [ln for ln in upcoming["lines"] if ln.get("kind") == "free_allowance"]
-    assert [ln["amount"] for ln in free_lines] == ["-0.49"], upcoming["lines"]
+    assert [ln["amount"] for ln in free_lines] == ["-1.50"], upcoming["lines"]
+    [used] = [ln for ln in upcoming["lines"] if ln.get("kind") == "usage"]
+    assert (used["quantity"], used["amount"]) == (300_000, "3.00")
     verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
     [counters] = [c for c in verified["checks"] if c["name"] == "usage_counters"]
     assert counters["ok"], counters  # the money taken from the allowance is counted as the charges say
@@ -148,7 +149,7 @@ async def test_a_free_allowance_pays_until_it_is_spent_in_the_period(client) -> 
     assert closed.status_code == 200, closed.text
     [invoice] = closed.json()["closed"]
     final = (await client.get(f"/v1/invoices/{invoice['invoice_id']}", headers=ADMIN)).json()
-    assert [ln["amount"] for ln in final["lines"] if ln.get("kind") == "free_allowance"] == ["-0.49"]
+    assert [ln["amount"] for ln in final["lines"] if ln.get("kind") == "free_allowance"] == ["-1.50"]
     for accept in ("text/html", "application/pdf"):  # a line without a token type renders for a person too
         shown = await client.get(f"/v1/invoices/{invoice['invoice_id']}", headers={**ADMIN, "Accept": accept})
         assert shown.status_code == 200 and shown.headers["content-type"].startswith(accept), shown.text[:300]

@@ -2,7 +2,8 @@
 
 Every entry of a customer is billed in one period (`Customer.billed_in`: the period of its
 usage time for a charge, of its own time otherwise; the first open period when that one is
-closed already) and adds items to that period's rollup, in the same transaction:
+closed already) and adds items to that period's rollup, in the same transaction (a charge that
+moved no money, and so has no entry, adds its lines alone, netting 0):
 
   line:<json>         a priced line: [original period, kind, model, token type, rule, unit
                       price, tier, override, price version] -> quantity, amount
