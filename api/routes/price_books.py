@@ -87,7 +87,7 @@ class RuleRequest(msgspec.Struct, forbid_unknown_fields=True):
     source_date: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")] | None = None
 
 
-class PriceBookRequest(msgspec.Struct):
+class PriceBookRequest(msgspec.Struct, forbid_unknown_fields=True):
     """A version of a book: unique rule ids, and no two rules that could tie for one usage; at
     most 10,000 rules, 64 distinct sets of match dimension names and 200 model patterns.
     `max_charge_per_request` and `context_window` bound what one call may be charged."""

@@ -72,3 +72,15 @@ async def test_a_settle_with_a_misspelt_field_charges_nothing_and_the_hold_stays
     assert item["status"] == 422 and [f["field"] for f in item["body"]["fields"]] == ["captureid"], bulk.text
     assert (await client.get(f"/v1/reservations/{rid}")).json()["status"] == "held"
     assert await _wallet(client, cid) == ("9.00", "1.00", 1)
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"max_charge_per_requests": "5.00"}, "max_charge_per_requests"),  # no bound on any call
+    ({"context_windows": 128_000}, "context_windows"),
+    ({"unpriced_policy": "error"}, "unpriced_policy")])
+async def test_a_price_book_version_with_a_misspelt_field_is_not_stored(client: AsyncTestClient, tag: str,
+                                                                         body: dict, field: str):
+    version = {"id": f"typo-{tag}", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
+               "rules": [{"id": "in", "model": "model-a", "token_type": "input", "price": "10.00"}]}
+    _refused(await client.post("/v1/price-books", json={**version, **body}), field)
+    assert (await client.get(f"/v1/price-books/typo-{tag}")).status_code == 404
