@@ -250,6 +250,15 @@ async def _responses(fake: FakeUpstream, log: Logged, receive: Any, send: Any) -
     searches += [{"id": f"ci_{n}", "type": "code_interpreter_call", "status": "completed", "code": "print(6 * 7)",
                   "container_id": given[0] if isinstance(given[0], str) else CONTAINER,
                   "outputs": [{"type": "logs", "logs": "42\n"}]} for n in range(EXECUTIONS) if given]
+    # a hosted MCP server: its tool listing and a call (both billed as input tokens, in the usage)
+    for server in (t.get("server_label") for t in log.body.get("tools") or []
+                   if isinstance(t, dict) and t.get("type") == "mcp"):
+        searches += [{"id": f"mcpl_{server}", "type": "mcp_list_tools", "server_label": server, "tools": [
+                         {"name": "lookup", "description": "Look a word up", "annotations": None,
+                          "input_schema": {"type": "object", "properties": {"word": {"type": "string"}}}}]},
+                     {"id": f"mcp_{server}", "type": "mcp_call", "server_label": server, "name": "lookup",
+                      "arguments": '{"word": "cat"}', "output": "a small feline", "error": None,
+                      "approval_request_id": None, "status": "completed"}]
     response = {"id": rid, "object": "response", "created_at": 1764680000, "status": "completed",
                 "model": log.body["model"], "output": [*searches, item], "usage": _responses_usage(len(words)),
                 "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "error": None,

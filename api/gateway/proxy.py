@@ -39,6 +39,7 @@ from api.gateway.forwarding import CALLS, Forwarding
 from api.gateway.passthrough import FREE_KINDS, free_kind, pass_through
 from api.gateway.settles import GatewaySettles
 from api.gateway.shapes import Refusal, error_body
+from api.gateway.tools import UnmeteredToolError
 from api.routes.formats import IDENTIFIER
 from api.routes.schemas import MAX_DIMENSIONS, Dimensions
 from api.routes.wire import money, shaped
@@ -206,6 +207,8 @@ class Exchange:
             # event loop: read on it, a 32 MB PDF held every other call of this process for 0.5 s
             call = parse() if len(body) <= PARSE_ON_LOOP_MAX else await asyncio.to_thread(parse)
             return call, customer, principal
+        except UnmeteredToolError as exc:  # answered, it could not be charged: refused as unpriced usage is
+            raise Refusal(422, "unpriced_model", str(exc)) from None
         except CallError as exc:
             raise Refusal(400, "validation_error", exc.message if exc.field == "body" else str(exc)) from None
 

@@ -14,7 +14,11 @@ does not show (pure: no I/O; api.gateway.calls counts the rest).
   with `web_search_options` (its search models) searches once, billed per call
   (`openai_chat_search`);
 - code execution is billed per container, which neither provider's usage reports: held and
-  charged as `code_execution` units (`anthropic_containers`, `openai_containers`).
+  charged as `code_execution` units (`anthropic_containers`, `openai_tools`);
+- a hosted MCP server of OpenAI's (`mcp`) lists its tools and answers its calls as input: held at
+  the results allowance for its listing, and for each of `max_tool_calls` calls (`openai_tools`);
+- OpenAI's `image_generation` tool is billed at its image model's prices, which no usage
+  reports: refused (UnmeteredToolError, answered 422 unpriced_model), never given away.
 """
 from __future__ import annotations
 
@@ -64,6 +68,10 @@ class CallError(Exception):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field, self.message = field, message
+
+
+class UnmeteredToolError(CallError):
+    """A tool the provider bills in a way the gateway cannot meter: the call is refused as unpriced."""
 
 
 def _typed(tool: Any, prefixes: tuple[tuple[str, Any], ...]) -> tuple[str, Any] | None:
@@ -155,6 +163,10 @@ OPENAI_TOOL_CALLS = {f"{unit}_call": unit for _, unit in OPENAI_TOOLS}
 # (made earlier) does not show its size in the call: counted as 1 GB.
 OPENAI_CONTAINER_UNITS = {"1g": 1, "4g": 4, "16g": 16, "64g": 64}
 OPENAI_CONTAINER_CALLS = frozenset({"code_interpreter_call", "shell_call"})
+# OpenAI's tools billed in a way no usage reports, by type: why the gateway refuses them.
+OPENAI_UNMETERED_TOOLS = {
+    "image_generation": "OpenAI bills the images it makes at its image model's prices, by size and quality, "
+                        "which the response's usage does not report: the gateway cannot meter it"}
 
 
 def _container_units(tool: Any) -> int:
@@ -185,18 +197,25 @@ def openai_tools(body: dict[str, Any], max_uses: int,
     per-call tools (`web_search`, `web_search_preview`, `file_search` and their dated types) each
     held for `max_tool_calls`, the most built-in tool calls the call may make (given the
     gateway's when it sets none, so the hold is a bound), at its fee; its containers
-    (`code_interpreter`, a hosted `shell`) one session each at its units; and that many results."""
+    (`code_interpreter`, a hosted `shell`) one session each at its units; and that many results,
+    besides a hosted MCP server's (`mcp`) tool listing. A tool of OPENAI_UNMETERED_TOOLS is
+    UnmeteredToolError."""
     tools = body.get("tools")
     tools = tools if isinstance(tools, list) else []
+    kinds = [tool.get("type") for tool in tools if isinstance(tool, Mapping)]
+    for kind in kinds:
+        if kind in OPENAI_UNMETERED_TOOLS:
+            raise UnmeteredToolError(f"tools: {kind}", OPENAI_UNMETERED_TOOLS[kind])
     units = sorted({t[1] for t in map(lambda tool: _typed(tool, OPENAI_TOOLS), tools) if t is not None})
     containers = [n for n in map(_container_units, tools) if n]
-    if not units and not containers:
+    listings = kinds.count("mcp")
+    if not units and not containers and not listings:
         return (), 0, False, 0
     uses, changed = _uses(body, "max_tool_calls", ""), False
     if uses is None:
         body["max_tool_calls"], uses, changed = max_uses, max_uses, True
     fees = [(unit, uses) for unit in units] + ([("code_execution", sum(containers))] if containers else [])
-    return tuple(sorted(fees)), uses * result_tokens, changed, max(containers, default=0)
+    return tuple(sorted(fees)), (uses + listings) * result_tokens, changed, max(containers, default=0)
 
 
 def openai_chat_search(body: Mapping[str, Any], result_tokens: int) -> tuple[tuple[tuple[str, int], ...], int]:

@@ -568,6 +568,43 @@ def test_code_execution_the_book_does_not_price_is_refused_before_the_upstream_c
     assert len(fake.fake.calls) == before and wallet(url, cid) == (Decimal("10"), 0)
 
 
+MCP = {"type": "mcp", "server_label": "docs", "server_url": "https://mcp.example.com/mcp", "require_approval": "never"}
+
+
+def test_an_openai_mcp_tool_is_held_for_its_listing_and_the_results_of_max_tool_calls(live, fake):
+    """OpenAI bills a hosted MCP server's tool listing (mcp_list_tools) and its calls' outputs as
+    input tokens the body does not show: held at the results allowance for the listing and for
+    each of max_tool_calls calls; charged the usage, which counts them."""
+    url, _ = live
+    cid, key = customer(live)
+    args = {"model": "gpt-test", "input": "hi", "max_output_tokens": 1000, "max_tool_calls": 3, "tools": [MCP]}
+    raw = oai(url, key).responses.with_raw_response.create(**args)
+    assert [item.type for item in raw.parse().output[:2]] == ["mcp_list_tools", "mcp_call"]
+    # was: the prompt and the output alone (0.02114)
+    assert Decimal(raw.headers["x-tokentill-reserved"]) >= (1 + 3) * 10_000 * IN / M + 1000 * OUT / M + CALL
+    assert charged(url, raw.headers["x-tokentill-request-id"]) == RESPONSES_CHARGE
+    assert wallet(url, cid) == (Decimal("10") - RESPONSES_CHARGE, 0)
+    assert fake.fake.calls[-1].body["max_tool_calls"] == 3
+    oai(url, key).responses.create(**{**args, "max_tool_calls": None})
+    assert fake.fake.calls[-1].body["max_tool_calls"] == 5  # sent with the gateway's: the hold is a bound
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_openai_image_generation_tool_is_refused_before_the_upstream_call(live, fake, stream):
+    """OpenAI bills the images its image_generation tool makes at the image model's prices, which
+    the response's usage does not count: the gateway cannot meter them, so it refuses the call
+    rather than give them away (was: answered, charged the usage alone)."""
+    url, _ = live
+    cid, key = customer((url, tool_book(url, unpriced="zero")))
+    before = len(fake.fake.calls)
+    with pytest.raises(openai.APIStatusError) as raised:
+        oai(url, key).responses.create(model="gpt-test", input="draw a cat", stream=stream,
+                                       tools=[{"type": "image_generation", "quality": "high"}])
+    assert raised.value.status_code == 422 and raised.value.body["code"] == "unpriced_model"
+    assert "image_generation" in raised.value.body["message"]
+    assert len(fake.fake.calls) == before and wallet(url, cid) == (Decimal("10"), 0)
+
+
 def test_a_format_1_book_charges_no_openai_web_search(live, fake):
     """A format 1 book bills no per-call tools: the answer's usage alone, its searches rated at nothing."""
     url, _ = live

@@ -11,6 +11,7 @@ from fpdf import FPDF
 from PIL import Image
 
 from api.gateway.calls import CHAT, EMBEDDINGS, MESSAGES, NON_TEXT_PART_TOKENS, RESPONSES, CallError, parse_call
+from api.gateway.tools import UnmeteredToolError
 from pricing.tokens import TokenCounter
 
 COUNTER = TokenCounter()
@@ -424,3 +425,19 @@ def test_an_openai_containers_unknown_memory_limit_is_refused():
     with pytest.raises(CallError) as raised:
         _responses_tools({"type": "code_interpreter", "container": {"type": "auto", "memory_limit": "2g"}})
     assert raised.value.field == "tools.container.memory_limit"
+
+
+def test_an_openai_mcp_server_is_held_for_its_listing_and_max_tool_calls_results():
+    mcp = {"type": "mcp", "server_label": "docs", "server_url": "https://mcp.example.com/mcp"}
+    bare = _responses_tools(max_tool_calls=3)
+    one, two = _responses_tools(mcp, max_tool_calls=3), _responses_tools(mcp, {**mcp, "server_label": "b"},
+                                                                          max_tool_calls=3)
+    assert one.tool_uses == () and one.prompt_tokens - bare.prompt_tokens >= (1 + 3) * 2000
+    assert two.prompt_tokens - one.prompt_tokens >= 2000  # a listing each
+    assert msgspec.json.decode(_responses_tools(mcp).body)["max_tool_calls"] == 4
+
+
+def test_an_openai_image_generation_tool_is_refused_as_unmetered():
+    with pytest.raises(UnmeteredToolError) as raised:
+        _responses_tools({"type": "web_search"}, {"type": "image_generation"})
+    assert raised.value.field == "tools: image_generation"
