@@ -116,8 +116,14 @@ class Spool:
                 _fsync_dir(self.path.parent)
 
     def records(self) -> list[SpoolRecord]:
+        """The records, each idempotency key once (its first): a call spooled twice under its key
+        (a settle sent again by hand while the server was down) is one call, sent once."""
         with self._locked():
-            return self._read()[0]
+            records = self._read()[0]
+        first: dict[str, SpoolRecord] = {}
+        for record in records:
+            first.setdefault(record.idempotency_key, record)
+        return list(first.values())
 
     def remove(self, keys: Collection[str], rejected: Collection[tuple[SpoolRecord, str]] = ()) -> int:
         """Strike off the records with these idempotency keys, keeping `rejected` ones aside with why;

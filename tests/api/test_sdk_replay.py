@@ -209,3 +209,23 @@ def test_a_settle_the_bulk_call_refuses_goes_to_the_rejected_file_and_the_others
     assert reservation(url, ids[0])["status"] == "released"
     assert available(url, customers[0]) == Decimal("10") - 2 * CHARGED
     assert not list(spool_dir.glob("*.jsonl"))
+
+
+def test_a_settle_spooled_twice_under_one_key_is_sent_and_counted_once(live, spool_dir):
+    """The caller, told SettlementSpooled while the server is down, settles again by hand (the same
+    default key): the spool holds the settle twice. A replay, and a flush, send it once and count
+    it once (both sent it twice and reported 2 delivered for the one settle)."""
+    url, book = live
+    spool = Spool(spool_dir / spool_name(url, ADMIN))
+    for replay, flush in ((True, lambda tt: tt.wait_replay(30)), (False, lambda tt: tt.flush_spool())):
+        _, [reservation_id] = spooled_settles(url, book, spool_dir, 1)
+        spool.append(spool.records()[0])  # the same settle, spooled again under its key
+        transport = HeldReplay()
+        transport.open.set()
+        with Client(url, ADMIN, transport=transport, flush_spool=replay) as tt:
+            report = flush(tt)
+        assert report is not None and (report.delivered, report.rejected, report.kept) == (1, 0, 0), report
+        assert transport.calls["bulk"] + transport.calls["single"] == 1
+        assert not spool.path.exists() and not spool.rejected_path.exists()
+        view = reservation(url, reservation_id)
+        assert view["status"] == "settled" and len(view["charges"]) == 1
