@@ -55,12 +55,12 @@ def _exit_quietly(signum: int, _frame: object) -> None:
     raise SystemExit(0)
 
 
-def _migrate(_: argparse.Namespace, settings: Settings) -> int:
+def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     from api.runtime import open_database, upgrade
 
     handle = open_database(settings, migrate=False)
     try:
-        print(f"migrated to {upgrade(handle, settings)}")
+        print(f"migrated to {upgrade(handle, settings, to=args.to)}")
     finally:
         handle.close()
     return 0
@@ -116,6 +116,16 @@ def seconds(text: str) -> float:
     if not 0 < value < float("inf"):  # also refuses nan
         raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
     return value
+
+
+def revision(text: str) -> str:
+    """A migration of this tokentill's (argparse type)."""
+    from migrations.runner import revisions
+
+    known = revisions()
+    if text not in known:
+        raise argparse.ArgumentTypeError(f"no migration {text!r} (they go from {known[0]} to {known[-1]})")
+    return text
 
 
 def upstream(text: str) -> str:
@@ -337,6 +347,9 @@ def parser() -> argparse.ArgumentParser:
     gateway.set_defaults(func=_gateway)
 
     migrate = sub.add_parser("migrate", help="apply database migrations (safe to run concurrently)")
+    migrate.add_argument("--to", type=revision, metavar="REVISION", help="move the database to this revision: "
+                         "down (undoing the later migrations: what they added goes, the journal stays) or up "
+                         "(default: the newest, head)")
     migrate.set_defaults(func=_migrate)
 
     keys = sub.add_parser("keys", help="create, list and revoke API keys").add_subparsers(

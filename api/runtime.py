@@ -46,10 +46,11 @@ def open_database(settings: Settings, *, migrate: bool = True) -> DatabaseHandle
     return handle
 
 
-def upgrade(handle: DatabaseHandle, settings: Settings) -> str | None:
-    """Migrate to head; a database a newer tokentill migrated stops the command with one line."""
+def upgrade(handle: DatabaseHandle, settings: Settings, *, to: str | None = None) -> str | None:
+    """Migrate to head (or to revision `to`, up or down); a database a newer tokentill migrated
+    stops the command with one line."""
     try:
-        return runner.upgrade(sync_url(handle.url), lanes=settings.lanes)
+        return runner.upgrade(sync_url(handle.url), lanes=settings.lanes, to=to)
     except runner.UnknownRevision as exc:
         raise SystemExit(f"error: {exc}") from None
 

@@ -1,6 +1,8 @@
 """Apply the Alembic migrations under a session advisory lock, so that N processes may start at once."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
@@ -23,10 +25,6 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
-def _known_revisions(config: Config) -> set[str]:
-    return {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
-
-
 def current_revision(conn: Connection) -> str | None:
     return MigrationContext.configure(conn).get_current_revision()
 
@@ -36,30 +34,75 @@ class UnknownRevision(Exception):
 
     def __init__(self, revision: str) -> None:
         super().__init__(f"the database is at revision {revision}, which this tokentill does not know (it knows "
-                         f"up to {head_revision()}): run a tokentill at least as new as the one that migrated it")
+                         f"up to {head_revision()}): run a tokentill at least as new as the one that migrated it, or "
+                         f"go back with that one's `tokentill migrate --to {head_revision()}`")
 
 
-def upgrade(sync_url: str, *, lanes: int | None = None) -> str | None:
-    """Upgrade the database at `sync_url` to head; returns the revision it ends at. `lanes` is
-    the lane count of a database created now (migration 0009; ignored once it has run)."""
+def revisions() -> list[str]:
+    """Every revision, oldest first (they are linear)."""
+    return [script.revision for script in
+            reversed(list(ScriptDirectory.from_config(alembic_config()).walk_revisions()))]
+
+
+def upgrade(sync_url: str, *, lanes: int | None = None, to: str | None = None) -> str | None:
+    """Upgrade the database at `sync_url` to head, or move it to revision `to` (up or down);
+    returns the revision it ends at. `lanes` is the lane count of a database created now
+    (migration 0009; ignored once it has run)."""
+    order = revisions()
+    if to is not None and to not in order:
+        raise ValueError(f"no migration {to!r}")
+    with locked(sync_url) as conn:
+        config = alembic_config()
+        current = current_revision(conn)
+        conn.commit()  # each migration in a transaction of its own, as before this look
+        if current is not None and current not in order:
+            raise UnknownRevision(current)
+        config.attributes["connection"] = conn
+        config.attributes["lanes"] = lanes
+        if to is not None and current is not None and order.index(to) < order.index(current):
+            command.downgrade(config, to)
+        else:
+            command.upgrade(config, to or "head")
+        conn.commit()
+        return current_revision(conn)
+
+
+@contextmanager
+def locked(sync_url: str) -> Iterator[Connection]:
+    """A connection to `sync_url` holding the migration lock (waits for another migrating process)."""
     engine = create_engine(sync_url, poolclass=None)
     try:
         with engine.connect() as conn:
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK})
             try:
                 conn.commit()
-                config = alembic_config()
-                current = current_revision(conn)
-                conn.commit()  # each migration in a transaction of its own, as before this look
-                if current is not None and current not in _known_revisions(config):
-                    raise UnknownRevision(current)
-                config.attributes["connection"] = conn
-                config.attributes["lanes"] = lanes
-                command.upgrade(config, "head")
-                conn.commit()
-                return current_revision(conn)
+                yield conn
             finally:
+                conn.rollback()
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK})
                 conn.commit()
     finally:
         engine.dispose()
+
+
+@contextmanager
+def configured_database() -> Iterator[Connection]:
+    """For plain `alembic -c migrations/alembic.ini ...`: the database tokentill's settings name
+    (TOKENTILL_DATABASE_URL, else the embedded cluster under TOKENTILL_DATA_DIR), locked as
+    `tokentill migrate` locks it; what the command did is committed."""
+    from api.cli import _unreachable
+    from api.runtime import open_database, sync_url
+    from api.settings import Settings
+
+    handle = open_database(Settings.from_env(), migrate=False)
+    try:
+        with locked(sync_url(handle.url)) as conn:
+            yield conn
+            conn.commit()
+    except Exception as exc:
+        reason = _unreachable(exc)
+        if reason is None:
+            raise
+        raise SystemExit(f"error: cannot reach the database: {reason}") from None
+    finally:
+        handle.close()

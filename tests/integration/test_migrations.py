@@ -106,4 +106,71 @@ def test_a_database_migrated_by_a_newer_tokentill_stops_an_older_one_with_one_li
         main(command)
     assert stopped.value.code == (f"error: the database is at revision 9999, which this tokentill does not know "
                                   f"(it knows up to {runner.head_revision()}): run a tokentill at least as new "
-                                  f"as the one that migrated it")
+                                  f"as the one that migrated it, or go back with that one's `tokentill migrate --to "
+                                  f"{runner.head_revision()}`")
+
+
+def _revision(url: str) -> str | None:
+    engine = create_engine(sync_url(url))
+    try:
+        with engine.connect() as conn:
+            return runner.current_revision(conn)
+    finally:
+        engine.dispose()
+
+
+def test_migrate_to_an_older_revision_goes_down_and_migrate_goes_back_up(scratch_url, monkeypatch, capsys):
+    """The README's way back from a deploy rolled back ('downgrade first with the newer one's
+    migrations') had no command: `tokentill migrate --to 0031` was a usage error (exit 2), and
+    plain `alembic` could not run these migrations at all."""
+    from api.cli import main
+
+    monkeypatch.setenv("TOKENTILL_DATABASE_URL", scratch_url)
+    head = runner.head_revision()
+    assert main(["migrate", "--to", "0030"]) == 0
+    assert capsys.readouterr().out == "migrated to 0030\n"
+    assert _revision(scratch_url) == "0030"
+    assert main(["migrate", "--to", "0030"]) == 0  # again: nothing to do
+    assert main(["migrate", "--to", "0031"]) == 0  # up, to a revision short of head
+    assert _revision(scratch_url) == "0031"
+    assert main(["migrate"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"migrated to {head}"
+    assert _revision(scratch_url) == head
+
+
+@pytest.mark.parametrize("target", ["0011", "9999", "base", "0031x"])
+def test_migrate_to_a_revision_there_is_none_of_is_a_usage_error_and_changes_nothing(target, scratch_url,
+                                                                                    monkeypatch, capsys):
+    from api.cli import main
+
+    monkeypatch.setenv("TOKENTILL_DATABASE_URL", scratch_url)
+    with pytest.raises(SystemExit) as stopped:
+        main(["migrate", "--to", target])
+    assert stopped.value.code == 2
+    assert f"no migration {target!r}" in capsys.readouterr().err
+    assert _revision(scratch_url) == runner.head_revision()
+
+
+def test_plain_alembic_runs_the_migrations_on_the_configured_database(scratch_url):
+    """`alembic -c migrations/alembic.ini downgrade|upgrade` ended in env.py's KeyError: 'connection'."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ini = Path(runner.__file__).parent / "alembic.ini"
+    env = {**os.environ, "TOKENTILL_DATABASE_URL": scratch_url}
+
+    def alembic(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "alembic", "-c", str(ini), *args], env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    done = alembic("downgrade", "0031")
+    assert done.returncode == 0, done.stderr
+    assert _revision(scratch_url) == "0031"
+    done = alembic("upgrade", "head")
+    assert done.returncode == 0, done.stderr
+    assert _revision(scratch_url) == runner.head_revision()
+    done = alembic("upgrade", "head", "--sql")
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "--sql" in done.stderr
