@@ -2,6 +2,7 @@
 new one, although both are processed after T (issue: versioned price books)."""
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from litestar.testing import AsyncTestClient
@@ -49,3 +50,49 @@ async def test_a_book_posted_in_another_currency_than_its_customers_is_refused(c
     assert euro.json()["customer_id"] == customer
     assert (await client.get(f"/v1/price-books/{book}")).status_code == 404  # nothing stored
     assert (await client.post("/v1/price-books", json={**BOOK, "id": book})).status_code == 201
+
+
+async def _held(client: AsyncTestClient, tag: str, book: str) -> dict:
+    customer = f"held-{tag}"
+    await client.post("/v1/customers", json={"id": customer, "currency": "USD", "price_book": book})
+    await client.post(f"/v1/customers/{customer}/topups", json={"amount": "50.00"})
+    held = await client.post("/v1/reservations", json={"customer_id": customer, "request_id": "r1", "model": "model-a",
+                                                       "estimate": {"input_tokens": 1_000_000, "max_output_tokens": 0}})
+    assert held.status_code == 201, held.text
+    assert held.json()["amount"] == "10.01"  # v1: $10 per 1M input tokens, $0.01 a call
+    return held.json()
+
+
+async def test_a_version_taking_effect_after_a_hold_does_not_price_its_settle(client: AsyncTestClient, tag: str):
+    """A price change posted while a call runs, in force from a moment after its reservation
+    was made: the settle is rated at the reservation's time, by the version that priced its hold."""
+    book = f"midcall-{tag}"
+    assert (await client.post("/v1/price-books", json={**BOOK, "id": book})).status_code == 201
+    held = await _held(client, tag, book)
+    after = datetime.fromisoformat(held["created_at"]) + timedelta(milliseconds=1)
+    doubled = [{**rule, "price": "20.00"} if rule["id"] == "a-in" else rule for rule in BOOK["rules"]]
+    posted = await client.post("/v1/price-books", json={**BOOK, "id": book, "rules": doubled,
+                                                        "effective_from": after.isoformat()})
+    assert posted.status_code == 201, posted.text
+    settled = (await client.post(f"/v1/reservations/{held['id']}/settle",
+                                 json={"usage": {"input_tokens": 1_000_000}})).json()
+    assert (settled["charged"], settled["released"]) == ("10.01", "0.00")
+    assert {ln["price_version"] for ln in settled["lines"]} == {"2026-01-01T00:00:00Z"}
+
+
+async def test_a_version_back_dated_over_an_open_hold_prices_its_settle(client: AsyncTestClient, tag: str):
+    """A version posted while a call runs but in force from before its reservation (a correction
+    dated back): the settle is rated by it, as the book stands when the usage is charged, and
+    charges past the hold (its hold was priced by the version it replaces)."""
+    book = f"backdated-{tag}"
+    assert (await client.post("/v1/price-books", json={**BOOK, "id": book})).status_code == 201
+    held = await _held(client, tag, book)
+    before = datetime.fromisoformat(held["created_at"]) - timedelta(seconds=1)
+    doubled = [{**rule, "price": "20.00"} if rule["id"] == "a-in" else rule for rule in BOOK["rules"]]
+    posted = await client.post("/v1/price-books", json={**BOOK, "id": book, "rules": doubled,
+                                                        "effective_from": before.isoformat()})
+    assert posted.status_code == 201, posted.text
+    settled = (await client.post(f"/v1/reservations/{held['id']}/settle",
+                                 json={"usage": {"input_tokens": 1_000_000}})).json()
+    assert (settled["charged"], settled["released"]) == ("20.01", "0.00")
+    assert {ln["price_version"] for ln in settled["lines"]} == {posted.json()["version"]}
