@@ -2,7 +2,8 @@
 verify with each of its checks. Each calls what the API's audit routes call."""
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import date
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from litestar import Request, get, post
@@ -12,6 +13,7 @@ from litestar.response import Template
 
 from api.auth import ensure_customer
 from api.console.web import PREFIX, allow, render, viewer
+from api.errors import ApiError
 from api.routes import journal
 from api.routes.audit import trial_balance_report, verify_report
 from wallets import reports
@@ -66,9 +68,13 @@ def day_start(value: str | None, field: str) -> str | None:
     """A date from a form as the API's RFC 3339 time (UTC midnight); the API validates it."""
     if not value:
         return None
-    if len(value) == 10:
-        return f"{value}T00:00:00Z"
-    raise WalletValidationError(field, "a date, YYYY-MM-DD")
+    try:
+        valid = len(value) == 10 and date.fromisoformat(value) is not None
+    except ValueError:
+        valid = False
+    if not valid:
+        raise WalletValidationError(field, "a date, YYYY-MM-DD")
+    return f"{value}T00:00:00Z"
 
 
 Text = Annotated[str | None, QueryParameter(max_length=200)]
@@ -84,13 +90,23 @@ async def journal_page(state: State, request: Request,
     """`GET /v1/journal` as a page (the route's own function: same filters, same cursor pages)."""
     filters = {"from": start or "", "to": end or "", "customer": customer or "", "account": account or "",
                "kind": kind or "", "request_id": request_id or ""}
-    page = await journal.get_journal.fn(
-        state=state, request=request, start=day_start(start, "from"), end=day_start(end, "to"),
-        customer=customer or None, account=account or None, kind=kind or None, request_id=request_id or None,
-        cursor=cursor or None, limit=JOURNAL_PAGE)
+    try:
+        page = await journal.get_journal.fn(
+            state=state, request=request, start=day_start(start, "from"), end=day_start(end, "to"),
+            customer=customer or None, account=account or None, kind=kind or None, request_id=request_id or None,
+            cursor=cursor or None, limit=JOURNAL_PAGE)
+    except WalletValidationError as exc:  # said beside the form as it was sent
+        return _refused(request, "audit/journal.html", exc.context["fields"], 422, filters=filters,
+                        section="journal")
     more = None if page.next_cursor is None else urlencode({**filters, "cursor": page.next_cursor})
     return render(request, "audit/journal.html", page=page, filters=filters, next_query=more,
                   first=cursor is None, section="journal")
+
+
+def _refused(request: Request, template: str, problems: list[dict[str, str]], status: int,
+             **context: Any) -> Template:
+    """A filter form sent back as it was, with the API's refusal of it."""
+    return render(request, template, status=status, refused=problems, **context)
 
 
 @get(f"{PREFIX}/audit/statement", guards=[allow(*AUDITOR)], name="console-statement")
@@ -105,9 +121,18 @@ async def statement_page(state: State, request: Request,
     filters = {"account": account or "", "from": start or "", "to": end or ""}
     statement = None
     if account:
-        statement = await journal.get_statement.fn(
-            state=state, request=request, code=account, start=day_start(start, "from"), end=day_start(end, "to"),
-            cursor=cursor or None, limit=JOURNAL_PAGE)
+        try:
+            statement = await journal.get_statement.fn(
+                state=state, request=request, code=account, start=day_start(start, "from"),
+                end=day_start(end, "to"), cursor=cursor or None, limit=JOURNAL_PAGE)
+        except WalletValidationError as exc:
+            return _refused(request, "audit/statement.html", exc.context["fields"], 422, filters=filters,
+                            section="statement")
+        except ApiError as exc:
+            if exc.code != "not_found":
+                raise
+            return _refused(request, "audit/statement.html", [{"field": "account", "message": exc.detail}],
+                            exc.status, filters=filters, section="statement")
     more = None if statement is None or statement.next_cursor is None else urlencode(
         {**filters, "cursor": statement.next_cursor})
     return render(request, "audit/statement.html", statement=statement, filters=filters, next_query=more,

@@ -1,0 +1,54 @@
+"""The journal's and the statement's filter forms: a filter the API refuses is said in the page,
+beside the form as it was sent, so it can be corrected (not an error page that loses it)."""
+from __future__ import annotations
+
+import re
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from api.app import create_app
+from api.settings import Settings
+
+ADMIN_KEY = "console-audit-forms-admin"
+
+
+@pytest.fixture(scope="module")
+async def console(database_url):
+    app = create_app(Settings(admin_key=ADMIN_KEY, scheduler=False), database_url)
+    async with AsyncTestClient(app=app, base_url="https://console.test") as client:
+        token = re.search(r'name="_csrf_token" value="([^"]+)"', (await client.get("/console/sign-in")).text).group(1)
+        await client.post("/console/sign-in", data={"key": ADMIN_KEY, "_csrf_token": token})
+        yield client
+
+
+def _value(text: str, field: str) -> str:
+    return re.search(rf'<input id="{field}" name="{field}"[^>]*? value="([^"]*)"', text).group(1)
+
+
+@pytest.mark.parametrize(("query", "field", "message"), [
+    ({"from": "2026-13-45", "customer": "acme", "kind": "settle"}, "from", "a date, YYYY-MM-DD"),
+    ({"from": "2026-03-10", "to": "2026-03-01", "customer": "acme"}, "to", "must not be before from"),
+])
+async def test_a_refused_journal_filter_is_said_beside_the_form(console, query, field, message):
+    page = await console.get("/console/audit/journal", params=query)
+    assert page.status_code == 422
+    assert re.search(rf'role="alert".*<strong>{field}</strong>: {message}', page.text, re.S), page.text
+    for name, value in query.items():
+        assert _value(page.text, name) == value
+    assert "No entry matches" not in page.text
+
+
+async def test_a_refused_statement_filter_is_said_beside_the_form(console):
+    query = {"account": "platform:cash", "from": "not-a-day!"}
+    page = await console.get("/console/audit/statement", params=query)
+    assert page.status_code == 422
+    assert re.search(r'role="alert".*<strong>from</strong>: a date, YYYY-MM-DD', page.text, re.S), page.text
+    assert _value(page.text, "account") == "platform:cash" and _value(page.text, "from") == "not-a-day!"
+
+
+async def test_an_unknown_account_is_said_beside_the_statement_form(console):
+    page = await console.get("/console/audit/statement", params={"account": "liability:customer:nobody:reserved"})
+    assert page.status_code == 404
+    assert re.search(r'role="alert".*no account by that code', page.text, re.S)
+    assert _value(page.text, "account") == "liability:customer:nobody:reserved"
