@@ -84,19 +84,34 @@ class BudgetService:
         customer_id = await self.owner(budget_id)
         return await self.db.read(lambda conn: self._view(conn, customer_id, budget_id))
 
-    async def list(self, customers: list[str] | None) -> list[BudgetView]:
-        """The live budgets of `customers` (None: of every customer), by customer then id."""
-        rows = await self.db.read(lambda conn: conn.exec_driver_sql(
-            """SELECT DISTINCT customer_id FROM budgets WHERE deleted_at IS NULL
-                AND (%(all)s OR customer_id = ANY(%(customers)s::text[])) ORDER BY customer_id""",
-            {"all": customers is None, "customers": customers or []}))
-        views: list[BudgetView] = []
-        for (customer_id,) in rows.all():
-            now = self.clock()
-            loaded = await self.db.read(lambda conn, cid=customer_id, at=now: store.load(conn, [cid], now=at))
-            w = loaded.wallets[customer_id]
-            views += [rules.budget_view(b, w.customer.currency, now) for _, b in sorted(w.budgets.items())]
-        return views
+    async def list(self, customers: list[str] | None, *, after: tuple[str, str] | None = None,
+                   limit: int | None = None) -> tuple[list[BudgetView], tuple[str, str] | None]:
+        """The live budgets of `customers` (None: of every customer), by customer then id: the
+        first `limit` (None: all) after the position `after` (a customer and a budget id), and
+        the position to go on from (None: no more). One snapshot reads the page and its windows."""
+        now = self.clock()
+
+        async def page(conn: AsyncConnection) -> tuple[list[BudgetView], tuple[str, str] | None]:
+            rows = (await conn.exec_driver_sql(
+                """SELECT customer_id, id FROM budgets WHERE deleted_at IS NULL
+                    AND (%(all)s OR customer_id = ANY(%(customers)s::text[]))
+                    AND (%(first)s OR (customer_id, id) > (%(customer)s, %(id)s))
+                  ORDER BY customer_id, id LIMIT %(limit)s""",
+                {"all": customers is None, "customers": customers or [], "first": after is None,
+                 "customer": after[0] if after else "", "id": after[1] if after else "",
+                 "limit": None if limit is None else limit + 1})).all()
+            more = limit is not None and len(rows) > limit
+            rows = rows[:limit] if more else rows
+            wanted: dict[str, list[str]] = {}  # by customer, in order
+            for customer_id, budget_id in rows:
+                wanted.setdefault(customer_id, []).append(budget_id)
+            views: list[BudgetView] = []
+            for customer_id, ids in wanted.items():  # a load reads one lane: one customer at a time
+                w = (await store.load(conn, [customer_id], now=now)).wallets[customer_id]
+                views += [rules.budget_view(w.budgets[i], w.customer.currency, now) for i in ids]
+            return views, (rows[-1][0], rows[-1][1]) if more else None
+
+        return await self.db.read(page)
 
     async def change(self, budget_id: str, decide: Callable[[Budget], BudgetChange]) -> BudgetView:
         """The change `decide` makes of the budget (it may refuse, raising: the caller's authorization,

@@ -166,7 +166,8 @@ async def usage_page(state: State, request: Request, customer_id: FromPath[str],
 async def budgets_page(state: State, request: Request, customer_id: FromPath[str]) -> Template:
     """The customer's live budgets with the current window's use, as `GET /v1/budgets` reads them."""
     customer = customer_response(await state.services.wallets.get_customer(customer_id))
-    budgets = [budget_response(v) for v in await state.services.wallets.budgets.list([customer_id])]
+    views, _ = await state.services.wallets.budgets.list([customer_id])  # at most the cap: one page
+    budgets = [budget_response(v) for v in views]
     return render(request, "customer/budgets.html", customer=customer, budgets=budgets, section="budgets")
 
 

@@ -12,6 +12,7 @@ from litestar.params import FromPath, FromQuery
 
 from api.auth import ensure_customer, principal_of, require
 from api.errors import ApiError, documented
+from api.routes import cursors
 from api.routes.formats import AMOUNT_TEXT, POSITIVE_AMOUNT, Identifier, documented_as
 from api.routes.schemas import json_body
 from api.routes.wire import Answer, amount_in, idempotency, respond, shaped, time_out
@@ -127,18 +128,37 @@ async def create_budget(state: State, request: Request, data: CreateBudgetBody) 
     return respond(request, await state.services.wallets.budgets.create(spec, idempotency(request, data)), BUDGET)
 
 
-@get("/v1/budgets", guards=[require(*READERS)], tags=["budgets"], **documented(422))
-async def list_budgets(state: State, request: Request,
-                       customer_id: FromQuery[Identifier | None] = None) -> dict[str, list[BudgetResponse]]:
-    """The live budgets of one customer (`customer_id`), or of every customer the key may see."""
+class BudgetsPage(msgspec.Struct):
+    """Budgets by customer, then id; `next_cursor` is null on the last page."""
+
+    budgets: list[BudgetResponse]
+    next_cursor: str | None
+
+
+@get("/v1/budgets", guards=[require(*READERS)], tags=["budgets"], **documented(400, 422))
+async def list_budgets(state: State, request: Request, customer_id: FromQuery[Identifier | None] = None,
+                       cursor: cursors.Cursor = None, limit: cursors.Limit = cursors.PAGE) -> BudgetsPage:
+    """The live budgets of one customer (`customer_id`), or of every customer the key may see, a
+    page at a time (`limit`, default 100: a customer's all, at the default cap); page on with
+    `next_cursor` (a keyset position: a budget made or deleted meanwhile shows or not by where
+    it falls; none shows twice)."""
     if customer_id is not None:
         ensure_customer(request, customer_id)
         customers: list[str] | None = [customer_id]
     else:
         visible = principal_of(request).visible()
         customers = list(visible) if visible is not None else None
-    views = await state.services.wallets.budgets.list(customers)
-    return {"budgets": [budget_response(v) for v in views]}
+    after = None if cursor is None else _position(cursors.decode_position(cursor, "budgets", [customer_id]))
+    views, more = await state.services.wallets.budgets.list(customers, after=after, limit=limit)
+    return BudgetsPage([budget_response(v) for v in views],
+                       None if more is None else cursors.encode_position("budgets", [customer_id], list(more)))
+
+
+def _position(position: list[Any]) -> tuple[str, str]:
+    """A budget cursor's position: the last page's last customer and budget id."""
+    if len(position) != 2 or not all(isinstance(p, str) for p in position):
+        raise cursors.invalid("not a cursor of this listing")
+    return position[0], position[1]
 
 
 def _customers_own(request: Request) -> bool:

@@ -14,7 +14,9 @@ import base64
 import binascii
 import hashlib
 import json
-from typing import Any
+from typing import Annotated, Any
+
+from litestar.params import QueryParameter
 
 from api.errors import ApiError
 from ledger.journal import parse_snapshot
@@ -25,6 +27,13 @@ VERSION = 1
 # snapshot lists at most max_connections in-progress ids, a few tens of KiB at the most.
 MAX_CURSOR = 60_000
 PATTERN = "^[A-Za-z0-9_-]+$"  # what encode makes (unpadded base64url), published in the document
+# the query parameters of every cursor listing (the journal, statements, budgets)
+PAGE = 100
+MAX_PAGE = 1000
+Limit = Annotated[int, QueryParameter(name="limit", ge=1, le=MAX_PAGE, description="Items per page (1-1000)")]
+Cursor = Annotated[str | None, QueryParameter(
+    name="cursor", max_length=MAX_CURSOR, description="`next_cursor` of the previous page",
+    schema_extra={"one_of": None, "type": "string", "min_length": 1, "pattern": PATTERN})]
 
 
 def _digest(listing: str, filters: Any) -> str:

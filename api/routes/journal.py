@@ -19,6 +19,7 @@ from litestar.params import FromPath, QueryParameter
 from api.auth import Principal, ensure_customer, principal_of, require
 from api.errors import ApiError, documented
 from api.routes import cursors
+from api.routes.cursors import PAGE, Cursor, Limit
 from api.routes.formats import IDENTIFIER
 from api.routes.wire import time_in, time_out, time_param
 from ledger.journal import EntryRecord, JournalFilter, current_snapshot, journal_page, snapshot_is_past
@@ -26,16 +27,10 @@ from ledger.statements import AccountRef, balance_at, cached_balance, find_accou
 from pricing.money import DEFAULT_SCALE, format_amount
 from wallets.errors import WalletValidationError
 
-PAGE = 100
-MAX_PAGE = 1000
-Limit = Annotated[int, QueryParameter(name="limit", ge=1, le=MAX_PAGE, description="Items per page (1-1000)")]
 CustomerParam = Annotated[str | None, QueryParameter(name="customer", max_length=100, pattern=IDENTIFIER)]
 AccountParam = Annotated[str | None, QueryParameter(name="account", min_length=1, max_length=200)]
 KindParam = Annotated[str | None, QueryParameter(name="kind", min_length=1, max_length=64)]
 RequestIdParam = Annotated[str | None, QueryParameter(name="request_id", min_length=1, max_length=200)]
-Cursor = Annotated[str | None, QueryParameter(
-    name="cursor", max_length=cursors.MAX_CURSOR, description="`next_cursor` of the previous page",
-    schema_extra={"one_of": None, "type": "string", "min_length": 1, "pattern": cursors.PATTERN})]
 
 
 class PostingView(msgspec.Struct):

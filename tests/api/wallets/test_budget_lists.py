@@ -49,3 +49,48 @@ async def test_a_customer_has_at_most_100_live_budgets_and_a_deleted_one_makes_r
     again = await client.post("/v1/budgets", headers=own, json={
         "customer_id": cid, "window": "day", "metric": "requests", "limit": 5})
     assert again.status_code == 201, again.text
+
+
+async def _pages(client: AsyncTestClient, query: str, headers: dict | None = None) -> list[list[dict]]:
+    pages, cursor = [], None
+    while True:
+        page = await client.get(f"/v1/budgets?{query}" + (f"&cursor={cursor}" if cursor else ""), headers=headers)
+        assert page.status_code == 200, page.text
+        pages.append(page.json()["budgets"])
+        cursor = page.json()["next_cursor"]
+        if cursor is None:
+            return pages
+
+
+async def test_budgets_are_listed_a_page_at_a_time_by_customer_then_id(
+        client: AsyncTestClient, tag: str, book: str):
+    first = await _customer(client, f"pa-{tag}", book)
+    second = await _customer(client, f"pb-{tag}", book)
+    ids = {first: await _budgets(client, first, 3), second: await _budgets(client, second, 2)}
+    # before: `limit` was not read and there was no next_cursor: every budget of every customer at once
+    pages = await _pages(client, f"customer_id={first}&limit=2")
+    assert [len(p) for p in pages] == [2, 1]
+    assert [b["id"] for p in pages for b in p] == sorted(ids[first])
+    made = await client.post("/v1/api-keys", json={"scope": "inference", "customers": [second, first]})
+    limited = {"Authorization": f"Bearer {made.json()['key']}"}
+    pages = await _pages(client, "limit=2", limited)  # the key's customers, across their boundary
+    assert [len(p) for p in pages] == [2, 2, 1]
+    assert [(b["customer_id"], b["id"]) for p in pages for b in p] == \
+        [(first, i) for i in sorted(ids[first])] + [(second, i) for i in sorted(ids[second])]
+    everyone = [b["id"] for p in await _pages(client, "limit=1000") for b in p]  # an admin: every customer's
+    assert len(everyone) == len(set(everyone)) and set(ids[first] + ids[second]) <= set(everyone)
+    default = (await client.get(f"/v1/budgets?customer_id={first}")).json()
+    assert len(default["budgets"]) == 3 and default["next_cursor"] is None  # 100 a page: a customer's all
+
+
+async def test_a_budget_cursor_is_checked_never_trusted(client: AsyncTestClient, tag: str, book: str):
+    cid = await _customer(client, f"pc-{tag}", book)
+    other = await _customer(client, f"pd-{tag}", book)
+    await _budgets(client, cid, 2)
+    cursor = (await client.get(f"/v1/budgets?customer_id={cid}&limit=1")).json()["next_cursor"]
+    for query in (f"customer_id={other}&cursor={cursor}", "cursor=not-a-cursor",
+                  f"customer_id={cid}&cursor=WzEsIngiLCIiLFsxXV0"):
+        refused = await client.get(f"/v1/budgets?{query}")
+        assert (refused.status_code, refused.json()["code"]) == (400, "invalid_cursor"), query
+    for limit in ("0", "1001", "x"):
+        assert (await client.get(f"/v1/budgets?limit={limit}")).status_code in (400, 422)
