@@ -9,7 +9,9 @@ upstream: the body to forward, changed only where metering needs it:
 - a call that sets no output cap is sent with the gateway's default cap, so the hold is a true
   upper bound (`max_completion_tokens` for chat, `max_output_tokens` for responses; Anthropic
   requires `max_tokens` already);
-- `n` choices of a chat call may each produce the cap: the hold counts all of them.
+- `n` choices of a chat call may each produce the cap: the hold counts all of them;
+- a chat call's predicted output (`prediction`) is billed, the tokens of it the answer rejects,
+  as completion tokens beyond the cap: the hold counts the prediction's tokens as output too.
 
 Prompt tokens: every string in the fields the provider bills as input (messages or input,
 system or instructions, tool definitions, response formats), counted one by one, plus 3 tokens
@@ -303,6 +305,22 @@ def _output_cap(kind: str, body: dict[str, Any], default: int) -> tuple[int, boo
     return cap, added
 
 
+def _prediction_tokens(body: Mapping[str, Any], model: str, counter: TokenCounter) -> int:
+    """The tokens of a chat call's predicted output (`prediction: {type: content, content}`, a
+    string or text parts), which OpenAI bills as completion tokens where the answer rejects them:
+    the model's encoding, else cl100k_base plus the margin."""
+    prediction = body.get("prediction")
+    content = prediction.get("content") if isinstance(prediction, Mapping) else None
+    parts = [content] if isinstance(content, str) else content if isinstance(content, list) else []
+    texts = [p if isinstance(p, str) else p.get("text") if isinstance(p, Mapping) else None for p in parts]
+    texts = [text for text in texts if isinstance(text, str)]
+    if not texts:
+        return 0
+    encoding, exact = counter.encoding_for(model)  # the model was checked with the prompt
+    counted = sum(len(encoding.encode_ordinary(text)) for text in texts)
+    return with_margin(counted, 0 if exact else counter.margin_percent)
+
+
 def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: TokenCounter,
                server_tool_max_uses: int = SERVER_TOOL_MAX_USES,
                server_tool_result_tokens: int = SERVER_TOOL_RESULT_TOKENS) -> Call:
@@ -325,6 +343,8 @@ def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: Token
     prior = kind == RESPONSES and (body.get("previous_response_id") is not None
                                    or body.get("conversation") is not None)
     cap, changed = _output_cap(kind, body, default_max_output)
+    if kind == CHAT:
+        cap += _prediction_tokens(body, model, counter)
     uses, results, containers = (), 0, 0
     if kind == MESSAGES:
         uses, results, tools_changed = server_tools(body, server_tool_max_uses, server_tool_result_tokens)

@@ -605,6 +605,22 @@ def test_an_openai_image_generation_tool_is_refused_before_the_upstream_call(liv
     assert len(fake.fake.calls) == before and wallet(url, cid) == (Decimal("10"), 0)
 
 
+def test_a_predicted_output_is_held_for_the_prediction_openai_may_bill_as_output(live, fake):
+    """OpenAI bills a prediction's rejected tokens as completion tokens, beyond max_tokens: a call
+    with a prediction of 300 tokens may be billed 300 output tokens more than its cap."""
+    url, _ = live
+    _, key = customer(live)
+    client = oai(url, key).chat.completions
+    bare = client.with_raw_response.create(model="gpt-4", messages=HI, max_tokens=100)
+    predicted = client.with_raw_response.create(model="gpt-4", messages=HI, max_tokens=100,
+                                                prediction={"type": "content", "content": words(300)})
+    held = Decimal(predicted.headers["x-tokentill-reserved"]) - Decimal(bare.headers["x-tokentill-reserved"])
+    assert held == 300 * OUT / M  # was: 0
+    parts = client.with_raw_response.create(model="gpt-4", messages=HI, max_tokens=100, prediction={
+        "type": "content", "content": [{"type": "text", "text": words(200)}, {"type": "text", "text": words(100)}]})
+    assert Decimal(parts.headers["x-tokentill-reserved"]) == Decimal(predicted.headers["x-tokentill-reserved"])
+
+
 def test_a_format_1_book_charges_no_openai_web_search(live, fake):
     """A format 1 book bills no per-call tools: the answer's usage alone, its searches rated at nothing."""
     url, _ = live

@@ -441,3 +441,14 @@ def test_an_openai_image_generation_tool_is_refused_as_unmetered():
     with pytest.raises(UnmeteredToolError) as raised:
         _responses_tools({"type": "web_search"}, {"type": "image_generation"})
     assert raised.value.field == "tools: image_generation"
+
+
+def test_a_chat_calls_prediction_is_held_as_output_beyond_its_cap():
+    body = {"model": "gpt-4", "messages": HI, "max_tokens": 50, "n": 1}
+    assert call(CHAT, body).max_output_tokens == 50
+    # "hello world" is 2 cl100k_base tokens, each part counted; a part's "type" is not text
+    given = {"type": "content", "content": [{"type": "text", "text": "hello world"}, {"type": "text", "text": "hi"}]}
+    assert call(CHAT, {**body, "prediction": given}).max_output_tokens == 50 + 3
+    assert call(CHAT, {**body, "prediction": {"type": "content", "content": "hello world"}}).max_output_tokens == 52
+    unknown = call(CHAT, {**body, "model": "my-model", "prediction": {"type": "content", "content": "hello world"}})
+    assert unknown.max_output_tokens == 50 + 3  # 2 tokens + 10 %, rounded up
