@@ -14,26 +14,42 @@ from litestar.response import Template
 from api.auth import ensure_customer
 from api.console.web import PREFIX, allow, render, viewer
 from api.errors import ApiError
-from api.routes import journal
+from api.routes import cursors, journal
 from api.routes.audit import trial_balance_report, verify_report
 from wallets import reports
 from wallets.errors import WalletValidationError
 
 AUDITOR = ("auditor",)
 JOURNAL_PAGE = 50
+TRIAL_BALANCE_PAGE = 200
 
 
 @get(f"{PREFIX}/audit", guards=[allow(*AUDITOR)], name="console-trial-balance")
 async def trial_balance_page(state: State, request: Request,
-                             currency: Annotated[str | None, QueryParameter(name="currency", max_length=16)] = None
+                             currency: Annotated[str | None, QueryParameter(name="currency", max_length=16)] = None,
+                             cursor: Annotated[str | None, QueryParameter(name="cursor", max_length=4096)] = None
                              ) -> Template:
     """The trial balance in one currency (the one asked, else USD, else the first there is), with
-    a link to each other currency of the customers the key sees."""
+    a link to each other currency of the customers the key sees; its accounts a page at a time
+    by code (every lot is an account), under the totals of them all."""
     visible = viewer(request).visible()
     held = await state.services.db.read(lambda conn: reports.currencies(conn, visible))
     chosen = currency or ("USD" if "USD" in held or not held else held[0])
     report = await trial_balance_report(state.services, visible, chosen if currency or held else None)
-    return render(request, "audit/trial_balance.html", report=report, currencies=held, section="trial-balance")
+    after = None
+    if cursor:
+        position = cursors.decode_position(cursor, "console-trial-balance", [report.currency])
+        if len(position) != 1 or not isinstance(position[0], str):
+            raise cursors.invalid("not a cursor of this listing")
+        after = position[0]
+    accounts = sorted((a for a in report.accounts if after is None or a.account > after), key=lambda a: a.account)
+    shown = accounts[:TRIAL_BALANCE_PAGE]
+    more = None
+    if len(accounts) > TRIAL_BALANCE_PAGE:
+        more = urlencode({"currency": report.currency, "cursor": cursors.encode_position(
+            "console-trial-balance", [report.currency], [shown[-1].account])})
+    return render(request, "audit/trial_balance.html", report=report, accounts=shown, next_query=more,
+                  first=after is None, currencies=held, section="trial-balance")
 
 
 @get(f"{PREFIX}/audit/trace", guards=[allow(*AUDITOR)], name="console-trace")

@@ -2,12 +2,14 @@
 away, and the page opens on one that has postings."""
 from __future__ import annotations
 
+import html
 import re
 import uuid
 
 from litestar.testing import AsyncTestClient
 
 from api.app import create_app
+from api.console import auditor
 from api.settings import Settings
 
 ADMIN_KEY = "console-tb-admin"
@@ -16,6 +18,11 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 def _field(text: str, name: str) -> str:
     return re.search(rf'name="{name}"[^>]*? value="([^"]*)"', text).group(1)
+
+
+def _currency() -> str:
+    """A currency of this test alone (three capital letters)."""
+    return "".join(chr(65 + b % 26) for b in uuid.uuid4().bytes[:3])
 
 
 async def _credited(client, currency: str, amount: str) -> str:
@@ -29,20 +36,49 @@ async def _credited(client, currency: str, amount: str) -> str:
 
 
 async def test_every_currency_of_the_ledger_has_its_trial_balance_a_click_away(database_url):
-    """A ledger in EUR and in JPY (and USD, if other tests posted some): the page showed one
+    """A ledger in two more currencies (and USD, if other tests posted some): the page showed one
     currency and offered no way to the others but editing the address."""
+    one, two = _currency(), _currency()
     app = create_app(Settings(admin_key=ADMIN_KEY, scheduler=False), database_url)
     async with AsyncTestClient(app=app, base_url="https://console.test") as client:
-        eur, jpy = await _credited(client, "EUR", "12.50"), await _credited(client, "JPY", "700")
+        first, second = await _credited(client, one, "12.50"), await _credited(client, two, "700")
         token = _field((await client.get("/console/sign-in")).text, "_csrf_token")
         await client.post("/console/sign-in", data={"key": ADMIN_KEY, "_csrf_token": token}, follow_redirects=False)
         page = await client.get("/console/audit")
         assert page.status_code == 200
         links = dict(re.findall(r'<a href="/console/audit\?currency=([A-Z]{3})"[^>]*>([A-Z]{3})</a>', page.text))
-        assert {"EUR", "JPY"} <= set(links), links
-        for currency, customer, amount in (("EUR", eur, "12.50"), ("JPY", jpy, "700.00")):
+        assert {one, two} <= set(links), links
+        for currency, customer, amount in ((one, first, "12.50"), (two, second, "700.00")):
             shown = await client.get("/console/audit", params={"currency": currency})
             assert shown.status_code == 200
             assert f"Every account in {currency}" in shown.text
             lot = rf"<code>liability:customer:{customer}:lot:\w+</code></td>"
             assert re.search(rf"{lot}<td[^>]*>[^<]*</td><td[^>]*>{re.escape(amount)}</td>", shown.text), shown.text
+
+
+async def test_every_account_of_the_trial_balance_is_reachable_a_page_at_a_time(database_url, monkeypatch):
+    """Every lot is an account: a ledger of many lots listed every account on one page (100,000
+    lots, 100,000 rows). Now a page of accounts at a time, by code, under the whole totals."""
+    monkeypatch.setattr(auditor, "TRIAL_BALANCE_PAGE", 5)
+    currency = _currency()
+    app = create_app(Settings(admin_key=ADMIN_KEY, scheduler=False), database_url)
+    async with AsyncTestClient(app=app, base_url="https://console.test") as client:
+        for amount in ("1.00", "2.00", "3.00", "4.00"):
+            await _credited(client, currency, amount)
+        expected = [a["account"] for a in (await client.get(
+            "/v1/audit/trial-balance", params={"currency": currency}, headers=ADMIN)).json()["accounts"]]
+        assert len(expected) > 5
+        token = _field((await client.get("/console/sign-in")).text, "_csrf_token")
+        await client.post("/console/sign-in", data={"key": ADMIN_KEY, "_csrf_token": token}, follow_redirects=False)
+        seen: list[str] = []
+        url: str | None = f"/console/audit?currency={currency}"
+        while url is not None and len(seen) <= len(expected):
+            page = await client.get(url)
+            assert page.status_code == 200
+            rows = re.findall(r'<tr data-account="([^"]+)">', page.text)
+            assert 0 < len(rows) <= 5
+            assert 'data-figure="total-debits"' in page.text  # the whole ledger's totals on every page
+            seen += rows
+            found = re.search(r'<a href="([^"]+)" rel="next">', page.text)
+            url = None if found is None else html.unescape(found.group(1))
+        assert seen == sorted(expected)
