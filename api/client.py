@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -109,6 +110,14 @@ __all__ = [  # the typed errors live in api.client_errors and are imported from 
 log = logging.getLogger("tokentill.client")
 T = TypeVar("T")
 MIN_SETTLE_DEADLINE_S = 60.0
+# POSTs the server does not keep by their Idempotency-Key: one sent twice is done twice (a second
+# API key, whose secret nobody sees; every event re-driven again), so they are sent again only
+# when no attempt can have reached the server.
+UNKEYED = re.compile(r"/v1/api-keys|/v1/webhook-endpoints/[^/?]+/redrive")
+
+
+def unkeyed(method: str, path: str) -> bool:
+    return method == "POST" and UNKEYED.fullmatch(path.split("?", 1)[0]) is not None
 
 
 class _Base:
@@ -274,7 +283,8 @@ class Client(_Base, JournalReads):
               watch: Unanswered | None = None) -> dict[str, Any]:
         request = self._request(method, path, body, key)
         send = lambda: self._http.request(**request)  # noqa: E731
-        return raise_for(delivery.call(watch.watch(send) if watch is not None else send, self._short()))
+        return raise_for(delivery.call(watch.watch(send) if watch is not None else send, self._short(),
+                                       unkeyed=unkeyed(method, path)))
 
     def _reserve_entry(self, body: dict[str, Any]) -> dict[str, Any]:
         """A block's reserve, its retries under one Idempotency-Key. Ended without an answer (every
@@ -436,7 +446,8 @@ class AsyncClient(_Base, AsyncJournalReads):
         await self._flush_at_start()
         request = self._request(method, path, body, key)
         send = lambda: self._http.request(**request)  # noqa: E731
-        return raise_for(await delivery.acall(watch.awatch(send) if watch is not None else send, self._short()))
+        return raise_for(await delivery.acall(watch.awatch(send) if watch is not None else send, self._short(),
+                                              unkeyed=unkeyed(method, path)))
 
     async def _deliver(self, path: str, body: Any, key: str, reservation_id: str | None,
                        hold_left_s: float | None, schedule: Schedule | None = None) -> dict[str, Any]:

@@ -15,16 +15,11 @@ from typing import Any
 import httpx
 
 from api.client_errors import SettlementSpooled, TokentillError
-from api.delivery import seconds_until
+from api.delivery import NOT_SENT, PROXY_GAVE_UP, seconds_until
 from pricing.tokens import TokenCounter
 
 log = logging.getLogger("tokentill.client")
 
-
-# Failures of an attempt that never reached the server: it cannot have made anything.
-NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-# Answers of a proxy that may have passed the call on before it gave up on it.
-PROXY_GAVE_UP = frozenset({502, 504})
 
 
 class Unanswered:

@@ -27,6 +27,10 @@ KEEP_SPOOLED = frozenset({401, 403, 404, 408})
 # A settle or release answered so is not retried now but spooled, as a 5xx other than 502-504
 # is: a 401 is about the key (revoked while the call ran), and another key's flush delivers it.
 SPOOL_NOW = frozenset({401})
+# Failures of an attempt that never reached the server: it cannot have been carried out.
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# Answers of a proxy that may have passed the call on before it gave up on it.
+PROXY_GAVE_UP = frozenset({502, 504})
 T = TypeVar("T")
 
 
@@ -84,22 +88,29 @@ def definite(response: httpx.Response) -> bool:
     return response.status_code not in DURABLE_RETRY | SPOOL_NOW and response.status_code < 500
 
 
-def call(send: Callable[[], httpx.Response], schedule: Schedule) -> httpx.Response:
-    """A call on the short schedule: its last answer, or its last connection error raised."""
-    return _blocking(acall(_awaitable(send), schedule, sleep=_awaitable(_sleep)))
+def call(send: Callable[[], httpx.Response], schedule: Schedule, *, unkeyed: bool = False) -> httpx.Response:
+    """A call on the short schedule: its last answer, or its last connection error raised. An
+    `unkeyed` call (one the server does not keep by its Idempotency-Key) is not sent again once
+    an attempt may have reached the server: its read timeout or lost connection is raised, a
+    proxy's 502 or 504 answered."""
+    return _blocking(acall(_awaitable(send), schedule, sleep=_awaitable(_sleep), unkeyed=unkeyed))
 
 
 async def acall(send: Callable[[], Awaitable[httpx.Response]], schedule: Schedule, *,
-                sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> httpx.Response:
+                sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, unkeyed: bool = False) -> httpx.Response:
     """`call` for asyncio."""
     while True:
         try:
             response = await send()
-        except httpx.TransportError:
+        except NOT_SENT:
             if (wait := schedule.next_wait(None)) is None:
                 raise
+        except httpx.TransportError:
+            if unkeyed or (wait := schedule.next_wait(None)) is None:
+                raise
         else:
-            if response.status_code not in SHORT_RETRY or (wait := schedule.next_wait(retry_after(response))) is None:
+            if response.status_code not in SHORT_RETRY or (unkeyed and response.status_code in PROXY_GAVE_UP) \
+                    or (wait := schedule.next_wait(retry_after(response))) is None:
                 return response
         await sleep(wait)
 
