@@ -69,6 +69,7 @@ from api.client_errors import (
     ServiceUnavailable,
     SettlementSpooled,
     TokentillError,
+    TooManyBudgets,
     Unauthorized,
     UnknownPriceBook,
     UnknownPriceVersion,
@@ -103,7 +104,7 @@ __all__ = [  # the typed errors live in api.client_errors and are imported from 
     "HeadersTooLarge", "IdempotencyConflict", "ImplausibleUsage", "InsufficientFunds", "InternalError",
     "InvalidCursor", "InvalidRange", "MethodNotAllowed", "NotAcceptable", "NotFound", "NotReady",
     "Overpayment", "PayloadTooLarge", "RateLimited", "RequestTimeout", "Reservation", "ReservationClosed",
-    "ServiceUnavailable", "SettlementSpooled", "StreamMeter", "TokentillError", "Unauthorized",
+    "ServiceUnavailable", "SettlementSpooled", "StreamMeter", "TokentillError", "TooManyBudgets", "Unauthorized",
     "UnknownPriceBook", "UnknownPriceVersion", "UnpricedModel", "UnsupportedMediaType", "ValidationFailed",
     "VersionNotInForce", "flush_spool_dir",
 ]
