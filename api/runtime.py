@@ -35,7 +35,10 @@ def open_database(settings: Settings, *, migrate: bool = True) -> DatabaseHandle
             settings.data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # a file in the way, no permission, a read-only file system
             raise SystemExit(f"TOKENTILL_DATA_DIR: cannot use {settings.data_dir}: {exc.strerror}") from None
-        cluster = embedded.start(settings.data_dir / "pg", keep=True)
+        try:
+            cluster = embedded.start(settings.data_dir / "pg", keep=True)
+        except embedded.StartFailed as exc:
+            raise SystemExit(f"TOKENTILL_DATA_DIR: {exc}") from None
         handle = DatabaseHandle(cluster.url, cluster)
     if migrate:
         try:

@@ -238,11 +238,26 @@ def _apply_settings(cluster: EmbeddedPostgres) -> None:
     cluster._refresh()
 
 
+class StartFailed(RuntimeError):
+    """The cluster could not be started in its data directory; the message says why, on one line."""
+
+
+def _check_data_dir(pgdata: Path) -> None:
+    """What initdb or the postmaster would fail on, said plainly. Call with the cluster's lock held
+    (initdb fills the directory under it)."""
+    if pgdata.exists() and not pgdata.is_dir():
+        raise StartFailed(f"{pgdata} is not a directory")
+    if pgdata.is_dir() and not (pgdata / "PG_VERSION").exists() and any(pgdata.iterdir()):
+        raise StartFailed(f"{pgdata} holds no PostgreSQL cluster (no PG_VERSION) but is not empty: move its "
+                          f"files away (a cluster is created in an empty directory), or use another directory")
+
+
 def start(pgdata: Path, *, keep: bool = True) -> EmbeddedPostgres:
     """Start (or join) the cluster in `pgdata`, creating it on first use.
 
     keep=True stops the server when the last process using it exits (the data stays);
     keep=False deletes the data directory as well: a throwaway cluster for tests.
+    StartFailed: the directory cannot hold a cluster, or PostgreSQL would not start in it.
     """
     os.environ.setdefault("XDG_RUNTIME_DIR", str(Path("/tmp") / f"runtime-{os.getuid()}"))
     Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(mode=0o700, exist_ok=True)
@@ -260,8 +275,13 @@ def start(pgdata: Path, *, keep: bool = True) -> EmbeddedPostgres:
             if (pgdata / HANDLE_FILE).exists():
                 _prune_handles(pgdata)
             _clear_stale_lock_files(pgdata)  # the wheel would take a zombie postmaster for a live one
+        _check_data_dir(pgdata)
         with _PROCESS_LOCK:
-            server = pgserver.get_server(pgdata, cleanup_mode="stop" if keep else "delete")
+            try:
+                server = pgserver.get_server(pgdata, cleanup_mode="stop" if keep else "delete")
+            except subprocess.SubprocessError as exc:  # initdb or pg_ctl failed; the wheel logged their output
+                pgserver.PostgresServer._instances.pop(pgdata, None)  # not a server: a later start tries afresh
+                raise StartFailed(f"{pgdata}: PostgreSQL did not start: {_last_log_line(pgdata)}") from exc
         cluster = EmbeddedPostgres(pgdata=pgdata, url=server.get_uri(), _server=server)
         _apply_settings(cluster)
     return cluster

@@ -5,10 +5,12 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from api.bench.common import free_port
 
@@ -92,3 +94,24 @@ def test_serve_on_a_port_in_use_says_so_in_one_line_and_exits_1_not_3(database_u
             assert done.returncode == 1, (workers, done.returncode, done.stderr)
             assert done.stderr.strip().splitlines()[-1].startswith(f"cannot listen on 127.0.0.1:{port}: ")
             assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("make, says", [
+    (lambda pg: pg.write_text("not a directory"), "is not a directory"),
+    (lambda pg: (pg.mkdir(), (pg / "notes.txt").write_text("mine")), "holds no PostgreSQL cluster (no PG_VERSION)"),
+    (lambda pg: (pg.mkdir(), (pg / "PG_VERSION").write_text("18\n")),
+     "PostgreSQL did not start: postgres: could not access the server configuration file"),
+])
+def test_an_embedded_data_dir_postgresql_cannot_use_stops_the_start_in_one_line(make, says):
+    """A data dir whose `pg` is a file, a directory of other files (an initdb cut short, a wrong
+    path), or a cluster PostgreSQL refuses to start: each ended in a traceback of the wheel's
+    (FileExistsError, initdb's or pg_ctl's CalledProcessError), the reason buried in its log."""
+    with tempfile.TemporaryDirectory(prefix="tokentill-datadir-") as tmp:
+        make(Path(tmp) / "pg")
+        env = {k: v for k, v in os.environ.items() if k != "TOKENTILL_DATABASE_URL"}
+        done = subprocess.run([sys.executable, "-m", "api.cli", "migrate"], env={**env, "TOKENTILL_DATA_DIR": tmp},
+                              capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"TOKENTILL_DATA_DIR: {Path(tmp).resolve() / 'pg'}") and says in last, last
