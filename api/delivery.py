@@ -2,7 +2,8 @@
 
 Two schedules. A settle or release (`durable`) retries until its deadline on connection errors,
 timeouts, 408, 429, 502, 503 and 504; other calls (`short`) retry a few times within a small
-budget, on connection errors, timeouts, 408, 502, 503 and 504. Both wait what a Retry-After asks,
+budget, on connection errors, timeouts, 408, 502, 503 and 504, and a 429 other than a budget's
+refusal (`budget_exceeded` is the call's answer: its key replays it). Both wait what a Retry-After asks,
 capped. A 408 (the server's connection guard timed out a stalled body, before any handler saw
 it) is a timeout like any other: nothing was done, so the call may go again.
 """
@@ -109,10 +110,22 @@ async def acall(send: Callable[[], Awaitable[httpx.Response]], schedule: Schedul
             if unkeyed or (wait := schedule.next_wait(None)) is None:
                 raise
         else:
-            if response.status_code not in SHORT_RETRY or (unkeyed and response.status_code in PROXY_GAVE_UP) \
+            if not _short_retry(response) or (unkeyed and response.status_code in PROXY_GAVE_UP) \
                     or (wait := schedule.next_wait(retry_after(response))) is None:
                 return response
         await sleep(wait)
+
+
+def _short_retry(response: httpx.Response) -> bool:
+    """Worth another try on the short schedule: a 408, 502, 503 or 504, and a 429 that is not a
+    budget's refusal (a rate limit in front of the server; a budget's 429 is the call's answer)."""
+    if response.status_code == 429:
+        try:
+            body = response.json()
+        except ValueError:
+            return True
+        return not isinstance(body, dict) or body.get("code") != "budget_exceeded"
+    return response.status_code in SHORT_RETRY
 
 
 def _failed(response: httpx.Response | None, exc: BaseException | None) -> tuple[Failure, float | None, bool]:

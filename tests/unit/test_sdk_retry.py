@@ -152,6 +152,27 @@ def test_a_reserve_refused_by_a_budget_is_not_retried(clock, tmp_path):
     assert clock.sleeps == [] and len(requests) == 1
 
 
+@pytest.mark.parametrize("limited", [
+    problem(429, "rate_limited", "1"),
+    httpx.Response(429, headers={"Retry-After": "1"}, text="Too Many Requests"),  # a proxy's, not a problem
+], ids=["rate_limited", "a proxy's"])
+def test_a_call_rate_limited_with_a_short_retry_after_waits_it_out(clock, tmp_path, limited):
+    """A 429 that is not a budget's refusal (a rate limit in front of the server) says nothing about
+    the call: it is waited out within the budget, as a 503 is. It was raised at once."""
+    requests: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        if len(requests) == 1:
+            return limited
+        return httpx.Response(201 if request.method == "POST" else 200, json={"id": "res_1", "status": "held"})
+
+    tt = Client("http://tt", "secret", transport=httpx.MockTransport(handle), spool_dir=tmp_path)
+    assert tt.get("/v1/reservations/res_1")["status"] == "held"
+    assert tt.post("/v1/reservations", {"customer_id": "acme"})["status"] == "held"
+    assert clock.sleeps == [1.0] and len(requests) == 3
+
+
 def test_a_settle_whose_body_the_server_timed_out_is_sent_again(clock, tmp_path):
     # The server's connection guard answers 408 when a request body stalls, before the
     # application sees the request: nothing was done, and the same Idempotency-Key may go again.
