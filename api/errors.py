@@ -93,7 +93,9 @@ def documented(*statuses: int, secured: bool = True, body: bool = False,
     """Route-handler keyword arguments that document the problem responses a route can give, and
     (`replay`) the 200 with that body a creating route answers when the resource already exists."""
     # A secured route reads the database (its key, at least): under contention it may answer 503.
-    codes = set(statuses) | ({401, 403, 503} if secured else set()) | ({413, 415, 422} if body else set())
+    # Every /v1 route refuses a query parameter it does not take, or a path value PostgreSQL
+    # cannot hold (wire.guard_request): 422.
+    codes = set(statuses) | ({401, 403, 422, 503} if secured else set()) | ({413, 415, 422} if body else set())
     responses: dict[int, ResponseSpec] = {
         status: ResponseSpec(data_container=Problem, media_type="application/problem+json",
                              description=DESCRIPTIONS.get(status, "Error"), generate_examples=False)
@@ -156,7 +158,8 @@ def _validation(request: Request, exc: ValidationException) -> Response:
     fields = []
     for item in exc.extra if isinstance(exc.extra, list) else []:
         if isinstance(item, dict):
-            fields.append({"field": item.get("key") or item.get("source") or "body",
+            field = item.get("key") or item.get("source") or "body"
+            fields.append({"field": "body" if field == "data" else field,  # the handler's name for it
                            "message": item.get("message", "")})
     return problem(422, "validation_error", exc.detail or "invalid request", request, fields=fields)
 

@@ -16,7 +16,7 @@ from litestar.params import FromPath
 from api.auth import require
 from api.errors import documented
 from api.routes.formats import AMOUNT_TEXT, IDENTIFIER, POSITIVE_AMOUNT, PRICE, DateTime
-from api.routes.schemas import json_body
+from api.routes.schemas import BIGINT, Dimension, json_body
 from api.routes.wire import Answer, idempotency, integral, respond, shaped, time_in, time_out
 from ledger.db import lock_key
 from pricing.books import (
@@ -56,11 +56,11 @@ _PRICE_OR_TIERS = {"oneOf": [
 
 class TierRequest(msgspec.Struct, forbid_unknown_fields=True):
     price: Price
-    up_to: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    up_to: Annotated[int, msgspec.Meta(ge=1, le=BIGINT - 1)] | None = None
 
 
 class PromptTierRequest(msgspec.Struct, forbid_unknown_fields=True):
-    above: Annotated[int, msgspec.Meta(ge=0)]
+    above: Annotated[int, msgspec.Meta(ge=0, le=BIGINT - 1)]
     price: Price
 
 
@@ -73,7 +73,7 @@ class RuleRequest(msgspec.Struct, forbid_unknown_fields=True):
     token_type: Literal[TOKEN_TYPES]  # type: ignore[valid-type]
     model: NonEmpty | None = None
     price: Price | None = None
-    match: Annotated[dict[DimensionName, str | int | bool], msgspec.Meta(max_length=MAX_MATCH_DIMENSIONS)] | None = None
+    match: Annotated[dict[DimensionName, Dimension], msgspec.Meta(max_length=MAX_MATCH_DIMENSIONS)] | None = None
     tiers: Annotated[list[TierRequest], msgspec.Meta(max_length=MAX_TIERS, extra_json_schema={
         "description": "Ascending `up_to`; only the last tier is open (`up_to` null).",
         "contains": _OPEN_TIER, "maxContains": 1})] | None = None

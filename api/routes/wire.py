@@ -5,17 +5,19 @@ PostgreSQL cannot store)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import parse_qsl
 
 import msgspec
 from litestar import Request, Response
 from litestar.datastructures import MutableScopeHeaders
-from litestar.exceptions import ClientException, HTTPException
+from litestar.exceptions import ClientException, HTTPException, SerializationException
 from litestar.params import QueryParameter
 from litestar.response.base import ASGIResponse
 
@@ -265,16 +267,103 @@ async def guard_request(request: Request) -> None:
         problem = _text_problem(value) if isinstance(value, str) else None
         if problem is not None:
             raise WalletValidationError(name, problem)
-    if "data" not in scope["route_handler"].parsed_fn_signature.parameters:
+    if scope.get("query_string") and scope["path"].startswith("/v1/"):
+        _check_query(request)
+    data = scope["route_handler"].parsed_fn_signature.parameters.get("data")
+    if data is None:
         return  # Litestar never reads the body of a route without `data`
     body = await request.body()  # at most request_max_body_size (413 beyond)
     if not body:
-        return
+        if data.has_default:
+            return
+        raise WalletValidationError("body", "a JSON body is required")
     content_type = header(request, b"content-type")
     if content_type not in _PLAIN_JSON and not is_json(*request.content_type):
         raise HTTPException(status_code=415, detail="the body must be JSON: Content-Type application/json")
+    coding = header(request, b"content-encoding")
+    if coding is not None and coding.strip().lower() not in ("", "identity"):
+        raise HTTPException(status_code=415, detail=f"Content-Encoding {coding.strip()} is not supported: "
+                                                    "send the body uncompressed")
     if nested_too_deep(body):
         raise WalletValidationError("body", f"JSON nested deeper than {MAX_JSON_DEPTH} arrays and objects")
+    try:
+        decoded = await request.json()  # decoded once: the handler gets this value
+    except SerializationException as exc:
+        raise ClientException(str(exc)) from exc  # as Litestar answers it: malformed JSON
+    repeated = repeated_key(body, decoded)
+    if repeated is not None:
+        raise WalletValidationError(repeated, "given more than once in one object")
+
+
+def repeated_key(body: bytes, decoded: Any) -> str | None:
+    """The field (as validation errors name fields) of the first key given twice in one object of
+    JSON `body`, or None. A decoder keeps the last of the two, a proxy or a log may read the
+    first: refused, the request means one thing. Found by counting: outside strings, a colon
+    only ends a key, so a body with a repeated key has more colons than its decoded value
+    written out again (a string loses none, unless a colon was escaped as \\u003a); only then
+    is the body parsed again, keeping every pair, to name the key."""
+    if b"\\u003" not in body and body.count(b":") == msgspec.json.encode(decoded).count(b":"):
+        return None
+    try:
+        pairs = json.loads(body, object_pairs_hook=_Pairs)
+    except ValueError:
+        return None  # the decoder took it: whatever json refuses here is not a repeated key
+    return _first_repeat(pairs, "")
+
+
+class _Pairs(list):
+    """An object's (key, value) pairs in order, every one kept."""
+
+
+def _first_repeat(value: Any, path: str) -> str | None:
+    if isinstance(value, _Pairs):
+        seen: set[str] = set()
+        for key, item in value:
+            field = f"{path}.{key}" if path else key
+            if key in seen:
+                return field
+            seen.add(key)
+            found = _first_repeat(item, field)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _first_repeat(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
+_QUERY: dict[Any, tuple[frozenset[str], frozenset[str]]] = {}  # route handler: (names, names that repeat)
+
+
+def _query_names(request: Request) -> tuple[frozenset[str], frozenset[str]]:
+    """The query parameters the request's route handler takes (their names on the wire), and
+    those of them that are lists; read from the kwargs models Litestar built for the app."""
+    handler = request.route_handler
+    known = _QUERY.get(handler)
+    if known is None:
+        for route in request.app.routes:
+            for each, model in getattr(route, "route_handler_map", {}).values():
+                params = model.expected_query_params if model is not None else ()
+                _QUERY[each] = (frozenset(p.field_alias for p in params),
+                                frozenset(p.field_alias for p in params if p.is_sequence))
+        known = _QUERY.setdefault(handler, (frozenset(), frozenset()))
+    return known
+
+
+def _check_query(request: Request) -> None:
+    """A query parameter the route does not take, or a single one given twice, is a 422 naming
+    it: ignored, a misspelt filter (`?customr=acme`) would answer everyone's data."""
+    names, repeatable = _query_names(request)
+    seen: set[str] = set()
+    for name, _ in parse_qsl(request.scope["query_string"].decode("latin-1"), keep_blank_values=True):
+        if name not in names:
+            raise WalletValidationError(name, "not a query parameter of this route"
+                                        + (f"; it takes {', '.join(sorted(names))}" if names else "; it takes none"))
+        if name in seen and name not in repeatable:
+            raise WalletValidationError(name, "given more than once")
+        seen.add(name)
 
 
 def time_out(value: datetime | str | None) -> str | None:

@@ -1,0 +1,215 @@
+"""The HTTP contract at the edge (API.md's general rules, and what a demanding client expects of
+JSON over HTTP): a body means one thing or is refused, a query parameter the route does not take
+is named rather than ignored, and every refusal is problem+json with a stable code."""
+from __future__ import annotations
+
+import gzip
+import json
+import re
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from api.app import create_app
+from api.routes.wire import repeated_key
+from api.settings import Settings
+
+ADMIN = {"Authorization": "Bearer test-admin"}
+JSON = {**ADMIN, "Content-Type": "application/json"}
+
+
+@pytest.fixture
+async def client(db, database_url):
+    app = create_app(Settings(admin_key="test-admin", scheduler=False), database_url)
+    async with AsyncTestClient(app=app) as c:
+        yield c
+
+
+@pytest.fixture
+async def customer(client, tag) -> str:
+    book = {"id": f"contract-{tag}", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
+            "rules": [{"id": "in", "model": "model-a", "token_type": "input", "price": "10.00"}]}
+    assert (await client.post("/v1/price-books", json=book, headers=ADMIN)).status_code == 201
+    cid = f"contract-{tag}"
+    created = await client.post("/v1/customers", json={"id": cid, "price_book": f"contract-{tag}"}, headers=ADMIN)
+    assert created.status_code == 201, created.text
+    return cid
+
+
+def _refused(response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["code"] == code and body["status"] == status
+    return body
+
+
+async def _available(client, cid: str) -> str:
+    return (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()["available"]
+
+
+# (path, body, the field the answer names): the same key twice in one object, at any depth.
+DUPLICATES = [
+    ("/v1/customers/{cid}/topups", b'{"amount": "1.00", "amount": "1000.00"}', "amount"),
+    ("/v1/reservations", b'{"customer_id": "{cid}", "request_id": "dup", "model": "model-a", '
+                         b'"estimate": {"input_tokens": 1, "max_output_tokens": 1, "input_tokens": 900}}',
+     "estimate.input_tokens"),
+    ("/v1/usage-events", b'[{"event_id": "e1", "customer_id": "{cid}", "model": "model-a", '
+                         b'"timestamp": "2026-06-01T00:00:00Z", "usage": {"input_tokens": 1}}, '
+                         b'{"event_id": "e2", "customer_id": "{cid}", "customer_id": "other", "model": "model-a", '
+                         b'"timestamp": "2026-06-01T00:00:00Z", "usage": {"input_tokens": 1}}]',
+     "[1].customer_id"),
+    ("/v1/customers/{cid}/topups", b'{"amount": "1.00", "\\u0061mount": "1000.00"}', "amount"),  # the same key, escaped
+    # the colon an escape adds makes up for the one the repeated key takes away
+    ("/v1/customers/{cid}/topups", b'{"reference": "a", "reference": "\\u003a", "amount": "1.00"}', "reference"),
+]
+
+
+@pytest.mark.parametrize("path, body, field", DUPLICATES, ids=[d[2] for d in DUPLICATES])
+async def test_a_key_given_twice_in_one_object_is_refused_naming_it(client, customer, path, body, field):
+    """Before: the last of the two won ({"amount": "1.00", "amount": "1000.00"} topped up 1000.00,
+    201), while a proxy, a log or a signature check that reads the first saw 1.00."""
+    response = await client.post(path.format(cid=customer), headers=JSON,
+                                 content=body.replace(b"{cid}", customer.encode()))
+    body = _refused(response, 422, "validation_error")
+    assert body["fields"] == [{"field": field, "message": "given more than once in one object"}]
+    assert await _available(client, customer) == "0.00"
+
+
+async def test_colons_and_escapes_in_strings_are_not_taken_for_duplicate_keys(client):
+    name = 'a:b "c": \\u003a :'
+    content = b'{"scope": "auditor", "name": "a:b \\"c\\": \\\\u003a \\u003a"}'
+    created = await client.post("/v1/api-keys", headers=JSON, content=content)
+    assert created.status_code == 201, created.text
+    assert created.json()["name"] == name
+
+
+@pytest.mark.parametrize("path, unknown", [
+    ("/v1/customers/{cid}/usage?grop_by=model", "grop_by"),           # a typo of group_by
+    ("/v1/journal?customr={cid}", "customr"),                         # a typo of customer: every entry
+    ("/v1/customers/{cid}?expand=wallet", "expand"),                  # a route that takes none
+    ("/v1/journal?limit=5&limit=1", "limit"),                          # given twice: which one?
+])
+async def test_a_query_parameter_the_route_does_not_take_is_refused_naming_it(client, customer, path, unknown):
+    """Before: ignored, 200: `/v1/journal?customr=acme` answered every customer's entries, and
+    `?limit=5&limit=1` answered 5."""
+    response = await client.get(path.format(cid=customer), headers=ADMIN)
+    body = _refused(response, 422, "validation_error")
+    assert [f["field"] for f in body["fields"]] == [unknown]
+
+
+async def test_the_query_parameters_a_route_takes_are_still_taken(client, customer):
+    response = await client.get(f"/v1/customers/{customer}/usage?group_by=model&from=2026-01-01T00:00:00Z",
+                                headers=ADMIN)
+    assert response.status_code == 200, response.text
+    assert (await client.get(f"/v1/journal?customer={customer}&limit=1", headers=ADMIN)).status_code == 200
+
+
+async def test_a_compressed_body_is_415_not_malformed_json(client, customer):
+    """Before: 422 "JSON is malformed: invalid character (byte 0)" on `body`, for a body that
+    was well-formed JSON, gzipped (RFC 9110 15.5.16: an unsupported content coding is a 415)."""
+    response = await client.post(f"/v1/customers/{customer}/topups", content=gzip.compress(b'{"amount": "1.00"}'),
+                                 headers={**JSON, "Content-Encoding": "gzip"})
+    body = _refused(response, 415, "unsupported_media_type")
+    assert "Content-Encoding" in body["detail"]
+    plain = await client.post(f"/v1/customers/{customer}/topups", content=b'{"amount": "1.00"}',
+                              headers={**JSON, "Content-Encoding": "identity"})
+    assert plain.status_code == 201, plain.text
+
+
+@pytest.mark.parametrize("content, headers, message", [
+    (b"", ADMIN, "a JSON body is required"),
+    (b"", JSON, "a JSON body is required"),
+    (b"null", JSON, "Expected `object`, got `null`"),
+    (b"[]", JSON, "Expected `object`, got `array`"),
+])
+async def test_a_missing_or_wrong_kind_of_body_names_the_body(client, customer, content, headers, message):
+    """Before: the field was `data` (the handler's own argument) and, for no body, the message `'data'`."""
+    response = await client.post(f"/v1/customers/{customer}/topups", content=content, headers=headers)
+    body = _refused(response, 422, "validation_error")
+    assert body["fields"] == [{"field": "body", "message": message}]
+
+
+def _tiered(tag: str, **rule) -> dict:
+    return {"id": f"big-{tag}", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "format": 2,
+            "rules": [{"id": "in", "model": "model-a", "token_type": "input", **rule}]}
+
+
+@pytest.mark.parametrize("rule, field", [
+    ({"tiers": [{"up_to": 2**64 + 1, "price": "1"}, {"price": "2"}]}, "rules[0].tiers[0].up_to"),
+    ({"tiers": [{"up_to": 2**63, "price": "1"}, {"price": "2"}]}, "rules[0].tiers[0].up_to"),
+    ({"price": "1", "prompt_tiers": [{"above": 2**63, "price": "2"}]}, "rules[0].prompt_tiers[0].above"),
+    ({"price": "1", "match": {"tier": 2**63}}, "rules[0].match[...]"),
+])
+async def test_an_integer_beyond_int64_in_a_price_book_is_refused(client, tag, rule, field):
+    """Before: 201, the book kept `"up_to": 18446744073709551617` (no int64 reader can load it back;
+    usage dimensions were already bounded to bigint, a rule's match on them was not)."""
+    response = await client.post("/v1/price-books", json=_tiered(tag, **rule), headers=ADMIN)
+    body = _refused(response, 422, "validation_error")
+    assert [f["field"] for f in body["fields"]] == [field]
+    largest = {k: v for k, v in rule.items()}
+    if "tiers" in rule:
+        largest["tiers"] = [{"up_to": 2**63 - 1, "price": "1"}, {"price": "2"}]
+        assert (await client.post("/v1/price-books", json=_tiered(tag, **largest), headers=ADMIN)).status_code == 201
+
+
+class Pairs(list):
+    """An object as written: its (key, value) pairs, a key perhaps repeated."""
+
+
+_KEYS = st.sampled_from(["a", ":", "a:"])
+_PAIRS = st.recursive(
+    st.integers() | st.sampled_from([":", "x", "a:b", "::"]),
+    lambda inner: st.lists(inner, max_size=3) | st.lists(st.tuples(_KEYS, inner), max_size=4).map(Pairs),
+    max_leaves=20)
+
+
+def _written(value, escape: bool) -> str:
+    if isinstance(value, Pairs):
+        return "{" + ", ".join(f"{_written(k, escape)}: {_written(v, escape)}" for k, v in value) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_written(v, escape) for v in value) + "]"
+    text = json.dumps(value)
+    return text.replace(":", "\\u003a") if escape and isinstance(value, str) else text
+
+
+def _repeats(value) -> bool:
+    if isinstance(value, Pairs):
+        keys = [k for k, _ in value]
+        return len(set(keys)) < len(keys) or any(_repeats(v) for _, v in value)
+    return isinstance(value, list) and any(_repeats(v) for v in value)
+
+
+@given(_PAIRS, st.booleans())
+@settings(max_examples=300)
+def test_a_repeated_key_is_found_exactly_when_there_is_one(value, escape):
+    body = _written(value, escape).encode()
+    assert (repeated_key(body, msgspec.json.decode(body)) is not None) == _repeats(value)
+
+
+def _v1_routes(app: Litestar) -> list[tuple[str, str]]:
+    """(method, path) of every /v1 route, found in the app rather than listed by hand."""
+    routes = []
+    for route in app.routes:
+        if route.path.startswith("/v1/"):
+            path = re.sub(r"\{(\w+):\w+\}", lambda m: f"{m.group(1)}-nope", route.path)
+            routes += [(m, path) for m in getattr(route, "route_handler_map", {}) if m != "OPTIONS"]
+    return sorted(set(routes))
+
+
+async def test_every_v1_route_refuses_an_unknown_query_parameter_and_documents_the_422(client):
+    app = client.app
+    routes = _v1_routes(app)
+    assert len(routes) >= 45 and ("DELETE", "/v1/api-keys/key_id-nope") in routes
+    for method, path in routes:
+        response = await client.request(method, path + "?zz_unknown=1", headers=ADMIN)
+        body = _refused(response, 422, "validation_error")
+        assert [f["field"] for f in body["fields"]] == ["zz_unknown"], (method, path)
+    document = app.openapi_schema.to_schema()
+    undocumented = [(method, path) for path, operations in document["paths"].items() if path.startswith("/v1/")
+                    for method, operation in operations.items() if "422" not in operation["responses"]]
+    assert undocumented == []
