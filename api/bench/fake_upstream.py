@@ -195,13 +195,16 @@ async def _chat(fake: FakeUpstream, log: Logged, receive: Any, send: Any) -> Non
         await fake._wait_for_cut(log, receive)  # thinks until the caller gives up
         return
     cid, model, words = f"chatcmpl-{uuid.uuid4().hex[:12]}", log.body["model"], _words(_tokens(log))
+    # the tier that served the call, beside the usage: the one it asked for (OpenAI's "auto" is its project's)
+    tier = log.body.get("service_tier")
+    served = {"service_tier": tier} if tier not in (None, "auto") else {}
     head = {"id": cid, "object": "chat.completion.chunk", "created": 1764680000, "model": model,
-            "system_fingerprint": "fp_fake"}
+            "system_fingerprint": "fp_fake", **served}
     if not log.body.get("stream"):
         answer = {"id": cid, "object": "chat.completion", "created": 1764680000, "model": model,
                   "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(words), "refusal": None},
                                "logprobs": None, "finish_reason": "stop"}], "usage": _chat_usage(len(words)),
-                  "system_fingerprint": "fp_fake"}
+                  "system_fingerprint": "fp_fake", **served}
         if model.endswith("-drop"):
             await _dropped(send, msgspec.json.encode(answer))
         log.emitted, log.done = len(words), True
@@ -310,6 +313,8 @@ async def _messages(fake: FakeUpstream, log: Logged, receive: Any, send: Any) ->
     # the container the code ran in: Anthropic's usage does not count code execution, the answer names it
     container = {"container": {"id": "container_fake", "expires_at": "2026-12-31T00:00:00Z"}} if executed else {}
     start_usage = {**ANTHROPIC_USAGE, "output_tokens": 1}
+    if log.body.get("speed") is not None:  # the speed it ran at, in its usage
+        server = {**server, "speed": log.body["speed"]}
     message = {"id": mid, "type": "message", "role": "assistant", "model": log.body["model"], "content": [],
                "stop_reason": None, "stop_sequence": None, "usage": start_usage}
     if not log.body.get("stream"):

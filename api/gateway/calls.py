@@ -10,6 +10,9 @@ upstream: the body to forward, changed only where metering needs it:
   upper bound (`max_completion_tokens` for chat, `max_output_tokens` for responses; Anthropic
   requires `max_tokens` already);
 - `n` choices of a chat call may each produce the cap: the hold counts all of them;
+- the fields that choose the provider's prices (PRICED_FIELDS: OpenAI's `service_tier`,
+  Anthropic's `speed` and `inference_geo`) are the call's dimensions, so a book's rules that
+  match them price its hold and its charge;
 - a chat call's predicted output (`prediction`) is billed, the tokens of it the answer rejects,
   as completion tokens beyond the cap: the hold counts the prediction's tokens as output too.
 
@@ -95,6 +98,12 @@ _DATA_URL = re.compile(r"data:([^;,]*)(?:;[^;,]*)*;base64,", re.ASCII)
 PROMPT_FIELDS = {CHAT: ("messages", "tools", "functions", "response_format"),
                  RESPONSES: ("input", "instructions", "tools", "text"),
                  MESSAGES: ("system", "messages", "tools")}
+# The fields of a call that choose the provider's prices, held and charged as dimensions of the same
+# names that a book's rules match: OpenAI's service_tier (priority, flex; "auto", its project's
+# choice, is none: the answer's reported tier prices the charge), Anthropic's speed (fast mode) and
+# inference_geo (where it runs).
+PRICED_FIELDS = {CHAT: ("service_tier",), RESPONSES: ("service_tier",), MESSAGES: ("speed", "inference_geo")}
+MAX_PRICED_VALUE = 40
 # An earlier answer's audio, referred to by id: at most a whole answer of audio, the most output
 # tokens OpenAI's audio models produce (gpt-4o-audio-preview, gpt-audio: 16,384 max output tokens).
 AUDIO_REFERENCE_TOKENS = 16_384
@@ -115,6 +124,7 @@ class Call:
     prior_context: bool = False  # the provider bills earlier turns the body does not show
     tool_uses: tuple[tuple[str, int], ...] = ()  # the most uses of per-call tools the provider runs ("web_search", 5)
     container_units: int = 0  # the code_execution units charged per container the answer shows it ran code in
+    dimensions: tuple[tuple[str, str], ...] = ()  # the prices the call asks for (PRICED_FIELDS): ("speed", "fast")
 
 
 def _count(value: Any, name: str) -> int | None:
@@ -305,6 +315,19 @@ def _output_cap(kind: str, body: dict[str, Any], default: int) -> tuple[int, boo
     return cap, added
 
 
+def _priced(kind: str, body: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The dimensions of PRICED_FIELDS the call sets."""
+    out = []
+    for name in PRICED_FIELDS.get(kind, ()):
+        value = body.get(name)
+        if value is None or (name == "service_tier" and value == "auto"):
+            continue
+        if not isinstance(value, str) or not 0 < len(value) <= MAX_PRICED_VALUE:
+            raise CallError(name, f"must be a string of 1 to {MAX_PRICED_VALUE} characters")
+        out.append((name, value))
+    return tuple(out)
+
+
 def _prediction_tokens(body: Mapping[str, Any], model: str, counter: TokenCounter) -> int:
     """The tokens of a chat call's predicted output (`prediction: {type: content, content}`, a
     string or text parts), which OpenAI bills as completion tokens where the answer rejects them:
@@ -366,4 +389,4 @@ def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: Token
             changed = True
     return Call(kind, model, stream, prompt_tokens + results, raw_tokens, cap,
                 msgspec.json.encode(body) if changed else raw, wanted, audio_tokens, audio_tokens + referred,
-                prior, uses, containers)
+                prior, uses, containers, _priced(kind, body))

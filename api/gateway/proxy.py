@@ -269,7 +269,7 @@ class Exchange:
             request_hash=request_hash({"gateway": f"{self.provider}.{self.kind}", "model": call.model, **estimate}),
             prompt_tokens=call.prompt_tokens, max_output_tokens=call.max_output_tokens, estimate=estimate,
             prompt_audio_tokens=call.hold_audio_tokens, prior_context_tokens=prior, tool_uses=dict(call.tool_uses),
-            dimensions=self.dimensions)
+            dimensions={**self.dimensions, **dict(call.dimensions)})  # the prices it asks for (speed: fast)
         try:
             result = await self.gw.wallets.submit(command)
         except Exception as exc:

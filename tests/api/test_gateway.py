@@ -621,6 +621,47 @@ def test_a_predicted_output_is_held_for_the_prediction_openai_may_bill_as_output
     assert Decimal(parts.headers["x-tokentill-reserved"]) == Decimal(predicted.headers["x-tokentill-reserved"])
 
 
+PRIORITY, FAST = Decimal("40"), Decimal("120")  # per million output tokens: OpenAI priority, Anthropic fast
+
+
+def test_an_openai_call_that_asks_for_priority_is_held_at_the_priority_price(live, fake):
+    """OpenAI bills a call served at its priority tier at its priority prices: the request's
+    service_tier is held at them (was: at the standard prices, 0.02 short per 1,000 output tokens);
+    the answer's service_tier prices the charge."""
+    url, _ = live
+    _, key = customer((url, tool_book(url, {"id": "out-priority", "token_type": "output", "price": str(PRIORITY),
+                                            "match": {"service_tier": "priority"}})))
+    client = oai(url, key).chat.completions
+    standard = client.with_raw_response.create(model="gpt-test", messages=HI, max_tokens=1000)
+    priority = client.with_raw_response.create(model="gpt-test", messages=HI, max_tokens=1000,
+                                               service_tier="priority")
+    assert priority.parse().service_tier == "priority"
+    held = Decimal(priority.headers["x-tokentill-reserved"]) - Decimal(standard.headers["x-tokentill-reserved"])
+    assert held == 1000 * (PRIORITY - OUT) / M
+    assert charged(url, priority.headers["x-tokentill-request-id"]) == CHAT_CHARGE + 40 * (PRIORITY - OUT) / M
+    assert fake.fake.calls[-1].body["service_tier"] == "priority"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_anthropic_fast_mode_call_is_held_and_charged_at_the_books_fast_price(live, fake, stream):
+    """Anthropic bills fast mode (speed: fast) at its own, higher prices: a book prices it with
+    rules that match speed fast (was: held and charged at the standard prices, 0.0024 short here)."""
+    url, _ = live
+    _, key = customer((url, tool_book(url, {"id": "out-fast", "token_type": "output", "price": str(FAST),
+                                            "match": {"speed": "fast"}})))
+    client = claude(url, key)
+    args = {"model": "claude-test", "max_tokens": 1000, "messages": HI, "extra_body": {"speed": "fast"}}
+    if stream:
+        with client.messages.stream(**args) as s:
+            "".join(s.text_stream)
+            headers = s.response.headers
+    else:
+        headers = client.messages.with_raw_response.create(**args).headers
+    assert Decimal(headers["x-tokentill-reserved"]) >= 1000 * FAST / M
+    assert charged(url, headers["x-tokentill-request-id"]) == MESSAGES_CHARGE + 40 * (FAST - OUT) / M
+    assert fake.fake.calls[-1].body["speed"] == "fast"
+
+
 def test_a_format_1_book_charges_no_openai_web_search(live, fake):
     """A format 1 book bills no per-call tools: the answer's usage alone, its searches rated at nothing."""
     url, _ = live

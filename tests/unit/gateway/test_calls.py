@@ -452,3 +452,16 @@ def test_a_chat_calls_prediction_is_held_as_output_beyond_its_cap():
     assert call(CHAT, {**body, "prediction": {"type": "content", "content": "hello world"}}).max_output_tokens == 52
     unknown = call(CHAT, {**body, "model": "my-model", "prediction": {"type": "content", "content": "hello world"}})
     assert unknown.max_output_tokens == 50 + 3  # 2 tokens + 10 %, rounded up
+
+
+def test_the_fields_that_choose_the_providers_prices_are_the_calls_dimensions():
+    chat = {"model": "gpt-4", "messages": HI, "max_tokens": 5}
+    assert call(CHAT, {**chat, "service_tier": "priority"}).dimensions == (("service_tier", "priority"),)
+    assert call(CHAT, {**chat, "service_tier": "auto"}).dimensions == ()  # the project's: the answer tells
+    assert call(RESPONSES, {"model": "gpt-4", "input": "hi", "service_tier": "flex"}).dimensions == (
+        ("service_tier", "flex"),)
+    messages = {"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": HI, "speed": "fast", "inference_geo": "us"}
+    assert call(MESSAGES, messages).dimensions == (("speed", "fast"), ("inference_geo", "us"))
+    with pytest.raises(CallError) as raised:
+        call(MESSAGES, {**messages, "speed": 2})
+    assert raised.value.field == "speed"
