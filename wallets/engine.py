@@ -513,7 +513,7 @@ def _on_record(r: dict[str, Any]) -> ChargeOnRecord:
     return ChargeOnRecord(int(r["id"]), at, r["model"], r["dimensions"] or {}, r["usage"] or {},
                           tuple(r["lines"]), int(r["charged"]), int(r["from_receivable"]),
                           None if r["funding"] is None else tuple((a, int(x)) for a, x in r["funding"]),
-                          current, frozenset(v for v, _ in adjustments), int(r["seq"]))
+                          current, frozenset((v, int(o)) for v, _, o in adjustments), int(r["seq"]))
 
 
 async def _scalar(conn: AsyncConnection, sql: str, params: tuple[Any, ...]) -> Any:

@@ -53,7 +53,8 @@ def _lines(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 _CHARGES = text("""
 SELECT c.*, v.rules AS version_rules,
-       (SELECT jsonb_agg(jsonb_build_object('corrected_version', a.corrected_version, 'rerate_id', a.rerate_id,
+       (SELECT jsonb_agg(jsonb_build_object('corrected_version', a.corrected_version,
+                         'overrides_version', nullif(a.overrides_version, 0), 'rerate_id', a.rerate_id,
                          'old_amount', a.old_amount, 'new_amount', a.new_amount, 'entry_id', a.entry_id,
                          'credit_note', n.number) ORDER BY a.id)
           FROM charge_adjustments a LEFT JOIN credit_notes n ON n.id = a.credit_note_id

@@ -4,15 +4,17 @@ customers and billing periods whose charges it touches, and either preview the d
 engine (one transaction per lane, under the lane's writer lock, the customers' locks and the
 credit note issuer's numbering lock), as closes run. The rules are wallets/core/rerating.py.
 
-The same book, version, range and customer filter is the same re-rate: applying it again, at
-once or later, moves nothing more and answers what the first did (the answer is read from the
-adjustments recorded, whoever applied them)."""
+The same book, version, range and customer filter is the same re-rate, as long as the price
+overrides of the customers it covers stay as they are (`RerateSpec.overrides`, migration 0033):
+applying it again, at once or later, moves nothing more and answers what the first did (the
+answer is read from the adjustments recorded, whoever applied them). After another override
+version over the range, it is a new re-rate, which corrects what that version changed."""
 from __future__ import annotations
 
 import hashlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,6 +49,7 @@ class RerateSpec:
     range_from: datetime
     range_to: datetime
     customer_id: str | None = None
+    overrides: str = ""  # a digest of the override versions it rates with ('' : none; see `with_overrides`)
 
     def __post_init__(self) -> None:
         # the range in UTC: the same instants in another offset are the same re-rate (its id)
@@ -60,7 +63,7 @@ class RerateSpec:
     def rerate_id(self) -> str:
         """The re-rate's id: a digest of what it is (so the same request is the same re-rate)."""
         raw = "\x1f".join((self.book_id, self.version, self.range_from.isoformat(), self.range_to.isoformat(),
-                           self.customer_filter))
+                           self.customer_filter, *([self.overrides] if self.overrides else [])))
         return "rr_" + hashlib.sha256(raw.encode()).hexdigest()[:24]
 
     def view(self) -> dict[str, Any]:
@@ -95,6 +98,23 @@ async def check(conn: AsyncConnection, spec: RerateSpec) -> None:
         raise NotFoundError(f"no customer {spec.customer_id}", customer_id=spec.customer_id)
 
 
+async def with_overrides(conn: AsyncConnection, spec: RerateSpec) -> RerateSpec:
+    """`spec` named by the price overrides it rates with: the latest override version taking
+    effect before the range ends of each customer with charges in it ('' when none has any)."""
+    rows = (await conn.exec_driver_sql(
+        """SELECT o.customer_id, max(o.version) FROM price_overrides o
+            WHERE o.effective_from < %s AND o.customer_id IN (
+                  SELECT c.customer_id FROM charges c
+                   WHERE c.price_book = %s AND c.occurred_at >= %s AND c.occurred_at < %s
+                     AND (%s::text IS NULL OR c.customer_id = %s))
+            GROUP BY 1 ORDER BY 1""",
+        (spec.range_to, spec.book_id, spec.range_from, spec.range_to, spec.customer_id, spec.customer_id))).all()
+    if not rows:
+        return spec
+    raw = "\x1f".join(f"{cid}:{version}" for cid, version in rows)
+    return replace(spec, overrides=hashlib.sha256(raw.encode()).hexdigest()[:24])
+
+
 async def affected(conn: AsyncConnection, spec: RerateSpec) -> list[tuple[str, str, Cycle]]:
     """(customer, billing period, cycle) of every charge of the book whose usage time is in range."""
     rows = await conn.exec_driver_sql(
@@ -118,6 +138,7 @@ async def preview(db: Database, books: BookCache, spec: RerateSpec) -> dict[str,
     on the same records; nothing changes. A customer's period the rule cannot rate is listed in
     `errors`, as apply lists it."""
     await db.read(lambda conn: check(conn, spec))
+    spec = await db.read(lambda conn: with_overrides(conn, spec))
     rerate_id = spec.rerate_id()
 
     async def work(conn: AsyncConnection) -> tuple[dict[str, list[Correction]], list[dict[str, Any]]]:
@@ -143,6 +164,7 @@ async def apply(db: Database, engine: Engine, spec: RerateSpec, idempotency_key:
     """Post the adjustments (one entry per customer and billing period) and the credit notes;
     the same re-rate again moves nothing and answers the same."""
     await db.read(lambda conn: check(conn, spec))
+    spec = await db.read(lambda conn: with_overrides(conn, spec))
     rerate_id = await db.run(lambda conn: _record(conn, spec, idempotency_key))
     todo = await db.read(lambda conn: affected(conn, spec))
     commands = [_command(spec, rerate_id, cid, period) for cid, period, _ in todo]
@@ -165,9 +187,11 @@ async def _record(conn: AsyncConnection, spec: RerateSpec, key: str | None) -> s
         if other is not None and other != rerate_id:
             raise ConflictError(f"Idempotency-Key {key!r} was used for another re-rate", rerate_id=other)
     await conn.exec_driver_sql(
-        """INSERT INTO rerates (id, book_id, version, range_from, range_to, customer_filter, idempotency_key)
-           VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",
-        (rerate_id, spec.book_id, spec.version, spec.range_from, spec.range_to, spec.customer_filter, key))
+        """INSERT INTO rerates (id, book_id, version, range_from, range_to, customer_filter, overrides,
+                                idempotency_key)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",
+        (rerate_id, spec.book_id, spec.version, spec.range_from, spec.range_to, spec.customer_filter,
+         spec.overrides, key))
     return rerate_id
 
 

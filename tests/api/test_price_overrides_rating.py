@@ -208,3 +208,72 @@ async def test_a_rerate_applied_after_a_backdated_version_gives_the_difference_b
                               headers=ADMIN)).json()
     [adjustment] = trace["charges"][0]["adjustments"]
     assert adjustment["old_amount"] == "0.81" and adjustment["new_amount"] == "0.51"
+
+
+async def backdate(client, cid: str, at: datetime, price: str) -> None:
+    put = await client.put(f"/v1/customers/{cid}/price-overrides", headers=ADMIN, json={
+        "effective_from": utc(at),
+        "contract_prices": [{"id": f"c{price}", "model": "model-a", "token_type": "input", "price": price}]})
+    assert put.status_code == 201, put.text
+
+
+async def rerate(client, cid: str, since: datetime, until: datetime) -> dict:
+    version = (await client.get(f"/v1/price-books/{BOOK}", headers=ADMIN)).json()["versions"][0]["version"]
+    applied = await client.post("/v1/rerate", headers=ADMIN, json={
+        "price_book": BOOK, "version": version, "from": utc(since), "to": utc(until),
+        "customer_id": cid, "mode": "apply"})
+    assert applied.status_code == 200, applied.text
+    assert applied.json()["errors"] == [], applied.text
+    return applied.json()
+
+
+async def test_a_second_backdated_override_is_rerated_under_the_same_book_version(client) -> None:
+    now = datetime.now(UTC)
+    cid = await customer(client, {"contract_prices": [
+        {"id": "c8", "model": "model-a", "token_type": "input", "price": "8.00"}]},
+        effective_from=now - timedelta(hours=3))
+    trace = await event(client, cid, now - timedelta(minutes=10), 100_000)
+    assert charged(trace) == "0.81"  # 100,000 x $8/M + the call fee
+    await backdate(client, cid, now - timedelta(minutes=30), "5.00")
+    assert (await rerate(client, cid, now - timedelta(hours=3), now))["delta"] == "-0.30"  # 0.80 -> 0.50
+    await backdate(client, cid, now - timedelta(minutes=20), "3.00")
+    second = await rerate(client, cid, now - timedelta(hours=3), now)
+    assert second["delta"] == "-0.20", second  # 0.50 -> 0.30
+    assert second["customers"][0]["old_amount"] == "0.50" and second["customers"][0]["new_amount"] == "0.30"
+    again = await rerate(client, cid, now - timedelta(hours=3), now)  # the same re-rate: nothing more moves
+    assert again["delta"] == "-0.20" and again["rerate_id"] == second["rerate_id"]
+    upcoming = (await client.get(f"/v1/customers/{cid}/invoices/upcoming", headers=ADMIN)).json()
+    assert upcoming["total"] == "0.31", upcoming  # 0.30 at the latest price + the call fee
+    assert [ln["amount"] for ln in upcoming["lines"] if ln["kind"] == "adjustment"] == ["-0.50"]  # both re-rates
+    wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
+    assert wallet["available"] == "9.69"  # 10.00 - 0.81 + 0.30 + 0.20
+    again = (await client.get(f"/v1/audit/charges/{trace['request_id']}?customer_id={cid}", headers=ADMIN)).json()
+    assert [(a["old_amount"], a["new_amount"]) for a in again["charges"][0]["adjustments"]] == [
+        ("0.81", "0.51"), ("0.51", "0.31")]
+    verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
+    assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]
+
+
+async def test_a_second_backdated_override_over_an_invoiced_period_gets_a_credit_note_of_its_own(client) -> None:
+    now = datetime.now(UTC)
+    cid = await customer(client, {"contract_prices": [
+        {"id": "c8", "model": "model-a", "token_type": "input", "price": "8.00"}]},
+        effective_from=now - timedelta(hours=3))
+    await event(client, cid, now - timedelta(minutes=10), 100_000)
+    period = period_of(now - timedelta(minutes=10), Cycle())
+    closed = await client.post("/v1/billing/close", headers=ADMIN, json={
+        "until": utc(period.end + timedelta(hours=1, seconds=1)), "customer_id": cid, "early": True})
+    assert closed.status_code == 200, closed.text
+    [invoice] = closed.json()["closed"]
+    await backdate(client, cid, now - timedelta(minutes=30), "5.00")
+    first = await rerate(client, cid, now - timedelta(hours=3), now)
+    await backdate(client, cid, now - timedelta(minutes=20), "3.00")
+    second = await rerate(client, cid, now - timedelta(hours=3), now)
+    assert [n["total"] for n in first["credit_notes"] + second["credit_notes"]] == ["-0.30", "-0.20"]
+    assert {n["invoice_id"] for n in first["credit_notes"] + second["credit_notes"]} == {invoice["invoice_id"]}
+    notes = (await client.get(f"/v1/customers/{cid}/credit-notes", headers=ADMIN)).json()["credit_notes"]
+    assert [n["total"] for n in notes] == ["-0.30", "-0.20"]
+    wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
+    assert wallet["available"] == "9.69"  # 10.00 - 0.81 + 0.30 + 0.20
+    verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
+    assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]

@@ -129,7 +129,8 @@ class AdjustmentPosted(msgspec.Struct, frozen=True, gc=False):
 
 
 class ChargeAdjusted(msgspec.Struct, frozen=True, gc=False):
-    """A charge re-rated to `version`: its amounts by (model, token type) before and after."""
+    """A charge re-rated to `version` (and its customer's overrides version in force at its usage
+    time, 0: none): its amounts by (model, token type) before and after."""
 
     customer_id: str
     charge_id: int
@@ -141,6 +142,7 @@ class ChargeAdjusted(msgspec.Struct, frozen=True, gc=False):
     old_lines: tuple[tuple[str, str, int], ...]
     new_lines: tuple[tuple[str, str, int], ...]
     credit_note_id: str | None
+    overrides_version: int = 0
 
 
 class CreditNoteIssued(msgspec.Struct, frozen=True, gc=False):

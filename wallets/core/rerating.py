@@ -5,7 +5,9 @@ A charge keeps the usage it was rated for (its usage lines' quantities by token 
 dimensions, its usage time). Re-rating rates it again with the corrected version, graduated
 tiers continuing, as at the time, from the period's earlier charges (re-rated too, in order); its
 difference from what the charge now stands at (as charged, or as its last re-rate left it) is
-what moves. A charge is re-rated to a version at most once, so v2 then v3 adjusts by v3 - v2.
+what moves. A charge is re-rated to a version at most once, so v2 then v3 adjusts by v3 - v2;
+a version of its customer's overrides counts as a version too (the one in force at its usage
+time): a second backdated override change re-rates it again under the same book version.
 
 The money moves in one balanced entry per customer and billing period of the charges:
 - more charged: paid like usage, from the live lots in consumption order, then the receivable;
@@ -60,7 +62,8 @@ class ChargeOnRecord:
     from_receivable: int
     funding: tuple[tuple[str, int], ...] | None  # None: not recorded (charges before migration 0019)
     current: Mapping[TypeKey, int] | None = None  # amounts after its last re-rate (None: as charged)
-    versions: frozenset[str] = frozenset()  # versions it was re-rated to
+    # (book version, overrides version in force at its usage time, 0: none) it was re-rated to
+    versions: frozenset[tuple[str, int]] = frozenset()
     seq: int = 0  # its capture of the call (0: a usage event, or a call's first charge, which pays the fee)
 
     def tokens(self) -> dict[str, int]:
@@ -97,6 +100,7 @@ class Correction:
     charge: ChargeOnRecord
     old: Mapping[TypeKey, int]
     new: Mapping[TypeKey, int]
+    overrides_version: int = 0  # the customer's overrides that rated it (0: none)
 
     @property
     def old_amount(self) -> int:
@@ -152,6 +156,12 @@ def rerated_lines(charge: ChargeOnRecord, version: PriceVersion, so_far: Mapping
     return rate(usage, version, in_force.overrides, period_to_date(so_far))
 
 
+def overrides_version(charge: ChargeOnRecord, overrides: OverrideHistory | None) -> int:
+    """The version of the customer's overrides in force at the charge's usage time (0: none)."""
+    in_force = overrides.at(charge.occurred_at) if overrides is not None else None
+    return in_force.version if in_force is not None else 0
+
+
 def corrections(data: RerateInput, range_from: datetime, range_to: datetime) -> list[Correction]:
     """Each charge of the range whose amounts the corrected version changes (in usage-time order).
     Graduated tiers continue from the period's earlier charges: those before the range count as
@@ -171,8 +181,9 @@ def corrections(data: RerateInput, range_from: datetime, range_to: datetime) -> 
             new = {k: v for k, v in by_type(charge.model, (
                 {"kind": ln.kind, "token_type": ln.token_type, "amount_units": ln.amount_units}
                 for ln in rating.lines)).items() if v}
-            if old != new and data.version.version not in charge.versions:
-                out.append(Correction(charge, old, new))
+            ours = overrides_version(charge, data.overrides)
+            if old != new and (data.version.version, ours) not in charge.versions:
+                out.append(Correction(charge, old, new, ours))
         for rule_id, quantity in counted.items():
             so_far[rule_id] = so_far.get(rule_id, 0) + quantity
     return out
@@ -311,7 +322,7 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
     for x in found:
         effects.append(ChargeAdjusted(
             c.id, x.charge.id, cmd.version, cmd.rerate_id, cmd.period, x.old_amount, x.new_amount,
-            _pairs(x.old), _pairs(x.new), note.credit_note_id if note is not None else None))
+            _pairs(x.old), _pairs(x.new), note.credit_note_id if note is not None else None, x.overrides_version))
     result = Rerated(c.id, cmd.period, len(found), net, note.number if note is not None else None,
                      posted.key if posted is not None else None)
     return Decision(Outcome(result.code, result), posted, tuple(effects))

@@ -59,10 +59,10 @@ def test_charges_in_the_range_carry_the_tiers_as_re_rated():
 
 def test_a_charge_stands_at_its_last_re_rate_and_is_re_rated_to_a_version_once():
     adjusted = charge(1, 5, 500_000, 5_000_000_000, current={("model-a", "input"): 4_500_000_000},
-                      versions=frozenset({"v1-fix"}))
+                      versions=frozenset({("v1-fix", 0)}))
     [x] = corrections(RerateInput(FLAT_8, (adjusted,)), NOV_1, DEC_1)
     assert (x.old_amount, x.delta) == (4_500_000_000, -500_000_000)  # v3 - v2, not v3 - charged
-    done = charge(1, 5, 500_000, 5_000_000_000, versions=frozenset({"v2"}))
+    done = charge(1, 5, 500_000, 5_000_000_000, versions=frozenset({("v2", 0)}))
     assert corrections(RerateInput(FLAT_8, (done,)), NOV_1, DEC_1) == []
 
 
