@@ -13,6 +13,7 @@ in another currency already name.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,6 +22,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.db import Database, lock_key
+from pricing.books import PriceVersion
 from pricing.genai import ProviderBook
 from pricing.parse import parse_version
 from wallets.books import StoredVersion, add_version, stored_versions
@@ -86,16 +88,22 @@ def plan_versions(plan: ProviderBook, stored: list[StoredVersion], effective_fro
 
 
 async def import_book(db: Database, plan: ProviderBook, effective_from: datetime) -> ImportReport:
-    """Create or version one provider's book, in one transaction under the book's lock."""
+    """Create or version one provider's book, in one transaction under the book's lock. The
+    versions are parsed first, in a worker thread (a big provider's take seconds: on the event
+    loop every other request would wait, in the transaction its idle timeout could end it); the
+    transaction plans again, and parses again only what a version posted meanwhile changed."""
+    stored = await db.read(lambda conn: stored_versions(conn, plan.book_id))
+    planned = plan_versions(plan, stored, effective_from)
+    parsed = await asyncio.to_thread(_parsed, plan.book_id, planned[0])
+
     async def work(conn: AsyncConnection) -> ImportReport:
-        stored = await stored_versions(conn, plan.book_id)
-        versions, conflicts = plan_versions(plan, stored, effective_from)
+        versions, conflicts = plan_versions(plan, await stored_versions(conn, plan.book_id), effective_from)
+        ready = parsed if (versions, conflicts) == planned else _parsed(plan.book_id, versions)
         report = ImportReport(plan.book_id, plan.models, len(_in_force(plan.versions, effective_from) or []),
                               conflicts=conflicts, skipped=dict(plan.skipped))
-        for at, rules in versions:
-            body = _body(plan.book_id, at, rules)
-            await add_version(conn, body, parse_version(body))
-            report.created.append(at.isoformat())
+        for body, version in ready:
+            await add_version(conn, body, version)
+            report.created.append(version.effective_from.isoformat())
         return report
 
     try:
@@ -105,12 +113,17 @@ async def import_book(db: Database, plan: ProviderBook, effective_from: datetime
                             conflicts=[str(exc)], skipped=dict(plan.skipped))
 
 
+def _parsed(book_id: str, versions: list[tuple[datetime, list[dict[str, Any]]]]
+            ) -> list[tuple[dict[str, Any], PriceVersion]]:
+    """Each version to post, as posted and parsed."""
+    bodies = [_body(book_id, at, rules) for at, rules in versions]
+    return [(body, parse_version(body)) for body in bodies]
+
+
 async def import_genai_prices(db: Database, provider: str | None, model: str | None, effective_from: datetime,
                               taken_on: str) -> list[ImportReport]:
     """Import the snapshot's books (one provider's, or one model's), each in its own transaction.
     Building the books from the snapshot takes seconds: it runs in a worker thread."""
-    import asyncio
-
     from pricing.genai import provider_books
 
     plans = await asyncio.to_thread(provider_books, provider, model, taken_on=taken_on)
