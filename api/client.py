@@ -36,6 +36,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
+import anyio
 import httpx
 
 from api import delivery
@@ -585,18 +586,22 @@ class AsyncClient(_Base, AsyncJournalReads):
         return await self._call("POST", path, body, key=key)
 
     async def aclose(self) -> None:
-        if self._replay is not None:  # stopped: what it has not sent stays in the spool
-            self._replay.cancel()
-            await asyncio.gather(self._replay, return_exceptions=True)
-        if self._exits:  # exits whose callers were cancelled: let them finish, then interrupt (spool)
-            _, late = await asyncio.wait(set(self._exits), timeout=self._drain_timeout_s)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
-        if self._background is not None:
-            await self._background.drain(self._drain_timeout_s)
-            self._background = None
-        await self._http.aclose()
+        """Stop the replay, wait for the exits (and the queue) at most `drain_timeout_s`, close the
+        connections. Shielded from a cancel scope (anyio's, as Starlette and Litestar use), which
+        cancels every await until it is left: a close inside one still does all of this."""
+        with anyio.CancelScope(shield=True):
+            if self._replay is not None:  # stopped: what it has not sent stays in the spool
+                self._replay.cancel()
+                await asyncio.gather(self._replay, return_exceptions=True)
+            if self._exits:  # exits whose callers were cancelled: let them finish, then interrupt (spool)
+                _, late = await asyncio.wait(set(self._exits), timeout=self._drain_timeout_s)
+                for task in late:
+                    task.cancel()
+                await asyncio.gather(*late, return_exceptions=True)
+            if self._background is not None:
+                await self._background.drain(self._drain_timeout_s)
+                self._background = None
+            await self._http.aclose()
 
     async def __aenter__(self) -> AsyncClient:
         await self._flush_at_start()

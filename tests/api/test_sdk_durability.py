@@ -534,3 +534,19 @@ def test_ctrl_c_while_a_reserves_answer_is_on_its_way_leaves_no_hold(live, spool
     wallet = httpx.get(f"{url}/v1/customers/{customer}/wallet", headers={"Authorization": f"Bearer {ADMIN}"}).json()
     assert Decimal(wallet["reserved"]) == 0 and Decimal(wallet["available"]) == Decimal("10")
     assert not [rec for path in spool_dir.glob("*.jsonl") for rec in Spool(path).records()]
+
+
+async def test_a_client_left_by_a_cancel_scope_still_closes_after_its_exits(live, spool_dir):
+    """A cancel scope (anyio's, as Starlette and Litestar use) cancels every await until the
+    `async with AsyncClient` is left, its close's too: the close must still wait for the block's
+    exit (its settle) and close the connections, not stop at its first await."""
+    url, book = live
+    customer = new_customer(url, book)
+    with anyio.move_on_after(0.3):
+        async with AsyncClient(url, ADMIN) as tt:
+            async with tt.reserve(customer, "model-a", input_tokens=1000, max_output_tokens=500) as r:
+                r.record(input_tokens=1000, output_tokens=400)
+                await anyio.sleep(30)  # the rest of the stream, never to come
+    assert tt._http.is_closed and not tt._exits, "closed, after the exit's settle"
+    assert_charged_once(url, r.id, customer)
+    assert not list(spool_dir.glob("*.jsonl"))
