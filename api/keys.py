@@ -51,6 +51,10 @@ def validate(scope: str, customers: list[str]) -> None:
     fields += [{"field": f"customers[{i}]", "message": f"{c!r} is not a customer id (1-100 of A-Z a-z 0-9 . _ -, "
                 "starting with a letter or digit)"} for i, c in enumerate(customers)
                if not (isinstance(c, str) and CUSTOMER_ID.match(c))]
+    own = scope.removeprefix("customer:") if scope.startswith("customer:") else None
+    if own is not None and customers and own not in customers:  # a key every route would refuse
+        fields.append({"field": "customers", "message": f"a customer:{own} key sees its own customer only: "
+                       f"leave customers out, or list {own!r}"})
     if fields:
         raise InvalidEntryError("invalid API key request", fields=fields)
 

@@ -16,7 +16,7 @@ from api.routes.schemas import json_body
 from api.routes.wire import shaped
 
 
-class CreateApiKeyRequest(msgspec.Struct):
+class CreateApiKeyRequest(msgspec.Struct, forbid_unknown_fields=True):  # a misspelt `customers`: 422, not unlimited
     scope: Annotated[str, msgspec.Meta(pattern=keys.SCOPE.pattern)]
     # Litestar's OpenAPI drops constraints on list items, so items carry none (schema = behaviour).
     customers: Annotated[list[str], msgspec.Meta(max_length=1000)] = []

@@ -71,6 +71,23 @@ async def test_key_requests_are_validated_field_by_field(client):
     assert unknown.status_code == 404 and unknown.json()["code"] == "not_found"
 
 
+async def test_a_misspelt_customers_field_is_refused_not_dropped_into_an_unlimited_key(client):
+    # before: 201, "customer" dropped: an inference key for every customer, the one thing it was not to be
+    before = len((await client.get("/v1/api-keys", headers=ADMIN)).json())
+    typo = await client.post("/v1/api-keys", headers=ADMIN, json={"scope": "inference", "customer": ["acme"]})
+    assert typo.status_code == 422 and typo.json()["code"] == "validation_error", typo.text
+    assert [f["field"] for f in typo.json()["fields"]] == ["customer"]
+    assert len((await client.get("/v1/api-keys", headers=ADMIN)).json()) == before  # nothing written
+
+
+async def test_a_customer_key_limited_away_from_its_own_customer_is_refused(client):
+    # before: 201, a key that every route refused (403 on its own wallet)
+    away = await client.post("/v1/api-keys", headers=ADMIN, json={"scope": "customer:acme", "customers": ["beta"]})
+    assert away.status_code == 422 and [f["field"] for f in away.json()["fields"]] == ["customers"], away.text
+    own = await client.post("/v1/api-keys", headers=ADMIN, json={"scope": "customer:acme", "customers": ["acme"]})
+    assert own.status_code == 201, own.text
+
+
 @pytest.mark.parametrize("body, content_type", [
     (b"{not json", "application/json"),
     (b'{"scope": 5}', "application/json"),
