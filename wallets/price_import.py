@@ -9,7 +9,8 @@ bring the old prices back from its time on). Rules are
 compared without their ``source_date``, so importing unchanged prices again creates nothing.
 Versions are never changed: a stored version at the very time of a needed one is reported as
 a conflict, and nothing of that book is written; so is a new book (in US dollars) that customers
-in another currency already name.
+in another currency already name, a book stored in another currency, and kept rules that make an
+invalid version with the imported ones. The other books go ahead.
 """
 from __future__ import annotations
 
@@ -23,10 +24,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.db import Database, lock_key
 from pricing.books import PriceVersion
+from pricing.errors import PriceBookValidationError
 from pricing.genai import ProviderBook
 from pricing.parse import parse_version
 from wallets.books import StoredVersion, add_version, stored_versions
-from wallets.errors import CurrencyMismatchError
+from wallets.errors import ConflictError, CurrencyMismatchError
 
 CURRENCY = "USD"  # genai-prices prices in US dollars
 
@@ -94,7 +96,6 @@ async def import_book(db: Database, plan: ProviderBook, effective_from: datetime
     transaction plans again, and parses again only what a version posted meanwhile changed."""
     stored = await db.read(lambda conn: stored_versions(conn, plan.book_id))
     planned = plan_versions(plan, stored, effective_from)
-    parsed = await asyncio.to_thread(_parsed, plan.book_id, planned[0])
 
     async def work(conn: AsyncConnection) -> ImportReport:
         versions, conflicts = plan_versions(plan, await stored_versions(conn, plan.book_id), effective_from)
@@ -107,10 +108,14 @@ async def import_book(db: Database, plan: ProviderBook, effective_from: datetime
         return report
 
     try:
+        parsed = await asyncio.to_thread(_parsed, plan.book_id, planned[0])
         return await db.run(work, locks=[lock_key("price-book:" + plan.book_id)])
-    except CurrencyMismatchError as exc:  # customers name the book in another currency: nothing written
+    except (CurrencyMismatchError, ConflictError, PriceBookValidationError) as exc:
+        # customers name the book in another currency, the book is in another, or the rules kept
+        # and the imported ones make no valid version: nothing of this book written, the others go on
+        why = str(exc) if not isinstance(exc, PriceBookValidationError) else f"the rules kept and imported: {exc}"
         return ImportReport(plan.book_id, plan.models, len(_in_force(plan.versions, effective_from) or []),
-                            conflicts=[str(exc)], skipped=dict(plan.skipped))
+                            conflicts=[why], skipped=dict(plan.skipped))
 
 
 def _parsed(book_id: str, versions: list[tuple[datetime, list[dict[str, Any]]]]

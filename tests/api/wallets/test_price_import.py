@@ -116,3 +116,32 @@ async def test_an_import_into_a_book_its_customers_price_in_another_currency_is_
     assert book["created"] == [] and book["unchanged"] is False
     assert len(book["conflicts"]) == 1 and "EUR" in book["conflicts"][0]
     assert (await client.get("/v1/price-books/genai-deepseek")).status_code == 404
+
+
+async def test_an_import_into_a_book_stored_in_another_currency_reports_a_conflict(client: AsyncTestClient):
+    # someone made genai-zai in euros before any import: the import cannot version it, says so
+    # in its report as for any conflict, and goes on with the other books (it was a 409, which
+    # stopped an import of every provider at that book, for good)
+    euro = {"id": "genai-zai", "currency": "EUR", "effective_from": "2026-01-01T00:00:00Z",
+            "rules": [{"id": "own", "model": "glm-own", "token_type": "input", "price": "1"}]}
+    assert (await client.post("/v1/price-books", json=euro)).status_code == 201
+    imported = await client.post("/v1/price-books/import", json={"source": "genai-prices", "provider": "zai"})
+    assert imported.status_code == 200, imported.text
+    (book,) = imported.json()["books"]
+    assert (book["created"], book["unchanged"]) == ([], False)
+    assert book["conflicts"] == ["book genai-zai is priced in EUR"]
+    assert len((await client.get("/v1/price-books/genai-zai")).json()["versions"]) == 1
+
+
+async def test_an_import_whose_rules_clash_with_a_kept_rule_reports_a_conflict(client: AsyncTestClient):
+    # a rule added by hand to the provider's book (kept: its model is not imported) under an id
+    # the import uses: the merged version is invalid, which the report says (it was a 422)
+    own = {"id": "genai-moonshotai", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "format": 2,
+           "rules": [{"id": "kimi-k2:input", "model": "kimi-own", "token_type": "input", "price": "1"}]}
+    assert (await client.post("/v1/price-books", json=own)).status_code == 201
+    imported = await client.post("/v1/price-books/import", json={"source": "genai-prices", "provider": "moonshotai"})
+    assert imported.status_code == 200, imported.text
+    (book,) = imported.json()["books"]
+    assert (book["created"], book["unchanged"]) == ([], False)
+    assert len(book["conflicts"]) == 1 and "duplicate rule id 'kimi-k2:input'" in book["conflicts"][0]
+    assert len((await client.get("/v1/price-books/genai-moonshotai")).json()["versions"]) == 1
