@@ -19,6 +19,7 @@ from litestar.types import ASGIApp
 from api.console import auditor, customer, export, invoices, operator, session
 from api.console.web import PREFIX, STATIC, csrf_config, error_page, refusing_forgeries, session_config, unrouted
 from api.errors import EXCEPTION_HANDLERS
+from api.renderings import per_label
 
 PAGES = [
     session.sign_in_form, session.sign_in_post, session.sign_out, session.home,
@@ -31,13 +32,14 @@ PAGES = [
 ]
 
 
-__all__ = ["PAGES", "routers", "templates", "unrouted", "utc"]
+__all__ = ["PAGES", "per", "routers", "templates", "unrouted", "utc"]
 
 
 def templates() -> TemplateConfig:
     env = Environment(loader=PackageLoader("api.console", "templates"), autoescape=select_autoescape(default=True),
                       trim_blocks=True, lstrip_blocks=True)
     env.filters["utc"] = utc
+    env.filters["per"] = per
     return TemplateConfig(engine=JinjaTemplateEngine.from_environment(env))
 
 
@@ -55,6 +57,11 @@ def utc(value: str | None) -> str:
     if at.tzinfo is not None:
         at = at.astimezone(UTC)
     return at.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def per(price: str | None, token_type: str | None) -> str:
+    """A unit price with the unit it prices, as the invoice renderings print it: "10.00 per 1M"."""
+    return "" if price is None else f"{price} {per_label(token_type)}"
 
 
 def routers(secret: bytes) -> list[Router]:
