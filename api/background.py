@@ -191,26 +191,22 @@ class BackgroundSettler:
 
 
 class ThreadedSettler:
-    """A BackgroundSettler for the blocking client: an event loop of its own in a daemon thread,
-    sending with an httpx.AsyncClient of its own. `put` blocks until the settle is on disk."""
+    """A BackgroundSettler for the blocking client: an event loop of its own in a daemon thread.
+    `send` is the client's (its httpx client in a worker thread: the caller's transport, proxy and
+    connection pool). `put` blocks until the settle is on disk."""
 
-    def __init__(self, spool: Spool, url: str, headers: dict[str, str], policy: RetryPolicy,
-                 timeout: float) -> None:
+    def __init__(self, spool: Spool, send: Send, policy: RetryPolicy) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="tokentill-settles", daemon=True)
         self._thread.start()
-        self._url, self._headers = url, headers
 
-        async def start() -> tuple[httpx.AsyncClient, BackgroundSettler]:
-            return httpx.AsyncClient(timeout=timeout), BackgroundSettler(spool, self._send, policy)
+        async def start() -> BackgroundSettler:
+            return BackgroundSettler(spool, send, policy)
 
-        self._http, self.settler = self._wait(start())
+        self.settler = self._wait(start())
 
     def _wait(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
-
-    async def _send(self, items: list[dict[str, Any]]) -> httpx.Response:
-        return await self._http.post(self._url, json=items, headers=self._headers)
 
     def put(self, record: SpoolRecord) -> None:
         self._wait(self.settler.put(record))
@@ -218,7 +214,6 @@ class ThreadedSettler:
     def close(self, deadline_s: float) -> int:
         """Drain (see BackgroundSettler.drain), then stop the thread; how many were left."""
         left = self._wait(self.settler.drain(deadline_s))
-        self._wait(self._http.aclose())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()

@@ -250,8 +250,8 @@ class Client(_Base, JournalReads):
                  timeout: float = 10.0, flush_spool: bool = True, **kwargs: Any) -> None:
         super().__init__(base_url, api_key, **kwargs)
         self._http = httpx.Client(transport=transport, timeout=timeout)
-        self._background = ThreadedSettler(self.spool, self._base_url + SETTLEMENTS_PATH, self._headers,
-                                           self._policy, timeout) if self.spool and self._background_settle else None
+        self._background = ThreadedSettler(self.spool, self._send_settlements, self._policy) \
+            if self.spool and self._background_settle else None
         replay = self._replay_of(self._send_settlements, self._resend_in_thread) if flush_spool else None
         self._replay = ReplayThread(replay) if replay is not None else None
         self._abandoned: set[threading.Thread] = set()  # releases of reserves interrupted before their answer

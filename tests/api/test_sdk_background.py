@@ -190,3 +190,29 @@ async def test_an_exit_cancelled_while_its_settle_is_written_holds_up_no_other_e
         assert blocks["other"].queued
     assert_each_charged_once(url, customer, list(blocks.values()))
     assert not tt.spool.path.exists()
+
+
+class Counting(httpx.BaseTransport):
+    """The caller's own transport (its proxy, TLS or socket settings): counts what goes through it."""
+
+    def __init__(self) -> None:
+        self.inner, self.paths = httpx.HTTPTransport(), []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.paths.append(request.url.path)
+        return self.inner.handle_request(request)
+
+
+def test_the_blocking_clients_background_settles_go_through_its_own_transport(live, spool_dir):
+    """A blocking client's queue was sent by an httpx client of its own, on a default transport:
+    the caller's transport (a proxy, a CA bundle, a Unix socket) was bypassed, so settles that
+    only reach the server through it were never delivered. Now they go the way its calls go."""
+    url, book = live
+    customer = new_customer(url, book)
+    transport = Counting()
+    with Client(url, ADMIN, transport=transport, background_settle=True) as tt:
+        with tt.reserve(customer, "model-a", input_tokens=1000, max_output_tokens=500) as r:
+            r.record(input_tokens=1000, output_tokens=400)
+        assert r.queued
+    assert "/v1/settlements" in transport.paths
+    assert_charged_once(url, r.id, customer)
