@@ -38,8 +38,8 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw) if raw else default
     except ValueError:
         value = -1.0
-    if not value > 0:  # also refuses nan
-        raise SystemExit(f"{name} must be a positive number of seconds, not {raw!r}")
+    if not 0 < value < float("inf"):  # also refuses nan
+        raise SystemExit(f"{name} must be a positive, finite number of seconds, not {raw!r}")
     return value
 
 

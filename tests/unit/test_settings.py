@@ -22,6 +22,9 @@ def test_an_empty_environment_gives_the_defaults_the_readme_documents():
     ("TOKENTILL_LOG_LEVEL", "verbose"), ("TOKENTILL_LOG_LEVEL", "warn"),
     ("TOKENTILL_LANES", "x"), ("TOKENTILL_LANES", "0"), ("TOKENTILL_LANES", "257"),
     ("TOKENTILL_SHUTDOWN_GRACE_SECONDS", "0"), ("TOKENTILL_SHUTDOWN_GRACE_SECONDS", "soon"),
+    # not finite: `serve` ended in OverflowError (the pool's connect timeout, the writers' idle timeout)
+    ("TOKENTILL_POOL_TIMEOUT_SECONDS", "inf"), ("TOKENTILL_WRITER_IDLE_SECONDS", "1e999"),
+    ("TOKENTILL_KEEPALIVE_SECONDS", "Infinity"), ("TOKENTILL_WEBHOOK_TIMEOUT_SECONDS", "nan"),
     ("TOKENTILL_MAX_BUDGETS_PER_CUSTOMER", "0"), ("TOKENTILL_MAX_BUDGETS_PER_CUSTOMER", "10001"),
 ])
 def test_a_bad_value_stops_the_start_naming_its_variable(name, bad):
