@@ -68,6 +68,7 @@ def estimate_upper_bound(
     input_audio_tokens: int = 0,
     prior_context_tokens: int | None = None,
     tool_uses: Mapping[str, int] | None = None,
+    prompt_cache_write: str | None = None,
 ) -> Rating:
     """The most a call can cost: prompt at input price (the `input_audio_tokens` of it, audio the
     caller counted, at the audio input price, else input's), output budget at the dearest output-side
@@ -84,7 +85,11 @@ def estimate_upper_bound(
     `tool_uses`: the most uses of per-call tools the provider may run itself ({"web_search": 5}),
     each held at its rule's price; no rule is `unpriced_model` (refused before the call, never
     given away), unless the version rates such usage at nothing (`unpriced: zero`). A format 1
-    book holds none: it charges none (pricing.units)."""
+    book holds none: it charges none (pricing.units).
+
+    `prompt_cache_write` ("cache_write", "cache_write_1h"): the call may write its prompt to the
+    provider's cache (Anthropic's `cache_control`), billed at that type's price: the prompt (but
+    its audio) is held at the dearer of it and the input price (a format 1 book: its cache_write)."""
     errors: list[dict[str, str]] = []
     check_count(prompt_tokens, "prompt_tokens", errors)
     check_count(max_output_tokens, "max_output_tokens", errors)
@@ -96,6 +101,8 @@ def estimate_upper_bound(
             errors.append(field_error(f"tool_uses.{unit}", "is not a per-call tool"))
         else:
             check_count(uses, f"tool_uses.{unit}", errors)
+    if prompt_cache_write not in (None, *CACHE_WRITE_TYPES):
+        errors.append(field_error("prompt_cache_write", f"must be one of {', '.join(CACHE_WRITE_TYPES)}"))
     if not errors and input_audio_tokens > prompt_tokens:
         errors.append(field_error("input_audio_tokens", "is part of prompt_tokens: at most it"))
     if errors:
@@ -112,7 +119,13 @@ def estimate_upper_bound(
         rule = resolved.resolve(token_type, model, dims, minute)
         return _line(resolved, model, token_type, quantity, rule, overrides, prompt_tokens)
 
-    lines = [line("input", prompt_tokens - input_audio_tokens)]
+    text = prompt_tokens - input_audio_tokens
+    if prompt_cache_write is None:
+        lines = [line("input", text)]
+    else:  # written to the cache: at the dearer price (a type a format 1 book does not know, as its own)
+        cache = prompt_cache_write if resolved.format != 1 else KINDS[prompt_cache_write].legacy or "cache_write"
+        priced = [ln for ln in (line("input", text), line(cache, text)) if ln is not None]
+        lines = [max(priced, key=lambda ln: ln.unit_price) if priced else None]
     if input_audio_tokens:
         lines.append(line("input_audio", input_audio_tokens))
     if max_output_tokens:  # a call that produces no output (embeddings) needs no output price
@@ -125,6 +138,9 @@ def estimate_upper_bound(
     if resolved.find_rule("request", model, dims, minute) is not None:
         lines.append(line("request", 1))
     return build_rating(resolved, [ln for ln in lines if ln is not None and ln.quantity], scale)
+
+
+CACHE_WRITE_TYPES = ("cache_write", "cache_write_1h")
 
 
 def _held_prompt(resolved: PriceVersion, model: str, dims: Mapping[str, DimValue], minute: int | None,

@@ -13,6 +13,9 @@ upstream: the body to forward, changed only where metering needs it:
 - the fields that choose the provider's prices (PRICED_FIELDS: OpenAI's `service_tier`,
   Anthropic's `speed` and `inference_geo`) are the call's dimensions, so a book's rules that
   match them price its hold and its charge;
+- an Anthropic call that marks its prompt for caching (`cache_control`) may be billed it at the
+  cache write price (1.25 times input for 5 minutes, twice for an hour): `cache_write` names it,
+  and its hold prices the prompt at the dearer of it and input (pricing.estimate);
 - a chat call's predicted output (`prediction`) is billed, the tokens of it the answer rejects,
   as completion tokens beyond the cap: the hold counts the prediction's tokens as output too.
 
@@ -125,6 +128,7 @@ class Call:
     tool_uses: tuple[tuple[str, int], ...] = ()  # the most uses of per-call tools the provider runs ("web_search", 5)
     container_units: int = 0  # the code_execution units charged per container the answer shows it ran code in
     dimensions: tuple[tuple[str, str], ...] = ()  # the prices the call asks for (PRICED_FIELDS): ("speed", "fast")
+    cache_write: str | None = None  # the prompt may be written to the cache, billed as this type (cache_write_1h)
 
 
 def _count(value: Any, name: str) -> int | None:
@@ -328,6 +332,26 @@ def _priced(kind: str, body: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+def _cache_write(value: Any) -> str | None:
+    """The cache write an Anthropic call asks for with `cache_control` anywhere in its body (at the
+    top, automatic caching; or on a block): "cache_write_1h" when one asks for a ttl of 1h, else
+    "cache_write"; None without."""
+    found: str | None = None
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Mapping):
+            control = item.get("cache_control")
+            if isinstance(control, Mapping):
+                if control.get("ttl") == "1h":
+                    return "cache_write_1h"
+                found = "cache_write"
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
 def _prediction_tokens(body: Mapping[str, Any], model: str, counter: TokenCounter) -> int:
     """The tokens of a chat call's predicted output (`prediction: {type: content, content}`, a
     string or text parts), which OpenAI bills as completion tokens where the answer rejects them:
@@ -389,4 +413,4 @@ def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: Token
             changed = True
     return Call(kind, model, stream, prompt_tokens + results, raw_tokens, cap,
                 msgspec.json.encode(body) if changed else raw, wanted, audio_tokens, audio_tokens + referred,
-                prior, uses, containers, _priced(kind, body))
+                prior, uses, containers, _priced(kind, body), _cache_write(body) if kind == MESSAGES else None)

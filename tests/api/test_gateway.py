@@ -662,6 +662,24 @@ def test_an_anthropic_fast_mode_call_is_held_and_charged_at_the_books_fast_price
     assert fake.fake.calls[-1].body["speed"] == "fast"
 
 
+@pytest.mark.parametrize("ttl, write", [(None, WRITE), ("1h", Decimal("20"))])
+def test_an_anthropic_prompt_marked_for_caching_is_held_at_the_cache_write_price(live, fake, ttl, write):
+    """Anthropic bills a prompt it writes to its cache (cache_control) at the cache write price,
+    1.25 times input for 5 minutes, twice for an hour: held at it (was: at the input price, short
+    by 2.5 (5 minutes) or 10 (one hour) per million prompt tokens at the test's book)."""
+    url, _ = live
+    _, key = customer((url, tool_book(url, {"id": "write-1h", "token_type": "cache_write_1h", "price": "20.00"})))
+    client = claude(url, key).messages.with_raw_response
+    control = {"type": "ephemeral", **({"ttl": ttl} if ttl else {})}
+    bare = client.create(model="claude-test", max_tokens=100, messages=HI,
+                         system=[{"type": "text", "text": words(1000)}])
+    cached = client.create(model="claude-test", max_tokens=100, messages=HI,
+                           system=[{"type": "text", "text": words(1000), "cache_control": control}])
+    held = Decimal(cached.headers["x-tokentill-reserved"]) - Decimal(bare.headers["x-tokentill-reserved"])
+    assert held >= 1000 * (write - IN) / M
+    assert charged(url, cached.headers["x-tokentill-request-id"]) == MESSAGES_CHARGE  # the usage, as before
+
+
 def test_a_format_1_book_charges_no_openai_web_search(live, fake):
     """A format 1 book bills no per-call tools: the answer's usage alone, its searches rated at nothing."""
     url, _ = live

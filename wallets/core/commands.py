@@ -55,6 +55,8 @@ class Reserve(Command):
     prior_context_tokens: int | None = None
     # the most uses of per-call tools the provider runs itself ({"web_search": 5}): held at their price
     tool_uses: Mapping[str, int] = field(default_factory=dict)
+    # the call may write its prompt to the provider's cache ("cache_write", "cache_write_1h"): held at that price
+    prompt_cache_write: str | None = None
     dimensions: Mapping[str, Any] = field(default_factory=dict)
     estimate: Mapping[str, Any] | None = None  # what is stored about the estimate
 

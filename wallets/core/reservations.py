@@ -66,7 +66,8 @@ def reserve(state: State, cmd: Reserve, now: datetime, book: PriceBook | None) -
                                       cmd.max_output_tokens or 0, cmd.dimensions, now,
                                       input_audio_tokens=cmd.prompt_audio_tokens,
                                       prior_context_tokens=cmd.prior_context_tokens,
-                                      tool_uses=cmd.tool_uses, overrides=overrides_at(w, now)).total_units
+                                      tool_uses=cmd.tool_uses, prompt_cache_write=cmd.prompt_cache_write,
+                                      overrides=overrides_at(w, now)).total_units
     prompt = cmd.prompt_tokens
     if cmd.prior_context_tokens is not None and w.budgets:  # token budgets count what the money holds
         prompt = held_prompt_tokens(book_for(w, book), cmd.model, cmd.prompt_tokens or 0, cmd.dimensions, now,

@@ -465,3 +465,16 @@ def test_the_fields_that_choose_the_providers_prices_are_the_calls_dimensions():
     with pytest.raises(CallError) as raised:
         call(MESSAGES, {**messages, "speed": 2})
     assert raised.value.field == "speed"
+
+
+@pytest.mark.parametrize("body, written", [
+    ({}, None),
+    ({"cache_control": {"type": "ephemeral"}}, "cache_write"),  # automatic caching
+    ({"system": [{"type": "text", "text": "x", "cache_control": {"type": "ephemeral", "ttl": "5m"}}]}, "cache_write"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "x", "cache_control": {
+        "type": "ephemeral", "ttl": "1h"}}]}], "tools": [{"name": "f", "input_schema": {},
+                                                          "cache_control": {"type": "ephemeral"}}]}, "cache_write_1h")])
+def test_an_anthropic_call_that_marks_its_prompt_for_caching_names_the_write(body, written):
+    anthropic = call(MESSAGES, {"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": HI, **body})
+    assert anthropic.cache_write == written
+    assert call(CHAT, {"model": "gpt-4", "messages": HI, **body}).cache_write is None

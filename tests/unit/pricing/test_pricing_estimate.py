@@ -251,3 +251,21 @@ def test_the_prompt_a_token_budget_counts_is_the_one_the_money_holds(model, prom
     assert held_prompt_tokens(WINDOWED, model, prompt, {}, AT, prior) == held
     rating = estimate_upper_bound(WINDOWED, model, prompt, 0, {}, AT, prior_context_tokens=prior)
     assert rating.lines[0].quantity == held
+
+
+def test_a_prompt_written_to_the_cache_is_held_at_the_dearer_of_its_write_and_input_price():
+    book = _searching({"id": "w5", "model": "claude", "token_type": "cache_write", "price": "3.75"},
+                      {"id": "w1h", "model": "claude", "token_type": "cache_write_1h", "price": "6"})
+    lines = {t: estimate_upper_bound(book, "claude", 1000, 0, {}, AT, prompt_cache_write=t).lines[0]
+             for t in (None, "cache_write", "cache_write_1h")}
+    assert [(ln.quantity, ln.amount, ln.rule_id) for ln in lines.values()] == [
+        (1000, Decimal("0.003"), "s-in"), (1000, Decimal("0.00375"), "w5"), (1000, Decimal("0.006"), "w1h")]
+    # a book that prices no write holds the prompt at input, its fallback
+    assert estimate_upper_bound(_searching(), "claude", 1000, 0, {}, AT,
+                                prompt_cache_write="cache_write_1h").lines[0].rule_id == "s-in"
+    # a format 1 book knows one cache write: a one-hour write is held at it
+    assert estimate_upper_bound(worked_example_version(), "model-a", 1200, 0, {}, AT,
+                                prompt_cache_write="cache_write_1h").total_units >= \
+        estimate_upper_bound(worked_example_version(), "model-a", 1200, 0, {}, AT).total_units
+    with pytest.raises(InvalidUsageError):
+        estimate_upper_bound(book, "claude", 1000, 0, {}, AT, prompt_cache_write="input")
