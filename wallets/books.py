@@ -89,9 +89,9 @@ async def add_version(conn: AsyncConnection, body: dict[str, Any], version: Pric
                       ) -> AddedVersion:
     """Store a version (creating the book on first use). `version` is the body parsed and
     validated before the transaction; without it the body is parsed here. Posting the same
-    version again is a no-op; another version at the same time (or in another currency)
-    conflicts with what is stored (409). A new book in another currency than a customer that
-    names it already is `currency_mismatch` (422)."""
+    version again is a no-op; another version at the same time conflicts with what is stored
+    (409). A version in another currency than its book, or a new book in another currency than
+    a customer that names it already, is `currency_mismatch` (422)."""
     version = version if version is not None else parse_version(body)
     bounds = plausibility_of(body)
     digest = request_hash({"rules": body.get("rules"), "effective_from": version.effective_from.isoformat(),
@@ -110,7 +110,8 @@ async def add_version(conn: AsyncConnection, body: dict[str, Any], version: Pric
     currency = (await conn.execute(text("SELECT currency FROM price_books WHERE id = :id"),
                                    {"id": version.book_id})).scalar_one()
     if currency != version.currency:
-        raise ConflictError(f"book {version.book_id} is priced in {currency}", field="currency")
+        raise CurrencyMismatchError(f"book {version.book_id} is priced in {currency}, not {version.currency}",
+                                    field="currency")
     same = (await conn.execute(text(
         """SELECT version, body_hash FROM price_book_versions
             WHERE book_id = :b AND (effective_from = :at OR version = :v) ORDER BY effective_from"""),

@@ -129,7 +129,7 @@ async def test_an_import_into_a_book_stored_in_another_currency_reports_a_confli
     assert imported.status_code == 200, imported.text
     (book,) = imported.json()["books"]
     assert (book["created"], book["unchanged"]) == ([], False)
-    assert book["conflicts"] == ["book genai-zai is priced in EUR"]
+    assert book["conflicts"] == ["book genai-zai is priced in EUR, not USD"]
     assert len((await client.get("/v1/price-books/genai-zai")).json()["versions"]) == 1
 
 

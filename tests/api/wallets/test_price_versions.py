@@ -96,3 +96,16 @@ async def test_a_version_back_dated_over_an_open_hold_prices_its_settle(client: 
                                  json={"usage": {"input_tokens": 1_000_000}})).json()
     assert (settled["charged"], settled["released"]) == ("20.01", "0.00")
     assert {ln["price_version"] for ln in settled["lines"]} == {posted.json()["version"]}
+
+
+async def test_a_version_in_another_currency_than_its_book_is_a_currency_mismatch(client: AsyncTestClient, tag: str):
+    # it was 409 idempotency_conflict, "Idempotency key reused with a different request": a
+    # client retries such a 409 under a new key, and it is no conflict of keys
+    book = f"dollars-{tag}"
+    assert (await client.post("/v1/price-books", json={**BOOK, "id": book})).status_code == 201
+    euro = await client.post("/v1/price-books", json={**BOOK, "id": book, "currency": "EUR",
+                                                      "effective_from": "2026-02-01T00:00:00Z"})
+    assert euro.status_code == 422, euro.text
+    assert (euro.json()["code"], euro.json()["field"]) == ("currency_mismatch", "currency")
+    assert euro.json()["detail"] == f"book {book} is priced in USD, not EUR"
+    assert len((await client.get(f"/v1/price-books/{book}")).json()["versions"]) == 1
