@@ -8,7 +8,7 @@ import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ledger.model import Posting
@@ -75,6 +75,18 @@ def consumption_key(lot: Lot) -> tuple[Any, ...]:
         expiry = lot.expires_at.astimezone(UTC) if lot.expires_at.tzinfo else lot.expires_at
         expiry = expiry.replace(tzinfo=None)
     return (lot.priority, lot.expires_at is None, expiry, lot.created_at, lot.id)
+
+
+def consumption_position(lot: Lot) -> list[int | str]:
+    """`consumption_key` in numbers and text alone (instants as microseconds since the epoch, in
+    UTC), ordered as the key is: a position a page of lots can be told to start after."""
+    priority, never, expiry, created, lot_id = consumption_key(lot)
+    return [priority, int(never), _micros(expiry), _micros(created), lot_id]
+
+
+def _micros(at: datetime) -> int:
+    naive = at.astimezone(UTC).replace(tzinfo=None) if at.tzinfo else at
+    return (naive - datetime(1, 1, 1)) // timedelta(microseconds=1)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@ the top-up an admin makes for a customer. Reads go through the same service func
 API (`WalletService`, `wallets.reports`), and render the API's own response values."""
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
@@ -27,25 +28,46 @@ from wallets.chart import ASSET_SCALE
 from wallets.commands import TOPUP_PRIORITY, TopUp
 from wallets.core.idempotency import IdemKey
 from wallets.errors import WalletValidationError
+from wallets.model import consumption_position
 
 USAGE_GROUPS = ["day", "model", "token_type"]
 RESERVATIONS_PAGE = 100
 WALLET_HOLDS = 10  # the latest, on the wallet page
+WALLET_LOTS = 100  # a page of credit lots
 REFERENCE_MAX = 500  # characters, as TopUpRequest.reference
 
 
 @get(f"{PREFIX}/customers/{{customer_id:str}}", guards=[allow(*READERS)], name="console-wallet")
 async def wallet_page(state: State, request: Request, customer_id: FromPath[str],
-                      credited: Annotated[str | None, QueryParameter(name="credited", max_length=100)] = None
+                      credited: Annotated[str | None, QueryParameter(name="credited", max_length=100)] = None,
+                      lots: Annotated[str | None, QueryParameter(name="lots", max_length=4096)] = None
                       ) -> Template:
+    """The balances, the credit lots in the order they are spent (a page at a time: `lots` is
+    the cursor of the next) and the latest open reservations."""
     wallets = state.services.wallets
     customer = customer_response(await wallets.get_customer(customer_id))
-    wallet = wallet_response(await wallets.wallet(customer_id))
+    view = await wallets.wallet(customer_id)
+    after = _lots_after(lots, customer_id) if lots else None
+    listed = [lot for lot in view.grants if after is None or consumption_position(lot) > after]
+    shown = listed[:WALLET_LOTS]
+    more = None
+    if len(listed) > WALLET_LOTS:
+        more = urlencode({"lots": cursors.encode_position("console-lots", [customer_id],
+                                                          consumption_position(shown[-1]))})
+    wallet = wallet_response(dataclasses.replace(view, grants=tuple(shown)))
     holds = await state.services.db.read(lambda conn: reports.open_reservations(conn, customer_id, WALLET_HOLDS))
     if credited and not await state.services.db.read(lambda conn: reports.is_top_up(conn, customer_id, credited)):
         credited = None  # confirms only a top-up of this customer's (its lot may be spent already)
     return render(request, "customer/wallet.html", customer=customer, wallet=wallet, holds=holds,
-                  credited=credited, section="wallet")
+                  credited=credited, lots_next=more, lots_first=after is None, section="wallet")
+
+
+def _lots_after(cursor: str, customer_id: str) -> list[int | str]:
+    """The consumption position a next page of lots starts after (400 `invalid_cursor` for any other)."""
+    position = cursors.decode_position(cursor, "console-lots", [customer_id])
+    if not (len(position) == 5 and all(type(v) is int for v in position[:4]) and isinstance(position[4], str)):
+        raise cursors.invalid("not a cursor of this listing")
+    return position
 
 
 def _after(cursor: str | None, customer_id: str) -> tuple[datetime, str] | None:
