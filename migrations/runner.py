@@ -1,6 +1,7 @@
 """Apply the Alembic migrations under a session advisory lock, so that N processes may start at once."""
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +22,9 @@ def alembic_config() -> Config:
     return config
 
 
+@functools.cache
 def head_revision() -> str | None:
+    """The newest migration; read once (loading the scripts takes ~10 ms, and /readyz asks)."""
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
