@@ -150,7 +150,7 @@ class Settings:
     # Where the workers of one `serve --workers N` keep their metrics, summed at /metrics (set by
     # api/workers.py for its children, never from the environment); None: this process's own.
     metrics_dir: Path | None = None
-    max_budgets_per_customer: int = MAX_BUDGETS_PER_CUSTOMER  # live budgets of a customer (each matched per reserve)
+    max_budgets_per_customer: int = MAX_BUDGETS_PER_CUSTOMER  # per customer, by each setter (matched per reserve)
     gateway: GatewaySettings = field(default_factory=GatewaySettings)  # the metering gateway's upstreams
     # Encrypts the console's session cookies (api/console); a restart with a random one signs everyone out.
     session_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)

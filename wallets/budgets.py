@@ -20,7 +20,7 @@ from wallets.errors import NotFoundError
 from wallets.model import Budget, new_id
 
 OWNERS_KEPT = 100_000  # budgets whose customer is kept (then forgotten all at once)
-MAX_PER_CUSTOMER = 100  # live budgets of one customer (TOKENTILL_MAX_BUDGETS_PER_CUSTOMER)
+MAX_PER_CUSTOMER = 100  # live budgets of one customer by each setter (TOKENTILL_MAX_BUDGETS_PER_CUSTOMER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +64,9 @@ class BudgetService:
 
         async def work(conn: AsyncConnection) -> BudgetView:  # under the customer's lock: counted, then added
             live = await conn.exec_driver_sql(
-                "SELECT count(*) FROM budgets WHERE lane = %s AND customer_id = %s AND deleted_at IS NULL",
-                (lane, spec.customer_id))
-            rules.ensure_room(spec.customer_id, live.scalar_one(), self.max_per_customer)
+                "SELECT count(*) FROM budgets WHERE lane = %s AND customer_id = %s AND set_by = %s "
+                "AND deleted_at IS NULL", (lane, spec.customer_id, spec.set_by))
+            rules.ensure_room(spec.customer_id, spec.set_by, live.scalar_one(), self.max_per_customer)
             await conn.exec_driver_sql(
                 """INSERT INTO budgets (lane, id, customer_id, name, api_key, model, dimensions, window_kind, metric,
                                         limit_units, mode, thresholds, time_zone, set_by)

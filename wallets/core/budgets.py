@@ -278,13 +278,15 @@ def on_release(w: Wallet, r: Reservation) -> list[Effect]:
             for bh in sorted(r.budget_holds.values(), key=lambda h: h.budget_id) if bh.held]
 
 
-def ensure_room(customer_id: str, live: int, most: int) -> None:
-    """Refuse another budget to a customer that has `live` of at most `most`: every budget is
-    matched on each of its reserves, so their number is bounded (a deleted one makes room)."""
+def ensure_room(customer_id: str, set_by: str, live: int, most: int) -> None:
+    """Refuse another budget `set_by` the operator (or the customer) to a customer that has
+    `live` of at most `most` set by it: every budget is matched on each of the customer's
+    reserves, so their number is bounded (a deleted one makes room). Each setter has its own
+    allowance: a customer that fills its own never locks the operator out of setting a quota."""
     if live >= most:
-        raise TooManyBudgetsError(f"customer {customer_id} has {live} budgets, the most one customer may have: "
-                                  "delete one (DELETE /v1/budgets/{id}) before creating another",
-                                  customer_id=customer_id, limit=most)
+        raise TooManyBudgetsError(f"customer {customer_id} has {live} live budgets set by the {set_by}, the most "
+                                  "it may have: delete one (DELETE /v1/budgets/{id}) before creating another",
+                                  customer_id=customer_id, set_by=set_by, limit=most)
 
 
 def validate(window: str, metric: str, mode: str, limit: int, thresholds: Iterable[int],

@@ -25,30 +25,45 @@ async def _budgets(client: AsyncTestClient, cid: str, count: int, headers: dict 
     return ids
 
 
-async def test_a_customer_has_at_most_100_live_budgets_and_a_deleted_one_makes_room(
+async def test_a_customer_has_at_most_100_live_budgets_of_each_setter_and_a_deleted_one_makes_room(
         client: AsyncTestClient, tag: str, book: str):
     cid = await _customer(client, f"cap-{tag}", book)
     made = await client.post("/v1/api-keys", json={"scope": f"customer:{cid}"})
     own = {"Authorization": f"Bearer {made.json()['key']}"}
-    ids = await _budgets(client, cid, 60) + await _budgets(client, cid, 35, own)
-    racing = await asyncio.gather(*(client.post("/v1/budgets", json={
+    ids = await _budgets(client, cid, 95, own)
+    racing = await asyncio.gather(*(client.post("/v1/budgets", headers=own, json={
         "customer_id": cid, "window": "minute", "metric": "tokens", "limit": 10 + i}) for i in range(10)))
     assert sorted(r.status_code for r in racing) == [201] * 5 + [409] * 5  # counted under the customer's lock
     ids += [r.json()["id"] for r in racing if r.status_code == 201]
     # before: the 101st (and the 10,000th) was 201, and every reserve of the customer matched each
-    for headers in (None, own):
-        refused = await client.post("/v1/budgets", headers=headers, json={
-            "customer_id": cid, "window": "day", "metric": "requests", "limit": 5})
-        assert refused.status_code == 409, refused.text
-        assert refused.headers["content-type"].startswith("application/problem+json")
-        body = refused.json()
-        assert (body["code"], body["customer_id"], body["limit"]) == ("too_many_budgets", cid, 100)
+    refused = await client.post("/v1/budgets", headers=own, json={
+        "customer_id": cid, "window": "day", "metric": "requests", "limit": 5})
+    assert refused.status_code == 409, refused.text
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    body = refused.json()
+    assert (body["code"], body["customer_id"], body["limit"], body["set_by"]) == ("too_many_budgets", cid, 100,
+                                                                                  "customer")
+    # the customer's full allowance does not lock the operator out of setting its plan's quota
+    quota = await client.post("/v1/budgets", json={"customer_id": cid, "window": "month", "metric": "money",
+                                                   "limit": "50.00"})
+    assert quota.status_code == 201, quota.text
+    ids.append(quota.json()["id"])
     listed = (await client.get(f"/v1/budgets?customer_id={cid}&limit=1000")).json()["budgets"]
-    assert sorted(b["id"] for b in listed) == sorted(ids)  # nothing written
-    assert (await client.delete(f"/v1/budgets/{ids[0]}")).status_code == 200
+    assert sorted(b["id"] for b in listed) == sorted(ids)  # nothing else written
+    assert (await client.delete(f"/v1/budgets/{ids[0]}", headers=own)).status_code == 200
     again = await client.post("/v1/budgets", headers=own, json={
         "customer_id": cid, "window": "day", "metric": "requests", "limit": 5})
     assert again.status_code == 201, again.text
+
+
+async def test_the_operator_too_has_at_most_100_live_budgets_on_a_customer(
+        client: AsyncTestClient, tag: str, book: str):
+    cid = await _customer(client, f"cap-{tag}", book)
+    await _budgets(client, cid, 100)
+    refused = await client.post("/v1/budgets", json={"customer_id": cid, "window": "day", "metric": "requests",
+                                                     "limit": 5})
+    assert (refused.status_code, refused.json()["code"], refused.json()["set_by"]) == \
+        (409, "too_many_budgets", "operator")
 
 
 async def _pages(client: AsyncTestClient, query: str, headers: dict | None = None) -> list[list[dict]]:
