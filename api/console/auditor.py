@@ -152,4 +152,4 @@ async def statement_page(state: State, request: Request,
     more = None if statement is None or statement.next_cursor is None else urlencode(
         {**filters, "cursor": statement.next_cursor})
     return render(request, "audit/statement.html", statement=statement, filters=filters, next_query=more,
-                  section="statement")
+                  first_query=None if cursor is None else urlencode(filters), section="statement")

@@ -2,12 +2,16 @@
 beside the form as it was sent, so it can be corrected (not an error page that loses it)."""
 from __future__ import annotations
 
+import html
 import re
+import uuid
+from urllib.parse import urlencode
 
 import pytest
 from litestar.testing import AsyncTestClient
 
 from api.app import create_app
+from api.console import auditor
 from api.settings import Settings
 
 ADMIN_KEY = "console-audit-forms-admin"
@@ -52,3 +56,24 @@ async def test_an_unknown_account_is_said_beside_the_statement_form(console):
     assert page.status_code == 404
     assert re.search(r'role="alert".*no account by that code', page.text, re.S)
     assert _value(page.text, "account") == "liability:customer:nobody:reserved"
+
+
+async def test_a_later_statement_page_links_back_to_the_first(console, monkeypatch):
+    """A statement's second page had a Next page link and no way back to the first page (the
+    journal's pages have one)."""
+    monkeypatch.setattr(auditor, "JOURNAL_PAGE", 1)
+    customer = f"stmt-{uuid.uuid4().hex[:8]}"
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    assert (await console.post("/v1/customers", headers=admin, json={"id": customer})).status_code == 201
+    for n in range(3):
+        topped = await console.post(f"/v1/customers/{customer}/topups", json={"amount": "1.00"},
+                                    headers={**admin, "Idempotency-Key": f"{customer}-{n}"})
+        assert topped.status_code == 201
+    query = {"account": "asset:platform:cash:USD", "from": "2026-01-01"}
+    first = await console.get("/console/audit/statement", params=query)
+    assert first.status_code == 200 and "First page" not in first.text
+    second = await console.get(html.unescape(re.search(r'<a href="([^"]+)" rel="next">', first.text).group(1)))
+    assert second.status_code == 200
+    back = re.search(r'<a href="([^"]+)">First page</a>', second.text)
+    assert back is not None and html.unescape(back.group(1)) == "/console/audit/statement?" + urlencode(
+        {**query, "to": ""})
