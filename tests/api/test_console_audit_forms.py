@@ -77,3 +77,18 @@ async def test_a_later_statement_page_links_back_to_the_first(console, monkeypat
     back = re.search(r'<a href="([^"]+)">First page</a>', second.text)
     assert back is not None and html.unescape(back.group(1)) == "/console/audit/statement?" + urlencode(
         {**query, "to": ""})
+
+
+async def test_the_journal_says_the_order_it_lists_entries_in(console):
+    """The journal lists entries by when they occurred, then by id (a usage event may carry a time
+    earlier than entries recorded before it): the caption said "Entries in id order"."""
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    customer = f"order-{uuid.uuid4().hex[:8]}"
+    assert (await console.post("/v1/customers", headers=admin, json={"id": customer})).status_code == 201
+    for n in range(2):
+        topped = await console.post(f"/v1/customers/{customer}/topups", json={"amount": "1.00"},
+                                    headers={**admin, "Idempotency-Key": f"{customer}-{n}"})
+        assert topped.status_code == 201
+    page = await console.get("/console/audit/journal", params={"customer": customer})
+    assert page.status_code == 200
+    assert "in time order (when each occurred, then by id)" in page.text and "in id order" not in page.text
