@@ -10,7 +10,8 @@ Rule precedence, when several rules of a version match one usage token type:
    ``"gpt-4o*"`` and ``"gpt-4o-mini*"`` in one version is an error: name models exactly.
 
 Fallbacks when no rule prices a token type: ``reasoning`` is priced as ``output``;
-``cached_input`` and ``cache_write`` as ``input``; format 2 types as listed in
+``cached_input`` and ``cache_write`` as ``input``; ``input`` as ``embedding`` (an embeddings
+model's tokens, which providers report as input); format 2 types as listed in
 :mod:`pricing.units`, which also says how many units a price covers (1,000,000 tokens, one call).
 Format 2 rules may add ``prompt_tiers``, ``hours`` (a daily UTC window, which counts as one
 more match dimension for precedence), ``label`` and ``source_date``; a format 2 version may

@@ -32,7 +32,8 @@ class Kind:
 
 _KINDS = (
     # format 1
-    Kind("input", TOKENS, "input_tokens", prompt=True, legacy="input", label="input"),
+    # an embeddings model's input is what a book prices as its `embedding` tokens
+    Kind("input", TOKENS, "input_tokens", ("embedding",), prompt=True, legacy="input", label="input"),
     Kind("cached_input", TOKENS, "cached_input_tokens", ("input",), "cached_input", True, "cached input"),
     Kind("cache_write", TOKENS, "cache_write_tokens", ("input",), "cache_write", True, "cache write"),
     Kind("output", TOKENS, "output_tokens", legacy="output", label="output"),

@@ -5,9 +5,12 @@ from pathlib import Path
 
 import pytest
 from pricing_testkit import AT
+from pricing_testkit import version as book_version
 
 import pricing
 from pricing.errors import UnpricedModelError
+from pricing.estimate import estimate_upper_bound
+from pricing.normalize import normalize_openai
 from pricing.rating import Usage, rate
 from pricing.reference import load_reference_book, reference_models
 
@@ -36,6 +39,27 @@ def test_the_reference_book_prices_a_claude_call_with_cache_reads_and_writes():
     rating = rate(usage, book.version_at(AT))
     # 6039 x 3 + 188086 x 0.30 + 1024 x 3.75 + 931 x 15 = 18117 + 56425.8 + 3840 + 13965 per 1M
     assert rating.total == Decimal("0.0923478")
+
+
+def test_the_reference_book_prices_an_openai_embeddings_call_and_its_hold():
+    """Its embeddings model is priced by an `embedding` rule; OpenAI's embeddings usage reports
+    prompt tokens, input. No rule priced input for it, so every such call was unpriced_model:
+    input falls back to embedding."""
+    book = load_reference_book()
+    usage = normalize_openai({"prompt_tokens": 1000, "total_tokens": 1000})
+    rating = rate(Usage("text-embedding-3-small", usage.token_counts(), AT), book.version_at(AT))
+    # 1,000 tokens at $0.02 per 1M
+    lines = [(ln.token_type, ln.rule_id, ln.amount) for ln in rating.lines]
+    assert lines == [("input", "te3-small", Decimal("0.00002"))]
+    assert rating.total_units == 20_000
+    hold = estimate_upper_bound(book, "text-embedding-3-small", 1000, 0, None, AT)
+    assert hold.total_units == 20_000
+
+
+def test_an_input_rule_of_a_model_outranks_its_embedding_rule():
+    both = book_version({"id": "in", "model": "e", "token_type": "input", "price": "1"},
+                        {"id": "emb", "model": "e", "token_type": "embedding", "price": "2"})
+    assert [ln.rule_id for ln in rate(Usage("e", {"input": 10, "embedding": 10}, AT), both).lines] == ["in", "emb"]
 
 
 def test_the_reference_book_is_no_default_for_unknown_models():
