@@ -1,19 +1,26 @@
 """API keys: create (the secret is shown once), list without secrets, revoke at once."""
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
-from litestar import delete, get, post
+from litestar import Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api import keys
-from api.auth import require
+from api.auth import bearer, require
 from api.errors import documented
 from api.routes.schemas import json_body
-from api.routes.wire import shaped
+from api.routes.wire import Answer, idempotency, respond, shaped
+from ledger.db import lock_key
+from wallets.core.idempotency import CREATED
+from wallets.service import run_once
 
 
 class CreateApiKeyRequest(msgspec.Struct, forbid_unknown_fields=True):  # a misspelt `customers`: 422, not unlimited
@@ -43,12 +50,45 @@ def _response(key: keys.ApiKey) -> ApiKeyResponse:
     return ApiKeyResponse(key.id, key.scope, list(key.customers), key.name, key.created_at, key.revoked_at)
 
 
-@post("/v1/api-keys", guards=[require()], tags=["api keys"], **documented(body=True))
-async def create_api_key(state: State, data: CreateApiKeyBody) -> CreatedApiKeyResponse:
-    """Create a key; its secret `key` is returned here and never again."""
-    data = shaped(data, CreateApiKeyRequest)
-    key, secret = await state.services.db.run(lambda conn: keys.create(conn, data.scope, data.customers, data.name))
-    return CreatedApiKeyResponse(**msgspec.structs.asdict(_response(key)), key=secret)
+@post("/v1/api-keys", guards=[require()], tags=["api keys"], status_code=201, **documented(409, body=True))
+async def create_api_key(state: State, request: Request, data: CreateApiKeyBody) -> Response[CreatedApiKeyResponse]:
+    """Create a key; its secret `key` is returned here and never again (but to a replay of the
+    same Idempotency-Key by the same caller)."""
+    body = shaped(data, CreateApiKeyRequest)
+    idem = idempotency(request, data)
+    pad = None if idem is None else _pad(bearer(request), idem.key)
+
+    async def work(conn: AsyncConnection) -> CreatedApiKeyResponse:
+        key, secret = await keys.create(conn, body.scope, body.customers, body.name)
+        return CreatedApiKeyResponse(**msgspec.structs.asdict(_response(key)),
+                                     key=secret if pad is None else _sealed(secret, pad))
+
+    locks = [] if idem is None else [lock_key(f"idempotency:{idem.scope}:{idem.key}")]
+    outcome = await run_once(state.services.db, idem, work, locks, lambda _: CREATED)
+    return respond(request, outcome, Answer(lambda made: made if pad is None else msgspec.structs.replace(
+        made, key=_sealed(made.key, pad)), CreatedApiKeyResponse, lambda _: CREATED))
+
+
+# A key made under an Idempotency-Key is kept, for its replays, with its secret sealed: XORed with
+# a pad drawn from the caller's own secret (which the database holds only as a hash) and that
+# Idempotency-Key. Only the caller who made it can read it back; a copy of the database cannot,
+# as it cannot read any other key. Sealing is its own inverse.
+def _pad(caller_secret: str, idempotency_key: str) -> bytes:
+    seed = hmac.new(caller_secret.encode(), b"tokentill api-key secret\0" + idempotency_key.encode(), hashlib.sha256)
+    return seed.digest() + hmac.new(seed.digest(), b"\1", hashlib.sha256).digest()  # 64 bytes
+
+
+def _sealed(secret: str, pad: bytes) -> str:
+    if secret.startswith(_SEALED):
+        raw = base64.urlsafe_b64decode(secret[len(_SEALED):])
+        return bytes(a ^ b for a, b in zip(raw, pad, strict=False)).decode()
+    raw = secret.encode()
+    if len(raw) > len(pad):
+        raise ValueError("an API key secret longer than its pad")
+    return _SEALED + base64.urlsafe_b64encode(bytes(a ^ b for a, b in zip(raw, pad, strict=False))).decode()
+
+
+_SEALED = "sealed:"
 
 
 @get("/v1/api-keys", guards=[require()], tags=["api keys"], **documented())

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 from litestar.testing import AsyncTestClient
+from sqlalchemy import text
 
 from api.app import create_app
 from api.settings import Settings
@@ -109,3 +110,32 @@ async def test_framework_errors_are_problem_documents(client):
     for response in (too_big, wrong_method):
         assert response.headers["content-type"].startswith("application/problem+json")
         assert {"type", "title", "status", "code", "detail"} <= response.json().keys()
+
+
+async def test_a_key_creation_replayed_by_its_idempotency_key_answers_the_first_key_and_makes_no_other(
+        client, db, tag):
+    """API.md: a mutating call replayed with its Idempotency-Key returns the first response; the
+    same key with another body is idempotency_conflict. Before: ignored here, each call made a
+    key (three calls, three live keys, one of them admin where an auditor was asked for first)."""
+    name = f"idem-{tag}"
+    sent = {**ADMIN, "Idempotency-Key": f"make-{tag}"}
+    first = await client.post("/v1/api-keys", headers=sent, json={"scope": "auditor", "name": name})
+    again = await client.post("/v1/api-keys", headers=sent, json={"scope": "auditor", "name": name})
+    other = await client.post("/v1/api-keys", headers=sent, json={"scope": "admin", "name": name})
+    assert first.status_code == 201 and again.status_code == 201, again.text
+    assert again.content == first.content and again.headers.get("idempotent-replayed") == "true"
+    assert other.status_code == 409 and other.json()["code"] == "idempotency_conflict", other.text
+    listed = [k for k in (await client.get("/v1/api-keys", headers=ADMIN)).json() if k["name"] == name]
+    assert [k["id"] for k in listed] == [first.json()["id"]]
+    secret = first.json()["key"]
+    assert (await client.post("/v1/audit/verify", headers={"Authorization": f"Bearer {secret}"})).status_code == 200
+    # the answer is kept for the replay, but not the secret as sent: only its caller can read it back
+    async with db.engine.connect() as conn:
+        kept = (await conn.execute(text(
+            "SELECT count(*) FROM idempotency_records WHERE key = :k AND response::text LIKE :s"),
+            {"k": f"make-{tag}", "s": f"%{secret[3:]}%"})).scalar()
+    assert kept == 0
+    another_admin = await _key(client, "admin")
+    stolen = await client.post("/v1/api-keys", headers={**bearer(another_admin), "Idempotency-Key": f"make-{tag}"},
+                               json={"scope": "auditor", "name": name})
+    assert stolen.status_code == 201 and stolen.json()["key"] != secret  # its own key: a new one
