@@ -13,12 +13,14 @@ from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api import console
 from api.auth import principal_for
 from api.errors import EXCEPTION_HANDLERS
+from api.gateway.mounts import MOUNTS
 from api.gateway.mounts import routes as gateway_routes
 from api.gateway.proxy import Gateway
 from api.gateway.settles import spool_for
@@ -61,14 +63,45 @@ class Services:
 
 async def _complete_allow_header(message, scope) -> None:
     """Litestar's automatic OPTIONS answer lists only one handler's methods for a path served by
-    several (GET and POST /v1/api-keys, say); list them all, as RFC 9110 asks."""
-    if message["type"] != "http.response.start" or scope.get("method") != "OPTIONS":
+    several (GET and POST /v1/api-keys, say); list them all, as RFC 9110 asks. Wherever GET is
+    allowed, so is HEAD (`_head_as_get`)."""
+    if message["type"] != "http.response.start":
         return
-    methods = {"OPTIONS"}
-    for path in scope["route_handler"].paths:
-        methods |= set(scope["app"].route_handler_method_map.get(path, {}))
+    if scope.get("method") == "OPTIONS":
+        methods = {"OPTIONS"}
+        for path in scope["route_handler"].paths:
+            methods |= set(scope["app"].route_handler_method_map.get(path, {}))
+    else:
+        given = next((v for k, v in message.get("headers", []) if k.lower() == b"allow"), None)
+        if given is None:
+            return
+        methods = {m.strip() for m in given.decode("latin-1").split(",") if m.strip()}
+    if "GET" in methods:
+        methods.add("HEAD")
     message["headers"] = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"allow"]
     message["headers"].append((b"allow", ", ".join(sorted(methods)).encode()))
+
+
+def _head_as_get(inner: ASGIApp) -> ASGIApp:
+    """HEAD answered as the same GET without its content (RFC 9110 9.1 and 9.3.2: a
+    general-purpose server supports both): the status and headers, Content-Length included, of
+    what GET would answer. Not on the gateway's mounts, which forward methods as they come."""
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD" or scope["path"].startswith(_GATEWAY):
+            await inner(scope, receive, send)
+            return
+
+        async def headless(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await inner({**scope, "method": "GET"}, receive, headless)
+
+    return app
+
+
+_GATEWAY = tuple(prefix.rstrip("/") + "/" for prefix in MOUNTS.values())
 
 
 def create_app(settings: Settings, database_url: str, *, cluster: EmbeddedPostgres | None = None,
@@ -108,7 +141,7 @@ def create_app(settings: Settings, database_url: str, *, cluster: EmbeddedPostgr
             await services.keys.stop()
             await services.db.dispose()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[ops.healthz, ops.readyz, ops.metrics, audit.get_trial_balance,
                         audit.post_verify, journal.get_journal, journal.get_statement,
                         journal.get_account_balance, keys.create_api_key, keys.list_api_keys, keys.revoke_api_key,
@@ -133,6 +166,8 @@ def create_app(settings: Settings, database_url: str, *, cluster: EmbeddedPostgr
         logging_config=None,  # Litestar's default would set the root logger to INFO
         **overrides,
     )
+    app.asgi_handler = _head_as_get(app.asgi_handler)
+    return app
 
 
 def _dispatcher(settings: Settings, database_url: str) -> Dispatcher:

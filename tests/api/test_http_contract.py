@@ -213,3 +213,25 @@ async def test_every_v1_route_refuses_an_unknown_query_parameter_and_documents_t
     undocumented = [(method, path) for path, operations in document["paths"].items() if path.startswith("/v1/")
                     for method, operation in operations.items() if "422" not in operation["responses"]]
     assert undocumented == []
+
+
+async def test_head_is_answered_as_get_without_its_content(client, customer):
+    """RFC 9110 9.1: a general-purpose server supports GET and HEAD. Before: HEAD /healthz, and
+    HEAD on every /v1 resource, was 405 (Allow: GET, OPTIONS), so an uptime check or `curl -I`
+    saw the service as broken."""
+    for path, headers in (("/healthz", {}), (f"/v1/customers/{customer}", ADMIN), ("/schema/openapi.json", {})):
+        got, head = await client.get(path, headers=headers), await client.head(path, headers=headers)
+        assert got.status_code == head.status_code == 200, (path, head.status_code)
+        assert head.content == b""
+        assert head.headers["content-type"] == got.headers["content-type"]
+        assert head.headers["content-length"] == str(len(got.content))
+    refused = await client.head(f"/v1/customers/{customer}")  # no key: the GET's refusal, without its content
+    assert refused.status_code == 401 and refused.content == b""
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    options = await client.options(f"/v1/customers/{customer}", headers=ADMIN)
+    assert set(options.headers["allow"].replace(" ", "").split(",")) == {"GET", "HEAD", "OPTIONS"}
+    wrong = await client.put(f"/v1/customers/{customer}", headers=ADMIN)
+    assert wrong.status_code == 405 and set(wrong.headers["allow"].replace(" ", "").split(",")) == {
+        "GET", "HEAD", "OPTIONS"}
+    post_only = await client.head("/v1/reservations", headers=ADMIN)
+    assert post_only.status_code == 405 and "HEAD" not in post_only.headers["allow"]
