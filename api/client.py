@@ -288,17 +288,22 @@ class Client(_Base, JournalReads):
         return raise_for(delivery.call(watch.watch(send) if watch is not None else send, self._short(),
                                        unkeyed=unkeyed(method, path)))
 
-    def _reserve_entry(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _reserve_entry(self, body: dict[str, Any], callers_request_id: bool = False) -> dict[str, Any]:
         """A block's reserve, its retries under one Idempotency-Key. Ended without an answer (every
         attempt's answer lost, say timed out, or interrupted by Ctrl-C), the server may have made
         the hold all the same: a thread of the client asks again under that key (the first hold
         is answered, or made now) and releases it, while the failure goes on at once; `close`, and
-        the interpreter's exit, wait for that thread (at most `drain_timeout_s`)."""
+        the interpreter's exit, wait for that thread (at most `drain_timeout_s`). A timed-out
+        reserve under the caller's own request id is theirs to retry (see `claim_note`)."""
         key, unanswered = f"sdk_{uuid.uuid4().hex}", Unanswered()  # the key, kept: the release finds this hold
         try:
             return self._call("POST", "/v1/reservations", body, key=key, watch=unanswered)
         except Exception as error:
-            if unanswered.left_a_hold(error):  # else answered (a refusal), or never sent: no hold
+            if not unanswered.left_a_hold(error):  # answered (a refusal), or never sent: no hold
+                raise
+            if callers_request_id:
+                error.add_note(claim_note(body))
+            else:
                 self._abandon(body, key, error)
             raise
         except BaseException as interrupted:
@@ -383,7 +388,8 @@ class Client(_Base, JournalReads):
         return delivery.flush_outcome(response), f"{response.status_code} {response.text[:300]}"
 
     def reserve(self, customer: str, model: str, **kwargs: Any) -> Reservation:
-        return Reservation(self, self.reserve_body(customer, model, **kwargs), self.counter)
+        return Reservation(self, self.reserve_body(customer, model, **kwargs), self.counter,
+                           callers_request_id=kwargs.get("request_id") is not None)
 
     def get(self, path: str) -> dict[str, Any]:
         return self._call("GET", path)
@@ -476,11 +482,12 @@ class AsyncClient(_Base, AsyncJournalReads):
             task.add_done_callback(_report_orphaned_exit)  # nobody awaits its outcome now
             raise
 
-    async def _reserve_entry(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def _reserve_entry(self, body: dict[str, Any], callers_request_id: bool = False) -> dict[str, Any]:
         """A block's reserve, in a task of its own, its retries under one Idempotency-Key. Should
         the caller be cancelled before the answer, or the reserve end without one (every attempt's
         answer lost, say timed out), the hold the server may have made is released by a task of
-        the client (asking again under that key), not left until it expires."""
+        the client (asking again under that key), not left until it expires; a timed-out one
+        under the caller's own request id is theirs to retry (see `claim_note`)."""
         key, unanswered = f"sdk_{uuid.uuid4().hex}", Unanswered()
         task = self._on_its_own(self._call("POST", "/v1/reservations", body, key=key, watch=unanswered))
         try:
@@ -489,7 +496,11 @@ class AsyncClient(_Base, AsyncJournalReads):
             self._abandon(task, body, key, unanswered, cancelled)
             raise
         except Exception as error:
-            if unanswered.left_a_hold(error):  # else answered (a refusal), or never sent: no hold
+            if not unanswered.left_a_hold(error):  # answered (a refusal), or never sent: no hold
+                raise
+            if callers_request_id:
+                error.add_note(claim_note(body))
+            else:
                 self._abandon(task, body, key, unanswered, error)
             raise
 
@@ -577,7 +588,8 @@ class AsyncClient(_Base, AsyncJournalReads):
         return None if self._replay.cancelled() else self._replay.result()
 
     def reserve(self, customer: str, model: str, **kwargs: Any) -> AsyncReservation:
-        return AsyncReservation(self, self.reserve_body(customer, model, **kwargs), self.counter)
+        return AsyncReservation(self, self.reserve_body(customer, model, **kwargs), self.counter,
+                                callers_request_id=kwargs.get("request_id") is not None)
 
     async def get(self, path: str) -> dict[str, Any]:
         return await self._call("GET", path)
@@ -619,6 +631,15 @@ def until(policy: RetryPolicy, deadline: float) -> Schedule:
 def abandoned_note(body: dict[str, Any]) -> str:
     return (f"tokentill: reserve {body.get('request_id')} had no answer; the client asks again under its "
             "Idempotency-Key and releases any hold it made")
+
+
+def claim_note(body: dict[str, Any]) -> str:
+    """A reserve under the caller's own request id had no answer: the hold it may have made is
+    the caller's to claim, as the server answers that request id with its first answer. Released
+    by the client meanwhile, the retry would be told of a hold already gone (its settle refused)."""
+    request_id = body.get("request_id")
+    return (f"tokentill: reserve {request_id} had no answer and may have made its hold: retry with request_id "
+            f"{request_id} to get that hold (else it is held until it expires)")
 
 
 def _report_orphaned_exit(task: asyncio.Task[Any]) -> None:

@@ -93,8 +93,10 @@ class StreamMeter:
 class _Reservation:
     """What both reservation context managers share: the recorded usage and the settle body."""
 
-    def __init__(self, client: Any, body: dict[str, Any], counter: TokenCounter) -> None:
+    def __init__(self, client: Any, body: dict[str, Any], counter: TokenCounter, *,
+                 callers_request_id: bool = False) -> None:
         self._client, self._body, self._counter = client, body, counter
+        self._callers_request_id = callers_request_id  # the caller's own, not one the SDK made
         self.data: dict[str, Any] = {}
         self.settlement: dict[str, Any] | None = None
         self._usage: dict[str, Any] | None = None
@@ -108,6 +110,11 @@ class _Reservation:
     @property
     def id(self) -> str:
         return self.data["id"]
+
+    @property
+    def request_id(self) -> str:
+        """The reserve's request id: the caller's, or the one the SDK made."""
+        return self._body["request_id"]
 
     def stream_meter(self) -> StreamMeter:
         if self._meter is None:
@@ -185,7 +192,7 @@ class _Reservation:
 
 class Reservation(_Reservation):
     def __enter__(self) -> Reservation:
-        self.data = self._client._reserve_entry(self._body)
+        self.data = self._client._reserve_entry(self._body, self._callers_request_id)
         self._entered_at = time.monotonic()
         return self
 
@@ -214,7 +221,7 @@ class Reservation(_Reservation):
 
 class AsyncReservation(_Reservation):
     async def __aenter__(self) -> AsyncReservation:
-        self.data = await self._client._reserve_entry(self._body)
+        self.data = await self._client._reserve_entry(self._body, self._callers_request_id)
         self._entered_at = time.monotonic()
         return self
 

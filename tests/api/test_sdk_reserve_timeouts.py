@@ -66,11 +66,10 @@ def test_a_reserve_whose_answer_timed_out_is_released_by_its_key(live, spool_dir
     customer = new_customer(url, book)
     with lane_held(database_url, customer, 3.0), \
             Client(url, ADMIN, timeout=0.3, backoff_s=0.01, flush_spool=False) as tt:
-        with pytest.raises(httpx.TimeoutException):
-            with tt.reserve(customer, "model-a", request_id=f"slow-{customer}", input_tokens=1000,
-                            max_output_tokens=500, ttl_seconds=3600):
-                raise AssertionError("never entered")
-    assert settled_state(url, customer, f"slow-{customer}") == ("released", Decimal("0"))
+        block = tt.reserve(customer, "model-a", input_tokens=1000, max_output_tokens=500, ttl_seconds=3600)
+        with pytest.raises(httpx.TimeoutException), block:
+            raise AssertionError("never entered")
+    assert settled_state(url, customer, block.request_id) == ("released", Decimal("0"))
     assert available(url, customer) == Decimal("10")
 
 
@@ -79,9 +78,31 @@ async def test_an_async_reserve_whose_answer_timed_out_is_released_by_its_key(li
     customer = new_customer(url, book)
     with lane_held(database_url, customer, 3.0):
         async with AsyncClient(url, ADMIN, timeout=0.3, backoff_s=0.01, flush_spool=False) as tt:
+            block = tt.reserve(customer, "model-a", input_tokens=1000, max_output_tokens=500, ttl_seconds=3600)
             with pytest.raises(httpx.TimeoutException):
-                async with tt.reserve(customer, "model-a", request_id=f"slow-{customer}", input_tokens=1000,
-                                      max_output_tokens=500, ttl_seconds=3600):
+                async with block:
                     raise AssertionError("never entered")
-    assert settled_state(url, customer, f"slow-{customer}") == ("released", Decimal("0"))
+    assert settled_state(url, customer, block.request_id) == ("released", Decimal("0"))
     assert available(url, customer) == Decimal("10")
+
+
+def test_a_timed_out_reserve_under_the_callers_request_id_is_the_callers_to_retry(live, spool_dir, database_url):
+    """With a request id of their own, the caller retries under it after the timeout and gets the
+    hold the first reserve made (the server answers a request id with its first answer). Releasing
+    that hold behind the caller's back (as a reserve under the SDK's own request id is) would hand
+    the retry a hold already gone: its settle refused, reservation_closed, the call never billed."""
+    url, book = live
+    customer = new_customer(url, book)
+    request_id = f"mine-{customer}"
+    with lane_held(database_url, customer, 3.0) as holder, \
+            Client(url, ADMIN, timeout=0.3, backoff_s=0.01, flush_spool=False) as tt:
+        with pytest.raises(httpx.TimeoutException) as timed_out:
+            with tt.reserve(customer, "model-a", request_id=request_id, input_tokens=1000, max_output_tokens=500):
+                raise AssertionError("never entered")
+        assert any(f"retry with request_id {request_id}" in note for note in timed_out.value.__notes__)
+        holder.join()
+        time.sleep(0.5)  # the server makes the first hold once the lane is free
+        with tt.reserve(customer, "model-a", request_id=request_id, input_tokens=1000, max_output_tokens=500) as r:
+            r.record(input_tokens=1000, output_tokens=400)
+    assert r.settlement["status"] == "settled" and Decimal(r.settlement["charged"]) == Decimal("0.028")
+    assert available(url, customer) == Decimal("10") - Decimal("0.028")
