@@ -100,6 +100,10 @@ def serve_workers(settings: Settings, workers: int, *, host: str, port: int, acc
     logging.getLogger("tokentill").setLevel(settings.log_level)
     handle = open_database(settings)
     metrics_dir = Path(tempfile.mkdtemp(prefix="tokentill-metrics-"))
+    # In the environment the workers start with: a spawned worker imports what unpickling its
+    # arguments needs (api.settings, and through it prometheus_client) before its first line runs,
+    # and prometheus_client picks where its values live once, at import.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     try:
         with listening_socket(host, port, ACCEPT_BURST) as sock:
             bound = sock.getsockname()[1]  # --port 0: the one the system chose
@@ -108,6 +112,7 @@ def serve_workers(settings: Settings, workers: int, *, host: str, port: int, acc
             worker_settings = replace(settings, workers=workers, metrics_dir=metrics_dir)
             return Supervisor(worker_settings, workers, sock, host, port, access_log).run()
     finally:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
         handle.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
@@ -216,7 +221,7 @@ class Supervisor:
 
 def _worker(index: int, settings: Settings, sock: socket.socket, host: str, port: int, access_log: bool) -> None:
     """One worker process: join the database, build the app, serve on the inherited socket."""
-    # Before anything imports prometheus_client: its values then live in files of this directory.
+    # Set by the parent already (see serve_workers); here too for a worker started otherwise.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(settings.metrics_dir)
     from api.app import create_app
     from api.runtime import open_database
