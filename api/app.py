@@ -119,8 +119,9 @@ def create_app(settings: Settings, database_url: str, *, cluster: EmbeddedPostgr
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        scheduler = build_scheduler(services.db, jobs(settings.seal_interval_s))
-        if settings.scheduler:
+        # Only where jobs run: its metrics' series (at 0 from the start) say this process runs them.
+        scheduler = build_scheduler(services.db, jobs(settings.seal_interval_s)) if settings.scheduler else None
+        if scheduler is not None:
             scheduler.start()  # here, not in on_startup: there it would start paused
         services.keys.start()
         await services.gateway.start()
@@ -135,7 +136,7 @@ def create_app(settings: Settings, database_url: str, *, cluster: EmbeddedPostgr
                 await dispatcher.stop()
             if supervisor is not None:
                 await supervisor.stop()
-            if settings.scheduler:
+            if scheduler is not None:
                 scheduler.shutdown(wait=False)
             await services.gateway.stop()
             await services.keys.stop()

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -22,7 +24,14 @@ from wallets.expiry import expire_grants, expire_reservations
 
 log = logging.getLogger("tokentill.jobs")
 EXPIRE_RESERVATIONS_EVERY_S, EXPIRE_GRANTS_EVERY_S, CLOSE_PERIODS_EVERY_S, FOLD_USAGE_EVERY_S = 5, 30, 60, 30
+# result: ok, error, or skipped (due while the previous run of the job still ran, in this process)
 JOB_RUNS = Counter("tokentill_job_runs", "Scheduled job runs", ["job", "result"])
+JOB_RESULTS = ("ok", "error", "skipped")
+JOB_DURATION = Histogram("tokentill_job_duration_seconds", "Scheduled job run duration, in seconds", ["job"],
+                         buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900))
+# 0 until the job first succeeds; under `serve --workers N` the latest of any worker's (dead ones' too)
+JOB_LAST_SUCCESS = Gauge("tokentill_job_last_success_timestamp_seconds",
+                         "When the job's last successful run ended (Unix time)", ["job"], multiprocess_mode="max")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +86,7 @@ def jobs(seal_interval_s: int) -> list[Job]:
 
 
 async def run_job(db: Database, job: Job) -> None:
+    started = time.perf_counter()
     try:
         result = await job.run(db)
     except asyncio.CancelledError:
@@ -85,11 +95,18 @@ async def run_job(db: Database, job: Job) -> None:
         log.info("job %s stopped by the shutdown; the next start runs it again", job.name)
         return
     except Exception:
+        JOB_DURATION.labels(job.name).observe(time.perf_counter() - started)
         JOB_RUNS.labels(job.name, "error").inc()
         log.exception("job %s failed; it will run again", job.name)
         return
+    JOB_DURATION.labels(job.name).observe(time.perf_counter() - started)
     JOB_RUNS.labels(job.name, "ok").inc()
+    JOB_LAST_SUCCESS.labels(job.name).set_to_current_time()
     log.debug("job %s: %s", job.name, result)
+
+
+def _skipped(event: JobEvent) -> None:
+    JOB_RUNS.labels(event.job_id, "skipped").inc()
 
 
 def build_scheduler(db: Database, job_list: list[Job]) -> AsyncIOScheduler:
@@ -97,4 +114,9 @@ def build_scheduler(db: Database, job_list: list[Job]) -> AsyncIOScheduler:
     for job in job_list:
         scheduler.add_job(run_job, "interval", seconds=job.every_s, args=[db, job], id=job.name,
                           coalesce=True, max_instances=1, misfire_grace_time=None)
+        for result in JOB_RESULTS:  # every series from the start, at 0: an alert on a rate sees them
+            JOB_RUNS.labels(job.name, result)
+        JOB_DURATION.labels(job.name)
+        JOB_LAST_SUCCESS.labels(job.name)
+    scheduler.add_listener(_skipped, EVENT_JOB_MAX_INSTANCES)
     return scheduler

@@ -27,3 +27,61 @@ async def test_a_job_running_when_the_scheduler_shuts_down_ends_without_an_error
     assert not finished
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert any("slow" in r.getMessage() and "stopped" in r.getMessage() for r in caplog.records)
+
+
+def _series(name: str, **labels: str) -> float | None:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels)
+
+
+async def test_every_jobs_runs_failures_duration_and_last_success_are_in_the_metrics():
+    """Only a run's ok/error count was exported, and only once a run had that result: no series
+    for a job that never failed (or never ran), nothing that said when a job last succeeded
+    (a job stuck in its lock, or a scheduler that stopped, looked the same as a quiet one), nor
+    how long a run took, nor runs skipped because the previous one was still going."""
+    import time
+
+    from wallets.jobs import run_job
+
+    async def fine(_db) -> int:
+        await asyncio.sleep(0.01)
+        return 1
+
+    async def broken(_db) -> int:
+        raise RuntimeError("no")
+
+    jobs = [Job("metrics_fine", 60, fine), Job("metrics_broken", 60, broken)]
+    build_scheduler(None, jobs)  # type: ignore[arg-type]
+    for job in ("metrics_fine", "metrics_broken"):
+        for result in ("ok", "error", "skipped"):
+            assert _series("tokentill_job_runs_total", job=job, result=result) == 0
+    before = time.time()
+    await run_job(None, jobs[0])  # type: ignore[arg-type]
+    await run_job(None, jobs[1])  # type: ignore[arg-type]
+    assert _series("tokentill_job_runs_total", job="metrics_fine", result="ok") == 1
+    assert _series("tokentill_job_runs_total", job="metrics_broken", result="error") == 1
+    assert before <= _series("tokentill_job_last_success_timestamp_seconds", job="metrics_fine") <= time.time()
+    assert _series("tokentill_job_last_success_timestamp_seconds", job="metrics_broken") == 0
+    assert _series("tokentill_job_duration_seconds_count", job="metrics_fine") == 1
+    assert _series("tokentill_job_duration_seconds_sum", job="metrics_fine") >= 0.01
+
+
+async def test_a_run_skipped_because_the_last_one_still_runs_is_counted():
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def long(_db) -> None:
+        started.set()
+        await release.wait()
+
+    scheduler = build_scheduler(None, [Job("metrics_long", 1, long)])  # type: ignore[arg-type]
+    scheduler.start()
+    try:
+        await asyncio.wait_for(started.wait(), 10)
+        deadline = asyncio.get_running_loop().time() + 10
+        while not _series("tokentill_job_runs_total", job="metrics_long", result="skipped"):
+            assert asyncio.get_running_loop().time() < deadline, "no skipped run counted"
+            await asyncio.sleep(0.1)
+    finally:
+        release.set()
+        scheduler.shutdown(wait=False)
