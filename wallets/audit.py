@@ -116,6 +116,13 @@ async def _deltas(conn: AsyncConnection) -> bool:
     return (await conn.execute(text("SELECT to_regclass('period_deltas')"))).scalar() is not None
 
 
+async def _allowance_moves(conn: AsyncConnection) -> bool:
+    """Whether re-rates record what they move of free allowances (migration 0034 on)."""
+    return (await conn.execute(text(
+        """SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('charge_adjustments')
+              AND attname = 'allowance_moves' AND NOT attisdropped"""))).first() is not None
+
+
 async def usage_counters_match_charges(conn: AsyncConnection) -> Check:
     """Counters count by the customer's billing period (its cycle, from migration 0017; UTC
     months before). From 0029 on, a counter is its folded row plus its unfolded deltas."""
@@ -127,24 +134,32 @@ async def usage_counters_match_charges(conn: AsyncConnection) -> Check:
                        SELECT customer_id, period, unnest(books), unnest(rules), unnest(counts)
                          FROM period_deltas) u
                      GROUP BY 1, 2, 3, 4)""" if await _deltas(conn) else "usage_counters")
+    # what re-rates moved of each free allowance (migration 0034), in the period of their charges
+    moved = """
+             UNION ALL
+            SELECT a.customer_id, a.period, c.price_book, 'allowance:' || m.key, m.value::numeric
+              FROM charge_adjustments a JOIN charges c ON c.lane = a.lane AND c.id = a.charge_id
+             CROSS JOIN LATERAL jsonb_each_text(a.allowance_moves) m""" if await _allowance_moves(conn) else ""
     return await _query_check(conn, "usage_counters", f"""
         WITH rated AS (
+            SELECT customer_id, period, book_id, rule_id, sum(q) AS q FROM (
             SELECT c.customer_id, {period} AS period,
                    c.price_book AS book_id,
                    CASE WHEN l->>'kind' = 'usage' THEN l->>'rule_id' ELSE 'allowance:' || (l->>'override_id') END
                        AS rule_id,
-                   sum(CASE WHEN l->>'kind' = 'usage' THEN (l->>'quantity')::numeric
-                            ELSE -(l->>'amount_units')::numeric END) AS q
+                   CASE WHEN l->>'kind' = 'usage' THEN (l->>'quantity')::numeric
+                        ELSE -(l->>'amount_units')::numeric END AS q
               FROM charges c JOIN customers cu ON cu.id = c.customer_id
              CROSS JOIN LATERAL jsonb_array_elements(c.lines) l
              WHERE (l->>'kind' = 'usage' AND l->>'rule_id' IS NOT NULL)
                 OR (l->>'kind' = 'free_allowance' AND l->>'override_id' IS NOT NULL)  -- money taken, in units
+            {moved}) x
              GROUP BY 1, 2, 3, 4)
         SELECT format('customer %s, period %s, book %s, rule %s: counter %s, charges %s', customer_id, period,
                       book_id, rule_id, coalesce(u.quantity, 0), coalesce(r.q, 0))
           FROM rated r FULL JOIN {counters} u USING (customer_id, period, book_id, rule_id)
          WHERE coalesce(r.q, 0) <> coalesce(u.quantity, 0)
-        """, "period-to-date counters equal the units the charges rated")
+        """, "period-to-date counters equal the units the charges rated (allowances: as re-rates moved them)")
 
 
 async def usage_rollups_match_charges(conn: AsyncConnection) -> Check:

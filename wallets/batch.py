@@ -202,7 +202,8 @@ class Batch:
     def _charge_adjusted(self, effect: ChargeAdjusted, key: str | None) -> None:
         self.add("charge_adjustments", {
             "charge_id": effect.charge_id, "corrected_version": effect.version,
-            "overrides_version": effect.overrides_version, "rerate_id": effect.rerate_id,
+            "overrides_version": effect.overrides_version, "allowance_moves": dict(effect.allowance_moves),
+            "rerate_id": effect.rerate_id,
             "customer_id": effect.customer_id, "period": effect.period, "old_amount": effect.old_amount,
             "new_amount": effect.new_amount, "old_lines": [list(x) for x in effect.old_lines],
             "new_lines": [list(x) for x in effect.new_lines], "entry_key": key,

@@ -513,7 +513,17 @@ def _on_record(r: dict[str, Any]) -> ChargeOnRecord:
     return ChargeOnRecord(int(r["id"]), at, r["model"], r["dimensions"] or {}, r["usage"] or {},
                           tuple(r["lines"]), int(r["charged"]), int(r["from_receivable"]),
                           None if r["funding"] is None else tuple((a, int(x)) for a, x in r["funding"]),
-                          current, frozenset((v, int(o)) for v, _, o in adjustments), int(r["seq"]))
+                          current, frozenset((v, int(o)) for v, _, o, _ in adjustments), int(r["seq"]),
+                          _moves(moves for _, _, _, moves in adjustments))
+
+
+def _moves(each: Any) -> dict[str, int]:
+    """What a charge's re-rates moved of each free allowance, summed."""
+    out: dict[str, int] = {}
+    for moves in each:
+        for allowance_id, units in (moves or {}).items():
+            out[allowance_id] = out.get(allowance_id, 0) + int(units)
+    return out
 
 
 async def _scalar(conn: AsyncConnection, sql: str, params: tuple[Any, ...]) -> Any:

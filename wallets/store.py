@@ -375,15 +375,15 @@ _WRITES: dict[str, str] = {
                       total numeric, entry_id bigint, content jsonb, issued_at timestamptz)
                 ORDER BY r.seq""",
     "charge_adjustments": """INSERT INTO charge_adjustments (lane, charge_id, corrected_version,
-                   overrides_version, rerate_id, customer_id, period, old_amount, new_amount, old_lines, new_lines,
-                   entry_id, credit_note_id, created_at)
-               SELECT {lane}, r.charge_id, r.corrected_version, r.overrides_version, r.rerate_id, r.customer_id,
-                      r.period, r.old_amount, r.new_amount, r.old_lines, r.new_lines, r.entry_id, r.credit_note_id,
-                      r.created_at
+                   overrides_version, allowance_moves, rerate_id, customer_id, period, old_amount, new_amount,
+                   old_lines, new_lines, entry_id, credit_note_id, created_at)
+               SELECT {lane}, r.charge_id, r.corrected_version, r.overrides_version, r.allowance_moves, r.rerate_id,
+                      r.customer_id, r.period, r.old_amount, r.new_amount, r.old_lines, r.new_lines, r.entry_id,
+                      r.credit_note_id, r.created_at
                  FROM jsonb_to_recordset({p}::jsonb) AS r(charge_id bigint, corrected_version text,
-                      overrides_version int, rerate_id text, customer_id text, period text, old_amount numeric,
-                      new_amount numeric, old_lines jsonb, new_lines jsonb, entry_id bigint, credit_note_id text,
-                      created_at timestamptz)""",
+                      overrides_version int, allowance_moves jsonb, rerate_id text, customer_id text, period text,
+                      old_amount numeric, new_amount numeric, old_lines jsonb, new_lines jsonb, entry_id bigint,
+                      credit_note_id text, created_at timestamptz)""",
     # One row per customer: two UPDATEs of one row in one statement keep only one of them (a
     # close that also flagged a low balance lost its period's advance, and closed it again).
     "customers": """UPDATE customers
@@ -564,7 +564,8 @@ async def load_rerate_charges(conn: AsyncConnection, customer_id: str, book_id: 
     rows = await conn.exec_driver_sql(
         f"""SELECT c.id, c.occurred_at, c.model, c.dimensions, c.usage, c.lines, c.charged::text,
                    c.from_receivable::text, c.funding, c.seq,
-                   (SELECT jsonb_agg(jsonb_build_array(a.corrected_version, a.new_lines, a.overrides_version)
+                   (SELECT jsonb_agg(jsonb_build_array(a.corrected_version, a.new_lines, a.overrides_version,
+                                                      a.allowance_moves)
                                       ORDER BY a.id)
                       FROM charge_adjustments a WHERE a.charge_id = c.id) AS adjustments
               FROM charges c

@@ -277,3 +277,21 @@ async def test_a_second_backdated_override_over_an_invoiced_period_gets_a_credit
     assert wallet["available"] == "9.69"  # 10.00 - 0.81 + 0.30 + 0.20
     verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
     assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]
+
+
+async def test_a_free_allowance_a_rerate_spent_on_earlier_usage_is_not_given_again(client) -> None:
+    now = datetime.now(UTC)
+    cid = await customer(client, None)
+    for minutes in (50, 49, 48):  # 100,000 x $10/M + the call fee: 1.01 each, 3.03
+        assert charged(await event(client, cid, now - timedelta(minutes=minutes), 100_000)) == "1.01"
+    put = await client.put(f"/v1/customers/{cid}/price-overrides", headers=ADMIN, json={
+        "effective_from": utc(now - timedelta(hours=1)), "free_allowances": [{"id": "free-5", "amount": "5.00"}]})
+    assert put.status_code == 201, put.text
+    assert (await rerate(client, cid, now - timedelta(hours=1), now))["delta"] == "-3.03"  # the allowance paid them
+    # 5.00 - 3.03 = 1.97 of it is left: the next call free, the one after it 0.96 free and 0.05 charged
+    assert charged(await event(client, cid, now - timedelta(minutes=2), 100_000)) == "0.00"
+    assert charged(await event(client, cid, now - timedelta(minutes=1), 100_000)) == "0.05"
+    upcoming = (await client.get(f"/v1/customers/{cid}/invoices/upcoming", headers=ADMIN)).json()
+    assert upcoming["total"] == "0.05", upcoming  # 5 calls, 5.05, the allowance's 5.00 off
+    verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
+    assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]

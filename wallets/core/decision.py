@@ -143,6 +143,7 @@ class ChargeAdjusted(msgspec.Struct, frozen=True, gc=False):
     new_lines: tuple[tuple[str, str, int], ...]
     credit_note_id: str | None
     overrides_version: int = 0
+    allowance_moves: Mapping[str, int] = {}  # allowance id -> units it takes more (less: negative)
 
 
 class CreditNoteIssued(msgspec.Struct, frozen=True, gc=False):

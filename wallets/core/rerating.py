@@ -23,7 +23,7 @@ an increase) documents the correction of that invoice, its lines the entry's by 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,7 +37,15 @@ from pricing.usage import Usage
 from wallets import chart
 from wallets.core.commands import TOPUP_PRIORITY, RerateCharges
 from wallets.core.credits import opened_lot
-from wallets.core.decision import AdjustmentPosted, ChargeAdjusted, CreditNoteIssued, Decision, LotOpened, Outcome
+from wallets.core.decision import (
+    AdjustmentPosted,
+    ChargeAdjusted,
+    CreditNoteIssued,
+    Decision,
+    LotOpened,
+    Outcome,
+    UsageCounted,
+)
 from wallets.core.legs import Legs, entry, funding, settlement, settlement_legs
 from wallets.core.rating import ALLOWANCE, period_counts, period_to_date
 from wallets.core.state import State
@@ -65,6 +73,7 @@ class ChargeOnRecord:
     # (book version, overrides version in force at its usage time, 0: none) it was re-rated to
     versions: frozenset[tuple[str, int]] = frozenset()
     seq: int = 0  # its capture of the call (0: a usage event, or a call's first charge, which pays the fee)
+    allowance_moves: Mapping[str, int] = field(default_factory=dict)  # its re-rates' moves, by allowance id
 
     def tokens(self) -> dict[str, int]:
         """The usage it was rated for (the per-request fee aside: whether it is due is the corrected
@@ -82,6 +91,14 @@ class ChargeOnRecord:
 
     def standing(self) -> dict[TypeKey, int]:
         return dict(self.current) if self.current is not None else by_type(self.model, self.lines)
+
+    def counted(self) -> dict[str, int]:
+        """What it counts in its period's counters now: the units its lines rated per rule, and
+        what it takes from each free allowance, as charged and then as its re-rates moved it."""
+        out = rule_quantities(self.lines)
+        for allowance_id, units in self.allowance_moves.items():
+            out[ALLOWANCE + allowance_id] = out.get(ALLOWANCE + allowance_id, 0) + units
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +118,7 @@ class Correction:
     old: Mapping[TypeKey, int]
     new: Mapping[TypeKey, int]
     overrides_version: int = 0  # the customer's overrides that rated it (0: none)
+    allowance_moves: Mapping[str, int] = field(default_factory=dict)  # allowance id -> units more taken
 
     @property
     def old_amount(self) -> int:
@@ -173,7 +191,7 @@ def corrections(data: RerateInput, range_from: datetime, range_to: datetime) -> 
         if charge.occurred_at >= range_to:
             break
         if charge.occurred_at < range_from:
-            counted = rule_quantities(charge.lines)
+            counted = charge.counted()
         else:
             rating = rerated_lines(charge, data.version, so_far, data.overrides)
             counted = period_counts(rating)
@@ -183,10 +201,17 @@ def corrections(data: RerateInput, range_from: datetime, range_to: datetime) -> 
                 for ln in rating.lines)).items() if v}
             ours = overrides_version(charge, data.overrides)
             if old != new and (data.version.version, ours) not in charge.versions:
-                out.append(Correction(charge, old, new, ours))
+                out.append(Correction(charge, old, new, ours, _allowance_moves(charge.counted(), counted)))
         for rule_id, quantity in counted.items():
             so_far[rule_id] = so_far.get(rule_id, 0) + quantity
     return out
+
+
+def _allowance_moves(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, int]:
+    """Units taken from each free allowance (by id) after, less before."""
+    keys = {k for k in (*before, *after) if k.startswith(ALLOWANCE)}
+    moves = {k[len(ALLOWANCE):]: after.get(k, 0) - before.get(k, 0) for k in sorted(keys)}
+    return {k: v for k, v in moves.items() if v}
 
 
 def rule_quantities(lines: Iterable[Mapping[str, Any]]) -> dict[str, int]:
@@ -319,10 +344,16 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
         note = CreditNoteIssued(c.id, note_id, invoice_id, cmd.rerate_id, cmd.issuer, year, seq, number,
                                 c.currency, net, content, now)
         effects.append(note)
+    moved: dict[str, int] = {}
     for x in found:
         effects.append(ChargeAdjusted(
             c.id, x.charge.id, cmd.version, cmd.rerate_id, cmd.period, x.old_amount, x.new_amount,
-            _pairs(x.old), _pairs(x.new), note.credit_note_id if note is not None else None, x.overrides_version))
+            _pairs(x.old), _pairs(x.new), note.credit_note_id if note is not None else None, x.overrides_version,
+            dict(x.allowance_moves)))
+        for allowance_id, units in x.allowance_moves.items():
+            moved[ALLOWANCE + allowance_id] = moved.get(ALLOWANCE + allowance_id, 0) + units
+    if any(moved.values()):  # what the charges now take from the period's allowances: not given again
+        effects.append(UsageCounted(c.id, cmd.period, cmd.book_id, {k: v for k, v in moved.items() if v}))
     result = Rerated(c.id, cmd.period, len(found), net, note.number if note is not None else None,
                      posted.key if posted is not None else None)
     return Decision(Outcome(result.code, result), posted, tuple(effects))
