@@ -9,15 +9,15 @@ rollup, numbered with the issuer's next number of the year (gapless), frozen, an
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from ledger.model import JournalEntry
-from pricing.books import PriceBook, Rule
-from pricing.money import format_amount, round_entry
+from pricing.books import PriceBook, Rule, per_units
+from pricing.money import format_amount, per_amount, pricing_context, round_entry
 from pricing.rating import volume_tier_price, volume_true_up
 from wallets import chart
 from wallets.core.billing import LINE, Balances, Header, Rollup, amount_due_units, document, entry_rollup, merge
@@ -73,16 +73,59 @@ def volume_rules(book: PriceBook | None, rollup: Rollup, period: str) -> list[tu
     return found
 
 
-def true_up_lines(rules: list[tuple[Rule, str, int, int]]) -> list[dict[str, Any]]:
-    exact = [volume_true_up(rule, q, Decimal(a).scaleb(-SCALE)) for rule, _, q, a in rules]
-    _, units = round_entry(exact, SCALE)
-    lines = []
-    for (rule, version, q, _), amount, u in zip(rules, exact, units, strict=True):
+# A discount's share of a volume rule's usage in a period: (model, token type, discount id, its
+# fraction) -> [units it discounted, atomic units it took off]
+Discounted = dict[tuple[str | None, str | None, str, Decimal], list[int]]
+
+
+def volume_discounts(book: PriceBook | None, rollup: Rollup, period: str) -> dict[str, Discounted]:
+    """By volume rule, what the customer's discounts took off the period's own usage it rated at
+    the book's tier prices (a discounted contract price is the customer's own: no true-up)."""
+    if book is None:
+        return {}
+    versions = {v.version: v for v in book.versions}
+    found: dict[str, Discounted] = {}
+    for item, (quantity, amount) in rollup.items():
+        if not item.startswith(LINE):
+            continue
+        origin, kind, model, token_type, rule_id, unit_price, tier, override_id, version = json.loads(item[len(LINE):])
+        if origin != period or kind != "discount" or tier is None or version not in versions:
+            continue
+        rule = next((r for r in versions[version].rules if r.id == rule_id), None)
+        if rule is None or rule.tier_mode != "volume" or not 0 <= tier < len(rule.tiers) or not rule.tiers[tier].price:
+            continue
+        with pricing_context():
+            share = -Decimal(unit_price) / rule.tiers[tier].price  # the discount's percent / 100, exact
+        units = found.setdefault(rule_id, {}).setdefault((model, token_type, override_id, share), [0, 0])
+        units[0] += quantity
+        units[1] += amount
+    return found
+
+
+def true_up_lines(rules: list[tuple[Rule, str, int, int]],
+                  discounts: Mapping[str, Discounted] | None = None) -> list[dict[str, Any]]:
+    """Each volume rule's true-up at the book's price, and beside it what each discount that took
+    its share off the rule's usage takes off the true-up too (the same share of the units it
+    discounted, at the tier reached, less what it took): a line of its own carrying its override id."""
+    lines: list[dict[str, Any]] = []
+    exact: list[Decimal] = []
+    for rule, version, q, a in rules:
         price = volume_tier_price(rule, q)
         tier = next(i for i, t in enumerate(rule.tiers) if t.price == price and (t.up_to is None or q <= t.up_to))
-        lines.append({"kind": "volume_true_up", "token_type": rule.token_type, "quantity": q, "unit_price": str(price),
-                      "amount_units": u, "exact": str(amount), "rule_id": rule.id, "price_version": version,
-                      "model": rule.model, "tier": tier, "override_id": None})
+        line = {"kind": "volume_true_up", "rule_id": rule.id, "price_version": version, "tier": tier}
+        exact.append(volume_true_up(rule, q, Decimal(a).scaleb(-SCALE)))
+        lines.append({**line, "token_type": rule.token_type, "quantity": q, "unit_price": str(price),
+                      "model": rule.model, "override_id": None})
+        for (model, token_type, override_id, share), (qd, ad) in sorted(
+                (discounts or {}).get(rule.id, {}).items(), key=lambda x: tuple(map(str, x[0]))):
+            with pricing_context():
+                exact.append(-per_amount(qd * price * share, per_units(rule.token_type)) - Decimal(ad).scaleb(-SCALE))
+                unit = -price * share
+            lines.append({**line, "token_type": token_type, "quantity": qd, "unit_price": str(unit), "model": model,
+                          "override_id": override_id})
+    _, units = round_entry(exact, SCALE)
+    for line, amount, u in zip(lines, exact, units, strict=True):
+        line.update(amount_units=u, exact=str(amount))
     return [line for line in lines if line["amount_units"]]
 
 
@@ -125,7 +168,7 @@ def closing(state: State, w: Wallet, label: str, rollup: Rollup, book: PriceBook
     """The true-up of period `label` if it closed `now` with `w`'s balances, and the rollup its
     invoice shows: the close and the upcoming invoice's preview both build the invoice by it."""
     rollup = dict(rollup)
-    lines = true_up_lines(volume_rules(book, rollup, label))
+    lines = true_up_lines(volume_rules(book, rollup, label), volume_discounts(book, rollup, label))
     if not lines:
         return Closing((), None, None, (), rollup)
     posted, lot, paid = _true_up(state, w, label, lines, now)

@@ -6,12 +6,12 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from pricing.books import PriceBook
-from pricing.overrides import ContractPrice, FreeAllowance, Overrides
+from pricing.overrides import ContractPrice, Discount, FreeAllowance, Overrides
 from pricing.parse import parse_version
 from pricing.rating import rate
 from pricing.usage import Usage
 from wallets.core.billing import line_item
-from wallets.core.invoicing import volume_rules
+from wallets.core.invoicing import true_up_lines, volume_discounts, volume_rules
 from wallets.core.rating import charge_lines, period_counts, period_to_date
 
 VOLUME = parse_version({"id": "vol", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": [
@@ -34,6 +34,28 @@ def test_contract_priced_usage_of_a_volume_rule_gets_no_true_up_at_close() -> No
     # only the book-priced 1.5M count: 1M at $20/M + 0.5M at $10/M = $25 charged during the period
     assert rule.id == "v-out" and quantity == 1_500_000 and amount == 25 * 10**9
 
+
+
+def test_a_discount_ending_mid_period_takes_its_share_off_the_volume_true_up_of_the_usage_it_covered() -> None:
+    """600,000 tokens at 50 % off (1M at $20/M: 12.00, less 6.00), then the discount ends and 700,000
+    more come at the book's price (400,000 x $20/M + 300,000 x $10/M = 11.00): 17.00 charged. At
+    close all 1.3M are at $10/M: 13.00 at the book's price (a true-up of -10.00), and the first
+    600,000 half off: 3.00 of discount, where 6.00 was taken (+3.00). 10.00 in all, by hand:
+    600,000 x $10/M x 50 % + 700,000 x $10/M."""
+    book = PriceBook("vol", "USD", (VOLUME,))
+    half = Overrides(discounts=(Discount("half", Decimal("50"), model="model-v"),))
+    rollup: dict[str, tuple[int, int]] = {}
+    for overrides, tokens, so_far in ((half, 600_000, {}), (None, 700_000, {"v-out": 600_000})):
+        rating = rate(Usage("model-v", {"output": tokens}, AT), VOLUME, overrides, so_far)
+        for line in charge_lines(rating, 1 if overrides else None):
+            item = line_item("2026-11", line)
+            q, a = rollup.get(item, (0, 0))
+            rollup[item] = (q + line["quantity"], a + line["amount_units"])
+    lines = true_up_lines(volume_rules(book, rollup, "2026-11"), volume_discounts(book, rollup, "2026-11"))
+    assert [(x["quantity"], x["unit_price"], x["amount_units"], x["override_id"]) for x in lines] == [
+        (1_300_000, "10", -10 * 10**9, None), (600_000, "-5.0", 3 * 10**9, "half")]
+    charged = sum(a for item, (_, a) in rollup.items())
+    assert charged + sum(x["amount_units"] for x in lines) == 10 * 10**9
 
 def test_a_free_allowance_is_counted_in_atomic_units_and_read_back_as_money() -> None:
     version = parse_version({"id": "b", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": [

@@ -1,0 +1,79 @@
+"""A volume tier's true-up at close re-prices the period's units at the tier they reached; a
+customer's discount covers it as it covered the usage it trues up. Book: model-v output,
+volume-tiered: up to 1M at $20/M, beyond at $10/M. 600,000 then 700,000 tokens are rated
+graduated as they come (1M x $20/M + 300,000 x $10/M = $23.00); at close all 1.3M are at the
+$10/M tier reached ($13.00): a true-up of -$10.00 at the book's price."""
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from api.app import create_app
+from api.settings import Settings
+from wallets.periods import Cycle, period_of
+
+ADMIN = {"Authorization": "Bearer vol-admin"}
+BOOK = f"vol-{uuid.uuid4().hex[:8]}"
+RULES = [{"id": "v-out", "model": "model-v", "token_type": "output", "tier_mode": "volume",
+          "tiers": [{"up_to": 1_000_000, "price": "20"}, {"up_to": None, "price": "10"}]}]
+
+
+def utc(at: datetime) -> str:
+    return at.isoformat().replace("+00:00", "Z")
+
+
+@pytest.fixture(scope="module")
+async def client(database_url):
+    app = create_app(Settings(admin_key="vol-admin", scheduler=False), database_url)
+    async with AsyncTestClient(app=app) as c:
+        made = await c.post("/v1/price-books", headers=ADMIN, json={
+            "id": BOOK, "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": RULES})
+        assert made.status_code == 201, made.text
+        yield c
+
+
+async def closed_invoice(client, percent: str) -> tuple[dict, dict]:
+    """The invoice of a postpaid customer with `percent` off model-v, and its wallet after the close."""
+    cid = f"vol-{uuid.uuid4().hex[:10]}"
+    made = await client.post("/v1/customers", headers=ADMIN, json={
+        "id": cid, "currency": "USD", "price_book": BOOK, "billing": "postpaid"})
+    assert made.status_code == 201, made.text
+    now = datetime.now(UTC)
+    put = await client.put(f"/v1/customers/{cid}/price-overrides", headers=ADMIN, json={
+        "effective_from": utc(now - timedelta(hours=1)),
+        "discounts": [{"id": "off", "model": "model-v", "percent": percent}]})
+    assert put.status_code == 201, put.text
+    sent = await client.post("/v1/usage-events", headers=ADMIN, json=[
+        {"event_id": f"v-{i}", "customer_id": cid, "model": "model-v", "timestamp": utc(now - timedelta(minutes=m)),
+         "usage": {"output_tokens": n}} for i, (m, n) in enumerate(((30, 600_000), (20, 700_000)))])
+    assert sent.json()["accepted"] == 2, sent.text
+    period = period_of(now - timedelta(minutes=30), Cycle())
+    closed = await client.post("/v1/billing/close", headers=ADMIN, json={
+        "until": utc(period.end + timedelta(hours=1, seconds=1)), "customer_id": cid, "early": True})
+    assert closed.status_code == 200, closed.text
+    [invoice] = closed.json()["closed"]
+    final = (await client.get(f"/v1/invoices/{invoice['invoice_id']}", headers=ADMIN)).json()
+    wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
+    verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
+    assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]
+    return final, wallet
+
+
+async def test_a_half_discount_covers_the_volume_true_up_as_it_covered_the_usage(client) -> None:
+    invoice, wallet = await closed_invoice(client, "50")
+    # usage 20.00 + 3.00, 50 % off each: -10.00, -1.50; the true-up -10.00, and the discount's 50 % of
+    # it back, +5.00 (a true-up line carrying the discount's id): 13.00 at the tier reached, half of it
+    assert sorted((ln["kind"], ln["amount"], ln["override_id"]) for ln in invoice["lines"]) == [
+        ("discount", "-1.50", "off"), ("discount", "-10.00", "off"), ("usage", "20.00", None),
+        ("usage", "3.00", None), ("volume_true_up", "-10.00", None), ("volume_true_up", "5.00", "off")]
+    assert invoice["total"] == "6.50" and invoice["amount_due"] == "6.50"
+    assert wallet["receivable"] == "6.50" and wallet["available"] == "0.00"
+
+
+async def test_usage_a_full_discount_made_free_gets_no_money_from_its_volume_true_up(client) -> None:
+    invoice, wallet = await closed_invoice(client, "100")
+    assert invoice["total"] == "0.00" and invoice["amount_due"] == "0.00", invoice["lines"]
+    assert wallet["available"] == "0.00" and wallet["receivable"] == "0.00"  # no credit out of nothing
