@@ -39,7 +39,10 @@ ANTHROPIC_USAGE = {"input_tokens": 900, "cache_read_input_tokens": 100, "cache_c
 EMBEDDING_TOKENS = 12
 SEARCHES = 2  # the web searches a messages or responses call offered a web_search tool runs
 EXECUTIONS = 2  # the code runs (in one container) of a call offered a code execution tool
-CONTAINER = "cntr_fake"  # the container OpenAI's code interpreter creates for a call (auto)
+CONTAINER = "cntr_fake"
+# a compaction's own sampling (context_management's compact edit), reported apart from the top-level usage
+COMPACTION = {"type": "compaction", "input_tokens": 3000, "output_tokens": 200, "cache_read_input_tokens": 0,
+              "cache_creation_input_tokens": 0}  # the container OpenAI's code interpreter creates for a call (auto)
 WORDS = STREAM_WORDS.split(" ")[1:]
 
 
@@ -315,6 +318,10 @@ async def _messages(fake: FakeUpstream, log: Logged, receive: Any, send: Any) ->
     start_usage = {**ANTHROPIC_USAGE, "output_tokens": 1}
     if log.body.get("speed") is not None:  # the speed it ran at, in its usage
         server = {**server, "speed": log.body["speed"]}
+    edits = (log.body.get("context_management") or {}).get("edits") or []
+    if any(str(edit.get("type", "")).startswith("compact_") for edit in edits if isinstance(edit, dict)):
+        iteration = {"type": "message", **ANTHROPIC_USAGE, "output_tokens": len(words)}
+        server = {**server, "iterations": [COMPACTION, iteration]}
     message = {"id": mid, "type": "message", "role": "assistant", "model": log.body["model"], "content": [],
                "stop_reason": None, "stop_sequence": None, "usage": start_usage}
     if not log.body.get("stream"):

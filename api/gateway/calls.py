@@ -77,6 +77,7 @@ from api.gateway.tools import (
     SERVER_TOOL_RESULT_TOKENS,
     CallError,
     anthropic_containers,
+    anthropic_unmetered,
     openai_chat_search,
     openai_tools,
     server_tools,
@@ -394,6 +395,7 @@ def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: Token
         cap += _prediction_tokens(body, model, counter)
     uses, results, containers = (), 0, 0
     if kind == MESSAGES:
+        anthropic_unmetered(body)
         uses, results, tools_changed = server_tools(body, server_tool_max_uses, server_tool_result_tokens)
         changed, containers = changed or tools_changed, anthropic_containers(body)
         uses = tuple(sorted((*uses, ("code_execution", containers)))) if containers else uses

@@ -15,7 +15,7 @@ from prometheus_client import Counter
 from api.gateway.calls import CHAT, Call
 from api.gateway.settles import settle_record
 from api.gateway.shapes import Refusal, stream_error_event
-from api.gateway.streams import EventSplitter, StreamTally, answer_settlement, answer_texts
+from api.gateway.streams import EventSplitter, StreamTally, answer_settlement, answer_texts, with_compactions
 from api.routes.inputs import usage_tokens
 from api.routes.wire import money
 from pricing.errors import InvalidUsageError
@@ -206,6 +206,8 @@ class Forwarding:
                 await asyncio.shield(self.x.gw.wallets.submit(Release(customer_id=r.customer_id, reservation_id=r.id)))
                 return 0
             form, usage = self._readable(*settlement)
+            if form == "anthropic_usage":  # its compactions' tokens, which its top-level counts leave out
+                usage = with_compactions(usage)
             audio = self.call.prompt_audio_tokens
             if form == "usage" and audio and usage.get("input_tokens", 0) >= audio:  # the gateway's own count
                 usage = {**usage, "input_tokens": usage["input_tokens"] - audio, "input_audio_tokens": audio}

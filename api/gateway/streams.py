@@ -14,7 +14,8 @@ showed (OpenAI's code_interpreter_call and shell_call items name theirs; Anthrop
 `container_units` as `code_execution_calls`. Metered
 output is the tiktoken count (the model's encoding, else cl100k_base, no margin) of every
 generated text delta in the order received: message text, refusals, reasoning text, tool-call
-arguments. No usage and no output at all means nothing was generated: the hold is released; so
+arguments. Anthropic's compactions, billed but left out of its top-level usage, are added to it
+(`with_compactions`). No usage and no output at all means nothing was generated: the hold is released; so
 does an upstream that failed before any output token (Anthropic's message_start notwithstanding)
 and any web search.
 """
@@ -260,6 +261,40 @@ class StreamTally:
             return form, {**usage, **calls}
         normalize = normalize_anthropic if form == "anthropic_usage" else normalize_openai
         return "usage", {**normalize(usage).as_usage_fields(), **calls}
+
+
+_ANTHROPIC_COUNTS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+
+
+def _tokens(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def with_compactions(usage: Mapping[str, Any]) -> dict[str, Any]:
+    """Anthropic's usage with the tokens of its compactions added to the top-level counts: a
+    compaction (context_management's compact edit) is a sampling of its own, billed, that its
+    usage reports as a `compaction` entry of `iterations` and leaves out of the top-level counts
+    (its cache writes by TTL too, where the usage splits them; else as 5-minute writes)."""
+    compactions = [i for i in _list(usage.get("iterations"))
+                   if isinstance(i, Mapping) and i.get("type") == "compaction"]
+    if not compactions:
+        return dict(usage)
+    out = dict(usage)
+    for name in _ANTHROPIC_COUNTS:
+        added = sum(_tokens(c.get(name)) for c in compactions)
+        if added:
+            out[name] = _tokens(out.get(name)) + added
+    if isinstance(out.get("cache_creation"), Mapping):
+        split = dict(out["cache_creation"])
+        for c in compactions:
+            given = c.get("cache_creation")
+            given = given if isinstance(given, Mapping) else {
+                "ephemeral_5m_input_tokens": c.get("cache_creation_input_tokens")}
+            for ttl in ("ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens"):
+                if _tokens(given.get(ttl)):
+                    split[ttl] = _tokens(split.get(ttl)) + _tokens(given.get(ttl))
+        out["cache_creation"] = split
+    return out
 
 
 def answer_texts(kind: str, raw: bytes | Mapping[str, Any]) -> list[str]:

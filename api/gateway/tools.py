@@ -18,7 +18,9 @@ does not show (pure: no I/O; api.gateway.calls counts the rest).
 - a hosted MCP server of OpenAI's (`mcp`) lists its tools and answers its calls as input: held at
   the results allowance for its listing, and for each of `max_tool_calls` calls (`openai_tools`);
 - OpenAI's `image_generation` tool is billed at its image model's prices, which no usage
-  reports: refused (UnmeteredToolError, answered 422 unpriced_model), never given away.
+  reports, and Anthropic's advisor tool and `fallbacks` have other models serve (part of) the
+  call, billed at their prices: refused (UnmeteredToolError, answered 422 unpriced_model), never
+  given away nor charged at the call's model's prices (`openai_tools`, `anthropic_unmetered`).
 """
 from __future__ import annotations
 
@@ -137,6 +139,26 @@ def server_tools(body: dict[str, Any], max_uses: int,
     if changed:
         body["tools"] = sent
     return tuple(sorted(fees.items())), held, changed
+
+
+# Anthropic's ways of having another model serve (part of) a call, billed at that model's prices
+# (reported only in usage.iterations, with the model): the gateway holds and charges the call's model.
+ANTHROPIC_UNMETERED_TOOLS = (
+    ("advisor_", "Anthropic's advisor tool runs another model, billed at that model's prices: the gateway "
+                 "holds and charges the call's model alone, so it cannot meter it"),)
+ANTHROPIC_FALLBACKS = ("a call with fallbacks may be served by another model, billed at that model's prices: the "
+                       "gateway holds and charges the call's model alone, so it cannot meter it")
+
+
+def anthropic_unmetered(body: Mapping[str, Any]) -> None:
+    """UnmeteredToolError for a messages call with a tool of ANTHROPIC_UNMETERED_TOOLS or `fallbacks`."""
+    tools = body.get("tools")
+    for tool in tools if isinstance(tools, list) else []:
+        unmetered = _typed(tool, ANTHROPIC_UNMETERED_TOOLS)
+        if unmetered is not None:
+            raise UnmeteredToolError(f"tools: {tool['type']}", unmetered[1])
+    if body.get("fallbacks"):
+        raise UnmeteredToolError("fallbacks", ANTHROPIC_FALLBACKS)
 
 
 def anthropic_containers(body: Mapping[str, Any]) -> int:

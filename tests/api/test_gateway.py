@@ -680,6 +680,49 @@ def test_an_anthropic_prompt_marked_for_caching_is_held_at_the_cache_write_price
     assert charged(url, cached.headers["x-tokentill-request-id"]) == MESSAGES_CHARGE  # the usage, as before
 
 
+@pytest.mark.parametrize("field", ["advisor", "fallbacks"])
+def test_an_anthropic_call_another_model_may_serve_is_refused_before_the_upstream_call(live, fake, field):
+    """Anthropic's advisor tool runs a sub-inference on another model, and a call with fallbacks
+    may be served by another model, each billed at that model's prices (usage.iterations): the
+    gateway holds and charges the call's model alone, so it refuses them rather than charge them
+    at the wrong model's prices (was: answered, the other model's tokens given away)."""
+    url, _ = live
+    cid, key = customer(live)
+    args: dict[str, Any] = {"model": "claude-test", "max_tokens": 100, "messages": HI}
+    if field == "advisor":
+        args["tools"] = [{"type": "advisor_20260301", "name": "advisor", "model": "claude-opus-4-7"}]
+    else:
+        args["extra_body"] = {"fallbacks": [{"model": "claude-sonnet-4-6"}]}
+    before = len(fake.fake.calls)
+    with pytest.raises(anthropic.APIStatusError) as raised:
+        claude(url, key).messages.create(**args)
+    assert raised.value.status_code == 422 and raised.value.body["error"]["code"] == "unpriced_model"
+    assert len(fake.fake.calls) == before and wallet(url, cid) == (Decimal("10"), 0)
+
+
+COMPACT = {"edits": [{"type": "compact_20260112"}]}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_anthropic_compaction_is_charged_the_tokens_its_usage_reports_apart(live, fake, stream):
+    """Anthropic bills a compaction (context_management's compact edit) as a sampling of its own,
+    whose tokens its usage reports in a compaction iteration, not in the top-level counts."""
+    url, _ = live
+    cid, key = customer(live)
+    client = claude(url, key)
+    args = {"model": "claude-test", "max_tokens": 1000, "messages": HI, "extra_body": {"context_management": COMPACT}}
+    if stream:
+        with client.messages.stream(**args) as s:
+            "".join(s.text_stream)
+            headers = s.response.headers
+    else:
+        headers = client.messages.with_raw_response.create(**args).headers
+    compaction = (fk.COMPACTION["input_tokens"] * IN + fk.COMPACTION["output_tokens"] * OUT) / M
+    # was: the top-level counts alone, the compaction's 3,000 in and 200 out given away
+    assert charged(url, headers["x-tokentill-request-id"]) == MESSAGES_CHARGE + compaction
+    assert wallet(url, cid) == (Decimal("10") - MESSAGES_CHARGE - compaction, 0)
+
+
 def test_a_format_1_book_charges_no_openai_web_search(live, fake):
     """A format 1 book bills no per-call tools: the answer's usage alone, its searches rated at nothing."""
     url, _ = live

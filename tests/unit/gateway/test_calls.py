@@ -478,3 +478,13 @@ def test_an_anthropic_call_that_marks_its_prompt_for_caching_names_the_write(bod
     anthropic = call(MESSAGES, {"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": HI, **body})
     assert anthropic.cache_write == written
     assert call(CHAT, {"model": "gpt-4", "messages": HI, **body}).cache_write is None
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"tools": [{"type": "advisor_20260301", "name": "advisor", "model": "claude-opus-4-7"}]},
+     "tools: advisor_20260301"),
+    ({"fallbacks": [{"model": "claude-sonnet-4-6"}]}, "fallbacks")])
+def test_an_anthropic_call_another_model_may_serve_is_refused_as_unmetered(body, field):
+    with pytest.raises(UnmeteredToolError) as raised:
+        call(MESSAGES, {"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": HI, **body})
+    assert raised.value.field == field

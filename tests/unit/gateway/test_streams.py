@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from api.gateway.calls import CHAT, EMBEDDINGS, MESSAGES, RESPONSES
-from api.gateway.streams import EventSplitter, StreamTally, answer_settlement, event_fields
+from api.gateway.streams import EventSplitter, StreamTally, answer_settlement, event_fields, with_compactions
 from pricing.tokens import TokenCounter
 
 COUNTER = TokenCounter()
@@ -294,3 +294,17 @@ def test_an_anthropic_stream_that_fails_after_running_code_is_charged_its_contai
     assert tally.with_tool_calls(*tally.settlement(COUNTER, "claude-sonnet-4-5", 9, failed=True)) == ("usage", {
         "input_tokens": 20, "cached_input_tokens": 0, "cache_write_tokens": 0, "output_tokens": 0,
         "reasoning_tokens": 0, "code_execution_calls": 1})
+
+
+def test_anthropics_compactions_are_added_to_its_top_level_usage():
+    usage = {"input_tokens": 10, "output_tokens": 5, "cache_creation_input_tokens": 4,
+             "cache_creation": {"ephemeral_5m_input_tokens": 4, "ephemeral_1h_input_tokens": 0},
+             "iterations": [{"type": "compaction", "input_tokens": 3000, "output_tokens": 200,
+                             "cache_read_input_tokens": 7, "cache_creation_input_tokens": 6,
+                             "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 6}},
+                            {"type": "message", "input_tokens": 10, "output_tokens": 5},
+                            {"type": "compaction", "input_tokens": 1, "output_tokens": True}]}
+    assert {k: v for k, v in with_compactions(usage).items() if k != "iterations"} == {
+        "input_tokens": 3011, "output_tokens": 205, "cache_read_input_tokens": 7, "cache_creation_input_tokens": 10,
+        "cache_creation": {"ephemeral_5m_input_tokens": 4, "ephemeral_1h_input_tokens": 6}}
+    assert with_compactions({"input_tokens": 1, "output_tokens": 1}) == {"input_tokens": 1, "output_tokens": 1}
