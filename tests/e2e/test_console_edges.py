@@ -1,4 +1,5 @@
-"""The console at its edges, in a browser: names too long for their column."""
+"""The console at its edges, in a browser: names too long for their column, and a form whose
+request fails while the page is open."""
 from __future__ import annotations
 
 import uuid
@@ -28,3 +29,19 @@ def test_a_long_unbroken_name_and_reference_stay_inside_the_page(page: Page, con
         expect(page.get_by_role("heading", level=1)).to_have_text(name)  # escaped text, whole
         assert _overflow(page) == 0, path
 
+
+def test_a_form_whose_request_fails_says_so(page: Page, console: Console):
+    """The usage form swaps its region with htmx; an answer it does not swap (a 503 while the
+    database restarts, a 500) left the page as it was, as if Show had not been pressed."""
+    sign_in(page, console.keys["acme"])
+    page.goto("/console/customers/acme/usage")
+    expect(page.locator("[data-usage-chart] canvas")).to_be_visible()
+    page.route("**/console/customers/acme/usage?*", lambda route: route.fulfill(
+        status=503, headers={"Retry-After": "1", "Content-Type": "text/html"}, body="<p>unavailable</p>"))
+    page.get_by_label("From", exact=True).fill("2026-03-01")
+    page.get_by_role("button", name="Show").click()
+    expect(page.get_by_role("alert")).to_contain_text("503")
+    page.unroute("**/console/customers/acme/usage?*")
+    page.get_by_role("button", name="Show").click()
+    expect(page.get_by_role("heading", name="Usage from 2026-03-01")).to_be_visible()
+    expect(page.get_by_role("alert")).to_have_count(0)

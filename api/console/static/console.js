@@ -36,6 +36,36 @@
     window.tokentillCharts.usage = { data: data, chart: chart };
   }
 
+  // A request htmx does not swap in (a 5xx, a 503 while the database restarts, no network) is
+  // said beside the form that sent it, in its words; the next request of the form clears it.
+  function notice(form) {
+    var prior = form.previousElementSibling;
+    return prior && prior.hasAttribute("data-request-error") ? prior : null;
+  }
+  function say(form, text) {
+    var box = notice(form);
+    if (!box) {
+      box = document.createElement("div");
+      box.className = "notice bad";
+      box.setAttribute("role", "alert");
+      box.setAttribute("data-request-error", "");
+      form.parentNode.insertBefore(box, form);
+    }
+    box.textContent = text;
+  }
+  document.addEventListener("htmx:beforeRequest", function (e) {
+    var box = notice(e.detail.elt);
+    if (box) { box.remove(); }
+  });
+  document.addEventListener("htmx:responseError", function (e) {
+    var xhr = e.detail.xhr;
+    var retry = xhr.getResponseHeader("Retry-After");
+    say(e.detail.elt, "Nothing changed: the server answered " + xhr.status + " " + (xhr.statusText || "") +
+        (retry ? "; try again in " + retry + " s." : "; try again, or reload the page."));
+  });
+  document.addEventListener("htmx:sendError", function (e) {
+    say(e.detail.elt, "Nothing changed: the request did not reach the server; check the connection and try again.");
+  });
   document.addEventListener("DOMContentLoaded", function () { draw(document); });
   document.addEventListener("htmx:afterSwap", function (e) { draw(e.target); });
 })();
