@@ -42,8 +42,8 @@ class ApiKeyResponse(msgspec.Struct):
     revoked_at: datetime | None = None
 
 
-class CreatedApiKeyResponse(ApiKeyResponse):
-    key: str = ""  # the secret: shown in this response only
+class CreatedApiKeyResponse(ApiKeyResponse, kw_only=True):
+    key: str  # the secret: shown in this response (and a replay of its Idempotency-Key) only
 
 
 def _response(key: keys.ApiKey) -> ApiKeyResponse:

@@ -90,7 +90,7 @@ class WebhookEndpointResponse(msgspec.Struct):
 
 
 class CreatedWebhookEndpointResponse(WebhookEndpointResponse):
-    secret: str = ""  # whsec_…: shown in this response (and a rotation's) only
+    secret: str  # whsec_…: shown in this response (and a rotation's) only
 
 
 class RedriveResponse(msgspec.Struct):

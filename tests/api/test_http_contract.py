@@ -235,3 +235,13 @@ async def test_head_is_answered_as_get_without_its_content(client, customer):
         "GET", "HEAD", "OPTIONS"}
     post_only = await client.head("/v1/reservations", headers=ADMIN)
     assert post_only.status_code == 405 and "HEAD" not in post_only.headers["allow"]
+
+
+def test_the_secret_a_creating_call_shows_once_is_a_required_field_of_its_answer():
+    """API.md: 201 {"id", "key", "scope", "customers", "created_at"}. Before: the document made
+    `key` (and a webhook endpoint's `secret`) optional, so a client generated from it had to
+    treat the one chance to read the secret as maybe absent."""
+    app = create_app(Settings(admin_key="test-admin", scheduler=False), "postgresql://unused/unused")
+    schemas = app.openapi_schema.to_schema()["components"]["schemas"]
+    assert "key" in schemas["CreatedApiKeyResponse"]["required"]
+    assert "secret" in schemas["CreatedWebhookEndpointResponse"]["required"]
