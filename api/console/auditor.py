@@ -16,7 +16,9 @@ from api.console.web import PREFIX, allow, render, viewer
 from api.errors import ApiError
 from api.routes import cursors, journal
 from api.routes.audit import trial_balance_report, verify_report
+from pricing.money import format_amount, parse_amount
 from wallets import reports
+from wallets.chart import ASSET_SCALE, OPEN_STATUSES
 from wallets.errors import WalletValidationError
 
 AUDITOR = ("auditor",)
@@ -64,8 +66,20 @@ async def trace_page(state: State, request: Request,
             ensure_customer(request, customer_id)
         customers = (customer_id,) if customer_id else viewer(request).visible()
         trace = await state.services.db.read(lambda conn: reports.charge_trace(conn, request_id, customers))
-    return render(request, "audit/trace.html", trace=trace, request_id=request_id or "",
+    return render(request, "audit/trace.html", trace=trace, still_held=_still_held(trace), request_id=request_id or "",
                   customer_id=customer_id or "", section="trace")
+
+
+def _still_held(trace: dict[str, Any] | None) -> str | None:
+    """What a traced reservation holds now: its hold less what it captured and released (none
+    once closed)."""
+    if trace is None or trace["kind"] != "reservation":
+        return None
+    r = trace["reservation"]
+    if r["status"] not in OPEN_STATUSES:
+        return format_amount(0, ASSET_SCALE)
+    units = [parse_amount(r[k], ASSET_SCALE) for k in ("amount", "captured", "released")]
+    return format_amount(units[0] - units[1] - units[2], ASSET_SCALE)
 
 
 @get(f"{PREFIX}/audit/verify", guards=[allow(*AUDITOR)], name="console-verify")

@@ -123,3 +123,19 @@ async def test_the_held_column_shows_what_remains_held_after_partial_captures(co
         assert dict(cells) == {"still-held": "0.89", "original-hold": "1.00", "captured": "0.11"}, cells
     wallet = (await client.get(f"/v1/customers/{customer}/wallet", headers=ADMIN)).json()
     assert wallet["reserved"] == "0.89"
+
+
+async def test_the_charge_trace_says_what_a_partly_captured_reservation_still_holds(console):
+    """The trace of an open reservation read "held 1.00, charged 0.11, released 0.00" after a
+    partial capture, as if 1.00 were still held."""
+    client, book = console
+    customer = await _customer(client, book, "10.00")
+    reservation = await _hold(client, customer, "traced-partial", "1.00")
+    captured = await client.post(f"/v1/reservations/{reservation}/settle", headers=ADMIN,
+                                 json={"usage": {"input_tokens": 10_000, "output_tokens": 0}, "final": False})
+    assert captured.status_code == 200, captured.text
+    page = await client.get("/console/audit/trace", params={"request_id": "traced-partial", "customer_id": customer})
+    assert page.status_code == 200
+    figures = dict(re.findall(r'data-figure="([^"]+)"[^>]*>([^<]*)<', page.text))
+    assert figures == {"original-hold": "1.00", "captured": "0.11", "released": "0.00", "still-held": "0.89",
+                       "charged": "0.11"}, figures
