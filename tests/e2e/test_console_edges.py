@@ -1,5 +1,5 @@
-"""The console at its edges, in a browser: names too long for their column, and a form whose
-request fails while the page is open."""
+"""The console at its edges, in a browser: names too long for their column, a form whose request
+fails while the page is open, a phone's narrow window."""
 from __future__ import annotations
 
 import uuid
@@ -7,6 +7,7 @@ import uuid
 from playwright.sync_api import Page, expect
 
 from tests.e2e.conftest import Console
+from tests.e2e.test_accessibility import AXE
 from tests.e2e.test_console import sign_in
 
 
@@ -45,3 +46,29 @@ def test_a_form_whose_request_fails_says_so(page: Page, console: Console):
     page.get_by_role("button", name="Show").click()
     expect(page.get_by_role("heading", name="Usage from 2026-03-01")).to_be_visible()
     expect(page.get_by_role("alert")).to_have_count(0)
+
+
+PHONE_PAGES = {"acme": ["/console/customers/acme", "/console/customers/acme/usage",
+                        "/console/customers/acme/reservations", "/console/customers/acme/budgets",
+                        "/console/customers/acme/invoices", "/console/customers/acme/invoices/upcoming"],
+               "auditor": ["/console/audit", "/console/audit/journal", "/console/audit/trace?request_id=req-traced"]}
+
+
+def test_on_a_phone_a_wide_table_scrolls_in_its_place_not_the_page(browser, console: Console):
+    """At 390 px the wallet and the reservations pages reached 252 px past the window (the budgets
+    120, the invoices 65): the whole page, header and figures included, scrolled sideways. Now a
+    wide table scrolls within itself, still a table to assistive technology, reachable by keyboard."""
+    context = browser.new_context(base_url=console.url, viewport={"width": 390, "height": 800}, bypass_csp=True)
+    page = context.new_page()
+    for who, paths in PHONE_PAGES.items():
+        page.context.clear_cookies()
+        sign_in(page, console.keys[who])
+        for path in paths:
+            page.goto(path)
+            assert _overflow(page) == 0, path
+            assert page.get_by_role("table").count() > 0, path
+            page.add_script_tag(path=str(AXE))
+            result = page.evaluate("axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa']}})")
+            serious = [v["id"] for v in result["violations"] if v["impact"] in ("serious", "critical")]
+            assert serious == [], (path, serious)
+    context.close()

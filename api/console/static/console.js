@@ -66,6 +66,14 @@
   document.addEventListener("htmx:sendError", function (e) {
     say(e.detail.elt, "Nothing changed: the request did not reach the server; check the connection and try again.");
   });
-  document.addEventListener("DOMContentLoaded", function () { draw(document); });
-  document.addEventListener("htmx:afterSwap", function (e) { draw(e.target); });
+  // A table wider than a phone's window scrolls in its place (console.css): one that does is
+  // made a tab stop, so the keyboard can scroll it too.
+  function scrollers() {
+    Array.prototype.forEach.call(document.querySelectorAll("main table"), function (table) {
+      if (table.scrollWidth > table.clientWidth + 1) { table.tabIndex = 0; } else { table.removeAttribute("tabindex"); }
+    });
+  }
+  document.addEventListener("DOMContentLoaded", function () { draw(document); scrollers(); });
+  document.addEventListener("htmx:afterSwap", function (e) { draw(e.target); scrollers(); });
+  window.addEventListener("resize", scrollers);
 })();
