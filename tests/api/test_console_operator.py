@@ -1,4 +1,4 @@
-"""The operator page's counters: every label's count is shown, none cut off."""
+"""The operator's and the auditor's lists of what is wrong: every item shown, none cut off."""
 from __future__ import annotations
 
 import re
@@ -6,7 +6,9 @@ import re
 from litestar.testing import AsyncTestClient
 
 from api.app import create_app
+from api.console import auditor
 from api.metrics import APP, REQUESTS
+from api.routes.audit import CheckResponse, VerifyResponse
 from api.settings import Settings
 
 ADMIN_KEY = "console-operator-admin"
@@ -31,3 +33,22 @@ async def test_every_status_code_of_the_requests_counter_is_listed(database_url)
         requests = page.text.split("<code>tokentill_requests_total</code>")[1].split("</tr>")[0]
         shown = dict(re.findall(r'<span class="mono">status_code=(\d+)</span>: ([\d,]+)', requests))
         assert {code: shown.get(code) for code in ("587", "599")} == {"587": "1", "599": "13"}, shown
+
+
+async def test_verify_lists_every_problem_the_api_names(database_url, monkeypatch):
+    """A failing check names up to 50 problems (its detail counts them all); the page listed the
+    first 20 and dropped the rest without a word."""
+    problems = [f"entry {n} does not balance" for n in range(50)]
+
+    async def failing(services, principal):
+        return VerifyResponse(False, [CheckResponse("entries_balanced", False, f"50 found; first: {problems[0]}",
+                                                    problems)])
+
+    monkeypatch.setattr(auditor, "verify_report", failing)
+    app = create_app(Settings(admin_key=ADMIN_KEY, scheduler=False), database_url)
+    async with AsyncTestClient(app=app, base_url="https://console.test") as client:
+        csrf = re.search(r'name="_csrf_token" value="([^"]+)"', (await client.get("/console/sign-in")).text).group(1)
+        await client.post("/console/sign-in", data={"key": ADMIN_KEY, "_csrf_token": csrf})
+        page = await client.post("/console/audit/verify", data={"_csrf_token": csrf})
+        assert page.status_code == 200 and 'data-verify="failed"' in page.text
+        assert re.findall(r'<li class="mono">([^<]*)</li>', page.text) == problems
