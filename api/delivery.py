@@ -42,10 +42,12 @@ class RetryPolicy:
     max_retry_after_s: float = 30.0  # a Retry-After is honoured up to this
 
     def wait(self, attempt: int, retry_after: float | None) -> float:
-        """The wait before retry number `attempt` (0-based): Retry-After if given, else full jitter."""
-        if retry_after is not None:
-            return min(retry_after, self.max_retry_after_s)
-        return random.uniform(0, min(self.max_backoff_s, self.backoff_s * 2**attempt))
+        """The wait before retry number `attempt` (0-based): full jitter under the capped
+        exponential ceiling, after the Retry-After if one was given (capped): the server tells
+        every contended caller the same Retry-After, and callers that all came back at that very
+        instant would be the same spike again."""
+        jitter = random.uniform(0, min(self.max_backoff_s, self.backoff_s * 2**attempt))
+        return jitter if retry_after is None else min(retry_after, self.max_retry_after_s) + jitter
 
 
 class Schedule:
@@ -66,7 +68,7 @@ class Schedule:
             wait = min(wait, left)
         elif self.retries is not None and self.attempt >= self.retries:
             return None
-        elif retry_after is not None and wait > self.budget_s - self.waited:
+        elif retry_after is not None and retry_after > self.budget_s - self.waited:
             return None  # the server asks for more than this call may wait: answer now
         self.attempt += 1
         self.waited += wait
