@@ -310,6 +310,10 @@ def _spool_flush(args: argparse.Namespace, _: Settings) -> int:
             print(f"{path}: another flush is at work on it; skipped")
             left += 1
             continue
+        if report.error is not None:  # what was delivered is answered by its key when sent again
+            print(f"{path}: not flushed: {report.error}")
+            left += 1
+            continue
         print(f"{path}: delivered {report.delivered}, refused {report.rejected}, left {report.kept}")
         for problem in report.problems:
             print(f"  kept: {problem}")

@@ -653,7 +653,8 @@ def _report_orphaned_exit(task: asyncio.Task[Any]) -> None:
 def flush_spool_dir(directory: str | os.PathLike[str] | None, api_key: str, *, url: str | None = None,
                     timeout: float = 10.0) -> list[tuple[Path, FlushReport]]:
     """Re-send every spool file in `directory` (default: the SDK's) with `api_key`: each record to
-    the server it was meant for, or to `url`. A record the key may not send stays spooled."""
+    the server it was meant for, or to `url`. A record the key may not send stays spooled; a file
+    that cannot be read or updated is reported with its `error`, and the next one goes on."""
     clients: dict[str, Client] = {}
 
     def send(record: SpoolRecord) -> tuple[str, str]:
@@ -662,9 +663,15 @@ def flush_spool_dir(directory: str | os.PathLike[str] | None, api_key: str, *, u
             clients[base] = Client(base, api_key, timeout=timeout, spool=False, flush_spool=False)
         return clients[base].resend(record)
 
+    def flush(path: Path) -> FlushReport:
+        try:
+            return Spool(path).flush(send)
+        except OSError as exc:  # this file only: the others are flushed all the same
+            return FlushReport(error=f"{type(exc).__name__}: {exc}")
+
     try:
         files = sorted(resolve_spool_dir(directory).glob("*" + SUFFIX))
-        return [(path, Spool(path).flush(send)) for path in files]
+        return [(path, flush(path)) for path in files]
     finally:
         for client in clients.values():
             client.close()

@@ -81,6 +81,7 @@ class FlushReport:
     kept: int = 0            # left in the spool afterwards
     busy: bool = False       # another flusher held the file; nothing was sent
     problems: list[str] = field(default_factory=list)
+    error: str | None = None  # the file could not be read or updated (a full disk, say): it is as it was
 
 
 class Spool:

@@ -240,3 +240,38 @@ def test_an_append_on_a_full_disk_leaves_the_spool_as_it_was(tmp_path, monkeypat
     assert spool.path.read_bytes() == before
     spool.append(record(3))
     assert spool.records() == [record(1), record(3)]
+
+
+def test_a_spool_flush_goes_on_past_a_file_it_cannot_update_and_says_so(tmp_path, monkeypatch, capsys):
+    """`tokentill spool flush` over a directory where one file cannot be rewritten (a full disk, a
+    read-only file): it stopped at that file with a traceback, and the other files were never sent.
+    Now each file is flushed on its own, the failure named on its line, and the exit status is 1."""
+    import errno
+
+    import api.cli
+    import api.client
+
+    broken, fine = Spool(tmp_path / "a.jsonl"), Spool(tmp_path / "b.jsonl")
+    broken.append(record(1, "res_a"))
+    fine.append(record(2, "res_b"))
+    sent: list[str] = []
+
+    def resend(self, record: SpoolRecord) -> tuple[str, str]:
+        sent.append(record.reservation_id)
+        return "delivered", "200"
+
+    real_remove = Spool.remove
+
+    def remove(self, keys, rejected=()):
+        if self.path == broken.path:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_remove(self, keys, rejected)
+
+    monkeypatch.setattr(api.client.Client, "resend", resend)
+    monkeypatch.setattr(Spool, "remove", remove)
+    status = api.cli.main(["spool", "flush", "--dir", str(tmp_path), "--key", "k"])
+    out = capsys.readouterr().out
+    assert status == 1 and sent == ["res_a", "res_b"]
+    assert f"{broken.path}: not flushed: " in out and "No space left on device" in out
+    assert f"{fine.path}: delivered 1, refused 0, left 0" in out
+    assert not fine.path.exists() and broken.records() == [record(1, "res_a")]
