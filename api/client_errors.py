@@ -100,11 +100,16 @@ class SettlementSpooled(Exception):
 
 
 def raise_for(response: httpx.Response) -> Any:
-    """The body of a success; the typed error of anything else, raised."""
+    """The body of a success; the typed error of anything else, raised. A success that is not
+    JSON is not tokentill's answer (base_url names another web server, or a proxy's page)."""
     try:
         body = response.json()
     except ValueError:
         body = {"code": "http_error", "detail": response.text}
+        if response.is_success:
+            raise TokentillError(response.status_code, "http_error",
+                                 f"the answer is not JSON (is the base URL tokentill's?): {response.text[:200]}",
+                                 body) from None
     if response.is_success:
         return body
     code = body.get("code", "http_error") if isinstance(body, dict) else "http_error"

@@ -65,3 +65,20 @@ def test_every_problem_code_raises_its_own_typed_error(code):
 def test_kinds_of_one_meaning_are_caught_together():
     assert issubclass(ERRORS["not_ready"], ServiceUnavailable)
     assert issubclass(ERRORS["unknown_price_book"], NotFound) and issubclass(ERRORS["unknown_price_version"], NotFound)
+
+
+def test_a_success_that_is_not_json_is_an_error_not_a_body(tmp_path):
+    """A base_url pointing at another web server (a proxy's sign-in page, a docs site) answers
+    200 with HTML: it came back as the call's body, {'code': 'http_error', ...}, and a reserve
+    block entered on it failed only at its exit (KeyError 'id'). It is raised where it comes."""
+    from api.client import Client
+
+    page = httpx.MockTransport(lambda request: httpx.Response(200, text="<html>Sign in</html>",
+                                                              headers={"content-type": "text/html"}))
+    with Client("http://tt", "secret", transport=page, spool_dir=tmp_path, flush_spool=False) as tt:
+        with pytest.raises(TokentillError, match="not JSON") as raised:
+            tt.get("/v1/customers/acme/wallet")
+        assert (raised.value.status, raised.value.code) == (200, "http_error")
+        with pytest.raises(TokentillError, match="not JSON"), \
+                tt.reserve("acme", "model-a", input_tokens=1, max_output_tokens=1):
+            raise AssertionError("never entered")
