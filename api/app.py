@@ -67,7 +67,7 @@ async def _complete_allow_header(message, scope) -> None:
     allowed, so is HEAD (`_head_as_get`)."""
     if message["type"] != "http.response.start":
         return
-    if scope.get("method") == "OPTIONS":
+    if scope.get("method") == "OPTIONS" and "route_handler" in scope:  # none: a 404, which has no Allow
         methods = {"OPTIONS"}
         for path in scope["route_handler"].paths:
             methods |= set(scope["app"].route_handler_method_map.get(path, {}))

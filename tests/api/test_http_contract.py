@@ -245,3 +245,11 @@ def test_the_secret_a_creating_call_shows_once_is_a_required_field_of_its_answer
     schemas = app.openapi_schema.to_schema()["components"]["schemas"]
     assert "key" in schemas["CreatedApiKeyResponse"]["required"]
     assert "secret" in schemas["CreatedWebhookEndpointResponse"]["required"]
+
+
+@pytest.mark.parametrize("path", ["/v1/nothing", "/nothing", "/v1/customers/a/b/c"])
+async def test_options_on_an_unknown_path_is_a_404_problem_not_a_crash(client, path):
+    """Before: 500 with no body and no content type (the Allow completion read the route of a
+    request that had none), where GET on the same path is 404 not_found."""
+    response = await client.options(path, headers=ADMIN)
+    _refused(response, 404, "not_found")
