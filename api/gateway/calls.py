@@ -77,6 +77,7 @@ from api.gateway.tools import (
     SERVER_TOOL_RESULT_TOKENS,
     CallError,
     anthropic_containers,
+    anthropic_mcp_servers,
     anthropic_unmetered,
     openai_chat_search,
     openai_tools,
@@ -398,6 +399,7 @@ def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: Token
         anthropic_unmetered(body)
         uses, results, tools_changed = server_tools(body, server_tool_max_uses, server_tool_result_tokens)
         changed, containers = changed or tools_changed, anthropic_containers(body)
+        results += anthropic_mcp_servers(body) * server_tool_result_tokens  # each server's tool listing
         uses = tuple(sorted((*uses, ("code_execution", containers)))) if containers else uses
     elif kind == RESPONSES:
         uses, results, tools_changed, containers = openai_tools(body, server_tool_max_uses,

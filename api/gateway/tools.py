@@ -17,6 +17,8 @@ does not show (pure: no I/O; api.gateway.calls counts the rest).
   charged as `code_execution` units (`anthropic_containers`, `openai_tools`);
 - a hosted MCP server of OpenAI's (`mcp`) lists its tools and answers its calls as input: held at
   the results allowance for its listing, and for each of `max_tool_calls` calls (`openai_tools`);
+  one of Anthropic's MCP connector (`mcp_servers`), for its listing (`anthropic_mcp_servers`; its
+  calls have no bound to hold for);
 - OpenAI's `image_generation` tool is billed at its image model's prices, which no usage
   reports, and Anthropic's advisor tool and `fallbacks` have other models serve (part of) the
   call, billed at their prices: refused (UnmeteredToolError, answered 422 unpriced_model), never
@@ -159,6 +161,13 @@ def anthropic_unmetered(body: Mapping[str, Any]) -> None:
             raise UnmeteredToolError(f"tools: {tool['type']}", unmetered[1])
     if body.get("fallbacks"):
         raise UnmeteredToolError("fallbacks", ANTHROPIC_FALLBACKS)
+
+
+def anthropic_mcp_servers(body: Mapping[str, Any]) -> int:
+    """The MCP servers of a messages call (Anthropic's MCP connector), each of which adds its tools'
+    definitions to the prompt."""
+    servers = body.get("mcp_servers")
+    return len(servers) if isinstance(servers, list) else 0
 
 
 def anthropic_containers(body: Mapping[str, Any]) -> int:

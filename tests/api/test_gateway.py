@@ -723,6 +723,22 @@ def test_an_anthropic_compaction_is_charged_the_tokens_its_usage_reports_apart(l
     assert wallet(url, cid) == (Decimal("10") - MESSAGES_CHARGE - compaction, 0)
 
 
+def test_an_anthropic_mcp_server_is_held_for_its_tool_listing(live, fake):
+    """Anthropic's MCP connector (mcp_servers) adds each server's tool definitions to the prompt,
+    billed as input the body does not show: held at the results allowance per server (was: not
+    at all)."""
+    url, _ = live
+    _, key = customer(live)
+    client = claude(url, key).messages.with_raw_response
+    bare = client.create(model="claude-test", max_tokens=100, messages=HI)
+    servers = [{"type": "url", "url": "https://mcp.example.com/sse", "name": "docs"},
+               {"type": "url", "url": "https://mcp.example.org/sse", "name": "wiki"}]
+    listed = client.create(model="claude-test", max_tokens=100, messages=HI, extra_body={"mcp_servers": servers})
+    held = Decimal(listed.headers["x-tokentill-reserved"]) - Decimal(bare.headers["x-tokentill-reserved"])
+    assert held >= 2 * 10_000 * IN / M
+    assert fake.fake.calls[-1].body["mcp_servers"] == servers
+
+
 def test_a_format_1_book_charges_no_openai_web_search(live, fake):
     """A format 1 book bills no per-call tools: the answer's usage alone, its searches rated at nothing."""
     url, _ = live

@@ -488,3 +488,13 @@ def test_an_anthropic_call_another_model_may_serve_is_refused_as_unmetered(body,
     with pytest.raises(UnmeteredToolError) as raised:
         call(MESSAGES, {"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": HI, **body})
     assert raised.value.field == field
+
+
+def test_anthropic_mcp_servers_are_held_for_their_tool_listings():
+    bare = _server_tools(server_tool_result_tokens=700)
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": HI, "tools": [],
+            "mcp_servers": [{"type": "url", "url": "https://a.example/sse", "name": "a"},
+                            {"type": "url", "url": "https://b.example/sse", "name": "b"}]}
+    listed = parse_call(MESSAGES, msgspec.json.encode(body), default_max_output=1000, counter=COUNTER,
+                        server_tool_result_tokens=700)
+    assert listed.prompt_tokens - bare.prompt_tokens == 2 * 700 and listed.prompt_raw_tokens == bare.prompt_raw_tokens
