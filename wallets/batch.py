@@ -126,7 +126,7 @@ class Batch:
             self.entries.append(posted)
             self.loaded.wallets[posted.customer_id].apply(posted.postings)
         else:
-            self._free_charge(decision)
+            self._unposted(decision)
         for effect in decision.effects:
             if type(effect) is not LotOpened:
                 _FOLLOW[type(effect)](self, effect, key)
@@ -161,17 +161,22 @@ class Batch:
         self._roll(c.id, period, entry_rollup(c, entry, kinds, lines, priced.funding if priced is not None else ()))
         return entry.with_metadata({**entry.metadata, "period": period})
 
-    def _free_charge(self, decision: Decision) -> None:
+    def _unposted(self, decision: Decision) -> None:
         """A charge that moved no money (a 100 % discount, an allowance that paid it all, a price
-        of 0) posts no entry, but its usage is billed all the same: its lines (the usage at list
-        price and what took it off, netting 0) go to the rollup of the period it is billed in."""
+        of 0), or a true-up whose lines net 0, posts no entry, but it is billed all the same: its
+        lines (the usage at list price and what took it off) go to the rollup of its period."""
         for effect in decision.effects:
             if type(effect) is ChargeRecorded and effect.lines:
                 c = self.loaded.wallets[effect.customer_id].customer
-                origin, items = billing_period(effect.occurred_at, c), {}
-                for line in effect.lines:
-                    add(items, line_item(origin, line), int(line["quantity"]), int(line["amount_units"]))
-                self._roll(c.id, c.billed_in(effect.occurred_at).label, items)
+                origin, period = billing_period(effect.occurred_at, c), c.billed_in(effect.occurred_at).label
+            elif type(effect) is TrueUpPosted and effect.lines:
+                origin = period = effect.period
+            else:
+                continue
+            items: dict[str, tuple[int, int]] = {}
+            for line in effect.lines:
+                add(items, line_item(origin, line), int(line["quantity"]), int(line["amount_units"]))
+            self._roll(effect.customer_id, period, items)
 
     def _roll(self, customer_id: str, period: str, items: Mapping[str, tuple[int, int]]) -> None:
         held = self.rollups.setdefault(customer_id, {}).setdefault(period, {})

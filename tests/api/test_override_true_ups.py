@@ -35,16 +35,16 @@ async def client(database_url):
         yield c
 
 
-async def closed_invoice(client, percent: str) -> tuple[dict, dict]:
-    """The invoice of a postpaid customer with `percent` off model-v, and its wallet after the close."""
+async def closed_invoice(client, overrides: dict) -> tuple[dict, dict]:
+    """The invoice of a postpaid customer with `overrides` in force, who used model-v as above,
+    and its wallet after the close."""
     cid = f"vol-{uuid.uuid4().hex[:10]}"
     made = await client.post("/v1/customers", headers=ADMIN, json={
         "id": cid, "currency": "USD", "price_book": BOOK, "billing": "postpaid"})
     assert made.status_code == 201, made.text
     now = datetime.now(UTC)
     put = await client.put(f"/v1/customers/{cid}/price-overrides", headers=ADMIN, json={
-        "effective_from": utc(now - timedelta(hours=1)),
-        "discounts": [{"id": "off", "model": "model-v", "percent": percent}]})
+        **overrides, "effective_from": utc(now - timedelta(hours=1))})
     assert put.status_code == 201, put.text
     sent = await client.post("/v1/usage-events", headers=ADMIN, json=[
         {"event_id": f"v-{i}", "customer_id": cid, "model": "model-v", "timestamp": utc(now - timedelta(minutes=m)),
@@ -62,11 +62,15 @@ async def closed_invoice(client, percent: str) -> tuple[dict, dict]:
     return final, wallet
 
 
+def kinds(invoice: dict) -> list[tuple]:
+    return sorted((ln["kind"], ln["amount"], ln["override_id"]) for ln in invoice["lines"])
+
+
 async def test_a_half_discount_covers_the_volume_true_up_as_it_covered_the_usage(client) -> None:
-    invoice, wallet = await closed_invoice(client, "50")
+    invoice, wallet = await closed_invoice(client, {"discounts": [{"id": "off", "model": "model-v", "percent": "50"}]})
     # usage 20.00 + 3.00, 50 % off each: -10.00, -1.50; the true-up -10.00, and the discount's 50 % of
     # it back, +5.00 (a true-up line carrying the discount's id): 13.00 at the tier reached, half of it
-    assert sorted((ln["kind"], ln["amount"], ln["override_id"]) for ln in invoice["lines"]) == [
+    assert kinds(invoice) == [
         ("discount", "-1.50", "off"), ("discount", "-10.00", "off"), ("usage", "20.00", None),
         ("usage", "3.00", None), ("volume_true_up", "-10.00", None), ("volume_true_up", "5.00", "off")]
     assert invoice["total"] == "6.50" and invoice["amount_due"] == "6.50"
@@ -74,6 +78,26 @@ async def test_a_half_discount_covers_the_volume_true_up_as_it_covered_the_usage
 
 
 async def test_usage_a_full_discount_made_free_gets_no_money_from_its_volume_true_up(client) -> None:
-    invoice, wallet = await closed_invoice(client, "100")
+    invoice, wallet = await closed_invoice(client, {"discounts": [{"id": "off", "model": "model-v", "percent": "100"}]})
     assert invoice["total"] == "0.00" and invoice["amount_due"] == "0.00", invoice["lines"]
     assert wallet["available"] == "0.00" and wallet["receivable"] == "0.00"  # no credit out of nothing
+    # the true-up moves no money, and it is on the invoice all the same
+    assert [x for x in kinds(invoice) if x[0] == "volume_true_up"] == [
+        ("volume_true_up", "-10.00", None), ("volume_true_up", "10.00", "off")]
+
+
+@pytest.mark.parametrize(("allowance", "lines", "total"), [
+    # 23.00 all free; the true-up's 10.00 back is the allowance's, which paid 13.00 in the end
+    ("30.00", [("free_allowance", "-23.00", "free"), ("free_allowance", "10.00", "free")], "0.00"),
+    # 20.00 free, 3.00 paid: 3.00 back to the customer, 7.00 to the allowance (13.00 at the tier, all free)
+    ("20.00", [("free_allowance", "-20.00", "free"), ("free_allowance", "7.00", "free")], "0.00"),
+    # 5.00 free, 18.00 paid: the 10.00 back is all the customer's (13.00 at the tier, less 5.00)
+    ("5.00", [("free_allowance", "-5.00", "free")], "8.00"),
+])
+async def test_a_volume_true_up_gives_back_to_a_free_allowance_what_the_customer_did_not_pay(
+        client, allowance, lines, total) -> None:
+    invoice, wallet = await closed_invoice(client, {"free_allowances": [{"id": "free", "amount": allowance}]})
+    assert [x for x in kinds(invoice) if x[0] == "free_allowance"] == lines
+    assert ("volume_true_up", "-10.00", None) in kinds(invoice)
+    assert invoice["total"] == total and invoice["amount_due"] == total
+    assert wallet["available"] == "0.00" and wallet["receivable"] == total  # no credit the customer never paid

@@ -20,7 +20,18 @@ from pricing.books import PriceBook, Rule, per_units
 from pricing.money import format_amount, per_amount, pricing_context, round_entry
 from pricing.rating import volume_tier_price, volume_true_up
 from wallets import chart
-from wallets.core.billing import LINE, Balances, Header, Rollup, amount_due_units, document, entry_rollup, merge
+from wallets.core.billing import (
+    LINE,
+    Balances,
+    Header,
+    Rollup,
+    add,
+    amount_due_units,
+    document,
+    entry_rollup,
+    line_item,
+    merge,
+)
 from wallets.core.billing import opening_balances as opening_of
 from wallets.core.billing import total_units as total_of
 from wallets.core.commands import TOPUP_PRIORITY, ClosePeriod, PayInvoice
@@ -129,6 +140,34 @@ def true_up_lines(rules: list[tuple[Rule, str, int, int]],
     return [line for line in lines if line["amount_units"]]
 
 
+def allowance_lines(rollup: Rollup, period: str, true_ups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What of a true-up's money back the customer never paid goes back to the free allowances
+    that paid it (a positive `free_allowance` line each, the last id first, up to what it paid of
+    the period's usage), never out as credit: the allowance pays what the usage costs at the tier
+    reached, at most."""
+    back = -sum(line["amount_units"] for line in true_ups)
+    if back <= 0:
+        return []
+    paid: dict[str, int] = {}  # allowance id -> what it paid of the period's usage
+    own = 0  # what the period's usage cost the customer itself, after discounts, allowances, re-rates
+    for item, (_, amount) in rollup.items():
+        if item.startswith(LINE):
+            origin, kind, *_, override_id, _ = json.loads(item[len(LINE):])
+            if origin == period and kind in ("usage", "discount", "free_allowance", "adjustment"):
+                own += amount
+                if kind == "free_allowance" and override_id is not None:
+                    paid[override_id] = paid.get(override_id, 0) - amount
+    excess, lines = back - max(own, 0), []
+    for allowance_id in sorted(paid, reverse=True):
+        give = min(excess, paid[allowance_id])
+        if give > 0:
+            excess -= give
+            lines.append({"kind": "free_allowance", "token_type": None, "quantity": 0, "unit_price": None,
+                          "amount_units": give, "exact": str(Decimal(give).scaleb(-SCALE)), "rule_id": None,
+                          "price_version": None, "model": None, "tier": None, "override_id": allowance_id})
+    return lines
+
+
 def _true_up(state: State, w: Wallet, label: str, lines: list[dict[str, Any]], now: datetime):
     """The true-up entry: more charged is paid like usage (lots, then the receivable); money back
     pays down what the customer owes, and the rest becomes credit (a paid lot)."""
@@ -169,6 +208,7 @@ def closing(state: State, w: Wallet, label: str, rollup: Rollup, book: PriceBook
     invoice shows: the close and the upcoming invoice's preview both build the invoice by it."""
     rollup = dict(rollup)
     lines = true_up_lines(volume_rules(book, rollup, label), volume_discounts(book, rollup, label))
+    lines += allowance_lines(rollup, label, lines)
     if not lines:
         return Closing((), None, None, (), rollup)
     posted, lot, paid = _true_up(state, w, label, lines, now)
@@ -177,6 +217,9 @@ def closing(state: State, w: Wallet, label: str, rollup: Rollup, book: PriceBook
         kinds[lot.code] = lot.kind
     if posted is not None:
         merge(rollup, entry_rollup(w.customer, posted, kinds, [(label, x) for x in lines], paid))
+    else:  # lines netting 0 move no money (no entry), and are on the invoice all the same
+        for line in lines:
+            add(rollup, line_item(label, line), int(line["quantity"]), int(line["amount_units"]))
     return Closing(tuple(lines), posted, lot, paid, rollup)
 
 
