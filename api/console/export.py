@@ -97,24 +97,34 @@ async def stream(url: str, fmt: str, window: exporting.Window) -> AsyncIterator[
 
 @get(f"{PREFIX}/audit/export", guards=[allow(*AUDITOR)], name="console-export")
 async def export_form(request: Request) -> Template:
-    return render(request, "audit/export.html", section="export")
+    return render(request, "audit/export.html", form={"format": "jsonl", "from": "", "to": ""}, section="export")
+
+
+def _window(fmt: str, start: str | None, end: str | None) -> exporting.Window:
+    if fmt not in exporting.FORMATS:
+        raise WalletValidationError("format", "beancount, csv or jsonl")
+    window = exporting.Window(time_in(day_start(start, "from"), "from"), time_in(day_start(end, "to"), "to"))
+    if window.start and window.end and window.start >= window.end:
+        raise WalletValidationError("to", "after the first day")
+    return window
 
 
 @get(f"{PREFIX}/audit/export/download", guards=[allow(*AUDITOR)], name="console-export-download")
 async def export_download(state: State, request: Request,
                           fmt: Annotated[str, QueryParameter(name="format", max_length=16)] = "jsonl",
                           start: Annotated[str | None, QueryParameter(name="from", max_length=10)] = None,
-                          end: Annotated[str | None, QueryParameter(name="to", max_length=10)] = None) -> Stream:
+                          end: Annotated[str | None, QueryParameter(name="to", max_length=10)] = None
+                          ) -> Stream | Template:
     """The journal as `tokentill audit export --format F [--from --to]` writes it. It spans every
     customer (platform accounts included), so a key limited to customers may not take it."""
     if viewer(request).visible() is not None:
         raise ApiError("forbidden", "the export holds every customer's entries; a key limited to customers "
                        "may not download it", 403)
-    if fmt not in exporting.FORMATS:
-        raise WalletValidationError("format", "beancount, csv or jsonl")
-    window = exporting.Window(time_in(day_start(start, "from"), "from"), time_in(day_start(end, "to"), "to"))
-    if window.start and window.end and window.start >= window.end:
-        raise WalletValidationError("to", "after the first day")
+    try:
+        window = _window(fmt, start, end)
+    except WalletValidationError as exc:  # said beside the form as it was sent
+        return render(request, "audit/export.html", status=422, refused=exc.context["fields"],
+                      form={"format": fmt, "from": start or "", "to": end or ""}, section="export")
     name = "tokentill-journal" + (f"-{start}" if start else "") + (f"-to-{end}" if end else "")
     return Stream(stream(state.services.database_url, fmt, window), media_type=MEDIA[fmt],
                   headers={"Content-Disposition": f'attachment; filename="{name}.{EXTENSION[fmt]}"',

@@ -92,3 +92,17 @@ async def test_the_journal_says_the_order_it_lists_entries_in(console):
     page = await console.get("/console/audit/journal", params={"customer": customer})
     assert page.status_code == 200
     assert "in time order (when each occurred, then by id)" in page.text and "in id order" not in page.text
+
+
+@pytest.mark.parametrize(("query", "field", "message"), [
+    ({"format": "jsonl", "from": "2026-13-45", "to": ""}, "from", "a date, YYYY-MM-DD"),
+    ({"format": "csv", "from": "2026-03-10", "to": "2026-03-01"}, "to", "after the first day"),
+    ({"format": "xml", "from": "", "to": ""}, "format", "beancount, csv or jsonl"),
+])
+async def test_a_refused_export_is_said_beside_its_form(console, query, field, message):
+    """The export's form answered a refused filter with a bare error page, the form gone."""
+    page = await console.get("/console/audit/export/download", params=query)
+    assert page.status_code == 422 and page.headers["content-type"].startswith("text/html")
+    assert re.search(rf'role="alert".*<strong>{field}</strong>: {message}', page.text, re.S), page.text
+    assert _value(page.text, "from") == query["from"] and _value(page.text, "to") == query["to"]
+    assert "Content-Disposition" not in page.headers
