@@ -76,10 +76,13 @@ def _customer(row: Any) -> CustomerView:
 
 
 async def run_once(db: Database, idem: IdemKey | None, work: Callable[[AsyncConnection], Awaitable[T]],
-                   locks: list[int], code_of: Callable[[T], str] | None = None) -> T | Replayed:
+                   locks: list[int], code_of: Callable[[T], str] | None = None, *,
+                   committed: bool = False) -> T | Replayed:
     """Run `work` in one transaction; with an idempotency key, keep its answer (its outcome code,
     `code_of` the result or the result's own, and body; refusals included) in the same
-    transaction, and replay the kept answer instead of running again."""
+    transaction, and replay the kept answer instead of running again. `committed`: in a READ
+    COMMITTED transaction (Database.committed: bookkeeping beside the ledger), `locks` taken
+    inside it."""
     refused: list[BaseException] = []
 
     async def unit(conn: AsyncConnection) -> T | Replayed | None:
@@ -102,7 +105,12 @@ async def run_once(db: Database, idem: IdemKey | None, work: Callable[[AsyncConn
                                                                      code, body)]})
         return None if refused else outcome
 
-    result = await db.run(unit, locks=locks)
+    async def locked(conn: AsyncConnection) -> T | Replayed | None:
+        for key in sorted(locks):
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+        return await unit(conn)
+
+    result = await (db.committed(locked) if committed else db.run(unit, locks=locks))
     if refused:
         raise refused[0]
     return result  # type: ignore[return-value]

@@ -101,6 +101,8 @@ class RedriveResponse(msgspec.Struct):
 # Answers that show a secret: a new endpoint (201), a rotated secret (200).
 CREATED_WITH_SECRET = Answer(lambda r: r, CreatedWebhookEndpointResponse, lambda _: CREATED)
 ROTATED_WITH_SECRET = Answer(lambda r: r, CreatedWebhookEndpointResponse, lambda _: OK)
+SCHEDULED = "scheduled"  # a re-drive's outcome: 202 (errors.STATUS_BY_CODE)
+REDRIVEN = Answer(lambda r: r, RedriveResponse, lambda _: SCHEDULED)
 
 
 def _response(e: Endpoint) -> WebhookEndpointResponse:
@@ -180,21 +182,20 @@ async def rotate_webhook_secret(
     return await _once(state, request, data or {}, work, ROTATED_WITH_SECRET)
 
 
-async def _once(state: State, request: Request, data: Any,
-                work: Callable[[AsyncConnection], Awaitable[CreatedWebhookEndpointResponse]],
-                answer: Answer) -> Response:
+async def _once(state: State, request: Request, data: Any, work: Callable[[AsyncConnection], Awaitable[Any]],
+                answer: Answer, *, committed: bool = False) -> Response:
     """Run `work` once per Idempotency-Key: a replay answers the first answer, secret included."""
     idem = idempotency(request, data)
     locks = [] if idem is None else [lock_key(f"idempotency:{idem.scope}:{idem.key}")]
-    outcome = await run_once(state.services.db, idem, work, locks, answer.code)
+    outcome = await run_once(state.services.db, idem, work, locks, answer.code, committed=committed)
     return respond(request, outcome, answer)
 
 
 @post("/v1/webhook-endpoints/{endpoint_id:str}/redrive", guards=[require()], status_code=202, tags=TAGS,
       **documented(404, 409, body=True))
 async def redrive_webhooks(
-        state: State, endpoint_id: FromPath[str], data: RedriveBody
-) -> RedriveResponse:
+        state: State, request: Request, endpoint_id: FromPath[str], data: RedriveBody
+) -> Response[RedriveResponse]:
     """Send again one event (`event_id`), or every event of the endpoint's topics written since
     `since` (and before `until`); `failed_only` skips those already delivered. A disabled
     endpoint is refused (409 `endpoint_disabled`): enable it first, as nothing is queued for it."""
@@ -203,16 +204,18 @@ async def redrive_webhooks(
     if (body.event_id is None) == (since is None):
         raise WalletValidationError("body", "give either event_id or since")
 
-    async def work(conn) -> int:
+    async def work(conn: AsyncConnection) -> RedriveResponse:
         endpoint = await endpoints.get(conn, endpoint_id)
         if endpoint.status != "enabled":
             raise EndpointDisabledError(f"webhook endpoint {endpoint_id} is disabled ({endpoint.disabled_reason}): "
                                         "enable it (PATCH enabled: true), then re-drive")
         if body.event_id is not None:
-            return await log.redrive_event(conn, endpoint_id, body.event_id)
-        return await log.redrive_since(conn, endpoint_id, endpoint.topics, since, until, body.failed_only)
+            return RedriveResponse(endpoint_id, await log.redrive_event(conn, endpoint_id, body.event_id))
+        return RedriveResponse(endpoint_id, await log.redrive_since(conn, endpoint_id, endpoint.topics, since, until,
+                                                                    body.failed_only))
 
-    return RedriveResponse(endpoint_id, await state.services.db.committed(work))
+    # READ COMMITTED, as the deliveries it queues are bookkeeping beside the ledger
+    return await _once(state, request, data, work, REDRIVEN, committed=True)
 
 
 def _page(name: str) -> Any:

@@ -423,3 +423,24 @@ async def test_a_delete_during_a_fan_out_leaves_nothing_pending_for_the_deleted_
         rows = conn.execute("SELECT status FROM webhook_deliveries WHERE endpoint_id = %s",
                             (endpoint["id"],)).fetchall()
     assert done.is_set() and rows == [("cancelled",)], rows
+
+
+async def test_a_redrive_replayed_by_its_idempotency_key_is_done_once(client):
+    """API.md: a mutating call replayed with its Idempotency-Key returns the first response; the
+    same key with another body is idempotency_conflict. Before: a re-drive ignored the header, so
+    a retry after a lost answer queued the event again (every event, for a `since`)."""
+    with receiver() as hook:
+        endpoint = await _endpoint(client, hook.url, ["balance.low"])
+        customer = await _low_balance(client)
+        [got] = await hook.wait_for(for_customer(customer))
+        path = f"/v1/webhook-endpoints/{endpoint['id']}/redrive"
+        key = {"Idempotency-Key": f"redrive-{uuid.uuid4().hex}"}
+        first = await client.post(path, json={"event_id": got.webhook_id}, headers=key)
+        await hook.wait_for(for_customer(customer), count=2)
+        again = await client.post(path, json={"event_id": got.webhook_id}, headers=key)
+        assert first.status_code == again.status_code == 202, again.text
+        assert again.content == first.content and again.headers.get("idempotent-replayed") == "true"
+        other = await client.post(path, json={"since": got.event["timestamp"]}, headers=key)
+        assert other.status_code == 409 and other.json()["code"] == "idempotency_conflict", other.text
+        await asyncio.sleep(1.0)  # a third delivery would be under way by now (poll 0.05 s)
+        assert len(hook.of(for_customer(customer))) == 2
