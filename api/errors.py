@@ -89,9 +89,10 @@ DESCRIPTIONS = {
 
 
 def documented(*statuses: int, secured: bool = True, body: bool = False,
-               replay: type | None = None) -> dict[str, Any]:
-    """Route-handler keyword arguments that document the problem responses a route can give, and
-    (`replay`) the 200 with that body a creating route answers when the resource already exists."""
+               replay: type | None = None, ok: Any = None) -> dict[str, Any]:
+    """Route-handler keyword arguments that document the problem responses a route can give,
+    (`replay`) the 200 with that body a creating route answers when the resource already exists,
+    and (`ok`) the 200 of a route whose handler returns a plain dict."""
     # A secured route reads the database (its key, at least): under contention it may answer 503.
     # Every /v1 route refuses a query parameter it does not take, or a path value PostgreSQL
     # cannot hold (wire.guard_request): 422.
@@ -100,6 +101,9 @@ def documented(*statuses: int, secured: bool = True, body: bool = False,
         status: ResponseSpec(data_container=Problem, media_type="application/problem+json",
                              description=DESCRIPTIONS.get(status, "Error"), generate_examples=False)
         for status in sorted(codes)}
+    if ok is not None:
+        responses[200] = ResponseSpec(data_container=ok, generate_examples=False,
+                                      description="Request fulfilled, document follows")
     if replay is not None:
         responses[200] = ResponseSpec(data_container=replay, generate_examples=False,
                                       description="The same request again: what the first one created")

@@ -1,7 +1,7 @@
 """The hot path: reserve before inference, settle (or capture) after it, release if unused."""
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Request, Response, get
@@ -244,8 +244,39 @@ async def extend(
     return respond(request, await state.services.wallets.submit(command), EXTENDED)
 
 
+class ReservationHold(msgspec.Struct):
+    seq: int
+    account: str
+    amount: str
+
+
+class ReservationView(msgspec.Struct):
+    """A reservation's state (money as decimal strings in its currency), where its hold came
+    from, its charges and its journal entries (as GET /v1/journal gives them)."""
+
+    id: str
+    request_id: str
+    customer_id: str
+    model: str
+    status: Literal["held", "capturing", "settled", "released", "expired"]
+    currency: str
+    amount: str
+    captured: str
+    released: str
+    charged: str
+    captures: int
+    dimensions: dict[str, Any]
+    estimate: dict[str, Any] | None
+    created_at: str
+    expires_at: str
+    closed_at: str | None
+    holds: list[ReservationHold]
+    charges: list[dict[str, Any]]
+    entries: list[dict[str, Any]]
+
+
 @get("/v1/reservations/{reservation_id:str}", guards=[require("inference", "auditor", "customer")],
-     tags=["reservations"], **documented(404))
+     tags=["reservations"], **documented(404, ok=ReservationView))
 async def get_reservation(state: State, request: Request, reservation_id: FromPath[str]) -> dict[str, Any]:
     """The reservation's state, where its hold came from, its captures and journal entries."""
     view = await state.services.db.read(lambda conn: reports.reservation(conn, reservation_id))

@@ -119,8 +119,21 @@ async def post_usage_events(state: State, request: Request,
     return respond(request, await wallets.remember(idem, response) if idem is not None else response, COMPOSED)
 
 
+class UsageRow(msgspec.Struct):
+    """A row's sums; beside them, its group keys (model, token_type, a usage dimension, …)."""
+
+    quantity: int
+    amount: Annotated[str, msgspec.Meta(description="A decimal string, in the customer's currency")]
+    charges: int
+
+
+UsageReport = msgspec.defstruct("UsageReport", [
+    ("customer_id", str), ("from", str | None), ("to", str | None), ("group_by", list[str]),
+    ("rows", list[UsageRow])])
+
+
 @get("/v1/customers/{customer_id:str}/usage", guards=[require("inference", "auditor", "customer")],
-     tags=["usage"], **documented(404, 422))
+     tags=["usage"], **documented(404, 422, ok=UsageReport))
 async def get_usage(
     state: State, customer_id: FromPath[str],
     start: Annotated[str | None, time_param("from")] = None,

@@ -7,6 +7,7 @@ import gzip
 import json
 import re
 
+import jsonschema_rs  # schemathesis brings it
 import msgspec
 import pytest
 from hypothesis import given, settings
@@ -253,3 +254,58 @@ async def test_options_on_an_unknown_path_is_a_404_problem_not_a_crash(client, p
     request that had none), where GET on the same path is 404 not_found."""
     response = await client.options(path, headers=ADMIN)
     _refused(response, 404, "not_found")
+
+
+def _resolved(document: dict, schema: dict) -> dict:
+    while "$ref" in schema:
+        schema = document["components"]["schemas"][schema["$ref"].split("/")[-1]]
+    return schema
+
+
+def test_the_document_types_the_usage_report_api_md_makes_stable():
+    """API.md (stable): GET /v1/customers/{id}/usage → {"rows": [{…group keys, "quantity",
+    "amount"}]}. Before: the document said only "an object", so a client generated from it had
+    no `rows`, and schemathesis could check nothing of the answer."""
+    app = create_app(Settings(admin_key="test-admin", scheduler=False), "postgresql://unused/unused")
+    document = app.openapi_schema.to_schema()
+    ok = document["paths"]["/v1/customers/{customer_id}/usage"]["get"]["responses"]["200"]
+    report = _resolved(document, ok["content"]["application/json"]["schema"])
+    assert {"customer_id", "from", "to", "group_by", "rows"} <= set(report["required"])
+    row = _resolved(document, report["properties"]["rows"]["items"])
+    assert {"quantity", "amount", "charges"} <= set(row["required"])
+    assert row["properties"]["quantity"]["type"] == "integer" and row["properties"]["amount"]["type"] == "string"
+    assert row.get("additionalProperties", True) is not False  # the group keys
+
+
+def test_the_document_types_the_reservation_api_md_makes_stable():
+    """API.md (stable): GET /v1/reservations/{id} → its state and entries. Before: "an object"."""
+    app = create_app(Settings(admin_key="test-admin", scheduler=False), "postgresql://unused/unused")
+    document = app.openapi_schema.to_schema()
+    ok = document["paths"]["/v1/reservations/{reservation_id}"]["get"]["responses"]["200"]
+    view = _resolved(document, ok["content"]["application/json"]["schema"])
+    assert {"id", "request_id", "customer_id", "status", "amount", "charged", "released", "expires_at",
+            "holds", "charges", "entries"} <= set(view["required"])
+    assert view["properties"]["status"]["enum"] == ["held", "capturing", "settled", "released", "expired"]
+
+
+async def test_a_reservation_and_a_usage_report_keep_to_their_documented_schemas(client, customer):
+    document = client.app.openapi_schema.to_schema()
+
+    def conforms(path: str, body: dict) -> None:
+        schema = document["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+        jsonschema_rs.Draft202012Validator({**schema, "components": document["components"]}).validate(body)
+
+    assert (await client.post(f"/v1/customers/{customer}/topups", json={"amount": "10"}, headers=ADMIN)).is_success
+    held = await client.post("/v1/reservations", headers=ADMIN, json={
+        "customer_id": customer, "request_id": "typed", "model": "model-a", "amount": "1.00"})
+    open_view = await client.get(f"/v1/reservations/{held.json()['id']}", headers=ADMIN)
+    conforms("/v1/reservations/{reservation_id}", open_view.json())
+    settled = await client.post(f"/v1/reservations/{held.json()['id']}/settle", headers=ADMIN,
+                                json={"usage": {"input_tokens": 1000}, "final": True})
+    assert settled.status_code == 200, settled.text
+    view = (await client.get(f"/v1/reservations/{held.json()['id']}", headers=ADMIN)).json()
+    assert view["entries"] and view["charges"]
+    conforms("/v1/reservations/{reservation_id}", view)
+    report = (await client.get(f"/v1/customers/{customer}/usage?group_by=model,day", headers=ADMIN)).json()
+    assert report["rows"]
+    conforms("/v1/customers/{customer_id}/usage", report)
