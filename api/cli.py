@@ -19,7 +19,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
         return serve_workers(settings, workers, host=args.host, port=args.port, access_log=args.access_log)
     from api.app import create_app
-    from api.runtime import open_database
+    from api.runtime import open_database, warn_connection_budget
     from api.server import ACCEPT_BURST, serve
     from api.workers import listening_socket
 
@@ -27,6 +27,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     # (uvicorn exits 3, this command's code for a database it cannot reach), before the database.
     listening_socket(args.host, args.port, ACCEPT_BURST).close()
     handle = open_database(settings)
+    warn_connection_budget(handle.url, settings, processes=1)
     # uvicorn shuts down gracefully, then re-raises the signal it caught; make that an ordinary
     # exit, so the finally below stops the embedded cluster when this is its last user.
     for sig in (signal.SIGTERM, signal.SIGINT):

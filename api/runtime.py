@@ -58,6 +58,25 @@ def upgrade(handle: DatabaseHandle, settings: Settings, *, to: str | None = None
         raise SystemExit(f"error: {exc}") from None
 
 
+def warn_connection_budget(url: str, settings: Settings, *, processes: int) -> int:
+    """Log a warning when `processes` server processes may open more connections than the
+    database allows others than superusers (README, Several processes): under load some of
+    their requests would be answered 503. Returns what the database allows."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        allowed = int(conn.execute(
+            "SELECT current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int"
+            " - coalesce(current_setting('reserved_connections', true)::int, 0)").fetchone()[0])
+    most = processes * (2 * settings.pool_size + 4)  # pool and overflow, the key listener, the webhook dispatcher
+    if most > allowed:
+        logging.getLogger("tokentill").warning(
+            "%d processes x (2 x TOKENTILL_POOL_SIZE %d + 4) = %d database connections at most, but the database "
+            "allows %d: under load some requests would be answered 503; lower TOKENTILL_POOL_SIZE (to %d) or "
+            "TOKENTILL_WORKERS", processes, settings.pool_size, most, allowed, max(1, (allowed // processes - 4) // 2))
+    return allowed
+
+
 def sync_url(url: str) -> str:
     return sqlalchemy_url(url).render_as_string(hide_password=False)
 

@@ -93,12 +93,13 @@ def listening_socket(host: str, port: int, backlog: int) -> socket.socket:
 def serve_workers(settings: Settings, workers: int, *, host: str, port: int, access_log: bool) -> int:
     """Run `workers` server processes on host:port until SIGTERM or SIGINT; 0, or 1 when a worker
     kept dying."""
-    from api.runtime import open_database
+    from api.runtime import open_database, warn_connection_budget
     from api.server import ACCEPT_BURST
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("tokentill").setLevel(settings.log_level)
     handle = open_database(settings)
+    warn_connection_budget(handle.url, settings, processes=workers)
     metrics_dir = Path(tempfile.mkdtemp(prefix="tokentill-metrics-"))
     # In the environment the workers start with: a spawned worker imports what unpickling its
     # arguments needs (api.settings, and through it prometheus_client) before its first line runs,
