@@ -8,9 +8,11 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import sqlalchemy.exc
+
 from api.settings import Settings
 from ledger import embedded
-from ledger.db import sqlalchemy_url
+from ledger.db import sqlalchemy_url, sqlstate_of
 from migrations import runner
 
 log = logging.getLogger("tokentill.supervisor")
@@ -56,6 +58,17 @@ def upgrade(handle: DatabaseHandle, settings: Settings, *, to: str | None = None
         return runner.upgrade(sync_url(handle.url), lanes=settings.lanes, to=to)
     except runner.UnknownRevision as exc:
         raise SystemExit(f"error: {exc}") from None
+    except sqlalchemy.exc.DBAPIError as exc:
+        if sqlstate_of(exc) not in NOT_ALLOWED_TO_CREATE:
+            raise
+        reason = str(exc.orig).splitlines()[0]
+        raise SystemExit(f"error: cannot migrate the database: {reason}: the user of TOKENTILL_DATABASE_URL must "
+                         f"own the database, or be granted USAGE and CREATE on its schema") from None
+
+
+# insufficient_privilege (on PostgreSQL 15 and later only the owner creates in `public`), and
+# invalid_schema_name (no schema the user may use: nowhere to create)
+NOT_ALLOWED_TO_CREATE = frozenset({"42501", "3F000"})
 
 
 def warn_connection_budget(url: str, settings: Settings, *, processes: int) -> int:

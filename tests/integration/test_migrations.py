@@ -174,3 +174,36 @@ def test_plain_alembic_runs_the_migrations_on_the_configured_database(scratch_ur
     done = alembic("upgrade", "head", "--sql")
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "--sql" in done.stderr
+
+
+@pytest.mark.parametrize("revoke", [False, True])
+def test_a_database_user_that_may_not_create_tables_is_told_so_in_one_line(revoke, server_url, monkeypatch):
+    """A TOKENTILL_DATABASE_URL whose user does not own the database (PostgreSQL 15 and later let
+    only the owner create in `public`): every command ended in a ProgrammingError traceback
+    through alembic's CREATE TABLE alembic_version."""
+    import uuid
+
+    import psycopg
+
+    from api.bench.common import scratch_database
+    from api.cli import main
+
+    role = f"weak_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+    try:
+        with scratch_database(server_url, f"tokentill_weak_{uuid.uuid4().hex[:8]}") as url:
+            if revoke:  # not even USAGE: no schema to create in
+                with psycopg.connect(url, autocommit=True) as owner:
+                    owner.execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
+            weak = f"postgresql://{role}@" + url.split("@", 1)[1]
+            monkeypatch.setenv("TOKENTILL_DATABASE_URL", weak)
+            with pytest.raises(SystemExit) as stopped:
+                main(["migrate"])
+            message = stopped.value.code
+            assert isinstance(message, str) and message.startswith("error: cannot migrate the database: "), message
+            assert "\n" not in message
+            assert "TOKENTILL_DATABASE_URL" in message and "CREATE" in message
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f"DROP ROLE IF EXISTS {role}")
