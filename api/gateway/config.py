@@ -3,6 +3,7 @@ bounds of a call. Read once with the rest of `Settings`; nothing here reads the 
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -68,7 +69,7 @@ class GatewaySettings:
                                                 SERVER_TOOL_RESULT_TOKENS),
             hold_seconds=_positive(env, "TOKENTILL_GATEWAY_HOLD_SECONDS", 600),
             read_timeout_s=float(_positive(env, "TOKENTILL_GATEWAY_READ_TIMEOUT_SECONDS", 600)),
-            upstream_ca=_readable_file(env, "TOKENTILL_GATEWAY_UPSTREAM_CA"),
+            upstream_ca=_ca_file(env, "TOKENTILL_GATEWAY_UPSTREAM_CA"),
             spool_dir=env.get("TOKENTILL_SPOOL_DIR") or None,
             settle=settle_mode(env.get("TOKENTILL_GATEWAY_SETTLE") or "wait", "TOKENTILL_GATEWAY_SETTLE"),
         )
@@ -89,10 +90,17 @@ def upstream_url(env: Mapping[str, str], name: str, default: str) -> str:
     return raw.rstrip("/")
 
 
-def _readable_file(env: Mapping[str, str], name: str) -> str | None:
+def _ca_file(env: Mapping[str, str], name: str) -> str | None:
+    """A readable file of PEM CA certificates, loaded as the gateway will load it at start."""
     path = env.get(name) or None
     if path is not None and not (os.path.isfile(path) and os.access(path, os.R_OK)):
         raise SystemExit(f"{name} must name a readable file, not {path!r}")
+    if path is not None:
+        try:
+            ssl.create_default_context().load_verify_locations(cafile=path)
+        except ssl.SSLError as exc:
+            raise SystemExit(f"{name} must name a file of PEM CA certificates; {path!r}: {exc.reason or exc}") \
+                from None
     return path
 
 

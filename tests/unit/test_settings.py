@@ -78,3 +78,17 @@ def test_a_database_url_with_a_parameter_libpq_does_not_take_stops_the_start_nam
 def test_the_libpq_parameters_of_a_database_url_are_taken():
     url = "postgresql://u@db/ledger?sslmode=verify-full&connect_timeout=5&application_name=till&target_session_attrs=any"
     assert Settings.from_env({"TOKENTILL_DATABASE_URL": url}).database_url == url
+
+
+@pytest.mark.parametrize("content", ["", "not a certificate\n",
+                                     "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"])
+def test_an_upstream_ca_file_without_a_certificate_stops_the_start_naming_its_variable(content, tmp_path):
+    """It passed (the file was readable), and `serve` died starting the gateway: an ExceptionGroup
+    traceback around ssl.SSLError (no certificate or crl found), exit 3 (as if the database could
+    not be reached)."""
+    ca = tmp_path / "ca.pem"
+    ca.write_text(content)
+    with pytest.raises(SystemExit) as stopped:
+        Settings.from_env({"TOKENTILL_GATEWAY_UPSTREAM_CA": str(ca)})
+    message = stopped.value.code
+    assert isinstance(message, str) and message.startswith("TOKENTILL_GATEWAY_UPSTREAM_CA") and str(ca) in message
