@@ -98,24 +98,26 @@ def serve_workers(settings: Settings, workers: int, *, host: str, port: int, acc
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("tokentill").setLevel(settings.log_level)
-    handle = open_database(settings)
-    warn_connection_budget(handle.url, settings, processes=workers)
-    metrics_dir = Path(tempfile.mkdtemp(prefix="tokentill-metrics-"))
-    # In the environment the workers start with: a spawned worker imports what unpickling its
-    # arguments needs (api.settings, and through it prometheus_client) before its first line runs,
-    # and prometheus_client picks where its values live once, at import.
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-    try:
-        with listening_socket(host, port, ACCEPT_BURST) as sock:
+    # The port first, as one process does: one line and exit 1 when another process holds it,
+    # before the database is opened (and, on the embedded cluster, started and migrated).
+    with listening_socket(host, port, ACCEPT_BURST) as sock:
+        handle = open_database(settings)
+        metrics_dir = Path(tempfile.mkdtemp(prefix="tokentill-metrics-"))
+        # In the environment the workers start with: a spawned worker imports what unpickling its
+        # arguments needs (api.settings, and through it prometheus_client) before its first line
+        # runs, and prometheus_client picks where its values live once, at import.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        try:
+            warn_connection_budget(handle.url, settings, processes=workers)
             bound = sock.getsockname()[1]  # --port 0: the one the system chose
             log.info("serving on http://%s:%d with %d worker processes", f"[{host}]" if ":" in host else host,
                      bound, workers)
             worker_settings = replace(settings, workers=workers, metrics_dir=metrics_dir)
             return Supervisor(worker_settings, workers, sock, host, port, access_log).run()
-    finally:
-        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        handle.close()
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+        finally:
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+            handle.close()
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 class Supervisor:

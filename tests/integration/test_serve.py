@@ -96,6 +96,25 @@ def test_serve_on_a_port_in_use_says_so_in_one_line_and_exits_1_not_3(database_u
             assert "Traceback" not in done.stderr
 
 
+def test_serve_on_a_port_in_use_says_so_before_it_tries_the_database():
+    """`serve --workers 2` opened (and migrated) the database before it bound the port: with the
+    port held and the database down it said 'cannot reach the database', exit 3, where one
+    process says 'cannot listen on', exit 1 (and on the embedded cluster it started PostgreSQL
+    and migrated, only to stop)."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "TOKENTILL_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/nowhere"}
+        for workers in ("1", "2"):
+            done = subprocess.run([sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--workers", workers],
+                                  env=env, capture_output=True, text=True, timeout=120)
+            assert done.returncode == 1, (workers, done.returncode, done.stderr)
+            assert done.stderr.strip().splitlines()[-1].startswith(f"cannot listen on 127.0.0.1:{port}: ")
+
+
 @pytest.mark.parametrize("make, says", [
     (lambda pg: pg.write_text("not a directory"), "is not a directory"),
     (lambda pg: (pg.mkdir(), (pg / "notes.txt").write_text("mine")), "holds no PostgreSQL cluster (no PG_VERSION)"),
