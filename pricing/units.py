@@ -80,6 +80,16 @@ OUTPUT_TYPES: tuple[str, ...] = tuple(k.name for k in _KINDS if k.name == "outpu
 FIELD_OF: dict[str, str] = {k.name: k.field for k in _KINDS}
 TYPE_OF_FIELD: dict[str, str] = {k.field: k.name for k in _KINDS}
 FORMATS = (1, 2)
+# format 1 types no usage is counted in (normalization reports the format 2 ones): a rule, contract
+# price or discount of one would never apply; a version or override posted with one is refused
+UNCOUNTED: dict[str, str] = {
+    "audio": "audio input is priced as input, audio output as output; format 2 prices them as "
+             "input_audio, cached_input_audio and output_audio",
+    "image": "image input is priced as input, image output as output; format 2 prices them as "
+             "input_image, cached_input_image and output_image",
+    "tool": "tool calls are priced per call by format 2's web_search, file_search and code_execution",
+}
+PRICEABLE_TYPES: tuple[str, ...] = tuple(t for t in TOKEN_TYPES if t not in UNCOUNTED)
 
 
 def legacy_counts(counts: dict[str, int]) -> dict[str, int]:

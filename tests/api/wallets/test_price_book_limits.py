@@ -32,3 +32,17 @@ async def test_a_version_at_the_rule_limit_is_stored(client: AsyncTestClient, ta
     assert response.status_code == 201, response.text
     stored = (await client.get(f"/v1/price-books/big-{tag}")).json()
     assert len(stored["versions"][0]["rules"]) == 10_000
+
+
+async def test_a_rule_for_audio_tokens_is_refused_naming_its_token_type(client: AsyncTestClient, tag: str):
+    # it was stored, and 1M audio input tokens of gpt-4o-audio then charged $2.50 (the input
+    # rule's price), not $40: no usage is counted in `audio` tokens
+    body = {"id": f"audio-{tag}", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": [
+        {"id": "in", "model": "gpt-4o-audio", "token_type": "input", "price": "2.50"},
+        {"id": "audio", "model": "gpt-4o-audio", "token_type": "audio", "price": "40"}]}
+    response = await client.post("/v1/price-books", json=body)
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert [f["field"] for f in response.json()["fields"]] == ["rules[1].token_type"]
+    assert "input_audio" in response.json()["fields"][0]["message"]
+    assert (await client.get(f"/v1/price-books/audio-{tag}")).status_code == 404
