@@ -209,12 +209,10 @@ def _top_up_form(request: Request, customer: Any, form: dict[str, str], errors: 
 
 def _top_up_command(request: Request, customer_id: str, form: dict[str, str]) -> TopUp:
     """The form as the API's TopUp command; a field the API would refuse is refused alike."""
-    try:
-        priority = int(form.get("priority") or TOPUP_PRIORITY)
-    except ValueError:
-        raise WalletValidationError("priority", "a whole number from 0 to 100") from None
-    if not 0 <= priority <= 100:
+    given = form.get("priority") or str(TOPUP_PRIORITY)
+    if not (len(given) <= 3 and given.isascii() and given.isdigit() and int(given) <= 100):  # not "٧", "+7", "7_0"
         raise WalletValidationError("priority", "a whole number from 0 to 100")
+    priority = int(given)
     expires = form.get("expires_on") or None
     expires_at = None if expires is None else time_in(f"{_day(expires, 'expires_on', date.today())}T00:00:00Z",
                                                        "expires_on")

@@ -142,3 +142,18 @@ async def test_a_reference_longer_than_the_api_takes_is_refused_not_cut(console)
     assert "<strong>reference</strong>: at most 500 characters" in answer.text
     assert _field(answer.text, "reference") == reference  # given back whole, to correct
     assert await _lots(client, customer) == []
+
+
+@pytest.mark.parametrize("priority", ["٧", "+7", " 7", "7_0", "101", "9" * 5000])
+async def test_a_priority_that_is_not_plain_digits_is_refused(console, priority):
+    """Python's int() reads "٧" (an Arabic-Indic seven), "+7", " 7" and "7_0" as numbers: the form
+    recorded top-ups at priorities 7 and 70 that no one typed as such."""
+    client, book, token = console
+    customer = await _customer(client, book)
+    form = await client.get(f"/console/customers/{customer}/top-up")
+    answer = await client.post(f"/console/customers/{customer}/top-up", follow_redirects=False, data={
+        "_csrf_token": token, "idempotency_key": _field(form.text, "idempotency_key"), "amount": "5.00",
+        "reference": "", "priority": priority, "expires_on": ""})
+    assert answer.status_code == 422, answer.headers.get("location")
+    assert "<strong>priority</strong>: a whole number from 0 to 100" in answer.text
+    assert await _lots(client, customer) == []
