@@ -15,7 +15,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ledger.db import Database
+from ledger.db import Database, is_unavailable
 from ledger.seal import seal_once
 from wallets import store
 from wallets.billing import close_due
@@ -94,10 +94,15 @@ async def run_job(db: Database, job: Job) -> None:
         # rolls back, and the next start does the work, which is found from the database.
         log.info("job %s stopped by the shutdown; the next start runs it again", job.name)
         return
-    except Exception:
+    except Exception as exc:
         JOB_DURATION.labels(job.name).observe(time.perf_counter() - started)
         JOB_RUNS.labels(job.name, "error").inc()
-        log.exception("job %s failed; it will run again", job.name)
+        if is_unavailable(exc):  # an outage /readyz reports: one line a run, not the driver's traceback
+            cause = getattr(exc, "orig", None) or exc  # the driver's words, not SQLAlchemy's wrapping
+            reason = " ".join(str(cause).split("\n")[0].split()) or type(cause).__name__
+            log.warning("job %s: the database is unavailable (%s); it will run again", job.name, reason)
+        else:
+            log.exception("job %s failed; it will run again", job.name)
         return
     JOB_DURATION.labels(job.name).observe(time.perf_counter() - started)
     JOB_RUNS.labels(job.name, "ok").inc()

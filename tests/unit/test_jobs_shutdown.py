@@ -85,3 +85,34 @@ async def test_a_run_skipped_because_the_last_one_still_runs_is_counted():
     finally:
         release.set()
         scheduler.shutdown(wait=False)
+
+
+async def test_a_job_run_while_the_database_is_down_is_one_warning_line_not_a_traceback(caplog):
+    """Every job run during a database outage logged ERROR with the driver's whole traceback:
+    about 20 of them a minute (expire_reservations every 5 s, seal_journal every 10 s, ...) for
+    an outage /readyz already reports. Now one line each; a job's other failures keep theirs."""
+    import psycopg
+
+    from wallets.jobs import run_job
+
+    async def down(_db) -> None:
+        raise psycopg.OperationalError("connection failed: connection to server on socket \"/x/.s.PGSQL.5432\" "
+                                       "failed: No such file or directory\n\tIs the server running locally?")
+
+    async def bug(_db) -> None:
+        raise KeyError("a bug")
+
+    before = _series("tokentill_job_runs_total", job="metrics_down", result="error") or 0
+    with caplog.at_level(logging.INFO):
+        await run_job(None, Job("metrics_down", 5, down))  # type: ignore[arg-type]
+    [record] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert record.levelno == logging.WARNING and record.exc_info is None
+    assert record.getMessage() == ("job metrics_down: the database is unavailable (connection failed: connection to "
+                                   "server on socket \"/x/.s.PGSQL.5432\" failed: No such file or directory); "
+                                   "it will run again")
+    assert _series("tokentill_job_runs_total", job="metrics_down", result="error") == before + 1
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        await run_job(None, Job("metrics_bug", 5, bug))  # type: ignore[arg-type]
+    [record] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert record.levelno == logging.ERROR and record.exc_info is not None
