@@ -234,6 +234,7 @@ class PriceVersion:
     timed: bool = field(init=False, repr=False, compare=False)  # some rule has hours
     token_types: frozenset[str] = field(init=False, repr=False, compare=False)  # the types its rules price
     _models: frozenset[str | None] = field(init=False, repr=False, compare=False)  # None: a rule for any
+    # (a per-call fee for every model is not one: it prices calls, not any model's tokens)
     resolved: dict[tuple[object, ...], object] = field(init=False, repr=False, compare=False)  # rating's cache
 
     def __post_init__(self) -> None:
@@ -258,7 +259,8 @@ class PriceVersion:
         object.__setattr__(self, "_generic", {k: tuple(v) for k, v in generic.items()})
         object.__setattr__(self, "timed", any(rule.hours is not None for rule in self.rules))
         object.__setattr__(self, "token_types", frozenset(rule.token_type for rule in self.rules))
-        object.__setattr__(self, "_models", frozenset(r.model for r in self.rules))
+        object.__setattr__(self, "_models", frozenset(r.model for r in self.rules
+                                                      if r.model is not None or r.token_type != "request"))
         object.__setattr__(self, "resolved", {})
 
     def context_window_for(self, rule_ids: Iterable[str | None]) -> int | None:
@@ -289,7 +291,9 @@ class PriceVersion:
         return best[0] if best else None
 
     def prices_model(self, model: str) -> bool:
-        """Whether some rule of the version applies to the model (by name, pattern or no model)."""
+        """Whether some rule of the version applies to the model (by name, pattern or no model;
+        a per-call fee rule for every model does not count: with ``unpriced: zero`` it made every
+        model, a misspelt one too, a model whose tokens are free)."""
         return (model in self._models or None in self._models
                 or any(fnmatchcase(model, p) for p in self._models if p is not None and is_pattern(p)))
 

@@ -150,6 +150,23 @@ def test_the_unpriced_policy_is_explicit_per_book():
         rate(Usage("other-model", {"input": 5}, AT), zero)
 
 
+def test_a_per_call_fee_for_every_model_does_not_make_an_unknown_model_free_under_unpriced_zero():
+    # with a $0.01 fee for every call, a misspelt model's 1M input tokens were charged $0.01:
+    # the fee rule, naming no model, made every model one the book "prices"
+    body = {"id": "fee", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "format": 2,
+            "unpriced": "zero", "rules": [{"id": "a-in", "model": "model-a", "token_type": "input", "price": "10"},
+                                          {"id": "call", "token_type": "request", "price": "0.01"}]}
+    zero = parse_version(body)
+    with pytest.raises(UnpricedModelError):
+        rate(Usage("model-aa", {"input": 1_000_000, "request": 1}, AT), zero)
+    with pytest.raises(UnpricedModelError):
+        estimate_upper_bound(zero, "model-aa", 1_000_000, 0, None, AT)
+    # the model it prices: its output is not charged (unpriced: zero), its call is
+    known = rate(Usage("model-a", {"input": 1_000_000, "output": 5, "request": 1}, AT), zero)
+    assert [(ln.token_type, ln.amount_units) for ln in known.lines] == [("input", 10_000_000_000),
+                                                                       ("request", 10_000_000)]
+
+
 def test_a_format_1_book_rates_format_2_usage_exactly_as_before():
     book = load_reference_book()
     anthropic = normalize_anthropic(load_fixture("anthropic_message_cache_read_web_search.json")["usage"])
