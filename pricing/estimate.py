@@ -137,7 +137,25 @@ def estimate_upper_bound(
         lines += [line(unit, uses) for unit, uses in (tool_uses or {}).items() if uses]
     if resolved.find_rule("request", model, dims, minute) is not None:
         lines.append(line("request", 1))
-    return build_rating(resolved, [ln for ln in lines if ln is not None and ln.quantity], scale)
+    usage = [ln for ln in lines if ln is not None and ln.quantity]
+    return build_rating(resolved, [*usage, *_whole_discounts(usage, overrides)], scale)
+
+
+def _whole_discounts(usage: list[Line], overrides: Overrides) -> list[Line]:
+    """What the customer's discounts of every line of a model (no token type) take off the held
+    lines: whatever lines the call is billed, each gets that share off, so the hold is still an
+    upper bound (a 100 % one holds nothing). A discount of one token type may miss the type the
+    call is billed in (reasoning, priced as output, is not output), so a hold leaves it out, as it
+    leaves out free allowances."""
+    out = []
+    for ln in usage:
+        for discount in overrides.discounts:
+            if discount.token_type is None and discount.covers(ln.model or "", ln.token_type or ""):
+                with pricing_context():
+                    unit, amount = -ln.unit_price * discount.percent / 100, -ln.amount * discount.percent / 100
+                out.append(Line("discount", ln.token_type, ln.quantity, unit, amount, 0, ln.rule_id,
+                                ln.price_version, ln.model, discount.id, ln.tier, ln.note))
+    return out
 
 
 CACHE_WRITE_TYPES = ("cache_write", "cache_write_1h")

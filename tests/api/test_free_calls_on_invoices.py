@@ -148,3 +148,32 @@ async def test_a_reservation_settled_at_contract_prices_of_zero_is_on_the_invoic
     await verified(client)
     assert lines(await close(client, cid)) == expected
     await verified(client)
+
+
+async def test_a_customer_a_full_discount_makes_free_may_reserve_its_calls_without_credit(client) -> None:
+    """A hold leaves out what only lowers a bill, but a discount of every line of a model (no token
+    type) lowers each line the call can have by its share: the hold takes it off too. A prepaid
+    customer on 100 % off, with no credit, was refused every reservation (402) for calls it would
+    never pay for."""
+    cid = await customer(client, {"discounts": [{"id": "all-off", "model": "model-a", "percent": "100"}]})
+    held = await client.post("/v1/reservations", headers=ADMIN, json={
+        "customer_id": cid, "request_id": "d-1", "model": "model-a",
+        "estimate": {"input_tokens": 1000, "max_output_tokens": 500}})
+    assert held.status_code == 201 and held.json()["amount"] == "0.00", held.text
+    settled = await client.post(f"/v1/reservations/{held.json()['id']}/settle", headers=ADMIN, json={
+        "usage": {"input_tokens": 2000, "output_tokens": 300}, "final": True})
+    assert settled.status_code == 200 and settled.json()["charged"] == "0.00", settled.text
+    invoice = await upcoming(client, cid)
+    assert [ln[:3] for ln in lines(invoice) if ln[0] == "usage"] == [("usage", "input", 2000), ("usage", "output", 300)]
+    assert invoice["total"] == "0.00"
+
+
+async def test_a_half_discount_of_a_model_halves_its_hold_and_one_of_a_token_type_does_not(client) -> None:
+    # 1,000 input x $10/M = 0.01, 500 output x $20/M = 0.01, the call fee 0.01: 0.03 at the book's prices
+    for discount, hold in (({"model": "model-a", "percent": "50"}, "0.015"),
+                           ({"model": "model-a", "token_type": "output", "percent": "50"}, "0.03")):
+        cid = await customer(client, {"discounts": [{"id": "half", **discount}]}, top_up="1.00")
+        held = await client.post("/v1/reservations", headers=ADMIN, json={
+            "customer_id": cid, "request_id": "h-1", "model": "model-a",
+            "estimate": {"input_tokens": 1000, "max_output_tokens": 500}})
+        assert held.status_code == 201 and held.json()["amount"] == hold, (discount, held.text)

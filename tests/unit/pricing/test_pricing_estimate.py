@@ -58,12 +58,21 @@ def test_tiered_rules_count_at_their_dearest_tier():
     assert [(ln.unit_price, ln.amount) for ln in rating.lines] == [(Decimal("3"), Decimal("0.00003"))]
 
 
-def test_contract_prices_apply_but_discounts_do_not():
-    overrides = Overrides(
-        contract_prices=(ContractPrice("c", Decimal("1"), model="model-a", token_type="input"),),
-        discounts=(Discount("d", Decimal("50")),),
-    )
+def test_contract_prices_apply_and_so_does_a_discount_of_every_line_but_not_one_of_a_token_type():
+    """A discount with no token type takes its share off whatever lines the call is billed, so
+    the hold takes it off too; one of a token type may miss the type billed (reasoning is not
+    output), so the hold leaves it out, as before."""
+    contract = ContractPrice("c", Decimal("1"), model="model-a", token_type="input")
+    overrides = Overrides(contract_prices=(contract,), discounts=(Discount("d", Decimal("50")),))
     rating = estimate_upper_bound(worked_example_version(), "model-a", 1000, 0, {}, AT, overrides=overrides)
+    assert [(ln.kind, ln.unit_price, ln.override_id) for ln in rating.lines] == [
+        ("usage", Decimal("1"), "c"),
+        ("usage", Decimal("0.01"), None),
+        ("discount", Decimal("-0.5"), "d"),
+        ("discount", Decimal("-0.005"), "d"),
+    ]
+    typed = Overrides(contract_prices=(contract,), discounts=(Discount("d", Decimal("50"), token_type="input"),))
+    rating = estimate_upper_bound(worked_example_version(), "model-a", 1000, 0, {}, AT, overrides=typed)
     assert [(ln.kind, ln.unit_price, ln.override_id) for ln in rating.lines] == [
         ("usage", Decimal("1"), "c"),
         ("usage", Decimal("0.01"), None),
