@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -113,13 +113,18 @@ async def add_version(conn: AsyncConnection, body: dict[str, Any], version: Pric
         raise CurrencyMismatchError(f"book {version.book_id} is priced in {currency}, not {version.currency}",
                                     field="currency")
     same = (await conn.execute(text(
-        """SELECT version, body_hash FROM price_book_versions
+        """SELECT version, effective_from, body_hash FROM price_book_versions
             WHERE book_id = :b AND (effective_from = :at OR version = :v) ORDER BY effective_from"""),
         {"b": version.book_id, "at": version.effective_from, "v": version.version})).first()
     if same is not None:
         if bytes(same.body_hash) == digest:
             stored = await stored_versions(conn, version.book_id)
             return AddedVersion(next(v for v in stored if v.version == same.version), created=False)
+        if same.effective_from != version.effective_from:  # another time, under the same label
+            raise ConflictError(f"version {same.version} of {version.book_id} is the one in force from "
+                                f"{same.effective_from.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}; versions "
+                                "never change: give this one another version (by default its effective_from, "
+                                "to the second)", field="version")
         raise ConflictError(f"version {same.version} of {version.book_id} already takes effect then; versions "
                             "never change, post another effective_from", field="effective_from")
     row = (await conn.execute(text(

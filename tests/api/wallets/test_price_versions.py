@@ -109,3 +109,18 @@ async def test_a_version_in_another_currency_than_its_book_is_a_currency_mismatc
     assert (euro.json()["code"], euro.json()["field"]) == ("currency_mismatch", "currency")
     assert euro.json()["detail"] == f"book {book} is priced in USD, not EUR"
     assert len((await client.get(f"/v1/price-books/{book}")).json()["versions"]) == 1
+
+
+async def test_a_version_label_taken_by_another_time_is_a_conflict_naming_version(client: AsyncTestClient, tag: str):
+    # it named effective_from and said "post another effective_from", which was not the problem
+    book = f"labels-{tag}"
+    assert (await client.post("/v1/price-books", json={**BOOK, "id": book, "version": "v1"})).status_code == 201
+    doubled = [{**rule, "price": "20.00"} if rule["id"] == "a-in" else rule for rule in BOOK["rules"]]
+    again = await client.post("/v1/price-books", json={**BOOK, "id": book, "version": "v1", "rules": doubled,
+                                                       "effective_from": "2026-02-01T00:00:00Z"})
+    assert again.status_code == 409, again.text
+    assert again.json()["field"] == "version"
+    assert again.json()["detail"] == (f"version v1 of {book} is the one in force from 2026-01-01T00:00:00Z; versions "
+                                      "never change: give this one another version (by default its effective_from, "
+                                      "to the second)")
+    assert len((await client.get(f"/v1/price-books/{book}")).json()["versions"]) == 1
