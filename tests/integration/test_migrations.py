@@ -207,3 +207,29 @@ def test_a_database_user_that_may_not_create_tables_is_told_so_in_one_line(revok
     finally:
         with psycopg.connect(server_url, autocommit=True) as admin:
             admin.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def test_alembic_upgrade_head_from_the_checkouts_root_runs_the_migrations(scratch_url):
+    """`alembic upgrade head` where the project is: FAILED: No 'script_location' key found in
+    configuration (there was an alembic.ini under migrations/ only)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(runner.__file__).resolve().parent.parent
+    env = {**os.environ, "TOKENTILL_DATABASE_URL": scratch_url}
+
+    def alembic(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "alembic", *args], cwd=root, env=env, capture_output=True,
+                              text=True, timeout=120)
+
+    head = runner.head_revision()
+    before = runner.revisions()[-2]
+    done = alembic("downgrade", before)
+    assert done.returncode == 0, done.stderr
+    assert _revision(scratch_url) == before
+    done = alembic("upgrade", "head")
+    assert done.returncode == 0, done.stderr
+    done = alembic("current")
+    assert done.returncode == 0 and f"{head} (head)" in done.stdout, (done.stdout, done.stderr)
