@@ -362,7 +362,17 @@ class GuardedServer(uvicorn.Server):
             for task in cut:
                 task.cancel()
             if cut:
-                await asyncio.wait(cut, timeout=CUT_WAIT_S)
+                errors = logging.getLogger("uvicorn.error")  # where uvicorn logs a request's exception
+                errors.addFilter(_not_cut)
+                try:
+                    await asyncio.wait(cut, timeout=CUT_WAIT_S)
+                finally:
+                    errors.removeFilter(_not_cut)
+
+
+def _not_cut(record: logging.LogRecord) -> bool:
+    """Not uvicorn's ERROR with a traceback for a request the shutdown cut (said above, once)."""
+    return not (record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError))
 
 
 def server(app: Any, settings: Settings, **config: Any) -> GuardedServer:

@@ -97,6 +97,9 @@ def test_sigterm_cuts_a_call_still_streaming_after_the_grace_and_charges_what_it
             proc.wait()
     assert code == 0, log_path.read_text()
     assert 2 <= stopped_after < 15, (stopped_after, log_path.read_text())
+    log_text = log_path.read_text()
+    assert "1 request(s) still in progress 2 s after the shutdown began; cutting them" in log_text
+    assert "Traceback" not in log_text, log_text  # the cut said once, not as uvicorn's ERROR traceback
     caller.join(10)
     assert seen["received"] == fk.PAUSE_AFTER
     engine = create_engine(sync_url(database_url))
