@@ -14,7 +14,7 @@ from ledger.db import Database
 from wallets import store
 from wallets.core import budgets as rules
 from wallets.core.budgets import BudgetView
-from wallets.core.idempotency import CREATED, IdemKey, Replayed
+from wallets.core.idempotency import CREATED, OK, IdemKey, Replayed
 from wallets.engine import Engine, customer_lock, lane_lock
 from wallets.errors import NotFoundError
 from wallets.model import Budget, new_id
@@ -113,10 +113,14 @@ class BudgetService:
 
         return await self.db.read(page)
 
-    async def change(self, budget_id: str, decide: Callable[[Budget], BudgetChange]) -> BudgetView:
+    async def change(self, budget_id: str, decide: Callable[[Budget], BudgetChange],
+                     idem: IdemKey | None = None) -> BudgetView | Replayed:
         """The change `decide` makes of the budget (it may refuse, raising: the caller's authorization,
         the limit's type by metric) applied to the budget as read by the unit of work that writes it:
-        one read, so nothing about the budget changes between the check and the write."""
+        one read, so nothing about the budget changes between the check and the write. With `idem`,
+        its answer is kept, and a replay answers it."""
+        from wallets.service import run_once  # imported here: wallets.service imports this module
+
         customer_id = await self.owner(budget_id)
 
         async def work(conn: AsyncConnection) -> BudgetView:
@@ -134,12 +138,15 @@ class BudgetService:
                 (b.name, b.limit, b.mode, list(b.thresholds), budget_id, customer_id))
             return rules.budget_view(b, currency, now)
 
-        return await self.db.run(work, locks=await self._locks(customer_id))
+        return await run_once(self.db, idem, work, await self._locks(customer_id), lambda _: OK)
 
-    async def delete(self, budget_id: str, allow: Callable[[Budget], None] = lambda _: None) -> BudgetView:
+    async def delete(self, budget_id: str, allow: Callable[[Budget], None] = lambda _: None,
+                     idem: IdemKey | None = None) -> BudgetView | Replayed:
         """Stop counting new reservations against the budget; holds taken in it still return.
         `allow` (the caller's authorization) sees the budget as read by the unit of work that
-        deletes it, and may refuse, raising."""
+        deletes it, and may refuse, raising. With `idem`, its answer is kept, and a replay answers it."""
+        from wallets.service import run_once
+
         customer_id = await self.owner(budget_id)
 
         async def work(conn: AsyncConnection) -> BudgetView:
@@ -150,7 +157,7 @@ class BudgetService:
                                        "AND deleted_at IS NULL", (budget_id, customer_id))
             return rules.budget_view(b, currency, now)
 
-        return await self.db.run(work, locks=await self._locks(customer_id))
+        return await run_once(self.db, idem, work, await self._locks(customer_id), lambda _: OK)
 
     async def owner(self, budget_id: str) -> str:
         """The customer of a live budget, or not_found. A budget's customer never changes, so it

@@ -15,7 +15,7 @@ from api.errors import ApiError, documented
 from api.routes import cursors
 from api.routes.formats import AMOUNT_TEXT, POSITIVE_AMOUNT, Identifier, documented_as
 from api.routes.schemas import json_body
-from api.routes.wire import Answer, amount_in, idempotency, respond, shaped, time_out
+from api.routes.wire import Answer, amount_in, idempotency, kept_answer, respond, shaped, time_out
 from wallets.budgets import BudgetChange, BudgetSpec
 from wallets.core.budgets import BudgetView, figure
 from wallets.errors import NotFoundError, WalletValidationError
@@ -101,6 +101,7 @@ def budget_response(v: BudgetView) -> BudgetResponse:
 
 
 BUDGET = Answer(budget_response, BudgetView, lambda _: "created")
+CHANGED = Answer(budget_response, BudgetView, lambda _: "ok")  # a change or a deletion: 200
 
 
 def _limit(metric: str, value: str | int) -> int:
@@ -196,14 +197,19 @@ async def get_budget(state: State, request: Request, budget_id: FromPath[str]) -
 
 
 @patch("/v1/budgets/{budget_id:str}", guards=[require(*WRITERS)], tags=["budgets"],
-       **documented(404, body=True))
+       **documented(404, 409, body=True))
 async def change_budget(state: State, request: Request, budget_id: FromPath[str],
-                        data: ChangeBudgetBody) -> BudgetResponse:
-    """Change its name, limit, mode or thresholds (scope, window and metric never change)."""
+                        data: ChangeBudgetBody) -> Response[BudgetResponse]:
+    """Change its name, limit, mode or thresholds (scope, window and metric never change). A
+    replay of its Idempotency-Key answers what it first answered."""
     fixed = next((name for name in FIXED if isinstance(data, dict) and name in data), None)
     if fixed is not None:
         raise WalletValidationError(fixed, "never changes: create another budget (and delete this one)")
+    idem = idempotency(request, data)
     data = shaped(data, ChangeBudgetRequest)
+    replay = await kept_answer(state.services.db, idem)
+    if replay is not None:
+        return respond(request, replay, CHANGED)
     await _owned(state, request, budget_id)  # its customer (never changes): another's is not found
     check = _changeable(request, budget_id)
 
@@ -212,15 +218,21 @@ async def change_budget(state: State, request: Request, budget_id: FromPath[str]
         limit = None if data.limit is None else _limit(b.metric, data.limit)
         return BudgetChange(data.name, limit, data.mode, None if data.thresholds is None else tuple(data.thresholds))
 
-    return budget_response(await state.services.wallets.budgets.change(budget_id, decide))
+    return respond(request, await state.services.wallets.budgets.change(budget_id, decide, idem), CHANGED)
 
 
 @delete("/v1/budgets/{budget_id:str}", guards=[require(*WRITERS)], tags=["budgets"], status_code=200,
-        **documented(404))
-async def delete_budget(state: State, request: Request, budget_id: FromPath[str]) -> BudgetResponse:
-    """New reservations stop counting against it; what its windows hold still returns there."""
+        **documented(404, 409))
+async def delete_budget(state: State, request: Request, budget_id: FromPath[str]) -> Response[BudgetResponse]:
+    """New reservations stop counting against it; what its windows hold still returns there. A
+    replay of its Idempotency-Key answers what it first answered."""
+    idem = idempotency(request, {})
+    replay = await kept_answer(state.services.db, idem)
+    if replay is not None:
+        return respond(request, replay, CHANGED)
     await _owned(state, request, budget_id)
-    return budget_response(await state.services.wallets.budgets.delete(budget_id, _changeable(request, budget_id)))
+    return respond(request, await state.services.wallets.budgets.delete(budget_id, _changeable(request, budget_id),
+                                                                        idem), CHANGED)
 
 
 ROUTES = [create_budget, list_budgets, get_budget, change_budget, delete_budget]

@@ -101,6 +101,7 @@ class RedriveResponse(msgspec.Struct):
 # Answers that show a secret: a new endpoint (201), a rotated secret (200).
 CREATED_WITH_SECRET = Answer(lambda r: r, CreatedWebhookEndpointResponse, lambda _: CREATED)
 ROTATED_WITH_SECRET = Answer(lambda r: r, CreatedWebhookEndpointResponse, lambda _: OK)
+CHANGED = Answer(lambda r: r, WebhookEndpointResponse, lambda _: OK)  # a change or a deletion: 200
 SCHEDULED = "scheduled"  # a re-drive's outcome: 202 (errors.STATUS_BY_CODE)
 REDRIVEN = Answer(lambda r: r, RedriveResponse, lambda _: SCHEDULED)
 
@@ -142,25 +143,36 @@ async def get_webhook_endpoint(state: State, endpoint_id: FromPath[str]) -> Webh
     return _response(await state.services.db.read(lambda c: endpoints.get(c, endpoint_id)))
 
 
-@patch("/v1/webhook-endpoints/{endpoint_id:str}", guards=[require()], tags=TAGS, **documented(404, body=True))
+@patch("/v1/webhook-endpoints/{endpoint_id:str}", guards=[require()], tags=TAGS, **documented(404, 409, body=True))
 async def update_webhook_endpoint(
-        state: State, endpoint_id: FromPath[str],
-        data: Annotated[dict[str, Any], json_body(UpdateWebhookEndpointRequest)]) -> WebhookEndpointResponse:
+        state: State, request: Request, endpoint_id: FromPath[str],
+        data: Annotated[dict[str, Any], json_body(UpdateWebhookEndpointRequest)]) -> Response[WebhookEndpointResponse]:
     """Change the URL, topics, description or concurrency limit; `"enabled": false` disables it
-    (nothing is queued for it meanwhile), `true` enables it again."""
+    (nothing is queued for it meanwhile), `true` enables it again. A replay of its
+    Idempotency-Key answers what it first answered."""
     body = shaped(data, UpdateWebhookEndpointRequest)
     addresses = state.services.settings.webhook_addresses
     changes = Changes(None if body.url is None else check_destination(sendable(check_url(body.url)), addresses),
                       None if body.topics is None else check_topics(body.topics),
                       body.description, body.max_in_flight, body.enabled)
-    return _response(await state.services.db.committed(lambda c: endpoints.update(c, endpoint_id, changes)))
+
+    async def work(conn: AsyncConnection) -> WebhookEndpointResponse:
+        return _response(await endpoints.update(conn, endpoint_id, changes))
+
+    return await _once(state, request, data, work, CHANGED, committed=True)
 
 
 @delete("/v1/webhook-endpoints/{endpoint_id:str}", guards=[require()], status_code=200, tags=TAGS,
-        **documented(404))
-async def delete_webhook_endpoint(state: State, endpoint_id: FromPath[str]) -> WebhookEndpointResponse:
-    """Delete it: nothing more is sent to it and its secrets are erased; its delivery log stays."""
-    return _response(await state.services.db.committed(lambda c: endpoints.delete(c, endpoint_id)))
+        **documented(404, 409))
+async def delete_webhook_endpoint(state: State, request: Request,
+                                  endpoint_id: FromPath[str]) -> Response[WebhookEndpointResponse]:
+    """Delete it: nothing more is sent to it and its secrets are erased; its delivery log stays.
+    A replay of its Idempotency-Key answers what it first answered (the endpoint as deleted)."""
+
+    async def work(conn: AsyncConnection) -> WebhookEndpointResponse:
+        return _response(await endpoints.delete(conn, endpoint_id))
+
+    return await _once(state, request, {}, work, CHANGED, committed=True)
 
 
 @post("/v1/webhook-endpoints/{endpoint_id:str}/rotate-secret", guards=[require()], status_code=200, tags=TAGS,

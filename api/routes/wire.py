@@ -32,12 +32,14 @@ from api.routes.formats import (
     matches,
     mismatched_patterns,
 )
+from ledger.db import Database
 from ledger.model import CANONICAL_JSON
 from pricing.errors import InvalidAmountError
 from pricing.money import format_amount, parse_amount
 from pricing.parse import parse_time
+from wallets import store
 from wallets.chart import ASSET_SCALE
-from wallets.core.idempotency import OK, IdemKey, Replayed
+from wallets.core.idempotency import OK, IdemKey, Replayed, check_key
 from wallets.errors import WalletValidationError
 
 SCALE = ASSET_SCALE
@@ -390,6 +392,16 @@ def idempotency(request: Request, body: Any, *, key: str | None = None, path: st
     if not 1 <= len(key) <= 255:
         raise WalletValidationError("Idempotency-Key", "must be 1 to 255 characters")
     return IdemKey(f"http:{principal_of(request).key_id}", key, body_hash(request, body, path))
+
+
+async def kept_answer(db: Database, idem: IdemKey | None) -> Replayed | None:
+    """The answer kept under `idem`, to replay (an idempotency_conflict if the body differs),
+    looked up before the route looks up what it acts on: a DELETE retried after a lost answer
+    answers what it first answered, though what it deleted is gone."""
+    if idem is None:
+        return None
+    loaded = await db.read(lambda conn: store.load(conn, (), idempotency=[(idem.scope, idem.key)]))
+    return check_key(loaded.idempotency.get((idem.scope, idem.key)), idem)
 
 
 def _own_code(result: Any) -> str:

@@ -309,3 +309,29 @@ async def test_a_reservation_and_a_usage_report_keep_to_their_documented_schemas
     report = (await client.get(f"/v1/customers/{customer}/usage?group_by=model,day", headers=ADMIN)).json()
     assert report["rows"]
     conforms("/v1/customers/{customer_id}/usage", report)
+
+
+async def test_a_budget_change_and_delete_replayed_by_their_idempotency_keys_answer_the_first_answer(
+        client, customer, tag):
+    """API.md: mutating calls accept Idempotency-Key, a replay answers the first response (same
+    status and body), another body under it is idempotency_conflict. Before: PATCH and DELETE
+    /v1/budgets/{id} ignored it: a DELETE retried after a lost answer was 404 not_found, and a
+    PATCH under a used key applied whatever it carried."""
+    made = await client.post("/v1/budgets", headers=ADMIN, json={
+        "customer_id": customer, "window": "month", "metric": "tokens", "limit": 1000})
+    assert made.status_code == 201, made.text
+    path = f"/v1/budgets/{made.json()['id']}"
+    change = {**ADMIN, "Idempotency-Key": f"change-{tag}"}
+    first = await client.patch(path, headers=change, json={"limit": 2000})
+    again = await client.patch(path, headers=change, json={"limit": 2000})
+    assert first.status_code == again.status_code == 200, again.text
+    assert again.content == first.content and again.headers.get("idempotent-replayed") == "true"
+    other = await client.patch(path, headers=change, json={"limit": 3000})
+    _refused(other, 409, "idempotency_conflict")
+    assert (await client.get(path, headers=ADMIN)).json()["limit"] == 2000
+    gone = {**ADMIN, "Idempotency-Key": f"delete-{tag}"}
+    deleted = await client.delete(path, headers=gone)
+    retried = await client.delete(path, headers=gone)
+    assert deleted.status_code == retried.status_code == 200, retried.text
+    assert retried.content == deleted.content and retried.headers.get("idempotent-replayed") == "true"
+    _refused(await client.delete(path, headers=ADMIN), 404, "not_found")  # without the key: gone

@@ -444,3 +444,26 @@ async def test_a_redrive_replayed_by_its_idempotency_key_is_done_once(client):
         assert other.status_code == 409 and other.json()["code"] == "idempotency_conflict", other.text
         await asyncio.sleep(1.0)  # a third delivery would be under way by now (poll 0.05 s)
         assert len(hook.of(for_customer(customer))) == 2
+
+
+async def test_an_endpoint_change_and_delete_replayed_by_their_idempotency_keys_answer_the_first_answer(client):
+    """Before: PATCH and DELETE /v1/webhook-endpoints/{id} ignored Idempotency-Key: a DELETE
+    retried after a lost answer was 404 not_found, and a PATCH under a used key applied whatever
+    it carried."""
+    with receiver() as hook:
+        endpoint = await _endpoint(client, hook.url, ["balance.low"])
+        path, tag = f"/v1/webhook-endpoints/{endpoint['id']}", uuid.uuid4().hex
+        change = {"Idempotency-Key": f"change-{tag}"}
+        first = await client.patch(path, headers=change, json={"description": "first"})
+        again = await client.patch(path, headers=change, json={"description": "first"})
+        assert first.status_code == again.status_code == 200, again.text
+        assert again.content == first.content and again.headers.get("idempotent-replayed") == "true"
+        other = await client.patch(path, headers=change, json={"description": "other"})
+        assert other.status_code == 409 and other.json()["code"] == "idempotency_conflict", other.text
+        assert (await client.get(path)).json()["description"] == "first"
+        gone = {"Idempotency-Key": f"delete-{tag}"}
+        deleted = await client.delete(path, headers=gone)
+        retried = await client.delete(path, headers=gone)
+        assert deleted.status_code == retried.status_code == 200, retried.text
+        assert retried.content == deleted.content and retried.headers.get("idempotent-replayed") == "true"
+        assert (await client.delete(path)).status_code == 404  # without the key: gone
