@@ -13,7 +13,7 @@ import platformdirs
 from psycopg import ProgrammingError
 from psycopg.conninfo import conninfo_to_dict
 
-from api.gateway.config import GatewaySettings
+from api.gateway.config import GatewaySettings, key
 from wallets.budgets import MAX_PER_CUSTOMER as MAX_BUDGETS_PER_CUSTOMER
 from wallets.webhooks.rules import AddressPolicy, parse_networks
 
@@ -161,7 +161,7 @@ class Settings:
         return cls(
             database_url=_database_url(env.get("TOKENTILL_DATABASE_URL", "")),
             data_dir=Path(env.get("TOKENTILL_DATA_DIR") or platformdirs.user_data_dir("tokentill")),
-            admin_key=env.get("TOKENTILL_ADMIN_KEY") or None,
+            admin_key=key(env, "TOKENTILL_ADMIN_KEY"),
             pool_size=_int(env, "TOKENTILL_POOL_SIZE", 10),
             pool_timeout_s=_seconds(env, "TOKENTILL_POOL_TIMEOUT_SECONDS", 5.0),
             writer_idle_s=_seconds(env, "TOKENTILL_WRITER_IDLE_SECONDS", 5.0),

@@ -59,9 +59,9 @@ class GatewaySettings:
     def from_env(cls, env: Mapping[str, str]) -> GatewaySettings:
         return cls(
             openai_url=upstream_url(env, "TOKENTILL_UPSTREAM_OPENAI", OPENAI_URL),
-            openai_key=env.get("TOKENTILL_UPSTREAM_OPENAI_KEY") or None,
+            openai_key=key(env, "TOKENTILL_UPSTREAM_OPENAI_KEY"),
             anthropic_url=upstream_url(env, "TOKENTILL_UPSTREAM_ANTHROPIC", ANTHROPIC_URL),
-            anthropic_key=env.get("TOKENTILL_UPSTREAM_ANTHROPIC_KEY") or None,
+            anthropic_key=key(env, "TOKENTILL_UPSTREAM_ANTHROPIC_KEY"),
             default_max_output_tokens=_positive(env, "TOKENTILL_GATEWAY_MAX_OUTPUT_TOKENS", 4096),
             context_hold_tokens=_positive(env, "TOKENTILL_GATEWAY_CONTEXT_HOLD_TOKENS", 400_000),
             server_tool_max_uses=_positive(env, "TOKENTILL_GATEWAY_SERVER_TOOL_MAX_USES", SERVER_TOOL_MAX_USES),
@@ -73,6 +73,18 @@ class GatewaySettings:
             spool_dir=env.get("TOKENTILL_SPOOL_DIR") or None,
             settle=settle_mode(env.get("TOKENTILL_GATEWAY_SETTLE") or "wait", "TOKENTILL_GATEWAY_SETTLE"),
         )
+
+
+def key(env: Mapping[str, str], name: str) -> str | None:
+    """A key (sent as, or compared with, one header value), or None when unset: a space, a line
+    break (a key read from a file keeps its newline) or another control character in it stops
+    the start. The message does not repeat the key."""
+    raw = env.get(name) or None
+    if raw is not None and not all(c.isprintable() and not c.isspace() for c in raw):
+        at = next(i for i, c in enumerate(raw) if not c.isprintable() or c.isspace())
+        raise SystemExit(f"{name} has a space, a line break or another control character (at position {at + 1} "
+                         f"of {len(raw)}): a key is one word")
+    return raw
 
 
 def upstream_url(env: Mapping[str, str], name: str, default: str) -> str:

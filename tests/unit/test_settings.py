@@ -92,3 +92,23 @@ def test_an_upstream_ca_file_without_a_certificate_stops_the_start_naming_its_va
         Settings.from_env({"TOKENTILL_GATEWAY_UPSTREAM_CA": str(ca)})
     message = stopped.value.code
     assert isinstance(message, str) and message.startswith("TOKENTILL_GATEWAY_UPSTREAM_CA") and str(ca) in message
+
+
+@pytest.mark.parametrize("name", ["TOKENTILL_ADMIN_KEY", "TOKENTILL_UPSTREAM_OPENAI_KEY",
+                                  "TOKENTILL_UPSTREAM_ANTHROPIC_KEY"])
+@pytest.mark.parametrize("raw", ["s3cret-key\n", " s3cret-key", "s3cret key", "s3cret-key\r"])
+def test_a_key_with_a_space_or_a_line_break_stops_the_start_naming_it_without_echoing_it(name, raw):
+    """A key read from a file keeps its newline: the admin key then matched no bearer token (every
+    admin call 401, nothing said why), and an upstream key made every gateway call fail (an
+    illegal header value: 502, as if the upstream could not be reached)."""
+    with pytest.raises(SystemExit) as stopped:
+        Settings.from_env({name: raw})
+    message = stopped.value.code
+    assert isinstance(message, str) and message.startswith(f"{name} ") and "s3cret" not in message
+
+
+def test_keys_without_spaces_are_taken_as_given():
+    s = Settings.from_env({"TOKENTILL_ADMIN_KEY": "tt_admin-Key.1", "TOKENTILL_UPSTREAM_OPENAI_KEY": "sk-proj-ABC_def",
+                           "TOKENTILL_UPSTREAM_ANTHROPIC_KEY": "sk-ant-api03-x"})
+    assert (s.admin_key, s.gateway.openai_key, s.gateway.anthropic_key) == ("tt_admin-Key.1", "sk-proj-ABC_def",
+                                                                            "sk-ant-api03-x")
