@@ -1,7 +1,7 @@
 """`tokentill serve --workers N`: N server processes on one port, under one supervisor.
 
-The parent opens the database once (starts or joins the embedded cluster, migrates), binds and
-listens on the port, and starts N worker processes. Workers are spawned, not forked: fresh
+The parent binds and listens on the port, opens the database once (starts or joins the embedded
+cluster, migrates), and starts N worker processes. Workers are spawned, not forked: fresh
 interpreters that inherit the listening socket and nothing else (no pool, no event loop, no
 embedded-cluster handle). Each worker joins the database as a process of its own (on the
 embedded cluster: its pid in the wheel's handle file and a supervisor of the postmaster, as a
