@@ -100,6 +100,9 @@ def _database_url(raw: str) -> str | None:
     if not port_ok or parts.scheme not in ("postgresql", "postgres"):
         raise SystemExit("TOKENTILL_DATABASE_URL must be a libpq URL, postgresql://user@host:5432/db "
                          "(or postgresql://user@/db?host=/socket/dir)")
+    if parts.netloc.count("@") > 1:  # SQLAlchemy would take the host from the first @ (part of the password)
+        raise SystemExit("TOKENTILL_DATABASE_URL has more than one @ before its host: write an @ in the user or "
+                         "password as %40")
     try:  # its parameters alone, as libpq reads them: libpq's message names the one it refuses
         conninfo_to_dict(f"postgresql://?{parts.query}")
     except ProgrammingError as exc:

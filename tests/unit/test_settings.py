@@ -112,3 +112,16 @@ def test_keys_without_spaces_are_taken_as_given():
                            "TOKENTILL_UPSTREAM_ANTHROPIC_KEY": "sk-ant-api03-x"})
     assert (s.admin_key, s.gateway.openai_key, s.gateway.anthropic_key) == ("tt_admin-Key.1", "sk-proj-ABC_def",
                                                                             "sk-ant-api03-x")
+
+
+def test_a_database_url_with_an_unencoded_at_sign_in_its_password_stops_the_start_without_echoing_it():
+    """SQLAlchemy reads the host from the first @: 'postgresql://till:pa@ss@db/ledger' tried to
+    reach host 'ss@db' and said so (part of the password in the error: cannot reach the
+    database: failed to resolve host 'ss@db'), exit 3."""
+    with pytest.raises(SystemExit) as stopped:
+        Settings.from_env({"TOKENTILL_DATABASE_URL": "postgresql://till:pa@s3cret@db/ledger"})
+    message = stopped.value.code
+    assert isinstance(message, str) and message.startswith("TOKENTILL_DATABASE_URL") and "%40" in message
+    assert "s3cret" not in message
+    encoded = "postgresql://till:pa%40s3cret@db/ledger"
+    assert Settings.from_env({"TOKENTILL_DATABASE_URL": encoded}).database_url == encoded
