@@ -55,7 +55,10 @@ def upgrade(handle: DatabaseHandle, settings: Settings, *, to: str | None = None
     """Migrate to head (or to revision `to`, up or down); a database a newer tokentill migrated
     stops the command with one line."""
     try:
-        return runner.upgrade(sync_url(handle.url), lanes=settings.lanes, to=to)
+        revision = runner.upgrade(sync_url(handle.url), lanes=settings.lanes, to=to)
+        if settings.lanes is not None:
+            _warn_fixed_lanes(handle.url, settings.lanes)
+        return revision
     except runner.UnknownRevision as exc:
         raise SystemExit(f"error: {exc}") from None
     except sqlalchemy.exc.DBAPIError as exc:
@@ -64,6 +67,21 @@ def upgrade(handle: DatabaseHandle, settings: Settings, *, to: str | None = None
         reason = str(exc.orig).splitlines()[0]
         raise SystemExit(f"error: cannot migrate the database: {reason}: the user of TOKENTILL_DATABASE_URL must "
                          f"own the database, or be granted USAGE and CREATE on its schema") from None
+
+
+def _warn_fixed_lanes(url: str, asked: int) -> None:
+    """TOKENTILL_LANES counts when the database is created (migration 0009); say so when it asks
+    for other lanes than the database has."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        if conn.execute("SELECT to_regclass('ledger_settings')").fetchone()[0] is None:
+            return  # migrated down below 0009: no lanes yet
+        lanes = int(conn.execute("SELECT lanes FROM ledger_settings").fetchone()[0])
+    if lanes != asked:
+        logging.getLogger("tokentill").warning(
+            "TOKENTILL_LANES is %d, but this database was created with %d lanes, fixed since: TOKENTILL_LANES only "
+            "counts for a database created now", asked, lanes)
 
 
 # insufficient_privilege (on PostgreSQL 15 and later only the owner creates in `public`), and

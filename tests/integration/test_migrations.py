@@ -233,3 +233,23 @@ def test_alembic_upgrade_head_from_the_checkouts_root_runs_the_migrations(scratc
     assert done.returncode == 0, done.stderr
     done = alembic("current")
     assert done.returncode == 0 and f"{head} (head)" in done.stdout, (done.stdout, done.stderr)
+
+
+def test_lanes_asked_of_a_database_made_with_others_is_a_warning_naming_both(scratch_url, monkeypatch, caplog):
+    """TOKENTILL_LANES is read when the database is created (migration 0009) and fixed after:
+    set on an existing database it was ignored without a word."""
+    import logging
+
+    from api.runtime import open_database
+    from api.settings import Settings
+
+    with caplog.at_level(logging.WARNING, logger="tokentill"):
+        open_database(Settings(database_url=scratch_url, lanes=4)).close()
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning == ("TOKENTILL_LANES is 4, but this database was created with 16 lanes, fixed since: "
+                       "TOKENTILL_LANES only counts for a database created now")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tokentill"):
+        open_database(Settings(database_url=scratch_url, lanes=16)).close()
+        open_database(Settings(database_url=scratch_url)).close()
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
