@@ -272,8 +272,10 @@ async def guard_request(request: Request) -> None:
     if scope.get("query_string") and scope["path"].startswith("/v1/"):
         _check_query(request)
     data = scope["route_handler"].parsed_fn_signature.parameters.get("data")
-    if data is None:
-        return  # Litestar never reads the body of a route without `data`
+    if data is None:  # Litestar never reads the body of a route without `data`: nor would a handler
+        if scope["method"] not in ("GET", "HEAD", "OPTIONS") and scope["path"].startswith("/v1/"):
+            _nothing_said(await request.body())
+        return
     body = await request.body()  # at most request_max_body_size (413 beyond)
     if not body:
         if data.has_default:
@@ -295,6 +297,21 @@ async def guard_request(request: Request) -> None:
     repeated = repeated_key(body, decoded)
     if repeated is not None:
         raise WalletValidationError(repeated, "given more than once in one object")
+
+
+def _nothing_said(body: bytes) -> None:
+    """A body sent to a route that takes none must say nothing (none, `{}` or `null`): anything
+    else would be ignored (`{"amount": "0.50"}` to a release, which releases the whole hold)."""
+    if not body.strip() or body.strip() in (b"{}", b"null"):
+        return
+    try:
+        decoded = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        raise WalletValidationError("body", "this route takes no body (and this one is not JSON)") from None
+    if isinstance(decoded, dict) and decoded:
+        raise WalletValidationError(str(next(iter(decoded))), "unknown field: this route takes no body")
+    if decoded not in ({}, None):
+        raise WalletValidationError("body", "this route takes no body")
 
 
 def repeated_key(body: bytes, decoded: Any) -> str | None:

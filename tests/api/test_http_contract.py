@@ -335,3 +335,26 @@ async def test_a_budget_change_and_delete_replayed_by_their_idempotency_keys_ans
     assert deleted.status_code == retried.status_code == 200, retried.text
     assert retried.content == deleted.content and retried.headers.get("idempotent-replayed") == "true"
     _refused(await client.delete(path, headers=ADMIN), 404, "not_found")  # without the key: gone
+
+
+async def test_a_body_sent_to_a_route_that_takes_none_is_refused_not_ignored(client, customer):
+    """Before: ignored. POST /v1/reservations/{id}/release with {"amount": "0.50"} (a partial
+    release, as the caller thought) released the whole hold, 200; every other field of a body
+    is named when misspelt, this one was not read at all."""
+    assert (await client.post(f"/v1/customers/{customer}/topups", json={"amount": "10"}, headers=ADMIN)).is_success
+    held = await client.post("/v1/reservations", headers=ADMIN, json={
+        "customer_id": customer, "request_id": "no-body", "model": "model-a", "amount": "1.00"})
+    path = f"/v1/reservations/{held.json()['id']}"
+    partial = await client.post(f"{path}/release", json={"amount": "0.50"}, headers=ADMIN)
+    body = _refused(partial, 422, "validation_error")
+    assert body["fields"] == [{"field": "amount", "message": "unknown field: this route takes no body"}]
+    assert (await client.get(path, headers=ADMIN)).json()["status"] == "held"
+    for content in (b"[1]", b"{bad"):
+        _refused(await client.post(f"{path}/release", content=content, headers=JSON), 422, "validation_error")
+    _refused(await client.post("/v1/audit/verify", json={"checks": ["bounds"]}, headers=ADMIN), 422,
+             "validation_error")
+    released = await client.post(f"{path}/release", content=b"{}", headers=JSON)  # nothing said: taken
+    assert released.status_code == 200, released.text
+    for content, headers in ((b" null ", JSON), (b"", ADMIN)):  # taken too: answered as released already
+        again = await client.post(f"{path}/release", content=content, headers=headers)
+        assert again.status_code == 200 and again.json()["status"] == "released", again.text
