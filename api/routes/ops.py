@@ -61,4 +61,5 @@ async def metrics(state: State) -> Response[bytes]:
     if metrics_dir is not None:
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=str(metrics_dir))
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    # As a header: given as media_type, Litestar would add a second charset to the one it has.
+    return Response(generate_latest(registry), headers={"content-type": CONTENT_TYPE_LATEST})

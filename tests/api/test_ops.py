@@ -82,3 +82,18 @@ async def test_readiness_does_not_read_the_migration_scripts_again_on_every_prob
     for _ in range(3):
         assert (await client.get("/readyz")).status_code == 200
     assert loads == []
+
+
+async def test_metrics_content_type_has_one_charset_so_prometheus_3_can_parse_it(client):
+    """It read `text/plain; version=1.0.0; charset=utf-8; charset=utf-8` (Litestar added a charset
+    to prometheus_client's, which has one): a duplicate parameter, which Go's mime parser refuses,
+    and Prometheus 3 fails a scrape whose Content-Type it cannot parse."""
+    from email.message import Message
+
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    response = await client.get("/metrics")
+    assert response.headers["content-type"] == CONTENT_TYPE_LATEST
+    header = Message()
+    header["content-type"] = response.headers["content-type"]
+    assert [name for name, _ in header.get_params()].count("charset") == 1
