@@ -25,7 +25,8 @@ from ledger import export as exporting
 from wallets.errors import WalletValidationError
 
 CHUNK = 65_536
-MEDIA = {"beancount": "text/plain; charset=utf-8", "csv": "text/csv; charset=utf-8",
+# Litestar adds "; charset=utf-8" to a text/ media type itself (given here too, it was said twice).
+MEDIA = {"beancount": "text/plain", "csv": "text/csv",
          "jsonl": "application/jsonl; charset=utf-8"}
 EXTENSION = {"beancount": "beancount", "csv": "csv", "jsonl": "jsonl"}
 

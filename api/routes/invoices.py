@@ -108,7 +108,7 @@ def rendered(media: str, document: dict[str, Any]) -> Response[Any]:
         return Response(renderings.pdf(document), media_type=media, headers={
             "Content-Disposition": f'inline; filename="{renderings.filename(document, "pdf")}"'})
     if media == renderings.CSV:
-        return Response(renderings.csv_text(document), media_type="text/csv; charset=utf-8", headers={
+        return Response(renderings.csv_text(document), media_type="text/csv", headers={  # Litestar adds the charset
             "Content-Disposition": f'attachment; filename="{renderings.filename(document, "csv")}"'})
     return Response(document, media_type=media)
 
