@@ -15,6 +15,7 @@ from typing import Any
 
 from fpdf import FPDF
 from litestar import Request
+from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, Schema
 
 from api.errors import ApiError
 from pricing.money import format_amount
@@ -39,6 +40,25 @@ def negotiate(request: Request) -> str:
         raise ApiError("not_acceptable", f"an invoice is available as {', '.join(MEDIA_TYPES)}; "
                        f"not as {request.headers['accept']}", 406)
     return best
+
+
+_AS_TEXT = {HTML: Schema(type=OpenAPIType.STRING), PDF: Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY),
+            CSV: Schema(type=OpenAPIType.STRING)}
+
+
+def rendered_as(*media_types: str) -> dict[str, type[Operation]]:
+    """Route-handler keyword arguments that document, beside the JSON of the 200, each other media
+    type `negotiate` answers it in (Litestar documents one)."""
+
+    @dataclass
+    class RenderedOperation(Operation):
+        def __post_init__(self) -> None:
+            ok = (self.responses or {}).get("200")
+            if isinstance(ok, OpenAPIResponse):
+                ok.content = {**(ok.content or {}),
+                              **{media: OpenAPIMediaType(schema=_AS_TEXT[media]) for media in media_types}}
+
+    return {"operation_class": RenderedOperation}
 
 
 @dataclass(frozen=True, slots=True)

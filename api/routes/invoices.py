@@ -68,7 +68,7 @@ async def list_invoices(state: State, customer_id: FromPath[str]) -> dict[str, A
 
 
 @get("/v1/customers/{customer_id:str}/invoices/upcoming", guards=[require(*READERS)], tags=["invoices"],
-     **documented(404, 406))
+     **documented(404, 406), **renderings.rendered_as(renderings.HTML, renderings.PDF, renderings.CSV))
 async def upcoming_invoice(state: State, request: Request, customer_id: FromPath[str]) -> Response[Any]:
     """The invoice of the customer's current period so far, computed now by the close's own code
     (a volume true-up shows as it would be posted if the period closed now); no number yet.
@@ -82,7 +82,8 @@ async def upcoming_document(state: State, customer_id: str) -> dict[str, Any]:
         lambda conn: billing.upcoming(conn, customer_id, wallets.clock(), wallets.engine.books))
 
 
-@get("/v1/invoices/{invoice_id:str}", guards=[require(*READERS)], tags=["invoices"], **documented(404, 406))
+@get("/v1/invoices/{invoice_id:str}", guards=[require(*READERS)], tags=["invoices"], **documented(404, 406),
+     **renderings.rendered_as(renderings.HTML, renderings.PDF, renderings.CSV))
 async def get_invoice(state: State, request: Request, invoice_id: FromPath[str]) -> Response[Any]:
     """A finalized invoice: its frozen document, its content hash, its payments and status; by
     the Accept header as JSON (default), a printable page (`text/html`), a PDF

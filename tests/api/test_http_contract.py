@@ -358,3 +358,19 @@ async def test_a_body_sent_to_a_route_that_takes_none_is_refused_not_ignored(cli
     for content, headers in ((b" null ", JSON), (b"", ADMIN)):  # taken too: answered as released already
         again = await client.post(f"{path}/release", content=content, headers=headers)
         assert again.status_code == 200 and again.json()["status"] == "released", again.text
+
+
+@pytest.mark.parametrize("path, media_types", [
+    ("/v1/invoices/{invoice_id}", {"application/json", "text/html", "application/pdf", "text/csv"}),
+    ("/v1/customers/{customer_id}/invoices/upcoming", {"application/json", "text/html", "application/pdf",
+                                                      "text/csv"}),
+    ("/v1/credit-notes/{credit_note_id}", {"application/json", "text/html", "application/pdf"}),
+])
+def test_the_document_lists_every_media_type_a_document_route_answers_in(path, media_types):
+    """API.md: GET /v1/invoices/{id} is JSON, and `Accept: text/html` or `application/pdf` for a
+    person. Before: the document listed application/json only (with an empty schema), so a
+    client read from it could not know the others, and a checker flagged them as undocumented."""
+    app = create_app(Settings(admin_key="test-admin", scheduler=False), "postgresql://unused/unused")
+    ok = app.openapi_schema.to_schema()["paths"][path]["get"]["responses"]["200"]
+    assert set(ok["content"]) == media_types
+    assert ok["content"]["application/pdf"]["schema"] == {"type": "string", "format": "binary"}
