@@ -31,6 +31,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import psutil
@@ -252,6 +253,40 @@ def _check_data_dir(pgdata: Path) -> None:
                           f"files away (a cluster is created in an empty directory), or use another directory")
 
 
+# How long a start waits for a postmaster the wheel's pg_ctl gave up on (it waits 10 s): one
+# recovering after a crash replays its WAL first, which takes as long as the WAL is big.
+RECOVERY_WAIT_S = 600.0
+
+
+def _get_server(pgserver: Any, pgdata: Path, cleanup_mode: str) -> Any:
+    """The wheel's get_server, waiting out a postmaster still starting when its pg_ctl gave up."""
+    try:
+        return pgserver.get_server(pgdata, cleanup_mode=cleanup_mode)
+    except subprocess.TimeoutExpired:
+        pgserver.PostgresServer._instances.pop(pgdata, None)  # not a server: the next call starts afresh
+        log.warning("embedded PostgreSQL in %s is still starting (recovering after a crash?); waiting up to %.0f s",
+                    pgdata, RECOVERY_WAIT_S)
+        if not _wait_ready(pgdata, RECOVERY_WAIT_S):
+            raise
+        return pgserver.get_server(pgdata, cleanup_mode=cleanup_mode)  # joins the postmaster now ready
+
+
+def _wait_ready(pgdata: Path, timeout_s: float) -> bool:
+    """Wait until the postmaster of `pgdata` says it is ready; False when it is gone or the time is up."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        info = Postmaster.read(pgdata)
+        if info is None or not info.alive():
+            return False
+        try:
+            if (pgdata / "postmaster.pid").read_text().splitlines()[7].strip() == "ready":
+                return True
+        except (OSError, IndexError):  # being written
+            pass
+        time.sleep(0.2)
+    return False
+
+
 def start(pgdata: Path, *, keep: bool = True) -> EmbeddedPostgres:
     """Start (or join) the cluster in `pgdata`, creating it on first use.
 
@@ -278,7 +313,7 @@ def start(pgdata: Path, *, keep: bool = True) -> EmbeddedPostgres:
         _check_data_dir(pgdata)
         with _PROCESS_LOCK:
             try:
-                server = pgserver.get_server(pgdata, cleanup_mode="stop" if keep else "delete")
+                server = _get_server(pgserver, pgdata, "stop" if keep else "delete")
             except subprocess.SubprocessError as exc:  # initdb or pg_ctl failed; the wheel logged their output
                 pgserver.PostgresServer._instances.pop(pgdata, None)  # not a server: a later start tries afresh
                 raise StartFailed(f"{pgdata}: PostgreSQL did not start: {_last_log_line(pgdata)}") from exc

