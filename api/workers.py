@@ -1,7 +1,7 @@
 """`tokentill serve --workers N`: N server processes on one port, under one supervisor.
 
-The parent binds and listens on the port, opens the database once (starts or joins the embedded
-cluster, migrates), and starts N worker processes. Workers are spawned, not forked: fresh
+The parent binds the port, opens the database once (starts or joins the embedded cluster,
+migrates), listens, and starts N worker processes. Workers are spawned, not forked: fresh
 interpreters that inherit the listening socket and nothing else (no pool, no event loop, no
 embedded-cluster handle). Each worker joins the database as a process of its own (on the
 embedded cluster: its pid in the wheel's handle file and a supervisor of the postmaster, as a
@@ -78,6 +78,13 @@ class Slot:
 
 def listening_socket(host: str, port: int, backlog: int) -> socket.socket:
     """The port, bound and listening in the parent, inherited by every worker."""
+    sock = bound_socket(host, port)
+    sock.listen(backlog)
+    return sock
+
+
+def bound_socket(host: str, port: int) -> socket.socket:
+    """The port, bound (another process listening on it is said here) but not yet accepting."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -85,7 +92,6 @@ def listening_socket(host: str, port: int, backlog: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise SystemExit(f"cannot listen on {host}:{port}: {exc}") from None
-    sock.listen(backlog)
     sock.set_inheritable(True)
     return sock
 
@@ -99,9 +105,11 @@ def serve_workers(settings: Settings, workers: int, *, host: str, port: int, acc
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("tokentill").setLevel(settings.log_level)
     # The port first, as one process does: one line and exit 1 when another process holds it,
-    # before the database is opened (and, on the embedded cluster, started and migrated).
-    with listening_socket(host, port, ACCEPT_BURST) as sock:
+    # before the database is opened (and, on the embedded cluster, started and migrated); it
+    # listens once that is done (a client meanwhile is refused, not left waiting in its queue).
+    with bound_socket(host, port) as sock:
         handle = open_database(settings)
+        sock.listen(ACCEPT_BURST)
         metrics_dir = Path(tempfile.mkdtemp(prefix="tokentill-metrics-"))
         # In the environment the workers start with: a spawned worker imports what unpickling its
         # arguments needs (api.settings, and through it prometheus_client) before its first line
