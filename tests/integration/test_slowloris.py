@@ -2,7 +2,12 @@
 serve` whose open-file limit is 1,024, while normal requests, each on a fresh connection, must all
 succeed. The attackers hold their 2,000 connections throughout: one the server closes is opened
 again. The read timeouts are set long here, so that what keeps the server answering is the
-connection limit and its eviction of idle connections, not the timeouts."""
+connection limit and its eviction of idle connections, not the timeouts.
+
+What is asserted is that every normal request is answered, not how fast: a request's deadline
+scales with the slowest of the same requests on the same machine before the attack (a loaded CI
+box is slow for both), and the first request that fails ends the run, so a server that stops
+answering fails the test within one deadline."""
 from __future__ import annotations
 
 import asyncio
@@ -21,6 +26,9 @@ ADMIN = "slowloris-test-admin"
 ATTACKERS = 2000
 NORMAL_REQUESTS = 200
 NORMAL_CLIENTS = 4
+BASELINE_REQUESTS = 40
+DEADLINE_FLOOR_S = 10.0
+DEADLINE_FACTOR = 50  # the p99 under attack stays near the slowest before it (47 ms and 60 ms, unloaded)
 ATTACK = [  # what an attacker sends, then nothing more
     b"",
     b"GET /v1/customers/x HTTP/1.1\r\nHost: tokentill\r\nX-Slow: ",
@@ -109,11 +117,11 @@ class Attack:
                 writer.close()
 
 
-async def _request(port: int, path: str, headers: bytes) -> tuple[int, float]:
+async def _request(port: int, path: str, headers: bytes, deadline_s: float) -> tuple[int, float]:
     """Status and seconds of one request on a fresh connection; status 0 when it failed."""
     started = time.perf_counter()
     try:
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(deadline_s):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             try:
                 writer.write(b"GET %s HTTP/1.1\r\nHost: tokentill\r\nConnection: close\r\n%s\r\n"
@@ -140,23 +148,38 @@ async def _hold(port: int, count: int) -> None:
     print(attack.opened, flush=True)
 
 
-async def _normal_requests(port: int) -> list[tuple[int, float]]:
+class _Failed(Exception):
+    pass
+
+
+async def _normal_requests(port: int, count: int, deadline_s: float) -> list[tuple[int, float]]:
+    """`count` requests from NORMAL_CLIENTS clients, each on a fresh connection; the first that
+    fails (status 0: no answer within `deadline_s`) ends the run."""
     results: list[tuple[int, float]] = []
 
     async def client(n: int) -> None:
         for i in range(n):
             if i % 2:
-                results.append(await _request(port, "/readyz", b""))
+                results.append(await _request(port, "/readyz", b"", deadline_s))
             else:
                 results.append(await _request(port, "/v1/customers/no-such-customer",
-                                              b"Authorization: Bearer %s\r\n" % ADMIN.encode()))
+                                              b"Authorization: Bearer %s\r\n" % ADMIN.encode(), deadline_s))
+            if results[-1][0] not in (200, 404):
+                raise _Failed
 
-    async with asyncio.timeout(25):
-        await asyncio.gather(*(client(NORMAL_REQUESTS // NORMAL_CLIENTS) for _ in range(NORMAL_CLIENTS)))
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(NORMAL_CLIENTS):
+                group.create_task(client(count // NORMAL_CLIENTS))
+    except* _Failed:
+        pass
     return results
 
 
 def test_two_thousand_idle_connections_do_not_stop_normal_requests(server):
+    baseline = asyncio.run(_normal_requests(server, BASELINE_REQUESTS, 60))
+    assert [status for status, _ in baseline if status not in (200, 404)] == []
+    deadline_s = max(DEADLINE_FLOOR_S, DEADLINE_FACTOR * max(seconds for _, seconds in baseline))
     # The attackers run in a process of their own, as they would: in this one, 2,000 busy tasks
     # would delay the normal requests' own bytes.
     attack = subprocess.Popen([sys.executable, __file__, str(server), str(ATTACKERS)], stdin=subprocess.PIPE,
@@ -164,7 +187,7 @@ def test_two_thousand_idle_connections_do_not_stop_normal_requests(server):
     try:
         assert attack.stdout.readline().strip() == "READY"
         time.sleep(1)
-        results = asyncio.run(_normal_requests(server))
+        results = asyncio.run(_normal_requests(server, NORMAL_REQUESTS, deadline_s))
     finally:
         attack.stdin.close()
         opened = int(attack.stdout.readline() or 0)
@@ -173,9 +196,10 @@ def test_two_thousand_idle_connections_do_not_stop_normal_requests(server):
     failed = [status for status, _ in results if status not in (200, 404)]
     print(f"\nslowloris: {ATTACKERS} attackers held their connections ({opened} opened in all); "
           f"{len(results) - len(failed)}/{len(results)} normal requests answered; "
-          f"p50 {ms[len(ms) // 2]:.1f} ms, p99 {ms[min(len(ms) - 1, len(ms) * 99 // 100)]:.1f} ms")
+          f"p50 {ms[len(ms) // 2]:.1f} ms, p99 {ms[min(len(ms) - 1, len(ms) * 99 // 100)]:.1f} ms; "
+          f"deadline {deadline_s:.1f} s (slowest before the attack {max(s for _, s in baseline) * 1000:.1f} ms)")
+    assert failed == [], f"{len(failed)} normal request(s) unanswered within {deadline_s:.1f} s or refused"
     assert len(results) == NORMAL_REQUESTS
-    assert failed == []
     assert sorted({status for status, _ in results}) == [200, 404]
     metrics = httpx.get(f"http://127.0.0.1:{server}/metrics", timeout=5).text
     evicted = next(float(line.split()[1]) for line in metrics.splitlines()
