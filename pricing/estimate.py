@@ -22,7 +22,7 @@ from pricing.money import DEFAULT_SCALE, per_amount, pricing_context
 from pricing.overrides import Overrides
 from pricing.rating import Line, Rating, build_rating
 from pricing.tokens import TokenCount, TokenCounter, default_counter
-from pricing.units import KINDS, OUTPUT_TYPES
+from pricing.units import KINDS, MODALITY_TYPES, OUTPUT_TYPES
 from pricing.usage import Usage, check_count
 
 
@@ -130,7 +130,9 @@ def estimate_upper_bound(
         lines.append(line("input_audio", input_audio_tokens))
     if max_output_tokens:  # a call that produces no output (embeddings) needs no output price
         # a type no rule prices falls back to output's price: only the others can be dearer
-        types = [t for t in OUTPUT_TYPES if t == "output" or t in resolved.token_types]
+        # (an output modality also by its format 1 type: audio output at a book's `audio` rule)
+        types = [t for t in OUTPUT_TYPES if t == "output" or t in resolved.token_types
+                 or MODALITY_TYPES.intersection(KINDS[t].fallbacks) & resolved.token_types]
         outputs = [ln for ln in (line(t, max_output_tokens) for t in types) if ln]
         lines.append(max(outputs, key=lambda ln: ln.unit_price) if outputs else None)
     if resolved.format != 1:

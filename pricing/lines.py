@@ -11,7 +11,7 @@ import msgspec
 
 from pricing.books import PriceVersion, Rule
 from pricing.money import pricing_context
-from pricing.units import FORMAT_1_TYPES, PROMPT_TYPES, TOKEN_TYPES, legacy_counts
+from pricing.units import FORMAT_1_TYPES, KINDS, MODALITY_TYPES, PROMPT_TYPES, TOKEN_TYPES, legacy_counts
 from pricing.usage import Usage
 
 TOKEN_ORDER = {token_type: index for index, token_type in enumerate(TOKEN_TYPES)}
@@ -65,10 +65,24 @@ class Rating(msgspec.Struct, frozen=True, gc=False):
 
 def call_tokens(usage: Usage, version: PriceVersion) -> tuple[tuple[str, int], ...]:
     """A call's counts as the version rates them: a format 1 book folds format 2 types into
-    the types it knows (pricing.units.legacy_counts)."""
-    if version.format == 1 and any(t not in FORMAT_1_TYPES for t, _ in usage.tokens):
+    the types it knows (pricing.units.legacy_counts); audio and image tokens into ``audio`` and
+    ``image`` where a rule of that type prices the call's model (before any type ahead of it in
+    their fallbacks: cached audio input is ``cached_input`` where the book prices that)."""
+    if version.format != 1 or all(t in FORMAT_1_TYPES for t, _ in usage.tokens):
+        return usage.tokens
+    if not MODALITY_TYPES & version.token_types:
         return tuple(legacy_counts(dict(usage.tokens)).items())
-    return usage.tokens
+    dims = usage.dimension_dict
+    at = usage.occurred_at
+    minute = at.hour * 60 + at.minute if version.timed else None
+
+    def modality(name: str) -> str | None:
+        for candidate in KINDS[name].fallbacks:
+            if candidate in FORMAT_1_TYPES and version.find_rule(candidate, usage.model, dims, minute) is not None:
+                return candidate if candidate in MODALITY_TYPES else None
+        return None
+
+    return tuple(legacy_counts(dict(usage.tokens), modality).items())
 
 
 def prompt_size(tokens: Iterable[tuple[str, int]]) -> int:

@@ -39,7 +39,8 @@ from pricing.usage import MAX_QUANTITY, check_count
 
 CANONICAL_FIELDS = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
                     "reasoning_tokens")
-EXTRA_FIELDS = tuple(f for t, f in FIELD_OF.items() if t not in FORMAT_1_TYPES)
+# the format 2 types, and tool_tokens (format 1's `tool`: tokens the caller counts apart from its input)
+EXTRA_FIELDS = tuple(f for t, f in FIELD_OF.items() if t not in FORMAT_1_TYPES or t == "tool")
 _TOKEN_TYPE_OF = {f: TYPE_OF_FIELD[f] for f in CANONICAL_FIELDS}
 _COUNTED_FIELDS = (*CANONICAL_FIELDS, *EXTRA_FIELDS)
 _NO_COUNTS = {TYPE_OF_FIELD[name]: 0 for name in _COUNTED_FIELDS}

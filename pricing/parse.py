@@ -2,9 +2,8 @@
 
 Prices must be decimal strings (or ints); a float anywhere is a validation error. Times are
 RFC 3339 with an offset (``Z`` included); naive times are refused. A version posted is held to
-the limits of :mod:`pricing.books` (rules, dimensions, tiers, name sets, patterns) and may not
-price a token type no usage is counted in (``audio``, ``image``, ``tool``); one read back from
-storage is not, so that versions stored before a limit existed still load.
+the limits of :mod:`pricing.books` (rules, dimensions, tiers, name sets, patterns); one read
+back from storage is not, so that versions stored before a limit existed still load.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ from pricing.books import (
 )
 from pricing.errors import PriceBookValidationError, field_error
 from pricing.rule_fields import FORMAT_2_RULE_FIELDS
-from pricing.units import UNCOUNTED
 
 _RULE_KEYS = {"id", "token_type", "price", "model", "match", "tiers", "tier_mode", "source", "context_window",
               *FORMAT_2_RULE_FIELDS}
@@ -86,14 +84,10 @@ def parse_rule(data: Mapping[str, Any], path: str = "rule") -> Rule:
 
 
 def _rule_size_errors(raw: Any, path: str) -> list[dict[str, str]]:
-    """A rule's match dimensions and tiers over their limits, or a token type no usage is
-    counted in (checked before it is built)."""
+    """A rule's match dimensions and tiers over their limits (checked before it is built)."""
     errors: list[dict[str, str]] = []
     if not isinstance(raw, Mapping):
         return errors
-    if isinstance(raw.get("token_type"), str) and raw["token_type"] in UNCOUNTED:
-        errors.append(field_error(f"{path}.token_type", f"no usage is counted in {raw['token_type']} tokens: "
-                                                        f"{UNCOUNTED[raw['token_type']]}"))
     match = raw.get("match")
     if isinstance(match, Mapping | list) and len(match) > MAX_MATCH_DIMENSIONS:
         errors.append(field_error(f"{path}.match", f"at most {MAX_MATCH_DIMENSIONS} dimensions per rule"))

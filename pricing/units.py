@@ -5,11 +5,14 @@ Every type is a disjoint count: an audio input token is counted once, as ``input
 also as ``input``. Format 1 books (the original format) know the first ten types; a format 2 book
 knows them all. Usage of a type a format 1 book does not know is rated as its ``legacy`` type
 (audio input tokens as ``input``, a one-hour cache write as ``cache_write``, as before), or not
-at all when it has none (per-call tool charges were never billed by a format 1 book).
+at all when it has none (per-call tool charges were never billed by a format 1 book); audio and
+image tokens (in, cached and out) are rated as ``audio`` and ``image`` where the book has a rule
+of that type for the call (``pricing.lines.call_tokens``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 TOKENS = 1_000_000
@@ -38,7 +41,8 @@ _KINDS = (
     Kind("cache_write", TOKENS, "cache_write_tokens", ("input",), "cache_write", True, "cache write"),
     Kind("output", TOKENS, "output_tokens", legacy="output", label="output"),
     Kind("reasoning", TOKENS, "reasoning_tokens", ("output",), "reasoning", label="reasoning"),
-    Kind("tool", TOKENS, "tool_tokens", legacy="tool", label="tool"),
+    # tokens the caller counts apart from its input (tool definitions and results), sent as tool_tokens
+    Kind("tool", TOKENS, "tool_tokens", ("input",), "tool", True, "tool"),
     Kind("embedding", TOKENS, "embedding_tokens", legacy="embedding", label="embedding"),
     Kind("image", TOKENS, "image_tokens", legacy="image", label="image"),
     Kind("audio", TOKENS, "audio_tokens", legacy="audio", label="audio"),
@@ -46,17 +50,19 @@ _KINDS = (
     # format 2: cache write durations, modalities in and out (cached too), per-call tools, other units
     Kind("cache_write_1h", TOKENS, "cache_write_1h_tokens", ("cache_write", "input"), "cache_write", True,
          "cache write (1 hour)"),
-    Kind("input_audio", TOKENS, "input_audio_tokens", ("input",), "input", True, "audio input"),
-    Kind("input_image", TOKENS, "input_image_tokens", ("input",), "input", True, "image input"),
+    # a modality falls back to the format 1 type of its modality (one price for audio or image
+    # tokens in and out, API.md) before the type that contains it
+    Kind("input_audio", TOKENS, "input_audio_tokens", ("audio", "input"), "input", True, "audio input"),
+    Kind("input_image", TOKENS, "input_image_tokens", ("image", "input"), "input", True, "image input"),
     Kind("input_video", TOKENS, "input_video_tokens", ("input",), "input", True, "video input"),
-    Kind("cached_input_audio", TOKENS, "cached_input_audio_tokens", ("cached_input", "input_audio", "input"),
+    Kind("cached_input_audio", TOKENS, "cached_input_audio_tokens", ("cached_input", "input_audio", "audio", "input"),
          "cached_input", True, "cached audio input"),
-    Kind("cached_input_image", TOKENS, "cached_input_image_tokens", ("cached_input", "input_image", "input"),
+    Kind("cached_input_image", TOKENS, "cached_input_image_tokens", ("cached_input", "input_image", "image", "input"),
          "cached_input", True, "cached image input"),
     Kind("cached_input_video", TOKENS, "cached_input_video_tokens", ("cached_input", "input_video", "input"),
          "cached_input", True, "cached video input"),
-    Kind("output_audio", TOKENS, "output_audio_tokens", ("output",), "output", label="audio output"),
-    Kind("output_image", TOKENS, "output_image_tokens", ("output",), "output", label="image output"),
+    Kind("output_audio", TOKENS, "output_audio_tokens", ("audio", "output"), "output", label="audio output"),
+    Kind("output_image", TOKENS, "output_image_tokens", ("image", "output"), "output", label="image output"),
     Kind("output_video", TOKENS, "output_video_tokens", ("output",), "output", label="video output"),
     Kind("citation", TOKENS, "citation_tokens", ("output",), "output", label="citation"),
     Kind("web_search", 1, "web_search_calls", label="web search"),
@@ -80,23 +86,17 @@ OUTPUT_TYPES: tuple[str, ...] = tuple(k.name for k in _KINDS if k.name == "outpu
 FIELD_OF: dict[str, str] = {k.name: k.field for k in _KINDS}
 TYPE_OF_FIELD: dict[str, str] = {k.field: k.name for k in _KINDS}
 FORMATS = (1, 2)
-# format 1 types no usage is counted in (normalization reports the format 2 ones): a rule, contract
-# price or discount of one would never apply; a version or override posted with one is refused
-UNCOUNTED: dict[str, str] = {
-    "audio": "audio input is priced as input, audio output as output; format 2 prices them as "
-             "input_audio, cached_input_audio and output_audio",
-    "image": "image input is priced as input, image output as output; format 2 prices them as "
-             "input_image, cached_input_image and output_image",
-    "tool": "tool calls are priced per call by format 2's web_search, file_search and code_execution",
-}
-PRICEABLE_TYPES: tuple[str, ...] = tuple(t for t in TOKEN_TYPES if t not in UNCOUNTED)
+# the format 1 types of a modality: a format 1 book with a rule of one rates that modality's
+# tokens by it (input, cached input and output alike), else as their legacy type
+MODALITY_TYPES = frozenset({"audio", "image"})
 
 
-def legacy_counts(counts: dict[str, int]) -> dict[str, int]:
-    """Counts as a format 1 book rates them: each format 2 type folded into its format 1 type."""
+def legacy_counts(counts: dict[str, int], modality: Callable[[str], str | None] = lambda name: None) -> dict[str, int]:
+    """Counts as a format 1 book rates them: each format 2 type folded into its format 1 type, or
+    into the modality type (``audio``, ``image``) ``modality`` names for it."""
     out: dict[str, int] = {}
     for name, quantity in counts.items():
-        legacy = KINDS[name].legacy
+        legacy = modality(name) or KINDS[name].legacy
         if legacy is not None and quantity:
             out[legacy] = out.get(legacy, 0) + quantity
     return out

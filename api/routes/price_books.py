@@ -25,11 +25,12 @@ from pricing.books import (
     MAX_RULES,
     MAX_TIERS,
     TIER_MODES,
+    TOKEN_TYPES,
     PriceVersion,
 )
 from pricing.errors import PriceBookValidationError
 from pricing.parse import parse_version
-from pricing.units import FORMAT_1_TYPES, PRICEABLE_TYPES
+from pricing.units import FORMAT_1_TYPES
 from wallets import books
 from wallets.core.idempotency import CREATED, EXISTS
 from wallets.errors import NotFoundError, WalletValidationError
@@ -69,7 +70,7 @@ Hours = msgspec.defstruct("Hours", [("from", HHMM), ("to", HHMM)], forbid_unknow
 
 class RuleRequest(msgspec.Struct, forbid_unknown_fields=True):
     id: NonEmpty
-    token_type: Literal[PRICEABLE_TYPES]  # type: ignore[valid-type]  # pricing.units.UNCOUNTED are refused
+    token_type: Literal[TOKEN_TYPES]  # type: ignore[valid-type]
     model: NonEmpty | None = None
     price: Price | None = None
     match: Annotated[dict[DimensionName, Dimension], msgspec.Meta(max_length=MAX_MATCH_DIMENSIONS)] | None = None
@@ -106,8 +107,7 @@ class PriceBookRequest(msgspec.Struct, forbid_unknown_fields=True):
 # pricing.rule_fields.format_errors: without "format": 2, no unpriced policy but "error", and no
 # rule with a format 2 token type or field
 _FORMAT_1_RULE = {"properties": {
-    "token_type": {"enum": [t for t in FORMAT_1_TYPES if t in PRICEABLE_TYPES]},
-    "prompt_tiers": {"anyOf": [{"type": "null"}, {"maxItems": 0}]},
+    "token_type": {"enum": list(FORMAT_1_TYPES)}, "prompt_tiers": {"anyOf": [{"type": "null"}, {"maxItems": 0}]},
     "hours": {"type": "null"}, "label": {"type": "null"}, "source_date": {"type": "null"}}}
 _FORMAT_2_OR_NOT_USED = {"anyOf": [
     {"required": ["format"], "properties": {"format": {"const": 2}}},

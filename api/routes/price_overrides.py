@@ -18,8 +18,8 @@ from api.routes.formats import POSITIVE_AMOUNT, PRICE, DateTime
 from api.routes.schemas import json_body
 from api.routes.wire import Answer, idempotency, integral, respond, shaped, time_in, time_out
 from ledger.db import lock_key
+from pricing.books import TOKEN_TYPES
 from pricing.override_versions import MAX_ITEMS, parse_overrides
-from pricing.units import PRICEABLE_TYPES
 from wallets import price_overrides
 from wallets.core.idempotency import CREATED, EXISTS
 from wallets.service import run_once
@@ -29,7 +29,7 @@ Model = Annotated[str, msgspec.Meta(min_length=1, max_length=200, description="a
 Price = Annotated[str, msgspec.Meta(pattern=PRICE, description="per 1,000,000 tokens (per call for `request`)")]
 Percent = Annotated[str, msgspec.Meta(pattern=PRICE, description="a decimal string, more than 0 and at most 100")]
 Amount = Annotated[str, msgspec.Meta(pattern=POSITIVE_AMOUNT, description="money per billing period, more than 0")]
-TokenType = Literal[PRICEABLE_TYPES]  # type: ignore[valid-type]  # pricing.units.UNCOUNTED never apply
+TokenType = Literal[TOKEN_TYPES]  # type: ignore[valid-type]
 
 
 class ContractPriceRequest(msgspec.Struct, forbid_unknown_fields=True):

@@ -16,7 +16,8 @@ from api.routes.wire import amount_in, time_in
 from api.settings import Settings
 from ledger.accounts import ensure_asset
 from ledger.db import Database, connect
-from pricing.units import FORMAT_1_TYPES, PRICEABLE_TYPES, UNCOUNTED
+from pricing.books import TOKEN_TYPES
+from pricing.units import FORMAT_1_TYPES
 from tests.conftest import _migrated
 from wallets.errors import WalletValidationError
 
@@ -108,8 +109,7 @@ async def test_the_document_publishes_what_the_server_enforces(document: dict):
     book = _body_schema(document, "/v1/price-books")
     assert set(book["required"]) == {"id", "currency", "effective_from", "rules"}
     rule = book["properties"]["rules"]["items"]
-    assert rule["additionalProperties"] is False
-    assert set(rule["properties"]["token_type"]["enum"]) == set(PRICEABLE_TYPES)  # audio, image, tool refused
+    assert rule["additionalProperties"] is False and set(rule["properties"]["token_type"]["enum"]) == set(TOKEN_TYPES)
     assert rule["properties"]["price"]["anyOf"][0] == {"type": "string", "pattern": PRICE,
                                                        "description": "A decimal string (never a JSON number)"}
     reservation = _body_schema(document, "/v1/reservations")
@@ -323,8 +323,7 @@ async def test_format_2_fields_need_format_2_as_the_document_says(
     rule = _body(document, "/v1/price-books")["anyOf"]
     assert rule[0] == {"required": ["format"], "properties": {"format": {"const": 2}}}
     assert rule[1]["properties"]["unpriced"] == {"enum": [None, "error"]}
-    format_1 = rule[1]["properties"]["rules"]["items"]["properties"]["token_type"]["enum"]
-    assert set(format_1) == set(FORMAT_1_TYPES) - set(UNCOUNTED)
+    assert set(rule[1]["properties"]["rules"]["items"]["properties"]["token_type"]["enum"]) == set(FORMAT_1_TYPES)
     response = await client.post("/v1/price-books", json={**BOOK, "id": f"b-{tag}", **change})
     assert (response.status_code == 201) == taken, response.text
     if not taken:

@@ -74,8 +74,9 @@ def test_both_paths_take_the_prompt_tier_only_past_its_threshold():
         assert rate(usage, version).total_units == rate(usage, version, general=True).total_units == units
 
 
-FORMAT_1_TYPES = ["input", "cached_input", "cache_write", "output", "reasoning", "request"]
-FOLDED = ["cache_write_1h", "input_audio", "cached_input_audio", "output_audio", "output_image", "web_search"]
+FORMAT_1_TYPES = ["input", "cached_input", "cache_write", "output", "reasoning", "audio", "image", "request"]
+FOLDED = ["cache_write_1h", "input_audio", "cached_input_audio", "output_audio", "input_image", "cached_input_image",
+          "output_image", "web_search", "tool"]
 FINE_PRICES = st.decimals(min_value=Decimal(0), max_value=Decimal(100), places=12).map(
     lambda d: format(d.normalize(), "f"))  # down to 10**-12 per million tokens: amounts past the atomic unit
 

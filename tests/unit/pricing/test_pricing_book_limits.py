@@ -178,22 +178,6 @@ def test_a_stored_version_is_read_back_without_the_limits_on_posting():
     assert parse_version(body([rule]), limits=False).rules[0].id == "r"
 
 
-@pytest.mark.parametrize("token_type", ["audio", "image", "tool"])
-@pytest.mark.parametrize("book_format", [1, 2])
-def test_a_rule_of_a_token_type_no_usage_is_counted_in_is_refused_when_posted(token_type, book_format):
-    """No usage reports `audio`, `image` or `tool` tokens (audio input is `input` in a format 1
-    book, `input_audio` in a format 2 one): such a rule was stored and never priced a token, so
-    a book meant to charge gpt-4o audio input $40 per 1M charged it as text input, $2.50."""
-    rules = [{"id": "in", "model": "m", "token_type": "input", "price": "2.50"},
-             {"id": "x", "model": "m", "token_type": token_type, "price": "40"}]
-    posted = {**body(rules), "format": book_format}
-    with pytest.raises(PriceBookValidationError) as info:
-        parse_version(posted)
-    assert fields_of(info.value) == {"rules[1].token_type"}
-    assert "no usage is counted in" in str(info.value)
-    assert [r.id for r in parse_version(posted, limits=False).rules] == ["in", "x"]  # stored ones still load
-
-
 # ------------------------------------------------------------------------ plausibility bounds
 
 def test_plausibility_bounds_are_optional_and_old_books_parse_unchanged():

@@ -206,7 +206,8 @@ def test_no_rule_and_no_fallback_is_unpriced_model():
     with pytest.raises(UnpricedModelError):
         built.resolve("input", "other-model", {})
     with pytest.raises(UnpricedModelError):
-        built.resolve("tool", "m", {})
+        built.resolve("audio", "m", {})  # audio and image tokens of a format 1 type have no fallback
+    assert built.resolve("tool", "m", {}).id == "in"  # tool_tokens are prompt tokens the caller counted apart
 
 
 def book_with_change(at: datetime) -> PriceBook:
