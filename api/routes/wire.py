@@ -353,36 +353,49 @@ def _first_repeat(value: Any, path: str) -> str | None:
     return None
 
 
-_QUERY: dict[Any, tuple[frozenset[str], frozenset[str]]] = {}  # route handler: (names, names that repeat)
+# route handler: (names, names that repeat, names that are integers)
+_QUERY: dict[Any, tuple[frozenset[str], frozenset[str], frozenset[str]]] = {}
+_DIGITS = re.compile(r"-?[0-9]+")
 
 
-def _query_names(request: Request) -> tuple[frozenset[str], frozenset[str]]:
-    """The query parameters the request's route handler takes (their names on the wire), and
-    those of them that are lists; read from the kwargs models Litestar built for the app."""
+def _query_names(request: Request) -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
+    """The query parameters the request's route handler takes (their names on the wire), those
+    of them that are lists and those that are integers; read from the kwargs models Litestar
+    built for the app."""
     handler = request.route_handler
     known = _QUERY.get(handler)
     if known is None:
         for route in request.app.routes:
             for each, model in getattr(route, "route_handler_map", {}).values():
                 params = model.expected_query_params if model is not None else ()
+                signature = each.parsed_fn_signature.parameters
                 _QUERY[each] = (frozenset(p.field_alias for p in params),
-                                frozenset(p.field_alias for p in params if p.is_sequence))
-        known = _QUERY.setdefault(handler, (frozenset(), frozenset()))
+                                frozenset(p.field_alias for p in params if p.is_sequence),
+                                frozenset(p.field_alias for p in params if _integer(signature[p.field_name])))
+        known = _QUERY.setdefault(handler, (frozenset(), frozenset(), frozenset()))
     return known
 
 
 def _check_query(request: Request) -> None:
     """A query parameter the route does not take, or a single one given twice, is a 422 naming
-    it: ignored, a misspelt filter (`?customr=acme`) would answer everyone's data."""
-    names, repeatable = _query_names(request)
+    it: ignored, a misspelt filter (`?customr=acme`) would answer everyone's data. An integer
+    parameter must be digits: msgspec's lax conversion would take `limit=1.0` (or `1e0`) as 1."""
+    names, repeatable, integers = _query_names(request)
     seen: set[str] = set()
-    for name, _ in parse_qsl(request.scope["query_string"].decode("latin-1"), keep_blank_values=True):
+    for name, value in parse_qsl(request.scope["query_string"].decode("latin-1"), keep_blank_values=True):
         if name not in names:
             raise WalletValidationError(name, "not a query parameter of this route"
                                         + (f"; it takes {', '.join(sorted(names))}" if names else "; it takes none"))
         if name in seen and name not in repeatable:
             raise WalletValidationError(name, "given more than once")
+        if name in integers and not _DIGITS.fullmatch(value):
+            raise WalletValidationError(name, "must be an integer: digits only")
         seen.add(name)
+
+
+def _integer(field: Any) -> bool:
+    """Whether a handler parameter is an integer (or an optional one)."""
+    return int in (field.annotation, *(field.args if field.is_optional else ()))
 
 
 def time_out(value: datetime | str | None) -> str | None:

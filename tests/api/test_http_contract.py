@@ -374,3 +374,30 @@ def test_the_document_lists_every_media_type_a_document_route_answers_in(path, m
     ok = app.openapi_schema.to_schema()["paths"][path]["get"]["responses"]["200"]
     assert set(ok["content"]) == media_types
     assert ok["content"]["application/pdf"]["schema"] == {"type": "string", "format": "binary"}
+
+
+LISTS = ["/v1/journal", "/v1/budgets", "/v1/accounts/platform:revenue:USD/statement",
+         "/v1/webhook-endpoints/none/deliveries", "/v1/webhook-endpoints/none/attempts"]
+
+
+@pytest.mark.parametrize("query", ["limit=1.0", "limit=1e0", "limit=+1", "limit= 1", "limit=0x1", "limit=1_0"])
+@pytest.mark.parametrize("path", LISTS)
+async def test_a_non_integer_limit_is_a_422_naming_it(client, path, query):
+    """Before: `?limit=1.0` (msgspec's lax conversion of a whole float) answered one item per page,
+    though the document says `integer`. Now an integer query parameter that is not digits is a 422
+    naming it."""
+    body = _refused(await client.get(f"{path}?{query}", headers=ADMIN), 422, "validation_error")
+    assert [f["field"] for f in body["fields"]] == ["limit"], body
+
+
+@pytest.mark.parametrize("path", LISTS[3:])
+async def test_a_non_integer_before_is_a_422_naming_it(client, path):
+    body = _refused(await client.get(f"{path}?before=2.0", headers=ADMIN), 422, "validation_error")
+    assert [f["field"] for f in body["fields"]] == ["before"], body
+
+
+@pytest.mark.parametrize("path", ["/v1/journal?limit=1", "/v1/budgets?limit=7",
+                                  "/v1/journal?limit=1000"])
+async def test_an_integer_query_parameter_in_digits_is_taken(client, path):
+    response = await client.get(path, headers=ADMIN)
+    assert response.status_code == 200, response.text
