@@ -23,6 +23,24 @@ OWNERS_KEPT = 100_000  # budgets whose customer is kept (then forgotten all at o
 MAX_PER_CUSTOMER = 100  # live budgets of one customer by each setter (TOKENTILL_MAX_BUDGETS_PER_CUSTOMER)
 
 
+def page_query(customers: list[str] | None, after: tuple[str, str] | None,
+               limit: int | None) -> tuple[str, dict[str, object]]:
+    """The statement (and its parameters) reading the ids of a page of `BudgetService.list`, one
+    row past `limit` (to tell whether there are more). Only the conditions that apply are in it,
+    so each is an index condition of budgets_list (customer_id, id, live only) even in a generic
+    plan: a page reads its rows from where the last one ended, in index order, never sorting every
+    live budget."""
+    where = ["deleted_at IS NULL"]
+    if customers is not None:
+        where.append("customer_id = ANY(%(customers)s::text[])")
+    if after is not None:
+        where.append("(customer_id, id) > (%(customer)s, %(id)s)")
+    return (f"SELECT customer_id, id FROM budgets WHERE {' AND '.join(where)} "
+            "ORDER BY customer_id, id LIMIT %(limit)s",
+            {"customers": customers, "customer": after and after[0], "id": after and after[1],
+             "limit": None if limit is None else limit + 1})
+
+
 @dataclass(frozen=True, slots=True)
 class BudgetSpec:
     customer_id: str
@@ -92,14 +110,7 @@ class BudgetService:
         now = self.clock()
 
         async def page(conn: AsyncConnection) -> tuple[list[BudgetView], tuple[str, str] | None]:
-            rows = (await conn.exec_driver_sql(
-                """SELECT customer_id, id FROM budgets WHERE deleted_at IS NULL
-                    AND (%(all)s OR customer_id = ANY(%(customers)s::text[]))
-                    AND (%(first)s OR (customer_id, id) > (%(customer)s, %(id)s))
-                  ORDER BY customer_id, id LIMIT %(limit)s""",
-                {"all": customers is None, "customers": customers or [], "first": after is None,
-                 "customer": after[0] if after else "", "id": after[1] if after else "",
-                 "limit": None if limit is None else limit + 1})).all()
+            rows = (await conn.exec_driver_sql(*page_query(customers, after, limit))).all()
             more = limit is not None and len(rows) > limit
             rows = rows[:limit] if more else rows
             wanted: dict[str, list[str]] = {}  # by customer, in order

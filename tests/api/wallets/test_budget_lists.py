@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+import psycopg
 from litestar.testing import AsyncTestClient
+
+from wallets.budgets import page_query
 
 
 async def _customer(client: AsyncTestClient, cid: str, book: str) -> str:
@@ -109,3 +112,38 @@ async def test_a_budget_cursor_is_checked_never_trusted(client: AsyncTestClient,
         assert (refused.status_code, refused.json()["code"]) == (400, "invalid_cursor"), query
     for limit in ("0", "1001", "x"):
         assert (await client.get(f"/v1/budgets?limit={limit}")).status_code in (400, 422)
+
+
+def _nodes(plan: dict) -> list[dict]:
+    return [plan] + [n for child in plan.get("Plans", []) for n in _nodes(child)]
+
+
+def test_a_page_of_budgets_reads_its_rows_in_index_order_never_sorting_every_live_budget(scratch_url: str):
+    """30,000 live budgets of 3,000 customers: each page (an admin's first, one further on, a key's
+    two customers) is read in (customer, id) order from an index, a page's worth a lane at most."""
+    with psycopg.connect(scratch_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO assets (code, scale) VALUES ('USD', 9) ON CONFLICT DO NOTHING")
+        conn.execute("INSERT INTO customers (id, currency) SELECT format('c%s', lpad(n::text, 4, '0')), 'USD' "
+                     "FROM generate_series(1, 3000) n")
+        conn.execute("""INSERT INTO budgets (lane, id, customer_id, window_kind, metric, limit_units, mode)
+                        SELECT c.lane, format('b%s-%s', b, c.id), c.id, 'day', 'requests', 10, 'hard'
+                          FROM customers c, generate_series(1, 10) b""")
+        conn.execute("ANALYZE budgets")
+        lanes = conn.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = 'budgets'::regclass").fetchone()[0]
+        pages = ((None, None), (None, ("c1500", "b5-c1500")), (["c0042", "c2999"], ("c0042", "b3-c0042")))
+        for customers, after in pages:
+            sql, params = page_query(customers, after, 100)
+            [[[explained]]] = conn.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", params).fetchall()
+            nodes = _nodes(explained["Plan"])
+            # before (no index on (customer_id, id)): a Sort of every live budget the filter kept, 30,000
+            assert not [n for n in nodes if "Sort" in n["Node Type"]], (customers, after, nodes)
+            scans = [n for n in nodes if n["Node Type"].endswith("Scan")]
+            assert scans and all(n["Node Type"].startswith("Index") for n in scans), scans
+            assert sum(n["Actual Rows"] for n in scans) <= lanes * 101, scans
+            rows = conn.execute(sql, params).fetchall()
+            assert len(rows) == (101 if customers is None else 16)  # c0042 b4-b9, c2999 b1-b10
+            conn.execute("SET enable_indexscan = off")  # the same page by a sort: the same rows
+            conn.execute("SET enable_bitmapscan = off")
+            assert conn.execute(sql, params).fetchall() == rows
+            conn.execute("RESET enable_indexscan")
+            conn.execute("RESET enable_bitmapscan")
