@@ -2,17 +2,28 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from api.bench.common import free_port
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """A data dir of the test's own, outside pytest's shared /tmp/pytest-of-<user> (which another
+    pytest run on the machine may clean while these servers and their PostgreSQL use it)."""
+    path = Path(tempfile.mkdtemp(prefix="tokentill-serve-"))
+    yield path
+    shutil.rmtree(path)
 
 
 def _serve(data_dir: Path, port: int) -> subprocess.Popen:
@@ -41,9 +52,9 @@ def _stop(proc: subprocess.Popen) -> int:
     return proc.wait(timeout=30)
 
 
-def test_two_servers_started_at_once_on_a_fresh_data_dir_share_one_migrated_cluster(tmp_path):
+def test_two_servers_started_at_once_on_a_fresh_data_dir_share_one_migrated_cluster(data_dir):
     ports = [free_port(), free_port()]
-    procs = [_serve(tmp_path, port) for port in ports]
+    procs = [_serve(data_dir, port) for port in ports]
     try:
         for port, proc in zip(ports, procs, strict=True):
             assert _wait_ready(port, proc).json()["status"] == "ready"
@@ -54,19 +65,19 @@ def test_two_servers_started_at_once_on_a_fresh_data_dir_share_one_migrated_clus
     finally:
         codes = [_stop(proc) for proc in procs]
     assert codes == [0, 0]
-    assert (tmp_path / "pg" / "PG_VERSION").exists()
-    assert not (tmp_path / "pg" / "postmaster.pid").exists(), "the last server out stops PostgreSQL"
+    assert (data_dir / "pg" / "PG_VERSION").exists()
+    assert not (data_dir / "pg" / "postmaster.pid").exists(), "the last server out stops PostgreSQL"
 
 
-def test_a_restarted_server_reuses_its_data_dir(tmp_path):
+def test_a_restarted_server_reuses_its_data_dir(data_dir):
     """What the first run wrote is there after a restart on the same data dir (it was checked by
     the restart's time, under 30 s: a load-sensitive stand-in that failed at load 9)."""
     port, headers = free_port(), {"Authorization": "Bearer serve-test-admin"}
-    proc = _serve(tmp_path, port)
+    proc = _serve(data_dir, port)
     _wait_ready(port, proc)
     key = httpx.post(f"http://127.0.0.1:{port}/v1/api-keys", headers=headers, json={"scope": "auditor"}).json()
     assert _stop(proc) == 0
-    proc = _serve(tmp_path, port)
+    proc = _serve(data_dir, port)
     try:
         _wait_ready(port, proc)
         listed = httpx.get(f"http://127.0.0.1:{port}/v1/api-keys", headers=headers).json()
