@@ -140,6 +140,18 @@ async def usage_counters_match_charges(conn: AsyncConnection) -> Check:
             SELECT a.customer_id, a.period, c.price_book, 'allowance:' || m.key, m.value::numeric
               FROM charge_adjustments a JOIN charges c ON c.lane = a.lane AND c.id = a.charge_id
              CROSS JOIN LATERAL jsonb_each_text(a.allowance_moves) m""" if await _allowance_moves(conn) else ""
+    # what closes' true-ups gave back to each free allowance (a free_allowance line of no price
+    # version in the period's rollup), in the period it trues up (migration 0035)
+    given = """
+             UNION ALL
+            SELECT customer_id, j->>0, NULL, 'allowance:' || (j->>7), -amount FROM (
+                SELECT customer_id, (substr(item, 6))::jsonb AS j, amount FROM (
+                    SELECT customer_id, item, amount FROM period_rollups
+                    UNION ALL
+                    SELECT customer_id, unnest(items), unnest(amounts) FROM period_deltas) r
+                 WHERE item LIKE 'line:["%","free_allowance",%') g
+             WHERE j->>1 = 'free_allowance' AND j->>7 IS NOT NULL AND j->8 = 'null'::jsonb""" \
+        if await _deltas(conn) else ""
     return await _query_check(conn, "usage_counters", f"""
         WITH rated AS (
             SELECT customer_id, period, book_id, rule_id, sum(q) AS q FROM (
@@ -153,13 +165,21 @@ async def usage_counters_match_charges(conn: AsyncConnection) -> Check:
              CROSS JOIN LATERAL jsonb_array_elements(c.lines) l
              WHERE (l->>'kind' = 'usage' AND l->>'rule_id' IS NOT NULL)
                 OR (l->>'kind' = 'free_allowance' AND l->>'override_id' IS NOT NULL)  -- money taken, in units
-            {moved}) x
-             GROUP BY 1, 2, 3, 4)
+            {moved}{given}) x
+             GROUP BY 1, 2, 3, 4),
+        -- an allowance's counters by book together: a give-back is off its close's book first
+        rated_all AS (
+            SELECT customer_id, period, CASE WHEN rule_id LIKE 'allowance:%' THEN '*' ELSE book_id END AS book_id,
+                   rule_id, sum(q) AS q FROM rated GROUP BY 1, 2, 3, 4),
+        counted AS (
+            SELECT customer_id, period, CASE WHEN rule_id LIKE 'allowance:%' THEN '*' ELSE book_id END AS book_id,
+                   rule_id, sum(quantity) AS quantity FROM {counters} c GROUP BY 1, 2, 3, 4)
         SELECT format('customer %s, period %s, book %s, rule %s: counter %s, charges %s', customer_id, period,
                       book_id, rule_id, coalesce(u.quantity, 0), coalesce(r.q, 0))
-          FROM rated r FULL JOIN {counters} u USING (customer_id, period, book_id, rule_id)
+          FROM rated_all r FULL JOIN counted u USING (customer_id, period, book_id, rule_id)
          WHERE coalesce(r.q, 0) <> coalesce(u.quantity, 0)
-        """, "period-to-date counters equal the units the charges rated (allowances: as re-rates moved them)")
+        """, "period-to-date counters equal the units the charges rated (allowances: as re-rates moved them "
+        "and true-ups gave back)")
 
 
 async def usage_rollups_match_charges(conn: AsyncConnection) -> Check:

@@ -101,3 +101,25 @@ async def test_a_volume_true_up_gives_back_to_a_free_allowance_what_the_customer
     assert ("volume_true_up", "-10.00", None) in kinds(invoice)
     assert invoice["total"] == total and invoice["amount_due"] == total
     assert wallet["available"] == "0.00" and wallet["receivable"] == total  # no credit the customer never paid
+
+
+@pytest.mark.parametrize(("allowance", "owed"), [
+    # the allowance paid 13.00 of the period in the end: 17.00 left, the late 10.00 is free
+    ("30.00", "0.00"),
+    # it paid 13.00 of 20.00 in the end: 7.00 left, the customer pays 3.00 of the late 10.00
+    ("20.00", "3.00"),
+])
+async def test_late_usage_of_a_closed_period_gets_what_its_true_up_gave_back_to_the_allowance(
+        client, allowance, owed) -> None:
+    invoice, wallet = await closed_invoice(client, {"free_allowances": [{"id": "free", "amount": allowance}]})
+    assert wallet["receivable"] == "0.00"
+    cid, now = invoice["customer_id"], datetime.now(UTC)
+    # accepted after the close, its timestamp in the closed period: 1M tokens at the $10/M tier reached
+    sent = await client.post("/v1/usage-events", headers=ADMIN, json=[
+        {"event_id": "v-late", "customer_id": cid, "model": "model-v", "timestamp": utc(now - timedelta(minutes=25)),
+         "usage": {"output_tokens": 1_000_000}}])
+    assert sent.json()["accepted"] == 1, sent.text
+    wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
+    assert wallet["receivable"] == owed and wallet["available"] == "0.00"
+    verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
+    assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]

@@ -209,6 +209,9 @@ class ClosePeriod(Command):
     def _keys(self) -> set[tuple[str, ...]]:
         return {("close", self.customer_id)}
 
+    def rating_time(self, wallets: Mapping[str, Wallet]) -> datetime | None:
+        return self.period_start  # its counters: what the true-up gives back to allowances moves them
+
     def needs(self) -> dict[str, list[Any]]:
         return {"credit_held_for": [self.customer_id]}
 

@@ -44,9 +44,11 @@ from wallets.core.decision import (
     Outcome,
     PeriodAdvanced,
     TrueUpPosted,
+    UsageCounted,
 )
 from wallets.core.legs import Legs, entry, funding, settlement, settlement_legs
 from wallets.core.payments import apply_corrections, apply_unapplied, payment_effects, unapplied_parts
+from wallets.core.rating import ALLOWANCE
 from wallets.core.results import InvoiceClosed, PaymentResult
 from wallets.core.state import InvoiceDue, State, Unapplied
 from wallets.errors import ConflictError, CurrencyMismatchError, NotFoundError, OverpaymentError
@@ -168,6 +170,31 @@ def allowance_lines(rollup: Rollup, period: str, true_ups: list[dict[str, Any]])
     return lines
 
 
+def counters_given_back(state: State, customer_id: str, label: str, book: PriceBook | None,
+                        lines: Sequence[Mapping[str, Any]]) -> list[UsageCounted]:
+    """What a true-up gives back to each free allowance (its positive `free_allowance` lines)
+    its period's counters no longer count as taken, so late usage of the period gets what the
+    allowance has left: off the close's book's counter first, then the other books' (by id),
+    each at most what it holds (a counter is never negative)."""
+    given: dict[str, int] = {}
+    for line in lines:
+        if line["kind"] == "free_allowance" and line.get("override_id") is not None:
+            key = ALLOWANCE + line["override_id"]
+            given[key] = given.get(key, 0) + int(line["amount_units"])
+    books = sorted({b for cid, period, b in state.period_usage if cid == customer_id and period == label},
+                   key=lambda b: (book is None or b != book.id, b))
+    out = []
+    for book_id in books:
+        held, moves = state.period_usage[(customer_id, label, book_id)], {}
+        for key, units in given.items():
+            take = min(units, max(held.get(key, 0), 0))
+            if take > 0:
+                moves[key], given[key] = -take, units - take
+        if moves:
+            out.append(UsageCounted(customer_id, label, book_id, moves))
+    return out
+
+
 def _true_up(state: State, w: Wallet, label: str, lines: list[dict[str, Any]], now: datetime):
     """The true-up entry: more charged is paid like usage (lots, then the receivable); money back
     pays down what the customer owes, and the rest becomes credit (a paid lot)."""
@@ -272,6 +299,7 @@ def close_period(state: State, cmd: ClosePeriod, now: datetime, book: PriceBook 
         if closed.lot is not None:
             effects.append(closed.lot)
         effects.append(TrueUpPosted(c.id, period.label, closed.lines, closed.paid))
+        effects += counters_given_back(state, c.id, period.label, book, closed.lines)
     year = now.astimezone(UTC).year
     seq = state.invoice_seqs.get((cmd.issuer, year), 0) + 1
     number, invoice_id = invoice_number(cmd.issuer, year, seq), state.ids("inv")
