@@ -141,7 +141,7 @@ async def usage_counters_match_charges(conn: AsyncConnection) -> Check:
               FROM charge_adjustments a JOIN charges c ON c.lane = a.lane AND c.id = a.charge_id
              CROSS JOIN LATERAL jsonb_each_text(a.allowance_moves) m""" if await _allowance_moves(conn) else ""
     # what closes' true-ups gave back to each free allowance (a free_allowance line of no price
-    # version in the period's rollup), in the period it trues up (migration 0035)
+    # version in the period's rollup), in the period it trues up (migration 0036)
     given = """
              UNION ALL
             SELECT customer_id, j->>0, NULL, 'allowance:' || (j->>7), -amount FROM (

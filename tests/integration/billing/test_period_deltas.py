@@ -260,7 +260,7 @@ COUNTED = {"books": ["seed"], "rules": ["a-in"], "counts": [1]}
     ({**REVENUE, "a": [None]}, "wallets_units does not allow null"),
     ({**REVENUE, "a": [1.5]}, "wallets_units_check"),
     ({**REVENUE, "q": [-(10**30)]}, "wallets_units_check"),
-    ({**COUNTED, "counts": [-(10**30)]}, "wallets_count_check"),  # down is fine (0035: a give-back), not this
+    ({**COUNTED, "counts": [-(10**30)]}, "wallets_count_check"),  # down is fine (0036: a give-back), not this
     ({**COUNTED, "counts": [0.5]}, "wallets_count_check"),
     ({**COUNTED, "rules": [""]}, "wallets_counter_key_check"),
     ({**COUNTED, "books": [None]}, "wallets_counter_key does not allow null"),

@@ -6,16 +6,16 @@ so late usage of the period gets what the allowance has left. The folded counter
 (`usage_counters.quantity`) is still never negative: the close gives back at most what the
 counters hold.
 
-Revision ID: 0035
-Revises: 0034
+Revision ID: 0036
+Revises: 0035
 Create Date: 2026-12-03
 """
 from __future__ import annotations
 
 from alembic import op
 
-revision = "0035"
-down_revision = "0034"
+revision = "0036"
+down_revision = "0035"
 branch_labels = None
 depends_on = None
 
@@ -32,7 +32,7 @@ DOWNGRADE = r"""
 DO $$
 BEGIN
     IF EXISTS (SELECT 1 FROM period_deltas WHERE EXISTS (SELECT 1 FROM unnest(counts) n WHERE n < 0)) THEN
-        RAISE EXCEPTION 'unfolded deltas move usage counters down: fold them before a downgrade below 0035'
+        RAISE EXCEPTION 'unfolded deltas move usage counters down: fold them before a downgrade below 0036'
             USING ERRCODE = 'restrict_violation';
     END IF;
 END $$;
