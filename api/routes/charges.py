@@ -1,15 +1,17 @@
 """The audit trace of one charge: request -> reservation -> usage -> prices -> entries."""
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import unquote_to_bytes
 
+import msgspec
 from litestar import Request, get
 from litestar.datastructures import State
 from litestar.params import FromPath, QueryParameter
 
 from api.auth import ensure_customer, principal_of, require
 from api.errors import ApiError, documented
+from api.routes.reservations import ReservationState
 from wallets import reports
 
 PREFIX = b"/v1/audit/charges/"
@@ -30,7 +32,30 @@ def exact_request_id(request: Request, decoded: str) -> str:
         raise ApiError("validation_error", "request_id: not UTF-8 text once percent-decoded", 422) from None
 
 
-@get("/v1/audit/charges/{request_id:path}", guards=[require("auditor")], tags=["audit"], **documented(404, 422))
+class TracedUsageEvent(msgspec.Struct):
+    event_id: str
+    model: str
+    occurred_at: str
+    usage: dict[str, Any]
+    dimensions: dict[str, Any]
+    recorded_at: str
+
+
+class ChargeTrace(msgspec.Struct):
+    """One request's trace: its reservation (`kind` reservation) or usage event (`kind`
+    usage_event), its charges and the journal entries (as GET /v1/journal gives them)."""
+
+    request_id: str
+    customer_id: str
+    kind: Literal["reservation", "usage_event"]
+    charges: list[dict[str, Any]]
+    entries: list[dict[str, Any]]
+    reservation: ReservationState | None = None
+    usage_event: TracedUsageEvent | None = None
+
+
+@get("/v1/audit/charges/{request_id:path}", guards=[require("auditor")], tags=["audit"],
+     **documented(404, 422, ok=ChargeTrace))
 async def get_charge_trace(state: State, request: Request, request_id: FromPath[str],
                            customer_id: Annotated[str | None, QueryParameter(name="customer_id")] = None
                            ) -> dict[str, Any]:

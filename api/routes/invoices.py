@@ -3,7 +3,7 @@ one, and closing what is due (admin). A customer:<id> key reads its own customer
 auditor and admin keys read every customer's (a key limited to customers, theirs)."""
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import MediaType, Request, Response, get, post
@@ -48,6 +48,61 @@ class CloseRequest(msgspec.Struct):
     early: bool = False  # allow an `until` in the future: close periods before they end
 
 
+class InvoicePeriod(msgspec.Struct):
+    label: str
+    start: str
+    end: str
+    time_zone: str
+
+
+class InvoicePayment(msgspec.Struct):
+    id: str
+    amount: str
+    reference: str
+    entry_id: int
+    created_at: str
+
+
+class InvoiceView(msgspec.Struct):
+    """A finalized invoice: its frozen document (beside these, its subtotals, credits, balances
+    and adjustments), its content hash, its payments and payment status. Money: decimal strings."""
+
+    id: str
+    number: str
+    status: str
+    customer_id: str
+    currency: str
+    period: InvoicePeriod
+    issued_at: str
+    due_at: str
+    lines: list[dict[str, Any]]
+    total: str
+    amount_due: str
+    content_hash: str
+    payment_status: Literal["open", "partially_paid", "paid"]
+    amount_paid: str
+    amount_remaining: str
+    payments: list[InvoicePayment]
+
+
+class InvoiceList(msgspec.Struct):
+    customer_id: str
+    invoices: list[InvoiceView]
+
+
+class ClosedInvoice(msgspec.Struct):
+    invoice_id: str
+    number: str
+    customer_id: str
+    period: Annotated[str, msgspec.Meta(description="The billing period's label")]
+    total: str
+    amount_due: str
+
+
+class Closed(msgspec.Struct):
+    closed: list[ClosedInvoice]
+
+
 PayInvoiceBody = Annotated[dict[str, Any], json_body(PayInvoiceRequest)]
 CloseBody = Annotated[dict[str, Any], json_body(CloseRequest)]
 
@@ -61,7 +116,8 @@ def _payment(result: PaymentResult) -> PaymentResponse:
 PAID = Answer(_payment, PaymentResult)
 
 
-@get("/v1/customers/{customer_id:str}/invoices", guards=[require(*READERS)], tags=["invoices"], **documented(404))
+@get("/v1/customers/{customer_id:str}/invoices", guards=[require(*READERS)], tags=["invoices"],
+     **documented(404, ok=InvoiceList))
 async def list_invoices(state: State, customer_id: FromPath[str]) -> dict[str, Any]:
     """The customer's finalized invoices, oldest first, each with its payments and status."""
     return await state.services.db.read(lambda conn: billing.invoices(conn, customer_id))
@@ -133,7 +189,8 @@ async def pay_invoice(state: State, request: Request, invoice_id: FromPath[str],
     return respond(request, await state.services.wallets.submit(command), PAID)
 
 
-@post("/v1/billing/close", guards=[require()], tags=["invoices"], status_code=200, **documented(body=True))
+@post("/v1/billing/close", guards=[require()], tags=["invoices"], status_code=200,
+      **documented(body=True, ok=Closed))
 async def close_periods(state: State, data: CloseBody) -> dict[str, Any]:
     """Close every billing period due by `until` (default: now), or only `customer_id`'s, and
     finalize its invoice, as the scheduled job does; safe to run while the job runs. An `until`

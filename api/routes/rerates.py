@@ -33,10 +33,85 @@ class RerateRequest(msgspec.Struct, forbid_unknown_fields=True):
     customer_id: Identifier | None = None  # only this customer's charges
 
 
+class RerateLine(msgspec.Struct):
+    model: str
+    token_type: str
+    old_amount: str
+    new_amount: str
+    delta: str
+
+
+class RerateCustomer(msgspec.Struct):
+    customer_id: str
+    charges: int
+    old_amount: str
+    new_amount: str
+    delta: str
+    lines: list[RerateLine]
+    entry_ids: Annotated[list[int], msgspec.Meta(description="apply: the adjustment entries")] | None = None
+
+
+class RerateNote(msgspec.Struct):
+    id: str
+    number: str
+    kind: Literal["credit", "debit"]
+    customer_id: str
+    invoice_id: str
+    total: str
+
+
+class RerateError(msgspec.Struct):
+    customer_id: str
+    period: str
+    code: str
+    detail: str
+
+
+class RerateResult(msgspec.Struct):
+    """The difference per customer, model and token type (money: decimal strings); `apply`
+    also its entries and credit notes; a customer's period it could not re-rate is in `errors`."""
+
+    mode: Literal["preview", "apply"]
+    rerate_id: str
+    price_book: str
+    version: str
+    from_: str = msgspec.field(name="from")
+    to: str
+    customer_id: str | None
+    customers: list[RerateCustomer]
+    delta: str
+    credit_notes: list[RerateNote]
+    errors: list[RerateError]
+
+
+class CreditNoteView(msgspec.Struct):
+    """A credit (or debit) note's frozen document, its content hash and its entry."""
+
+    id: str
+    number: str
+    kind: Literal["credit", "debit"]
+    customer_id: str
+    currency: str
+    invoice_id: str
+    period: str
+    rerate_id: str
+    lines: list[dict[str, Any]]
+    total: str
+    issued_at: str
+    content_hash: str
+    entry_id: int | None
+
+
+class CreditNoteList(msgspec.Struct):
+    customer_id: str
+    credit_notes: list[CreditNoteView]
+
+
 RerateBody = Annotated[dict[str, Any], json_body(RerateRequest)]
 
 
-@post("/v1/rerate", guards=[require()], tags=["invoices"], status_code=200, **documented(404, 409, body=True))
+@post("/v1/rerate", guards=[require()], tags=["invoices"], status_code=200,
+      **documented(404, 409, body=True, ok=RerateResult))
 async def rerate(state: State, request: Request, data: RerateBody) -> dict[str, Any]:
     """Re-rate the charges priced with `price_book` whose usage time is in [`from`, `to`) with the
     corrected `version` (which must be the book's version in force throughout the range).
@@ -81,7 +156,7 @@ async def get_credit_note(state: State, request: Request, credit_note_id: FromPa
 
 
 @get("/v1/customers/{customer_id:str}/credit-notes", guards=[require(*READERS)], tags=["invoices"],
-     **documented(404))
+     **documented(404, ok=CreditNoteList))
 async def list_credit_notes(state: State, customer_id: FromPath[str]) -> dict[str, Any]:
     """The customer's credit and debit notes, oldest first."""
     return await state.services.db.read(lambda conn: rerating.credit_notes(conn, customer_id))

@@ -250,9 +250,8 @@ class ReservationHold(msgspec.Struct):
     amount: str
 
 
-class ReservationView(msgspec.Struct):
-    """A reservation's state (money as decimal strings in its currency), where its hold came
-    from, its charges and its journal entries (as GET /v1/journal gives them)."""
+class ReservationState(msgspec.Struct):
+    """A reservation's state (money as decimal strings in its currency) and where its hold came from."""
 
     id: str
     request_id: str
@@ -271,6 +270,12 @@ class ReservationView(msgspec.Struct):
     expires_at: str
     closed_at: str | None
     holds: list[ReservationHold]
+
+
+class ReservationView(ReservationState):
+    """A reservation's state, where its hold came from, its charges and its journal entries (as
+    GET /v1/journal gives them)."""
+
     charges: list[dict[str, Any]]
     entries: list[dict[str, Any]]
 

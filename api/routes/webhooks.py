@@ -234,11 +234,52 @@ def _page(name: str) -> Any:
     return QueryParameter(name=name, ge=1, le=1000)
 
 
-@get("/v1/webhook-endpoints/{endpoint_id:str}/deliveries", guards=[require()], tags=TAGS, **documented(404, 422))
+DeliveryStatus = Literal["pending", "succeeded", "failed", "cancelled"]
+Next = Annotated[int | None, msgspec.Meta(description="`before` of the next page; none on the last")]
+
+
+class WebhookDelivery(msgspec.Struct):
+    id: int
+    event_id: str
+    topic: str
+    customer_id: str | None
+    event_at: str
+    status: DeliveryStatus
+    attempts: int
+    next_attempt_at: str | None
+    last_attempt_at: str | None
+    last_status_code: int | None
+    last_latency_ms: int | None
+    last_error: str | None
+    succeeded_at: str | None
+
+
+class WebhookAttempt(msgspec.Struct):
+    id: int
+    event_id: str
+    attempt: int
+    attempted_at: str
+    status_code: int | None
+    latency_ms: int
+    error: str | None
+    succeeded: bool
+
+
+class WebhookDeliveries(msgspec.Struct):
+    items: list[WebhookDelivery]
+    next: Next
+
+
+class WebhookAttempts(msgspec.Struct):
+    items: list[WebhookAttempt]
+    next: Next
+
+
+@get("/v1/webhook-endpoints/{endpoint_id:str}/deliveries", guards=[require()], tags=TAGS,
+     **documented(404, 422, ok=WebhookDeliveries))
 async def list_webhook_deliveries(
         state: State, endpoint_id: FromPath[str],
-        status: Annotated[Literal["pending", "succeeded", "failed", "cancelled"] | None,
-                          QueryParameter(name="status")] = None,
+        status: Annotated[DeliveryStatus | None, QueryParameter(name="status")] = None,
         event_id: Annotated[str | None, QueryParameter(name="event_id", max_length=200)] = None,
         before: Annotated[int | None, QueryParameter(name="before", ge=1, le=BIGINT - 1)] = None,
         limit: Annotated[int, _page("limit")] = PAGE) -> dict[str, Any]:
@@ -252,7 +293,8 @@ async def list_webhook_deliveries(
     return _paged([_delivery(d) for d in rows], rows, limit)
 
 
-@get("/v1/webhook-endpoints/{endpoint_id:str}/attempts", guards=[require()], tags=TAGS, **documented(404, 422))
+@get("/v1/webhook-endpoints/{endpoint_id:str}/attempts", guards=[require()], tags=TAGS,
+     **documented(404, 422, ok=WebhookAttempts))
 async def list_webhook_attempts(
         state: State, endpoint_id: FromPath[str],
         event_id: Annotated[str | None, QueryParameter(name="event_id", max_length=200)] = None,

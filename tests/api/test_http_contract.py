@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+from datetime import UTC, datetime, timedelta
 
 import jsonschema_rs  # schemathesis brings it
 import msgspec
@@ -14,10 +15,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from sqlalchemy import text
 
 from api.app import create_app
 from api.routes.wire import repeated_key
 from api.settings import Settings
+from ledger.db import Database
+from wallets.periods import Cycle, period_of
 
 ADMIN = {"Authorization": "Bearer test-admin"}
 JSON = {**ADMIN, "Content-Type": "application/json"}
@@ -288,12 +292,16 @@ def test_the_document_types_the_reservation_api_md_makes_stable():
     assert view["properties"]["status"]["enum"] == ["held", "capturing", "settled", "released", "expired"]
 
 
-async def test_a_reservation_and_a_usage_report_keep_to_their_documented_schemas(client, customer):
+def _conforms(client, path: str, body: dict, method: str = "get") -> None:
+    """The answer validates against the 200 the served document declares for it."""
     document = client.app.openapi_schema.to_schema()
+    schema = document["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"]
+    jsonschema_rs.Draft202012Validator({**schema, "components": document["components"]}).validate(body)
 
+
+async def test_a_reservation_and_a_usage_report_keep_to_their_documented_schemas(client, customer):
     def conforms(path: str, body: dict) -> None:
-        schema = document["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
-        jsonschema_rs.Draft202012Validator({**schema, "components": document["components"]}).validate(body)
+        _conforms(client, path, body)
 
     assert (await client.post(f"/v1/customers/{customer}/topups", json={"amount": "10"}, headers=ADMIN)).is_success
     held = await client.post("/v1/reservations", headers=ADMIN, json={
@@ -401,3 +409,101 @@ async def test_a_non_integer_before_is_a_422_naming_it(client, path):
 async def test_an_integer_query_parameter_in_digits_is_taken(client, path):
     response = await client.get(path, headers=ADMIN)
     assert response.status_code == 200, response.text
+
+
+TYPED = [("/v1/audit/charges/{request_id}", "get"), ("/v1/customers/{customer_id}/invoices", "get"),
+         ("/v1/billing/close", "post"), ("/v1/rerate", "post"), ("/v1/customers/{customer_id}/credit-notes", "get"),
+         ("/v1/webhook-endpoints/{endpoint_id}/deliveries", "get"),
+         ("/v1/webhook-endpoints/{endpoint_id}/attempts", "get")]
+
+
+@pytest.mark.parametrize(("path", "method"), TYPED)
+def test_the_document_types_the_answers_of_audit_invoices_rerates_and_webhook_logs(path, method):
+    """Before: each of these 200s was documented as a bare "object" (additionalProperties {}), so
+    a client generated from the document got untyped answers. Now each names its fields."""
+    app = create_app(Settings(admin_key="test-admin", scheduler=False), "postgresql://unused/unused")
+    document = app.openapi_schema.to_schema()
+    ok = document["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"]
+    answer = _resolved(document, ok)
+    assert answer.get("required") and answer.get("properties"), answer
+
+
+async def test_audit_invoices_rerates_and_webhook_logs_keep_to_their_documented_schemas(
+        client, db: Database, tag: str):
+    """Real answers (a reservation's and a usage event's trace, a close, the invoices, a rerate
+    previewed and applied with its credit note, a webhook endpoint's deliveries and attempts)
+    validate against the served document's schemas: a response drifting from its schema fails."""
+    def utc(at: datetime) -> str:
+        return at.isoformat().replace("+00:00", "Z")
+
+    def book(version: str, effective_from: str, price: str) -> dict:
+        return {"id": f"typed-{tag}", "version": version, "currency": "USD", "effective_from": effective_from,
+                "rules": [{"id": "in", "model": "model-a", "token_type": "input", "price": price}]}
+
+    cid = f"typed-{tag}"
+    assert (await client.post("/v1/price-books", headers=ADMIN, json=book("v1", "2026-01-01T00:00:00Z",
+                                                                          "10.00"))).status_code == 201
+    created = await client.post("/v1/customers", headers=ADMIN, json={
+        "id": cid, "currency": "USD", "price_book": f"typed-{tag}", "billing": "postpaid"})
+    assert created.status_code == 201, created.text
+    now = datetime.now(UTC)
+    period = period_of(now, Cycle())
+    sent = await client.post("/v1/usage-events", headers=ADMIN, json=[
+        {"event_id": f"e{i}", "customer_id": cid, "model": "model-a", "timestamp": now.isoformat(),
+         "usage": {"input_tokens": 100_000}} for i in range(2)])
+    assert sent.json()["accepted"] == 2, sent.text
+    held = await client.post("/v1/reservations", headers=ADMIN, json={
+        "customer_id": cid, "request_id": "r/1", "model": "model-a", "amount": "1.00"})
+    assert held.status_code == 201, held.text
+    for request_id in ("e0", "r%2F1"):
+        trace = await client.get(f"/v1/audit/charges/{request_id}", headers=ADMIN)
+        assert trace.status_code == 200, trace.text
+        _conforms(client, "/v1/audit/charges/{request_id}", trace.json())
+    released = await client.post(f"/v1/reservations/{held.json()['id']}/release", headers=ADMIN)
+    assert released.status_code == 200, released.text
+
+    closed = await client.post("/v1/billing/close", headers=ADMIN, json={
+        "until": utc(period.end + timedelta(hours=1, seconds=1)), "customer_id": cid, "early": True})
+    assert closed.status_code == 200 and closed.json()["closed"], closed.text
+    _conforms(client, "/v1/billing/close", closed.json(), "post")
+    paid = await client.post(f"/v1/invoices/{closed.json()['closed'][0]['invoice_id']}/payments", headers=ADMIN,
+                             json={"amount": "0.50", "reference": "wire-1"})
+    assert paid.status_code == 201, paid.text
+    invoices = (await client.get(f"/v1/customers/{cid}/invoices", headers=ADMIN)).json()
+    assert invoices["invoices"][0]["payments"]
+    _conforms(client, "/v1/customers/{customer_id}/invoices", invoices)
+
+    assert (await client.post("/v1/price-books", headers=ADMIN,
+                              json=book("v2", utc(period.start), "6.00"))).status_code == 201
+    body = {"price_book": f"typed-{tag}", "version": "v2", "from": utc(period.start), "to": utc(period.end),
+            "customer_id": cid}
+    for mode in ("preview", "apply"):
+        rerated = await client.post("/v1/rerate", headers=ADMIN, json={**body, "mode": mode})
+        assert rerated.status_code == 200 and rerated.json()["customers"], rerated.text
+        _conforms(client, "/v1/rerate", rerated.json(), "post")
+    assert rerated.json()["credit_notes"]
+    notes = (await client.get(f"/v1/customers/{cid}/credit-notes", headers=ADMIN)).json()
+    assert notes["credit_notes"]
+    _conforms(client, "/v1/customers/{customer_id}/credit-notes", notes)
+
+    endpoint = await client.post("/v1/webhook-endpoints", headers=ADMIN,
+                                 json={"url": "https://hooks.example.com/typed", "topics": ["invoice.paid"]})
+    assert endpoint.status_code == 201, endpoint.text
+    eid = endpoint.json()["id"]
+
+    async def logged(conn) -> None:
+        delivery = (await conn.execute(text(
+            """INSERT INTO webhook_deliveries (endpoint_id, event_id, topic, payload, event_at)
+               VALUES (:e, :v, 'invoice.paid', '{}', now()) RETURNING id"""), {"e": eid, "v": f"evt_{tag}"})).scalar()
+        await conn.execute(text(
+            """INSERT INTO webhook_attempts (delivery_id, endpoint_id, event_id, attempt, attempted_at, status_code,
+                                             latency_ms, error, succeeded)
+               VALUES (:d, :e, :v, 1, now(), 500, 12, NULL, false),
+                      (:d, :e, :v, 2, now(), NULL, 3, 'timeout', false)"""),
+            {"d": delivery, "e": eid, "v": f"evt_{tag}"})
+
+    await db.committed(logged)
+    for log in ("deliveries", "attempts"):
+        page = (await client.get(f"/v1/webhook-endpoints/{eid}/{log}?limit=1", headers=ADMIN)).json()
+        assert page["items"] and page["next"] is not None
+        _conforms(client, f"/v1/webhook-endpoints/{{endpoint_id}}/{log}", page)
