@@ -295,3 +295,19 @@ async def test_a_free_allowance_a_rerate_spent_on_earlier_usage_is_not_given_aga
     assert upcoming["total"] == "0.05", upcoming  # 5 calls, 5.05, the allowance's 5.00 off
     verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
     assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]
+
+
+async def test_a_rerate_that_makes_a_free_allowance_pay_less_moves_its_counter_down(client) -> None:
+    now = datetime.now(UTC)
+    cid = await customer(client, {"free_allowances": [{"id": "free-5", "amount": "5.00"}]},
+                         effective_from=now - timedelta(hours=2))
+    for minutes in (50, 49, 48):  # 1.01 each, all free: 3.03 of the 5.00 taken
+        assert charged(await event(client, cid, now - timedelta(minutes=minutes), 100_000)) == "0.00"
+    put = await client.put(f"/v1/customers/{cid}/price-overrides", headers=ADMIN, json={
+        "effective_from": utc(now - timedelta(hours=1)), "free_allowances": [{"id": "free-5", "amount": "1.00"}]})
+    assert put.status_code == 201, put.text
+    # the allowance, cut to 1.00 from before those calls, pays 1.00 of them: its counter goes 3.03 -> 1.00
+    assert (await rerate(client, cid, now - timedelta(hours=1), now))["delta"] == "2.03"
+    assert charged(await event(client, cid, now - timedelta(minutes=2), 100_000)) == "1.01"  # none of it left
+    verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
+    assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]
