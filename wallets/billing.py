@@ -23,6 +23,7 @@ from wallets.core.state import State
 from wallets.engine import Engine, utc_now
 from wallets.errors import NotFoundError, WalletValidationError
 from wallets.periods import period_of
+from wallets.price_overrides import OverrideCache
 
 log = logging.getLogger("tokentill.billing")
 PAGE = 1000
@@ -124,7 +125,8 @@ async def invoice_owner(conn: AsyncConnection, invoice_id: str) -> str:
     return owner
 
 
-async def upcoming(conn: AsyncConnection, customer_id: str, now: datetime, books: BookCache) -> dict[str, Any]:
+async def upcoming(conn: AsyncConnection, customer_id: str, now: datetime, books: BookCache,
+                   overrides: OverrideCache) -> dict[str, Any]:
     """The invoice of the customer's current period so far, as its close would finalize it now
     (`invoicing.upcoming_invoice`, the close's own rules): the period's rollup with the volume
     true-up the close would post, paid as the close would pay it; the balances; what the top-ups
@@ -139,6 +141,8 @@ async def upcoming(conn: AsyncConnection, customer_id: str, now: datetime, books
     rollups = (await store.load_rollups(conn, [(c.id, min(first, period.label))])).get(c.id, {})
     credits = (await store.load_unapplied(conn, [c.id])).get(c.id, ()) if c.billing == "prepaid" else ()
     book = await books.get(conn, c.price_book, c.book_versions)
+    if c.override_versions:  # its free allowances pay a true-up as the close's
+        w.overrides = await overrides.get(conn, c.id, c.override_versions)
     state = State(c.id, w, rollups={c.id: rollups}, unapplied={c.id: credits})
     rollup, opening, parts = upcoming_invoice(state, period, now, book)
     content = document(c, period, rollup, opening, Header(None, None, "upcoming", now))

@@ -87,6 +87,12 @@ def _period_of(at: datetime, cycle: Cycle) -> Period:
     return Period(f"{year:04d}-{month:02d}", start, end)
 
 
+def period_named(label: str, cycle: Cycle) -> Period:
+    """The period of `cycle` named `label` (the local year-month it starts in)."""
+    year, month = int(label[:4]), int(label[5:7])
+    return Period(label, _start_of(year, month, cycle), _start_of(*_shift(year, month, 1), cycle))
+
+
 def following(period: Period, cycle: Cycle) -> Period:
     return period_of(period.end, cycle)
 

@@ -135,7 +135,8 @@ async def upcoming_invoice(state: State, request: Request, customer_id: FromPath
 async def upcoming_document(state: State, customer_id: str) -> dict[str, Any]:
     wallets = state.services.wallets
     return await state.services.db.read(
-        lambda conn: billing.upcoming(conn, customer_id, wallets.clock(), wallets.engine.books))
+        lambda conn: billing.upcoming(conn, customer_id, wallets.clock(), wallets.engine.books,
+                                      wallets.engine.overrides))
 
 
 @get("/v1/invoices/{invoice_id:str}", guards=[require(*READERS)], tags=["invoices"], **documented(404, 406),

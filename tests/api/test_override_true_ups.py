@@ -19,6 +19,11 @@ ADMIN = {"Authorization": "Bearer vol-admin"}
 BOOK = f"vol-{uuid.uuid4().hex[:8]}"
 RULES = [{"id": "v-out", "model": "model-v", "token_type": "output", "tier_mode": "volume",
           "tiers": [{"up_to": 1_000_000, "price": "20"}, {"up_to": None, "price": "10"}]}]
+# dearer beyond 1M: 600,000 + 700,000 rated 1M x $10/M + 300,000 x $20/M = $16.00, at close all
+# 1.3M at the $20/M tier reached ($26.00): a true-up of +$10.00
+DEARER = f"vol-d-{uuid.uuid4().hex[:8]}"
+DEARER_RULES = [{"id": "d-out", "model": "model-v", "token_type": "output", "tier_mode": "volume",
+                 "tiers": [{"up_to": 1_000_000, "price": "10"}, {"up_to": None, "price": "20"}]}]
 
 
 def utc(at: datetime) -> str:
@@ -32,15 +37,18 @@ async def client(database_url):
         made = await c.post("/v1/price-books", headers=ADMIN, json={
             "id": BOOK, "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": RULES})
         assert made.status_code == 201, made.text
+        made = await c.post("/v1/price-books", headers=ADMIN, json={
+            "id": DEARER, "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": DEARER_RULES})
+        assert made.status_code == 201, made.text
         yield c
 
 
-async def closed_invoice(client, overrides: dict) -> tuple[dict, dict]:
+async def closed_invoice(client, overrides: dict, book: str = BOOK) -> tuple[dict, dict]:
     """The invoice of a postpaid customer with `overrides` in force, who used model-v as above,
-    and its wallet after the close."""
+    and its wallet after the close; the upcoming invoice just before the close showed the same."""
     cid = f"vol-{uuid.uuid4().hex[:10]}"
     made = await client.post("/v1/customers", headers=ADMIN, json={
-        "id": cid, "currency": "USD", "price_book": BOOK, "billing": "postpaid"})
+        "id": cid, "currency": "USD", "price_book": book, "billing": "postpaid"})
     assert made.status_code == 201, made.text
     now = datetime.now(UTC)
     put = await client.put(f"/v1/customers/{cid}/price-overrides", headers=ADMIN, json={
@@ -51,11 +59,13 @@ async def closed_invoice(client, overrides: dict) -> tuple[dict, dict]:
          "usage": {"output_tokens": n}} for i, (m, n) in enumerate(((30, 600_000), (20, 700_000)))])
     assert sent.json()["accepted"] == 2, sent.text
     period = period_of(now - timedelta(minutes=30), Cycle())
+    upcoming = (await client.get(f"/v1/customers/{cid}/invoices/upcoming", headers=ADMIN)).json()
     closed = await client.post("/v1/billing/close", headers=ADMIN, json={
         "until": utc(period.end + timedelta(hours=1, seconds=1)), "customer_id": cid, "early": True})
     assert closed.status_code == 200, closed.text
     [invoice] = closed.json()["closed"]
     final = (await client.get(f"/v1/invoices/{invoice['invoice_id']}", headers=ADMIN)).json()
+    assert (kinds(upcoming), upcoming["total"]) == (kinds(final), final["total"])
     wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
     verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
     assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]
@@ -121,5 +131,31 @@ async def test_late_usage_of_a_closed_period_gets_what_its_true_up_gave_back_to_
     assert sent.json()["accepted"] == 1, sent.text
     wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
     assert wallet["receivable"] == owed and wallet["available"] == "0.00"
+    verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
+    assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]
+
+
+@pytest.mark.parametrize(("allowance", "lines", "total", "owed_late"), [
+    # 16.00 free as it came; 14.00 of it left pays the true-up's 10.00: 26.00 at the tier reached, all
+    # free; 4.00 left for a late 1M tokens (20.00 at the tier reached): 16.00 charged
+    ("30.00", [("free_allowance", "-10.00", "free"), ("free_allowance", "-16.00", "free")], "0.00", "16.00"),
+    # 16.00 free, 4.00 left: it pays 4.00 of the true-up, the customer 6.00; the late 20.00 all charged
+    ("20.00", [("free_allowance", "-16.00", "free"), ("free_allowance", "-4.00", "free")], "6.00", "26.00"),
+    # 5.00 free, none left: the true-up's 10.00 is the customer's (26.00 at the tier, less 5.00)
+    ("5.00", [("free_allowance", "-5.00", "free")], "21.00", "41.00"),
+])
+async def test_a_free_allowance_with_room_left_pays_a_dearer_tiers_true_up(
+        client, allowance, lines, total, owed_late) -> None:
+    invoice, wallet = await closed_invoice(client, {"free_allowances": [{"id": "free", "amount": allowance}]}, DEARER)
+    assert [x for x in kinds(invoice) if x[0] == "free_allowance"] == lines
+    assert ("volume_true_up", "10.00", None) in kinds(invoice)
+    assert invoice["total"] == total and wallet["receivable"] == total
+    cid, now = invoice["customer_id"], datetime.now(UTC)
+    sent = await client.post("/v1/usage-events", headers=ADMIN, json=[
+        {"event_id": "v-late", "customer_id": cid, "model": "model-v", "timestamp": utc(now - timedelta(minutes=25)),
+         "usage": {"output_tokens": 1_000_000}}])
+    assert sent.json()["accepted"] == 1, sent.text
+    wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
+    assert wallet["receivable"] == owed_late  # the allowance is spent as the close left it
     verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
     assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]

@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from ledger.model import JournalEntry
 from pricing.books import PriceBook, Rule, per_units
 from pricing.money import format_amount, per_amount, pricing_context, round_entry
+from pricing.overrides import FreeAllowance
 from pricing.rating import volume_tier_price, volume_true_up
 from wallets import chart
 from wallets.core.billing import (
@@ -53,7 +54,7 @@ from wallets.core.results import InvoiceClosed, PaymentResult
 from wallets.core.state import InvoiceDue, State, Unapplied
 from wallets.errors import ConflictError, CurrencyMismatchError, NotFoundError, OverpaymentError
 from wallets.model import Lot, Wallet
-from wallets.periods import Period, close_due_at, following, period_of
+from wallets.periods import Period, close_due_at, following, period_named, period_of
 
 SCALE = chart.ASSET_SCALE
 
@@ -142,13 +143,18 @@ def true_up_lines(rules: list[tuple[Rule, str, int, int]],
     return [line for line in lines if line["amount_units"]]
 
 
-def allowance_lines(rollup: Rollup, period: str, true_ups: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """What of a true-up's money back the customer never paid goes back to the free allowances
-    that paid it (a positive `free_allowance` line each, the last id first, up to what it paid of
-    the period's usage), never out as credit: the allowance pays what the usage costs at the tier
-    reached, at most."""
+def allowance_lines(rollup: Rollup, period: str, true_ups: list[dict[str, Any]],
+                    allowances: Sequence[FreeAllowance] = ()) -> list[dict[str, Any]]:
+    """A free allowance pays what the period's usage costs at the tier reached, up to its amount.
+    What of a true-up's money back the customer never paid goes back to the free allowances that
+    paid it (a positive `free_allowance` line each, the last id first, up to what it paid of the
+    period's usage), never out as credit; what a true-up charges more is paid by the allowances
+    in force at the period's end (`allowances`) with room left, in their order, as usage is (a
+    negative `free_allowance` line each), the rest by the customer."""
     back = -sum(line["amount_units"] for line in true_ups)
-    if back <= 0:
+    if back < 0:
+        return _allowances_pay(rollup, period, -back, allowances)
+    if back == 0:
         return []
     paid: dict[str, int] = {}  # allowance id -> what it paid of the period's usage
     own = 0  # what the period's usage cost the customer itself, after discounts, allowances, re-rates
@@ -164,10 +170,41 @@ def allowance_lines(rollup: Rollup, period: str, true_ups: list[dict[str, Any]])
         give = min(excess, paid[allowance_id])
         if give > 0:
             excess -= give
-            lines.append({"kind": "free_allowance", "token_type": None, "quantity": 0, "unit_price": None,
-                          "amount_units": give, "exact": str(Decimal(give).scaleb(-SCALE)), "rule_id": None,
-                          "price_version": None, "model": None, "tier": None, "override_id": allowance_id})
+            lines.append(_allowance_line(allowance_id, give))
     return lines
+
+
+def _allowances_pay(rollup: Rollup, period: str, more: int, allowances: Sequence[FreeAllowance]
+                    ) -> list[dict[str, Any]]:
+    taken: dict[str, int] = {}  # allowance id -> what it paid of the period's usage
+    for item, (_, amount) in rollup.items():
+        if item.startswith(LINE):
+            origin, kind, *_, override_id, _ = json.loads(item[len(LINE):])
+            if origin == period and kind == "free_allowance" and override_id is not None:
+                taken[override_id] = taken.get(override_id, 0) - amount
+    lines = []
+    for allowance in allowances:
+        room = int(allowance.amount.scaleb(SCALE)) - taken.get(allowance.id, 0)
+        take = min(more, room)
+        if take > 0:
+            more -= take
+            taken[allowance.id] = taken.get(allowance.id, 0) + take
+            lines.append(_allowance_line(allowance.id, -take))
+    return lines
+
+
+def _allowance_line(allowance_id: str, units: int) -> dict[str, Any]:
+    return {"kind": "free_allowance", "token_type": None, "quantity": 0, "unit_price": None, "amount_units": units,
+            "exact": str(Decimal(units).scaleb(-SCALE)), "rule_id": None, "price_version": None, "model": None,
+            "tier": None, "override_id": allowance_id}
+
+
+def allowances_at_end(w: Wallet, label: str) -> tuple[FreeAllowance, ...]:
+    """The free allowances in force at the end of `w`'s period `label` (its overrides then)."""
+    if w.overrides is None:
+        return ()
+    in_force = w.overrides.at(period_named(label, w.customer.cycle).end - timedelta(microseconds=1))
+    return in_force.overrides.allowances if in_force is not None else ()
 
 
 def counters_given_back(state: State, customer_id: str, label: str, book: PriceBook | None,
@@ -175,15 +212,20 @@ def counters_given_back(state: State, customer_id: str, label: str, book: PriceB
     """What a true-up gives back to each free allowance (its positive `free_allowance` lines)
     its period's counters no longer count as taken, so late usage of the period gets what the
     allowance has left: off the close's book's counter first, then the other books' (by id),
-    each at most what it holds (a counter is never negative)."""
+    each at most what it holds (a counter is never negative). What the allowance pays of a
+    true-up (a negative line) counts as taken, on the close's book's counter."""
     given: dict[str, int] = {}
+    taken: dict[str, int] = {}
     for line in lines:
         if line["kind"] == "free_allowance" and line.get("override_id") is not None:
-            key = ALLOWANCE + line["override_id"]
-            given[key] = given.get(key, 0) + int(line["amount_units"])
+            key, units = ALLOWANCE + line["override_id"], int(line["amount_units"])
+            if units > 0:
+                given[key] = given.get(key, 0) + units
+            else:
+                taken[key] = taken.get(key, 0) - units
+    out = [UsageCounted(customer_id, label, book.id, taken)] if taken and book is not None else []
     books = sorted({b for cid, period, b in state.period_usage if cid == customer_id and period == label},
                    key=lambda b: (book is None or b != book.id, b))
-    out = []
     for book_id in books:
         held, moves = state.period_usage[(customer_id, label, book_id)], {}
         for key, units in given.items():
@@ -235,7 +277,7 @@ def closing(state: State, w: Wallet, label: str, rollup: Rollup, book: PriceBook
     invoice shows: the close and the upcoming invoice's preview both build the invoice by it."""
     rollup = dict(rollup)
     lines = true_up_lines(volume_rules(book, rollup, label), volume_discounts(book, rollup, label))
-    lines += allowance_lines(rollup, label, lines)
+    lines += allowance_lines(rollup, label, lines, allowances_at_end(w, label))
     if not lines:
         return Closing((), None, None, (), rollup)
     posted, lot, paid = _true_up(state, w, label, lines, now)

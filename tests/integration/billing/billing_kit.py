@@ -83,4 +83,6 @@ class BillingKit:
         return (await self.db.read(lambda conn: billing.invoices(conn, cid)))["invoices"]
 
     async def upcoming(self, cid: str) -> dict[str, Any]:
-        return await self.db.read(lambda conn: billing.upcoming(conn, cid, self.clock.now, self.service.engine.books))
+        engine = self.service.engine
+        return await self.db.read(lambda conn: billing.upcoming(conn, cid, self.clock.now, engine.books,
+                                                                engine.overrides))
