@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -9,6 +10,7 @@ import psycopg
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import OpenAPIHeader, OpenAPIResponse, OpenAPIType, Operation, Schema
 
 from ledger.db import RetriesExhaustedError, is_unavailable, sqlstate_of
 from ledger.errors import LedgerError
@@ -88,11 +90,50 @@ DESCRIPTIONS = {
 }
 
 
+# The response headers the document describes where they are sent: Retry-After on every 503
+# (RETRY_AFTER_S, `unavailable`, `_http`) and on the 429 of a rolling budget window
+# (`_domain_error`); Idempotent-Replayed on the answers of a route that keeps them under an
+# Idempotency-Key (api.routes.wire.respond): its 2xx, and the refusals it keeps.
+RETRY_AFTER = {
+    503: OpenAPIHeader(required=True, schema=Schema(type=OpenAPIType.INTEGER, minimum=0),
+                       description="Seconds to wait before trying again"),
+    429: OpenAPIHeader(required=False, schema=Schema(type=OpenAPIType.INTEGER, minimum=0),
+                       description="A rolling budget window: seconds until enough of it lapses "
+                                   "(as `retry_after_seconds`)")}
+REPLAYED = OpenAPIHeader(required=False, schema=Schema(type=OpenAPIType.STRING, enum=["true"]),
+                         description="`true`: the kept answer of an earlier request with this Idempotency-Key, "
+                                     "replayed; absent on a fresh answer")
+KEPT_REFUSALS = {"402", "404", "409", "422", "429"}
+
+
+def described(base: type[Operation], idempotent: bool) -> type[Operation]:
+    """An Operation class (of `base`) whose responses describe the headers sent with them."""
+
+    @dataclass
+    class Described(base):  # type: ignore[valid-type, misc]
+        def __post_init__(self) -> None:
+            getattr(super(), "__post_init__", lambda: None)()
+            for status, response in (self.responses or {}).items():
+                if not isinstance(response, OpenAPIResponse):
+                    continue
+                headers = dict(response.headers or {})
+                if int(status) in RETRY_AFTER:
+                    headers["Retry-After"] = RETRY_AFTER[int(status)]
+                if idempotent and (status.startswith("2") or status in KEPT_REFUSALS):
+                    headers["Idempotent-Replayed"] = REPLAYED
+                response.headers = headers or None
+
+    return Described
+
+
 def documented(*statuses: int, secured: bool = True, body: bool = False,
-               replay: type | None = None, ok: Any = None) -> dict[str, Any]:
+               replay: type | None = None, ok: Any = None, idempotent: bool = False,
+               operation: type[Operation] = Operation) -> dict[str, Any]:
     """Route-handler keyword arguments that document the problem responses a route can give,
     (`replay`) the 200 with that body a creating route answers when the resource already exists,
-    and (`ok`) the 200 of a route whose handler returns a plain dict."""
+    (`ok`) the 200 of a route whose handler returns a plain dict, and the headers sent with
+    them (`idempotent`: a route that replays kept answers); `operation`: the route's own
+    Operation class (see api.renderings.rendered_as)."""
     # A secured route reads the database (its key, at least): under contention it may answer 503.
     # Every /v1 route refuses a query parameter it does not take, or a path value PostgreSQL
     # cannot hold (wire.guard_request): 422.
@@ -107,7 +148,7 @@ def documented(*statuses: int, secured: bool = True, body: bool = False,
     if replay is not None:
         responses[200] = ResponseSpec(data_container=replay, generate_examples=False,
                                       description="The same request again: what the first one created")
-    kwargs: dict[str, Any] = {"responses": responses}
+    kwargs: dict[str, Any] = {"responses": responses, "operation_class": described(operation, idempotent)}
     if secured:
         kwargs["security"] = [{"bearer": []}]
     return kwargs

@@ -46,9 +46,9 @@ _AS_TEXT = {HTML: Schema(type=OpenAPIType.STRING), PDF: Schema(type=OpenAPIType.
             CSV: Schema(type=OpenAPIType.STRING)}
 
 
-def rendered_as(*media_types: str) -> dict[str, type[Operation]]:
-    """Route-handler keyword arguments that document, beside the JSON of the 200, each other media
-    type `negotiate` answers it in (Litestar documents one)."""
+def rendered_as(*media_types: str) -> type[Operation]:
+    """The Operation class (for `documented(operation=)`) that documents, beside the JSON of the
+    200, each other media type `negotiate` answers it in (Litestar documents one)."""
 
     @dataclass
     class RenderedOperation(Operation):
@@ -58,7 +58,7 @@ def rendered_as(*media_types: str) -> dict[str, type[Operation]]:
                 ok.content = {**(ok.content or {}),
                               **{media: OpenAPIMediaType(schema=_AS_TEXT[media]) for media in media_types}}
 
-    return {"operation_class": RenderedOperation}
+    return RenderedOperation
 
 
 @dataclass(frozen=True, slots=True)

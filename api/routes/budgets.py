@@ -116,7 +116,7 @@ def _limit(metric: str, value: str | int) -> int:
 
 
 @post("/v1/budgets", guards=[require(*WRITERS)], tags=["budgets"], status_code=201,
-      **documented(404, 409, body=True, replay=BudgetResponse))
+      **documented(404, 409, body=True, replay=BudgetResponse, idempotent=True))
 async def create_budget(state: State, request: Request, data: CreateBudgetBody) -> Response[BudgetResponse]:
     """A budget of a customer's: every reservation that matches its scope counts against its
     window at its upper bound from the moment it is held. `hard` refuses with 429; `soft` alerts."""
@@ -197,7 +197,7 @@ async def get_budget(state: State, request: Request, budget_id: FromPath[str]) -
 
 
 @patch("/v1/budgets/{budget_id:str}", guards=[require(*WRITERS)], tags=["budgets"],
-       **documented(404, 409, body=True))
+       **documented(404, 409, body=True, idempotent=True))
 async def change_budget(state: State, request: Request, budget_id: FromPath[str],
                         data: ChangeBudgetBody) -> Response[BudgetResponse]:
     """Change its name, limit, mode or thresholds (scope, window and metric never change). A
@@ -222,7 +222,7 @@ async def change_budget(state: State, request: Request, budget_id: FromPath[str]
 
 
 @delete("/v1/budgets/{budget_id:str}", guards=[require(*WRITERS)], tags=["budgets"], status_code=200,
-        **documented(404, 409))
+        **documented(404, 409, idempotent=True))
 async def delete_budget(state: State, request: Request, budget_id: FromPath[str]) -> Response[BudgetResponse]:
     """New reservations stop counting against it; what its windows hold still returns there. A
     replay of its Idempotency-Key answers what it first answered."""

@@ -146,7 +146,7 @@ def _spec(data: CreateCustomerRequest) -> CustomerSpec:
 
 
 @post("/v1/customers", guards=[require()], tags=["customers"], status_code=201,
-      **documented(409, body=True, replay=CustomerResponse))
+      **documented(409, body=True, replay=CustomerResponse, idempotent=True))
 async def create_customer(state: State, request: Request, data: CreateCustomerBody) -> Response[CustomerResponse]:
     """Create a customer with its wallet. `overdraft_limit` defaults to 0 for prepaid customers
     and to null (no limit) for postpaid ones. The same definition again answers 200."""
@@ -178,7 +178,7 @@ CREDITED = Answer(_credit, CreditResult)
 
 
 @post("/v1/customers/{customer_id:str}/topups", guards=[require()], tags=["customers"], status_code=201,
-      **documented(404, 409, body=True))
+      **documented(404, 409, body=True, idempotent=True))
 async def top_up(state: State, request: Request, customer_id: FromPath[str],
                  data: TopUpBody) -> Response[CreditResponse]:
     """Paid credit: a new lot (priority 100, no expiry unless given). For a prepaid customer
@@ -191,7 +191,7 @@ async def top_up(state: State, request: Request, customer_id: FromPath[str],
 
 
 @post("/v1/customers/{customer_id:str}/grants", guards=[require()], tags=["customers"], status_code=201,
-      **documented(404, 409, body=True))
+      **documented(404, 409, body=True, idempotent=True))
 async def grant(state: State, request: Request, customer_id: FromPath[str],
                 data: GrantBody) -> Response[CreditResponse]:
     """Promotional or contractual credit: a lot paid by the promotions expense (priority 50)."""

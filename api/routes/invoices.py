@@ -124,7 +124,7 @@ async def list_invoices(state: State, customer_id: FromPath[str]) -> dict[str, A
 
 
 @get("/v1/customers/{customer_id:str}/invoices/upcoming", guards=[require(*READERS)], tags=["invoices"],
-     **documented(404, 406), **renderings.rendered_as(renderings.HTML, renderings.PDF, renderings.CSV))
+     **documented(404, 406, operation=renderings.rendered_as(renderings.HTML, renderings.PDF, renderings.CSV)))
 async def upcoming_invoice(state: State, request: Request, customer_id: FromPath[str]) -> Response[Any]:
     """The invoice of the customer's current period so far, computed now by the close's own code
     (a volume true-up shows as it would be posted if the period closed now); no number yet.
@@ -139,8 +139,8 @@ async def upcoming_document(state: State, customer_id: str) -> dict[str, Any]:
                                       wallets.engine.overrides))
 
 
-@get("/v1/invoices/{invoice_id:str}", guards=[require(*READERS)], tags=["invoices"], **documented(404, 406),
-     **renderings.rendered_as(renderings.HTML, renderings.PDF, renderings.CSV))
+@get("/v1/invoices/{invoice_id:str}", guards=[require(*READERS)], tags=["invoices"],
+     **documented(404, 406, operation=renderings.rendered_as(renderings.HTML, renderings.PDF, renderings.CSV)))
 async def get_invoice(state: State, request: Request, invoice_id: FromPath[str]) -> Response[Any]:
     """A finalized invoice: its frozen document, its content hash, its payments and status; by
     the Accept header as JSON (default), a printable page (`text/html`), a PDF
@@ -172,7 +172,7 @@ def rendered(media: str, document: dict[str, Any]) -> Response[Any]:
 
 
 @post("/v1/invoices/{invoice_id:str}/payments", guards=[require("admin")], tags=["invoices"], status_code=201,
-      **documented(404, 409, body=True))
+      **documented(404, 409, body=True, idempotent=True))
 async def pay_invoice(state: State, request: Request, invoice_id: FromPath[str],
                       data: PayInvoiceBody) -> Response[PaymentResponse]:
     """Record a payment of the invoice's amount due: cash in, the customer's receivable down, as

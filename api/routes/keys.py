@@ -50,7 +50,8 @@ def _response(key: keys.ApiKey) -> ApiKeyResponse:
     return ApiKeyResponse(key.id, key.scope, list(key.customers), key.name, key.created_at, key.revoked_at)
 
 
-@post("/v1/api-keys", guards=[require()], tags=["api keys"], status_code=201, **documented(409, body=True))
+@post("/v1/api-keys", guards=[require()], tags=["api keys"], status_code=201,
+      **documented(409, body=True, idempotent=True))
 async def create_api_key(state: State, request: Request, data: CreateApiKeyBody) -> Response[CreatedApiKeyResponse]:
     """Create a key; its secret `key` is returned here and never again (but to a replay of the
     same Idempotency-Key by the same caller)."""

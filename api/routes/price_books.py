@@ -175,7 +175,7 @@ ADDED = Answer(lambda added: _version(added.version), books.AddedVersion, _added
 
 
 @post("/v1/price-books", guards=[require()], tags=["price books"], status_code=201,
-      **documented(409, body=True, replay=PriceVersionResponse))
+      **documented(409, body=True, replay=PriceVersionResponse, idempotent=True))
 async def post_price_book(
     state: State, request: Request,
     data: PriceBookBody,

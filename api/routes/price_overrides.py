@@ -87,7 +87,7 @@ Body = Annotated[dict[str, Any], json_body(PutPriceOverridesRequest)]
 
 
 @put("/v1/customers/{customer_id:str}/price-overrides", guards=[require()], tags=["price books"],
-     status_code=201, **documented(404, body=True, replay=PriceOverridesVersionResponse))
+     status_code=201, **documented(404, body=True, replay=PriceOverridesVersionResponse, idempotent=True))
 async def put_price_overrides(state: State, request: Request, customer_id: FromPath[str],
                               data: Body) -> Response[PriceOverridesVersionResponse]:
     """Append a version of the customer's overrides (admin). 201 with it; the same overrides as

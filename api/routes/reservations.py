@@ -154,7 +154,7 @@ EXTENDED = Answer(_extended, ExtendResult)
 
 
 @guarded_post("/v1/reservations", guards=[require("inference")], tags=["reservations"], status_code=201,
-      **documented(402, 404, 409, 429, body=True, replay=ReservationResponse))
+      **documented(402, 404, 409, 429, body=True, replay=ReservationResponse, idempotent=True))
 async def create_reservation(
     state: State, request: Request,
     data: CreateReservationBody,
@@ -180,7 +180,7 @@ async def create_reservation(
 
 
 @guarded_post("/v1/reservations/{reservation_id:str}/settle", guards=[require("inference")], tags=["reservations"],
-      status_code=200, **documented(404, 409, body=True))  # 422 includes implausible_usage
+      status_code=200, **documented(404, 409, body=True, idempotent=True))  # 422 includes implausible_usage
 async def settle(
     state: State, request: Request, reservation_id: FromPath[str],
     data: SettleBody,
@@ -217,7 +217,7 @@ def _forcing_key(request: Request) -> str:
 
 
 @guarded_post("/v1/reservations/{reservation_id:str}/release", guards=[require("inference")], tags=["reservations"],
-      status_code=200, **documented(404, 409, 422))  # 422: a malformed Idempotency-Key
+      status_code=200, **documented(404, 409, 422, idempotent=True))  # 422: a malformed Idempotency-Key
 async def release(state: State, request: Request, reservation_id: FromPath[str]) -> Response[ReleaseResponse]:
     """Give the whole remaining hold back to the lots it came from."""
     customer_id = await state.services.wallets.owner_of(reservation_id)
@@ -227,7 +227,7 @@ async def release(state: State, request: Request, reservation_id: FromPath[str])
 
 
 @guarded_post("/v1/reservations/{reservation_id:str}/extend", guards=[require("inference")], tags=["reservations"],
-      status_code=200, **documented(404, 409, body=True))
+      status_code=200, **documented(404, 409, body=True, idempotent=True))
 async def extend(
     state: State, request: Request, reservation_id: FromPath[str],
     data: Annotated[dict[str, Any], json_body(ExtendRequest)],

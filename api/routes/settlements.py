@@ -133,7 +133,7 @@ async def _settle_one(state: State, request: Request, raw: Any, lookups: asyncio
 
 
 @guarded_post("/v1/settlements", guards=[require("inference")], tags=["reservations"], status_code=200,
-      **documented(body=True))
+      **documented(body=True, idempotent=True))
 async def settle_many(state: State, request: Request, data: SettlementsBody) -> Response[SettlementsResponse]:
     """Up to 1,000 settles, each answered on its own in `results`, in order, with the status and
     body its `POST /v1/reservations/{id}/settle` would answer: a refusal (not found, closed,

@@ -79,7 +79,7 @@ def _command(event: UsageEvent, latest: datetime, dimensions: Mapping[str, Any])
 
 
 @post("/v1/usage-events", guards=[require("inference")], tags=["usage"], status_code=200,
-      **documented(body=True))
+      **documented(body=True, idempotent=True))
 async def post_usage_events(state: State, request: Request,
                             data: UsageEventsBody) -> Response[UsageEventsResponse]:
     """Rate and post each event exactly once, however often it is sent (by `customer_id` and

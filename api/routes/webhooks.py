@@ -117,7 +117,7 @@ def _with_secret(e: Endpoint, secret: str) -> CreatedWebhookEndpointResponse:
 
 
 @post("/v1/webhook-endpoints", guards=[require()], tags=TAGS,
-      **documented(409, body=True, replay=CreatedWebhookEndpointResponse))
+      **documented(409, body=True, replay=CreatedWebhookEndpointResponse, idempotent=True))
 async def create_webhook_endpoint(
         state: State, request: Request, data: Annotated[dict[str, Any], json_body(CreateWebhookEndpointRequest)]
 ) -> Response[CreatedWebhookEndpointResponse]:
@@ -143,7 +143,8 @@ async def get_webhook_endpoint(state: State, endpoint_id: FromPath[str]) -> Webh
     return _response(await state.services.db.read(lambda c: endpoints.get(c, endpoint_id)))
 
 
-@patch("/v1/webhook-endpoints/{endpoint_id:str}", guards=[require()], tags=TAGS, **documented(404, 409, body=True))
+@patch("/v1/webhook-endpoints/{endpoint_id:str}", guards=[require()], tags=TAGS,
+       **documented(404, 409, body=True, idempotent=True))
 async def update_webhook_endpoint(
         state: State, request: Request, endpoint_id: FromPath[str],
         data: Annotated[dict[str, Any], json_body(UpdateWebhookEndpointRequest)]) -> Response[WebhookEndpointResponse]:
@@ -163,7 +164,7 @@ async def update_webhook_endpoint(
 
 
 @delete("/v1/webhook-endpoints/{endpoint_id:str}", guards=[require()], status_code=200, tags=TAGS,
-        **documented(404, 409))
+        **documented(404, 409, idempotent=True))
 async def delete_webhook_endpoint(state: State, request: Request,
                                   endpoint_id: FromPath[str]) -> Response[WebhookEndpointResponse]:
     """Delete it: nothing more is sent to it and its secrets are erased; its delivery log stays.
@@ -176,7 +177,7 @@ async def delete_webhook_endpoint(state: State, request: Request,
 
 
 @post("/v1/webhook-endpoints/{endpoint_id:str}/rotate-secret", guards=[require()], status_code=200, tags=TAGS,
-      **documented(404, 409, body=True))
+      **documented(404, 409, body=True, idempotent=True))
 async def rotate_webhook_secret(
         state: State, request: Request, endpoint_id: FromPath[str],
         # typing.Optional: Litestar's OpenAPI cannot name a `X | None` body (types.UnionType)
@@ -204,7 +205,7 @@ async def _once(state: State, request: Request, data: Any, work: Callable[[Async
 
 
 @post("/v1/webhook-endpoints/{endpoint_id:str}/redrive", guards=[require()], status_code=202, tags=TAGS,
-      **documented(404, 409, body=True))
+      **documented(404, 409, body=True, idempotent=True))
 async def redrive_webhooks(
         state: State, request: Request, endpoint_id: FromPath[str], data: RedriveBody
 ) -> Response[RedriveResponse]:

@@ -507,3 +507,66 @@ async def test_audit_invoices_rerates_and_webhook_logs_keep_to_their_documented_
         page = (await client.get(f"/v1/webhook-endpoints/{eid}/{log}?limit=1", headers=ADMIN)).json()
         assert page["items"] and page["next"] is not None
         _conforms(client, f"/v1/webhook-endpoints/{{endpoint_id}}/{log}", page)
+
+
+# Every route that answers a kept answer under an Idempotency-Key (wire.respond), with
+# Idempotent-Replayed: true when it does.
+IDEMPOTENT = [("post", "/v1/budgets"), ("patch", "/v1/budgets/{budget_id}"), ("delete", "/v1/budgets/{budget_id}"),
+              ("post", "/v1/customers"), ("post", "/v1/customers/{customer_id}/topups"),
+              ("post", "/v1/customers/{customer_id}/grants"), ("post", "/v1/invoices/{invoice_id}/payments"),
+              ("post", "/v1/api-keys"), ("post", "/v1/price-books"),
+              ("put", "/v1/customers/{customer_id}/price-overrides"), ("post", "/v1/reservations"),
+              ("post", "/v1/reservations/{reservation_id}/settle"),
+              ("post", "/v1/reservations/{reservation_id}/release"),
+              ("post", "/v1/reservations/{reservation_id}/extend"), ("post", "/v1/settlements"),
+              ("post", "/v1/usage-events"), ("post", "/v1/webhook-endpoints"),
+              ("patch", "/v1/webhook-endpoints/{endpoint_id}"), ("delete", "/v1/webhook-endpoints/{endpoint_id}"),
+              ("post", "/v1/webhook-endpoints/{endpoint_id}/rotate-secret"),
+              ("post", "/v1/webhook-endpoints/{endpoint_id}/redrive")]
+
+
+def _document() -> dict:
+    return create_app(Settings(admin_key="test-admin", scheduler=False), "postgresql://unused/unused"
+                      ).openapi_schema.to_schema()
+
+
+def test_every_503_and_429_describes_its_retry_after():
+    """Before: no response in the document had headers, though every 503 is sent with
+    Retry-After (and a 429 of a rolling budget window too): a client could not learn of it."""
+    document, seen = _document(), 0
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            for status in ("503", "429"):
+                response = operation.get("responses", {}).get(status) if isinstance(operation, dict) else None
+                if response is None:
+                    continue
+                seen += 1
+                header = (response.get("headers") or {}).get("Retry-After")
+                assert header is not None, (method, path, status)
+                assert header["schema"]["type"] == "integer" and header["required"] is (status == "503")
+    assert seen > 50
+
+
+@pytest.mark.parametrize(("method", "path"), IDEMPOTENT)
+def test_a_route_that_replays_describes_idempotent_replayed(method, path):
+    """Before: Idempotent-Replayed (sent on a kept answer) was in no response of the document."""
+    responses = _document()["paths"][path][method]["responses"]
+    ok = [status for status in responses if status.startswith("2")]
+    assert ok
+    for status in ok:
+        header = (responses[status].get("headers") or {}).get("Idempotent-Replayed")
+        assert header is not None and header["schema"]["enum"] == ["true"] and not header["required"], status
+
+
+def test_a_route_that_never_replays_does_not_describe_it():
+    responses = _document()["paths"]["/v1/journal"]["get"]["responses"]
+    assert "Idempotent-Replayed" not in (responses["200"].get("headers") or {})
+
+
+async def test_a_replayed_top_up_sends_the_header_its_document_describes(client, customer):
+    headers = {**ADMIN, "Idempotency-Key": "typed-replay"}
+    first = await client.post(f"/v1/customers/{customer}/topups", json={"amount": "1.00"}, headers=headers)
+    again = await client.post(f"/v1/customers/{customer}/topups", json={"amount": "1.00"}, headers=headers)
+    assert "idempotent-replayed" not in first.headers and again.headers["idempotent-replayed"] == "true"
+    described = client.app.openapi_schema.to_schema()["paths"]["/v1/customers/{customer_id}/topups"]["post"]
+    assert "Idempotent-Replayed" in described["responses"][str(again.status_code)]["headers"]
