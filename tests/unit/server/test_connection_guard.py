@@ -119,7 +119,8 @@ def test_an_unfinished_request_head_is_closed_after_the_header_timeout():
         # a complete request is answered as ever
         assert read_all(connect(port, b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
                         ).startswith(b"HTTP/1.1 200 ")
-    assert 0.3 <= waited < 2.0
+    # ceilings below read_all's 5 s and the other timeouts' defaults (5-60 s), with room for a loaded box
+    assert 0.3 <= waited < 4.0
     assert counter("tokentill_connection_timeouts_total", phase="header") - before == 3
 
 
@@ -144,7 +145,7 @@ def test_a_stalled_or_endless_body_is_answered_408():
         assert status.startswith(b"HTTP/1.1 408 ")
         assert b"content-type: application/problem+json" in status
         assert json.loads(body)["status"] == 408
-    assert 1.2 <= waited < 3.0
+    assert 1.2 <= waited < 4.5
     assert whole.startswith(b"HTTP/1.1 200 ") and b"\r\ngot 100\r\n" in whole
     assert counter("tokentill_connection_timeouts_total", phase="body") - before == 2
 
@@ -166,7 +167,7 @@ def test_an_idle_keep_alive_connection_closes_after_the_keep_alive_timeout():
         sock = connect(port, b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
         started = time.monotonic()
         assert read_all(sock).startswith(b"HTTP/1.1 200 ")
-    assert 0.3 <= time.monotonic() - started < 2.0
+    assert 0.3 <= time.monotonic() - started < 4.0  # not the default keep-alive, 5 s
 
 
 def test_at_the_limit_the_longest_idle_connection_is_evicted_and_never_one_in_flight():
