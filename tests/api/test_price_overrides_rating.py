@@ -311,3 +311,25 @@ async def test_a_rerate_that_makes_a_free_allowance_pay_less_moves_its_counter_d
     assert charged(await event(client, cid, now - timedelta(minutes=2), 100_000)) == "1.01"  # none of it left
     verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
     assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]
+
+
+async def test_a_rerate_that_changes_who_pays_but_not_the_charge_moves_the_allowance(client) -> None:
+    # a discount backdated over calls a free allowance paid whole: each charge stays 0.00, but the
+    # discount now pays half of it and the allowance takes only the rest (the re-rate was a 500:
+    # charge_adjustments refused an adjustment whose amount did not change)
+    now = datetime.now(UTC)
+    cid = await customer(client, {"free_allowances": [{"id": "free-5", "amount": "5.00"}]},
+                         effective_from=now - timedelta(hours=2))
+    for minutes in (50, 49, 48):  # 1.01 each, all free: 3.03 of the 5.00 taken
+        assert charged(await event(client, cid, now - timedelta(minutes=minutes), 100_000)) == "0.00"
+    put = await client.put(f"/v1/customers/{cid}/price-overrides", headers=ADMIN, json={
+        "effective_from": utc(now - timedelta(hours=1)), "free_allowances": [{"id": "free-5", "amount": "5.00"}],
+        "discounts": [{"id": "half", "model": "model-a", "percent": "50"}]})
+    assert put.status_code == 201, put.text
+    result = await rerate(client, cid, now - timedelta(hours=1), now)
+    assert result["delta"] == "0.00", result
+    # the allowance paid 3 x 0.505 = 1.515 of them: 3.485 left. 700,000 tokens: 7.01, half off 3.505,
+    # the allowance 3.485 of it, 0.02 charged (1.535 with the 1.97 the counter said before)
+    assert charged(await event(client, cid, now - timedelta(minutes=2), 700_000)) == "0.02"
+    verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
+    assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]
