@@ -28,7 +28,7 @@ DOWNGRADE = r"""
 DO $$
 BEGIN
     IF EXISTS (SELECT 1 FROM charge_adjustments WHERE new_amount = old_amount) THEN
-        RAISE EXCEPTION 're-rates changed who pays charges without changing their amounts: a downgrade below 0037 would lose them'
+        RAISE EXCEPTION 're-rates changed who pays charges, not their amounts: a downgrade below 0037 would lose them'
             USING ERRCODE = 'restrict_violation';
     END IF;
 END $$;
