@@ -519,13 +519,17 @@ class CtrlCWhileReserveIsAnswered(httpx.BaseTransport):
         return response
 
 
-def test_ctrl_c_while_a_reserves_answer_is_on_its_way_leaves_no_hold(live, spool_dir):
+def test_ctrl_c_while_a_reserves_answer_is_on_its_way_leaves_no_hold(live, spool_dir, request):
     """Ctrl-C while the reserve is answered: the caller never sees the reservation, but the server
     made its hold. The client releases it, rather than keep the customer's money held until it
     expires (an hour here)."""
     url, book = live
     customer = new_customer(url, book)
     transport = CtrlCWhileReserveIsAnswered()
+    # Ctrl-C as a plain program gets it (KeyboardInterrupt), whatever handler earlier code in this
+    # process left installed (a server run in-process installs its own)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     with Client(url, ADMIN, transport=transport) as tt:
         with pytest.raises(KeyboardInterrupt):
             with tt.reserve(customer, "model-a", input_tokens=1000, max_output_tokens=500, ttl_seconds=3600):
