@@ -85,6 +85,7 @@ from api.gateway.tools import (
     tool_use_system_prompt,
     without_built_in_tools,
 )
+from api.json_keys import repeated_key
 from pricing.attachments import audio_tokens, decoded, pdf_pages, pdf_tokens
 from pricing.errors import PricingError
 from pricing.images import base64_size, data_url_size, rule_for
@@ -380,6 +381,9 @@ def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: Token
         raise CallError("body", f"not JSON: {exc}") from None
     if not isinstance(body, dict):
         raise CallError("body", "must be a JSON object")
+    repeated = repeated_key(raw, body)  # read last here, it may be read first upstream: an under-hold
+    if repeated is not None:
+        raise CallError(repeated, "given more than once in one object")
     model = body.get("model")
     if not isinstance(model, str) or not 0 < len(model) <= 200:
         raise CallError("model", "is required: a string of 1 to 200 characters")

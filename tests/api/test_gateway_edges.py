@@ -520,3 +520,31 @@ def test_a_big_call_is_read_off_the_event_loop_while_small_calls_go_on(live, ups
     assert answers["small"].status_code == 200 and answers["big"].status_code == 200
     assert answers["big"].headers["x-tokentill-charged"] == answers["small"].headers["x-tokentill-charged"]
     assert wallet(url, cid) == (Decimal("10") - 2 * CHAT_CHARGE, 0)  # each charged its usage, nothing held
+
+
+@pytest.mark.parametrize("provider, path", [("openai", "/openai/v1/chat/completions"),
+                                            ("anthropic", "/anthropic/v1/messages")])
+def test_a_body_that_gives_a_key_twice_is_refused_in_the_providers_shape_before_any_hold(
+        live, upstream, provider, path):
+    """Two `max_tokens`: tokentill's decoder reads the last (10), an upstream may read the first
+    (100,000) and generate past the hold. Refused, 400 in the provider's shape, before anything
+    is held or sent (was: held for 10 output tokens and forwarded byte for byte)."""
+    url, _ = live
+    cid, key = customer(live)
+
+    async def never(send: Any, receive: Any) -> None:
+        raise AssertionError("sent upstream")
+
+    name = model(upstream, never)
+    raw = (f'{{"model": "{name}", "max_tokens": 100000, "max_tokens": 10, '
+           '"messages": [{"role": "user", "content": "hi"}]}').encode()
+    answer = httpx.post(f"{url}{path}", content=raw, timeout=30, headers={
+        "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    assert answer.status_code == 400 and answer.headers["x-tokentill-charged"] == "0"
+    error = answer.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] == "validation_error"
+    assert "max_tokens" in error["message"] and "more than once" in error["message"]
+    if provider == "anthropic":
+        assert answer.json()["type"] == "error"
+    assert all(call["model"] != name for call in upstream.fake.calls)
+    assert wallet(url, cid) == (Decimal("10"), 0)

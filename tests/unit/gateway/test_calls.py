@@ -498,3 +498,21 @@ def test_anthropic_mcp_servers_are_held_for_their_tool_listings():
     listed = parse_call(MESSAGES, msgspec.json.encode(body), default_max_output=1000, counter=COUNTER,
                         server_tool_result_tokens=700)
     assert listed.prompt_tokens - bare.prompt_tokens == 2 * 700 and listed.prompt_raw_tokens == bare.prompt_raw_tokens
+
+
+@pytest.mark.parametrize("kind, raw, field", [
+    # tokentill would read the last max_tokens (10), an upstream may read the first (100000)
+    (CHAT, b'{"model": "gpt-4", "messages": [], "max_tokens": 100000, "max_tokens": 10}', "max_tokens"),
+    (MESSAGES, b'{"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": [{"role": "user", '
+               b'"content": "a", "content": "b"}]}', "messages[0].content"),
+    (RESPONSES, b'{"model": "gpt-4", "input": "hi", "tools": [{"type": "web_search", "type": "function"}]}',
+     "tools[0].type")])
+def test_a_body_with_a_key_given_twice_is_refused_naming_it(kind, raw, field):
+    with pytest.raises(CallError) as raised:
+        parse_call(kind, raw, default_max_output=1000, counter=COUNTER)
+    assert raised.value.field == field and "more than once" in raised.value.message
+
+
+def test_a_colon_inside_a_string_or_escaped_is_not_a_repeated_key():
+    raw = b'{"model": "gpt-4", "messages": [{"role": "user", "content": "a:b \\u003a c"}], "max_tokens": 7}'
+    assert parse_call(CHAT, raw, default_max_output=1000, counter=COUNTER).body == raw
