@@ -489,8 +489,9 @@ async def _load_rerates(conn: AsyncConnection, batch: Batch, commands: Sequence[
 async def rerate_input(conn: AsyncConnection, books: BookCache, cmd: RerateCharges, cycle: Cycle
                        ) -> RerateInput | None:
     """What re-rating `cmd`'s customer and period decides on (None: no such book version): the
-    corrected version, the period's charges of the book up to the range's end (with their earlier
-    re-rates), and the period's invoice if it was finalized. A preview reads the same."""
+    corrected version, the period's charges of the book (with their earlier re-rates; those after
+    the range count for the free allowances they took), and the period's invoice if it was
+    finalized. A preview reads the same."""
     versions = await _scalar(conn, "SELECT count(*) FROM price_book_versions WHERE book_id = %s", (cmd.book_id,))
     book = await books.get(conn, cmd.book_id, int(versions or 0))
     version = next((v for v in book.versions if v.version == cmd.version), None) if book else None
@@ -499,8 +500,7 @@ async def rerate_input(conn: AsyncConnection, books: BookCache, cmd: RerateCharg
     period = period_of(cmd.range_from, cycle)
     while period.label < cmd.period:
         period = period_of(period.end, cycle)
-    rows = await store.load_rerate_charges(conn, cmd.customer_id, cmd.book_id, period.start,
-                                           min(period.end, cmd.range_to))
+    rows = await store.load_rerate_charges(conn, cmd.customer_id, cmd.book_id, period.start, period.end)
     return RerateInput(version, tuple(_on_record(r) for r in rows),
                        await store.finalized_invoice(conn, cmd.customer_id, cmd.period),
                        await load_history(conn, cmd.customer_id))

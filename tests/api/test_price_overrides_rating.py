@@ -333,3 +333,28 @@ async def test_a_rerate_that_changes_who_pays_but_not_the_charge_moves_the_allow
     assert charged(await event(client, cid, now - timedelta(minutes=2), 700_000)) == "0.02"
     verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
     assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]
+
+
+async def test_a_rerate_ending_before_later_usage_leaves_that_usage_its_share_of_the_allowance(client) -> None:
+    # a re-rate over part of a period: the calls after its range keep what they took of the free
+    # allowance, so the calls in it can take only what is left of it, not the whole allowance again
+    now = datetime.now(UTC)
+    cid = await customer(client, {"free_allowances": [{"id": "free-5", "amount": "5.00"}]},
+                         effective_from=now - timedelta(hours=2))
+    assert charged(await event(client, cid, now - timedelta(minutes=50), 100_000)) == "0.00"  # 1.01, free
+    assert charged(await event(client, cid, now - timedelta(minutes=40), 300_000)) == "0.00"  # 3.01, free
+    assert charged(await event(client, cid, now - timedelta(minutes=30), 200_000)) == "1.03"  # 2.01: 0.98 free
+    put = await client.put(f"/v1/customers/{cid}/price-overrides", headers=ADMIN, json={
+        "effective_from": utc(now - timedelta(minutes=55)), "free_allowances": [{"id": "free-5", "amount": "5.00"}],
+        "contract_prices": [{"id": "c20", "model": "model-a", "token_type": "input", "price": "20.00"}]})
+    assert put.status_code == 201, put.text
+    # the first two calls at $20/M: 2.01 and 6.01; the allowance has 5.00 - 0.98 = 4.02 left for
+    # them (the third call, after the range, keeps its 0.98): 8.02 - 4.02 = 4.00 more to pay
+    result = await rerate(client, cid, now - timedelta(minutes=60), now - timedelta(minutes=35))
+    assert result["delta"] == "4.00", result
+    upcoming = (await client.get(f"/v1/customers/{cid}/invoices/upcoming", headers=ADMIN)).json()
+    assert upcoming["total"] == "5.03", upcoming  # 2.01 + 6.01 + 2.01 used, 5.00 of it free
+    # the allowance is spent: the next call pays in full
+    assert charged(await event(client, cid, now - timedelta(minutes=2), 100_000)) == "2.01"
+    verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
+    assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]

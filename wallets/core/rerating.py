@@ -104,7 +104,8 @@ class ChargeOnRecord:
 @dataclass(frozen=True, slots=True)
 class RerateInput:
     """What re-rating one customer's period needs: the corrected version, the period's charges of
-    the book up to the range's end (by usage time), and the period's invoice if finalized."""
+    the book (by usage time; those after the range only for what they took of free allowances),
+    and the period's invoice if finalized."""
 
     version: PriceVersion
     charges: tuple[ChargeOnRecord, ...]
@@ -184,8 +185,14 @@ def corrections(data: RerateInput, range_from: datetime, range_to: datetime) -> 
     """Each charge of the range whose amounts the corrected version changes (in usage-time order).
     Graduated tiers continue from the period's earlier charges: those before the range count as
     they were rated (their rules' quantities, as the period's usage counters have them), those in
-    it as re-rated."""
+    it as re-rated. The charges after the range keep what they took of each free allowance (they
+    are not re-rated), so those in it take at most what the others left of it."""
     so_far: dict[str, int] = {}
+    for charge in data.charges:
+        if charge.occurred_at >= range_to:
+            for key, units in charge.counted().items():
+                if key.startswith(ALLOWANCE):
+                    so_far[key] = so_far.get(key, 0) + units
     out: list[Correction] = []
     for charge in data.charges:
         if charge.occurred_at >= range_to:
