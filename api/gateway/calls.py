@@ -52,7 +52,8 @@ What the provider bills as input but the body does not show:
 - Code execution (Anthropic's `code_execution_*` tool, OpenAI's `code_interpreter` and hosted
   `shell`) is billed per container, which no usage reports (api.gateway.tools): held at the
   `code_execution` units of its container (OpenAI's by its memory limit), and charged per
-  container the answer shows (`container_units` each).
+  container the answer shows (`container_units` each); an OpenAI container given by id was
+  billed when an earlier call made it (`reused_containers`): neither held nor charged again.
 - A chat message that refers to an earlier answer's audio by id (`audio: {"id": ...}`) is billed
   that audio as input: held at AUDIO_REFERENCE_TOKENS of audio, the most audio an answer can
   have. In the hold only (`hold_audio_tokens`): a settle without the provider's usage (a cut
@@ -132,6 +133,7 @@ class Call:
     container_units: int = 0  # the code_execution units charged per container the answer shows it ran code in
     dimensions: tuple[tuple[str, str], ...] = ()  # the prices the call asks for (PRICED_FIELDS): ("speed", "fast")
     cache_write: str | None = None  # the prompt may be written to the cache, billed as this type (cache_write_1h)
+    reused_containers: tuple[str, ...] = ()  # OpenAI containers given by id, billed when made: not charged again
 
 
 def _count(value: Any, name: str) -> int | None:
@@ -398,7 +400,7 @@ def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: Token
     cap, changed = _output_cap(kind, body, default_max_output)
     if kind == CHAT:
         cap += _prediction_tokens(body, model, counter)
-    uses, results, containers = (), 0, 0
+    uses, results, containers, reused = (), 0, 0, ()
     if kind == MESSAGES:
         anthropic_unmetered(body)
         uses, results, tools_changed = server_tools(body, server_tool_max_uses, server_tool_result_tokens)
@@ -406,8 +408,8 @@ def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: Token
         results += anthropic_mcp_servers(body) * server_tool_result_tokens  # each server's tool listing
         uses = tuple(sorted((*uses, ("code_execution", containers)))) if containers else uses
     elif kind == RESPONSES:
-        uses, results, tools_changed, containers = openai_tools(body, server_tool_max_uses,
-                                                                server_tool_result_tokens)
+        uses, results, tools_changed, containers, reused = openai_tools(body, server_tool_max_uses,
+                                                                        server_tool_result_tokens)
         changed = changed or tools_changed
     elif kind == CHAT:
         uses, results = openai_chat_search(body, server_tool_result_tokens)
@@ -421,4 +423,5 @@ def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: Token
             changed = True
     return Call(kind, model, stream, prompt_tokens + results, raw_tokens, cap,
                 msgspec.json.encode(body) if changed else raw, wanted, audio_tokens, audio_tokens + referred,
-                prior, uses, containers, _priced(kind, body), _cache_write(body) if kind == MESSAGES else None)
+                prior, uses, containers, _priced(kind, body), _cache_write(body) if kind == MESSAGES else None,
+                reused)

@@ -52,7 +52,8 @@ class Forwarding:
         self.x, self.call, self.reservation = exchange, call, reserved.reservation
         self.tally = StreamTally(call.kind, call.usage_chunk_wanted,
                                  chat_searches=dict(call.tool_uses).get("web_search", 0) if call.kind == CHAT else 0,
-                                 container_units=call.container_units)
+                                 container_units=call.container_units,
+                                 reused_containers=frozenset(call.reused_containers))
         self.outcome = "settled"
         self.finished = False  # settled or released (or tried to be)
         self.charged: int | None = None  # what finish() knows was charged: 0 once released

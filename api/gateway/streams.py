@@ -121,6 +121,7 @@ class StreamTally:
     chat_searches: int = 0  # OpenAI (chat): the searches a search model runs per call (web_search_options)
     container_units: int = 0  # the code_execution units of a container the call runs code in
     containers: set[str] = field(default_factory=set)  # those the answer showed (Anthropic's: one, "")
+    reused_containers: frozenset[str] = frozenset()  # OpenAI's given by id: billed when made, not again
 
     def observe(self, raw: bytes) -> bool:
         """Take one event into account; whether to forward it to the caller."""
@@ -181,7 +182,8 @@ class StreamTally:
                                                  and place.get("type") == "container_reference"):
                     continue  # a shell on the caller's machine
                 container = place.get("container_id") if isinstance(place, Mapping) else None
-                self.containers.add(container if isinstance(container, str) else "")
+                if container not in self.reused_containers:
+                    self.containers.add(container if isinstance(container, str) else "")
 
     def tool_calls(self) -> dict[str, int]:
         """The per-call tool uses the answer showed that its usage does not count, as canonical

@@ -189,9 +189,9 @@ def anthropic_containers(body: Mapping[str, Any]) -> int:
 OPENAI_TOOLS = (("web_search", "web_search"), ("file_search", "file_search"))
 OPENAI_TOOL_CALLS = {f"{unit}_call": unit for _, unit in OPENAI_TOOLS}
 # OpenAI's containers (a code_interpreter tool's; a hosted shell's, `shell` in a container): billed
-# per container session by its memory limit, 4g, 16g and 64g at 4, 16 and 64 times the price of a
-# 1g container (the default): counted in `code_execution` units of 1 GB. A container given by id
-# (made earlier) does not show its size in the call: counted as 1 GB.
+# per container by its memory limit when it is made, 4g, 16g and 64g at 4, 16 and 64 times the price
+# of a 1g container (the default): counted in `code_execution` units of 1 GB. A container given by
+# id was made, and billed, by an earlier call: not again.
 OPENAI_CONTAINER_UNITS = {"1g": 1, "4g": 4, "16g": 16, "64g": 64}
 OPENAI_CONTAINER_CALLS = frozenset({"code_interpreter_call", "shell_call"})
 # OpenAI's tools billed in a way no usage reports, by type: why the gateway refuses them.
@@ -200,37 +200,40 @@ OPENAI_UNMETERED_TOOLS = {
                         "which the response's usage does not report: the gateway cannot meter it"}
 
 
-def _container_units(tool: Any) -> int:
-    """The `code_execution` units of the container an OpenAI tool runs in (0: none of OpenAI's)."""
+def _container(tool: Any) -> tuple[int, str | None] | None:
+    """(the `code_execution` units of the container an OpenAI tool makes, the id of one it reuses)
+    for a tool that runs in a container of OpenAI's; None for any other tool. A container given by
+    id was made, and billed, by an earlier call: 0 units."""
     if not isinstance(tool, Mapping) or tool.get("type") not in ("code_interpreter", "shell"):
-        return 0
+        return None
     field = "container" if tool["type"] == "code_interpreter" else "environment"
     given = tool.get(field)
     if isinstance(given, str):  # a container made earlier, by id
-        return 1
+        return 0, given
     kind = given.get("type") if isinstance(given, Mapping) else None
     if kind == "container_reference":
-        return 1
+        ident = given.get("container_id")
+        return 0, ident if isinstance(ident, str) else None
     if kind not in ("auto", "container_auto"):  # a shell on the caller's machine: no container of OpenAI's
-        return 0
+        return None
     memory = given.get("memory_limit")
     if memory is None:
-        return 1
+        return 1, None
     if memory not in OPENAI_CONTAINER_UNITS:
         raise CallError(f"tools.{field}.memory_limit", f"must be one of {', '.join(OPENAI_CONTAINER_UNITS)}")
-    return OPENAI_CONTAINER_UNITS[memory]
+    return OPENAI_CONTAINER_UNITS[memory], None
 
 
 def openai_tools(body: dict[str, Any], max_uses: int,
-                 result_tokens: int) -> tuple[tuple[tuple[str, int], ...], int, bool, int]:
+                 result_tokens: int) -> tuple[tuple[tuple[str, int], ...], int, bool, int, tuple[str, ...]]:
     """(uses of per-call units, input tokens held for the results, whether the body changed, the
-    `code_execution` units of a container it uses) of a responses call's built-in tools: its
-    per-call tools (`web_search`, `web_search_preview`, `file_search` and their dated types) each
-    held for `max_tool_calls`, the most built-in tool calls the call may make (given the
-    gateway's when it sets none, so the hold is a bound), at its fee; its containers
-    (`code_interpreter`, a hosted `shell`) one session each at its units; and that many results,
-    besides a hosted MCP server's (`mcp`) tool listing. A tool of OPENAI_UNMETERED_TOOLS is
-    UnmeteredToolError."""
+    `code_execution` units of a container it makes, the ids of those it reuses) of a responses
+    call's built-in tools: its per-call tools (`web_search`, `web_search_preview`, `file_search`
+    and their dated types) each held for `max_tool_calls`, the most built-in tool calls the call
+    may make (given the gateway's when it sets none, so the hold is a bound), at its fee; the
+    containers it makes (`code_interpreter`, a hosted `shell`) one session each at its units (one
+    given by id, made earlier, none); and that many results, besides a hosted MCP server's (`mcp`)
+    tool listing. A tool of OPENAI_UNMETERED_TOOLS is UnmeteredToolError."""
     tools = body.get("tools")
     tools = tools if isinstance(tools, list) else []
     kinds = [tool.get("type") for tool in tools if isinstance(tool, Mapping)]
@@ -238,15 +241,16 @@ def openai_tools(body: dict[str, Any], max_uses: int,
         if kind in OPENAI_UNMETERED_TOOLS:
             raise UnmeteredToolError(f"tools: {kind}", OPENAI_UNMETERED_TOOLS[kind])
     units = sorted({t[1] for t in map(lambda tool: _typed(tool, OPENAI_TOOLS), tools) if t is not None})
-    containers = [n for n in map(_container_units, tools) if n]
+    found = [c for c in map(_container, tools) if c is not None]
+    made, reused = [n for n, _ in found if n], tuple(ident for _, ident in found if ident is not None)
     listings = kinds.count("mcp")
-    if not units and not containers and not listings:
-        return (), 0, False, 0
+    if not units and not found and not listings:
+        return (), 0, False, 0, ()
     uses, changed = _uses(body, "max_tool_calls", ""), False
     if uses is None:
         body["max_tool_calls"], uses, changed = max_uses, max_uses, True
-    fees = [(unit, uses) for unit in units] + ([("code_execution", sum(containers))] if containers else [])
-    return tuple(sorted(fees)), (uses + listings) * result_tokens, changed, max(containers, default=0)
+    fees = [(unit, uses) for unit in units] + ([("code_execution", sum(made))] if made else [])
+    return tuple(sorted(fees)), (uses + listings) * result_tokens, changed, max(made, default=0), reused
 
 
 def openai_chat_search(body: Mapping[str, Any], result_tokens: int) -> tuple[tuple[tuple[str, int], ...], int]:

@@ -550,6 +550,30 @@ def test_openai_code_interpreter_is_held_and_charged_its_container_by_its_memory
     assert wallet(url, cid) == (Decimal("10") - RESPONSES_CHARGE - 4 * EXECUTION, 0)
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_openai_container_reused_by_id_is_neither_held_nor_charged_again(live, fake, stream):
+    """OpenAI bills a container when it is made: a call that reuses one by id (made, and billed, by
+    an earlier call) is held the results of its runs but no container, and charged its usage alone
+    (was: held and charged a 1 GB container again on every call that reused it)."""
+    url, _ = live
+    cid, key = customer((url, execution_book(url)))
+    args = {"model": "gpt-test", "input": "hi", "max_output_tokens": 1000, "max_tool_calls": 3,
+            "tools": [{"type": "code_interpreter", "container": "cntr_made_earlier"}]}
+    if stream:
+        with oai(url, key).responses.with_streaming_response.create(**args, stream=True) as response:
+            headers = response.headers
+            assert sum(1 for _ in response.iter_lines()) > 0
+    else:
+        raw = oai(url, key).responses.with_raw_response.create(**args)
+        assert [item.container_id for item in raw.parse().output[:2]] == ["cntr_made_earlier"] * 2
+        headers = raw.headers
+    # held: the results of 3 runs, the prompt at most at the dearest input-side price, the output cap
+    reserved = Decimal(headers["x-tokentill-reserved"])
+    assert 3 * 10_000 * IN / M + 1000 * OUT / M + CALL <= reserved < 3 * 10_100 * WRITE / M + 1000 * OUT / M + CALL
+    assert charged(url, headers["x-tokentill-request-id"]) == RESPONSES_CHARGE
+    assert wallet(url, cid) == (Decimal("10") - RESPONSES_CHARGE, 0)
+
+
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
 def test_code_execution_the_book_does_not_price_is_refused_before_the_upstream_call(live, fake, provider):
     url, _ = live

@@ -402,9 +402,7 @@ def test_anthropic_code_execution_is_held_for_one_container(tools, units):
 @pytest.mark.parametrize("tool, units", [
     ({"type": "code_interpreter", "container": {"type": "auto"}}, 1),
     ({"type": "code_interpreter", "container": {"type": "auto", "memory_limit": "16g"}}, 16),
-    ({"type": "code_interpreter", "container": "cntr_abc"}, 1),  # made earlier: its size is not in the call
     ({"type": "shell", "environment": {"type": "container_auto", "memory_limit": "64g"}}, 64),
-    ({"type": "shell", "environment": {"type": "container_reference", "container_id": "cntr_abc"}}, 1),
     ({"type": "shell", "environment": {"type": "local"}}, 0), ({"type": "shell"}, 0)])
 def test_an_openai_container_is_held_at_its_memorys_units_and_its_runs_results(tool, units):
     c = _responses_tools(tool, max_tool_calls=3)
@@ -516,3 +514,19 @@ def test_a_body_with_a_key_given_twice_is_refused_naming_it(kind, raw, field):
 def test_a_colon_inside_a_string_or_escaped_is_not_a_repeated_key():
     raw = b'{"model": "gpt-4", "messages": [{"role": "user", "content": "a:b \\u003a c"}], "max_tokens": 7}'
     assert parse_call(CHAT, raw, default_max_output=1000, counter=COUNTER).body == raw
+
+
+@pytest.mark.parametrize("tool", [{"type": "code_interpreter", "container": "cntr_abc"},
+                                  {"type": "shell", "environment": {"type": "container_reference",
+                                                                    "container_id": "cntr_abc"}}])
+def test_an_openai_container_made_earlier_is_not_held_again_but_its_runs_results_are(tool):
+    """OpenAI bills a container when it is made: one given by id was billed then (was: held and
+    charged 1 unit again on every call that reused it)."""
+    c = _responses_tools(tool, max_tool_calls=3)
+    bare = _responses_tools(max_tool_calls=3)
+    assert dict(c.tool_uses).get("code_execution", 0) == 0 and c.container_units == 0
+    assert c.reused_containers == ("cntr_abc",)
+    assert c.prompt_tokens - bare.prompt_tokens >= 3 * 2000
+    mixed = _responses_tools(tool, {"type": "code_interpreter", "container": {"type": "auto", "memory_limit": "4g"}})
+    assert dict(mixed.tool_uses)["code_execution"] == 4 and mixed.container_units == 4
+    assert mixed.reused_containers == ("cntr_abc",)

@@ -271,6 +271,19 @@ def test_openai_containers_are_charged_once_each_at_the_calls_units():
     assert tally.tool_calls() == {"code_execution_calls": 3 * 4}
 
 
+def test_an_openai_container_the_call_reused_by_id_is_not_charged_again():
+    """Billed when it was made, by an earlier call: runs in it charge nothing more (was: its units
+    again on every call), a container the call made is charged as before."""
+    tally = StreamTally(RESPONSES, container_units=4, reused_containers=frozenset({"cntr_1"}))
+    tally.observe(_ran("ci_1"))
+    tally.observe(sse({"type": "response.output_item.added", "item": {
+        "id": "sh_1", "type": "shell_call", "environment": {"type": "container_reference", "container_id": "cntr_1"}}}))
+    assert tally.tool_calls() == {}
+    assert tally.settlement(COUNTER, "gpt-4.1", 9, failed=True) is None  # nothing generated, nothing billed
+    tally.observe(_ran("ci_2", "cntr_2"))
+    assert tally.tool_calls() == {"code_execution_calls": 4}
+
+
 def test_an_anthropic_answers_container_is_charged_with_its_usage_as_canonical_counts():
     usage = {"input_tokens": 10, "output_tokens": 5, "server_tool_use": {"web_search_requests": 1},
              "service_tier": "priority"}
