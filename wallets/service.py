@@ -26,7 +26,7 @@ from wallets.periods import DEFAULT_GRACE_S, DEFAULT_TERMS_DAYS, Cycle, close_du
 
 T = TypeVar("T")
 # The scope of the claims bulk calls take on their Idempotency-Keys (WalletService.claim): its own,
-# so that a claim is never replayed as an answer. A scope is "http:<API key id>"; ids hold no "#".
+# so that a claim is never replayed as an answer. HTTP scopes (idempotency.http_scope) hold no "#".
 CLAIM_SCOPE = "#claim"
 
 

@@ -20,6 +20,7 @@ from api.routes.schemas import json_body
 from api.routes.wire import Answer, idempotency, respond, shaped
 from ledger.db import lock_key
 from wallets.core.idempotency import CREATED
+from wallets.errors import ConflictError
 from wallets.service import run_once
 
 
@@ -67,7 +68,7 @@ async def create_api_key(state: State, request: Request, data: CreateApiKeyBody)
     locks = [] if idem is None else [lock_key(f"idempotency:{idem.scope}:{idem.key}")]
     outcome = await run_once(state.services.db, idem, work, locks, lambda _: CREATED)
     return respond(request, outcome, Answer(lambda made: made if pad is None else msgspec.structs.replace(
-        made, key=_sealed(made.key, pad)), CreatedApiKeyResponse, lambda _: CREATED))
+        made, key=_unsealed(made.key, pad, idem.key if idem else "")), CreatedApiKeyResponse, lambda _: CREATED))
 
 
 # A key made under an Idempotency-Key is kept, for its replays, with its secret sealed: XORed with
@@ -90,6 +91,20 @@ def _sealed(secret: str, pad: bytes) -> str:
 
 
 _SEALED = "sealed:"
+
+
+def _unsealed(sealed: str, pad: bytes, idempotency_key: str) -> str:
+    """The secret of a key made under `idempotency_key`, read with the caller's pad. Answers are kept
+    per customer scope, not per key: a replay by another key of that scope (after a rotation) cannot
+    read the secret, and is refused rather than answered a key that is not one (or given another)."""
+    try:
+        secret = _sealed(sealed, pad)
+    except UnicodeDecodeError:
+        secret = ""
+    if not secret.startswith(keys.PREFIX):
+        raise ConflictError(f"Idempotency-Key {idempotency_key} made a key whose secret only the API key "
+                            "that sent it can read", key=idempotency_key)
+    return secret
 
 
 @get("/v1/api-keys", guards=[require()], tags=["api keys"], **documented())

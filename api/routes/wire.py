@@ -39,7 +39,7 @@ from pricing.money import format_amount, parse_amount
 from pricing.parse import parse_time
 from wallets import store
 from wallets.chart import ASSET_SCALE
-from wallets.core.idempotency import OK, IdemKey, Replayed, check_key
+from wallets.core.idempotency import OK, IdemKey, Replayed, check_key, http_scope
 from wallets.errors import WalletValidationError
 
 SCALE = ASSET_SCALE
@@ -373,7 +373,8 @@ def body_hash(request: Request, body: Any, path: str | None = None) -> bytes:
 
 
 def idempotency(request: Request, body: Any, *, key: str | None = None, path: str | None = None) -> IdemKey | None:
-    """The call's IdemKey when it carries an Idempotency-Key header (scoped to the API key). A
+    """The call's IdemKey when it carries an Idempotency-Key header (scoped to the customers the API
+    key acts for: `http_scope`). A
     bulk call's item gives its own `key` and the `path` of the single call it stands for, so that
     both share one key: sent either way, it is answered (and charged) once."""
     key = header(request, b"idempotency-key") if key is None else key
@@ -382,7 +383,7 @@ def idempotency(request: Request, body: Any, *, key: str | None = None, path: st
     key = key.strip()
     if not 1 <= len(key) <= 255:
         raise WalletValidationError("Idempotency-Key", "must be 1 to 255 characters")
-    return IdemKey(f"http:{principal_of(request).key_id}", key, body_hash(request, body, path))
+    return IdemKey(http_scope(principal_of(request).visible()), key, body_hash(request, body, path))
 
 
 async def kept_answer(db: Database, idem: IdemKey | None) -> Replayed | None:

@@ -4,6 +4,8 @@ never an HTTP status: api/ alone maps codes to statuses. A key seen again with t
 replays the answer; with another hash it is a conflict."""
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -82,6 +84,19 @@ def answer(outcome: Any, code: str | None = None) -> tuple[str, Any]:
     if isinstance(outcome, LedgerError | PricingError):
         return outcome.code, refusal_body(outcome)
     return code or outcome.code, msgspec.to_builtins(outcome)
+
+
+def http_scope(customers: Iterable[str] | None) -> str:
+    """The scope of the Idempotency-Keys an API key sends: the customers it acts for (None: every
+    customer, the whole tenant), not the key itself, so that a call sent again after the key was
+    rotated (a new key for the same customers) is answered, and a key limited to other customers
+    never reads it. Migration 0038 moved the answers kept per key here by the same rule."""
+    if customers is None:
+        return "http:*"
+    ids = sorted(set(customers))
+    if len(ids) == 1:
+        return f"http:c:{ids[0]}"
+    return "http:cs:" + hashlib.sha256(",".join(ids).encode()).hexdigest()  # bounded, whatever the list
 
 
 def check_key(kept: Kept | None, idem: IdemKey) -> Replayed | None:
