@@ -52,6 +52,12 @@ class DispatchSettings:
     timeout_s: float = 10.0  # one attempt, connect to last byte of the answer's head
     poll_s: float = 5.0  # the fallback poll; committed events wake the dispatcher at once
     concurrency: int = 32  # sends in flight in this process, over all endpoints
+
+    @property
+    def share(self) -> int:
+        """The most sends one endpoint may hold in this process: half of them, so that an endpoint
+        that hangs (its max_in_flight may be 64) leaves the other half to the others."""
+        return max(1, self.concurrency // 2)
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     addresses: AddressPolicy = field(default_factory=AddressPolicy)
 
@@ -157,6 +163,7 @@ class Dispatcher:
         dispatcher polls every `poll_s` only."""
         self.db, self.settings, self.listen_url, self.retry_s = db, settings, listen_url, retry_s
         self._sends: set[asyncio.Task[None]] = set()
+        self._by_endpoint: dict[str, int] = {}  # this process's open sends, per endpoint
         self._loop: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -226,12 +233,21 @@ class Dispatcher:
         free = self.settings.concurrency - len(self._sends)
         if free <= 0:
             return 0
-        claimed = await self.db.committed(lambda c: deliveries.claim(c, free, self.settings.lease_s))
+        mine = dict(self._by_endpoint)
+        claimed = await self.db.committed(lambda c: deliveries.claim(
+            c, free, self.settings.lease_s, share=self.settings.share, mine=mine))
         for item in claimed:
+            self._by_endpoint[item.endpoint_id] = self._by_endpoint.get(item.endpoint_id, 0) + 1
             task = asyncio.create_task(self._deliver(item))
             self._sends.add(task)
-            task.add_done_callback(self._sends.discard)
+            task.add_done_callback(lambda t, e=item.endpoint_id: self._done(t, e))
         return len(claimed)
+
+    def _done(self, task: asyncio.Task[None], endpoint_id: str) -> None:
+        self._sends.discard(task)
+        left = self._by_endpoint.pop(endpoint_id) - 1
+        if left > 0:
+            self._by_endpoint[endpoint_id] = left
 
     async def _deliver(self, claimed: Claimed) -> None:
         outcome = await self.send(claimed)

@@ -8,6 +8,7 @@ import uuid
 import psycopg
 from sqlalchemy import text
 
+from ledger.db import connect
 from wallets.webhooks import deliveries, endpoints
 
 INSERT = ("INSERT INTO outbox (topic, dedup_key, payload) VALUES ('invoice.finalized', %s, "
@@ -47,3 +48,24 @@ async def test_an_event_committed_after_a_later_one_is_not_skipped(database_url,
         slow.commit()
     assert sorted(await _fanned(db, endpoint.id, mark)) == sorted([f"evt_slow_{mark}", f"evt_fast_{mark}"])
     assert len(await _fanned(db, endpoint.id, mark)) == 2, "each once"
+
+
+async def test_a_claim_takes_turns_between_endpoints_so_a_backlog_cannot_crowd_out_a_new_event(scratch_url):
+    """Three endpoints with due work and room for three sends: each gets one, though two of them
+    have older backlogs (by age alone the oldest endpoint's backlog would take two)."""
+    scratch = connect(scratch_url, pool_size=1)
+    try:
+        made = [await scratch.committed(lambda c, n=n: endpoints.create(c, f"https://{n}.example/h", ["invoice.*"],
+                                                                        "", 4)) for n in ("old", "older", "new")]
+        ids = [e.id for e, _ in made]
+        await scratch.committed(lambda c: c.execute(text(
+            """INSERT INTO webhook_deliveries (endpoint_id, event_id, topic, payload, event_at, next_attempt_at)
+               SELECT e.id, 'evt_' || e.id || '_' || n, 'invoice.finalized', '{}', now(),
+                      now() - make_interval(secs => e.age * 10 + n)
+                 FROM (VALUES (:a, 2), (:b, 3), (:c, 0)) AS e(id, age),
+                      generate_series(1, CASE WHEN e.age = 0 THEN 1 ELSE 3 END) AS n"""),
+            {"a": ids[0], "b": ids[1], "c": ids[2]}))
+        claimed = await scratch.committed(lambda c: deliveries.claim(c, 3, 30.0, share=2))
+    finally:
+        await scratch.dispose()
+    assert sorted(c.endpoint_id for c in claimed) == sorted(ids)

@@ -8,6 +8,7 @@ SERIALIZABLE snapshot, so none can make a wallet writer wait or abort.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -54,16 +55,19 @@ SELECT e.id, e.max_in_flight FROM webhook_endpoints e
 """)
 _CLAIM = text("""
 WITH room AS (
-    SELECT r.id, r.max_in_flight - (SELECT count(*) FROM webhook_deliveries z
-                                     WHERE z.endpoint_id = r.id AND z.status = 'pending'
-                                       AND z.leased_until > now()) AS room
+    SELECT r.id, least(r.max_in_flight - (SELECT count(*) FROM webhook_deliveries z
+                                           WHERE z.endpoint_id = r.id AND z.status = 'pending'
+                                             AND z.leased_until > now()),
+                       :share - coalesce(m.sends, 0)) AS room
       FROM unnest(CAST(:ids AS text[]), CAST(:limits AS int[])) AS r(id, max_in_flight)
-), picked AS (
+      LEFT JOIN unnest(CAST(:mine_ids AS text[]), CAST(:mine_sends AS int[])) AS m(id, sends) ON m.id = r.id
+), picked AS (  -- each endpoint's oldest due first, then its second, ...: a backlog cannot crowd out the others
     SELECT x.id FROM room CROSS JOIN LATERAL (
-        SELECT y.id, y.next_attempt_at FROM webhook_deliveries y
-         WHERE y.endpoint_id = room.id AND y.status = 'pending' AND y.next_attempt_at <= now()
-         ORDER BY y.next_attempt_at, y.id LIMIT greatest(room.room, 0) FOR UPDATE SKIP LOCKED) x
-     ORDER BY x.next_attempt_at LIMIT :free
+        SELECT z.id, z.next_attempt_at, row_number() OVER (ORDER BY z.next_attempt_at, z.id) AS turn FROM (
+            SELECT y.id, y.next_attempt_at FROM webhook_deliveries y
+             WHERE y.endpoint_id = room.id AND y.status = 'pending' AND y.next_attempt_at <= now()
+             ORDER BY y.next_attempt_at, y.id LIMIT greatest(room.room, 0) FOR UPDATE SKIP LOCKED) z) x
+     ORDER BY x.turn, x.next_attempt_at LIMIT :free
 )
 UPDATE webhook_deliveries d
    SET attempts = d.attempts + 1, leased_until = now() + make_interval(secs => :lease_s),
@@ -115,14 +119,18 @@ async def fan_out(conn: AsyncConnection, limit: int = 500) -> tuple[int, int]:
     return int(row.events), int(row.deliveries)
 
 
-async def claim(conn: AsyncConnection, free: int, lease_s: float) -> list[Claimed]:
+async def claim(conn: AsyncConnection, free: int, lease_s: float, *, share: int | None = None,
+                mine: Mapping[str, int] | None = None) -> list[Claimed]:
     """Take up to `free` due deliveries, at most each endpoint's `max_in_flight` in flight over
-    all processes, oldest due first; each is leased for `lease_s` seconds."""
+    all processes and `share` in this process (which has `mine[endpoint]` open already), taking
+    turns between endpoints, oldest due first; each is leased for `lease_s` seconds."""
     endpoints = (await conn.execute(_LOCK_DUE_ENDPOINTS)).all()
     if not endpoints or free <= 0:
         return []
+    mine = mine or {}
     rows = await conn.execute(_CLAIM, {"ids": [e.id for e in endpoints], "limits": [e.max_in_flight for e in endpoints],
-                                       "free": free, "lease_s": lease_s})
+                                       "mine_ids": list(mine), "mine_sends": list(mine.values()),
+                                       "share": free if share is None else share, "free": free, "lease_s": lease_s})
     return [Claimed(r.id, r.endpoint_id, r.event_id, r.topic, r.payload, r.event_at, r.attempts, r.scheduled_at,
                     r.leased_until, r.url, tuple(s for s in (r.secret, r.previous_secret) if s)) for r in rows]
 
