@@ -136,6 +136,23 @@ async def one_customer_per_entry(conn: AsyncConnection) -> Check:
         """, "every entry touches its own customer's accounts only")
 
 
+async def lanes_consistent(conn: AsyncConnection) -> Check:
+    """An entry and its postings share a lane, its customer's: the export and the seals read an
+    entry's postings in its lane, so a posting elsewhere is left out of both (and of the books)."""
+    return await _query_check(conn, "lanes", """
+        SELECT format('entry %s (customer %s) is in lane %s, not its customer''s lane %s',
+                      j.id, coalesce(j.customer_id, 'none'), j.lane, ledger_entry_lane(j.customer_id))
+          FROM journal_entries j
+         WHERE j.lane <> ledger_entry_lane(j.customer_id)
+        UNION ALL
+        SELECT format('posting %s of entry %s is in lane %s, %s', p.id, p.entry_id, p.lane,
+                      CASE WHEN j.id IS NULL THEN 'and no entry ' || p.entry_id || ' exists'
+                           ELSE 'its entry in lane ' || j.lane END)
+          FROM postings p LEFT JOIN journal_entries j ON j.id = p.entry_id
+         WHERE j.id IS NULL OR j.lane <> p.lane
+        """, "every entry and its postings are in its customer's lane")
+
+
 async def trial_balance_zero(conn: AsyncConnection) -> Check:
     tb = await trial_balance(conn)
     off = [f"{asset}: debits {d} != credits {c}" for asset, (d, c) in tb.totals.items() if d != c]
@@ -151,8 +168,8 @@ async def seals_intact(conn: AsyncConnection) -> Check:
 
 
 LEDGER_CHECKS: tuple[CheckFn, ...] = (
-    entries_balanced, balances_match_postings, bounds_hold, one_customer_per_entry, trial_balance_zero,
-    seals_intact,
+    entries_balanced, balances_match_postings, bounds_hold, one_customer_per_entry, lanes_consistent,
+    trial_balance_zero, seals_intact,
 )
 
 

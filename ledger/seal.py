@@ -26,7 +26,7 @@ SELECT j.id, j.key, j.request_hash, j.kind, j.customer_id, j.metadata, {SEALED_T
        {SEALED_OCCURRED_AT} AS occurred_at,
        coalesce((SELECT jsonb_agg(jsonb_build_array(p.id, a.code, p.stripe, p.amount) ORDER BY p.id)
                    FROM postings p JOIN accounts a ON a.id = p.account_id
-                  WHERE p.entry_id = j.id), '[]'::jsonb) AS postings
+                  WHERE p.lane = j.lane AND p.entry_id = j.id), '[]'::jsonb) AS postings
   FROM journal_entries j
  WHERE j.txid >= CAST(:lo AS xid8) AND j.txid < CAST(:hi AS xid8)
  ORDER BY j.id
