@@ -42,6 +42,7 @@ class TrialBalanceResponse(msgspec.Struct, omit_defaults=True):
     balanced: bool | None = None
     customers: list[str] | None = None
     at: str | None = None
+    currencies: list[str] = msgspec.field(default_factory=list)  # each one this trial balance may be asked in
 
 
 class CheckResponse(msgspec.Struct):
@@ -78,10 +79,11 @@ async def trial_balance_report(services: Services, customers: tuple[str, ...] | 
     async def read(conn):
         tb = await (trial_balance(conn, customers=customers) if when is None
                     else trial_balance_at(conn, when, customers=customers))
-        chosen = currency or (next(iter(tb.totals)) if len(tb.totals) == 1 else "USD")
-        return tb, chosen, await services.asset_scale(conn, chosen)
+        held = sorted(tb.totals)  # the currencies of the accounts in scope
+        chosen = currency or ("USD" if "USD" in held or not held else held[0])
+        return tb, held, chosen, await services.asset_scale(conn, chosen)
 
-    tb, chosen, scale = await services.db.read(read)
+    tb, held, chosen, scale = await services.db.read(read)
     if scale is None:
         if currency is not None:
             raise ApiError("not_found", f"no currency {chosen}")
@@ -98,6 +100,7 @@ async def trial_balance_report(services: Services, customers: tuple[str, ...] | 
         balanced=debits == credits if customers is None else None,
         customers=None if customers is None else list(customers),
         at=time_out(when),
+        currencies=held,
     )
 
 

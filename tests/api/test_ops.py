@@ -97,3 +97,28 @@ async def test_metrics_content_type_has_one_charset_so_prometheus_3_can_parse_it
     header = Message()
     header["content-type"] = response.headers["content-type"]
     assert [name for name, _ in header.get_params()].count("charset") == 1
+
+
+async def test_a_trial_balance_without_a_currency_is_of_one_the_ledger_holds_and_names_the_others(scratch_url):
+    """A ledger in EUR and GBP only: the trial balance asked without a currency was an empty USD one,
+    `balanced` true; it is of EUR (the first there is), and lists every currency it could be asked for."""
+    app = create_app(Settings(admin_key="test-admin", scheduler=False), scratch_url)
+    async with AsyncTestClient(app=app) as client:
+        for currency in ("GBP", "EUR"):
+            book = {"id": f"b-{currency}", "currency": currency, "effective_from": "2026-01-01T00:00:00Z",
+                    "rules": [{"id": "call", "token_type": "request", "price": "0.01"}]}
+            assert (await client.post("/v1/price-books", headers=ADMIN, json=book)).status_code == 201
+            cid = f"c-{currency.lower()}"
+            assert (await client.post("/v1/customers", headers=ADMIN, json={
+                "id": cid, "currency": currency, "price_book": f"b-{currency}"})).status_code == 201
+            assert (await client.post(f"/v1/customers/{cid}/topups", headers=ADMIN,
+                                      json={"amount": "7.00"})).status_code == 201
+        body = (await client.get("/v1/audit/trial-balance", headers=ADMIN)).json()
+        assert body["currency"] == "EUR" and body["currencies"] == ["EUR", "GBP"]
+        held = {a["account"]: a["balance"] for a in body["accounts"] if a["balance"] != "0.00"}
+        assert held.pop("asset:platform:cash:EUR") == "7.00"
+        [(lot, balance)] = held.items()
+        assert lot.startswith("liability:customer:c-eur:lot:") and balance == "-7.00"
+        gbp = (await client.get("/v1/audit/trial-balance?currency=GBP", headers=ADMIN)).json()
+        assert gbp["currency"] == "GBP" and gbp["currencies"] == ["EUR", "GBP"]
+        assert sorted(a["balance"] for a in gbp["accounts"] if a["balance"] != "0.00") == ["-7.00", "7.00"]
