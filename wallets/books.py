@@ -17,7 +17,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -47,6 +47,11 @@ class StoredVersion:
     rules: list[Any]
     created_at: datetime
     plausibility: dict[str, Any] = field(default_factory=dict)  # the optional fields, as posted
+    rule_count: int | None = None  # how many rules it has, where `rules` was not read (None)
+
+    @property
+    def rules_in_it(self) -> int:
+        return len(self.rules) if self.rules is not None else self.rule_count or 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +123,7 @@ async def add_version(conn: AsyncConnection, body: dict[str, Any], version: Pric
         {"b": version.book_id, "at": version.effective_from, "v": version.version})).first()
     if same is not None:
         if bytes(same.body_hash) == digest:
-            stored = await stored_versions(conn, version.book_id)
-            return AddedVersion(next(v for v in stored if v.version == same.version), created=False)
+            return AddedVersion(await get_version(conn, version.book_id, same.version), created=False)
         if same.effective_from != version.effective_from:  # another time, under the same label
             raise ConflictError(f"version {same.version} of {version.book_id} is the one in force from "
                                 f"{same.effective_from.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}; versions "
@@ -137,11 +141,84 @@ async def add_version(conn: AsyncConnection, body: dict[str, Any], version: Pric
                                       row.created_at, bounds), created=True)
 
 
-async def get_versions(conn: AsyncConnection, book_id: str) -> list[StoredVersion]:
-    versions = await stored_versions(conn, book_id)
-    if not versions:
+@dataclass(frozen=True, slots=True)
+class BookPage:
+    """A book as its readers see it: the version in force at a time, with its rules, and a page
+    of its versions, oldest first (with their rules only when asked)."""
+
+    book_id: str
+    currency: str
+    current: StoredVersion | None  # None: no version in force yet at that time
+    versions: list[StoredVersion]
+    more: datetime | None  # the last listed version's effective_from, when more follow
+
+
+_COLUMNS = "v.version, v.effective_from, v.created_at, v.plausibility, jsonb_array_length(v.rules) AS rule_count"
+_IN_FORCE = text(f"""
+SELECT {_COLUMNS}, v.rules FROM price_book_versions v
+ WHERE v.book_id = :id AND v.effective_from <= :at ORDER BY v.effective_from DESC LIMIT 1
+""")
+_PAGE = text(f"""
+SELECT {_COLUMNS}, NULL AS rules FROM price_book_versions v
+ WHERE v.book_id = :id AND v.effective_from > :after ORDER BY v.effective_from LIMIT :limit
+""")
+_RULES_OF = text("SELECT version, rules FROM price_book_versions WHERE book_id = :id AND version = ANY(:versions)")
+RULES_PER_PAGE = 10_000  # a page of versions with their rules stops before it would pass this many
+_ONE = text(f"SELECT {_COLUMNS}, v.rules FROM price_book_versions v WHERE v.book_id = :id AND v.version = :v")
+
+
+def _row(book_id: str, currency: str, r: Any) -> StoredVersion:
+    return StoredVersion(book_id, currency, r.version, r.effective_from, r.rules, r.created_at, r.plausibility or {},
+                         r.rule_count)
+
+
+async def _currency(conn: AsyncConnection, book_id: str) -> str:
+    currency = (await conn.execute(text("SELECT currency FROM price_books WHERE id = :id"), {"id": book_id})).scalar()
+    if currency is None:
         raise NotFoundError(f"no price book {book_id}", book=book_id)
-    return versions
+    return str(currency)
+
+
+async def book_page(conn: AsyncConnection, book_id: str, *, at: datetime, after: datetime | None, limit: int,
+                    rules: bool) -> BookPage:
+    """The version in force at `at` and up to `limit` versions taking effect after `after`
+    (None: from the first), without their rules unless `rules`: then the page ends before the
+    version that would bring it past RULES_PER_PAGE rules (it holds one version at least).
+    404 for an unknown book."""
+    currency = await _currency(conn, book_id)
+    row = (await conn.execute(_IN_FORCE, {"id": book_id, "at": at})).first()
+    rows = list(await conn.execute(_PAGE, {"id": book_id, "after": after or datetime.min.replace(tzinfo=UTC),
+                                           "limit": limit + 1}))
+    listed = [_row(book_id, currency, r) for r in rows[:limit]]
+    if rules:
+        listed = await _with_rules(conn, book_id, _within(listed, RULES_PER_PAGE))
+    return BookPage(book_id, currency, None if row is None else _row(book_id, currency, row), listed,
+                    listed[-1].effective_from if len(listed) < len(rows) else None)
+
+
+def _within(versions: list[StoredVersion], most: int) -> list[StoredVersion]:
+    """The first versions whose rules add up to `most` at most (the first one whatever its size)."""
+    taken, total = [], 0
+    for v in versions:
+        total += v.rules_in_it
+        if taken and total > most:
+            break
+        taken.append(v)
+    return taken
+
+
+async def _with_rules(conn: AsyncConnection, book_id: str, versions: list[StoredVersion]) -> list[StoredVersion]:
+    found = dict((await conn.execute(_RULES_OF, {"id": book_id, "versions": [v.version for v in versions]})).all())
+    return [replace(v, rules=found[v.version]) for v in versions]
+
+
+async def get_version(conn: AsyncConnection, book_id: str, version: str) -> StoredVersion:
+    """One version of a book, with its rules; 404 for an unknown book or version."""
+    currency = await _currency(conn, book_id)
+    row = (await conn.execute(_ONE, {"id": book_id, "v": version})).first()
+    if row is None:
+        raise NotFoundError(f"price book {book_id} has no version {version}", book=book_id, version=version)
+    return _row(book_id, currency, row)
 
 
 _BOOKS_OF = text("""

@@ -6,18 +6,20 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
-from litestar.params import FromPath
+from litestar.params import FromPath, QueryParameter
 
 from api.auth import require
 from api.errors import documented
+from api.routes import cursors
 from api.routes.formats import AMOUNT_TEXT, IDENTIFIER, POSITIVE_AMOUNT, PRICE, DateTime
 from api.routes.schemas import BIGINT, Dimension, json_body
-from api.routes.wire import Answer, idempotency, integral, respond, shaped, time_in, time_out
+from api.routes.wire import Answer, idempotency, integral, respond, shaped, time_in, time_out, time_param
 from ledger.db import lock_key
 from pricing.books import (
     MAX_CONTEXT_WINDOW,
@@ -118,12 +120,15 @@ PriceBookBody = Annotated[dict[str, Any], json_body(Annotated[PriceBookRequest, 
 
 
 class PriceVersionResponse(msgspec.Struct, omit_defaults=True):
+    """A version of a book; `rules` as posted (left out of a book's `versions` unless `rules=true`)."""
+
     id: str
     currency: str
     version: str
     effective_from: str
-    rules: list[Any]
     created_at: str
+    rule_count: int
+    rules: list[Any] | None = None
     max_charge_per_request: str | None = None
     context_window: int | None = None
     format: int | None = None
@@ -131,9 +136,15 @@ class PriceVersionResponse(msgspec.Struct, omit_defaults=True):
 
 
 class PriceBookResponse(msgspec.Struct):
+    """A book: `current`, the version in force at `at` (default: now; null before its first),
+    with its rules; `versions`, a page of its versions oldest first, without their rules unless
+    `rules=true`; `next_cursor`, null on the last page."""
+
     id: str
     currency: str
+    current: PriceVersionResponse | None
     versions: list[PriceVersionResponse]
+    next_cursor: str | None
 
 
 def _valid(data: dict[str, Any]) -> PriceVersion:
@@ -161,10 +172,10 @@ async def _parsed(data: dict[str, Any]) -> PriceVersion:
 
 
 def _version(v: books.StoredVersion) -> PriceVersionResponse:
-    return PriceVersionResponse(v.book_id, v.currency, v.version, time_out(v.effective_from) or "", v.rules,
-                                time_out(v.created_at) or "", v.plausibility.get("max_charge_per_request"),
-                                v.plausibility.get("context_window"), v.plausibility.get("format"),
-                                v.plausibility.get("unpriced"))
+    return PriceVersionResponse(v.book_id, v.currency, v.version, time_out(v.effective_from) or "",
+                                time_out(v.created_at) or "", v.rules_in_it, v.rules,
+                                v.plausibility.get("max_charge_per_request"), v.plausibility.get("context_window"),
+                                v.plausibility.get("format"), v.plausibility.get("unpriced"))
 
 
 def _added(added: books.AddedVersion) -> str:
@@ -191,12 +202,58 @@ async def post_price_book(
     return respond(request, outcome, ADDED)
 
 
+WithRules = Annotated[bool, QueryParameter(name="rules", description=(
+    "true: each listed version carries its rules (the whole history, a page at a time)"))]
+PAGE_LISTING = "price-book-versions"
+
+
 @get("/v1/price-books/{book_id:str}", guards=[require("auditor", "inference")], tags=["price books"],
+     description=(
+         "The book: `current` is the version in force at `at` (default: now; null before its first version) "
+         "with its rules; `versions` lists its versions oldest first, `limit` at a time (page on with "
+         "`cursor` = the last page's `next_cursor`, null on the last page), each with `rule_count` but "
+         "without its rules unless `rules=true` (then a page ends before it would pass 10,000 rules). "
+         "One version with its rules: "
+         "`GET /v1/price-books/{id}/versions/{version}`."),
+     **documented(400, 404))
+async def get_price_book(state: State, book_id: FromPath[str], at: Annotated[str | None, time_param("at")] = None,
+                         rules: WithRules = False, cursor: cursors.Cursor = None,
+                         limit: cursors.Limit = cursors.PAGE) -> PriceBookResponse:
+    """A book: the version in force at `at` (default: now) with its rules as `current`, and its
+    versions oldest first, a page at a time (`limit`, default 100; page on with `next_cursor`),
+    each without its rules (`rule_count` says how many) unless `rules=true` (a page of at most
+    10,000 rules then, one version at least). One version with its rules:
+    `GET /v1/price-books/{id}/versions/{version}`."""
+    when = time_in(at, "at") or datetime.now(UTC)
+    filters = [book_id, rules]
+    after = None if cursor is None else _after(cursors.decode_position(cursor, PAGE_LISTING, filters))
+    page = await state.services.db.read(
+        lambda conn: books.book_page(conn, book_id, at=when, after=after, limit=limit, rules=rules))
+    more = None if page.more is None else cursors.encode_position(PAGE_LISTING, filters, [page.more.isoformat()])
+    return PriceBookResponse(page.book_id, page.currency, None if page.current is None else _version(page.current),
+                             [_version(v) for v in page.versions], more)
+
+
+def _after(position: list[Any]) -> datetime:
+    """A version cursor's position: the last listed version's effective_from."""
+    try:
+        if len(position) == 1 and isinstance(position[0], str):
+            at = datetime.fromisoformat(position[0])
+            if at.tzinfo is not None:
+                return at
+    except ValueError:
+        pass
+    raise cursors.invalid("not a cursor of this listing")
+
+
+@get("/v1/price-books/{book_id:str}/versions/{version:path}", guards=[require("auditor", "inference")],
+     tags=["price books"], description="One version of the book, by its `version` label, with all its rules.",
      **documented(404))
-async def get_price_book(state: State, book_id: FromPath[str]) -> PriceBookResponse:
-    """A book and all its versions, oldest first."""
-    versions = await state.services.db.read(lambda conn: books.get_versions(conn, book_id))
-    return PriceBookResponse(versions[0].book_id, versions[0].currency, [_version(v) for v in versions])
+async def get_price_version(state: State, book_id: FromPath[str], version: FromPath[PurePosixPath]
+                            ) -> PriceVersionResponse:
+    """One version of a book, by its `version` label (which may hold a `/`), with all its rules."""
+    label = str(version).removeprefix("/")
+    return _version(await state.services.db.read(lambda conn: books.get_version(conn, book_id, label)))
 
 
 class ImportPricesRequest(msgspec.Struct, forbid_unknown_fields=True):

@@ -15,7 +15,8 @@ from api.routes import (
 )
 
 ROUTES = [
-    price_books.post_price_book, price_books.get_price_book, price_books.import_price_books,
+    price_books.post_price_book, price_books.get_price_book, price_books.get_price_version,
+    price_books.import_price_books,
     customers.create_customer, customers.get_customer, customers.get_wallet, customers.top_up, customers.grant,
     reservations.create_reservation, reservations.settle, reservations.release, reservations.extend,
     reservations.get_reservation,

@@ -81,6 +81,9 @@ ROUTES = [
     ("GET", "/v1/customers/{own}/price-overrides", None, {frozenset(READ_OWN): "ok"}),
     ("GET", "/v1/price-books/{book}", None, {frozenset(UNLIMITED | {"admin:own", "inference:own", "auditor:own"}): "ok",
                                             frozenset({"admin:other", "inference:other", "auditor:other"}): 404}),
+    ("GET", "/v1/price-books/{book}/versions/" + PRICE_BOOK["effective_from"],
+     None, {frozenset(UNLIMITED | {"admin:own", "inference:own", "auditor:own"}): "ok",
+            frozenset({"admin:other", "inference:other", "auditor:other"}): 404}),
     ("POST", "/v1/customers", {"id": "x", "currency": "USD", "price_book": BOOK}, {frozenset({"admin"}): "ok"}),
     ("GET", "/v1/customers/{own}", None, {frozenset(READ_OWN): "ok"}),
     ("GET", "/v1/customers/{own}/wallet", None, {frozenset(READ_OWN): "ok"}),
@@ -223,7 +226,7 @@ def test_the_matrix_covers_every_route(database_url):
                .replace("{res}", "{reservation_id:str}").replace("{shared_req}", "{request_id:path}")
                .replace("{shared_evt}", "{request_id:path}").replace("{req}", "{request_id:path}")
                .replace("key_missing", "{key_id:str}").replace("we_missing", "{endpoint_id:str}")
-               .replace("{book}", "{book_id:str}")
+               .replace("{book}", "{book_id:str}").replace(PRICE_BOOK["effective_from"], "{version:path}")
                .replace("{recv}", "{code:str}").replace("income:platform:usage:USD", "{code:str}")
                .replace("{bud}", "{budget_id:str}").replace("bud_missing", "{budget_id:str}")
                .replace("{inv}", "{invoice_id:str}").replace("cn_missing", "{credit_note_id:str}"))

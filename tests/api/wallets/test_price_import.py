@@ -29,13 +29,13 @@ async def test_importing_the_same_data_again_creates_no_version(client: AsyncTes
     assert first.status_code == 200, first.text
     (book,) = first.json()["books"]
     assert book["book"] == "genai-openai" and book["models"] == 1 and book["rules"] > 0
-    versions = (await client.get("/v1/price-books/genai-openai")).json()["versions"]
+    versions = (await client.get("/v1/price-books/genai-openai?rules=true")).json()["versions"]
     assert versions[-1]["format"] == 2 and versions[-1]["unpriced"] == "zero"
     assert all(r["source"].startswith("genai-prices") and r["source_date"] for r in versions[-1]["rules"])
     again = (await client.post("/v1/price-books/import", json={**IMPORT, "effective_from": "2030-01-01T00:00:00Z"})
              ).json()["books"][0]
     assert (again["unchanged"], again["created"], again["conflicts"]) == (True, [], [])
-    assert (await client.get("/v1/price-books/genai-openai")).json()["versions"] == versions
+    assert (await client.get("/v1/price-books/genai-openai?rules=true")).json()["versions"] == versions
 
 
 async def test_an_unknown_provider_is_not_found(client: AsyncTestClient):

@@ -40,7 +40,7 @@ async def test_price_book_versions_never_change(client: AsyncTestClient, book: s
         "id": book, "currency": "USD", "effective_from": "2027-01-01T00:00:00Z",
         "rules": [{"id": "a-in", "model": "model-a", "token_type": "input", "price": "9.00"}]})
     assert later.status_code == 201
-    listed = (await client.get(f"/v1/price-books/{book}")).json()
+    listed = (await client.get(f"/v1/price-books/{book}", params={"rules": "true"})).json()
     assert [v["effective_from"] for v in listed["versions"]] == ["2026-01-01T00:00:00Z", "2027-01-01T00:00:00Z"]
     assert listed["versions"][1]["rules"] == [
         {"id": "a-in", "model": "model-a", "token_type": "input", "price": "9.00"}]
