@@ -60,6 +60,11 @@ MAX_TIERS = 64
 MAX_DIMENSION_SETS = 64
 MAX_PATTERNS = 200
 MAX_CONTEXT_WINDOW = 10**9
+# characters of a rule's id, which keys the period's usage counters (a btree index entry holds
+# at most 2,704 bytes: a 4,000-character id made every settle its book priced a 500), and of its
+# model (a call's model has at most 200, so a longer rule model could price nothing)
+MAX_RULE_ID = 200
+MAX_MODEL = 200
 _CURRENCY_RE = re.compile(r"[A-Z]{3}")
 
 DimValue = str | int | bool

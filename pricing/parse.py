@@ -16,7 +16,9 @@ from pricing.ambiguity import is_pattern
 from pricing.books import (
     MAX_DIMENSION_SETS,
     MAX_MATCH_DIMENSIONS,
+    MAX_MODEL,
     MAX_PATTERNS,
+    MAX_RULE_ID,
     MAX_RULES,
     MAX_TIERS,
     PriceBook,
@@ -84,7 +86,7 @@ def parse_rule(data: Mapping[str, Any], path: str = "rule") -> Rule:
 
 
 def _rule_size_errors(raw: Any, path: str) -> list[dict[str, str]]:
-    """A rule's match dimensions and tiers over their limits (checked before it is built)."""
+    """A rule's match dimensions, tiers, id and model over their limits (checked before it is built)."""
     errors: list[dict[str, str]] = []
     if not isinstance(raw, Mapping):
         return errors
@@ -94,6 +96,9 @@ def _rule_size_errors(raw: Any, path: str) -> list[dict[str, str]]:
     for name in ("tiers", "prompt_tiers"):
         if isinstance(raw.get(name), list) and len(raw[name]) > MAX_TIERS:
             errors.append(field_error(f"{path}.{name}", f"at most {MAX_TIERS} tiers per rule"))
+    for name, most in (("id", MAX_RULE_ID), ("model", MAX_MODEL)):
+        if isinstance(raw.get(name), str) and len(raw[name]) > most:
+            errors.append(field_error(f"{path}.{name}", f"at most {most} characters"))
     return errors
 
 

@@ -24,6 +24,8 @@ from ledger.db import lock_key
 from pricing.books import (
     MAX_CONTEXT_WINDOW,
     MAX_MATCH_DIMENSIONS,
+    MAX_MODEL,
+    MAX_RULE_ID,
     MAX_RULES,
     MAX_TIERS,
     TIER_MODES,
@@ -42,7 +44,6 @@ from wallets.service import run_once
 Price = Annotated[str, msgspec.Meta(pattern=PRICE, description="A decimal string (never a JSON number)")]
 # what pricing takes as a plausibility bound: a price, positive, with at most 9 decimals
 MaxCharge = Annotated[str, msgspec.Meta(pattern=POSITIVE_AMOUNT, description="More than 0: " + AMOUNT_TEXT)]
-NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 ContextWindow = Annotated[int, msgspec.Meta(ge=1, le=MAX_CONTEXT_WINDOW, description=(
     "The most input + output tokens one call can have; a settle beyond it is implausible_usage"))]
 IN_THREAD_ABOVE = 200  # rules: a bigger version is parsed off the event loop
@@ -71,9 +72,9 @@ Hours = msgspec.defstruct("Hours", [("from", HHMM), ("to", HHMM)], forbid_unknow
 
 
 class RuleRequest(msgspec.Struct, forbid_unknown_fields=True):
-    id: NonEmpty
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_RULE_ID)]
     token_type: Literal[TOKEN_TYPES]  # type: ignore[valid-type]
-    model: NonEmpty | None = None
+    model: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_MODEL)] | None = None
     price: Price | None = None
     match: Annotated[dict[DimensionName, Dimension], msgspec.Meta(max_length=MAX_MATCH_DIMENSIONS)] | None = None
     tiers: Annotated[list[TierRequest], msgspec.Meta(max_length=MAX_TIERS, extra_json_schema={

@@ -274,3 +274,13 @@ def test_a_window_for_each_minute_of_the_day_is_checked_without_comparing_every_
     ties = find_ties(both, limit=10_000)
     assert ties.pairs == [(m, 24 * 60 + m) for m in range(24 * 60)]
     assert ties.work <= 8 * len(both), ties.work
+
+
+def test_a_rule_id_or_model_past_200_characters_is_refused_but_loads_when_stored():
+    rules = [{"id": "x" * 201, "token_type": "input", "price": "1"},
+             {"id": "ok", "model": "m" * 201, "token_type": "input", "price": "1"},
+             {"id": "y" * 200, "model": "m" * 200, "token_type": "output", "price": "1"}]
+    with pytest.raises(PriceBookValidationError) as refused:
+        parse_version(body(rules))
+    assert fields_of(refused.value) == {"rules[0].id", "rules[1].model"}
+    assert len(parse_version(body(rules), limits=False).rules) == 3  # versions stored before the limit
