@@ -69,6 +69,7 @@ def estimate_upper_bound(
     prior_context_tokens: int | None = None,
     tool_uses: Mapping[str, int] | None = None,
     prompt_cache_write: str | None = None,
+    chosen_by_provider: tuple[str, ...] = (),
 ) -> Rating:
     """The most a call can cost: prompt at input price (the `input_audio_tokens` of it, audio the
     caller counted, at the audio input price, else input's), output budget at the dearest output-side
@@ -89,7 +90,18 @@ def estimate_upper_bound(
 
     `prompt_cache_write` ("cache_write", "cache_write_1h"): the call may write its prompt to the
     provider's cache (Anthropic's `cache_control`), billed at that type's price: the prompt (but
-    its audio) is held at the dearer of it and the input price (a format 1 book: its cache_write)."""
+    its audio) is held at the dearer of it and the input price (a format 1 book: its cache_write).
+
+    `chosen_by_provider` ("service_tier",): dimensions the call leaves to the provider (OpenAI's
+    service_tier "auto"), whose answer reports the value that prices the charge: held at the
+    dearest of the call as given and each value the version's rules match for them."""
+    if chosen_by_provider:
+        return max((estimate_upper_bound(
+            version, model, prompt_tokens, max_output_tokens, variant, at, overrides=overrides, scale=scale,
+            input_audio_tokens=input_audio_tokens, prior_context_tokens=prior_context_tokens,
+            tool_uses=tool_uses, prompt_cache_write=prompt_cache_write)
+            for variant in _variants(version, dimensions or {}, chosen_by_provider, at)),
+            key=lambda rating: rating.total_units)
     errors: list[dict[str, str]] = []
     check_count(prompt_tokens, "prompt_tokens", errors)
     check_count(max_output_tokens, "max_output_tokens", errors)
@@ -161,6 +173,19 @@ def _whole_discounts(usage: list[Line], overrides: Overrides) -> list[Line]:
 
 
 CACHE_WRITE_TYPES = ("cache_write", "cache_write_1h")
+
+
+def _variants(version: PriceBook | PriceVersion, dimensions: Mapping[str, DimValue], chosen: tuple[str, ...],
+              at: datetime) -> list[Mapping[str, DimValue]]:
+    """The dimensions as given, and with each value the version's rules match for a dimension in
+    `chosen` (the provider's to choose; one at a time: the providers choose one, the service tier)."""
+    resolved = _version(version, at)
+    key = ("chosen_by_provider", chosen)  # read once per version: a book may have thousands of rules
+    values = resolved.resolved.get(key)
+    if values is None:
+        values = resolved.resolved[key] = tuple(sorted(
+            {(name, value) for rule in resolved.rules for name, value in rule.match if name in chosen}, key=repr))
+    return [dimensions, *({**dimensions, name: value} for name, value in values)]  # type: ignore[attr-defined]
 
 
 def _held_prompt(resolved: PriceVersion, model: str, dims: Mapping[str, DimValue], minute: int | None,

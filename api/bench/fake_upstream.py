@@ -63,6 +63,7 @@ class Logged:
 class FakeUpstream:
     calls: list[Logged] = field(default_factory=list)
     loop: asyncio.AbstractEventLoop | None = None
+    auto_tier: str | None = None  # the tier a chat call without one, or "auto", is served at (None: not reported)
     _gate: asyncio.Event | None = None
 
     def release(self) -> None:
@@ -200,7 +201,8 @@ async def _chat(fake: FakeUpstream, log: Logged, receive: Any, send: Any) -> Non
     cid, model, words = f"chatcmpl-{uuid.uuid4().hex[:12]}", log.body["model"], _words(_tokens(log))
     # the tier that served the call, beside the usage: the one it asked for (OpenAI's "auto" is its project's)
     tier = log.body.get("service_tier")
-    served = {"service_tier": tier} if tier not in (None, "auto") else {}
+    tier = fake.auto_tier if tier in (None, "auto") else tier
+    served = {"service_tier": tier} if tier is not None else {}
     head = {"id": cid, "object": "chat.completion.chunk", "created": 1764680000, "model": model,
             "system_fingerprint": "fp_fake", **served}
     if not log.body.get("stream"):

@@ -12,10 +12,13 @@ upstream: the body to forward, changed only where metering needs it:
 - `n` choices of a chat call may each produce the cap: the hold counts all of them;
 - the fields that choose the provider's prices (PRICED_FIELDS: OpenAI's `service_tier`,
   Anthropic's `speed` and `inference_geo`) are the call's dimensions, so a book's rules that
-  match them price its hold and its charge;
+  match them price its hold and its charge; a tier left to the provider (`auto`, or none:
+  PROVIDER_TIERS) is held at the dearest tier the book prices, and charged at the one the
+  answer reports;
 - an Anthropic call that marks its prompt for caching (`cache_control`) may be billed it at the
   cache write price (1.25 times input for 5 minutes, twice for an hour): `cache_write` names it,
-  and its hold prices the prompt at the dearer of it and input (pricing.estimate);
+  and its hold prices the prompt at the dearer of it and input (pricing.estimate); an OpenAI chat
+  or responses prompt, which OpenAI caches by itself, always may (its usage's cache writes);
 - a chat call's predicted output (`prediction`) is billed, the tokens of it the answer rejects,
   as completion tokens beyond the cap: the hold counts the prediction's tokens as output too.
 
@@ -110,6 +113,11 @@ PROMPT_FIELDS = {CHAT: ("messages", "tools", "functions", "response_format"),
 # choice, is none: the answer's reported tier prices the charge), Anthropic's speed (fast mode) and
 # inference_geo (where it runs).
 PRICED_FIELDS = {CHAT: ("service_tier",), RESPONSES: ("service_tier",), MESSAGES: ("speed", "inference_geo")}
+# A service tier left to the provider: OpenAI's "auto" (its default) serves at the tier the project is set
+# to (priority, say); Anthropic's "auto" (its default) uses Priority Tier capacity where the organization
+# has it, unlike "standard_only". Either answer reports the tier, which prices the charge; the hold is
+# the dearest tier the book prices (pricing.estimate).
+PROVIDER_TIERS = {CHAT: ("auto",), RESPONSES: ("auto",), MESSAGES: ("auto",)}
 MAX_PRICED_VALUE = 40
 # An earlier answer's audio, referred to by id: at most a whole answer of audio, the most output
 # tokens OpenAI's audio models produce (gpt-4o-audio-preview, gpt-audio: 16,384 max output tokens).
@@ -134,6 +142,7 @@ class Call:
     dimensions: tuple[tuple[str, str], ...] = ()  # the prices the call asks for (PRICED_FIELDS): ("speed", "fast")
     cache_write: str | None = None  # the prompt may be written to the cache, billed as this type (cache_write_1h)
     reused_containers: tuple[str, ...] = ()  # OpenAI containers given by id, billed when made: not charged again
+    chosen_by_provider: tuple[str, ...] = ()  # left to the provider (service_tier auto): held at the dearest
 
 
 def _count(value: Any, name: str) -> int | None:
@@ -337,10 +346,21 @@ def _priced(kind: str, body: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def _cache_write(value: Any) -> str | None:
-    """The cache write an Anthropic call asks for with `cache_control` anywhere in its body (at the
-    top, automatic caching; or on a block): "cache_write_1h" when one asks for a ttl of 1h, else
-    "cache_write"; None without."""
+def _chosen_by_provider(kind: str, body: Mapping[str, Any]) -> tuple[str, ...]:
+    """("service_tier",) when the call leaves its tier to the provider (PROVIDER_TIERS, or none given)."""
+    tier = body.get("service_tier")
+    return ("service_tier",) if kind in PROVIDER_TIERS and (tier is None or tier in PROVIDER_TIERS[kind]) else ()
+
+
+def _cache_write(kind: str, value: Any) -> str | None:
+    """The cache write a call may be billed: OpenAI's chat and responses prompts, cached by OpenAI
+    itself, "cache_write" (its usage's `cache_write_tokens`); an Anthropic call's, what it asks for
+    with `cache_control` anywhere in its body (at the top, automatic caching; or on a block):
+    "cache_write_1h" when one asks for a ttl of 1h, else "cache_write"; None without."""
+    if kind in (CHAT, RESPONSES):
+        return "cache_write"
+    if kind != MESSAGES:
+        return None
     found: str | None = None
     stack = [value]
     while stack:
@@ -423,5 +443,5 @@ def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: Token
             changed = True
     return Call(kind, model, stream, prompt_tokens + results, raw_tokens, cap,
                 msgspec.json.encode(body) if changed else raw, wanted, audio_tokens, audio_tokens + referred,
-                prior, uses, containers, _priced(kind, body), _cache_write(body) if kind == MESSAGES else None,
-                reused)
+                prior, uses, containers, _priced(kind, body), _cache_write(kind, body),
+                reused, _chosen_by_provider(kind, body))

@@ -263,14 +263,15 @@ class Exchange:
                     **({"input_audio_tokens": call.hold_audio_tokens} if call.hold_audio_tokens else {}),
                     **({"prior_context_tokens": prior} if prior is not None else {}),
                     **({"tool_uses": dict(call.tool_uses)} if call.tool_uses else {}),
-                    **({"prompt_cache_write": call.cache_write} if call.cache_write else {})}
+                    **({"prompt_cache_write": call.cache_write} if call.cache_write else {}),
+                    **({"chosen_by_provider": list(call.chosen_by_provider)} if call.chosen_by_provider else {})}
         command = Reserve(
             customer_id=customer, request_id=self.request_id, model=call.model,
             ttl_seconds=self.gw.settings.hold_seconds,
             request_hash=request_hash({"gateway": f"{self.provider}.{self.kind}", "model": call.model, **estimate}),
             prompt_tokens=call.prompt_tokens, max_output_tokens=call.max_output_tokens, estimate=estimate,
             prompt_audio_tokens=call.hold_audio_tokens, prior_context_tokens=prior, tool_uses=dict(call.tool_uses),
-            prompt_cache_write=call.cache_write,
+            prompt_cache_write=call.cache_write, chosen_by_provider=call.chosen_by_provider,
             dimensions={**self.dimensions, **dict(call.dimensions)})  # the prices it asks for (speed: fast)
         try:
             result = await self.gw.wallets.submit(command)

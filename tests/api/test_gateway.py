@@ -141,8 +141,9 @@ def test_chat_completion_carries_its_charge_the_providers_usage(live, fake):
     raw = oai(url, key).chat.completions.with_raw_response.create(model="gpt-test", messages=HI)
     completion = raw.parse()
     assert completion.choices[0].message.content == words(40)
-    # the hold (9 in, see below; the 1,000 cap out) and, settled before the answer, the charge
-    assert Decimal(raw.headers["x-tokentill-reserved"]) == (9 * IN + 1000 * OUT) / M + CALL
+    # the hold (9 in, see below, at the book's cache write price, dearer than input: OpenAI may write
+    # the prompt to its cache, was: at input; the 1,000 cap out) and, settled before the answer, the charge
+    assert Decimal(raw.headers["x-tokentill-reserved"]) == (9 * WRITE + 1000 * OUT) / M + CALL
     assert Decimal(raw.headers["x-tokentill-charged"]) == CHAT_CHARGE == Decimal("0.0100")
     assert wallet(url, cid) == (Decimal("10") - CHAT_CHARGE, 0)
     assert charged(url, raw.headers["x-tokentill-request-id"]) == CHAT_CHARGE
@@ -186,8 +187,8 @@ def test_a_stream_ends_with_its_charge_as_an_sse_comment_and_its_hold_in_the_hea
                 "model": "gpt-test", "messages": HI, "stream": True, "max_tokens": 100}) as response:
             body = b"".join(response.iter_raw()).decode()
             headers = response.headers
-    # the hold, by hand: 9 prompt tokens (see the 64-call test) and 100 output tokens
-    assert Decimal(headers["x-tokentill-reserved"]) == (9 * IN + 100 * OUT) / M + CALL
+    # the hold, by hand: 9 prompt tokens (see the 64-call test) at the cache write price, 100 output tokens
+    assert Decimal(headers["x-tokentill-reserved"]) == (9 * WRITE + 100 * OUT) / M + CALL
     assert body.endswith("data: [DONE]\n\n: tokentill charged=0.01 currency=USD "
                          f"request_id={headers['x-tokentill-request-id']}\n\n")
 
@@ -268,9 +269,10 @@ def test_audio_is_held_and_charged_at_the_audio_input_price_of_a_book_that_price
         request_id, reserved = response.headers["x-tokentill-request-id"], response.headers["x-tokentill-reserved"]
     cost = ((3 + 6) * IN + 3000 * audio_price + 40 * OUT) / M + CALL
     assert charged(url, request_id) == cost == Decimal("0.48189")
-    # held: the text (3 tokens, 4 with cl100k_base's margin) and overhead at input, the audio at its
-    # price, the default cap of 1,000 output tokens (was 0.0511: the audio at the text price)
-    assert Decimal(reserved) in {((t + 6) * IN + 3000 * audio_price + 1000 * OUT) / M + CALL for t in (3, 4)}
+    # held: the text (3 tokens, 4 with cl100k_base's margin) and overhead at the cache write price
+    # (OpenAI may write the prompt to its cache), the audio at its price, the default cap of 1,000
+    # output tokens (was 0.0511: the audio at the text price)
+    assert Decimal(reserved) in {((t + 6) * WRITE + 3000 * audio_price + 1000 * OUT) / M + CALL for t in (3, 4)}
     assert Decimal(reserved) >= cost and wallet(url, cid) == (Decimal("10") - cost, 0)
 
 
@@ -656,7 +658,8 @@ def test_an_openai_call_that_asks_for_priority_is_held_at_the_priority_price(liv
     _, key = customer((url, tool_book(url, {"id": "out-priority", "token_type": "output", "price": str(PRIORITY),
                                             "match": {"service_tier": "priority"}})))
     client = oai(url, key).chat.completions
-    standard = client.with_raw_response.create(model="gpt-test", messages=HI, max_tokens=1000)
+    standard = client.with_raw_response.create(model="gpt-test", messages=HI, max_tokens=1000,
+                                               service_tier="default")  # none would be held as priority
     priority = client.with_raw_response.create(model="gpt-test", messages=HI, max_tokens=1000,
                                                service_tier="priority")
     assert priority.parse().service_tier == "priority"
@@ -664,6 +667,32 @@ def test_an_openai_call_that_asks_for_priority_is_held_at_the_priority_price(liv
     assert held == 1000 * (PRIORITY - OUT) / M
     assert charged(url, priority.headers["x-tokentill-request-id"]) == CHAT_CHARGE + 40 * (PRIORITY - OUT) / M
     assert fake.fake.calls[-1].body["service_tier"] == "priority"
+
+
+@pytest.mark.parametrize("tier", [None, "auto"])
+def test_an_openai_call_that_leaves_its_tier_to_the_project_is_held_at_the_dearest_tier(live, fake, tier):
+    """A call with service_tier "auto", or none (OpenAI's default is auto), is served at the tier its
+    project is set to, priority here, and billed at its prices: held at the dearest tier the book
+    prices (was: at the standard prices, 0.02 short per 1,000 output tokens, under the charge for a
+    long answer); charged at the tier the answer reports."""
+    url, _ = live
+    _, key = customer((url, tool_book(url, {"id": "out-priority", "token_type": "output", "price": str(PRIORITY),
+                                            "match": {"service_tier": "priority"}},
+                                      {"id": "out-flex", "token_type": "output", "price": "5",
+                                       "match": {"service_tier": "flex"}})))
+    client = oai(url, key).chat.completions
+    fixed = client.with_raw_response.create(model="gpt-test", messages=HI, max_tokens=1000, service_tier="default")
+    fake.fake.auto_tier = "priority"
+    try:
+        raw = client.with_raw_response.create(model="gpt-test", messages=HI, max_tokens=1000,
+                                              **({"service_tier": tier} if tier else {}))
+    finally:
+        fake.fake.auto_tier = None
+    assert raw.parse().service_tier == "priority"
+    held = Decimal(raw.headers["x-tokentill-reserved"]) - Decimal(fixed.headers["x-tokentill-reserved"])
+    assert held == 1000 * (PRIORITY - OUT) / M
+    assert charged(url, raw.headers["x-tokentill-request-id"]) == CHAT_CHARGE + 40 * (PRIORITY - OUT) / M
+    assert charged(url, fixed.headers["x-tokentill-request-id"]) == CHAT_CHARGE
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -859,7 +888,7 @@ def test_a_response_that_continues_a_conversation_is_held_for_the_models_context
     raw = oai(url, key).responses.with_raw_response.create(model=model, input="hi", previous_response_id="resp_1",
                                                            max_output_tokens=1000)
     # the earlier turns OpenAI bills as input (was: "hi" and the overhead, 7 or 8 tokens)
-    assert Decimal(raw.headers["x-tokentill-reserved"]) == (context * IN + 1000 * OUT) / M + CALL
+    assert Decimal(raw.headers["x-tokentill-reserved"]) == (context * WRITE + 1000 * OUT) / M + CALL
     assert charged(url, raw.headers["x-tokentill-request-id"]) == RESPONSES_CHARGE  # the provider's usage
     assert wallet(url, cid) == (Decimal("10") - RESPONSES_CHARGE, 0)
 
@@ -900,7 +929,7 @@ def test_a_continued_conversations_stream_cut_upstream_is_charged_the_body_not_t
                 model="gpt-test-drop", input="hi", conversation="conv_1", stream=True) as response:
             request_id, reserved = response.headers["x-tokentill-request-id"], response.headers["x-tokentill-reserved"]
             list(response.parse())
-    assert Decimal(reserved) == (400_000 * IN + 1000 * OUT) / M + CALL
+    assert Decimal(reserved) == (400_000 * WRITE + 1000 * OUT) / M + CALL  # the cache write price: see above
     # no usage came: "hi", a token, 3 for its message and 3 for the reply, and the 10 tokens
     # generated, as any cut call (not the 400,000 tokens held for the earlier turns)
     assert charged(url, request_id) == (7 * IN + fk.DROP_AFTER * OUT) / M + CALL
@@ -1202,8 +1231,9 @@ def test_a_customers_key_naming_another_key_in_its_dimensions_is_refused_as_on_e
 async def test_64_parallel_streams_on_a_wallet_of_10_holds_10_proceed_54_are_refused(live, fake):
     url, _ = live
     # The hold, by hand: prompt "user" + "hi" counted in cl100k_base with the 10 % margin of an
-    # unknown model (2 -> 3) plus 3 per message and 3 for the reply, 9 tokens; 1,000 output tokens.
-    hold = (9 * IN + 1000 * OUT) / M + CALL  # 0.02109
+    # unknown model (2 -> 3) plus 3 per message and 3 for the reply, 9 tokens, at the cache write
+    # price (OpenAI may write the prompt to its cache); 1,000 output tokens.
+    hold = (9 * WRITE + 1000 * OUT) / M + CALL  # 0.0211125
     cid, key = customer(live, amount=str(10 * hold + hold / 2))
     client = openai.AsyncOpenAI(base_url=f"{url}/openai/v1", api_key=key, max_retries=0,
                                 http_client=openai.DefaultAsyncHttpxClient(limits=httpx.Limits(max_connections=100)))
@@ -1238,7 +1268,10 @@ def test_a_gateway_call_is_held_and_charged_at_the_customers_contract_price(live
     contract = Decimal("5")  # the customer's own input price for gpt-test, against the book's $10/M
     with admin(url) as http:
         put = http.put(f"/v1/customers/{cid}/price-overrides", json={"contract_prices": [
-            {"id": "gw-contract", "model": "gpt-test", "token_type": "input", "price": "5.00"}]})
+            {"id": "gw-contract", "model": "gpt-test", "token_type": "input", "price": "5.00"},
+            # OpenAI may write the prompt to its cache: without a contract price for that, the hold
+            # would be the book's cache write price, 12.50
+            {"id": "gw-contract-write", "model": "gpt-test", "token_type": "cache_write", "price": "5.00"}]})
         assert put.status_code == 201, put.text
     raw = oai(url, key).chat.completions.with_raw_response.create(model="gpt-test", messages=HI)
     assert Decimal(raw.headers["x-tokentill-reserved"]) == (9 * contract + 1000 * OUT) / M + CALL

@@ -24,7 +24,7 @@ from api.gateway.config import GatewaySettings
 from api.gateway.settles import settle_key, spool_for
 from api.settings import Settings
 from ledger.db import RetriesExhaustedError
-from tests.api.test_gateway import ADMIN, BOOK, CALL, CHAT_CHARGE, HI, IN, OUT, M, admin, charged, oai, wallet
+from tests.api.test_gateway import ADMIN, BOOK, CALL, CHAT_CHARGE, HI, OUT, WRITE, M, admin, charged, oai, wallet
 from tests.api.test_gateway import fake as fake  # the fake upstream fixture
 from tests.api.test_sdk_durability import wait_ready
 
@@ -91,7 +91,7 @@ def reserved(url: str, cid: str) -> Decimal:
         return Decimal(http.get(f"/v1/customers/{cid}/wallet").json()["reserved"])
 
 
-HOLD = (9 * IN + 1000 * OUT) / M + CALL  # 9 prompt tokens (cl100k_base plus 10 %), the 1,000 cap
+HOLD = (9 * WRITE + 1000 * OUT) / M + CALL  # 9 prompt tokens (cl100k_base plus 10 %) at the cache write price, the cap
 
 
 def test_a_gateway_stopped_after_answering_but_before_settling_settles_once_on_restart(database_url, fake,

@@ -57,6 +57,8 @@ class Reserve(Command):
     tool_uses: Mapping[str, int] = field(default_factory=dict)
     # the call may write its prompt to the provider's cache ("cache_write", "cache_write_1h"): held at that price
     prompt_cache_write: str | None = None
+    # dimensions the provider chooses and its answer reports (service_tier "auto"): held at the dearest value
+    chosen_by_provider: tuple[str, ...] = ()
     dimensions: Mapping[str, Any] = field(default_factory=dict)
     estimate: Mapping[str, Any] | None = None  # what is stored about the estimate
 

@@ -67,6 +67,7 @@ def reserve(state: State, cmd: Reserve, now: datetime, book: PriceBook | None) -
                                       input_audio_tokens=cmd.prompt_audio_tokens,
                                       prior_context_tokens=cmd.prior_context_tokens,
                                       tool_uses=cmd.tool_uses, prompt_cache_write=cmd.prompt_cache_write,
+                                      chosen_by_provider=cmd.chosen_by_provider,
                                       overrides=overrides_at(w, now)).total_units
     prompt = cmd.prompt_tokens
     if cmd.prior_context_tokens is not None and w.budgets:  # token budgets count what the money holds

@@ -456,6 +456,17 @@ def test_the_fields_that_choose_the_providers_prices_are_the_calls_dimensions():
     chat = {"model": "gpt-4", "messages": HI, "max_tokens": 5}
     assert call(CHAT, {**chat, "service_tier": "priority"}).dimensions == (("service_tier", "priority"),)
     assert call(CHAT, {**chat, "service_tier": "auto"}).dimensions == ()  # the project's: the answer tells
+    # auto, or none (OpenAI's default is auto; Anthropic's too, priority capacity first): the tier is
+    # the provider's choice, held at the dearest the book prices; a tier the call fixes is not
+    for auto in ({"service_tier": "auto"}, {}):
+        assert call(CHAT, {**chat, **auto}).chosen_by_provider == ("service_tier",)
+        assert call(RESPONSES, {"model": "gpt-4", "input": "hi", **auto}).chosen_by_provider == ("service_tier",)
+        assert call(MESSAGES, {"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": HI, **auto}
+                    ).chosen_by_provider == ("service_tier",)
+    assert call(CHAT, {**chat, "service_tier": "priority"}).chosen_by_provider == ()
+    assert call(MESSAGES, {"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": HI,
+                           "service_tier": "standard_only"}).chosen_by_provider == ()
+    assert call(EMBEDDINGS, {"model": "text-embedding-3-small", "input": "hi"}).chosen_by_provider == ()
     assert call(RESPONSES, {"model": "gpt-4", "input": "hi", "service_tier": "flex"}).dimensions == (
         ("service_tier", "flex"),)
     messages = {"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": HI, "speed": "fast", "inference_geo": "us"}
@@ -475,7 +486,15 @@ def test_the_fields_that_choose_the_providers_prices_are_the_calls_dimensions():
 def test_an_anthropic_call_that_marks_its_prompt_for_caching_names_the_write(body, written):
     anthropic = call(MESSAGES, {"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": HI, **body})
     assert anthropic.cache_write == written
-    assert call(CHAT, {"model": "gpt-4", "messages": HI, **body}).cache_write is None
+
+
+def test_an_openai_prompt_may_always_be_written_to_the_cache():
+    """OpenAI caches prompts itself (no cache_control), and its usage may report cache writes
+    (`cache_write_tokens`), billed at the book's cache_write price: every chat and responses
+    prompt is held at the dearer of it and input (was: at input); embeddings are not cached."""
+    assert call(CHAT, {"model": "gpt-4", "messages": HI}).cache_write == "cache_write"
+    assert call(RESPONSES, {"model": "gpt-4", "input": "hi"}).cache_write == "cache_write"
+    assert call(EMBEDDINGS, {"model": "text-embedding-3-small", "input": "hi"}).cache_write is None
 
 
 @pytest.mark.parametrize("body, field", [
@@ -530,3 +549,4 @@ def test_an_openai_container_made_earlier_is_not_held_again_but_its_runs_results
     mixed = _responses_tools(tool, {"type": "code_interpreter", "container": {"type": "auto", "memory_limit": "4g"}})
     assert dict(mixed.tool_uses)["code_execution"] == 4 and mixed.container_units == 4
     assert mixed.reused_containers == ("cntr_abc",)
+

@@ -278,3 +278,27 @@ def test_a_prompt_written_to_the_cache_is_held_at_the_dearer_of_its_write_and_in
         estimate_upper_bound(worked_example_version(), "model-a", 1200, 0, {}, AT).total_units
     with pytest.raises(InvalidUsageError):
         estimate_upper_bound(book, "claude", 1000, 0, {}, AT, prompt_cache_write="input")
+
+
+TIERED_SERVICE = version(
+    {"id": "in", "model": "gpt", "token_type": "input", "price": "2"},
+    {"id": "out", "model": "gpt", "token_type": "output", "price": "8"},
+    {"id": "in-pri", "model": "gpt", "token_type": "input", "price": "3.5", "match": {"service_tier": "priority"}},
+    {"id": "out-pri", "model": "gpt", "token_type": "output", "price": "14", "match": {"service_tier": "priority"}},
+    {"id": "out-flex", "model": "gpt", "token_type": "output", "price": "4", "match": {"service_tier": "flex"}},
+)
+
+
+def test_a_dimension_the_provider_chooses_is_held_at_its_dearest_value_in_the_book():
+    """OpenAI's service_tier "auto" (or none) is served at the tier the project is set to, which the
+    answer reports: the hold is the dearest the book prices it at (was: the standard prices)."""
+    standard = estimate_upper_bound(TIERED_SERVICE, "gpt", 1000, 1000, {}, AT)
+    assert standard.total_units == (2 * 1000 + 8 * 1000) * 1000  # 0.01 at 9 decimals
+    chosen = estimate_upper_bound(TIERED_SERVICE, "gpt", 1000, 1000, {}, AT, chosen_by_provider=("service_tier",))
+    assert [(ln.token_type, ln.rule_id) for ln in chosen.lines] == [("input", "in-pri"), ("output", "out-pri")]
+    assert chosen.total_units == (3_500 + 14_000) * 1000  # 0.0175
+    # a value the caller fixed is not the provider's to choose; a book without such rules holds as before
+    assert estimate_upper_bound(TIERED_SERVICE, "gpt", 1000, 1000, {"service_tier": "flex"}, AT).total_units == \
+        (2 + 4) * 1000 * 1000
+    assert estimate_upper_bound(REASONER, "reasoner", 1000, 0, {}, AT, chosen_by_provider=("service_tier",)) \
+        == estimate_upper_bound(REASONER, "reasoner", 1000, 0, {}, AT)
