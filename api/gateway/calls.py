@@ -324,7 +324,7 @@ def _output_cap(kind: str, body: dict[str, Any], default: int) -> tuple[int, boo
     names = {CHAT: ("max_completion_tokens", "max_tokens"), RESPONSES: ("max_output_tokens",),
              MESSAGES: ("max_tokens",)}[kind]
     given = [c for c in (_count(body.get(n), n) for n in names) if c is not None]
-    cap = min(given) if given else default
+    cap = max(given) if given else default  # both caps of a chat call: the upstream may obey either
     added = not given and kind != MESSAGES  # Anthropic refuses a call without max_tokens itself
     if added:
         body[names[0]] = default

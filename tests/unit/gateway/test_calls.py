@@ -550,3 +550,10 @@ def test_an_openai_container_made_earlier_is_not_held_again_but_its_runs_results
     assert dict(mixed.tool_uses)["code_execution"] == 4 and mixed.container_units == 4
     assert mixed.reused_containers == ("cntr_abc",)
 
+
+def test_a_chat_call_that_gives_both_output_caps_is_held_for_the_larger():
+    """`max_tokens` (deprecated) and `max_completion_tokens` both given: which one the upstream
+    obeys is its choice, so the hold counts the larger (was: the smaller, 10 here, while the
+    upstream may generate 1,000)."""
+    for caps in ({"max_tokens": 10, "max_completion_tokens": 1000}, {"max_tokens": 1000, "max_completion_tokens": 10}):
+        assert call(CHAT, {"model": "gpt-4", "messages": HI, **caps}).max_output_tokens == 1000
