@@ -95,8 +95,7 @@ class BudgetService:
                  spec.customer_id))
             return await self._view(conn, spec.customer_id, budget_id)
 
-        return await run_once(self.db, idem, work, [lane_lock(lane), customer_lock(spec.customer_id)],
-                              lambda _: CREATED)
+        return await run_once(self.db, idem, work, await self._locks(spec.customer_id), lambda _: CREATED)
 
     async def get(self, budget_id: str) -> BudgetView:
         customer_id = await self.owner(budget_id)
@@ -186,6 +185,8 @@ class BudgetService:
         return customer_id
 
     async def _locks(self, customer_id: str) -> list[int]:
+        """What a budget write locks: its customer's lane (whose batches count against budgets), then
+        the customer (its budgets are counted before one is added)."""
         return [lane_lock(await self.engine.lane_of(customer_id)), customer_lock(customer_id)]
 
     async def _view(self, conn: AsyncConnection, customer_id: str, budget_id: str) -> BudgetView:
