@@ -8,9 +8,10 @@ from typing import Any
 import msgspec
 import psycopg
 from litestar import Request, Response
+from litestar.enums import ParamType
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import OpenAPIHeader, OpenAPIResponse, OpenAPIType, Operation, Schema
+from litestar.openapi.spec import OpenAPIHeader, OpenAPIResponse, OpenAPIType, Operation, Parameter, Schema
 
 from ledger.db import RetriesExhaustedError, is_unavailable, sqlstate_of
 from ledger.errors import LedgerError
@@ -104,15 +105,26 @@ REPLAYED = OpenAPIHeader(required=False, schema=Schema(type=OpenAPIType.STRING, 
                          description="`true`: the kept answer of an earlier request with this Idempotency-Key, "
                                      "replayed; absent on a fresh answer")
 KEPT_REFUSALS = {"402", "404", "409", "422", "429"}
+# The request header of every operation that honours it (api.routes.wire.idempotency reads it).
+IDEMPOTENCY_KEY = Parameter(
+    name="Idempotency-Key", param_in=ParamType.HEADER, required=False,
+    schema=Schema(type=OpenAPIType.STRING, min_length=1, max_length=255),
+    description="Any string of 1 to 255 characters (spaces around it are dropped), one per call. The same "
+                "key and the same request again, by a key acting for the same customers (even after a key "
+                "rotation), is answered the first answer, refusals included, and does nothing twice; the "
+                "same key with another request is 409 `idempotency_conflict`.")
 
 
-def described(base: type[Operation], idempotent: bool) -> type[Operation]:
-    """An Operation class (of `base`) whose responses describe the headers sent with them."""
+def described(base: type[Operation], idempotent: bool, keyed: bool = False) -> type[Operation]:
+    """An Operation class (of `base`) whose responses describe the headers sent with them, and
+    (`keyed`) whose parameters name the Idempotency-Key header it honours."""
 
     @dataclass
     class Described(base):  # type: ignore[valid-type, misc]
         def __post_init__(self) -> None:
             getattr(super(), "__post_init__", lambda: None)()
+            if keyed:
+                self.parameters = [*(self.parameters or []), IDEMPOTENCY_KEY]
             for status, response in (self.responses or {}).items():
                 if not isinstance(response, OpenAPIResponse):
                     continue
@@ -128,16 +140,20 @@ def described(base: type[Operation], idempotent: bool) -> type[Operation]:
 
 def documented(*statuses: int, secured: bool = True, body: bool = False,
                replay: type | None = None, ok: Any = None, idempotent: bool = False,
-               operation: type[Operation] = Operation) -> dict[str, Any]:
+               keyed: bool | None = None, operation: type[Operation] = Operation) -> dict[str, Any]:
     """Route-handler keyword arguments that document the problem responses a route can give,
     (`replay`) the 200 with that body a creating route answers when the resource already exists,
     (`ok`) the 200 of a route whose handler returns a plain dict, and the headers sent with
-    them (`idempotent`: a route that replays kept answers); `operation`: the route's own
+    them (`idempotent`: a route that replays kept answers); `keyed`: the route honours an
+    Idempotency-Key header (every `idempotent` route does); `operation`: the route's own
     Operation class (see api.renderings.rendered_as)."""
     # A secured route reads the database (its key, at least): under contention it may answer 503.
     # Every /v1 route refuses a query parameter it does not take, or a path value PostgreSQL
     # cannot hold (wire.guard_request): 422.
-    codes = set(statuses) | ({401, 403, 422, 503} if secured else set()) | ({413, 415, 422} if body else set())
+    # A route that honours an Idempotency-Key answers its reuse with another request 409.
+    keyed = idempotent if keyed is None else keyed
+    codes = set(statuses) | ({401, 403, 422, 503} if secured else set()) | ({413, 415, 422} if body else set()) \
+        | ({409} if keyed else set())
     responses: dict[int, ResponseSpec] = {
         status: ResponseSpec(data_container=Problem, media_type="application/problem+json",
                              description=DESCRIPTIONS.get(status, "Error"), generate_examples=False)
@@ -148,7 +164,7 @@ def documented(*statuses: int, secured: bool = True, body: bool = False,
     if replay is not None:
         responses[200] = ResponseSpec(data_container=replay, generate_examples=False,
                                       description="The same request again: what the first one created")
-    kwargs: dict[str, Any] = {"responses": responses, "operation_class": described(operation, idempotent)}
+    kwargs: dict[str, Any] = {"responses": responses, "operation_class": described(operation, idempotent, keyed)}
     if secured:
         kwargs["security"] = [{"bearer": []}]
     return kwargs

@@ -111,7 +111,7 @@ RerateBody = Annotated[dict[str, Any], json_body(RerateRequest)]
 
 
 @post("/v1/rerate", guards=[require()], tags=["invoices"], status_code=200,
-      **documented(404, 409, body=True, ok=RerateResult))
+      **documented(404, 409, body=True, ok=RerateResult, keyed=True))
 async def rerate(state: State, request: Request, data: RerateBody) -> dict[str, Any]:
     """Re-rate the charges priced with `price_book` whose usage time is in [`from`, `to`) with the
     corrected `version` (which must be the book's version in force throughout the range).
