@@ -64,8 +64,9 @@ class Services:
 async def _complete_allow_header(message, scope) -> None:
     """Litestar's automatic OPTIONS answer lists only one handler's methods for a path served by
     several (GET and POST /v1/api-keys, say); list them all, as RFC 9110 asks. Wherever GET is
-    allowed, so is HEAD (`_head_as_get`)."""
-    if message["type"] != "http.response.start":
+    allowed, so is HEAD (`_head_as_get`). Only an OPTIONS answer and a 405 carry Allow (Litestar
+    sets it on nothing else): other answers pass untouched, unread."""
+    if message["type"] != "http.response.start" or (message["status"] != 405 and scope.get("method") != "OPTIONS"):
         return
     if scope.get("method") == "OPTIONS" and "route_handler" in scope:  # none: a 404, which has no Allow
         methods = {"OPTIONS"}

@@ -70,11 +70,26 @@ class Principal:
 
 def header(connection: ASGIConnection, name: bytes) -> str | None:
     """The first value of the request header `name` (lower case), read from the ASGI scope:
-    Litestar's `connection.headers` builds a case-insensitive multidict of every header first."""
-    for key, value in connection.scope["headers"]:
-        if key == name or key.lower() == name:
-            return value.decode("latin-1")
-    return None
+    Litestar's `connection.headers` builds a case-insensitive multidict of every header first.
+    The request's headers are lowered once, on the first call, and kept in the scope beside the
+    list they were read from (a request reads five or so: a pass over them all for each cost more)."""
+    scope = connection.scope
+    raw = scope["headers"]
+    kept = scope.get(_HEADERS)
+    if kept is None or kept[0] is not raw:
+        kept = scope[_HEADERS] = (raw, {key.lower(): value for key, value in reversed(raw)})  # the first wins
+    value = kept[1].get(name)
+    return None if value is None else value.decode("latin-1")
+
+
+_HEADERS = "tokentill.headers"  # the scope's key for `header`'s (headers, lowered names -> first value)
+
+
+def services_of(connection: ASGIConnection) -> Any:
+    """The app's Services. Read by key: a route that takes `state: State` gets a copy of the
+    app's state made for each request (Litestar's signature model), and `state.services` is
+    found only after a failed attribute lookup (an AttributeError caught)."""
+    return connection.scope["app"].state["services"]
 
 
 def bearer(connection: ASGIConnection) -> str:
@@ -86,7 +101,7 @@ def bearer(connection: ASGIConnection) -> str:
 
 
 async def authenticate(connection: ASGIConnection) -> Principal:
-    return await principal_for(connection.app.state.services, bearer(connection))
+    return await principal_for(services_of(connection), bearer(connection))
 
 
 async def principal_for(services: Any, token: str) -> Principal:

@@ -8,7 +8,15 @@ from litestar import Request, Response, get
 from litestar.datastructures import State
 from litestar.params import FromPath
 
-from api.auth import ensure_customer, ensure_owner, guarded_post, key_dimensions, principal_of, require
+from api.auth import (
+    ensure_customer,
+    ensure_owner,
+    guarded_post,
+    key_dimensions,
+    principal_of,
+    require,
+    services_of,
+)
 from api.errors import ApiError, documented
 from api.routes.formats import Amount, Identifier
 from api.routes.inputs import hashed_as_before, prepare_estimate, usage_tokens
@@ -156,7 +164,7 @@ EXTENDED = Answer(_extended, ExtendResult)
 @guarded_post("/v1/reservations", guards=[require("inference")], tags=["reservations"], status_code=201,
       **documented(402, 404, 409, 429, body=True, replay=ReservationResponse, idempotent=True))
 async def create_reservation(
-    state: State, request: Request,
+    request: Request,
     data: CreateReservationBody,
 ) -> Response[ReservationResponse]:
     """Hold credit before a model call: `amount`, or an upper bound priced from `estimate`
@@ -176,13 +184,13 @@ async def create_reservation(
         dimensions=key_dimensions(principal_of(request), data.dimensions),
         estimate=prepared.stored if prepared else None,
         idem=idempotency(request, data))
-    return respond(request, await state.services.wallets.submit(command), RESERVED)
+    return respond(request, await services_of(request).wallets.submit(command), RESERVED)
 
 
 @guarded_post("/v1/reservations/{reservation_id:str}/settle", guards=[require("inference")], tags=["reservations"],
       status_code=200, **documented(404, 409, body=True, idempotent=True))  # 422 includes implausible_usage
 async def settle(
-    state: State, request: Request, reservation_id: FromPath[str],
+    request: Request, reservation_id: FromPath[str],
     data: SettleBody,
 ) -> Response[SettleResponse]:
     """Charge the reported usage: from the hold, then the lots, then the receivable (never for
@@ -190,7 +198,7 @@ async def settle(
     a plausibility bound is `implausible_usage` and the hold stays open, unless an admin forces it."""
     data = shaped(data, SettleRequest)
     forced_by = _forcing_key(request) if data.force else None
-    customer_id = await state.services.wallets.owner_of(reservation_id)
+    customer_id = await services_of(request).wallets.owner_of(reservation_id)
     ensure_owner(request, customer_id, f"reservation {reservation_id}")
     tokens, usage = usage_tokens(data.usage, data.openai_usage, data.anthropic_usage, data.gemini_usage)
     body = _settle_body(data)
@@ -198,7 +206,7 @@ async def settle(
                      request_hash=request_hash(body), tokens=tokens, usage=usage,
                      final=data.final, capture_id=data.capture_id, forced_by=forced_by,
                      idem=idempotency(request, body))
-    return respond(request, await state.services.wallets.submit(command), SETTLED)
+    return respond(request, await services_of(request).wallets.submit(command), SETTLED)
 
 
 def _settle_body(data: SettleRequest) -> dict[str, Any]:
@@ -218,18 +226,18 @@ def _forcing_key(request: Request) -> str:
 
 @guarded_post("/v1/reservations/{reservation_id:str}/release", guards=[require("inference")], tags=["reservations"],
       status_code=200, **documented(404, 409, 422, idempotent=True))  # 422: a malformed Idempotency-Key
-async def release(state: State, request: Request, reservation_id: FromPath[str]) -> Response[ReleaseResponse]:
+async def release(request: Request, reservation_id: FromPath[str]) -> Response[ReleaseResponse]:
     """Give the whole remaining hold back to the lots it came from."""
-    customer_id = await state.services.wallets.owner_of(reservation_id)
+    customer_id = await services_of(request).wallets.owner_of(reservation_id)
     ensure_owner(request, customer_id, f"reservation {reservation_id}")
     command = Release(customer_id=customer_id, reservation_id=reservation_id, idem=idempotency(request, {}))
-    return respond(request, await state.services.wallets.submit(command), RELEASED)
+    return respond(request, await services_of(request).wallets.submit(command), RELEASED)
 
 
 @guarded_post("/v1/reservations/{reservation_id:str}/extend", guards=[require("inference")], tags=["reservations"],
       status_code=200, **documented(404, 409, body=True, idempotent=True))
 async def extend(
-    state: State, request: Request, reservation_id: FromPath[str],
+    request: Request, reservation_id: FromPath[str],
     data: Annotated[dict[str, Any], json_body(ExtendRequest)],
 ) -> Response[ExtendResponse]:
     """Keep an open (held or capturing) reservation's hold until `ttl_seconds` from now, for a
@@ -237,11 +245,11 @@ async def extend(
     (`extension_too_short` otherwise); a settled, released or expired reservation is
     `reservation_closed`. Nothing is posted: the hold stays where it is."""
     asked = shaped(data, ExtendRequest)
-    customer_id = await state.services.wallets.owner_of(reservation_id)
+    customer_id = await services_of(request).wallets.owner_of(reservation_id)
     ensure_owner(request, customer_id, f"reservation {reservation_id}")
     command = Extend(customer_id=customer_id, reservation_id=reservation_id, ttl_seconds=asked.ttl_seconds,
                      idem=idempotency(request, data))
-    return respond(request, await state.services.wallets.submit(command), EXTENDED)
+    return respond(request, await services_of(request).wallets.submit(command), EXTENDED)
 
 
 class ReservationHold(msgspec.Struct):
