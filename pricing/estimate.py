@@ -18,6 +18,7 @@ from typing import Any
 
 from pricing.books import DimValue, PriceBook, PriceVersion, Rule, per_units
 from pricing.errors import InvalidUsageError, UnpricedModelError, field_error
+from pricing.fast_rating import CACHE_LIMIT, charges_requests
 from pricing.money import DEFAULT_SCALE, per_amount, pricing_context
 from pricing.overrides import Overrides
 from pricing.rating import Line, Rating, build_rating
@@ -121,14 +122,14 @@ def estimate_upper_bound(
         raise InvalidUsageError(errors)
     probe = Usage(model, {}, at, dimensions or {})  # validates model, dimensions and time
     resolved = _version(version, probe.occurred_at)
-    overrides = overrides or Overrides()
+    overrides = overrides or _NO_OVERRIDES
     dims = probe.dimension_dict
     utc = probe.occurred_at  # hours are UTC windows, whatever the offset `at` was given in
     minute = utc.hour * 60 + utc.minute if resolved.timed else None
     prompt_tokens = _held_prompt(resolved, model, dims, minute, prompt_tokens, prior_context_tokens)
 
     def line(token_type: str, quantity: int) -> Line | None:
-        rule = resolved.resolve(token_type, model, dims, minute)
+        rule = _resolved_rule(resolved, token_type, model, probe.dimensions, minute)
         return _line(resolved, model, token_type, quantity, rule, overrides, prompt_tokens)
 
     text = prompt_tokens - input_audio_tokens
@@ -143,16 +144,46 @@ def estimate_upper_bound(
     if max_output_tokens:  # a call that produces no output (embeddings) needs no output price
         # a type no rule prices falls back to output's price: only the others can be dearer
         # (an output modality also by its format 1 type: audio output at a book's `audio` rule)
-        types = [t for t in OUTPUT_TYPES if t == "output" or t in resolved.token_types
-                 or MODALITY_TYPES.intersection(KINDS[t].fallbacks) & resolved.token_types]
+        types = _output_types(resolved.token_types)
         outputs = [ln for ln in (line(t, max_output_tokens) for t in types) if ln]
         lines.append(max(outputs, key=lambda ln: ln.unit_price) if outputs else None)
     if resolved.format != 1:
         lines += [line(unit, uses) for unit, uses in (tool_uses or {}).items() if uses]
-    if resolved.find_rule("request", model, dims, minute) is not None:
+    if charges_requests(resolved, model, probe.dimensions, utc):
         lines.append(line("request", 1))
     usage = [ln for ln in lines if ln is not None and ln.quantity]
     return build_rating(resolved, [*usage, *_whole_discounts(usage, overrides)], scale)
+
+
+def _resolved_rule(version: PriceVersion, token_type: str, model: str, dims: tuple[tuple[str, DimValue], ...],
+                   minute: int | None) -> Rule | None:
+    """`version.resolve` (with its fallbacks) for these normalized dimensions, kept among the
+    version's resolved rules (as rating keeps its plans): a version never changes. A type it
+    cannot price raises, every time, and is not kept."""
+    key = ("estimate rule", token_type, model, dims, minute)
+    cache = version.resolved
+    if key in cache:
+        return cache[key]  # type: ignore[return-value]
+    rule = version.resolve(token_type, model, dict(dims), minute)
+    if len(cache) >= CACHE_LIMIT:
+        cache.clear()
+    cache[key] = rule
+    return rule
+
+
+def _output_types(priced: frozenset[str]) -> tuple[str, ...]:
+    """The output-side types a version whose rules price `priced` may hold an output budget at:
+    output, those it prices, and (an output modality) those whose format 1 type it prices.
+    Found once per set of priced types (a version's never changes)."""
+    types = _OUTPUT_TYPES.get(priced)
+    if types is None:
+        types = _OUTPUT_TYPES[priced] = tuple(
+            t for t in OUTPUT_TYPES if t == "output" or t in priced
+            or MODALITY_TYPES.intersection(KINDS[t].fallbacks) & priced)
+    return types
+
+
+_OUTPUT_TYPES: dict[frozenset[str], tuple[str, ...]] = {}  # few: one per distinct set of priced types
 
 
 def _whole_discounts(usage: list[Line], overrides: Overrides) -> list[Line]:
@@ -173,6 +204,7 @@ def _whole_discounts(usage: list[Line], overrides: Overrides) -> list[Line]:
 
 
 CACHE_WRITE_TYPES = ("cache_write", "cache_write_1h")
+_NO_OVERRIDES = Overrides()  # immutable: one for every estimate of a customer without overrides
 
 
 def _variants(version: PriceBook | PriceVersion, dimensions: Mapping[str, DimValue], chosen: tuple[str, ...],

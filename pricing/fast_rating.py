@@ -23,7 +23,7 @@ from pricing.money import DEFAULT_SCALE
 from pricing.usage import Usage
 
 _FAST_PER = {1: 0, 1_000_000: 6}  # units per price -> its power of ten
-_CACHE_LIMIT = 20_000  # (model, dimensions, minute) keys kept on a version
+CACHE_LIMIT = 20_000  # (model, dimensions, minute) keys kept on a version
 _GENERAL = "general"  # a plan the fast path cannot price
 _ZERO = "zero"  # unpriced, and the version's policy is zero
 _POW = tuple(10**k for k in range(80))
@@ -65,7 +65,7 @@ def _plans(version: PriceVersion, model: str, dims: tuple[tuple[str, DimValue], 
            minute: int | None) -> dict[str, Any]:
     """The compiled plans of one (model, dimensions, minute) by token type, filled as types come."""
     cache = version.resolved
-    if len(cache) >= _CACHE_LIMIT:
+    if len(cache) >= CACHE_LIMIT:
         cache.clear()
     plans: dict[str, Any] = {}
     cache[(model, dims, minute)] = plans
