@@ -288,3 +288,16 @@ def test_verify_names_the_entry_tampered_with_in_raw_sql(books, tamper):
     for name in expected:
         assert any(f"entry {entry} " in p or p.endswith(f"entry {entry}") for p in failed[name].problems), \
             (tamper, name, failed[name].problems)
+
+
+def test_the_jsonl_export_of_the_books_verifies_offline_with_its_unsealed_tail_counted(books, tmp_path):
+    url, _ = books
+    out = tmp_path / "books.jsonl"
+    assert cli(url, "export", "--format", "jsonl", "--out", str(out)).returncode == 0
+    done = cli(url, "verify", "--file", str(out))
+    assert done.returncode == 0, done.stdout + done.stderr
+    with psycopg.connect(url) as conn:
+        total, unsealed = conn.execute("SELECT count(*), count(*) FILTER (WHERE txid >= "
+                                       "(SELECT max(to_txid) FROM seals)) FROM journal_entries").fetchone()
+    assert f"verified offline: {total} entries" in done.stdout, done.stdout
+    assert unsealed > 0 and f"{unsealed} entries are not sealed yet" in done.stdout, done.stdout
