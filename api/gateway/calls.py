@@ -22,16 +22,18 @@ upstream: the body to forward, changed only where metering needs it:
 - a chat call's predicted output (`prediction`) is billed, the tokens of it the answer rejects,
   as completion tokens beyond the cap: the hold counts the prediction's tokens as output too.
 
-Prompt tokens: every string in the fields the provider bills as input (messages or input,
-system or instructions, tool definitions, response formats), counted one by one, plus 3 tokens
-per message and 3 for the reply (OpenAI's cookbook overhead). An image counts what the model's
-provider charges for it (pricing.images: by its size, read from the header of an inline image,
-and its `detail`; the rule's most for an image given by URL or file id); an image for a model no
-rule names counts NON_TEXT_PART_TOKENS. Audio and PDFs count by pricing.attachments: an audio
-clip by its duration (an upper bound from its size where that cannot be read), a PDF by its pages
-(text and an image each; PDF_MAX_PAGES when given by URL or file id, or not countable). A text
-document (Anthropic's `text` source, an inline file that is UTF-8 text) counts as text; a file of
-another kind counts as a PDF of PDF_MAX_PAGES. Embedding inputs given as token ids count one each.
+Prompt tokens: every string in the fields the provider bills as input (messages or input, system
+or instructions, tool definitions, response formats), counted one by one, plus 3 tokens per
+message and 3 for the reply (OpenAI's cookbook overhead); for the hold, the keys of the JSON
+schemas of tool definitions and response formats too (SCHEMA_KEYS: a parameter's name is billed).
+An image counts what the model's provider charges for it (pricing.images: by its size, read from
+the header of an inline image, and its `detail`; the rule's most for an image given by URL or file
+id); an image for a model no rule names counts NON_TEXT_PART_TOKENS. Audio and PDFs count by
+pricing.attachments: an audio clip by its duration (an upper bound from its size where that cannot
+be read), a PDF by its pages (text and an image each; PDF_MAX_PAGES when given by URL or file id,
+or not countable). A text document (Anthropic's `text` source, an inline file that is UTF-8 text)
+counts as text; a file of another kind counts as a PDF of PDF_MAX_PAGES. Embedding inputs given as
+token ids count one each.
 
 What the provider bills as input but the body does not show:
 
@@ -108,6 +110,11 @@ _DATA_URL = re.compile(r"data:([^;,]*)(?:;[^;,]*)*;base64,", re.ASCII)
 PROMPT_FIELDS = {CHAT: ("messages", "tools", "functions", "response_format"),
                  RESPONSES: ("input", "instructions", "tools", "text"),
                  MESSAGES: ("system", "messages", "tools")}
+# The fields that define tools and output schemas, and in them the JSON schemas whose keys the provider
+# bills too (OpenAI renders a function's parameters by name, Anthropic an input_schema as JSON):
+# counted for the hold only, where the rendering's own words are not known exactly.
+SCHEMA_FIELDS = frozenset({"tools", "functions", "response_format", "text"})
+SCHEMA_KEYS = frozenset({"parameters", "input_schema", "schema"})
 # The fields of a call that choose the provider's prices, held and charged as dimensions of the same
 # names that a book's rules match: OpenAI's service_tier (priority, flex; "auto", its project's
 # choice, is none: the answer's reported tier prices the charge), Anthropic's speed (fast mode) and
@@ -164,6 +171,7 @@ class _Prompt:
     pdfs: list[int | None] = field(default_factory=list)  # pages (None: PDF_MAX_PAGES)
     audio_references: int = 0  # earlier answers' audio, referred to by id
     hidden: int = 0  # tokens the provider adds itself (Anthropic's tool-use system prompt)
+    keys: dict[str, int] = field(default_factory=dict)  # the keys of tools' JSON schemas, each counted (held only)
 
 
 def _image(part: Mapping[str, Any]) -> tuple[tuple[int, int] | None, str | None]:
@@ -233,7 +241,9 @@ def _file(part: Mapping[str, Any], prompt: _Prompt) -> None:
         prompt.pdfs.append(None)
 
 
-def _walk(value: Any, prompt: _Prompt) -> None:
+def _walk(value: Any, prompt: _Prompt, keys: bool | None = False) -> None:
+    """The strings of `value` into `prompt`, by part type; with `keys` True its objects' keys too,
+    with None those of the JSON schemas it holds (SCHEMA_KEYS)."""
     if isinstance(value, str):
         prompt.texts.append(value)
     elif isinstance(value, Mapping):
@@ -248,11 +258,14 @@ def _walk(value: Any, prompt: _Prompt) -> None:
         if kind in FILE_TYPES:
             _file(value, prompt)
             return
-        for item in value.values():
-            _walk(item, prompt)
+        if keys is True:
+            for key in value:
+                prompt.keys[key] = prompt.keys.get(key, 0) + 1
+        for key, item in value.items():
+            _walk(item, prompt, True if keys is None and key in SCHEMA_KEYS else keys)
     elif isinstance(value, list):
         for item in value:
-            _walk(item, prompt)
+            _walk(item, prompt, keys)
 
 
 def _prompt_of(kind: str, body: Mapping[str, Any]) -> _Prompt:
@@ -277,7 +290,7 @@ def _prompt_of(kind: str, body: Mapping[str, Any]) -> _Prompt:
         if kind == MESSAGES and name == "tools" and isinstance(given, list):
             given, built_in = without_built_in_tools(given)
             prompt.hidden += built_in
-        _walk(given, prompt)
+        _walk(given, prompt, None if name in SCHEMA_FIELDS else False)
     if kind == MESSAGES:
         prompt.hidden += tool_use_system_prompt(body)
     turns = body.get("messages") if kind != RESPONSES else body.get("input")
@@ -304,6 +317,7 @@ def count_prompt(kind: str, body: Mapping[str, Any], model: str,
     except PricingError as exc:
         raise CallError("model", str(exc)) from None
     counted = sum(len(encoding.encode_ordinary(text)) for text in prompt.texts)
+    keyed = sum(n * len(encoding.encode_ordinary(key)) for key, n in prompt.keys.items())  # each distinct once
     overhead = 0 if kind == EMBEDDINGS else TOKENS_PER_MESSAGE * prompt.messages + REPLY_PRIMING_TOKENS
     rule = rule_for(model)
     images = sum(rule.tokens(size, detail) if rule is not None else NON_TEXT_PART_TOKENS
@@ -313,7 +327,7 @@ def count_prompt(kind: str, body: Mapping[str, Any], model: str,
     fixed = (overhead + prompt.ids + NON_TEXT_PART_TOKENS * prompt.non_text + images + prompt.audio + pdfs
              + prompt.hidden)
     referred = AUDIO_REFERENCE_TOKENS * prompt.audio_references
-    return (with_margin(counted, 0 if exact else counter.margin_percent) + fixed + referred, counted + fixed,
+    return (with_margin(counted + keyed, 0 if exact else counter.margin_percent) + fixed + referred, counted + fixed,
             prompt.audio, referred)
 
 

@@ -557,3 +557,29 @@ def test_a_chat_call_that_gives_both_output_caps_is_held_for_the_larger():
     upstream may generate 1,000)."""
     for caps in ({"max_tokens": 10, "max_completion_tokens": 1000}, {"max_tokens": 1000, "max_completion_tokens": 10}):
         assert call(CHAT, {"model": "gpt-4", "messages": HI, **caps}).max_output_tokens == 1000
+
+
+def test_a_tools_schema_is_held_for_its_keys_too_not_only_its_values():
+    """OpenAI renders a function's parameters with their names (`location: string`), and Anthropic
+    its input_schema as JSON: both bill the keys of a tool's definition, which the count of its
+    string values alone left out (was: a schema of many properties held short). The hold counts
+    each key of a tool's schema; a settle without usage keeps the count of the values (no key bills twice)."""
+    tool = {"type": "function", "function": {
+        "name": "get_weather", "description": "Weather at a place",
+        "parameters": {"type": "object", "properties": {
+            "location": {"type": "string"}, "temperature_unit": {"type": "string", "enum": ["c", "f"]}},
+            "required": ["location"]}}}
+    keys = ["type", "properties", "location", "type", "temperature_unit", "type", "enum", "required"]  # its schema's
+    encoding, exact = COUNTER.encoding_for("gpt-4")  # cl100k_base, offline: gpt-4's own, no margin
+    assert exact
+    c = call(CHAT, {"model": "gpt-4", "messages": HI, "max_tokens": 5, "tools": [tool]})
+    bare = call(CHAT, {"model": "gpt-4", "messages": HI, "max_tokens": 5})
+    assert c.prompt_tokens - c.prompt_raw_tokens >= sum(len(encoding.encode(k)) for k in keys)
+    assert c.prompt_raw_tokens > bare.prompt_raw_tokens  # its values, as before
+
+    def anthropic(prop):
+        return call(MESSAGES, {"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": HI, "tools": [
+            {"name": "get_weather", "input_schema": {"type": "object", "properties": {prop: {"type": "string"}}}}]})
+
+    short, long = anthropic("where"), anthropic("the_place_whose_weather_is_asked_for_in_full_detail")
+    assert long.prompt_tokens > short.prompt_tokens and long.prompt_raw_tokens == short.prompt_raw_tokens
