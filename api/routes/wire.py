@@ -383,7 +383,9 @@ def idempotency(request: Request, body: Any, *, key: str | None = None, path: st
     key = key.strip()
     if not 1 <= len(key) <= 255:
         raise WalletValidationError("Idempotency-Key", "must be 1 to 255 characters")
-    return IdemKey(http_scope(principal_of(request).visible()), key, body_hash(request, body, path))
+    principal = principal_of(request)
+    scope = http_scope(principal.visible(), own=principal.scope.startswith("customer:"))
+    return IdemKey(scope, key, body_hash(request, body, path))
 
 
 async def kept_answer(db: Database, idem: IdemKey | None) -> Replayed | None:

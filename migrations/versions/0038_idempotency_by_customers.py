@@ -1,7 +1,8 @@
 """Idempotency-Keys sent over HTTP are kept per customer scope, not per API key: the scope is the
 customers the calling key acts for (`wallets.core.idempotency.http_scope`: `http:*` for a key of
-every customer, `http:c:<id>` for one customer, `http:cs:<sha256 of the sorted ids>` for several),
-so that a call sent again after the operator rotated its key is answered its first answer.
+every customer, `http:c:<id>` for one customer, `http:cs:<sha256 of the sorted ids>` for several;
+`http:own:…` for a customer's own `customer:<id>` keys), so that a call sent again after the
+operator rotated its key is answered its first answer.
 
 The answers kept before under `http:<key id>` (and the bulk calls' claims, `http:<key id>#claim`)
 are copied under their key's new scope, with their lane, hash, answer and time; the rows kept per
@@ -24,7 +25,7 @@ depends_on = None
 UPGRADE = r"""
 CREATE TEMPORARY TABLE idempotency_scopes ON COMMIT DROP AS
 WITH keyed AS (
-    SELECT 'http:' || id AS old,
+    SELECT 'http:' || id AS old, CASE WHEN scope LIKE 'customer:%' THEN 'http:own' ELSE 'http' END AS base,
            CASE WHEN scope LIKE 'customer:%' THEN
                      CASE WHEN cardinality(customers) = 0 OR substr(scope, 10) = ANY(customers)
                           THEN ARRAY[substr(scope, 10)] ELSE ARRAY[]::text[] END
@@ -32,18 +33,18 @@ WITH keyed AS (
                 ELSE customers END AS visible
       FROM api_keys
     UNION ALL
-    SELECT 'http:bootstrap-admin', NULL
+    SELECT 'http:bootstrap-admin', 'http', NULL
 ), listed AS (
-    SELECT old, visible,
+    SELECT old, base, visible,
            (SELECT string_agg(c, ',' ORDER BY c)
               FROM (SELECT DISTINCT v COLLATE "C" AS c FROM unnest(visible) v) d) AS ids,
            (SELECT count(DISTINCT v) FROM unnest(visible) v) AS n
       FROM keyed
 )
 SELECT old,
-       CASE WHEN visible IS NULL THEN 'http:*'
-            WHEN n = 1 THEN 'http:c:' || ids
-            ELSE 'http:cs:' || encode(sha256(convert_to(coalesce(ids, ''), 'UTF8')), 'hex') END AS new
+       base || CASE WHEN visible IS NULL THEN ':*'
+                    WHEN n = 1 THEN ':c:' || ids
+                    ELSE ':cs:' || encode(sha256(convert_to(coalesce(ids, ''), 'UTF8')), 'hex') END AS new
   FROM listed;
 
 INSERT INTO idempotency_records (lane, scope, key, request_hash, status, response, created_at)

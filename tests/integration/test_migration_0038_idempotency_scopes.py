@@ -60,13 +60,13 @@ def test_answers_kept_per_key_are_found_under_the_customers_the_key_acts_for(scr
     finally:
         engine.dispose()
     several = "http:cs:" + hashlib.sha256(b"mig-b,mig-z").hexdigest()
-    assert (http_scope(None), http_scope(["mig-z"]), http_scope(["mig-z", "mig-b", "mig-z"])) == (
-        "http:*", "http:c:mig-z", several)
+    assert (http_scope(None), http_scope(["mig-z"]), http_scope(["mig-z", "mig-b", "mig-z"]),
+            http_scope(["mig-z"], own=True)) == ("http:*", "http:c:mig-z", several, "http:own:c:mig-z")
     copies = {(lane, scope, key): (bytes(digest), response, at) for lane, scope, key, digest, response, at in rows}
     assert len(rows) == len(kept) + 6  # every row kept, and one copy of each but the later k4
     assert copies[(3, "http:*", "k1")] == (b"a", {"code": "reserved", "body": {"id": "r1"}}, _at(1))
     assert copies[(3, "http:c:mig-z", "k2")][0] == b"b"
-    assert copies[(5, "http:c:mig-z", "k3")][0] == b"c"  # customer:mig-z acts for mig-z alone
+    assert copies[(5, "http:own:c:mig-z", "k3")][0] == b"c"  # customer:mig-z: mig-z's own key
     assert copies[(5, several, "k4")] == (b"d", {"code": "ok", "body": {}}, _at(4))
     assert copies[(5, several + "#claim", "k4")][0] == b"d"
     assert copies[(7, "http:*", "k5")][0] == b"f"  # the bootstrap admin acts for every customer

@@ -86,17 +86,20 @@ def answer(outcome: Any, code: str | None = None) -> tuple[str, Any]:
     return code or outcome.code, msgspec.to_builtins(outcome)
 
 
-def http_scope(customers: Iterable[str] | None) -> str:
+def http_scope(customers: Iterable[str] | None, *, own: bool = False) -> str:
     """The scope of the Idempotency-Keys an API key sends: the customers it acts for (None: every
     customer, the whole tenant), not the key itself, so that a call sent again after the key was
     rotated (a new key for the same customers) is answered, and a key limited to other customers
-    never reads it. Migration 0038 moved the answers kept per key here by the same rule."""
+    never reads it. A customer's own keys (`own`: customer:<id>) have a scope apart from the
+    operator's keys for that customer, so that neither can take or block the other's keys.
+    Migration 0038 moved the answers kept per key here by the same rule."""
+    base = "http:own" if own else "http"
     if customers is None:
-        return "http:*"
+        return f"{base}:*"
     ids = sorted(set(customers))
     if len(ids) == 1:
-        return f"http:c:{ids[0]}"
-    return "http:cs:" + hashlib.sha256(",".join(ids).encode()).hexdigest()  # bounded, whatever the list
+        return f"{base}:c:{ids[0]}"
+    return f"{base}:cs:" + hashlib.sha256(",".join(ids).encode()).hexdigest()  # bounded, whatever the list
 
 
 def check_key(kept: Kept | None, idem: IdemKey) -> Replayed | None:

@@ -140,3 +140,19 @@ async def test_a_key_limited_to_another_customer_never_reads_the_answer(
     assert own.status_code == 201 and "idempotent-replayed" not in own.headers
     assert own.json()["id"] != first.json()["id"]
     assert await _available(client, theirs) == ("9.00", "1.00")
+
+
+async def test_a_customers_own_key_and_the_operators_keys_never_share_an_idempotency_key(
+        client: AsyncTestClient, tag: str, book: str):
+    cid = f"own-{tag}"
+    await _customer(client, book, cid)
+    _, own = await _key(client, f"customer:{cid}", [])
+    _, operator = await _key(client, "admin", [cid])
+    body = {"customer_id": cid, "name": "cap", "window": "month", "metric": "money", "limit": "3.00"}
+    mine = await _send(client, "POST", "/v1/budgets", own, f"{tag}-b", body)
+    assert mine.status_code == 201, mine.text
+    # the operator's call under the same Idempotency-Key is its own: a budget it set, not the customer's
+    theirs = await _send(client, "POST", "/v1/budgets", operator, f"{tag}-b", body)
+    assert theirs.status_code == 201 and "idempotent-replayed" not in theirs.headers
+    assert theirs.json()["id"] != mine.json()["id"]
+    _same_answer(mine, await _send(client, "POST", "/v1/budgets", own, f"{tag}-b", body))
