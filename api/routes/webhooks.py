@@ -216,6 +216,10 @@ async def redrive_webhooks(
     since, until = time_in(body.since, "since"), time_in(body.until, "until")
     if (body.event_id is None) == (since is None):
         raise WalletValidationError("body", "give either event_id or since")
+    if body.event_id is not None and (until is not None or body.failed_only):
+        raise WalletValidationError("until" if until is not None else "failed_only", "goes with since, not event_id")
+    if since is not None and until is not None and until < since:
+        raise WalletValidationError("until", "must not be before since")
 
     async def work(conn: AsyncConnection) -> RedriveResponse:
         endpoint = await endpoints.get(conn, endpoint_id)

@@ -208,6 +208,23 @@ async def test_bad_endpoints_are_refused_naming_the_field(client, body, field):
     assert response.json()["fields"][0]["field"] == field
 
 
+# A re-drive whose window is backwards, or that mixes one event with a window's fields, was 202
+# "scheduled": 0 (or the window's fields were ignored): a mistake answered as if nothing was due.
+@pytest.mark.parametrize("body, field", [
+    ({"since": "2026-02-01T00:00:00Z", "until": "2026-01-01T00:00:00Z"}, "until"),
+    ({"event_id": "evt_x", "until": "2026-01-01T00:00:00Z"}, "until"),
+    ({"event_id": "evt_x", "failed_only": True}, "failed_only"),
+])
+async def test_a_redrive_with_a_window_that_cannot_be_meant_is_refused_naming_the_field(client, body, field):
+    endpoint = await _endpoint(client, "https://hooks.example.com/redrive", ["balance.low"])
+    try:
+        response = await client.post(f"/v1/webhook-endpoints/{endpoint['id']}/redrive", json=body)
+        assert response.status_code == 422 and response.json()["code"] == "validation_error", response.text
+        assert response.json()["fields"][0]["field"] == field
+    finally:
+        assert (await client.delete(f"/v1/webhook-endpoints/{endpoint['id']}")).status_code == 200
+
+
 # Hosts the URL pattern lets through but that no request can reach: an empty or over-long label
 # (getaddrinfo's UnicodeError), an xn-- name that is not IDNA, an IDNA-invalid character, a
 # bracketed literal that is no IPv6 address (httpx.InvalidURL). They were 201, and every attempt

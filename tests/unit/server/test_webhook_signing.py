@@ -2,6 +2,9 @@
 one signature per live secret, each verifiable on its own with the `standardwebhooks` package."""
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 from datetime import UTC, datetime
 
@@ -47,3 +50,21 @@ class _Frozen(datetime):
     @classmethod
     def now(cls, tz=None):
         return AT
+
+
+def test_a_non_ascii_event_is_sent_as_utf8_and_its_signature_covers_those_bytes(monkeypatch):
+    """A budget named in French and Japanese: the body is UTF-8 as is (no \\u escapes to undo), and
+    the signature is the HMAC of `id.timestamp.` and those bytes, as a receiver in any language
+    computes it over the raw body, and as `standardwebhooks` verifies it."""
+    secret = new_secret()
+    payload = {"id": "evt_2", "type": "budget.exceeded", "customer_id": "acme", "budget_name": "Équipe 東京 🚀"}
+    claimed = Claimed(8, "we_0123456789abcdef", "evt_2", "budget.exceeded", payload, AT, 1, AT, AT,
+                      "https://hooks.example.com/x", (secret,))
+    body = body_of(claimed)
+    assert "Équipe 東京 🚀".encode() in body
+    headers = signed_headers(claimed, body, AT)
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    mac = hmac.new(key, b"evt_2." + headers["webhook-timestamp"].encode() + b"." + body, hashlib.sha256).digest()
+    assert headers["webhook-signature"] == "v1," + base64.b64encode(mac).decode()
+    monkeypatch.setattr("standardwebhooks.webhooks.datetime", _Frozen)
+    assert Webhook(secret).verify(body, headers)["data"]["budget_name"] == "Équipe 東京 🚀"
