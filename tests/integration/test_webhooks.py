@@ -175,6 +175,23 @@ async def test_a_rotated_secret_signs_beside_the_old_one_during_its_grace(client
             _verified(rotated["secret"], got)
 
 
+async def test_a_second_rotation_leaves_the_first_rotated_out_secret_signing_until_its_grace_ends(client):
+    """Rotated twice within a day (a retried rotation sent without an Idempotency-Key does it):
+    the original secret was promised a day of signing by the first answer, and a receiver still
+    on it lost every event from the second rotation on; now each rotated-out secret signs for its
+    own grace."""
+    with receiver() as hook:
+        endpoint = await _endpoint(client, hook.url, ["balance.low"])
+        path = f"/v1/webhook-endpoints/{endpoint['id']}/rotate-secret"
+        first = (await client.post(path)).json()
+        second = (await client.post(path, json={"previous_secret_valid_seconds": 3600})).json()
+        assert second["previous_secret_until"] == first["previous_secret_until"], "the latest grace's end"
+        [got] = await hook.wait_for(for_customer(await _low_balance(client)))
+        for secret in (endpoint["secret"], first["secret"], second["secret"]):
+            _verified(secret, got)
+        assert len(got.headers["webhook-signature"].split(" ")) == 3
+
+
 async def test_disabled_and_deleted_endpoints_get_nothing_and_topics_filter(client):
     with receiver() as hook, receiver() as other:
         disabled = await _endpoint(client, hook.url, ["*"])

@@ -76,7 +76,8 @@ UPDATE webhook_deliveries d
  WHERE d.id = picked.id AND e.id = d.endpoint_id
 RETURNING d.id, d.endpoint_id, d.event_id, d.topic, d.payload, d.event_at, d.attempts, d.scheduled_at,
           d.leased_until, e.url, e.secret,
-          CASE WHEN e.previous_secret_until > now() THEN e.previous_secret END AS previous_secret
+          ARRAY(SELECT s FROM unnest(e.previous_secrets, e.previous_secrets_until) AS k(s, u)
+                 WHERE u > now() ORDER BY u DESC) AS previous_secrets
 """)
 
 
@@ -94,7 +95,7 @@ class Claimed:
     scheduled_at: datetime
     leased_until: datetime
     url: str
-    secrets: tuple[str, ...]  # the current secret first; during a rotation's grace, the old one too
+    secrets: tuple[str, ...]  # the current secret first, then those rotated out still in their grace
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +133,7 @@ async def claim(conn: AsyncConnection, free: int, lease_s: float, *, share: int 
                                        "mine_ids": list(mine), "mine_sends": list(mine.values()),
                                        "share": free if share is None else share, "free": free, "lease_s": lease_s})
     return [Claimed(r.id, r.endpoint_id, r.event_id, r.topic, r.payload, r.event_at, r.attempts, r.scheduled_at,
-                    r.leased_until, r.url, tuple(s for s in (r.secret, r.previous_secret) if s)) for r in rows]
+                    r.leased_until, r.url, (r.secret, *r.previous_secrets)) for r in rows]
 
 
 async def record(conn: AsyncConnection, claimed: Claimed, outcome: Outcome, policy: RetryPolicy) -> str:

@@ -13,8 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from wallets.errors import NotFoundError
 from wallets.webhooks.rules import new_secret
 
-_COLUMNS = """id, url, topics, description, status, disabled_reason, max_in_flight, previous_secret_until,
+# previous_secret_until: when the last of the rotated-out secrets still signing stops
+_COLUMNS = """id, url, topics, description, status, disabled_reason, max_in_flight,
+              (SELECT max(u) FROM unnest(previous_secrets_until) AS u WHERE u > now()) AS previous_secret_until,
               created_at, updated_at"""
+MAX_PREVIOUS_SECRETS = 5  # rotated-out secrets signing at once (migration 0039): the latest to stop
 DISABLED_BY_REQUEST = "disabled by request"
 # A delivery scheduled afresh: due now, a new retry window, the attempt count from 0 (a re-drive,
 # an endpoint enabled again)
@@ -115,16 +118,20 @@ async def update(conn: AsyncConnection, endpoint_id: str, changes: Changes) -> E
 
 async def rotate_secret(conn: AsyncConnection, endpoint_id: str, grace: timedelta) -> tuple[Endpoint, str]:
     """A new secret; for `grace` the old one signs too (a second signature in the header), so a
-    receiver can switch without dropping an event. A zero grace drops the old secret at once."""
+    receiver can switch without dropping an event, as do the secrets rotated out earlier until
+    their own grace ends (the 5 that end last). A zero grace drops every old secret at once."""
     secret = new_secret()
     keep = grace > timedelta(0)
     row = (await conn.execute(text(
-        f"""UPDATE webhook_endpoints SET
-              previous_secret = CASE WHEN :keep THEN secret END,
-              previous_secret_until = CASE WHEN :keep THEN now() + :grace END,
+        f"""UPDATE webhook_endpoints SET (previous_secrets, previous_secrets_until) = (
+              SELECT coalesce(array_agg(s ORDER BY u DESC), '{{}}'), coalesce(array_agg(u ORDER BY u DESC), '{{}}')
+                FROM (SELECT s, u FROM unnest(previous_secrets || secret,
+                                              previous_secrets_until || (now() + :grace)) AS k(s, u)
+                       WHERE :keep AND u > now() ORDER BY u DESC LIMIT :most) AS kept),
               secret = :secret, updated_at = now()
             WHERE id = :id AND status <> 'deleted' RETURNING {_COLUMNS}"""),
-        {"id": endpoint_id, "secret": secret, "keep": keep, "grace": grace})).first()
+        {"id": endpoint_id, "secret": secret, "keep": keep, "grace": grace,
+         "most": MAX_PREVIOUS_SECRETS})).first()
     return _found(row, endpoint_id), secret
 
 
@@ -133,7 +140,7 @@ async def delete(conn: AsyncConnection, endpoint_id: str) -> Endpoint:
     await _after_fan_out(conn)
     row = (await conn.execute(text(
         f"""UPDATE webhook_endpoints SET status = 'deleted', disabled_reason = NULL, secret = NULL,
-              previous_secret = NULL, previous_secret_until = NULL, updated_at = now()
+              previous_secrets = '{{}}', previous_secrets_until = '{{}}', updated_at = now()
             WHERE id = :id AND status <> 'deleted' RETURNING {_COLUMNS}"""), {"id": endpoint_id})).first()
     endpoint = _found(row, endpoint_id)
     await conn.execute(text(
