@@ -94,10 +94,10 @@ async def test_a_stopped_database_answers_503_with_retry_after_until_it_is_back(
                                               for _ in range(8)))
             for response in together:
                 assert_unavailable(response)
-            started = time.monotonic()
             ready = await client.get("/readyz")
             assert ready.status_code == 503 and ready.headers["retry-after"] == "1"
-            assert time.monotonic() - started < 2.5  # no wait for a connection (the pool timeout is 5 s)
+            # refused at once, not cut short after a wait for a connection (the pool timeout is 5 s)
+            assert ready.json()["detail"] == "database unreachable: OperationalError", ready.text
         finally:
             cluster.ensure_running()
         assert (await client.get("/readyz")).status_code == 200
