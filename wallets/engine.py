@@ -500,10 +500,12 @@ async def rerate_input(conn: AsyncConnection, books: BookCache, cmd: RerateCharg
     period = period_of(cmd.range_from, cycle)
     while period.label < cmd.period:
         period = period_of(period.end, cycle)
-    rows = await store.load_rerate_charges(conn, cmd.customer_id, cmd.book_id, period.start, period.end)
+    overrides = await load_history(conn, cmd.customer_id)
+    # the charges after the range matter only for the free allowances they took
+    end = period.end if overrides is not None and overrides.has_allowances else min(period.end, cmd.range_to)
+    rows = await store.load_rerate_charges(conn, cmd.customer_id, cmd.book_id, period.start, end)
     return RerateInput(version, tuple(_on_record(r) for r in rows),
-                       await store.finalized_invoice(conn, cmd.customer_id, cmd.period),
-                       await load_history(conn, cmd.customer_id))
+                       await store.finalized_invoice(conn, cmd.customer_id, cmd.period), overrides)
 
 
 def _on_record(r: dict[str, Any]) -> ChargeOnRecord:
