@@ -96,6 +96,7 @@ def output(path: str | None):
 def export(args: argparse.Namespace, settings: Settings) -> int:
     from api.runtime import open_database
     from ledger import export as exporting
+    from pricing.money import CURRENCY_MINOR_UNITS
 
     window = exporting.Window(*parse_window(args.start, args.end))
     handle = open_database(settings, migrate=False)
@@ -104,7 +105,7 @@ def export(args: argparse.Namespace, settings: Settings) -> int:
         with exporting.connect(handle.url) as conn, output(args.out) as out:
             progress = StderrBar.on_terminal(f"export {args.format}",
                                              "postings" if args.format == "csv" else "entries")
-            summary = exporting.WRITERS[args.format](conn, out, window, progress)
+            summary = exporting.WRITERS[args.format](conn, out, window, progress, CURRENCY_MINOR_UNITS)
     except OSError as exc:  # a folder that does not exist, a full disk (psycopg's errors are not OSError)
         print(f"error: cannot write {args.out or 'to stdout'}: {exc.strerror or exc}", file=sys.stderr)
         return 2
@@ -136,7 +137,7 @@ def verify_file(args: argparse.Namespace) -> int:
 
 def reconcile(args: argparse.Namespace, settings: Settings) -> int:
     from api.cli import _with_db
-    from pricing.money import format_amount
+    from pricing.money import DEFAULT_SCALE, format_money
     from wallets.reconcile import PaymentFileError, asset_scales, ledger_topups, read_payments
     from wallets.reconcile import reconcile as match
 
@@ -150,7 +151,7 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
     try:
         with open(args.payments, newline="", encoding="utf-8-sig") as f:
             ledger, scales = _with_db(settings, read)
-            paid, skipped = read_payments(f, lambda currency: scales.get(currency, 9))
+            paid, skipped = read_payments(f, lambda currency: scales.get(currency, DEFAULT_SCALE))
     except OSError as exc:
         print(f"error: cannot read {args.payments}: {exc.strerror}", file=sys.stderr)
         return 2
@@ -161,8 +162,8 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
     result = match(ledger, paid)
 
     def money(p) -> str:
-        scale = scales.get(p.currency, 9)
-        return f"{format_amount(p.amount, scale, min(2, scale))} {p.currency}"
+        scale = scales.get(p.currency, DEFAULT_SCALE)
+        return f"{format_money(p.amount, p.currency, scale)} {p.currency}"
 
     report = {
         "matched": [{"reference": m.reference, "amount": money(m), "ledger": m.where, "file": t.where}

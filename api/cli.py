@@ -157,7 +157,7 @@ def instant(text: str) -> datetime:
 
 
 def _billing_close(args: argparse.Namespace, settings: Settings) -> int:
-    from pricing.money import format_amount
+    from pricing.money import format_money
     from wallets.billing import close_due, refuse_early
     from wallets.engine import utc_now
     from wallets.errors import WalletValidationError
@@ -169,8 +169,8 @@ def _billing_close(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     closed = _with_db(settings, lambda db: close_due(db, args.until))
     for c in closed:
-        print(f"{c.number}  {c.customer_id}  {c.period}  total {format_amount(c.total)}  "
-              f"due {format_amount(c.amount_due)}")
+        print(f"{c.number}  {c.customer_id}  {c.period}  total {format_money(c.total, c.currency)}  "
+              f"due {format_money(c.amount_due, c.currency)}")
     print(f"closed {len(closed)} period(s)")
     return 0
 

@@ -3,9 +3,9 @@ the seal chain for the offline verifier (`ledger.offline`).
 
 The whole file is read in one REPEATABLE READ, READ ONLY transaction (one snapshot, and no
 writer is ever aborted by it), through server-side cursors, so memory stays flat whatever the
-size of the ledger. Amounts are written in the asset's display unit with all of its decimal
-places (`1.500000000 USD` for 1,500,000,000 atomic units at scale 9): exact, and what the trial
-balance shows.
+size of the ledger. Amounts are written in the asset's display unit, exact, with at least the
+decimals the caller's table gives the asset (ISO 4217 minor units: `1.50 USD` for 1,500,000,000
+atomic units at scale 9, `1000 JPY`, `1.500 KWD`), as the trial balance shows them.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TextIO
@@ -126,15 +126,33 @@ def _bean_string(sql: str) -> str:
     return f"""('"' || replace(replace(replace({sql}, '\\', '\\\\'), '"', '\\"'), E'\\n', '\\n') || '"')"""
 
 
-def _display(units: str, scale: str, unit: str) -> str:
+def _display(units: str, scale: str, unit: str, shown: str) -> str:
     """SQL of an amount in atomic units as a numeric in display units, exact: the dividend is given
     the asset's scale first, since PostgreSQL divides to 16 significant digits otherwise
-    (123456789123456789 / 10^9 was 123456789.123456790)."""
-    return f"round(round(CAST({units} AS numeric), {scale}) / {unit}, {scale})"
+    (123456789123456789 / 10^9 was 123456789.123456790). Trailing zeros are dropped down to
+    `shown` decimals, the asset's own (yen 1000, dinars 1.500, dollars 0.00015)."""
+    exact = f"trim_scale(round(round(CAST({units} AS numeric), {scale}) / {unit}, {scale}))"
+    return f"round({exact}, greatest(scale({exact}), least({shown}, {scale})))"
+
+
+SHOWN_DEFAULT = 2  # the decimals shown of an asset the caller's table does not list
+
+
+def _shown_params(shown: Mapping[str, int] | None) -> dict:
+    """The decimals each asset shows (the caller's table: ISO 4217 minor units) as parameters."""
+    table = dict(shown or {})
+    return {"shown_assets": list(table), "shown_decimals": list(table.values()), "shown_default": SHOWN_DEFAULT}
+
+
+# An asset's decimals shown, from the parameters of _shown_params.
+_SHOWN = """coalesce((SELECT d.decimals FROM unnest(CAST(%(shown_assets)s AS text[]),
+                                               CAST(%(shown_decimals)s AS int[])) d(asset, decimals)
+                      WHERE d.asset = {asset}), %(shown_default)s)"""
 
 
 # Accounts with their Beancount names (given as parameters) and the divisor of their display unit.
-_NAMED = """(SELECT a.id, a.name, x.asset, s.scale, power(10::numeric, s.scale) AS unit
+_NAMED = f"""(SELECT a.id, a.name, x.asset, s.scale, power(10::numeric, s.scale) AS unit,
+               {_SHOWN.format(asset="x.asset")} AS shown
           FROM unnest(CAST(%(ids)s AS bigint[]), CAST(%(names)s AS text[])) a(id, name)
           JOIN accounts x ON x.id = a.id JOIN assets s ON s.code = x.asset) m"""
 
@@ -145,7 +163,8 @@ SELECT to_char(j.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') || ' * '
        || E'\n  entry_id: "' || j.id || E'"\n  key: ' || {_bean_string("j.key")}
        || E'\n  time: "' || to_char(j.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') || '"'
        || coalesce(E'\n  request_id: ' || {_bean_string("j.metadata ->> 'request_id'")}, '') || E'\n'
-       || string_agg('  ' || m.name || '  ' || {_display('p.amount', 'm.scale', 'm.unit')} || ' ' || m.asset, E'\n'
+       || string_agg('  ' || m.name || '  ' || {_display('p.amount', 'm.scale', 'm.unit', 'm.shown')}
+                     || ' ' || m.asset, E'\n'
                      ORDER BY p.id)
        || E'\n'
   FROM journal_entries j
@@ -157,7 +176,8 @@ SELECT to_char(j.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') || ' * '
 
 # A window's opening balances: every account's postings before it, one posting line each.
 _OPENING = f"""
-SELECT string_agg('  ' || m.name || '  ' || {_display('o.total', 'm.scale', 'm.unit')} || ' ' || m.asset, E'\n'
+SELECT string_agg('  ' || m.name || '  ' || {_display('o.total', 'm.scale', 'm.unit', 'm.shown')}
+                  || ' ' || m.asset, E'\n'
                   ORDER BY m.name)
   FROM (SELECT p.account_id, sum(p.amount) AS total
           FROM journal_entries j JOIN postings p ON p.lane = j.lane AND p.entry_id = j.id
@@ -167,23 +187,25 @@ SELECT string_agg('  ' || m.name || '  ' || {_display('o.total', 'm.scale', 'm.u
 
 
 def write_beancount(conn: psycopg.Connection, out: TextIO, window: Window = Window(),
-                    progress: Progress | None = None) -> Summary:
+                    progress: Progress | None = None, shown: Mapping[str, int] | None = None) -> Summary:
     """Commodities, an `open` for every account (dated on the first entry's day, its code as
     metadata), then one transaction per entry: the customer as payee, the kind as narration,
     and its id, key, time and request id as metadata. A window with a start opens with one
-    transaction of the balances before it, so the file's balances are those at its end."""
+    transaction of the balances before it, so the file's balances are those at its end.
+    Amounts are exact, with at least `shown[asset]` decimals (SHOWN_DEFAULT for one not in it)."""
     book = accounts(conn)
     first = conn.execute(f"SELECT min(j.occurred_at AT TIME ZONE 'UTC')::date FROM journal_entries j "
                          f"WHERE {WINDOW_SQL}", window.params()).fetchone()[0]
     total = count_entries(conn, window) if progress else 0
     out.write(f'option "title" "tokentill journal"\n; entries that occurred in [{window.start or "-"}, '
-              f'{window.end or "-"}); amounts in display units (all decimal places)\n\n')
+              f'{window.end or "-"}); amounts in display units, exact\n\n')
     opened = (window.start.astimezone(UTC).date() if window.start else first or datetime.now(UTC).date()).isoformat()
     for asset, scale in sorted({(a.asset, a.scale) for a in book.values()}):
         out.write(f'{opened} commodity {asset}\n  scale: "{scale}"\n')
     for a in sorted(book.values(), key=lambda a: a.name):
         out.write(f"{opened} open {a.name} {a.asset}\n  code: {_quote(a.code)}\n")
-    params = {"ids": list(book), "names": [a.name for a in book.values()], **window.params()}
+    params = {"ids": list(book), "names": [a.name for a in book.values()], **window.params(),
+              **_shown_params(shown)}
     opening = conn.execute(_OPENING, params).fetchone()[0] if window.start else None
     if opening:
         out.write(f'\n{opened} * "opening balances"\n  time: "{window.start.isoformat()}"\n{opening}\n')
@@ -213,7 +235,8 @@ _CSV = f"""
 COPY (SELECT j.id, to_char(j.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), j.kind,
              j.customer_id, regexp_replace(j.metadata ->> 'request_id', E'^([=+@\\t\\r-])', '''\\1'),
              a.code, a.asset,
-             {_display('p.amount', 's.scale', 'power(10::numeric, s.scale)')}
+             {_display('p.amount', 's.scale', 'power(10::numeric, s.scale)',
+                       _SHOWN.format(asset='a.asset'))}
         FROM journal_entries j
         JOIN postings p ON p.lane = j.lane AND p.entry_id = j.id
         JOIN accounts a ON a.id = p.account_id JOIN assets s ON s.code = a.asset
@@ -223,14 +246,15 @@ COPY (SELECT j.id, to_char(j.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:
 
 
 def write_csv(conn: psycopg.Connection, out: TextIO, window: Window = Window(),
-              progress: Progress | None = None) -> Summary:
+              progress: Progress | None = None, shown: Mapping[str, int] | None = None) -> Summary:
     """One posting a row, in entry then posting order; `amount` is signed (debits positive), in
-    the asset's display unit. PostgreSQL writes the rows (COPY), quoted as RFC 4180 says."""
+    the asset's display unit, exact, with at least `shown[asset]` decimals. PostgreSQL writes the
+    rows (COPY), quoted as RFC 4180 says."""
     total = conn.execute(f"SELECT count(*) FROM journal_entries j JOIN postings p ON p.lane = j.lane "
                          f"AND p.entry_id = j.id WHERE {WINDOW_SQL}", window.params()).fetchone()[0] if progress else 0
     out.write(",".join(CSV_COLUMNS) + "\n")
     rows = 0
-    with conn.cursor() as cur, cur.copy(_CSV, window.params()) as copy:
+    with conn.cursor() as cur, cur.copy(_CSV, {**window.params(), **_shown_params(shown)}) as copy:
         for chunk in copy:
             data = bytes(chunk)
             out.write(data.decode())
@@ -287,10 +311,11 @@ def _json(value: object) -> str:
 
 
 def write_jsonl(conn: psycopg.Connection, out: TextIO, window: Window = Window(),
-                progress: Progress | None = None) -> Summary:
+                progress: Progress | None = None, shown: Mapping[str, int] | None = None) -> Summary:
     """The journal with its seal chain, for `tokentill audit verify --file`. With a window, every
     seal that covers an entry of the window is written whole (a seal can only be checked whole),
-    so entries just outside the window may be included; unsealed entries are those of the window."""
+    so entries just outside the window may be included; unsealed entries are those of the window.
+    Amounts stay atomic units (integers), so `shown` changes nothing here."""
     book = accounts(conn)
     total = count_entries(conn, window) if progress else 0
     exported_at = conn.execute("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"

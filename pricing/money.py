@@ -32,11 +32,13 @@ from decimal import (
 
 from pricing.errors import InvalidAmountError
 
-DEFAULT_SCALE = 9
+DEFAULT_SCALE = 9  # the atomic unit of every currency, 10**-9; wallets.chart.ASSET_SCALE is this one
 MAX_SCALE = 18
+SHOWN_DECIMALS = 2  # the decimals shown of an asset the table below does not list (a credit, say)
 
-# ISO 4217 minor units: the decimals an invoice line is rounded to (wallets.core.billing.line_decimals;
-# an asset not listed here keeps its atomic unit there); atomic units use DEFAULT_SCALE instead.
+# ISO 4217 minor units, the one table of them: the decimals an amount always shows (`format_money`)
+# and an invoice line is rounded to (wallets.core.billing.line_decimals; an asset not listed here
+# keeps its atomic unit there). Amounts themselves are atomic units at DEFAULT_SCALE in every currency.
 CURRENCY_MINOR_UNITS: dict[str, int] = {
     "USD": 2, "EUR": 2, "GBP": 2, "CHF": 2, "CAD": 2, "AUD": 2, "NZD": 2, "SEK": 2, "NOK": 2,
     "DKK": 2, "PLN": 2, "CZK": 2, "CNY": 2, "HKD": 2, "SGD": 2, "INR": 2, "BRL": 2, "MXN": 2,
@@ -80,6 +82,19 @@ def pricing_context() -> AbstractContextManager[Context]:
 def minor_units(currency: str) -> int:
     """The number of decimals a currency shows on invoices (ISO 4217); KeyError if unknown."""
     return CURRENCY_MINOR_UNITS[currency]
+
+
+def shown_decimals(currency: str) -> int:
+    """The decimals an amount in `currency` always shows: its minor unit (JPY 0, USD 2, KWD 3),
+    `SHOWN_DECIMALS` for an asset the table does not list."""
+    return CURRENCY_MINOR_UNITS.get(currency, SHOWN_DECIMALS)
+
+
+def format_money(units: int, currency: str, scale: int = DEFAULT_SCALE) -> str:
+    """Atomic units of `currency` as people and other books read them, exact: at least the
+    currency's decimals, more only where the amount has them (JPY 1000 "1000", 1.5 "1.5"; KWD
+    1.5 "1.500"; USD 0.00015 "0.00015")."""
+    return format_amount(units, scale, min(shown_decimals(currency), scale))
 
 
 def _check_scale(scale: int) -> None:

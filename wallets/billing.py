@@ -96,11 +96,11 @@ _INVOICE = """SELECT i.id, i.customer_id, i.number, i.period, i.amount_due::text
 
 def _view(row: Any) -> dict[str, Any]:
     """The frozen document, then what happened since: payments and the payment status."""
-    paid = int(row.paid)
+    paid, cur = int(row.paid), row.content["currency"]
     return {**row.content, "content_hash": row.content_hash,
-            "payment_status": payment_status(int(row.amount_due), paid), "amount_paid": money(paid),
-            "amount_remaining": money(max(0, int(row.amount_due) - paid)),
-            "payments": [{**p, "amount": money(int(p["amount"]))} for p in row.payments]}
+            "payment_status": payment_status(int(row.amount_due), paid), "amount_paid": money(paid, cur),
+            "amount_remaining": money(max(0, int(row.amount_due) - paid), cur),
+            "payments": [{**p, "amount": money(int(p["amount"]), cur)} for p in row.payments]}
 
 
 async def invoice(conn: AsyncConnection, invoice_id: str, customers: Sequence[str] | None = None) -> dict[str, Any]:
@@ -147,8 +147,9 @@ async def upcoming(conn: AsyncConnection, customer_id: str, now: datetime, books
     rollup, opening, parts = upcoming_invoice(state, period, now, book)
     content = document(c, period, rollup, opening, Header(None, None, "upcoming", now))
     due, paid = amount_due_units(rollup), sum(part for _, part in parts)
-    return {**content, "amount_paid": money(paid), "amount_remaining": money(max(0, due - paid)),
-            "payments": [{"amount": money(part), "reference": credit.reference, "entry_id": credit.entry_id,
+    cur = c.currency
+    return {**content, "amount_paid": money(paid, cur), "amount_remaining": money(max(0, due - paid), cur),
+            "payments": [{"amount": money(part, cur), "reference": credit.reference, "entry_id": credit.entry_id,
                           "created_at": _as_jsonb(credit.at)} for credit, part in parts]}
 
 

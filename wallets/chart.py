@@ -12,9 +12,10 @@ Platform accounts (one per currency, striped so that no single row serializes th
 from __future__ import annotations
 
 from ledger.model import AccountSpec, AccountType
+from pricing.money import DEFAULT_SCALE
 
 PLATFORM_STRIPES = 16
-ASSET_SCALE = 9  # atomic unit of every wallet currency: 10**-9 (token prices are tiny)
+ASSET_SCALE = DEFAULT_SCALE  # atomic unit of every wallet currency: 10**-9 (token prices are tiny)
 
 # Reservation statuses: open ones still hold credit; the others are final.
 HELD, CAPTURING, SETTLED, RELEASED, EXPIRED = "held", "capturing", "settled", "released", "expired"

@@ -10,13 +10,13 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from pricing.money import format_amount
+from pricing.money import format_money
 from wallets import chart
 from wallets.errors import NotFoundError, WalletValidationError
 
 
-def money(units: Any) -> str | None:
-    return None if units is None else format_amount(int(units), chart.ASSET_SCALE)
+def money(units: Any, currency: str) -> str | None:
+    return None if units is None else format_money(int(units), currency)
 
 
 def when(value: datetime | None) -> str | None:
@@ -25,7 +25,7 @@ def when(value: datetime | None) -> str | None:
 
 _ENTRIES = text("""
 SELECT j.id, j.key, j.kind, j.occurred_at, j.metadata,
-       coalesce((SELECT jsonb_agg(jsonb_build_array(a.code, p.amount) ORDER BY p.id)
+       coalesce((SELECT jsonb_agg(jsonb_build_array(a.code, p.amount, a.asset) ORDER BY p.id)
                    FROM postings p JOIN accounts a ON a.id = p.account_id WHERE p.entry_id = j.id),
                 '[]'::jsonb) AS postings
   FROM journal_entries j WHERE j.key = ANY(:keys) OR j.id = ANY(:ids) ORDER BY j.id
@@ -37,13 +37,13 @@ async def entries(conn: AsyncConnection, keys: list[str], ids: Sequence[int] = (
     rows = await conn.execute(_ENTRIES, {"keys": keys, "ids": list(ids)})
     return [{"id": r.id, "key": r.key, "kind": r.kind, "occurred_at": when(r.occurred_at),
              "metadata": r.metadata,
-             "postings": [{"account": code, "amount": money(amount)} for code, amount in r.postings]}
+             "postings": [{"account": code, "amount": money(amount, asset)} for code, amount, asset in r.postings]}
             for r in rows]
 
 
-def _lines(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _lines(lines: list[dict[str, Any]], currency: str) -> list[dict[str, Any]]:
     return [{"kind": ln["kind"], "model": ln.get("model"), "token_type": ln["token_type"],
-             "quantity": ln["quantity"], "unit_price": ln["unit_price"], "amount": money(ln["amount_units"]),
+             "quantity": ln["quantity"], "unit_price": ln["unit_price"], "amount": money(ln["amount_units"], currency),
              "exact_amount": ln.get("exact"), "rule_id": ln["rule_id"], "price_version": ln["price_version"],
              "tier": ln.get("tier"), "override_id": ln.get("override_id"), "description": ln.get("description"),
              # the version of the customer's price overrides that priced the line (GET …/price-overrides)
@@ -52,7 +52,7 @@ def _lines(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 _CHARGES = text("""
-SELECT c.*, v.rules AS version_rules,
+SELECT c.*, v.rules AS version_rules, (SELECT u.currency FROM customers u WHERE u.id = c.customer_id) AS currency,
        (SELECT jsonb_agg(jsonb_build_object('corrected_version', a.corrected_version,
                          'overrides_version', nullif(a.overrides_version, 0), 'rerate_id', a.rerate_id,
                          'old_amount', a.old_amount, 'new_amount', a.new_amount, 'entry_id', a.entry_id,
@@ -65,18 +65,20 @@ SELECT c.*, v.rules AS version_rules,
 
 
 def _charge(r: Any) -> dict[str, Any]:
+    cur = r.currency
     used = {ln["rule_id"] for ln in r.lines}
     return {"seq": r.seq, "capture_id": r.capture_id, "final": r.final, "model": r.model,
             "occurred_at": when(r.occurred_at), "usage": r.usage, "dimensions": r.dimensions,
             "price_book": r.price_book, "price_version": r.price_version,
             "rules": [rule for rule in (r.version_rules or []) if rule.get("id") in used],
-            "lines": _lines(r.lines), "charged": money(r.charged), "from_hold": money(r.from_hold),
-            "from_lots": money(r.from_lots), "from_receivable": money(r.from_receivable),
-            "released": money(r.released), "entry_id": r.entry_id, "recorded_at": when(r.created_at),
-            "funding": [{"account": account, "amount": money(int(amount))} for account, amount in r.funding or ()],
+            "lines": _lines(r.lines, cur), "charged": money(r.charged, cur), "from_hold": money(r.from_hold, cur),
+            "from_lots": money(r.from_lots, cur), "from_receivable": money(r.from_receivable, cur),
+            "released": money(r.released, cur), "entry_id": r.entry_id, "recorded_at": when(r.created_at),
+            "funding": [{"account": account, "amount": money(int(amount), cur)}
+                        for account, amount in r.funding or ()],
             # re-rates that corrected it, oldest first: what it stood at before and after each
-            "adjustments": [{**a, "old_amount": money(int(a["old_amount"])), "new_amount": money(int(a["new_amount"]))}
-                            for a in r.adjustments or ()]}
+            "adjustments": [{**a, "old_amount": money(int(a["old_amount"]), cur),
+                             "new_amount": money(int(a["new_amount"]), cur)} for a in r.adjustments or ()]}
 
 
 def _adjustment_entries(charges: list[Any]) -> list[int]:
@@ -97,11 +99,12 @@ async def reservation(conn: AsyncConnection, reservation_id: str) -> dict[str, A
             *(f"settle:{r.id}:{n}" for n in range(r.captures))]
     return {
         "id": r.id, "request_id": r.request_id, "customer_id": r.customer_id, "model": r.model,
-        "status": r.status, "currency": r.currency, "amount": money(r.amount), "captured": money(r.captured),
-        "released": money(r.released), "charged": money(r.charged), "captures": r.captures,
+        "status": r.status, "currency": r.currency, "amount": money(r.amount, r.currency),
+        "captured": money(r.captured, r.currency),
+        "released": money(r.released, r.currency), "charged": money(r.charged, r.currency), "captures": r.captures,
         "dimensions": r.dimensions, "estimate": r.estimate, "created_at": when(r.created_at),
         "expires_at": when(r.expires_at), "closed_at": when(r.closed_at),
-        "holds": [{"seq": h.seq, "account": h.account_code, "amount": money(h.amount)} for h in holds],
+        "holds": [{"seq": h.seq, "account": h.account_code, "amount": money(h.amount, r.currency)} for h in holds],
         "charges": [_charge(c) for c in charges],
         "entries": await entries(conn, keys, _adjustment_entries(charges)),
     }
@@ -255,7 +258,8 @@ async def usage(conn: AsyncConnection, customer_id: str, start: datetime | None,
     rows = await conn.execute(text(f"""
         SELECT {select} sum(quantity) AS quantity, sum(amount) AS amount, sum(charges) AS charges
           FROM ({" UNION ALL ".join(parts)}) p{group}{f" ORDER BY {groups}" if exprs else ""}"""), params)
-    exists = (await conn.execute(text("SELECT 1 FROM customers WHERE id = :c"), {"c": customer_id})).first()
+    exists = (await conn.execute(text("SELECT currency FROM customers WHERE id = :c"),
+                                 {"c": customer_id})).first()
     if exists is None:
         raise NotFoundError(f"no customer {customer_id}", customer_id=customer_id)
     out = []
@@ -263,14 +267,15 @@ async def usage(conn: AsyncConnection, customer_id: str, start: datetime | None,
         if row.amount is None:
             continue
         item = {name: getattr(row, f"g{i}") for i, name in enumerate(group_by)}
-        item.update(quantity=int(row.quantity or 0), amount=money(row.amount), charges=int(row.charges))
+        item.update(quantity=int(row.quantity or 0), amount=money(row.amount, exists.currency),
+                    charges=int(row.charges))
         out.append(item)
     return {"customer_id": customer_id, "from": when(start), "to": when(end), "group_by": group_by, "rows": out}
 
 
 _OPEN = text("""
 SELECT id, request_id, model, status, amount, captured, amount - captured - released AS held, captures,
-       created_at, expires_at
+       created_at, expires_at, (SELECT currency FROM customers WHERE id = :c) AS currency
   FROM reservations
  WHERE lane = ledger_lane(:c) AND customer_id = :c AND status = ANY(CAST(:open AS text[]))
    AND (CAST(:before_at AS timestamptz) IS NULL
@@ -290,7 +295,8 @@ async def open_reservations(conn: AsyncConnection, customer_id: str, limit: int,
     rows = await conn.execute(_OPEN, {"c": customer_id, "open": list(chart.OPEN_STATUSES), "limit": limit,
                                       "before_at": before_at, "after_id": after_id})
     return [{"id": r.id, "request_id": r.request_id, "model": r.model, "status": r.status,
-             "amount": money(r.amount), "held": money(r.held), "captured": money(r.captured),
+             "amount": money(r.amount, r.currency), "held": money(r.held, r.currency),
+             "captured": money(r.captured, r.currency),
              "captures": r.captures, "created_at": when(r.created_at),
              "expires_at": when(r.expires_at)} for r in rows]
 

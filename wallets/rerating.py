@@ -21,8 +21,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.db import Database
-from pricing.money import format_amount
-from wallets import chart
+from pricing.money import format_money
 from wallets.books import BookCache
 from wallets.core.commands import RerateCharges
 from wallets.core.rerating import Correction, corrections, type_rows
@@ -39,7 +38,6 @@ from wallets.periods import Cycle
 
 log = logging.getLogger("tokentill.rerating")
 CHUNK = 256  # commands per engine call: one transaction per lane among them
-SCALE = chart.ASSET_SCALE
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +139,7 @@ async def preview(db: Database, books: BookCache, spec: RerateSpec) -> dict[str,
     spec = await db.read(lambda conn: with_overrides(conn, spec))
     rerate_id = spec.rerate_id()
 
-    async def work(conn: AsyncConnection) -> tuple[dict[str, list[Correction]], list[dict[str, Any]]]:
+    async def work(conn: AsyncConnection) -> tuple[dict[str, list[Correction]], list[dict[str, Any]], str]:
         found: dict[str, list[Correction]] = {}
         errors: list[dict[str, Any]] = []
         for cid, period, cycle in await affected(conn, spec):
@@ -152,11 +150,11 @@ async def preview(db: Database, books: BookCache, spec: RerateSpec) -> dict[str,
                 found.setdefault(cid, []).extend(corrections(data, spec.range_from, spec.range_to))
             except DOMAIN_ERRORS as error:  # as apply: this customer's period is listed, the others go on
                 errors.append({"customer_id": cid, "period": period, "code": error.code, "detail": str(error)})
-        return found, errors
+        return found, errors, await _book_currency(conn, spec.book_id)
 
-    found, errors = await db.read(work)
-    customers = [_customer_view(cid, len(xs), type_rows(xs)) for cid, xs in sorted(found.items()) if xs]
-    return {"mode": "preview", "rerate_id": rerate_id, **spec.view(), **_totals(customers), "credit_notes": [],
+    found, errors, cur = await db.read(work)
+    customers = [_customer_view(cid, len(xs), type_rows(xs), cur) for cid, xs in sorted(found.items()) if xs]
+    return {"mode": "preview", "rerate_id": rerate_id, **spec.view(), **_totals(customers, cur), "credit_notes": [],
             "errors": errors}
 
 
@@ -222,33 +220,42 @@ async def applied(conn: AsyncConnection, rerate_id: str) -> dict[str, Any]:
             """SELECT DISTINCT customer_id, entry_id FROM charge_adjustments
                 WHERE rerate_id = %s AND entry_id IS NOT NULL ORDER BY 1, 2""", (rerate_id,)):
         entries.setdefault(cid, []).append(int(entry_id))
-    customers = []
+    customers, cur = [], await _book_currency(conn, spec.book_id)
     for cid, by_type in sorted(per.items()):
         lines = [{"model": m, "token_type": t, "old_amount": o, "new_amount": n, "delta": n - o}
                  for (m, t), (o, n) in sorted(by_type.items()) if n != o]
-        customers.append({**_customer_view(cid, int(counts.get(cid, 0)), lines), "entry_ids": entries.get(cid, [])})
+        customers.append({**_customer_view(cid, int(counts.get(cid, 0)), lines, cur),
+                          "entry_ids": entries.get(cid, [])})
     notes = await conn.exec_driver_sql(
-        """SELECT id, number, kind, customer_id, invoice_id, total::text FROM credit_notes
+        """SELECT id, number, kind, customer_id, invoice_id, total::text, currency FROM credit_notes
             WHERE rerate_id = %s ORDER BY seq""", (rerate_id,))
     book_id, version, range_from, range_to, customer_filter = spec
     view = RerateSpec(book_id, version, range_from, range_to, customer_filter or None).view()
-    return {"mode": "apply", "rerate_id": rerate_id, **view, **_totals(customers),
+    return {"mode": "apply", "rerate_id": rerate_id, **view, **_totals(customers, cur),
             "credit_notes": [{"id": i, "number": n, "kind": k, "customer_id": c, "invoice_id": inv,
-                              "total": _money(int(t))} for i, n, k, c, inv, t in notes]}
+                              "total": format_money(int(t), nc)} for i, n, k, c, inv, t, nc in notes]}
 
 
-def _totals(customers: list[dict[str, Any]]) -> dict[str, Any]:
+def _totals(customers: list[dict[str, Any]], currency: str) -> dict[str, Any]:
     """The customers' views (their exact deltas dropped) and the re-rate's total delta."""
     total = sum(c.pop("delta_units") for c in customers)
-    return {"customers": customers, "delta": _money(total)}
+    return {"customers": customers, "delta": format_money(total, currency)}
 
 
-def _customer_view(customer_id: str, charges: int, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+async def _book_currency(conn: AsyncConnection, book_id: str) -> str:
+    """The currency of the re-rated book: every customer it prices is in it."""
+    found = await conn.exec_driver_sql("SELECT currency FROM price_books WHERE id = %s", (book_id,))
+    return found.scalar_one()
+
+
+def _customer_view(customer_id: str, charges: int, rows: Sequence[dict[str, Any]], cur: str) -> dict[str, Any]:
     old, new = sum(r["old_amount"] for r in rows), sum(r["new_amount"] for r in rows)
-    return {"customer_id": customer_id, "charges": charges, "old_amount": _money(old), "new_amount": _money(new),
-            "delta": _money(new - old), "delta_units": new - old,
-            "lines": [{"model": r["model"], "token_type": r["token_type"], "old_amount": _money(r["old_amount"]),
-                       "new_amount": _money(r["new_amount"]), "delta": _money(r["delta"])} for r in rows]}
+    return {"customer_id": customer_id, "charges": charges, "old_amount": format_money(old, cur),
+            "new_amount": format_money(new, cur), "delta": format_money(new - old, cur), "delta_units": new - old,
+            "lines": [{"model": r["model"], "token_type": r["token_type"],
+                       "old_amount": format_money(r["old_amount"], cur),
+                       "new_amount": format_money(r["new_amount"], cur),
+                       "delta": format_money(r["delta"], cur)} for r in rows]}
 
 
 # ------------------------------------------------------------------------------------------
@@ -281,8 +288,6 @@ async def credit_notes(conn: AsyncConnection, customer_id: str) -> dict[str, Any
             "credit_notes": [{**r.content, "content_hash": r.content_hash, "entry_id": r.entry_id} for r in rows]}
 
 
-def _money(units: int) -> str:
-    return format_amount(units, SCALE)
 
 
 def _utc(at: datetime) -> str:

@@ -256,7 +256,7 @@ async def measure(base: str, url: str, server: subprocess.Popen, args: argparse.
     upcoming_total = upcoming.pop("last")["total"]
     usage_rows = usage.pop("last")["rows"]
     expected = {"invoices": customers, "total_units": charges * CHARGE_UNITS,
-                "big_upcoming_total": money(big * CHARGE_UNITS)}
+                "big_upcoming_total": money(big * CHARGE_UNITS, "USD")}
     found = {"invoices": invoices, "total_units": total, "big_upcoming_total": upcoming_total}
     return {"customers": customers, "charges": charges, "big_customer_charges": big,
             "seed_s": round(seeded_s, 2), "seed": seeded, "copy_s": round(copied_s, 2), "copy": copied,

@@ -16,7 +16,7 @@ from api.console.web import PREFIX, allow, render, viewer
 from api.errors import ApiError
 from api.routes import cursors, journal
 from api.routes.audit import trial_balance_report, verify_report
-from pricing.money import format_amount, parse_amount
+from pricing.money import format_money, parse_amount
 from wallets import reports
 from wallets.chart import ASSET_SCALE, OPEN_STATUSES
 from wallets.errors import WalletValidationError
@@ -77,9 +77,9 @@ def _still_held(trace: dict[str, Any] | None) -> str | None:
         return None
     r = trace["reservation"]
     if r["status"] not in OPEN_STATUSES:
-        return format_amount(0, ASSET_SCALE)
+        return format_money(0, r["currency"])
     units = [parse_amount(r[k], ASSET_SCALE) for k in ("amount", "captured", "released")]
-    return format_amount(units[0] - units[1] - units[2], ASSET_SCALE)
+    return format_money(units[0] - units[1] - units[2], r["currency"])
 
 
 @get(f"{PREFIX}/audit/verify", guards=[allow(*AUDITOR)], name="console-verify")

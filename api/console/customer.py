@@ -22,7 +22,7 @@ from api.routes.budgets import budget_response
 from api.routes.customers import CREDITED, READERS, customer_response, wallet_response
 from api.routes.wire import amount_in, answered, body_hash, time_in
 from ledger.errors import LedgerError
-from pricing.money import format_amount, parse_amount
+from pricing.money import format_money, parse_amount
 from wallets import reports
 from wallets.chart import ASSET_SCALE
 from wallets.commands import TOPUP_PRIORITY, TopUp
@@ -131,7 +131,7 @@ def _type_label(token_type: str | None) -> str:
     return "free allowance" if token_type is None else token_type  # its lines have no token type
 
 
-def chart_of(rows: list[dict[str, Any]], first: date, last: date) -> dict[str, Any]:
+def chart_of(rows: list[dict[str, Any]], first: date, last: date, currency: str) -> dict[str, Any]:
     """The chart's data: one series per model and token type, its amount per day (exact decimal
     strings, as the usage API gives them; days without usage are "0"), and the totals. Discounts
     and free allowances are negative; a free allowance's lines have no token type (None)."""
@@ -147,7 +147,7 @@ def chart_of(rows: list[dict[str, Any]], first: date, last: date) -> dict[str, A
         totals[key][1] += units
         totals[key][2] += row["charges"]
     def fmt(units: int) -> str:
-        return format_amount(units, ASSET_SCALE)
+        return format_money(units, currency)
 
     def order(item: tuple[tuple[str, str | None], Any]) -> tuple[str, str]:
         return item[0][0] or "", item[0][1] or ""
@@ -181,7 +181,7 @@ async def usage_page(state: State, request: Request, customer_id: FromPath[str],
                   start=first.isoformat(), end=last.isoformat(),
                   api_query={"from": reports.when(lower), "to": reports.when(upper),
                              "group_by": ",".join(USAGE_GROUPS)},
-                  chart=chart_of(report["rows"], first, last), section="usage")
+                  chart=chart_of(report["rows"], first, last, customer.currency), section="usage")
 
 
 @get(f"{PREFIX}/customers/{{customer_id:str}}/budgets", guards=[allow(*READERS)], name="console-budgets")

@@ -22,6 +22,7 @@ from api.console.web import PREFIX, allow, render, viewer
 from api.errors import ApiError
 from api.routes.wire import time_in
 from ledger import export as exporting
+from pricing.money import CURRENCY_MINOR_UNITS
 from wallets.errors import WalletValidationError
 
 CHUNK = 65_536
@@ -76,7 +77,7 @@ async def stream(url: str, fmt: str, window: exporting.Window) -> AsyncIterator[
     def run() -> None:
         try:
             with exporting.connect(url) as conn:
-                exporting.WRITERS[fmt](conn, sink, window)
+                exporting.WRITERS[fmt](conn, sink, window, None, CURRENCY_MINOR_UNITS)
             sink.flush()
             sink.put(None)
         except _Cancelled:

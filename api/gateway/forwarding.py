@@ -148,11 +148,11 @@ class Forwarding:
                                                       self.call.prompt_raw_tokens), wait=self._waits())
         headers = [*self._upstream_headers(response), self._reserved()]
         if charged is not None:
-            headers.append((b"x-tokentill-charged", money(charged).encode()))
+            headers.append((b"x-tokentill-charged", money(charged, self.reservation.currency).encode()))
         await self.x.respond(response.status_code, headers, body)
 
     def _reserved(self) -> tuple[bytes, bytes]:
-        return b"x-tokentill-reserved", (money(self.reservation.amount) or "0").encode()
+        return b"x-tokentill-reserved", (money(self.reservation.amount, self.reservation.currency) or "0").encode()
 
     async def _relay(self, response: httpx.Response) -> None:
         """Each event goes to the caller as soon as it is complete; the charge follows as an SSE comment."""
@@ -176,7 +176,8 @@ class Forwarding:
         charged = await self.finish(self.tally.settlement(x.gw.counter, self.call.model, self.call.prompt_raw_tokens,
                                                           failed), wait=self._waits())
         if charged is not None:
-            tail += (f": tokentill charged={money(charged)} currency={self.reservation.currency} "
+            currency = self.reservation.currency
+            tail += (f": tokentill charged={money(charged, currency)} currency={currency} "
                      f"request_id={x.request_id}\n\n").encode()
         await x.send({"type": "http.response.body", "body": tail, "more_body": False})
 

@@ -304,7 +304,7 @@ class Exchange:
                 log.error("gateway call %s failed", self.request_id, exc_info=failure)
                 if not self.started:  # what was generated may have been charged: only a release is told as 0
                     await self._refuse(Refusal(500, "internal_error", "an internal error occurred; it has been logged"),
-                                       charged=forwarding.charged)
+                                       charged=forwarding.charged, currency=forwarding.reservation.currency)
         finally:
             watcher.cancel()
             keeper.cancel()
@@ -333,12 +333,12 @@ class Exchange:
         while (await self.receive())["type"] != "http.disconnect":
             pass
 
-    async def _refuse(self, refusal: Refusal, charged: int | None = 0) -> None:
+    async def _refuse(self, refusal: Refusal, charged: int | None = 0, currency: str = "") -> None:
         """Answer the gateway's own refusal; `charged` (None: not known now) as on any answer: a
         refusal before the hold, a release, a free call all charged nothing."""
         headers = [(b"content-type", b"application/json")]
         if charged is not None:
-            headers.append((b"x-tokentill-charged", (money(charged) if charged else "0").encode()))
+            headers.append((b"x-tokentill-charged", (money(charged, currency) if charged else "0").encode()))
         if refusal.retry_after:
             headers.append((b"retry-after", refusal.retry_after.encode()))
         await self.respond(refusal.status, headers, error_body(self.provider, refusal.status, refusal.code,

@@ -14,7 +14,7 @@ from api.errors import ApiError, documented
 from api.routes.wire import time_in, time_out, time_param
 from ledger.audit import trial_balance
 from ledger.statements import trial_balance_at
-from pricing.money import DEFAULT_SCALE, format_amount
+from pricing.money import DEFAULT_SCALE, format_money
 from wallets.audit import full_verify
 
 if TYPE_CHECKING:
@@ -93,10 +93,10 @@ async def trial_balance_report(services: Services, customers: tuple[str, ...] | 
     return TrialBalanceResponse(
         currency=chosen,
         scope="ledger" if customers is None else "customers",
-        accounts=[TrialBalanceAccount(line.account, format_amount(line.debits, scale),
-                                      format_amount(line.credits, scale),
-                                      format_amount(line.balance, scale)) for line in lines],
-        total_debits=format_amount(debits, scale), total_credits=format_amount(credits, scale),
+        accounts=[TrialBalanceAccount(line.account, format_money(line.debits, chosen, scale),
+                                      format_money(line.credits, chosen, scale),
+                                      format_money(line.balance, chosen, scale)) for line in lines],
+        total_debits=format_money(debits, chosen, scale), total_credits=format_money(credits, chosen, scale),
         balanced=debits == credits if customers is None else None,
         customers=None if customers is None else list(customers),
         at=time_out(when),

@@ -108,9 +108,10 @@ GrantBody = Annotated[dict[str, Any], json_body(GrantRequest)]
 
 def customer_response(view: CustomerView) -> CustomerResponse:
     s = view.spec
-    return CustomerResponse(s.id, s.name, s.currency, s.billing, s.price_book, money(s.overdraft_limit),
-                            money(s.low_balance_threshold), time_out(view.created_at) or "",
-                            money(s.max_charge_per_request), s.time_zone, s.billing_anchor_day, s.grace_seconds,
+    cur = s.currency
+    return CustomerResponse(s.id, s.name, cur, s.billing, s.price_book, money(s.overdraft_limit, cur),
+                            money(s.low_balance_threshold, cur), time_out(view.created_at) or "",
+                            money(s.max_charge_per_request, cur), s.time_zone, s.billing_anchor_day, s.grace_seconds,
                             s.payment_terms_days, time_out(view.open_period_start))
 
 
@@ -118,15 +119,17 @@ CUSTOMER = Answer(lambda out: customer_response(out[0]), tuple[CustomerView, boo
                   lambda out: CREATED if out[1] else EXISTS)
 
 
-def grant_response(lot: LotView) -> GrantResponse:
-    return GrantResponse(lot.id, lot.kind, money(lot.granted) or "0", money(lot.remaining) or "0", lot.priority,
+def grant_response(lot: LotView, currency: str) -> GrantResponse:
+    return GrantResponse(lot.id, lot.kind, money(lot.granted, currency) or "0", money(lot.remaining, currency) or "0",
+                         lot.priority,
                          time_out(lot.expires_at), time_out(lot.created_at) or "", lot.reason, lot.reference)
 
 
 def wallet_response(w: WalletView) -> WalletResponse:
-    return WalletResponse(w.customer_id, w.currency, money(w.available) or "0", money(w.reserved) or "0",
-                          money(w.receivable) or "0", w.blocked, money(w.overdraft_limit),
-                          [grant_response(lot) for lot in w.grants], [budget_response(v) for v in w.budgets])
+    cur = w.currency
+    return WalletResponse(w.customer_id, cur, money(w.available, cur) or "0", money(w.reserved, cur) or "0",
+                          money(w.receivable, cur) or "0", w.blocked, money(w.overdraft_limit, cur),
+                          [grant_response(lot, cur) for lot in w.grants], [budget_response(v) for v in w.budgets])
 
 
 def _spec(data: CreateCustomerRequest) -> CustomerSpec:
@@ -170,8 +173,9 @@ async def get_wallet(state: State, customer_id: FromPath[str]) -> WalletResponse
 
 
 def _credit(result: CreditResult) -> CreditResponse:
-    return CreditResponse(result.grant.id, result.entry_id, money(result.applied_to_receivable) or "0",
-                          grant_response(result.grant), wallet_response(result.wallet))
+    cur = result.wallet.currency
+    return CreditResponse(result.grant.id, result.entry_id, money(result.applied_to_receivable, cur) or "0",
+                          grant_response(result.grant, cur), wallet_response(result.wallet))
 
 
 CREDITED = Answer(_credit, CreditResult)

@@ -108,9 +108,10 @@ CloseBody = Annotated[dict[str, Any], json_body(CloseRequest)]
 
 
 def _payment(result: PaymentResult) -> PaymentResponse:
-    return PaymentResponse(result.invoice_id, result.number, result.reference, money(result.amount) or "0",
-                           money(result.paid) or "0", money(result.amount_due) or "0", result.status, result.entry_id,
-                           money(max(0, result.amount_due - result.paid)) or "0")
+    cur = result.currency
+    return PaymentResponse(result.invoice_id, result.number, result.reference, money(result.amount, cur) or "0",
+                           money(result.paid, cur) or "0", money(result.amount_due, cur) or "0", result.status,
+                           result.entry_id, money(max(0, result.amount_due - result.paid), cur) or "0")
 
 
 PAID = Answer(_payment, PaymentResult)
@@ -205,5 +206,6 @@ async def close_periods(state: State, data: CloseBody) -> dict[str, Any]:
                                      engine=wallets.engine,
                                      customers=None if data.customer_id is None else [data.customer_id])
     return {"closed": [{"invoice_id": c.invoice_id, "number": c.number, "customer_id": c.customer_id,
-                        "period": c.period, "total": money(c.total), "amount_due": money(c.amount_due)}
+                        "period": c.period, "total": money(c.total, c.currency),
+                        "amount_due": money(c.amount_due, c.currency)}
                        for c in closed]}

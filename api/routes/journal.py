@@ -24,7 +24,7 @@ from api.routes.formats import IDENTIFIER
 from api.routes.wire import time_in, time_out, time_param
 from ledger.journal import EntryRecord, JournalFilter, current_snapshot, journal_page, snapshot_is_past
 from ledger.statements import AccountRef, balance_at, cached_balance, find_account, statement_page
-from pricing.money import DEFAULT_SCALE, format_amount
+from pricing.money import DEFAULT_SCALE, format_money
 from wallets.errors import WalletValidationError
 
 CustomerParam = Annotated[str | None, QueryParameter(name="customer", max_length=100, pattern=IDENTIFIER)]
@@ -123,7 +123,8 @@ def _entry(e: EntryRecord, scales: dict[str, int]) -> EntryView:
     return EntryView(
         e.id, e.key, e.kind, e.customer_id, time_out(e.occurred_at), time_out(e.recorded_at), str(e.txid),
         e.request_hash.hex(), e.metadata,
-        [PostingView(p.id, p.account, p.asset, p.stripe, format_amount(p.amount, scales[p.asset])) for p in e.postings],
+        [PostingView(p.id, p.account, p.asset, p.stripe, format_money(p.amount, p.asset, scales[p.asset]))
+         for p in e.postings],
         SealView(seal.status, seal.seal_id, seal.hash.hex() if seal.hash else None, time_out(seal.sealed_at)))
 
 
@@ -234,7 +235,7 @@ async def get_statement(
                                [last.occurred_at.isoformat(), last.entry_id, last.posting_id])
                 if last is not None and len(page.lines) == limit else None)
         def money(units: int) -> str:
-            return format_amount(units, scale)
+            return format_money(units, account.asset, scale)
 
         return StatementView(
             account.code, account.type, account.asset, "debit" if account.normal_sign > 0 else "credit",
@@ -265,7 +266,9 @@ async def get_account_balance(
         else:
             debits, credits = await balance_at(conn, account, when)
         scale = await state.services.asset_scale(conn, account.asset) or DEFAULT_SCALE
-        return AccountBalanceView(account.code, account.asset, time_out(when), format_amount(debits, scale),
-                                  format_amount(credits, scale), format_amount(debits - credits, scale))
+        return AccountBalanceView(account.code, account.asset, time_out(when),
+                                  format_money(debits, account.asset, scale),
+                                  format_money(credits, account.asset, scale),
+                                  format_money(debits - credits, account.asset, scale))
 
     return await state.services.db.read(read)

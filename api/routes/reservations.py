@@ -130,26 +130,28 @@ SettleBody = Annotated[dict[str, Any], json_body(Annotated[SettleRequest, msgspe
                                   gemini_usage="object"))])]
 
 
-def lines_out(lines: list[dict[str, Any]]) -> list[LineResponse]:
-    return [LineResponse(ln["token_type"], ln["quantity"], ln["unit_price"], money(ln["amount_units"]) or "0",
+def lines_out(lines: list[dict[str, Any]], currency: str) -> list[LineResponse]:
+    return [LineResponse(ln["token_type"], ln["quantity"], ln["unit_price"], money(ln["amount_units"], currency) or "0",
                          ln["rule_id"], ln["price_version"], ln["kind"], ln.get("description"),
                          ln.get("override_id")) for ln in lines]
 
 
 def _reserved(result: ReserveResult) -> ReservationResponse:
     r = result.reservation
-    return ReservationResponse(r.id, r.request_id, r.customer_id, r.model, r.status, money(r.amount) or "0",
+    return ReservationResponse(r.id, r.request_id, r.customer_id, r.model, r.status, money(r.amount, r.currency) or "0",
                                r.currency, time_out(r.created_at) or "", time_out(r.expires_at) or "")
 
 
 def _settled(result: SettleResult) -> SettleResponse:
-    return SettleResponse(result.reservation_id, result.status, money(result.charged) or "0",
-                          money(result.released) or "0", result.currency, result.price_book,
-                          result.price_version, lines_out(result.lines), result.entry_id)
+    cur = result.currency
+    return SettleResponse(result.reservation_id, result.status, money(result.charged, cur) or "0",
+                          money(result.released, cur) or "0", cur, result.price_book,
+                          result.price_version, lines_out(result.lines, cur), result.entry_id)
 
 
 def _released(result: ReleaseResult) -> ReleaseResponse:
-    return ReleaseResponse(result.reservation_id, result.status, money(result.released) or "0", result.entry_id)
+    return ReleaseResponse(result.reservation_id, result.status, money(result.released, result.currency) or "0",
+                           result.entry_id)
 
 
 def _extended(result: ExtendResult) -> ExtendResponse:

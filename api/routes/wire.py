@@ -35,7 +35,7 @@ from api.routes.formats import (
 from ledger.db import Database
 from ledger.model import CANONICAL_JSON
 from pricing.errors import InvalidAmountError
-from pricing.money import format_amount, parse_amount
+from pricing.money import format_money, parse_amount
 from pricing.parse import parse_time
 from wallets import store
 from wallets.chart import ASSET_SCALE
@@ -48,8 +48,9 @@ PROBLEM = "application/problem+json"
 MAX_JSON_DEPTH = 32  # arrays and objects within one another; the deepest body we take needs 5
 
 
-def money(units: int | None) -> str | None:
-    return None if units is None else format_amount(units, SCALE)
+def money(units: int | None, currency: str) -> str | None:
+    """Atomic units as the wire shows them: exact, with at least `currency`'s decimals."""
+    return None if units is None else format_money(units, currency)
 
 
 def amount_in(value: str, field: str, *, positive: bool = True) -> int:

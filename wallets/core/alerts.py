@@ -5,13 +5,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pricing.money import format_amount
-from wallets import chart
+from pricing.money import format_money
 from wallets.core.decision import CustomerFlagged, Effect
 from wallets.core.state import State
 from wallets.model import Wallet
-
-SCALE = chart.ASSET_SCALE
 
 
 def alerts(state: State, w: Wallet, now: datetime) -> tuple[Effect, ...]:
@@ -23,11 +20,11 @@ def alerts(state: State, w: Wallet, now: datetime) -> tuple[Effect, ...]:
     effects: list[Effect] = [CustomerFlagged(c.id, low, w.blocked)]
     if low and not c.low_balance_alerted:
         effects.append(state.event("balance.low", c.id, f"balance.low:{c.id}:{state.ids('x')}", now, {
-            "available": format_amount(available, SCALE), "currency": c.currency,
-            "threshold": format_amount(c.low_balance_threshold or 0, SCALE)}))
+            "available": format_money(available, c.currency), "currency": c.currency,
+            "threshold": format_money(c.low_balance_threshold or 0, c.currency)}))
     if w.blocked != c.blocked:
         topic = "wallet.blocked" if w.blocked else "wallet.unblocked"
         effects.append(state.event(topic, c.id, f"{topic}:{c.id}:{state.ids('x')}", now, {
-            "receivable": format_amount(w.receivable, SCALE), "currency": c.currency,
-            "overdraft_limit": format_amount(c.overdraft_limit or 0, SCALE)}))
+            "receivable": format_money(w.receivable, c.currency), "currency": c.currency,
+            "overdraft_limit": format_money(c.overdraft_limit or 0, c.currency)}))
     return tuple(effects)

@@ -26,7 +26,7 @@ from typing import Any
 
 from ledger.model import JournalEntry
 from pricing.books import TOKEN_TYPES
-from pricing.money import CURRENCY_MINOR_UNITS, format_amount
+from pricing.money import CURRENCY_MINOR_UNITS, format_money
 from wallets import chart
 from wallets.model import Customer
 from wallets.periods import Period
@@ -105,8 +105,8 @@ def entry_rollup(customer: Customer, entry: JournalEntry, lot_kinds: Mapping[str
     return out
 
 
-def money(units: int) -> str:
-    return format_amount(units, SCALE)
+def money(units: int, currency: str) -> str:
+    return format_money(units, currency)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +115,9 @@ class Balances:
     reserved: int
     receivable: int
 
-    def view(self) -> dict[str, str]:
-        return {"credits": money(self.lots), "reserved": money(self.reserved), "receivable": money(self.receivable)}
+    def view(self, currency: str) -> dict[str, str]:
+        return {"credits": money(self.lots, currency), "reserved": money(self.reserved, currency),
+                "receivable": money(self.receivable, currency)}
 
 
 def opening_balances(now: Balances, rollups: Mapping[str, Mapping[str, tuple[int, int]]], period: str) -> Balances:
@@ -127,12 +128,12 @@ def opening_balances(now: Balances, rollups: Mapping[str, Mapping[str, tuple[int
     return Balances(lots, reserved, receivable)
 
 
-def _line(item: str, quantity: int, amount: int, period: str) -> dict[str, Any]:
+def _line(item: str, quantity: int, amount: int, period: str, currency: str) -> dict[str, Any]:
     line = dict(zip(LINE_FIELDS, json.loads(item[len(LINE):]), strict=True))
     if line["kind"] == "usage" and line["token_type"] == "request":
         line["kind"] = "request"
     line["original_period"] = None if line["original_period"] == period else line["original_period"]
-    return {**line, "quantity": quantity, "amount": money(amount), "amount_units": amount}
+    return {**line, "quantity": quantity, "amount": money(amount, currency), "amount_units": amount}
 
 
 def _line_order(line: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -143,8 +144,9 @@ def _line_order(line: Mapping[str, Any]) -> tuple[Any, ...]:
             line["price_version"] or "", line["unit_price"] or "")
 
 
-def invoice_lines(rollup: Mapping[str, tuple[int, int]], period: str) -> list[dict[str, Any]]:
-    lines = [_line(item, q, a, period) for item, (q, a) in rollup.items() if item.startswith(LINE) and (q or a)]
+def invoice_lines(rollup: Mapping[str, tuple[int, int]], period: str, currency: str) -> list[dict[str, Any]]:
+    lines = [_line(item, q, a, period, currency) for item, (q, a) in rollup.items()
+             if item.startswith(LINE) and (q or a)]
     return sorted(lines, key=_line_order)
 
 
@@ -166,21 +168,22 @@ def round_line(units: int, decimals: int) -> int:
     return whole * step
 
 
-def rounded_lines(lines: list[dict[str, Any]], decimals: int) -> list[dict[str, Any]]:
+def rounded_lines(lines: list[dict[str, Any]], currency: str) -> list[dict[str, Any]]:
     """Each line's amount rounded once to `decimals`, then one `rounding` line carrying the exact
     total less the sum of the rounded lines (none when that is zero), so the lines still sum to the
     exact total, which is what the postings say."""
+    decimals = line_decimals(currency)
     total = rounded = 0
     out = []
     for line in lines:
         exact = line.pop("amount_units")
         amount = round_line(exact, decimals)
         total, rounded = total + exact, rounded + amount
-        out.append({**line, "amount": money(amount), "amount_units": amount})
+        out.append({**line, "amount": money(amount, currency), "amount_units": amount})
     if total != rounded:
         out.append({"kind": "rounding", "model": None, "token_type": None, "rule_id": None, "unit_price": None,
                     "tier": None, "override_id": None, "price_version": None, "original_period": None,
-                    "quantity": None, "amount": money(total - rounded), "amount_units": total - rounded})
+                    "quantity": None, "amount": money(total - rounded, currency), "amount_units": total - rounded})
     return out
 
 
@@ -203,7 +206,8 @@ def document(customer: Customer, period: Period, rollup: Mapping[str, tuple[int,
     figure are exact atomic units: the lines sum to the total, the period's usage revenue.
     `line_rounding` says so; a document without it (finalized before) has exact lines."""
     decimals = line_decimals(customer.currency)
-    lines = rounded_lines(invoice_lines(rollup, period.label), decimals)
+    cur = customer.currency
+    lines = rounded_lines(invoice_lines(rollup, period.label, cur), cur)
     units = [a for item, (_, a) in sorted(rollup.items()) if item.startswith(LINE)]
     subtotals: dict[str, int] = dict.fromkeys(SUBTOTALS.values(), 0)
     for line in lines:
@@ -220,15 +224,17 @@ def document(customer: Customer, period: Period, rollup: Mapping[str, tuple[int,
         "issued_at": _utc(header.issued_at), "due_at": _utc(period.end + timedelta(days=customer.terms_days)),
         "lines": lines,
         "line_rounding": {"decimals": decimals, "mode": ROUNDING_MODE},
-        "subtotals": {name: money(v) for name, v in subtotals.items()},
-        "total": money(sum(units)),
-        "credits_applied": {"promotional": money(amount["funded:grant"]), "paid": money(amount["funded:topup"]),
-                            "total": money(amount["funded:grant"] + amount["funded:topup"])},
-        "charged_to_account": money(amount["funded:receivable"]),
-        "top_ups": money(amount["topups"]), "grants": money(amount["grants"]), "expired": money(amount["expired"]),
-        "payments_received": money(amount["payments"]),
-        "opening_balance": opening.view(), "closing_balance": closing.view(),
-        "amount_due": money(due),
+        "subtotals": {name: money(v, cur) for name, v in subtotals.items()},
+        "total": money(sum(units), cur),
+        "credits_applied": {"promotional": money(amount["funded:grant"], cur),
+                            "paid": money(amount["funded:topup"], cur),
+                            "total": money(amount["funded:grant"] + amount["funded:topup"], cur)},
+        "charged_to_account": money(amount["funded:receivable"], cur),
+        "top_ups": money(amount["topups"], cur), "grants": money(amount["grants"], cur),
+        "expired": money(amount["expired"], cur),
+        "payments_received": money(amount["payments"], cur),
+        "opening_balance": opening.view(cur), "closing_balance": closing.view(cur),
+        "amount_due": money(due, cur),
         # re-rating adjustments billed in this period (also among the lines, which sum to the total),
         # each with the period of the charges it corrects; a closed period's also have a credit note
         "adjustments": [line for line in lines if line["kind"] == "adjustment"],

@@ -20,8 +20,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from pricing.money import format_amount
-from wallets import chart
+from pricing.money import format_money
 from wallets.core.decision import BudgetCounted, Decision, Effect
 from wallets.core.state import State, wire_time
 from wallets.errors import BudgetExceededError, TooManyBudgetsError, WalletValidationError
@@ -139,7 +138,7 @@ def retry_after(b: Budget, now: datetime, excess: int) -> int | None:
 
 def figure(b: Budget, units: int, currency: str) -> str | int:
     """A budget figure on the wire: money as a decimal string, tokens and requests as integers."""
-    return format_amount(units, chart.ASSET_SCALE) if b.metric == "money" else units
+    return format_money(units, currency) if b.metric == "money" else units
 
 
 def _describe(b: Budget, currency: str, used: int, held: int, start: datetime) -> dict[str, Any]:

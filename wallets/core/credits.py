@@ -5,7 +5,7 @@ import hashlib
 from datetime import datetime
 
 from pricing.books import PriceBook
-from pricing.money import format_amount
+from pricing.money import format_money
 from wallets import chart
 from wallets.core import budgets
 from wallets.core.commands import ExpireLot, Grant, RecordUsage, TopUp
@@ -34,8 +34,6 @@ from wallets.core.results import CreditResult, ExpiryResult, UsageResult, Wallet
 from wallets.core.state import State
 from wallets.errors import ConflictError, WalletValidationError
 from wallets.model import Lot, Wallet, consumption_key
-
-SCALE = chart.ASSET_SCALE
 
 
 def opened_lot(state: State, w: Wallet, kind: str, amount: int, priority: int, expires_at: datetime | None,
@@ -103,7 +101,7 @@ def expire_lot(state: State, cmd: ExpireLot, now: datetime, book: PriceBook | No
     posted = entry(f"grant-expiry:{lot.id}", "grant_expiry", legs, w.customer.id, now, {"lot_id": lot.id})
     swept = LotSwept(w.customer.id, lot.id, lot.code, amount, now)
     event = state.event("grant.expired", w.customer.id, f"grant.expired:{lot.id}", now, {
-        "grant_id": lot.id, "expired": format_amount(amount, SCALE), "currency": cur})
+        "grant_id": lot.id, "expired": format_money(amount, cur), "currency": cur})
     result = ExpiryResult(lot.id, amount, posted.key if posted else None)
     return Decision(Outcome(result.code, result), posted, (swept, event))
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from ledger.model import JournalEntry
 from pricing.books import PriceBook, Rule, per_units
-from pricing.money import format_amount, per_amount, pricing_context, round_entry
+from pricing.money import format_money, per_amount, pricing_context, round_entry
 from pricing.overrides import FreeAllowance
 from pricing.rating import volume_tier_price, volume_true_up
 from wallets import chart
@@ -361,7 +361,8 @@ def close_period(state: State, cmd: ClosePeriod, now: datetime, book: PriceBook 
     effects += apply_unapplied(state, InvoiceDue(invoice_id, c.id, number, c.currency, due, {}, period.start), now)
     # money given back off the receivable beyond what this period owes pays the older invoices
     effects += apply_corrections(state, c.id, max(0, -rollup.get("funded:receivable", (0, 0))[1]), sources, now)
-    result = InvoiceClosed(invoice_id, number, c.id, period.label, total, due, posted.key if posted else None)
+    result = InvoiceClosed(invoice_id, number, c.id, period.label, total, due, posted.key if posted else None,
+                           currency=c.currency)
     return Decision(Outcome(result.code, result), posted, tuple(effects))
 
 
@@ -379,16 +380,16 @@ def pay_invoice(state: State, cmd: PayInvoice, now: datetime, book: PriceBook | 
         if invoice.payments[cmd.reference] != cmd.amount:
             raise ConflictError(f"payment {cmd.reference!r} of invoice {invoice.number} was of another amount")
         result = PaymentResult(invoice.id, invoice.number, cmd.reference, cmd.amount, invoice.paid,
-                               invoice.amount_due, True, None)
+                               invoice.amount_due, True, None, currency=invoice.currency)
         return Decision(Outcome("replayed", result))
     left = invoice.amount_due - invoice.paid
     owed = max(0, w.receivable - (w.credit_held or 0))
     if cmd.amount > left or cmd.amount > owed:
         more = min(left, owed)
         raise OverpaymentError(
-            f"a payment of {format_amount(cmd.amount, SCALE)} {invoice.currency} exceeds the "
-            f"{format_amount(more, SCALE)} still due on invoice {invoice.number}",
-            invoice_id=invoice.id, amount_due=format_amount(more, SCALE))
+            f"a payment of {format_money(cmd.amount, invoice.currency)} {invoice.currency} exceeds the "
+            f"{format_money(more, invoice.currency)} still due on invoice {invoice.number}",
+            invoice_id=invoice.id, amount_due=format_money(more, invoice.currency))
     cur, cid = w.customer.currency, w.customer.id
     effects = payment_effects(state, invoice, cmd.amount, cmd.reference, now)
     payment_id = effects[0].payment_id
@@ -397,5 +398,5 @@ def pay_invoice(state: State, cmd: PayInvoice, now: datetime, book: PriceBook | 
                    {"invoice_id": invoice.id, "number": invoice.number, "reference": cmd.reference})
     paid = invoice.paid + cmd.amount
     result = PaymentResult(invoice.id, invoice.number, cmd.reference, cmd.amount, paid, invoice.amount_due, False,
-                           posted.key if posted else None)
+                           posted.key if posted else None, currency=invoice.currency)
     return Decision(Outcome(result.code, result), posted, tuple(effects))

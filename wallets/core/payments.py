@@ -8,12 +8,9 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from pricing.money import format_amount
-from wallets import chart
+from pricing.money import format_money
 from wallets.core.decision import PaymentRecorded
 from wallets.core.state import InvoiceDue, State, Unapplied
-
-SCALE = chart.ASSET_SCALE
 
 
 def payment_effects(state: State, invoice: InvoiceDue, amount: int, reference: str, now: datetime,
@@ -26,7 +23,7 @@ def payment_effects(state: State, invoice: InvoiceDue, amount: int, reference: s
     paid = invoice.paid + amount
     if paid == invoice.amount_due:
         effects.append(state.event("invoice.paid", invoice.customer_id, f"invoice.paid:{invoice.id}", now, {
-            "invoice_id": invoice.id, "number": invoice.number, "amount_paid": format_amount(paid, SCALE),
+            "invoice_id": invoice.id, "number": invoice.number, "amount_paid": format_money(paid, invoice.currency),
             "currency": invoice.currency}))
     return effects
 

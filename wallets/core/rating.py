@@ -10,7 +10,7 @@ from typing import Any
 from pricing.books import PriceBook, PriceVersion
 from pricing.errors import UnpricedModelError
 from pricing.fast_rating import charges_requests
-from pricing.money import DEFAULT_SCALE, format_amount
+from pricing.money import DEFAULT_SCALE, format_money
 from pricing.overrides import Overrides
 from pricing.rating import Rating, rate
 from pricing.units import PROMPT_TYPES, line_label
@@ -104,10 +104,11 @@ def implausibility(wallet: Wallet, version: PriceVersion, rating: Rating, tokens
     charge = charged_before + rating.total_units
     if limit is not None and charge > limit:
         currency = wallet.customer.currency
+        charge_text, limit_text = format_money(charge, currency), format_money(limit, currency)
         return ImplausibleUsageError(
-            f"a charge of {format_amount(charge)} {currency} for one request exceeds the {source.replace('_', ' ')}'s "
-            f"max_charge_per_request of {format_amount(limit)} {currency}",
-            limit="max_charge_per_request", maximum=format_amount(limit), value=format_amount(charge), source=source)
+            f"a charge of {charge_text} {currency} for one request exceeds the {source.replace('_', ' ')}'s "
+            f"max_charge_per_request of {limit_text} {currency}",
+            limit="max_charge_per_request", maximum=limit_text, value=charge_text, source=source)
     window = version.context_window_for(line.rule_id for line in rating.lines)
     used = sum(count for token_type, count in tokens.items() if token_type in _CONTEXT)
     if window is not None and used > window:

@@ -29,7 +29,7 @@ from typing import Any
 
 from pricing.books import PriceVersion
 from pricing.fast_rating import charges_requests
-from pricing.money import format_amount
+from pricing.money import format_money
 from pricing.override_versions import OverrideHistory
 from pricing.rating import rate
 from pricing.units import TYPE_OF_FIELD
@@ -51,7 +51,6 @@ from wallets.core.rating import ALLOWANCE, period_counts, period_to_date
 from wallets.core.state import State
 from wallets.model import consumption_key
 
-SCALE = chart.ASSET_SCALE
 TypeKey = tuple[str, str]  # (model, token type; or the line's kind for a line of no token type)
 
 
@@ -345,9 +344,11 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
             "currency": c.currency, "invoice_id": invoice_id, "invoice_number": invoice_number,
             "period": cmd.period, "rerate_id": cmd.rerate_id, "price_book": cmd.book_id,
             "price_version": cmd.version, "charges": len(found),
-            "lines": [{"model": r["model"], "token_type": r["token_type"], "old_amount": _money(r["old_amount"]),
-                       "new_amount": _money(r["new_amount"]), "amount": _money(r["delta"])} for r in rows],
-            "total": _money(net), "issued_at": now.astimezone(UTC).isoformat().replace("+00:00", "Z")}
+            "lines": [{"model": r["model"], "token_type": r["token_type"],
+                       "old_amount": format_money(r["old_amount"], c.currency),
+                       "new_amount": format_money(r["new_amount"], c.currency),
+                       "amount": format_money(r["delta"], c.currency)} for r in rows],
+            "total": format_money(net, c.currency), "issued_at": now.astimezone(UTC).isoformat().replace("+00:00", "Z")}
         note = CreditNoteIssued(c.id, note_id, invoice_id, cmd.rerate_id, cmd.issuer, year, seq, number,
                                 c.currency, net, content, now)
         effects.append(note)
@@ -370,8 +371,6 @@ def _pairs(amounts: Mapping[TypeKey, int]) -> tuple[tuple[str, str, int], ...]:
     return tuple((m, t, a) for (m, t), a in sorted(amounts.items()))
 
 
-def _money(units: int) -> str:
-    return format_amount(units, SCALE)
 
 
 __all__ = ["ChargeOnRecord", "Correction", "RerateInput", "Rerated", "by_type", "corrections", "rerate_charges",

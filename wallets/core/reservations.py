@@ -6,7 +6,7 @@ from typing import Any
 
 from pricing.books import PriceBook
 from pricing.estimate import estimate_upper_bound, held_prompt_tokens
-from pricing.money import format_amount
+from pricing.money import format_money
 from wallets import chart
 from wallets.core import budgets, idempotency
 from wallets.core.commands import MAX_TTL_SECONDS, Extend, Release, Reserve, Settle
@@ -44,8 +44,6 @@ from wallets.errors import (
     WalletValidationError,
 )
 from wallets.model import Reservation, Wallet
-
-SCALE = chart.ASSET_SCALE
 
 
 def reserve(state: State, cmd: Reserve, now: datetime, book: PriceBook | None) -> Decision:
@@ -89,16 +87,16 @@ def reserve(state: State, cmd: Reserve, now: datetime, book: PriceBook | None) -
 def _pieces(w: Wallet, amount: int, now: datetime) -> list[tuple[str, int]] | str:
     """Where a hold comes from, or why it cannot be held."""
     if w.blocked:
-        return (f"wallet {w.customer.id} is blocked: its receivable {format_amount(w.receivable, SCALE)} "
-                f"is past its overdraft limit {format_amount(w.customer.overdraft_limit or 0, SCALE)}")
+        return (f"wallet {w.customer.id} is blocked: its receivable {format_money(w.receivable, w.customer.currency)} "
+                f"is past its overdraft limit {format_money(w.customer.overdraft_limit or 0, w.customer.currency)}")
     sources = [(lot.code, lot.balance) for lot in w.live_lots(now)]
     sources.append((chart.receivable_account(w.customer.id), w.headroom()))
     pieces = allocate(sources, amount)
     if pieces is None:
-        return (f"a hold of {format_amount(amount, SCALE)} {w.customer.currency} exceeds what wallet "
-                f"{w.customer.id} can draw: {format_amount(w.available(now), SCALE)} available"
+        return (f"a hold of {format_money(amount, w.customer.currency)} {w.customer.currency} exceeds what wallet "
+                f"{w.customer.id} can draw: {format_money(w.available(now), w.customer.currency)} available"
                 + ("" if not w.customer.overdraft_limit else
-                   f" plus {format_amount(w.headroom() or 0, SCALE)} of overdraft"))
+                   f" plus {format_money(w.headroom() or 0, w.customer.currency)} of overdraft"))
     return pieces
 
 
@@ -200,7 +198,8 @@ def give_back(w: Wallet, r: Reservation, status: str, kind: str, now: datetime) 
                    {"reservation_id": r.id, "request_id": r.request_id})
     changed = ReservationChanged(w.customer.id, r.id, status, r.captured, r.released + left, r.charged,
                                  r.captures, now)
-    result = ReleaseResult(r.id, status, left, False, posted.key if posted else None)
+    result = ReleaseResult(r.id, status, left, False, posted.key if posted else None,
+                           currency=w.customer.currency)
     return Decision(Outcome(result.code, result), posted, (changed, *budgets.on_release(w, r)))
 
 
@@ -208,7 +207,7 @@ def release(state: State, cmd: Release, now: datetime, book: PriceBook | None) -
     w = state.require_wallet()
     r = reservation_of(w, cmd.reservation_id)
     if r.status == chart.RELEASED:
-        result = ReleaseResult(r.id, r.status, r.released, True)
+        result = ReleaseResult(r.id, r.status, r.released, True, currency=w.customer.currency)
         return Decision(Outcome(result.code, result))
     if not r.is_open:
         raise ReservationClosedError(f"reservation {r.id} is already {r.status}", reservation_id=r.id,
@@ -250,6 +249,6 @@ def expire_reservation(state: State, cmd: Release, now: datetime, book: PriceBoo
     decision = give_back(w, r, chart.EXPIRED, "expire", now)
     event = state.event("reservation.expired", w.customer.id, f"reservation.expired:{r.id}", now, {
         "reservation_id": r.id, "request_id": r.request_id,
-        "released": format_amount(decision.outcome.body.released, SCALE), "currency": w.customer.currency})
+        "released": format_money(decision.outcome.body.released, w.customer.currency), "currency": w.customer.currency})
     return Decision(decision.outcome, decision.entry, (*decision.effects, event))
 

@@ -105,6 +105,7 @@ class ReleaseResult:
     replayed: bool
     entry_key: str | None = None
     entry_id: int | None = None
+    currency: str = ""  # the wallet's (answers kept before it had one show two decimals, as then)
 
     @property
     def code(self) -> str:
@@ -164,6 +165,7 @@ class InvoiceClosed:
     amount_due: int
     entry_key: str | None = None  # the volume true-up's, if one was posted
     entry_id: int | None = None
+    currency: str = ""
 
     code = "invoice_finalized"
 
@@ -179,6 +181,7 @@ class PaymentResult:
     replayed: bool
     entry_key: str | None = None
     entry_id: int | None = None
+    currency: str = ""  # the invoice's (answers kept before it had one show two decimals, as then)
 
     @property
     def status(self) -> str:

@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 from billing_kit import BillingKit
 from sqlalchemy import text
 
+from wallets.service import CustomerSpec
+
 
 async def _close(url: str, *args: str) -> tuple[int, str, str]:
     env = {**os.environ, "TOKENTILL_DATABASE_URL": url}
@@ -50,3 +52,15 @@ async def test_billing_close_refuses_a_future_until_unless_early(bk: BillingKit,
     assert code == 0, err
     closed = [line for line in out.splitlines() if "  cli-early  " in line]
     assert closed[0].endswith("cli-early  2026-11  total 0.03  due 0.03") and len(closed) >= 2, out
+
+
+async def test_billing_close_prints_whole_yen(bk: BillingKit, scratch_url: str) -> None:
+    """A yen invoice's figures read as yen: "total 3  due 3", not "3.00"."""
+    await bk.add_book({"id": "yen", "currency": "JPY", "effective_from": "2026-01-01T00:00:00Z", "rules": [
+        {"id": "in", "model": "model-a", "token_type": "input", "price": "1500"}]})
+    await bk.service.create_customer(CustomerSpec("cli-yen", "cli-yen", "JPY", "postpaid", "yen", None, None))
+    await bk.event("cli-yen", "model-a", 2000, 0)  # 2,000 tokens at 1,500 yen per 1M: 3 yen
+    code, out, err = await _close(scratch_url, "--until", "2026-12-01T01:00:00Z", "--early")
+    assert code == 0, err
+    [line] = [line for line in out.splitlines() if "  cli-yen  " in line]
+    assert line.endswith("cli-yen  2026-11  total 3  due 3"), out

@@ -57,7 +57,7 @@ async def _raw(conn, cid: str, start, end, group_by: list[str]) -> list[dict]:
            AND (CAST(:e AS timestamptz) IS NULL OR c.occurred_at < :e)
          {f"GROUP BY {keys} ORDER BY {keys}" if exprs else ""}"""), {"c": cid, "s": start, "e": end})
     return [{**{n: getattr(r, f"g{i}") for i, n in enumerate(group_by)}, "quantity": int(r.q),
-             "amount": reports.money(r.a), "charges": r.n} for r in rows if r.a is not None]
+             "amount": reports.money(r.a, "USD"), "charges": r.n} for r in rows if r.a is not None]
 
 
 async def fold(db, cid: str) -> int:

@@ -42,7 +42,7 @@ def test_a_line_rounds_half_to_even(units, decimals, rounded) -> None:
 
 
 def test_three_lines_of_0_0134_show_0_01_each_and_a_rounding_line_of_0_0102() -> None:
-    lines = rounded_lines([_line("usage", 13_400_000) for _ in range(3)], 2)
+    lines = rounded_lines([_line("usage", 13_400_000) for _ in range(3)], "USD")
     assert [(ln["kind"], ln["amount"]) for ln in lines] == [
         ("usage", "0.01"), ("usage", "0.01"), ("usage", "0.01"), ("rounding", "0.0102")]
     assert sum(ln["amount_units"] for ln in lines) == 40_200_000  # the exact total, 0.0402
@@ -50,18 +50,24 @@ def test_three_lines_of_0_0134_show_0_01_each_and_a_rounding_line_of_0_0102() ->
 
 
 def test_no_rounding_line_when_the_rounded_lines_already_sum_to_the_total() -> None:
-    lines = rounded_lines([_line("usage", 15_000_000), _line("usage", 25_000_000)], 2)  # 0.02 + 0.02 = 0.04
+    lines = rounded_lines([_line("usage", 15_000_000), _line("usage", 25_000_000)], "USD")  # 0.02 + 0.02 = 0.04
     assert [ln["amount"] for ln in lines] == ["0.02", "0.02"]
 
 
 def test_a_negative_rounding_line_and_yen() -> None:
-    lines = rounded_lines([_line("usage", 1_600_000_000), _line("discount", -200_000_000)], 0)  # 1.6 - 0.2 yen
+    lines = rounded_lines([_line("usage", 1_600_000_000), _line("discount", -200_000_000)], "JPY")  # 1.6 - 0.2 yen
     assert [(ln["kind"], ln["amount_units"]) for ln in lines] == [
         ("usage", 2_000_000_000), ("discount", 0), ("rounding", -600_000_000)]
+    assert [ln["amount"] for ln in lines] == ["2", "0", "-0.6"]  # whole yen, not "2.00"
+
+
+def test_dinar_lines_show_three_decimals() -> None:
+    lines = rounded_lines([_line("usage", 1_500_000_000), _line("usage", 13_450_000)], "KWD")
+    assert [ln["amount"] for ln in lines] == ["1.500", "0.013", "0.00045"]
 
 
 def test_an_unknown_asset_is_not_rounded() -> None:
-    lines = rounded_lines([_line("usage", 13_400_123)], line_decimals("CREDITS"))
+    lines = rounded_lines([_line("usage", 13_400_123)], "CREDITS")
     assert [(ln["kind"], ln["amount"]) for ln in lines] == [("usage", "0.013400123")]
 
 
