@@ -3,11 +3,13 @@ three) show their own number of digits wherever an amount reaches a person, and 
 Before, every amount showed at least two decimals: 1000 JPY read "1000.00", 1.5 KWD "1.50"."""
 from __future__ import annotations
 
+import io
 import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from litestar.testing import AsyncTestClient
+from pypdf import PdfReader
 from sqlalchemy import text
 
 from api.app import create_app
@@ -138,6 +140,9 @@ async def test_a_dinar_invoice_shows_three_decimals_in_json_html_and_csv(client)
     assert "0.930" in html and "0.000" in html and "0.00<" not in html
     csv_text = (await client.get(path, headers={**ADMIN, "Accept": "text/csv"})).text
     assert ",0.930,KWD," in csv_text
+    pdf = (await client.get(path, headers={**ADMIN, "Accept": "application/pdf"})).content
+    printed = "".join(page.extract_text() for page in PdfReader(io.BytesIO(pdf)).pages)
+    assert "0.930" in printed and "0.000" in printed
 
 
 async def test_the_console_shows_a_yen_wallet_and_its_usage_in_whole_yen(client) -> None:
