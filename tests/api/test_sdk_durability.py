@@ -514,8 +514,12 @@ class CtrlCWhileReserveIsAnswered(httpx.BaseTransport):
         if request.url.path == "/v1/reservations" and not self.interrupted:
             self.interrupted = True
             response.read()
+            # Sent by the main thread to itself, SIGINT runs its handler before pthread_kill
+            # returns: KeyboardInterrupt leaves here, the answer never reaches the client.
+            assert threading.current_thread() is threading.main_thread()
             signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-            time.sleep(0.5)  # the answer, late: the interrupt comes first
+            raise AssertionError(f"SIGINT did not interrupt: its handler is {signal.getsignal(signal.SIGINT)!r}, "
+                                 f"blocked here: {signal.pthread_sigmask(signal.SIG_BLOCK, [])}")
         return response
 
 
