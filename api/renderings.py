@@ -11,6 +11,8 @@ import io
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 from fpdf import FPDF
@@ -172,42 +174,75 @@ def credit_note_context(document: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def pdf(document: Mapping[str, Any]) -> bytes:
-    """The invoice as a one-or-more-page A4 PDF, in core fonts (Latin-1: other characters print
-    as '?'), lines as a table that repeats its heading on each page."""
+    """The invoice as a one-or-more-page A4 PDF, in a Unicode font where one is installed (else
+    the core fonts, Latin-1; a character the font lacks prints as '?'), lines as a table that
+    repeats its heading on each page."""
     return context_pdf(html_context(document))
+
+
+# Unicode TrueType fonts (regular, bold) a PDF prints in when the system has them: the core
+# fonts know Latin-1 only, so a model named with a euro sign, Greek or Cyrillic printed as '?'.
+UNICODE_FONTS = (  # Liberation Sans first: Helvetica's widths, so the layout is the core fonts'
+    ("/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+     "/usr/share/fonts/truetype/liberation/LiberationSans-Bold.ttf"),
+    ("/usr/share/fonts/liberation-sans/LiberationSans-Regular.ttf",
+     "/usr/share/fonts/liberation-sans/LiberationSans-Bold.ttf"),
+    ("/usr/share/fonts/truetype/dejavu/DejaVuSansCondensed.ttf",
+     "/usr/share/fonts/truetype/dejavu/DejaVuSansCondensed-Bold.ttf"),
+    ("/usr/share/fonts/dejavu/DejaVuSansCondensed.ttf", "/usr/share/fonts/dejavu/DejaVuSansCondensed-Bold.ttf"),
+)
+
+
+@cache
+def unicode_font() -> tuple[str, str] | None:
+    """The first installed pair of UNICODE_FONTS, or None (then the core fonts, Latin-1)."""
+    return next((pair for pair in UNICODE_FONTS if all(Path(f).is_file() for f in pair)), None)
+
+
+def _font(doc: FPDF) -> tuple[str, Any]:
+    """The family to print in and a function that makes text printable in it: a character the
+    font lacks becomes '?' (a TrueType font would drop it without a trace)."""
+    pair = unicode_font()
+    if pair is None:
+        return "Helvetica", _latin
+    doc.add_font("body", "", pair[0])
+    doc.add_font("body", "B", pair[1])
+    known = doc.fonts["body"].cmap.keys() & doc.fonts["bodyB"].cmap.keys()
+    return "body", lambda value: "".join(ch if ord(ch) in known or ch in "\n" else "?" for ch in value)
 
 
 def context_pdf(context: Mapping[str, Any]) -> bytes:
     """A document's printed context (html_context, credit_note_context) as an A4 PDF."""
     document = context["invoice"]
     doc = FPDF(format="A4", unit="mm")
-    doc.set_title(_latin(context["title"]))
+    family, _text = _font(doc)
+    doc.set_title(_text(context["title"]))
     doc.set_creator("tokentill")
     doc.set_auto_page_break(auto=True, margin=15)
     doc.add_page()
-    doc.set_font("Helvetica", "B", 16)
-    doc.cell(0, 10, _latin(context["title"]), new_x="LMARGIN", new_y="NEXT")
-    doc.set_font("Helvetica", size=10)
+    doc.set_font(family, "B", 16)
+    doc.cell(0, 10, _text(context["title"]), new_x="LMARGIN", new_y="NEXT")
+    doc.set_font(family, size=10)
     for label, value in context["facts"]:
-        doc.cell(40, 6, _latin(label))
-        doc.cell(0, 6, _latin(value), new_x="LMARGIN", new_y="NEXT")
+        doc.cell(40, 6, _text(label))
+        doc.cell(0, 6, _text(value), new_x="LMARGIN", new_y="NEXT")
     doc.ln(4)
-    doc.set_font("Helvetica", size=9)
+    doc.set_font(family, size=9)
     with doc.table(col_widths=(90, 30, 35, 25), text_align=("LEFT", "RIGHT", "RIGHT", "RIGHT"),
                    first_row_as_headings=True, repeat_headings=1) as table:
         table.row(("Description", "Quantity", "Unit price", f"Amount ({document['currency']})"))
         for row in context["rows"]:
-            table.row(tuple(_latin(v) for v in (row.description, row.quantity, row.unit_price, row.amount)))
+            table.row(tuple(_text(v) for v in (row.description, row.quantity, row.unit_price, row.amount)))
     doc.ln(4)
-    doc.set_font("Helvetica", size=10)
+    doc.set_font(family, size=10)
     for label, value in context["summary"]:
         bold = label in ("Total", "Amount due", "Amount remaining")
-        doc.set_font("Helvetica", "B" if bold else "", 10)
-        doc.cell(145, 6, _latin(label), align="R")
-        doc.cell(35, 6, f"{value} {document['currency']}", align="R", new_x="LMARGIN", new_y="NEXT")
+        doc.set_font(family, "B" if bold else "", 10)
+        doc.cell(145, 6, _text(label), align="R")
+        doc.cell(35, 6, _text(f"{value} {document['currency']}"), align="R", new_x="LMARGIN", new_y="NEXT")
     if document.get("content_hash"):
         doc.ln(4)
-        doc.set_font("Helvetica", size=7)
+        doc.set_font(family, size=7)
         doc.cell(0, 5, f"Content hash (SHA-256): {document['content_hash']}", new_x="LMARGIN", new_y="NEXT")
     return bytes(doc.output())
 

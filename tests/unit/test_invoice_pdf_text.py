@@ -1,0 +1,44 @@
+"""The invoice PDF prints the names it is given: a model or customer name outside Latin-1 (a
+euro sign, Greek, Polish, Cyrillic) prints as written where a Unicode font is installed, and a
+character no font has prints as '?', never silently dropped."""
+from __future__ import annotations
+
+import io
+
+import pytest
+from pypdf import PdfReader
+
+from api import renderings
+from api.renderings import Row, context_pdf
+
+
+def _context(description: str) -> dict:
+    return {"invoice": {"currency": "EUR", "content_hash": None}, "title": "Invoice INV-2026-000001",
+            "facts": [("Customer", "Łódź Spółka"), ("Currency", "EUR")],
+            "rows": [Row(description, "1,000", "10.00 per 1M", "0.01")],
+            "summary": [("Total", "0.01"), ("Amount due", "0.01")]}
+
+
+def _printed(context: dict) -> list[str]:
+    reader = PdfReader(io.BytesIO(context_pdf(context)))
+    text = "\n".join(page.extract_text() for page in reader.pages)
+    return [" ".join(line.split()) for line in text.splitlines()]
+
+
+@pytest.mark.skipif(renderings.unicode_font() is None, reason="no Unicode TrueType font on this system")
+def test_names_outside_latin_1_print_as_written_in_the_pdf() -> None:
+    printed = _printed(_context("modèle-€-Ω-ł-Ж input"))
+    assert "modèle-€-Ω-ł-Ж input 1,000 10.00 per 1M 0.01" in printed, printed
+    assert "Customer Łódź Spółka" in printed, printed
+
+
+@pytest.mark.skipif(renderings.unicode_font() is None, reason="no Unicode TrueType font on this system")
+def test_a_character_no_font_has_prints_as_a_question_mark_not_nothing() -> None:
+    printed = _printed(_context("model-模型 input"))
+    assert "model-?? input 1,000 10.00 per 1M 0.01" in printed, printed
+
+
+def test_without_a_unicode_font_latin_1_prints_and_the_rest_is_a_question_mark(monkeypatch) -> None:
+    monkeypatch.setattr(renderings, "unicode_font", lambda: None)
+    printed = _printed(_context("modèle-€ input"))
+    assert "modèle-? input 1,000 10.00 per 1M 0.01" in printed, printed
