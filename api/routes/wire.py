@@ -84,7 +84,7 @@ def time_in(value: str | None, field: str) -> datetime | None:
     if type(value) is str and (known := _TIMES.get(value)) is not None:
         return known  # the batch's events often share a time: checked and parsed once
     if not isinstance(value, str) or not matches(DATE_TIME, value):
-        raise WalletValidationError(field, "must be " + DATE_TIME_TEXT)
+        raise WalletValidationError(field, "must be " + DATE_TIME_TEXT + _plus_hint(value))
     try:
         parsed = parse_time(value, field)
     except ValueError as exc:
@@ -94,6 +94,14 @@ def time_in(value: str | None, field: str) -> datetime | None:
             _TIMES.clear()
         _TIMES[value] = parsed
     return parsed
+
+
+def _plus_hint(value: object) -> str:
+    """A query string decodes an unencoded '+' as a space: a time whose offset lost its sign so
+    is told how to send it, not only asked for the offset it gave."""
+    if isinstance(value, str) and matches(DATE_TIME, value.replace(" ", "+")):
+        return "; a '+' in a query string arrives as a space: send it as %2B"
+    return ""
 
 
 _TIMES: dict[str, datetime] = {}  # times that passed time_in lately (a datetime is immutable)
