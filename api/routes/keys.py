@@ -1,9 +1,6 @@
 """API keys: create (the secret is shown once), list without secrets, revoke at once."""
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -16,11 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from api import keys
 from api.auth import bearer, require
 from api.errors import documented
+from api.routes import sealing
 from api.routes.schemas import json_body
 from api.routes.wire import Answer, idempotency, respond, shaped
 from ledger.db import lock_key
 from wallets.core.idempotency import CREATED
-from wallets.errors import ConflictError
 from wallets.service import run_once
 
 
@@ -58,53 +55,23 @@ async def create_api_key(state: State, request: Request, data: CreateApiKeyBody)
     same Idempotency-Key by the same caller)."""
     body = shaped(data, CreateApiKeyRequest)
     idem = idempotency(request, data)
-    pad = None if idem is None else _pad(bearer(request), idem.key)
+    # kept, for its replays, with the secret sealed to the calling key (api/routes/sealing.py)
+    pad = None if idem is None else sealing.pad(bearer(request), idem.key, b"tokentill api-key secret")
 
     async def work(conn: AsyncConnection) -> CreatedApiKeyResponse:
         key, secret = await keys.create(conn, body.scope, body.customers, body.name)
         return CreatedApiKeyResponse(**msgspec.structs.asdict(_response(key)),
-                                     key=secret if pad is None else _sealed(secret, pad))
+                                     key=secret if pad is None else sealing.sealed(secret, pad))
 
     locks = [] if idem is None else [lock_key(f"idempotency:{idem.scope}:{idem.key}")]
     outcome = await run_once(state.services.db, idem, work, locks, lambda _: CREATED)
-    return respond(request, outcome, Answer(lambda made: made if pad is None else msgspec.structs.replace(
-        made, key=_unsealed(made.key, pad, idem.key if idem else "")), CreatedApiKeyResponse, lambda _: CREATED))
 
+    def shown(made: CreatedApiKeyResponse) -> CreatedApiKeyResponse:
+        if pad is None or idem is None:
+            return made
+        return msgspec.structs.replace(made, key=sealing.unsealed(made.key, pad, idem.key, keys.PREFIX, "a key"))
 
-# A key made under an Idempotency-Key is kept, for its replays, with its secret sealed: XORed with
-# a pad drawn from the caller's own secret (which the database holds only as a hash) and that
-# Idempotency-Key. Only the caller who made it can read it back; a copy of the database cannot,
-# as it cannot read any other key. Sealing is its own inverse.
-def _pad(caller_secret: str, idempotency_key: str) -> bytes:
-    seed = hmac.new(caller_secret.encode(), b"tokentill api-key secret\0" + idempotency_key.encode(), hashlib.sha256)
-    return seed.digest() + hmac.new(seed.digest(), b"\1", hashlib.sha256).digest()  # 64 bytes
-
-
-def _sealed(secret: str, pad: bytes) -> str:
-    if secret.startswith(_SEALED):
-        raw = base64.urlsafe_b64decode(secret[len(_SEALED):])
-        return bytes(a ^ b for a, b in zip(raw, pad, strict=False)).decode()
-    raw = secret.encode()
-    if len(raw) > len(pad):
-        raise ValueError("an API key secret longer than its pad")
-    return _SEALED + base64.urlsafe_b64encode(bytes(a ^ b for a, b in zip(raw, pad, strict=False))).decode()
-
-
-_SEALED = "sealed:"
-
-
-def _unsealed(sealed: str, pad: bytes, idempotency_key: str) -> str:
-    """The secret of a key made under `idempotency_key`, read with the caller's pad. Answers are kept
-    per customer scope, not per key: a replay by another key of that scope (after a rotation) cannot
-    read the secret, and is refused rather than answered a key that is not one (or given another)."""
-    try:
-        secret = _sealed(sealed, pad)
-    except UnicodeDecodeError:
-        secret = ""
-    if not secret.startswith(keys.PREFIX):
-        raise ConflictError(f"Idempotency-Key {idempotency_key} made a key whose secret only the API key "
-                            "that sent it can read", key=idempotency_key)
-    return secret
+    return respond(request, outcome, Answer(shown, CreatedApiKeyResponse, lambda _: CREATED))
 
 
 @get("/v1/api-keys", guards=[require()], tags=["api keys"], **documented())

@@ -13,8 +13,9 @@ from litestar.datastructures import State
 from litestar.params import FromPath, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from api.auth import require
+from api.auth import bearer, require
 from api.errors import documented
+from api.routes import sealing
 from api.routes.formats import DateTime
 from api.routes.schemas import BIGINT, exactly_one, json_body
 from api.routes.wire import Answer, idempotency, respond, shaped, time_in, time_out
@@ -28,6 +29,7 @@ from wallets.webhooks.endpoints import Changes, Endpoint
 from wallets.webhooks.rules import (
     MAX_TOPICS,
     MAX_URL,
+    SECRET_PREFIX,
     TOPIC_PATTERN,
     URL_PATTERN,
     check_destination,
@@ -98,9 +100,6 @@ class RedriveResponse(msgspec.Struct):
     scheduled: int
 
 
-# Answers that show a secret: a new endpoint (201), a rotated secret (200).
-CREATED_WITH_SECRET = Answer(lambda r: r, CreatedWebhookEndpointResponse, lambda _: CREATED)
-ROTATED_WITH_SECRET = Answer(lambda r: r, CreatedWebhookEndpointResponse, lambda _: OK)
 CHANGED = Answer(lambda r: r, WebhookEndpointResponse, lambda _: OK)  # a change or a deletion: 200
 SCHEDULED = "scheduled"  # a re-drive's outcome: 202 (errors.STATUS_BY_CODE)
 REDRIVEN = Answer(lambda r: r, RedriveResponse, lambda _: SCHEDULED)
@@ -122,15 +121,14 @@ async def create_webhook_endpoint(
         state: State, request: Request, data: Annotated[dict[str, Any], json_body(CreateWebhookEndpointRequest)]
 ) -> Response[CreatedWebhookEndpointResponse]:
     """Subscribe a URL to topics (`*`, `balance.*`, `invoice.finalized`, …); the signing secret
-    is returned here and never again (but to a replay of the same Idempotency-Key)."""
+    is returned here and never again (but to a replay of the same Idempotency-Key by the same API
+    key; another key sending it is 409 idempotency_conflict)."""
     body = shaped(data, CreateWebhookEndpointRequest)
     url = check_destination(sendable(check_url(body.url)), state.services.settings.webhook_addresses)
     topics = check_topics(body.topics)
 
-    async def work(conn: AsyncConnection) -> CreatedWebhookEndpointResponse:
-        return _with_secret(*await endpoints.create(conn, url, topics, body.description, body.max_in_flight))
-
-    return await _once(state, request, data, work, CREATED_WITH_SECRET)
+    return await _once_with_secret(state, request, data, CREATED, lambda conn: endpoints.create(
+        conn, url, topics, body.description, body.max_in_flight))
 
 
 @get("/v1/webhook-endpoints", guards=[require()], tags=TAGS, **documented())
@@ -184,20 +182,41 @@ async def rotate_webhook_secret(
         data: Annotated[Optional[dict[str, Any]], json_body(RotateSecretRequest)] = None,  # noqa: UP045
 ) -> Response[CreatedWebhookEndpointResponse]:
     """A new signing secret, returned once (send an Idempotency-Key: a retried rotation would
-    otherwise rotate again). For `previous_secret_valid_seconds` (a day unless given) deliveries
-    carry a signature with each secret, so a receiver can switch over."""
+    otherwise rotate again; its replay by another API key is 409 idempotency_conflict). For
+    `previous_secret_valid_seconds` (a day unless given) deliveries carry a signature with each
+    secret, so a receiver can switch over."""
     body = shaped(data or {}, RotateSecretRequest)
     grace = timedelta(seconds=body.previous_secret_valid_seconds)
 
-    async def work(conn: AsyncConnection) -> CreatedWebhookEndpointResponse:
-        return _with_secret(*await endpoints.rotate_secret(conn, endpoint_id, grace))
+    return await _once_with_secret(state, request, data or {}, OK,
+                                   lambda conn: endpoints.rotate_secret(conn, endpoint_id, grace))
 
-    return await _once(state, request, data or {}, work, ROTATED_WITH_SECRET)
+
+async def _once_with_secret(state: State, request: Request, data: Any, code: str,
+                            make: Callable[[AsyncConnection], Awaitable[tuple[Endpoint, str]]]) -> Response:
+    """An answer that shows a signing secret (a new endpoint, 201; a rotated secret, 200), once per
+    Idempotency-Key. Every admin key shares the key's scope, so the answer is kept with the secret
+    sealed to the calling key (api/routes/sealing.py): its replay shows the secret, the same call
+    from another key is 409 idempotency_conflict (and does nothing)."""
+    idem = idempotency(request, data)
+    pad = None if idem is None else sealing.pad(bearer(request), idem.key, b"tokentill webhook secret")
+
+    async def work(conn: AsyncConnection) -> CreatedWebhookEndpointResponse:
+        endpoint, secret = await make(conn)
+        return _with_secret(endpoint, secret if pad is None else sealing.sealed(secret, pad))
+
+    def shown(made: CreatedWebhookEndpointResponse) -> CreatedWebhookEndpointResponse:
+        if pad is None or idem is None:
+            return made
+        return msgspec.structs.replace(made, secret=sealing.unsealed(made.secret, pad, idem.key, SECRET_PREFIX,
+                                                                      "a webhook secret"))
+
+    return await _once(state, request, data, work, Answer(shown, CreatedWebhookEndpointResponse, lambda _: code))
 
 
 async def _once(state: State, request: Request, data: Any, work: Callable[[AsyncConnection], Awaitable[Any]],
                 answer: Answer, *, committed: bool = False) -> Response:
-    """Run `work` once per Idempotency-Key: a replay answers the first answer, secret included."""
+    """Run `work` once per Idempotency-Key: a replay answers the first answer."""
     idem = idempotency(request, data)
     locks = [] if idem is None else [lock_key(f"idempotency:{idem.scope}:{idem.key}")]
     outcome = await run_once(state.services.db, idem, work, locks, answer.code, committed=committed)

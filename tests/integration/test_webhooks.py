@@ -303,6 +303,36 @@ async def test_create_and_rotate_answer_a_replayed_idempotency_key_with_the_same
     assert missing.status_code == 404 and missing.json()["code"] == "not_found"
 
 
+async def test_another_admin_key_resending_a_create_or_rotation_never_reads_its_secret(client):
+    """The Idempotency-Key scope is the customers a key acts for, so every unlimited admin key
+    shares it. Before: a second admin key that sent the same key and body was answered the first
+    answer, signing secret included. Now the kept secret is sealed to the key that sent the call:
+    another key gets 409 idempotency_conflict, and no second endpoint or rotation is made."""
+    made = await client.post("/v1/api-keys", json={"scope": "admin", "name": "second admin"})
+    assert made.status_code == 201, made.text
+    second = {"Authorization": f"Bearer {made.json()['key']}"}
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    body = {"url": "https://hooks.example.com/sealed", "topics": ["invoice.finalized"]}
+    first = await client.post("/v1/webhook-endpoints", json=body, headers=key)
+    assert first.status_code == 201 and first.json()["secret"].startswith("whsec_"), first.text
+    own = await client.post("/v1/webhook-endpoints", json=body, headers=key)  # its own replay: the secret
+    assert (own.status_code, own.json()) == (201, first.json())
+    stolen = await client.post("/v1/webhook-endpoints", json=body, headers={**key, **second})
+    assert stolen.status_code == 409 and stolen.json()["code"] == "idempotency_conflict", stolen.text
+    assert first.json()["secret"] not in stolen.text
+    assert [e["id"] for e in (await client.get("/v1/webhook-endpoints")).json()
+            if e["url"] == body["url"]] == [first.json()["id"]]
+    path, rotation = f"/v1/webhook-endpoints/{first.json()['id']}/rotate-secret", {"Idempotency-Key": uuid.uuid4().hex}
+    rotated = await client.post(path, json={}, headers=rotation)
+    assert rotated.status_code == 200 and rotated.json()["secret"].startswith("whsec_"), rotated.text
+    stolen = await client.post(path, json={}, headers={**rotation, **second})
+    assert stolen.status_code == 409 and stolen.json()["code"] == "idempotency_conflict", stolen.text
+    assert rotated.json()["secret"] not in stolen.text
+    retried = await client.post(path, json={}, headers=rotation)  # not rotated again by the refused call
+    assert (retried.status_code, retried.json()["secret"]) == (200, rotated.json()["secret"])
+    assert retried.json()["previous_secret_until"] == rotated.json()["previous_secret_until"]
+
+
 async def test_by_default_deliveries_reach_no_loopback_or_private_address(database_url):
     """The guard against server-side request forgery: an address literal is refused when the
     endpoint is created; a host that resolves to one (here 2130706433, which resolves to
