@@ -204,7 +204,8 @@ def _top_up_form(request: Request, customer: Any, form: dict[str, str], errors: 
     """The form, with a new one-time key: a refused form's key keeps its refusal, so the
     corrected form must be a new request."""
     return render(request, "customer/top_up.html", status=status, customer=customer, form=form, errors=errors,
-                  idempotency_key=secrets.token_urlsafe(16), section="top-up")
+                  idempotency_key=secrets.token_urlsafe(16), section="top-up",
+                  amount_example=format_money(100 * 10**ASSET_SCALE, customer.currency))  # JPY 100, KWD 100.000
 
 
 def _top_up_command(request: Request, customer_id: str, form: dict[str, str]) -> TopUp:

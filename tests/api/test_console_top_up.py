@@ -157,3 +157,21 @@ async def test_a_priority_that_is_not_plain_digits_is_refused(console, priority)
     assert answer.status_code == 422, answer.headers.get("location")
     assert "<strong>priority</strong>: a whole number from 0 to 100" in answer.text
     assert await _lots(client, customer) == []
+
+
+@pytest.mark.parametrize(("currency", "example"), [("USD", "100.00"), ("JPY", "100"), ("KWD", "100.000")])
+async def test_the_amount_hint_shows_an_example_with_the_currencys_own_decimals(console, currency, example):
+    """The hint read "A decimal such as 100.00" for every currency: for a yen wallet (no minor
+    unit) it suggested decimals the invoices never show, for a dinar one too few (KWD has 3)."""
+    client, _, _ = console
+    book = f"hint-{currency.lower()}-{uuid.uuid4().hex[:8]}"
+    assert (await client.post("/v1/price-books", headers=ADMIN, json={
+        "id": book, "currency": currency, "effective_from": "2026-01-01T00:00:00Z",
+        "rules": [{"id": "in", "model": "model-a", "token_type": "input", "price": "1"}]})).status_code == 201
+    customer = f"hint-{uuid.uuid4().hex[:8]}"
+    assert (await client.post("/v1/customers", headers=ADMIN, json={
+        "id": customer, "currency": currency, "price_book": book})).status_code == 201
+    form = await client.get(f"/console/customers/{customer}/top-up")
+    assert form.status_code == 200
+    hint = re.search(r'<span class="hint" id="amount-hint">([^<]*)</span>', form.text).group(1)
+    assert hint == f"An amount such as {example}; at most 9 decimals.", hint
