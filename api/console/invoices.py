@@ -21,10 +21,10 @@ READERS = invoices.READERS
 FORMATS = {"pdf": renderings.PDF, "html": renderings.HTML, "csv": renderings.CSV}
 
 
-def _download(document: dict[str, Any], fmt: str) -> Response[Any]:
+async def _download(document: dict[str, Any], fmt: str) -> Response[Any]:
     if fmt not in FORMATS:
         raise NotFoundError(f"no {fmt} rendering of an invoice: pdf, html or csv")
-    return invoices.rendered(FORMATS[fmt], document)
+    return await invoices.rendered(FORMATS[fmt], document)
 
 
 @get(f"{PREFIX}/customers/{{customer_id:str}}/invoices", guards=[allow(*READERS)], name="console-invoices")
@@ -47,7 +47,7 @@ async def upcoming_page(state: State, request: Request, customer_id: FromPath[st
 @get(f"{PREFIX}/customers/{{customer_id:str}}/invoices/upcoming/{{fmt:str}}", guards=[allow(*READERS)],
      name="console-invoice-upcoming-download")
 async def upcoming_download(state: State, customer_id: FromPath[str], fmt: FromPath[str]) -> Response[Any]:
-    return _download(await invoices.upcoming_document(state, customer_id), fmt)
+    return await _download(await invoices.upcoming_document(state, customer_id), fmt)
 
 
 @get(f"{PREFIX}/invoices/{{invoice_id:str}}", guards=[allow(*READERS)], name="console-invoice")
@@ -62,4 +62,4 @@ async def invoice_page(state: State, request: Request, invoice_id: FromPath[str]
 async def invoice_download(state: State, request: Request, invoice_id: FromPath[str], fmt: FromPath[str]
                            ) -> Response[Any]:
     """The invoice as a PDF, a printable page or its lines as CSV: the API's renderings."""
-    return _download(await invoices.invoice_document(state, request, invoice_id), fmt)
+    return await _download(await invoices.invoice_document(state, request, invoice_id), fmt)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import anyio
 import msgspec
 from litestar import MediaType, Request, Response, get, post
 from litestar.datastructures import State
@@ -150,7 +151,8 @@ async def get_credit_note(state: State, request: Request, credit_note_id: FromPa
         return Template("documents/invoice.html", context=renderings.credit_note_context(document),
                         headers=renderings.HTML_HEADERS, media_type=MediaType.HTML)
     if media == renderings.PDF:
-        return Response(renderings.context_pdf(renderings.credit_note_context(document)), media_type=media,
+        printed = await anyio.to_thread.run_sync(renderings.context_pdf, renderings.credit_note_context(document))
+        return Response(printed, media_type=media,
                         headers={"Content-Disposition": f'inline; filename="{document["number"]}.pdf"'})
     return Response(document, media_type=media)
 
