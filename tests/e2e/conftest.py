@@ -79,7 +79,8 @@ def seed(api: httpx.Client) -> dict[str, str]:
             "amount": "5.00", "priority": 10, "reason": "welcome credit",
             "expires_at": (now + timedelta(days=40)).strftime("%Y-%m-%dT00:00:00Z")}))
         keys[customer] = _ok(api.post("/v1/api-keys", json={"scope": f"customer:{customer}"}))["key"]
-    days = sorted({max(now.replace(day=1), now - timedelta(days=n)).replace(hour=9) for n in (0, 2, 5)})
+    # Three days of this month at 09:00, or earlier today before 09:00: never in the future.
+    days = sorted({max(now.replace(day=1), now - timedelta(days=n)).replace(hour=min(9, now.hour)) for n in (0, 2, 5)})
     events = [{"event_id": f"evt-{n}-{model}", "customer_id": "acme", "model": model,
                "timestamp": day.strftime("%Y-%m-%dT%H:%M:%SZ"),
                "usage": {"input_tokens": 1000 * (n + 1), "output_tokens": 250 * (n + 1)}}

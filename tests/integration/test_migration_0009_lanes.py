@@ -10,6 +10,13 @@ from alembic import command
 from sqlalchemy import create_engine, text
 
 from api.runtime import sync_url
+from ledger.audit import (
+    balances_match_postings,
+    bounds_hold,
+    entries_balanced,
+    one_customer_per_entry,
+    trial_balance_zero,
+)
 from ledger.db import connect
 from ledger.lanes import lane_count
 from migrations import runner
@@ -23,6 +30,7 @@ COUNTS = """SELECT (SELECT count(*) FROM journal_entries), (SELECT count(*) FROM
                    (SELECT count(*) FROM lots), (SELECT count(*) FROM seals)"""
 BALANCES = """SELECT a.code, sum(b.debits)::text, sum(b.credits)::text FROM accounts a
                 JOIN account_balances b ON b.account_id = a.id GROUP BY a.code ORDER BY a.code"""
+PRE_LANE_CHECKS = (entries_balanced, balances_match_postings, bounds_hold, one_customer_per_entry, trial_balance_zero)
 
 
 def _state(url: str) -> tuple[tuple, list]:
@@ -81,9 +89,9 @@ async def test_data_moves_into_lanes_and_back_and_verify_holds_throughout(scratc
     at_0008 = _state(scratch_url)
     assert at_0008 == before
     db = connect(scratch_url, pool_size=4)
-    try:
-        report = await Kit(db, tag).verify()
-        assert report.ok, [c for c in report.checks if not c.ok]
+    try:  # today's lanes and seals checks read lane columns 0008 lacks; the seals are checked again at head
+        checks = [await db.read(check) for check in PRE_LANE_CHECKS]
+        assert all(c.ok for c in checks), [c for c in checks if not c.ok]
     finally:
         await db.dispose()
 
