@@ -228,9 +228,10 @@ async def _once(state: State, request: Request, data: Any, work: Callable[[Async
 async def redrive_webhooks(
         state: State, request: Request, endpoint_id: FromPath[str], data: RedriveBody
 ) -> Response[RedriveResponse]:
-    """Send again one event (`event_id`), or every event of the endpoint's topics written since
-    `since` (and before `until`); `failed_only` skips those already delivered. A disabled
-    endpoint is refused (409 `endpoint_disabled`): enable it first, as nothing is queued for it."""
+    """Send again one event of the endpoint's topics (`event_id`; another topic's is 422 naming
+    it), or every event of its topics written since `since` (and before `until`); `failed_only`
+    skips those already delivered. A disabled endpoint is refused (409 `endpoint_disabled`):
+    enable it first, as nothing is queued for it."""
     body = shaped(data, RedriveRequest)
     since, until = time_in(body.since, "since"), time_in(body.until, "until")
     if (body.event_id is None) == (since is None):
@@ -246,7 +247,8 @@ async def redrive_webhooks(
             raise EndpointDisabledError(f"webhook endpoint {endpoint_id} is disabled ({endpoint.disabled_reason}): "
                                         "enable it (PATCH enabled: true), then re-drive")
         if body.event_id is not None:
-            return RedriveResponse(endpoint_id, await log.redrive_event(conn, endpoint_id, body.event_id))
+            return RedriveResponse(endpoint_id, await log.redrive_event(conn, endpoint_id, endpoint.topics,
+                                                                    body.event_id))
         return RedriveResponse(endpoint_id, await log.redrive_since(conn, endpoint_id, endpoint.topics, since, until,
                                                                     body.failed_only))
 

@@ -164,6 +164,40 @@ async def test_a_redrive_sends_one_event_again_and_everything_since_a_time(clien
         await hook.wait_for(for_customer(first), count=4)
 
 
+async def test_a_redrive_by_event_id_refuses_an_event_of_a_topic_the_endpoint_does_not_subscribe_to(client):
+    """Before: a re-drive by event_id queued any event to any endpoint (202, scheduled 1): one
+    subscribed to budget.* only was sent a balance.low, and so was one whose topics had moved
+    off balance.* since it received it, while a re-drive `since` left both alone (scheduled 0).
+    Now both agree: the event_id one is a 422 naming event_id, and nothing is queued."""
+    with receiver() as hook, receiver() as other:
+        watcher = await _endpoint(client, hook.url, ["balance.low"])
+        moved = await _endpoint(client, other.url, ["balance.*"])
+        budgets = await _endpoint(client, other.url, ["budget.*"])
+        customer = await _low_balance(client)
+        [got] = await hook.wait_for(for_customer(customer))
+        await other.wait_for(for_customer(customer))  # `moved` got it
+        changed = await client.patch(f"/v1/webhook-endpoints/{moved['id']}", json={"topics": ["budget.exceeded"]})
+        assert changed.status_code == 200, changed.text
+        for endpoint, topics in ((budgets, "budget.*"), (moved, "budget.exceeded")):
+            path = f"/v1/webhook-endpoints/{endpoint['id']}/redrive"
+            since = await client.post(path, json={"since": got.event["timestamp"]})
+            assert since.status_code == 202 and since.json()["scheduled"] == 0, since.text
+            refused = await client.post(path, json={"event_id": got.webhook_id})
+            assert refused.status_code == 422, refused.text
+            problem = refused.json()
+            assert problem["code"] == "validation_error" and problem["fields"][0]["field"] == "event_id"
+            assert "balance.low" in problem["detail"] and topics in problem["detail"], problem["detail"]
+        pending = [(await client.get(f"/v1/webhook-endpoints/{e['id']}/deliveries",
+                                     params={"status": "pending"})).json()["items"] for e in (budgets, moved)]
+        assert pending == [[], []], "nothing queued"
+        # the endpoint that subscribes to it still gets it again, and it alone
+        again = await client.post(f"/v1/webhook-endpoints/{watcher['id']}/redrive", json={"event_id": got.webhook_id})
+        assert again.status_code == 202 and again.json()["scheduled"] == 1, again.text
+        await hook.wait_for(for_customer(customer), count=2)
+        await asyncio.sleep(0.5)  # a wrongly queued one would be under way by now (poll 0.05 s)
+        assert len(other.of(for_customer(customer))) == 1
+
+
 async def test_a_rotated_secret_signs_beside_the_old_one_during_its_grace(client):
     with receiver() as hook:
         endpoint = await _endpoint(client, hook.url, ["balance.low"])

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from wallets.errors import NotFoundError
+from wallets.errors import NotFoundError, WalletValidationError
 from wallets.webhooks.endpoints import AFRESH
 
 
@@ -81,20 +81,30 @@ RETURNING id
 """
 
 
-async def redrive_event(conn: AsyncConnection, endpoint_id: str, event_id: str) -> int:
-    """Send one event to the endpoint again (or for the first time, if it came before the
-    endpoint subscribed to it); not_found if no such event exists."""
+async def redrive_event(conn: AsyncConnection, endpoint_id: str, topics: tuple[str, ...], event_id: str) -> int:
+    """Send one event of the endpoint's `topics` to it again (or for the first time, if it came
+    before the endpoint subscribed to it); not_found if no such event exists, a validation error
+    on `event_id` if its topic is not among `topics` (as a re-drive `since` leaves it out)."""
+    params = {"e": endpoint_id, "ev": event_id, "topics": list(topics), "failed_only": False}
     again = await conn.execute(text(
-        f"UPDATE webhook_deliveries SET {_AGAIN} WHERE endpoint_id = :e AND event_id = :ev RETURNING id"),
-        {"e": endpoint_id, "ev": event_id})
+        f"""UPDATE webhook_deliveries SET {_AGAIN} WHERE endpoint_id = :e AND event_id = :ev
+               AND webhook_topic_matches(CAST(:topics AS text[]), topic) RETURNING id"""), params)
     if again.first() is not None:
         return 1
     rows = (await conn.execute(text(_FROM_OUTBOX.format(
-        where="webhook_event_id(o.lane, o.dedup_key, o.payload) = :ev", again=_AGAIN)),
-        {"e": endpoint_id, "ev": event_id, "failed_only": False})).all()
-    if not rows:
+        where="webhook_event_id(o.lane, o.dedup_key, o.payload) = :ev"
+              " AND webhook_topic_matches(CAST(:topics AS text[]), o.topic)", again=_AGAIN)), params)).all()
+    if rows:
+        return len(rows)
+    topic = (await conn.execute(text(
+        """SELECT topic FROM webhook_deliveries WHERE endpoint_id = :e AND event_id = :ev
+           UNION ALL
+           SELECT o.topic FROM outbox o WHERE webhook_event_id(o.lane, o.dedup_key, o.payload) = :ev
+           LIMIT 1"""), params)).scalar()
+    if topic is None:
         raise NotFoundError(f"no event {event_id}", event_id=event_id)
-    return len(rows)
+    raise WalletValidationError("event_id", f"event {event_id} is {topic}, and this endpoint subscribes to "
+                                            f"{', '.join(topics)} only: add its topic (PATCH topics), then re-drive")
 
 
 async def redrive_since(conn: AsyncConnection, endpoint_id: str, topics: tuple[str, ...], since: datetime,
