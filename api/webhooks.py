@@ -56,7 +56,9 @@ class DispatchSettings:
     @property
     def share(self) -> int:
         """The most sends one endpoint may hold in this process: half of them, so that an endpoint
-        that hangs (its max_in_flight may be 64) leaves the other half to the others."""
+        that hangs (its max_in_flight may be 64) leaves the other half to the others. The endpoints
+        timing out (their last attempt in this process got no answer in time) hold at most as
+        many together, so that several hanging ones leave that half to the others too."""
         return max(1, self.concurrency // 2)
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     addresses: AddressPolicy = field(default_factory=AddressPolicy)
@@ -164,6 +166,7 @@ class Dispatcher:
         self.db, self.settings, self.listen_url, self.retry_s = db, settings, listen_url, retry_s
         self._sends: set[asyncio.Task[None]] = set()
         self._by_endpoint: dict[str, int] = {}  # this process's open sends, per endpoint
+        self._stalling: set[str] = set()  # endpoints whose last attempt in this process timed out
         self._loop: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -233,9 +236,10 @@ class Dispatcher:
         free = self.settings.concurrency - len(self._sends)
         if free <= 0:
             return 0
-        mine = dict(self._by_endpoint)
+        mine, stalling = dict(self._by_endpoint), list(self._stalling)
         claimed = await self.db.committed(lambda c: deliveries.claim(
-            c, free, self.settings.lease_s, share=self.settings.share, mine=mine))
+            c, free, self.settings.lease_s, share=self.settings.share, mine=mine, stalling=stalling,
+            stalling_share=self.settings.share))
         for item in claimed:
             self._by_endpoint[item.endpoint_id] = self._by_endpoint.get(item.endpoint_id, 0) + 1
             task = asyncio.create_task(self._deliver(item))
@@ -251,6 +255,10 @@ class Dispatcher:
 
     async def _deliver(self, claimed: Claimed) -> None:
         outcome = await self.send(claimed)
+        if outcome.timed_out:
+            self._stalling.add(claimed.endpoint_id)
+        else:
+            self._stalling.discard(claimed.endpoint_id)
         ATTEMPTS.labels("succeeded" if outcome.succeeded else "failed").inc()
         LATENCY.observe(outcome.latency_ms / 1000)
         try:
@@ -263,7 +271,7 @@ class Dispatcher:
         body = body_of(claimed)
         at = datetime.now(UTC)
         started = time.perf_counter()
-        code, error = None, None
+        code, error, timed_out = None, None, False
         try:
             # the whole attempt, not each read as httpx's timeout: a receiver trickling its answer
             # would otherwise outlast the claim's lease, and another process send the event again
@@ -273,9 +281,9 @@ class Dispatcher:
             if not 100 <= code <= 599:
                 code, error = None, f"invalid HTTP status {code}"
         except (httpx.TimeoutException, TimeoutError):
-            code, error = None, f"no answer within {self.settings.timeout_s:g} s"
+            code, error, timed_out = None, f"no answer within {self.settings.timeout_s:g} s", True
         except Exception as exc:  # an unrecorded attempt would be claimed again at every lease, forever:
             # httpx.HTTPError mostly, but httpx.InvalidURL and IDNA errors (a URL it cannot use) are not
             error = f"{type(exc).__name__}: {exc}"[:500] or type(exc).__name__
         latency = round((time.perf_counter() - started) * 1000)
-        return Outcome(at, latency, code, error)
+        return Outcome(at, latency, code, error, timed_out)

@@ -69,3 +69,34 @@ async def test_a_claim_takes_turns_between_endpoints_so_a_backlog_cannot_crowd_o
     finally:
         await scratch.dispose()
     assert sorted(c.endpoint_id for c in claimed) == sorted(ids)
+
+
+async def test_endpoints_timing_out_take_at_most_their_share_of_a_claim_together(scratch_url):
+    """Three endpoints timing out, each with a backlog older than a fourth endpoint's one event,
+    and room for four sends (two per endpoint): they take two between them, the fourth two of its
+    three; with those two still open (the fourth's done), they take none, and the fourth endpoint's
+    third is claimed."""
+    scratch = connect(scratch_url, pool_size=1)
+    try:
+        made = [await scratch.committed(lambda c, n=n: endpoints.create(c, f"https://{n}.example/h", ["invoice.*"],
+                                                                        "", 8)) for n in ("h0", "h1", "h2", "ok")]
+        ids = [e.id for e, _ in made]
+        stalling, healthy = ids[:3], ids[3]
+        await scratch.committed(lambda c: c.execute(text(
+            """INSERT INTO webhook_deliveries (endpoint_id, event_id, topic, payload, event_at, next_attempt_at)
+               SELECT e, 'evt_' || e || '_' || n, 'invoice.finalized', '{}'::jsonb, now(), now() - interval '1 minute'
+                 FROM unnest(CAST(:stalling AS text[])) AS e, generate_series(1, 4) AS n
+               UNION ALL
+               SELECT :ok, 'evt_' || :ok || '_' || n, 'invoice.finalized', '{}', now(), now() - make_interval(secs => n)
+                 FROM generate_series(1, 3) AS n"""), {"stalling": stalling, "ok": healthy}))
+        first = await scratch.committed(lambda c: deliveries.claim(c, 4, 30.0, share=2, stalling=stalling,
+                                                                   stalling_share=2))
+        mine = {e: n for e in stalling if (n := sum(c.endpoint_id == e for c in first))}
+        second = await scratch.committed(lambda c: deliveries.claim(c, 2, 30.0, share=2, mine=mine,
+                                                                    stalling=stalling, stalling_share=2))
+    finally:
+        await scratch.dispose()
+    taken = [c.endpoint_id for c in first]
+    assert len(taken) == 4 and sum(e in stalling for e in taken) == 2 and taken.count(healthy) == 2, taken
+    assert len(set(e for e in taken if e in stalling)) == 2, "in turns: one each, not two of one"
+    assert [c.endpoint_id for c in second] == [healthy], "two open already: no room for those timing out"

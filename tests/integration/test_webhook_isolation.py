@@ -141,6 +141,53 @@ async def test_one_hanging_endpoint_never_holds_every_send_of_a_process(scratch_
     assert waited < 2.5, f"the healthy endpoint's event waited {waited:.2f} s behind 5 s hanging sends"
 
 
+async def test_several_hanging_endpoints_together_never_hold_every_send_of_a_process(scratch_url):
+    """Three endpoints that hang, each held to half of the process's 4 sends, took all 4 between
+    them (2 + 1 + 1), wave after wave: a healthy endpoint's event waited for their timeouts (3 s)
+    every time. Once their attempts time out, endpoints that are timing out hold at most half of
+    the process's sends together, so the healthy one's events go out at once; the hanging ones
+    keep being tried (2 sends at a time), and their retries keep their schedule."""
+    backlog = f"hang-{uuid.uuid4().hex[:8]}"
+    timeout_s = 3.0
+    db = connect(scratch_url, pool_size=1)
+    async with AsyncTestClient(app=create_app(replace(FAST, webhooks=False), scratch_url)) as client:
+        client.headers.update(ADMIN)
+        with receiver(lambda seen, this: None) as h0, receiver(lambda seen, this: None) as h1, \
+                receiver(lambda seen, this: None) as h2, receiver() as healthy:
+            hanging = [h0, h1, h2]
+            for hook in hanging:
+                await _endpoint(client, hook.url, ["invoice.finalized"], max_in_flight=8)
+            await _endpoint(client, healthy.url, ["invoice.paid"])
+            await _invoice_events(db, "invoice.finalized", backlog, 8)  # 8 due to each hanging endpoint
+            dispatcher = Dispatcher(connect(scratch_url, pool_size=2),
+                                    DispatchSettings(timeout_s, 0.02, concurrency=4, addresses=LOOPBACK))
+            dispatcher.start()
+            waits: list[float] = []
+            try:
+                def sent() -> int:
+                    return sum(len(h.received) for h in hanging)
+
+                first_wave = time.monotonic()
+                while sent() < 5:  # the first wave (4 sends) timed out, and the next went out
+                    await asyncio.sleep(0.02)
+                    assert time.monotonic() - first_wave < 4 * timeout_s, "no send after the first timeouts"
+                for n in range(3):
+                    await asyncio.sleep(0.3)  # the dispatcher claims what it may meanwhile
+                    late = f"late{n}-{uuid.uuid4().hex[:8]}"
+                    await _invoice_events(db, "invoice.paid", late, 1)
+                    started = time.monotonic()
+                    await healthy.wait_for(for_customer(late), within=20)
+                    waits.append(time.monotonic() - started)
+            finally:
+                await dispatcher.stop()
+                await db.dispose()
+            tried = [len(h.received) for h in hanging]
+    print(f"\nthree hanging endpoints ({timeout_s:g} s timeout, 4 sends): the healthy endpoint's events after "
+          + ", ".join(f"{w:.2f}" for w in waits) + f" s; hanging endpoints tried {tried} times")
+    assert max(waits) < timeout_s / 2, f"the healthy endpoint's events waited {waits} s behind hanging sends"
+    assert all(t >= 1 for t in tried), "each hanging endpoint is still tried"
+
+
 async def _invoice_events(db, topic: str, mark: str, count: int) -> None:
     await db.committed(lambda conn: conn.execute(text(
         """INSERT INTO outbox (topic, dedup_key, payload)

@@ -8,7 +8,7 @@ SERIALIZABLE snapshot, so none can make a wallet writer wait or abort.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -61,13 +61,19 @@ WITH room AS (
                        :share - coalesce(m.sends, 0)) AS room
       FROM unnest(CAST(:ids AS text[]), CAST(:limits AS int[])) AS r(id, max_in_flight)
       LEFT JOIN unnest(CAST(:mine_ids AS text[]), CAST(:mine_sends AS int[])) AS m(id, sends) ON m.id = r.id
-), picked AS (  -- each endpoint's oldest due first, then its second, ...: a backlog cannot crowd out the others
-    SELECT x.id FROM room CROSS JOIN LATERAL (
+), due AS (  -- each endpoint's oldest due first, then its second, ...: a backlog cannot crowd out the others
+    SELECT x.id, x.turn, x.next_attempt_at, room.id = ANY(CAST(:stalling AS text[])) AS stalling
+      FROM room CROSS JOIN LATERAL (
         SELECT z.id, z.next_attempt_at, row_number() OVER (ORDER BY z.next_attempt_at, z.id) AS turn FROM (
             SELECT y.id, y.next_attempt_at FROM webhook_deliveries y
              WHERE y.endpoint_id = room.id AND y.status = 'pending' AND y.next_attempt_at <= now()
              ORDER BY y.next_attempt_at, y.id LIMIT greatest(room.room, 0) FOR UPDATE SKIP LOCKED) z) x
-     ORDER BY x.turn, x.next_attempt_at LIMIT :free
+), picked AS (  -- the endpoints timing out take at most :stalling_room between them, in the same turns
+    SELECT r.id FROM (
+        SELECT due.*, row_number() OVER (PARTITION BY due.stalling ORDER BY due.turn, due.next_attempt_at, due.id)
+               AS rank FROM due) r
+     WHERE NOT r.stalling OR r.rank <= :stalling_room
+     ORDER BY r.turn, r.next_attempt_at LIMIT :free
 )
 UPDATE webhook_deliveries d
    SET attempts = d.attempts + 1, leased_until = now() + make_interval(secs => :lease_s),
@@ -104,6 +110,7 @@ class Outcome:
     latency_ms: int
     status_code: int | None = None
     error: str | None = None
+    timed_out: bool = False  # no answer within the timeout (connecting included)
 
     @property
     def succeeded(self) -> bool:
@@ -121,17 +128,23 @@ async def fan_out(conn: AsyncConnection, limit: int = 500) -> tuple[int, int]:
 
 
 async def claim(conn: AsyncConnection, free: int, lease_s: float, *, share: int | None = None,
-                mine: Mapping[str, int] | None = None) -> list[Claimed]:
+                mine: Mapping[str, int] | None = None, stalling: Collection[str] = (),
+                stalling_share: int | None = None) -> list[Claimed]:
     """Take up to `free` due deliveries, at most each endpoint's `max_in_flight` in flight over
-    all processes and `share` in this process (which has `mine[endpoint]` open already), taking
-    turns between endpoints, oldest due first; each is leased for `lease_s` seconds."""
+    all processes and `share` in this process (which has `mine[endpoint]` open already), and at
+    most `stalling_share` in this process for the `stalling` endpoints (those timing out)
+    together, taking turns between endpoints, oldest due first; each is leased for `lease_s`
+    seconds."""
     endpoints = (await conn.execute(_LOCK_DUE_ENDPOINTS)).all()
     if not endpoints or free <= 0:
         return []
     mine = mine or {}
+    stalling = list(stalling)
+    stalling_room = (free if stalling_share is None else stalling_share) - sum(mine.get(e, 0) for e in stalling)
     rows = await conn.execute(_CLAIM, {"ids": [e.id for e in endpoints], "limits": [e.max_in_flight for e in endpoints],
                                        "mine_ids": list(mine), "mine_sends": list(mine.values()),
-                                       "share": free if share is None else share, "free": free, "lease_s": lease_s})
+                                       "share": free if share is None else share, "free": free, "lease_s": lease_s,
+                                       "stalling": stalling, "stalling_room": stalling_room})
     return [Claimed(r.id, r.endpoint_id, r.event_id, r.topic, r.payload, r.event_at, r.attempts, r.scheduled_at,
                     r.leased_until, r.url, (r.secret, *r.previous_secrets)) for r in rows]
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from api.webhooks import Dispatcher, DispatchSettings, GuardedBackend, GuardedTransport
-from wallets.webhooks.deliveries import Claimed
+from wallets.webhooks.deliveries import Claimed, Outcome
 from wallets.webhooks.rules import AddressPolicy, new_secret, parse_networks
 
 
@@ -112,4 +112,46 @@ async def test_a_receiver_trickling_its_answer_fails_the_attempt_at_the_timeout(
     async with server, dispatcher._client:
         outcome = await dispatcher.send(claimed)
     assert not outcome.succeeded and outcome.status_code is None, outcome
-    assert outcome.error == "no answer within 1 s" and outcome.latency_ms < 2000
+    assert outcome.error == "no answer within 1 s" and outcome.latency_ms < 2000 and outcome.timed_out
+
+
+async def test_an_endpoint_counts_as_timing_out_from_an_attempt_without_answer_until_one_answered(monkeypatch):
+    """Several endpoints that hang took every send of a process between them (each held to half):
+    the claim is now told which endpoints' last attempt here got no answer in time, to hold them
+    to half of the sends together; one answered attempt (a 503 too) takes an endpoint off it."""
+    now = datetime.now(UTC)
+    asked: list[list[str]] = []
+
+    async def claim(conn, free, lease_s, *, share, mine, stalling, stalling_share):
+        asked.append(sorted(stalling))
+        assert stalling_share == share == 2
+        return []
+
+    async def nothing(*args, **kwargs):
+        return 0, 0
+
+    class Db:
+        async def committed(self, work):
+            return await work(None)
+
+    monkeypatch.setattr("api.webhooks.deliveries.fan_out", nothing)
+    monkeypatch.setattr("api.webhooks.deliveries.claim", claim)
+    monkeypatch.setattr("api.webhooks.deliveries.record", nothing)
+    dispatcher = Dispatcher(Db(), DispatchSettings(timeout_s=1, concurrency=4))  # type: ignore[arg-type]
+    outcomes = {"we_hang": Outcome(now, 1000, None, "no answer within 1 s", timed_out=True),
+                "we_slow": Outcome(now, 1000, None, "no answer within 1 s", timed_out=True),
+                "we_refused": Outcome(now, 3, None, "ConnectError: refused")}
+
+    async def send(claimed):
+        return outcomes[claimed.endpoint_id]
+
+    dispatcher.send = send  # type: ignore[method-assign]
+    for endpoint in outcomes:
+        await dispatcher._deliver(Claimed(1, endpoint, "evt_x", "balance.low", {}, now, 1, now, now, "https://x/",
+                                          ("whsec_x",)))
+    await dispatcher.tick()
+    outcomes["we_slow"] = Outcome(now, 40, 503)
+    await dispatcher._deliver(Claimed(2, "we_slow", "evt_y", "balance.low", {}, now, 1, now, now, "https://x/",
+                                      ("whsec_x",)))
+    await dispatcher.tick()
+    assert asked == [["we_hang", "we_slow"], ["we_hang"]]
