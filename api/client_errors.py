@@ -40,6 +40,14 @@ class BudgetExceeded(TokentillError):
 
 class UnpricedModel(TokentillError): ...
 class ValidationFailed(TokentillError): ...
+class InvalidAmount(ValidationFailed):
+    """Cash finer than its currency's minor unit (a top-up of half a yen): a validation failure
+    whose `currency` and `decimals` say what the currency takes."""
+
+    currency = property(lambda self: self.body.get("currency"))
+    decimals = property(lambda self: self.body.get("decimals"))
+
+
 class IdempotencyConflict(TokentillError): ...
 class NotFound(TokentillError): ...
 class UnknownPriceBook(NotFound): ...
@@ -74,7 +82,7 @@ class HeadersTooLarge(TokentillError): ...
 
 ERRORS: dict[str, type[TokentillError]] = {
     "insufficient_funds": InsufficientFunds, "budget_exceeded": BudgetExceeded,
-    "unpriced_model": UnpricedModel, "validation_error": ValidationFailed,
+    "unpriced_model": UnpricedModel, "validation_error": ValidationFailed, "invalid_amount": InvalidAmount,
     "idempotency_conflict": IdempotencyConflict, "not_found": NotFound, "unauthorized": Unauthorized,
     "forbidden": Forbidden, "reservation_closed": ReservationClosed, "extension_too_short": ExtensionTooShort,
     "service_unavailable": ServiceUnavailable, "rate_limited": RateLimited,

@@ -32,6 +32,7 @@ STATUS_BY_CODE = {
     "unpriced_model": 422,
     "implausible_usage": 422,
     "validation_error": 422,
+    "invalid_amount": 422,
     "idempotency_conflict": 409,
     "not_found": 404,
     "unauthorized": 401,
@@ -86,7 +87,8 @@ DESCRIPTIONS = {
     401: "No key, or an unknown or revoked key", 402: "Insufficient funds", 403: "The key's scope forbids this",
     404: "Not found", 406: "Not available in the Accept header's media types",
     409: "Conflict (idempotency key reused, reservation closed)",
-    413: "Request body too large", 415: "Unsupported content type", 422: "Invalid request; `fields` names them",
+    413: "Request body too large", 415: "Unsupported content type",
+    422: "Invalid request; `fields` names them (`invalid_amount`: cash finer than its currency's minor unit)",
     429: "A budget or limit was exceeded", 503: "Not ready, or too contended right now",
 }
 

@@ -90,6 +90,21 @@ def shown_decimals(currency: str) -> int:
     return CURRENCY_MINOR_UNITS.get(currency, SHOWN_DECIMALS)
 
 
+def finer_than_minor_unit(units: int, currency: str, scale: int = DEFAULT_SCALE) -> bool:
+    """Whether `units` (atomic, at `scale`) hold a fraction of `currency`'s minor unit (half a yen,
+    a tenth of a cent). Never for an asset the table does not list: a credit keeps its atomic
+    unit. Cash (a top-up, a payment) must not; a price or a charge may."""
+    decimals = CURRENCY_MINOR_UNITS.get(currency)
+    return decimals is not None and decimals < scale and abs(units) % 10 ** (scale - decimals) != 0
+
+
+def minor_unit_text(currency: str) -> str:
+    """How a person is told a currency's minor unit: "JPY amounts have no decimals", "KWD
+    amounts have 3 decimals" (KeyError for an asset the table does not list)."""
+    decimals = CURRENCY_MINOR_UNITS[currency]
+    return f"{currency} amounts have {'no' if decimals == 0 else decimals} decimals"
+
+
 def format_money(units: int, currency: str, scale: int = DEFAULT_SCALE) -> str:
     """Atomic units of `currency` as people and other books read them, exact: at least the
     currency's decimals, more only where the amount has them (JPY 1000 "1000", 1.5 "1.5"; KWD

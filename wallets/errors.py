@@ -39,6 +39,17 @@ class WalletValidationError(WalletError):
         super().__init__(f"{field}: {message}", fields=[{"field": field, "message": message}])
 
 
+class SubMinorAmountError(WalletError):
+    """Cash finer than its currency's minor unit: a top-up, grant, invoice payment or overdraft
+    limit of half a yen, a tenth of a cent. Names the field, the currency and its decimals."""
+
+    code = "invalid_amount"
+
+    def __init__(self, field: str, message: str, *, currency: str, decimals: int) -> None:
+        super().__init__(f"{field}: {message}", fields=[{"field": field, "message": message}],
+                         currency=currency, decimals=decimals)
+
+
 class ConflictError(WalletError):
     """The same id or key was used before for something else."""
 

@@ -19,6 +19,7 @@ from wallets.budgets import MAX_PER_CUSTOMER as MAX_BUDGETS_PER_CUSTOMER
 from wallets.budgets import BudgetService
 from wallets.commands import Command, WalletView, wallet_view
 from wallets.core import idempotency
+from wallets.core.credits import whole_minor_units
 from wallets.core.idempotency import CREATED, EXISTS, OK, IdemKey, Replayed
 from wallets.engine import ACCOUNTS_LOCK, Engine, customer_lock, utc_now
 from wallets.errors import ConflictError, NotFoundError, WalletValidationError
@@ -174,6 +175,8 @@ class WalletService:
                 if existing.spec != spec:
                     raise ConflictError(f"customer {spec.id} exists with other settings", customer_id=spec.id)
                 return existing, False
+            if spec.overdraft_limit is not None:
+                whole_minor_units(spec.overdraft_limit, spec.currency, "overdraft_limit")
             book_currency = (await conn.execute(text("SELECT currency FROM price_books WHERE id = :id"),
                                                 {"id": spec.price_book})).scalar()
             if book_currency is not None and book_currency != spec.currency:

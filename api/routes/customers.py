@@ -152,7 +152,8 @@ def _spec(data: CreateCustomerRequest) -> CustomerSpec:
       **documented(409, body=True, replay=CustomerResponse, idempotent=True))
 async def create_customer(state: State, request: Request, data: CreateCustomerBody) -> Response[CustomerResponse]:
     """Create a customer with its wallet. `overdraft_limit` defaults to 0 for prepaid customers
-    and to null (no limit) for postpaid ones. The same definition again answers 200."""
+    and to null (no limit) for postpaid ones. The same definition again answers 200. An
+    `overdraft_limit` finer than the currency's minor unit ("100.5" yen) is 422 `invalid_amount`."""
     data = shaped(data, CreateCustomerRequest)
     spec = _spec(data)
     outcome = await state.services.wallets.create_customer(spec, idempotency(request, data))
@@ -186,7 +187,8 @@ CREDITED = Answer(_credit, CreditResult)
 async def top_up(state: State, request: Request, customer_id: FromPath[str],
                  data: TopUpBody) -> Response[CreditResponse]:
     """Paid credit: a new lot (priority 100, no expiry unless given). For a prepaid customer
-    it first pays off the receivable of settled usage (`applied_to_receivable`)."""
+    it first pays off the receivable of settled usage (`applied_to_receivable`). An `amount` finer
+    than the currency's minor unit ("100.5" yen, "10.001" dollars) is 422 `invalid_amount`."""
     data = shaped(data, TopUpRequest)
     command = TopUp(customer_id=customer_id, amount=amount_in(data.amount, "amount"), reference=data.reference,
                     priority=data.priority, expires_at=time_in(data.expires_at, "expires_at"),
@@ -198,7 +200,8 @@ async def top_up(state: State, request: Request, customer_id: FromPath[str],
       **documented(404, 409, body=True, idempotent=True))
 async def grant(state: State, request: Request, customer_id: FromPath[str],
                 data: GrantBody) -> Response[CreditResponse]:
-    """Promotional or contractual credit: a lot paid by the promotions expense (priority 50)."""
+    """Promotional or contractual credit: a lot paid by the promotions expense (priority 50). An
+    `amount` finer than the currency's minor unit is 422 `invalid_amount`."""
     data = shaped(data, GrantRequest)
     command = Grant(customer_id=customer_id, amount=amount_in(data.amount, "amount"), priority=data.priority,
                     expires_at=time_in(data.expires_at, "expires_at"), reason=data.reason,

@@ -180,8 +180,8 @@ async def pay_invoice(state: State, request: Request, invoice_id: FromPath[str],
                       data: PayInvoiceBody) -> Response[PaymentResponse]:
     """Record a payment of the invoice's amount due: cash in, the customer's receivable down, as
     one balanced entry. Idempotent by `reference` (and by Idempotency-Key); more than is still
-    due is `overpayment`, another currency `currency_mismatch`; paid in full, `invoice.paid`
-    goes to the outbox."""
+    due is `overpayment`, another currency `currency_mismatch`, a fraction of the currency's minor
+    unit ("4.5" yen) `invalid_amount`; paid in full, `invoice.paid` goes to the outbox."""
     data = shaped(data, PayInvoiceRequest)
     db = state.services.db
     customer_id = await db.read(lambda conn: billing.invoice_owner(conn, invoice_id))

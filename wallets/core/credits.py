@@ -5,7 +5,7 @@ import hashlib
 from datetime import datetime
 
 from pricing.books import PriceBook
-from pricing.money import format_money
+from pricing.money import CURRENCY_MINOR_UNITS, finer_than_minor_unit, format_money, minor_unit_text
 from wallets import chart
 from wallets.core import budgets
 from wallets.core.commands import ExpireLot, Grant, RecordUsage, TopUp
@@ -32,8 +32,18 @@ from wallets.core.rating import (
 )
 from wallets.core.results import CreditResult, ExpiryResult, UsageResult, WalletView, lot_view
 from wallets.core.state import State
-from wallets.errors import ConflictError, WalletValidationError
+from wallets.errors import ConflictError, SubMinorAmountError, WalletValidationError
 from wallets.model import Lot, Wallet, consumption_key
+
+
+def whole_minor_units(units: int, currency: str, field: str = "amount") -> int:
+    """`units` of cash (a top-up, a grant, an invoice payment, an overdraft limit), refused when
+    they hold a fraction of the currency's minor unit: no one pays half a yen. An asset the ISO
+    table does not list (a credit) keeps its atomic unit."""
+    if finer_than_minor_unit(units, currency):
+        raise SubMinorAmountError(field, f"{minor_unit_text(currency)}: {format_money(units, currency)}",
+                                  currency=currency, decimals=CURRENCY_MINOR_UNITS[currency])
+    return units
 
 
 def opened_lot(state: State, w: Wallet, kind: str, amount: int, priority: int, expires_at: datetime | None,
@@ -60,6 +70,7 @@ def top_up(state: State, cmd: TopUp, now: datetime, book: PriceBook | None) -> D
     """Paid credit: cash in; a prepaid customer's owed receivable (settled usage, not what open
     reservations hold on credit) is paid off first, and the rest becomes a lot."""
     w = state.require_wallet()
+    whole_minor_units(cmd.amount, w.customer.currency)
     owed = max(0, w.receivable - (w.credit_held or 0)) if w.customer.billing == "prepaid" else 0
     paid = min(cmd.amount, owed)
     opened = opened_lot(state, w, "topup", cmd.amount - paid, cmd.priority, cmd.expires_at, now, "", cmd.reference)
@@ -79,6 +90,7 @@ def top_up(state: State, cmd: TopUp, now: datetime, book: PriceBook | None) -> D
 def grant(state: State, cmd: Grant, now: datetime, book: PriceBook | None) -> Decision:
     """Promotional or contractual credit, paid for by the platform's promotions expense."""
     w = state.require_wallet()
+    whole_minor_units(cmd.amount, w.customer.currency)
     opened = opened_lot(state, w, "grant", cmd.amount, cmd.priority, cmd.expires_at, now, cmd.reason, "")
     cur = w.customer.currency
     legs = Legs(cur).debit(chart.promotions_account(cur), cmd.amount).credit(opened.code, cmd.amount)

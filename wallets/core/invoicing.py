@@ -36,7 +36,7 @@ from wallets.core.billing import (
 from wallets.core.billing import opening_balances as opening_of
 from wallets.core.billing import total_units as total_of
 from wallets.core.commands import TOPUP_PRIORITY, ClosePeriod, PayInvoice
-from wallets.core.credits import opened_lot
+from wallets.core.credits import opened_lot, whole_minor_units
 from wallets.core.decision import (
     NOTHING_DUE,
     Decision,
@@ -383,6 +383,8 @@ def pay_invoice(state: State, cmd: PayInvoice, now: datetime, book: PriceBook | 
                                invoice.amount_due, True, None, currency=invoice.currency)
         return Decision(Outcome("replayed", result))
     left = invoice.amount_due - invoice.paid
+    if cmd.amount != left:  # what is left may hold a fraction a credit note's exact money back left
+        whole_minor_units(cmd.amount, invoice.currency)
     owed = max(0, w.receivable - (w.credit_held or 0))
     if cmd.amount > left or cmd.amount > owed:
         more = min(left, owed)

@@ -111,8 +111,8 @@ def test_one_atomic_unit_past_the_overdraft_limit_blocks_new_holds_even_when_lot
     m.grant("5.00")
     refusal = m.reserve("0.01")
     assert isinstance(refusal, InsufficientFundsError) and "is blocked" in refusal.detail
-    m.top_up("0.000000001")  # pays off the unit past the limit: unblocked
-    assert m.receivable == usd("0.999999999") and m.reserve("0.01").code == "reserved"
+    m.top_up("0.01")  # pays off a cent, the unit past the limit with it: unblocked (cash is whole cents)
+    assert m.receivable == usd("0.99") and m.reserve("0.01").code == "reserved"
 
 
 def test_a_zero_token_final_settle_charges_nothing_and_returns_the_whole_hold():
