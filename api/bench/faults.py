@@ -151,7 +151,7 @@ async def setup(base: str) -> str:
 
 
 async def probe(p: Probe, stop: asyncio.Event) -> None:
-    """A write through the wallet engine (a top-up of one atomic unit to a customer of its own),
+    """A write through the wallet engine (a top-up of one cent to a customer of its own),
     every 50 ms, on fresh connections: it needs the server, the database and the writer."""
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{p.port}", headers=ADMIN, timeout=1.0,
                                  limits=httpx.Limits(max_keepalive_connections=0)) as http:
@@ -160,7 +160,7 @@ async def probe(p: Probe, stop: asyncio.Event) -> None:
                 return
             started = time.monotonic()
             try:
-                ok = (await http.post("/v1/customers/probe/topups", json={"amount": "0.000000001"},
+                ok = (await http.post("/v1/customers/probe/topups", json={"amount": "0.01"},
                                       headers={"Idempotency-Key": f"probe-{p.name}-{n}"})).status_code == 201
             except httpx.HTTPError:
                 ok = False
