@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -52,6 +52,22 @@ def postmaster_pid(pgdata: Path) -> int | None:
     return pid if pid in live_postmasters(pgdata) else None
 
 
+# Ceilings, not expectations. On a loaded machine (CI shares its cores with other work) a server's
+# start-up, a restart after a crash and a shutdown take many times their usual seconds; every wait
+# below ends at its event (ready, answered by the new postmaster, exited), and its ceiling only
+# bounds a hang. How long the outage lasts is a figure: printed here, measured by `tokentill bench faults`.
+START_CEILING_S = 300.0
+RECOVERY_CEILING_S = 180.0
+STOP_CEILING_S = 180.0
+
+
+def wait_until(condition: Callable[[], bool], ceiling_s: float, what: str) -> None:
+    deadline = time.monotonic() + ceiling_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {ceiling_s:.0f} s"
+        time.sleep(0.05)
+
+
 def kill_postmaster(pgdata: Path) -> int:
     """SIGKILL the postmaster and return once it is dead: kill() returns before the process has
     run again to die (on a loaded machine, nearly always), and until then it is still running."""
@@ -77,7 +93,7 @@ def data_dir() -> Iterator[Path]:
 def cluster(data_dir: Path) -> Iterator[embedded.EmbeddedPostgres]:
     with own_cluster(data_dir / "pg") as own:
         yield own
-    assert live_postmasters(own.pgdata) == []
+    assert_stopped(own.pgdata)
 
 
 async def test_a_killed_postmaster_is_restarted_and_the_service_recovers_without_a_restart(cluster):
@@ -102,7 +118,7 @@ async def test_a_killed_postmaster_is_restarted_and_the_service_recovers_without
         assert ready.json()["detail"] == "the embedded database is down; it is being restarted"
 
         statuses = []
-        while time.monotonic() - killed < 30:
+        while time.monotonic() - killed < RECOVERY_CEILING_S:
             response = await client.post(f"/v1/customers/c-{tag}/topups", json=topup)
             statuses.append(response.status_code)
             if response.status_code == 201:
@@ -113,12 +129,12 @@ async def test_a_killed_postmaster_is_restarted_and_the_service_recovers_without
         outage = time.monotonic() - killed
         print(f"\npostmaster kill -9 -> first successful top-up: {outage:.2f} s "
               f"({len(statuses) - 1} answers of 503 before it)")
-        assert statuses[-1] == 201, statuses  # back within the 30 s loop, with no process restarted;
+        assert statuses[-1] == 201, statuses  # back within the ceiling, with no process restarted;
         # the outage itself (goal: under 5 s) is a figure, printed here and by `tokentill bench faults`
         assert response.json()["wallet"]["available"] == "2.00"
         assert (await client.get("/readyz")).status_code == 200
         supervisor = app.state.supervisor
-        for _ in range(100):  # its restart may return a moment after the server answers
+        for _ in range(int(STOP_CEILING_S / 0.05)):  # its restart may return a moment after the server answers
             if supervisor.restarts:
                 break
             await asyncio.sleep(0.05)
@@ -136,12 +152,12 @@ def serve(data_dir: Path, port: int, log: Path) -> subprocess.Popen:
                                 stdout=out, stderr=subprocess.STDOUT)
 
 
-def wait_ready(port: int, proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+def wait_ready(port: int, proc: subprocess.Popen, log: Path, timeout: float = START_CEILING_S) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, log.read_text()
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -151,7 +167,14 @@ def wait_ready(port: int, proc: subprocess.Popen, log: Path, timeout: float = 90
 
 def stop(proc: subprocess.Popen) -> int:
     proc.send_signal(signal.SIGTERM)
-    return proc.wait(timeout=60)
+    return proc.wait(timeout=STOP_CEILING_S)
+
+
+def assert_stopped(pgdata: Path) -> None:
+    """The cluster was stopped: `pg_ctl stop` returns once the postmaster removed postmaster.pid,
+    on its way out, so the process itself may still be finishing its exit a moment later."""
+    assert not (pgdata / "postmaster.pid").exists(), "the cluster was stopped"
+    wait_until(lambda: live_postmasters(pgdata) == [], STOP_CEILING_S, "the stopped postmaster exits")
 
 
 def handle_pids(pgdata: Path) -> list[int]:
@@ -175,7 +198,7 @@ def test_a_server_killed_with_9_does_not_keep_the_cluster_running(data_dir):
         assert first.pid not in handle_pids(pgdata)
     finally:
         assert stop(second) == 0
-    assert live_postmasters(pgdata) == [], "the last live server out stops PostgreSQL"
+    assert_stopped(pgdata)  # the last live server out stops PostgreSQL
     assert handle_pids(pgdata) == []
 
 
@@ -184,30 +207,45 @@ def test_two_servers_on_one_cluster_both_recover_from_a_killed_postmaster(data_d
     ports = [free_port(), free_port()]
     servers = [serve(data_dir, port, log) for port in ports]
     try:
+        started = time.monotonic()
         for port, proc in zip(ports, servers, strict=True):
             wait_ready(port, proc, log)
+        print(f"\ntwo servers on a new cluster, both ready after {time.monotonic() - started:.2f} s")
         old = kill_postmaster(pgdata)
         killed = time.monotonic()
         outages: dict[int, float] = {}
-        while len(outages) < 2 and time.monotonic() - killed < 30:
-            for port in set(ports) - set(outages):
-                try:
-                    response = httpx.get(f"http://127.0.0.1:{port}/v1/audit/trial-balance", headers=ADMIN, timeout=5)
-                except httpx.HTTPError:
+        while len(outages) < 2:
+            assert time.monotonic() - killed < RECOVERY_CEILING_S, \
+                (f"not both back within {RECOVERY_CEILING_S:.0f} s", outages, log.read_text())
+            # A new postmaster starts only once every backend of the killed one has exited (they
+            # hold its shared memory): a request sent after it runs is served by the new server,
+            # never by an orphaned backend that has not noticed its postmaster died.
+            restarted = postmaster_pid(pgdata) not in (None, old)
+            for port, proc in zip(ports, servers, strict=True):
+                if port in outages:
                     continue
+                assert proc.poll() is None, log.read_text()  # recovered in the same process
+                try:
+                    response = httpx.get(f"http://127.0.0.1:{port}/v1/audit/trial-balance", headers=ADMIN, timeout=10)
+                except httpx.HTTPError:
+                    continue  # no answer yet (a loaded machine); the ceiling bounds a hang
                 if response.status_code != 200:
-                    assert response.status_code == 503, response.text
-                elif postmaster_pid(pgdata) not in (None, old):  # not a backend of the dying one
+                    assert response.status_code == 503 and response.json()["code"] == "service_unavailable", \
+                        response.text
+                elif restarted:
                     outages[port] = time.monotonic() - killed
             time.sleep(0.05)
         print(f"\npostmaster kill -9 -> first success, per server: "
               f"{', '.join(f'{outage:.2f} s' for outage in outages.values())}")
-        assert len(outages) == 2, (outages, log.read_text())  # both back within 30 s; the outage is printed
         assert len(live_postmasters(pgdata)) == 1  # both noticed; one restarted it
+        for port in ports:  # and neither pool holds a connection to the dead server any more
+            for _ in range(3):
+                response = httpx.get(f"http://127.0.0.1:{port}/v1/audit/trial-balance", headers=ADMIN, timeout=60)
+                assert response.status_code == 200, response.text
     finally:
         codes = [stop(proc) for proc in servers]
     assert codes == [0, 0]
-    assert live_postmasters(pgdata) == []
+    assert_stopped(pgdata)
 
 
 def test_a_start_whose_pg_ctl_gives_up_while_postgres_recovers_waits_for_it(data_dir, monkeypatch):
