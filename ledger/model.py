@@ -5,7 +5,6 @@ touches a float or a database; the rules are plain functions over plain values.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from collections import defaultdict
@@ -115,7 +114,7 @@ class JournalEntry(msgspec.Struct, frozen=True, gc=False):
     def with_metadata(self, metadata: Mapping[str, Any]) -> JournalEntry:
         """The entry with other metadata: `msgspec.structs.replace` without checking the
         postings again (they are this entry's, checked when it was made)."""
-        entry = copy.copy(self)
+        entry = self.__copy__()  # copy.copy's dispatch costs twice the copy
         force_setattr(entry, "metadata", metadata)
         return entry
 

@@ -17,7 +17,7 @@ from pricing.books import PriceBook
 from wallets import chart, store
 from wallets.core import Decision, State, decide
 from wallets.core import idempotency as answers
-from wallets.core.alerts import alerts
+from wallets.core.alerts import alert_due, alerts
 from wallets.core.billing import add, entry_rollup, line_item
 from wallets.core.commands import Command
 from wallets.core.decision import (
@@ -112,7 +112,7 @@ class Batch:
     def alerts(self, customer_id: str) -> None:
         """Follow the alerts the wallet's state calls for now (balance low, blocked, unblocked)."""
         w = self.loaded.wallets.get(customer_id)
-        if w is not None:
+        if w is not None and alert_due(w, self.now):  # mostly not: then no State is built for it
             for effect in alerts(self.state(customer_id), w, self.now):
                 _FOLLOW[type(effect)](self, effect, None)
 

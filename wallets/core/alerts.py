@@ -11,12 +11,20 @@ from wallets.core.state import State
 from wallets.model import Wallet
 
 
+def alert_due(w: Wallet, now: datetime) -> bool:
+    """Whether the wallet has crossed a line since its last alerts: `alerts` has effects for it.
+    Asked after every command (a usage event's included), so it needs no State."""
+    c = w.customer
+    low = c.low_balance_threshold is not None and w.available(now) < c.low_balance_threshold
+    return low != c.low_balance_alerted or w.blocked != c.blocked
+
+
 def alerts(state: State, w: Wallet, now: datetime) -> tuple[Effect, ...]:
+    if not alert_due(w, now):
+        return ()
     c = w.customer
     available = w.available(now)
     low = c.low_balance_threshold is not None and available < c.low_balance_threshold
-    if low == c.low_balance_alerted and w.blocked == c.blocked:
-        return ()
     effects: list[Effect] = [CustomerFlagged(c.id, low, w.blocked)]
     if low and not c.low_balance_alerted:
         effects.append(state.event("balance.low", c.id, f"balance.low:{c.id}:{state.ids('x')}", now, {

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+import msgspec
 
 from ledger.model import JournalEntry, Posting
 from wallets import chart
@@ -83,9 +84,9 @@ def return_target(wallet: Wallet, account: str) -> str:
     return account
 
 
-@dataclass(frozen=True, slots=True)
-class Settlement:
-    """How one charge is paid: from the hold, then live lots, then the receivable."""
+class Settlement(msgspec.Struct, frozen=True, gc=False):
+    """How one charge is paid: from the hold, then live lots, then the receivable (an immutable
+    msgspec Struct: one is built for every charge, and a frozen dataclass set each field in Python)."""
 
     cost: int
     from_hold: int
