@@ -8,7 +8,7 @@ import pytest
 
 from ledger.accounts import balance, open_account
 from ledger.model import AccountSpec, AccountType, JournalEntry, Posting
-from ledger.posting import Outcome, post_entries, prepare_post
+from ledger.posting import Outcome, array_text, post_entries, prepare_post
 
 
 async def _accounts(conn, tag):
@@ -149,3 +149,31 @@ async def test_an_entry_takes_the_id_its_batch_gives_on_either_path(db, tag, spe
 
     with pytest.raises(Exception, match=r"journal_entries_l[0-9]+_pkey|duplicate key"):
         await db.run(again)
+
+
+@pytest.mark.parametrize("values", [[], [0], [3, 6, 12], [-1, 2**62, 7]])
+async def test_the_lock_lists_are_sent_as_array_literals_postgresql_reads_back(db, values):
+    text = array_text(iter(values))  # what prepare_post sends for each of ledger_post's lock lists
+    assert text == "{" + ",".join(str(v) for v in values) + "}"
+    row = (await db.read(lambda conn: conn.exec_driver_sql(
+        "SELECT %s::bigint[], %s::smallint[]", (text, array_text(v % 100 for v in values))))).one()
+    assert row[0] == values and row[1] == [v % 100 for v in values]
+
+
+async def test_a_prepared_post_names_each_balance_row_it_locks_once_in_order(db, tag):
+    async def work(conn):
+        cash, lot, revenue = await _accounts(conn, tag)
+        entries = [_entry(tag, n, 10, cash, revenue) for n in range(6)] + [_entry(tag, "l", 5, cash, lot)]
+        prepared = await prepare_post(conn, entries)
+        rows = (await conn.exec_driver_sql(
+            "SELECT lane, account, stripe FROM unnest(%s::smallint[], %s::bigint[], %s::smallint[])"
+            " AS t(lane, account, stripe)", prepared.params[1:])).all()
+        ids = {code: (await conn.exec_driver_sql("SELECT id FROM accounts WHERE code = %s", (code,))).scalar_one()
+               for code in (cash, lot, revenue)}
+        results = (await conn.exec_driver_sql(prepared.sql, prepared.params)).all()
+        return rows, ids, prepared.results(results)
+
+    rows, ids, results = await db.run(work)
+    assert rows == sorted(set(rows))  # once each, in lock order
+    assert {a for _, a, _ in rows} == set(ids.values())
+    assert all(r.outcome is Outcome.POSTED for r in results)
