@@ -204,13 +204,22 @@ def usage_plan(start: datetime | None, end: datetime | None, group_by: list[str]
     return level, (first and first.date(), stop and stop.date()), raw
 
 
+def unit_groups(group_by: list[str]) -> list[str]:
+    """The groups a usage report's rows are keyed by: those asked for, and the token type last
+    when they leave it out, so that no row adds quantities of different units (input tokens,
+    output tokens, calls, seconds, pages)."""
+    return group_by if "token_type" in group_by else [*group_by, "token_type"]
+
+
 async def usage(conn: AsyncConnection, customer_id: str, start: datetime | None, end: datetime | None,
                 group_by: list[str]) -> dict[str, Any]:
-    """Quantities and amounts of the customer's rated lines, grouped; any other group name is a
-    usage dimension (feature, api_key, …). Amounts sum to the revenue the entries posted.
+    """Quantities and amounts of the customer's rated lines, grouped by `group_by` and always by
+    token type (`unit_groups`); any other group name is a usage dimension (feature, api_key, …).
+    Amounts sum to the revenue the entries posted.
     Whole UTC days come from the daily rollups where the groups allow it, with the charges not
     folded into them yet, the rest (partial days at the edges, usage dimensions) from the
     charges: the answer is the same either way."""
+    group_by = unit_groups(group_by)
     exprs, rolled, params = [], [], {"c": customer_id}
     for i, name in enumerate(group_by):
         if name in GROUPS:
@@ -225,28 +234,36 @@ async def usage(conn: AsyncConnection, customer_id: str, start: datetime | None,
     select = groups + ", " if exprs else ""
     group = f" GROUP BY {groups}" if exprs else ""
     level, days, raw = usage_plan(start, end, group_by)
+    # A discount's line restates the quantity of the usage it discounts: rows that mix kinds
+    # count the usage lines' quantity only (rows of one kind count their own).
+    used = "" if "kind" in group_by else " FILTER (WHERE l->>'kind' = 'usage')"
     parts = []
     for k, (lo, hi) in enumerate(raw):
         params.update({f"lo{k}": lo, f"hi{k}": hi})
         parts.append(f"""
-        SELECT {", ".join([*exprs, ""])} sum((l->>'quantity')::bigint)::numeric AS quantity,
+        SELECT {", ".join([*exprs, ""])} sum((l->>'quantity')::bigint){used}::numeric AS quantity,
                sum((l->>'amount_units')::numeric) AS amount, count(DISTINCT c.id) AS charges
           FROM charges c CROSS JOIN LATERAL jsonb_array_elements(c.lines) l
          WHERE c.customer_id = :c
            AND (CAST(:lo{k} AS timestamptz) IS NULL OR c.occurred_at >= :lo{k})
            AND (CAST(:hi{k} AS timestamptz) IS NULL OR c.occurred_at < :hi{k}){group}""")
     if days is not None:
-        params.update(level=level, first=days[0], stop=days[1])
+        # amounts and charges from the level of the groups; quantities, when they leave kind
+        # out, from the level that keeps it (its usage rows), as the lines' are counted above
+        quantities = level & ~_LINE_KEY["kind"]
+        params.update(level=level, quantities=quantities, first=days[0], stop=days[1])
+        kinds = "" if quantities == level else " AND r.kind = 'usage'"
         parts.append(f"""
-        SELECT {", ".join([*rolled, ""])} sum(r.quantity) AS quantity, sum(r.amount) AS amount,
-               sum(r.charges) AS charges
+        SELECT {", ".join([*rolled, ""])} sum(r.quantity) FILTER (WHERE r.level = :quantities{kinds}) AS quantity,
+               sum(r.amount) FILTER (WHERE r.level = :level) AS amount,
+               sum(r.charges) FILTER (WHERE r.level = :level) AS charges
           FROM usage_rollups r
-         WHERE r.lane = ledger_lane(:c) AND r.customer_id = :c AND r.level = :level
+         WHERE r.lane = ledger_lane(:c) AND r.customer_id = :c AND r.level IN (:level, :quantities)
            AND (CAST(:first AS date) IS NULL OR r.day >= :first)
            AND (CAST(:stop AS date) IS NULL OR r.day < :stop){group}""")
         # the charges of those days not folded into the rollups yet (migration 0026), from their lines
         parts.append(f"""
-        SELECT {", ".join([*exprs, ""])} sum((l->>'quantity')::bigint)::numeric AS quantity,
+        SELECT {", ".join([*exprs, ""])} sum((l->>'quantity')::bigint){used}::numeric AS quantity,
                sum((l->>'amount_units')::numeric) AS amount, count(DISTINCT c.id) AS charges
           FROM usage_unfolded u
          CROSS JOIN LATERAL (SELECT * FROM charges q  -- a primary-key probe per queued charge

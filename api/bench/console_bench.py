@@ -74,9 +74,10 @@ async def measure(base: str, server: subprocess.Popen, args: argparse.Namespace)
     async with httpx.AsyncClient(base_url=base, timeout=60) as client:
         await wait_ready(client, server)
         rate = await seed(client, args.charges, args.workers)
-        usage = (await client.get(f"/v1/customers/{CUSTOMER}/usage", params={"group_by": ""},
+        usage = (await client.get(f"/v1/customers/{CUSTOMER}/usage", params={"group_by": "token_type"},
                                   headers={"Authorization": f"Bearer {KEY}"})).json()["rows"]
-        charged = usage[0]["charges"] if usage else 0
+        # every event has input tokens: the input row counts every charge
+        charged = next((r["charges"] for r in usage if r["token_type"] == "input"), 0)
         cookie = await signed_in_cookie(client)
         pages = {}
         for page in PAGES:

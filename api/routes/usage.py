@@ -120,7 +120,10 @@ async def post_usage_events(state: State, request: Request,
 
 
 class UsageRow(msgspec.Struct):
-    """A row's sums; beside them, its group keys (model, token_type, a usage dimension, …)."""
+    """A row's sums; beside them, its group keys (model, a usage dimension, …), always with
+    token_type: `quantity` counts one token type (tokens, calls, seconds, pages), never several,
+    and in a row of several kinds (not grouped by kind) the usage lines' only, not the discounts'
+    that restate it."""
 
     quantity: int
     amount: Annotated[str, msgspec.Meta(description="A decimal string, in the customer's currency")]
@@ -142,7 +145,9 @@ async def get_usage(
                                        description="Comma-separated group names")] = "model,token_type",
 ) -> dict[str, Any]:
     """Quantity and amount per group over [from, to): group by model, token_type, kind, rule_id,
-    price_version, day, month or any usage dimension (feature, api_key, …)."""
+    price_version, day, month or any usage dimension (feature, api_key, …). Rows are always
+    split by token type too (the answer's `group_by` lists it last when it was not asked), so a
+    quantity never adds input tokens, output tokens and calls."""
     if not matches(GROUP_BY, group_by):
         raise WalletValidationError("group_by", "comma-separated names of groups or usage dimensions")
     groups = [g.strip() for g in group_by.split(",") if g.strip()]

@@ -18,7 +18,7 @@ from wallet_kit import BOOK, T0, Kit
 from api.runtime import sync_url
 from ledger.audit import verify
 from migrations import runner
-from wallets import books, jobs, reports
+from wallets import books, jobs, price_overrides, reports
 from wallets import engine as engine_module
 from wallets.audit import WALLET_CHECKS, usage_rollups_match_charges
 from wallets.commands import RecordUsage
@@ -45,12 +45,17 @@ queries = st.lists(st.tuples(instant, instant, st.lists(st.sampled_from(GROUPS),
 
 
 async def _raw(conn, cid: str, start, end, group_by: list[str]) -> list[dict]:
-    """The reference: every charge's lines expanded, as the report read them before the rollups."""
+    """The reference: every charge's lines expanded, as the report read them before the rollups,
+    always by token type too (a row never adds two units), and, in rows of several kinds, the
+    quantity of the usage lines only (a discount's line restates it)."""
+    group_by = group_by if "token_type" in group_by else [*group_by, "token_type"]
     exprs = [f"c.dimensions ->> '{n}'" if n == "feature" else reports.GROUPS[n] for n in group_by]
     cols = "".join(f"{e} AS g{i}, " for i, e in enumerate(exprs))
     keys = ", ".join(f"g{i}" for i in range(len(exprs)))
+    counted = "true" if "kind" in group_by else "l->>'kind' = 'usage'"
     rows = await conn.execute(text(f"""
-        SELECT {cols} sum((l->>'quantity')::bigint) AS q, sum((l->>'amount_units')::numeric) AS a,
+        SELECT {cols} coalesce(sum((l->>'quantity')::bigint) FILTER (WHERE {counted}), 0) AS q,
+               sum((l->>'amount_units')::numeric) AS a,
                count(DISTINCT c.id) AS n
           FROM charges c CROSS JOIN LATERAL jsonb_array_elements(c.lines) l
          WHERE c.customer_id = :c AND (CAST(:s AS timestamptz) IS NULL OR c.occurred_at >= :s)
@@ -74,6 +79,10 @@ async def _workload(db, drawn, fold_at: int | None = None) -> str:
     await kit.setup_book()
     await db.run(lambda conn: books.add_version(conn, {**LATER, "id": kit.book}))
     cid = await kit.customer("roll", billing="postpaid", overdraft=None)
+    # 10 % off model-y: discount lines (a quantity each, restated) on the later days' charges
+    await db.run(lambda conn: price_overrides.add_version(
+        conn, cid, {"discounts": [{"id": "y-off", "model": "model-y", "percent": "10"}]},
+        START - timedelta(days=1), START))
     for n, (m, model, tin, tout, feature) in enumerate(drawn):
         tokens = {"input": tin, "output": tout}
         await kit.service.submit(RecordUsage(  # model-y is priced from the later version on
