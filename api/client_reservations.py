@@ -124,7 +124,11 @@ class _Reservation:
     def record(self, *, openai_usage: Any = None, anthropic_usage: Any = None, gemini_usage: Any = None,
                **canonical: int) -> None:
         """Record the provider's usage (verbatim: a dict, or its SDK's object, `response.usage`) or
-        canonical token counts; it wins over the meter."""
+        canonical token counts; it wins over the meter. Nothing at all is a ValueError (the
+        service refuses usage that gives no count): a call that used nothing records zeros."""
+        if openai_usage is None and anthropic_usage is None and gemini_usage is None and not canonical:
+            raise ValueError('no usage to record: give the counts, 0 where the call used nothing '
+                             '(record(input_tokens=0, output_tokens=0))')
         if openai_usage is not None:
             self._usage = {"openai_usage": plain_usage(openai_usage)}
         elif anthropic_usage is not None:

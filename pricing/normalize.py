@@ -46,6 +46,8 @@ _COUNTED_FIELDS = (*CANONICAL_FIELDS, *EXTRA_FIELDS)
 _NO_COUNTS = {TYPE_OF_FIELD[name]: 0 for name in _COUNTED_FIELDS}
 assert len(_NO_COUNTS) == len(_COUNTED_FIELDS)  # one rating type per field: no field overwrites another
 MAX_SERVICE_TIER = 40
+NO_COUNT = ('gives no count: send what the call used, 0 where it used nothing '
+            '({"input_tokens": 0, "output_tokens": 0})')
 MODALITIES = ("audio", "image", "video")
 
 
@@ -279,11 +281,16 @@ def _plain_values(usage: Any) -> tuple[int, int, int, int, int] | None:
     0), or None for anything else (see `_plain_canonical`)."""
     if type(usage) is not dict:
         return None
+    counted = False
     for name, value in usage.items():
         if name not in _CANONICAL:
             return None
-        if value is not None and (type(value) is not int or not 0 <= value <= MAX_QUANTITY):
-            return None
+        if value is not None:
+            if type(value) is not int or not 0 <= value <= MAX_QUANTITY:
+                return None
+            counted = True
+    if not counted:  # no count at all: the general reader refuses it
+        return None
     get = usage.get
     return (get("input_tokens") or 0, get("cached_input_tokens") or 0, get("cache_write_tokens") or 0,
             get("output_tokens") or 0, get("reasoning_tokens") or 0)
@@ -318,4 +325,7 @@ def _read_canonical(usage: Mapping[str, Any]) -> NormalizedUsage:
     for name in _COUNTED_FIELDS:
         if name in usage:
             counts[TYPE_OF_FIELD[name]] = r.count(name)
+    # Usage that counts nothing at all ({}, nulls, a tier alone) is a lost report, most likely,
+    # not a call that used nothing: that one says so with zeros.
+    r.check(any(usage.get(name) is not None for name in _COUNTED_FIELDS), "usage", NO_COUNT)
     return _result(r, "canonical", counts, r.tier("service_tier"))

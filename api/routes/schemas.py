@@ -45,10 +45,14 @@ CANONICAL_USAGE = {
     "type": "object",
     "description": "Disjoint counts: `input_tokens` excludes cached, cache-write and audio/image/video input "
                    "tokens, `output_tokens` excludes reasoning and audio/image/video output tokens, "
-                   "`cache_write_tokens` excludes one-hour writes (price book format 2 types).",
+                   "`cache_write_tokens` excludes one-hour writes (price book format 2 types). At least "
+                   "one count, 0 where the call used nothing: usage with none ({}, only nulls) is a 422 "
+                   "`validation_error` naming `usage`.",
     "properties": {**{name: OPTIONAL_COUNT for name in (*CANONICAL_FIELDS, *EXTRA_FIELDS)},
                    "service_tier": SERVICE_TIER},
     "additionalProperties": False,
+    # at least one count (0 included): usage that counts nothing ({}, nulls) is refused, `usage`
+    "anyOf": [{"required": [name], "properties": {name: COUNT}} for name in (*CANONICAL_FIELDS, *EXTRA_FIELDS)],
 }
 
 

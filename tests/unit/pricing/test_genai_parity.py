@@ -101,7 +101,8 @@ def _normalized(provider: str, leaves: dict[str, int], context: dict[str, str]):
         return normalize_anthropic(_anthropic(leaves, tier))
     if provider == "google" and set(leaves) <= GEMINI_LEAVES and tier is None:
         return normalize_gemini(_gemini(leaves))
-    canonical = {FIELD_OF[t]: n for t, n in leaves.items() if t != "request"}
+    # a call that used nothing says so with a zero (usage with no count at all is refused)
+    canonical = {FIELD_OF[t]: n for t, n in leaves.items() if t != "request"} or {"input_tokens": 0}
     return normalize_canonical({**canonical, **({"service_tier": tier} if tier else {})})
 
 

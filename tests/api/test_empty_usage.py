@@ -1,0 +1,125 @@
+"""A usage object that gives no count at all (`{}`, every count null, a service tier alone) is a
+client bug, most likely a provider's usage that was lost on the way: it is refused as 422
+`validation_error` naming `usage`, and nothing is written (the reservation stays held; a usage
+event is rejected on its own, the others of its batch accepted). Before, it was taken as a call
+that used nothing: the hold released in full and a charge of 0 recorded, or a usage event of 0
+whose id could never be sent again with its real usage (a conflict). A call that really used
+nothing says so with explicit zeros, which are still accepted.
+
+Book: model-a input $10.00 per 1M tokens, output $20.00 per 1M."""
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from api.app import create_app
+from api.client_reservations import Reservation
+from api.settings import Settings
+
+ADMIN = {"Authorization": "Bearer empty-admin"}
+NO_COUNT = [{}, {"input_tokens": None, "output_tokens": None}, {"service_tier": "flex"}]
+ZEROS = {"input_tokens": 0, "output_tokens": 0}
+
+
+@pytest.fixture
+async def client(db, database_url):
+    app = create_app(Settings(admin_key="empty-admin", scheduler=False), database_url)
+    async with AsyncTestClient(app=app) as c:
+        c.headers.update(ADMIN)
+        yield c
+
+
+@pytest.fixture
+async def customer(client: AsyncTestClient, tag: str) -> str:
+    book = {"id": f"empty-{tag}", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
+            "rules": [{"id": "in", "model": "model-a", "token_type": "input", "price": "10.00"},
+                      {"id": "out", "model": "model-a", "token_type": "output", "price": "20.00"}]}
+    assert (await client.post("/v1/price-books", json=book)).status_code == 201
+    cid = f"empty-{tag}"
+    assert (await client.post("/v1/customers", json={"id": cid, "price_book": book["id"]})).status_code == 201
+    assert (await client.post(f"/v1/customers/{cid}/topups", json={"amount": "10.00"})).status_code == 201
+    return cid
+
+
+async def _held(client: AsyncTestClient, cid: str, request_id: str) -> str:
+    held = await client.post("/v1/reservations", json={"customer_id": cid, "request_id": request_id,
+                                                       "model": "model-a", "amount": "1.00"})
+    assert held.status_code == 201, held.text
+    return held.json()["id"]
+
+
+def _refused_on_usage(response) -> None:
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["code"] == "validation_error"
+    assert [f["field"] for f in body["fields"]] == ["usage"], body
+
+
+@pytest.mark.parametrize("usage", NO_COUNT, ids=["empty", "nulls", "tier-only"])
+async def test_a_settle_with_no_count_is_refused_and_the_hold_stays(client, customer, tag, usage):
+    rid = await _held(client, customer, f"r-{tag}")
+    _refused_on_usage(await client.post(f"/v1/reservations/{rid}/settle", json={"usage": usage, "final": True}))
+    view = (await client.get(f"/v1/reservations/{rid}")).json()
+    assert (view["status"], view["charged"], view["released"], view["charges"]) == ("held", "0.00", "0.00", [])
+    # the same reservation settled for what it used: 1,000 input tokens at $10/M = $0.01
+    settled = await client.post(f"/v1/reservations/{rid}/settle", json={"usage": {"input_tokens": 1000}})
+    assert settled.status_code == 200, settled.text
+    assert (settled.json()["charged"], settled.json()["released"]) == ("0.01", "0.99")
+
+
+async def test_a_settle_with_explicit_zeros_is_a_call_that_used_nothing(client, customer, tag):
+    rid = await _held(client, customer, f"z-{tag}")
+    settled = await client.post(f"/v1/reservations/{rid}/settle", json={"usage": ZEROS})
+    assert settled.status_code == 200, settled.text
+    assert (settled.json()["status"], settled.json()["charged"], settled.json()["released"]) == (
+        "settled", "0.00", "1.00")
+
+
+async def test_the_bulk_settle_refuses_that_item_alone(client, customer, tag):
+    empty, used = await _held(client, customer, f"b1-{tag}"), await _held(client, customer, f"b2-{tag}")
+    answer = await client.post("/v1/settlements", json=[
+        {"reservation_id": empty, "usage": {}}, {"reservation_id": used, "usage": {"output_tokens": 1000}}])
+    assert answer.status_code == 200, answer.text
+    first, second = answer.json()["results"]
+    assert (first["status"], first["body"]["code"], [f["field"] for f in first["body"]["fields"]]) == (
+        422, "validation_error", ["usage"])
+    assert (second["status"], second["body"]["charged"]) == (200, "0.02")  # 1,000 output tokens at $20/M
+    assert (await client.get(f"/v1/reservations/{empty}")).json()["status"] == "held"
+
+
+async def test_a_usage_event_with_no_count_is_rejected_alone_and_its_id_stays_free(client, customer, tag):
+    at = (datetime.now(UTC) - timedelta(minutes=5)).isoformat().replace("+00:00", "Z")
+
+    def event(name: str, usage: dict) -> dict:
+        return {"event_id": f"{name}-{tag}", "customer_id": customer, "model": "model-a", "timestamp": at,
+                "usage": usage}
+
+    sent = await client.post("/v1/usage-events", json=[
+        event("empty", {}), event("nulls", NO_COUNT[1]), event("real", {"input_tokens": 1000}),
+        event("zeros", ZEROS)])
+    assert sent.status_code == 200, sent.text
+    body = sent.json()
+    assert (body["accepted"], body["duplicates"]) == (2, 0)
+    assert sorted((r["event_id"], r["code"]) for r in body["rejected"]) == [
+        (f"empty-{tag}", "validation_error"), (f"nulls-{tag}", "validation_error")]
+    assert all("usage" in r["detail"] for r in body["rejected"])
+    # nothing was written under the refused ids: the trace knows none, and the real usage is taken
+    assert (await client.get(f"/v1/audit/charges/empty-{tag}")).status_code == 404
+    again = await client.post("/v1/usage-events", json=[event("empty", {"input_tokens": 2000})])
+    assert again.json() == {"accepted": 1, "duplicates": 0, "rejected": []}
+    # $0.01 + $0 + $0.02 charged in all
+    wallet = (await client.get(f"/v1/customers/{customer}/wallet")).json()
+    assert wallet["available"] == "9.97", wallet
+
+
+def test_the_sdk_refuses_to_record_no_usage_at_once():
+    """`Reservation.record()` with nothing would settle `{"usage": {}}` when the call ends, a
+    refusal far from the bug; it is a ValueError where it is made."""
+    reservation = Reservation.__new__(Reservation)  # record() reads nothing the constructor sets
+    with pytest.raises(ValueError, match="no usage"):
+        reservation.record()
+    reservation.record(input_tokens=0, output_tokens=0)  # explicit zeros: a call that used nothing
+    assert reservation._usage == {"usage": ZEROS}
