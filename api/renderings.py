@@ -28,7 +28,8 @@ MEDIA_TYPES = (JSON, HTML, PDF, CSV)
 KIND_LABELS = {"usage": "", "request": "", "discount": "discount", "free_allowance": "free allowance",
                "volume_true_up": "volume true-up", "adjustment": "adjustment", "rounding": "rounding"}
 CSV_FIELDS = ("number", "period", "kind", "model", "token_type", "original_period", "quantity", "unit_price",
-              "per", "amount", "currency", "rule_id", "tier", "override_id", "price_version")
+              "per", "amount", "currency", "rule_id", "tier", "override_id", "price_version", "customer_id",
+              "customer_name")
 HTML_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
                 "X-Content-Type-Options": "nosniff", "Cache-Control": "private, no-store"}
 
@@ -125,9 +126,17 @@ def title(document: Mapping[str, Any]) -> str:
     return f"Invoice {document.get('number') or '(upcoming)'}"
 
 
+def bill_to(document: Mapping[str, Any]) -> str:
+    """Who the document bills: the customer's name as frozen at issue, then its id ("Acme Inc.
+    (acme)"); the id alone for a customer without a name, or a document issued before names
+    were recorded."""
+    name = document.get("customer_name")
+    return f"{name} ({document['customer_id']})" if name else document["customer_id"]
+
+
 def facts(document: Mapping[str, Any]) -> list[tuple[str, str]]:
     period = document["period"]
-    out = [("Customer", document["customer_id"]), ("Billing", document["billing"]),
+    out = [("Bill to", bill_to(document)), ("Billing", document["billing"]),
            ("Period", f"{period['label']}: {_day(period['start'])} to {_day(period['end'])} ({period['time_zone']})"),
            ("Issued", _day(document["issued_at"])), ("Due", _day(document["due_at"])),
            ("Currency", document["currency"]), ("Line amounts", rounding_note(document))]
@@ -165,7 +174,7 @@ def credit_note_context(document: Mapping[str, Any]) -> dict[str, Any]:
         lines.append(Row(f"{line['model']} {unit} (was {line['old_amount']}, now {line['new_amount']})", "", "",
                          line["amount"]))
     return {"invoice": document, "title": f"{label} {document['number']}",
-            "facts": [("Customer", document["customer_id"]),
+            "facts": [("Bill to", bill_to(document)),
                       ("Corrects", f"invoice {document['invoice_number']} ({document['period']})"),
                       ("Price", f"{document['price_book']} version {document['price_version']}"),
                       ("Charges", str(document["charges"])), ("Issued", _day(document["issued_at"])),
@@ -252,7 +261,8 @@ def _latin(value: str) -> str:
 
 
 def csv_text(document: Mapping[str, Any]) -> str:
-    """The lines, one a row, with the invoice's number, period and currency on each. A text cell
+    """The lines, one a row, with the invoice's number, period, currency and customer (its id and
+    name as issued) on each. A text cell
     a spreadsheet would take as a formula (a model name from a usage event, priced by a rule with
     a pattern: `=HYPERLINK(...)`) is written after a ' (OWASP's "CSV injection"); figures are not."""
     out = io.StringIO()
@@ -260,7 +270,8 @@ def csv_text(document: Mapping[str, Any]) -> str:
     writer.writeheader()
     for line in document["lines"]:
         row = {**{k: line.get(k) for k in CSV_FIELDS if k in line}, "number": document.get("number") or "",
-               "period": document["period"]["label"], "currency": document["currency"], "per": _per(line)}
+               "period": document["period"]["label"], "currency": document["currency"], "per": _per(line),
+               "customer_id": document.get("customer_id"), "customer_name": document.get("customer_name")}
         writer.writerow({k: v if k in CSV_FIGURES else _as_text(v) for k, v in row.items()})
     return out.getvalue()
 
@@ -286,5 +297,6 @@ def filename(document: Mapping[str, Any], extension: str) -> str:
     return f"{document.get('number') or 'invoice-' + document['period']['label']}.{extension}"
 
 
-__all__ = ["CSV", "HTML", "HTML_HEADERS", "JSON", "MEDIA_TYPES", "PDF", "Row", "context_pdf", "credit_note_context",
-           "csv_text", "filename", "html_context", "negotiate", "pdf", "rounding_note", "rows", "summary"]
+__all__ = ["CSV", "HTML", "HTML_HEADERS", "JSON", "MEDIA_TYPES", "PDF", "Row", "bill_to", "context_pdf",
+           "credit_note_context", "csv_text", "filename", "html_context", "negotiate", "pdf", "rounding_note", "rows",
+           "summary"]

@@ -16,7 +16,7 @@ from ledger.db import Database
 from wallets import store
 from wallets.books import BookCache
 from wallets.commands import ClosePeriod
-from wallets.core.billing import Header, amount_due_units, document, money
+from wallets.core.billing import Header, amount_due_units, as_issued, document, money
 from wallets.core.invoicing import upcoming_invoice
 from wallets.core.results import InvoiceClosed, payment_status
 from wallets.core.state import State
@@ -97,7 +97,7 @@ _INVOICE = """SELECT i.id, i.customer_id, i.number, i.period, i.amount_due::text
 def _view(row: Any) -> dict[str, Any]:
     """The frozen document, then what happened since: payments and the payment status."""
     paid, cur = int(row.paid), row.content["currency"]
-    return {**row.content, "content_hash": row.content_hash,
+    return {**as_issued(row.content), "content_hash": row.content_hash,
             "payment_status": payment_status(int(row.amount_due), paid), "amount_paid": money(paid, cur),
             "amount_remaining": money(max(0, int(row.amount_due) - paid), cur),
             "payments": [{**p, "amount": money(int(p["amount"]), cur)} for p in row.payments]}

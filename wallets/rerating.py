@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ledger.db import Database
 from pricing.money import format_money
 from wallets.books import BookCache
+from wallets.core.billing import as_issued
 from wallets.core.commands import RerateCharges
 from wallets.core.rerating import Correction, corrections, type_rows
 from wallets.engine import DOMAIN_ERRORS, Engine, rerate_input
@@ -269,7 +270,7 @@ async def credit_note(conn: AsyncConnection, note_id: str) -> dict[str, Any]:
     row = (await conn.exec_driver_sql(_NOTE + " WHERE n.id = %s", (note_id,))).first()
     if row is None:
         raise NotFoundError(f"no credit note {note_id}", credit_note_id=note_id)
-    return {**row.content, "content_hash": row.content_hash, "entry_id": row.entry_id}
+    return _note(row)
 
 
 async def credit_note_owner(conn: AsyncConnection, note_id: str) -> str:
@@ -285,7 +286,11 @@ async def credit_notes(conn: AsyncConnection, customer_id: str) -> dict[str, Any
     rows = await conn.exec_driver_sql(_NOTE + " WHERE n.customer_id = %s ORDER BY n.issued_at, n.seq",
                                       (customer_id,))
     return {"customer_id": customer_id,
-            "credit_notes": [{**r.content, "content_hash": r.content_hash, "entry_id": r.entry_id} for r in rows]}
+            "credit_notes": [_note(r) for r in rows]}
+
+
+def _note(row: Any) -> dict[str, Any]:
+    return {**as_issued(row.content), "content_hash": row.content_hash, "entry_id": row.entry_id}
 
 
 

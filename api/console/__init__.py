@@ -19,7 +19,7 @@ from litestar.types import ASGIApp
 from api.console import auditor, customer, export, invoices, operator, session
 from api.console.web import PREFIX, STATIC, csrf_config, error_page, refusing_forgeries, session_config, unrouted
 from api.errors import EXCEPTION_HANDLERS
-from api.renderings import per_label
+from api.renderings import bill_to, per_label
 
 PAGES = [
     session.sign_in_form, session.sign_in_post, session.sign_out, session.home,
@@ -40,6 +40,7 @@ def templates() -> TemplateConfig:
                       trim_blocks=True, lstrip_blocks=True)
     env.filters["utc"] = utc
     env.filters["per"] = per
+    env.filters["bill_to"] = bill_to  # an invoice's or credit note's customer, by its name as issued
     return TemplateConfig(engine=JinjaTemplateEngine.from_environment(env))
 
 

@@ -23,6 +23,9 @@ from wallets.commands import PayInvoice
 from wallets.core.results import PaymentResult
 
 READERS = ("auditor", "customer")
+BILL_TO = ("The customer's name when the document was issued, frozen in it (a rename later changes no issued "
+           "document); null for a customer without a name, or a document issued before names were recorded: "
+           "the renderings then bill the customer_id alone")
 
 
 class PayInvoiceRequest(msgspec.Struct):
@@ -72,6 +75,7 @@ class InvoiceView(msgspec.Struct):
     number: str
     status: str
     customer_id: str
+    customer_name: Annotated[str | None, msgspec.Meta(description=BILL_TO)]
     currency: str
     period: InvoicePeriod
     issued_at: str

@@ -16,6 +16,7 @@ from api import renderings
 from api.auth import ensure_owner, require
 from api.errors import ApiError, documented
 from api.routes.formats import DateTime, Identifier
+from api.routes.invoices import BILL_TO
 from api.routes.schemas import json_body
 from api.routes.wire import shaped, time_in
 from wallets import rerating
@@ -92,6 +93,7 @@ class CreditNoteView(msgspec.Struct):
     number: str
     kind: Literal["credit", "debit"]
     customer_id: str
+    customer_name: Annotated[str | None, msgspec.Meta(description=BILL_TO)]
     currency: str
     invoice_id: str
     period: str

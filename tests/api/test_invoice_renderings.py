@@ -202,9 +202,9 @@ async def test_a_rounding_line_renders_with_the_rounded_lines(client) -> None:
     records = list(csv.DictReader(io.StringIO(sheet.text)))
     assert [(r["kind"], r["quantity"], r["amount"]) for r in records] == [
         ("usage", "1340", "0.01"), ("usage", "670", "0.01"), ("request", "1", "0.01"), ("rounding", "", "0.0068")]
-    # README: "the rounding line has only its kind and amount" (beside the invoice's period and currency); its
-    # `per` said 1, units of a price it does not have
-    assert {k for k, v in records[-1].items() if v} == {"period", "kind", "amount", "currency"}
+    # README: "the rounding line has only its kind and amount" (beside the invoice's period, currency and
+    # customer: "cents" has no name); its `per` said 1, units of a price it does not have
+    assert {k for k, v in records[-1].items() if v} == {"period", "kind", "amount", "currency", "customer_id"}
     document = await client.get(path, headers={**ADMIN, "Accept": "application/pdf"})
     text = "\n".join(p.extract_text() for p in PdfReader(io.BytesIO(document.content)).pages)
     printed = [" ".join(line.split()) for line in text.splitlines()]

@@ -204,7 +204,8 @@ def document(customer: Customer, period: Period, rollup: Mapping[str, tuple[int,
     even), and a `rounding` line carries the exact total less the rounded lines; the subtotals
     are the sums of the rounded lines by kind (`rounding` its own); the total and every other
     figure are exact atomic units: the lines sum to the total, the period's usage revenue.
-    `line_rounding` says so; a document without it (finalized before) has exact lines."""
+    `line_rounding` says so; a document without it (finalized before) has exact lines.
+    `customer_name` is the customer's name as it is now (`bill_to_name`), frozen with the rest."""
     decimals = line_decimals(customer.currency)
     cur = customer.currency
     lines = rounded_lines(invoice_lines(rollup, period.label, cur), cur)
@@ -218,7 +219,7 @@ def document(customer: Customer, period: Period, rollup: Mapping[str, tuple[int,
     due = max(0, amount["funded:receivable"])
     return {
         "id": header.id, "number": header.number, "status": header.status, "customer_id": customer.id,
-        "currency": customer.currency, "billing": customer.billing,
+        "customer_name": bill_to_name(customer), "currency": customer.currency, "billing": customer.billing,
         "period": {"label": period.label, "start": _utc(period.start), "end": _utc(period.end),
                    "time_zone": customer.cycle.time_zone},
         "issued_at": _utc(header.issued_at), "due_at": _utc(period.end + timedelta(days=customer.terms_days)),
@@ -239,6 +240,19 @@ def document(customer: Customer, period: Period, rollup: Mapping[str, tuple[int,
         # each with the period of the charges it corrects; a closed period's also have a credit note
         "adjustments": [line for line in lines if line["kind"] == "adjustment"],
     }
+
+
+def bill_to_name(customer: Customer) -> str | None:
+    """The name an invoice or credit note bills, frozen in its content when it is issued (a
+    rename later changes no issued document); None for a customer created without one."""
+    return customer.name or None
+
+
+def as_issued(content: Mapping[str, Any]) -> dict[str, Any]:
+    """A frozen invoice or credit note as the API gives it: one issued before the name was
+    recorded has `customer_name` null (none was captured then; today's name would not be the one
+    it billed), its content and hash untouched."""
+    return {**content} if "customer_name" in content else {**content, "customer_name": None}
 
 
 def total_units(rollup: Mapping[str, tuple[int, int]]) -> int:

@@ -35,6 +35,7 @@ from pricing.rating import rate
 from pricing.units import TYPE_OF_FIELD
 from pricing.usage import Usage
 from wallets import chart
+from wallets.core.billing import bill_to_name
 from wallets.core.commands import TOPUP_PRIORITY, RerateCharges
 from wallets.core.credits import opened_lot
 from wallets.core.decision import (
@@ -341,7 +342,8 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
         invoice_id, invoice_number = data.invoice
         content = {
             "id": note_id, "number": number, "kind": "credit" if net < 0 else "debit", "customer_id": c.id,
-            "currency": c.currency, "invoice_id": invoice_id, "invoice_number": invoice_number,
+            "customer_name": bill_to_name(c), "currency": c.currency, "invoice_id": invoice_id,
+            "invoice_number": invoice_number,
             "period": cmd.period, "rerate_id": cmd.rerate_id, "price_book": cmd.book_id,
             "price_version": cmd.version, "charges": len(found),
             "lines": [{"model": r["model"], "token_type": r["token_type"],
