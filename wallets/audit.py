@@ -280,28 +280,39 @@ async def _billed(conn: AsyncConnection) -> bool:
     return (await conn.execute(text("SELECT to_regclass('invoices')"))).scalar() is not None
 
 
+async def _charge_periods(conn: AsyncConnection) -> bool:
+    """Whether each charge keeps the period it is billed in (migration 0040 on)."""
+    return (await conn.execute(text(
+        """SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('charges')
+              AND attname = 'period' AND NOT attisdropped"""))).first() is not None
+
+
 async def period_rollups_match_postings(conn: AsyncConnection) -> Check:
     """Each period's rollup (its folded rows plus its unfolded deltas, from migration 0029 on)
-    against its entries' postings; a delta of rollup items names a period some entry of its
-    customer is billed in, or holds only the lines of free charges (no entry), netting 0."""
+    against its entries' postings; a customer's rollup, folded or not, holds items only of the
+    periods its entries or its charges (a free call's: no entry) are billed in (from 0040 on,
+    each charge keeps its period, and it is its entry's)."""
     if not await _billed(conn):
         return Check("period_rollups", True, "no billing periods in this schema (before migration 0017)")
-    deltas = await _deltas(conn)
-    items = ("""(SELECT customer_id, period, item, amount FROM period_rollups
+    deltas, charged = await _deltas(conn), await _charge_periods(conn)
+    items = ("""(SELECT 'folded' AS src, customer_id, period, item, amount FROM period_rollups
                  UNION ALL
-                 SELECT customer_id, period, unnest(items), unnest(amounts) FROM period_deltas)"""
-             if deltas else "period_rollups")
-    stray = """
+                 SELECT 'queued', customer_id, period, unnest(items), unnest(amounts) FROM period_deltas)"""
+             if deltas else "(SELECT 'folded' AS src, * FROM period_rollups)")
+    charges = """
         UNION ALL
-        SELECT format('a period delta of customer %s names period %s (lane %s), in which none of its entries '
-                      'is billed', d.customer_id, d.period, d.lane)
-          FROM period_deltas d
-         WHERE cardinality(d.items) > 0
-           AND NOT EXISTS (SELECT 1 FROM moved m WHERE m.customer_id = d.customer_id AND m.period = d.period)
-           AND NOT (d.items <@ ARRAY(SELECT i FROM unnest(d.items) i WHERE i LIKE 'line:%')
-                    AND (SELECT sum(a) FROM unnest(d.amounts) a) = 0
-                    AND EXISTS (SELECT 1 FROM charges c WHERE c.customer_id = d.customer_id AND c.entry_id IS NULL))
-         GROUP BY d.customer_id, d.period, d.lane""" if deltas else ""
+        SELECT format('charge %s (%s) of customer %s is billed in period %s, but its entry %s in %s', c.id,
+                      c.request_id, c.customer_id, coalesce(c.period, 'none'), c.entry_id,
+                      coalesce(j.metadata ->> 'period', 'none'))
+          FROM charges c JOIN journal_entries j ON j.lane = c.lane AND j.id = c.entry_id
+         WHERE c.period IS DISTINCT FROM j.metadata ->> 'period'
+        UNION ALL
+        SELECT format('charge %s (%s) of customer %s has no entry and no billing period', c.id, c.request_id,
+                      c.customer_id)
+          FROM charges c WHERE c.entry_id IS NULL AND c.period IS NULL""" if charged else ""
+    billed_charge = ("""
+           AND NOT EXISTS (SELECT 1 FROM charges c WHERE c.customer_id = r.customer_id AND c.period = r.period)"""
+                     if charged else "")
     return await _query_check(conn, "period_rollups", f"""
         WITH moved AS ({_MOVED}),
         rolled AS (
@@ -310,7 +321,8 @@ async def period_rollups_match_postings(conn: AsyncConnection) -> Check:
                    coalesce(sum(amount) FILTER (WHERE item = 'receivable'), 0) AS receivable,
                    coalesce(sum(amount) FILTER (WHERE item = 'reserved'), 0) AS reserved,
                    coalesce(sum(amount) FILTER (WHERE item LIKE 'line:%'), 0) AS lines,
-                   coalesce(sum(amount) FILTER (WHERE item LIKE 'funded:%'), 0) AS funded
+                   coalesce(sum(amount) FILTER (WHERE item LIKE 'funded:%'), 0) AS funded,
+                   count(*) FILTER (WHERE src = 'folded') AS folded, count(*) FILTER (WHERE src = 'queued') AS queued
               FROM {items} r GROUP BY 1, 2)
         SELECT format('customer %s, period %s: rollup says revenue %s, receivable %s, reserved %s; '
                       'the postings say %s, %s, %s', customer_id, period, coalesce(r.revenue, 0),
@@ -323,8 +335,15 @@ async def period_rollups_match_postings(conn: AsyncConnection) -> Check:
         UNION ALL
         SELECT format('customer %s, period %s: lines %s and what paid them %s differ from revenue %s',
                       customer_id, period, lines, funded, revenue)
-          FROM rolled WHERE lines <> revenue OR funded <> revenue{stray}
-        """, "each billing period's rollup equals what its entries posted; its lines and their funding tie out")
+          FROM rolled WHERE lines <> revenue OR funded <> revenue
+        UNION ALL
+        SELECT format('customer %s, period %s: its rollup holds %s items folded and %s queued, but none of its '
+                      'entries or charges is billed in that period', r.customer_id, r.period, r.folded, r.queued)
+          FROM rolled r
+         WHERE NOT EXISTS (SELECT 1 FROM moved m WHERE m.customer_id = r.customer_id AND m.period = r.period)
+               {billed_charge}{charges}
+        """, "each billing period's rollup equals what its entries posted; its lines and their funding tie out; "
+             "a customer's rollups are of the periods its entries and charges are billed in")
 
 
 async def invoices_tie_out(conn: AsyncConnection) -> Check:
@@ -420,8 +439,8 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
 
 WALLET_CHECKS: tuple[CheckFn, ...] = (
     reservations_consistent, holds_equal_reserved, lots_match_accounts, wallets_within_limits,
-    charges_match_entries, usage_counters_match_charges, usage_rollups_match_charges, usage_events_charged,
-    budgets_match_reservations,
+    charges_match_entries, usage_counters_match_charges, usage_rollups_match_charges,
+    usage_events_charged, budgets_match_reservations,
     period_rollups_match_postings, invoices_tie_out, credit_notes_tie_out,
 )
 

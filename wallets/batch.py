@@ -269,6 +269,7 @@ class Batch:
         self.changed.add((effect.customer_id, effect.reservation_id))
 
     def _charge_recorded(self, effect: ChargeRecorded, key: str | None) -> None:
+        customer = self.loaded.wallets[effect.customer_id].customer
         self.add("charges", {
             "customer_id": effect.customer_id, "reservation_id": effect.reservation_id, "event_id": effect.event_id,
             "request_id": effect.request_id, "seq": effect.seq, "capture_id": effect.capture_id,
@@ -277,7 +278,8 @@ class Batch:
             "price_book": effect.price_book, "price_version": effect.price_version, "lines": list(effect.lines),
             "charged": effect.charged, "from_hold": effect.from_hold, "from_lots": effect.from_lots,
             "from_receivable": effect.from_receivable, "released": effect.released,
-            "funding": [list(x) for x in effect.funding], "entry_key": key})
+            "funding": [list(x) for x in effect.funding], "entry_key": key,
+            "period": customer.billed_in(effect.occurred_at).label})  # as its entry's or its rollup lines'
 
     def _usage_event_recorded(self, effect: UsageEventRecorded, key: str | None) -> None:
         self.loaded.events[(effect.customer_id, effect.event_id)] = effect.request_hash

@@ -304,17 +304,18 @@ _WRITES: dict[str, str] = {
     "charges": """INSERT INTO charges (lane, customer_id, reservation_id, event_id, request_id, seq,
                    capture_id, final, request_hash, model, occurred_at, usage, dimensions,
                    price_book, price_version, lines, charged, from_hold, from_lots,
-                   from_receivable, released, funding, entry_id)
+                   from_receivable, released, funding, entry_id, period)
                SELECT {lane}, r.customer_id, r.reservation_id, r.event_id, r.request_id, r.seq,
                       r.capture_id, r.final, decode(r.request_hash, 'base64'), r.model, r.occurred_at,
                       r.usage, r.dimensions, r.price_book, r.price_version, r.lines, r.charged,
-                      r.from_hold, r.from_lots, r.from_receivable, r.released, r.funding, r.entry_id
+                      r.from_hold, r.from_lots, r.from_receivable, r.released, r.funding, r.entry_id, r.period
                  FROM jsonb_to_recordset({p}::jsonb) AS r(customer_id text, reservation_id text,
                       event_id text, request_id text, seq int, capture_id text, final boolean,
                       request_hash text, model text, occurred_at timestamptz, usage jsonb,
                       dimensions jsonb, price_book text, price_version text, lines jsonb,
                       charged numeric, from_hold numeric, from_lots numeric,
-                      from_receivable numeric, released numeric, funding jsonb, entry_id bigint)""",
+                      from_receivable numeric, released numeric, funding jsonb, entry_id bigint,
+                      period text)""",
     "budget_windows": """INSERT INTO budget_windows (lane, budget_id, window_start, used, held)
                SELECT {lane}, r.budget_id, r.window_start, r.used, r.held
                  FROM jsonb_to_recordset({p}::jsonb) AS r(budget_id text, window_start timestamptz,

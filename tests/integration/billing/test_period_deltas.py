@@ -314,3 +314,67 @@ async def test_the_downgrade_folds_the_pending_deltas(bk: BillingKit, scratch_ur
     await bk.event(cid, "model-a", 1000, 500)  # written as a delta again
     assert await count(bk, "period_deltas", cid) == 1
     assert await failed_checks(bk) == {}
+
+
+FREE = {"id": "free", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": [
+    {"id": "f-in", "model": "model-f", "token_type": "input", "price": "0"},
+    {"id": "f-out", "model": "model-f", "token_type": "output", "price": "0"},
+]}
+# a usage line of $5.00 and an allowance line taking it off: lines netting 0, as a free call's
+ZERO_NET = ['line:["2026-07","usage","model-f","input","f-in","10",null,null,"2026-01-01T00:00:00Z"]',
+            'line:["2026-07","free_allowance",null,null,null,"0",null,"fa","2026-01-01T00:00:00Z"]']
+
+
+async def tampered_report(bk: BillingKit, *sqls: tuple[str, dict]) -> dict[str, tuple[str, ...]]:
+    """What verify finds with `sqls` run (and the lanes folded after each when asked), then undone."""
+    async with bk.db.engine.connect() as conn:
+        for sql, params in sqls:
+            await conn.execute(text(sql), params)
+        report = await verify(conn, WALLET_CHECKS)
+        await conn.rollback()
+    return {c.name: c.problems for c in report.checks if not c.ok}
+
+
+FOLD = ("SELECT wallets_fold_usage(ledger_lane(:c)::smallint)", {})
+
+
+async def test_verify_names_a_zero_net_delta_in_a_period_the_customer_has_no_charge_in(bk: BillingKit) -> None:
+    """A customer with free calls (charges without entries) in 2026-11: a delta of lines netting 0
+    in 2026-07, where it has neither an entry nor a charge, put usage on a July invoice that
+    nothing backs; verify passed it (it accepted lines netting 0 of any customer with a free
+    call, whatever the period)."""
+    await bk.add_book(FREE)
+    cid = await bk.customer("freebie", billing_mode="postpaid", book="free")
+    await bk.event(cid, "model-f", 1000, 500)
+    assert await bk.db.read(lambda conn: _scalar(
+        conn, "SELECT count(*) FROM charges WHERE customer_id = :c AND entry_id IS NULL", c=cid)) == 1
+    assert await failed_checks(bk) == {}
+    fake = (DELTA, delta(cid, "2026-07", items=ZERO_NET, q=[500_000, 0], a=[5_000_000_000, -5_000_000_000]))
+    found = await tampered_report(bk, fake)
+    assert list(found) == ["period_rollups"], found
+    assert any(cid in p and "2026-07" in p for p in found["period_rollups"]), found
+    # folded into period_rollups (the fold job ran): named all the same
+    found = await tampered_report(bk, fake, (FOLD[0], {"c": cid}))
+    assert list(found) == ["period_rollups"], found
+    assert any(cid in p and "2026-07" in p for p in found["period_rollups"]), found
+    assert await failed_checks(bk) == {}
+
+
+async def test_verify_names_a_folded_rollup_in_a_period_the_customer_has_nothing_billed_in(bk: BillingKit) -> None:
+    """A top-up of $5.00 that no entry posted, folded into July's rollup (a customer billed only
+    in November): the stray check looked at unfolded deltas only."""
+    cid = await bk.customer("folded", billing_mode="postpaid")
+    await bk.event(cid, "model-a", 1000, 500)
+    assert await failed_checks(bk) == {}
+    found = await tampered_report(bk, (DELTA, delta(cid, "2026-07", items=["topups"], q=[0], a=[5_000_000_000])),
+                                  (FOLD[0], {"c": cid}))
+    assert await bk.db.read(lambda conn: _scalar(conn, "SELECT count(*) FROM period_deltas WHERE customer_id = :c",
+                                                 c=cid)) >= 1  # undone: the real deltas are still queued
+    assert list(found) == ["period_rollups"], found
+    assert any(cid in p and "2026-07" in p for p in found["period_rollups"]), found
+    # a charge moved to another period than its entry's (triggers off)
+    found = await tampered_report(bk, ("ALTER TABLE charges DISABLE TRIGGER charges_immutable", {}),
+                                  ("UPDATE charges SET period = '2026-07' WHERE customer_id = :c", {"c": cid}))
+    assert list(found) == ["period_rollups"], found
+    assert [p for p in found["period_rollups"] if "2026-07" in p and "2026-11" in p and f"customer {cid}" in p], found
+    assert await failed_checks(bk) == {}
