@@ -6,6 +6,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.audit import Check, CheckFn, Report, _query_check, verify
+from pricing.money import DEFAULT_SCALE
+from pricing.units import PER_UNITS
 from wallets import chart, store
 
 
@@ -109,6 +111,42 @@ async def charges_match_entries(conn: AsyncConnection) -> Check:
          WHERE c.charged <> coalesce((SELECT sum((l->>'amount_units')::numeric)
                                         FROM jsonb_array_elements(c.lines) l), 0)
         """, "every charge equals the revenue its entry posted and the sum of its lines")
+
+
+# The units one price covers, by token type (pricing.units), as SQL rows.
+_PER = ", ".join(f"({_literal(name)}, {per})" for name, per in PER_UNITS.items())
+
+
+async def charge_lines_rounded(conn: AsyncConnection) -> Check:
+    """Each charge's lines follow their own unit prices and quantities under the one rounding
+    rule (pricing.money.round_entry): a usage or discount line's exact amount is quantity x unit
+    price / the units a price covers (a free allowance line's is the exact amount it records);
+    each line is within one atomic unit of it, and the lines within half a unit of their exact
+    total (which the `charges` check holds to the charge's total and its entry)."""
+    return await _query_check(conn, "charge_lines", f"""
+        WITH per (token_type, per) AS (VALUES {_PER}),
+        lines AS (
+            SELECT c.id, c.request_id, c.customer_id, x.o, x.l ->> 'kind' AS kind, x.l ->> 'rule_id' AS rule_id,
+                   x.l ->> 'token_type' AS token_type, x.l ->> 'quantity' AS quantity,
+                   x.l ->> 'unit_price' AS unit_price, (x.l ->> 'amount_units')::numeric AS amount,
+                   CASE WHEN x.l ->> 'kind' IN ('usage', 'discount')
+                        THEN (x.l ->> 'quantity')::numeric * (x.l ->> 'unit_price')::numeric
+                             * {10 ** DEFAULT_SCALE} / per.per
+                        WHEN x.l ->> 'kind' = 'free_allowance'
+                        THEN (x.l ->> 'exact')::numeric * {10 ** DEFAULT_SCALE} END AS exact
+              FROM charges c CROSS JOIN LATERAL jsonb_array_elements(c.lines) WITH ORDINALITY x(l, o)
+              LEFT JOIN per ON per.token_type = x.l ->> 'token_type')
+        SELECT format('charge %s (%s) of customer %s: line %s (%s %s, rule %s) of %s units at unit price %s is %s '
+                      'units, not within one unit of its exact amount %s', id, request_id, customer_id, o, kind,
+                      coalesce(token_type, '-'), coalesce(rule_id, '-'), coalesce(quantity, '?'),
+                      coalesce(unit_price, '?'), amount, coalesce(trim_scale(exact)::text, 'unknown'))
+          FROM lines WHERE exact IS NULL OR abs(amount - exact) >= 1
+        UNION ALL
+        SELECT format('charge %s (%s) of customer %s: its lines sum to %s units, their exact total is %s',
+                      id, request_id, customer_id, sum(amount), trim_scale(sum(exact)))
+          FROM lines GROUP BY id, request_id, customer_id HAVING abs(sum(amount) - sum(exact)) > 0.5
+        """, "every charge line is within one atomic unit of quantity x unit price, its lines within half a "
+             "unit of their exact total (the rounding rule)")
 
 
 async def _deltas(conn: AsyncConnection) -> bool:
@@ -439,7 +477,7 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
 
 WALLET_CHECKS: tuple[CheckFn, ...] = (
     reservations_consistent, holds_equal_reserved, lots_match_accounts, wallets_within_limits,
-    charges_match_entries, usage_counters_match_charges, usage_rollups_match_charges,
+    charges_match_entries, charge_lines_rounded, usage_counters_match_charges, usage_rollups_match_charges,
     usage_events_charged, budgets_match_reservations,
     period_rollups_match_postings, invoices_tie_out, credit_notes_tie_out,
 )
