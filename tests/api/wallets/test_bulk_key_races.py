@@ -56,7 +56,9 @@ def test_usage_event_calls_refused_as_a_conflict_record_none_of_their_events(liv
         assert [r.json() for r in answers if r.status_code == 200] == [
             {"accepted": EVENTS, "duplicates": 0, "rejected": []}]
         usage = http.get(f"/v1/customers/{cid}/usage", params={"group_by": "model"}).json()["rows"]
-        assert [(row["charges"], row["amount"]) for row in usage] == [(EVENTS, f"{EVENTS * EVENT_COST:.2f}")]
+        assert [(row["token_type"], row["quantity"], row["charges"], row["amount"]) for row in usage] == [
+            ("input", EVENTS * 1000, EVENTS, f"{EVENTS * Decimal('0.01'):.2f}"),  # a row per token type
+            ("request", EVENTS, EVENTS, f"{EVENTS * Decimal('0.01'):.2f}")]
         assert Decimal(http.get(f"/v1/customers/{cid}/wallet").json()["receivable"]) == EVENTS * EVENT_COST
 
 
