@@ -11,6 +11,7 @@ import io
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,8 @@ def summary(document: Mapping[str, Any]) -> list[tuple[str, str]]:
                ("Credits expired", document["expired"]), ("Payments received", document["payments_received"]),
                ("Opening credit balance", opening["credits"]), ("Closing credit balance", closing["credits"]),
                ("Opening amount owed", opening["receivable"]), ("Closing amount owed", closing["receivable"])]
+    if Decimal(document.get("amount_due_rounding") or 0):  # the close's, to the minor unit (newer documents)
+        figures.append(("Amount due rounding", document["amount_due_rounding"]))
     if "amount_paid" in document:
         figures.append(("Paid on this invoice", document["amount_paid"]))
     figures.append(("Amount due", document["amount_due"]))

@@ -306,7 +306,8 @@ _MOVED = f"""
            coalesce(sum(p.amount) FILTER (WHERE a.code = {_RECEIVABLE.replace('c.id', 'j.customer_id')}), 0)
                AS receivable,
            coalesce(-sum(p.amount) FILTER (WHERE a.code = {_RESERVED.replace('c.id', 'j.customer_id')}), 0)
-               AS reserved
+               AS reserved,
+           coalesce(-sum(p.amount) FILTER (WHERE a.code LIKE {_literal(chart.rounding_account('%'))}), 0) AS rounded
       FROM journal_entries j JOIN postings p ON p.lane = j.lane AND p.entry_id = j.id
       JOIN accounts a ON a.id = p.account_id
      WHERE j.customer_id IS NOT NULL AND j.metadata ? 'period'
@@ -358,18 +359,21 @@ async def period_rollups_match_postings(conn: AsyncConnection) -> Check:
                    coalesce(sum(amount) FILTER (WHERE item = 'revenue'), 0) AS revenue,
                    coalesce(sum(amount) FILTER (WHERE item = 'receivable'), 0) AS receivable,
                    coalesce(sum(amount) FILTER (WHERE item = 'reserved'), 0) AS reserved,
+                   coalesce(sum(amount) FILTER (WHERE item = 'rounded'), 0) AS rounded,
                    coalesce(sum(amount) FILTER (WHERE item LIKE 'line:%'), 0) AS lines,
                    coalesce(sum(amount) FILTER (WHERE item LIKE 'funded:%'), 0) AS funded,
                    count(*) FILTER (WHERE src = 'folded') AS folded, count(*) FILTER (WHERE src = 'queued') AS queued
               FROM {items} r GROUP BY 1, 2)
-        SELECT format('customer %s, period %s: rollup says revenue %s, receivable %s, reserved %s; '
-                      'the postings say %s, %s, %s', customer_id, period, coalesce(r.revenue, 0),
-                      coalesce(r.receivable, 0), coalesce(r.reserved, 0), coalesce(m.revenue, 0),
-                      coalesce(m.receivable, 0), coalesce(m.reserved, 0))
+        SELECT format('customer %s, period %s: rollup says revenue %s, receivable %s, reserved %s, amount due '
+                      'rounding %s; the postings say %s, %s, %s, %s', customer_id, period, coalesce(r.revenue, 0),
+                      coalesce(r.receivable, 0), coalesce(r.reserved, 0), coalesce(r.rounded, 0),
+                      coalesce(m.revenue, 0), coalesce(m.receivable, 0), coalesce(m.reserved, 0),
+                      coalesce(m.rounded, 0))
           FROM moved m FULL JOIN rolled r USING (customer_id, period)
          WHERE coalesce(m.revenue, 0) <> coalesce(r.revenue, 0)
             OR coalesce(m.receivable, 0) <> coalesce(r.receivable, 0)
             OR coalesce(m.reserved, 0) <> coalesce(r.reserved, 0)
+            OR coalesce(m.rounded, 0) <> coalesce(r.rounded, 0)
         UNION ALL
         SELECT format('customer %s, period %s: lines %s and what paid them %s differ from revenue %s',
                       customer_id, period, lines, funded, revenue)
@@ -424,8 +428,9 @@ async def invoices_tie_out(conn: AsyncConnection) -> Check:
         SELECT format('entry %s (%s): invoice payments %s, but it paid the receivable of %s by %s',
                       x.entry_id, j.kind, x.paid, x.customer_id, x.receivable)
           FROM (SELECT x.*, (SELECT -coalesce(sum(p.amount), 0) FROM postings p JOIN accounts a ON a.id = p.account_id
-                              WHERE p.lane = x.lane AND p.entry_id = x.entry_id
-                                AND a.code = {_RECEIVABLE.replace('c.id', 'x.customer_id')}) AS receivable
+                              WHERE p.lane = x.lane AND p.entry_id = x.entry_id  -- a close's rounding aside
+                                AND (a.code = {_RECEIVABLE.replace('c.id', 'x.customer_id')}
+                                     OR a.code LIKE {_literal(chart.rounding_account('%'))})) AS receivable
                   FROM (SELECT lane, entry_id, customer_id, sum(amount) AS paid FROM invoice_payments
                          GROUP BY 1, 2, 3) x) x
           LEFT JOIN journal_entries j ON j.lane = x.lane AND j.id = x.entry_id

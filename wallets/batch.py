@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ledger.accounts import open_accounts
 from ledger.model import AccountSpec, JournalEntry
 from ledger.posting import Outcome, PreparedPost, prepare_post
 from pricing.books import PriceBook
@@ -50,6 +51,11 @@ from wallets.model import BudgetHold, Hold, Lot, Reservation
 __all__ = ["Batch", "billing_period"]
 
 
+# The entries that may post to a currency's rounding account (a close's; see wallets.core.invoicing).
+ROUNDS = frozenset({"invoice_rounding", "volume_true_up"})
+ROUNDING = chart.rounding_account("")
+
+
 @dataclass(slots=True)
 class Batch:
     now: datetime
@@ -57,6 +63,7 @@ class Batch:
     books: Mapping[str, PriceBook | None] = field(default_factory=dict)
     entries: list[JournalEntry] = field(default_factory=list)
     accounts: list[AccountSpec] = field(default_factory=list)
+    platform_accounts: list[AccountSpec] = field(default_factory=list)  # opened if absent (see flush)
     rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     results: list[Any] = field(default_factory=list)  # results carrying an entry_key
     # (customer, period, book) -> rule -> units rated earlier in the period (loaded for tiered books)
@@ -122,6 +129,8 @@ class Batch:
             if type(effect) is LotOpened:
                 self._lot_opened(effect, key)
         if decision.entry is not None:
+            if decision.entry.kind in ROUNDS and any(p.account.startswith(ROUNDING) for p in decision.entry.postings):
+                self.platform_accounts.append(chart.rounding_spec(decision.entry.postings[0].asset))
             posted = self._billed(decision)
             self.entries.append(posted)
             self.loaded.wallets[posted.customer_id].apply(posted.postings)
@@ -339,6 +348,8 @@ class Batch:
     async def flush(self, conn: AsyncConnection) -> None:
         """Make the batch ready to write: open its accounts, give each entry its id (allocated
         with the load), and turn what was followed into rows, each naming its entry by id."""
+        if self.platform_accounts:  # a currency whose customers predate its rounding account
+            await open_accounts(conn, self.platform_accounts)
         await store.open_accounts(conn, self.accounts)
         spare = self.loaded.entry_ids
         if len(spare) < len(self.entries):  # more entries than commands, or no ids loaded

@@ -8,6 +8,8 @@ Customer accounts (one customer each, single-row, bounded):
 Platform accounts (one per currency, striped so that no single row serializes the service):
   asset:platform:cash:<cur>  expense:platform:promotions:<cur>
   income:platform:usage:<cur>  income:platform:breakage:<cur>
+  income:platform:rounding:<cur>  what rounding invoices' amounts due to the currency's minor unit
+                                  gained (rounded up) or lost (rounded down), against the receivable
 """
 from __future__ import annotations
 
@@ -63,12 +65,23 @@ def breakage_account(currency: str) -> str:
     return f"income:platform:breakage:{currency}"
 
 
+def rounding_account(currency: str) -> str:
+    return f"income:platform:rounding:{currency}"
+
+
+def rounding_spec(currency: str) -> AccountSpec:
+    """Opened with a currency's other platform accounts, and by the first close that rounds an
+    amount due in a currency whose customers predate it (no migration: it is opened on use)."""
+    return AccountSpec(rounding_account(currency), AccountType.INCOME, currency, stripes=PLATFORM_STRIPES)
+
+
 def platform_specs(currency: str) -> list[AccountSpec]:
     return [
         AccountSpec(cash_account(currency), AccountType.ASSET, currency, stripes=PLATFORM_STRIPES),
         AccountSpec(promotions_account(currency), AccountType.EXPENSE, currency, stripes=PLATFORM_STRIPES),
         AccountSpec(revenue_account(currency), AccountType.INCOME, currency, stripes=PLATFORM_STRIPES),
         AccountSpec(breakage_account(currency), AccountType.INCOME, currency, stripes=PLATFORM_STRIPES),
+        rounding_spec(currency),
     ]
 
 

@@ -88,6 +88,11 @@ class InvoiceView(msgspec.Struct):
     amount_paid: str
     amount_remaining: str
     payments: list[InvoicePayment]
+    amount_due_rounding: Annotated[str | None, msgspec.Meta(description=(
+        "What the close added to (or, negative, took off) what the receivable paid of the period's "
+        "charges so that the amount due, less what top-ups already paid of it, is whole minor units of "
+        "the currency (half to even), posted against the platform's rounding account; absent on invoices "
+        "finalized before"))] = None
 
 
 class InvoiceList(msgspec.Struct):

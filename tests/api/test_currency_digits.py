@@ -116,16 +116,18 @@ async def test_a_yen_invoice_shows_whole_yen_lines_and_totals_and_ties_out(clien
     assert upcoming["total"] == "4.5" and upcoming["subtotals"]["usage"] == "4"
     assert upcoming["subtotals"]["discounts"] == "0" and upcoming["top_ups"] == "0"
     closed = await _closed(client, yen)
-    assert closed["total"] == "4.5" and closed["amount_due"] == "4.5"
+    # the amount due is whole yen: 4.5 half to even is 4, the 0.5 yen posted to the rounding account
+    assert closed["total"] == "4.5" and closed["amount_due"] == "4"
     invoice = (await client.get(f"/v1/invoices/{closed['invoice_id']}", headers=ADMIN)).json()
     assert [ln["amount"] for ln in invoice["lines"]] == ["4", "0.5"]
     assert invoice["opening_balance"] == {"credits": "0", "reserved": "0", "receivable": "0"}
-    assert invoice["amount_due"] == "4.5" and invoice["amount_paid"] == "0" and invoice["amount_remaining"] == "4.5"
+    assert invoice["amount_due"] == "4" and invoice["amount_paid"] == "0" and invoice["amount_remaining"] == "4"
+    assert invoice["amount_due_rounding"] == "-0.5" and invoice["closing_balance"]["receivable"] == "4"
     paid = await client.post(f"/v1/invoices/{closed['invoice_id']}/payments", headers=ADMIN,
                              json={"amount": "4", "reference": "wire-1"})
     assert paid.status_code == 201, paid.text
     assert paid.json()["amount"] == "4" and paid.json()["amount_paid"] == "4"
-    assert paid.json()["amount_remaining"] == "0.5"
+    assert paid.json()["amount_remaining"] == "0" and paid.json()["payment_status"] == "paid"
 
 
 async def test_a_dinar_invoice_shows_three_decimals_in_json_html_and_csv(client) -> None:

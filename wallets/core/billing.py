@@ -12,6 +12,7 @@ moved no money, and so has no entry, adds its lines alone, netting 0):
   topups, grants      credit bought or given; `expired`: what went to breakage
   payments            invoice payments received
   lots, reserved, receivable   the change of the customer's balances
+  rounded             what the close's rounding of the amount due moved on the receivable
 
 An invoice is a function of its period's rollup and of the customer's balances, so it ties out
 to the postings by construction, and `tokentill audit verify` proves the rollups agree with them.
@@ -73,11 +74,12 @@ _LINE_ITEMS: dict[tuple[Any, ...], str] = {}
 _KEYABLE = frozenset((str, int, type(None)))
 
 
-def entry_rollup(customer: Customer, entry: JournalEntry, lot_kinds: Mapping[str, str],
+def entry_rollup(customer: Customer, entry: JournalEntry | None, lot_kinds: Mapping[str, str],
                  lines: Iterable[tuple[str, Mapping[str, Any]]] = (),
                  funding: Iterable[tuple[str, int]] = ()) -> Rollup:
     """What one entry adds to its period's rollup: its priced `lines` (original period, line),
-    how its revenue was paid (`funding`: account, amount) and the movement of its postings."""
+    how its revenue was paid (`funding`: account, amount) and the movement of its postings (none
+    without an entry: priced lines that moved no money)."""
     cur, cid = customer.currency, customer.id
     out: Rollup = {}
     for origin, line in lines:
@@ -87,7 +89,8 @@ def entry_rollup(customer: Customer, entry: JournalEntry, lot_kinds: Mapping[str
         add(out, "funded:" + ("receivable" if account == receivable else lot_kinds.get(account, "grant")), 0, amount)
     revenue, breakage = chart.revenue_account(cur), chart.breakage_account(cur)
     promotions, cash, reserved = chart.promotions_account(cur), chart.cash_account(cur), chart.reserved_account(cid)
-    for p in entry.postings:
+    rounding = chart.rounding_account(cur)
+    for p in entry.postings if entry is not None else ():
         if p.account == revenue:
             add(out, "revenue", 0, -p.amount)
         elif p.account == breakage:
@@ -102,6 +105,8 @@ def entry_rollup(customer: Customer, entry: JournalEntry, lot_kinds: Mapping[str
             add(out, "receivable", 0, p.amount)
         elif p.account in lot_kinds:
             add(out, "lots", 0, -p.amount)
+        elif p.account == rounding:
+            add(out, "rounded", 0, -p.amount)
     return out
 
 
@@ -216,7 +221,7 @@ def document(customer: Customer, period: Period, rollup: Mapping[str, tuple[int,
     amount = {name: rollup.get(name, (0, 0))[1] for name in (
         "funded:grant", "funded:topup", "funded:receivable", "topups", "grants", "expired", "payments", *BALANCES)}
     closing = Balances(*(getattr(opening, name) + amount[name] for name in BALANCES))
-    due = max(0, amount["funded:receivable"])
+    due = amount_due_units(rollup)
     return {
         "id": header.id, "number": header.number, "status": header.status, "customer_id": customer.id,
         "customer_name": bill_to_name(customer), "currency": customer.currency, "billing": customer.billing,
@@ -235,6 +240,8 @@ def document(customer: Customer, period: Period, rollup: Mapping[str, tuple[int,
         "expired": money(amount["expired"], cur),
         "payments_received": money(amount["payments"], cur),
         "opening_balance": opening.view(cur), "closing_balance": closing.view(cur),
+        # what the close's rounding of the amount due to the currency's minor unit added (or took off)
+        "amount_due_rounding": money(rollup.get("rounded", (0, 0))[1], cur),
         "amount_due": money(due, cur),
         # re-rating adjustments billed in this period (also among the lines, which sum to the total),
         # each with the period of the charges it corrects; a closed period's also have a credit note
@@ -260,7 +267,19 @@ def total_units(rollup: Mapping[str, tuple[int, int]]) -> int:
 
 
 def amount_due_units(rollup: Mapping[str, tuple[int, int]]) -> int:
-    return max(0, rollup.get("funded:receivable", (0, 0))[1])
+    """What the receivable paid of the period's charges, when positive, and what the close's
+    rounding (`due_rounding`) moved on the receivable with it."""
+    funded = rollup.get("funded:receivable", (0, 0))[1]
+    return max(0, funded + rollup.get("rounded", (0, 0))[1]) if funded > 0 else 0
+
+
+def due_rounding(due: int, applied: int, currency: str) -> int:
+    """What the close adds to an amount due of `due` atomic units (less when negative) so that
+    what is left to pay once top-ups already paid `applied` of it is whole minor units of
+    `currency`: that rest rounded once, half to even, as invoice lines are (`round_line`). An
+    asset the ISO table does not list keeps its atomic unit: 0."""
+    left = due - applied
+    return round_line(left, line_decimals(currency)) - left if left > 0 else 0
 
 
 def _utc(at: datetime) -> str:

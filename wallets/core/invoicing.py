@@ -26,11 +26,10 @@ from wallets.core.billing import (
     Balances,
     Header,
     Rollup,
-    add,
     amount_due_units,
     document,
+    due_rounding,
     entry_rollup,
-    line_item,
     merge,
 )
 from wallets.core.billing import opening_balances as opening_of
@@ -238,7 +237,7 @@ def counters_given_back(state: State, customer_id: str, label: str, book: PriceB
 
 
 def _true_up(state: State, w: Wallet, label: str, lines: list[dict[str, Any]], now: datetime):
-    """The true-up entry: more charged is paid like usage (lots, then the receivable); money back
+    """The true-up's legs: more charged is paid like usage (lots, then the receivable); money back
     pays down what the customer owes, and the rest becomes credit (a paid lot)."""
     amount = sum(line["amount_units"] for line in lines)
     cid, cur = w.customer.id, w.customer.currency
@@ -256,9 +255,7 @@ def _true_up(state: State, w: Wallet, label: str, lines: list[dict[str, Any]], n
                              reference=f"volume true-up {label}")
             legs.credit(lot.code, -amount - back)
             paid.append((lot.code, -(-amount - back)))
-    posted = entry(f"true-up:{cid}:{label}", "volume_true_up", legs, cid, now,
-                   {"period": label, "rules": [line["rule_id"] for line in lines]})
-    return posted, lot, tuple(paid)
+    return legs, lot, tuple(paid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,23 +269,48 @@ class Closing:
     rollup: Rollup  # the period's rollup with the true-up entry's items
 
 
-def closing(state: State, w: Wallet, label: str, rollup: Rollup, book: PriceBook | None, now: datetime) -> Closing:
-    """The true-up of period `label` if it closed `now` with `w`'s balances, and the rollup its
-    invoice shows: the close and the upcoming invoice's preview both build the invoice by it."""
+def _rounding(w: Wallet, rollup: Rollup, paid: Sequence[tuple[str, int]], credits: Sequence[Unapplied]) -> int:
+    """What the close posts to the receivable (against the platform's rounding account) so that
+    the amount due, less what top-ups already paid of it, is whole minor units (`due_rounding`):
+    rounded down, never more than the receivable owes once the true-up (`paid`) is posted."""
+    due = amount_due_units(rollup)
+    parts, _ = unapplied_parts(credits, due)
+    rounding = due_rounding(due, sum(part for _, part in parts), w.customer.currency)
+    receivable = chart.receivable_account(w.customer.id)
+    owed = max(0, w.receivable - (w.credit_held or 0)) + sum(a for account, a in paid if account == receivable)
+    return rounding if rounding >= 0 or owed >= -rounding else 0
+
+
+def closing(state: State, w: Wallet, label: str, rollup: Rollup, book: PriceBook | None, now: datetime,
+            credits: Sequence[Unapplied] = ()) -> Closing:
+    """The true-up of period `label` if it closed `now` with `w`'s balances, the rounding of its
+    amount due (`_rounding`, with the top-ups' unapplied payments of the receivable, `credits`),
+    posted as one entry, and the rollup its invoice shows: the close and the upcoming invoice's
+    preview both build the invoice by it."""
     rollup = dict(rollup)
     lines = true_up_lines(volume_rules(book, rollup, label), volume_discounts(book, rollup, label))
     lines += allowance_lines(rollup, label, lines, allowances_at_end(w, label))
-    if not lines:
-        return Closing((), None, None, (), rollup)
-    posted, lot, paid = _true_up(state, w, label, lines, now)
+    cid, cur = w.customer.id, w.customer.currency
+    legs, lot, paid = _true_up(state, w, label, lines, now) if lines else (Legs(cur), None, ())
     kinds = {code: x.kind for code, x in w.lots.items()}
     if lot is not None:
         kinds[lot.code] = lot.kind
-    if posted is not None:
-        merge(rollup, entry_rollup(w.customer, posted, kinds, [(label, x) for x in lines], paid))
-    else:  # lines netting 0 move no money (no entry), and are on the invoice all the same
-        for line in lines:
-            add(rollup, line_item(label, line), int(line["quantity"]), int(line["amount_units"]))
+    # the true-up's lines (on the invoice whether or not they move money) and what paid them
+    merge(rollup, entry_rollup(w.customer, None, kinds, [(label, x) for x in lines], paid))
+    rounding = _rounding(w, rollup, paid, credits)
+    if rounding > 0:
+        legs.debit(chart.receivable_account(cid), rounding).credit(chart.rounding_account(cur), rounding)
+    elif rounding < 0:
+        legs.debit(chart.rounding_account(cur), -rounding).credit(chart.receivable_account(cid), -rounding)
+    if lines:
+        posted = entry(f"true-up:{cid}:{label}", "volume_true_up", legs, cid, now,
+                       {"period": label, "rules": [line["rule_id"] for line in lines],
+                        **({"amount_due_rounding": rounding} if rounding else {})})
+    else:
+        posted = entry(f"invoice-rounding:{cid}:{label}", "invoice_rounding", legs, cid, now,
+                       {"period": label, "amount_due_rounding": rounding})
+    if posted is not None:  # the movement of its postings (its lines and what paid them are in)
+        merge(rollup, entry_rollup(w.customer, posted, kinds))
     return Closing(tuple(lines), posted, lot, paid, rollup)
 
 
@@ -304,7 +326,7 @@ def upcoming_invoice(state: State, period: Period, now: datetime, book: PriceBoo
     rollups = state.rollups.get(w.customer.id, {})
     credits: Sequence[Unapplied] = state.unapplied.get(w.customer.id, ())
     for label in sorted(x for x in rollups if x < period.label):
-        earlier = closing(state, w, label, rollups[label], book, now)
+        earlier = closing(state, w, label, rollups[label], book, now, credits)
         if earlier.lot is not None:
             lot = earlier.lot
             w.lots[lot.code] = Lot(lot.lot_id, lot.code, lot.kind, lot.granted, lot.priority, lot.expires_at,
@@ -314,7 +336,7 @@ def upcoming_invoice(state: State, period: Period, now: datetime, book: PriceBoo
         _, credits = unapplied_parts(credits, amount_due_units(earlier.rollup))
     opening = opening_of(Balances(sum(lot.balance for lot in w.lots.values()), w.reserved, w.receivable),
                          rollups, period.label)
-    rollup = closing(state, w, period.label, rollups.get(period.label, {}), book, now).rollup
+    rollup = closing(state, w, period.label, rollups.get(period.label, {}), book, now, credits).rollup
     parts, _ = unapplied_parts(credits, amount_due_units(rollup))
     return rollup, opening, parts
 
@@ -330,7 +352,8 @@ def close_period(state: State, cmd: ClosePeriod, now: datetime, book: PriceBook 
     rollups = state.rollups.get(c.id, {})
     opening = opening_of(Balances(sum(lot.balance for lot in w.lots.values()), w.reserved, w.receivable),
                          rollups, period.label)
-    closed = closing(state, w, period.label, rollups.get(period.label, {}), book, now)
+    closed = closing(state, w, period.label, rollups.get(period.label, {}), book, now,
+                     state.unapplied.get(c.id, ()))
     rollup, posted = closed.rollup, closed.posted
     effects: list[Any] = []
     sources = list(state.corrections.get(c.id, ()))  # what gave money back off the receivable

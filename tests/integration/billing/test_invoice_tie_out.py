@@ -9,8 +9,9 @@ postings and the charge records, independently of the rollups:
   the hold pieces they consumed), less what re-rates gave back to those lots (money back for a
   lot expired since goes to breakage instead: less credit applied, and expired), and what the
   receivable paid is the amount charged to account;
-- the amount due is that, when positive; balances move by exactly the period's postings, each
-  period opening where the one before closed;
+- the amount due is that, when positive, plus the close's rounding (the period's postings to the
+  rounding account, within half a cent; a postpaid invoice asks whole cents); balances move by
+  exactly the period's postings, each period opening where the one before closed;
 - top-ups, grants and expirations are the period's cash, promotions and breakage postings;
 - what the invoices leave open (amount due less paid) is what the receivable says is owed;
 and over both customers the invoices sum to their revenue postings. All exact, to the unit."""
@@ -39,6 +40,7 @@ from wallets.expiry import expire_grants, expire_reservations
 from wallets.periods import Cycle, period_of
 
 START = datetime(2026, 10, 20, 9, tzinfo=UTC)
+CENT = 10_000_000  # a cent in atomic units (10^-9 dollars)
 _examples = itertools.count()
 
 WHO = st.integers(0, 1)
@@ -220,6 +222,8 @@ def _check_customer(cid: str, invoices: list[dict], facts: dict) -> int:
             m["receivable"] += amount
         elif code == chart.reserved_account(cid):
             m["reserved"] -= amount
+        elif code == chart.rounding_account(cur):
+            m["rounded"] -= amount
         else:
             m["credits"] -= amount
     funding = _funding_by_period(cid, facts)
@@ -234,7 +238,12 @@ def _check_customer(cid: str, invoices: list[dict], facts: dict) -> int:
         assert units(invoice["credits_applied"]["paid"]) == f["topup"]
         assert units(invoice["charged_to_account"]) == f["account"]
         assert f["grant"] + f["topup"] + f["account"] == total
-        assert units(invoice["amount_due"]) == max(0, f["account"])
+        # the close rounds what is left to pay to whole cents, half to even: within half a cent
+        assert abs(m["rounded"]) <= CENT // 2 and (f["account"] > 0 or not m["rounded"])
+        assert units(invoice["amount_due"]) == (f["account"] + m["rounded"] if f["account"] > 0 else 0)
+        assert units(invoice["amount_due_rounding"]) == m["rounded"]
+        if invoice["billing"] == "postpaid":  # no top-up pays its invoices: it asks whole cents
+            assert units(invoice["amount_due"]) % CENT == 0, invoice
         assert units(invoice["top_ups"]) == m["topups"] and units(invoice["grants"]) == m["grants"]
         assert units(invoice["expired"]) == m["expired"]
         for name in ("credits", "reserved", "receivable"):

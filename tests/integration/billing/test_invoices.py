@@ -114,7 +114,10 @@ async def test_lines_round_to_the_cent_and_a_rounding_line_ties_them_to_the_exac
         ("request", "model-b", "request", 1, "0.01", "0.01", None),
         ("rounding", None, None, None, None, "0.0102", None),
     ]
-    assert invoice["total"] == "0.0602" and invoice["amount_due"] == "0.0602"  # exact, as posted
+    assert invoice["total"] == "0.0602" and invoice["charged_to_account"] == "0.0602"  # exact, as posted
+    # what is due is whole cents: $0.0602 half to even is $0.06, the $0.0002 taken off at the close
+    assert invoice["amount_due"] == "0.06" and invoice["amount_due_rounding"] == "-0.0002"
+    assert upcoming["amount_due"] == "0.06"
     assert invoice["line_rounding"] == {"decimals": 2, "mode": "half_even"}
     assert invoice["subtotals"] == {"usage": "0.03", "requests": "0.02", "discounts": "0.00",
                                     "free_allowances": "0.00", "true_ups": "0.00", "adjustments": "0.00",
