@@ -334,9 +334,10 @@ async def period_rollups_match_postings(conn: AsyncConnection) -> Check:
     if not await _billed(conn):
         return Check("period_rollups", True, "no billing periods in this schema (before migration 0017)")
     deltas, charged = await _deltas(conn), await _charge_periods(conn)
-    items = ("""(SELECT 'folded' AS src, customer_id, period, item, amount FROM period_rollups
+    items = ("""(SELECT 'folded' AS src, customer_id, period, item, quantity, amount FROM period_rollups
                  UNION ALL
-                 SELECT 'queued', customer_id, period, unnest(items), unnest(amounts) FROM period_deltas)"""
+                 SELECT 'queued', customer_id, period, unnest(items), unnest(quantities), unnest(amounts)
+                   FROM period_deltas)"""
              if deltas else "(SELECT 'folded' AS src, * FROM period_rollups)")
     charges = """
         UNION ALL
@@ -349,6 +350,31 @@ async def period_rollups_match_postings(conn: AsyncConnection) -> Check:
         SELECT format('charge %s (%s) of customer %s has no entry and no billing period', c.id, c.request_id,
                       c.customer_id)
           FROM charges c WHERE c.entry_id IS NULL AND c.period IS NULL""" if charged else ""
+    # the lines the charges billed in each period put in its rollup (wallets/core/billing.py
+    # line_item), by kind, model, token type, rule, unit price, tier, override and price version,
+    # against the rollup's lines of those kinds (a true-up's and a re-rate's are not a charge's:
+    # volume_true_up, adjustment, and the allowance lines of no price version that give back)
+    fields = ("kind", "model", "token_type", "rule_id", "unit_price", "tier", "override_id", "price_version")
+    key = ", ".join(f"coalesce(l ->> '{f}', '') AS {f}" for f in fields)
+    rolled_key = ", ".join(f"coalesce(l ->> {i}, '') AS {f}" for i, f in enumerate(fields, start=1))
+    lines = f"""
+        UNION ALL
+        SELECT format('customer %s, period %s, %s line of model %s, token type %s, rule %s, unit price %s, tier %s, '
+                      'override %s, version %s: the rollup says quantity %s, amount %s; the charges billed in the '
+                      'period %s, %s', customer_id, period, {", ".join(fields)}, coalesce(r.q, 0), coalesce(r.a, 0),
+                      coalesce(c.q, 0), coalesce(c.a, 0))
+          FROM (SELECT customer_id, period, {rolled_key},
+                       sum(quantity) AS q, sum(amount) AS a
+                  FROM (SELECT i.*, substr(item, 6)::jsonb AS l FROM {items} i WHERE item LIKE 'line:%') i
+                 WHERE l ->> 1 IN ('usage', 'discount') OR (l ->> 1 = 'free_allowance' AND l ->> 8 IS NOT NULL)
+                 GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10) r
+          FULL JOIN (
+               SELECT c.customer_id, c.period, {key},
+                      sum((l ->> 'quantity')::numeric) AS q, sum((l ->> 'amount_units')::numeric) AS a
+                 FROM charges c CROSS JOIN LATERAL jsonb_array_elements(c.lines) l
+                WHERE c.period IS NOT NULL
+                GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10) c USING (customer_id, period, {", ".join(fields)})
+         WHERE coalesce(r.q, 0) <> coalesce(c.q, 0) OR coalesce(r.a, 0) <> coalesce(c.a, 0)""" if charged else ""
     billed_charge = ("""
            AND NOT EXISTS (SELECT 1 FROM charges c WHERE c.customer_id = r.customer_id AND c.period = r.period)"""
                      if charged else "")
@@ -383,7 +409,7 @@ async def period_rollups_match_postings(conn: AsyncConnection) -> Check:
                       'entries or charges is billed in that period', r.customer_id, r.period, r.folded, r.queued)
           FROM rolled r
          WHERE NOT EXISTS (SELECT 1 FROM moved m WHERE m.customer_id = r.customer_id AND m.period = r.period)
-               {billed_charge}{charges}
+               {billed_charge}{charges}{lines}
         """, "each billing period's rollup equals what its entries posted; its lines and their funding tie out; "
              "a customer's rollups are of the periods its entries and charges are billed in")
 

@@ -48,7 +48,8 @@ async def failed_checks(bk: BillingKit) -> dict[str, str]:
 
 def figures(invoice: dict) -> dict:
     """An invoice's content without what names the document or its customer."""
-    return {k: v for k, v in invoice.items() if k not in ("id", "number", "customer_id", "content_hash", "issued_at")}
+    return {k: v for k, v in invoice.items()
+            if k not in ("id", "number", "customer_id", "customer_name", "content_hash", "issued_at")}
 
 
 async def seed_usage(bk: BillingKit, cid: str, *, fold_between: bool) -> None:
@@ -92,8 +93,8 @@ async def test_the_invoice_is_the_same_with_the_deltas_folded_or_not(bk: Billing
     assert await fold(bk, folded) == 5  # its charges (and its 8 deltas)
     assert await count(bk, "period_deltas", folded) == 0
     assert await bk.upcoming(folded) == before
-    assert await bk.upcoming(partly) == {**before, "customer_id": partly}
-    assert await bk.upcoming(queued) == {**before, "customer_id": queued}
+    assert await bk.upcoming(partly) == {**before, "customer_id": partly, "customer_name": partly}
+    assert await bk.upcoming(queued) == {**before, "customer_id": queued, "customer_name": queued}
     twice = await bk.db.read(lambda conn: store.load_rollups(conn, [(queued, "2026-12"), (queued, "2026-11")]))
     assert twice == await bk.db.read(lambda conn: store.load_rollups(conn, [(queued, "2026-11")]))
     assert twice[queued]["2026-11"]["revenue"] == (0, 150_000_000)  # $0.15, counted once
@@ -357,6 +358,14 @@ async def test_verify_names_a_zero_net_delta_in_a_period_the_customer_has_no_cha
     found = await tampered_report(bk, fake, (FOLD[0], {"c": cid}))
     assert list(found) == ["period_rollups"], found
     assert any(cid in p and "2026-07" in p for p in found["period_rollups"]), found
+    # the same lines in 2026-11, where its free call is billed: no charge billed there has them
+    found = await tampered_report(bk, (DELTA, delta(cid, "2026-11", items=[i.replace("2026-07", "2026-11")
+                                                                           for i in ZERO_NET],
+                                                    q=[500_000, 0], a=[5_000_000_000, -5_000_000_000])))
+    assert list(found) == ["period_rollups"], found
+    assert len(found["period_rollups"]) == 2 and all(
+        f"customer {cid}, period 2026-11, " in p and "the charges billed in the period 0, 0" in p
+        for p in found["period_rollups"]), found
     assert await failed_checks(bk) == {}
 
 
