@@ -86,14 +86,15 @@ def admin(url: str) -> httpx.Client:
     return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30)
 
 
-def customer(live, amount: str = "10.00") -> tuple[str, str]:
-    """A funded customer and an inference key limited to it."""
+def customer(live, amount: str | None = "10.00") -> tuple[str, str]:
+    """A customer funded with `amount` (None: nothing) and an inference key limited to it."""
     url, book = live
     cid = f"gw-{uuid.uuid4().hex[:10]}"
     with admin(url) as http:
         assert http.post("/v1/customers", json={"id": cid, "name": "GW", "currency": "USD",
                                                 "price_book": book}).status_code == 201
-        assert http.post(f"/v1/customers/{cid}/topups", json={"amount": amount}).status_code == 201
+        if amount is not None:
+            assert http.post(f"/v1/customers/{cid}/topups", json={"amount": amount}).status_code == 201
         key = http.post("/v1/api-keys", json={"scope": "inference", "customers": [cid]}).json()["key"]
     return cid, key
 
@@ -1092,7 +1093,7 @@ def test_an_anthropic_upstream_500_is_passed_through_and_released(live):
 
 def test_an_insufficient_wallet_gets_a_provider_shaped_402_before_any_upstream_call(live, fake):
     url, _ = live
-    _, key = customer(live, amount="0.000001")
+    _, key = customer(live, amount=None)  # never topped up
     before = len(fake.fake.calls)
     with pytest.raises(openai.APIStatusError) as raised:
         oai(url, key).chat.completions.create(model="gpt-test", messages=HI)
@@ -1168,7 +1169,7 @@ def test_every_refusal_before_the_upstream_says_nothing_was_charged(live, fake):
     and a free call do: 402, 429, 401, 403, 422, 409, 400, 404, 405 (and 413, below)."""
     url, _ = live
     cid, key = customer(live)
-    _, poor = customer(live, amount="0.000001")
+    _, poor = customer(live, amount=None)  # never topped up
     with admin(url) as http:
         reader = http.post("/v1/api-keys", json={"scope": f"customer:{cid}"}).json()["key"]
         several = http.post("/v1/api-keys", json={"scope": "inference"}).json()["key"]
@@ -1234,7 +1235,9 @@ async def test_64_parallel_streams_on_a_wallet_of_10_holds_10_proceed_54_are_ref
     # unknown model (2 -> 3) plus 3 per message and 3 for the reply, 9 tokens, at the cache write
     # price (OpenAI may write the prompt to its cache); 1,000 output tokens.
     hold = (9 * WRITE + 1000 * OUT) / M + CALL  # 0.0211125
-    cid, key = customer(live, amount=str(10 * hold + hold / 2))
+    funds = (10 * hold + hold / 2).quantize(Decimal("0.01"))  # cash is whole cents: 0.22, 10.4 holds
+    assert 10 * hold <= funds < 11 * hold
+    cid, key = customer(live, amount=str(funds))
     client = openai.AsyncOpenAI(base_url=f"{url}/openai/v1", api_key=key, max_retries=0,
                                 http_client=openai.DefaultAsyncHttpxClient(limits=httpx.Limits(max_connections=100)))
 
@@ -1259,7 +1262,7 @@ async def test_64_parallel_streams_on_a_wallet_of_10_holds_10_proceed_54_are_ref
     await client.close()
     assert outcomes.count("proceeded") == 10 and outcomes.count("refused") == 54
     available, reserved = await asyncio.to_thread(wallet, url, cid)
-    assert reserved == 0 and available == 10 * hold + hold / 2 - 10 * CHAT_CHARGE
+    assert reserved == 0 and available == funds - 10 * CHAT_CHARGE
 
 
 def test_a_gateway_call_is_held_and_charged_at_the_customers_contract_price(live, fake):

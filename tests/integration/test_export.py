@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from collections import defaultdict
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -358,8 +359,9 @@ def test_an_entry_sealed_after_entries_with_higher_ids_is_written_under_its_own_
 
 @pytest.fixture(scope="module")
 def large(server_url):
-    """Two top-ups of 18 significant digits (at most 1e9 USD each, as the API allows), and the
-    trial balance."""
+    """Two top-ups near the API's 1e9 USD limit (whole cents, as cash must be) and one call of a
+    billionth of a dollar, which the first lot pays: it holds 123456789.119999999 (18 significant
+    digits). Returns the trial balance."""
     from tests.conftest import _migrated
 
     gen = _migrated(server_url, "tokentill_export_large")
@@ -367,10 +369,14 @@ def large(server_url):
     try:
         with serving(url, ADMIN) as tt:
             tt.post("/v1/price-books", {"id": "plain", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
-                                        "rules": [{"id": "call", "token_type": "request", "price": "0.01"}]})
+                                        "rules": [{"id": "in", "model": "m", "token_type": "input",
+                                                   "price": "0.001"}]})  # per 1M tokens: $0.000000001 a token
             tt.post("/v1/customers", {"id": "whale", "currency": "USD", "price_book": "plain"})
-            for amount in ("123456789.123456789", "987654321.987654321"):
+            for amount in ("123456789.12", "987654321.98"):
                 tt.post("/v1/customers/whale/topups", {"amount": amount})
+            tt.post("/v1/usage-events", [{"event_id": "one-token", "customer_id": "whale", "model": "m",
+                                          "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                                          "usage": {"input_tokens": 1}}])
             yield url, tt.get("/v1/audit/trial-balance")
     finally:
         gen.close()
@@ -381,12 +387,13 @@ def test_large_amounts_are_exported_exactly(large, tmp_path):
     digits), so 123456789.123456789 USD came out as 123456789.123456790 in CSV and Beancount."""
     url, trial = large
     expected = _trial(trial)
-    assert expected["asset:platform:cash:USD"] == Decimal("1111111111.111111110")
+    assert expected["asset:platform:cash:USD"] == Decimal("1111111111.10")
+    assert Decimal("-123456789.119999999") in expected.values()  # the first lot paid the one-token call
     out = tmp_path / "large.csv"
     assert cli(url, "export", "--format", "csv", "--out", str(out)).returncode == 0
     with out.open(newline="") as f:
         amounts = sorted(Decimal(r["amount"]) for r in csv.DictReader(f) if r["account"] == "asset:platform:cash:USD")
-    assert amounts == [Decimal("123456789.123456789"), Decimal("987654321.987654321")]
+    assert amounts == [Decimal("123456789.12"), Decimal("987654321.98")]
     for window in ([], ["--from", "2000-01-01"], ["--from", "9000-01-01"]):  # the last: all in the opening
         bean = tmp_path / "large.beancount"
         assert cli(url, "export", "--format", "beancount", "--out", str(bean), *window).returncode == 0

@@ -109,7 +109,8 @@ class Kit:
         found = await self.db.read(read)
         short = {chart.cash_account("USD"): "cash", chart.promotions_account("USD"): "promotions",
                  chart.revenue_account("USD"): "revenue", chart.breakage_account("USD"): "breakage", **self.names}
-        return {short.get(code, code): b.normal for code, b in found.items()}
+        rounding = chart.rounding_account("USD")  # moves only when a close rounds an amount due
+        return {short.get(code, code): b.normal for code, b in found.items() if code != rounding or b.normal}
 
     async def verify(self):
         return await self.db.read(lambda conn: verify(conn, WALLET_CHECKS))
