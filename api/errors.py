@@ -33,6 +33,7 @@ STATUS_BY_CODE = {
     "implausible_usage": 422,
     "validation_error": 422,
     "invalid_amount": 422,
+    "immutable_field": 422,
     "idempotency_conflict": 409,
     "not_found": 404,
     "unauthorized": 401,

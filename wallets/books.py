@@ -323,6 +323,10 @@ class BookCache:
                 else:
                     _wake(waiter)
 
+    def forget(self, customer_id: str) -> None:
+        """The customer moved to another book: the next `warm` looks its book up again."""
+        self._book_of.pop(customer_id, None)
+
     def _remember(self, customer_id: str, book_id: str) -> None:
         self._book_of[customer_id] = book_id
         self._book_of.move_to_end(customer_id)

@@ -39,6 +39,17 @@ class WalletValidationError(WalletError):
         super().__init__(f"{field}: {message}", fields=[{"field": field, "message": message}])
 
 
+class ImmutableFieldError(WalletError):
+    """A change of a customer's field that never changes (id, currency, billing, its billing
+    cycle): changing it would rewrite history. Names the field."""
+
+    code = "immutable_field"
+
+    def __init__(self, field: str) -> None:
+        message = "never changes: create another customer"
+        super().__init__(f"{field}: {message}", fields=[{"field": field, "message": message}])
+
+
 class SubMinorAmountError(WalletError):
     """Cash finer than its currency's minor unit: a top-up, grant, invoice payment or overdraft
     limit of half a yen, a tenth of a cent. Names the field, the currency and its decimals."""

@@ -21,6 +21,7 @@ from wallets.commands import Command, WalletView, wallet_view
 from wallets.core import idempotency
 from wallets.core.credits import whole_minor_units
 from wallets.core.idempotency import CREATED, EXISTS, OK, IdemKey, Replayed
+from wallets.customer_changes import CustomerChange, change_customer, changes_of
 from wallets.engine import ACCOUNTS_LOCK, Engine, customer_lock, utc_now
 from wallets.errors import ConflictError, NotFoundError, WalletValidationError
 from wallets.periods import DEFAULT_GRACE_S, DEFAULT_TERMS_DAYS, Cycle, close_due_at, period_of
@@ -204,6 +205,20 @@ class WalletService:
         return await run_once(self.db, idem, work, [customer_lock(spec.id), lock_key("customers:create"),
                                                     ACCOUNTS_LOCK],
                               lambda out: CREATED if out[1] else EXISTS)
+
+    async def change_customer(self, customer_id: str, asked: dict[str, Any], changed_by: str,
+                              idem: IdemKey | None = None) -> CustomerView | Replayed:
+        """Change the customer's name, price book or overdraft limit (wallets.customer_changes),
+        logged with `changed_by`; answers the customer as it is after the change."""
+        async def view(conn: AsyncConnection) -> CustomerView:
+            return _customer((await conn.execute(_CUSTOMER, {"id": customer_id})).one())
+
+        return await change_customer(self.db, self.engine, self.clock, customer_id, asked, changed_by, idem, view)
+
+    async def customer_changes(self, customer_id: str) -> list[CustomerChange]:
+        """The customer's changes, oldest first (not_found for an unknown customer)."""
+        await self.get_customer(customer_id)
+        return await changes_of(self.db, await self.engine.lane_of(customer_id), customer_id)
 
     async def get_customer(self, customer_id: str) -> CustomerView:
         row = await self.db.read(lambda conn: _first(conn, _CUSTOMER, {"id": customer_id}))

@@ -4,18 +4,21 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import msgspec
-from litestar import Request, Response, get, post
+from litestar import Request, Response, get, patch, post
 from litestar.datastructures import State
 from litestar.params import FromPath
 
-from api.auth import require
+from api.auth import principal_of, require
 from api.errors import documented
 from api.routes.budgets import READERS, BudgetResponse, budget_response
 from api.routes.formats import Amount, DateTime, Identifier, PositiveAmount
 from api.routes.schemas import json_body
 from api.routes.wire import Answer, amount_in, idempotency, money, respond, shaped, time_in, time_out
 from wallets.commands import GRANT_PRIORITY, TOPUP_PRIORITY, CreditResult, Grant, LotView, TopUp, WalletView
-from wallets.core.idempotency import CREATED, EXISTS
+from wallets.core import customers as changes
+from wallets.core.idempotency import CREATED, EXISTS, OK
+from wallets.customer_changes import CustomerChange
+from wallets.errors import WalletValidationError
 from wallets.periods import DEFAULT_GRACE_S, DEFAULT_TERMS_DAYS
 from wallets.service import CustomerSpec, CustomerView
 
@@ -36,6 +39,26 @@ class CreateCustomerRequest(msgspec.Struct, forbid_unknown_fields=True):  # a ty
     billing_anchor_day: Annotated[int, msgspec.Meta(ge=1, le=31)] | None = None  # null: the 1st of the month
     grace_period_seconds: Annotated[int, msgspec.Meta(ge=0, le=2_678_400)] = DEFAULT_GRACE_S
     payment_terms_days: Annotated[int, msgspec.Meta(ge=0, le=365)] = DEFAULT_TERMS_DAYS
+
+
+class ChangeCustomerRequest(msgspec.Struct, forbid_unknown_fields=True):  # a typo is a 422
+    name: Annotated[str, msgspec.Meta(max_length=200)] | msgspec.UnsetType = msgspec.UNSET
+    price_book: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] | msgspec.UnsetType = msgspec.UNSET
+    overdraft_limit: Amount | msgspec.UnsetType | None = msgspec.UNSET  # null: unlimited
+
+
+class CustomerChangeResponse(msgspec.Struct):
+    seq: int
+    changed_at: str
+    changed_by: str  # the API key's id
+    changes: dict[str, dict[str, Any]]  # field -> {"old", "new"}
+    receivable: str  # what the customer owed at the change
+
+
+class CustomerChangesResponse(msgspec.Struct):
+    customer_id: str
+    currency: str
+    changes: list[CustomerChangeResponse]
 
 
 class CustomerResponse(msgspec.Struct):
@@ -102,6 +125,7 @@ class CreditResponse(msgspec.Struct):
 
 
 CreateCustomerBody = Annotated[dict[str, Any], json_body(CreateCustomerRequest)]
+ChangeCustomerBody = Annotated[dict[str, Any], json_body(ChangeCustomerRequest)]
 TopUpBody = Annotated[dict[str, Any], json_body(TopUpRequest)]
 GrantBody = Annotated[dict[str, Any], json_body(GrantRequest)]
 
@@ -117,6 +141,7 @@ def customer_response(view: CustomerView) -> CustomerResponse:
 
 CUSTOMER = Answer(lambda out: customer_response(out[0]), tuple[CustomerView, bool],
                   lambda out: CREATED if out[1] else EXISTS)
+CHANGED = Answer(customer_response, CustomerView, lambda _: OK)
 
 
 def grant_response(lot: LotView, currency: str) -> GrantResponse:
@@ -163,6 +188,46 @@ async def create_customer(state: State, request: Request, data: CreateCustomerBo
 @get("/v1/customers/{customer_id:str}", guards=[require(*READERS)], tags=["customers"], **documented(404))
 async def get_customer(state: State, customer_id: FromPath[str]) -> CustomerResponse:
     return customer_response(await state.services.wallets.get_customer(customer_id))
+
+
+@patch("/v1/customers/{customer_id:str}", guards=[require()], tags=["customers"],
+       **documented(404, body=True, idempotent=True))
+async def change_customer(state: State, request: Request, customer_id: FromPath[str],
+                          data: ChangeCustomerBody) -> Response[CustomerResponse]:
+    """Change a customer's `name`, `price_book` or `overdraft_limit` (null: unlimited); 200 with
+    the customer. `id`, `currency`, `billing` and the billing cycle never change (422
+    `immutable_field`); a book that does not exist, or in another currency, is 422
+    `validation_error`; a limit finer than the minor unit is 422 `invalid_amount`. A limit below
+    what the customer owes blocks the wallet. Each change is logged (GET …/changes)."""
+    if isinstance(data, dict):
+        changes.refuse_immutable(data)
+    idem = idempotency(request, data)
+    shaped_data = shaped(data, ChangeCustomerRequest)
+    asked = {name: getattr(shaped_data, name) for name in changes.CHANGEABLE
+             if getattr(shaped_data, name) is not msgspec.UNSET}
+    if "overdraft_limit" in asked and asked["overdraft_limit"] is not None:
+        asked["overdraft_limit"] = amount_in(asked["overdraft_limit"], "overdraft_limit", positive=False)
+    if not asked:
+        raise WalletValidationError("body", f"give at least one of {', '.join(changes.CHANGEABLE)}")
+    outcome = await state.services.wallets.change_customer(customer_id, asked, principal_of(request).key_id, idem)
+    return respond(request, outcome, CHANGED)
+
+
+def _change_response(change: CustomerChange, currency: str) -> CustomerChangeResponse:
+    return CustomerChangeResponse(change.seq, time_out(change.changed_at) or "", change.changed_by,
+                                  {k: dict(v) for k, v in change.changes.items()},
+                                  money(change.receivable, currency) or "0")
+
+
+@get("/v1/customers/{customer_id:str}/changes", guards=[require("auditor")], tags=["customers"],
+     **documented(404))
+async def customer_changes(state: State, customer_id: FromPath[str]) -> CustomerChangesResponse:
+    """Every change of the customer (PATCH), oldest first: who (the API key's id), when, each
+    field's old and new value, and what the customer owed then. The log is immutable."""
+    customer = await state.services.wallets.get_customer(customer_id)
+    found = await state.services.wallets.customer_changes(customer_id)
+    return CustomerChangesResponse(customer_id, customer.spec.currency,
+                                   [_change_response(c, customer.spec.currency) for c in found])
 
 
 @get("/v1/customers/{customer_id:str}/wallet", guards=[require(*READERS)], tags=["customers"],

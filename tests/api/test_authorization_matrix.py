@@ -87,6 +87,8 @@ ROUTES = [
     ("POST", "/v1/customers", {"id": "x", "currency": "USD", "price_book": BOOK}, {frozenset({"admin"}): "ok"}),
     ("GET", "/v1/customers/{own}", None, {frozenset(READ_OWN): "ok"}),
     ("GET", "/v1/customers/{own}/wallet", None, {frozenset(READ_OWN): "ok"}),
+    ("PATCH", "/v1/customers/{own}", {"name": "matrix"}, {frozenset(ADMINS_OWN): "ok"}),
+    ("GET", "/v1/customers/{own}/changes", None, {frozenset(AUDITORS_OWN): "ok"}),
     ("GET", "/v1/customers/{own}/usage", None, {frozenset(READ_OWN): "ok"}),
     ("POST", "/v1/customers/{own}/topups", {"amount": "1.00"}, {frozenset(ADMINS_OWN): "ok"}),
     ("GET", "/v1/customers/{own}/invoices", None, {frozenset(INVOICE_READERS_OWN): "ok"}),
