@@ -86,6 +86,7 @@ class Batch:
     corrections: dict[str, tuple[Unapplied, ...]] = field(default_factory=dict)  # customer -> re-rates' (closes)
     entry_ids: list[int] = field(default_factory=list)  # the entries' ids (given by flush), in order
     posting: PreparedPost | None = None  # the entries' ledger_post call (made by flush)
+    pinned: dict[int, PriceBook | None] = field(default_factory=dict)  # id(command) -> its usage time's book
 
     def state(self, customer_id: str) -> State:
         return State(customer_id, self.loaded.wallets.get(customer_id), self.loaded.idempotency,
@@ -100,12 +101,19 @@ class Batch:
             kept = answers.check_key(self.loaded.idempotency.get((command.idem.scope, command.idem.key)), command.idem)
             if kept is not None:
                 return kept
-        decision = decide(self.state(command.customer_id), command, self.now, self.books.get(command.customer_id))
+        decision = decide(self.state(command.customer_id), command, self.now, self.book_of(command))
         self.follow(decision)
         if decision.outcome.refused:
             raise decision.outcome.body
         self.alerts(command.customer_id)
         return decision.outcome.body
+
+    def book_of(self, command: Command) -> PriceBook | None:
+        """The book `command` rates with: its customer's, or, for usage from before the customer
+        moved to another book, the one in force at its usage time (Engine._pinned_books)."""
+        if self.pinned and id(command) in self.pinned:
+            return self.pinned[id(command)]
+        return self.books.get(command.customer_id)
 
     def keep_answers(self, commands: Sequence[Command], outcomes: Sequence[Any]) -> None:
         """Keep each Idempotency-Key's answer, refusals included, with the batch's effects (once

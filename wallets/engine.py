@@ -36,7 +36,7 @@ from pricing.errors import PricingError
 from wallets import store
 from wallets.batch import Batch, billing_period
 from wallets.books import BookCache
-from wallets.commands import ClosePeriod, Command, Grant, PayInvoice, Reserve, TopUp
+from wallets.commands import ClosePeriod, Command, Grant, PayInvoice, RecordUsage, Reserve, Settle, TopUp
 from wallets.core.commands import RerateCharges
 from wallets.core.rerating import ChargeOnRecord, RerateInput
 from wallets.errors import NotFoundError
@@ -89,6 +89,7 @@ def customer_lock(customer_id: str) -> int:
 # Reserves, settles, releases, usage and expiry never take it.
 ACCOUNTS_LOCK = lock_key("wallets:accounts")
 OPENS_ACCOUNTS = (TopUp, Grant, ClosePeriod, RerateCharges)  # a close or re-rate may open a lot (money back)
+_RATES_USAGE = (Settle, RecordUsage)  # rated by the book in force at their usage time (Engine._pinned_books)
 
 
 def invoice_lock(issuer: str) -> int:
@@ -372,9 +373,10 @@ class Engine:
                 if w.customer.override_versions:  # parsed once per count of versions (they are only added)
                     w.overrides = await self.overrides.get(conn, cid, w.customer.override_versions)
         batch = Batch(now, loaded, books)
+        batch.pinned = await self._pinned_books(conn, loaded, commands)
         periods = set()
         for command in commands:
-            book = books.get(command.customer_id)
+            book = batch.book_of(command)
             at = command.rating_time(loaded.wallets) if command.needs_book else None
             w = loaded.wallets.get(command.customer_id)
             if at is not None and w is not None and book is not None and (
@@ -395,6 +397,25 @@ class Engine:
         await self._fold_if_due(conn, batch.rows)
         marks.append(time.perf_counter())
         return outcomes
+
+    async def _pinned_books(self, conn: AsyncConnection, loaded: store.Loaded,
+                            commands: Sequence[Command]) -> dict[int, Any]:
+        """The books of usage from before its customer moved to another book (PATCH
+        /v1/customers/{id}), by id() of its command: a settle of a reservation made before the move,
+        a usage event that happened before it. Each is rated by the book in force at its usage time,
+        as by the version in force then. Mostly none."""
+        pinned: dict[int, Any] = {}
+        for command in commands:
+            w = loaded.wallets.get(command.customer_id)
+            if type(command) not in _RATES_USAGE or w is None or not w.customer.book_changes:
+                continue
+            at = command.rating_time(loaded.wallets)
+            book_id = w.customer.book_at(at) if at is not None else w.customer.price_book
+            if book_id != w.customer.price_book:
+                versions = await _scalar(conn, "SELECT count(*) FROM price_book_versions WHERE book_id = %s",
+                                         (book_id,))
+                pinned[id(command)] = await self.books.get(conn, book_id, int(versions or 0))
+        return pinned
 
     async def _fold_if_due(self, conn: AsyncConnection, rows: dict[str, list[dict[str, Any]]]) -> None:
         """Fold the lane's queues (charges into the usage rollups, period deltas into the period

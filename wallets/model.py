@@ -43,6 +43,16 @@ class Customer:
     grace_s: int = DEFAULT_GRACE_S
     terms_days: int = DEFAULT_TERMS_DAYS
     override_versions: int = 0  # how many versions of price overrides it has (cache check)
+    # its changes of price book (PATCH), oldest first: when, and the book it had until then
+    book_changes: tuple[tuple[datetime, str | None], ...] = ()
+
+    def book_at(self, at: datetime) -> str | None:
+        """The price book it had at `at` (a reservation's time): a move to another book prices
+        what is reserved from then on, as a book's version prices usage from its effective time."""
+        for changed_at, book in self.book_changes:
+            if changed_at > at:
+                return book
+        return self.price_book
 
     def billed_in(self, at: datetime) -> Period:
         """The period what happened at `at` is billed in (the first open one if its own is closed)."""

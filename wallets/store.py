@@ -44,6 +44,10 @@ SELECT
           'book_versions', (SELECT count(*) FROM price_book_versions v WHERE v.book_id = c.price_book),
           'override_versions', (SELECT count(*) FROM price_overrides o
                                  WHERE o.lane = %(lane)s AND o.customer_id = c.id),
+          'book_changes', (SELECT jsonb_agg(jsonb_build_array(x.changed_at, x.changes -> 'price_book' ->> 'old')
+                                            ORDER BY x.seq)
+                             FROM customer_changes x WHERE x.lane = %(lane)s AND x.customer_id = c.id
+                                  AND x.changes -> 'price_book' IS NOT NULL),
           'max_charge_per_request', c.max_charge_per_request,
           'time_zone', c.time_zone, 'billing_anchor_day', c.billing_anchor_day, 'grace_seconds', c.grace_seconds,
           'payment_terms_days', c.payment_terms_days, 'open_period_start', c.open_period_start,
@@ -148,7 +152,8 @@ def _customer(c: dict[str, Any]) -> Wallet:
                         c["low_balance_alerted"], c["blocked"], _time(c["created_at"]),  # type: ignore[arg-type]
                         c["book_versions"], _opt_int(c["max_charge_per_request"]),
                         Cycle(c["time_zone"], c["billing_anchor_day"]), _time(c["open_period_start"]),
-                        c["grace_seconds"], c["payment_terms_days"], c.get("override_versions") or 0)
+                        c["grace_seconds"], c["payment_terms_days"], c.get("override_versions") or 0,
+                        tuple((_time(at), book) for at, book in c.get("book_changes") or ()))  # type: ignore[misc]
     return Wallet(customer, {}, _int(c["reserved"]), _int(c["receivable"]))
 
 

@@ -6,6 +6,7 @@ and a limit lowered below what the customer owes blocks the wallet, the database
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import psycopg
@@ -52,7 +53,7 @@ async def test_a_rename_answers_the_customer_and_the_upcoming_invoice_bills_the_
     assert change["changed_at"].endswith("Z")
 
 
-async def test_a_move_to_another_book_prices_the_calls_reserved_and_settled_after_it(
+async def test_a_move_to_another_book_prices_the_calls_reserved_after_it_and_open_ones_keep_theirs(
         client: AsyncTestClient, tag: str, book: str):
     cid = f"chg-{tag}"
     dear = {**BOOK, "id": f"dear-{tag}", "rules": [
@@ -61,6 +62,8 @@ async def test_a_move_to_another_book_prices_the_calls_reserved_and_settled_afte
     assert (await client.post("/v1/price-books", json=dear)).status_code == 201
     await _customer(client, cid, price_book=book)
     assert (await client.post(f"/v1/customers/{cid}/topups", json={"amount": "100.00"})).status_code == 201
+    before = await _reserve(client, cid, "r0", "1.00")  # open across the move
+    assert before.status_code == 201
     response = await _patch(client, cid, {"price_book": f"dear-{tag}"})
     assert response.status_code == 200 and response.json()["price_book"] == f"dear-{tag}"
     held = await client.post("/v1/reservations", json={
@@ -71,8 +74,35 @@ async def test_a_move_to_another_book_prices_the_calls_reserved_and_settled_afte
                                 json={"usage": {"input_tokens": 1000, "output_tokens": 0}})
     assert settled.status_code == 200 and settled.json()["charged"] == "0.10"
     assert {line["rule_id"] for line in settled.json()["lines"]} == {"d-in"}
+    # the reservation made before the move is rated by the book it was reserved under, as it is by
+    # the version in force when it was reserved (not one posted while the call runs)
+    kept = await client.post(f"/v1/reservations/{before.json()['id']}/settle",
+                             json={"usage": {"input_tokens": 1000, "output_tokens": 0}})
+    assert kept.status_code == 200 and kept.json()["charged"] == "0.02"  # $10 per 1M in, $0.01 a call
+    assert {line["rule_id"] for line in kept.json()["lines"]} == {"a-in", "call"}
+    trace = (await client.get(f"/v1/audit/charges/r0?customer_id={cid}")).json()
+    assert {c["price_book"] for c in trace["charges"]} == {book}
     [change] = await _changes(client, cid)
     assert change["changes"] == {"price_book": {"old": book, "new": f"dear-{tag}"}}
+
+
+async def test_usage_events_are_rated_by_the_book_in_force_at_their_time(
+        client: AsyncTestClient, tag: str, book: str):
+    cid = f"chg-{tag}"
+    dear = {**BOOK, "id": f"dear-{tag}", "rules": [
+        {"id": "d-in", "model": "model-a", "token_type": "input", "price": "100.00"}]}
+    assert (await client.post("/v1/price-books", json=dear)).status_code == 201
+    await _customer(client, cid, price_book=book, billing="postpaid")
+    assert (await _patch(client, cid, {"price_book": f"dear-{tag}"})).status_code == 200
+    changed_at = datetime.fromisoformat((await _changes(client, cid))[0]["changed_at"])
+    events = [{"event_id": name, "customer_id": cid, "model": "model-a", "usage": {"input_tokens": 1000},
+               "timestamp": (changed_at + delta).isoformat().replace("+00:00", "Z")}
+              for name, delta in (("before", -timedelta(seconds=30)), ("after", timedelta(seconds=30)))]
+    response = await client.post("/v1/usage-events", json=events)
+    assert response.status_code == 200 and response.json()["accepted"] == 2, response.text
+    for event_id, expected in (("before", book), ("after", f"dear-{tag}")):
+        trace = (await client.get(f"/v1/audit/charges/{event_id}?customer_id={cid}")).json()
+        assert {c["price_book"] for c in trace["charges"]} == {expected}
 
 
 async def test_a_book_that_does_not_exist_or_is_in_another_currency_is_refused(
