@@ -29,7 +29,7 @@ from api.metrics import metrics_middleware
 from api.routes import audit, journal, keys, ops, webhooks
 from api.routes.wallet_routes import ROUTES as WALLET_ROUTES
 from api.routes.wire import WireRequest, guard_request
-from api.runtime import Supervisor
+from api.runtime import Supervisor, log_to_stderr
 from api.settings import Settings
 from api.webhooks import Dispatcher, DispatchSettings
 from ledger.db import Database, connect
@@ -183,9 +183,7 @@ def _dispatcher(settings: Settings, database_url: str) -> Dispatcher:
 
 def _log_config(settings: Settings):
     def hook(config: AppConfig) -> AppConfig:
-        # Our loggers at the configured level; libraries (httpx, the embedded server) at WARNING.
-        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-        logging.getLogger("tokentill").setLevel(settings.log_level)
+        log_to_stderr(settings)
         return config
 
     return hook

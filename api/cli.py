@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import sys
 from datetime import datetime
 from importlib.metadata import version
@@ -19,20 +18,21 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
         return serve_workers(settings, workers, host=args.host, port=args.port, access_log=args.access_log)
     from api.app import create_app
-    from api.runtime import open_database, warn_connection_budget
+    from api.runtime import log_to_stderr, open_database, warn_connection_budget
     from api.server import ACCEPT_BURST, serve
-    from api.workers import listening_socket
+    from api.workers import exit_quietly_on_signals, listening_socket
 
+    log_to_stderr(settings)
+    # SIGTERM or SIGINT: an ordinary exit, status 0, from the first line on. uvicorn shuts down
+    # gracefully, then re-raises the signal it caught; during start-up open_database stops the
+    # embedded cluster it started (when this is its last user), and once it is open the finally below.
+    exit_quietly_on_signals()
     # The port first, as `--workers N` does: one line and exit 1 when another process holds it
     # (uvicorn exits 3, this command's code for a database it cannot reach), before the database.
     listening_socket(args.host, args.port, ACCEPT_BURST).close()
     handle = open_database(settings)
-    warn_connection_budget(handle.url, settings, processes=1)
-    # uvicorn shuts down gracefully, then re-raises the signal it caught; make that an ordinary
-    # exit, so the finally below stops the embedded cluster when this is its last user.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _exit_quietly)
     try:
+        warn_connection_budget(handle.url, settings, processes=1)
         app = create_app(settings, handle.url, cluster=handle.cluster)
         serve(app, settings, host=args.host, port=args.port, log_level=settings.log_level.lower(),
               access_log=args.access_log)
@@ -50,10 +50,6 @@ def _gateway(args: argparse.Namespace, settings: Settings) -> int:
     changes = {**given, **({"default_max_output_tokens": args.max_output_tokens} if args.max_output_tokens else {}),
                **({"settle": args.settle} if args.settle else {})}
     return _serve(args, replace(settings, gateway=replace(settings.gateway, **changes)))
-
-
-def _exit_quietly(signum: int, _frame: object) -> None:
-    raise SystemExit(0)
 
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:

@@ -18,6 +18,12 @@ from migrations import runner
 log = logging.getLogger("tokentill.supervisor")
 
 
+def log_to_stderr(settings: Settings) -> None:
+    """Our loggers at the configured level; libraries (httpx, the embedded server) at WARNING."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("tokentill").setLevel(settings.log_level)
+
+
 @dataclass(slots=True)
 class DatabaseHandle:
     url: str
@@ -29,7 +35,14 @@ class DatabaseHandle:
 
 
 def open_database(settings: Settings, *, migrate: bool = True) -> DatabaseHandle:
-    """Start or join the embedded cluster when no URL is set; apply migrations under a lock."""
+    """Start or join the embedded cluster when no URL is set; apply migrations under a lock.
+
+    SIGTERM and SIGINT wait while the embedded cluster starts (initdb, pg_ctl and the wheel's
+    record of this process as a user of it are not cut midway: a postmaster started but not yet
+    recorded would outlive the process), and take effect once it runs; during the migrations
+    they interrupt at once (the migration in progress rolls back). Either way this process
+    leaves the cluster as it does at exit: it stops when no other process uses it."""
+    held = None
     if settings.database_url:
         handle = DatabaseHandle(settings.database_url)
     else:
@@ -37,17 +50,26 @@ def open_database(settings: Settings, *, migrate: bool = True) -> DatabaseHandle
             settings.data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # a file in the way, no permission, a read-only file system
             raise SystemExit(f"TOKENTILL_DATA_DIR: cannot use {settings.data_dir}: {exc.strerror}") from None
+        logging.getLogger("tokentill").info("starting the embedded PostgreSQL in %s", settings.data_dir / "pg")
+        held = embedded.hold_signals()
         try:
             cluster = embedded.start(settings.data_dir / "pg", keep=True)
         except embedded.StartFailed as exc:
+            embedded.release_signals(held)
             raise SystemExit(f"TOKENTILL_DATA_DIR: {exc}") from None
-        handle = DatabaseHandle(cluster.url, cluster)
-    if migrate:
-        try:
-            upgrade(handle, settings)
-        except SystemExit:
-            handle.close()
+        except BaseException:
+            embedded.release_signals(held)
             raise
+        handle = DatabaseHandle(cluster.url, cluster)
+    try:
+        if held is not None:
+            embedded.release_signals(held)  # a signal that came meanwhile takes effect here
+        if migrate:
+            logging.getLogger("tokentill").info("migrating the database")
+            upgrade(handle, settings)
+    except BaseException:
+        handle.close()
+        raise
     return handle
 
 

@@ -99,23 +99,24 @@ def bound_socket(host: str, port: int) -> socket.socket:
 def serve_workers(settings: Settings, workers: int, *, host: str, port: int, access_log: bool) -> int:
     """Run `workers` server processes on host:port until SIGTERM or SIGINT; 0, or 1 when a worker
     kept dying."""
-    from api.runtime import open_database, warn_connection_budget
+    from api.runtime import log_to_stderr, open_database, warn_connection_budget
     from api.server import ACCEPT_BURST
 
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("tokentill").setLevel(settings.log_level)
+    log_to_stderr(settings)
+    exit_quietly_on_signals()  # until the supervisor runs: a signal during start-up ends it (see open_database)
     # The port first, as one process does: one line and exit 1 when another process holds it,
     # before the database is opened (and, on the embedded cluster, started and migrated); it
     # listens once that is done (a client meanwhile is refused, not left waiting in its queue).
     with bound_socket(host, port) as sock:
         handle = open_database(settings)
-        sock.listen(ACCEPT_BURST)
-        metrics_dir = Path(tempfile.mkdtemp(prefix="tokentill-metrics-"))
-        # In the environment the workers start with: a spawned worker imports what unpickling its
-        # arguments needs (api.settings, and through it prometheus_client) before its first line
-        # runs, and prometheus_client picks where its values live once, at import.
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        metrics_dir = None
         try:
+            sock.listen(ACCEPT_BURST)
+            metrics_dir = Path(tempfile.mkdtemp(prefix="tokentill-metrics-"))
+            # In the environment the workers start with: a spawned worker imports what unpickling its
+            # arguments needs (api.settings, and through it prometheus_client) before its first line
+            # runs, and prometheus_client picks where its values live once, at import.
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
             warn_connection_budget(handle.url, settings, processes=workers)
             bound = sock.getsockname()[1]  # --port 0: the one the system chose
             log.info("serving on http://%s:%d with %d worker processes", f"[{host}]" if ":" in host else host,
@@ -125,7 +126,8 @@ def serve_workers(settings: Settings, workers: int, *, host: str, port: int, acc
         finally:
             os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
             handle.close()
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+            if metrics_dir is not None:
+                shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 class Supervisor:
@@ -240,8 +242,7 @@ def _worker(index: int, settings: Settings, sock: socket.socket, host: str, port
 
     # uvicorn shuts down gracefully, then re-raises the signal it caught: make that an ordinary
     # exit, so that the finally below leaves the embedded cluster (as api/cli.py does).
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _exit_quietly)
+    exit_quietly_on_signals()
     handle = open_database(settings, migrate=False)  # the parent migrated
     try:
         app = create_app(replace(settings, scheduler=settings.scheduler and index == 0), handle.url,
@@ -256,6 +257,13 @@ def _worker(index: int, settings: Settings, sock: socket.socket, host: str, port
         worker.run(sockets=[sock])
     finally:
         handle.close()
+
+
+def exit_quietly_on_signals() -> None:
+    """SIGTERM and SIGINT end the process as an ordinary exit, status 0 (SystemExit: `finally`
+    blocks and the wheel's clean-up at exit run, so the embedded cluster is left as it should be)."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_quietly)
 
 
 def _exit_quietly(_signum: int, _frame: object) -> None:

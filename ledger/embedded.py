@@ -24,6 +24,7 @@ import fcntl
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -42,6 +43,12 @@ log = logging.getLogger(__name__)
 # one process, and it is not reentrant. Every use of it here queues on this lock first.
 _PROCESS_LOCK = threading.Lock()
 HANDLE_FILE = ".handle_pids.json"
+
+
+# How much later than the start time in postmaster.pid (whole seconds, truncated) its process's
+# creation may seem: psutil adds its start in clock ticks (/proc/<pid>/stat) to the boot time,
+# itself whole seconds (/proc/stat).
+START_SLACK_S = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,14 +71,35 @@ class Postmaster:
             return None
 
     def alive(self) -> bool:
-        """The process named in the file exists, is not a zombie, and started when the file says
-        (so a recycled pid does not count)."""
+        """The process named in the file exists, is not a zombie, and was created by the start
+        time the file records. PostgreSQL takes that time once running, after pg_ctl forked its
+        process: seconds later on a machine under extreme load (a 5 s tolerance either way took
+        such a postmaster for dead, and the supervisor cleared its lock files). A recycled pid
+        is a process created after the postmaster that wrote the file started, so it does not count
+        (unless it came within START_SLACK_S; a wall clock stepped forward as much since the
+        start makes a live postmaster look dead, as before)."""
         try:
             process = psutil.Process(self.pid)
             return (process.status() != psutil.STATUS_ZOMBIE
-                    and abs(process.create_time() - self.start_time) < 5)
+                    and process.create_time() < self.start_time + START_SLACK_S)
         except psutil.Error:
             return False
+
+
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+
+
+def hold_signals() -> set[signal.Signals]:
+    """Keep SIGTERM and SIGINT pending (blocked) in this thread until `release_signals`; returns
+    the mask to give it. The programs started meanwhile (initdb, pg_ctl) inherit the block, so a
+    Ctrl-C to the terminal's process group does not cut them either (PostgreSQL sets its own)."""
+    return signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
+def release_signals(held: set[signal.Signals]) -> None:
+    """Restore the mask `hold_signals` returned: a signal that came meanwhile is handled here
+    (its Python handler runs before this returns, and may raise)."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def process_alive(pid: int) -> bool:
@@ -117,11 +145,18 @@ class EmbeddedPostgres:
         return started
 
     def stop(self) -> None:
-        with _cluster_lock(self._server):
-            _prune_handles(self.pgdata)  # so that the last live process out stops the server
-            self._refresh()  # another process may have restarted it since this one looked
-        with _PROCESS_LOCK:
-            self._server.cleanup()  # type: ignore[attr-defined]
+        """Leave the cluster; stop it when no other live process uses it. SIGTERM and SIGINT wait
+        until this is done: cut midway, the wheel's clean-up at exit finds this process gone from
+        its handle file and stops nothing."""
+        held = hold_signals()
+        try:
+            with _cluster_lock(self._server):
+                _prune_handles(self.pgdata)  # so that the last live process out stops the server
+                self._refresh()  # another process may have restarted it since this one looked
+            with _PROCESS_LOCK:
+                self._server.cleanup()  # type: ignore[attr-defined]
+        finally:
+            release_signals(held)
 
     def _refresh(self) -> None:
         """Point the wheel's handle at the postmaster running now (None if there is none), so

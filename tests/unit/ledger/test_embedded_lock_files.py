@@ -38,3 +38,20 @@ def test_the_lock_files_of_a_dead_process_are_removed(tmp_path):
     _clear_stale_lock_files(tmp_path / "pg")
     assert not pid_file.exists() and not socket_lock.exists()
     assert os.path.isdir(tmp_path / "pg")
+
+
+def test_a_postmaster_whose_start_was_slow_is_alive(tmp_path):
+    """postmaster.pid's start time is when PostgreSQL got to write it, after its process was
+    created (by pg_ctl's fork): more than 5 s later on a machine under extreme load, and then a
+    live postmaster was taken for dead (the supervisor would clear its lock files and start another)."""
+    me = psutil.Process()
+    _lock_files(tmp_path / "pg", str(me.pid), int(me.create_time()) + 30)
+    assert Postmaster.read(tmp_path / "pg").alive()
+
+
+def test_a_pid_recycled_after_the_postmaster_started_is_not_alive(tmp_path):
+    """A process created after the start time the file records is not the postmaster that wrote
+    it, even within a few seconds of it (the 5 s either way it was allowed)."""
+    me = psutil.Process()
+    _lock_files(tmp_path / "pg", str(me.pid), int(me.create_time()) - 3)
+    assert Postmaster.read(tmp_path / "pg").alive() is False

@@ -1,0 +1,177 @@
+"""SIGTERM or SIGINT while `tokentill serve` (or `gateway`, or `serve --workers N`) starts: the
+process exits 0, as it does once it serves, and the embedded PostgreSQL it started is stopped.
+
+The handler was installed only after the database opened: a SIGTERM while the embedded cluster
+started or the migrations ran killed the process outright, and its postmaster ran on, an
+orphan holding the data dir. Each wait below ends at its event (a line of the server's log, the
+process's exit, the postmaster's); its ceiling only bounds a hang on a loaded machine."""
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from api.bench.common import free_port
+
+EMBEDDED = "starting the embedded PostgreSQL in"
+MIGRATING = "migrating the database"
+CEILING_S = 180.0
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """Outside pytest's own temporary directory, as in test_serve.py."""
+    path = Path(tempfile.mkdtemp(prefix="tokentill-startsig-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class Server:
+    """A `tokentill` command on the embedded cluster, its log read line by line as it comes."""
+
+    def __init__(self, data_dir: Path, *args: str) -> None:
+        env = {k: v for k, v in os.environ.items() if k not in ("TOKENTILL_DATABASE_URL", "TOKENTILL_WORKERS")}
+        env.update(TOKENTILL_DATA_DIR=str(data_dir), TOKENTILL_ADMIN_KEY="startsig-admin", TOKENTILL_SCHEDULER="off",
+                   TOKENTILL_LOG_LEVEL="INFO")
+        self.port = free_port()
+        self.proc = subprocess.Popen([sys.executable, "-m", "api.cli", *args, "--port", str(self.port)], env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.log: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:  # type: ignore[union-attr]
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def wait_for(self, text: str) -> None:
+        deadline = time.monotonic() + CEILING_S
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=1)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise AssertionError(f"exited ({self.proc.wait()}) before {text!r}:\n{''.join(self.log)}")
+            self.log.append(line)
+            if text in line:
+                return
+        raise AssertionError(f"no {text!r} within {CEILING_S:.0f} s:\n{''.join(self.log)}")
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + CEILING_S
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, "".join(self.log)
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError("never ready")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=CEILING_S)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+
+    def output(self) -> str:
+        while True:
+            try:
+                line = self.lines.get(timeout=5)
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.log.append(line)
+        return "".join(self.log)
+
+
+def postmaster_of(pgdata: Path) -> int | None:
+    """The pid postmaster.pid names, while that process runs (a zombie does not)."""
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split()[0])
+        return pid if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE else None
+    except (OSError, ValueError, IndexError, psutil.Error):
+        return None
+
+
+def postgres_of(pgdata: Path) -> list[int]:
+    """Every running postgres process of the cluster in `pgdata` (its postmaster names it)."""
+    return [p.pid for p in psutil.process_iter(["name", "cmdline", "status"])
+            if p.info["name"] == "postgres" and p.info["status"] != psutil.STATUS_ZOMBIE
+            and str(pgdata) in (p.info["cmdline"] or [])]
+
+
+def assert_no_postgres(pgdata: Path, log: str) -> None:
+    deadline = time.monotonic() + CEILING_S
+    while postmaster_of(pgdata) is not None or postgres_of(pgdata):
+        if time.monotonic() > deadline:
+            left = postgres_of(pgdata)
+            for pid in left:  # not left behind for the next test
+                psutil.Process(pid).kill()
+            raise AssertionError(f"PostgreSQL of {pgdata} still runs ({left}) after the server exited:\n{log}")
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("command, sig, at", [
+    (("serve",), signal.SIGTERM, EMBEDDED),
+    (("serve",), signal.SIGINT, EMBEDDED),
+    (("serve",), signal.SIGTERM, MIGRATING),
+    (("gateway",), signal.SIGINT, MIGRATING),
+    (("serve", "--workers", "2"), signal.SIGTERM, EMBEDDED),
+], ids=["serve-sigterm-starting", "serve-sigint-starting", "serve-sigterm-migrating", "gateway-sigint-migrating",
+        "workers-sigterm-starting"])
+def test_a_signal_during_start_up_exits_0_and_stops_the_embedded_postgresql(data_dir, command, sig, at):
+    pgdata = data_dir / "pg"
+    server = Server(data_dir, *command)
+    server.wait_for(at)
+    started = time.monotonic()
+    code = server.stop(sig)
+    took = time.monotonic() - started
+    log = server.output()
+    print(f"\n{' '.join(command)}: {signal.Signals(sig).name} at {at!r} -> exit {code} after {took:.2f} s")
+    assert code == 0, log
+    assert "Traceback" not in log, log
+    assert_no_postgres(pgdata, log)
+    # Nothing half-done: the next start migrates what is left (a migration cut short rolled back).
+    done = subprocess.run([sys.executable, "-m", "api.cli", "migrate"], capture_output=True, text=True, timeout=300,
+                          env={**{k: v for k, v in os.environ.items() if k != "TOKENTILL_DATABASE_URL"},
+                               "TOKENTILL_DATA_DIR": str(data_dir)})
+    assert done.returncode == 0 and done.stdout.startswith("migrated to "), done.stdout + done.stderr
+    assert_no_postgres(pgdata, done.stderr)
+
+
+def test_a_signal_during_start_up_leaves_a_postmaster_another_server_uses_running(data_dir):
+    pgdata = data_dir / "pg"
+    first = Server(data_dir, "serve")
+    try:
+        first.wait_ready()
+        shared = postmaster_of(pgdata)
+        assert shared is not None
+        second = Server(data_dir, "serve")
+        second.wait_for(EMBEDDED)
+        assert second.stop() == 0, second.output()
+        assert postmaster_of(pgdata) == shared, "the first server's PostgreSQL was stopped"
+        assert httpx.get(f"http://127.0.0.1:{first.port}/readyz", timeout=10).status_code == 200
+    finally:
+        code = first.stop()
+    assert code == 0, first.output()
+    assert_no_postgres(pgdata, first.output())
