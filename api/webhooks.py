@@ -58,7 +58,8 @@ class DispatchSettings:
         """The most sends one endpoint may hold in this process: half of them, so that an endpoint
         that hangs (its max_in_flight may be 64) leaves the other half to the others. The endpoints
         timing out (their last attempt in this process got no answer in time) hold at most as
-        many together, so that several hanging ones leave that half to the others too."""
+        many together, so that several hanging ones leave that half to the others too; one this
+        process has not tried yet holds one until it has (see deliveries.claim)."""
         return max(1, self.concurrency // 2)
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     addresses: AddressPolicy = field(default_factory=AddressPolicy)
@@ -166,7 +167,10 @@ class Dispatcher:
         self.db, self.settings, self.listen_url, self.retry_s = db, settings, listen_url, retry_s
         self._sends: set[asyncio.Task[None]] = set()
         self._by_endpoint: dict[str, int] = {}  # this process's open sends, per endpoint
-        self._stalling: set[str] = set()  # endpoints whose last attempt in this process timed out
+        # Endpoints tried in this process: True when the last attempt got an answer in time (any
+        # status, or a failure to connect), False when it timed out. Kept to those still enabled.
+        self._answered: dict[str, bool] = {}
+        self._pruned_at = time.monotonic()
         self._loop: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -233,19 +237,31 @@ class Dispatcher:
         """One round: fan out, claim, start sends. Returns how many sends it started."""
         while (await self.db.committed(lambda c: deliveries.fan_out(c, FAN_OUT_PAGE)))[0] == FAN_OUT_PAGE:
             pass
+        if self._answered and time.monotonic() - self._pruned_at >= self.settings.poll_s:
+            await self._forget_gone()
         free = self.settings.concurrency - len(self._sends)
         if free <= 0:
             return 0
-        mine, stalling = dict(self._by_endpoint), list(self._stalling)
+        mine, tried = dict(self._by_endpoint), list(self._answered)
+        stalling = [e for e, answered in self._answered.items() if not answered]
         claimed = await self.db.committed(lambda c: deliveries.claim(
             c, free, self.settings.lease_s, share=self.settings.share, mine=mine, stalling=stalling,
-            stalling_share=self.settings.share))
+            stalling_share=self.settings.share, tried=tried))
         for item in claimed:
             self._by_endpoint[item.endpoint_id] = self._by_endpoint.get(item.endpoint_id, 0) + 1
             task = asyncio.create_task(self._deliver(item))
             self._sends.add(task)
             task.add_done_callback(lambda t, e=item.endpoint_id: self._done(t, e))
         return len(claimed)
+
+    async def _forget_gone(self) -> None:
+        """Drop the endpoints deleted or disabled since they were tried (one enabled again starts
+        afresh, as one never tried)."""
+        self._pruned_at = time.monotonic()
+        asked = list(self._answered)
+        kept = await self.db.committed(lambda c: deliveries.enabled(c, asked))
+        for endpoint_id in set(asked) - kept:
+            self._answered.pop(endpoint_id, None)
 
     def _done(self, task: asyncio.Task[None], endpoint_id: str) -> None:
         self._sends.discard(task)
@@ -255,10 +271,10 @@ class Dispatcher:
 
     async def _deliver(self, claimed: Claimed) -> None:
         outcome = await self.send(claimed)
-        if outcome.timed_out:
-            self._stalling.add(claimed.endpoint_id)
-        else:
-            self._stalling.discard(claimed.endpoint_id)
+        first = claimed.endpoint_id not in self._answered
+        self._answered[claimed.endpoint_id] = not outcome.timed_out
+        if first and not outcome.timed_out:
+            self._wake.set()  # its first answer: the rest of its share may be claimed now
         ATTEMPTS.labels("succeeded" if outcome.succeeded else "failed").inc()
         LATENCY.observe(outcome.latency_ms / 1000)
         try:

@@ -100,3 +100,37 @@ async def test_endpoints_timing_out_take_at_most_their_share_of_a_claim_together
     assert len(taken) == 4 and sum(e in stalling for e in taken) == 2 and taken.count(healthy) == 2, taken
     assert len(set(e for e in taken if e in stalling)) == 2, "in turns: one each, not two of one"
     assert [c.endpoint_id for c in second] == [healthy], "two open already: no room for those timing out"
+
+
+async def test_an_endpoint_the_process_has_not_tried_gets_one_send_until_it_has(scratch_url):
+    """A hanging endpoint the process had not tried yet took its whole share (half of the
+    process's sends) for one timeout, beside the share of the endpoints already timing out: all of
+    them. One it has not tried (neither an answer nor a timeout yet) now gets one send; the others
+    keep their share."""
+    scratch = connect(scratch_url, pool_size=1)
+    try:
+        made = [await scratch.committed(lambda c, n=n: endpoints.create(c, f"https://{n}.example/h", ["invoice.*"],
+                                                                        "", 8)) for n in ("new", "known")]
+        new, known = (e.id for e, _ in made)
+        await scratch.committed(lambda c: c.execute(text(
+            """INSERT INTO webhook_deliveries (endpoint_id, event_id, topic, payload, event_at, next_attempt_at)
+               SELECT e, 'evt_' || e || '_' || n, 'invoice.finalized', '{}'::jsonb, now(), now() - interval '1 minute'
+                 FROM unnest(CAST(:ids AS text[])) AS e, generate_series(1, 4) AS n"""), {"ids": [new, known]}))
+        claimed = await scratch.committed(lambda c: deliveries.claim(c, 4, 30.0, share=2, tried=[known]))
+    finally:
+        await scratch.dispose()
+    taken = [c.endpoint_id for c in claimed]
+    assert sorted(taken) == sorted([new, known, known]), taken
+
+
+async def test_enabled_names_the_endpoints_neither_deleted_nor_disabled(scratch_url):
+    scratch = connect(scratch_url, pool_size=1)
+    try:
+        made = [await scratch.committed(lambda c, n=n: endpoints.create(c, f"https://{n}.example/h", ["invoice.*"],
+                                                                        "", 1)) for n in ("on", "off", "gone")]
+        on, off, gone = (e.id for e, _ in made)
+        await scratch.committed(lambda c: endpoints.update(c, off, endpoints.Changes(enabled=False)))
+        await scratch.committed(lambda c: endpoints.delete(c, gone))
+        assert await scratch.committed(lambda c: deliveries.enabled(c, [on, off, gone, "we_never"])) == {on}
+    finally:
+        await scratch.dispose()

@@ -188,6 +188,52 @@ async def test_several_hanging_endpoints_together_never_hold_every_send_of_a_pro
     assert all(t >= 1 for t in tried), "each hanging endpoint is still tried"
 
 
+async def test_a_hanging_endpoint_the_process_has_not_tried_takes_one_send_not_its_share(scratch_url):
+    """Two endpoints already timing out hold half of a process's 4 sends; a third that hangs,
+    new to the process, took its own share (the other half) for a whole timeout, and a healthy
+    endpoint's event waited for it. An endpoint the process has not tried gets one send until it
+    has answered or timed out: the healthy endpoint's event goes out at once."""
+    backlog, fresh = f"hang-{uuid.uuid4().hex[:8]}", f"new-{uuid.uuid4().hex[:8]}"
+    timeout_s = 3.0
+    db = connect(scratch_url, pool_size=1)
+    async with AsyncTestClient(app=create_app(replace(FAST, webhooks=False), scratch_url)) as client:
+        client.headers.update(ADMIN)
+        with receiver(lambda seen, this: None) as h0, receiver(lambda seen, this: None) as h1, \
+                receiver(lambda seen, this: None) as new, receiver() as healthy:
+            for hook in (h0, h1):
+                await _endpoint(client, hook.url, ["invoice.finalized"], max_in_flight=8)
+            await _endpoint(client, healthy.url, ["invoice.paid"])
+            dispatcher = Dispatcher(connect(scratch_url, pool_size=2),
+                                    DispatchSettings(timeout_s, 0.02, concurrency=4, addresses=LOOPBACK))
+            dispatcher.start()
+            try:
+                first = f"first-{uuid.uuid4().hex[:8]}"
+                await _invoice_events(db, "invoice.paid", first, 1)  # the healthy endpoint has answered here
+                await healthy.wait_for(for_customer(first), within=20)
+                await _invoice_events(db, "invoice.finalized", backlog, 8)
+                started = time.monotonic()
+                while len(h0.received) + len(h1.received) < 5:  # their first sends timed out, and more went out
+                    await asyncio.sleep(0.02)
+                    assert time.monotonic() - started < 6 * timeout_s, "no send after the first timeouts"
+                await _endpoint(client, new.url, ["budget.exceeded"], max_in_flight=8)
+                await _invoice_events(db, "budget.exceeded", fresh, 8)
+                await new.wait_for(for_customer(fresh), within=20)
+                await asyncio.sleep(0.3)  # the dispatcher claims what it may meanwhile
+                late = f"late-{uuid.uuid4().hex[:8]}"
+                await _invoice_events(db, "invoice.paid", late, 1)
+                started = time.monotonic()
+                await healthy.wait_for(for_customer(late), within=20)
+                waited = time.monotonic() - started
+                held = new.max_in_flight
+            finally:
+                await dispatcher.stop()
+                await db.dispose()
+    print(f"\nnew hanging endpoint beside two timing out ({timeout_s:g} s, 4 sends): it held {held}; the healthy "
+          f"endpoint's event after {waited:.2f} s")
+    assert held == 1, f"the new hanging endpoint held {held} sends"
+    assert waited < timeout_s / 2, f"the healthy endpoint's event waited {waited:.2f} s behind hanging sends"
+
+
 async def _invoice_events(db, topic: str, mark: str, count: int) -> None:
     await db.committed(lambda conn: conn.execute(text(
         """INSERT INTO outbox (topic, dedup_key, payload)

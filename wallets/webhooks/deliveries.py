@@ -58,8 +58,8 @@ WITH room AS (
     SELECT r.id, least(r.max_in_flight - (SELECT count(*) FROM webhook_deliveries z
                                            WHERE z.endpoint_id = r.id AND z.status = 'pending'
                                              AND z.leased_until > now()),
-                       :share - coalesce(m.sends, 0)) AS room
-      FROM unnest(CAST(:ids AS text[]), CAST(:limits AS int[])) AS r(id, max_in_flight)
+                       r.share - coalesce(m.sends, 0)) AS room
+      FROM unnest(CAST(:ids AS text[]), CAST(:limits AS int[]), CAST(:shares AS int[])) AS r(id, max_in_flight, share)
       LEFT JOIN unnest(CAST(:mine_ids AS text[]), CAST(:mine_sends AS int[])) AS m(id, sends) ON m.id = r.id
 ), due AS (  -- each endpoint's oldest due first, then its second, ...: a backlog cannot crowd out the others
     SELECT x.id, x.turn, x.next_attempt_at, room.id = ANY(CAST(:stalling AS text[])) AS stalling
@@ -129,24 +129,36 @@ async def fan_out(conn: AsyncConnection, limit: int = 500) -> tuple[int, int]:
 
 async def claim(conn: AsyncConnection, free: int, lease_s: float, *, share: int | None = None,
                 mine: Mapping[str, int] | None = None, stalling: Collection[str] = (),
-                stalling_share: int | None = None) -> list[Claimed]:
+                stalling_share: int | None = None, tried: Collection[str] | None = None) -> list[Claimed]:
     """Take up to `free` due deliveries, at most each endpoint's `max_in_flight` in flight over
     all processes and `share` in this process (which has `mine[endpoint]` open already), and at
     most `stalling_share` in this process for the `stalling` endpoints (those timing out)
     together, taking turns between endpoints, oldest due first; each is leased for `lease_s`
-    seconds."""
+    seconds. With `tried` (the endpoints this process has had an answer or a timeout from), any
+    other endpoint gets one send in this process until it has: one that hangs holds that one."""
     endpoints = (await conn.execute(_LOCK_DUE_ENDPOINTS)).all()
     if not endpoints or free <= 0:
         return []
     mine = mine or {}
+    share = free if share is None else share
+    known = None if tried is None else set(tried)
     stalling = list(stalling)
     stalling_room = (free if stalling_share is None else stalling_share) - sum(mine.get(e, 0) for e in stalling)
     rows = await conn.execute(_CLAIM, {"ids": [e.id for e in endpoints], "limits": [e.max_in_flight for e in endpoints],
+                                       "shares": [share if known is None or e.id in known else min(share, 1)
+                                                  for e in endpoints],
                                        "mine_ids": list(mine), "mine_sends": list(mine.values()),
-                                       "share": free if share is None else share, "free": free, "lease_s": lease_s,
+                                       "free": free, "lease_s": lease_s,
                                        "stalling": stalling, "stalling_room": stalling_room})
     return [Claimed(r.id, r.endpoint_id, r.event_id, r.topic, r.payload, r.event_at, r.attempts, r.scheduled_at,
                     r.leased_until, r.url, (r.secret, *r.previous_secrets)) for r in rows]
+
+
+async def enabled(conn: AsyncConnection, ids: Collection[str]) -> set[str]:
+    """Those of `ids` that name an endpoint neither deleted nor disabled."""
+    rows = await conn.execute(text("SELECT id FROM webhook_endpoints WHERE status = 'enabled' AND id = ANY(:ids)"),
+                              {"ids": list(ids)})
+    return {r.id for r in rows}
 
 
 async def record(conn: AsyncConnection, claimed: Claimed, outcome: Outcome, policy: RetryPolicy) -> str:
