@@ -182,7 +182,17 @@ def credit_note_context(document: Mapping[str, Any]) -> dict[str, Any]:
                       ("Price", f"{document['price_book']} version {document['price_version']}"),
                       ("Charges", str(document["charges"])), ("Issued", _day(document["issued_at"])),
                       ("Currency", document["currency"])],
-            "rows": lines, "summary": [("Total", document["total"])]}
+            "rows": lines, "summary": [("Total", document["total"]), *_note_money(document)]}
+
+
+def _note_money(document: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """What a note moved, in whole minor units, and the rounding that took it there (notes issued
+    before notes were rounded moved their exact total and print none of it)."""
+    if "amount" not in document:
+        return []
+    figures = [("Amount rounding", document["amount_rounding"])] if Decimal(document["amount_rounding"]) else []
+    label = "Amount credited" if document["kind"] == "credit" else "Amount charged"
+    return [*figures, (label, document["amount"])]
 
 
 def pdf(document: Mapping[str, Any]) -> bytes:

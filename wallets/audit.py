@@ -299,7 +299,9 @@ async def budgets_match_reservations(conn: AsyncConnection) -> Check:
 
 
 # What the entries billed in each (customer, period) moved, from the postings (the period is in
-# each entry's metadata since migration 0017).
+# each entry's metadata since migration 0017): a close's rounding of the amount due (`rounded`,
+# against the receivable) apart from a credit note's rounding of its money (`note_rounding`,
+# against revenue, in the rollup as what paid that part of the correction: `funded:rounding`).
 _MOVED = f"""
     SELECT j.customer_id, j.metadata ->> 'period' AS period,
            coalesce(-sum(p.amount) FILTER (WHERE a.code LIKE {_literal(chart.revenue_account('%'))}), 0) AS revenue,
@@ -307,7 +309,10 @@ _MOVED = f"""
                AS receivable,
            coalesce(-sum(p.amount) FILTER (WHERE a.code = {_RESERVED.replace('c.id', 'j.customer_id')}), 0)
                AS reserved,
-           coalesce(-sum(p.amount) FILTER (WHERE a.code LIKE {_literal(chart.rounding_account('%'))}), 0) AS rounded
+           coalesce(-sum(p.amount) FILTER (WHERE a.code LIKE {_literal(chart.rounding_account('%'))}
+                                            AND j.kind <> 'rerate_adjustment'), 0) AS rounded,
+           coalesce(sum(p.amount) FILTER (WHERE a.code LIKE {_literal(chart.rounding_account('%'))}
+                                           AND j.kind = 'rerate_adjustment'), 0) AS note_rounding
       FROM journal_entries j JOIN postings p ON p.lane = j.lane AND p.entry_id = j.id
       JOIN accounts a ON a.id = p.account_id
      WHERE j.customer_id IS NOT NULL AND j.metadata ? 'period'
@@ -386,6 +391,7 @@ async def period_rollups_match_postings(conn: AsyncConnection) -> Check:
                    coalesce(sum(amount) FILTER (WHERE item = 'receivable'), 0) AS receivable,
                    coalesce(sum(amount) FILTER (WHERE item = 'reserved'), 0) AS reserved,
                    coalesce(sum(amount) FILTER (WHERE item = 'rounded'), 0) AS rounded,
+                   coalesce(sum(amount) FILTER (WHERE item = 'funded:rounding'), 0) AS note_rounding,
                    coalesce(sum(amount) FILTER (WHERE item LIKE 'line:%'), 0) AS lines,
                    coalesce(sum(amount) FILTER (WHERE item LIKE 'funded:%'), 0) AS funded,
                    count(*) FILTER (WHERE src = 'folded') AS folded, count(*) FILTER (WHERE src = 'queued') AS queued
@@ -400,6 +406,11 @@ async def period_rollups_match_postings(conn: AsyncConnection) -> Check:
             OR coalesce(m.receivable, 0) <> coalesce(r.receivable, 0)
             OR coalesce(m.reserved, 0) <> coalesce(r.reserved, 0)
             OR coalesce(m.rounded, 0) <> coalesce(r.rounded, 0)
+        UNION ALL
+        SELECT format('customer %s, period %s: rollup says credit notes'' rounding %s; the postings say %s',
+                      customer_id, period, coalesce(r.note_rounding, 0), coalesce(m.note_rounding, 0))
+          FROM moved m FULL JOIN rolled r USING (customer_id, period)
+         WHERE coalesce(m.note_rounding, 0) <> coalesce(r.note_rounding, 0)
         UNION ALL
         SELECT format('customer %s, period %s: lines %s and what paid them %s differ from revenue %s',
                       customer_id, period, lines, funded, revenue)
@@ -456,7 +467,10 @@ async def invoices_tie_out(conn: AsyncConnection) -> Check:
           FROM (SELECT x.*, (SELECT -coalesce(sum(p.amount), 0) FROM postings p JOIN accounts a ON a.id = p.account_id
                               WHERE p.lane = x.lane AND p.entry_id = x.entry_id  -- a close's rounding aside
                                 AND (a.code = {_RECEIVABLE.replace('c.id', 'x.customer_id')}
-                                     OR a.code LIKE {_literal(chart.rounding_account('%'))})) AS receivable
+                                     OR (a.code LIKE {_literal(chart.rounding_account('%'))}
+                                         AND NOT EXISTS (SELECT 1 FROM journal_entries e
+                                                          WHERE e.lane = x.lane AND e.id = x.entry_id
+                                                            AND e.kind = 'rerate_adjustment')))) AS receivable
                   FROM (SELECT lane, entry_id, customer_id, sum(amount) AS paid FROM invoice_payments
                          GROUP BY 1, 2, 3) x) x
           LEFT JOIN journal_entries j ON j.lane = x.lane AND j.id = x.entry_id
@@ -471,11 +485,16 @@ async def invoices_tie_out(conn: AsyncConnection) -> Check:
 async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
     """Re-rates: each adjustment entry moved usage revenue by exactly what its charges' adjustments
     changed; each credit note is intact, numbered without gaps, its lines sum to its total, which
-    is its entry's revenue movement and its charges' adjustments."""
+    is its entry's revenue movement and its charges' adjustments; its `amount_rounding` is what its
+    entry posted to the rounding account (none before notes were rounded), its `amount` the total
+    and that."""
     if (await conn.execute(text("SELECT to_regclass('credit_notes')"))).scalar() is None:
         return Check("credit_notes", True, "no re-rates in this schema (before migration 0019)")
     revenue = f"""SELECT -coalesce(sum(p.amount), 0) FROM postings p JOIN accounts a ON a.id = p.account_id
                    WHERE p.entry_id = {{entry}} AND a.code LIKE {_literal(chart.revenue_account('%'))}"""
+    # what a note's entry posted to the rounding account (its money rounded to whole minor units)
+    rounded = f"""SELECT -coalesce(sum(p.amount), 0) FROM postings p JOIN accounts a ON a.id = p.account_id
+                   WHERE p.entry_id = {{entry}} AND a.code LIKE {_literal(chart.rounding_account('%'))}"""
     return await _query_check(conn, "credit_notes", f"""
         SELECT format('re-rate entry %s: its charges moved %s, its revenue postings %s', x.entry_id, x.moved,
                       ({revenue.format(entry="x.entry_id")}))
@@ -499,11 +518,20 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
             OR n.total IS DISTINCT FROM (SELECT sum(a.new_amount - a.old_amount) FROM charge_adjustments a
                                           WHERE a.credit_note_id = n.id)
         UNION ALL
+        SELECT format('credit note %s: total %s, amount %s, amount rounding %s, but its entry %s posted %s to '
+                      'the rounding account', n.number, n.content ->> 'total', n.content ->> 'amount',
+                      n.content ->> 'amount_rounding', n.entry_id, ({rounded.format(entry="n.entry_id")}))
+          FROM credit_notes n
+         WHERE coalesce((n.content ->> 'amount_rounding')::numeric, 0) * 1000000000
+               <> ({rounded.format(entry="n.entry_id")})
+            OR (n.content ? 'amount' AND (n.content ->> 'amount')::numeric
+                <> (n.content ->> 'total')::numeric + (n.content ->> 'amount_rounding')::numeric)
+        UNION ALL
         SELECT format('credit notes %s-%s: %s numbers, the last %s (a gap or a duplicate)',
                       issuer, year, count(*), max(seq))
           FROM credit_notes GROUP BY issuer, year HAVING count(*) <> max(seq)
-        """, "re-rate entries move revenue by their charges' adjustments; credit notes tie out to them, "
-             "intact and numbered without gaps")
+        """, "re-rate entries move revenue by their charges' adjustments; credit notes tie out to them "
+             "(their money in whole minor units, the rest on the rounding account), intact and numbered without gaps")
 
 
 WALLET_CHECKS: tuple[CheckFn, ...] = (

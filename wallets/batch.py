@@ -51,8 +51,9 @@ from wallets.model import BudgetHold, Hold, Lot, Reservation
 __all__ = ["Batch", "billing_period"]
 
 
-# The entries that may post to a currency's rounding account (a close's; see wallets.core.invoicing).
-ROUNDS = frozenset({"invoice_rounding", "volume_true_up"})
+# The entries that may post to a currency's rounding account (a close's, see wallets.core.invoicing;
+# a credit note's, wallets.core.rerating).
+ROUNDS = frozenset({"invoice_rounding", "volume_true_up", "rerate_adjustment"})
 ROUNDING = chart.rounding_account("")
 
 

@@ -247,3 +247,19 @@ async def test_a_credit_note_bills_the_customer_by_the_name_it_had_when_issued(c
     listed = (await client.get("/v1/customers/acme/credit-notes", headers=ADMIN)).json()
     assert [n["customer_name"] for n in listed["credit_notes"]] == ["Acme Inc."]
     await _verified(client)
+
+
+async def test_the_invoice_finalized_webhook_carries_the_name_as_issued(client, scratch_url) -> None:
+    """`invoice.finalized` carried the invoice's id, number and money but not whom it bills: a
+    receiver had to look the customer up, and got the name as it is now, not as invoiced. Its
+    payload has the invoice's frozen `customer_name` (null for a customer without a name)."""
+    await _customer_with_usage(client, "acme", "Acme Inc.")
+    await _customer_with_usage(client, "anon", None)
+    named, unnamed = await _close(client, "acme"), await _close(client, "anon")
+    _rename(scratch_url, "acme", "Acme Renamed GmbH")
+    with psycopg.connect(scratch_url) as conn:
+        rows = conn.execute("SELECT payload FROM outbox WHERE topic = 'invoice.finalized' ORDER BY id").fetchall()
+    payloads = {row[0]["invoice_id"]: row[0] for row in rows}
+    assert payloads[named["id"]]["customer_name"] == "Acme Inc." == named["customer_name"]
+    assert payloads[unnamed["id"]]["customer_name"] is None and unnamed["customer_name"] is None
+    assert payloads[named["id"]]["amount_due"] == named["amount_due"]

@@ -8,7 +8,8 @@ moved no money, and so has no entry, adds its lines alone, netting 0):
   line:<json>         a priced line: [original period, kind, model, token type, rule, unit
                       price, tier, override, price version] -> quantity, amount
   revenue             usage revenue the entry credited
-  funded:<source>     what paid the revenue: `grant` or `topup` lots, or the `receivable`
+  funded:<source>     what paid the revenue: `grant` or `topup` lots, or the `receivable`; a
+                      credit note's `rounding` (its money is whole minor units, its revenue exact)
   topups, grants      credit bought or given; `expired`: what went to breakage
   payments            invoice payments received
   lots, reserved, receivable   the change of the customer's balances
@@ -84,12 +85,12 @@ def entry_rollup(customer: Customer, entry: JournalEntry | None, lot_kinds: Mapp
     out: Rollup = {}
     for origin, line in lines:
         add(out, line_item(origin, line), int(line["quantity"]), int(line["amount_units"]))
-    receivable = chart.receivable_account(cid)
+    receivable, rounding = chart.receivable_account(cid), chart.rounding_account(cur)
     for account, amount in funding:
-        add(out, "funded:" + ("receivable" if account == receivable else lot_kinds.get(account, "grant")), 0, amount)
+        source = "receivable" if account == receivable else "rounding" if account == rounding else None
+        add(out, "funded:" + (source or lot_kinds.get(account, "grant")), 0, amount)
     revenue, breakage = chart.revenue_account(cur), chart.breakage_account(cur)
     promotions, cash, reserved = chart.promotions_account(cur), chart.cash_account(cur), chart.reserved_account(cid)
-    rounding = chart.rounding_account(cur)
     for p in entry.postings if entry is not None else ():
         if p.account == revenue:
             add(out, "revenue", 0, -p.amount)
@@ -105,7 +106,7 @@ def entry_rollup(customer: Customer, entry: JournalEntry | None, lot_kinds: Mapp
             add(out, "receivable", 0, p.amount)
         elif p.account in lot_kinds:
             add(out, "lots", 0, -p.amount)
-        elif p.account == rounding:
+        elif p.account == rounding and entry.kind != "rerate_adjustment":  # a note's is in its funding
             add(out, "rounded", 0, -p.amount)
     return out
 

@@ -377,7 +377,8 @@ def close_period(state: State, cmd: ClosePeriod, now: datetime, book: PriceBook 
                          c.currency, total, due, due_at, content, now),
         PeriodAdvanced(c.id, nxt.start, close_due_at(nxt, c.grace_s)),
         state.event("invoice.finalized", c.id, f"invoice.finalized:{c.id}:{period.label}", now, {
-            "invoice_id": invoice_id, "number": number, "period": period.label, "total": content["total"],
+            "invoice_id": invoice_id, "number": number, "customer_name": content.get("customer_name"),
+            "period": period.label, "total": content["total"],
             "amount_due": content["amount_due"], "due_at": content["due_at"], "currency": c.currency}),
     ]
     # what top-ups paid off the receivable before this usage was invoiced pays this invoice

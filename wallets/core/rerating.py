@@ -35,7 +35,7 @@ from pricing.rating import rate
 from pricing.units import TYPE_OF_FIELD
 from pricing.usage import Usage
 from wallets import chart
-from wallets.core.billing import bill_to_name
+from wallets.core.billing import bill_to_name, line_decimals, round_line
 from wallets.core.commands import TOPUP_PRIORITY, RerateCharges
 from wallets.core.credits import opened_lot
 from wallets.core.decision import (
@@ -246,8 +246,10 @@ def type_rows(found: Iterable[Correction]) -> list[dict[str, Any]]:
             for (m, t), (o, n) in sorted(sums.items()) if n != o]
 
 
-def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int, now: datetime):
-    """Legs of money back (`back` > 0), where the decreased charges' money came from."""
+def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int, now: datetime, step: int = 1):
+    """Legs of money back (`back` > 0), where the decreased charges' money came from; what goes
+    back on the receivable in multiples of `step` (a credit note's: whole minor units, so the
+    invoice it corrects is left with whole minor units to pay), the rest as credit."""
     w = state.require_wallet()
     cid, cur = w.customer.id, w.customer.currency
     receivable = chart.receivable_account(cid)
@@ -287,12 +289,17 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
             back -= amount
 
     rec = min(back, shares.pop(receivable, 0), owed)
+    rec -= rec % step
     give(receivable, rec)
     owed -= rec
+    room: dict[str, int] = {}  # what each live lot given money back could still take
     for account, share in sorted(shares.items(), key=lambda item: last_consumed_first(item[0])):
         lot = w.lots.get(account)
         if lot is not None and lot.live(now):
-            give(account, min(back, share, lot.granted - lot.balance))
+            part = min(back, share, lot.granted - lot.balance)
+            give(account, part)
+            if part > 0:
+                room[account] = lot.granted - lot.balance - part
         else:
             # The lot has expired since (swept, or due to be): had the charge cost less, the
             # difference would have stayed in it and gone to breakage at its expiry, as a hold
@@ -300,7 +307,12 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
             # from an expired promotion; the invoice counts it as expired.
             give(account, min(back, share), to=chart.breakage_account(cur))
     more = min(back, owed)
-    give(receivable, more)
+    give(receivable, more - more % step)
+    # A note's money is whole minor units, and what the lots took back of it exact: the fraction
+    # left (what rounding it up added, or what the receivable did not take) goes to the last lot
+    # given money back, so that credit the note opens is whole minor units too.
+    for account in reversed(room):
+        give(account, min(back % step, room[account]))
     lot_opened: LotOpened | None = None
     if back:
         lot_opened = opened_lot(state, w, "topup", back, TOPUP_PRIORITY, None, now,
@@ -318,23 +330,33 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
         return Decision(Outcome(Rerated.code, Rerated(c.id, cmd.period, 0, 0)))
     net = sum(x.delta for x in found)
     rows = type_rows(found)
+    noted = data is not None and data.invoice is not None and net != 0  # a credit (or debit) note documents it
+    # A note's money is whole minor units (its lines and total stay exact): `net` rounded once, half
+    # to even, as an invoice's amount due; the difference goes to the platform's rounding account.
+    decimals = line_decimals(c.currency)
+    money = round_line(net, decimals) if noted else net
+    rounding = money - net
     lot = None
-    if net > 0:
-        s = settlement(w, None, net, False, now)
+    if money > 0:
+        s = settlement(w, None, money, False, now)
         legs, paid = settlement_legs(w, s), funding(w, None, s)
-    elif net < 0:
-        legs, paid, lot = _refund(state, cmd, found, -net, now)
+    elif money < 0:
+        legs, paid, lot = _refund(state, cmd, found, -money, now, 10 ** (chart.ASSET_SCALE - decimals) if noted else 1)
     else:
         legs, paid = Legs(c.currency), ()
+    if rounding:  # revenue moves by the exact correction, the rounding account by the difference
+        legs.credit(chart.revenue_account(c.currency), -rounding).credit(chart.rounding_account(c.currency), rounding)
+        paid = (*paid, (chart.rounding_account(c.currency), -rounding))
     posted = entry(f"rerate:{cmd.rerate_id}:{c.id}:{cmd.period}", "rerate_adjustment", legs, c.id, now,
                    {"rerate_id": cmd.rerate_id, "original_period": cmd.period, "price_book": cmd.book_id,
-                    "price_version": cmd.version, "charges": [x.charge.id for x in found]})
+                    "price_version": cmd.version, "charges": [x.charge.id for x in found],
+                    **({"amount_rounding": rounding} if rounding else {})})
     lines = tuple({"kind": "adjustment", "model": r["model"], "token_type": r["token_type"], "quantity": 0,
                    "unit_price": None, "amount_units": r["delta"], "rule_id": None, "price_version": cmd.version,
                    "tier": None, "override_id": None} for r in rows)
     effects: list[Any] = [*([lot] if lot is not None else []), AdjustmentPosted(c.id, cmd.period, lines, paid)]
     note = None
-    if data is not None and data.invoice is not None and net and posted is not None:
+    if noted and posted is not None:
         year = now.astimezone(UTC).year
         seq = state.credit_note_seqs.get((cmd.issuer, year), 0) + 1
         number = f"{cmd.issuer}-{year:04d}-{seq:06d}"
@@ -350,7 +372,10 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
                        "old_amount": format_money(r["old_amount"], c.currency),
                        "new_amount": format_money(r["new_amount"], c.currency),
                        "amount": format_money(r["delta"], c.currency)} for r in rows],
-            "total": format_money(net, c.currency), "issued_at": now.astimezone(UTC).isoformat().replace("+00:00", "Z")}
+            "total": format_money(net, c.currency),
+            # the money the note moved: its total in whole minor units, and what that rounding added
+            "amount": format_money(money, c.currency), "amount_rounding": format_money(rounding, c.currency),
+            "issued_at": now.astimezone(UTC).isoformat().replace("+00:00", "Z")}
         note = CreditNoteIssued(c.id, note_id, invoice_id, cmd.rerate_id, cmd.issuer, year, seq, number,
                                 c.currency, net, content, now)
         effects.append(note)

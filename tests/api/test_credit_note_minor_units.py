@@ -1,0 +1,163 @@
+"""A credit note moves whole minor units of its currency, as an invoice's amount due does. A
+re-rate's correction is exact (its lines and total: 1.5 yen, $0.0225, 0.003702 dinars back), and
+the money it gave back was that exact figure: the invoice it corrects was left with a fraction of
+a yen, cent or fils to pay once the note counted on it (2.5 yen, $0.0575). Now the note rounds the
+money it moves once, half to even, and posts the difference to the platform's rounding account in
+its own entry (`amount`, `amount_rounding`); the invoice's amount remaining stays whole, paying
+exactly that closes it, and the books balance."""
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from api.app import create_app
+from api.settings import Settings
+from wallets.periods import Cycle, following, period_of
+
+ADMIN = {"Authorization": "Bearer cn-admin"}
+
+
+def utc(at: datetime) -> str:
+    return at.isoformat().replace("+00:00", "Z")
+
+
+@pytest.fixture
+async def client(scratch_url):
+    app = create_app(Settings(admin_key="cn-admin", scheduler=False), scratch_url)
+    async with AsyncTestClient(app=app) as c:
+        yield c
+
+
+async def _book(client, currency: str, version: str, effective_from: str, price: str) -> None:
+    made = await client.post("/v1/price-books", headers=ADMIN, json={
+        "id": f"cn-{currency}", "version": version, "currency": currency, "effective_from": effective_from,
+        "rules": [{"id": "in", "model": "model-a", "token_type": "input", "price": price}]})
+    assert made.status_code == 201, made.text
+
+
+async def _close(client, cid: str, period) -> dict:
+    closed = await client.post("/v1/billing/close", headers=ADMIN, json={
+        "until": utc(period.end + timedelta(hours=1, seconds=1)), "customer_id": cid, "early": True})
+    assert closed.status_code == 200, closed.text
+    return closed.json()
+
+
+async def _invoice(client, invoice_id: str) -> dict:
+    return (await client.get(f"/v1/invoices/{invoice_id}", headers=ADMIN)).json()
+
+
+async def _balanced_and_verified(client, currency: str) -> list[tuple[str, str]]:
+    tb = (await client.get(f"/v1/audit/trial-balance?currency={currency}", headers=ADMIN)).json()
+    assert tb["total_debits"] == tb["total_credits"]
+    verify = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
+    assert verify["ok"], [c for c in verify["checks"] if not c["ok"]]
+    rounding = f"income:platform:rounding:{currency}"
+    return [(a["debits"], a["credits"]) for a in tb["accounts"] if a["account"] == rounding]
+
+
+# By hand, per 1M input tokens, postpaid:
+# JPY: 3 calls of 1,000 tokens at 1,500 yen are 4.5 yen, due 4; the fix (1,000 yen) makes them
+#   3 yen: 1.5 yen back, which moves 2 yen (half to even), 0.5 yen more from the rounding account;
+#   4 - 2 = 2 yen left. Rounding: 0.5 + 0.5 yen debited.
+# USD: 5 calls of 1,500 tokens at $10 are $0.075, due $0.08; the fix ($7) makes them $0.0525:
+#   $0.0225 back, which moves $0.02 ($0.0025 credited to rounding); $0.06 left.
+# KWD: 1 call of 1,234 tokens at 10 dinars is 0.01234, due 0.012; the fix (7) makes it 0.008638:
+#   0.003702 back, which moves 0.004 (0.000298 debited to rounding); 0.008 left.
+CASES = [
+    ("JPY", [1000] * 3, "1500", "1000", "4", "-1.5", "-2", "-0.5", "2", [("1", "0")]),
+    ("USD", [1500] * 5, "10", "7", "0.08", "-0.0225", "-0.02", "0.0025", "0.06", [("0.00", "0.0075")]),
+    ("KWD", [1234], "10", "7", "0.012", "-0.003702", "-0.004", "-0.000298", "0.008", [("0.000638", "0.000")]),
+]
+
+
+@pytest.mark.parametrize(("currency", "tokens", "v1", "v2", "due", "total", "amount", "rounding", "left", "rounded"),
+                         CASES)
+async def test_a_credit_note_moves_whole_minor_units_and_paying_what_is_left_closes_the_invoice(
+        client, currency, tokens, v1, v2, due, total, amount, rounding, left, rounded) -> None:
+    now = datetime.now(UTC)
+    period = period_of(now, Cycle("UTC", None))
+    await _book(client, currency, "v1", "2026-01-01T00:00:00Z", v1)
+    cid = f"cn-{currency.lower()}"
+    created = await client.post("/v1/customers", headers=ADMIN, json={
+        "id": cid, "name": "Yamada Shoten", "currency": currency, "price_book": f"cn-{currency}",
+        "billing": "postpaid"})
+    assert created.status_code == 201, created.text
+    sent = await client.post("/v1/usage-events", headers=ADMIN, json=[
+        {"event_id": f"e{i}", "customer_id": cid, "model": "model-a", "timestamp": now.isoformat(),
+         "usage": {"input_tokens": n, "output_tokens": 0}} for i, n in enumerate(tokens)])
+    assert sent.json()["accepted"] == len(tokens), sent.text
+    [closed] = (await _close(client, cid, period))["closed"]
+    invoice = await _invoice(client, closed["invoice_id"])
+    assert invoice["amount_due"] == due
+    await _book(client, currency, "v2", utc(period.start), v2)
+    applied = await client.post("/v1/rerate", headers=ADMIN, json={
+        "price_book": f"cn-{currency}", "version": "v2", "from": utc(period.start), "to": utc(period.end),
+        "mode": "apply"})
+    assert applied.status_code == 200, applied.text
+    [listed] = applied.json()["credit_notes"]
+    note = (await client.get(f"/v1/credit-notes/{listed['id']}", headers=ADMIN)).json()
+    # the correction stays exact; the money it moves is whole minor units
+    assert note["total"] == total and sum(float(x["amount"]) for x in note["lines"]) == float(total)
+    assert (note["amount"], note["amount_rounding"]) == (amount, rounding), note
+    # the next close counts the money back on the corrected invoice: what is left is whole
+    await _close(client, cid, following(period, Cycle("UTC", None)))
+    invoice = await _invoice(client, invoice["id"])
+    assert invoice["amount_remaining"] == left and invoice["payment_status"] == "partially_paid", invoice
+    wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
+    assert wallet["receivable"] == left
+    paid = await client.post(f"/v1/invoices/{invoice['id']}/payments", headers=ADMIN,
+                             json={"amount": left, "reference": "wire-1", "currency": currency})
+    assert paid.status_code == 201, paid.text
+    assert paid.json()["payment_status"] == "paid"
+    wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
+    assert float(wallet["receivable"]) == 0
+    assert await _balanced_and_verified(client, currency) == rounded
+    # the page and the PDF print what the note moved and its rounding
+    page = await client.get(f"/v1/credit-notes/{note['id']}", headers={**ADMIN, "Accept": "text/html"})
+    assert page.status_code == 200 and "Amount rounding" in page.text and amount in page.text
+
+
+# Prepaid, by hand: a top-up of 1,000 yen (or $10) paid the calls, so the invoice asked nothing.
+# JPY: 4.5 yen of calls, 1.5 yen back: the note moves 2 yen, all back to the lot that paid them
+#   (995.5 + 2 = 997.5); it used to give that lot 1.5 yen and open no lot; rounded, it would have
+#   opened a new lot of half a yen for the rest. USD: $0.075 of calls, $0.0225 back, $0.02 moved:
+#   9.925 + 0.02 = 9.945.
+PREPAID = [
+    ("JPY", [1000] * 3, "1500", "1000", "1000", "-1.5", "-2", "995.5", "997.5"),
+    ("USD", [1500] * 5, "10", "7", "10.00", "-0.0225", "-0.02", "9.925", "9.945"),
+]
+
+
+@pytest.mark.parametrize(("currency", "tokens", "v1", "v2", "top_up", "total", "amount", "before", "after"), PREPAID)
+async def test_a_credit_note_to_a_prepaid_wallet_gives_whole_minor_units_back_to_the_lot_that_paid(
+        client, currency, tokens, v1, v2, top_up, total, amount, before, after) -> None:
+    now = datetime.now(UTC)
+    period = period_of(now, Cycle("UTC", None))
+    await _book(client, currency, "v1", "2026-01-01T00:00:00Z", v1)
+    cid = f"cn-pre-{currency.lower()}"
+    created = await client.post("/v1/customers", headers=ADMIN, json={
+        "id": cid, "currency": currency, "price_book": f"cn-{currency}", "billing": "prepaid"})
+    assert created.status_code == 201, created.text
+    topped = await client.post(f"/v1/customers/{cid}/topups", headers=ADMIN, json={"amount": top_up, "reference": "p1"})
+    assert topped.status_code == 201, topped.text
+    sent = await client.post("/v1/usage-events", headers=ADMIN, json=[
+        {"event_id": f"e{i}", "customer_id": cid, "model": "model-a", "timestamp": now.isoformat(),
+         "usage": {"input_tokens": n, "output_tokens": 0}} for i, n in enumerate(tokens)])
+    assert sent.json()["accepted"] == len(tokens), sent.text
+    [closed] = (await _close(client, cid, period))["closed"]
+    assert float((await _invoice(client, closed["invoice_id"]))["amount_due"]) == 0
+    wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
+    assert [lot["remaining"] for lot in wallet["grants"]] == [before], wallet
+    await _book(client, currency, "v2", utc(period.start), v2)
+    applied = await client.post("/v1/rerate", headers=ADMIN, json={
+        "price_book": f"cn-{currency}", "version": "v2", "from": utc(period.start), "to": utc(period.end),
+        "mode": "apply"})
+    assert applied.status_code == 200, applied.text
+    [listed] = applied.json()["credit_notes"]
+    note = (await client.get(f"/v1/credit-notes/{listed['id']}", headers=ADMIN)).json()
+    assert (note["total"], note["amount"]) == (total, amount), note
+    wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
+    assert [lot["remaining"] for lot in wallet["grants"]] == [after], wallet  # no lot of a fraction
+    await _balanced_and_verified(client, currency)
