@@ -161,3 +161,33 @@ async def test_a_credit_note_to_a_prepaid_wallet_gives_whole_minor_units_back_to
     wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
     assert [lot["remaining"] for lot in wallet["grants"]] == [after], wallet  # no lot of a fraction
     await _balanced_and_verified(client, currency)
+
+
+async def test_a_debit_note_charges_whole_minor_units_on_the_next_invoice(client) -> None:
+    """By hand: 5 calls of 1,500 tokens at $10 per 1M are $0.075 (due $0.08); the fix is $12:
+    $0.09, $0.015 more, which charges $0.02 (half to even; $0.005 credited to rounding). The
+    receivable pays it, so the next invoice asks $0.02 and its close rounds nothing."""
+    now = datetime.now(UTC)
+    period = period_of(now, Cycle("UTC", None))
+    await _book(client, "USD", "v1", "2026-01-01T00:00:00Z", "10")
+    created = await client.post("/v1/customers", headers=ADMIN, json={
+        "id": "dn-usd", "currency": "USD", "price_book": "cn-USD", "billing": "postpaid"})
+    assert created.status_code == 201, created.text
+    sent = await client.post("/v1/usage-events", headers=ADMIN, json=[
+        {"event_id": f"e{i}", "customer_id": "dn-usd", "model": "model-a", "timestamp": now.isoformat(),
+         "usage": {"input_tokens": 1500, "output_tokens": 0}} for i in range(5)])
+    assert sent.json()["accepted"] == 5, sent.text
+    await _close(client, "dn-usd", period)
+    await _book(client, "USD", "v2", utc(period.start), "12")
+    applied = await client.post("/v1/rerate", headers=ADMIN, json={
+        "price_book": "cn-USD", "version": "v2", "from": utc(period.start), "to": utc(period.end), "mode": "apply"})
+    assert applied.status_code == 200, applied.text
+    [listed] = applied.json()["credit_notes"]
+    note = (await client.get(f"/v1/credit-notes/{listed['id']}", headers=ADMIN)).json()
+    assert (note["kind"], note["total"], note["amount"], note["amount_rounding"]) == ("debit", "0.015", "0.02", "0.005")
+    [closed] = (await _close(client, "dn-usd", following(period, Cycle("UTC", None))))["closed"]
+    december = await _invoice(client, closed["invoice_id"])
+    assert (december["total"], december["amount_due"], december["amount_due_rounding"]) == ("0.015", "0.02", "0.00")
+    wallet = (await client.get("/v1/customers/dn-usd/wallet", headers=ADMIN)).json()
+    assert wallet["receivable"] == "0.10"  # $0.08 + $0.02
+    assert await _balanced_and_verified(client, "USD") == [("0.00", "0.01")]

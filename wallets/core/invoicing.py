@@ -30,7 +30,9 @@ from wallets.core.billing import (
     document,
     due_rounding,
     entry_rollup,
+    line_decimals,
     merge,
+    round_line,
 )
 from wallets.core.billing import opening_balances as opening_of
 from wallets.core.billing import total_units as total_of
@@ -47,7 +49,13 @@ from wallets.core.decision import (
     UsageCounted,
 )
 from wallets.core.legs import Legs, entry, funding, settlement, settlement_legs
-from wallets.core.payments import apply_corrections, apply_unapplied, payment_effects, unapplied_parts
+from wallets.core.payments import (
+    apply_corrections,
+    apply_unapplied,
+    open_invoices,
+    payment_effects,
+    unapplied_parts,
+)
 from wallets.core.rating import ALLOWANCE
 from wallets.core.results import InvoiceClosed, PaymentResult
 from wallets.core.state import InvoiceDue, State, Unapplied
@@ -269,13 +277,19 @@ class Closing:
     rollup: Rollup  # the period's rollup with the true-up entry's items
 
 
-def _rounding(w: Wallet, rollup: Rollup, paid: Sequence[tuple[str, int]], credits: Sequence[Unapplied]) -> int:
+def _rounding(state: State, w: Wallet, rollup: Rollup, paid: Sequence[tuple[str, int]],
+              credits: Sequence[Unapplied]) -> int:
     """What the close posts to the receivable (against the platform's rounding account) so that
-    the amount due, less what top-ups already paid of it, is whole minor units (`due_rounding`):
-    rounded down, never more than the receivable owes once the true-up (`paid`) is posted."""
+    the amount due, less what top-ups already paid of it, is whole minor units (`due_rounding`),
+    or, when the period's corrections gave back more than it owes, so that the rest, which pays
+    the customer's open invoices (`apply_corrections`), is: rounded down, never more than the
+    receivable owes once the true-up (`paid`) is posted."""
     due = amount_due_units(rollup)
     parts, _ = unapplied_parts(credits, due)
     rounding = due_rounding(due, sum(part for _, part in parts), w.customer.currency)
+    funded = rollup.get("funded:receivable", (0, 0))[1]
+    if funded < 0 and open_invoices(state, w.customer.id):  # the invoices it pays keep whole minor units
+        rounding = round_line(funded, line_decimals(w.customer.currency)) - funded
     receivable = chart.receivable_account(w.customer.id)
     owed = max(0, w.receivable - (w.credit_held or 0)) + sum(a for account, a in paid if account == receivable)
     return rounding if rounding >= 0 or owed >= -rounding else 0
@@ -297,7 +311,7 @@ def closing(state: State, w: Wallet, label: str, rollup: Rollup, book: PriceBook
         kinds[lot.code] = lot.kind
     # the true-up's lines (on the invoice whether or not they move money) and what paid them
     merge(rollup, entry_rollup(w.customer, None, kinds, [(label, x) for x in lines], paid))
-    rounding = _rounding(w, rollup, paid, credits)
+    rounding = _rounding(state, w, rollup, paid, credits)
     if rounding > 0:
         legs.debit(chart.receivable_account(cid), rounding).credit(chart.rounding_account(cur), rounding)
     elif rounding < 0:
@@ -384,7 +398,8 @@ def close_period(state: State, cmd: ClosePeriod, now: datetime, book: PriceBook 
     # what top-ups paid off the receivable before this usage was invoiced pays this invoice
     effects += apply_unapplied(state, InvoiceDue(invoice_id, c.id, number, c.currency, due, {}, period.start), now)
     # money given back off the receivable beyond what this period owes pays the older invoices
-    effects += apply_corrections(state, c.id, max(0, -rollup.get("funded:receivable", (0, 0))[1]), sources, now)
+    given_back = -rollup.get("funded:receivable", (0, 0))[1] - rollup.get("rounded", (0, 0))[1]
+    effects += apply_corrections(state, c.id, max(0, given_back), sources, now)
     result = InvoiceClosed(invoice_id, number, c.id, period.label, total, due, posted.key if posted else None,
                            currency=c.currency)
     return Decision(Outcome(result.code, result), posted, tuple(effects))

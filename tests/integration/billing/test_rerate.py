@@ -392,8 +392,11 @@ async def test_a_credit_note_larger_than_the_next_period_s_usage_pays_the_invoic
     is never below 0): the corrected invoice stayed open for more than was owed, and paying it in
     full was refused as an overpayment. By hand: November 1,000,000 input tokens at $10/M + $0.01
     = $10.01 invoiced; the fix ($8/M) gives $2.00 back, billed in December, whose one call costs
-    $0.008 + $0.01 + $0.01 = $0.028: December's amount due is $0, November's $10.01 has $1.972 of
-    it paid, and $8.038 is what is owed and left to pay."""
+    $0.008 + $0.01 + $0.01 = $0.028: December's amount due is $0, and the $1.972 left over pays
+    November's $10.01. That left $8.038 to pay, a fraction of a cent: December's close now rounds
+    what pays the older invoices to whole minor units, half to even ($1.97; $0.002 back on the
+    receivable, credited to the rounding account, shown as December's amount_due_rounding), so
+    $8.04 is what is owed and left to pay."""
     bk = fixed
     cid = await bk.customer("post", billing_mode="postpaid", book="fix")
     await bk.event(cid, "model-a", 1_000_000, 0, at=datetime(2026, 11, 10, tzinfo=UTC))
@@ -407,11 +410,13 @@ async def test_a_credit_note_larger_than_the_next_period_s_usage_pays_the_invoic
     await bk.close(datetime(2027, 1, 1, 1, 0, tzinfo=UTC))
     november, december = await bk.invoices(cid)
     assert (november["amount_due"], december["amount_due"], december["total"]) == ("10.01", "0.00", "-1.972")
-    assert (await wallet(bk, cid)).receivable == 8_038_000_000
-    assert (november["payment_status"], november["amount_paid"]) == ("partially_paid", "1.972"), november
+    assert december["amount_due_rounding"] == "0.002"
+    assert (await wallet(bk, cid)).receivable == 8_040_000_000
+    assert (november["payment_status"], november["amount_paid"], november["amount_remaining"]) == (
+        "partially_paid", "1.97", "8.04"), november
     assert [(p["amount"], p["reference"]) for p in november["payments"]] == [
-        ("1.972", f"credit-note:{note['number']}")]
-    paid = await bk.pay(cid, november["id"], "8.038", "wire-1")
+        ("1.97", f"credit-note:{note['number']}")]
+    paid = await bk.pay(cid, november["id"], "8.04", "wire-1")
     assert paid.status == "paid"
     assert (await wallet(bk, cid)).receivable == 0
     await verified(bk)
