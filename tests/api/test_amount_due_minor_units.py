@@ -8,15 +8,15 @@ rounding account (`income:platform:rounding:<cur>`), so the receivable owes what
 a payment of it marks the invoice paid, the books balance and verify stays ok."""
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 from litestar.testing import AsyncTestClient
 
 from api.app import create_app
 from api.settings import Settings
+from tests.api.closing import close_invoice
 from wallets import chart
-from wallets.periods import Cycle, period_of
 
 ADMIN = {"Authorization": "Bearer due-admin"}
 # Per 1M tokens: 1,500 yen, $10.
@@ -46,15 +46,6 @@ async def _postpaid_usage(client, cid: str, currency: str, tokens: list[int]) ->
     assert sent.json()["accepted"] == len(tokens), sent.text
 
 
-async def _close(client, cid: str) -> dict:
-    period = period_of(datetime.now(UTC), Cycle("UTC", None))
-    closed = await client.post("/v1/billing/close", headers=ADMIN, json={
-        "until": (period.end + timedelta(hours=1, seconds=1)).isoformat(), "customer_id": cid, "early": True})
-    assert closed.status_code == 200, closed.text
-    [one] = closed.json()["closed"]
-    return (await client.get(f"/v1/invoices/{one['invoice_id']}", headers=ADMIN)).json()
-
-
 # By hand: 3 calls of 1,000 tokens at 1,500 yen per 1M are 1.5 yen each, 4.5 yen: due 4 yen (half
 # to even), 0.5 yen written off. 5 calls of 1,500 tokens at $10 per 1M are $0.015 each, $0.075:
 # due $0.08 (7.5 cents, half to even), $0.005 more on the receivable. One call of 1,234 tokens is
@@ -73,7 +64,7 @@ async def test_a_postpaid_invoice_asks_whole_minor_units_and_paying_them_pays_it
     await _postpaid_usage(client, cid, currency, tokens)
     upcoming = (await client.get(f"/v1/customers/{cid}/invoices/upcoming", headers=ADMIN)).json()
     assert (upcoming["amount_due"], upcoming["amount_due_rounding"]) == (due, rounding), upcoming
-    invoice = await _close(client, cid)
+    invoice = await close_invoice(client, ADMIN, cid)
     # the total is still the exact usage revenue; what is charged to account is exact too
     assert invoice["total"] == total and invoice["charged_to_account"] == total
     assert invoice["amount_due"] == due and invoice["amount_due_rounding"] == rounding
@@ -98,7 +89,7 @@ async def test_a_postpaid_invoice_asks_whole_minor_units_and_paying_them_pays_it
 
 async def test_a_whole_amount_due_posts_no_rounding(client) -> None:
     await _postpaid_usage(client, "due-whole", "JPY", [2000, 2000])  # 3 yen each: 6 yen
-    invoice = await _close(client, "due-whole")
+    invoice = await close_invoice(client, ADMIN, "due-whole")
     assert invoice["amount_due"] == "6" and invoice["amount_due_rounding"] == "0"
     journal = (await client.get("/v1/journal?customer=due-whole", headers=ADMIN)).json()
     assert "invoice_rounding" not in {entry["kind"] for entry in journal["entries"]}
@@ -115,7 +106,7 @@ async def test_a_currency_whose_customers_predate_the_rounding_account_gets_it_a
     await _postpaid_usage(client, "due-old", "JPY", [1000] * 3)  # 4.5 yen
     tb = (await client.get("/v1/audit/trial-balance?currency=JPY", headers=ADMIN)).json()
     assert chart.rounding_account("JPY") not in {a["account"] for a in tb["accounts"]}
-    invoice = await _close(client, "due-old")
+    invoice = await close_invoice(client, ADMIN, "due-old")
     assert invoice["amount_due"] == "4" and invoice["amount_due_rounding"] == "-0.5"
     tb = (await client.get("/v1/audit/trial-balance?currency=JPY", headers=ADMIN)).json()
     assert [(a["debits"], a["credits"]) for a in tb["accounts"]

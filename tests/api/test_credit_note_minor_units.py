@@ -7,13 +7,15 @@ its own entry (`amount`, `amount_rounding`); the invoice's amount remaining stay
 exactly that closes it, and the books balance."""
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
 from litestar.testing import AsyncTestClient
 
 from api.app import create_app
 from api.settings import Settings
+from tests.api.closing import close_early
 from wallets.periods import Cycle, following, period_of
 
 ADMIN = {"Authorization": "Bearer cn-admin"}
@@ -35,13 +37,6 @@ async def _book(client, currency: str, version: str, effective_from: str, price:
         "id": f"cn-{currency}", "version": version, "currency": currency, "effective_from": effective_from,
         "rules": [{"id": "in", "model": "model-a", "token_type": "input", "price": price}]})
     assert made.status_code == 201, made.text
-
-
-async def _close(client, cid: str, period) -> dict:
-    closed = await client.post("/v1/billing/close", headers=ADMIN, json={
-        "until": utc(period.end + timedelta(hours=1, seconds=1)), "customer_id": cid, "early": True})
-    assert closed.status_code == 200, closed.text
-    return closed.json()
 
 
 async def _invoice(client, invoice_id: str) -> dict:
@@ -88,7 +83,7 @@ async def test_a_credit_note_moves_whole_minor_units_and_paying_what_is_left_clo
         {"event_id": f"e{i}", "customer_id": cid, "model": "model-a", "timestamp": now.isoformat(),
          "usage": {"input_tokens": n, "output_tokens": 0}} for i, n in enumerate(tokens)])
     assert sent.json()["accepted"] == len(tokens), sent.text
-    [closed] = (await _close(client, cid, period))["closed"]
+    [closed] = (await close_early(client, ADMIN, cid, period))["closed"]
     invoice = await _invoice(client, closed["invoice_id"])
     assert invoice["amount_due"] == due
     await _book(client, currency, "v2", utc(period.start), v2)
@@ -99,10 +94,10 @@ async def test_a_credit_note_moves_whole_minor_units_and_paying_what_is_left_clo
     [listed] = applied.json()["credit_notes"]
     note = (await client.get(f"/v1/credit-notes/{listed['id']}", headers=ADMIN)).json()
     # the correction stays exact; the money it moves is whole minor units
-    assert note["total"] == total and sum(float(x["amount"]) for x in note["lines"]) == float(total)
+    assert note["total"] == total and sum(Decimal(x["amount"]) for x in note["lines"]) == Decimal(total)
     assert (note["amount"], note["amount_rounding"]) == (amount, rounding), note
     # the next close counts the money back on the corrected invoice: what is left is whole
-    await _close(client, cid, following(period, Cycle("UTC", None)))
+    await close_early(client, ADMIN, cid, following(period, Cycle("UTC", None)))
     invoice = await _invoice(client, invoice["id"])
     assert invoice["amount_remaining"] == left and invoice["payment_status"] == "partially_paid", invoice
     wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
@@ -112,7 +107,7 @@ async def test_a_credit_note_moves_whole_minor_units_and_paying_what_is_left_clo
     assert paid.status_code == 201, paid.text
     assert paid.json()["payment_status"] == "paid"
     wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
-    assert float(wallet["receivable"]) == 0
+    assert Decimal(wallet["receivable"]) == 0
     assert await _balanced_and_verified(client, currency) == rounded
     # the page and the PDF print what the note moved and its rounding
     page = await client.get(f"/v1/credit-notes/{note['id']}", headers={**ADMIN, "Accept": "text/html"})
@@ -146,8 +141,8 @@ async def test_a_credit_note_to_a_prepaid_wallet_gives_whole_minor_units_back_to
         {"event_id": f"e{i}", "customer_id": cid, "model": "model-a", "timestamp": now.isoformat(),
          "usage": {"input_tokens": n, "output_tokens": 0}} for i, n in enumerate(tokens)])
     assert sent.json()["accepted"] == len(tokens), sent.text
-    [closed] = (await _close(client, cid, period))["closed"]
-    assert float((await _invoice(client, closed["invoice_id"]))["amount_due"]) == 0
+    [closed] = (await close_early(client, ADMIN, cid, period))["closed"]
+    assert Decimal((await _invoice(client, closed["invoice_id"]))["amount_due"]) == 0
     wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
     assert [lot["remaining"] for lot in wallet["grants"]] == [before], wallet
     await _book(client, currency, "v2", utc(period.start), v2)
@@ -177,7 +172,7 @@ async def test_a_debit_note_charges_whole_minor_units_on_the_next_invoice(client
         {"event_id": f"e{i}", "customer_id": "dn-usd", "model": "model-a", "timestamp": now.isoformat(),
          "usage": {"input_tokens": 1500, "output_tokens": 0}} for i in range(5)])
     assert sent.json()["accepted"] == 5, sent.text
-    await _close(client, "dn-usd", period)
+    await close_early(client, ADMIN, "dn-usd", period)
     await _book(client, "USD", "v2", utc(period.start), "12")
     applied = await client.post("/v1/rerate", headers=ADMIN, json={
         "price_book": "cn-USD", "version": "v2", "from": utc(period.start), "to": utc(period.end), "mode": "apply"})
@@ -185,7 +180,7 @@ async def test_a_debit_note_charges_whole_minor_units_on_the_next_invoice(client
     [listed] = applied.json()["credit_notes"]
     note = (await client.get(f"/v1/credit-notes/{listed['id']}", headers=ADMIN)).json()
     assert (note["kind"], note["total"], note["amount"], note["amount_rounding"]) == ("debit", "0.015", "0.02", "0.005")
-    [closed] = (await _close(client, "dn-usd", following(period, Cycle("UTC", None))))["closed"]
+    [closed] = (await close_early(client, ADMIN, "dn-usd", following(period, Cycle("UTC", None))))["closed"]
     december = await _invoice(client, closed["invoice_id"])
     assert (december["total"], december["amount_due"], december["amount_due_rounding"]) == ("0.015", "0.02", "0.00")
     wallet = (await client.get("/v1/customers/dn-usd/wallet", headers=ADMIN)).json()

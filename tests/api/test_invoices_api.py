@@ -13,6 +13,7 @@ from sqlalchemy import text
 from api.app import create_app
 from api.settings import Settings
 from ledger.db import connect
+from tests.api.closing import close_invoice
 from wallets.periods import Cycle, period_of
 
 ADMIN = {"Authorization": "Bearer inv-admin"}
@@ -175,15 +176,6 @@ async def _owing_prepaid(client, cid: str, events: int) -> None:
     assert sent.json()["accepted"] == events, sent.text
 
 
-async def _close_now(client, cid: str) -> dict:
-    period = period_of(datetime.now(UTC), Cycle("UTC", None))
-    closed = await client.post("/v1/billing/close", headers=ADMIN, json={
-        "until": (period.end + timedelta(hours=1, seconds=1)).isoformat(), "customer_id": cid, "early": True})
-    assert closed.status_code == 200, closed.text
-    [one] = closed.json()["closed"]
-    return (await client.get(f"/v1/invoices/{one['invoice_id']}", headers=ADMIN)).json()
-
-
 async def test_a_top_up_that_paid_the_receivable_before_the_close_pays_the_invoice(client, scratch_url) -> None:
     """A prepaid customer's top-up pays what its receivable owes; when that usage was not
     invoiced yet, the invoice finalized later must count that money as paid: it showed the
@@ -193,7 +185,7 @@ async def test_a_top_up_that_paid_the_receivable_before_the_close_pays_the_invoi
     topped = await client.post("/v1/customers/early/topups", headers=ADMIN, json={"amount": "0.10"})
     assert topped.status_code == 201 and topped.json()["applied_to_receivable"] == "0.10", topped.text
     lot_id, entry_id = topped.json()["grant_id"], topped.json()["entry_id"]
-    invoice = await _close_now(client, "early")
+    invoice = await close_invoice(client, ADMIN, "early")
     assert invoice["amount_due"] == "0.15"  # the document: what the period's usage put on the receivable
     assert (invoice["payment_status"], invoice["amount_paid"]) == ("partially_paid", "0.10"), invoice
     [paid] = invoice["payments"]
@@ -213,7 +205,7 @@ async def test_a_top_up_that_paid_all_before_the_close_leaves_the_invoice_paid(c
     await _owing_prepaid(client, "settled", 5)
     topped = await client.post("/v1/customers/settled/topups", headers=ADMIN, json={"amount": "1.00"})
     assert topped.json()["applied_to_receivable"] == "0.15", topped.text
-    invoice = await _close_now(client, "settled")
+    invoice = await close_invoice(client, ADMIN, "settled")
     assert (invoice["payment_status"], invoice["amount_paid"]) == ("paid", "0.15"), invoice
     assert [p["amount"] for p in invoice["payments"]] == ["0.15"]
     refused = await client.post(f"/v1/invoices/{invoice['id']}/payments", headers=ADMIN,
