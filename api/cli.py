@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 from datetime import datetime
 from importlib.metadata import version
@@ -463,15 +464,30 @@ def parser() -> argparse.ArgumentParser:
 DATABASE_UNREACHABLE = 3  # exit status: the command could not reach its database (1: it found problems, 2: usage)
 
 
+INTERRUPTED = 130  # exit status: SIGINT (Ctrl-C) stopped a command before it finished
+TERMINATED = 143  # exit status: SIGTERM stopped a command before it finished (128 + 15, as a shell reports it)
+
+
+def _terminated(_signum: int, _frame: object) -> None:
+    raise SystemExit(TERMINATED)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
     if getattr(args, "expect_head", None) and not args.file:
         p.error("audit verify: --expect-head checks an export: give --file too")
+    # SIGTERM stops a command as an exception does, so its `finally` blocks run and the embedded
+    # cluster it started stops with it (the default killed the process and left it running); serve
+    # and gateway replace this with their own ordinary exit.
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         status = args.func(args, Settings.from_env())
         sys.stdout.flush()  # a reader gone (`| head`) shows here, not as a traceback at exit
         return status
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return INTERRUPTED
     except BrokenPipeError as exc:
         import os
 

@@ -175,3 +175,29 @@ def test_a_signal_during_start_up_leaves_a_postmaster_another_server_uses_runnin
         code = first.stop()
     assert code == 0, first.output()
     assert_no_postgres(pgdata, first.output())
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["sigterm", "sigint"])
+def test_a_signal_stops_a_one_shot_command_and_the_embedded_postgresql_it_started(data_dir, sig, code):
+    """`migrate` (as `keys`, `billing close`, `audit verify`): SIGTERM killed it outright and the
+    cluster it had started ran on; SIGINT printed a traceback. Now either ends it as an error does
+    (128 + the signal, as a shell reports it), its cluster stopped, and the next run goes on."""
+    pgdata = data_dir / "pg"
+    env = {k: v for k, v in os.environ.items() if k != "TOKENTILL_DATABASE_URL"}
+    env["TOKENTILL_DATA_DIR"] = str(data_dir)
+    proc = subprocess.Popen([sys.executable, "-m", "api.cli", "migrate"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + CEILING_S
+    while postmaster_of(pgdata) is None:  # the cluster runs: the command migrates, or is about to
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the embedded PostgreSQL never started"
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=CEILING_S)
+    assert proc.returncode == code, out + err
+    assert "Traceback" not in err and not out.startswith("migrated to"), out + err
+    assert_no_postgres(pgdata, err)
+    done = subprocess.run([sys.executable, "-m", "api.cli", "migrate"], capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert done.returncode == 0 and done.stdout.startswith("migrated to "), done.stdout + done.stderr
+    assert_no_postgres(pgdata, done.stderr)
