@@ -9,14 +9,12 @@ import asyncio
 import hashlib
 import math
 import random
-import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import msgspec
 from prometheus_client import Counter
-from psycopg import sql
 from psycopg.types.json import set_json_loads
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
@@ -24,10 +22,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 T = TypeVar("T")
 RETRYABLE = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
-# A Lead's prepared statement that the session no longer has (psycopg sends DEALLOCATE ALL after any
-# ROLLBACK it sees while it has statements of its own prepared), or has though it was not known
-# to (a PREPARE whose message failed later): the attempt is sent again at once, knowing.
-LEAD_STATES = frozenset({"26000", "42P05"})  # invalid_sql_statement_name, duplicate_prepared_statement
 # A session that sits inside a transaction this long is ended by the server, and its advisory
 # locks with it: a process that hangs or loses the network while holding the wallet writer's
 # lock stops everyone's writes for a minute, not until TCP gives up.
@@ -104,18 +98,6 @@ def sqlalchemy_url(url: str, *, driver: str = "psycopg") -> URL:
     return parsed.set(drivername=f"postgresql+{driver}")
 
 
-@dataclass(frozen=True, slots=True)
-class Lead:
-    """A read that rides in a locked transaction's first round trip, right after its BEGIN: the
-    server-side prepared statement `name` (`sql`, parameters $1..$n), PREPAREd in that message on a
-    session's first use, EXECUTEd with `args` written as literals (psycopg's quoting). Its first
-    row goes to the work: `work(conn, row)`. Planned once per session (with the transaction's
-    generic plans), where the same read as a literal query would be planned every time."""
-    name: str
-    sql: str
-    args: tuple[Any, ...]
-
-
 @dataclass(slots=True)
 class Database:
     engine: AsyncEngine
@@ -123,35 +105,20 @@ class Database:
     max_backoff_s: float = 0.05
     writer_idle_ms: int = WRITER_IDLE_IN_TRANSACTION_MS
 
-    async def run(self, work: Callable[..., Awaitable[T]], *,
-                  locks: Sequence[int] = (), lead: Callable[[], Lead] | None = None) -> T:
+    async def run(self, work: Callable[[AsyncConnection], Awaitable[T]], *,
+                  locks: Sequence[int] = ()) -> T:
         """Run `work` in one SERIALIZABLE transaction; commit; retry it whole on 40001/40P01.
 
         `locks` are advisory lock keys taken, in sorted order, *before* the transaction starts,
         so its snapshot is newer than whatever the previous holder committed: work that shares
         a key queues instead of failing with 40001 and retrying in a storm.
-
-        `lead` (with `locks` only) makes each attempt's first read (see Lead), sent in the lock +
-        BEGIN round trip; `work` is then called as `work(conn, row)` with its first row.
         """
-        if lead is not None and not locks:
-            raise ValueError("a lead read rides in the locks' round trip: give locks")
         for attempt in range(1, self.attempts + 1):
             try:
                 if not locks:
                     async with self.engine.begin() as conn:
                         return await work(conn)
-                keys = sorted(set(locks))
-                if lead is None:
-                    return await self._run_locked(work, keys, None)
-                sent = lead()
-                for _ in range(2):
-                    try:
-                        return await self._run_locked(work, keys, sent)
-                    except Exception as exc:  # before the work began: the message's first statements failed
-                        if sqlstate_of(exc) not in LEAD_STATES:
-                            raise
-                return await self._run_locked(work, keys, sent)
+                return await self._run_locked(work, sorted(set(locks)))
             except Exception as exc:
                 state = sqlstate_of(exc)
                 if state not in RETRYABLE:
@@ -163,39 +130,19 @@ class Database:
             await asyncio.sleep(random.uniform(0, min(self.max_backoff_s, 0.001 * 2**attempt)))
         raise AssertionError("unreachable")
 
-    async def _run_locked(self, work: Callable[..., Awaitable[T]], keys: list[int], lead: Lead | None) -> T:
-        """Lock, then BEGIN (and the lead read), in one round trip; COMMIT, then unlock, in one
-        more. The session runs in autocommit as far as the driver knows; the block is ours."""
+    async def _run_locked(self, work: Callable[[AsyncConnection], Awaitable[T]], keys: list[int]) -> T:
+        """Lock, then BEGIN, in one round trip; COMMIT, then unlock, in one more. The session
+        runs in autocommit as far as the driver knows; the transaction block is ours."""
         async with self.engine.connect() as conn:
             await conn.execution_options(isolation_level="AUTOCOMMIT")
             pooled = await conn.get_raw_connection()
             driver = pooled.driver_connection
-            prepared = _PREPARED.setdefault(driver, set())
             try:
-                text = _lock_then_begin(keys, self.writer_idle_ms)
-                if lead is not None:
-                    args = ", ".join(sql.Literal(a).as_string(driver) for a in lead.args)
-                    text += f"; EXECUTE {lead.name}({args})"
-                    if lead.name not in prepared:
-                        # first, before the locks' block: it takes no snapshot and holds no lock
-                        text = f"PREPARE {lead.name} AS {lead.sql}; {text}"
-                cursor = await driver.execute(text, prepare=False)
-                if lead is None:
-                    result = await work(conn)
-                else:
-                    prepared.add(lead.name)
-                    while cursor.nextset():
-                        pass
-                    result = await work(conn, await cursor.fetchone())
+                await driver.execute(_lock_then_begin(keys, self.writer_idle_ms), prepare=False)
+                result = await work(conn)
                 await driver.execute(_COMMIT_THEN_UNLOCK, prepare=False)
                 return result
             except BaseException as exc:
-                if lead is not None:  # what the server said of the lead's statement (see LEAD_STATES)
-                    state = sqlstate_of(exc)
-                    if state == "26000":
-                        prepared.discard(lead.name)
-                    elif state == "42P05":
-                        prepared.add(lead.name)
                 if driver.broken or driver.closed:
                     # The server went away (restarted, or ended our sessions). These statements
                     # bypass SQLAlchemy's error handling, so do what it does on a disconnect:
@@ -204,8 +151,7 @@ class Database:
                     if not conn.invalidated:
                         await conn.invalidate(exc)
                     raise
-                # Session locks outlive the transaction: release them, or drop the session itself
-                # (and one whose lead statement may or may not be prepared now).
+                # Session locks outlive the transaction: release them, or drop the session itself.
                 try:
                     await driver.execute(_ROLLBACK_THEN_UNLOCK, prepare=False)
                 except BaseException:
@@ -263,8 +209,6 @@ def _lock_then_begin(keys: list[int], idle_ms: int) -> str:
 
 
 _COMMIT_THEN_UNLOCK = "COMMIT; SELECT pg_advisory_unlock_all()"
-# The Lead statements each session (psycopg connection) has prepared.
-_PREPARED: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
 _ROLLBACK_THEN_UNLOCK = "ROLLBACK; SELECT pg_advisory_unlock_all()"
 
 
