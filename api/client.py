@@ -53,6 +53,7 @@ from api.client_errors import (
     Forbidden,
     HeadersTooLarge,
     IdempotencyConflict,
+    ImmutableField,
     ImplausibleUsage,
     InsufficientFunds,
     InternalError,
@@ -103,7 +104,8 @@ from pricing.tokens import TokenCounter
 __all__ = [  # the typed errors live in api.client_errors and are imported from here
     "ERRORS", "AsyncClient", "AsyncReservation", "BudgetExceeded", "Client", "Conflict", "CurrencyMismatch",
     "EncodingIntegrity", "EndpointDisabled", "ExtensionTooShort", "FlushReport", "Forbidden",
-    "HeadersTooLarge", "IdempotencyConflict", "ImplausibleUsage", "InsufficientFunds", "InternalError",
+    "HeadersTooLarge", "IdempotencyConflict", "ImmutableField", "ImplausibleUsage", "InsufficientFunds",
+    "InternalError",
     "InvalidAmount", "InvalidCursor", "InvalidRange", "MethodNotAllowed", "NotAcceptable", "NotFound", "NotReady",
     "Overpayment", "PayloadTooLarge", "RateLimited", "RequestTimeout", "Reservation", "ReservationClosed",
     "ServiceUnavailable", "SettlementSpooled", "StreamMeter", "TokentillError", "TooManyBudgets", "Unauthorized",

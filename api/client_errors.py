@@ -48,6 +48,10 @@ class InvalidAmount(ValidationFailed):
     decimals = property(lambda self: self.body.get("decimals"))
 
 
+class ImmutableField(ValidationFailed):
+    """`PATCH /v1/customers/{id}` named a field fixed at creation (`currency`, `billing`, ...)."""
+
+
 class IdempotencyConflict(TokentillError): ...
 class NotFound(TokentillError): ...
 class UnknownPriceBook(NotFound): ...
@@ -93,7 +97,7 @@ ERRORS: dict[str, type[TokentillError]] = {
     "encoding_integrity": EncodingIntegrity, "internal_error": InternalError, "request_timeout": RequestTimeout,
     "method_not_allowed": MethodNotAllowed, "conflict": Conflict, "payload_too_large": PayloadTooLarge,
     "unsupported_media_type": UnsupportedMediaType, "not_acceptable": NotAcceptable,
-    "headers_too_large": HeadersTooLarge, "too_many_budgets": TooManyBudgets,
+    "headers_too_large": HeadersTooLarge, "too_many_budgets": TooManyBudgets, "immutable_field": ImmutableField,
 }
 
 
