@@ -22,6 +22,8 @@ from wallets.core.idempotency import OK, IdemKey
 from wallets.core.state import State
 from wallets.engine import Engine, customer_lock, lane_lock
 from wallets.errors import NotFoundError, WalletValidationError
+from wallets.model import Customer
+from wallets.periods import period_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +73,7 @@ async def _change(conn: AsyncConnection, now: datetime, lane: int, customer_id: 
         return
     if "price_book" in changes:
         await _check_book(conn, changes["price_book"][1], w.customer.currency)
+        await _check_volume_move(conn, lane, w.customer, changes["price_book"])
     w.customer = rules.changed(w.customer, changes)
     flagged, rows = w.customer, []  # the alerts the new settings call for (blocked, unblocked)
     for effect in alerts(State(customer_id, w), w, now):
@@ -103,6 +106,30 @@ async def _check_book(conn: AsyncConnection, book_id: str, currency: str) -> Non
         raise WalletValidationError("price_book", f"no price book {book_id}")
     if found != currency:
         raise WalletValidationError("price_book", f"price book {book_id} is in {found}")
+
+
+async def _check_volume_move(conn: AsyncConnection, lane: int, customer: Customer,
+                             books: tuple[str | None, str]) -> None:
+    """A volume-tiered book trues up a period's usage at its close, by rule, with the book the
+    customer is on then: a move from or to such a book while the open period holds usage would
+    true up one book's usage at the other's tiers (or drop its true-up). Refused until that period
+    closes; a move between books without volume tiers, or before any usage, is not."""
+    volume = (await conn.exec_driver_sql(
+        """SELECT EXISTS (SELECT 1 FROM price_book_versions v
+                           CROSS JOIN LATERAL jsonb_array_elements(v.rules) AS r(rule)
+                           WHERE v.book_id = ANY(%s) AND r.rule ->> 'tier_mode' = 'volume')""",
+        ([b for b in books if b is not None],))).scalar()
+    if not volume:
+        return
+    start = customer.open_period_start
+    label = period_of(start, customer.cycle).label if start is not None else ""
+    used = (await conn.exec_driver_sql(
+        "SELECT EXISTS (SELECT 1 FROM charges WHERE lane = %s AND customer_id = %s AND period >= %s)",
+        (lane, customer.id, label))).scalar()
+    if used:
+        raise WalletValidationError("price_book", "volume tiers true up the open period's usage at its close by the "
+                                    "customer's book: move a customer from or to a volume-tiered book once the "
+                                    "period with usage has closed")
 
 
 async def changes_of(db: Database, lane: int, customer_id: str) -> list[CustomerChange]:

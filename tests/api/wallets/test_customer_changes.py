@@ -290,3 +290,40 @@ async def test_reserves_racing_a_lowered_limit_never_take_more_than_the_limit_in
     assert owed_at_change in {0, *(sum(holds[:k]) for k in range(1, len(holds) + 1))}
     wallet = (await client.get(f"/v1/customers/{cid}/wallet")).json()
     assert wallet["blocked"] == (owed > after)
+
+
+async def test_a_move_from_or_to_a_volume_tiered_book_waits_for_the_period_with_usage_to_close(
+        client: AsyncTestClient, tag: str, book: str):
+    """The close trues up a volume-tiered rule's usage with the book the customer is on then: a
+    move with usage in the open period would true up one book's usage at the other's tiers (same
+    rule id) or drop its true-up (a rule the other book lacks). Refused, naming price_book, until
+    that period closes; without usage, or between books without volume tiers, a move goes ahead."""
+    volume = {**BOOK, "id": f"vol-{tag}", "rules": [
+        {"id": "a-in", "model": "model-a", "token_type": "input", "tier_mode": "volume",
+         "tiers": [{"up_to": 1_000_000, "price": "20"}, {"up_to": None, "price": "10"}]}]}
+    assert (await client.post("/v1/price-books", json=volume)).status_code == 201
+    plain = {**BOOK, "id": f"plain-{tag}"}
+    assert (await client.post("/v1/price-books", json=plain)).status_code == 201
+    now = datetime.now().astimezone().isoformat()
+    for cid, start in ((f"chg-to-{tag}", book), (f"chg-from-{tag}", f"vol-{tag}")):
+        await _customer(client, cid, price_book=start, billing="postpaid")
+        sent = await client.post("/v1/usage-events", json=[{"event_id": "e1", "customer_id": cid, "model": "model-a",
+                                                             "usage": {"input_tokens": 1000}, "timestamp": now}])
+        assert sent.status_code == 200 and sent.json()["accepted"] == 1, sent.text
+        target = f"vol-{tag}" if start == book else f"plain-{tag}"
+        refused = await _patch(client, cid, {"price_book": target})
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["code"] == "validation_error" and refused.json()["fields"][0]["field"] == "price_book"
+        assert (await client.get(f"/v1/customers/{cid}")).json()["price_book"] == start
+        assert await _changes(client, cid) == []
+    # between books without volume tiers, usage or not, the move goes ahead
+    moved = f"chg-plain-{tag}"
+    await _customer(client, moved, price_book=book, billing="postpaid")
+    sent = await client.post("/v1/usage-events", json=[{"event_id": "e1", "customer_id": moved, "model": "model-a",
+                                                         "usage": {"input_tokens": 1000}, "timestamp": now}])
+    assert sent.status_code == 200 and sent.json()["accepted"] == 1, sent.text
+    assert (await _patch(client, moved, {"price_book": f"plain-{tag}"})).status_code == 200
+    # and to a volume-tiered book before any usage
+    fresh = f"chg-fresh-{tag}"
+    await _customer(client, fresh, price_book=book, billing="postpaid")
+    assert (await _patch(client, fresh, {"price_book": f"vol-{tag}"})).status_code == 200
