@@ -39,6 +39,13 @@ async def _book(client, currency: str, version: str, effective_from: str, price:
     assert made.status_code == 201, made.text
 
 
+async def _usage(client, cid: str, tokens: list[int], now: datetime) -> None:
+    sent = await client.post("/v1/usage-events", headers=ADMIN, json=[
+        {"event_id": f"e{i}", "customer_id": cid, "model": "model-a", "timestamp": now.isoformat(),
+         "usage": {"input_tokens": n, "output_tokens": 0}} for i, n in enumerate(tokens)])
+    assert sent.json()["accepted"] == len(tokens), sent.text
+
+
 async def _invoice(client, invoice_id: str) -> dict:
     return (await client.get(f"/v1/invoices/{invoice_id}", headers=ADMIN)).json()
 
@@ -79,10 +86,7 @@ async def test_a_credit_note_moves_whole_minor_units_and_paying_what_is_left_clo
         "id": cid, "name": "Yamada Shoten", "currency": currency, "price_book": f"cn-{currency}",
         "billing": "postpaid"})
     assert created.status_code == 201, created.text
-    sent = await client.post("/v1/usage-events", headers=ADMIN, json=[
-        {"event_id": f"e{i}", "customer_id": cid, "model": "model-a", "timestamp": now.isoformat(),
-         "usage": {"input_tokens": n, "output_tokens": 0}} for i, n in enumerate(tokens)])
-    assert sent.json()["accepted"] == len(tokens), sent.text
+    await _usage(client, cid, tokens, now)
     [closed] = (await close_early(client, ADMIN, cid, period))["closed"]
     invoice = await _invoice(client, closed["invoice_id"])
     assert invoice["amount_due"] == due
@@ -137,10 +141,7 @@ async def test_a_credit_note_to_a_prepaid_wallet_gives_whole_minor_units_back_to
     assert created.status_code == 201, created.text
     topped = await client.post(f"/v1/customers/{cid}/topups", headers=ADMIN, json={"amount": top_up, "reference": "p1"})
     assert topped.status_code == 201, topped.text
-    sent = await client.post("/v1/usage-events", headers=ADMIN, json=[
-        {"event_id": f"e{i}", "customer_id": cid, "model": "model-a", "timestamp": now.isoformat(),
-         "usage": {"input_tokens": n, "output_tokens": 0}} for i, n in enumerate(tokens)])
-    assert sent.json()["accepted"] == len(tokens), sent.text
+    await _usage(client, cid, tokens, now)
     [closed] = (await close_early(client, ADMIN, cid, period))["closed"]
     assert Decimal((await _invoice(client, closed["invoice_id"]))["amount_due"]) == 0
     wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
