@@ -511,8 +511,8 @@ async def rerate_input(conn: AsyncConnection, books: BookCache, cmd: RerateCharg
                        ) -> RerateInput | None:
     """What re-rating `cmd`'s customer and period decides on (None: no such book version): the
     corrected version, the period's charges of the book (with their earlier re-rates; those after
-    the range count for the free allowances they took), and the period's invoice if it was
-    finalized. A preview reads the same."""
+    the range count for the free allowances they took), and the finalized invoices of the periods
+    they were billed in. A preview reads the same."""
     versions = await _scalar(conn, "SELECT count(*) FROM price_book_versions WHERE book_id = %s", (cmd.book_id,))
     book = await books.get(conn, cmd.book_id, int(versions or 0))
     version = next((v for v in book.versions if v.version == cmd.version), None) if book else None
@@ -525,8 +525,9 @@ async def rerate_input(conn: AsyncConnection, books: BookCache, cmd: RerateCharg
     # the charges after the range matter only for the free allowances they took
     end = period.end if overrides is not None and overrides.has_allowances else min(period.end, cmd.range_to)
     rows = await store.load_rerate_charges(conn, cmd.customer_id, cmd.book_id, period.start, end)
+    billed_in = sorted({r["billed_in"] for r in rows if r["billed_in"] is not None})
     return RerateInput(version, tuple(_on_record(r) for r in rows),
-                       await store.finalized_invoice(conn, cmd.customer_id, cmd.period), overrides)
+                       await store.finalized_invoices(conn, cmd.customer_id, billed_in), overrides)
 
 
 def _on_record(r: dict[str, Any]) -> ChargeOnRecord:
@@ -537,7 +538,7 @@ def _on_record(r: dict[str, Any]) -> ChargeOnRecord:
                           tuple(r["lines"]), int(r["charged"]), int(r["from_receivable"]),
                           None if r["funding"] is None else tuple((a, int(x)) for a, x in r["funding"]),
                           current, frozenset((v, int(o)) for v, _, o, _ in adjustments), int(r["seq"]),
-                          _moves(moves for _, _, _, moves in adjustments))
+                          _moves(moves for _, _, _, moves in adjustments), r["billed_in"])
 
 
 def _moves(each: Any) -> dict[str, int]:

@@ -9,7 +9,7 @@ reads and writes no page another lane's batch does. Each row's lane is its custo
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -564,12 +564,15 @@ async def load_corrections(conn: AsyncConnection, periods: Iterable[tuple[str, s
 async def load_rerate_charges(conn: AsyncConnection, customer_id: str, book_id: str, start: datetime,
                               end: datetime) -> list[dict[str, Any]]:
     """The customer's charges priced with `book_id` whose usage time is in [start, end), by usage
-    time, each with the amounts and versions (book's, overrides') of the re-rates that adjusted it
+    time, each with the period it was billed in (its entry's: a late one's is later than its usage
+    time's) and the amounts and versions (book's, overrides') of the re-rates that adjusted it
     (oldest first)."""
     lane = int(await _lane(conn, [customer_id]) or 0)
     rows = await conn.exec_driver_sql(
         f"""SELECT c.id, c.occurred_at, c.model, c.dimensions, c.usage, c.lines, c.charged::text,
                    c.from_receivable::text, c.funding, c.seq,
+                   (SELECT j.metadata ->> 'period' FROM journal_entries j
+                     WHERE j.lane = c.lane AND j.id = c.entry_id) AS billed_in,
                    (SELECT jsonb_agg(jsonb_build_array(a.corrected_version, a.new_lines, a.overrides_version,
                                                       a.allowance_moves)
                                       ORDER BY a.id)
@@ -581,10 +584,13 @@ async def load_rerate_charges(conn: AsyncConnection, customer_id: str, book_id: 
     return [dict(r._mapping) for r in rows]
 
 
-async def finalized_invoice(conn: AsyncConnection, customer_id: str, period: str) -> tuple[str, str] | None:
-    row = (await conn.exec_driver_sql("SELECT id, number FROM invoices WHERE customer_id = %s AND period = %s",
-                                      (customer_id, period))).first()
-    return (row[0], row[1]) if row is not None else None
+async def finalized_invoices(conn: AsyncConnection, customer_id: str, periods: Sequence[str]
+                             ) -> dict[str, tuple[str, str]]:
+    """The customer's finalized invoices of `periods`: period -> (id, number)."""
+    rows = await conn.exec_driver_sql(
+        "SELECT period, id, number FROM invoices WHERE customer_id = %s AND period = ANY(%s)",
+        (customer_id, list(periods)))
+    return {period: (invoice_id, number) for period, invoice_id, number in rows}
 
 
 def dumps(value: Any) -> str:

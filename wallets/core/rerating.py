@@ -17,12 +17,14 @@ The money moves in one balanced entry per customer and billing period of the cha
   (a paid lot);
 - usage revenue moves by the difference.
 The entry is billed in the first open period (its lines marked `adjustment`, with the charges'
-original period); when the charges' period was invoiced already, a credit note (a debit note for
-an increase) documents the correction of that invoice, its lines the entry's by model and token type.
+original period); when the charges were billed on an invoice finalized already (their period's, or
+for charges that arrived after its close, the later one they were billed on), a credit note (a debit
+note for an increase) documents the correction of that invoice, its lines the entry's by model and
+token type. Charges billed in a period still open are corrected on its invoice, exactly, with no note.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -74,6 +76,7 @@ class ChargeOnRecord:
     versions: frozenset[tuple[str, int]] = frozenset()
     seq: int = 0  # its capture of the call (0: a usage event, or a call's first charge, which pays the fee)
     allowance_moves: Mapping[str, int] = field(default_factory=dict)  # its re-rates' moves, by allowance id
+    billed_in: str | None = None  # the period its entry was billed in (a late charge's is after its usage time's)
 
     def tokens(self) -> dict[str, int]:
         """The usage it was rated for (the per-request fee aside: whether it is due is the corrected
@@ -105,11 +108,11 @@ class ChargeOnRecord:
 class RerateInput:
     """What re-rating one customer's period needs: the corrected version, the period's charges of
     the book (by usage time; those after the range only for what they took of free allowances),
-    and the period's invoice if finalized."""
+    and the finalized invoices of the periods they were billed in."""
 
     version: PriceVersion
     charges: tuple[ChargeOnRecord, ...]
-    invoice: tuple[str, str] | None = None  # (id, number)
+    invoices: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # billed-in period -> (id, number)
     overrides: OverrideHistory | None = None  # the customer's price overrides: those in force at each usage rate it
 
 
@@ -321,6 +324,16 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
     return legs, tuple(sorted(paid_back.items())), lot_opened
 
 
+def _corrected_invoice(data: RerateInput, period: str, found: Sequence[Correction]) -> tuple[str, str] | None:
+    """The finalized invoice the corrected charges were billed on, if any: their period's, else
+    (late charges only) the first later one's. Charges billed in a period still open are corrected
+    on its invoice, exactly, with no note: no invoice carried them."""
+    billed = {x.charge.billed_in for x in found} & data.invoices.keys()
+    if not billed:
+        return None
+    return data.invoices[period if period in billed else min(billed)]
+
+
 def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -> Decision:
     w = state.require_wallet()
     c = w.customer
@@ -330,7 +343,8 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
         return Decision(Outcome(Rerated.code, Rerated(c.id, cmd.period, 0, 0)))
     net = sum(x.delta for x in found)
     rows = type_rows(found)
-    noted = data is not None and data.invoice is not None and net != 0  # a credit (or debit) note documents it
+    invoice = _corrected_invoice(data, cmd.period, found) if data is not None and net else None
+    noted = invoice is not None  # a credit (or debit) note documents the correction of that invoice
     # A note's money is whole minor units (its lines and total stay exact): `net` rounded once, half
     # to even, as an invoice's amount due; the difference goes to the platform's rounding account.
     decimals = line_decimals(c.currency)
@@ -361,7 +375,7 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
         seq = state.credit_note_seqs.get((cmd.issuer, year), 0) + 1
         number = f"{cmd.issuer}-{year:04d}-{seq:06d}"
         note_id = state.ids("cn")
-        invoice_id, invoice_number = data.invoice
+        invoice_id, invoice_number = invoice
         content = {
             "id": note_id, "number": number, "kind": "credit" if net < 0 else "debit", "customer_id": c.id,
             "customer_name": bill_to_name(c), "currency": c.currency, "invoice_id": invoice_id,

@@ -447,3 +447,53 @@ async def test_a_re_rate_billed_after_its_period_ended_but_before_its_close_pays
     paid = await bk.pay(cid, november["id"], "8.01", "wire-1")
     assert paid.status == "paid"
     await verified(bk)
+
+
+async def test_a_late_charge_billed_in_an_open_period_is_corrected_there_without_a_credit_note(
+        fixed: BillingKit) -> None:
+    """A charge whose usage time is in an invoiced period but which arrived after its close is
+    billed in the open period (`original_period` marks it): correcting it corrects no invoice. It
+    was given a credit note against the earlier invoice, which never carried it, and the note's
+    whole minor units rounded the correction away: the next invoice showed the exact adjustment
+    in its total while the receivable kept the full charge (found by the tie-out property). By
+    hand: November closes empty; on December 2nd one input token used on November 20th arrives,
+    $0.00001 + $0.01 = $0.01001 billed in December; the fix ($8/M) makes it $0.010008: no note,
+    the exact $0.000002 back off the receivable, December's total $0.010008, due $0.01."""
+    bk = fixed
+    cid = await bk.customer("late-usage", billing_mode="postpaid", book="fix")
+    await bk.close(DEC_1_GRACE_OVER)
+    bk.clock.now = DEC_2
+    await bk.event(cid, "model-a", 1, 0, at=datetime(2026, 11, 20, tzinfo=UTC))
+    await bk.add_book(V2)
+    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    assert done["credit_notes"] == [] and done["delta"] == "-0.000002"
+    assert (await wallet(bk, cid)).receivable == 10_008_000
+    await bk.close(datetime(2027, 1, 1, 1, 0, tzinfo=UTC))
+    november, december = await bk.invoices(cid)
+    assert november["total"] == "0.00"
+    assert (december["total"], december["charged_to_account"], december["amount_due"]) == (
+        "0.010008", "0.010008", "0.01")
+    await verified(bk)
+
+
+async def test_a_credit_note_corrects_the_invoice_that_carried_the_late_charges(fixed: BillingKit) -> None:
+    """Usage of November arriving in December is on December's invoice: once that is finalized,
+    a re-rate of November issues its credit note against it, not against November's (which was
+    issued before the usage arrived). By hand: 1,000,000 input tokens used on November 20th
+    arrive on December 2nd, $10.01 on December's invoice; the fix ($8/M) credits $2.00 of it."""
+    bk = fixed
+    cid = await bk.customer("late-note", billing_mode="postpaid", book="fix")
+    await bk.close(DEC_1_GRACE_OVER)
+    bk.clock.now = DEC_2
+    await bk.event(cid, "model-a", 1_000_000, 0, at=datetime(2026, 11, 20, tzinfo=UTC))
+    await bk.close(datetime(2027, 1, 1, 1, 0, tzinfo=UTC))
+    november, december = await bk.invoices(cid)
+    assert (november["total"], december["total"]) == ("0.00", "10.01")
+    await bk.add_book(V2)
+    bk.clock.now = datetime(2027, 1, 2, tzinfo=UTC)
+    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    [note] = done["credit_notes"]
+    assert (note["total"], note["invoice_id"]) == ("-2.00", december["id"])
+    document = await bk.db.read(lambda conn: rerating.credit_note(conn, note["id"]))
+    assert document["invoice_number"] == december["number"] and document["period"] == "2026-11"
+    await verified(bk)
