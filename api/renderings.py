@@ -111,6 +111,8 @@ def summary(document: Mapping[str, Any]) -> list[tuple[str, str]]:
     figures = [("Total", document["total"]),
                ("Paid by promotional credits", credits["promotional"]), ("Paid by prepaid credits", credits["paid"]),
                ("Charged to account", document["charged_to_account"]),
+               *([("Credit note rounding", document["credit_note_rounding"])]
+                 if Decimal(document.get("credit_note_rounding") or 0) else []),
                ("Top-ups received", document["top_ups"]), ("Grants received", document["grants"]),
                ("Credits expired", document["expired"]), ("Payments received", document["payments_received"]),
                ("Opening credit balance", opening["credits"]), ("Closing credit balance", closing["credits"]),

@@ -465,16 +465,13 @@ async def invoices_tie_out(conn: AsyncConnection) -> Check:
         SELECT format('entry %s (%s): invoice payments %s, but it paid the receivable of %s by %s',
                       x.entry_id, j.kind, x.paid, x.customer_id, x.receivable)
           FROM (SELECT x.*, (SELECT -coalesce(sum(p.amount), 0) FROM postings p JOIN accounts a ON a.id = p.account_id
-                              WHERE p.lane = x.lane AND p.entry_id = x.entry_id  -- a close's rounding aside
-                                AND (a.code = {_RECEIVABLE.replace('c.id', 'x.customer_id')}
-                                     OR (a.code LIKE {_literal(chart.rounding_account('%'))}
-                                         AND NOT EXISTS (SELECT 1 FROM journal_entries e
-                                                          WHERE e.lane = x.lane AND e.id = x.entry_id
-                                                            AND e.kind = 'rerate_adjustment')))) AS receivable
+                              WHERE p.lane = x.lane AND p.entry_id = x.entry_id
+                                AND a.code = {_RECEIVABLE.replace('c.id', 'x.customer_id')}) AS receivable
                   FROM (SELECT lane, entry_id, customer_id, sum(amount) AS paid FROM invoice_payments
                          GROUP BY 1, 2, 3) x) x
           LEFT JOIN journal_entries j ON j.lane = x.lane AND j.id = x.entry_id
-         WHERE j.kind IS NULL OR j.kind NOT IN ('topup', 'invoice_payment', 'rerate_adjustment', 'volume_true_up')
+         WHERE j.kind IS NULL
+            OR j.kind NOT IN ('topup', 'invoice_payment', 'rerate_adjustment', 'volume_true_up', 'invoice_rounding')
             OR (j.kind = 'invoice_payment' AND x.paid <> x.receivable) OR x.paid > x.receivable
         """, "invoices are intact (content hash), numbered without gaps, and total the revenue of their period "
              "(lines rounded to the currency's minor unit where the document says so, a rounding line the rest); "

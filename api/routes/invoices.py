@@ -93,6 +93,11 @@ class InvoiceView(msgspec.Struct):
         "charges so that the amount due, less what top-ups already paid of it, is whole minor units of "
         "the currency (half to even), posted against the platform's rounding account; absent on invoices "
         "finalized before"))] = None
+    credit_note_rounding: Annotated[str | None, msgspec.Meta(description=(
+        "What the credit and debit notes of re-rates billed in this period rounded off their exact "
+        "corrections to move whole minor units (their amount_rounding, against the platform's rounding "
+        "account): credits applied, charged to account and this sum to the total; absent on invoices "
+        "finalized before"))] = None
 
 
 class InvoiceList(msgspec.Struct):

@@ -220,7 +220,8 @@ def document(customer: Customer, period: Period, rollup: Mapping[str, tuple[int,
     for line in lines:
         subtotals[SUBTOTALS[line["kind"]]] += line.pop("amount_units")
     amount = {name: rollup.get(name, (0, 0))[1] for name in (
-        "funded:grant", "funded:topup", "funded:receivable", "topups", "grants", "expired", "payments", *BALANCES)}
+        "funded:grant", "funded:topup", "funded:receivable", "funded:rounding", "topups", "grants", "expired",
+        "payments", *BALANCES)}
     closing = Balances(*(getattr(opening, name) + amount[name] for name in BALANCES))
     due = amount_due_units(rollup)
     return {
@@ -237,6 +238,10 @@ def document(customer: Customer, period: Period, rollup: Mapping[str, tuple[int,
                             "paid": money(amount["funded:topup"], cur),
                             "total": money(amount["funded:grant"] + amount["funded:topup"], cur)},
         "charged_to_account": money(amount["funded:receivable"], cur),
+        # what the credit and debit notes of corrections billed here rounded off to move whole minor
+        # units (their amount_rounding, posted to the platform's rounding account): with the credits
+        # applied and what was charged to account, it makes the total
+        "credit_note_rounding": money(amount["funded:rounding"], cur),
         "top_ups": money(amount["topups"], cur), "grants": money(amount["grants"], cur),
         "expired": money(amount["expired"], cur),
         "payments_received": money(amount["payments"], cur),

@@ -397,8 +397,12 @@ def close_period(state: State, cmd: ClosePeriod, now: datetime, book: PriceBook 
     ]
     # what top-ups paid off the receivable before this usage was invoiced pays this invoice
     effects += apply_unapplied(state, InvoiceDue(invoice_id, c.id, number, c.currency, due, {}, period.start), now)
-    # money given back off the receivable beyond what this period owes pays the older invoices
-    given_back = -rollup.get("funded:receivable", (0, 0))[1] - rollup.get("rounded", (0, 0))[1]
+    # money given back off the receivable beyond what this period owes pays the older invoices; when
+    # the close rounded it up to whole minor units, the rounding (this close's entry) pays the rest
+    rounded = rollup.get("rounded", (0, 0))[1]
+    given_back = -rollup.get("funded:receivable", (0, 0))[1] - rounded
+    if rounded < 0 < given_back:
+        sources.append(Unapplied(None, f"rounding:{period.label}", -rounded, now))
     effects += apply_corrections(state, c.id, max(0, given_back), sources, now)
     result = InvoiceClosed(invoice_id, number, c.id, period.label, total, due, posted.key if posted else None,
                            currency=c.currency)

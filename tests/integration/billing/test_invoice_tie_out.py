@@ -8,7 +8,8 @@ postings and the charge records, independently of the rollups:
 - credits applied (by lot kind) are the lot debits that paid its charges (directly, or through
   the hold pieces they consumed), less what re-rates gave back to those lots (money back for a
   lot expired since goes to breakage instead: less credit applied, and expired), and what the
-  receivable paid is the amount charged to account;
+  receivable paid is the amount charged to account; what credit notes rounded off their money is
+  the credit note rounding; the three sum to the total;
 - the amount due is that, when positive, plus the close's rounding (the period's postings to the
   rounding account, within half a cent; a postpaid invoice asks whole cents; when corrections gave
   more back than the period owes, the rounding makes what pays the open invoices whole cents); balances move by
@@ -169,9 +170,9 @@ async def _facts(conn, cid: str) -> dict:
         "SELECT j.metadata ->> 'period', a.code, p.amount::bigint FROM postings p "
         "JOIN accounts a ON a.id = p.account_id JOIN journal_entries j ON j.lane = p.lane AND j.id = p.entry_id "
         "WHERE j.customer_id = :c AND j.kind = 'rerate_adjustment' "
-        "AND (a.code LIKE :lots OR a.code = :recv OR a.code = :breakage)"),
+        "AND (a.code LIKE :lots OR a.code = :recv OR a.code = :breakage OR a.code = :rounding)"),
         {"c": cid, "lots": f"liability:customer:{cid}:lot:%", "recv": chart.receivable_account(cid),
-         "breakage": chart.breakage_account("USD")})]
+         "breakage": chart.breakage_account("USD"), "rounding": chart.rounding_account("USD")})]
     return {"posted": posted, "charges": charges, "holds": holds, "kinds": kinds, "lot_debits": lot_debits,
             "adjusted": adjusted}
 
@@ -197,10 +198,13 @@ def _funding_by_period(cid: str, facts: dict) -> dict[str, dict[str, int]]:
             paid[period][facts["kinds"][code]] += amount
         paid[period]["account"] += from_receivable
     # re-rates: more charged is paid from lots and the receivable (debits), money back goes to them,
-    # or to breakage for a (grant) lot expired since: that much less of the grant paid the period
+    # or to breakage for a (grant) lot expired since: that much less of the grant paid the period;
+    # a credit (debit) note's rounding of its money to whole cents paid the rest of the correction
     for period, code, amount in facts["adjusted"]:
         if code == chart.breakage_account("USD"):
             paid[period]["grant"] += amount
+        elif code == chart.rounding_account("USD"):
+            paid[period]["rounding"] += amount
         else:
             paid[period]["account" if code == receivable else facts["kinds"][code]] += amount
     return paid
@@ -223,8 +227,10 @@ def _check_customer(cid: str, invoices: list[dict], facts: dict) -> int:
             m["receivable"] += amount
         elif code == chart.reserved_account(cid):
             m["reserved"] -= amount
-        elif code == chart.rounding_account(cur):
+        elif code == chart.rounding_account(cur) and kind != "rerate_adjustment":  # the close's
             m["rounded"] -= amount
+        elif code == chart.rounding_account(cur):
+            pass  # a note's rounding: funding (_funding_by_period)
         else:
             m["credits"] -= amount
     funding = _funding_by_period(cid, facts)
@@ -238,7 +244,8 @@ def _check_customer(cid: str, invoices: list[dict], facts: dict) -> int:
         assert units(invoice["credits_applied"]["promotional"]) == f["grant"]
         assert units(invoice["credits_applied"]["paid"]) == f["topup"]
         assert units(invoice["charged_to_account"]) == f["account"]
-        assert f["grant"] + f["topup"] + f["account"] == total
+        assert units(invoice["credit_note_rounding"]) == f["rounding"]
+        assert f["grant"] + f["topup"] + f["account"] + f["rounding"] == total
         # the close rounds what is left to pay to whole cents, half to even: within half a cent; or,
         # when the period's corrections gave more back than it owes, what pays the open invoices
         assert abs(m["rounded"]) <= CENT // 2 and (f["account"] != 0 or not m["rounded"])

@@ -497,3 +497,57 @@ async def test_a_credit_note_corrects_the_invoice_that_carried_the_late_charges(
     document = await bk.db.read(lambda conn: rerating.credit_note(conn, note["id"]))
     assert document["invoice_number"] == december["number"] and document["period"] == "2026-11"
     await verified(bk)
+
+
+async def test_money_back_the_close_rounds_up_pays_the_older_invoice_whole_cents(fixed: BillingKit) -> None:
+    """A correction billed in a later period, before the corrected period closed (no note: exact),
+    gives back more than that period owes; its close rounds what pays the open invoices to whole
+    cents, half to even. Rounded up, the invoice it paid recorded only the correction's exact part,
+    so it was left with a fraction the receivable did not owe (found by the tie-out property). By
+    hand: 2,501 input tokens on November 10th, $0.02501 + $0.01 = $0.03501, due $0.04; the fix ($8/M)
+    on December 1st gives $0.005002 back, billed in December; December's close rounds it to $0.01
+    ($0.004998 from the rounding account), November's invoice has $0.01 paid and $0.03 left, owed."""
+    bk = fixed
+    cid = await bk.customer("round-up", billing_mode="postpaid", book="fix")
+    await bk.event(cid, "model-a", 2_501, 0, at=datetime(2026, 11, 10, tzinfo=UTC))
+    await bk.add_book(V2)
+    bk.clock.now = datetime(2026, 12, 1, 0, 30, tzinfo=UTC)
+    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    assert done["credit_notes"] == [] and done["delta"] == "-0.005002"
+    await bk.close(datetime(2027, 1, 1, 1, 0, tzinfo=UTC))
+    november, december = await bk.invoices(cid)
+    assert (november["total"], november["amount_due"]) == ("0.03501", "0.04")
+    assert (december["total"], december["amount_due"], december["amount_due_rounding"]) == (
+        "-0.005002", "0.00", "-0.004998")
+    assert [(p["amount"], p["reference"]) for p in november["payments"]] == [
+        ("0.005002", f"rerate:{done['rerate_id']}"), ("0.004998", "rounding:2026-12")]
+    assert (november["amount_paid"], november["amount_remaining"]) == ("0.01", "0.03")
+    assert (await wallet(bk, cid)).receivable == 30_000_000
+    assert (await bk.pay(cid, november["id"], "0.03", "wire-1")).status == "paid"
+    assert (await wallet(bk, cid)).receivable == 0
+    await verified(bk)
+
+
+async def test_the_invoice_billing_a_credit_note_shows_what_the_note_rounded(fixed: BillingKit) -> None:
+    """A credit note moves whole cents (its money), its total stays the exact correction: the
+    invoice it is billed on shows the difference as credit_note_rounding, so what paid its total
+    (credits, charged to account, that) sums to it. By hand: November $0.03501 invoiced (2,501
+    input tokens), the fix ($8/M) credits $0.005002, moving $0.01 off the receivable: December's
+    total -0.005002, charged to account -0.01, credit note rounding 0.004998."""
+    bk = fixed
+    cid = await bk.customer("note-round", billing_mode="postpaid", book="fix")
+    await bk.event(cid, "model-a", 2_501, 0, at=datetime(2026, 11, 10, tzinfo=UTC))
+    await bk.close(DEC_1_GRACE_OVER)
+    await bk.add_book(V2)
+    bk.clock.now = DEC_2
+    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    [note] = done["credit_notes"]
+    assert note["total"] == "-0.005002"
+    upcoming = await bk.upcoming(cid)
+    await bk.close(datetime(2027, 1, 1, 1, 0, tzinfo=UTC))
+    _, december = await bk.invoices(cid)
+    for invoice in (upcoming, december):
+        assert (invoice["total"], invoice["charged_to_account"], invoice["credit_note_rounding"]) == (
+            "-0.005002", "-0.01", "0.004998")
+        assert invoice["credits_applied"]["total"] == "0.00"
+    await verified(bk)
