@@ -185,8 +185,12 @@ def test_a_signal_stops_a_one_shot_command_and_the_embedded_postgresql_it_starte
     pgdata = data_dir / "pg"
     env = {k: v for k, v in os.environ.items() if k != "TOKENTILL_DATABASE_URL"}
     env["TOKENTILL_DATA_DIR"] = str(data_dir)
+    # Ctrl-C's default disposition, as a terminal's foreground command has it: a test run started in
+    # the background by a non-interactive shell (`.ci/run &`) inherits SIGINT ignored, and Python
+    # keeps an ignored SIGINT ignored, so the command would migrate on and exit 0
     proc = subprocess.Popen([sys.executable, "-m", "api.cli", "migrate"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + CEILING_S
     while postmaster_of(pgdata) is None:  # the cluster runs: the command migrates, or is about to
         assert proc.poll() is None, proc.communicate()
