@@ -1,5 +1,10 @@
 """The hashes of tamper evidence, and nothing else: what an entry's hash covers and how seals chain
-them. Pure (hashlib and json only), so the offline verifier can use it with no database."""
+them. Pure (hashlib and json only), so the offline verifier can use it with no database.
+
+An entry's hash has versions, and each seal records the one its hashes were made with:
+1 (seals written before migration 0042) covers the entry's id, key, request hash, kind, customer,
+metadata, txid, occurred_at and postings; 2 (every seal since) covers recorded_at too, as RFC 3339
+UTC text with microseconds (`2026-12-04T14:13:26.123456Z`), exactly as the export writes it."""
 from __future__ import annotations
 
 import hashlib
@@ -7,13 +12,23 @@ import json
 from typing import Any
 
 GENESIS = bytes(32)  # the previous hash of the first seal
+HASH_VERSIONS = (1, 2)
+HASH_VERSION = 2  # what new seals are written with
 
 
 def entry_digest(entry_id: int, key: str, request_hash_hex: str, kind: str, customer_id: str | None,
-                 metadata: Any, txid: str, occurred_at: str, postings: list) -> bytes:
+                 metadata: Any, txid: str, occurred_at: str, postings: list, *,
+                 recorded_at: str | None = None, version: int = 1) -> bytes:
     """sha256 over an entry's header and postings ([posting id, account code, stripe, amount],
-    in posting id order), as canonical JSON."""
-    body = [entry_id, key, request_hash_hex, kind, customer_id, metadata, txid, occurred_at, postings]
+    in posting id order), as canonical JSON. Version 2 puts recorded_at after occurred_at."""
+    body = [entry_id, key, request_hash_hex, kind, customer_id, metadata, txid, occurred_at]
+    if version == 2:
+        if not isinstance(recorded_at, str):
+            raise ValueError("hash version 2 covers recorded_at: it must be given")
+        body.append(recorded_at)
+    elif version != 1:
+        raise ValueError(f"hash version {version} is not one of {HASH_VERSIONS}")
+    body.append(postings)
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).digest()
 
 

@@ -20,13 +20,13 @@ from typing import TextIO
 
 import psycopg
 
-from ledger.seal import SEALED_OCCURRED_AT, SEALED_TXID
+from ledger.seal import SEALED_OCCURRED_AT, SEALED_RECORDED_AT, SEALED_TXID
 
 FORMATS = ("beancount", "csv", "jsonl")
 ROOTS = {"asset": "Assets", "liability": "Liabilities", "equity": "Equity", "income": "Income",
          "expense": "Expenses"}
 FETCH = 5000  # rows per round trip of a server-side cursor
-JSONL_VERSION = 1
+JSONL_VERSION = 2  # 2: seals carry hash_version, entries recorded_at
 APPLICATION = "tokentill-export"  # the export's session in pg_stat_activity
 
 Progress = Callable[[int, int], None]  # (entries written, entries in the export)
@@ -275,8 +275,8 @@ def write_csv(conn: psycopg.Connection, out: TextIO, window: Window = Window(),
 _SEAL_BOUNDS = "SELECT id, from_txid::text, to_txid::text FROM seals ORDER BY id"
 _SEALS = """
 SELECT s.id, s.from_txid::text, s.to_txid::text, encode(s.prev_hash, 'hex'), encode(s.chain_hash, 'hex'),
-       to_char(s.sealed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), array_to_json(s.entry_ids)::text,
-       s.entry_ids, s.entry_hashes
+       to_char(s.sealed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), s.hash_version,
+       array_to_json(s.entry_ids)::text, s.entry_ids, s.entry_hashes
   FROM seals s
  WHERE %(whole)s OR s.id = ANY(%(ids)s)
  ORDER BY s.id
@@ -286,15 +286,15 @@ _SECTION = "width_bucket(j.txid, CAST(%(bounds)s AS xid8[]))"
 _WINDOW_SECTIONS = f"SELECT DISTINCT {_SECTION} FROM journal_entries j WHERE {WINDOW_SQL}"
 # The rest of each entry's line after its seal and stored hash, written by PostgreSQL. The fields
 # are those an entry's seal hash covers, as `ledger.seal` reads them (`metadata` is the jsonb's own
-# text, which the sealer decoded). Grouped by (section, id, lane) so that the one sort feeding the
-# aggregate also gives the output order (grouped by (lane, id), the written lines took a second sort:
-# 457 MB spilled to disk at 1,000,000 entries).
+# text, which the sealer decoded; `recorded_at` is covered by version 2 seals only). Grouped by
+# (section, id, lane) so that the one sort feeding the aggregate also gives the output order (grouped
+# by (lane, id), the written lines took a second sort: 457 MB spilled to disk at 1,000,000 entries).
 _ENTRIES = f"""
 SELECT {_SECTION}, j.id,
        ',"id":' || j.id || ',"key":' || to_json(j.key) || ',"request_hash":"' || encode(j.request_hash, 'hex')
        || '","kind":' || to_json(j.kind) || ',"customer_id":' || coalesce(to_json(j.customer_id)::text, 'null')
        || ',"metadata":' || j.metadata::text || ',"txid":"' || {SEALED_TXID} || '","occurred_at":"'
-       || {SEALED_OCCURRED_AT} || '","postings":['
+       || {SEALED_OCCURRED_AT} || '","recorded_at":"' || {SEALED_RECORDED_AT} || '","postings":['
        || coalesce(string_agg('[' || p.id || ',' || to_json(a.code) || ',' || p.stripe || ',' || p.amount || ',"'
                               || a.asset || '"]', ',' ORDER BY p.id), '') || ']}}'
   FROM journal_entries j
@@ -355,10 +355,10 @@ def write_jsonl(conn: psycopg.Connection, out: TextIO, window: Window = Window()
                     progress(entries, total)
                 row = next(stream, None)
 
-        for seal_id, lo, hi, prev, chain_hash, sealed_at, ids, entry_ids, hashes in seal_rows:
+        for seal_id, lo, hi, prev, chain_hash, sealed_at, version, ids, entry_ids, hashes in seal_rows:
             out.write(f'{{"type":"seal","id":{seal_id},"from_txid":"{lo}","to_txid":"{hi}",'
                       f'"prev_hash":"{prev}","chain_hash":"{chain_hash}","sealed_at":"{sealed_at}",'
-                      f'"entry_ids":{ids}}}\n')
+                      f'"hash_version":{version},"entry_ids":{ids}}}\n')
             seals += 1
             section(section_of[seal_id], f'{{"type":"entry","seal":{seal_id},"sealed_hash":',
                     dict(zip(entry_ids, hashes, strict=True)))

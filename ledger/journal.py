@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ledger.chain import HASH_VERSION
 from ledger.seal import entry_hash
 
 MAX_IN_PROGRESS = 10_000  # transaction ids a snapshot may list as in progress (max_connections bounds it)
@@ -155,7 +156,7 @@ WITH covering AS (
       CROSS JOIN LATERAL (SELECT id, to_txid FROM seals WHERE from_txid <= CAST(t.txid AS xid8)
                            ORDER BY from_txid DESC LIMIT 1) AS s
      WHERE s.to_txid > CAST(t.txid AS xid8))
-SELECT s.id, s.from_txid::text AS lo, s.to_txid::text AS hi, s.sealed_at, u.entry_id, u.hash
+SELECT s.id, s.from_txid::text AS lo, s.to_txid::text AS hi, s.sealed_at, s.hash_version, u.entry_id, u.hash
   FROM seals s JOIN covering c ON c.id = s.id
   LEFT JOIN LATERAL unnest(s.entry_ids, s.entry_hashes) AS u(entry_id, hash)
     ON u.entry_id = ANY(CAST(:ids AS bigint[]))
@@ -189,14 +190,16 @@ def _record(row: Any, postings: tuple[PostingLine, ...], seals: list[Any]) -> En
                        _seal_status(row, txid, postings, seals))
 
 
-def recomputed_hash(row: Any, postings: tuple[PostingLine, ...]) -> bytes:
-    """The entry's hash as the sealer computes it (ledger.seal.entry_hash), from what was read."""
+def recomputed_hash(row: Any, postings: tuple[PostingLine, ...], version: int = HASH_VERSION) -> bytes:
+    """The entry's hash as the sealer computes it (ledger.seal.entry_hash), from what was read, with
+    the hash version of the seal it is compared with."""
     shaped = SimpleNamespace(
         id=row.id, key=row.key, request_hash=bytes(row.request_hash), kind=row.kind,
         customer_id=row.customer_id, metadata=row.metadata, txid=row.txid,
         occurred_at=row.occurred_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f"),
+        recorded_at=row.recorded_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         postings=[[p.id, p.account, p.stripe, p.amount] for p in postings])
-    return entry_hash(shaped)
+    return entry_hash(shaped, version)
 
 
 def _seal_status(row: Any, txid: int, postings: tuple[PostingLine, ...], seals: list[Any]) -> SealStatus:
@@ -207,6 +210,6 @@ def _seal_status(row: Any, txid: int, postings: tuple[PostingLine, ...], seals: 
     if listed is None:
         return SealStatus("unlisted", covering[0].id, None, covering[0].sealed_at)
     stored = bytes(listed.hash)
-    status = "sealed" if recomputed_hash(row, postings) == stored else "altered"
+    status = "sealed" if recomputed_hash(row, postings, listed.hash_version) == stored else "altered"
     return SealStatus(status, listed.id, stored, listed.sealed_at)
 

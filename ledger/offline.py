@@ -4,11 +4,12 @@ contract keeps it so), for an auditor who holds a copy and does not trust our se
 `python -m ledger.offline EXPORT.jsonl`.
 
 It recomputes every entry's hash from its fields and compares it with the hash its seal stored,
-recomputes each seal's chain hash from those, checks that each seal follows the one before it,
-that a seal's entries are all there and in its order, that every entry balances per asset, and
-that each posting's asset is that of the account record of its code (the hash covers the code,
-not the asset). Memory is one seal's entry ids at a time, the ids of the entries no seal covers
-yet, and each account's asset.
+with the hash version its seal records (`ledger.chain`: 2 covers recorded_at, 1 did not; a seal
+of an export written before versions has none and is version 1), recomputes each seal's chain
+hash from those, checks that each seal follows the one before it, that a seal's entries are all
+there and in its order, that every entry balances per asset, and that each posting's asset is
+that of the account record of its code (the hash covers the code, not the asset). Memory is one
+seal's entry ids at a time, the ids of the entries no seal covers yet, and each account's asset.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from ledger.chain import GENESIS, entry_digest
+from ledger.chain import GENESIS, HASH_VERSIONS, entry_digest
 
 LIMIT = 50  # problems kept; the count is exact
 _HASH = re.compile(r"[0-9a-f]{64}")
@@ -56,12 +57,23 @@ def _posting(value: object) -> bool:
 _SHAPES = {
     "account": {"code": _text, "asset": _text},
     "seal": {"id": _int, "from_txid": _txid, "to_txid": _txid, "prev_hash": _hash, "chain_hash": _text,
-             "entry_ids": lambda v: type(v) is list and all(_int(i) for i in v)},
+             "entry_ids": lambda v: type(v) is list and all(_int(i) for i in v),
+             "hash_version": lambda v: _int(v) and v in HASH_VERSIONS},
     "entry": {"id": _int, "key": _text, "request_hash": _text, "kind": _text,
               "customer_id": lambda v: v is None or _text(v), "metadata": lambda v: True, "txid": _text,
-              "occurred_at": _text, "postings": lambda v: type(v) is list and all(_posting(p) for p in v),
+              "occurred_at": _text, "recorded_at": _text,
+              "postings": lambda v: type(v) is list and all(_posting(p) for p in v),
               "seal": lambda v: v is None or _int(v), "sealed_hash": lambda v: v is None or _hash(v)},
 }
+# Fields an export written before hash versions lacks: a seal without one is version 1, and an
+# entry's recorded_at is needed only under a version 2 seal.
+_OPTIONAL = {"seal": {"hash_version"}, "entry": {"recorded_at"}}
+
+
+def _wrong(kind: str, rec: dict) -> str | None:
+    optional = _OPTIONAL.get(kind, set())
+    return next((name for name, ok in _SHAPES.get(kind, {}).items()
+                 if (name in rec and not ok(rec[name])) or (name not in rec and name not in optional)), None)
 
 
 @dataclass(slots=True)
@@ -91,6 +103,7 @@ class _Seal:
     chain_hash: str
     expected: list[int]
     hasher: object
+    version: int
     seen: list[int] = field(default_factory=list)
 
 
@@ -113,8 +126,7 @@ class _Verifier:
         except (msgspec.DecodeError, KeyError, TypeError):
             self.report.fail(f"line {number} is not a record of the export")
             return
-        wrong = next((name for name, ok in _SHAPES.get(kind, {}).items() if name not in rec or not ok(rec[name])),
-                     None) if isinstance(kind, str) else None
+        wrong = _wrong(kind, rec) if isinstance(kind, str) else None
         if self.ended:
             self.report.fail(f"line {number} follows the end record")
         elif wrong is not None:
@@ -171,14 +183,12 @@ class _Verifier:
         self.prev = rec
         self.report.seals += 1
         self.seal = _Seal(rec["id"], rec["chain_hash"], list(rec["entry_ids"]),
-                          hashlib.sha256(bytes.fromhex(rec["prev_hash"])))
+                          hashlib.sha256(bytes.fromhex(rec["prev_hash"])), rec.get("hash_version", 1))
 
     def entry(self, number: int, rec: dict) -> None:
         self.report.entries += 1
         entry_id = rec["id"]
         postings = rec["postings"]
-        digest = entry_digest(entry_id, rec["key"], rec["request_hash"], rec["kind"], rec["customer_id"],
-                              rec["metadata"], rec["txid"], rec["occurred_at"], [p[:4] for p in postings])
         sums: dict[str, int] = defaultdict(int)
         for p in postings:
             sums[p[4]] += p[3]
@@ -207,7 +217,13 @@ class _Verifier:
             self.report.fail(f"entry {entry_id} lies in seal {seal.id}'s range but was never sealed: "
                              "it was added after the seal")
             return
-        if digest.hex() != sealed:
+        recorded_at = rec.get("recorded_at")
+        if seal.version == 2 and recorded_at is None:
+            self.report.fail(f"entry {entry_id} has no recorded_at, which the hash of seal {seal.id} "
+                             f"(hash version {seal.version}) covers")
+        elif entry_digest(entry_id, rec["key"], rec["request_hash"], rec["kind"], rec["customer_id"], rec["metadata"],
+                          rec["txid"], rec["occurred_at"], [p[:4] for p in postings], recorded_at=recorded_at,
+                          version=seal.version).hex() != sealed:
             self.report.fail(f"entry {entry_id} was altered: its content does not match the hash "
                              f"seal {seal.id} stored for it")
         seal.hasher.update(bytes.fromhex(sealed))  # type: ignore[attr-defined]

@@ -3,7 +3,9 @@
 Seal k covers every entry whose inserting transaction id lies in [from_txid, to_txid), where
 to_txid is the xmin of the sealer's snapshot: no transaction below it can still commit, so a
 sealed range is complete and never grows. Each entry gets a sha256 over its header and postings;
-a seal stores those hashes and chains them: chain_hash = sha256(prev_hash || entry hashes).
+a seal stores those hashes and chains them: chain_hash = sha256(prev_hash || entry hashes). A seal
+records the version of its entry hashes (`ledger.chain`: 2 covers recorded_at, 1 did not), and
+is verified with that version.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ledger.chain import GENESIS, chain, entry_digest
+from ledger.chain import GENESIS, HASH_VERSION, HASH_VERSIONS, chain, entry_digest
 
 SEAL_LOCK = 7_402_211_902
 MAX_TXIDS_PER_SEAL = 5000
@@ -20,10 +22,11 @@ MAX_TXIDS_PER_SEAL = 5000
 # What an entry's hash covers, as SQL over `journal_entries j` (the offline export writes the same).
 SEALED_TXID = "j.txid::text"
 SEALED_OCCURRED_AT = """to_char(j.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US')"""
+SEALED_RECORDED_AT = """to_char(j.recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""  # version 2
 
 _ENTRIES = text(f"""
 SELECT j.id, j.key, j.request_hash, j.kind, j.customer_id, j.metadata, {SEALED_TXID} AS txid,
-       {SEALED_OCCURRED_AT} AS occurred_at,
+       {SEALED_OCCURRED_AT} AS occurred_at, {SEALED_RECORDED_AT} AS recorded_at,
        coalesce((SELECT jsonb_agg(jsonb_build_array(p.id, a.code, p.stripe, p.amount) ORDER BY p.id)
                    FROM postings p JOIN accounts a ON a.id = p.account_id
                   WHERE p.lane = j.lane AND p.entry_id = j.id), '[]'::jsonb) AS postings
@@ -41,14 +44,14 @@ class Seal:
     entries: int
 
 
-def entry_hash(row) -> bytes:
+def entry_hash(row, version: int = HASH_VERSION) -> bytes:
     return entry_digest(row.id, row.key, row.request_hash.hex(), row.kind, row.customer_id, row.metadata,
-                        row.txid, row.occurred_at, row.postings)
+                        row.txid, row.occurred_at, row.postings, recorded_at=row.recorded_at, version=version)
 
 
-async def hashes_between(conn: AsyncConnection, lo: int, hi: int) -> dict[int, bytes]:
+async def hashes_between(conn: AsyncConnection, lo: int, hi: int, version: int = HASH_VERSION) -> dict[int, bytes]:
     rows = await conn.execute(_ENTRIES, {"lo": str(lo), "hi": str(hi)})
-    return {row.id: entry_hash(row) for row in rows}
+    return {row.id: entry_hash(row, version) for row in rows}
 
 
 async def seal_once(conn: AsyncConnection) -> Seal | None:
@@ -73,10 +76,10 @@ async def seal_once(conn: AsyncConnection) -> Seal | None:
     ids = sorted(hashes)
     ordered = [hashes[i] for i in ids]
     seal_id = (await conn.execute(text(
-        """INSERT INTO seals (from_txid, to_txid, entry_ids, entry_hashes, prev_hash, chain_hash)
-           VALUES (CAST(:lo AS xid8), CAST(:hi AS xid8), :ids, :hashes, :prev, :chain) RETURNING id"""),
+        """INSERT INTO seals (from_txid, to_txid, entry_ids, entry_hashes, prev_hash, chain_hash, hash_version)
+           VALUES (CAST(:lo AS xid8), CAST(:hi AS xid8), :ids, :hashes, :prev, :chain, :version) RETURNING id"""),
         {"lo": str(lo), "hi": str(hi), "ids": ids, "hashes": ordered, "prev": prev,
-         "chain": chain(prev, ordered)})).scalar_one()
+         "chain": chain(prev, ordered), "version": HASH_VERSION})).scalar_one()
     return Seal(seal_id, lo, hi, len(ids))
 
 
@@ -86,14 +89,18 @@ async def seal_problems(conn: AsyncConnection) -> list[str]:
     prev, expected_lo = GENESIS, 0
     seals = await conn.execute(text(
         """SELECT id, from_txid::text AS lo, to_txid::text AS hi, entry_ids, entry_hashes,
-                  prev_hash, chain_hash FROM seals ORDER BY id"""))
+                  prev_hash, chain_hash, hash_version FROM seals ORDER BY id"""))
     for s in seals.all():
         if int(s.lo) != expected_lo or bytes(s.prev_hash) != prev:
             problems.append(f"seal {s.id} does not follow the seal before it")
         sealed = dict(zip(s.entry_ids, (bytes(h) for h in s.entry_hashes), strict=True))
         if chain(bytes(s.prev_hash), list(sealed.values())) != bytes(s.chain_hash):
             problems.append(f"seal {s.id} chain hash does not match its entry hashes")
-        now = await hashes_between(conn, int(s.lo), int(s.hi))
+        if s.hash_version not in HASH_VERSIONS:
+            problems.append(f"seal {s.id} has hash version {s.hash_version}, which this tokentill does not know")
+            prev, expected_lo = bytes(s.chain_hash), int(s.hi)
+            continue
+        now = await hashes_between(conn, int(s.lo), int(s.hi), s.hash_version)
         for entry_id in sorted(sealed.keys() | now.keys()):
             if entry_id not in now:
                 problems.append(f"entry {entry_id} sealed by seal {s.id} is missing")

@@ -242,6 +242,9 @@ async def test_an_entry_changed_or_slipped_in_after_its_seal_reads_as_altered_or
                 await conn.exec_driver_sql(
                     "UPDATE journal_entries SET metadata = metadata || '{\"note\": \"edited\"}' WHERE id = %s",
                     (entries[1]["id"],))
+                await conn.exec_driver_sql(  # when it was written, covered since hash version 2
+                    "UPDATE journal_entries SET recorded_at = recorded_at + interval '1 second' WHERE id = %s",
+                    (entries[2]["id"],))
                 await conn.exec_driver_sql(  # an entry slipped into the first one's sealed transaction
                     """INSERT INTO journal_entries (lane, key, request_hash, kind, customer_id, occurred_at, txid)
                        SELECT lane, 'forged', request_hash, kind, customer_id, occurred_at, txid
@@ -250,5 +253,5 @@ async def test_an_entry_changed_or_slipped_in_after_its_seal_reads_as_altered_or
             await db.dispose()
         after = (await c.get("/v1/journal", params={"customer": lifecycle["customer"]})).json()["entries"]
     assert [(e["key"] == "forged", e["seal"]["status"]) for e in after] == [
-        (False, "sealed"), (True, "unlisted"), (False, "altered"), (False, "sealed")]
+        (False, "sealed"), (True, "unlisted"), (False, "altered"), (False, "altered")]
     assert after[2]["seal"]["hash"] == entries[1]["seal"]["hash"]  # what the seal stored, not the new hash

@@ -75,3 +75,18 @@ async def test_verify_catches_a_balanced_forgery_through_the_seal(scratch_url):
     result = _verify(scratch_url)
     assert result.returncode == 1
     assert f"entry {ids[0]} was altered after seal" in result.stdout
+
+
+async def test_verify_names_the_entry_whose_recorded_at_was_altered(scratch_url):
+    """When an entry was written is sealed too (hash version 2): moved by a superuser with the
+    triggers off, verify names it. Was: recorded_at was not hashed, and verify passed."""
+    ids = await _ledger_with_entries(scratch_url)
+    victim = ids[3]
+    _as_superuser_without_triggers(
+        scratch_url, "journal_entries",
+        "UPDATE journal_entries SET recorded_at = recorded_at - interval '3 days' WHERE id = %s", victim)
+    result = _verify(scratch_url)
+    assert result.returncode == 1, result.stdout
+    assert f"entry {victim} was altered after seal" in result.stdout
+    for other in set(ids) - {victim}:
+        assert f"entry {other} " not in result.stdout

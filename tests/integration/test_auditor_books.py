@@ -242,6 +242,8 @@ TAMPERING = {
                 {"seals"}),
     "backdated": (["UPDATE journal_entries SET occurred_at = occurred_at - interval '1 day' WHERE id = {entry}"],
                   {"seals"}),
+    "its recorded time moved": (["UPDATE journal_entries SET recorded_at = recorded_at - interval '1 day' "
+                                 "WHERE id = {entry}"], {"seals"}),
     "moved out of its seal's txid range": (
         ["UPDATE journal_entries SET txid = '999999999'::xid8 WHERE id = {entry}"], {"seals"}),
     "its postings moved to another lane": ([f"UPDATE postings SET lane = {_OTHER_LANE} WHERE entry_id = {{entry}}"],

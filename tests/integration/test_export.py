@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from collections import defaultdict
@@ -227,6 +228,22 @@ def test_a_changed_amount_is_named(sealed_export, tmp_path):
     lines[i] = json.dumps(entry)
     done = _verify(tmp_path, lines)
     assert done.returncode == 1
+    assert f"entry {entry['id']} was altered" in done.stdout.splitlines()[0]
+
+
+def test_a_changed_recorded_at_is_named(sealed_export, tmp_path):
+    """An entry's recorded_at is in the export and in its seal's hash (version 2): edited in the
+    file, offline verify names the entry. Was: not exported, not hashed, so nothing to catch."""
+    lines = list(sealed_export)
+    i, entry = _entries(lines)[500]
+    seal = next(json.loads(line) for line in lines if '"type":"seal"' in line
+                and json.loads(line)["id"] == entry["seal"])
+    assert seal["hash_version"] == 2
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", entry["recorded_at"]), entry["recorded_at"]
+    entry["recorded_at"] = entry["recorded_at"].replace(entry["recorded_at"][:4], "2025", 1)
+    lines[i] = json.dumps(entry)
+    done = _verify(tmp_path, lines)
+    assert done.returncode == 1, done.stdout
     assert f"entry {entry['id']} was altered" in done.stdout.splitlines()[0]
 
 

@@ -378,6 +378,9 @@ async def test_going_below_migration_0019_is_refused_while_adjustments_exist(fix
             with pytest.raises(DBAPIError, match="re-rates were applied"):
                 command.downgrade(config, "0018")
             conn.rollback()
+            # each migration is a transaction of its own: those above 0019 went down; up again to verify
+            command.upgrade(config, "head")
+            conn.commit()
     finally:
         engine.dispose()
     assert len(await entries(bk)) == 1
