@@ -349,3 +349,16 @@ async def test_a_flagged_entry_balances_only_with_its_statements_postings(db, da
                                                                         ({lot_id}::bigint, -4)) x(a, m))
                               SELECT 1""", (f"{tag}-short",))
     assert _entries(database_url, f"{tag}-") == 1
+
+
+@pytest.mark.parametrize("table", ["idempotency_keys", "idempotency_records", "idempotency_records_l0", "seals",
+                                   "invoice_payments", "price_book_versions", "reservation_holds",
+                                   "reservation_holds_l3", "lots", "lots_l0"])
+def test_append_only_tables_cannot_be_truncated(scratch_url, table):
+    """Their rows refuse UPDATE and DELETE, yet before 0043 the application's role emptied them
+    with a plain TRUNCATE (a replayed request posted again, the seals were gone, invoices read
+    unpaid); now refused, with or without CASCADE, on the table and on a lane partition by name."""
+    with psycopg.connect(scratch_url) as conn:
+        for attack in (f"TRUNCATE {table}", f"TRUNCATE {table} CASCADE"):
+            with pytest.raises(psycopg.errors.RestrictViolation, match="not allowed"), conn.transaction():
+                conn.execute(attack)
