@@ -170,8 +170,8 @@ class Batch:
             lines = [(origin, line) for line in priced.lines]
         else:
             period = entry.metadata.get("period") or c.billed_in(entry.occurred_at).label
-            if isinstance(priced, TrueUpPosted | AdjustmentPosted):
-                lines = [(priced.period, line) for line in priced.lines]
+            if isinstance(priced, TrueUpPosted | AdjustmentPosted):  # a re-rate's: one per period of usage
+                lines = [(e.period, line) for e in decision.effects if type(e) is type(priced) for line in e.lines]
         kinds = {code: lot.kind for code, lot in w.lots.items()}
         for effect in decision.effects:
             if type(effect) is LotOpened:

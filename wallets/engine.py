@@ -23,6 +23,7 @@ import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -494,15 +495,18 @@ async def _load_rerates(conn: AsyncConnection, batch: Batch, commands: Sequence[
         return
     for cmd in rerates:
         w = batch.loaded.wallets.get(cmd.customer_id)
-        data = await rerate_input(conn, books, cmd, w.customer.cycle) if w is not None else None
-        if w is None or data is None:
-            continue
-        codes = sorted({a for ch in data.charges for a, _ in ch.funding or () if a not in w.lots})
-        if codes:  # lots that paid the charges and are spent now: money may go back to them
-            more = await store.load(conn, [cmd.customer_id], now=now, lot_codes=codes)
-            for code, lot in more.wallets[cmd.customer_id].lots.items():
-                w.lots.setdefault(code, lot)
-        batch.rerates[(cmd.customer_id, cmd.period)] = data
+        for source in cmd.sources or (cmd.period,):  # the periods of the charges' usage times
+            if w is None or (cmd.customer_id, source) in batch.rerates:
+                continue
+            data = await rerate_input(conn, books, replace(cmd, period=source), w.customer.cycle)
+            if data is None:
+                continue
+            codes = sorted({a for ch in data.charges for a, _ in ch.funding or () if a not in w.lots})
+            if codes:  # lots that paid the charges and are spent now: money may go back to them
+                more = await store.load(conn, [cmd.customer_id], now=now, lot_codes=codes)
+                for code, lot in more.wallets[cmd.customer_id].lots.items():
+                    w.lots.setdefault(code, lot)
+            batch.rerates[(cmd.customer_id, source)] = data
     batch.credit_note_seqs = await store.last_seqs(
         conn, "credit_notes", {(c.issuer, now.astimezone(UTC).year) for c in rerates})
 

@@ -114,6 +114,24 @@ async def with_overrides(conn: AsyncConnection, spec: RerateSpec) -> RerateSpec:
     return replace(spec, overrides=hashlib.sha256(raw.encode()).hexdigest()[:24])
 
 
+async def billed(conn: AsyncConnection, spec: RerateSpec) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(customer, billing period, the periods of their usage times) of every charge of the book
+    whose usage time is in range, by the period it was billed in (a late charge's is after its
+    usage time's): apply corrects each invoice's charges in one entry, with one note if finalized."""
+    rows = await conn.exec_driver_sql(
+        """SELECT customer_id, coalesce(billed, usage), array_agg(DISTINCT usage ORDER BY usage) FROM (
+               SELECT c.customer_id,
+                      coalesce(c.period, (SELECT j.metadata ->> 'period' FROM journal_entries j
+                                           WHERE j.lane = c.lane AND j.id = c.entry_id)) AS billed,
+                      wallets_period_label(c.occurred_at, cu.time_zone, cu.billing_anchor_day) AS usage
+                 FROM charges c JOIN customers cu ON cu.id = c.customer_id
+                WHERE c.price_book = %s AND c.occurred_at >= %s AND c.occurred_at < %s
+                  AND (%s::text IS NULL OR c.customer_id = %s)) x
+            GROUP BY 1, 2 ORDER BY 1, 2""",
+        (spec.book_id, spec.range_from, spec.range_to, spec.customer_id, spec.customer_id))
+    return [(cid, period, tuple(sources)) for cid, period, sources in rows]
+
+
 async def affected(conn: AsyncConnection, spec: RerateSpec) -> list[tuple[str, str, Cycle]]:
     """(customer, billing period, cycle) of every charge of the book whose usage time is in range."""
     rows = await conn.exec_driver_sql(
@@ -127,9 +145,10 @@ async def affected(conn: AsyncConnection, spec: RerateSpec) -> list[tuple[str, s
     return [(cid, period, Cycle(tz, anchor)) for cid, period, tz, anchor in rows]
 
 
-def _command(spec: RerateSpec, rerate_id: str, customer_id: str, period: str) -> RerateCharges:
+def _command(spec: RerateSpec, rerate_id: str, customer_id: str, period: str,
+             sources: tuple[str, ...] = ()) -> RerateCharges:
     return RerateCharges(customer_id=customer_id, rerate_id=rerate_id, book_id=spec.book_id, version=spec.version,
-                         range_from=spec.range_from, range_to=spec.range_to, period=period)
+                         range_from=spec.range_from, range_to=spec.range_to, period=period, sources=sources)
 
 
 async def preview(db: Database, books: BookCache, spec: RerateSpec) -> dict[str, Any]:
@@ -160,13 +179,14 @@ async def preview(db: Database, books: BookCache, spec: RerateSpec) -> dict[str,
 
 
 async def apply(db: Database, engine: Engine, spec: RerateSpec, idempotency_key: str | None) -> dict[str, Any]:
-    """Post the adjustments (one entry per customer and billing period) and the credit notes;
-    the same re-rate again moves nothing and answers the same."""
+    """Post the adjustments (one entry per customer and period the charges were billed in) and
+    the credit notes (one per finalized invoice that carried corrected charges); the same re-rate
+    again moves nothing and answers the same."""
     await db.read(lambda conn: check(conn, spec))
     spec = await db.read(lambda conn: with_overrides(conn, spec))
     rerate_id = await db.run(lambda conn: _record(conn, spec, idempotency_key))
-    todo = await db.read(lambda conn: affected(conn, spec))
-    commands = [_command(spec, rerate_id, cid, period) for cid, period, _ in todo]
+    todo = await db.read(lambda conn: billed(conn, spec))
+    commands = [_command(spec, rerate_id, cid, period, sources) for cid, period, sources in todo]
     errors = []
     for i in range(0, len(commands), CHUNK):
         chunk = commands[i:i + CHUNK]

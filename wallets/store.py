@@ -571,8 +571,8 @@ async def load_rerate_charges(conn: AsyncConnection, customer_id: str, book_id: 
     rows = await conn.exec_driver_sql(
         f"""SELECT c.id, c.occurred_at, c.model, c.dimensions, c.usage, c.lines, c.charged::text,
                    c.from_receivable::text, c.funding, c.seq,
-                   (SELECT j.metadata ->> 'period' FROM journal_entries j
-                     WHERE j.lane = c.lane AND j.id = c.entry_id) AS billed_in,
+                   coalesce((SELECT j.metadata ->> 'period' FROM journal_entries j
+                              WHERE j.lane = c.lane AND j.id = c.entry_id), c.period) AS billed_in,
                    (SELECT jsonb_agg(jsonb_build_array(a.corrected_version, a.new_lines, a.overrides_version,
                                                       a.allowance_moves)
                                       ORDER BY a.id)

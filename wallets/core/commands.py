@@ -238,10 +238,13 @@ class PayInvoice(Command):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RerateCharges(Command):
-    """Re-rate the customer's charges of one billing period (`period`) priced with `book_id`
+    """Re-rate the customer's charges billed in one period (`period`) priced with `book_id`
     whose usage time falls in [range_from, range_to), with the corrected `version`: one balanced
     adjustment entry for what changed, linked to each charge it corrects, and a credit (or debit)
-    note when the period's invoice is finalized. A charge already re-rated to `version` is left."""
+    note when that period's invoice, which carried them, is finalized. `sources` are the periods
+    of their usage times (the period's own; earlier ones for late charges), each rated as a whole
+    (graduated tiers); without them, every charge of `period`'s usage, wherever it was billed. A
+    charge already re-rated to `version` is left."""
 
     rerate_id: str
     book_id: str
@@ -250,6 +253,7 @@ class RerateCharges(Command):
     range_to: datetime
     period: str
     issuer: str = "CN"
+    sources: tuple[str, ...] = ()
     exclusive = True  # reads and adjusts the charges of the period
 
     def _keys(self) -> set[tuple[str, ...]]:

@@ -9,7 +9,8 @@ what moves. A charge is re-rated to a version at most once, so v2 then v3 adjust
 a version of its customer's overrides counts as a version too (the one in force at its usage
 time): a second backdated override change re-rates it again under the same book version.
 
-The money moves in one balanced entry per customer and billing period of the charges:
+The money moves in one balanced entry per customer and period the charges were billed in (their
+usage's, or a later one's for charges that arrived after their period closed):
 - more charged: paid like usage, from the live lots in consumption order, then the receivable;
 - money back: where the charges' money came from, the receivable first (what it paid), then the
   lots that paid each decreased charge, up to its decrease, the last consumed first (while live,
@@ -20,7 +21,8 @@ The entry is billed in the first open period (its lines marked `adjustment`, wit
 original period); when the charges were billed on an invoice finalized already (their period's, or
 for charges that arrived after its close, the later one they were billed on), a credit note (a debit
 note for an increase) documents the correction of that invoice, its lines the entry's by model and
-token type. Charges billed in a period still open are corrected on its invoice, exactly, with no note.
+token type: one note per invoice, for all the charges it carried. Charges billed in a period
+still open are corrected on its invoice, exactly, with no note.
 """
 from __future__ import annotations
 
@@ -324,26 +326,48 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
     return legs, tuple(sorted(paid_back.items())), lot_opened
 
 
-def _corrected_invoice(data: RerateInput, period: str, found: Sequence[Correction]) -> tuple[str, str] | None:
-    """The finalized invoice the corrected charges were billed on, if any: their period's, else
-    (late charges only) the first later one's. Charges billed in a period still open are corrected
-    on its invoice, exactly, with no note: no invoice carried them."""
-    billed = {x.charge.billed_in for x in found} & data.invoices.keys()
+def _found(state: State, cmd: RerateCharges) -> list[tuple[str, RerateInput, list[Correction]]]:
+    """The corrections `cmd` posts, by the period of their usage time: of each source period (its
+    charges rated as a whole, graduated tiers continuing), those billed in `cmd.period` (without
+    sources: every correction of `cmd.period`'s usage)."""
+    out = []
+    for source in cmd.sources or (cmd.period,):
+        data = state.rerates.get((cmd.customer_id, source))
+        if data is None:
+            continue
+        found = corrections(data, cmd.range_from, cmd.range_to)
+        if cmd.sources:
+            found = [x for x in found if (x.charge.billed_in or source) == cmd.period]
+        if found:
+            out.append((source, data, found))
+    return out
+
+
+def _corrected_invoice(cmd: RerateCharges, groups: Sequence[tuple[str, RerateInput, list[Correction]]]
+                       ) -> tuple[str, str] | None:
+    """The finalized invoice the corrected charges were billed on, if any: the invoice of the
+    period they were billed in (commands with sources: one period, that invoice carried them all);
+    without sources, their usage period's, else (late charges only) the first later one's.
+    Charges billed in a period still open are corrected on its invoice, exactly, with no note."""
+    invoices = {period: invoice for _, data, _ in groups for period, invoice in data.invoices.items()}
+    billed = {x.charge.billed_in for _, _, found in groups for x in found} & invoices.keys()
+    if cmd.sources:
+        return invoices.get(cmd.period) if cmd.period in billed else None
     if not billed:
         return None
-    return data.invoices[period if period in billed else min(billed)]
+    return invoices[cmd.period if cmd.period in billed else min(billed)]
 
 
 def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -> Decision:
     w = state.require_wallet()
     c = w.customer
-    data = state.rerates.get((c.id, cmd.period))
-    found = corrections(data, cmd.range_from, cmd.range_to) if data is not None else []
+    groups = _found(state, cmd)
+    found = [x for _, _, xs in groups for x in xs]
     if not found:
         return Decision(Outcome(Rerated.code, Rerated(c.id, cmd.period, 0, 0)))
     net = sum(x.delta for x in found)
     rows = type_rows(found)
-    invoice = _corrected_invoice(data, cmd.period, found) if data is not None and net else None
+    invoice = _corrected_invoice(cmd, groups) if net else None
     noted = invoice is not None  # a credit (or debit) note documents the correction of that invoice
     # A note's money is whole minor units (its lines and total stay exact): `net` rounded once, half
     # to even, as an invoice's amount due; the difference goes to the platform's rounding account.
@@ -361,14 +385,18 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
     if rounding:  # revenue moves by the exact correction, the rounding account by the difference
         legs.credit(chart.revenue_account(c.currency), -rounding).credit(chart.rounding_account(c.currency), rounding)
         paid = (*paid, (chart.rounding_account(c.currency), -rounding))
+    origin = groups[0][0]  # the (earliest) period of the corrected charges' usage
     posted = entry(f"rerate:{cmd.rerate_id}:{c.id}:{cmd.period}", "rerate_adjustment", legs, c.id, now,
-                   {"rerate_id": cmd.rerate_id, "original_period": cmd.period, "price_book": cmd.book_id,
+                   {"rerate_id": cmd.rerate_id, "original_period": origin, "price_book": cmd.book_id,
                     "price_version": cmd.version, "charges": [x.charge.id for x in found],
                     **({"amount_rounding": rounding} if rounding else {})})
-    lines = tuple({"kind": "adjustment", "model": r["model"], "token_type": r["token_type"], "quantity": 0,
-                   "unit_price": None, "amount_units": r["delta"], "rule_id": None, "price_version": cmd.version,
-                   "tier": None, "override_id": None} for r in rows)
-    effects: list[Any] = [*([lot] if lot is not None else []), AdjustmentPosted(c.id, cmd.period, lines, paid)]
+    # its lines by the period of their usage (`original_period` on the invoice); what paid them once
+    effects: list[Any] = [*([lot] if lot is not None else [])]
+    for i, (source, _, xs) in enumerate(groups):
+        lines = tuple({"kind": "adjustment", "model": r["model"], "token_type": r["token_type"], "quantity": 0,
+                       "unit_price": None, "amount_units": r["delta"], "rule_id": None,
+                       "price_version": cmd.version, "tier": None, "override_id": None} for r in type_rows(xs))
+        effects.append(AdjustmentPosted(c.id, source, lines, paid if i == 0 else ()))
     note = None
     if noted and posted is not None:
         year = now.astimezone(UTC).year
@@ -380,7 +408,7 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
             "id": note_id, "number": number, "kind": "credit" if net < 0 else "debit", "customer_id": c.id,
             "customer_name": bill_to_name(c), "currency": c.currency, "invoice_id": invoice_id,
             "invoice_number": invoice_number,
-            "period": cmd.period, "rerate_id": cmd.rerate_id, "price_book": cmd.book_id,
+            "period": origin, "rerate_id": cmd.rerate_id, "price_book": cmd.book_id,
             "price_version": cmd.version, "charges": len(found),
             "lines": [{"model": r["model"], "token_type": r["token_type"],
                        "old_amount": format_money(r["old_amount"], c.currency),
@@ -393,16 +421,17 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
         note = CreditNoteIssued(c.id, note_id, invoice_id, cmd.rerate_id, cmd.issuer, year, seq, number,
                                 c.currency, net, content, now)
         effects.append(note)
-    moved: dict[str, int] = {}
-    for x in found:
-        effects.append(ChargeAdjusted(
-            c.id, x.charge.id, cmd.version, cmd.rerate_id, cmd.period, x.old_amount, x.new_amount,
-            _pairs(x.old), _pairs(x.new), note.credit_note_id if note is not None else None, x.overrides_version,
-            dict(x.allowance_moves)))
-        for allowance_id, units in x.allowance_moves.items():
-            moved[ALLOWANCE + allowance_id] = moved.get(ALLOWANCE + allowance_id, 0) + units
-    if any(moved.values()):  # what the charges now take from the period's allowances: not given again
-        effects.append(UsageCounted(c.id, cmd.period, cmd.book_id, {k: v for k, v in moved.items() if v}))
+    for source, _, xs in groups:
+        moved: dict[str, int] = {}
+        for x in xs:
+            effects.append(ChargeAdjusted(
+                c.id, x.charge.id, cmd.version, cmd.rerate_id, source, x.old_amount, x.new_amount,
+                _pairs(x.old), _pairs(x.new), note.credit_note_id if note is not None else None,
+                x.overrides_version, dict(x.allowance_moves)))
+            for allowance_id, units in x.allowance_moves.items():
+                moved[ALLOWANCE + allowance_id] = moved.get(ALLOWANCE + allowance_id, 0) + units
+        if any(moved.values()):  # what the charges now take from their period's allowances: not given again
+            effects.append(UsageCounted(c.id, source, cmd.book_id, {k: v for k, v in moved.items() if v}))
     result = Rerated(c.id, cmd.period, len(found), net, note.number if note is not None else None,
                      posted.key if posted is not None else None)
     return Decision(Outcome(result.code, result), posted, tuple(effects))

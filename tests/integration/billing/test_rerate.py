@@ -554,3 +554,72 @@ async def test_the_invoice_billing_a_credit_note_shows_what_the_note_rounded(fix
             "-0.005002", "-0.01", "0.004998")
         assert invoice["credits_applied"]["total"] == "0.00"
     await verified(bk)
+
+
+async def _late_and_own_usage_on_december_s_invoice(bk: BillingKit, cid: str) -> tuple[dict, dict]:
+    """1,000,000 input tokens on November 25th (on November's invoice, $10.01), 1,000,000 used on
+    November 28th arriving on December 2nd and 1,000,000 on December 3rd (both on December's
+    invoice, $20.02); both periods closed; the fix ($8/M from November on) posted on January 2nd."""
+    bk.clock.now = datetime(2026, 11, 25, tzinfo=UTC)
+    await bk.event(cid, "model-a", 1_000_000, 0)
+    await bk.close(DEC_1_GRACE_OVER)
+    bk.clock.now = DEC_2
+    await bk.event(cid, "model-a", 1_000_000, 0, at=datetime(2026, 11, 28, tzinfo=UTC))
+    bk.clock.now = datetime(2026, 12, 3, tzinfo=UTC)
+    await bk.event(cid, "model-a", 1_000_000, 0)
+    await bk.close(datetime(2027, 1, 1, 1, 0, tzinfo=UTC))
+    november, december = await bk.invoices(cid)
+    assert (november["total"], december["total"]) == ("10.01", "20.02")
+    await bk.add_book(V2)
+    bk.clock.now = datetime(2027, 1, 2, tzinfo=UTC)
+    return november, december
+
+
+async def test_a_re_rate_correcting_late_charges_and_their_invoice_s_own_issues_its_notes(
+        fixed: BillingKit) -> None:
+    """December's invoice carries November's late usage ($10.01) and December's own ($10.01); a
+    re-rate from November 26th (after November's own usage) to January corrects both by -$2.00
+    ($8/M). The command of November's charges noted them against December's invoice (the one that
+    carried them, e38f58a), and so did December's own: two notes of one re-rate against one
+    invoice, which the database refuses (UNIQUE (rerate_id, invoice_id), migration 0019), and the
+    whole apply failed (IntegrityError; found by the tie-out property once its workloads closed
+    periods and re-rated them). Now what December's invoice carried is corrected in one entry
+    with one note against it: -$4.00, its period November's (the earliest usage corrected), the
+    adjustment lines -$2.00 for 2026-11 and -$2.00 for 2026-12 on January's invoice."""
+    bk = fixed
+    cid = await bk.customer("late-and-own", billing_mode="postpaid", book="fix")
+    _november, december = await _late_and_own_usage_on_december_s_invoice(bk, cid)
+    done = await rerating.apply(bk.db, bk.service.engine, spec("v2", datetime(2026, 11, 26, tzinfo=UTC),
+                                                                datetime(2027, 1, 1, tzinfo=UTC)), None)
+    assert done["errors"] == [] and done["delta"] == "-4.00"
+    [note] = done["credit_notes"]
+    document = await bk.db.read(lambda conn: rerating.credit_note(conn, note["id"]))
+    assert (document["invoice_id"], document["total"], document["amount"], document["period"], document["charges"]) \
+        == (december["id"], "-4.00", "-4.00", "2026-11", 2)
+    await bk.close(datetime(2027, 2, 1, 1, 0, tzinfo=UTC))
+    january = (await bk.invoices(cid))[-1]
+    assert sorted((line["original_period"], line["amount"]) for line in january["lines"]
+                  if line["kind"] == "adjustment") == [("2026-11", "-2.00"), ("2026-12", "-2.00")]
+    assert january["total"] == "-4.00"
+    await verified(bk)
+
+
+async def test_a_re_rate_of_a_period_with_late_charges_notes_each_invoice_what_it_carried(
+        fixed: BillingKit) -> None:
+    """The same usage, re-rated from November 1st: November's own charge was on November's invoice,
+    its late one on December's. The command of November's charges issued one note, against
+    November's invoice, for both (-$4.00): November's invoice, which carried $10.01 of them, was
+    credited $4.00 and December's, which carried the late $10.01, nothing for it. Now (README,
+    Re-rating: a note documents the correction of the invoice that carried the charges): -$2.00
+    against November's invoice, -$4.00 against December's (its late and its own charge)."""
+    bk = fixed
+    cid = await bk.customer("late-split", billing_mode="postpaid", book="fix")
+    november, december = await _late_and_own_usage_on_december_s_invoice(bk, cid)
+    done = await rerating.apply(bk.db, bk.service.engine, spec("v2", NOV_1, datetime(2027, 1, 1, tzinfo=UTC)), None)
+    assert done["errors"] == [] and done["delta"] == "-6.00"
+    assert sorted((note["invoice_id"] == december["id"], note["total"]) for note in done["credit_notes"]) == [
+        (False, "-2.00"), (True, "-4.00")]
+    assert {note["invoice_id"] for note in done["credit_notes"]} == {november["id"], december["id"]}
+    again = await rerating.apply(bk.db, bk.service.engine, spec("v2", NOV_1, datetime(2027, 1, 1, tzinfo=UTC)), None)
+    assert again == done  # the same re-rate again moves nothing and answers the same
+    await verified(bk)
