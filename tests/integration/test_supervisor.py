@@ -125,11 +125,17 @@ async def test_a_killed_postmaster_is_restarted_and_the_service_recovers_without
                 break
             assert response.status_code == 503 and response.json()["code"] == "service_unavailable"
             await asyncio.sleep(0.05)
-        assert postmaster_pid(cluster.pgdata) not in (None, old), "served by a new postmaster"
         outage = time.monotonic() - killed
+        assert statuses[-1] == 201, statuses  # back within the ceiling, with no process restarted
+        # served by a new postmaster: read a few times, as one read of postmaster.pid and of the
+        # process table can miss it on a loaded machine (CI read None once)
+        for _ in range(int(5 / 0.05)):
+            if postmaster_pid(cluster.pgdata) not in (None, old):
+                break
+            await asyncio.sleep(0.05)
+        assert postmaster_pid(cluster.pgdata) not in (None, old), (old, live_postmasters(cluster.pgdata))
         print(f"\npostmaster kill -9 -> first successful top-up: {outage:.2f} s "
               f"({len(statuses) - 1} answers of 503 before it)")
-        assert statuses[-1] == 201, statuses  # back within the ceiling, with no process restarted;
         # the outage itself (goal: under 5 s) is a figure, printed here and by `tokentill bench faults`
         assert response.json()["wallet"]["available"] == "2.00"
         assert (await client.get("/readyz")).status_code == 200
