@@ -260,10 +260,8 @@ def _check_customer(cid: str, invoices: list[dict], facts: dict) -> int:
             m["receivable"] += amount
         elif code == chart.reserved_account(cid):
             m["reserved"] -= amount
-        elif code == chart.rounding_account(cur) and kind != "rerate_adjustment":  # the close's
-            m["rounded"] -= amount
-        elif code == chart.rounding_account(cur):
-            pass  # a note's rounding: funding (_funding_by_period)
+        elif code == chart.rounding_account(cur):  # the close's; a note's is funding (_funding_by_period)
+            m["rounded"] -= amount if kind != "rerate_adjustment" else 0
         else:
             m["credits"] -= amount
     funding = _funding_by_period(cid, facts)
