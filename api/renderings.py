@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -199,8 +199,8 @@ def _note_money(document: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 def pdf(document: Mapping[str, Any]) -> bytes:
     """The invoice as a one-or-more-page A4 PDF, in a Unicode font where one is installed (else
-    the core fonts, Latin-1; a character the font lacks prints as '?'), lines as a table that
-    repeats its heading on each page."""
+    the core fonts, Latin-1), with a CJK font for what it lacks where one is installed (a
+    character no font has prints as '?'), lines as a table that repeats its heading on each page."""
     return context_pdf(html_context(document))
 
 
@@ -217,21 +217,41 @@ UNICODE_FONTS = (  # Liberation Sans first: Helvetica's widths, so the layout is
 )
 
 
+# TrueType fonts with Chinese, Japanese and Korean (one style: bold text prints in it too), for the
+# characters the body font lacks: a customer or model named in them printed as '?'. Debian's
+# fonts-wqy-microhei (5 MB; .ci/run installs it), fonts-wqy-zenhei, fonts-droid-fallback.
+CJK_FONTS = ("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc", "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
+             "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf")
+
+
 @cache
 def unicode_font() -> tuple[str, str] | None:
     """The first installed pair of UNICODE_FONTS, or None (then the core fonts, Latin-1)."""
     return next((pair for pair in UNICODE_FONTS if all(Path(f).is_file() for f in pair)), None)
 
 
-def _font(doc: FPDF) -> tuple[str, Any]:
-    """The family to print in and a function that makes text printable in it: a character the
-    font lacks becomes '?' (a TrueType font would drop it without a trace)."""
+@cache
+def cjk_font() -> str | None:
+    """The first installed of CJK_FONTS, or None (CJK then prints as '?')."""
+    return next((f for f in CJK_FONTS if Path(f).is_file()), None)
+
+
+def _font(doc: FPDF, texts: Iterable[str]) -> tuple[str, Any]:
+    """The family to print `texts` in and a function that makes text printable in it: a character
+    no font has becomes '?' (a TrueType font would drop it without a trace). Characters the body
+    font lacks print in the CJK font where one is installed (fpdf2's fallback fonts), loaded only
+    when `texts` have such characters (it costs ~0.9 s a document)."""
     pair = unicode_font()
     if pair is None:
         return "Helvetica", _latin
     doc.add_font("body", "", pair[0])
     doc.add_font("body", "B", pair[1])
     known = doc.fonts["body"].cmap.keys() & doc.fonts["bodyB"].cmap.keys()
+    lacking = any(ord(ch) not in known for text in texts for ch in text if ch != "\n")
+    if lacking and (fallback := cjk_font()) is not None:
+        doc.add_font("cjk", "", fallback)
+        doc.set_fallback_fonts(["cjk"], exact_match=False)
+        known |= doc.fonts["cjk"].cmap.keys()
     return "body", lambda value: "".join(ch if ord(ch) in known or ch in "\n" else "?" for ch in value)
 
 
@@ -239,7 +259,10 @@ def context_pdf(context: Mapping[str, Any]) -> bytes:
     """A document's printed context (html_context, credit_note_context) as an A4 PDF."""
     document = context["invoice"]
     doc = FPDF(format="A4", unit="mm")
-    family, _text = _font(doc)
+    texts = [context["title"], *(t for fact in context["facts"] for t in fact),
+             *(v for row in context["rows"] for v in (row.description, row.quantity, row.unit_price, row.amount)),
+             *(label for label, _ in context["summary"])]
+    family, _text = _font(doc, texts)
     doc.set_title(_text(context["title"]))
     doc.set_creator("tokentill")
     doc.set_auto_page_break(auto=True, margin=15)

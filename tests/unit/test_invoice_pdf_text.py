@@ -34,6 +34,22 @@ def test_names_outside_latin_1_print_as_written_in_the_pdf() -> None:
 
 @pytest.mark.skipif(renderings.unicode_font() is None, reason="no Unicode TrueType font on this system")
 def test_a_character_no_font_has_prints_as_a_question_mark_not_nothing() -> None:
+    printed = _printed(_context("model-\U00013000\U00013001 input"))  # Egyptian hieroglyphs: no font here has them
+    assert "model-?? input 1,000 10.00 per 1M 0.01" in printed, printed
+
+
+@pytest.mark.skipif(renderings.cjk_font() is None, reason="no CJK TrueType font on this system (.ci/run installs one)")
+def test_chinese_and_japanese_names_print_as_written_in_the_pdf() -> None:
+    context = _context("模型-大 input")
+    context["facts"][0] = ("Customer", "株式会社テスト 北京")
+    printed = _printed(context)
+    assert "模型-大 input 1,000 10.00 per 1M 0.01" in printed, printed
+    assert "Customer 株式会社テスト 北京" in printed, printed
+
+
+@pytest.mark.skipif(renderings.unicode_font() is None, reason="no Unicode TrueType font on this system")
+def test_without_a_cjk_font_chinese_prints_as_question_marks(monkeypatch) -> None:
+    monkeypatch.setattr(renderings, "cjk_font", lambda: None)
     printed = _printed(_context("model-模型 input"))
     assert "model-?? input 1,000 10.00 per 1M 0.01" in printed, printed
 
