@@ -144,16 +144,15 @@ def parse_networks(raw: str) -> tuple[IPNetwork, ...]:
 def check_destination(url: str, policy: AddressPolicy, field: str = "url") -> str:
     """Refuse at once a URL whose host is an address the policy refuses, or `localhost`. A host
     name is resolved, and its addresses checked, when each delivery connects."""
-    host = (urlsplit(url).hostname or "").rstrip(".").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        host = "127.0.0.1"
+    named = (urlsplit(url).hostname or "").rstrip(".").lower()
+    host = "127.0.0.1" if named == "localhost" or named.endswith(".localhost") else named
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         return url
     reason = policy.refusal(address)
     if reason is not None:
-        raise WalletValidationError(field, f"deliveries may not go to {reason}")
+        raise WalletValidationError(field, f"deliveries may not go to {named}: {reason}")
     return url
 
 

@@ -161,6 +161,18 @@ def test_an_endpoint_at_an_internal_address_literal_is_refused_when_named(url):
     assert refused.value.context["fields"][0]["field"] == "url"
 
 
+@pytest.mark.parametrize(("url", "message"), [
+    ("http://localhost:9999/hook", "deliveries may not go to localhost: 127.0.0.1 is a loopback address"),
+    ("http://10.0.0.5/x", "deliveries may not go to 10.0.0.5: 10.0.0.5 is a private address"),
+])
+def test_the_refusal_names_the_host_then_why_in_one_sentence(url, message):
+    # The message read "deliveries may not go to 127.0.0.1 is a loopback address" (two clauses
+    # run together, and `localhost` not named).
+    with pytest.raises(WalletValidationError) as refused:
+        check_destination(url, AddressPolicy())
+    assert refused.value.context["fields"][0]["message"].startswith(message)
+
+
 def test_host_names_are_checked_when_a_delivery_connects_not_when_named():
     assert check_destination("https://hooks.example.com/x", AddressPolicy()) == "https://hooks.example.com/x"
     assert check_destination("http://127.0.0.1/x", AddressPolicy(parse_networks("127.0.0.0/8")))
