@@ -155,6 +155,7 @@ class Exchange:
         self.gw, self.provider, self.scope, self.receive, self.send = gateway, provider, scope, receive, send
         path = scope["path"].rstrip("/")  # a mount sees the path under it (Litestar adds a slash)
         self.path = path[len(prefix):] if path.startswith(prefix + "/") else path
+        self.prefix = prefix
         self.kind = KINDS.get((provider, self.path)) or free_kind(provider, self.path)  # else "unknown"
         self.headers = _headers(scope)
         self.request_id = ""
@@ -183,7 +184,7 @@ class Exchange:
 
     async def _admit(self) -> tuple[Call, str, Principal]:
         if self.kind == "unknown":
-            raise Refusal(404, "not_found", f"the gateway does not serve {self.scope['path']}")
+            raise Refusal(404, "not_found", f"the gateway does not serve {self.prefix}{self.path}")
         if self.scope["method"] != "POST":
             raise Refusal(405, "method_not_allowed", "use POST")
         principal = await self.caller()  # on the head alone: a body is read for a valid key only

@@ -128,13 +128,16 @@ def test_billable_and_unlisted_paths_stay_404_and_never_reach_the_upstream(live,
     with pytest.raises(openai.NotFoundError) as raised:
         client.files.create(file=("a.jsonl", b"{}\n"), purpose="batch")
     assert raised.value.body["code"] == "not_found"
+    # the refusal names the path the caller sent, not the mount's remainder ("/files/")
+    assert raised.value.body["message"] == "the gateway does not serve /openai/v1/files"
     with pytest.raises(openai.NotFoundError):
         client.batches.list()
     with pytest.raises(openai.APIStatusError) as deleting:  # deleting a fine-tuned model is not read-only
         client.models.delete("ft:gpt-4o-mini:acme::a1b2")
     assert deleting.value.status_code == 405
-    with pytest.raises(anthropic.NotFoundError):
+    with pytest.raises(anthropic.NotFoundError) as listing:
         claude(url, key).beta.files.list()
+    assert listing.value.body["error"]["message"] == "the gateway does not serve /anthropic/v1/files"
     with httpx.Client(base_url=url, headers={"x-api-key": key}, timeout=30) as http:
         assert http.get("/anthropic/v1/models/a/b").status_code == 404
         assert http.get("/anthropic/v1/models/%2E%2E").status_code == 404  # never resolved to the upstream's /
