@@ -15,6 +15,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import msgspec
+
 from ledger.model import JournalEntry
 from pricing.books import PriceBook, Rule, per_units
 from pricing.money import format_money, per_amount, pricing_context, round_entry
@@ -272,18 +274,23 @@ class Closing:
 
     lines: tuple[dict[str, Any], ...]
     posted: JournalEntry | None
-    lot: LotOpened | None  # credit the money back beyond what is owed opens
+    lot: LotOpened | None  # credit the money back (or rounding down) beyond what is owed opens
     paid: tuple[tuple[str, int], ...]  # what paid (or got back) the difference, by account
     rollup: Rollup  # the period's rollup with the true-up entry's items
 
 
 def _rounding(state: State, w: Wallet, rollup: Rollup, paid: Sequence[tuple[str, int]],
-              credits: Sequence[Unapplied]) -> int:
-    """What the close posts to the receivable (against the platform's rounding account) so that
-    the amount due, less what top-ups already paid of it, is whole minor units (`due_rounding`),
-    or, when the period's corrections gave back more than it owes, so that the rest, which pays
-    the customer's open invoices (`apply_corrections`), is: rounded down, never more than the
-    receivable owes once the true-up (`paid`) is posted."""
+              credits: Sequence[Unapplied]) -> tuple[int, int]:
+    """What the close posts against the platform's rounding account so that the amount due, less
+    what top-ups already paid of it, is whole minor units (`due_rounding`), or, when the period's
+    corrections gave back more than it owes, so that the rest, which pays the customer's open
+    invoices (`apply_corrections`), is; and what of it, rounded down, is credit rather than off the
+    receivable: (rounding, credit). Rounded down, it takes off the receivable no more than it owes
+    once the true-up (`paid`) is posted. A prepaid invoice that top-ups paid to within the
+    difference keeps its exact figure (no rounding). A postpaid one's amount due is whole minor
+    units all the same: what the rounding takes off beyond what is owed (a correction billed in a
+    later period, before this close, gave that much back off the receivable already) becomes
+    credit, as money back beyond what is owed does."""
     due = amount_due_units(rollup)
     parts, _ = unapplied_parts(credits, due)
     rounding = due_rounding(due, sum(part for _, part in parts), w.customer.currency)
@@ -292,7 +299,9 @@ def _rounding(state: State, w: Wallet, rollup: Rollup, paid: Sequence[tuple[str,
         rounding = round_line(funded, line_decimals(w.customer.currency)) - funded
     receivable = chart.receivable_account(w.customer.id)
     owed = max(0, w.receivable - (w.credit_held or 0)) + sum(a for account, a in paid if account == receivable)
-    return rounding if rounding >= 0 or owed >= -rounding else 0
+    if rounding >= 0 or owed >= -rounding:
+        return rounding, 0
+    return (rounding, -rounding - owed) if w.customer.billing == "postpaid" else (0, 0)
 
 
 def closing(state: State, w: Wallet, label: str, rollup: Rollup, book: PriceBook | None, now: datetime,
@@ -311,11 +320,16 @@ def closing(state: State, w: Wallet, label: str, rollup: Rollup, book: PriceBook
         kinds[lot.code] = lot.kind
     # the true-up's lines (on the invoice whether or not they move money) and what paid them
     merge(rollup, entry_rollup(w.customer, None, kinds, [(label, x) for x in lines], paid))
-    rounding = _rounding(state, w, rollup, paid, credits)
+    rounding, credit = _rounding(state, w, rollup, paid, credits)
     if rounding > 0:
         legs.debit(chart.receivable_account(cid), rounding).credit(chart.rounding_account(cur), rounding)
     elif rounding < 0:
-        legs.debit(chart.rounding_account(cur), -rounding).credit(chart.receivable_account(cid), -rounding)
+        legs.debit(chart.rounding_account(cur), -rounding).credit(chart.receivable_account(cid), -rounding - credit)
+    if credit:  # the true-up's credit lot takes it, or one of its own
+        lot = (opened_lot(state, w, "topup", credit, TOPUP_PRIORITY, None, now, reference=f"invoice rounding {label}")
+               if lot is None else msgspec.structs.replace(lot, granted=lot.granted + credit))
+        legs.credit(lot.code, credit)
+        kinds[lot.code] = lot.kind
     if lines:
         posted = entry(f"true-up:{cid}:{label}", "volume_true_up", legs, cid, now,
                        {"period": label, "rules": [line["rule_id"] for line in lines],
@@ -375,10 +389,10 @@ def close_period(state: State, cmd: ClosePeriod, now: datetime, book: PriceBook 
         back = -sum(a for account, a in closed.paid if account == chart.receivable_account(c.id))
         if back > 0:
             sources.insert(0, Unapplied(None, f"true-up:{period.label}", back, now))
-        if closed.lot is not None:
-            effects.append(closed.lot)
         effects.append(TrueUpPosted(c.id, period.label, closed.lines, closed.paid))
         effects += counters_given_back(state, c.id, period.label, book, closed.lines)
+    if closed.lot is not None:  # money back beyond what is owed: the true-up's, the rounding's
+        effects.append(closed.lot)
     year = now.astimezone(UTC).year
     seq = state.invoice_seqs.get((cmd.issuer, year), 0) + 1
     number, invoice_id = invoice_number(cmd.issuer, year, seq), state.ids("inv")

@@ -17,12 +17,15 @@ usage's, or a later one's for charges that arrived after their period closed):
   up to what each was granted), then what the customer still owes, and the rest becomes credit
   (a paid lot);
 - usage revenue moves by the difference.
-The entry is billed in the first open period (its lines marked `adjustment`, with the charges'
-original period); when the charges were billed on an invoice finalized already (their period's, or
-for charges that arrived after its close, the later one they were billed on), a credit note (a debit
-note for an increase) documents the correction of that invoice, its lines the entry's by model and
-token type: one note per invoice, for all the charges it carried. Charges billed in a period
-still open are corrected on its invoice, exactly, with no note.
+The entry is billed in the period of its own time: the first open one, unless it is made in a
+period's grace window, before that period's close, then in the next one, whose close applies
+what it gave back beyond what that period owes to the open invoices. Its lines are marked
+`adjustment`, with the charges' original period. When the charges were billed on an invoice
+finalized already (their period's, or for charges that arrived after its close, the later one
+they were billed on), a credit note (a debit note for an increase) documents the correction of
+that invoice, its lines the entry's by model and token type: one note per invoice, for all the
+charges it carried. Charges billed in a period still open are corrected exactly, with no note:
+on its invoice, or, corrected in its grace window, on the next one's.
 """
 from __future__ import annotations
 

@@ -531,6 +531,42 @@ async def test_money_back_the_close_rounds_up_pays_the_older_invoice_whole_cents
     await verified(bk)
 
 
+async def test_money_back_before_the_close_leaves_less_owed_than_the_rounding_takes_off(fixed: BillingKit) -> None:
+    """A correction billed in the next period, before the corrected period closed, gives back part
+    of what that period charged to account; the close rounds the amount due down by more than the
+    receivable still owes. The close posted no rounding then (its guard: never below what the
+    receivable owes), and the postpaid invoice asked $0.00001 (found by the tie-out property).
+    By hand: a postpaid customer's $0.01 top-up is credit; one input token on November 10th costs
+    $0.01001, $0.01 from the credit, $0.00001 charged to account; the fix ($8/M) on December 1st
+    00:30 gives $0.000002 back off the receivable, billed in December: $0.000008 owed. November's
+    close rounds $0.00001 due down to $0.00 ($0.00001 off): $0.000008 off the receivable, the
+    $0.000002 the correction already gave back becomes credit (as money back beyond what is owed
+    does). December: total -$0.000002, nothing due; the receivable owes nothing."""
+    bk = fixed
+    cid = await bk.customer("short", billing_mode="postpaid", book="fix")
+    bk.clock.now = datetime(2026, 11, 10, tzinfo=UTC)
+    await bk.top_up(cid, "0.01")
+    await bk.event(cid, "model-a", 1, 0)
+    assert (await wallet(bk, cid)).receivable == 10_000
+    await bk.add_book(V2)
+    bk.clock.now = datetime(2026, 12, 1, 0, 30, tzinfo=UTC)
+    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    assert done["credit_notes"] == [] and done["delta"] == "-0.000002"
+    assert (await wallet(bk, cid)).receivable == 8_000
+    await bk.close(DEC_1_GRACE_OVER)
+    [november] = await bk.invoices(cid)
+    assert (november["total"], november["charged_to_account"]) == ("0.01001", "0.00001")
+    assert (november["amount_due"], november["amount_due_rounding"]) == ("0.00", "-0.00001"), november
+    after = await wallet(bk, cid)
+    assert (after.receivable, after.available) == (0, 2_000)
+    await bk.close(datetime(2027, 1, 1, 1, 0, tzinfo=UTC))
+    november, december = await bk.invoices(cid)
+    assert (december["total"], december["charged_to_account"], december["amount_due"]) == (
+        "-0.000002", "-0.000002", "0.00")
+    assert (await wallet(bk, cid)).receivable == 0
+    await verified(bk)
+
+
 async def test_the_invoice_billing_a_credit_note_shows_what_the_note_rounded(fixed: BillingKit) -> None:
     """A credit note moves whole cents (its money), its total stays the exact correction: the
     invoice it is billed on shows the difference as credit_note_rounding, so what paid its total
