@@ -14,17 +14,21 @@ from api import keys
 from api.auth import bearer, require
 from api.errors import documented
 from api.routes import sealing
+from api.routes.formats import IDENTIFIER
 from api.routes.schemas import json_body
 from api.routes.wire import Answer, idempotency, respond, shaped
 from ledger.db import lock_key
 from wallets.core.idempotency import CREATED
 from wallets.service import run_once
 
+# Each entry is a customer's id: the route checks it (api.keys), naming each entry it refuses
+# (`customers[1]`); the document states the same rule, as a schema only, so the route's own message stays.
+CustomerId = Annotated[str, msgspec.Meta(extra_json_schema={"minLength": 1, "maxLength": 100, "pattern": IDENTIFIER})]
+
 
 class CreateApiKeyRequest(msgspec.Struct, forbid_unknown_fields=True):  # a misspelt `customers`: 422, not unlimited
     scope: Annotated[str, msgspec.Meta(pattern=keys.SCOPE.pattern)]
-    # Litestar's OpenAPI drops constraints on list items, so items carry none (schema = behaviour).
-    customers: Annotated[list[str], msgspec.Meta(max_length=1000)] = []
+    customers: Annotated[list[CustomerId], msgspec.Meta(max_length=1000)] = []
     name: Annotated[str, msgspec.Meta(max_length=200)] = ""
 
 

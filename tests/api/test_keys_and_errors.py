@@ -1,6 +1,8 @@
 """API keys (created, scoped, revoked at once) and problem+json for every kind of error."""
 from __future__ import annotations
 
+import re
+
 import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy import text
@@ -70,6 +72,22 @@ async def test_key_requests_are_validated_field_by_field(client):
     assert fine.status_code == 201 and fine.json()["customers"] == ["acme.eu-1_a"], fine.text
     unknown = await client.delete("/v1/api-keys/key_nope", headers=ADMIN)
     assert unknown.status_code == 404 and unknown.json()["code"] == "not_found"
+
+
+async def test_the_document_states_the_customer_id_rule_of_a_keys_customers(client):
+    # The route refuses an entry that is no customer id (above), but the OpenAPI document gave the
+    # items no rule, so a schema-valid request ('' say) was refused: schemathesis's
+    # positive_data_acceptance reported it. The items now carry the rule the route enforces.
+    document = (await client.get("/schema/openapi.json")).json()
+    schema = document["paths"]["/v1/api-keys"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    items = schema["properties"]["customers"]["items"]
+    assert items["type"] == "string" and (items["minLength"], items["maxLength"]) == (1, 100)
+    for refused in ("", "bad id!", "-acme", "x" * 101):
+        assert not (1 <= len(refused) <= 100 and re.search(items["pattern"], refused)), refused
+    for taken in ("acme", "acme.eu-1_a", "9", "x" * 100):
+        assert re.search(items["pattern"], taken), taken
+        created = await client.post("/v1/api-keys", headers=ADMIN, json={"scope": "inference", "customers": [taken]})
+        assert created.status_code == 201, created.text
 
 
 async def test_a_misspelt_customers_field_is_refused_not_dropped_into_an_unlimited_key(client):
