@@ -136,6 +136,12 @@ class _Reservation:
         elif gemini_usage is not None:
             self._usage = {"gemini_usage": plain_usage(gemini_usage)}
         else:
+            for name, value in canonical.items():  # refused here, not at the block's exit far from the call
+                if name == "service_tier" and (value is None or isinstance(value, str)):
+                    continue
+                if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                    raise TypeError(f"record({name}=...): a count is a whole number, not {value!r}; a provider's "
+                                    "usage goes as openai_usage=, anthropic_usage= or gemini_usage=")
             self._usage = {"usage": dict(canonical)}
 
     def _prompt_tokens(self) -> int:

@@ -123,3 +123,18 @@ def test_the_sdk_refuses_to_record_no_usage_at_once():
         reservation.record()
     reservation.record(input_tokens=0, output_tokens=0)  # explicit zeros: a call that used nothing
     assert reservation._usage == {"usage": ZEROS}
+
+
+@pytest.mark.parametrize("counts", [{"usage": {"input_tokens": 10, "output_tokens": 5}},
+                                    {"input_tokens": "10"}, {"input_tokens": 1.5}, {"input_tokens": True}])
+def test_the_sdk_refuses_a_count_that_is_not_a_whole_number_at_once(counts):
+    """`record(usage={...})` (a guess at the keyword) was taken as a canonical count named `usage`
+    and settled `{"usage": {"usage": {...}}}` when the block ended: a 422 far from the bug, and with
+    background settles a record filed in `<spool>.rejected`. A count that is not an int is a
+    TypeError where it is made, naming it."""
+    reservation = Reservation.__new__(Reservation)
+    name = next(iter(counts))
+    with pytest.raises(TypeError, match=name):
+        reservation.record(**counts)
+    reservation.record(input_tokens=10, output_tokens=5)
+    assert reservation._usage == {"usage": {"input_tokens": 10, "output_tokens": 5}}
