@@ -18,9 +18,8 @@ from api.errors import ApiError, documented
 from api.routes.formats import DateTime, Identifier
 from api.routes.invoices import BILL_TO
 from api.routes.schemas import json_body
-from api.routes.wire import shaped, time_in
+from api.routes.wire import idempotency_key, shaped, time_in
 from wallets import rerating
-from wallets.errors import WalletValidationError
 
 READERS = ("auditor", "customer")
 
@@ -130,10 +129,7 @@ async def rerate(state: State, request: Request, data: RerateBody) -> dict[str, 
     services = state.services
     if body.mode == "preview":
         return await rerating.preview(services.db, services.wallets.engine.books, spec)
-    key = request.headers.get("idempotency-key")
-    if key is not None and not 1 <= len(key.strip()) <= 255:
-        raise WalletValidationError("Idempotency-Key", "must be 1 to 255 characters")
-    return await rerating.apply(services.db, services.wallets.engine, spec, key.strip() if key else None)
+    return await rerating.apply(services.db, services.wallets.engine, spec, idempotency_key(request))
 
 
 @get("/v1/credit-notes/{credit_note_id:str}", guards=[require(*READERS)], tags=["invoices"],

@@ -400,15 +400,29 @@ def body_hash(request: Request, body: Any, path: str | None = None) -> bytes:
     return hashlib.sha256(text.encode()).digest()
 
 
+def idempotency_key(request: Request) -> str | None:
+    """The request's Idempotency-Key, stripped, or None. Sent on two lines it is two keys, and a
+    proxy or log that reads the other line keys the call differently: a 422 naming the header."""
+    lines = [value for name, value in request.scope["headers"] if name.lower() == b"idempotency-key"]
+    if len(lines) > 1:
+        raise WalletValidationError("Idempotency-Key", "given more than once: send one key")
+    key = header(request, b"idempotency-key")
+    if key is None:
+        return None
+    key = key.strip()
+    if not 1 <= len(key) <= 255:
+        raise WalletValidationError("Idempotency-Key", "must be 1 to 255 characters")
+    return key
+
+
 def idempotency(request: Request, body: Any, *, key: str | None = None, path: str | None = None) -> IdemKey | None:
     """The call's IdemKey when it carries an Idempotency-Key header (scoped to the customers the API
     key acts for: `http_scope`). A
     bulk call's item gives its own `key` and the `path` of the single call it stands for, so that
     both share one key: sent either way, it is answered (and charged) once."""
-    key = header(request, b"idempotency-key") if key is None else key
+    key = idempotency_key(request) if key is None else key.strip()
     if key is None:
         return None
-    key = key.strip()
     if not 1 <= len(key) <= 255:
         raise WalletValidationError("Idempotency-Key", "must be 1 to 255 characters")
     principal = principal_of(request)
