@@ -84,3 +84,65 @@ def test_two_idempotency_keys_are_refused_on_a_rerate_too(live, tag):
     assert answer.status_code == 422, answer.text
     assert [f["field"] for f in answer.json()["fields"]] == ["Idempotency-Key"]
 
+
+# model-a: $10/M input, $20/M output. 10^15 of each: 10^15 * 10/10^6 + 10^15 * 20/10^6 = $30,000,000,000,
+# 3 * 10^19 atomic units of USD (10^-9), past the 2^63 - 1 (about 9.22 * 10^18) a posting holds.
+HUGE = {"input_tokens": 10**15, "output_tokens": 10**15}
+
+
+def _names_usage_field(answer: httpx.Response, field: str) -> None:
+    assert answer.status_code == 422, answer.text
+    assert answer.headers["content-type"].startswith("application/problem+json")
+    problem = answer.json()
+    assert problem["code"] == "validation_error"
+    assert [f["field"] for f in problem["fields"]] == [field]
+    assert "30000000000" in problem["detail"], problem["detail"]  # the charge, in dollars
+
+
+async def test_a_settle_whose_charge_no_posting_can_hold_names_the_usage_and_leaves_the_hold(client, tag):
+    """The charge past 63 bits was a 422 saying "posting amount must be non-zero and fit in 63
+    bits" with no field: now it names `usage` and the charge, and the hold stays open, uncharged,
+    forced or not."""
+    cid = await _customer(client, tag, billing="postpaid")
+    held = await client.post("/v1/reservations", json={"customer_id": cid, "request_id": f"r-{tag}",
+                                                       "model": "model-a", "amount": "0.50"})
+    assert held.status_code == 201, held.text
+    rid = held.json()["id"]
+    answer = await client.post(f"/v1/reservations/{rid}/settle", json={"usage": HUGE, "final": True})
+    _names_usage_field(answer, "usage")
+    forced = await client.post(f"/v1/reservations/{rid}/settle", json={"usage": HUGE, "final": True, "force": True})
+    _names_usage_field(forced, "usage")  # an admin's force cannot make the ledger carry it
+    state = (await client.get(f"/v1/reservations/{rid}")).json()
+    assert (state["status"], state["charged"]) == ("held", "0.00")
+    wallet = (await client.get(f"/v1/customers/{cid}/wallet")).json()
+    assert (wallet["available"], wallet["reserved"], wallet["receivable"]) == ("99.50", "0.50", "0.00")
+    # the same reservation settles normally afterwards: 1,000 input tokens, $0.01
+    done = await client.post(f"/v1/reservations/{rid}/settle", json={"usage": {"input_tokens": 1000}, "final": True})
+    assert (done.status_code, done.json()["charged"]) == (200, "0.01"), done.text
+
+
+async def test_a_usage_event_whose_charge_no_posting_can_hold_is_rejected_naming_the_usage(client, tag):
+    cid = await _customer(client, tag, billing="postpaid")
+    event = {"event_id": f"e-{tag}", "customer_id": cid, "model": "model-a", "timestamp": "2026-06-01T00:00:00Z",
+             "usage": HUGE}
+    answer = await client.post("/v1/usage-events", json=[event])
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert (body["accepted"], body["duplicates"]) == (0, 0)
+    [rejected] = body["rejected"]
+    assert rejected["code"] == "validation_error"
+    assert rejected["detail"].startswith("usage: ") and "30000000000" in rejected["detail"], rejected
+    assert await _available(client, cid) == "100.00"
+
+
+async def test_a_hold_no_posting_can_hold_names_the_estimate(client, tag):
+    """A postpaid customer's hold may run into the receivable without limit; one past 63 bits
+    was the same field-less 422. Its estimate is named; nothing is held."""
+    cid = await _customer(client, tag, billing="postpaid")
+    answer = await client.post("/v1/reservations", json={
+        "customer_id": cid, "request_id": f"r-{tag}", "model": "model-a",
+        "estimate": {"input_tokens": 10**15, "max_output_tokens": 10**15}})
+    _names_usage_field(answer, "estimate")
+    wallet = (await client.get(f"/v1/customers/{cid}/wallet")).json()
+    assert (wallet["available"], wallet["reserved"], wallet["receivable"]) == ("100.00", "0.00", "0.00")
+

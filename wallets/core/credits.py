@@ -29,6 +29,7 @@ from wallets.core.rating import (
     override_version,
     period_counts,
     rate_call,
+    unpostable,
 )
 from wallets.core.results import CreditResult, ExpiryResult, UsageResult, WalletView, lot_view
 from wallets.core.state import State
@@ -140,7 +141,8 @@ def record_usage(state: State, cmd: RecordUsage, now: datetime, book: PriceBook 
     w = state.require_wallet()
     rating = rate_call(w, book, state.period_usage, cmd.model, cmd.tokens, cmd.occurred_at, cmd.dimensions,
                        with_request_fee=True, reported=cmd.usage)
-    problem = implausibility(w, book_for(w, book).version_at(cmd.occurred_at), rating, cmd.tokens)
+    problem = unpostable(rating.total_units, w.customer.currency, "usage") or implausibility(
+        w, book_for(w, book).version_at(cmd.occurred_at), rating, cmd.tokens)
     if problem is not None:
         return Decision.refuse(problem)  # not recorded: the same event, corrected, may come again
     s = settlement(w, None, rating.total_units, False, now)

@@ -7,6 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from ledger.model import MAX_POSTING
 from pricing.books import PriceBook, PriceVersion
 from pricing.errors import UnpricedModelError
 from pricing.fast_rating import charges_requests
@@ -15,7 +16,7 @@ from pricing.overrides import Overrides
 from pricing.rating import Rating, rate
 from pricing.units import PROMPT_TYPES, line_label
 from pricing.usage import PeriodToDate, Usage
-from wallets.errors import ImplausibleUsageError
+from wallets.errors import ImplausibleUsageError, WalletValidationError
 from wallets.model import Customer, Wallet
 from wallets.periods import period_of
 
@@ -91,6 +92,16 @@ def override_version(wallet: Wallet, at: datetime) -> int | None:
     """The version of the customer's overrides in force at `at` (None: none)."""
     in_force = wallet.overrides.at(at) if wallet.overrides is not None else None
     return in_force.version if in_force is not None else None
+
+
+def unpostable(amount: int, currency: str, field: str, what: str = "charge") -> WalletValidationError | None:
+    """A charge or hold past what one posting holds (a bigint of atomic units): a 422 naming the
+    field it came from, before any leg is built; forcing cannot help, no ledger entry can carry it."""
+    if amount <= MAX_POSTING:
+        return None
+    most = format_money(MAX_POSTING, currency)
+    return WalletValidationError(field, f"a {what} of {format_money(amount, currency)} {currency} is more than "
+                                        f"one journal entry can carry ({most} {currency})")
 
 
 def implausibility(wallet: Wallet, version: PriceVersion, rating: Rating, tokens: Mapping[str, int],

@@ -32,6 +32,7 @@ from wallets.core.rating import (
     overrides_at,
     period_counts,
     rate_call,
+    unpostable,
 )
 from wallets.core.results import REPLAYED, ExtendResult, ReleaseResult, ReservationSummary, ReserveResult, SettleResult
 from wallets.core.state import State, wire_time
@@ -67,6 +68,9 @@ def reserve(state: State, cmd: Reserve, now: datetime, book: PriceBook | None) -
                                       tool_uses=cmd.tool_uses, prompt_cache_write=cmd.prompt_cache_write,
                                       chosen_by_provider=cmd.chosen_by_provider,
                                       overrides=overrides_at(w, now)).total_units
+    too_big = unpostable(amount, w.customer.currency, "estimate", "hold")
+    if too_big is not None:
+        return Decision.refuse(too_big)
     prompt = cmd.prompt_tokens
     if cmd.prior_context_tokens is not None and w.budgets:  # token budgets count what the money holds
         prompt = held_prompt_tokens(book_for(w, book), cmd.model, cmd.prompt_tokens or 0, cmd.dimensions, now,
@@ -156,8 +160,9 @@ def settle(state: State, cmd: Settle, now: datetime, book: PriceBook | None) -> 
                                          reservation_status=r.status)
     rating = rate_call(w, book, state.period_usage, r.model, cmd.tokens, r.created_at, r.dimensions,
                        with_request_fee=r.captures == 0, reported=cmd.usage)
-    problem = implausibility(w, book_for(w, book).version_at(r.created_at), rating, cmd.tokens, r.charged)
-    if problem is not None and cmd.forced_by is None:
+    problem = unpostable(rating.total_units, currency, "usage") or implausibility(
+        w, book_for(w, book).version_at(r.created_at), rating, cmd.tokens, r.charged)
+    if isinstance(problem, WalletValidationError) or (problem is not None and cmd.forced_by is None):
         return Decision.refuse(problem)  # nothing charged: the hold stays as it is
     forced = {} if problem is None else {"forced": {"by": cmd.forced_by, **problem.context}}
     s = settlement(w, r, rating.total_units, cmd.final, now)
