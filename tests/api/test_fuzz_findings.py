@@ -2,6 +2,8 @@
 answered something other than a clear problem+json naming what to fix, and that now does."""
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import httpx
 import pytest
 from litestar import Litestar
@@ -146,3 +148,22 @@ async def test_a_hold_no_posting_can_hold_names_the_estimate(client, tag):
     wallet = (await client.get(f"/v1/customers/{cid}/wallet")).json()
     assert (wallet["available"], wallet["reserved"], wallet["receivable"]) == ("100.00", "0.00", "0.00")
 
+
+async def test_an_early_close_years_ahead_is_refused_not_run_for_hours(client, tag):
+    """`{"until": "8961-05-30…", "early": true}` closed one monthly period after another, ~83,000
+    invoices for one customer: the call timed out at 120 s and the server went on for hours. An
+    early close reaches at most two years (731 days) past the clock; further is a 422 naming
+    `until`, nothing closed. Two years less a month still closes, period by period."""
+    cid = await _customer(client, tag, billing="postpaid")
+    start = (await client.get(f"/v1/customers/{cid}")).json()["current_period_start"]
+    for until in ((datetime.now(UTC) + timedelta(days=732)).isoformat(), "8961-05-30T05:13:48Z"):
+        refused = await client.post("/v1/billing/close", json={"until": until, "early": True, "customer_id": cid})
+        assert refused.status_code == 422, refused.text
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        assert [f["field"] for f in refused.json()["fields"]] == ["until"]
+        assert (await client.get(f"/v1/customers/{cid}")).json()["current_period_start"] == start
+    until = datetime.now(UTC) + timedelta(days=700)
+    closed = await client.post("/v1/billing/close", json={"until": until.isoformat(), "early": True,
+                                                          "customer_id": cid})
+    assert closed.status_code == 200, closed.text
+    assert len(closed.json()["closed"]) >= 22  # a monthly period each, from this one on
