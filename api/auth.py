@@ -93,6 +93,10 @@ def services_of(connection: ASGIConnection) -> Any:
 
 
 def bearer(connection: ASGIConnection) -> str:
+    """The bearer key. Two Authorization lines are two keys (a proxy may check the one this did
+    not take): refused, whatever they say."""
+    if sum(1 for name, _ in connection.scope["headers"] if name.lower() == b"authorization") > 1:
+        raise ApiError("unauthorized", "send one Authorization header, not several", 401)
     header_ = header(connection, b"authorization") or ""
     scheme, _, token = header_.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():

@@ -167,3 +167,20 @@ async def test_an_early_close_years_ahead_is_refused_not_run_for_hours(client, t
                                                           "customer_id": cid})
     assert closed.status_code == 200, closed.text
     assert len(closed.json()["closed"]) >= 22  # a monthly period each, from this one on
+
+
+def test_two_authorization_lines_are_refused_whichever_comes_first(live, tag):
+    """Two `Authorization` lines are two keys: the first was taken, so a proxy that checks the
+    last one let through a call the server ran as another key. 401, nothing done."""
+    url, book = live
+    admin = f"Bearer {LIVE_ADMIN}"
+    with httpx.Client(base_url=url, headers={"Authorization": admin}) as http:
+        cid = _live_customer(http, book, tag)
+    for lines in ([admin, "Bearer not-a-key"], ["Bearer not-a-key", admin], [admin, admin]):
+        answer = httpx.post(f"{url}/v1/customers/{cid}/topups", json={"amount": "1.00"},
+                            headers=[("Authorization", line) for line in lines])
+        assert answer.status_code == 401, answer.text
+        assert answer.headers["content-type"].startswith("application/problem+json")
+        assert answer.json()["code"] == "unauthorized"
+    with httpx.Client(base_url=url, headers={"Authorization": admin}) as http:
+        assert http.get(f"/v1/customers/{cid}/wallet").json()["available"] == "100.00"
