@@ -9,12 +9,15 @@ import asyncio
 import hashlib
 import math
 import random
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
+import psycopg
 from prometheus_client import Counter
+from psycopg import sql
 from psycopg.types.json import set_json_loads
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
@@ -22,6 +25,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 T = TypeVar("T")
 RETRYABLE = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
+# A Lead's function that the session does not have though it was thought to (it cannot be dropped
+# but by ending the session: never seen, guarded): the attempt is sent again at once, creating it.
+LEAD_MISSING = "42883"  # undefined_function
+LEAD_REFUSED = "42501"  # insufficient_privilege: the role may not create temporary objects here
 # A session that sits inside a transaction this long is ended by the server, and its advisory
 # locks with it: a process that hangs or loses the network while holding the wallet writer's
 # lock stops everyone's writes for a minute, not until TCP gives up.
@@ -98,27 +105,66 @@ def sqlalchemy_url(url: str, *, driver: str = "psycopg") -> URL:
     return parsed.set(drivername=f"postgresql+{driver}")
 
 
+@dataclass(frozen=True, slots=True)
+class Lead:
+    """A read that rides in a locked transaction's first round trip, right after its BEGIN: a
+    call of the session's temporary PL/pgSQL function `pg_temp.<name>`, which `create` makes (a
+    CREATE OR REPLACE FUNCTION, sent alone, committed, on the session's first use of it), with
+    `args` written as literals (psycopg's quoting) cast to `types`. Its first row goes to the
+    work: `work(conn, row)`. The function's query is planned once per session (its generic
+    plan), where the same read as a literal query would be planned every time. A temporary
+    function lives as long as its session: neither a ROLLBACK nor psycopg's DEALLOCATE ALL after
+    one (which took the server-side prepared statement this once was) removes it."""
+    name: str
+    create: str
+    args: tuple[Any, ...]
+    types: tuple[str, ...]
+
+
 @dataclass(slots=True)
 class Database:
     engine: AsyncEngine
     attempts: int = 30
     max_backoff_s: float = 0.05
     writer_idle_ms: int = WRITER_IDLE_IN_TRANSACTION_MS
+    # The role may not create the leads' temporary functions (no TEMPORARY privilege on the
+    # database): work is then called without a lead's row, and reads for itself.
+    leads_refused: bool = False
 
-    async def run(self, work: Callable[[AsyncConnection], Awaitable[T]], *,
-                  locks: Sequence[int] = ()) -> T:
+    async def run(self, work: Callable[..., Awaitable[T]], *,
+                  locks: Sequence[int] = (), lead: Callable[[], Lead] | None = None) -> T:
         """Run `work` in one SERIALIZABLE transaction; commit; retry it whole on 40001/40P01.
 
         `locks` are advisory lock keys taken, in sorted order, *before* the transaction starts,
         so its snapshot is newer than whatever the previous holder committed: work that shares
         a key queues instead of failing with 40001 and retrying in a storm.
+
+        `lead` (with `locks` only) makes each attempt's first read (see Lead), sent in the lock +
+        BEGIN round trip; `work` is then called as `work(conn, row)` with its first row, or as
+        `work(conn, None)` where the role may not create the lead's function (`leads_refused`).
         """
+        if lead is not None and not locks:
+            raise ValueError("a lead read rides in the locks' round trip: give locks")
         for attempt in range(1, self.attempts + 1):
             try:
                 if not locks:
                     async with self.engine.begin() as conn:
                         return await work(conn)
-                return await self._run_locked(work, sorted(set(locks)))
+                keys = sorted(set(locks))
+                if lead is None:
+                    return await self._run_locked(work, keys, None)
+                if self.leads_refused:
+                    return await self._run_locked(lambda conn: work(conn, None), keys, None)
+                sent = lead()
+                try:
+                    return await self._run_locked(work, keys, sent)
+                except Exception as exc:  # before the work began: the function was not there, or refused
+                    state = sqlstate_of(exc)
+                    if state == LEAD_REFUSED and self.leads_refused:  # its CREATE was: read without it
+                        return await self._run_locked(lambda conn: work(conn, None), keys, None)
+                    if state != LEAD_MISSING:
+                        raise
+                return await self._run_locked(work, keys, sent)
             except Exception as exc:
                 state = sqlstate_of(exc)
                 if state not in RETRYABLE:
@@ -130,19 +176,39 @@ class Database:
             await asyncio.sleep(random.uniform(0, min(self.max_backoff_s, 0.001 * 2**attempt)))
         raise AssertionError("unreachable")
 
-    async def _run_locked(self, work: Callable[[AsyncConnection], Awaitable[T]], keys: list[int]) -> T:
-        """Lock, then BEGIN, in one round trip; COMMIT, then unlock, in one more. The session
-        runs in autocommit as far as the driver knows; the transaction block is ours."""
+    async def _run_locked(self, work: Callable[..., Awaitable[T]], keys: list[int], lead: Lead | None) -> T:
+        """Lock, then BEGIN (and the lead read), in one round trip; COMMIT, then unlock, in one
+        more. The session runs in autocommit as far as the driver knows; the block is ours."""
         async with self.engine.connect() as conn:
             await conn.execution_options(isolation_level="AUTOCOMMIT")
             pooled = await conn.get_raw_connection()
             driver = pooled.driver_connection
+            created = _CREATED.setdefault(driver, set())
             try:
-                await driver.execute(_lock_then_begin(keys, self.writer_idle_ms), prepare=False)
-                result = await work(conn)
+                text = _lock_then_begin(keys, self.writer_idle_ms)
+                if lead is not None:
+                    if lead.name not in created:  # alone and committed: no lock held, no snapshot taken
+                        try:
+                            await driver.execute(lead.create, prepare=False)
+                        except psycopg.errors.InsufficientPrivilege:
+                            self.leads_refused = True
+                            raise
+                        created.add(lead.name)
+                    args = ", ".join(f"{sql.Literal(a).as_string(driver)}::{t}" for a, t in zip(lead.args, lead.types,
+                                                                                              strict=True))
+                    text += f"; SELECT * FROM pg_temp.{lead.name}({args})"
+                cursor = await driver.execute(text, prepare=False)
+                if lead is None:
+                    result = await work(conn)
+                else:
+                    while cursor.nextset():
+                        pass
+                    result = await work(conn, await cursor.fetchone())
                 await driver.execute(_COMMIT_THEN_UNLOCK, prepare=False)
                 return result
             except BaseException as exc:
+                if lead is not None and sqlstate_of(exc) == LEAD_MISSING:
+                    created.discard(lead.name)
                 if driver.broken or driver.closed:
                     # The server went away (restarted, or ended our sessions). These statements
                     # bypass SQLAlchemy's error handling, so do what it does on a disconnect:
@@ -209,6 +275,8 @@ def _lock_then_begin(keys: list[int], idle_ms: int) -> str:
 
 
 _COMMIT_THEN_UNLOCK = "COMMIT; SELECT pg_advisory_unlock_all()"
+# The Lead functions each session (psycopg connection) has created.
+_CREATED: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
 _ROLLBACK_THEN_UNLOCK = "ROLLBACK; SELECT pg_advisory_unlock_all()"
 
 

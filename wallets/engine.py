@@ -24,13 +24,13 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prometheus_client import Histogram
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ledger.db import Database, RetriesExhaustedError, is_unavailable, lock_key
+from ledger.db import Database, Lead, RetriesExhaustedError, is_unavailable, lock_key
 from ledger.errors import LedgerError
 from ledger.lanes import lane_count, lane_of
 from pricing.errors import PricingError
@@ -47,16 +47,21 @@ from wallets.price_overrides import OverrideCache, load_history
 BATCH_COMMANDS = Histogram("tokentill_wallet_batch_commands", "Wallet commands per transaction",
                            buckets=(1, 2, 4, 8, 16, 32, 64, 128))
 # Where a command's time goes: `queued` (per command, from submit until its batch is taken), then
-# per batch `lock` (a pooled connection, the advisory locks, BEGIN; retries too), `load` (every
-# read), `rules` (the core, in Python), `post` (the entries' ids, ledger_post's call and the rows
-# made ready; accounts opened), `write` (ledger_post and the rows: one statement) and `commit`.
+# per batch `lock` (a pooled connection, the advisory locks, BEGIN and the load's read: one round
+# trip; retries too), `load` (the load's row made values, and any other read), `rules` (the core,
+# in Python), `post` (the entries' ids, ledger_post's call and the rows made ready; accounts
+# opened), `write` (ledger_post and the rows: one statement) and `commit`.
 BATCH_PHASE = Histogram("tokentill_wallet_batch_phase_seconds", "Wallet command and batch time, by phase",
                         ["phase"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 _MARKS: ContextVar[list[float] | None] = ContextVar("tokentill_batch_marks", default=None)  # when each phase ended
 # A flusher's answers of its last batch, kept until the next batch's write statement is on its way
 # (see Engine._flush): the function that delivers them, for that batch to call.
 _DELIVER: ContextVar[Callable[[], None] | None] = ContextVar("tokentill_deliver", default=None)
-LOCK_WAITED_S = 0.005  # a lock taken slower than this was held by another process: answer now
+LOCK_WAITED_S = 0.005  # a lock (+ load) round trip slower than this waited on another process: answer now
+# A batch's load goes with its lock + BEGIN round trip, read at the time taken before the locks; its
+# rules take theirs after. Within this, the load holds what they read at their time (the budgets'
+# minute windows are loaded from 61 s back); past it (a lock another process held), it is read again.
+LEAD_FRESH = timedelta(milliseconds=500)
 _PHASES = {name: BATCH_PHASE.labels(name) for name in ("queued", "lock", "load", "rules", "post", "write", "commit")}
 DOMAIN_ERRORS = (LedgerError, PricingError)
 # The most commands of a bulk call in one transaction: its Python work between statements stays
@@ -327,15 +332,28 @@ class Engine:
         customers = sorted({c.customer_id for c in commands})
 
         marks = [time.perf_counter()]
+        needs = _needs(commands)
+        attempt: dict[str, Any] = {}  # each attempt's time (its load's and its rules') and load parameters
 
-        async def work(conn: AsyncConnection) -> list[Any]:
+        def lead() -> Lead:
+            attempt["now"] = now or self.clock()
+            sent, attempt["params"] = store.load_lead(lane, customers, now=attempt["now"],
+                                                      new_entries=len(commands), **needs)
+            return sent
+
+        async def work(conn: AsyncConnection, row: Any) -> list[Any]:
             token = store.LANE.set(lane)
             marks[1:] = [time.perf_counter()]
             if marks[1] - marks[0] > LOCK_WAITED_S and (deliver := _DELIVER.get()) is not None:
-                deliver()  # the lane was another process's: the previous answers waited enough
+                deliver()  # the lane was another process's (or the load slow): the previous answers waited enough
             timed = _MARKS.set(marks)
             try:
-                return await self._work(conn, commands, customers, now or self.clock())
+                at = now or self.clock()  # the rules' time, taken once the locks are held, as the load's was
+                # a lead read long before (the lock waited), or none (the role may not create its
+                # function: Database.leads_refused): load now, at this time
+                fresh = row is not None and at - attempt["now"] < LEAD_FRESH
+                loaded = store.loaded_from(row, attempt["params"]) if fresh else None
+                return await self._work(conn, commands, customers, at, loaded)
             finally:
                 _MARKS.reset(timed)
                 store.LANE.reset(token)
@@ -343,7 +361,8 @@ class Engine:
         opens = [ACCOUNTS_LOCK] if any(isinstance(c, OPENS_ACCOUNTS) for c in commands) else []
         opens += sorted({invoice_lock(c.issuer) for c in commands if isinstance(c, ClosePeriod)})
         opens += sorted({credit_note_lock(c.issuer) for c in commands if isinstance(c, RerateCharges)})
-        outcomes = await self.db.run(work, locks=[lane_lock(lane), *opens, *(customer_lock(c) for c in customers)])
+        outcomes = await self.db.run(work, locks=[lane_lock(lane), *opens, *(customer_lock(c) for c in customers)],
+                                     lead=lead)
         marks.append(time.perf_counter())
         for name, start, end in zip(("lock", "load", "rules", "post", "write", "commit"), marks, marks[1:],
                                     strict=False):
@@ -351,17 +370,14 @@ class Engine:
         return outcomes
 
     async def _work(self, conn: AsyncConnection, commands: Sequence[Command], customers: list[str],
-                    now: datetime) -> list[Any]:
+                    now: datetime, loaded: store.Loaded | None = None) -> list[Any]:
+        """The batch's work in its transaction; `loaded`: its load, when it came with the lock +
+        BEGIN round trip (see _execute_lane)."""
         marks = _MARKS.get()
         if marks is None:
             marks = []  # called outside _execute_lane: nothing times it
-        needs: dict[str, list[Any]] = {}
-        for command in commands:
-            for name, values in command.needs().items():
-                needs.setdefault(name, []).extend(values)
-            if command.idem is not None:
-                needs.setdefault("idempotency", []).append((command.idem.scope, command.idem.key))
-        loaded = await store.load(conn, customers, now=now, new_entries=len(commands), **needs)
+        if loaded is None:
+            loaded = await store.load(conn, customers, now=now, new_entries=len(commands), **_needs(commands))
         rating = {c.customer_id for c in commands if c.needs_book}
         books: dict[str, Any] = {}
         found: dict[tuple[str | None, int], Any] = {}  # a batch's customers mostly share a book: got once
@@ -444,6 +460,17 @@ class Engine:
             return batch.apply(command)
         except DOMAIN_ERRORS as exc:
             return exc
+
+
+def _needs(commands: Sequence[Command]) -> dict[str, list[Any]]:
+    """What the batch's load reads for its commands (store.load's keyword arguments)."""
+    needs: dict[str, list[Any]] = {}
+    for command in commands:
+        for name, values in command.needs().items():
+            needs.setdefault(name, []).extend(values)
+        if command.idem is not None:
+            needs.setdefault("idempotency", []).append((command.idem.scope, command.idem.key))
+    return needs
 
 
 def _answer(future: asyncio.Future[Any], outcome: Any) -> None:

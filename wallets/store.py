@@ -9,15 +9,18 @@ reads and writes no page another lane's batch does. Each row's lane is its custo
 """
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ledger.db import Lead
 from ledger.lanes import lane_count, lane_of
 from ledger.model import AccountSpec
 from wallets import chart
@@ -199,18 +202,27 @@ async def load(conn: AsyncConnection, customer_ids: Iterable[str], *,
     """The wallets of `customer_ids` (live lots, balances, the named reservations) and the
     stored idempotent responses and usage events (by customer and event id) the commands refer
     to, in one round trip; and `new_entries` journal entry ids from the entries' sequence."""
-    pairs = sorted(set(idempotency))
-    event_pairs = sorted(set(events))
-    held_for = sorted(set(credit_held_for))
-    wanted = sorted(set(reservation_ids))
     customers = sorted(set(customer_ids))
-    row = (await conn.exec_driver_sql(_load_sql(await _lane(conn, customers)), {
-        "customers": customers, "reservations": wanted,
-        "captures": sorted(set(capture_ids)),
-        "lot_codes": sorted(set(lot_codes)), "scopes": [s for s, _ in pairs], "keys": [k for _, k in pairs],
-        "event_customers": [c for c, _ in event_pairs], "event_ids": [e for _, e in event_pairs],
-        "credit_held_for": held_for, "now": now or datetime.now(UTC), "new_entries": new_entries,
-        **chart.SQL_PARAMETERS})).one()
+    params = _load_params(customers, reservation_ids=reservation_ids, capture_ids=capture_ids,
+                          lot_codes=lot_codes, idempotency=idempotency, events=events,
+                          credit_held_for=credit_held_for, now=now, new_entries=new_entries)
+    row = (await conn.exec_driver_sql(_load_sql(await _lane(conn, customers)), params)).one()
+    return loaded_from(row, params)
+
+
+def load_lead(lane: int, customer_ids: Iterable[str], **needs: Any) -> tuple[Lead, dict[str, Any]]:
+    """The same read as `load` (same arguments after the lane), as a Lead for the batch's lock +
+    BEGIN round trip (ledger.db.Database.run), and the parameters `loaded_from` takes with its row."""
+    params = _load_params(sorted(set(customer_ids)), **needs)
+    name, create, order, types = _load_function(lane)
+    return Lead(name, create, tuple(params[p] for p in order), types), params
+
+
+def loaded_from(row: Any, params: dict[str, Any]) -> Loaded:
+    """The Loaded of a load's row (`load`'s, or a lead's: a tuple in the load's column order)."""
+    if isinstance(row, tuple) and not hasattr(row, "customers"):
+        row = _LoadRow(*row)
+    wanted, held_for = params["reservations"], params["credit_held_for"]
     loaded = Loaded({c["id"]: _customer(c) for c in row.customers}, {}, {}, entry_ids=list(row.entry_ids))
     for lot_id, cid, code, kind, granted, priority, expires_at, created_at, reason, reference, balance, swept \
             in row.lots:
@@ -232,6 +244,63 @@ async def load(conn: AsyncConnection, customer_ids: Iterable[str], *,
         loaded.idempotency[(scope, key)] = StoredResponse(_bytes(digest), status, response)
     loaded.events = {(cid, event_id): _bytes(digest) for cid, event_id, digest in row.events}
     return loaded
+
+
+class _LoadRow(NamedTuple):
+    customers: Any
+    lots: Any
+    reservations: Any
+    budgets: Any
+    idempotency: Any
+    events: Any
+    credit_held: Any
+    entry_ids: Any
+
+
+def _load_params(customers: list[str], *, reservation_ids: Iterable[str] = (), capture_ids: Iterable[str] = (),
+                 lot_codes: Iterable[str] = (), idempotency: Iterable[tuple[str, str]] = (),
+                 events: Iterable[tuple[str, str]] = (), credit_held_for: Iterable[str] = (),
+                 now: datetime | None = None, new_entries: int = 0) -> dict[str, Any]:
+    pairs = sorted(set(idempotency))
+    event_pairs = sorted(set(events))
+    return {"customers": customers, "reservations": sorted(set(reservation_ids)),
+            "captures": sorted(set(capture_ids)),
+            "lot_codes": sorted(set(lot_codes)), "scopes": [s for s, _ in pairs], "keys": [k for _, k in pairs],
+            "event_customers": [c for c, _ in event_pairs], "event_ids": [e for _, e in event_pairs],
+            "credit_held_for": sorted(set(credit_held_for)), "now": now or datetime.now(UTC),
+            "new_entries": new_entries, **chart.SQL_PARAMETERS}
+
+
+def _load_function(lane: int) -> tuple[str, str, list[str], tuple[str, ...]]:
+    """The lane's load as a session's temporary PL/pgSQL function: its name (the text's digest in
+    it), its CREATE, the parameters' names in its order, and their types. Its plan is generic
+    (one a session) and names the lane's partitions only, the lane being written in its text."""
+    found = _LOAD_FUNCTIONS.get(lane)
+    if found is None:
+        text = _load_sql(lane)
+        order = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", text)))
+        for i, name in enumerate(order, 1):
+            text = text.replace(f"%({name})s", f"${i}")
+        types = tuple(_LOAD_TYPES[name] for name in order)
+        digest = hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
+        name = f"tokentill_load_{int(lane)}_{digest}"
+        create = (f"CREATE OR REPLACE FUNCTION pg_temp.{name}({', '.join(types)}) RETURNS TABLE ("
+                  + ", ".join(f"o_{column} {kind}" for column, kind in _LOAD_COLUMNS)
+                  + ") LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $load$ BEGIN RETURN QUERY "
+                  + text + "; END $load$")
+        found = _LOAD_FUNCTIONS[lane] = (name, create, order, types)
+    return found
+
+
+_LOAD_FUNCTIONS: dict[int, tuple[str, str, list[str], tuple[str, ...]]] = {}
+# The load's parameters' and columns' types (its columns in _LoadRow's order).
+_LOAD_TYPES = {"reservations": "text[]", "customers": "text[]", "captures": "text[]", "lot_codes": "text[]",
+               "scopes": "text[]", "keys": "text[]", "event_customers": "text[]", "event_ids": "text[]",
+               "credit_held_for": "text[]", "open_statuses": "text[]", "now": "timestamptz", "new_entries": "int",
+               "reserved_before": "text", "reserved_after": "text", "receivable_before": "text",
+               "receivable_after": "text"}
+_LOAD_COLUMNS = [*((column, "jsonb") for column in ("customers", "lots", "reservations", "budgets", "idempotency",
+                                                     "events", "credit_held")), ("entry_ids", "bigint[]")]
 
 
 def _load_sql(lane: int | None) -> str:

@@ -74,7 +74,7 @@ async def test_a_batch_the_database_cannot_run_fails_every_command_at_once(share
 
 async def test_a_batch_that_spent_its_retry_budget_fails_every_command_at_once(shared_kit: Kit, database_url):
     class Contended(Database):
-        async def run(self, work, *, locks=()):
+        async def run(self, work, *, locks=(), lead=None):
             raise RetriesExhaustedError("the database is too contended; try again")
 
     real = connect(database_url, pool_size=1)

@@ -32,8 +32,8 @@ WRITER = textwrap.dedent("""
         engine = Engine(db)
         original = engine._work
 
-        async def held(conn, commands, customers, now):
-            outcomes = await original(conn, commands, customers, now)
+        async def held(conn, *args, **kw):
+            outcomes = await original(conn, *args, **kw)
             print("holding", flush=True)
             await asyncio.sleep(3600)  # stopped here
             return outcomes

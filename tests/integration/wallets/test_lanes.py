@@ -59,8 +59,8 @@ class Held:
         self.release = asyncio.Event()
         original = engine._work
 
-        async def held(conn, commands, customers, now):  # type: ignore[no-untyped-def]
-            outcomes = await original(conn, commands, customers, now)
+        async def held(conn, commands, *args, **kw):  # type: ignore[no-untyped-def]
+            outcomes = await original(conn, commands, *args, **kw)
             self.arrived.append(len(commands))
             if len(self.arrived) >= expected:
                 self.all_in.set()
