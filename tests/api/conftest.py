@@ -1,10 +1,13 @@
-"""Fixtures of the SDK tests against a live server (durability and background settles)."""
+"""Fixtures of the API tests: an app with an admin client (`app`, `client`: a file may define its own),
+and the SDK tests' live server (durability and background settles)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
 
 from api.app import create_app
 from api.bench.common import free_port
@@ -31,3 +34,17 @@ def spool_dir(tmp_path, monkeypatch) -> Path:
     directory = tmp_path / "spool"
     monkeypatch.setenv("TOKENTILL_SPOOL_DIR", str(directory))
     return directory
+
+
+@pytest.fixture
+async def app(db, database_url) -> Litestar:
+    """The API with the admin key `test-admin` and no scheduler, on the session's database."""
+    return create_app(Settings(admin_key="test-admin", scheduler=False), database_url)
+
+
+@pytest.fixture
+async def client(app: Litestar):
+    """A test client of `app` sending the admin key."""
+    async with AsyncTestClient(app=app) as c:
+        c.headers.update({"Authorization": "Bearer test-admin"})
+        yield c

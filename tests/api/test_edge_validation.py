@@ -13,27 +13,13 @@ from hypothesis import strategies as st
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from api.app import create_app
 from api.routes.wire import _fitted, _Unfit, integral, nested_too_deep, shaped, unstorable
-from api.settings import Settings
 from wallets.errors import WalletValidationError
 
 ADMIN = {"Authorization": "Bearer test-admin"}
 JSON = {"Content-Type": "application/json"}
 NUL = "\u0000"
 MAX_JSON_DEPTH = 32  # arrays and objects within one another, as the README documents
-
-
-@pytest.fixture
-async def app(db, database_url) -> Litestar:
-    return create_app(Settings(admin_key="test-admin", scheduler=False), database_url)
-
-
-@pytest.fixture
-async def client(app: Litestar):
-    async with AsyncTestClient(app=app) as c:
-        c.headers.update(ADMIN)
-        yield c
 
 
 @pytest.fixture

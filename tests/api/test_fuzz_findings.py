@@ -5,27 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import httpx
-import pytest
-from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from api.app import create_app
-from api.settings import Settings
 from tests.api.test_sdk_durability import ADMIN as LIVE_ADMIN
 
 ADMIN = {"Authorization": "Bearer test-admin"}
-
-
-@pytest.fixture
-async def app(db, database_url) -> Litestar:
-    return create_app(Settings(admin_key="test-admin", scheduler=False), database_url)
-
-
-@pytest.fixture
-async def client(app: Litestar):
-    async with AsyncTestClient(app=app) as c:
-        c.headers.update(ADMIN)
-        yield c
 
 
 async def _customer(client: AsyncTestClient, tag: str, billing: str = "prepaid") -> str:

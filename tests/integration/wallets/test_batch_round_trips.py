@@ -5,6 +5,8 @@ ROLLBACKs, which make psycopg deallocate a session's prepared statements (the fu
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -22,6 +24,23 @@ from wallets.engine import Engine
 def _reserve(cid: str, request_id: str, amount: str = "0.001") -> Reserve:
     return Reserve(customer_id=cid, request_id=request_id, request_hash=request_id.encode(), model="model-x",
                    ttl_seconds=300, amount=usd(amount))
+
+
+@asynccontextmanager
+async def _one_session(scratch_url: str, tag: str, name: str, attempts: int | None = None
+                       ) -> AsyncIterator[tuple[Database, str, Engine]]:
+    """A database of one pooled session with a customer `name` holding $1.00, and an engine."""
+    db = connect(scratch_url, pool_size=1)
+    if attempts is not None:
+        db.attempts = attempts
+    try:
+        kit = Kit(db, tag)
+        await kit.setup_book()
+        cid = await kit.customer(name)
+        await kit.top_up(cid, "1.00")
+        yield db, cid, Engine(db, clock=kit.clock)
+    finally:
+        await db.dispose()
 
 
 class Sent:
@@ -59,13 +78,7 @@ async def test_a_reserve_batch_is_three_round_trips(fresh_db: Database, tag: str
 
 
 async def test_the_load_function_is_created_once_a_session(scratch_url: str, tag: str, monkeypatch: pytest.MonkeyPatch):
-    db = connect(scratch_url, pool_size=1)
-    try:
-        kit = Kit(db, tag)
-        await kit.setup_book()
-        cid = await kit.customer("bob")
-        await kit.top_up(cid, "1.00")
-        engine = Engine(db, clock=kit.clock)
+    async with _one_session(scratch_url, tag, "bob") as (_, cid, engine):
         sent = Sent(monkeypatch)
         sent.on = True
         for n in range(3):
@@ -73,8 +86,6 @@ async def test_the_load_function_is_created_once_a_session(scratch_url: str, tag
         creates = [t for t in sent.texts if "FUNCTION pg_temp.tokentill_load_" in t]
         assert len(creates) <= 1  # one pooled session: created at most once (the top-up's batch may have)
         assert sum("FROM pg_temp.tokentill_load_" in t for t in sent.texts) == 3
-    finally:
-        await db.dispose()
 
 
 async def test_a_batch_after_a_failed_one_finds_the_load_still_there(scratch_url: str, tag: str,
@@ -83,14 +94,7 @@ async def test_a_batch_after_a_failed_one_finds_the_load_still_there(scratch_url
     (a load PREPAREd in the batch's message was gone, and on several pooled sessions at once the
     retries ran out: CI on 0b78da7); the load's temporary function is not a prepared statement and
     stays: the next batch on the session calls it without creating it again."""
-    db = connect(scratch_url, pool_size=1)
-    db.attempts = 1
-    try:
-        kit = Kit(db, tag)
-        await kit.setup_book()
-        cid = await kit.customer("carol")
-        await kit.top_up(cid, "1.00")
-        engine = Engine(db, clock=kit.clock)
+    async with _one_session(scratch_url, tag, "carol", attempts=1) as (_, cid, engine):
         original_lead = store.load_lead
         def bad_lead(*args: Any, **kw: Any) -> Any:  # the call fails, in the batch's transaction
             lead, params = original_lead(*args, **kw)
@@ -107,8 +111,6 @@ async def test_a_batch_after_a_failed_one_finds_the_load_still_there(scratch_url
         sent.on = False
         assert result.reservation.amount == usd("0.001")
         assert not [t for t in sent.texts if "FUNCTION pg_temp.tokentill_load_" in t], sent.texts
-    finally:
-        await db.dispose()
 
 
 async def test_pooled_sessions_whose_statements_psycopg_deallocated_still_load(scratch_url: str, tag: str):
@@ -183,13 +185,7 @@ async def test_a_role_that_may_not_create_temporary_functions_loads_on_its_own(s
     """Where the role has no TEMPORARY privilege on the database, the load's function cannot be
     created (42501): batches run, the load its own round trip (four a batch), and the CREATE is
     not tried again."""
-    db = connect(scratch_url, pool_size=1)
-    try:
-        kit = Kit(db, tag)
-        await kit.setup_book()
-        cid = await kit.customer("erin")
-        await kit.top_up(cid, "1.00")
-        engine = Engine(db, clock=kit.clock)
+    async with _one_session(scratch_url, tag, "erin") as (db, cid, engine):
         original_lead = store.load_lead
 
         def refused(*args: Any, **kw: Any) -> Any:  # what a CREATE answers a role without TEMPORARY
@@ -208,5 +204,3 @@ async def test_a_role_that_may_not_create_temporary_functions_loads_on_its_own(s
         assert db.leads_refused
         assert len(sent.texts) == 4, sent.texts
         assert not [t for t in sent.texts if "RAISE insufficient_privilege" in t or "pg_temp." in t], sent.texts
-    finally:
-        await db.dispose()
