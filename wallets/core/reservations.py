@@ -160,9 +160,11 @@ def settle(state: State, cmd: Settle, now: datetime, book: PriceBook | None) -> 
                                          reservation_status=r.status)
     rating = rate_call(w, book, state.period_usage, r.model, cmd.tokens, r.created_at, r.dimensions,
                        with_request_fee=r.captures == 0, reported=cmd.usage)
-    problem = unpostable(rating.total_units, currency, "usage") or implausibility(
-        w, book_for(w, book).version_at(r.created_at), rating, cmd.tokens, r.charged)
-    if isinstance(problem, WalletValidationError) or (problem is not None and cmd.forced_by is None):
+    too_big = unpostable(rating.total_units, currency, "usage")  # no posting carries it: forcing cannot help
+    if too_big is not None:
+        return Decision.refuse(too_big)  # nothing charged: the hold stays as it is
+    problem = implausibility(w, book_for(w, book).version_at(r.created_at), rating, cmd.tokens, r.charged)
+    if problem is not None and cmd.forced_by is None:
         return Decision.refuse(problem)  # nothing charged: the hold stays as it is
     forced = {} if problem is None else {"forced": {"by": cmd.forced_by, **problem.context}}
     s = settlement(w, r, rating.total_units, cmd.final, now)
