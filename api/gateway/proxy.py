@@ -273,7 +273,8 @@ class Exchange:
             prompt_tokens=call.prompt_tokens, max_output_tokens=call.max_output_tokens, estimate=estimate,
             prompt_audio_tokens=call.hold_audio_tokens, prior_context_tokens=prior, tool_uses=dict(call.tool_uses),
             prompt_cache_write=call.cache_write, chosen_by_provider=call.chosen_by_provider,
-            dimensions={**self.dimensions, **dict(call.dimensions)})  # the prices it asks for (speed: fast)
+            dimensions={**self.dimensions, **dict(call.dimensions)},  # the prices it asks for (speed: fast)
+            within_max_charge=True)  # answered, a call past the maximum could not be charged
         try:
             result = await self.gw.wallets.submit(command)
         except Exception as exc:

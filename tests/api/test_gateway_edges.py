@@ -23,6 +23,7 @@ from api.bench import fake_upstream as fk
 from api.bench.common import free_port
 from api.gateway.streams import StreamTally
 from tests.api.test_gateway import (
+    ADMIN,
     CALL,
     CHAT_CHARGE,
     HI,
@@ -548,3 +549,45 @@ def test_a_body_that_gives_a_key_twice_is_refused_in_the_providers_shape_before_
         assert answer.json()["type"] == "error"
     assert all(call["model"] != name for call in upstream.fake.calls)
     assert wallet(url, cid) == (Decimal("10"), 0)
+
+
+def test_a_call_whose_hold_passes_the_customers_maximum_charge_is_refused_before_the_upstream(live, upstream):
+    """A call that may cost more than the customer's `max_charge_per_request` is refused before it
+    goes upstream (422 implausible_usage, in the provider's shape, nothing held). It used to be held
+    and forwarded: the answer's usage then passed the maximum, its settle was refused as implausible
+    and set aside, and the hold was released at its expiry: the answer was never charged."""
+    url, book = live
+    cid = f"gw-max-{uuid.uuid4().hex[:10]}"
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30) as http:
+        assert http.post("/v1/customers", json={"id": cid, "currency": "USD", "price_book": book,
+                                                "max_charge_per_request": "0.01"}).status_code == 201
+        assert http.post(f"/v1/customers/{cid}/topups", json={"amount": "10.00"}).status_code == 201
+        key = http.post("/v1/api-keys", json={"scope": "inference", "customers": [cid]}).json()["key"]
+
+    async def whole(send: Any, receive: Any) -> None:  # 1,000 prompt and 40 output tokens: CHAT_CHARGE, 0.0100
+        await start(send, b"application/json", len(WHOLE))
+        await body(send, WHOLE, more=False)
+
+    name = model(upstream, whole)
+    # "hi" is 8 tokens, 9 with the 10 % margin of a model without its own encoding, held at the
+    # cache write price (12.50/M: OpenAI may write the prompt to its cache), plus the output cap at
+    # 20.00/M and the 0.001 call fee
+    refused = httpx.post(f"{url}/openai/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                         json={"model": name, "messages": HI, "max_tokens": 1000}, timeout=30)
+    assert refused.status_code == 422, refused.text
+    assert refused.headers["x-tokentill-charged"] == "0"
+    error = refused.json()["error"]
+    assert error["code"] == "implausible_usage"
+    hold = (9 * Decimal("12.5") + 1000 * OUT) / M + CALL  # 0.0211125
+    assert (error["tokentill"]["limit"], error["tokentill"]["maximum"], Decimal(error["tokentill"]["value"])) == (
+        "max_charge_per_request", "0.01", hold)
+    assert all(call["model"] != name for call in upstream.fake.calls)
+    assert wallet(url, cid) == (Decimal("10"), 0)
+
+    # a cap whose hold fits (0.0021125) goes through, and its answer is charged
+    fits = httpx.post(f"{url}/openai/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                      json={"model": name, "messages": HI, "max_tokens": 50}, timeout=30)
+    assert fits.status_code == 200, fits.text
+    assert Decimal(fits.headers["x-tokentill-charged"]) == CHAT_CHARGE
+    assert charged(url, fits.headers["x-tokentill-request-id"]) == CHAT_CHARGE
+    assert wallet(url, cid) == (Decimal("10") - CHAT_CHARGE, 0)

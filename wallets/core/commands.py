@@ -61,10 +61,13 @@ class Reserve(Command):
     chosen_by_provider: tuple[str, ...] = ()
     dimensions: Mapping[str, Any] = field(default_factory=dict)
     estimate: Mapping[str, Any] | None = None  # what is stored about the estimate
+    # the hold must fit what one request may be charged (max_charge_per_request): the gateway's,
+    # whose call, once forwarded, is answered whether or not its settle is taken
+    within_max_charge: bool = False
 
     @property
     def needs_book(self) -> bool:  # type: ignore[override]
-        return self.amount is None
+        return self.amount is None or self.within_max_charge
 
     @property
     def scope(self) -> str:

@@ -109,17 +109,9 @@ def implausibility(wallet: Wallet, version: PriceVersion, rating: Rating, tokens
     """The plausibility bound a call breaks, if any: its charge (with what the request was charged
     before) past the customer's max_charge_per_request, or else its book version's; its input +
     output tokens past the context window of the rules that priced it, or else the version's."""
-    limit, source = wallet.customer.max_charge_per_request, "customer"
-    if limit is None and version.max_charge_per_request is not None:
-        limit, source = int(version.max_charge_per_request.scaleb(rating.scale)), "price_book"
-    charge = charged_before + rating.total_units
-    if limit is not None and charge > limit:
-        currency = wallet.customer.currency
-        charge_text, limit_text = format_money(charge, currency), format_money(limit, currency)
-        return ImplausibleUsageError(
-            f"a charge of {charge_text} {currency} for one request exceeds the {source.replace('_', ' ')}'s "
-            f"max_charge_per_request of {limit_text} {currency}",
-            limit="max_charge_per_request", maximum=limit_text, value=charge_text, source=source)
+    problem = _past_max_charge(wallet, version, charged_before + rating.total_units, "a charge", rating.scale)
+    if problem is not None:
+        return problem
     window = version.context_window_for(line.rule_id for line in rating.lines)
     used = sum(count for token_type, count in tokens.items() if token_type in _CONTEXT)
     if window is not None and used > window:
@@ -127,6 +119,28 @@ def implausibility(wallet: Wallet, version: PriceVersion, rating: Rating, tokens
             f"{used} input and output tokens exceed the context window of {window} tokens",
             limit="context_window", maximum=window, value=used, source="price_book")
     return None
+
+
+def hold_implausibility(wallet: Wallet, version: PriceVersion, amount: int) -> ImplausibleUsageError | None:
+    """A hold past what one request may be charged (the customer's max_charge_per_request, else
+    its book version's): the call it holds for could be answered and never charged, since a
+    settle past the maximum is refused."""
+    return _past_max_charge(wallet, version, amount, "a hold")
+
+
+def _past_max_charge(wallet: Wallet, version: PriceVersion, amount: int, what: str,
+                     scale: int = DEFAULT_SCALE) -> ImplausibleUsageError | None:
+    limit, source = wallet.customer.max_charge_per_request, "customer"
+    if limit is None and version.max_charge_per_request is not None:
+        limit, source = int(version.max_charge_per_request.scaleb(scale)), "price_book"
+    if limit is None or amount <= limit:
+        return None
+    currency = wallet.customer.currency
+    amount_text, limit_text = format_money(amount, currency), format_money(limit, currency)
+    return ImplausibleUsageError(
+        f"{what} of {amount_text} {currency} for one request exceeds the {source.replace('_', ' ')}'s "
+        f"max_charge_per_request of {limit_text} {currency}",
+        limit="max_charge_per_request", maximum=limit_text, value=amount_text, source=source)
 
 
 def charge_lines(rating: Rating, overrides_version: int | None = None) -> list[dict[str, Any]]:

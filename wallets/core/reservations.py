@@ -27,6 +27,7 @@ from wallets.core.rating import (
     billing_period,
     book_for,
     charge_lines,
+    hold_implausibility,
     implausibility,
     override_version,
     overrides_at,
@@ -71,6 +72,10 @@ def reserve(state: State, cmd: Reserve, now: datetime, book: PriceBook | None) -
     too_big = unpostable(amount, w.customer.currency, "estimate", "hold")
     if too_big is not None:
         return Decision.refuse(too_big)
+    if cmd.within_max_charge:  # not kept: the maximum may change
+        past = hold_implausibility(w, book_for(w, book).version_at(now), amount)
+        if past is not None:
+            return Decision.refuse(past)
     prompt = cmd.prompt_tokens
     if cmd.prior_context_tokens is not None and w.budgets:  # token budgets count what the money holds
         prompt = held_prompt_tokens(book_for(w, book), cmd.model, cmd.prompt_tokens or 0, cmd.dimensions, now,
