@@ -160,6 +160,7 @@ class Exchange:
         self.headers = _headers(scope)
         self.request_id = ""
         self.dimensions: dict[str, Any] = {}
+        self.caller_dimensions: tuple[str, ...] = ()  # what a customer's key named in x-tokentill-dimensions
         self.timings: dict[str, float] = {}
         self.finishing = False  # settling: a caller leaving now no longer cancels anything
         self.started = False  # the response has begun
@@ -190,10 +191,14 @@ class Exchange:
         principal = await self.caller()  # on the head alone: a body is read for a valid key only
         body = await self._body()
         customer = customer_of(principal, self.headers.get("x-tokentill-customer"))
+        raw = self._dimensions()
         try:  # the rule of every path (api.auth.key_dimensions): a customer's key names no other key
-            given = key_dimensions(principal, self._dimensions(), "x-tokentill-dimensions")
+            given = key_dimensions(principal, raw, "x-tokentill-dimensions")
         except ApiError as exc:
             raise Refusal(exc.status, exc.code, exc.detail) from None
+        # a customer's key chooses no price: the book's rules may not match what it names (the reserve checks)
+        self.caller_dimensions = tuple(sorted(k for k in raw if k not in ("api_key", "gateway"))) \
+            if principal.counted_as_itself() else ()
         self.dimensions = {**given, "api_key": principal.key_id, "gateway": f"{self.provider}.{self.kind}"}
         rid = self.headers.get("x-tokentill-request-id")
         if rid is not None and not (0 < len(rid) <= 200 and rid.isprintable()):
@@ -274,7 +279,8 @@ class Exchange:
             prompt_audio_tokens=call.hold_audio_tokens, prior_context_tokens=prior, tool_uses=dict(call.tool_uses),
             prompt_cache_write=call.cache_write, chosen_by_provider=call.chosen_by_provider,
             dimensions={**self.dimensions, **dict(call.dimensions)},  # the prices it asks for (speed: fast)
-            within_max_charge=True)  # answered, a call past the maximum could not be charged
+            within_max_charge=True,  # answered, a call past the maximum could not be charged
+            caller_dimensions=self.caller_dimensions)
         try:
             result = await self.gw.wallets.submit(command)
         except Exception as exc:

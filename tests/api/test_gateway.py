@@ -1218,6 +1218,29 @@ def test_the_callers_dimensions_and_key_are_recorded_with_the_charge(live):
             model="gpt-test", messages=HI)
 
 
+def test_a_customers_key_may_not_name_a_dimension_its_price_book_prices_by(live, fake):
+    """A book priced from genai-prices has rules matching `processing: batch` at half price. A
+    customer's key sent `x-tokentill-dimensions: {"processing": "batch"}` with a call the gateway
+    forwards as it is (a realtime call), and was charged the batch price: 0.0056 for a 0.0100 call
+    here. A dimension the book prices by comes from the call, never the caller: refused, nothing
+    held or sent; a dimension no rule matches (feature) is recorded as before."""
+    url, _ = live
+    cid, key = customer((url, tool_book(url, {"id": "in-batch", "token_type": "input", "price": "5.00",
+                                              "match": {"processing": "batch"}},
+                                        {"id": "out-batch", "token_type": "output", "price": "10.00",
+                                         "match": {"processing": "batch"}})))
+    before = len(fake.fake.calls)
+    with pytest.raises(openai.UnprocessableEntityError, match=r"x-tokentill-dimensions.*processing") as refused:
+        oai(url, key, default_headers={"x-tokentill-dimensions": '{"feature": "chat", "processing": "batch"}'}
+            ).chat.completions.create(model="gpt-test", messages=HI, max_tokens=50)
+    assert refused.value.response.headers["x-tokentill-charged"] == "0"
+    assert refused.value.body["code"] == "validation_error"
+    assert len(fake.fake.calls) == before and wallet(url, cid) == (Decimal("10"), 0)
+    raw = oai(url, key, default_headers={"x-tokentill-dimensions": '{"feature": "chat"}'}
+              ).chat.completions.with_raw_response.create(model="gpt-test", messages=HI, max_tokens=50)
+    assert charged(url, raw.headers["x-tokentill-request-id"]) == CHAT_CHARGE  # the realtime prices
+
+
 def test_a_customers_key_naming_another_key_in_its_dimensions_is_refused_as_on_every_path(live, fake):
     url, _ = live
     cid, key = customer(live)

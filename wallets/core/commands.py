@@ -64,10 +64,13 @@ class Reserve(Command):
     # the hold must fit what one request may be charged (max_charge_per_request): the gateway's,
     # whose call, once forwarded, is answered whether or not its settle is taken
     within_max_charge: bool = False
+    # dimensions a caller that may not choose prices named itself (a customer's key, through the
+    # gateway): refused when a rule of the book matches one (processing: batch, service_tier)
+    caller_dimensions: tuple[str, ...] = ()
 
     @property
     def needs_book(self) -> bool:  # type: ignore[override]
-        return self.amount is None or self.within_max_charge
+        return self.amount is None or self.within_max_charge or bool(self.caller_dimensions)
 
     @property
     def scope(self) -> str:

@@ -32,6 +32,7 @@ from wallets.core.rating import (
     override_version,
     overrides_at,
     period_counts,
+    price_dimensions,
     rate_call,
     unpostable,
 )
@@ -76,6 +77,12 @@ def reserve(state: State, cmd: Reserve, now: datetime, book: PriceBook | None) -
         past = hold_implausibility(w, book_for(w, book).version_at(now), amount)
         if past is not None:
             return Decision.refuse(past)
+    priced = cmd.caller_dimensions and price_dimensions(book_for(w, book).version_at(now)).intersection(
+        cmd.caller_dimensions)
+    if priced:  # not kept: the book may change
+        name = min(priced)
+        return Decision.refuse(WalletValidationError(  # the gateway's header, where they come from
+            f"x-tokentill-dimensions.{name}", f"the price book prices by {name}: the call sets it, not the caller"))
     prompt = cmd.prompt_tokens
     if cmd.prior_context_tokens is not None and w.budgets:  # token budgets count what the money holds
         prompt = held_prompt_tokens(book_for(w, book), cmd.model, cmd.prompt_tokens or 0, cmd.dimensions, now,
