@@ -20,6 +20,13 @@ class ReservationClosedError(WalletError):
     code = "reservation_closed"
 
 
+class ForbiddenError(WalletError):
+    """A command the key that sent it may not give for this thing (a gateway call's reservation,
+    settled or released over HTTP by a key other than an admin's)."""
+
+    code = "forbidden"
+
+
 class ExtensionTooShortError(WalletError):
     """An extension whose new expiry would not be later than the reservation's current one."""
 

@@ -207,7 +207,7 @@ async def settle(
     command = Settle(customer_id=customer_id, reservation_id=reservation_id,
                      request_hash=request_hash(body), tokens=tokens, usage=usage,
                      final=data.final, capture_id=data.capture_id, forced_by=forced_by,
-                     idem=idempotency(request, body))
+                     from_caller=principal_of(request).scope != "admin", idem=idempotency(request, body))
     return respond(request, await services_of(request).wallets.submit(command), SETTLED)
 
 
@@ -232,7 +232,8 @@ async def release(request: Request, reservation_id: FromPath[str]) -> Response[R
     """Give the whole remaining hold back to the lots it came from."""
     customer_id = await services_of(request).wallets.owner_of(reservation_id)
     ensure_owner(request, customer_id, f"reservation {reservation_id}")
-    command = Release(customer_id=customer_id, reservation_id=reservation_id, idem=idempotency(request, {}))
+    command = Release(customer_id=customer_id, reservation_id=reservation_id,
+                      from_caller=principal_of(request).scope != "admin", idem=idempotency(request, {}))
     return respond(request, await services_of(request).wallets.submit(command), RELEASED)
 
 

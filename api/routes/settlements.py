@@ -121,7 +121,8 @@ async def _settle_one(state: State, request: Request, raw: Any, lookups: asyncio
         tokens, usage = usage_tokens(item.usage, item.openai_usage, item.anthropic_usage, item.gemini_usage)
         outcome = await state.services.wallets.submit(Settle(
             customer_id=customer_id, reservation_id=item.reservation_id, request_hash=request_hash(body),
-            tokens=tokens, usage=usage, final=item.final, capture_id=item.capture_id, idem=idem))
+            tokens=tokens, usage=usage, final=item.final, capture_id=item.capture_id,
+            from_caller=principal_of(request).scope != "admin", idem=idem))
     except (LedgerError, PricingError, ApiError, RetriesExhaustedError) as exc:
         return _problem(request, exc, item, key)
     except Exception as exc:

@@ -591,3 +591,57 @@ def test_a_call_whose_hold_passes_the_customers_maximum_charge_is_refused_before
     assert Decimal(fits.headers["x-tokentill-charged"]) == CHAT_CHARGE
     assert charged(url, fits.headers["x-tokentill-request-id"]) == CHAT_CHARGE
     assert wallet(url, cid) == (Decimal("10") - CHAT_CHARGE, 0)
+
+
+def test_a_gateway_calls_hold_is_not_its_callers_to_settle_or_release(live, upstream):
+    """The caller's inference key may settle and release its customer's reservations over HTTP,
+    and a gateway call's reservation is one (its id is in the customer's journal). Settled with
+    no usage while the answer was still coming, it charged the 0.001 call fee; the gateway's own
+    settle was then refused as closed and set aside, and the whole answer went uncharged. Now
+    only the gateway (or an admin key) closes it: 403 forbidden, singly and in bulk, and the
+    answer is charged its usage."""
+    url, _ = live
+    cid, key = customer(live)
+    go = threading.Event()
+
+    async def waits(send: Any, receive: Any) -> None:
+        await start(send, b"text/event-stream")
+        await body(send, content(" one"))
+        await asyncio.to_thread(go.wait, 30)
+        await body(send, usage_chunk(40))
+        await body(send, b"data: [DONE]\n\n", more=False)
+
+    request_id = f"edge-{uuid.uuid4().hex[:12]}"
+    answered: dict[str, Any] = {}
+
+    def call() -> None:
+        with httpx.stream("POST", f"{url}/openai/v1/chat/completions", json={
+                "model": model(upstream, waits), "messages": HI, "stream": True},
+                headers={"Authorization": f"Bearer {key}", "x-tokentill-request-id": request_id}, timeout=30) as r:
+            answered["status"], answered["body"] = r.status_code, r.read().decode()
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    try:
+        deadline, reservation = time.monotonic() + 20, None
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30) as http:
+            while reservation is None and time.monotonic() < deadline:
+                trace = http.get(f"/v1/audit/charges/{request_id}")
+                reservation = trace.json()["reservation"]["id"] if trace.status_code == 200 else None
+                time.sleep(0.05)
+        assert reservation is not None, "the call was never held"
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
+            nothing = {"usage": {"input_tokens": 0, "output_tokens": 0}, "final": True}
+            settled = http.post(f"/v1/reservations/{reservation}/settle", json=nothing)
+            assert settled.status_code == 403 and settled.json()["code"] == "forbidden", settled.text
+            bulk = http.post("/v1/settlements", json=[{"reservation_id": reservation, **nothing}])
+            assert [r["status"] for r in bulk.json()["results"]] == [403], bulk.text
+            released = http.post(f"/v1/reservations/{reservation}/release")
+            assert released.status_code == 403 and released.json()["code"] == "forbidden", released.text
+    finally:
+        go.set()
+        caller.join(30)
+    assert answered["status"] == 200 and answered["body"].endswith(
+        f": tokentill charged=0.01 currency=USD request_id={request_id}\n\n")
+    assert charged(url, request_id) == CHAT_CHARGE
+    assert wallet(url, cid) == (Decimal("10") - CHAT_CHARGE, 0)

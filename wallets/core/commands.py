@@ -93,6 +93,8 @@ class Settle(Command):
     final: bool = True
     capture_id: str | None = None
     forced_by: str | None = None  # an admin key's id: charge usage past the plausibility bounds
+    # sent over HTTP by a key other than an admin's: a gateway call's reservation is not its to close
+    from_caller: bool = False
     needs_book = True
 
     def _keys(self) -> set[tuple[str, ...]]:
@@ -111,6 +113,7 @@ class Settle(Command):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Release(Command):
     reservation_id: str
+    from_caller: bool = False  # as Settle's
 
     def _keys(self) -> set[tuple[str, ...]]:
         return {("reservation", self.reservation_id)}

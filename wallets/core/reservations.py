@@ -41,6 +41,7 @@ from wallets.core.state import State, wire_time
 from wallets.errors import (
     ConflictError,
     ExtensionTooShortError,
+    ForbiddenError,
     InsufficientFundsError,
     NotFoundError,
     ReservationClosedError,
@@ -142,6 +143,15 @@ def reservation_of(w: Wallet, reservation_id: str) -> Reservation:
     return r
 
 
+def _gateways_own(r: Reservation, from_caller: bool) -> None:
+    """A gateway call's reservation is settled (or released) by the gateway with what the upstream
+    reported: its caller, which may otherwise close its customer's reservations, closing it first
+    would leave the answer uncharged (the gateway's settle then finds it closed)."""
+    if from_caller and (r.estimate or {}).get("source") == "gateway":
+        raise ForbiddenError(f"reservation {r.id} is a gateway call's: the gateway settles it",
+                             reservation_id=r.id)
+
+
 def _replayed_settle(charge: dict[str, Any], status: str, currency: str) -> Decision:
     result = SettleResult(charge["reservation_id"], status, int(charge["charged"]), int(charge["released"]),
                           list(charge["lines"]), charge["price_book"], charge["price_version"], True, currency,
@@ -154,6 +164,7 @@ def settle(state: State, cmd: Settle, now: datetime, book: PriceBook | None) -> 
     the receivable (never refused for lack of funds). A final settle gives the unused hold back."""
     w = state.require_wallet()
     r = reservation_of(w, cmd.reservation_id)
+    _gateways_own(r, cmd.from_caller)
     currency = w.customer.currency
     if cmd.capture_id and cmd.capture_id in r.capture_ids:
         digest, charge = r.capture_ids[cmd.capture_id]
@@ -225,6 +236,7 @@ def give_back(w: Wallet, r: Reservation, status: str, kind: str, now: datetime) 
 def release(state: State, cmd: Release, now: datetime, book: PriceBook | None) -> Decision:
     w = state.require_wallet()
     r = reservation_of(w, cmd.reservation_id)
+    _gateways_own(r, cmd.from_caller)
     if r.status == chart.RELEASED:
         result = ReleaseResult(r.id, r.status, r.released, True, currency=w.customer.currency)
         return Decision(Outcome(result.code, result))
