@@ -36,6 +36,10 @@ import wave
 import zlib
 
 AUDIO_TOKENS_PER_SECOND = 10
+# the assistant's audio: "1 token per 50 ms" (the same page); a chat stream sends it as pcm16,
+# 24 kHz mono, 48,000 bytes a second
+OUTPUT_AUDIO_TOKENS_PER_SECOND = 20
+PCM16_BYTES_PER_SECOND = 48_000
 LOWEST_BITRATE = 8_000  # bits per second
 WAV_HEADER_BYTES = 44  # RIFF (12) + fmt (24) + data chunk header (8): no WAV's samples start sooner
 PDF_TEXT_TOKENS_PER_PAGE = 3_000
@@ -68,6 +72,11 @@ def decoded(text: str) -> bytes | None:
 def _per_second(numerator: int, denominator: int) -> int:
     """AUDIO_TOKENS_PER_SECOND for `numerator / denominator` seconds, rounded up."""
     return -(-numerator * AUDIO_TOKENS_PER_SECOND // denominator)
+
+
+def output_audio_tokens(pcm16_bytes: int) -> int:
+    """The output tokens of the assistant's pcm16 audio (a chat stream's), rounded up."""
+    return -(-pcm16_bytes * OUTPUT_AUDIO_TOKENS_PER_SECOND // PCM16_BYTES_PER_SECOND)
 
 
 def audio_tokens(text: str) -> int:

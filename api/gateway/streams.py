@@ -30,6 +30,7 @@ import msgspec
 
 from api.gateway.calls import CHAT, EMBEDDINGS, MESSAGES, RESPONSES
 from api.gateway.tools import ANTHROPIC_CODE_EXECUTION_NAMES, OPENAI_CONTAINER_CALLS, OPENAI_TOOL_CALLS
+from pricing.attachments import decoded_size, output_audio_tokens
 from pricing.normalize import normalize_anthropic, normalize_openai
 from pricing.tokens import TokenCounter
 
@@ -89,11 +90,25 @@ def _texts_of_chat_delta(chunk: Mapping[str, Any]) -> list[str]:
         if not isinstance(delta, Mapping):
             continue
         texts += [delta[k] for k in ("content", "refusal", "reasoning_content") if isinstance(delta.get(k), str)]
+        audio = delta.get("audio")
+        if isinstance(audio, Mapping) and isinstance(audio.get("transcript"), str):
+            texts.append(audio["transcript"])
         for call in _list(delta.get("tool_calls")):
             function = call.get("function") if isinstance(call, Mapping) else None
             if isinstance(function, Mapping):
                 texts += [function[k] for k in ("name", "arguments") if isinstance(function.get(k), str)]
     return texts
+
+
+def _audio_of_chat_delta(chunk: Mapping[str, Any]) -> int:
+    """The bytes of the audio a chat chunk carries (base64 `delta.audio.data`), decoded."""
+    size = 0
+    for choice in _list(chunk.get("choices")):
+        delta = choice.get("delta") if isinstance(choice, Mapping) else None
+        audio = delta.get("audio") if isinstance(delta, Mapping) else None
+        if isinstance(audio, Mapping) and isinstance(audio.get("data"), str):
+            size += decoded_size(audio["data"])
+    return size
 
 
 _RESPONSES_DELTAS = frozenset({"response.output_text.delta", "response.refusal.delta",
@@ -122,6 +137,7 @@ class StreamTally:
     container_units: int = 0  # the code_execution units of a container the call runs code in
     containers: set[str] = field(default_factory=set)  # those the answer showed (Anthropic's: one, "")
     reused_containers: frozenset[str] = frozenset()  # OpenAI's given by id: billed when made, not again
+    audio_bytes: int = 0  # OpenAI (chat): the pcm16 audio the answer sent (delta.audio.data), decoded
 
     def observe(self, raw: bytes) -> bool:
         """Take one event into account; whether to forward it to the caller."""
@@ -147,6 +163,7 @@ class StreamTally:
 
     def _chat(self, chunk: dict[str, Any]) -> bool:
         self.texts += _texts_of_chat_delta(chunk)
+        self.audio_bytes += _audio_of_chat_delta(chunk)
         self.service_tier = _tier_of(chunk) or self.service_tier
         if isinstance(chunk.get("usage"), Mapping):
             self.usage = dict(chunk["usage"])
@@ -232,6 +249,8 @@ class StreamTally:
         text = "".join(self.texts)
         metered = counter.count_text(text, model).raw_tokens if text else 0
         calls = self.tool_calls() if self.kind != CHAT else {}  # a search model's search: not shown, assumed
+        if self.audio_bytes:  # the assistant's audio, as output audio tokens
+            calls = {**calls, "output_audio_tokens": output_audio_tokens(self.audio_bytes)}
         if metered == 0 and not self.searches and not calls and (failed or self.error):
             return None
         if self.started is not None:

@@ -5,6 +5,7 @@ worked by hand from the price book of tests.api.test_gateway."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
 import threading
@@ -645,3 +646,39 @@ def test_a_gateway_calls_hold_is_not_its_callers_to_settle_or_release(live, upst
         f": tokentill charged=0.01 currency=USD request_id={request_id}\n\n")
     assert charged(url, request_id) == CHAT_CHARGE
     assert wallet(url, cid) == (Decimal("10") - CHAT_CHARGE, 0)
+
+
+def test_a_chat_stream_of_audio_cut_before_its_usage_is_charged_the_audio_it_sent(live, upstream):
+    """A chat call that answers in audio streams it as `delta.audio.data` (base64 pcm16, 24 kHz
+    mono: 48,000 bytes a second), which the metering did not read: a caller who left once the
+    audio was in, before the usage chunk, had nothing metered and its hold released, the audio
+    free. Now the audio sent is charged as output audio, at OpenAI's 1 token per 50 ms of the
+    assistant's audio, with the transcript as text."""
+    url, _ = live
+    cid, key = customer(live)
+    second = base64.b64encode(bytes(48_000)).decode()
+    sent, left = threading.Event(), threading.Event()
+
+    def spoken(transcript: str) -> bytes:
+        return sse({"id": "c", "object": "chat.completion.chunk", "model": "m", "choices": [{
+            "index": 0, "delta": {"audio": {"id": "audio_1", "data": second, "transcript": transcript}},
+            "finish_reason": None}]})
+
+    async def speaks(send: Any, receive: Any) -> None:
+        await start(send, b"text/event-stream")
+        for transcript in (" one", " two", ""):
+            await body(send, spoken(transcript))
+        sent.set()
+        await asyncio.to_thread(left.wait, 30)
+        await body(send, usage_chunk(80) + b"data: [DONE]\n\n", more=False)
+
+    name = model(upstream, speaks)
+    request_id = post_and_leave(url, key, {
+        "model": name, "messages": HI, "stream": True, "modalities": ["text", "audio"],
+        "audio": {"voice": "alloy", "format": "pcm16"}}, lambda: sent.is_set() and not time.sleep(0.3))
+    time.sleep(0.3)  # the gateway sees the caller gone before the usage comes
+    left.set()
+    # the prompt as counted (8), " one two" (2) and 3 s of audio (60 tokens), the book's output price for both
+    cost = (8 * IN + (2 + 60) * OUT) / M + CALL
+    assert charged(url, request_id) == cost
+    assert wallet(url, cid) == (Decimal("10") - cost, 0)
