@@ -93,8 +93,9 @@ def _texts_of_chat_delta(chunk: Mapping[str, Any]) -> list[str]:
         audio = delta.get("audio")
         if isinstance(audio, Mapping) and isinstance(audio.get("transcript"), str):
             texts.append(audio["transcript"])
-        for call in _list(delta.get("tool_calls")):
-            function = call.get("function") if isinstance(call, Mapping) else None
+        legacy = delta.get("function_call")  # the deprecated `functions`' call
+        for function in [legacy, *(call.get("function") for call in _list(delta.get("tool_calls"))
+                                   if isinstance(call, Mapping))]:
             if isinstance(function, Mapping):
                 texts += [function[k] for k in ("name", "arguments") if isinstance(function.get(k), str)]
     return texts
@@ -113,7 +114,9 @@ def _audio_of_chat_delta(chunk: Mapping[str, Any]) -> int:
 
 _RESPONSES_DELTAS = frozenset({"response.output_text.delta", "response.refusal.delta",
                                "response.function_call_arguments.delta", "response.reasoning_text.delta",
-                               "response.reasoning_summary_text.delta"})
+                               "response.reasoning_summary_text.delta", "response.custom_tool_call_input.delta",
+                               "response.code_interpreter_call_code.delta", "response.mcp_call_arguments.delta",
+                               "response.shell_call_command.delta", "response.audio.transcript.delta"})
 _RESPONSES_DONE = frozenset({"response.completed", "response.incomplete", "response.failed"})
 _ANTHROPIC_DELTAS = ("text", "partial_json", "thinking")
 

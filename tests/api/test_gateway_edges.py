@@ -129,13 +129,14 @@ WHOLE = msgspec.json.encode({
               "prompt_tokens_details": {"cached_tokens": 200}}})  # CHAT_CHARGE, as the fake's
 
 
-def post_and_leave(url: str, key: str, payload: dict[str, Any], until: Callable[[], bool]) -> str:
+def post_and_leave(url: str, key: str, payload: dict[str, Any], until: Callable[[], bool],
+                   path: str = "/openai/v1/chat/completions") -> str:
     """Send a call on a raw connection with a request id of ours, hang up once `until()` holds, and
     return the request id."""
     request_id = f"edge-{uuid.uuid4().hex[:12]}"
     data = json.dumps(payload).encode()
     with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as caller:
-        caller.sendall(f"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {key}\r\n"
+        caller.sendall(f"POST {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {key}\r\n"
                        f"x-tokentill-request-id: {request_id}\r\nContent-Type: application/json\r\n"
                        f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
         deadline = time.monotonic() + 30
@@ -680,5 +681,46 @@ def test_a_chat_stream_of_audio_cut_before_its_usage_is_charged_the_audio_it_sen
     left.set()
     # the prompt as counted (8), " one two" (2) and 3 s of audio (60 tokens), the book's output price for both
     cost = (8 * IN + (2 + 60) * OUT) / M + CALL
+    assert charged(url, request_id) == cost
+    assert wallet(url, cid) == (Decimal("10") - cost, 0)
+
+
+def _responses_event(kind: str, delta: str) -> bytes:
+    return f"event: {kind}\n".encode() + sse({"type": kind, "item_id": "it_1", "output_index": 0,
+                                               "sequence_number": 1, "delta": delta})
+
+
+@pytest.mark.parametrize("path, event", [
+    ("/openai/v1/chat/completions", sse({"id": "c", "object": "chat.completion.chunk", "model": "m", "choices": [
+        {"index": 0, "delta": {"function_call": {"arguments": " one two"}}, "finish_reason": None}]})),
+    *[("/openai/v1/responses", _responses_event(kind, " one two")) for kind in (
+        "response.custom_tool_call_input.delta", "response.code_interpreter_call_code.delta",
+        "response.mcp_call_arguments.delta", "response.shell_call_command.delta",
+        "response.audio.transcript.delta")]])
+def test_a_stream_cut_after_output_of_another_kind_is_charged_it(live, upstream, path, event):
+    """What the model writes into a legacy function call (chat `functions`), a custom tool's
+    input, code for the code interpreter, an MCP call's arguments, a shell command or an audio
+    transcript (responses) is output it is billed for; the metering read none of them, so a caller
+    who left once it was in, before the usage, had nothing metered and its hold released."""
+    url, _ = live
+    cid, key = customer(live)
+    sent, left = threading.Event(), threading.Event()
+
+    async def writes(send: Any, receive: Any) -> None:
+        await start(send, b"text/event-stream")
+        await body(send, event)
+        sent.set()
+        await asyncio.to_thread(left.wait, 30)
+        await body(send, b"data: [DONE]\n\n", more=False)
+
+    name = model(upstream, writes)
+    chat = path.endswith("/chat/completions")
+    payload = {"model": name, "stream": True, **({"messages": HI} if chat else {"input": "hi"})}
+    request_id = post_and_leave(url, key, payload, lambda: sent.is_set() and not time.sleep(0.3), path)
+    time.sleep(0.3)
+    left.set()
+    # the prompt as counted ("user" and "hi" with 3 a message and 3 for the reply: 8 in chat; the
+    # responses input "hi" as a user message: 7) and " one two" metered (2)
+    cost = ((8 if chat else 7) * IN + 2 * OUT) / M + CALL
     assert charged(url, request_id) == cost
     assert wallet(url, cid) == (Decimal("10") - cost, 0)
