@@ -298,6 +298,8 @@ async def budgets_match_reservations(conn: AsyncConnection) -> Check:
         """, "every budget window equals what its reservations hold and used")
 
 
+# The prefix of the codes of the lots of the entry's customer (wallets.chart.lot_account).
+_LOTS = f"({_literal(chart.LOT_CODE[0])} || j.customer_id || {_literal(chart.LOT_CODE[1])})"
 # What the entries billed in each (customer, period) moved, from the postings (the period is in
 # each entry's metadata since migration 0017): a close's rounding of the amount due (`rounded`,
 # against the receivable) apart from a credit note's rounding of its money (`note_rounding`,
@@ -312,7 +314,14 @@ _MOVED = f"""
            coalesce(-sum(p.amount) FILTER (WHERE a.code LIKE {_literal(chart.rounding_account('%'))}
                                             AND j.kind <> 'rerate_adjustment'), 0) AS rounded,
            coalesce(sum(p.amount) FILTER (WHERE a.code LIKE {_literal(chart.rounding_account('%'))}
-                                           AND j.kind = 'rerate_adjustment'), 0) AS note_rounding
+                                           AND j.kind = 'rerate_adjustment'), 0) AS note_rounding,
+           coalesce(sum(p.amount) FILTER (WHERE a.code LIKE {_literal(chart.cash_account('%'))}
+                                           AND j.kind <> 'invoice_payment'), 0) AS topups,
+           coalesce(sum(p.amount) FILTER (WHERE a.code LIKE {_literal(chart.cash_account('%'))}
+                                           AND j.kind = 'invoice_payment'), 0) AS payments,
+           coalesce(sum(p.amount) FILTER (WHERE a.code LIKE {_literal(chart.promotions_account('%'))}), 0) AS grants,
+           coalesce(-sum(p.amount) FILTER (WHERE a.code LIKE {_literal(chart.breakage_account('%'))}), 0) AS expired,
+           coalesce(-sum(p.amount) FILTER (WHERE left(a.code, length({_LOTS})) = {_LOTS}), 0) AS lots
       FROM journal_entries j JOIN postings p ON p.lane = j.lane AND p.entry_id = j.id
       JOIN accounts a ON a.id = p.account_id
      WHERE j.customer_id IS NOT NULL AND j.metadata ? 'period'
@@ -392,6 +401,11 @@ async def period_rollups_match_postings(conn: AsyncConnection) -> Check:
                    coalesce(sum(amount) FILTER (WHERE item = 'reserved'), 0) AS reserved,
                    coalesce(sum(amount) FILTER (WHERE item = 'rounded'), 0) AS rounded,
                    coalesce(sum(amount) FILTER (WHERE item = 'funded:rounding'), 0) AS note_rounding,
+                   coalesce(sum(amount) FILTER (WHERE item = 'topups'), 0) AS topups,
+                   coalesce(sum(amount) FILTER (WHERE item = 'payments'), 0) AS payments,
+                   coalesce(sum(amount) FILTER (WHERE item = 'grants'), 0) AS grants,
+                   coalesce(sum(amount) FILTER (WHERE item = 'expired'), 0) AS expired,
+                   coalesce(sum(amount) FILTER (WHERE item = 'lots'), 0) AS lots,
                    coalesce(sum(amount) FILTER (WHERE item LIKE 'line:%'), 0) AS lines,
                    coalesce(sum(amount) FILTER (WHERE item LIKE 'funded:%'), 0) AS funded,
                    count(*) FILTER (WHERE src = 'folded') AS folded, count(*) FILTER (WHERE src = 'queued') AS queued
@@ -411,6 +425,19 @@ async def period_rollups_match_postings(conn: AsyncConnection) -> Check:
                       customer_id, period, coalesce(r.note_rounding, 0), coalesce(m.note_rounding, 0))
           FROM moved m FULL JOIN rolled r USING (customer_id, period)
          WHERE coalesce(m.note_rounding, 0) <> coalesce(r.note_rounding, 0)
+        UNION ALL
+        -- what an invoice shows beside its lines: the period's top-ups, payments, grants and breakage,
+        -- and how the customer's credits moved (its opening and closing balances)
+        SELECT format('customer %s, period %s: rollup says %s %s; the postings say %s', customer_id, period,
+                      x.item, x.rolled, x.posted)
+          FROM moved m FULL JOIN rolled r USING (customer_id, period)
+         CROSS JOIN LATERAL (VALUES
+               ('topups', coalesce(r.topups, 0), coalesce(m.topups, 0)),
+               ('payments', coalesce(r.payments, 0), coalesce(m.payments, 0)),
+               ('grants', coalesce(r.grants, 0), coalesce(m.grants, 0)),
+               ('expired', coalesce(r.expired, 0), coalesce(m.expired, 0)),
+               ('lots', coalesce(r.lots, 0), coalesce(m.lots, 0))) x(item, rolled, posted)
+         WHERE x.rolled <> x.posted
         UNION ALL
         SELECT format('customer %s, period %s: lines %s and what paid them %s differ from revenue %s',
                       customer_id, period, lines, funded, revenue)

@@ -28,10 +28,11 @@ OPEN_STATUSES = (HELD, CAPTURING)
 # column gets these as parameters (`%(reserved_before)s || c.id || %(reserved_after)s`).
 RESERVED_CODE = ("liability:customer:", ":reserved")
 RECEIVABLE_CODE = ("asset:customer:", ":receivable")
+LOT_CODE = ("liability:customer:", ":lot:")  # then the lot's id
 
 
 def lot_account(customer_id: str, lot_id: str) -> str:
-    return f"liability:customer:{customer_id}:lot:{lot_id}"
+    return LOT_CODE[0] + customer_id + LOT_CODE[1] + lot_id
 
 
 def reserved_account(customer_id: str) -> str:

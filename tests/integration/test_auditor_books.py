@@ -303,3 +303,45 @@ def test_the_jsonl_export_of_the_books_verifies_offline_with_its_unsealed_tail_c
                                        "(SELECT max(to_txid) FROM seals)) FROM journal_entries").fetchone()
     assert f"verified offline: {total} entries" in done.stdout, done.stdout
     assert unsealed > 0 and f"{unsealed} entries are not sealed yet" in done.stdout, done.stdout
+
+
+# What an invoice says beside its lines and totals comes from its period's rollup too: the top-ups,
+# grants, expirations and payments of the period, and how the customer's credits moved (its opening
+# and closing balances). A rollup that says otherwise than the postings must fail `period_rollups`,
+# naming the customer and period, as a wrong revenue, receivable or reserved movement does. The
+# tampering is a delta of one atomic unit more on the item, as a batch would append it.
+ROLLUP_ITEMS = {"topups": "acme", "grants": "acme", "expired": "acme", "lots": "acme", "payments": "initech"}
+
+
+async def _verify_rollup_tampered(url: str, item: str, customer: str):
+    from sqlalchemy import text
+
+    from wallets.audit import full_verify
+
+    db = connect(url, pool_size=1)
+    try:
+        async with db.engine.connect() as conn:
+            period = (await conn.execute(text(
+                "SELECT metadata ->> 'period' FROM journal_entries WHERE customer_id = :c AND metadata ? 'period' "
+                "ORDER BY id LIMIT 1"), {"c": customer})).scalar_one()
+            await conn.execute(text(
+                """INSERT INTO period_deltas (lane, customer_id, period, items, quantities, amounts)
+                   VALUES (ledger_lane(:c), :c, :p, ARRAY[:item]::wallets_rollup_item[],
+                           ARRAY[0]::wallets_units[], ARRAY[1]::wallets_units[])"""),
+                {"c": customer, "p": period, "item": item})
+            report = await full_verify(conn)
+            await conn.rollback()
+        return period, report
+    finally:
+        await db.dispose()
+
+
+@pytest.mark.parametrize("item", ROLLUP_ITEMS)
+def test_verify_names_a_rollup_whose_balances_or_cash_differ_from_the_postings(books, item):
+    url, _ = books
+    customer = ROLLUP_ITEMS[item]
+    period, report = asyncio.run(_verify_rollup_tampered(url, item, customer))
+    failed = {c.name: c for c in report.checks if not c.ok}
+    assert set(failed) == {"period_rollups"}, (item, {c.name: c.detail for c in failed.values()})
+    assert any(f"customer {customer}, period {period}" in p and item in p for p in failed["period_rollups"].problems), \
+        (item, failed["period_rollups"].problems)
