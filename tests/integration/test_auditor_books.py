@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import itertools
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import quote
 
 import psycopg
 import pytest
@@ -345,3 +347,61 @@ def test_verify_names_a_rollup_whose_balances_or_cash_differ_from_the_postings(b
     assert set(failed) == {"period_rollups"}, (item, {c.name: c.detail for c in failed.values()})
     assert any(f"customer {customer}, period {period}" in p and item in p for p in failed["period_rollups"].problems), \
         (item, failed["period_rollups"].problems)
+
+
+def _api_time(at: datetime) -> str:
+    return quote(at.astimezone(UTC).isoformat())
+
+
+def _account(code: str) -> str:
+    return quote(code, safe="")
+
+
+def test_at_each_cut_balances_statements_the_journal_and_window_exports_agree(books, tmp_path):
+    """Cuts at entries' exact times (where the half-open rule bites), between them and outside the
+    ledger: at each, the trial balance at T (both currencies), every account's balance at T and a
+    Beancount export `--to T` agree account for account; between two cuts, every account's
+    statement moves by the journal's postings of the window, opens at the balance at its start, and
+    the window's jsonl export verifies offline."""
+    url, _ = books
+    with psycopg.connect(url) as conn:
+        times = [t for (t,) in conn.execute("SELECT DISTINCT occurred_at FROM journal_entries ORDER BY 1")]
+        codes = [c for (c,) in conn.execute("SELECT code FROM accounts ORDER BY code")]
+    cuts = sorted({times[0] - timedelta(days=1), times[0], times[1], times[len(times) // 3], times[len(times) // 2],
+                   times[-1], times[-1] + timedelta(microseconds=1)})
+    with serving(url, ADMIN) as tt:
+        balance = {}
+        for at in cuts:
+            trial = {line["account"]: Decimal(line["balance"]) for cur in ("USD", "EUR") for line in
+                     tt.get(f"/v1/audit/trial-balance?currency={cur}&at={_api_time(at)}")["accounts"]}
+            out = tmp_path / "to.beancount"
+            done = cli(url, "export", "--format", "beancount", "--to", at.isoformat(), "--out", str(out))
+            assert done.returncode == 0, done.stderr
+            _, exported, _ = _bean(out)
+            for code in codes:
+                found = tt.get(f"/v1/accounts/{_account(code)}/balance?at={_api_time(at)}")
+                balance[code, at] = Decimal(found["balance"])
+                assert balance[code, at] == trial.get(code, Decimal(0)) == exported.get(code, Decimal(0)), (code, at)
+        for start, end in itertools.pairwise(cuts):
+            window = f"from={_api_time(start)}&to={_api_time(end)}"
+            moved: dict[str, Decimal] = defaultdict(Decimal)
+            page = tt.get(f"/v1/journal?{window}&limit=7")
+            while True:  # small pages: the cursor is followed too
+                for entry in page["entries"]:
+                    assert start <= datetime.fromisoformat(entry["occurred_at"]) < end
+                    for posting in entry["postings"]:
+                        moved[posting["account"]] += Decimal(posting["amount"])
+                if page["next_cursor"] is None:
+                    break
+                page = tt.get(f"/v1/journal?{window}&limit=7&cursor={page['next_cursor']}")
+            for code in codes:
+                statement = tt.get(f"/v1/accounts/{_account(code)}/statement?{window}&limit=1000")
+                assert Decimal(statement["opening_balance"]) == balance[code, start], (code, start)
+                assert Decimal(statement["closing_balance"]) == balance[code, end], (code, end)
+                assert Decimal(statement["total_debits"]) - Decimal(statement["total_credits"]) == \
+                    moved.get(code, Decimal(0)), (code, start, end)
+            out = tmp_path / "window.jsonl"
+            assert cli(url, "export", "--format", "jsonl", "--from", start.isoformat(), "--to", end.isoformat(),
+                       "--out", str(out)).returncode == 0
+            done = cli(url, "verify", "--file", str(out))
+            assert done.returncode == 0, (start, end, done.stdout + done.stderr)
