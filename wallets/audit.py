@@ -452,6 +452,12 @@ async def period_rollups_match_postings(conn: AsyncConnection) -> Check:
              "a customer's rollups are of the periods its entries and charges are billed in")
 
 
+# How an invoice's document says one of the customer's balances moved over its period (closing
+# less opening), as text; NULL for a document without them.
+_MOVEMENT = ("CAST((i.content -> 'closing_balance' ->> '{name}')::numeric"
+             " - (i.content -> 'opening_balance' ->> '{name}')::numeric AS text)")
+
+
 async def invoices_tie_out(conn: AsyncConnection) -> Check:
     if not await _billed(conn):
         return Check("invoices", True, "no invoices in this schema (before migration 0017)")
@@ -464,6 +470,20 @@ async def invoices_tie_out(conn: AsyncConnection) -> Check:
                       i.number, i.total, i.customer_id, i.period, coalesce(m.revenue, 0))
           FROM invoices i LEFT JOIN moved m ON m.customer_id = i.customer_id AND m.period = i.period
          WHERE i.total <> coalesce(m.revenue, 0)
+        UNION ALL
+        SELECT format('invoice %s: its document says %s %s, but the postings of %s billed in %s say %s',
+                      i.number, x.figure, x.said, i.customer_id, i.period, trim_scale(x.posted / 1000000000.0))
+          FROM invoices i LEFT JOIN moved m ON m.customer_id = i.customer_id AND m.period = i.period
+         CROSS JOIN LATERAL (VALUES
+               ('top-ups', i.content ->> 'top_ups', coalesce(m.topups, 0)),
+               ('grants', i.content ->> 'grants', coalesce(m.grants, 0)),
+               ('expired', i.content ->> 'expired', coalesce(m.expired, 0)),
+               ('payments received', i.content ->> 'payments_received', coalesce(m.payments, 0)),
+               ('credits moved', {_MOVEMENT.format(name='credits')}, coalesce(m.lots, 0)),
+               ('reserved moved', {_MOVEMENT.format(name='reserved')}, coalesce(m.reserved, 0)),
+               ('receivable moved', {_MOVEMENT.format(name='receivable')}, coalesce(m.receivable, 0))
+               ) x(figure, said, posted)
+         WHERE x.said IS NOT NULL AND x.said::numeric * 1000000000 <> x.posted
         UNION ALL
         SELECT format('invoice %s: its document says total %s and amount due %s, its lines sum to %s',
                       i.number, i.content ->> 'total', i.content ->> 'amount_due',
@@ -501,7 +521,8 @@ async def invoices_tie_out(conn: AsyncConnection) -> Check:
             OR j.kind NOT IN ('topup', 'invoice_payment', 'rerate_adjustment', 'volume_true_up', 'invoice_rounding')
             OR (j.kind = 'invoice_payment' AND x.paid <> x.receivable) OR x.paid > x.receivable
         """, "invoices are intact (content hash), numbered without gaps, and total the revenue of their period "
-             "(lines rounded to the currency's minor unit where the document says so, a rounding line the rest); "
+             "(their top-ups, grants, expirations, payments received and balance movements those of its postings; "
+             "lines rounded to the currency's minor unit where the document says so, a rounding line the rest); "
              "their payments are what their entries paid off the receivable (an invoice payment all of it, a "
              "prepaid top-up, a re-rate or a volume true-up part of it)")
 

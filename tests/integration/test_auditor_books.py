@@ -405,3 +405,48 @@ def test_at_each_cut_balances_statements_the_journal_and_window_exports_agree(bo
                        "--out", str(out)).returncode == 0
             done = cli(url, "verify", "--file", str(out))
             assert done.returncode == 0, (start, end, done.stdout + done.stderr)
+
+
+# A finalized invoice's own figures beside its total (the period's top-ups, grants, expirations,
+# payments received, and its opening and closing balances) against what the period's entries
+# posted: an invoice rewritten as a superuser, its content hash recomputed so that it still looks
+# intact, must fail `invoices` naming it. initech's invoice: one on its period's postings.
+INVOICE_FIGURES = {
+    "top-ups": "jsonb_set(content, '{top_ups}', '\"1.00\"')",
+    "grants": "jsonb_set(content, '{grants}', '\"1.00\"')",
+    "expired": "jsonb_set(content, '{expired}', '\"1.00\"')",
+    "payments received": "jsonb_set(content, '{payments_received}', '\"1.00\"')",
+    "closing credits": "jsonb_set(content, '{closing_balance,credits}', '\"1.00\"')",
+    "closing receivable": "jsonb_set(content, '{closing_balance,receivable}', '\"9.99\"')",
+    "opening reserved": "jsonb_set(content, '{opening_balance,reserved}', '\"1.00\"')",
+}
+
+
+async def _verify_invoice_rewritten(url: str, content: str):
+    from sqlalchemy import text
+
+    from wallets.audit import full_verify
+
+    db = connect(url, pool_size=1)
+    try:
+        async with db.engine.connect() as conn:
+            await conn.execute(text("SET session_replication_role = replica"))
+            number = (await conn.execute(text(
+                f"""UPDATE invoices SET content = {content},
+                           content_hash = sha256(convert_to(CAST({content} AS text), 'UTF8'))
+                     WHERE customer_id = 'initech' RETURNING number"""))).scalar_one()
+            report = await full_verify(conn)
+            await conn.rollback()
+        return number, report
+    finally:
+        await db.dispose()
+
+
+@pytest.mark.parametrize("figure", INVOICE_FIGURES)
+def test_verify_names_an_invoice_whose_figures_differ_from_its_periods_postings(books, figure):
+    url, _ = books
+    number, report = asyncio.run(_verify_invoice_rewritten(url, INVOICE_FIGURES[figure]))
+    failed = {c.name: c for c in report.checks if not c.ok}
+    assert set(failed) == {"invoices"}, (figure, {c.name: c.detail for c in failed.values()})
+    assert any(p.startswith(f"invoice {number}: ") and "the postings" in p for p in failed["invoices"].problems), \
+        (figure, failed["invoices"].problems)
