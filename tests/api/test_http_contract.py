@@ -449,13 +449,14 @@ async def test_audit_invoices_rerates_and_webhook_logs_keep_to_their_documented_
     now = datetime.now(UTC)
     period = period_of(now, Cycle())
     sent = await client.post("/v1/usage-events", headers=ADMIN, json=[
-        {"event_id": f"e{i}", "customer_id": cid, "model": "model-a", "timestamp": now.isoformat(),
+        {"event_id": f"{tag}-e{i}", "customer_id": cid, "model": "model-a", "timestamp": now.isoformat(),
          "usage": {"input_tokens": 100_000}} for i in range(2)])
     assert sent.json()["accepted"] == 2, sent.text
     held = await client.post("/v1/reservations", headers=ADMIN, json={
-        "customer_id": cid, "request_id": "r/1", "model": "model-a", "amount": "1.00"})
+        "customer_id": cid, "request_id": f"{tag}/1", "model": "model-a", "amount": "1.00"})
     assert held.status_code == 201, held.text
-    for request_id in ("e0", "r%2F1"):
+    # Ids of this test's own (a trace by a request id other tests also used names several customers).
+    for request_id in (f"{tag}-e0", f"{tag}%2F1"):
         trace = await client.get(f"/v1/audit/charges/{request_id}", headers=ADMIN)
         assert trace.status_code == 200, trace.text
         _conforms(client, "/v1/audit/charges/{request_id}", trace.json())
