@@ -69,9 +69,10 @@ def decoded(text: str) -> bytes | None:
         return None
 
 
-def _per_second(numerator: int, denominator: int) -> int:
-    """AUDIO_TOKENS_PER_SECOND for `numerator / denominator` seconds, rounded up."""
-    return -(-numerator * AUDIO_TOKENS_PER_SECOND // denominator)
+def _per_second(seconds: tuple[int, int], rate: int = AUDIO_TOKENS_PER_SECOND) -> int:
+    """`rate` tokens a second for `numerator / denominator` seconds, rounded up."""
+    numerator, denominator = seconds
+    return -(-numerator * rate // denominator)
 
 
 def output_audio_tokens(pcm16_bytes: int) -> int:
@@ -82,6 +83,21 @@ def output_audio_tokens(pcm16_bytes: int) -> int:
 def audio_tokens(text: str) -> int:
     """The input tokens of a base64 audio clip (wav or mp3, whatever its declared format): a PCM
     WAV by its duration, anything else by the longest its size allows at LOWEST_BITRATE."""
+    return _per_second(_clip_seconds(text))
+
+
+def answer_audio_tokens(text: str, audio_format: str | None) -> int:
+    """The output tokens of the assistant's audio in a whole chat answer (base64
+    `message.audio.data`, in the format the call asked for): pcm16 by its size, as a stream's
+    (`output_audio_tokens`); any other format by its duration as `audio_tokens` reads it (a PCM
+    WAV's from its header; mp3, opus, aac, flac the longest their size allows at LOWEST_BITRATE)."""
+    if audio_format == "pcm16":
+        return output_audio_tokens(decoded_size(text))
+    return _per_second(_clip_seconds(text), OUTPUT_AUDIO_TOKENS_PER_SECOND)
+
+
+def _clip_seconds(text: str) -> tuple[int, int]:
+    """The duration of a base64 audio clip, as (numerator, denominator) seconds: see `audio_tokens`."""
     size = decoded_size(text)
     header = decoded(text[:_HEADER_CHARS - _HEADER_CHARS % 4])
     if header is not None and header[:4] == b"RIFF" and header[8:12] == b"WAVE":
@@ -92,8 +108,8 @@ def audio_tokens(text: str) -> int:
         except (wave.Error, EOFError, ValueError):  # not PCM (3.11's wave reads PCM only), or cut short
             frame_bytes = rate = 0
         if frame_bytes > 0 and rate > 0:
-            return _per_second(max(size - WAV_HEADER_BYTES, 0) // frame_bytes, rate)
-    return _per_second(size * 8, LOWEST_BITRATE)
+            return max(size - WAV_HEADER_BYTES, 0) // frame_bytes, rate
+    return size * 8, LOWEST_BITRATE
 
 
 def pdf_pages(data: bytes) -> int | None:

@@ -150,6 +150,7 @@ class Call:
     cache_write: str | None = None  # the prompt may be written to the cache, billed as this type (cache_write_1h)
     reused_containers: tuple[str, ...] = ()  # OpenAI containers given by id, billed when made: not charged again
     chosen_by_provider: tuple[str, ...] = ()  # left to the provider (service_tier auto): held at the dearest
+    audio_format: str | None = None  # chat: the format the answer's audio comes in (`audio.format`), if any
 
 
 def _count(value: Any, name: str) -> int | None:
@@ -458,4 +459,11 @@ def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: Token
     return Call(kind, model, stream, prompt_tokens + results, raw_tokens, cap,
                 msgspec.json.encode(body) if changed else raw, wanted, audio_tokens, audio_tokens + referred,
                 prior, uses, containers, _priced(kind, body), _cache_write(kind, body),
-                reused, _chosen_by_provider(kind, body))
+                reused, _chosen_by_provider(kind, body), _audio_format(kind, body))
+
+
+def _audio_format(kind: str, body: Mapping[str, Any]) -> str | None:
+    """The format a chat call asks its answer's audio in (`audio: {"format": ...}`); a stream's is pcm16."""
+    audio = body.get("audio") if kind == CHAT else None
+    given = audio.get("format") if isinstance(audio, Mapping) else None
+    return given if isinstance(given, str) else None

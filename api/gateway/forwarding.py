@@ -15,7 +15,7 @@ from prometheus_client import Counter
 from api.gateway.calls import CHAT, Call
 from api.gateway.settles import settle_record
 from api.gateway.shapes import Refusal, stream_error_event
-from api.gateway.streams import EventSplitter, StreamTally, answer_settlement, answer_texts, with_compactions
+from api.gateway.streams import EventSplitter, StreamTally, answer_settlement, with_compactions
 from api.routes.inputs import usage_tokens
 from api.routes.wire import money
 from pricing.errors import InvalidUsageError
@@ -53,7 +53,8 @@ class Forwarding:
         self.tally = StreamTally(call.kind, call.usage_chunk_wanted,
                                  chat_searches=dict(call.tool_uses).get("web_search", 0) if call.kind == CHAT else 0,
                                  container_units=call.container_units,
-                                 reused_containers=frozenset(call.reused_containers))
+                                 reused_containers=frozenset(call.reused_containers),
+                                 audio_format=call.audio_format)
         self.outcome = "settled"
         self.finished = False  # settled or released (or tried to be)
         self.charged: int | None = None  # what finish() knows was charged: 0 once released
@@ -142,10 +143,9 @@ class Forwarding:
         body = await self._body(response)
         if body is None:
             return
-        self.tally.texts = answer_texts(self.call.kind, body)
         self.tally.observe_answer(body)
         charged = await self.finish(answer_settlement(self.call.kind, body, self.x.gw.counter, self.call.model,
-                                                      self.call.prompt_raw_tokens), wait=self._waits())
+                                                      self.call.prompt_raw_tokens, self.tally), wait=self._waits())
         headers = [*self._upstream_headers(response), self._reserved()]
         if charged is not None:
             headers.append((b"x-tokentill-charged", money(charged, self.reservation.currency).encode()))

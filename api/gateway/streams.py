@@ -14,7 +14,10 @@ showed (OpenAI's code_interpreter_call and shell_call items name theirs; Anthrop
 `container_units` as `code_execution_calls`. Metered
 output is the tiktoken count (the model's encoding, else cl100k_base, no margin) of every
 generated text delta in the order received: message text, refusals, reasoning text, tool-call
-arguments. Anthropic's compactions, billed but left out of its top-level usage, are added to it
+arguments; a chat answer's audio counts as output audio tokens. A whole answer without usage is
+metered as its stream would be (`observe_answer`): the same texts, read from its items, its audio
+(in the call's format: pricing.attachments.answer_audio_tokens), Anthropic's web searches.
+Anthropic's compactions, billed but left out of its top-level usage, are added to it
 (`with_compactions`). No usage and no output at all means nothing was generated: the hold is released; so
 does an upstream that failed before any output token (Anthropic's message_start notwithstanding)
 and any web search.
@@ -30,7 +33,7 @@ import msgspec
 
 from api.gateway.calls import CHAT, EMBEDDINGS, MESSAGES, RESPONSES
 from api.gateway.tools import ANTHROPIC_CODE_EXECUTION_NAMES, OPENAI_CONTAINER_CALLS, OPENAI_TOOL_CALLS
-from pricing.attachments import decoded_size, output_audio_tokens
+from pricing.attachments import answer_audio_tokens, decoded_size, output_audio_tokens
 from pricing.normalize import normalize_anthropic, normalize_openai
 from pricing.tokens import TokenCounter
 
@@ -141,6 +144,8 @@ class StreamTally:
     containers: set[str] = field(default_factory=set)  # those the answer showed (Anthropic's: one, "")
     reused_containers: frozenset[str] = frozenset()  # OpenAI's given by id: billed when made, not again
     audio_bytes: int = 0  # OpenAI (chat): the pcm16 audio the answer sent (delta.audio.data), decoded
+    audio_format: str | None = None  # OpenAI (chat): the format a whole answer's audio is in (the call's)
+    audio_tokens: int = 0  # OpenAI (chat): the output audio tokens of a whole answer's audio
 
     def observe(self, raw: bytes) -> bool:
         """Take one event into account; whether to forward it to the caller."""
@@ -252,8 +257,11 @@ class StreamTally:
         text = "".join(self.texts)
         metered = counter.count_text(text, model).raw_tokens if text else 0
         calls = self.tool_calls() if self.kind != CHAT else {}  # a search model's search: not shown, assumed
-        if self.audio_bytes:  # the assistant's audio, as output audio tokens
-            calls = {**calls, "output_audio_tokens": output_audio_tokens(self.audio_bytes)}
+        if self.searches and self.started is None:  # Anthropic's, without its usage (a whole answer)
+            calls = {**calls, "web_search_calls": self.searches}
+        if self.audio_bytes or self.audio_tokens:  # the assistant's audio, as output audio tokens
+            audio = self.audio_tokens + (output_audio_tokens(self.audio_bytes) if self.audio_bytes else 0)
+            calls = {**calls, "output_audio_tokens": audio}
         if metered == 0 and not self.searches and not calls and (failed or self.error):
             return None
         if self.started is not None:
@@ -263,15 +271,27 @@ class StreamTally:
             return None
         return "usage", {"input_tokens": prompt_raw_tokens, "output_tokens": metered, **calls}
 
-    def observe_answer(self, raw: bytes) -> None:
-        """Take a whole (non-streamed) answer's per-call tool items and containers into account."""
-        body = _json(raw) if self.kind in (RESPONSES, MESSAGES) else None
+    def observe_answer(self, raw: bytes | Mapping[str, Any]) -> None:
+        """Take a whole (non-streamed) answer into account as its stream's events would be: its
+        generated text (answer_texts), a chat answer's audio, Anthropic's web searches, the
+        per-call tool items and containers."""
+        body = _json(raw) if isinstance(raw, bytes) else raw
         if body is None:
             return
-        if self.kind == RESPONSES:
+        self.texts = answer_texts(self.kind, body)
+        if self.kind == CHAT:
+            for choice in _list(body.get("choices")):
+                message = choice.get("message") if isinstance(choice, Mapping) else None
+                audio = message.get("audio") if isinstance(message, Mapping) else None
+                if isinstance(audio, Mapping) and isinstance(audio.get("data"), str):
+                    self.audio_tokens += answer_audio_tokens(audio["data"], self.audio_format)
+        elif self.kind == RESPONSES:
             self.count_items(_list(body.get("output")))
-        elif isinstance(body.get("container"), Mapping):
-            self.containers.add("")
+        elif self.kind == MESSAGES:
+            for block in _list(body.get("content")):
+                self._messages("content_block_start", {"content_block": block})
+            if isinstance(body.get("container"), Mapping):
+                self.containers.add("")
 
     def with_tool_calls(self, form: str, usage: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """A settlement with the tool uses the provider bills which its usage does not count
@@ -332,18 +352,23 @@ def answer_texts(kind: str, raw: bytes | Mapping[str, Any]) -> list[str]:
             message = choice.get("message") if isinstance(choice, Mapping) else None
             if isinstance(message, Mapping):
                 texts += _texts_of_chat_delta({"choices": [{"delta": message}]})
-    elif kind == RESPONSES:
+    elif kind == RESPONSES:  # what a stream sends as deltas (_RESPONSES_DELTAS), item by item
         for item in _list(body.get("output")):
-            if isinstance(item, Mapping):
-                texts += [item[k] for k in ("arguments",) if isinstance(item.get(k), str)]
-                for part in _list(item.get("content")):
-                    if isinstance(part, Mapping) and isinstance(part.get("text"), str):
-                        texts.append(part["text"])
-    elif kind == MESSAGES:
+            if not isinstance(item, Mapping):
+                continue
+            # a function's or MCP call's arguments, a custom tool's input, the code interpreter's code
+            texts += [item[k] for k in ("arguments", "input", "code") if isinstance(item.get(k), str)]
+            action = item.get("action") if item.get("type") == "shell_call" else None
+            if isinstance(action, Mapping):
+                texts += [c for c in _list(action.get("commands")) if isinstance(c, str)]
+            for part in [*_list(item.get("content")), *_list(item.get("summary"))]:  # text, refusal, reasoning
+                if isinstance(part, Mapping):
+                    texts += [part[k] for k in ("text", "refusal") if isinstance(part.get(k), str)]
+    elif kind == MESSAGES:  # as a stream's text, thinking and input_json deltas
         for block in _list(body.get("content")):
             if isinstance(block, Mapping):
                 texts += [block[k] for k in ("text", "thinking") if isinstance(block.get(k), str)]
-                if block.get("type") == "tool_use":
+                if block.get("type") in ("tool_use", "server_tool_use", "mcp_tool_use") and "input" in block:
                     texts.append(msgspec.json.encode(block.get("input")).decode())
     return texts
 
@@ -368,9 +393,10 @@ def _json(raw: bytes) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
-def answer_settlement(kind: str, raw: bytes, counter: TokenCounter, model: str,
-                      prompt_raw_tokens: int) -> tuple[str, dict] | None:
-    """(usage form, usage) of a whole JSON answer: its own usage, else metered as a stream would be."""
+def answer_settlement(kind: str, raw: bytes, counter: TokenCounter, model: str, prompt_raw_tokens: int,
+                      tally: StreamTally | None = None) -> tuple[str, dict] | None:
+    """(usage form, usage) of a whole JSON answer: its own usage, else metered as a stream would be
+    (by `tally`, which observed the answer; else a tally of its own)."""
     body = _json(raw)
     if body is None:
         return None
@@ -383,7 +409,7 @@ def answer_settlement(kind: str, raw: bytes, counter: TokenCounter, model: str,
         return "openai_usage", _with_tier(usage, _tier_of(body))
     if kind == EMBEDDINGS:
         return "usage", {"input_tokens": prompt_raw_tokens}
-    tally = StreamTally(kind, texts=answer_texts(kind, body))
-    if kind == RESPONSES:
-        tally.count_items(_list(body.get("output")))
+    if tally is None:
+        tally = StreamTally(kind)
+        tally.observe_answer(body)
     return tally.settlement(counter, model, prompt_raw_tokens) or ("usage", {"input_tokens": prompt_raw_tokens})

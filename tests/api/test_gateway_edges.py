@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import socket
 import threading
 import time
 import uuid
+import wave
 from collections.abc import Awaitable, Callable, Iterator
 from decimal import Decimal
 from typing import Any
@@ -32,10 +34,12 @@ from tests.api.test_gateway import (
     MESSAGES_CHARGE,
     OUT,
     RESPONSES_CHARGE,
+    SEARCH,
     M,
     charged,
     customer,
     serving,
+    tool_book,
     wallet,
 )
 from wallets.commands import Reserve
@@ -723,4 +727,109 @@ def test_a_stream_cut_after_output_of_another_kind_is_charged_it(live, upstream,
     # responses input "hi" as a user message: 7) and " one two" metered (2)
     cost = ((8 if chat else 7) * IN + 2 * OUT) / M + CALL
     assert charged(url, request_id) == cost
+    assert wallet(url, cid) == (Decimal("10") - cost, 0)
+
+
+def _wav(seconds: int) -> str:
+    """A PCM WAV of `seconds` of silence at 24 kHz, 16 bits, mono, base64."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as clip:
+        clip.setnchannels(1)
+        clip.setsampwidth(2)
+        clip.setframerate(24_000)
+        clip.writeframes(bytes(48_000 * seconds))
+    return base64.b64encode(out.getvalue()).decode()
+
+
+def _whole(path: str, answer: dict[str, Any]) -> bytes:
+    if path.endswith("/chat/completions"):
+        return msgspec.json.encode({"id": "chatcmpl-bare", "object": "chat.completion", "model": "m", **answer})
+    if path.endswith("/responses"):
+        return msgspec.json.encode({"id": "resp_bare", "object": "response", "status": "completed", **answer})
+    return msgspec.json.encode({"id": "msg_bare", "type": "message", "role": "assistant", **answer})
+
+
+def _item(**item: Any) -> dict[str, Any]:
+    return {"output": [{"id": "it_1", "status": "completed", **item}]}
+
+
+CHAT_PATH, RESPONSES_PATH, MESSAGES_PATH = ("/openai/v1/chat/completions", "/openai/v1/responses",
+                                            "/anthropic/v1/messages")
+
+
+@pytest.mark.parametrize("path, audio_format, answer, output", [
+    # 2 s of the assistant's audio at 1 token per 50 ms (40), in the format the call asked, and its transcript (2)
+    (CHAT_PATH, "wav", {"choices": [{"index": 0, "finish_reason": "stop", "message": {
+        "role": "assistant", "content": None,
+        "audio": {"id": "audio_1", "expires_at": 1, "data": _wav(2), "transcript": " one two"}}}]}, 42),
+    (CHAT_PATH, "pcm16", {"choices": [{"index": 0, "finish_reason": "stop", "message": {
+        "role": "assistant", "content": None, "audio": {
+            "id": "audio_1", "expires_at": 1, "data": base64.b64encode(bytes(96_000)).decode(),
+            "transcript": " one two"}}}]}, 42),
+    # what a responses stream sends as deltas, whole: reasoning summaries, refusals, a custom tool's
+    # input, code for the code interpreter, a shell command (2 each)
+    (RESPONSES_PATH, None, _item(type="reasoning", summary=[{"type": "summary_text", "text": " one two"}]), 2),
+    (RESPONSES_PATH, None, _item(type="message", role="assistant",
+                                 content=[{"type": "refusal", "refusal": " one two"}]), 2),
+    (RESPONSES_PATH, None, _item(type="custom_tool_call", call_id="c1", name="f", input=" one two"), 2),
+    (RESPONSES_PATH, None, _item(type="code_interpreter_call", code=" one two", container_id="cntr_1",
+                                 outputs=None), 2),
+    (RESPONSES_PATH, None, _item(type="shell_call", call_id="c1", action={"commands": [" one", " two"]}), 2),
+    # Anthropic's server and MCP tool calls' input, as its stream's input_json_delta: {"query":"one two"} (6)
+    (MESSAGES_PATH, None, {"content": [{"type": "mcp_tool_use", "id": "t1", "name": "q", "server_name": "s",
+                                        "input": {"query": "one two"}}]}, 6),
+])
+def test_a_whole_answer_without_usage_is_charged_every_kind_of_output_it_carries(
+        live, upstream, path, audio_format, answer, output):
+    """A whole (non-streamed) answer without the provider's usage is metered as a stream would be;
+    its metering read the text only, not the assistant's audio, nor the outputs of other kinds a
+    stream cut before its usage is charged (reasoning summaries, refusals, custom tool input, code,
+    shell commands, Anthropic's server and MCP tools' input): those went free."""
+    url, _ = live
+    cid, key = customer(live)
+    data = _whole(path, answer)
+
+    async def bare(send: Any, receive: Any) -> None:
+        await start(send, b"application/json", len(data))
+        await body(send, data, more=False)
+
+    name = model(upstream, bare)
+    if path == CHAT_PATH:
+        payload: dict[str, Any] = {"model": name, "messages": HI}
+        if audio_format:
+            payload |= {"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": audio_format}}
+    elif path == RESPONSES_PATH:
+        payload = {"model": name, "input": "hi"}
+    else:
+        payload = {"model": name, "max_tokens": 100, "messages": HI}
+    raw = httpx.post(f"{url}{path}", headers={"Authorization": f"Bearer {key}", "x-api-key": key},
+                     json=payload, timeout=30)
+    assert raw.status_code == 200 and raw.content == data
+    # the prompt as counted ("user" and "hi" with 3 a message and 3 for the reply: 8; the responses
+    # input "hi" as a user message: 7), the output at the book's output price (audio too: it prices none)
+    cost = ((7 if path == RESPONSES_PATH else 8) * IN + output * OUT) / M + CALL
+    assert charged(url, raw.headers["x-tokentill-request-id"]) == cost
+    assert wallet(url, cid) == (Decimal("10") - cost, 0)
+
+
+def test_an_anthropic_whole_answer_without_usage_is_charged_its_web_searches(live, upstream):
+    """Anthropic bills each web search its answer shows (a server_tool_use block), as a stream cut
+    before its usage is charged them; a whole answer without usage had its searches free."""
+    url, _ = live
+    cid, key = customer((url, tool_book(url, {"id": "search", "token_type": "web_search", "price": str(SEARCH)})))
+    data = _whole(MESSAGES_PATH, {"content": [
+        {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {"query": "one two"}},
+        {"type": "web_search_tool_result", "tool_use_id": "srvtoolu_1", "content": []},
+        {"type": "text", "text": " one two"}]})
+
+    async def bare(send: Any, receive: Any) -> None:
+        await start(send, b"application/json", len(data))
+        await body(send, data, more=False)
+
+    raw = httpx.post(f"{url}{MESSAGES_PATH}", headers={"x-api-key": key}, timeout=30,
+                     json={"model": model(upstream, bare), "max_tokens": 100, "messages": HI})
+    assert raw.status_code == 200
+    # the prompt (8), the search's input {"query":"one two"} (6) and " one two" (2), one search
+    cost = (8 * IN + 8 * OUT) / M + SEARCH + CALL
+    assert charged(url, raw.headers["x-tokentill-request-id"]) == cost
     assert wallet(url, cid) == (Decimal("10") - cost, 0)
