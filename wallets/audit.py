@@ -485,6 +485,15 @@ async def invoices_tie_out(conn: AsyncConnection) -> Check:
                ) x(figure, said, posted)
          WHERE x.said IS NOT NULL AND x.said::numeric * 1000000000 <> x.posted
         UNION ALL
+        SELECT format('invoice %s opens with %s %s, but invoice %s, of the period before, closed with %s',
+                      x.number, b.name, x.content -> 'opening_balance' ->> b.name, x.before,
+                      x.previous -> 'closing_balance' ->> b.name)
+          FROM (SELECT number, content, lag(number) OVER w AS before, lag(content) OVER w AS previous
+                  FROM invoices WINDOW w AS (PARTITION BY customer_id ORDER BY period_start)) x
+         CROSS JOIN (VALUES ('credits'), ('reserved'), ('receivable')) b(name)
+         WHERE (x.content -> 'opening_balance' ->> b.name)::numeric
+               <> (x.previous -> 'closing_balance' ->> b.name)::numeric
+        UNION ALL
         SELECT format('invoice %s: its document says total %s and amount due %s, its lines sum to %s',
                       i.number, i.content ->> 'total', i.content ->> 'amount_due',
                       (SELECT sum((l ->> 'amount')::numeric) FROM jsonb_array_elements(i.content -> 'lines') l))
@@ -521,7 +530,8 @@ async def invoices_tie_out(conn: AsyncConnection) -> Check:
             OR j.kind NOT IN ('topup', 'invoice_payment', 'rerate_adjustment', 'volume_true_up', 'invoice_rounding')
             OR (j.kind = 'invoice_payment' AND x.paid <> x.receivable) OR x.paid > x.receivable
         """, "invoices are intact (content hash), numbered without gaps, and total the revenue of their period "
-             "(their top-ups, grants, expirations, payments received and balance movements those of its postings; "
+             "(their top-ups, grants, expirations, payments received and balance movements those of its postings, "
+             "each opening where the one before closed; "
              "lines rounded to the currency's minor unit where the document says so, a rounding line the rest); "
              "their payments are what their entries paid off the receivable (an invoice payment all of it, a "
              "prepaid top-up, a re-rate or a volume true-up part of it)")
