@@ -63,8 +63,9 @@ What the provider bills as input but the body does not show:
   that audio as input: held at AUDIO_REFERENCE_TOKENS of audio, the most audio an answer can
   have. In the hold only (`hold_audio_tokens`): a settle without the provider's usage (a cut
   stream) charges the body's own count, not the bound.
-- A responses call that continues a conversation (`previous_response_id`, `conversation`) is
-  billed the earlier turns as input: `prior_context` marks it, and its hold counts the model's
+- A responses call that continues a conversation (`previous_response_id`, `conversation`), refers
+  to an earlier item by id (`item_reference`) or uses a stored prompt template (`prompt`) is
+  billed the earlier turns (the item, the template) as input: `prior_context` marks it, and its hold counts the model's
   context window (pricing.estimate), not the body alone; its settle, the provider's usage (without
   it, a cut stream: the body's count, as any call's).
 """
@@ -431,7 +432,8 @@ def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: Token
     stream = body.get("stream") is True and kind != EMBEDDINGS
     prompt_tokens, raw_tokens, audio_tokens, referred = count_prompt(kind, body, model, counter)
     prior = kind == RESPONSES and (body.get("previous_response_id") is not None
-                                   or body.get("conversation") is not None)
+                                   or body.get("conversation") is not None or body.get("prompt") is not None
+                                   or _item_reference(body.get("input")))
     cap, changed = _output_cap(kind, body, default_max_output)
     if kind == CHAT:
         cap += _prediction_tokens(body, model, counter)
@@ -460,6 +462,15 @@ def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: Token
                 msgspec.json.encode(body) if changed else raw, wanted, audio_tokens, audio_tokens + referred,
                 prior, uses, containers, _priced(kind, body), _cache_write(kind, body),
                 reused, _chosen_by_provider(kind, body), _audio_format(kind, body))
+
+
+def _item_reference(given: Any) -> bool:
+    """Whether a responses input refers to an earlier item by id (`{"type": "item_reference", "id"}`,
+    its type optional): the provider bills the item as input, which the body does not show."""
+    return isinstance(given, list) and any(
+        isinstance(item, Mapping) and (item.get("type") == "item_reference"
+                                       or ("type" not in item and set(item) == {"id"}))
+        for item in given)
 
 
 def _audio_format(kind: str, body: Mapping[str, Any]) -> str | None:

@@ -880,14 +880,19 @@ def test_responses_are_charged_their_usage(live, stream):
     assert wallet(url, cid) == (Decimal("10") - RESPONSES_CHARGE, 0)
 
 
-@pytest.mark.parametrize(("model", "context"), [("gpt-test", 400_000), ("gpt-4o", 128_000)])
-def test_a_response_that_continues_a_conversation_is_held_for_the_models_context_window(live, model, context):
+@pytest.mark.parametrize(("model", "context", "earlier"), [
+    ("gpt-test", 400_000, {"previous_response_id": "resp_1"}), ("gpt-4o", 128_000, {"previous_response_id": "resp_1"}),
+    # an earlier item by id, a stored prompt: billed as input, not in the body (were held at "hi": 7 or 8)
+    ("gpt-test", 400_000, {"input": ["hi", {"type": "item_reference", "id": "msg_1"}]}),
+    ("gpt-test", 400_000, {"prompt": {"id": "pmpt_1", "variables": {"city": "Paris"}}})])
+def test_a_response_that_continues_a_conversation_is_held_for_the_models_context_window(live, model, context,
+                                                                                        earlier):
     # gpt-4o: genai-prices' 128,000 tokens; gpt-test, a model it does not know:
     # TOKENTILL_GATEWAY_CONTEXT_HOLD_TOKENS' default, 400,000
     url, _ = live
     cid, key = customer(live)
-    raw = oai(url, key).responses.with_raw_response.create(model=model, input="hi", previous_response_id="resp_1",
-                                                           max_output_tokens=1000)
+    raw = oai(url, key).responses.with_raw_response.create(model=model, max_output_tokens=1000,
+                                                           **{"input": "hi", **earlier})
     # the earlier turns OpenAI bills as input (was: "hi" and the overhead, 7 or 8 tokens)
     assert Decimal(raw.headers["x-tokentill-reserved"]) == (context * WRITE + 1000 * OUT) / M + CALL
     assert charged(url, raw.headers["x-tokentill-request-id"]) == RESPONSES_CHARGE  # the provider's usage

@@ -262,10 +262,18 @@ def test_an_earlier_answers_audio_referred_to_by_id_is_held_at_the_most_audio_an
     (RESPONSES, {"conversation": {"id": "conv_abc"}}, True),
     (RESPONSES, {}, False),
     (CHAT, {"previous_response_id": "resp_abc"}, False),  # no such field: the body is the whole prompt
+    # an earlier item referred to by id, billed as input (was: the body's id only)
+    (RESPONSES, {"input": ["hi", {"type": "item_reference", "id": "msg_abc"}]}, True),
+    (RESPONSES, {"input": [{"type": "message", "role": "user", "content": "hi"}, {"id": "msg_abc"}]}, True),
+    # a stored prompt template, billed as input (was: its id and variables only)
+    (RESPONSES, {"prompt": {"id": "pmpt_abc", "variables": {"city": "Paris"}}}, True),
+    (RESPONSES, {"input": [{"type": "message", "role": "user", "content": "hi", "id": "msg_abc"}]}, False),
 ])
 def test_a_responses_call_that_continues_a_conversation_is_marked_for_its_earlier_turns(kind, extra, prior):
     prompt = {"input": "hi"} if kind == RESPONSES else {"messages": HI}
     c = call(kind, {"model": "gpt-4o", "max_output_tokens": 10, **prompt, **extra})
+    if kind == RESPONSES and "input" in extra:
+        assert c.prompt_raw_tokens > 0
     assert c.prior_context is prior
 
 
