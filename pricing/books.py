@@ -238,6 +238,9 @@ class PriceVersion:
     _generic: dict[str, tuple[Rule, ...]] = field(init=False, repr=False, compare=False)
     timed: bool = field(init=False, repr=False, compare=False)  # some rule has hours
     token_types: frozenset[str] = field(init=False, repr=False, compare=False)  # the types its rules price
+    # the dimensions some rule matches (processing, service_tier...): a caller who may not choose
+    # prices may not name them (wallets.core.reservations)
+    priced_dimensions: frozenset[str] = field(init=False, repr=False, compare=False)
     _models: frozenset[str | None] = field(init=False, repr=False, compare=False)  # None: a rule for any
     # (a per-call fee for every model is not one: it prices calls, not any model's tokens)
     resolved: dict[tuple[object, ...], object] = field(init=False, repr=False, compare=False)  # rating's cache
@@ -264,6 +267,7 @@ class PriceVersion:
         object.__setattr__(self, "_generic", {k: tuple(v) for k, v in generic.items()})
         object.__setattr__(self, "timed", any(rule.hours is not None for rule in self.rules))
         object.__setattr__(self, "token_types", frozenset(rule.token_type for rule in self.rules))
+        object.__setattr__(self, "priced_dimensions", frozenset(name for rule in self.rules for name, _ in rule.match))
         object.__setattr__(self, "_models", frozenset(r.model for r in self.rules
                                                       if r.model is not None or r.token_type != "request"))
         object.__setattr__(self, "resolved", {})

@@ -143,16 +143,6 @@ def _past_max_charge(wallet: Wallet, version: PriceVersion, amount: int, what: s
         limit="max_charge_per_request", maximum=limit_text, value=amount_text, source=source)
 
 
-def price_dimensions(version: PriceVersion) -> frozenset[str]:
-    """The dimensions some rule of the version matches (read once per version: a book may have
-    thousands of rules)."""
-    names = version.resolved.get(("price_dimensions",))
-    if names is None:
-        names = version.resolved[("price_dimensions",)] = frozenset(
-            name for rule in version.rules for name, _ in rule.match)
-    return names  # type: ignore[return-value]
-
-
 def charge_lines(rating: Rating, overrides_version: int | None = None) -> list[dict[str, Any]]:
     """The lines a charge stores; a line an override priced (a contract price, a discount, a free
     allowance) also names the version of the customer's overrides it came from."""

@@ -32,7 +32,6 @@ from wallets.core.rating import (
     override_version,
     overrides_at,
     period_counts,
-    price_dimensions,
     rate_call,
     unpostable,
 )
@@ -78,7 +77,7 @@ def reserve(state: State, cmd: Reserve, now: datetime, book: PriceBook | None) -
         past = hold_implausibility(w, book_for(w, book).version_at(now), amount)
         if past is not None:
             return Decision.refuse(past)
-    priced = cmd.caller_dimensions and price_dimensions(book_for(w, book).version_at(now)).intersection(
+    priced = cmd.caller_dimensions and book_for(w, book).version_at(now).priced_dimensions.intersection(
         cmd.caller_dimensions)
     if priced:  # not kept: the book may change
         name = min(priced)

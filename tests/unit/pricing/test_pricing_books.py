@@ -276,3 +276,14 @@ def test_rules_built_directly_normalize_prices_and_dimensions():
     with pytest.raises(PriceBookValidationError) as info:
         Rule("r", "input", price=1.5)  # type: ignore[arg-type]
     assert fields_of(info.value) == {"price"}
+
+
+def test_a_version_knows_the_dimensions_its_rules_price_by():
+    """What a customer's key may not name in its dimensions (wallets.core.reservations): every
+    name some rule matches, whatever its value, and nothing a rule does not match."""
+    v = version({"id": "in", "token_type": "input", "price": "1"},
+                {"id": "in-batch", "token_type": "input", "price": "0.5", "match": {"processing": "batch"}},
+                {"id": "out-flex", "token_type": "output", "price": "2",
+                 "match": {"service_tier": "flex", "region": "eu"}})
+    assert v.priced_dimensions == frozenset({"processing", "service_tier", "region"})
+    assert version({"id": "in", "token_type": "input", "price": "1"}).priced_dimensions == frozenset()
