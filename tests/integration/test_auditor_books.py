@@ -266,24 +266,34 @@ TAMPERING = {
 }
 
 
-async def _verify_tampered(url: str, statements: list[str]):
-    from sqlalchemy import text
-
+async def _verify_after(url: str, tamper):
+    """`full_verify`'s report on the books once `await tamper(conn)` changed them, in a transaction
+    rolled back after: (what `tamper` returned, the report)."""
     from wallets.audit import full_verify
 
     db = connect(url, pool_size=1)
     try:
         async with db.engine.connect() as conn:
-            await conn.execute(text("SET session_replication_role = replica"))
-            entry = (await conn.execute(text(_SEALED_SETTLE))).scalar_one()
-            for sql in statements:
-                done = await conn.execute(text(sql.format(entry=entry)))
-                assert sql.startswith("ALTER") or done.rowcount > 0, sql
+            done = await tamper(conn)
             report = await full_verify(conn)
             await conn.rollback()
-        return entry, report
+        return done, report
     finally:
         await db.dispose()
+
+
+async def _verify_tampered(url: str, statements: list[str]):
+    from sqlalchemy import text
+
+    async def tamper(conn):
+        await conn.execute(text("SET session_replication_role = replica"))
+        entry = (await conn.execute(text(_SEALED_SETTLE))).scalar_one()
+        for sql in statements:
+            done = await conn.execute(text(sql.format(entry=entry)))
+            assert sql.startswith("ALTER") or done.rowcount > 0, sql
+        return entry
+
+    return await _verify_after(url, tamper)
 
 
 @pytest.mark.parametrize("tamper", TAMPERING)
@@ -322,24 +332,18 @@ ROLLUP_ITEMS = {"topups": "acme", "grants": "acme", "expired": "acme", "lots": "
 async def _verify_rollup_tampered(url: str, item: str, customer: str):
     from sqlalchemy import text
 
-    from wallets.audit import full_verify
+    async def tamper(conn):
+        period = (await conn.execute(text(
+            "SELECT metadata ->> 'period' FROM journal_entries WHERE customer_id = :c AND metadata ? 'period' "
+            "ORDER BY id LIMIT 1"), {"c": customer})).scalar_one()
+        await conn.execute(text(
+            """INSERT INTO period_deltas (lane, customer_id, period, items, quantities, amounts)
+               VALUES (ledger_lane(:c), :c, :p, ARRAY[:item]::wallets_rollup_item[],
+                       ARRAY[0]::wallets_units[], ARRAY[1]::wallets_units[])"""),
+            {"c": customer, "p": period, "item": item})
+        return period
 
-    db = connect(url, pool_size=1)
-    try:
-        async with db.engine.connect() as conn:
-            period = (await conn.execute(text(
-                "SELECT metadata ->> 'period' FROM journal_entries WHERE customer_id = :c AND metadata ? 'period' "
-                "ORDER BY id LIMIT 1"), {"c": customer})).scalar_one()
-            await conn.execute(text(
-                """INSERT INTO period_deltas (lane, customer_id, period, items, quantities, amounts)
-                   VALUES (ledger_lane(:c), :c, :p, ARRAY[:item]::wallets_rollup_item[],
-                           ARRAY[0]::wallets_units[], ARRAY[1]::wallets_units[])"""),
-                {"c": customer, "p": period, "item": item})
-            report = await full_verify(conn)
-            await conn.rollback()
-        return period, report
-    finally:
-        await db.dispose()
+    return await _verify_after(url, tamper)
 
 
 @pytest.mark.parametrize("item", ROLLUP_ITEMS)
