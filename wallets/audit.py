@@ -16,6 +16,7 @@ def _literal(value: str) -> str:
     return "'" + value.replace("'", "''").replace(":", "\\:") + "'"
 
 
+_UNIT = 10 ** chart.ASSET_SCALE  # atomic units a unit of the currency (a document's figures are in units)
 _OPEN = "(" + ", ".join(_literal(status) for status in chart.OPEN_STATUSES) + ")"
 _RESERVED = f"{_literal(chart.RESERVED_CODE[0])} || c.id || {_literal(chart.RESERVED_CODE[1])}"
 _RECEIVABLE = f"{_literal(chart.RECEIVABLE_CODE[0])} || c.id || {_literal(chart.RECEIVABLE_CODE[1])}"
@@ -472,7 +473,7 @@ async def invoices_tie_out(conn: AsyncConnection) -> Check:
          WHERE i.total <> coalesce(m.revenue, 0)
         UNION ALL
         SELECT format('invoice %s: its document says %s %s, but the postings of %s billed in %s say %s',
-                      i.number, x.figure, x.said, i.customer_id, i.period, trim_scale(x.posted / 1000000000.0))
+                      i.number, x.figure, x.said, i.customer_id, i.period, trim_scale(x.posted / {_UNIT}.0))
           FROM invoices i LEFT JOIN moved m ON m.customer_id = i.customer_id AND m.period = i.period
          CROSS JOIN LATERAL (VALUES
                ('top-ups', i.content ->> 'top_ups', coalesce(m.topups, 0)),
@@ -483,7 +484,7 @@ async def invoices_tie_out(conn: AsyncConnection) -> Check:
                ('reserved moved', {_MOVEMENT.format(name='reserved')}, coalesce(m.reserved, 0)),
                ('receivable moved', {_MOVEMENT.format(name='receivable')}, coalesce(m.receivable, 0))
                ) x(figure, said, posted)
-         WHERE x.said IS NOT NULL AND x.said::numeric * 1000000000 <> x.posted
+         WHERE x.said IS NOT NULL AND x.said::numeric * {_UNIT} <> x.posted
         UNION ALL
         SELECT format('invoice %s opens with %s %s, but invoice %s, of the period before, closed with %s',
                       x.number, b.name, x.content -> 'opening_balance' ->> b.name, x.before,
@@ -498,10 +499,10 @@ async def invoices_tie_out(conn: AsyncConnection) -> Check:
                       i.number, i.content ->> 'total', i.content ->> 'amount_due',
                       (SELECT sum((l ->> 'amount')::numeric) FROM jsonb_array_elements(i.content -> 'lines') l))
           FROM invoices i
-         WHERE (i.content ->> 'total')::numeric * 1000000000 <> i.total
-            OR (i.content ->> 'amount_due')::numeric * 1000000000 <> i.amount_due
+         WHERE (i.content ->> 'total')::numeric * {_UNIT} <> i.total
+            OR (i.content ->> 'amount_due')::numeric * {_UNIT} <> i.amount_due
             OR coalesce((SELECT sum((l ->> 'amount')::numeric) FROM jsonb_array_elements(i.content -> 'lines') l), 0)
-               * 1000000000 <> i.total
+               * {_UNIT} <> i.total
         UNION ALL
         SELECT format('invoice %s: its %s line of %s is not rounded to %s decimals', i.number, l ->> 'kind',
                       l ->> 'amount', i.content -> 'line_rounding' ->> 'decimals')
@@ -566,9 +567,9 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
                       n.entry_id, ({revenue.format(entry="n.entry_id")}),
                       (SELECT sum(a.new_amount - a.old_amount) FROM charge_adjustments a WHERE a.credit_note_id = n.id))
           FROM credit_notes n
-         WHERE (n.content ->> 'total')::numeric * 1000000000 <> n.total
+         WHERE (n.content ->> 'total')::numeric * {_UNIT} <> n.total
             OR coalesce((SELECT sum((l ->> 'amount')::numeric) FROM jsonb_array_elements(n.content -> 'lines') l), 0)
-               * 1000000000 <> n.total
+               * {_UNIT} <> n.total
             OR n.total <> ({revenue.format(entry="n.entry_id")})
             OR n.total IS DISTINCT FROM (SELECT sum(a.new_amount - a.old_amount) FROM charge_adjustments a
                                           WHERE a.credit_note_id = n.id)
@@ -577,7 +578,7 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
                       'the rounding account', n.number, n.content ->> 'total', n.content ->> 'amount',
                       n.content ->> 'amount_rounding', n.entry_id, ({rounded.format(entry="n.entry_id")}))
           FROM credit_notes n
-         WHERE coalesce((n.content ->> 'amount_rounding')::numeric, 0) * 1000000000
+         WHERE coalesce((n.content ->> 'amount_rounding')::numeric, 0) * {_UNIT}
                <> ({rounded.format(entry="n.entry_id")})
             OR (n.content ? 'amount' AND (n.content ->> 'amount')::numeric
                 <> (n.content ->> 'total')::numeric + (n.content ->> 'amount_rounding')::numeric)
