@@ -50,10 +50,20 @@ def database_url(server_url: str) -> Iterator[str]:
     yield from _migrated(server_url, f"tokentill_test_{os.getpid()}")
 
 
+@pytest.fixture(scope="session")
+def migrated_template(server_url: str) -> Iterator[str]:
+    """The name of a database migrated once for the session, which nothing connects to again:
+    scratch databases are copies of it (~0.15 s each, where migrating one took 2-8 s)."""
+    name = f"tokentill_template_{os.getpid()}"
+    for _ in _migrated(server_url, name):
+        yield name
+
+
 @pytest.fixture
-def scratch_url(server_url: str) -> Iterator[str]:
+def scratch_url(server_url: str, migrated_template: str) -> Iterator[str]:
     """A migrated database of the test's own, for tests that damage it on purpose."""
-    yield from _migrated(server_url, f"tokentill_scratch_{uuid.uuid4().hex[:10]}")
+    with scratch_database(server_url, f"tokentill_scratch_{uuid.uuid4().hex[:10]}", template=migrated_template) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -15,13 +15,14 @@ from ledger import embedded
 
 
 @contextmanager
-def scratch_database(server_url: str, name: str) -> Iterator[str]:
-    """A fresh database `name` on the server of `server_url`; dropped afterwards. Yields its URL."""
+def scratch_database(server_url: str, name: str, *, template: str | None = None) -> Iterator[str]:
+    """A fresh database `name` on the server of `server_url` (a copy of database `template`, which
+    no one may be connected to, where given); dropped afterwards. Yields its URL."""
     admin = create_engine(sync_url(server_url), isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
+            conn.execute(text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
         yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
     finally:
         with admin.connect() as conn:
