@@ -43,13 +43,7 @@ from pricing.ambiguity import patterns_may_overlap as patterns_may_overlap  # us
 from pricing.errors import PriceBookValidationError, UnpricedModelError, field_error
 from pricing.money import DEFAULT_SCALE, to_decimal
 from pricing.rule_fields import PromptTier as PromptTier
-from pricing.rule_fields import (
-    checked_price,
-    format_errors,
-    in_hours,
-    normalize_format_2,
-    window_errors,
-)
+from pricing.rule_fields import checked_price, format_errors, in_hours, normalize_format_2, window_errors
 from pricing.units import KINDS, PER_UNITS, TOKEN_TYPES
 
 FALLBACKS: dict[str, tuple[str, ...]] = {k.name: k.fallbacks for k in KINDS.values() if k.fallbacks}
@@ -238,9 +232,7 @@ class PriceVersion:
     _generic: dict[str, tuple[Rule, ...]] = field(init=False, repr=False, compare=False)
     timed: bool = field(init=False, repr=False, compare=False)  # some rule has hours
     token_types: frozenset[str] = field(init=False, repr=False, compare=False)  # the types its rules price
-    # the dimensions some rule matches (processing, service_tier...): a caller who may not choose
-    # prices may not name them (wallets.core.reservations)
-    priced_dimensions: frozenset[str] = field(init=False, repr=False, compare=False)
+    priced_dimensions: frozenset[str] = field(init=False, repr=False, compare=False)  # the names rules match
     _models: frozenset[str | None] = field(init=False, repr=False, compare=False)  # None: a rule for any
     # (a per-call fee for every model is not one: it prices calls, not any model's tokens)
     resolved: dict[tuple[object, ...], object] = field(init=False, repr=False, compare=False)  # rating's cache
