@@ -32,14 +32,22 @@ def _int(env: Mapping[str, str], name: str, default: int, *, most: int | None = 
     return value
 
 
+# The longest duration a setting takes: a year. Longer meant nothing and broke what runs without a
+# request: a seal interval of 1e17 s ended `serve` in APScheduler's OverflowError, a webhook retry
+# window of 1e12 s put each failed attempt's next one past the year 9999 (unrecordable: sent again
+# at every lease, forever), a webhook timeout of 1e300 s a lease PostgreSQL's interval cannot hold.
+MOST_SECONDS = 365 * 86_400
+
+
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name, "")
     try:
         value = float(raw) if raw else default
     except ValueError:
         value = -1.0
-    if not 0 < value < float("inf"):  # also refuses nan
-        raise SystemExit(f"{name} must be a positive, finite number of seconds, not {raw!r}")
+    if not 0 < value <= MOST_SECONDS:  # also refuses nan and inf
+        raise SystemExit(f"{name} must be a positive number of seconds, at most {MOST_SECONDS:,} (a year), "
+                         f"not {raw!r}")
     return value
 
 
@@ -169,7 +177,7 @@ class Settings:
             pool_timeout_s=_seconds(env, "TOKENTILL_POOL_TIMEOUT_SECONDS", 5.0),
             writer_idle_s=_seconds(env, "TOKENTILL_WRITER_IDLE_SECONDS", 5.0),
             scheduler=_flag(env, "TOKENTILL_SCHEDULER"),
-            seal_interval_s=_int(env, "TOKENTILL_SEAL_INTERVAL_SECONDS", 10),
+            seal_interval_s=_int(env, "TOKENTILL_SEAL_INTERVAL_SECONDS", 10, most=MOST_SECONDS),
             lanes=_int(env, "TOKENTILL_LANES", 0, most=MAX_LANES) if env.get("TOKENTILL_LANES") else None,
             log_level=_log_level(env, "TOKENTILL_LOG_LEVEL"),
             max_connections=_int(env, "TOKENTILL_MAX_CONNECTIONS", 4096),

@@ -26,6 +26,12 @@ def test_an_empty_environment_gives_the_defaults_the_readme_documents():
     ("TOKENTILL_POOL_TIMEOUT_SECONDS", "inf"), ("TOKENTILL_WRITER_IDLE_SECONDS", "1e999"),
     ("TOKENTILL_KEEPALIVE_SECONDS", "Infinity"), ("TOKENTILL_WEBHOOK_TIMEOUT_SECONDS", "nan"),
     ("TOKENTILL_MAX_BUDGETS_PER_CUSTOMER", "0"), ("TOKENTILL_MAX_BUDGETS_PER_CUSTOMER", "10001"),
+    # finite but past any meaning: `serve` ended in APScheduler's OverflowError traceback (a seal
+    # interval of 1e17 s), and a retry window of 1e12 s made every failed webhook attempt unrecordable
+    # (datetime out of range), so the delivery went out again at each lease, forever
+    ("TOKENTILL_SEAL_INTERVAL_SECONDS", "99999999999999999"), ("TOKENTILL_SEAL_INTERVAL_SECONDS", "31536001"),
+    ("TOKENTILL_WEBHOOK_RETRY_WINDOW_SECONDS", "1e12"), ("TOKENTILL_WEBHOOK_TIMEOUT_SECONDS", "1e300"),
+    ("TOKENTILL_POOL_TIMEOUT_SECONDS", "31536001"),
 ])
 def test_a_bad_value_stops_the_start_naming_its_variable(name, bad):
     with pytest.raises(SystemExit) as stopped:
@@ -39,6 +45,12 @@ def test_a_bad_value_stops_the_start_naming_its_variable(name, bad):
 def test_the_switches_take_the_documented_words(raw, on):
     s = Settings.from_env({"TOKENTILL_SCHEDULER": raw, "TOKENTILL_WEBHOOKS": raw})
     assert (s.scheduler, s.webhooks) == (on, on)
+
+
+def test_a_duration_of_a_year_is_still_taken():
+    year = "31536000"
+    s = Settings.from_env({"TOKENTILL_SEAL_INTERVAL_SECONDS": year, "TOKENTILL_WEBHOOK_RETRY_WINDOW_SECONDS": year})
+    assert (s.seal_interval_s, s.webhook_retry_window_s) == (31_536_000, 31_536_000.0)
 
 
 def test_good_values_are_read():
