@@ -3,6 +3,7 @@ per due item through the engine (under its customer's lock). Running them in sev
 processes at once, or again after downtime, expires each item exactly once."""
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any
 
@@ -13,6 +14,7 @@ from wallets import chart
 from wallets.commands import Command, ExpireLot, ExpireReservation
 from wallets.engine import Engine, utc_now
 
+log = logging.getLogger("tokentill.jobs")
 PAGE = 500
 BATCH = 32
 
@@ -28,7 +30,16 @@ SELECT id, customer_id FROM lots
 """
 
 
-async def _expire_due(db: Database, sql: str, make: Any, now: datetime | None, *lead: Any) -> int:
+def _named(command: Command) -> str:
+    if isinstance(command, ExpireLot):
+        return f"grant {command.lot_id} of {command.customer_id}"
+    return f"reservation {getattr(command, 'reservation_id', '?')} of {command.customer_id}"
+
+
+async def _expire_due(db: Database, sql: str, make: Any, now: datetime | None, *lead: Any,
+                      failures: list[str] | None = None) -> int:
+    """How many expired. A command refused is logged, and named in `failures` when given; the
+    others go on (the next run finds it due again)."""
     engine = Engine(db, grouping=False)  # no price books needed: a fresh one costs nothing
     at = now or utc_now()
     done, after = 0, ""
@@ -40,8 +51,13 @@ async def _expire_due(db: Database, sql: str, make: Any, now: datetime | None, *
         commands: list[Command] = [make(item_id, customer_id) for item_id, customer_id in rows]
         for i in range(0, len(commands), BATCH):
             chunk = commands[i:i + BATCH]
-            outcomes = await engine.execute(chunk, now=now)
-            done += sum(1 for o in outcomes if o is not None and not isinstance(o, BaseException))
+            for command, outcome in zip(chunk, await engine.execute(chunk, now=now), strict=True):
+                if isinstance(outcome, BaseException):  # dropped without a word, the run counted ok
+                    log.error("expiring the %s failed: %s", _named(command), outcome)
+                    if failures is not None:
+                        failures.append(f"{_named(command)}: {outcome}")
+                elif outcome is not None:
+                    done += 1
         if len(rows) < PAGE:
             return done
 
@@ -50,13 +66,15 @@ async def _rows(conn: AsyncConnection, sql: str, params: tuple[Any, ...]) -> lis
     return list((await conn.exec_driver_sql(sql, params)).all())
 
 
-async def expire_reservations(db: Database, now: datetime | None = None) -> int:
+async def expire_reservations(db: Database, now: datetime | None = None, *,
+                              failures: list[str] | None = None) -> int:
     """Give back the holds of reservations past their expiry; outbox reservation.expired."""
     return await _expire_due(db, _DUE_RESERVATIONS,
                              lambda rid, cid: ExpireReservation(customer_id=cid, reservation_id=rid), now,
-                             list(chart.OPEN_STATUSES))
+                             list(chart.OPEN_STATUSES), failures=failures)
 
 
-async def expire_grants(db: Database, now: datetime | None = None) -> int:
+async def expire_grants(db: Database, now: datetime | None = None, *, failures: list[str] | None = None) -> int:
     """Move the remainder of lots past their expiry to breakage revenue; outbox grant.expired."""
-    return await _expire_due(db, _DUE_LOTS, lambda lot, cid: ExpireLot(customer_id=cid, lot_id=lot), now)
+    return await _expire_due(db, _DUE_LOTS, lambda lot, cid: ExpireLot(customer_id=cid, lot_id=lot), now,
+                             failures=failures)

@@ -49,9 +49,38 @@ async def seal_journal(db: Database) -> object:
     return sealed
 
 
+class ItemsFailed(Exception):
+    """A run did what it could, but left items undone (each logged where it failed): the run is
+    an error, so that the job's last success stops while an item stays stuck."""
+
+    def __init__(self, done: int, failed: list[str]) -> None:
+        failed = list(dict.fromkeys(failed))  # close_due tries a refused customer again in each round
+        more = f" and {len(failed) - 1} more" if len(failed) > 1 else ""
+        super().__init__(f"{len(failed)} item(s) not done ({failed[0]}{more}), {done} done")
+
+
+async def _every_item(run: Callable[[list[str]], Awaitable[int]]) -> int:
+    failed: list[str] = []
+    done = await run(failed)
+    if failed:
+        raise ItemsFailed(done, failed)
+    return done
+
+
 async def close_periods(db: Database) -> object:
     """Close every billing period whose grace window is over; finalize, number, announce."""
-    return len(await close_due(db))
+    async def run(failed: list[str]) -> int:
+        return len(await close_due(db, failures=failed))
+
+    return await _every_item(run)
+
+
+async def expire_due_reservations(db: Database) -> object:
+    return await _every_item(lambda failed: expire_reservations(db, failures=failed))
+
+
+async def expire_due_grants(db: Database) -> object:
+    return await _every_item(lambda failed: expire_grants(db, failures=failed))
 
 
 async def fold_usage(db: Database) -> object:
@@ -79,8 +108,8 @@ async def fold_usage(db: Database) -> object:
 
 def jobs(seal_interval_s: int) -> list[Job]:
     return [Job("seal_journal", seal_interval_s, seal_journal),
-            Job("expire_reservations", EXPIRE_RESERVATIONS_EVERY_S, expire_reservations),
-            Job("expire_grants", EXPIRE_GRANTS_EVERY_S, expire_grants),
+            Job("expire_reservations", EXPIRE_RESERVATIONS_EVERY_S, expire_due_reservations),
+            Job("expire_grants", EXPIRE_GRANTS_EVERY_S, expire_due_grants),
             Job("close_periods", CLOSE_PERIODS_EVERY_S, close_periods),
             Job("fold_usage", FOLD_USAGE_EVERY_S, fold_usage)]
 
@@ -97,7 +126,9 @@ async def run_job(db: Database, job: Job) -> None:
     except Exception as exc:
         JOB_DURATION.labels(job.name).observe(time.perf_counter() - started)
         JOB_RUNS.labels(job.name, "error").inc()
-        if is_unavailable(exc):  # an outage /readyz reports: one line a run, not the driver's traceback
+        if isinstance(exc, ItemsFailed):  # each item logged already: one line, no traceback
+            log.error("job %s: %s; it will run again", job.name, exc)
+        elif is_unavailable(exc):  # an outage /readyz reports: one line a run, not the driver's traceback
             cause = getattr(exc, "orig", None) or exc  # the driver's words, not SQLAlchemy's wrapping
             reason = " ".join(str(cause).split("\n")[0].split()) or type(cause).__name__
             log.warning("job %s: the database is unavailable (%s); it will run again", job.name, reason)
