@@ -21,6 +21,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from pricing.money import format_money
+from pricing.units import OUTPUT_TYPES, PROMPT_TYPES
 from wallets.core.decision import BudgetCounted, Decision, Effect
 from wallets.core.state import State, wire_time
 from wallets.errors import BudgetExceededError, TooManyBudgetsError, WalletValidationError
@@ -36,8 +37,11 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # the one window of a lifetime budget
 LOADED = timedelta(days=32)
 THRESHOLD_TOPIC = "budget.threshold_crossed"
 EXCEEDED_TOPIC = "budget.exceeded"
-_INPUT_SIDE = ("input", "cached_input", "cache_write")
-_OUTPUT_SIDE = ("output", "reasoning")
+# What an input_tokens or output_tokens quota counts: every token type a call's input or output is
+# billed as (its fallbacks lead to `input` or `output`), not only the format 1 names: audio, image and
+# video tokens in and out, one-hour cache writes, tool tokens, citations were billed and never counted.
+_INPUT_SIDE = tuple(sorted(PROMPT_TYPES | {"embedding"}))
+_OUTPUT_SIDE = OUTPUT_TYPES
 
 
 def matches(b: Budget, model: str, dimensions: Mapping[str, Any]) -> bool:

@@ -270,3 +270,35 @@ async def test_a_customer_keys_change_and_delete_read_the_budget_once_where_they
     assert money.status_code == 422 and money.json()["fields"][0]["field"] == "limit", money.text
     assert (await client.get(f"/v1/budgets/{cap['id']}")).json()["limit"] == "5.00"
     assert (await client.get(f"/v1/budgets/{theirs['id']}")).json()["limit"] == "5.00"
+
+
+async def test_an_input_or_output_token_quota_counts_every_kind_of_input_and_output_token_billed(
+        client: AsyncTestClient, tag: str, book: str):
+    """Audio and image tokens in and out, one-hour cache writes, tool tokens: a settle (or usage event)
+    billed them as input or output, and a quota on input or output tokens counted none of them, so a
+    hard quota of 1,000 input tokens a day let 5,010 through and took the next hold too."""
+    cid = await _funded(client, tag, book)
+    quota_in = await _budget(client, customer_id=cid, window="day", metric="input_tokens", limit=1000)
+    quota_out = await _budget(client, customer_id=cid, window="day", metric="output_tokens", limit=1000)
+    r = await _reserve(client, cid, "audio", estimate={"input_tokens": 10, "max_output_tokens": 1})
+    assert r.status_code == 201, r.text
+    settled = await client.post(f"/v1/reservations/{r.json()['id']}/settle", json={"usage": {
+        "input_tokens": 10, "input_audio_tokens": 5000, "output_tokens": 1, "output_audio_tokens": 7000}})
+    assert settled.status_code == 200, settled.text
+    assert {ln["token_type"]: ln["quantity"] for ln in settled.json()["lines"]} == {
+        "input": 5010, "output": 7001, "request": 1}  # the book bills them as input and output
+    assert (await client.get(f"/v1/budgets/{quota_in['id']}")).json()["used"] == 5010
+    assert (await client.get(f"/v1/budgets/{quota_out['id']}")).json()["used"] == 7001
+    refused = await _reserve(client, cid, "next", estimate={"input_tokens": 10, "max_output_tokens": 1})
+    assert refused.status_code == 429 and refused.json()["code"] == "budget_exceeded", refused.text
+    # a usage event counts the same way: an Anthropic one-hour cache write, a tool's tokens
+    other = await _funded(client, f"{tag}-ev", book)
+    ev_quota = await _budget(client, customer_id=other, window="day", metric="input_tokens", limit=100000)
+    sent = await client.post("/v1/usage-events", json=[
+        {"event_id": "cache-1h", "customer_id": other, "model": "model-a", "timestamp": r.json()["created_at"],
+         "anthropic_usage": {"input_tokens": 10, "output_tokens": 1, "cache_creation_input_tokens": 3000,
+                             "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 3000}}},
+        {"event_id": "tool", "customer_id": other, "model": "model-a", "timestamp": r.json()["created_at"],
+         "usage": {"input_tokens": 10, "tool_tokens": 400, "output_tokens": 0}}])
+    assert sent.json()["accepted"] == 2, sent.text
+    assert (await client.get(f"/v1/budgets/{ev_quota['id']}")).json()["used"] == 3420
