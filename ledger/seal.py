@@ -54,15 +54,22 @@ async def hashes_between(conn: AsyncConnection, lo: int, hi: int, version: int =
     return {row.id: entry_hash(row, version) for row in rows}
 
 
-async def seal_once(conn: AsyncConnection) -> Seal | None:
-    """Seal what has committed since the last seal. One sealer at a time; others return None."""
+async def horizon(conn: AsyncConnection) -> int:
+    """The txid below which every transaction has ended now: what a seal taken now may cover."""
+    return int((await conn.execute(text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text"))).scalar_one())
+
+
+async def seal_once(conn: AsyncConnection, until: int | None = None) -> Seal | None:
+    """Seal what has committed since the last seal (below `until`, a `horizon`, when given). One
+    sealer at a time; others return None."""
     if not (await conn.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": SEAL_LOCK})).scalar():
         return None
     last = (await conn.execute(text(
         "SELECT to_txid::text, chain_hash FROM seals ORDER BY id DESC LIMIT 1"))).first()
     lo, prev = (int(last[0]), bytes(last[1])) if last else (0, GENESIS)
-    hi = int((await conn.execute(text(
-        "SELECT pg_snapshot_xmin(pg_current_snapshot())::text"))).scalar_one())
+    hi = await horizon(conn)
+    if until is not None:
+        hi = min(hi, until)
     cap = (await conn.execute(text(
         """SELECT txid::text FROM (SELECT DISTINCT txid FROM journal_entries
             WHERE txid >= CAST(:lo AS xid8) AND txid < CAST(:hi AS xid8) ORDER BY txid

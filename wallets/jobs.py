@@ -16,7 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.db import Database, is_unavailable
-from ledger.seal import seal_once
+from ledger.seal import horizon, seal_once
 from wallets import store
 from wallets.billing import close_due
 from wallets.engine import lane_lock
@@ -42,9 +42,12 @@ class Job:
 
 
 async def seal_journal(db: Database) -> object:
-    """Seal everything committed since the last seal (loops until caught up)."""
+    """Seal everything committed before the run began, in as many seals as that takes; what
+    commits meanwhile is the next run's. (Sealing until a seal found nothing new never ended
+    under steady posting: each seal found what committed while it ran.)"""
+    until = await db.lookup(horizon)
     sealed = 0
-    while (seal := await db.run(seal_once)) is not None:
+    while (seal := await db.run(lambda conn: seal_once(conn, until))) is not None:
         sealed += seal.entries
     return sealed
 
