@@ -36,6 +36,7 @@ from ledger.errors import LedgerError
 from ledger.model import request_hash
 from pricing.errors import PricingError
 from wallets.commands import Settle
+from wallets.errors import WalletValidationError
 
 MAX_SETTLES = 1000
 LOOKUPS = 8  # reservation owners looked up at once (the rest wait, rather than queue on the pool)
@@ -108,6 +109,10 @@ async def _settle_one(state: State, request: Request, raw: Any, lookups: asyncio
     key: str | None = None
     try:
         item = shaped(raw, SettleItem)
+        if not item.final and item.capture_id is None and item.idempotency_key is None:
+            # its derived key would be every same-usage capture's: the second taken for a replay, uncharged
+            raise WalletValidationError("capture_id", "a capture (final: false) in bulk needs its capture_id "
+                                        "(or an idempotency_key), to be told apart from another of the same usage")
         data = SettleRequest(item.usage, item.openai_usage, item.anthropic_usage, item.final, item.capture_id,
                              gemini_usage=item.gemini_usage)
         body = _settle_body(data)

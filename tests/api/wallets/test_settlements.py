@@ -133,3 +133,28 @@ async def test_two_bulk_calls_at_once_with_the_same_settles_charge_each_once(
     assert all(a["status"] == b["status"] == 200 and a["body"] == b["body"] for a, b in pairs)
     assert all(a["replayed"] != b["replayed"] for a, b in pairs), "one of each pair is the first, one a replay"
     assert await wallet(client, cid) == ("9.44", "0.00")  # 10 - 20 x 0.028
+
+
+async def test_a_capture_in_bulk_without_a_capture_id_or_key_is_refused_not_taken_for_a_replay(
+        client: AsyncTestClient, book: str, tag: str):
+    """Its derived key (reservation, no capture id, body) was the same for every capture of the same
+    usage: the second and third captures of 1,000 output tokens answered 200 `replayed` with the
+    first's charge, and only one was charged ($0.03 where the single route charged $0.07)."""
+    cid = await customer(client, book, tag)
+    rid = await reserve(client, cid)
+    capture = {"reservation_id": rid, "usage": {"output_tokens": 1000}, "final": False}
+    results = (await client.post("/v1/settlements", json=[capture, capture])).json()["results"]
+    assert [(r["status"], r["body"].get("code")) for r in results] == [(422, "validation_error")] * 2
+    assert all("capture_id" in r["body"]["detail"] for r in results), results
+    assert await wallet(client, cid) == ("9.90", "0.10")  # nothing charged, the hold still open
+    # with a capture id each, or a key each, each capture is charged once
+    keyed = [{**capture, "capture_id": "c1"}, {**capture, "capture_id": "c2"},
+             {**capture, "idempotency_key": f"k-{tag}"}]
+    first = (await client.post("/v1/settlements", json=keyed)).json()["results"]
+    assert [(r["status"], r["replayed"]) for r in first] == [(200, False)] * 3, first
+    assert sorted(r["body"]["charged"] for r in first) == ["0.02", "0.02", "0.03"]  # the call's $0.01 once
+    again = (await client.post("/v1/settlements", json=keyed)).json()["results"]
+    assert [(r["status"], r["replayed"]) for r in again] == [(200, True)] * 3
+    final = (await client.post("/v1/settlements", json=[{"reservation_id": rid, "usage": {"output_tokens": 0}}]))
+    assert final.json()["results"][0]["status"] == 200, final.text
+    assert await wallet(client, cid) == ("9.93", "0.00")
