@@ -43,6 +43,8 @@ log = logging.getLogger("tokentill.webhooks")
 USER_AGENT = "tokentill-webhooks/0.1"
 FAN_OUT_PAGE = 500
 ATTEMPTS = Counter("tokentill_webhook_attempts", "Webhook delivery attempts", ["result"])
+# Each round (fan-out, claim): a dispatcher that cannot work says so here, not only in its log
+ROUNDS = Counter("tokentill_webhook_rounds", "Webhook dispatcher rounds", ["result"])
 LATENCY = Histogram("tokentill_webhook_latency_seconds", "Webhook delivery attempt latency",
                     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 
@@ -181,6 +183,8 @@ class Dispatcher:
         limits = httpx.Limits(max_connections=self.settings.concurrency, max_keepalive_connections=8)
         self._client = httpx.AsyncClient(timeout=self.settings.timeout_s, follow_redirects=False, trust_env=False,
                                          transport=GuardedTransport(self.settings.addresses, limits))
+        for result in ("ok", "error"):  # both series from the start, at 0: an alert on a rate sees them
+            ROUNDS.labels(result)
         self._loop = asyncio.create_task(self._run(), name="webhook-dispatcher")
         if self.listen_url is not None:
             self._listener = asyncio.create_task(self._listen(), name="webhook-listener")
@@ -205,7 +209,10 @@ class Dispatcher:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database down or restarting: try again next round
+                ROUNDS.labels("error").inc()
                 log.warning("webhook dispatch round failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
+            else:
+                ROUNDS.labels("ok").inc()
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancellation that
             # arrives as the event is set, and the dispatcher then never stopped (app shutdown hung)
             with contextlib.suppress(TimeoutError):
