@@ -18,6 +18,12 @@ from ledger.chain import GENESIS, HASH_VERSION, HASH_VERSIONS, chain, entry_dige
 
 SEAL_LOCK = 7_402_211_902
 MAX_TXIDS_PER_SEAL = 5000
+# A seal stops before the transaction that would take it past this many entries (one bigger than
+# that is sealed alone): its entries are read and hashed in one transaction, on the event loop of
+# the process that runs the job, ~45 us and ~2.2 kB each (200,000 took 9.0 s and 440 MB). Bounded
+# by transactions only, a backlog of bulk writes (256 entries a transaction) made seals of ~1.3 M
+# entries: ~60 s, the idle-in-transaction timeout, and ~2.8 GB.
+MAX_ENTRIES_PER_SEAL = 50_000
 
 # What an entry's hash covers, as SQL over `journal_entries j` (the offline export writes the same).
 SEALED_TXID = "j.txid::text"
@@ -75,6 +81,7 @@ async def seal_once(conn: AsyncConnection, until: int | None = None) -> Seal | N
             WHERE txid >= CAST(:lo AS xid8) AND txid < CAST(:hi AS xid8) ORDER BY txid
             OFFSET :n LIMIT 1) t"""), {"lo": str(lo), "hi": str(hi), "n": MAX_TXIDS_PER_SEAL})).scalar()
     hi = int(cap) if cap is not None else hi
+    hi = await _entries_cap(conn, lo, hi)
     if hi <= lo:
         return None
     hashes = await hashes_between(conn, lo, hi)
@@ -88,6 +95,27 @@ async def seal_once(conn: AsyncConnection, until: int | None = None) -> Seal | N
         {"lo": str(lo), "hi": str(hi), "ids": ids, "hashes": ordered, "prev": prev,
          "chain": chain(prev, ordered), "version": HASH_VERSION})).scalar_one()
     return Seal(seal_id, lo, hi, len(ids))
+
+
+_ENTRY_PAST = text("""SELECT j.txid::text FROM journal_entries j
+                        WHERE j.txid >= CAST(:lo AS xid8) AND j.txid < CAST(:hi AS xid8)
+                        ORDER BY j.txid OFFSET :n LIMIT 1""")  # j.txid: by the xid8 (plain `txid` is the text column)
+_FIRST_TXID = text("""SELECT min(txid)::text FROM journal_entries
+                       WHERE txid >= CAST(:lo AS xid8) AND txid < CAST(:hi AS xid8)""")
+
+
+async def _entries_cap(conn: AsyncConnection, lo: int, hi: int) -> int:
+    """`hi`, or lower: the first transaction in [lo, hi) that would take a seal past
+    MAX_ENTRIES_PER_SEAL entries (the next one when that is the first: sealed alone). Reads the
+    txid index in order, up to MAX_ENTRIES_PER_SEAL + 1 entries."""
+    bounds = {"lo": str(lo), "hi": str(hi)}
+    over = (await conn.execute(_ENTRY_PAST, {**bounds, "n": MAX_ENTRIES_PER_SEAL})).scalar()
+    if over is None:
+        return hi
+    if over != (await conn.execute(_FIRST_TXID, bounds)).scalar():
+        return int(over)
+    after = (await conn.execute(_FIRST_TXID, {"lo": str(int(over) + 1), "hi": str(hi)})).scalar()
+    return hi if after is None else int(after)
 
 
 async def seal_problems(conn: AsyncConnection) -> list[str]:

@@ -107,3 +107,32 @@ async def test_a_sealing_run_ends_while_posting_goes_on(scratch_url, monkeypatch
     sealed_ids, entries, problems = await db.read(read)
     await db.dispose()
     assert sorted(sealed_ids) == sorted(entries) and problems == []
+
+
+async def test_a_seal_covers_at_most_max_entries_per_seal_entries_unless_one_transaction_has_more(
+        scratch_url, monkeypatch):
+    """A seal was bounded by transactions only (5,000): after a backlog of bulk writes (up to 256
+    entries a transaction, 20,000 in the synthetic builder) one seal hashed every entry of them in
+    one transaction on the server's event loop: 200,000 entries took 9.0 s and 440 MB, so 5,000
+    bulk transactions (~1.3 M entries) would take ~60 s, the sessions' idle-in-transaction
+    timeout (a seal outlasting it fails, and the next run tries the same range), and ~2.8 GB.
+    A seal now stops before the
+    transaction that would take it past MAX_ENTRIES_PER_SEAL; a transaction bigger than that is
+    sealed alone."""
+    from api.bench.synthetic import build_ledger
+
+    monkeypatch.setattr(seal, "MAX_ENTRIES_PER_SEAL", 2500, raising=False)
+    db = connect(scratch_url, pool_size=2)
+    try:
+        await build_ledger(db, 3000, customers=10, chunk=3000, seal=False)  # one transaction of 3,000
+        await build_ledger(db, 4000, customers=10, first=3000, chunk=1000, seal=False)  # four of 1,000
+        await seal_journal(db)
+
+        async def read(conn):
+            sizes = (await conn.execute(text("SELECT cardinality(entry_ids) FROM seals ORDER BY id"))).scalars().all()
+            return list(sizes), await seal_problems(conn)
+
+        sizes, problems = await db.read(read)
+    finally:
+        await db.dispose()
+    assert sizes == [3000, 2000, 2000] and problems == []
