@@ -55,9 +55,19 @@ def entry_hash(row, version: int = HASH_VERSION) -> bytes:
                         row.txid, row.occurred_at, row.postings, recorded_at=row.recorded_at, version=version)
 
 
+# Entries read and hashed at a time. The seal job runs in a serving process: read and hashed in
+# one go, a seal of 50,000 entries held its event loop 1.06 s (every request there waited);
+# through a server-side cursor, a page at a time, the loop runs between pages.
+HASH_PAGE = 1000
+
+
 async def hashes_between(conn: AsyncConnection, lo: int, hi: int, version: int = HASH_VERSION) -> dict[int, bytes]:
-    rows = await conn.execute(_ENTRIES, {"lo": str(lo), "hi": str(hi)})
-    return {row.id: entry_hash(row, version) for row in rows}
+    hashes: dict[int, bytes] = {}
+    result = await conn.stream(_ENTRIES, {"lo": str(lo), "hi": str(hi)})
+    async for page in result.partitions(HASH_PAGE):
+        for row in page:
+            hashes[row.id] = entry_hash(row, version)
+    return hashes
 
 
 async def horizon(conn: AsyncConnection) -> int:
