@@ -64,3 +64,34 @@ async def test_billing_close_prints_whole_yen(bk: BillingKit, scratch_url: str) 
     assert code == 0, err
     [line] = [line for line in out.splitlines() if "  cli-yen  " in line]
     assert line.endswith("cli-yen  2026-11  total 3  due 3"), out
+
+
+async def test_billing_close_that_could_not_close_a_period_says_so_and_exits_1(bk: BillingKit, scratch_url: str,
+                                                                               monkeypatch, capsys) -> None:
+    """A period the close could not close was a log line, and the command printed the others and
+    exited 0: a cron job or a runbook step saw success with an invoice missing."""
+    from api import cli
+    from api.settings import Settings
+    from wallets.commands import ClosePeriod
+    from wallets.core.decide import RULES
+    from wallets.errors import ConflictError
+
+    stuck = await bk.customer("stuck", billing_mode="postpaid")
+    fine = await bk.customer("fine", billing_mode="postpaid")
+    for cid in (stuck, fine):
+        await bk.event(cid, "model-a", 1000, 500)
+    real = RULES[ClosePeriod]
+
+    def rule(state, cmd, now, book):
+        if cmd.customer_id == stuck:
+            raise ConflictError("refused for the test")
+        return real(state, cmd, now, book)
+
+    monkeypatch.setitem(RULES, ClosePeriod, rule)
+    monkeypatch.setenv("TOKENTILL_DATABASE_URL", scratch_url)
+    args = cli.parser().parse_args(["billing", "close", "--until", "2026-12-01T01:00:00Z"])
+    code = await asyncio.to_thread(args.func, args, Settings.from_env())
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert out.splitlines() == ["INV-2026-000001  fine  2026-11  total 0.03  due 0.03", "closed 1 period(s)"]
+    assert err.splitlines()[-1] == "error: 1 period(s) not closed: the period of stuck: refused for the test"
