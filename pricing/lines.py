@@ -10,8 +10,17 @@ from typing import NamedTuple
 import msgspec
 
 from pricing.books import PriceVersion, Rule
+from pricing.errors import UnpricedModelError
 from pricing.money import pricing_context
-from pricing.units import FORMAT_1_TYPES, KINDS, MODALITY_TYPES, PROMPT_TYPES, TOKEN_TYPES, legacy_counts
+from pricing.units import (
+    FORMAT_1_TYPES,
+    KINDS,
+    MODALITY_TYPES,
+    PROMPT_TYPES,
+    TOKEN_TYPES,
+    TOOL_CALLS,
+    legacy_counts,
+)
 from pricing.usage import Usage
 
 TOKEN_ORDER = {token_type: index for index, token_type in enumerate(TOKEN_TYPES)}
@@ -70,6 +79,12 @@ def call_tokens(usage: Usage, version: PriceVersion) -> tuple[tuple[str, int], .
     their fallbacks: cached audio input is ``cached_input`` where the book prices that)."""
     if version.format != 1 or all(t in FORMAT_1_TYPES for t, _ in usage.tokens):
         return usage.tokens
+    for name, quantity in usage.tokens:
+        if quantity and KINDS[name].legacy is None and name not in TOOL_CALLS:  # it was dropped: free
+            raise UnpricedModelError(
+                f"version {version.version} of price book {version.book_id} is format 1, which prices no "
+                f"{name} (model {usage.model}): post a format 2 version with a {name} rule", model=usage.model,
+                token_type=name)
     if not MODALITY_TYPES & version.token_types:
         return tuple(legacy_counts(dict(usage.tokens)).items())
     dims = usage.dimension_dict

@@ -4,8 +4,9 @@ the quantity one price covers, its fallback, and what it was before price book f
 Every type is a disjoint count: an audio input token is counted once, as ``input_audio``, never
 also as ``input``. Format 1 books (the original format) know the first ten types; a format 2 book
 knows them all. Usage of a type a format 1 book does not know is rated as its ``legacy`` type
-(audio input tokens as ``input``, a one-hour cache write as ``cache_write``, as before), or not
-at all when it has none (per-call tool charges were never billed by a format 1 book); audio and
+(audio input tokens as ``input``, a one-hour cache write as ``cache_write``, as before); per-call
+tool charges, which have none, are not billed by a format 1 book (they never were), and its other
+units without one are unpriced there (``pricing.lines.call_tokens``); audio and
 image tokens (in, cached and out) are rated as ``audio`` and ``image`` where the book has a rule
 of that type for the call (``pricing.lines.call_tokens``).
 """
@@ -86,6 +87,9 @@ OUTPUT_TYPES: tuple[str, ...] = tuple(k.name for k in _KINDS if k.name == "outpu
 FIELD_OF: dict[str, str] = {k.name: k.field for k in _KINDS}
 TYPE_OF_FIELD: dict[str, str] = {k.field: k.name for k in _KINDS}
 FORMATS = (1, 2)
+# per-call tool charges, never billed by a format 1 book (it has no type for them): its other
+# units without a format 1 type (seconds, characters, pages, messages) are unpriced there
+TOOL_CALLS = frozenset({"web_search", "file_search", "code_execution"})
 # the format 1 types of a modality: a format 1 book with a rule of one rates that modality's
 # tokens by it (input, cached input and output alike), else as their legacy type
 MODALITY_TYPES = frozenset({"audio", "image"})

@@ -124,3 +124,30 @@ async def test_a_version_label_taken_by_another_time_is_a_conflict_naming_versio
                                       "never change: give this one another version (by default its effective_from, "
                                       "to the second)")
     assert len((await client.get(f"/v1/price-books/{book}")).json()["versions"]) == 1
+
+
+async def test_a_format_1_book_refuses_units_it_cannot_price_but_tool_calls(client: AsyncTestClient, book: str,
+                                                                               tag: str):
+    """Audio seconds, characters, document pages and input messages have no format 1 type: a settle
+    or usage event reporting them against a format 1 book charged the tokens and dropped the rest
+    (100 audio seconds, 9 pages, 100,000 characters: $0), where usage no rule prices is
+    unpriced_model. Tool calls (web searches, ...) stay unbilled by a format 1 book, as documented."""
+    cid = f"f1-{tag}"
+    assert (await client.post("/v1/customers", json={"id": cid, "price_book": book})).status_code == 201
+    assert (await client.post(f"/v1/customers/{cid}/topups", json={"amount": "10.00"})).status_code == 201
+    held = (await client.post("/v1/reservations", json={"customer_id": cid, "request_id": "r1", "model": "model-a",
+                                                        "amount": "0.10"})).json()
+    for extra in ({"audio_seconds": 100}, {"document_pages": 9}, {"input_characters": 100000},
+                  {"input_messages": 3}, {"input_audio_seconds": 5}, {"annotated_document_pages": 1}):
+        refused = await client.post(f"/v1/reservations/{held['id']}/settle",
+                                    json={"usage": {"input_tokens": 10, **extra}})
+        assert refused.status_code == 422 and refused.json()["code"] == "unpriced_model", (extra, refused.text)
+        assert next(iter(extra)).removesuffix("s") in refused.json()["detail"]
+    event = {"event_id": "e1", "customer_id": cid, "model": "model-a", "timestamp": held["created_at"],
+             "usage": {"input_tokens": 10, "audio_seconds": 60}}
+    rejected = (await client.post("/v1/usage-events", json=[event])).json()
+    assert [r["code"] for r in rejected["rejected"]] == ["unpriced_model"], rejected
+    # a web search is still not billed by a format 1 book: the call is charged its tokens
+    settled = await client.post(f"/v1/reservations/{held['id']}/settle",
+                                json={"usage": {"input_tokens": 10, "web_search_calls": 2}})
+    assert settled.status_code == 200 and settled.json()["charged"] == "0.0101", settled.text
