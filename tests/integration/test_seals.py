@@ -143,7 +143,8 @@ async def test_a_seal_leaves_the_event_loop_to_the_requests_while_it_hashes(scra
     process), and hashes_between read and hashed a whole seal's entries in one go on its event
     loop: a seal of 50,000 entries held the loop 1.06 s (every request of that process waited),
     ~0.75 s every 10 s at 3,600 events/s. It now reads them through a server-side cursor in
-    pages of HASH_PAGE, the loop free between pages (the longest hold left: 0.12-0.17 s here)."""
+    pages of HASH_PAGE, the loop free between pages (the longest hold left: 0.12-0.17 s here, a
+    tenth of the seal or less)."""
     from api.bench.synthetic import build_ledger
 
     db = connect(scratch_url, pool_size=2)
@@ -160,7 +161,9 @@ async def test_a_seal_leaves_the_event_loop_to_the_requests_while_it_hashes(scra
 
         loop = asyncio.get_running_loop()
         ticker = asyncio.create_task(ticking())
+        began = loop.time()
         sealed = await seal_journal(db)
+        took = loop.time() - began
         stop.set()
         await ticker
 
@@ -170,4 +173,6 @@ async def test_a_seal_leaves_the_event_loop_to_the_requests_while_it_hashes(scra
         assert sealed == 50_000 and await db.read(problems) == []
     finally:
         await db.dispose()
-    assert max(gaps) < 0.5, f"the loop was held {max(gaps):.3f} s"  # 1.06 s before; 0.12-0.17 s measured
+    # Before, one hold was the whole seal; a page's is a small part of it, however loaded the
+    # machine (a bound in seconds would be a timed test): 50 pages, so a quarter leaves room.
+    assert max(gaps) < took / 4, f"the loop was held {max(gaps):.3f} s of the seal's {took:.3f} s"
