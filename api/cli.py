@@ -10,6 +10,7 @@ from datetime import datetime
 from importlib.metadata import version
 
 from api.settings import Settings
+from ledger.offline import chain_hash
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -377,7 +378,8 @@ def parser() -> argparse.ArgumentParser:
                               "exit 1 when any check fails")
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.add_argument("--file", metavar="EXPORT.jsonl", help="verify this export offline, with no database")
-    verify.add_argument("--expect-head", metavar="HEX", help="with --file: the chain hash the last seal must have")
+    verify.add_argument("--expect-head", type=chain_hash, metavar="HEX",
+                        help="with --file: the chain hash the last seal must have (64 hex digits)")
     verify.set_defaults(func=_audit_verify)
     export = audit.add_parser("export", help="stream the journal as beancount, csv or jsonl (with its seals)")
     export.add_argument("--format", required=True, choices=["beancount", "csv", "jsonl"])

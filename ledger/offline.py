@@ -288,11 +288,19 @@ def _print(report: OfflineReport, expect_head: str | None) -> None:
         print("note: compare the chain head with one obtained apart from this file (--expect-head)")
 
 
+def chain_hash(text: str) -> str:
+    """A seal's chain hash as an argument (argparse type): 64 hex digits, read in lower case. A
+    typo is a usage error, not an export that "does not end at the expected head"."""
+    if len(text) != 64 or any(c not in "0123456789abcdefABCDEF" for c in text):
+        raise argparse.ArgumentTypeError(f"not a chain hash (64 hex digits): {text!r}")
+    return text.lower()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Exit 0 when the export is intact, 1 naming the first problem, 2 when it cannot be read."""
     p = argparse.ArgumentParser(prog="python -m ledger.offline", description="verify a tokentill jsonl export")
     p.add_argument("file")
-    p.add_argument("--expect-head", metavar="HEX", help="the chain hash the last seal must have")
+    p.add_argument("--expect-head", type=chain_hash, metavar="HEX", help="the chain hash the last seal must have")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     args = p.parse_args(argv)
     if isinstance(sys.stdout, io.TextIOWrapper):  # an edited file's text, in a locale that lacks it: escaped

@@ -41,6 +41,11 @@ def test_a_host_that_does_not_resolve_is_a_database_that_cannot_be_reached(url, 
     ["serve", "--workers", "0"], ["gateway", "--workers", "-2"], ["gateway", "--max-output-tokens", "0"],
     ["gateway", "--upstream-openai", "ftp://example.com"], ["gateway", "--upstream-anthropic", "api.anthropic.com"],
     ["audit", "verify", "--expect-head", "ab" * 32],
+    # a typo in the head (not 64 hex digits) read as an export that does not end there: exit 1,
+    # "the chain ends at …, not at the expected head", as if the file had been tampered with
+    ["audit", "verify", "--file", "x.jsonl", "--expect-head", "zz"],
+    ["audit", "verify", "--file", "x.jsonl", "--expect-head", "ab" * 31],
+    ["audit", "verify", "--file", "x.jsonl", "--expect-head", "ab" * 32 + " "],
     ["bench", "rating", "--rules", "0"], ["bench", "rating", "--seconds", "0"], ["bench", "rating", "--seconds", "-1"],
     ["bench", "ledger", "--seconds", "nan"], ["bench", "lifecycle", "--servers", "0"],
     ["bench", "faults", "--stop-seconds", "x"],
@@ -54,6 +59,15 @@ def test_a_bad_argument_of_any_command_is_a_usage_error_exit_2_never_1(argv, mon
     assert raised.value.code == 2
     err = capsys.readouterr().err
     assert "error:" in err and "Traceback" not in err
+
+
+def test_the_offline_verifier_takes_a_head_of_64_hex_digits_only(capsys):
+    from ledger.offline import main as offline
+
+    with pytest.raises(SystemExit) as raised:
+        offline(["x.jsonl", "--expect-head", "g" * 64])
+    assert raised.value.code == 2 and "not a chain hash" in capsys.readouterr().err
+    assert parser().parse_args(["audit", "verify", "--file", "x", "--expect-head", "AB" * 32]).expect_head == "ab" * 32
 
 
 def test_good_counts_and_upstreams_still_parse():
