@@ -190,8 +190,8 @@ def _whole_discounts(usage: list[Line], overrides: Overrides) -> list[Line]:
     """What the customer's discounts of every line of a model (no token type) take off the held
     lines: whatever lines the call is billed, each gets that share off, so the hold is still an
     upper bound (a 100 % one holds nothing). A discount of one token type may miss the type the
-    call is billed in (reasoning, priced as output, is not output), so a hold leaves it out, as it
-    leaves out free allowances."""
+    call is billed in (the output budget spent as audio output an audio rule prices is not
+    output), so a hold leaves it out, as it leaves out free allowances."""
     out = []
     for ln in usage:
         for discount in overrides.discounts:

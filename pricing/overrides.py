@@ -5,8 +5,9 @@
   specificity first (exact > pattern > any), then token type (the usage's own type > the type
   the book priced it as through a fallback > any type). A contract without a token type never
   applies to ``request`` (a per-call fee is not a per-token price). Ties are refused.
-- A discount takes a percentage off every usage line it covers (by the line's model and its
-  own token type), as its own negative line.
+- A discount takes a percentage off every usage line it covers (by the line's model, and its
+  own token type or the type the book priced it as through a fallback, as a contract price),
+  as its own negative line.
 - A free allowance is money per billing period; it pays for what is left after discounts, up
   to what remains of it given the period-to-date use the caller passes in, as its own line.
 """
@@ -97,11 +98,14 @@ class Discount:
         if errors:
             raise PriceBookValidationError(errors)
 
-    def covers(self, model: str, token_type: str) -> bool:
-        """Whether this discount applies to a usage line of this model and token type."""
+    def covers(self, model: str, token_type: str, priced_as: str | None = None) -> bool:
+        """Whether this discount applies to a usage line of this model and token type, or that
+        the book priced as `priced_as` (its rule's type) through a fallback, as a contract
+        price of that type would price it: a discount on output takes its share off the
+        reasoning billed at the output rule."""
         if model_rank(self.model, model) is None:
             return False
-        return self.token_type is None or self.token_type == token_type
+        return self.token_type is None or self.token_type in (token_type, priced_as)
 
 
 @dataclass(frozen=True, slots=True)

@@ -130,11 +130,13 @@ def _line_key(line: Line) -> tuple[object, ...]:
     return (line.model or "", token_index, line.rule_id or "", line.tier or 0, line.override_id or "")
 
 
-def _discount_lines(usage_lines: list[Line], overrides: Overrides) -> list[Line]:
+def _discount_lines(usage_lines: list[Line], overrides: Overrides, priced_as: Mapping[str, str]) -> list[Line]:
+    """A discount's negative twin of each usage line it covers; `priced_as` maps each rule id to
+    its token type, the type a line was billed as (reasoning at the output rule is output)."""
     lines: list[Line] = []
     for line in usage_lines:
         for discount in overrides.discounts:
-            if not discount.covers(line.model or "", line.token_type or ""):
+            if not discount.covers(line.model or "", line.token_type or "", priced_as.get(line.rule_id or "")):
                 continue
             with pricing_context():
                 unit = -line.unit_price * discount.percent / 100
@@ -196,8 +198,9 @@ def rate(
         ptd = period_to_date
     else:
         ptd = PeriodToDate(period_to_date) if period_to_date else _NOTHING_SO_FAR
-    usage_lines = _usage_lines(_aggregate(usages, version, overrides), version, ptd)
-    discounts = _discount_lines(usage_lines, overrides)
+    buckets = _aggregate(usages, version, overrides)
+    usage_lines = _usage_lines(buckets, version, ptd)
+    discounts = _discount_lines(usage_lines, overrides, {b.rule.id: b.rule.token_type for b in buckets})
     with pricing_context():
         net = sum((ln.amount for ln in (*usage_lines, *discounts)), Decimal(0))
     allowances = _allowance_lines(net, overrides, ptd, version.version)

@@ -123,6 +123,31 @@ async def test_a_discount_is_a_line_of_its_own_on_the_charge_and_the_invoice(cli
     assert kinds[("discount", "input")] == "-0.10", upcoming["lines"]
 
 
+async def test_a_discount_on_output_takes_its_share_off_reasoning_billed_at_the_output_rule(client) -> None:
+    """The book has no reasoning rule, so reasoning is billed at its output rule (API.md), as a
+    contract price on output prices it; the discount on output missed it: charged 0.0392 where
+    10 % off every line billed as output is 0.038. The hold leaves a discount of one token type
+    out (README), so it still holds at least the charge."""
+    cid = await customer(client, {"discounts": [{"id": "out-10", "token_type": "output", "percent": "10"}]})
+    held = await client.post("/v1/reservations", headers=ADMIN, json={
+        "customer_id": cid, "request_id": "think-1", "model": "model-a",
+        "estimate": {"input_tokens": 1000, "max_output_tokens": 1000}})
+    assert held.status_code == 201, held.text
+    # 1,000 input at $10/M = 0.01; 1,000 output at $20/M = 0.02; the call fee 0.01
+    assert held.json()["amount"] == "0.04"
+    settled = await client.post(f"/v1/reservations/{held.json()['id']}/settle", headers=ADMIN, json={
+        "usage": {"input_tokens": 1000, "output_tokens": 400, "reasoning_tokens": 600}, "final": True})
+    assert settled.status_code == 200, settled.text
+    # 0.01 + 0.008 + 0.012 (600 reasoning at the output rule's $20/M) + 0.01; 10 % of 0.02 off
+    assert settled.json()["charged"] == "0.038"
+    trace = (await client.get(f"/v1/audit/charges/think-1?customer_id={cid}", headers=ADMIN)).json()
+    discounts = sorted((ln["token_type"], ln["rule_id"], ln["amount"])
+                       for ln in trace["charges"][0]["lines"] if ln["kind"] == "discount")
+    assert discounts == [("output", "a-out", "-0.0008"), ("reasoning", "a-out", "-0.0012")]
+    event_trace = await event(client, cid, datetime.now(UTC) - timedelta(minutes=1), 0, 1000)
+    assert charged(event_trace) == "0.028"  # 0.02 + the call fee, 10 % of 0.02 off
+
+
 async def test_a_free_allowance_pays_until_it_is_spent_in_the_period(client) -> None:
     cid = await customer(client, {"free_allowances": [{"id": "free-1", "amount": "1.50"}]})
     now = datetime.now(UTC)

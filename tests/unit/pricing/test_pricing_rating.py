@@ -268,6 +268,41 @@ def test_a_discount_is_its_own_negative_line_and_usage_lines_stay_gross():
     assert rating.total_units == 16_200_000
 
 
+def test_a_discount_of_a_token_type_covers_the_usage_its_rule_prices_through_a_fallback():
+    """A discount on `output` takes its share off reasoning the book bills at its output rule (it
+    has no reasoning rule), as a contract price on `output` prices it; one on `input` off cache
+    reads billed at the input rule. Reasoning had no discount line: 10 % off output charged 600
+    reasoning tokens in full."""
+    overrides = Overrides(discounts=(Discount("out-10", Decimal("10"), token_type="output"),
+                                     Discount("in-20", Decimal("20"), model="model-a", token_type="input")))
+    usage = Usage("model-a", {"input": 1000, "cached_input": 500, "output": 400, "reasoning": 600}, AT)
+    rating = rate(usage, worked_example_version(), overrides)
+    got = [(ln.token_type, ln.rule_id, ln.unit_price, ln.amount, ln.override_id)
+           for ln in rating.lines if ln.kind == "discount"]
+    assert sorted(got) == [
+        ("cached_input", "a-in", Decimal("-2"), Decimal("-0.001"), "in-20"),
+        ("input", "a-in", Decimal("-2"), Decimal("-0.002"), "in-20"),
+        ("output", "a-out", Decimal("-2"), Decimal("-0.0008"), "out-10"),
+        ("reasoning", "a-out", Decimal("-2"), Decimal("-0.0012"), "out-10"),
+    ]
+    # usage 0.01 + 0.005 + 0.008 + 0.012 = 0.035, less 0.005 of discounts
+    assert rating.total == Decimal("0.03")
+
+
+def test_a_discount_of_output_leaves_reasoning_the_book_prices_by_a_rule_of_its_own():
+    book = version({"id": "out", "model": "m", "token_type": "output", "price": "20"},
+                   {"id": "think", "model": "m", "token_type": "reasoning", "price": "30"})
+    overrides = Overrides(discounts=(Discount("out-10", Decimal("10"), token_type="output"),))
+    rating = rate(Usage("m", {"output": 1000, "reasoning": 1000}, AT), book, overrides)
+    assert [(ln.token_type, ln.amount) for ln in rating.lines if ln.kind == "discount"] == [
+        ("output", Decimal("-0.002"))]
+    only_reasoning = Overrides(discounts=(Discount("r-50", Decimal("50"), token_type="reasoning"),))
+    rating = rate(Usage("model-a", {"output": 1000, "reasoning": 1000}, AT), worked_example_version(),
+                  only_reasoning)
+    assert [(ln.token_type, ln.amount) for ln in rating.lines if ln.kind == "discount"] == [
+        ("reasoning", Decimal("-0.01"))]
+
+
 def test_a_free_allowance_pays_what_is_left_of_it_as_its_own_line():
     overrides = Overrides(allowances=(FreeAllowance("free-tier", Decimal("0.05")),))
     usage = Usage("model-a", {"input": 4000}, AT)  # $0.04
