@@ -72,7 +72,11 @@ def sqlstate_of(exc: BaseException | None) -> str | None:
 # connections, out of shared memory (53200: the predicate lock table is full, as when a stopped
 # writer's transaction keeps every other lane's locks alive until it is ended), and a server
 # shutting down, crashed or still starting (57P01-57P03).
-UNAVAILABLE_STATES = frozenset({"53200", "53300", "57P01", "57P02", "57P03"})
+UNAVAILABLE_STATES = frozenset({"53200", "53300", "57P01", "57P02", "57P03", "25006"})
+# 25006 read_only_sql_transaction: a server that takes no writes for now (a failover's standby,
+# reached before the name moved on; default_transaction_read_only). A session learns it when it
+# starts, so the pool's are replaced (Database._renew_if_read_only): kept, they wrote nothing again.
+READ_ONLY = "25006"
 
 
 def is_unavailable(exc: BaseException | None) -> bool:
@@ -168,6 +172,7 @@ class Database:
             except Exception as exc:
                 state = sqlstate_of(exc)
                 if state not in RETRYABLE:
+                    await self._renew_if_read_only(state)
                     raise
                 RETRIES.labels(state).inc()
                 if attempt == self.attempts:
@@ -234,10 +239,20 @@ class Database:
     async def committed(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """Run `work` in one READ COMMITTED transaction: for bookkeeping beside the ledger (webhook
         deliveries) that must never abort a SERIALIZABLE writer, which SSI lets it not do."""
-        async with self.engine.connect() as conn:
-            conn = await conn.execution_options(isolation_level="READ COMMITTED")
-            async with conn.begin():
-                return await work(conn)
+        try:
+            async with self.engine.connect() as conn:
+                conn = await conn.execution_options(isolation_level="READ COMMITTED")
+                async with conn.begin():
+                    return await work(conn)
+        except Exception as exc:
+            await self._renew_if_read_only(sqlstate_of(exc))
+            raise
+
+    async def _renew_if_read_only(self, state: str | None) -> None:
+        """A read-only session (25006) stays one: replace the pool's, so that the next use
+        connects afresh (to the primary, once the failover's name points there)."""
+        if state == READ_ONLY:
+            await self.engine.dispose()
 
     async def lookup(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """Run a single-statement read in autocommit: one round trip, for hot-path lookups."""
