@@ -13,7 +13,7 @@ import platformdirs
 from psycopg import ProgrammingError
 from psycopg.conninfo import conninfo_to_dict
 
-from api.gateway.config import GatewaySettings, key
+from api.gateway.config import MOST_SECONDS, GatewaySettings, key
 from wallets.budgets import MAX_PER_CUSTOMER as MAX_BUDGETS_PER_CUSTOMER
 from wallets.webhooks.rules import AddressPolicy, parse_networks
 
@@ -30,13 +30,6 @@ def _int(env: Mapping[str, str], name: str, default: int, *, most: int | None = 
         bounds = f"from 1 to {most}" if most is not None else "at least 1"
         raise SystemExit(f"{name} must be a whole number {bounds}, not {raw!r}")
     return value
-
-
-# The longest duration a setting takes: a year. Longer meant nothing and broke what runs without a
-# request: a seal interval of 1e17 s ended `serve` in APScheduler's OverflowError, a webhook retry
-# window of 1e12 s put each failed attempt's next one past the year 9999 (unrecordable: sent again
-# at every lease, forever), a webhook timeout of 1e300 s a lease PostgreSQL's interval cannot hold.
-MOST_SECONDS = 365 * 86_400
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:

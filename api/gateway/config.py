@@ -9,19 +9,29 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from api.gateway.calls import SERVER_TOOL_MAX_USES, SERVER_TOOL_RESULT_TOKENS
+from wallets.commands import MAX_TTL_SECONDS
 
 OPENAI_URL = "https://api.openai.com/v1"  # what the openai SDK takes as base_url
 ANTHROPIC_URL = "https://api.anthropic.com"  # what the anthropic SDK takes as base_url
 
 
-def _positive(env: Mapping[str, str], name: str, default: int) -> int:
+# The longest duration a setting takes (api.settings too): a year. Longer meant nothing and broke
+# what runs without a request: a seal interval of 1e17 s ended `serve` in APScheduler's
+# OverflowError, a webhook retry window of 1e12 s put each failed attempt's next one past the year
+# 9999 (unrecordable: sent again at every lease, forever), a webhook timeout of 1e300 s a lease
+# PostgreSQL's interval cannot hold, a gateway read timeout of 1e400 s no float at all.
+MOST_SECONDS = 365 * 86_400
+
+
+def _positive(env: Mapping[str, str], name: str, default: int, *, most: int | None = None) -> int:
     raw = env.get(name, "")
     try:
         value = int(raw) if raw else default
     except ValueError:
         value = 0
-    if value < 1:
-        raise SystemExit(f"{name} must be a positive whole number, not {raw!r}")
+    if value < 1 or (most is not None and value > most):
+        bound = "" if most is None else f", at most {most:,}"
+        raise SystemExit(f"{name} must be a positive whole number{bound}, not {raw!r}")
     return value
 
 
@@ -67,8 +77,10 @@ class GatewaySettings:
             server_tool_max_uses=_positive(env, "TOKENTILL_GATEWAY_SERVER_TOOL_MAX_USES", SERVER_TOOL_MAX_USES),
             server_tool_result_tokens=_positive(env, "TOKENTILL_GATEWAY_SERVER_TOOL_RESULT_TOKENS",
                                                 SERVER_TOOL_RESULT_TOKENS),
-            hold_seconds=_positive(env, "TOKENTILL_GATEWAY_HOLD_SECONDS", 600),
-            read_timeout_s=float(_positive(env, "TOKENTILL_GATEWAY_READ_TIMEOUT_SECONDS", 600)),
+            # a hold no longer than a reserve may ask for: 1e12 s put its expiry past the year 9999
+            # and every call's reserve failed in the wallet core
+            hold_seconds=_positive(env, "TOKENTILL_GATEWAY_HOLD_SECONDS", 600, most=MAX_TTL_SECONDS),
+            read_timeout_s=float(_positive(env, "TOKENTILL_GATEWAY_READ_TIMEOUT_SECONDS", 600, most=MOST_SECONDS)),
             upstream_ca=_ca_file(env, "TOKENTILL_GATEWAY_UPSTREAM_CA"),
             spool_dir=env.get("TOKENTILL_SPOOL_DIR") or None,
             settle=settle_mode(env.get("TOKENTILL_GATEWAY_SETTLE") or "wait", "TOKENTILL_GATEWAY_SETTLE"),

@@ -35,3 +35,22 @@ def test_the_context_held_for_a_continued_conversation_is_read_and_checked():
     for bad in ("0", "-5", "lots"):
         with pytest.raises(SystemExit, match="TOKENTILL_GATEWAY_CONTEXT_HOLD_TOKENS must be a positive"):
             GatewaySettings.from_env({"TOKENTILL_GATEWAY_CONTEXT_HOLD_TOKENS": bad})
+
+
+@pytest.mark.parametrize(("name", "bad"), [
+    # a hold longer than a reserve may ask for (ttl_seconds, MAX_TTL_SECONDS): 1e12 s put its expiry
+    # past the year 9999, and every gateway call's reserve failed in the wallet core (OverflowError)
+    ("TOKENTILL_GATEWAY_HOLD_SECONDS", "604801"), ("TOKENTILL_GATEWAY_HOLD_SECONDS", "1000000000000"),
+    # over a year, as the other durations (api.settings.MOST_SECONDS); 1e400 s ended the start in an
+    # OverflowError traceback (too large for a float)
+    ("TOKENTILL_GATEWAY_READ_TIMEOUT_SECONDS", "31536001"), ("TOKENTILL_GATEWAY_READ_TIMEOUT_SECONDS", "1" + "0" * 400),
+])
+def test_a_gateway_duration_past_its_bound_stops_the_start_naming_it(name, bad):
+    with pytest.raises(SystemExit, match=f"{name} must be a positive whole number, at most"):
+        GatewaySettings.from_env({name: bad})
+
+
+def test_the_longest_gateway_durations_are_still_taken():
+    s = GatewaySettings.from_env({"TOKENTILL_GATEWAY_HOLD_SECONDS": "604800",
+                                  "TOKENTILL_GATEWAY_READ_TIMEOUT_SECONDS": "31536000"})
+    assert (s.hold_seconds, s.read_timeout_s) == (604_800, 31_536_000.0)
