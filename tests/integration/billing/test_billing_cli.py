@@ -72,22 +72,14 @@ async def test_billing_close_that_could_not_close_a_period_says_so_and_exits_1(b
     exited 0: a cron job or a runbook step saw success with an invoice missing."""
     from api import cli
     from api.settings import Settings
+    from tests.integration.wallets.wallet_kit import refusing
     from wallets.commands import ClosePeriod
-    from wallets.core.decide import RULES
-    from wallets.errors import ConflictError
 
     stuck = await bk.customer("stuck", billing_mode="postpaid")
     fine = await bk.customer("fine", billing_mode="postpaid")
     for cid in (stuck, fine):
         await bk.event(cid, "model-a", 1000, 500)
-    real = RULES[ClosePeriod]
-
-    def rule(state, cmd, now, book):
-        if cmd.customer_id == stuck:
-            raise ConflictError("refused for the test")
-        return real(state, cmd, now, book)
-
-    monkeypatch.setitem(RULES, ClosePeriod, rule)
+    refusing(ClosePeriod, stuck, monkeypatch)
     monkeypatch.setenv("TOKENTILL_DATABASE_URL", scratch_url)
     args = cli.parser().parse_args(["billing", "close", "--until", "2026-12-01T01:00:00Z"])
     code = await asyncio.to_thread(args.func, args, Settings.from_env())

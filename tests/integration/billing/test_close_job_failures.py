@@ -10,9 +10,8 @@ from billing_kit import BillingKit
 from prometheus_client import REGISTRY
 from sqlalchemy import text
 
+from tests.integration.wallets.wallet_kit import refusing
 from wallets.commands import ClosePeriod
-from wallets.core.decide import RULES
-from wallets.errors import ConflictError
 from wallets.jobs import jobs, run_job
 
 
@@ -26,14 +25,7 @@ async def test_a_period_the_job_cannot_close_is_logged_and_the_run_is_an_error(b
     fine = await bk.customer("fine", billing_mode="postpaid")
     for cid in (stuck, fine):
         await bk.event(cid, "model-a", 1000, 500)
-    real = RULES[ClosePeriod]
-
-    def rule(state, cmd, now, book):
-        if cmd.customer_id == stuck:
-            raise ConflictError("refused for the test")
-        return real(state, cmd, now, book)
-
-    monkeypatch.setitem(RULES, ClosePeriod, rule)
+    refusing(ClosePeriod, stuck, monkeypatch)
     job = next(j for j in jobs(10) if j.name == "close_periods")
     errors = _sample("tokentill_job_runs_total", job=job.name, result="error")
     last = _sample("tokentill_job_last_success_timestamp_seconds", job=job.name)

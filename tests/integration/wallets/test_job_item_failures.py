@@ -12,11 +12,9 @@ from datetime import timedelta
 
 from prometheus_client import REGISTRY
 from sqlalchemy import text
-from wallet_kit import Kit
+from wallet_kit import Kit, refusing
 
 from wallets.commands import ExpireLot, ExpireReservation
-from wallets.core.decide import RULES
-from wallets.errors import ConflictError
 from wallets.jobs import jobs, run_job
 
 
@@ -28,24 +26,12 @@ def _sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-def _refusing(rule_type, customer_id: str, monkeypatch) -> None:
-    """The rule of `rule_type` refuses `customer_id`'s command (as a domain error), runs the others."""
-    real = RULES[rule_type]
-
-    def rule(state, cmd, now, book):
-        if cmd.customer_id == customer_id:
-            raise ConflictError(f"refused for the test: {customer_id}")
-        return real(state, cmd, now, book)
-
-    monkeypatch.setitem(RULES, rule_type, rule)
-
-
 async def test_a_grant_the_job_cannot_expire_is_logged_and_the_run_is_an_error(kit: Kit, monkeypatch, caplog):
     stuck, fine = await kit.customer("stuck"), await kit.customer("fine")
     expires = kit.clock.now + timedelta(hours=1)  # kit time: past by the wall clock the job reads
     lot = (await kit.grant(stuck, "1.00", expires_at=expires)).grant.id
     await kit.grant(fine, "2.00", expires_at=expires)
-    _refusing(ExpireLot, stuck, monkeypatch)
+    refusing(ExpireLot, stuck, monkeypatch)
     job = _job("expire_grants")
     errors, last = _sample("tokentill_job_runs_total", job=job.name, result="error"), \
         _sample("tokentill_job_last_success_timestamp_seconds", job=job.name)
@@ -72,7 +58,7 @@ async def test_a_reservation_the_job_cannot_expire_is_logged_and_the_run_is_an_e
     stuck = await kit.customer("stuck")
     await kit.top_up(stuck, "5.00")
     held = (await kit.reserve(stuck, "r1", amount="1.00", ttl_seconds=60)).reservation.id
-    _refusing(ExpireReservation, stuck, monkeypatch)
+    refusing(ExpireReservation, stuck, monkeypatch)
     job = _job("expire_reservations")
     errors = _sample("tokentill_job_runs_total", job=job.name, result="error")
     with caplog.at_level(logging.WARNING):

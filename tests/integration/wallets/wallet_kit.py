@@ -12,6 +12,8 @@ from pricing.money import parse_amount
 from wallets import books, chart
 from wallets.audit import WALLET_CHECKS
 from wallets.commands import Grant, RecordUsage, Release, Reserve, Settle, TopUp
+from wallets.core.decide import RULES
+from wallets.errors import ConflictError
 from wallets.service import CustomerSpec, WalletService
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -118,3 +120,16 @@ class Kit:
 
 def amounts(**named: str) -> dict[str, int]:
     return {name.replace("__", "."): usd(value) for name, value in named.items()}
+
+
+def refusing(rule_type: type, customer_id: str, monkeypatch: Any) -> None:
+    """The wallet core's rule for `rule_type` refuses `customer_id`'s command (ConflictError,
+    "refused for the test") and decides the others as before, until `monkeypatch` is undone."""
+    real = RULES[rule_type]
+
+    def rule(state: Any, cmd: Any, now: datetime, book: Any) -> Any:
+        if cmd.customer_id == customer_id:
+            raise ConflictError("refused for the test")
+        return real(state, cmd, now, book)
+
+    monkeypatch.setitem(RULES, rule_type, rule)
