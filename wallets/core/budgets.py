@@ -42,6 +42,9 @@ EXCEEDED_TOPIC = "budget.exceeded"
 # video tokens in and out, one-hour cache writes, tool tokens, citations were billed and never counted.
 _INPUT_SIDE = tuple(sorted(PROMPT_TYPES | {"embedding"}))
 _OUTPUT_SIDE = OUTPUT_TYPES
+# What a tokens quota counts: both sides. Every unit but the request counted, so web searches,
+# audio seconds, input characters and document pages were counted as as many tokens.
+_TOKENS = _INPUT_SIDE + _OUTPUT_SIDE
 
 
 def matches(b: Budget, model: str, dimensions: Mapping[str, Any]) -> bool:
@@ -125,7 +128,7 @@ def actual_quantity(metric: str, cost: int, tokens: Mapping[str, int], first: bo
         return sum(tokens.get(t, 0) for t in _INPUT_SIDE)
     if metric == "output_tokens":
         return sum(tokens.get(t, 0) for t in _OUTPUT_SIDE)
-    return sum(n for t, n in tokens.items() if t != "request")
+    return sum(tokens.get(t, 0) for t in _TOKENS)
 
 
 def retry_after(b: Budget, now: datetime, excess: int) -> int | None:

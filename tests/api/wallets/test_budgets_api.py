@@ -302,3 +302,28 @@ async def test_an_input_or_output_token_quota_counts_every_kind_of_input_and_out
          "usage": {"input_tokens": 10, "tool_tokens": 400, "output_tokens": 0}}])
     assert sent.json()["accepted"] == 2, sent.text
     assert (await client.get(f"/v1/budgets/{ev_quota['id']}")).json()["used"] == 3420
+
+
+async def test_a_tokens_quota_counts_tokens_not_calls_seconds_characters_or_pages(client: AsyncTestClient, tag: str):
+    """A `tokens` quota counted every unit of a call but its request: 2 web searches, 60 audio
+    seconds, 100,000 input characters and 9 document pages were 100,071 tokens where the call had
+    11. Only tokens count: every type an input_tokens or output_tokens quota counts."""
+    book = f"units-{tag}"
+    rules = [{"id": "in", "model": "model-a", "token_type": "input", "price": "10.00"},
+             {"id": "out", "model": "model-a", "token_type": "output", "price": "20.00"},
+             {"id": "search", "token_type": "web_search", "price": "0.01"},
+             {"id": "seconds", "token_type": "audio_seconds", "price": "0.36"},
+             {"id": "chars", "token_type": "input_characters", "price": "1.00"},
+             {"id": "pages", "token_type": "document_page", "price": "0.01"}]
+    created = await client.post("/v1/price-books", json={"id": book, "currency": "USD", "format": 2,
+                                                         "effective_from": "2026-01-01T00:00:00Z", "rules": rules})
+    assert created.status_code == 201, created.text
+    cid = await _funded(client, tag, book)
+    quota = await _budget(client, customer_id=cid, window="day", metric="tokens", limit=1000)
+    r = await _reserve(client, cid, "units", estimate={"input_tokens": 10, "max_output_tokens": 1})
+    assert r.status_code == 201, r.text
+    settled = await client.post(f"/v1/reservations/{r.json()['id']}/settle", json={"usage": {
+        "input_tokens": 10, "output_tokens": 1, "input_audio_tokens": 5, "web_search_calls": 2, "audio_seconds": 60,
+        "input_characters": 100000, "document_pages": 9}})
+    assert settled.status_code == 200, settled.text
+    assert (await client.get(f"/v1/budgets/{quota['id']}")).json()["used"] == 16
