@@ -165,14 +165,15 @@ def _billing_close(args: argparse.Namespace, settings: Settings) -> int:
     except WalletValidationError as exc:
         print(f"tokentill billing close: --{exc}", file=sys.stderr)
         return 2
-    failed: list[str] = []
-    closed = _with_db(settings, lambda db: close_due(db, args.until, failures=failed))
+    refused: list[tuple[str, str]] = []
+    closed = _with_db(settings, lambda db: close_due(db, args.until, failures=refused))
     for c in closed:
         print(f"{c.number}  {c.customer_id}  {c.period}  total {format_money(c.total, c.currency)}  "
               f"due {format_money(c.amount_due, c.currency)}")
     print(f"closed {len(closed)} period(s)")
-    if failed:  # each logged as it failed; it exited 0 with an invoice missing
-        failed = list(dict.fromkeys(failed))  # a customer refused is tried again in each round
+    if refused:  # each logged as it failed; it exited 0 with an invoice missing
+        # (a customer refused is tried again in each round)
+        failed = list(dict.fromkeys(f"the period of {customer}: {reason}" for customer, reason in refused))
         more = f" and {len(failed) - 1} more" if len(failed) > 1 else ""
         print(f"error: {len(failed)} period(s) not closed: {failed[0]}{more}", file=sys.stderr)
         return 1

@@ -50,10 +50,11 @@ def refuse_early(until: datetime | None, now: datetime, *, early: bool) -> None:
 
 async def close_due(db: Database, until: datetime | None = None, *, issuer: str = DEFAULT_ISSUER,
                     engine: Engine | None = None, customers: Sequence[str] | None = None,
-                    failures: list[str] | None = None) -> list[InvoiceClosed]:
+                    failures: list[tuple[str, str]] | None = None) -> list[InvoiceClosed]:
     """Close every period whose grace window ended by `until` (default: now), oldest first per
     customer, until nothing is due (a customer idle for months gets one invoice per period);
-    only `customers`' when given. A close refused is logged, and named in `failures` when given.
+    only `customers`' when given. A close refused is logged, and put in `failures` when given, as
+    (customer id, reason).
     Several processes may run it at once: each period is closed once, numbers stay gapless."""
     engine = engine or Engine(db, grouping=False)
     at = until or utc_now()
@@ -76,7 +77,7 @@ async def close_due(db: Database, until: datetime | None = None, *, issuer: str 
                     elif isinstance(outcome, BaseException):  # this customer waits; the others close
                         log.error("closing the period of %s failed: %s", command.customer_id, outcome)
                         if failures is not None:
-                            failures.append(f"the period of {command.customer_id}: {outcome}")
+                            failures.append((command.customer_id, str(outcome)))
             if len(rows) < PAGE:
                 break
         if not found:

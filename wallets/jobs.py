@@ -73,7 +73,10 @@ async def _every_item(run: Callable[[list[str]], Awaitable[int]]) -> int:
 async def close_periods(db: Database) -> object:
     """Close every billing period whose grace window is over; finalize, number, announce."""
     async def run(failed: list[str]) -> int:
-        return len(await close_due(db, failures=failed))
+        refused: list[tuple[str, str]] = []
+        closed = await close_due(db, failures=refused)
+        failed += [f"the period of {customer}: {reason}" for customer, reason in refused]
+        return len(closed)
 
     return await _every_item(run)
 

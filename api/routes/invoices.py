@@ -114,8 +114,15 @@ class ClosedInvoice(msgspec.Struct):
     amount_due: str
 
 
+class NotClosed(msgspec.Struct):
+    customer_id: str
+    reason: Annotated[str, msgspec.Meta(description="Why its close was refused (also logged)")]
+
+
 class Closed(msgspec.Struct):
     closed: list[ClosedInvoice]
+    not_closed: Annotated[list[NotClosed], msgspec.Meta(
+        description="The periods due that could not be closed (the others were), by customer; empty when all closed")]
 
 
 PayInvoiceBody = Annotated[dict[str, Any], json_body(PayInvoiceRequest)]
@@ -218,10 +225,14 @@ async def close_periods(state: State, data: CloseBody) -> dict[str, Any]:
     now = wallets.clock()
     until = time_in(data.until, "until")
     billing.refuse_early(until, now, early=data.early)
+    refused: list[tuple[str, str]] = []
     closed = await billing.close_due(state.services.db, until or now,
                                      engine=wallets.engine,
-                                     customers=None if data.customer_id is None else [data.customer_id])
+                                     customers=None if data.customer_id is None else [data.customer_id],
+                                     failures=refused)
     return {"closed": [{"invoice_id": c.invoice_id, "number": c.number, "customer_id": c.customer_id,
                         "period": c.period, "total": money(c.total, c.currency),
                         "amount_due": money(c.amount_due, c.currency)}
-                       for c in closed]}
+                       for c in closed],
+            # (a customer refused is tried again in each round of the close: named once)
+            "not_closed": [{"customer_id": customer, "reason": reason} for customer, reason in dict.fromkeys(refused)]}
