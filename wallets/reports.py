@@ -67,7 +67,8 @@ SELECT c.*, v.rules AS version_rules, (SELECT u.currency FROM customers u WHERE 
 def _charge(r: Any) -> dict[str, Any]:
     cur = r.currency
     used = {ln["rule_id"] for ln in r.lines}
-    return {"seq": r.seq, "capture_id": r.capture_id, "final": r.final, "model": r.model,
+    return {"seq": r.seq, "reservation_id": r.reservation_id, "event_id": r.event_id,  # what it charged
+            "capture_id": r.capture_id, "final": r.final, "model": r.model,
             "occurred_at": when(r.occurred_at), "usage": r.usage, "dimensions": r.dimensions,
             "price_book": r.price_book, "price_version": r.price_version,
             "rules": [rule for rule in (r.version_rules or []) if rule.get("id") in used],
@@ -120,35 +121,50 @@ SELECT 'usage_event', event_id, customer_id FROM usage_events
 
 
 async def charge_trace(conn: AsyncConnection, request_id: str, customers: Sequence[str] | None) -> dict[str, Any]:
-    """Everything about one request: its reservation (or usage event), the usage, the price
+    """Everything about one request: its reservation and/or usage event, the usage, the price
     book version and the rules and unit prices applied, the amounts, and the journal entries.
 
     Request ids and event ids are per customer: only `customers`' are looked at (None: every
     customer's), and an id that several of them used needs one named (the caller narrows
-    `customers` to it). What other customers did with the id changes nothing in the answer."""
+    `customers` to it). What other customers did with the id changes nothing in the answer.
+    A customer's reservation and usage event of one id are both traced: `kind` is reservation,
+    `usage_event` is there too, and `charges` and `entries` hold both's (each charge names its
+    `reservation_id` or `event_id`), so no charge the id names is left out."""
     found = (await conn.execute(_FIND, {"r": request_id, "c": None if customers is None else list(customers)})).all()
     if len({row.customer_id for row in found}) > 1:
         raise WalletValidationError("customer_id", f"request {request_id} exists for several customers; name one")
     if not found:
         raise NotFoundError(f"no reservation or usage event {request_id}", request_id=request_id)
-    reserved = [row for row in found if row.kind == "reservation"]
-    if reserved:  # a customer's reservation and usage event of one id: the reservation is the request
-        view = await reservation(conn, reserved[0].id)
-        return {"request_id": request_id, "customer_id": view["customer_id"], "kind": "reservation",
-                "reservation": {k: v for k, v in view.items() if k not in ("charges", "entries")},
-                "charges": view["charges"], "entries": view["entries"]}
     customer_id = found[0].customer_id
+    traced = {"request_id": request_id, "customer_id": customer_id, "kind": "usage_event",
+              "charges": [], "entries": []}
+    reserved = [row for row in found if row.kind == "reservation"]
+    if reserved:
+        view = await reservation(conn, reserved[0].id)
+        traced.update(kind="reservation", charges=view["charges"], entries=view["entries"],
+                      reservation={k: v for k, v in view.items() if k not in ("charges", "entries")})
+    if any(row.kind == "usage_event" for row in found):
+        event, charges, entries = await _event_trace(conn, customer_id, request_id)
+        traced["usage_event"] = event
+        traced["charges"] = [*traced["charges"], *charges]
+        known = {e["id"] for e in traced["entries"]}
+        traced["entries"] = sorted([*traced["entries"], *(e for e in entries if e["id"] not in known)],
+                                   key=lambda e: e["id"])
+    return traced
+
+
+async def _event_trace(conn: AsyncConnection, customer_id: str, event_id: str
+                       ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """A customer's usage event of this id: the event, its charges and their journal entries."""
     event = (await conn.execute(text("SELECT * FROM usage_events WHERE customer_id = :c AND event_id = :r"),
-                                {"c": customer_id, "r": request_id})).one()
+                                {"c": customer_id, "r": event_id})).one()
     charges = list(await conn.execute(text(_CHARGES.text.format(where="c.customer_id = :c AND c.event_id = :r")),
-                                      {"c": customer_id, "r": request_id}))
+                                      {"c": customer_id, "r": event_id}))
     entry_ids = [event.entry_id] if event.entry_id is not None else []
     entry_ids += _adjustment_entries(charges)
-    return {"request_id": request_id, "customer_id": customer_id, "kind": "usage_event",
-            "usage_event": {"event_id": event.event_id, "model": event.model, "occurred_at": when(event.occurred_at),
-                            "usage": event.usage, "dimensions": event.dimensions,
-                            "recorded_at": when(event.created_at)},
-            "charges": [_charge(c) for c in charges], "entries": await entries(conn, [], entry_ids)}
+    return ({"event_id": event.event_id, "model": event.model, "occurred_at": when(event.occurred_at),
+             "usage": event.usage, "dimensions": event.dimensions, "recorded_at": when(event.created_at)},
+            [_charge(c) for c in charges], await entries(conn, [], entry_ids))
 
 
 async def ensure_book_visible(conn: AsyncConnection, book_id: str, customers: Sequence[str]) -> None:

@@ -43,15 +43,24 @@ class TracedUsageEvent(msgspec.Struct):
 
 class ChargeTrace(msgspec.Struct):
     """One request's trace: its reservation (`kind` reservation) or usage event (`kind`
-    usage_event), its charges and the journal entries (as GET /v1/journal gives them)."""
+    usage_event), its charges and the journal entries (as GET /v1/journal gives them, in their
+    order). A customer's reservation and usage event of the same id are traced together: `kind`
+    is reservation and `usage_event` is given too; `charges` holds the reservation's, then the
+    event's, each naming what it charged (`reservation_id` or `event_id`, the other null), and
+    `entries` both's."""
 
     request_id: str
     customer_id: str
     kind: Literal["reservation", "usage_event"]
-    charges: list[dict[str, Any]]
-    entries: list[dict[str, Any]]
+    charges: Annotated[list[dict[str, Any]], msgspec.Meta(description=(
+        "The charges the id names: the reservation's, then the usage event's; each names what it "
+        "charged, `reservation_id` or `event_id` (the other null)"))]
+    entries: Annotated[list[dict[str, Any]], msgspec.Meta(description=(
+        "The journal entries of those charges, in journal order"))]
     reservation: ReservationState | None = None
-    usage_event: TracedUsageEvent | None = None
+    usage_event: Annotated[TracedUsageEvent | None, msgspec.Meta(description=(
+        "The customer's usage event of this id: with `kind` usage_event, or beside the reservation "
+        "when the customer used the id for both"))] = None
 
 
 @get("/v1/audit/charges/{request_id:path}", guards=[require("auditor")], tags=["audit"],
@@ -59,8 +68,9 @@ class ChargeTrace(msgspec.Struct):
 async def get_charge_trace(state: State, request: Request, request_id: FromPath[str],
                            customer_id: Annotated[str | None, QueryParameter(name="customer_id")] = None
                            ) -> dict[str, Any]:
-    """The request's reservation (or usage event), its usage, the price book version, the rules
-    and unit prices applied, the amounts, and the journal entries that moved the money.
+    """The request's reservation (or usage event, or both when the customer used the id for
+    each), its usage, the price book version, the rules and unit prices applied, the amounts,
+    and the journal entries that moved the money.
 
     Request and event ids are per customer. A key limited to customers looks among theirs only
     (an id they did not use is 404, whoever else used it), and naming another customer is 403.

@@ -15,6 +15,7 @@ from litestar.testing import AsyncTestClient
 from api.app import create_app
 from api.settings import Settings
 from tests.api import test_journal_api as journal
+from tests.api.test_http_contract import _conforms
 from tests.api.test_journal_api import _lifecycle
 from tests.api.test_sdk_durability import ADMIN, new_customer
 
@@ -49,6 +50,40 @@ async def test_every_request_id_is_traced_as_itself(client):
         assert trace.status_code == 200, (request_id, trace.text)
         body = trace.json()
         assert (body["request_id"], body["reservation"]["id"]) == (request_id, reserved[request_id])
+
+
+async def test_an_id_of_a_reservation_and_a_usage_event_of_one_customer_traces_both_charges(client):
+    """Request ids and event ids are apart: a customer may reserve with an id and report a usage
+    event of the same id. The trace showed the reservation alone: the event's charge (0.05) and
+    its entry were invisible to an auditor following the id."""
+    made = await _lifecycle(client)  # a reservation settled: 0.03
+    customer, request_id = made["customer"], made["request_id"]
+    sent = await client.post("/v1/usage-events", json=[{
+        "event_id": request_id, "customer_id": customer, "model": "model-a",
+        "timestamp": "2026-11-23T10:00:00Z", "usage": {"input_tokens": 4000}}])
+    assert sent.json()["accepted"] == 1, sent.text
+    trace = await client.get(f"/v1/audit/charges/{request_id}", params={"customer_id": customer})
+    assert trace.status_code == 200, trace.text
+    body = trace.json()
+    _conforms(client, "/v1/audit/charges/{request_id}", body)
+    assert body["kind"] == "reservation" and body["reservation"]["request_id"] == request_id
+    assert body["usage_event"]["event_id"] == request_id
+    assert body["usage_event"]["usage"]["canonical"]["input_tokens"] == 4000
+    reservation_id = body["reservation"]["id"]
+    # 4,000 input at $10/M = 0.04 and the call fee
+    assert [(c["reservation_id"], c["event_id"], c["charged"]) for c in body["charges"]] == [
+        (reservation_id, None, "0.03"), (None, request_id, "0.05")]
+    posted = {e["id"]: e["kind"] for e in body["entries"]}
+    assert {c["entry_id"] for c in body["charges"]} <= posted.keys()
+    assert list(posted) == sorted(posted)  # one journal, in its order
+    journal_page = await client.get("/v1/journal", params={"customer": customer, "limit": 100})
+    assert journal_page.status_code == 200, journal_page.text
+    # every entry of the customer but its top-up is the request's: the reserve, settle, the event
+    others = {e["id"] for e in journal_page.json()["entries"] if e["kind"] != "topup"}
+    assert others == posted.keys(), (others, posted)
+    # a trace of a reservation's request id alone, or of an event alone, says nothing of the other
+    alone = (await client.get(f"/v1/audit/charges/{(await _lifecycle(client))['request_id']}")).json()
+    assert alone.get("usage_event") is None and [c["event_id"] for c in alone["charges"]] == [None]
 
 
 async def test_an_unknown_id_with_a_slash_is_a_problem_not_another_request(client):

@@ -56,3 +56,40 @@ async def test_a_traced_charge_with_a_discount_and_a_free_allowance_names_their_
             for name in filter(None, (line["rule_id"], line["override_id"])):
                 assert f"<code>{name}</code>" in rule_column, (line, rule_column)
         assert ">None<" not in page.text
+
+
+async def test_a_traced_id_of_a_reservation_and_a_usage_event_shows_both_and_whose_each_charge_is(database_url):
+    """The page showed the reservation alone, its usage event's charge nowhere."""
+    app = create_app(Settings(admin_key=ADMIN_KEY, scheduler=False), database_url)
+    customer = f"trace-{uuid.uuid4().hex[:8]}"
+    async with AsyncTestClient(app=app, base_url="https://console.test") as client:
+        book = f"trbook-{uuid.uuid4().hex[:8]}"
+        assert (await client.post("/v1/price-books", headers=ADMIN, json={**PRICE_BOOK, "id": book})).status_code == 201
+        assert (await client.post("/v1/customers", headers=ADMIN,
+                                  json={"id": customer, "price_book": book})).status_code == 201
+        assert (await client.post(f"/v1/customers/{customer}/topups", headers=ADMIN,
+                                  json={"amount": "10.00"})).status_code == 201
+        held = await client.post("/v1/reservations", headers=ADMIN, json={
+            "customer_id": customer, "request_id": "both-1", "model": "model-a", "amount": "0.10"})
+        assert held.status_code == 201, held.text
+        settled = await client.post(f"/v1/reservations/{held.json()['id']}/settle", headers=ADMIN,
+                                    json={"usage": {"input_tokens": 1000}, "final": True})
+        assert settled.status_code == 200, settled.text
+        sent = await client.post("/v1/usage-events", headers=ADMIN, json=[{
+            "event_id": "both-1", "customer_id": customer, "model": "model-a",
+            "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "usage": {"input_tokens": 3000}}])
+        assert sent.json()["accepted"] == 1, sent.text
+        trace = (await client.get("/v1/audit/charges/both-1", headers=ADMIN,
+                                  params={"customer_id": customer})).json()
+        token = re.search(r'name="_csrf_token" value="([^"]+)"', (await client.get("/console/sign-in")).text).group(1)
+        await client.post("/console/sign-in", data={"key": ADMIN_KEY, "_csrf_token": token})
+        page = await client.get("/console/audit/trace", params={"request_id": "both-1", "customer_id": customer})
+        assert page.status_code == 200
+        assert f"Reservation <code>{held.json()['id']}</code>" in page.text
+        assert "Usage event <code>both-1</code>" in page.text
+        headings = re.findall(r"<h2>Charge (\d+) of the (reservation|usage event): ([^<]+)</h2>", page.text)
+        assert headings == [(str(i), "usage event" if c["event_id"] else "reservation", c["charged"])
+                            for i, c in enumerate(trace["charges"], 1)]
+        assert [kind for _, kind, _ in headings] == ["reservation", "usage event"]
+        captions = re.findall(r"<caption>Entry #(\d+)", page.text)
+        assert {str(c["entry_id"]) for c in trace["charges"]} <= set(captions)
