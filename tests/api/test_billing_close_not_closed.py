@@ -12,9 +12,8 @@ from api.app import create_app
 from api.settings import Settings
 from tests.api.test_invoice_bill_to import ADMIN, _customer_with_usage
 from tests.api.test_invoice_renderings import SEED
+from tests.integration.wallets.wallet_kit import refusing
 from wallets.commands import ClosePeriod
-from wallets.core.decide import RULES
-from wallets.errors import ConflictError
 from wallets.periods import Cycle, period_of
 
 
@@ -29,14 +28,7 @@ async def client(scratch_url):
 async def test_a_period_the_close_could_not_close_is_named_in_the_answer(client, monkeypatch):
     await _customer_with_usage(client, "stuck", None)
     await _customer_with_usage(client, "fine", None)
-    real = RULES[ClosePeriod]
-
-    def rule(state, cmd, now, book):
-        if cmd.customer_id == "stuck":
-            raise ConflictError("refused for the test")
-        return real(state, cmd, now, book)
-
-    monkeypatch.setitem(RULES, ClosePeriod, rule)
+    refusing(ClosePeriod, "stuck", monkeypatch)
     period = period_of(datetime.now(UTC), Cycle("UTC", None))
     until = (period.end + timedelta(hours=1, seconds=1)).isoformat()
     answer = await client.post("/v1/billing/close", headers=ADMIN, json={"until": until, "early": True})
