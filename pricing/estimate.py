@@ -23,7 +23,7 @@ from pricing.money import DEFAULT_SCALE, per_amount, pricing_context
 from pricing.overrides import Overrides
 from pricing.rating import Line, Rating, build_rating
 from pricing.tokens import TokenCount, TokenCounter, default_counter
-from pricing.units import KINDS, MODALITY_TYPES, OUTPUT_TYPES
+from pricing.units import KINDS, MODALITY_TYPES, OUTPUT_TYPES, TOOL_CALLS
 from pricing.usage import Usage, check_count
 
 
@@ -110,7 +110,7 @@ def estimate_upper_bound(
     if prior_context_tokens is not None:
         check_count(prior_context_tokens, "prior_context_tokens", errors)
     for unit, uses in (tool_uses or {}).items():
-        if unit not in KINDS or not KINDS[unit].field.endswith("_calls"):
+        if unit not in TOOL_CALLS:
             errors.append(field_error(f"tool_uses.{unit}", "is not a per-call tool"))
         else:
             check_count(uses, f"tool_uses.{unit}", errors)

@@ -89,7 +89,7 @@ TYPE_OF_FIELD: dict[str, str] = {k.field: k.name for k in _KINDS}
 FORMATS = (1, 2)
 # per-call tool charges, never billed by a format 1 book (it has no type for them): its other
 # units without a format 1 type (seconds, characters, pages, messages) are unpriced there
-TOOL_CALLS = frozenset({"web_search", "file_search", "code_execution"})
+TOOL_CALLS: frozenset[str] = frozenset(k.name for k in _KINDS if k.field.endswith("_calls"))
 # the format 1 types of a modality: a format 1 book with a rule of one rates that modality's
 # tokens by it (input, cached input and output alike), else as their legacy type
 MODALITY_TYPES = frozenset({"audio", "image"})
