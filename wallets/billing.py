@@ -13,6 +13,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.db import Database
+from ledger.errors import LedgerError
+from pricing.errors import PricingError
 from wallets import store
 from wallets.books import BookCache
 from wallets.commands import ClosePeriod
@@ -28,6 +30,7 @@ from wallets.price_overrides import OverrideCache
 log = logging.getLogger("tokentill.billing")
 PAGE = 1000
 CHUNK = 256  # closes per engine call: one transaction per lane among them
+UNEXPECTED = "an unexpected error: the server log has it"  # a failure not a refusal: its text may show internals
 DEFAULT_ISSUER = "INV"
 CLOCK_SKEW = timedelta(seconds=60)  # an `until` this far past the clock is still "now"
 # the furthest an early close reaches: one invoice per period up to it (year 8961 was ~83,000 of
@@ -54,7 +57,8 @@ async def close_due(db: Database, until: datetime | None = None, *, issuer: str 
     """Close every period whose grace window ended by `until` (default: now), oldest first per
     customer, until nothing is due (a customer idle for months gets one invoice per period);
     only `customers`' when given. A close refused is logged, and put in `failures` when given, as
-    (customer id, reason).
+    (customer id, reason): a refusal's own message, or for an unexpected error only that it
+    happened (its text, which may show internals, is in the log).
     Several processes may run it at once: each period is closed once, numbers stay gapless."""
     engine = engine or Engine(db, grouping=False)
     at = until or utc_now()
@@ -70,14 +74,15 @@ async def close_due(db: Database, until: datetime | None = None, *, issuer: str 
             commands = [ClosePeriod(customer_id=cid, period_start=start, issuer=issuer) for cid, start in rows]
             for i in range(0, len(commands), CHUNK):
                 chunk = commands[i:i + CHUNK]
-                for command, outcome in zip(chunk, await engine.execute(chunk, now=at), strict=True):
+                for command, outcome in zip(chunk, await engine.execute(chunk, now=at, each=True), strict=True):
                     if isinstance(outcome, InvoiceClosed):
                         closed.append(outcome)
                         found += 1
                     elif isinstance(outcome, BaseException):  # this customer waits; the others close
                         log.error("closing the period of %s failed: %s", command.customer_id, outcome)
                         if failures is not None:
-                            failures.append((command.customer_id, str(outcome)))
+                            failures.append((command.customer_id, str(outcome) if isinstance(
+                                outcome, LedgerError | PricingError) else UNEXPECTED))
             if len(rows) < PAGE:
                 break
         if not found:

@@ -312,20 +312,37 @@ class Engine:
         await self._run(items[:half])
         await self._run(items[half:])
 
-    async def execute(self, commands: Sequence[Command], *, now: datetime | None = None) -> list[Any]:
+    async def execute(self, commands: Sequence[Command], *, now: datetime | None = None,
+                      each: bool = False) -> list[Any]:
         """Run `commands` in one transaction per lane they fall in (one, from the flushers); one
         outcome each (a result, Replayed or an error). `now` overrides the clock (jobs catching
-        up, tests)."""
+        up, tests). With `each` (jobs: one broken item must not hold back the others), a lane's
+        batch that fails for a reason other than a domain refusal is halved as the flushers do:
+        the others commit and the bad command's outcome is its error (the database unavailable,
+        or too contended, still raises)."""
         by_lane: dict[int, list[int]] = {}
         lanes = self._lanes if self._lanes is not None else await self.lane_count()
         for i, command in enumerate(commands):
             by_lane.setdefault(lane_of(command.customer_id, lanes), []).append(i)
         outcomes: list[Any] = [None] * len(commands)
+        run = self._each_in_lane if each else self._execute_lane
         for lane, indexes in sorted(by_lane.items()):
-            done = await self._execute_lane(lane, [commands[i] for i in indexes], now)
+            done = await run(lane, [commands[i] for i in indexes], now)
             for i, outcome in zip(indexes, done, strict=True):
                 outcomes[i] = outcome
         return outcomes
+
+    async def _each_in_lane(self, lane: int, commands: Sequence[Command], now: datetime | None) -> list[Any]:
+        try:
+            return await self._execute_lane(lane, commands, now)
+        except Exception as exc:
+            if is_unavailable(exc) or isinstance(exc, RetriesExhaustedError):
+                raise
+            if len(commands) == 1:
+                return [exc]
+            half = len(commands) // 2
+            return [*await self._each_in_lane(lane, commands[:half], now),
+                    *await self._each_in_lane(lane, commands[half:], now)]
 
     async def _execute_lane(self, lane: int, commands: Sequence[Command], now: datetime | None) -> list[Any]:
         BATCH_COMMANDS.observe(len(commands))

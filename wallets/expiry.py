@@ -51,7 +51,7 @@ async def _expire_due(db: Database, sql: str, make: Any, now: datetime | None, *
         commands: list[Command] = [make(item_id, customer_id) for item_id, customer_id in rows]
         for i in range(0, len(commands), BATCH):
             chunk = commands[i:i + BATCH]
-            for command, outcome in zip(chunk, await engine.execute(chunk, now=now), strict=True):
+            for command, outcome in zip(chunk, await engine.execute(chunk, now=now, each=True), strict=True):
                 if isinstance(outcome, BaseException):  # dropped without a word, the run counted ok
                     log.error("expiring the %s failed: %s", _named(command), outcome)
                     if failures is not None:

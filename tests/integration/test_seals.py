@@ -121,7 +121,7 @@ async def test_a_seal_covers_at_most_max_entries_per_seal_entries_unless_one_tra
     sealed alone."""
     from api.bench.synthetic import build_ledger
 
-    monkeypatch.setattr(seal, "MAX_ENTRIES_PER_SEAL", 2500, raising=False)
+    monkeypatch.setattr(seal, "MAX_ENTRIES_PER_SEAL", 2500)
     db = connect(scratch_url, pool_size=2)
     try:
         await build_ledger(db, 3000, customers=10, chunk=3000, seal=False)  # one transaction of 3,000
