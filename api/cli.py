@@ -156,17 +156,17 @@ def instant(text: str) -> datetime:
 
 def _billing_close(args: argparse.Namespace, settings: Settings) -> int:
     from pricing.money import format_money
-    from wallets.billing import close_due, refuse_early
+    from wallets.billing import close_clock, close_due
     from wallets.engine import utc_now
     from wallets.errors import WalletValidationError
 
     try:
-        refuse_early(args.until, utc_now(), early=args.early)
+        until = close_clock(args.until, utc_now(), early=args.early)
     except WalletValidationError as exc:
         print(f"tokentill billing close: --{exc}", file=sys.stderr)
         return 2
     refused: list[tuple[str, str]] = []
-    closed = _with_db(settings, lambda db: close_due(db, args.until, failures=refused))
+    closed = _with_db(settings, lambda db: close_due(db, until, failures=refused))
     for c in closed:
         print(f"{c.number}  {c.customer_id}  {c.period}  total {format_money(c.total, c.currency)}  "
               f"due {format_money(c.amount_due, c.currency)}")

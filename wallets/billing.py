@@ -38,10 +38,13 @@ CLOCK_SKEW = timedelta(seconds=60)  # an `until` this far past the clock is stil
 EARLY_REACH = timedelta(days=731)
 
 
-def refuse_early(until: datetime | None, now: datetime, *, early: bool) -> None:
-    """A close `until` a time to come would finalize and number invoices before their periods
-    end (what usage they would still receive becomes late usage) and date its entries then: an
-    operator's typo would be irreversible, so it is done only when asked for (`early`)."""
+def close_clock(until: datetime | None, now: datetime, *, early: bool) -> datetime | None:
+    """The clock a close `until` runs at. A time to come would finalize and number invoices
+    before their periods end (what usage they would still receive becomes late usage) and date
+    its entries then: an operator's typo would be irreversible, so it is done only when asked
+    for (`early`). Up to CLOCK_SKEW ahead is the sender's clock running a little fast: the
+    server's own clock (`now`), so that no period closes before its end (with no grace window,
+    `until` a period's end 30 s early closed it and numbered its invoice in the next year)."""
     if until is not None and until > now + CLOCK_SKEW and not early:
         raise WalletValidationError("until", f"{until.isoformat()} is in the future: closing then would issue "
                                     "invoices before their periods end; set early to close early on purpose "
@@ -49,6 +52,7 @@ def refuse_early(until: datetime | None, now: datetime, *, early: bool) -> None:
     if until is not None and until > now + EARLY_REACH:
         raise WalletValidationError("until", f"{until.isoformat()} is more than {EARLY_REACH.days} days ahead: "
                                     "an early close numbers an invoice for every period up to it")
+    return until if until is None or early or until <= now else now
 
 
 async def close_due(db: Database, until: datetime | None = None, *, issuer: str = DEFAULT_ISSUER,

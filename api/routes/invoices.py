@@ -223,8 +223,7 @@ async def close_periods(state: State, data: CloseBody) -> dict[str, Any]:
     data = shaped(data, CloseRequest)
     wallets = state.services.wallets
     now = wallets.clock()
-    until = time_in(data.until, "until")
-    billing.refuse_early(until, now, early=data.early)
+    until = billing.close_clock(time_in(data.until, "until"), now, early=data.early)
     refused: list[tuple[str, str]] = []
     closed = await billing.close_due(state.services.db, until or now,
                                      engine=wallets.engine,

@@ -164,6 +164,26 @@ async def test_a_close_until_a_future_time_is_refused_unless_early(client) -> No
     assert early.status_code == 200 and len(early.json()["closed"]) == 1, early.text
 
 
+async def test_a_close_until_within_the_clock_skew_closes_no_period_before_its_end(client) -> None:
+    """An `until` up to 60 s past the server's clock is taken as the clock (clocks differ a
+    little), never as a time to come: a period that ends in 30 s, of a customer with no grace
+    window, is not closed by a close `until` its end, and usage of its last 30 s stays on it."""
+    created = await client.post("/v1/customers", headers=ADMIN, json={
+        "id": "skew-edge", "currency": "USD", "price_book": "seed", "billing": "postpaid",
+        "grace_period_seconds": 0})
+    assert created.status_code == 201, created.text
+    period = period_of(datetime.now(UTC), Cycle())
+    wallets = client.app.state.services.wallets
+    almost = period.end - timedelta(seconds=30)  # the server's clock: the period ends in 30 s
+    wallets.clock = wallets.engine.clock = lambda: almost
+    closing = await client.post("/v1/billing/close", headers=ADMIN, json={
+        "until": period.end.isoformat(), "customer_id": "skew-edge"})
+    assert closing.status_code == 200 and closing.json()["closed"] == [], closing.text
+    customer = (await client.get("/v1/customers/skew-edge", headers=ADMIN)).json()
+    assert customer["current_period_start"] == period.start.isoformat().replace("+00:00", "Z")
+    assert (await client.get("/v1/customers/skew-edge/invoices", headers=ADMIN)).json()["invoices"] == []
+
+
 async def _owing_prepaid(client, cid: str, events: int) -> None:
     """A prepaid customer whose `events` calls ($0.03 each: $0.01 input, $0.01 output, $0.01 the
     request) were paid by its receivable (overdraft up to $1.00), in the current period."""
