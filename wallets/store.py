@@ -88,7 +88,7 @@ SELECT
                        WHERE w.lane = %(lane)s AND w.budget_id = b.id
                          AND (b.window_kind = 'lifetime' OR w.window_start > %(now)s::timestamptz
                               - CASE b.window_kind WHEN 'minute' THEN interval '61 seconds'
-                                                   ELSE interval '32 days' END)))), '[]'::jsonb)
+                                                   ELSE interval '33 days' END)))), '[]'::jsonb)
      FROM budgets b JOIN customers c ON c.id = b.customer_id
     WHERE b.lane = %(lane)s AND b.customer_id = ANY(%(customers)s::text[]) AND b.deleted_at IS NULL) AS budgets,
   (SELECT coalesce(jsonb_agg(jsonb_build_array(w.scope, w.key, k.request_hash, k.status, k.response)), '[]'::jsonb)

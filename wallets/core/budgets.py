@@ -33,8 +33,10 @@ MODES = ("hard", "soft")
 ROLLING = timedelta(seconds=60)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # the one window of a lifetime budget
 # calendar windows that start later than this before the load's `now` are loaded (wallets.store reads
-# `window_start > now - 32 days`, with the batch's own now): every row of them, so a missing one is 0
-LOADED = timedelta(days=32)
+# `window_start > now - 33 days`, with the batch's own now): every row of them, so a missing one is 0.
+# The longest month, 31 days and a daylight saving hour (October in Berlin), and the day after it:
+# at 32 days, an October hold settled on November 1st after 23:00 in Berlin crossed no threshold.
+LOADED = timedelta(days=33)
 THRESHOLD_TOPIC = "budget.threshold_crossed"
 EXCEEDED_TOPIC = "budget.exceeded"
 # What an input_tokens or output_tokens quota counts: every token type a call's input or output is
@@ -244,7 +246,7 @@ def _counted_in(b: Budget, start: datetime, now: datetime) -> tuple[int, int] | 
     """(used, held) of the budget's window starting at `start`, where an amount counted there
     crosses its thresholds: the window current at `now`, or a calendar window that has rolled
     over since (a hold settled after midnight, usage reported late), if the load read it (it
-    reads 32 days back, every window there: one it has no row of counted nothing yet; an older
+    reads 33 days back, every window there: one it has no row of counted nothing yet; an older
     window is not known). None: a rolling minute's second that has lapsed, or a window older
     than that."""
     if counts_now(b, start, now):

@@ -188,3 +188,28 @@ async def test_a_settle_after_the_rollover_that_takes_the_held_window_past_a_thr
                       (100, "2026-11-01T04:00:00Z", "2026-12-01T05:00:00Z", "12.00", "0.00"),
                       (200, "2026-11-01T04:00:00Z", "2026-12-01T05:00:00Z", "21.00", "0.00")]
     assert (await kit.verify()).ok
+
+
+async def test_a_hold_of_a_month_with_a_daylight_saving_hour_more_settled_the_day_after_alerts_there(
+        shared_kit: Kit):
+    """October in Berlin lasts 31 days and an hour (the clocks go back). A hold of October settled
+    on November 1st at 23:30, 32 days and 30 minutes after October began, takes October past its
+    threshold: it alerts there, as a 31-day month's hold settled the day after it ended does. The
+    load read 32 days back and the rule looked no further, so it passed 100 % without a word."""
+    kit, clock = shared_kit, shared_kit.clock
+    october = datetime(2026, 9, 30, 22, 0, tzinfo=UTC)  # Oct 1 00:00 in Berlin (CEST)
+    clock.now = datetime(2026, 10, 31, 22, 30, tzinfo=UTC)  # Oct 31 23:30 in Berlin (CET)
+    cid = await kit.customer("berlin-dst")
+    await kit.top_up(cid, "100.00")
+    budget_id = await _budget(kit, cid, window="month", metric="money", limit=usd("10.00"), mode="soft",
+                              thresholds=(100,), time_zone="Europe/Berlin")
+    held = await kit.reserve(cid, "b1", amount="4.00")
+    clock.now = datetime(2026, 11, 1, 22, 30, tzinfo=UTC)  # Nov 1 23:30 in Berlin
+    await kit.settle(cid, held.reservation.id, input_tokens=12000)  # $12.00, counted in October
+    assert await _window(kit, budget_id, october) == (usd("12.00"), 0)
+    rows = await kit.db.read(lambda conn: conn.execute(text(
+        "SELECT payload FROM outbox WHERE customer_id = :c AND topic = 'budget.threshold_crossed' ORDER BY id"),
+        {"c": cid}))
+    assert [(p["threshold"], p["window_start"], p["used"]) for (p,) in rows] == [
+        (100, "2026-09-30T22:00:00Z", "12.00")]
+    assert (await kit.verify()).ok
