@@ -389,7 +389,3 @@ class PriceBook:
         if i == 0:
             raise UnpricedModelError(f"price book {self.id} has no version in force at {at.isoformat()}")
         return self.versions[i - 1]
-
-    def with_version(self, version: PriceVersion) -> PriceBook:
-        """A new book with one more version."""
-        return PriceBook(self.id, self.currency, (*self.versions, version))

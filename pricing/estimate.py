@@ -11,10 +11,8 @@ allowances do not (they only lower a bill, and a hold must not be too small). Th
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
 
 from pricing.books import DimValue, PriceBook, PriceVersion, Rule, per_units
 from pricing.errors import InvalidUsageError, UnpricedModelError, field_error
@@ -22,7 +20,6 @@ from pricing.fast_rating import CACHE_LIMIT, charges_requests
 from pricing.money import DEFAULT_SCALE, per_amount, pricing_context
 from pricing.overrides import Overrides
 from pricing.rating import Line, Rating, build_rating
-from pricing.tokens import TokenCount, TokenCounter, default_counter
 from pricing.units import KINDS, MODALITY_TYPES, OUTPUT_TYPES, TOOL_CALLS
 from pricing.usage import Usage, check_count
 
@@ -244,47 +241,3 @@ def held_prompt_tokens(version: PriceBook | PriceVersion, model: str, prompt_tok
     utc = probe.occurred_at
     minute = utc.hour * 60 + utc.minute if resolved.timed else None
     return _held_prompt(resolved, model, probe.dimension_dict, minute, prompt_tokens, prior_context_tokens)
-
-
-@dataclass(frozen=True, slots=True)
-class Estimate:
-    """A hold estimate: the priced upper bound and the counts it was built from."""
-
-    rating: Rating
-    prompt_tokens: int
-    max_output_tokens: int
-    counted: TokenCount | None
-
-
-def estimate_request(
-    book_or_version: PriceBook | PriceVersion,
-    model: str,
-    estimate: Mapping[str, Any],
-    dimensions: Mapping[str, DimValue] | None,
-    at: datetime,
-    *,
-    overrides: Overrides | None = None,
-    counter: TokenCounter | None = None,
-    scale: int = DEFAULT_SCALE,
-) -> Estimate:
-    """Estimate from the API's ``estimate`` object: ``input_tokens``, ``messages`` or ``prompt``,
-    each with ``max_output_tokens``."""
-    if not isinstance(estimate, Mapping):
-        raise InvalidUsageError("estimate", "must be an object")
-    given = [k for k in ("input_tokens", "messages", "prompt") if k in estimate]
-    if len(given) != 1:
-        raise InvalidUsageError("estimate", "give exactly one of input_tokens, messages or prompt")
-    max_output = estimate.get("max_output_tokens")
-    if isinstance(max_output, bool) or not isinstance(max_output, int) or max_output < 0:
-        raise InvalidUsageError("estimate.max_output_tokens", "must be a non-negative integer")
-    counted: TokenCount | None = None
-    if given[0] == "input_tokens":
-        prompt_tokens = estimate["input_tokens"]
-    else:
-        counter = counter or default_counter()
-        counted = (counter.count_messages(estimate["messages"], model) if given[0] == "messages"
-                   else counter.count_text(estimate["prompt"], model))
-        prompt_tokens = counted.tokens
-    rating = estimate_upper_bound(book_or_version, model, prompt_tokens, max_output, dimensions, at,
-                                  overrides=overrides, scale=scale)
-    return Estimate(rating, prompt_tokens, max_output, counted)

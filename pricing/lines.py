@@ -11,7 +11,6 @@ import msgspec
 
 from pricing.books import PriceVersion, Rule
 from pricing.errors import UnpricedModelError
-from pricing.money import pricing_context
 from pricing.units import (
     FORMAT_1_TYPES,
     KINDS,
@@ -64,12 +63,6 @@ class Rating(msgspec.Struct, frozen=True, gc=False):
             if line.kind == "usage" and line.rule_id is not None:
                 out[line.rule_id] = out.get(line.rule_id, 0) + line.quantity
         return out
-
-    def allowance_consumed(self) -> dict[str, Decimal]:
-        """Money taken from each free allowance (positive), to add to its period-to-date use."""
-        with pricing_context():
-            return {ln.override_id: -ln.amount for ln in self.lines
-                    if ln.kind == "free_allowance" and ln.override_id is not None}
 
 
 def call_tokens(usage: Usage, version: PriceVersion) -> tuple[tuple[str, int], ...]:

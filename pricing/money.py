@@ -79,11 +79,6 @@ def pricing_context() -> AbstractContextManager[Context]:
     return localcontext(_CONTEXT)
 
 
-def minor_units(currency: str) -> int:
-    """The number of decimals a currency shows on invoices (ISO 4217); KeyError if unknown."""
-    return CURRENCY_MINOR_UNITS[currency]
-
-
 def shown_decimals(currency: str) -> int:
     """The decimals an amount in `currency` always shows: its minor unit (JPY 0, USD 2, KWD 3),
     `SHOWN_DECIMALS` for an asset the table does not list."""

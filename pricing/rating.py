@@ -40,8 +40,6 @@ from pricing.money import DEFAULT_SCALE, per_amount, pricing_context, round_entr
 from pricing.overrides import ContractPrice, Overrides
 from pricing.usage import PeriodToDate, Usage
 
-LINE_KINDS = ("usage", "discount", "free_allowance")
-
 
 @dataclass(frozen=True, slots=True)
 class _Bucket:
@@ -258,6 +256,6 @@ def volume_true_up(rule: Rule, period_quantity: int, amount_already_charged: Dec
 
 
 __all__ = [
-    "LINE_KINDS", "DimValue", "Line", "PeriodToDate", "Rating", "Usage", "build_rating", "rate", "rate_usage",
+    "DimValue", "Line", "PeriodToDate", "Rating", "Usage", "build_rating", "rate", "rate_usage",
     "split_graduated", "volume_tier_price", "volume_true_up",
 ]

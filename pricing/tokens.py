@@ -292,24 +292,3 @@ def default_counter() -> TokenCounter:
     if _DEFAULT is None:
         _DEFAULT = TokenCounter()
     return _DEFAULT
-
-
-def count_text_tokens(text: str, model: str, counter: TokenCounter | None = None) -> TokenCount:
-    """Tokens of a plain-text prompt for ``model``."""
-    return (counter or default_counter()).count_text(text, model)
-
-
-def count_message_tokens(messages: Sequence[Mapping[str, Any]], model: str,
-                         counter: TokenCounter | None = None) -> TokenCount:
-    """Tokens of chat messages for ``model``, chat-format overhead included."""
-    return (counter or default_counter()).count_messages(messages, model)
-
-
-def __getattr__(name: str) -> Any:
-    """``estimate_upper_bound`` and ``estimate_request`` live in :mod:`pricing.estimate`;
-    they are reachable from here too, imported lazily to avoid an import cycle."""
-    if name in {"estimate_upper_bound", "estimate_request", "Estimate"}:
-        from pricing import estimate
-
-        return getattr(estimate, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,10 +5,9 @@ import pytest
 from pricing_testkit import AT, version, worked_example_version
 
 from pricing.errors import InvalidUsageError, UnpricedModelError
-from pricing.estimate import estimate_request, estimate_upper_bound, held_prompt_tokens
+from pricing.estimate import estimate_upper_bound, held_prompt_tokens
 from pricing.overrides import ContractPrice, Discount, Overrides
 from pricing.parse import parse_book, parse_version
-from pricing.tokens import TokenCounter
 
 REASONER = version(
     {"id": "r-in", "model": "reasoner", "token_type": "input", "price": "1.10"},
@@ -121,55 +120,6 @@ def test_counts_must_be_non_negative_integers(bad):
     with pytest.raises(InvalidUsageError) as info:
         estimate_upper_bound(worked_example_version(), "model-a", bad, 10, {}, AT)
     assert [f["field"] for f in info.value.fields] == ["prompt_tokens"]
-
-
-def test_the_estimate_is_reachable_from_the_tokens_module_too():
-    from pricing import tokens
-
-    assert tokens.estimate_upper_bound is estimate_upper_bound
-
-
-def test_estimate_request_accepts_counts_messages_or_a_prompt():
-    counter = TokenCounter()
-    given = estimate_request(
-        worked_example_version(),
-        "model-a",
-        {"input_tokens": 1200, "max_output_tokens": 500},
-        {},
-        AT,
-        counter=counter,
-    )
-    assert (given.prompt_tokens, given.counted, given.rating.total_units) == (1200, None, 32_000_000)
-    messages = [{"role": "user", "content": "Hello!"}]
-    counted = estimate_request(
-        worked_example_version(),
-        "model-a",
-        {"messages": messages, "max_output_tokens": 0},
-        {},
-        AT,
-        counter=counter,
-    )
-    # unknown model: 3 + user 1 + Hello! 2 + priming 3 = 9 tokens, +10% rounded up = 10
-    assert (counted.counted.raw_tokens, counted.prompt_tokens) == (9, 10)
-    prompt = estimate_request(
-        worked_example_version(),
-        "model-a",
-        {"prompt": "Hello!", "max_output_tokens": 1},
-        {},
-        AT,
-        counter=counter,
-    )
-    assert prompt.prompt_tokens == 3
-    with pytest.raises(InvalidUsageError):
-        estimate_request(
-            worked_example_version(),
-            "model-a",
-            {"prompt": "x", "input_tokens": 1, "max_output_tokens": 1},
-            {},
-            AT,
-        )
-    with pytest.raises(InvalidUsageError):
-        estimate_request(worked_example_version(), "model-a", {"prompt": "x"}, {}, AT)
 
 
 # ------------------------------------------------------------- earlier turns the body does not show

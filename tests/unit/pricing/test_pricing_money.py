@@ -9,9 +9,9 @@ from pricing.money import (
     CURRENCY_MINOR_UNITS,
     DEFAULT_SCALE,
     format_amount,
-    minor_units,
     parse_amount,
     round_entry,
+    shown_decimals,
 )
 
 
@@ -20,10 +20,10 @@ def test_default_atomic_scale_is_nine_decimals():
 
 
 def test_currency_table_knows_minor_units():
-    assert minor_units("USD") == 2
-    assert minor_units("EUR") == 2
-    assert minor_units("GBP") == 2
-    assert minor_units("JPY") == 0
+    assert shown_decimals("USD") == 2
+    assert shown_decimals("EUR") == 2
+    assert shown_decimals("GBP") == 2
+    assert shown_decimals("JPY") == 0
     assert CURRENCY_MINOR_UNITS["KWD"] == 3
 
 
