@@ -1,0 +1,55 @@
+"""The README's Configuration table and its list of commands are what the code reads and serves:
+every environment variable a module or a test reads is a row of the table, every row one the code
+reads, and every command of the CLI is named in the README."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from api.cli import parser
+
+ROOT = Path(__file__).resolve().parents[2]
+VARIABLE = re.compile(r"TOKENTILL_[A-Z0-9_]+")
+
+
+def _table() -> set[str]:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    return {m.group(1) for m in re.finditer(r"^\| `(TOKENTILL_[A-Z0-9_]+)` \|", section, re.MULTILINE)}
+
+
+def _read_by_the_code() -> set[str]:
+    found: set[str] = set()
+    for package in ("api", "ledger", "wallets", "pricing", "migrations", "tests"):
+        for path in (ROOT / package).rglob("*.py"):
+            found |= set(VARIABLE.findall(path.read_text()))
+    return found
+
+
+def test_every_variable_the_code_reads_is_in_the_configuration_table_and_no_other():
+    table, code = _table(), _read_by_the_code()
+    assert len(table) > 30  # the table was found
+    assert code - table == set(), "read by the code, missing from the README's Configuration table"
+    assert table - code == set(), "in the README's Configuration table, read by no code"
+
+
+def _subcommands(p: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return next((a.choices for a in p._actions if isinstance(a, argparse._SubParsersAction)), {})
+
+
+def _commands(p: argparse.ArgumentParser, prefix: str = "tokentill") -> list[str]:
+    subcommands = _subcommands(p)
+    if not subcommands:
+        return [prefix]
+    return [c for name, sub in subcommands.items() for c in _commands(sub, f"{prefix} {name}")]
+
+
+def test_every_command_of_the_cli_is_named_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    commands = _commands(parser())
+    assert "tokentill keys revoke" in commands and "tokentill spool flush" in commands
+    assert [c for c in commands if c not in readme] == []
+    bench = next(a for a in _subcommands(parser())["bench"]._actions if a.dest == "target")
+    assert [t for t in bench.choices if f"tokentill bench {t}" not in readme] == []
