@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ledger.model import JournalEntry
@@ -31,7 +31,7 @@ from pricing.books import TOKEN_TYPES
 from pricing.money import CURRENCY_MINOR_UNITS, format_money
 from wallets import chart
 from wallets.model import Customer
-from wallets.periods import Period
+from wallets.periods import Period, zone
 
 SCALE = chart.ASSET_SCALE
 LINE = "line:"
@@ -229,7 +229,7 @@ def document(customer: Customer, period: Period, rollup: Mapping[str, tuple[int,
         "customer_name": bill_to_name(customer), "currency": customer.currency, "billing": customer.billing,
         "period": {"label": period.label, "start": _utc(period.start), "end": _utc(period.end),
                    "time_zone": customer.cycle.time_zone},
-        "issued_at": _utc(header.issued_at), "due_at": _utc(period.end + timedelta(days=customer.terms_days)),
+        "issued_at": _utc(header.issued_at), "due_at": _utc(due_at(period, customer)),
         "lines": lines,
         "line_rounding": {"decimals": decimals, "mode": ROUNDING_MODE},
         "subtotals": {name: money(v, cur) for name, v in subtotals.items()},
@@ -286,6 +286,14 @@ def due_rounding(due: int, applied: int, currency: str) -> int:
     asset the ISO table does not list keeps its atomic unit: 0."""
     left = due - applied
     return round_line(left, line_decimals(currency)) - left if left > 0 else 0
+
+
+def due_at(period: Period, customer: Customer) -> datetime:
+    """When an invoice of `period` is due: midnight, in the customer's time zone, of the day its
+    payment terms' days after the period's end (a day across a daylight saving change is 23 or 25
+    hours long: adding 30 days of 24 hours made a New York invoice due at 23:00 the day before)."""
+    local = period.end.astimezone(zone(customer.cycle.time_zone))
+    return (local + timedelta(days=customer.terms_days)).astimezone(UTC)  # wall-clock days
 
 
 def _utc(at: datetime) -> str:
