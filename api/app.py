@@ -65,7 +65,8 @@ async def _complete_allow_header(message, scope) -> None:
     """Litestar's automatic OPTIONS answer lists only one handler's methods for a path served by
     several (GET and POST /v1/api-keys, say); list them all, as RFC 9110 asks. Wherever GET is
     allowed, so is HEAD (`_head_as_get`). Only an OPTIONS answer and a 405 carry Allow (Litestar
-    sets it on nothing else): other answers pass untouched, unread."""
+    sets it on nothing else): other answers pass untouched, unread. The gateway's mounts answer
+    no HEAD (`_head_as_get` leaves them be): their Allow stays the one method each path takes."""
     if message["type"] != "http.response.start" or (message["status"] != 405 and scope.get("method") != "OPTIONS"):
         return
     if scope.get("method") == "OPTIONS" and "route_handler" in scope:  # none: a 404, which has no Allow
@@ -77,7 +78,7 @@ async def _complete_allow_header(message, scope) -> None:
         if given is None:
             return
         methods = {m.strip() for m in given.decode("latin-1").split(",") if m.strip()}
-    if "GET" in methods:
+    if "GET" in methods and not _on_the_gateway(scope):
         methods.add("HEAD")
     message["headers"] = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"allow"]
     message["headers"].append((b"allow", ", ".join(sorted(methods)).encode()))
@@ -86,7 +87,7 @@ async def _complete_allow_header(message, scope) -> None:
 def _head_as_get(inner: ASGIApp) -> ASGIApp:
     """HEAD answered as the same GET without its content (RFC 9110 9.1 and 9.3.2: a
     general-purpose server supports both): the status and headers, Content-Length included, of
-    what GET would answer. Not on the gateway's mounts, which forward methods as they come."""
+    what GET would answer. Not on the gateway's mounts, where each path takes one method (a 405 names it)."""
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "HEAD" or scope["path"].startswith(_GATEWAY):
             await inner(scope, receive, send)
@@ -103,6 +104,11 @@ def _head_as_get(inner: ASGIApp) -> ASGIApp:
 
 
 _GATEWAY = tuple(prefix.rstrip("/") + "/" for prefix in MOUNTS.values())
+
+
+def _on_the_gateway(scope: Scope) -> bool:
+    """Whether the request is to a gateway mount (whose scope's `path` is the mount's remainder)."""
+    return bytes(scope.get("raw_path") or b"").decode("latin-1").startswith(_GATEWAY)
 
 
 def create_app(settings: Settings, database_url: str, *, cluster: EmbeddedPostgres | None = None,

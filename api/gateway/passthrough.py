@@ -47,7 +47,7 @@ async def pass_through(x: Exchange) -> None:
     started, method = time.perf_counter(), FREE_KINDS[x.kind]
     try:
         if x.scope["method"] != method:
-            raise Refusal(405, "method_not_allowed", f"use {method}")
+            raise Refusal(405, "method_not_allowed", f"use {method}", allow=method)
         await x.caller()  # on the head alone: a body is read for a valid key only
         body = await x._body() if method == "POST" else None
     except Refusal as refusal:

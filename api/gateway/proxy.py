@@ -187,7 +187,7 @@ class Exchange:
         if self.kind == "unknown":
             raise Refusal(404, "not_found", f"the gateway does not serve {self.prefix}{self.path}")
         if self.scope["method"] != "POST":
-            raise Refusal(405, "method_not_allowed", "use POST")
+            raise Refusal(405, "method_not_allowed", "use POST", allow="POST")
         principal = await self.caller()  # on the head alone: a body is read for a valid key only
         body = await self._body()
         customer = customer_of(principal, self.headers.get("x-tokentill-customer"))
@@ -349,6 +349,8 @@ class Exchange:
             headers.append((b"x-tokentill-charged", (money(charged, currency) if charged else "0").encode()))
         if refusal.retry_after:
             headers.append((b"retry-after", refusal.retry_after.encode()))
+        if refusal.allow:
+            headers.append((b"allow", refusal.allow.encode()))
         await self.respond(refusal.status, headers, error_body(self.provider, refusal.status, refusal.code,
                                                                 refusal.message, refusal.details))
 

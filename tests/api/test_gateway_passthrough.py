@@ -144,6 +144,26 @@ def test_billable_and_unlisted_paths_stay_404_and_never_reach_the_upstream(live,
     assert len(fake.fake.calls) == before
 
 
+def test_a_wrong_method_is_405_naming_the_allowed_one(live, fake):
+    """RFC 9110 15.5.6: a 405 names the methods the resource takes, on the gateway's mounts as on
+    the API; each of its paths takes one."""
+    url, _ = live
+    _, key = customer(live)
+    before = len(fake.fake.calls)
+    with httpx.Client(base_url=url, headers={"authorization": f"Bearer {key}"}, timeout=30) as http:
+        for method, path, allowed in [("DELETE", "/openai/v1/models/ft:gpt-4o-mini:acme::a1b2", "GET"),
+                                      ("POST", "/openai/v1/models", "GET"),
+                                      ("HEAD", "/anthropic/v1/models", "GET"),  # the mounts answer no HEAD
+                                      ("GET", "/anthropic/v1/messages/count_tokens", "POST"),
+                                      ("GET", "/openai/v1/chat/completions", "POST"),
+                                      ("PUT", "/anthropic/v1/messages", "POST")]:
+            answer = http.request(method, path)
+            assert answer.status_code == 405, (method, path, answer.text)
+            assert answer.headers.get("allow") == allowed, (method, path, answer.headers)
+            assert answer.headers["x-tokentill-charged"] == "0"
+    assert len(fake.fake.calls) == before
+
+
 @pytest.fixture(scope="module")
 def unreachable(database_url, fake) -> Iterator[tuple[str, str]]:
     closed = free_port()  # nothing listens there
