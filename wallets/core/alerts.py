@@ -34,5 +34,6 @@ def alerts(state: State, w: Wallet, now: datetime) -> tuple[Effect, ...]:
         topic = "wallet.blocked" if w.blocked else "wallet.unblocked"
         effects.append(state.event(topic, c.id, f"{topic}:{c.id}:{state.ids('x')}", now, {
             "receivable": format_money(w.receivable, c.currency), "currency": c.currency,
-            "overdraft_limit": format_money(c.overdraft_limit or 0, c.currency)}))
+            # null: unlimited, as the customer says (0.00 read as a wallet still past its limit)
+            "overdraft_limit": None if c.overdraft_limit is None else format_money(c.overdraft_limit, c.currency)}))
     return tuple(effects)

@@ -193,6 +193,25 @@ async def test_a_limit_lowered_below_what_is_owed_blocks_the_wallet_until_raised
     assert topics == ["wallet.blocked", "wallet.unblocked"]
 
 
+async def test_a_limit_raised_to_unlimited_unblocks_with_an_event_saying_unlimited(
+        client: AsyncTestClient, tag: str, book: str, database_url: str):
+    """Before: `wallet.unblocked` said `"overdraft_limit": "0.00"` beside `"receivable": "6.00"`
+    (a receiver read a wallet still 6.00 past its limit) while the customer and its wallet said
+    null, unlimited. Now the event says null too."""
+    cid = f"chg-{tag}"
+    await _customer(client, cid, price_book=book, billing="postpaid", overdraft_limit="10.00")
+    assert (await _reserve(client, cid, "r1", "6.00")).status_code == 201
+    assert (await _patch(client, cid, {"overdraft_limit": "4.00"})).status_code == 200
+    raised = await _patch(client, cid, {"overdraft_limit": None})
+    assert raised.status_code == 200 and raised.json()["overdraft_limit"] is None
+    wallet = (await client.get(f"/v1/customers/{cid}/wallet")).json()
+    assert (wallet["blocked"], wallet["overdraft_limit"]) == (False, None)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        events = [(r[0], r[1]["receivable"], r[1]["overdraft_limit"]) for r in conn.execute(
+            "SELECT topic, payload FROM outbox WHERE customer_id = %s ORDER BY id", (cid,))]
+    assert events == [("wallet.blocked", "6.00", "4.00"), ("wallet.unblocked", "6.00", None)]
+
+
 async def test_the_database_keeps_blocked_in_step_with_a_changed_limit_and_billing_fixed(
         client: AsyncTestClient, tag: str, book: str, database_url: str):
     cid = f"chg-{tag}"
