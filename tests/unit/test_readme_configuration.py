@@ -9,15 +9,24 @@ import re
 from pathlib import Path
 
 from api.cli import parser
+from api.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 VARIABLE = re.compile(r"TOKENTILL_[A-Z0-9_]+")
 
 
-def _table() -> set[str]:
+def _rows() -> dict[str, str]:
+    """Each variable of the Configuration table, with its row's meaning."""
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
-    return {m.group(1) for m in re.finditer(r"^\| `(TOKENTILL_[A-Z0-9_]+)` \|", section, re.MULTILINE)}
+    return {
+        m.group(1): m.group(2)
+        for m in re.finditer(r"^\| `(TOKENTILL_[A-Z0-9_]+)` \|[^|]*\|(.*)\|$", section, re.MULTILINE)
+    }
+
+
+def _table() -> set[str]:
+    return set(_rows())
 
 
 def _read_by_the_code() -> set[str]:
@@ -53,3 +62,20 @@ def test_every_command_of_the_cli_is_named_in_the_readme():
     assert [c for c in commands if c not in readme] == []
     bench = next(a for a in _subcommands(parser())["bench"]._actions if a.dest == "target")
     assert [t for t in bench.choices if f"tokentill bench {t}" not in readme] == []
+
+
+def _refuses(name: str, value: str) -> bool:
+    try:
+        Settings.from_env({name: value})
+    except SystemExit:
+        return True
+    return False
+
+
+def test_the_durations_that_take_whole_seconds_only_say_so():
+    """Most durations take a fraction (2.5 s); the rows of those that stop the start on one say
+    "(whole seconds": a README that said nothing left the refusal to be found at a deploy."""
+    durations = {name: meaning for name, meaning in _rows().items() if name.endswith("_SECONDS")}
+    assert len(durations) > 10 and all(not _refuses(name, "3") for name in durations)
+    whole = {name for name in durations if _refuses(name, "2.5")}
+    assert whole == {name for name, meaning in durations.items() if "(whole seconds" in meaning}
