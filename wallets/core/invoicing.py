@@ -54,6 +54,7 @@ from wallets.core.legs import Legs, entry, funding, settlement, settlement_legs
 from wallets.core.payments import (
     apply_corrections,
     apply_unapplied,
+    check_reference,
     open_invoices,
     payment_effects,
     unapplied_parts,
@@ -433,6 +434,7 @@ def pay_invoice(state: State, cmd: PayInvoice, now: datetime, book: PriceBook | 
     if cmd.currency != invoice.currency:
         raise CurrencyMismatchError(f"invoice {invoice.number} is in {invoice.currency}, not {cmd.currency}",
                                     invoice_id=invoice.id, currency=invoice.currency)
+    check_reference(cmd.reference)
     if cmd.reference in invoice.payments:
         if invoice.payments[cmd.reference] != cmd.amount:
             raise ConflictError(f"payment {cmd.reference!r} of invoice {invoice.number} was of another amount")

@@ -11,6 +11,20 @@ from typing import Any
 from pricing.money import format_money
 from wallets.core.decision import PaymentRecorded
 from wallets.core.state import InvoiceDue, State, Unapplied
+from wallets.errors import WalletValidationError
+
+# The references of the payments tokentill records itself, money it applies to invoices: a top-up's
+# (`topup:<lot>`), a correction's (`credit-note:<number>`, `rerate:<id>`, `true-up:<period>`) and a
+# close's rounding (`rounding:<period>`). An invoice takes one payment per reference, so a payment
+# entered under one of them would make the application it names fail, and with it the close.
+APPLIED_PREFIXES = ("topup:", "credit-note:", "rerate:", "true-up:", "rounding:")
+
+
+def check_reference(reference: str) -> None:
+    """Refuse a payment reference in the namespace of tokentill's own applications."""
+    if reference.startswith(APPLIED_PREFIXES):
+        raise WalletValidationError("reference", "must not start with " + ", ".join(
+            f"'{p}'" for p in APPLIED_PREFIXES) + ": tokentill names the money it applies to invoices so")
 
 
 def payment_effects(state: State, invoice: InvoiceDue, amount: int, reference: str, now: datetime,
