@@ -14,6 +14,7 @@ from psycopg import ProgrammingError
 from psycopg.conninfo import conninfo_to_dict
 
 from api.gateway.config import MOST_SECONDS, GatewaySettings, key
+from ledger.db import IDLE_IN_TRANSACTION_MS
 from wallets.budgets import MAX_PER_CUSTOMER as MAX_BUDGETS_PER_CUSTOMER
 from wallets.webhooks.rules import AddressPolicy, parse_networks
 
@@ -41,6 +42,18 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     if not 0 < value <= MOST_SECONDS:  # also refuses nan and inf
         raise SystemExit(f"{name} must be a positive number of seconds, at most {MOST_SECONDS:,} (a year), "
                          f"not {raw!r}")
+    return value
+
+
+def _writer_idle(env: Mapping[str, str], name: str, default: float) -> float:
+    """The wallet writers' idle-in-transaction timeout, which PostgreSQL keeps in whole
+    milliseconds: at least 1 ms (0.0004 s was set as 0, which PostgreSQL reads as no timeout: a
+    stopped process kept its lane's lock for good), at most every session's own (60 s: more was
+    taken as 60 s)."""
+    value = _seconds(env, name, default)
+    most = IDLE_IN_TRANSACTION_MS / 1000
+    if not 0.001 <= value <= most:
+        raise SystemExit(f"{name} must be from 0.001 to {most:g} seconds, not {env.get(name, '')!r}")
     return value
 
 
@@ -168,7 +181,7 @@ class Settings:
             admin_key=key(env, "TOKENTILL_ADMIN_KEY"),
             pool_size=_int(env, "TOKENTILL_POOL_SIZE", 10),
             pool_timeout_s=_seconds(env, "TOKENTILL_POOL_TIMEOUT_SECONDS", 5.0),
-            writer_idle_s=_seconds(env, "TOKENTILL_WRITER_IDLE_SECONDS", 5.0),
+            writer_idle_s=_writer_idle(env, "TOKENTILL_WRITER_IDLE_SECONDS", 5.0),
             scheduler=_flag(env, "TOKENTILL_SCHEDULER"),
             seal_interval_s=_int(env, "TOKENTILL_SEAL_INTERVAL_SECONDS", 10, most=MOST_SECONDS),
             lanes=_int(env, "TOKENTILL_LANES", 0, most=MAX_LANES) if env.get("TOKENTILL_LANES") else None,

@@ -137,3 +137,26 @@ def test_a_database_url_with_an_unencoded_at_sign_in_its_password_stops_the_star
     assert "s3cret" not in message
     encoded = "postgresql://till:pa%40s3cret@db/ledger"
     assert Settings.from_env({"TOKENTILL_DATABASE_URL": encoded}).database_url == encoded
+
+
+@pytest.mark.parametrize("given, idle_ms", [("0.001", 1), ("5", 5_000), ("2.5", 2_500), ("60", 60_000)])
+def test_the_writers_idle_timeout_is_the_one_given(tmp_path, given, idle_ms):
+    """The wallet writers' sessions are ended after TOKENTILL_WRITER_IDLE_SECONDS idle in their
+    transaction: the app's database sets that, in milliseconds (the SQL each batch begins with)."""
+    from api.app import create_app
+    from ledger.db import _lock_then_begin
+
+    s = Settings.from_env({"TOKENTILL_WRITER_IDLE_SECONDS": given, "TOKENTILL_WEBHOOKS": "off",
+                           "TOKENTILL_SCHEDULER": "off", "TOKENTILL_SPOOL_DIR": str(tmp_path)})
+    db = create_app(s, "postgresql://tokentill@/ledger?host=/nowhere").state.services.db
+    assert f"SET LOCAL idle_in_transaction_session_timeout = {idle_ms};" in _lock_then_begin([1], db.writer_idle_ms)
+
+
+@pytest.mark.parametrize("bad", ["0.0004", "61", "3600"])
+def test_a_writers_idle_timeout_the_server_cannot_keep_stops_the_start(bad):
+    """Under a millisecond it was set as 0, which PostgreSQL reads as no timeout at all (a stopped
+    process kept its lane's lock for good); past the 60 s every session has, it was 60 s."""
+    with pytest.raises(SystemExit) as stopped:
+        Settings.from_env({"TOKENTILL_WRITER_IDLE_SECONDS": bad})
+    message = stopped.value.code
+    assert isinstance(message, str) and message.startswith("TOKENTILL_WRITER_IDLE_SECONDS") and repr(bad) in message
