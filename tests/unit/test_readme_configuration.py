@@ -79,3 +79,16 @@ def test_the_durations_that_take_whole_seconds_only_say_so():
     assert len(durations) > 10 and all(not _refuses(name, "3") for name in durations)
     whole = {name for name in durations if _refuses(name, "2.5")}
     assert whole == {name for name, meaning in durations.items() if "(whole seconds" in meaning}
+
+
+def test_the_architecture_names_every_module_an_import_contract_binds():
+    """The README's Architecture says what `lint-imports` keeps apart: each forbidden contract's
+    source modules, named in backticks, and as many contracts as pyproject.toml has."""
+    import tomllib
+
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    readme = (ROOT / "README.md").read_text()
+    paragraph = readme.split("Dependencies point one way", 1)[1].split("\n\n", 1)[0]
+    sources = [m for c in contracts if c["type"] == "forbidden" for m in c["source_modules"]]
+    assert [m for m in sources if f"`{m}`" not in paragraph] == []
+    assert f"{len(contracts)} contracts" in paragraph
