@@ -4,10 +4,11 @@ revision again (the migrations support it) with nothing lost, and up once more.
 
 The data (tests/integration/upgrades/<revision>.sql.gz) was made by the tokentill of that time:
 the commit before the next migration landed (0008: 6e24217^, 0016: 609cb0a^, 0023: 53e2659^,
-0029: 217ebfa^) served on an empty database (TOKENTILL_LANES=4), filled through its HTTP API by
+0029: 217ebfa^, 0038: abc93d7^) served on an empty database (TOKENTILL_LANES=4), filled through its HTTP API by
 upgrades/fill.py (six prepaid customers each topped up $20.00 and granted $1.50 of promotion,
 six reservations each: three settled, one released, two left open; three usage events; from 0017
-on two postpaid customers with a closed period, one invoice paid), checked with that version's
+on two postpaid customers with a closed period, one invoice paid; 0038's another workload, fill.py's
+fill_late), checked with that version's
 `tokentill audit verify`, then dumped: `pg_dump --data-only --inserts -T alembic_version`.
 The test builds that revision's schema with today's migrations (identical files) and loads the
 data with triggers off (session_replication_role: a superuser, as the embedded cluster's is)."""
@@ -106,5 +107,43 @@ def test_a_database_used_at_an_older_revision_upgrades_to_head_whole_and_back(re
             assert main(["migrate"]) == 0 and main(["audit", "verify"]) == 0, capsys.readouterr().out
             with engine.connect() as conn:
                 assert _books(conn) == before
+        finally:
+            engine.dispose()
+
+
+def test_usage_billed_after_its_period_closed_keeps_its_period_through_the_upgrade(server_url, monkeypatch, capsys):
+    """0038's data (upgrades/fill.py, fill_late): two of post0's periods (2026-12, 2027-01) were
+    closed early, at a clock 70 days ahead (invoices finalized 2027-02-13), and then usage of
+    2026-12 was recorded, at 2026-12-05: each call billed in the first period still open, 2027-02
+    (post1, in New York from the 15th: 2027-01), post0's paid whole by its free allowance, so no
+    entry says where. The upgrade must bill each charge where its lines were rolled up."""
+    with scratch_database(server_url, f"tokentill_upgrade_{uuid.uuid4().hex[:10]}") as url:
+        engine = create_engine(sync_url(url))
+        try:
+            with engine.connect() as conn:
+                _migrate(conn, "0038")
+                _load(sync_url(url), "0038")
+                before = _books(conn)
+                # what the code of the time rolled up in post0's 2027-02: the late call's 100 input
+                # tokens of 2026-12, and no other usage
+                assert conn.execute(text("""
+                    SELECT sum(quantity) FROM period_rollups WHERE customer_id = 'post0' AND period = '2027-02'
+                       AND item LIKE 'line:["2026-12","usage","model-a","input"%'""")).scalar_one() == 100
+                conn.commit()
+
+            monkeypatch.setenv("TOKENTILL_DATABASE_URL", url)
+            assert main(["migrate"]) == 0
+            capsys.readouterr()
+            assert main(["audit", "verify"]) == 0, capsys.readouterr().out
+            with engine.connect() as conn:
+                periods = dict(conn.execute(text("SELECT event_id, period FROM charges "
+                                                 "WHERE event_id LIKE 'late-%' OR event_id LIKE 'free-%'")).all())
+                assert periods == {"late-post0-free": "2027-02", "late-post1": "2027-01", "late-post2": "2027-02",
+                                   "free-post0-0": "2026-12", "free-post0-1": "2026-12"}
+                assert _books(conn) == before
+                _migrate(conn, "0038", down=True)
+                assert _books(conn) == before
+            capsys.readouterr()
+            assert main(["migrate"]) == 0 and main(["audit", "verify"]) == 0, capsys.readouterr().out
         finally:
             engine.dispose()

@@ -2,10 +2,16 @@
 the old revision (TOKENTILL_ADMIN_KEY=up-admin, TOKENTILL_LANES=4, an empty database), as
 `python fill.py http://127.0.0.1:PORT REVISION`; then that version's `tokentill audit verify`, and
 `pg_dump --data-only --inserts -T alembic_version` (comments, blank lines and psql's \\restrict
-lines left out), gzipped. See test_upgrades_with_data.py."""
+lines left out), gzipped. See test_upgrades_with_data.py.
+
+From 0038 on the data is `fill_late` instead: what 0039-0043 migrate (webhook secrets rotated,
+deleted, disabled; customer-set and operator budgets; postpaid customers with price overrides,
+two early closes, one invoice paid, one customer blocked; usage recorded after its period closed,
+one call of it paid whole by a free allowance; a re-rate with credit notes)."""
 from __future__ import annotations
 
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -20,6 +26,75 @@ BOOK = {"id": "seed", "currency": "USD", "effective_from": "2020-01-01T00:00:00Z
 def ok(r: httpx.Response, *codes: int) -> dict | None:
     assert r.status_code in (codes or (200, 201)), (r.request.url, r.status_code, r.text[:400])
     return r.json() if r.content else None
+
+
+def event(eid: str, cid: str, at: datetime, tokens: int, out: int) -> dict:
+    return {"event_id": eid, "customer_id": cid, "model": "model-a", "timestamp": at.isoformat(),
+            "usage": {"input_tokens": tokens, "output_tokens": out}}
+
+
+def fill_late(c: httpx.Client) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    ok(c.post("/v1/price-books", json=BOOK))
+    for i in range(2):
+        cid = f"cust{i}"
+        ok(c.post("/v1/customers", json={"id": cid, "price_book": "seed", "currency": "USD"}))
+        ok(c.post(f"/v1/customers/{cid}/topups", json={"amount": "20.00", "reference": f"ch_{cid}_1"},
+                  headers={**H, "Idempotency-Key": f"top-{cid}"}))
+        for j in range(3):
+            res = ok(c.post("/v1/reservations", json={
+                "customer_id": cid, "request_id": f"req-{cid}-{j}", "model": "model-a",
+                "estimate": {"input_tokens": 1000, "max_output_tokens": 500}}), 201)
+            if j == 0:
+                ok(c.post(f"/v1/reservations/{res['id']}/settle",
+                          json={"usage": {"input_tokens": 900, "output_tokens": 100}}))
+            elif j == 1:
+                ok(c.post(f"/v1/reservations/{res['id']}/release", json={}))
+    ok(c.post("/v1/budgets", json={"customer_id": "cust0", "name": "cap", "window": "month", "metric": "money",
+                                   "limit": "10.00", "mode": "hard", "thresholds": [50, 80, 100]}))
+    own = ok(c.post("/v1/api-keys", json={"scope": "customer:cust1", "name": "own"}))
+    ok(c.post("/v1/budgets", json={"customer_id": "cust1", "name": "mine", "window": "day", "metric": "requests",
+                                   "limit": 100, "mode": "soft", "thresholds": [80]},
+              headers={"Authorization": f"Bearer {own['key']}", "Idempotency-Key": "bud-1"}))
+    hook = ok(c.post("/v1/webhook-endpoints", json={"url": "https://hooks.example.com/a", "topics": ["*"]},
+                     headers={**H, "Idempotency-Key": "ep-a"}))
+    for n, valid in enumerate(({}, {"previous_secret_valid_seconds": 3600})):
+        ok(c.post(f"/v1/webhook-endpoints/{hook['id']}/rotate-secret", json=valid,
+                  headers={**H, "Idempotency-Key": f"rot-{n}"}))
+    gone = ok(c.post("/v1/webhook-endpoints", json={"url": "https://hooks.example.com/b", "topics": ["invoice.*"]}))
+    ok(c.post(f"/v1/webhook-endpoints/{gone['id']}/rotate-secret", json={}))
+    ok(c.delete(f"/v1/webhook-endpoints/{gone['id']}"))
+    off = ok(c.post("/v1/webhook-endpoints", json={"url": "https://hooks.example.com/c", "topics": ["wallet.*"]}))
+    ok(c.patch(f"/v1/webhook-endpoints/{off['id']}", json={"enabled": False}))
+    # postpaid: post1 in New York from the 15th, post2 with an overdraft limit its usage passes
+    for cid, cycle in (("post0", {}), ("post1", {"time_zone": "America/New_York", "billing_anchor_day": 15}),
+                       ("post2", {"overdraft_limit": "0.05"})):
+        ok(c.post("/v1/customers", json={"id": cid, "currency": "USD", "price_book": "seed", "billing": "postpaid",
+                                         **cycle}))
+        ok(c.post("/v1/usage-events", json=[event(f"pe-{cid}-{k}", cid, now, 4000, 500) for k in range(4)]))
+    # post0's overrides from the next second: calls after it are paid whole by the allowance (no entry)
+    ok(c.put("/v1/customers/post0/price-overrides", json={
+        "effective_from": (now + timedelta(seconds=1)).isoformat(),
+        "discounts": [{"id": "d10", "model": "model-a", "percent": "10"}],
+        "free_allowances": [{"id": "free", "amount": "0.20"}]}))
+    time.sleep(2)
+    ok(c.post("/v1/usage-events", json=[event(f"free-post0-{k}", "post0", datetime.now(UTC), 100, 10)
+                                        for k in range(2)]))
+    # two periods closed early (the close's clock 70 days ahead); post0's first invoice paid
+    closed = ok(c.post("/v1/billing/close", json={"until": (now + timedelta(days=70)).isoformat(), "early": True}))
+    first = next(i for i in closed["closed"] if i["customer_id"] == "post0")
+    ok(c.post(f"/v1/invoices/{first['invoice_id']}/payments", json={"amount": first["amount_due"], "reference": "pi_1"},
+              headers={**H, "Idempotency-Key": "pay-post0"}))
+    # usage of the closed period recorded now: billed in the first open one (post0's paid whole)
+    ok(c.post("/v1/usage-events", json=[event("late-post0-free", "post0", now + timedelta(seconds=5), 100, 10),
+                                        event("late-post1", "post1", now, 1000, 10),
+                                        event("late-post2", "post2", now, 1000, 10)]))
+    ok(c.post("/v1/price-books", json={**BOOK, "effective_from": "2020-06-01T00:00:00Z", "rules": [
+        {"id": "a-in", "model": "model-a", "token_type": "input", "price": "8.00"}, *BOOK["rules"][1:]]}))
+    version = ok(c.get("/v1/price-books/seed"))["versions"][-1]["version"]
+    ok(c.post("/v1/rerate", json={"price_book": "seed", "version": version, "from": "2020-06-01T00:00:00Z",
+                                  "to": (now + timedelta(days=1)).isoformat(), "mode": "apply"}))
+    assert ok(c.post("/v1/audit/verify"))["ok"]
 
 
 def fill(c: httpx.Client, revision: int) -> None:
@@ -63,4 +138,7 @@ def fill(c: httpx.Client, revision: int) -> None:
 
 if __name__ == "__main__":
     with httpx.Client(base_url=sys.argv[1], headers=H, timeout=60) as client:
-        fill(client, int(sys.argv[2]))
+        if int(sys.argv[2]) >= 38:
+            fill_late(client)
+        else:
+            fill(client, int(sys.argv[2]))
