@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import psycopg
 import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy import text
@@ -112,6 +113,26 @@ async def _topics(conn, customer_id: str) -> list[str]:
     rows = await conn.execute(text("SELECT topic FROM outbox WHERE customer_id = :c AND topic LIKE 'invoice.%' "
                                    "ORDER BY id"), {"c": customer_id})
     return [r.topic for r in rows]
+
+
+async def test_an_invoice_with_nothing_due_is_paid_at_issue_and_says_so_with_invoice_paid(client, scratch_url) -> None:
+    """A prepaid customer whose credit paid all its usage gets an invoice of 0.00 due, `paid` from
+    its issue (its view and the close say so), and the webhook receiver that marks invoices paid
+    on `invoice.paid` never heard of it: the outbox held `invoice.finalized` alone. Now it holds
+    `invoice.paid` too (`amount_paid` 0.00), as for an invoice a top-up paid before its close."""
+    created = await client.post("/v1/customers", headers=ADMIN, json={"id": "funded", "price_book": "seed"})
+    assert created.status_code == 201, created.text
+    assert (await client.post("/v1/customers/funded/topups", headers=ADMIN, json={"amount": "1.00"})).status_code == 201
+    sent = await client.post("/v1/usage-events", headers=ADMIN, json=[
+        {"event_id": "f1", "customer_id": "funded", "model": "model-a", "timestamp": datetime.now(UTC).isoformat(),
+         "usage": {"input_tokens": 1000, "output_tokens": 500}}])
+    assert sent.json()["accepted"] == 1, sent.text
+    invoice = await close_invoice(client, ADMIN, "funded")
+    assert (invoice["total"], invoice["amount_due"], invoice["payment_status"]) == ("0.03", "0.00", "paid"), invoice
+    with psycopg.connect(scratch_url, autocommit=True) as conn:
+        events = [(topic, payload.get("invoice_id"), payload.get("amount_paid")) for topic, payload in conn.execute(
+            "SELECT topic, payload FROM outbox WHERE customer_id = 'funded' AND topic LIKE 'invoice.%' ORDER BY id")]
+    assert events == [("invoice.finalized", invoice["id"], None), ("invoice.paid", invoice["id"], "0.00")]
 
 
 async def test_a_close_that_also_flags_a_low_balance_advances_the_period(client, scratch_url) -> None:

@@ -56,6 +56,7 @@ from wallets.core.payments import (
     apply_unapplied,
     check_reference,
     open_invoices,
+    paid_event,
     payment_effects,
     unapplied_parts,
 )
@@ -411,7 +412,10 @@ def close_period(state: State, cmd: ClosePeriod, now: datetime, book: PriceBook 
             "amount_due": content["amount_due"], "due_at": content["due_at"], "currency": c.currency}),
     ]
     # what top-ups paid off the receivable before this usage was invoiced pays this invoice
-    effects += apply_unapplied(state, InvoiceDue(invoice_id, c.id, number, c.currency, due, {}, period.start), now)
+    issued = InvoiceDue(invoice_id, c.id, number, c.currency, due, {}, period.start)
+    effects += apply_unapplied(state, issued, now)
+    if due == 0:  # paid from its issue, as its view says: a receiver waiting for invoice.paid hears it
+        effects.append(paid_event(state, issued, 0, now))
     # money given back off the receivable beyond what this period owes pays the older invoices; when
     # the close rounded it up to whole minor units, the rounding (this close's entry) pays the rest
     rounded = rollup.get("rounded", (0, 0))[1]

@@ -36,10 +36,15 @@ def payment_effects(state: State, invoice: InvoiceDue, amount: int, reference: s
                                           None if paid_by is None else paid_by.entry_id)]
     paid = invoice.paid + amount
     if paid == invoice.amount_due:
-        effects.append(state.event("invoice.paid", invoice.customer_id, f"invoice.paid:{invoice.id}", now, {
-            "invoice_id": invoice.id, "number": invoice.number, "amount_paid": format_money(paid, invoice.currency),
-            "currency": invoice.currency}))
+        effects.append(paid_event(state, invoice, paid, now))
     return effects
+
+
+def paid_event(state: State, invoice: InvoiceDue, paid: int, now: datetime) -> Any:
+    """`invoice.paid`: the invoice has nothing left to pay (paid in full, or nothing was due)."""
+    return state.event("invoice.paid", invoice.customer_id, f"invoice.paid:{invoice.id}", now, {
+        "invoice_id": invoice.id, "number": invoice.number, "amount_paid": format_money(paid, invoice.currency),
+        "currency": invoice.currency})
 
 
 def open_invoices(state: State, customer_id: str) -> list[InvoiceDue]:
