@@ -161,7 +161,7 @@ def _billing_close(args: argparse.Namespace, settings: Settings) -> int:
     from wallets.errors import WalletValidationError
 
     try:
-        until = close_clock(args.until, utc_now(), early=args.early)
+        until = close_clock(args.until, utc_now(), early=args.early, early_as="--early")
     except WalletValidationError as exc:
         print(f"tokentill billing close: --{exc}", file=sys.stderr)
         return 2

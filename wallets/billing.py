@@ -38,17 +38,19 @@ CLOCK_SKEW = timedelta(seconds=60)  # an `until` this far past the clock is stil
 EARLY_REACH = timedelta(days=731)
 
 
-def close_clock(until: datetime | None, now: datetime, *, early: bool) -> datetime | None:
+def close_clock(until: datetime | None, now: datetime, *, early: bool,
+                early_as: str = '"early": true') -> datetime | None:
     """The clock a close `until` runs at. A time to come would finalize and number invoices
     before their periods end (what usage they would still receive becomes late usage) and date
     its entries then: an operator's typo would be irreversible, so it is done only when asked
     for (`early`). Up to CLOCK_SKEW ahead is the sender's clock running a little fast: the
     server's own clock (`now`), so that no period closes before its end (with no grace window,
-    `until` a period's end 30 s early closed it and numbered its invoice in the next year)."""
+    `until` a period's end 30 s early closed it and numbered its invoice in the next year).
+    `early_as`: how the caller asks for an early close (the CLI's `--early`), named by the refusal."""
     if until is not None and until > now + CLOCK_SKEW and not early:
         raise WalletValidationError("until", f"{until.isoformat()} is in the future: closing then would issue "
-                                    "invoices before their periods end; set early to close early on purpose "
-                                    "(tests, simulations)")
+                                    f"invoices before their periods end; ask for it with {early_as} to close early on "
+                                    "purpose (tests, simulations)")
     if until is not None and until > now + EARLY_REACH:
         raise WalletValidationError("until", f"{until.isoformat()} is more than {EARLY_REACH.days} days ahead: "
                                     "an early close numbers an invoice for every period up to it")

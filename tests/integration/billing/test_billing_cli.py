@@ -45,6 +45,7 @@ async def test_billing_close_refuses_a_future_until_unless_early(bk: BillingKit,
     code, out, err = await _close(scratch_url, "--until", future)
     assert code == 2 and out == "", (out, err)
     assert f"--until: {future[:19]}" in err and "is in the future" in err and "Traceback" not in err
+    assert "--early" in err  # how to ask for it here (the API's `"early": true` is not a flag)
     count = await bk.db.read(lambda conn: conn.execute(text(
         "SELECT count(*) FROM invoices WHERE customer_id = 'cli-early'")))
     assert count.scalar_one() == 0
