@@ -1,5 +1,5 @@
-"""The reference price book shipped in ``pricing/data``: public list prices, for demos and
-tests only. Nothing loads it implicitly; a customer is never priced from it by default."""
+"""The reference price book shipped in ``pricing/data``: public list prices, for tests only.
+Nothing loads it implicitly; a customer is never priced from it by default."""
 
 from __future__ import annotations
 
@@ -21,8 +21,3 @@ def _raw() -> dict[str, Any]:
 def load_reference_book() -> PriceBook:
     """The reference book (id ``reference``, USD), validated like any other book."""
     return parse_book(_raw())
-
-
-def reference_models() -> list[dict[str, str]]:
-    """Provenance of each model in the book: provider, source page and price effective date."""
-    return [dict(m) for m in _raw()["models"]]
