@@ -468,6 +468,33 @@ async def test_an_endpoint_enabled_again_gets_what_was_pending_with_a_new_retry_
             assert (await client.get(path)).json()["status"] == "enabled"
 
 
+async def test_a_failed_only_redrive_sends_now_what_is_still_waiting_for_its_next_retry(database_url):
+    """A receiver back after an outage asks for what it missed (`failed_only`: skip what it
+    already received). An event still retried, its next attempt an hour away, was left out
+    (scheduled 0): it arrived only at that retry, up to 4 h later with the default backoff. Now
+    it is sent again at once, as everything the endpoint has not received."""
+    slow = replace(FAST, webhook_backoff_s=3600.0)
+    up = {"now": False}
+    async with AsyncTestClient(app=create_app(slow, database_url)) as client:
+        client.headers.update(ADMIN)
+        with receiver(lambda seen, this: 200 if up["now"] else 503) as hook:
+            endpoint = await _endpoint(client, hook.url, ["balance.low"])
+            customer = await _low_balance(client)
+            [missed] = await hook.wait_for(for_customer(customer))
+            path = f"/v1/webhook-endpoints/{endpoint['id']}"
+            for _ in range(200):  # the failed attempt recorded: next retry in 30 to 60 minutes
+                [delivery] = (await client.get(f"{path}/deliveries")).json()["items"]
+                if delivery["last_status_code"] == 503:
+                    break
+                await asyncio.sleep(0.05)
+            assert (delivery["status"], delivery["attempts"]) == ("pending", 1), delivery
+            up["now"] = True
+            again = await client.post(f"{path}/redrive", json={"since": missed.event["timestamp"], "failed_only": True})
+            assert again.status_code == 202 and again.json()["scheduled"] == 1, again.text
+            [_, got] = await hook.wait_for(for_customer(customer), count=2)
+            assert got.webhook_id == missed.webhook_id
+
+
 async def test_the_operator_page_counts_as_due_only_what_the_dispatcher_may_send(scratch_url):
     """What waits for a disabled endpoint is sent only once it is enabled again: it was counted
     'due now' on the operator page for as long as it stayed disabled, a backlog that looked stuck."""

@@ -76,7 +76,7 @@ INSERT INTO webhook_deliveries (endpoint_id, event_id, topic, customer_id, paylo
 SELECT :e, webhook_event_id(o.lane, o.dedup_key, o.payload), o.topic, o.customer_id, o.payload, o.created_at
   FROM outbox o WHERE {where}
 ON CONFLICT (endpoint_id, event_id) DO UPDATE SET {again}
- WHERE NOT :failed_only OR webhook_deliveries.status IN ('failed', 'cancelled')
+ WHERE NOT :failed_only OR webhook_deliveries.status <> 'succeeded'
 RETURNING id
 """
 
@@ -110,8 +110,8 @@ async def redrive_event(conn: AsyncConnection, endpoint_id: str, topics: tuple[s
 async def redrive_since(conn: AsyncConnection, endpoint_id: str, topics: tuple[str, ...], since: datetime,
                         until: datetime | None, failed_only: bool) -> int:
     """Every event of the endpoint's topics written at or after `since` (and before `until`),
-    sent again; with `failed_only`, only those never delivered (failed, cancelled, or never
-    handed to this endpoint). Returns how many were scheduled."""
+    sent again; with `failed_only`, only those never delivered (failed, cancelled, still waiting
+    for a retry, or never handed to this endpoint). Returns how many were scheduled."""
     params: dict[str, Any] = {"e": endpoint_id, "topics": list(topics), "since": since, "until": until,
                               "failed_only": failed_only}
     where = ("webhook_topic_matches(CAST(:topics AS text[]), o.topic) AND o.created_at >= :since"
