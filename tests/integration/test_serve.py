@@ -26,9 +26,9 @@ def data_dir() -> Iterator[Path]:
     shutil.rmtree(path)
 
 
-def _serve(data_dir: Path, port: int) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != "TOKENTILL_DATABASE_URL"}
-    env.update(TOKENTILL_DATA_DIR=str(data_dir), TOKENTILL_ADMIN_KEY="serve-test-admin")
+def _serve(data_dir: Path, port: int, **more_env: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k not in ("TOKENTILL_DATABASE_URL", "PGSERVER_POSTGRES_VERSION")}
+    env.update(TOKENTILL_DATA_DIR=str(data_dir), TOKENTILL_ADMIN_KEY="serve-test-admin", **more_env)
     return subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -87,6 +87,84 @@ def test_a_restarted_server_reuses_its_data_dir(data_dir):
         assert kept.status_code == 200, "the key made before the restart still works"
     finally:
         _stop(proc)
+
+
+def test_a_data_dir_of_an_older_postgresql_is_upgraded_at_start_and_keeps_every_entry(data_dir):
+    """README: the wheel "can pg_upgrade a data dir across PostgreSQL major versions, which a data
+    dir that lives for years needs". A cluster made by PostgreSQL 16 (the wheel's other version,
+    what its earlier releases made) with a customer's top-up, grant, settled calls and an open hold
+    is upgraded by the next start on 18: the same wallet and trial balance, verify ok, the open hold
+    still settles. Run as root (a container's usual user), the wheel's pg_upgrade could not write
+    its working directory: the start failed with a traceback and every later start did too. A
+    cluster whose schema predates 0045 cannot be upgraded (pg_upgrade restores its schema with an
+    empty search_path): the start says so in one line, the cluster as it was."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TOKENTILL_DATABASE_URL", "PGSERVER_POSTGRES_VERSION")}
+    env["TOKENTILL_DATA_DIR"] = str(data_dir)
+    # a cluster whose schema is older than 0045 (lane functions a dump could not restore) cannot be
+    # upgraded: the start says so in one line, and leaves the cluster as it was
+    migrated = subprocess.run([sys.executable, "-m", "api.cli", "migrate", "--to", "0044"],
+                              env={**env, "PGSERVER_POSTGRES_VERSION": "16"}, capture_output=True, text=True,
+                              timeout=300)
+    assert migrated.returncode == 0, migrated.stderr
+    refused = subprocess.run([sys.executable, "-m", "api.cli", "migrate"], env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+    last = refused.stderr.strip().splitlines()[-1]
+    assert "upgrading PostgreSQL 16 to 18 failed" in last and "the cluster is as it was" in last, last
+    assert (data_dir / "pg" / "PG_VERSION").read_text().strip() == "16"
+    assert list((data_dir / "pg.upgrade-logs").rglob("*.log")), "pg_upgrade's logs are kept"
+    assert not list(data_dir.glob(".pgdata-tmp-*"))
+
+    # started once on its own PostgreSQL, it is migrated to the head; then it upgrades
+    port, headers = free_port(), {"Authorization": "Bearer serve-test-admin"}
+    base = f"http://127.0.0.1:{port}"
+    proc = _serve(data_dir, port, PGSERVER_POSTGRES_VERSION="16")
+    try:
+        _wait_ready(port, proc)
+        with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
+            assert http.post("/v1/price-books", json={
+                "id": "std", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
+                "rules": [{"id": "in", "model": "model-a", "token_type": "input", "price": "10"},
+                          {"id": "out", "model": "model-a", "token_type": "output", "price": "20"}]}).status_code == 201
+            assert http.post("/v1/customers", json={"id": "acme", "currency": "USD",
+                                                    "price_book": "std"}).status_code == 201
+            assert http.post("/v1/customers/acme/topups", json={"amount": "20.00"}).status_code == 201
+            assert http.post("/v1/customers/acme/grants", json={
+                "amount": "5.00", "priority": 10, "expires_at": "2099-01-01T00:00:00Z"}).status_code == 201
+            held = []
+            for n in range(3):
+                r = http.post("/v1/reservations", json={
+                    "customer_id": "acme", "request_id": f"old-{n}", "model": "model-a",
+                    "estimate": {"input_tokens": 1000, "max_output_tokens": 500}})
+                assert r.status_code == 201, r.text
+                held.append(r.json()["id"])
+            for rid in held[:2]:
+                settled = http.post(f"/v1/reservations/{rid}/settle",
+                                    json={"usage": {"input_tokens": 1000, "output_tokens": 400}, "final": True})
+                assert settled.json()["charged"] == "0.018", settled.text
+            wallet = http.get("/v1/customers/acme/wallet").json()
+            trial = http.get("/v1/audit/trial-balance").json()
+    finally:
+        assert _stop(proc) == 0
+    assert (data_dir / "pg" / "PG_VERSION").read_text().strip() == "16"
+    assert wallet["available"] == "24.944" and wallet["reserved"] == "0.02"
+
+    proc = _serve(data_dir, port)
+    try:
+        _wait_ready(port, proc, timeout=300)
+        assert (data_dir / "pg" / "PG_VERSION").read_text().strip() == "18"
+        with httpx.Client(base_url=base, headers=headers, timeout=60) as http:
+            assert http.get("/v1/customers/acme/wallet").json() == wallet
+            assert http.get("/v1/audit/trial-balance").json() == trial
+            verify = http.post("/v1/audit/verify").json()
+            assert verify["ok"], [c for c in verify["checks"] if not c["ok"]]
+            settled = http.post(f"/v1/reservations/{held[2]}/settle",
+                                json={"usage": {"input_tokens": 1000, "output_tokens": 400}, "final": True})
+            assert settled.status_code == 200 and settled.json()["charged"] == "0.018", settled.text
+            assert http.get("/v1/customers/acme/wallet").json()["available"] == "24.946"
+    finally:
+        assert _stop(proc) == 0
+    assert not list(data_dir.glob(".pgdata-tmp-*")), "no half-made cluster is left beside the data dir"
 
 
 def test_serve_on_a_port_in_use_says_so_in_one_line_and_exits_1_not_3(database_url):
