@@ -3,7 +3,8 @@ against a payment processor's export.
 
 A top-up or invoice payment is matched by its `reference` (what `POST /v1/customers/{id}/topups`
 or `POST /v1/invoices/{id}/payments` was given: the processor's charge or payment id) and
-compared by amount and currency, exactly, in atomic units.
+compared by amount and currency, exactly, in atomic units; a customer's invoice payments under one
+reference are one receipt, compared by their sum (`receipts`).
 Two file layouts are read, told apart by their header:
 
 - Stripe balance transactions, as the Dashboard exports them (`id`, `Type`, `Source`, `Amount`,
@@ -21,7 +22,7 @@ import csv
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from sqlalchemy import text
@@ -42,6 +43,9 @@ class Payment:
     where: str  # "line 7" in the file, "entry 123 (customer acme)" in the ledger
     at: datetime | None = None
     aliases: tuple[str, ...] = ()  # other ids of the same file row that a reference may name
+    customer: str = ""  # the ledger's: whose top-up or invoice payment
+    kind: str = ""  # the ledger's: "topup" or "invoice_payment"
+    entry_id: int | None = None  # the ledger's
 
 
 @dataclass(slots=True)
@@ -152,8 +156,30 @@ async def ledger_topups(conn: AsyncConnection, start: datetime | None, end: date
     rows = await conn.execute(_TOPUPS, {"cash": chart.cash_account(""), "start": start, "end": end})
     return [Payment(r.reference, int(r.amount), r.asset,
                     f"entry {r.id} (customer {r.customer_id}{'' if r.kind == 'topup' else ', ' + CASH_IN[r.kind]})",
-                    r.occurred_at)
+                    r.occurred_at, customer=r.customer_id, kind=r.kind, entry_id=r.id)
             for r in rows]
+
+
+def receipts(ledger: list[Payment]) -> list[Payment]:
+    """The ledger's cash as the processor saw it: a customer's invoice payments under one reference
+    and currency are one receipt split over its invoices (one charge that paid two of them), so
+    they count as one payment of their sum. Top-ups are each their own: two under one reference
+    are credit given twice, and stay duplicates."""
+    grouped: dict[tuple[str, str, str], list[Payment]] = {}
+    for p in ledger:
+        if p.kind == "invoice_payment" and p.reference:
+            grouped.setdefault((p.customer, p.reference, p.currency), []).append(p)
+    out = []
+    for p in ledger:
+        parts = grouped.get((p.customer, p.reference, p.currency)) if p.kind == "invoice_payment" else None
+        if not parts or len(parts) == 1:
+            out.append(p)
+        elif parts[0] is p:
+            entries = ", ".join(str(x.entry_id) for x in parts)
+            out.append(replace(p, amount=sum(x.amount for x in parts),
+                               where=f"entries {entries} (customer {p.customer}, invoice payments)",
+                               at=min((x.at for x in parts if x.at is not None), default=None)))
+    return out
 
 
 async def asset_scales(conn: AsyncConnection) -> dict[str, int]:
@@ -163,6 +189,7 @@ async def asset_scales(conn: AsyncConnection) -> dict[str, int]:
 def reconcile(ledger: list[Payment], paid: list[Payment]) -> Reconciliation:
     """Match by reference (a file row also answers to its other ids), then compare amounts."""
     result = Reconciliation()
+    ledger = receipts(ledger)
     for name, items in (("the ledger", ledger), ("the file", paid)):
         counts = Counter(p.reference for p in items if p.reference)
         result.duplicates += [f"reference {ref!r} appears {n} times in {name}" for ref, n in counts.items() if n > 1]

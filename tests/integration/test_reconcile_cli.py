@@ -163,3 +163,49 @@ def test_a_payment_in_another_currency_is_named_as_such(ledger_url, tmp_path):
     report = json.loads(_reconcile(ledger_url, tmp_path, "reference,amount,currency\n" + paid, "--json").stdout)
     assert [(m["reference"], m["ledger_amount"], m["file_amount"]) for m in report["amount_mismatches"]] == [
         ("ch_3", "30.00 USD", "30.00 EUR")]
+
+
+def test_one_charge_that_paid_two_invoices_reconciles(server_url, tmp_path):
+    """A customer pays two of its invoices with one card charge, `ch_both` of 0.08,
+    and finance records it on each invoice under that charge's id (0.05 and 0.03). Was: the ledger
+    had `ch_both` twice, so reconcile said DUPLICATE, AMOUNT MISMATCH (ledger 0.05, file 0.08) and
+    ONLY IN LEDGER 0.03, and a ledger that took exactly the cash the processor had could never
+    reconcile. A customer's invoice payments under one reference are one receipt; two top-ups
+    under one reference (credit given twice), or one reference on two customers' invoices, are
+    still duplicates."""
+    from datetime import UTC, datetime, timedelta
+
+    from wallets.periods import Cycle, following, period_of
+
+    gen = _migrated(server_url, "tokentill_reconcile_split")
+    url = next(gen)
+    try:
+        with serving(url, "reconcile-admin") as tt:
+            tt.post("/v1/price-books", {"id": "seed", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
+                                        "rules": [{"id": "call", "token_type": "request", "price": "0.01"},
+                                                  {"id": "in", "model": "m", "token_type": "input", "price": "0"}]})
+            tt.post("/v1/customers", {"id": "later", "currency": "USD", "price_book": "seed", "billing": "postpaid"})
+            now = datetime.now(UTC)
+            december = period_of(now, Cycle("UTC", None))
+            invoices = []
+            # 5 calls closed with this period, 3 more (late) with the next one
+            for calls, period in ((5, december), (3, following(december, Cycle("UTC", None)))):
+                sent = tt.post("/v1/usage-events", [
+                    {"event_id": f"e{calls}{i}", "customer_id": "later", "model": "m", "timestamp": now.isoformat(),
+                     "usage": {"input_tokens": 1}} for i in range(calls)])
+                assert sent["accepted"] == calls, sent
+                until = (period.end + timedelta(hours=1, seconds=1)).isoformat()
+                closed = tt.post("/v1/billing/close", {"until": until, "customer_id": "later", "early": True})
+                invoices += [c["invoice_id"] for c in closed["closed"]]
+            assert len(invoices) == 2, invoices
+            for invoice, amount in zip(invoices, ("0.05", "0.03"), strict=True):
+                paid = tt.post(f"/v1/invoices/{invoice}/payments", {"amount": amount, "reference": "ch_both"})
+                assert paid["payment_status"] == "paid", paid
+        done = _reconcile(url, tmp_path, _stripe({"ch_both": "0.08"}), "--json")
+        report = json.loads(done.stdout)
+        assert done.returncode == 0 and report["ok"], done.stdout + done.stderr
+        [match] = report["matched"]
+        assert match["reference"] == "ch_both" and match["amount"] == "0.08 USD", match
+        assert "invoice payments" in match["ledger"], match
+    finally:
+        gen.close()

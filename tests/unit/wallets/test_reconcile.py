@@ -121,3 +121,34 @@ def test_a_file_that_is_not_utf8_says_where(tmp_path):
     path.write_bytes("reference,amount,currency,note\npay-1,1.00,USD,ok\npay-2,2.00,USD,caf\u00e9\n".encode("latin-1"))
     with path.open(newline="", encoding="utf-8-sig") as f, pytest.raises(PaymentFileError, match="not UTF-8"):
         read_payments(f, SCALES)
+
+
+def _ledger(entry_id: int, reference: str, cents: int, customer: str = "acme", kind: str = "invoice_payment",
+            currency: str = "USD") -> Payment:
+    return Payment(reference, cents * 10**7, currency, f"entry {entry_id} (customer {customer})",
+                   customer=customer, kind=kind, entry_id=entry_id)
+
+
+def test_a_customers_invoice_payments_under_one_reference_are_one_receipt():
+    ledger = [_ledger(12, "ch_9", 1000), _ledger(13, "ch_1", 500), _ledger(14, "ch_9", 300)]
+    result = reconcile(ledger, [Payment("ch_9", 1300 * 10**7, "USD", "line 2"),
+                                Payment("ch_1", 500 * 10**7, "USD", "line 3")])
+    assert result.clean, result
+    assert [(m.reference, m.amount, m.where) for m, _ in result.matched] == [
+        ("ch_9", 1300 * 10**7, "entries 12, 14 (customer acme, invoice payments)"),
+        ("ch_1", 500 * 10**7, "entry 13 (customer acme)")]
+    # the sum is what must match: one of the parts alone in the file is a mismatch
+    short = reconcile(ledger, [Payment("ch_9", 1000 * 10**7, "USD", "line 2"),
+                               Payment("ch_1", 500 * 10**7, "USD", "line 3")])
+    assert [(m.amount, t.amount) for m, t in short.mismatched] == [(1300 * 10**7, 1000 * 10**7)]
+
+
+@pytest.mark.parametrize("ledger", [
+    [_ledger(1, "ch_9", 1000, kind="topup"), _ledger(2, "ch_9", 300, kind="topup")],  # credit given twice
+    [_ledger(1, "ch_9", 1000), _ledger(2, "ch_9", 300, customer="other")],  # two customers' invoices
+    [_ledger(1, "ch_9", 1000, kind="topup"), _ledger(2, "ch_9", 300)],  # a top-up and an invoice payment
+    [_ledger(1, "ch_9", 1000), _ledger(2, "ch_9", 300, currency="EUR")],  # two currencies
+])
+def test_other_payments_sharing_a_reference_are_still_duplicates(ledger):
+    result = reconcile(ledger, [Payment("ch_9", 1300 * 10**7, "USD", "line 2")])
+    assert result.duplicates == ["reference 'ch_9' appears 2 times in the ledger"] and not result.clean
