@@ -96,13 +96,13 @@ def test_a_data_dir_of_an_older_postgresql_is_upgraded_at_start_and_keeps_every_
     is upgraded by the next start on 18: the same wallet and trial balance, verify ok, the open hold
     still settles. Run as root (a container's usual user), the wheel's pg_upgrade could not write
     its working directory: the start failed with a traceback and every later start did too. A
-    cluster whose schema predates 0045 cannot be upgraded (pg_upgrade restores its schema with an
+    cluster whose schema predates 0046 cannot be upgraded (pg_upgrade restores its schema with an
     empty search_path): the start says so in one line, the cluster as it was."""
     env = {k: v for k, v in os.environ.items() if k not in ("TOKENTILL_DATABASE_URL", "PGSERVER_POSTGRES_VERSION")}
     env["TOKENTILL_DATA_DIR"] = str(data_dir)
-    # a cluster whose schema is older than 0045 (lane functions a dump could not restore) cannot be
+    # a cluster whose schema is older than 0046 (lane functions a dump could not restore) cannot be
     # upgraded: the start says so in one line, and leaves the cluster as it was
-    migrated = subprocess.run([sys.executable, "-m", "api.cli", "migrate", "--to", "0044"],
+    migrated = subprocess.run([sys.executable, "-m", "api.cli", "migrate", "--to", "0045"],
                               env={**env, "PGSERVER_POSTGRES_VERSION": "16"}, capture_output=True, text=True,
                               timeout=300)
     assert migrated.returncode == 0, migrated.stderr

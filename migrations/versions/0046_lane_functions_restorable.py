@@ -9,16 +9,16 @@ cluster's upgrade from PostgreSQL 16 to 18. They become SQL-standard bodies (`RE
 PostgreSQL 14 and later), parsed when created: they refer to `ledger_lane` itself, a dump
 writes it schema-qualified, and they are still inlined. Same results, same signatures.
 
-Revision ID: 0045
-Revises: 0044
+Revision ID: 0046
+Revises: 0045
 Create Date: 2026-12-05
 """
 from __future__ import annotations
 
 from alembic import op
 
-revision = "0045"
-down_revision = "0044"
+revision = "0046"
+down_revision = "0045"
 branch_labels = None
 depends_on = None
 
