@@ -146,9 +146,9 @@ async def get_webhook_endpoint(state: State, endpoint_id: FromPath[str]) -> Webh
 async def update_webhook_endpoint(
         state: State, request: Request, endpoint_id: FromPath[str],
         data: Annotated[dict[str, Any], json_body(UpdateWebhookEndpointRequest)]) -> Response[WebhookEndpointResponse]:
-    """Change the URL, topics, description or concurrency limit; `"enabled": false` disables it
-    (nothing is queued for it meanwhile), `true` enables it again. A replay of its
-    Idempotency-Key answers what it first answered."""
+    """Change the URL, topics, description or concurrency limit (new topics cancel what is pending
+    of the topics dropped); `"enabled": false` disables it (nothing is queued for it meanwhile),
+    `true` enables it again. A replay of its Idempotency-Key answers what it first answered."""
     body = shaped(data, UpdateWebhookEndpointRequest)
     addresses = state.services.settings.webhook_addresses
     changes = Changes(None if body.url is None else check_destination(sendable(check_url(body.url)), addresses),

@@ -495,6 +495,40 @@ async def test_a_failed_only_redrive_sends_now_what_is_still_waiting_for_its_nex
             assert got.webhook_id == missed.webhook_id
 
 
+async def test_an_endpoint_that_drops_a_topic_gets_no_more_retries_of_its_events(database_url):
+    """An endpoint subscribed to `*` whose receiver fails balance.low moves to `invoice.*` only:
+    the balance.low delivery stayed pending and was retried for the rest of its 3-day window
+    (and started afresh if the endpoint was disabled and enabled again), to a receiver that had
+    unsubscribed from it, while a re-drive of that event was refused as not of its topics. Now
+    the change cancels what is pending of the topics it dropped (a re-drive sends it once it
+    subscribes again); the rest stays pending."""
+    slow = replace(FAST, webhook_backoff_s=3600.0)
+    async with AsyncTestClient(app=create_app(slow, database_url)) as client:
+        client.headers.update(ADMIN)
+        with receiver(lambda seen, this: 503) as hook:
+            endpoint = await _endpoint(client, hook.url, ["*"])
+            customer = await _low_balance(client)
+            await hook.wait_for(for_customer(customer))
+            path = f"/v1/webhook-endpoints/{endpoint['id']}"
+            for _ in range(200):  # the failed attempt recorded: next retry in 30 to 60 minutes
+                [delivery] = (await client.get(f"{path}/deliveries")).json()["items"]
+                if delivery["last_status_code"] == 503:
+                    break
+                await asyncio.sleep(0.05)
+            assert (delivery["topic"], delivery["status"]) == ("balance.low", "pending"), delivery
+            kept = await client.patch(path, json={"topics": ["balance.*", "invoice.*"]})
+            assert kept.status_code == 200, kept.text
+            [delivery] = (await client.get(f"{path}/deliveries")).json()["items"]
+            assert delivery["status"] == "pending", "balance.* still takes it"
+            moved = await client.patch(path, json={"topics": ["invoice.*"]})
+            assert moved.status_code == 200, moved.text
+            [delivery] = (await client.get(f"{path}/deliveries")).json()["items"]
+            assert (delivery["status"], delivery["next_attempt_at"]) == ("cancelled", None), delivery
+            await client.patch(path, json={"enabled": False})
+            await client.patch(path, json={"enabled": True})
+            assert (await client.get(f"{path}/deliveries", params={"status": "pending"})).json()["items"] == []
+
+
 async def test_the_operator_page_counts_as_due_only_what_the_dispatcher_may_send(scratch_url):
     """What waits for a disabled endpoint is sent only once it is enabled again: it was counted
     'due now' on the operator page for as long as it stayed disabled, a backlog that looked stuck."""

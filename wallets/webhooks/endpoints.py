@@ -89,9 +89,10 @@ async def list_all(conn: AsyncConnection) -> list[Endpoint]:
 async def update(conn: AsyncConnection, endpoint_id: str, changes: Changes) -> Endpoint:
     """Apply `changes`; enabling clears the reason it was disabled, disabling gives one. Enabling
     a disabled endpoint starts what was left pending for it afresh, as a re-drive does (due now,
-    a new retry window): the window of its first fan-out was spent while nothing could be sent."""
+    a new retry window): the window of its first fan-out was spent while nothing could be sent.
+    New topics cancel what is pending of the topics dropped, as a delete cancels everything."""
     status = None if changes.enabled is None else ("enabled" if changes.enabled else "disabled")
-    if status == "disabled":
+    if status == "disabled" or changes.topics is not None:
         await _after_fan_out(conn)
     was = (await conn.execute(text(
         "SELECT status FROM webhook_endpoints WHERE id = :id AND status <> 'deleted' FOR NO KEY UPDATE"),
@@ -109,6 +110,12 @@ async def update(conn: AsyncConnection, endpoint_id: str, changes: Changes) -> E
         {"id": endpoint_id, "url": changes.url, "topics": changes.topics, "description": changes.description,
          "max_in_flight": changes.max_in_flight, "status": status, "reason": DISABLED_BY_REQUEST})).first()
     endpoint = _found(row, endpoint_id)
+    if changes.topics is not None:  # what is pending of a topic it dropped is not sent (a re-drive can)
+        await conn.execute(text(
+            """UPDATE webhook_deliveries SET status = 'cancelled', leased_until = NULL
+                WHERE endpoint_id = :id AND status = 'pending'
+                  AND NOT webhook_topic_matches(CAST(:topics AS text[]), topic)"""),
+            {"id": endpoint_id, "topics": list(endpoint.topics)})
     if was == "disabled" and status == "enabled":
         await conn.execute(text(
             f"UPDATE webhook_deliveries SET {AFRESH} WHERE endpoint_id = :id AND status = 'pending'"),
