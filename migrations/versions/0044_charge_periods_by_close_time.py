@@ -34,16 +34,14 @@ depends_on = None
 
 UPGRADE = r"""
 ALTER TABLE charges DISABLE TRIGGER charges_immutable;
-WITH closes AS MATERIALIZED (
-    SELECT i.customer_id, i.period_start, i.period_end, coalesce(o.created_at, i.finalized_at) AS closed_at
-      FROM invoices i
-      LEFT JOIN outbox o ON o.lane = i.lane
-                        AND o.dedup_key = 'invoice.finalized:' || i.customer_id || ':' || i.period
-), billed AS (
+WITH billed AS (
     SELECT c.lane, c.id, wallets_period_label(greatest(c.occurred_at, coalesce(
-               (SELECT max(k.period_end) FROM closes k
-                 WHERE k.customer_id = c.customer_id AND k.closed_at <= c.created_at),
-               (SELECT min(k.period_start) FROM closes k WHERE k.customer_id = c.customer_id),
+               -- the end of the last period whose close ran before the charge was recorded
+               (SELECT max(i.period_end) FROM invoices i
+                  LEFT JOIN outbox o ON o.lane = i.lane
+                                    AND o.dedup_key = 'invoice.finalized:' || i.customer_id || ':' || i.period
+                 WHERE i.customer_id = c.customer_id AND coalesce(o.created_at, i.finalized_at) <= c.created_at),
+               (SELECT min(i.period_start) FROM invoices i WHERE i.customer_id = c.customer_id),
                cu.open_period_start)), cu.time_zone, cu.billing_anchor_day) AS period
       FROM charges c JOIN customers cu ON cu.id = c.customer_id
      WHERE c.entry_id IS NULL
