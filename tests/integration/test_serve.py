@@ -209,6 +209,13 @@ def test_serve_on_a_port_in_use_says_so_before_it_tries_the_database():
     (lambda pg: (pg.mkdir(), (pg / "notes.txt").write_text("mine")), "holds no PostgreSQL cluster (no PG_VERSION)"),
     (lambda pg: (pg.mkdir(), (pg / "PG_VERSION").write_text("18\n")),
      "PostgreSQL did not start: postgres: could not access the server configuration file"),
+    # data of a major version the wheel neither runs nor upgrades (another tool's cluster), of one it
+    # upgrades but that cannot be (pg_controldata, the upgrade's first step, finds no pg_control), and
+    # no version at all: the wheel's AssertionError, CalledProcessError and ValueError tracebacks
+    (lambda pg: (pg.mkdir(), (pg / "PG_VERSION").write_text("15\n")), "holds PostgreSQL 15 data"),
+    (lambda pg: (pg.mkdir(), (pg / "PG_VERSION").write_text("16\n")),
+     "upgrading PostgreSQL 16 to 18 failed"),
+    (lambda pg: (pg.mkdir(), (pg / "PG_VERSION").write_text("sixteen\n")), "PG_VERSION names no PostgreSQL version"),
 ])
 def test_an_embedded_data_dir_postgresql_cannot_use_stops_the_start_in_one_line(make, says):
     """A data dir whose `pg` is a file, a directory of other files (an initdb cut short, a wrong
