@@ -92,3 +92,15 @@ def test_the_architecture_names_every_module_an_import_contract_binds():
     sources = [m for c in contracts if c["type"] == "forbidden" for m in c["source_modules"]]
     assert [m for m in sources if f"`{m}`" not in paragraph] == []
     assert f"{len(contracts)} contracts" in paragraph
+
+
+def _flags(p: argparse.ArgumentParser, prefix: str = "tokentill") -> list[str]:
+    own = [f"{prefix} {o}" for a in p._actions for o in a.option_strings if o.startswith("--") and o != "--help"]
+    return own + [f for name, sub in _subcommands(p).items() for f in _flags(sub, f"{prefix} {name}")]
+
+
+def test_every_flag_of_the_cli_is_named_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    flags = _flags(parser())
+    assert "tokentill bench --profile" in flags
+    assert [f for f in flags if f.rsplit(" ", 1)[1] not in readme] == []
