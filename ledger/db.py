@@ -312,12 +312,22 @@ def connect(url: str, *, pool_size: int = 10, pool_timeout_s: float = 5.0,
         pool_timeout=pool_timeout_s,
         pool_pre_ping=False,
         connect_args={"prepare_threshold": 1, "connect_timeout": max(2, math.ceil(pool_timeout_s)),
-                      # TimeZone: every time read back is UTC, as the API spells times, whatever
-                      # the server's own setting (initdb takes the host's zone)
-                      "options": f"-c idle_in_transaction_session_timeout={idle_in_transaction_ms} -c TimeZone=UTC"},
+                      "options": session_options(url, idle_in_transaction_ms)},
     )
     event.listen(engine.sync_engine, "connect", _decode_json_with_msgspec)
     return Database(engine, writer_idle_ms=min(writer_idle_ms, idle_in_transaction_ms))
+
+
+def session_options(url: str, idle_in_transaction_ms: int) -> str:
+    """The pool's sessions' `options`: the URL's own first (a schema of tokentill's own,
+    `?options=-csearch_path%3Dbilling`), then the idle timeout and the time zone, which a
+    connection's `options` argument would otherwise replace (the server's sessions looked in
+    `public` while `migrate` had made the tables in the URL's schema). TimeZone: every time read
+    back is UTC, as the API spells times, whatever the server's own setting (initdb takes the
+    host's zone)."""
+    own = make_url(url).query.get("options") or ()
+    own = (own,) if isinstance(own, str) else own
+    return " ".join((*own, f"-c idle_in_transaction_session_timeout={idle_in_transaction_ms}", "-c TimeZone=UTC"))
 
 
 def _decode_json_with_msgspec(dbapi_connection: object, _record: object) -> None:
