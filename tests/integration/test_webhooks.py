@@ -107,6 +107,24 @@ async def test_a_receiver_failing_five_times_gets_the_event_with_the_same_id_aft
         print(f"\nretry gaps (base 0.2 s): {', '.join(f'{g:.2f}' for g in gaps)} s")
 
 
+async def test_the_backoff_after_an_attempt_that_timed_out_counts_from_its_end(database_url):
+    """The wait after a failed attempt counted from when the attempt started: after one that
+    got no answer within the timeout (10 s), the first retries (2.5-5 s, then 5-10 s) were due
+    before it ended, and an overloaded receiver got the next attempt the moment the last one
+    timed out, with no pause at all. Here a 1.5 s timeout and a 0.8 s backoff: the second
+    attempt came 1.5 s after the first began (the timeout itself); now at least half the
+    backoff after the first timed out."""
+    timing_out = replace(FAST, webhook_timeout_s=1.5, webhook_backoff_s=0.8)
+    async with AsyncTestClient(app=create_app(timing_out, database_url)) as client:
+        client.headers.update(ADMIN)
+        with receiver(lambda seen, this: None if len(seen) == 1 else 200) as hook:
+            await _endpoint(client, hook.url, ["balance.low"])
+            customer = await _low_balance(client)
+            first, second = await hook.wait_for(for_customer(customer), count=2)
+            assert second.webhook_id == first.webhook_id
+            assert second.at - first.at >= 1.5 + 0.5 * 0.8 - 0.05, second.at - first.at
+
+
 async def test_an_endpoint_failing_for_its_whole_window_is_disabled_with_an_event(database_url):
     short = replace(FAST, webhook_retry_window_s=1.0)
     async with AsyncTestClient(app=create_app(short, database_url)) as client:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -172,8 +172,10 @@ async def record(conn: AsyncConnection, claimed: Claimed, outcome: Outcome, poli
         {"id": claimed.id, "endpoint_id": claimed.endpoint_id, "event_id": claimed.event_id,
          "attempt": claimed.attempt, "at": outcome.attempted_at, "code": outcome.status_code,
          "latency": outcome.latency_ms, "error": outcome.error, "ok": outcome.succeeded})
+    # the wait counts from the attempt's end: from its start, one that timed out (10 s) had its
+    # first retries due before it ended, and a receiver too slow to answer got them back to back
     retry_at = None if outcome.succeeded else policy.next_attempt(
-        claimed.scheduled_at, outcome.attempted_at, claimed.attempt)
+        claimed.scheduled_at, outcome.attempted_at + timedelta(milliseconds=outcome.latency_ms), claimed.attempt)
     status = "succeeded" if outcome.succeeded else ("pending" if retry_at else "failed")
     moved = (await conn.execute(text(
         """UPDATE webhook_deliveries SET status = :status, leased_until = NULL,
