@@ -28,7 +28,7 @@ BILL_TO = ("The customer's name when the document was issued, frozen in it (a re
            "the renderings then bill the customer_id alone")
 
 
-class PayInvoiceRequest(msgspec.Struct):
+class PayInvoiceRequest(msgspec.Struct, forbid_unknown_fields=True):  # a misspelt currency: 422, not the invoice's
     amount: PositiveAmount
     reference: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
     currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")] | None = None  # default: the invoice's
@@ -46,7 +46,7 @@ class PaymentResponse(msgspec.Struct):
     amount_remaining: str = ""  # what is still owed on it after this payment (amount_due - amount_paid)
 
 
-class CloseRequest(msgspec.Struct):
+class CloseRequest(msgspec.Struct, forbid_unknown_fields=True):  # a misspelt customer_id: 422, not every customer
     until: DateTime | None = None  # close what is due by then (default: now)
     customer_id: Identifier | None = None  # only this customer's periods
     early: bool = False  # allow an `until` in the future: close periods before they end
