@@ -31,9 +31,14 @@ CALLS = Counter("tokentill_gateway_calls", "Gateway calls by provider, kind and 
 
 FORWARDED_REQUEST_HEADERS = ("content-type", "accept", "anthropic-version", "anthropic-beta", "openai-beta",
                              "openai-organization", "openai-project")
+# the upstream's answer headers that never reach the caller: the hop's own; cookies (set on the
+# gateway's origin, the console's: an upstream could plant its session or CSRF cookie); and the
+# operator's upstream account (its organization, its project). x-tokentill-* are the gateway's
+# own (api.gateway.proxy): an upstream's would pose as them.
 DROPPED_RESPONSE_HEADERS = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"content-length",
                                       b"content-encoding", b"date", b"server", b"proxy-connection", b"upgrade",
-                                      b"trailer", b"te", b"alt-svc"})
+                                      b"trailer", b"te", b"alt-svc", b"set-cookie", b"set-cookie2",
+                                      b"openai-organization", b"openai-project", b"anthropic-organization-id"})
 ANTHROPIC_VERSION = "2023-06-01"
 
 
@@ -292,4 +297,5 @@ def unanswered(x: Exchange, exc: httpx.HTTPError) -> Refusal:
 
 def upstream_headers(response: httpx.Response) -> list[tuple[bytes, bytes]]:
     """The upstream's response headers that go back to the caller (not those of the hop itself)."""
-    return [(k.lower(), v) for k, v in response.headers.raw if k.lower() not in DROPPED_RESPONSE_HEADERS]
+    return [(k.lower(), v) for k, v in response.headers.raw
+            if k.lower() not in DROPPED_RESPONSE_HEADERS and not k.lower().startswith(b"x-tokentill-")]

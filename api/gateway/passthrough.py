@@ -5,7 +5,8 @@ An explicit allowlist (FREE): OpenAI's `GET /models` and `GET /models/{model}`; 
 `GET /v1/models`, `GET /v1/models/{model_id}` and `POST /v1/messages/count_tokens`. The caller
 authenticates with its tokentill key as for a metered call (api.gateway.proxy: an inference or
 admin key); the call goes upstream with the upstream's own key, its query string kept, and its
-answer (status, body, the upstream's headers) comes back unchanged, with `x-tokentill-charged: 0`.
+answer (status, body, the upstream's headers but those api.gateway.forwarding drops) comes back
+unchanged, with `x-tokentill-charged: 0`.
 Nothing is reserved, settled or written to the ledger, and no customer is resolved. Every other
 path of the providers (files, batches, fine-tuning, images, audio, ...) is billable and stays 404.
 """

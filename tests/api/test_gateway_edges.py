@@ -59,7 +59,8 @@ class Scripted:
         if scope["type"] == "lifespan":
             await fk.lifespan(receive, send)
             return
-        body = json.loads(await fk.request_body(receive))
+        raw = await fk.request_body(receive)
+        body = json.loads(raw) if raw else {"model": scope["path"].rsplit("/", 1)[-1]}  # GET /v1/models/{model}
         self.calls.append(body)
         await self.scripts[body["model"]](send, receive)
 
@@ -833,3 +834,42 @@ def test_an_anthropic_whole_answer_without_usage_is_charged_its_web_searches(liv
     cost = (8 * IN + 8 * OUT) / M + SEARCH + CALL
     assert charged(url, raw.headers["x-tokentill-request-id"]) == cost
     assert wallet(url, cid) == (Decimal("10") - cost, 0)
+
+
+# what an upstream (or a proxy before it) may answer that is not the caller's to have: cookies set
+# on the gateway's origin (the console's too: its session and CSRF cookies are set there), headers
+# that pose as the gateway's own, and the operator's upstream account
+FOREIGN = [(b"set-cookie", b"tokentill_console=planted; Path=/console"), (b"set-cookie", b"__cf_bm=x; Path=/"),
+           (b"x-tokentill-charged", b"0"), (b"x-tokentill-request-id", b"posed"),
+           (b"openai-organization", b"org-operator"), (b"openai-project", b"proj_operator"),
+           (b"anthropic-organization-id", b"operator-org")]
+
+
+@pytest.mark.parametrize("answer", ["whole", "stream", "error", "free"])
+def test_an_upstreams_cookies_and_headers_posing_as_the_gateways_do_not_reach_the_caller(live, upstream, answer):
+    url, _ = live
+    _, key = customer(live)
+    data = {"whole": WHOLE, "stream": content(" one") + usage_chunk(40) + b"data: [DONE]\n\n",
+            "error": b'{"error": {"message": "overloaded", "type": "server_error"}}',
+            "free": b'{"id": "gpt-free", "object": "model"}'}[answer]
+
+    async def cookies(send: Any, receive: Any) -> None:
+        kind = b"text/event-stream" if answer == "stream" else b"application/json"
+        await send({"type": "http.response.start", "status": 503 if answer == "error" else 200,
+                    "headers": [(b"content-type", kind), (b"x-request-id", b"req_upstream"), *FOREIGN]})
+        await body(send, data, more=False)
+
+    name = model(upstream, cookies)
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
+        response = http.get(f"/openai/v1/models/{name}") if answer == "free" else http.post(
+            "/openai/v1/chat/completions", json={"model": name, "messages": HI, "stream": answer == "stream"})
+    names = [name.lower() for name, _ in response.headers.multi_items()]
+    assert response.status_code == (503 if answer == "error" else 200)
+    assert "set-cookie" not in names and not response.cookies
+    assert names.count("x-tokentill-request-id") == (0 if answer == "free" else 1)  # a free call has none
+    assert response.headers.get("x-tokentill-request-id") != "posed"
+    assert names.count("x-tokentill-charged") == (0 if answer == "stream" else 1)
+    if answer != "stream":  # a stream tells its charge at its end
+        assert Decimal(response.headers["x-tokentill-charged"]) == (CHAT_CHARGE if answer == "whole" else 0)
+    assert not {"openai-organization", "openai-project", "anthropic-organization-id"} & set(names)
+    assert response.headers["x-request-id"] == "req_upstream"  # the upstream's own answer headers still come
