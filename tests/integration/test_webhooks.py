@@ -137,6 +137,10 @@ async def test_an_endpoint_failing_for_its_whole_window_is_disabled_with_an_even
             assert notice.event["type"] == "webhook_endpoint.disabled"
             state = (await client.get(f"/v1/webhook-endpoints/{failing['id']}")).json()
             assert state["status"] == "disabled" and state["disabled_reason"].startswith("no successful delivery")
+            # the reason spells the time as every answer and event does (it said +00:00 beside failing_since's Z)
+            data = notice.event["data"]
+            assert data["reason"] == state["disabled_reason"] == f"no successful delivery since {data['failing_since']}"
+            assert data["failing_since"].endswith("Z"), data
             [delivery] = (await client.get(f"/v1/webhook-endpoints/{failing['id']}/deliveries")).json()["items"]
             assert delivery["status"] == "failed" and delivery["last_status_code"] == 503
             assert delivery["attempts"] >= 2 and len(dead.of(for_customer(customer))) == delivery["attempts"]

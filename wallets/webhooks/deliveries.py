@@ -194,7 +194,7 @@ async def record(conn: AsyncConnection, claimed: Claimed, outcome: Outcome, poli
 async def _disable_if_failing(conn: AsyncConnection, failed: Claimed) -> None:
     """An endpoint with no successful attempt since this delivery was scheduled (its whole retry
     window) is disabled, and the outbox gets webhook_endpoint.disabled for the others."""
-    reason = f"no successful delivery since {failed.scheduled_at.isoformat()}"
+    reason = f"no successful delivery since {wire_time(failed.scheduled_at)}"  # as failing_since spells it
     row = (await conn.execute(text(
         """UPDATE webhook_endpoints e SET status = 'disabled', disabled_reason = :reason, updated_at = now()
             WHERE e.id = :id AND e.status = 'enabled' AND NOT EXISTS (
