@@ -29,8 +29,10 @@ CALLS = Counter("tokentill_gateway_calls", "Gateway calls by provider, kind and 
                 "refused, upstream_error, cut, unsettled; passed: a free call passed through unmetered)",
                 ["provider", "kind", "outcome"])
 
-FORWARDED_REQUEST_HEADERS = ("content-type", "accept", "anthropic-version", "anthropic-beta", "openai-beta",
-                             "openai-organization", "openai-project")
+# the caller's headers that go upstream. Not OpenAI-Organization nor OpenAI-Project: the upstream
+# is called as the operator's account (its key's own organization and project), never one its
+# caller picks among those the key may use.
+FORWARDED_REQUEST_HEADERS = ("content-type", "accept", "anthropic-version", "anthropic-beta", "openai-beta")
 # the upstream's answer headers that never reach the caller: the hop's own; cookies (set on the
 # gateway's origin, the console's: an upstream could plant its session or CSRF cookie); and the
 # operator's upstream account (its organization, its project). x-tokentill-* are the gateway's

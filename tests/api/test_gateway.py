@@ -155,6 +155,23 @@ def test_chat_completion_carries_its_charge_the_providers_usage(live, fake):
     assert 'tokentill_gateway_calls_total{kind="chat.completions",outcome="settled",provider="openai"}' in metrics
 
 
+def test_the_callers_key_cookies_and_choice_of_upstream_account_do_not_go_upstream(live, fake):
+    """The upstream is called as the operator's account: its key, and the organization and project
+    that key defaults to. An OpenAI client sends OpenAI-Organization and OpenAI-Project when it is
+    given them (or finds OPENAI_ORG_ID, OPENAI_PROJECT_ID in its environment): a caller's would
+    spend the operator's key in another of its organizations (or fail against the customer's own)."""
+    url, _ = live
+    _, key = customer(live)
+    client = oai(url, key, organization="org-customer", project="proj_customer", default_headers={
+        "Cookie": "tokentill_console=secret", "x-tokentill-dimensions": '{"feature": "chat"}'})
+    assert client.chat.completions.create(model="gpt-test", messages=HI).choices[0].message.content == words(40)
+    assert client.models.retrieve("gpt-test").id == "gpt-test"  # a free call, passed through
+    for sent in fake.fake.calls[-2:]:
+        assert sent.headers["authorization"] == "Bearer sk-upstream-openai" and key not in str(sent.headers)
+        assert not {"openai-organization", "openai-project", "cookie"} & set(sent.headers)
+        assert not any(name.startswith("x-tokentill-") for name in sent.headers)
+
+
 def test_upstream_connections_are_pooled(live, fake):
     url, _ = live
     _, key = customer(live)
