@@ -133,7 +133,7 @@ async def invoice(conn: AsyncConnection, invoice_id: str, customers: Sequence[st
 
 
 async def invoices(conn: AsyncConnection, customer_id: str) -> dict[str, Any]:
-    await _require_customer(conn, customer_id)
+    await require_customer(conn, customer_id)
     rows = await conn.execute(text(_INVOICE + " WHERE i.customer_id = :c ORDER BY i.period_start"),
                               {"c": customer_id})
     return {"customer_id": customer_id, "invoices": [_view(r) for r in rows]}
@@ -181,9 +181,10 @@ def _as_jsonb(at: datetime) -> str:
     return f"{whole}.{rest[:6].rstrip('0')}{rest[6:]}" if dot else whole
 
 
-async def _require_customer(conn: AsyncConnection, customer_id: str) -> None:
+async def require_customer(conn: AsyncConnection, customer_id: str) -> None:
+    """not_found for a customer that does not exist."""
     if (await conn.execute(text("SELECT 1 FROM customers WHERE id = :c"), {"c": customer_id})).first() is None:
         raise NotFoundError(f"no customer {customer_id}", customer_id=customer_id)
 
 
-__all__ = ["DEFAULT_ISSUER", "close_due", "invoice", "invoice_owner", "invoices", "upcoming"]
+__all__ = ["DEFAULT_ISSUER", "close_due", "invoice", "invoice_owner", "invoices", "require_customer", "upcoming"]

@@ -215,13 +215,16 @@ async def pay_invoice(state: State, request: Request, invoice_id: FromPath[str],
 
 
 @post("/v1/billing/close", guards=[require()], tags=["invoices"], status_code=200,
-      **documented(body=True, ok=Closed))
+      **documented(404, body=True, ok=Closed))
 async def close_periods(state: State, data: CloseBody) -> dict[str, Any]:
     """Close every billing period due by `until` (default: now), or only `customer_id`'s, and
     finalize its invoice, as the scheduled job does; safe to run while the job runs. An `until`
-    in the future is refused (422 `validation_error`) unless `early` is true."""
+    in the future is refused (422 `validation_error`) unless `early` is true; a `customer_id`
+    that names no customer is 404 `not_found`."""
     data = shaped(data, CloseRequest)
     wallets = state.services.wallets
+    if data.customer_id is not None:  # a mistyped id is not_found, not "nothing was due"
+        await state.services.db.read(lambda conn: billing.require_customer(conn, data.customer_id))
     now = wallets.clock()
     until = billing.close_clock(time_in(data.until, "until"), now, early=data.early)
     refused: list[tuple[str, str]] = []

@@ -98,3 +98,18 @@ async def test_a_close_with_a_misspelt_field_closes_nothing(client, book) -> Non
     for cid in ("typo-a", "typo-b"):
         listed = (await client.get(f"/v1/customers/{cid}/invoices", headers=ADMIN)).json()
         assert listed["invoices"] == [], (cid, listed)
+
+
+async def test_a_close_of_a_customer_that_does_not_exist_is_not_found(client, book) -> None:
+    """A mistyped id (`typo_a` for `typo-a`) answered 200 with nothing closed, as if nothing were
+    due, where every other call naming an unknown customer is 404."""
+    await _owing(client, "typo-a")
+    period = period_of(datetime.now(UTC), Cycle("UTC", None))
+    until = (period.end + timedelta(hours=1, seconds=1)).isoformat().replace("+00:00", "Z")
+    answer = await client.post(
+        "/v1/billing/close", headers=ADMIN, json={"until": until, "early": True, "customer_id": "typo_a"}
+    )
+    assert answer.status_code == 404, answer.text
+    assert answer.json()["code"] == "not_found"
+    listed = (await client.get("/v1/customers/typo-a/invoices", headers=ADMIN)).json()
+    assert listed["invoices"] == []
