@@ -14,11 +14,12 @@ from api.routes.budgets import READERS, BudgetResponse, budget_response
 from api.routes.formats import Amount, DateTime, Identifier, PositiveAmount
 from api.routes.schemas import json_body
 from api.routes.wire import Answer, amount_in, idempotency, money, respond, shaped, time_in, time_out
+from wallets import reports
 from wallets.commands import GRANT_PRIORITY, TOPUP_PRIORITY, CreditResult, Grant, LotView, TopUp, WalletView
 from wallets.core import customers as changes
 from wallets.core.idempotency import CREATED, EXISTS, OK
 from wallets.customer_changes import CustomerChange
-from wallets.errors import WalletValidationError
+from wallets.errors import NotFoundError, WalletValidationError
 from wallets.periods import DEFAULT_GRACE_S, DEFAULT_TERMS_DAYS
 from wallets.service import CustomerSpec, CustomerView
 
@@ -197,7 +198,8 @@ async def change_customer(state: State, request: Request, customer_id: FromPath[
     """Change a customer's `name`, `price_book` or `overdraft_limit` (null: unlimited); 200 with
     the customer. `id`, `currency`, `billing` and the billing cycle never change (422
     `immutable_field`); a book that does not exist, or in another currency, is 422
-    `validation_error`; a limit finer than the minor unit is 422 `invalid_amount`. A limit below
+    `validation_error` (for a key limited to customers, so is a book none of them is priced
+    with); a limit finer than the minor unit is 422 `invalid_amount`. A limit below
     what the customer owes blocks the wallet. Each change is logged (GET …/changes)."""
     if isinstance(data, dict):
         changes.refuse_immutable(data)
@@ -209,8 +211,21 @@ async def change_customer(state: State, request: Request, customer_id: FromPath[
         asked["overdraft_limit"] = amount_in(asked["overdraft_limit"], "overdraft_limit", positive=False)
     if not asked:
         raise WalletValidationError("body", f"give at least one of {', '.join(changes.CHANGEABLE)}")
-    outcome = await state.services.wallets.change_customer(customer_id, asked, principal_of(request).key_id, idem)
+    principal = principal_of(request)
+    if "price_book" in asked and principal.customers:
+        await _readable_book(state, asked["price_book"], principal.customers)
+    outcome = await state.services.wallets.change_customer(customer_id, asked, principal.key_id, idem)
     return respond(request, outcome, CHANGED)
+
+
+async def _readable_book(state: State, book_id: str, customers: tuple[str, ...]) -> None:
+    """A key limited to customers moves one only to a book it may read (one of its customers is
+    priced with it): any other is refused as a book that does not exist is, which it would open
+    to the key once moved (api.auth: a limited key reads only its customers' books)."""
+    try:
+        await state.services.db.read(lambda conn: reports.ensure_book_visible(conn, book_id, customers))
+    except NotFoundError:
+        raise WalletValidationError("price_book", f"no price book {book_id}") from None
 
 
 def _change_response(change: CustomerChange, currency: str) -> CustomerChangeResponse:

@@ -187,3 +187,25 @@ async def test_a_limited_key_reads_only_the_price_books_its_customers_use(client
     missing = await client.get(f"/v1/price-books/nothing-{a}", headers=inference_a)
     assert (missing.status_code, missing.json()["code"]) == (404, "not_found")
     assert (await client.get(f"/v1/price-books/{book_b}")).status_code == 200  # unlimited
+
+
+async def test_a_limited_admin_moves_its_customer_only_to_a_price_book_it_may_read(client: AsyncTestClient):
+    """A book none of the key's customers is priced with is answered as missing on a move too:
+    moved there, the customer would have opened the book to the key (and its answer to a move
+    would tell the book exists). Books its customers use stay open to it."""
+    a, a2, b = await _customers(client, "move-a", "move-a2", "move-b")
+    admin_a = await _key(client, "admin", [a, a2])
+    book_a2 = (await client.get(f"/v1/customers/{a2}")).json()["price_book"]
+    book_b = (await client.get(f"/v1/customers/{b}")).json()["price_book"]
+    before = (await client.get(f"/v1/customers/{a}")).json()["price_book"]
+    for book in (book_b, f"nothing-{a}"):
+        moved = await client.patch(f"/v1/customers/{a}", json={"price_book": book}, headers=admin_a)
+        assert moved.status_code == 422, moved.text
+        assert moved.json()["code"] == "validation_error"
+        assert moved.json()["fields"] == [{"field": "price_book", "message": f"no price book {book}"}]
+    assert (await client.get(f"/v1/customers/{a}")).json()["price_book"] == before
+    assert (await client.get(f"/v1/price-books/{book_b}", headers=admin_a)).status_code == 404
+    assert (await client.get(f"/v1/customers/{a}/changes")).json()["changes"] == []
+    # a book another of its customers is priced with: moved; an unlimited admin key moves anywhere
+    assert (await client.patch(f"/v1/customers/{a}", json={"price_book": book_a2}, headers=admin_a)).status_code == 200
+    assert (await client.patch(f"/v1/customers/{a}", json={"price_book": book_b})).status_code == 200
