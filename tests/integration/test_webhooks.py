@@ -111,10 +111,11 @@ async def test_the_backoff_after_an_attempt_that_timed_out_counts_from_its_end(d
     """The wait after a failed attempt counted from when the attempt started: after one that
     got no answer within the timeout (10 s), the first retries (2.5-5 s, then 5-10 s) were due
     before it ended, and an overloaded receiver got the next attempt the moment the last one
-    timed out, with no pause at all. Here a 1.5 s timeout and a 0.8 s backoff: the second
-    attempt came 1.5 s after the first began (the timeout itself); now at least half the
-    backoff after the first timed out."""
-    timing_out = replace(FAST, webhook_timeout_s=1.5, webhook_backoff_s=0.8)
+    timed out, with no pause at all. Here a 2 s timeout and a 2 s backoff: the second attempt
+    came 2.0-2.05 s after the first began (the timeout itself, 1.54 s with 1.5 s); now at least
+    half the backoff after the first timed out: 3 s. (The margin of 0.5 s either side takes
+    the delay of each request's arrival on a loaded machine.)"""
+    timing_out = replace(FAST, webhook_timeout_s=2.0, webhook_backoff_s=2.0)
     async with AsyncTestClient(app=create_app(timing_out, database_url)) as client:
         client.headers.update(ADMIN)
         with receiver(lambda seen, this: None if len(seen) == 1 else 200) as hook:
@@ -122,7 +123,7 @@ async def test_the_backoff_after_an_attempt_that_timed_out_counts_from_its_end(d
             customer = await _low_balance(client)
             first, second = await hook.wait_for(for_customer(customer), count=2)
             assert second.webhook_id == first.webhook_id
-            assert second.at - first.at >= 1.5 + 0.5 * 0.8 - 0.05, second.at - first.at
+            assert second.at - first.at >= 2.0 + 0.5 * 2.0 - 0.5, second.at - first.at
 
 
 async def test_an_endpoint_failing_for_its_whole_window_is_disabled_with_an_event(database_url):
