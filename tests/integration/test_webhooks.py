@@ -518,6 +518,25 @@ async def test_a_failed_only_redrive_sends_now_what_is_still_waiting_for_its_nex
             assert got.webhook_id == missed.webhook_id
 
 
+async def test_a_failed_only_redrive_leaves_alone_an_event_being_sent_right_now(database_url):
+    """`failed_only` sends what the endpoint has not received; an event whose attempt is open
+    right now (its receiver has not answered yet) was started again beside it, a second copy
+    sent while the first was in flight. Now it is left to that attempt (scheduled 0)."""
+    async with AsyncTestClient(app=create_app(replace(FAST, webhook_timeout_s=10.0), database_url)) as client:
+        client.headers.update(ADMIN)
+        with receiver(lambda seen, this: None if len(seen) == 1 else 200) as hook:
+            endpoint = await _endpoint(client, hook.url, ["balance.low"])
+            customer = await _low_balance(client)
+            [open_] = await hook.wait_for(for_customer(customer))  # the receiver holds it, unanswered
+            path = f"/v1/webhook-endpoints/{endpoint['id']}"
+            again = await client.post(f"{path}/redrive", json={"since": open_.event["timestamp"], "failed_only": True})
+            assert again.status_code == 202 and again.json()["scheduled"] == 0, again.text
+            hook.released.set()  # the first attempt ends (no answer: it fails and is retried)
+            later = await hook.wait_for(for_customer(customer), count=2)
+            await asyncio.sleep(0.5)  # a second copy started beside the first would be here by now
+            assert len(hook.of(for_customer(customer))) == len(later) == 2
+
+
 async def test_an_endpoint_that_drops_a_topic_gets_no_more_retries_of_its_events(database_url):
     """An endpoint subscribed to `*` whose receiver fails balance.low moves to `invoice.*` only:
     the balance.low delivery stayed pending and was retried for the rest of its 3-day window

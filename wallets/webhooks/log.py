@@ -76,7 +76,8 @@ INSERT INTO webhook_deliveries (endpoint_id, event_id, topic, customer_id, paylo
 SELECT :e, webhook_event_id(o.lane, o.dedup_key, o.payload), o.topic, o.customer_id, o.payload, o.created_at
   FROM outbox o WHERE {where}
 ON CONFLICT (endpoint_id, event_id) DO UPDATE SET {again}
- WHERE NOT :failed_only OR webhook_deliveries.status <> 'succeeded'
+ WHERE NOT :failed_only OR (webhook_deliveries.status <> 'succeeded'  -- and not being sent right now:
+       AND coalesce(webhook_deliveries.leased_until <= now(), true))   -- a copy would go beside it
 RETURNING id
 """
 
@@ -111,7 +112,8 @@ async def redrive_since(conn: AsyncConnection, endpoint_id: str, topics: tuple[s
                         until: datetime | None, failed_only: bool) -> int:
     """Every event of the endpoint's topics written at or after `since` (and before `until`),
     sent again; with `failed_only`, only those never delivered (failed, cancelled, still waiting
-    for a retry, or never handed to this endpoint). Returns how many were scheduled."""
+    for a retry, or never handed to this endpoint) but for one whose attempt is open right now.
+    Returns how many were scheduled."""
     params: dict[str, Any] = {"e": endpoint_id, "topics": list(topics), "since": since, "until": until,
                               "failed_only": failed_only}
     where = ("webhook_topic_matches(CAST(:topics AS text[]), o.topic) AND o.created_at >= :since"
