@@ -10,8 +10,10 @@ Two file layouts are read, told apart by their header:
 - Stripe balance transactions, as the Dashboard exports them (`id`, `Type`, `Source`, `Amount`,
   `Currency`, `Created (UTC)`, ...) or as the itemized balance report does (`balance_transaction_id`,
   `reporting_category`, `source_id`, `gross`, `currency`, `created_utc`, optional `charge_id`,
-  `payment_intent_id`). Only rows of type `charge` or `payment` (category `charge`) are payments;
-  a reference matches the row's source, charge, payment intent or balance transaction id.
+  `payment_intent_id`, `customer_facing_amount` and `customer_facing_currency`: what the customer
+  paid, compared where given, since `gross` is in the settlement currency). Only rows of type
+  `charge` or `payment` (category `charge`) are payments; a reference matches the row's source,
+  charge, payment intent or balance transaction id.
 - Generic: `reference,amount,currency` and an optional `date` (RFC 3339 or a date), amounts in
   the currency's display unit (`100.00`).
 Amounts are plain decimals (`1,234.56`), read exactly; any other writing is refused (`_AMOUNT`).
@@ -63,6 +65,9 @@ class Reconciliation:
 
 STRIPE_DASHBOARD = {"id", "type", "source", "amount", "currency"}
 STRIPE_ITEMIZED = {"balance_transaction_id", "reporting_category", "gross", "currency"}
+# optional columns of the itemized report: `gross` is in the account's settlement currency, after
+# conversion; these are what the customer was charged, in the currency the ledger recorded
+STRIPE_FACING = {"customer_facing_amount", "customer_facing_currency"}
 GENERIC = {"reference", "amount", "currency"}
 STRIPE_PAYMENT_TYPES = {"charge", "payment"}
 
@@ -108,8 +113,11 @@ def read_payments(lines: Iterable[str], scale_of: Callable[[str], int]) -> tuple
 
 def _read(reader: csv.DictReader, scale_of: Callable[[str], int]) -> tuple[list[Payment], Counter]:
     header = {(name or "").strip().lower(): name for name in reader.fieldnames or ()}
+    facing: tuple[str, str] | None = None
     if STRIPE_ITEMIZED <= header.keys():
         type_col, amount_col, time_col = "reporting_category", "gross", "created_utc"
+        if STRIPE_FACING <= header.keys():  # what the customer paid, before conversion to the account's
+            facing = ("customer_facing_amount", "customer_facing_currency")
         ref_cols: tuple[str, ...] = ("source_id", "charge_id", "payment_intent_id", "balance_transaction_id")
     elif STRIPE_DASHBOARD <= header.keys():
         type_col, amount_col, time_col, ref_cols = "type", "amount", "created (utc)", ("source", "id")
@@ -128,10 +136,12 @@ def _read(reader: csv.DictReader, scale_of: Callable[[str], int]) -> tuple[list[
         ids = tuple(v for v in (value.get(c, "") for c in ref_cols) if v)
         if not ids:
             raise PaymentFileError(f"{where}: no reference")
-        currency = value["currency"].upper()
+        amount, currency = value[amount_col], value["currency"].upper()
+        if facing and value[facing[0]] and value[facing[1]]:
+            amount, currency = value[facing[0]], value[facing[1]].upper()
         if not currency:
             raise PaymentFileError(f"{where}: no currency")
-        payments.append(Payment(ids[0], _atomic(value[amount_col], scale_of(currency), where), currency, where,
+        payments.append(Payment(ids[0], _atomic(amount, scale_of(currency), where), currency, where,
                                 _time(value.get(time_col), where), ids[1:]))
     return payments, skipped
 

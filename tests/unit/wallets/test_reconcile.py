@@ -152,3 +152,25 @@ def test_a_customers_invoice_payments_under_one_reference_are_one_receipt():
 def test_other_payments_sharing_a_reference_are_still_duplicates(ledger):
     result = reconcile(ledger, [Payment("ch_9", 1300 * 10**7, "USD", "line 2")])
     assert result.duplicates == ["reference 'ch_9' appears 2 times in the ledger"] and not result.clean
+
+
+ITEMIZED_FX = ("balance_transaction_id,created_utc,currency,gross,fee,net,reporting_category,source_id,"
+               "customer_facing_amount,customer_facing_currency\n") + """\
+txn_1,2026-11-02 10:00:00,usd,108.50,3.45,105.05,charge,ch_eur,100.00,eur
+txn_2,2026-11-02 11:00:00,usd,20.00,0.88,19.12,charge,ch_usd,20.00,usd
+txn_3,2026-11-02 12:00:00,usd,5.00,0.45,4.55,charge,ch_none,,
+"""
+
+
+def test_the_itemized_report_compares_what_the_customer_paid_in_its_own_currency():
+    """Stripe's balance reports give `gross` in the account's settlement currency, after
+    conversion: a euro customer's 100.00 EUR top-up is a row of 108.50 USD, so every top-up of a
+    customer in another currency than the account's was a CURRENCY MISMATCH, and the ledger never
+    reconciled. The itemized report's `customer_facing_amount` and `customer_facing_currency`
+    are what the customer was charged; a row without them is read as before."""
+    paid, _ = read_payments(io.StringIO(ITEMIZED_FX), SCALES)
+    assert [(p.reference, p.amount, p.currency) for p in paid] == [
+        ("ch_eur", 100 * 10**9, "EUR"), ("ch_usd", 20 * 10**9, "USD"), ("ch_none", 5 * 10**9, "USD")]
+    ledger = [Payment("ch_eur", 100 * 10**9, "EUR", "entry 1"), Payment("ch_usd", 20 * 10**9, "USD", "entry 2"),
+              Payment("ch_none", 5 * 10**9, "USD", "entry 3")]
+    assert reconcile(ledger, paid).clean
