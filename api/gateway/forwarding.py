@@ -34,13 +34,16 @@ CALLS = Counter("tokentill_gateway_calls", "Gateway calls by provider, kind and 
 # caller picks among those the key may use.
 FORWARDED_REQUEST_HEADERS = ("content-type", "accept", "anthropic-version", "anthropic-beta", "openai-beta")
 # the upstream's answer headers that never reach the caller: the hop's own; cookies (set on the
-# gateway's origin, the console's: an upstream could plant its session or CSRF cookie); and the
-# operator's upstream account (its organization, its project). x-tokentill-* are the gateway's
-# own (api.gateway.proxy): an upstream's would pose as them.
+# gateway's origin, the console's: an upstream could plant its session or CSRF cookie); the
+# operator's upstream account (its organization, its project) and credentials (its key, echoed
+# by a proxy before the upstream). x-tokentill-* are the gateway's own (api.gateway.proxy): an
+# upstream's would pose as them.
 DROPPED_RESPONSE_HEADERS = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"content-length",
                                       b"content-encoding", b"date", b"server", b"proxy-connection", b"upgrade",
-                                      b"trailer", b"te", b"alt-svc", b"set-cookie", b"set-cookie2",
-                                      b"openai-organization", b"openai-project", b"anthropic-organization-id"})
+                                      b"trailer", b"te", b"alt-svc", b"proxy-authenticate", b"set-cookie",
+                                      b"set-cookie2", b"openai-organization", b"openai-project",
+                                      b"anthropic-organization-id", b"authorization", b"proxy-authorization",
+                                      b"x-api-key"})
 ANTHROPIC_VERSION = "2023-06-01"
 
 

@@ -838,15 +838,17 @@ def test_an_anthropic_whole_answer_without_usage_is_charged_its_web_searches(liv
 
 # what an upstream (or a proxy before it) may answer that is not the caller's to have: cookies set
 # on the gateway's origin (the console's too: its session and CSRF cookies are set there), headers
-# that pose as the gateway's own, and the operator's upstream account
+# that pose as the gateway's own, the operator's upstream account, and its key echoed back
 FOREIGN = [(b"set-cookie", b"tokentill_console=planted; Path=/console"), (b"set-cookie", b"__cf_bm=x; Path=/"),
            (b"x-tokentill-charged", b"0"), (b"x-tokentill-request-id", b"posed"),
            (b"openai-organization", b"org-operator"), (b"openai-project", b"proj_operator"),
-           (b"anthropic-organization-id", b"operator-org")]
+           (b"anthropic-organization-id", b"operator-org"), (b"x-api-key", b"sk-upstream-echoed"),
+           (b"authorization", b"Bearer sk-upstream-echoed"), (b"proxy-authenticate", b"Basic realm=upstream")]
 
 
 @pytest.mark.parametrize("answer", ["whole", "stream", "error", "free"])
-def test_an_upstreams_cookies_and_headers_posing_as_the_gateways_do_not_reach_the_caller(live, upstream, answer):
+def test_an_upstreams_cookies_credentials_and_headers_posing_as_the_gateways_do_not_reach_the_caller(
+        live, upstream, answer):
     url, _ = live
     _, key = customer(live)
     data = {"whole": WHOLE, "stream": content(" one") + usage_chunk(40) + b"data: [DONE]\n\n",
@@ -872,4 +874,6 @@ def test_an_upstreams_cookies_and_headers_posing_as_the_gateways_do_not_reach_th
     if answer != "stream":  # a stream tells its charge at its end
         assert Decimal(response.headers["x-tokentill-charged"]) == (CHAT_CHARGE if answer == "whole" else 0)
     assert not {"openai-organization", "openai-project", "anthropic-organization-id"} & set(names)
+    assert not {"x-api-key", "authorization", "proxy-authenticate"} & set(names)
+    assert "sk-upstream" not in str(response.headers.raw)
     assert response.headers["x-request-id"] == "req_upstream"  # the upstream's own answer headers still come
