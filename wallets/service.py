@@ -2,7 +2,7 @@
 through the engine. Services raise domain errors; they know nothing of HTTP."""
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -22,9 +22,10 @@ from wallets.core import idempotency
 from wallets.core.credits import whole_minor_units
 from wallets.core.idempotency import CREATED, EXISTS, OK, IdemKey, Replayed
 from wallets.customer_changes import CustomerChange, change_customer, changes_of
-from wallets.engine import ACCOUNTS_LOCK, Engine, customer_lock, utc_now
+from wallets.engine import ACCOUNTS_LOCK, Engine, customer_lock, lane_lock, utc_now
 from wallets.errors import ConflictError, NotFoundError, WalletValidationError
 from wallets.periods import DEFAULT_GRACE_S, DEFAULT_TERMS_DAYS, Cycle, close_due_at, period_of
+from wallets.price_overrides import AddedOverrides, add_version
 
 T = TypeVar("T")
 # The scope of the claims bulk calls take on their Idempotency-Keys (WalletService.claim): its own,
@@ -214,6 +215,17 @@ class WalletService:
             return _customer((await conn.execute(_CUSTOMER, {"id": customer_id})).one())
 
         return await change_customer(self.db, self.engine, self.clock, customer_id, asked, changed_by, idem, view)
+
+    async def add_overrides(self, customer_id: str, body: Mapping[str, Any], effective_from: datetime | None,
+                            idem: IdemKey | None = None) -> AddedOverrides | Replayed:
+        """Append a version of the customer's price overrides (wallets.price_overrides.add_version)
+        under its lane's writer lock and its customer lock, as a move to another price book runs:
+        without `effective_from` it takes effect at the time taken under those locks, so a call the
+        lane charged before it was reserved before that time, and every later call sees it."""
+        locks = [lane_lock(await self.engine.lane_of(customer_id)), customer_lock(customer_id)]
+        return await run_once(self.db, idem,
+                              lambda conn: add_version(conn, customer_id, body, effective_from, self.clock()),
+                              locks, lambda added: CREATED if added.created else EXISTS)
 
     async def customer_changes(self, customer_id: str) -> list[CustomerChange]:
         """The customer's changes, oldest first (not_found for an unknown customer)."""

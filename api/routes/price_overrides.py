@@ -17,12 +17,10 @@ from api.errors import documented
 from api.routes.formats import POSITIVE_AMOUNT, PRICE, DateTime
 from api.routes.schemas import json_body
 from api.routes.wire import Answer, idempotency, integral, respond, shaped, time_in, time_out
-from ledger.db import lock_key
 from pricing.books import TOKEN_TYPES
 from pricing.override_versions import MAX_ITEMS, parse_overrides
 from wallets import price_overrides
 from wallets.core.idempotency import CREATED, EXISTS
-from wallets.service import run_once
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
 Model = Annotated[str, msgspec.Meta(min_length=1, max_length=200, description="a model, or a pattern with `*`")]
@@ -98,11 +96,7 @@ async def put_price_overrides(state: State, request: Request, customer_id: FromP
     body = shaped(data, PutPriceOverridesRequest)
     at = time_in(body.effective_from, "effective_from")
     parse_overrides(data)  # every bad field at once, before any transaction
-    now = datetime.now(UTC)
-    outcome = await run_once(state.services.db, idempotency(request, data),
-                             lambda conn: price_overrides.add_version(conn, customer_id, data, at, now),
-                             locks=[lock_key("price-overrides:" + customer_id)],
-                             code_of=lambda added: CREATED if added.created else EXISTS)
+    outcome = await state.services.wallets.add_overrides(customer_id, data, at, idempotency(request, data))
     return respond(request, outcome, ADDED)
 
 
