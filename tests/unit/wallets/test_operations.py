@@ -285,3 +285,20 @@ def test_a_capture_that_arrives_after_the_final_settle_is_charged_too():
     assert m.settle(r.id, input_tokens=1000).charged == usd("1.00")
     late = m.settle(r.id, output_tokens=250, final=False, capture_id="c-early")
     assert late.charged == usd("0.50") and m.lot(lot) == usd("8.50") and m.reserved == 0
+
+
+def test_events_of_one_batch_share_its_time_and_their_ids_sort_in_the_order_they_happened():
+    """Commands of one batch are decided at the batch's one `now`, so a settle that blocks the
+    wallet and a top-up that unblocks it, batched together, give wallet.blocked and
+    wallet.unblocked the same `created_at`: a receiver told to order by it alone cannot tell
+    which came last. Their ids sort by when they were made (README: order by created_at, then
+    id)."""
+    m = MemoryWallet(overdraft="1.00")  # every command at the same now, as in one batch
+    r = m.reserve("1.00").reservation
+    m.settle(r.id, input_tokens=2500)
+    m.top_up("10.00")
+    events = [e["payload"] for e in m.outbox]
+    assert [e["type"] for e in events] == ["wallet.blocked", "wallet.unblocked"]
+    assert events[0]["created_at"] == events[1]["created_at"]
+    ordered = sorted(reversed(events), key=lambda e: (e["created_at"], e["id"]))
+    assert [e["type"] for e in ordered] == ["wallet.blocked", "wallet.unblocked"]
