@@ -20,6 +20,11 @@ class TokentillError(Exception):
         self.status, self.code, self.detail, self.body = status, code, detail, body
         self.retry_after = retry_after  # seconds, when the server sent Retry-After
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled whole (a multiprocessing worker's error reaches its parent so): by default
+        the class was called again with the message alone, a TypeError."""
+        return (type(self), (self.status, self.code, self.detail, self.body, self.retry_after), self.__dict__)
+
 
 class InsufficientFunds(TokentillError): ...
 class BudgetExceeded(TokentillError):
@@ -109,6 +114,9 @@ class SettlementSpooled(Exception):
     def __init__(self, record: SpoolRecord, path: Path) -> None:
         super().__init__(f"{record.method} {record.path} not delivered ({record.reason}); spooled to {path}")
         self.record, self.path = record, path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.record, self.path), self.__dict__)
 
 
 def raise_for(response: httpx.Response) -> Any:

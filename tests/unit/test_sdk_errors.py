@@ -82,3 +82,34 @@ def test_a_success_that_is_not_json_is_an_error_not_a_body(tmp_path):
         with pytest.raises(TokentillError, match="not JSON"), \
                 tt.reserve("acme", "model-a", input_tokens=1, max_output_tokens=1):
             raise AssertionError("never entered")
+
+
+@pytest.mark.parametrize("code", ["insufficient_funds", "budget_exceeded", "invalid_amount", "service_unavailable"])
+def test_a_typed_error_crosses_a_process_boundary_whole(code):
+    """A worker of a multiprocessing pool (or a ProcessPoolExecutor) that raises a typed error
+    hands it to its parent pickled. Unpickling called the class with the message alone, a
+    TypeError (missing 'code', 'detail' and 'body') that broke the pool's result."""
+    import pickle
+
+    status = STATUS.get(code, 422)
+    body = {"status": status, "code": code, "detail": "not enough", "budget_id": "bud_1", "currency": "JPY"}
+    answer = httpx.Response(status, json=body, headers={"Retry-After": "7"})
+    with pytest.raises(TokentillError) as raised:
+        raise_for(answer)
+    copy = pickle.loads(pickle.dumps(raised.value))
+    assert type(copy) is ERRORS[code]
+    assert (copy.status, copy.code, copy.detail, copy.body, copy.retry_after) == (status, code, "not enough", body, 7.0)
+    assert str(copy) == str(raised.value)
+
+
+def test_a_spooled_settlement_crosses_a_process_boundary_whole(tmp_path):
+    import pickle
+
+    from api.client_errors import SettlementSpooled
+    from api.spool import SpoolRecord
+
+    record = SpoolRecord("POST", "/v1/reservations/res_1/settle", {"usage": {"output_tokens": 3}, "final": True},
+                         "res_1:settle:0", "res_1", "http://tt", "key_1", reason="HTTP 503")
+    copy = pickle.loads(pickle.dumps(SettlementSpooled(record, tmp_path / "a.jsonl")))
+    assert (copy.record, copy.path, str(copy)) == (record, tmp_path / "a.jsonl",
+                                                   str(SettlementSpooled(record, tmp_path / "a.jsonl")))
