@@ -112,6 +112,18 @@ def _headers(scope: dict[str, Any]) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
 
 
+# The headers that name who pays and what for: sent on two lines, a proxy before the gateway may
+# read one and the gateway bill the other (api.auth refuses two Authorization lines likewise).
+KEY_HEADERS = (b"authorization", b"x-api-key")
+PAYER_HEADERS = (b"x-tokentill-customer", b"x-tokentill-request-id", b"x-tokentill-dimensions")
+
+
+def _twice(scope: dict[str, Any], names: tuple[bytes, ...]) -> str | None:
+    """The first of `names` the request sends on more than one line, if any."""
+    seen = [k.lower() for k, _ in scope.get("headers", ()) if k.lower() in names]
+    return next((name.decode() for name in names if seen.count(name) > 1), None)
+
+
 def _caller_key(headers: dict[str, str]) -> str:
     scheme, _, token = headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
@@ -189,6 +201,8 @@ class Exchange:
         if self.scope["method"] != "POST":
             raise Refusal(405, "method_not_allowed", "use POST", allow="POST")
         principal = await self.caller()  # on the head alone: a body is read for a valid key only
+        if (twice := _twice(self.scope, PAYER_HEADERS)) is not None:
+            raise Refusal(422, "validation_error", f"send one {twice} header, not several")
         body = await self._body()
         customer = customer_of(principal, self.headers.get("x-tokentill-customer"))
         raw = self._dimensions()
@@ -220,6 +234,8 @@ class Exchange:
 
     async def caller(self) -> Principal:
         """The caller's tokentill key, checked: it must allow model calls (inference, admin)."""
+        if (twice := _twice(self.scope, KEY_HEADERS)) is not None:
+            raise Refusal(401, "unauthorized", f"send one {twice} header, not several")
         try:
             principal = await self.gw.principal_for(_caller_key(self.headers))
         except ApiError as exc:
