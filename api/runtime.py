@@ -44,6 +44,7 @@ def open_database(settings: Settings, *, migrate: bool = True) -> DatabaseHandle
     leaves the cluster as it does at exit: it stops when no other process uses it."""
     held = None
     if settings.database_url:
+        check_sessions(settings.database_url)
         handle = DatabaseHandle(settings.database_url)
     else:
         try:
@@ -71,6 +72,45 @@ def open_database(settings: Settings, *, migrate: bool = True) -> DatabaseHandle
         handle.close()
         raise
     return handle
+
+
+def check_sessions(url: str) -> None:
+    """Stop the start in one line when the server's sessions are not tokentill's to keep: a pooler
+    in transaction or statement mode (PgBouncer's `pool_mode = transaction`) hands each
+    transaction to whichever server session is free, so the session-level advisory locks a wallet
+    batch takes before its transaction went to the next client of that session (which then took
+    the same lane's lock as its own: two writers at once), the lead's temporary functions were
+    missing, and LISTEN heard nothing (a revoked key stayed cached in the other processes). Two
+    sessions tell: one asks its backend's pid; the other, inside a transaction, asks its own, which
+    a pooler gives the session just freed; the first asks again, and under a pooler gets another.
+    A pooler that drops the `options` the pool connects with (PgBouncer's
+    `ignore_startup_parameters = options`) is refused too: its sessions ran without
+    TimeZone=UTC and without the idle-in-transaction timeout that frees a hung writer's locks."""
+    import psycopg
+
+    from ledger.db import IDLE_IN_TRANSACTION_MS, session_options
+
+    options = session_options(url, IDLE_IN_TRANSACTION_MS)
+    with (psycopg.connect(url, autocommit=True, options=options) as first,
+          psycopg.connect(url, autocommit=True, options=options) as second):
+        pid, zone, idle = first.execute(
+            "SELECT pg_backend_pid(), current_setting('TimeZone'), setting::int FROM pg_settings "
+            "WHERE name = 'idle_in_transaction_session_timeout'").fetchone()
+        try:
+            with second.transaction():
+                shared = second.execute("SELECT pg_backend_pid()").fetchone()[0] == pid
+                if not shared:
+                    shared = first.execute("SELECT pg_backend_pid()").fetchone()[0] != pid
+        except psycopg.errors.ProtocolViolation:  # "transaction blocks not allowed in statement pooling mode"
+            shared = True
+    if shared:
+        raise SystemExit("error: TOKENTILL_DATABASE_URL reaches PostgreSQL through a pooler that shares its sessions "
+                         "between clients (transaction or statement pooling): tokentill needs sessions of its own; "
+                         "use session pooling, or connect directly")
+    if zone != "UTC" or idle != IDLE_IN_TRANSACTION_MS:
+        raise SystemExit(f"error: TOKENTILL_DATABASE_URL's sessions lost the options tokentill connects with "
+                         f"(TimeZone is {zone}, idle_in_transaction_session_timeout {idle} ms): a pooler dropped them "
+                         f"(PgBouncer's ignore_startup_parameters = options); connect directly")
 
 
 def upgrade(handle: DatabaseHandle, settings: Settings, *, to: str | None = None) -> str | None:
