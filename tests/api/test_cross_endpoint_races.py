@@ -1,18 +1,24 @@
 """Two different calls on one customer at once: each sees the other's effect wholly or not at
-all, as one run after the other would. Over real HTTP (the `live` server): the test client runs
-one request at a time."""
+all, as one run after the other would. Over real HTTP (the `live` server): litestar's
+AsyncTestClient answers one request at a time (each call blocks the test's event loop until the
+app has answered it), so asyncio.gather over it sends nothing at once."""
 from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import httpx
 import psycopg
+import pytest
 
 from ledger.db import lock_key
+from tests.api.closing import close_early
 from tests.api.test_sdk_durability import ADMIN
 from wallets.engine import lane_lock
+from wallets.expiry import expire_grants
 
 USAGE = {"input_tokens": 1000, "output_tokens": 400}  # $0.010 + $0.008 + $0.01 a call = $0.028
 
@@ -69,3 +75,142 @@ async def _race(client: httpx.AsyncClient, cid: str, book: str, database_url: st
                                          ["created_at"])
     expected = "0.00" if reserved_at >= in_force_from else "0.028"
     assert settled.json()["charged"] == expected, (in_force_from, reserved_at, settled.json()["charged"])
+
+
+@pytest.fixture
+async def http(live: tuple[str, str]) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
+    """An admin client of the live server (requests really in flight together) and its price book."""
+    url, book = live
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=120,
+                                 limits=httpx.Limits(max_connections=64)) as c:
+        yield c, book
+
+
+async def _customer(c: httpx.AsyncClient, book: str, topup: str | None = "10.00", **extra: str) -> str:
+    cid = f"race-{uuid.uuid4().hex[:10]}"
+    assert (await c.post("/v1/customers", json={"id": cid, "price_book": book, **extra})).status_code == 201
+    if topup:
+        assert (await c.post(f"/v1/customers/{cid}/topups", json={"amount": topup})).status_code == 201
+    return cid
+
+
+async def _reserve(c: httpx.AsyncClient, cid: str, amount: str = "0.10") -> httpx.Response:
+    return await c.post("/v1/reservations", json={"customer_id": cid, "request_id": uuid.uuid4().hex,
+                                                  "model": "model-a", "amount": amount})
+
+
+async def _verified(c: httpx.AsyncClient) -> None:
+    checks = (await c.post("/v1/audit/verify")).json()["checks"]
+    assert all(check["ok"] for check in checks), [check for check in checks if not check["ok"]]
+
+
+async def test_a_release_a_settle_and_an_extension_of_one_reservation_at_once_close_it_once(http):
+    c, book = http
+    cid = await _customer(c, book)
+    rids = [(await _reserve(c, cid)).json()["id"] for _ in range(20)]
+    calls = []
+    for i, rid in enumerate(rids):
+        trio = [c.post(f"/v1/reservations/{rid}/release"),
+                c.post(f"/v1/reservations/{rid}/settle", json={"usage": USAGE}),
+                c.post(f"/v1/reservations/{rid}/extend", json={"ttl_seconds": 900})]
+        calls += trio[i % 3:] + trio[:i % 3]  # each call first for some reservations
+    answers = await asyncio.gather(*calls)
+    assert {a.status_code for a in answers} <= {200, 409}, [a.text for a in answers if a.status_code not in (200, 409)]
+    assert all(a.json()["code"] == "reservation_closed" for a in answers if a.status_code == 409)
+    statuses = [(await c.get(f"/v1/reservations/{rid}")).json()["status"] for rid in rids]
+    assert set(statuses) <= {"settled", "released"}
+    closing = [a for a in answers if a.status_code == 200 and a.json().get("status") in ("settled", "released")]
+    assert len(closing) == 20  # one release or settle each: the other is reservation_closed
+    wallet = (await c.get(f"/v1/customers/{cid}/wallet")).json()
+    assert Decimal(wallet["available"]) == Decimal("10.00") - statuses.count("settled") * Decimal("0.028")
+    assert Decimal(wallet["reserved"]) == 0
+    await _verified(c)
+
+
+async def test_a_bulk_settle_and_single_settles_of_the_same_reservations_at_once_charge_each_once(http):
+    c, book = http
+    cid = await _customer(c, book)
+    rids = [(await _reserve(c, cid)).json()["id"] for _ in range(30)]
+    bulk = c.post("/v1/settlements", json=[{"reservation_id": r, "usage": USAGE} for r in rids])
+    answers = await asyncio.gather(bulk, *(c.post(f"/v1/reservations/{r}/settle", json={"usage": USAGE}) for r in rids))
+    for item, single in zip(answers[0].json()["results"], answers[1:], strict=True):
+        assert (item["status"], single.status_code) == (200, 200), (item, single.text)  # one of them a replay
+        assert item["body"] == single.json()
+    wallet = (await c.get(f"/v1/customers/{cid}/wallet")).json()
+    assert Decimal(wallet["available"]) == Decimal("10.00") - 30 * Decimal("0.028")
+    await _verified(c)
+
+
+@pytest.mark.parametrize("at", [5, 20])
+async def test_a_budget_created_while_holds_are_taken_is_never_passed_by_those_after_it(http, at: int):
+    c, book = http
+    cid = await _customer(c, book, topup="100.00")
+    calls = [_reserve(c, cid, "0.50") for _ in range(40)]
+    calls.insert(at, c.post("/v1/budgets", json={"customer_id": cid, "window": "month", "metric": "money",
+                                                 "limit": "3.00", "mode": "hard"}))
+    answers = await asyncio.gather(*calls)
+    budget = answers.pop(at)
+    assert budget.status_code == 201, budget.text
+    assert {a.status_code for a in answers} <= {201, 429}
+    seen = (await c.get(f"/v1/budgets/{budget.json()['id']}")).json()
+    assert Decimal(seen["held"]) + Decimal(seen["used"]) <= Decimal("3.00"), seen
+    await _verified(c)
+
+
+async def test_a_budget_lowered_then_deleted_while_holds_are_taken_refuses_only_past_its_limit(http):
+    c, book = http
+    cid = await _customer(c, book, topup="100.00")
+    made = await c.post("/v1/budgets", json={"customer_id": cid, "window": "month", "metric": "money",
+                                             "limit": "10.00", "mode": "hard"})
+    bid = made.json()["id"]
+    calls = [_reserve(c, cid, "0.50") for _ in range(40)]
+    calls.insert(10, c.patch(f"/v1/budgets/{bid}", json={"limit": "2.00"}))
+    answers = await asyncio.gather(*calls)
+    assert answers.pop(10).status_code == 200
+    assert {a.status_code for a in answers} <= {201, 429}
+    held = Decimal((await c.get(f"/v1/budgets/{bid}")).json()["held"])
+    assert held <= Decimal("10.00")
+    calls = [_reserve(c, cid, "0.50") for _ in range(20)]
+    calls.insert(5, c.delete(f"/v1/budgets/{bid}"))
+    answers = await asyncio.gather(*calls)
+    assert answers.pop(5).status_code == 200
+    assert {a.status_code for a in answers} <= {201, 429}
+    assert (await _reserve(c, cid, "0.50")).status_code == 201  # deleted: it refuses nothing more
+    await _verified(c)
+
+
+async def test_a_close_racing_usage_events_and_settles_bills_each_call_once_on_it_or_the_next(http):
+    c, book = http
+    cid = await _customer(c, book, topup=None, billing="postpaid")
+    rids = [(await _reserve(c, cid)).json()["id"] for _ in range(15)]
+    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    calls = [c.post("/v1/usage-events", json=[{"event_id": f"e{i}", "customer_id": cid, "model": "model-a",
+                                                "timestamp": now, "usage": USAGE}]) for i in range(15)]
+    calls = [x for pair in zip(calls, (c.post(f"/v1/reservations/{r}/settle", json={"usage": USAGE})
+                                       for r in rids), strict=True) for x in pair]
+    answers = await asyncio.gather(*calls[:15], close_early(c, {}, cid), *calls[15:])
+    answers.pop(15)
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers if a.status_code != 200]
+    [invoice] = (await c.get(f"/v1/customers/{cid}/invoices")).json()["invoices"]
+    upcoming = (await c.get(f"/v1/customers/{cid}/invoices/upcoming")).json()
+    assert Decimal(invoice["total"]) + Decimal(upcoming["total"]) == 30 * Decimal("0.028")
+    await _verified(c)
+
+
+async def test_settles_and_releases_racing_the_grant_expiry_job_send_the_expired_grant_s_rest_to_breakage(http, db):
+    c, book = http
+    cid = await _customer(c, book, topup="1.00")
+    ends = datetime.now(UTC) + timedelta(seconds=2)
+    granted = await c.post(f"/v1/customers/{cid}/grants", json={
+        "amount": "2.00", "priority": 10, "expires_at": ends.isoformat().replace("+00:00", "Z")})
+    assert granted.status_code == 201, granted.text
+    rids = [(await _reserve(c, cid)).json()["id"] for _ in range(16)]  # 1.60 held from the grant
+    await asyncio.sleep(max(0.0, (ends - datetime.now(UTC)).total_seconds()) + 0.01)  # a wall-clock expiry
+    calls = [c.post(f"/v1/reservations/{r}/settle", json={"usage": USAGE}) if i % 2 else
+             c.post(f"/v1/reservations/{r}/release") for i, r in enumerate(rids)]
+    answers = await asyncio.gather(*calls[:8], expire_grants(db), *calls[8:])
+    assert answers.pop(8) >= 1  # this grant, and any other test's left due
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers if a.status_code != 200]
+    wallet = (await c.get(f"/v1/customers/{cid}/wallet")).json()
+    assert (wallet["available"], wallet["reserved"]) == ("1.00", "0.00")  # the top-up only: the grant is gone
+    await _verified(c)
