@@ -125,11 +125,15 @@ def _twice(scope: dict[str, Any], names: tuple[bytes, ...]) -> str | None:
 
 
 def _caller_key(headers: dict[str, str]) -> str:
+    """The caller's key: Authorization's bearer, or x-api-key; both, they must be one key (a
+    proxy before the gateway may check the other)."""
     scheme, _, token = headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    if headers.get("x-api-key", "").strip():
-        return headers["x-api-key"].strip()
+    bearer = token.strip() if scheme.lower() == "bearer" else ""
+    api_key = headers.get("x-api-key", "").strip()
+    if bearer and api_key and bearer != api_key:
+        raise Refusal(401, "unauthorized", "Authorization and x-api-key name two keys: send one")
+    if bearer or api_key:
+        return bearer or api_key
     raise Refusal(401, "unauthorized", "send your tokentill key as Authorization: Bearer <key> or x-api-key")
 
 
