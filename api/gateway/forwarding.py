@@ -120,12 +120,16 @@ class Forwarding:
         return upstream_headers(response)
 
     async def _pass_error(self, response: httpx.Response) -> None:
-        """An upstream error status: release the hold, answer the upstream's error unchanged."""
+        """An upstream error status: release the hold, answer the upstream's error unchanged (but
+        a refusal of the operator's key: see `key_refused`)."""
         body = await self._body(response)
         if body is None:
             return
         self.outcome = "upstream_error"
         await self.finish(None)
+        if response.status_code == 401:
+            await self.x._refuse(key_refused(self.x, body))
+            return
         await self.x.respond(response.status_code, [*self._upstream_headers(response),
                                                     (b"x-tokentill-charged", b"0")], body)
 
@@ -298,6 +302,16 @@ def unanswered(x: Exchange, exc: httpx.HTTPError) -> Refusal:
     log.warning("upstream %s %s failed: %s", x.provider, x.path, exc.__class__.__name__)
     return Refusal(504 if timeout else 502, "upstream_timeout" if timeout else "upstream_unavailable",
                    f"the upstream did not answer ({exc.__class__.__name__})")
+
+
+def key_refused(x: Exchange, body: bytes) -> Refusal:
+    """The upstream refused the operator's key (a 401: the caller's key never goes upstream): a
+    502 upstream_unavailable, logged with the upstream's words, which the caller never gets (they
+    name the operator's key: OpenAI's tells its last characters)."""
+    log.error("upstream %s refused the gateway's key (TOKENTILL_UPSTREAM_%s_KEY) on %s: %s", x.provider,
+              x.provider.upper(), x.path, body[:300].decode(errors="replace"))
+    return Refusal(502, "upstream_unavailable", "the upstream refused the gateway's own credentials; "
+                   "the call was not made (the operator has been told)")
 
 
 def upstream_headers(response: httpx.Response) -> list[tuple[bytes, bytes]]:

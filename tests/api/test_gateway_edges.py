@@ -877,3 +877,31 @@ def test_an_upstreams_cookies_credentials_and_headers_posing_as_the_gateways_do_
     assert not {"x-api-key", "authorization", "proxy-authenticate"} & set(names)
     assert "sk-upstream" not in str(response.headers.raw)
     assert response.headers["x-request-id"] == "req_upstream"  # the upstream's own answer headers still come
+
+
+REFUSED_KEY = (b'{"error": {"message": "Incorrect API key provided: sk-proj-****************Ab1C. You can find '
+               b'your API key at https://platform.openai.com/account/api-keys.", "type": "invalid_request_error", '
+               b'"param": null, "code": "invalid_api_key"}}')
+
+
+@pytest.mark.parametrize("free", [False, True])
+def test_an_upstream_that_refuses_the_operators_key_is_a_502_that_does_not_show_the_key(live, upstream, free):
+    """The caller's key never goes upstream: an upstream's 401 refuses the operator's, and its
+    answer names that key (OpenAI's tells its last characters). The caller gets 502
+    upstream_unavailable, nothing charged; the upstream's words go to the gateway's log only."""
+    url, _ = live
+    cid, key = customer(live)
+
+    async def refused(send: Any, receive: Any) -> None:
+        await start(send, b"application/json", len(REFUSED_KEY), status=401)
+        await body(send, REFUSED_KEY, more=False)
+
+    name = model(upstream, refused)
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
+        response = http.get(f"/openai/v1/models/{name}") if free else http.post(
+            "/openai/v1/chat/completions", json={"model": name, "messages": HI})
+    assert response.status_code == 502, response.text
+    assert response.json()["error"]["code"] == "upstream_unavailable"
+    assert "sk-proj" not in response.text and "Ab1C" not in response.text
+    assert response.headers["x-tokentill-charged"] == "0"
+    assert wallet(url, cid) == (Decimal("10"), 0)
