@@ -13,6 +13,10 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, create_engine, text
 
 MIGRATION_LOCK = 7_402_211_901  # arbitrary, fixed: pg_advisory_lock key for schema changes
+# The oldest PostgreSQL the migrations run on: 0009 and 0018 make NULLS NOT DISTINCT unique keys
+# (PostgreSQL 15), 0046 SQL-standard function bodies (14), the journal's
+# triggers read pg_current_xact_id (13).
+MIN_SERVER_VERSION = 150000
 HERE = Path(__file__).resolve().parent
 
 
@@ -39,6 +43,14 @@ class UnknownRevision(Exception):
         super().__init__(f"the database is at revision {revision}, which this tokentill does not know (it knows "
                          f"up to {head_revision()}): run a tokentill at least as new as the one that migrated it, or "
                          f"go back with that one's `tokentill migrate --to {head_revision()}`")
+
+
+class ServerTooOld(Exception):
+    """The server is older than the migrations need (MIN_SERVER_VERSION)."""
+
+    def __init__(self, version: str) -> None:
+        super().__init__(f"the database server runs PostgreSQL {version}; tokentill needs PostgreSQL "
+                         f"{MIN_SERVER_VERSION // 10000} or later")
 
 
 def revisions() -> list[str]:
@@ -76,6 +88,10 @@ def locked(sync_url: str) -> Iterator[Connection]:
     engine = create_engine(sync_url, poolclass=None)
     try:
         with engine.connect() as conn:
+            version, number = conn.execute(text(
+                "SELECT current_setting('server_version'), current_setting('server_version_num')::int")).one()
+            if number < MIN_SERVER_VERSION:
+                raise ServerTooOld(version.split()[0])
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK})
             try:
                 conn.commit()

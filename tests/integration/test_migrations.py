@@ -110,6 +110,31 @@ def test_a_database_migrated_by_a_newer_tokentill_stops_an_older_one_with_one_li
                                   f"{runner.head_revision()}`")
 
 
+def test_a_server_older_than_the_migrations_need_stops_them_in_one_line_before_any(server_url, monkeypatch):
+    """The migrations need PostgreSQL 15 (0009's NULLS NOT DISTINCT keys): on an older server
+    `migrate` applied 0001-0008 and ended in 0009's syntax-error traceback. No older server is at
+    hand, so the floor is raised above the one the tests run on."""
+    import uuid
+
+    import psycopg
+
+    from api.bench.common import scratch_database
+    from api.cli import main
+
+    with scratch_database(server_url, f"tokentill_old_{uuid.uuid4().hex[:8]}") as url:
+        with psycopg.connect(url) as conn:
+            major = conn.info.server_version // 10000
+        monkeypatch.setattr(runner, "MIN_SERVER_VERSION", (major + 1) * 10000, raising=False)
+        monkeypatch.setenv("TOKENTILL_DATABASE_URL", url)
+        with pytest.raises(SystemExit) as stopped:
+            main(["migrate"])
+        message = stopped.value.code
+        assert isinstance(message, str) and "\n" not in message, message
+        assert message.startswith(f"error: the database server runs PostgreSQL {major}."), message
+        assert message.endswith(f"; tokentill needs PostgreSQL {major + 1} or later"), message
+        assert _revision(url) is None  # nothing was applied
+
+
 def _revision(url: str) -> str | None:
     engine = create_engine(sync_url(url))
     try:
