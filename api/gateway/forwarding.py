@@ -304,12 +304,15 @@ def unanswered(x: Exchange, exc: httpx.HTTPError) -> Refusal:
                    f"the upstream did not answer ({exc.__class__.__name__})")
 
 
+KEY_VARIABLES = {"openai": "TOKENTILL_UPSTREAM_OPENAI_KEY", "anthropic": "TOKENTILL_UPSTREAM_ANTHROPIC_KEY"}
+
+
 def key_refused(x: Exchange, body: bytes) -> Refusal:
     """The upstream refused the operator's key (a 401: the caller's key never goes upstream): a
     502 upstream_unavailable, logged with the upstream's words, which the caller never gets (they
     name the operator's key: OpenAI's tells its last characters)."""
-    log.error("upstream %s refused the gateway's key (TOKENTILL_UPSTREAM_%s_KEY) on %s: %s", x.provider,
-              x.provider.upper(), x.path, body[:300].decode(errors="replace"))
+    log.error("upstream %s refused the gateway's key (%s) on %s: %s", x.provider, KEY_VARIABLES[x.provider],
+              x.path, body[:300].decode(errors="replace"))
     return Refusal(502, "upstream_unavailable", "the upstream refused the gateway's own credentials; "
                    "the call was not made (the operator has been told)")
 
