@@ -137,9 +137,11 @@ def _workers(raw: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    database_url: str | None = None  # libpq URL; None: an embedded cluster under data_dir
+    # Secrets (the URL may hold a password) are left out of the repr: a Settings in a log line, a
+    # traceback's locals or a debugger shows none (the session secret and the upstream keys too).
+    database_url: str | None = field(default=None, repr=False)  # libpq URL; None: an embedded cluster
     data_dir: Path = Path(platformdirs.user_data_dir("tokentill"))
-    admin_key: str | None = None
+    admin_key: str | None = field(default=None, repr=False)
     pool_size: int = 10
     pool_timeout_s: float = 5.0  # the longest a request waits for a database connection, then 503
     writer_idle_s: float = 5.0  # a wallet batch's session idle this long inside it is ended (its lane freed)

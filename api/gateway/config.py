@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from api.gateway.calls import SERVER_TOOL_MAX_USES, SERVER_TOOL_RESULT_TOKENS
@@ -38,9 +38,9 @@ def _positive(env: Mapping[str, str], name: str, default: int, *, most: int | No
 @dataclass(frozen=True, slots=True)
 class GatewaySettings:
     openai_url: str = OPENAI_URL
-    openai_key: str | None = None  # sent upstream as the bearer; the caller's key never is
+    openai_key: str | None = field(default=None, repr=False)  # the bearer upstream; the caller's key never is
     anthropic_url: str = ANTHROPIC_URL
-    anthropic_key: str | None = None  # sent upstream as x-api-key
+    anthropic_key: str | None = field(default=None, repr=False)  # sent upstream as x-api-key
     default_max_output_tokens: int = 4096  # the output cap a call that sets none is held for, and sent with
     # The prompt held for a call that continues a conversation (previous_response_id, conversation)
     # when neither its price book nor genai-prices knows the model's context window.

@@ -160,3 +160,18 @@ def test_a_writers_idle_timeout_the_server_cannot_keep_stops_the_start(bad):
         Settings.from_env({"TOKENTILL_WRITER_IDLE_SECONDS": bad})
     message = stopped.value.code
     assert isinstance(message, str) and message.startswith("TOKENTILL_WRITER_IDLE_SECONDS") and repr(bad) in message
+
+
+def test_the_settings_printed_show_no_secret():
+    """A Settings (or the gateway's) in a log line, a traceback's locals or a debugger shows
+    neither the admin key, the upstream keys, the database's password nor the session secret."""
+    s = Settings.from_env({
+        "TOKENTILL_ADMIN_KEY": "admin-key-SECRET", "TOKENTILL_UPSTREAM_OPENAI_KEY": "sk-openai-SECRET",
+        "TOKENTILL_UPSTREAM_ANTHROPIC_KEY": "sk-ant-SECRET", "TOKENTILL_SESSION_SECRET": "session-SECRET" * 3,
+        "TOKENTILL_DATABASE_URL": "postgresql://tokentill:pw-SECRET@db.example.com:5432/billing"})
+    assert (s.admin_key, s.gateway.openai_key, s.gateway.anthropic_key) == \
+        ("admin-key-SECRET", "sk-openai-SECRET", "sk-ant-SECRET")
+    assert "pw-SECRET" in (s.database_url or "")
+    for shown in (repr(s), str(s), repr(s.gateway)):
+        assert "SECRET" not in shown, shown
+    assert "pool_size=10" in repr(s) and "openai_url=" in repr(s.gateway)  # the rest is still shown
