@@ -3,7 +3,7 @@
 as the part of a prepaid top-up that paid off an invoiced receivable. Pure."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -108,11 +108,25 @@ def apply_corrections(state: State, customer_id: str, amount: int, sources: list
         while amount > 0 and sources and invoice.paid < invoice.amount_due:
             source = sources[0]
             part = min(amount, source.amount, invoice.amount_due - invoice.paid)
-            effects += payment_effects(state, invoice, part, source.reference, now,
+            reference = unused_reference(source, invoice.payments)
+            effects += payment_effects(state, invoice, part, reference, now,
                                        replace(source, at=now) if source.entry_id is not None else None)
-            invoice = replace(invoice, payments={**invoice.payments, source.reference: part})
+            invoice = replace(invoice, payments={**invoice.payments, reference: part})
             amount -= part
             sources[0] = replace(source, amount=source.amount - part)
             if not sources[0].amount:
                 sources.pop(0)
     return effects
+
+
+def unused_reference(source: Unapplied, taken: Mapping[str, int]) -> str:
+    """The source's reference, or, when the invoice has a payment under it already, it with the
+    entry that paid it: one re-rate's entries of two periods both give money back as
+    `rerate:<id>`, and an invoice takes one payment per reference."""
+    if source.reference not in taken:
+        return source.reference
+    n, reference = 1, f"{source.reference}#{source.entry_id}" if source.entry_id is not None else source.reference
+    while reference in taken:
+        n += 1
+        reference = f"{source.reference}#{n}"
+    return reference
