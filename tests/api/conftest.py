@@ -1,10 +1,11 @@
 """Fixtures of the API tests: an app with an admin client (`app`, `client`: a file may define its own),
-and the SDK tests' live server (durability and background settles)."""
+the SDK tests' live server (durability and background settles), and an httpx client of it for races."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
@@ -26,6 +27,17 @@ def live(database_url) -> Iterator[tuple[str, str]]:
     wait_ready(url)
     yield url, live_book(url)
     server.stop()
+
+
+@pytest.fixture
+async def http(live: tuple[str, str]) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
+    """An admin client of the live server and its price book: requests sent at once (asyncio.gather)
+    are in flight together, which they never are through AsyncTestClient (each request blocks the
+    test's event loop until the app has answered it)."""
+    url, book = live
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=120,
+                                 limits=httpx.Limits(max_connections=64)) as c:
+        yield c, book
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -75,15 +74,6 @@ async def _race(client: httpx.AsyncClient, cid: str, book: str, database_url: st
                                          ["created_at"])
     expected = "0.00" if reserved_at >= in_force_from else "0.028"
     assert settled.json()["charged"] == expected, (in_force_from, reserved_at, settled.json()["charged"])
-
-
-@pytest.fixture
-async def http(live: tuple[str, str]) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
-    """An admin client of the live server (requests really in flight together) and its price book."""
-    url, book = live
-    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=120,
-                                 limits=httpx.Limits(max_connections=64)) as c:
-        yield c, book
 
 
 async def _customer(c: httpx.AsyncClient, book: str, topup: str | None = "10.00", **extra: str) -> str:

@@ -1,10 +1,12 @@
 """The same call sent several times at once under one Idempotency-Key has one effect, and every
 copy is answered the same status and bytes (all but the one that did it as replays); a call that
-fails before its commit keeps no answer."""
+fails before its commit keeps no answer. The copies go to the live server (the `http` fixture): through
+AsyncTestClient no two of them were ever in flight at once."""
 from __future__ import annotations
 
 import asyncio
 
+import httpx
 from litestar.testing import AsyncTestClient
 
 from wallets import store
@@ -13,7 +15,7 @@ from wallets.batch import Batch
 COPIES = 4
 
 
-async def _at_once(client: AsyncTestClient, method: str, path: str, key: str, body: object):
+async def _at_once(client: httpx.AsyncClient, method: str, path: str, key: str, body: object):
     sent = await asyncio.gather(*(client.request(method, path, json=body, headers={"Idempotency-Key": key})
                                   for _ in range(COPIES)))
     first = sent[0]
@@ -24,7 +26,9 @@ async def _at_once(client: AsyncTestClient, method: str, path: str, key: str, bo
     return first
 
 
-async def test_copies_sent_at_once_have_one_effect_and_one_answer(client: AsyncTestClient, tag: str, book: str):
+async def test_copies_sent_at_once_have_one_effect_and_one_answer(http: tuple[httpx.AsyncClient, str], tag: str,
+                                                                 book: str):
+    client, _ = http
     cid = f"race-{tag}"
     made = await _at_once(client, "POST", "/v1/customers", f"{tag}-c", {"id": cid, "price_book": book})
     assert made.status_code == 201
@@ -55,7 +59,8 @@ async def test_copies_sent_at_once_have_one_effect_and_one_answer(client: AsyncT
     assert len(budgets["budgets"] if isinstance(budgets, dict) else budgets) == 1
 
 
-async def test_copies_of_a_platform_call_sent_at_once_make_one_thing(client: AsyncTestClient, tag: str):
+async def test_copies_of_a_platform_call_sent_at_once_make_one_thing(http: tuple[httpx.AsyncClient, str], tag: str):
+    client, _ = http
     book = await _at_once(client, "POST", "/v1/price-books", f"{tag}-p", {
         "id": f"race-{tag}", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
         "rules": [{"id": "in", "model": "m", "token_type": "input", "price": "1"}]})

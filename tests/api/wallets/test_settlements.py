@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import httpx
 from litestar.testing import AsyncTestClient
 
 USAGE = {"input_tokens": 1000, "output_tokens": 400}  # $0.010 + $0.008 + $0.01 a call = $0.028
 TOO_MUCH = {"output_tokens": 10**8}  # $2,000: past the customer's $1.00 per request
 
 
-async def customer(client: AsyncTestClient, book: str, tag: str, **extra) -> str:
+async def customer(client: httpx.AsyncClient, book: str, tag: str, **extra) -> str:
     cid = f"bulk-{tag}-{uuid.uuid4().hex[:6]}"
     created = await client.post("/v1/customers", json={"id": cid, "price_book": book, **extra})
     assert created.status_code == 201, created.text
@@ -19,14 +20,14 @@ async def customer(client: AsyncTestClient, book: str, tag: str, **extra) -> str
     return cid
 
 
-async def reserve(client: AsyncTestClient, cid: str) -> str:
+async def reserve(client: httpx.AsyncClient, cid: str) -> str:
     reserved = await client.post("/v1/reservations", json={
         "customer_id": cid, "request_id": f"req-{uuid.uuid4().hex}", "model": "model-a", "amount": "0.10"})
     assert reserved.status_code == 201, reserved.text
     return reserved.json()["id"]
 
 
-async def wallet(client: AsyncTestClient, cid: str) -> tuple[str, str]:
+async def wallet(client: httpx.AsyncClient, cid: str) -> tuple[str, str]:
     w = (await client.get(f"/v1/customers/{cid}/wallet")).json()
     return w["available"], w["reserved"]
 
@@ -125,7 +126,8 @@ async def test_the_calls_own_idempotency_key_replays_the_whole_answer(client: As
 
 
 async def test_two_bulk_calls_at_once_with_the_same_settles_charge_each_once(
-        client: AsyncTestClient, book: str, tag: str):
+        http: tuple[httpx.AsyncClient, str], book: str, tag: str):
+    client, _ = http  # the live server: the two bulk calls are in flight together
     cid = await customer(client, book, tag)
     items = [{"reservation_id": await reserve(client, cid), "usage": USAGE} for _ in range(20)]
     first, second = await asyncio.gather(*(client.post("/v1/settlements", json=items) for _ in range(2)))
