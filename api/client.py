@@ -252,12 +252,28 @@ class Client(_Base, JournalReads):
     def __init__(self, base_url: str, api_key: str, *, transport: httpx.BaseTransport | None = None,
                  timeout: float = 10.0, flush_spool: bool = True, **kwargs: Any) -> None:
         super().__init__(base_url, api_key, **kwargs)
+        self._transport, self._timeout, self._pid = transport, timeout, os.getpid()
         self._http = httpx.Client(transport=transport, timeout=timeout)
         self._background = ThreadedSettler(self.spool, self._send_settlements, self._policy) \
             if self.spool and self._background_settle else None
         replay = self._replay_of(self._send_settlements, self._resend_in_thread) if flush_spool else None
         self._replay = ReplayThread(replay) if replay is not None else None
         self._abandoned: set[threading.Thread] = set()  # releases of reserves interrupted before their answer
+
+    def _own(self) -> None:
+        """In a process forked after this client was made (gunicorn --preload, a multiprocessing
+        pool), the first call gives the child what it cannot share: connections of its own (the
+        pooled ones are the parent's sockets; the parent's pool is left alone, never closed here)
+        and, with `background_settle`, a settler thread of its own (the parent's is not in the
+        child: its exits waited on it forever). The parent's spool replay and its releases of
+        unanswered reserves stay the parent's. A `transport=` given is the caller's, kept."""
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        self._http = httpx.Client(transport=self._transport, timeout=self._timeout)
+        self._replay, self._abandoned = None, set()
+        if self._background is not None:
+            self._background = ThreadedSettler(self.spool, self._send_settlements, self._policy)
 
     async def _send_settlements(self, items: list[dict[str, Any]]) -> httpx.Response:
         return await asyncio.to_thread(self._http.post, self._base_url + SETTLEMENTS_PATH, json=items,
@@ -269,11 +285,13 @@ class Client(_Base, JournalReads):
     def wait_replay(self, timeout: float | None = None) -> FlushReport | None:
         """Wait, at most `timeout`, for the replay of the spool the client started with; its report
         (an empty one without a replay), None while it goes on."""
+        self._own()
         return self._replay.wait(timeout) if self._replay is not None else FlushReport()
 
     def _queue(self, path: str, body: Any, key: str, reservation_id: str) -> bool:
         """Queue a settle in the background, durably; False when not in that mode (or the spool
         write failed: then the caller delivers it now)."""
+        self._own()
         record = self._background_record(path, body, key, reservation_id)
         if record is None or self._background is None:
             return False
@@ -286,6 +304,7 @@ class Client(_Base, JournalReads):
 
     def _call(self, method: str, path: str, body: Any = None, *, key: str | None = None,
               watch: Unanswered | None = None) -> dict[str, Any]:
+        self._own()
         request = self._request(method, path, body, key)
         send = lambda: self._http.request(**request)  # noqa: E731
         return raise_for(delivery.call(watch.watch(send) if watch is not None else send, self._short(),
@@ -338,6 +357,7 @@ class Client(_Base, JournalReads):
     def _deliver(self, path: str, body: Any, key: str, reservation_id: str | None,
                  hold_left_s: float | None, schedule: Schedule | None = None) -> dict[str, Any]:
         """A settle or release: retried until an answer or the deadline; else spooled and raised."""
+        self._own()
         request, pending = self._request("POST", path, body, key), _Pending(self, path, body, key, reservation_id)
         try:
             response = delivery.deliver(lambda: self._http.request(**request), schedule or self._durable(hold_left_s),
@@ -384,6 +404,7 @@ class Client(_Base, JournalReads):
 
     def resend(self, record: SpoolRecord) -> tuple[str, str]:
         """Send one spooled call once: (outcome, note), as `delivery.flush_outcome` says."""
+        self._own()
         try:
             response = self._http.request(**self._resend_request(record))
         except httpx.TransportError as exc:
@@ -401,6 +422,7 @@ class Client(_Base, JournalReads):
         return self._call("POST", path, body, key=key)
 
     def close(self) -> None:
+        self._own()  # a child closes its own connections and settler, never the parent's
         if self._replay is not None:
             self._replay.stop()
         for thread in list(self._abandoned):  # releases of interrupted reserves: let them finish
