@@ -16,6 +16,7 @@ import httpx
 
 from api.client_errors import SettlementSpooled, TokentillError
 from api.delivery import NOT_SENT, PROXY_GAVE_UP, seconds_until
+from api.stream_texts import texts_of_event
 from pricing.tokens import TokenCounter
 
 log = logging.getLogger("tokentill.client")
@@ -70,15 +71,23 @@ class StreamMeter:
         self._counter, self._model = counter, model
         self._text: list[str] = []
 
-    def add(self, delta: str | None) -> None:
-        """One piece of the stream's text. None is nothing (an OpenAI stream's role and finish
-        chunks carry `delta.content` None); anything else but a str is refused here, not at the
-        block's exit, which must settle."""
+    def add(self, delta: object) -> None:
+        """One piece of the stream: its text, or the provider's event as it came (an OpenAI chat
+        chunk or responses event, an Anthropic event; its SDK's object or a dict), whose every
+        generated text counts (message text, refusals, reasoning, tool calls' names and
+        arguments: api/stream_texts.py, as the gateway meters). None is nothing (an OpenAI
+        stream's role and finish chunks carry `delta.content` None); anything else is refused
+        here, not at the block's exit, which must settle."""
         if delta is None:
             return
-        if not isinstance(delta, str):
-            raise TypeError(f"a stream meter adds str deltas, not {type(delta).__name__}")
-        self._text.append(delta)
+        if isinstance(delta, str):
+            self._text.append(delta)
+            return
+        dump = getattr(delta, "model_dump", None)  # a provider SDK's (pydantic) event
+        event = dump(mode="json", exclude_none=True) if callable(dump) else delta
+        if not isinstance(event, Mapping):
+            raise TypeError(f"a stream meter adds str deltas or a provider's stream events, not {type(delta).__name__}")
+        self._text += texts_of_event(event)
 
     @property
     def text(self) -> str:

@@ -33,6 +33,7 @@ import msgspec
 
 from api.gateway.calls import CHAT, EMBEDDINGS, MESSAGES, RESPONSES
 from api.gateway.tools import ANTHROPIC_CODE_EXECUTION_NAMES, OPENAI_CONTAINER_CALLS, OPENAI_TOOL_CALLS
+from api.stream_texts import ANTHROPIC_DELTAS, RESPONSES_DELTAS, list_of, texts_of_chat_delta
 from pricing.attachments import answer_audio_tokens, decoded_size, output_audio_tokens
 from pricing.normalize import normalize_anthropic, normalize_openai
 from pricing.tokens import TokenCounter
@@ -80,34 +81,10 @@ def event_fields(raw: bytes) -> tuple[str | None, str]:
     return name, "\n".join(data)
 
 
-def _list(value: Any) -> list[Any]:
-    """A list an answer gives, or none: a field of another shape (an upstream's malformed chunk)
-    is read as empty, never iterated."""
-    return value if isinstance(value, list) else []
-
-
-def _texts_of_chat_delta(chunk: Mapping[str, Any]) -> list[str]:
-    texts: list[str] = []
-    for choice in _list(chunk.get("choices")):
-        delta = choice.get("delta") if isinstance(choice, Mapping) else None
-        if not isinstance(delta, Mapping):
-            continue
-        texts += [delta[k] for k in ("content", "refusal", "reasoning_content") if isinstance(delta.get(k), str)]
-        audio = delta.get("audio")
-        if isinstance(audio, Mapping) and isinstance(audio.get("transcript"), str):
-            texts.append(audio["transcript"])
-        legacy = delta.get("function_call")  # the deprecated `functions`' call
-        for function in [legacy, *(call.get("function") for call in _list(delta.get("tool_calls"))
-                                   if isinstance(call, Mapping))]:
-            if isinstance(function, Mapping):
-                texts += [function[k] for k in ("name", "arguments") if isinstance(function.get(k), str)]
-    return texts
-
-
 def _audio_of_chat_delta(chunk: Mapping[str, Any]) -> int:
     """The bytes of the audio a chat chunk carries (base64 `delta.audio.data`), decoded."""
     size = 0
-    for choice in _list(chunk.get("choices")):
+    for choice in list_of(chunk.get("choices")):
         delta = choice.get("delta") if isinstance(choice, Mapping) else None
         audio = delta.get("audio") if isinstance(delta, Mapping) else None
         if isinstance(audio, Mapping) and isinstance(audio.get("data"), str):
@@ -115,13 +92,7 @@ def _audio_of_chat_delta(chunk: Mapping[str, Any]) -> int:
     return size
 
 
-_RESPONSES_DELTAS = frozenset({"response.output_text.delta", "response.refusal.delta",
-                               "response.function_call_arguments.delta", "response.reasoning_text.delta",
-                               "response.reasoning_summary_text.delta", "response.custom_tool_call_input.delta",
-                               "response.code_interpreter_call_code.delta", "response.mcp_call_arguments.delta",
-                               "response.shell_call_command.delta", "response.audio.transcript.delta"})
 _RESPONSES_DONE = frozenset({"response.completed", "response.incomplete", "response.failed"})
-_ANTHROPIC_DELTAS = ("text", "partial_json", "thinking")
 
 
 @dataclass(slots=True)
@@ -170,7 +141,7 @@ class StreamTally:
         return True
 
     def _chat(self, chunk: dict[str, Any]) -> bool:
-        self.texts += _texts_of_chat_delta(chunk)
+        self.texts += texts_of_chat_delta(chunk)
         self.audio_bytes += _audio_of_chat_delta(chunk)
         self.service_tier = _tier_of(chunk) or self.service_tier
         if isinstance(chunk.get("usage"), Mapping):
@@ -179,14 +150,14 @@ class StreamTally:
         return True
 
     def _responses(self, kind: Any, event: dict[str, Any]) -> None:
-        if kind in _RESPONSES_DELTAS and isinstance(event.get("delta"), str):
+        if kind in RESPONSES_DELTAS and isinstance(event.get("delta"), str):
             self.texts.append(event["delta"])
         elif kind in ("response.output_item.added", "response.output_item.done"):
             self.count_items([event.get("item")])
         elif kind in _RESPONSES_DONE:
             response = event.get("response")
             if isinstance(response, Mapping):
-                self.count_items(_list(response.get("output")))
+                self.count_items(list_of(response.get("output")))
             if isinstance(response, Mapping) and isinstance(response.get("usage"), Mapping):
                 self.usage = dict(response["usage"])
                 self.service_tier = _tier_of(response)
@@ -233,7 +204,7 @@ class StreamTally:
         elif kind == "content_block_delta":
             delta = event.get("delta")
             if isinstance(delta, Mapping):
-                self.texts += [delta[k] for k in _ANTHROPIC_DELTAS if isinstance(delta.get(k), str)]
+                self.texts += [delta[k] for k in ANTHROPIC_DELTAS if isinstance(delta.get(k), str)]
         elif kind == "message_start":
             message = event.get("message")
             if isinstance(message, Mapping) and isinstance(message.get("usage"), Mapping):
@@ -280,15 +251,15 @@ class StreamTally:
             return
         self.texts = answer_texts(self.kind, body)
         if self.kind == CHAT:
-            for choice in _list(body.get("choices")):
+            for choice in list_of(body.get("choices")):
                 message = choice.get("message") if isinstance(choice, Mapping) else None
                 audio = message.get("audio") if isinstance(message, Mapping) else None
                 if isinstance(audio, Mapping) and isinstance(audio.get("data"), str):
                     self.audio_tokens += answer_audio_tokens(audio["data"], self.audio_format)
         elif self.kind == RESPONSES:
-            self.count_items(_list(body.get("output")))
+            self.count_items(list_of(body.get("output")))
         elif self.kind == MESSAGES:
-            for block in _list(body.get("content")):
+            for block in list_of(body.get("content")):
                 self._messages("content_block_start", {"content_block": block})
             if isinstance(body.get("container"), Mapping):
                 self.containers.add("")
@@ -319,7 +290,7 @@ def with_compactions(usage: Mapping[str, Any]) -> dict[str, Any]:
     compaction (context_management's compact edit) is a sampling of its own, billed, that its
     usage reports as a `compaction` entry of `iterations` and leaves out of the top-level counts
     (its cache writes by TTL too, where the usage splits them; else as 5-minute writes)."""
-    compactions = [i for i in _list(usage.get("iterations"))
+    compactions = [i for i in list_of(usage.get("iterations"))
                    if isinstance(i, Mapping) and i.get("type") == "compaction"]
     if not compactions:
         return dict(usage)
@@ -348,24 +319,24 @@ def answer_texts(kind: str, raw: bytes | Mapping[str, Any]) -> list[str]:
     if body is None:
         return texts
     if kind == CHAT:
-        for choice in _list(body.get("choices")):
+        for choice in list_of(body.get("choices")):
             message = choice.get("message") if isinstance(choice, Mapping) else None
             if isinstance(message, Mapping):
-                texts += _texts_of_chat_delta({"choices": [{"delta": message}]})
-    elif kind == RESPONSES:  # what a stream sends as deltas (_RESPONSES_DELTAS), item by item
-        for item in _list(body.get("output")):
+                texts += texts_of_chat_delta({"choices": [{"delta": message}]})
+    elif kind == RESPONSES:  # what a stream sends as deltas (RESPONSES_DELTAS), item by item
+        for item in list_of(body.get("output")):
             if not isinstance(item, Mapping):
                 continue
             # a function's or MCP call's arguments, a custom tool's input, the code interpreter's code
             texts += [item[k] for k in ("arguments", "input", "code") if isinstance(item.get(k), str)]
             action = item.get("action") if item.get("type") == "shell_call" else None
             if isinstance(action, Mapping):
-                texts += [c for c in _list(action.get("commands")) if isinstance(c, str)]
-            for part in [*_list(item.get("content")), *_list(item.get("summary"))]:  # text, refusal, reasoning
+                texts += [c for c in list_of(action.get("commands")) if isinstance(c, str)]
+            for part in [*list_of(item.get("content")), *list_of(item.get("summary"))]:  # text, refusal, reasoning
                 if isinstance(part, Mapping):
                     texts += [part[k] for k in ("text", "refusal") if isinstance(part.get(k), str)]
     elif kind == MESSAGES:  # as a stream's text, thinking and input_json deltas
-        for block in _list(body.get("content")):
+        for block in list_of(body.get("content")):
             if isinstance(block, Mapping):
                 texts += [block[k] for k in ("text", "thinking") if isinstance(block.get(k), str)]
                 if block.get("type") in ("tool_use", "server_tool_use", "mcp_tool_use") and "input" in block:

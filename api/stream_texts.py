@@ -1,0 +1,53 @@
+"""The text a provider's streamed event generated (pure): what the gateway's stream tally and
+the SDK's stream meter count as output, so both meter a stream alike. Every generated text
+delta, in the order received: message text, refusals, reasoning text, tool calls' names and
+arguments (OpenAI chat chunks; responses events' deltas; Anthropic's text, input JSON and
+thinking deltas). An event of another shape (a role chunk, a usage chunk, message_start) is none.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+RESPONSES_DELTAS = frozenset({"response.output_text.delta", "response.refusal.delta",
+                               "response.function_call_arguments.delta", "response.reasoning_text.delta",
+                               "response.reasoning_summary_text.delta", "response.custom_tool_call_input.delta",
+                               "response.code_interpreter_call_code.delta", "response.mcp_call_arguments.delta",
+                               "response.shell_call_command.delta", "response.audio.transcript.delta"})
+ANTHROPIC_DELTAS = ("text", "partial_json", "thinking")
+
+
+def list_of(value: Any) -> list[Any]:
+    """A list an answer gives, or none: a field of another shape (an upstream's malformed chunk)
+    is read as empty, never iterated."""
+    return value if isinstance(value, list) else []
+
+
+def texts_of_chat_delta(chunk: Mapping[str, Any]) -> list[str]:
+    texts: list[str] = []
+    for choice in list_of(chunk.get("choices")):
+        delta = choice.get("delta") if isinstance(choice, Mapping) else None
+        if not isinstance(delta, Mapping):
+            continue
+        texts += [delta[k] for k in ("content", "refusal", "reasoning_content") if isinstance(delta.get(k), str)]
+        audio = delta.get("audio")
+        if isinstance(audio, Mapping) and isinstance(audio.get("transcript"), str):
+            texts.append(audio["transcript"])
+        legacy = delta.get("function_call")  # the deprecated `functions`' call
+        for function in [legacy, *(call.get("function") for call in list_of(delta.get("tool_calls"))
+                                   if isinstance(call, Mapping))]:
+            if isinstance(function, Mapping):
+                texts += [function[k] for k in ("name", "arguments") if isinstance(function.get(k), str)]
+    return texts
+
+
+def texts_of_event(event: Mapping[str, Any]) -> list[str]:
+    """The texts one decoded stream event generated, whichever provider's stream it is from."""
+    if "choices" in event:  # an OpenAI chat completion chunk
+        return texts_of_chat_delta(event)
+    kind, delta = event.get("type"), event.get("delta")
+    if kind in RESPONSES_DELTAS and isinstance(delta, str):  # an OpenAI responses event
+        return [delta]
+    if kind == "content_block_delta" and isinstance(delta, Mapping):  # an Anthropic event
+        return [delta[k] for k in ANTHROPIC_DELTAS if isinstance(delta.get(k), str)]
+    return []
