@@ -17,7 +17,7 @@ ERRORS = Counter("tokentill_requests_error", "Total errors in requests (5xx)", L
 DURATION = Histogram("tokentill_request_duration_seconds", "Request duration, in seconds", LABELS)
 IN_PROGRESS = Gauge("tokentill_requests_in_progress", "Total requests currently in progress",
                     ["method", "path", "app_name"], multiprocess_mode="livesum")
-MAX_KEPT = 4096  # children kept per table; an unrouted path is its own series, so bound what is kept
+MAX_KEPT = 4096  # children kept per table (a path without a template would be its own series: bounded)
 
 _progress: dict[tuple[str, str], object] = {}
 _finished: dict[tuple[str, str, int], tuple[object, object, object | None]] = {}
@@ -43,12 +43,25 @@ def _finished_of(method: str, path: str, status: int):
     return children
 
 
+def _template(scope: Scope) -> str:
+    """The route a request is counted under: its template; under a mount (the gateway's), whose
+    scope holds the path under it and no template, the mount's, as `/openai/v1/{path}`: a path
+    of its own for each would be a series anyone could add, without a key, without end."""
+    template = scope.get("path_template")
+    if template:
+        return template
+    handler = scope.get("route_handler")
+    if handler is not None and getattr(handler, "is_mount", False):
+        return min(handler.paths).rstrip("/") + "/{path}"
+    return scope["path"]
+
+
 def metrics_middleware(app: ASGIApp) -> ASGIApp:
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] == "/metrics":
             await app(scope, receive, send)
             return
-        method, path = scope["method"], scope.get("path_template") or scope["path"]
+        method, path = scope["method"], _template(scope)
         status = 500  # unless a response starts
         start = time.perf_counter()
 

@@ -40,6 +40,20 @@ async def test_metrics_are_prometheus_text(client):
     assert "tokentill_transaction_retries" in response.text
 
 
+async def test_the_gateways_paths_are_counted_by_mount_not_one_series_each(client):
+    """Anyone (no key) may call any path under the gateway's mounts: were each its own series
+    (three tables, a histogram's buckets among them), the process's memory and /metrics would grow
+    with every new path, forever."""
+    for i in range(3):
+        assert (await client.get(f"/openai/v1/models/probe-{i}")).status_code == 401
+        assert (await client.post(f"/anthropic/v1/anything-{i}")).status_code == 404
+    text = (await client.get("/metrics")).text
+    assert "probe-" not in text and "anything-" not in text
+    series = [line for line in text.splitlines() if line.startswith("tokentill_requests_total{")]
+    assert any('path="/openai/v1/{path}"' in line and 'status_code="401"' in line for line in series), series
+    assert any('path="/anthropic/{path}"' in line and 'status_code="404"' in line for line in series), series
+
+
 async def test_audit_endpoints_need_a_key(client):
     response = await client.get("/v1/audit/trial-balance")
     assert response.status_code == 401
