@@ -73,7 +73,8 @@ class StreamMeter:
 
     def add(self, delta: object) -> None:
         """One piece of the stream: its text, or the provider's event as it came (an OpenAI chat
-        chunk or responses event, an Anthropic event; its SDK's object or a dict), whose every
+        chunk or responses event, an Anthropic event; its SDK's object or a dict; or what the
+        SDKs' `stream()` helpers yield: their derived events repeat a chunk's text), whose every
         generated text counts (message text, refusals, reasoning, tool calls' names and
         arguments: api/stream_texts.py, as the gateway meters). None is nothing (an OpenAI
         stream's role and finish chunks carry `delta.content` None); anything else is refused
@@ -83,6 +84,9 @@ class StreamMeter:
         if isinstance(delta, str):
             self._text.append(delta)
             return
+        inner = delta.get("chunk") if isinstance(delta, Mapping) else getattr(delta, "chunk", None)
+        if inner is not None and _type_of(delta) == "chunk":  # the openai SDK's stream helper: the chunk
+            delta = inner  # (its snapshot, the whole answer so far, left alone; its derived events repeat it)
         dump = getattr(delta, "model_dump", None)  # a provider SDK's (pydantic) event
         event = dump(mode="json", exclude_none=True) if callable(dump) else delta
         if not isinstance(event, Mapping):
@@ -97,6 +101,10 @@ class StreamMeter:
     def output_tokens(self) -> int:
         """Tokens of the text so far, encoded as a whole (deltas may split a token)."""
         return self._counter.count_text(self.text, self._model).raw_tokens if self._text else 0
+
+
+def _type_of(event: object) -> object:
+    return event.get("type") if isinstance(event, Mapping) else getattr(event, "type", None)
 
 
 class _Reservation:

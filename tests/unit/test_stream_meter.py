@@ -106,3 +106,42 @@ def test_text_deltas_and_nothing_still_go_as_before_and_other_things_are_refused
         with pytest.raises(TypeError):
             meter.add(wrong)
     assert meter.text == "Hello world"
+
+
+def test_the_openai_sdks_stream_helper_events_are_metered_once():
+    """`client.chat.completions.stream()` yields a `chunk` event per chunk (the chunk inside) and,
+    beside it, derived events (`content.delta`, `tool_calls.function.arguments.delta`, ...) that
+    repeat its text: the chunk's text counts once, the derived events nothing. The chunk events
+    counted nothing, so a stream fed from the helper was metered as 0 output tokens."""
+    from openai.lib.streaming.chat import ChatCompletionStreamState
+
+    state, events = ChatCompletionStreamState(), []
+    for event in openai_chat_stream():
+        events += state.handle_chunk(event)
+    assert {"chunk", "content.delta", "tool_calls.function.arguments.delta"} <= {e.type for e in events}
+    meter = StreamMeter(COUNTER, MODEL)
+    for event in events:
+        meter.add(event)
+    assert meter.text == OPENAI_TEXT
+
+
+def test_the_anthropic_sdks_stream_helper_events_are_metered_once():
+    """`client.messages.stream()` yields each raw delta event and, beside it, a `text` or
+    `input_json` event repeating its text, and a `content_block_stop` with the whole block:
+    counted once."""
+    from anthropic.lib.streaming import ContentBlockStopEvent, InputJsonEvent, TextEvent
+
+    helper = []
+    for event in anthropic_stream():
+        helper.append(event)
+        delta = getattr(event, "delta", None)
+        if isinstance(delta, TextDelta):
+            helper += [TextEvent(type="text", text=delta.text, snapshot=delta.text),
+                       ContentBlockStopEvent.model_construct(type="content_block_stop", index=event.index,
+                                                             content_block={"type": "text", "text": delta.text})]
+        elif isinstance(delta, InputJSONDelta):
+            helper.append(InputJsonEvent(type="input_json", partial_json=delta.partial_json, snapshot={}))
+    meter = StreamMeter(COUNTER, MODEL)
+    for event in helper:
+        meter.add(event)
+    assert meter.text == ANTHROPIC_TEXT
