@@ -16,21 +16,23 @@ import pytest
 from ledger.db import lock_key
 from tests.api.closing import close_early
 from tests.api.test_sdk_durability import ADMIN
-from wallets.engine import lane_lock
+from wallets.engine import customer_lock, lane_lock
 from wallets.expiry import expire_grants
 
 USAGE = {"input_tokens": 1000, "output_tokens": 400}  # $0.010 + $0.008 + $0.01 a call = $0.028
 
 
-async def _waiting_on_a_lock(conn: psycopg.AsyncConnection) -> None:
-    """Until a session waits for an advisory lock (PostgreSQL tells no one: asked every 5 ms, up to 60 s)."""
+async def _waiting_on_a_lock(conn: psycopg.AsyncConnection, sessions: int = 1) -> None:
+    """Until `sessions` sessions wait for an advisory lock at once (PostgreSQL tells no one: asked
+    every 5 ms, up to 60 s)."""
+    waiting = 0
     for _ in range(12_000):
-        waiting = await (await conn.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")).fetchone()
-        if waiting[0]:
+        waiting = (await (await conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")).fetchone())[0]
+        if waiting >= sessions:
             return
         await asyncio.sleep(0.005)
-    raise AssertionError("no session waited for an advisory lock")
+    raise AssertionError(f"{waiting} sessions waited for an advisory lock at once, not {sessions}")
 
 
 async def test_overrides_put_without_a_time_never_take_effect_before_a_call_already_charged_without_them(
@@ -74,6 +76,29 @@ async def _race(client: httpx.AsyncClient, cid: str, book: str, database_url: st
                                          ["created_at"])
     expected = "0.00" if reserved_at >= in_force_from else "0.028"
     assert settled.json()["charged"] == expected, (in_force_from, reserved_at, settled.json()["charged"])
+
+
+async def test_calls_sent_at_once_through_the_http_fixture_are_in_the_app_together(http, database_url: str):
+    """What every race here stands on. Three PUTs of one customer's overrides, each waiting for the
+    customer's locks (held by another session), are seen by PostgreSQL waiting together: three
+    calls in the app at once. Through litestar's AsyncTestClient the first call blocks the test's
+    event loop until it is answered, so the second is never sent (and here the first is never
+    answered: the lock is released only after the wait)."""
+    c, book = http
+    cid = await _customer(c, book)
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as other:
+        lane = (await (await other.execute("SELECT ledger_lane(%s)", (cid,))).fetchone())[0]
+        held = [lane_lock(lane), customer_lock(cid)]
+        for key in held:
+            await other.execute("SELECT pg_advisory_lock(%s)", (key,))
+        puts = [asyncio.create_task(c.put(f"/v1/customers/{cid}/price-overrides",
+                                          json={"discounts": [{"id": "all", "percent": str(p)}]}))
+                for p in (10, 20, 30)]
+        await _waiting_on_a_lock(other, sessions=3)
+        for key in held:
+            await other.execute("SELECT pg_advisory_unlock(%s)", (key,))
+        answers = await asyncio.wait_for(asyncio.gather(*puts), 60)
+    assert [a.status_code for a in answers] == [201] * 3, [a.text for a in answers]
 
 
 async def _customer(c: httpx.AsyncClient, book: str, topup: str | None = "10.00", **extra: str) -> str:
