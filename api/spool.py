@@ -32,6 +32,10 @@ log = logging.getLogger("tokentill.spool")
 
 ENV_DIR = "TOKENTILL_SPOOL_DIR"
 SUFFIX = ".jsonl"
+# A spool file, its lock or its `.rejected` that is a symlink is refused (ELOOP, an OSError), not
+# followed: planted in a directory others may write, it would have records appended to (or a
+# file made at) whatever it names.
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def spool_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -101,7 +105,7 @@ class Spool:
         """Add records with one write and one fsync (a group commit of the callers waiting)."""
         with self._locked():
             created = not self.path.exists()
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | NOFOLLOW, 0o600)
             size = os.fstat(fd).st_size
             try:
                 torn = not created and not _ends_with_newline(fd)
@@ -134,7 +138,7 @@ class Spool:
                 stamp = datetime.now(UTC).isoformat()
                 lines = b"".join(json.dumps({**asdict(r), "rejected": why, "rejected_at": stamp},
                                             ensure_ascii=False).encode() + b"\n" for r, why in rejected)
-                fd = os.open(self.rejected_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                fd = os.open(self.rejected_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | NOFOLLOW, 0o600)
                 try:
                     _write_all(fd, lines)
                     os.fsync(fd)
@@ -191,7 +195,7 @@ class Spool:
 
     def _acquire(self, lock_path: Path, wait: bool) -> int | None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:

@@ -275,3 +275,41 @@ def test_a_spool_flush_goes_on_past_a_file_it_cannot_update_and_says_so(tmp_path
     assert f"{broken.path}: not flushed: " in out and "No space left on device" in out
     assert f"{fine.path}: delivered 1, refused 0, left 0" in out
     assert not fine.path.exists() and broken.records() == [record(1, "res_a")]
+
+
+def test_a_spool_file_that_is_a_symlink_is_refused_and_what_it_points_at_is_left_alone(tmp_path):
+    """In a spool directory others may write (TOKENTILL_SPOOL_DIR on a shared path), a spool
+    file, its lock or its `.rejected` planted as a link would have each record appended to (or a
+    file made at) whatever it names, as the user the SDK or the gateway runs as."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious\n")
+    spool = Spool(tmp_path / "spool" / "x.jsonl")
+    spool.path.parent.mkdir()
+    spool.path.symlink_to(victim)
+    try:
+        spool.append(record(1))
+    except OSError:
+        pass
+    else:
+        raise AssertionError("appended through a symlink")
+    assert victim.read_bytes() == b"precious\n"
+
+    spool.path.unlink()
+    spool.append(record(1))
+    spool.rejected_path.symlink_to(victim)
+    try:
+        spool.remove({record(1).idempotency_key}, [(record(1), "refused")])
+    except OSError:
+        pass
+    else:
+        raise AssertionError("wrote a rejected record through a symlink")
+    assert victim.read_bytes() == b"precious\n"
+
+    made = tmp_path / "made-by-the-lock"
+    other = Spool(tmp_path / "spool" / "y.jsonl")
+    other.lock_path.symlink_to(made)
+    try:
+        other.append(record(2))
+    except OSError:
+        pass
+    assert not made.exists()
