@@ -450,12 +450,33 @@ class AsyncClient(_Base, AsyncJournalReads):
     def __init__(self, base_url: str, api_key: str, *, transport: httpx.AsyncBaseTransport | None = None,
                  timeout: float = 10.0, flush_spool: bool = True, **kwargs: Any) -> None:
         super().__init__(base_url, api_key, **kwargs)
+        self._transport, self._timeout, self._flush_spool = transport, timeout, flush_spool
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop it serves, from its first call
         self._http = httpx.AsyncClient(transport=transport, timeout=timeout)
         self._flush_pending = flush_spool
         self._replay: asyncio.Task[FlushReport | None] | None = None
         self._background = BackgroundSettler(self.spool, self._send_settlements, self._policy) \
             if self.spool and self._background_settle else None
         self._exits: set[asyncio.Task[Any]] = set()  # block exits (and releases) sending on their own
+
+    def _own(self) -> None:
+        """Serve the running event loop. A client kept from one loop to the next (each job under
+        its own `asyncio.run`) starts afresh on the new one: its pooled connections, tasks and
+        background settler belonged to the old loop (the next call reused a connection and failed,
+        "Event loop is closed"); what the old loop left unsent is in the spool, and the spool
+        replay runs again (with `flush_spool`). Two loops running at once cannot share it."""
+        loop = asyncio.get_running_loop()
+        if self._loop is loop:
+            return
+        if self._loop is not None:
+            if self._loop.is_running():
+                raise RuntimeError("an AsyncClient serves one event loop at a time: this one is in use by a loop "
+                                   "still running (another thread's); make a client for each loop")
+            self._http = httpx.AsyncClient(transport=self._transport, timeout=self._timeout)  # the old one's
+            self._replay, self._exits, self._flush_pending = None, set(), self._flush_spool  # sockets: left
+            if self._background is not None:
+                self._background = BackgroundSettler(self.spool, self._send_settlements, self._policy)
+        self._loop = loop
 
     async def _send_settlements(self, items: list[dict[str, Any]]) -> httpx.Response:
         """One bulk settle call; each item carries its own key, so the call needs none."""
@@ -464,6 +485,7 @@ class AsyncClient(_Base, AsyncJournalReads):
     async def _queue(self, path: str, body: Any, key: str, reservation_id: str) -> bool:
         """Queue a settle in the background, durably; False when not in that mode (or the spool
         write failed: then the caller delivers it now)."""
+        self._own()
         record = self._background_record(path, body, key, reservation_id)
         if record is None or self._background is None:
             return False
@@ -590,6 +612,7 @@ class AsyncClient(_Base, AsyncJournalReads):
         return await self.spool.aflush(self.resend, wait=wait)
 
     async def resend(self, record: SpoolRecord) -> tuple[str, str]:
+        self._own()
         try:
             response = await self._http.request(**self._resend_request(record))
         except httpx.TransportError as exc:
@@ -597,6 +620,7 @@ class AsyncClient(_Base, AsyncJournalReads):
         return delivery.flush_outcome(response), f"{response.status_code} {response.text[:300]}"
 
     async def _flush_at_start(self) -> None:
+        self._own()
         if not self._flush_pending:
             return
         self._flush_pending = False  # once
@@ -607,6 +631,7 @@ class AsyncClient(_Base, AsyncJournalReads):
     async def wait_replay(self) -> FlushReport | None:
         """Wait for the replay of the spool the client started with (bound it with
         `asyncio.timeout`); its report (an empty one without a replay), None if it was stopped."""
+        self._own()
         if self._replay is None:
             return FlushReport()
         await asyncio.wait([self._replay])
@@ -626,6 +651,7 @@ class AsyncClient(_Base, AsyncJournalReads):
         """Stop the replay, wait for the exits (and the queue) at most `drain_timeout_s`, close the
         connections. Shielded from a cancel scope (anyio's, as Starlette and Litestar use), which
         cancels every await until it is left: a close inside one still does all of this."""
+        self._own()
         with anyio.CancelScope(shield=True):
             if self._replay is not None:  # stopped: what it has not sent stays in the spool
                 self._replay.cancel()
