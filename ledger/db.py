@@ -311,6 +311,9 @@ def connect(url: str, *, pool_size: int = 10, pool_timeout_s: float = 5.0,
         max_overflow=pool_size,
         pool_timeout=pool_timeout_s,
         pool_pre_ping=False,
+        # a database error's text leaves out what the statement was sent with ([parameters: ...]),
+        # which would put a webhook signing secret or a customer's name in the server's log
+        hide_parameters=True,
         connect_args={"prepare_threshold": 1, "connect_timeout": max(2, math.ceil(pool_timeout_s)),
                       "options": session_options(url, idle_in_transaction_ms)},
     )
