@@ -106,6 +106,15 @@ ERRORS: dict[str, type[TokentillError]] = {
 }
 
 
+# An answer without a code the SDK knows (a proxy's, a load balancer's, a newer server's code) is
+# typed by its status, so that `except RateLimited` catches a rate limit in front of the server.
+BY_STATUS: dict[int, type[TokentillError]] = {
+    401: Unauthorized, 403: Forbidden, 404: NotFound, 405: MethodNotAllowed, 406: NotAcceptable,
+    408: RequestTimeout, 409: Conflict, 413: PayloadTooLarge, 415: UnsupportedMediaType, 422: ValidationFailed,
+    429: RateLimited, 431: HeadersTooLarge, 500: InternalError, 503: ServiceUnavailable,
+}
+
+
 class SettlementSpooled(Exception):
     """A settle or release not delivered by its deadline (or answered 5xx, or 401): it is in the local
     spool, and is re-sent with the same Idempotency-Key when a client next starts on that spool or
@@ -120,8 +129,9 @@ class SettlementSpooled(Exception):
 
 
 def raise_for(response: httpx.Response) -> Any:
-    """The body of a success; the typed error of anything else, raised. A success that is not
-    JSON is not tokentill's answer (base_url names another web server, or a proxy's page)."""
+    """The body of a success; the typed error of anything else, raised (by its code, else by its
+    status: BY_STATUS). A success that is not JSON is not tokentill's answer (base_url names
+    another web server, or a proxy's page)."""
     try:
         body = response.json()
     except ValueError:
@@ -134,7 +144,8 @@ def raise_for(response: httpx.Response) -> Any:
         return body
     code = body.get("code", "http_error") if isinstance(body, dict) else "http_error"
     detail = body.get("detail", "") if isinstance(body, dict) else str(body)
-    raise ERRORS.get(code, TokentillError)(response.status_code, code, detail, body, retry_after(response))
+    kind = ERRORS.get(code) or BY_STATUS.get(response.status_code, TokentillError)
+    raise kind(response.status_code, code, detail, body, retry_after(response))
 
 
 def describe(failure: BaseException | httpx.Response) -> str:

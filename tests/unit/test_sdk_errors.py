@@ -113,3 +113,31 @@ def test_a_spooled_settlement_crosses_a_process_boundary_whole(tmp_path):
     copy = pickle.loads(pickle.dumps(SettlementSpooled(record, tmp_path / "a.jsonl")))
     assert (copy.record, copy.path, str(copy)) == (record, tmp_path / "a.jsonl",
                                                    str(SettlementSpooled(record, tmp_path / "a.jsonl")))
+
+
+@pytest.mark.parametrize(("status", "kind"), [(429, "RateLimited"), (503, "ServiceUnavailable"),
+                                              (401, "Unauthorized"), (403, "Forbidden"), (404, "NotFound"),
+                                              (408, "RequestTimeout"), (413, "PayloadTooLarge"),
+                                              (500, "InternalError")])
+def test_an_answer_of_a_proxy_in_front_is_typed_by_its_status(tmp_path, status, kind):
+    """A rate limit, load balancer or gateway in front of the server answers in its own shape (an
+    HTML page, or JSON without a problem `code`). README: a 429 or 503 whose Retry-After exceeds
+    the call's budget is raised "as ServiceUnavailable (RateLimited) with .retry_after"; it was a
+    bare TokentillError, which `except RateLimited` let through. Its code stays `http_error`
+    (not tokentill's answer); its class is its status's."""
+    from api.client import Client
+
+    for content in ("<html>Too busy</html>", '{"message": "slow down"}'):
+        page = httpx.MockTransport(lambda request, c=content: httpx.Response(
+            status, text=c, headers={"Retry-After": "60", "content-type": "text/html"}))
+        with Client("http://tt", "secret", transport=page, spool=False, flush_spool=False, backoff_s=0.001,
+                    retry_budget_s=0.01) as tt, pytest.raises(TokentillError) as raised:
+            tt.get("/v1/customers/acme/wallet")
+        assert type(raised.value) is getattr(api.client, kind), content
+        assert (raised.value.status, raised.value.code, raised.value.retry_after) == (status, "http_error", 60.0)
+
+
+def test_an_answer_of_a_status_without_a_meaning_of_its_own_stays_a_bare_error():
+    with pytest.raises(TokentillError) as raised:
+        raise_for(httpx.Response(502, text="<html>Bad gateway</html>"))
+    assert type(raised.value) is TokentillError and raised.value.code == "http_error"
