@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -30,7 +29,7 @@ import httpx
 
 from api.background import MAX_BYTES, MAX_ITEMS, is_settle, item_of
 from api.delivery import RetryPolicy, retry_after, status_outcome
-from api.spool import FlushReport, Spool, SpoolRecord
+from api.spool import FlushReport, Spool, SpoolRecord, release_lock
 
 log = logging.getLogger("tokentill.client")
 SendBulk = Callable[[list[dict[str, Any]]], Awaitable[httpx.Response]]
@@ -81,7 +80,7 @@ class SpoolReplay:
         except asyncio.CancelledError:  # a lock taken meanwhile is let go at once
             await asyncio.wait([taking])
             if (late := taking.result()) is not None:
-                os.close(late)
+                release_lock(late)
             raise
         if fd is None:  # another flusher (another process on this directory) sends this file
             self.report.busy = True
@@ -100,7 +99,7 @@ class SpoolReplay:
                     outcome, note = await self._send_one(record)
                     await self._file(spool, keys, [(record, outcome, note)])
         finally:
-            os.close(fd)
+            release_lock(fd)
 
     def _earlier(self, record: SpoolRecord) -> bool:
         """Spooled before the replay was made (a record without a readable time: an earlier run's)."""

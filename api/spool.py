@@ -36,6 +36,27 @@ SUFFIX = ".jsonl"
 # followed: planted in a directory others may write, it would have records appended to (or a
 # file made at) whatever it names.
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+# The lock descriptors this process holds. A forked child closes its copies at once: an flock
+# belongs to the open file, so an inherited copy kept the parent's lock held as long as the child
+# lived (a replay flushing when gunicorn --preload forked its workers: every later flush "busy").
+_HELD: set[int] = set()
+
+
+def release_lock(fd: int) -> None:
+    """Let go of a lock `Spool` took (`take_flush_lock`)."""
+    _HELD.discard(fd)
+    os.close(fd)
+
+
+def _drop_inherited_locks() -> None:
+    for fd in list(_HELD):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_locks)
 
 
 def spool_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -163,7 +184,7 @@ class Spool:
             run.report.kept = self.remove(run.done, run.rejected)
             return run.report
         finally:
-            os.close(fd)
+            release_lock(fd)
 
     async def aflush(self, send: Callable[[SpoolRecord], Awaitable[tuple[str, str]]], *,
                      wait: bool = True) -> FlushReport:
@@ -179,7 +200,7 @@ class Spool:
             run.report.kept = await asyncio.to_thread(self.remove, run.done, run.rejected)
             return run.report
         finally:
-            os.close(fd)
+            release_lock(fd)
 
     def take_flush_lock(self) -> int | None:
         """The flush lock's descriptor (close it to let go), or None when another flusher holds it."""
@@ -191,7 +212,7 @@ class Spool:
         try:
             yield
         finally:
-            os.close(fd)  # closing the descriptor releases the flock
+            release_lock(fd)  # closing the descriptor releases the flock
 
     def _acquire(self, lock_path: Path, wait: bool) -> int | None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -201,6 +222,7 @@ class Spool:
         except BlockingIOError:
             os.close(fd)
             return None
+        _HELD.add(fd)
         return fd
 
     def _read(self) -> tuple[list[SpoolRecord], int]:
