@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from api.bench.common import scratch_database
 from api.runtime import sync_url
@@ -19,6 +20,12 @@ from ledger import embedded
 from ledger.accounts import ensure_asset
 from ledger.db import Database, connect
 from migrations import runner
+
+# No property test is a timed test: Hypothesis fails an example that takes longer than 200 ms by
+# default (DeadlineExceeded, or Flaky when its replay is faster), which a loaded machine does to
+# tests whose code is correct (the SSE splitting property failed so once, alone on a re-run).
+settings.register_profile("tokentill", deadline=None)
+settings.load_profile("tokentill")
 
 
 @pytest.fixture(scope="session")
