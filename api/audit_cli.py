@@ -181,7 +181,7 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(report, indent=2))
     else:
         readable_stdout()
-        print(f"matched: {len(result.matched)} top-ups and invoice payments")
+        print(f"matched: {len(result.matched)} top-ups, invoice payments and refunds")
         for (mine, theirs), m in zip(result.mismatched, report["amount_mismatches"], strict=True):
             label = "AMOUNT" if mine.currency == theirs.currency else "CURRENCY"
             print(f"{label} MISMATCH reference {m['reference']}: ledger {m['ledger_amount']} ({m['ledger']}), "
@@ -193,10 +193,10 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
         for d in result.duplicates:
             print(f"DUPLICATE       {d}")
         if report["skipped_rows"]:
-            print("skipped rows that are not payments: " + ", ".join(
+            print("skipped rows that are not payments or refunds: " + ", ".join(
                 f"{kind} {n}" for kind, n in sorted(report["skipped_rows"].items())))
         differences = (len(result.mismatched) + len(result.only_in_ledger) + len(result.only_in_file)
                        + len(result.duplicates))
-        print("reconciled: every top-up and invoice payment matches a payment, and every payment one of them"
+        print("reconciled: every top-up, invoice payment and refund matches a row, and every row one of them"
               if result.clean else f"reconciliation FAILED: {differences} difference(s)")
     return 0 if result.clean else 1

@@ -49,8 +49,10 @@ from api.client_errors import (
     CurrencyMismatch,
     EncodingIntegrity,
     EndpointDisabled,
+    ExceedsRemaining,
     ExtensionTooShort,
     Forbidden,
+    GrantClosed,
     HeadersTooLarge,
     IdempotencyConflict,
     ImmutableField,
@@ -103,7 +105,8 @@ from pricing.tokens import TokenCounter
 
 __all__ = [  # the typed errors live in api.client_errors and are imported from here
     "ERRORS", "AsyncClient", "AsyncReservation", "BudgetExceeded", "Client", "Conflict", "CurrencyMismatch",
-    "EncodingIntegrity", "EndpointDisabled", "ExtensionTooShort", "FlushReport", "Forbidden",
+    "EncodingIntegrity", "EndpointDisabled", "ExceedsRemaining", "ExtensionTooShort", "FlushReport", "Forbidden",
+    "GrantClosed",
     "HeadersTooLarge", "IdempotencyConflict", "ImmutableField", "ImplausibleUsage", "InsufficientFunds",
     "InternalError",
     "InvalidAmount", "InvalidCursor", "InvalidRange", "MethodNotAllowed", "NotAcceptable", "NotFound", "NotReady",

@@ -114,7 +114,11 @@ def summary(document: Mapping[str, Any]) -> list[tuple[str, str]]:
                *([("Credit note rounding", document["credit_note_rounding"])]
                  if Decimal(document.get("credit_note_rounding") or 0) else []),
                ("Top-ups received", document["top_ups"]), ("Grants received", document["grants"]),
-               ("Credits expired", document["expired"]), ("Payments received", document["payments_received"]),
+               ("Credits expired", document["expired"]),
+               *([("Top-ups refunded", document["refunds"])] if Decimal(document.get("refunds") or 0) else []),
+               *([("Grants revoked", document["grants_revoked"])]
+                 if Decimal(document.get("grants_revoked") or 0) else []),
+               ("Payments received", document["payments_received"]),
                ("Opening credit balance", opening["credits"]), ("Closing credit balance", closing["credits"]),
                ("Opening amount owed", opening["receivable"]), ("Closing amount owed", closing["receivable"])]
     if Decimal(document.get("amount_due_rounding") or 0):  # the close's, to the minor unit (newer documents)

@@ -317,10 +317,15 @@ _MOVED = f"""
            coalesce(sum(p.amount) FILTER (WHERE a.code LIKE {_literal(chart.rounding_account('%'))}
                                            AND j.kind = 'rerate_adjustment'), 0) AS note_rounding,
            coalesce(sum(p.amount) FILTER (WHERE a.code LIKE {_literal(chart.cash_account('%'))}
-                                           AND j.kind <> 'invoice_payment'), 0) AS topups,
+                                           AND j.kind NOT IN ('invoice_payment', 'grant_reversal')), 0) AS topups,
+           coalesce(-sum(p.amount) FILTER (WHERE a.code LIKE {_literal(chart.cash_account('%'))}
+                                            AND j.kind = 'grant_reversal'), 0) AS refunds,
+           coalesce(-sum(p.amount) FILTER (WHERE a.code LIKE {_literal(chart.promotions_account('%'))}
+                                            AND j.kind = 'grant_reversal'), 0) AS revoked,
            coalesce(sum(p.amount) FILTER (WHERE a.code LIKE {_literal(chart.cash_account('%'))}
                                            AND j.kind = 'invoice_payment'), 0) AS payments,
-           coalesce(sum(p.amount) FILTER (WHERE a.code LIKE {_literal(chart.promotions_account('%'))}), 0) AS grants,
+           coalesce(sum(p.amount) FILTER (WHERE a.code LIKE {_literal(chart.promotions_account('%'))}
+                                           AND j.kind <> 'grant_reversal'), 0) AS grants,
            coalesce(-sum(p.amount) FILTER (WHERE a.code LIKE {_literal(chart.breakage_account('%'))}), 0) AS expired,
            coalesce(-sum(p.amount) FILTER (WHERE left(a.code, length({_LOTS})) = {_LOTS}), 0) AS lots
       FROM journal_entries j JOIN postings p ON p.lane = j.lane AND p.entry_id = j.id
@@ -405,6 +410,8 @@ async def period_rollups_match_postings(conn: AsyncConnection) -> Check:
                    coalesce(sum(amount) FILTER (WHERE item = 'topups'), 0) AS topups,
                    coalesce(sum(amount) FILTER (WHERE item = 'payments'), 0) AS payments,
                    coalesce(sum(amount) FILTER (WHERE item = 'grants'), 0) AS grants,
+                   coalesce(sum(amount) FILTER (WHERE item = 'refunds'), 0) AS refunds,
+                   coalesce(sum(amount) FILTER (WHERE item = 'revoked'), 0) AS revoked,
                    coalesce(sum(amount) FILTER (WHERE item = 'expired'), 0) AS expired,
                    coalesce(sum(amount) FILTER (WHERE item = 'lots'), 0) AS lots,
                    coalesce(sum(amount) FILTER (WHERE item LIKE 'line:%'), 0) AS lines,
@@ -428,6 +435,7 @@ async def period_rollups_match_postings(conn: AsyncConnection) -> Check:
          WHERE coalesce(m.note_rounding, 0) <> coalesce(r.note_rounding, 0)
         UNION ALL
         -- what an invoice shows beside its lines: the period's top-ups, payments, grants and breakage,
+        -- refunds and revocations,
         -- and how the customer's credits moved (its opening and closing balances)
         SELECT format('customer %s, period %s: rollup says %s %s; the postings say %s', customer_id, period,
                       x.item, x.rolled, x.posted)
@@ -436,6 +444,8 @@ async def period_rollups_match_postings(conn: AsyncConnection) -> Check:
                ('topups', coalesce(r.topups, 0), coalesce(m.topups, 0)),
                ('payments', coalesce(r.payments, 0), coalesce(m.payments, 0)),
                ('grants', coalesce(r.grants, 0), coalesce(m.grants, 0)),
+               ('refunds', coalesce(r.refunds, 0), coalesce(m.refunds, 0)),
+               ('revoked', coalesce(r.revoked, 0), coalesce(m.revoked, 0)),
                ('expired', coalesce(r.expired, 0), coalesce(m.expired, 0)),
                ('lots', coalesce(r.lots, 0), coalesce(m.lots, 0))) x(item, rolled, posted)
          WHERE x.rolled <> x.posted
@@ -479,6 +489,8 @@ async def invoices_tie_out(conn: AsyncConnection) -> Check:
                ('top-ups', i.content ->> 'top_ups', coalesce(m.topups, 0)),
                ('grants', i.content ->> 'grants', coalesce(m.grants, 0)),
                ('expired', i.content ->> 'expired', coalesce(m.expired, 0)),
+               ('refunds', i.content ->> 'refunds', coalesce(m.refunds, 0)),
+               ('grants revoked', i.content ->> 'grants_revoked', coalesce(m.revoked, 0)),
                ('payments received', i.content ->> 'payments_received', coalesce(m.payments, 0)),
                ('credits moved', {_MOVEMENT.format(name='credits')}, coalesce(m.lots, 0)),
                ('reserved moved', {_MOVEMENT.format(name='reserved')}, coalesce(m.reserved, 0)),
@@ -531,7 +543,8 @@ async def invoices_tie_out(conn: AsyncConnection) -> Check:
             OR j.kind NOT IN ('topup', 'invoice_payment', 'rerate_adjustment', 'volume_true_up', 'invoice_rounding')
             OR (j.kind = 'invoice_payment' AND x.paid <> x.receivable) OR x.paid > x.receivable
         """, "invoices are intact (content hash), numbered without gaps, and total the revenue of their period "
-             "(their top-ups, grants, expirations, payments received and balance movements those of its postings, "
+             "(their top-ups, grants, expirations, refunds, revocations, payments received and balance movements "
+             "those of its postings, "
              "each opening where the one before closed; "
              "lines rounded to the currency's minor unit where the document says so, a rounding line the rest); "
              "their payments are what their entries paid off the receivable (an invoice payment all of it, a "

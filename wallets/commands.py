@@ -16,6 +16,7 @@ from wallets.core.commands import (
     RecordUsage,
     Release,
     Reserve,
+    ReverseGrant,
     Settle,
     TopUp,
 )
@@ -27,6 +28,7 @@ from wallets.core.results import (
     ReleaseResult,
     ReservationSummary,
     ReserveResult,
+    ReversalResult,
     SettleResult,
     UsageResult,
     WalletView,
@@ -37,6 +39,7 @@ from wallets.core.results import (
 __all__ = [
     "GRANT_PRIORITY", "MAX_TTL_SECONDS", "TOPUP_PRIORITY", "ClosePeriod", "Command", "CreditResult", "ExpireLot",
     "ExpireReservation", "ExpiryResult", "Extend", "ExtendResult", "Grant", "LotView", "PayInvoice", "RecordUsage",
-    "Release", "ReleaseResult", "ReservationSummary", "Reserve", "ReserveResult", "Settle", "SettleResult", "TopUp",
+    "Release", "ReleaseResult", "ReservationSummary", "Reserve", "ReserveResult", "ReversalResult", "ReverseGrant",
+    "Settle", "SettleResult", "TopUp",
     "UsageResult", "WalletView", "lot_view", "wallet_view",
 ]

@@ -108,6 +108,19 @@ class OverpaymentError(WalletError):
     code = "overpayment"
 
 
+class GrantClosedError(WalletError):
+    """A reversal of a lot that has nothing left to give back: expired (its remainder went to
+    breakage, or goes there at its expiry) or emptied (spent, held or reversed already)."""
+
+    code = "grant_closed"
+
+
+class ExceedsRemainingError(WalletError):
+    """A reversal of more than what is left of a lot and not held (names available and asked)."""
+
+    code = "exceeds_remaining"
+
+
 class CurrencyMismatchError(WalletError):
     """An amount in another currency than the resource it is for."""
 

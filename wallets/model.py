@@ -176,7 +176,7 @@ class Reservation:
 @dataclass(slots=True)
 class Wallet:
     customer: Customer
-    lots: dict[str, Lot]  # by account code; swept lots only when a hold refers to them
+    lots: dict[str, Lot]  # by account code; swept lots only when a hold or a command refers to them
     reserved: int
     receivable: int
     reservations: dict[str, Reservation] = field(default_factory=dict)

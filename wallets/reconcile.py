@@ -1,10 +1,12 @@
-"""Cash reconciliation: the top-ups and invoice payments the ledger recorded (the cash it received)
-against a payment processor's export.
+"""Cash reconciliation: the top-ups and invoice payments the ledger recorded (the cash it received),
+and the refunds of top-ups (the cash it gave back), against a payment processor's export.
 
 A top-up or invoice payment is matched by its `reference` (what `POST /v1/customers/{id}/topups`
 or `POST /v1/invoices/{id}/payments` was given: the processor's charge or payment id) and
 compared by amount and currency, exactly, in atomic units; a customer's invoice payments under one
-reference are one receipt, compared by their sum (`receipts`).
+reference are one receipt, compared by their sum (`receipts`). A refund (`POST /v1/customers/{id}/
+grants/{grant_id}/reverse` of a top-up, given the processor's refund id as its `reference`) is cash
+out: a negative amount, matched against the file's refund rows (negative there too).
 Two file layouts are read, told apart by their header:
 
 - Stripe balance transactions, as the Dashboard exports them (`id`, `Type`, `Source`, `Amount`,
@@ -12,8 +14,9 @@ Two file layouts are read, told apart by their header:
   `reporting_category`, `source_id`, `gross`, `currency`, `created_utc`, optional `charge_id`,
   `payment_intent_id`, `customer_facing_amount` and `customer_facing_currency`: what the customer
   paid, compared where given, since `gross` is in the settlement currency). Only rows of type
-  `charge` or `payment` (category `charge`) are payments; a reference matches the row's source,
-  charge, payment intent or balance transaction id.
+  `charge` or `payment` (category `charge`) are payments, and rows of type (category) `refund` are
+  refunds; other rows are skipped; a reference matches the row's source, charge, payment intent or
+  balance transaction id (a refund row's source is its refund, `re_...`).
 - Generic: `reference,amount,currency` and an optional `date` (RFC 3339 or a date), amounts in
   the currency's display unit (`100.00`).
 Amounts are plain decimals (`1,234.56`), read exactly; any other writing is refused (`_AMOUNT`).
@@ -46,7 +49,7 @@ class Payment:
     at: datetime | None = None
     aliases: tuple[str, ...] = ()  # other ids of the same file row that a reference may name
     customer: str = ""  # the ledger's: whose top-up or invoice payment
-    kind: str = ""  # the ledger's: "topup" or "invoice_payment"
+    kind: str = ""  # the ledger's: "topup", "invoice_payment" or "grant_reversal" (a top-up's refund)
     entry_id: int | None = None  # the ledger's
 
 
@@ -70,6 +73,7 @@ STRIPE_ITEMIZED = {"balance_transaction_id", "reporting_category", "gross", "cur
 STRIPE_FACING = {"customer_facing_amount", "customer_facing_currency"}
 GENERIC = {"reference", "amount", "currency"}
 STRIPE_PAYMENT_TYPES = {"charge", "payment"}
+STRIPE_REFUND_TYPES = {"refund"}  # cash given back: matched against the ledger's refunds of top-ups
 
 
 def _time(raw: str | None, where: str) -> datetime | None:
@@ -130,7 +134,7 @@ def _read(reader: csv.DictReader, scale_of: Callable[[str], int]) -> tuple[list[
     for number, row in enumerate(reader, start=2):
         where = f"line {number}"
         value = {key: (row.get(name) or "").strip() for key, name in header.items()}
-        if type_col and value[type_col].lower() not in STRIPE_PAYMENT_TYPES:
+        if type_col and value[type_col].lower() not in STRIPE_PAYMENT_TYPES | STRIPE_REFUND_TYPES:
             skipped[value[type_col] or "(no type)"] += 1
             continue
         ids = tuple(v for v in (value.get(c, "") for c in ref_cols) if v)
@@ -146,15 +150,16 @@ def _read(reader: csv.DictReader, scale_of: Callable[[str], int]) -> tuple[list[
     return payments, skipped
 
 
-# The entries that bring cash in: top-ups, and payments of invoices (a postpaid customer's).
-CASH_IN = {"topup": "top-up", "invoice_payment": "invoice payment"}
+# The entries that bring cash in: top-ups, and payments of invoices (a postpaid customer's); and
+# the one that takes it out: a top-up's refund (a reversal of a top-up's lot; a grant's moves no cash).
+CASH_IN = {"topup": "top-up", "invoice_payment": "invoice payment", "grant_reversal": "refund"}
 _TOPUPS = text("""
 SELECT j.id, j.kind, j.occurred_at, j.customer_id, coalesce(j.metadata ->> 'reference', '') AS reference,
        a.asset, sum(p.amount)::bigint AS amount
   FROM journal_entries j
   JOIN postings p ON p.lane = j.lane AND p.entry_id = j.id
   JOIN accounts a ON a.id = p.account_id
- WHERE j.kind IN ('topup', 'invoice_payment') AND a.code = :cash || a.asset
+ WHERE j.kind IN ('topup', 'invoice_payment', 'grant_reversal') AND a.code = :cash || a.asset
    AND (CAST(:start AS timestamptz) IS NULL OR j.occurred_at >= :start)
    AND (CAST(:end AS timestamptz) IS NULL OR j.occurred_at < :end)
  GROUP BY j.lane, j.id, a.asset ORDER BY j.id
@@ -162,7 +167,8 @@ SELECT j.id, j.kind, j.occurred_at, j.customer_id, coalesce(j.metadata ->> 'refe
 
 
 async def ledger_topups(conn: AsyncConnection, start: datetime | None, end: datetime | None) -> list[Payment]:
-    """Every top-up and invoice payment in [start, end): the cash it brought in, with its reference."""
+    """Every top-up, invoice payment and refund in [start, end): the cash it brought in (a refund: took
+    out, negative), with its reference."""
     rows = await conn.execute(_TOPUPS, {"cash": chart.cash_account(""), "start": start, "end": end})
     return [Payment(r.reference, int(r.amount), r.asset,
                     f"entry {r.id} (customer {r.customer_id}{'' if r.kind == 'topup' else ', ' + CASH_IN[r.kind]})",

@@ -65,7 +65,9 @@ SELECT
           l.reason, l.reference, b.credits - b.debits, l.expired_at IS NOT NULL)), '[]'::jsonb)
      FROM lots l JOIN account_balances b ON b.lane = %(lane)s AND b.account_id = l.account_id
     WHERE l.lane = %(lane)s AND l.customer_id = ANY(%(customers)s::text[])
-      AND (l.expired_at IS NULL AND (b.credits > b.debits OR l.account_code = ANY(%(lot_codes)s::text[]))
+      AND ((l.expired_at IS NULL AND b.credits > b.debits)
+           -- a lot a command names, even empty or swept: it says which (an expiry, a reversal)
+           OR l.account_code = ANY(%(lot_codes)s::text[])
            -- a lot a hold came from, even swept: a settle bills its kind, a release goes to breakage
            OR l.account_code IN (SELECT h.account_code FROM reservation_holds h
                                   WHERE h.lane = %(lane)s AND h.reservation_id = ANY(%(reservations)s::text[]))))

@@ -15,7 +15,17 @@ from api.routes.formats import Amount, DateTime, Identifier, PositiveAmount
 from api.routes.schemas import json_body
 from api.routes.wire import Answer, amount_in, idempotency, money, respond, shaped, time_in, time_out
 from wallets import reports
-from wallets.commands import GRANT_PRIORITY, TOPUP_PRIORITY, CreditResult, Grant, LotView, TopUp, WalletView
+from wallets.commands import (
+    GRANT_PRIORITY,
+    TOPUP_PRIORITY,
+    CreditResult,
+    Grant,
+    LotView,
+    ReversalResult,
+    ReverseGrant,
+    TopUp,
+    WalletView,
+)
 from wallets.core import customers as changes
 from wallets.core.idempotency import CREATED, EXISTS, OK
 from wallets.customer_changes import CustomerChange
@@ -117,6 +127,24 @@ class GrantRequest(msgspec.Struct, forbid_unknown_fields=True):  # a typo is a 4
     reason: Text = ""
 
 
+class ReverseGrantRequest(msgspec.Struct, forbid_unknown_fields=True):  # a typo is a 422
+    amount: PositiveAmount | None = None  # None: all that is left of the lot and not held
+    reason: Text = ""
+    reference: Text = ""  # the payment provider's refund id (re_...): `audit reconcile` matches it
+
+
+class ReversalResponse(msgspec.Struct):
+    grant_id: str
+    entry_id: int | None
+    reversal: str  # refund (a top-up's, to cash) | revocation (a grant's, to promotions)
+    amount: str
+    currency: str
+    reason: str
+    reference: str
+    grant: GrantResponse
+    wallet: WalletResponse
+
+
 class CreditResponse(msgspec.Struct):
     grant_id: str
     entry_id: int | None
@@ -129,6 +157,7 @@ CreateCustomerBody = Annotated[dict[str, Any], json_body(CreateCustomerRequest)]
 ChangeCustomerBody = Annotated[dict[str, Any], json_body(ChangeCustomerRequest)]
 TopUpBody = Annotated[dict[str, Any], json_body(TopUpRequest)]
 GrantBody = Annotated[dict[str, Any], json_body(GrantRequest)]
+ReverseGrantBody = Annotated[dict[str, Any], json_body(ReverseGrantRequest)]
 
 
 def customer_response(view: CustomerView) -> CustomerResponse:
@@ -287,3 +316,29 @@ async def grant(state: State, request: Request, customer_id: FromPath[str],
                     expires_at=time_in(data.expires_at, "expires_at"), reason=data.reason,
                     idem=idempotency(request, data))
     return respond(request, await state.services.wallets.submit(command), CREDITED)
+
+
+def _reversal(result: ReversalResult) -> ReversalResponse:
+    cur = result.wallet.currency
+    return ReversalResponse(result.grant.id, result.entry_id, result.kind, money(result.amount, cur) or "0", cur,
+                            result.reason, result.reference, grant_response(result.grant, cur),
+                            wallet_response(result.wallet))
+
+
+REVERSED = Answer(_reversal, ReversalResult)
+
+
+@post("/v1/customers/{customer_id:str}/grants/{grant_id:str}/reverse", guards=[require()], tags=["customers"],
+      status_code=201, **documented(404, 409, body=True, idempotent=True))
+async def reverse_grant(state: State, request: Request, customer_id: FromPath[str], grant_id: FromPath[str],
+                        data: ReverseGrantBody) -> Response[ReversalResponse]:
+    """Give back (part of) a lot's remainder not held, the reverse of what opened it: a top-up's is
+    refunded (lot -> platform cash), a grant's revoked (lot -> platform promotions). Without
+    `amount`, all of it. 404 for a lot not the customer's; 409 `grant_closed` for a lot expired
+    or emptied, 409 `exceeds_remaining` (naming `available` and `asked`) for more than is left;
+    an `amount` finer than the currency's minor unit is 422 `invalid_amount`."""
+    data = shaped(data, ReverseGrantRequest)
+    amount = amount_in(data.amount, "amount") if data.amount is not None else None
+    command = ReverseGrant(customer_id=customer_id, lot_id=grant_id, amount=amount, reason=data.reason,
+                           reference=data.reference, idem=idempotency(request, data))
+    return respond(request, await state.services.wallets.submit(command), REVERSED)

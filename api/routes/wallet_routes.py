@@ -18,7 +18,7 @@ ROUTES = [
     price_books.post_price_book, price_books.get_price_book, price_books.get_price_version,
     price_books.import_price_books,
     customers.create_customer, customers.get_customer, customers.change_customer,
-    customers.customer_changes, customers.get_wallet, customers.top_up, customers.grant,
+    customers.customer_changes, customers.get_wallet, customers.top_up, customers.grant, customers.reverse_grant,
     reservations.create_reservation, reservations.settle, reservations.release, reservations.extend,
     reservations.get_reservation,
     settlements.settle_many,

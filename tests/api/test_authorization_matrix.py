@@ -102,6 +102,7 @@ ROUTES = [
     ("GET", "/v1/credit-notes/cn_missing", None,
      {frozenset(INVOICE_READERS_OWN | AUDITORS_OTHER | {"customer:other"}): 404}),
     ("POST", "/v1/customers/{own}/grants", {"amount": "1.00"}, {frozenset(ADMINS_OWN): "ok"}),
+    ("POST", "/v1/customers/{own}/grants/lot_missing/reverse", {}, {frozenset(ADMINS_OWN): "ok"}),  # 404: none
     ("POST", "/v1/reservations", {"customer_id": "{own}", "request_id": "r", "model": "model-a", "amount": "0.01"},
      {frozenset(INFERENCE_OWN): "ok"}),
     ("GET", "/v1/reservations/{res}", None, {frozenset(READ_OWN): "ok"}),
@@ -231,7 +232,8 @@ def test_the_matrix_covers_every_route(database_url):
                .replace("{book}", "{book_id:str}").replace(PRICE_BOOK["effective_from"], "{version:path}")
                .replace("{recv}", "{code:str}").replace("income:platform:usage:USD", "{code:str}")
                .replace("{bud}", "{budget_id:str}").replace("bud_missing", "{budget_id:str}")
-               .replace("{inv}", "{invoice_id:str}").replace("cn_missing", "{credit_note_id:str}"))
+               .replace("{inv}", "{invoice_id:str}").replace("cn_missing", "{credit_note_id:str}")
+                   .replace("lot_missing", "{grant_id:str}"))
               for method, path, _, _ in ROUTES}
     assert served == tested
 

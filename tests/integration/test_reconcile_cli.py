@@ -32,7 +32,7 @@ def ledger_url(server_url):
 def _stripe(rows: dict[str, str]) -> str:
     lines = [f"txn_{i},charge,{ref},{amount},0.30,0.00,usd,2026-11-02 10:00,2026-11-04 00:00,\n"
              for i, (ref, amount) in enumerate(rows.items())]
-    return HEADER + "".join(lines) + "txn_r,refund,re_1,-3.00,0.00,-3.00,usd,2026-11-03 10:00,2026-11-05 00:00,\n"
+    return HEADER + "".join(lines) + "txn_p,payout,po_1,-3.00,0.00,-3.00,usd,2026-11-03 10:00,2026-11-05 00:00,\n"
 
 
 def _reconcile(url: str, tmp_path, body: str, *extra: str) -> subprocess.CompletedProcess:
@@ -46,7 +46,8 @@ def _reconcile(url: str, tmp_path, body: str, *extra: str) -> subprocess.Complet
 def test_a_clean_processor_file_reconciles(ledger_url, tmp_path):
     done = _reconcile(ledger_url, tmp_path, _stripe(TOPUPS))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "matched: 5 top-ups" in done.stdout and "skipped rows that are not payments: refund 1" in done.stdout
+    assert "matched: 5 top-ups" in done.stdout and "skipped rows that are not payments or refunds: payout 1" \
+        in done.stdout
 
 
 def test_a_missing_payment_an_extra_one_and_a_cent_off_are_each_reported(ledger_url, tmp_path):
@@ -207,5 +208,33 @@ def test_one_charge_that_paid_two_invoices_reconciles(server_url, tmp_path):
         [match] = report["matched"]
         assert match["reference"] == "ch_both" and match["amount"] == "0.08 USD", match
         assert "invoice payments" in match["ledger"], match
+    finally:
+        gen.close()
+
+
+def test_a_refund_of_a_top_up_is_matched_by_its_reference_and_one_not_recorded_is_a_difference(server_url, tmp_path):
+    """A top-up refunded at the processor (a Stripe `refund` row, -3.00, source `re_1`) and in the
+    ledger (the top-up's lot reversed with `reference` re_1): matched. Was: refund rows were only
+    counted as skipped, so a refund the ledger never recorded (the customer kept the credit of the
+    cash that went back) reconciled clean."""
+    gen = _migrated(server_url, "tokentill_reconcile_refunds")
+    url = next(gen)
+    refund = "txn_r,refund,re_1,-3.00,0.00,-3.00,usd,2026-11-03 10:00,2026-11-05 00:00,\n"
+    try:
+        with serving(url, "reconcile-admin") as tt:
+            tt.post("/v1/customers", {"id": "acme", "currency": "USD"})
+            lot = tt.post("/v1/customers/acme/topups", {"amount": "10.00", "reference": "ch_1"})["grant_id"]
+            tt.post("/v1/customers/acme/topups", {"amount": "5.00", "reference": "ch_2"})
+            unrecorded = _reconcile(url, tmp_path, _stripe({"ch_1": "10.00", "ch_2": "5.00"}) + refund)
+            assert unrecorded.returncode == 1, unrecorded.stdout
+            assert "ONLY IN FILE    reference re_1: -3.00 USD, line" in unrecorded.stdout, unrecorded.stdout
+            tt.post(f"/v1/customers/acme/grants/{lot}/reverse", {"amount": "3.00", "reference": "re_1"})
+        done = _reconcile(url, tmp_path, _stripe({"ch_1": "10.00", "ch_2": "5.00"}) + refund, "--json")
+        report = json.loads(done.stdout)
+        assert done.returncode == 0 and report["ok"], done.stdout + done.stderr
+        assert [(m["reference"], m["amount"]) for m in report["matched"] if "refund" in m["ledger"]] == [
+            ("re_1", "-3.00 USD")]
+        short = _reconcile(url, tmp_path, _stripe({"ch_1": "10.00", "ch_2": "5.00"}))
+        assert short.returncode == 1 and "ONLY IN LEDGER  reference re_1: -3.00 USD" in short.stdout, short.stdout
     finally:
         gen.close()

@@ -11,6 +11,7 @@ moved no money, and so has no entry, adds its lines alone, netting 0):
   funded:<source>     what paid the revenue: `grant` or `topup` lots, or the `receivable`; a
                       credit note's `rounding` (its money is whole minor units, its revenue exact)
   topups, grants      credit bought or given; `expired`: what went to breakage
+  refunds, revoked    credit given back: top-ups refunded to cash, grants revoked (reversals)
   payments            invoice payments received
   lots, reserved, receivable   the change of the customer's balances
   rounded             what the close's rounding of the amount due moved on the receivable
@@ -97,9 +98,14 @@ def entry_rollup(customer: Customer, entry: JournalEntry | None, lot_kinds: Mapp
         elif p.account == breakage:
             add(out, "expired", 0, -p.amount)
         elif p.account == promotions:
-            add(out, "grants", 0, p.amount)
+            if entry.kind == "grant_reversal":
+                add(out, "revoked", 0, -p.amount)
+            else:
+                add(out, "grants", 0, p.amount)
         elif p.account == cash:
-            add(out, "payments" if entry.kind == "invoice_payment" else "topups", 0, p.amount)
+            kind = entry.kind
+            add(out, "payments" if kind == "invoice_payment" else "refunds" if kind == "grant_reversal" else "topups",
+                0, -p.amount if kind == "grant_reversal" else p.amount)
         elif p.account == reserved:
             add(out, "reserved", 0, -p.amount)
         elif p.account == receivable:
@@ -205,7 +211,7 @@ def document(customer: Customer, period: Period, rollup: Mapping[str, tuple[int,
              header: Header) -> dict[str, Any]:
     """The invoice of `period`: lines by model and token type, per-request fees, discounts,
     allowances and true-ups each their own lines; credits applied by lot kind; top-ups, grants,
-    expirations; opening and closing balances; the amount due.
+    expirations, refunds and revocations; opening and closing balances; the amount due.
     Each line's amount is rounded once to the currency's minor unit (`line_decimals`, half to
     even), and a `rounding` line carries the exact total less the rounded lines; the subtotals
     are the sums of the rounded lines by kind (`rounding` its own); the total and every other
@@ -221,7 +227,7 @@ def document(customer: Customer, period: Period, rollup: Mapping[str, tuple[int,
         subtotals[SUBTOTALS[line["kind"]]] += line.pop("amount_units")
     amount = {name: rollup.get(name, (0, 0))[1] for name in (
         "funded:grant", "funded:topup", "funded:receivable", "funded:rounding", "topups", "grants", "expired",
-        "payments", *BALANCES)}
+        "refunds", "revoked", "payments", *BALANCES)}
     closing = Balances(*(getattr(opening, name) + amount[name] for name in BALANCES))
     due = amount_due_units(rollup)
     return {
@@ -244,6 +250,8 @@ def document(customer: Customer, period: Period, rollup: Mapping[str, tuple[int,
         "credit_note_rounding": money(amount["funded:rounding"], cur),
         "top_ups": money(amount["topups"], cur), "grants": money(amount["grants"], cur),
         "expired": money(amount["expired"], cur),
+        # top-ups refunded and grants revoked in the period (reversals of lots: their credit given back)
+        "refunds": money(amount["refunds"], cur), "grants_revoked": money(amount["revoked"], cur),
         "payments_received": money(amount["payments"], cur),
         "opening_balance": opening.view(cur), "closing_balance": closing.view(cur),
         # what the close's rounding of the amount due to the currency's minor unit added (or took off)

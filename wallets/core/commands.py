@@ -184,6 +184,27 @@ class ExpireLot(Command):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ReverseGrant(Command):
+    """Give back (part of) a lot's unheld remainder: a top-up's is refunded to the platform's cash,
+    a grant's revoked to its promotions expense. Without `amount`: all of it."""
+
+    lot_id: str
+    amount: int | None = None
+    reason: str = ""
+    reference: str = ""
+
+    @property
+    def code(self) -> str:
+        return chart.lot_account(self.customer_id, self.lot_id)
+
+    def _keys(self) -> set[tuple[str, ...]]:
+        return {("lot", self.lot_id)}
+
+    def needs(self) -> dict[str, list[Any]]:
+        return {"lot_codes": [self.code]}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RecordUsage(Command):
     """A post-hoc usage event: rated at its own time, paid from the lots, then the receivable.
     Event ids are per customer: another customer's event of the same id is another event."""

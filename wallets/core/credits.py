@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from datetime import datetime
 
 from pricing.books import PriceBook
 from pricing.money import CURRENCY_MINOR_UNITS, finer_than_minor_unit, format_money, minor_unit_text
 from wallets import chart
 from wallets.core import budgets
-from wallets.core.commands import ExpireLot, Grant, RecordUsage, TopUp
+from wallets.core.commands import ExpireLot, Grant, RecordUsage, ReverseGrant, TopUp
 from wallets.core.decision import (
     NOTHING_DUE,
     ChargeRecorded,
@@ -31,9 +32,24 @@ from wallets.core.rating import (
     rate_call,
     unpostable,
 )
-from wallets.core.results import CreditResult, ExpiryResult, UsageResult, WalletView, lot_view
+from wallets.core.results import (
+    CreditResult,
+    ExpiryResult,
+    ReversalResult,
+    UsageResult,
+    WalletView,
+    lot_view,
+    wallet_view,
+)
 from wallets.core.state import State
-from wallets.errors import ConflictError, SubMinorAmountError, WalletValidationError
+from wallets.errors import (
+    ConflictError,
+    ExceedsRemainingError,
+    GrantClosedError,
+    NotFoundError,
+    SubMinorAmountError,
+    WalletValidationError,
+)
 from wallets.model import Lot, Wallet, consumption_key
 
 
@@ -117,6 +133,50 @@ def expire_lot(state: State, cmd: ExpireLot, now: datetime, book: PriceBook | No
         "grant_id": lot.id, "expired": format_money(amount, cur), "currency": cur})
     result = ExpiryResult(lot.id, amount, posted.key if posted else None)
     return Decision(Outcome(result.code, result), posted, (swept, event))
+
+
+REVERSAL_KINDS = {"topup": "refund", "grant": "revocation"}  # a lot's kind -> what reversing it is
+
+
+def reverse_grant(state: State, cmd: ReverseGrant, now: datetime, book: PriceBook | None) -> Decision:
+    """Give back `amount` (all of it when None) of what is left of a lot and not held, the reverse
+    of what opened it: a top-up's refund to the platform's cash, a grant's revocation to its
+    promotions expense. Refused for another customer's or an unknown lot, a lot expired or
+    emptied, and an amount above what is left of it, not whole minor units, or not positive."""
+    w = state.require_wallet()
+    lot = w.lots.get(cmd.code)
+    if lot is None:
+        raise NotFoundError(f"no grant {cmd.lot_id} of customer {w.customer.id}", grant_id=cmd.lot_id)
+    cur = w.customer.currency
+    if not lot.live(now):
+        raise GrantClosedError(f"grant {lot.id} expired: its remainder is breakage, not to be given back",
+                               grant_id=lot.id, state="expired")
+    if lot.balance <= 0:
+        raise GrantClosedError(f"grant {lot.id} has nothing left that is not spent or held",
+                               grant_id=lot.id, state="emptied")
+    amount = lot.balance if cmd.amount is None else cmd.amount
+    if amount <= 0:
+        raise WalletValidationError("amount", "must be more than 0")
+    whole_minor_units(amount, cur)
+    if amount > lot.balance:
+        raise ExceedsRemainingError(
+            f"grant {lot.id} has {format_money(lot.balance, cur)} {cur} left and not held; "
+            f"{format_money(amount, cur)} asked", grant_id=lot.id, available=format_money(lot.balance, cur),
+            asked=format_money(amount, cur), currency=cur)
+    kind = REVERSAL_KINDS[lot.kind]
+    source = chart.cash_account(cur) if lot.kind == "topup" else chart.promotions_account(cur)
+    legs = Legs(cur).debit(lot.code, amount).credit(source, amount)
+    reversal_id = state.ids("rev")
+    posted = entry(f"grant-reversal:{lot.id}:{reversal_id}", "grant_reversal", legs, w.customer.id, now, {
+        "lot_id": lot.id, "reversal": kind, "reason": cmd.reason, "reference": cmd.reference})
+    event = state.event("grant.reversed", w.customer.id, f"grant.reversed:{reversal_id}", now, {
+        "grant_id": lot.id, "reversal": kind, "amount": format_money(amount, cur), "currency": cur,
+        "remaining": format_money(lot.balance - amount, cur), "reason": cmd.reason, "reference": cmd.reference})
+    after = replace(lot, balance=lot.balance - amount)
+    view = wallet_view(replace(w, lots={**w.lots, lot.code: after}), now)
+    result = ReversalResult(kind, amount, cmd.reason, cmd.reference, lot_view(after), view,
+                            posted.key if posted else None)
+    return Decision(Outcome(result.code, result), posted, (event,))
 
 
 def usage_entry_key(customer_id: str, event_id: str) -> str:

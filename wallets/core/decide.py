@@ -21,10 +21,11 @@ from wallets.core.commands import (
     Release,
     RerateCharges,
     Reserve,
+    ReverseGrant,
     Settle,
     TopUp,
 )
-from wallets.core.credits import expire_lot, grant, record_usage, top_up
+from wallets.core.credits import expire_lot, grant, record_usage, reverse_grant, top_up
 from wallets.core.decision import Decision
 from wallets.core.invoicing import close_period, pay_invoice
 from wallets.core.rerating import rerate_charges
@@ -36,6 +37,7 @@ RULES: dict[type[Command], Rule] = {
     Reserve: reserve, Settle: settle, Release: release, Extend: extend,
     ExpireReservation: expire_reservation,
     TopUp: top_up, Grant: grant, ExpireLot: expire_lot, RecordUsage: record_usage,
+    ReverseGrant: reverse_grant,
     ClosePeriod: close_period, PayInvoice: pay_invoice, RerateCharges: rerate_charges,
 }
 

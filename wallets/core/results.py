@@ -133,6 +133,23 @@ class CreditResult:
 
 
 @dataclass(slots=True)
+class ReversalResult:
+    """A lot's reversal: a top-up's refund or a grant's revocation (`kind`), and the lot and the
+    wallet as they are after it."""
+
+    kind: str  # refund | revocation
+    amount: int
+    reason: str
+    reference: str
+    grant: LotView
+    wallet: WalletView
+    entry_key: str | None = None
+    entry_id: int | None = None
+
+    code = "reversed"
+
+
+@dataclass(slots=True)
 class ExpiryResult:
     lot_id: str
     amount: int

@@ -17,7 +17,8 @@ from wallets.errors import WalletValidationError
 # The events written to the outbox, by family; a topic is one of them, `family.*` or `*` (an event
 # the family does not have is refused: a misspelt one subscribed to nothing)
 EVENTS = {"balance": ("low",), "wallet": ("blocked", "unblocked"), "reservation": ("expired",),
-          "grant": ("expired",), "invoice": ("finalized", "paid"), "budget": ("threshold_crossed", "exceeded"),
+          "grant": ("expired", "reversed"), "invoice": ("finalized", "paid"),
+          "budget": ("threshold_crossed", "exceeded"),
           "webhook_endpoint": ("disabled",)}
 FAMILIES = tuple(EVENTS)
 TOPICS = tuple(f"{family}.{event}" for family, events in EVENTS.items() for event in events)

@@ -23,20 +23,36 @@ txn_9,2026-11-02 11:00:00,2026-11-04 00:00:00,usd,-3.00,0.00,-3.00,refund,re_9,,
 GENERIC = "reference,amount,currency,date\npay-1,100.00,USD,2026-11-02T10:00:00Z\npay-2,0.000000001,usd,\n"
 
 
-def test_the_stripe_dashboard_export_keeps_charges_and_payments_only():
+def test_the_stripe_dashboard_export_keeps_charges_payments_and_refunds():
     paid, skipped = read_payments(io.StringIO(DASHBOARD), SCALES)
     assert [(p.reference, p.amount, p.currency, p.aliases) for p in paid] == [
-        ("ch_1", 100 * 10**9, "USD", ("txn_1",)), ("py_2", 20_500_000_000, "EUR", ("txn_3",))]
+        ("ch_1", 100 * 10**9, "USD", ("txn_1",)), ("re_1", -5 * 10**9, "USD", ("txn_2",)),
+        ("py_2", 20_500_000_000, "EUR", ("txn_3",))]
     assert paid[0].at is not None and paid[0].at.isoformat() == "2026-11-02T10:00:00+00:00"
-    assert dict(skipped) == {"refund": 1, "payout": 1}
+    assert dict(skipped) == {"payout": 1}
 
 
 def test_the_stripe_itemized_report_answers_to_its_charge_and_payment_intent_ids():
     paid, skipped = read_payments(io.StringIO(ITEMIZED), SCALES)
-    assert [(p.reference, p.aliases) for p in paid] == [("ch_1", ("ch_1", "pi_1", "txn_1"))]
-    assert dict(skipped) == {"refund": 1}
+    assert [(p.reference, p.aliases) for p in paid] == [("ch_1", ("ch_1", "pi_1", "txn_1")),
+                                                       ("re_9", ("ch_1", "pi_1", "txn_9"))]
+    assert not skipped
     topup = Payment("pi_1", 100 * 10**9, "USD", "entry 1")
-    assert reconcile([topup], paid).clean
+    refund = Payment("re_9", -3 * 10**9, "USD", "entry 2", kind="grant_reversal")
+    assert reconcile([topup, refund], paid).clean
+
+
+def test_a_refund_the_ledger_did_not_record_is_a_difference_not_skipped():
+    """Was skipped, and the reconciliation clean, while the customer kept the credit of the cash
+    that went back; a refund recorded (a top-up's reversal, `reference` its refund id) matches."""
+    paid, _ = read_payments(io.StringIO(DASHBOARD), SCALES)
+    topups = [Payment("ch_1", 100 * 10**9, "USD", "entry 1"), Payment("py_2", 20_500_000_000, "EUR", "entry 2")]
+    result = reconcile(topups, paid)
+    assert not result.clean and [p.reference for p in result.only_in_file] == ["re_1"]
+    refund = Payment("re_1", -5 * 10**9, "USD", "entry 3", kind="grant_reversal")
+    assert reconcile([*topups, refund], paid).clean
+    short = reconcile([*topups, Payment("re_1", -4 * 10**9, "USD", "entry 3", kind="grant_reversal")], paid)
+    assert [(m.reference, t.amount) for m, t in short.mismatched] == [("re_1", -5 * 10**9)]
 
 
 def test_the_generic_layout_and_exact_amounts():
