@@ -48,7 +48,7 @@ async def test_copies_sent_at_once_have_one_effect_and_one_answer(http: tuple[ht
     events = await _at_once(client, "POST", "/v1/usage-events", f"{tag}-e", [
         {"event_id": "e1", "customer_id": cid, "model": "model-a", "timestamp": "2026-11-23T10:00:00Z",
          "usage": {"input_tokens": 1000}}])
-    assert events.json()["accepted"] == 1
+    assert events.json()["accepted"] == 1, events.json()
     overrides = await _at_once(client, "PUT", f"/v1/customers/{cid}/price-overrides", f"{tag}-o",
                                {"discounts": []})
     assert overrides.status_code == 201, overrides.text
