@@ -85,12 +85,18 @@ def shown_decimals(currency: str) -> int:
     return CURRENCY_MINOR_UNITS.get(currency, SHOWN_DECIMALS)
 
 
+def minor_unit(currency: str, scale: int = DEFAULT_SCALE) -> int:
+    """Atomic units (at `scale`) in one of `currency`'s minor units: a cent is 10**7; 1 for an asset
+    the table does not list (a credit keeps its atomic unit)."""
+    decimals = CURRENCY_MINOR_UNITS.get(currency)
+    return 1 if decimals is None or decimals >= scale else 10 ** (scale - decimals)
+
+
 def finer_than_minor_unit(units: int, currency: str, scale: int = DEFAULT_SCALE) -> bool:
     """Whether `units` (atomic, at `scale`) hold a fraction of `currency`'s minor unit (half a yen,
     a tenth of a cent). Never for an asset the table does not list: a credit keeps its atomic
     unit. Cash (a top-up, a payment) must not; a price or a charge may."""
-    decimals = CURRENCY_MINOR_UNITS.get(currency)
-    return decimals is not None and decimals < scale and abs(units) % 10 ** (scale - decimals) != 0
+    return abs(units) % minor_unit(currency, scale) != 0
 
 
 def minor_unit_text(currency: str) -> str:

@@ -6,7 +6,7 @@ from dataclasses import replace
 from datetime import datetime
 
 from pricing.books import PriceBook
-from pricing.money import CURRENCY_MINOR_UNITS, finer_than_minor_unit, format_money, minor_unit_text
+from pricing.money import CURRENCY_MINOR_UNITS, finer_than_minor_unit, format_money, minor_unit, minor_unit_text
 from wallets import chart
 from wallets.core import budgets
 from wallets.core.commands import ExpireLot, Grant, RecordUsage, ReverseGrant, TopUp
@@ -154,10 +154,19 @@ def reverse_grant(state: State, cmd: ReverseGrant, now: datetime, book: PriceBoo
     if lot.balance <= 0:
         raise GrantClosedError(f"grant {lot.id} has nothing left that is not spent or held",
                                grant_id=lot.id, state="emptied")
-    amount = lot.balance if cmd.amount is None else cmd.amount
-    if amount <= 0:
-        raise WalletValidationError("amount", "must be more than 0")
-    whole_minor_units(amount, cur)
+    if cmd.amount is not None:
+        amount = cmd.amount
+        if amount <= 0:
+            raise WalletValidationError("amount", "must be more than 0")
+        whole_minor_units(amount, cur)
+    elif lot.kind == "topup":  # all of it that cash can carry: the fraction of a minor unit stays for usage
+        amount = lot.balance - lot.balance % minor_unit(cur)
+        if amount == 0:
+            raise GrantClosedError(f"grant {lot.id} has less than one minor unit left "
+                                   f"({format_money(lot.balance, cur)} {cur}): nothing to refund in cash",
+                                   grant_id=lot.id, state="emptied")
+    else:  # a revocation moves no cash: all that is left, fractions of a cent included
+        amount = lot.balance
     if amount > lot.balance:
         raise ExceedsRemainingError(
             f"grant {lot.id} has {format_money(lot.balance, cur)} {cur} left and not held; "

@@ -121,3 +121,35 @@ def test_a_reversal_is_its_own_rollup_item_and_the_wallet_event_says_what_went_b
         ("revocation", "1.00", "4.00"),
     ]
     assert events[0]["payload"]["reference"] == "re_9" and events[0]["payload"]["grant_id"] == paid.grant.id
+
+
+def test_a_whole_refund_gives_back_whole_minor_units_and_leaves_the_fraction_in_the_lot():
+    """Cash moves in whole cents, but a lot spent by usage holds fractions of one ($10.00 less a
+    call of $0.001): asked for all of it, the refund gives back $9.99 and the lot keeps $0.009 for
+    usage; it was refused as finer than a cent, so no top-up with usage on it could be refunded
+    whole without working out the cents by hand."""
+    m = MemoryWallet()
+    paid = m.top_up("10.00")
+    m.settle(m.reserve("0.01").reservation.id, input_tokens=1)
+    assert m.lot(paid) == usd("9.999")
+    result = reverse(m, paid)
+    assert (result.kind, result.amount) == ("refund", usd("9.99"))
+    assert m.lot(paid) == usd("0.009") and m.platform("cash") == usd("0.01")
+
+
+def test_a_revocation_takes_back_fractions_of_a_cent_too():
+    """A revocation moves no cash (the lot goes back to the promotions expense): all that is left
+    goes, fractions of a cent included."""
+    m = MemoryWallet()
+    promo = m.grant("5.00")
+    m.settle(m.reserve("0.01").reservation.id, input_tokens=1)
+    result = reverse(m, promo)
+    assert (result.kind, result.amount) == ("revocation", usd("4.999"))
+    assert m.lot(promo) == 0
+
+
+def test_a_whole_refund_of_a_lot_with_less_than_a_cent_left_is_refused_as_emptied():
+    m = MemoryWallet()
+    paid = m.top_up("0.01")
+    m.settle(m.reserve("0.01").reservation.id, input_tokens=1)
+    assert isinstance(reverse(m, paid), GrantClosedError) and m.lot(paid) == usd("0.009")
