@@ -2,6 +2,8 @@
 through the engine. Services raise domain errors; they know nothing of HTTP."""
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,6 +33,7 @@ T = TypeVar("T")
 # The scope of the claims bulk calls take on their Idempotency-Keys (WalletService.claim): its own,
 # so that a claim is never replayed as an answer. HTTP scopes (idempotency.http_scope) hold no "#".
 CLAIM_SCOPE = "#claim"
+CLAIM_WAIT_S = 30.0  # how long a copy of a keyed bulk call waits for the first one's answer (see claim)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,18 +142,36 @@ class WalletService:
         conflict if the body differs); else the key is claimed for this body, so that a call with
         another body under the same key, even one sent at the same moment, is refused before it
         moves anything. The claim is kept apart from the answer (which `remember` keeps after
-        the effects), under the same lock: a call with the same body goes ahead, each of its
-        items idempotent on its own, and is answered what the first call answered."""
+        the effects), under the same lock. A copy of the call (the same body) sent while the
+        first is under way waits for the first's answer and replays it: going ahead beside it,
+        the copy found the first's items done, and whichever kept its answer first gave it to
+        all (a first-ever usage event answered as a duplicate). A claim CLAIM_WAIT_S old, whose
+        call died before answering, holds its retries no longer: they go ahead, each item
+        idempotent on its own, and the first answer kept is the key's."""
         claims = (idem.scope + CLAIM_SCOPE, idem.key)
 
-        async def work(conn: AsyncConnection) -> Replayed | None:
+        async def work(conn: AsyncConnection) -> tuple[Replayed | None, float | None]:
+            """The answer kept, and how long ago the claim was made when this call is a copy."""
             loaded = await store.load(conn, (), idempotency=[(idem.scope, idem.key), claims])
             kept = idempotency.check_key(loaded.idempotency.get((idem.scope, idem.key)), idem)
-            if kept is None and idempotency.check_key(loaded.idempotency.get(claims), idem) is None:
-                await store.write(conn, {"idempotency": [idempotency.row(*claims, idem.request_hash, OK, {})]})
-            return kept
+            if kept is not None:
+                return kept, None
+            claimed = idempotency.check_key(loaded.idempotency.get(claims), idem)
+            if claimed is None:
+                at = self.clock().isoformat()
+                await store.write(conn, {"idempotency": [idempotency.row(*claims, idem.request_hash, OK,
+                                                                         {"claimed_at": at})]})
+                return None, None
+            at = claimed.body.get("claimed_at") if isinstance(claimed.body, dict) else None
+            return None, (self.clock() - datetime.fromisoformat(at)).total_seconds() if at else CLAIM_WAIT_S
 
-        return await self.db.run(work, locks=[lock_key(f"idempotency:{idem.scope}:{idem.key}")])
+        lock, started, pause = [lock_key(f"idempotency:{idem.scope}:{idem.key}")], time.monotonic(), 0.02
+        while True:
+            kept, age = await self.db.run(work, locks=lock)
+            if kept is not None or age is None or age + time.monotonic() - started >= CLAIM_WAIT_S:
+                return kept
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.5)
 
     async def remember(self, idem: IdemKey, body: Any, code: str = OK) -> Any:
         """Keep the answer (`code`, `body`) of a call whose effects were idempotent each on their

@@ -1,0 +1,30 @@
+"""Copies of a bulk call (usage events, settlements) sent at once under one Idempotency-Key are
+answered what the first one answers. Each copy used to go ahead beside the first (its items are
+idempotent one by one), and whichever copy kept its answer first gave it to all: the copies of a
+first-ever usage event were answered {"accepted": 0, "duplicates": 1} about one run in four of
+tests/api/wallets/test_idempotency_races.py once those copies really ran at once."""
+from __future__ import annotations
+
+import asyncio
+
+from wallets.core.idempotency import OK, IdemKey, Replayed
+
+
+async def test_a_copy_of_a_bulk_call_under_way_waits_for_its_answer_and_replays_it(kit):
+    idem = IdemKey("test-scope", f"bulk-{kit.tag}", b"the same body")
+    assert await kit.service.claim(idem) is None  # the first call: it goes ahead
+    copy = asyncio.create_task(kit.service.claim(idem))
+    await asyncio.sleep(0.5)  # several of its looks at the key: it is still waiting
+    assert not copy.done(), "a copy went ahead beside the call under way"
+    answer = {"json": '{"accepted":1,"duplicates":0,"rejected":[]}'}
+    await kit.service.remember(idem, answer)
+    assert await asyncio.wait_for(copy, 10) == Replayed(OK, answer)
+
+
+async def test_a_claim_left_by_a_call_that_died_does_not_hold_its_retry_for_long(kit, monkeypatch):
+    from wallets import service
+
+    monkeypatch.setattr(service, "CLAIM_WAIT_S", 0.3)
+    idem = IdemKey("test-scope", f"dead-{kit.tag}", b"body")
+    assert await kit.service.claim(idem) is None  # a call that never answers
+    assert await asyncio.wait_for(kit.service.claim(idem), 10) is None  # its retry goes ahead
