@@ -167,8 +167,8 @@ class Grant(Command):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ExpireLot(Command):
-    """Job: a lot past its expiry gives its remainder to breakage revenue, exactly once."""
+class LotCommand(Command):
+    """A command on one lot: it loads that lot (even emptied or swept) and conflicts on it."""
 
     lot_id: str
 
@@ -184,24 +184,18 @@ class ExpireLot(Command):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ReverseGrant(Command):
+class ExpireLot(LotCommand):
+    """Job: a lot past its expiry gives its remainder to breakage revenue, exactly once."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReverseGrant(LotCommand):
     """Give back (part of) a lot's unheld remainder: a top-up's is refunded to the platform's cash,
     a grant's revoked to its promotions expense. Without `amount`: all of it."""
 
-    lot_id: str
     amount: int | None = None
     reason: str = ""
     reference: str = ""
-
-    @property
-    def code(self) -> str:
-        return chart.lot_account(self.customer_id, self.lot_id)
-
-    def _keys(self) -> set[tuple[str, ...]]:
-        return {("lot", self.lot_id)}
-
-    def needs(self) -> dict[str, list[Any]]:
-        return {"lot_codes": [self.code]}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
