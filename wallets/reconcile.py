@@ -16,7 +16,8 @@ Two file layouts are read, told apart by their header:
   paid, compared where given, since `gross` is in the settlement currency). Only rows of type
   `charge` or `payment` (category `charge`) are payments, and rows of type (category) `refund` are
   refunds; other rows are skipped; a reference matches the row's source, charge, payment intent or
-  balance transaction id (a refund row's source is its refund, `re_...`).
+  balance transaction id (a refund row's source is its refund, `re_...`; its charge and payment
+  intent ids are its charge's, so an id two rows share goes to the row of the same direction).
 - Generic: `reference,amount,currency` and an optional `date` (RFC 3339 or a date), amounts in
   the currency's display unit (`100.00`).
 Amounts are plain decimals (`1,234.56`), read exactly; any other writing is refused (`_AMOUNT`).
@@ -209,13 +210,19 @@ def reconcile(ledger: list[Payment], paid: list[Payment]) -> Reconciliation:
     for name, items in (("the ledger", ledger), ("the file", paid)):
         counts = Counter(p.reference for p in items if p.reference)
         result.duplicates += [f"reference {ref!r} appears {n} times in {name}" for ref, n in counts.items() if n > 1]
-    by_id: dict[str, Payment] = {}
+    # a row by its own reference first, then by its other ids: a refund row carries its charge's
+    # charge and payment intent ids too, so of the rows an id names the one of the same direction
+    # (cash in, or a refund's cash out) is taken, wherever it sits in the file
+    by_id: dict[str, list[Payment]] = {}
     for p in paid:
-        for ref in (p.reference, *p.aliases):
-            by_id.setdefault(ref, p)
+        by_id.setdefault(p.reference, []).append(p)
+    for p in paid:
+        for ref in p.aliases:
+            by_id.setdefault(ref, []).append(p)
     used: set[int] = set()
     for mine in ledger:
-        theirs = by_id.get(mine.reference) if mine.reference else None
+        rows = by_id.get(mine.reference, []) if mine.reference else []
+        theirs = min(rows, key=lambda p, out=mine.amount < 0: (p.amount < 0) != out, default=None)
         if theirs is None or id(theirs) in used:
             result.only_in_ledger.append(mine)
             continue

@@ -42,6 +42,18 @@ def test_the_stripe_itemized_report_answers_to_its_charge_and_payment_intent_ids
     assert reconcile([topup, refund], paid).clean
 
 
+def test_a_refund_row_listed_before_its_charge_does_not_take_the_charges_ids():
+    """A refund row answers to its charge's charge_id and payment_intent_id too; a top-up under
+    one of those ids is compared with the charge (cash in), wherever the refund sits in the file."""
+    head, charge, refund = ITEMIZED.splitlines()
+    paid, _ = read_payments(io.StringIO("\n".join((head, refund, charge)) + "\n"), SCALES)
+    for reference in ("pi_1", "ch_1"):
+        topup = Payment(reference, 100 * 10**9, "USD", "entry 1")
+        refunded = Payment("re_9", -3 * 10**9, "USD", "entry 2", kind="grant_reversal")
+        result = reconcile([topup, refunded], paid)
+        assert result.clean, (reference, result.mismatched, result.only_in_ledger, result.only_in_file)
+
+
 def test_a_refund_the_ledger_did_not_record_is_a_difference_not_skipped():
     """Was skipped, and the reconciliation clean, while the customer kept the credit of the cash
     that went back; a refund recorded (a top-up's reversal, `reference` its refund id) matches."""
