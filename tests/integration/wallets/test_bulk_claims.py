@@ -28,3 +28,26 @@ async def test_a_claim_left_by_a_call_that_died_does_not_hold_its_retry_for_long
     idem = IdemKey("test-scope", f"dead-{kit.tag}", b"body")
     assert await kit.service.claim(idem) is None  # a call that never answers
     assert await asyncio.wait_for(kit.service.claim(idem), 10) is None  # its retry goes ahead
+
+
+async def test_a_copy_waits_for_the_first_answer_the_whole_claim_wait_not_half_of_it(kit, monkeypatch):
+    """The wait is counted once: a copy of a call under way is held until its claim is
+    CLAIM_WAIT_S old. It counted the time waited twice (the claim's age grows as it waits, and the
+    wait was added to it), so a copy went ahead beside the first call after CLAIM_WAIT_S / 2."""
+    import types
+
+    from wallets import service
+
+    waited = [0.0]  # the time the copy has waited, on a clock of the test's: no real sleep
+
+    async def sleep(seconds: float) -> None:
+        waited[0] += seconds
+        kit.clock.advance(seconds=seconds)
+        await asyncio.sleep(0)
+
+    monkeypatch.setattr(service, "asyncio", types.SimpleNamespace(sleep=sleep))
+    monkeypatch.setattr(service, "time", types.SimpleNamespace(monotonic=lambda: waited[0]))
+    idem = IdemKey("test-scope", f"half-{kit.tag}", b"body")
+    assert await kit.service.claim(idem) is None  # the first call, still under way
+    assert await kit.service.claim(idem) is None  # its copy goes ahead once the claim is old enough
+    assert waited[0] >= service.CLAIM_WAIT_S, f"the copy went ahead after {waited[0]:.1f} s"
