@@ -33,6 +33,7 @@ T = TypeVar("T")
 # The scope of the claims bulk calls take on their Idempotency-Keys (WalletService.claim): its own,
 # so that a claim is never replayed as an answer. HTTP scopes (idempotency.http_scope) hold no "#".
 CLAIM_SCOPE = "#claim"
+RELEASED_SCOPE = "#released"  # a claimed call that ended without an answer (WalletService.release)
 CLAIM_WAIT_S = 30.0  # how long a copy of a keyed bulk call waits for the first one's answer (see claim)
 
 
@@ -148,15 +149,17 @@ class WalletService:
         all (a first-ever usage event answered as a duplicate). A claim CLAIM_WAIT_S old, whose
         call died before answering, holds its retries no longer: they go ahead, each item
         idempotent on its own, and the first answer kept is the key's."""
-        claims = (idem.scope + CLAIM_SCOPE, idem.key)
+        claims, released = (idem.scope + CLAIM_SCOPE, idem.key), (idem.scope + RELEASED_SCOPE, idem.key)
 
         async def work(conn: AsyncConnection) -> tuple[Replayed | None, float | None]:
             """The answer kept, and how long ago the claim was made when this call is a copy."""
-            loaded = await store.load(conn, (), idempotency=[(idem.scope, idem.key), claims])
+            loaded = await store.load(conn, (), idempotency=[(idem.scope, idem.key), claims, released])
             kept = idempotency.check_key(loaded.idempotency.get((idem.scope, idem.key)), idem)
             if kept is not None:
                 return kept, None
             claimed = idempotency.check_key(loaded.idempotency.get(claims), idem)
+            if claimed is not None and released in loaded.idempotency:  # the first ended without an answer
+                return None, None
             if claimed is None:
                 at = self.clock().isoformat()
                 await store.write(conn, {"idempotency": [idempotency.row(*claims, idem.request_hash, OK,
@@ -178,6 +181,19 @@ class WalletService:
                 return kept
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.5)
+
+    async def release(self, idem: IdemKey) -> None:
+        """A claimed bulk call ends without an answer to keep (an item to send again, 503; an
+        unexpected error): its copies and retries stop waiting for one (see claim) and go ahead."""
+        released = (idem.scope + RELEASED_SCOPE, idem.key)
+
+        async def work(conn: AsyncConnection) -> None:
+            loaded = await store.load(conn, (), idempotency=[released])
+            if released not in loaded.idempotency:
+                await store.write(conn, {"idempotency": [idempotency.row(*released, idem.request_hash, OK,
+                                                                         {"released_at": self.clock().isoformat()})]})
+
+        await self.db.run(work, locks=[lock_key(f"idempotency:{idem.scope}:{idem.key}")])
 
     async def remember(self, idem: IdemKey, body: Any, code: str = OK) -> Any:
         """Keep the answer (`code`, `body`) of a call whose effects were idempotent each on their

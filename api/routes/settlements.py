@@ -156,4 +156,6 @@ async def settle_many(state: State, request: Request, data: SettlementsBody) -> 
     response = composed({"results": answers})
     if idem is not None and all(answer.status < 500 for answer in answers):  # a 503 item may be sent again
         return respond(request, await state.services.wallets.remember(idem, response), COMPOSED)
+    if idem is not None:
+        await state.services.wallets.release(idem)
     return respond(request, response, COMPOSED)

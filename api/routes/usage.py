@@ -92,6 +92,17 @@ async def post_usage_events(state: State, request: Request,
     replay = await wallets.claim(idem) if idem is not None else None
     if replay is not None:
         return respond(request, replay, COMPOSED)
+    try:
+        response = await _recorded(wallets, request, events)
+    except Exception:  # no answer to keep: copies and retries under the key go ahead (WalletService.release)
+        if idem is not None:
+            await wallets.release(idem)
+        raise
+    return respond(request, await wallets.remember(idem, response) if idem is not None else response, COMPOSED)
+
+
+async def _recorded(wallets: Any, request: Request, events: list[UsageEvent]) -> Any:
+    """Each event rated and posted once (the ones this key may post, well formed): the answer."""
     principal = principal_of(request)
     rejected: list[Rejected] = []
     commands: list[RecordUsage] = []
@@ -115,8 +126,7 @@ async def post_usage_events(state: State, request: Request,
             rejected.append(Rejected(command.event_id, outcome.code, str(outcome), command.customer_id))
         else:
             raise outcome
-    response = composed(UsageEventsResponse(accepted, duplicates, rejected))
-    return respond(request, await wallets.remember(idem, response) if idem is not None else response, COMPOSED)
+    return composed(UsageEventsResponse(accepted, duplicates, rejected))
 
 
 class UsageRow(msgspec.Struct):

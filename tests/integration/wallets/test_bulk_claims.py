@@ -51,3 +51,16 @@ async def test_a_copy_waits_for_the_first_answer_the_whole_claim_wait_not_half_o
     assert await kit.service.claim(idem) is None  # the first call, still under way
     assert await kit.service.claim(idem) is None  # its copy goes ahead once the claim is old enough
     assert waited[0] >= service.CLAIM_WAIT_S, f"the copy went ahead after {waited[0]:.1f} s"
+
+
+async def test_a_call_that_ended_without_an_answer_does_not_hold_its_retries(kit, monkeypatch):
+    """A bulk settle with an item answered 503 keeps no answer (the item may be sent again), nor
+    does a usage-events call an unexpected error ended: its claim is released, so the retry the
+    503 asks for goes ahead at once instead of waiting CLAIM_WAIT_S for an answer that never comes."""
+    from wallets import service
+
+    monkeypatch.setattr(service, "CLAIM_WAIT_S", 600.0)  # a retry held would wait 10 minutes
+    idem = IdemKey("test-scope", f"released-{kit.tag}", b"body")
+    assert await kit.service.claim(idem) is None
+    await kit.service.release(idem)
+    assert await asyncio.wait_for(kit.service.claim(idem), 10) is None
