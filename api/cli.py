@@ -512,7 +512,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # How psycopg words a connection that was never made: refused, timed out or a refused login; a
-# host name that does not resolve; a socket that is not there (libpq gave up at once).
+# host name that does not resolve; a socket that is not there (libpq gave up at once). A host that
+# took the connection and never answered within connect_timeout is its own class, ConnectionTimeout.
 CONNECT_FAILURES = ("connection failed", "failed to resolve host", "connection is bad")
 
 
@@ -523,7 +524,8 @@ def _unreachable(exc: BaseException) -> str | None:
     import sqlalchemy.exc
 
     cause = exc.orig if isinstance(exc, sqlalchemy.exc.DBAPIError) else exc
-    if isinstance(cause, psycopg.OperationalError) and str(cause).startswith(CONNECT_FAILURES):
+    if isinstance(cause, psycopg.errors.ConnectionTimeout) or (
+            isinstance(cause, psycopg.OperationalError) and str(cause).startswith(CONNECT_FAILURES)):
         return " ".join(str(cause).split())
     return None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ def open_database(settings: Settings, *, migrate: bool = True) -> DatabaseHandle
     leaves the cluster as it does at exit: it stops when no other process uses it."""
     held = None
     if settings.database_url:
-        check_sessions(settings.database_url)
+        check_sessions(settings.database_url, settings.pool_timeout_s)
         handle = DatabaseHandle(settings.database_url)
     else:
         try:
@@ -74,7 +75,7 @@ def open_database(settings: Settings, *, migrate: bool = True) -> DatabaseHandle
     return handle
 
 
-def check_sessions(url: str) -> None:
+def check_sessions(url: str, timeout_s: float = 5.0) -> None:
     """Stop the start in one line when the server's sessions are not tokentill's to keep: a pooler
     in transaction or statement mode (PgBouncer's `pool_mode = transaction`) hands each
     transaction to whichever server session is free, so the session-level advisory locks a wallet
@@ -90,9 +91,11 @@ def check_sessions(url: str) -> None:
 
     from ledger.db import IDLE_IN_TRANSACTION_MS, session_options
 
+    # connected as the pool connects: its options, and its timeout (libpq's whole seconds, at least 2),
+    # so that a host that takes the connection and never answers stops the start, as the pool would
     options = session_options(url, IDLE_IN_TRANSACTION_MS)
-    with (psycopg.connect(url, autocommit=True, options=options) as first,
-          psycopg.connect(url, autocommit=True, options=options) as second):
+    kwargs = {"autocommit": True, "options": options, "connect_timeout": max(2, math.ceil(timeout_s))}
+    with psycopg.connect(url, **kwargs) as first, psycopg.connect(url, **kwargs) as second:
         pid, zone, idle = first.execute(
             "SELECT pg_backend_pid(), current_setting('TimeZone'), setting::int FROM pg_settings "
             "WHERE name = 'idle_in_transaction_session_timeout'").fetchone()
