@@ -334,7 +334,8 @@ async def reverse_grant(state: State, request: Request, customer_id: FromPath[st
                         data: ReverseGrantBody) -> Response[ReversalResponse]:
     """Give back (part of) a lot's remainder not held, the reverse of what opened it: a top-up's is
     refunded (lot -> platform cash), a grant's revoked (lot -> platform promotions). Without
-    `amount`, all of it. 404 for a lot not the customer's; 409 `grant_closed` for a lot expired
+    `amount`, all of it (a refund: the whole minor units of it). 404 for a lot not the
+    customer's; 409 `grant_closed` for a lot expired
     or emptied, 409 `exceeds_remaining` (naming `available` and `asked`) for more than is left;
     an `amount` finer than the currency's minor unit is 422 `invalid_amount`."""
     data = shaped(data, ReverseGrantRequest)

@@ -103,9 +103,10 @@ def entry_rollup(customer: Customer, entry: JournalEntry | None, lot_kinds: Mapp
             else:
                 add(out, "grants", 0, p.amount)
         elif p.account == cash:
-            kind = entry.kind
-            add(out, "payments" if kind == "invoice_payment" else "refunds" if kind == "grant_reversal" else "topups",
-                0, -p.amount if kind == "grant_reversal" else p.amount)
+            if entry.kind == "grant_reversal":
+                add(out, "refunds", 0, -p.amount)
+            else:
+                add(out, "payments" if entry.kind == "invoice_payment" else "topups", 0, p.amount)
         elif p.account == reserved:
             add(out, "reserved", 0, -p.amount)
         elif p.account == receivable:
