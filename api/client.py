@@ -75,6 +75,7 @@ from api.client_errors import (
     SettlementSpooled,
     TokentillError,
     TooManyBudgets,
+    TooManyEvents,
     Unauthorized,
     UnknownPriceBook,
     UnknownPriceVersion,
@@ -111,7 +112,8 @@ __all__ = [  # the typed errors live in api.client_errors and are imported from 
     "InternalError",
     "InvalidAmount", "InvalidCursor", "InvalidRange", "MethodNotAllowed", "NotAcceptable", "NotFound", "NotReady",
     "Overpayment", "PayloadTooLarge", "RateLimited", "RequestTimeout", "Reservation", "ReservationClosed",
-    "ServiceUnavailable", "SettlementSpooled", "StreamMeter", "TokentillError", "TooManyBudgets", "Unauthorized",
+    "ServiceUnavailable", "SettlementSpooled", "StreamMeter", "TokentillError", "TooManyBudgets", "TooManyEvents",
+    "Unauthorized",
     "UnknownPriceBook", "UnknownPriceVersion", "UnpricedModel", "UnsupportedMediaType", "ValidationFailed",
     "VersionNotInForce", "flush_spool_dir",
 ]

@@ -41,6 +41,7 @@ STATUS_BY_CODE = {
     "reservation_closed": 409,
     "extension_too_short": 409,
     "endpoint_disabled": 409,
+    "too_many_events": 422,
     "too_many_budgets": 409,
     "grant_closed": 409,
     "exceeds_remaining": 409,

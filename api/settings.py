@@ -164,6 +164,7 @@ class Settings:
     webhook_backoff_s: float = 5.0  # the first retry's delay; each next one doubles, with jitter
     webhook_backoff_cap_s: float = 4 * 3600.0
     webhook_retry_window_s: float = 3 * 86400.0  # then the delivery has failed
+    webhook_redrive_limit: int = 10_000  # deliveries one re-drive may queue; more is 422 too_many_events
     # Networks deliveries may reach beside public addresses (loopback, private, ... are refused).
     webhook_addresses: AddressPolicy = field(default_factory=AddressPolicy)
     # Where the workers of one `serve --workers N` keep their metrics, summed at /metrics (set by
@@ -201,6 +202,7 @@ class Settings:
             webhook_backoff_s=_seconds(env, "TOKENTILL_WEBHOOK_BACKOFF_SECONDS", 5.0),
             webhook_backoff_cap_s=_seconds(env, "TOKENTILL_WEBHOOK_BACKOFF_CAP_SECONDS", 4 * 3600.0),
             webhook_retry_window_s=_seconds(env, "TOKENTILL_WEBHOOK_RETRY_WINDOW_SECONDS", 3 * 86400.0),
+            webhook_redrive_limit=_int(env, "TOKENTILL_WEBHOOK_REDRIVE_LIMIT", 10_000, most=1_000_000),
             webhook_addresses=_networks(env, "TOKENTILL_WEBHOOK_ALLOWED_NETWORKS"),
             max_budgets_per_customer=_int(env, "TOKENTILL_MAX_BUDGETS_PER_CUSTOMER", MAX_BUDGETS_PER_CUSTOMER,
                                           most=MAX_BUDGETS_MOST),

@@ -80,6 +80,13 @@ class EndpointDisabledError(WalletError):
     code = "endpoint_disabled"
 
 
+class TooManyEventsError(WalletError):
+    """A webhook re-drive whose window holds more events to queue than one call may (names the
+    count, the limit and an `until` that keeps the call within it)."""
+
+    code = "too_many_events"
+
+
 class ImplausibleUsageError(WalletError):
     """Usage beyond a plausibility bound (a maximum charge per request, a context window): it
     is refused, not charged, unless an admin forces it; `limit` names the bound."""

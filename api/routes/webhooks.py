@@ -249,8 +249,9 @@ async def redrive_webhooks(
         if body.event_id is not None:
             return RedriveResponse(endpoint_id, await log.redrive_event(conn, endpoint_id, endpoint.topics,
                                                                     body.event_id))
-        return RedriveResponse(endpoint_id, await log.redrive_since(conn, endpoint_id, endpoint.topics, since, until,
-                                                                    body.failed_only))
+        return RedriveResponse(endpoint_id, await log.redrive_since(
+            conn, endpoint_id, endpoint.topics, since, until, body.failed_only,
+            limit=state.services.settings.webhook_redrive_limit))
 
     # READ COMMITTED, as the deliveries it queues are bookkeeping beside the ledger
     return await _once(state, request, data, work, REDRIVEN, committed=True)

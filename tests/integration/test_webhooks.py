@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import uuid
 from dataclasses import replace
+from datetime import datetime
 
 import pytest
 from litestar.testing import AsyncTestClient
@@ -674,3 +675,43 @@ async def test_an_endpoint_change_and_delete_replayed_by_their_idempotency_keys_
         assert deleted.status_code == retried.status_code == 200, retried.text
         assert retried.content == deleted.content and retried.headers.get("idempotent-replayed") == "true"
         assert (await client.delete(path)).status_code == 404  # without the key: gone
+
+
+async def test_a_redrive_over_more_events_than_its_limit_is_refused_with_the_count_and_queues_nothing(database_url):
+    """A re-drive `since` a time queued every event of the window in one call, however many: a
+    window a year wide re-queued millions of deliveries in one transaction. Now one call queues
+    at most `webhook_redrive_limit` (TOKENTILL_WEBHOOK_REDRIVE_LIMIT); a window holding more is a
+    422 `too_many_events` giving the count, the limit and an `until` that keeps the call within
+    it, and nothing is queued. `failed_only` counts what it would queue, not the whole window."""
+    async with AsyncTestClient(app=create_app(replace(FAST, webhook_redrive_limit=3), database_url)) as client:
+        client.headers.update(ADMIN)
+        with receiver() as hook:
+            endpoint = await _endpoint(client, hook.url, ["balance.low"])
+            customers = [await _low_balance(client) for _ in range(4)]
+            got = [(await hook.wait_for(for_customer(c)))[0] for c in customers]
+            path = f"/v1/webhook-endpoints/{endpoint['id']}"
+            for _ in range(200):  # every delivery recorded as received
+                if not (await client.get(f"{path}/deliveries", params={"status": "pending"})).json()["items"]:
+                    break
+                await asyncio.sleep(0.05)
+            since = got[0].event["timestamp"]
+            key = {"Idempotency-Key": f"redrive-{uuid.uuid4().hex}"}
+            refused = await client.post(f"{path}/redrive", json={"since": since}, headers=key)
+            assert refused.status_code == 422, refused.text
+            problem = refused.json()
+            assert (problem["code"], problem["count"], problem["limit"]) == ("too_many_events", 4, 3), problem
+            assert datetime.fromisoformat(problem["until"]) == datetime.fromisoformat(got[3].event["timestamp"])
+            again = await client.post(f"{path}/redrive", json={"since": since}, headers=key)
+            assert again.status_code == 422 and again.json() == problem
+            await asyncio.sleep(0.5)  # a queued delivery would be here by now (poll 0.05 s)
+            assert all(len(hook.of(for_customer(c))) == 1 for c in customers)
+            delivered = (await client.get(f"{path}/deliveries")).json()["items"]
+            assert [d["status"] for d in delivered] == ["succeeded"] * 4 and {d["attempts"] for d in delivered} == {1}
+            # only what failed_only would queue counts: nothing here
+            failed = await client.post(f"{path}/redrive", json={"since": since, "failed_only": True})
+            assert failed.status_code == 202 and failed.json()["scheduled"] == 0, failed.text
+            within = await client.post(f"{path}/redrive", json={"since": since, "until": problem["until"]})
+            assert within.status_code == 202 and within.json()["scheduled"] == 3, within.text
+            for c in customers[:3]:
+                await hook.wait_for(for_customer(c), count=2)
+            assert len(hook.of(for_customer(customers[3]))) == 1

@@ -3,13 +3,13 @@ again, or every event since a time (optionally only those not delivered)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from wallets.errors import NotFoundError, WalletValidationError
+from wallets.errors import NotFoundError, TooManyEventsError, WalletValidationError
 from wallets.webhooks.endpoints import AFRESH
 
 
@@ -108,15 +108,47 @@ async def redrive_event(conn: AsyncConnection, endpoint_id: str, topics: tuple[s
                                             f"{', '.join(topics)} only: add its topic (PATCH topics), then re-drive")
 
 
+# What a re-drive `since` would queue, counted in the statement that queues it (one snapshot): the
+# events of the window that the endpoint has not received, or all of them without failed_only.
+_WINDOW = """
+WITH due AS (
+    SELECT webhook_event_id(o.lane, o.dedup_key, o.payload) AS event_id, o.topic, o.customer_id, o.payload,
+           o.created_at
+      FROM outbox o
+     WHERE webhook_topic_matches(CAST(:topics AS text[]), o.topic) AND o.created_at >= :since
+       AND (CAST(:until AS timestamptz) IS NULL OR o.created_at < :until)),
+wanted AS (
+    SELECT due.* FROM due LEFT JOIN webhook_deliveries d ON d.endpoint_id = :e AND d.event_id = due.event_id
+     WHERE NOT :failed_only OR d.id IS NULL
+        OR (d.status <> 'succeeded' AND coalesce(d.leased_until <= now(), true))),
+counted AS (SELECT count(*) AS n FROM wanted),
+queued AS (
+    INSERT INTO webhook_deliveries (endpoint_id, event_id, topic, customer_id, payload, event_at)
+    SELECT :e, event_id, topic, customer_id, payload, created_at FROM wanted
+     WHERE (SELECT n FROM counted) <= :limit
+    ON CONFLICT (endpoint_id, event_id) DO UPDATE SET {again}
+     WHERE NOT :failed_only OR (webhook_deliveries.status <> 'succeeded'
+           AND coalesce(webhook_deliveries.leased_until <= now(), true))
+    RETURNING id)
+SELECT (SELECT n FROM counted), (SELECT count(*) FROM queued),
+       (SELECT created_at FROM wanted ORDER BY created_at OFFSET :limit LIMIT 1)
+"""
+
+
 async def redrive_since(conn: AsyncConnection, endpoint_id: str, topics: tuple[str, ...], since: datetime,
-                        until: datetime | None, failed_only: bool) -> int:
+                        until: datetime | None, failed_only: bool, *, limit: int) -> int:
     """Every event of the endpoint's topics written at or after `since` (and before `until`),
     sent again; with `failed_only`, only those never delivered (failed, cancelled, still waiting
     for a retry, or never handed to this endpoint) but for one whose attempt is open right now.
-    Returns how many were scheduled."""
+    Returns how many were scheduled. More than `limit` to queue queues nothing: TooManyEventsError
+    with the count and the `until` (the first event past the limit) that keeps the call within it."""
     params: dict[str, Any] = {"e": endpoint_id, "topics": list(topics), "since": since, "until": until,
-                              "failed_only": failed_only}
-    where = ("webhook_topic_matches(CAST(:topics AS text[]), o.topic) AND o.created_at >= :since"
-             " AND (CAST(:until AS timestamptz) IS NULL OR o.created_at < :until)")
-    rows = (await conn.execute(text(_FROM_OUTBOX.format(where=where, again=_AGAIN)), params)).all()
-    return len(rows)
+                              "failed_only": failed_only, "limit": limit}
+    count, queued, within = (await conn.execute(text(_WINDOW.format(again=_AGAIN)), params)).one()
+    if count > limit:
+        within = within.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        raise TooManyEventsError(
+            f"{count} events to re-drive in this window, more than the {limit} one call may queue: "
+            f"nothing was queued; re-drive up to until={within}, then on from there",
+            count=count, limit=limit, until=within)
+    return queued
