@@ -8,6 +8,7 @@ from api.routes import (
     invoices,
     price_books,
     price_overrides,
+    receivables,
     rerates,
     reservations,
     settlements,
@@ -29,4 +30,5 @@ ROUTES = [
     invoices.close_periods,
     *rerates.ROUTES,
     *price_overrides.ROUTES,
+    *receivables.ROUTES,
 ]

@@ -96,6 +96,8 @@ ROUTES = [
     ("GET", "/v1/invoices/{inv}", None, {frozenset(INVOICE_READERS_OWN): "ok"}),
     ("POST", "/v1/invoices/{inv}/payments", {"amount": "0.01", "reference": "matrix"}, {frozenset(ADMINS_OWN): "ok"}),
     ("POST", "/v1/billing/close", {"until": "2000-01-01T00:00:00Z"}, {frozenset({"admin"}): "ok"}),
+    ("GET", "/v1/receivables/ageing", None, {frozenset({"admin"}): "ok"}),
+    ("GET", "/v1/receivables/ageing?customer={own}", None, {frozenset({"admin"}): "ok"}),
     ("POST", "/v1/rerate", {"price_book": BOOK, "version": "missing", "from": "2026-01-01T00:00:00Z",
                             "to": "2026-02-01T00:00:00Z", "mode": "preview"}, {frozenset({"admin"}): "ok"}),
     ("GET", "/v1/customers/{own}/credit-notes", None, {frozenset(INVOICE_READERS_OWN): "ok"}),
