@@ -475,10 +475,11 @@ DATABASE_UNREACHABLE = 3  # exit status: the command could not reach its databas
 
 INTERRUPTED = 130  # exit status: SIGINT (Ctrl-C) stopped a command before it finished
 TERMINATED = 143  # exit status: SIGTERM stopped a command before it finished (128 + 15, as a shell reports it)
+HUNG_UP = 129  # exit status: SIGHUP (its terminal closed) stopped a command before it finished (128 + 1)
 
 
-def _terminated(_signum: int, _frame: object) -> None:
-    raise SystemExit(TERMINATED)
+def _terminated(signum: int, _frame: object) -> None:
+    raise SystemExit(HUNG_UP if signum == signal.SIGHUP else TERMINATED)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -486,10 +487,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if getattr(args, "expect_head", None) and not args.file:
         p.error("audit verify: --expect-head checks an export: give --file too")
-    # SIGTERM stops a command as an exception does, so its `finally` blocks run and the embedded
-    # cluster it started stops with it (the default killed the process and left it running); serve
-    # and gateway replace this with their own ordinary exit.
+    # SIGTERM (and SIGHUP, a closed terminal) stops a command as an exception does, so its `finally`
+    # blocks run and the embedded cluster it started stops with it (the default killed the process
+    # and left it running); serve and gateway replace this with their own ordinary exit.
     signal.signal(signal.SIGTERM, _terminated)
+    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:  # nohup: a closed terminal leaves it running
+        signal.signal(signal.SIGHUP, _terminated)
     try:
         status = args.func(args, Settings.from_env())
         sys.stdout.flush()  # a reader gone (`| head`) shows here, not as a traceback at exit

@@ -25,9 +25,13 @@ callbacks), and one timer per process sweeps the deadlines a few times a second.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import resource
+import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +42,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from api.errors import CODE_BY_STATUS
 from api.settings import Settings
+from ledger.embedded import stop_signals
 
 log = logging.getLogger("tokentill.server")
 
@@ -340,6 +345,21 @@ class GuardedServer(uvicorn.Server):
         super().__init__(config)
         self.guard = guard
         self.grace_s = grace_s
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn's (SIGTERM and SIGINT: a graceful shutdown, then the signal raised again), and
+        SIGHUP as SIGTERM: a closed terminal or ssh session sends it, and its default killed the
+        process outright, the requests in progress cut and the embedded cluster left running."""
+        with super().capture_signals():
+            if threading.current_thread() is not threading.main_thread() or signal.SIGHUP not in stop_signals():
+                yield  # (SIGHUP ignored: `nohup tokentill serve` keeps serving when its terminal closes)
+                return
+            previous = signal.signal(signal.SIGHUP, self.handle_exit)
+            try:
+                yield
+            finally:  # restored before uvicorn raises what it caught again (api/workers.py's handler)
+                signal.signal(signal.SIGHUP, previous)
 
     async def startup(self, sockets: Any = None) -> None:
         self.guard.start(asyncio.get_running_loop())

@@ -13,7 +13,7 @@ by the others.
 - A worker that exits (a crash, kill -9) is started again after a backoff: 0.5 s, doubling up
   to 8 s while it keeps dying within STABLE_S of its start; at the GIVE_UP-th such death in a
   row the parent stops the other workers and exits 1.
-- SIGTERM or SIGINT to the parent: the parent closes its copy of the listening socket (so the
+- SIGTERM, SIGINT or SIGHUP to the parent: the parent closes its copy of the listening socket (so the
   port refuses new connections once the workers close theirs), every worker shuts down
   gracefully (SIGTERM: the requests in progress end, or are cut after the shutdown grace; see
   api/server.py), killed KILL_AFTER_GRACE_S after that grace; then the
@@ -41,6 +41,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from api.settings import Settings
+from ledger.embedded import stop_signals
 
 log = logging.getLogger("tokentill.workers")
 
@@ -143,7 +144,7 @@ class Supervisor:
         wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)
         wake_w.setblocking(False)
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in stop_signals()}
         previous_wakeup = signal.set_wakeup_fd(wake_w.fileno())
         code = 0
         try:
@@ -260,9 +261,10 @@ def _worker(index: int, settings: Settings, sock: socket.socket, host: str, port
 
 
 def exit_quietly_on_signals() -> None:
-    """SIGTERM and SIGINT end the process as an ordinary exit, status 0 (SystemExit: `finally`
-    blocks and the wheel's clean-up at exit run, so the embedded cluster is left as it should be)."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    """SIGTERM, SIGINT and SIGHUP (unless ignored: nohup) end the process as an ordinary exit,
+    status 0 (SystemExit: `finally` blocks and the wheel's clean-up at exit run, so the embedded
+    cluster is left as it should be)."""
+    for sig in stop_signals():
         signal.signal(sig, _exit_quietly)
 
 

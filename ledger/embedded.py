@@ -87,11 +87,20 @@ class Postmaster:
             return False
 
 
-STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+# What stops a tokentill process: SIGHUP too, which a terminal or ssh session sends its process
+# group when it closes (its default killed the process outright, the cluster it started left running).
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+
+
+def stop_signals() -> list[signal.Signals]:
+    """The STOP_SIGNALS to handle: SIGHUP not when this process was started with it ignored
+    (`nohup tokentill serve`), which must keep running when its terminal closes."""
+    return sorted(sig for sig in STOP_SIGNALS
+                  if not (sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN))
 
 
 def hold_signals() -> set[signal.Signals]:
-    """Keep SIGTERM and SIGINT pending (blocked) in this thread until `release_signals`; returns
+    """Keep SIGTERM, SIGINT and SIGHUP pending (blocked) in this thread until `release_signals`; returns
     the mask to give it. The programs started meanwhile (initdb, pg_ctl) inherit the block, so a
     Ctrl-C to the terminal's process group does not cut them either (PostgreSQL sets its own)."""
     return signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)

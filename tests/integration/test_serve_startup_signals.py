@@ -38,16 +38,22 @@ def data_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def _ignore_hangup() -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as `nohup` starts a command
+
+
 class Server:
     """A `tokentill` command on the embedded cluster, its log read line by line as it comes."""
 
-    def __init__(self, data_dir: Path, *args: str) -> None:
+    def __init__(self, data_dir: Path, *args: str, session: bool = False, nohup: bool = False) -> None:
         env = {k: v for k, v in os.environ.items() if k not in ("TOKENTILL_DATABASE_URL", "TOKENTILL_WORKERS")}
         env.update(TOKENTILL_DATA_DIR=str(data_dir), TOKENTILL_ADMIN_KEY="startsig-admin", TOKENTILL_SCHEDULER="off",
                    TOKENTILL_LOG_LEVEL="INFO")
         self.port = free_port()
         self.proc = subprocess.Popen([sys.executable, "-m", "api.cli", *args, "--port", str(self.port)], env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=session,  # session: a process group a hangup reaches whole
+                                     preexec_fn=_ignore_hangup if nohup else None)
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.log: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -177,10 +183,12 @@ def test_a_signal_during_start_up_leaves_a_postmaster_another_server_uses_runnin
     assert_no_postgres(pgdata, first.output())
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["sigterm", "sigint"])
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)],
+                         ids=["sigterm", "sigint", "sighup"])
 def test_a_signal_stops_a_one_shot_command_and_the_embedded_postgresql_it_started(data_dir, sig, code):
-    """`migrate` (as `keys`, `billing close`, `audit verify`): SIGTERM killed it outright and the
-    cluster it had started ran on; SIGINT printed a traceback. Now either ends it as an error does
+    """`migrate` (as `keys`, `billing close`, `audit verify`): SIGTERM (and SIGHUP, a closed
+    terminal) killed it outright and the cluster it had started ran on; SIGINT printed a traceback.
+    Now each ends it as an error does
     (128 + the signal, as a shell reports it), its cluster stopped, and the next run goes on."""
     pgdata = data_dir / "pg"
     env = {k: v for k, v in os.environ.items() if k != "TOKENTILL_DATABASE_URL"}
@@ -205,3 +213,51 @@ def test_a_signal_stops_a_one_shot_command_and_the_embedded_postgresql_it_starte
                           env=env)
     assert done.returncode == 0 and done.stdout.startswith("migrated to "), done.stdout + done.stderr
     assert_no_postgres(pgdata, done.stderr)
+
+
+@pytest.mark.parametrize("command, group", [(("serve",), False), (("gateway",), True),
+                                            (("serve", "--workers", "2"), True)],
+                         ids=["serve", "gateway-group", "workers-group"])
+def test_a_hangup_stops_a_serving_server_as_sigterm_does(data_dir, command, group):
+    """SIGHUP (the terminal or ssh session `tokentill serve` runs in closes: the kernel sends it to
+    the whole process group) killed the server outright: requests in progress cut, and the
+    embedded PostgreSQL it had started left running, holding the data dir. It stops now as on
+    SIGTERM: exit 0, the cluster stopped; `group` sends it to the process group, as a hangup does."""
+    pgdata = data_dir / "pg"
+    server = Server(data_dir, *command, session=group)
+    try:
+        server.wait_ready()
+        if group:
+            os.killpg(server.proc.pid, signal.SIGHUP)
+        else:
+            server.proc.send_signal(signal.SIGHUP)
+        code = server.proc.wait(timeout=60)
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait()
+    log = server.output()
+    try:
+        assert code == 0, log
+        assert "Traceback" not in log, log
+    finally:
+        if code != 0:  # killed: its PostgreSQL is not left running for the next test
+            for pid in postgres_of(pgdata):
+                psutil.Process(pid).kill()
+    assert_no_postgres(pgdata, log)
+
+
+def test_a_server_started_under_nohup_keeps_serving_through_a_hangup(data_dir):
+    """`nohup tokentill serve`: SIGHUP ignored from the start stays ignored (the handler above
+    must not take it over), and SIGTERM still stops the server."""
+    server = Server(data_dir, "serve", nohup=True)
+    try:
+        server.wait_ready()
+        server.proc.send_signal(signal.SIGHUP)
+        time.sleep(1)
+        assert server.proc.poll() is None, server.output()
+        assert httpx.get(f"http://127.0.0.1:{server.port}/readyz", timeout=10).status_code == 200
+    finally:
+        code = server.stop()
+    assert code == 0, server.output()
+    assert_no_postgres(data_dir / "pg", server.output())
