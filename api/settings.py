@@ -122,6 +122,14 @@ def _database_url(raw: str) -> str | None:
     except ProgrammingError as exc:
         raise SystemExit(f"TOKENTILL_DATABASE_URL: {str(exc).strip()} (the parameters libpq takes: "
                          f"https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-PARAMKEYWORDS)") from None
+    try:  # the whole of it, as libpq reads it when a command connects (a traceback there, the password quoted)
+        conninfo_to_dict(raw)
+    except ProgrammingError as exc:
+        reason = " ".join(str(exc).split())
+        if parts.password:
+            reason = reason.replace(parts.password, "<the password>")
+        raise SystemExit(f"TOKENTILL_DATABASE_URL: {reason} (write a % in the user, password or database name "
+                         f"as %25, a space as %20)") from None
     return raw
 
 

@@ -175,3 +175,19 @@ def test_the_settings_printed_show_no_secret():
     for shown in (repr(s), str(s), repr(s.gateway)):
         assert "SECRET" not in shown, shown
     assert "pool_size=10" in repr(s) and "openai_url=" in repr(s.gateway)  # the rest is still shown
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://till:50%off-s3cret@db/ledger",  # a % not followed by two hex digits
+    "postgresql://till:s3cret%00x@db/ledger",  # a NUL, which libpq refuses
+    "postgresql://till:my s3cret@db/ledger",  # a space, libpq wants %20
+    "postgresql://till:s3cret@db/led%zzger",
+], ids=["percent", "nul", "space", "database-name"])
+def test_a_database_url_libpq_cannot_read_stops_the_start_in_one_line_without_echoing_its_password(url):
+    """libpq refused such a URL only when the command connected: a traceback whose last line
+    quoted the password (`invalid percent-encoded token: "50%off-s3cret"`), exit 1."""
+    with pytest.raises(SystemExit) as stopped:
+        Settings.from_env({"TOKENTILL_DATABASE_URL": url})
+    message = stopped.value.code
+    assert isinstance(message, str) and message.startswith("TOKENTILL_DATABASE_URL") and "\n" not in message
+    assert "s3cret" not in message and "%25" in message, message
