@@ -136,3 +136,41 @@ async def test_a_trial_balance_without_a_currency_is_of_one_the_ledger_holds_and
         gbp = (await client.get("/v1/audit/trial-balance?currency=GBP", headers=ADMIN)).json()
         assert gbp["currency"] == "GBP" and gbp["currencies"] == ["EUR", "GBP"]
         assert sorted(a["balance"] for a in gbp["accounts"] if a["balance"] != "0.00") == ["-7.00", "7.00"]
+
+
+def _readme_metrics() -> dict[str, str]:
+    """The README's table of metrics: each exposed name with its row."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    return {line.split("`")[1]: line for line in readme.splitlines() if line.startswith("| `tokentill_")}
+
+
+async def test_every_metric_served_is_a_row_of_the_readmes_table_with_its_type_and_help(client):
+    """An operator's alerts and dashboards name these series: each one /metrics serves is documented,
+    with its type, labels and help text as served, and every documented one is served (a renamed
+    metric fails here, not on someone's dashboard). Half of them were named nowhere."""
+    import api.server  # noqa: F401  # its connection metrics, registered in every `tokentill serve`
+
+    await client.get("/healthz")  # a request's series have samples, their labels to check
+    text = (await client.get("/metrics")).text
+    served: dict[str, tuple[str, str]] = {}
+    for line in text.splitlines():
+        if line.startswith("# HELP tokentill_") and not line.split()[2].endswith("_created"):
+            name, help_text = line.split(" ", 3)[2:]
+            served[name] = (help_text, "")
+        elif line.startswith("# TYPE tokentill_") and line.split()[2] in served:
+            name, kind = line.split()[2:]
+            served[name] = (served[name][0], kind)
+    rows = _readme_metrics()
+    assert served and sorted(served) == sorted(rows), (sorted(set(served) - set(rows)), sorted(set(rows) - set(served)))
+    for name, (help_text, kind) in served.items():
+        cells = [cell.strip() for cell in rows[name].strip("|").split("|")]
+        assert cells[1] == kind and cells[-1] == help_text, (name, kind, help_text, rows[name])
+        documented = set() if cells[2] == "—" else set(cells[2].split(", "))
+        base = name.removesuffix("_total")
+        for line in text.splitlines():  # the labels of each of its samples (one with none yet has none)
+            sample = line.split("{", 1)[0].split(" ", 1)[0]
+            if sample in (name, f"{base}_bucket", f"{base}_sum", f"{base}_count") and "{" in line:
+                labels = {pair.split("=", 1)[0] for pair in line.split("{", 1)[1].rsplit("}", 1)[0].split('",')}
+                assert labels - {"app_name", "le"} == documented, (name, labels, rows[name])
