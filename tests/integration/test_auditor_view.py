@@ -55,6 +55,7 @@ def book(version: str, effective_from: str, a_in: str) -> dict:
     return {"id": "av", "version": version, "currency": "USD", "effective_from": effective_from, "rules": [
         {"id": "a-in", "model": "model-a", "token_type": "input", "price": a_in},
         {"id": "a-out", "model": "model-a", "token_type": "output", "price": "20.00"},
+        {"id": "f-in", "model": "model-f", "token_type": "input", "price": "1.00"},
         {"id": "v-out", "model": "model-v", "token_type": "output", "tier_mode": "volume",
          "tiers": [{"up_to": 100_000, "price": "20"}, {"up_to": None, "price": "10"}]}]}
 
@@ -88,6 +89,14 @@ async def _settle(tt: Api, reservation: dict, input_tokens: int, output_tokens: 
         "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens}, "final": final})
 
 
+async def _free_call(tt: Api, event_id: str, now: datetime) -> None:
+    """A call of acme's that its contract price of 0 makes free: a charge, and no entry."""
+    answer = await tt.post("/v1/usage-events", [{"event_id": event_id, "customer_id": "acme", "model": "model-f",
+                                                 "timestamp": utc(now - timedelta(minutes=10)),
+                                                 "usage": {"input_tokens": 5_000}}])
+    assert answer["accepted"] == 1, answer
+
+
 async def scenario(tt: Api, url: str) -> dict:
     now = datetime.now(UTC)
     period = period_of(now - timedelta(minutes=30), Cycle())
@@ -98,7 +107,8 @@ async def scenario(tt: Api, url: str) -> dict:
                                     "billing": "postpaid"})
     hour_ago = utc(now - timedelta(hours=1))
     await tt.call("PUT", "/v1/customers/acme/price-overrides", {
-        "effective_from": hour_ago, "discounts": [{"id": "half-v", "model": "model-v", "percent": "50"}]})
+        "effective_from": hour_ago, "discounts": [{"id": "half-v", "model": "model-v", "percent": "50"}],
+        "contract_prices": [{"id": "free-f", "model": "model-f", "price": "0"}]})
     await tt.call("PUT", "/v1/customers/initech/price-overrides", {
         "effective_from": hour_ago, "free_allowances": [{"id": "free-1", "amount": "1.00"}]})
 
@@ -142,14 +152,20 @@ async def scenario(tt: Api, url: str) -> dict:
          "timestamp": utc(now - timedelta(minutes=m)), "usage": {"input_tokens": n, "output_tokens": o}}
         for i, (m, n, o) in enumerate(((40, 50_000, 0), (35, 100_000, 1_000), (25, 200_000, 0)))])
     assert answer["accepted"] == 3, answer
+    await _free_call(tt, "f-0", now)
 
     # the welcome grant expires; both periods close early (acme's true-up gives back), initech pays in part
     assert await _job(url, lambda db: expire_grants(db, now + timedelta(hours=2))) == 1
+    # what the closes will finalize, as the upcoming invoices show it now
+    upcoming = {cid: await tt.get(f"/v1/customers/{cid}/invoices/upcoming") for cid in CUSTOMERS}
     until = utc(period.end + timedelta(hours=1, seconds=1))
     closed = {}
     for cid in CUSTOMERS:
         [closed[cid]] = (await tt.post("/v1/billing/close", {"until": until, "customer_id": cid, "early": True}))[
             "closed"]
+    await _free_call(tt, "f-1", now)  # after its period closed: late, billed in the next period
+    rest = await tt.post(f"/v1/customers/acme/grants/{refundable}/reverse", {"reference": "re_2"})
+    assert (rest["reversal"], rest["amount"]) == ("refund", "6.00"), rest
     await tt.post(f"/v1/invoices/{closed['initech']['invoice_id']}/payments",
                   {"amount": "1.00", "reference": "wire-initech-1"})
     # the price fix, backdated to the period's start, re-rated over both closed periods: credit notes
@@ -164,7 +180,7 @@ async def scenario(tt: Api, url: str) -> dict:
     for cid in CUSTOMERS:
         await tt.post("/v1/billing/close", {"until": later, "customer_id": cid, "early": True})
     assert await _job(url, seal_journal) > 0
-    return {"now": now, "period": period, "following": following}
+    return {"now": now, "period": period, "following": following, "upcoming": upcoming}
 
 
 @pytest.fixture(scope="module")
@@ -374,3 +390,38 @@ async def test_the_console_invoice_page_shows_every_figure_the_invoice_ties_out_
         shown = dict(re.findall(r'data-figure="([a-z-]+)">(?:<strong>)?([-0-9.,]+)<', page.text))
         assert {name: shown.get(name) for name in CONSOLE_FIGURES.values()} == \
             {name: invoice[field] for field, name in CONSOLE_FIGURES.items()}, invoice["number"]
+
+
+# What an invoice document says beside its identity and its payments
+FIGURES = ("lines", "subtotals", "total", "credits_applied", "charged_to_account", "top_ups", "grants", "expired",
+           "refunds", "grants_revoked", "payments_received", "opening_balance", "closing_balance", "amount_due",
+           "amount_due_rounding", "credit_note_rounding", "adjustments")
+
+
+@pytest.mark.parametrize("customer", CUSTOMERS)
+async def test_the_upcoming_invoice_is_what_the_close_finalized(books, customer):
+    tt, _, facts = books
+    [first, _] = (await tt.get(f"/v1/customers/{customer}/invoices"))["invoices"]
+    upcoming = facts["upcoming"][customer]
+    assert {k: upcoming[k] for k in FIGURES} == {k: first[k] for k in FIGURES}
+
+
+async def test_a_free_call_after_its_period_closed_is_billed_on_the_next_invoice(books):
+    tt, _, facts = books
+    [first, second] = (await tt.get("/v1/customers/acme/invoices"))["invoices"]
+    free = [(ln["kind"], ln["quantity"], ln["amount"], ln["original_period"]) for ln in first["lines"] + second["lines"]
+            if ln["model"] == "model-f"]
+    assert free == [("usage", 5_000, "0.00", None), ("usage", 5_000, "0.00", facts["period"].label)], free
+
+
+def test_the_cash_reconciles_with_the_processors_rows_refunds_included(books, tmp_path: Path):
+    _, url, _ = books
+    payments = tmp_path / "payments.csv"
+    payments.write_text("reference,amount,currency\npay-acme-1,50.00,USD\npay-acme-2,10.00,USD\nre_1,-4.00,USD\n"
+                        "re_2,-6.00,USD\nwire-initech-1,1.00,USD\n")
+    done = cli(url, "reconcile", "--payments", str(payments))
+    assert done.returncode == 0 and "matched: 5" in done.stdout, done.stdout + done.stderr
+    payments.write_text("reference,amount,currency\npay-acme-1,50.00,USD\npay-acme-2,10.00,USD\nre_1,-4.00,USD\n"
+                        "wire-initech-1,1.00,USD\n")
+    done = cli(url, "reconcile", "--payments", str(payments))
+    assert done.returncode == 1 and "re_2" in done.stdout, done.stdout + done.stderr
