@@ -1,5 +1,6 @@
-"""Fixtures of the API tests: an app with an admin client (`app`, `client`: a file may define its own),
-the SDK tests' live server (durability and background settles), and an httpx client of it for races."""
+"""Fixtures of the API tests: an app with an admin client (`app`, `client`: a file may define its own,
+built with tests/api/apps.py as these are), the SDK tests' live server (durability and background
+settles), and an httpx client of it for races."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
@@ -8,25 +9,16 @@ from pathlib import Path
 import httpx
 import pytest
 from litestar import Litestar
-from litestar.testing import AsyncTestClient
 
-from api.app import create_app
-from api.bench.common import free_port
-from api.demo import _Server
-from api.settings import Settings
-from tests.api.test_sdk_durability import ADMIN, live_book, wait_ready
+from tests.api.apps import api_app, api_client, live_server
+from tests.api.test_sdk_durability import ADMIN, live_book
 
 
 @pytest.fixture(scope="module")
 def live(database_url) -> Iterator[tuple[str, str]]:
     """An in-process server and a price book of the demo's prices."""
-    port = free_port()
-    server = _Server(create_app(Settings(admin_key=ADMIN, scheduler=False), database_url), port)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(url)
-    yield url, live_book(url)
-    server.stop()
+    with live_server(database_url, admin=ADMIN) as url:
+        yield url, live_book(url)
 
 
 @pytest.fixture
@@ -51,12 +43,11 @@ def spool_dir(tmp_path, monkeypatch) -> Path:
 @pytest.fixture
 async def app(db, database_url) -> Litestar:
     """The API with the admin key `test-admin` and no scheduler, on the session's database."""
-    return create_app(Settings(admin_key="test-admin", scheduler=False), database_url)
+    return api_app(database_url)
 
 
 @pytest.fixture
 async def client(app: Litestar):
     """A test client of `app` sending the admin key."""
-    async with AsyncTestClient(app=app) as c:
-        c.headers.update({"Authorization": "Bearer test-admin"})
+    async with api_client(app=app, send_admin=True) as c:
         yield c

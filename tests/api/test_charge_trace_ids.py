@@ -12,9 +12,8 @@ import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
-from api.app import create_app
-from api.settings import Settings
 from tests.api import test_journal_api as journal
+from tests.api.apps import api_client
 from tests.api.test_http_contract import _conforms
 from tests.api.test_journal_api import _lifecycle
 from tests.api.test_sdk_durability import ADMIN, new_customer
@@ -22,9 +21,7 @@ from tests.api.test_sdk_durability import ADMIN, new_customer
 
 @pytest.fixture(scope="module")
 async def client(database_url: str) -> AsyncIterator[AsyncTestClient]:
-    app = create_app(Settings(admin_key="journal-admin", scheduler=False), database_url)
-    async with AsyncTestClient(app=app) as c:
-        c.headers.update(journal.ADMIN)
+    async with api_client(database_url, admin="journal-admin", send_admin=True) as c:
         await c.post("/v1/price-books", json=journal.BOOK)
         yield c
 

@@ -14,9 +14,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from litestar.testing import AsyncTestClient
 
-from api.app import create_app
 from api.client_reservations import Reservation
-from api.settings import Settings
+from tests.api.apps import api_client
 
 ADMIN = {"Authorization": "Bearer empty-admin"}
 NO_COUNT = [{}, {"input_tokens": None, "output_tokens": None}, {"service_tier": "flex"}]
@@ -25,9 +24,7 @@ ZEROS = {"input_tokens": 0, "output_tokens": 0}
 
 @pytest.fixture
 async def client(db, database_url):
-    app = create_app(Settings(admin_key="empty-admin", scheduler=False), database_url)
-    async with AsyncTestClient(app=app) as c:
-        c.headers.update(ADMIN)
+    async with api_client(database_url, admin="empty-admin", send_admin=True) as c:
         yield c
 
 

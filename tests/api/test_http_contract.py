@@ -14,13 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from litestar import Litestar
-from litestar.testing import AsyncTestClient
 from sqlalchemy import text
 
-from api.app import create_app
 from api.routes.wire import repeated_key
-from api.settings import Settings
 from ledger.db import Database
+from tests.api.apps import api_app, api_client
 from wallets.periods import Cycle, period_of
 
 ADMIN = {"Authorization": "Bearer test-admin"}
@@ -29,8 +27,7 @@ JSON = {**ADMIN, "Content-Type": "application/json"}
 
 @pytest.fixture
 async def client(db, database_url):
-    app = create_app(Settings(admin_key="test-admin", scheduler=False), database_url)
-    async with AsyncTestClient(app=app) as c:
+    async with api_client(database_url) as c:
         yield c
 
 
@@ -246,7 +243,7 @@ def test_the_secret_a_creating_call_shows_once_is_a_required_field_of_its_answer
     """API.md: 201 {"id", "key", "scope", "customers", "created_at"}. Before: the document made
     `key` (and a webhook endpoint's `secret`) optional, so a client generated from it had to
     treat the one chance to read the secret as maybe absent."""
-    app = create_app(Settings(admin_key="test-admin", scheduler=False), "postgresql://unused/unused")
+    app = api_app("postgresql://unused/unused")
     schemas = app.openapi_schema.to_schema()["components"]["schemas"]
     assert "key" in schemas["CreatedApiKeyResponse"]["required"]
     assert "secret" in schemas["CreatedWebhookEndpointResponse"]["required"]
@@ -270,7 +267,7 @@ def test_the_document_types_the_usage_report_api_md_makes_stable():
     """API.md (stable): GET /v1/customers/{id}/usage → {"rows": [{…group keys, "quantity",
     "amount"}]}. Before: the document said only "an object", so a client generated from it had
     no `rows`, and schemathesis could check nothing of the answer."""
-    app = create_app(Settings(admin_key="test-admin", scheduler=False), "postgresql://unused/unused")
+    app = api_app("postgresql://unused/unused")
     document = app.openapi_schema.to_schema()
     ok = document["paths"]["/v1/customers/{customer_id}/usage"]["get"]["responses"]["200"]
     report = _resolved(document, ok["content"]["application/json"]["schema"])
@@ -283,7 +280,7 @@ def test_the_document_types_the_usage_report_api_md_makes_stable():
 
 def test_the_document_types_the_reservation_api_md_makes_stable():
     """API.md (stable): GET /v1/reservations/{id} → its state and entries. Before: "an object"."""
-    app = create_app(Settings(admin_key="test-admin", scheduler=False), "postgresql://unused/unused")
+    app = api_app("postgresql://unused/unused")
     document = app.openapi_schema.to_schema()
     ok = document["paths"]["/v1/reservations/{reservation_id}"]["get"]["responses"]["200"]
     view = _resolved(document, ok["content"]["application/json"]["schema"])
@@ -378,7 +375,7 @@ def test_the_document_lists_every_media_type_a_document_route_answers_in(path, m
     """API.md: GET /v1/invoices/{id} is JSON, and `Accept: text/html` or `application/pdf` for a
     person. Before: the document listed application/json only (with an empty schema), so a
     client read from it could not know the others, and a checker flagged them as undocumented."""
-    app = create_app(Settings(admin_key="test-admin", scheduler=False), "postgresql://unused/unused")
+    app = api_app("postgresql://unused/unused")
     ok = app.openapi_schema.to_schema()["paths"][path]["get"]["responses"]["200"]
     assert set(ok["content"]) == media_types
     assert ok["content"]["application/pdf"]["schema"] == {"type": "string", "format": "binary"}
@@ -421,7 +418,7 @@ TYPED = [("/v1/audit/charges/{request_id}", "get"), ("/v1/customers/{customer_id
 def test_the_document_types_the_answers_of_audit_invoices_rerates_and_webhook_logs(path, method):
     """Before: each of these 200s was documented as a bare "object" (additionalProperties {}), so
     a client generated from the document got untyped answers. Now each names its fields."""
-    app = create_app(Settings(admin_key="test-admin", scheduler=False), "postgresql://unused/unused")
+    app = api_app("postgresql://unused/unused")
     document = app.openapi_schema.to_schema()
     ok = document["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"]
     answer = _resolved(document, ok)
@@ -527,8 +524,7 @@ IDEMPOTENT = [("post", "/v1/budgets"), ("patch", "/v1/budgets/{budget_id}"), ("d
 
 
 def _document() -> dict:
-    return create_app(Settings(admin_key="test-admin", scheduler=False), "postgresql://unused/unused"
-                      ).openapi_schema.to_schema()
+    return api_app("postgresql://unused/unused").openapi_schema.to_schema()
 
 
 def test_every_503_and_429_describes_its_retry_after():

@@ -12,9 +12,8 @@ from datetime import datetime
 import pytest
 from litestar.testing import AsyncTestClient
 
-from api.app import create_app
-from api.settings import Settings
 from ledger.db import connect
+from tests.api.apps import api_client
 from wallets.jobs import seal_journal
 
 ADMIN = {"Authorization": "Bearer journal-admin"}
@@ -28,9 +27,7 @@ FAR_FUTURE = "9000-01-01T00:00:00Z"
 
 @pytest.fixture(scope="module")
 async def client(database_url: str) -> AsyncIterator[AsyncTestClient]:
-    app = create_app(Settings(admin_key="journal-admin", scheduler=False), database_url)
-    async with AsyncTestClient(app=app) as c:
-        c.headers.update(ADMIN)
+    async with api_client(database_url, admin="journal-admin", send_admin=True) as c:
         await c.post("/v1/price-books", json=BOOK)
         yield c
 
@@ -228,9 +225,7 @@ async def test_malformed_parameters_are_validation_errors(client):
 
 async def test_an_entry_changed_or_slipped_in_after_its_seal_reads_as_altered_or_unlisted(scratch_url):
     """Triggers forbid the change; a superuser who turns them off still cannot hide it."""
-    app = create_app(Settings(admin_key="journal-admin", scheduler=False), scratch_url)
-    async with AsyncTestClient(app=app) as c:
-        c.headers.update(ADMIN)
+    async with api_client(scratch_url, admin="journal-admin", send_admin=True) as c:
         assert (await c.post("/v1/price-books", json=BOOK)).status_code == 201
         lifecycle = await _lifecycle(c)
         db = connect(scratch_url, pool_size=1)

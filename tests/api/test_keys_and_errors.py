@@ -4,19 +4,16 @@ from __future__ import annotations
 import re
 
 import pytest
-from litestar.testing import AsyncTestClient
 from sqlalchemy import text
 
-from api.app import create_app
-from api.settings import Settings
+from tests.api.apps import api_client
 
 ADMIN = {"Authorization": "Bearer test-admin"}
 
 
 @pytest.fixture
 async def client(db, database_url):
-    app = create_app(Settings(admin_key="test-admin", scheduler=False), database_url)
-    async with AsyncTestClient(app=app) as client:
+    async with api_client(database_url) as client:
         yield client
 
 

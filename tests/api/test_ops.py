@@ -2,18 +2,15 @@
 from __future__ import annotations
 
 import pytest
-from litestar.testing import AsyncTestClient
 
-from api.app import create_app
-from api.settings import Settings
+from tests.api.apps import api_client
 
 ADMIN = {"Authorization": "Bearer test-admin"}
 
 
 @pytest.fixture
 async def client(db, database_url):  # db: the migrated database, with USD
-    app = create_app(Settings(admin_key="test-admin", scheduler=False), database_url)
-    async with AsyncTestClient(app=app) as client:
+    async with api_client(database_url) as client:
         yield client
 
 
@@ -116,8 +113,7 @@ async def test_metrics_content_type_has_one_charset_so_prometheus_3_can_parse_it
 async def test_a_trial_balance_without_a_currency_is_of_one_the_ledger_holds_and_names_the_others(scratch_url):
     """A ledger in EUR and GBP only: the trial balance asked without a currency was an empty USD one,
     `balanced` true; it is of EUR (the first there is), and lists every currency it could be asked for."""
-    app = create_app(Settings(admin_key="test-admin", scheduler=False), scratch_url)
-    async with AsyncTestClient(app=app) as client:
+    async with api_client(scratch_url) as client:
         for currency in ("GBP", "EUR"):
             book = {"id": f"b-{currency}", "currency": currency, "effective_from": "2026-01-01T00:00:00Z",
                     "rules": [{"id": "call", "token_type": "request", "price": "0.01"}]}

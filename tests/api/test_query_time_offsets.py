@@ -4,18 +4,15 @@ caller did give."""
 from __future__ import annotations
 
 import pytest
-from litestar.testing import AsyncTestClient
 
-from api.app import create_app
-from api.settings import Settings
+from tests.api.apps import api_client
 
 ADMIN = {"Authorization": "Bearer qt-admin"}
 
 
 @pytest.fixture
 async def client(database_url):
-    app = create_app(Settings(admin_key="qt-admin", scheduler=False), database_url)
-    async with AsyncTestClient(app=app) as c:
+    async with api_client(database_url, admin="qt-admin") as c:
         yield c
 
 

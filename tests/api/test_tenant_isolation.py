@@ -8,8 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 from litestar.testing import AsyncTestClient
 
-from api.app import create_app
-from api.settings import Settings
+from tests.api.apps import api_client
 
 ADMIN = {"Authorization": "Bearer isolation-admin"}
 RULES = [{"id": "a-in", "model": "model-a", "token_type": "input", "price": "10.00"},
@@ -19,9 +18,7 @@ RULES = [{"id": "a-in", "model": "model-a", "token_type": "input", "price": "10.
 
 @pytest.fixture(scope="module")
 async def client(database_url: str) -> AsyncIterator[AsyncTestClient]:
-    app = create_app(Settings(admin_key="isolation-admin", scheduler=False), database_url)
-    async with AsyncTestClient(app=app) as c:
-        c.headers.update(ADMIN)
+    async with api_client(database_url, admin="isolation-admin", send_admin=True) as c:
         yield c
 
 

@@ -1,0 +1,101 @@
+"""The API tests' one way to an app on a database of their choosing and a client of it.
+
+`api_client` is the in-process client (AsyncTestClient) and `live_server` a real server (uvicorn in
+a thread) for what the in-process client cannot do: requests in flight together, the SDK, a gateway.
+Both build the app with `api_app`: no scheduler, an admin key, and any other Settings as keywords.
+Which database (the session's, a scratch one of the test's own) and which scope (test, module,
+session) stay the caller's: the fixture that calls the factory decides, as it did before.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from api.app import create_app
+from api.bench.common import free_port
+from api.demo import _Server
+from api.settings import Settings
+
+ADMIN_KEY = "test-admin"
+CONSOLE_URL = "https://console.test"  # the console's cookies are Secure: it is served over https only
+
+
+def api_app(database_url: str, admin: str = ADMIN_KEY, **settings: Any) -> Litestar:
+    """The API on `database_url` with the admin key `admin` and no scheduler; `settings` set the rest."""
+    return create_app(Settings(admin_key=admin, scheduler=False, **settings), database_url)
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def currency_books(prices: dict[str, str], *token_types: str) -> list[dict]:
+    """A price book `book-<currency>` for each currency in `prices`, in force since 2026-01-01:
+    model-a at that price per 1M tokens of each of `token_types` (rules `in`, `out`)."""
+    rule_ids = {"input": "in", "output": "out"}
+    return [{"id": f"book-{currency}", "currency": currency, "effective_from": "2026-01-01T00:00:00Z",
+             "rules": [{"id": rule_ids[t], "model": "model-a", "token_type": t, "price": price} for t in token_types]}
+            for currency, price in prices.items()]
+
+
+async def sign_in(client: AsyncTestClient, key: str) -> str:
+    """Sign the console client in with `key`; the CSRF token its forms send."""
+    page = await client.get("/console/sign-in")
+    token = re.search(r'name="_csrf_token" value="([^"]+)"', page.text)
+    assert token, page.text
+    signed = await client.post("/console/sign-in", data={"key": key, "_csrf_token": token.group(1)},
+                               follow_redirects=False)
+    assert signed.status_code == 303, signed.text
+    return token.group(1)
+
+
+@asynccontextmanager
+async def api_client(database_url: str | None = None, *, admin: str = ADMIN_KEY, app: Litestar | None = None,
+                     send_admin: bool = False, console: bool = False, signed_in: bool = False,
+                     books: Iterable[dict] = (), **settings: Any) -> AsyncIterator[AsyncTestClient]:
+    """An in-process client of `app` (or of `api_app(database_url, admin, **settings)`).
+
+    send_admin: every request carries the admin key (a request may still send other headers);
+    console: the console's https origin; signed_in: a console client signed in with the admin key;
+    books: price books created first (each a 201) with the admin key."""
+    if app is None:
+        assert database_url is not None, "api_client wants a database_url or an app"
+        app = api_app(database_url, admin, **settings)
+    else:
+        assert database_url is None and not settings, "an app comes with its own database and settings"
+    extra = {"base_url": CONSOLE_URL} if console or signed_in else {}
+    async with AsyncTestClient(app=app, **extra) as client:
+        if send_admin:
+            client.headers.update(bearer(admin))
+        for book in books:
+            made = await client.post("/v1/price-books", headers=bearer(admin), json=book)
+            assert made.status_code == 201, made.text
+        if signed_in:
+            await sign_in(client, admin)
+        yield client
+
+
+@contextmanager
+def live_server(database_url: str | None = None, *, admin: str = ADMIN_KEY, app: Litestar | None = None,
+                **settings: Any) -> Iterator[str]:
+    """A real server of `app` (or of `api_app(database_url, admin, **settings)`) on a free port,
+    ready; its base URL. It stops afterwards."""
+    from tests.api.test_sdk_durability import wait_ready  # a test module: imported when a server starts
+
+    if app is None:
+        assert database_url is not None, "live_server wants a database_url or an app"
+        app = api_app(database_url, admin, **settings)
+    port = free_port()
+    server = _Server(app, port)
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url)
+        yield url
+    finally:
+        server.stop()
