@@ -11,10 +11,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from litestar.testing import AsyncTestClient
 
-from api.app import create_app
-from api.settings import Settings
+from tests.api.apps import api_client, currency_books
 from tests.api.closing import close_invoice
 from wallets import chart
 
@@ -25,13 +23,7 @@ PRICES = {"JPY": "1500", "USD": "10"}
 
 @pytest.fixture
 async def client(scratch_url):
-    app = create_app(Settings(admin_key="due-admin", scheduler=False), scratch_url)
-    async with AsyncTestClient(app=app) as c:
-        for currency, price in PRICES.items():
-            book = await c.post("/v1/price-books", headers=ADMIN, json={
-                "id": f"book-{currency}", "currency": currency, "effective_from": "2026-01-01T00:00:00Z",
-                "rules": [{"id": "in", "model": "model-a", "token_type": "input", "price": price}]})
-            assert book.status_code == 201, book.text
+    async with api_client(scratch_url, admin="due-admin", books=currency_books(PRICES, "input")) as c:
         yield c
 
 

@@ -6,10 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from litestar.testing import AsyncTestClient
 
-from api.app import create_app
-from api.settings import Settings
+from tests.api.apps import api_client
 from tests.api.test_invoice_bill_to import ADMIN, _customer_with_usage
 from tests.api.test_invoice_renderings import SEED
 from tests.integration.wallets.wallet_kit import refusing
@@ -21,9 +19,7 @@ from wallets.periods import Cycle, period_of
 
 @pytest.fixture
 async def client(scratch_url):
-    app = create_app(Settings(admin_key="billto-admin", scheduler=False), scratch_url)
-    async with AsyncTestClient(app=app) as c:
-        assert (await c.post("/v1/price-books", headers=ADMIN, json=SEED)).status_code == 201
+    async with api_client(scratch_url, admin="billto-admin", books=[SEED]) as c:
         yield c
 
 

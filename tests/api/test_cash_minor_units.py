@@ -11,11 +11,9 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from litestar.testing import AsyncTestClient
 
-from api.app import create_app
 from api.client import AsyncClient, InvalidAmount, ValidationFailed
-from api.settings import Settings
+from tests.api.apps import api_app, api_client, currency_books
 from wallets.periods import Cycle, period_of
 
 KEY = "minor-admin"
@@ -26,18 +24,12 @@ PRICES = {"JPY": "1500", "KWD": "0.465", "USD": "10", "XCR": "1"}
 
 @pytest.fixture
 async def app(scratch_url):
-    return create_app(Settings(admin_key=KEY, scheduler=False), scratch_url)
+    return api_app(scratch_url, admin=KEY)
 
 
 @pytest.fixture
 async def client(app):
-    async with AsyncTestClient(app=app) as c:
-        for currency, price in PRICES.items():
-            book = await c.post("/v1/price-books", headers=ADMIN, json={
-                "id": f"book-{currency}", "currency": currency, "effective_from": "2026-01-01T00:00:00Z",
-                "rules": [{"id": "in", "model": "model-a", "token_type": "input", "price": price},
-                          {"id": "out", "model": "model-a", "token_type": "output", "price": price}]})
-            assert book.status_code == 201, book.text
+    async with api_client(app=app, admin=KEY, books=currency_books(PRICES, "input", "output")) as c:
         yield c
 
 

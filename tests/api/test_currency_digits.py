@@ -8,13 +8,11 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from litestar.testing import AsyncTestClient
 from pypdf import PdfReader
 from sqlalchemy import text
 
-from api.app import create_app
-from api.settings import Settings
 from ledger.db import connect
+from tests.api.apps import api_client, currency_books
 from wallets.periods import Cycle, period_of
 
 ADMIN = {"Authorization": "Bearer digits-admin"}
@@ -24,14 +22,8 @@ PRICES = {"JPY": "1500", "KWD": "0.465"}
 
 @pytest.fixture
 async def client(scratch_url):
-    app = create_app(Settings(admin_key="digits-admin", scheduler=False), scratch_url)
-    async with AsyncTestClient(app=app, base_url="https://console.test") as c:
-        for currency, price in PRICES.items():
-            book = await c.post("/v1/price-books", headers=ADMIN, json={
-                "id": f"book-{currency}", "currency": currency, "effective_from": "2026-01-01T00:00:00Z",
-                "rules": [{"id": "in", "model": "model-a", "token_type": "input", "price": price},
-                          {"id": "out", "model": "model-a", "token_type": "output", "price": price}]})
-            assert book.status_code == 201, book.text
+    async with api_client(scratch_url, admin="digits-admin", console=True,
+                          books=currency_books(PRICES, "input", "output")) as c:
         yield c
 
 

@@ -13,12 +13,10 @@ from html.parser import HTMLParser
 
 import psycopg
 import pytest
-from litestar.testing import AsyncTestClient
 from pypdf import PdfReader
 
 from api import renderings
-from api.app import create_app
-from api.settings import Settings
+from tests.api.apps import api_client
 from tests.api.test_invoice_renderings import SEED
 from wallets.core import invoicing
 from wallets.periods import Cycle, period_of
@@ -28,9 +26,7 @@ ADMIN = {"Authorization": "Bearer billto-admin"}
 
 @pytest.fixture
 async def client(scratch_url):
-    app = create_app(Settings(admin_key="billto-admin", scheduler=False), scratch_url)
-    async with AsyncTestClient(app=app) as c:
-        assert (await c.post("/v1/price-books", headers=ADMIN, json=SEED)).status_code == 201
+    async with api_client(scratch_url, admin="billto-admin", books=[SEED]) as c:
         yield c
 
 
@@ -101,11 +97,7 @@ async def _csv_rows(client, path: str) -> list[dict[str, str]]:
 
 
 async def _console(client, path: str) -> str:
-    async with AsyncTestClient(app=client.app, base_url="https://console.test") as browser:
-        token = re.search(r'name="_csrf_token" value="([^"]+)"', (await browser.get("/console/sign-in")).text)
-        signed = await browser.post("/console/sign-in", data={"key": "billto-admin", "_csrf_token": token.group(1)},
-                                    follow_redirects=False)
-        assert signed.status_code == 303, signed.text
+    async with api_client(app=client.app, admin="billto-admin", signed_in=True) as browser:
         page = await browser.get(path)
         assert page.status_code == 200, page.text
         return page.text
