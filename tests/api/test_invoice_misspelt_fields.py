@@ -8,10 +8,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from litestar.testing import AsyncTestClient
 
-from api.app import create_app
-from api.settings import Settings
+from tests.api.apps import api_client
 from tests.api.closing import close_early
 from wallets.periods import Cycle, period_of
 
@@ -20,8 +18,7 @@ ADMIN = {"Authorization": "Bearer typo-admin"}
 
 @pytest.fixture
 async def client(scratch_url):
-    app = create_app(Settings(admin_key="typo-admin", scheduler=False), scratch_url)
-    async with AsyncTestClient(app=app) as c:
+    async with api_client(scratch_url, admin="typo-admin") as c:
         yield c
 
 

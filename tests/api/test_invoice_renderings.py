@@ -10,11 +10,9 @@ from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 
 import pytest
-from litestar.testing import AsyncTestClient
 from pypdf import PdfReader
 
-from api.app import create_app
-from api.settings import Settings
+from tests.api.apps import api_client
 from wallets.periods import Cycle, period_of
 
 ADMIN = {"Authorization": "Bearer render-admin"}
@@ -47,9 +45,7 @@ HAND_CSV = [  # kind, model, token type, quantity, unit price, per, amount
 
 @pytest.fixture
 async def client(scratch_url):
-    app = create_app(Settings(admin_key="render-admin", scheduler=False), scratch_url)
-    async with AsyncTestClient(app=app) as c:
-        assert (await c.post("/v1/price-books", headers=ADMIN, json=SEED)).status_code == 201
+    async with api_client(scratch_url, admin="render-admin", books=[SEED]) as c:
         yield c
 
 
@@ -234,11 +230,7 @@ async def test_the_upcoming_invoice_shows_what_a_top_up_paid_and_what_remains(cl
     document = await client.get(path, headers={**ADMIN, "Accept": "application/pdf"})
     text = "\n".join(p.extract_text() for p in PdfReader(io.BytesIO(document.content)).pages)
     assert "Amount remaining 0.05 USD" in [" ".join(line.split()) for line in text.splitlines()]
-    async with AsyncTestClient(app=client.app, base_url="https://console.test") as browser:
-        token = re.search(r'name="_csrf_token" value="([^"]+)"', (await browser.get("/console/sign-in")).text)
-        signed = await browser.post("/console/sign-in", data={"key": "render-admin", "_csrf_token": token.group(1)},
-                                    follow_redirects=False)
-        assert signed.status_code == 303, signed.text
+    async with api_client(app=client.app, admin="render-admin", signed_in=True) as browser:
         console = Tables()
         console.feed((await browser.get("/console/customers/topped/invoices/upcoming")).text)
         assert ["Paid on this invoice", "0.10"] in console.rows and ["Amount remaining", "0.05"] in console.rows
@@ -278,11 +270,7 @@ async def test_the_upcoming_invoice_s_renderings_count_its_volume_true_up_in_wha
     printed = [" ".join(line.split()) for p in PdfReader(io.BytesIO(document.content)).pages
                for line in p.extract_text().splitlines()]
     assert "Amount due 13.00 USD" in printed and "Amount remaining 13.00 USD" in printed, printed
-    async with AsyncTestClient(app=client.app, base_url="https://console.test") as browser:
-        token = re.search(r'name="_csrf_token" value="([^"]+)"', (await browser.get("/console/sign-in")).text)
-        signed = await browser.post("/console/sign-in", data={"key": "render-admin", "_csrf_token": token.group(1)},
-                                    follow_redirects=False)
-        assert signed.status_code == 303, signed.text
+    async with api_client(app=client.app, admin="render-admin", signed_in=True) as browser:
         console = Tables()
         console.feed((await browser.get("/console/customers/tiered/invoices/upcoming")).text)
         assert ["Amount due", "13.00"] in console.rows and ["Amount remaining", "13.00"] in console.rows

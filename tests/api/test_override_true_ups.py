@@ -9,10 +9,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from litestar.testing import AsyncTestClient
 
-from api.app import create_app
-from api.settings import Settings
+from tests.api.apps import api_client
 from wallets.periods import Cycle, period_of
 
 ADMIN = {"Authorization": "Bearer vol-admin"}
@@ -32,14 +30,9 @@ def utc(at: datetime) -> str:
 
 @pytest.fixture(scope="module")
 async def client(database_url):
-    app = create_app(Settings(admin_key="vol-admin", scheduler=False), database_url)
-    async with AsyncTestClient(app=app) as c:
-        made = await c.post("/v1/price-books", headers=ADMIN, json={
-            "id": BOOK, "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": RULES})
-        assert made.status_code == 201, made.text
-        made = await c.post("/v1/price-books", headers=ADMIN, json={
-            "id": DEARER, "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": DEARER_RULES})
-        assert made.status_code == 201, made.text
+    async with api_client(database_url, admin="vol-admin", books=[
+            {"id": BOOK, "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": RULES},
+            {"id": DEARER, "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": DEARER_RULES}]) as c:
         yield c
 
 

@@ -6,10 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from litestar.testing import AsyncTestClient
 
-from api.app import create_app
-from api.settings import Settings
+from tests.api.apps import api_client
 
 ADMIN = {"Authorization": "Bearer po-admin"}
 BOOK = {"id": "pob", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": [
@@ -28,9 +26,7 @@ def utc(at: datetime) -> str:
 
 @pytest.fixture
 async def client(scratch_url):
-    app = create_app(Settings(admin_key="po-admin", scheduler=False), scratch_url)
-    async with AsyncTestClient(app=app) as c:
-        assert (await c.post("/v1/price-books", headers=ADMIN, json=BOOK)).status_code == 201
+    async with api_client(scratch_url, admin="po-admin", books=[BOOK]) as c:
         made = await c.post("/v1/customers", headers=ADMIN, json={"id": "po-acme", "currency": "USD",
                                                                    "price_book": "pob"})
         assert made.status_code == 201, made.text

@@ -7,11 +7,9 @@ import io
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from litestar.testing import AsyncTestClient
 from pypdf import PdfReader
 
-from api.app import create_app
-from api.settings import Settings
+from tests.api.apps import api_client
 from wallets.periods import Cycle, period_of
 
 ADMIN = {"Authorization": "Bearer rr-admin"}
@@ -30,10 +28,7 @@ def utc(at: datetime) -> str:
 
 @pytest.fixture
 async def client(scratch_url):
-    app = create_app(Settings(admin_key="rr-admin", scheduler=False), scratch_url)
-    async with AsyncTestClient(app=app) as c:
-        assert (await c.post("/v1/price-books", headers=ADMIN, json=book("v1", "2026-01-01T00:00:00Z",
-                                                                          "10.00"))).status_code == 201
+    async with api_client(scratch_url, admin="rr-admin", books=[book("v1", "2026-01-01T00:00:00Z", "10.00")]) as c:
         yield c
 
 
