@@ -8,21 +8,16 @@ import uuid
 from urllib.parse import urlencode
 
 import pytest
-from litestar.testing import AsyncTestClient
 
-from api.app import create_app
 from api.console import auditor
-from api.settings import Settings
+from tests.api.apps import api_client
 
 ADMIN_KEY = "console-audit-forms-admin"
 
 
 @pytest.fixture(scope="module")
 async def console(database_url):
-    app = create_app(Settings(admin_key=ADMIN_KEY, scheduler=False), database_url)
-    async with AsyncTestClient(app=app, base_url="https://console.test") as client:
-        token = re.search(r'name="_csrf_token" value="([^"]+)"', (await client.get("/console/sign-in")).text).group(1)
-        await client.post("/console/sign-in", data={"key": ADMIN_KEY, "_csrf_token": token})
+    async with api_client(database_url, admin=ADMIN_KEY, signed_in=True) as client:
         yield client
 
 

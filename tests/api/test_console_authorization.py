@@ -8,11 +8,9 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from litestar.testing import AsyncTestClient
 
-from api.app import create_app
 from api.demo import PRICE_BOOK
-from api.settings import Settings
+from tests.api.apps import api_app, api_client, sign_in
 from wallets.periods import Cycle, period_of
 
 ADMIN_KEY = "console-matrix-admin"
@@ -55,8 +53,8 @@ def _token(html: str) -> str:
 
 @pytest.fixture(scope="module")
 async def world(database_url):
-    app = create_app(Settings(admin_key=ADMIN_KEY, scheduler=False), database_url)
-    async with AsyncTestClient(app=app, base_url="https://console.test") as client:
+    app = api_app(database_url, admin=ADMIN_KEY)
+    async with api_client(app=app, admin=ADMIN_KEY, console=True) as client:
         book = f"cbook-{uuid.uuid4().hex[:8]}"
         assert (await client.post("/v1/price-books", headers=ADMIN, json={**PRICE_BOOK, "id": book})).status_code == 201
         for customer in (OWN, OTHER):
@@ -78,7 +76,7 @@ async def world(database_url):
 
 
 def test_the_matrix_covers_every_page(database_url):
-    app = create_app(Settings(admin_key="x", scheduler=False), database_url)
+    app = api_app(database_url, admin="x")
     served = {(method, route.path) for route in app.routes for method in getattr(route, "methods", ())
               if method not in ("OPTIONS", "HEAD") and route.path.startswith("/console")
               and not route.path.startswith("/console/static")}
@@ -89,7 +87,7 @@ def test_the_matrix_covers_every_page(database_url):
 @pytest.mark.parametrize("shape", SHAPES)
 async def test_each_page_by_key_shape(world, shape):
     app, keys, _ = world
-    async with AsyncTestClient(app=app, base_url="https://console.test") as client:
+    async with api_client(app=app, console=True) as client:
         token = _token((await client.get("/console/sign-in")).text)
         if shape != "none":
             signed = await client.post("/console/sign-in", data={"key": keys[shape], "_csrf_token": token},
@@ -117,9 +115,8 @@ async def test_another_customers_invoice_is_a_403_page_that_does_not_name_its_cu
     """An invoice id names no customer: the refusal of a key that may not read it names the id
     only (it named the invoice's customer, another tenant's id, before)."""
     app, keys, invoice = world
-    async with AsyncTestClient(app=app, base_url="https://console.test") as client:
-        token = _token((await client.get("/console/sign-in")).text)
-        await client.post("/console/sign-in", data={"key": keys["customer:other"], "_csrf_token": token})
+    async with api_client(app=app, console=True) as client:
+        await sign_in(client, keys["customer:other"])
         for page in (f"/console/invoices/{invoice}", f"/console/invoices/{invoice}/pdf"):
             answer = await client.get(page, follow_redirects=False)
             assert answer.status_code == 403 and "Forbidden" in answer.text, page

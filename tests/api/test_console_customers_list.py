@@ -5,12 +5,9 @@ import html
 import re
 import uuid
 
-from litestar.testing import AsyncTestClient
-
-from api.app import create_app
 from api.console import session
 from api.demo import PRICE_BOOK
-from api.settings import Settings
+from tests.api.apps import api_client, sign_in
 
 ADMIN_KEY = "console-customers-admin"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -18,15 +15,10 @@ LISTED = re.compile(r'<tr data-customer="([^"]+)">')
 NEXT = re.compile(r'<a href="([^"]+)" rel="next">')
 
 
-def _field(text: str, name: str) -> str:
-    return re.search(rf'name="{name}"[^>]*? value="([^"]*)"', text).group(1)
-
-
 async def test_every_customer_is_reachable_a_page_at_a_time(database_url):
     """105 customers that share a prefix: the list showed the first 100 ("narrow the search") and
     no way to the other 5 short of knowing their ids."""
-    app = create_app(Settings(admin_key=ADMIN_KEY, scheduler=False), database_url)
-    async with AsyncTestClient(app=app, base_url="https://console.test") as client:
+    async with api_client(database_url, admin=ADMIN_KEY, console=True) as client:
         book = f"cbook-{uuid.uuid4().hex[:8]}"
         assert (await client.post("/v1/price-books", headers=ADMIN, json={**PRICE_BOOK, "id": book})).status_code == 201
         prefix = f"many-{uuid.uuid4().hex[:6]}-"
@@ -34,8 +26,7 @@ async def test_every_customer_is_reachable_a_page_at_a_time(database_url):
         for customer in ids:
             created = await client.post("/v1/customers", headers=ADMIN, json={"id": customer, "price_book": book})
             assert created.status_code == 201
-        token = _field((await client.get("/console/sign-in")).text, "_csrf_token")
-        await client.post("/console/sign-in", data={"key": ADMIN_KEY, "_csrf_token": token}, follow_redirects=False)
+        await sign_in(client, ADMIN_KEY)
         seen: list[str] = []
         url: str | None = f"/console/?customer={prefix}"
         while url is not None and len(seen) <= len(ids):

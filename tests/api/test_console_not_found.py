@@ -3,10 +3,8 @@ the API's as problem+json."""
 from __future__ import annotations
 
 import pytest
-from litestar.testing import AsyncTestClient
 
-from api.app import create_app
-from api.settings import Settings
+from tests.api.apps import api_client
 
 
 @pytest.mark.parametrize(("method", "path", "status"), [
@@ -15,8 +13,7 @@ from api.settings import Settings
     ("GET", "/console/sign-out", 405),  # a bookmarked sign-out
 ])
 async def test_a_console_address_without_a_page_is_an_error_page(database_url, method, path, status):
-    app = create_app(Settings(admin_key="nf-admin", scheduler=False), database_url)
-    async with AsyncTestClient(app=app, base_url="https://console.test") as client:
+    async with api_client(database_url, admin="nf-admin", console=True) as client:
         answer = await client.request(method, path, follow_redirects=False)
         assert answer.status_code == status
         assert answer.headers["content-type"].startswith("text/html"), answer.headers["content-type"]
@@ -26,7 +23,6 @@ async def test_a_console_address_without_a_page_is_an_error_page(database_url, m
 
 @pytest.mark.parametrize("path", ["/v1/nothing-here", "/console/static/nothing.js", "/consoles"])
 async def test_other_addresses_stay_problem_json(database_url, path):
-    app = create_app(Settings(admin_key="nf-admin", scheduler=False), database_url)
-    async with AsyncTestClient(app=app, base_url="https://console.test") as client:
+    async with api_client(database_url, admin="nf-admin", console=True) as client:
         answer = await client.get(path)
         assert answer.status_code == 404 and answer.headers["content-type"] == "application/problem+json"

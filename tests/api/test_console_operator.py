@@ -3,13 +3,10 @@ from __future__ import annotations
 
 import re
 
-from litestar.testing import AsyncTestClient
-
-from api.app import create_app
 from api.console import auditor
 from api.metrics import APP, REQUESTS
 from api.routes.audit import CheckResponse, VerifyResponse
-from api.settings import Settings
+from tests.api.apps import api_client, sign_in
 
 ADMIN_KEY = "console-operator-admin"
 
@@ -21,10 +18,7 @@ async def test_every_status_code_of_the_requests_counter_is_listed(database_url)
     for n, code in enumerate(codes, 1):
         REQUESTS.labels("GET", "/operator-test", code, APP).inc(n)
     try:
-        app = create_app(Settings(admin_key=ADMIN_KEY, scheduler=False), database_url)
-        async with AsyncTestClient(app=app, base_url="https://console.test") as client:
-            csrf = re.search(r'name="_csrf_token" value="([^"]+)"', (await client.get("/console/sign-in")).text)
-            await client.post("/console/sign-in", data={"key": ADMIN_KEY, "_csrf_token": csrf.group(1)})
+        async with api_client(database_url, admin=ADMIN_KEY, signed_in=True) as client:
             page = await client.get("/console/operator")
     finally:  # the process's registry: leave no made-up series for the tests after
         for code in codes:
@@ -45,10 +39,8 @@ async def test_verify_lists_every_problem_the_api_names(database_url, monkeypatc
                                                     problems)])
 
     monkeypatch.setattr(auditor, "verify_report", failing)
-    app = create_app(Settings(admin_key=ADMIN_KEY, scheduler=False), database_url)
-    async with AsyncTestClient(app=app, base_url="https://console.test") as client:
-        csrf = re.search(r'name="_csrf_token" value="([^"]+)"', (await client.get("/console/sign-in")).text).group(1)
-        await client.post("/console/sign-in", data={"key": ADMIN_KEY, "_csrf_token": csrf})
+    async with api_client(database_url, admin=ADMIN_KEY, console=True) as client:
+        csrf = await sign_in(client, ADMIN_KEY)
         page = await client.post("/console/audit/verify", data={"_csrf_token": csrf})
         assert page.status_code == 200 and 'data-verify="failed"' in page.text
         assert re.findall(r'<li class="mono">([^<]*)</li>', page.text) == problems

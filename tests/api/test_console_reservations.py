@@ -7,12 +7,10 @@ import re
 import uuid
 
 import pytest
-from litestar.testing import AsyncTestClient
 
-from api.app import create_app
 from api.console import customer as console_customer
 from api.demo import PRICE_BOOK
-from api.settings import Settings
+from tests.api.apps import api_client, sign_in
 
 ADMIN_KEY = "console-reservations-admin"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -20,20 +18,12 @@ ROW = re.compile(r'<tr data-reservation="([^"]+)">(.*?)</tr>', re.S)
 MORE = re.compile(r'<a[^>]*rel="next"[^>]*href="([^"]+)"|<a[^>]*href="([^"]+)"[^>]*rel="next"')
 
 
-def _field(text: str, name: str) -> str:
-    return re.search(rf'name="{name}"[^>]*? value="([^"]*)"', text).group(1)
-
-
 @pytest.fixture(scope="module")
 async def console(database_url):
-    app = create_app(Settings(admin_key=ADMIN_KEY, scheduler=False), database_url)
-    async with AsyncTestClient(app=app, base_url="https://console.test") as client:
+    async with api_client(database_url, admin=ADMIN_KEY, console=True) as client:
         book = f"rbook-{uuid.uuid4().hex[:8]}"
         assert (await client.post("/v1/price-books", headers=ADMIN, json={**PRICE_BOOK, "id": book})).status_code == 201
-        token = _field((await client.get("/console/sign-in")).text, "_csrf_token")
-        signed = await client.post("/console/sign-in", data={"key": ADMIN_KEY, "_csrf_token": token},
-                                   follow_redirects=False)
-        assert signed.status_code == 303
+        await sign_in(client, ADMIN_KEY)
         yield client, book
 
 
