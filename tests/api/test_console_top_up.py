@@ -7,11 +7,9 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from litestar.testing import AsyncTestClient
 
-from api.app import create_app
 from api.demo import PRICE_BOOK
-from api.settings import Settings
+from tests.api.apps import api_client, sign_in
 
 ADMIN_KEY = "console-top-up-admin"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -23,14 +21,10 @@ def _field(html: str, name: str) -> str:
 
 @pytest.fixture(scope="module")
 async def console(database_url):
-    app = create_app(Settings(admin_key=ADMIN_KEY, scheduler=False), database_url)
-    async with AsyncTestClient(app=app, base_url="https://console.test") as client:
+    async with api_client(database_url, admin=ADMIN_KEY, console=True) as client:
         book = f"tbook-{uuid.uuid4().hex[:8]}"
         assert (await client.post("/v1/price-books", headers=ADMIN, json={**PRICE_BOOK, "id": book})).status_code == 201
-        token = _field((await client.get("/console/sign-in")).text, "_csrf_token")
-        signed = await client.post("/console/sign-in", data={"key": ADMIN_KEY, "_csrf_token": token},
-                                   follow_redirects=False)
-        assert signed.status_code == 303
+        token = await sign_in(client, ADMIN_KEY)
         yield client, book, token
 
 

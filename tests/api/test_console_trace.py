@@ -6,11 +6,8 @@ import re
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from litestar.testing import AsyncTestClient
-
-from api.app import create_app
 from api.demo import PRICE_BOOK
-from api.settings import Settings
+from tests.api.apps import api_client, sign_in
 
 ADMIN_KEY = "console-trace-admin"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -19,9 +16,8 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 async def test_a_traced_charge_with_a_discount_and_a_free_allowance_names_their_lines(database_url):
     """They showed as rows of token type 'input' (the discount, negative) and 'None' with rule
     'None' (the allowance), under the same headings as the usage line."""
-    app = create_app(Settings(admin_key=ADMIN_KEY, scheduler=False), database_url)
     customer = f"trace-{uuid.uuid4().hex[:8]}"
-    async with AsyncTestClient(app=app, base_url="https://console.test") as client:
+    async with api_client(database_url, admin=ADMIN_KEY, console=True) as client:
         book = f"trbook-{uuid.uuid4().hex[:8]}"
         assert (await client.post("/v1/price-books", headers=ADMIN, json={**PRICE_BOOK, "id": book})).status_code == 201
         assert (await client.post("/v1/customers", headers=ADMIN,
@@ -40,8 +36,7 @@ async def test_a_traced_charge_with_a_discount_and_a_free_allowance_names_their_
                                   params={"customer_id": customer})).json()
         lines = trace["charges"][0]["lines"]
         assert {ln["kind"] for ln in lines} == {"usage", "discount", "free_allowance"}, lines
-        token = re.search(r'name="_csrf_token" value="([^"]+)"', (await client.get("/console/sign-in")).text).group(1)
-        await client.post("/console/sign-in", data={"key": ADMIN_KEY, "_csrf_token": token})
+        await sign_in(client, ADMIN_KEY)
         page = await client.get("/console/audit/trace", params={"request_id": "traced-1", "customer_id": customer})
         assert page.status_code == 200
         rows = re.findall(r"<tr><td>(.*?)</td><td>(.*?)</td>", page.text.split("Journal entries")[0])
@@ -60,9 +55,8 @@ async def test_a_traced_charge_with_a_discount_and_a_free_allowance_names_their_
 
 async def test_a_traced_id_of_a_reservation_and_a_usage_event_shows_both_and_whose_each_charge_is(database_url):
     """The page showed the reservation alone, its usage event's charge nowhere."""
-    app = create_app(Settings(admin_key=ADMIN_KEY, scheduler=False), database_url)
     customer = f"trace-{uuid.uuid4().hex[:8]}"
-    async with AsyncTestClient(app=app, base_url="https://console.test") as client:
+    async with api_client(database_url, admin=ADMIN_KEY, console=True) as client:
         book = f"trbook-{uuid.uuid4().hex[:8]}"
         assert (await client.post("/v1/price-books", headers=ADMIN, json={**PRICE_BOOK, "id": book})).status_code == 201
         assert (await client.post("/v1/customers", headers=ADMIN,
@@ -81,8 +75,7 @@ async def test_a_traced_id_of_a_reservation_and_a_usage_event_shows_both_and_who
         assert sent.json()["accepted"] == 1, sent.text
         trace = (await client.get("/v1/audit/charges/both-1", headers=ADMIN,
                                   params={"customer_id": customer})).json()
-        token = re.search(r'name="_csrf_token" value="([^"]+)"', (await client.get("/console/sign-in")).text).group(1)
-        await client.post("/console/sign-in", data={"key": ADMIN_KEY, "_csrf_token": token})
+        await sign_in(client, ADMIN_KEY)
         page = await client.get("/console/audit/trace", params={"request_id": "both-1", "customer_id": customer})
         assert page.status_code == 200
         assert f"Reservation <code>{held.json()['id']}</code>" in page.text

@@ -6,18 +6,11 @@ import html
 import re
 import uuid
 
-from litestar.testing import AsyncTestClient
-
-from api.app import create_app
 from api.console import auditor
-from api.settings import Settings
+from tests.api.apps import api_client, sign_in
 
 ADMIN_KEY = "console-tb-admin"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
-
-
-def _field(text: str, name: str) -> str:
-    return re.search(rf'name="{name}"[^>]*? value="([^"]*)"', text).group(1)
 
 
 def _currency() -> str:
@@ -39,11 +32,9 @@ async def test_every_currency_of_the_ledger_has_its_trial_balance_a_click_away(d
     """A ledger in two more currencies (and USD, if other tests posted some): the page showed one
     currency and offered no way to the others but editing the address."""
     one, two = _currency(), _currency()
-    app = create_app(Settings(admin_key=ADMIN_KEY, scheduler=False), database_url)
-    async with AsyncTestClient(app=app, base_url="https://console.test") as client:
+    async with api_client(database_url, admin=ADMIN_KEY, console=True) as client:
         first, second = await _credited(client, one, "12.50"), await _credited(client, two, "700")
-        token = _field((await client.get("/console/sign-in")).text, "_csrf_token")
-        await client.post("/console/sign-in", data={"key": ADMIN_KEY, "_csrf_token": token}, follow_redirects=False)
+        await sign_in(client, ADMIN_KEY)
         page = await client.get("/console/audit")
         assert page.status_code == 200
         links = dict(re.findall(r'<a href="/console/audit\?currency=([A-Z]{3})"[^>]*>([A-Z]{3})</a>', page.text))
@@ -61,15 +52,13 @@ async def test_every_account_of_the_trial_balance_is_reachable_a_page_at_a_time(
     lots, 100,000 rows). Now a page of accounts at a time, by code, under the whole totals."""
     monkeypatch.setattr(auditor, "TRIAL_BALANCE_PAGE", 5)
     currency = _currency()
-    app = create_app(Settings(admin_key=ADMIN_KEY, scheduler=False), database_url)
-    async with AsyncTestClient(app=app, base_url="https://console.test") as client:
+    async with api_client(database_url, admin=ADMIN_KEY, console=True) as client:
         for amount in ("1.00", "2.00", "3.00", "4.00"):
             await _credited(client, currency, amount)
         expected = [a["account"] for a in (await client.get(
             "/v1/audit/trial-balance", params={"currency": currency}, headers=ADMIN)).json()["accounts"]]
         assert len(expected) > 5
-        token = _field((await client.get("/console/sign-in")).text, "_csrf_token")
-        await client.post("/console/sign-in", data={"key": ADMIN_KEY, "_csrf_token": token}, follow_redirects=False)
+        await sign_in(client, ADMIN_KEY)
         seen: list[str] = []
         url: str | None = f"/console/audit?currency={currency}"
         while url is not None and len(seen) <= len(expected):

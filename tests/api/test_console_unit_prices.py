@@ -6,11 +6,8 @@ import re
 import uuid
 from datetime import UTC, datetime
 
-from litestar.testing import AsyncTestClient
-
-from api.app import create_app
 from api.demo import PRICE_BOOK
-from api.settings import Settings
+from tests.api.apps import api_client, sign_in
 
 ADMIN_KEY = "console-unit-prices-admin"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -19,8 +16,7 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 async def test_the_invoice_and_the_trace_say_per_what_a_unit_price_is(database_url):
     """1,000 input tokens at 10.00 per 1M and a call at 0.01: the invoice page's and the charge
     trace's Unit price read a bare "10.00" beside a quantity of 1,000 and an amount of 0.01."""
-    app = create_app(Settings(admin_key=ADMIN_KEY, scheduler=False), database_url)
-    async with AsyncTestClient(app=app, base_url="https://console.test") as client:
+    async with api_client(database_url, admin=ADMIN_KEY, console=True) as client:
         book, customer = f"ubook-{uuid.uuid4().hex[:8]}", f"units-{uuid.uuid4().hex[:8]}"
         assert (await client.post("/v1/price-books", headers=ADMIN, json={**PRICE_BOOK, "id": book})).status_code == 201
         assert (await client.post("/v1/customers", headers=ADMIN, json={
@@ -29,8 +25,7 @@ async def test_the_invoice_and_the_trace_say_per_what_a_unit_price_is(database_u
             "event_id": "priced-1", "customer_id": customer, "model": "model-a",
             "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "usage": {"input_tokens": 1000}}])
         assert used.status_code == 200 and used.json()["accepted"] == 1, used.text
-        token = re.search(r'name="_csrf_token" value="([^"]+)"', (await client.get("/console/sign-in")).text).group(1)
-        await client.post("/console/sign-in", data={"key": ADMIN_KEY, "_csrf_token": token})
+        await sign_in(client, ADMIN_KEY)
         invoice = await client.get(f"/console/customers/{customer}/invoices/upcoming")
         trace = await client.get("/console/audit/trace", params={"request_id": "priced-1", "customer_id": customer})
         for page in (invoice, trace):

@@ -8,11 +8,9 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from litestar.testing import AsyncTestClient
 
-from api.app import create_app
 from api.demo import PRICE_BOOK
-from api.settings import Settings
+from tests.api.apps import api_client, sign_in
 
 ADMIN_KEY = "console-usage-admin"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -22,12 +20,10 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
                                    "from=2026-03-10&to=2026-03-01", "from=2026-02-30"])
 async def test_a_range_out_of_bounds_is_a_422_page(database_url, query):
     """The last day of year 9999 has no next day to end the range at: it was a 500."""
-    app = create_app(Settings(admin_key=ADMIN_KEY, scheduler=False), database_url)
     customer = f"range-{uuid.uuid4().hex[:8]}"
-    async with AsyncTestClient(app=app, base_url="https://console.test") as client:
+    async with api_client(database_url, admin=ADMIN_KEY, console=True) as client:
         assert (await client.post("/v1/customers", headers=ADMIN, json={"id": customer})).status_code == 201
-        token = re.search(r'name="_csrf_token" value="([^"]+)"', (await client.get("/console/sign-in")).text).group(1)
-        await client.post("/console/sign-in", data={"key": ADMIN_KEY, "_csrf_token": token})
+        await sign_in(client, ADMIN_KEY)
         page = await client.get(f"/console/customers/{customer}/usage?{query}")
         assert page.status_code == 422 and "text/html" in page.headers["content-type"], page.status_code
         assert 'role="alert"' in page.text
@@ -38,9 +34,8 @@ async def test_the_usage_page_of_a_customer_with_a_free_allowance_lists_its_allo
     amount as a positive one and answered 422 "amount: must not be negative" (a discount's line
     did the same), and past that it sorted the series by (model, token type), comparing None
     with a string. Such a customer could not see its usage at all."""
-    app = create_app(Settings(admin_key=ADMIN_KEY, scheduler=False), database_url)
     customer = f"allow-{uuid.uuid4().hex[:8]}"
-    async with AsyncTestClient(app=app, base_url="https://console.test") as client:
+    async with api_client(database_url, admin=ADMIN_KEY, console=True) as client:
         book = f"abook-{uuid.uuid4().hex[:8]}"
         assert (await client.post("/v1/price-books", headers=ADMIN, json={**PRICE_BOOK, "id": book})).status_code == 201
         assert (await client.post("/v1/customers", headers=ADMIN,
@@ -59,8 +54,7 @@ async def test_the_usage_page_of_a_customer_with_a_free_allowance_lists_its_allo
             "from": f"{day}T00:00:00Z", "to": (now + timedelta(days=1)).strftime("%Y-%m-%dT00:00:00Z"),
             "group_by": "day,model,token_type"})).json()["rows"]
         assert any(row["token_type"] is None for row in api), api  # the allowance's line
-        token = re.search(r'name="_csrf_token" value="([^"]+)"', (await client.get("/console/sign-in")).text).group(1)
-        await client.post("/console/sign-in", data={"key": ADMIN_KEY, "_csrf_token": token})
+        await sign_in(client, ADMIN_KEY)
         page = await client.get(f"/console/customers/{customer}/usage?from={day}&to={day}")
         assert page.status_code == 200, re.findall(r"role=\"alert\">.*?</div>", page.text, re.S)
         total = sum(Decimal(row["amount"]) for row in (await client.get(  # a row per token type

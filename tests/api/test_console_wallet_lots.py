@@ -6,11 +6,8 @@ import re
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from litestar.testing import AsyncTestClient
-
-from api.app import create_app
 from api.console import customer as console_customer
-from api.settings import Settings
+from tests.api.apps import api_client, sign_in
 
 ADMIN_KEY = "console-lots-admin"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -20,8 +17,7 @@ async def test_every_lot_is_listed_once_a_page_at_a_time_in_spending_order(datab
     """A wallet of many lots (a grant a day, say) listed every one on the wallet page at once.
     Now a page of them at a time, in consumption order (priority, expiry, age), each once."""
     monkeypatch.setattr(console_customer, "WALLET_LOTS", 3)
-    app = create_app(Settings(admin_key=ADMIN_KEY, scheduler=False), database_url)
-    async with AsyncTestClient(app=app, base_url="https://console.test") as client:
+    async with api_client(database_url, admin=ADMIN_KEY, console=True) as client:
         customer = f"lots-{uuid.uuid4().hex[:8]}"
         assert (await client.post("/v1/customers", headers=ADMIN, json={"id": customer})).status_code == 201
         soon = datetime.now(UTC) + timedelta(days=30)
@@ -36,8 +32,7 @@ async def test_every_lot_is_listed_once_a_page_at_a_time_in_spending_order(datab
         wallet = (await client.get(f"/v1/customers/{customer}/wallet", headers=ADMIN)).json()
         expected = [g["id"] for g in wallet["grants"]]
         assert len(expected) == 7
-        token = re.search(r'name="_csrf_token" value="([^"]+)"', (await client.get("/console/sign-in")).text).group(1)
-        await client.post("/console/sign-in", data={"key": ADMIN_KEY, "_csrf_token": token})
+        await sign_in(client, ADMIN_KEY)
         seen: list[str] = []
         url: str | None = f"/console/customers/{customer}"
         while url is not None and len(seen) <= len(expected):
