@@ -8,11 +8,9 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from litestar.testing import AsyncTestClient
 
-from api.app import create_app
 from api.demo import PRICE_BOOK
-from api.settings import Settings
+from tests.api.apps import api_app, api_client
 from wallets.periods import Cycle, period_of
 
 ADMIN = {"Authorization": "Bearer matrix-admin"}
@@ -162,8 +160,7 @@ for _method, _path, _body, _outcomes in ROUTES:
 
 @pytest.fixture(scope="module")
 async def world(database_url):
-    app = create_app(Settings(admin_key="matrix-admin", scheduler=False), database_url)
-    async with AsyncTestClient(app=app) as client:
+    async with api_client(database_url, admin="matrix-admin") as client:
         names = {}
         for customer in (OWN, OTHER):
             book = f"{BOOK}-{customer}"  # each customer's own book: a limited key reads its own only
@@ -224,7 +221,7 @@ def _fill(value, names):
 def test_the_matrix_covers_every_route(database_url):
     """Every API route; the console's pages (signed in by cookie) have their own matrix, in
     tests/api/test_console_authorization.py."""
-    app = create_app(Settings(admin_key="x", scheduler=False), database_url)
+    app = api_app(database_url, admin="x")
     served = {(method, route.path) for route in app.routes for method in getattr(route, "methods", ())
               if method not in ("OPTIONS", "HEAD") and not route.path.startswith(("/schema", "/console"))}
     tested = {(method, path.partition("?")[0].replace("{own}", "{customer_id:str}")

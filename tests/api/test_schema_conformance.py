@@ -10,14 +10,13 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from litestar.testing import AsyncTestClient
 
-from api.app import create_app
 from api.routes.formats import AMOUNT, DATE_TIME, POSITIVE_AMOUNT, PRICE, matches
 from api.routes.wire import amount_in, time_in
-from api.settings import Settings
 from ledger.accounts import ensure_asset
 from ledger.db import Database, connect
 from pricing.books import TOKEN_TYPES
 from pricing.units import FORMAT_1_TYPES
+from tests.api.apps import api_client
 from tests.conftest import _migrated
 from wallets.errors import WalletValidationError
 
@@ -46,9 +45,7 @@ async def own_db(own_url: str) -> AsyncIterator[Database]:
 
 @pytest.fixture
 async def client(own_db, own_url):
-    app = create_app(Settings(admin_key="test-admin", scheduler=False), own_url)
-    async with AsyncTestClient(app=app) as c:
-        c.headers.update(ADMIN)
+    async with api_client(own_url, send_admin=True) as c:
         yield c
 
 

@@ -23,11 +23,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from api.app import create_app
-from api.bench.common import free_port
-from api.demo import _Server
-from api.settings import Settings
-from tests.api.test_sdk_durability import wait_ready
+from tests.api.apps import api_app, live_server
 from tests.conftest import _migrated
 
 KEY = "fuzz-admin"
@@ -42,17 +38,12 @@ def fuzz_url(server_url: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def live_url(fuzz_url: str) -> Iterator[str]:
-    port = free_port()
-    server = _Server(create_app(Settings(admin_key=KEY, scheduler=False), fuzz_url), port)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(url)
-    yield url
-    server.stop()
+    with live_server(fuzz_url, admin=KEY) as url:
+        yield url
 
 
 # the document, as the app serves it (rendering it needs no database)
-DOCUMENT = create_app(Settings(admin_key=KEY, scheduler=False), "postgresql://unused/unused").openapi_schema.to_schema()
+DOCUMENT = api_app("postgresql://unused/unused", admin=KEY).openapi_schema.to_schema()
 schema = schemathesis.openapi.from_dict(DOCUMENT)
 schema.config.generation.update(allow_x00=False, deterministic=True)
 schema.config.phases.update(phases=["examples", "coverage"])

@@ -13,8 +13,6 @@ from anthropic.types import Usage as AnthropicUsage
 from openai.types import CompletionUsage
 from openai.types.completion_usage import CompletionTokensDetails, PromptTokensDetails
 
-from api.app import create_app
-from api.bench.common import free_port
 from api.client import (
     AsyncClient,
     Client,
@@ -23,28 +21,20 @@ from api.client import (
     ReservationClosed,
     UnpricedModel,
 )
-from api.demo import PRICE_BOOK, _Server, streamed_text
-from api.settings import Settings
+from api.demo import PRICE_BOOK, streamed_text
 from pricing.tokens import TokenCounter
+from tests.api.apps import live_server
 
 ADMIN = "sdk-admin"
 
 
 @pytest.fixture(scope="module")
 def live(database_url):
-    port = free_port()
-    server = _Server(create_app(Settings(admin_key=ADMIN, scheduler=False), database_url), port)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
-    with Client(url, ADMIN) as tt:
-        from api.demo import _wait_ready
-
-        _wait_ready(tt)
+    with live_server(database_url, admin=ADMIN) as url:
         book = {**PRICE_BOOK, "id": f"sdk-{uuid.uuid4().hex[:8]}"}
-        tt.post("/v1/price-books", book)
-        server.book = book["id"]
-    yield url, server.book
-    server.stop()
+        with Client(url, ADMIN) as tt:
+            tt.post("/v1/price-books", book)
+        yield url, book["id"]
 
 
 @pytest.fixture

@@ -6,8 +6,7 @@ from collections.abc import AsyncIterator
 import pytest
 from litestar.testing import AsyncTestClient
 
-from api.app import create_app
-from api.settings import Settings
+from tests.api.apps import api_client
 
 ADMIN = {"Authorization": "Bearer test-admin"}
 
@@ -22,9 +21,7 @@ BOOK = {"id": "standard", "currency": "USD", "effective_from": "2026-01-01T00:00
 async def client(database_url: str) -> AsyncIterator[AsyncTestClient]:
     # No webhook dispatcher: one living through the whole session would claim the deliveries of
     # the webhook tests' loopback receivers, which its default address policy refuses.
-    app = create_app(Settings(admin_key="test-admin", scheduler=False, webhooks=False), database_url)
-    async with AsyncTestClient(app=app) as c:
-        c.headers.update(ADMIN)
+    async with api_client(database_url, send_admin=True, webhooks=False) as c:
         yield c
 
 
