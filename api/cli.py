@@ -231,10 +231,9 @@ def _prices_import(args: argparse.Namespace, settings: Settings) -> int:
 
     from wallets.price_import import import_genai_prices
 
-    now = datetime.now(UTC)
-    at = args.effective_from or now
-    reports = _with_db(settings, lambda db: import_genai_prices(db, args.provider, args.model, at,
-                                                                now.date().isoformat()))
+    # without --effective-from: now, as the import takes it (behind a fence of the lanes)
+    reports = _with_db(settings, lambda db: import_genai_prices(db, args.provider, args.model, args.effective_from,
+                                                                datetime.now(UTC).date().isoformat()))
     if not reports:
         print(f"error: genai-prices has no {'model ' + args.model if args.model else 'provider ' + str(args.provider)}",
               file=sys.stderr)

@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
@@ -90,17 +90,67 @@ def parse_stored(v: StoredVersion) -> PriceVersion:
                           "rules": v.rules, **v.plausibility}, version=v.version, limits=False)
 
 
-async def add_version(conn: AsyncConnection, body: dict[str, Any], version: PriceVersion | None = None
-                      ) -> AddedVersion:
+_INSERT = text("""
+INSERT INTO price_book_versions (book_id, version, effective_from, rules, body_hash, plausibility)
+VALUES (:b, :v, :at, CAST(:rules AS jsonb), :h, CAST(:bounds AS jsonb)) RETURNING created_at
+""")
+_DRAFT = text("INSERT INTO price_book_version_drafts (rules) VALUES (CAST(:rules AS jsonb)) RETURNING id")
+_FROM_DRAFT = text("""
+WITH d AS (DELETE FROM price_book_version_drafts WHERE id = :draft RETURNING rules)
+INSERT INTO price_book_versions (book_id, version, effective_from, rules, body_hash, plausibility)
+SELECT :b, :v, :at, d.rules, :h, CAST(:bounds AS jsonb) FROM d RETURNING created_at
+""")
+
+
+async def add_version(conn: AsyncConnection, body: dict[str, Any], version: PriceVersion | None = None, *,
+                      now: Callable[[], Awaitable[datetime]] | None = None) -> AddedVersion:
     """Store a version (creating the book on first use). `version` is the body parsed and
     validated before the transaction; without it the body is parsed here. Posting the same
     version again is a no-op; another version at the same time conflicts with what is stored
     (409). A version in another currency than its book, or a new book in another currency than
-    a customer that names it already, is `currency_mismatch` (422)."""
+    a customer that names it already, is `currency_mismatch` (422).
+
+    With `now`, the version takes effect "now", whatever the body's `effective_from`: at the time
+    `now` answers, awaited once the book is checked and just before the version is written (it
+    fences the lanes: `wallets.fence.lanes_fenced`), and its label, where the body names none, is
+    that time to the second. Its rules are stored as a draft before it (parsed into jsonb and
+    compressed there) and copied behind it, so that the fence holds the lanes for milliseconds."""
     version = version if version is not None else parse_version(body)
     bounds = plausibility_of(body)
-    digest = request_hash({"rules": body.get("rules"), "effective_from": version.effective_from.isoformat(),
-                           "version": version.version, **({"plausibility": bounds} if bounds else {})})
+    rules = json.dumps(body.get("rules"))
+    await _checked_book(conn, version)
+    at, label, draft = version.effective_from, version.version, None
+    if now is not None:  # the rules stored before the fence, copied behind it (migration 0047)
+        draft = (await conn.execute(_DRAFT, {"rules": rules})).scalar_one()
+        at = (await now()).astimezone(UTC)
+        label = str(body.get("version") or at.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    digest = request_hash({"rules": body.get("rules"), "effective_from": at.isoformat(),
+                           "version": label, **({"plausibility": bounds} if bounds else {})})
+    same = (await conn.execute(text(
+        """SELECT version, effective_from, body_hash FROM price_book_versions
+            WHERE book_id = :b AND (effective_from = :at OR version = :v) ORDER BY effective_from"""),
+        {"b": version.book_id, "at": at, "v": label})).first()
+    if same is not None:
+        if bytes(same.body_hash) == digest:
+            return AddedVersion(await get_version(conn, version.book_id, same.version), created=False)
+        if same.effective_from != at:  # another time, under the same label
+            raise ConflictError(f"version {same.version} of {version.book_id} is the one in force from "
+                                f"{same.effective_from.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}; versions "
+                                "never change: give this one another version (by default its effective_from, "
+                                "to the second)", field="version")
+        raise ConflictError(f"version {same.version} of {version.book_id} already takes effect then; versions "
+                            "never change, post another effective_from", field="effective_from")
+    values = {"b": version.book_id, "v": label, "at": at, "h": digest, "bounds": json.dumps(bounds)}
+    if draft is None:
+        row = (await conn.execute(_INSERT, {**values, "rules": rules})).one()
+    else:
+        row = (await conn.execute(_FROM_DRAFT, {**values, "draft": draft})).one()
+    return AddedVersion(StoredVersion(version.book_id, version.currency, label, at, list(body.get("rules") or []),
+                                      row.created_at, bounds), created=True)
+
+
+async def _checked_book(conn: AsyncConnection, version: PriceVersion) -> None:
+    """The version's book, created on first use, in the version's currency (else currency_mismatch)."""
     created = (await conn.execute(text(
         "INSERT INTO price_books (id, currency) VALUES (:id, :cur) ON CONFLICT DO NOTHING RETURNING id"),
         {"id": version.book_id, "cur": version.currency})).first()
@@ -117,28 +167,6 @@ async def add_version(conn: AsyncConnection, body: dict[str, Any], version: Pric
     if currency != version.currency:
         raise CurrencyMismatchError(f"book {version.book_id} is priced in {currency}, not {version.currency}",
                                     field="currency")
-    same = (await conn.execute(text(
-        """SELECT version, effective_from, body_hash FROM price_book_versions
-            WHERE book_id = :b AND (effective_from = :at OR version = :v) ORDER BY effective_from"""),
-        {"b": version.book_id, "at": version.effective_from, "v": version.version})).first()
-    if same is not None:
-        if bytes(same.body_hash) == digest:
-            return AddedVersion(await get_version(conn, version.book_id, same.version), created=False)
-        if same.effective_from != version.effective_from:  # another time, under the same label
-            raise ConflictError(f"version {same.version} of {version.book_id} is the one in force from "
-                                f"{same.effective_from.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}; versions "
-                                "never change: give this one another version (by default its effective_from, "
-                                "to the second)", field="version")
-        raise ConflictError(f"version {same.version} of {version.book_id} already takes effect then; versions "
-                            "never change, post another effective_from", field="effective_from")
-    row = (await conn.execute(text(
-        """INSERT INTO price_book_versions (book_id, version, effective_from, rules, body_hash, plausibility)
-           VALUES (:b, :v, :at, CAST(:rules AS jsonb), :h, CAST(:bounds AS jsonb)) RETURNING created_at"""),
-        {"b": version.book_id, "v": version.version, "at": version.effective_from,
-         "rules": json.dumps(body.get("rules")), "h": digest, "bounds": json.dumps(bounds)})).one()
-    return AddedVersion(StoredVersion(version.book_id, version.currency, version.version,
-                                      version.effective_from, list(body.get("rules") or []),
-                                      row.created_at, bounds), created=True)
 
 
 @dataclass(frozen=True, slots=True)

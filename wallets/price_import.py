@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -28,7 +30,9 @@ from pricing.errors import PriceBookValidationError
 from pricing.genai import ProviderBook
 from pricing.parse import parse_version
 from wallets.books import StoredVersion, add_version, stored_versions
+from wallets.engine import utc_now
 from wallets.errors import ConflictError, CurrencyMismatchError
+from wallets.fence import lanes_fenced
 
 CURRENCY = "USD"  # genai-prices prices in US dollars
 
@@ -89,22 +93,39 @@ def plan_versions(plan: ProviderBook, stored: list[StoredVersion], effective_fro
     return ([] if conflicts else wanted), conflicts
 
 
-async def import_book(db: Database, plan: ProviderBook, effective_from: datetime) -> ImportReport:
+async def import_book(db: Database, plan: ProviderBook, effective_from: datetime | None,
+                      clock: Callable[[], datetime] = utc_now) -> ImportReport:
     """Create or version one provider's book, in one transaction under the book's lock. The
     versions are parsed first, in a worker thread (a big provider's take seconds: on the event
     loop every other request would wait, in the transaction its idle timeout could end it); the
-    transaction plans again, and parses again only what a version posted meanwhile changed."""
+    transaction plans again, and parses again only what a version posted meanwhile changed.
+
+    `effective_from` None: "now". The plan compares prices at the time taken under the book's
+    lock, and the version taking effect then is written last, behind a fence of every lane
+    (`wallets.fence`): it takes effect at the time taken there, so that no call is charged
+    between that time and its commit without it."""
     stored = await db.read(lambda conn: stored_versions(conn, plan.book_id))
-    planned = plan_versions(plan, stored, effective_from)
+    first = effective_from or clock()
+    planned = plan_versions(plan, stored, first)
 
     async def work(conn: AsyncConnection) -> ImportReport:
-        versions, conflicts = plan_versions(plan, await stored_versions(conn, plan.book_id), effective_from)
-        ready = parsed if (versions, conflicts) == planned else _parsed(plan.book_id, versions)
-        report = ImportReport(plan.book_id, plan.models, len(_in_force(plan.versions, effective_from) or []),
+        at = effective_from or clock()
+        stored = await stored_versions(conn, plan.book_id)
+        versions, conflicts = plan_versions(plan, stored, at)
+        same = (_shape(versions, at), conflicts) == (_shape(planned[0], first), planned[1])
+        ready = parsed if same else _parsed(plan.book_id, versions)
+        report = ImportReport(plan.book_id, plan.models, len(_in_force(plan.versions, at) or []),
                               conflicts=conflicts, skipped=dict(plan.skipped))
-        for body, version in ready:
-            await add_version(conn, body, version)
-            report.created.append(version.effective_from.isoformat())
+        start = first if same else at
+        for body, version in ready:  # the versions taking effect later: they have their time
+            if version.effective_from != start:
+                report.created.append((await add_version(conn, body, version)).version.effective_from.isoformat())
+        for body, version in ready:  # the one in force from `at` on, written last (behind the fence, for now)
+            if version.effective_from == start:
+                others = [v.effective_from for v in stored] + [t for t, _ in plan.versions] + [t for t, _ in versions]
+                now = None if effective_from is not None else partial(_fenced, conn, clock, at, others)
+                added = await add_version(conn, body, version, now=now)
+                report.created.insert(0, added.version.effective_from.isoformat())
         return report
 
     try:
@@ -114,8 +135,26 @@ async def import_book(db: Database, plan: ProviderBook, effective_from: datetime
         # customers name the book in another currency, the book is in another, or the rules kept
         # and the imported ones make no valid version: nothing of this book written, the others go on
         why = str(exc) if not isinstance(exc, PriceBookValidationError) else f"the rules kept and imported: {exc}"
-        return ImportReport(plan.book_id, plan.models, len(_in_force(plan.versions, effective_from) or []),
+        return ImportReport(plan.book_id, plan.models, len(_in_force(plan.versions, first) or []),
                             conflicts=[why], skipped=dict(plan.skipped))
+
+
+def _shape(versions: list[tuple[datetime, list[dict[str, Any]]]], at: datetime
+           ) -> list[tuple[datetime | None, list[dict[str, Any]]]]:
+    """A plan with the time it was planned at left out (None): what "now" posts, whenever now is."""
+    return [(None if start == at else start, rules) for start, rules in versions]
+
+
+async def _fenced(conn: AsyncConnection, clock: Callable[[], datetime], planned_at: datetime,
+                  others: list[datetime]) -> datetime:
+    """The lanes fenced, and the time the version planned at `planned_at` takes effect: now. A
+    version stored or imported that takes effect between the two (they are milliseconds apart)
+    would make the plan wrong: that is a conflict, reported (import again)."""
+    now = await lanes_fenced(conn, clock)
+    if any(planned_at < t <= now for t in others):
+        raise ConflictError(f"a version takes effect between {planned_at.isoformat()} and {now.isoformat()}, "
+                            "while the import's was written: import again")
+    return now
 
 
 def _parsed(book_id: str, versions: list[tuple[datetime, list[dict[str, Any]]]]
@@ -125,13 +164,15 @@ def _parsed(book_id: str, versions: list[tuple[datetime, list[dict[str, Any]]]]
     return [(body, parse_version(body)) for body in bodies]
 
 
-async def import_genai_prices(db: Database, provider: str | None, model: str | None, effective_from: datetime,
-                              taken_on: str) -> list[ImportReport]:
-    """Import the snapshot's books (one provider's, or one model's), each in its own transaction.
-    Building the books from the snapshot takes seconds: it runs in a worker thread."""
+async def import_genai_prices(db: Database, provider: str | None, model: str | None,
+                              effective_from: datetime | None, taken_on: str,
+                              clock: Callable[[], datetime] = utc_now) -> list[ImportReport]:
+    """Import the snapshot's books (one provider's, or one model's), each in its own transaction;
+    `effective_from` None: "now" (see import_book). Building the books from the snapshot takes
+    seconds: it runs in a worker thread."""
     from pricing.genai import provider_books
 
     plans = await asyncio.to_thread(provider_books, provider, model, taken_on=taken_on)
     if model is not None:
         plans = [p for p in plans if p.models]
-    return [await import_book(db, plan, effective_from) for plan in plans]
+    return [await import_book(db, plan, effective_from, clock) for plan in plans]

@@ -288,9 +288,10 @@ async def import_price_books(state: State, data: Annotated[dict[str, Any], json_
     with the snapshot's dated versions, or versioned from `effective_from` (default: now) where
     its prices changed; the same data again creates nothing. Admin only."""
     request = shaped(data, ImportPricesRequest)
-    now = datetime.now(UTC)
-    at = time_in(request.effective_from, "effective_from") or now
-    reports = await import_genai_prices(state.services.db, request.provider, request.model, at, now.date().isoformat())
+    wallets = state.services.wallets
+    at = time_in(request.effective_from, "effective_from")  # None: now, as the import takes it (behind a fence)
+    reports = await import_genai_prices(state.services.db, request.provider, request.model, at,
+                                        wallets.clock().date().isoformat(), wallets.clock)
     if not reports:
         raise NotFoundError(f"genai-prices has no {'model ' + request.model if request.model else 'provider'} "
                             f"{request.provider or ''}".strip())
