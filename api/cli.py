@@ -303,14 +303,19 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
 def _spool_flush(args: argparse.Namespace, _: Settings) -> int:
     import os
 
-    from api.client import flush_spool_dir
+    from api.client import SpoolServersError, flush_spool_dir
 
     key = args.key or os.environ.get("TOKENTILL_API_KEY")
     if not key:
         print("error: give --key or set TOKENTILL_API_KEY", file=sys.stderr)
         return 2
     left = 0
-    for path, report in flush_spool_dir(args.dir, key, url=args.url):
+    try:  # the key goes to the server it is given for only
+        flushed = flush_spool_dir(args.dir, key, url=args.url, server=args.server)
+    except SpoolServersError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path, report in flushed:
         if report.busy:
             print(f"{path}: another flush is at work on it; skipped")
             left += 1
@@ -464,7 +469,9 @@ def parser() -> argparse.ArgumentParser:
         "flush", help="re-send spooled settles and releases with their Idempotency-Keys; exit 1 if any are left")
     flush.add_argument("--dir", help="spool directory (default: $TOKENTILL_SPOOL_DIR, else <user data dir>/spool)")
     flush.add_argument("--url", help="send every record to this server instead of the one it names")
-    flush.add_argument("--key", help="API key to send with (default: $TOKENTILL_API_KEY)")
+    flush.add_argument("--server", help="the server the key is for: only its records are sent (needed when the "
+                       "spool holds records for several servers)")
+    flush.add_argument("--key", help="API key to send with, to one server only (default: $TOKENTILL_API_KEY)")
     flush.set_defaults(func=_spool_flush)
     return p
 

@@ -112,8 +112,8 @@ __all__ = [  # the typed errors live in api.client_errors and are imported from 
     "InternalError",
     "InvalidAmount", "InvalidCursor", "InvalidRange", "MethodNotAllowed", "NotAcceptable", "NotFound", "NotReady",
     "Overpayment", "PayloadTooLarge", "RateLimited", "RequestTimeout", "Reservation", "ReservationClosed",
-    "ServiceUnavailable", "SettlementSpooled", "StreamMeter", "TokentillError", "TooManyBudgets", "TooManyEvents",
-    "Unauthorized",
+    "ServiceUnavailable", "SettlementSpooled", "SpoolServersError", "StreamMeter", "TokentillError",
+    "TooManyBudgets", "TooManyEvents", "Unauthorized",
     "UnknownPriceBook", "UnknownPriceVersion", "UnpricedModel", "UnsupportedMediaType", "ValidationFailed",
     "VersionNotInForce", "flush_spool_dir",
 ]
@@ -706,15 +706,35 @@ def _report_orphaned_exit(task: asyncio.Task[Any]) -> None:
         log.warning("a settle or release after its caller was cancelled: %s", error)
 
 
+class SpoolServersError(ValueError):
+    """A spool directory holds the records of several servers and no server was named for its key."""
+
+    def __init__(self, servers: list[str]) -> None:
+        super().__init__(f"the spool holds records for {len(servers)} servers ({', '.join(servers)}): name the one "
+                         "the key is for (--server URL); the others' records stay in the spool")
+        self.servers = servers
+
+
 def flush_spool_dir(directory: str | os.PathLike[str] | None, api_key: str, *, url: str | None = None,
-                    timeout: float = 10.0) -> list[tuple[Path, FlushReport]]:
-    """Re-send every spool file in `directory` (default: the SDK's) with `api_key`: each record to
-    the server it was meant for, or to `url`. A record the key may not send stays spooled; a file
-    that cannot be read or updated is reported with its `error`, and the next one goes on."""
+                    server: str | None = None, timeout: float = 10.0) -> list[tuple[Path, FlushReport]]:
+    """Re-send every spool file in `directory` (default: the SDK's) with `api_key`, which is sent
+    to one server only, the one it was given for: `url` (every record goes there), else `server`
+    (its records go there; another server's stay spooled, reported as kept), else the one server
+    the records name (several: SpoolServersError, nothing sent). A record the key may not send
+    stays spooled; a file that cannot be read or updated is reported with its `error`, and the
+    next one goes on."""
     clients: dict[str, Client] = {}
+    files = sorted(resolve_spool_dir(directory).glob("*" + SUFFIX))
+    target = (url or server or "").rstrip("/") or None
+    if target is None:
+        servers = sorted({record.base_url.rstrip("/") for path in files for record in _readable(path)})
+        if len(servers) > 1:
+            raise SpoolServersError(servers)
 
     def send(record: SpoolRecord) -> tuple[str, str]:
         base = url or record.base_url
+        if target is not None and url is None and record.base_url.rstrip("/") != target:
+            return "kept", f"for {record.base_url}, not {target}, the server the key was given for"
         if base not in clients:
             clients[base] = Client(base, api_key, timeout=timeout, spool=False, flush_spool=False)
         return clients[base].resend(record)
@@ -726,8 +746,15 @@ def flush_spool_dir(directory: str | os.PathLike[str] | None, api_key: str, *, u
             return FlushReport(error=f"{type(exc).__name__}: {exc}")
 
     try:
-        files = sorted(resolve_spool_dir(directory).glob("*" + SUFFIX))
         return [(path, flush(path)) for path in files]
     finally:
         for client in clients.values():
             client.close()
+
+
+def _readable(path: Path) -> list[SpoolRecord]:
+    """A spool file's records, or none when it cannot be read (its flush then says why)."""
+    try:
+        return Spool(path).records()
+    except OSError:
+        return []

@@ -313,3 +313,42 @@ def test_a_spool_file_that_is_a_symlink_is_refused_and_what_it_points_at_is_left
     except OSError:
         pass
     assert not made.exists()
+
+
+def test_a_spool_flush_sends_its_key_only_to_the_server_it_was_given_for(tmp_path, monkeypatch, capsys):
+    """`tokentill spool flush --key K` over a directory with the records of two servers sent K to
+    both: a key made for server A went to server B, which could keep it. The key is for one
+    server: the only one the spool names, else the one `--server` (or `--url`) names; the records
+    of another server stay in the spool, and a spool of several servers without one named is not
+    flushed at all."""
+    import api.cli
+    import api.client
+
+    a, b = Spool(tmp_path / "a.jsonl"), Spool(tmp_path / "b.jsonl")
+    a.append(record(1, "res_a"))
+    other = record(2, "res_b")
+    b.append(SpoolRecord(other.method, other.path, other.body, other.idempotency_key, other.reservation_id,
+                         "https://other.example.com/", other.key_id, spooled_at=other.spooled_at))
+    sent: list[tuple[str, str, str | None]] = []
+
+    def resend(self, record: SpoolRecord) -> tuple[str, str]:
+        sent.append((self._base_url, self._headers["Authorization"], record.reservation_id))
+        return "delivered", "200"
+
+    monkeypatch.setattr(api.client.Client, "resend", resend)
+    status = api.cli.main(["spool", "flush", "--dir", str(tmp_path), "--key", "key-for-a"])
+    err = capsys.readouterr().err
+    assert status == 2 and sent == []  # was: 0, the key sent to both servers
+    assert "http://127.0.0.1:8000" in err and "https://other.example.com" in err and "--server" in err
+    assert a.records() and b.records()
+
+    status = api.cli.main(["spool", "flush", "--dir", str(tmp_path), "--key", "key-for-a",
+                           "--server", "http://127.0.0.1:8000/"])
+    out = capsys.readouterr().out
+    assert sent == [("http://127.0.0.1:8000", "Bearer key-for-a", "res_a")]
+    assert status == 1 and f"{b.path}: delivered 0, refused 0, left 1" in out and "other.example.com" in out
+    assert not a.path.exists() and [r.reservation_id for r in b.records()] == ["res_b"]
+
+    sent.clear()  # the spool names one server now: the key is for it
+    assert api.cli.main(["spool", "flush", "--dir", str(tmp_path), "--key", "key-for-b"]) == 0
+    assert sent == [("https://other.example.com", "Bearer key-for-b", "res_b")] and not b.path.exists()
