@@ -19,6 +19,7 @@ from pricing.errors import InvalidUsageError, UnpricedModelError, field_error
 from pricing.fast_rating import CACHE_LIMIT, charges_requests
 from pricing.money import DEFAULT_SCALE, per_amount, pricing_context
 from pricing.overrides import Overrides
+from pricing.premium import PREMIUMS, check_premiums
 from pricing.rating import Line, Rating, build_rating
 from pricing.units import KINDS, MODALITY_TYPES, OUTPUT_TYPES, TOOL_CALLS
 from pricing.usage import Usage, check_count
@@ -68,6 +69,8 @@ def estimate_upper_bound(
     tool_uses: Mapping[str, int] | None = None,
     prompt_cache_write: str | None = None,
     chosen_by_provider: tuple[str, ...] = (),
+    premiums: tuple[str, ...] = (),
+    premium_dimensions: tuple[str, ...] = (),
 ) -> Rating:
     """The most a call can cost: prompt at input price (the `input_audio_tokens` of it, audio the
     caller counted, at the audio input price, else input's), output budget at the dearest output-side
@@ -92,7 +95,14 @@ def estimate_upper_bound(
 
     `chosen_by_provider` ("service_tier",): dimensions the call leaves to the provider (OpenAI's
     service_tier "auto"), whose answer reports the value that prices the charge: held at the
-    dearest of the call as given and each value the version's rules match for them."""
+    dearest of the call as given and each value the version's rules match for them.
+
+    `premiums` (pricing.premium.PREMIUMS: "cache_write_1h", "long_context") and
+    `premium_dimensions` (names of `dimensions` set to a premium value: speed fast): prices the
+    call may be billed above the standard ones, which the version must set itself, else
+    `unpriced_model` (pricing.premium), whatever its `unpriced` policy."""
+    if premiums or premium_dimensions:
+        _check_premiums(version, model, dimensions, at, premiums, premium_dimensions, prompt_cache_write)
     if chosen_by_provider:
         return max((estimate_upper_bound(
             version, model, prompt_tokens, max_output_tokens, variant, at, overrides=overrides, scale=scale,
@@ -150,6 +160,21 @@ def estimate_upper_bound(
         lines.append(line("request", 1))
     usage = [ln for ln in lines if ln is not None and ln.quantity]
     return build_rating(resolved, [*usage, *_whole_discounts(usage, overrides)], scale)
+
+
+def _check_premiums(version: PriceBook | PriceVersion, model: str, dimensions: Mapping[str, DimValue] | None,
+                    at: datetime, premiums: tuple[str, ...], named: tuple[str, ...], cache_write: str | None) -> None:
+    errors = [field_error("premiums", f"{p!r} is not one of {', '.join(PREMIUMS)}") for p in premiums
+              if p not in PREMIUMS]
+    errors += [field_error("premium_dimensions", f"{n!r} is not a dimension of the call") for n in named
+               if n not in (dimensions or {})]
+    if errors:
+        raise InvalidUsageError(errors)
+    probe = Usage(model, {}, at, dimensions or {})
+    resolved = _version(version, probe.occurred_at)
+    utc = probe.occurred_at
+    minute = utc.hour * 60 + utc.minute if resolved.timed else None
+    check_premiums(resolved, model, probe.dimension_dict, minute, premiums, named, cache_write)
 
 
 def _resolved_rule(version: PriceVersion, token_type: str, model: str, dims: tuple[tuple[str, DimValue], ...],

@@ -64,6 +64,7 @@ class FakeUpstream:
     calls: list[Logged] = field(default_factory=list)
     loop: asyncio.AbstractEventLoop | None = None
     auto_tier: str | None = None  # the tier a chat call without one, or "auto", is served at (None: not reported)
+    served_tier: str | None = None  # the tier every chat call is served at, whatever it asked for (None: as asked)
     _gate: asyncio.Event | None = None
 
     def release(self) -> None:
@@ -202,6 +203,7 @@ async def _chat(fake: FakeUpstream, log: Logged, receive: Any, send: Any) -> Non
     # the tier that served the call, beside the usage: the one it asked for (OpenAI's "auto" is its project's)
     tier = log.body.get("service_tier")
     tier = fake.auto_tier if tier in (None, "auto") else tier
+    tier = fake.served_tier or tier
     served = {"service_tier": tier} if tier is not None else {}
     head = {"id": cid, "object": "chat.completion.chunk", "created": 1764680000, "model": model,
             "system_fingerprint": "fp_fake", **served}
@@ -317,19 +319,23 @@ async def _messages(fake: FakeUpstream, log: Logged, receive: Any, send: Any) ->
     executed = any(str(t.get("type", "")).startswith("code_execution_") for t in tools if isinstance(t, dict))
     # the container the code ran in: Anthropic's usage does not count code execution, the answer names it
     container = {"container": {"id": "container_fake", "expires_at": "2026-12-31T00:00:00Z"}} if executed else {}
-    start_usage = {**ANTHROPIC_USAGE, "output_tokens": 1}
+    usage = dict(ANTHROPIC_USAGE)
+    if _asks_one_hour_cache(log.body):  # its cache writes split by duration, as Anthropic reports them
+        usage["cache_creation"] = {"ephemeral_5m_input_tokens": 0,
+                                   "ephemeral_1h_input_tokens": usage["cache_creation_input_tokens"]}
+    start_usage = {**usage, "output_tokens": 1}
     if log.body.get("speed") is not None:  # the speed it ran at, in its usage
         server = {**server, "speed": log.body["speed"]}
     edits = (log.body.get("context_management") or {}).get("edits") or []
     if any(str(edit.get("type", "")).startswith("compact_") for edit in edits if isinstance(edit, dict)):
-        iteration = {"type": "message", **ANTHROPIC_USAGE, "output_tokens": len(words)}
+        iteration = {"type": "message", **usage, "output_tokens": len(words)}
         server = {**server, "iterations": [COMPACTION, iteration]}
     message = {"id": mid, "type": "message", "role": "assistant", "model": log.body["model"], "content": [],
                "stop_reason": None, "stop_sequence": None, "usage": start_usage}
     if not log.body.get("stream"):
         runs = [block for n in range(EXECUTIONS if executed else 0) for block in _execution(n)]
         answer = {**message, "content": [*runs, {"type": "text", "text": "".join(words)}], "stop_reason": "end_turn",
-                  "usage": {**ANTHROPIC_USAGE, "output_tokens": len(words), **server}, **container}
+                  "usage": {**usage, "output_tokens": len(words), **server}, **container}
         if log.body["model"].endswith("-drop"):
             await _dropped(send, msgspec.json.encode(answer))
         log.emitted, log.done = len(words), True
@@ -360,6 +366,15 @@ async def _messages(fake: FakeUpstream, log: Logged, receive: Any, send: Any) ->
         yield _sse({"type": "message_stop"}, "message_stop")
 
     await fake.stream(log, receive, send, events())
+
+
+def _asks_one_hour_cache(value: Any) -> bool:
+    """Whether a messages body marks a block (or itself) for caching an hour (`"ttl": "1h"`)."""
+    if isinstance(value, dict):
+        control = value.get("cache_control")
+        return (isinstance(control, dict) and control.get("ttl") == "1h") or any(
+            _asks_one_hour_cache(v) for v in value.values())
+    return isinstance(value, list) and any(_asks_one_hour_cache(v) for v in value)
 
 
 def _search_blocks(index: int) -> Any:

@@ -11,6 +11,24 @@ from urllib.parse import urlsplit
 from api.gateway.calls import SERVER_TOOL_MAX_USES, SERVER_TOOL_RESULT_TOKENS
 from wallets.commands import MAX_TTL_SECONDS
 
+# The betas (`anthropic-beta`, `openai-beta` values) a call may carry upstream unless the operator lists
+# its own (TOKENTILL_GATEWAY_ANTHROPIC_BETAS, TOKENTILL_GATEWAY_OPENAI_BETAS): a beta can switch on a
+# feature billed at prices the gateway does not meter, so one not listed is refused (400), never
+# forwarded. Listed here: those whose effect on the bill the gateway holds and charges, either by
+# nothing (streaming, thinking display, token counting, output caps the hold already bounds) or by
+# what the body shows it (caching, PDFs, files, computer use, code execution, web fetch, MCP,
+# compaction); and the three that choose dearer prices, which a call may carry only when its book
+# prices them itself (pricing.premium): a one-hour cache write, long context, fast mode.
+DEFAULT_ANTHROPIC_BETAS = frozenset({
+    "prompt-caching-2024-07-31", "pdfs-2024-09-25", "token-counting-2024-11-01", "token-efficient-tools-2025-02-19",
+    "output-128k-2025-02-19", "output-300k-2026-03-24", "interleaved-thinking-2025-05-14",
+    "fine-grained-tool-streaming-2025-05-14", "computer-use-2024-10-22", "computer-use-2025-01-24",
+    "computer-use-2025-11-24", "code-execution-2025-05-22", "code-execution-2025-08-25", "web-fetch-2025-09-10",
+    "mcp-client-2025-04-04", "mcp-client-2025-11-20", "context-management-2025-06-27", "compact-2026-01-12",
+    "files-api-2025-04-14", "structured-outputs-2025-11-13", "model-context-window-exceeded-2025-08-26",
+    "extended-cache-ttl-2025-04-11", "context-1m-2025-08-07", "fast-mode-2026-02-01"})
+# OpenAI's betas switch on its assistants, agents and realtime APIs, none of which the gateway serves
+DEFAULT_OPENAI_BETAS: frozenset[str] = frozenset()
 OPENAI_URL = "https://api.openai.com/v1"  # what the openai SDK takes as base_url
 ANTHROPIC_URL = "https://api.anthropic.com"  # what the anthropic SDK takes as base_url
 
@@ -64,6 +82,8 @@ class GatewaySettings:
     # "wait": a whole answer waits for its settle and carries x-tokentill-charged; "background":
     # it goes back once the settle is spooled, with the hold (x-tokentill-reserved) only.
     settle: str = "wait"
+    anthropic_betas: frozenset[str] = DEFAULT_ANTHROPIC_BETAS  # the anthropic-beta values a call may carry
+    openai_betas: frozenset[str] = DEFAULT_OPENAI_BETAS  # the openai-beta values a call may carry
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> GatewaySettings:
@@ -84,6 +104,8 @@ class GatewaySettings:
             upstream_ca=_ca_file(env, "TOKENTILL_GATEWAY_UPSTREAM_CA"),
             spool_dir=env.get("TOKENTILL_SPOOL_DIR") or None,
             settle=settle_mode(env.get("TOKENTILL_GATEWAY_SETTLE") or "wait", "TOKENTILL_GATEWAY_SETTLE"),
+            anthropic_betas=betas(env, "TOKENTILL_GATEWAY_ANTHROPIC_BETAS", DEFAULT_ANTHROPIC_BETAS),
+            openai_betas=betas(env, "TOKENTILL_GATEWAY_OPENAI_BETAS", DEFAULT_OPENAI_BETAS),
         )
 
 
@@ -126,6 +148,20 @@ def _ca_file(env: Mapping[str, str], name: str) -> str | None:
             raise SystemExit(f"{name} must name a file of PEM CA certificates; {path!r}: {exc.reason or exc}") \
                 from None
     return path
+
+
+def betas(env: Mapping[str, str], name: str, default: frozenset[str]) -> frozenset[str]:
+    """The betas a call may carry: `name`'s comma-separated list in place of the default, `none`
+    for none; unset or empty, the default."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    if raw.lower() == "none":
+        return frozenset()
+    given = [item.strip() for item in raw.split(",")]
+    if not all(item and item.isprintable() and " " not in item for item in given):
+        raise SystemExit(f"{name} must be a comma-separated list of beta names (or none), not {raw!r}")
+    return frozenset(given)
 
 
 SETTLE_MODES = ("wait", "background")

@@ -49,6 +49,7 @@ from ledger.errors import LedgerError
 from ledger.model import request_hash
 from pricing.errors import PricingError
 from pricing.genai import context_window
+from pricing.premium import premium_dimensions as premium_dimensions_of
 from pricing.tokens import TokenCounter
 from wallets.commands import MAX_TTL_SECONDS, Extend, Reserve, ReserveResult
 from wallets.core.idempotency import refusal_body
@@ -124,6 +125,43 @@ def _twice(scope: dict[str, Any], names: tuple[bytes, ...]) -> str | None:
     return next((name.decode() for name in names if seen.count(name) > 1), None)
 
 
+BETA_HEADERS = {"anthropic": ("anthropic-beta", "TOKENTILL_GATEWAY_ANTHROPIC_BETAS"),
+                "openai": ("openai-beta", "TOKENTILL_GATEWAY_OPENAI_BETAS")}
+
+
+def betas_of(scope: dict[str, Any], name: str) -> list[str]:
+    """The betas a call names in `name`, on every line of it (comma-separated)."""
+    lines = [v.decode("latin-1") for k, v in scope.get("headers", ()) if k.lower() == name.encode()]
+    return [item.strip() for line in lines for item in line.split(",") if item.strip()]
+
+
+def allowed_betas(scope: dict[str, Any], headers: dict[str, str], provider: str,
+                  allowed: frozenset[str]) -> tuple[str, ...]:
+    """Refuse (400) a beta not in `allowed`: it may switch on a feature the provider bills at
+    prices the gateway does not meter. The provider's own header, joined from all its lines, is
+    what goes upstream; the other provider's is never forwarded."""
+    name, variable = BETA_HEADERS[provider]
+    given = betas_of(scope, name)
+    unknown = sorted(set(given) - allowed)
+    if unknown:
+        raise Refusal(400, "validation_error", f"{name} {', '.join(unknown)} is not allowed through this gateway: "
+                      "a beta may change what the provider bills, and the gateway meters only the betas its "
+                      f"operator lists ({variable})")
+    if given:
+        headers[name] = ",".join(given)
+    for other, _ in BETA_HEADERS.values():
+        if other != name:
+            headers.pop(other, None)
+    return tuple(given)
+
+
+def premiums_of(call: Call, betas: tuple[str, ...]) -> tuple[str, ...]:
+    """The premium prices (pricing.premium) a call may be billed: a one-hour cache write it asks
+    for, long context its beta switches on (`context-1m-*`)."""
+    return (*(("cache_write_1h",) if call.cache_write == "cache_write_1h" else ()),
+            *(("long_context",) if any(b.startswith("context-1m-") for b in betas) else ()))
+
+
 def _caller_key(headers: dict[str, str]) -> str:
     """The caller's key: Authorization's bearer, or x-api-key; both, they must be one key (a
     proxy before the gateway may check the other)."""
@@ -177,6 +215,7 @@ class Exchange:
         self.request_id = ""
         self.dimensions: dict[str, Any] = {}
         self.caller_dimensions: tuple[str, ...] = ()  # what a customer's key named in x-tokentill-dimensions
+        self.betas: tuple[str, ...] = ()  # the provider's betas the call carries (allowed: allowed_betas)
         self.timings: dict[str, float] = {}
         self.finishing = False  # settling: a caller leaving now no longer cancels anything
         self.started = False  # the response has begun
@@ -207,6 +246,9 @@ class Exchange:
         principal = await self.caller()  # on the head alone: a body is read for a valid key only
         if (twice := _twice(self.scope, PAYER_HEADERS)) is not None:
             raise Refusal(422, "validation_error", f"send one {twice} header, not several")
+        s = self.gw.settings
+        self.betas = allowed_betas(self.scope, self.headers, self.provider,
+                                   s.anthropic_betas if self.provider == "anthropic" else s.openai_betas)
         body = await self._body()
         customer = customer_of(principal, self.headers.get("x-tokentill-customer"))
         raw = self._dimensions()
@@ -222,7 +264,6 @@ class Exchange:
         if rid is not None and not (0 < len(rid) <= 200 and rid.isprintable()):
             raise Refusal(422, "validation_error", "x-tokentill-request-id must be 1 to 200 printable characters")
         self.request_id = rid or f"gw_{uuid.uuid4().hex}"
-        s = self.gw.settings
         parse = functools.partial(parse_call, self.kind, body, default_max_output=s.default_max_output_tokens,
                                   counter=self.gw.counter, server_tool_max_uses=s.server_tool_max_uses,
                                   server_tool_result_tokens=s.server_tool_result_tokens)
@@ -280,7 +321,8 @@ class Exchange:
 
     async def _reserve(self, call: Call, customer: str, principal: Principal) -> ReserveResult:
         started = time.perf_counter()
-        prior = None
+        prior, premiums = None, premiums_of(call, self.betas)
+        premium_dimensions = premium_dimensions_of(dict(call.dimensions))  # the call's own: it chooses the price
         if call.prior_context:  # the earlier turns: the model's context window, unless its book names one
             prior = await asyncio.to_thread(context_window, self.provider, call.model) \
                 or self.gw.settings.context_hold_tokens
@@ -290,7 +332,8 @@ class Exchange:
                     **({"prior_context_tokens": prior} if prior is not None else {}),
                     **({"tool_uses": dict(call.tool_uses)} if call.tool_uses else {}),
                     **({"prompt_cache_write": call.cache_write} if call.cache_write else {}),
-                    **({"chosen_by_provider": list(call.chosen_by_provider)} if call.chosen_by_provider else {})}
+                    **({"chosen_by_provider": list(call.chosen_by_provider)} if call.chosen_by_provider else {}),
+                    **({"premiums": list(premiums)} if premiums else {})}
         command = Reserve(
             customer_id=customer, request_id=self.request_id, model=call.model,
             ttl_seconds=self.gw.settings.hold_seconds,
@@ -298,6 +341,7 @@ class Exchange:
             prompt_tokens=call.prompt_tokens, max_output_tokens=call.max_output_tokens, estimate=estimate,
             prompt_audio_tokens=call.hold_audio_tokens, prior_context_tokens=prior, tool_uses=dict(call.tool_uses),
             prompt_cache_write=call.cache_write, chosen_by_provider=call.chosen_by_provider,
+            premiums=premiums, premium_dimensions=premium_dimensions,
             dimensions={**self.dimensions, **dict(call.dimensions)},  # the prices it asks for (speed: fast)
             within_max_charge=True,  # answered, a call past the maximum could not be charged
             caller_dimensions=self.caller_dimensions)

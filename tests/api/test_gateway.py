@@ -748,7 +748,9 @@ def test_an_anthropic_prompt_marked_for_caching_is_held_at_the_cache_write_price
                            system=[{"type": "text", "text": words(1000), "cache_control": control}])
     held = Decimal(cached.headers["x-tokentill-reserved"]) - Decimal(bare.headers["x-tokentill-reserved"])
     assert held >= 1000 * (write - IN) / M
-    assert charged(url, cached.headers["x-tokentill-request-id"]) == MESSAGES_CHARGE  # the usage, as before
+    # the usage: its 50 cache writes, one-hour ones when asked (the fake splits them by duration, as
+    # Anthropic does), at the one-hour price
+    assert charged(url, cached.headers["x-tokentill-request-id"]) == MESSAGES_CHARGE + 50 * (write - WRITE) / M
 
 
 @pytest.mark.parametrize("field", ["advisor", "fallbacks"])

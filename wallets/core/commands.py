@@ -59,6 +59,11 @@ class Reserve(Command):
     prompt_cache_write: str | None = None
     # dimensions the provider chooses and its answer reports (service_tier "auto"): held at the dearest value
     chosen_by_provider: tuple[str, ...] = ()
+    # prices above the standard ones the call may be billed, which the book must set itself, else the
+    # reserve is refused unpriced_model (pricing.premium): "cache_write_1h", "long_context"; and the
+    # names of its dimensions set to a premium value (speed: fast, service_tier: priority)
+    premiums: tuple[str, ...] = ()
+    premium_dimensions: tuple[str, ...] = ()
     dimensions: Mapping[str, Any] = field(default_factory=dict)
     estimate: Mapping[str, Any] | None = None  # what is stored about the estimate
     # the hold must fit what one request may be charged (max_charge_per_request): the gateway's,

@@ -68,7 +68,8 @@ def reserve(state: State, cmd: Reserve, now: datetime, book: PriceBook | None) -
                                       input_audio_tokens=cmd.prompt_audio_tokens,
                                       prior_context_tokens=cmd.prior_context_tokens,
                                       tool_uses=cmd.tool_uses, prompt_cache_write=cmd.prompt_cache_write,
-                                      chosen_by_provider=cmd.chosen_by_provider,
+                                      chosen_by_provider=cmd.chosen_by_provider, premiums=cmd.premiums,
+                                      premium_dimensions=cmd.premium_dimensions,
                                       overrides=overrides_at(w, now)).total_units
     too_big = unpostable(amount, w.customer.currency, "estimate", "hold")
     if too_big is not None:

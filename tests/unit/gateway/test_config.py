@@ -54,3 +54,15 @@ def test_the_longest_gateway_durations_are_still_taken():
     s = GatewaySettings.from_env({"TOKENTILL_GATEWAY_HOLD_SECONDS": "604800",
                                   "TOKENTILL_GATEWAY_READ_TIMEOUT_SECONDS": "31536000"})
     assert (s.hold_seconds, s.read_timeout_s) == (604_800, 31_536_000.0)
+
+
+def test_the_betas_a_call_may_carry_are_the_default_list_or_the_operators():
+    default = GatewaySettings.from_env({})
+    assert "context-1m-2025-08-07" in default.anthropic_betas and not default.openai_betas
+    s = GatewaySettings.from_env({"TOKENTILL_GATEWAY_ANTHROPIC_BETAS": " skills-2025-10-02,files-api-2025-04-14 ",
+                                  "TOKENTILL_GATEWAY_OPENAI_BETAS": "assistants=v2"})
+    assert s.anthropic_betas == {"skills-2025-10-02", "files-api-2025-04-14"} and s.openai_betas == {"assistants=v2"}
+    assert GatewaySettings.from_env({"TOKENTILL_GATEWAY_ANTHROPIC_BETAS": "none"}).anthropic_betas == frozenset()
+    for bad in ("a,,b", "a b", "x,"):
+        with pytest.raises(SystemExit, match="TOKENTILL_GATEWAY_ANTHROPIC_BETAS"):
+            GatewaySettings.from_env({"TOKENTILL_GATEWAY_ANTHROPIC_BETAS": bad})

@@ -252,3 +252,37 @@ def test_a_dimension_the_provider_chooses_is_held_at_its_dearest_value_in_the_bo
         (2 + 4) * 1000 * 1000
     assert estimate_upper_bound(REASONER, "reasoner", 1000, 0, {}, AT, chosen_by_provider=("service_tier",)) \
         == estimate_upper_bound(REASONER, "reasoner", 1000, 0, {}, AT)
+
+
+def test_a_premium_price_the_call_may_be_billed_must_be_the_books_own():
+    """pricing.premium: a one-hour cache write, long context and a premium dimension value are
+    refused unless a rule of their own prices them (a fallback, a rule without prompt tiers or
+    without the dimension would rate them cheaper), whatever the unpriced policy."""
+    def held(book, dims=None, **kw):
+        return estimate_upper_bound(book, "claude", 1000, 10, dims or {}, AT, **kw).total_units
+
+    five = {"id": "w5", "model": "claude", "token_type": "cache_write", "price": "3.75"}
+    for book in (_searching(five), _searching(five, unpriced="zero")):
+        with pytest.raises(UnpricedModelError, match="cache_write_1h"):
+            held(book, prompt_cache_write="cache_write_1h", premiums=("cache_write_1h",))
+    hour = _searching(five, {"id": "w1h", "model": "claude", "token_type": "cache_write_1h", "price": "6"})
+    assert held(hour, prompt_cache_write="cache_write_1h", premiums=("cache_write_1h",)) == \
+        held(hour, prompt_cache_write="cache_write_1h")
+    with pytest.raises(UnpricedModelError, match="prompt_tiers"):
+        held(_searching(), premiums=("long_context",))
+    tiers = [{"above": 200_000, "price": "6"}]
+    long = parse_version({"id": "l", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "format": 2,
+                          "rules": [{"id": "l-in", "model": "claude", "token_type": "input", "price": "3",
+                                     "prompt_tiers": tiers},
+                                    {"id": "l-out", "model": "claude", "token_type": "output", "price": "15",
+                                     "prompt_tiers": [{"above": 200_000, "price": "22.5"}]}]})
+    assert held(long, premiums=("long_context",)) == held(long)  # cache reads fall back to the tiered input
+    with pytest.raises(UnpricedModelError, match="speed"):
+        held(_searching(), {"speed": "fast"}, premium_dimensions=("speed",))
+    fast = _searching({"id": "fast-out", "model": "claude", "token_type": "output", "price": "90",
+                       "match": {"speed": "fast"}})
+    assert held(fast, {"speed": "fast"}, premium_dimensions=("speed",)) == held(fast, {"speed": "fast"})
+    with pytest.raises(InvalidUsageError):
+        held(_searching(), premiums=("cheap",))
+    with pytest.raises(InvalidUsageError):
+        held(_searching(), premium_dimensions=("speed",))  # not a dimension of the call

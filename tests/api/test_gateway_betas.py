@@ -1,0 +1,205 @@
+"""Request headers and fields that make the provider bill a call at a dearer price than the one its
+price book rates: a beta header the gateway does not know (refused, 400), and a price the book does
+not set itself (a one-hour cache write, long context, fast mode, priority: refused, 422
+unpriced_model), before any hold or upstream call. Driven by the official `openai` and `anthropic`
+packages against the local fake upstream, as tests/api/test_gateway.py."""
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+
+import anthropic
+import openai
+import pytest
+
+from api.bench import fake_upstream as fk
+from tests.api.test_gateway import (
+    BOOK,
+    HI,
+    IN,
+    MESSAGES_CHARGE,
+    OUT,
+    WRITE,
+    M,
+    admin,
+    charged,
+    claude,
+    customer,
+    fake,  # noqa: F401 - the module's fixture
+    oai,
+    serving,
+    tool_book,
+    wallet,
+    words,
+)
+
+LONG = "context-1m-2025-08-07"
+TTL = "extended-cache-ttl-2025-04-11"
+
+
+@pytest.fixture(scope="module")
+def live(database_url, fake) -> Iterator[tuple[str, str]]:  # noqa: F811
+    yield from serving(database_url, fake)
+
+
+def _refused(raised: pytest.ExceptionInfo, status: int, code: str, anthropic_shape: bool = True) -> str:
+    body = raised.value.body
+    error = body["error"] if anthropic_shape else body
+    assert raised.value.status_code == status and error["code"] == code, body
+    return error["message"]
+
+
+def test_an_anthropic_beta_the_gateway_does_not_know_is_refused_before_any_hold(live, fake):  # noqa: F811
+    """A beta may switch on a feature billed at prices the gateway does not meter (was: forwarded
+    as is): one not on the operator's list is a 400 in Anthropic's shape naming it, nothing held
+    or sent; a known one goes upstream as sent."""
+    url, _ = live
+    cid, key = customer(live)
+    client = claude(url, key)
+    before = len(fake.fake.calls)
+    with pytest.raises(anthropic.BadRequestError) as raised:
+        client.beta.messages.create(model="claude-test", max_tokens=100, messages=HI,
+                                    betas=["interleaved-thinking-2025-05-14", "made-up-beta-2030-01-01"])
+    message = _refused(raised, 400, "validation_error")
+    assert "made-up-beta-2030-01-01" in message and "TOKENTILL_GATEWAY_ANTHROPIC_BETAS" in message
+    assert len(fake.fake.calls) == before and wallet(url, cid) == (Decimal("10"), 0)
+    raw = client.beta.messages.with_raw_response.create(model="claude-test", max_tokens=100, messages=HI,
+                                                        betas=["interleaved-thinking-2025-05-14"])
+    assert fake.fake.calls[-1].headers["anthropic-beta"] == "interleaved-thinking-2025-05-14"
+    assert charged(url, raw.headers["x-tokentill-request-id"]) == MESSAGES_CHARGE
+
+
+def test_an_openai_beta_is_refused_on_the_metered_endpoints(live, fake):  # noqa: F811
+    """OpenAI-Beta switches on nothing the metered endpoints document (the SDK sends it for the
+    assistants and agents APIs, never passed through): one is a 400, unless the operator lists it."""
+    url, _ = live
+    cid, key = customer(live)
+    before = len(fake.fake.calls)
+    with pytest.raises(openai.BadRequestError) as raised:
+        oai(url, key).chat.completions.create(model="gpt-test", messages=HI,
+                                              extra_headers={"OpenAI-Beta": "assistants=v2"})
+    assert "TOKENTILL_GATEWAY_OPENAI_BETAS" in _refused(raised, 400, "validation_error", anthropic_shape=False)
+    assert len(fake.fake.calls) == before and wallet(url, cid) == (Decimal("10"), 0)
+
+
+@pytest.mark.parametrize("format_2", [False, True])
+def test_a_one_hour_cache_write_the_book_does_not_price_is_refused(live, fake, format_2):  # noqa: F811
+    """Anthropic bills a one-hour cache write at twice the input price, a 5-minute one at 1.25
+    times: a book with no cache_write_1h rule rated it at its cache_write price (a format 1 book
+    has no such type), cheaper than the provider's (was: answered, each 1h write 7.5 short per
+    million at the test's book). Refused (422 unpriced_model) before the hold."""
+    url, book = live
+    if format_2:
+        book = tool_book(url)
+    cid, key = customer((url, book))
+    before = len(fake.fake.calls)
+    with pytest.raises(anthropic.APIStatusError) as raised:
+        claude(url, key).beta.messages.create(
+            model="claude-test", max_tokens=100, messages=HI, betas=[TTL],
+            system=[{"type": "text", "text": "be brief", "cache_control": {"type": "ephemeral", "ttl": "1h"}}])
+    assert "cache_write_1h" in _refused(raised, 422, "unpriced_model")
+    assert len(fake.fake.calls) == before and wallet(url, cid) == (Decimal("10"), 0)
+
+
+def test_a_one_hour_cache_write_is_charged_at_the_books_one_hour_price(live, fake):  # noqa: F811
+    """The usage's cache_creation split (ephemeral_1h_input_tokens) is charged at cache_write_1h."""
+    url, _ = live
+    hour = Decimal("20")
+    cid, key = customer((url, tool_book(url, {"id": "write-1h", "token_type": "cache_write_1h", "price": "20.00"})))
+    raw = claude(url, key).messages.with_raw_response.create(
+        model="claude-test", max_tokens=100, messages=HI,
+        system=[{"type": "text", "text": words(1000), "cache_control": {"type": "ephemeral", "ttl": "1h"}}])
+    assert raw.parse().usage.cache_creation.ephemeral_1h_input_tokens == fk.ANTHROPIC_USAGE[
+        "cache_creation_input_tokens"]
+    expected = MESSAGES_CHARGE + 50 * (hour - WRITE) / M
+    assert charged(url, raw.headers["x-tokentill-request-id"]) == expected
+    assert wallet(url, cid) == (Decimal("10") - expected, 0)
+
+
+def test_a_long_context_call_the_book_does_not_price_by_prompt_size_is_refused(live, fake):  # noqa: F811
+    """With the context-1m beta Anthropic bills a prompt past 200,000 tokens at its long-context
+    prices (twice the input, 1.5 times the output): a book without prompt tiers for the model rated
+    it at its base prices (was: forwarded, charged at them). Refused before the hold; a book whose
+    rules (input, cache reads, output) have prompt_tiers takes it."""
+    url, _ = live
+    cid, key = customer(live)
+    before = len(fake.fake.calls)
+    with pytest.raises(anthropic.APIStatusError) as raised:
+        claude(url, key).beta.messages.create(model="claude-test", max_tokens=100, messages=HI, betas=[LONG])
+    message = _refused(raised, 422, "unpriced_model")
+    assert "prompt_tiers" in message and LONG in message
+    assert len(fake.fake.calls) == before and wallet(url, cid) == (Decimal("10"), 0)
+    tiered = [{"id": "in", "token_type": "input", "price": "10.00", "prompt_tiers": [{"above": 200000, "price": "20"}]},
+              {"id": "cached", "token_type": "cached_input", "price": "1.00",
+               "prompt_tiers": [{"above": 200000, "price": "2"}]},
+              {"id": "out", "token_type": "output", "price": "20.00",
+               "prompt_tiers": [{"above": 200000, "price": "30"}]}]
+    book = _book(url, tiered)
+    _, key = customer((url, book))
+    raw = claude(url, key).beta.messages.with_raw_response.create(model="claude-test", max_tokens=100, messages=HI,
+                                                                  betas=[LONG])
+    assert fake.fake.calls[-1].headers["anthropic-beta"] == LONG
+    assert charged(url, raw.headers["x-tokentill-request-id"]) == MESSAGES_CHARGE
+
+
+def _book(url: str, rules: list[dict]) -> str:
+    """A format 2 book: the test book's rules, those of `rules` by id in place of its own."""
+    given = {r["id"] for r in rules}
+    book = f"gw-b-{uuid.uuid4().hex[:8]}"
+    with admin(url) as http:
+        assert http.post("/v1/price-books", json={**BOOK, "id": book, "format": 2, "rules": [
+            *(r for r in BOOK["rules"] if r["id"] not in given), *rules]}).status_code == 201
+    return book
+
+
+def test_fast_mode_the_book_does_not_price_is_refused(live, fake):  # noqa: F811
+    """Anthropic bills fast mode (speed: fast) at six times its standard prices: a book with no
+    rule matching it rated the call at its standard prices (was: answered, charged them). Refused;
+    `speed: standard` goes as before."""
+    url, _ = live
+    cid, key = customer((url, tool_book(url)))
+    before = len(fake.fake.calls)
+    with pytest.raises(anthropic.APIStatusError) as raised:
+        claude(url, key).messages.create(model="claude-test", max_tokens=100, messages=HI,
+                                         extra_body={"speed": "fast"})
+    assert "speed" in _refused(raised, 422, "unpriced_model")
+    assert len(fake.fake.calls) == before and wallet(url, cid) == (Decimal("10"), 0)
+    raw = claude(url, key).messages.with_raw_response.create(model="claude-test", max_tokens=100, messages=HI,
+                                                             extra_body={"speed": "standard"})
+    assert charged(url, raw.headers["x-tokentill-request-id"]) == MESSAGES_CHARGE
+
+
+def test_priority_the_book_does_not_price_is_refused(live, fake):  # noqa: F811
+    """OpenAI bills its priority tier above its standard prices: a book with no rule matching
+    service_tier priority rated a call that asks for it at the standard prices (was: answered).
+    Refused; `default` and `flex` (cheaper) go as before."""
+    url, _ = live
+    cid, key = customer(live)
+    before = len(fake.fake.calls)
+    with pytest.raises(openai.APIStatusError) as raised:
+        oai(url, key).chat.completions.create(model="gpt-test", messages=HI, service_tier="priority")
+    assert "service_tier" in _refused(raised, 422, "unpriced_model", anthropic_shape=False)
+    assert len(fake.fake.calls) == before and wallet(url, cid) == (Decimal("10"), 0)
+    for tier in ("default", "flex"):
+        oai(url, key).chat.completions.create(model="gpt-test", messages=HI, service_tier=tier)
+        assert fake.fake.calls[-1].body["service_tier"] == tier
+
+
+def test_priority_asked_for_but_default_served_is_charged_at_the_default_price(live, fake):  # noqa: F811
+    """The tier the answer reports prices the charge, not the one the call asked for."""
+    url, _ = live
+    priority = Decimal("40")
+    cid, key = customer((url, tool_book(url, {"id": "out-priority", "token_type": "output", "price": str(priority),
+                                              "match": {"service_tier": "priority"}})))
+    fake.fake.served_tier = "default"
+    try:
+        raw = oai(url, key).chat.completions.with_raw_response.create(model="gpt-test", messages=HI, max_tokens=1000,
+                                                                      service_tier="priority")
+    finally:
+        fake.fake.served_tier = None
+    assert raw.parse().service_tier == "default"
+    assert Decimal(raw.headers["x-tokentill-reserved"]) >= 1000 * priority / M
+    charge = (800 * IN + 200 * Decimal(1) + 40 * OUT) / M + Decimal("0.001")
+    assert charged(url, raw.headers["x-tokentill-request-id"]) == charge
+    assert wallet(url, cid) == (Decimal("10") - charge, 0)
