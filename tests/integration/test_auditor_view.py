@@ -36,7 +36,7 @@ from api.bench.common import scratch_database
 from api.settings import Settings
 from ledger.db import connect
 from wallets.expiry import expire_grants
-from wallets.jobs import seal_journal
+from wallets.jobs import fold_usage, seal_journal
 from wallets.periods import Cycle, period_of
 
 ADMIN = {"Authorization": "Bearer auditor-view-admin"}
@@ -180,7 +180,21 @@ async def scenario(tt: Api, url: str) -> dict:
     for cid in CUSTOMERS:
         await tt.post("/v1/billing/close", {"until": later, "customer_id": cid, "early": True})
     assert await _job(url, seal_journal) > 0
-    return {"now": now, "period": period, "following": following, "upcoming": upcoming}
+    # the rollups are kept off the write path: what the readers answer is the same once folded
+    unfolded = {cid: await _reads(tt, cid) for cid in CUSTOMERS}
+    assert await _job(url, fold_usage) > 0
+    return {"now": now, "period": period, "following": following, "upcoming": upcoming, "unfolded": unfolded}
+
+
+USAGE = "/usage?from=2026-01-01T00:00:00Z&to=2028-01-01T00:00:00Z&group_by="
+
+
+async def _reads(tt: Api, customer: str) -> dict:
+    """What a customer's reports read from the rollups: its usage by day, model, token type and kind,
+    by rule and price version, and its upcoming invoice."""
+    return {"by_day": await tt.get(f"/v1/customers/{customer}{USAGE}day,model,token_type,kind"),
+            "by_rule": await tt.get(f"/v1/customers/{customer}{USAGE}rule_id,price_version"),
+            "upcoming": await tt.get(f"/v1/customers/{customer}/invoices/upcoming")}
 
 
 @pytest.fixture(scope="module")
@@ -369,6 +383,13 @@ async def test_each_invoice_ties_out_to_the_postings_billed_in_its_period(books,
         assert lines == Decimal(invoice["total"]), invoice["lines"]
 
 
+async def _console(tt: Api) -> None:
+    """The client signed in to the console with the admin key."""
+    page = await tt.client.get("/console/sign-in")
+    token = re.search(r'name="_csrf_token" value="([^"]+)"', page.text).group(1)
+    await tt.client.post("/console/sign-in", data={"key": "auditor-view-admin", "_csrf_token": token})
+
+
 # The console's invoice page: each figure of the document under the lines, by its data-figure name
 CONSOLE_FIGURES = {"top_ups": "top-ups", "grants": "grants", "expired": "expired", "refunds": "refunds",
                    "grants_revoked": "grants-revoked", "payments_received": "payments-received"}
@@ -381,9 +402,7 @@ async def test_the_console_invoice_page_shows_every_figure_the_invoice_ties_out_
     3.00 expired and 1.87 of credits applied, 6.63 that the page did not account for (4.00
     refunded, 2.63 revoked)."""
     tt, _, _ = books
-    page = await tt.client.get("/console/sign-in")
-    token = re.search(r'name="_csrf_token" value="([^"]+)"', page.text).group(1)
-    await tt.client.post("/console/sign-in", data={"key": "auditor-view-admin", "_csrf_token": token})
+    await _console(tt)
     for invoice in (await tt.get(f"/v1/customers/{customer}/invoices"))["invoices"]:
         page = await tt.client.get(f"/console/invoices/{invoice['id']}")
         assert page.status_code == 200, page.text
@@ -425,3 +444,36 @@ def test_the_cash_reconciles_with_the_processors_rows_refunds_included(books, tm
                         "wire-initech-1,1.00,USD\n")
     done = cli(url, "reconcile", "--payments", str(payments))
     assert done.returncode == 1 and "re_2" in done.stdout, done.stdout + done.stderr
+
+
+
+@pytest.mark.parametrize("customer", CUSTOMERS)
+async def test_the_reports_read_the_same_before_and_after_the_rollups_are_folded(books, customer):
+    tt, _, facts = books
+    folded = await _reads(tt, customer)
+    for read in ("by_day", "by_rule"):
+        assert sorted(map(str, folded[read]["rows"])) == sorted(map(str, facts["unfolded"][customer][read]["rows"]))
+    before = facts["unfolded"][customer]["upcoming"]
+    assert {k: folded["upcoming"][k] for k in FIGURES} == {k: before[k] for k in FIGURES}
+
+
+
+@pytest.mark.parametrize("request_id", ["agent-1", "over-1", "i-1"])
+async def test_the_console_trace_shows_what_paid_each_charge_and_the_re_rates_that_corrected_it(books, request_id):
+    """The trace page showed a re-rated charge at its first amount only (over-1: 1.04 at $10/M),
+    with no word of the re-rate that corrected it to 0.64 and the credit note that gave the
+    difference back, nor which lots paid it: the API's trace has both (`adjustments`, `funding`)."""
+    tt, _, _ = books
+    trace = await tt.get(f"/v1/audit/charges/{request_id}")
+    adjusted = [(a["corrected_version"], a["old_amount"], a["new_amount"], str(a["entry_id"]), a["credit_note"] or "")
+                for c in trace["charges"] for a in c["adjustments"]]
+    funded = [(f["account"], f["amount"]) for c in trace["charges"] for f in c["funding"]]
+    assert adjusted and funded, trace
+    await _console(tt)
+    page = await tt.client.get(f"/console/audit/trace?request_id={request_id}")
+    assert page.status_code == 200, page.text
+    shown = re.findall(r'<tr data-adjustment><td>([^<]*)</td><td class="num">([^<]*)</td><td class="num">([^<]*)</td>'
+                       r'<td>#([0-9]+)</td><td>([^<]*)</td></tr>', page.text)
+    assert shown == adjusted, page.text
+    paid = re.findall(r'<tr data-funding><td><code>([^<]*)</code></td><td class="num">([^<]*)</td></tr>', page.text)
+    assert paid == funded, page.text
