@@ -75,6 +75,25 @@ def open_database(settings: Settings, *, migrate: bool = True) -> DatabaseHandle
     return handle
 
 
+def check_spool(url: str, settings: Settings) -> None:
+    """Stop the start in one line, exit 1, when the gateway cannot keep its spool (under
+    TOKENTILL_SPOOL_DIR) for the database at `url`: a directory it cannot make (a file in the
+    way, a read-only file system, another user's) or a lock file it cannot write. Found by the
+    app's start-up instead, it was uvicorn's exception-group traceback and exit 3, the code of a
+    database that cannot be reached."""
+    from api.gateway.settles import spool_for
+
+    spool = spool_for(url, settings.gateway.spool_dir)
+    try:
+        spool.records()  # makes the directory and takes the spool's lock, as the gateway's start does
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        if exc.filename and str(exc.filename) != str(spool.path.parent):  # the lock file, say
+            reason += f": {exc.filename}"
+        raise SystemExit(f"TOKENTILL_SPOOL_DIR: the gateway cannot keep its spool in {spool.path.parent}: "
+                         f"{reason}") from None
+
+
 def check_sessions(url: str, timeout_s: float = 5.0) -> None:
     """Stop the start in one line when the server's sessions are not tokentill's to keep: a pooler
     in transaction or statement mode (PgBouncer's `pool_mode = transaction`) hands each

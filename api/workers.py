@@ -100,7 +100,7 @@ def bound_socket(host: str, port: int) -> socket.socket:
 def serve_workers(settings: Settings, workers: int, *, host: str, port: int, access_log: bool) -> int:
     """Run `workers` server processes on host:port until SIGTERM or SIGINT; 0, or 1 when a worker
     kept dying."""
-    from api.runtime import log_to_stderr, open_database, warn_connection_budget
+    from api.runtime import check_spool, log_to_stderr, open_database, warn_connection_budget
     from api.server import ACCEPT_BURST
 
     log_to_stderr(settings)
@@ -112,6 +112,7 @@ def serve_workers(settings: Settings, workers: int, *, host: str, port: int, acc
         handle = open_database(settings)
         metrics_dir = None
         try:
+            check_spool(handle.url, settings)  # one line here, not a worker dying at each start
             sock.listen(ACCEPT_BURST)
             metrics_dir = Path(tempfile.mkdtemp(prefix="tokentill-metrics-"))
             # In the environment the workers start with: a spawned worker imports what unpickling its

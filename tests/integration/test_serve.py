@@ -230,3 +230,20 @@ def test_an_embedded_data_dir_postgresql_cannot_use_stops_the_start_in_one_line(
     assert "Traceback" not in done.stderr, done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"TOKENTILL_DATA_DIR: {Path(tmp).resolve() / 'pg'}") and says in last, last
+
+
+@pytest.mark.parametrize("command", [("serve",), ("gateway",), ("serve", "--workers", "2")])
+def test_a_spool_directory_the_gateway_cannot_use_stops_the_start_in_one_line(database_url, tmp_path, command):
+    """TOKENTILL_SPOOL_DIR under a file (as one read-only or not the server's own: mkdir refused):
+    the app's start-up failed inside uvicorn with a 60-line exception-group traceback and exit 3,
+    the code of a database that cannot be reached. Now one line naming the variable, exit 1."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    env = {**os.environ, "TOKENTILL_DATABASE_URL": database_url, "TOKENTILL_SCHEDULER": "off",
+           "TOKENTILL_SPOOL_DIR": str(blocker / "spool")}
+    done = subprocess.run([sys.executable, "-m", "api.cli", *command, "--port", str(free_port())], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, (done.returncode, done.stderr)
+    assert "Traceback" not in done.stderr, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("TOKENTILL_SPOOL_DIR: ") and str(blocker) in last and "Not a directory" in last, last
