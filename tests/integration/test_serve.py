@@ -247,3 +247,17 @@ def test_a_spool_directory_the_gateway_cannot_use_stops_the_start_in_one_line(da
     assert "Traceback" not in done.stderr, done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("TOKENTILL_SPOOL_DIR: ") and str(blocker) in last and "Not a directory" in last, last
+
+
+def test_an_embedded_cluster_initdb_cannot_make_stops_the_start_with_initdbs_reason(tmp_path):
+    """initdb failing (a locale the machine does not have, a full disk) left no server log, and
+    the start's last line said only 'PostgreSQL did not start: no server log', initdb's reason
+    buried in the wheel's 20-line dump above it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TOKENTILL_DATABASE_URL", "PGSERVER_POSTGRES_VERSION")}
+    env.update(TOKENTILL_DATA_DIR=str(tmp_path), LC_ALL="xx_XX.UTF-8")  # no such locale: initdb refuses it
+    done = subprocess.run([sys.executable, "-m", "api.cli", "migrate"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1, (done.returncode, done.stderr)
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"TOKENTILL_DATA_DIR: {tmp_path.resolve() / 'pg'}: PostgreSQL did not start: initdb: "), last
+    assert "locale" in last, last
