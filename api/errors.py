@@ -44,6 +44,7 @@ STATUS_BY_CODE = {
     "too_many_events": 422,
     "too_many_budgets": 409,
     "grant_closed": 409,
+    "grant_not_reversible": 409,
     "exceeds_remaining": 409,
     "overpayment": 422,
     "currency_mismatch": 422,

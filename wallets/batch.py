@@ -136,7 +136,7 @@ class Batch:
         key = decision.entry.key if decision.entry is not None else None
         for effect in decision.effects:  # lots first: the entry's postings may credit them
             if type(effect) is LotOpened:
-                self._lot_opened(effect, key)
+                self._lot_opened(effect, key, decision.entry.kind if decision.entry is not None else None)
         if decision.entry is not None:
             if decision.entry.kind in ROUNDS and any(p.account.startswith(ROUNDING) for p in decision.entry.postings):
                 self.platform_accounts.append(chart.rounding_spec(decision.entry.postings[0].asset))
@@ -253,11 +253,11 @@ class Batch:
                 or x.amount > effect.amount)
         self.add("invoice_payments", row)
 
-    def _lot_opened(self, effect: LotOpened, key: str | None) -> None:
+    def _lot_opened(self, effect: LotOpened, key: str | None, opened_by: str | None = None) -> None:
         self.accounts.append(chart.lot_spec(effect.customer_id, effect.lot_id, effect.currency))
         self.loaded.wallets[effect.customer_id].lots[effect.code] = Lot(
             effect.lot_id, effect.code, effect.kind, effect.granted, effect.priority, effect.expires_at,
-            effect.created_at, 0, False, effect.reason, effect.reference)
+            effect.created_at, 0, False, effect.reason, effect.reference, opened_by)
         self.add("lots", {"id": effect.lot_id, "customer_id": effect.customer_id, "kind": effect.kind,
                           "account_code": effect.code, "granted": effect.granted, "priority": effect.priority,
                           "expires_at": effect.expires_at, "reason": effect.reason, "reference": effect.reference,

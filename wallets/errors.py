@@ -122,6 +122,14 @@ class GrantClosedError(WalletError):
     code = "grant_closed"
 
 
+class GrantNotReversibleError(WalletError):
+    """A reversal of a lot tokentill opened itself (a re-rate's, a volume true-up's or a close's
+    rounding credit): no top-up's cash or grant's promotion stands behind it to give back to.
+    Names the lot and the kind of entry that opened it (`opened_by`)."""
+
+    code = "grant_not_reversible"
+
+
 class ExceedsRemainingError(WalletError):
     """A reversal of more than what is left of a lot and not held (names available and asked)."""
 

@@ -72,6 +72,9 @@ class Lot:
     swept: bool = False  # the expiry job has moved its remainder to breakage
     reason: str = ""
     reference: str = ""
+    # the kind of the entry that opened it ("topup", "grant", "rerate_adjustment", "volume_true_up",
+    # "invoice_rounding"), loaded only for a lot a command names (None: not loaded)
+    opened_by: str | None = None
 
     def live(self, now: datetime) -> bool:
         return not self.swept and (self.expires_at is None or self.expires_at > now)

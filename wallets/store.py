@@ -62,7 +62,10 @@ SELECT
      FROM customers c WHERE c.id = ANY(%(customers)s::text[])) AS customers,
   (SELECT coalesce(jsonb_agg(jsonb_build_array(
           l.id, l.customer_id, l.account_code, l.kind, l.granted, l.priority, l.expires_at, l.created_at,
-          l.reason, l.reference, b.credits - b.debits, l.expired_at IS NOT NULL)), '[]'::jsonb)
+          l.reason, l.reference, b.credits - b.debits, l.expired_at IS NOT NULL,
+          CASE WHEN l.account_code = ANY(%(lot_codes)s::text[])
+               THEN (SELECT j.kind FROM journal_entries j WHERE j.lane = l.lane AND j.id = l.entry_id) END)),
+          '[]'::jsonb)
      FROM lots l JOIN account_balances b ON b.lane = %(lane)s AND b.account_id = l.account_id
     WHERE l.lane = %(lane)s AND l.customer_id = ANY(%(customers)s::text[])
       AND ((l.expired_at IS NULL AND b.credits > b.debits)
@@ -226,10 +229,11 @@ def loaded_from(row: Any, params: dict[str, Any]) -> Loaded:
         row = _LoadRow(*row)
     wanted, held_for = params["reservations"], params["credit_held_for"]
     loaded = Loaded({c["id"]: _customer(c) for c in row.customers}, {}, {}, entry_ids=list(row.entry_ids))
-    for lot_id, cid, code, kind, granted, priority, expires_at, created_at, reason, reference, balance, swept \
-            in row.lots:
+    for lot_id, cid, code, kind, granted, priority, expires_at, created_at, reason, reference, balance, swept, \
+            opened_by in row.lots:
         loaded.wallets[cid].lots[code] = Lot(lot_id, code, kind, int(granted), priority, _time(expires_at),
-                                             _time(created_at), int(balance), swept, reason, reference)  # type: ignore[arg-type]
+                                             _time(created_at), int(balance), swept, reason, reference,  # type: ignore[arg-type]
+                                             opened_by)
     for item in row.budgets:
         b = budget(item["budget"], item["customer_zone"])
         b.windows = {_time(start): [int(used), int(held)] for start, used, held in item["windows"] or []}  # type: ignore[misc]

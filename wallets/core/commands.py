@@ -196,8 +196,8 @@ class ExpireLot(LotCommand):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReverseGrant(LotCommand):
     """Give back (part of) a lot's unheld remainder: a top-up's is refunded to the platform's cash,
-    a grant's revoked to its promotions expense. Without `amount`: all of it (a refund: its whole
-    minor units, see wallets.core.credits.reverse_grant)."""
+    a grant's revoked to its promotions expense; a lot a correction opened is refused. Without
+    `amount`: all of it (a refund: its whole minor units, see wallets.core.credits.reverse_grant)."""
 
     amount: int | None = None
     reason: str = ""

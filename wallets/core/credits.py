@@ -46,6 +46,7 @@ from wallets.errors import (
     ConflictError,
     ExceedsRemainingError,
     GrantClosedError,
+    GrantNotReversibleError,
     NotFoundError,
     SubMinorAmountError,
     WalletValidationError,
@@ -141,12 +142,18 @@ REVERSAL_KINDS = {"topup": "refund", "grant": "revocation"}  # a lot's kind -> w
 def reverse_grant(state: State, cmd: ReverseGrant, now: datetime, book: PriceBook | None) -> Decision:
     """Give back `amount` (all of it when None) of what is left of a lot and not held, the reverse
     of what opened it: a top-up's refund to the platform's cash, a grant's revocation to its
-    promotions expense. Refused for another customer's or an unknown lot, a lot expired or
+    promotions expense. Refused for a lot a correction opened (a re-rate's, a true-up's, a close's
+    rounding: `grant_not_reversible`), another customer's or an unknown lot, a lot expired or
     emptied, and an amount above what is left of it, not whole minor units, or not positive."""
     w = state.require_wallet()
     lot = w.lots.get(cmd.code)
     if lot is None:
         raise NotFoundError(f"no grant {cmd.lot_id} of customer {w.customer.id}", grant_id=cmd.lot_id)
+    if lot.opened_by not in (None, lot.kind):  # opened by a correction: no cash or promotion behind it
+        raise GrantNotReversibleError(
+            f"grant {lot.id} is credit tokentill gave back itself ({lot.opened_by}), not a paid top-up or a "
+            "grant: there is no cash or promotion it came from to give it back to; it stays credit for usage",
+            grant_id=lot.id, opened_by=lot.opened_by)
     cur = w.customer.currency
     if not lot.live(now):
         raise GrantClosedError(f"grant {lot.id} expired: its remainder is breakage, not to be given back",

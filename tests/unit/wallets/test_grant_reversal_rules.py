@@ -4,6 +4,7 @@ of what is left of the lot and not held; the refusals each with their code."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -15,6 +16,7 @@ from wallets.core.billing import entry_rollup
 from wallets.errors import (
     ExceedsRemainingError,
     GrantClosedError,
+    GrantNotReversibleError,
     NotFoundError,
     SubMinorAmountError,
     WalletValidationError,
@@ -153,3 +155,19 @@ def test_a_whole_refund_of_a_lot_with_less_than_a_cent_left_is_refused_as_emptie
     paid = m.top_up("0.01")
     m.settle(m.reserve("0.01").reservation.id, input_tokens=1)
     assert isinstance(reverse(m, paid), GrantClosedError) and m.lot(paid) == usd("0.009")
+
+
+def test_a_lot_a_correction_opened_is_not_reversible_and_nothing_moves():
+    """A re-rate's, a true-up's or a close's rounding credit has a top-up's kind, but no cash came
+    in as it: refused, where it was refunded to the platform's cash."""
+    m = MemoryWallet()
+    paid = m.top_up("3.00")
+    code = chart.lot_account(CID, paid.grant.id)
+    assert m.wallet.lots[code].opened_by == "topup"  # a top-up's own: refundable
+    for opened_by in ("rerate_adjustment", "volume_true_up", "invoice_rounding"):
+        m.wallet.lots[code] = replace(m.wallet.lots[code], opened_by=opened_by)
+        refused = reverse(m, paid, "1.00")
+        assert isinstance(refused, GrantNotReversibleError) and refused.code == "grant_not_reversible"
+        assert refused.context == {"grant_id": paid.grant.id, "opened_by": opened_by}
+    assert m.lot(paid) == usd("3.00") and m.platform("cash") == usd("3.00")
+    assert [e.kind for e in m.entries] == ["topup"]
