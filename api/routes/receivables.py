@@ -46,7 +46,9 @@ class CustomerAgeingView(msgspec.Struct):
     customer_name: str | None
     currency: str
     billing: str
-    unbilled: Annotated[str, msgspec.Meta(description="Owed but on no finalized invoice yet (periods not closed)")]
+    unbilled: Annotated[str, msgspec.Meta(description=(
+        "On the receivable but on no finalized invoice yet: usage of periods not closed, and what open "
+        "reservations hold on credit past the lots"))]
     current: Annotated[str, msgspec.Meta(description="On invoices not yet due")]
     days_1_30: str
     days_31_60: str
