@@ -14,6 +14,7 @@ Book `av` (USD): model-a input $10/M, output $20/M; model-v output volume-tiered
 free allowance per period."""
 from __future__ import annotations
 
+import csv
 import itertools
 import os
 import re
@@ -154,6 +155,9 @@ async def scenario(tt: Api, url: str) -> dict:
     assert answer["accepted"] == 3, answer
     await _free_call(tt, "f-0", now)
 
+    # a stream held from the welcome grant over its expiry and its period's close, settled after both
+    stream = await tt.post("/v1/reservations", {"customer_id": "acme", "request_id": "stream-1", "model": "model-a",
+                                                "amount": "1.00"})
     # the welcome grant expires; both periods close early (acme's true-up gives back), initech pays in part
     assert await _job(url, lambda db: expire_grants(db, now + timedelta(hours=2))) == 1
     # what the closes will finalize, as the upcoming invoices show it now
@@ -164,6 +168,7 @@ async def scenario(tt: Api, url: str) -> dict:
         [closed[cid]] = (await tt.post("/v1/billing/close", {"until": until, "customer_id": cid, "early": True}))[
             "closed"]
     await _free_call(tt, "f-1", now)  # after its period closed: late, billed in the next period
+    await _settle(tt, stream, 50_000, 0)  # 0.50 charged, 0.50 back to an expired lot: breakage
     rest = await tt.post(f"/v1/customers/acme/grants/{refundable}/reverse", {"reference": "re_2"})
     assert (rest["reversal"], rest["amount"]) == ("refund", "6.00"), rest
     await tt.post(f"/v1/invoices/{closed['initech']['invoice_id']}/payments",
@@ -477,3 +482,23 @@ async def test_the_console_trace_shows_what_paid_each_charge_and_the_re_rates_th
     assert shown == adjusted, page.text
     paid = re.findall(r'<tr data-funding><td><code>([^<]*)</code></td><td class="num">([^<]*)</td></tr>', page.text)
     assert paid == funded, page.text
+
+
+def _csv(url: str, *window: str) -> list[tuple[str, str, str]]:
+    done = cli(url, "export", "--format", "csv", *window)
+    assert done.returncode == 0, done.stderr
+    return sorted((r["entry_id"], r["account"], r["amount"]) for r in csv.DictReader(done.stdout.splitlines()))
+
+
+def test_windows_split_at_the_first_close_neither_drop_nor_repeat_a_posting_and_verify_offline(books, tmp_path: Path):
+    """The closes post at their own clock (the hour after the period's end) while entries written
+    after them (a payment, a refund, a late settle) occur earlier: split there, the windows hold
+    every posting once, and the window from the cut verifies offline."""
+    _, url, facts = books
+    cut = (facts["period"].end + timedelta(hours=1, seconds=1)).isoformat()
+    before, after = _csv(url, "--to", cut), _csv(url, "--from", cut)
+    assert before and after and sorted(before + after) == _csv(url)
+    out = tmp_path / "after.jsonl"
+    assert cli(url, "export", "--format", "jsonl", "--from", cut, "--out", str(out)).returncode == 0
+    done = cli(url, "verify", "--file", str(out))
+    assert done.returncode == 0, done.stdout + done.stderr
