@@ -277,6 +277,9 @@ async def test_the_jsonl_export_verifies_offline_with_every_entry_sealed(books, 
     with psycopg.connect(url) as conn:
         (total,) = conn.execute("SELECT count(*) FROM journal_entries").fetchone()
     assert f"verified offline: {total} entries" in done.stdout and "not sealed" not in done.stdout, done.stdout
+    with psycopg.connect(url) as conn:  # the head the server's seals end at, obtained apart
+        (head,) = conn.execute("SELECT encode(chain_hash, 'hex') FROM seals ORDER BY id DESC LIMIT 1").fetchone()
+    assert head in done.stdout and cli(url, "verify", "--file", str(out), "--expect-head", head).returncode == 0
     page = await tt.get("/v1/journal?limit=1000")
     assert page["next_cursor"] is None and len(page["entries"]) == total
     assert {e["seal"]["status"] for e in page["entries"]} == {"sealed"}
