@@ -152,3 +152,51 @@ async def test_a_book_found_current_is_not_looked_up_again_and_a_new_version_sti
     later = await kit.reserve(cid, "r3", input_tokens=1_000, max_output_tokens=0)
     assert later.reservation.amount == usd("2.00")  # parsed under the lock: the version is that new
     assert counting.lookups == 1
+
+
+async def test_other_lanes_reserves_complete_while_a_new_version_of_a_big_book_is_parsed_under_a_batch(
+        db, tag, monkeypatch):
+    """A new version of a book in use (here: posted right after a's batch found the book current,
+    so the next batch finds it under its lane's lock) is parsed there, where the batch needs it;
+    in a worker thread, so that the process's other lanes go on. Before, the parse ran on the event
+    loop: a 3,000-rule version (0.15 s for genai-prices' openrouter book) stopped every request of
+    the process, on every lane and book, each time a version of a big book in use appeared."""
+    kit, a, b = await setup(db, tag)
+    lane_a = await kit.service.engine.lane_of(a)
+    n = 0
+    while await kit.service.engine.lane_of(b) == lane_a:  # b in another lane: a's batch holds a's lane
+        n += 1
+        b = await kit.customer(f"b{n}")
+        await kit.top_up(b, "100.00")
+        await kit.reserve(b, "warm", input_tokens=10, max_output_tokens=10)
+    await kit.reserve(a, "a-warm", input_tokens=10, max_output_tokens=10)  # the book, parsed and current
+    doubled = big_book(f"big-{tag}")
+    doubled["effective_from"] = "2026-02-01T00:00:00Z"
+    doubled["rules"][:2] = [{"id": "x-in", "model": "model-x", "token_type": "input", "price": "2000"},
+                            {"id": "x-out", "model": "model-x", "token_type": "output", "price": "4000"}]
+    await db.run(lambda conn: books.add_version(conn, doubled))
+    others = Reserves(kit, b)
+    progressed = threading.Event()
+    waited: list[bool] = []
+    parse = books.parse_version
+
+    def parse_watching_others(data: dict[str, Any], **kw: Any) -> Any:
+        """Parsing the new version waits (up to 2 s: b's batch, stopped with the loop, must not
+        reach its 5 s idle timeout) until b completed three more reserves."""
+        if data.get("id") == f"big-{tag}" and not waited:
+            before, deadline = len(others.done), time.monotonic() + 2
+            while len(others.done) < before + 3 and time.monotonic() < deadline:
+                progressed.wait(0.01)
+            waited.append(len(others.done) >= before + 3)
+        return parse(data, **kw)
+
+    monkeypatch.setattr(books, "parse_version", parse_watching_others)
+    loop = asyncio.create_task(others.run())
+    try:
+        await asyncio.sleep(0.05)
+        later = await kit.reserve(a, "a-later", input_tokens=1_000, max_output_tokens=500)
+    finally:
+        others.stop = True
+        await loop
+    assert waited == [True], "b's reserves, in another lane, stalled while a's new version was parsed"
+    assert later.reservation.amount == usd("4.00")  # the new version prices it at once
