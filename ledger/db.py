@@ -321,6 +321,26 @@ def connect(url: str, *, pool_size: int = 10, pool_timeout_s: float = 5.0,
     return Database(engine, writer_idle_ms=min(writer_idle_ms, idle_in_transaction_ms))
 
 
+def pool_full(engine: AsyncEngine) -> bool:
+    """Whether every connection the engine's pool may hold (its size and overflow) is in use: a
+    checkout would wait for one to come back."""
+    pool = engine.pool
+    checkedin, overflow = getattr(pool, "checkedin", None), getattr(pool, "overflow", None)
+    if checkedin is None or overflow is None:  # not a QueuePool: it never makes a caller wait
+        return False
+    return checkedin() == 0 and overflow() >= getattr(pool, "_max_overflow", 0)
+
+
+def one_off_engine(url: str, connect_timeout_s: int = 2) -> AsyncEngine:
+    """An engine that opens a session for each use and keeps none (NullPool), with the pool's
+    session options: for a probe that must not queue behind a full pool."""
+    from sqlalchemy.pool import NullPool
+
+    return create_async_engine(sqlalchemy_url(url), poolclass=NullPool, hide_parameters=True,
+                               connect_args={"connect_timeout": connect_timeout_s,
+                                             "options": session_options(url, IDLE_IN_TRANSACTION_MS)})
+
+
 def session_options(url: str, idle_in_transaction_ms: int) -> str:
     """The pool's sessions' `options`: the URL's own first (a schema of tokentill's own,
     `?options=-csearch_path%3Dbilling`), then the idle timeout and the time zone, which a

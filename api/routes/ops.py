@@ -10,6 +10,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import text
 
 from api.errors import RETRY_AFTER_S, documented, problem
+from ledger.db import one_off_engine, pool_full
 from migrations import runner
 
 
@@ -36,8 +37,12 @@ async def readiness(state: State) -> tuple[bool, str]:
     supervisor = state.get("supervisor")
     if supervisor is not None and not supervisor.running():
         return False, "the embedded database is down; it is being restarted"
+    engine = db.engine
+    if pool_full(engine):  # load, not a database down: ask it over a session of the probe's own
+        engine = state.get("probe_engine") or one_off_engine(state.services.database_url)
+        state["probe_engine"] = engine
     try:
-        async with asyncio.timeout(READY_TIMEOUT_S), db.engine.connect() as conn:
+        async with asyncio.timeout(READY_TIMEOUT_S), engine.connect() as conn:
             current = await conn.run_sync(runner.current_revision)
             await conn.execute(text("SELECT 1"))
     except Exception as exc:

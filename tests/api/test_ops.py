@@ -170,3 +170,31 @@ async def test_every_metric_served_is_a_row_of_the_readmes_table_with_its_type_a
             if sample in (name, f"{base}_bucket", f"{base}_sum", f"{base}_count") and "{" in line:
                 labels = {pair.split("=", 1)[0] for pair in line.split("{", 1)[1].rsplit("}", 1)[0].split('",')}
                 assert labels - {"app_name", "le"} == documented, (name, labels, rows[name])
+
+
+async def test_readiness_with_every_pooled_connection_in_use_still_asks_the_database(db, database_url):
+    """A pool busy to its last connection (pool and overflow, all serving requests) is load, not a
+    database down: /readyz said 503 'database unreachable: TimeoutError' after 2 s, so under a
+    burst every instance behind a load balancer left it at once. It asks the database over a
+    connection of its own instead, and answers 200 within the probe's 2 s."""
+    import time
+
+    from litestar.testing import AsyncTestClient
+
+    from migrations import runner
+    from tests.api.apps import api_app
+
+    app = api_app(database_url, webhooks=False, pool_size=1)
+    async with AsyncTestClient(app=app) as client:
+        engine = app.state.services.db.engine
+        held = [await engine.connect() for _ in range(2)]  # the pool's 1 and its overflow's 1
+        try:
+            started = time.monotonic()
+            ready = await client.get("/readyz")
+            took = time.monotonic() - started
+        finally:
+            for conn in held:
+                await conn.close()
+    assert ready.status_code == 200, ready.text
+    assert ready.json() == {"status": "ready", "migration": runner.head_revision()}
+    assert took < 2.0, took

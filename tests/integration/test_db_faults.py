@@ -136,8 +136,8 @@ async def test_an_exhausted_pool_answers_503_after_the_pool_timeout(cluster):
             assert_unavailable(await client.get(f"/v1/customers/{cid}/wallet"))
             assert 0.4 < time.monotonic() - started < 3
             assert_unavailable(await client.post(f"/v1/customers/{cid}/topups", json={"amount": "1.00"}))
-            started = time.monotonic()
-            assert (await client.get("/readyz")).status_code == 503
+            started = time.monotonic()  # a full pool is load: readiness asks the database over a session of its own
+            assert (await client.get("/readyz")).status_code == 200
             assert time.monotonic() - started < 3
         assert (await client.get(f"/v1/customers/{cid}/wallet")).status_code == 200
 
