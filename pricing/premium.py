@@ -11,8 +11,9 @@ a caller of the HTTP API reports its own usage and gets the book's documented fa
   tokens a call's input, output and cache tokens are billed dearer). Priced only when every rule
   that prices the call's prompt and output for the model has ``prompt_tiers``.
 - a premium value of a price-choosing dimension (``speed: fast``, ``service_tier: priority``,
-  ``inference_geo: us``): priced only by a rule that matches that dimension (one for the call's
-  input or its output, as the book resolves them). The standard values (PLAIN_VALUES) and the
+  ``inference_geo: us``, ``web_search_tool: web_search_preview``): priced only by a rule that
+  matches that dimension (one for the call's input or its output, as the book resolves them; a
+  web_search rule for the search tool, PREMIUM_TYPES). The standard values (PLAIN_VALUES) and the
   cheaper ones (``flex``) need none.
 """
 from __future__ import annotations
@@ -21,13 +22,17 @@ from collections.abc import Mapping
 
 from pricing.books import DimValue, PriceVersion
 from pricing.errors import UnpricedModelError
+from pricing.units import TOOL_CALLS
 
 PREMIUMS = ("cache_write_1h", "long_context")
 # The values of the price-choosing dimensions billed at the standard prices, or below them: a book
 # needs no rule of its own for them. Any other value (priority, scale, fast, a region) is a premium.
 PLAIN_VALUES: dict[str, frozenset[str]] = {"service_tier": frozenset({"default", "standard", "flex", "auto"}),
                                            "speed": frozenset({"standard"}),
-                                           "inference_geo": frozenset({"global"})}
+                                           "inference_geo": frozenset({"global"}),
+                                           "web_search_tool": frozenset()}
+# the types a premium dimension value is billed in, whose rule must match it (else: input or output)
+PREMIUM_TYPES: dict[str, tuple[str, ...]] = {"web_search_tool": ("web_search",)}
 # what a long-context call is billed at its long-context prices: its prompt (input, cache reads) and output
 LONG_CONTEXT_TYPES = ("input", "cached_input", "output", "reasoning")
 
@@ -61,7 +66,12 @@ def check_premiums(version: PriceVersion, model: str, dims: Mapping[str, DimValu
                     "(above 200000) or call without the beta", model=model, token_type=token_type)
     for name in dimensions:
         value = f'"{dims.get(name)}"'
-        rules = [version.resolve(t, model, dims, minute) for t in ("input", "output")]
+        types = PREMIUM_TYPES.get(name, ("input", "output"))
+        if version.format == 1 and set(types) & TOOL_CALLS:
+            continue  # a format 1 book bills no per-call tool (pricing.units)
+        rules = [version.resolve(t, model, dims, minute) for t in types]
+        if all(rule is None for rule in rules) and set(types) & TOOL_CALLS:
+            continue  # a tool the book's `unpriced: zero` gives away, as it gives away any of its calls
         if not any(rule is not None and any(key == name for key, _ in rule.match) for rule in rules):
             raise UnpricedModelError(
                 f"{where} has no rule for model {model} that matches {name} {value}: the provider bills it "

@@ -362,6 +362,22 @@ def _priced(kind: str, body: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+# OpenAI bills a search by its web_search_preview tool apart from one by its web_search tool ($25 per
+# 1,000 with a non-reasoning model, $10): the same model, the same output items. A responses call
+# with a preview tool is a call of this dimension, which the book's web_search rules match to price
+# it (pricing.premium: it must).
+SEARCH_TOOL_DIMENSION = ("web_search_tool", "web_search_preview")
+
+
+def _search_tool(kind: str, body: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """(SEARCH_TOOL_DIMENSION,) for a responses call with a web_search_preview tool (or a dated one)."""
+    tools = body.get("tools") if kind == RESPONSES else None
+    if isinstance(tools, list) and any(isinstance(t, Mapping) and isinstance(t.get("type"), str)
+                                       and t["type"].startswith("web_search_preview") for t in tools):
+        return (SEARCH_TOOL_DIMENSION,)
+    return ()
+
+
 def _chosen_by_provider(kind: str, body: Mapping[str, Any]) -> tuple[str, ...]:
     """("service_tier",) when the call leaves its tier to the provider (PROVIDER_TIERS, or none given)."""
     tier = body.get("service_tier")
@@ -460,7 +476,7 @@ def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: Token
             changed = True
     return Call(kind, model, stream, prompt_tokens + results, raw_tokens, cap,
                 msgspec.json.encode(body) if changed else raw, wanted, audio_tokens, audio_tokens + referred,
-                prior, uses, containers, _priced(kind, body), _cache_write(kind, body),
+                prior, uses, containers, (*_priced(kind, body), *_search_tool(kind, body)), _cache_write(kind, body),
                 reused, _chosen_by_provider(kind, body), _audio_format(kind, body))
 
 

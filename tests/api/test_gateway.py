@@ -392,9 +392,12 @@ OPENAI_SEARCH = {"type": "web_search"}
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("tool", ["web_search", "web_search_preview"])
 def test_openai_web_searches_are_held_for_max_tool_calls_and_charged_per_call(live, fake, stream, tool):
-    """OpenAI bills each web_search_call output item, which its usage does not count."""
+    """OpenAI bills each web_search_call output item, which its usage does not count (a preview
+    tool's search at the book's rule for it: tests/api/test_gateway_betas.py)."""
     url, _ = live
-    cid, key = customer((url, tool_book(url, {"id": "search", "token_type": "web_search", "price": str(SEARCH)})))
+    cid, key = customer((url, tool_book(url, {"id": "search", "token_type": "web_search", "price": str(SEARCH)},
+                                        {"id": "search-preview", "token_type": "web_search", "price": str(SEARCH),
+                                         "match": {"web_search_tool": "web_search_preview"}})))
     args = {"model": "gpt-test", "input": "hi", "max_output_tokens": 1000, "tools": [{"type": tool}],
             "max_tool_calls": 3}
     if stream:

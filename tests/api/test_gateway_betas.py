@@ -203,3 +203,36 @@ def test_priority_asked_for_but_default_served_is_charged_at_the_default_price(l
     charge = (800 * IN + 200 * Decimal(1) + 40 * OUT) / M + Decimal("0.001")
     assert charged(url, raw.headers["x-tokentill-request-id"]) == charge
     assert wallet(url, cid) == (Decimal("10") - charge, 0)
+
+
+PREVIEW_SEARCH = {"type": "web_search_preview"}
+
+
+def test_an_openai_preview_web_search_the_book_does_not_price_apart_is_refused(live, fake):  # noqa: F811
+    """OpenAI bills a search by its web_search_preview tool at $25 per 1,000 with a non-reasoning
+    model (gpt-4o, gpt-4.1), by its web_search tool at $10: the same model, the same output
+    items. A book with one web_search price charged a preview search at it (was: answered, 0.015
+    short a search). A call with a preview tool is a call of dimension web_search_tool
+    web_search_preview: refused unless a web_search rule matches it, then held and charged at it."""
+    url, _ = live
+    search, preview = Decimal("0.01"), Decimal("0.025")
+    generic = {"id": "search", "token_type": "web_search", "price": str(search)}
+    cid, key = customer((url, tool_book(url, generic)))
+    args = {"model": "gpt-test", "input": "hi", "max_output_tokens": 1000, "max_tool_calls": 3,
+            "tools": [PREVIEW_SEARCH]}
+    before = len(fake.fake.calls)
+    with pytest.raises(openai.APIStatusError) as raised:
+        oai(url, key).responses.create(**args)
+    message = _refused(raised, 422, "unpriced_model", anthropic_shape=False)
+    assert "web_search_tool" in message and "web_search_preview" in message
+    assert len(fake.fake.calls) == before and wallet(url, cid) == (Decimal("10"), 0)
+    cid, key = customer((url, tool_book(url, generic, {"id": "search-preview", "token_type": "web_search",
+                                                       "price": str(preview),
+                                                       "match": {"web_search_tool": "web_search_preview"}})))
+    raw = oai(url, key).responses.with_raw_response.create(**args)
+    assert Decimal(raw.headers["x-tokentill-reserved"]) >= 3 * preview + 1000 * OUT / M
+    responses = (700 * IN + 100 * Decimal(1) + (40 + 16) * OUT) / M + Decimal("0.001")
+    assert charged(url, raw.headers["x-tokentill-request-id"]) == responses + 2 * preview
+    assert wallet(url, cid) == (Decimal("10") - responses - 2 * preview, 0)
+    standard = oai(url, key).responses.with_raw_response.create(**{**args, "tools": [{"type": "web_search"}]})
+    assert charged(url, standard.headers["x-tokentill-request-id"]) == responses + 2 * search

@@ -591,3 +591,13 @@ def test_a_tools_schema_is_held_for_its_keys_too_not_only_its_values():
 
     short, long = anthropic("where"), anthropic("the_place_whose_weather_is_asked_for_in_full_detail")
     assert long.prompt_tokens > short.prompt_tokens and long.prompt_raw_tokens == short.prompt_raw_tokens
+
+
+@pytest.mark.parametrize(("tool", "dimensions"), [
+    ("web_search", ()), ("web_search_2025_08_26", ()),
+    ("web_search_preview", (("web_search_tool", "web_search_preview"),)),
+    ("web_search_preview_2025_03_11", (("web_search_tool", "web_search_preview"),))])
+def test_a_preview_web_search_is_a_dimension_of_the_call(tool, dimensions):
+    """OpenAI bills a web_search_preview search apart from a web_search one: the book prices it by
+    the dimension (pricing.premium requires a rule matching it)."""
+    assert _responses_tools({"type": tool}).dimensions == dimensions
