@@ -14,13 +14,15 @@ Book `av` (USD): model-a input $10/M, output $20/M; model-v output volume-tiered
 free allowance per period."""
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import itertools
 import os
 import re
 import subprocess
-import sys
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -34,6 +36,7 @@ from litestar.testing import AsyncTestClient
 
 from api.app import create_app
 from api.bench.common import scratch_database
+from api.cli import parser
 from api.settings import Settings
 from ledger.db import connect
 from wallets.expiry import expire_grants
@@ -217,10 +220,59 @@ async def books(ledger_url):
         yield tt, ledger_url, facts
 
 
-def cli(url: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TOKENTILL_DATABASE_URL": url}
-    return subprocess.run([sys.executable, "-m", "api.cli", "audit", *args], env=env,
-                          capture_output=True, text=True, timeout=120)
+def _run(url: str, commands: dict[str, list[str]]) -> dict[str, subprocess.CompletedProcess]:
+    """`tokentill audit ...` commands, in this process (a process each took 2-3 s to start on a
+    loaded machine) but in a thread of their own, so that their `asyncio.run` never meets the
+    tests' event loop; bean-check, which is its own program, beside them."""
+    checking = {name: subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for name, args in commands.items() if args[0] == "bean-check"}
+
+    def run(args: list[str]) -> subprocess.CompletedProcess:
+        parsed = parser().parse_args(["audit", *args])
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            status = parsed.func(parsed, Settings(database_url=url))
+        return subprocess.CompletedProcess(args, status, out.getvalue(), err.getvalue())
+
+    with ThreadPoolExecutor(1) as thread:
+        done = {name: thread.submit(run, args).result() for name, args in commands.items() if args[0] != "bean-check"}
+    for name, process in checking.items():
+        out, err = process.communicate(timeout=120)
+        done[name] = subprocess.CompletedProcess(process.args, process.returncode, out, err)
+    return done
+
+
+PAYMENTS = ("reference,amount,currency\npay-acme-1,50.00,USD\npay-acme-2,10.00,USD\nre_1,-4.00,USD\n"
+            "re_2,-6.00,USD\nwire-initech-1,1.00,USD\n")
+
+
+@pytest.fixture(scope="module")
+def exported(books, tmp_path_factory) -> tuple[Path, dict[str, subprocess.CompletedProcess]]:
+    """What the command line makes of the books, run in two waves of processes at once (one at a
+    time took most of the module's time): the exports and the reconciliation, then the checks of
+    what they wrote. The window is split at the first close, whose entries post at its own clock
+    (the hour after the period's end) while entries written after it (a payment, a refund, a late
+    settle) occur earlier."""
+    _, url, facts = books
+    out = tmp_path_factory.mktemp("exports")
+    (out / "payments.csv").write_text(PAYMENTS)
+    cut = (facts["period"].end + timedelta(hours=1, seconds=1)).isoformat()
+    with psycopg.connect(url) as conn:  # the head the server's seals end at, obtained apart
+        (head,) = conn.execute("SELECT encode(chain_hash, 'hex') FROM seals ORDER BY id DESC LIMIT 1").fetchone()
+    done = _run(url, {
+        "beancount": ["export", "--format", "beancount", "--out", str(out / "books.beancount")],
+        "jsonl": ["export", "--format", "jsonl", "--out", str(out / "books.jsonl")],
+        "window": ["export", "--format", "jsonl", "--from", cut, "--out", str(out / "window.jsonl")],
+        "csv": ["export", "--format", "csv", "--out", str(out / "books.csv")],
+        "before": ["export", "--format", "csv", "--to", cut, "--out", str(out / "before.csv")],
+        "after": ["export", "--format", "csv", "--from", cut, "--out", str(out / "after.csv")],
+        "reconcile": ["reconcile", "--payments", str(out / "payments.csv")]})
+    assert all(d.returncode == 0 for name, d in done.items() if name != "reconcile"), done
+    done |= _run(url, {"bean-check": ["bean-check", str(out / "books.beancount")],
+                       "verify": ["verify", "--file", str(out / "books.jsonl"), "--expect-head", head],
+                       "verify window": ["verify", "--file", str(out / "window.jsonl")]})
+    done["head"] = subprocess.CompletedProcess([], 0, head, "")
+    return out, done
 
 
 def _db_postings(url: str, before: datetime | None = None) -> dict[str, Decimal]:
@@ -248,13 +300,12 @@ async def test_verify_is_ok_and_the_trial_balance_balances(books):
     assert {"topup", "grant", "reserve", "settle", "release", "usage", "grant_expiry", "grant_reversal"} <= kinds
 
 
-async def test_the_beancount_export_passes_bean_check_and_equals_the_trial_balance(books, tmp_path: Path):
-    tt, url, _ = books
-    out = tmp_path / "books.beancount"
-    done = cli(url, "export", "--format", "beancount", "--out", str(out))
-    assert done.returncode == 0, done.stderr
-    check = subprocess.run(["bean-check", str(out)], capture_output=True, text=True, timeout=120)  # noqa: ASYNC221
+async def test_the_beancount_export_passes_bean_check_and_equals_the_trial_balance(books, exported):
+    tt, _, _ = books
+    out, done = exported
+    check = done["bean-check"]
     assert check.returncode == 0 and not check.stdout + check.stderr, check.stdout + check.stderr
+    out = out / "books.beancount"
     entries, errors, _ = loader.load_file(str(out))
     assert errors == []
     code_of = {e.account: e.meta["code"] for e in entries if isinstance(e, data.Open)}
@@ -268,18 +319,15 @@ async def test_the_beancount_export_passes_bean_check_and_equals_the_trial_balan
         {a["account"]: Decimal(a["balance"]) for a in trial["accounts"] if Decimal(a["balance"])}
 
 
-async def test_the_jsonl_export_verifies_offline_with_every_entry_sealed(books, tmp_path: Path):
+async def test_the_jsonl_export_verifies_offline_with_every_entry_sealed(books, exported):
+    """Every entry is sealed, and the offline verifier's chain head is the server's last seal's."""
     tt, url, _ = books
-    out = tmp_path / "books.jsonl"
-    assert cli(url, "export", "--format", "jsonl", "--out", str(out)).returncode == 0
-    done = cli(url, "verify", "--file", str(out))
+    done = exported[1]["verify"]
     assert done.returncode == 0, done.stdout + done.stderr
     with psycopg.connect(url) as conn:
         (total,) = conn.execute("SELECT count(*) FROM journal_entries").fetchone()
     assert f"verified offline: {total} entries" in done.stdout and "not sealed" not in done.stdout, done.stdout
-    with psycopg.connect(url) as conn:  # the head the server's seals end at, obtained apart
-        (head,) = conn.execute("SELECT encode(chain_hash, 'hex') FROM seals ORDER BY id DESC LIMIT 1").fetchone()
-    assert head in done.stdout and cli(url, "verify", "--file", str(out), "--expect-head", head).returncode == 0
+    assert exported[1]["head"].stdout in done.stdout
     page = await tt.get("/v1/journal?limit=1000")
     assert page["next_cursor"] is None and len(page["entries"]) == total
     assert {e["seal"]["status"] for e in page["entries"]} == {"sealed"}
@@ -441,18 +489,9 @@ async def test_a_free_call_after_its_period_closed_is_billed_on_the_next_invoice
     assert free == [("usage", 5_000, "0.00", None), ("usage", 5_000, "0.00", facts["period"].label)], free
 
 
-def test_the_cash_reconciles_with_the_processors_rows_refunds_included(books, tmp_path: Path):
-    _, url, _ = books
-    payments = tmp_path / "payments.csv"
-    payments.write_text("reference,amount,currency\npay-acme-1,50.00,USD\npay-acme-2,10.00,USD\nre_1,-4.00,USD\n"
-                        "re_2,-6.00,USD\nwire-initech-1,1.00,USD\n")
-    done = cli(url, "reconcile", "--payments", str(payments))
+def test_the_cash_reconciles_with_the_processors_rows_refunds_included(exported):
+    done = exported[1]["reconcile"]
     assert done.returncode == 0 and "matched: 5" in done.stdout, done.stdout + done.stderr
-    payments.write_text("reference,amount,currency\npay-acme-1,50.00,USD\npay-acme-2,10.00,USD\nre_1,-4.00,USD\n"
-                        "wire-initech-1,1.00,USD\n")
-    done = cli(url, "reconcile", "--payments", str(payments))
-    assert done.returncode == 1 and "re_2" in done.stdout, done.stdout + done.stderr
-
 
 
 @pytest.mark.parametrize("customer", CUSTOMERS)
@@ -487,21 +526,13 @@ async def test_the_console_trace_shows_what_paid_each_charge_and_the_re_rates_th
     assert paid == funded, page.text
 
 
-def _csv(url: str, *window: str) -> list[tuple[str, str, str]]:
-    done = cli(url, "export", "--format", "csv", *window)
-    assert done.returncode == 0, done.stderr
-    return sorted((r["entry_id"], r["account"], r["amount"]) for r in csv.DictReader(done.stdout.splitlines()))
+def _csv(path: Path) -> list[tuple[str, str, str]]:
+    with path.open(newline="") as f:
+        return sorted((r["entry_id"], r["account"], r["amount"]) for r in csv.DictReader(f))
 
 
-def test_windows_split_at_the_first_close_neither_drop_nor_repeat_a_posting_and_verify_offline(books, tmp_path: Path):
-    """The closes post at their own clock (the hour after the period's end) while entries written
-    after them (a payment, a refund, a late settle) occur earlier: split there, the windows hold
-    every posting once, and the window from the cut verifies offline."""
-    _, url, facts = books
-    cut = (facts["period"].end + timedelta(hours=1, seconds=1)).isoformat()
-    before, after = _csv(url, "--to", cut), _csv(url, "--from", cut)
-    assert before and after and sorted(before + after) == _csv(url)
-    out = tmp_path / "after.jsonl"
-    assert cli(url, "export", "--format", "jsonl", "--from", cut, "--out", str(out)).returncode == 0
-    done = cli(url, "verify", "--file", str(out))
-    assert done.returncode == 0, done.stdout + done.stderr
+def test_windows_split_at_the_first_close_neither_drop_nor_repeat_a_posting_and_verify_offline(exported):
+    out, done = exported
+    before, after = _csv(out / "before.csv"), _csv(out / "after.csv")
+    assert before and after and sorted(before + after) == _csv(out / "books.csv")
+    assert done["verify window"].returncode == 0, done["verify window"].stdout + done["verify window"].stderr
