@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -137,3 +137,28 @@ async def test_a_call_charged_while_a_version_taking_effect_now_commits_is_rated
         trace = (await client.get("/v1/audit/charges/r1", params={"customer_id": cid})).json()
     rated_by = {line["price_version"] for charge in trace["charges"] for line in charge["lines"]}
     assert rated_by == {in_force(versions, reserved_at)}, (reserved_at, versions[-2:], rated_by)
+
+
+async def test_a_usage_event_timed_ahead_and_charged_before_a_version_taking_effect_now_keeps_its_version(
+        live: tuple[str, str], tag: str):
+    """Known gap, as the README says ("When a version takes effect"): an event may be timed up to
+    300 s ahead of the server's clock; charged before a version that takes effect "now", before
+    the event's time, it keeps the version that rated it (a re-rate over its time corrects it)."""
+    url, _ = live
+    cid = f"ahead-{tag}"
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=60) as client:
+        await _book_with_other_prices(client)
+        assert (await client.post("/v1/customers", json={"id": cid, "price_book": BOOK})).status_code == 201
+        assert (await client.post(f"/v1/customers/{cid}/topups", json={"amount": "100.00"})).status_code == 201
+        ahead = datetime.now(UTC) + timedelta(seconds=120)
+        sent = await client.post("/v1/usage-events", json=[{
+            "event_id": "e1", "customer_id": cid, "model": MODEL, "timestamp": ahead.isoformat(), "usage": USAGE}])
+        assert sent.status_code == 200 and sent.json()["accepted"] == 1, sent.text
+        imported = await client.post("/v1/price-books/import", json={
+            "source": "genai-prices", "provider": "mistral", "model": MODEL})
+        assert imported.status_code == 200 and imported.json()["books"][0]["created"], imported.text
+        versions = (await client.get(f"/v1/price-books/{BOOK}", params={"limit": 1000})).json()["versions"]
+        trace = (await client.get("/v1/audit/charges/e1", params={"customer_id": cid})).json()
+    rated_by = {line["price_version"] for charge in trace["charges"] for line in charge["lines"]}
+    assert in_force(versions, ahead) == versions[-1]["version"] != versions[-2]["version"]
+    assert rated_by == {versions[-2]["version"]}, (ahead, versions[-2:], rated_by)
