@@ -38,6 +38,7 @@ from ledger.errors import LedgerError
 from pricing.errors import PricingError
 from tests.integration.wallets.wallet_kit import Clock
 from wallets import chart, rerating
+from wallets.ageing import ageing
 from wallets.audit import full_verify
 from wallets.billing import close_due
 from wallets.expiry import expire_grants, expire_reservations
@@ -329,6 +330,17 @@ async def _example(url: str, ops: list[tuple], price: str) -> dict[str, list[dic
         for cid in customers:
             left = sum(units(i["amount_due"]) - units(i["amount_paid"]) for i in await bk.invoices(cid))
             assert left == (await bk.service.wallet(cid)).receivable, cid
+        # the receivables ageing then: every penny owed is on an open invoice, nothing unbilled and
+        # no correction unapplied, and its invoices are those the documents say are open
+        aged = {r.customer_id: r for r in await db.read(
+            lambda conn: ageing(conn, end + timedelta(days=401), customers=customers))}
+        for cid in customers:
+            owed = (await bk.service.wallet(cid)).receivable
+            row = aged.get(cid)
+            assert (row.receivable, row.unbilled, row.unapplied_credit) == (owed, 0, 0) if owed else row is None, cid
+            open_ = {i["id"]: units(i["amount_due"]) - units(i["amount_paid"]) for i in await bk.invoices(cid)
+                     if units(i["amount_due"]) != units(i["amount_paid"])}
+            assert {a.invoice.invoice_id: a.outstanding for a in (row.invoices if row else ())} == open_, cid
         return invoices
     finally:
         await db.dispose()
