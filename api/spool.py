@@ -60,11 +60,13 @@ if hasattr(os, "register_at_fork"):
 
 
 def spool_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """Where spool files live: `explicit`, else $TOKENTILL_SPOOL_DIR, else `<user data dir>/spool`."""
+    """Where spool files live: `explicit`, else $TOKENTILL_SPOOL_DIR, else `<user data dir>/spool`.
+    A leading `~` is the home directory, as in TOKENTILL_DATA_DIR (set where no shell expands it,
+    a systemd unit's Environment=, it was a directory named `~` under the working directory)."""
     if explicit is not None:
-        return Path(explicit)
+        return Path(explicit).expanduser()
     from_env = os.environ.get(ENV_DIR)
-    return Path(from_env) if from_env else Path(platformdirs.user_data_dir("tokentill")) / "spool"
+    return Path(from_env).expanduser() if from_env else Path(platformdirs.user_data_dir("tokentill")) / "spool"
 
 
 def spool_name(base_url: str, api_key: str, key_id: str | None = None) -> str:

@@ -352,3 +352,14 @@ def test_a_spool_flush_sends_its_key_only_to_the_server_it_was_given_for(tmp_pat
     sent.clear()  # the spool names one server now: the key is for it
     assert api.cli.main(["spool", "flush", "--dir", str(tmp_path), "--key", "key-for-b"]) == 0
     assert sent == [("https://other.example.com", "Bearer key-for-b", "res_b")] and not b.path.exists()
+
+
+def test_a_spool_directory_written_with_a_tilde_is_under_the_home_directory(monkeypatch, tmp_path):
+    """TOKENTILL_SPOOL_DIR=~/spool where no shell expands it (a systemd unit's Environment=, a
+    Kubernetes env entry): the gateway spooled into a directory named `~` under its working
+    directory, where `tokentill spool flush` run from a shell (which expands it) never looked.
+    TOKENTILL_DATA_DIR's `~` was always the home directory (ledger.embedded expands it)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("TOKENTILL_SPOOL_DIR", "~/spool")
+    assert spool_dir() == tmp_path / "spool"
+    assert spool_dir("~/other") == tmp_path / "other"
