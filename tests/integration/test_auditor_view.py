@@ -536,3 +536,36 @@ def test_windows_split_at_the_first_close_neither_drop_nor_repeat_a_posting_and_
     before, after = _csv(out / "before.csv"), _csv(out / "after.csv")
     assert before and after and sorted(before + after) == _csv(out / "books.csv")
     assert done["verify window"].returncode == 0, done["verify window"].stdout + done["verify window"].stderr
+
+
+@pytest.mark.parametrize("fmt", ["beancount", "csv", "jsonl"])
+async def test_the_console_download_is_the_command_line_export_byte_for_byte_but_its_time(books, exported, fmt):
+    tt, _, _ = books
+    await _console(tt)
+    page = await tt.client.get(f"/console/audit/export/download?format={fmt}")
+    assert page.status_code == 200, page.text
+    written = (exported[0] / f"books.{fmt}").read_bytes()
+    if fmt == "jsonl":  # the header says when each was written
+        stamp = re.compile(rb'"exported_at":"[^"]+"')
+        written, downloaded = stamp.sub(b"", written), stamp.sub(b"", page.content)
+    else:
+        downloaded = page.content
+    assert downloaded == written
+
+
+@pytest.mark.parametrize("customer", CUSTOMERS)
+async def test_the_console_wallet_and_usage_pages_show_the_apis_figures(books, customer):
+    tt, _, facts = books
+    wallet = await tt.get(f"/v1/customers/{customer}/wallet")
+    day = facts["now"].date()
+    month = (day.replace(day=1).isoformat(), (facts["period"].end.date()).isoformat())
+    report = await tt.get(f"/v1/customers/{customer}/usage?from={month[0]}T00:00:00Z&to={month[1]}T00:00:00Z"
+                          "&group_by=day,model,token_type")
+    await _console(tt)
+    page = (await tt.client.get(f"/console/customers/{customer}")).text
+    shown = dict(re.findall(r'data-figure="([a-z]+)"><div class="label">[^<]*</div><div class="value">([-0-9.,]+)<',
+                            page))
+    assert shown == {"available": wallet["available"], "held": wallet["reserved"], "owed": wallet["receivable"]}
+    usage = (await tt.client.get(f"/console/customers/{customer}/usage?from={month[0]}&to={month[1]}")).text
+    [total] = re.findall(r'data-figure="usage-total">([-0-9.,]+)<', usage)
+    assert Decimal(total.replace(",", "")) == sum((Decimal(r["amount"]) for r in report["rows"]), Decimal(0))
