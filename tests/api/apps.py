@@ -9,10 +9,13 @@ session) stay the caller's: the fixture that calls the factory decides, as it di
 from __future__ import annotations
 
 import re
+import subprocess
+import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
+import httpx
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
@@ -23,6 +26,7 @@ from api.settings import Settings
 
 ADMIN_KEY = "test-admin"
 CONSOLE_URL = "https://console.test"  # the console's cookies are Secure: it is served over https only
+START_CEILING_S = 300.0  # a server's start on a loaded machine, migrations and all
 
 
 def api_app(database_url: str, admin: str = ADMIN_KEY, **settings: Any) -> Litestar:
@@ -52,6 +56,20 @@ async def sign_in(client: AsyncTestClient, key: str) -> str:
                                follow_redirects=False)
     assert signed.status_code == 303, signed.text
     return token.group(1)
+
+
+def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = START_CEILING_S) -> None:
+    """Until the server at `url` answers /readyz with 200 (`proc`, where given, must not exit first)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc is None or proc.poll() is None, "the server exited"
+        try:
+            if httpx.get(f"{url}/readyz", timeout=10).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{url} never became ready")
 
 
 @asynccontextmanager
@@ -85,8 +103,6 @@ def live_server(database_url: str | None = None, *, admin: str = ADMIN_KEY, app:
                 **settings: Any) -> Iterator[str]:
     """A real server of `app` (or of `api_app(database_url, admin, **settings)`) on a free port,
     ready; its base URL. It stops afterwards."""
-    from tests.api.test_sdk_durability import wait_ready  # a test module: imported when a server starts
-
     if app is None:
         assert database_url is not None, "live_server wants a database_url or an app"
         app = api_app(database_url, admin, **settings)

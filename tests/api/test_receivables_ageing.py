@@ -10,10 +10,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from litestar.testing import AsyncTestClient
 
-from api.app import create_app
-from api.settings import Settings
+from tests.api.apps import api_client
 from tests.api.closing import close_early
 from wallets.periods import Cycle, following, period_of
 
@@ -27,8 +25,7 @@ def utc(at: datetime) -> str:
 
 @pytest.fixture
 async def client(scratch_url):
-    app = create_app(Settings(admin_key="ar-admin", scheduler=False), scratch_url)
-    async with AsyncTestClient(app=app) as c:
+    async with api_client(scratch_url, admin="ar-admin") as c:
         yield c
 
 

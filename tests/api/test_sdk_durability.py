@@ -25,6 +25,7 @@ from api.client_errors import ReservationClosed, SettlementSpooled, TokentillErr
 from api.demo import PRICE_BOOK
 from api.spool import Spool
 from ledger.db import connect
+from tests.api.apps import wait_ready
 from wallets.expiry import expire_reservations
 
 ADMIN = "durability-admin"
@@ -32,22 +33,8 @@ ADMIN = "durability-admin"
 CHARGED = Decimal("0.028")
 # Ceilings, not expectations: on a loaded machine (CI shares its cores) a start-up or an answer
 # takes many times its usual time; each wait ends at its event, and the ceiling only bounds a hang.
-START_CEILING_S = 300.0
 ANSWER_CEILING_S = 60.0
 RELEASE_CEILING_S = 300.0
-
-
-def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = START_CEILING_S) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc is None or proc.poll() is None, "the server exited"
-        try:
-            if httpx.get(f"{url}/readyz", timeout=10).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"{url} never became ready")
 
 
 def new_customer(url: str, book: str) -> str:
