@@ -569,3 +569,15 @@ async def test_the_console_wallet_and_usage_pages_show_the_apis_figures(books, c
     usage = (await tt.client.get(f"/console/customers/{customer}/usage?from={month[0]}&to={month[1]}")).text
     [total] = re.findall(r'data-figure="usage-total">([-0-9.,]+)<', usage)
     assert Decimal(total.replace(",", "")) == sum((Decimal(r["amount"]) for r in report["rows"]), Decimal(0))
+
+
+async def test_the_console_trial_balance_is_the_apis(books):
+    tt, _, _ = books
+    trial = await tt.get("/v1/audit/trial-balance?currency=USD")
+    await _console(tt)
+    page = (await tt.client.get("/console/audit?currency=USD")).text
+    rows = re.findall(r'<tr data-account="([^"]+)"><td><code>[^<]*</code></td><td class="num">([^<]*)</td>'
+                      r'<td class="num">([^<]*)</td><td class="num">([^<]*)</td></tr>', page)
+    assert rows == [(a["account"], a["debits"], a["credits"], a["balance"]) for a in trial["accounts"]]
+    assert re.findall(r'data-figure="total-(?:debits|credits)">([^<]*)<', page) == \
+        [trial["total_debits"], trial["total_credits"]]
