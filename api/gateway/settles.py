@@ -3,8 +3,9 @@
 (api.background.BackgroundSettler, as the SDK's background settles are sent over HTTP).
 
 A settle the ledger cannot take now (the database down) stays queued and is sent again after a
-backoff; one it refuses for good (the reservation closed, the usage implausible) goes to the
-spool's `.rejected` file. What is left in the spool when the gateway stops, or dies, is sent when
+backoff; one it refuses for good (the reservation closed) goes to the spool's `.rejected` file.
+Usage past the plausibility bounds is the provider's for a call answered already: charged, marked
+forced by the gateway (FORCED_BY). What is left in the spool when the gateway stops, or dies, is sent when
 it next starts on the same database. Each settle carries an idempotency key derived from its
 customer and request id, so a settle sent twice (again after a crash, or by two workers sharing
 the spool) is charged once.
@@ -39,6 +40,11 @@ SCOPE = "gateway"  # the idempotency scope of the gateway's settles
 RETRY = RetryPolicy(backoff_s=0.2, max_backoff_s=10.0)
 DRAIN_S = 5.0  # how long a stopping gateway waits for its queued settles
 SETTLE_WAIT_S = 10.0  # the longest an answer waits for its settle's charge (settle mode "wait")
+# A gateway settle is the provider's usage of a call answered already: one past the plausibility
+# bounds (the book's context window, the maximum charge: a compaction's sampling added to the call's,
+# a prompt the hold counted short) is charged, marked forced by the gateway with the bound it passed,
+# never refused and set aside (the answered call would be charged nothing).
+FORCED_BY = "gateway"
 
 
 class RoundsSpool(Spool):
@@ -167,7 +173,8 @@ class GatewaySettles:
                                              form: item[form]})
             result = await self.wallets.submit(Settle(
                 customer_id=item["customer_id"], reservation_id=item["reservation_id"], request_hash=digest,
-                tokens=tokens, usage=stored, final=True, idem=IdemKey(SCOPE, key, digest)))
+                tokens=tokens, usage=stored, final=True, idem=IdemKey(SCOPE, key, digest),
+                forced_by=FORCED_BY))
         except (LedgerError, PricingError) as exc:
             log.error("gateway settle %s (request %s) refused: %s", key, item.get("request_id"), exc)
             return {"status": STATUS_BY_CODE.get(exc.code, 422), "body": {"code": exc.code, "detail": str(exc)}}

@@ -236,3 +236,24 @@ def test_an_openai_preview_web_search_the_book_does_not_price_apart_is_refused(l
     assert wallet(url, cid) == (Decimal("10") - responses - 2 * preview, 0)
     standard = oai(url, key).responses.with_raw_response.create(**{**args, "tools": [{"type": "web_search"}]})
     assert charged(url, standard.headers["x-tokentill-request-id"]) == responses + 2 * search
+
+
+def test_usage_past_the_books_context_window_is_charged_not_given_away(live, fake):  # noqa: F811
+    """A compaction is a sampling of its own, its tokens added to the call's (Anthropic reports them
+    in usage.iterations): together past the book's context window, though each sampling fits. The
+    settle was refused as implausible and set aside, the hold released at its expiry: the answered
+    call charged nothing. The provider's usage of an answered call is charged, marked forced by the
+    gateway with the bound it passed (the audit trace shows it)."""
+    url, _ = live
+    cid, key = customer((url, tool_book(url, context_window=4000)))
+    raw = claude(url, key).messages.with_raw_response.create(
+        model="claude-test", max_tokens=1000, messages=HI,
+        extra_body={"context_management": {"edits": [{"type": "compact_20260112"}]}})
+    compaction = (fk.COMPACTION["input_tokens"] * IN + fk.COMPACTION["output_tokens"] * OUT) / M
+    expected = MESSAGES_CHARGE + compaction  # 900 + 100 + 50 + 40 + 3,000 + 200 = 4,290 tokens
+    assert Decimal(raw.headers["x-tokentill-charged"]) == expected
+    assert charged(url, raw.headers["x-tokentill-request-id"]) == expected
+    assert wallet(url, cid) == (Decimal("10") - expected, 0)
+    with admin(url) as http:
+        trace = http.get(f"/v1/audit/charges/{raw.headers['x-tokentill-request-id']}").json()
+    assert "forced" in str(trace) and "context_window" in str(trace)
