@@ -233,11 +233,13 @@ class Forwarding:
             try:
                 if not wait:
                     await asyncio.shield(settles.put(record))
+                    settles.spool_written()
                     return None
-                return await asyncio.shield(settles.settle_waiting(record))
-            except OSError:  # the spool cannot be written: settle on the response path, as without one
-                log.exception("gateway spool %s not writable; settling call %s at once", settles.spool.path,
-                              self.x.request_id)
+                charge = await asyncio.shield(settles.settle_waiting(record))
+                settles.spool_written()
+                return charge
+            except OSError as exc:  # the spool cannot be written: settle on the response path, as without one
+                settles.spool_refused(exc)
                 return await asyncio.shield(settles.settle_now(record))
         except Exception:
             self.outcome = "unsettled"

@@ -101,6 +101,20 @@ class GatewaySettles:
         self.spool, self.wallets = spool, wallets
         self.settler: BackgroundSettler | None = None
         self._late: set[asyncio.Future[int | None]] = set()  # posts an answer stopped waiting for
+        self.spool_down = False  # its last write failed: calls settle at once, without it
+
+    def spool_refused(self, exc: OSError) -> None:
+        """A write failed (a full disk, a file system gone read-only): said once, in one line, until
+        it is written again; it was a traceback per call, by the thousand onto the full disk."""
+        if not self.spool_down:
+            self.spool_down = True
+            log.error("gateway spool %s cannot be written (%s); each call is settled at once, without it, "
+                      "until it can", self.spool.path, exc)
+
+    def spool_written(self) -> None:
+        if self.spool_down:
+            self.spool_down = False
+            log.warning("gateway spool %s is written again", self.spool.path)
 
     async def start(self) -> None:
         self.settler = BackgroundSettler(self.spool, self._send, RETRY)

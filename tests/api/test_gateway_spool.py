@@ -176,3 +176,42 @@ def test_an_answer_waits_for_its_charge_at_most_settle_wait_s_and_the_settle_sti
         assert "x-tokentill-charged" not in raw.headers and Decimal(raw.headers["x-tokentill-reserved"]) == HOLD
         assert charged(gw.url, raw.headers["x-tokentill-request-id"]) == CHAT_CHARGE  # posted all the same, once
         assert wallet(gw.url, cid) == (Decimal("10") - CHAT_CHARGE, 0)
+
+
+def test_a_spool_the_disk_refuses_is_logged_once_and_every_call_is_still_charged(
+        database_url, fake, spool_dir, book, caplog):
+    """A full disk (ENOSPC on every spool write): each call is settled at once, without the spool,
+    as before, but each also logged the OSError's whole traceback, so a busy gateway wrote tracebacks
+    by the thousand onto the disk that was full. One line when the spool fails, one when it is
+    written again."""
+    import errno
+    import logging
+
+    full = {"on": True}
+
+    def disk_full(services: Any) -> None:
+        spool = services.gateway.settles.spool
+        append_many = spool.append_many
+
+        def refused(records: Any) -> None:
+            if full["on"]:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            append_many(records)
+
+        spool.append_many = refused
+
+    caplog.set_level(logging.INFO, logger="tokentill.gateway")
+    with Gateway(database_url, fake, spool_dir, disk_full, settle="wait") as gw:
+        cid, key = customer(gw.url, book)
+        for _ in range(3):
+            raw = oai(gw.url, key).chat.completions.with_raw_response.create(model="gpt-test", messages=HI)
+            assert Decimal(raw.headers["x-tokentill-charged"]) == CHAT_CHARGE  # settled at once, as before
+        full["on"] = False
+        raw = oai(gw.url, key).chat.completions.with_raw_response.create(model="gpt-test", messages=HI)
+        assert Decimal(raw.headers["x-tokentill-charged"]) == CHAT_CHARGE
+        assert wallet(gw.url, cid) == (Decimal("10") - 4 * CHAT_CHARGE, 0)
+    said = [r for r in caplog.records if r.name == "tokentill.gateway" and "spool" in r.getMessage()
+            and "left by an earlier run" not in r.getMessage()]
+    assert [(r.levelname, r.exc_info is None) for r in said] == [("ERROR", True), ("WARNING", True)], \
+        [(r.levelname, r.getMessage()) for r in said]
+    assert "No space left on device" in said[0].getMessage()
