@@ -77,9 +77,10 @@ def invoice_number(issuer: str, year: int, seq: int) -> str:
 def volume_rules(book: PriceBook | None, rollup: Rollup, period: str) -> list[tuple[Rule, str, int, int]]:
     """(rule, price version, quantity, amount charged) of each volume-tiered rule the period's own
     usage was rated with at the book's price (not a contract price), in the latest version that
-    rated it."""
+    rated it (by its time: labels are the caller's, and "v9" sorts after "v10")."""
     if book is None:
         return []
+    order = {v.version: i for i, v in enumerate(book.versions)}  # the book's versions, by effective_from
     used: dict[str, tuple[str, int, int]] = {}
     for item, (quantity, amount) in rollup.items():
         if not item.startswith(LINE):
@@ -88,7 +89,8 @@ def volume_rules(book: PriceBook | None, rollup: Rollup, period: str) -> list[tu
         if origin != period or kind != "usage" or rule_id is None or override_id is not None:
             continue  # a contract price is the customer's own: the book's volume tiers do not true it up
         v, q, a = used.get(rule_id, ("", 0, 0))
-        used[rule_id] = (max(v, version), q + quantity, a + amount)
+        latest = version if order.get(version, -1) >= order.get(v, -1) else v
+        used[rule_id] = (latest, q + quantity, a + amount)
     versions = {v.version: v for v in book.versions}
     found = []
     for rule_id, (version, quantity, amount) in sorted(used.items()):

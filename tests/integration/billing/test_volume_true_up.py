@@ -3,6 +3,7 @@ against sums written by hand."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
 from billing_kit import BillingKit
@@ -177,3 +178,29 @@ async def test_the_upcoming_invoice_counts_the_true_up_an_earlier_period_gets_at
     assert _as_closed(closed) == _as_closed(december)
     report = await bk.db.read(lambda conn: verify(conn, WALLET_CHECKS))
     assert report.ok, [c for c in report.checks if not c.ok]
+
+
+async def test_the_true_up_takes_the_tiers_of_the_latest_version_that_rated_the_rule_by_time_not_label(
+        bk: BillingKit) -> None:
+    """A price change mid-period: version "v9" (from January) rated the 5th, "v10" (from the
+    15th) the 20th. The close trues up at the tiers of the latest version that rated the rule,
+    v10: all 1,300,000 at its $6/M. It took the version whose label sorts last, "v9" ("v9" >
+    "v10" as text), and trued up at v9's $10/M: $5.20 too much."""
+    v9 = {"id": "relabelled", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "version": "v9",
+          "rules": [{"id": "v-out", "model": "model-v", "token_type": "output", "tier_mode": "volume",
+                     "tiers": [{"up_to": 1_000_000, "price": "20"}, {"up_to": None, "price": "10"}]}]}
+    v10 = {**v9, "effective_from": "2026-11-15T00:00:00Z", "version": "v10",
+           "rules": [{**v9["rules"][0], "tiers": [{"up_to": 1_000_000, "price": "30"}, {"up_to": None, "price": "6"}]}]}
+    await bk.add_book(v9)
+    await bk.add_book(v10)
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("relabelled", billing_mode="postpaid", book="relabelled")
+    for day, tokens in [(5, 600_000), (20, 700_000)]:
+        bk.clock.now = at(day)
+        await bk.event(cid, "model-v", 0, tokens)
+    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    [invoice] = await bk.invoices(cid)
+    usage = sum(Decimal(ln["amount"]) for ln in invoice["lines"] if ln["kind"] == "usage")
+    [true_up] = [ln for ln in invoice["lines"] if ln["kind"] == "volume_true_up"]
+    assert (true_up["quantity"], true_up["unit_price"], true_up["tier"]) == (1_300_000, "6", 1), true_up
+    assert Decimal(true_up["amount"]) == Decimal("7.80") - usage  # all 1,300,000 at v10's $6/M
