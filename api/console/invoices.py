@@ -4,16 +4,17 @@ from the invoice routes' own `invoice_document`, `upcoming_document` and `render
 figure is the API's (another customer's invoice is 403, as the API answers it)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from litestar import Request, Response, get
 from litestar.datastructures import State
-from litestar.params import FromPath
+from litestar.params import FromPath, QueryParameter
 from litestar.response import Template
 
 from api import renderings
 from api.console.web import PREFIX, allow, render
-from api.routes import invoices
+from api.routes import invoices, receivables
 from api.routes.customers import customer_response
 from wallets.errors import NotFoundError
 
@@ -63,3 +64,19 @@ async def invoice_download(state: State, request: Request, invoice_id: FromPath[
                            ) -> Response[Any]:
     """The invoice as a PDF, a printable page or its lines as CSV: the API's renderings."""
     return await _download(await invoices.invoice_document(state, request, invoice_id), fmt)
+
+
+@get(f"{PREFIX}/receivables", guards=[allow()], name="console-receivables")
+async def receivables_page(
+    state: State, request: Request,
+    at: Annotated[str | None, QueryParameter(name="at", max_length=64)] = None,
+    currency: Annotated[str | None, QueryParameter(name="currency", max_length=16)] = None,
+    cursor: Annotated[str | None, QueryParameter(name="cursor", max_length=4096)] = None,
+) -> Template:
+    """The receivables ageing, a page of customers at a time: the API's own report."""
+    at, currency = at or None, currency or None  # the form's empty fields
+    report = await receivables.get_ageing.fn(state=state, request=request, at=at, currency=currency, customer=None,
+                                             cursor=cursor, limit=receivables.PAGE)
+    more = report.next_cursor and urlencode(
+        {k: v for k, v in (("at", at), ("currency", currency), ("cursor", report.next_cursor)) if v})
+    return render(request, "receivables.html", report=report, at=at, next_query=more, section="receivables")

@@ -39,6 +39,7 @@ PAGES = [
     ("GET", "/console/audit/verify", AUDITORS),
     ("POST", "/console/audit/verify", {"admin", "auditor"}),  # verify spans every customer
     ("GET", "/console/operator", {"admin"}),
+    ("GET", "/console/receivables", {"admin"}),  # every customer's receivable
 ]
 OPEN = {("GET", "/console/sign-in"), ("POST", "/console/sign-in"), ("POST", "/console/sign-out"),
         ("POST", "/console/customers/{own}/top-up"),  # the top-up post: tests/e2e (a browser's form)

@@ -6,12 +6,13 @@ early (the close's clock is the period's end + 1 h 1 s); an invoice is due 30 da
 period's end."""
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 
-from tests.api.apps import api_client
+from tests.api.apps import api_client, sign_in
 from tests.api.closing import close_early
 from wallets.periods import Cycle, following, period_of
 
@@ -221,3 +222,34 @@ async def test_only_an_admin_reads_the_ageing(client) -> None:
         assert made.status_code == 201, made.text
         got = await client.get("/v1/receivables/ageing", headers={"Authorization": f"Bearer {made.json()['key']}"})
         assert got.status_code == 403 and got.json()["code"] == "forbidden", (scope, got.text)
+
+
+async def test_the_console_shows_the_ageing_as_the_api_answers_it(scratch_url) -> None:
+    """`/console/receivables` (admin): each currency's figures and each customer's row."""
+    async with api_client(scratch_url, admin="ar-console", console=True) as c:
+        admin = {"Authorization": "Bearer ar-console"}
+        made = await c.post("/v1/price-books", headers=admin, json={
+            "id": "ar-USD", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
+            "rules": [{"id": "in", "model": "model-a", "token_type": "input", "price": "10"}]})
+        assert made.status_code == 201, made.text
+        created = await c.post("/v1/customers", headers=admin, json={
+            "id": "late", "name": "Late & Co", "currency": "USD", "price_book": "ar-USD", "billing": "postpaid"})
+        assert created.status_code == 201, created.text
+        sent = await c.post("/v1/usage-events", headers=admin, json=[{
+            "event_id": "e1", "customer_id": "late", "model": "model-a", "timestamp": utc(datetime.now(UTC)),
+            "usage": {"input_tokens": 1_000_000, "output_tokens": 0}}])
+        assert sent.json()["accepted"] == 1, sent.text
+        period = period_of(datetime.now(UTC), CYCLE)
+        await close_early(c, admin, "late", period)
+        await sign_in(c, "ar-console")
+        at = utc(period.end + timedelta(days=30 + 95))  # 95 days past due
+        page = await c.get("/console/receivables", params={"at": at, "currency": ""})
+        assert page.status_code == 200, page.text
+        row = re.search(r'<tr data-customer="late">(.*?)</tr>', page.text, re.S).group(1)
+        assert "Late &amp; Co" in row
+        cells = re.findall(r'<td class="num">([^<]*)</td>', row)
+        assert cells == ["0.00", "0.00", "0.00", "0.00", "0.00", "10.00", "10.00"], cells
+        figures = re.search(r'<div class="figures" data-currency="USD">(.*?)</div>\n</div>', page.text, re.S).group(1)
+        assert re.search(r'data-figure="total">10\.00<', figures)
+        assert re.search(r'data-figure="over-90">10\.00<', figures)
+        assert (await c.get("/console/receivables", params={"at": "soon"})).status_code == 422
