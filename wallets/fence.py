@@ -10,9 +10,14 @@ its time before (they committed, and did not see the change) and before every ba
 its time after (they wait for the commit, and see it). The fence is held for milliseconds: what
 is slow (parsing, encoding the rules) happens before it.
 
-The locks are taken in lane order, one statement, as transaction locks (released by the commit
-or rollback). A wallet batch takes one lane's lock and no other lane's, so it never waits for
-the fence while holding a lane the fence waits for; two fences take the lanes in the same order.
+The locks are taken in one statement, as transaction locks (released by the commit or
+rollback), in the order every writer takes its locks: by key (ledger.db.Database.run sorts
+them). Not by lane number: a batch holds its lane's lock and may wait for another of its locks
+(a customer's, the accounts lock) that a batch of another lane holds while it waits for its
+own lane, and with the fence holding that lane and waiting for the first, the three waited for
+each other (PostgreSQL failed one of them after a second: tests/integration/wallets/test_lane_fence.py).
+By key, every wait is for a greater key than any held, so no cycle closes; two fences take the
+lanes in the same order.
 """
 from __future__ import annotations
 
@@ -33,9 +38,9 @@ _FENCE = "SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(%s AS bigint[])) WITH
 
 
 async def lanes_fenced(conn: AsyncConnection, clock: Callable[[], datetime]) -> datetime:
-    """Take every lane's writer lock until the transaction ends, in lane order; then the time
-    by `clock` (the wallet engine's: the one batches take their time by)."""
-    keys = [lane_lock(lane) for lane in range(await lane_count(conn))]
+    """Take every lane's writer lock until the transaction ends, by key as the writers do; then
+    the time by `clock` (the wallet engine's: the one batches take their time by)."""
+    keys = sorted(lane_lock(lane) for lane in range(await lane_count(conn)))
     started = time.perf_counter()
     await conn.exec_driver_sql(_FENCE, (keys,))
     FENCE_WAITED.observe(time.perf_counter() - started)
