@@ -13,22 +13,25 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, tzinfo
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from wallets import chart
+from wallets.periods import zone
 
 BUCKETS = ("current", "days_1_30", "days_31_60", "days_61_90", "days_over_90")
-DAY, MICROSECOND = timedelta(days=1), timedelta(microseconds=1)
 
 
-def days_past_due(due_at: datetime, at: datetime) -> int:
-    """Whole days, rounded up, from `due_at` to `at`: 0 until the due instant (not yet due), 1 for
-    any part of the first day after it, 30 up to exactly 30 days after it."""
-    late = (at - due_at) // MICROSECOND
-    return max(0, -(-late // (DAY // MICROSECOND)))
+def days_past_due(due_at: datetime, at: datetime, tz: tzinfo) -> int:
+    """Calendar days of the customer's time zone `tz` from `due_at` to `at`, rounded up: 0 until
+    the due instant (not yet due), 1 for any part of the first day after it, 30 up to the same
+    local time 30 days on, however long daylight saving makes those days."""
+    if at <= due_at:
+        return 0
+    due, now = due_at.astimezone(tz), at.astimezone(tz)
+    return (now.date() - due.date()).days + (now.time() > due.time())
 
 
 def bucket_of(days: int) -> str:
@@ -82,9 +85,11 @@ class CustomerAgeing:
         return sums
 
 
-def age(at: datetime, receivable: int, invoices: Iterable[OpenInvoice]) -> tuple[int, int, tuple[AgedInvoice, ...]]:
+def age(at: datetime, receivable: int, invoices: Iterable[OpenInvoice],
+        tz: tzinfo) -> tuple[int, int, tuple[AgedInvoice, ...]]:
     """(unbilled, unapplied credit, the open invoices aged) of a receivable of `receivable` at
-    `at`: the invoices' outstanding amounts and `unbilled` sum to `receivable` exactly."""
+    `at`, days past due in the customer's time zone `tz`: the invoices' outstanding amounts and
+    `unbilled` sum to `receivable` exactly."""
     ordered = sorted((i for i in invoices if i.amount_due > i.paid), key=lambda i: (i.due_at, i.number))
     open_total = sum(i.amount_due - i.paid for i in ordered)
     unapplied = max(0, open_total - max(0, receivable))
@@ -95,7 +100,7 @@ def age(at: datetime, receivable: int, invoices: Iterable[OpenInvoice]) -> tuple
         taken = min(left, outstanding)
         left -= taken
         if outstanding > taken:
-            days = days_past_due(invoice.due_at, at)
+            days = days_past_due(invoice.due_at, at, tz)
             aged.append(AgedInvoice(invoice, outstanding - taken, days, bucket_of(days)))
     return receivable - (open_total - unapplied), unapplied, tuple(aged)
 
@@ -127,14 +132,14 @@ def totals(rows: Iterable[CustomerAgeing]) -> list[CurrencyTotals]:
 # The receivable of each customer in scope at :at, from postings (as trial_balance_at sums them),
 # and its invoices finalized before :at with what their payments' entries before :at paid.
 _RECEIVABLES = """
-SELECT c.id, c.name, c.currency, c.billing, coalesce(sum(p.amount), 0)::numeric AS owed
+SELECT c.id, c.name, c.currency, c.billing, c.time_zone, coalesce(sum(p.amount), 0)::numeric AS owed
   FROM customers c
   JOIN accounts a ON a.code = %(before)s || c.id || %(after)s
   LEFT JOIN (postings p JOIN journal_entries j ON j.lane = p.lane AND j.id = p.entry_id
                                              AND j.occurred_at < %(at)s AND {visible})
          ON p.account_id = a.id
  WHERE {scope}
- GROUP BY c.id, c.name, c.currency, c.billing
+ GROUP BY c.id, c.name, c.currency, c.billing, c.time_zone
 """
 _INVOICES = """
 SELECT i.customer_id, i.id, i.number, i.period, i.finalized_at, i.due_at, i.amount_due,
@@ -163,7 +168,7 @@ async def ageing(conn: AsyncConnection, at: datetime, *, currency: str | None = 
             OpenInvoice(r.id, r.number, r.period, r.finalized_at, r.due_at, int(r.amount_due), int(r.paid)))
     rows = []
     for r in sorted(owed, key=lambda r: r.id):
-        unbilled, unapplied, aged = age(at, int(r.owed), invoices.get(r.id, ()))
+        unbilled, unapplied, aged = age(at, int(r.owed), invoices.get(r.id, ()), zone(r.time_zone))
         if int(r.owed) or aged:
             rows.append(CustomerAgeing(r.id, r.name or None, r.currency, r.billing, int(r.owed), unbilled,
                                        unapplied, aged))

@@ -37,7 +37,8 @@ class AgedInvoiceView(msgspec.Struct):
     amount_paid: Annotated[str, msgspec.Meta(description="Paid by entries that occurred before `at`")]
     amount_outstanding: Annotated[str, msgspec.Meta(description=(
         "What it counts in its bucket: amount_due - amount_paid, less any unapplied credit taken off it"))]
-    days_past_due: Annotated[int, msgspec.Meta(description="Whole days after due_at, rounded up; 0: not yet due")]
+    days_past_due: Annotated[int, msgspec.Meta(description=(
+        "Calendar days of the customer's time zone after due_at, rounded up; 0: not yet due"))]
     bucket: str
 
 
