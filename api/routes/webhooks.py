@@ -231,7 +231,9 @@ async def redrive_webhooks(
     """Send again one event of the endpoint's topics (`event_id`; another topic's is 422 naming
     it), or every event of its topics written since `since` (and before `until`); `failed_only`
     skips those already delivered. A disabled endpoint is refused (409 `endpoint_disabled`):
-    enable it first, as nothing is queued for it."""
+    enable it first, as nothing is queued for it. A window holding more to queue than
+    TOKENTILL_WEBHOOK_REDRIVE_LIMIT (10,000) queues nothing: 422 `too_many_events` with `count`,
+    `limit` and the `until` that keeps the call within the limit."""
     body = shaped(data, RedriveRequest)
     since, until = time_in(body.since, "since"), time_in(body.until, "until")
     if (body.event_id is None) == (since is None):
