@@ -19,9 +19,14 @@ from migrations import runner
 log = logging.getLogger("tokentill.supervisor")
 
 
+# Every line a server writes, uvicorn's too (api/server.py leaves it no format of its own): its
+# time, level, logger and process (which worker, under --workers).
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
+
+
 def log_to_stderr(settings: Settings) -> None:
     """Our loggers at the configured level; libraries (httpx, the embedded server) at WARNING."""
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
     logging.getLogger("tokentill").setLevel(settings.log_level)
 
 

@@ -403,8 +403,10 @@ def server(app: Any, settings: Settings, **config: Any) -> GuardedServer:
         log.warning("at most %d connections (TOKENTILL_MAX_CONNECTIONS is %d, but the open-file limit is %s)",
                     limits.max_connections, settings.max_connections, open_file_limit())
     guard = Guard(limits)
+    # log_config=None: uvicorn's loggers (its start and stop, the access log) write through the root
+    # handler, in the format of every other line (api.runtime.LOG_FORMAT), not `INFO:     ` alone.
     uvicorn_config = uvicorn.Config(app, http=protocol_for(guard), ws="none", backlog=ACCEPT_BURST,
-                                    timeout_keep_alive=limits.keepalive_s, **config)
+                                    timeout_keep_alive=limits.keepalive_s, log_config=None, **config)
     return GuardedServer(uvicorn_config, guard, settings.shutdown_grace_s)
 
 

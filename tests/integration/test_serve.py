@@ -261,3 +261,31 @@ def test_an_embedded_cluster_initdb_cannot_make_stops_the_start_with_initdbs_rea
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"TOKENTILL_DATA_DIR: {tmp_path.resolve() / 'pg'}: PostgreSQL did not start: initdb: "), last
     assert "locale" in last, last
+
+
+LOG_LINE = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (CRITICAL|ERROR|WARNING|INFO|DEBUG) [\w.]+ \[(\d+)\] \S.*"
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_every_line_a_server_logs_has_its_time_level_logger_and_process(database_url, workers):
+    """tokentill's own lines had a time, a level and a logger; uvicorn's (its start, its stop, the
+    access log, a request's error) had `INFO:     ` and nothing else, so a night's log could not be
+    put in order or filtered by logger, and under --workers no line said which process wrote it."""
+    import re
+
+    env = {**os.environ, "TOKENTILL_DATABASE_URL": database_url, "TOKENTILL_SCHEDULER": "off"}
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--workers", workers,
+                             "--access-log"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_ready(port, proc)
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+    finally:
+        code = _stop(proc)
+    lines = [line for line in proc.stdout.read().splitlines() if line.strip()]
+    assert code == 0 and lines
+    odd = [line for line in lines if not re.fullmatch(LOG_LINE, line)]
+    assert not odd, "\n".join(lines)
+    assert any("GET /healthz" in line and "uvicorn.access" in line for line in lines), "\n".join(lines)
+    if workers == "2":  # a worker's lines say which process wrote them, not the parent's
+        assert len({re.fullmatch(LOG_LINE, line).group(2) for line in lines}) >= 2, "\n".join(lines)
