@@ -22,13 +22,10 @@ import pytest
 from fpdf import FPDF
 from PIL import Image
 
-from api.app import create_app
 from api.bench import fake_upstream as fk
 from api.bench.common import free_port
-from api.demo import _Server
 from api.gateway.config import GatewaySettings
-from api.settings import Settings
-from tests.api.test_sdk_durability import wait_ready
+from tests.api.apps import live_server
 
 ADMIN = "gateway-admin"
 M = Decimal(1_000_000)
@@ -67,19 +64,13 @@ def live(database_url, fake) -> Iterator[tuple[str, str]]:
 
 def serving(database_url: str, fake: fk.FakeServer, **gateway: Any) -> Iterator[tuple[str, str]]:
     """The server with its gateway pointed at the fake (and `gateway` settings), and a price book."""
-    port = free_port()
-    settings = Settings(admin_key=ADMIN, scheduler=False, gateway=GatewaySettings(**{
-        "openai_url": f"{fake.url}/v1", "openai_key": "sk-upstream-openai", "anthropic_url": fake.url,
-        "anthropic_key": "sk-upstream-anthropic", "default_max_output_tokens": 1000, **gateway}))
-    server = _Server(create_app(settings, database_url), port)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(url)
-    book = f"gw-{uuid.uuid4().hex[:8]}"
-    with admin(url) as http:
-        assert http.post("/v1/price-books", json={**BOOK, "id": book}).status_code == 201
-    yield url, book
-    server.stop()
+    with live_server(database_url, admin=ADMIN, gateway=GatewaySettings(**{
+            "openai_url": f"{fake.url}/v1", "openai_key": "sk-upstream-openai", "anthropic_url": fake.url,
+            "anthropic_key": "sk-upstream-anthropic", "default_max_output_tokens": 1000, **gateway})) as url:
+        book = f"gw-{uuid.uuid4().hex[:8]}"
+        with admin(url) as http:
+            assert http.post("/v1/price-books", json={**BOOK, "id": book}).status_code == 201
+        yield url, book
 
 
 def admin(url: str) -> httpx.Client:

@@ -15,17 +15,14 @@ from typing import Any
 
 import httpx
 import pytest
+from litestar import Litestar
 
-from api.app import create_app
 from api.bench import fake_upstream as fk
-from api.bench.common import free_port
-from api.demo import _Server
 from api.gateway.config import GatewaySettings
-from api.settings import Settings
 from ledger.db import connect
+from tests.api.apps import api_app, live_server
 from tests.api.test_gateway import ADMIN, BOOK, CHAT_CHARGE, HI, admin, charged, customer, wallet
 from tests.api.test_gateway import fake as fake  # the fake upstream fixture
-from tests.api.test_sdk_durability import wait_ready
 from wallets.commands import Extend
 from wallets.expiry import expire_reservations
 
@@ -36,17 +33,8 @@ TRICKLE_SECONDS = 0.15  # 40 tokens: a stream of ~6 s, three holds long
 class Served:
     """A server whose gateway holds each call for HOLD_SECONDS; `services` may be patched."""
 
-    def __init__(self, database_url: str, fake: fk.FakeServer) -> None:
-        settings = Settings(admin_key=ADMIN, scheduler=False, gateway=GatewaySettings(
-            openai_url=f"{fake.url}/v1", openai_key="sk-up", default_max_output_tokens=1000,
-            hold_seconds=HOLD_SECONDS))
-        app = create_app(settings, database_url)
-        self.services = app.state["services"]
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.server = _Server(app, port)
-        self.server.start()
-        wait_ready(self.url)
+    def __init__(self, url: str, app: Litestar) -> None:
+        self.url, self.services = url, app.state["services"]
         self.book = f"gwh-{uuid.uuid4().hex[:8]}"
         with admin(self.url) as http:
             assert http.post("/v1/price-books", json={**BOOK, "id": self.book}).status_code == 201
@@ -54,9 +42,10 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(database_url, fake) -> Iterator[Served]:
-    s = Served(database_url, fake)
-    yield s
-    s.server.stop()
+    app = api_app(database_url, admin=ADMIN, gateway=GatewaySettings(
+        openai_url=f"{fake.url}/v1", openai_key="sk-up", default_max_output_tokens=1000, hold_seconds=HOLD_SECONDS))
+    with live_server(app=app) as url:
+        yield Served(url, app)
 
 
 @pytest.fixture

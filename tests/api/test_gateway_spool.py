@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -15,18 +16,14 @@ from typing import Any
 import httpx
 import pytest
 
-from api.app import create_app
 from api.bench import fake_upstream as fk
-from api.bench.common import free_port
-from api.demo import _Server
 from api.gateway import settles
 from api.gateway.config import GatewaySettings
 from api.gateway.settles import settle_key, spool_for
-from api.settings import Settings
 from ledger.db import RetriesExhaustedError
+from tests.api.apps import api_app, live_server
 from tests.api.test_gateway import ADMIN, BOOK, CALL, CHAT_CHARGE, HI, OUT, WRITE, M, admin, charged, oai, wallet
 from tests.api.test_gateway import fake as fake  # the fake upstream fixture
-from tests.api.test_sdk_durability import wait_ready
 
 
 class Gateway:
@@ -34,24 +31,20 @@ class Gateway:
 
     def __init__(self, database_url: str, fake: fk.FakeServer, spool_dir: Path, before_start: Any = None,
                  settle: str = "background") -> None:
-        settings = Settings(admin_key=ADMIN, scheduler=False, gateway=GatewaySettings(
+        self.app = api_app(database_url, admin=ADMIN, gateway=GatewaySettings(
             openai_url=f"{fake.url}/v1", openai_key="sk-up", default_max_output_tokens=1000,
             spool_dir=str(spool_dir), settle=settle))
-        app = create_app(settings, database_url)
-        self.services = app.state["services"]
+        self.services = self.app.state["services"]
         if before_start is not None:
             before_start(self.services)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = _Server(app, self.port)
+        self.serving = ExitStack()
 
     def __enter__(self) -> Gateway:
-        self.server.start()
-        wait_ready(self.url)
+        self.url = self.serving.enter_context(live_server(app=self.app))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.server.stop()
+        self.serving.close()
 
 
 @pytest.fixture

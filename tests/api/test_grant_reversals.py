@@ -11,11 +11,9 @@ from decimal import Decimal
 
 import psycopg
 import pytest
-from litestar.testing import AsyncTestClient
 
-from api.app import create_app
-from api.settings import Settings
 from ledger.db import connect
+from tests.api.apps import api_client
 from tests.api.closing import close_invoice
 from wallets.expiry import expire_grants
 
@@ -195,19 +193,9 @@ ADMIN = {"Authorization": "Bearer rev-admin"}
 @pytest.fixture
 async def own(scratch_url):
     """A database of the test's own: verify looks at every customer, expiry at every lot."""
-    app = create_app(Settings(admin_key="rev-admin", scheduler=False), scratch_url)
-    async with AsyncTestClient(app=app) as c:
-        book = await c.post(
-            "/v1/price-books",
-            headers=ADMIN,
-            json={
-                "id": "book-rev",
-                "currency": "USD",
-                "effective_from": "2026-01-01T00:00:00Z",
-                "rules": [{"id": "in", "model": "model-a", "token_type": "input", "price": "1000"}],
-            },
-        )
-        assert book.status_code == 201, book.text
+    async with api_client(scratch_url, admin="rev-admin", books=[{
+            "id": "book-rev", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
+            "rules": [{"id": "in", "model": "model-a", "token_type": "input", "price": "1000"}]}]) as c:
         yield c, scratch_url
 
 

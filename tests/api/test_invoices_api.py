@@ -8,12 +8,10 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
-from litestar.testing import AsyncTestClient
 from sqlalchemy import text
 
-from api.app import create_app
-from api.settings import Settings
 from ledger.db import connect
+from tests.api.apps import api_client
 from tests.api.closing import close_invoice
 from wallets.periods import Cycle, period_of
 
@@ -26,9 +24,7 @@ SEED = {"id": "seed", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z
 
 @pytest.fixture
 async def client(scratch_url):
-    app = create_app(Settings(admin_key="inv-admin", scheduler=False), scratch_url)
-    async with AsyncTestClient(app=app) as c:
-        assert (await c.post("/v1/price-books", headers=ADMIN, json=SEED)).status_code == 201
+    async with api_client(scratch_url, admin="inv-admin", books=[SEED]) as c:
         yield c
 
 

@@ -8,10 +8,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from litestar.testing import AsyncTestClient
 
-from api.app import create_app
-from api.settings import Settings
+from tests.api.apps import api_client
 from tests.api.closing import close_early
 from wallets.periods import Cycle, period_of
 
@@ -25,8 +23,7 @@ def utc(at: datetime) -> str:
 
 @pytest.fixture
 async def client(scratch_url):
-    app = create_app(Settings(admin_key="sys-admin", scheduler=False), scratch_url)
-    async with AsyncTestClient(app=app) as c:
+    async with api_client(scratch_url, admin="sys-admin") as c:
         yield c
 
 
