@@ -178,8 +178,9 @@ async def scenario(tt: Api, url: str) -> dict:
                   {"amount": "1.00", "reference": "wire-initech-1"})
     # the price fix, backdated to the period's start, re-rated over both closed periods: credit notes
     await tt.post("/v1/price-books", book("v2", utc(period.start), "6.00"))
-    await tt.post("/v1/rerate", {"price_book": "av", "version": "v2", "from": utc(period.start),
-                                 "to": utc(now + timedelta(seconds=1)), "mode": "apply"})
+    rerate = {"price_book": "av", "version": "v2", "from": utc(period.start), "to": utc(now + timedelta(seconds=1))}
+    previewed = await tt.post("/v1/rerate", {**rerate, "mode": "preview"})
+    applied = await tt.post("/v1/rerate", {**rerate, "mode": "apply"})
     # more usage, and the next periods closed early too
     await tt.post("/v1/usage-events", [
         {"event_id": "late-1", "customer_id": "initech", "model": "model-a", "timestamp": utc(now),
@@ -191,7 +192,8 @@ async def scenario(tt: Api, url: str) -> dict:
     # the rollups are kept off the write path: what the readers answer is the same once folded
     unfolded = {cid: await _reads(tt, cid) for cid in CUSTOMERS}
     assert await _job(url, fold_usage) > 0
-    return {"now": now, "period": period, "following": following, "upcoming": upcoming, "unfolded": unfolded}
+    return {"now": now, "period": period, "following": following, "upcoming": upcoming, "unfolded": unfolded,
+            "previewed": previewed, "applied": applied}
 
 
 USAGE = "/usage?from=2026-01-01T00:00:00Z&to=2028-01-01T00:00:00Z&group_by="
@@ -581,3 +583,13 @@ async def test_the_console_trial_balance_is_the_apis(books):
     assert rows == [(a["account"], a["debits"], a["credits"], a["balance"]) for a in trial["accounts"]]
     assert re.findall(r'data-figure="total-(?:debits|credits)">([^<]*)<', page) == \
         [trial["total_debits"], trial["total_credits"]]
+
+
+async def test_the_rerate_preview_is_what_its_apply_posted(books):
+    """Over closed periods, funded by lots since revoked, refunded and expired, with overrides."""
+    _, _, facts = books
+    previewed, applied = facts["previewed"], facts["applied"]
+    assert previewed["customers"] and previewed["delta"] == applied["delta"] == "-2.06"
+    assert previewed["customers"] == [{k: v for k, v in c.items() if k != "entry_ids"} for c in applied["customers"]]
+    assert [(n["customer_id"], n["kind"], n["total"]) for n in applied["credit_notes"]] == \
+        [("acme", "credit", "-0.46"), ("initech", "credit", "-1.40")]
