@@ -120,6 +120,22 @@ def jobs(seal_interval_s: int) -> list[Job]:
             Job("fold_usage", FOLD_USAGE_EVERY_S, fold_usage)]
 
 
+# Each failing job's last failure (its type and first line) and how many runs in a row failed:
+# a failure is logged when it differs from the run before's, not at every run (the runs are counted).
+_FAILING: dict[str, tuple[str, int]] = {}
+
+
+def _said_before(job: Job, exc: BaseException) -> bool:
+    """Whether the job's previous run failed the same way (then this one is not logged again)."""
+    cause = getattr(exc, "orig", None) or exc
+    signature = f"{type(cause).__name__}: {str(cause).partition(chr(10))[0]}"
+    if isinstance(exc, ItemsFailed):  # its counts change from run to run; the items are logged where they fail
+        signature = str(exc)
+    last, runs = _FAILING.get(job.name, ("", 0))
+    _FAILING[job.name] = (signature, runs + 1)
+    return signature == last
+
+
 async def run_job(db: Database, job: Job) -> None:
     started = time.perf_counter()
     try:
@@ -132,9 +148,11 @@ async def run_job(db: Database, job: Job) -> None:
     except Exception as exc:
         JOB_DURATION.labels(job.name).observe(time.perf_counter() - started)
         JOB_RUNS.labels(job.name, "error").inc()
-        if isinstance(exc, ItemsFailed):  # each item logged already: one line, no traceback
+        if _said_before(job, exc):  # as the run before: said then (720 lines an hour at every 5 s)
+            log.debug("job %s failed again as before: %s", job.name, exc)
+        elif isinstance(exc, ItemsFailed):  # each item logged already: one line, no traceback
             log.error("job %s: %s; it will run again", job.name, exc)
-        elif is_unavailable(exc):  # an outage /readyz reports: one line a run, not the driver's traceback
+        elif is_unavailable(exc):  # an outage /readyz reports: one line, not the driver's traceback
             cause = getattr(exc, "orig", None) or exc  # the driver's words, not SQLAlchemy's wrapping
             reason = " ".join(str(cause).split("\n")[0].split()) or type(cause).__name__
             log.warning("job %s: the database is unavailable (%s); it will run again", job.name, reason)
@@ -144,6 +162,9 @@ async def run_job(db: Database, job: Job) -> None:
     JOB_DURATION.labels(job.name).observe(time.perf_counter() - started)
     JOB_RUNS.labels(job.name, "ok").inc()
     JOB_LAST_SUCCESS.labels(job.name).set_to_current_time()
+    failed = _FAILING.pop(job.name, None)
+    if failed is not None:
+        log.info("job %s ran again after %d failed runs", job.name, failed[1])
     log.debug("job %s: %s", job.name, result)
 
 

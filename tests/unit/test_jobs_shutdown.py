@@ -116,3 +116,30 @@ async def test_a_job_run_while_the_database_is_down_is_one_warning_line_not_a_tr
         await run_job(None, Job("metrics_bug", 5, bug))  # type: ignore[arg-type]
     [record] = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert record.levelno == logging.ERROR and record.exc_info is not None
+
+
+async def test_a_job_failing_the_same_way_run_after_run_is_logged_once_and_its_recovery_once(caplog):
+    """A statement timeout, a bug, the database down: every run of the job (expire_reservations
+    every 5 s) logged it again, a traceback each time but for the database down, 720 an hour per
+    job. The first run says it with its cause, the same failure again says nothing more (the runs
+    are still counted), another failure is said, and the first run that succeeds says so once."""
+    from wallets.jobs import run_job
+
+    results: list[Exception | None] = [KeyError("a bug")] * 3 + [ValueError("another")] * 2 + [None] * 2
+
+    async def flaky(_db) -> int:
+        result = results.pop(0)
+        if result is not None:
+            raise result
+        return 1
+
+    job = Job("metrics_flaky", 5, flaky)
+    before = _series("tokentill_job_runs_total", job="metrics_flaky", result="error") or 0
+    with caplog.at_level(logging.INFO, logger="tokentill.jobs"):
+        for _ in range(7):
+            await run_job(None, job)  # type: ignore[arg-type]
+    said = [(r.levelname, r.exc_info is not None, r.getMessage()) for r in caplog.records if r.name == "tokentill.jobs"]
+    assert [(level, traceback) for level, traceback, _ in said] == [("ERROR", True), ("ERROR", True), ("INFO", False)]
+    assert "a bug" in str(caplog.records[0].exc_info[1]) and "another" in str(caplog.records[1].exc_info[1])
+    assert said[2][2] == "job metrics_flaky ran again after 5 failed runs"
+    assert _series("tokentill_job_runs_total", job="metrics_flaky", result="error") == before + 5
