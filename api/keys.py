@@ -157,6 +157,7 @@ class KeyCache:
                 await self._task
 
     async def _listen(self) -> None:
+        down = False  # said so: the retries (every retry_s) say nothing more until it listens again
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
@@ -165,6 +166,9 @@ class KeyCache:
                     self.forget()  # anything cached before now may have missed a notification
                     self._proved_at = time.monotonic()
                     self.listening = True
+                    if down:
+                        down = False
+                        log.warning("the key-change listener listens again; caching API keys")
                     while True:
                         async for _ in conn.notifies(timeout=self.check_s):
                             self.forget()
@@ -174,7 +178,11 @@ class KeyCache:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # whatever it was, keep trying: a dead listener is a slow service
-                log.warning("not caching API keys: the key-change listener is down (%r)", exc)
+                # once, not at every retry (3,600 lines an hour while the database was down)
+                (log.debug if down else log.warning)(
+                    "not caching API keys: the key-change listener is down (%s: %s); retrying every %g s",
+                    type(exc).__name__, " ".join(str(exc).split()), self.retry_s)
+                down = True
             finally:
                 self.listening = False
                 self.forget()

@@ -203,6 +203,7 @@ class Dispatcher:
         await self.db.dispose()
 
     async def _run(self) -> None:
+        failing = 0  # rounds failed in a row: the first is said, the next ones counted, the recovery said
         while True:
             try:
                 await self.tick()
@@ -210,9 +211,14 @@ class Dispatcher:
                 raise
             except Exception as exc:  # the database down or restarting: try again next round
                 ROUNDS.labels("error").inc()
-                log.warning("webhook dispatch round failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
+                (log.debug if failing else log.warning)(
+                    "webhook dispatch round failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
+                failing += 1
             else:
                 ROUNDS.labels("ok").inc()
+                if failing:
+                    log.warning("webhook dispatch rounds succeed again after %d failed", failing)
+                    failing = 0
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancellation that
             # arrives as the event is set, and the dispatcher then never stopped (app shutdown hung)
             with contextlib.suppress(TimeoutError):
@@ -223,19 +229,27 @@ class Dispatcher:
     async def _listen(self) -> None:
         """Wake the dispatcher at each committed outbox event. While the listener is down the
         fallback poll goes on; once it is back, one round catches up on what it missed."""
+        down = False  # said so: the retries (every retry_s) say nothing more until it listens again
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
                         self.listen_url, autocommit=True, application_name=LISTENER_NAME) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     self.listening = True
+                    if down:
+                        down = False
+                        log.warning("webhook listener listens again")
                     self._wake.set()
                     async for _ in conn.notifies():
                         self._wake.set()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database restarting: poll meanwhile, and listen again
-                log.warning("webhook listener down, polling every %g s (%r)", self.settings.poll_s, exc)
+                # once, not at every retry (3,600 lines an hour while the database was down)
+                (log.debug if down else log.warning)("webhook listener down, polling every %g s (%s: %s)",
+                                                     self.settings.poll_s, type(exc).__name__,
+                                                     " ".join(str(exc).split()))
+                down = True
             finally:
                 self.listening = False
             await asyncio.sleep(self.retry_s)
