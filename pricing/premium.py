@@ -10,6 +10,10 @@ a caller of the HTTP API reports its own usage and gets the book's documented fa
 - ``long_context``: Anthropic's long-context prices (the ``context-1m`` beta: past 200,000 prompt
   tokens a call's input, output and cache tokens are billed dearer). Priced only when every rule
   that prices the call's prompt and output for the model has ``prompt_tiers``.
+- ``input_audio``, ``output_audio``: OpenAI's audio tokens (gpt-4o-audio-preview's audio input is
+  16 times its text input price, its audio output 8 times its text output). Priced only by a rule
+  of that type or of the book's ``audio`` type (a format 1 book's one price for audio in and out),
+  not by the text price they fall back to.
 - a premium value of a price-choosing dimension (``speed: fast``, ``service_tier: priority``,
   ``inference_geo: us``, ``web_search_tool: web_search_preview``): priced only by a rule that
   matches that dimension (one for the call's input or its output, as the book resolves them; a
@@ -24,7 +28,7 @@ from pricing.books import DimValue, PriceVersion
 from pricing.errors import UnpricedModelError
 from pricing.units import TOOL_CALLS
 
-PREMIUMS = ("cache_write_1h", "long_context")
+PREMIUMS = ("cache_write_1h", "long_context", "input_audio", "output_audio")
 # The values of the price-choosing dimensions billed at the standard prices, or below them: a book
 # needs no rule of its own for them. Any other value (priority, scale, fast, a region) is a premium.
 PLAIN_VALUES: dict[str, frozenset[str]] = {"service_tier": frozenset({"default", "standard", "flex", "auto"}),
@@ -54,6 +58,14 @@ def check_premiums(version: PriceVersion, model: str, dims: Mapping[str, DimValu
             "(cache_control ttl 1h) is billed at the one-hour cache write price, and would be charged "
             "at a cheaper one; add a cache_write_1h rule (format 2) or cache for 5 minutes",
             model=model, token_type="cache_write_1h")
+    for audio in ("input_audio", "output_audio"):
+        if audio in premiums and version.find_rule(audio, model, dims, minute) is None \
+                and version.find_rule("audio", model, dims, minute) is None:
+            raise UnpricedModelError(
+                f"{where} has no {audio} (nor audio) rule for model {model}: the provider bills audio at "
+                "its audio prices (gpt-4o-audio-preview's are 8 to 16 times its text prices), and it "
+                f"would be charged at the text price; add an {audio} rule or call without audio",
+                model=model, token_type=audio)
     if "long_context" in premiums:
         types = (*LONG_CONTEXT_TYPES, *((cache_write,) if cache_write else ()))
         for token_type in types:

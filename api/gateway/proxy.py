@@ -157,9 +157,12 @@ def allowed_betas(scope: dict[str, Any], headers: dict[str, str], provider: str,
 
 def premiums_of(call: Call, betas: tuple[str, ...]) -> tuple[str, ...]:
     """The premium prices (pricing.premium) a call may be billed: a one-hour cache write it asks
-    for, long context its beta switches on (`context-1m-*`)."""
+    for, long context its beta switches on (`context-1m-*`), audio it sends (inline or an earlier
+    answer's by id) or asks its answer in."""
     return (*(("cache_write_1h",) if call.cache_write == "cache_write_1h" else ()),
-            *(("long_context",) if any(b.startswith("context-1m-") for b in betas) else ()))
+            *(("long_context",) if any(b.startswith("context-1m-") for b in betas) else ()),
+            *(("input_audio",) if call.hold_audio_tokens else ()),
+            *(("output_audio",) if call.audio_format is not None else ()))
 
 
 def _caller_key(headers: dict[str, str]) -> str:

@@ -239,7 +239,9 @@ def test_a_stream_without_usage_is_charged_its_image_at_the_models_own_image_rul
 
 def test_a_stream_without_usage_is_charged_its_audio_by_the_clips_duration(live):
     url, _ = live
-    _, key = customer(live)
+    # a book that prices audio input (the gateway requires it of a call with audio: pricing.premium),
+    # at the text price here
+    _, key = customer((url, tool_book(url, {"id": "audio-in", "token_type": "input_audio", "price": "10.00"})))
     out = io.BytesIO()
     with wave.open(out, "wb") as clip:  # 5 minutes at 8 kHz, 8 bits, mono
         clip.setnchannels(1)

@@ -257,3 +257,39 @@ def test_usage_past_the_books_context_window_is_charged_not_given_away(live, fak
     with admin(url) as http:
         trace = http.get(f"/v1/audit/charges/{raw.headers['x-tokentill-request-id']}").json()
     assert "forced" in str(trace) and "context_window" in str(trace)
+
+
+def _clip() -> dict:
+    import base64
+    import io
+    import wave
+
+    out = io.BytesIO()
+    with wave.open(out, "wb") as clip:  # a second at 8 kHz, 8 bits, mono: 10 audio tokens
+        clip.setnchannels(1)
+        clip.setsampwidth(1)
+        clip.setframerate(8000)
+        clip.writeframes(bytes(8000))
+    return {"type": "input_audio", "input_audio": {"data": base64.b64encode(out.getvalue()).decode(), "format": "wav"}}
+
+
+@pytest.mark.parametrize("direction", ["input", "output"])
+def test_audio_the_book_does_not_price_is_refused(live, fake, direction):  # noqa: F811
+    """OpenAI bills audio at its audio prices, 16 times its text input and 8 times its text output
+    for gpt-4o-audio-preview: a book with no audio rule charged audio in (or out) at the text price
+    (was: answered). Refused (422 unpriced_model) before the hold; a book with an audio rule takes it."""
+    url, _ = live
+    cid, key = customer(live)
+    args: dict = {"model": "gpt-4o-audio-preview", "max_tokens": 100}
+    if direction == "input":
+        args["messages"] = [{"role": "user", "content": [{"type": "text", "text": "hi"}, _clip()]}]
+    else:
+        args |= {"messages": HI, "modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}
+    before = len(fake.fake.calls)
+    with pytest.raises(openai.APIStatusError) as raised:
+        oai(url, key).chat.completions.create(**args)
+    assert f"{direction}_audio" in _refused(raised, 422, "unpriced_model", anthropic_shape=False)
+    assert len(fake.fake.calls) == before and wallet(url, cid) == (Decimal("10"), 0)
+    _, key = customer((url, tool_book(url, {"id": "audio", "token_type": f"{direction}_audio", "price": "160"})))
+    oai(url, key).chat.completions.create(**args)
+    assert len(fake.fake.calls) == before + 1

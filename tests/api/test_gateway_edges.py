@@ -659,9 +659,10 @@ def test_a_chat_stream_of_audio_cut_before_its_usage_is_charged_the_audio_it_sen
     mono: 48,000 bytes a second), which the metering did not read: a caller who left once the
     audio was in, before the usage chunk, had nothing metered and its hold released, the audio
     free. Now the audio sent is charged as output audio, at OpenAI's 1 token per 50 ms of the
-    assistant's audio, with the transcript as text."""
+    assistant's audio, with the transcript as text (the book prices audio output, as the gateway
+    requires of a call that asks for it: pricing.premium; at the output price here)."""
     url, _ = live
-    cid, key = customer(live)
+    cid, key = customer((url, tool_book(url, AUDIO_OUT)))
     second = base64.b64encode(bytes(48_000)).decode()
     sent, left = threading.Event(), threading.Event()
 
@@ -688,6 +689,10 @@ def test_a_chat_stream_of_audio_cut_before_its_usage_is_charged_the_audio_it_sen
     cost = (8 * IN + (2 + 60) * OUT) / M + CALL
     assert charged(url, request_id) == cost
     assert wallet(url, cid) == (Decimal("10") - cost, 0)
+
+
+# audio output priced as the book's text output: a call that asks for audio needs a rule for it
+AUDIO_OUT = {"id": "audio-out", "token_type": "output_audio", "price": "20.00"}
 
 
 def _responses_event(kind: str, delta: str) -> bytes:
@@ -787,7 +792,7 @@ def test_a_whole_answer_without_usage_is_charged_every_kind_of_output_it_carries
     stream cut before its usage is charged (reasoning summaries, refusals, custom tool input, code,
     shell commands, Anthropic's server and MCP tools' input): those went free."""
     url, _ = live
-    cid, key = customer(live)
+    cid, key = customer((url, tool_book(url, AUDIO_OUT)) if audio_format else live)
     data = _whole(path, answer)
 
     async def bare(send: Any, receive: Any) -> None:
@@ -807,7 +812,7 @@ def test_a_whole_answer_without_usage_is_charged_every_kind_of_output_it_carries
                      json=payload, timeout=30)
     assert raw.status_code == 200 and raw.content == data
     # the prompt as counted ("user" and "hi" with 3 a message and 3 for the reply: 8; the responses
-    # input "hi" as a user message: 7), the output at the book's output price (audio too: it prices none)
+    # input "hi" as a user message: 7), the output at the book's output price (audio at its audio rule's, the same)
     cost = ((7 if path == RESPONSES_PATH else 8) * IN + output * OUT) / M + CALL
     assert charged(url, raw.headers["x-tokentill-request-id"]) == cost
     assert wallet(url, cid) == (Decimal("10") - cost, 0)

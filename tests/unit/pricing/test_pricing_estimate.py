@@ -286,3 +286,15 @@ def test_a_premium_price_the_call_may_be_billed_must_be_the_books_own():
         held(_searching(), premiums=("cheap",))
     with pytest.raises(InvalidUsageError):
         held(_searching(), premium_dimensions=("speed",))  # not a dimension of the call
+
+
+def test_audio_the_call_may_be_billed_needs_an_audio_rule_not_the_text_price():
+    with pytest.raises(UnpricedModelError, match="input_audio"):
+        estimate_upper_bound(_searching(), "claude", 1000, 10, {}, AT, input_audio_tokens=100,
+                             premiums=("input_audio",))
+    with pytest.raises(UnpricedModelError, match="output_audio"):
+        estimate_upper_bound(_searching(), "claude", 1000, 10, {}, AT, premiums=("output_audio",))
+    for rule in ({"id": "a", "model": "claude", "token_type": "input_audio", "price": "48"},
+                 {"id": "a", "model": "claude", "token_type": "audio", "price": "48"}):
+        estimate_upper_bound(_searching(rule), "claude", 1000, 10, {}, AT, input_audio_tokens=100,
+                             premiums=("input_audio",))
