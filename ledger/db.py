@@ -70,9 +70,11 @@ def sqlstate_of(exc: BaseException | None) -> str | None:
 
 # SQLSTATEs of a server that is not there for now: connection exceptions (class 08), too many
 # connections, out of shared memory (53200: the predicate lock table is full, as when a stopped
-# writer's transaction keeps every other lane's locks alive until it is ended), and a server
-# shutting down, crashed or still starting (57P01-57P03).
-UNAVAILABLE_STATES = frozenset({"53200", "53300", "57P01", "57P02", "57P03", "25006"})
+# writer's transaction keeps every other lane's locks alive until it is ended), out of disk
+# (53100 disk_full, 53000 insufficient_resources: every write refused until the operator frees
+# space; they were a 500, which clients do not retry), and a server shutting down, crashed or
+# still starting (57P01-57P03).
+UNAVAILABLE_STATES = frozenset({"53000", "53100", "53200", "53300", "57P01", "57P02", "57P03", "25006"})
 # 25006 read_only_sql_transaction: a server that takes no writes for now (a failover's standby,
 # reached before the name moved on; default_transaction_read_only). A session learns it when it
 # starts, so the pool's are replaced (Database._renew_if_read_only): kept, they wrote nothing again.

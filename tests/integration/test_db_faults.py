@@ -160,3 +160,29 @@ async def test_a_spent_retry_budget_answers_503_with_retry_after(cluster):
     finally:
         with psycopg.connect(cluster.url, autocommit=True) as conn:
             conn.execute("DROP TRIGGER always_conflict ON customers; DROP FUNCTION always_conflict()")
+
+
+@pytest.mark.parametrize("sqlstate", ["53100", "53000"], ids=["disk_full", "insufficient_resources"])
+async def test_a_database_out_of_disk_answers_503_not_500(cluster, sqlstate):
+    """PostgreSQL out of disk (53100 disk_full: 'could not extend file ... No space left on
+    device') refused every write with a 500 internal_error and a traceback per request, which
+    clients (the SDK) do not retry: a settle made then was given up, where a 503 is retried, or
+    spooled, until the operator frees the disk. Raised here by a trigger, as a full disk raises it."""
+    async with app_client(cluster) as client:
+        cid = await customer(client)
+        with psycopg.connect(cluster.url, autocommit=True) as conn:
+            conn.execute(f"""CREATE FUNCTION disk_full() RETURNS trigger LANGUAGE plpgsql AS $$
+                             BEGIN RAISE EXCEPTION 'could not extend file: No space left on device'
+                                   USING ERRCODE = '{sqlstate}'; END $$""")
+            for table in ("customers", "lots"):
+                conn.execute(f"CREATE TRIGGER disk_full BEFORE INSERT ON {table} "
+                             "FOR EACH ROW EXECUTE FUNCTION disk_full()")
+        try:
+            assert_unavailable(await client.post("/v1/customers", json={
+                "id": f"c-{uuid.uuid4().hex[:10]}", "name": "C", "price_book": "any"}))
+            assert_unavailable(await client.post(f"/v1/customers/{cid}/topups", json={"amount": "1.00"}))
+        finally:
+            with psycopg.connect(cluster.url, autocommit=True) as conn:
+                conn.execute("DROP TRIGGER disk_full ON customers; DROP TRIGGER disk_full ON lots; "
+                             "DROP FUNCTION disk_full()")
+        assert (await client.post(f"/v1/customers/{cid}/topups", json={"amount": "1.00"})).status_code == 201
