@@ -93,23 +93,29 @@ async def _settle(tt: Api, reservation: dict, input_tokens: int, output_tokens: 
         "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens}, "final": final})
 
 
+def _ago(now: datetime, minutes: int) -> datetime:
+    """`minutes` before `now`, but in now's billing period (a run just after a month's start
+    would time usage in the period before, which the scenario does not close)."""
+    return max(now - timedelta(minutes=minutes), period_of(now, Cycle()).start)
+
+
 async def _free_call(tt: Api, event_id: str, now: datetime) -> None:
     """A call of acme's that its contract price of 0 makes free: a charge, and no entry."""
     answer = await tt.post("/v1/usage-events", [{"event_id": event_id, "customer_id": "acme", "model": "model-f",
-                                                 "timestamp": utc(now - timedelta(minutes=10)),
+                                                 "timestamp": utc(_ago(now, 10)),
                                                  "usage": {"input_tokens": 5_000}}])
     assert answer["accepted"] == 1, answer
 
 
 async def scenario(tt: Api, url: str) -> dict:
     now = datetime.now(UTC)
-    period = period_of(now - timedelta(minutes=30), Cycle())
+    period = period_of(now, Cycle())
     following = period_of(period.end, Cycle())
     await tt.post("/v1/price-books", book("v1", "2026-01-01T00:00:00Z", "10.00"))
     await tt.post("/v1/customers", {"id": "acme", "name": "Acme", "currency": "USD", "price_book": "av"})
     await tt.post("/v1/customers", {"id": "initech", "name": "Initech", "currency": "USD", "price_book": "av",
                                     "billing": "postpaid"})
-    hour_ago = utc(now - timedelta(hours=1))
+    hour_ago = utc(min(now - timedelta(hours=1), period.start))
     await tt.call("PUT", "/v1/customers/acme/price-overrides", {
         "effective_from": hour_ago, "discounts": [{"id": "half-v", "model": "model-v", "percent": "50"}],
         "contract_prices": [{"id": "free-f", "model": "model-f", "price": "0"}]})
@@ -138,7 +144,7 @@ async def scenario(tt: Api, url: str) -> dict:
     # model-v: 60,000 then 70,000 output tokens, 1.20 + 1.10 graduated, half off: 0.60 + 0.55
     answer = await tt.post("/v1/usage-events", [
         {"event_id": f"v-{i}", "customer_id": "acme", "model": "model-v",
-         "timestamp": utc(now - timedelta(minutes=m)), "usage": {"output_tokens": n}}
+         "timestamp": utc(_ago(now, m)), "usage": {"output_tokens": n}}
         for i, (m, n) in enumerate(((30, 60_000), (20, 70_000)))])
     assert answer["accepted"] == 2, answer
     # a part of the welcome grant revoked, the rest of the loyalty grant revoked, a part of a top-up refunded
@@ -153,7 +159,7 @@ async def scenario(tt: Api, url: str) -> dict:
     # initech: a call the allowance pays whole (no entry), one it pays in part, one it does not
     answer = await tt.post("/v1/usage-events", [
         {"event_id": f"i-{i}", "customer_id": "initech", "model": "model-a",
-         "timestamp": utc(now - timedelta(minutes=m)), "usage": {"input_tokens": n, "output_tokens": o}}
+         "timestamp": utc(_ago(now, m)), "usage": {"input_tokens": n, "output_tokens": o}}
         for i, (m, n, o) in enumerate(((40, 50_000, 0), (35, 100_000, 1_000), (25, 200_000, 0)))])
     assert answer["accepted"] == 3, answer
     await _free_call(tt, "f-0", now)
@@ -178,7 +184,8 @@ async def scenario(tt: Api, url: str) -> dict:
                   {"amount": "1.00", "reference": "wire-initech-1"})
     # the price fix, backdated to the period's start, re-rated over both closed periods: credit notes
     await tt.post("/v1/price-books", book("v2", utc(period.start), "6.00"))
-    rerate = {"price_book": "av", "version": "v2", "from": utc(period.start), "to": utc(now + timedelta(seconds=1))}
+    rerate = {"price_book": "av", "version": "v2", "from": utc(period.start),
+              "to": utc(datetime.now(UTC) + timedelta(seconds=1))}  # every call so far, however long this took
     previewed = await tt.post("/v1/rerate", {**rerate, "mode": "preview"})
     applied = await tt.post("/v1/rerate", {**rerate, "mode": "apply"})
     # more usage, and the next periods closed early too
@@ -593,3 +600,14 @@ async def test_the_rerate_preview_is_what_its_apply_posted(books):
     assert previewed["customers"] == [{k: v for k, v in c.items() if k != "entry_ids"} for c in applied["customers"]]
     assert [(n["customer_id"], n["kind"], n["total"]) for n in applied["credit_notes"]] == \
         [("acme", "credit", "-0.46"), ("initech", "credit", "-1.40")]
+
+
+async def test_the_console_trace_of_a_free_call_says_it_posted_no_entry(books):
+    """A call its contract price of 0 paid whole is a charge with no entry: the trace page said
+    "entry #None", an entry that does not exist."""
+    tt, _, _ = books
+    [charge] = (await tt.get("/v1/audit/charges/f-0"))["charges"]
+    assert charge["entry_id"] is None and charge["charged"] == "0.00"
+    await _console(tt)
+    page = (await tt.client.get("/console/audit/trace?request_id=f-0")).text
+    assert "#None" not in page and "no entry: it moved no money" in page, page
