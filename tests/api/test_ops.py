@@ -198,3 +198,19 @@ async def test_readiness_with_every_pooled_connection_in_use_still_asks_the_data
     assert ready.status_code == 200, ready.text
     assert ready.json() == {"status": "ready", "migration": runner.head_revision()}
     assert took < 2.0, took
+
+
+async def test_readiness_of_a_server_older_than_its_database_is_503_naming_both_revisions(scratch_url):
+    """The README's rolling deploy: the first new server migrated the database past this one's
+    head; this one answers 503 not_ready, saying where the database is and where the code is."""
+    import psycopg
+
+    from migrations import runner
+
+    async with api_client(scratch_url) as client:
+        assert (await client.get("/readyz")).status_code == 200
+        with psycopg.connect(scratch_url, autocommit=True) as conn:
+            conn.execute("UPDATE alembic_version SET version_num = '9999'")
+        ready = await client.get("/readyz")
+    assert ready.status_code == 503 and ready.headers["retry-after"] == "1"
+    assert ready.json()["detail"] == f"migrations at 9999, head is {runner.head_revision()}"
