@@ -14,7 +14,8 @@ upstream: the body to forward, changed only where metering needs it:
   Anthropic's `speed` and `inference_geo`) are the call's dimensions, so a book's rules that
   match them price its hold and its charge; a tier left to the provider (`auto`, or none:
   PROVIDER_TIERS) is held at the dearest tier the book prices, and charged at the one the
-  answer reports;
+  answer reports; or, where the operator pins it (`standard_tier`), sent with the standard tier
+  (STANDARD_TIERS);
 - an Anthropic call that marks its prompt for caching (`cache_control`) may be billed it at the
   cache write price (1.25 times input for 5 minutes, twice for an hour): `cache_write` names it,
   and its hold prices the prompt at the dearer of it and input (pricing.estimate); an OpenAI chat
@@ -126,6 +127,9 @@ PRICED_FIELDS = {CHAT: ("service_tier",), RESPONSES: ("service_tier",), MESSAGES
 # has it, unlike "standard_only". Either answer reports the tier, which prices the charge; the hold is
 # the dearest tier the book prices (pricing.estimate).
 PROVIDER_TIERS = {CHAT: ("auto",), RESPONSES: ("auto",), MESSAGES: ("auto",)}
+# The standard tier a call that leaves its tier to the provider is sent with when the operator pins
+# it (GatewaySettings.service_tier "standard"): never served at a premium tier its book may not price.
+STANDARD_TIERS = {CHAT: "default", RESPONSES: "default", MESSAGES: "standard_only"}
 MAX_PRICED_VALUE = 40
 # An earlier answer's audio, referred to by id: at most a whole answer of audio, the most output
 # tokens OpenAI's audio models produce (gpt-4o-audio-preview, gpt-audio: 16,384 max output tokens).
@@ -427,8 +431,9 @@ def _prediction_tokens(body: Mapping[str, Any], model: str, counter: TokenCounte
 
 def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: TokenCounter,
                server_tool_max_uses: int = SERVER_TOOL_MAX_USES,
-               server_tool_result_tokens: int = SERVER_TOOL_RESULT_TOKENS) -> Call:
-    """The call in `raw` (a provider's JSON request body), or CallError."""
+               server_tool_result_tokens: int = SERVER_TOOL_RESULT_TOKENS, standard_tier: bool = False) -> Call:
+    """The call in `raw` (a provider's JSON request body), or CallError. With `standard_tier`, a
+    call that leaves its service tier to the provider is sent with the standard one (STANDARD_TIERS)."""
     try:
         body = msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
@@ -466,6 +471,8 @@ def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: Token
         changed = changed or tools_changed
     elif kind == CHAT:
         uses, results = openai_chat_search(body, server_tool_result_tokens)
+    if standard_tier and _chosen_by_provider(kind, body):
+        body["service_tier"], changed = STANDARD_TIERS[kind], True
     wanted = True
     if stream and kind == CHAT:
         options = body.get("stream_options")

@@ -84,6 +84,11 @@ class GatewaySettings:
     settle: str = "wait"
     anthropic_betas: frozenset[str] = DEFAULT_ANTHROPIC_BETAS  # the anthropic-beta values a call may carry
     openai_betas: frozenset[str] = DEFAULT_OPENAI_BETAS  # the openai-beta values a call may carry
+    # "provider": a call that leaves its service tier to the provider (none, "auto") goes as it came,
+    # held at the dearest tier the book prices and charged at the one its answer reports; "standard":
+    # it is sent with the standard tier (OpenAI "default", Anthropic "standard_only"), so a project or
+    # organization that defaults to priority never serves it at prices its book may not set
+    service_tier: str = "provider"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> GatewaySettings:
@@ -106,6 +111,8 @@ class GatewaySettings:
             settle=settle_mode(env.get("TOKENTILL_GATEWAY_SETTLE") or "wait", "TOKENTILL_GATEWAY_SETTLE"),
             anthropic_betas=betas(env, "TOKENTILL_GATEWAY_ANTHROPIC_BETAS", DEFAULT_ANTHROPIC_BETAS),
             openai_betas=betas(env, "TOKENTILL_GATEWAY_OPENAI_BETAS", DEFAULT_OPENAI_BETAS),
+            service_tier=service_tier_mode(env.get("TOKENTILL_GATEWAY_SERVICE_TIER") or "provider",
+                                           "TOKENTILL_GATEWAY_SERVICE_TIER"),
         )
 
 
@@ -162,6 +169,15 @@ def betas(env: Mapping[str, str], name: str, default: frozenset[str]) -> frozens
     if not all(item and item.isprintable() and " " not in item for item in given):
         raise SystemExit(f"{name} must be a comma-separated list of beta names (or none), not {raw!r}")
     return frozenset(given)
+
+
+SERVICE_TIER_MODES = ("provider", "standard")
+
+
+def service_tier_mode(raw: str, name: str) -> str:
+    if raw not in SERVICE_TIER_MODES:
+        raise SystemExit(f"{name} must be one of {', '.join(SERVICE_TIER_MODES)}, not {raw!r}")
+    return raw
 
 
 SETTLE_MODES = ("wait", "background")

@@ -269,7 +269,8 @@ class Exchange:
         self.request_id = rid or f"gw_{uuid.uuid4().hex}"
         parse = functools.partial(parse_call, self.kind, body, default_max_output=s.default_max_output_tokens,
                                   counter=self.gw.counter, server_tool_max_uses=s.server_tool_max_uses,
-                                  server_tool_result_tokens=s.server_tool_result_tokens)
+                                  server_tool_result_tokens=s.server_tool_result_tokens,
+                                  standard_tier=s.service_tier == "standard")
         try:
             # a big body (a long prompt to count, an image's header, a PDF's pages) is read off the
             # event loop: read on it, a 32 MB PDF held every other call of this process for 0.5 s

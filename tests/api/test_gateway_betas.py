@@ -293,3 +293,33 @@ def test_audio_the_book_does_not_price_is_refused(live, fake, direction):  # noq
     _, key = customer((url, tool_book(url, {"id": "audio", "token_type": f"{direction}_audio", "price": "160"})))
     oai(url, key).chat.completions.create(**args)
     assert len(fake.fake.calls) == before + 1
+
+
+@pytest.fixture(scope="module")
+def pinned(database_url, fake) -> Iterator[tuple[str, str]]:  # noqa: F811
+    yield from serving(database_url, fake, service_tier="standard")
+
+
+@pytest.mark.parametrize("tier", [None, "auto"])
+def test_an_operator_may_pin_a_call_that_leaves_its_tier_to_the_provider_to_the_standard_tier(pinned, fake, tier):  # noqa: F811
+    """A call that leaves its tier to the provider is served at the tier the operator's project
+    defaults to, priority say, and charged at the standard prices of a book that prices no
+    priority (the answer's tier matches no rule). With TOKENTILL_GATEWAY_SERVICE_TIER=standard it
+    is sent with the standard tier (OpenAI "default", Anthropic "standard_only"); one that names
+    its tier goes as named."""
+    url, _ = pinned
+    _, key = customer(pinned)
+    fake.fake.auto_tier = "priority"  # the project's default: what a call without a tier is served at
+    try:
+        raw = oai(url, key).chat.completions.with_raw_response.create(
+            model="gpt-test", messages=HI, **({"service_tier": tier} if tier else {}))
+        assert fake.fake.calls[-1].body["service_tier"] == "default" and raw.parse().service_tier == "default"
+        oai(url, key).chat.completions.create(model="gpt-test", messages=HI, service_tier="flex")
+        assert fake.fake.calls[-1].body["service_tier"] == "flex"
+    finally:
+        fake.fake.auto_tier = None
+    claude(url, key).messages.create(model="claude-test", max_tokens=100, messages=HI,
+                                     **({"service_tier": tier} if tier else {}))
+    assert fake.fake.calls[-1].body["service_tier"] == "standard_only"
+    assert charged(url, raw.headers["x-tokentill-request-id"]) == (800 * IN + 200 * Decimal(1) + 40 * OUT) / M \
+        + Decimal("0.001")

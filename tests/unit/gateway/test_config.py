@@ -66,3 +66,10 @@ def test_the_betas_a_call_may_carry_are_the_default_list_or_the_operators():
     for bad in ("a,,b", "a b", "x,"):
         with pytest.raises(SystemExit, match="TOKENTILL_GATEWAY_ANTHROPIC_BETAS"):
             GatewaySettings.from_env({"TOKENTILL_GATEWAY_ANTHROPIC_BETAS": bad})
+
+
+def test_the_service_tier_setting_is_provider_or_standard():
+    assert GatewaySettings.from_env({}).service_tier == "provider"
+    assert GatewaySettings.from_env({"TOKENTILL_GATEWAY_SERVICE_TIER": "standard"}).service_tier == "standard"
+    with pytest.raises(SystemExit, match="TOKENTILL_GATEWAY_SERVICE_TIER"):
+        GatewaySettings.from_env({"TOKENTILL_GATEWAY_SERVICE_TIER": "priority"})
