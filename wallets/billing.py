@@ -115,12 +115,14 @@ _INVOICE = """SELECT i.id, i.customer_id, i.number, i.period, i.amount_due::text
                 FROM invoices i"""
 
 
-def _view(row: Any) -> dict[str, Any]:
-    """The frozen document, then what happened since: payments and the payment status."""
+def _view(row: Any, owed: int) -> dict[str, Any]:
+    """The frozen document, then what happened since: payments and the payment status, and what
+    it may still be paid: what is left of its amount due, at most what the customer owes (`owed`:
+    a re-rate's money back is off the receivable before its close applies it to this invoice)."""
     paid, cur = int(row.paid), row.content["currency"]
     return {**as_issued(row.content), "content_hash": row.content_hash,
             "payment_status": payment_status(int(row.amount_due), paid), "amount_paid": money(paid, cur),
-            "amount_remaining": money(max(0, int(row.amount_due) - paid), cur),
+            "amount_remaining": money(min(max(0, int(row.amount_due) - paid), owed), cur),
             "payments": [{**p, "amount": money(int(p["amount"]), cur)} for p in row.payments]}
 
 
@@ -129,14 +131,23 @@ async def invoice(conn: AsyncConnection, invoice_id: str, customers: Sequence[st
     row = (await conn.execute(text(_INVOICE + " WHERE i.id = :id"), {"id": invoice_id})).first()
     if row is None or (customers is not None and row.customer_id not in customers):
         raise NotFoundError(f"no invoice {invoice_id}", invoice_id=invoice_id)
-    return _view(row)
+    return _view(row, await _owed(conn, row.customer_id))
 
 
 async def invoices(conn: AsyncConnection, customer_id: str) -> dict[str, Any]:
     await require_customer(conn, customer_id)
     rows = await conn.execute(text(_INVOICE + " WHERE i.customer_id = :c ORDER BY i.period_start"),
                               {"c": customer_id})
-    return {"customer_id": customer_id, "invoices": [_view(r) for r in rows]}
+    owed = await _owed(conn, customer_id)
+    return {"customer_id": customer_id, "invoices": [_view(r, owed) for r in rows]}
+
+
+async def _owed(conn: AsyncConnection, customer_id: str) -> int:
+    """What the customer owes now, as a payment of its invoices is bounded by: its receivable less
+    what open reservations hold on credit (pay_invoice's `owed`)."""
+    loaded = await store.load(conn, [customer_id], credit_held_for=[customer_id])
+    w = loaded.wallets.get(customer_id)
+    return 0 if w is None else max(0, w.receivable - (w.credit_held or 0))
 
 
 async def invoice_owner(conn: AsyncConnection, invoice_id: str) -> str:

@@ -133,7 +133,13 @@ def _payment(result: PaymentResult) -> PaymentResponse:
     cur = result.currency
     return PaymentResponse(result.invoice_id, result.number, result.reference, money(result.amount, cur) or "0",
                            money(result.paid, cur) or "0", money(result.amount_due, cur) or "0", result.status,
-                           result.entry_id, money(max(0, result.amount_due - result.paid), cur) or "0")
+                           result.entry_id, money(remaining(result), cur) or "0")
+
+
+def remaining(result: PaymentResult) -> int:
+    """What the invoice may still be paid: at most what the customer owes (a re-rate's money back
+    is off the receivable before its close applies it to the invoice)."""
+    return max(0, result.amount_due - result.paid) if result.remaining is None else result.remaining
 
 
 PAID = Answer(_payment, PaymentResult)

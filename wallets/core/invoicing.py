@@ -444,8 +444,10 @@ def pay_invoice(state: State, cmd: PayInvoice, now: datetime, book: PriceBook | 
     if cmd.reference in invoice.payments:
         if invoice.payments[cmd.reference] != cmd.amount:
             raise ConflictError(f"payment {cmd.reference!r} of invoice {invoice.number} was of another amount")
+        owed = max(0, w.receivable - (w.credit_held or 0))
         result = PaymentResult(invoice.id, invoice.number, cmd.reference, cmd.amount, invoice.paid,
-                               invoice.amount_due, True, None, currency=invoice.currency)
+                               invoice.amount_due, True, None, currency=invoice.currency,
+                               remaining=min(max(0, invoice.amount_due - invoice.paid), owed))
         return Decision(Outcome("replayed", result))
     left = invoice.amount_due - invoice.paid
     if cmd.amount != left:  # what is left may hold a fraction a credit note's exact money back left
@@ -465,5 +467,6 @@ def pay_invoice(state: State, cmd: PayInvoice, now: datetime, book: PriceBook | 
                    {"invoice_id": invoice.id, "number": invoice.number, "reference": cmd.reference})
     paid = invoice.paid + cmd.amount
     result = PaymentResult(invoice.id, invoice.number, cmd.reference, cmd.amount, paid, invoice.amount_due, False,
-                           posted.key if posted else None, currency=invoice.currency)
+                           posted.key if posted else None, currency=invoice.currency,
+                           remaining=min(left, owed) - cmd.amount)
     return Decision(Outcome(result.code, result), posted, tuple(effects))

@@ -199,6 +199,9 @@ class PaymentResult:
     entry_key: str | None = None
     entry_id: int | None = None
     currency: str = ""  # the invoice's (answers kept before it had one show two decimals, as then)
+    # what the invoice may still be paid after it: what is left of its amount due, at most what the
+    # customer owes then (None in answers kept from before: what is left)
+    remaining: int | None = None
 
     @property
     def status(self) -> str:

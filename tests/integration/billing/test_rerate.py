@@ -127,8 +127,10 @@ async def test_preview_is_exactly_what_apply_posts_and_a_credit_note_ties_out(fi
     # The receivable paid $7.53 of the charges: the $2.10 back pays that down first.
     w = await wallet(bk, cid)
     assert w.receivable == 5_430_000_000 and w.available == 0
-    # The closed invoice is untouched; the next one carries the adjustment with its period.
-    assert (await bk.invoices(cid))[0] == invoice
+    # The closed invoice is untouched; the next one carries the adjustment with its period. What
+    # may still be paid on it is what is owed: the $2.10 is off the receivable already.
+    [after] = await bk.invoices(cid)
+    assert after == {**invoice, "amount_remaining": "5.43"} and invoice["amount_remaining"] == "7.53"
     upcoming = await bk.upcoming(cid)
     assert [(ln["kind"], ln["model"], ln["token_type"], ln["amount"], ln["original_period"])
             for ln in upcoming["lines"]] == [("adjustment", "model-a", "input", "-2.10", "2026-11")]
