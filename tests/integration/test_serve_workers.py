@@ -27,7 +27,7 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 def serve(port: int, log: Path, workers: int, **env: str) -> subprocess.Popen:
     environment = {k: v for k, v in os.environ.items() if k not in ("TOKENTILL_DATABASE_URL", "TOKENTILL_WORKERS")}
-    environment.update(TOKENTILL_ADMIN_KEY=ADMIN_KEY, TOKENTILL_LOG_LEVEL="INFO", **env)
+    environment.update({"TOKENTILL_ADMIN_KEY": ADMIN_KEY, "TOKENTILL_LOG_LEVEL": "INFO", **env})
     with log.open("a") as out:
         return subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--workers",
                                  str(workers)], env=environment, stdout=out, stderr=subprocess.STDOUT)
@@ -243,3 +243,28 @@ def test_workers_on_any_free_port_say_which_one(database_url, data_dir):
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=90)
     assert code == 0, log.read_text()
+
+
+def test_the_scheduled_jobs_run_in_one_worker_of_n(database_url, data_dir):
+    """`serve --workers 2`: the jobs run in worker 0 only, not twice over (each job is safe
+    in several processes, but one runs them for less). Every line names its process: the lines
+    of the jobs' runs (DEBUG) come from one worker."""
+    import re
+
+    log = data_dir / "serve.log"
+    port = free_port()
+    proc = serve(port, log, 2, TOKENTILL_DATABASE_URL=database_url, TOKENTILL_LOG_LEVEL="DEBUG",
+                 TOKENTILL_SEAL_INTERVAL_SECONDS="1", TOKENTILL_WEBHOOKS="off")
+    try:
+        workers = wait_ready(port, proc, log, 2)
+        up = [f"[{pid}] Application startup complete" for pid in workers]
+        wait_for(lambda: all(line in log.read_text() for line in up), 60, f"a worker not up:\n{log.read_text()}")
+        since = len(log.read_text())  # both workers serve (and would run their jobs) from here on
+        runs = re.compile(r" DEBUG tokentill\.jobs \[(\d+)\] job seal_journal: ")
+        wait_for(lambda: len(runs.findall(log.read_text()[since:])) >= 4, 30, f"no seal runs:\n{log.read_text()}")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=90)
+    assert code == 0, log.read_text()
+    pids = {int(pid) for pid in runs.findall(log.read_text()[since:])}
+    assert len(pids) == 1 and pids <= set(workers), (pids, workers)
