@@ -44,9 +44,15 @@ async def readiness(state: State) -> tuple[bool, str]:
     try:
         async with asyncio.timeout(READY_TIMEOUT_S), engine.connect() as conn:
             current = await conn.run_sync(runner.current_revision)
-            await conn.execute(text("SELECT 1"))
+            # A standby, or default_transaction_read_only: every write would be a 503. The session
+            # is not kept (the setting is read when a session starts), so the next probe sees a change.
+            read_only = (await conn.execute(text("SHOW transaction_read_only"))).scalar() == "on"
+            if read_only:
+                await conn.invalidate()
     except Exception as exc:
         return False, f"database unreachable: {type(exc).__name__}"
+    if read_only:
+        return False, "the database takes no writes (read-only: a standby, or default_transaction_read_only)"
     head = runner.head_revision()
     if current != head:
         return False, f"migrations at {current}, head is {head}"

@@ -214,3 +214,30 @@ async def test_readiness_of_a_server_older_than_its_database_is_503_naming_both_
         ready = await client.get("/readyz")
     assert ready.status_code == 503 and ready.headers["retry-after"] == "1"
     assert ready.json()["detail"] == f"migrations at 9999, head is {runner.head_revision()}"
+
+
+async def test_readiness_of_a_database_that_takes_no_writes_is_503_until_it_does(server_url, scratch_url):
+    """A failover's standby reached before its name moved on (or default_transaction_read_only):
+    every write answers 503, but /readyz answered 200 'ready', so the load balancer kept sending
+    this instance the writes it could not make. It says not ready, then ready once the database
+    takes writes again (on a fresh session: the read-only one is not kept)."""
+    import psycopg
+    from psycopg import sql
+
+    database = psycopg.conninfo.conninfo_to_dict(scratch_url)["dbname"]
+
+    def read_only(on: bool) -> None:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = {}").format(
+                sql.Identifier(database), sql.SQL("on" if on else "off")))
+
+    read_only(True)
+    try:
+        async with api_client(scratch_url) as client:
+            ready = await client.get("/readyz")
+            assert ready.status_code == 503, ready.text
+            assert ready.json()["detail"].startswith("the database takes no writes"), ready.text
+            read_only(False)
+            assert (await client.get("/readyz")).status_code == 200
+    finally:
+        read_only(False)
