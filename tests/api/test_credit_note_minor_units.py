@@ -13,14 +13,10 @@ from decimal import Decimal
 import pytest
 
 from tests.api.apps import api_client
-from tests.api.closing import close_early
+from tests.api.closing import close_early, utc
 from wallets.periods import Cycle, following, period_of
 
 ADMIN = {"Authorization": "Bearer cn-admin"}
-
-
-def utc(at: datetime) -> str:
-    return at.isoformat().replace("+00:00", "Z")
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tests.api.apps import api_client
+from tests.api.closing import utc
 from wallets.periods import Cycle, period_of
 
 ADMIN = {"Authorization": "Bearer vol-admin"}
@@ -22,10 +23,6 @@ RULES = [{"id": "v-out", "model": "model-v", "token_type": "output", "tier_mode"
 DEARER = f"vol-d-{uuid.uuid4().hex[:8]}"
 DEARER_RULES = [{"id": "d-out", "model": "model-v", "token_type": "output", "tier_mode": "volume",
                  "tiers": [{"up_to": 1_000_000, "price": "10"}, {"up_to": None, "price": "20"}]}]
-
-
-def utc(at: datetime) -> str:
-    return at.isoformat().replace("+00:00", "Z")
 
 
 @pytest.fixture(scope="module")

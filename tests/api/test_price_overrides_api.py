@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tests.api.apps import api_client
+from tests.api.closing import utc
 
 ADMIN = {"Authorization": "Bearer po-admin"}
 BOOK = {"id": "pob", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": [
@@ -18,10 +19,6 @@ BOOK = {"id": "pob", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z"
 CONTRACT = {"contract_prices": [{"id": "acme-a-in", "model": "model-a", "token_type": "input", "price": "8.00"}],
             "discounts": [{"id": "acme-10", "model": "model-a", "percent": "10"}],
             "free_allowances": [{"id": "acme-free", "amount": "5.00"}]}
-
-
-def utc(at: datetime) -> str:
-    return at.isoformat().replace("+00:00", "Z")
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tests.api.apps import api_client
+from tests.api.closing import utc
 from wallets.periods import Cycle, period_of
 
 ADMIN = {"Authorization": "Bearer por-admin"}
@@ -19,10 +20,6 @@ BOOK = f"por-{RUN}"
 RULES = [{"id": "a-in", "model": "model-a", "token_type": "input", "price": "10.00"},
          {"id": "a-out", "model": "model-a", "token_type": "output", "price": "20.00"},
          {"id": "call", "token_type": "request", "price": "0.01"}]
-
-
-def utc(at: datetime) -> str:
-    return at.isoformat().replace("+00:00", "Z")
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import pytest
 from pypdf import PdfReader
 
 from tests.api.apps import api_client
+from tests.api.closing import utc
 from wallets.periods import Cycle, period_of
 
 ADMIN = {"Authorization": "Bearer rr-admin"}
@@ -20,10 +21,6 @@ def book(version: str, effective_from: str, a_in: str) -> dict:
         {"id": "a-in", "model": "model-a", "token_type": "input", "price": a_in},
         {"id": "a-out", "model": "model-a", "token_type": "output", "price": "20.00"},
         {"id": "call", "token_type": "request", "price": "0.01"}]}
-
-
-def utc(at: datetime) -> str:
-    return at.isoformat().replace("+00:00", "Z")
 
 
 @pytest.fixture

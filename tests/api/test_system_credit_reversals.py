@@ -10,15 +10,11 @@ from datetime import UTC, datetime
 import pytest
 
 from tests.api.apps import api_client
-from tests.api.closing import close_early
+from tests.api.closing import close_early, utc
 from wallets.periods import Cycle, period_of
 
 ADMIN = {"Authorization": "Bearer sys-admin"}
 CYCLE = Cycle("UTC", None)
-
-
-def utc(at: datetime) -> str:
-    return at.isoformat().replace("+00:00", "Z")
 
 
 @pytest.fixture
