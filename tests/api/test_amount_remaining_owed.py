@@ -8,15 +8,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from tests.api.apps import api_client
-from tests.api.closing import close_early
+from tests.api.closing import close_early, utc
 from wallets.periods import Cycle, following, period_of
 
 ADMIN = {"Authorization": "Bearer rem-admin"}
 CYCLE = Cycle("UTC", None)
-
-
-def utc(at: datetime) -> str:
-    return at.isoformat().replace("+00:00", "Z")
 
 
 async def _book(c, version: str, effective_from: str, price: str) -> None:
