@@ -65,6 +65,7 @@ class NormalizedUsage:
     details: tuple[tuple[str, int], ...] = ()
     extra: tuple[tuple[str, int], ...] = ()
     service_tier: str | None = None
+    inference_geo: str | None = None  # Anthropic: where the call ran ("us"), which prices it as the tier does
 
     def as_usage_fields(self) -> dict[str, Any]:
         """The canonical ``usage`` object of the API (format 2 fields and the tier when given)."""
@@ -72,6 +73,8 @@ class NormalizedUsage:
         fields.update((FIELD_OF[t], v) for t, v in self.extra)
         if self.service_tier is not None:
             fields["service_tier"] = self.service_tier
+        if self.inference_geo is not None:
+            fields["inference_geo"] = self.inference_geo
         return fields
 
     def token_counts(self) -> dict[str, int]:
@@ -81,8 +84,9 @@ class NormalizedUsage:
         return {t: v for t, v in counts.items() if v}
 
     def dimensions(self) -> dict[str, str]:
-        """What the usage itself says about the price: its service tier."""
-        return {} if self.service_tier is None else {"service_tier": self.service_tier}
+        """What the usage itself says about the price: its service tier, where it ran."""
+        return {name: value for name, value in (("service_tier", self.service_tier),
+                                                ("inference_geo", self.inference_geo)) if value is not None}
 
 
 class _Reader:
@@ -155,7 +159,7 @@ class _Reader:
 
 
 def _result(r: _Reader, source: str, counts: dict[str, int], tier: str | None,
-            details: Mapping[str, int] | None = None) -> NormalizedUsage:
+            details: Mapping[str, int] | None = None, geo: str | None = None) -> NormalizedUsage:
     """Build the normalized usage once every count is read and checked non-negative."""
     if not r.errors:
         for name, value in counts.items():
@@ -164,7 +168,7 @@ def _result(r: _Reader, source: str, counts: dict[str, int], tier: str | None,
     base = [counts.pop(t, 0) for t in ("input", "cached_input", "cache_write", "output", "reasoning")]
     extra = tuple((t, v) for t, v in counts.items() if v)
     kept = tuple(sorted((k, v) for k, v in (details or {}).items() if v))
-    return NormalizedUsage(*base, source, kept, extra, tier)
+    return NormalizedUsage(*base, source, kept, extra, tier, geo)
 
 
 def _openai(r: _Reader, prompt_name: str, completion_name: str, source: str) -> NormalizedUsage:
@@ -240,7 +244,7 @@ def normalize_anthropic(usage: Mapping[str, Any]) -> NormalizedUsage:
               "output": out - thinking, "reasoning": thinking,
               "web_search": r.count("server_tool_use", "web_search_requests")}
     details = {"web_fetch_requests": r.count("server_tool_use", "web_fetch_requests")}
-    return _result(r, "anthropic", counts, r.tier("service_tier"), details)
+    return _result(r, "anthropic", counts, r.tier("service_tier"), details, r.tier("inference_geo"))
 
 
 def normalize_gemini(usage: Mapping[str, Any]) -> NormalizedUsage:
@@ -319,7 +323,7 @@ def normalize_canonical(usage: Mapping[str, Any]) -> NormalizedUsage:
 def _read_canonical(usage: Mapping[str, Any]) -> NormalizedUsage:
     r = _Reader(usage, "usage")
     for key in usage:
-        r.check(key in CANONICAL_FIELDS or key in EXTRA_FIELDS or key == "service_tier", str(key),
+        r.check(key in CANONICAL_FIELDS or key in EXTRA_FIELDS or key in ("service_tier", "inference_geo"), str(key),
                 "unknown usage field")
     counts = dict(_NO_COUNTS)  # a field not given counts 0: read only those given, in the same order
     for name in _COUNTED_FIELDS:
@@ -328,4 +332,4 @@ def _read_canonical(usage: Mapping[str, Any]) -> NormalizedUsage:
     # Usage that counts nothing at all ({}, nulls, a tier alone) is a lost report, most likely,
     # not a call that used nothing: that one says so with zeros.
     r.check(any(usage.get(name) is not None for name in _COUNTED_FIELDS), "usage", NO_COUNT)
-    return _result(r, "canonical", counts, r.tier("service_tier"))
+    return _result(r, "canonical", counts, r.tier("service_tier"), geo=r.tier("inference_geo"))

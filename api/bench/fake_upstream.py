@@ -65,6 +65,7 @@ class FakeUpstream:
     loop: asyncio.AbstractEventLoop | None = None
     auto_tier: str | None = None  # the tier a chat call without one, or "auto", is served at (None: not reported)
     served_tier: str | None = None  # the tier every chat call is served at, whatever it asked for (None: as asked)
+    default_geo: str | None = None  # where a messages call that names no inference_geo runs (None: not reported)
     _gate: asyncio.Event | None = None
 
     def release(self) -> None:
@@ -324,6 +325,10 @@ async def _messages(fake: FakeUpstream, log: Logged, receive: Any, send: Any) ->
         usage["cache_creation"] = {"ephemeral_5m_input_tokens": 0,
                                    "ephemeral_1h_input_tokens": usage["cache_creation_input_tokens"]}
     start_usage = {**usage, "output_tokens": 1}
+    geo = log.body.get("inference_geo") or fake.default_geo
+    if geo is not None:  # where it ran, in its usage (the workspace's default when the call names none)
+        usage["inference_geo"] = geo
+        start_usage["inference_geo"] = geo
     if log.body.get("speed") is not None:  # the speed it ran at, in its usage
         server = {**server, "speed": log.body["speed"]}
     edits = (log.body.get("context_management") or {}).get("edits") or []

@@ -383,9 +383,12 @@ def _search_tool(kind: str, body: Mapping[str, Any]) -> tuple[tuple[str, str], .
 
 
 def _chosen_by_provider(kind: str, body: Mapping[str, Any]) -> tuple[str, ...]:
-    """("service_tier",) when the call leaves its tier to the provider (PROVIDER_TIERS, or none given)."""
+    """("service_tier",) when the call leaves its tier to the provider (PROVIDER_TIERS, or none given);
+    and ("inference_geo",) for an Anthropic call that names no geography: the workspace's default
+    (`default_inference_geo`, "us" say) applies, reported in its usage."""
     tier = body.get("service_tier")
-    return ("service_tier",) if kind in PROVIDER_TIERS and (tier is None or tier in PROVIDER_TIERS[kind]) else ()
+    chosen = ("service_tier",) if kind in PROVIDER_TIERS and (tier is None or tier in PROVIDER_TIERS[kind]) else ()
+    return (*chosen, "inference_geo") if kind == MESSAGES and body.get("inference_geo") is None else chosen
 
 
 def _cache_write(kind: str, value: Any) -> str | None:
@@ -471,7 +474,7 @@ def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: Token
         changed = changed or tools_changed
     elif kind == CHAT:
         uses, results = openai_chat_search(body, server_tool_result_tokens)
-    if standard_tier and _chosen_by_provider(kind, body):
+    if standard_tier and "service_tier" in _chosen_by_provider(kind, body):
         body["service_tier"], changed = STANDARD_TIERS[kind], True
     wanted = True
     if stream and kind == CHAT:

@@ -74,7 +74,7 @@ def usage_tokens(usage: Mapping[str, Any] | None, openai_usage: Mapping[str, Any
                  "anthropic_usage": normalize_anthropic, "gemini_usage": normalize_gemini}[name]
     normalized = normalize(value)
     stored = {"source": name, "reported": dict(value), "canonical": normalized.as_usage_fields()}
-    if normalized.service_tier is not None:  # the provider's word on the tier prices it
+    if normalized.dimensions():  # the provider's word on the tier (and where it ran) prices it
         stored["dimensions"] = normalized.dimensions()
     return normalized.token_counts(), stored
 

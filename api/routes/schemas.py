@@ -41,6 +41,9 @@ ESTIMATE = {
 
 SERVICE_TIER = {"type": "string", "minLength": 1, "maxLength": 40,
                 "description": "The service tier the provider reported (flex, priority, ...): it selects prices"}
+INFERENCE_GEO = {"type": "string", "minLength": 1, "maxLength": 40,
+                 "description": "Where the call ran, as Anthropic reports it (`inference_geo`: us, global): "
+                                "it selects prices, as the service tier does"}
 CANONICAL_USAGE = {
     "type": "object",
     "description": "Disjoint counts: `input_tokens` excludes cached, cache-write and audio/image/video input "
@@ -49,7 +52,7 @@ CANONICAL_USAGE = {
                    "one count, 0 where the call used nothing: usage with none ({}, only nulls) is a 422 "
                    "`validation_error` naming `usage`.",
     "properties": {**{name: OPTIONAL_COUNT for name in (*CANONICAL_FIELDS, *EXTRA_FIELDS)},
-                   "service_tier": SERVICE_TIER},
+                   "service_tier": SERVICE_TIER, "inference_geo": INFERENCE_GEO},
     "additionalProperties": False,
     # at least one count (0 included): usage that counts nothing ({}, nulls) is refused, `usage`
     "anyOf": [{"required": [name], "properties": {name: COUNT}} for name in (*CANONICAL_FIELDS, *EXTRA_FIELDS)],
@@ -98,6 +101,7 @@ ANTHROPIC_USAGE = {
         "cache_creation": _details("ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens"),
         "server_tool_use": _details("web_search_requests", "web_fetch_requests"),
         "output_tokens_details": _details("thinking_tokens"), "service_tier": SERVICE_TIER,
+        "inference_geo": INFERENCE_GEO,
     },
 }
 

@@ -323,3 +323,22 @@ def test_an_operator_may_pin_a_call_that_leaves_its_tier_to_the_provider_to_the_
     assert fake.fake.calls[-1].body["service_tier"] == "standard_only"
     assert charged(url, raw.headers["x-tokentill-request-id"]) == (800 * IN + 200 * Decimal(1) + 40 * OUT) / M \
         + Decimal("0.001")
+
+
+def test_an_anthropic_call_run_where_its_workspace_defaults_is_charged_there(live, fake):  # noqa: F811
+    """A workspace may default its calls to US-only inference (default_inference_geo "us", billed
+    above the global prices), which a call that names no inference_geo gets: its usage reports
+    inference_geo "us". That was not read: charged at the global prices. It now prices the charge as
+    the reported service tier does, and the hold is at the dearest geography the book prices."""
+    url, _ = live
+    us = Decimal("22")  # 1.1 times the output price
+    _, key = customer((url, tool_book(url, {"id": "out-us", "token_type": "output", "price": str(us),
+                                            "match": {"inference_geo": "us"}})))
+    fake.fake.default_geo = "us"
+    try:
+        raw = claude(url, key).messages.with_raw_response.create(model="claude-test", max_tokens=1000, messages=HI)
+    finally:
+        fake.fake.default_geo = None
+    assert raw.parse().usage.inference_geo == "us"
+    assert Decimal(raw.headers["x-tokentill-reserved"]) >= 1000 * us / M
+    assert charged(url, raw.headers["x-tokentill-request-id"]) == MESSAGES_CHARGE + 40 * (us - OUT) / M

@@ -469,10 +469,13 @@ def test_the_fields_that_choose_the_providers_prices_are_the_calls_dimensions():
     for auto in ({"service_tier": "auto"}, {}):
         assert call(CHAT, {**chat, **auto}).chosen_by_provider == ("service_tier",)
         assert call(RESPONSES, {"model": "gpt-4", "input": "hi", **auto}).chosen_by_provider == ("service_tier",)
+        # and an Anthropic call that names no inference_geo runs where its workspace defaults
         assert call(MESSAGES, {"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": HI, **auto}
-                    ).chosen_by_provider == ("service_tier",)
+                    ).chosen_by_provider == ("service_tier", "inference_geo")
     assert call(CHAT, {**chat, "service_tier": "priority"}).chosen_by_provider == ()
     assert call(MESSAGES, {"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": HI,
+                           "service_tier": "standard_only"}).chosen_by_provider == ("inference_geo",)
+    assert call(MESSAGES, {"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": HI, "inference_geo": "global",
                            "service_tier": "standard_only"}).chosen_by_provider == ()
     assert call(EMBEDDINGS, {"model": "text-embedding-3-small", "input": "hi"}).chosen_by_provider == ()
     assert call(RESPONSES, {"model": "gpt-4", "input": "hi", "service_tier": "flex"}).dimensions == (

@@ -193,3 +193,15 @@ def test_canonical_usage_is_validated_and_unknown_fields_refused():
     with pytest.raises(InvalidUsageError) as info:
         normalize_canonical({"input_tokens": 1, "prompt_tokens": 2, "output_tokens": -1})
     assert field_names(info.value) == {"prompt_tokens", "output_tokens"}
+
+
+def test_where_an_anthropic_call_ran_is_a_dimension_of_its_usage():
+    """Anthropic reports inference_geo in its usage (a workspace's default applies to a call that
+    names none): it prices the charge as the reported tier does, and round-trips as canonical usage."""
+    normalized = normalize_anthropic({"input_tokens": 10, "output_tokens": 2, "inference_geo": "us",
+                                      "service_tier": "standard"})
+    assert normalized.dimensions() == {"service_tier": "standard", "inference_geo": "us"}
+    fields = normalized.as_usage_fields()
+    assert fields["inference_geo"] == "us"
+    assert normalize_canonical(fields).dimensions() == {"service_tier": "standard", "inference_geo": "us"}
+    assert normalize_anthropic({"input_tokens": 10, "output_tokens": 2}).dimensions() == {}
