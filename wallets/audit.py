@@ -62,15 +62,28 @@ async def holds_equal_reserved(conn: AsyncConnection) -> Check:
         """, "every reserved account equals what its open reservations hold")
 
 
+async def _revocations_recorded(conn: AsyncConnection) -> bool:
+    """Whether lots record a grant's whole revocation (migration 0048 on)."""
+    return (await conn.execute(text(
+        """SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('lots')
+              AND attname = 'revoked_at' AND NOT attisdropped"""))).first() is not None
+
+
 async def lots_match_accounts(conn: AsyncConnection) -> Check:
-    return await _query_check(conn, "lots", """
+    # a grant revoked in whole is closed for good: what comes back to it is revoked again
+    revoked = """
+        UNION ALL
+        SELECT format('lot %s was revoked in whole, yet its account holds %s', l.id, b.credits - b.debits)
+          FROM lots l JOIN account_balances b ON b.account_id = l.account_id
+         WHERE l.revoked_at IS NOT NULL AND b.credits <> b.debits""" if await _revocations_recorded(conn) else ""
+    return await _query_check(conn, "lots", f"""
         SELECT format('lot %s: remaining %s is outside 0..%s granted', l.id, b.credits - b.debits, l.granted)
           FROM lots l JOIN account_balances b ON b.account_id = l.account_id
          WHERE b.credits - b.debits < 0 OR b.credits - b.debits > l.granted
         UNION ALL
         SELECT format('lot %s expired, yet its account still holds %s', l.id, b.credits - b.debits)
           FROM lots l JOIN account_balances b ON b.account_id = l.account_id
-         WHERE l.expired_at IS NOT NULL AND b.credits <> b.debits
+         WHERE l.expired_at IS NOT NULL AND b.credits <> b.debits{revoked}
         UNION ALL
         SELECT format('lot %s: granted %s, but its opening entry credited %s', l.id, l.granted,
                       coalesce(-(SELECT sum(p.amount) FROM postings p
@@ -78,7 +91,8 @@ async def lots_match_accounts(conn: AsyncConnection) -> Check:
           FROM lots l
          WHERE l.granted <> coalesce(-(SELECT sum(p.amount) FROM postings p
                                         WHERE p.entry_id = l.entry_id AND p.account_id = l.account_id), 0)
-        """, "each lot's remaining is its account balance, within what was granted; expired lots are empty")
+        """, "each lot's remaining is its account balance, within what was granted; expired lots and grants "
+           "revoked in whole are empty")
 
 
 async def wallets_within_limits(conn: AsyncConnection) -> Check:
@@ -321,11 +335,11 @@ _MOVED = f"""
            coalesce(-sum(p.amount) FILTER (WHERE a.code LIKE {_literal(chart.cash_account('%'))}
                                             AND j.kind = 'grant_reversal'), 0) AS refunds,
            coalesce(-sum(p.amount) FILTER (WHERE a.code LIKE {_literal(chart.promotions_account('%'))}
-                                            AND j.kind = 'grant_reversal'), 0) AS revoked,
+                                            AND p.amount < 0), 0) AS revoked,
            coalesce(sum(p.amount) FILTER (WHERE a.code LIKE {_literal(chart.cash_account('%'))}
                                            AND j.kind = 'invoice_payment'), 0) AS payments,
            coalesce(sum(p.amount) FILTER (WHERE a.code LIKE {_literal(chart.promotions_account('%'))}
-                                           AND j.kind <> 'grant_reversal'), 0) AS grants,
+                                           AND p.amount > 0), 0) AS grants,
            coalesce(-sum(p.amount) FILTER (WHERE a.code LIKE {_literal(chart.breakage_account('%'))}), 0) AS expired,
            coalesce(-sum(p.amount) FILTER (WHERE left(a.code, length({_LOTS})) = {_LOTS}), 0) AS lots
       FROM journal_entries j JOIN postings p ON p.lane = j.lane AND p.entry_id = j.id

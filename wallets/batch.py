@@ -31,6 +31,7 @@ from wallets.core.decision import (
     CustomerFlagged,
     InvoiceFinalized,
     LotOpened,
+    LotRevoked,
     LotSwept,
     OutboxEvent,
     PaymentRecorded,
@@ -268,6 +269,10 @@ class Batch:
         self.add("lot_expiries", {"id": effect.lot_id, "expired_at": effect.expired_at, "amount": effect.amount,
                                   "entry_key": key})
 
+    def _lot_revoked(self, effect: LotRevoked, key: str | None) -> None:
+        self.loaded.wallets[effect.customer_id].lots[effect.code].revoked = True
+        self.add("lot_revocations", {"id": effect.lot_id, "revoked_at": effect.revoked_at})
+
     def _reservation_opened(self, effect: ReservationOpened, key: str | None) -> None:
         self.loaded.wallets[effect.customer_id].reservations[effect.reservation_id] = Reservation(
             effect.reservation_id, effect.customer_id, effect.request_id, effect.request_hash, effect.model,
@@ -444,7 +449,8 @@ class Batch:
 
 _PRICED = (ChargeRecorded, TrueUpPosted, AdjustmentPosted)  # effects whose lines an entry's rollup adds
 _FOLLOW: dict[type, Any] = {
-    LotOpened: Batch._lot_opened, LotSwept: Batch._lot_swept, ReservationOpened: Batch._reservation_opened,
+    LotOpened: Batch._lot_opened, LotSwept: Batch._lot_swept, LotRevoked: Batch._lot_revoked,
+    ReservationOpened: Batch._reservation_opened,
     ReservationChanged: Batch._reservation_changed, ReservationExtended: Batch._reservation_extended,
     ChargeRecorded: Batch._charge_recorded,
     UsageEventRecorded: Batch._usage_event_recorded, UsageCounted: Batch._usage_counted,

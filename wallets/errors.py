@@ -117,7 +117,8 @@ class OverpaymentError(WalletError):
 
 class GrantClosedError(WalletError):
     """A reversal of a lot that has nothing left to give back: expired (its remainder went to
-    breakage, or goes there at its expiry) or emptied (spent, held or reversed already)."""
+    breakage, or goes there at its expiry), emptied (spent, held or reversed already) or a grant
+    revoked in whole (closed for good)."""
 
     code = "grant_closed"
 

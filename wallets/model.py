@@ -75,9 +75,11 @@ class Lot:
     # the kind of the entry that opened it ("topup", "grant", "rerate_adjustment", "volume_true_up",
     # "invoice_rounding"), loaded only for a lot a command names (None: not loaded)
     opened_by: str | None = None
+    # a grant revoked in whole: closed for good, what comes back to it is revoked again
+    revoked: bool = False
 
     def live(self, now: datetime) -> bool:
-        return not self.swept and (self.expires_at is None or self.expires_at > now)
+        return not self.swept and not self.revoked and (self.expires_at is None or self.expires_at > now)
 
 
 def consumption_key(lot: Lot) -> tuple[Any, ...]:

@@ -64,7 +64,8 @@ SELECT
           l.id, l.customer_id, l.account_code, l.kind, l.granted, l.priority, l.expires_at, l.created_at,
           l.reason, l.reference, b.credits - b.debits, l.expired_at IS NOT NULL,
           CASE WHEN l.account_code = ANY(%(lot_codes)s::text[])
-               THEN (SELECT j.kind FROM journal_entries j WHERE j.lane = l.lane AND j.id = l.entry_id) END)),
+               THEN (SELECT j.kind FROM journal_entries j WHERE j.lane = l.lane AND j.id = l.entry_id) END,
+          l.revoked_at IS NOT NULL)),
           '[]'::jsonb)
      FROM lots l JOIN account_balances b ON b.lane = %(lane)s AND b.account_id = l.account_id
     WHERE l.lane = %(lane)s AND l.customer_id = ANY(%(customers)s::text[])
@@ -230,10 +231,10 @@ def loaded_from(row: Any, params: dict[str, Any]) -> Loaded:
     wanted, held_for = params["reservations"], params["credit_held_for"]
     loaded = Loaded({c["id"]: _customer(c) for c in row.customers}, {}, {}, entry_ids=list(row.entry_ids))
     for lot_id, cid, code, kind, granted, priority, expires_at, created_at, reason, reference, balance, swept, \
-            opened_by in row.lots:
+            opened_by, revoked in row.lots:
         loaded.wallets[cid].lots[code] = Lot(lot_id, code, kind, int(granted), priority, _time(expires_at),
                                              _time(created_at), int(balance), swept, reason, reference,  # type: ignore[arg-type]
-                                             opened_by)
+                                             opened_by, revoked)
     for item in row.budgets:
         b = budget(item["budget"], item["customer_zone"])
         b.windows = {_time(start): [int(used), int(held)] for start, used, held in item["windows"] or []}  # type: ignore[misc]
@@ -351,6 +352,9 @@ _WRITES: dict[str, str] = {
                               expiry_entry_id = r.entry_id
                  FROM jsonb_to_recordset({p}::jsonb) AS r(id text, expired_at timestamptz,
                       amount numeric, entry_id bigint)
+                WHERE lots.lane = {lane} AND lots.id = r.id""",
+    "lot_revocations": """UPDATE lots SET revoked_at = r.revoked_at
+                 FROM jsonb_to_recordset({p}::jsonb) AS r(id text, revoked_at timestamptz)
                 WHERE lots.lane = {lane} AND lots.id = r.id""",
     "reservations": """INSERT INTO reservations (lane, id, customer_id, request_id, request_hash, model,
                    amount, captured, released, charged, captures, status, dimensions, estimate,

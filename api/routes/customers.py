@@ -334,10 +334,12 @@ async def reverse_grant(state: State, request: Request, customer_id: FromPath[st
                         data: ReverseGrantBody) -> Response[ReversalResponse]:
     """Give back (part of) a lot's remainder not held, the reverse of what opened it: a top-up's is
     refunded (lot -> platform cash), a grant's revoked (lot -> platform promotions). Without
-    `amount`, all of it (a refund: the whole minor units of it). 404 for a lot not the
-    customer's; 409 `grant_not_reversible` (naming `opened_by`) for a lot a re-rate, a true-up or
-    a close's rounding opened; 409 `grant_closed` for a lot expired
-    or emptied, 409 `exceeds_remaining` (naming `available` and `asked`) for more than is left;
+    `amount`, all of it (a refund: the whole minor units of it). A grant revoked in whole is
+    closed for good: what comes back to it later (a hold's piece, a re-rate's money back) is
+    revoked again, to promotions. 404 for a lot not the customer's; 409 `grant_not_reversible`
+    (naming `opened_by`) for a lot a re-rate, a true-up or a close's rounding opened; 409
+    `grant_closed` (`state`: `expired`, `emptied` or `revoked`) for a lot expired, emptied or
+    revoked in whole, 409 `exceeds_remaining` (naming `available` and `asked`) for more than is left;
     an `amount` finer than the currency's minor unit is 422 `invalid_amount`."""
     data = shaped(data, ReverseGrantRequest)
     amount = amount_in(data.amount, "amount") if data.amount is not None else None

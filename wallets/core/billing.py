@@ -11,7 +11,8 @@ moved no money, and so has no entry, adds its lines alone, netting 0):
   funded:<source>     what paid the revenue: `grant` or `topup` lots, or the `receivable`; a
                       credit note's `rounding` (its money is whole minor units, its revenue exact)
   topups, grants      credit bought or given; `expired`: what went to breakage
-  refunds, revoked    credit given back: top-ups refunded to cash, grants revoked (reversals)
+  refunds, revoked    credit given back: top-ups refunded to cash, grants revoked (reversals, and
+                      what came back to a grant revoked in whole: a hold's piece, a re-rate's money)
   payments            invoice payments received
   lots, reserved, receivable   the change of the customer's balances
   rounded             what the close's rounding of the amount due moved on the receivable
@@ -98,7 +99,7 @@ def entry_rollup(customer: Customer, entry: JournalEntry | None, lot_kinds: Mapp
         elif p.account == breakage:
             add(out, "expired", 0, -p.amount)
         elif p.account == promotions:
-            if entry.kind == "grant_reversal":
+            if p.amount < 0:  # a revocation, or what came back to a grant revoked in whole: revoked again
                 add(out, "revoked", 0, -p.amount)
             else:
                 add(out, "grants", 0, p.amount)

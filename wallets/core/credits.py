@@ -15,6 +15,7 @@ from wallets.core.decision import (
     ChargeRecorded,
     Decision,
     LotOpened,
+    LotRevoked,
     LotSwept,
     Outcome,
     UsageCounted,
@@ -155,6 +156,9 @@ def reverse_grant(state: State, cmd: ReverseGrant, now: datetime, book: PriceBoo
             "grant: there is no cash or promotion it came from to give it back to; it stays credit for usage",
             grant_id=lot.id, opened_by=lot.opened_by)
     cur = w.customer.currency
+    if lot.revoked:
+        raise GrantClosedError(f"grant {lot.id} was revoked in whole: it is closed, what comes back to it is "
+                               "revoked again", grant_id=lot.id, state="revoked")
     if not lot.live(now):
         raise GrantClosedError(f"grant {lot.id} expired: its remainder is breakage, not to be given back",
                                grant_id=lot.id, state="expired")
@@ -188,11 +192,16 @@ def reverse_grant(state: State, cmd: ReverseGrant, now: datetime, book: PriceBoo
     event = state.event("grant.reversed", w.customer.id, f"grant.reversed:{reversal_id}", now, {
         "grant_id": lot.id, "reversal": kind, "amount": format_money(amount, cur), "currency": cur,
         "remaining": format_money(lot.balance - amount, cur), "reason": cmd.reason, "reference": cmd.reference})
+    # a grant revoked in whole is closed for good: what comes back to it later (a hold released or
+    # settled below it, a re-rate's money back) is revoked again. A top-up refunded in whole stays
+    # open: what comes back to it is the customer's, who paid for the usage.
+    whole = lot.kind == "grant" and amount == lot.balance
+    closed = (LotRevoked(w.customer.id, lot.id, lot.code, now),) if whole else ()
     after = replace(lot, balance=lot.balance - amount)
     view = wallet_view(replace(w, lots={**w.lots, lot.code: after}), now)
     result = ReversalResult(kind, amount, cmd.reason, cmd.reference, lot_view(after), view,
                             posted.key if posted else None)
-    return Decision(Outcome(result.code, result), posted, (event,))
+    return Decision(Outcome(result.code, result), posted, (event, *closed))
 
 
 def usage_entry_key(customer_id: str, event_id: str) -> str:

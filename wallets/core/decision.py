@@ -43,6 +43,15 @@ class LotSwept(msgspec.Struct, frozen=True, gc=False):
     expired_at: datetime
 
 
+class LotRevoked(msgspec.Struct, frozen=True, gc=False):
+    """A grant revoked in whole: closed for good; what comes back to it goes to promotions."""
+
+    customer_id: str
+    lot_id: str
+    code: str
+    revoked_at: datetime
+
+
 class HoldPiece(msgspec.Struct, frozen=True, gc=False):
     seq: int
     account: str

@@ -75,10 +75,13 @@ def entry(key: str, kind: str, legs: Legs, customer_id: str, now: datetime,
 
 
 def return_target(wallet: Wallet, account: str) -> str:
-    """Where a returned hold piece goes: its lot, the receivable, or breakage if the lot was swept."""
+    """Where a returned hold piece goes: its lot, the receivable, breakage if the lot was swept, or
+    promotions if it is a grant revoked in whole (closed for good: revoked again)."""
     if account == chart.receivable_account(wallet.customer.id):
         return account
     lot = wallet.lots.get(account)  # a lot the expiry job swept is not loaded at all
+    if lot is not None and lot.revoked:  # closed by its revocation before any expiry
+        return chart.promotions_account(wallet.customer.currency)
     if lot is None or lot.swept:
         return chart.breakage_account(wallet.customer.currency)
     return account

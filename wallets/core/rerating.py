@@ -308,6 +308,10 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
             give(account, part)
             if part > 0:
                 room[account] = lot.granted - lot.balance - part
+        elif lot is not None and lot.revoked:
+            # A grant revoked in whole since: closed for good, what comes back to it is revoked
+            # again (to the promotions the revocation credited), as a hold given back to it is.
+            give(account, min(back, share), to=chart.promotions_account(cur))
         else:
             # The lot has expired since (swept, or due to be): had the charge cost less, the
             # difference would have stayed in it and gone to breakage at its expiry, as a hold

@@ -171,3 +171,26 @@ def test_a_lot_a_correction_opened_is_not_reversible_and_nothing_moves():
         assert refused.context == {"grant_id": paid.grant.id, "opened_by": opened_by}
     assert m.lot(paid) == usd("3.00") and m.platform("cash") == usd("3.00")
     assert [e.kind for e in m.entries] == ["topup"]
+
+
+def test_what_comes_back_to_a_grant_revoked_in_whole_is_revoked_again_and_a_refunded_top_up_takes_it():
+    m = MemoryWallet()
+    promo = m.grant("5.00")
+    released, settled = m.reserve("1.00").reservation.id, m.reserve("2.00").reservation.id
+    assert reverse(m, promo, reason="abuse").amount == usd("2.00")
+    m.release(released)
+    m.settle(settled, input_tokens=500)  # $0.50 of its $2.00
+    assert m.lot(promo) == 0 and m.wallet.available(m.now) == 0
+    assert m.platform("promotions") == usd("0.50")  # 5.00 given, 4.50 revoked: only the spent 0.50 is the platform's
+    closed = reverse(m, promo)
+    assert isinstance(closed, GrantClosedError) and closed.context["state"] == "revoked"
+    promotions = chart.promotions_account("USD")
+    back = [entry_rollup(m.wallet.customer, e, {}).get("revoked") for e in m.entries[-2:]]
+    assert back == [(0, usd("1.00")), (0, usd("1.50"))] and all(
+        any(p.account == promotions for p in e.postings) for e in m.entries[-2:])
+    # a top-up refunded in whole: what comes back is the customer's, who paid for the usage
+    paid = m.top_up("3.00")
+    held = m.reserve("1.00").reservation.id
+    reverse(m, paid)
+    m.release(held)
+    assert m.lot(paid) == usd("1.00")
