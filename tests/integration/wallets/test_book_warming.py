@@ -3,7 +3,6 @@ process uses a 3,000-rule book, other customers' reserves keep completing meanwh
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from itertools import pairwise
 from typing import Any
@@ -69,22 +68,19 @@ class Reserves:
             await asyncio.sleep(0)
 
 
-async def test_other_customers_reserves_complete_while_a_big_book_is_parsed(db, tag, monkeypatch):
-    kit, a, b = await setup(db, tag)
-    others = Reserves(kit, b)
-    parsing, progressed = threading.Event(), threading.Event()
+async def reserve_while_parsing(kit: Kit, a: str, others: Reserves, book_id: str, request_id: str,
+                                patience_s: float, monkeypatch: Any) -> tuple[Any, bool]:
+    """a's reserve while b's reserves run, the first parse of `book_id` waiting (up to
+    `patience_s`) until b completed three more reserves: they can only if the parse holds neither
+    the event loop nor the lock b's batches need. The reserve, and whether b's went on."""
     waited: list[bool] = []
     parse = books.parse_version
 
     def parse_watching_others(data: dict[str, Any], **kw: Any) -> Any:
-        """Parsing the big book waits (up to 5 s) until b completed three more reserves: they can
-        only if the parse holds neither the event loop nor the writer lock."""
-        if data.get("id") == f"big-{tag}" and not parsing.is_set():
-            before = len(others.done)
-            parsing.set()
-            deadline = time.monotonic() + 5
+        if data.get("id") == book_id and not waited:
+            before, deadline = len(others.done), time.monotonic() + patience_s
             while len(others.done) < before + 3 and time.monotonic() < deadline:
-                progressed.wait(0.01)
+                time.sleep(0.01)
             waited.append(len(others.done) >= before + 3)
         return parse(data, **kw)
 
@@ -92,11 +88,18 @@ async def test_other_customers_reserves_complete_while_a_big_book_is_parsed(db, 
     loop = asyncio.create_task(others.run())
     try:
         await asyncio.sleep(0.05)
-        first = await kit.reserve(a, "a-first", input_tokens=1_000, max_output_tokens=500)
+        reserved = await kit.reserve(a, request_id, input_tokens=1_000, max_output_tokens=500)
     finally:
         others.stop = True
         await loop
-    assert waited == [True], "b's reserves stalled while a's price book was parsed"
+    assert len(waited) == 1, f"the book was parsed {len(waited)} times"
+    return reserved, waited[0]
+
+
+async def test_other_customers_reserves_complete_while_a_big_book_is_parsed(db, tag, monkeypatch):
+    kit, a, b = await setup(db, tag)
+    first, went_on = await reserve_while_parsing(kit, a, Reserves(kit, b), f"big-{tag}", "a-first", 5, monkeypatch)
+    assert went_on, "b's reserves stalled while a's price book was parsed"
     # a's hold is priced by the big book: 1,000 x $1/1,000 + 500 x $2/1,000
     assert first.reservation.amount == usd("2.00")
 
@@ -175,28 +178,7 @@ async def test_other_lanes_reserves_complete_while_a_new_version_of_a_big_book_i
     doubled["rules"][:2] = [{"id": "x-in", "model": "model-x", "token_type": "input", "price": "2000"},
                             {"id": "x-out", "model": "model-x", "token_type": "output", "price": "4000"}]
     await db.run(lambda conn: books.add_version(conn, doubled))
-    others = Reserves(kit, b)
-    progressed = threading.Event()
-    waited: list[bool] = []
-    parse = books.parse_version
-
-    def parse_watching_others(data: dict[str, Any], **kw: Any) -> Any:
-        """Parsing the new version waits (up to 2 s: b's batch, stopped with the loop, must not
-        reach its 5 s idle timeout) until b completed three more reserves."""
-        if data.get("id") == f"big-{tag}" and not waited:
-            before, deadline = len(others.done), time.monotonic() + 2
-            while len(others.done) < before + 3 and time.monotonic() < deadline:
-                progressed.wait(0.01)
-            waited.append(len(others.done) >= before + 3)
-        return parse(data, **kw)
-
-    monkeypatch.setattr(books, "parse_version", parse_watching_others)
-    loop = asyncio.create_task(others.run())
-    try:
-        await asyncio.sleep(0.05)
-        later = await kit.reserve(a, "a-later", input_tokens=1_000, max_output_tokens=500)
-    finally:
-        others.stop = True
-        await loop
-    assert waited == [True], "b's reserves, in another lane, stalled while a's new version was parsed"
+    # patience 2 s: b's batch, stopped with the loop, must not reach its 5 s idle timeout
+    later, went_on = await reserve_while_parsing(kit, a, Reserves(kit, b), f"big-{tag}", "a-later", 2, monkeypatch)
+    assert went_on, "b's reserves, in another lane, stalled while a's new version was parsed"
     assert later.reservation.amount == usd("4.00")  # the new version prices it at once
