@@ -14,6 +14,7 @@ import pytest
 
 from api.client import AsyncClient, Client
 from api.spool import Spool
+from tests.api.apps import wait_ready
 from tests.api.test_sdk_durability import (
     ADMIN,
     ServeProcess,
@@ -21,7 +22,6 @@ from tests.api.test_sdk_durability import (
     live_book,
     new_customer,
     reservation,
-    wait_ready,
 )
 
 

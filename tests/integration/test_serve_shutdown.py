@@ -20,8 +20,8 @@ from sqlalchemy import create_engine, text
 from api.bench import fake_upstream as fk
 from api.bench.common import free_port
 from api.runtime import sync_url
+from tests.api.apps import wait_ready
 from tests.api.test_gateway import BOOK, CALL, HI, IN, OUT, M
-from tests.api.test_sdk_durability import wait_ready
 
 ADMIN = "shutdown-test-admin"
 
