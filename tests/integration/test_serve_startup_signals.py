@@ -42,6 +42,15 @@ def _ignore_hangup() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as `nohup` starts a command
 
 
+def _as_a_terminal_starts_it() -> None:
+    """SIGINT and SIGHUP at their default dispositions, as a terminal's foreground command has
+    them: a test run started in the background (`.ci/run &`) inherits SIGINT ignored, one started
+    under `nohup` SIGHUP ignored, and a command keeps an ignored signal ignored (on purpose: see
+    test_a_server_started_under_nohup_keeps_serving_through_a_hangup)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 class Server:
     """A `tokentill` command on the embedded cluster, its log read line by line as it comes."""
 
@@ -53,7 +62,7 @@ class Server:
         self.proc = subprocess.Popen([sys.executable, "-m", "api.cli", *args, "--port", str(self.port)], env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      start_new_session=session,  # session: a process group a hangup reaches whole
-                                     preexec_fn=_ignore_hangup if nohup else None)
+                                     preexec_fn=_ignore_hangup if nohup else _as_a_terminal_starts_it)
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.log: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -193,12 +202,10 @@ def test_a_signal_stops_a_one_shot_command_and_the_embedded_postgresql_it_starte
     pgdata = data_dir / "pg"
     env = {k: v for k, v in os.environ.items() if k != "TOKENTILL_DATABASE_URL"}
     env["TOKENTILL_DATA_DIR"] = str(data_dir)
-    # Ctrl-C's default disposition, as a terminal's foreground command has it: a test run started in
-    # the background by a non-interactive shell (`.ci/run &`) inherits SIGINT ignored, and Python
-    # keeps an ignored SIGINT ignored, so the command would migrate on and exit 0
+    # (an ignored SIGINT or SIGHUP inherited would keep the command migrating on, exit 0)
     proc = subprocess.Popen([sys.executable, "-m", "api.cli", "migrate"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=_as_a_terminal_starts_it)
     deadline = time.monotonic() + CEILING_S
     while postmaster_of(pgdata) is None:  # the cluster runs: the command migrates, or is about to
         assert proc.poll() is None, proc.communicate()
