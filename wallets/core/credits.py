@@ -122,7 +122,9 @@ def grant(state: State, cmd: Grant, now: datetime, book: PriceBook | None) -> De
 
 def expire_lot(state: State, cmd: ExpireLot, now: datetime, book: PriceBook | None) -> Decision:
     """Job: a lot past its expiry gives its remainder to breakage revenue, exactly once. What
-    open reservations hold from it is not touched now; when given back, it goes to breakage."""
+    open reservations hold from it is not touched now; when given back, it goes to breakage. A
+    lot with nothing left (spent, held, revoked in whole) is closed all the same, without an
+    entry or a `grant.expired` event: nothing expired."""
     w = state.require_wallet()
     lot = w.lots.get(cmd.code)
     if lot is None or lot.swept or lot.expires_at is None or lot.expires_at > now:
@@ -131,9 +133,11 @@ def expire_lot(state: State, cmd: ExpireLot, now: datetime, book: PriceBook | No
     legs = Legs(cur).debit(lot.code, amount).credit(chart.breakage_account(cur), amount)
     posted = entry(f"grant-expiry:{lot.id}", "grant_expiry", legs, w.customer.id, now, {"lot_id": lot.id})
     swept = LotSwept(w.customer.id, lot.id, lot.code, amount, now)
+    result = ExpiryResult(lot.id, amount, posted.key if posted else None)
+    if amount == 0:
+        return Decision(Outcome(result.code, result), posted, (swept,))
     event = state.event("grant.expired", w.customer.id, f"grant.expired:{lot.id}", now, {
         "grant_id": lot.id, "expired": format_money(amount, cur), "currency": cur})
-    result = ExpiryResult(lot.id, amount, posted.key if posted else None)
     return Decision(Outcome(result.code, result), posted, (swept, event))
 
 
