@@ -9,7 +9,7 @@ import sys
 from datetime import datetime
 from importlib.metadata import version
 
-from api.settings import Settings
+from api.settings import MAX_WORKERS, Settings, worker_count
 from ledger.offline import chain_hash
 
 
@@ -105,6 +105,14 @@ def at_least_one(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"not a whole number of at least 1: {text!r}")
     return int(text)
+
+
+def workers(text: str) -> int:
+    """A number of server processes (argparse type): 1 to MAX_WORKERS, as TOKENTILL_WORKERS."""
+    value = worker_count(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"not a number of processes from 1 to {MAX_WORKERS}: {text!r}")
+    return value
 
 
 def seconds(text: str) -> float:
@@ -347,7 +355,7 @@ def parser() -> argparse.ArgumentParser:
         command.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1)")
         command.add_argument("--port", type=port, default=8000, help="default: 8000; 0: any free port")
         command.add_argument("--access-log", action="store_true", help="log every request")
-        command.add_argument("--workers", type=at_least_one, metavar="N", help="server processes on the port, "
+        command.add_argument("--workers", type=workers, metavar="N", help="server processes on the port, "
                              "under one supervisor (default: $TOKENTILL_WORKERS, else 1)")
     serve.set_defaults(func=_serve)
     gateway.add_argument("--upstream-openai", type=upstream, metavar="URL", help="the OpenAI-compatible upstream, "
@@ -441,7 +449,7 @@ def parser() -> argparse.ArgumentParser:
                        help="lifecycle: lanes of the bench's fresh database (default: the machine's cores, 2-16)")
     bench.add_argument("--scaling", action="store_true",
                        help="lifecycle: the table of lanes 1/2/4/16 x servers 1/2, each on a fresh database")
-    bench.add_argument("--workers-per-server", type=at_least_one, default=1, metavar="N",
+    bench.add_argument("--workers-per-server", type=workers, default=1, metavar="N",
                        help="lifecycle: run each server as one `tokentill serve --workers N`")
     bench.add_argument("--budgets", action="store_true",
                        help="lifecycle: run the spread case again with three matching budgets per wallet")

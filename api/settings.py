@@ -133,13 +133,24 @@ def _database_url(raw: str) -> str | None:
     return raw
 
 
-def _workers(raw: str) -> int:
+# Server processes of one `serve`: each is an interpreter with its own pool, so past this many a
+# typo (`--workers 100000`) forks until the machine dies rather than serving faster.
+MAX_WORKERS = 64
+
+
+def worker_count(raw: str) -> int | None:
+    """`raw` as a number of server processes, 1 to MAX_WORKERS; None when it is not one."""
     try:
-        value = int(raw) if raw else 1
+        value = int(raw)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise SystemExit(f"TOKENTILL_WORKERS must be a whole number of processes, at least 1, not {raw!r}")
+        return None
+    return value if 1 <= value <= MAX_WORKERS else None
+
+
+def _workers(raw: str) -> int:
+    value = worker_count(raw) if raw else 1
+    if value is None:
+        raise SystemExit(f"TOKENTILL_WORKERS must be a whole number of processes, 1 to {MAX_WORKERS}, not {raw!r}")
     return value
 
 

@@ -32,6 +32,9 @@ def test_an_empty_environment_gives_the_defaults_the_readme_documents():
     ("TOKENTILL_SEAL_INTERVAL_SECONDS", "99999999999999999"), ("TOKENTILL_SEAL_INTERVAL_SECONDS", "31536001"),
     ("TOKENTILL_WEBHOOK_RETRY_WINDOW_SECONDS", "1e12"), ("TOKENTILL_WEBHOOK_TIMEOUT_SECONDS", "1e300"),
     ("TOKENTILL_POOL_TIMEOUT_SECONDS", "31536001"),
+    # `serve` forked this many server processes, until the machine died
+    ("TOKENTILL_WORKERS", "0"), ("TOKENTILL_WORKERS", "two"), ("TOKENTILL_WORKERS", "65"),
+    ("TOKENTILL_WORKERS", "100000"),
 ])
 def test_a_bad_value_stops_the_start_naming_its_variable(name, bad):
     with pytest.raises(SystemExit) as stopped:
