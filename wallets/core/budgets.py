@@ -185,8 +185,10 @@ def crossed(state: State, b: Budget, currency: str, before: int, after: int, hel
 def on_reserve(state: State, w: Wallet, reservation_id: str, model: str, dimensions: Mapping[str, Any],
                amount: int, tokens: tuple[int | None, int | None], now: datetime) -> Decision | list[Effect]:
     """The budget effects of a new hold (in every matching budget's current window) and the
-    alerts it crosses, or the refusal of the first hard budget it would take past its limit."""
+    alerts it crosses, or the refusal naming the hard budget that binds (`_binding`) among those
+    it would take past their limits."""
     effects: list[Effect] = []
+    refused: list[_Refused] = []
     currency = w.customer.currency
     for b in _matching(w.budgets.values(), model, dimensions):
         q = hold_quantity(b.metric, amount, *tokens)
@@ -196,28 +198,50 @@ def on_reserve(state: State, w: Wallet, reservation_id: str, model: str, dimensi
         start = window_start(b, now)
         used, held = counted(b, now) if b.window != "request" else (0, 0)
         if b.mode == "hard" and used + held + q > b.limit:
-            return _refusal(state, b, currency, used, held, q, start, now)
+            refused.append(_Refused(b, used, held, q, start, retry_after(b, now, used + held + q - b.limit)))
+            continue
         if b.window != "request":
             effects.append(BudgetCounted(w.customer.id, reservation_id, b.id, start, b.metric, q, 0, opened=True))
         effects += crossed(state, b, currency, used + held, used + held + q, held + q, start, reservation_id, now)
-    return effects
+    return _refusal(state, _binding(refused), currency, now) if refused else effects
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """A hard budget that cannot take a hold: what its window counts, and the seconds until a
+    rolling minute lapses enough for it (None: waiting cannot make room)."""
+
+    budget: Budget
+    used: int
+    held: int
+    requested: int
+    start: datetime
+    wait: int | None
+
+
+def _binding(refused: list[_Refused]) -> _Refused:
+    """The refusal a caller must wait out: the first (by id) that no wait frees (a calendar window,
+    the lifetime, a per-request cap, a hold larger than a limit), else the rolling minute that frees
+    last, so that its Retry-After is when every refusing budget takes the hold. Naming the first by
+    id answered a TPM's 10 s where an RPM freed in 55 s, or where a day's quota was spent."""
+    unending = [r for r in refused if r.wait is None]
+    return unending[0] if unending else max(refused, key=lambda r: r.wait or 0)  # max: the first of equals
 
 
 def _matching(budgets: Iterable[Budget], model: str, dimensions: Mapping[str, Any]) -> list[Budget]:
     return sorted((b for b in budgets if matches(b, model, dimensions)), key=lambda b: b.id)
 
 
-def _refusal(state: State, b: Budget, currency: str, used: int, held: int, q: int, start: datetime,
-             now: datetime) -> Decision:
-    wait = retry_after(b, now, used + held + q - b.limit)
-    context = {**_describe(b, currency, used, held, start), "requested": figure(b, q, currency)}
-    if wait is not None:
-        context["retry_after_seconds"] = wait
-    noun = "a hold" if b.metric == "money" else f"{q} {b.metric}"
+def _refusal(state: State, r: _Refused, currency: str, now: datetime) -> Decision:
+    b = r.budget
+    context = {**_describe(b, currency, r.used, r.held, r.start), "requested": figure(b, r.requested, currency)}
+    if r.wait is not None:
+        context["retry_after_seconds"] = r.wait
+    noun = "a hold" if b.metric == "money" else f"{r.requested} {b.metric}"
     error = BudgetExceededError(
         f"budget {b.id} ({b.window}, hard) cannot take {noun}: its limit {context['limit']} has "
         f"{context['used']} used and {context['held']} held", **{k: v for k, v in context.items() if v is not None})
-    key = f"{EXCEEDED_TOPIC}:{b.id}:{_alert_key(b, start, None, now)}"
+    key = f"{EXCEEDED_TOPIC}:{b.id}:{_alert_key(b, r.start, None, now)}"
     return Decision.refuse(error, state.event(EXCEEDED_TOPIC, b.customer_id, key, now, context))
 
 

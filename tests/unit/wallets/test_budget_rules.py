@@ -269,3 +269,31 @@ def test_a_late_usage_event_alerts_in_its_own_day_even_when_that_day_counted_not
     mw.run(RecordUsage(customer_id=CID, event_id="late", request_hash=b"late", model="model-x",
                        occurred_at=datetime(2026, 11, 23, 12, 0, tzinfo=UTC), tokens=tokens, usage=tokens))
     assert _crossed(mw) == [(50, "2026-11-23T00:00:00Z", "6.00")]
+
+
+def test_several_refusing_budgets_give_a_retry_after_at_which_every_one_of_them_fits():
+    out = budget("minute", "output_tokens", 1000, id="a-out")
+    inp = budget("minute", "input_tokens", 1000, id="b-in")
+    mw = with_budgets(out, inp)
+    mw.reserve(max_output_tokens=900)  # 12:00:00: lapses at 12:01:00
+    mw.advance(seconds=45)
+    mw.reserve(input_tokens=900)  # 12:00:45: lapses at 12:01:45
+    mw.advance(seconds=5)
+    refused = mw.reserve(input_tokens=500, max_output_tokens=500)  # a-out frees in 10 s, b-in only in 55 s
+    assert isinstance(refused, BudgetExceededError)
+    assert (refused.context["budget_id"], refused.context["retry_after_seconds"]) == ("b-in", 55)
+    mw.advance(seconds=10)
+    assert isinstance(mw.reserve(input_tokens=500, max_output_tokens=500), BudgetExceededError)  # b-in still
+    mw.advance(seconds=45)
+    assert mw.reserve(input_tokens=500, max_output_tokens=500).reservation
+
+
+def test_a_rolling_refusal_gives_no_retry_after_when_a_calendar_budget_refuses_the_hold_too():
+    tpm = budget("minute", "tokens", 1000, id="a-tpm")
+    day = budget("day", "tokens", 1000, id="b-day")
+    mw = with_budgets(tpm, day)
+    mw.reserve(input_tokens=900)
+    mw.advance(seconds=30)
+    refused = mw.reserve(input_tokens=200)  # the TPM frees in 30 s, the day only at midnight
+    assert isinstance(refused, BudgetExceededError)
+    assert refused.context["budget_id"] == "b-day" and "retry_after_seconds" not in refused.context
