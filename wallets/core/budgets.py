@@ -60,6 +60,10 @@ def matches(b: Budget, model: str, dimensions: Mapping[str, Any]) -> bool:
 
 
 def _text(value: Any) -> str | None:
+    """A reservation's dimension value as a budget's (text) spells it: a JSON boolean as JSON does,
+    `true`; str() said `True`, and a budget on {"batch": "true"} never bound a call sending true."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     return None if value is None else str(value)
 
 

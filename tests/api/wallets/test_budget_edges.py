@@ -116,3 +116,17 @@ async def test_a_hold_taken_before_its_budget_was_deleted_still_returns_and_veri
     assert (await client.get(f"/v1/budgets/{new['id']}")).json()["held"] == "5.00"
     verify = (await client.post("/v1/audit/verify")).json()
     assert next(c for c in verify["checks"] if c["name"] == "budgets")["ok"]
+
+
+async def test_a_budget_on_a_true_or_false_dimension_binds_the_calls_that_send_it_as_a_json_boolean(
+        client: AsyncTestClient, tag: str, book: str):
+    cid = await _funded(client, tag, book)
+    b = await _budget(client, customer_id=cid, window="month", metric="money", limit="1.00",
+                      dimensions={"batch": "true", "tier": "2"})
+    refused = await _reserve(client, cid, "b0", amount="2.00", dimensions={"batch": True, "tier": 2})
+    assert refused.status_code == 429 and refused.json()["budget_id"] == b["id"], refused.text
+    assert (await _reserve(client, cid, "b1", amount="2.00", dimensions={"batch": False, "tier": 2})).status_code == 201
+    python_spelling = await _budget(client, customer_id=cid, window="month", metric="money", limit="1.00",
+                                    dimensions={"batch": "True"})  # not how JSON spells it: binds nothing
+    assert (await _reserve(client, cid, "b2", amount="2.00", dimensions={"batch": True})).status_code == 201
+    assert (await client.get(f"/v1/budgets/{python_spelling['id']}")).json()["held"] == "0.00"
