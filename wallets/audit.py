@@ -62,28 +62,20 @@ async def holds_equal_reserved(conn: AsyncConnection) -> Check:
         """, "every reserved account equals what its open reservations hold")
 
 
-async def _revocations_recorded(conn: AsyncConnection) -> bool:
-    """Whether lots record a grant's whole revocation (migration 0048 on)."""
-    return (await conn.execute(text(
-        """SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('lots')
-              AND attname = 'revoked_at' AND NOT attisdropped"""))).first() is not None
-
-
 async def lots_match_accounts(conn: AsyncConnection) -> Check:
-    # a grant revoked in whole is closed for good: what comes back to it is revoked again
-    revoked = """
-        UNION ALL
-        SELECT format('lot %s was revoked in whole, yet its account holds %s', l.id, b.credits - b.debits)
-          FROM lots l JOIN account_balances b ON b.account_id = l.account_id
-         WHERE l.revoked_at IS NOT NULL AND b.credits <> b.debits""" if await _revocations_recorded(conn) else ""
-    return await _query_check(conn, "lots", f"""
+    return await _query_check(conn, "lots", """
         SELECT format('lot %s: remaining %s is outside 0..%s granted', l.id, b.credits - b.debits, l.granted)
           FROM lots l JOIN account_balances b ON b.account_id = l.account_id
          WHERE b.credits - b.debits < 0 OR b.credits - b.debits > l.granted
         UNION ALL
         SELECT format('lot %s expired, yet its account still holds %s', l.id, b.credits - b.debits)
           FROM lots l JOIN account_balances b ON b.account_id = l.account_id
-         WHERE l.expired_at IS NOT NULL AND b.credits <> b.debits{revoked}
+         WHERE l.expired_at IS NOT NULL AND b.credits <> b.debits
+        UNION ALL
+        -- a grant revoked in whole is closed for good (what comes back to it is revoked again)
+        SELECT format('lot %s was revoked in whole, yet its account holds %s', l.id, b.credits - b.debits)
+          FROM lots l JOIN account_balances b ON b.account_id = l.account_id
+         WHERE l.revoked_at IS NOT NULL AND b.credits <> b.debits
         UNION ALL
         SELECT format('lot %s: granted %s, but its opening entry credited %s', l.id, l.granted,
                       coalesce(-(SELECT sum(p.amount) FROM postings p
