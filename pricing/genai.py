@@ -263,6 +263,36 @@ def context_window(provider_id: str, model: str) -> int | None:
     return window if isinstance(window, int) and window > 0 else None
 
 
+@functools.lru_cache(maxsize=4096)  # model names are the callers': bounded
+def long_context_above(provider_id: str, model: str) -> int | None:
+    """The prompt size past which genai-prices' snapshot prices the provider's model dearer (the
+    smallest start of its prices' prompt tiers: OpenAI's gpt-5.4 and later past 272,000 tokens),
+    as its own lookup finds the model by name; None when it prices the model by no prompt size.
+    The first call loads the snapshot: call it off an event loop."""
+    from genai_prices.data import providers
+
+    provider = next((p for p in providers if p.id == provider_id), None)
+    found = provider.find_model(model) if provider is not None else None
+    return min(_tier_starts(found), default=None)
+
+
+@functools.lru_cache(maxsize=16)
+def lowest_long_context(provider_id: str) -> int | None:
+    """The smallest prompt size past which genai-prices' snapshot prices any model of the provider
+    dearer (a call whose prompt is no larger needs no look-up); None when it prices none so."""
+    from genai_prices.data import providers
+
+    found = [start for p in providers if p.id == provider_id for m in p.models for start in _tier_starts(m)]
+    return min(found, default=None)
+
+
+def _tier_starts(model: Any) -> list[int]:
+    prices = getattr(model, "prices", None)
+    given = prices if isinstance(prices, list) else [prices] if prices is not None else []
+    return [tier.start for price in given for value in vars(getattr(price, "prices", price)).values()
+            for tier in getattr(value, "tiers", None) or ()]
+
+
 def provider_books(provider_id: str | None = None, model_id: str | None = None, *,
                    taken_on: str) -> list[ProviderBook]:
     """One book per provider of the snapshot (or the one named), with its dated versions."""

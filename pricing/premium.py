@@ -7,9 +7,10 @@ a caller of the HTTP API reports its own usage and gets the book's documented fa
 - ``cache_write_1h``: Anthropic's one-hour cache write (twice the input price; a 5-minute one is
   1.25 times). Priced only by a rule of that type (a format 1 book has none: it rates one as a
   ``cache_write``).
-- ``long_context``: Anthropic's long-context prices (the ``context-1m`` beta: past 200,000 prompt
-  tokens a call's input, output and cache tokens are billed dearer). Priced only when every rule
-  that prices the call's prompt and output for the model has ``prompt_tiers``.
+- ``long_context``: long-context prices (Anthropic's ``context-1m`` beta: past 200,000 prompt
+  tokens a call's input, output and cache tokens are billed dearer; OpenAI's past 272,000 for
+  gpt-5.4 and the models genai-prices prices so). Priced only when every rule that prices the
+  call's prompt and output for the model has ``prompt_tiers``.
 - ``input_audio``, ``output_audio``: OpenAI's audio tokens (gpt-4o-audio-preview's audio input is
   16 times its text input price, its audio output 8 times its text output). Priced only by a rule
   of that type or of the book's ``audio`` type (a format 1 book's one price for audio in and out),
@@ -73,9 +74,11 @@ def check_premiums(version: PriceVersion, model: str, dims: Mapping[str, DimValu
             if rule is not None and not rule.prompt_tiers:
                 raise UnpricedModelError(
                     f"{where} prices {token_type} for model {model} by rule {rule.id} without prompt_tiers: "
-                    "a call with the context-1m-2025-08-07 beta is billed long-context prices past 200,000 "
-                    "prompt tokens, and would be charged the base ones; give the model's rules prompt_tiers "
-                    "(above 200000) or call without the beta", model=model, token_type=token_type)
+                    "a call with the context-1m-2025-08-07 beta (Anthropic: past 200,000 prompt tokens), or whose "
+                    "prompt may pass the size past which OpenAI prices the model dearer (272,000 tokens for "
+                    "gpt-5.4 and later), is billed long-context prices, and would be charged the base ones; give "
+                    "the model's rules prompt_tiers (above 200000 or 272000), or call without the beta or with "
+                    "a shorter prompt", model=model, token_type=token_type)
     for name in dimensions:
         value = f'"{dims.get(name)}"'
         types = PREMIUM_TYPES.get(name, ("input", "output"))

@@ -48,7 +48,7 @@ from ledger.db import RetriesExhaustedError, is_unavailable
 from ledger.errors import LedgerError
 from ledger.model import request_hash
 from pricing.errors import PricingError
-from pricing.genai import context_window
+from pricing.genai import context_window, long_context_above, lowest_long_context
 from pricing.premium import premium_dimensions as premium_dimensions_of
 from pricing.tokens import TokenCounter
 from wallets.commands import MAX_TTL_SECONDS, Extend, Reserve, ReserveResult
@@ -72,6 +72,8 @@ class Gateway:
         self._urls: dict[tuple[str, str], httpx.URL] = {}  # the paths of KINDS, and each base ("")
         self.transport: httpx.AsyncHTTPTransport | None = None
         self.timeout = upstream_timeouts(settings)
+        # by provider, the smallest prompt its models are priced dearer past (None: none is); until known, 0
+        self.long_context_floor: dict[str, int | None] = {}
 
     async def start(self) -> None:
         s = self.settings
@@ -79,6 +81,8 @@ class Gateway:
         # sent calls never (api.gateway.connections). Calls go to the transport itself:
         # httpx.AsyncClient's cookies, auth and redirects cost 1.3 ms of CPU a call here.
         self.transport = upstream_transport(s)
+        for provider in ("openai", "anthropic"):  # loads genai-prices' snapshot, off the event loop
+            self.long_context_floor[provider] = await asyncio.to_thread(lowest_long_context, provider)
 
         await self.settles.start()
 
@@ -155,12 +159,13 @@ def allowed_betas(scope: dict[str, Any], headers: dict[str, str], provider: str,
     return tuple(given)
 
 
-def premiums_of(call: Call, betas: tuple[str, ...]) -> tuple[str, ...]:
+def premiums_of(call: Call, betas: tuple[str, ...], long_prompt: bool = False) -> tuple[str, ...]:
     """The premium prices (pricing.premium) a call may be billed: a one-hour cache write it asks
-    for, long context its beta switches on (`context-1m-*`), audio it sends (inline or an earlier
-    answer's by id) or asks its answer in."""
+    for, long context its beta switches on (`context-1m-*`) or its prompt may reach (`long_prompt`),
+    audio it sends (inline or an earlier answer's by id) or asks its answer in."""
+    long_context = long_prompt or any(b.startswith("context-1m-") for b in betas)
     return (*(("cache_write_1h",) if call.cache_write == "cache_write_1h" else ()),
-            *(("long_context",) if any(b.startswith("context-1m-") for b in betas) else ()),
+            *(("long_context",) if long_context else ()),
             *(("input_audio",) if call.hold_audio_tokens else ()),
             *(("output_audio",) if call.audio_format is not None else ()))
 
@@ -325,11 +330,12 @@ class Exchange:
 
     async def _reserve(self, call: Call, customer: str, principal: Principal) -> ReserveResult:
         started = time.perf_counter()
-        prior, premiums = None, premiums_of(call, self.betas)
+        prior = None
         premium_dimensions = premium_dimensions_of(dict(call.dimensions))  # the call's own: it chooses the price
         if call.prior_context:  # the earlier turns: the model's context window, unless its book names one
             prior = await asyncio.to_thread(context_window, self.provider, call.model) \
                 or self.gw.settings.context_hold_tokens
+        premiums = premiums_of(call, self.betas, await self._long_prompt(call, max(call.prompt_tokens, prior or 0)))
         estimate = {"source": "gateway", "input_tokens": call.prompt_tokens,
                     "max_output_tokens": call.max_output_tokens,
                     **({"input_audio_tokens": call.hold_audio_tokens} if call.hold_audio_tokens else {}),
@@ -357,6 +363,17 @@ class Exchange:
         if result.replayed:
             raise Refusal(409, "idempotency_conflict", f"request id {self.request_id} was used already")
         return result
+
+    async def _long_prompt(self, call: Call, prompt: int) -> bool:
+        """Whether a prompt of `prompt` tokens (the hold's) passes the size past which the provider
+        prices the call's model dearer (genai-prices' prompt tiers: OpenAI's 272,000 tokens for
+        gpt-5.4 and later), so its book must price it by prompt size. Looked up (off the event
+        loop: the first look-up loads the snapshot) only for a prompt past the provider's lowest."""
+        lowest = self.gw.long_context_floor.get(self.provider, 0)
+        if lowest is None or prompt <= lowest:
+            return False
+        above = await asyncio.to_thread(long_context_above, self.provider, call.model)
+        return above is not None and prompt > above
 
     async def _guarded(self, call: Call, reserved: ReserveResult) -> None:
         """Run the call; when the caller leaves first, cancel it (unless it is settling already).

@@ -20,6 +20,7 @@ from tests.api.test_gateway import (
     IN,
     MESSAGES_CHARGE,
     OUT,
+    RESPONSES_CHARGE,
     WRITE,
     M,
     admin,
@@ -141,6 +142,39 @@ def test_a_long_context_call_the_book_does_not_price_by_prompt_size_is_refused(l
                                                                   betas=[LONG])
     assert fake.fake.calls[-1].headers["anthropic-beta"] == LONG
     assert charged(url, raw.headers["x-tokentill-request-id"]) == MESSAGES_CHARGE
+
+
+@pytest.mark.parametrize("kind", ["long prompt", "earlier turns"])
+def test_an_openai_prompt_past_the_models_long_context_size_the_book_does_not_price_is_refused(live, fake, kind):  # noqa: F811
+    """OpenAI bills a prompt past 272,000 tokens of gpt-5.4 (and the models genai-prices prices so)
+    at its long-context prices (twice the input, 1.5 times the output) for the whole call: a book
+    without prompt tiers for the model rated it at its base prices (was: forwarded, charged at
+    them). A call whose held prompt passes that size (its count, or the context window held for
+    the earlier turns of a continued conversation) is refused before the hold unless the book's
+    rules have prompt_tiers; a shorter call goes as before."""
+    url, _ = live
+    cid, key = customer(live, "50.00")
+    args = {"model": "gpt-5.4", "max_output_tokens": 100, "input": "hi"}
+    args.update({"input": words(280_000)} if kind == "long prompt" else {"previous_response_id": "resp_1"})
+    before = len(fake.fake.calls)
+    with pytest.raises(openai.APIStatusError) as raised:
+        oai(url, key).responses.create(**args)
+    message = _refused(raised, 422, "unpriced_model", anthropic_shape=False)
+    assert "prompt_tiers" in message and "272000" in message, message
+    assert len(fake.fake.calls) == before and wallet(url, cid) == (Decimal("50"), 0)
+    short = oai(url, key).responses.with_raw_response.create(model="gpt-5.4", max_output_tokens=100, input="hi")
+    assert charged(url, short.headers["x-tokentill-request-id"]) == RESPONSES_CHARGE
+    tiered = [{"id": "in", "token_type": "input", "price": "10.00", "prompt_tiers": [{"above": 272000, "price": "20"}]},
+              {"id": "cached", "token_type": "cached_input", "price": "1.00",
+               "prompt_tiers": [{"above": 272000, "price": "2"}]},
+              {"id": "write", "token_type": "cache_write", "price": "12.50",
+               "prompt_tiers": [{"above": 272000, "price": "25"}]},
+              {"id": "out", "token_type": "output", "price": "20.00",
+               "prompt_tiers": [{"above": 272000, "price": "30"}]}]
+    cid, key = customer((url, _book(url, tiered)), "50.00")
+    raw = oai(url, key).responses.with_raw_response.create(**args)
+    assert charged(url, raw.headers["x-tokentill-request-id"]) == RESPONSES_CHARGE  # the fake's usage: 800 tokens
+    assert wallet(url, cid) == (Decimal("50") - RESPONSES_CHARGE, 0)
 
 
 def _book(url: str, rules: list[dict]) -> str:
