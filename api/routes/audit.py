@@ -15,6 +15,7 @@ from api.routes.wire import time_in, time_out, time_param
 from ledger.audit import trial_balance
 from ledger.statements import trial_balance_at
 from pricing.money import DEFAULT_SCALE, format_money
+from wallets import reports
 from wallets.audit import full_verify
 
 if TYPE_CHECKING:
@@ -66,7 +67,8 @@ async def get_trial_balance(
     """Debits, credits and balance of every account in one currency; totals must be equal. For a
     key limited to customers, their accounts only (`scope` "customers"), without `balanced`.
     With `at`, as of that instant: computed from the postings of entries that occurred before
-    it, rather than from the cached balances."""
+    it, rather than from the cached balances. A limited key asks in its customers' currencies
+    only: another is 404, as a currency no customer holds."""
     return await trial_balance_report(state.services, principal_of(request).visible(), currency,
                                       time_in(at, "at"))
 
@@ -80,10 +82,14 @@ async def trial_balance_report(services: Services, customers: tuple[str, ...] | 
         tb = await (trial_balance(conn, customers=customers) if when is None
                     else trial_balance_at(conn, when, customers=customers))
         held = sorted(tb.totals)  # the currencies of the accounts in scope
+        if customers is not None:  # theirs alone: whether another customer holds a currency is not its to learn
+            held = sorted({*held, *await reports.currencies(conn, customers)})
         chosen = currency or ("USD" if "USD" in held or not held else held[0])
         return tb, held, chosen, await services.asset_scale(conn, chosen)
 
     tb, held, chosen, scale = await services.db.read(read)
+    if customers is not None and currency is not None and chosen not in held:
+        scale = None  # answered as a currency no customer holds
     if scale is None:
         if currency is not None:
             raise ApiError("not_found", f"no currency {chosen}")

@@ -148,6 +148,30 @@ async def test_a_limited_auditor_sees_a_trial_balance_of_its_customers_only(clie
     assert any(f":customer:{b}:" in acc["account"] for acc in full["accounts"])
 
 
+async def test_a_limited_auditor_cannot_tell_which_currencies_other_customers_hold(client: AsyncTestClient):
+    """A currency only another customer holds is answered as one no customer holds: 404, in the
+    same words, now and `at` a past instant. The key's own customer's currency is answered."""
+    (a,) = await _customers(client, "cur-a")
+    theirs = "".join(chr(65 + n % 26) for n in uuid.uuid4().bytes[:3])  # this test's alone
+    nobodys = "".join(chr(65 + n % 26) for n in uuid.uuid4().bytes[3:6])
+    b = f"cur-b-{uuid.uuid4().hex[:8]}"
+    assert (await client.post("/v1/customers", json={"id": b, "currency": theirs})).status_code == 201
+    assert (await client.post(f"/v1/customers/{b}/topups", json={"amount": "3.00"})).status_code == 201
+    assert (await client.get("/v1/audit/trial-balance", params={"currency": theirs})).status_code == 200
+    auditor_a = await _key(client, "auditor", [a])
+    for at in ({}, {"at": "2030-01-01T00:00:00Z"}, {"at": "2000-01-01T00:00:00Z"}):
+        answers = {}
+        for currency in (theirs, nobodys):
+            refused = await client.get("/v1/audit/trial-balance", params={"currency": currency, **at},
+                                       headers=auditor_a)
+            assert refused.status_code == 404, (at, refused.text)
+            answers[currency] = refused.json()["detail"].replace(currency, "XXX")
+        assert answers[theirs] == answers[nobodys], answers
+        own = await client.get("/v1/audit/trial-balance", params={"currency": "USD", **at}, headers=auditor_a)
+        assert own.status_code == 200 and own.json()["currencies"] in ([], ["USD"]), own.text
+        assert theirs not in own.text
+
+
 async def test_verify_is_refused_to_a_limited_key(client: AsyncTestClient):
     (a,) = await _customers(client, "verify-a")
     refused = await client.post("/v1/audit/verify", headers=await _key(client, "auditor", [a]))
