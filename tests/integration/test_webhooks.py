@@ -391,21 +391,24 @@ async def test_another_admin_key_resending_a_create_or_rotation_never_reads_its_
     assert retried.json()["previous_secret_until"] == rotated.json()["previous_secret_until"]
 
 
-async def test_by_default_deliveries_reach_no_loopback_or_private_address(database_url):
-    """The guard against server-side request forgery: an address literal is refused when the
-    endpoint is created; a host that resolves to one (here 2130706433, which resolves to
-    127.0.0.1) is refused when the delivery connects, and the attempt's log says why."""
+async def test_by_default_deliveries_reach_no_loopback_or_private_address(database_url, db):
+    """The guard against server-side request forgery: an address, in any spelling the resolver
+    reads as one (2130706433 is 127.0.0.1), is refused when the endpoint is created; a host that
+    resolves to one is refused when the delivery connects, and the attempt's log says why (here
+    the row is given 2130706433, which the API refuses, as a name that resolves inside would)."""
     guarded = replace(FAST, webhook_addresses=AddressPolicy())
     with receiver() as hook:
         port = hook.url.split(":")[2].split("/")[0]
         async with AsyncTestClient(app=create_app(guarded, database_url)) as client:
             client.headers.update(ADMIN)
             for url in (hook.url, f"http://localhost:{port}/hook", "http://169.254.169.254/latest/meta-data",
-                        "http://[::ffff:10.0.0.1]/x", "http://192.168.1.1/x"):
+                        "http://[::ffff:10.0.0.1]/x", "http://192.168.1.1/x", f"http://2130706433:{port}/hook"):
                 refused = await client.post("/v1/webhook-endpoints", json={"url": url, "topics": ["*"]})
                 assert refused.status_code == 422 and refused.json()["fields"][0]["field"] == "url", url
                 assert "may not go to" in refused.json()["fields"][0]["message"]
-            endpoint = await _endpoint(client, f"http://2130706433:{port}/hook", ["balance.low"])
+            endpoint = await _endpoint(client, "https://hooks.example.com/hook", ["balance.low"])
+            await db.committed(lambda conn: conn.execute(text("UPDATE webhook_endpoints SET url = :u WHERE id = :e"),
+                                                         {"u": f"http://2130706433:{port}/hook", "e": endpoint["id"]}))
             customer = await _low_balance(client)
             path = f"/v1/webhook-endpoints/{endpoint['id']}/deliveries"
             for _ in range(200):

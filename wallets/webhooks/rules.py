@@ -8,6 +8,7 @@ import ipaddress
 import random
 import re
 import secrets
+import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
@@ -147,14 +148,36 @@ def check_destination(url: str, policy: AddressPolicy, field: str = "url") -> st
     name is resolved, and its addresses checked, when each delivery connects."""
     named = (urlsplit(url).hostname or "").rstrip(".").lower()
     host = "127.0.0.1" if named == "localhost" or named.endswith(".localhost") else named
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
+    address = _literal(host)
+    if address is None:
         return url
     reason = policy.refusal(address)
     if reason is not None:
         raise WalletValidationError(field, f"deliveries may not go to {named}: {reason}")
     return url
+
+
+_IPV4_SHORTHAND = re.compile(r"[0-9a-fx.]+")  # what inet_aton may read: 2130706433, 0x7f000001, 127.1
+
+
+def _literal(host: str) -> IPAddress | None:
+    """The address `host` is as the resolver reads it, without looking a name up (None: a name):
+    a literal, or an IPv4 shorthand inet_aton takes (2130706433 and 0x7f000001 are 127.0.0.1,
+    10.1 is 10.0.0.1), after IDNA mapping (a full-width dot is a dot)."""
+    try:
+        host = host.encode("idna").decode("ascii").rstrip(".")
+    except UnicodeError:
+        pass  # check_url has refused what IDNA cannot encode; an IPv6 literal is not a name
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    if _IPV4_SHORTHAND.fullmatch(host) is None:
+        return None
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None
 
 
 def new_secret() -> str:

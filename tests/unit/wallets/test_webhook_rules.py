@@ -161,6 +161,26 @@ def test_an_endpoint_at_an_internal_address_literal_is_refused_when_named(url):
     assert refused.value.context["fields"][0]["field"] == "url"
 
 
+@pytest.mark.parametrize(("url", "address"), [
+    ("http://2130706433/x", "127.0.0.1"), ("http://0x7f000001/x", "127.0.0.1"), ("http://127.1/x", "127.0.0.1"),
+    ("http://10.1:8080/x", "10.0.0.1"), ("http://192.168.1/x", "192.168.0.1"), ("http://0/x", "0.0.0.0"),
+    ("http://169.254.43518/x", "169.254.169.254"), ("http://127\u30020\u30020\u30021/x", "127.0.0.1"),
+])
+def test_an_internal_address_in_a_shorthand_the_resolver_reads_as_one_is_refused_when_named(url, address):
+    # The resolver takes these as address literals, never looking a name up (2130706433 is
+    # 127.0.0.1, 10.1 is 10.0.0.1, a full-width dot is a dot); they were accepted as host names
+    # (201), and every delivery then failed at connect for three days until the endpoint was disabled.
+    with pytest.raises(WalletValidationError) as refused:
+        check_destination(url, AddressPolicy())
+    assert f": {address} is a" in refused.value.context["fields"][0]["message"]
+
+
+@pytest.mark.parametrize("url", ["http://8.8.8.8/x", "http://134744072/x", "http://0x1.example.com/x",
+                                 "http://deadbeef/x", "http://1e3.example/x"])
+def test_a_public_address_in_any_spelling_and_names_that_only_look_numeric_pass(url):
+    assert check_destination(url, AddressPolicy()) == url
+
+
 @pytest.mark.parametrize(("url", "message"), [
     ("http://localhost:9999/hook", "deliveries may not go to localhost: 127.0.0.1 is a loopback address"),
     ("http://10.0.0.5/x", "deliveries may not go to 10.0.0.5: 10.0.0.5 is a private address"),
