@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import httpx
+import psycopg
 import pytest
 
 from api.bench.common import free_port
@@ -126,3 +127,26 @@ async def test_a_stream_cancelled_after_200_tokens_counts_4000_while_in_flight_a
             await sdk.aclose()
         assert meter.output_tokens == 200
         assert await counted() == (200, 0)
+
+
+async def test_64_concurrent_holds_crossing_a_soft_budgets_thresholds_alert_each_once(
+        servers: list[str], database_url: str):
+    """Many parallel reserves over two processes take a soft budget past 50, 80 and 100 % at once:
+    each threshold is one outbox event, written by the hold that crossed it, whatever the order."""
+    async with httpx.AsyncClient(headers=ADMIN, timeout=60) as client:
+        cid, budget_id = await _customer(client, servers[0], window="month", metric="money", limit="10.00",
+                                         thresholds=[50, 80, 100])
+        assert (await client.patch(f"{servers[0]}/v1/budgets/{budget_id}", json={"mode": "soft"})).status_code == 200
+
+        async def reserve(i: int) -> httpx.Response:
+            return await client.post(f"{servers[i % 2]}/v1/reservations", json={
+                "customer_id": cid, "request_id": f"s{i}", "model": "any", "amount": "0.30"})
+
+        answers = await asyncio.gather(*(reserve(i) for i in range(64)))
+        assert [a.status_code for a in answers] == [201] * 64  # soft: nothing refused
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        rows = await (await conn.execute(
+            "SELECT payload FROM outbox WHERE topic = 'budget.threshold_crossed' AND payload->>'budget_id' = %s",
+            (budget_id,))).fetchall()
+    # the 17th hold of 0.30 passes 5.00, the 27th 8.00, the 34th 10.00: it counts what it crossed with
+    assert sorted((p["threshold"], p["held"]) for (p,) in rows) == [(50, "5.10"), (80, "8.10"), (100, "10.20")]
