@@ -570,12 +570,19 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
     # what a note's entry posted to the rounding account (its money rounded to whole minor units)
     rounded = f"""SELECT -coalesce(sum(p.amount), 0) FROM postings p JOIN accounts a ON a.id = p.account_id
                    WHERE p.entry_id = {{entry}} AND a.code LIKE {_literal(chart.rounding_account('%'))}"""
+    # what an entry corrected of closed periods' volume true-ups (its metadata's `true_ups`:
+    # [period, rule, model, old, new]; wallets.core.rerate_true_ups)
+    true_ups = """(SELECT coalesce(sum((t ->> 4)::numeric - (t ->> 3)::numeric), 0)
+                     FROM journal_entries j CROSS JOIN LATERAL jsonb_array_elements(
+                          CASE WHEN j.metadata ? 'true_ups' THEN j.metadata -> 'true_ups' ELSE '[]' END) t
+                    WHERE j.id = {entry})"""
     return await _query_check(conn, "credit_notes", f"""
-        SELECT format('re-rate entry %s: its charges moved %s, its revenue postings %s', x.entry_id, x.moved,
+        SELECT format('re-rate entry %s: its charges moved %s, its true-ups %s, its revenue postings %s',
+                      x.entry_id, x.moved, {true_ups.format(entry="x.entry_id")},
                       ({revenue.format(entry="x.entry_id")}))
           FROM (SELECT entry_id, sum(new_amount - old_amount) AS moved FROM charge_adjustments
                  WHERE entry_id IS NOT NULL GROUP BY entry_id) x
-         WHERE x.moved <> ({revenue.format(entry="x.entry_id")})
+         WHERE x.moved + {true_ups.format(entry="x.entry_id")} <> ({revenue.format(entry="x.entry_id")})
         UNION ALL
         SELECT format('credit note %s: its content hash does not match its content', n.number)
           FROM credit_notes n WHERE n.content_hash <> sha256(convert_to(n.content::text, 'UTF8'))
@@ -584,14 +591,15 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
                       n.number, n.total,
                       (SELECT sum((l ->> 'amount')::numeric) FROM jsonb_array_elements(n.content -> 'lines') l),
                       n.entry_id, ({revenue.format(entry="n.entry_id")}),
-                      (SELECT sum(a.new_amount - a.old_amount) FROM charge_adjustments a WHERE a.credit_note_id = n.id))
+                      (SELECT sum(a.new_amount - a.old_amount) FROM charge_adjustments a WHERE a.credit_note_id = n.id)
+                      + {true_ups.format(entry="n.entry_id")})
           FROM credit_notes n
          WHERE (n.content ->> 'total')::numeric * {_UNIT} <> n.total
             OR coalesce((SELECT sum((l ->> 'amount')::numeric) FROM jsonb_array_elements(n.content -> 'lines') l), 0)
                * {_UNIT} <> n.total
             OR n.total <> ({revenue.format(entry="n.entry_id")})
             OR n.total IS DISTINCT FROM (SELECT sum(a.new_amount - a.old_amount) FROM charge_adjustments a
-                                          WHERE a.credit_note_id = n.id)
+                                          WHERE a.credit_note_id = n.id) + {true_ups.format(entry="n.entry_id")}
         UNION ALL
         SELECT format('credit note %s: total %s, amount %s, amount rounding %s, but its entry %s posted %s to '
                       'the rounding account', n.number, n.content ->> 'total', n.content ->> 'amount',
@@ -605,7 +613,8 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
         SELECT format('credit notes %s-%s: %s numbers, the last %s (a gap or a duplicate)',
                       issuer, year, count(*), max(seq))
           FROM credit_notes GROUP BY issuer, year HAVING count(*) <> max(seq)
-        """, "re-rate entries move revenue by their charges' adjustments; credit notes tie out to them "
+        """, "re-rate entries move revenue by their charges' adjustments and true-up corrections; credit notes "
+             "tie out to them "
              "(their money in whole minor units, the rest on the rounding account), intact and numbered without gaps")
 
 

@@ -570,12 +570,13 @@ async def rerate_input(conn: AsyncConnection, books: BookCache, cmd: RerateCharg
     while period.label < cmd.period:
         period = period_of(period.end, cycle)
     overrides = await load_history(conn, cmd.customer_id)
-    # the charges after the range matter only for the free allowances they took
-    end = period.end if overrides is not None and overrides.has_allowances else min(period.end, cmd.range_to)
-    rows = await store.load_rerate_charges(conn, cmd.customer_id, cmd.book_id, period.start, end)
+    # the charges after the range matter for the free allowances they took and a closed period's
+    # volume true-up (wallets.core.rerate_true_ups)
+    rows = await store.load_rerate_charges(conn, cmd.customer_id, cmd.book_id, period.start, period.end)
     billed_in = sorted({r["billed_in"] for r in rows if r["billed_in"] is not None})
-    return RerateInput(version, tuple(_on_record(r) for r in rows),
-                       await store.finalized_invoices(conn, cmd.customer_id, billed_in), overrides)
+    invoices = await store.finalized_invoices(conn, cmd.customer_id, billed_in)
+    true_ups = await store.true_ups_posted(conn, cmd.customer_id, period.label) if period.label in invoices else {}
+    return RerateInput(version, tuple(_on_record(r) for r in rows), invoices, overrides, period.label, book, true_ups)
 
 
 def _on_record(r: dict[str, Any]) -> ChargeOnRecord:

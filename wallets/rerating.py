@@ -25,7 +25,9 @@ from pricing.money import format_money
 from wallets.books import BookCache
 from wallets.core.billing import as_issued
 from wallets.core.commands import RerateCharges
-from wallets.core.rerating import Correction, corrections, type_rows
+from wallets.core.rerate_true_ups import KIND as TRUE_UP
+from wallets.core.rerate_true_ups import TrueUpFix
+from wallets.core.rerating import Correction, rerated_period, type_rows
 from wallets.engine import DOMAIN_ERRORS, Engine, rerate_input
 from wallets.errors import (
     ConflictError,
@@ -159,21 +161,27 @@ async def preview(db: Database, books: BookCache, spec: RerateSpec) -> dict[str,
     spec = await db.read(lambda conn: with_overrides(conn, spec))
     rerate_id = spec.rerate_id()
 
-    async def work(conn: AsyncConnection) -> tuple[dict[str, list[Correction]], list[dict[str, Any]], str]:
+    async def work(conn: AsyncConnection) -> tuple[dict[str, list[Correction]], dict[str, list[TrueUpFix]],
+                                                    list[dict[str, Any]], str]:
         found: dict[str, list[Correction]] = {}
+        fixes: dict[str, list[TrueUpFix]] = {}
         errors: list[dict[str, Any]] = []
         for cid, period, cycle in await affected(conn, spec):
             data = await rerate_input(conn, books, _command(spec, rerate_id, cid, period), cycle)
             if data is None:
                 continue
             try:
-                found.setdefault(cid, []).extend(corrections(data, spec.range_from, spec.range_to))
+                xs, fs = rerated_period(data, spec.range_from, spec.range_to)
             except DOMAIN_ERRORS as error:  # as apply: this customer's period is listed, the others go on
                 errors.append({"customer_id": cid, "period": period, "code": error.code, "detail": str(error)})
-        return found, errors, await _book_currency(conn, spec.book_id)
+                continue
+            found.setdefault(cid, []).extend(xs)
+            fixes.setdefault(cid, []).extend(fs)
+        return found, fixes, errors, await _book_currency(conn, spec.book_id)
 
-    found, errors, cur = await db.read(work)
-    customers = [_customer_view(cid, len(xs), type_rows(xs), cur) for cid, xs in sorted(found.items()) if xs]
+    found, fixes, errors, cur = await db.read(work)
+    customers = [_customer_view(cid, len(xs), type_rows(xs, fixes.get(cid, ())), cur)
+                 for cid, xs in sorted(found.items()) if xs]
     return {"mode": "preview", "rerate_id": rerate_id, **spec.view(), **_totals(customers, cur), "credit_notes": [],
             "errors": errors}
 
@@ -233,6 +241,16 @@ async def applied(conn: AsyncConnection, rerate_id: str) -> dict[str, Any]:
     per: dict[str, dict[tuple[str, str], list[int]]] = {}
     for cid, model, token_type, old, new in rows:
         per.setdefault(cid, {})[(model, token_type)] = [int(old), int(new)]
+    # the corrections of closed periods' volume true-ups its entries posted (their metadata's `true_ups`)
+    for cid, true_ups in await conn.exec_driver_sql(
+            """SELECT j.customer_id, j.metadata -> 'true_ups' FROM journal_entries j
+                WHERE (j.lane, j.id) IN (SELECT DISTINCT lane, entry_id FROM charge_adjustments
+                                          WHERE rerate_id = %s AND entry_id IS NOT NULL)
+                  AND j.metadata ? 'true_ups'""", (rerate_id,)):
+        for _, _, model, old, new in true_ups:
+            row = per.setdefault(cid, {}).setdefault((model, TRUE_UP), [0, 0])
+            row[0] += int(old)
+            row[1] += int(new)
     counts = dict((await conn.exec_driver_sql(
         "SELECT customer_id, count(*) FROM charge_adjustments WHERE rerate_id = %s GROUP BY 1",
         (rerate_id,))).all())

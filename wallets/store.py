@@ -663,6 +663,24 @@ async def load_rerate_charges(conn: AsyncConnection, customer_id: str, book_id: 
     return [dict(r._mapping) for r in rows]
 
 
+async def true_ups_posted(conn: AsyncConnection, customer_id: str, period: str) -> dict[str, int]:
+    """What the volume true-ups of `period` (its close's, and re-rates' corrections of it, wherever
+    billed) stand at, by rule, at the book's price (not a discount's share): rule id -> units."""
+    lane = int(await _lane(conn, [customer_id]) or 0)
+    prefix = f'line:["{period}","volume_true_up",'  # wallets.core.billing.line_item's, of that period
+    rows = await conn.exec_driver_sql(
+        f"""SELECT l ->> 4, sum(amount)::text FROM (
+                SELECT substr(item, 6)::jsonb AS l, amount FROM (
+                    SELECT item, amount FROM period_rollups WHERE lane = {lane} AND customer_id = %s
+                    UNION ALL
+                    SELECT unnest(items), unnest(amounts) FROM period_deltas
+                     WHERE lane = {lane} AND customer_id = %s) r
+                 WHERE left(item, length(%s)) = %s) x
+             WHERE l ->> 4 IS NOT NULL AND l ->> 7 IS NULL GROUP BY 1""",
+        (customer_id, customer_id, prefix, prefix))
+    return {rule_id: int(amount) for rule_id, amount in rows}
+
+
 async def finalized_invoices(conn: AsyncConnection, customer_id: str, periods: Sequence[str]
                              ) -> dict[str, tuple[str, str]]:
     """The customer's finalized invoices of `periods`: period -> (id, number)."""

@@ -16,7 +16,9 @@ usage's, or a later one's for charges that arrived after their period closed):
   lots that paid each decreased charge, up to its decrease, the last consumed first (while live,
   up to what each was granted), then what the customer still owes, and the rest becomes credit
   (a paid lot);
-- usage revenue moves by the difference.
+- usage revenue moves by the difference;
+- of a closed period, its volume true-ups move to what the charges as re-rated give
+  (wallets.core.rerate_true_ups), in the same entry.
 The entry is billed in the period of its own time: the first open one, unless it is made in a
 period's grace window, before that period's close, then in the next one, whose close applies
 what it gave back beyond what that period owes to the open invoices. Its lines are marked
@@ -34,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pricing.books import PriceVersion
+from pricing.books import PriceBook, PriceVersion
 from pricing.fast_rating import charges_requests
 from pricing.money import format_money
 from pricing.override_versions import OverrideHistory
@@ -56,6 +58,8 @@ from wallets.core.decision import (
 )
 from wallets.core.legs import Legs, entry, funding, settlement, settlement_legs
 from wallets.core.rating import ALLOWANCE, period_counts, period_to_date
+from wallets.core.rerate_true_ups import KIND as TRUE_UP
+from wallets.core.rerate_true_ups import TrueUpFix, true_up_fixes
 from wallets.core.state import State
 from wallets.model import consumption_key
 
@@ -119,6 +123,9 @@ class RerateInput:
     charges: tuple[ChargeOnRecord, ...]
     invoices: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # billed-in period -> (id, number)
     overrides: OverrideHistory | None = None  # the customer's price overrides: those in force at each usage rate it
+    period: str = ""  # the period of the charges' usage times
+    book: PriceBook | None = None  # the book: the versions a closed period's true-up takes its tiers from
+    true_ups: Mapping[str, int] = field(default_factory=dict)  # rule id -> its true-up posted (book price)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,12 +196,14 @@ def overrides_version(charge: ChargeOnRecord, overrides: OverrideHistory | None)
     return in_force.version if in_force is not None else 0
 
 
-def corrections(data: RerateInput, range_from: datetime, range_to: datetime) -> list[Correction]:
+def corrections(data: RerateInput, range_from: datetime, range_to: datetime,
+                ratings: dict[int, Any] | None = None) -> list[Correction]:
     """Each charge of the range whose amounts the corrected version changes (in usage-time order).
     Graduated tiers continue from the period's earlier charges: those before the range count as
     they were rated (their rules' quantities, as the period's usage counters have them), those in
     it as re-rated. The charges after the range keep what they took of each free allowance (they
-    are not re-rated), so those in it take at most what the others left of it."""
+    are not re-rated), so those in it take at most what the others left of it. `ratings`, when
+    given, receives each re-rated charge's rating by id."""
     so_far: dict[str, int] = {}
     for charge in data.charges:
         if charge.occurred_at >= range_to:
@@ -209,6 +218,8 @@ def corrections(data: RerateInput, range_from: datetime, range_to: datetime) -> 
             counted = charge.counted()
         else:
             rating = rerated_lines(charge, data.version, so_far, data.overrides)
+            if ratings is not None:
+                ratings[charge.id] = rating
             counted = period_counts(rating)
             old = {k: v for k, v in charge.standing().items() if v}
             new = {k: v for k, v in by_type(charge.model, (
@@ -242,14 +253,19 @@ def rule_quantities(lines: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     return out
 
 
-def type_rows(found: Iterable[Correction]) -> list[dict[str, Any]]:
-    """Old and new amounts and their difference by model and token type (atomic units)."""
+def type_rows(found: Iterable[Correction], fixes: Iterable[TrueUpFix] = ()) -> list[dict[str, Any]]:
+    """Old and new amounts and their difference by model and token type (atomic units); a volume
+    true-up's correction under its rule's model and `volume_true_up`."""
     sums: dict[TypeKey, list[int]] = {}
     for x in found:
         for key in set(x.old) | set(x.new):
             row = sums.setdefault(key, [0, 0])
             row[0] += x.old.get(key, 0)
             row[1] += x.new.get(key, 0)
+    for f in fixes:
+        row = sums.setdefault((f.model, TRUE_UP), [0, 0])
+        row[0] += f.old
+        row[1] += f.new
     return [{"model": m, "token_type": t, "old_amount": o, "new_amount": n, "delta": n - o}
             for (m, t), (o, n) in sorted(sums.items()) if n != o]
 
@@ -333,31 +349,44 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
     return legs, tuple(sorted(paid_back.items())), lot_opened
 
 
-def _found(state: State, cmd: RerateCharges) -> list[tuple[str, RerateInput, list[Correction]]]:
+Group = tuple[str, RerateInput, list[Correction], list[TrueUpFix]]
+
+
+def _found(state: State, cmd: RerateCharges) -> list[Group]:
     """The corrections `cmd` posts, by the period of their usage time: of each source period (its
     charges rated as a whole, graduated tiers continuing), those billed in `cmd.period` (without
-    sources: every correction of `cmd.period`'s usage)."""
+    sources: every correction of `cmd.period`'s usage); and, of `cmd.period` itself when closed,
+    the corrections of its volume true-ups (wallets.core.rerate_true_ups)."""
     out = []
     for source in cmd.sources or (cmd.period,):
         data = state.rerates.get((cmd.customer_id, source))
         if data is None:
             continue
-        found = corrections(data, cmd.range_from, cmd.range_to)
+        ratings: dict[int, Any] = {}
+        found = corrections(data, cmd.range_from, cmd.range_to, ratings)
         if cmd.sources:
             found = [x for x in found if (x.charge.billed_in or source) == cmd.period]
         if found:
-            out.append((source, data, found))
+            fixes = true_up_fixes(data, found, ratings) if source == cmd.period else []
+            out.append((source, data, found, fixes))
     return out
 
 
-def _corrected_invoice(cmd: RerateCharges, groups: Sequence[tuple[str, RerateInput, list[Correction]]]
-                       ) -> tuple[str, str] | None:
+def rerated_period(data: RerateInput, range_from: datetime, range_to: datetime
+                   ) -> tuple[list[Correction], list[TrueUpFix]]:
+    """A period's corrections and its true-ups' (the preview's view of what apply posts)."""
+    ratings: dict[int, Any] = {}
+    found = corrections(data, range_from, range_to, ratings)
+    return found, true_up_fixes(data, found, ratings)
+
+
+def _corrected_invoice(cmd: RerateCharges, groups: Sequence[Group]) -> tuple[str, str] | None:
     """The finalized invoice the corrected charges were billed on, if any: the invoice of the
     period they were billed in (commands with sources: one period, that invoice carried them all);
     without sources, their usage period's, else (late charges only) the first later one's.
     Charges billed in a period still open are corrected on its invoice, exactly, with no note."""
-    invoices = {period: invoice for _, data, _ in groups for period, invoice in data.invoices.items()}
-    billed = {x.charge.billed_in for _, _, found in groups for x in found} & invoices.keys()
+    invoices = {period: invoice for _, data, _, _ in groups for period, invoice in data.invoices.items()}
+    billed = {x.charge.billed_in for _, _, found, _ in groups for x in found} & invoices.keys()
     if cmd.sources:
         return invoices.get(cmd.period) if cmd.period in billed else None
     if not billed:
@@ -369,11 +398,12 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
     w = state.require_wallet()
     c = w.customer
     groups = _found(state, cmd)
-    found = [x for _, _, xs in groups for x in xs]
+    found = [x for _, _, xs, _ in groups for x in xs]
     if not found:
         return Decision(Outcome(Rerated.code, Rerated(c.id, cmd.period, 0, 0)))
-    net = sum(x.delta for x in found)
-    rows = type_rows(found)
+    fixes = [f for *_, fs in groups for f in fs]
+    net = sum(x.delta for x in found) + sum(f.delta for f in fixes)
+    rows = type_rows(found, fixes)
     invoice = _corrected_invoice(cmd, groups) if net else None
     noted = invoice is not None  # a credit (or debit) note documents the correction of that invoice
     # A note's money is whole minor units (its lines and total stay exact): `net` rounded once, half
@@ -396,14 +426,15 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
     posted = entry(f"rerate:{cmd.rerate_id}:{c.id}:{cmd.period}", "rerate_adjustment", legs, c.id, now,
                    {"rerate_id": cmd.rerate_id, "original_period": origin, "price_book": cmd.book_id,
                     "price_version": cmd.version, "charges": [x.charge.id for x in found],
+                    **({"true_ups": [f.record() for f in fixes]} if fixes else {}),
                     **({"amount_rounding": rounding} if rounding else {})})
     # its lines by the period of their usage (`original_period` on the invoice); what paid them once
     effects: list[Any] = [*([lot] if lot is not None else [])]
-    for i, (source, _, xs) in enumerate(groups):
+    for i, (source, _, xs, fs) in enumerate(groups):
         lines = tuple({"kind": "adjustment", "model": r["model"], "token_type": r["token_type"], "quantity": 0,
                        "unit_price": None, "amount_units": r["delta"], "rule_id": None,
                        "price_version": cmd.version, "tier": None, "override_id": None} for r in type_rows(xs))
-        effects.append(AdjustmentPosted(c.id, source, lines, paid if i == 0 else ()))
+        effects.append(AdjustmentPosted(c.id, source, (*lines, *(f.line() for f in fs)), paid if i == 0 else ()))
     note = None
     if noted and posted is not None:
         year = now.astimezone(UTC).year
@@ -428,7 +459,7 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
         note = CreditNoteIssued(c.id, note_id, invoice_id, cmd.rerate_id, cmd.issuer, year, seq, number,
                                 c.currency, net, content, now)
         effects.append(note)
-    for source, _, xs in groups:
+    for source, _, xs, _ in groups:
         moved: dict[str, int] = {}
         for x in xs:
             effects.append(ChargeAdjusted(
@@ -451,4 +482,4 @@ def _pairs(amounts: Mapping[TypeKey, int]) -> tuple[tuple[str, str, int], ...]:
 
 
 __all__ = ["ChargeOnRecord", "Correction", "RerateInput", "Rerated", "by_type", "corrections", "rerate_charges",
-           "type_rows"]
+           "rerated_period", "type_rows"]

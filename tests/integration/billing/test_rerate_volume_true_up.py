@@ -1,0 +1,145 @@
+"""A re-rate of a volume-tiered rule over a period already closed corrects the close's true-up too:
+the period ends at the corrected version's price of the tier reached, not at the graduated
+corrected charges less the old version's true-up.
+
+By hand. Book `vol`, model-v output volume-tiered. v1: $20/M up to 100,000 tokens, $10/M beyond.
+November: 60,000 tokens on the 5th, 70,000 on the 20th (postpaid). Rated graduated during the
+month: 60,000 x $20/M = $1.20; 40,000 x $20/M + 30,000 x $10/M = $0.80 + $0.30 = $1.10; $2.30 in
+all. The close: 130,000 reached the second tier, all at $10/M = $1.30, true-up -$1.00.
+v2 (the fix, from November 1st): $16/M up to 100,000, $8/M beyond. The charges re-rated: 60,000 x
+$16/M = $0.96; 40,000 x $16/M + 30,000 x $8/M = $0.64 + $0.24 = $0.88; $1.84 (-$0.46). At v2's
+tier reached, 130,000 x $8/M = $1.04, so the true-up is $1.04 - $1.84 = -$0.80 where -$1.00 was
+posted: +$0.20. The re-rate moves -$0.46 + $0.20 = -$0.26, and November ends at $1.04 (it ended
+at $1.84 - $1.00 = $0.84).
+v3 (from November 2nd): $18/M up to 100,000, $9/M beyond: 60,000 x $18/M = $1.08; 40,000 x $18/M +
+30,000 x $9/M = $0.72 + $0.27 = $0.99; $2.07 (+$0.23 on v2's $1.84). At v3's tier reached,
+130,000 x $9/M = $1.17: true-up $1.17 - $2.07 = -$0.90, where -$0.80 stands: -$0.10. The re-rate
+moves +$0.23 - $0.10 = +$0.13 (a debit note), and November ends at $1.17."""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import beanquery
+from beancount import loader
+from beancount.core import data
+from billing_kit import BillingKit
+from sqlalchemy import text
+
+from ledger import export
+from ledger.audit import trial_balance, verify
+from wallets import rerating
+from wallets.audit import WALLET_CHECKS
+
+
+def vol(version: str, effective_from: str, low: str, high: str) -> dict[str, Any]:
+    return {"id": "vol", "version": version, "currency": "USD", "effective_from": effective_from, "rules": [
+        {"id": "v-out", "model": "model-v", "token_type": "output", "tier_mode": "volume",
+         "tiers": [{"up_to": 100_000, "price": low}, {"up_to": None, "price": high}]}]}
+
+
+V1 = vol("v1", "2026-01-01T00:00:00Z", "20", "10")
+V2 = vol("v2", "2026-11-01T00:00:00Z", "16", "8")
+V3 = vol("v3", "2026-11-02T00:00:00Z", "18", "9")
+NOV_1, NOV_2, DEC_1 = (datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 2, tzinfo=UTC),
+                       datetime(2026, 12, 1, tzinfo=UTC))
+
+
+def spec(version: str, start: datetime = NOV_1) -> rerating.RerateSpec:
+    return rerating.RerateSpec("vol", version, start, DEC_1, None)
+
+
+async def verified(bk: BillingKit) -> None:
+    report = await bk.db.read(lambda conn: verify(conn, WALLET_CHECKS))
+    assert report.ok, [c for c in report.checks if not c.ok]
+
+
+async def rerate_entries(bk: BillingKit) -> list[Any]:
+    return list(await bk.db.read(lambda conn: conn.execute(text(
+        "SELECT id FROM journal_entries WHERE kind = 'rerate_adjustment' ORDER BY id"))))
+
+
+def beancount_balances(url: str, path) -> dict[str, Decimal]:
+    """The Beancount export's balance of every account (bean-query), by account code."""
+    with export.connect(url) as conn, open(path, "w") as out:
+        export.write_beancount(conn, out)
+    entries, errors, _ = loader.load_file(str(path))
+    assert errors == []
+    code_of = {e.account: e.meta["code"] for e in entries if isinstance(e, data.Open)}
+    rows = beanquery.connect(f"beancount:{path}").execute("SELECT account, sum(number) GROUP BY account").fetchall()
+    return {code_of[account]: total for account, total in rows}
+
+
+async def test_a_rerate_of_a_closed_period_corrects_its_volume_true_up_to_the_new_versions_tiers(
+        fresh_db, scratch_url, tmp_path) -> None:
+    bk = BillingKit(fresh_db)
+    await bk.add_book(V1)
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("volume", billing_mode="postpaid", book="vol")
+    for day, tokens in [(5, 60_000), (20, 70_000)]:
+        bk.clock.now = datetime(2026, 11, day, 12, tzinfo=UTC)
+        await bk.event(cid, "model-v", 0, tokens)
+    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    [november] = await bk.invoices(cid)
+    assert (november["total"], november["subtotals"]["true_ups"], november["amount_due"]) == ("1.30", "-1.00", "1.30")
+    await bk.add_book(V2)
+    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
+
+    seen = await rerating.preview(bk.db, bk.service.engine.books, spec("v2"))
+    assert seen["delta"] == "-0.26" and seen["errors"] == []
+    assert seen["customers"] == [{
+        "customer_id": cid, "charges": 2, "old_amount": "1.30", "new_amount": "1.04", "delta": "-0.26",
+        "lines": [{"model": "model-v", "token_type": "output", "old_amount": "2.30", "new_amount": "1.84",
+                   "delta": "-0.46"},
+                  {"model": "model-v", "token_type": "volume_true_up", "old_amount": "-1.00", "new_amount": "-0.80",
+                   "delta": "0.20"}]}]
+    assert await rerate_entries(bk) == []  # a preview changes nothing
+
+    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    assert done["customers"] == [{**seen["customers"][0], "entry_ids": done["customers"][0]["entry_ids"]}]
+    assert done["delta"] == "-0.26" and done["errors"] == []
+    [note] = done["credit_notes"]
+    assert (note["kind"], note["total"], note["invoice_id"]) == ("credit", "-0.26", november["id"])
+    document = await bk.db.read(lambda conn: rerating.credit_note(conn, note["id"]))
+    assert [(ln["token_type"], ln["old_amount"], ln["new_amount"], ln["amount"]) for ln in document["lines"]] == [
+        ("output", "2.30", "1.84", "-0.46"), ("volume_true_up", "-1.00", "-0.80", "0.20")]
+    assert (document["amount"], document["amount_rounding"]) == ("-0.26", "0.00")
+    # the closed invoice stays as issued; what is left to pay of it is what November costs at v2
+    [after] = await bk.invoices(cid)
+    assert after == {**november, "amount_remaining": "1.04"}
+    assert (await bk.service.wallet(cid)).receivable == 1_040_000_000
+    # December's invoice carries the correction, with the period it corrects
+    upcoming = await bk.upcoming(cid)
+    assert [(ln["kind"], ln["model"], ln["token_type"], ln["amount"], ln["original_period"])
+            for ln in upcoming["lines"]] == [("volume_true_up", "model-v", "output", "0.20", "2026-11"),
+                                             ("adjustment", "model-v", "output", "-0.46", "2026-11")]
+    assert (upcoming["total"], upcoming["subtotals"]["true_ups"]) == ("-0.26", "0.20")
+    # the same re-rate again moves nothing more
+    again = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    assert again == done and len(await rerate_entries(bk)) == 1
+    assert (await rerating.preview(bk.db, bk.service.engine.books, spec("v2")))["customers"] == []
+    await verified(bk)
+
+    # a second fix moves the true-up from where the first left it: -0.80 to -0.90
+    await bk.add_book(V3)
+    third = await rerating.apply(bk.db, bk.service.engine, spec("v3", NOV_2), None)
+    assert third["delta"] == "0.13", third
+    assert [(ln["token_type"], ln["old_amount"], ln["new_amount"], ln["delta"])
+            for ln in third["customers"][0]["lines"]] == [("output", "1.84", "2.07", "0.23"),
+                                                          ("volume_true_up", "-0.80", "-0.90", "-0.10")]
+    [debit] = third["credit_notes"]
+    assert (debit["kind"], debit["total"]) == ("debit", "0.13")
+    assert (await bk.service.wallet(cid)).receivable == 1_170_000_000  # November at v3: 130,000 x $9/M
+    await bk.close(datetime(2027, 1, 1, 1, tzinfo=UTC))
+    _, december = await bk.invoices(cid)
+    by_kind: dict[str, Decimal] = {}
+    for ln in december["lines"]:
+        by_kind[ln["kind"]] = by_kind.get(ln["kind"], Decimal(0)) + Decimal(ln["amount"])
+    assert by_kind == {"volume_true_up": Decimal("0.10"), "adjustment": Decimal("-0.23")}
+    assert december["total"] == "-0.13"
+    await verified(bk)
+    trial = await bk.db.read(lambda conn: trial_balance(conn))
+    expected = {line.account: Decimal(line.debits - line.credits).scaleb(-9) for line in trial.lines}
+    found = beancount_balances(scratch_url, tmp_path / "journal.beancount")
+    assert {code: found.get(code, Decimal(0)) for code in expected} == expected

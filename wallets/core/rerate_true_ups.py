@@ -1,0 +1,122 @@
+"""What a re-rate makes of a closed period's volume true-up, as a pure rule.
+
+The close trued each volume-tiered rule up at the tiers of the latest version that rated it in the
+period: every unit at the price of the tier reached, less what graduated rating charged
+(wallets.core.invoicing.true_up_lines). A re-rate over that period changes what the charges cost;
+the true-up must follow, or the period ends at the corrected charges less the old version's
+true-up (neither price). So the re-rate that corrects the charges billed in the period also
+corrects its true-up to what the same rule gives with the charges as re-rated (the book's price;
+a discount's share of the true-up stays as the close made it): the true-up the period should have,
+less what its close and earlier re-rates posted. Applied again it finds nothing to move.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pricing.lines import Rating
+from wallets.core.invoicing import true_up_lines
+
+if TYPE_CHECKING:
+    from wallets.core.rerating import ChargeOnRecord, Correction, RerateInput
+
+KIND = "volume_true_up"  # the token type a true-up's correction shows under, beside the charges' rows
+
+
+@dataclass(frozen=True, slots=True)
+class TrueUpFix:
+    """A volume rule's true-up of a closed period: what stands (`old`) and what it should be (`new`)."""
+
+    period: str
+    rule_id: str
+    model: str
+    token_type: str
+    version: str
+    quantity: int
+    unit_price: str | None
+    tier: int | None
+    old: int
+    new: int
+
+    @property
+    def delta(self) -> int:
+        return self.new - self.old
+
+    def line(self) -> dict[str, Any]:
+        """Its line on the invoice it is billed on (no quantity: the close's line counted the units)."""
+        return {"kind": KIND, "model": self.model or None, "token_type": self.token_type, "quantity": 0,
+                "unit_price": self.unit_price, "amount_units": self.delta, "rule_id": self.rule_id,
+                "price_version": self.version, "tier": self.tier, "override_id": None}
+
+    def record(self) -> list[Any]:
+        """As the entry's metadata keeps it (`true_ups`: what verify and the apply's answer read)."""
+        return [self.period, self.rule_id, self.model, self.old, self.new]
+
+
+def true_up_fixes(data: RerateInput, found: Sequence[Correction], ratings: Mapping[int, Rating]
+                  ) -> list[TrueUpFix]:
+    """The corrections of `data.period`'s volume true-ups, when that period is closed and the
+    re-rate corrects charges billed in it (`found`; `ratings`: the re-rated charges' ratings by id).
+    Of each volume rule that rated a re-rated charge: the true-up with every charge billed in the
+    period as it stands after the re-rate, at the tiers of the latest version that rated the rule
+    (the close's rule), against the true-up posted so far (`data.true_ups`)."""
+    book, period = data.book, data.period
+    if book is None or period not in data.invoices:
+        return []
+    if not any((x.charge.billed_in or period) == period for x in found):
+        return []
+    order = {v.version: i for i, v in enumerate(book.versions)}
+    basis: dict[str, list[Any]] = {}  # rule id -> [latest version, units, amount charged]
+    touched: set[str] = set()
+    for charge in data.charges:
+        if (charge.billed_in or period) != period:
+            continue  # a late charge of another period, or one billed later: its close never trued it up
+        rating = ratings.get(charge.id)
+        if rating is not None:
+            pieces = [(ln.rule_id, ln.price_version, ln.quantity, ln.amount_units) for ln in rating.lines
+                      if ln.kind == "usage" and ln.rule_id is not None and ln.override_id is None]
+            touched.update(rule_id for rule_id, *_ in pieces)
+        else:
+            pieces = _standing(charge)
+        for rule_id, version, quantity, amount in pieces:
+            held = basis.setdefault(rule_id, [version, 0, 0])
+            if order.get(version, -1) > order.get(held[0], -1):
+                held[0] = version
+            held[1] += quantity
+            held[2] += amount
+    versions = {v.version: v for v in book.versions}
+    fixes = []
+    for rule_id in sorted(touched):
+        version, quantity, amount = basis[rule_id]
+        rule = next((r for r in versions[version].rules if r.id == rule_id), None) if version in versions else None
+        if rule is None or rule.tier_mode != "volume" or not rule.tiers:
+            continue
+        lines = [ln for ln in true_up_lines([(rule, version, quantity, amount)]) if ln["override_id"] is None]
+        new, old = sum(ln["amount_units"] for ln in lines), data.true_ups.get(rule_id, 0)
+        if new != old:
+            fixes.append(TrueUpFix(period, rule_id, rule.model or "", rule.token_type, version, quantity,
+                                   lines[0]["unit_price"] if lines else None, lines[0]["tier"] if lines else None,
+                                   old, new))
+    return fixes
+
+
+def _standing(charge: ChargeOnRecord) -> Iterable[tuple[str, str, int, int]]:
+    """(rule, version, units, amount) of a charge not re-rated now, at the book's price: its usage
+    lines, each moved by what earlier re-rates moved its model and token type."""
+    charged: dict[tuple[str, str], int] = {}
+    for line in charge.lines:
+        key = (charge.model, line.get("token_type") or line["kind"])
+        charged[key] = charged.get(key, 0) + int(line["amount_units"])
+    moved = {k: v - charged.get(k, 0) for k, v in charge.standing().items()}
+    out = []
+    for line in charge.lines:
+        if line["kind"] != "usage" or line.get("rule_id") is None or line.get("override_id") is not None:
+            continue
+        key = (charge.model, line.get("token_type") or line["kind"])
+        out.append((line["rule_id"], line.get("price_version") or "", int(line["quantity"]),
+                    int(line["amount_units"]) + moved.pop(key, 0)))
+    return out
+
+
+__all__ = ["KIND", "TrueUpFix", "true_up_fixes"]
