@@ -4,7 +4,8 @@ Every listing pages by an opaque cursor against the snapshot of its first page (
 so its pages are disjoint and together exactly what had committed when the first was read. Reads
 run at REPEATABLE READ: they never abort a writer. A key limited to customers sees only their
 entries and accounts (an account of another customer is 404, as if it did not exist); platform
-accounts span every customer, so their statements and balances are for unlimited keys only.
+accounts span every customer, so their statements and balances are for unlimited keys only
+(and one of a currency none of the key's customers holds is 404 too).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from api.routes.wire import time_in, time_out, time_param
 from ledger.journal import EntryRecord, JournalFilter, current_snapshot, journal_page, snapshot_is_past
 from ledger.statements import AccountRef, balance_at, cached_balance, find_account, statement_page
 from pricing.money import DEFAULT_SCALE, format_money
+from wallets import reports
 from wallets.errors import WalletValidationError
 
 CustomerParam = Annotated[str | None, QueryParameter(name="customer", max_length=100, pattern=IDENTIFIER)]
@@ -130,11 +132,15 @@ def _entry(e: EntryRecord, scales: dict[str, int]) -> EntryView:
 
 async def _visible_account(conn, principal: Principal, code: str, *, platform_ok: bool) -> AccountRef:
     """The account `code`, if this key may read it: 404 for another customer's (as if it did not
-    exist), 403 for a platform account unless `platform_ok`."""
+    exist), and for a limited key a platform account of a currency none of its customers holds
+    (that another customer holds it is not its to learn); 403 for a platform account unless `platform_ok`."""
     account = await find_account(conn, code)
-    if account is None or (account.customer_id is not None and not principal.may_see(account.customer_id)):
+    visible = principal.visible()
+    if account is None or (account.customer_id is not None and not principal.may_see(account.customer_id)) or (
+            account.customer_id is None and visible is not None
+            and account.asset not in await reports.currencies(conn, visible)):
         raise ApiError("not_found", "no account by that code")
-    if account.customer_id is None and not platform_ok and principal.visible() is not None:
+    if account.customer_id is None and not platform_ok and visible is not None:
         raise ApiError("forbidden", f"{code} is a platform account, shared by every customer: a key limited "
                        "to customers may not read it", 403)
     return account

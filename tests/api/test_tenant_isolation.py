@@ -148,15 +148,21 @@ async def test_a_limited_auditor_sees_a_trial_balance_of_its_customers_only(clie
     assert any(f":customer:{b}:" in acc["account"] for acc in full["accounts"])
 
 
-async def test_a_limited_auditor_cannot_tell_which_currencies_other_customers_hold(client: AsyncTestClient):
-    """A currency only another customer holds is answered as one no customer holds: 404, in the
-    same words, now and `at` a past instant. The key's own customer's currency is answered."""
-    (a,) = await _customers(client, "cur-a")
-    theirs = "".join(chr(65 + n % 26) for n in uuid.uuid4().bytes[:3])  # this test's alone
+async def _another_currency(client: AsyncTestClient) -> tuple[str, str]:
+    """A currency of this test's alone that a new customer holds (topped up), and one nobody holds."""
+    theirs = "".join(chr(65 + n % 26) for n in uuid.uuid4().bytes[:3])
     nobodys = "".join(chr(65 + n % 26) for n in uuid.uuid4().bytes[3:6])
     b = f"cur-b-{uuid.uuid4().hex[:8]}"
     assert (await client.post("/v1/customers", json={"id": b, "currency": theirs})).status_code == 201
     assert (await client.post(f"/v1/customers/{b}/topups", json={"amount": "3.00"})).status_code == 201
+    return theirs, nobodys
+
+
+async def test_a_limited_auditor_cannot_tell_which_currencies_other_customers_hold(client: AsyncTestClient):
+    """A currency only another customer holds is answered as one no customer holds: 404, in the
+    same words, now and `at` a past instant. The key's own customer's currency is answered."""
+    (a,) = await _customers(client, "cur-a")
+    theirs, nobodys = await _another_currency(client)
     assert (await client.get("/v1/audit/trial-balance", params={"currency": theirs})).status_code == 200
     auditor_a = await _key(client, "auditor", [a])
     for at in ({}, {"at": "2030-01-01T00:00:00Z"}, {"at": "2000-01-01T00:00:00Z"}):
@@ -170,6 +176,32 @@ async def test_a_limited_auditor_cannot_tell_which_currencies_other_customers_ho
         own = await client.get("/v1/audit/trial-balance", params={"currency": "USD", **at}, headers=auditor_a)
         assert own.status_code == 200 and own.json()["currencies"] in ([], ["USD"]), own.text
         assert theirs not in own.text
+
+
+async def test_a_limited_key_cannot_tell_the_platform_accounts_of_another_customers_currency(
+        client: AsyncTestClient):
+    """A platform account of a currency only another customer holds is answered as an unknown
+    code, in the same words, on statements, balances and the journal's `account=`; one of its own
+    customers' currency lists their entries in the journal and is refused (403) a statement."""
+    (a,) = await _customers(client, "plat-a")
+    assert (await client.post(f"/v1/customers/{a}/topups", json={"amount": "3.00"})).status_code == 201
+    theirs, nobodys = await _another_currency(client)
+    auditor_a = await _key(client, "auditor", [a])
+    reads = {"statement": lambda code: client.get(f"/v1/accounts/{code}/statement", headers=auditor_a),
+             "balance": lambda code: client.get(f"/v1/accounts/{code}/balance", headers=auditor_a),
+             "journal": lambda code: client.get("/v1/journal", params={"account": code}, headers=auditor_a)}
+    for name, read in reads.items():
+        answers = {}
+        for currency in (theirs, nobodys):
+            answer = await read(f"asset:platform:cash:{currency}")
+            assert answer.status_code == 404, (name, currency, answer.text)
+            answers[currency] = answer.json()["detail"].replace(currency, "XXX")
+        assert answers[theirs] == answers[nobodys], (name, answers)
+    assert (await reads["statement"]("asset:platform:cash:USD")).status_code == 403
+    own = await reads["journal"]("asset:platform:cash:USD")
+    assert own.status_code == 200, own.text
+    assert [e["kind"] for e in own.json()["entries"]] == ["topup"]
+    assert {e["customer_id"] for e in own.json()["entries"]} == {a}
 
 
 async def test_verify_is_refused_to_a_limited_key(client: AsyncTestClient):
