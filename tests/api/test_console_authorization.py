@@ -3,6 +3,7 @@ key signed in by cookie. A page outside the key's scope or customers is a 403 pa
 session, every page sends to the sign-in page."""
 from __future__ import annotations
 
+import html
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -122,3 +123,50 @@ async def test_another_customers_invoice_is_a_403_page_that_does_not_name_its_cu
             answer = await client.get(page, follow_redirects=False)
             assert answer.status_code == 403 and "Forbidden" in answer.text, page
             assert invoice in answer.text and OWN not in answer.text, page
+
+
+async def test_a_limited_auditors_filters_naming_another_customers_data_are_answered_as_unknown_ones(world):
+    """The auditor pages' filters (a customer, an account, a request id, a currency) that name the
+    other customer's data get the answer a name nobody uses gets, in the same words: the pages
+    apply the API's rules (403 for a customer named, 404 for an account, a request id or a
+    currency the key's customers do not hold), and nothing of the other customer shows."""
+    app, keys, _ = world
+    async with api_client(app=app, admin=ADMIN_KEY, console=True) as client:
+        assert (await client.post(f"/v1/customers/{OTHER}/topups", headers=ADMIN,
+                                  json={"amount": "1.00"})).status_code == 201
+        request_id = f"theirs-{uuid.uuid4().hex[:8]}"
+        assert (await client.post("/v1/reservations", headers=ADMIN, json={
+            "customer_id": OTHER, "request_id": request_id, "model": "model-a", "amount": "0.10"})).status_code == 201
+        currency = "".join(chr(65 + n % 26) for n in uuid.uuid4().bytes[:3])
+        theirs = f"{OTHER}-{currency.lower()}"
+        assert (await client.post("/v1/customers", headers=ADMIN,
+                                  json={"id": theirs, "currency": currency})).status_code == 201
+        nobody, no_currency = f"nobody-{uuid.uuid4().hex[:8]}", "".join(
+            chr(65 + n % 26) for n in uuid.uuid4().bytes[3:6])
+        await sign_in(client, keys["auditor:own"])
+        pairs = [  # (page, its query naming the other's, the same naming nobody's, status)
+            ("/console/audit/journal", {"customer": OTHER}, {"customer": nobody}, 403),
+            ("/console/audit/journal", {"account": f"asset:customer:{OTHER}:receivable"},
+             {"account": f"asset:customer:{nobody}:receivable"}, 404),
+            ("/console/audit/journal", {"account": f"asset:platform:cash:{currency}"},
+             {"account": f"asset:platform:cash:{no_currency}"}, 404),
+            ("/console/audit/statement", {"account": f"asset:customer:{OTHER}:receivable"},
+             {"account": f"asset:customer:{nobody}:receivable"}, 404),
+            ("/console/audit/trace", {"request_id": request_id}, {"request_id": nobody}, 404),
+            ("/console/audit/trace", {"request_id": request_id, "customer_id": OTHER},
+             {"request_id": request_id, "customer_id": nobody}, 403),
+            ("/console/audit", {"currency": currency}, {"currency": no_currency}, 404),
+        ]
+        for page, named, unknown, status in pairs:
+            shown = {}
+            for query, name in ((named, OTHER), (unknown, nobody)):
+                answer = await client.get(page, params=query, follow_redirects=False)
+                assert answer.status_code == status, (page, query, answer.status_code)
+                text = answer.text
+                for value in query.values():  # what the key sent is echoed: take it out to compare
+                    text = text.replace(value, "<sent>").replace(html.escape(value), "<sent>")
+                shown[name] = text.replace(name, "<sent>").replace(currency, "<sent>").replace(no_currency, "<sent>")
+            assert shown[OTHER] == shown[nobody], page
+            assert OTHER not in shown[OTHER] and theirs not in shown[OTHER], page
+        home = await client.get("/console", params={"customer": OTHER}, follow_redirects=False)
+        assert home.status_code == 200 and OTHER not in home.text.replace(f'value="{OTHER}"', ""), home.text[:500]
