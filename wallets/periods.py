@@ -11,7 +11,7 @@ from __future__ import annotations
 import calendar
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import msgspec
 
@@ -28,8 +28,26 @@ def zone(name: str) -> ZoneInfo:
         if not name or name != name.strip() or len(name) > 64:
             raise ValueError(name)
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a directory of zones (America)
         raise WalletValidationError("time_zone", f"{name!r} is not an IANA time zone") from None
+
+
+@lru_cache(maxsize=1)
+def _zone_names() -> frozenset[str]:
+    """The IANA zones of the zone database (zoneinfo leaves out its right/ and posix/ copies and
+    posixrules), less `localtime`: a link to the host's own zone, which differs from host to host."""
+    return frozenset(available_timezones()) - {"localtime"}
+
+
+def new_zone(name: str) -> ZoneInfo:
+    """The time zone a new customer or budget may be given: an IANA zone. ZoneInfo also opens any
+    file of the zone directory: `localtime` (each host's own zone, so two hosts' windows and
+    periods differed) and the leap-second `right/` copies (December's midnight in
+    right/America/New_York fell at 04:00 UTC, not 05:00). Those already stored still load."""
+    found = zone(name)
+    if name not in _zone_names():
+        raise WalletValidationError("time_zone", f"{name!r} is not an IANA time zone (such as Europe/Berlin)")
+    return found
 
 
 class Cycle(msgspec.Struct, frozen=True, gc=False):

@@ -26,7 +26,7 @@ from wallets.core.idempotency import CREATED, EXISTS, OK, IdemKey, Replayed
 from wallets.customer_changes import CustomerChange, change_customer, changes_of
 from wallets.engine import ACCOUNTS_LOCK, Engine, customer_lock, lane_lock, utc_now
 from wallets.errors import ConflictError, NotFoundError, WalletValidationError
-from wallets.periods import DEFAULT_GRACE_S, DEFAULT_TERMS_DAYS, Cycle, close_due_at, period_of
+from wallets.periods import DEFAULT_GRACE_S, DEFAULT_TERMS_DAYS, Cycle, close_due_at, new_zone, period_of
 from wallets.price_overrides import AddedOverrides, add_version
 
 T = TypeVar("T")
@@ -220,6 +220,7 @@ class WalletService:
                 if existing.spec != spec:
                     raise ConflictError(f"customer {spec.id} exists with other settings", customer_id=spec.id)
                 return existing, False
+            new_zone(spec.time_zone)
             if spec.overdraft_limit is not None:
                 whole_minor_units(spec.overdraft_limit, spec.currency, "overdraft_limit")
             book_currency = (await conn.execute(text("SELECT currency FROM price_books WHERE id = :id"),

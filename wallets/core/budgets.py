@@ -26,6 +26,7 @@ from wallets.core.decision import BudgetCounted, Decision, Effect
 from wallets.core.state import State, wire_time
 from wallets.errors import BudgetExceededError, TooManyBudgetsError, WalletValidationError
 from wallets.model import Budget, Reservation, Wallet
+from wallets.periods import new_zone
 
 WINDOWS = ("request", "minute", "day", "month", "lifetime")
 METRICS = ("money", "tokens", "input_tokens", "output_tokens", "requests")
@@ -339,10 +340,7 @@ def validate(window: str, metric: str, mode: str, limit: int, thresholds: Iterab
     if any(not 1 <= t <= 1000 for t in marks) or len(set(marks)) != len(marks):
         raise WalletValidationError("thresholds", "distinct percentages of the limit, from 1 to 1000")
     if time_zone is not None:
-        try:
-            ZoneInfo(time_zone)
-        except (ValueError, KeyError, OSError):
-            raise WalletValidationError("time_zone", f"unknown time zone {time_zone!r}") from None
+        new_zone(time_zone)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,10 @@ BAD_CREATES = [
     ({"time_zone": "Not/AZone"}, "time_zone"), ({"time_zone": "../../etc/passwd"}, "time_zone"),
     ({"time_zone": "/etc/localtime"}, "time_zone"), ({"time_zone": "zone.tab"}, "time_zone"),
     ({"time_zone": "America"}, "time_zone"), ({"time_zone": " UTC"}, "time_zone"),
+    # files beside the zones, not zones: the host's own (/etc/localtime: windows differing by host),
+    # leap-second copies (right/America/New_York put December's midnight at 04:00 UTC, not 05:00)
+    ({"time_zone": "localtime"}, "time_zone"), ({"time_zone": "posixrules"}, "time_zone"),
+    ({"time_zone": "right/America/New_York"}, "time_zone"), ({"time_zone": "posix/Europe/Berlin"}, "time_zone"),
     ({"thresholds": [50, 50]}, "thresholds"), ({"thresholds": [0]}, "thresholds[0]"),
     ({"thresholds": [1001]}, "thresholds[0]"), ({"window": "week"}, "window"),
     ({"window": "request", "metric": "requests", "limit": 3}, "metric"), ({"model": ""}, "model"),
