@@ -53,6 +53,50 @@ class ServerTooOld(Exception):
                          f"{MIN_SERVER_VERSION // 10000} or later")
 
 
+class TransactionIdsBehind(Exception):
+    """The server's transaction ids are behind those the database's rows recorded: it was restored
+    (pg_dump, pg_restore) into another PostgreSQL cluster, whose ids started afresh. Seal ranges,
+    the journal's snapshots and the webhook fan-out's cursor all compare transaction ids: new
+    entries would fall inside sealed ranges, the restored ones lie past every snapshot, and new
+    events behind the cursor. Moving the cluster's epoch on (pg_resetwal) puts every new id past them."""
+
+    def __init__(self, recorded: int, server: int) -> None:
+        self.recorded = recorded
+        super().__init__(
+            f"the database's transaction ids are behind its journal's (it recorded transaction {recorded}, the "
+            f"server is at {server}): it was restored into another PostgreSQL cluster, where new entries would "
+            f"fall inside sealed ranges, the journal would hide the restored ones and webhook events would not "
+            f"be sent; stop that PostgreSQL, run `pg_resetwal --epoch={(recorded >> 32) + 1} -D DATADIR` as its "
+            f"user, and start it again (README, Backups)")
+
+
+# The transaction ids the database recorded, per table and column, and whether the server's next
+# one must lie past it (a row's own id) or may equal it (a seal's end: the first id it does not cover).
+_RECORDED = (("journal_entries", "txid", 1), ("outbox", "txid", 1), ("webhook_fan_out", "txid", 1),
+             ("seals", "to_txid", 0))
+
+
+def check_transaction_ids(conn: Connection) -> None:
+    """TransactionIdsBehind when the server's next transaction id is not past every id the
+    database recorded (each read by its index: milliseconds on any ledger)."""
+    present = conn.execute(text(
+        "SELECT c.relname, a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+        "WHERE c.oid = ANY (ARRAY[to_regclass('journal_entries'), to_regclass('outbox'), "
+        "to_regclass('webhook_fan_out'), to_regclass('seals')]) AND NOT a.attisdropped")).all()
+    # t.{column}: by the xid8 (a bare name would sort by the text the select list makes of it)
+    recorded = [(f"(SELECT t.{column}::text FROM {table} t ORDER BY t.{column} DESC LIMIT 1)", past)
+                for table, column, past in _RECORDED if (table, column) in {tuple(row) for row in present}]
+    if not recorded:
+        return
+    row = conn.execute(text("SELECT pg_snapshot_xmax(pg_current_snapshot())::text, "
+                            + ", ".join(query for query, _ in recorded))).one()
+    conn.rollback()
+    server = int(row[0])
+    for value, (_, past) in zip(row[1:], recorded, strict=True):
+        if value is not None and server < int(value) + past:
+            raise TransactionIdsBehind(max(int(v) for v in row[1:] if v is not None), server)
+
+
 def revisions() -> list[str]:
     """Every revision, oldest first (they are linear)."""
     return [script.revision for script in
@@ -92,6 +136,7 @@ def locked(sync_url: str) -> Iterator[Connection]:
                 "SELECT current_setting('server_version'), current_setting('server_version_num')::int")).one()
             if number < MIN_SERVER_VERSION:
                 raise ServerTooOld(version.split()[0])
+            check_transaction_ids(conn)
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK})
             try:
                 conn.commit()
@@ -118,6 +163,8 @@ def configured_database() -> Iterator[Connection]:
         with locked(sync_url(handle.url)) as conn:
             yield conn
             conn.commit()
+    except (ServerTooOld, TransactionIdsBehind) as exc:
+        raise SystemExit(f"error: {exc}") from None
     except Exception as exc:
         reason = _unreachable(exc)
         if reason is None:

@@ -7,15 +7,27 @@ partitions could not be attached, their rows not copied: 20 errors, an empty jou
 """
 from __future__ import annotations
 
+import asyncio
+import shutil
 import subprocess
+import tempfile
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import psycopg
+import pytest
 
 from api.bench.common import scratch_database
+from api.cli import main
+from api.client import Client
 from ledger import embedded
+from ledger.db import connect
+from tests.api.apps import live_server
 from tests.live_server import serving
+from tests.webhook_receiver import receiver
+from wallets.jobs import seal_journal
+from wallets.webhooks.rules import AddressPolicy, parse_networks
 
 ADMIN = "backup-test-admin"
 
@@ -79,3 +91,81 @@ def test_a_pg_dump_of_the_ledger_restores_into_a_database_that_verifies(server_u
                                                 "model": "model-a",
                                                 "estimate": {"input_tokens": 1000, "max_output_tokens": 500}})
             assert tt.settle(held["id"], usage={"input_tokens": 1000, "output_tokens": 400})["charged"] == "0.018"
+
+
+def _burn_transaction_ids(url: str, past: int) -> None:
+    """Run transactions on `url`'s cluster until its transaction ids are past `past`: an old cluster's."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"""DO $$ BEGIN
+            WHILE pg_current_xact_id() < '{past}'::xid8 LOOP COMMIT; END LOOP; END $$""")
+
+
+def _seal(url: str) -> None:
+    async def run() -> None:
+        db = connect(url, pool_size=1)
+        try:
+            await seal_journal(db)
+        finally:
+            await db.dispose()
+    asyncio.run(run())
+
+
+def test_a_backup_restored_into_a_new_postgresql_serves_once_its_transaction_ids_pass_the_ledgers(
+        server_url, migrated_template, monkeypatch):
+    """README's Backups, into a new cluster (a lost disk, a move). A new cluster's transaction ids
+    start low, and the restored journal, seals and webhook cursor carry the old cluster's: new
+    entries fell inside sealed ranges (verify failed on them), restored entries lay past every
+    snapshot (the journal showed none) and events written after the restore were never sent.
+    tokentill now refuses such a database in one line naming the pg_resetwal that fixes it, and
+    after it serves the restored ledger whole."""
+    loopback = {"webhook_addresses": AddressPolicy(parse_networks("127.0.0.0/8")), "webhook_poll_s": 0.05}
+    dump, restore = (str(embedded.bin_dir() / tool) for tool in ("pg_dump", "pg_restore"))
+    with scratch_database(server_url, f"tokentill_backup_{uuid.uuid4().hex[:10]}",
+                          template=migrated_template) as source, receiver() as hook:
+        _burn_transaction_ids(source, 20_000)  # a cluster that has run for a while
+        with live_server(source, admin=ADMIN, **loopback) as base, Client(base, ADMIN) as tt:
+            tt.post("/v1/webhook-endpoints", {"url": hook.url, "topics": ["grant.reversed"]})
+            _seed(tt)
+            grant = next(g for g in tt.get("/v1/customers/acme/wallet")["grants"] if g["kind"] == "grant")
+            tt.post(f"/v1/customers/acme/grants/{grant['id']}/reverse", {"amount": "1.00"})
+            asyncio.run(hook.wait_for(lambda r: True))  # the fan-out's cursor is past it
+            _seal(source)
+            before = _views(tt)
+        backup = subprocess.run([dump, "--format=custom", f"--dbname={source}"], capture_output=True,
+                                check=True).stdout
+
+        where = tempfile.TemporaryDirectory(prefix="tokentill-restore-")  # one the server's user may reach
+        pgdata = Path(where.name) / "pg"
+        cluster = embedded.start(pgdata)
+        try:
+            restored = subprocess.run([restore, "--exit-on-error", "--single-transaction", "--no-owner",
+                                       f"--dbname={cluster.url}"], input=backup, capture_output=True)
+            assert restored.returncode == 0, restored.stderr.decode()[-2000:]
+            monkeypatch.setenv("TOKENTILL_DATABASE_URL", cluster.url)
+            for command in (["migrate"], ["audit", "verify"]):
+                with pytest.raises(SystemExit) as refused:
+                    main(command)
+                message = str(refused.value.code)
+                assert message.startswith("error: the database's transaction ids are behind its journal's") \
+                    and "pg_resetwal --epoch=1 " in message and "\n" not in message, message
+
+            cluster.stop()  # as README says: stop it, move its epoch on, start it again
+            resetwal = embedded.bin_dir() / "pg_resetwal"
+            subprocess.run([str(resetwal), "--epoch=1", "-D", str(pgdata)], check=True, capture_output=True,
+                           user=cluster.system_user)
+            cluster = embedded.start(pgdata)
+            assert main(["migrate"]) == 0
+            with live_server(cluster.url, admin=ADMIN, **loopback) as base, Client(base, ADMIN) as tt:
+                assert _views(tt) == before
+                held = tt.post("/v1/reservations", {"customer_id": "acme", "request_id": "after-restore",
+                                                    "model": "model-a",
+                                                    "estimate": {"input_tokens": 1000, "max_output_tokens": 500}})
+                tt.settle(held["id"], usage={"input_tokens": 1000, "output_tokens": 400})
+                tt.post(f"/v1/customers/acme/grants/{grant['id']}/reverse", {"amount": "1.00"})
+                asyncio.run(hook.wait_for(lambda r: True, count=2))  # the event written after the restore
+                _seal(cluster.url)
+                verify = tt.post("/v1/audit/verify", {})
+                assert verify["ok"], [check for check in verify["checks"] if not check["ok"]]
+        finally:
+            cluster.stop()
+            shutil.rmtree(where.name, ignore_errors=True)

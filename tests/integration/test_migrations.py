@@ -278,3 +278,29 @@ def test_lanes_asked_of_a_database_made_with_others_is_a_warning_naming_both(scr
         open_database(Settings(database_url=scratch_url, lanes=16)).close()
         open_database(Settings(database_url=scratch_url)).close()
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+@pytest.mark.parametrize("command", [["migrate"], ["audit", "verify"]])
+def test_a_database_whose_recorded_transaction_ids_pass_the_servers_is_refused_naming_the_epoch(command, scratch_url,
+                                                                                               monkeypatch):
+    """Seals ending at transaction 99,999,999 and 10,000,000,000 (epoch 2), as a database restored
+    into a new cluster (transaction ids in the thousands) carries: every command stops in one line,
+    naming the highest id, by number, not by its text, and the epoch past it (3)."""
+    engine = create_engine(sync_url(scratch_url))
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("SET LOCAL session_replication_role = replica"))  # as pg_restore writes them
+            conn.execute(text("""INSERT INTO seals (from_txid, to_txid, entry_ids, entry_hashes, prev_hash, chain_hash)
+                                 VALUES ('1', '99999999', '{}', '{}', '\\x00', '\\x00'),
+                                        ('99999999', '10000000000', '{}', '{}', '\\x00', '\\x00')"""))
+    finally:
+        engine.dispose()
+    monkeypatch.setenv("TOKENTILL_DATABASE_URL", scratch_url)
+    from api.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(command)
+    message = str(stopped.value.code)
+    assert message.startswith("error: the database's transaction ids are behind its journal's (it recorded "
+                              "transaction 10000000000, the server is at "), message
+    assert "`pg_resetwal --epoch=3 -D DATADIR`" in message and "\n" not in message

@@ -10,8 +10,9 @@ six reservations each: three settled, one released, two left open; three usage e
 on two postpaid customers with a closed period, one invoice paid; 0038's another workload, fill.py's
 fill_late), checked with that version's
 `tokentill audit verify`, then dumped: `pg_dump --data-only --inserts -T alembic_version`.
-The test builds that revision's schema with today's migrations (identical files) and loads the
-data with triggers off (session_replication_role: a superuser, as the embedded cluster's is)."""
+The test builds that revision's schema with today's migrations (identical files), loads the data
+with triggers off (session_replication_role: a superuser, as the embedded cluster's is), and moves
+the cluster's transaction ids past those the data recorded (README, Backups)."""
 from __future__ import annotations
 
 import gzip
@@ -44,6 +45,14 @@ def _load(url: str, revision: str) -> None:
                                        "WHERE schemaname = 'public' AND tablename <> 'alembic_version'")).scalar_one()
             conn.exec_driver_sql(f"TRUNCATE {tables}")
             conn.exec_driver_sql(sql)
+        # The data came from another cluster, whose transaction ids ran ahead: move this one's past
+        # them, as README's Backups says (pg_resetwal cannot move a shared cluster's)
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            try:
+                runner.check_transaction_ids(conn)
+            except runner.TransactionIdsBehind as behind:
+                conn.exec_driver_sql(f"DO $$ BEGIN WHILE pg_current_xact_id() <= '{behind.recorded}'::xid8 LOOP "
+                                     "COMMIT; END LOOP; END $$")
     finally:
         engine.dispose()
 
