@@ -4,32 +4,37 @@ revision again (the migrations support it) with nothing lost, and up once more.
 
 The data (tests/integration/upgrades/<revision>.sql.gz) was made by the tokentill of that time:
 the commit before the next migration landed (0008: 6e24217^, 0016: 609cb0a^, 0023: 53e2659^,
-0029: 217ebfa^, 0038: abc93d7^) served on an empty database (TOKENTILL_LANES=4), filled through its HTTP API by
-upgrades/fill.py (six prepaid customers each topped up $20.00 and granted $1.50 of promotion,
-six reservations each: three settled, one released, two left open; three usage events; from 0017
-on two postpaid customers with a closed period, one invoice paid; 0038's another workload, fill.py's
-fill_late), checked with that version's
-`tokentill audit verify`, then dumped: `pg_dump --data-only --inserts -T alembic_version`.
+0029: 217ebfa^, 0038: abc93d7^, 0047: 1c6948d^) served on an empty database (TOKENTILL_LANES=4),
+filled through its HTTP API by upgrades/fill.py (six prepaid customers each topped up $20.00 and
+granted $1.50 of promotion, six reservations each: three settled, one released, two left open;
+three usage events; from 0017 on two postpaid customers with a closed period, one invoice paid;
+0038's another workload, fill.py's fill_late; 0047's fill_late and fill_revoked), checked with
+that version's `tokentill audit verify`, then dumped: `pg_dump --data-only --inserts -T alembic_version`.
 The test builds that revision's schema with today's migrations (identical files), loads the data
 with triggers off (session_replication_role: a superuser, as the embedded cluster's is), and moves
 the cluster's transaction ids past those the data recorded (README, Backups)."""
 from __future__ import annotations
 
+import asyncio
 import gzip
 import uuid
 from pathlib import Path
 
 import pytest
 from alembic import command
-from sqlalchemy import Connection, NullPool, create_engine, text
+from sqlalchemy import Connection, Engine, NullPool, create_engine, text
 
 from api.bench.common import scratch_database
 from api.cli import main
 from api.runtime import sync_url
 from migrations import runner
+from tests.api.apps import api_client
+from tests.webhook_receiver import receiver
+from wallets.webhooks.rules import AddressPolicy, parse_networks
 
 DATA = Path(__file__).parent / "upgrades"
 USD = 10**9  # atomic units of a dollar (scale 9)
+LOOPBACK = AddressPolicy(parse_networks("127.0.0.0/8"))  # the receiver listens there
 
 
 def _load(url: str, revision: str) -> None:
@@ -156,3 +161,97 @@ def test_usage_billed_after_its_period_closed_keeps_its_period_through_the_upgra
             assert main(["migrate"]) == 0 and main(["audit", "verify"]) == 0, capsys.readouterr().out
         finally:
             engine.dispose()
+
+
+def _rows(conn: Connection, table: str) -> list[dict]:
+    return conn.execute(text(f"SELECT to_jsonb(t) FROM {table} t ORDER BY 1::text")).scalars().all()
+
+
+def _lots(conn: Connection) -> dict[str, tuple[int, bool]]:
+    """rvk's lots by reason (a top-up by reference): what they hold, and whether revoked in whole."""
+    rows = conn.execute(text("""
+        SELECT coalesce(nullif(l.reason, ''), l.reference), -coalesce(sum(p.amount), 0)::bigint,
+               coalesce((to_jsonb(l) ->> 'revoked_at') IS NOT NULL, false)
+          FROM lots l LEFT JOIN postings p ON p.lane = l.lane AND p.account_id = l.account_id
+         WHERE l.customer_id = 'rvk' GROUP BY l.lane, l.id""")).all()
+    return {name: (held, revoked) for name, held, revoked in rows}
+
+
+def test_a_database_used_at_0047_upgrades_with_its_revocations_holds_invoices_and_outbox(server_url, monkeypatch,
+                                                                                        capsys):
+    """0047's data (upgrades/fill.py, fill_late then fill_revoked), made by 1c6948d^ with the webhook
+    dispatcher off. After `tokentill migrate` the grants its revocations left empty are closed
+    (0048's backfill: "whole", and "held" with a hold still open on it; not "back", which took a
+    released hold's 1.50 back, nor "part", nor a top-up), the invoices and credit notes are the
+    same rows, every open hold settles or releases, and every event the outbox held is delivered
+    once. Down to 0047 and up again changes nothing."""
+    cents = USD // 100
+    with scratch_database(server_url, f"tokentill_upgrade_{uuid.uuid4().hex[:10]}") as url:
+        engine = create_engine(sync_url(url))
+        try:
+            with engine.connect() as conn:
+                _migrate(conn, "0047")
+                _load(sync_url(url), "0047")
+                before, invoices, notes = _books(conn), _rows(conn, "invoices"), _rows(conn, "credit_notes")
+                events = conn.execute(text("SELECT payload ->> 'id' FROM outbox WHERE delivered_at IS NULL")).scalars()
+                events = sorted(events)
+                assert _lots(conn) == {"whole": (0, False), "held": (0, False), "back": (140 * cents, False),
+                                       "part": (150 * cents, False), "ch_rvk_1": (2000 * cents, False),
+                                       "ch_rvk_2": (0, False)}
+                conn.commit()
+            assert len(events) == 24 and None not in events and len(set(events)) == 24
+
+            monkeypatch.setenv("TOKENTILL_DATABASE_URL", url)
+            assert main(["migrate"]) == 0
+            assert main(["audit", "verify"]) == 0, capsys.readouterr().out
+            with engine.connect() as conn:
+                assert _books(conn) == before
+                assert (_rows(conn, "invoices"), _rows(conn, "credit_notes")) == (invoices, notes)
+                assert {name for name, (_, revoked) in _lots(conn).items() if revoked} == {"whole", "held"}
+                held = dict(conn.execute(text("SELECT request_id, id FROM reservations WHERE status <> 'settled' "
+                                              "AND status <> 'released'")).all())
+                conn.commit()
+            assert set(held) == {"rvk-held", "rvk-cap", "req-cust0-2", "req-cust1-2"}
+
+            asyncio.run(_close_holds_and_deliver(url, engine, held, events))
+
+            with engine.connect() as conn:
+                lots, after = _lots(conn), _books(conn)
+                # rvk-cap: model-a input at $8/M (fill_late's later version), output $20/M, $0.01 a call
+                # once: 0.008 + 0.002 + 0.01 captured at 0047, 0.008 + 0.002 now; 0.07 of its 0.10 back
+                assert lots["held"] == (0, True) and lots["back"] == (147 * cents, False)
+                conn.commit()
+                _migrate(conn, "0047", down=True)
+                assert _books(conn) == after
+                conn.commit()
+            capsys.readouterr()
+            assert main(["migrate"]) == 0 and main(["audit", "verify"]) == 0, capsys.readouterr().out
+            with engine.connect() as conn:
+                assert _books(conn) == after and _lots(conn) == lots
+        finally:
+            engine.dispose()
+
+
+async def _close_holds_and_deliver(url: str, engine: Engine, held: dict[str, str], events: list[str]) -> None:
+    """After the upgrade: the open holds release or settle, every event the outbox held arrives once."""
+    with receiver() as hook:
+        async with api_client(url, admin="up-admin", send_admin=True, webhook_poll_s=0.05,
+                              webhook_addresses=LOOPBACK) as c:
+            with engine.begin() as conn:  # the receiver stands in for the endpoint's host
+                conn.execute(text("UPDATE webhook_endpoints SET url = :url "
+                                  "WHERE url = 'https://hooks.example.com/a'"), {"url": hook.url})
+            available = (await c.get("/v1/customers/rvk/wallet")).json()["available"]
+            released = await c.post(f"/v1/reservations/{held['rvk-held']}/release", json={})
+            assert released.status_code == 200 and released.json()["released"] == "2.00", released.text
+            # what the hold drew from the closed grant "held" is revoked again, not spendable
+            assert (await c.get("/v1/customers/rvk/wallet")).json()["available"] == available
+            for request_id in ("rvk-cap", "req-cust0-2", "req-cust1-2"):
+                settled = await c.post(f"/v1/reservations/{held[request_id]}/settle",
+                                       json={"usage": {"input_tokens": 1000, "output_tokens": 100}})
+                assert (settled.status_code, settled.json()["status"]) == (200, "settled"), settled.text
+            await hook.wait_for(lambda r: r.webhook_id in events, count=len(events))
+            await asyncio.sleep(0.5)  # time for any second copy to arrive
+            got = sorted(r.webhook_id for r in hook.of(lambda r: r.webhook_id in events))
+            assert got == events
+            verify = (await c.post("/v1/audit/verify")).json()
+            assert verify["ok"], [x for x in verify["checks"] if not x["ok"]]

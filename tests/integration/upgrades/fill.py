@@ -7,7 +7,12 @@ lines left out), gzipped. See test_upgrades_with_data.py.
 From 0038 on the data is `fill_late` instead: what 0039-0043 migrate (webhook secrets rotated,
 deleted, disabled; customer-set and operator budgets; postpaid customers with price overrides,
 two early closes, one invoice paid, one customer blocked; usage recorded after its period closed,
-one call of it paid whole by a free allowance; a re-rate with credit notes)."""
+one call of it paid whole by a free allowance; a re-rate with credit notes).
+
+At 0047 it is `fill_late` and then `fill_revoked`: what 0048 migrates (grants revoked in whole, one
+with a hold still open on it, one that took a released hold's piece back after, one revoked in
+part, a top-up refunded in whole), with a reservation left capturing and events left in the
+outbox (the server ran with TOKENTILL_WEBHOOKS=off)."""
 from __future__ import annotations
 
 import sys
@@ -97,6 +102,39 @@ def fill_late(c: httpx.Client) -> None:
     assert ok(c.post("/v1/audit/verify"))["ok"]
 
 
+def fill_revoked(c: httpx.Client) -> None:
+    ok(c.post("/v1/customers", json={"id": "rvk", "price_book": "seed", "currency": "USD"}))
+    ok(c.post("/v1/customers/rvk/topups", json={"amount": "20.00", "reference": "ch_rvk_1"}))
+
+    def grant(name: str, amount: str) -> str:
+        return ok(c.post("/v1/customers/rvk/grants", json={"amount": amount, "priority": 10, "reason": name,
+                                                            "expires_at": "2030-01-01T00:00:00Z"}))["grant_id"]
+
+    def hold(request_id: str, amount: str) -> str:
+        return ok(c.post("/v1/reservations", json={"customer_id": "rvk", "request_id": request_id,
+                                                    "model": "model-a", "amount": amount}), 201)["id"]
+
+    def reverse(lot: str, body: dict) -> None:
+        ok(c.post(f"/v1/customers/rvk/grants/{lot}/reverse", json=body), 201)
+
+    reverse(grant("whole", "1.00"), {"reason": "abuse"})          # closed: 0048 records it
+    open_hold = grant("held", "3.00")
+    hold("rvk-held", "2.00")                                       # drawn from "held" (priority 10)
+    reverse(open_hold, {})                                         # 1.00 revoked, 2.00 held: closed
+    back = grant("back", "2.00")
+    released = hold("rvk-back", "1.50")
+    reverse(back, {})                                              # 0.50 revoked: closed, then
+    ok(c.post(f"/v1/reservations/{released}/release", json={}))   # 1.50 back into it: open again
+    reverse(grant("part", "2.00"), {"amount": "0.50"})             # revoked in part: open, 1.50
+    refunded = ok(c.post("/v1/customers/rvk/topups", json={"amount": "5.00", "reference": "ch_rvk_2",
+                                                           "priority": 5}))["grant_id"]
+    reverse(refunded, {"reference": "re_1"})                       # a top-up refunded in whole: open
+    capturing = hold("rvk-cap", "0.10")                            # from "back" (priority 10, the older)
+    ok(c.post(f"/v1/reservations/{capturing}/settle",
+              json={"usage": {"input_tokens": 1000, "output_tokens": 100}, "final": False}))
+    assert ok(c.post("/v1/audit/verify"))["ok"]
+
+
 def fill(c: httpx.Client, revision: int) -> None:
     ok(c.post("/v1/price-books", json=BOOK))
     for i in range(6):
@@ -138,7 +176,10 @@ def fill(c: httpx.Client, revision: int) -> None:
 
 if __name__ == "__main__":
     with httpx.Client(base_url=sys.argv[1], headers=H, timeout=60) as client:
-        if int(sys.argv[2]) >= 38:
+        if int(sys.argv[2]) >= 47:
+            fill_late(client)
+            fill_revoked(client)
+        elif int(sys.argv[2]) >= 38:
             fill_late(client)
         else:
             fill(client, int(sys.argv[2]))
