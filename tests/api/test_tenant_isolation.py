@@ -262,3 +262,45 @@ async def test_a_limited_admin_moves_its_customer_only_to_a_price_book_it_may_re
     # a book another of its customers is priced with: moved; an unlimited admin key moves anywhere
     assert (await client.patch(f"/v1/customers/{a}", json={"price_book": book_a2}, headers=admin_a)).status_code == 200
     assert (await client.patch(f"/v1/customers/{a}", json={"price_book": book_b})).status_code == 200
+
+
+async def test_a_journal_filtered_by_a_request_id_two_customers_used_shows_a_limited_key_its_own(
+        client: AsyncTestClient):
+    """The same request id and event id, used by A and by B: a key limited to A (an auditor's,
+    A's own) filtering the journal by it gets A's entries alone, and an unlimited key both's."""
+    a, b = await _customers(client, "jreq-a", "jreq-b")
+    shared = f"r1-{uuid.uuid4().hex[:6]}"
+    for customer in (a, b):
+        await _reserve(client, customer, shared, dimensions={"mark": f"m-{customer}"})
+        sent = await client.post("/v1/usage-events", json=[_event(shared, customer, 1000)])
+        assert sent.json()["accepted"] == 1, sent.text
+    for key in (await _key(client, "auditor", [a]), await _key(client, f"customer:{a}", [])):
+        page = await client.get("/v1/journal", params={"request_id": shared}, headers=key)
+        assert page.status_code == 200, page.text
+        assert sorted(e["kind"] for e in page.json()["entries"]) == ["reserve", "usage"]
+        assert {e["customer_id"] for e in page.json()["entries"]} == {a} and b not in page.text
+    everyone = (await client.get("/v1/journal", params={"request_id": shared})).json()["entries"]
+    assert sorted((e["customer_id"], e["kind"]) for e in everyone) == sorted(
+        (c, k) for c in (a, b) for k in ("reserve", "usage"))
+
+
+async def test_another_customers_grant_reversed_under_a_limited_admins_own_customer_is_not_found(
+        client: AsyncTestClient):
+    """B's lot id under A's path is answered as a lot A does not have, in the words a made-up id
+    gets, and B's lot keeps its money; under B's path the key is refused (403)."""
+    a, b = await _customers(client, "rev-a", "rev-b")
+    granted = await client.post(f"/v1/customers/{b}/grants", json={"amount": "2.00"})
+    assert granted.status_code == 201, granted.text
+    lot = granted.json()["grant_id"]
+    admin_a = await _key(client, "admin", [a])
+    answers = {}
+    for grant in (lot, f"lot_{uuid.uuid4().hex[:23]}"):
+        refused = await client.post(f"/v1/customers/{a}/grants/{grant}/reverse", json={}, headers=admin_a)
+        assert refused.status_code == 404 and refused.json()["code"] == "not_found", refused.text
+        assert b not in refused.text
+        answers[grant] = refused.json()["detail"].replace(grant, "<id>")
+    assert len(set(answers.values())) == 1, answers
+    assert (await client.post(f"/v1/customers/{b}/grants/{lot}/reverse", json={},
+                              headers=admin_a)).status_code == 403
+    grants = (await client.get(f"/v1/customers/{b}/wallet")).json()["grants"]
+    assert [g["remaining"] for g in grants if g["id"] == lot] == ["2.00"]
