@@ -9,11 +9,12 @@ PAUSE_AFTER tokens, then waits for the caller to leave (so "emitted before the c
 connection after DROP_AFTER tokens (a whole chat or messages answer: after half its body);
 `...-overloaded` answers 503; `...-trickle` streams a token every TRICKLE_SECONDS; `...-slow` (a
 whole chat answer) never answers, and waits for the caller to leave; `...-nousage` streams without
-any usage. Anything else answers OUTPUT_TOKENS tokens. A model id ending `-missing` is the
-provider's 404, one ending `-slow` never answers. Each output token is one word of
-`api.demo.STREAM_WORDS`, one cl100k_base token each. Every call is logged in `calls`: the headers
-it came with, its body, the HTTP version and peer it came over, the tokens emitted and whether the
-caller left.
+any usage; `...-lateusage` streams its answer, then waits LATE_USAGE_SECONDS before the event that
+carries its usage (a chat's usage chunk, a response's completed event, a message's message_delta).
+Anything else answers OUTPUT_TOKENS tokens. A model id ending `-missing` is the provider's 404, one
+ending `-slow` never answers. Each output token is one word of `api.demo.STREAM_WORDS`, one
+cl100k_base token each. Every call is logged in `calls`: the headers it came with, its body, the
+HTTP version and peer it came over, the tokens emitted and whether the caller left.
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ from api.demo import STREAM_WORDS
 
 OUTPUT_TOKENS = 40
 PAUSE_AFTER = 200
+LATE_USAGE_SECONDS = 0.5
+LATE = object()  # in a stream's events: wait LATE_USAGE_SECONDS (`...-lateusage`), then go on
 DROP_AFTER = 10
 TRICKLE_SECONDS = 0.1
 # What the fake reports as the prompt's usage, per API (a real provider counts it itself).
@@ -114,6 +117,10 @@ class FakeUpstream:
                     await asyncio.sleep(TRICKLE_SECONDS)
                 if model.endswith("-drop") and log.emitted == DROP_AFTER:
                     raise ConnectionAbortedError("the fake drops the stream")  # uvicorn aborts the connection
+                continue
+            if event is LATE:
+                if model.endswith("-lateusage"):
+                    await asyncio.sleep(LATE_USAGE_SECONDS)
                 continue
             await send({"type": "http.response.body", "body": event, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -227,6 +234,7 @@ async def _chat(fake: FakeUpstream, log: Logged, receive: Any, send: Any) -> Non
             yield _sse({**head, "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]})
             yield None
         yield _sse({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        yield LATE
         if usage_wanted:
             yield _sse({**head, "choices": [], "usage": _chat_usage(len(words))})
         yield b"data: [DONE]\n\n"
@@ -293,6 +301,7 @@ async def _responses(fake: FakeUpstream, log: Logged, receive: Any, send: Any) -
                         "output_index": len(searches), "content_index": 0, "delta": word, "logprobs": []},
                        "response.output_text.delta")
             yield None
+        yield LATE
         yield _sse({"type": "response.completed", "sequence_number": next(seq), "response": response},
                    "response.completed")
 
@@ -366,6 +375,7 @@ async def _messages(fake: FakeUpstream, log: Logged, receive: Any, send: Any) ->
                        "content_block_delta")
             yield None
         yield _sse({"type": "content_block_stop", "index": text}, "content_block_stop")
+        yield LATE
         yield _sse({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None, **container},
                     "usage": {"output_tokens": len(words), **server}}, "message_delta")
         yield _sse({"type": "message_stop"}, "message_stop")

@@ -22,6 +22,9 @@ upstream: the body to forward, changed only where metering needs it:
   or responses prompt, which OpenAI caches by itself, always may (its usage's cache writes);
 - a chat call's predicted output (`prediction`) is billed, the tokens of it the answer rejects,
   as completion tokens beyond the cap: the hold counts the prediction's tokens as output too.
+- a call whose thinking is billed as output but not streamed (OpenAI's reasoning models, Anthropic's
+  extended thinking: `hidden_output`) is charged its output cap when its caller cuts it before its
+  usage came (api.gateway.streams).
 
 Prompt tokens: every string in the fields the provider bills as input (messages or input, system
 or instructions, tool definitions, response formats), counted one by one, plus 3 tokens per
@@ -156,6 +159,7 @@ class Call:
     reused_containers: tuple[str, ...] = ()  # OpenAI containers given by id, billed when made: not charged again
     chosen_by_provider: tuple[str, ...] = ()  # left to the provider (service_tier auto): held at the dearest
     audio_format: str | None = None  # chat: the format the answer's audio comes in (`audio.format`), if any
+    hidden_output: bool = False  # it may think in tokens billed as output that its stream does not show
 
 
 def _count(value: Any, name: str) -> int | None:
@@ -487,7 +491,33 @@ def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: Token
     return Call(kind, model, stream, prompt_tokens + results, raw_tokens, cap,
                 msgspec.json.encode(body) if changed else raw, wanted, audio_tokens, audio_tokens + referred,
                 prior, uses, containers, (*_priced(kind, body), *_search_tool(kind, body)), _cache_write(kind, body),
-                reused, _chosen_by_provider(kind, body), _audio_format(kind, body))
+                reused, _chosen_by_provider(kind, body), _audio_format(kind, body), _hidden_output(kind, body, model))
+
+
+# OpenAI's reasoning models (by their ids' start; a fine-tuned one's after "ft:"): they think in
+# tokens billed as output that no stream shows, counted only in the final usage. Not their -chat
+# models; not a call that asks for no reasoning (`reasoning_effort` "none").
+REASONING_MODELS = ("o1", "o3", "o4", "gpt-5", "codex")
+
+
+def _hidden_output(kind: str, body: Mapping[str, Any], model: str) -> bool:
+    """Whether the call may think in tokens billed as output that its stream does not show: OpenAI's
+    reasoning (REASONING_MODELS, or a call that asks for an effort), Anthropic's extended thinking
+    (`thinking` enabled or adaptive: Claude 4 models send a summary of it, and bill all of it)."""
+    if kind == MESSAGES:
+        thinking = body.get("thinking")
+        return isinstance(thinking, Mapping) and thinking.get("type") in ("enabled", "adaptive")
+    if kind == CHAT:
+        effort = body.get("reasoning_effort")
+    elif kind == RESPONSES:
+        reasoning = body.get("reasoning")
+        effort = reasoning.get("effort") if isinstance(reasoning, Mapping) else None
+    else:
+        return False
+    if effort is not None:
+        return effort != "none"
+    name = model.removeprefix("ft:")
+    return name.startswith(REASONING_MODELS) and "-chat" not in name
 
 
 def _item_reference(given: Any) -> bool:

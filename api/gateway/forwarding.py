@@ -45,6 +45,9 @@ DROPPED_RESPONSE_HEADERS = frozenset({b"connection", b"keep-alive", b"transfer-e
                                       b"anthropic-organization-id", b"authorization", b"proxy-authorization",
                                       b"x-api-key"})
 ANTHROPIC_VERSION = "2023-06-01"
+# A caller who leaves a stream whose thinking is hidden: how long the gateway reads on for its usage,
+# which follows the answer's last event at once. Past it, the call is given up and charged its cap.
+USAGE_GRACE_SECONDS = 2.0
 
 
 def _is_json(response: httpx.Response) -> bool:
@@ -64,7 +67,9 @@ class Forwarding:
                                  chat_searches=dict(call.tool_uses).get("web_search", 0) if call.kind == CHAT else 0,
                                  container_units=call.container_units,
                                  reused_containers=frozenset(call.reused_containers),
-                                 audio_format=call.audio_format)
+                                 audio_format=call.audio_format, hidden=call.hidden_output)
+        self.relaying = False  # a stream is being relayed to the caller
+        self.left = False  # the caller left while it was: what comes is read for its usage, not sent
         self.outcome = "settled"
         self.finished = False  # settled or released (or tried to be)
         self.charged: int | None = None  # what finish() knows was charged: 0 once released
@@ -85,7 +90,10 @@ class Forwarding:
             self.outcome = "cut"
             if response is not None:
                 await response.aclose()  # the connection closed (HTTP/1.1), the stream reset (HTTP/2)
-            await self.finish(self.tally.settlement(self.x.gw.counter, self.call.model, self.call.prompt_raw_tokens))
+            # a stream whose thinking is hidden: its cap (streams.StreamTally.settlement)
+            cap = self.call.max_output_tokens if self.relaying else None
+            await self.finish(self.tally.settlement(self.x.gw.counter, self.call.model, self.call.prompt_raw_tokens,
+                                                    cut_cap=cap))
         except Exception:  # a fault of the gateway's own (logged by the exchange): what was generated is charged
             if not self.finished:
                 if response is not None:
@@ -172,12 +180,13 @@ class Forwarding:
         """Each event goes to the caller as soon as it is complete; the charge follows as an SSE comment."""
         x = self.x
         await x.start(response.status_code, [*self._upstream_headers(response), self._reserved()])
+        self.relaying = True
         splitter = EventSplitter()
         try:
             chunks = response.aiter_raw()
             while (chunk := await self._next(chunks)) is not None:
                 out = b"".join(event for event in splitter.feed(chunk) if self.tally.observe(event))
-                if out:
+                if out and not self.left:
                     await x.send({"type": "http.response.body", "body": out, "more_body": True})
             tail = splitter.rest()
         except httpx.HTTPError as exc:  # the upstream failed mid-stream: bill what it generated
@@ -193,7 +202,19 @@ class Forwarding:
             currency = self.reservation.currency
             tail += (f": tokentill charged={money(charged, currency)} currency={currency} "
                      f"request_id={x.request_id}\n\n").encode()
-        await x.send({"type": "http.response.body", "body": tail, "more_body": False})
+        if not self.left:
+            await x.send({"type": "http.response.body", "body": tail, "more_body": False})
+
+    def reads_on(self) -> bool:
+        """The caller left: whether to read on a moment (USAGE_GRACE_SECONDS) for the stream's usage
+        before giving the call up, a stream whose thinking is hidden (only its usage counts it);
+        marks the caller gone. Else it is given up at once, charged what it sent."""
+        if not (self.relaying and self.tally.hidden and self.tally.usage is None):
+            return False
+        self.left = True
+        if self.outcome == "settled":
+            self.outcome = "cut"
+        return True
 
     async def _next(self, chunks: AsyncIterator[bytes]) -> bytes | None:
         return await next_part(chunks, self.x.gw.settings.read_timeout_s)

@@ -35,7 +35,7 @@ from api.errors import STATUS_BY_CODE, ApiError
 from api.gateway.calls import KINDS, Call, CallError, parse_call
 from api.gateway.config import GatewaySettings
 from api.gateway.connections import upstream_timeouts, upstream_transport
-from api.gateway.forwarding import CALLS, Forwarding
+from api.gateway.forwarding import CALLS, USAGE_GRACE_SECONDS, Forwarding
 from api.gateway.passthrough import FREE_KINDS, free_kind, pass_through
 from api.gateway.settles import GatewaySettles
 from api.gateway.shapes import Refusal, error_body
@@ -390,6 +390,8 @@ class Exchange:
                     work.cancel()
                 await asyncio.gather(work, return_exceptions=True)
                 raise
+            if work not in done and not self.finishing and forwarding.reads_on():  # for its usage, a moment
+                done, _ = await asyncio.wait({work}, timeout=USAGE_GRACE_SECONDS)
             if work not in done and not self.finishing:
                 work.cancel()
             failure = (await asyncio.gather(work, return_exceptions=True))[0]

@@ -20,7 +20,8 @@ metered as its stream would be (`observe_answer`): the same texts, read from its
 Anthropic's compactions, billed but left out of its top-level usage, are added to it
 (`with_compactions`). No usage and no output at all means nothing was generated: the hold is released; so
 does an upstream that failed before any output token (Anthropic's message_start notwithstanding)
-and any web search.
+and any web search. A stream whose thinking is hidden (`hidden`: billed as output, counted only in
+the usage), cut by its caller before its usage, is charged the call's output cap (`cut_cap`).
 """
 from __future__ import annotations
 
@@ -117,6 +118,9 @@ class StreamTally:
     audio_bytes: int = 0  # OpenAI (chat): the pcm16 audio the answer sent (delta.audio.data), decoded
     audio_format: str | None = None  # OpenAI (chat): the format a whole answer's audio is in (the call's)
     audio_tokens: int = 0  # OpenAI (chat): the output audio tokens of a whole answer's audio
+    # the call may think in tokens billed as output that the stream does not show (its Call's
+    # hidden_output; or a reasoning item, a thinking block, came): only its usage counts them
+    hidden: bool = False
 
     def observe(self, raw: bytes) -> bool:
         """Take one event into account; whether to forward it to the caller."""
@@ -153,7 +157,9 @@ class StreamTally:
         if kind in RESPONSES_DELTAS and isinstance(event.get("delta"), str):
             self.texts.append(event["delta"])
         elif kind in ("response.output_item.added", "response.output_item.done"):
-            self.count_items([event.get("item")])
+            item = event.get("item")
+            self.hidden = self.hidden or (isinstance(item, Mapping) and item.get("type") == "reasoning")
+            self.count_items([item])
         elif kind in _RESPONSES_DONE:
             response = event.get("response")
             if isinstance(response, Mapping):
@@ -196,6 +202,8 @@ class StreamTally:
     def _messages(self, kind: Any, event: dict[str, Any]) -> None:
         if kind == "content_block_start":
             block = event.get("content_block")
+            if isinstance(block, Mapping) and block.get("type") in ("thinking", "redacted_thinking"):
+                self.hidden = True  # Claude 4 sends a summary of its thinking, and bills all of it
             if isinstance(block, Mapping) and block.get("type") == "server_tool_use":
                 if block.get("name") == "web_search":
                     self.searches += 1
@@ -217,10 +225,14 @@ class StreamTally:
                 self.containers.add("")
 
     def settlement(self, counter: TokenCounter, model: str, prompt_raw_tokens: int,
-                   failed: bool = False) -> tuple[str, dict] | None:
+                   failed: bool = False, cut_cap: int | None = None) -> tuple[str, dict] | None:
         """(usage form, usage) to settle with, or None: nothing was generated, release. An upstream
         that failed (`failed`: its stream broke; or an error event inside it) before any output
-        token generated nothing, though Anthropic's message_start reported the input."""
+        token generated nothing, though Anthropic's message_start reported the input. A stream the
+        caller cut with `cut_cap` (the call's output cap), whose thinking is hidden (`hidden`), is
+        charged that cap of output without its usage: what it thought is billed, and not known."""
+        if self.usage is None and cut_cap is not None and self.hidden:
+            return self._capped(counter, model, prompt_raw_tokens, cut_cap)
         if self.usage is not None:
             if self.kind == MESSAGES:  # Anthropic reports its tier inside the usage
                 return "anthropic_usage", self.usage
@@ -241,6 +253,17 @@ class StreamTally:
         if metered == 0 and not calls:
             return None
         return "usage", {"input_tokens": prompt_raw_tokens, "output_tokens": metered, **calls}
+
+    def _capped(self, counter: TokenCounter, model: str, prompt_raw_tokens: int, cap: int) -> tuple[str, dict]:
+        """The settlement of a cut stream whose thinking is hidden: as without the cap, its output
+        made up to the cap (Anthropic: output tokens; OpenAI: reasoning tokens besides the metered
+        output), the most it may have generated."""
+        uncapped = self.settlement(counter, model, prompt_raw_tokens)
+        form, usage = uncapped or ("usage", {"input_tokens": prompt_raw_tokens})
+        output = usage.get("output_tokens", 0)
+        if form == "anthropic_usage":
+            return form, {**usage, "output_tokens": max(output, cap)}
+        return form, {**usage, "reasoning_tokens": max(cap - output, 0)}
 
     def observe_answer(self, raw: bytes | Mapping[str, Any]) -> None:
         """Take a whole (non-streamed) answer into account as its stream's events would be: its

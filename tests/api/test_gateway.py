@@ -1045,6 +1045,79 @@ def test_an_anthropic_stream_cut_after_web_searches_is_charged_the_searches_it_s
     assert charged(url, request_id) == (900 * IN + 100 * CACHED + 50 * WRITE + 200 * OUT) / M + CALL + 2 * SEARCH
 
 
+THINKING = {"type": "enabled", "budget_tokens": 1024}
+
+
+def _read_until(events, last) -> None:
+    """Read a stream's events up to the one `last` is true of, then leave (the `with` closes it)."""
+    for event in events:
+        if last(event):
+            return
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+def test_a_reasoning_stream_the_caller_leaves_before_its_usage_is_charged_the_usage(live, fake, api):
+    """A reasoning model's thinking is billed as output but never sent (OpenAI), or sent as a
+    summary (Claude 4); only the final usage counts it. A caller who read the whole answer and
+    left before that usage was charged the visible output alone (was: chat 8 input and 40 output
+    tokens, its reasoning given away). The gateway reads on for the usage a moment (the fake
+    sends it 0.5 s after the answer) and charges it."""
+    url, _ = live
+    cid, key = customer(live)
+    if api == "chat":
+        with oai(url, key).chat.completions.with_streaming_response.create(
+                model="o3-lateusage", messages=HI, stream=True, max_completion_tokens=1000) as response:
+            request_id = response.headers["x-tokentill-request-id"]
+            _read_until(response.parse(), lambda chunk: bool(chunk.choices and chunk.choices[0].finish_reason))
+        expected = CHAT_CHARGE
+    elif api == "responses":
+        deltas = iter(range(1, fk.OUTPUT_TOKENS + 1))
+        with oai(url, key).responses.with_streaming_response.create(
+                model="o3-lateusage", input="hi", stream=True, max_output_tokens=1000) as response:
+            request_id = response.headers["x-tokentill-request-id"]
+            _read_until(response.parse(), lambda event: event.type == "response.output_text.delta"
+                        and next(deltas) == fk.OUTPUT_TOKENS)
+        expected = RESPONSES_CHARGE
+    assert charged(url, request_id) == expected
+    assert wallet(url, cid) == (Decimal("10") - expected, 0)
+
+
+@pytest.mark.parametrize("api", ["chat", "responses", "messages"])
+def test_a_reasoning_stream_cut_before_its_usage_is_charged_its_output_cap(live, fake, api):
+    """Cut mid-answer, a reasoning call's hidden thinking (billed by the provider as output, counted
+    only in the usage that never came) was given away: charged the 200 tokens sent (or released,
+    cut while it was still thinking). The usage not come within the moment the gateway reads on,
+    it is charged the output its hold was for: the call's cap, the most it may have generated."""
+    url, _ = live
+    cid, key = customer(live)
+    if api == "chat":
+        with oai(url, key).chat.completions.with_streaming_response.create(
+                model="o3-pause", messages=HI, stream=True, max_completion_tokens=1000) as response:
+            request_id = response.headers["x-tokentill-request-id"]
+            sent = iter(range(1, fk.PAUSE_AFTER + 1))
+            _read_until(response.parse(), lambda c: bool(c.choices and c.choices[0].delta.content)
+                        and next(sent) == fk.PAUSE_AFTER)
+        expected = (8 * IN + 1000 * OUT) / M + CALL  # "user", "hi" and 6 of overhead; the cap
+    elif api == "responses":
+        with oai(url, key).responses.with_streaming_response.create(
+                model="o3-pause", input="hi", stream=True, max_output_tokens=1000) as response:
+            request_id = response.headers["x-tokentill-request-id"]
+            sent = iter(range(1, fk.PAUSE_AFTER + 1))
+            _read_until(response.parse(), lambda e: e.type == "response.output_text.delta"
+                        and next(sent) == fk.PAUSE_AFTER)
+        expected = (7 * IN + 1000 * OUT) / M + CALL
+    else:
+        with claude(url, key).messages.with_streaming_response.create(
+                model="claude-test-pause", max_tokens=2000, messages=HI, thinking=THINKING, stream=True) as response:
+            request_id = response.headers["x-tokentill-request-id"]
+            sent = iter(range(1, fk.PAUSE_AFTER + 1))
+            _read_until(response.parse(), lambda e: e.type == "content_block_delta" and next(sent) == fk.PAUSE_AFTER)
+        expected = (900 * IN + 100 * CACHED + 50 * WRITE + 2000 * OUT) / M + CALL  # message_start's input
+    assert _wait_cancelled(fake).emitted == fk.PAUSE_AFTER
+    assert charged(url, request_id) == expected
+    assert wallet(url, cid) == (Decimal("10") - expected, 0)
+
+
 def leave_once_upstream(url: str, key: str, calls: list) -> None:
     """Send a slow non-streamed chat call on a raw connection and hang up once the upstream has
     it (it thinks until the caller leaves); `calls`: the fake upstream's log of calls."""

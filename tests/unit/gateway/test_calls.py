@@ -604,3 +604,23 @@ def test_a_preview_web_search_is_a_dimension_of_the_call(tool, dimensions):
     """OpenAI bills a web_search_preview search apart from a web_search one: the book prices it by
     the dimension (pricing.premium requires a rule matching it)."""
     assert _responses_tools({"type": tool}).dimensions == dimensions
+
+
+@pytest.mark.parametrize(("kind", "body", "hidden"), [
+    (CHAT, {"model": "o3-mini"}, True), (CHAT, {"model": "gpt-5.1-2025-11-13"}, True),
+    (CHAT, {"model": "ft:o4-mini-2025-04-16:acme::x1"}, True),
+    (CHAT, {"model": "gpt-5-chat-latest"}, False), (CHAT, {"model": "gpt-4o"}, False),
+    (CHAT, {"model": "gpt-5.1", "reasoning_effort": "none"}, False),
+    (CHAT, {"model": "my-reasoner", "reasoning_effort": "low"}, True),
+    (RESPONSES, {"model": "my-reasoner", "reasoning": {"effort": "high"}}, True),
+    (RESPONSES, {"model": "gpt-5.2", "reasoning": {"effort": "none"}}, False),
+    (MESSAGES, {"model": "claude-opus-4-5", "thinking": {"type": "enabled", "budget_tokens": 1024}}, True),
+    (MESSAGES, {"model": "claude-opus-4-6", "thinking": {"type": "adaptive"}}, True),
+    (MESSAGES, {"model": "claude-opus-4-5", "thinking": {"type": "disabled"}}, False),
+    (EMBEDDINGS, {"model": "o3-embed", "input": "hi"}, False)])
+def test_a_call_whose_thinking_is_billed_but_not_streamed_is_marked_hidden_output(kind, body, hidden):
+    """A cut stream of such a call is charged its output cap (api.gateway.streams): only its
+    usage counts what it thought."""
+    prompt = {CHAT: {"messages": HI}, RESPONSES: {"input": "hi"}, MESSAGES: {"messages": HI, "max_tokens": 10},
+              EMBEDDINGS: {}}[kind]
+    assert call(kind, {**prompt, **body}).hidden_output is hidden
