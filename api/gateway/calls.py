@@ -68,10 +68,11 @@ What the provider bills as input but the body does not show:
   have. In the hold only (`hold_audio_tokens`): a settle without the provider's usage (a cut
   stream) charges the body's own count, not the bound.
 - A responses call that continues a conversation (`previous_response_id`, `conversation`), refers
-  to an earlier item by id (`item_reference`) or uses a stored prompt template (`prompt`) is
-  billed the earlier turns (the item, the template) as input: `prior_context` marks it, and its hold counts the model's
-  context window (pricing.estimate), not the body alone; its settle, the provider's usage (without
-  it, a cut stream: the body's count, as any call's).
+  to an earlier item by id (`item_reference`; a stored reasoning item without its content) or uses
+  a stored prompt template (`prompt`) is billed the earlier turns (the item, the template) as
+  input: `prior_context` marks it, and its hold counts the model's context window
+  (pricing.estimate), not the body alone; its settle, the provider's usage (without it, a cut
+  stream: the body's count, as any call's).
 """
 from __future__ import annotations
 
@@ -522,10 +523,13 @@ def _hidden_output(kind: str, body: Mapping[str, Any], model: str) -> bool:
 
 def _item_reference(given: Any) -> bool:
     """Whether a responses input refers to an earlier item by id (`{"type": "item_reference", "id"}`,
-    its type optional): the provider bills the item as input, which the body does not show."""
+    its type optional; or a stored response's reasoning, `{"type": "reasoning", "id", "summary"}`
+    without its `encrypted_content`, which OpenAI looks up by id): the provider bills the item
+    as input, which the body does not show (of reasoning, its summary alone)."""
     return isinstance(given, list) and any(
         isinstance(item, Mapping) and (item.get("type") == "item_reference"
-                                       or ("type" not in item and set(item) == {"id"}))
+                                       or ("type" not in item and set(item) == {"id"})
+                                       or (item.get("type") == "reasoning" and not item.get("encrypted_content")))
         for item in given)
 
 

@@ -899,7 +899,11 @@ def test_responses_are_charged_their_usage(live, stream):
     ("gpt-test", 400_000, {"previous_response_id": "resp_1"}), ("gpt-4o", 128_000, {"previous_response_id": "resp_1"}),
     # an earlier item by id, a stored prompt: billed as input, not in the body (were held at "hi": 7 or 8)
     ("gpt-test", 400_000, {"input": ["hi", {"type": "item_reference", "id": "msg_1"}]}),
-    ("gpt-test", 400_000, {"prompt": {"id": "pmpt_1", "variables": {"city": "Paris"}}})])
+    ("gpt-test", 400_000, {"prompt": {"id": "pmpt_1", "variables": {"city": "Paris"}}}),
+    # an earlier answer's reasoning by its id (a stored response's, its summary alone in the body):
+    # OpenAI gives the model, and bills as input, the reasoning it stored (was: held at the summary)
+    ("gpt-test", 400_000, {"input": [{"role": "user", "content": "hi"},
+                                     {"type": "reasoning", "id": "rs_1", "summary": []}]})])
 def test_a_response_that_continues_a_conversation_is_held_for_the_models_context_window(live, model, context,
                                                                                         earlier):
     # gpt-4o: genai-prices' 128,000 tokens; gpt-test, a model it does not know:
