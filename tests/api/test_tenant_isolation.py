@@ -2,12 +2,15 @@
 auditor's included) reads and acts on those customers only, and never learns another's ids."""
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 from litestar.testing import AsyncTestClient
 
+from api.routes import cursors
 from tests.api.apps import api_client
 
 ADMIN = {"Authorization": "Bearer isolation-admin"}
@@ -304,3 +307,53 @@ async def test_another_customers_grant_reversed_under_a_limited_admins_own_custo
                               headers=admin_a)).status_code == 403
     grants = (await client.get(f"/v1/customers/{b}/wallet")).json()["grants"]
     assert [g["remaining"] for g in grants if g["id"] == lot] == ["2.00"]
+
+
+def _decoded(cursor: str) -> list:
+    return json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+
+
+async def test_cursors_taken_from_another_customers_pages_or_crafted_show_a_limited_key_its_own_entries_only(
+        client: AsyncTestClient):
+    """A cursor is a position, never a permission: one an unlimited key was given in the journal
+    pages the limited key on through its own customer's entries alone; one made for the other
+    customer's filter or account is refused as that filter is (403) or as an unknown account is
+    (404, for a cursor crafted for a made-up code too)."""
+    a, b = await _customers(client, "cur-pg-a", "cur-pg-b")
+    for _ in range(3):
+        for customer in (a, b):
+            assert (await client.post(f"/v1/customers/{customer}/topups", json={"amount": "1.00"})).status_code == 201
+    auditor_a = await _key(client, "auditor", [a])
+    own = [e["id"] for e in (await client.get("/v1/journal", params={"customer": a})).json()["entries"]]
+    assert len(own) == 3
+    # the unlimited key's first page stops at one of the first customer's entries: page on as A
+    first = (await client.get("/v1/journal", params={"from": "2026-01-01T00:00:00Z", "limit": 1})).json()
+    seen, cursor = [], first["next_cursor"]
+    while cursor is not None:
+        page = await client.get("/v1/journal", params={"from": "2026-01-01T00:00:00Z", "limit": 1, "cursor": cursor},
+                                headers=auditor_a)
+        assert page.status_code == 200, page.text
+        assert b not in page.text
+        seen += [e["id"] for e in page.json()["entries"]]
+        cursor = page.json()["next_cursor"]
+    assert set(seen) <= set(own) and seen == sorted(seen) and seen[-1] == own[-1]
+    # B's filtered pages: with B named, refused; without, a cursor of other filters
+    theirs = (await client.get("/v1/journal", params={"customer": b, "limit": 1})).json()["next_cursor"]
+    named = await client.get("/v1/journal", params={"customer": b, "cursor": theirs}, headers=auditor_a)
+    assert named.status_code == 403 and named.json()["code"] == "forbidden"
+    unnamed = await client.get("/v1/journal", params={"cursor": theirs}, headers=auditor_a)
+    assert unnamed.status_code == 400 and unnamed.json()["code"] == "invalid_cursor"
+    # B's account statement, its cursor; and the same cursor crafted for a code nobody has
+    lot = (await client.get(f"/v1/customers/{b}/wallet")).json()["grants"][0]["id"]
+    code, unknown = f"liability:customer:{b}:lot:{lot}", f"liability:customer:nobody-{b}:lot:{lot}"
+    made = (await client.get(f"/v1/accounts/{code}/statement", params={"limit": 1})).json()["next_cursor"]
+    assert made is not None  # a full page has a cursor (its top-up's credit: the next page is empty)
+    _, _, snapshot, position = _decoded(made)
+    answers = {}
+    for account in (code, unknown):
+        crafted = cursors.encode("statement", [account, None, None], snapshot, position)
+        assert account != code or crafted == made
+        answer = await client.get(f"/v1/accounts/{account}/statement", params={"cursor": crafted}, headers=auditor_a)
+        assert answer.status_code == 404, answer.text
+        answers[account] = answer.json()["detail"]
+    assert answers[code] == answers[unknown]
