@@ -94,10 +94,13 @@ def window_end(b: Budget, start: datetime) -> datetime | None:
 
 
 def _live(b: Budget, now: datetime) -> list[tuple[datetime, list[int]]]:
-    """The loaded windows that count at `now`, oldest first."""
+    """The loaded windows that count at `now`, oldest first. A rolling minute counts the seconds
+    less than a minute from this one either way: one ahead was written by a process whose clock
+    runs ahead (hosts differ by a little), and shares a minute with this one; summing only the
+    seconds up to this one let 900 + 200 tokens pass a limit of 1,000."""
     start = window_start(b, now)
     if b.window == "minute":
-        return sorted((s, w) for s, w in b.windows.items() if start - ROLLING < s <= start)
+        return sorted((s, w) for s, w in b.windows.items() if abs(s - start) < ROLLING)
     return [(start, b.windows[start])] if start in b.windows else []
 
 
@@ -110,7 +113,7 @@ def counted(b: Budget, now: datetime) -> tuple[int, int]:
 def counts_now(b: Budget, start: datetime, now: datetime) -> bool:
     """Whether the window starting at `start` is (part of) the budget's window at `now`."""
     current = window_start(b, now)
-    return current - ROLLING < start <= current if b.window == "minute" else start == current
+    return abs(start - current) < ROLLING if b.window == "minute" else start == current
 
 
 def hold_quantity(metric: str, amount: int, prompt_tokens: int | None, max_output_tokens: int | None) -> int | None:

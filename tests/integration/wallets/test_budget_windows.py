@@ -213,3 +213,24 @@ async def test_a_hold_of_a_month_with_a_daylight_saving_hour_more_settled_the_da
     assert [(p["threshold"], p["window_start"], p["used"]) for (p,) in rows] == [
         (100, "2026-09-30T22:00:00Z", "12.00")]
     assert (await kit.verify()).ok
+
+
+async def test_a_rolling_minute_counts_the_holds_of_a_process_whose_clock_runs_ahead(shared_kit: Kit):
+    """Processes on several hosts disagree on the time by a little: holds another process wrote in
+    a second that is still to come here count now (they were counted nowhere: the rule and the
+    database summed the 60 seconds up to this one, and 900 + 200 tokens passed a limit of 1,000)."""
+    kit, clock = shared_kit, shared_kit.clock
+    cid = await kit.customer("skew")
+    await kit.top_up(cid, "100.00")
+    budget_id = await _budget(kit, cid, window="minute", metric="tokens", limit=1000)
+    clock.now = datetime(2026, 11, 23, 12, 0, 1, 50000, tzinfo=UTC)  # the process 100 ms ahead
+    await kit.reserve(cid, "ahead", input_tokens=900)
+    clock.now = datetime(2026, 11, 23, 12, 0, 0, 950000, tzinfo=UTC)  # this one, still in the second before
+    with pytest.raises(BudgetExceededError) as refused:
+        await kit.reserve(cid, "behind", input_tokens=200)
+    assert (refused.value.context["held"], refused.value.context["retry_after_seconds"]) == (900, 61)
+    # the database refuses it too: a hold in the earlier second that takes the minute past the limit
+    with pytest.raises(Exception, match="past its hard limit"):
+        await kit.db.run(lambda conn: conn.execute(text(
+            "INSERT INTO budget_windows (lane, budget_id, window_start, used, held) "
+            "SELECT lane, id, '2026-11-23T12:00:00Z', 0, 200 FROM budgets WHERE id = :b"), {"b": budget_id}))
