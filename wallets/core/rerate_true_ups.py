@@ -38,6 +38,7 @@ class TrueUpFix:
     tier: int | None
     old: int
     new: int
+    charges: tuple[ChargeOnRecord, ...] = ()  # the period's charges its rule rated (what paid them gets money back)
 
     @property
     def delta(self) -> int:
@@ -69,6 +70,7 @@ def true_up_fixes(data: RerateInput, found: Sequence[Correction], ratings: Mappi
     order = {v.version: i for i, v in enumerate(book.versions)}
     basis: dict[str, list[Any]] = {}  # rule id -> [latest version, units, amount charged]
     touched: set[str] = set()
+    rated: dict[str, dict[int, ChargeOnRecord]] = {}  # rule id -> the charges it rated, by id
     for charge in data.charges:
         if (charge.billed_in or period) != period:
             continue  # a late charge of another period, or one billed later: its close never trued it up
@@ -80,6 +82,7 @@ def true_up_fixes(data: RerateInput, found: Sequence[Correction], ratings: Mappi
         else:
             pieces = _standing(charge)
         for rule_id, version, quantity, amount in pieces:
+            rated.setdefault(rule_id, {})[charge.id] = charge
             held = basis.setdefault(rule_id, [version, 0, 0])
             if order.get(version, -1) > order.get(held[0], -1):
                 held[0] = version
@@ -97,7 +100,7 @@ def true_up_fixes(data: RerateInput, found: Sequence[Correction], ratings: Mappi
         if new != old:
             fixes.append(TrueUpFix(period, rule_id, rule.model or "", rule.token_type, version, quantity,
                                    lines[0]["unit_price"] if lines else None, lines[0]["tier"] if lines else None,
-                                   old, new))
+                                   old, new, tuple(rated[rule_id].values())))
     return fixes
 
 

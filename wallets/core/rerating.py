@@ -270,9 +270,11 @@ def type_rows(found: Iterable[Correction], fixes: Iterable[TrueUpFix] = ()) -> l
             for (m, t), (o, n) in sorted(sums.items()) if n != o]
 
 
-def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int, now: datetime, step: int = 1):
-    """Legs of money back (`back` > 0), where the decreased charges' money came from; what goes
-    back on the receivable in multiples of `step` (a credit note's: whole minor units, so the
+def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int, now: datetime, step: int = 1,
+            fixes: Sequence[TrueUpFix] = ()):
+    """Legs of money back (`back` > 0), where the decreased charges' money came from (and a true-up
+    corrected down, the money of the charges its rule rated: a promotion's goes back to it); what
+    goes back on the receivable in multiples of `step` (a credit note's: whole minor units, so the
     invoice it corrects is left with whole minor units to pay), the rest as credit."""
     w = state.require_wallet()
     cid, cur = w.customer.id, w.customer.currency
@@ -287,12 +289,12 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
     # what the receivable paid of the decreased charges; then, of each one's decrease, what goes
     # back to the lots that paid it, the last consumed first
     shares: dict[str, int] = {receivable: 0}
-    for x in found:
-        if x.delta >= 0:
-            continue
-        paid = x.charge.funding if x.charge.funding is not None else ((receivable, x.charge.from_receivable),)
-        need = -x.delta
-        for account, amount in sorted(paid, key=lambda piece: last_consumed_first(piece[0])):
+
+    def paid_by(charge: ChargeOnRecord) -> tuple[tuple[str, int], ...]:
+        return charge.funding if charge.funding is not None else ((receivable, charge.from_receivable),)
+
+    def share(paid: dict[str, int], need: int) -> None:
+        for account, amount in sorted(paid.items(), key=lambda piece: last_consumed_first(piece[0])):
             if account == receivable:
                 shares[receivable] += amount
                 continue
@@ -300,6 +302,17 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
             if part > 0:
                 shares[account] = shares.get(account, 0) + part
                 need -= part
+
+    for x in found:
+        if x.delta < 0:
+            share(dict(paid_by(x.charge)), -x.delta)
+    for f in fixes:  # what the rule's charges paid, less what their own decreases take back
+        if f.delta < 0:
+            paid: dict[str, int] = {}
+            for charge in f.charges:
+                for account, amount in paid_by(charge):
+                    paid[account] = paid.get(account, 0) + amount
+            share({a: v - (shares.get(a, 0) if a != receivable else 0) for a, v in paid.items()}, -f.delta)
     owed = max(0, w.receivable - (w.credit_held or 0))
     legs = Legs(cur).debit(chart.revenue_account(cur), back)
     paid_back: dict[str, int] = {}
@@ -416,7 +429,8 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
         s = settlement(w, None, money, False, now)
         legs, paid = settlement_legs(w, s), funding(w, None, s)
     elif money < 0:
-        legs, paid, lot = _refund(state, cmd, found, -money, now, 10 ** (chart.ASSET_SCALE - decimals) if noted else 1)
+        legs, paid, lot = _refund(state, cmd, found, -money, now, 10 ** (chart.ASSET_SCALE - decimals) if noted else 1,
+                                  fixes)
     else:
         legs, paid = Legs(c.currency), ()
     if rounding:  # revenue moves by the exact correction, the rounding account by the difference
