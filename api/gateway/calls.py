@@ -108,7 +108,7 @@ CHAT, RESPONSES, EMBEDDINGS, MESSAGES = "chat.completions", "responses", "embedd
 KINDS = {("openai", "/chat/completions"): CHAT, ("openai", "/responses"): RESPONSES,
          ("openai", "/embeddings"): EMBEDDINGS, ("anthropic", "/v1/messages"): MESSAGES}
 NON_TEXT_PART_TOKENS = 2500
-IMAGE_TYPES = frozenset({"image_url", "input_image", "image"})
+IMAGE_TYPES = frozenset({"image_url", "input_image", "image", "computer_screenshot"})  # the last: computer use's
 AUDIO_TYPES = frozenset({"input_audio", "audio"})
 FILE_TYPES = frozenset({"document", "file", "input_file"})
 _DATA_URL = re.compile(r"data:([^;,]*)(?:;[^;,]*)*;base64,", re.ASCII)

@@ -624,3 +624,19 @@ def test_a_call_whose_thinking_is_billed_but_not_streamed_is_marked_hidden_outpu
     prompt = {CHAT: {"messages": HI}, RESPONSES: {"input": "hi"}, MESSAGES: {"messages": HI, "max_tokens": 10},
               EMBEDDINGS: {}}[kind]
     assert call(kind, {**prompt, **body}).hidden_output is hidden
+
+
+def test_a_computer_use_screenshot_counts_as_the_image_it_is_not_as_its_base64_text():
+    """A responses input's computer_call_output carries its screenshot as `{"type":
+    "computer_screenshot", "image_url": "data:..."}`, billed as an image: its base64 was counted as
+    text (a screen of noise here: 1,006,137 tokens, held, and charged to a stream cut before the
+    usage), where OpenAI bills its 4 tiles."""
+    out = io.BytesIO()
+    Image.effect_noise((1024, 1024), 64).save(out, "PNG")
+    url = "data:image/png;base64," + base64.b64encode(out.getvalue()).decode()
+    output = {"type": "computer_call_output", "call_id": "call_1",
+              "output": {"type": "computer_screenshot", "image_url": url}}
+    body = {"model": "computer-use-preview", "max_output_tokens": 1, "input": [output]}
+    bare = {**body, "input": [{**output, "output": {}}]}
+    with_image, without = call(RESPONSES, body), call(RESPONSES, bare)
+    assert with_image.prompt_raw_tokens - without.prompt_raw_tokens == 65 + 129 * 4  # its 4 tiles
