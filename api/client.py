@@ -49,6 +49,7 @@ from api.client_errors import (
     CurrencyMismatch,
     EncodingIntegrity,
     EndpointDisabled,
+    ExceedsRefundable,
     ExceedsRemaining,
     ExtensionTooShort,
     Forbidden,
@@ -107,7 +108,8 @@ from pricing.tokens import TokenCounter
 
 __all__ = [  # the typed errors live in api.client_errors and are imported from here
     "ERRORS", "AsyncClient", "AsyncReservation", "BudgetExceeded", "Client", "Conflict", "CurrencyMismatch",
-    "EncodingIntegrity", "EndpointDisabled", "ExceedsRemaining", "ExtensionTooShort", "FlushReport", "Forbidden",
+    "EncodingIntegrity", "EndpointDisabled", "ExceedsRefundable", "ExceedsRemaining", "ExtensionTooShort",
+    "FlushReport", "Forbidden",
     "GrantClosed",
     "GrantNotReversible",
     "HeadersTooLarge", "IdempotencyConflict", "ImmutableField", "ImplausibleUsage", "InsufficientFunds",

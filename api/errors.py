@@ -25,7 +25,8 @@ STATUS_BY_CODE = {
     "reserved": 201, "credited": 201, "created": 201,
     "settled": 200, "captured": 200, "released": 200, "expired": 200, "replayed": 200, "exists": 200,
     "usage_recorded": 200, "duplicate": 200, "lot_expired": 200, "nothing_due": 200, "ok": 200,
-    "payment_recorded": 201, "reversed": 201, "invoice_finalized": 200, "extended": 200, "scheduled": 202,
+    "payment_recorded": 201, "reversed": 201, "refunded": 201, "invoice_finalized": 200, "extended": 200,
+    "scheduled": 202,
     # refusals
     "insufficient_funds": 402,
     "budget_exceeded": 429,
@@ -46,6 +47,7 @@ STATUS_BY_CODE = {
     "grant_closed": 409,
     "grant_not_reversible": 409,
     "exceeds_remaining": 409,
+    "exceeds_refundable": 409,
     "overpayment": 422,
     "currency_mismatch": 422,
     "service_unavailable": 503,

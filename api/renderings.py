@@ -115,7 +115,7 @@ def summary(document: Mapping[str, Any]) -> list[tuple[str, str]]:
                  if Decimal(document.get("credit_note_rounding") or 0) else []),
                ("Top-ups received", document["top_ups"]), ("Grants received", document["grants"]),
                ("Credits expired", document["expired"]),
-               *([("Top-ups refunded", document["refunds"])] if Decimal(document.get("refunds") or 0) else []),
+               *([("Credit refunded in cash", document["refunds"])] if Decimal(document.get("refunds") or 0) else []),
                *([("Grants revoked", document["grants_revoked"])]
                  if Decimal(document.get("grants_revoked") or 0) else []),
                ("Payments received", document["payments_received"]),

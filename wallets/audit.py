@@ -323,9 +323,10 @@ _MOVED = f"""
            coalesce(sum(p.amount) FILTER (WHERE a.code LIKE {_literal(chart.rounding_account('%'))}
                                            AND j.kind = 'rerate_adjustment'), 0) AS note_rounding,
            coalesce(sum(p.amount) FILTER (WHERE a.code LIKE {_literal(chart.cash_account('%'))}
-                                           AND j.kind NOT IN ('invoice_payment', 'grant_reversal')), 0) AS topups,
+                                           AND j.kind NOT IN ('invoice_payment', 'grant_reversal',
+                                                              'credit_refund')), 0) AS topups,
            coalesce(-sum(p.amount) FILTER (WHERE a.code LIKE {_literal(chart.cash_account('%'))}
-                                            AND j.kind = 'grant_reversal'), 0) AS refunds,
+                                            AND j.kind IN ('grant_reversal', 'credit_refund')), 0) AS refunds,
            coalesce(-sum(p.amount) FILTER (WHERE a.code LIKE {_literal(chart.promotions_account('%'))}
                                             AND p.amount < 0), 0) AS revoked,
            coalesce(sum(p.amount) FILTER (WHERE a.code LIKE {_literal(chart.cash_account('%'))}

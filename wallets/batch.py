@@ -86,6 +86,7 @@ class Batch:
     credit_note_seqs: dict[tuple[str, int], int] = field(default_factory=dict)  # (issuer, year) -> last number
     unapplied: dict[str, tuple[Unapplied, ...]] = field(default_factory=dict)  # customer -> top-ups' (closes)
     corrections: dict[str, tuple[Unapplied, ...]] = field(default_factory=dict)  # customer -> re-rates' (closes)
+    cash: dict[str, int] = field(default_factory=dict)  # customer -> its net cash in (cash refunds)
     entry_ids: list[int] = field(default_factory=list)  # the entries' ids (given by flush), in order
     posting: PreparedPost | None = None  # the entries' ledger_post call (made by flush)
     pinned: dict[int, PriceBook | None] = field(default_factory=dict)  # id(command) -> its usage time's book
@@ -94,7 +95,7 @@ class Batch:
         return State(customer_id, self.loaded.wallets.get(customer_id), self.loaded.idempotency,
                      self.loaded.events, self.period_usage, self.rollups, self.invoice_seqs, self.invoices,
                      self.rerates, self.credit_note_seqs, self.unapplied,
-                     self.corrections)
+                     self.corrections, self.cash)
 
     def apply(self, command: Command) -> Any:
         """Decide `command` and follow the decision, then the alerts it calls for; returns its

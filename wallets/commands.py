@@ -14,6 +14,7 @@ from wallets.core.commands import (
     Grant,
     PayInvoice,
     RecordUsage,
+    RefundCredit,
     Release,
     Reserve,
     ReverseGrant,
@@ -25,6 +26,7 @@ from wallets.core.results import (
     ExpiryResult,
     ExtendResult,
     LotView,
+    RefundResult,
     ReleaseResult,
     ReservationSummary,
     ReserveResult,
@@ -39,6 +41,7 @@ from wallets.core.results import (
 __all__ = [
     "GRANT_PRIORITY", "MAX_TTL_SECONDS", "TOPUP_PRIORITY", "ClosePeriod", "Command", "CreditResult", "ExpireLot",
     "ExpireReservation", "ExpiryResult", "Extend", "ExtendResult", "Grant", "LotView", "PayInvoice", "RecordUsage",
+    "RefundCredit", "RefundResult",
     "Release", "ReleaseResult", "ReservationSummary", "Reserve", "ReserveResult", "ReversalResult", "ReverseGrant",
     "Settle", "SettleResult", "TopUp",
     "UsageResult", "WalletView", "lot_view", "wallet_view",

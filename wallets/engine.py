@@ -37,7 +37,17 @@ from pricing.errors import PricingError
 from wallets import store
 from wallets.batch import Batch, billing_period
 from wallets.books import BookCache
-from wallets.commands import ClosePeriod, Command, Grant, PayInvoice, RecordUsage, Reserve, Settle, TopUp
+from wallets.commands import (
+    ClosePeriod,
+    Command,
+    Grant,
+    PayInvoice,
+    RecordUsage,
+    RefundCredit,
+    Reserve,
+    Settle,
+    TopUp,
+)
 from wallets.core.commands import RerateCharges
 from wallets.core.rerating import ChargeOnRecord, RerateInput
 from wallets.errors import NotFoundError
@@ -419,6 +429,7 @@ class Engine:
         batch.period_usage = await store.load_period_usage(conn, periods)
         await _load_billing(conn, batch, commands, now)
         await _load_rerates(conn, batch, commands, now, self.books)
+        await _load_refunds(conn, batch, commands, now)
         marks.append(time.perf_counter())
         outcomes = [self._apply(batch, command) for command in commands]
         marks.append(time.perf_counter())
@@ -527,6 +538,23 @@ async def _load_billing(conn: AsyncConnection, batch: Batch, commands: Sequence[
              and w.receivable - (w.credit_held or 0) > 0]
     if owing:
         batch.invoices.update(await store.load_open_invoices(conn, owing))
+
+
+async def _load_refunds(conn: AsyncConnection, batch: Batch, commands: Sequence[Command], now: datetime) -> None:
+    """What cash refunds decide on: the customers' net cash in, and which entry opened each of
+    their live lots (a correction's credit is what may be paid back)."""
+    refunds = sorted({c.customer_id for c in commands if isinstance(c, RefundCredit)})
+    if not refunds:
+        return
+    batch.cash.update(await store.load_cash(conn, refunds))
+    for cid in refunds:
+        w = batch.loaded.wallets.get(cid)
+        codes = sorted(w.lots) if w is not None else []
+        if codes:
+            named = await store.load(conn, [cid], now=now, lot_codes=codes)
+            for code, lot in named.wallets[cid].lots.items():
+                if code in w.lots:
+                    w.lots[code].opened_by = lot.opened_by
 
 
 async def _load_rerates(conn: AsyncConnection, batch: Batch, commands: Sequence[Command], now: datetime,

@@ -137,6 +137,13 @@ class ExceedsRemainingError(WalletError):
     code = "exceeds_remaining"
 
 
+class ExceedsRefundableError(WalletError):
+    """A cash refund of more than is the customer's own cash held as credit: what corrections gave
+    back of usage it paid in cash, less what it owes (names refundable and asked)."""
+
+    code = "exceeds_refundable"
+
+
 class CurrencyMismatchError(WalletError):
     """An amount in another currency than the resource it is for."""
 

@@ -1,12 +1,14 @@
 """Cash reconciliation: the top-ups and invoice payments the ledger recorded (the cash it received),
-and the refunds of top-ups (the cash it gave back), against a payment processor's export.
+and the refunds of top-ups and of overpaid credit (the cash it gave back), against a payment
+processor's export.
 
 A top-up or invoice payment is matched by its `reference` (what `POST /v1/customers/{id}/topups`
 or `POST /v1/invoices/{id}/payments` was given: the processor's charge or payment id) and
 compared by amount and currency, exactly, in atomic units; a customer's invoice payments under one
 reference are one receipt, compared by their sum (`receipts`). A refund (`POST /v1/customers/{id}/
-grants/{grant_id}/reverse` of a top-up, given the processor's refund id as its `reference`) is cash
-out: a negative amount, matched against the file's refund rows (negative there too).
+grants/{grant_id}/reverse` of a top-up, or `POST /v1/customers/{id}/refunds` of overpaid credit, given
+the processor's refund id as its `reference`) is cash out: a negative amount, matched against the
+file's refund rows (negative there too).
 Two file layouts are read, told apart by their header:
 
 - Stripe balance transactions, as the Dashboard exports them (`id`, `Type`, `Source`, `Amount`,
@@ -50,7 +52,7 @@ class Payment:
     at: datetime | None = None
     aliases: tuple[str, ...] = ()  # other ids of the same file row that a reference may name
     customer: str = ""  # the ledger's: whose top-up or invoice payment
-    kind: str = ""  # the ledger's: "topup", "invoice_payment" or "grant_reversal" (a top-up's refund)
+    kind: str = ""  # the ledger's: "topup", "invoice_payment", "grant_reversal" (a top-up's refund), "credit_refund"
     entry_id: int | None = None  # the ledger's
 
 
@@ -152,15 +154,17 @@ def _read(reader: csv.DictReader, scale_of: Callable[[str], int]) -> tuple[list[
 
 
 # The entries that bring cash in: top-ups, and payments of invoices (a postpaid customer's); and
-# the one that takes it out: a top-up's refund (a reversal of a top-up's lot; a grant's moves no cash).
-CASH_IN = {"topup": "top-up", "invoice_payment": "invoice payment", "grant_reversal": "refund"}
+# those that take it out: a top-up's refund (a reversal of a top-up's lot; a grant's moves no cash)
+# and a cash refund of overpaid credit (POST /v1/customers/{id}/refunds).
+CASH_IN = {"topup": "top-up", "invoice_payment": "invoice payment", "grant_reversal": "refund",
+           "credit_refund": "refund of overpaid credit"}
 _TOPUPS = text("""
 SELECT j.id, j.kind, j.occurred_at, j.customer_id, coalesce(j.metadata ->> 'reference', '') AS reference,
        a.asset, sum(p.amount)::bigint AS amount
   FROM journal_entries j
   JOIN postings p ON p.lane = j.lane AND p.entry_id = j.id
   JOIN accounts a ON a.id = p.account_id
- WHERE j.kind IN ('topup', 'invoice_payment', 'grant_reversal') AND a.code = :cash || a.asset
+ WHERE j.kind IN ('topup', 'invoice_payment', 'grant_reversal', 'credit_refund') AND a.code = :cash || a.asset
    AND (CAST(:start AS timestamptz) IS NULL OR j.occurred_at >= :start)
    AND (CAST(:end AS timestamptz) IS NULL OR j.occurred_at < :end)
  GROUP BY j.lane, j.id, a.asset ORDER BY j.id

@@ -601,6 +601,24 @@ async def load_unapplied(conn: AsyncConnection, customers: Iterable[str]) -> dic
     return {cid: tuple(x) for cid, x in found.items()}
 
 
+async def load_cash(conn: AsyncConnection, customers: Iterable[str]) -> dict[str, int]:
+    """For each customer: the cash its entries brought in (top-ups, invoice payments) less what
+    they paid out (refunds), its entries' postings to the platform's cash accounts (what a cash
+    refund may pay back at most)."""
+    wanted = sorted(set(customers))
+    if not wanted:
+        return {}
+    lane = int(await _lane(conn, wanted) or 0)
+    rows = await conn.exec_driver_sql(
+        f"""SELECT j.customer_id, sum(p.amount)::text
+              FROM journal_entries j
+              JOIN postings p ON p.lane = j.lane AND p.entry_id = j.id
+              JOIN accounts a ON a.id = p.account_id
+             WHERE j.lane = {lane} AND j.customer_id = ANY(%s::text[]) AND a.code = %s || a.asset
+             GROUP BY j.customer_id""", (wanted, chart.cash_account("")))
+    return {cid: int(total) for cid, total in rows}
+
+
 async def load_corrections(conn: AsyncConnection, periods: Iterable[tuple[str, str]]
                            ) -> dict[str, tuple[Unapplied, ...]]:
     """For each (customer, open period): what the customer's re-rates whose entries are billed in

@@ -9,6 +9,7 @@ from api.routes import (
     price_books,
     price_overrides,
     receivables,
+    refunds,
     rerates,
     reservations,
     settlements,
@@ -31,4 +32,5 @@ ROUTES = [
     *rerates.ROUTES,
     *price_overrides.ROUTES,
     *receivables.ROUTES,
+    *refunds.ROUTES,
 ]

@@ -103,6 +103,8 @@ ROUTES = [
      {frozenset(INVOICE_READERS_OWN | AUDITORS_OTHER | {"customer:other"}): 404}),
     ("POST", "/v1/customers/{own}/grants", {"amount": "1.00"}, {frozenset(ADMINS_OWN): "ok"}),
     ("POST", "/v1/customers/{own}/grants/lot_missing/reverse", {}, {frozenset(ADMINS_OWN): "ok"}),  # 404: none
+    ("POST", "/v1/customers/{own}/refunds", {"amount": "0.01", "reference": "matrix"},
+     {frozenset(ADMINS_OWN): "ok"}),  # 409: nothing overpaid
     ("POST", "/v1/reservations", {"customer_id": "{own}", "request_id": "r", "model": "model-a", "amount": "0.01"},
      {frozenset(INFERENCE_OWN): "ok"}),
     ("GET", "/v1/reservations/{res}", None, {frozenset(READ_OWN): "ok"}),

@@ -11,8 +11,9 @@ moved no money, and so has no entry, adds its lines alone, netting 0):
   funded:<source>     what paid the revenue: `grant` or `topup` lots, or the `receivable`; a
                       credit note's `rounding` (its money is whole minor units, its revenue exact)
   topups, grants      credit bought or given; `expired`: what went to breakage
-  refunds, revoked    credit given back: top-ups refunded to cash, grants revoked (reversals, and
-                      what came back to a grant revoked in whole: a hold's piece, a re-rate's money)
+  refunds, revoked    credit given back: top-ups refunded to cash and overpaid credit paid back in
+                      cash (`credit_refund`), grants revoked (reversals, and what came back to a
+                      grant revoked in whole: a hold's piece, a re-rate's money)
   payments            invoice payments received
   lots, reserved, receivable   the change of the customer's balances
   rounded             what the close's rounding of the amount due moved on the receivable
@@ -43,6 +44,7 @@ LINE_FIELDS = ("original_period", "kind", "model", "token_type", "rule_id", "uni
 KIND_ORDER = {"usage": 0, "request": 1, "discount": 2, "free_allowance": 3, "volume_true_up": 4, "adjustment": 5}
 SUBTOTALS = {"usage": "usage", "request": "requests", "discount": "discounts", "free_allowance": "free_allowances",
              "volume_true_up": "true_ups", "adjustment": "adjustments", "rounding": "rounding"}
+CASH_OUT = ("grant_reversal", "credit_refund")  # the entries that pay cash back: a top-up's refund, a credit's
 ROUNDING_MODE = "half_even"  # the mode pricing rounds an entry's total with (pricing.money.round_entry)
 
 Rollup = dict[str, tuple[int, int]]  # item -> (quantity, amount in atomic units)
@@ -104,7 +106,7 @@ def entry_rollup(customer: Customer, entry: JournalEntry | None, lot_kinds: Mapp
             else:
                 add(out, "grants", 0, p.amount)
         elif p.account == cash:
-            if entry.kind == "grant_reversal":
+            if entry.kind in CASH_OUT:
                 add(out, "refunds", 0, -p.amount)
             else:
                 add(out, "payments" if entry.kind == "invoice_payment" else "topups", 0, p.amount)

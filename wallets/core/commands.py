@@ -205,6 +205,25 @@ class ReverseGrant(LotCommand):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RefundCredit(Command):
+    """Pay back in cash `amount` of the customer's credit that is its own overpaid cash: what a
+    re-rate, a volume true-up or a close's rounding gave back beyond what it owed, of usage it had
+    paid in cash (wallets.core.refunds)."""
+
+    amount: int
+    reference: str
+    currency: str | None = None  # None: the customer's
+    reason: str = ""
+    exclusive = True  # reads the customer's cash and credit held on the receivable, fresh
+
+    def _keys(self) -> set[tuple[str, ...]]:
+        return {("refund", self.customer_id)}
+
+    def needs(self) -> dict[str, list[Any]]:
+        return {"credit_held_for": [self.customer_id]}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RecordUsage(Command):
     """A post-hoc usage event: rated at its own time, paid from the lots, then the receivable.
     Event ids are per customer: another customer's event of the same id is another event."""

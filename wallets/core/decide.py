@@ -18,6 +18,7 @@ from wallets.core.commands import (
     Grant,
     PayInvoice,
     RecordUsage,
+    RefundCredit,
     Release,
     RerateCharges,
     Reserve,
@@ -28,6 +29,7 @@ from wallets.core.commands import (
 from wallets.core.credits import expire_lot, grant, record_usage, reverse_grant, top_up
 from wallets.core.decision import Decision
 from wallets.core.invoicing import close_period, pay_invoice
+from wallets.core.refunds import refund_credit
 from wallets.core.rerating import rerate_charges
 from wallets.core.reservations import expire_reservation, extend, release, reserve, settle
 from wallets.core.state import State
@@ -37,7 +39,7 @@ RULES: dict[type[Command], Rule] = {
     Reserve: reserve, Settle: settle, Release: release, Extend: extend,
     ExpireReservation: expire_reservation,
     TopUp: top_up, Grant: grant, ExpireLot: expire_lot, RecordUsage: record_usage,
-    ReverseGrant: reverse_grant,
+    ReverseGrant: reverse_grant, RefundCredit: refund_credit,
     ClosePeriod: close_period, PayInvoice: pay_invoice, RerateCharges: rerate_charges,
 }
 

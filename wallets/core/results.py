@@ -150,6 +150,26 @@ class ReversalResult:
 
 
 @dataclass(slots=True)
+class RefundResult:
+    """Cash paid back of a customer's overpaid credit: the lots it came from (lot id, amount),
+    what is still refundable after it, and the wallet as it is after it."""
+
+    refund_id: str
+    customer_id: str
+    amount: int
+    currency: str
+    reference: str
+    reason: str
+    lots: list[tuple[str, int]]
+    refundable: int
+    wallet: WalletView
+    entry_key: str | None = None
+    entry_id: int | None = None
+
+    code = "refunded"
+
+
+@dataclass(slots=True)
 class ExpiryResult:
     lot_id: str
     amount: int

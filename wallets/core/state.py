@@ -66,6 +66,9 @@ class State(msgspec.Struct, frozen=True):
     unapplied: Mapping[str, tuple[Unapplied, ...]] = msgspec.field(default_factory=dict)
     # customer -> money its re-rates billed in its open period gave back off the receivable (closes)
     corrections: Mapping[str, tuple[Unapplied, ...]] = msgspec.field(default_factory=dict)
+    # customer -> the cash its entries brought in less what they paid out: top-ups, invoice
+    # payments, refunds (loaded for cash refunds)
+    cash: Mapping[str, int] = msgspec.field(default_factory=dict)
     ids: Callable[[str], str] = new_id
 
     def require_wallet(self) -> Wallet:

@@ -18,7 +18,7 @@ from wallets.errors import WalletValidationError
 # The events written to the outbox, by family; a topic is one of them, `family.*` or `*` (an event
 # the family does not have is refused: a misspelt one subscribed to nothing)
 EVENTS = {"balance": ("low",), "wallet": ("blocked", "unblocked"), "reservation": ("expired",),
-          "grant": ("expired", "reversed"), "invoice": ("finalized", "paid"),
+          "grant": ("expired", "reversed"), "credit": ("refunded",), "invoice": ("finalized", "paid"),
           "budget": ("threshold_crossed", "exceeded"),
           "webhook_endpoint": ("disabled",)}
 FAMILIES = tuple(EVENTS)

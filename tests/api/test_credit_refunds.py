@@ -1,0 +1,260 @@
+"""POST /v1/customers/{id}/refunds: cash paid back of credit that is the customer's own cash, an
+overpayment. A $10.00 invoice paid by wire and re-rated to $7.00 leaves $3.00 of credit (a paid lot
+the re-rate opened); `grants/{id}/reverse` refuses such a lot on purpose (409
+`grant_not_reversible`: no cash came in as it), so there was no way to record paying the $3.00 back.
+Now a refund debits that credit and credits the platform's cash, one `credit_refund` entry, up to
+what is the customer's cash: never credit promotions paid for, never what it owes."""
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+
+from tests.api.apps import api_client
+from tests.api.closing import close_early, utc
+from wallets.periods import Cycle, period_of
+
+ADMIN = {"Authorization": "Bearer cr-admin"}
+CYCLE = Cycle("UTC", None)
+
+
+@pytest.fixture
+async def client(scratch_url):
+    async with api_client(scratch_url, admin="cr-admin") as c:
+        yield c
+
+
+async def _book(client, book: str, version: str, effective_from: str, rule: dict, headers=ADMIN) -> None:
+    made = await client.post("/v1/price-books", headers=headers, json={
+        "id": book, "version": version, "currency": "USD", "effective_from": effective_from,
+        "rules": [{"id": "in", "model": "model-a", "token_type": "input", **rule}]})
+    assert made.status_code == 201, made.text
+
+
+async def _usage(client, cid: str, tokens: list[int], headers=ADMIN, tag: str = "") -> None:
+    sent = await client.post("/v1/usage-events", headers=headers, json=[
+        {"event_id": f"{cid}-{tag}{i}", "customer_id": cid, "model": "model-a", "timestamp": utc(datetime.now(UTC)),
+         "usage": {"input_tokens": n, "output_tokens": 0}} for i, n in enumerate(tokens)])
+    assert sent.json()["accepted"] == len(tokens), sent.text
+
+
+async def _overpaid(client, cid: str, headers=ADMIN) -> dict:
+    """$10.00 of usage (1M tokens at $10/M), invoiced, paid by wire (`wire-<cid>`), re-rated to
+    $7/M: the $3.00 back is a credit lot, the receivable owing nothing. The invoice."""
+    period = period_of(datetime.now(UTC), CYCLE)
+    book = f"book-{cid}"
+    await _book(client, book, "v1", "2026-01-01T00:00:00Z", {"price": "10"}, headers)
+    created = await client.post("/v1/customers", headers=headers, json={
+        "id": cid, "currency": "USD", "price_book": book, "billing": "postpaid"})
+    assert created.status_code == 201, created.text
+    await _usage(client, cid, [1_000_000], headers)
+    [closed] = (await close_early(client, headers, cid, period))["closed"]
+    paid = await client.post(f"/v1/invoices/{closed['invoice_id']}/payments", headers=headers,
+                             json={"amount": "10.00", "reference": f"wire-{cid}"})
+    assert paid.status_code == 201, paid.text
+    await _book(client, book, "v2", utc(period.start), {"price": "7"}, headers)
+    applied = await client.post("/v1/rerate", headers=headers, json={
+        "price_book": book, "version": "v2", "from": utc(period.start), "to": utc(period.end), "mode": "apply"})
+    assert applied.status_code == 200, applied.text
+    [lot] = (await client.get(f"/v1/customers/{cid}/wallet", headers=headers)).json()["grants"]
+    assert (lot["kind"], lot["remaining"]) == ("topup", "3.00")
+    return (await client.get(f"/v1/invoices/{closed['invoice_id']}", headers=headers)).json()
+
+
+def _refund(client, cid: str, body: dict, headers=ADMIN, key: str | None = None):
+    return client.post(f"/v1/customers/{cid}/refunds", json=body,
+                       headers={**headers, **({"Idempotency-Key": key} if key else {})})
+
+
+async def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """`tokentill audit ARGS` against the test's database, off the event loop."""
+    return await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "api.cli", "audit", *args], env=env,
+                                   capture_output=True, text=True, timeout=120)
+
+
+async def _trial(client) -> dict[str, str]:
+    tb = (await client.get("/v1/audit/trial-balance?currency=USD", headers=ADMIN)).json()
+    return {a["account"]: a["balance"] for a in tb["accounts"]}
+
+
+async def _verified(client) -> None:
+    verify = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
+    assert verify["ok"], [c for c in verify["checks"] if not c["ok"]]
+
+
+async def test_an_invoice_paid_by_wire_and_re_rated_down_pays_the_difference_back_in_cash(client, scratch_url,
+                                                                                         tmp_path) -> None:
+    invoice = await _overpaid(client, "cr")
+    assert (invoice["amount_paid"], invoice["amount_remaining"]) == ("10.00", "0.00")
+    [lot] = (await client.get("/v1/customers/cr/wallet", headers=ADMIN)).json()["grants"]
+    assert (await _trial(client))["asset:platform:cash:USD"] == "10.00"
+
+    done = await _refund(client, "cr", {"amount": "3.00", "reference": "wire-out-1", "reason": "re-rated to $7/M"})
+    assert done.status_code == 201, done.text
+    body = done.json()
+    assert (body["customer_id"], body["amount"], body["currency"], body["reference"], body["reason"]) == (
+        "cr", "3.00", "USD", "wire-out-1", "re-rated to $7/M")
+    assert body["refundable"] == "0.00" and isinstance(body["entry_id"], int) and body["id"].startswith("rfd_")
+    assert body["grants"] == [{"grant_id": lot["id"], "amount": "3.00"}]
+    assert body["wallet"]["available"] in ("0", "0.00") and body["wallet"]["grants"] == []
+
+    # trial balance: the cash went out, the lot is empty
+    trial = await _trial(client)
+    assert trial["asset:platform:cash:USD"] == "7.00"
+    assert trial.get(f"liability:customer:cr:lot:{lot['id']}", "0.00") in ("0", "0.00")
+    # journal and statement: one credit_refund entry, the lot debited, cash credited
+    journal = (await client.get("/v1/journal?customer=cr&kind=credit_refund", headers=ADMIN)).json()["entries"]
+    [entry] = journal
+    assert entry["id"] == body["entry_id"]
+    legs = {(p["account"], p["amount"]) for p in entry["postings"]}
+    assert legs == {(f"liability:customer:cr:lot:{lot['id']}", "3.00"), ("asset:platform:cash:USD", "-3.00")}, legs
+    statement = (await client.get(f"/v1/accounts/liability:customer:cr:lot:{lot['id']}/statement",
+                                  headers=ADMIN)).json()
+    assert statement["closing_balance"] in ("0", "0.00"), statement
+    # the invoice of the period it happened in says so; the paid one still says paid
+    upcoming = (await client.get("/v1/customers/cr/invoices/upcoming", headers=ADMIN)).json()
+    assert (upcoming["refunds"], upcoming["closing_balance"]["credits"]) == ("3.00", "0.00"), upcoming
+    again = (await client.get(f"/v1/invoices/{invoice['id']}", headers=ADMIN)).json()
+    assert (again["payment_status"], again["amount_remaining"]) == ("paid", "0.00")
+    # the ageing: nothing is owed, and its totals still tie to the receivables
+    ageing = (await client.get("/v1/receivables/ageing", headers=ADMIN)).json()
+    assert "cr" not in [c["customer_id"] for c in ageing["customers"]]
+    # no more to give back
+    more = await _refund(client, "cr", {"amount": "0.01", "reference": "wire-out-2"})
+    assert more.status_code == 409, more.text
+    assert (more.json()["code"], more.json()["refundable"], more.json()["asked"]) == (
+        "exceeds_refundable", "0.00", "0.01")
+    await _verified(client)
+
+    # the webhook event
+    with psycopg.connect(scratch_url, autocommit=True) as conn:
+        events = [(topic, payload["amount"], payload["reference"], payload["refundable"]) for topic, payload in
+                  conn.execute("SELECT topic, payload FROM outbox WHERE customer_id = 'cr' AND topic LIKE 'credit.%'")]
+    assert events == [("credit.refunded", "3.00", "wire-out-1", "0.00")]
+
+    # Beancount: the refund is a transaction of its own, and the books balance
+    env = {**os.environ, "TOKENTILL_DATABASE_URL": scratch_url}
+    out = tmp_path / "journal.beancount"
+    exported = await _cli(env, "export", "--format", "beancount", "--out", str(out))
+    assert exported.returncode == 0, exported.stderr
+    text = out.read_text()
+    assert '"cr" "credit_refund"' in text, text[-2000:]
+    # reconcile: the wire in (10.00) and the refund out (-3.00) each match the processor's rows
+    payments = tmp_path / "payments.csv"
+    payments.write_text("reference,amount,currency\nwire-cr,10.00,USD\nwire-out-1,-3.00,USD\n")
+    rec = await _cli(env, "reconcile", "--payments", str(payments))
+    assert rec.returncode == 0, rec.stdout + rec.stderr
+    # a refund the processor has not made is a difference
+    payments.write_text("reference,amount,currency\nwire-cr,10.00,USD\n")
+    rec = await _cli(env, "reconcile", "--payments", str(payments))
+    assert rec.returncode == 1 and "ONLY IN LEDGER  reference wire-out-1: -3.00 USD" in rec.stdout, rec.stdout
+
+
+async def test_more_than_the_overpaid_cash_is_refused_and_nothing_is_posted(client) -> None:
+    await _overpaid(client, "cr-more")
+    asked = await _refund(client, "cr-more", {"amount": "3.01", "reference": "x"})
+    assert asked.status_code == 409 and asked.headers["content-type"].startswith("application/problem+json")
+    assert (asked.json()["code"], asked.json()["refundable"], asked.json()["asked"]) == (
+        "exceeds_refundable", "3.00", "3.01")
+    part = await _refund(client, "cr-more", {"amount": "1.25", "reference": "part-1"})
+    assert part.status_code == 201 and part.json()["refundable"] == "1.75", part.text
+    journal = (await client.get("/v1/journal?customer=cr-more&kind=credit_refund", headers=ADMIN)).json()
+    assert len(journal["entries"]) == 1
+    assert (await _trial(client))["asset:platform:cash:USD"] == "8.75"
+    await _verified(client)
+
+
+async def test_credit_promotions_paid_for_is_not_refunded_as_cash(client) -> None:
+    """Prepaid, a $100.00 promotional grant and no cash: 2M tokens graduated $10/M then $8/M
+    are $18.00 from the grant; the close's volume true-up ($16.00) gives $2.00 back as a paid lot.
+    None of it is the customer's cash."""
+    period = period_of(datetime.now(UTC), CYCLE)
+    await _book(client, "cr-vol", "v1", "2026-01-01T00:00:00Z", {
+        "tier_mode": "volume", "tiers": [{"up_to": 1_000_000, "price": "10"}, {"up_to": None, "price": "8"}]})
+    assert (await client.post("/v1/customers", headers=ADMIN, json={
+        "id": "promo", "currency": "USD", "price_book": "cr-vol"})).status_code == 201
+    granted = await client.post("/v1/customers/promo/grants", headers=ADMIN, json={"amount": "100.00"})
+    assert granted.status_code == 201, granted.text
+    await _usage(client, "promo", [1_000_000, 1_000_000])
+    await close_early(client, ADMIN, "promo", period)
+    lots = (await client.get("/v1/customers/promo/wallet", headers=ADMIN)).json()["grants"]
+    assert sorted((g["kind"], g["remaining"]) for g in lots) == [("grant", "82.00"), ("topup", "2.00")]
+    refused = await _refund(client, "promo", {"amount": "2.00", "reference": "x"})
+    assert refused.status_code == 409, refused.text
+    assert (refused.json()["code"], refused.json()["refundable"]) == ("exceeds_refundable", "0.00")
+    assert "asset:platform:cash:USD" not in await _trial(client) or (await _trial(client))[
+        "asset:platform:cash:USD"] in ("0", "0.00")
+
+
+async def test_credit_a_later_charge_spent_is_not_refunded(client) -> None:
+    """The $3.00 back, then $3.50 more usage (500,000 tokens at $7/M): it spends the credit first and owes $0.50."""
+    await _overpaid(client, "cr-spent")
+    await _usage(client, "cr-spent", [500_000], tag="later-")
+    refused = await _refund(client, "cr-spent", {"amount": "0.01", "reference": "x"})
+    assert refused.status_code == 409, refused.text
+    assert (refused.json()["code"], refused.json()["refundable"]) == ("exceeds_refundable", "0.00")
+
+
+async def test_a_paid_top_up_s_cash_is_not_refunded_here_but_through_its_reversal(client) -> None:
+    """A top-up is the customer's cash, but it has its own refund (grants/{id}/reverse, which
+    reconciles against the processor's refund of that charge): this endpoint gives back only the
+    credit corrections made of cash already spent."""
+    assert (await client.post("/v1/customers", headers=ADMIN, json={"id": "tu", "price_book": None})).status_code == 201
+    assert (await client.post("/v1/customers/tu/topups", headers=ADMIN, json={"amount": "10.00"})).status_code == 201
+    refused = await _refund(client, "tu", {"amount": "1.00", "reference": "x"})
+    assert (refused.status_code, refused.json()["code"], refused.json()["refundable"]) == (
+        409, "exceeds_refundable", "0.00")
+
+
+async def test_bad_refunds_are_clear_problems(client) -> None:
+    await _overpaid(client, "cr-bad")
+    cases = [({"amount": "0", "reference": "x"}, 422, "validation_error"),
+             ({"amount": "-1.00", "reference": "x"}, 422, "validation_error"),
+             ({"amount": "1.005", "reference": "x"}, 422, "invalid_amount"),
+             ({"amount": "1.00"}, 422, "validation_error"),  # a refund names the payout (reconcile matches it)
+             ({"amount": "1.00", "reference": "x", "currency": "EUR"}, 422, "currency_mismatch"),
+             ({"amount": "1.00", "reference": "x", "colour": "red"}, 422, "validation_error")]
+    for body, status, code in cases:
+        answer = await _refund(client, "cr-bad", body)
+        assert (answer.status_code, answer.json()["code"]) == (status, code), (body, answer.text)
+    missing = await _refund(client, "nobody", {"amount": "1.00", "reference": "x"})
+    assert (missing.status_code, missing.json()["code"]) == (404, "not_found")
+    key = await client.post("/v1/api-keys", headers=ADMIN, json={"scope": "customer:cr-bad"})
+    own = {"Authorization": f"Bearer {key.json()['key']}"}
+    assert (await _refund(client, "cr-bad", {"amount": "1.00", "reference": "x"}, own)).status_code == 403
+    wallet = (await client.get("/v1/customers/cr-bad/wallet", headers=ADMIN)).json()
+    assert wallet["available"] == "3.00"  # nothing posted
+
+
+async def test_a_refund_replays_by_its_idempotency_key(client) -> None:
+    await _overpaid(client, "cr-idem")
+    first = await _refund(client, "cr-idem", {"amount": "2.00", "reference": "wire-out"}, key="k-1")
+    again = await _refund(client, "cr-idem", {"amount": "2.00", "reference": "wire-out"}, key="k-1")
+    assert (first.status_code, again.status_code) == (201, 201) and first.json() == again.json()
+    other = await _refund(client, "cr-idem", {"amount": "1.00", "reference": "wire-out"}, key="k-1")
+    assert (other.status_code, other.json()["code"]) == (409, "idempotency_conflict")
+    journal = (await client.get("/v1/journal?customer=cr-idem&kind=credit_refund", headers=ADMIN)).json()
+    assert len(journal["entries"]) == 1
+    assert (await _trial(client))["asset:platform:cash:USD"] == "8.00"
+
+
+async def test_two_refunds_of_the_last_three_dollars_at_once_one_wins(http) -> None:
+    """Over real HTTP, sent together: the customer's lock queues them; the second finds nothing."""
+    client, _ = http
+    cid = f"cr-race-{datetime.now(UTC).strftime('%H%M%S%f')}"
+    headers = dict(client.headers)
+    await _overpaid(client, cid, headers)
+    answers = await asyncio.gather(*(_refund(client, cid, {"amount": "3.00", "reference": f"race-{i}"}, headers)
+                                     for i in range(2)))
+    assert sorted(a.status_code for a in answers) == [201, 409], [a.text for a in answers]
+    [lost] = [a for a in answers if a.status_code == 409]
+    assert (lost.json()["code"], lost.json()["refundable"]) == ("exceeds_refundable", "0.00")
+    journal = (await client.get(f"/v1/journal?customer={cid}&kind=credit_refund")).json()
+    assert len(journal["entries"]) == 1
+    wallet = (await client.get(f"/v1/customers/{cid}/wallet")).json()
+    assert wallet["available"] in ("0", "0.00")
