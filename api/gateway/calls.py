@@ -454,6 +454,9 @@ def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: Token
     model = body.get("model")
     if not isinstance(model, str) or not 0 < len(model) <= 200:
         raise CallError("model", "is required: a string of 1 to 200 characters")
+    for flag in ("stream", "background"):  # an upstream may read "true" or 1 as true: the gateway would not
+        if body.get(flag) is not None and not isinstance(body[flag], bool):
+            raise CallError(flag, "must be true or false")
     if kind == RESPONSES and body.get("background") is True:
         # generated upstream after the call returns (and after a caller who streams it leaves):
         # its output would never be metered here, nor its result fetched through the gateway

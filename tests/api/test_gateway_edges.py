@@ -17,8 +17,10 @@ from collections.abc import Awaitable, Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
+import anthropic
 import httpx
 import msgspec
+import openai
 import pytest
 import uvicorn
 
@@ -483,6 +485,42 @@ def test_a_background_response_is_refused_before_any_hold_or_upstream_call(live,
                      json={"model": name, "input": "hi", "background": True, "store": True, "stream": stream})
     assert raw.status_code == 400 and raw.json()["error"]["code"] == "validation_error"
     assert "background" in raw.json()["error"]["message"]
+    assert all(call["model"] != name for call in upstream.fake.calls)
+    assert wallet(url, cid) == (Decimal("10"), 0)
+
+
+@pytest.mark.parametrize(("api", "field", "value"), [("chat", "stream", "true"), ("chat", "stream", 1),
+                                                    ("responses", "background", "true"),
+                                                    ("messages", "stream", "yes")])
+def test_a_stream_or_background_flag_that_is_not_a_json_boolean_is_refused_before_any_hold(
+        live, upstream, api, field, value):
+    """The gateway streams and meters a call whose `stream` is true, and refuses one whose
+    `background` is; an upstream that reads "true" or 1 as true (lax validation) streamed a call
+    the gateway read as whole, and the events, not JSON, were released (was: charged 0), or ran
+    a background response charged its prompt at most. Refused, 400, before any hold."""
+    url, _ = live
+    cid, key = customer(live)
+
+    async def streams(send: Any, receive: Any) -> None:
+        await start(send, b"text/event-stream")
+        await body(send, content(" one") + usage_chunk(40) + b"data: [DONE]\n\n", more=False)
+
+    name = model(upstream, streams)
+    args: dict[str, Any] = {"model": name, "extra_body": {field: value}}
+    if api == "messages":
+        client: Any = anthropic.Anthropic(base_url=f"{url}/anthropic", api_key=key, max_retries=0)
+        with pytest.raises(anthropic.BadRequestError) as raised:
+            client.messages.with_raw_response.create(max_tokens=100, messages=HI, **args)
+        error = raised.value.body["error"]
+    else:
+        client = openai.OpenAI(base_url=f"{url}/openai/v1", api_key=key, max_retries=0)
+        with pytest.raises(openai.BadRequestError) as raised:
+            if api == "chat":
+                client.chat.completions.with_raw_response.create(messages=HI, **args)
+            else:
+                client.responses.with_raw_response.create(input="hi", **args)
+        error = raised.value.body
+    assert error["code"] == "validation_error" and field in error["message"], error
     assert all(call["model"] != name for call in upstream.fake.calls)
     assert wallet(url, cid) == (Decimal("10"), 0)
 
