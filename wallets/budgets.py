@@ -15,6 +15,7 @@ from wallets import store
 from wallets.core import budgets as rules
 from wallets.core.budgets import BudgetView
 from wallets.core.idempotency import CREATED, OK, IdemKey, Replayed
+from wallets.core.state import State
 from wallets.engine import Engine, customer_lock, lane_lock
 from wallets.errors import NotFoundError
 from wallets.model import Budget, new_id
@@ -146,6 +147,12 @@ class BudgetService:
                 """UPDATE budgets SET name = %s, limit_units = %s, mode = %s, thresholds = %s, updated_at = now()
                     WHERE id = %s AND customer_id = %s AND deleted_at IS NULL""",
                 (b.name, b.limit, b.mode, list(b.thresholds), budget_id, customer_id))
+            for event in rules.on_change(State(customer_id, None), current, b, currency, now):
+                await conn.exec_driver_sql(
+                    """INSERT INTO outbox (lane, topic, customer_id, dedup_key, payload)
+                       SELECT lane, %s, id, %s, %s::jsonb FROM customers WHERE id = %s
+                       ON CONFLICT (lane, dedup_key) DO NOTHING""",
+                    (event.topic, event.dedup_key, store.dumps(event.payload), customer_id))
             return rules.budget_view(b, currency, now)
 
         return await run_once(self.db, idem, work, await self._locks(customer_id), lambda _: OK)

@@ -190,6 +190,25 @@ def crossed(state: State, b: Budget, currency: str, before: int, after: int, hel
     return events
 
 
+def on_change(state: State, was: Budget, b: Budget, currency: str, now: datetime) -> list[Effect]:
+    """The alerts of a change to a budget (its limit or thresholds): each threshold its window now
+    stands at or past that it did not before (a limit lowered under what the window counts, a
+    threshold added below it), once per window as a crossing's. No hold crossed those: the window
+    stood past 80 and 100 % of a lowered limit, and no alert ever came in that window."""
+    if b.window == "request":
+        return []
+    used, held = counted(b, now)
+    start = window_start(b, now)
+
+    def past(budget: Budget, pct: int) -> bool:
+        return pct in budget.thresholds and (used + held) * 100 >= pct * budget.limit
+
+    window = _alert_key(b, start, None, now)
+    return [state.event(THRESHOLD_TOPIC, b.customer_id, f"{THRESHOLD_TOPIC}:{b.id}:{window}:{pct}", now,
+                        {**_describe(b, currency, used, held, start), "threshold": pct})
+            for pct in b.thresholds if past(b, pct) and not past(was, pct)]
+
+
 def on_reserve(state: State, w: Wallet, reservation_id: str, model: str, dimensions: Mapping[str, Any],
                amount: int, tokens: tuple[int | None, int | None], now: datetime) -> Decision | list[Effect]:
     """The budget effects of a new hold (in every matching budget's current window) and the

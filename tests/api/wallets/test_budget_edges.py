@@ -134,3 +134,29 @@ async def test_a_budget_on_a_true_or_false_dimension_binds_the_calls_that_send_i
                                     dimensions={"batch": "True"})  # not how JSON spells it: binds nothing
     assert (await _reserve(client, cid, "b2", amount="2.00", dimensions={"batch": True})).status_code == 201
     assert (await client.get(f"/v1/budgets/{python_spelling['id']}")).json()["held"] == "0.00"
+
+
+async def test_a_change_that_leaves_the_window_past_a_threshold_alerts_then_once(
+        client: AsyncTestClient, db: Database, tag: str, book: str):
+    """A limit lowered under what the window counts (or a threshold added below it) crossed no
+    threshold by any hold: the window stood past 80 and 100 % of the new limit, and no alert ever
+    came in that window."""
+    cid = await _funded(client, tag, book)
+    b = await _budget(client, customer_id=cid, window="month", metric="money", limit="10.00", mode="soft",
+                      thresholds=[50, 80, 100])
+    assert (await _reserve(client, cid, "t0", amount="6.00")).status_code == 201  # 60 %: 50 crossed
+
+    async def alerts() -> list[tuple[int, str]]:
+        rows = await db.read(lambda conn: conn.execute(text(
+            "SELECT payload FROM outbox WHERE topic = 'budget.threshold_crossed' AND payload->>'budget_id' = :b "
+            "ORDER BY id"), {"b": b["id"]}))
+        return [(p["threshold"], p["limit"]) for (p,) in rows]
+
+    assert await alerts() == [(50, "10.00")]
+    assert (await client.patch(f"/v1/budgets/{b['id']}", json={"limit": "5.00"})).status_code == 200  # 120 %
+    assert await alerts() == [(50, "10.00"), (80, "5.00"), (100, "5.00")]
+    assert (await client.patch(f"/v1/budgets/{b['id']}", json={"thresholds": [50, 80, 100, 110]})).status_code == 200
+    assert await alerts() == [(50, "10.00"), (80, "5.00"), (100, "5.00"), (110, "5.00")]
+    for limit in ("10.00", "5.00"):  # back under, and past again: each threshold once per window
+        assert (await client.patch(f"/v1/budgets/{b['id']}", json={"limit": limit})).status_code == 200
+    assert len(await alerts()) == 4
