@@ -385,13 +385,13 @@ class Exchange:
         try:
             try:
                 done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+                if work not in done and not self.finishing and forwarding.reads_on():  # for its usage, a moment
+                    done, _ = await asyncio.wait({work}, timeout=USAGE_GRACE_SECONDS)
             except asyncio.CancelledError:  # the server cuts the call (its shutdown grace is over):
                 if not self.finishing:  # as when the caller leaves, what was generated is charged
                     work.cancel()
                 await asyncio.gather(work, return_exceptions=True)
                 raise
-            if work not in done and not self.finishing and forwarding.reads_on():  # for its usage, a moment
-                done, _ = await asyncio.wait({work}, timeout=USAGE_GRACE_SECONDS)
             if work not in done and not self.finishing:
                 work.cancel()
             failure = (await asyncio.gather(work, return_exceptions=True))[0]
