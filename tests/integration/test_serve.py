@@ -289,3 +289,30 @@ def test_every_line_a_server_logs_has_its_time_level_logger_and_process(database
     assert any("GET /healthz" in line and "uvicorn.access" in line for line in lines), "\n".join(lines)
     if workers == "2":  # a worker's lines say which process wrote them, not the parent's
         assert len({re.fullmatch(LOG_LINE, line).group(2) for line in lines}) >= 2, "\n".join(lines)
+
+
+def test_a_cluster_that_will_not_start_says_this_starts_reason_in_one_line_without_its_server_log():
+    """The wheel logged the whole server log (`pg/log`, appended to since the data dir was made:
+    a long-lived one's years of checkpoints and errors) to stderr above the line that says why, and
+    that line gave the log's last FATAL line, however old: here a crash's from before, where this
+    start failed for want of its configuration file (a line PostgreSQL writes without FATAL)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TOKENTILL_DATABASE_URL", "PGSERVER_POSTGRES_VERSION")}
+    with tempfile.TemporaryDirectory(prefix="tokentill-datadir-") as tmp:
+        env["TOKENTILL_DATA_DIR"] = tmp
+        made = subprocess.run([sys.executable, "-m", "api.cli", "migrate"], env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert made.returncode == 0, made.stderr
+        pg = Path(tmp) / "pg"
+        with (pg / "log").open("a") as log:  # the server's own file: appending keeps its owner
+            log.write("2026-01-01 00:00:00.000 UTC [7] FATAL:  terminating connection due to unexpected postmaster "
+                      "exit\n")
+            log.writelines(f"2026-01-01 00:00:00.000 UTC [7] LOG:  checkpoint {n} complete\n" for n in range(10_000))
+        (pg / "postgresql.conf").unlink()
+        done = subprocess.run([sys.executable, "-m", "api.cli", "migrate"], env=env, capture_output=True, text=True,
+                              timeout=120)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "checkpoint" not in done.stderr and "Traceback" not in done.stderr, done.stderr[:2000]
+    lines = done.stderr.strip().splitlines()
+    says = f"TOKENTILL_DATA_DIR: {pg.resolve()}: PostgreSQL did not start: "
+    assert len(lines) <= 2 and lines[-1].startswith(says), lines
+    assert "postgresql.conf" in lines[-1] and "unexpected postmaster exit" not in lines[-1], lines[-1]
