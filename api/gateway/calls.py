@@ -27,7 +27,7 @@ upstream: the body to forward, changed only where metering needs it:
   usage came (api.gateway.streams).
 
 Prompt tokens: every string in the fields the provider bills as input (messages or input, system
-or instructions, tool definitions, response formats), counted one by one, plus 3 tokens per
+or instructions, tool definitions, response formats, Anthropic's output formats), counted one by one, plus 3 tokens per
 message and 3 for the reply (OpenAI's cookbook overhead); for the hold, the keys of the JSON
 schemas of tool definitions and response formats too (SCHEMA_KEYS: a parameter's name is billed).
 An image counts what the model's provider charges for it (pricing.images: by its size, read from
@@ -115,11 +115,11 @@ _DATA_URL = re.compile(r"data:([^;,]*)(?:;[^;,]*)*;base64,", re.ASCII)
 # The fields each kind bills as input.
 PROMPT_FIELDS = {CHAT: ("messages", "tools", "functions", "response_format"),
                  RESPONSES: ("input", "instructions", "tools", "text"),
-                 MESSAGES: ("system", "messages", "tools")}
+                 MESSAGES: ("system", "messages", "tools", "output_format", "output_config")}
 # The fields that define tools and output schemas, and in them the JSON schemas whose keys the provider
 # bills too (OpenAI renders a function's parameters by name, Anthropic an input_schema as JSON):
 # counted for the hold only, where the rendering's own words are not known exactly.
-SCHEMA_FIELDS = frozenset({"tools", "functions", "response_format", "text"})
+SCHEMA_FIELDS = frozenset({"tools", "functions", "response_format", "text", "output_format", "output_config"})
 SCHEMA_KEYS = frozenset({"parameters", "input_schema", "schema"})
 # The fields of a call that choose the provider's prices, held and charged as dimensions of the same
 # names that a book's rules match: OpenAI's service_tier (priority, flex; "auto", its project's

@@ -640,3 +640,18 @@ def test_a_computer_use_screenshot_counts_as_the_image_it_is_not_as_its_base64_t
     bare = {**body, "input": [{**output, "output": {}}]}
     with_image, without = call(RESPONSES, body), call(RESPONSES, bare)
     assert with_image.prompt_raw_tokens - without.prompt_raw_tokens == 65 + 129 * 4  # its 4 tiles
+
+
+@pytest.mark.parametrize("field", ["output_format", "output_config"])
+def test_an_anthropic_output_schema_is_held_as_a_response_format_is(field):
+    """Anthropic's structured outputs (`output_format`, the structured-outputs beta's; `output_config`'s
+    `format`) give the model a JSON schema, as OpenAI's response_format does, which is counted:
+    its words and keys were held as nothing (was: the same hold with or without a schema)."""
+    schema = {"type": "object", "properties": {"the_customers_full_postal_address": {
+        "type": "string", "description": "Where the parcel goes, " + "street by street, " * 50}}}
+    given = {"type": "json_schema", "schema": schema}
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": HI}
+    with_schema = call(MESSAGES, {**body, field: given if field == "output_format" else {"format": given}})
+    bare = call(MESSAGES, body)
+    assert with_schema.prompt_raw_tokens - bare.prompt_raw_tokens > 200  # the description's 250 words
+    assert with_schema.prompt_tokens - with_schema.prompt_raw_tokens > bare.prompt_tokens - bare.prompt_raw_tokens
