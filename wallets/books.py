@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -103,6 +103,10 @@ SELECT :b, :v, :at, d.rules, :h, CAST(:bounds AS jsonb) FROM d RETURNING created
 """)
 
 
+_AHEAD = text("""SELECT max(occurred_at) FROM charges
+                  WHERE price_book = :b AND occurred_at > created_at AND occurred_at >= :at""")
+
+
 async def add_version(conn: AsyncConnection, body: dict[str, Any], version: PriceVersion | None = None, *,
                       now: Callable[[], Awaitable[datetime]] | None = None) -> AddedVersion:
     """Store a version (creating the book on first use). `version` is the body parsed and
@@ -113,8 +117,9 @@ async def add_version(conn: AsyncConnection, body: dict[str, Any], version: Pric
 
     With `now`, the version takes effect "now", whatever the body's `effective_from`: at the time
     `now` answers, awaited once the book is checked and just before the version is written (it
-    fences the lanes: `wallets.fence.lanes_fenced`), and its label, where the body names none, is
-    that time to the second. Its rules are stored as a draft before it (parsed into jsonb and
+    fences the lanes: `wallets.fence.lanes_fenced`), or just after the latest usage charged under
+    the book ahead of that time (an event timed ahead of the clock), and its label, where the body
+    names none, is that time to the second. Its rules are stored as a draft before it (parsed into jsonb and
     compressed there) and copied behind it, so that the fence holds the lanes for milliseconds."""
     version = version if version is not None else parse_version(body)
     bounds = plausibility_of(body)
@@ -124,6 +129,11 @@ async def add_version(conn: AsyncConnection, body: dict[str, Any], version: Pric
     if now is not None:  # the rules stored before the fence, copied behind it (migration 0047)
         draft = (await conn.execute(_DRAFT, {"rules": rules})).scalar_one()
         at = (await now()).astimezone(UTC)
+        # a usage event timed ahead of the clock and charged already was rated without this version:
+        # it takes effect after the latest (migration 0050's index holds them)
+        ahead = (await conn.execute(_AHEAD, {"b": version.book_id, "at": at})).scalar()
+        if ahead is not None:
+            at = ahead.astimezone(UTC) + timedelta(microseconds=1)
         label = str(body.get("version") or at.strftime("%Y-%m-%dT%H:%M:%SZ"))
     digest = request_hash({"rules": body.get("rules"), "effective_from": at.isoformat(),
                            "version": label, **({"plausibility": bounds} if bounds else {})})

@@ -139,11 +139,13 @@ async def test_a_call_charged_while_a_version_taking_effect_now_commits_is_rated
     assert rated_by == {in_force(versions, reserved_at)}, (reserved_at, versions[-2:], rated_by)
 
 
-async def test_a_usage_event_timed_ahead_and_charged_before_a_version_taking_effect_now_keeps_its_version(
+async def test_a_version_taking_effect_now_takes_effect_after_a_usage_event_timed_ahead_and_charged_before_it(
         live: tuple[str, str], tag: str):
-    """Known gap, as the README says ("When a version takes effect"): an event may be timed up to
-    300 s ahead of the server's clock; charged before a version that takes effect "now", before
-    the event's time, it keeps the version that rated it (a re-rate over its time corrects it)."""
+    """An event may be timed up to 300 s ahead of the server's clock. Charged before a version
+    that takes effect "now", it is rated by the version in force before; so "now" is then just
+    after the event's time, and the book says what rated it. Before, the version took effect at
+    the server's clock, 120 s before the event: the audit named the old version while the book
+    said the new one was in force at the event's time."""
     url, _ = live
     cid = f"ahead-{tag}"
     async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=60) as client:
@@ -160,5 +162,5 @@ async def test_a_usage_event_timed_ahead_and_charged_before_a_version_taking_eff
         versions = (await client.get(f"/v1/price-books/{BOOK}", params={"limit": 1000})).json()["versions"]
         trace = (await client.get("/v1/audit/charges/e1", params={"customer_id": cid})).json()
     rated_by = {line["price_version"] for charge in trace["charges"] for line in charge["lines"]}
-    assert in_force(versions, ahead) == versions[-1]["version"] != versions[-2]["version"]
-    assert rated_by == {versions[-2]["version"]}, (ahead, versions[-2:], rated_by)
+    assert rated_by == {versions[-2]["version"]} == {in_force(versions, ahead)}, (ahead, versions[-2:], rated_by)
+    assert datetime.fromisoformat(versions[-1]["effective_from"]) == ahead + timedelta(microseconds=1), versions[-1]
