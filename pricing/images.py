@@ -12,7 +12,11 @@ the model and on the image's size. The rules (OpenAI's "Calculating costs" for v
 - ``patches`` (gpt-4.1-mini, gpt-4.1-nano, o4-mini, gpt-5-mini, gpt-5-nano): one 32 x 32 patch per
   token, times the model's multiplier, rounded up; an image of more than 1,536 patches, which the
   provider scales down to at most 1,536 (by a square root, then to whole patches across), counts
-  1,536: an upper bound, not the exact figure (1,452 for the provider's 1800 x 2400 example);
+  1,536: an upper bound, not the exact figure (1,452 for the provider's 1800 x 2400 example).
+  gpt-5's point releases (``gpt-5.`` : 5.2, 5.3-codex, 5.4 and its mini and nano, as measured
+  against their usage; 5.1's tiles, if tiles, never cost more) count patches at 1.2 tokens each,
+  up to 2,500 patches at ``high`` or ``auto`` and 10,000 at ``original`` (the full size); ``low``
+  changes nothing on a patches model;
 - ``area`` (claude-*): width x height / 750, rounded up, after scaling the long edge down to
   1,568; at most 1,600 (a larger image is scaled down to fit).
 
@@ -45,6 +49,8 @@ class ImageRule:
     base: int = 0  # tiles: what any image costs, and all a "low" one does
     per_tile: int = 0
     multiplier: tuple[int, int] = (1, 1)  # patches: tokens per patch, as a fraction
+    budget: int = MAX_PATCHES  # patches: the most an image is scaled down to
+    original: int = MAX_PATCHES  # patches: the most at `detail: "original"` (the image's own size)
 
     def tokens(self, size: tuple[int, int] | None, detail: str | None = None) -> int:
         """What one image of `size` (width, height; None: unknown) costs at `detail`."""
@@ -54,7 +60,8 @@ class ImageRule:
             w, h = _tiled_size(size) if size is not None else (SHORT_SIDE, FIT_BOX)
             return self.base + self.per_tile * -(-w // TILE) * -(-h // TILE)
         if self.kind == "patches":
-            patches = min(_patches(*size), MAX_PATCHES) if size is not None else MAX_PATCHES
+            budget = self.original if detail == "original" else self.budget
+            patches = min(_patches(*size), budget) if size is not None else budget
             num, den = self.multiplier
             return -(-patches * num // den)
         if size is None:
@@ -80,6 +87,7 @@ IMAGE_RULES: dict[str, ImageRule] = {
     "gpt-5-mini": ImageRule("patches", multiplier=(162, 100)),
     "gpt-5-nano": ImageRule("patches", multiplier=(246, 100)),
     "gpt-5": ImageRule("tiles", 70, 140),
+    "gpt-5.": ImageRule("patches", multiplier=(120, 100), budget=2500, original=10_000),
     "o4-mini": ImageRule("patches", multiplier=(172, 100)),
     "o1": ImageRule("tiles", 75, 150),
     "o3": ImageRule("tiles", 75, 150),

@@ -96,3 +96,19 @@ def test_an_image_of_unknown_size_costs_the_most_any_image_can():
         worst = max(rule.tokens((w, h), "high") for w in (1, 511, 513, 768, 1025, 2048, 4000, 9000)
                     for h in (1, 511, 513, 768, 1025, 2048, 4000, 9000))
         assert rule.most_tokens == rule.tokens(None, "high") >= worst
+
+
+@pytest.mark.parametrize(("model", "size", "detail", "tokens"), [
+    ("gpt-5.4", (1600, 1600), "high", 3000),  # 50 x 50 patches x 1.2 (was: gpt-5's tiles, 630)
+    ("gpt-5.4-mini-2026-03-17", (1600, 1600), "auto", 3000),
+    ("gpt-5.2", (3200, 3200), "high", 3000),  # past 2,500 patches, scaled down to them: the budget, a bound
+    ("gpt-5.4", (3200, 3200), "original", 12000),  # 10,000 patches at the original size
+    ("gpt-5.4", None, "original", 12000), ("gpt-5.4-nano", None, "low", 3000),  # low: no effect on patches
+    ("gpt-5", (1600, 1600), "high", 70 + 140 * 4),  # gpt-5 itself keeps its tiles
+])
+def test_gpt_5_point_releases_count_patches_up_to_their_budget_not_gpt_5s_tiles(model, size, detail, tokens):
+    """gpt-5.2 and later (5.3-codex, 5.4 and its mini and nano) are billed by 32-pixel patches, 1.2
+    tokens each, up to 2,500 patches (`high`, `auto`) or 10,000 (`original`): as measured against
+    their usage (community.openai.com, "Introducing GPT-5.4 mini and nano", March 2026). Matched by
+    gpt-5's prefix, they were counted at its tiles: a 1,600-pixel square 630 tokens, billed 3,000."""
+    assert rule_for(model).tokens(size, detail) == tokens
