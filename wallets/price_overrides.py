@@ -10,7 +10,7 @@ import json
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
@@ -97,8 +97,10 @@ async def check_models(conn: AsyncConnection, customer_id: str, body: Mapping[st
 
 async def add_version(conn: AsyncConnection, customer_id: str, body: Mapping[str, Any],
                       effective_from: datetime | None, now: datetime) -> AddedOverrides:
-    """Append a version taking effect at `effective_from` (default `now`), after every earlier
-    one. The same overrides again, with no time or the latest version's, are that version."""
+    """Append a version taking effect at `effective_from` (default `now`, or just after the latest
+    usage charged ahead of it: an event timed ahead of the clock keeps the version that rated it),
+    after every earlier one. The same overrides again, with no time or the latest version's, are
+    that version."""
     parse_overrides(body)
     await check_models(conn, customer_id, body)
     stored = normalized(body)
@@ -111,6 +113,12 @@ async def add_version(conn: AsyncConnection, customer_id: str, body: Mapping[str
         return AddedOverrides(next(v for v in await stored_versions(conn, customer_id)
                                    if v.version == last.version), created=False)
     at = effective_from or now
+    if effective_from is None:  # "now", after any usage event timed ahead of the clock and charged already
+        ahead = (await conn.execute(text(
+            """SELECT max(occurred_at) FROM charges WHERE lane = ledger_lane(:c) AND customer_id = :c
+                 AND occurred_at > created_at AND occurred_at >= :at"""), {"c": customer_id, "at": at})).scalar()
+        if ahead is not None:
+            at = ahead + timedelta(microseconds=1)
     if last is not None and at <= last.effective_from:
         raise PriceBookValidationError("effective_from", (
             f"must be after {last.effective_from.isoformat()}, when version {last.version} takes effect: "

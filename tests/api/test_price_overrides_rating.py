@@ -375,3 +375,21 @@ async def test_a_rerate_ending_before_later_usage_leaves_that_usage_its_share_of
     assert charged(await event(client, cid, now - timedelta(minutes=2), 100_000)) == "2.01"
     verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
     assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]
+
+
+async def test_overrides_set_now_take_effect_after_a_usage_event_timed_ahead_and_charged_before_them(
+        client) -> None:
+    """A usage event may be timed up to 300 s ahead of the server's clock. Charged at $8/M before
+    a version set "now" ($5/M), it keeps $8/M; so that version takes effect just after its time,
+    and the overrides' history says what rated it. Before, it took effect at the server's clock,
+    120 s before the event: the trace said $8/M where the history said $5/M was in force."""
+    now = datetime.now(UTC)
+    cid = await customer(client, {"contract_prices": [
+        {"id": "c8", "model": "model-a", "token_type": "input", "price": "8.00"}]})
+    ahead = now.replace(microsecond=0) + timedelta(seconds=120)
+    assert charged(await event(client, cid, ahead, 100_000)) == "0.81"  # 0.80 + the call fee
+    put = await client.put(f"/v1/customers/{cid}/price-overrides", headers=ADMIN, json={
+        "contract_prices": [{"id": "c5", "model": "model-a", "token_type": "input", "price": "5.00"}]})
+    assert put.status_code == 201, put.text
+    assert datetime.fromisoformat(put.json()["effective_from"]) == ahead + timedelta(microseconds=1), put.json()
+    assert charged(await event(client, cid, ahead + timedelta(seconds=1), 100_000)) == "0.51"  # $5/M from then
