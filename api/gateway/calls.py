@@ -505,14 +505,17 @@ REASONING_MODELS = ("o1", "o3", "o4", "gpt-5", "codex")
 
 
 def _hidden_output(kind: str, body: Mapping[str, Any], model: str) -> bool:
-    """Whether the call may think in tokens billed as output that its stream does not show: OpenAI's
-    reasoning (REASONING_MODELS, or a call that asks for an effort), Anthropic's extended thinking
-    (`thinking` enabled or adaptive: Claude 4 models send a summary of it, and bill all of it)."""
+    """Whether the call may generate tokens billed as output that its stream does not show: OpenAI's
+    reasoning (REASONING_MODELS, or a call that asks for an effort) and a chat call's predicted
+    output's rejected tokens, Anthropic's extended thinking (`thinking` enabled or adaptive:
+    Claude 4 models send a summary of it, and bill all of it)."""
     if kind == MESSAGES:
         thinking = body.get("thinking")
         return isinstance(thinking, Mapping) and thinking.get("type") in ("enabled", "adaptive")
     if kind == CHAT:
         effort = body.get("reasoning_effort")
+        if isinstance(body.get("prediction"), Mapping):  # its rejected tokens are billed as output, never sent
+            return True
     elif kind == RESPONSES:
         reasoning = body.get("reasoning")
         effort = reasoning.get("effort") if isinstance(reasoning, Mapping) else None

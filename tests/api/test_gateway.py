@@ -1059,18 +1059,21 @@ def _read_until(events, last) -> None:
             return
 
 
-@pytest.mark.parametrize("api", ["chat", "responses"])
+@pytest.mark.parametrize("api", ["chat", "responses", "prediction"])
 def test_a_reasoning_stream_the_caller_leaves_before_its_usage_is_charged_the_usage(live, fake, api):
     """A reasoning model's thinking is billed as output but never sent (OpenAI), or sent as a
-    summary (Claude 4); only the final usage counts it. A caller who read the whole answer and
-    left before that usage was charged the visible output alone (was: chat 8 input and 40 output
-    tokens, its reasoning given away). The gateway reads on for the usage a moment (the fake
-    sends it 0.5 s after the answer) and charges it."""
+    summary (Claude 4); only the final usage counts it; so are the rejected tokens of a chat
+    call's predicted output. A caller who read the whole answer and left before that usage was
+    charged the visible output alone (was: chat 8 input and 40 output tokens, its reasoning given
+    away). The gateway reads on for the usage a moment (the fake sends it 0.5 s after the answer)
+    and charges it."""
     url, _ = live
     cid, key = customer(live)
-    if api == "chat":
+    if api in ("chat", "prediction"):
+        given = {"model": "o3-lateusage"} if api == "chat" else {
+            "model": "gpt-test-lateusage", "prediction": {"type": "content", "content": words(100)}}
         with oai(url, key).chat.completions.with_streaming_response.create(
-                model="o3-lateusage", messages=HI, stream=True, max_completion_tokens=1000) as response:
+                messages=HI, stream=True, max_completion_tokens=1000, **given) as response:
             request_id = response.headers["x-tokentill-request-id"]
             _read_until(response.parse(), lambda chunk: bool(chunk.choices and chunk.choices[0].finish_reason))
         expected = CHAT_CHARGE

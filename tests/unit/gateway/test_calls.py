@@ -655,3 +655,9 @@ def test_an_anthropic_output_schema_is_held_as_a_response_format_is(field):
     bare = call(MESSAGES, body)
     assert with_schema.prompt_raw_tokens - bare.prompt_raw_tokens > 200  # the description's 250 words
     assert with_schema.prompt_tokens - with_schema.prompt_raw_tokens > bare.prompt_tokens - bare.prompt_raw_tokens
+
+
+def test_a_chat_call_with_a_predicted_output_is_marked_hidden_output():
+    """OpenAI bills the prediction's rejected tokens as output, and never sends them."""
+    body = {"model": "gpt-4o", "messages": HI, "prediction": {"type": "content", "content": "x = 1"}}
+    assert call(CHAT, body).hidden_output and not call(CHAT, {**body, "prediction": None}).hidden_output
