@@ -604,7 +604,8 @@ async def load_unapplied(conn: AsyncConnection, customers: Iterable[str]) -> dic
 async def load_cash(conn: AsyncConnection, customers: Iterable[str]) -> dict[str, int]:
     """For each customer: the cash its entries brought in (top-ups, invoice payments) less what
     they paid out (refunds), its entries' postings to the platform's cash accounts (what a cash
-    refund may pay back at most)."""
+    refund may pay back at most). The kinds that move cash are named: their partial index
+    (migration 0051) keeps the customer's usage entries out of the read."""
     wanted = sorted(set(customers))
     if not wanted:
         return {}
@@ -615,6 +616,7 @@ async def load_cash(conn: AsyncConnection, customers: Iterable[str]) -> dict[str
               JOIN postings p ON p.lane = j.lane AND p.entry_id = j.id
               JOIN accounts a ON a.id = p.account_id
              WHERE j.lane = {lane} AND j.customer_id = ANY(%s::text[]) AND a.code = %s || a.asset
+               AND j.kind IN ('topup', 'invoice_payment', 'grant_reversal', 'credit_refund')
              GROUP BY j.customer_id""", (wanted, chart.cash_account("")))
     return {cid: int(total) for cid, total in rows}
 

@@ -15,12 +15,16 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 
+from ledger.db import connect, sqlstate_of
+from ledger.model import JournalEntry, Posting
+from ledger.posting import post_now
 from tests.api.apps import api_client
 from tests.api.closing import close_early, utc
 from wallets.periods import Cycle, period_of
 
 ADMIN = {"Authorization": "Bearer cr-admin"}
 CYCLE = Cycle("UTC", None)
+DOLLAR = 10**9  # atomic units
 
 
 @pytest.fixture
@@ -169,26 +173,56 @@ async def test_more_than_the_overpaid_cash_is_refused_and_nothing_is_posted(clie
     await _verified(client)
 
 
-async def test_credit_promotions_paid_for_is_not_refunded_as_cash(client) -> None:
+async def _promotion_s_true_up(client, cid: str) -> dict:
     """Prepaid, a $100.00 promotional grant and no cash: 2M tokens graduated $10/M then $8/M
     are $18.00 from the grant; the close's volume true-up ($16.00) gives $2.00 back as a paid lot.
-    None of it is the customer's cash."""
+    None of it is the customer's cash. The true-up's lot."""
     period = period_of(datetime.now(UTC), CYCLE)
-    await _book(client, "cr-vol", "v1", "2026-01-01T00:00:00Z", {
+    await _book(client, f"vol-{cid}", "v1", "2026-01-01T00:00:00Z", {
         "tier_mode": "volume", "tiers": [{"up_to": 1_000_000, "price": "10"}, {"up_to": None, "price": "8"}]})
     assert (await client.post("/v1/customers", headers=ADMIN, json={
-        "id": "promo", "currency": "USD", "price_book": "cr-vol"})).status_code == 201
-    granted = await client.post("/v1/customers/promo/grants", headers=ADMIN, json={"amount": "100.00"})
+        "id": cid, "currency": "USD", "price_book": f"vol-{cid}"})).status_code == 201
+    granted = await client.post(f"/v1/customers/{cid}/grants", headers=ADMIN, json={"amount": "100.00"})
     assert granted.status_code == 201, granted.text
-    await _usage(client, "promo", [1_000_000, 1_000_000])
-    await close_early(client, ADMIN, "promo", period)
-    lots = (await client.get("/v1/customers/promo/wallet", headers=ADMIN)).json()["grants"]
+    await _usage(client, cid, [1_000_000, 1_000_000])
+    await close_early(client, ADMIN, cid, period)
+    lots = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()["grants"]
     assert sorted((g["kind"], g["remaining"]) for g in lots) == [("grant", "82.00"), ("topup", "2.00")]
+    return next(g for g in lots if g["kind"] == "topup")
+
+
+async def test_credit_promotions_paid_for_is_not_refunded_as_cash(client) -> None:
+    await _promotion_s_true_up(client, "promo")
     refused = await _refund(client, "promo", {"amount": "2.00", "reference": "x"})
     assert refused.status_code == 409, refused.text
     assert (refused.json()["code"], refused.json()["refundable"]) == ("exceeds_refundable", "0.00")
-    assert "asset:platform:cash:USD" not in await _trial(client) or (await _trial(client))[
-        "asset:platform:cash:USD"] in ("0", "0.00")
+    assert (await _trial(client)).get("asset:platform:cash:USD", "0.00") in ("0", "0.00")
+
+
+async def test_the_database_refuses_a_refund_entry_of_credit_without_cash_or_not_a_correction_s(
+        client, scratch_url) -> None:
+    """Posted by hand, past the wallet rule: the promotion's true-up credit paid out as cash (no
+    cash came in), and a paid top-up's credit paid out as a credit refund (its refund is a
+    reversal) are each refused at commit (check_violation), nothing posted."""
+    lot = await _promotion_s_true_up(client, "promo-db")
+    made = await client.post("/v1/customers", headers=ADMIN, json={"id": "tu-db", "price_book": None})
+    assert made.status_code == 201, made.text
+    topped = await client.post("/v1/customers/tu-db/topups", headers=ADMIN, json={"amount": "10.00"})
+    db = connect(scratch_url, pool_size=1)
+    try:
+        for cid, lot_id in (("promo-db", lot["id"]), ("tu-db", topped.json()["grant_id"])):
+            entry = JournalEntry(f"by-hand:{cid}", "credit_refund", (
+                Posting(f"liability:customer:{cid}:lot:{lot_id}", 2 * DOLLAR, "USD"),
+                Posting("asset:platform:cash:USD", -2 * DOLLAR, "USD")), customer_id=cid)
+            with pytest.raises(Exception) as refused:
+                await post_now(db, entry)
+            assert sqlstate_of(refused.value) == "23514", refused.value
+    finally:
+        await db.dispose()
+    for cid in ("promo-db", "tu-db"):
+        journal = (await client.get(f"/v1/journal?customer={cid}&kind=credit_refund", headers=ADMIN)).json()
+        assert journal["entries"] == []
+    await _verified(client)
 
 
 async def test_credit_a_later_charge_spent_is_not_refunded(client) -> None:
