@@ -362,6 +362,10 @@ def _data_version(pgserver: Any, pgdata: Path) -> int | None:
         older = ", ".join(str(v) for v in sorted(POSTGRES_VERSIONS) if v != target)
         raise StartFailed(f"{pgdata} holds PostgreSQL {version} data: this tokentill runs PostgreSQL {target} "
                           f"and upgrades the data of PostgreSQL {older} only")
+    if version is not None and version > target:  # pg_upgrade goes forward only: it failed, with its dump
+        raise StartFailed(f"{pgdata} holds PostgreSQL {version} data, newer than the PostgreSQL {target} this "
+                          f"tokentill runs (PGSERVER_POSTGRES_VERSION), and PostgreSQL cannot go back a major "
+                          f"version: run it with PostgreSQL {version} (PGSERVER_POSTGRES_VERSION unset)")
     return version
 
 

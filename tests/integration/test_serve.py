@@ -316,3 +316,24 @@ def test_a_cluster_that_will_not_start_says_this_starts_reason_in_one_line_witho
     says = f"TOKENTILL_DATA_DIR: {pg.resolve()}: PostgreSQL did not start: "
     assert len(lines) <= 2 and lines[-1].startswith(says), lines
     assert "postgresql.conf" in lines[-1] and "unexpected postmaster exit" not in lines[-1], lines[-1]
+
+
+def test_a_data_dir_of_a_newer_postgresql_than_the_one_run_stops_the_start_in_one_line_untouched():
+    """PGSERVER_POSTGRES_VERSION=16 on a data dir PostgreSQL 18 made: the start tried to "upgrade"
+    it from 18 to 16 with pg_upgrade, which cannot go back, printed pg_upgrade's dump and ended
+    in a line naming only its exit status, and left pg.upgrade-logs behind."""
+    env = {k: v for k, v in os.environ.items() if k != "TOKENTILL_DATABASE_URL"}
+    with tempfile.TemporaryDirectory(prefix="tokentill-datadir-") as tmp:
+        pg = Path(tmp) / "pg"
+        pg.mkdir()
+        (pg / "PG_VERSION").write_text("18\n")
+        done = subprocess.run([sys.executable, "-m", "api.cli", "migrate"], capture_output=True, text=True,
+                              env={**env, "TOKENTILL_DATA_DIR": tmp, "PGSERVER_POSTGRES_VERSION": "16"}, timeout=120)
+        left = sorted(p.name for p in Path(tmp).iterdir() if p.name != ".pg.lock")  # the start's own lock
+        kept = sorted(p.name for p in pg.iterdir())
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"TOKENTILL_DATA_DIR: {pg.resolve()} holds PostgreSQL 18 data, newer than the PostgreSQL 16 this tokentill "
+        "runs (PGSERVER_POSTGRES_VERSION), and PostgreSQL cannot go back a major version: run it with PostgreSQL 18 "
+        "(PGSERVER_POSTGRES_VERSION unset)"], done.stderr
+    assert (left, kept) == (["pg"], ["PG_VERSION"])
