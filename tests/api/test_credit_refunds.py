@@ -20,7 +20,7 @@ from ledger.model import JournalEntry, Posting
 from ledger.posting import post_now
 from tests.api.apps import api_client
 from tests.api.closing import close_early, utc
-from wallets.periods import Cycle, period_of
+from wallets.periods import Cycle, following, period_of
 
 ADMIN = {"Authorization": "Bearer cr-admin"}
 CYCLE = Cycle("UTC", None)
@@ -157,6 +157,23 @@ async def test_an_invoice_paid_by_wire_and_re_rated_down_pays_the_difference_bac
     payments.write_text("reference,amount,currency\nwire-cr,10.00,USD\n")
     rec = await _cli(env, "reconcile", "--payments", str(payments))
     assert rec.returncode == 1 and "ONLY IN LEDGER  reference wire-out-1: -3.00 USD" in rec.stdout, rec.stdout
+
+
+async def test_the_invoice_of_the_period_a_refund_happened_in_bills_it_when_finalized(client) -> None:
+    """The wire, the re-rate and the $3.00 paid back all happened in the period after the one
+    invoiced; closed, its invoice says payments received 10.00, refunds 3.00, nothing due, credits
+    0.00 at its opening (the re-rate's credit came in it) and its close; verify ties the rollup to
+    the postings."""
+    await _overpaid(client, "cr-next")
+    assert (await _refund(client, "cr-next", {"amount": "3.00", "reference": "wire-out"})).status_code == 201
+    [closed] = (await close_early(client, ADMIN, "cr-next", following(period_of(datetime.now(UTC), CYCLE),
+                                                                       CYCLE)))["closed"]
+    invoice = (await client.get(f"/v1/invoices/{closed['invoice_id']}", headers=ADMIN)).json()
+    assert (invoice["refunds"], invoice["amount_due"], invoice["payments_received"]) == ("3.00", "0.00", "10.00")
+    assert (invoice["opening_balance"]["credits"], invoice["closing_balance"]["credits"]) == ("0.00", "0.00")
+    page = await client.get(f"/v1/invoices/{closed['invoice_id']}", headers={**ADMIN, "Accept": "text/html"})
+    assert page.status_code == 200 and "Credit refunded in cash" in page.text, page.text[-3000:]
+    await _verified(client)
 
 
 async def test_more_than_the_overpaid_cash_is_refused_and_nothing_is_posted(client) -> None:
