@@ -59,9 +59,17 @@ class Unanswered:
 
     def left_a_hold(self, error: BaseException) -> bool:
         """True when the call ended with `error`, not with an answer, after an attempt that may
-        have made the hold: a refusal (a 4xx other than 408) is the key's answer, so no hold."""
-        answered = isinstance(error, TokentillError) and error.status < 500 and error.status != 408
-        return self.reached and not answered
+        have made the hold: a refusal is the key's answer, so no hold. A 408, and a 429 other than
+        a budget's (a rate limiter's in front of the server), answer nothing about the key."""
+        return self.reached and not answered_by_the_server(error)
+
+
+def answered_by_the_server(error: BaseException) -> bool:
+    """A reserve's error that is the server's answer to its Idempotency-Key: a 4xx refusal, but
+    for a 408 and a 429 that is not `budget_exceeded`."""
+    if not isinstance(error, TokentillError) or error.status >= 500 or error.status == 408:
+        return False
+    return error.status != 429 or error.code == "budget_exceeded"
 
 
 class StreamMeter:

@@ -13,7 +13,7 @@ import httpx
 import psycopg
 import pytest
 
-from api.client import AsyncClient, Client
+from api.client import AsyncClient, Client, RateLimited
 from ledger.lanes import lane_of
 from tests.api.test_sdk_durability import ADMIN, available, new_customer
 from wallets.engine import lane_lock
@@ -106,3 +106,64 @@ def test_a_timed_out_reserve_under_the_callers_request_id_is_the_callers_to_retr
             r.record(input_tokens=1000, output_tokens=400)
     assert r.settlement["status"] == "settled" and Decimal(r.settlement["charged"]) == Decimal("0.028")
     assert available(url, customer) == Decimal("10") - Decimal("0.028")
+
+
+class LostThenRateLimited(httpx.BaseTransport, httpx.AsyncBaseTransport):
+    """The first reserve reaches the server (which makes the hold) and its answer is lost (a read
+    timeout); the second is answered by a rate limiter in front of the server, 429 with a
+    Retry-After past the reserve's retry budget; later calls (the client's own) go through."""
+
+    def __init__(self) -> None:
+        self.inner, self.ainner, self.reserves = httpx.HTTPTransport(), httpx.AsyncHTTPTransport(), 0
+
+    def _script(self, request: httpx.Request) -> httpx.Response | None:
+        if request.url.path != "/v1/reservations":
+            return None
+        self.reserves += 1
+        if self.reserves == 2:
+            return httpx.Response(429, headers={"Retry-After": "60"}, text="slow down", request=request)
+        return None
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        answer = self._script(request) or self.inner.handle_request(request)
+        if self.reserves == 1 and request.url.path == "/v1/reservations":
+            answer.read()
+            raise httpx.ReadTimeout("the answer was lost", request=request)
+        return answer
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        answer = self._script(request) or await self.ainner.handle_async_request(request)
+        if self.reserves == 1 and request.url.path == "/v1/reservations":
+            await answer.aread()
+            raise httpx.ReadTimeout("the answer was lost", request=request)
+        return answer
+
+
+def test_a_reserve_whose_answer_was_lost_then_rate_limited_is_released_by_its_key(live, spool_dir):
+    """A 429 that is not a budget's refusal (a rate limiter's in front of the server) is not the
+    key's answer: the first attempt's hold may stand. Before, the client took it for a refusal
+    and left the hold for its TTL (an hour here, $0.03 of the customer's locked)."""
+    url, book = live
+    customer = new_customer(url, book)
+    transport = LostThenRateLimited()
+    with Client(url, ADMIN, transport=transport, backoff_s=0.01, flush_spool=False) as tt:
+        block = tt.reserve(customer, "model-a", input_tokens=1000, max_output_tokens=500, ttl_seconds=3600)
+        with pytest.raises(RateLimited), block:
+            raise AssertionError("never entered")
+    assert transport.reserves == 3  # the lost one, the rate-limited one, the client's own to find the hold
+    assert settled_state(url, customer, block.request_id) == ("released", Decimal("0"))
+    assert available(url, customer) == Decimal("10")
+
+
+async def test_an_async_reserve_whose_answer_was_lost_then_rate_limited_is_released_by_its_key(live, spool_dir):
+    url, book = live
+    customer = new_customer(url, book)
+    transport = LostThenRateLimited()
+    async with AsyncClient(url, ADMIN, transport=transport, backoff_s=0.01, flush_spool=False) as tt:
+        block = tt.reserve(customer, "model-a", input_tokens=1000, max_output_tokens=500, ttl_seconds=3600)
+        with pytest.raises(RateLimited):
+            async with block:
+                raise AssertionError("never entered")
+    assert transport.reserves == 3
+    assert settled_state(url, customer, block.request_id) == ("released", Decimal("0"))
+    assert available(url, customer) == Decimal("10")
