@@ -293,6 +293,20 @@ class Engine:
             if (queued := self._queued_at.pop(future, None)) is not None:
                 _PHASES["queued"].observe(taken - queued)
         try:
+            lanes = self._lanes if self._lanes is not None else await self.lane_count()
+        except Exception as exc:  # the database unavailable, most likely: every command fails with it
+            await self._isolate(items, exc)
+            return
+        by_lane: dict[int, list[tuple[Command, asyncio.Future[Any]]]] = {}
+        for item in items:  # one lane, but for the first batch, queued before the lane count was known
+            by_lane.setdefault(lane_of(item[0].customer_id, lanes), []).append(item)
+        for group in (by_lane[lane] for lane in sorted(by_lane)):
+            # each lane its own transaction, bisected alone: what another lane committed is not run again
+            await self._run_lane(group, pending)
+
+    async def _run_lane(self, items: list[tuple[Command, asyncio.Future[Any]]],
+                        pending: list[tuple[asyncio.Future[Any], Any]] | None) -> None:
+        try:
             outcomes = await self.execute([command for command, _ in items])
         except Exception as exc:
             if (deliver := _DELIVER.get()) is not None:

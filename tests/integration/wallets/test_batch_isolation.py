@@ -67,7 +67,7 @@ async def test_a_batch_the_database_cannot_run_fails_every_command_at_once(share
                                           for i in range(BATCH)), return_exceptions=True)
     finally:
         await down.dispose()
-    assert sizes == [BATCH]
+    assert sizes == []  # its lane count could not be read: no batch was tried, nor halved
     assert all(is_unavailable(o) for o in outcomes)
     assert len({id(o) for o in outcomes}) == 1  # the one failure, given to every command
 
