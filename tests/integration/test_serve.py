@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import httpx
 import pytest
 
 from api.bench.common import free_port
+from tests.api.apps import wait_ready
 
 
 @pytest.fixture
@@ -33,20 +33,6 @@ def _serve(data_dir: Path, port: int, **more_env: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 90) -> httpx.Response:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stdout.read()
-        try:
-            response = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
-            if response.status_code == 200:
-                return response
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("server never became ready")
-
-
 def _stop(proc: subprocess.Popen) -> int:
     proc.send_signal(signal.SIGTERM)
     return proc.wait(timeout=30)
@@ -57,7 +43,8 @@ def test_two_servers_started_at_once_on_a_fresh_data_dir_share_one_migrated_clus
     procs = [_serve(data_dir, port) for port in ports]
     try:
         for port, proc in zip(ports, procs, strict=True):
-            assert _wait_ready(port, proc).json()["status"] == "ready"
+            wait_ready(f"http://127.0.0.1:{port}", proc)
+            assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).json()["status"] == "ready"
         headers = {"Authorization": "Bearer serve-test-admin"}
         tb = httpx.get(f"http://127.0.0.1:{ports[1]}/v1/audit/trial-balance", headers=headers).json()
         assert tb["total_debits"] == tb["total_credits"]
@@ -74,12 +61,12 @@ def test_a_restarted_server_reuses_its_data_dir(data_dir):
     the restart's time, under 30 s: a load-sensitive stand-in that failed at load 9)."""
     port, headers = free_port(), {"Authorization": "Bearer serve-test-admin"}
     proc = _serve(data_dir, port)
-    _wait_ready(port, proc)
+    wait_ready(f"http://127.0.0.1:{port}", proc)
     key = httpx.post(f"http://127.0.0.1:{port}/v1/api-keys", headers=headers, json={"scope": "auditor"}).json()
     assert _stop(proc) == 0
     proc = _serve(data_dir, port)
     try:
-        _wait_ready(port, proc)
+        wait_ready(f"http://127.0.0.1:{port}", proc)
         listed = httpx.get(f"http://127.0.0.1:{port}/v1/api-keys", headers=headers).json()
         assert key["id"] in [k["id"] for k in listed]
         kept = httpx.get(f"http://127.0.0.1:{port}/v1/audit/trial-balance",
@@ -120,7 +107,7 @@ def test_a_data_dir_of_an_older_postgresql_is_upgraded_at_start_and_keeps_every_
     base = f"http://127.0.0.1:{port}"
     proc = _serve(data_dir, port, PGSERVER_POSTGRES_VERSION="16")
     try:
-        _wait_ready(port, proc)
+        wait_ready(f"http://127.0.0.1:{port}", proc)
         with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
             assert http.post("/v1/price-books", json={
                 "id": "std", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
@@ -151,7 +138,7 @@ def test_a_data_dir_of_an_older_postgresql_is_upgraded_at_start_and_keeps_every_
 
     proc = _serve(data_dir, port)
     try:
-        _wait_ready(port, proc, timeout=300)
+        wait_ready(f"http://127.0.0.1:{port}", proc)
         assert (data_dir / "pg" / "PG_VERSION").read_text().strip() == "18"
         with httpx.Client(base_url=base, headers=headers, timeout=60) as http:
             assert http.get("/v1/customers/acme/wallet").json() == wallet
@@ -278,7 +265,7 @@ def test_every_line_a_server_logs_has_its_time_level_logger_and_process(database
     proc = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--workers", workers,
                              "--access-log"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        _wait_ready(port, proc)
+        wait_ready(f"http://127.0.0.1:{port}", proc)
         assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
     finally:
         code = _stop(proc)
