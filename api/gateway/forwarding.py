@@ -45,8 +45,9 @@ DROPPED_RESPONSE_HEADERS = frozenset({b"connection", b"keep-alive", b"transfer-e
                                       b"anthropic-organization-id", b"authorization", b"proxy-authorization",
                                       b"x-api-key"})
 ANTHROPIC_VERSION = "2023-06-01"
-# A caller who leaves a stream whose thinking is hidden: how long the gateway reads on for its usage,
-# which follows the answer's last event at once. Past it, the call is given up and charged its cap.
+# A caller who leaves a stream whose thinking is hidden, or whose provider's tools ran: how long the
+# gateway reads on for its usage, which follows the answer's last event at once. Past it, the call is
+# given up (a hidden one charged its cap).
 USAGE_GRACE_SECONDS = 2.0
 
 
@@ -207,9 +208,10 @@ class Forwarding:
 
     def reads_on(self) -> bool:
         """The caller left: whether to read on a moment (USAGE_GRACE_SECONDS) for the stream's usage
-        before giving the call up, a stream whose thinking is hidden (only its usage counts it);
-        marks the caller gone. Else it is given up at once, charged what it sent."""
-        if not (self.relaying and self.tally.hidden and self.tally.usage is None):
+        before giving the call up, a stream whose thinking is hidden or whose provider's tools ran
+        (only its usage counts them); marks the caller gone. Else it is given up at once, charged
+        what it sent."""
+        if not (self.relaying and (self.tally.hidden or self.tally.tool_results) and self.tally.usage is None):
             return False
         self.left = True
         if self.outcome == "settled":

@@ -21,7 +21,9 @@ Anthropic's compactions, billed but left out of its top-level usage, are added t
 (`with_compactions`). No usage and no output at all means nothing was generated: the hold is released; so
 does an upstream that failed before any output token (Anthropic's message_start notwithstanding)
 and any web search. A stream whose thinking is hidden (`hidden`: billed as output, counted only in
-the usage), cut by its caller before its usage, is charged the call's output cap (`cut_cap`).
+the usage), cut by its caller before its usage, is charged the call's output cap (`cut_cap`);
+one whose provider's tools ran (`tool_results`: their results are input only the usage counts) is
+read on for its usage too (api.gateway.forwarding), else charged as any.
 """
 from __future__ import annotations
 
@@ -121,6 +123,9 @@ class StreamTally:
     # the call may think in tokens billed as output that the stream does not show (its Call's
     # hidden_output; or a reasoning item, a thinking block, came): only its usage counts them
     hidden: bool = False
+    # a tool of the provider's ran (a search, a fetch, code, an MCP call): its results are billed as
+    # input, which only the final usage counts
+    tool_results: bool = False
 
     def observe(self, raw: bytes) -> bool:
         """Take one event into account; whether to forward it to the caller."""
@@ -175,6 +180,8 @@ class StreamTally:
         for item in items:
             kind = item.get("type") if isinstance(item, Mapping) else None
             unit = OPENAI_TOOL_CALLS.get(kind) if isinstance(kind, str) else None
+            if unit is not None or kind in OPENAI_CONTAINER_CALLS or kind in ("mcp_call", "mcp_list_tools"):
+                self.tool_results = True
             if unit is not None:
                 ident = item.get("id")
                 self.search_calls[ident if isinstance(ident, str) else f"#{len(self.search_calls)}"] = unit
@@ -204,6 +211,8 @@ class StreamTally:
             block = event.get("content_block")
             if isinstance(block, Mapping) and block.get("type") in ("thinking", "redacted_thinking"):
                 self.hidden = True  # Claude 4 sends a summary of its thinking, and bills all of it
+            if isinstance(block, Mapping) and block.get("type") in ("server_tool_use", "mcp_tool_use"):
+                self.tool_results = True
             if isinstance(block, Mapping) and block.get("type") == "server_tool_use":
                 if block.get("name") == "web_search":
                     self.searches += 1

@@ -37,6 +37,7 @@ from tests.api.test_gateway import (
     OUT,
     RESPONSES_CHARGE,
     SEARCH,
+    WEB_SEARCH,
     M,
     charged,
     customer,
@@ -523,6 +524,50 @@ def test_a_stream_or_background_flag_that_is_not_a_json_boolean_is_refused_befor
     assert error["code"] == "validation_error" and field in error["message"], error
     assert all(call["model"] != name for call in upstream.fake.calls)
     assert wallet(url, cid) == (Decimal("10"), 0)
+
+
+def event(name: str, data: dict[str, Any]) -> bytes:
+    return f"event: {name}\n".encode() + sse({"type": name, **data})
+
+
+def test_an_anthropic_stream_the_caller_leaves_after_a_web_search_is_charged_its_results(live, upstream):
+    """A web search's results are billed as input, which message_start does not count (its usage
+    comes before them) and the final message_delta does. A caller who read the whole answer and
+    left before that usage was charged message_start's input and the search fee alone (was: 900
+    input tokens, the 5,000 of results given away). The gateway reads on for the usage a moment
+    (here it comes 0.5 s after the answer) and charges it."""
+    url, _ = live
+    cid, key = customer((url, tool_book(url, {"id": "search", "token_type": "web_search", "price": str(SEARCH)})))
+
+    async def searched(send: Any, receive: Any) -> None:
+        await start(send, b"text/event-stream")
+        for part in [MESSAGE_START,
+                     event("content_block_start", {"index": 0, "content_block": {
+                         "type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {}}}),
+                     event("content_block_stop", {"index": 0}),
+                     event("content_block_start", {"index": 1, "content_block": {
+                         "type": "web_search_tool_result", "tool_use_id": "srvtoolu_1", "content": []}}),
+                     event("content_block_stop", {"index": 1}),
+                     event("content_block_start", {"index": 2, "content_block": {"type": "text", "text": ""}}),
+                     event("content_block_delta", {"index": 2, "delta": {"type": "text_delta", "text": " one two"}}),
+                     event("content_block_stop", {"index": 2})]:
+            await body(send, part)
+        await asyncio.sleep(0.5)
+        await body(send, event("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": {
+            "input_tokens": 5900, "cache_read_input_tokens": 100, "output_tokens": 40,
+            "server_tool_use": {"web_search_requests": 1}}}))
+        await body(send, event("message_stop", {}), more=False)
+
+    client = anthropic.Anthropic(base_url=f"{url}/anthropic", api_key=key, max_retries=0)
+    with client.messages.with_streaming_response.create(model=model(upstream, searched), max_tokens=1000,
+                                                        messages=HI, tools=[WEB_SEARCH], stream=True) as response:
+        request_id = response.headers["x-tokentill-request-id"]
+        for received in response.parse():
+            if received.type == "content_block_stop" and received.index == 2:
+                break
+    expected = (5900 * IN + 100 * Decimal(1) + 40 * OUT) / M + CALL + SEARCH
+    assert charged(url, request_id) == expected
+    assert wallet(url, cid) == (Decimal("10") - expected, 0)
 
 
 def test_a_big_call_is_read_off_the_event_loop_while_small_calls_go_on(live, upstream, monkeypatch):
