@@ -7,7 +7,7 @@ its single settle would carry, and strikes off the spool what the server answere
 fails (connection error, timeout, 408, 429, 5xx) is sent again with the same keys after a backoff,
 as is an item answered 429 or 502-504, until answered. An item answered 500, 401, 403 or 404
 stays in the spool for a later flush (as `tokentill spool flush` would keep it); a refusal (409,
-422) goes to the `.rejected` file beside it. `drain` waits for the queue to empty, up to a
+422) goes to the `.rejected` file beside it and is logged at ERROR. `drain` waits for the queue to empty, up to a
 deadline; what is left is in the spool, for the next client on it or `tokentill spool flush`.
 Delivery is at least once; the keys make the charge exactly once.
 """
@@ -152,6 +152,9 @@ class BackgroundSettler:
         kept = len(batch) - len(retry) - len(done) - len(rejected)
         if kept:
             log.warning("background settles: %d kept in %s for a later flush", kept, self.spool.path)
+        for record, why in rejected:  # a charge that will never land: someone must look
+            log.error("background settle of reservation %s refused for good (%s); set aside in %s",
+                      record.reservation_id, why[:300], self.spool.rejected_path)
         await self._file([r for r in batch if r not in retry], done, rejected)
         return 0.0 if retry and not done and not rejected else None
 

@@ -216,3 +216,23 @@ def test_the_blocking_clients_background_settles_go_through_its_own_transport(li
         assert r.queued
     assert "/v1/settlements" in transport.paths
     assert_charged_once(url, r.id, customer)
+
+
+async def test_a_background_settle_the_server_refuses_for_good_is_set_aside_and_logged_as_an_error(
+        live, spool_dir, caplog):
+    """A queued settle refused for good (409 reservation_closed: its hold was released meanwhile)
+    is not sent again but set aside in the `.rejected` file, and said so at ERROR with the
+    reservation and the refusal: a charge that will never land. Before, it went there silently."""
+    url, book = live
+    customer = new_customer(url, book)
+    async with AsyncClient(url, ADMIN, background_settle=True) as tt:
+        held = await tt.post("/v1/reservations", tt.reserve_body(customer, "model-a", input_tokens=1000,
+                                                                  max_output_tokens=500))
+        await tt.release(held["id"])
+        caplog.set_level("INFO", logger="tokentill.client")
+        assert await tt.settle(held["id"], background=True,
+                               usage={"input_tokens": 1000, "output_tokens": 400}) is None
+    assert held["id"] in tt.spool.rejected_path.read_text() and not tt.spool.path.exists()
+    errors = [r.getMessage() for r in caplog.records if r.name == "tokentill.client" and r.levelname == "ERROR"]
+    assert any(held["id"] in message and "reservation_closed" in message and str(tt.spool.rejected_path) in message
+               for message in errors), errors
