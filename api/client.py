@@ -432,12 +432,13 @@ class Client(_Base, JournalReads):
 
     def close(self) -> None:
         self._own()  # a child closes its own connections and settler, never the parent's
+        deadline = time.monotonic() + self._drain_timeout_s  # one for the releases and the queue together
         if self._replay is not None:
             self._replay.stop()
         for thread in list(self._abandoned):  # releases of interrupted reserves: let them finish
-            thread.join(self._drain_timeout_s)
+            thread.join(max(0.0, deadline - time.monotonic()))
         if self._background is not None:
-            self._background.close(self._drain_timeout_s)
+            self._background.close(max(0.0, deadline - time.monotonic()))
             self._background = None
         self._http.close()
 
@@ -661,17 +662,18 @@ class AsyncClient(_Base, AsyncJournalReads):
         connections. Shielded from a cancel scope (anyio's, as Starlette and Litestar use), which
         cancels every await until it is left: a close inside one still does all of this."""
         self._own()
+        deadline = time.monotonic() + self._drain_timeout_s  # one for the exits and the queue together
         with anyio.CancelScope(shield=True):
             if self._replay is not None:  # stopped: what it has not sent stays in the spool
                 self._replay.cancel()
                 await asyncio.gather(self._replay, return_exceptions=True)
             if self._exits:  # exits whose callers were cancelled: let them finish, then interrupt (spool)
-                _, late = await asyncio.wait(set(self._exits), timeout=self._drain_timeout_s)
+                _, late = await asyncio.wait(set(self._exits), timeout=max(0.0, deadline - time.monotonic()))
                 for task in late:
                     task.cancel()
                 await asyncio.gather(*late, return_exceptions=True)
             if self._background is not None:
-                await self._background.drain(self._drain_timeout_s)
+                await self._background.drain(max(0.0, deadline - time.monotonic()))
                 self._background = None
             await self._http.aclose()
 

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 
 from api.background import MAX_ITEMS, BackgroundSettler, item_of
+from api.client import AsyncClient
 from api.delivery import RetryPolicy
 from api.spool import Spool, SpoolRecord
 
@@ -83,3 +85,35 @@ async def test_what_a_drain_cannot_send_by_its_deadline_stays_in_the_spool(tmp_p
     assert [r.idempotency_key for r in spool.records()] == ["res_1:settle:0"], "on disk once put returns"
     assert await settler.drain(0.1) == 1
     assert [r.idempotency_key for r in spool.records()] == ["res_1:settle:0"]
+
+
+async def test_a_close_drains_the_exits_and_the_queue_within_one_drain_timeout(tmp_path):
+    """A server that never answers: a block's release whose caller was cancelled, and a queued
+    background settle. `aclose` waited `drain_timeout_s` for the one, then as long again for the
+    other (a 30 s grace period met by a 60 s close: SIGKILL mid-drain); now one deadline bounds
+    the whole close, and both are left in the spool."""
+    releasing = asyncio.Event()
+
+    async def server(request: httpx.Request) -> httpx.Response:
+        releasing.set() if request.url.path.endswith("/release") else None
+        if request.url.path == "/v1/reservations":
+            return httpx.Response(201, json={"id": "res_1", "request_id": "req_1", "status": "held",
+                                             "amount": "0.03", "expires_at": "2099-01-01T00:00:00Z"})
+        await asyncio.sleep(3600)  # a settle or release: never answered
+        raise AssertionError("unreachable")
+
+    tt = AsyncClient("http://tokentill.test", "key", transport=httpx.MockTransport(server), spool_dir=tmp_path,
+                     background_settle=True, flush_spool=False, drain_timeout_s=1.0)
+
+    async def failing_call() -> None:
+        async with tt.reserve("acme", "model-a", input_tokens=10):
+            raise RuntimeError("provider down")  # nothing generated: the exit releases the hold
+
+    caller = asyncio.create_task(failing_call())
+    await releasing.wait()
+    caller.cancel()  # the handler goes; the client's own task goes on sending the release
+    assert await tt.settle("res_2", background=True, usage={"input_tokens": 10, "output_tokens": 5}) is None
+    started = time.monotonic()
+    await tt.aclose()
+    assert time.monotonic() - started < 1.5
+    assert {r.idempotency_key for r in tt.spool.records()} == {"res_1:release:0", "res_2:settle:0"}
