@@ -209,8 +209,14 @@ def _cluster_lock(server: object):
 
 @contextmanager
 def _data_dir_lock(pgdata: Path):
-    """This cluster's own lock (flock: it keeps threads apart as well as processes)."""
-    with (pgdata.parent / f".{pgdata.name}.lock").open("a") as held:
+    """This cluster's own lock (flock: it keeps threads apart as well as processes). StartFailed
+    when it cannot be opened: a read-only file system, another user's directory."""
+    name = f".{pgdata.name}.lock"
+    try:
+        file = (pgdata.parent / name).open("a")
+    except OSError as exc:
+        raise StartFailed(f"cannot use {pgdata.parent}: cannot open its lock file {name}: {exc.strerror}") from None
+    with file as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         yield
 

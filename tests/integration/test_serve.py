@@ -324,3 +324,18 @@ def test_a_data_dir_of_a_newer_postgresql_than_the_one_run_stops_the_start_in_on
         "runs (PGSERVER_POSTGRES_VERSION), and PostgreSQL cannot go back a major version: run it with PostgreSQL 18 "
         "(PGSERVER_POSTGRES_VERSION unset)"], done.stderr
     assert (left, kept) == (["pg"], ["PG_VERSION"])
+
+
+def test_a_data_dir_whose_lock_file_cannot_be_written_stops_the_start_in_one_line():
+    """TOKENTILL_DATA_DIR on a file system mounted read-only (or, not as root, a directory of
+    another user's): opening the cluster's lock file `.pg.lock` beside `pg` failed with an OSError
+    traceback. Root writes anywhere, so here the lock file's name is taken by a directory."""
+    env = {k: v for k, v in os.environ.items() if k != "TOKENTILL_DATABASE_URL"}
+    with tempfile.TemporaryDirectory(prefix="tokentill-datadir-") as tmp:
+        (Path(tmp) / ".pg.lock").mkdir()
+        done = subprocess.run([sys.executable, "-m", "api.cli", "migrate"], env={**env, "TOKENTILL_DATA_DIR": tmp},
+                              capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"TOKENTILL_DATA_DIR: cannot use {Path(tmp).resolve()}: cannot open its lock file .pg.lock: Is a directory"], \
+        done.stderr
