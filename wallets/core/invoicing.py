@@ -77,20 +77,40 @@ def invoice_number(issuer: str, year: int, seq: int) -> str:
 def volume_rules(book: PriceBook | None, rollup: Rollup, period: str) -> list[tuple[Rule, str, int, int]]:
     """(rule, price version, quantity, amount charged) of each volume-tiered rule the period's own
     usage was rated with at the book's price (not a contract price), in the latest version that
-    rated it (by its time: labels are the caller's, and "v9" sorts after "v10")."""
+    rated it (by its time: labels are the caller's, and "v9" sorts after "v10"). A re-rate of the
+    period's charges billed in it (its `adjustment` lines, by model and token type) counts for the
+    rule that rated that model and token type, at the version it re-rated to, unless a discount or a
+    contract price or another rule shares them (their lines do not tell the rule's share)."""
     if book is None:
         return []
     order = {v.version: i for i, v in enumerate(book.versions)}  # the book's versions, by effective_from
     used: dict[str, tuple[str, int, int]] = {}
+    rated: dict[tuple[str | None, str | None], set[str | None]] = {}  # (model, token type) -> its rules
+    adjusted: list[tuple[tuple[str | None, str | None], str, int]] = []
     for item, (quantity, amount) in rollup.items():
         if not item.startswith(LINE):
             continue
-        origin, kind, _, _, rule_id, _, _, override_id, version = json.loads(item[len(LINE):])
-        if origin != period or kind != "usage" or rule_id is None or override_id is not None:
+        origin, kind, model, token_type, rule_id, _, _, override_id, version = json.loads(item[len(LINE):])
+        if origin != period:
+            continue
+        if kind == "adjustment":
+            adjusted.append(((model, token_type), version, amount))
+            continue
+        if kind in ("usage", "discount"):
+            rated.setdefault((model, token_type), set()).add(
+                rule_id if kind == "usage" and override_id is None else None)
+        if kind != "usage" or rule_id is None or override_id is not None:
             continue  # a contract price is the customer's own: the book's volume tiers do not true it up
         v, q, a = used.get(rule_id, ("", 0, 0))
         latest = version if order.get(version, -1) >= order.get(v, -1) else v
         used[rule_id] = (latest, q + quantity, a + amount)
+    for key, version, amount in adjusted:
+        rules = rated.get(key, set())
+        if len(rules) != 1 or None in rules:
+            continue
+        [rule_id] = rules
+        v, q, a = used[rule_id]
+        used[rule_id] = (version if order.get(version, -1) >= order.get(v, -1) else v, q, a + amount)
     versions = {v.version: v for v in book.versions}
     found = []
     for rule_id, (version, quantity, amount) in sorted(used.items()):

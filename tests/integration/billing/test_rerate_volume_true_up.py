@@ -176,3 +176,60 @@ async def test_money_a_true_up_correction_gives_back_of_promotion_paid_usage_goe
     assert after.pop(grant.grant.id) == ("grant", 3_350_000_000)
     assert list(after.values()) == [("topup", 1_000_000_000)]  # no paid credit from the promotion
     await verified(bk)
+
+
+async def test_a_rerate_of_part_of_a_closed_period_trues_up_every_charge_at_the_latest_versions_tiers(
+        fresh_db) -> None:
+    """v2 ($16/M to 100,000, $8/M beyond) from November 10th only: the charge of the 5th stays at
+    v1's $1.20, the one of the 20th is re-rated from the 60,000 before it: 40,000 x $16/M + 30,000
+    x $8/M = $0.88 (-$0.22). The latest version that rated the rule is now v2: 130,000 x $8/M =
+    $1.04, the true-up $1.04 - ($1.20 + $0.88) = -$1.04 where -$1.00 stands (-$0.04): -$0.26 in
+    all, and November stands at $1.04, as when v2 rates the whole period."""
+    bk = BillingKit(fresh_db)
+    await bk.add_book(V1)
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("part", billing_mode="postpaid", book="vol")
+    for day, tokens in [(5, 60_000), (20, 70_000)]:
+        bk.clock.now = datetime(2026, 11, day, 12, tzinfo=UTC)
+        await bk.event(cid, "model-v", 0, tokens)
+    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    await bk.add_book(vol("v2", "2026-11-10T00:00:00Z", "16", "8"))
+    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
+    part = spec("v2", datetime(2026, 11, 10, tzinfo=UTC))
+    seen = await rerating.preview(bk.db, bk.service.engine.books, part)
+    done = await rerating.apply(bk.db, bk.service.engine, part, None)
+    assert done["delta"] == seen["delta"] == "-0.26"
+    assert [(ln["token_type"], ln["old_amount"], ln["new_amount"], ln["delta"])
+            for ln in done["customers"][0]["lines"]] == [("output", "1.10", "0.88", "-0.22"),
+                                                         ("volume_true_up", "-1.00", "-1.04", "-0.04")]
+    assert (await bk.service.wallet(cid)).receivable == 1_040_000_000
+    await verified(bk)
+
+
+async def test_a_period_re_rated_while_open_is_trued_up_at_its_close_from_the_charges_as_re_rated(
+        fresh_db) -> None:
+    """The same usage, re-rated to v2 on November 25th, before the close: the charges $2.30 ->
+    $1.84 (-$0.46), on November's own invoice. The close trues up at the tiers of the latest
+    version that rated the rule, v2 now: 130,000 x $8/M = $1.04, less the $1.84 the charges stand
+    at: -$0.80, and November totals $2.30 - $0.46 - $0.80 = $1.04. It trued up from the charges as
+    first rated, at v1: $1.30 - $2.30 = -$1.00, a total of $0.84."""
+    bk = BillingKit(fresh_db)
+    await bk.add_book(V1)
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("open", billing_mode="postpaid", book="vol")
+    for day, tokens in [(5, 60_000), (20, 70_000)]:
+        bk.clock.now = datetime(2026, 11, day, 12, tzinfo=UTC)
+        await bk.event(cid, "model-v", 0, tokens)
+    await bk.add_book(V2)
+    bk.clock.now = datetime(2026, 11, 25, tzinfo=UTC)
+    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    assert done["delta"] == "-0.46" and done["credit_notes"] == []
+    upcoming = await bk.upcoming(cid)
+    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    [november] = await bk.invoices(cid)
+    assert [(ln["kind"], ln["quantity"], ln["unit_price"], ln["amount"]) for ln in november["lines"]] == [
+        ("usage", 100_000, "20", "2.00"), ("usage", 30_000, "10", "0.30"),
+        ("volume_true_up", 130_000, "8", "-0.80"), ("adjustment", 0, None, "-0.46")]
+    assert (november["total"], november["amount_due"]) == ("1.04", "1.04")
+    assert upcoming["total"] == "1.04"  # the upcoming invoice said what the close did
+    await verified(bk)
