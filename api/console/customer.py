@@ -20,9 +20,9 @@ from api.console.web import PREFIX, allow, render, viewer
 from api.routes import cursors
 from api.routes.budgets import budget_response
 from api.routes.customers import CREDITED, READERS, customer_response, wallet_response
-from api.routes.wire import amount_in, answered, body_hash, time_in
+from api.routes.wire import amount_in, answered, body_hash, time_in, unstorable
 from ledger.errors import LedgerError
-from pricing.money import format_money, parse_amount
+from pricing.money import CURRENCY_MINOR_UNITS, format_money, parse_amount
 from wallets import reports
 from wallets.chart import ASSET_SCALE
 from wallets.commands import TOPUP_PRIORITY, TopUp
@@ -205,11 +205,23 @@ def _top_up_form(request: Request, customer: Any, form: dict[str, str], errors: 
     corrected form must be a new request."""
     return render(request, "customer/top_up.html", status=status, customer=customer, form=form, errors=errors,
                   idempotency_key=secrets.token_urlsafe(16), section="top-up",
-                  amount_example=format_money(100 * 10**ASSET_SCALE, customer.currency))  # JPY 100, KWD 100.000
+                  amount_example=format_money(100 * 10**ASSET_SCALE, customer.currency),  # JPY 100, KWD 100.000
+                  amount_decimals=_cash_decimals(customer.currency))
+
+
+def _cash_decimals(currency: str) -> str:
+    """The decimals a top-up may have: cash, whole minor units (an asset the ISO table does not
+    list keeps its atomic unit)."""
+    decimals = CURRENCY_MINOR_UNITS.get(currency, ASSET_SCALE)
+    return "no decimals" if decimals == 0 else f"at most {decimals} decimals"
 
 
 def _top_up_command(request: Request, customer_id: str, form: dict[str, str]) -> TopUp:
-    """The form as the API's TopUp command; a field the API would refuse is refused alike."""
+    """The form as the API's TopUp command; a field the API would refuse is refused alike (a NUL
+    before the wallet's batch, which PostgreSQL would refuse with the batch's other commands)."""
+    refused = unstorable(form)
+    if refused is not None:
+        raise WalletValidationError(*refused)
     given = form.get("priority") or str(TOPUP_PRIORITY)
     if not (len(given) <= 3 and given.isascii() and given.isdigit() and int(given) <= 100):  # not "٧", "+7", "7_0"
         raise WalletValidationError("priority", "a whole number from 0 to 100")

@@ -153,10 +153,13 @@ async def test_a_priority_that_is_not_plain_digits_is_refused(console, priority)
     assert await _lots(client, customer) == []
 
 
-@pytest.mark.parametrize(("currency", "example"), [("USD", "100.00"), ("JPY", "100"), ("KWD", "100.000")])
-async def test_the_amount_hint_shows_an_example_with_the_currencys_own_decimals(console, currency, example):
+@pytest.mark.parametrize(("currency", "example", "decimals"), [
+    ("USD", "100.00", "at most 2 decimals"), ("JPY", "100", "no decimals"), ("KWD", "100.000", "at most 3 decimals")])
+async def test_the_amount_hint_shows_an_example_with_the_currencys_own_decimals(console, currency, example, decimals):
     """The hint read "A decimal such as 100.00" for every currency: for a yen wallet (no minor
-    unit) it suggested decimals the invoices never show, for a dinar one too few (KWD has 3)."""
+    unit) it suggested decimals the invoices never show, for a dinar one too few (KWD has 3).
+    It then said "at most 9 decimals" for every currency, while a top-up is cash, refused finer
+    than the currency's minor unit ("USD amounts have 2 decimals: 10.001")."""
     client, _, _ = console
     book = f"hint-{currency.lower()}-{uuid.uuid4().hex[:8]}"
     assert (await client.post("/v1/price-books", headers=ADMIN, json={
@@ -168,4 +171,24 @@ async def test_the_amount_hint_shows_an_example_with_the_currencys_own_decimals(
     form = await client.get(f"/console/customers/{customer}/top-up")
     assert form.status_code == 200
     hint = re.search(r'<span class="hint" id="amount-hint">([^<]*)</span>', form.text).group(1)
-    assert hint == f"An amount such as {example}; at most 9 decimals.", hint
+    assert hint == f"An amount such as {example}; {decimals}.", hint
+
+
+@pytest.mark.parametrize(("field", "value"), [("reference", "wire\x007"), ("idempotency_key", "abc\x00defghij")])
+async def test_a_nul_in_a_field_is_refused_on_the_form_before_the_wallet_sees_it(console, field, value):
+    """A U+0000 in the payment reference (pasted from a bank export) or the form's key went on to
+    the wallet's batch, which PostgreSQL refused: the admin got a bare error page ("a value in the
+    request cannot be stored", field `body`) instead of the form with what was typed, and the
+    batch's other commands (other customers' charges and top-ups) failed with it. The API refuses
+    such a body before the wallet sees it; the form now does too."""
+    client, book, token = console
+    customer = await _customer(client, book)
+    form = await client.get(f"/console/customers/{customer}/top-up")
+    sent = {"_csrf_token": token, "idempotency_key": _field(form.text, "idempotency_key"), "amount": "5.00",
+            "reference": "wire 7", "priority": "100", "expires_on": "", field: value}
+    answer = await client.post(f"/console/customers/{customer}/top-up", follow_redirects=False, data=sent)
+    assert answer.status_code == 422, answer.headers.get("location")
+    assert "The top-up was not recorded" in answer.text
+    assert f"<strong>{field}</strong>: must not contain U+0000 (NUL)" in answer.text
+    assert _field(answer.text, "amount") == "5.00"
+    assert await _lots(client, customer) == []
