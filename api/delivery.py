@@ -46,7 +46,8 @@ class RetryPolicy:
         exponential ceiling, after the Retry-After if one was given (capped): the server tells
         every contended caller the same Retry-After, and callers that all came back at that very
         instant would be the same spike again."""
-        jitter = random.uniform(0, min(self.max_backoff_s, self.backoff_s * 2**attempt))
+        # the exponent stops growing long before the cap is reached (2**1024 is past a float)
+        jitter = random.uniform(0, min(self.max_backoff_s, self.backoff_s * 2.0 ** min(attempt, 64)))
         return jitter if retry_after is None else min(retry_after, self.max_retry_after_s) + jitter
 
 

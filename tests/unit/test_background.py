@@ -74,6 +74,24 @@ async def test_a_failed_call_is_sent_again_whole_and_a_queue_goes_in_calls_of_at
     assert not spool.path.exists()
 
 
+async def test_a_queue_goes_on_after_more_than_a_thousand_failed_calls(tmp_path):
+    """A ledger down for hours: the sender's 1,025th backoff overflowed a float and its task died,
+    leaving the queue unsent until another settle was queued; now it goes on until answered."""
+    spool = Spool(tmp_path / "s.jsonl")
+    server, failures = Server(), [1100]
+
+    async def down_for_a_while(items: list[dict]) -> httpx.Response:
+        if failures[0]:
+            failures[0] -= 1
+            raise httpx.ConnectError("refused")
+        return await server.send(items)
+
+    settler = BackgroundSettler(spool, down_for_a_while, RetryPolicy(backoff_s=1e-6, max_backoff_s=1e-6))
+    await settler.put(record(1))
+    assert await settler.drain(30) == 0
+    assert failures == [0] and len(server.calls) == 1 and not spool.path.exists()
+
+
 async def test_what_a_drain_cannot_send_by_its_deadline_stays_in_the_spool(tmp_path):
     spool = Spool(tmp_path / "s.jsonl")
 

@@ -109,6 +109,20 @@ def test_a_settle_retries_until_the_hold_expires_plus_a_margin_and_never_under_a
     assert len(settles) > 10 and {r.headers["Idempotency-Key"] for r in settles} == {"res_1:settle:0"}
 
 
+def test_a_settle_of_a_two_hour_hold_retries_past_a_thousand_attempts_until_its_deadline(clock, tmp_path):
+    """A hold of 2 h and a ledger down throughout: its settle retries for 2 h 30 s, over a thousand
+    attempts at 2.5 s on average. The 1,025th wait's ceiling, 0.05 * 2**1024, was past a float:
+    OverflowError out of the block after 43 min, where SettlementSpooled was due."""
+    requests: list[httpx.Request] = []
+    tt = client(server(httpx.ConnectError, requests=requests), tmp_path)
+    started = clock.now
+    with pytest.raises(SettlementSpooled):
+        settle_once(tt, 7200)
+    assert 7229.5 <= clock.now - started <= 7230.0
+    assert len([r for r in requests if r.url.path.endswith("/settle")]) > 1100
+    assert max(clock.sleeps) <= 5.0 and RetryPolicy().wait(10**6, None) <= 5.0
+
+
 def test_a_configured_deadline_replaces_the_default(clock, tmp_path):
     tt = client(server(httpx.ConnectError, requests=[]), tmp_path, settle_deadline_s=2.0)
     started = clock.now
