@@ -562,13 +562,8 @@ async def _load_refunds(conn: AsyncConnection, batch: Batch, commands: Sequence[
         return
     batch.cash.update(await store.load_cash(conn, refunds))
     for cid in refunds:
-        w = batch.loaded.wallets.get(cid)
-        codes = sorted(w.lots) if w is not None else []
-        if codes:
-            named = await store.load(conn, [cid], now=now, lot_codes=codes)
-            for code, lot in named.wallets[cid].lots.items():
-                if code in w.lots:
-                    w.lots[code].opened_by = lot.opened_by
+        if (w := batch.loaded.wallets.get(cid)) is not None:
+            await store.load_openers(conn, w, now)
 
 
 async def _load_rerates(conn: AsyncConnection, batch: Batch, commands: Sequence[Command], now: datetime,

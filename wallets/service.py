@@ -23,6 +23,7 @@ from wallets.commands import Command, WalletView, wallet_view
 from wallets.core import idempotency
 from wallets.core.credits import whole_minor_units
 from wallets.core.idempotency import CREATED, EXISTS, OK, IdemKey, Replayed
+from wallets.core.refunds import refundable
 from wallets.customer_changes import CustomerChange, change_customer, changes_of
 from wallets.engine import ACCOUNTS_LOCK, Engine, customer_lock, lane_lock, utc_now
 from wallets.errors import ConflictError, NotFoundError, WalletValidationError
@@ -288,6 +289,22 @@ class WalletService:
         if customer_id not in loaded.wallets:
             raise NotFoundError(f"no customer {customer_id}", customer_id=customer_id)
         return wallet_view(loaded.wallets[customer_id], now)
+
+    async def refundable(self, customer_id: str) -> tuple[str, int]:
+        """The customer's currency, and what a cash refund of its overpaid credit may pay back now
+        (wallets.core.refunds.refundable, read as the refund's command reads it)."""
+        now = self.clock()
+
+        async def read(conn: AsyncConnection) -> tuple[str, int]:
+            loaded = await store.load(conn, [customer_id], now=now, credit_held_for=[customer_id])
+            w = loaded.wallets.get(customer_id)
+            if w is None:
+                raise NotFoundError(f"no customer {customer_id}", customer_id=customer_id)
+            await store.load_openers(conn, w, now)
+            cash = (await store.load_cash(conn, [customer_id])).get(customer_id, 0)
+            return w.customer.currency, refundable(w, cash, now)
+
+        return await self.db.read(read)
 
 
 async def _first(conn: AsyncConnection, statement: Any, params: dict[str, Any]) -> Any:

@@ -621,6 +621,17 @@ async def load_cash(conn: AsyncConnection, customers: Iterable[str]) -> dict[str
     return {cid: int(total) for cid, total in rows}
 
 
+async def load_openers(conn: AsyncConnection, w: Wallet, now: datetime) -> None:
+    """Set which entry opened each of `w`'s loaded lots (`Lot.opened_by`): the load reads it only
+    for the lots a command names."""
+    if not w.lots:
+        return
+    named = await load(conn, [w.customer.id], now=now, lot_codes=sorted(w.lots))
+    for code, lot in named.wallets[w.customer.id].lots.items():
+        if code in w.lots:
+            w.lots[code].opened_by = lot.opened_by
+
+
 async def load_corrections(conn: AsyncConnection, periods: Iterable[tuple[str, str]]
                            ) -> dict[str, tuple[Unapplied, ...]]:
     """For each (customer, open period): what the customer's re-rates whose entries are billed in

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Request, Response, post
+from litestar import Request, Response, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath
 
@@ -76,4 +76,18 @@ async def refund_credit(state: State, request: Request, customer_id: FromPath[st
     return respond(request, await state.services.wallets.submit(command), REFUNDED)
 
 
-ROUTES = [refund_credit]
+class RefundableResponse(msgspec.Struct):
+    customer_id: str
+    currency: str
+    refundable: str
+
+
+@get("/v1/customers/{customer_id:str}/refundable", guards=[require()], tags=["customers"], **documented(404))
+async def get_refundable(state: State, customer_id: FromPath[str]) -> RefundableResponse:
+    """What a cash refund of the customer's overpaid credit may pay back now (`refundable`), by
+    the rule `POST .../refunds` applies: so an operator need not ask for too much to learn it."""
+    currency, units = await state.services.wallets.refundable(customer_id)
+    return RefundableResponse(customer_id, currency, money(units, currency) or "0")
+
+
+ROUTES = [refund_credit, get_refundable]

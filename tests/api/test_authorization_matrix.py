@@ -105,6 +105,7 @@ ROUTES = [
     ("POST", "/v1/customers/{own}/grants/lot_missing/reverse", {}, {frozenset(ADMINS_OWN): "ok"}),  # 404: none
     ("POST", "/v1/customers/{own}/refunds", {"amount": "0.01", "reference": "matrix"},
      {frozenset(ADMINS_OWN): "ok"}),  # 409: nothing overpaid
+    ("GET", "/v1/customers/{own}/refundable", None, {frozenset(ADMINS_OWN): "ok"}),
     ("POST", "/v1/reservations", {"customer_id": "{own}", "request_id": "r", "model": "model-a", "amount": "0.01"},
      {frozenset(INFERENCE_OWN): "ok"}),
     ("GET", "/v1/reservations/{res}", None, {frozenset(READ_OWN): "ok"}),

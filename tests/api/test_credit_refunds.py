@@ -81,6 +81,13 @@ async def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
                                    capture_output=True, text=True, timeout=120)
 
 
+async def _refundable(client, cid: str) -> str:
+    got = await client.get(f"/v1/customers/{cid}/refundable", headers=ADMIN)
+    assert got.status_code == 200, got.text
+    assert (got.json()["customer_id"], got.json()["currency"]) == (cid, "USD")
+    return got.json()["refundable"]
+
+
 async def _trial(client) -> dict[str, str]:
     tb = (await client.get("/v1/audit/trial-balance?currency=USD", headers=ADMIN)).json()
     return {a["account"]: a["balance"] for a in tb["accounts"]}
@@ -97,6 +104,7 @@ async def test_an_invoice_paid_by_wire_and_re_rated_down_pays_the_difference_bac
     assert (invoice["amount_paid"], invoice["amount_remaining"]) == ("10.00", "0.00")
     [lot] = (await client.get("/v1/customers/cr/wallet", headers=ADMIN)).json()["grants"]
     assert (await _trial(client))["asset:platform:cash:USD"] == "10.00"
+    assert await _refundable(client, "cr") == "3.00"
 
     done = await _refund(client, "cr", {"amount": "3.00", "reference": "wire-out-1", "reason": "re-rated to $7/M"})
     assert done.status_code == 201, done.text
@@ -129,6 +137,7 @@ async def test_an_invoice_paid_by_wire_and_re_rated_down_pays_the_difference_bac
     ageing = (await client.get("/v1/receivables/ageing", headers=ADMIN)).json()
     assert "cr" not in [c["customer_id"] for c in ageing["customers"]]
     # no more to give back
+    assert await _refundable(client, "cr") == "0.00"
     more = await _refund(client, "cr", {"amount": "0.01", "reference": "wire-out-2"})
     assert more.status_code == 409, more.text
     assert (more.json()["code"], more.json()["refundable"], more.json()["asked"]) == (
@@ -213,6 +222,7 @@ async def test_credit_promotions_paid_for_is_not_refunded_as_cash(client) -> Non
     refused = await _refund(client, "promo", {"amount": "2.00", "reference": "x"})
     assert refused.status_code == 409, refused.text
     assert (refused.json()["code"], refused.json()["refundable"]) == ("exceeds_refundable", "0.00")
+    assert await _refundable(client, "promo") == "0.00"
     assert (await _trial(client)).get("asset:platform:cash:USD", "0.00") in ("0", "0.00")
 
 
@@ -274,6 +284,8 @@ async def test_bad_refunds_are_clear_problems(client) -> None:
         answer = await _refund(client, "cr-bad", body)
         assert (answer.status_code, answer.json()["code"]) == (status, code), (body, answer.text)
     missing = await _refund(client, "nobody", {"amount": "1.00", "reference": "x"})
+    assert (missing.status_code, missing.json()["code"]) == (404, "not_found")
+    missing = await client.get("/v1/customers/nobody/refundable", headers=ADMIN)
     assert (missing.status_code, missing.json()["code"]) == (404, "not_found")
     key = await client.post("/v1/api-keys", headers=ADMIN, json={"scope": "customer:cr-bad"})
     own = {"Authorization": f"Bearer {key.json()['key']}"}
