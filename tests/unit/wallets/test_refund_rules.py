@@ -57,3 +57,10 @@ def test_a_refund_takes_the_credit_lots_in_their_order() -> None:
     w = _wallet(("topup", 100 * CENT, "rerate_adjustment"), ("topup", 200 * CENT, "volume_true_up"))
     lots = sorted(w.lots.values(), key=lambda lot: lot.id)
     assert [(lot.id, part) for lot, part in taken_from(lots, 250 * CENT)] == [("l0", 100 * CENT), ("l1", 150 * CENT)]
+
+
+def test_the_bound_is_the_cash_spent_in_all_not_each_correction_s_cash_share() -> None:
+    # $10.00 of a period's $28.00 paid in cash, $18.00 by a grant; the close's true-up gives $2.00
+    # back as one paid lot: all $2.00 is refundable (less than the $10.00 spent), not 10/28 of it
+    w = _wallet(("grant", 8200 * CENT, "grant"), ("topup", 200 * CENT, "volume_true_up"))
+    assert refundable(w, 1000 * CENT, NOW) == 200 * CENT
