@@ -75,7 +75,8 @@ class Reserve(Command):
 
     @property
     def needs_book(self) -> bool:  # type: ignore[override]
-        return self.amount is None or self.within_max_charge or bool(self.caller_dimensions)
+        # a hold of 0 is priced too: on a wallet with nothing to draw it starts only a free call
+        return not self.amount or self.within_max_charge or bool(self.caller_dimensions)
 
     @property
     def scope(self) -> str:

@@ -5,6 +5,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pricing.books import PriceBook
+from pricing.errors import PricingError
 from pricing.estimate import estimate_upper_bound, held_prompt_tokens
 from pricing.money import format_money
 from wallets import chart
@@ -94,11 +95,32 @@ def reserve(state: State, cmd: Reserve, now: datetime, book: PriceBook | None) -
     if isinstance(counted, Decision):  # a budget refusal is not kept: the window may make room
         return counted
     pieces = _pieces(w, amount, now)
+    if amount == 0 and not isinstance(pieces, str) and not _draws(w, now) and not _free(w, book, cmd, now):
+        pieces = (f"wallet {w.customer.id} has nothing to draw (0.00 available, no overdraft): a hold of 0 "
+                  f"starts only a call its prices make free, and {cmd.model} is priced")
     if isinstance(pieces, str):
         return Decision.refuse(InsufficientFundsError(pieces, **error_context), AnswerKept(
             cmd.scope, cmd.request_id, cmd.request_hash, InsufficientFundsError.code, {"detail": pieces}))
     decision = _hold(w, cmd, rid, amount, pieces, now)
     return Decision(decision.outcome, decision.entry, (*decision.effects, *counted))
+
+
+def _draws(w: Wallet, now: datetime) -> bool:
+    """Whether the wallet has anything a hold could draw: credit in a live lot, or overdraft."""
+    headroom = w.headroom()
+    return bool(w.live_lots(now)) or headroom is None or headroom > 0
+
+
+def _free(w: Wallet, book: PriceBook | None, cmd: Reserve, now: datetime) -> bool:
+    """Whether the call's prices make it free (a price of 0, a 100 % discount): one input and one
+    output token, and any per-request fee, price at 0. Unpriced is not free."""
+    if book is None:
+        return False
+    try:
+        return estimate_upper_bound(book, cmd.model, 1, 1, cmd.dimensions, now,
+                                    overrides=overrides_at(w, now)).total_units == 0
+    except PricingError:
+        return False
 
 
 def _pieces(w: Wallet, amount: int, now: datetime) -> list[tuple[str, int]] | str:

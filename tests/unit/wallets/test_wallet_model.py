@@ -63,6 +63,8 @@ class WalletModel(RuleBasedStateMachine):
         sources = [(lot.code, lot.remaining) for lot in ref.live(now)]
         if ref.receivable <= ref.limit:
             sources.append((RECEIVABLE, ref.limit - ref.receivable))
+        # a hold of 0 on nothing to draw is refused: model-x is priced, the call is not free
+        empty = amount == 0 and not any(available > 0 for _, available in sources)
         pieces, left = [], amount
         for code, available in sources:
             take = min(left, available)
@@ -71,9 +73,9 @@ class WalletModel(RuleBasedStateMachine):
                 left -= take
         result = self.m.reserve(f"{cents / 100:.2f}", request_id=f"r{next(_ids)}", ttl_seconds=ttl)
         if isinstance(result, InsufficientFundsError):
-            assert left > 0 or ref.receivable > ref.limit, "refused although the model could hold it"
+            assert left > 0 or ref.receivable > ref.limit or empty, "refused although the model could hold it"
             return "refused"
-        assert left == 0 and ref.receivable <= ref.limit, "held although the model could not"
+        assert left == 0 and ref.receivable <= ref.limit and not empty, "held although the model could not"
         rid = result.reservation.id
         for code, take in pieces:
             if code in ref.lots:

@@ -1,0 +1,51 @@
+"""A hold of 0 on a prepaid wallet with nothing to draw. A call its prices make free (a price of
+0, a 100 % discount) holds 0 and needs no credit (README, price overrides). A priced call with a
+hold of 0 (`amount: "0"`, or an estimate of 0 input and 0 output tokens) started free on an empty
+wallet, where any hold above 0 is refused: its usage then went to the receivable, past the
+overdraft limit of 0. It is refused as insufficient funds; with credit to draw, a hold of 0 is
+still taken."""
+from __future__ import annotations
+
+from wallet_memory import MemoryWallet
+
+from pricing.parse import parse_book
+from wallets.errors import InsufficientFundsError
+
+FREE = parse_book({"id": "book-x", "currency": "USD", "versions": [{"effective_from": "2026-01-01T00:00:00Z", "rules": [
+    {"id": "x-in", "model": "model-x", "token_type": "input", "price": "0"},
+    {"id": "x-out", "model": "model-x", "token_type": "output", "price": "0"}]}]})
+
+
+def test_a_priced_call_with_a_hold_of_0_is_refused_on_an_empty_prepaid_wallet():
+    m = MemoryWallet()
+    given = m.reserve("0")
+    assert isinstance(given, InsufficientFundsError), given
+    estimated = m.reserve(None, input_tokens=0, max_output_tokens=0)
+    assert isinstance(estimated, InsufficientFundsError), estimated
+    assert "nothing to draw" in str(given) and m.reserved == 0 and m.entries == []
+
+
+def test_the_refusal_of_a_hold_of_0_is_kept_for_the_request_id_as_any_402():
+    m = MemoryWallet()
+    assert isinstance(m.reserve("0", request_id="r1"), InsufficientFundsError)
+    m.top_up("1.00")
+    assert isinstance(m.reserve("0", request_id="r1"), InsufficientFundsError)  # the same request: its answer
+
+
+def test_a_hold_of_0_is_taken_where_the_wallet_has_credit_or_overdraft_to_draw():
+    funded = MemoryWallet()
+    funded.top_up("0.01")
+    assert funded.reserve("0").reservation.amount == 0
+    overdraft = MemoryWallet(overdraft="5.00")
+    assert overdraft.reserve("0").reservation.amount == 0
+    postpaid = MemoryWallet(billing="postpaid", overdraft=None)
+    assert postpaid.reserve(None, input_tokens=0, max_output_tokens=0).reservation.amount == 0
+
+
+def test_a_call_its_prices_make_free_holds_0_on_an_empty_wallet_and_settles_for_0():
+    m = MemoryWallet(book=FREE)
+    held = m.reserve(None, input_tokens=1000, max_output_tokens=500)
+    assert held.reservation.amount == 0
+    assert m.reserve("0").reservation.amount == 0
+    settled = m.settle(held.reservation.id, input_tokens=1000, output_tokens=500)
+    assert settled.charged == 0 and m.receivable == 0
