@@ -55,20 +55,37 @@ def csrf_config(secret: bytes) -> CSRFConfig:
                       cookie_samesite="strict", header_name="x-csrftoken")
 
 
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+OWN_SITE = frozenset({"same-origin", "none"})  # Sec-Fetch-Site of the console's own forms, of a typed address
+
+
 def refusing_forgeries(csrf: ASGIApp) -> ASGIApp:
-    """The CSRF check's refusal answered here, as the 403 page: raised from a middleware, it would
-    pass the metrics middleware before any response began and be counted there as a 500."""
+    """A post a browser says comes from another origin (`Sec-Fetch-Site`: a sibling host of the
+    same site, whose page could write a valid double-submit token into the cookie, or another
+    site) is refused before the CSRF check; a client without the header (an older browser) has
+    the token and SameSite=Strict alone. Either refusal is answered here, as the 403 page: raised
+    from a middleware, it would pass the metrics middleware before any response began and be
+    counted there as a 500."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         try:
+            if scope["type"] == "http" and scope["method"] not in SAFE_METHODS:
+                site = dict(scope["headers"]).get(b"sec-fetch-site")
+                if site is not None and site.decode("latin-1") not in OWN_SITE:
+                    raise _Forged("the form was sent from another site: open the console and send it from there")
             await csrf(scope, receive, send)
-        except PermissionDeniedException:
+        except PermissionDeniedException as exc:
             request: Request = Request(scope, receive)
-            refusal = ApiError("forbidden", "the form's CSRF token is missing or wrong: reload the page and "
-                               "send it again", 403)
+            detail = exc.detail if isinstance(exc, _Forged) else ("the form's CSRF token is missing or wrong: "
+                                                                  "reload the page and send it again")
+            refusal = ApiError("forbidden", detail, 403)
             await error_page(request, refusal).to_asgi_response(scope["app"], request)(scope, receive, send)
 
     return middleware
+
+
+class _Forged(PermissionDeniedException):
+    pass
 
 
 def sign_in(request: Request, token: str) -> None:
