@@ -7,7 +7,9 @@ from datetime import UTC, datetime
 from billing_kit import NOV_23, BillingKit
 
 from ledger.audit import verify
+from tests.integration.wallets.wallet_kit import usd
 from wallets.audit import WALLET_CHECKS
+from wallets.commands import Settle
 
 DEC_1_GRACE_OVER = datetime(2026, 12, 1, 1, 0, tzinfo=UTC)
 JAN_1_GRACE_OVER = datetime(2027, 1, 1, 1, 0, tzinfo=UTC)
@@ -93,6 +95,35 @@ async def test_late_usage_bills_on_the_next_invoice_and_leaves_the_closed_one_un
     ]
     assert december["total"] == "0.05" and december["amount_due"] == "0.05"
     assert december["opening_balance"]["receivable"] == "0.03"
+    report = await bk.db.read(lambda conn: verify(conn, WALLET_CHECKS))
+    assert report.ok, [c for c in report.checks if not c.ok]
+
+
+async def test_a_late_capture_months_after_its_period_closed_bills_in_the_open_period(bk: BillingKit) -> None:
+    """A capture that arrives after its reservation closed (migration 0010) has no cut-off: months
+    later, after its period and the next ones were closed and invoiced, it is charged all the same,
+    rated at the reservation's time and billed on the open period's invoice with its
+    `original_period`, as any late usage; the closed invoices stay as they were."""
+    cid = await bk.customer("latecap", billing_mode="postpaid")
+    rid = await bk.reserve(cid, "model-a", "1.00")
+    await bk.settle(cid, rid, 1000, 500)  # November: $0.01 + $0.01 + the request's $0.01
+    closed = []
+    for until in (DEC_1_GRACE_OVER, JAN_1_GRACE_OVER, datetime(2027, 2, 1, 1, tzinfo=UTC),
+                  datetime(2027, 3, 1, 1, tzinfo=UTC)):
+        await bk.close(until)
+        closed = await bk.invoices(cid)
+    assert [i["total"] for i in closed] == ["0.03", "0.00", "0.00", "0.00"], [i["total"] for i in closed]
+    bk.clock.now = datetime(2027, 3, 15, tzinfo=UTC)
+    tokens = {"input": 3000, "output": 0}
+    late = await bk.service.submit(Settle(customer_id=cid, reservation_id=rid, request_hash=b"late-capture",
+                                          tokens=tokens, usage=tokens, final=False, capture_id="cap-late"))
+    assert late.charged == usd("0.03")  # 3,000 x $10/M at November's prices; no second request fee
+    await bk.close(datetime(2027, 4, 1, 1, tzinfo=UTC))
+    *again, march = await bk.invoices(cid)
+    assert again == closed  # byte for byte: same content, same hash
+    assert march["period"]["start"].startswith("2027-03"), march["period"]
+    assert lines_of(march) == [("usage", "model-a", "input", 3000, "10.00", "0.03", "2026-11")]
+    assert march["total"] == "0.03" and march["amount_due"] == "0.03"
     report = await bk.db.read(lambda conn: verify(conn, WALLET_CHECKS))
     assert report.ok, [c for c in report.checks if not c.ok]
 
