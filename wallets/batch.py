@@ -87,6 +87,7 @@ class Batch:
     unapplied: dict[str, tuple[Unapplied, ...]] = field(default_factory=dict)  # customer -> top-ups' (closes)
     corrections: dict[str, tuple[Unapplied, ...]] = field(default_factory=dict)  # customer -> re-rates' (closes)
     cash: dict[str, int] = field(default_factory=dict)  # customer -> its net cash in (cash refunds)
+    refunds: dict[tuple[str, str], Any] = field(default_factory=dict)  # (customer, reference) -> RefundOnRecord
     entry_ids: list[int] = field(default_factory=list)  # the entries' ids (given by flush), in order
     posting: PreparedPost | None = None  # the entries' ledger_post call (made by flush)
     pinned: dict[int, PriceBook | None] = field(default_factory=dict)  # id(command) -> its usage time's book
@@ -95,7 +96,7 @@ class Batch:
         return State(customer_id, self.loaded.wallets.get(customer_id), self.loaded.idempotency,
                      self.loaded.events, self.period_usage, self.rollups, self.invoice_seqs, self.invoices,
                      self.rerates, self.credit_note_seqs, self.unapplied,
-                     self.corrections, self.cash)
+                     self.corrections, self.cash, self.refunds)
 
     def apply(self, command: Command) -> Any:
         """Decide `command` and follow the decision, then the alerts it calls for; returns its

@@ -561,6 +561,8 @@ async def _load_refunds(conn: AsyncConnection, batch: Batch, commands: Sequence[
     if not refunds:
         return
     batch.cash.update(await store.load_cash(conn, refunds))
+    batch.refunds.update(await store.load_refunds(
+        conn, [(c.customer_id, c.reference) for c in commands if isinstance(c, RefundCredit)]))
     for cid in refunds:
         if (w := batch.loaded.wallets.get(cid)) is not None:
             await store.load_openers(conn, w, now)

@@ -24,7 +24,7 @@ from ledger.db import Lead
 from ledger.lanes import lane_count, lane_of
 from ledger.model import AccountSpec
 from wallets import chart
-from wallets.core.state import InvoiceDue, Unapplied
+from wallets.core.state import InvoiceDue, RefundOnRecord, Unapplied
 from wallets.model import Budget, BudgetHold, Customer, Hold, Lot, Reservation, Wallet
 from wallets.periods import Cycle
 
@@ -619,6 +619,27 @@ async def load_cash(conn: AsyncConnection, customers: Iterable[str]) -> dict[str
                AND j.kind IN ('topup', 'invoice_payment', 'grant_reversal', 'credit_refund')
              GROUP BY j.customer_id""", (wanted, chart.cash_account("")))
     return {cid: int(total) for cid, total in rows}
+
+
+async def load_refunds(conn: AsyncConnection, wanted: Iterable[tuple[str, str]]
+                       ) -> dict[tuple[str, str], RefundOnRecord]:
+    """The cash refunds of overpaid credit posted under these (customer, reference) pairs."""
+    pairs = sorted(set(wanted))
+    if not pairs:
+        return {}
+    lane = int(await _lane(conn, sorted({c for c, _ in pairs})) or 0)
+    rows = await conn.exec_driver_sql(
+        f"""SELECT j.customer_id, w.ref, j.metadata ->> 'refund_id', j.id, coalesce(j.metadata ->> 'reason', ''),
+                   j.metadata -> 'lots',
+                   (SELECT -sum(p.amount) FROM postings p JOIN accounts a ON a.id = p.account_id
+                     WHERE p.lane = j.lane AND p.entry_id = j.id AND a.code = %s || a.asset)::text
+              FROM unnest(%s::text[], %s::text[]) AS w(cid, ref)
+              JOIN journal_entries j ON j.lane = {lane} AND j.customer_id = w.cid AND j.kind = 'credit_refund'
+                                    AND j.metadata ->> 'reference' = w.ref""",
+        (chart.cash_account(""), [c for c, _ in pairs], [r for _, r in pairs]))
+    return {(cid, ref): RefundOnRecord(refund_id, int(entry_id), int(amount), reason,
+                                       tuple((lot_id, int(part)) for lot_id, part in lots or ()))
+            for cid, ref, refund_id, entry_id, reason, lots, amount in rows}
 
 
 async def load_openers(conn: AsyncConnection, w: Wallet, now: datetime) -> None:

@@ -306,6 +306,36 @@ async def test_a_refund_replays_by_its_idempotency_key(client) -> None:
     assert (await _trial(client))["asset:platform:cash:USD"] == "8.00"
 
 
+async def test_the_same_reference_again_is_the_same_refund(client, scratch_url) -> None:
+    """As an invoice payment's: a payout sent again under its reference (a retry without an
+    Idempotency-Key) answers the first refund, 200, nothing posted; another amount is a conflict.
+    The database refuses a second refund entry under one reference of a customer (23505)."""
+    await _overpaid(client, "cr-ref")
+    body = {"amount": "2.00", "reference": "wire-out-9", "reason": "re-rated"}
+    first, again = await _refund(client, "cr-ref", body), await _refund(client, "cr-ref", body)
+    assert (first.status_code, again.status_code) == (201, 200), again.text
+    keys = ("id", "entry_id", "amount", "reference", "reason", "grants", "refundable")
+    assert [again.json()[k] for k in keys] == [first.json()[k] for k in keys]
+    assert again.json()["refundable"] == "1.00"
+    other = await _refund(client, "cr-ref", {"amount": "1.00", "reference": "wire-out-9"})
+    assert (other.status_code, other.json()["code"]) == (409, "idempotency_conflict")
+    journal = (await client.get("/v1/journal?customer=cr-ref&kind=credit_refund", headers=ADMIN)).json()
+    assert len(journal["entries"]) == 1
+    assert (await _trial(client))["asset:platform:cash:USD"] == "8.00"
+    lot_id = first.json()["grants"][0]["grant_id"]
+    db = connect(scratch_url, pool_size=1)
+    try:
+        entry = JournalEntry("by-hand:cr-ref", "credit_refund", (
+            Posting(f"liability:customer:cr-ref:lot:{lot_id}", DOLLAR // 2, "USD"),
+            Posting("asset:platform:cash:USD", -(DOLLAR // 2), "USD")), customer_id="cr-ref",
+            metadata={"reference": "wire-out-9"})
+        with pytest.raises(Exception) as refused:
+            await post_now(db, entry)
+        assert sqlstate_of(refused.value) == "23505", refused.value
+    finally:
+        await db.dispose()
+
+
 async def test_two_refunds_of_the_last_three_dollars_at_once_one_wins(http) -> None:
     """Over real HTTP, sent together: the customer's lock queues them; the second finds nothing."""
     client, _ = http

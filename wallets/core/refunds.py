@@ -23,7 +23,7 @@ from wallets.core.decision import Decision, Outcome
 from wallets.core.legs import Legs, entry
 from wallets.core.results import RefundResult, wallet_view
 from wallets.core.state import State
-from wallets.errors import CurrencyMismatchError, ExceedsRefundableError, WalletValidationError
+from wallets.errors import ConflictError, CurrencyMismatchError, ExceedsRefundableError, WalletValidationError
 from wallets.model import Lot, Wallet
 
 # The entries that open a paid lot of money given back (Lot.opened_by): no cash came in as it.
@@ -62,13 +62,23 @@ def taken_from(lots: list[Lot], amount: int) -> list[tuple[Lot, int]]:
 def refund_credit(state: State, cmd: RefundCredit, now: datetime, book: PriceBook | None) -> Decision:
     """Pay back `amount` of the customer's overpaid credit in cash: one `credit_refund` entry
     (the overpaid lots debited in consumption order, the platform's cash credited) and a
-    `credit.refunded` event. Refused: another currency, an amount not positive or finer than the
-    currency's minor unit, and more than `refundable`."""
+    `credit.refunded` event. The same `reference` again with the same amount is the same refund
+    (answered again, nothing posted; another amount is a conflict). Refused: another currency, an
+    amount not positive or finer than the currency's minor unit, and more than `refundable`."""
     w = state.require_wallet()
     cur, cid = w.customer.currency, w.customer.id
     if cmd.currency is not None and cmd.currency != cur:
         raise CurrencyMismatchError(f"customer {cid} is billed in {cur}, not {cmd.currency}",
                                     customer_id=cid, currency=cur)
+    known = state.refunds.get((cid, cmd.reference))
+    if known is not None:  # the same payout sent again: answered again, posted once
+        if known.amount != cmd.amount:
+            raise ConflictError(f"refund {cmd.reference!r} of customer {cid} was of another amount",
+                                reference=cmd.reference)
+        result = RefundResult(known.refund_id, cid, known.amount, cur, cmd.reference, known.reason, list(known.lots),
+                              refundable(w, state.cash.get(cid, 0), now), wallet_view(w, now), None, known.entry_id,
+                              replayed=True)
+        return Decision(Outcome(result.code, result))
     if cmd.amount <= 0:
         raise WalletValidationError("amount", "must be more than 0")
     whole_minor_units(cmd.amount, cur)

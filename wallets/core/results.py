@@ -165,8 +165,11 @@ class RefundResult:
     wallet: WalletView
     entry_key: str | None = None
     entry_id: int | None = None
+    replayed: bool = False  # its reference was paid back before: answered again, nothing posted
 
-    code = "refunded"
+    @property
+    def code(self) -> str:
+        return REPLAYED if self.replayed else "refunded"
 
 
 @dataclass(slots=True)
