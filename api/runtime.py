@@ -148,7 +148,7 @@ def upgrade(handle: DatabaseHandle, settings: Settings, *, to: str | None = None
         if settings.lanes is not None:
             _warn_fixed_lanes(handle.url, settings.lanes)
         return revision
-    except (runner.UnknownRevision, runner.ServerTooOld, runner.TransactionIdsBehind) as exc:
+    except (runner.UnknownRevision, runner.ServerTooOld, runner.TransactionIdsBehind, runner.DowngradeRefused) as exc:
         raise SystemExit(f"error: {exc}") from None
     except sqlalchemy.exc.DBAPIError as exc:
         if sqlstate_of(exc) not in NOT_ALLOWED_TO_CREATE:

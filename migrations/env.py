@@ -5,7 +5,12 @@ from alembic import context
 
 
 def run(connection) -> None:
-    context.configure(connection=connection, transaction_per_migration=True)
+    # A move down runs as one transaction (runner.upgrade says so): a downgrade that refuses (it
+    # would destroy what an older revision cannot hold) leaves the database where it was.
+    command = getattr(context.config.cmd_opts, "cmd", None)  # plain `alembic downgrade …`: (function, …)
+    whole = bool(context.config.attributes.get("one_transaction")) or (
+        command is not None and getattr(command[0], "__name__", "") == "downgrade")
+    context.configure(connection=connection, transaction_per_migration=not whole)
     with context.begin_transaction():
         context.run_migrations()
 

@@ -11,6 +11,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, create_engine, text
+from sqlalchemy.exc import DBAPIError
 
 MIGRATION_LOCK = 7_402_211_901  # arbitrary, fixed: pg_advisory_lock key for schema changes
 # The oldest PostgreSQL the migrations run on: 0009 and 0018 make NULLS NOT DISTINCT unique keys
@@ -97,6 +98,16 @@ def check_transaction_ids(conn: Connection) -> None:
             raise TransactionIdsBehind(max(int(v) for v in row[1:] if v is not None), server)
 
 
+RESTRICT_VIOLATION = "23001"  # what a downgrade raises when it would destroy what an older revision cannot hold
+
+
+class DowngradeRefused(Exception):
+    """A migration's downgrade refused (it would destroy data); nothing was moved."""
+
+    def __init__(self, to: str, current: str, reason: str) -> None:
+        super().__init__(f"cannot migrate the database down to {to}: {reason}; it is still at {current}")
+
+
 def revisions() -> list[str]:
     """Every revision, oldest first (they are linear)."""
     return [script.revision for script in
@@ -119,7 +130,14 @@ def upgrade(sync_url: str, *, lanes: int | None = None, to: str | None = None) -
         config.attributes["connection"] = conn
         config.attributes["lanes"] = lanes
         if to is not None and current is not None and order.index(to) < order.index(current):
-            command.downgrade(config, to)
+            config.attributes["one_transaction"] = True
+            try:
+                command.downgrade(config, to)
+            except DBAPIError as exc:
+                if getattr(exc.orig, "sqlstate", None) != RESTRICT_VIOLATION:
+                    raise
+                conn.rollback()
+                raise DowngradeRefused(to, current, str(exc.orig).splitlines()[0]) from None
         else:
             command.upgrade(config, to or "head")
         conn.commit()
@@ -163,8 +181,13 @@ def configured_database() -> Iterator[Connection]:
         with locked(sync_url(handle.url)) as conn:
             yield conn
             conn.commit()
-    except (ServerTooOld, TransactionIdsBehind) as exc:
+    except (ServerTooOld, TransactionIdsBehind, DowngradeRefused) as exc:
         raise SystemExit(f"error: {exc}") from None
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) != RESTRICT_VIOLATION:
+            raise
+        raise SystemExit(f"error: cannot migrate the database down: {str(exc.orig).splitlines()[0]}; "
+                         f"nothing was moved") from None
     except Exception as exc:
         reason = _unreachable(exc)
         if reason is None:

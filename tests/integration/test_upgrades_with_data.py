@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -255,3 +258,41 @@ async def _close_holds_and_deliver(url: str, engine: Engine, held: dict[str, str
             assert got == events
             verify = (await c.post("/v1/audit/verify")).json()
             assert verify["ok"], [x for x in verify["checks"] if not x["ok"]]
+
+
+def test_a_downgrade_that_refuses_leaves_the_database_where_it_was_in_one_line(server_url, monkeypatch, capsys):
+    """0038's data holds re-rates that changed who pays charges, which 0037's downgrade refuses to
+    lose. `tokentill migrate --to 0032` from head undid 0049-0038 one by one, each committed, then
+    stopped at 0037 with a 100-line traceback: the database left at neither revision, what
+    0038-0049 added gone (plain `alembic downgrade` the same). Now a move down is one transaction:
+    refused, the database is still at head, and the command says why in one line."""
+    with scratch_database(server_url, f"tokentill_upgrade_{uuid.uuid4().hex[:10]}") as url:
+        engine = create_engine(sync_url(url))
+        try:
+            with engine.connect() as conn:
+                _migrate(conn, "0038")
+                _load(sync_url(url), "0038")
+            monkeypatch.setenv("TOKENTILL_DATABASE_URL", url)
+            assert main(["migrate"]) == 0
+            with engine.connect() as conn:
+                before = _books(conn), _rows(conn, "lots"), _rows(conn, "customer_changes")
+                conn.commit()
+            capsys.readouterr()
+            with pytest.raises(SystemExit) as refused:
+                main(["migrate", "--to", "0032"])
+            assert refused.value.code == (
+                "error: cannot migrate the database down to 0032: re-rates changed who pays charges, not their "
+                f"amounts: a downgrade below 0037 would lose them; it is still at {runner.head_revision()}")
+            # plain `alembic downgrade`, from the checkout's root, the same
+            done = subprocess.run([sys.executable, "-m", "alembic", "downgrade", "0032"], capture_output=True,
+                                  text=True, cwd=Path(runner.__file__).resolve().parent.parent, timeout=120,
+                                  env={**os.environ, "TOKENTILL_DATABASE_URL": url})
+            assert (done.returncode, done.stderr.strip().splitlines()[-1:]) == (1, [
+                "error: cannot migrate the database down: re-rates changed who pays charges, not their amounts: "
+                "a downgrade below 0037 would lose them; nothing was moved"]), done.stderr[-3000:]
+            with engine.connect() as conn:
+                assert runner.current_revision(conn) == runner.head_revision()
+                assert (_books(conn), _rows(conn, "lots"), _rows(conn, "customer_changes")) == before
+            assert main(["audit", "verify"]) == 0, capsys.readouterr().out
+        finally:
+            engine.dispose()
