@@ -87,9 +87,7 @@ class BackgroundSettler:
             try:
                 await asyncio.to_thread(self.spool.append_many, [record for record, _, _ in taken])
             except OSError as exc:
-                for _, done, _ in taken:
-                    if not done.done():  # a caller cancelled meanwhile no longer waits
-                        done.set_exception(exc)
+                self._unwritten_failed(taken, exc)
             else:
                 for record, done, send in taken:
                     if send:
@@ -102,6 +100,21 @@ class BackgroundSettler:
             finally:
                 self._writing = 0
         self._settle_idle()
+
+    def _unwritten_failed(self, taken: list[tuple[SpoolRecord, asyncio.Future[None], bool]], exc: OSError) -> None:
+        """A spool write failed (a full disk): each caller sends its settle itself; one whose
+        caller was cancelled meanwhile would be sent by nobody, so the queue sends it from memory."""
+        for record, done, send in taken:
+            if not done.done():
+                done.set_exception(exc)
+            elif send:
+                log.warning("settle of reservation %s not written to the spool (%s) and its caller gone: sent "
+                            "from memory, lost if this process dies first", record.reservation_id, exc)
+                self._queued[record.idempotency_key] = record
+        if self._queued:
+            self._wake.set()
+            if self._sender is None or self._sender.done():
+                self._sender = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
         attempt = 0

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import threading
 import time
 
 import httpx
@@ -90,6 +93,31 @@ async def test_a_queue_goes_on_after_more_than_a_thousand_failed_calls(tmp_path)
     await settler.put(record(1))
     assert await settler.drain(30) == 0
     assert failures == [0] and len(server.calls) == 1 and not spool.path.exists()
+
+
+async def test_a_settle_whose_caller_was_cancelled_while_a_full_disk_refused_it_is_still_sent(tmp_path):
+    """The exit of a block cancelled (its handler's client went away) while its settle was being
+    written, and the write failed (a full disk): nobody was left to be told, so nobody sent it and
+    the call went unbilled without a word. Now the queue sends it from memory, and says so."""
+    spool, server = Spool(tmp_path / "s.jsonl"), Server()
+    writing, fail = threading.Event(), threading.Event()
+
+    def full_disk(records: object) -> None:
+        writing.set()
+        fail.wait(10)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    spool.append_many = full_disk  # type: ignore[method-assign]
+    settler = BackgroundSettler(spool, server.send, RetryPolicy(backoff_s=0.001))
+    exit_ = asyncio.create_task(settler.put(record(1)))
+    await asyncio.to_thread(writing.wait, 10)
+    exit_.cancel()
+    await asyncio.sleep(0)
+    fail.set()
+    with contextlib.suppress(asyncio.CancelledError):
+        await exit_
+    assert await settler.drain(5) == 0
+    assert [item["reservation_id"] for call in server.calls for item in call] == ["res_1"]
 
 
 async def test_what_a_drain_cannot_send_by_its_deadline_stays_in_the_spool(tmp_path):
