@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from decimal import Decimal
 
 from playwright.sync_api import Page, expect
@@ -285,6 +286,28 @@ def test_an_admin_tops_up_once_however_often_the_form_is_sent(page: Page, consol
     assert lot["granted"] == "25.50"
     assert again.ok and f"Top-up recorded: lot <code>{lot['id']}</code>" in again.text()  # not "lot None"
     shot(page, "admin-top-up")
+
+
+def test_back_after_a_top_up_and_sending_the_form_again_does_not_top_up_twice(page: Page, console: Console):
+    """After a top-up, Back showed the form with the amount and reference as typed (the browser
+    restores a form's fields on Back) but a new one-time key (the page is fetched again): one more
+    click recorded a second top-up of the same amount. Back now shows an empty form."""
+    customer = f"back-{uuid.uuid4().hex[:8]}"
+    assert console.api.post("/v1/customers", json={"id": customer}).status_code == 201
+    sign_in(page, console.keys["admin"])
+    page.goto(f"/console/customers/{customer}/top-up")
+    page.get_by_label("Amount (USD)").fill("12.00")
+    page.get_by_label("Payment reference").fill("wire-back")
+    page.get_by_role("button", name="Record the top-up").click()
+    expect(page.get_by_role("status")).to_contain_text("Top-up recorded")
+    page.go_back()
+    expect(page.get_by_role("button", name="Record the top-up")).to_be_visible()
+    page.get_by_role("button", name="Record the top-up").click()  # the required amount stops an empty form
+    page.wait_for_load_state("networkidle")
+    grants = console.api.get(f"/v1/customers/{customer}/wallet").json()["grants"]
+    assert [(g["granted"], g["reference"]) for g in grants] == [("12.00", "wire-back")]
+    expect(page.get_by_label("Amount (USD)")).to_have_value("")
+    expect(page.get_by_label("Payment reference")).to_have_value("")
 
 
 def test_an_admin_sees_the_operator_page(page: Page, console: Console):
