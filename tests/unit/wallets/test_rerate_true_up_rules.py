@@ -1,0 +1,83 @@
+"""A closed period's volume true-up under a re-rate, and a re-rated open period's at its close, as
+pure rules (no database), worked by hand. Rule v-out, model-v output, volume-tiered: v1 $20/M to
+100,000 tokens, $10/M beyond; v2 $16/M and $8/M. November: 60,000 tokens ($1.20) and 70,000
+($0.80 + $0.30 = $1.10), trued up at close to 130,000 x $10/M = $1.30: -$1.00."""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from pricing.books import PriceBook
+from pricing.parse import parse_version
+from wallets.core.billing import line_item
+from wallets.core.invoicing import volume_rules
+from wallets.core.rerate_true_ups import true_up_fixes
+from wallets.core.rerating import ChargeOnRecord, RerateInput, corrections
+
+NOV_1, DEC_1 = datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC)
+M = 1_000_000_000  # a dollar in atomic units
+
+
+def version(name: str, effective_from: str, low: str, high: str):
+    return parse_version({"id": "vol", "version": name, "currency": "USD", "effective_from": effective_from,
+                          "rules": [{"id": "v-out", "model": "model-v", "token_type": "output", "tier_mode": "volume",
+                                     "tiers": [{"up_to": 100_000, "price": low}, {"up_to": None, "price": high}]}]})
+
+
+V1 = version("v1", "2026-01-01T00:00:00Z", "20", "10")
+V2 = version("v2", "2026-11-01T00:00:00Z", "16", "8")
+BOOK = PriceBook("vol", "USD", (V1, V2))
+
+
+def charge(n: int, day: int, parts: list[tuple[int, int, int]], billed_in: str = "2026-11") -> ChargeOnRecord:
+    """A charge rated by v1: (tier, tokens, amount in cents) per usage line."""
+    lines = tuple({"kind": "usage", "token_type": "output", "quantity": q, "amount_units": cents * M // 100,
+                   "rule_id": "v-out", "tier": tier, "price_version": "v1"} for tier, q, cents in parts)
+    total = sum(line["amount_units"] for line in lines)
+    return ChargeOnRecord(n, datetime(2026, 11, day, tzinfo=UTC), "model-v", {}, {}, lines, total, total, None,
+                          billed_in=billed_in)
+
+
+NOVEMBER = (charge(1, 5, [(0, 60_000, 120)]), charge(2, 20, [(0, 40_000, 80), (1, 30_000, 30)]))
+CLOSED = {"2026-11": ("inv_1", "INV-2026-000001")}
+
+
+def fixes(data: RerateInput):
+    ratings: dict = {}
+    found = corrections(data, NOV_1, DEC_1, ratings)
+    return found, true_up_fixes(data, found, ratings)
+
+
+def test_a_closed_period_s_true_up_moves_to_the_corrected_version_s_tier_reached():
+    data = RerateInput(V2, NOVEMBER, CLOSED, None, "2026-11", BOOK, {"v-out": -1 * M})
+    found, [fix] = fixes(data)
+    # the charges $2.30 -> $0.96 + $0.88 = $1.84; the true-up 130,000 x $8/M - $1.84 = -$0.80
+    assert sum(x.delta for x in found) == -46 * M // 100
+    assert (fix.old, fix.new, fix.delta, fix.unit_price, fix.tier) == (-M, -80 * M // 100, 20 * M // 100, "8", 1)
+    assert [c.id for c in fix.charges] == [1, 2]
+
+
+def test_no_true_up_moves_while_the_period_is_open_or_when_what_stands_is_right():
+    assert fixes(RerateInput(V2, NOVEMBER, {}, None, "2026-11", BOOK, {}))[1] == []  # not closed
+    assert fixes(RerateInput(V2, NOVEMBER, CLOSED, None, "2026-11", BOOK, {"v-out": -80 * M // 100}))[1] == []
+
+
+def test_charges_billed_in_a_later_period_are_not_the_closed_period_s_true_up():
+    late = (charge(1, 5, [(0, 60_000, 120)], "2026-12"), charge(2, 20, [(0, 40_000, 80), (1, 30_000, 30)], "2026-12"))
+    assert fixes(RerateInput(V2, late, CLOSED, None, "2026-11", BOOK, {"v-out": -1 * M}))[1] == []
+
+
+def _item(kind: str, model: str, token_type: str, rule_id: str | None, version_: str, override: str | None = None):
+    return line_item("2026-11", {"kind": kind, "model": model, "token_type": token_type, "rule_id": rule_id,
+                                 "unit_price": None, "tier": None, "override_id": override,
+                                 "price_version": version_})
+
+
+def test_the_close_counts_a_re_rate_of_the_open_period_for_the_rule_that_rated_its_token_type():
+    rollup = {_item("usage", "model-v", "output", "v-out", "v1"): (130_000, 230 * M // 100),
+              _item("adjustment", "model-v", "output", None, "v2"): (0, -46 * M // 100)}
+    [(rule, version_, quantity, amount)] = volume_rules(BOOK, rollup, "2026-11")
+    assert (rule.id, version_, quantity, amount) == ("v-out", "v2", 130_000, 184 * M // 100)
+    # a discount shares the token type: its adjustment is not the rule's alone, the charges stand as rated
+    rollup[_item("discount", "model-v", "output", "v-out", "v1", "d10")] = (130_000, -23 * M // 100)
+    [(_, version_, _, amount)] = volume_rules(BOOK, rollup, "2026-11")
+    assert (version_, amount) == ("v1", 230 * M // 100)
