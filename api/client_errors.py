@@ -92,6 +92,7 @@ class PayloadTooLarge(TokentillError): ...
 class UnsupportedMediaType(TokentillError): ...
 class NotAcceptable(TokentillError): ...
 class HeadersTooLarge(TokentillError): ...
+class MalformedRequest(TokentillError): ...
 
 
 ERRORS: dict[str, type[TokentillError]] = {
@@ -110,7 +111,7 @@ ERRORS: dict[str, type[TokentillError]] = {
     "headers_too_large": HeadersTooLarge, "too_many_budgets": TooManyBudgets, "immutable_field": ImmutableField,
     "grant_closed": GrantClosed, "exceeds_remaining": ExceedsRemaining,
     "exceeds_refundable": ExceedsRefundable, "too_many_events": TooManyEvents,
-    "grant_not_reversible": GrantNotReversible,
+    "grant_not_reversible": GrantNotReversible, "malformed_request": MalformedRequest,
 }
 
 

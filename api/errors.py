@@ -52,6 +52,7 @@ STATUS_BY_CODE = {
     "currency_mismatch": 422,
     "service_unavailable": 503,
     "invalid_cursor": 400,
+    "malformed_request": 400,  # not HTTP/1.1 the parser takes: answered by api/server.py, before any handler
     "not_acceptable": 406,
     "unknown_price_book": 404,
     "unknown_price_version": 404,

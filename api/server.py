@@ -115,6 +115,7 @@ TIMED_OUT = _raw_response(408, "Request Timeout", CODE_BY_STATUS.get(408, "reque
                           "the request body stalled or took too long")
 HEAD_TOO_LARGE = _raw_response(431, "Request Header Fields Too Large", CODE_BY_STATUS[431],
                                f"the request line and headers exceed {MAX_HEAD_BYTES} bytes")
+MALFORMED_DETAIL = "the request is not HTTP/1.1 the server can read: a malformed request line or header"
 BUSY = _raw_response(503, "Service Unavailable", CODE_BY_STATUS[503],
                      "every connection this process may hold has a request in progress",
                      b"retry-after: 1\r\n")
@@ -236,6 +237,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.connections.discard(self)
         self._unset_keepalive_if_required()
         self.guard.refuse(self.transport, HEAD_TOO_LARGE, self.loop.time())
+
+    def send_400_response(self, msg: str) -> None:
+        """A request the parser refuses (a control byte in a header, say): 400 problem+json, where
+        uvicorn answers it text/plain; the connection closes, as uvicorn's does."""
+        extra = b"".join(name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers)
+        self.transport.write(_raw_response(400, "Bad Request", "malformed_request", MALFORMED_DETAIL, extra))
+        self.transport.close()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

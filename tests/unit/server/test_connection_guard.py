@@ -234,6 +234,22 @@ def test_when_every_connection_has_a_request_in_flight_a_new_one_is_answered_503
     assert counter("tokentill_connections_refused_total") - before == 1
 
 
+@pytest.mark.parametrize("head", [
+    b"GET / HTTP/1.1\r\nHost: test\r\nX-Bad\x01Name: 1\r\n\r\n",  # a control byte in a header name
+    b"GET / HTTP/1.1\r\nHost: test\r\nX-Bad: a\x00b\r\n\r\n",  # a NUL in a header value
+    b"GET /\x7f HTTP/1.1\r\nHost: test\r\n\r\n",  # a DEL in the request target
+])
+def test_a_request_httptools_cannot_parse_is_answered_400_problem_json(head):
+    """uvicorn answered it `text/plain` "Invalid HTTP request received.": the one error of the
+    API that was not problem+json."""
+    with serving() as port:
+        answer = read_all(connect(port, head))
+    status, _, problem = answer.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert b"content-type: application/problem+json" in status and b"connection: close" in status
+    assert json.loads(problem)["code"] == "malformed_request" and json.loads(problem)["status"] == 400
+
+
 def test_a_request_head_past_the_limit_is_answered_431_and_never_buffered():
     """Before any key is checked, a head is buffered whole: without a limit, one connection sent
     200 MiB of a header in 3 s and the server held it all (and answered 200)."""
