@@ -94,6 +94,7 @@ from api.gateway.tools import (
     openai_chat_search,
     openai_tools,
     server_tools,
+    template_tools,
     tool_use_system_prompt,
     without_built_in_tools,
 )
@@ -480,6 +481,10 @@ def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: Token
         uses, results, tools_changed, containers, reused = openai_tools(body, server_tool_max_uses,
                                                                         server_tool_result_tokens)
         changed = changed or tools_changed
+        if body.get("prompt") is not None:  # a stored prompt may bring tools the body does not show
+            uses, results, tools_changed, containers = template_tools(body, uses, results, containers,
+                                                                      server_tool_max_uses, server_tool_result_tokens)
+            changed = changed or tools_changed
     elif kind == CHAT:
         uses, results = openai_chat_search(body, server_tool_result_tokens)
     if standard_tier and "service_tier" in _chosen_by_provider(kind, body):

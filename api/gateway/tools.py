@@ -19,6 +19,8 @@ does not show (pure: no I/O; api.gateway.calls counts the rest).
   the results allowance for its listing, and for each of `max_tool_calls` calls (`openai_tools`);
   one of Anthropic's MCP connector (`mcp_servers`), for its listing (`anthropic_mcp_servers`; its
   calls have no bound to hold for);
+- a stored prompt (`prompt`) may bring per-call tools the body does not show: held as a web and a
+  file search and a container (`template_tools`);
 - OpenAI's `image_generation` tool is billed at its image model's prices, which no usage
   reports, and Anthropic's advisor tool and `fallbacks` have other models serve (part of) the
   call, billed at their prices: refused (UnmeteredToolError, answered 422 unpriced_model), never
@@ -251,6 +253,28 @@ def openai_tools(body: dict[str, Any], max_uses: int,
         body["max_tool_calls"], uses, changed = max_uses, max_uses, True
     fees = [(unit, uses) for unit in units] + ([("code_execution", sum(made))] if made else [])
     return tuple(sorted(fees)), (uses + listings) * result_tokens, changed, max(made, default=0), reused
+
+
+# The per-call tools a stored prompt (`prompt: {id}`) may bring to a responses call, unseen in its body.
+TEMPLATE_TOOL_UNITS = ("web_search", "file_search")
+
+
+def template_tools(body: dict[str, Any], uses: tuple[tuple[str, int], ...], results: int, containers: int,
+                   max_uses: int, result_tokens: int) -> tuple[tuple[tuple[str, int], ...], int, bool, int]:
+    """(uses of per-call units, results held, whether the body changed, container units) of a
+    responses call with a stored prompt, whose tools the body does not show: held as a call with
+    a web and a file search (for `max_tool_calls`, given the gateway's when it sets none) and a
+    container of the default size (1 GB: 1 unit), besides those the body shows; the answer's items
+    are charged as any call's."""
+    calls, changed = _uses(body, "max_tool_calls", ""), False
+    if calls is None:
+        body["max_tool_calls"], calls, changed = max_uses, max_uses, True
+    held = dict(uses)
+    for unit in TEMPLATE_TOOL_UNITS:
+        held[unit] = max(held.get(unit, 0), calls)
+    containers = max(containers, 1)
+    held["code_execution"] = max(held.get("code_execution", 0), containers)
+    return tuple(sorted(held.items())), max(results, calls * result_tokens), changed, containers
 
 
 def openai_chat_search(body: Mapping[str, Any], result_tokens: int) -> tuple[tuple[tuple[str, int], ...], int]:

@@ -570,6 +570,52 @@ def test_an_anthropic_stream_the_caller_leaves_after_a_web_search_is_charged_its
     assert wallet(url, cid) == (Decimal("10") - expected, 0)
 
 
+RESPONSE_USAGE = {"input_tokens": 800, "input_tokens_details": {"cached_tokens": 100}, "output_tokens": 56,
+                  "output_tokens_details": {"reasoning_tokens": 16}, "total_tokens": 856}
+
+
+TEMPLATE_TOOLS = ({"id": "search", "token_type": "web_search", "price": "0.01"},
+                  {"id": "files", "token_type": "file_search", "price": "0.0025"},
+                  {"id": "exec", "token_type": "code_execution", "price": "0.03"})
+
+
+@pytest.mark.parametrize(("item", "fee"), [
+    ({"id": "ws_1", "type": "web_search_call", "status": "completed"}, Decimal("0.01")),
+    ({"id": "ci_1", "type": "code_interpreter_call", "status": "completed", "code": "", "container_id": "cntr_1"},
+     Decimal("0.03"))])
+def test_a_stored_prompt_is_held_and_charged_for_the_tools_it_may_bring(live, upstream, item, fee):
+    """A stored prompt (`prompt: {id}`) may bring tools the body does not show, a web or file
+    search, a code interpreter, billed per call. A search it ran was settled against a book that
+    prices none, which refused the whole settle: the call charged nothing; a container it ran was
+    charged nothing. Such a call is held as a call with those tools (for max_tool_calls, sent with
+    the gateway's), refused by a book that cannot price them, and charged the ones its answer shows
+    (a container at one unit, a 1 GB one)."""
+    url, _ = live
+    cid, key = customer((url, tool_book(url)))
+
+    async def answered(send: Any, receive: Any) -> None:
+        data = msgspec.json.encode({"id": "resp_p", "object": "response", "status": "completed", "output": [
+            item, {"id": "msg_1", "type": "message", "role": "assistant", "status": "completed",
+                   "content": [{"type": "output_text", "text": " one", "annotations": []}]}],
+            "usage": RESPONSE_USAGE})
+        await start(send, b"application/json", len(data))
+        await body(send, data, more=False)
+
+    name = model(upstream, answered)
+    client = openai.OpenAI(base_url=f"{url}/openai/v1", api_key=key, max_retries=0)
+    with pytest.raises(openai.APIStatusError) as raised:
+        client.responses.create(model=name, max_output_tokens=100, prompt={"id": "pmpt_1"})
+    assert raised.value.status_code == 422 and raised.value.body["code"] == "unpriced_model"
+    assert all(call["model"] != name for call in upstream.fake.calls)
+    assert wallet(url, cid) == (Decimal("10"), 0)
+    cid, key = customer((url, tool_book(url, *TEMPLATE_TOOLS)))
+    client = openai.OpenAI(base_url=f"{url}/openai/v1", api_key=key, max_retries=0)
+    raw = client.responses.with_raw_response.create(model=name, max_output_tokens=100, prompt={"id": "pmpt_1"})
+    assert upstream.fake.calls[-1]["max_tool_calls"] == 5  # the gateway's: the searches are bounded
+    assert charged(url, raw.headers["x-tokentill-request-id"]) == RESPONSES_CHARGE + fee
+    assert wallet(url, cid) == (Decimal("10") - RESPONSES_CHARGE - fee, 0)
+
+
 def test_a_big_call_is_read_off_the_event_loop_while_small_calls_go_on(live, upstream, monkeypatch):
     """Reading a big body (a long prompt counted, a PDF's pages) must not hold the process's other
     calls: the big call's reading is held here until a small call sent after it has been answered.
