@@ -277,10 +277,18 @@ def template_tools(body: dict[str, Any], uses: tuple[tuple[str, int], ...], resu
     return tuple(sorted(held.items())), max(results, calls * result_tokens), changed, containers
 
 
+# OpenAI's chat search models (gpt-4o-search-preview, gpt-4o-mini-search-preview, gpt-5-search-api), by a
+# part of their ids: they search the web before every answer, with or without web_search_options.
+CHAT_SEARCH_MODELS = ("-search-preview", "-search-api")
+
+
 def openai_chat_search(body: Mapping[str, Any], result_tokens: int) -> tuple[tuple[tuple[str, int], ...], int]:
     """(uses of per-call units, input tokens held for the results) of a chat call with
-    `web_search_options`: OpenAI's search models search once per call, billed per call."""
-    if not isinstance(body.get("web_search_options"), Mapping):
+    `web_search_options`, or to one of OpenAI's search models (CHAT_SEARCH_MODELS), which search
+    before every answer, the options optional: once per call, billed per call."""
+    model = body.get("model")
+    searches = isinstance(model, str) and any(name in model for name in CHAT_SEARCH_MODELS)
+    if not searches and not isinstance(body.get("web_search_options"), Mapping):
         return (), 0
     return (("web_search", 1),), result_tokens
 

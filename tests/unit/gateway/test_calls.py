@@ -384,11 +384,11 @@ def test_an_openai_web_searchs_bad_max_tool_calls_is_refused(bound):
 
 def test_a_chat_call_to_a_search_model_is_held_for_its_search_and_its_results():
     body = {"model": "gpt-4o-search-preview", "messages": HI, "max_tokens": 10}
-    bare = call(CHAT, body)
+    plain = call(CHAT, {**body, "model": "gpt-4o"})
     searched = parse_call(CHAT, msgspec.json.encode({**body, "web_search_options": {}}), default_max_output=1000,
                           counter=COUNTER, server_tool_result_tokens=2000)
-    assert bare.tool_uses == () and searched.tool_uses == (("web_search", 1),)
-    assert searched.prompt_tokens - bare.prompt_tokens >= 2000
+    assert plain.tool_uses == () and searched.tool_uses == (("web_search", 1),)
+    assert searched.prompt_tokens - plain.prompt_tokens >= 2000
 
 
 CODE = {"type": "code_execution_20250825", "name": "code_execution"}
@@ -661,3 +661,12 @@ def test_a_chat_call_with_a_predicted_output_is_marked_hidden_output():
     """OpenAI bills the prediction's rejected tokens as output, and never sends them."""
     body = {"model": "gpt-4o", "messages": HI, "prediction": {"type": "content", "content": "x = 1"}}
     assert call(CHAT, body).hidden_output and not call(CHAT, {**body, "prediction": None}).hidden_output
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-search-preview", "gpt-4o-mini-search-preview-2025-03-11",
+                                   "gpt-5-search-api"])
+def test_a_chat_call_to_a_search_model_is_held_for_its_search_without_web_search_options(model):
+    """OpenAI's search models search before every answer, with or without `web_search_options`:
+    held and charged one search either way (was: none without the options)."""
+    assert call(CHAT, {"model": model, "messages": HI}).tool_uses == (("web_search", 1),)
+    assert call(CHAT, {"model": "gpt-4o", "messages": HI}).tool_uses == ()
