@@ -4,7 +4,8 @@ A queued settle is first written to the client's spool and fsynced (records arri
 share one write and one fsync), so it survives the process. A task then sends what is queued in
 bulk, up to `MAX_ITEMS` a call, through `POST /v1/settlements`, each item under the Idempotency-Key
 its single settle would carry, and strikes off the spool what the server answered. A call that
-fails (connection error, timeout, 408, 429, 5xx) is sent again with the same keys after a backoff,
+fails (connection error, timeout, 408, 429, 5xx, a 200 that is not the endpoint's answer) is sent
+again with the same keys after a backoff,
 as is an item answered 429 or 502-504, until answered. An item answered 500, 401, 403 or 404
 stays in the spool for a later flush (as `tokentill spool flush` would keep it); a refusal (409,
 422) goes to the `.rejected` file beside it and is logged at ERROR. `drain` waits for the queue to empty, up to a
@@ -157,11 +158,15 @@ class BackgroundSettler:
                       self.spool.path)
             await self._file(batch, [], [])
             return None
-        results = response.json()["results"]
-        retry = [r for r, answer in zip(batch, results, strict=True) if answer["status"] in DURABLE_RETRY]
-        done = [r for r, answer in zip(batch, results, strict=True) if answer["status"] < 300]
-        rejected = [(r, f"{answer['status']} {answer['body']}") for r, answer in zip(batch, results, strict=True)
-                    if answer["status"] not in DURABLE_RETRY | KEEP_SPOOLED and 400 <= answer["status"] < 500]
+        answers = _answers(response, len(batch))
+        if answers is None:  # not the endpoint's answer (a proxy's page, a body cut short): send again
+            log.warning("background settles: a 200 that is not /v1/settlements' answer: %s; sending again",
+                        response.text[:300])
+            return 0.0
+        retry = [r for r, (status, _) in zip(batch, answers, strict=True) if status in DURABLE_RETRY]
+        done = [r for r, (status, _) in zip(batch, answers, strict=True) if status < 300]
+        rejected = [(r, f"{status} {body}") for r, (status, body) in zip(batch, answers, strict=True)
+                    if status not in DURABLE_RETRY | KEEP_SPOOLED and 400 <= status < 500]
         kept = len(batch) - len(retry) - len(done) - len(rejected)
         if kept:
             log.warning("background settles: %d kept in %s for a later flush", kept, self.spool.path)
@@ -177,8 +182,12 @@ class BackgroundSettler:
         for record in answered:
             self._queued.pop(record.idempotency_key, None)
         keys = {r.idempotency_key for r in done} | {r.idempotency_key for r, _ in rejected}
-        if keys:
+        if not keys:
+            return
+        try:
             await asyncio.to_thread(self.spool.remove, keys, rejected)
+        except OSError as exc:  # a full disk: they stay spooled, and a flush is answered by their keys
+            log.warning("background settles: %d answered but not struck off %s (%s)", len(keys), self.spool.path, exc)
 
     def _settle_idle(self) -> None:
         if not self.pending:
@@ -204,6 +213,16 @@ class BackgroundSettler:
         if left:
             log.warning("background settles: %d not answered before close; left in %s", left, self.spool.path)
         return left
+
+
+def _answers(response: httpx.Response, count: int) -> list[tuple[int, Any]] | None:
+    """(status, body) of each item of a bulk settle's answer; None unless it is one, for `count` items."""
+    try:
+        results = response.json()["results"]
+        answers = [(int(result["status"]), result.get("body")) for result in results]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return answers if len(answers) == count else None
 
 
 class ThreadedSettler:

@@ -120,6 +120,43 @@ async def test_a_settle_whose_caller_was_cancelled_while_a_full_disk_refused_it_
     assert [item["reservation_id"] for call in server.calls for item in call] == ["res_1"]
 
 
+async def test_an_answer_that_is_not_the_bulk_endpoints_is_sent_again_not_the_end_of_the_queue(tmp_path):
+    """A 200 that is no `{"results": [...]}` (a proxy's page, a body cut short): the sender task
+    died of the ValueError, and the queue sat unsent until another settle was queued, its close
+    waiting out the whole drain. Now the call is sent again after a backoff."""
+    spool, server, answers = Spool(tmp_path / "s.jsonl"), Server(), [
+        httpx.Response(200, text="<html>portal</html>"), httpx.Response(200, json={"ok": True})]
+
+    async def garbled_first(items: list[dict]) -> httpx.Response:
+        return answers.pop(0) if answers else await server.send(items)
+
+    settler = BackgroundSettler(spool, garbled_first, RetryPolicy(backoff_s=0.001))
+    await settler.put(record(1))
+    assert await settler.drain(5) == 0
+    assert not answers and len(server.calls) == 1 and not spool.path.exists()
+
+
+async def test_a_strike_off_the_full_disk_refuses_leaves_those_settles_spooled_and_the_queue_goes_on(tmp_path):
+    """The first call's settles are answered, but striking them off the spool fails (a full disk
+    cannot take the rewritten file): the sender task died of the OSError, and the settles queued
+    behind them were not sent. Now those stay in the spool (a flush is answered by their keys)
+    and the rest of the queue goes out."""
+    spool, server = Spool(tmp_path / "s.jsonl"), Server()
+    remove, failures = spool.remove, [OSError(errno.ENOSPC, "No space left on device")]
+
+    def full_once(*args: object) -> int:
+        if failures:
+            raise failures.pop()
+        return remove(*args)
+
+    spool.remove = full_once  # type: ignore[method-assign]
+    settler = BackgroundSettler(spool, server.send, RetryPolicy(backoff_s=0.001))
+    await asyncio.gather(*(settler.put(record(n)) for n in range(MAX_ITEMS + 20)))
+    assert await settler.drain(5) == 0
+    assert [len(call) for call in server.calls] == [MAX_ITEMS, 20]
+    assert len(spool.records()) == MAX_ITEMS, "answered, but not struck off: a flush replays them"
+
+
 async def test_what_a_drain_cannot_send_by_its_deadline_stays_in_the_spool(tmp_path):
     spool = Spool(tmp_path / "s.jsonl")
 
