@@ -19,7 +19,7 @@ from api.routes.audit import trial_balance_report, verify_report
 from pricing.money import format_money, parse_amount
 from wallets import reports
 from wallets.chart import ASSET_SCALE, OPEN_STATUSES
-from wallets.errors import WalletValidationError
+from wallets.errors import NotFoundError, WalletValidationError
 
 AUDITOR = ("auditor",)
 JOURNAL_PAGE = 50
@@ -61,13 +61,20 @@ async def trace_page(state: State, request: Request,
                      ) -> Template:
     """`GET /v1/audit/charges/{request_id}` as a page: the request, its usage and prices, its entries."""
     trace = None
+    form = {"request_id": request_id or "", "customer_id": customer_id or ""}
     if request_id:
         if customer_id:
             ensure_customer(request, customer_id)
         customers = (customer_id,) if customer_id else viewer(request).visible()
-        trace = await state.services.db.read(lambda conn: reports.charge_trace(conn, request_id, customers))
-    return render(request, "audit/trace.html", trace=trace, still_held=_still_held(trace), request_id=request_id or "",
-                  customer_id=customer_id or "", section="trace")
+        try:
+            trace = await state.services.db.read(lambda conn: reports.charge_trace(conn, request_id, customers))
+        except WalletValidationError as exc:  # said beside the form as it was sent
+            return _refused(request, "audit/trace.html", exc.context["fields"], 422, trace=None, **form,
+                            section="trace")
+        except NotFoundError as exc:
+            return _refused(request, "audit/trace.html", [{"field": "request_id", "message": exc.detail}], 404,
+                            trace=None, **form, section="trace")
+    return render(request, "audit/trace.html", trace=trace, still_held=_still_held(trace), **form, section="trace")
 
 
 def _still_held(trace: dict[str, Any] | None) -> str | None:

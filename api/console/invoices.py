@@ -14,9 +14,10 @@ from litestar.response import Template
 
 from api import renderings
 from api.console.web import PREFIX, allow, render
+from api.errors import ApiError
 from api.routes import invoices, receivables
 from api.routes.customers import customer_response
-from wallets.errors import NotFoundError
+from wallets.errors import NotFoundError, WalletValidationError
 
 READERS = invoices.READERS
 FORMATS = {"pdf": renderings.PDF, "html": renderings.HTML, "csv": renderings.CSV}
@@ -75,8 +76,18 @@ async def receivables_page(
 ) -> Template:
     """The receivables ageing, a page of customers at a time: the API's own report."""
     at, currency = at or None, currency or None  # the form's empty fields
-    report = await receivables.get_ageing.fn(state=state, request=request, at=at, currency=currency, customer=None,
-                                             cursor=cursor, limit=receivables.PAGE)
+    try:
+        report = await receivables.get_ageing.fn(state=state, request=request, at=at, currency=currency,
+                                                 customer=None, cursor=cursor, limit=receivables.PAGE)
+    except WalletValidationError as exc:  # said beside the form as it was sent
+        return render(request, "receivables.html", status=422, report=None, at=at, currency=currency,
+                      refused=exc.context["fields"], section="receivables")
+    except ApiError as exc:
+        if exc.code != "not_found":
+            raise
+        return render(request, "receivables.html", status=exc.status, report=None, at=at, currency=currency,
+                      refused=[{"field": "currency", "message": exc.detail}], section="receivables")
     more = report.next_cursor and urlencode(
         {k: v for k, v in (("at", at), ("currency", currency), ("cursor", report.next_cursor)) if v})
-    return render(request, "receivables.html", report=report, at=at, next_query=more, section="receivables")
+    return render(request, "receivables.html", report=report, at=at, currency=report.currency, next_query=more,
+                  section="receivables")
