@@ -2,6 +2,8 @@
 names what is wrong; together they prove the product tables agree with the journal."""
 from __future__ import annotations
 
+import weakref
+
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -20,6 +22,36 @@ _UNIT = 10 ** chart.ASSET_SCALE  # atomic units a unit of the currency (a docume
 _OPEN = "(" + ", ".join(_literal(status) for status in chart.OPEN_STATUSES) + ")"
 _RESERVED = f"{_literal(chart.RESERVED_CODE[0])} || c.id || {_literal(chart.RESERVED_CODE[1])}"
 _RECEIVABLE = f"{_literal(chart.RECEIVABLE_CODE[0])} || c.id || {_literal(chart.RECEIVABLE_CODE[1])}"
+
+
+# What a schema below head lacks, for the checks that run there too (a test verifies a database
+# moved down to 0028, tests/integration/billing/test_period_deltas.py): read in one query, once
+# per transaction (a verify's checks share it), not a catalog probe per check.
+_OPTIONAL_SQL = """SELECT
+    to_regclass('invoices') IS NOT NULL AS invoices,                  -- 0017
+    to_regclass('usage_rollups') IS NOT NULL AS usage_rollups,        -- 0018
+    to_regclass('budget_windows') IS NOT NULL AS budget_windows,      -- 0014
+    to_regclass('credit_notes') IS NOT NULL AS credit_notes,          -- 0019
+    to_regclass('usage_unfolded') IS NOT NULL AS usage_unfolded,      -- 0026
+    to_regclass('period_deltas') IS NOT NULL AS period_deltas,        -- 0029
+    EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('charge_adjustments')
+               AND attname = 'allowance_moves' AND NOT attisdropped) AS allowance_moves,  -- 0034
+    EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('charges')
+               AND attname = 'period' AND NOT attisdropped) AS charge_periods,  -- 0040
+    EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('lots')
+               AND attname = 'revoked_at' AND NOT attisdropped) AS revoked_at  -- 0048"""
+
+
+async def _schema(conn: AsyncConnection) -> dict[str, bool]:
+    """Which optional tables and columns this schema has, read once per transaction."""
+    info, transaction = conn.sync_connection.info, conn.sync_connection.get_transaction()
+    kept = info.get("tokentill_audit_schema")
+    if kept is not None and transaction is not None and kept[0]() is transaction:
+        return kept[1]
+    found = dict((await conn.execute(text(_OPTIONAL_SQL))).mappings().one())
+    if transaction is not None:  # the connection's info outlives the transaction: a weak reference
+        info["tokentill_audit_schema"] = (weakref.ref(transaction), found)
+    return found
 
 
 async def reservations_consistent(conn: AsyncConnection) -> Check:
@@ -63,19 +95,20 @@ async def holds_equal_reserved(conn: AsyncConnection) -> Check:
 
 
 async def lots_match_accounts(conn: AsyncConnection) -> Check:
-    return await _query_check(conn, "lots", """
+    # a grant revoked in whole is closed for good: what comes back to it is revoked again (0048 on)
+    revoked = """
+        UNION ALL
+        SELECT format('lot %s was revoked in whole, yet its account holds %s', l.id, b.credits - b.debits)
+          FROM lots l JOIN account_balances b ON b.account_id = l.account_id
+         WHERE l.revoked_at IS NOT NULL AND b.credits <> b.debits""" if (await _schema(conn))["revoked_at"] else ""
+    return await _query_check(conn, "lots", f"""
         SELECT format('lot %s: remaining %s is outside 0..%s granted', l.id, b.credits - b.debits, l.granted)
           FROM lots l JOIN account_balances b ON b.account_id = l.account_id
          WHERE b.credits - b.debits < 0 OR b.credits - b.debits > l.granted
         UNION ALL
         SELECT format('lot %s expired, yet its account still holds %s', l.id, b.credits - b.debits)
           FROM lots l JOIN account_balances b ON b.account_id = l.account_id
-         WHERE l.expired_at IS NOT NULL AND b.credits <> b.debits
-        UNION ALL
-        -- a grant revoked in whole is closed for good (what comes back to it is revoked again)
-        SELECT format('lot %s was revoked in whole, yet its account holds %s', l.id, b.credits - b.debits)
-          FROM lots l JOIN account_balances b ON b.account_id = l.account_id
-         WHERE l.revoked_at IS NOT NULL AND b.credits <> b.debits
+         WHERE l.expired_at IS NOT NULL AND b.credits <> b.debits{revoked}
         UNION ALL
         SELECT format('lot %s: granted %s, but its opening entry credited %s', l.id, l.granted,
                       coalesce(-(SELECT sum(p.amount) FROM postings p
@@ -158,14 +191,12 @@ async def charge_lines_rounded(conn: AsyncConnection) -> Check:
 
 async def _deltas(conn: AsyncConnection) -> bool:
     """Whether this schema appends period deltas (migration 0029 on)."""
-    return (await conn.execute(text("SELECT to_regclass('period_deltas')"))).scalar() is not None
+    return (await _schema(conn))["period_deltas"]
 
 
 async def _allowance_moves(conn: AsyncConnection) -> bool:
     """Whether re-rates record what they move of free allowances (migration 0034 on)."""
-    return (await conn.execute(text(
-        """SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('charge_adjustments')
-              AND attname = 'allowance_moves' AND NOT attisdropped"""))).first() is not None
+    return (await _schema(conn))["allowance_moves"]
 
 
 async def usage_counters_match_charges(conn: AsyncConnection) -> Check:
@@ -231,9 +262,9 @@ async def usage_rollups_match_charges(conn: AsyncConnection) -> Check:
     """The usage report's daily rollups equal the charges folded into them, key by key, in the
     customer's lane (migration 0018 on); from 0026 on, the charges still queued are not folded,
     and every queued charge is one of its customer's charges."""
-    if (await conn.execute(text("SELECT to_regclass('usage_rollups')"))).scalar() is None:
+    if not (await _schema(conn))["usage_rollups"]:
         return Check("usage_rollups", True, "no usage rollups in this schema (before migration 0018)")
-    queued = (await conn.execute(text("SELECT to_regclass('usage_unfolded')"))).scalar() is not None
+    queued = (await _schema(conn))["usage_unfolded"]
     folded = ("""(SELECT * FROM charges f WHERE NOT EXISTS (
                     SELECT 1 FROM usage_unfolded u WHERE u.lane = f.lane AND u.customer_id = f.customer_id
                                                      AND u.charge_id = f.id))""" if queued else "charges")
@@ -284,7 +315,7 @@ async def budgets_match_reservations(conn: AsyncConnection) -> Check:
     """Budget windows are derived figures: each equals what the reservations counted in it hold
     and used; a closed reservation holds nothing in any budget; a money budget counts exactly
     the reservation's open hold and its charges."""
-    if (await conn.execute(text("SELECT to_regclass('budget_windows')"))).scalar() is None:
+    if not (await _schema(conn))["budget_windows"]:
         return Check("budgets", True, "no budgets in this schema (before migration 0014)")
     return await _query_check(conn, "budgets", f"""
         SELECT format('budget %s, window %s: used %s and held %s, its reservations say %s and %s', w.budget_id,
@@ -343,14 +374,12 @@ _MOVED = f"""
 
 async def _billed(conn: AsyncConnection) -> bool:
     """Whether this schema bills periods (migration 0017 on)."""
-    return (await conn.execute(text("SELECT to_regclass('invoices')"))).scalar() is not None
+    return (await _schema(conn))["invoices"]
 
 
 async def _charge_periods(conn: AsyncConnection) -> bool:
     """Whether each charge keeps the period it is billed in (migration 0040 on)."""
-    return (await conn.execute(text(
-        """SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('charges')
-              AND attname = 'period' AND NOT attisdropped"""))).first() is not None
+    return (await _schema(conn))["charge_periods"]
 
 
 async def period_rollups_match_postings(conn: AsyncConnection) -> Check:
@@ -564,7 +593,7 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
     is its entry's revenue movement and its charges' adjustments; its `amount_rounding` is what its
     entry posted to the rounding account (none before notes were rounded), its `amount` the total
     and that."""
-    if (await conn.execute(text("SELECT to_regclass('credit_notes')"))).scalar() is None:
+    if not (await _schema(conn))["credit_notes"]:
         return Check("credit_notes", True, "no re-rates in this schema (before migration 0019)")
     revenue = f"""SELECT -coalesce(sum(p.amount), 0) FROM postings p JOIN accounts a ON a.id = p.account_id
                    WHERE p.entry_id = {{entry}} AND a.code LIKE {_literal(chart.revenue_account('%'))}"""
