@@ -170,3 +170,18 @@ async def test_a_limited_auditors_filters_naming_another_customers_data_are_answ
             assert OTHER not in shown[OTHER] and theirs not in shown[OTHER], page
         home = await client.get("/console", params={"customer": OTHER}, follow_redirects=False)
         assert home.status_code == 200 and OTHER not in home.text.replace(f'value="{OTHER}"', ""), home.text[:500]
+
+
+@pytest.mark.parametrize(("shape", "target"), [
+    ("admin:own", OTHER), ("customer:own", OWN), ("inference:own", OWN), ("auditor", OWN), ("inference", OWN)])
+async def test_a_top_up_posted_by_a_key_that_may_not_make_it_is_a_403_page_and_writes_nothing(world, shape, target):
+    """The post itself, with a valid token and form (the matrix covers the form's page): an admin
+    key limited to one customer for another one, and keys of other scopes for their own."""
+    app, keys, _ = world
+    async with api_client(app=app, admin=ADMIN_KEY, console=True) as client:
+        before = (await client.get(f"/v1/customers/{target}/wallet", headers=ADMIN)).json()["grants"]
+        token = await sign_in(client, keys[shape])
+        answer = await client.post(f"/console/customers/{target}/top-up", follow_redirects=False, data={
+            "_csrf_token": token, "idempotency_key": uuid.uuid4().hex, "amount": "9.00", "priority": "100"})
+        assert answer.status_code == 403 and "Forbidden" in answer.text, (answer.status_code, answer.text[:300])
+        assert (await client.get(f"/v1/customers/{target}/wallet", headers=ADMIN)).json()["grants"] == before
