@@ -17,6 +17,8 @@ import httpx
 from api.client_errors import SettlementSpooled, TokentillError
 from api.delivery import NOT_SENT, PROXY_GAVE_UP, seconds_until
 from api.stream_texts import texts_of_event
+from pricing.errors import InvalidUsageError
+from pricing.normalize import normalize_anthropic, normalize_canonical, normalize_gemini, normalize_openai
 from pricing.tokens import TokenCounter
 
 log = logging.getLogger("tokentill.client")
@@ -155,11 +157,11 @@ class _Reservation:
             raise ValueError('no usage to record: give the counts, 0 where the call used nothing '
                              '(record(input_tokens=0, output_tokens=0))')
         if openai_usage is not None:
-            self._usage = {"openai_usage": plain_usage(openai_usage)}
+            usage = {"openai_usage": plain_usage(openai_usage)}
         elif anthropic_usage is not None:
-            self._usage = {"anthropic_usage": plain_usage(anthropic_usage)}
+            usage = {"anthropic_usage": plain_usage(anthropic_usage)}
         elif gemini_usage is not None:
-            self._usage = {"gemini_usage": plain_usage(gemini_usage)}
+            usage = {"gemini_usage": plain_usage(gemini_usage)}
         else:
             for name, value in canonical.items():  # refused here, not at the block's exit far from the call
                 if name == "service_tier" and (value is None or isinstance(value, str)):
@@ -167,7 +169,8 @@ class _Reservation:
                 if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                     raise TypeError(f"record({name}=...): a count is a whole number, not {value!r}; a provider's "
                                     "usage goes as openai_usage=, anthropic_usage= or gemini_usage=")
-            self._usage = {"usage": dict(canonical)}
+            usage = {"usage": dict(canonical)}
+        self._usage = checked_usage(usage)
 
     def _prompt_tokens(self) -> int:
         estimate = self._body.get("estimate", {})
@@ -279,6 +282,21 @@ class AsyncReservation(_Reservation):
             self._spooled_on_exit(spooled, exc)
         except Exception as error:  # raised again, unless the block's own error is in flight
             self._failed_on_exit(error, exc)
+
+
+NORMALIZE = {"usage": normalize_canonical, "openai_usage": normalize_openai,
+             "anthropic_usage": normalize_anthropic, "gemini_usage": normalize_gemini}
+
+
+def checked_usage(usage: dict[str, Any]) -> dict[str, Any]:
+    """`usage` ({form: object}), once the server's own rules take it: else a ValueError naming the
+    field, where it is recorded (a settle the server refuses leaves the call unbilled)."""
+    [(form, value)] = usage.items()
+    try:
+        NORMALIZE[form](value)
+    except InvalidUsageError as exc:
+        raise ValueError(f"record({form}=...): the server would refuse it: {exc}") from None
+    return usage
 
 
 def plain_usage(usage: Any) -> dict[str, Any]:

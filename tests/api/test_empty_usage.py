@@ -135,3 +135,29 @@ def test_the_sdk_refuses_a_count_that_is_not_a_whole_number_at_once(counts):
         reservation.record(**counts)
     reservation.record(input_tokens=10, output_tokens=5)
     assert reservation._usage == {"usage": {"input_tokens": 10, "output_tokens": 5}}
+
+
+BAD_USAGE = [
+    {"prompt_tokens": 100, "completion_tokens": 20},  # OpenAI's names given as canonical counts
+    {"input_tokens": -1, "output_tokens": 20},
+    {"input_tokens": 10**16},
+    {"openai_usage": {"prompt_tokens": 100, "completion_tokens": -20}},
+    {"anthropic_usage": {"input_tokens": 100, "output_tokens": 20, "cache_read_input_tokens": -5}},
+]
+
+
+@pytest.mark.parametrize("recorded", BAD_USAGE, ids=["openai-names", "negative", "too-many", "openai-negative",
+                                                      "anthropic-negative"])
+async def test_usage_the_server_refuses_is_refused_by_record_at_once(client, customer, tag, recorded):
+    """Usage the server refuses (a name it does not know, a negative count) was taken by
+    `record()` and settled when the block ended: a 422 there, far from the bug, with the hold
+    left until it expired (the call never billed), or with background settles a record filed in
+    `<spool>.rejected`. `record()` now checks it as the server does, a ValueError naming the field."""
+    rid = await _held(client, customer, f"bad-{tag}")
+    form, value = next(iter(recorded.items())) if "_usage" in next(iter(recorded)) else ("usage", recorded)
+    answer = await client.post(f"/v1/reservations/{rid}/settle", json={form: value, "final": True})
+    assert answer.status_code == 422, answer.text  # the server's word on it
+    reservation = Reservation.__new__(Reservation)
+    field = next(f["field"] for f in answer.json()["fields"])
+    with pytest.raises(ValueError, match=field.rsplit(".", 1)[-1]):
+        reservation.record(**recorded)
