@@ -97,7 +97,7 @@ def reserve(state: State, cmd: Reserve, now: datetime, book: PriceBook | None) -
     pieces = _pieces(w, amount, now)
     if amount == 0 and not isinstance(pieces, str) and not _draws(w, now) and not _free(w, book, cmd, now):
         pieces = (f"wallet {w.customer.id} has nothing to draw (0.00 available, no overdraft): a hold of 0 "
-                  f"starts only a call its prices make free, and {cmd.model} is priced")
+                  f"starts only a call its prices make free, and {cmd.model} is not free for this customer")
     if isinstance(pieces, str):
         return Decision.refuse(InsufficientFundsError(pieces, **error_context), AnswerKept(
             cmd.scope, cmd.request_id, cmd.request_hash, InsufficientFundsError.code, {"detail": pieces}))
