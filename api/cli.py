@@ -8,6 +8,7 @@ import signal
 import sys
 from datetime import datetime
 from importlib.metadata import version
+from pathlib import Path
 
 from api.settings import MAX_WORKERS, Settings, worker_count
 from ledger.offline import chain_hash
@@ -64,6 +65,12 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         handle.close()
     return 0
+
+
+def _restore(args: argparse.Namespace, settings: Settings) -> int:
+    from api.restore import restore
+
+    return restore(settings, Path(args.file))
 
 
 def _audit_verify(args: argparse.Namespace, settings: Settings) -> int:
@@ -374,6 +381,10 @@ def parser() -> argparse.ArgumentParser:
                          "down (undoing the later migrations: what they added goes, the journal stays) or up "
                          "(default: the newest, head)")
     migrate.set_defaults(func=_migrate)
+    restore = sub.add_parser("restore", help="restore a pg_dump archive (--format=custom) into an empty database: "
+                             "a new TOKENTILL_DATA_DIR's embedded cluster, or a new TOKENTILL_DATABASE_URL")
+    restore.add_argument("file", metavar="DUMP", help="the archive pg_dump --format=custom wrote")
+    restore.set_defaults(func=_restore)
 
     keys = sub.add_parser("keys", help="create, list and revoke API keys").add_subparsers(
         dest="keys", required=True)

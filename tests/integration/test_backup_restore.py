@@ -8,8 +8,10 @@ partitions could not be attached, their rows not copied: 20 errors, an empty jou
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import uuid
 from datetime import UTC, datetime
@@ -23,6 +25,7 @@ from api.cli import main
 from api.client import Client
 from ledger import embedded
 from ledger.db import connect
+from migrations import runner
 from tests.api.apps import live_server
 from tests.live_server import serving
 from tests.webhook_receiver import receiver
@@ -169,3 +172,53 @@ def test_a_backup_restored_into_a_new_postgresql_serves_once_its_transaction_ids
         finally:
             cluster.stop()
             shutil.rmtree(where.name, ignore_errors=True)
+
+
+def test_tokentill_restore_puts_a_backup_into_a_new_embedded_data_dir_that_serves_whole(server_url,
+                                                                                       migrated_template):
+    """Every command migrated the database it opened, so an embedded cluster was never the empty
+    database README's pg_restore needs: a backup could not go back into one. `tokentill restore
+    DUMP` on a new TOKENTILL_DATA_DIR restores it, moves the new cluster's transaction ids past the
+    journal's and migrates it; a database that is not empty is refused, nothing written."""
+    dump = str(embedded.bin_dir() / "pg_dump")
+    name = f"tokentill_backup_{uuid.uuid4().hex[:10]}"
+    with scratch_database(server_url, name, template=migrated_template) as source:
+        _burn_transaction_ids(source, 20_000)
+        with serving(source, ADMIN) as tt:
+            _seed(tt)
+            _seal(source)
+            before = _views(tt)
+        backup = subprocess.run([dump, "--format=custom", f"--dbname={source}"], capture_output=True,
+                                check=True).stdout
+    where = tempfile.TemporaryDirectory(prefix="tokentill-restore-")
+    try:
+        archive = Path(where.name) / "tokentill.dump"
+        archive.write_bytes(backup)
+        env = {k: v for k, v in os.environ.items() if k != "TOKENTILL_DATABASE_URL"}
+        env["TOKENTILL_DATA_DIR"] = str(Path(where.name) / "data")
+
+        def restore() -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "-m", "api.cli", "restore", str(archive)], env=env,
+                                  capture_output=True, text=True, timeout=300)
+
+        done = restore()
+        assert (done.returncode, done.stdout.strip()) == (0, f"restored {archive}; migrated to "
+                                                             f"{runner.head_revision()}"), done.stderr[-3000:]
+        again = restore()
+        assert again.returncode == 1 and again.stderr.strip().splitlines()[-1].startswith(
+            "error: the database holds "), again.stderr[-3000:]
+        cluster = embedded.start(Path(where.name) / "data" / "pg")
+        try:
+            with serving(cluster.url, ADMIN) as tt:
+                assert _views(tt) == before
+                held = tt.post("/v1/reservations", {"customer_id": "acme", "request_id": "after-restore",
+                                                    "model": "model-a",
+                                                    "estimate": {"input_tokens": 1000, "max_output_tokens": 500}})
+                tt.settle(held["id"], usage={"input_tokens": 1000, "output_tokens": 400})
+                _seal(cluster.url)
+                verify = tt.post("/v1/audit/verify", {})
+                assert verify["ok"], [check for check in verify["checks"] if not check["ok"]]
+        finally:
+            cluster.stop()
+    finally:
+        shutil.rmtree(where.name, ignore_errors=True)
