@@ -186,6 +186,9 @@ async def invoice_document(state: State, request: Request, invoice_id: str) -> d
     return await db.read(lambda conn: billing.invoice(conn, invoice_id))
 
 
+NOT_KEPT = {"Cache-Control": "private, no-store", "X-Content-Type-Options": "nosniff"}  # as the HTML rendering
+
+
 async def rendered(media: str, document: dict[str, Any]) -> Response[Any]:
     """The invoice document in the negotiated media type (see api.renderings); a PDF in a worker
     thread (fpdf2 takes about 1.2 s for 1,000 lines, which the event loop's other requests waited)."""
@@ -194,10 +197,10 @@ async def rendered(media: str, document: dict[str, Any]) -> Response[Any]:
                         headers=renderings.HTML_HEADERS, media_type=MediaType.HTML)
     if media == renderings.PDF:
         return Response(await anyio.to_thread.run_sync(renderings.pdf, document), media_type=media, headers={
-            "Content-Disposition": f'inline; filename="{renderings.filename(document, "pdf")}"'})
+            "Content-Disposition": f'inline; filename="{renderings.filename(document, "pdf")}"', **NOT_KEPT})
     if media == renderings.CSV:
         return Response(renderings.csv_text(document), media_type="text/csv", headers={  # Litestar adds the charset
-            "Content-Disposition": f'attachment; filename="{renderings.filename(document, "csv")}"'})
+            "Content-Disposition": f'attachment; filename="{renderings.filename(document, "csv")}"', **NOT_KEPT})
     return Response(document, media_type=media)
 
 
