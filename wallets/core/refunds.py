@@ -22,7 +22,7 @@ from wallets.core.credits import whole_minor_units
 from wallets.core.decision import Decision, Outcome
 from wallets.core.legs import Legs, entry
 from wallets.core.results import RefundResult, wallet_view
-from wallets.core.state import State
+from wallets.core.state import RefundOnRecord, State
 from wallets.errors import ConflictError, CurrencyMismatchError, ExceedsRefundableError, WalletValidationError
 from wallets.model import Lot, Wallet
 
@@ -59,6 +59,19 @@ def taken_from(lots: list[Lot], amount: int) -> list[tuple[Lot, int]]:
     return parts
 
 
+def _again(state: State, w: Wallet, cmd: RefundCredit, known: RefundOnRecord, now: datetime) -> Decision:
+    """The refund posted under `cmd`'s reference, answered again (with what is refundable and the
+    wallet as they are now); another amount under it is a conflict."""
+    cid = w.customer.id
+    if known.amount != cmd.amount:
+        raise ConflictError(f"refund {cmd.reference!r} of customer {cid} was of another amount",
+                            reference=cmd.reference)
+    result = RefundResult(known.refund_id, cid, known.amount, w.customer.currency, cmd.reference, known.reason,
+                          list(known.lots), refundable(w, state.cash.get(cid, 0), now), wallet_view(w, now), None,
+                          known.entry_id, replayed=True)
+    return Decision(Outcome(result.code, result))
+
+
 def refund_credit(state: State, cmd: RefundCredit, now: datetime, book: PriceBook | None) -> Decision:
     """Pay back `amount` of the customer's overpaid credit in cash: one `credit_refund` entry
     (the overpaid lots debited in consumption order, the platform's cash credited) and a
@@ -72,13 +85,7 @@ def refund_credit(state: State, cmd: RefundCredit, now: datetime, book: PriceBoo
                                     customer_id=cid, currency=cur)
     known = state.refunds.get((cid, cmd.reference))
     if known is not None:  # the same payout sent again: answered again, posted once
-        if known.amount != cmd.amount:
-            raise ConflictError(f"refund {cmd.reference!r} of customer {cid} was of another amount",
-                                reference=cmd.reference)
-        result = RefundResult(known.refund_id, cid, known.amount, cur, cmd.reference, known.reason, list(known.lots),
-                              refundable(w, state.cash.get(cid, 0), now), wallet_view(w, now), None, known.entry_id,
-                              replayed=True)
-        return Decision(Outcome(result.code, result))
+        return _again(state, w, cmd, known, now)
     if cmd.amount <= 0:
         raise WalletValidationError("amount", "must be more than 0")
     whole_minor_units(cmd.amount, cur)
