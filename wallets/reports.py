@@ -231,7 +231,7 @@ async def usage(conn: AsyncConnection, customer_id: str, start: datetime | None,
                 group_by: list[str]) -> dict[str, Any]:
     """Quantities and amounts of the customer's rated lines, grouped by `group_by` and always by
     token type (`unit_groups`); any other group name is a usage dimension (feature, api_key, …).
-    Amounts sum to the revenue the entries posted.
+    Amounts sum to the revenue the entries posted, re-rates' adjustments included.
     Whole UTC days come from the daily rollups where the groups allow it, with the charges not
     folded into them yet, the rest (partial days at the edges, usage dimensions) from the
     charges: the answer is the same either way."""
@@ -288,6 +288,27 @@ async def usage(conn: AsyncConnection, customer_id: str, start: datetime | None,
          WHERE u.lane = ledger_lane(:c) AND u.customer_id = :c
            AND (CAST(:first AS date) IS NULL OR (c.occurred_at AT TIME ZONE 'UTC')::date >= :first)
            AND (CAST(:stop AS date) IS NULL OR (c.occurred_at AT TIME ZONE 'UTC')::date < :stop){group}""")
+    # what re-rates moved of the charges in range (migration 0019's adjustments), by the charge's
+    # own keys: lines of kind `rerate_adjustment`, no quantity, counted as charges only in rows
+    # of their own (grouped by kind), so that the amounts are what the charges stand at now
+    counted = "count(DISTINCT c.id)" if "kind" in group_by else "0"
+    parts.append(f"""
+        SELECT {", ".join([*exprs, ""])} 0::numeric AS quantity, sum((l->>'amount_units')::numeric) AS amount,
+               {counted} AS charges
+          FROM (SELECT q.id, d.model, q.price_version, q.occurred_at, q.dimensions,
+                       jsonb_build_object('token_type', d.token_type, 'kind', 'rerate_adjustment',
+                                          'amount_units', d.delta) AS l
+                  FROM charge_adjustments a
+                  JOIN charges q ON q.lane = a.lane AND q.id = a.charge_id
+                 CROSS JOIN LATERAL (
+                       SELECT x ->> 0 AS model, x ->> 1 AS token_type, sum(s.sign * (x ->> 2)::numeric) AS delta
+                         FROM (VALUES (-1, a.old_lines), (1, a.new_lines)) s (sign, lines)
+                        CROSS JOIN LATERAL jsonb_array_elements(s.lines) x
+                        GROUP BY 1, 2 HAVING sum(s.sign * (x ->> 2)::numeric) <> 0) d
+                 WHERE a.customer_id = :c AND a.lane = ledger_lane(:c)
+                   AND (CAST(:lo AS timestamptz) IS NULL OR q.occurred_at >= :lo)
+                   AND (CAST(:hi AS timestamptz) IS NULL OR q.occurred_at < :hi)) c{group}""")
+    params.update(lo=start, hi=end)
     rows = await conn.execute(text(f"""
         SELECT {select} sum(quantity) AS quantity, sum(amount) AS amount, sum(charges) AS charges
           FROM ({" UNION ALL ".join(parts)}) p{group}{f" ORDER BY {groups}" if exprs else ""}"""), params)

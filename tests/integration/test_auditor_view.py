@@ -397,14 +397,14 @@ def _moved(entries: list[dict], account: str, kinds: tuple[str, ...] | None = No
 
 @pytest.mark.parametrize("customer", CUSTOMERS)
 async def test_the_usage_report_sums_the_charges_the_journal_posted(books, customer):
-    """The report reads the charges as first rated (re-rates are on the invoices and in the
-    journal): its amounts add up to the usage revenue the settles and usage events posted, free
-    calls included (their lines net 0), and its quantities to the tokens the charges carry."""
+    """The report reads the charges as they stand, re-rated: its amounts add up to the usage
+    revenue the settles, usage events and re-rates posted, free calls included (their lines net
+    0), and its quantities to the tokens the charges carry."""
     tt, url, _ = books
     report = await tt.get(f"/v1/customers/{customer}/usage?from=2026-01-01T00:00:00Z&to=2028-01-01T00:00:00Z"
                           "&group_by=model,token_type,kind")
     amount = sum((Decimal(r["amount"]) for r in report["rows"]), Decimal(0))
-    posted = -_moved(await _journal(tt, customer), "income:platform:usage:", ("settle", "usage"))
+    posted = -_moved(await _journal(tt, customer), "income:platform:usage:", ("settle", "usage", "rerate_adjustment"))
     assert amount == posted, report["rows"]
     with psycopg.connect(url) as conn:
         tokens = conn.execute(

@@ -1,0 +1,77 @@
+"""The usage report after a re-rate: its amounts are what the customer is charged now, so they
+sum to the revenue the entries posted, as the invoice's lines do (before, the report kept the
+amounts as first charged, and a corrected price never reached it).
+
+Book: model-a input $10.00 per 1M tokens, $0.01 a call; the fix, from November 1st: input $6.00
+per 1M. Two events of 100,000 input tokens on November 10th: $1.01 each as charged ($1.00 +
+$0.01), $0.61 each re-rated: $1.22 in all, $0.80 less."""
+from __future__ import annotations
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from tests.api.apps import api_client
+
+ADMIN = {"Authorization": "Bearer usage-rr-admin"}
+NOVEMBER = {"from": "2026-11-01T00:00:00Z", "to": "2026-12-01T00:00:00Z"}
+
+
+def _book(tag: str, version: str, effective_from: str, price: str) -> dict:
+    return {"id": f"urr-{tag}", "version": version, "currency": "USD", "effective_from": effective_from,
+            "rules": [{"id": "in", "model": "model-a", "token_type": "input", "price": price},
+                      {"id": "call", "token_type": "request", "price": "0.01"}]}
+
+
+@pytest.fixture
+async def client(db, database_url):
+    async with api_client(database_url, admin="usage-rr-admin", send_admin=True) as c:
+        yield c
+
+
+@pytest.fixture
+async def rerated(client: AsyncTestClient, tag: str) -> str:
+    assert (await client.post("/v1/price-books", json=_book(tag, "v1", "2026-01-01T00:00:00Z", "10.00"))
+            ).status_code == 201
+    cid = f"urr-{tag}"
+    made = await client.post("/v1/customers", json={"id": cid, "price_book": f"urr-{tag}", "billing": "postpaid"})
+    assert made.status_code == 201, made.text
+    sent = await client.post("/v1/usage-events", json=[
+        {"event_id": f"e{i}", "customer_id": cid, "model": "model-a", "timestamp": f"2026-11-10T1{i}:00:00Z",
+         "usage": {"input_tokens": 100_000}, "dimensions": {"feature": "search"}} for i in range(2)])
+    assert sent.json()["accepted"] == 2, sent.text
+    assert (await client.post("/v1/price-books", json=_book(tag, "v2", "2026-11-01T00:00:00Z", "6.00"))
+            ).status_code == 201
+    applied = await client.post("/v1/rerate", json={"price_book": f"urr-{tag}", "version": "v2", **NOVEMBER,
+                                                    "customer_id": cid, "mode": "apply"})
+    assert applied.status_code == 200, applied.text
+    assert applied.json()["delta"] == "-0.80"
+    assert (await client.get(f"/v1/customers/{cid}/wallet")).json()["receivable"] == "1.22"
+    return cid
+
+
+def _rows(report, *keys: str) -> list[tuple]:
+    assert report.status_code == 200, report.text
+    return [tuple(r[k] for k in keys) for r in report.json()["rows"]]
+
+
+@pytest.mark.parametrize("window", [NOVEMBER, {"from": "2026-11-10T09:00:00Z", "to": "2026-11-10T12:00:00Z"}, {}],
+                         ids=["whole-days", "part-of-a-day", "unbounded"])
+async def test_a_usage_report_over_re_rated_charges_shows_what_they_stand_at_now(client, rerated, window):
+    report = await client.get(f"/v1/customers/{rerated}/usage",
+                              params={**window, "group_by": "day,model,token_type"})
+    assert _rows(report, "day", "model", "token_type", "quantity", "amount", "charges") == [
+        ("2026-11-10", "model-a", "input", 200_000, "1.20", 2),
+        ("2026-11-10", "model-a", "request", 2, "0.02", 2)]
+
+
+async def test_a_re_rated_usage_report_grouped_by_a_dimension_sums_to_the_receivable(client, rerated):
+    report = await client.get(f"/v1/customers/{rerated}/usage", params={**NOVEMBER, "group_by": "feature"})
+    assert _rows(report, "feature", "token_type", "quantity", "amount") == [
+        ("search", "input", 200_000, "1.20"), ("search", "request", 2, "0.02")]
+
+
+async def test_grouped_by_kind_the_re_rate_is_a_row_of_its_own_beside_the_usage_as_charged(client, rerated):
+    report = await client.get(f"/v1/customers/{rerated}/usage", params={**NOVEMBER, "group_by": "kind"})
+    assert _rows(report, "kind", "token_type", "quantity", "amount", "charges") == [
+        ("rerate_adjustment", "input", 0, "-0.80", 2),
+        ("usage", "input", 200_000, "2.00", 2), ("usage", "request", 2, "0.02", 2)]
