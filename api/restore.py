@@ -52,6 +52,7 @@ def _past_the_journals_transaction_ids(handle: DatabaseHandle) -> DatabaseHandle
             raise SystemExit(f"error: restored, but {behind}") from None
         epoch = (behind.recorded >> 32) + 1
     handle.close()  # the last user out stops it
+    handle.cluster = None  # left: restore's own close has nothing more to do
     done = subprocess.run([str(cluster.bin_dir / "pg_resetwal"), f"--epoch={epoch}", "-D", str(cluster.pgdata)],
                           capture_output=True, text=True, user=cluster.system_user)
     if done.returncode != 0:  # another process still runs the cluster, say
