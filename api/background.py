@@ -158,7 +158,7 @@ class BackgroundSettler:
                       self.spool.path)
             await self._file(batch, [], [])
             return None
-        answers = _answers(response, len(batch))
+        answers = bulk_answers(response, len(batch))
         if answers is None:  # not the endpoint's answer (a proxy's page, a body cut short): send again
             log.warning("background settles: a 200 that is not /v1/settlements' answer: %s; sending again",
                         response.text[:300])
@@ -215,7 +215,7 @@ class BackgroundSettler:
         return left
 
 
-def _answers(response: httpx.Response, count: int) -> list[tuple[int, Any]] | None:
+def bulk_answers(response: httpx.Response, count: int) -> list[tuple[int, Any]] | None:
     """(status, body) of each item of a bulk settle's answer; None unless it is one, for `count` items."""
     try:
         results = response.json()["results"]

@@ -9,7 +9,8 @@ without that endpoint (404 or 405) gets them one by one, as do releases. Each fi
 its flush lock, as `tokentill spool flush` sends it, so two processes sharing a spool directory
 never send the same record at once; a file another flusher holds is left to it. An answer strikes
 a record off after each call (a refusal goes to the `.rejected` file); a 401, 403, 404, 408 or
-other 5xx leaves it for the next flush; a connection error, 429 or 502-504 ends the round: the
+other 5xx leaves it for the next flush; a connection error, 429, 502-504 or a 200 that is not the
+endpoint's answer ends the round: the
 lock is let go and the rest is sent again after a backoff, until sent or the client closes.
 Closing stops the replay (a call in flight may land; its records stay spooled and are answered
 by key next time). Only the records spooled before the replay was made (with the client) are
@@ -27,7 +28,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from api.background import MAX_BYTES, MAX_ITEMS, is_settle, item_of
+from api.background import MAX_BYTES, MAX_ITEMS, bulk_answers, is_settle, item_of
 from api.delivery import RetryPolicy, retry_after, status_outcome
 from api.spool import FlushReport, Spool, SpoolRecord, release_lock
 
@@ -127,9 +128,12 @@ class SpoolReplay:
             if outcome == "kept":  # about the key or the server, not the settles: left for a flush
                 await self._file(spool, keys, [(r, "kept", f"{response.status_code}") for r in batch])
             return  # a refusal of the whole call (a malformed item, say): each goes singly
-        results = response.json()["results"]
-        answers = [(r, status_outcome(a["status"]), f"{a['status']} {a['body']}")
-                   for r, a in zip(batch, results, strict=True)]
+        results = bulk_answers(response, len(batch))
+        if results is None:  # not the endpoint's answer (a proxy's page, a body cut short): a round later
+            log.warning("spool replay: a 200 that is not /v1/settlements' answer: %s", response.text[:300])
+            raise _Again(None)
+        answers = [(r, status_outcome(status), f"{status} {body}") for r, (status, body) in zip(batch, results,
+                                                                                                strict=True)]
         await self._file(spool, keys, answers)
 
     async def _file(self, spool: Spool, keys: set[str], answers: list[tuple[SpoolRecord, str, str]]) -> None:

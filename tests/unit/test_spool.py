@@ -185,6 +185,32 @@ async def test_a_replay_sends_only_what_was_spooled_before_it_began(tmp_path):
     assert [r.idempotency_key for r in spool.records()] == ["r2:settle:0"], "left to its caller"
 
 
+async def test_a_replay_answered_by_something_else_than_the_bulk_endpoint_tries_again(tmp_path):
+    """A 200 that is no `{"results": [...]}` (a proxy's page, a body cut short): the replay ended
+    on the ValueError, its records left until another client started; now the round is tried
+    again after a backoff, as after a connection error."""
+    import httpx
+
+    from api.client_replay import SpoolReplay
+    from api.delivery import RetryPolicy
+
+    spool = Spool(tmp_path / "s.jsonl")
+    spool.append(SpoolRecord("POST", "/v1/reservations/r1/settle", {"usage": {"input_tokens": 1}, "final": True},
+                             "r1:settle:0", "r1", "http://tt", spooled_at="2026-01-01T00:00:00+00:00"))
+    answers = [httpx.Response(200, text="<html>portal</html>"), httpx.Response(200, json={"results": []})]
+
+    async def bulk(items):
+        if answers:
+            return answers.pop(0)
+        return httpx.Response(200, json={"results": [{"status": 200, "body": {}} for _ in items]})
+
+    async def one(record):
+        raise AssertionError("sent in bulk")
+
+    report = await SpoolReplay([spool], bulk, one, RetryPolicy(0.001, 0.001, 0.001)).run()
+    assert not answers and report.delivered == 1 and not spool.path.exists()
+
+
 def test_a_removal_on_a_full_disk_keeps_every_record_and_leaves_no_temp_file(tmp_path, monkeypatch):
     """The disk fills while the spool is rewritten: the removal fails, and must leave the spool as
     it was and no half-written temp file beside it (each failed removal left one, filling the
