@@ -436,7 +436,7 @@ class Client(_Base, JournalReads):
         self._own()  # a child closes its own connections and settler, never the parent's
         deadline = time.monotonic() + self._drain_timeout_s  # one for the releases and the queue together
         if self._replay is not None:
-            self._replay.stop()
+            self._replay.stop(max(0.0, deadline - time.monotonic()))
         for thread in list(self._abandoned):  # releases of interrupted reserves: let them finish
             thread.join(max(0.0, deadline - time.monotonic()))
         if self._background is not None:

@@ -223,8 +223,9 @@ class ReplayThread:
         self._thread.join(timeout)
         return None if self._thread.is_alive() else self.report
 
-    def stop(self) -> None:
-        """Stop it (a call in flight is answered first) and wait for the thread."""
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop it and wait for the thread, at most `timeout`: a call in flight (in a worker thread,
+        which nothing interrupts) may outlast it; its answer is not filed, its records stay spooled."""
         with self._lock:
             self._stopped = True
             if self._loop is not None and self._task is not None:
@@ -232,4 +233,4 @@ class ReplayThread:
                     self._loop.call_soon_threadsafe(self._task.cancel)
                 except RuntimeError:  # its loop has closed: the replay is over
                     pass
-        self._thread.join()
+        self._thread.join(timeout)

@@ -211,6 +211,36 @@ async def test_a_replay_answered_by_something_else_than_the_bulk_endpoint_tries_
     assert not answers and report.delivered == 1 and not spool.path.exists()
 
 
+def test_a_blocking_clients_close_does_not_wait_past_its_drain_timeout_for_a_hung_replay(tmp_path):
+    """The replay's bulk call is on a server that accepted it and hangs: `close()` joined the
+    replay's thread until that call ended (its read timeout: 10 s by default, longer where set),
+    past the `drain_timeout_s` a shutdown is sized to. Now it waits the deadline at most; the
+    record stays spooled for the next client."""
+    import httpx
+
+    from api.client import Client
+
+    spool = Spool(tmp_path / spool_name("http://tt", "key"))
+    spool.append(SpoolRecord("POST", "/v1/reservations/r1/settle", {"usage": {"input_tokens": 1}, "final": True},
+                             "r1:settle:0", "r1", "http://tt", spooled_at="2026-01-01T00:00:00+00:00"))
+    calling, hang = threading.Event(), threading.Event()
+
+    def server(request: httpx.Request) -> httpx.Response:
+        calling.set()
+        hang.wait(5)  # the call's read timeout, say
+        return httpx.Response(503)
+
+    tt = Client("http://tt", "key", transport=httpx.MockTransport(server), spool_dir=tmp_path, drain_timeout_s=0.5)
+    try:
+        assert calling.wait(10)
+        started = time.monotonic()
+        tt.close()
+        assert time.monotonic() - started < 2.0
+    finally:
+        hang.set()
+    assert [r.idempotency_key for r in spool.records()] == ["r1:settle:0"]
+
+
 def test_a_removal_on_a_full_disk_keeps_every_record_and_leaves_no_temp_file(tmp_path, monkeypatch):
     """The disk fills while the spool is rewritten: the removal fails, and must leave the spool as
     it was and no half-written temp file beside it (each failed removal left one, filling the
