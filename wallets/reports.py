@@ -183,6 +183,9 @@ GROUPS = {"model": "c.model", "token_type": "l->>'token_type'", "kind": "l->>'ki
 ROLLED = {"model": "r.model", "token_type": "r.token_type", "kind": "r.kind", "rule_id": "r.rule_id",
           "price_version": "r.price_version", "day": "to_char(r.day, 'YYYY-MM-DD')",
           "month": "to_char(r.day, 'YYYY-MM')"}
+# `day` and `month` in a time zone other than UTC, read from the charges (the rollups keep UTC days)
+LOCAL = {"day": "to_char(c.occurred_at AT TIME ZONE :tz, 'YYYY-MM-DD')",
+         "month": "to_char(c.occurred_at AT TIME ZONE :tz, 'YYYY-MM')"}
 _LINE_KEY = {"token_type": 4, "kind": 2, "rule_id": 1}  # a rollup level's bit per part left out
 _DIMENSION = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 _DAY = timedelta(days=1)
@@ -228,17 +231,21 @@ def unit_groups(group_by: list[str]) -> list[str]:
 
 
 async def usage(conn: AsyncConnection, customer_id: str, start: datetime | None, end: datetime | None,
-                group_by: list[str]) -> dict[str, Any]:
+                group_by: list[str], time_zone: str = "UTC") -> dict[str, Any]:
     """Quantities and amounts of the customer's rated lines, grouped by `group_by` and always by
     token type (`unit_groups`); any other group name is a usage dimension (feature, api_key, …).
     Amounts sum to the revenue the entries posted, re-rates' adjustments included.
     Whole UTC days come from the daily rollups where the groups allow it, with the charges not
     folded into them yet, the rest (partial days at the edges, usage dimensions) from the
-    charges: the answer is the same either way."""
+    charges: the answer is the same either way. `day` and `month` are those of `time_zone` (an
+    IANA name), from the charges when it is not UTC."""
     group_by = unit_groups(group_by)
-    exprs, rolled, params = [], [], {"c": customer_id}
+    local = time_zone != "UTC" and not LOCAL.keys().isdisjoint(group_by)
+    exprs, rolled, params = [], [], {"c": customer_id, "tz": time_zone}
     for i, name in enumerate(group_by):
-        if name in GROUPS:
+        if local and name in LOCAL:
+            exprs.append(f"{LOCAL[name]} AS g{i}")
+        elif name in GROUPS:
             exprs.append(f"{GROUPS[name]} AS g{i}")
             rolled.append(f"{ROLLED[name]} AS g{i}")
         elif _DIMENSION.match(name):
@@ -249,7 +256,7 @@ async def usage(conn: AsyncConnection, customer_id: str, start: datetime | None,
     groups = ", ".join(f"g{i}" for i in range(len(exprs)))
     select = groups + ", " if exprs else ""
     group = f" GROUP BY {groups}" if exprs else ""
-    level, days, raw = usage_plan(start, end, group_by)
+    level, days, raw = (None, None, [(start, end)]) if local else usage_plan(start, end, group_by)
     # A discount's line restates the quantity of the usage it discounts: rows that mix kinds
     # count the usage lines' quantity only (rows of one kind count their own).
     used = "" if "kind" in group_by else " FILTER (WHERE l->>'kind' = 'usage')"
@@ -324,7 +331,8 @@ async def usage(conn: AsyncConnection, customer_id: str, start: datetime | None,
         item.update(quantity=int(row.quantity or 0), amount=money(row.amount, exists.currency),
                     charges=int(row.charges))
         out.append(item)
-    return {"customer_id": customer_id, "from": when(start), "to": when(end), "group_by": group_by, "rows": out}
+    return {"customer_id": customer_id, "from": when(start), "to": when(end), "group_by": group_by,
+            "time_zone": time_zone, "rows": out}
 
 
 _OPEN = text("""

@@ -22,6 +22,7 @@ from pricing.errors import PricingError
 from wallets import reports
 from wallets.commands import RecordUsage, UsageResult
 from wallets.errors import WalletValidationError
+from wallets.periods import new_zone
 
 MAX_EVENTS = 1000
 FUTURE_SLACK_S = 300  # an event's time may be this far ahead of the server's clock (clocks differ)
@@ -142,7 +143,7 @@ class UsageRow(msgspec.Struct):
 
 UsageReport = msgspec.defstruct("UsageReport", [
     ("customer_id", str), ("from", str | None), ("to", str | None), ("group_by", list[str]),
-    ("rows", list[UsageRow])])
+    ("time_zone", str), ("rows", list[UsageRow])])
 
 
 @get("/v1/customers/{customer_id:str}/usage", guards=[require("inference", "auditor", "customer")],
@@ -153,9 +154,12 @@ async def get_usage(
     end: Annotated[str | None, time_param("to")] = None,
     group_by: Annotated[str, QueryParameter(name="group_by", max_length=200, pattern=GROUP_BY,
                                        description="Comma-separated group names")] = "model,token_type",
+    time_zone: Annotated[str, QueryParameter(name="time_zone", max_length=64, description=(
+        "The IANA time zone whose days and months `day` and `month` are"))] = "UTC",
 ) -> dict[str, Any]:
     """Quantity and amount per group over [from, to): group by model, token_type, kind, rule_id,
-    price_version, day, month or any usage dimension (feature, api_key, …). Rows are always
+    price_version, day, month (of `time_zone`, UTC by default) or any usage dimension (feature,
+    api_key, …). Rows are always
     split by token type too (the answer's `group_by` lists it last when it was not asked), so a
     quantity never adds input tokens, output tokens and calls."""
     if not matches(GROUP_BY, group_by):
@@ -164,4 +168,6 @@ async def get_usage(
     since, until = time_in(start, "from"), time_in(end, "to")
     if since is not None and until is not None and until < since:  # as the journal: not an empty report
         raise WalletValidationError("to", "must not be before from")
-    return await state.services.db.read(lambda conn: reports.usage(conn, customer_id, since, until, groups))
+    new_zone(time_zone)
+    return await state.services.db.read(
+        lambda conn: reports.usage(conn, customer_id, since, until, groups, time_zone))
