@@ -328,6 +328,20 @@ def _rounding(state: State, w: Wallet, rollup: Rollup, paid: Sequence[tuple[str,
     return (rounding, -rounding - owed) if w.customer.billing == "postpaid" else (0, 0)
 
 
+def _with_later_adjustments(state: State, w: Wallet, label: str, rollup: Rollup) -> Rollup:
+    """`rollup` with the adjustment lines of period `label`'s own usage that re-rates billed in a
+    later period (one made in its grace window): the true-up counts the charges as they stand."""
+    prefix = f'{LINE}["{label}","adjustment",'
+    extra = [found for period, r in state.rollups.get(w.customer.id, {}).items() if period > label
+             if (found := {item: qa for item, qa in r.items() if item.startswith(prefix)})]
+    if not extra:
+        return rollup
+    combined = dict(rollup)
+    for found in extra:
+        merge(combined, found)
+    return combined
+
+
 def closing(state: State, w: Wallet, label: str, rollup: Rollup, book: PriceBook | None, now: datetime,
             credits: Sequence[Unapplied] = ()) -> Closing:
     """The true-up of period `label` if it closed `now` with `w`'s balances, the rounding of its
@@ -335,7 +349,8 @@ def closing(state: State, w: Wallet, label: str, rollup: Rollup, book: PriceBook
     posted as one entry, and the rollup its invoice shows: the close and the upcoming invoice's
     preview both build the invoice by it."""
     rollup = dict(rollup)
-    lines = true_up_lines(volume_rules(book, rollup, label), volume_discounts(book, rollup, label))
+    lines = true_up_lines(volume_rules(book, _with_later_adjustments(state, w, label, rollup), label),
+                          volume_discounts(book, rollup, label))
     lines += allowance_lines(rollup, label, lines, allowances_at_end(w, label))
     cid, cur = w.customer.id, w.customer.currency
     legs, lot, paid = _true_up(state, w, label, lines, now) if lines else (Legs(cur), None, ())

@@ -233,3 +233,30 @@ async def test_a_period_re_rated_while_open_is_trued_up_at_its_close_from_the_ch
     assert (november["total"], november["amount_due"]) == ("1.04", "1.04")
     assert upcoming["total"] == "1.04"  # the upcoming invoice said what the close did
     await verified(bk)
+
+
+async def test_a_re_rate_in_the_grace_window_counts_in_the_closing_period_s_true_up(fresh_db) -> None:
+    """The same usage, re-rated to v2 at 00:30 on December 1st, in November's grace window: the
+    correction (-$0.46) is billed in December, on its invoice. November's close trues up the
+    charges as they stand, $1.84, at v2's tier reached: 130,000 x $8/M - $1.84 = -$0.80, so
+    November totals $2.30 - $0.80 = $1.50 and with December's -$0.46 the usage costs $1.04. It
+    trued up the charges as first rated, -$1.00 at v1: $1.30 - $0.46 = $0.84 in all."""
+    bk = BillingKit(fresh_db)
+    await bk.add_book(V1)
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("grace", billing_mode="postpaid", book="vol")
+    for day, tokens in [(5, 60_000), (20, 70_000)]:
+        bk.clock.now = datetime(2026, 11, day, 12, tzinfo=UTC)
+        await bk.event(cid, "model-v", 0, tokens)
+    await bk.add_book(V2)
+    bk.clock.now = datetime(2026, 12, 1, 0, 30, tzinfo=UTC)
+    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    assert done["delta"] == "-0.46" and done["credit_notes"] == []
+    await bk.close(datetime(2026, 12, 1, 1, 1, tzinfo=UTC))
+    [november] = await bk.invoices(cid)
+    [true_up] = [ln for ln in november["lines"] if ln["kind"] == "volume_true_up"]
+    assert (true_up["unit_price"], true_up["amount"], november["total"]) == ("8", "-0.80", "1.50")
+    upcoming = await bk.upcoming(cid)
+    assert (upcoming["period"]["label"], upcoming["total"]) == ("2026-12", "-0.46")
+    assert (await bk.service.wallet(cid)).receivable == 1_040_000_000
+    await verified(bk)
