@@ -24,6 +24,7 @@ charges a late settle once, even after its hold expired. Other calls retry brief
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import re
@@ -33,6 +34,7 @@ import uuid
 from collections.abc import Coroutine, Mapping
 from dataclasses import replace
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -172,8 +174,10 @@ class _Base:
             key = f"sdk_{uuid.uuid4().hex}"  # one key for all the retries of this call
         if key is not None:
             headers["Idempotency-Key"] = key
-        return {"method": method, "url": self._base_url + path, "headers": headers,
-                **({"json": body} if body is not None and method != "GET" else {})}
+        if body is None or method == "GET":
+            return {"method": method, "url": self._base_url + path, "headers": headers}
+        headers["Content-Type"] = "application/json"
+        return {"method": method, "url": self._base_url + path, "headers": headers, "content": json_body(body)}
 
     def _short(self) -> Schedule:
         return Schedule(self._policy, retries=self._retries, budget_s=self._retry_budget_s)
@@ -685,6 +689,19 @@ class AsyncClient(_Base, AsyncJournalReads):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def json_body(body: Any) -> bytes:
+    """A request body as JSON, a Decimal (money, as callers hold it) as its exact decimal string."""
+    return json.dumps(body, default=_decimal_string, ensure_ascii=False, separators=(",", ":"),
+                      allow_nan=False).encode()  # as httpx's json= encodes, but for the Decimal
+
+
+def _decimal_string(value: object) -> str:
+    if isinstance(value, Decimal) and value.is_finite():
+        return format(value, "f")
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable"
+                    + (": a Decimal must be finite" if isinstance(value, Decimal) else ""))
 
 
 def until(policy: RetryPolicy, deadline: float) -> Schedule:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from decimal import Decimal
 from typing import Any
 
 from api.client import (
@@ -92,3 +93,17 @@ async def test_both_clients_raise_the_same_typed_error_for_each_refusal(live, sp
     assert [seen and seen[0] for seen in blocking] == [InsufficientFunds, UnpricedModel, NotFound, ReservationClosed,
                                                ReservationClosed, ExtensionTooShort, IdempotencyConflict, NotFound]
     assert asynchronous == blocking
+
+
+async def test_both_clients_send_a_decimal_as_its_exact_decimal_string(live, spool_dir):
+    """Money is a Decimal in a caller's code, as in ours: a body holding one was a TypeError
+    ("Object of type Decimal is not JSON serializable") before anything was sent, so callers
+    went through float or str by hand. Now it goes as its exact decimal string."""
+    url, book = live
+    customer = new_customer(url, book)
+    with Client(url, ADMIN, flush_spool=False) as tt:
+        tt.post(f"/v1/customers/{customer}/topups", {"amount": Decimal("2.50")})
+    async with AsyncClient(url, ADMIN, flush_spool=False) as att:
+        await att.post(f"/v1/customers/{customer}/topups", {"amount": Decimal("1.5E+1")})
+        wallet = await att.get(f"/v1/customers/{customer}/wallet")
+    assert Decimal(wallet["available"]) == Decimal("27.50")  # 10.00 + 2.50 + 15
