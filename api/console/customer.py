@@ -35,6 +35,8 @@ RESERVATIONS_PAGE = 100
 WALLET_HOLDS = 10  # the latest, on the wallet page
 WALLET_LOTS = 100  # a page of credit lots
 REFERENCE_MAX = 500  # characters, as TopUpRequest.reference
+TOP_UP_LABELS = {"amount": "Amount", "reference": "Payment reference", "priority": "Priority",
+                 "expires_on": "Expires on", "idempotency_key": "Form key"}  # a refusal names these
 
 
 @get(f"{PREFIX}/customers/{{customer_id:str}}", guards=[allow(*READERS)], name="console-wallet")
@@ -204,7 +206,7 @@ def _top_up_form(request: Request, customer: Any, form: dict[str, str], errors: 
     """The form, with a new one-time key: a refused form's key keeps its refusal, so the
     corrected form must be a new request."""
     return render(request, "customer/top_up.html", status=status, customer=customer, form=form, errors=errors,
-                  idempotency_key=secrets.token_urlsafe(16), section="top-up",
+                  idempotency_key=secrets.token_urlsafe(16), section="top-up", labels=TOP_UP_LABELS,
                   amount_example=format_money(100 * 10**ASSET_SCALE, customer.currency),  # JPY 100, KWD 100.000
                   amount_decimals=_cash_decimals(customer.currency))
 
@@ -263,5 +265,8 @@ async def top_up(state: State, request: Request, customer_id: FromPath[str]) -> 
 
 def _refused(request: Request, customer: Any, form: dict[str, str], fields: Any, detail: str,
              status: int) -> Template:
+    """The form again, each refusal under the form's own field (the command's `expires_at` is the
+    form's `expires_on`)."""
     fields = fields or [{"field": "amount", "message": detail}]
-    return _top_up_form(request, customer, form, {f["field"]: f["message"] for f in fields}, status=status)
+    errors = {("expires_on" if f["field"] == "expires_at" else f["field"]): f["message"] for f in fields}
+    return _top_up_form(request, customer, form, errors, status=status)

@@ -133,7 +133,7 @@ async def test_a_reference_longer_than_the_api_takes_is_refused_not_cut(console)
         "reference": reference, "priority": "100", "expires_on": ""})
     assert answer.status_code == 422, answer.headers.get("location")
     assert "The top-up was not recorded" in answer.text
-    assert "<strong>reference</strong>: at most 500 characters" in answer.text
+    assert "<strong>Payment reference</strong>: at most 500 characters" in answer.text
     assert _field(answer.text, "reference") == reference  # given back whole, to correct
     assert await _lots(client, customer) == []
 
@@ -149,7 +149,7 @@ async def test_a_priority_that_is_not_plain_digits_is_refused(console, priority)
         "_csrf_token": token, "idempotency_key": _field(form.text, "idempotency_key"), "amount": "5.00",
         "reference": "", "priority": priority, "expires_on": ""})
     assert answer.status_code == 422, answer.headers.get("location")
-    assert "<strong>priority</strong>: a whole number from 0 to 100" in answer.text
+    assert "<strong>Priority</strong>: a whole number from 0 to 100" in answer.text
     assert await _lots(client, customer) == []
 
 
@@ -174,8 +174,9 @@ async def test_the_amount_hint_shows_an_example_with_the_currencys_own_decimals(
     assert hint == f"An amount such as {example}; {decimals}.", hint
 
 
-@pytest.mark.parametrize(("field", "value"), [("reference", "wire\x007"), ("idempotency_key", "abc\x00defghij")])
-async def test_a_nul_in_a_field_is_refused_on_the_form_before_the_wallet_sees_it(console, field, value):
+@pytest.mark.parametrize(("field", "value", "label"), [("reference", "wire\x007", "Payment reference"),
+                                                      ("idempotency_key", "abc\x00defghij", "Form key")])
+async def test_a_nul_in_a_field_is_refused_on_the_form_before_the_wallet_sees_it(console, field, value, label):
     """A U+0000 in the payment reference (pasted from a bank export) or the form's key went on to
     the wallet's batch, which PostgreSQL refused: the admin got a bare error page ("a value in the
     request cannot be stored", field `body`) instead of the form with what was typed, and the
@@ -189,6 +190,42 @@ async def test_a_nul_in_a_field_is_refused_on_the_form_before_the_wallet_sees_it
     answer = await client.post(f"/console/customers/{customer}/top-up", follow_redirects=False, data=sent)
     assert answer.status_code == 422, answer.headers.get("location")
     assert "The top-up was not recorded" in answer.text
-    assert f"<strong>{field}</strong>: must not contain U+0000 (NUL)" in answer.text
+    assert f"<strong>{label}</strong>: must not contain U+0000 (NUL)" in answer.text
     assert _field(answer.text, "amount") == "5.00"
+    assert await _lots(client, customer) == []
+
+
+def _described(html: str, field: str) -> str:
+    """The text of what the field's aria-describedby names, ids in order, joined."""
+    tag = re.search(rf'<input id="{field}"[^>]*>', html).group(0)
+    ids = re.search(r'aria-describedby="([^"]*)"', tag)
+    texts = []
+    for name in (ids.group(1).split() if ids else []):
+        found = re.search(rf'id="{name}"[^>]*>([^<]*)<', html)
+        texts.append(found.group(1) if found else "")
+    return " ".join(texts)
+
+
+@pytest.mark.parametrize(("sent", "field", "label", "said"), [
+    ({"expires_on": "2020-01-01"}, "expires_on", "Expires on", "must be in the future"),
+    ({"amount": "10.001"}, "amount", "Amount", "USD amounts have 2 decimals: 10.001"),
+    ({"priority": "101"}, "priority", "Priority", "a whole number from 0 to 100"),
+])
+async def test_a_refusal_names_the_field_as_the_form_labels_it_and_is_read_with_the_field(
+        console, sent, field, label, said):
+    """An expiry in the past was refused as "expires_at: must be in the future": a field the
+    form does not have (it asks "Expires on"), and a screen reader on the field heard nothing of
+    why it was invalid (aria-invalid, no description). The notice now names the label and each
+    field is described by its own message."""
+    client, book, token = console
+    customer = await _customer(client, book)
+    form = await client.get(f"/console/customers/{customer}/top-up")
+    answer = await client.post(f"/console/customers/{customer}/top-up", follow_redirects=False, data={
+        "_csrf_token": token, "idempotency_key": _field(form.text, "idempotency_key"), "amount": "5.00",
+        "reference": "", "priority": "100", "expires_on": "", **sent})
+    assert answer.status_code == 422
+    notice = re.search(r'<div class="notice bad" role="alert">(.*?)</div>', answer.text, re.S).group(1)
+    assert f"<strong>{label}</strong>: {said}" in notice, notice
+    assert "expires_at" not in notice
+    assert said in _described(answer.text, field), _described(answer.text, field)
     assert await _lots(client, customer) == []
