@@ -20,7 +20,7 @@ from api.console.web import PREFIX, allow, render, viewer
 from api.routes import cursors
 from api.routes.budgets import budget_response
 from api.routes.customers import CREDITED, READERS, customer_response, wallet_response
-from api.routes.wire import amount_in, answered, body_hash, time_in, unstorable
+from api.routes.wire import MAX_AMOUNT, amount_in, answered, body_hash, time_in, unstorable
 from ledger.errors import LedgerError
 from pricing.money import CURRENCY_MINOR_UNITS, format_money, parse_amount
 from wallets import reports
@@ -207,8 +207,12 @@ def _top_up_form(request: Request, customer: Any, form: dict[str, str], errors: 
     corrected form must be a new request."""
     return render(request, "customer/top_up.html", status=status, customer=customer, form=form, errors=errors,
                   idempotency_key=secrets.token_urlsafe(16), section="top-up", labels=TOP_UP_LABELS,
-                  amount_example=format_money(100 * 10**ASSET_SCALE, customer.currency),  # JPY 100, KWD 100.000
+                  amount_example=_example(customer.currency),
                   amount_decimals=_cash_decimals(customer.currency))
+
+
+def _example(currency: str) -> str:
+    return format_money(100 * 10**ASSET_SCALE, currency)  # JPY 100, KWD 100.000
 
 
 def _cash_decimals(currency: str) -> str:
@@ -218,7 +222,7 @@ def _cash_decimals(currency: str) -> str:
     return "no decimals" if decimals == 0 else f"at most {decimals} decimals"
 
 
-def _top_up_command(request: Request, customer_id: str, form: dict[str, str]) -> TopUp:
+def _top_up_command(request: Request, customer_id: str, currency: str, form: dict[str, str]) -> TopUp:
     """The form as the API's TopUp command; a field the API would refuse is refused alike (a NUL
     before the wallet's batch, which PostgreSQL would refuse with the batch's other commands)."""
     refused = unstorable(form)
@@ -238,7 +242,12 @@ def _top_up_command(request: Request, customer_id: str, form: dict[str, str]) ->
     if len(reference) > REFERENCE_MAX:  # as the API refuses it: never recorded cut short
         raise WalletValidationError("reference", f"at most {REFERENCE_MAX} characters")
     body = {k: form.get(k, "") for k in ("amount", "reference", "priority", "expires_on")}
-    return TopUp(customer_id=customer_id, amount=amount_in(form.get("amount", ""), "amount"),
+    try:
+        amount = amount_in(form.get("amount", ""), "amount")
+    except WalletValidationError:  # said in the currency's terms, as the hint says it (cash: whole minor units)
+        raise WalletValidationError("amount", f"an amount more than 0 and at most {MAX_AMOUNT // 10**ASSET_SCALE}, "
+                                    f"such as {_example(currency)}, {_cash_decimals(currency)}") from None
+    return TopUp(customer_id=customer_id, amount=amount,
                  reference=reference, priority=priority, expires_at=expires_at,
                  idem=IdemKey(f"console:{viewer(request).key_id}", key, body_hash(request, body)))
 
@@ -251,7 +260,7 @@ async def top_up(state: State, request: Request, customer_id: FromPath[str]) -> 
     customer = customer_response(await state.services.wallets.get_customer(customer_id))
     form = {k: v for k, v in (await request.form()).items() if isinstance(v, str) and k != "_csrf_token"}
     try:
-        result = await state.services.wallets.submit(_top_up_command(request, customer_id, form))
+        result = await state.services.wallets.submit(_top_up_command(request, customer_id, customer.currency, form))
     except LedgerError as exc:
         return _refused(request, customer, form, exc.context.get("fields"), exc.detail, 422)
     # the API's answer, fresh or kept: the same form again answers as the first did, a refusal included

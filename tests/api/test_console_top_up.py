@@ -229,3 +229,23 @@ async def test_a_refusal_names_the_field_as_the_form_labels_it_and_is_read_with_
     assert "expires_at" not in notice
     assert said in _described(answer.text, field), _described(answer.text, field)
     assert await _lots(client, customer) == []
+
+
+@pytest.mark.parametrize("amount", ["", "-5", "abc", "1e3", "10,50", "2000000000"])
+async def test_an_amount_that_is_not_one_is_refused_in_the_currencys_terms(console, amount):
+    """An amount that is no amount at all was refused with the API's general wording, "a decimal
+    string, such as "10.00": at most 1000000000, with at most 9 decimals", beside a hint saying
+    "at most 2 decimals": a dollar top-up with 9 decimals is refused too (cash)."""
+    client, book, token = console
+    customer = await _customer(client, book)
+    form = await client.get(f"/console/customers/{customer}/top-up")
+    answer = await client.post(f"/console/customers/{customer}/top-up", follow_redirects=False, data={
+        "_csrf_token": token, "idempotency_key": _field(form.text, "idempotency_key"), "amount": amount,
+        "reference": "", "priority": "100", "expires_on": ""})
+    assert answer.status_code == 422
+    notice = re.search(r'<div class="notice bad" role="alert">(.*?)</div>', answer.text, re.S).group(1)
+    assert "<strong>Amount</strong>: an amount more than 0 and at most 1000000000, such as 100.00, " \
+           "at most 2 decimals" in notice, notice
+    assert "9 decimals" not in notice
+    assert _field(answer.text, "amount") == amount
+    assert await _lots(client, customer) == []
