@@ -318,6 +318,24 @@ def csv_text(document: Mapping[str, Any]) -> str:
     return out.getvalue()
 
 
+def usage_csv(report: Mapping[str, Any]) -> str:
+    """A usage report's rows, one a line: its group keys in order, then quantity, amount,
+    currency and charges; a text cell a spreadsheet would run (a dimension a caller sent, a
+    model name) written after a ', as an invoice's."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow([*report["group_by"], "quantity", "amount", "currency", "charges"])
+    for row in report["rows"]:
+        writer.writerow([*(_as_text(row[g]) for g in report["group_by"]),
+                         row["quantity"], row["amount"], report["currency"], row["charges"]])
+    return out.getvalue()
+
+
+def wants_csv(request: Request) -> bool:
+    """Whether the Accept header prefers CSV to JSON (no header, */* or anything else: JSON)."""
+    return "accept" in request.headers and request.accept.best_match([JSON, CSV]) == CSV
+
+
 CSV_FIGURES = frozenset({"quantity", "unit_price", "per", "amount", "tier"})  # numbers ("-0.01" is one)
 
 

@@ -332,7 +332,7 @@ async def usage(conn: AsyncConnection, customer_id: str, start: datetime | None,
                     charges=int(row.charges))
         out.append(item)
     return {"customer_id": customer_id, "from": when(start), "to": when(end), "group_by": group_by,
-            "time_zone": time_zone, "rows": out}
+            "time_zone": time_zone, "currency": exists.currency, "rows": out}
 
 
 _OPEN = text("""

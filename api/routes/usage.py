@@ -10,6 +10,7 @@ from litestar import Request, Response, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath, QueryParameter
 
+from api import renderings
 from api.auth import key_dimensions, principal_of, require
 from api.errors import ApiError, documented
 from api.routes.formats import GROUP_BY, Identifier, matches
@@ -143,25 +144,25 @@ class UsageRow(msgspec.Struct):
 
 UsageReport = msgspec.defstruct("UsageReport", [
     ("customer_id", str), ("from", str | None), ("to", str | None), ("group_by", list[str]),
-    ("time_zone", str), ("rows", list[UsageRow])])
+    ("time_zone", str), ("currency", str), ("rows", list[UsageRow])])
 
 
 @get("/v1/customers/{customer_id:str}/usage", guards=[require("inference", "auditor", "customer")],
-     tags=["usage"], **documented(404, 422, ok=UsageReport))
+     tags=["usage"], **documented(404, 422, ok=UsageReport, operation=renderings.rendered_as(renderings.CSV)))
 async def get_usage(
-    state: State, customer_id: FromPath[str],
+    state: State, request: Request, customer_id: FromPath[str],
     start: Annotated[str | None, time_param("from")] = None,
     end: Annotated[str | None, time_param("to")] = None,
     group_by: Annotated[str, QueryParameter(name="group_by", max_length=200, pattern=GROUP_BY,
                                        description="Comma-separated group names")] = "model,token_type",
     time_zone: Annotated[str, QueryParameter(name="time_zone", max_length=64, description=(
         "The IANA time zone whose days and months `day` and `month` are"))] = "UTC",
-) -> dict[str, Any]:
+) -> Response[Any]:
     """Quantity and amount per group over [from, to): group by model, token_type, kind, rule_id,
     price_version, day, month (of `time_zone`, UTC by default) or any usage dimension (feature,
     api_key, …). Rows are always
     split by token type too (the answer's `group_by` lists it last when it was not asked), so a
-    quantity never adds input tokens, output tokens and calls."""
+    quantity never adds input tokens, output tokens and calls. As CSV for `Accept: text/csv`."""
     if not matches(GROUP_BY, group_by):
         raise WalletValidationError("group_by", "comma-separated names of groups or usage dimensions")
     groups = [g.strip() for g in group_by.split(",") if g.strip()]
@@ -169,5 +170,8 @@ async def get_usage(
     if since is not None and until is not None and until < since:  # as the journal: not an empty report
         raise WalletValidationError("to", "must not be before from")
     new_zone(time_zone)
-    return await state.services.db.read(
+    report = await state.services.db.read(
         lambda conn: reports.usage(conn, customer_id, since, until, groups, time_zone))
+    if renderings.wants_csv(request):
+        return Response(renderings.usage_csv(report), media_type="text/csv")
+    return Response(report)
