@@ -138,6 +138,13 @@ def unkeyed(method: str, path: str) -> bool:
     return method == "POST" and UNKEYED.fullmatch(path.split("?", 1)[0]) is not None
 
 
+# The lock a forked child's threads take to give a Client the child's own connections and settler;
+# made anew in each child (one held at the fork by another thread would never be let go there).
+_OWNING = [threading.Lock()]
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _OWNING.__setitem__(0, threading.Lock()))
+
+
 class _Base:
     """What both clients share: requests, retry schedules, the spool."""
 
@@ -284,11 +291,14 @@ class Client(_Base, JournalReads):
         unanswered reserves stay the parent's. A `transport=` given is the caller's, kept."""
         if self._pid == os.getpid():
             return
-        self._pid = os.getpid()
-        self._http = httpx.Client(transport=self._transport, timeout=self._timeout)
-        self._replay, self._abandoned = None, set()
-        if self._background is not None:
-            self._background = ThreadedSettler(self.spool, self._send_settlements, self._policy)
+        with _OWNING[0]:  # the child's threads may all call at once: one makes, the others wait
+            if self._pid == os.getpid():
+                return
+            self._http = httpx.Client(transport=self._transport, timeout=self._timeout)
+            self._replay, self._abandoned = None, set()
+            if self._background is not None:
+                self._background = ThreadedSettler(self.spool, self._send_settlements, self._policy)
+            self._pid = os.getpid()  # last: a thread that finds it finds the child's own in place
 
     async def _send_settlements(self, items: list[dict[str, Any]]) -> httpx.Response:
         return await asyncio.to_thread(self._http.post, self._base_url + SETTLEMENTS_PATH, json=items,
