@@ -9,6 +9,7 @@ from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
 import msgspec
 from litestar import Request, Response, get, post
@@ -171,18 +172,21 @@ async def usage_page(state: State, request: Request, customer_id: FromPath[str],
     """Usage by day, model and token type over a range of days: the usage API's report
     (`group_by=day,model,token_type`), drawn as a chart and listed as a table."""
     customer = customer_response(await state.services.wallets.get_customer(customer_id))
+    zone = ZoneInfo(customer.time_zone)  # its days, as its invoices count its periods
     try:
-        first, last = usage_range(start, end, datetime.now(UTC).date())
+        first, last = usage_range(start, end, datetime.now(zone).date())
     except WalletValidationError as exc:  # said in the usage region, which the form's htmx swaps in
         return render(request, "customer/usage.html", status=422, customer=customer, start=start or "",
                       end=end or "", refused=exc.context.get("fields") or [], chart=None, section="usage")
-    lower = datetime.combine(first, datetime.min.time(), UTC)
-    upper = datetime.combine(last + timedelta(days=1), datetime.min.time(), UTC)
-    report = await state.services.db.read(lambda conn: reports.usage(conn, customer_id, lower, upper, USAGE_GROUPS))
+    lower = datetime.combine(first, datetime.min.time(), zone).astimezone(UTC)
+    upper = datetime.combine(last + timedelta(days=1), datetime.min.time(), zone).astimezone(UTC)
+    report = await state.services.db.read(
+        lambda conn: reports.usage(conn, customer_id, lower, upper, USAGE_GROUPS, customer.time_zone))
+    api_query = {"from": reports.when(lower), "to": reports.when(upper), "group_by": ",".join(USAGE_GROUPS)}
+    if customer.time_zone != "UTC":
+        api_query["time_zone"] = customer.time_zone
     return render(request, "customer/usage.html", customer=customer, first=first, last=last,
-                  start=first.isoformat(), end=last.isoformat(),
-                  api_query={"from": reports.when(lower), "to": reports.when(upper),
-                             "group_by": ",".join(USAGE_GROUPS)},
+                  start=first.isoformat(), end=last.isoformat(), api_query=api_query,
                   chart=chart_of(report["rows"], first, last, customer.currency), section="usage")
 
 

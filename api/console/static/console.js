@@ -26,7 +26,7 @@
     var chart = new uPlot({
       width: width, height: 300, series: series, tzDate: function (ts) { return uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"); },
       axes: [{ stroke: "#4a5565", grid: { stroke: "#eceef1" },
-               // one tick a day (every few days over long ranges), labelled with the UTC date
+               // one tick a day (every few days over long ranges), labelled with the day as the table lists it
                splits: function () { var step = Math.ceil(xs.length / 12); return xs.filter(function (_, i) { return i % step === 0; }); },
                values: function (u, splits) { return splits.map(function (t) { return new Date(t * 1e3).toISOString().slice(5, 10); }); } },
              { stroke: "#4a5565", grid: { stroke: "#eceef1" }, size: 90,
