@@ -231,14 +231,17 @@ def unit_groups(group_by: list[str]) -> list[str]:
 
 
 async def usage(conn: AsyncConnection, customer_id: str, start: datetime | None, end: datetime | None,
-                group_by: list[str], time_zone: str = "UTC") -> dict[str, Any]:
+                group_by: list[str], time_zone: str = "UTC", limit: int | None = None,
+                after: list[str | None] | None = None) -> dict[str, Any]:
     """Quantities and amounts of the customer's rated lines, grouped by `group_by` and always by
     token type (`unit_groups`); any other group name is a usage dimension (feature, api_key, …).
     Amounts sum to the revenue the entries posted, re-rates' adjustments included.
     Whole UTC days come from the daily rollups where the groups allow it, with the charges not
     folded into them yet, the rest (partial days at the edges, usage dimensions) from the
     charges: the answer is the same either way. `day` and `month` are those of `time_zone` (an
-    IANA name), from the charges when it is not UTC."""
+    IANA name), from the charges when it is not UTC. With `limit`, at most that many rows, those
+    whose group keys come after `after` (the last row's of the page before), and `next`, the
+    last row's keys when more may follow."""
     group_by = unit_groups(group_by)
     local = time_zone != "UTC" and not LOCAL.keys().isdisjoint(group_by)
     exprs, rolled, params = [], [], {"c": customer_id, "tz": time_zone}
@@ -316,23 +319,33 @@ async def usage(conn: AsyncConnection, customer_id: str, start: datetime | None,
                    AND (CAST(:lo AS timestamptz) IS NULL OR q.occurred_at >= :lo)
                    AND (CAST(:hi AS timestamptz) IS NULL OR q.occurred_at < :hi)) c{group}""")
     params.update(lo=start, hi=end)
-    rows = await conn.execute(text(f"""
+    # a page's order and position: each key non-null first, as ORDER BY's NULLS LAST, in one tuple
+    order = ", ".join(f"g{i} IS NULL, coalesce(g{i}, '')" for i in range(len(exprs)))
+    having = " HAVING sum(amount) IS NOT NULL"
+    if after is not None:
+        params.update({f"a{i}": value for i, value in enumerate(after)})
+        position = ", ".join(f"CAST(:a{i} AS text) IS NULL, coalesce(CAST(:a{i} AS text), '')"
+                             for i in range(len(exprs)))
+        having += f" AND ({order}) > ({position})"
+    page = "" if limit is None else f" LIMIT {int(limit) + 1}"
+    rows = (await conn.execute(text(f"""
         SELECT {select} sum(quantity) AS quantity, sum(amount) AS amount, sum(charges) AS charges
-          FROM ({" UNION ALL ".join(parts)}) p{group}{f" ORDER BY {groups}" if exprs else ""}"""), params)
+          FROM ({" UNION ALL ".join(parts)}) p{group}{having} ORDER BY {order}{page}"""), params)).all()
+    more = limit is not None and len(rows) > limit
+    rows = rows[:limit] if more else rows
     exists = (await conn.execute(text("SELECT currency FROM customers WHERE id = :c"),
                                  {"c": customer_id})).first()
     if exists is None:
         raise NotFoundError(f"no customer {customer_id}", customer_id=customer_id)
     out = []
     for row in rows:
-        if row.amount is None:
-            continue
         item = {name: getattr(row, f"g{i}") for i, name in enumerate(group_by)}
         item.update(quantity=int(row.quantity or 0), amount=money(row.amount, exists.currency),
                     charges=int(row.charges))
         out.append(item)
     return {"customer_id": customer_id, "from": when(start), "to": when(end), "group_by": group_by,
-            "time_zone": time_zone, "currency": exists.currency, "rows": out}
+            "time_zone": time_zone, "currency": exists.currency, "rows": out,
+            "next": [getattr(rows[-1], f"g{i}") for i in range(len(group_by))] if more else None}
 
 
 _OPEN = text("""

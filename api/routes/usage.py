@@ -13,6 +13,7 @@ from litestar.params import FromPath, QueryParameter
 from api import renderings
 from api.auth import key_dimensions, principal_of, require
 from api.errors import ApiError, documented
+from api.routes.cursors import MAX_PAGE, PAGE, Cursor, decode_position, encode_position, invalid
 from api.routes.formats import GROUP_BY, Identifier, matches
 from api.routes.inputs import usage_tokens
 from api.routes.schemas import Dimensions, json_body
@@ -144,11 +145,11 @@ class UsageRow(msgspec.Struct):
 
 UsageReport = msgspec.defstruct("UsageReport", [
     ("customer_id", str), ("from", str | None), ("to", str | None), ("group_by", list[str]),
-    ("time_zone", str), ("currency", str), ("rows", list[UsageRow])])
+    ("time_zone", str), ("currency", str), ("rows", list[UsageRow]), ("next_cursor", str | None)])
 
 
 @get("/v1/customers/{customer_id:str}/usage", guards=[require("inference", "auditor", "customer")],
-     tags=["usage"], **documented(404, 422, ok=UsageReport, operation=renderings.rendered_as(renderings.CSV)))
+     tags=["usage"], **documented(400, 404, 422, ok=UsageReport, operation=renderings.rendered_as(renderings.CSV)))
 async def get_usage(
     state: State, request: Request, customer_id: FromPath[str],
     start: Annotated[str | None, time_param("from")] = None,
@@ -157,12 +158,17 @@ async def get_usage(
                                        description="Comma-separated group names")] = "model,token_type",
     time_zone: Annotated[str, QueryParameter(name="time_zone", max_length=64, description=(
         "The IANA time zone whose days and months `day` and `month` are"))] = "UTC",
+    cursor: Cursor = None,
+    limit: Annotated[int | None, QueryParameter(name="limit", ge=1, le=MAX_PAGE, description=(
+        "Rows per page (1-1000); without it and a cursor, the whole report"))] = None,
 ) -> Response[Any]:
     """Quantity and amount per group over [from, to): group by model, token_type, kind, rule_id,
     price_version, day, month (of `time_zone`, UTC by default) or any usage dimension (feature,
     api_key, …). Rows are always
     split by token type too (the answer's `group_by` lists it last when it was not asked), so a
-    quantity never adds input tokens, output tokens and calls. As CSV for `Accept: text/csv`."""
+    quantity never adds input tokens, output tokens and calls. As CSV for `Accept: text/csv`.
+    With `limit` (or a `cursor`), a page of rows in the report's order and `next_cursor` (null on
+    the last page; as CSV, the `Next-Cursor` header)."""
     if not matches(GROUP_BY, group_by):
         raise WalletValidationError("group_by", "comma-separated names of groups or usage dimensions")
     groups = [g.strip() for g in group_by.split(",") if g.strip()]
@@ -170,8 +176,22 @@ async def get_usage(
     if since is not None and until is not None and until < since:  # as the journal: not an empty report
         raise WalletValidationError("to", "must not be before from")
     new_zone(time_zone)
+    filters = [customer_id, reports.when(since), reports.when(until), reports.unit_groups(groups), time_zone]
+    after = None if cursor is None else _position(decode_position(cursor, "usage", filters), len(filters[3]))
+    if limit is None and cursor is not None:
+        limit = PAGE
     report = await state.services.db.read(
-        lambda conn: reports.usage(conn, customer_id, since, until, groups, time_zone))
+        lambda conn: reports.usage(conn, customer_id, since, until, groups, time_zone, limit, after))
+    following = report.pop("next")
+    report["next_cursor"] = None if following is None else encode_position("usage", filters, following)
     if renderings.wants_csv(request):
-        return Response(renderings.usage_csv(report), media_type="text/csv")
+        headers = {} if report["next_cursor"] is None else {"Next-Cursor": report["next_cursor"]}
+        return Response(renderings.usage_csv(report), media_type="text/csv", headers=headers)
     return Response(report)
+
+
+def _position(position: list[Any], keys: int) -> list[str | None]:
+    """The group keys of a usage cursor's last row, checked (a cursor is never trusted)."""
+    if len(position) != keys or not all(v is None or isinstance(v, str) for v in position):
+        raise invalid("not a cursor of this report")
+    return position
