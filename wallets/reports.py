@@ -188,6 +188,9 @@ LOCAL = {"day": "to_char(c.occurred_at AT TIME ZONE :tz, 'YYYY-MM-DD')",
          "month": "to_char(c.occurred_at AT TIME ZONE :tz, 'YYYY-MM')"}
 _LINE_KEY = {"token_type": 4, "kind": 2, "rule_id": 1}  # a rollup level's bit per part left out
 _DIMENSION = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+# a row's own fields (and the CSV's `currency` column): a group of one of these names would be
+# overwritten by the row's sum of that name, so no group may be named so
+ROW_FIELDS = ("quantity", "amount", "charges", "currency")
 _DAY = timedelta(days=1)
 
 
@@ -234,7 +237,8 @@ async def usage(conn: AsyncConnection, customer_id: str, start: datetime | None,
                 group_by: list[str], time_zone: str = "UTC", limit: int | None = None,
                 after: list[str | None] | None = None) -> dict[str, Any]:
     """Quantities and amounts of the customer's rated lines, grouped by `group_by` and always by
-    token type (`unit_groups`); any other group name is a usage dimension (feature, api_key, …).
+    token type (`unit_groups`); any other group name is a usage dimension (feature, api_key, …),
+    save the row's own fields (`ROW_FIELDS`), refused.
     Amounts sum to the revenue the entries posted, re-rates' adjustments included.
     Whole UTC days come from the daily rollups where the groups allow it, with the charges not
     folded into them yet, the rest (partial days at the edges, usage dimensions) from the
@@ -242,6 +246,9 @@ async def usage(conn: AsyncConnection, customer_id: str, start: datetime | None,
     IANA name), from the charges when it is not UTC. With `limit`, at most that many rows, those
     whose group keys come after `after` (the last row's of the page before), and `next`, the
     last row's keys when more may follow."""
+    for name in group_by:
+        if name in ROW_FIELDS:
+            raise WalletValidationError("group_by", f"cannot group by {name!r}: a row's own field has that name")
     group_by = unit_groups(group_by)
     local = time_zone != "UTC" and not LOCAL.keys().isdisjoint(group_by)
     exprs, rolled, params = [], [], {"c": customer_id, "tz": time_zone}

@@ -164,7 +164,8 @@ async def get_usage(
 ) -> Response[Any]:
     """Quantity and amount per group over [from, to): group by model, token_type, kind, rule_id,
     price_version, day, month (of `time_zone`, UTC by default) or any usage dimension (feature,
-    api_key, …). Rows are always
+    api_key, …; not one named `quantity`, `amount`, `charges` or `currency`, a row's own fields:
+    422). Rows are always
     split by token type too (the answer's `group_by` lists it last when it was not asked), so a
     quantity never adds input tokens, output tokens and calls. As CSV for `Accept: text/csv`.
     With `limit` (or a `cursor`), a page of rows in the report's order and `next_cursor` (null on

@@ -1,0 +1,53 @@
+"""A usage report grouped by a usage dimension named as one of the row's own fields (`quantity`,
+`amount`, `charges`; `currency`, a column of its CSV): before, the row's sum of that name
+overwrote the dimension's value (grouped by a dimension `amount`, the row said "0.01" where the
+events said "big", and two rows of different values looked alike); now such a group is refused,
+422 `validation_error` naming `group_by` and the name, and the stable row shape stays flat.
+
+Book: model-a input $10.00 per 1M tokens."""
+from __future__ import annotations
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from tests.api.apps import api_client
+
+
+@pytest.fixture
+async def client(db, database_url):
+    async with api_client(database_url, admin="usage-names-admin", send_admin=True) as c:
+        yield c
+
+
+@pytest.fixture
+async def customer(client: AsyncTestClient, tag: str) -> str:
+    book = {"id": f"unames-{tag}", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
+            "rules": [{"id": "in", "model": "model-a", "token_type": "input", "price": "10.00"}]}
+    assert (await client.post("/v1/price-books", json=book)).status_code == 201
+    cid = f"unames-{tag}"
+    made = await client.post("/v1/customers", json={"id": cid, "price_book": book["id"], "billing": "postpaid"})
+    assert made.status_code == 201, made.text
+    clash = {"quantity": "many", "amount": "big", "charges": "some", "currency": "EUR", "feature": "chat"}
+    sent = await client.post("/v1/usage-events", json=[
+        {"event_id": "e1", "customer_id": cid, "model": "model-a", "timestamp": "2026-11-10T10:00:00Z",
+         "usage": {"input_tokens": 1000}, "dimensions": clash}])
+    assert sent.json()["accepted"] == 1, sent.text
+    return cid
+
+
+@pytest.mark.parametrize("name", ["quantity", "amount", "charges", "currency"])
+async def test_a_dimension_named_as_a_row_field_is_refused_naming_it(client, customer, name):
+    for accept in ("application/json", "text/csv"):
+        report = await client.get(f"/v1/customers/{customer}/usage", params={"group_by": f"model,{name}"},
+                                  headers={"Accept": accept})
+        assert report.status_code == 422, report.text
+        assert report.json()["code"] == "validation_error"
+        assert [f["field"] for f in report.json()["fields"]] == ["group_by"]
+        assert repr(name) in report.json()["fields"][0]["message"]
+
+
+async def test_other_dimensions_still_group_with_their_own_values(client, customer):
+    report = await client.get(f"/v1/customers/{customer}/usage", params={"group_by": "feature"})
+    assert report.status_code == 200, report.text
+    assert report.json()["rows"] == [
+        {"feature": "chat", "token_type": "input", "quantity": 1000, "amount": "0.01", "charges": 1}]
