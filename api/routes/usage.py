@@ -52,6 +52,7 @@ class Rejected(msgspec.Struct):
     code: str
     detail: str
     customer_id: str  # event ids are per customer: whose event this was
+    index: Annotated[int, msgspec.Meta(description="The event's 0-based position in the request")]
 
 
 class UsageEventsResponse(msgspec.Struct):
@@ -109,26 +110,29 @@ async def _recorded(wallets: Any, request: Request, events: list[UsageEvent]) ->
     principal = principal_of(request)
     rejected: list[Rejected] = []
     commands: list[RecordUsage] = []
+    positions: list[int] = []  # each command's event's index in the request
     latest = wallets.clock() + timedelta(seconds=FUTURE_SLACK_S)
-    for event in events:
+    for index, event in enumerate(events):
         if not principal.may_see(event.customer_id):
             rejected.append(Rejected(event.event_id, "forbidden", f"this key may not post for {event.customer_id}",
-                                     event.customer_id))
+                                     event.customer_id, index))
             continue
         try:
             commands.append(_command(event, latest, key_dimensions(principal, event.dimensions)))
+            positions.append(index)
         except (LedgerError, PricingError, ApiError) as exc:
-            rejected.append(Rejected(event.event_id, exc.code, str(exc), event.customer_id))
+            rejected.append(Rejected(event.event_id, exc.code, str(exc), event.customer_id, index))
     outcomes = await wallets.submit_many(commands)
     accepted = duplicates = 0
-    for command, outcome in zip(commands, outcomes, strict=True):
+    for index, command, outcome in zip(positions, commands, outcomes, strict=True):
         if isinstance(outcome, UsageResult):
             accepted += not outcome.duplicate
             duplicates += outcome.duplicate
         elif isinstance(outcome, LedgerError | PricingError):
-            rejected.append(Rejected(command.event_id, outcome.code, str(outcome), command.customer_id))
+            rejected.append(Rejected(command.event_id, outcome.code, str(outcome), command.customer_id, index))
         else:
             raise outcome
+    rejected.sort(key=lambda r: r.index)  # in request order, whichever step refused each
     return composed(UsageEventsResponse(accepted, duplicates, rejected))
 
 
