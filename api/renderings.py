@@ -84,7 +84,8 @@ def rows(document: Mapping[str, Any]) -> list[Row]:
     for line in document["lines"]:
         token = line.get("token_type")
         unit = KINDS[token].label if token in KINDS else (token or "")
-        what = " ".join(p for p in (line.get("model") or "all models", unit if token != "request" else "requests",
+        what = " ".join(p for p in (bidi_closed(line.get("model") or "all models"),
+                                    unit if token != "request" else "requests",
                                     KIND_LABELS.get(line["kind"], line["kind"])) if p)
         if line.get("original_period"):
             what += f" (usage of {line['original_period']})"
@@ -138,9 +139,41 @@ def title(document: Mapping[str, Any]) -> str:
 def bill_to(document: Mapping[str, Any]) -> str:
     """Who the document bills: the customer's name as frozen at issue, then its id ("Acme Inc.
     (acme)"); the id alone for a customer without a name, or a document issued before names
-    were recorded."""
+    were recorded. What bidi controls in the name open is closed before the id (`bidi_closed`)."""
     name = document.get("customer_name")
-    return f"{name} ({document['customer_id']})" if name else document["customer_id"]
+    return f"{bidi_closed(name)} ({document['customer_id']})" if name else document["customer_id"]
+
+
+# Unicode's explicit bidi formatting characters (UAX #9): embeddings and overrides (LRE, RLE, LRO,
+# RLO) closed by PDF, isolates (LRI, RLI, FSI) closed by PDI
+_EMBEDDINGS, _ISOLATES, _PDF, _PDI = "\u202a\u202b\u202d\u202e", "\u2066\u2067\u2068", "\u202c", "\u2069"
+BIDI_CONTROLS = frozenset(_EMBEDDINGS + _ISOLATES + _PDF + _PDI)
+
+
+def bidi_closed(value: str) -> str:
+    """A customer's string (a name, a model, an id) as printed beside other text: what its bidi
+    controls open (a U+202E right-to-left override, an isolate) closed at its end, and a closer
+    that closes nothing of its own dropped, so that nothing printed after it is reordered (an
+    override ran on to the end of the paragraph: "Bill to: \u202eEvil (acme)" read "Bill to:
+    )emca( livE"). Display only: what is stored stays as sent. A string without them is as is."""
+    if BIDI_CONTROLS.isdisjoint(value):
+        return value
+    kept: list[str] = []
+    opened: list[str] = []
+    for ch in value:
+        if ch in _EMBEDDINGS or ch in _ISOLATES:
+            opened.append(ch)
+        elif ch == _PDF:
+            if not opened or opened[-1] not in _EMBEDDINGS:
+                continue  # none of its own to close (or an isolate is open inside it): nothing
+            opened.pop()
+        elif ch == _PDI:
+            if not any(c in _ISOLATES for c in opened):
+                continue  # it would close an isolate around the string
+            while opened.pop() not in _ISOLATES:  # with what was opened inside the isolate
+                pass
+        kept.append(ch)
+    return "".join(kept) + "".join(_PDF if c in _EMBEDDINGS else _PDI for c in reversed(opened))
 
 
 def facts(document: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -180,8 +213,8 @@ def credit_note_context(document: Mapping[str, Any]) -> dict[str, Any]:
     for line in document["lines"]:
         token = line["token_type"]
         unit = KINDS[token].label if token in KINDS else token
-        lines.append(Row(f"{line['model']} {unit} (was {line['old_amount']}, now {line['new_amount']})", "", "",
-                         line["amount"]))
+        what = f"{bidi_closed(line['model'])} {unit} (was {line['old_amount']}, now {line['new_amount']})"
+        lines.append(Row(what, "", "", line["amount"]))
     return {"invoice": document, "title": f"{label} {document['number']}",
             "facts": [("Bill to", bill_to(document)),
                       ("Corrects", f"invoice {document['invoice_number']} ({document['period']})"),
@@ -256,7 +289,8 @@ def _font(doc: FPDF, texts: Iterable[str]) -> tuple[str, Any]:
         doc.add_font("cjk", "", fallback)
         doc.set_fallback_fonts(["cjk"], exact_match=False)
         known |= doc.fonts["cjk"].cmap.keys()
-    return "body", lambda value: "".join(ch if ord(ch) in known or ch in "\n" else "?" for ch in value)
+    return "body", lambda value: "".join(ch if ord(ch) in known or ch in "\n" else "?" for ch in value
+                                         if ch not in BIDI_CONTROLS)
 
 
 def context_pdf(context: Mapping[str, Any]) -> bytes:
@@ -299,7 +333,7 @@ def context_pdf(context: Mapping[str, Any]) -> bytes:
 
 
 def _latin(value: str) -> str:
-    return value.encode("latin-1", "replace").decode("latin-1")
+    return "".join(ch for ch in value if ch not in BIDI_CONTROLS).encode("latin-1", "replace").decode("latin-1")
 
 
 def csv_text(document: Mapping[str, Any]) -> str:
@@ -340,7 +374,11 @@ CSV_FIGURES = frozenset({"quantity", "unit_price", "per", "amount", "tier"})  # 
 
 
 def _as_text(value: Any) -> Any:
-    return "'" + value if isinstance(value, str) and value[:1] in FORMULA_STARTS else value
+    """A text cell as written: after a ' when a spreadsheet would run it, and what its bidi
+    controls open closed in the cell (read as text, an override ran on over the next cells)."""
+    if not isinstance(value, str):
+        return value
+    return "'" + bidi_closed(value) if value[:1] in FORMULA_STARTS else bidi_closed(value)
 
 
 FORMULA_STARTS = frozenset("=+-@\t\r")
@@ -357,6 +395,6 @@ def filename(document: Mapping[str, Any], extension: str) -> str:
     return f"{document.get('number') or 'invoice-' + document['period']['label']}.{extension}"
 
 
-__all__ = ["CSV", "HTML", "HTML_HEADERS", "JSON", "MEDIA_TYPES", "PDF", "Row", "bill_to", "context_pdf",
-           "credit_note_context", "csv_text", "filename", "html_context", "negotiate", "pdf", "rounding_note", "rows",
-           "summary"]
+__all__ = ["BIDI_CONTROLS", "CSV", "HTML", "HTML_HEADERS", "JSON", "MEDIA_TYPES", "PDF", "Row", "bidi_closed",
+           "bill_to", "context_pdf", "credit_note_context", "csv_text", "filename", "html_context", "negotiate", "pdf",
+           "rounding_note", "rows", "summary"]

@@ -3,6 +3,7 @@ served under /console by `tokentill serve` itself. Jinja2 templates and static f
 this package; htmx and uPlot are vendored in static/vendor (see VENDORED.md)."""
 from __future__ import annotations
 
+import unicodedata
 from datetime import UTC, datetime
 
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -15,11 +16,12 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 from litestar.types import ASGIApp
+from markupsafe import Markup
 
 from api.console import auditor, customer, export, invoices, operator, session
 from api.console.web import PREFIX, STATIC, csrf_config, error_page, refusing_forgeries, session_config, unrouted
 from api.errors import EXCEPTION_HANDLERS
-from api.renderings import bill_to, per_label
+from api.renderings import bidi_closed, bill_to, per_label
 
 PAGES = [
     session.sign_in_form, session.sign_in_post, session.sign_out, session.home,
@@ -32,7 +34,7 @@ PAGES = [
 ]
 
 
-__all__ = ["PAGES", "per", "routers", "templates", "unrouted", "utc"]
+__all__ = ["PAGES", "bdi", "per", "routers", "templates", "unrouted", "utc"]
 
 
 def templates() -> TemplateConfig:
@@ -41,6 +43,7 @@ def templates() -> TemplateConfig:
     env.filters["utc"] = utc
     env.filters["per"] = per
     env.filters["bill_to"] = bill_to  # an invoice's or credit note's customer, by its name as issued
+    env.filters["bdi"] = bdi  # a customer's string printed beside other text
     return TemplateConfig(engine=JinjaTemplateEngine.from_environment(env))
 
 
@@ -58,6 +61,21 @@ def utc(value: str | None) -> str:
     if at.tzinfo is not None:
         at = at.astimezone(UTC)
     return at.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+# the bidi classes of right-to-left text and of the explicit bidi formatting characters
+_BIDI = frozenset({"R", "AL", "AN", "LRE", "RLE", "LRO", "RLO", "PDF", "LRI", "RLI", "FSI", "PDI"})
+
+
+def bdi(value: object) -> str | Markup:
+    """A customer's string (a name, a model, an id, a reference) as printed beside other text:
+    one with right-to-left text or bidi controls in a <bdi>, what its controls open closed in it
+    (`bidi_closed`), so it reorders nothing around it (a U+202E in a name reversed the rest of
+    its line); any other string as it is."""
+    text = "" if value is None else str(value)
+    if not any(unicodedata.bidirectional(ch) in _BIDI for ch in text):
+        return text
+    return Markup("<bdi>{}</bdi>").format(bidi_closed(text))
 
 
 def per(price: str | None, token_type: str | None) -> str:

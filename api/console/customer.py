@@ -18,6 +18,7 @@ from litestar.params import FromPath, QueryParameter
 from litestar.response import Redirect, Template
 
 from api.console.web import PREFIX, allow, render, viewer
+from api.renderings import bidi_closed
 from api.routes import cursors
 from api.routes.budgets import budget_response
 from api.routes.customers import CREDITED, READERS, customer_response, wallet_response
@@ -157,7 +158,7 @@ def chart_of(rows: list[dict[str, Any]], first: date, last: date, currency: str)
 
     return {
         "days": days,
-        "series": [{"model": m, "token_type": t, "label": f"{m} · {_type_label(t)}",
+        "series": [{"model": m, "token_type": t, "label": f"{bidi_closed(str(m))} · {_type_label(t)}",
                     "amounts": [fmt(u) for u in values]} for (m, t), values in sorted(series.items(), key=order)],
         "totals": [{"model": m, "token_type": t, "type_label": _type_label(t), "quantity": q, "amount": fmt(a),
                     "charges": c} for (m, t), (q, a, c) in sorted(totals.items(), key=order)],
