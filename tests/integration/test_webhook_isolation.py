@@ -21,7 +21,7 @@ from api.app import create_app
 from api.bench.common import free_port
 from api.webhooks import Dispatcher, DispatchSettings
 from ledger.db import connect
-from tests.integration.test_serve import _wait_ready
+from tests.api.apps import wait_ready
 from tests.integration.test_webhooks import ADMIN, FAST, LOOPBACK, _endpoint, _low_balance
 from tests.webhook_receiver import Received, for_customer, receiver
 
@@ -293,7 +293,7 @@ async def test_a_server_killed_with_undelivered_events_delivers_them_after_resta
         port = free_port()
         proc = _serve(database_url, port)
         try:
-            _wait_ready(port, proc)
+            wait_ready(f"http://127.0.0.1:{port}", proc)
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=ADMIN) as client:
                 endpoint = await _endpoint(client, hook.url, ["balance.low"])
                 customers = [await _low_balance(client) for _ in range(3)]
@@ -311,7 +311,7 @@ async def test_a_server_killed_with_undelivered_events_delivers_them_after_resta
         restarted = time.monotonic()
         proc = _serve(database_url, port)
         try:
-            _wait_ready(port, proc)
+            wait_ready(f"http://127.0.0.1:{port}", proc)
             for customer in customers:
                 await hook.wait_for(lambda r, c=customer: for_customer(c)(r) and r.at > restarted, within=30)
             await _recorded(db, endpoint["id"], 3)  # received is not yet recorded: a stop then sends it again
