@@ -175,7 +175,11 @@ async def upcoming(conn: AsyncConnection, customer_id: str, now: datetime, books
     book = await books.get(conn, c.price_book, c.book_versions)
     if c.override_versions:  # its free allowances pay a true-up as the close's
         w.overrides = await overrides.get(conn, c.id, c.override_versions)
-    state = State(c.id, w, rollups={c.id: rollups}, unapplied={c.id: credits})
+    # what paid the charges each volume-tiered rule rated: a true-up's money back goes there
+    funding = {(c.id, label): await store.rule_funding(conn, c.id, label) for label in rollups}
+    await store.load_payers(conn, w, {a for rules in funding.values() for paid in rules.values() for a in paid if a},
+                            now)
+    state = State(c.id, w, rollups={c.id: rollups}, unapplied={c.id: credits}, rule_funding=funding)
     rollup, opening, parts = upcoming_invoice(state, period, now, book)
     content = document(c, period, rollup, opening, Header(None, None, "upcoming", now))
     due, paid = amount_due_units(rollup), sum(part for _, part in parts)

@@ -542,6 +542,11 @@ async def _load_billing(conn: AsyncConnection, batch: Batch, commands: Sequence[
         # what credit notes billed in the closing periods gave back off the receivable, and the
         # customers' open invoices, which what a period does not owe of it pays
         batch.corrections = await store.load_corrections(conn, since)
+        # what paid the charges each volume-tiered rule rated: a true-up's money back goes there
+        for cid, label in since:
+            found = batch.rule_funding[(cid, label)] = await store.rule_funding(conn, cid, label)
+            if (w := batch.loaded.wallets.get(cid)) is not None:
+                await store.load_payers(conn, w, {a for paid in found.values() for a in paid if a}, now)
         batch.invoices.update(await store.load_open_invoices(conn, [c.customer_id for c in closes]))
     paid = [c.invoice_id for c in commands if isinstance(c, PayInvoice)]
     if paid:
@@ -584,11 +589,8 @@ async def _load_rerates(conn: AsyncConnection, batch: Batch, commands: Sequence[
             data = await rerate_input(conn, books, replace(cmd, period=source), w.customer.cycle)
             if data is None:
                 continue
-            codes = sorted({a for ch in data.charges for a, _ in ch.funding or () if a not in w.lots})
-            if codes:  # lots that paid the charges and are spent now: money may go back to them
-                more = await store.load(conn, [cmd.customer_id], now=now, lot_codes=codes)
-                for code, lot in more.wallets[cmd.customer_id].lots.items():
-                    w.lots.setdefault(code, lot)
+            paid = {a for ch in data.charges for a, _ in ch.funding or ()}
+            await store.load_payers(conn, w, paid, now)
             batch.rerates[(cmd.customer_id, source)] = data
     batch.credit_note_seqs = await store.last_seqs(
         conn, "credit_notes", {(c.issuer, now.astimezone(UTC).year) for c in rerates})

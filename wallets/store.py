@@ -715,6 +715,38 @@ async def load_rerate_charges(conn: AsyncConnection, customer_id: str, book_id: 
     return [dict(r._mapping) for r in rows]
 
 
+async def rule_funding(conn: AsyncConnection, customer_id: str, period: str) -> dict[str, dict[str, int]]:
+    """What paid the customer's charges of `period`'s own usage billed in it, by the rules that
+    rated them (a charge rated by two rules counts for each): rule id -> account -> amount (the
+    receivable's under None when its funding was not recorded)."""
+    lane = int(await _lane(conn, [customer_id]) or 0)
+    rows = await conn.exec_driver_sql(
+        f"""SELECT r.rule_id, f ->> 0, sum((f ->> 1)::numeric)::text
+              FROM charges c
+             CROSS JOIN LATERAL (SELECT DISTINCT l ->> 'rule_id' AS rule_id FROM jsonb_array_elements(c.lines) l
+                                  WHERE l ->> 'rule_id' IS NOT NULL) r
+             CROSS JOIN LATERAL jsonb_array_elements(coalesce(
+                 c.funding, jsonb_build_array(jsonb_build_array(NULL, c.from_receivable)))) f
+             WHERE c.lane = {lane} AND c.customer_id = %s AND c.period = %s
+               AND coalesce((SELECT j.metadata ->> 'period' FROM journal_entries j
+                              WHERE j.lane = c.lane AND j.id = c.entry_id), c.period) = %s
+             GROUP BY 1, 2""", (customer_id, period, period))
+    out: dict[str, dict[str, int]] = {}
+    for rule_id, account, amount in rows:
+        out.setdefault(rule_id, {})[account] = int(amount)
+    return out
+
+
+async def load_payers(conn: AsyncConnection, w: Wallet, accounts: Iterable[str], now: datetime) -> None:
+    """Loads into `w` the lots among `accounts` (what paid charges) it does not hold (spent now):
+    money a re-rate or a close's volume true-up gives back may go back to them."""
+    codes = sorted({a for a in accounts if a not in w.lots})
+    if codes:
+        more = await load(conn, [w.customer.id], now=now, lot_codes=codes)
+        for code, lot in more.wallets[w.customer.id].lots.items():
+            w.lots.setdefault(code, lot)
+
+
 async def true_ups_posted(conn: AsyncConnection, customer_id: str, period: str) -> dict[str, int]:
     """What the volume true-ups of `period` (its close's, and re-rates' corrections of it, wherever
     billed) stand at, by rule, at the book's price (not a discount's share): rule id -> units."""

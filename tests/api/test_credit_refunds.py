@@ -199,10 +199,10 @@ async def test_more_than_the_overpaid_cash_is_refused_and_nothing_is_posted(clie
     await _verified(client)
 
 
-async def _promotion_s_true_up(client, cid: str) -> dict:
+async def _promotion_s_true_up(client, cid: str) -> None:
     """Prepaid, a $100.00 promotional grant and no cash: 2M tokens graduated $10/M then $8/M
-    are $18.00 from the grant; the close's volume true-up ($16.00) gives $2.00 back as a paid lot.
-    None of it is the customer's cash. The true-up's lot."""
+    are $18.00 from the grant; the close's volume true-up ($16.00) gives $2.00 back to the grant,
+    which paid the usage ($84.00; it was a paid lot of $2.00, no cash behind it)."""
     period = period_of(datetime.now(UTC), CYCLE)
     await _book(client, f"vol-{cid}", "v1", "2026-01-01T00:00:00Z", {
         "tier_mode": "volume", "tiers": [{"up_to": 1_000_000, "price": "10"}, {"up_to": None, "price": "8"}]})
@@ -213,8 +213,7 @@ async def _promotion_s_true_up(client, cid: str) -> dict:
     await _usage(client, cid, [1_000_000, 1_000_000])
     await close_early(client, ADMIN, cid, period)
     lots = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()["grants"]
-    assert sorted((g["kind"], g["remaining"]) for g in lots) == [("grant", "82.00"), ("topup", "2.00")]
-    return next(g for g in lots if g["kind"] == "topup")
+    assert sorted((g["kind"], g["remaining"]) for g in lots) == [("grant", "84.00")]
 
 
 async def test_credit_promotions_paid_for_is_not_refunded_as_cash(client) -> None:
@@ -228,24 +227,37 @@ async def test_credit_promotions_paid_for_is_not_refunded_as_cash(client) -> Non
 
 async def test_the_database_refuses_a_refund_entry_of_credit_without_cash_or_not_a_correction_s(
         client, scratch_url) -> None:
-    """Posted by hand, past the wallet rule: the promotion's true-up credit paid out as cash (no
-    cash came in), and a paid top-up's credit paid out as a credit refund (its refund is a
-    reversal) are each refused at commit (check_violation), nothing posted."""
-    lot = await _promotion_s_true_up(client, "promo-db")
+    """Posted by hand, past the wallet rule: credit a correction opened with no cash behind it paid
+    out as cash, and a paid top-up's credit paid out as a credit refund (its refund is a reversal)
+    are each refused at commit (check_violation, each by its own check), nothing posted. The close's
+    true-up no longer opens credit of promotion-paid usage (it goes back to the grant); such a lot,
+    as closes before that left them, is made by hand: the promotion's lot recorded as opened by the
+    close's true-up entry."""
+    await _promotion_s_true_up(client, "promo-db")
+    [lot] = (await client.get("/v1/customers/promo-db/wallet", headers=ADMIN)).json()["grants"]
+    legacy = psycopg.connect(scratch_url, autocommit=True)
+    legacy.execute("SET session_replication_role = replica")  # past the lots' own guard, and back after
+    [(opener,)] = legacy.execute("SELECT entry_id FROM lots WHERE customer_id = 'promo-db'").fetchall()
+    legacy.execute("""UPDATE lots SET kind = 'topup', entry_id = (
+                          SELECT id FROM journal_entries WHERE customer_id = 'promo-db' AND kind = 'volume_true_up')
+                       WHERE customer_id = 'promo-db'""")
     made = await client.post("/v1/customers", headers=ADMIN, json={"id": "tu-db", "price_book": None})
     assert made.status_code == 201, made.text
     topped = await client.post("/v1/customers/tu-db/topups", headers=ADMIN, json={"amount": "10.00"})
     db = connect(scratch_url, pool_size=1)
     try:
-        for cid, lot_id in (("promo-db", lot["id"]), ("tu-db", topped.json()["grant_id"])):
+        for cid, lot_id, amount, why in (("promo-db", lot["id"], 2, "more cash than it paid in"),
+                                         ("tu-db", topped.json()["grant_id"], 2, "is not credit a correction gave")):
             entry = JournalEntry(f"by-hand:{cid}", "credit_refund", (
-                Posting(f"liability:customer:{cid}:lot:{lot_id}", 2 * DOLLAR, "USD"),
-                Posting("asset:platform:cash:USD", -2 * DOLLAR, "USD")), customer_id=cid)
+                Posting(f"liability:customer:{cid}:lot:{lot_id}", amount * DOLLAR, "USD"),
+                Posting("asset:platform:cash:USD", -amount * DOLLAR, "USD")), customer_id=cid)
             with pytest.raises(Exception) as refused:
                 await post_now(db, entry)
-            assert sqlstate_of(refused.value) == "23514", refused.value
+            assert sqlstate_of(refused.value) == "23514" and why in str(refused.value), refused.value
     finally:
         await db.dispose()
+        legacy.execute("UPDATE lots SET kind = 'grant', entry_id = %s WHERE customer_id = 'promo-db'", (opener,))
+        legacy.close()
     for cid in ("promo-db", "tu-db"):
         journal = (await client.get(f"/v1/journal?customer={cid}&kind=credit_refund", headers=ADMIN)).json()
         assert journal["entries"] == []

@@ -87,18 +87,21 @@ async def test_a_re_rate_s_credit_is_not_refunded_as_cash(client) -> None:
 
 
 async def test_a_volume_true_up_s_credit_is_not_refunded_as_cash(client) -> None:
-    """Prepaid, $100.00 topped up: 2M tokens rated graduated $10/M then $8/M are $18.00; at close
-    all at the $8/M tier reached, $16.00: $2.00 back, which the customer owes nothing of, so it is a
-    credit lot. A paid top-up's refund is still a refund."""
+    """Prepaid, no credit: 2M tokens rated graduated $10/M then $8/M are $18.00 on the receivable;
+    a $100.00 top-up pays them ($82.00 left in its lot). At close all at the $8/M tier reached,
+    $16.00: $2.00 back of usage the receivable paid, which the customer owes nothing of, so it is a
+    credit lot. A paid top-up's refund is still a refund. (The top-up paid the usage itself before:
+    the true-up's money goes back to the lot that paid the usage now.)"""
     period = period_of(datetime.now(UTC), CYCLE)
     await _book(client, "sys-vol", "v1", "2026-01-01T00:00:00Z", {
         "tier_mode": "volume", "tiers": [{"up_to": 1_000_000, "price": "10"}, {"up_to": None, "price": "8"}]})
     await _customer(client, "vol", "sys-vol", "prepaid")
+    await _usage(client, "vol", [1_000_000, 1_000_000])
     topped = await client.post("/v1/customers/vol/topups", headers=ADMIN, json={"amount": "100.00"})
     assert topped.status_code == 201, topped.text
-    await _usage(client, "vol", [1_000_000, 1_000_000])
     await close_early(client, ADMIN, "vol", period)
     grants = (await client.get("/v1/customers/vol/wallet", headers=ADMIN)).json()["grants"]
+    assert sorted(g["remaining"] for g in grants) == ["2.00", "82.00"]
     [lot] = [g for g in grants if g["id"] != topped.json()["grant_id"]]
     assert (lot["kind"], lot["remaining"]) == ("topup", "2.00")
     await _refused(client, "vol", lot, "volume_true_up")

@@ -23,6 +23,7 @@ from pricing.money import format_money, per_amount, pricing_context, round_entry
 from pricing.overrides import FreeAllowance
 from pricing.rating import volume_tier_price, volume_true_up
 from wallets import chart
+from wallets.core import money_back
 from wallets.core.billing import (
     LINE,
     Balances,
@@ -272,24 +273,27 @@ def counters_given_back(state: State, customer_id: str, label: str, book: PriceB
 
 def _true_up(state: State, w: Wallet, label: str, lines: list[dict[str, Any]], now: datetime):
     """The true-up's legs: more charged is paid like usage (lots, then the receivable); money back
-    pays down what the customer owes, and the rest becomes credit (a paid lot)."""
+    goes where the money of the charges each rule rated came from, as a re-rate's
+    (wallets.core.money_back: the lots that paid them, the last consumed first, a promotion's back to
+    it; then what the customer owes), and the rest becomes credit (a paid lot)."""
     amount = sum(line["amount_units"] for line in lines)
-    cid, cur = w.customer.id, w.customer.currency
-    lot = None
+    cid = w.customer.id
     if amount > 0:
         s = settlement(w, None, amount, False, now)
-        legs, paid = settlement_legs(w, s), funding(w, None, s)
-    else:
-        owed = max(0, w.receivable - (w.credit_held or 0))
-        back = min(-amount, owed)
-        legs = Legs(cur).debit(chart.revenue_account(cur), -amount).credit(chart.receivable_account(cid), back)
-        paid = [(chart.receivable_account(cid), -back)] if back else []
-        if -amount - back:
-            lot = opened_lot(state, w, "topup", -amount - back, TOPUP_PRIORITY, None, now,
-                             reference=f"volume true-up {label}")
-            legs.credit(lot.code, -amount - back)
-            paid.append((lot.code, -(-amount - back)))
-    return legs, lot, tuple(paid)
+        return settlement_legs(w, s), None, funding(w, None, s)
+    if amount == 0:
+        return Legs(w.customer.currency), None, ()
+    receivable = chart.receivable_account(cid)
+    order = money_back.last_consumed_first(w)
+    rules = state.rule_funding.get((cid, label), {})
+    shares: dict[str, int] = {receivable: 0}
+    for line in lines:  # what the rule's charges paid, less what earlier lines take back
+        paid = rules.get(line.get("rule_id") or "", {})
+        if line["amount_units"] < 0 and paid:
+            money_back.share(shares, {receivable if a is None else a: v - (shares.get(a, 0) if a else 0)
+                           for a, v in paid.items()}, -line["amount_units"], receivable, order)
+    legs, paid_back, lot = money_back.give_back(state, w, shares, -amount, now, f"volume true-up {label}")
+    return legs, lot, paid_back
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,8 +6,9 @@ paid in cash (an invoice paid by wire, a top-up), that credit is the customer's 
 paid back: debit the lots, credit the platform's cash. Never more than is the customer's own cash:
 what its entries brought in (top-ups, invoice payments) less what they paid out (refunds), less
 what is still theirs as paid top-ups (refunded through their own reversal), held by open
-reservations, or owed on the receivable. Credit promotions paid for is not cash (a true-up of usage
-a grant paid leaves no cash behind it), and neither is credit a later charge owes.
+reservations, or owed on the receivable. Credit promotions paid for is not cash (a correction of
+usage a grant paid gives the money back to the grant; a lot of it opened before that has no cash
+behind it), and neither is credit a later charge owes.
 """
 from __future__ import annotations
 

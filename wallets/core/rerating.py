@@ -45,23 +45,21 @@ from pricing.units import TYPE_OF_FIELD
 from pricing.usage import Usage
 from wallets import chart
 from wallets.core.billing import bill_to_name, line_decimals, round_line
-from wallets.core.commands import TOPUP_PRIORITY, RerateCharges
-from wallets.core.credits import opened_lot
+from wallets.core.commands import RerateCharges
 from wallets.core.decision import (
     AdjustmentPosted,
     ChargeAdjusted,
     CreditNoteIssued,
     Decision,
-    LotOpened,
     Outcome,
     UsageCounted,
 )
 from wallets.core.legs import Legs, entry, funding, settlement, settlement_legs
+from wallets.core.money_back import give_back, last_consumed_first, share
 from wallets.core.rating import ALLOWANCE, period_counts, period_to_date
 from wallets.core.rerate_true_ups import KIND as TRUE_UP
 from wallets.core.rerate_true_ups import TrueUpFix, true_up_fixes
 from wallets.core.state import State
-from wallets.model import consumption_key
 
 TypeKey = tuple[str, str]  # (model, token type; or the line's kind for a line of no token type)
 
@@ -273,19 +271,11 @@ def type_rows(found: Iterable[Correction], fixes: Iterable[TrueUpFix] = ()) -> l
 def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int, now: datetime, step: int = 1,
             fixes: Sequence[TrueUpFix] = ()):
     """Legs of money back (`back` > 0), where the decreased charges' money came from (and a true-up
-    corrected down, the money of the charges its rule rated: a promotion's goes back to it); what
-    goes back on the receivable in multiples of `step` (a credit note's: whole minor units, so the
-    invoice it corrects is left with whole minor units to pay), the rest as credit."""
+    corrected down, the money of the charges its rule rated: a promotion's goes back to it), as
+    wallets.core.money_back gives it; what goes back on the receivable in multiples of `step`."""
     w = state.require_wallet()
-    cid, cur = w.customer.id, w.customer.currency
-    receivable = chart.receivable_account(cid)
-    consumed = {lot.code: i for i, lot in enumerate(sorted(w.lots.values(), key=consumption_key))}
-
-    def last_consumed_first(account: str) -> tuple[int, str]:
-        """The lots in the reverse of their consumption order, then accounts not loaded (swept
-        lots: their part goes to breakage)."""
-        return (-consumed[account], account) if account in consumed else (1, account)
-
+    receivable = chart.receivable_account(w.customer.id)
+    order = last_consumed_first(w)
     # what the receivable paid of the decreased charges; then, of each one's decrease, what goes
     # back to the lots that paid it, the last consumed first
     shares: dict[str, int] = {receivable: 0}
@@ -293,73 +283,18 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
     def paid_by(charge: ChargeOnRecord) -> tuple[tuple[str, int], ...]:
         return charge.funding if charge.funding is not None else ((receivable, charge.from_receivable),)
 
-    def share(paid: dict[str, int], need: int) -> None:
-        for account, amount in sorted(paid.items(), key=lambda piece: last_consumed_first(piece[0])):
-            if account == receivable:
-                shares[receivable] += amount
-                continue
-            part = min(need, amount)
-            if part > 0:
-                shares[account] = shares.get(account, 0) + part
-                need -= part
-
     for x in found:
         if x.delta < 0:
-            share(dict(paid_by(x.charge)), -x.delta)
+            share(shares, dict(paid_by(x.charge)), -x.delta, receivable, order)
     for f in fixes:  # what the rule's charges paid, less what their own decreases take back
         if f.delta < 0:
             paid: dict[str, int] = {}
             for charge in f.charges:
                 for account, amount in paid_by(charge):
                     paid[account] = paid.get(account, 0) + amount
-            share({a: v - (shares.get(a, 0) if a != receivable else 0) for a, v in paid.items()}, -f.delta)
-    owed = max(0, w.receivable - (w.credit_held or 0))
-    legs = Legs(cur).debit(chart.revenue_account(cur), back)
-    paid_back: dict[str, int] = {}
-
-    def give(account: str, amount: int, to: str | None = None) -> None:
-        """`amount` of what `account` paid comes back, credited to `to` (by default itself)."""
-        nonlocal back
-        if amount > 0:
-            legs.credit(to or account, amount)
-            paid_back[account] = paid_back.get(account, 0) - amount
-            back -= amount
-
-    rec = min(back, shares.pop(receivable, 0), owed)
-    rec -= rec % step
-    give(receivable, rec)
-    owed -= rec
-    room: dict[str, int] = {}  # what each live lot given money back could still take
-    for account, share in sorted(shares.items(), key=lambda item: last_consumed_first(item[0])):
-        lot = w.lots.get(account)
-        if lot is not None and lot.live(now):
-            part = min(back, share, lot.granted - lot.balance)
-            give(account, part)
-            if part > 0:
-                room[account] = lot.granted - lot.balance - part
-        elif lot is not None and lot.revoked:
-            # A grant revoked in whole since: closed for good, what comes back to it is revoked
-            # again (to the promotions the revocation credited), as a hold given back to it is.
-            give(account, min(back, share), to=chart.promotions_account(cur))
-        else:
-            # The lot has expired since (swept, or due to be): had the charge cost less, the
-            # difference would have stayed in it and gone to breakage at its expiry, as a hold
-            # given back to a swept lot does (legs.return_target). The customer gets no credit
-            # from an expired promotion; the invoice counts it as expired.
-            give(account, min(back, share), to=chart.breakage_account(cur))
-    more = min(back, owed)
-    give(receivable, more - more % step)
-    # A note's money is whole minor units, and what the lots took back of it exact: the fraction
-    # left (what rounding it up added, or what the receivable did not take) goes to the last lot
-    # given money back, so that credit the note opens is whole minor units too.
-    for account in reversed(room):
-        give(account, min(back % step, room[account]))
-    lot_opened: LotOpened | None = None
-    if back:
-        lot_opened = opened_lot(state, w, "topup", back, TOPUP_PRIORITY, None, now,
-                                reference=f"re-rate {cmd.rerate_id} {cmd.period}")
-        give(lot_opened.code, back)
-    return legs, tuple(sorted(paid_back.items())), lot_opened
+            share(shares, {a: v - (shares.get(a, 0) if a != receivable else 0) for a, v in paid.items()},
+                  -f.delta, receivable, order)
+    return give_back(state, w, shares, back, now, f"re-rate {cmd.rerate_id} {cmd.period}", step)
 
 
 Group = tuple[str, RerateInput, list[Correction], list[TrueUpFix]]

@@ -148,11 +148,12 @@ async def test_a_rerate_of_a_closed_period_corrects_its_volume_true_up_to_the_ne
 async def test_money_a_true_up_correction_gives_back_of_promotion_paid_usage_goes_back_to_the_promotion(
         fresh_db) -> None:
     """Prepaid, a $5.00 promotional grant pays it all. v1 as above: $1.20 + $1.10 = $2.30 from the
-    grant ($2.70 left), the close's true-up -$1.00 (a paid credit lot, the close's rule: nothing is
-    owed). The fix keeps $20/M to 100,000 and drops the tier beyond to $5/M: the charges $1.20 and
+    grant ($2.70 left), the close's true-up -$1.00 back to it too ($3.70; it paid the charges). The
+    fix keeps $20/M to 100,000 and drops the tier beyond to $5/M: the charges $1.20 and
     $0.80 + 30,000 x $5/M = $0.95 (-$0.15); at the tier reached 130,000 x $5/M = $0.65, the true-up
     $0.65 - $2.15 = -$1.50 where -$1.00 stands (-$0.50); -$0.65 in all. The grant paid those charges:
-    all $0.65 goes back to it ($3.35). Before, the $0.15 did and the $0.50 became paid credit."""
+    all $0.65 goes back to it ($4.35: $0.65 spent, the usage at the tier reached). Before, the $0.15
+    did and the $0.50 became paid credit, and the close's $1.00 was a paid credit lot too."""
     bk = BillingKit(fresh_db)
     await bk.add_book(V1)
     bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
@@ -163,8 +164,7 @@ async def test_money_a_true_up_correction_gives_back_of_promotion_paid_usage_goe
         await bk.event(cid, "model-v", 0, tokens)
     await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
     lots = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants}
-    assert lots.pop(grant.grant.id) == ("grant", 2_700_000_000)
-    assert list(lots.values()) == [("topup", 1_000_000_000)]  # the close's money back
+    assert lots == {grant.grant.id: ("grant", 3_700_000_000)}  # the close's money back
     await bk.add_book(vol("v2", "2026-11-01T00:00:00Z", "20", "5"))
     bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
     done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
@@ -173,8 +173,7 @@ async def test_money_a_true_up_correction_gives_back_of_promotion_paid_usage_goe
             for ln in done["customers"][0]["lines"]] == [("output", "1.10", "0.95", "-0.15"),
                                                          ("volume_true_up", "-1.00", "-1.50", "-0.50")]
     after = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants}
-    assert after.pop(grant.grant.id) == ("grant", 3_350_000_000)
-    assert list(after.values()) == [("topup", 1_000_000_000)]  # no paid credit from the promotion
+    assert after == {grant.grant.id: ("grant", 4_350_000_000)}  # no paid credit from the promotion
     await verified(bk)
 
 

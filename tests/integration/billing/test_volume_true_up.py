@@ -64,13 +64,13 @@ async def test_graduated_tiers_and_the_volume_true_up_match_a_hand_sum(bk: Billi
     assert report.ok, [c for c in report.checks if not c.ok]
 
 
-async def test_a_true_up_that_pays_down_an_older_invoice_s_debt_pays_that_invoice(bk: BillingKit) -> None:
-    """Money a volume true-up gives back goes first off what the customer owes, which may be an
-    older invoice's debt: that invoice then counts it as paid. It stayed open (the closing period's
-    amount due is never below 0) though nothing was owed any more, and its payment was refused.
-    By hand: November 100,000 model-g input tokens at $10/M = $1.00, invoiced; December (paid from
-    a $30 top-up, credit for a postpaid customer) 1,300,000 model-v output tokens rated $23.00,
-    trued up to $13.00: $1.00 of the $10.00 back pays November's $1.00, $9.00 is credit."""
+async def test_a_true_up_goes_back_to_the_top_up_that_paid_the_usage_before_an_older_debt(bk: BillingKit) -> None:
+    """Money a volume true-up gives back goes where the usage's money came from, first the lots that
+    paid the rule's charges, then what the customer owes (a re-rate's rule). By hand: November
+    100,000 model-g input tokens at $10/M = $1.00, invoiced; December (paid from a $30 top-up,
+    credit for a postpaid customer) 1,300,000 model-v output tokens rated $23.00, trued up to
+    $13.00: all $10.00 back goes to the top-up ($7.00 + $10.00 = $17.00), November's $1.00 stays
+    owed. Before, $1.00 of it paid November and $9.00 became a paid credit lot."""
     await bk.add_book(TIERED)
     bk.clock.now = at(5)
     cid = await bk.customer("owing", billing_mode="postpaid", book="tiered")
@@ -83,9 +83,9 @@ async def test_a_true_up_that_pays_down_an_older_invoice_s_debt_pays_that_invoic
     november, december = await bk.invoices(cid)
     assert (november["amount_due"], december["amount_due"], december["total"]) == ("1.00", "0.00", "13.00")
     wallet = await bk.service.wallet(cid)
-    assert (wallet.receivable, wallet.available) == (0, 16_000_000_000)  # $7.00 left of the top-up + $9.00
-    assert (november["payment_status"], november["amount_paid"]) == ("paid", "1.00"), november
-    assert [(p["amount"], p["reference"]) for p in november["payments"]] == [("1.00", "true-up:2026-12")]
+    assert (wallet.receivable, wallet.available) == (1_000_000_000, 17_000_000_000)
+    assert [(g.kind, g.remaining) for g in wallet.grants] == [("topup", 17_000_000_000)]  # no paid credit lot
+    assert (november["payment_status"], november["amount_paid"], november["payments"]) == ("open", "0.00", [])
     report = await bk.db.read(lambda conn: verify(conn, WALLET_CHECKS))
     assert report.ok, [c for c in report.checks if not c.ok]
 

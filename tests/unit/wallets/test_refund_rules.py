@@ -27,18 +27,19 @@ def test_a_re_rate_s_credit_of_an_invoice_paid_by_wire_is_refundable_in_whole() 
 
 
 def test_credit_without_cash_behind_it_is_not_refundable() -> None:
-    # a true-up's $2.00 back of usage a grant paid: no cash came in
+    # a correction's $2.00 of credit with no cash in (as a close's true-up of usage a grant paid left
+    # it before the true-up gave such money back to the grant)
     w = _wallet(("grant", 8200 * CENT, "grant"), ("topup", 200 * CENT, "volume_true_up"))
     assert refundable(w, 0, NOW) == 0
 
 
 def test_cash_still_in_a_paid_top_up_is_not_counted_as_spent() -> None:
-    # $100.00 topped up, $18.00 spent from it, $2.00 back from the true-up: $2.00 refundable here,
-    # the top-up's $82.00 through its own reversal
-    w = _wallet(("topup", 8200 * CENT, "topup"), ("topup", 200 * CENT, "volume_true_up"))
-    assert refundable(w, 10_000 * CENT, NOW) == 200 * CENT
+    # $82.00 topped up and unspent, a $10.00 invoice paid by wire and re-rated to $8.00: $2.00
+    # refundable here, the top-up's $82.00 through its own reversal
+    w = _wallet(("topup", 8200 * CENT, "topup"), ("topup", 200 * CENT, "rerate_adjustment"))
+    assert refundable(w, 9200 * CENT, NOW) == 200 * CENT
     # a top-up lot whose opener was not loaded counts as cash still in it
-    w = _wallet(("topup", 8200 * CENT, None), ("topup", 200 * CENT, "volume_true_up"))
+    w = _wallet(("topup", 8200 * CENT, None), ("topup", 200 * CENT, "rerate_adjustment"))
     assert refundable(w, 8300 * CENT, NOW) == 100 * CENT
 
 
@@ -60,7 +61,8 @@ def test_a_refund_takes_the_credit_lots_in_their_order() -> None:
 
 
 def test_the_bound_is_the_cash_spent_in_all_not_each_correction_s_cash_share() -> None:
-    # $10.00 of a period's $28.00 paid in cash, $18.00 by a grant; the close's true-up gives $2.00
-    # back as one paid lot: all $2.00 is refundable (less than the $10.00 spent), not 10/28 of it
-    w = _wallet(("grant", 8200 * CENT, "grant"), ("topup", 200 * CENT, "volume_true_up"))
+    # $10.00 of a period's $28.00 paid in cash (its invoice, by wire), $18.00 by a grant; a re-rate
+    # gives $2.00 back of the wire-paid charges, one paid lot (nothing owed): all $2.00 is
+    # refundable (less than the $10.00 spent in all), not 10/28 of it
+    w = _wallet(("grant", 8200 * CENT, "grant"), ("topup", 200 * CENT, "rerate_adjustment"))
     assert refundable(w, 1000 * CENT, NOW) == 200 * CENT

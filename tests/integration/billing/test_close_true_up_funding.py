@@ -1,0 +1,82 @@
+"""Money a close's volume true-up gives back goes where the money of the usage came from, as a
+re-rate's does: to the lots that paid the charges its rule rated (the last consumed first, up to
+what each paid and was granted), then what is owed, and only the rest becomes credit.
+
+By hand. Book `vol`, model-v output volume-tiered: $20/M up to 100,000 tokens, $10/M beyond.
+November (prepaid): 60,000 tokens on the 5th, 70,000 on the 20th. Rated graduated: 60,000 x $20/M =
+$1.20; 40,000 x $20/M + 30,000 x $10/M = $0.80 + $0.30 = $1.10; $2.30. The close: 130,000 reached
+the second tier, all at $10/M = $1.30, true-up -$1.00."""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from billing_kit import BillingKit
+from test_rerate_volume_true_up import V1, verified
+
+from ledger.audit import trial_balance
+from wallets import chart
+
+CENT = 10_000_000  # atomic units (9 decimals) of $0.01
+
+
+async def _november(bk: BillingKit, cid: str) -> None:
+    for day, tokens in [(5, 60_000), (20, 70_000)]:
+        bk.clock.now = datetime(2026, 11, day, 12, tzinfo=UTC)
+        await bk.event(cid, "model-v", 0, tokens)
+
+
+async def _lots(bk: BillingKit, cid: str) -> list[tuple[str, int]]:
+    return sorted((g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants if g.remaining)
+
+
+async def test_a_close_s_true_up_of_promotion_paid_usage_goes_back_to_the_promotion(fresh_db) -> None:
+    """A $5.00 grant pays the $2.30 ($2.70 left). The true-up's $1.00 back goes to it: $3.70, and
+    no paid credit lot. Before, the grant stayed at $2.70 and a $1.00 top-up lot opened."""
+    bk = BillingKit(fresh_db)
+    await bk.add_book(V1)
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("promoted", book="vol")
+    grant = await bk.grant(cid, "5.00")
+    await _november(bk, cid)
+    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    lots = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants}
+    assert lots == {grant.grant.id: ("grant", 370 * CENT)}
+    [invoice] = await bk.invoices(cid)
+    assert [(ln["kind"], ln["amount"]) for ln in invoice["lines"] if ln["kind"] == "volume_true_up"] == [
+        ("volume_true_up", "-1.00")]
+    await verified(bk)
+
+
+async def test_a_close_s_true_up_goes_back_to_the_lots_that_paid_the_last_consumed_first(fresh_db) -> None:
+    """A $2.00 grant and a $5.00 top-up. The grant is spent first: $1.20, then $0.80 of the $1.10,
+    the top-up the other $0.30 ($4.70 left). The $1.00 back: $0.30 to the top-up (consumed last,
+    $5.00), $0.70 to the grant (it paid $2.00: $0.70 left). No new lot."""
+    bk = BillingKit(fresh_db)
+    await bk.add_book(V1)
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("mixed", book="vol")
+    await bk.grant(cid, "2.00")
+    await bk.top_up(cid, "5.00")
+    await _november(bk, cid)
+    assert await _lots(bk, cid) == [("topup", 470 * CENT)]
+    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    assert await _lots(bk, cid) == [("grant", 70 * CENT), ("topup", 500 * CENT)]
+    await verified(bk)
+
+
+async def test_a_close_s_true_up_of_an_expired_grant_s_usage_goes_to_breakage(fresh_db) -> None:
+    """As a re-rate's: a $5.00 grant expiring on November 25th pays the $2.30; it has expired at
+    the close, so the $1.00 back goes to breakage (had the usage cost less, the difference would
+    have expired with it), not to a paid lot."""
+    bk = BillingKit(fresh_db)
+    await bk.add_book(V1)
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("expired", book="vol")
+    await bk.grant(cid, "5.00", expires_at=datetime(2026, 11, 25, tzinfo=UTC))
+    await _november(bk, cid)
+    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    assert await _lots(bk, cid) == []
+    trial = await bk.db.read(lambda conn: trial_balance(conn, "USD"))
+    breakage = {line.account: line.credits - line.debits for line in trial.lines}.get(chart.breakage_account("USD"))
+    assert breakage == 100 * CENT  # the grant's $2.70 left is not swept here (no expiry job ran)
+    await verified(bk)

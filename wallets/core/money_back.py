@@ -1,0 +1,96 @@
+"""Money a correction gives back (a re-rate's, a close's volume true-up), where the money of the
+charges it corrects came from: what the receivable paid goes off what is owed, what lots paid goes
+back to them (the last consumed first, up to what each paid and was granted; a revoked grant's is
+revoked again, an expired one's goes to breakage), then what is owed, and only the rest becomes
+credit (a paid lot)."""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import datetime
+
+from wallets import chart
+from wallets.core.commands import TOPUP_PRIORITY
+from wallets.core.credits import opened_lot
+from wallets.core.decision import LotOpened
+from wallets.core.legs import Legs
+from wallets.core.state import State
+from wallets.model import Wallet, consumption_key
+
+
+def last_consumed_first(w: Wallet) -> Callable[[str], tuple[int, str]]:
+    """The lots in the reverse of their consumption order, then accounts not loaded (swept lots:
+    their part goes to breakage)."""
+    consumed = {lot.code: i for i, lot in enumerate(sorted(w.lots.values(), key=consumption_key))}
+    return lambda account: (-consumed[account], account) if account in consumed else (1, account)
+
+
+def share(shares: dict[str, int], paid: Mapping[str, int], need: int, receivable: str,
+          order: Callable[[str], tuple[int, str]]) -> None:
+    """Adds to `shares` what of `need` back goes to each lot that `paid`, the last consumed first,
+    and to the receivable all it paid (what is owed bounds it later)."""
+    for account, amount in sorted(paid.items(), key=lambda piece: order(piece[0])):
+        if account == receivable:
+            shares[receivable] = shares.get(receivable, 0) + amount
+            continue
+        part = min(need, amount)
+        if part > 0:
+            shares[account] = shares.get(account, 0) + part
+            need -= part
+
+
+def give_back(state: State, w: Wallet, shares: dict[str, int], back: int, now: datetime, reference: str,
+              step: int = 1) -> tuple[Legs, tuple[tuple[str, int], ...], LotOpened | None]:
+    """Legs of `back` (> 0) out of revenue by `shares` (`share`): the receivable's first, up to what
+    is owed, in multiples of `step` (a credit note's: whole minor units, so the invoice it corrects
+    is left with whole minor units to pay); then each lot's; then what is still owed; the rest
+    opens a paid credit lot (`reference`). With what each account got back (negative) and the lot."""
+    cid, cur = w.customer.id, w.customer.currency
+    receivable = chart.receivable_account(cid)
+    order = last_consumed_first(w)
+    shares = dict(shares)
+    owed = max(0, w.receivable - (w.credit_held or 0))
+    legs = Legs(cur).debit(chart.revenue_account(cur), back)
+    paid_back: dict[str, int] = {}
+
+    def give(account: str, amount: int, to: str | None = None) -> None:
+        """`amount` of what `account` paid comes back, credited to `to` (by default itself)."""
+        nonlocal back
+        if amount > 0:
+            legs.credit(to or account, amount)
+            paid_back[account] = paid_back.get(account, 0) - amount
+            back -= amount
+
+    rec = min(back, shares.pop(receivable, 0), owed)
+    rec -= rec % step
+    give(receivable, rec)
+    owed -= rec
+    room: dict[str, int] = {}  # what each live lot given money back could still take
+    for account, part_of in sorted(shares.items(), key=lambda item: order(item[0])):
+        lot = w.lots.get(account)
+        if lot is not None and lot.live(now):
+            part = min(back, part_of, lot.granted - lot.balance)
+            give(account, part)
+            if part > 0:
+                room[account] = lot.granted - lot.balance - part
+        elif lot is not None and lot.revoked:
+            # A grant revoked in whole since: closed for good, what comes back to it is revoked
+            # again (to the promotions the revocation credited), as a hold given back to it is.
+            give(account, min(back, part_of), to=chart.promotions_account(cur))
+        else:
+            # The lot has expired since (swept, or due to be): had the charge cost less, the
+            # difference would have stayed in it and gone to breakage at its expiry, as a hold
+            # given back to a swept lot does (legs.return_target). The customer gets no credit
+            # from an expired promotion; the invoice counts it as expired.
+            give(account, min(back, part_of), to=chart.breakage_account(cur))
+    more = min(back, owed)
+    give(receivable, more - more % step)
+    # A note's money is whole minor units, and what the lots took back of it exact: the fraction
+    # left (what rounding it up added, or what the receivable did not take) goes to the last lot
+    # given money back, so that credit the note opens is whole minor units too.
+    for account in reversed(room):
+        give(account, min(back % step, room[account]))
+    lot_opened: LotOpened | None = None
+    if back:
+        lot_opened = opened_lot(state, w, "topup", back, TOPUP_PRIORITY, None, now, reference=reference)
+        give(lot_opened.code, back)
+    return legs, tuple(sorted(paid_back.items())), lot_opened
