@@ -134,8 +134,9 @@ def _database_url(raw: str) -> str | None:
 
 
 # Server processes of one `serve`: each is an interpreter with its own pool, so past this many a
-# typo (`--workers 100000`) forks until the machine dies rather than serving faster.
-MAX_WORKERS = 64
+# typo (`--workers 100000`) forks until the machine dies rather than serving faster. No real host
+# has this many cores (a 96- or 192-core one is served); 64 refused a 96-core host's setting.
+MAX_WORKERS = 1024
 
 
 def worker_count(raw: str) -> int | None:

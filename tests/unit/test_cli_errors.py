@@ -39,8 +39,8 @@ def test_a_host_that_does_not_resolve_is_a_database_that_cannot_be_reached(url, 
 
 @pytest.mark.parametrize("argv", [
     ["serve", "--workers", "0"], ["gateway", "--workers", "-2"], ["gateway", "--max-output-tokens", "0"],
-    ["serve", "--workers", "100000"], ["gateway", "--workers", "65"],
-    ["bench", "lifecycle", "--workers-per-server", "65"],
+    ["serve", "--workers", "100000"], ["gateway", "--workers", "1025"],
+    ["bench", "lifecycle", "--workers-per-server", "1025"],
     ["gateway", "--upstream-openai", "ftp://example.com"], ["gateway", "--upstream-anthropic", "api.anthropic.com"],
     ["audit", "verify", "--expect-head", "ab" * 32],
     # a typo in the head (not 64 hex digits) read as an export that does not end there: exit 1,
@@ -119,8 +119,8 @@ def test_workers_are_bounded_as_tokentill_workers_is_and_the_refusal_says_the_ra
     """`serve --workers 100000` forked until the machine died: the bound is the setting's."""
     from api.settings import MAX_WORKERS
 
-    assert MAX_WORKERS == 64 and parser().parse_args(["serve", "--workers", "64"]).workers == 64
+    assert MAX_WORKERS == 1024 and parser().parse_args(["serve", "--workers", "96"]).workers == 96
     with pytest.raises(SystemExit) as raised:
         parser().parse_args(["serve", "--workers", "100000"])
-    assert raised.value.code == 2 and "argument --workers: not a number of processes from 1 to 64: '100000'" in \
+    assert raised.value.code == 2 and "argument --workers: not a number of processes from 1 to 1024: '100000'" in \
         capsys.readouterr().err
