@@ -78,7 +78,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgspec
@@ -162,6 +162,10 @@ class Call:
     chosen_by_provider: tuple[str, ...] = ()  # left to the provider (service_tier auto): held at the dearest
     audio_format: str | None = None  # chat: the format the answer's audio comes in (`audio.format`), if any
     hidden_output: bool = False  # it may think in tokens billed as output that its stream does not show
+    # a stored prompt's call that shows no built-in tool and sets no max_tool_calls, as sent with
+    # `max_tool_calls: 0` (no built-in tool runs) and held for no tool: what the gateway sends when
+    # the customer's book cannot price the tools the prompt may bring (api.gateway.proxy)
+    untooled: Call | None = None
 
 
 def _count(value: Any, name: str) -> int | None:
@@ -470,7 +474,7 @@ def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: Token
     cap, changed = _output_cap(kind, body, default_max_output)
     if kind == CHAT:
         cap += _prediction_tokens(body, model, counter)
-    uses, results, containers, reused = (), 0, 0, ()
+    uses, results, containers, reused, plain = (), 0, 0, (), False
     if kind == MESSAGES:
         anthropic_unmetered(body)
         uses, results, tools_changed = server_tools(body, server_tool_max_uses, server_tool_result_tokens)
@@ -482,6 +486,7 @@ def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: Token
                                                                         server_tool_result_tokens)
         changed = changed or tools_changed
         if body.get("prompt") is not None:  # a stored prompt may bring tools the body does not show
+            plain = not uses and not results and not containers and not reused and body.get("max_tool_calls") is None
             uses, results, tools_changed, containers = template_tools(body, uses, results, containers,
                                                                       server_tool_max_uses, server_tool_result_tokens)
             changed = changed or tools_changed
@@ -497,10 +502,15 @@ def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: Token
         if not wanted:
             body["stream_options"] = {**options, "include_usage": True}
             changed = True
-    return Call(kind, model, stream, prompt_tokens + results, raw_tokens, cap,
+    call = Call(kind, model, stream, prompt_tokens + results, raw_tokens, cap,
                 msgspec.json.encode(body) if changed else raw, wanted, audio_tokens, audio_tokens + referred,
                 prior, uses, containers, (*_priced(kind, body), *_search_tool(kind, body)), _cache_write(kind, body),
                 reused, _chosen_by_provider(kind, body), _audio_format(kind, body), _hidden_output(kind, body, model))
+    if not plain:
+        return call
+    untooled = replace(call, prompt_tokens=prompt_tokens, tool_uses=(), container_units=0,
+                       body=msgspec.json.encode({**body, "max_tool_calls": 0}))
+    return replace(call, untooled=untooled)
 
 
 # OpenAI's reasoning models (by their ids' start; a fine-tuned one's after "ft:"): they think in

@@ -237,7 +237,14 @@ class Exchange:
             started = time.perf_counter()
             call, customer, principal = await self._admit()
             self.timings["admit"] = time.perf_counter() - started
-            reservation = await self._reserve(call, customer, principal)
+            try:
+                reservation = await self._reserve(call, customer, principal)
+            except Refusal as refusal:
+                # a stored prompt's tools its book cannot price: sent so that none runs, held for none
+                if refusal.code != "unpriced_model" or call.untooled is None:
+                    raise
+                call = call.untooled
+                reservation = await self._reserve(call, customer, principal)
         except Refusal as refusal:
             CALLS.labels(self.provider, self.kind, "refused").inc()
             await self._refuse(refusal)

@@ -20,7 +20,8 @@ does not show (pure: no I/O; api.gateway.calls counts the rest).
   one of Anthropic's MCP connector (`mcp_servers`), for its listing (`anthropic_mcp_servers`; its
   calls have no bound to hold for);
 - a stored prompt (`prompt`) may bring per-call tools the body does not show: held as a web and a
-  file search and a container (`template_tools`);
+  file search and a container (`template_tools`), or, when the book cannot price them, sent with
+  `max_tool_calls: 0` so that none runs (Call.untooled, chosen in api.gateway.proxy);
 - OpenAI's `image_generation` tool is billed at its image model's prices, which no usage
   reports, and Anthropic's advisor tool and `fallbacks` have other models serve (part of) the
   call, billed at their prices: refused (UnmeteredToolError, answered 422 unpriced_model), never
@@ -103,12 +104,12 @@ def without_built_in_tools(tools: list[Any]) -> tuple[list[Any], int]:
     return rest, tokens + (COMPUTER_USE_SYSTEM_PROMPT if computer else 0)
 
 
-def _uses(tool: Mapping[str, Any], name: str, field: str = "tools.") -> int | None:
+def _uses(tool: Mapping[str, Any], name: str, field: str = "tools.", least: int = 1) -> int | None:
     value = tool.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_COUNT:
-        raise CallError(f"{field}{name}", "must be a whole number, 1 or more")
+    if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= MAX_COUNT:
+        raise CallError(f"{field}{name}", f"must be a whole number, {least} or more")
     return value
 
 
@@ -248,10 +249,10 @@ def openai_tools(body: dict[str, Any], max_uses: int,
     listings = kinds.count("mcp")
     if not units and not found and not listings:
         return (), 0, False, 0, ()
-    uses, changed = _uses(body, "max_tool_calls", ""), False
+    uses, changed = _uses(body, "max_tool_calls", "", 0), False
     if uses is None:
         body["max_tool_calls"], uses, changed = max_uses, max_uses, True
-    fees = [(unit, uses) for unit in units] + ([("code_execution", sum(made))] if made else [])
+    fees = [(unit, uses) for unit in units if uses] + ([("code_execution", sum(made))] if made else [])
     return tuple(sorted(fees)), (uses + listings) * result_tokens, changed, max(made, default=0), reused
 
 
@@ -265,8 +266,10 @@ def template_tools(body: dict[str, Any], uses: tuple[tuple[str, int], ...], resu
     responses call with a stored prompt, whose tools the body does not show: held as a call with
     a web and a file search (for `max_tool_calls`, given the gateway's when it sets none) and a
     container of the default size (1 GB: 1 unit), besides those the body shows; the answer's items
-    are charged as any call's."""
-    calls, changed = _uses(body, "max_tool_calls", ""), False
+    are charged as any call's. With `max_tool_calls` 0 OpenAI runs no built-in tool: none held."""
+    calls, changed = _uses(body, "max_tool_calls", "", 0), False
+    if calls == 0:
+        return uses, results, False, containers
     if calls is None:
         body["max_tool_calls"], calls, changed = max_uses, max_uses, True
     held = dict(uses)

@@ -603,9 +603,10 @@ def test_a_stored_prompt_is_held_and_charged_for_the_tools_it_may_bring(live, up
 
     name = model(upstream, answered)
     client = openai.OpenAI(base_url=f"{url}/openai/v1", api_key=key, max_retries=0)
-    with pytest.raises(openai.APIStatusError) as raised:
-        client.responses.create(model=name, max_output_tokens=100, prompt={"id": "pmpt_1"})
+    with pytest.raises(openai.APIStatusError) as raised:  # the caller allows built-in tools its book cannot price
+        client.responses.create(model=name, max_output_tokens=100, prompt={"id": "pmpt_1"}, max_tool_calls=2)
     assert raised.value.status_code == 422 and raised.value.body["code"] == "unpriced_model"
+    assert any(unit in raised.value.body["message"] for unit in ("web_search", "file_search", "code_execution"))
     assert all(call["model"] != name for call in upstream.fake.calls)
     assert wallet(url, cid) == (Decimal("10"), 0)
     cid, key = customer((url, tool_book(url, *TEMPLATE_TOOLS)))
@@ -614,6 +615,39 @@ def test_a_stored_prompt_is_held_and_charged_for_the_tools_it_may_bring(live, up
     assert upstream.fake.calls[-1]["max_tool_calls"] == 5  # the gateway's: the searches are bounded
     assert charged(url, raw.headers["x-tokentill-request-id"]) == RESPONSES_CHARGE + fee
     assert wallet(url, cid) == (Decimal("10") - RESPONSES_CHARGE - fee, 0)
+
+
+def test_a_stored_prompt_runs_without_built_in_tools_when_its_book_prices_none(live, upstream):
+    """A book that prices only tokens refused every stored-prompt call (422 unpriced_model), even a
+    plain-text template's, since the call was held as one with searches and a container (93f2351).
+    Such a call is now sent with `max_tool_calls: 0` (OpenAI runs no built-in tool: no search, no
+    container) and held and charged for its tokens alone; one whose body shows a built-in tool is
+    still refused, as is one that itself allows tool calls (the test above)."""
+    url, _ = live
+    cid, key = customer((url, tool_book(url)))
+
+    async def answered(send: Any, receive: Any) -> None:  # a template with a search, as OpenAI runs it
+        searched = upstream.fake.calls[-1].get("max_tool_calls") != 0
+        output = [{"id": "ws_1", "type": "web_search_call", "status": "completed"}] if searched else []
+        data = msgspec.json.encode({"id": "resp_t", "object": "response", "status": "completed", "output": [
+            *output, {"id": "msg_1", "type": "message", "role": "assistant", "status": "completed",
+                      "content": [{"type": "output_text", "text": " one", "annotations": []}]}],
+            "usage": RESPONSE_USAGE})
+        await start(send, b"application/json", len(data))
+        await body(send, data, more=False)
+
+    name = model(upstream, answered)
+    client = openai.OpenAI(base_url=f"{url}/openai/v1", api_key=key, max_retries=0)
+    raw = client.responses.with_raw_response.create(model=name, max_output_tokens=100, prompt={"id": "pmpt_1"})
+    assert raw.http_response.status_code == 200 and upstream.fake.calls[-1]["max_tool_calls"] == 0
+    assert charged(url, raw.headers["x-tokentill-request-id"]) == RESPONSES_CHARGE
+    assert wallet(url, cid) == (Decimal("10") - RESPONSES_CHARGE, 0)
+    sent = len(upstream.fake.calls)
+    with pytest.raises(openai.APIStatusError) as raised:  # the body's own search: refused as any call's
+        client.responses.create(model=name, max_output_tokens=100, prompt={"id": "pmpt_1"},
+                                tools=[{"type": "web_search"}])
+    assert raised.value.status_code == 422 and raised.value.body["code"] == "unpriced_model"
+    assert len(upstream.fake.calls) == sent and wallet(url, cid) == (Decimal("10") - RESPONSES_CHARGE, 0)
 
 
 def test_a_big_call_is_read_off_the_event_loop_while_small_calls_go_on(live, upstream, monkeypatch):

@@ -375,7 +375,23 @@ def test_openai_web_and_file_search_are_each_held_for_max_tool_calls_with_one_re
     assert both.prompt_tokens - less.prompt_tokens == 2 * (2000 - 500)  # at most 2 calls in all return results
 
 
-@pytest.mark.parametrize("bound", [0, -1, "3", True, 2.5])
+def test_max_tool_calls_0_holds_no_search_and_a_plain_stored_prompt_has_a_call_with_no_tools():
+    """OpenAI runs no built-in tool under `max_tool_calls: 0` (it was refused as not 1 or more)."""
+    assert _responses_tools({"type": "web_search"}, max_tool_calls=0).tool_uses == ()
+    plain = _responses_tools(prompt={"id": "pmpt_1"})
+    assert plain.tool_uses == (("code_execution", 1), ("file_search", 4), ("web_search", 4))
+    assert plain.container_units == 1
+    untooled = plain.untooled
+    assert untooled is not None and untooled.tool_uses == () and untooled.container_units == 0
+    assert msgspec.json.decode(untooled.body)["max_tool_calls"] == 0
+    assert plain.prompt_tokens - untooled.prompt_tokens == 4 * 2000  # no search results held
+    # the caller's own cap, or a built-in tool in the body: no such call (refused when unpriced)
+    assert _responses_tools(prompt={"id": "pmpt_1"}, max_tool_calls=2).untooled is None
+    assert _responses_tools({"type": "web_search"}, prompt={"id": "pmpt_1"}).untooled is None
+    assert _responses_tools(prompt={"id": "pmpt_1"}, max_tool_calls=0).tool_uses == ()
+
+
+@pytest.mark.parametrize("bound", [-1, "3", True, 2.5])
 def test_an_openai_web_searchs_bad_max_tool_calls_is_refused(bound):
     with pytest.raises(CallError) as raised:
         _responses_tools({"type": "web_search"}, max_tool_calls=bound)
