@@ -113,11 +113,16 @@ def _draws(w: Wallet, now: datetime) -> bool:
 
 def _free(w: Wallet, book: PriceBook | None, cmd: Reserve, now: datetime) -> bool:
     """Whether the call's prices make it free (a price of 0, a 100 % discount): one input and one
-    output token, and any per-request fee, price at 0. Unpriced is not free."""
+    output token, any per-request fee, and what else it carries (the per-call tools it may run, a
+    cache write, the provider's choice of tier, premium prices) price at 0. Unpriced is not free."""
     if book is None:
         return False
     try:
         return estimate_upper_bound(book, cmd.model, 1, 1, cmd.dimensions, now,
+                                    input_audio_tokens=min(cmd.prompt_audio_tokens, 1), tool_uses=cmd.tool_uses,
+                                    prompt_cache_write=cmd.prompt_cache_write,
+                                    chosen_by_provider=cmd.chosen_by_provider, premiums=cmd.premiums,
+                                    premium_dimensions=cmd.premium_dimensions,
                                     overrides=overrides_at(w, now)).total_units == 0
     except PricingError:
         return False

@@ -49,3 +49,23 @@ def test_a_call_its_prices_make_free_holds_0_on_an_empty_wallet_and_settles_for_
     assert m.reserve("0").reservation.amount == 0
     settled = m.settle(held.reservation.id, input_tokens=1000, output_tokens=500)
     assert settled.charged == 0 and m.receivable == 0
+
+
+SEARCHED = parse_book({"id": "book-s", "currency": "USD", "versions": [
+    {"effective_from": "2026-01-01T00:00:00Z", "format": 2, "rules": [
+        {"id": "x-in", "model": "model-x", "token_type": "input", "price": "0"},
+        {"id": "x-out", "model": "model-x", "token_type": "output", "price": "0"},
+        {"id": "x-search", "model": "model-x", "token_type": "web_search", "price": "0.01"}]}]})
+
+
+def test_a_hold_of_0_for_a_call_with_priced_tool_uses_is_refused_though_its_tokens_are_free():
+    """A Reserve carries the per-call tools it may run (the gateway's `tool_uses`): a model whose
+    tokens are free but whose web search is priced is not free. Given a hold of 0 with such uses,
+    the check (one input and one output token) found it free and held 0 on an empty wallet."""
+    m = MemoryWallet(book=SEARCHED)
+    assert m.reserve("0").reservation.amount == 0  # no tool: its tokens are free
+    given = m.reserve("0", tool_uses={"web_search": 1})
+    assert isinstance(given, InsufficientFundsError), given
+    estimated = m.reserve(None, input_tokens=10, max_output_tokens=10, tool_uses={"web_search": 1})
+    assert isinstance(estimated, InsufficientFundsError), estimated
+    assert m.reserved == 0

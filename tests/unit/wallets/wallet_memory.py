@@ -94,12 +94,13 @@ class MemoryWallet:
         return self.run(Grant(customer_id=CID, amount=usd(amount), **kw))
 
     def reserve(self, amount: str | None = None, *, request_id: str | None = None, ttl_seconds: int = 300,
-                input_tokens: int = 0, max_output_tokens: int = 0, body: bytes | None = None) -> Any:
+                input_tokens: int = 0, max_output_tokens: int = 0, body: bytes | None = None,
+                tool_uses: dict[str, int] | None = None) -> Any:
         return self.run(Reserve(
             customer_id=CID, request_id=request_id or f"req-{next(self._ids)}",
-            request_hash=body or repr((amount, input_tokens, max_output_tokens)).encode(), model="model-x",
+            request_hash=body or repr((amount, input_tokens, max_output_tokens, tool_uses)).encode(), model="model-x",
             ttl_seconds=ttl_seconds, amount=usd(amount) if amount is not None else None,
-            prompt_tokens=input_tokens, max_output_tokens=max_output_tokens))
+            prompt_tokens=input_tokens, max_output_tokens=max_output_tokens, tool_uses=tool_uses or {}))
 
     def settle(self, reservation_id: str, *, input_tokens: int = 0, output_tokens: int = 0, final: bool = True,
                capture_id: str | None = None, forced_by: str | None = None) -> Any:
