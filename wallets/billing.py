@@ -177,8 +177,8 @@ async def upcoming(conn: AsyncConnection, customer_id: str, now: datetime, books
         w.overrides = await overrides.get(conn, c.id, c.override_versions)
     # what paid the charges each volume-tiered rule rated: a true-up's money back goes there
     funding = {(c.id, label): await store.rule_funding(conn, c.id, label) for label in rollups}
-    await store.load_payers(conn, w, {a for rules in funding.values() for paid in rules.values() for a in paid if a},
-                            now)
+    payers = {a for rules in funding.values() for paid in rules.values() for _, a, _ in paid if a}
+    await store.load_payers(conn, w, payers, now)
     state = State(c.id, w, rollups={c.id: rollups}, unapplied={c.id: credits}, rule_funding=funding)
     rollup, opening, parts = upcoming_invoice(state, period, now, book)
     content = document(c, period, rollup, opening, Header(None, None, "upcoming", now))

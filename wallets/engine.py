@@ -546,7 +546,7 @@ async def _load_billing(conn: AsyncConnection, batch: Batch, commands: Sequence[
         for cid, label in since:
             found = batch.rule_funding[(cid, label)] = await store.rule_funding(conn, cid, label)
             if (w := batch.loaded.wallets.get(cid)) is not None:
-                await store.load_payers(conn, w, {a for paid in found.values() for a in paid if a}, now)
+                await store.load_payers(conn, w, {a for paid in found.values() for _, a, _ in paid if a}, now)
         batch.invoices.update(await store.load_open_invoices(conn, [c.customer_id for c in closes]))
     paid = [c.invoice_id for c in commands if isinstance(c, PayInvoice)]
     if paid:

@@ -715,13 +715,14 @@ async def load_rerate_charges(conn: AsyncConnection, customer_id: str, book_id: 
     return [dict(r._mapping) for r in rows]
 
 
-async def rule_funding(conn: AsyncConnection, customer_id: str, period: str) -> dict[str, dict[str, int]]:
+async def rule_funding(conn: AsyncConnection, customer_id: str, period: str
+                       ) -> dict[str, tuple[tuple[int, str | None, int], ...]]:
     """What paid the customer's charges of `period`'s own usage billed in it, by the rules that
-    rated them (a charge rated by two rules counts for each): rule id -> account -> amount (the
-    receivable's under None when its funding was not recorded)."""
+    rated them (a charge rated by two rules is listed under each): rule id -> (charge id, account,
+    amount) (the receivable's under None when its funding was not recorded)."""
     lane = int(await _lane(conn, [customer_id]) or 0)
     rows = await conn.exec_driver_sql(
-        f"""SELECT r.rule_id, f ->> 0, sum((f ->> 1)::numeric)::text
+        f"""SELECT r.rule_id, c.id, f ->> 0, sum((f ->> 1)::numeric)::text
               FROM charges c
              CROSS JOIN LATERAL (SELECT DISTINCT l ->> 'rule_id' AS rule_id FROM jsonb_array_elements(c.lines) l
                                   WHERE l ->> 'rule_id' IS NOT NULL) r
@@ -730,11 +731,11 @@ async def rule_funding(conn: AsyncConnection, customer_id: str, period: str) -> 
              WHERE c.lane = {lane} AND c.customer_id = %s AND c.period = %s
                AND coalesce((SELECT j.metadata ->> 'period' FROM journal_entries j
                               WHERE j.lane = c.lane AND j.id = c.entry_id), c.period) = %s
-             GROUP BY 1, 2""", (customer_id, period, period))
-    out: dict[str, dict[str, int]] = {}
-    for rule_id, account, amount in rows:
-        out.setdefault(rule_id, {})[account] = int(amount)
-    return out
+             GROUP BY 1, 2, 3 ORDER BY 1, 2, 3""", (customer_id, period, period))
+    out: dict[str, list[tuple[int, str | None, int]]] = {}
+    for rule_id, charge_id, account, amount in rows:
+        out.setdefault(rule_id, []).append((int(charge_id), account, int(amount)))
+    return {rule_id: tuple(paid) for rule_id, paid in out.items()}
 
 
 async def load_payers(conn: AsyncConnection, w: Wallet, accounts: Iterable[str], now: datetime) -> None:

@@ -287,11 +287,12 @@ def _true_up(state: State, w: Wallet, label: str, lines: list[dict[str, Any]], n
     order = money_back.last_consumed_first(w)
     rules = state.rule_funding.get((cid, label), {})
     shares: dict[str, int] = {receivable: 0}
-    for line in lines:  # what the rule's charges paid, less what earlier lines take back
-        paid = rules.get(line.get("rule_id") or "", {})
+    taken: dict[tuple[int, str], int] = {}  # what earlier lines take back of each charge, by payer
+    for line in lines:  # what the rule's charges paid, less what earlier lines take back of them
+        paid = rules.get(line.get("rule_id") or "", ())
         if line["amount_units"] < 0 and paid:
-            money_back.share(shares, {receivable if a is None else a: v - (shares.get(a, 0) if a else 0)
-                           for a, v in paid.items()}, -line["amount_units"], receivable, order)
+            money_back.share(shares, taken, {(c, receivable if a is None else a): v for c, a, v in paid},
+                             -line["amount_units"], receivable, order)
     legs, paid_back, lot = money_back.give_back(state, w, shares, -amount, now, f"volume true-up {label}")
     return legs, lot, paid_back
 

@@ -24,18 +24,26 @@ def last_consumed_first(w: Wallet) -> Callable[[str], tuple[int, str]]:
     return lambda account: (-consumed[account], account) if account in consumed else (1, account)
 
 
-def share(shares: dict[str, int], paid: Mapping[str, int], need: int, receivable: str,
-          order: Callable[[str], tuple[int, str]]) -> None:
-    """Adds to `shares` what of `need` back goes to each lot that `paid`, the last consumed first,
-    and to the receivable all it paid (what is owed bounds it later)."""
-    for account, amount in sorted(paid.items(), key=lambda piece: order(piece[0])):
-        if account == receivable:
+def share(shares: dict[str, int], taken: dict[tuple[int, str], int], paid: Mapping[tuple[int, str], int],
+          need: int, receivable: str, order: Callable[[str], tuple[int, str]]) -> None:
+    """Adds to `shares` what of `need` back goes to each lot that paid the charges of `paid`
+    ((charge id, account) -> what that account paid of it), the last consumed first, up to what it
+    paid of each charge less what earlier corrections took back of that charge (`taken`, which it
+    updates: a charge two rules rated gives back what it paid once, charges of other rules are not
+    counted against it); and to the receivable all it paid (what is owed bounds it later)."""
+    left: dict[str, list[tuple[tuple[int, str], int]]] = {}
+    for key, amount in sorted(paid.items()):
+        if key[1] == receivable:
             shares[receivable] = shares.get(receivable, 0) + amount
-            continue
-        part = min(need, amount)
-        if part > 0:
-            shares[account] = shares.get(account, 0) + part
-            need -= part
+        else:
+            left.setdefault(key[1], []).append((key, amount - taken.get(key, 0)))
+    for account in sorted(left, key=order):
+        for key, amount in left[account]:
+            part = min(need, amount)
+            if part > 0:
+                shares[account] = shares.get(account, 0) + part
+                taken[key] = taken.get(key, 0) + part
+                need -= part
 
 
 def give_back(state: State, w: Wallet, shares: dict[str, int], back: int, now: datetime, reference: str,

@@ -279,20 +279,21 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
     # what the receivable paid of the decreased charges; then, of each one's decrease, what goes
     # back to the lots that paid it, the last consumed first
     shares: dict[str, int] = {receivable: 0}
+    taken: dict[tuple[int, str], int] = {}  # what each charge gives back, by payer (money_back.share)
 
-    def paid_by(charge: ChargeOnRecord) -> tuple[tuple[str, int], ...]:
-        return charge.funding if charge.funding is not None else ((receivable, charge.from_receivable),)
+    def paid_by(charge: ChargeOnRecord) -> dict[tuple[int, str], int]:
+        out: dict[tuple[int, str], int] = {}
+        paid = charge.funding if charge.funding is not None else ((receivable, charge.from_receivable),)
+        for account, amount in paid:
+            out[(charge.id, account)] = out.get((charge.id, account), 0) + amount
+        return out
 
     for x in found:
         if x.delta < 0:
-            share(shares, dict(paid_by(x.charge)), -x.delta, receivable, order)
-    for f in fixes:  # what the rule's charges paid, less what their own decreases take back
+            share(shares, taken, paid_by(x.charge), -x.delta, receivable, order)
+    for f in fixes:  # what the rule's charges paid, less what corrections before take back of each
         if f.delta < 0:
-            paid: dict[str, int] = {}
-            for charge in f.charges:
-                for account, amount in paid_by(charge):
-                    paid[account] = paid.get(account, 0) + amount
-            share(shares, {a: v - (shares.get(a, 0) if a != receivable else 0) for a, v in paid.items()},
+            share(shares, taken, {k: v for charge in f.charges for k, v in paid_by(charge).items()},
                   -f.delta, receivable, order)
     return give_back(state, w, shares, back, now, f"re-rate {cmd.rerate_id} {cmd.period}", step)
 

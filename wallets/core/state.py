@@ -83,8 +83,9 @@ class State(msgspec.Struct, frozen=True):
     # (customer, reference) -> the cash refund of overpaid credit posted under it (cash refunds)
     refunds: Mapping[tuple[str, str], RefundOnRecord] = msgspec.field(default_factory=dict)
     # (customer, period) -> rule id -> what paid the charges of the period's own usage it rated,
-    # by account (closes: money their volume true-up gives back goes there)
-    rule_funding: Mapping[tuple[str, str], Mapping[str, Mapping[str, int]]] = msgspec.field(default_factory=dict)
+    # by charge and account (closes: money their volume true-up gives back goes there)
+    rule_funding: Mapping[tuple[str, str], Mapping[str, tuple[tuple[int, str | None, int], ...]]] = (
+        msgspec.field(default_factory=dict))
     ids: Callable[[str], str] = new_id
 
     def require_wallet(self) -> Wallet:

@@ -80,3 +80,62 @@ async def test_a_close_s_true_up_of_an_expired_grant_s_usage_goes_to_breakage(fr
     breakage = {line.account: line.credits - line.debits for line in trial.lines}.get(chart.breakage_account("USD"))
     assert breakage == 100 * CENT  # the grant's $2.70 left is not swept here (no expiry job ran)
     await verified(bk)
+
+
+def _two_rules(version: str, effective_from: str, rules: list[tuple[str, str, str]], high: str) -> dict:
+    """Book `two`: each (rule id, model, token type) volume-tiered, $20/M up to 100,000 tokens,
+    `high` per million beyond."""
+    return {"id": "two", "version": version, "currency": "USD", "effective_from": effective_from, "rules": [
+        {"id": rule, "model": model, "token_type": token_type, "tier_mode": "volume",
+         "tiers": [{"up_to": 100_000, "price": "20"}, {"up_to": None, "price": high}]}
+        for rule, model, token_type in rules]}
+
+
+TWO_MODELS = [("a", "model-x", "output"), ("b", "model-y", "output")]
+
+
+async def test_a_close_s_true_ups_of_two_models_promotion_paid_usage_all_go_back_to_the_promotion(fresh_db) -> None:
+    """Rules a (model-x) and b (model-y), $20/M up to 100,000, $2/M beyond. A $5.00 grant pays
+    model-x 200,000 tokens ($2.00 + $0.20 = $2.20) and model-y 120,000 ($2.00 + $0.04 = $2.04):
+    $4.24, $0.76 left. The close: a 200,000 x $2/M = $0.40 (-$1.80), b 120,000 x $2/M = $0.24
+    (-$1.80). The grant paid both rules' charges: all $3.60 goes back to it ($4.36), no paid lot.
+    Before, b's share was its charges' $2.04 less the $1.80 a took back of other charges: $0.24;
+    the grant got $2.04 ($2.80) and $1.56 of promotional money became a paid credit lot."""
+    bk = BillingKit(fresh_db)
+    await bk.add_book(_two_rules("v1", "2026-01-01T00:00:00Z", TWO_MODELS, "2"))
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("two-models", book="two")
+    grant = await bk.grant(cid, "5.00")
+    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
+    await bk.event(cid, "model-x", 0, 200_000)
+    await bk.event(cid, "model-y", 0, 120_000)
+    assert await _lots(bk, cid) == [("grant", 76 * CENT)]
+    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    lots = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants if g.remaining}
+    assert lots == {grant.grant.id: ("grant", 436 * CENT)}
+    [invoice] = await bk.invoices(cid)
+    assert sorted(ln["amount"] for ln in invoice["lines"] if ln["kind"] == "volume_true_up") == ["-1.80", "-1.80"]
+    await verified(bk)
+
+
+async def test_a_close_s_true_ups_of_two_rules_rating_the_same_charge_take_back_what_it_paid_once(
+        fresh_db) -> None:
+    """Rules i (model-x input) and o (model-x output), $20/M up to 100,000, $2/M beyond. A $3.00
+    grant, then a $5.00 top-up. One call: 200,000 input ($2.20) and 120,000 output ($2.04), one
+    $4.24 charge: the grant pays $3.00, the top-up $1.24 ($3.76 left). The close: -$1.80 and -$1.80,
+    $3.60 back, of one charge both rules rated: $1.24 to the top-up (consumed last: $5.00), $2.36
+    to the grant. Had the second rule counted the charge's $4.24 again, the top-up (no room) and
+    the grant would have been owed more than the charge paid."""
+    bk = BillingKit(fresh_db)
+    await bk.add_book(_two_rules("v1", "2026-01-01T00:00:00Z",
+                                 [("i", "model-x", "input"), ("o", "model-x", "output")], "2"))
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("one-call", book="two")
+    await bk.grant(cid, "3.00")
+    await bk.top_up(cid, "5.00")
+    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
+    await bk.event(cid, "model-x", 200_000, 120_000)
+    assert await _lots(bk, cid) == [("topup", 376 * CENT)]
+    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    assert await _lots(bk, cid) == [("grant", 236 * CENT), ("topup", 500 * CENT)]
+    await verified(bk)

@@ -259,3 +259,42 @@ async def test_a_re_rate_in_the_grace_window_counts_in_the_closing_period_s_true
     assert (upcoming["period"]["label"], upcoming["total"]) == ("2026-12", "-0.46")
     assert (await bk.service.wallet(cid)).receivable == 1_040_000_000
     await verified(bk)
+
+
+def two_models(version: str, effective_from: str, high: str) -> dict[str, Any]:
+    """Book `two`: rules a (model-x output) and b (model-y output), volume-tiered, $20/M up to
+    100,000 tokens, `high` per million beyond."""
+    return {"id": "two", "version": version, "currency": "USD", "effective_from": effective_from, "rules": [
+        {"id": rule, "model": model, "token_type": "output", "tier_mode": "volume",
+         "tiers": [{"up_to": 100_000, "price": "20"}, {"up_to": None, "price": high}]}
+        for rule, model in [("a", "model-x"), ("b", "model-y")]]}
+
+
+async def test_a_rerate_correcting_two_models_true_ups_gives_a_promotion_back_all_it_paid_of_each(
+        fresh_db) -> None:
+    """Prepaid, a $10.00 grant pays it all. v1 $20/M to 100,000, $10/M beyond: model-x 200,000
+    tokens $2.00 + $1.00 = $3.00, model-y 120,000 $2.00 + $0.20 = $2.20 ($4.80 left). The close:
+    a 200,000 x $10/M = $2.00 (-$1.00), b 120,000 x $10/M = $1.20 (-$1.00): $2.00 back ($6.80).
+    v2 drops the tier beyond to $1/M: model-x $2.10 (-$0.90), model-y $2.02 (-$0.18); true-ups
+    a $0.20 - $2.10 = -$1.90, b $0.12 - $2.02 = -$1.90 (-$0.90 each where -$1.00 stands): -$2.88.
+    The grant paid every one of these charges: all goes back to it ($9.68: it has paid the $0.32
+    November now costs). Before, b's share was the $2.20 model-y paid less all the grant had taken
+    back of model-x's too ($1.98): $0.22; the grant got $2.20 and $0.68 became paid credit."""
+    bk = BillingKit(fresh_db)
+    await bk.add_book(two_models("v1", "2026-01-01T00:00:00Z", "10"))
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("two-models", book="two")
+    grant = await bk.grant(cid, "10.00")
+    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
+    await bk.event(cid, "model-x", 0, 200_000)
+    await bk.event(cid, "model-y", 0, 120_000)
+    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    lots = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants if g.remaining}
+    assert lots == {grant.grant.id: ("grant", 6_800_000_000)}
+    await bk.add_book(two_models("v2", "2026-11-01T00:00:00Z", "1"))
+    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
+    done = await rerating.apply(bk.db, bk.service.engine, rerating.RerateSpec("two", "v2", NOV_1, DEC_1, None), None)
+    assert done["delta"] == "-2.88"
+    after = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants if g.remaining}
+    assert after == {grant.grant.id: ("grant", 9_680_000_000)}
+    await verified(bk)
