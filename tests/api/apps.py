@@ -47,6 +47,20 @@ def currency_books(prices: dict[str, str], *token_types: str) -> list[dict]:
             for currency, price in prices.items()]
 
 
+async def book_customer(client: AsyncTestClient, cid: str, *token_types: str, **customer: Any) -> str:
+    """Customer `cid` (postpaid unless `customer` says otherwise) on a USD book of the same id in
+    force since 2026-01-01: model-a at $10.00 per 1M input and $20.00 per 1M output tokens, of
+    `token_types` (both when none is given)."""
+    prices = {"input": ("in", "10.00"), "output": ("out", "20.00")}
+    book = {"id": cid, "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
+            "rules": [{"id": prices[t][0], "model": "model-a", "token_type": t, "price": prices[t][1]}
+                      for t in token_types or ("input", "output")]}
+    assert (await client.post("/v1/price-books", json=book)).status_code == 201
+    made = await client.post("/v1/customers", json={"id": cid, "price_book": cid, "billing": "postpaid", **customer})
+    assert made.status_code == 201, made.text
+    return cid
+
+
 async def sign_in(client: AsyncTestClient, key: str) -> str:
     """Sign the console client in with `key`; the CSRF token its forms send."""
     page = await client.get("/console/sign-in")

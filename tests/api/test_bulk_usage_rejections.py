@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from litestar.testing import AsyncTestClient
 
-from tests.api.apps import api_client
+from tests.api.apps import api_client, book_customer
 
 
 @pytest.fixture
@@ -20,13 +20,7 @@ async def client(db, database_url):
 
 @pytest.fixture
 async def customer(client: AsyncTestClient, tag: str) -> str:
-    book = {"id": f"brej-{tag}", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
-            "rules": [{"id": "in", "model": "model-a", "token_type": "input", "price": "10.00"}]}
-    assert (await client.post("/v1/price-books", json=book)).status_code == 201
-    cid = f"brej-{tag}"
-    made = await client.post("/v1/customers", json={"id": cid, "price_book": book["id"], "billing": "postpaid"})
-    assert made.status_code == 201, made.text
-    return cid
+    return await book_customer(client, f"brej-{tag}", "input")
 
 
 def _event(cid: str, event_id: str, **changes) -> dict:

@@ -13,7 +13,7 @@ from decimal import Decimal
 import pytest
 from litestar.testing import AsyncTestClient
 
-from tests.api.apps import api_client
+from tests.api.apps import api_client, book_customer
 
 
 @pytest.fixture
@@ -24,13 +24,7 @@ async def client(db, database_url):
 
 @pytest.fixture
 async def customer(client: AsyncTestClient, tag: str) -> str:
-    book = {"id": f"ucsv-{tag}", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
-            "rules": [{"id": "in", "model": "model-a", "token_type": "input", "price": "10.00"},
-                      {"id": "out", "model": "model-a", "token_type": "output", "price": "20.00"}]}
-    assert (await client.post("/v1/price-books", json=book)).status_code == 201
-    cid = f"ucsv-{tag}"
-    made = await client.post("/v1/customers", json={"id": cid, "price_book": book["id"], "billing": "postpaid"})
-    assert made.status_code == 201, made.text
+    cid = await book_customer(client, f"ucsv-{tag}")
     sent = await client.post("/v1/usage-events", json=[
         {"event_id": "e1", "customer_id": cid, "model": "model-a", "timestamp": "2026-11-10T10:00:00Z",
          "usage": {"input_tokens": 1000, "output_tokens": 500}, "dimensions": {"feature": "=HYPERLINK(1)"}},

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from litestar.testing import AsyncTestClient
 
-from tests.api.apps import api_client
+from tests.api.apps import api_client, book_customer
 
 
 @pytest.fixture
@@ -21,12 +21,7 @@ async def client(db, database_url):
 
 @pytest.fixture
 async def customer(client: AsyncTestClient, tag: str) -> str:
-    book = {"id": f"unames-{tag}", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
-            "rules": [{"id": "in", "model": "model-a", "token_type": "input", "price": "10.00"}]}
-    assert (await client.post("/v1/price-books", json=book)).status_code == 201
-    cid = f"unames-{tag}"
-    made = await client.post("/v1/customers", json={"id": cid, "price_book": book["id"], "billing": "postpaid"})
-    assert made.status_code == 201, made.text
+    cid = await book_customer(client, f"unames-{tag}", "input")
     clash = {"quantity": "many", "amount": "big", "charges": "some", "currency": "EUR", "feature": "chat"}
     sent = await client.post("/v1/usage-events", json=[
         {"event_id": "e1", "customer_id": cid, "model": "model-a", "timestamp": "2026-11-10T10:00:00Z",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from litestar.testing import AsyncTestClient
 
-from tests.api.apps import api_client
+from tests.api.apps import api_client, book_customer
 
 
 @pytest.fixture
@@ -21,13 +21,7 @@ async def client(db, database_url):
 
 @pytest.fixture
 async def customer(client: AsyncTestClient, tag: str) -> str:
-    book = {"id": f"upg-{tag}", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
-            "rules": [{"id": "in", "model": "model-a", "token_type": "input", "price": "10.00"},
-                      {"id": "out", "model": "model-a", "token_type": "output", "price": "20.00"}]}
-    assert (await client.post("/v1/price-books", json=book)).status_code == 201
-    cid = f"upg-{tag}"
-    made = await client.post("/v1/customers", json={"id": cid, "price_book": book["id"], "billing": "postpaid"})
-    assert made.status_code == 201, made.text
+    cid = await book_customer(client, f"upg-{tag}")
     features = ["alpha", "beta", None, "gamma"]
     sent = await client.post("/v1/usage-events", json=[
         {"event_id": f"e{i}", "customer_id": cid, "model": "model-a", "timestamp": f"2026-11-1{i}T10:00:00Z",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from litestar.testing import AsyncTestClient
 
-from tests.api.apps import api_client
+from tests.api.apps import api_client, book_customer
 
 NOVEMBER = {"from": "2026-11-01T00:00:00Z", "to": "2026-12-01T00:00:00Z"}
 
@@ -22,13 +22,7 @@ async def client(db, database_url):
 
 @pytest.fixture
 async def customer(client: AsyncTestClient, tag: str) -> str:
-    book = {"id": f"utz-{tag}", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
-            "rules": [{"id": "in", "model": "model-a", "token_type": "input", "price": "10.00"}]}
-    assert (await client.post("/v1/price-books", json=book)).status_code == 201
-    cid = f"utz-{tag}"
-    made = await client.post("/v1/customers", json={"id": cid, "price_book": book["id"], "billing": "postpaid",
-                                                     "time_zone": "Asia/Tokyo"})
-    assert made.status_code == 201, made.text
+    cid = await book_customer(client, f"utz-{tag}", "input", time_zone="Asia/Tokyo")
     sent = await client.post("/v1/usage-events", json=[
         {"event_id": f"e{i}", "customer_id": cid, "model": "model-a", "timestamp": at,
          "usage": {"input_tokens": tokens}}
