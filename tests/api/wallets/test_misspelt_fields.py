@@ -84,3 +84,18 @@ async def test_a_price_book_version_with_a_misspelt_field_is_not_stored(client: 
                "rules": [{"id": "in", "model": "model-a", "token_type": "input", "price": "10.00"}]}
     _refused(await client.post("/v1/price-books", json={**version, **body}), field)
     assert (await client.get(f"/v1/price-books/typo-{tag}")).status_code == 404
+
+
+@pytest.mark.parametrize("misspelt", ["dimension", "dimensons", "demensions"])
+async def test_a_usage_event_with_a_misspelt_field_is_refused_and_nothing_is_charged(
+        client: AsyncTestClient, book: str, misspelt: str):
+    # Dropped, {"dimension": {"feature": "chat"}} is usage no budget or report by feature sees.
+    cid = await _customer(client, book)
+    good = {"event_id": "e1", "customer_id": cid, "model": "model-a",
+            "timestamp": "2026-01-02T00:00:00Z", "usage": {"input_tokens": 100_000}}
+    typo = {**good, "event_id": "e2", misspelt: {"feature": "chat"}}
+    _refused(await client.post("/v1/usage-events", json=[good, typo]), f"[1].{misspelt}")
+    assert await _wallet(client, cid) == ("10.00", "0.00", 1)  # not even the well-formed event's $1.01
+    again = (await client.post("/v1/usage-events", json=[good])).json()
+    assert (again["accepted"], again["duplicates"]) == (1, 0)  # e1 was never recorded
+    assert await _wallet(client, cid) == ("8.99", "0.00", 1)  # 100k input at $10/1M + $0.01 a call
