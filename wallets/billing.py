@@ -24,7 +24,7 @@ from wallets.core.results import InvoiceClosed, payment_status
 from wallets.core.state import State
 from wallets.engine import Engine, utc_now
 from wallets.errors import NotFoundError, WalletValidationError
-from wallets.periods import period_of
+from wallets.periods import period_named, period_of
 from wallets.price_overrides import OverrideCache
 
 log = logging.getLogger("tokentill.billing")
@@ -176,7 +176,8 @@ async def upcoming(conn: AsyncConnection, customer_id: str, now: datetime, books
     if c.override_versions:  # its free allowances pay a true-up as the close's
         w.overrides = await overrides.get(conn, c.id, c.override_versions)
     # what paid the charges each volume-tiered rule rated: a true-up's money back goes there
-    funding = {(c.id, label): await store.rule_funding(conn, c.id, label) for label in rollups}
+    funding = {(c.id, label): await store.rule_funding(conn, c.id, period_named(label, c.cycle))
+               for label in rollups}
     payers = {a for rules in funding.values() for paid in rules.values() for _, a, _ in paid if a}
     await store.load_payers(conn, w, payers, now)
     state = State(c.id, w, rollups={c.id: rollups}, unapplied={c.id: credits}, rule_funding=funding)

@@ -51,7 +51,7 @@ from wallets.commands import (
 from wallets.core.commands import RerateCharges
 from wallets.core.rerating import ChargeOnRecord, RerateInput
 from wallets.errors import NotFoundError
-from wallets.periods import Cycle, period_of
+from wallets.periods import Cycle, period_named, period_of
 from wallets.price_overrides import OverrideCache, load_history
 
 BATCH_COMMANDS = Histogram("tokentill_wallet_batch_commands", "Wallet commands per transaction",
@@ -544,8 +544,9 @@ async def _load_billing(conn: AsyncConnection, batch: Batch, commands: Sequence[
         batch.corrections = await store.load_corrections(conn, since)
         # what paid the charges each volume-tiered rule rated: a true-up's money back goes there
         for cid, label in since:
-            found = batch.rule_funding[(cid, label)] = await store.rule_funding(conn, cid, label)
             if (w := batch.loaded.wallets.get(cid)) is not None:
+                found = batch.rule_funding[(cid, label)] = await store.rule_funding(
+                    conn, cid, period_named(label, w.customer.cycle))
                 await store.load_payers(conn, w, {a for paid in found.values() for _, a, _ in paid if a}, now)
         batch.invoices.update(await store.load_open_invoices(conn, [c.customer_id for c in closes]))
     paid = [c.invoice_id for c in commands if isinstance(c, PayInvoice)]

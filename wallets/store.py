@@ -26,7 +26,7 @@ from ledger.model import AccountSpec
 from wallets import chart
 from wallets.core.state import InvoiceDue, RefundOnRecord, Unapplied
 from wallets.model import Budget, BudgetHold, Customer, Hold, Lot, Reservation, Wallet
-from wallets.periods import Cycle
+from wallets.periods import Cycle, Period
 
 # The lane of the batch being run (set by the engine); None outside a wallet batch.
 LANE: ContextVar[int | None] = ContextVar("tokentill_lane", default=None)
@@ -715,11 +715,13 @@ async def load_rerate_charges(conn: AsyncConnection, customer_id: str, book_id: 
     return [dict(r._mapping) for r in rows]
 
 
-async def rule_funding(conn: AsyncConnection, customer_id: str, period: str
+async def rule_funding(conn: AsyncConnection, customer_id: str, period: Period
                        ) -> dict[str, tuple[tuple[int, str | None, int], ...]]:
-    """What paid the customer's charges of `period`'s own usage billed in it, by the rules that
-    rated them (a charge rated by two rules is listed under each): rule id -> (charge id, account,
-    amount) (the receivable's under None when its funding was not recorded)."""
+    """What paid the customer's charges of `period`'s own usage (its usage time in it: a late
+    charge of an earlier period billed in it is not, its close never trues it up) billed in it,
+    by the rules that rated them (a charge rated by two rules is listed under each): rule id ->
+    (charge id, account, amount) (the receivable's under None when its funding was not recorded).
+    The usage time also bounds the index scan to the period (charges_customer)."""
     lane = int(await _lane(conn, [customer_id]) or 0)
     rows = await conn.exec_driver_sql(
         f"""SELECT r.rule_id, c.id, f ->> 0, sum((f ->> 1)::numeric)::text
@@ -729,9 +731,11 @@ async def rule_funding(conn: AsyncConnection, customer_id: str, period: str
              CROSS JOIN LATERAL jsonb_array_elements(coalesce(
                  c.funding, jsonb_build_array(jsonb_build_array(NULL, c.from_receivable)))) f
              WHERE c.lane = {lane} AND c.customer_id = %s AND c.period = %s
+               AND c.occurred_at >= %s AND c.occurred_at < %s
                AND coalesce((SELECT j.metadata ->> 'period' FROM journal_entries j
                               WHERE j.lane = c.lane AND j.id = c.entry_id), c.period) = %s
-             GROUP BY 1, 2, 3 ORDER BY 1, 2, 3""", (customer_id, period, period))
+             GROUP BY 1, 2, 3 ORDER BY 1, 2, 3""",
+        (customer_id, period.label, period.start, period.end, period.label))
     out: dict[str, list[tuple[int, str | None, int]]] = {}
     for rule_id, charge_id, account, amount in rows:
         out.setdefault(rule_id, []).append((int(charge_id), account, int(amount)))

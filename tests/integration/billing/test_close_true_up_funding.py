@@ -139,3 +139,31 @@ async def test_a_close_s_true_ups_of_two_rules_rating_the_same_charge_take_back_
     await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
     assert await _lots(bk, cid) == [("grant", 236 * CENT), ("topup", 500 * CENT)]
     await verified(bk)
+
+
+async def test_a_close_s_true_up_gives_nothing_back_to_what_paid_a_late_charge_of_an_earlier_period(
+        fresh_db) -> None:
+    """A $1.00 top-up pays a late charge billed in November: 50,000 tokens of October 31st
+    (October closed), $1.00 at October's tiers. A $5.00 grant (November 3rd) pays November's $2.30
+    ($2.70 left). November's true-up ($1.00 back) trues up November's usage only: all of it goes to
+    the grant ($3.70); the top-up paid usage no close trues up, and stays spent. Before, the late
+    charge counted among the rule's November charges, the top-up (consumed last) took the $1.00 back
+    and the grant stayed at $2.70: a promotion's money became paid (refundable) credit."""
+    bk = BillingKit(fresh_db)
+    await bk.add_book(V1)
+    bk.clock.now = datetime(2026, 10, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("late", book="vol")
+    await bk.top_up(cid, "1.00")
+    await bk.close(datetime(2026, 11, 1, 1, tzinfo=UTC))
+    bk.clock.now = datetime(2026, 11, 2, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 50_000, at=datetime(2026, 10, 31, 12, tzinfo=UTC))
+    assert await _lots(bk, cid) == []
+    bk.clock.now = datetime(2026, 11, 3, 12, tzinfo=UTC)
+    grant = await bk.grant(cid, "5.00")
+    await _november(bk, cid)
+    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    lots = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants if g.remaining}
+    assert lots == {grant.grant.id: ("grant", 370 * CENT)}
+    november = [i for i in await bk.invoices(cid) if i["period"]["label"] == "2026-11"]
+    assert [ln["amount"] for ln in november[0]["lines"] if ln["kind"] == "volume_true_up"] == ["-1.00"]
+    await verified(bk)
