@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from api.client_errors import SettlementSpooled, TokentillError
-from api.delivery import NOT_SENT, PROXY_GAVE_UP, seconds_until
+from api.delivery import NOT_SENT, proxy_gave_up, seconds_until
 from api.stream_texts import texts_of_event
 from pricing.errors import InvalidUsageError
 from pricing.normalize import normalize_anthropic, normalize_canonical, normalize_gemini, normalize_openai
@@ -28,7 +28,7 @@ log = logging.getLogger("tokentill.client")
 class Unanswered:
     """Whether a reserve may have made a hold its caller was never told of: one of its attempts
     reached the server and its answer was lost (a read timeout, a dropped connection, a proxy's
-    502 or 504), and no later attempt under the same Idempotency-Key was answered."""
+    502, 504 or bare 503), and no later attempt under the same Idempotency-Key was answered."""
 
     def __init__(self) -> None:
         self.reached = False
@@ -56,7 +56,7 @@ class Unanswered:
         return attempt
 
     def _saw(self, response: httpx.Response) -> httpx.Response:
-        self.reached = self.reached or response.status_code in PROXY_GAVE_UP
+        self.reached = self.reached or proxy_gave_up(response)
         return response
 
     def left_a_hold(self, error: BaseException) -> bool:

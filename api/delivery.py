@@ -30,8 +30,10 @@ KEEP_SPOOLED = frozenset({401, 403, 404, 408})
 SPOOL_NOW = frozenset({401})
 # Failures of an attempt that never reached the server: it cannot have been carried out.
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-# Answers of a proxy that may have passed the call on before it gave up on it.
+# Answers of a proxy that may have passed the call on before it gave up on it (a 503 too, unless
+# it is tokentill's own: see `proxy_gave_up`).
 PROXY_GAVE_UP = frozenset({502, 504})
+SERVERS_OWN_503 = frozenset({"service_unavailable", "not_ready"})
 T = TypeVar("T")
 
 
@@ -113,10 +115,27 @@ async def acall(send: Callable[[], Awaitable[httpx.Response]], schedule: Schedul
             if unkeyed or (wait := schedule.next_wait(None)) is None:
                 raise
         else:
-            if not _short_retry(response) or (unkeyed and response.status_code in PROXY_GAVE_UP) \
+            if not _short_retry(response) or (unkeyed and proxy_gave_up(response)) \
                     or (wait := schedule.next_wait(retry_after(response))) is None:
                 return response
         await sleep(wait)
+
+
+def proxy_gave_up(response: httpx.Response) -> bool:
+    """An answer that may have come after the call reached the server and was carried out: a
+    proxy's 502 or 504, or a 503 that is not tokentill's own problem+json (Envoy answers an
+    upstream reset with a bare 503; tokentill's 503 `service_unavailable` is a transaction undone)."""
+    if response.status_code in PROXY_GAVE_UP:
+        return True
+    if response.status_code != 503:
+        return False
+    if not response.headers.get("content-type", "").startswith("application/problem+json"):
+        return True
+    try:
+        body = response.json()
+    except ValueError:
+        return True
+    return not isinstance(body, dict) or body.get("code") not in SERVERS_OWN_503
 
 
 def _short_retry(response: httpx.Response) -> bool:
