@@ -101,6 +101,7 @@ from api.client_reservations import (
     Unanswered,
     extend_call,
     release_call,
+    report_orphaned_exit,
     reserve_request,
     settle_call,
 )
@@ -552,7 +553,7 @@ class AsyncClient(_Base, AsyncJournalReads):
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
-            task.add_done_callback(_report_orphaned_exit)  # nobody awaits its outcome now
+            task.add_done_callback(report_orphaned_exit)  # nobody awaits its outcome now
             raise
 
     async def _reserve_entry(self, body: dict[str, Any], callers_request_id: bool = False) -> dict[str, Any]:
@@ -581,7 +582,7 @@ class AsyncClient(_Base, AsyncJournalReads):
                  unanswered: Unanswered, error: BaseException) -> None:
         error.add_note(abandoned_note(body))
         releasing = self._release_abandoned(reserving, body, key, unanswered, self._abandon_deadline(body))
-        self._on_its_own(releasing).add_done_callback(_report_orphaned_exit)
+        self._on_its_own(releasing).add_done_callback(report_orphaned_exit)
 
     async def _release_abandoned(self, reserving: asyncio.Task[dict[str, Any]], body: dict[str, Any], key: str,
                                  unanswered: Unanswered, deadline: float) -> dict[str, Any] | None:
@@ -731,14 +732,6 @@ def claim_note(body: dict[str, Any]) -> str:
     request_id = body.get("request_id")
     return (f"tokentill: reserve {request_id} had no answer and may have made its hold: retry with request_id "
             f"{request_id} to get that hold (else it is held until it expires)")
-
-
-def _report_orphaned_exit(task: asyncio.Task[Any]) -> None:
-    """How a block's exit ended after its caller was cancelled: logged, since nobody awaits it."""
-    if task.cancelled():
-        log.warning("a call interrupted at close (a settle or release is left in the spool)")
-    elif (error := task.exception()) is not None:
-        log.warning("a settle or release after its caller was cancelled: %s", error)
 
 
 class SpoolServersError(ValueError):

@@ -5,6 +5,7 @@ Both clients share them; the client does the sending (`_call`, `_deliver`, `_set
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -22,6 +23,9 @@ from pricing.normalize import normalize_anthropic, normalize_canonical, normaliz
 from pricing.tokens import TokenCounter
 
 log = logging.getLogger("tokentill.client")
+# An async block's exit encodes a text this long or longer in a thread, not on the event loop
+# (a thread's hand-off costs about what encoding 16,000 characters does).
+COUNT_ON_THE_LOOP_CHARS = 16_000
 
 
 
@@ -180,6 +184,20 @@ class _Reservation:
             return self._counter.count_messages(estimate["messages"], self._body["model"]).raw_tokens
         return self._counter.count_text(estimate.get("prompt", ""), self._body["model"]).raw_tokens
 
+    def _text_to_count(self, failed: bool) -> int:
+        """About how many characters of text the exit's `_exit_call` encodes with tiktoken."""
+        metered = len(self._meter.text) if self._meter is not None else 0
+        if self._usage is not None or (failed and metered == 0):
+            return 0
+        estimate = self._body.get("estimate", {})
+        if "input_tokens" in estimate:
+            return metered
+        if "messages" in estimate:
+            return metered + sum(len(str(value)) for message in estimate["messages"] if isinstance(message, Mapping)
+                                 for value in message.values())
+        prompt = estimate.get("prompt", "")
+        return metered + (len(prompt) if isinstance(prompt, str) else 0)
+
     def _exit_call(self, failed: bool) -> tuple[str, dict[str, Any], str]:
         """What leaving the block does: (path, body, idempotency key).
 
@@ -272,7 +290,27 @@ class AsyncReservation(_Reservation):
         return self._extended(await self._client.extend(self.id, ttl_seconds), ttl_seconds, asked_at)
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
-        path, body, key = self._exit_call(failed=exc_type is not None)
+        failed = exc_type is not None
+        if self._text_to_count(failed) < COUNT_ON_THE_LOOP_CHARS:
+            await self._leave(self._exit_call(failed), exc)
+            return
+        # tiktoken on a big text (20 ms a megabyte, more) would stop every task of the loop:
+        # counted in a thread, by a task of the client, so that a caller cancelled meanwhile still
+        # has its exit sent (as `_deliver_exit` does) and `aclose` waits for it
+        counting = self._client._on_its_own(asyncio.to_thread(self._exit_call, failed))
+        try:
+            call = await asyncio.shield(counting)
+        except asyncio.CancelledError:
+            self._client._on_its_own(self._leave_once_counted(counting, exc)).add_done_callback(report_orphaned_exit)
+            raise
+        await self._leave(call, exc)
+
+    async def _leave_once_counted(self, counting: asyncio.Task[tuple[str, dict[str, Any], str]],
+                                  exc: BaseException | None) -> None:
+        await self._leave(await counting, exc)
+
+    async def _leave(self, call: tuple[str, dict[str, Any], str], exc: BaseException | None) -> None:
+        path, body, key = call
         if await self._client._queue(path, body, key, self.id):
             self.queued = True
             return
@@ -282,6 +320,14 @@ class AsyncReservation(_Reservation):
             self._spooled_on_exit(spooled, exc)
         except Exception as error:  # raised again, unless the block's own error is in flight
             self._failed_on_exit(error, exc)
+
+
+def report_orphaned_exit(task: asyncio.Task[Any]) -> None:
+    """How a block's exit ended after its caller was cancelled: logged, since nobody awaits it."""
+    if task.cancelled():
+        log.warning("a call interrupted at close (a settle or release is left in the spool)")
+    elif (error := task.exception()) is not None:
+        log.warning("a settle or release after its caller was cancelled: %s", error)
 
 
 NORMALIZE = {"usage": normalize_canonical, "openai_usage": normalize_openai,
