@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 
 from pricing.money import format_money
 from pricing.units import OUTPUT_TYPES, PROMPT_TYPES
-from wallets.core.decision import BudgetCounted, Decision, Effect
+from wallets.core.decision import BudgetCounted, Decision, Effect, OutboxEvent
 from wallets.core.state import State, wire_time
 from wallets.errors import BudgetExceededError, TooManyBudgetsError, WalletValidationError
 from wallets.model import Budget, Reservation, Wallet
@@ -190,7 +190,7 @@ def crossed(state: State, b: Budget, currency: str, before: int, after: int, hel
     return events
 
 
-def on_change(state: State, was: Budget, b: Budget, currency: str, now: datetime) -> list[Effect]:
+def on_change(state: State, was: Budget, b: Budget, currency: str, now: datetime) -> list[OutboxEvent]:
     """The alerts of a change to a budget (its limit or thresholds): each threshold its window now
     stands at or past that it did not before (a limit lowered under what the window counts, a
     threshold added below it), once per window as a crossing's. No hold crossed those: the window

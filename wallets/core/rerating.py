@@ -87,17 +87,8 @@ class ChargeOnRecord:
 
     def tokens(self) -> dict[str, int]:
         """The usage it was rated for (the per-request fee aside: whether it is due is the corrected
-        version's to say, see rerated_lines): every count of the canonical usage stored with it,
-        those its version left unpriced or folded included; else its usage lines' quantities."""
-        canonical = self.usage.get("canonical") if isinstance(self.usage, Mapping) else None
-        if isinstance(canonical, Mapping):
-            counts = {TYPE_OF_FIELD[name]: value for name, value in canonical.items() if name in TYPE_OF_FIELD}
-            return {t: v for t, v in counts.items() if t != "request" and type(v) is int and v}
-        out: dict[str, int] = {}
-        for line in self.lines:
-            if line["kind"] == "usage" and line.get("token_type") and line["token_type"] != "request":
-                out[line["token_type"]] = out.get(line["token_type"], 0) + int(line["quantity"])
-        return {k: v for k, v in out.items() if v}
+        version's to say, see rerated_lines)."""
+        return charged_tokens(self.usage, self.lines)
 
     def standing(self) -> dict[TypeKey, int]:
         return dict(self.current) if self.current is not None else by_type(self.model, self.lines)
@@ -109,6 +100,21 @@ class ChargeOnRecord:
         for allowance_id, units in self.allowance_moves.items():
             out[ALLOWANCE + allowance_id] = out.get(ALLOWANCE + allowance_id, 0) + units
         return out
+
+
+def charged_tokens(usage: Mapping[str, Any] | Any, lines: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """The counts by rating token type a charge was rated for, from what it stored: every count of
+    the canonical usage stored with it, those its version left unpriced or folded included; else its
+    usage lines' quantities (the per-request fee aside)."""
+    canonical = usage.get("canonical") if isinstance(usage, Mapping) else None
+    if isinstance(canonical, Mapping):
+        counts = {TYPE_OF_FIELD[name]: value for name, value in canonical.items() if name in TYPE_OF_FIELD}
+        return {t: v for t, v in counts.items() if t != "request" and type(v) is int and v}
+    out: dict[str, int] = {}
+    for line in lines:
+        if line["kind"] == "usage" and line.get("token_type") and line["token_type"] != "request":
+            out[line["token_type"]] = out.get(line["token_type"], 0) + int(line["quantity"])
+    return {k: v for k, v in out.items() if v}
 
 
 @dataclass(frozen=True, slots=True)

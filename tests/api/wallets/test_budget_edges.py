@@ -108,7 +108,9 @@ async def test_a_hold_taken_before_its_budget_was_deleted_still_returns_and_veri
     assert [h.status_code for h in held] == [201, 201]
     assert (await client.delete(f"/v1/budgets/{old['id']}")).status_code == 200
     new = await _budget(client, customer_id=cid, window="month", metric="money", limit="5.00")
-    assert (await _reserve(client, cid, "d2", amount="5.00")).status_code == 201  # the old holds count in no live one
+    assert new["held"] == "4.00"  # a budget made mid-window counts the holds open in it (README, Budgets)
+    assert (await _reserve(client, cid, "d2", amount="1.01")).status_code == 429
+    assert (await _reserve(client, cid, "d2", amount="1.00")).status_code == 201
     assert (await client.post(f"/v1/reservations/{held[0].json()['id']}/release")).status_code == 200
     settled = await client.post(f"/v1/reservations/{held[1].json()['id']}/settle",
                                 json={"usage": {"input_tokens": 1000, "output_tokens": 0}})
@@ -117,7 +119,8 @@ async def test_a_hold_taken_before_its_budget_was_deleted_still_returns_and_veri
         "SELECT used, held FROM budget_windows WHERE budget_id = :b"), {"b": old["id"]}))
     charged = int(Decimal(settled.json()["charged"]).scaleb(ASSET_SCALE))
     assert [(int(u), int(h)) for u, h in rows] == [(charged, 0)]  # the release returned, the settle counted
-    assert (await client.get(f"/v1/budgets/{new['id']}")).json()["held"] == "5.00"
+    now = (await client.get(f"/v1/budgets/{new['id']}")).json()
+    assert (now["used"], now["held"]) == (settled.json()["charged"], "1.00")  # they returned to the new one too
     verify = (await client.post("/v1/audit/verify")).json()
     assert next(c for c in verify["checks"] if c["name"] == "budgets")["ok"]
 

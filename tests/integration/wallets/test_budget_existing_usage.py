@@ -1,0 +1,92 @@
+"""A budget made part-way through its window counts what the window already holds and used: the
+calls charged since it began, the holds still open (and their settles), the usage events of its
+time, as a budget made before them would have; not the earlier windows', nor other scopes'."""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import text
+from wallet_kit import Kit, usd
+
+from wallets.budgets import BudgetSpec
+from wallets.errors import BudgetExceededError
+
+
+async def _budget(kit: Kit, cid: str, **spec):
+    return await kit.service.budgets.create(BudgetSpec(customer_id=cid, **spec))
+
+
+async def test_a_daily_budget_made_at_three_counts_the_days_charges_holds_and_events_before_it(shared_kit: Kit):
+    kit, clock = shared_kit, shared_kit.clock
+    cid = await kit.customer("midday")
+    await kit.top_up(cid, "100.00")
+    clock.now = datetime(2026, 11, 22, 20, 0, tzinfo=UTC)  # yesterday (in UTC): another window
+    yesterday = await kit.reserve(cid, "y1", amount="5.00")
+    await kit.settle(cid, yesterday.reservation.id, input_tokens=5000)  # $5.00
+    clock.now = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+    settled = await kit.reserve(cid, "d1", amount="7.00")
+    await kit.settle(cid, settled.reservation.id, input_tokens=6000)  # $6.00 ($1.00 per 1,000 in)
+    released = await kit.reserve(cid, "d2", amount="4.00")
+    await kit.release(cid, released.reservation.id)  # counts nothing
+    open_hold = await kit.reserve(cid, "d3", amount="2.00")  # still held at 15:00
+    await kit.usage_event(cid, "e1", output_tokens=500)  # $1.00 ($2.00 per 1,000 out)
+    clock.now = datetime(2026, 11, 23, 15, 0, tzinfo=UTC)
+    view = await _budget(kit, cid, window="day", metric="money", limit=usd("10.00"), thresholds=(50, 80, 95))
+    # 6.00 + 1.00 used, 2.00 held: 9.00 of 10.00, where it said 0 and let 10.00 more through today
+    assert (view.used, view.held) == (usd("7.00"), usd("2.00"))
+    with pytest.raises(BudgetExceededError) as refused:
+        await kit.reserve(cid, "d4", amount="1.50")
+    assert (refused.value.context["used"], refused.value.context["held"]) == ("7.00", "2.00")
+    await kit.reserve(cid, "d5", amount="1.00")  # exactly to the limit
+    # the hold open before the budget settles in it: 2.00 held becomes 1.50 used
+    await kit.settle(cid, open_hold.reservation.id, input_tokens=1500)
+    now = await kit.service.budgets.get(view.budget.id)
+    assert (now.used, now.held) == (usd("8.50"), usd("1.00"))
+    # made at 90 %: the 50 and 80 % thresholds it stands past alerted once, on creation (9.00 of
+    # it); 95 % when the 1.00 hold took it to 10.00
+    rows = await kit.db.read(lambda conn: conn.execute(text(
+        "SELECT payload->>'threshold', payload->>'used', payload->>'held' FROM outbox "
+        "WHERE customer_id = :c AND topic = 'budget.threshold_crossed' ORDER BY id"), {"c": cid}))
+    assert [tuple(r) for r in rows] == [("50", "7.00", "2.00"), ("80", "7.00", "2.00"), ("95", "7.00", "3.00")]
+    # a budget of another model counts none of it
+    other = await _budget(kit, cid, window="day", metric="money", limit=usd("10.00"), model="other-*")
+    assert (other.used, other.held) == (0, 0)
+    assert (await kit.verify()).ok
+
+
+async def test_a_budget_made_over_holds_past_its_limit_is_made_and_refuses_the_next_hold(shared_kit: Kit):
+    kit, clock = shared_kit, shared_kit.clock
+    clock.now = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+    cid = await kit.customer("over")
+    await kit.top_up(cid, "100.00")
+    held = await kit.reserve(cid, "o1", amount="12.00")
+    view = await _budget(kit, cid, window="month", metric="money", limit=usd("10.00"))
+    assert (view.used, view.held) == (0, usd("12.00"))
+    with pytest.raises(BudgetExceededError):
+        await kit.reserve(cid, "o2", amount="0.01")
+    await kit.release(cid, held.reservation.id)
+    assert (await kit.service.budgets.get(view.budget.id)).held == 0
+    await kit.reserve(cid, "o2", amount="10.00")
+    assert (await kit.verify()).ok
+
+
+async def test_request_and_token_budgets_made_mid_day_count_the_days_calls_and_tokens(shared_kit: Kit):
+    kit, clock = shared_kit, shared_kit.clock
+    clock.now = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+    cid = await kit.customer("calls")
+    await kit.top_up(cid, "100.00")
+    first = await kit.reserve(cid, "c1", amount="5.00")
+    await kit.settle(cid, first.reservation.id, input_tokens=1200, output_tokens=300)
+    await kit.reserve(cid, "c2", amount="1.00")  # open: one request held
+    await kit.usage_event(cid, "ce1", input_tokens=100)
+    clock.now = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+    calls = await _budget(kit, cid, window="day", metric="requests", limit=3)
+    assert (calls.used, calls.held) == (2, 1)
+    with pytest.raises(BudgetExceededError):
+        await kit.reserve(cid, "c3", amount="1.00")
+    tokens = await _budget(kit, cid, window="day", metric="tokens", limit=10_000)
+    assert (tokens.used, tokens.held) == (1600, 0)
+    inputs = await _budget(kit, cid, window="day", metric="input_tokens", limit=10_000)
+    assert inputs.used == 1300
+    assert (await kit.verify()).ok

@@ -1,0 +1,84 @@
+"""What a budget made part-way through its window finds there: the calls its window counted before
+it existed, as a budget made earlier would have counted them.
+
+A daily $10 hard cap made at 15:00 after $9 was charged that day counted from $0 and let $10 more
+through; now it counts the $9. Each call whose hold may still move (an open reservation, and an
+expired one, which takes a late settle) gets its own row, so that its settle, release or expiry
+moves the new budget as it moves the others; the closed calls and usage events are one row
+(`before:<budget id>`), so that a lifetime budget over a long history writes two rows, not one per
+call. The window row is the sum of those rows, as `verify` rebuilds it.
+
+Only calendar windows and the lifetime are counted: a rolling minute forgets in a minute what it
+would find, and a per-request cap counts one hold. In a token budget a hold open when it is made
+counts once settled (its estimate's token upper bound is not kept for every kind of call).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from wallets.core.budgets import actual_quantity, matches, window_start
+from wallets.model import Budget
+
+
+@dataclass(frozen=True, slots=True)
+class PastCall:
+    """A reservation or a usage event of the customer, as the window counted it: `key` is the
+    reservation's id (or `event:<id>`), `held` what its hold has left (0: closed), `charged` and
+    `tokens` what its charges came to, `charges` how many there were, `open` whether it is held or
+    capturing, `movable` whether a charge may still come (open, or expired: a late settle)."""
+
+    key: str
+    model: str
+    dimensions: Mapping[str, Any]
+    at: datetime
+    held: int
+    charged: int
+    tokens: Mapping[str, int]
+    charges: int
+    open: bool
+    movable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Seed:
+    """One row of what the budget counts from before it was made: (key, held, used)."""
+
+    key: str
+    held: int
+    used: int
+
+
+def before_key(budget_id: str) -> str:
+    return f"before:{budget_id}"
+
+
+def seeds(b: Budget, calls: Iterable[PastCall], now: datetime) -> tuple[datetime, list[Seed]] | None:
+    """The window current at `now` and the rows the budget counts in it from `calls` (None: its
+    window counts nothing from before, a rolling minute or a request)."""
+    if b.window not in ("day", "month", "lifetime"):
+        return None
+    start = window_start(b, now)
+    rows: list[Seed] = []
+    before = Seed(before_key(b.id), 0, 0)
+    for call in calls:
+        if window_start(b, call.at) != start or not matches(b, call.model, call.dimensions):
+            continue
+        held, used = _counts(b.metric, call)
+        if call.movable:
+            rows.append(Seed(call.key, held, used))
+        elif used:
+            before = Seed(before.key, 0, before.used + used)
+    return start, [*rows, *([before] if before.used else [])]
+
+
+def _counts(metric: str, call: PastCall) -> tuple[int, int]:
+    """(held, used) of a call in `metric`, as the reserve and its settles counted them."""
+    used = actual_quantity(metric, call.charged, call.tokens, first=True)
+    if metric == "money":
+        return call.held, call.charged
+    if metric == "requests":
+        return (1 if call.open and not call.charges else 0), (used if call.charges else 0)
+    return 0, used
