@@ -742,6 +742,26 @@ async def rule_funding(conn: AsyncConnection, customer_id: str, period: Period
     return {rule_id: tuple(paid) for rule_id, paid in out.items()}
 
 
+async def given_back(conn: AsyncConnection, customer_id: str, period: str) -> dict[str, int]:
+    """What the corrections of `period`'s usage so far gave back to each account (less what they
+    took from it): its close's volume true-up and the re-rates of its usage alone (an entry that
+    also corrected another period's charges is left out: its money is not this period's alone).
+    A later re-rate's money back goes to what paid the charges less this (wallets.core.rerating)."""
+    lane = int(await _lane(conn, [customer_id]) or 0)
+    rows = await conn.exec_driver_sql(
+        f"""WITH e AS (SELECT DISTINCT a.entry_id AS id FROM charge_adjustments a
+                        WHERE a.customer_id = %s AND a.lane = {lane} AND a.period = %s AND a.entry_id IS NOT NULL
+                          AND NOT EXISTS (SELECT 1 FROM charge_adjustments b
+                                           WHERE b.entry_id = a.entry_id AND b.period <> a.period)
+                       UNION
+                       SELECT j.id FROM journal_entries j
+                        WHERE j.lane = {lane} AND j.customer_id = %s AND j.key = %s)
+            SELECT a.code, (-sum(p.amount))::text FROM postings p JOIN accounts a ON a.id = p.account_id
+             WHERE p.lane = {lane} AND p.entry_id IN (SELECT id FROM e) GROUP BY 1""",
+        (customer_id, period, customer_id, f"true-up:{customer_id}:{period}"))
+    return {code: int(amount) for code, amount in rows if int(amount)}
+
+
 async def load_payers(conn: AsyncConnection, w: Wallet, accounts: Iterable[str], now: datetime) -> None:
     """Loads into `w` the lots among `accounts` (what paid charges) it does not hold (spent now):
     money a re-rate or a close's volume true-up gives back may go back to them."""

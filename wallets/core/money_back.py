@@ -25,12 +25,14 @@ def last_consumed_first(w: Wallet) -> Callable[[str], tuple[int, str]]:
 
 
 def share(shares: dict[str, int], taken: dict[tuple[int, str], int], paid: Mapping[tuple[int, str], int],
-          need: int, receivable: str, order: Callable[[str], tuple[int, str]]) -> None:
+          need: int, receivable: str, order: Callable[[str], tuple[int, str]],
+          room: dict[str, int] | None = None) -> None:
     """Adds to `shares` what of `need` back goes to each lot that paid the charges of `paid`
     ((charge id, account) -> what that account paid of it), the last consumed first, up to what it
     paid of each charge less what earlier corrections took back of that charge (`taken`, which it
     updates: a charge two rules rated gives back what it paid once, charges of other rules are not
-    counted against it); and to the receivable all it paid (what is owed bounds it later)."""
+    counted against it) and, with `room` (which it updates), what the lot has left in them all
+    after corrections already posted; and to the receivable all it paid (what is owed bounds it later)."""
     left: dict[str, list[tuple[tuple[int, str], int]]] = {}
     for key, amount in sorted(paid.items()):
         if key[1] == receivable:
@@ -39,8 +41,10 @@ def share(shares: dict[str, int], taken: dict[tuple[int, str], int], paid: Mappi
             left.setdefault(key[1], []).append((key, amount - taken.get(key, 0)))
     for account in sorted(left, key=order):
         for key, amount in left[account]:
-            part = min(need, amount)
+            part = min(need, amount, room.get(account, need) if room is not None else need)
             if part > 0:
+                if room is not None and account in room:
+                    room[account] -= part
                 shares[account] = shares.get(account, 0) + part
                 taken[key] = taken.get(key, 0) + part
                 need -= part

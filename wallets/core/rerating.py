@@ -130,6 +130,7 @@ class RerateInput:
     period: str = ""  # the period of the charges' usage times
     book: PriceBook | None = None  # the book: the versions a closed period's true-up takes its tiers from
     true_ups: Mapping[str, int] = field(default_factory=dict)  # rule id -> its true-up posted (book price)
+    given_back: Mapping[str, int] = field(default_factory=dict)  # account -> what corrections so far gave it back
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,11 +275,35 @@ def type_rows(found: Iterable[Correction], fixes: Iterable[TrueUpFix] = ()) -> l
             for (m, t), (o, n) in sorted(sums.items()) if n != o]
 
 
+def _paid_by(charge: ChargeOnRecord, receivable: str) -> dict[tuple[int, str], int]:
+    """What paid `charge`: (charge id, account) -> amount."""
+    out: dict[tuple[int, str], int] = {}
+    paid = charge.funding if charge.funding is not None else ((receivable, charge.from_receivable),)
+    for account, amount in paid:
+        out[(charge.id, account)] = out.get((charge.id, account), 0) + amount
+    return out
+
+
+def room_left(groups: Sequence[Group], receivable: str) -> dict[str, int]:
+    """What each lot still has in the corrected periods' charges: what it paid of them less what
+    their corrections so far (a close's true-up, earlier re-rates) gave it back. A re-rate after the
+    close gives a lot back no more than that, so money the close gave back is not given twice."""
+    room: dict[str, int] = {}
+    for _, data, _, _ in groups:
+        for charge in data.charges:
+            for (_, account), amount in _paid_by(charge, receivable).items():
+                room[account] = room.get(account, 0) + amount
+        for account, amount in data.given_back.items():
+            room[account] = room.get(account, 0) - amount
+    return {account: max(0, left) for account, left in room.items() if account != receivable}
+
+
 def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int, now: datetime, step: int = 1,
-            fixes: Sequence[TrueUpFix] = ()):
+            fixes: Sequence[TrueUpFix] = (), room: dict[str, int] | None = None):
     """Legs of money back (`back` > 0), where the decreased charges' money came from (and a true-up
     corrected down, the money of the charges its rule rated: a promotion's goes back to it), as
-    wallets.core.money_back gives it; what goes back on the receivable in multiples of `step`."""
+    wallets.core.money_back gives it, each lot at most what it still has in the charges (`room`,
+    room_left); what goes back on the receivable in multiples of `step`."""
     w = state.require_wallet()
     receivable = chart.receivable_account(w.customer.id)
     order = last_consumed_first(w)
@@ -286,21 +311,18 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
     # back to the lots that paid it, the last consumed first
     shares: dict[str, int] = {receivable: 0}
     taken: dict[tuple[int, str], int] = {}  # what each charge gives back, by payer (money_back.share)
+    room = dict(room) if room is not None else None
 
     def paid_by(charge: ChargeOnRecord) -> dict[tuple[int, str], int]:
-        out: dict[tuple[int, str], int] = {}
-        paid = charge.funding if charge.funding is not None else ((receivable, charge.from_receivable),)
-        for account, amount in paid:
-            out[(charge.id, account)] = out.get((charge.id, account), 0) + amount
-        return out
+        return _paid_by(charge, receivable)
 
     for x in found:
         if x.delta < 0:
-            share(shares, taken, paid_by(x.charge), -x.delta, receivable, order)
+            share(shares, taken, paid_by(x.charge), -x.delta, receivable, order, room)
     for f in fixes:  # what the rule's charges paid, less what corrections before take back of each
         if f.delta < 0:
             share(shares, taken, {k: v for charge in f.charges for k, v in paid_by(charge).items()},
-                  -f.delta, receivable, order)
+                  -f.delta, receivable, order, room)
     return give_back(state, w, shares, back, now, f"re-rate {cmd.rerate_id} {cmd.period}", step)
 
 
@@ -372,7 +394,7 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
         legs, paid = settlement_legs(w, s), funding(w, None, s)
     elif money < 0:
         legs, paid, lot = _refund(state, cmd, found, -money, now, 10 ** (chart.ASSET_SCALE - decimals) if noted else 1,
-                                  fixes)
+                                  fixes, room_left(groups, chart.receivable_account(c.id)))
     else:
         legs, paid = Legs(c.currency), ()
     if rounding:  # revenue moves by the exact correction, the rounding account by the difference

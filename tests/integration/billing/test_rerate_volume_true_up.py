@@ -298,3 +298,32 @@ async def test_a_rerate_correcting_two_models_true_ups_gives_a_promotion_back_al
     after = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants if g.remaining}
     assert after == {grant.grant.id: ("grant", 9_680_000_000)}
     await verified(bk)
+
+
+async def test_a_rerate_after_a_close_counts_only_what_its_true_up_left_in_the_charges(fresh_db) -> None:
+    """Prepaid: a $2.00 grant, then a $5.00 top-up. v1: the grant pays $1.20 and $0.80 of the
+    $1.10, the top-up $0.30 ($4.70). The close's -$1.00: $0.30 to the top-up (consumed last, back to
+    $5.00), $0.70 to the grant. The fix ($20/M, $5/M beyond) moves -$0.65 (-$0.15 on the second
+    charge, -$0.50 on the true-up). The top-up has nothing left in the charges (the close gave back
+    all it paid): all $0.65 goes to the grant ($1.35: $0.65 spent, 130,000 at $5/M), the top-up stays
+    at $5.00, no paid lot. Before, the re-rate counted the top-up's $0.30 again ($0.30 of the
+    re-rate's share; its lot had no room), so $0.30 of the grant's money became a paid credit lot."""
+    bk = BillingKit(fresh_db)
+    await bk.add_book(V1)
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("twice", book="vol")
+    grant = await bk.grant(cid, "2.00")
+    top_up = await bk.top_up(cid, "5.00")
+    for day, tokens in [(5, 60_000), (20, 70_000)]:
+        bk.clock.now = datetime(2026, 11, day, 12, tzinfo=UTC)
+        await bk.event(cid, "model-v", 0, tokens)
+    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    lots = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants}
+    assert lots == {grant.grant.id: ("grant", 700_000_000), top_up.grant.id: ("topup", 5_000_000_000)}
+    await bk.add_book(vol("v2", "2026-11-01T00:00:00Z", "20", "5"))
+    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
+    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    assert done["delta"] == "-0.65"
+    after = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants}
+    assert after == {grant.grant.id: ("grant", 1_350_000_000), top_up.grant.id: ("topup", 5_000_000_000)}
+    await verified(bk)
