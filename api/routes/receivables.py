@@ -21,6 +21,7 @@ from api.routes.wire import money, time_in, time_out, time_param
 from ledger.journal import current_snapshot, snapshot_is_past
 from wallets import ageing
 from wallets.ageing import BUCKETS, CustomerAgeing
+from wallets.errors import WalletValidationError
 
 CurrencyParam = Annotated[str | None, QueryParameter(name="currency", min_length=1, max_length=16,
                                                      pattern=r"^[A-Za-z0-9_.-]+$")]
@@ -103,13 +104,17 @@ def _totals(t: ageing.CurrencyTotals) -> CurrencyTotalsView:
 
 
 def _position(position: list[Any]) -> tuple[datetime, str]:
+    """The `at` and last customer of a page's cursor; its `at` held to what `at=` accepts (years 1000
+    to 9998, with an offset): one edited past year 9999 aged invoices past what a date holds (500)."""
     try:
         at, last = position
-        parsed = datetime.fromisoformat(at)
-        if type(last) is not str or parsed.tzinfo is None:
+        if type(at) is not str or type(last) is not str:
             raise ValueError
-    except (TypeError, ValueError):
-        raise cursors.invalid("not a cursor of this API") from None
+        parsed = time_in(at, "at")
+    except (TypeError, ValueError, WalletValidationError):
+        parsed = None
+    if parsed is None:
+        raise cursors.invalid("not a cursor of this API")
     return parsed, last
 
 

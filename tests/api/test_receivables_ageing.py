@@ -6,6 +6,8 @@ early (the close's clock is the period's end + 1 h 1 s); an invoice is due 30 da
 period's end."""
 from __future__ import annotations
 
+import base64
+import json
 import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -207,6 +209,33 @@ async def test_bad_parameters_are_problems_with_a_code(client, query, status, co
     got = await client.get("/v1/receivables/ageing", headers=ADMIN, params=query)
     assert got.status_code == status, got.text
     assert got.headers["content-type"].startswith("application/problem+json") and got.json()["code"] == code
+
+
+@pytest.mark.parametrize("moment", ["9999-12-31T23:59:59+00:00", "0001-01-01T00:00:00+00:00"])
+async def test_a_cursor_whose_at_is_past_the_calendar_is_an_invalid_cursor(client, moment) -> None:
+    """A next page's `at` is the cursor's: one edited to the last second of year 9999 (or the first of
+    year 1) aged each open invoice in the customer's time zone past what a date can hold,
+    and the page was a 500; it is 400 `invalid_cursor`, as any other cursor not made here."""
+    await _book(client, "USD", "10")
+    at = datetime.now(UTC) + timedelta(days=80)
+    for cid, time_zone in (("east", "Pacific/Kiritimati"), ("west", "America/New_York")):
+        created = await client.post("/v1/customers", headers=ADMIN, json={
+            "id": cid, "currency": "USD", "price_book": "ar-USD", "billing": "postpaid", "time_zone": time_zone})
+        assert created.status_code == 201, created.text
+        sent = await client.post("/v1/usage-events", headers=ADMIN, json=[{
+            "event_id": cid, "customer_id": cid, "model": "model-a", "timestamp": utc(datetime.now(UTC)),
+            "usage": {"input_tokens": 100_000, "output_tokens": 0}}])  # $1.00
+        assert sent.json()["accepted"] == 1, sent.text
+        await close_early(client, ADMIN, cid, period_of(datetime.now(UTC), Cycle(time_zone, None)))
+    first = await _ageing(client, limit=1, at=at)
+    assert [r["invoices"][0]["amount_outstanding"] for r in first["customers"]] == ["1.00"]
+    version, digest, snapshot, [_, last] = json.loads(base64.urlsafe_b64decode(first["next_cursor"] + "=="))
+    edited = base64.urlsafe_b64encode(json.dumps([version, digest, snapshot, [moment, last]]).encode()).decode()
+    got = await client.get("/v1/receivables/ageing", headers=ADMIN, params={
+        "limit": 1, "at": utc(at), "cursor": edited.rstrip("=")})
+    assert got.status_code == 400, got.text
+    assert got.headers["content-type"].startswith("application/problem+json")
+    assert got.json()["code"] == "invalid_cursor"
 
 
 async def test_only_an_admin_reads_the_ageing(client) -> None:
