@@ -343,15 +343,28 @@ class Engine:
         up, tests). With `each` (jobs: one broken item must not hold back the others), a lane's
         batch that fails for a reason other than a domain refusal is halved as the flushers do:
         the others commit and the bad command's outcome is its error (the database unavailable,
-        or too contended, still raises)."""
+        or too contended, fails the lane).
+
+        A lane that fails raises only while no lane has committed (nothing was written); once
+        one has, each command of a failed lane has the lane's error as its outcome and the other
+        lanes still run: a raise after a commit told the caller that work failed which had partly
+        landed."""
         by_lane: dict[int, list[int]] = {}
         lanes = self._lanes if self._lanes is not None else await self.lane_count()
         for i, command in enumerate(commands):
             by_lane.setdefault(lane_of(command.customer_id, lanes), []).append(i)
         outcomes: list[Any] = [None] * len(commands)
         run = self._each_in_lane if each else self._execute_lane
+        committed = False
         for lane, indexes in sorted(by_lane.items()):
-            done = await run(lane, [commands[i] for i in indexes], now)
+            try:
+                done = await run(lane, [commands[i] for i in indexes], now)
+            except Exception as exc:
+                if not committed:
+                    raise
+                done = [exc] * len(indexes)
+            else:
+                committed = True
             for i, outcome in zip(indexes, done, strict=True):
                 outcomes[i] = outcome
         return outcomes
