@@ -148,7 +148,9 @@ def upgrade(handle: DatabaseHandle, settings: Settings, *, to: str | None = None
         if settings.lanes is not None:
             _warn_fixed_lanes(handle.url, settings.lanes)
         return revision
-    except (runner.UnknownRevision, runner.ServerTooOld, runner.TransactionIdsBehind, runner.DowngradeRefused) as exc:
+    except runner.TransactionIdsBehind as exc:
+        raise SystemExit(f"error: {transaction_ids_behind(exc, handle.cluster)}") from None
+    except (runner.UnknownRevision, runner.ServerTooOld, runner.DowngradeRefused) as exc:
         raise SystemExit(f"error: {exc}") from None
     except sqlalchemy.exc.DBAPIError as exc:
         if sqlstate_of(exc) not in NOT_ALLOWED_TO_CREATE:
@@ -156,6 +158,14 @@ def upgrade(handle: DatabaseHandle, settings: Settings, *, to: str | None = None
         reason = str(exc.orig).splitlines()[0]
         raise SystemExit(f"error: cannot migrate the database: {reason}: the user of TOKENTILL_DATABASE_URL must "
                          f"own the database, or be granted USAGE and CREATE on its schema") from None
+
+
+def transaction_ids_behind(exc: runner.TransactionIdsBehind, cluster: embedded.EmbeddedPostgres | None) -> str:
+    """What to do about `exc`: on the embedded cluster, `tokentill restore` or the wheel's
+    pg_resetwal on its data dir; on another server, its operator's pg_resetwal."""
+    if cluster is None:
+        return str(exc)
+    return exc.embedded(cluster.pgdata, cluster.bin_dir / "pg_resetwal", cluster.system_user)
 
 
 def _warn_fixed_lanes(url: str, asked: int) -> None:

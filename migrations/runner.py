@@ -62,13 +62,29 @@ class TransactionIdsBehind(Exception):
     events behind the cursor. Moving the cluster's epoch on (pg_resetwal) puts every new id past them."""
 
     def __init__(self, recorded: int, server: int) -> None:
-        self.recorded = recorded
-        super().__init__(
-            f"the database's transaction ids are behind its journal's (it recorded transaction {recorded}, the "
-            f"server is at {server}): it was restored into another PostgreSQL cluster, where new entries would "
-            f"fall inside sealed ranges, the journal would hide the restored ones and webhook events would not "
-            f"be sent; stop that PostgreSQL, run `pg_resetwal --epoch={(recorded >> 32) + 1} -D DATADIR` as its "
-            f"user, and start it again (README, Backups)")
+        self.recorded, self.server = recorded, server
+        super().__init__(self._what() + f"stop that PostgreSQL, run `pg_resetwal --epoch={self.epoch} -D DATADIR` "
+                                        f"as its user, and start it again (README, Backups)")
+
+    @property
+    def epoch(self) -> int:
+        """The epoch that puts the cluster's next transaction id past every recorded one."""
+        return (self.recorded >> 32) + 1
+
+    def _what(self) -> str:
+        return (f"the database's transaction ids are behind its journal's (it recorded transaction {self.recorded}, "
+                f"the server is at {self.server}): it was restored into another PostgreSQL cluster, where new entries "
+                f"would fall inside sealed ranges, the journal would hide the restored ones and webhook events would "
+                f"not be sent; ")
+
+    def embedded(self, pgdata: Path, resetwal: Path, user: str | None) -> str:
+        """The message for tokentill's embedded cluster in `pgdata`: a dump goes back with
+        `tokentill restore`, which moves the ids on itself; else the wheel's own pg_resetwal (not on
+        the PATH), run as the cluster's user, on this data dir."""
+        as_user = f" as {user}" if user else ""
+        return (self._what() + f"restore the dump with `tokentill restore DUMP` into a new TOKENTILL_DATA_DIR (it "
+                f"moves the ids past the journal's itself), or stop every tokentill using {pgdata} and run "
+                f"`{resetwal} --epoch={self.epoch} -D {pgdata}`{as_user} (README, Backups)")
 
 
 # The transaction ids the database recorded, per table and column, and whether the server's next
@@ -181,7 +197,11 @@ def configured_database() -> Iterator[Connection]:
         with locked(sync_url(handle.url)) as conn:
             yield conn
             conn.commit()
-    except (ServerTooOld, TransactionIdsBehind, DowngradeRefused) as exc:
+    except TransactionIdsBehind as exc:
+        from api.runtime import transaction_ids_behind
+
+        raise SystemExit(f"error: {transaction_ids_behind(exc, handle.cluster)}") from None
+    except (ServerTooOld, DowngradeRefused) as exc:
         raise SystemExit(f"error: {exc}") from None
     except DBAPIError as exc:
         if getattr(exc.orig, "sqlstate", None) != RESTRICT_VIOLATION:
