@@ -110,6 +110,31 @@ def test_a_database_migrated_by_a_newer_tokentill_stops_an_older_one_with_one_li
                                   f"{runner.head_revision()}`")
 
 
+@pytest.mark.parametrize("serve", [["serve"], ["serve", "--workers", "2"]])
+def test_serve_on_a_database_a_newer_tokentill_migrated_stops_with_that_one_line(serve, scratch_url, tmp_path):
+    """The same, through the command line of `serve` and of `serve --workers 2` (whose parent
+    migrates): one line on stderr after the start's own log line, exit 1, no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    engine = create_engine(sync_url(scratch_url))
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = '0099_newer'"))
+    finally:
+        engine.dispose()
+    env = {**os.environ, "TOKENTILL_DATABASE_URL": scratch_url, "TOKENTILL_SPOOL_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "api.cli", *serve, "--port", "0"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        f"error: the database is at revision 0099_newer, which this tokentill does not know (it knows up to "
+        f"{runner.head_revision()}): run a tokentill at least as new as the one that migrated it, or go back with "
+        f"that one's `tokentill migrate --to {runner.head_revision()}`")
+
+
 def test_a_server_older_than_the_migrations_need_stops_them_in_one_line_before_any(server_url, monkeypatch):
     """The migrations need PostgreSQL 15 (0009's NULLS NOT DISTINCT keys): on an older server
     `migrate` applied 0001-0008 and ended in 0009's syntax-error traceback. No older server is at
