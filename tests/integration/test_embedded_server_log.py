@@ -1,0 +1,64 @@
+"""The embedded cluster's server log. `pg_ctl -l <data dir>/log` appended every line PostgreSQL
+wrote to one file for as long as the data dir lived: a service that ran for months filled its
+disk. Now PostgreSQL's logging collector writes it to pg_log/postgresql-HH.log, one file per hour
+of the day, each truncated when its hour comes round again: 24 files, a day's log at most."""
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+
+import psycopg
+
+from ledger import embedded
+
+WARNINGS = 2_000  # about 200 kB of log
+
+
+def test_the_embedded_server_log_goes_to_24_hourly_files_each_truncated_when_reused():
+    where = tempfile.TemporaryDirectory(prefix="tokentill-server-log-")  # one the server's user may reach
+    pgdata = Path(where.name) / "pg"
+    cluster = embedded.start(pgdata)
+    try:
+        before = (pgdata / "log").stat().st_size
+        with psycopg.connect(cluster.url, autocommit=True) as conn:
+            conn.execute(f"""DO $$ BEGIN FOR i IN 1..{WARNINGS} LOOP
+                               RAISE WARNING 'tokentill log rotation test line %', i; END LOOP; END $$""")
+            current = conn.execute("SELECT pg_current_logfile()").fetchone()[0]
+            settings = dict(conn.execute(
+                "SELECT name, setting FROM pg_settings WHERE name IN ('log_filename', 'log_truncate_on_rotation', "
+                "'log_rotation_age', 'log_rotation_size')").fetchall())
+        # the lines went to the hour's file, not to the file that grows for ever
+        assert (pgdata / "log").stat().st_size - before < 1_000
+        assert re.fullmatch(r"pg_log/postgresql-([01]\d|2[0-3])\.log", current), current
+        written = (pgdata / current).read_text()
+        assert f"tokentill log rotation test line {WARNINGS}" in written
+        # a new file each hour (60 minutes), named by the hour of the day: 24 names, each truncated
+        # when its hour comes round again; no size-based rotation (it would append to the same name)
+        assert settings == {"log_filename": "postgresql-%H.log", "log_truncate_on_rotation": "on",
+                            "log_rotation_age": "60", "log_rotation_size": "0"}
+    finally:
+        cluster.stop()
+        where.cleanup()
+
+
+def test_a_cluster_made_before_the_collector_gets_it_at_its_next_start():
+    """A data dir an older tokentill made (its settings without the collector) is restarted with
+    them once, at start, as the other settings are."""
+    where = tempfile.TemporaryDirectory(prefix="tokentill-server-log-")
+    pgdata = Path(where.name) / "pg"
+    cluster = embedded.start(pgdata)
+    try:
+        with psycopg.connect(cluster.url, autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM RESET logging_collector")  # as an older tokentill left it
+            conn.execute("ALTER SYSTEM RESET log_directory")
+    finally:
+        cluster.stop()
+    cluster = embedded.start(pgdata)
+    try:
+        with psycopg.connect(cluster.url, autocommit=True) as conn:
+            assert conn.execute("SHOW logging_collector").fetchone()[0] == "on"
+            assert conn.execute("SELECT pg_current_logfile()").fetchone()[0].startswith("pg_log/postgresql-")
+    finally:
+        cluster.stop()
+        where.cleanup()
