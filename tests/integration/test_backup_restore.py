@@ -226,3 +226,65 @@ def test_tokentill_restore_puts_a_backup_into_a_new_embedded_data_dir_that_serve
             cluster.stop()
     finally:
         shutil.rmtree(where.name, ignore_errors=True)
+
+
+def test_a_dump_taken_while_calls_and_seals_run_restores_into_a_ledger_that_verifies(server_url, migrated_template):
+    """pg_dump's snapshot cuts the ledger between transactions while reserves, settles and seals
+    go on: the restored ledger holds whole entries and whole seals only, and verifies."""
+    import threading
+
+    dump = str(embedded.bin_dir() / "pg_dump")
+    with scratch_database(server_url, f"tokentill_backup_{uuid.uuid4().hex[:10]}",
+                          template=migrated_template) as source:
+        _burn_transaction_ids(source, 20_000)
+        with live_server(source, admin=ADMIN) as base, Client(base, ADMIN) as tt:
+            _seed(tt)
+            stop, failures = threading.Event(), []
+
+            def calls() -> None:
+                n = 0
+                with Client(base, ADMIN) as own:
+                    while not stop.is_set():
+                        try:
+                            held = own.post("/v1/reservations", {
+                                "customer_id": "globex", "request_id": f"during-{n}", "model": "model-a",
+                                "estimate": {"input_tokens": 100, "max_output_tokens": 50}})
+                            own.settle(held["id"], usage={"input_tokens": 100, "output_tokens": 20 + n % 7})
+                        except Exception as exc:  # reported below
+                            failures.append(exc)
+                            return
+                        n += 1
+
+            def seals() -> None:
+                while not stop.is_set():
+                    _seal(source)
+                    time.sleep(0.05)
+
+            threads = [threading.Thread(target=calls), threading.Thread(target=calls), threading.Thread(target=seals)]
+            for thread in threads:
+                thread.start()
+            try:
+                time.sleep(1.0)
+                backup = subprocess.run([dump, "--format=custom", f"--dbname={source}"], capture_output=True,
+                                        check=True).stdout
+                time.sleep(0.5)
+            finally:
+                stop.set()
+                for thread in threads:
+                    thread.join(60)
+            assert failures == []
+    where = tempfile.TemporaryDirectory(prefix="tokentill-restore-")
+    try:
+        archive = Path(where.name) / "tokentill.dump"
+        archive.write_bytes(backup)
+        env = {k: v for k, v in os.environ.items() if k != "TOKENTILL_DATABASE_URL"}
+        env["TOKENTILL_DATA_DIR"] = str(Path(where.name) / "data")
+        done = subprocess.run([sys.executable, "-m", "api.cli", "restore", str(archive)], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        verified = subprocess.run([sys.executable, "-m", "api.cli", "audit", "verify"], env=env,
+                                  capture_output=True, text=True, timeout=300)
+        assert verified.returncode == 0 and verified.stdout.strip().endswith("verified: the ledger is whole"), \
+            verified.stdout[-3000:] + verified.stderr[-3000:]
+    finally:
+        shutil.rmtree(where.name, ignore_errors=True)
