@@ -5,6 +5,7 @@ gateway passes through (each provider's models list and model, Anthropic's count
 
 The model name picks the behaviour: `...-fail` answers 500 before any token; `...-pause` sends
 PAUSE_AFTER tokens, then waits for the caller to leave (so "emitted before the cut" is exact);
+`...-stall` sends PAUSE_AFTER tokens, is silent STALL_SECONDS, then sends the rest and its usage;
 `...-hold` sends one token, then waits until `release()` is called; `...-drop` breaks the
 connection after DROP_AFTER tokens (a whole chat or messages answer: after half its body);
 `...-overloaded` answers 503; `...-trickle` streams a token every TRICKLE_SECONDS; `...-slow` (a
@@ -31,6 +32,7 @@ from api.demo import STREAM_WORDS
 
 OUTPUT_TOKENS = 40
 PAUSE_AFTER = 200
+STALL_SECONDS = 3.0  # past the 2 s the gateway once read on for a stream's usage after its caller left
 LATE_USAGE_SECONDS = 0.5
 LATE = object()  # in a stream's events: wait LATE_USAGE_SECONDS (`...-lateusage`), then go on
 DROP_AFTER = 10
@@ -111,6 +113,8 @@ class FakeUpstream:
                 if model.endswith("-pause") and log.emitted == PAUSE_AFTER:
                     await self._wait_for_cut(log, receive)
                     return
+                if model.endswith("-stall") and log.emitted == PAUSE_AFTER:
+                    await asyncio.sleep(STALL_SECONDS)
                 if model.endswith("-hold") and log.emitted == 1:
                     await self._gates().wait()
                 if model.endswith("-trickle"):
@@ -181,7 +185,7 @@ def _words(count: int) -> list[str]:
 
 
 def _tokens(log: Logged) -> int:
-    return PAUSE_AFTER * 2 if log.body.get("model", "").endswith("-pause") else OUTPUT_TOKENS
+    return PAUSE_AFTER * 2 if log.body.get("model", "").endswith(("-pause", "-stall")) else OUTPUT_TOKENS
 
 
 def _failed(log: Logged) -> bool:

@@ -23,8 +23,8 @@ upstream: the body to forward, changed only where metering needs it:
 - a chat call's predicted output (`prediction`) is billed, the tokens of it the answer rejects,
   as completion tokens beyond the cap: the hold counts the prediction's tokens as output too.
 - a call whose thinking is billed as output but not streamed (OpenAI's reasoning models, Anthropic's
-  extended thinking: `hidden_output`) is charged its output cap when its caller cuts it before its
-  usage came (api.gateway.streams).
+  extended thinking: `hidden_output`) is read on to its end for its usage when its caller leaves
+  (api.gateway.forwarding), and charged its output cap only when cut all the same before it.
 
 Prompt tokens: every string in the fields the provider bills as input (messages or input, system
 or instructions, tool definitions, response formats, Anthropic's output formats), counted one by one, plus 3 tokens per

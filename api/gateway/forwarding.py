@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -45,10 +45,6 @@ DROPPED_RESPONSE_HEADERS = frozenset({b"connection", b"keep-alive", b"transfer-e
                                       b"anthropic-organization-id", b"authorization", b"proxy-authorization",
                                       b"x-api-key"})
 ANTHROPIC_VERSION = "2023-06-01"
-# A caller who leaves a stream whose thinking is hidden, or whose provider's tools ran: how long the
-# gateway reads on for its usage, which follows the answer's last event at once. Past it, the call is
-# given up (a hidden one charged its cap).
-USAGE_GRACE_SECONDS = 2.0
 
 
 def _is_json(response: httpx.Response) -> bool:
@@ -69,6 +65,7 @@ class Forwarding:
                                  container_units=call.container_units,
                                  reused_containers=frozenset(call.reused_containers),
                                  audio_format=call.audio_format, hidden=call.hidden_output)
+        self.sent = False  # the upstream has the whole call: it may be generating
         self.relaying = False  # a stream is being relayed to the caller
         self.left = False  # the caller left while it was: what comes is read for its usage, not sent
         self.outcome = "settled"
@@ -111,12 +108,15 @@ class Forwarding:
         url, auth = self.x.gw.upstream(self.x.provider, self.x.path)
         started = time.perf_counter()
         try:
-            response = await open_upstream(self.x, "POST", url, auth, self.call.body)
+            response = await open_upstream(self.x, "POST", url, auth, self.call.body, on_sent=self._sent)
         except httpx.HTTPError as exc:
             await self._unanswered(exc)
             return None
         self.x.timings["upstream"] = time.perf_counter() - started
         return response
+
+    def _sent(self) -> None:
+        self.sent = True
 
     async def _unanswered(self, exc: httpx.HTTPError) -> None:
         """No answer came whole (none at all, or a whole answer cut short): release the hold and
@@ -207,11 +207,16 @@ class Forwarding:
             await x.send({"type": "http.response.body", "body": tail, "more_body": False})
 
     def reads_on(self) -> bool:
-        """The caller left: whether to read on a moment (USAGE_GRACE_SECONDS) for the stream's usage
-        before giving the call up, a stream whose thinking is hidden or whose provider's tools ran
-        (only its usage counts them); marks the caller gone. Else it is given up at once, charged
-        what it sent."""
-        if not (self.relaying and (self.tally.hidden or self.tally.tool_results) and self.tally.usage is None):
+        """The caller left: whether to read the call on to its end, sending nothing, for the charge
+        only the upstream's answer tells (marks the caller gone): a whole answer not come yet (the
+        upstream generates, and bills, it all the same: cancelled, it was given away), or a stream
+        whose thinking is hidden or whose provider's tools ran, and whose usage, the only count of
+        them, has not come. The read timeout bounds it, as any call. Else the call is given up at
+        once (its upstream cancelled), charged what it sent."""
+        if self.relaying:
+            if not ((self.tally.hidden or self.tally.tool_results) and self.tally.usage is None):
+                return False
+        elif self.call.stream or not self.sent:  # its answer not begun, or the call not sent: cancelled
             return False
         self.left = True
         if self.outcome == "settled":
@@ -282,10 +287,11 @@ class Forwarding:
 
 
 async def open_upstream(x: Exchange, method: str, url: httpx.URL, auth: dict[str, str],
-                        content: bytes | None) -> httpx.Response:
+                        content: bytes | None, on_sent: Callable[[], None] | None = None) -> httpx.Response:
     """Send a call upstream with the upstream's own key (never the caller's) and the caller's
     headers that matter to the provider: its response once its headers are in, else
-    httpx.HTTPError (httpx.ReadTimeout when the upstream is silent past the read timeout)."""
+    httpx.HTTPError (httpx.ReadTimeout when the upstream is silent past the read timeout).
+    `on_sent` is called once the upstream has the whole request."""
     headers = {k: x.headers[k] for k in FORWARDED_REQUEST_HEADERS if k in x.headers}
     if x.provider == "anthropic":
         headers.setdefault("anthropic-version", ANTHROPIC_VERSION)
@@ -301,6 +307,8 @@ async def open_upstream(x: Exchange, method: str, url: httpx.URL, auth: dict[str
             async def sent(event: str, info: dict[str, Any]) -> None:
                 if event.endswith(".send_request_body.complete"):
                     silence.reschedule(loop.time() + read)
+                    if on_sent is not None:
+                        on_sent()
 
             return await transport.handle_async_request(httpx.Request(
                 method, url, content=content, headers=headers,

@@ -9,8 +9,10 @@ the metered output (api.gateway.streams), through the gateway's spool (api.gatew
 whole answer goes back once its settle is on disk, and the ledger takes it in the background.
 While the call runs its hold is renewed at about half its TTL (`hold_seconds`), so a call that
 outlasts the TTL (a long stream) keeps its money held until its settle. An upstream error status
-releases the hold and is passed through unchanged; a caller who leaves
-cancels the upstream call and is charged what was generated. A watcher task reads the caller's
+releases the hold and is passed through unchanged; a caller who leaves a stream
+cancels the upstream call and is charged what was generated, but a call whose cost only the
+upstream's answer tells (a whole answer not come yet, a stream with hidden thinking or provider
+tools and no usage yet) is read on to its end and charged its usage. A watcher task reads the caller's
 side of the connection, so a disconnect is seen while the upstream is still thinking, not only at
 the next write. The providers' free, read-only endpoints (models, count_tokens) are passed through
 unmetered (api.gateway.passthrough); every other path is a 404.
@@ -35,7 +37,7 @@ from api.errors import STATUS_BY_CODE, ApiError
 from api.gateway.calls import KINDS, Call, CallError, parse_call
 from api.gateway.config import GatewaySettings
 from api.gateway.connections import upstream_timeouts, upstream_transport
-from api.gateway.forwarding import CALLS, USAGE_GRACE_SECONDS, Forwarding
+from api.gateway.forwarding import CALLS, Forwarding
 from api.gateway.passthrough import FREE_KINDS, free_kind, pass_through
 from api.gateway.settles import GatewaySettles
 from api.gateway.shapes import Refusal, error_body
@@ -383,8 +385,9 @@ class Exchange:
         return above is not None and prompt > above
 
     async def _guarded(self, call: Call, reserved: ReserveResult) -> None:
-        """Run the call; when the caller leaves first, cancel it (unless it is settling already).
-        Meanwhile keep its hold (`_keep_held`) until it is settled or released."""
+        """Run the call; when the caller leaves first, cancel it (unless it is settling already, or
+        is read on to its end for its charge: Forwarding.reads_on). Meanwhile keep its hold
+        (`_keep_held`) until it is settled or released."""
         forwarding = Forwarding(self, call, reserved)
         work = asyncio.create_task(forwarding.run())
         watcher = asyncio.create_task(self._caller_left())
@@ -392,8 +395,8 @@ class Exchange:
         try:
             try:
                 done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
-                if work not in done and not self.finishing and forwarding.reads_on():  # for its usage, a moment
-                    done, _ = await asyncio.wait({work}, timeout=USAGE_GRACE_SECONDS)
+                if work not in done and not self.finishing and forwarding.reads_on():  # to its end, for its charge
+                    done, _ = await asyncio.wait({work})
             except asyncio.CancelledError:  # the server cuts the call (its shutdown grace is over):
                 if not self.finishing:  # as when the caller leaves, what was generated is charged
                     work.cancel()

@@ -21,9 +21,10 @@ Anthropic's compactions, billed but left out of its top-level usage, are added t
 (`with_compactions`). No usage and no output at all means nothing was generated: the hold is released; so
 does an upstream that failed before any output token (Anthropic's message_start notwithstanding)
 and any web search. A stream whose thinking is hidden (`hidden`: billed as output, counted only in
-the usage), cut by its caller before its usage, is charged the call's output cap (`cut_cap`);
-one whose provider's tools ran (`tool_results`: their results are input only the usage counts) is
-read on for its usage too (api.gateway.forwarding), else charged as any.
+the usage), or whose provider's tools ran (`tool_results`: their results are input only the usage
+counts), is read on to its end for its usage when its caller leaves (api.gateway.forwarding); one
+cut all the same before its usage (the server shutting down) is charged the call's output cap
+(`cut_cap`) if its thinking is hidden, else as any.
 """
 from __future__ import annotations
 

@@ -13,6 +13,8 @@ more, each for one test, call a fake allowing 2 streams per HTTP/2 connection (`
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -40,7 +42,6 @@ from tests.api.test_gateway import (
     charged,
     claude,
     customer,
-    leave_once_upstream,
     oai,
     read_until_dropped,
     serving,
@@ -359,12 +360,30 @@ def test_a_stream_cut_by_the_client_resets_its_http2_stream_and_the_connection_s
     assert wallet(url, cid)[1] == 0
 
 
-def test_a_caller_who_gives_up_before_a_whole_answer_resets_its_http2_stream(h2, tls):
+def leave_once_upstream(url: str, key: str, calls: list) -> None:
+    """Send a slow non-streamed chat call on a raw connection and hang up once the upstream has
+    it (it never answers); `calls`: the fake upstream's log of calls."""
+    body = json.dumps({"model": "gpt-test-slow", "messages": HI}).encode()
+    before = len(calls)
+    with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as caller:
+        caller.sendall(f"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {key}\r\n"
+                       f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        deadline = time.monotonic() + 30
+        while len(calls) == before and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+
+def test_a_whole_answer_its_caller_left_is_read_on_until_the_read_timeout_then_its_http2_stream_reset(h2, tls):
+    """The caller's leaving no longer cancels a whole answer (the upstream generates, and bills,
+    it all the same: read on, charged its usage); an upstream silent past the read timeout is
+    given up then (its HTTP/2 stream reset), and the hold released."""
     url, _ = h2
     cid, key = customer(h2)
+    left = time.monotonic()
     leave_once_upstream(url, key, tls.fake.calls)
     call = _last(tls.fake, "gpt-test-slow")
-    _wait_cancelled(call, timeout=READ_TIMEOUT / 2)  # the reset, not the read timeout
+    _wait_cancelled(call, timeout=READ_TIMEOUT + 10)
+    assert time.monotonic() - left >= READ_TIMEOUT  # not at once: read on
     assert call.http_version == "2" and call.emitted == 0
     assert wallet(url, cid) == (Decimal("10"), 0)
 

@@ -534,7 +534,7 @@ def test_an_anthropic_stream_the_caller_leaves_after_a_web_search_is_charged_its
     """A web search's results are billed as input, which message_start does not count (its usage
     comes before them) and the final message_delta does. A caller who read the whole answer and
     left before that usage was charged message_start's input and the search fee alone (was: 900
-    input tokens, the 5,000 of results given away). The gateway reads on for the usage a moment
+    input tokens, the 5,000 of results given away). The gateway reads on to the usage
     (here it comes 0.5 s after the answer) and charges it."""
     url, _ = live
     cid, key = customer((url, tool_book(url, {"id": "search", "token_type": "web_search", "price": str(SEARCH)})))
