@@ -17,12 +17,15 @@ the model and on the image's size. The rules (OpenAI's "Calculating costs" for v
   against their usage; 5.1's tiles, if tiles, never cost more) count patches at 1.2 tokens each,
   up to 2,500 patches at ``high`` or ``auto`` and 10,000 at ``original`` (the full size); ``low``
   changes nothing on a patches model;
-- ``area`` (claude-*): width x height / 750, rounded up, after scaling the long edge down to
-  1,568; at most 1,600 (a larger image is scaled down to fit).
+- ``area`` (claude-*): after scaling the long edge down to the model's (1,568; Claude Opus 4.7:
+  2,576), the larger of width x height / 750 (Anthropic's older formula) and one token a 28 x 28
+  patch (its newer: the image padded to a multiple of 28 pixels), rounded up; at most the
+  model's most (1,600; Opus 4.7: 4,784; a larger image is scaled down to fit): a bound by either
+  formula.
 
 Scaling uses integer arithmetic with the pixel counts rounded down, as the providers' own
 examples do. An image whose size cannot be read (a URL, a file id, bytes no decoder knows) costs
-the rule's most (``most_tokens``): 8 tiles, 1,536 patches or 1,600. A model no rule names gets
+the rule's most (``most_tokens``): 8 tiles, 1,536 patches, 1,600 or 4,784. A model no rule names gets
 None, and the caller keeps its flat figure.
 """
 from __future__ import annotations
@@ -37,7 +40,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 TILE, PATCH, MAX_PATCHES = 512, 32, 1536
-AREA_DIVISOR, AREA_LONG_EDGE, AREA_MOST = 750, 1568, 1600
+AREA_DIVISOR, AREA_LONG_EDGE, AREA_MOST, AREA_PATCH = 750, 1568, 1600, 28
 FIT_BOX, SHORT_SIDE = 2048, 768
 _DATA_URL = re.compile(r"data:image/[A-Za-z0-9.+-]+;base64,", re.ASCII)
 _PREFIX_CHARS = 64 * 1024  # base64 read first: a header is within it but for a JPEG's big EXIF
@@ -51,6 +54,8 @@ class ImageRule:
     multiplier: tuple[int, int] = (1, 1)  # patches: tokens per patch, as a fraction
     budget: int = MAX_PATCHES  # patches: the most an image is scaled down to
     original: int = MAX_PATCHES  # patches: the most at `detail: "original"` (the image's own size)
+    long_edge: int = AREA_LONG_EDGE  # area: the longest side an image is scaled down to
+    most: int = AREA_MOST  # area: the most an image costs
 
     def tokens(self, size: tuple[int, int] | None, detail: str | None = None) -> int:
         """What one image of `size` (width, height; None: unknown) costs at `detail`."""
@@ -65,9 +70,10 @@ class ImageRule:
             num, den = self.multiplier
             return -(-patches * num // den)
         if size is None:
-            return AREA_MOST
-        w, h = _fit(size, AREA_LONG_EDGE)
-        return min(-(-w * h // AREA_DIVISOR), AREA_MOST)
+            return self.most
+        w, h = _fit(size, self.long_edge)
+        patches = -(-w // AREA_PATCH) * -(-h // AREA_PATCH)
+        return min(max(-(-w * h // AREA_DIVISOR), patches), self.most)
 
     @property
     def most_tokens(self) -> int:
@@ -93,6 +99,8 @@ IMAGE_RULES: dict[str, ImageRule] = {
     "o3": ImageRule("tiles", 75, 150),
     "computer-use-preview": ImageRule("tiles", 65, 129),
     "claude-": ImageRule("area"),
+    # Anthropic's vision page: Opus 4.7 takes images up to 2,576 pixels on the long edge, 4,784 tokens
+    "claude-opus-4-7": ImageRule("area", long_edge=2576, most=4784),
 }
 _BY_LENGTH = sorted(IMAGE_RULES, key=len, reverse=True)
 

@@ -120,7 +120,8 @@ def test_an_inline_image_counts_what_the_models_provider_charges_for_its_size():
     responses = {"type": "input_image", "image_url": url, "detail": "auto"}
     assert _image_tokens(RESPONSES, "gpt-4.1-mini", responses) == (1659, 1659)  # 1,024 patches x 1.62
     anthropic = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": _png((200, 200))}}
-    assert _image_tokens(MESSAGES, "claude-sonnet-4-5", anthropic) == (54, 54)  # 200 x 200 / 750
+    # 8 x 8 patches of 28 pixels (200 x 200 / 750 = 54, the older formula: the larger)
+    assert _image_tokens(MESSAGES, "claude-sonnet-4-5", anthropic) == (64, 64)
 
 
 def test_an_image_by_url_or_file_counts_the_most_its_model_can_charge():
@@ -130,6 +131,7 @@ def test_an_image_by_url_or_file_counts_the_most_its_model_can_charge():
     assert _image_tokens(RESPONSES, "gpt-4.1", by_file) == (85, 85)
     anthropic = {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}}
     assert _image_tokens(MESSAGES, "claude-opus-4-1", anthropic) == (1600, 1600)
+    assert _image_tokens(MESSAGES, "claude-opus-4-7", anthropic) == (4784, 4784)  # its larger images
     broken = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
     assert _image_tokens(CHAT, "gpt-4o-mini", broken) == (2833 + 5667 * 8,) * 2
 

@@ -71,14 +71,31 @@ def test_patches_are_counted_and_capped(model, size, tokens):
     assert rule_for(model).tokens(size, "high") == tokens
 
 
-# Anthropic's table (vision): tokens = width x height / 750, about 1,600 at most.
+# Anthropic's vision page: tokens = width x height / 750, about 1,600 at most; now also one a 28 x 28
+# patch (the image padded to a multiple of 28): the larger of the two, a bound by either.
 @pytest.mark.parametrize(("size", "tokens"), [
-    ((200, 200), 54), ((1000, 1000), 1334), ((1092, 1092), 1590),
+    ((200, 200), 64),  # 8 x 8 patches (was: 40,000 / 750 = 54, held short by 10)
+    ((1000, 1000), 1334), ((1092, 1092), 1590),  # the area: 36 x 36 = 1,296 and 39 x 39 = 1,521 patches
     ((3136, 1568), 1600),  # long edge to 1,568: 1568 x 784 = 1,639 -> at most 1,600
     ((1, 1), 1),
 ])
 def test_claude_images_cost_their_area(size, tokens):
     assert rule_for("claude-sonnet-4-5").tokens(size) == tokens
+
+
+@pytest.mark.parametrize(("size", "tokens"), [
+    ((1920, 1080), 2765),  # 2,073,600 / 750 = 2,764.8 (69 x 39 = 2,691 patches); was 1,600 at most
+    ((2576, 1000), 3435),  # 2,576,000 / 750 = 3,434.67 (92 x 36 = 3,312 patches)
+    ((5152, 2000), 3435),  # the long edge scaled down to 2,576 first: 2576 x 1000
+    ((2576, 2576), 4784),  # 8,847.7 -> at most 4,784
+    (None, 4784),
+])
+def test_claude_opus_4_7_images_are_counted_to_its_larger_size(size, tokens):
+    """Claude Opus 4.7 takes images up to 2,576 pixels on the long edge and 4,784 tokens (its vision
+    page); counted at the older models' 1,568 and 1,600, a 1920 x 1080 screenshot was held at 1,600
+    tokens though billed about 2,765: a hold short of the call's cost."""
+    assert rule_for("claude-opus-4-7").tokens(size) == tokens
+    assert rule_for("claude-opus-4-7-20260416").tokens(size) == tokens
 
 
 def test_the_longest_prefix_wins_and_unknown_models_have_no_rule():
@@ -91,7 +108,7 @@ def test_the_longest_prefix_wins_and_unknown_models_have_no_rule():
 
 
 def test_an_image_of_unknown_size_costs_the_most_any_image_can():
-    for model in ("gpt-4o", "gpt-4.1-mini", "claude-opus-4-1", "o3"):
+    for model in ("gpt-4o", "gpt-4.1-mini", "claude-opus-4-1", "claude-opus-4-7", "o3"):
         rule = rule_for(model)
         worst = max(rule.tokens((w, h), "high") for w in (1, 511, 513, 768, 1025, 2048, 4000, 9000)
                     for h in (1, 511, 513, 768, 1025, 2048, 4000, 9000))
