@@ -264,6 +264,41 @@ async def test_the_database_refuses_a_refund_entry_of_credit_without_cash_or_not
     await _verified(client)
 
 
+async def test_the_database_refuses_a_refund_entry_paying_out_cash_still_in_a_top_up(client, scratch_url) -> None:
+    """Net cash in is not the bound: what is still the customer's as its paid top-ups' credit, held
+    or owed is not overpaid. The promotion's $2.00 lot made by hand as a close's (above), and a
+    $10.00 top-up, unspent: $10.00 of cash in, all of it still in the top-up, so `refundable` is
+    $0.00 (10.00 - 10.00). A $2.00 `credit_refund` of the lot posted by hand left net cash at
+    $8.00 >= 0, and the database took it; now it is refused at commit (check_violation), nothing
+    posted, as the API's bound refuses it."""
+    await _promotion_s_true_up(client, "promo-cash")
+    grant = (await client.get("/v1/customers/promo-cash/wallet", headers=ADMIN)).json()["grants"][0]["id"]
+    topped = await client.post("/v1/customers/promo-cash/topups", headers=ADMIN, json={"amount": "10.00"})
+    assert topped.status_code == 201, topped.text
+    legacy = psycopg.connect(scratch_url, autocommit=True)
+    legacy.execute("SET session_replication_role = replica")  # past the lots' own guard, and back after
+    [(opener,)] = legacy.execute("SELECT entry_id FROM lots WHERE id = %s", (grant,)).fetchall()
+    legacy.execute("""UPDATE lots SET kind = 'topup', entry_id = (
+                          SELECT id FROM journal_entries WHERE customer_id = 'promo-cash' AND kind = 'volume_true_up')
+                       WHERE id = %s""", (grant,))
+    db = connect(scratch_url, pool_size=1)
+    try:
+        assert await _refundable(client, "promo-cash") == "0.00"
+        entry = JournalEntry("by-hand:promo-cash", "credit_refund", (
+            Posting(f"liability:customer:promo-cash:lot:{grant}", 2 * DOLLAR, "USD"),
+            Posting("asset:platform:cash:USD", -2 * DOLLAR, "USD")), customer_id="promo-cash")
+        with pytest.raises(Exception) as refused:
+            await post_now(db, entry)
+        assert sqlstate_of(refused.value) == "23514" and "still its own" in str(refused.value), refused.value
+    finally:
+        await db.dispose()
+        legacy.execute("UPDATE lots SET kind = 'grant', entry_id = %s WHERE id = %s", (opener, grant))
+        legacy.close()
+    journal = (await client.get("/v1/journal?customer=promo-cash&kind=credit_refund", headers=ADMIN)).json()
+    assert journal["entries"] == []
+    await _verified(client)
+
+
 async def test_credit_a_later_charge_spent_is_not_refunded(client) -> None:
     """The $3.00 back, then $3.50 more usage (500,000 tokens at $7/M): it spends the credit first and owes $0.50."""
     await _overpaid(client, "cr-spent")
