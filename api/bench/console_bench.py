@@ -62,12 +62,12 @@ async def signed_in_cookie(client: httpx.AsyncClient) -> str:
     """The console's session cookies, sent by hand: they are Secure, and this is plain HTTP."""
     form = await client.get("/console/sign-in")
     token = re.search(r'name="_csrf_token" value="([^"]+)"', form.text).group(1)
-    csrf = form.cookies.get("tokentill_csrf")
+    visitor = form.cookies.get("tokentill_console")  # the session the token is bound to
     answer = await client.post("/console/sign-in", data={"key": KEY, "_csrf_token": token},
-                               headers={"Cookie": f"tokentill_csrf={csrf}"}, follow_redirects=False)
+                               headers={"Cookie": f"tokentill_console={visitor}"}, follow_redirects=False)
     if answer.status_code != 303:
         raise SystemExit(f"sign-in failed: {answer.status_code}")
-    return f"tokentill_csrf={csrf}; tokentill_console={answer.cookies.get('tokentill_console')}"
+    return f"tokentill_console={answer.cookies.get('tokentill_console')}"
 
 
 async def measure(base: str, server: subprocess.Popen, args: argparse.Namespace) -> dict:

@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 from jinja2 import Environment, PackageLoader, select_autoescape
 from litestar import Router
 from litestar.datastructures import CacheControlHeader
-from litestar.middleware.csrf import CSRFMiddleware
 from litestar.middleware.session import SessionMiddleware
 from litestar.middleware.session.client_side import ClientSideSessionBackend
 from litestar.plugins.jinja import JinjaTemplateEngine
@@ -19,7 +18,8 @@ from litestar.types import ASGIApp
 from markupsafe import Markup
 
 from api.console import auditor, customer, export, invoices, operator, session
-from api.console.web import PREFIX, STATIC, csrf_config, error_page, refusing_forgeries, session_config, unrouted
+from api.console.csrf import SessionCsrf
+from api.console.web import PREFIX, STATIC, error_page, refusing_forgeries, session_config, unrouted
 from api.errors import EXCEPTION_HANDLERS
 from api.renderings import bidi_closed, bill_to, per_label
 
@@ -87,7 +87,6 @@ def routers(secret: bytes) -> list[Router]:
     """The pages (session and CSRF middleware on them alone: the API neither reads nor sets a
     cookie) and the static files (cached for a year: their URLs carry a content hash)."""
     session = session_config(secret)
-    csrf = csrf_config(secret)
 
     # Factories, not DefineMiddleware: Litestar deep-copies a router's middleware arguments, and
     # the session backend's cipher cannot be copied.
@@ -95,7 +94,7 @@ def routers(secret: bytes) -> list[Router]:
         return SessionMiddleware(app, backend=ClientSideSessionBackend(config=session))
 
     def csrf_checks(app: ASGIApp) -> ASGIApp:
-        return refusing_forgeries(CSRFMiddleware(app, config=csrf))
+        return refusing_forgeries(SessionCsrf(app, secret))
 
     pages = Router(path="/", route_handlers=PAGES, include_in_schema=False, middleware=[sessions, csrf_checks],
                    exception_handlers={cls: error_page for cls in EXCEPTION_HANDLERS})

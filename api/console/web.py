@@ -16,7 +16,6 @@ from typing import Any
 from urllib.parse import quote
 
 from litestar import Request, Response
-from litestar.config.csrf import CSRFConfig
 from litestar.connection import ASGIConnection
 from litestar.exceptions import PermissionDeniedException
 from litestar.handlers import BaseRouteHandler
@@ -25,11 +24,11 @@ from litestar.response import Redirect, Template
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from api.auth import Principal, authorize, principal_for, principal_of
+from api.console.csrf import SESSION_ID, new_session_id
 from api.errors import EXCEPTION_HANDLERS, ApiError
 
 PREFIX = "/console"
 SESSION_COOKIE = "tokentill_console"
-CSRF_COOKIE = "tokentill_csrf"
 SESSION_S = 8 * 3600  # a sign-in lasts a working day, however active
 STATIC = Path(__file__).parent / "static"
 
@@ -48,22 +47,15 @@ def session_config(secret: bytes) -> CookieBackendConfig:
                                secure=True, httponly=True, samesite="strict")
 
 
-def csrf_config(secret: bytes) -> CSRFConfig:
-    """Double-submit token: a signed cookie and a hidden form field (or X-CSRFToken header)."""
-    return CSRFConfig(secret=hashlib.sha256(b"csrf" + secret).hexdigest(), cookie_name=CSRF_COOKIE,
-                      cookie_path=PREFIX, cookie_secure=True, cookie_httponly=True,
-                      cookie_samesite="strict", header_name="x-csrftoken")
-
-
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 OWN_SITE = frozenset({"same-origin", "none"})  # Sec-Fetch-Site of the console's own forms, of a typed address
 
 
 def refusing_forgeries(csrf: ASGIApp) -> ASGIApp:
     """A post a browser says comes from another origin (`Sec-Fetch-Site`: a sibling host of the
-    same site, whose page could write a valid double-submit token into the cookie, or another
-    site) is refused before the CSRF check; a client without the header (an older browser) has
-    the token and SameSite=Strict alone. Either refusal is answered here, as the 403 page: raised
+    same site, or another site) is refused before the CSRF check (api.console.csrf: the token
+    bound to the session), which a client without the header (an older browser) has alone.
+    Either refusal is answered here, as the 403 page: raised
     from a middleware, it would pass the metrics middleware before any response began and be
     counted there as a 500."""
 
@@ -89,7 +81,9 @@ class _Forged(PermissionDeniedException):
 
 
 def sign_in(request: Request, token: str) -> None:
-    request.set_session({"key": token, "expires_at": int(time.time()) + SESSION_S})
+    """A new session, with a new id (so a new CSRF token): an id an attacker planted before the
+    sign-in (their own session's cookie tossed into the browser) is not the signed-in session's."""
+    request.set_session({"key": token, "expires_at": int(time.time()) + SESSION_S, SESSION_ID: new_session_id()})
 
 
 def allow(*scopes: str) -> Callable[[ASGIConnection, BaseRouteHandler], Any]:

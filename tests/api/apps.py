@@ -69,6 +69,9 @@ async def sign_in(client: AsyncTestClient, key: str) -> str:
     signed = await client.post("/console/sign-in", data={"key": key, "_csrf_token": token.group(1)},
                                follow_redirects=False)
     assert signed.status_code == 303, signed.text
+    page = await client.get(signed.headers["location"])  # a sign-in begins a new session: its own token
+    token = re.search(r'name="_csrf_token" value="([^"]+)"', page.text)
+    assert token, page.text
     return token.group(1)
 
 

@@ -98,6 +98,7 @@ async def test_each_page_by_key_shape(world, shape):
             assert "httponly" in signed.headers["set-cookie"].lower()
             assert "secure" in signed.headers["set-cookie"].lower()
             assert "samesite=strict" in signed.headers["set-cookie"].lower()
+            token = _token((await client.get(signed.headers["location"])).text)  # the signed-in session's
         for method, page, allowed in PAGES:
             path = page.format(own=OWN)
             answer = await client.request(method, path, data={"_csrf_token": token} if method == "POST" else None,

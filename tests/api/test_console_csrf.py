@@ -1,7 +1,7 @@
 """A console form posted from another origin is refused, even one that carries a valid CSRF token.
 
-The console's CSRF token is a double-submit one (a signed cookie and the same value in the form)
-and is not tied to the session: anyone who opens the sign-in page gets a valid pair. A page on a
+The console's CSRF token was a double-submit one (a signed cookie and the same value in the form),
+not tied to the session: anyone who opens the sign-in page gets a valid pair. A page on a
 sibling host (`evil.example.com` beside `console.example.com`: the same site, so the
 `SameSite=Strict` session cookie goes along) can write such a cookie for the whole domain and post
 the form with its value. Browsers say where a request comes from in `Sec-Fetch-Site`."""
@@ -78,3 +78,28 @@ async def test_a_page_read_from_another_origin_is_not_refused(console):
     client, _, customer = console
     page = await client.get(f"/console/customers/{customer}", headers={"Sec-Fetch-Site": "cross-site"})
     assert page.status_code == 200
+
+
+async def test_a_top_up_with_a_tossed_csrf_cookie_is_refused_without_sec_fetch_site(console):
+    """A browser that sends no Sec-Fetch-Site, a page on a sibling host: it writes the attacker's
+    own token pair (the cookie and the form's field, both from opening the sign-in page) into the
+    victim's browser and posts the form. The pair matched, and the top-up was recorded (303); the
+    token is now bound to the session it was given in, so the attacker's cannot match the victim's."""
+    client, _, customer = console
+    victims = list(client.cookies.jar)
+    client.cookies.jar.clear()
+    attacker_page = await client.get("/console/sign-in")  # the attacker's own visit: a fresh token
+    tossed_token = re.search(r'name="_csrf_token" value="([^"]+)"', attacker_page.text).group(1)
+    tossed = [c for c in client.cookies.jar if c.name != "tokentill_console"]  # all but the session's
+    client.cookies.jar.clear()
+    for cookie in [c for c in victims if c.name not in {t.name for t in tossed}] + tossed:
+        client.cookies.jar.set_cookie(cookie)
+    try:
+        before = await _lots(client, customer)
+        refused = await _top_up(client, tossed_token, customer, {})
+        assert refused.status_code == 403, refused.headers.get("location")
+        assert await _lots(client, customer) == before
+    finally:
+        client.cookies.jar.clear()
+        for cookie in victims:
+            client.cookies.jar.set_cookie(cookie)

@@ -1,4 +1,4 @@
-"""A forged top-up from a sibling origin, in a real browser. The console's CSRF token is a
+"""A forged top-up from a sibling origin, in a real browser. The console's CSRF token was a
 double-submit one, not tied to the sign-in: whoever opens the sign-in page gets a valid token and
 its cookie. A page on another origin of the same site (here another port of 127.0.0.1: cookies
 ignore ports, and SameSite counts it the same site) writes that cookie for /console and posts the
