@@ -370,6 +370,9 @@ class Engine:
         return outcomes
 
     async def _each_in_lane(self, lane: int, commands: Sequence[Command], now: datetime | None) -> list[Any]:
+        """The lane's commands, halved on a failure; raises (the database unavailable, or too
+        contended) only while none of them has landed: once one of the first half has, the
+        second half's commands have the error as their outcome."""
         try:
             return await self._execute_lane(lane, commands, now)
         except Exception as exc:
@@ -378,8 +381,14 @@ class Engine:
             if len(commands) == 1:
                 return [exc]
             half = len(commands) // 2
-            return [*await self._each_in_lane(lane, commands[:half], now),
-                    *await self._each_in_lane(lane, commands[half:], now)]
+            first = await self._each_in_lane(lane, commands[:half], now)
+            try:
+                second = await self._each_in_lane(lane, commands[half:], now)
+            except Exception as lost:
+                if all(isinstance(outcome, BaseException) for outcome in first):
+                    raise  # the first half wrote nothing either (refused, or failed, each)
+                second = [lost] * (len(commands) - half)
+            return [*first, *second]
 
     async def _execute_lane(self, lane: int, commands: Sequence[Command], now: datetime | None) -> list[Any]:
         BATCH_COMMANDS.observe(len(commands))

@@ -65,3 +65,27 @@ async def test_a_first_lane_failing_raises_and_nothing_is_written(kit: Kit, monk
         await Engine(kit.db).execute([TopUp(customer_id=first, amount=usd("1.00")),
                                       TopUp(customer_id=second, amount=usd("2.00"))])
     assert await _topped_up(kit, first, second) == {}
+
+
+async def test_with_each_a_half_failing_after_the_other_half_committed_is_its_commands_outcome(kit: Kit,
+                                                                                              monkeypatch):
+    """Within one lane: a top-up of $4.00 breaks the batch of four (halved: $1 and $2 commit), then
+    the connection is lost under the $3 and $4 half. That half's two commands have the error as
+    their outcome; the call raised, though $1 and $2 had landed."""
+    customer = await kit.customer("halves")
+    lost = ConnectionError("connection lost for the test")
+    seen = []
+    real = RULES[TopUp]
+
+    def rule(state, cmd, now, book):
+        if cmd.amount == usd("4.00"):
+            seen.append(cmd)
+            raise RuntimeError("broken for the test") if len(seen) == 1 else lost
+        return real(state, cmd, now, book)
+
+    monkeypatch.setitem(RULES, TopUp, rule)
+    outcomes = await Engine(kit.db).execute([TopUp(customer_id=customer, amount=usd(f"{n}.00")) for n in (1, 2, 3, 4)],
+                                            each=True)
+    assert [o.grant.granted for o in outcomes[:2]] == [1_000_000_000, 2_000_000_000]
+    assert outcomes[2:] == [lost, lost]
+    assert await _topped_up(kit, customer) == {customer: 2}
