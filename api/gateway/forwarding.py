@@ -210,13 +210,14 @@ class Forwarding:
         """The caller left: whether to read the call on to its end, sending nothing, for the charge
         only the upstream's answer tells (marks the caller gone): a whole answer not come yet (the
         upstream generates, and bills, it all the same: cancelled, it was given away), or a stream
-        whose thinking is hidden or whose provider's tools ran, and whose usage, the only count of
-        them, has not come. The read timeout bounds it, as any call. Else the call is given up at
-        once (its upstream cancelled), charged what it sent."""
+        whose thinking is hidden (begun or not: a reasoning model may think before its first byte)
+        or whose provider's tools ran, and whose usage, the only count of them, has not come. The
+        read timeout bounds it, as any call. Else the call is given up at once (its upstream
+        cancelled; a call not sent whole yet, never begun), charged what it sent."""
         if self.relaying:
             if not ((self.tally.hidden or self.tally.tool_results) and self.tally.usage is None):
                 return False
-        elif self.call.stream or not self.sent:  # its answer not begun, or the call not sent: cancelled
+        elif not self.sent or (self.call.stream and not self.tally.hidden):
             return False
         self.left = True
         if self.outcome == "settled":

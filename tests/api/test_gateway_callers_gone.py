@@ -178,3 +178,27 @@ def test_a_plain_stream_the_caller_leaves_is_cancelled_at_once(live, upstream):
     started = time.monotonic()
     assert charged(url, request_id) == (8 * IN + 2 * OUT) / M + CALL
     assert time.monotonic() - started < 5
+
+
+def test_a_reasoning_stream_the_caller_left_before_its_first_byte_is_read_on_and_charged_its_usage(live, upstream):
+    """A reasoning model may think before its stream's first byte (its headers): a caller who
+    left then had the call cancelled and released (0.00), though the upstream had the whole call
+    and was thinking, billed. Now it is read on as a whole answer is, and charged its usage: 800
+    input, 200 cached, 40 output and the call, 0.0100."""
+    url, _ = live
+    cid, key = customer(live)
+    asked = threading.Event()
+
+    async def thinks_first(send: Any, receive: Any) -> None:
+        asked.set()
+        await asyncio.sleep(1.0)
+        await start(send, b"text/event-stream")
+        await body(send, content(" one") + content(" two") + sse({
+            "id": "c", "object": "chat.completion.chunk", "model": "m",
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}) + usage_chunk(40)
+            + b"data: [DONE]\n\n", more=False)
+
+    request_id = post_and_leave(url, key, {"model": model(upstream, thinks_first), "messages": HI, "stream": True,
+                                           "reasoning_effort": "high"}, asked.is_set)
+    assert charged(url, request_id) == CHAT_CHARGE
+    assert wallet(url, cid) == (Decimal("10") - CHAT_CHARGE, 0)
