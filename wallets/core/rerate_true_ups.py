@@ -101,6 +101,25 @@ def true_up_fixes(data: RerateInput, found: Sequence[Correction], ratings: Mappi
             fixes.append(TrueUpFix(period, rule_id, rule.model or "", rule.token_type, version, quantity,
                                    lines[0]["unit_price"] if lines else None, lines[0]["tier"] if lines else None,
                                    old, new, tuple(rated[rule_id].values())))
+    return fixes + _orphaned(data, basis)
+
+
+def _orphaned(data: RerateInput, basis: Mapping[str, Any]) -> list[TrueUpFix]:
+    """The true-ups posted of rules that rate none of the period's charges billed in it any more (a
+    version the charges were re-rated to names the rule otherwise): each goes back to 0, or the
+    rule under its new name is trued up beside it and the volume discount is given twice."""
+    book, period, fixes = data.book, data.period, []
+    for rule_id, old in sorted(data.true_ups.items()):
+        if not old or rule_id in basis or book is None:
+            continue
+        found = [(v.version, r) for v in book.versions for r in v.rules if r.id == rule_id]
+        if not found:
+            continue
+        version, rule = found[-1]  # the latest version that has it (the close's)
+        charges = tuple(ch for ch in data.charges if (ch.billed_in or period) == period
+                        and any(ln.get("rule_id") == rule_id for ln in ch.lines))
+        fixes.append(TrueUpFix(period, rule_id, rule.model or "", rule.token_type, version, 0, None, None, old, 0,
+                               charges))
     return fixes
 
 

@@ -327,3 +327,37 @@ async def test_a_rerate_after_a_close_counts_only_what_its_true_up_left_in_the_c
     after = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants}
     assert after == {grant.grant.id: ("grant", 1_350_000_000), top_up.grant.id: ("topup", 5_000_000_000)}
     await verified(bk)
+
+
+async def test_a_rerate_to_a_version_that_renamed_the_volume_rule_corrects_the_close_s_true_up_once(
+        fresh_db) -> None:
+    """As the first test, but v2 ($16/M, $8/M from November 1st) names the rule `v-out-b`. Every
+    charge re-rated is rated by `v-out-b` now: its true-up at v2's tier reached is $1.04 - $1.84 =
+    -$0.80, and the close's -$1.00 of `v-out`, a rule that rates none of the period's charges any
+    more, is taken back (+$1.00): -$0.46 - $0.80 + $1.00 = -$0.26, November at $1.04 (130,000 at
+    $8/M), as with the rule's name kept. Before, the -$1.00 stayed beside the new -$0.80 (counted
+    from 0): -$1.26, November at $0.04, the volume discount given twice."""
+    bk = BillingKit(fresh_db)
+    await bk.add_book(V1)
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("renamed", billing_mode="postpaid", book="vol")
+    for day, tokens in [(5, 60_000), (20, 70_000)]:
+        bk.clock.now = datetime(2026, 11, day, 12, tzinfo=UTC)
+        await bk.event(cid, "model-v", 0, tokens)
+    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    renamed = vol("v2", "2026-11-01T00:00:00Z", "16", "8")
+    renamed["rules"][0]["id"] = "v-out-b"
+    await bk.add_book(renamed)
+    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
+    seen = await rerating.preview(bk.db, bk.service.engine.books, spec("v2"))
+    assert seen["delta"] == "-0.26" and seen["errors"] == []
+    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    assert done["delta"] == "-0.26"
+    [line] = [ln for ln in done["customers"][0]["lines"] if ln["token_type"] == "volume_true_up"]
+    assert (line["old_amount"], line["new_amount"], line["delta"]) == ("-1.00", "-0.80", "0.20")
+    assert (await rerating.preview(bk.db, bk.service.engine.books, spec("v2")))["customers"] == []
+    [november] = await bk.invoices(cid)
+    assert (november["total"], november["subtotals"]["true_ups"]) == ("1.30", "-1.00")
+    upcoming = await bk.upcoming(cid)
+    assert (upcoming["total"], upcoming["subtotals"]["true_ups"]) == ("-0.26", "0.20")
+    await verified(bk)
