@@ -361,3 +361,27 @@ async def test_a_rerate_to_a_version_that_renamed_the_volume_rule_corrects_the_c
     upcoming = await bk.upcoming(cid)
     assert (upcoming["total"], upcoming["subtotals"]["true_ups"]) == ("-0.26", "0.20")
     await verified(bk)
+
+
+async def test_a_volume_rule_renamed_mid_period_is_trued_up_under_each_name(fresh_db) -> None:
+    """v1's `v-out` ($20/M to 100,000, $10/M beyond) rates 120,000 tokens on November 5th:
+    $2.00 + $0.20 = $2.20; v2 (from November 15th) names it `v-out-b`, whose tiers count from 0:
+    150,000 on the 20th, $2.00 + $0.50 = $2.50. The close trues up each name on its own units:
+    120,000 x $10/M = $1.20 (-$1.00) and 150,000 x $10/M = $1.50 (-$1.00); neither is lost, and
+    November is $2.70 (270,000 at $10/M, as with one name)."""
+    bk = BillingKit(fresh_db)
+    await bk.add_book(V1)
+    renamed = vol("v2", "2026-11-15T00:00:00Z", "20", "10")
+    renamed["rules"][0]["id"] = "v-out-b"
+    await bk.add_book(renamed)
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("renamed-close", billing_mode="postpaid", book="vol")
+    for day, tokens in [(5, 120_000), (20, 150_000)]:
+        bk.clock.now = datetime(2026, 11, day, 12, tzinfo=UTC)
+        await bk.event(cid, "model-v", 0, tokens)
+    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    [november] = await bk.invoices(cid)
+    assert sorted((ln["rule_id"], ln["amount"]) for ln in november["lines"] if ln["kind"] == "volume_true_up") == [
+        ("v-out", "-1.00"), ("v-out-b", "-1.00")]
+    assert (november["total"], november["subtotals"]["true_ups"]) == ("2.70", "-2.00")
+    await verified(bk)
