@@ -20,6 +20,7 @@ from wallets.books import BookCache
 from wallets.commands import ClosePeriod
 from wallets.core.billing import Header, amount_due_units, as_issued, document, money
 from wallets.core.invoicing import upcoming_invoice
+from wallets.core.payments import payable
 from wallets.core.results import InvoiceClosed, payment_status
 from wallets.core.state import State
 from wallets.engine import Engine, utc_now
@@ -122,7 +123,7 @@ def _view(row: Any, owed: int) -> dict[str, Any]:
     paid, cur = int(row.paid), row.content["currency"]
     return {**as_issued(row.content), "content_hash": row.content_hash,
             "payment_status": payment_status(int(row.amount_due), paid), "amount_paid": money(paid, cur),
-            "amount_remaining": money(min(max(0, int(row.amount_due) - paid), owed), cur),
+            "amount_remaining": money(payable(int(row.amount_due) - paid, owed, cur), cur),
             "payments": [{**p, "amount": money(int(p["amount"]), cur)} for p in row.payments]}
 
 

@@ -58,6 +58,7 @@ from wallets.core.payments import (
     check_reference,
     open_invoices,
     paid_event,
+    payable,
     payment_effects,
     unapplied_parts,
 )
@@ -487,14 +488,14 @@ def pay_invoice(state: State, cmd: PayInvoice, now: datetime, book: PriceBook | 
         owed = max(0, w.receivable - (w.credit_held or 0))
         result = PaymentResult(invoice.id, invoice.number, cmd.reference, cmd.amount, invoice.paid,
                                invoice.amount_due, True, None, currency=invoice.currency,
-                               remaining=min(max(0, invoice.amount_due - invoice.paid), owed))
+                               remaining=payable(invoice.amount_due - invoice.paid, owed, invoice.currency))
         return Decision(Outcome("replayed", result))
     left = invoice.amount_due - invoice.paid
     if cmd.amount != left:  # what is left may hold a fraction a credit note's exact money back left
         whole_minor_units(cmd.amount, invoice.currency)
     owed = max(0, w.receivable - (w.credit_held or 0))
-    if cmd.amount > left or cmd.amount > owed:
-        more = min(left, owed)
+    more = payable(left, owed, invoice.currency)
+    if cmd.amount > more:
         raise OverpaymentError(
             f"a payment of {format_money(cmd.amount, invoice.currency)} {invoice.currency} exceeds the "
             f"{format_money(more, invoice.currency)} still due on invoice {invoice.number}",
@@ -508,5 +509,5 @@ def pay_invoice(state: State, cmd: PayInvoice, now: datetime, book: PriceBook | 
     paid = invoice.paid + cmd.amount
     result = PaymentResult(invoice.id, invoice.number, cmd.reference, cmd.amount, paid, invoice.amount_due, False,
                            posted.key if posted else None, currency=invoice.currency,
-                           remaining=min(left, owed) - cmd.amount)
+                           remaining=payable(left - cmd.amount, owed - cmd.amount, invoice.currency))
     return Decision(Outcome(result.code, result), posted, tuple(effects))

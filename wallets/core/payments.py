@@ -8,7 +8,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from pricing.money import format_money
+from pricing.money import format_money, minor_unit
 from wallets.core.decision import PaymentRecorded
 from wallets.core.state import InvoiceDue, State, Unapplied
 from wallets.errors import WalletValidationError
@@ -25,6 +25,19 @@ def check_reference(reference: str) -> None:
     if reference.startswith(APPLIED_PREFIXES):
         raise WalletValidationError("reference", "must not start with " + ", ".join(
             f"'{p}'" for p in APPLIED_PREFIXES) + ": tokentill names the money it applies to invoices so")
+
+
+def payable(left: int, owed: int, currency: str) -> int:
+    """What may be paid now of an invoice with `left` of its amount due while the customer owes
+    `owed` (a correction's money back is off the receivable before its close applies it): `left`,
+    at most `owed`, and then the whole minor units of `currency` below it, since cash is whole
+    minor units ($7.00861 owed is paid as $7.00; the close rounds the correction's rest, and the
+    invoice asks what that leaves). `left` may hold a fraction an old credit note left: it is
+    paid as it is."""
+    if left <= owed:
+        return max(0, left)
+    owed = max(0, owed)
+    return owed - owed % minor_unit(currency)
 
 
 def payment_effects(state: State, invoice: InvoiceDue, amount: int, reference: str, now: datetime,
