@@ -333,7 +333,18 @@ async def budgets_match_reservations(conn: AsyncConnection) -> Check:
          WHERE (r.status NOT IN {_OPEN} AND x.held <> 0)
             OR (x.metric = 'money' AND (x.used <> r.charged OR x.held <> CASE WHEN r.status IN {_OPEN}
                 THEN r.amount - r.captured - r.released ELSE 0 END))
-        """, "every budget window equals what its reservations hold and used")
+        UNION ALL
+        SELECT format('budget %s moved %s for re-rate row %s, where its adjustment moved %s', x.budget_id, x.used,
+                      x.reservation_id, coalesce((a.new_amount - a.old_amount)::text, 'nothing'))
+          FROM reservation_budgets x
+          LEFT JOIN charge_adjustments a ON x.reservation_id = 'rerate:' || a.id
+          LEFT JOIN charges c ON c.lane = a.lane AND c.id = a.charge_id
+         WHERE x.reservation_id LIKE 'rerate:%'
+           AND (a.id IS NULL OR x.metric <> 'money' OR x.held <> 0 OR x.used <> a.new_amount - a.old_amount
+                OR NOT EXISTS (SELECT 1 FROM reservation_budgets y WHERE y.lane = x.lane AND y.budget_id = x.budget_id
+                                  AND y.window_start = x.window_start
+                                  AND y.reservation_id = coalesce(c.reservation_id, 'event:' || c.event_id)))
+        """, "every budget window equals what its reservations hold and used, and its re-rates moved")
 
 
 # The prefix of the codes of the lots of the entry's customer (wallets.chart.lot_account).

@@ -1,16 +1,23 @@
-"""Reads what a budget made part-way through its window finds there, and writes it as the window's
-first counts (the rule: wallets.core.budget_seeds). Runs in the unit of work that makes the budget,
-under its lane's writer lock: no batch moves the calls between the read and the write."""
+"""Budget counts that come from outside a reservation's hold: what a budget made part-way through
+its window finds there, written as the window's first counts (the rule: wallets.core.budget_seeds;
+in the unit of work that makes the budget, under its lane's writer lock: no batch moves the calls
+between the read and the write), and what a re-rate moves (wallets.core.budget_rerates)."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ledger.db import Database
 from wallets import store
+from wallets.core.budget_rerates import Counted, moves
 from wallets.core.budget_seeds import PastCall, seeds
 from wallets.core.budgets import window_end
+from wallets.core.decision import OutboxEvent
 from wallets.core.rerating import charged_tokens
+from wallets.core.state import State
+from wallets.engine import Engine, customer_lock, lane_lock
 from wallets.model import Budget
 
 _OPEN = ("held", "capturing")
@@ -31,6 +38,16 @@ SELECT c.event_id, c.model, c.dimensions, c.occurred_at, c.charged, c.usage, c.l
   FROM charges c
  WHERE c.lane = %(lane)s AND c.customer_id = %(customer)s AND c.event_id IS NOT NULL
    AND c.occurred_at >= %(start)s AND c.occurred_at < %(end)s"""
+
+
+async def alert(conn: AsyncConnection, customer_id: str, events: Iterable[OutboxEvent]) -> None:
+    """Write the alerts of a budget made, changed or moved (once each: the outbox keeps one per key)."""
+    for event in events:
+        await conn.exec_driver_sql(
+            """INSERT INTO outbox (lane, topic, customer_id, dedup_key, payload)
+               SELECT lane, %s, id, %s, %s::jsonb FROM customers WHERE id = %s
+               ON CONFLICT (lane, dedup_key) DO NOTHING""",
+            (event.topic, event.dedup_key, store.dumps(event.payload), customer_id))
 
 
 async def count_before(conn: AsyncConnection, lane: int, b: Budget, now: datetime) -> None:
@@ -68,3 +85,51 @@ async def count_before(conn: AsyncConnection, lane: int, b: Budget, now: datetim
              FROM jsonb_to_recordset(%s::jsonb) AS r(key text, held numeric, used numeric)""",
         (lane, b.id, start, b.metric, store.dumps([{"key": r.key, "held": r.held, "used": r.used}
                                                      for r in rows_of])))
+
+
+# the adjustments of a re-rate (of one customer) and the money budget rows of the calls they correct,
+# that this re-rate has not moved yet
+_ADJUSTED = """
+SELECT a.id, a.new_amount - a.old_amount, x.budget_id, x.window_start
+  FROM charge_adjustments a
+  JOIN charges c ON c.lane = a.lane AND c.id = a.charge_id
+  JOIN reservation_budgets x ON x.lane = a.lane AND x.metric = 'money'
+       AND x.reservation_id = coalesce(c.reservation_id, 'event:' || c.event_id)
+ WHERE a.rerate_id = %(rerate)s AND a.customer_id = %(customer)s
+   AND NOT EXISTS (SELECT 1 FROM reservation_budgets y WHERE y.lane = a.lane AND y.budget_id = x.budget_id
+                      AND y.reservation_id = 'rerate:' || a.id)
+ ORDER BY a.id, x.budget_id"""
+
+
+async def count_rerate(db: Database, engine: Engine, rerate_id: str) -> None:
+    """Move the money budgets' current windows by what re-rate `rerate_id` adjusted of the charges
+    they counted, one customer at a time under its lane's lock (as a budget write). Each move is
+    kept once (its row's key), so applying the re-rate again finishes what a failure left undone
+    and moves nothing twice."""
+    from wallets.service import run_once  # imported here: wallets.service imports wallets.budgets
+
+    customers = await db.read(lambda conn: conn.exec_driver_sql(
+        "SELECT DISTINCT customer_id FROM charge_adjustments WHERE rerate_id = %s ORDER BY 1", (rerate_id,)))
+    for (customer_id,) in customers.all():
+        lane = await engine.lane_of(customer_id)
+
+        async def work(conn: AsyncConnection, customer_id: str = customer_id, lane: int = lane) -> None:
+            now = engine.clock()
+            found = [Counted(int(i), int(d), b, s) for i, d, b, s in await conn.exec_driver_sql(
+                _ADJUSTED, {"rerate": rerate_id, "customer": customer_id})]
+            if not found:
+                return
+            w = (await store.load(conn, [customer_id], now=now)).wallets[customer_id]
+            done, alerts = moves(State(customer_id, None), w.budgets, found, w.customer.currency, now)
+            for m in done:
+                await conn.exec_driver_sql(
+                    """INSERT INTO reservation_budgets (lane, reservation_id, budget_id, window_start, metric, held,
+                                                        used) VALUES (%s, %s, %s, %s, 'money', 0, %s)""",
+                    (lane, m.key, m.budget_id, m.window_start, m.delta))
+                await conn.exec_driver_sql(
+                    "UPDATE budget_windows SET used = used + %s "
+                    "WHERE lane = %s AND budget_id = %s AND window_start = %s",
+                    (m.delta, lane, m.budget_id, m.window_start))
+            await alert(conn, customer_id, alerts)
+
+        await run_once(db, None, work, [lane_lock(lane), customer_lock(customer_id)])

@@ -12,10 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.db import Database
 from wallets import store
-from wallets.budget_seeding import count_before
+from wallets.budget_seeding import alert, count_before
 from wallets.core import budgets as rules
 from wallets.core.budgets import BudgetView
-from wallets.core.decision import OutboxEvent
 from wallets.core.idempotency import CREATED, OK, IdemKey, Replayed
 from wallets.core.state import State
 from wallets.engine import Engine, customer_lock, lane_lock
@@ -42,16 +41,6 @@ def page_query(customers: list[str] | None, after: tuple[str, str] | None,
             "ORDER BY customer_id, id LIMIT %(limit)s",
             {"customers": customers, "customer": after and after[0], "id": after and after[1],
              "limit": None if limit is None else limit + 1})
-
-
-async def _alert(conn: AsyncConnection, customer_id: str, events: list[OutboxEvent]) -> None:
-    """Write the alerts of a budget made or changed (once each: the outbox keeps one per key)."""
-    for event in events:
-        await conn.exec_driver_sql(
-            """INSERT INTO outbox (lane, topic, customer_id, dedup_key, payload)
-               SELECT lane, %s, id, %s, %s::jsonb FROM customers WHERE id = %s
-               ON CONFLICT (lane, dedup_key) DO NOTHING""",
-            (event.topic, event.dedup_key, store.dumps(event.payload), customer_id))
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +103,7 @@ class BudgetService:
                 await conn.exec_driver_sql("UPDATE budgets SET mode = %s WHERE lane = %s AND id = %s",
                                            (spec.mode, lane, budget_id))
             b, _ = await self._live(conn, spec.customer_id, budget_id, now)
-            await _alert(conn, spec.customer_id,
+            await alert(conn, spec.customer_id,
                          rules.on_change(State(spec.customer_id, None), replace(b, thresholds=()), b, currency, now))
             return rules.budget_view(b, currency, now)
 
@@ -169,7 +158,7 @@ class BudgetService:
                 """UPDATE budgets SET name = %s, limit_units = %s, mode = %s, thresholds = %s, updated_at = now()
                     WHERE id = %s AND customer_id = %s AND deleted_at IS NULL""",
                 (b.name, b.limit, b.mode, list(b.thresholds), budget_id, customer_id))
-            await _alert(conn, customer_id, rules.on_change(State(customer_id, None), current, b, currency, now))
+            await alert(conn, customer_id, rules.on_change(State(customer_id, None), current, b, currency, now))
             return rules.budget_view(b, currency, now)
 
         return await run_once(self.db, idem, work, await self._locks(customer_id), lambda _: OK)

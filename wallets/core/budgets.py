@@ -179,9 +179,9 @@ def _alert_key(b: Budget, start: datetime, reservation_id: str | None, now: date
 
 
 def crossed(state: State, b: Budget, currency: str, before: int, after: int, held: int, start: datetime,
-            reservation_id: str, now: datetime) -> list[Effect]:
+            reservation_id: str, now: datetime) -> list[OutboxEvent]:
     """Alerts for each threshold (percent of the limit) that `before` -> `after` crosses."""
-    events: list[Effect] = []
+    events: list[OutboxEvent] = []
     for pct in b.thresholds:
         if before * 100 < pct * b.limit <= after * 100:
             key = f"{THRESHOLD_TOPIC}:{b.id}:{_alert_key(b, start, reservation_id, now)}:{pct}"

@@ -63,6 +63,8 @@ async def test_a_budget_made_over_holds_past_its_limit_is_made_and_refuses_the_n
     held = await kit.reserve(cid, "o1", amount="12.00")
     view = await _budget(kit, cid, window="month", metric="money", limit=usd("10.00"))
     assert (view.used, view.held) == (0, usd("12.00"))
+    lifetime = await _budget(kit, cid, window="lifetime", metric="money", limit=usd("100.00"), mode="soft")
+    assert (lifetime.used, lifetime.held) == (0, usd("12.00"))
     with pytest.raises(BudgetExceededError):
         await kit.reserve(cid, "o2", amount="0.01")
     await kit.release(cid, held.reservation.id)

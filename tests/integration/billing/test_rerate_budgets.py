@@ -1,0 +1,85 @@
+"""A re-rate moves what a money budget's current window counted of the charges it corrects: a call
+charged $10.01 re-rated to $8.01 leaves $8.01 spent there (and the room a hard cap has), one
+re-rated upward crosses the thresholds it now passes; a window already over keeps what it counted."""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from billing_kit import BillingKit
+from sqlalchemy import text
+from test_rerate import V1, V2, V3, spec, units, verified
+
+from ledger.audit import verify
+from wallets import rerating
+from wallets.audit import WALLET_CHECKS
+from wallets.budgets import BudgetSpec
+from wallets.errors import BudgetExceededError
+
+
+async def test_a_rerate_moves_what_the_current_money_window_counted_both_ways(fresh_db) -> None:
+    bk = BillingKit(fresh_db)
+    await bk.add_book(V1)
+    cid = await bk.customer("rb", book="fix")
+    await bk.top_up(cid, "100.00")
+    made = await bk.service.budgets.create(BudgetSpec(customer_id=cid, window="month", metric="money",
+                                                      limit=units("15.00"), thresholds=(60,)))
+    other = await bk.service.budgets.create(BudgetSpec(customer_id=cid, window="month", metric="money",
+                                                       limit=units("15.00"), model="model-b"))
+    rid = await bk.reserve(cid, "model-a", "12.00")
+    await bk.settle(cid, rid, 1_000_000, 0)  # $10.00 + $0.01 the call, under v1 ($10/M input)
+    assert (await bk.service.budgets.get(made.budget.id)).used == units("10.01")
+    try:
+        await bk.reserve(cid, "model-a", "6.99")  # 10.01 + 6.99 > 15.00
+    except BudgetExceededError:
+        pass
+    else:
+        raise AssertionError("a hold past the limit was taken")
+    await bk.add_book(V2)  # the fix: $8/M from November 1st
+    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    assert done["delta"] == "-2.00" and done["errors"] == []
+    # the window counts the charge as it now stands: 8.01, where it kept 10.01 and refused 6.99
+    assert (await bk.service.budgets.get(made.budget.id)).used == units("8.01")
+    assert (await bk.service.budgets.get(other.budget.id)).used == 0  # model-b's never counted it
+    await bk.reserve(cid, "model-a", "6.99")  # to the limit exactly
+    # a second fix, upward ($9/M from the 2nd): +1.00, to 9.01 used + 6.99 held; the 60 % mark (9.00)
+    # was passed by the hold already, so it alerted once, then
+    await bk.add_book(V3)
+    second = spec("v3", datetime(2026, 11, 2, tzinfo=UTC))
+    again = await rerating.apply(bk.db, bk.service.engine, second, None)
+    assert again["delta"] == "1.00"
+    now = await bk.service.budgets.get(made.budget.id)
+    assert (now.used, now.held) == (units("9.01"), units("6.99"))
+    await rerating.apply(bk.db, bk.service.engine, second, None)  # again: moves nothing more
+    assert (await bk.service.budgets.get(made.budget.id)).used == units("9.01")
+    await verified(bk)
+    # verify ties each re-rate row to its adjustment: one grown by hand (and its window with it) is named
+    async def grow(conn) -> None:
+        await conn.execute(text("UPDATE reservation_budgets SET used = used + 1 "
+                                "WHERE reservation_id LIKE 'rerate:%' AND used > 0"))
+        await conn.execute(text("UPDATE budget_windows SET used = used + 1 WHERE budget_id = :b"),
+                           {"b": made.budget.id})
+
+    await bk.db.run(grow)
+    report = await bk.db.read(lambda conn: verify(conn, WALLET_CHECKS))
+    [failed] = [c for c in report.checks if not c.ok]
+    assert failed.name == "budgets" and "re-rate row rerate:" in failed.detail
+
+
+async def test_an_upward_rerate_alerts_the_thresholds_it_passes(fresh_db) -> None:
+    bk = BillingKit(fresh_db)
+    await bk.add_book(V2)
+    cid = await bk.customer("ru", book="fix")
+    await bk.top_up(cid, "100.00")
+    made = await bk.service.budgets.create(BudgetSpec(customer_id=cid, window="month", metric="money",
+                                                      limit=units("10.00"), mode="soft", thresholds=(85, 100)))
+    await bk.event(cid, "model-a", 1_000_000, 0, at=datetime(2026, 11, 10, tzinfo=UTC))  # $8.01 under v2
+    fixed = {**V1, "version": "v9", "effective_from": "2026-11-03T00:00:00Z", "rules": [
+        {**r, "price": "10.00"} if r["id"] == "a-in" else r for r in V1["rules"]]}
+    await bk.add_book(fixed)  # $10/M from the 3rd: the event was $10.01
+    await rerating.apply(bk.db, bk.service.engine, spec("v9", datetime(2026, 11, 3, tzinfo=UTC)), None)
+    assert (await bk.service.budgets.get(made.budget.id)).used == units("10.01")
+    rows = await bk.db.read(lambda conn: conn.execute(text(
+        "SELECT payload->>'threshold', payload->>'used' FROM outbox WHERE customer_id = :c "
+        "AND topic = 'budget.threshold_crossed' ORDER BY id"), {"c": cid}))
+    assert [tuple(r) for r in rows] == [("85", "10.01"), ("100", "10.01")]
+    await verified(bk)
