@@ -92,3 +92,22 @@ async def test_request_and_token_budgets_made_mid_day_count_the_days_calls_and_t
     inputs = await _budget(kit, cid, window="day", metric="input_tokens", limit=10_000)
     assert inputs.used == 1300
     assert (await kit.verify()).ok
+
+
+async def test_a_new_york_day_made_on_the_25_hour_day_counts_its_calls_from_local_midnight(shared_kit: Kit):
+    kit, clock = shared_kit, shared_kit.clock
+    cid = await kit.customer("dst")
+    await kit.top_up(cid, "100.00")
+    # November 1st 2026 in New York: 00:00 EDT (04:00 UTC) to 00:00 EST on the 2nd (05:00 UTC), 25 hours
+    for at, amount in ((datetime(2026, 11, 1, 3, 59, tzinfo=UTC), "1.00"),  # 23:59 EDT, October 31st
+                       (datetime(2026, 11, 1, 4, 0, tzinfo=UTC), "2.00"),  # 00:00 EDT: the day's first
+                       (datetime(2026, 11, 1, 5, 30, tzinfo=UTC), "4.00"),  # 01:30 EDT
+                       (datetime(2026, 11, 1, 6, 30, tzinfo=UTC), "8.00")):  # 01:30 EST, the hour again
+        clock.now = at
+        await kit.reserve(cid, f"n{at.hour}{at.minute}", amount=amount)
+    clock.now = datetime(2026, 11, 2, 4, 30, tzinfo=UTC)  # 23:30 EST, still November 1st
+    view = await _budget(kit, cid, window="day", metric="money", limit=usd("20.00"), time_zone="America/New_York")
+    assert (view.window_start, view.resets_at) == (datetime(2026, 11, 1, 4, 0, tzinfo=UTC),
+                                                   datetime(2026, 11, 2, 5, 0, tzinfo=UTC))
+    assert (view.used, view.held) == (0, usd("14.00"))
+    assert (await kit.verify()).ok
