@@ -16,7 +16,7 @@ from decimal import Decimal
 
 from pricing.books import DimValue, PriceBook, PriceVersion, Rule, per_units
 from pricing.errors import InvalidUsageError, UnpricedModelError, field_error
-from pricing.fast_rating import CACHE_LIMIT, charges_requests
+from pricing.fast_rating import CACHE_LIMIT, charges_requests, dims_key
 from pricing.money import DEFAULT_SCALE, per_amount, pricing_context
 from pricing.overrides import Overrides
 from pricing.premium import PREMIUMS, check_premiums
@@ -182,7 +182,7 @@ def _resolved_rule(version: PriceVersion, token_type: str, model: str, dims: tup
     """`version.resolve` (with its fallbacks) for these normalized dimensions, kept among the
     version's resolved rules (as rating keeps its plans): a version never changes. A type it
     cannot price raises, every time, and is not kept."""
-    key = ("estimate rule", token_type, model, dims, minute)
+    key = ("estimate rule", token_type, model, dims_key(dims), minute)
     cache = version.resolved
     if key in cache:
         return cache[key]  # type: ignore[return-value]

@@ -61,6 +61,16 @@ def _choice(rule: Rule, per: int, price: Decimal, tier: int | None) -> tuple[Any
     return number, decimals, per, price, rule.id, tier, line_note(rule, tier)
 
 
+def dims_key(dims: tuple[tuple[str, DimValue], ...]) -> tuple[Any, ...]:
+    """Normalized dimensions as a key of the version's resolved rules and plans: as they are,
+    save a bool, keyed apart from the int Python holds equal to it (True == 1, with one hash),
+    since rules tell them apart (`plan: true` is not priced by a rule matching `plan: 1`)."""
+    for _, value in dims:
+        if value.__class__ is bool:
+            return tuple((name, (bool, v) if v.__class__ is bool else v) for name, v in dims)
+    return dims
+
+
 def _plans(version: PriceVersion, model: str, dims: tuple[tuple[str, DimValue], ...],
            minute: int | None) -> dict[str, Any]:
     """The compiled plans of one (model, dimensions, minute) by token type, filled as types come."""
@@ -68,7 +78,7 @@ def _plans(version: PriceVersion, model: str, dims: tuple[tuple[str, DimValue], 
     if len(cache) >= CACHE_LIMIT:
         cache.clear()
     plans: dict[str, Any] = {}
-    cache[(model, dims, minute)] = plans
+    cache[(model, dims_key(dims), minute)] = plans
     return plans
 
 
@@ -79,7 +89,7 @@ def charges_requests(version: PriceVersion, model: str, dims: tuple[tuple[str, D
     per-request fee: found once per (model, dimensions, minute) and kept with the plans (a key of
     its own: a plan's key has three parts)."""
     minute = at.hour * 60 + at.minute if version.timed else None
-    key = ("request fee", model, dims, minute)
+    key = ("request fee", model, dims_key(dims), minute)
     known = version.resolved.get(key)
     if known is None:
         known = version.resolved[key] = version.find_rule("request", model, dict(dims), minute) is not None
@@ -96,7 +106,7 @@ def rate_call_fast(usage: Usage, version: PriceVersion) -> Rating | None:
         minute: int | None = at.hour * 60 + at.minute
     else:
         minute = None
-    plans = version.resolved.get((model, dims, minute))
+    plans = version.resolved.get((model, dims_key(dims), minute))
     if plans is None:
         plans = _plans(version, model, dims, minute)
     legacy = version.format == 1

@@ -7,6 +7,7 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pricing.estimate import estimate_upper_bound
 from pricing.parse import parse_version
 from pricing.rating import rate
 from pricing.units import TOKEN_TYPES
@@ -104,3 +105,22 @@ def test_a_format_1_book_rates_folded_types_alike_on_both_paths(types, data, tok
     assert as_text(fast) == as_text(general)
     assert [ln.token_type for ln in fast.lines] == sorted((ln.token_type for ln in fast.lines), key=TOKEN_TYPES.index)
 
+
+
+def test_a_true_dimension_is_not_rated_by_a_rule_matching_1_whichever_came_first():
+    """Rules match dimension values by type as well (`true` is not `1`), but the compiled plans
+    were kept per (model, dimensions) where Python's True == 1 (and hash alike): a call with
+    plan=true after one with plan=1 took the plan=1 rule, $1 per 1M, where the book's rule for
+    any plan is $4 (and the other way round, plan=1 after plan=true paid $4)."""
+    for order in ((1, True), (True, 1), (0, False), (False, 0)):
+        version = parse_version({"id": "b", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": [
+            {"id": "one", "model": "m", "token_type": "input", "price": "1", "match": {"plan": 1}},
+            {"id": "zero", "model": "m", "token_type": "input", "price": "2", "match": {"plan": 0}},
+            {"id": "any", "model": "m", "token_type": "input", "price": "4"}]})
+        for plan in order:  # (a dict keyed by these would fold True into 1 too)
+            expected = ("any", "4.00") if type(plan) is bool else ("one", "1.00") if plan else ("zero", "2.00")
+            usage = Usage("m", {"input": 1_000_000}, datetime(2026, 5, 1, tzinfo=UTC), {"plan": plan})
+            [line] = rate(usage, version).lines
+            assert (line.rule_id, f"{line.amount:.2f}") == expected, (order, plan)
+            hold = estimate_upper_bound(version, "m", 1_000_000, 0, {"plan": plan}, datetime(2026, 5, 1, tzinfo=UTC))
+            assert [(x.rule_id, f"{x.amount:.2f}") for x in hold.lines] == [expected], (order, plan)  # a reserve's
