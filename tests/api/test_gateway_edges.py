@@ -286,6 +286,32 @@ def test_a_fault_of_the_gateways_own_before_the_answer_tells_its_charge_only_whe
     assert wallet(url, cid) == (Decimal("10") - cost, 0)
 
 
+def test_a_fault_of_the_gateways_own_after_a_charged_answer_is_not_retried_by_the_client(live, upstream, monkeypatch):
+    """The openai client retries a 500 twice by itself: a fault of the gateway's own after the
+    upstream answered (the answer charged: 8 prompt and 3 output tokens and the call, 0.00114) was
+    sent upstream three times and charged three times (0.00342) for one call that got no answer.
+    Such a 500 says x-should-retry: false; one whose hold was released does not."""
+    url, _ = live
+    cid, key = customer(live)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a fault of the gateway's own")
+
+    async def whole(send: Any, receive: Any) -> None:
+        await start(send, b"application/json", len(WHOLE))
+        await body(send, WHOLE, more=False)
+
+    monkeypatch.setattr("api.gateway.forwarding.answer_settlement", broken)
+    name = model(upstream, whole)
+    with pytest.raises(openai.InternalServerError) as raised:
+        openai.OpenAI(base_url=f"{url}/openai/v1", api_key=key).chat.completions.create(model=name, messages=HI)
+    assert raised.value.response.headers["x-should-retry"] == "false"
+    assert sum(call["model"] == name for call in upstream.fake.calls) == 1
+    cost = (8 * IN + 3 * OUT) / M + CALL
+    assert cost == Decimal("0.00114")
+    assert wallet(url, cid) == (Decimal("10") - cost, 0)
+
+
 def test_a_responses_stream_whose_text_holds_a_unicode_line_separator_is_charged_its_usage(live, upstream):
     """Only CR and LF end a server-sent event's lines: a U+2028 or U+0085 inside the JSON of
     response.completed (its output text, unescaped as JSON allows) leaves the event, and its
