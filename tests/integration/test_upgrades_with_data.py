@@ -296,3 +296,33 @@ def test_a_downgrade_that_refuses_leaves_the_database_where_it_was_in_one_line(s
             assert main(["audit", "verify"]) == 0, capsys.readouterr().out
         finally:
             engine.dispose()
+
+
+def test_a_ledger_used_at_head_goes_down_to_0047_and_back_up_with_the_same_books(server_url, monkeypatch, capsys):
+    """Today's workload (prepaid, postpaid, a grant, a budget, settled and open calls, a usage
+    event, a grant reversed) at head; `tokentill migrate --to 0047` then `tokentill migrate`: the
+    same wallets, trial balance and journal, `audit verify` ok, and a reserve and settle work."""
+    from api.client import Client
+    from tests.api.apps import live_server
+    from tests.integration.test_backup_restore import ADMIN, _seed, _views
+
+    with scratch_database(server_url, f"tokentill_roundtrip_{uuid.uuid4().hex[:10]}") as url:
+        monkeypatch.setenv("TOKENTILL_DATABASE_URL", url)
+        assert main(["migrate"]) == 0
+        with live_server(url, admin=ADMIN) as base, Client(base, ADMIN) as tt:
+            _seed(tt)
+            grant = next(g for g in tt.get("/v1/customers/acme/wallet")["grants"] if g["kind"] == "grant")
+            tt.post(f"/v1/customers/acme/grants/{grant['id']}/reverse", {"amount": "1.00"})
+            before = _views(tt)
+        capsys.readouterr()
+        assert main(["migrate", "--to", "0047"]) == 0
+        assert capsys.readouterr().out.strip() == "migrated to 0047"
+        assert main(["migrate"]) == 0
+        assert capsys.readouterr().out.strip() == f"migrated to {runner.head_revision()}"
+        with live_server(url, admin=ADMIN) as base, Client(base, ADMIN) as tt:
+            assert _views(tt) == before
+            held = tt.post("/v1/reservations", {"customer_id": "acme", "request_id": "after-round-trip",
+                                                "model": "model-a",
+                                                "estimate": {"input_tokens": 1000, "max_output_tokens": 500}})
+            tt.settle(held["id"], usage={"input_tokens": 1000, "output_tokens": 400})
+        assert main(["audit", "verify"]) == 0, capsys.readouterr().out
