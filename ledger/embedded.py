@@ -323,8 +323,8 @@ def _log_size(pgdata: Path) -> dict[Path, int]:
 def _last_log_line(pgdata: Path, since: dict[Path, int] | None = None) -> str:
     """The reason the server log gives, from what was written to it since `since` (the sizes
     before this start): the logs are kept long, and their last FATAL line may be a crash's of long
-    before. A FATAL line in `log`, else in the collector's file (the postmaster failed once it
-    ran: recovery), else the last line of `log`."""
+    before. A FATAL (or PANIC) line in `log`, else in the collector's file (the postmaster failed
+    once it ran: recovery), else the last line of `log`."""
     found: list[list[str]] = []
     for path in _logs(pgdata):
         try:
@@ -334,7 +334,7 @@ def _last_log_line(pgdata: Path, since: dict[Path, int] | None = None) -> str:
         except OSError:
             found.append([])
     for lines in found:
-        fatal = next((line for line in reversed(lines) if "FATAL" in line), None)
+        fatal = next((line for line in reversed(lines) if "FATAL" in line or "PANIC:" in line), None)
         if fatal is not None:
             return fatal
     return found[0][-1] if found and found[0] else NO_LOG

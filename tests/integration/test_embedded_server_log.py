@@ -62,3 +62,28 @@ def test_a_cluster_made_before_the_collector_gets_it_at_its_next_start():
     finally:
         cluster.stop()
         where.cleanup()
+
+
+def test_a_start_that_fails_once_the_collector_runs_says_the_reason_from_its_file():
+    """The WAL gone: the startup process fails after the logging collector took the log over, so
+    the reason is in pg_log's file, not in `log` (whose last line then is "Future log output will
+    appear in directory \"pg_log\"", which the start said): the start says the PANIC line from
+    there. (Before the collector the same start said `log`'s last line, "database system is shut
+    down": a PANIC line was not taken for a reason.)"""
+    where = tempfile.TemporaryDirectory(prefix="tokentill-server-log-")
+    pgdata = Path(where.name) / "pg"
+    try:
+        embedded.start(pgdata).stop()
+        for segment in (pgdata / "pg_wal").iterdir():
+            if segment.is_file():
+                segment.unlink()
+        try:
+            embedded.start(pgdata).stop()
+        except embedded.StartFailed as exc:
+            reason = str(exc)
+        else:
+            raise AssertionError("started without its WAL")
+        assert reason.startswith(f"{pgdata.resolve()}: PostgreSQL did not start: "), reason
+        assert "PANIC:  could not locate a valid checkpoint record" in reason, reason
+    finally:
+        where.cleanup()
