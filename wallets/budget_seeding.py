@@ -1,7 +1,8 @@
 """Budget counts that come from outside a reservation's hold: what a budget made part-way through
 its window finds there, written as the window's first counts (the rule: wallets.core.budget_seeds;
 in the unit of work that makes the budget, under its lane's writer lock: no batch moves the calls
-between the read and the write), and what a re-rate moves (wallets.core.budget_rerates)."""
+between the read and the write), and what a re-rate moves (wallets.core.budget_rerates; in the
+transaction of the re-rate's adjustments)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -9,15 +10,14 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ledger.db import Database
 from wallets import store
 from wallets.core.budget_rerates import Counted, moves
 from wallets.core.budget_seeds import PastCall, seeds
 from wallets.core.budgets import window_end
+from wallets.core.commands import Command, RerateCharges
 from wallets.core.decision import OutboxEvent
 from wallets.core.rerating import charged_tokens
 from wallets.core.state import State
-from wallets.engine import Engine, customer_lock, lane_lock
 from wallets.model import Budget
 
 _OPEN = ("held", "capturing")
@@ -90,7 +90,7 @@ async def count_before(conn: AsyncConnection, lane: int, b: Budget, now: datetim
 # the adjustments of a re-rate (of one customer) and the money budget rows of the calls they correct,
 # that this re-rate has not moved yet
 _ADJUSTED = """
-SELECT a.id, a.new_amount - a.old_amount, x.budget_id, x.window_start
+SELECT a.id, a.new_amount - a.old_amount, x.budget_id, x.window_start, a.lane
   FROM charge_adjustments a
   JOIN charges c ON c.lane = a.lane AND c.id = a.charge_id
   JOIN reservation_budgets x ON x.lane = a.lane AND x.metric = 'money'
@@ -101,35 +101,27 @@ SELECT a.id, a.new_amount - a.old_amount, x.budget_id, x.window_start
  ORDER BY a.id, x.budget_id"""
 
 
-async def count_rerate(db: Database, engine: Engine, rerate_id: str) -> None:
-    """Move the money budgets' current windows by what re-rate `rerate_id` adjusted of the charges
-    they counted, one customer at a time under its lane's lock (as a budget write). Each move is
-    kept once (its row's key), so applying the re-rate again finishes what a failure left undone
-    and moves nothing twice."""
-    from wallets.service import run_once  # imported here: wallets.service imports wallets.budgets
-
-    customers = await db.read(lambda conn: conn.exec_driver_sql(
-        "SELECT DISTINCT customer_id FROM charge_adjustments WHERE rerate_id = %s ORDER BY 1", (rerate_id,)))
-    for (customer_id,) in customers.all():
-        lane = await engine.lane_of(customer_id)
-
-        async def work(conn: AsyncConnection, customer_id: str = customer_id, lane: int = lane) -> None:
-            now = engine.clock()
-            found = [Counted(int(i), int(d), b, s) for i, d, b, s in await conn.exec_driver_sql(
-                _ADJUSTED, {"rerate": rerate_id, "customer": customer_id})]
-            if not found:
-                return
-            w = (await store.load(conn, [customer_id], now=now)).wallets[customer_id]
-            done, alerts = moves(State(customer_id, None), w.budgets, found, w.customer.currency, now)
-            for m in done:
-                await conn.exec_driver_sql(
-                    """INSERT INTO reservation_budgets (lane, reservation_id, budget_id, window_start, metric, held,
-                                                        used) VALUES (%s, %s, %s, %s, 'money', 0, %s)""",
-                    (lane, m.key, m.budget_id, m.window_start, m.delta))
-                await conn.exec_driver_sql(
-                    "UPDATE budget_windows SET used = used + %s "
-                    "WHERE lane = %s AND budget_id = %s AND window_start = %s",
-                    (m.delta, lane, m.budget_id, m.window_start))
-            await alert(conn, customer_id, alerts)
-
-        await run_once(db, None, work, [lane_lock(lane), customer_lock(customer_id)])
+async def count_rerates(conn: AsyncConnection, commands: Iterable[Command], now: datetime) -> None:
+    """Move the money budgets' current windows by what the re-rate commands of a batch adjusted of
+    the charges they counted, in the batch's transaction (after its writes, under its lane's lock):
+    the adjustments and the budget moves they make land together or not at all. Each move is kept
+    once (its row's key), so applying a re-rate again also finishes what an earlier tokentill, which
+    moved them in a later transaction, left undone, and moves nothing twice."""
+    for rerate_id, customer_id in sorted({(c.rerate_id, c.customer_id) for c in commands
+                                          if isinstance(c, RerateCharges)}):
+        found = [(Counted(int(i), int(d), b, s), lane) for i, d, b, s, lane in await conn.exec_driver_sql(
+            _ADJUSTED, {"rerate": rerate_id, "customer": customer_id})]
+        if not found:
+            continue
+        lane = found[0][1]
+        w = (await store.load(conn, [customer_id], now=now)).wallets[customer_id]
+        done, alerts = moves(State(customer_id, None), w.budgets, [c for c, _ in found], w.customer.currency, now)
+        for m in done:
+            await conn.exec_driver_sql(
+                """INSERT INTO reservation_budgets (lane, reservation_id, budget_id, window_start, metric, held,
+                                                    used) VALUES (%s, %s, %s, %s, 'money', 0, %s)""",
+                (lane, m.key, m.budget_id, m.window_start, m.delta))
+            await conn.exec_driver_sql(
+                "UPDATE budget_windows SET used = used + %s WHERE lane = %s AND budget_id = %s AND window_start = %s",
+                (m.delta, lane, m.budget_id, m.window_start))
+        await alert(conn, customer_id, alerts)

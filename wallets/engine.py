@@ -37,6 +37,7 @@ from pricing.errors import PricingError
 from wallets import store
 from wallets.batch import Batch, billing_period
 from wallets.books import BookCache
+from wallets.budget_seeding import count_rerates
 from wallets.commands import (
     ClosePeriod,
     Command,
@@ -475,6 +476,7 @@ class Engine:
         if (deliver := _DELIVER.get()) is not None:
             deliver()  # the previous batch's answers: their callers run while this write does
         await batch.write(conn)
+        await count_rerates(conn, commands, now)  # the money budgets that counted the charges a re-rate corrected
         await self._fold_if_due(conn, batch.rows)
         marks.append(time.perf_counter())
         return outcomes

@@ -23,7 +23,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ledger.db import Database
 from pricing.money import format_money
 from wallets.books import BookCache
-from wallets.budget_seeding import count_rerate
 from wallets.core.billing import as_issued
 from wallets.core.commands import RerateCharges
 from wallets.core.rerate_true_ups import KIND as TRUE_UP
@@ -204,7 +203,6 @@ async def apply(db: Database, engine: Engine, spec: RerateSpec, idempotency_key:
                 log.error("re-rating %s %s failed: %s", command.customer_id, command.period, outcome)
                 errors.append({"customer_id": command.customer_id, "period": command.period,
                                "code": getattr(outcome, "code", "error"), "detail": str(outcome)})
-    await count_rerate(db, engine, rerate_id)  # the money budgets that counted the corrected charges
     return {**await db.read(lambda conn: applied(conn, rerate_id)), "errors": errors}
 
 

@@ -83,3 +83,50 @@ async def test_an_upward_rerate_alerts_the_thresholds_it_passes(fresh_db) -> Non
         "AND topic = 'budget.threshold_crossed' ORDER BY id"), {"c": cid}))
     assert [tuple(r) for r in rows] == [("85", "10.01"), ("100", "10.01")]
     await verified(bk)
+
+
+async def test_a_rerate_whose_budget_move_fails_writes_neither_and_applying_it_again_moves_both(fresh_db) -> None:
+    # the budget moves are part of the adjustments' transaction: a failure between the two (here the
+    # database refusing the re-rate row, as a crash would leave it) leaves no adjustment behind whose
+    # budget did not move; a $10.01 call re-rated to $8.01 stayed 10.01 in the window with the -2.00
+    # adjustment posted, until the same re-rate was applied again
+    bk = BillingKit(fresh_db)
+    await bk.add_book(V1)
+    cid = await bk.customer("rf", book="fix")
+    await bk.top_up(cid, "100.00")
+    made = await bk.service.budgets.create(BudgetSpec(customer_id=cid, window="month", metric="money",
+                                                      limit=units("15.00")))
+    rid = await bk.reserve(cid, "model-a", "12.00")
+    await bk.settle(cid, rid, 1_000_000, 0)  # $10.01
+    await bk.add_book(V2)
+
+    async def refuse(conn) -> None:
+        await conn.execute(text("""CREATE FUNCTION refuse_rerate_rows() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN RAISE EXCEPTION 'crash between the adjustments and the budgets'; END $$"""))
+        await conn.execute(text("""CREATE TRIGGER refuse_rerate_rows BEFORE INSERT ON reservation_budgets
+            FOR EACH ROW WHEN (NEW.reservation_id LIKE 'rerate:%') EXECUTE FUNCTION refuse_rerate_rows()"""))
+
+    await bk.db.run(refuse)
+    try:
+        await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    except Exception:  # the failure may be raised or listed: what landed is what counts
+        pass
+
+    async def posted(conn) -> int:
+        return (await conn.execute(text("SELECT count(*) FROM charge_adjustments WHERE customer_id = :c"),
+                                   {"c": cid})).scalar_one()
+
+    assert await bk.db.read(posted) == 0  # nothing of the re-rate landed: its budget move could not
+    assert (await bk.service.budgets.get(made.budget.id)).used == units("10.01")
+    await verified(bk)
+
+    async def allow(conn) -> None:
+        await conn.execute(text("DROP TRIGGER refuse_rerate_rows ON reservation_budgets"))
+
+    await bk.db.run(allow)
+    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    assert done["delta"] == "-2.00" and done["errors"] == []
+    assert await bk.db.read(posted) == 1
+    assert (await bk.service.budgets.get(made.budget.id)).used == units("8.01")
+    await verified(bk)
+
