@@ -45,7 +45,7 @@ from wallets.core.decision import (
 )
 from wallets.core.idempotency import Replayed
 from wallets.core.rating import billing_period
-from wallets.core.state import InvoiceDue, Unapplied
+from wallets.core.state import InvoiceDue, RulePaid, Unapplied
 from wallets.errors import ConflictError
 from wallets.model import BudgetHold, Hold, Lot, Reservation
 
@@ -88,9 +88,8 @@ class Batch:
     corrections: dict[str, tuple[Unapplied, ...]] = field(default_factory=dict)  # customer -> re-rates' (closes)
     cash: dict[str, int] = field(default_factory=dict)  # customer -> its net cash in (cash refunds)
     refunds: dict[tuple[str, str], Any] = field(default_factory=dict)  # (customer, reference) -> RefundOnRecord
-    # closes: (customer, period) -> rule id -> (charge id, account, amount) that paid what it rated
-    rule_funding: dict[tuple[str, str], dict[str, tuple[tuple[int, str | None, int], ...]]] = field(
-        default_factory=dict)
+    # closes: (customer, period) -> rule id -> (charge id, account, amount, ...) that paid what it rated
+    rule_funding: dict[tuple[str, str], dict[str, tuple[RulePaid, ...]]] = field(default_factory=dict)
     entry_ids: list[int] = field(default_factory=list)  # the entries' ids (given by flush), in order
     posting: PreparedPost | None = None  # the entries' ledger_post call (made by flush)
     pinned: dict[int, PriceBook | None] = field(default_factory=dict)  # id(command) -> its usage time's book

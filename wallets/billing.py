@@ -179,7 +179,7 @@ async def upcoming(conn: AsyncConnection, customer_id: str, now: datetime, books
     # what paid the charges each volume-tiered rule rated: a true-up's money back goes there
     funding = {(c.id, label): await store.rule_funding(conn, c.id, period_named(label, c.cycle))
                for label in rollups}
-    payers = {a for rules in funding.values() for paid in rules.values() for _, a, _ in paid if a}
+    payers = {a for rules in funding.values() for paid in rules.values() for _, a, *_ in paid if a}
     await store.load_payers(conn, w, payers, now)
     state = State(c.id, w, rollups={c.id: rollups}, unapplied={c.id: credits}, rule_funding=funding)
     rollup, opening, parts = upcoming_invoice(state, period, now, book)

@@ -571,7 +571,7 @@ async def _load_billing(conn: AsyncConnection, batch: Batch, commands: Sequence[
             if (w := batch.loaded.wallets.get(cid)) is not None:
                 found = batch.rule_funding[(cid, label)] = await store.rule_funding(
                     conn, cid, period_named(label, w.customer.cycle))
-                await store.load_payers(conn, w, {a for paid in found.values() for _, a, _ in paid if a}, now)
+                await store.load_payers(conn, w, {a for paid in found.values() for _, a, *_ in paid if a}, now)
         batch.invoices.update(await store.load_open_invoices(conn, [c.customer_id for c in closes]))
     paid = [c.invoice_id for c in commands if isinstance(c, PayInvoice)]
     if paid:

@@ -5,15 +5,19 @@ revoked again, an expired one's goes to breakage), then what is owed, and only t
 credit (a paid lot)."""
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from decimal import ROUND_CEILING, Decimal
+from typing import Any
 
+from pricing.books import per_units
+from pricing.money import per_amount, pricing_context
 from wallets import chart
 from wallets.core.commands import TOPUP_PRIORITY
 from wallets.core.credits import opened_lot
 from wallets.core.decision import LotOpened
 from wallets.core.legs import Legs
-from wallets.core.state import State
+from wallets.core.state import RulePaid, State
 from wallets.model import Wallet, consumption_key
 
 
@@ -26,13 +30,14 @@ def last_consumed_first(w: Wallet) -> Callable[[str], tuple[int, str]]:
 
 def share(shares: dict[str, int], taken: dict[tuple[int, str], int], paid: Mapping[tuple[int, str], int],
           need: int, receivable: str, order: Callable[[str], tuple[int, str]],
-          room: dict[str, int] | None = None) -> None:
+          room: dict[str, int] | None = None) -> int:
     """Adds to `shares` what of `need` back goes to each lot that paid the charges of `paid`
     ((charge id, account) -> what that account paid of it), the last consumed first, up to what it
     paid of each charge less what earlier corrections took back of that charge (`taken`, which it
     updates: a charge two rules rated gives back what it paid once, charges of other rules are not
     counted against it) and, with `room` (which it updates), what the lot has left in them all
-    after corrections already posted; and to the receivable all it paid (what is owed bounds it later)."""
+    after corrections already posted; and to the receivable all it paid (what is owed bounds it later).
+    Returns what of `need` no lot took."""
     left: dict[str, list[tuple[tuple[int, str], int]]] = {}
     for key, amount in sorted(paid.items()):
         if key[1] == receivable:
@@ -48,6 +53,32 @@ def share(shares: dict[str, int], taken: dict[tuple[int, str], int], paid: Mappi
                 shares[account] = shares.get(account, 0) + part
                 taken[key] = taken.get(key, 0) + part
                 need -= part
+    return need
+
+
+def each_charge_first(shares: dict[str, int], taken: dict[tuple[int, str], int], line: Mapping[str, Any],
+                       paid: Sequence[RulePaid], receivable: str, order: Callable[[str], tuple[int, str]]) -> int:
+    """Of a true-up line's money back, what each charge of its rule was overcharged (its units at
+    the tier reached cost less than graduated rating charged them) goes to the lots that paid that
+    charge, the last consumed first (`share`): a lot that paid the early, dearer units
+    gets their difference, not the whole true-up because it was consumed last. Returns what is
+    left, shared over all the rule's charges as before (rounding, a re-rated charge's)."""
+    need = -line["amount_units"]
+    lots: dict[int, dict[tuple[int, str], int]] = {}
+    over: dict[int, int] = {}
+    for charge, account, amount, units, charged in paid:
+        if account is not None and account != receivable:
+            lots.setdefault(charge, {})[(charge, account)] = amount
+        if units is not None and charged is not None and line.get("unit_price") is not None:
+            with pricing_context():
+                cost = per_amount(units * Decimal(line["unit_price"]), per_units(line["token_type"]))
+                cost = cost.scaleb(chart.ASSET_SCALE)
+            over[charge] = charged - int(cost.to_integral_value(rounding=ROUND_CEILING))
+    for charge in sorted(lots):
+        part = min(need, over.get(charge, 0))
+        if part > 0:
+            need -= part - share(shares, taken, lots[charge], part, receivable, order)
+    return need
 
 
 def give_back(state: State, w: Wallet, shares: dict[str, int], back: int, now: datetime, reference: str,

@@ -58,6 +58,11 @@ class RefundOnRecord:
     lots: tuple[tuple[str, int], ...]  # (lot id, amount) it was taken from
 
 
+# (charge id, account (None: the receivable, funding not recorded), amount it paid, the rule's
+# units and amount at the book's price on the charge (None once a re-rate moved it))
+RulePaid = tuple[int, str | None, int, int | None, int | None]
+
+
 class State(msgspec.Struct, frozen=True):
     """An immutable msgspec Struct (the shell builds one per command, and one more for its alerts
     when one is due): a frozen dataclass of its eleven fields then took ~2 µs to build, in Python."""
@@ -83,9 +88,9 @@ class State(msgspec.Struct, frozen=True):
     # (customer, reference) -> the cash refund of overpaid credit posted under it (cash refunds)
     refunds: Mapping[tuple[str, str], RefundOnRecord] = msgspec.field(default_factory=dict)
     # (customer, period) -> rule id -> what paid the charges of the period's own usage it rated,
-    # by charge and account (closes: money their volume true-up gives back goes there)
-    rule_funding: Mapping[tuple[str, str], Mapping[str, tuple[tuple[int, str | None, int], ...]]] = (
-        msgspec.field(default_factory=dict))
+    # by charge and account, with the rule's units and amount on the charge (store.rule_funding;
+    # closes: money their volume true-up gives back goes there)
+    rule_funding: Mapping[tuple[str, str], Mapping[str, tuple[RulePaid, ...]]] = msgspec.field(default_factory=dict)
     ids: Callable[[str], str] = new_id
 
     def require_wallet(self) -> Wallet:

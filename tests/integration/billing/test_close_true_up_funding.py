@@ -167,3 +167,27 @@ async def test_a_close_s_true_up_gives_nothing_back_to_what_paid_a_late_charge_o
     november = [i for i in await bk.invoices(cid) if i["period"]["label"] == "2026-11"]
     assert [ln["amount"] for ln in november[0]["lines"] if ln["kind"] == "volume_true_up"] == ["-1.00"]
     await verified(bk)
+
+
+async def test_a_close_s_true_up_gives_each_charge_s_payers_what_that_charge_was_overcharged(fresh_db) -> None:
+    """A $1.20 top-up pays the 60,000 tokens of the 5th ($1.20: the top-up is spent); a $5.00 grant
+    (the 6th) pays the 70,000 of the 20th ($1.10, $3.90 left). At the tier reached ($10/M) the first
+    charge costs $0.60 and the second $0.70: of the $1.00 back, $0.60 goes to the top-up, $0.40 to
+    the grant ($0.60 and $4.30). Before, the top-up (consumed last) took the whole $1.00: $0.40 of
+    what the promotion overpaid became paid (refundable) credit."""
+    bk = BillingKit(fresh_db)
+    await bk.add_book(V1)
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("per-charge", book="vol")
+    top_up = await bk.top_up(cid, "1.20")
+    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 60_000)
+    bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
+    grant = await bk.grant(cid, "5.00")
+    bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 70_000)
+    assert await _lots(bk, cid) == [("grant", 390 * CENT)]
+    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    lots = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants if g.remaining}
+    assert lots == {top_up.grant.id: ("topup", 60 * CENT), grant.grant.id: ("grant", 430 * CENT)}
+    await verified(bk)
