@@ -38,6 +38,12 @@ SELECT c.event_id, c.model, c.dimensions, c.occurred_at, c.charged, c.usage, c.l
   FROM charges c
  WHERE c.lane = %(lane)s AND c.customer_id = %(customer)s AND c.event_id IS NOT NULL
    AND c.occurred_at >= %(start)s AND c.occurred_at < %(end)s"""
+# the re-rates of the customer's charges (a money budget counts each call as they left it)
+_ADJUSTMENTS = """
+SELECT coalesce(c.reservation_id, 'event:' || c.event_id), a.id, a.new_amount - a.old_amount
+  FROM charge_adjustments a JOIN charges c ON c.lane = a.lane AND c.id = a.charge_id
+ WHERE a.customer_id = %(customer)s AND a.lane = %(lane)s
+ ORDER BY a.id"""
 
 
 async def alert(conn: AsyncConnection, customer_id: str, events: Iterable[OutboxEvent]) -> None:
@@ -61,6 +67,10 @@ async def count_before(conn: AsyncConnection, lane: int, b: Budget, now: datetim
         tzinfo=start.tzinfo)}
     tokens = b.metric in _TOKENS
     calls: list[PastCall] = []
+    adjusted: dict[str, list[tuple[int, int]]] = {}
+    if b.metric == "money":
+        for key, adjustment_id, delta in await conn.exec_driver_sql(_ADJUSTMENTS, params):
+            adjusted.setdefault(key, []).append((int(adjustment_id), int(delta)))
     rows = await conn.exec_driver_sql(_RESERVATIONS.format(tokens=_CHARGE_USAGE if tokens else "NULL"), params)
     for rid, model, dimensions, at, status, left, charged, captures, usages in rows:
         counts: dict[str, int] = {}
@@ -69,10 +79,12 @@ async def count_before(conn: AsyncConnection, lane: int, b: Budget, now: datetim
                 counts[kind] = counts.get(kind, 0) + n
         is_open = status in _OPEN
         calls.append(PastCall(rid, model, dimensions or {}, at, int(left) if is_open else 0, int(charged), counts,
-                              int(captures), is_open, is_open or status == "expired"))
+                              int(captures), is_open, is_open or status == "expired",
+                              tuple(adjusted.get(rid, ()))))
     for event_id, model, dimensions, at, charged, usage, lines in await conn.exec_driver_sql(_EVENTS, params):
         calls.append(PastCall(f"event:{event_id}", model, dimensions or {}, at, 0, int(charged),
-                              charged_tokens(usage, lines) if tokens else {}, 1, False, False))
+                              charged_tokens(usage, lines) if tokens else {}, 1, False, False,
+                              tuple(adjusted.get(f"event:{event_id}", ()))))
     start, rows_of = seeds(b, calls, now) or (start, [])
     if not rows_of:
         return

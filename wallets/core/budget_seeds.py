@@ -6,7 +6,9 @@ through; now it counts the $9. Each call whose hold may still move (an open rese
 expired one, which takes a late settle) gets its own row, so that its settle, release or expiry
 moves the new budget as it moves the others; the closed calls and usage events are one row
 (`before:<budget id>`), so that a lifetime budget over a long history writes two rows, not one per
-call. The window row is the sum of those rows, as `verify` rebuilds it.
+call. The window row is the sum of those rows, as `verify` rebuilds it. A money budget counts each
+call as the re-rates made before it left it (a closed call's difference in the `before:` row, a
+movable call's as a `rerate:<adjustment id>` row beside its own, as a re-rate writes them).
 
 Only calendar windows and the lifetime are counted: a rolling minute forgets in a minute what it
 would find, and a per-request cap counts one hold. In a token budget a hold open when it is made
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from wallets.core.budget_rerates import key_of
 from wallets.core.budgets import actual_quantity, matches, window_start
 from wallets.model import Budget
 
@@ -28,7 +31,8 @@ class PastCall:
     """A reservation or a usage event of the customer, as the window counted it: `key` is the
     reservation's id (or `event:<id>`), `held` what its hold has left (0: closed), `charged` and
     `tokens` what its charges came to, `charges` how many there were, `open` whether it is held or
-    capturing, `movable` whether a charge may still come (open, or expired: a late settle)."""
+    capturing, `movable` whether a charge may still come (open, or expired: a late settle),
+    `adjusted` the re-rates of its charges so far: (adjustment id, difference), in order."""
 
     key: str
     model: str
@@ -40,6 +44,7 @@ class PastCall:
     charges: int
     open: bool
     movable: bool
+    adjusted: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,10 +72,13 @@ def seeds(b: Budget, calls: Iterable[PastCall], now: datetime) -> tuple[datetime
         if window_start(b, call.at) != start or not matches(b, call.model, call.dimensions):
             continue
         held, used = _counts(b.metric, call)
-        if call.movable:
+        # a money budget counts a call as its re-rates left it, as one made before them was moved
+        moved = [(i, d) for i, d in call.adjusted if d] if b.metric == "money" else []
+        if call.movable:  # its own row is what it was charged; each re-rate one row beside it
             rows.append(Seed(call.key, held, used))
-        elif used:
-            before = Seed(before.key, 0, before.used + used)
+            rows += [Seed(key_of(i), 0, d) for i, d in moved]
+        elif used + sum(d for _, d in moved):
+            before = Seed(before.key, 0, before.used + used + sum(d for _, d in moved))
     return start, [*rows, *([before] if before.used else [])]
 
 

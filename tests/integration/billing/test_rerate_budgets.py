@@ -130,3 +130,22 @@ async def test_a_rerate_whose_budget_move_fails_writes_neither_and_applying_it_a
     assert (await bk.service.budgets.get(made.budget.id)).used == units("8.01")
     await verified(bk)
 
+
+async def test_a_budget_made_after_a_rerate_counts_the_charges_as_corrected(fresh_db) -> None:
+    # a call charged $10.01 under v1 and re-rated to $8.01 (1M input tokens at $8/M + $0.01) before
+    # the month's $15.00 hard budget was made: the budget counted the $10.01 first charged, so it
+    # refused a $6.99 hold that a budget made before the re-rate takes
+    bk = BillingKit(fresh_db)
+    await bk.add_book(V1)
+    cid = await bk.customer("ra", book="fix")
+    await bk.top_up(cid, "100.00")
+    closed = await bk.reserve(cid, "model-a", "12.00")
+    await bk.settle(cid, closed, 1_000_000, 0)  # $10.01, closed: counted in the budget's before: row
+    await bk.add_book(V2)
+    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    assert done["delta"] == "-2.00" and done["errors"] == []
+    made = await bk.service.budgets.create(BudgetSpec(customer_id=cid, window="month", metric="money",
+                                                      limit=units("15.00")))
+    assert (await bk.service.budgets.get(made.budget.id)).used == units("8.01")
+    await bk.reserve(cid, "model-a", "6.99")  # to the limit exactly
+    await verified(bk)
