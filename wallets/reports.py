@@ -197,10 +197,11 @@ _DAY = timedelta(days=1)
 def _rollup_level(group_by: list[str]) -> int | None:
     """The rollup rows that answer these groups exactly (those rolled up over the parts of the
     line key the groups leave out: each counts every charge with a line under it once), None
-    when a group is a usage dimension, which only the charges know."""
+    when a group is a usage dimension, which only the charges know. The rows are always by
+    token type, as the report is (`unit_groups`; the rollups keep levels 0-3, migration 0056)."""
     if not set(group_by) <= ROLLED.keys():
         return None
-    return sum(bit for part, bit in _LINE_KEY.items() if part not in group_by)
+    return sum(bit for part, bit in _LINE_KEY.items() if part not in unit_groups(group_by))
 
 
 def _midnight(at: datetime) -> datetime:

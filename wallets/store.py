@@ -826,10 +826,12 @@ _LEGACY_IDEMPOTENCY = """INSERT INTO idempotency_keys (scope, key, request_hash,
                       request_hash text, status smallint, response jsonb)"""
 
 
-# The usage report's figures of some charges (`source`), per customer, UTC day, model and price
-# version, and per every subset of the line key (level: a bit per part left out, 4 token type,
-# 2 kind, 1 rule; 7 whole charges), by the report's own expressions (wallets/reports.py). The
-# rollups hold it for every charge folded (migration 0026: `wallets_fold_usage`).
+# The usage report's figures of some charges (`source`), per customer, UTC day, model, price
+# version and token type, and per every subset of the rest of the line key (level: a bit per part
+# left out, 2 kind, 1 rule; 3 every line of a token type), by the report's own expressions
+# (wallets/reports.py). The report always groups by token type (`reports.unit_groups`), so the
+# levels that leave it out (4-7) are neither kept nor read (migration 0056). The rollups hold it
+# for every charge folded (migration 0026: `wallets_fold_usage`).
 USAGE_AGGREGATE = """
 SELECT c.customer_id, (c.occurred_at AT TIME ZONE 'UTC')::date AS day, c.model, c.price_version,
        l ->> 'token_type' AS token_type, l ->> 'kind' AS kind, l ->> 'rule_id' AS rule_id,
@@ -837,8 +839,8 @@ SELECT c.customer_id, (c.occurred_at AT TIME ZONE 'UTC')::date AS day, c.model, 
        sum((l ->> 'quantity')::bigint)::numeric AS quantity, sum((l ->> 'amount_units')::numeric) AS amount,
        count(DISTINCT c.id) AS charges
   FROM {source} c CROSS JOIN LATERAL jsonb_array_elements(c.lines) l
- GROUP BY c.customer_id, (c.occurred_at AT TIME ZONE 'UTC')::date, c.model, c.price_version,
-          CUBE (l ->> 'token_type', l ->> 'kind', l ->> 'rule_id')"""
+ GROUP BY c.customer_id, (c.occurred_at AT TIME ZONE 'UTC')::date, c.model, c.price_version, l ->> 'token_type',
+          CUBE (l ->> 'kind', l ->> 'rule_id')"""
 USAGE_KEY = "customer_id, day, level, model, price_version, token_type, kind, rule_id"
 
 

@@ -123,13 +123,13 @@ def test_the_report_equals_the_raw_charges_for_any_grouping_and_range(loop_db, d
 def test_the_plan_reads_whole_utc_days_from_the_rollups_and_only_the_edges_raw():
     noon, day = START + timedelta(hours=12), timedelta(days=1)
     level, days, raw = reports.usage_plan(noon, noon + 3 * day, ["model"])
-    assert (level, days) == (7, ((START + day).date(), (START + 3 * day).date()))
+    assert (level, days) == (3, ((START + day).date(), (START + 3 * day).date()))  # by token type too
     assert raw == [(noon, START + day), (START + 3 * day, noon + 3 * day)]
     assert reports.usage_plan(START, START + 2 * day, ["token_type", "kind", "rule_id"]) == (
         0, (START.date(), (START + 2 * day).date()), [])
-    assert reports.usage_plan(None, None, []) == (7, (None, None), [])
+    assert reports.usage_plan(None, None, []) == (3, (None, None), [])
     assert reports.usage_plan(None, START, ["day", "model", "token_type"]) == (3, (None, START.date()), [])
-    assert reports.usage_plan(START, None, ["rule_id"])[0] == 6
+    assert reports.usage_plan(START, None, ["rule_id"])[0] == 2
     assert reports.usage_plan(START, START + day, ["feature", "model"]) == (None, None, [(START, START + day)])
     assert reports.usage_plan(noon, noon + day, ["model"]) == (None, None, [(noon, noon + day)])  # no whole day
 
@@ -140,7 +140,7 @@ async def test_verify_finds_a_rollup_that_differs_from_the_charges(kit: Kit):
     assert await fold(kit.db, cid) >= 1
     assert (await kit.verify()).ok
     await kit.db.run(lambda conn: conn.execute(text(
-        "UPDATE usage_rollups SET amount = amount + 1 WHERE customer_id = :c AND level = 7"), {"c": cid}))
+        "UPDATE usage_rollups SET amount = amount + 1 WHERE customer_id = :c AND level = 3"), {"c": cid}))
     report = await kit.db.read(lambda conn: verify(conn, WALLET_CHECKS))
     failed = [c for c in report.checks if not c.ok]
     assert [c.name for c in failed] == ["usage_rollups"], failed
@@ -279,4 +279,71 @@ async def test_the_fold_reads_only_the_queued_charges_of_a_customer_with_many(ki
         return count, await _scalar(conn, read) - before
 
     assert await kit.db.run(folded_reading) == (5, 5)
+    assert (await kit.verify()).ok
+
+
+async def _levels(db, cid: str) -> list[tuple[int, str | None, str | None, str | None, int]]:
+    return [tuple(r) for r in await db.read(lambda conn: conn.execute(text(
+        "SELECT level, token_type, kind, rule_id, charges FROM usage_rollups WHERE customer_id = :c "
+        "ORDER BY level, token_type, kind, rule_id"), {"c": cid}))]
+
+
+async def test_a_fold_keeps_only_the_levels_that_keep_the_token_type(kit: Kit):
+    """The report always groups by token type (`unit_groups`), so it reads levels 0-3 only: a
+    charge with an input and an output line folds into 2 rows at each of those 4 levels (8 rows),
+    not also the 6 rows that leave the token type out (1 + 2 + 2 + 1 at levels 4-7: 14 in all)."""
+    cid = await kit.customer("levels", billing="postpaid", overdraft=None)
+    await kit.usage_event(cid, "e1", input_tokens=1000, output_tokens=500, at=T0)
+    await kit.usage_event(cid, "e2", input_tokens=10, output_tokens=1, at=T0 + timedelta(hours=1))
+    assert await fold(kit.db, cid) == 2
+    want = [(level, tt, None if level & 2 else "usage", None if level & 1 else rule, 2)
+            for level in range(4) for tt, rule in (("input", "x-in"), ("output", "x-out"))]
+    assert await _levels(kit.db, cid) == want
+    assert (await kit.verify()).ok
+    for group_by in (["model"], [], ["kind"], ["rule_id", "day"]):
+        got = await kit.db.read(lambda conn, g=group_by: reports.usage(conn, cid, START, START + timedelta(days=2), g))
+        want_rows = await kit.db.read(lambda conn, g=group_by: _raw(conn, cid, START, START + timedelta(days=2), g))
+        assert got["rows"] == want_rows, group_by
+
+
+async def test_the_rollups_refuse_a_row_without_its_token_type(kit: Kit):
+    """No rollup row may leave the token type out (levels 4-7): a report never reads one, so one
+    written by hand could only go stale; the database refuses it (raw SQL)."""
+    cid = await kit.customer("nolevel4", billing="postpaid", overdraft=None)
+    for level in (4, 7):
+        with pytest.raises(DBAPIError, match="usage_rollups_level_check"):
+            await kit.db.run(lambda conn, lv=level: conn.execute(text(
+                "INSERT INTO usage_rollups (lane, customer_id, day, level, model, price_version, token_type, kind, "
+                "rule_id, quantity, amount, charges) VALUES (ledger_lane(:c), :c, '2026-11-23', :lv, 'model-x', 1, "
+                "NULL, NULL, NULL, 1, 1, 1)"), {"c": cid, "lv": lv}))
+
+
+async def test_the_migration_drops_the_unread_levels_and_its_downgrade_restores_them(kit: Kit, scratch_url: str):
+    cid = await kit.customer("relevel", billing="postpaid", overdraft=None)
+    await kit.usage_event(cid, "e1", input_tokens=1000, output_tokens=500, at=T0)
+    await kit.usage_event(cid, "e2", input_tokens=7, output_tokens=3, at=T0 + timedelta(days=1))
+    await fold(kit.db, cid)
+    await kit.usage_event(cid, "e3", input_tokens=5, output_tokens=5, at=T0)  # queued at the downgrade
+    engine = create_engine(sync_url(scratch_url))
+    try:
+        with engine.connect() as conn:
+            config = runner.alembic_config()
+            config.attributes["connection"] = conn
+            command.downgrade(config, "0055")
+            conn.commit()
+            counts = conn.execute(text("SELECT day::text, level, charges FROM usage_rollups WHERE customer_id = :c "
+                                       "AND level >= 4 ORDER BY day, level, token_type, kind, rule_id"),
+                                  {"c": cid}).all()
+            command.upgrade(config, "head")
+            conn.commit()
+            left = conn.execute(text("SELECT count(*) FROM usage_rollups WHERE level >= 4")).scalar()
+    finally:
+        engine.dispose()
+    # the 23rd: e1 and e3 (2 charges), the 24th: e2; level 4 and 6 one row per token type's rule
+    assert [tuple(r) for r in counts] == [
+        ("2026-11-23", 4, 2), ("2026-11-23", 4, 2), ("2026-11-23", 5, 2), ("2026-11-23", 6, 2),
+        ("2026-11-23", 6, 2), ("2026-11-23", 7, 2),
+        ("2026-11-24", 4, 1), ("2026-11-24", 4, 1), ("2026-11-24", 5, 1), ("2026-11-24", 6, 1),
+        ("2026-11-24", 6, 1), ("2026-11-24", 7, 1)]
+    assert left == 0
     assert (await kit.verify()).ok
