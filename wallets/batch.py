@@ -88,6 +88,7 @@ class Batch:
     corrections: dict[str, tuple[Unapplied, ...]] = field(default_factory=dict)  # customer -> re-rates' (closes)
     cash: dict[str, int] = field(default_factory=dict)  # customer -> its net cash in (cash refunds)
     refunds: dict[tuple[str, str], Any] = field(default_factory=dict)  # (customer, reference) -> RefundOnRecord
+    topups: dict[tuple[str, str], Any] = field(default_factory=dict)  # (customer, reference) -> TopUpOnRecord
     # closes: (customer, period) -> rule id -> (charge id, account, amount, ...) that paid what it rated
     rule_funding: dict[tuple[str, str], dict[str, tuple[RulePaid, ...]]] = field(default_factory=dict)
     entry_ids: list[int] = field(default_factory=list)  # the entries' ids (given by flush), in order
@@ -98,7 +99,7 @@ class Batch:
         return State(customer_id, self.loaded.wallets.get(customer_id), self.loaded.idempotency,
                      self.loaded.events, self.period_usage, self.rollups, self.invoice_seqs, self.invoices,
                      self.rerates, self.credit_note_seqs, self.unapplied,
-                     self.corrections, self.cash, self.refunds, self.rule_funding)
+                     self.corrections, self.cash, self.refunds, self.rule_funding, self.topups)
 
     def apply(self, command: Command) -> Any:
         """Decide `command` and follow the decision, then the alerts it calls for; returns its

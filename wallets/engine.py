@@ -467,6 +467,8 @@ class Engine:
         await _load_billing(conn, batch, commands, now)
         await _load_rerates(conn, batch, commands, now, self.books)
         await _load_refunds(conn, batch, commands, now)
+        batch.topups.update(await store.load_topups(
+            conn, [(c.customer_id, c.reference) for c in commands if isinstance(c, TopUp) and c.reference]))
         marks.append(time.perf_counter())
         outcomes = [self._apply(batch, command) for command in commands]
         marks.append(time.perf_counter())

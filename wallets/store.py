@@ -24,7 +24,7 @@ from ledger.db import Lead
 from ledger.lanes import lane_count, lane_of
 from ledger.model import AccountSpec
 from wallets import chart
-from wallets.core.state import InvoiceDue, RefundOnRecord, Unapplied
+from wallets.core.state import InvoiceDue, RefundOnRecord, TopUpOnRecord, Unapplied
 from wallets.model import Budget, BudgetHold, Customer, Hold, Lot, Reservation, Wallet
 from wallets.periods import Cycle, Period
 
@@ -640,6 +640,37 @@ async def load_refunds(conn: AsyncConnection, wanted: Iterable[tuple[str, str]]
     return {(cid, ref): RefundOnRecord(refund_id, int(entry_id), int(amount), reason,
                                        tuple((lot_id, int(part)) for lot_id, part in lots or ()))
             for cid, ref, refund_id, entry_id, reason, lots, amount in rows}
+
+
+async def load_topups(conn: AsyncConnection, wanted: Iterable[tuple[str, str]]
+                      ) -> dict[tuple[str, str], TopUpOnRecord]:
+    """The first top-up each customer was credited under each of these payment references, and
+    its lot as it is now. Read through the cash kinds' partial index (migration 0051): a
+    customer's top-ups, never its usage entries."""
+    pairs = sorted(set(wanted))
+    if not pairs:
+        return {}
+    lane = int(await _lane(conn, sorted({c for c, _ in pairs})) or 0)
+    rows = await conn.exec_driver_sql(
+        f"""SELECT DISTINCT ON (j.customer_id, w.ref) j.customer_id, w.ref, j.id,
+                   (SELECT sum(p.amount) FROM postings p JOIN accounts a ON a.id = p.account_id
+                     WHERE p.lane = j.lane AND p.entry_id = j.id AND a.code = %s || a.asset)::text,
+                   l.id, l.account_code, l.granted::text, l.priority, l.expires_at, l.created_at, l.reason,
+                   l.reference, (b.credits - b.debits)::text, l.expired_at IS NOT NULL
+              FROM unnest(%s::text[], %s::text[]) AS w(cid, ref)
+              JOIN journal_entries j ON j.lane = {lane} AND j.customer_id = w.cid AND j.kind = 'topup'
+                                    AND j.metadata ->> 'reference' = w.ref
+              LEFT JOIN lots l ON l.lane = j.lane AND l.id = j.metadata ->> 'lot_id'
+              LEFT JOIN account_balances b ON b.lane = l.lane AND b.account_id = l.account_id
+             ORDER BY j.customer_id, w.ref, j.id""",
+        (chart.cash_account(""), [c for c, _ in pairs], [r for _, r in pairs]))
+    found: dict[tuple[str, str], TopUpOnRecord] = {}
+    for cid, ref, entry_id, amount, lot_id, code, granted, priority, expires_at, created_at, reason, reference, \
+            balance, swept in rows:
+        lot = None if lot_id is None else Lot(lot_id, code, "topup", int(granted), priority, expires_at, created_at,
+                                              int(balance or 0), swept, reason, reference)
+        found[(cid, ref)] = TopUpOnRecord(int(entry_id), int(amount), lot)
+    return found
 
 
 async def load_openers(conn: AsyncConnection, w: Wallet, now: datetime) -> None:

@@ -292,12 +292,14 @@ CREDITED = Answer(_credit, CreditResult)
 
 
 @post("/v1/customers/{customer_id:str}/topups", guards=[require()], tags=["customers"], status_code=201,
-      **documented(404, 409, body=True, idempotent=True))
+      **documented(404, 409, body=True, replay=CreditResponse, idempotent=True))
 async def top_up(state: State, request: Request, customer_id: FromPath[str],
                  data: TopUpBody) -> Response[CreditResponse]:
     """Paid credit: a new lot (priority 100, no expiry unless given). For a prepaid customer
     it first pays off the receivable of settled usage (`applied_to_receivable`). An `amount` finer
-    than the currency's minor unit ("100.5" yen, "10.001" dollars) is 422 `invalid_amount`."""
+    than the currency's minor unit ("100.5" yen, "10.001" dollars) is 422 `invalid_amount`. A
+    payment `reference` credited before is answered again (200, nothing posted; another amount:
+    409 `idempotency_conflict`)."""
     data = shaped(data, TopUpRequest)
     command = TopUp(customer_id=customer_id, amount=amount_in(data.amount, "amount"), reference=data.reference,
                     priority=data.priority, expires_at=time_in(data.expires_at, "expires_at"),

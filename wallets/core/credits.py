@@ -36,13 +36,14 @@ from wallets.core.rating import (
 from wallets.core.results import (
     CreditResult,
     ExpiryResult,
+    LotView,
     ReversalResult,
     UsageResult,
     WalletView,
     lot_view,
     wallet_view,
 )
-from wallets.core.state import State
+from wallets.core.state import State, TopUpOnRecord
 from wallets.errors import (
     ConflictError,
     ExceedsRemainingError,
@@ -85,10 +86,27 @@ def _view_after(w: Wallet, opened: LotOpened, paid: int, now: datetime) -> tuple
     return lot, view
 
 
+def _credited_before(w: Wallet, cmd: TopUp, known: TopUpOnRecord, now: datetime) -> Decision:
+    """The top-up first credited under `cmd`'s payment reference, answered again (its lot and the
+    wallet as they are now), nothing posted; another amount under it is a conflict."""
+    if known.amount != cmd.amount:
+        raise ConflictError(f"payment {cmd.reference!r} of customer {w.customer.id} was credited with "
+                            f"{format_money(known.amount, w.customer.currency)}", reference=cmd.reference)
+    lot = w.lots.get(known.lot.code, known.lot) if known.lot is not None else None
+    grant = lot_view(lot) if lot is not None else LotView("", "topup", 0, 0, cmd.priority, None, now, "", cmd.reference)
+    granted = lot.granted if lot is not None else 0
+    result = CreditResult(grant, wallet_view(w, now), known.amount - granted, None, known.entry_id, replayed=True)
+    return Decision(Outcome(result.code, result))
+
+
 def top_up(state: State, cmd: TopUp, now: datetime, book: PriceBook | None) -> Decision:
     """Paid credit: cash in; a prepaid customer's owed receivable (settled usage, not what open
-    reservations hold on credit) is paid off first, and the rest becomes a lot."""
+    reservations hold on credit) is paid off first, and the rest becomes a lot. A payment
+    `reference` credited before is answered again (as an invoice payment's or a refund's)."""
     w = state.require_wallet()
+    known = state.topups.get((w.customer.id, cmd.reference)) if cmd.reference else None
+    if known is not None:  # the same payment recorded again: credited once
+        return _credited_before(w, cmd, known, now)
     whole_minor_units(cmd.amount, w.customer.currency)
     owed = max(0, w.receivable - (w.credit_held or 0)) if w.customer.billing == "prepaid" else 0
     paid = min(cmd.amount, owed)

@@ -128,8 +128,11 @@ class CreditResult:
     applied_to_receivable: int
     entry_key: str | None = None
     entry_id: int | None = None
+    replayed: bool = False  # its payment reference was credited before: answered again, nothing posted
 
-    code = "credited"
+    @property
+    def code(self) -> str:
+        return REPLAYED if self.replayed else "credited"
 
 
 @dataclass(slots=True)

@@ -63,6 +63,16 @@ class RefundOnRecord:
 RulePaid = tuple[int, str | None, int, int | None, int | None]
 
 
+@dataclass(frozen=True, slots=True)
+class TopUpOnRecord:
+    """The first top-up a customer was credited under a payment reference: its entry, the cash
+    it brought in, and its lot as it is now (a Lot, or None when no lot row was found)."""
+
+    entry_id: int
+    amount: int
+    lot: Any
+
+
 class State(msgspec.Struct, frozen=True):
     """An immutable msgspec Struct (the shell builds one per command, and one more for its alerts
     when one is due): a frozen dataclass of its eleven fields then took ~2 µs to build, in Python."""
@@ -91,6 +101,8 @@ class State(msgspec.Struct, frozen=True):
     # by charge and account, with the rule's units and amount on the charge (store.rule_funding;
     # closes: money their volume true-up gives back goes there)
     rule_funding: Mapping[tuple[str, str], Mapping[str, tuple[RulePaid, ...]]] = msgspec.field(default_factory=dict)
+    # (customer, reference) -> the first top-up credited under it (top-ups with a reference)
+    topups: Mapping[tuple[str, str], TopUpOnRecord] = msgspec.field(default_factory=dict)
     ids: Callable[[str], str] = new_id
 
     def require_wallet(self) -> Wallet:
