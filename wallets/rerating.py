@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.db import Database
 from pricing.money import format_money
+from wallets.billing import UNEXPECTED
 from wallets.books import BookCache
 from wallets.core.billing import as_issued
 from wallets.core.commands import RerateCharges
@@ -201,8 +202,12 @@ async def apply(db: Database, engine: Engine, spec: RerateSpec, idempotency_key:
         for command, outcome in zip(chunk, await engine.execute(chunk), strict=True):
             if isinstance(outcome, BaseException):  # this customer's period is left as it was
                 log.error("re-rating %s %s failed: %s", command.customer_id, command.period, outcome)
+                # a refusal says why; an unexpected error (a lane's lost connection, a constraint's
+                # text) only that it happened: its text, which may show internals, is in the log
+                known = isinstance(outcome, DOMAIN_ERRORS)
                 errors.append({"customer_id": command.customer_id, "period": command.period,
-                               "code": getattr(outcome, "code", "error"), "detail": str(outcome)})
+                               "code": getattr(outcome, "code", "error") if known else "internal_error",
+                               "detail": str(outcome) if known else UNEXPECTED})
     return {**await db.read(lambda conn: applied(conn, rerate_id)), "errors": errors}
 
 
