@@ -393,3 +393,34 @@ async def test_verify_names_a_folded_rollup_in_a_period_the_customer_has_nothing
     assert list(found) == ["period_rollups"], found
     assert [p for p in found["period_rollups"] if "2026-07" in p and "2026-11" in p and f"customer {cid}" in p], found
     assert await failed_checks(bk) == {}
+
+
+async def _counter(bk: BillingKit, cid: str, rule: str) -> object:
+    return await bk.db.read(lambda conn: _scalar(
+        conn, "SELECT quantity FROM usage_counters WHERE customer_id = :c AND period = '2026-11' AND rule_id = :r",
+        c=cid, r=rule))
+
+
+async def test_a_counter_moved_down_by_a_delta_after_its_fold_folds_to_what_is_left(bk: BillingKit) -> None:
+    """A free allowance's counter folded at $1.00 (10^9 units), then a re-rate's move of -$0.60
+    queued (the call now takes $0.40 of it): the fold upserted the delta's sum, -6 * 10^8, as the
+    row it proposes, which PostgreSQL checks (quantity >= 0) before ON CONFLICT adds it to the
+    folded row, so the fold failed, and with it every later fold of the lane and every batch of
+    the lane that reached the fold's threshold (500 on its usage events) for good. Now the
+    counter folds to 4 * 10^8; a move down of a counter with nothing folded still fails."""
+    cid = await bk.customer("given-back", billing_mode="postpaid")
+    rule = "allowance:free-5"
+    await bk.db.run(lambda conn: conn.execute(text(DELTA), delta(cid, books=["seed"], rules=[rule],
+                                                                   counts=[1_000_000_000])))
+    await fold(bk, cid)
+    assert await _counter(bk, cid, rule) == 1_000_000_000
+    await bk.db.run(lambda conn: conn.execute(text(DELTA), delta(cid, books=["seed"], rules=[rule],
+                                                                   counts=[-600_000_000])))
+    await fold(bk, cid)
+    assert await _counter(bk, cid, rule) == 400_000_000
+    assert await count(bk, "period_deltas", cid) == 0
+    await bk.db.run(lambda conn: conn.execute(text(DELTA), delta(cid, books=["seed"], rules=["allowance:none"],
+                                                                   counts=[-1])))
+    with pytest.raises(DBAPIError, match="allowance:none would go below 0"):
+        await fold(bk, cid)
+    assert await _counter(bk, cid, "allowance:none") is None
