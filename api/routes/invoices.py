@@ -205,7 +205,7 @@ async def rendered(media: str, document: dict[str, Any]) -> Response[Any]:
 
 
 @post("/v1/invoices/{invoice_id:str}/payments", guards=[require("admin")], tags=["invoices"], status_code=201,
-      **documented(404, 409, body=True, idempotent=True))
+      **documented(404, 409, body=True, replay=PaymentResponse, idempotent=True))
 async def pay_invoice(state: State, request: Request, invoice_id: FromPath[str],
                       data: PayInvoiceBody) -> Response[PaymentResponse]:
     """Record a payment of the invoice's amount due: cash in, the customer's receivable down, as

@@ -59,7 +59,7 @@ REFUNDED = Answer(_refund, RefundResult)
 
 
 @post("/v1/customers/{customer_id:str}/refunds", guards=[require()], tags=["customers"], status_code=201,
-      **documented(404, 409, body=True, idempotent=True))
+      **documented(404, 409, body=True, replay=RefundResponse, idempotent=True))
 async def refund_credit(state: State, request: Request, customer_id: FromPath[str],
                         data: RefundCreditBody) -> Response[RefundResponse]:
     """Pay back in cash (part of) the customer's overpaid credit: what a re-rate, a volume
