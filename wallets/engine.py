@@ -644,9 +644,9 @@ async def rerate_input(conn: AsyncConnection, books: BookCache, cmd: RerateCharg
     billed_in = sorted({r["billed_in"] for r in rows if r["billed_in"] is not None})
     invoices = await store.finalized_invoices(conn, cmd.customer_id, billed_in)
     true_ups = await store.true_ups_posted(conn, cmd.customer_id, period.label) if period.label in invoices else {}
-    given = await store.given_back(conn, cmd.customer_id, period.label) if rows else {}
+    left = await store.paid_left(conn, cmd.customer_id, period) if rows else {}
     return RerateInput(version, tuple(_on_record(r) for r in rows), invoices, overrides, period.label, book, true_ups,
-                       given)
+                       left)
 
 
 def _on_record(r: dict[str, Any]) -> ChargeOnRecord:

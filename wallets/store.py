@@ -786,11 +786,12 @@ async def rule_funding(conn: AsyncConnection, customer_id: str, period: Period
     return {rule_id: tuple(paid) for rule_id, paid in out.items()}
 
 
-async def given_back(conn: AsyncConnection, customer_id: str, period: str) -> dict[str, int]:
-    """What the corrections of `period`'s usage so far gave back to each account (less what they
-    took from it): its close's volume true-up and the re-rates of its usage alone (an entry that
+async def paid_left(conn: AsyncConnection, customer_id: str, period: Period) -> dict[str, int]:
+    """What each account still has in the charges of `period`'s usage (any book, wherever billed):
+    what it paid of them less what their corrections so far gave it back (plus what they took
+    from it): the period's close's volume true-up and the re-rates of its usage alone (an entry that
     also corrected another period's charges is left out: its money is not this period's alone).
-    A later re-rate's money back goes to what paid the charges less this (wallets.core.rerating)."""
+    A later re-rate gives a lot back at most this (wallets.core.rerating.room_left)."""
     lane = int(await _lane(conn, [customer_id]) or 0)
     rows = await conn.exec_driver_sql(
         f"""WITH e AS (SELECT DISTINCT a.entry_id AS id FROM charge_adjustments a
@@ -800,10 +801,16 @@ async def given_back(conn: AsyncConnection, customer_id: str, period: str) -> di
                        UNION
                        SELECT j.id FROM journal_entries j
                         WHERE j.lane = {lane} AND j.customer_id = %s AND j.key = %s)
-            SELECT a.code, (-sum(p.amount))::text FROM postings p JOIN accounts a ON a.id = p.account_id
-             WHERE p.lane = {lane} AND p.entry_id IN (SELECT id FROM e) GROUP BY 1""",
-        (customer_id, period, customer_id, f"true-up:{customer_id}:{period}"))
-    return {code: int(amount) for code, amount in rows if int(amount)}
+            SELECT code, sum(amount)::text FROM (
+                SELECT a.code, p.amount FROM postings p JOIN accounts a ON a.id = p.account_id
+                 WHERE p.lane = {lane} AND p.entry_id IN (SELECT id FROM e)
+                UNION ALL
+                SELECT f ->> 0, (f ->> 1)::numeric FROM charges c CROSS JOIN LATERAL jsonb_array_elements(c.funding) f
+                 WHERE c.lane = {lane} AND c.customer_id = %s AND c.occurred_at >= %s AND c.occurred_at < %s) x
+             GROUP BY 1""",
+        (customer_id, period.label, customer_id, f"true-up:{customer_id}:{period.label}", customer_id,
+         period.start, period.end))
+    return {code: int(amount) for code, amount in rows}  # 0 included: nothing left to give back
 
 
 async def load_payers(conn: AsyncConnection, w: Wallet, accounts: Iterable[str], now: datetime) -> None:

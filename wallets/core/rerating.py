@@ -130,7 +130,7 @@ class RerateInput:
     period: str = ""  # the period of the charges' usage times
     book: PriceBook | None = None  # the book: the versions a closed period's true-up takes its tiers from
     true_ups: Mapping[str, int] = field(default_factory=dict)  # rule id -> its true-up posted (book price)
-    given_back: Mapping[str, int] = field(default_factory=dict)  # account -> what corrections so far gave it back
+    paid_left: Mapping[str, int] = field(default_factory=dict)  # account -> what it still has in the charges
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,15 +286,13 @@ def _paid_by(charge: ChargeOnRecord, receivable: str) -> dict[tuple[int, str], i
 
 def room_left(groups: Sequence[Group], receivable: str) -> dict[str, int]:
     """What each lot still has in the corrected periods' charges: what it paid of them less what
-    their corrections so far (a close's true-up, earlier re-rates) gave it back. A re-rate after the
-    close gives a lot back no more than that, so money the close gave back is not given twice."""
+    their corrections so far (a close's true-up, earlier re-rates) gave it back (store.paid_left).
+    A re-rate after the close gives a lot back no more than that, so money the close gave back is
+    not given twice."""
     room: dict[str, int] = {}
     for _, data, _, _ in groups:
-        for charge in data.charges:
-            for (_, account), amount in _paid_by(charge, receivable).items():
-                room[account] = room.get(account, 0) + amount
-        for account, amount in data.given_back.items():
-            room[account] = room.get(account, 0) - amount
+        for account, amount in data.paid_left.items():
+            room[account] = room.get(account, 0) + amount
     return {account: max(0, left) for account, left in room.items() if account != receivable}
 
 

@@ -385,3 +385,39 @@ async def test_a_volume_rule_renamed_mid_period_is_trued_up_under_each_name(fres
         ("v-out", "-1.00"), ("v-out-b", "-1.00")]
     assert (november["total"], november["subtotals"]["true_ups"]) == ("2.70", "-2.00")
     await verified(bk)
+
+
+def _flat(book: str, version: str, effective_from: str, price: str) -> dict[str, Any]:
+    return {"id": book, "version": version, "currency": "USD", "effective_from": effective_from, "rules": [
+        {"id": f"{book}-out", "model": "model-v", "token_type": "output", "price": price}]}
+
+
+async def test_a_rerate_of_one_book_counts_what_the_lots_paid_of_the_period_under_every_book(fresh_db) -> None:
+    """A $10.00 grant. Book `fa` ($20/M) rates 150,000 tokens on November 5th ($3.00); the
+    customer moves to book `fb` ($10/M): 100,000 on the 20th ($1.00); $6.00 left. After the close,
+    `fa` v2 ($0/M) gives all $3.00 back to the grant ($9.00), then `fb` v2 ($5/M) $0.50 ($9.50):
+    the grant paid $4.00 of the period and got $3.00 back, $1.00 is still in it. Counting what it
+    paid of `fb`'s charges ($1.00) against what every re-rate of the period gave back ($3.00) left
+    no room, and the $0.50 became a paid credit lot."""
+    bk = BillingKit(fresh_db)
+    await bk.add_book(_flat("fa", "v1", "2026-01-01T00:00:00Z", "20"))
+    await bk.add_book(_flat("fb", "v1", "2026-01-01T00:00:00Z", "10"))
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("two-books", book="fa")
+    grant = await bk.grant(cid, "10.00")
+    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 150_000)
+    bk.clock.now = datetime(2026, 11, 10, 12, tzinfo=UTC)
+    await bk.service.change_customer(cid, {"price_book": "fb"}, "test")
+    bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 100_000)
+    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
+    for book, price, delta in [("fa", "0", "-3.00"), ("fb", "5", "-0.50")]:
+        await bk.add_book(_flat(book, "v2", "2026-11-01T00:00:00Z", price))
+        done = await rerating.apply(bk.db, bk.service.engine, rerating.RerateSpec(book, "v2", NOV_1, DEC_1, None),
+                                    None)
+        assert done["delta"] == delta
+    lots = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants if g.remaining}
+    assert lots == {grant.grant.id: ("grant", 9_500_000_000)}
+    await verified(bk)
