@@ -310,9 +310,11 @@ def _logs(pgdata: Path) -> list[Path]:
 
 
 def _log_size(pgdata: Path) -> dict[Path, int]:
-    """The size of each server log file, before a start."""
+    """The size of each server log file, before a start: `log` and every file of the collector's,
+    not only the one in use (a start in another hour appends to that hour's file, after an older
+    run's lines: PostgreSQL truncates it only when it rotates into it)."""
     sizes = {}
-    for path in _logs(pgdata):
+    for path in {*_logs(pgdata), *(pgdata / LOG_DIRECTORY).glob("*.log")}:
         try:
             sizes[path] = path.stat().st_size
         except OSError:
@@ -324,20 +326,31 @@ def _last_log_line(pgdata: Path, since: dict[Path, int] | None = None) -> str:
     """The reason the server log gives, from what was written to it since `since` (the sizes
     before this start): the logs are kept long, and their last FATAL line may be a crash's of long
     before. A FATAL (or PANIC) line in `log`, else in the collector's file (the postmaster failed
-    once it ran: recovery), else the last line of `log`."""
+    once it ran: recovery), else a child process's end the postmaster reported (a startup process
+    killed: "... (PID 77) was terminated by signal 9: Killed"), else the last line of `log`."""
     found: list[list[str]] = []
     for path in _logs(pgdata):
         try:
             with path.open("rb") as file:
-                file.seek((since or {}).get(path, 0))
+                offset = (since or {}).get(path, 0)
+                file.seek(offset if path.stat().st_size >= offset else 0)  # truncated since: all of it is new
                 found.append(file.read().decode(errors="replace").splitlines())
         except OSError:
             found.append([])
-    for lines in found:
-        fatal = next((line for line in reversed(lines) if "FATAL" in line or "PANIC:" in line), None)
-        if fatal is not None:
-            return fatal
+    for says in (_fatal, _child_ended):
+        for lines in found:
+            line = next((line for line in reversed(lines) if says(line)), None)
+            if line is not None:
+                return line
     return found[0][-1] if found and found[0] else NO_LOG
+
+
+def _fatal(line: str) -> bool:
+    return "FATAL" in line or "PANIC:" in line
+
+
+def _child_ended(line: str) -> bool:
+    return " (PID " in line and ("was terminated by" in line or "exited with exit code" in line)
 
 
 # Settings the embedded cluster needs beyond initdb's defaults, applied once per data dir (with a

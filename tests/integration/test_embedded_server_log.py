@@ -87,3 +87,33 @@ def test_a_start_that_fails_once_the_collector_runs_says_the_reason_from_its_fil
         assert "PANIC:  could not locate a valid checkpoint record" in reason, reason
     finally:
         where.cleanup()
+
+
+def test_a_failed_start_in_another_hour_does_not_give_an_old_fatal_line_of_that_hour_s_file(tmp_path):
+    """The collector appends to the hour's file at a start (PostgreSQL truncates it only when it
+    rotates into it): a start at 14:05, whose last run ended at 09:xx (current_logfiles named
+    postgresql-09.log), writes after an old run's lines in postgresql-14.log, a stop at 14:30 some
+    day before ("FATAL: terminating connection due to administrator command", one a pooled
+    connection). A start failing there without a FATAL line (its startup process killed) was told
+    that old line as its reason; only what this start wrote counts."""
+    pgdata = tmp_path / "pg"
+    (pgdata / "pg_log").mkdir(parents=True)
+    collector = ('LOG:  redirecting log output to logging collector process\n'
+                 'HINT:  Future log output will appear in directory "pg_log".\n')
+    (pgdata / "log").write_text(collector)
+    (pgdata / "pg_log" / "postgresql-09.log").write_text("2026-12-04 09:59:58 UTC LOG:  database system is shut down\n")
+    old = "2026-12-03 14:30:01 UTC FATAL:  terminating connection due to administrator command"
+    (pgdata / "pg_log" / "postgresql-14.log").write_text(
+        f"{old}\n2026-12-03 14:30:01 UTC LOG:  database system is shut down\n")
+    (pgdata / "current_logfiles").write_text("stderr pg_log/postgresql-09.log\n")
+    since = embedded._log_size(pgdata)
+    # the start at 14:05: the postmaster's two lines in `log`, then the collector's in the hour's file
+    with (pgdata / "log").open("a") as file:
+        file.write(collector)
+    (pgdata / "current_logfiles").write_text("stderr pg_log/postgresql-14.log\n")
+    with (pgdata / "pg_log" / "postgresql-14.log").open("a") as file:
+        file.write("2026-12-05 14:05:00 UTC LOG:  startup process (PID 77) was terminated by signal 9: Killed\n"
+                   "2026-12-05 14:05:00 UTC LOG:  aborting startup due to startup process failure\n")
+    reason = embedded._last_log_line(pgdata, since)
+    assert "administrator command" not in reason
+    assert reason == "2026-12-05 14:05:00 UTC LOG:  startup process (PID 77) was terminated by signal 9: Killed"
