@@ -32,7 +32,8 @@ class PastCall:
     reservation's id (or `event:<id>`), `held` what its hold has left (0: closed), `charged` and
     `tokens` what its charges came to, `charges` how many there were, `open` whether it is held or
     capturing, `movable` whether a charge may still come (open, or expired: a late settle),
-    `adjusted` the re-rates of its charges so far: (adjustment id, difference), in order."""
+    `adjusted` the re-rates of its charges so far: (adjustment id, difference), in order; `calls`
+    how many charged calls it stands for (closed calls summed by scope: a request budget's count)."""
 
     key: str
     model: str
@@ -45,6 +46,7 @@ class PastCall:
     open: bool
     movable: bool
     adjusted: tuple[tuple[int, int], ...] = ()
+    calls: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,5 +90,5 @@ def _counts(metric: str, call: PastCall) -> tuple[int, int]:
     if metric == "money":
         return call.held, call.charged
     if metric == "requests":
-        return (1 if call.open and not call.charges else 0), (used if call.charges else 0)
+        return (1 if call.open and not call.charges else 0), (used * call.calls if call.charges else 0)
     return 0, used
