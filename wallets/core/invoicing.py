@@ -292,9 +292,8 @@ def _true_up(state: State, w: Wallet, label: str, lines: list[dict[str, Any]], n
     for line in lines:  # what the rule's charges paid, less what earlier lines take back of them
         paid = rules.get(line.get("rule_id") or "", ())
         if line["amount_units"] < 0 and paid:
-            need = money_back.each_charge_first(shares, taken, line, paid, receivable, order)
-            money_back.share(shares, taken, {(c, receivable if a is None else a): v for c, a, v, *_ in paid},
-                             need, receivable, order)
+            need, rest = money_back.each_charge_first(shares, taken, line, paid, receivable, order)
+            money_back.share(shares, taken, rest, need, receivable, order)
     legs, paid_back, lot = money_back.give_back(state, w, shares, -amount, now, f"volume true-up {label}")
     return legs, lot, paid_back
 

@@ -57,28 +57,40 @@ def share(shares: dict[str, int], taken: dict[tuple[int, str], int], paid: Mappi
 
 
 def each_charge_first(shares: dict[str, int], taken: dict[tuple[int, str], int], line: Mapping[str, Any],
-                       paid: Sequence[RulePaid], receivable: str, order: Callable[[str], tuple[int, str]]) -> int:
+                      paid: Sequence[RulePaid], receivable: str, order: Callable[[str], tuple[int, str]]
+                      ) -> tuple[int, dict[tuple[int, str], int]]:
     """Of a true-up line's money back, what each charge of its rule was overcharged (its units at
-    the tier reached cost less than graduated rating charged them) goes to the lots that paid that
-    charge, the last consumed first (`share`): a lot that paid the early, dearer units
-    gets their difference, not the whole true-up because it was consumed last. Returns what is
-    left, shared over all the rule's charges as before (rounding, a re-rated charge's)."""
+    the tier reached cost less than graduated rating charged them) goes to what paid that charge:
+    off what is owed up to what the receivable paid of it, then to the lots that paid it, the last
+    consumed first (`share`). A lot that paid the early, dearer units gets their difference, not
+    the whole true-up because it was consumed last, and the receivable no more than its charges'
+    difference. Returns what is left of the money back and what paid the rule's charges to share it
+    over as before (rounding, a re-rated charge's; the receivable's of the charges above left out)."""
     need = -line["amount_units"]
     lots: dict[int, dict[tuple[int, str], int]] = {}
+    owed: dict[int, int] = {}
     over: dict[int, int] = {}
     for charge, account, amount, units, charged in paid:
-        if account is not None and account != receivable:
+        if account is None or account == receivable:
+            owed[charge] = owed.get(charge, 0) + amount
+        else:
             lots.setdefault(charge, {})[(charge, account)] = amount
         if units is not None and charged is not None and line.get("unit_price") is not None:
             with pricing_context():
                 cost = per_amount(units * Decimal(line["unit_price"]), per_units(line["token_type"]))
                 cost = cost.scaleb(chart.ASSET_SCALE)
             over[charge] = charged - int(cost.to_integral_value(rounding=ROUND_CEILING))
-    for charge in sorted(lots):
-        part = min(need, over.get(charge, 0))
-        if part > 0:
+    for charge in sorted(over):
+        part = min(need, over[charge])
+        rec = min(part, owed.get(charge, 0))
+        if rec > 0:
+            shares[receivable] = shares.get(receivable, 0) + rec
+            need, part = need - rec, part - rec
+        if part > 0 and charge in lots:
             need -= part - share(shares, taken, lots[charge], part, receivable, order)
-    return need
+    rest = {(c, receivable if a is None else a): v for c, a, v, *_ in paid
+            if not (c in over and (a is None or a == receivable))}
+    return need, rest
 
 
 def give_back(state: State, w: Wallet, shares: dict[str, int], back: int, now: datetime, reference: str,

@@ -191,3 +191,28 @@ async def test_a_close_s_true_up_gives_each_charge_s_payers_what_that_charge_was
     lots = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants if g.remaining}
     assert lots == {top_up.grant.id: ("topup", 60 * CENT), grant.grant.id: ("grant", 430 * CENT)}
     await verified(bk)
+
+
+async def test_a_close_s_true_up_takes_off_what_is_owed_only_what_the_receivable_s_charges_were_overcharged(
+        fresh_db) -> None:
+    """Postpaid: the 5th's 60,000 tokens ($1.20) go on the receivable; a $5.00 grant (the 6th)
+    pays the 20th's 70,000 ($1.10, $3.90 left). At $10/M the charges cost $0.60 and $0.70: of the
+    $1.00 back, $0.60 comes off what is owed ($0.60 left) and $0.40 goes to the grant ($4.30).
+    Before, the receivable took all $1.00 (what it paid bounded it, not what its charge was
+    overcharged): $0.40 of the promotion's overpayment paid off cash the customer owed."""
+    bk = BillingKit(fresh_db)
+    await bk.add_book(V1)
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("owes", billing_mode="postpaid", book="vol")
+    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 60_000)
+    bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
+    grant = await bk.grant(cid, "5.00")
+    bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 70_000)
+    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    lots = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants if g.remaining}
+    assert lots == {grant.grant.id: ("grant", 430 * CENT)}
+    [invoice] = await bk.invoices(cid)
+    assert invoice["amount_due"] == "0.60"
+    await verified(bk)
