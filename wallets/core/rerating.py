@@ -130,7 +130,8 @@ class RerateInput:
     period: str = ""  # the period of the charges' usage times
     book: PriceBook | None = None  # the book: the versions a closed period's true-up takes its tiers from
     true_ups: Mapping[str, int] = field(default_factory=dict)  # rule id -> its true-up posted (book price)
-    paid_left: Mapping[str, int] = field(default_factory=dict)  # account -> what it still has in the charges
+    # billing period -> account -> what it still has in the charges billed in it (store.paid_left)
+    paid_left: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,15 +285,19 @@ def _paid_by(charge: ChargeOnRecord, receivable: str) -> dict[tuple[int, str], i
     return out
 
 
-def room_left(groups: Sequence[Group], receivable: str) -> dict[str, int]:
+def room_left(groups: Sequence[Group], receivable: str, billed: str | None = None) -> dict[str, int]:
     """What each lot still has in the corrected periods' charges: what it paid of them less what
     their corrections so far (a close's true-up, earlier re-rates) gave it back (store.paid_left).
     A re-rate after the close gives a lot back no more than that, so money the close gave back is
-    not given twice."""
+    not given twice. With `billed` (a command with sources), of the charges billed in that period
+    only, which its entries alone correct: what the same batch gives back of another period's
+    charges is not read stale, and a lot's money there is not counted as room here."""
     room: dict[str, int] = {}
     for _, data, _, _ in groups:
-        for account, amount in data.paid_left.items():
-            room[account] = room.get(account, 0) + amount
+        for period, left in data.paid_left.items():
+            if billed is None or period == billed:
+                for account, amount in left.items():
+                    room[account] = room.get(account, 0) + amount
     return {account: max(0, left) for account, left in room.items() if account != receivable}
 
 
@@ -314,13 +319,29 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
     def paid_by(charge: ChargeOnRecord) -> dict[tuple[int, str], int]:
         return _paid_by(charge, receivable)
 
+    unplaced = 0  # what no lot took of a decrease beyond what the receivable paid of it
+
+    def shared(paid: dict[tuple[int, str], int], need: int) -> None:
+        nonlocal unplaced
+        left = share(shares, taken, paid, need, receivable, order, room)
+        unplaced += max(0, left - sum(v for (_, a), v in paid.items() if a == receivable))
+
     for x in found:
         if x.delta < 0:
-            share(shares, taken, paid_by(x.charge), -x.delta, receivable, order, room)
+            shared(paid_by(x.charge), -x.delta)
     for f in fixes:  # what the rule's charges paid, less what corrections before take back of each
         if f.delta < 0:
-            share(shares, taken, {k: v for charge in f.charges for k, v in paid_by(charge).items()},
-                  -f.delta, receivable, order, room)
+            shared({k: v for charge in f.charges for k, v in paid_by(charge).items()}, -f.delta)
+    if room is not None:
+        # a lot's room is what it has left in all the charges, which an earlier charge's decrease
+        # may have used where the lot's money was in another: the rest goes to the lots that still
+        # have room, the last consumed first, before any of it becomes a paid lot
+        for account in sorted(room, key=order):
+            part = min(unplaced, room[account])
+            if part > 0:
+                shares[account] = shares.get(account, 0) + part
+                room[account] -= part
+                unplaced -= part
     return give_back(state, w, shares, back, now, f"re-rate {cmd.rerate_id} {cmd.period}", step)
 
 
@@ -391,8 +412,9 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
         s = settlement(w, None, money, False, now)
         legs, paid = settlement_legs(w, s), funding(w, None, s)
     elif money < 0:
+        room = room_left(groups, chart.receivable_account(c.id), cmd.period if cmd.sources else None)
         legs, paid, lot = _refund(state, cmd, found, -money, now, 10 ** (chart.ASSET_SCALE - decimals) if noted else 1,
-                                  fixes, room_left(groups, chart.receivable_account(c.id)))
+                                  fixes, room)
     else:
         legs, paid = Legs(c.currency), ()
     if rounding:  # revenue moves by the exact correction, the rounding account by the difference

@@ -421,3 +421,47 @@ async def test_a_rerate_of_one_book_counts_what_the_lots_paid_of_the_period_unde
     lots = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants if g.remaining}
     assert lots == {grant.grant.id: ("grant", 9_500_000_000)}
     await verified(bk)
+
+
+async def test_a_second_rerate_counts_what_a_rerate_of_late_and_own_charges_gave_back(fresh_db) -> None:
+    """Prepaid: a $0.50 grant, then a $5.00 top-up (consumed last). v1 at $20/M (below 100,000).
+    October 10th: 10,000 tokens, $0.20 (the grant). October closes. November 5th, a late event of
+    October 25th: 25,000 tokens, $0.50 billed in November (the grant's last $0.30, the top-up $0.20);
+    November 10th: 10,000, $0.20 (the top-up, at $4.60). The top-up paid $0.40 in all.
+    v2 at $12/M: October's entry -$0.08 (the grant); November's entry corrects October's late
+    charge (-$0.20) and November's own (-$0.08): the top-up, consumed last, gets both ($4.88).
+    v3 at $4/M: October's -$0.08 (the grant); November's -$0.20 and -$0.08, of which the top-up has
+    only $0.12 left in the charges ($0.40 paid, $0.28 given back): $5.00, and the grant the other
+    $0.16 ($0.08 + $0.08 + $0.16 = $0.32, the charges at $0.04 + $0.10 + $0.04 = $0.18 of $0.90).
+    Before, November's first entry (corrections of two usage periods) was not counted as given
+    back at all: the top-up got $0.28 again, $0.16 past its $5.00, and that much of the grant's
+    money became a paid credit lot (refundable as cash)."""
+    bk = BillingKit(fresh_db)
+    await bk.add_book(vol("v1", "2026-01-01T00:00:00Z", "20", "10"))
+    bk.clock.now = datetime(2026, 10, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("late2", book="vol")
+    grant = await bk.grant(cid, "0.50")
+    top_up = await bk.top_up(cid, "5.00")
+    bk.clock.now = datetime(2026, 10, 10, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 10_000)
+    await bk.close(datetime(2026, 11, 1, 1, tzinfo=UTC))
+    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 25_000, at=datetime(2026, 10, 25, 12, tzinfo=UTC))
+    bk.clock.now = datetime(2026, 11, 10, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 10_000)
+    lots = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants if g.remaining}
+    assert lots == {top_up.grant.id: ("topup", 4_600_000_000)}
+    oct_1, oct_2 = datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 10, 2, tzinfo=UTC)
+    await bk.add_book(vol("v2", "2026-10-01T00:00:00Z", "12", "6"))
+    bk.clock.now = datetime(2026, 11, 12, tzinfo=UTC)
+    first = await rerating.apply(bk.db, bk.service.engine, spec("v2", oct_1), None)
+    assert first["delta"] == "-0.36"
+    lots = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants if g.remaining}
+    assert lots == {grant.grant.id: ("grant", 80_000_000), top_up.grant.id: ("topup", 4_880_000_000)}
+    await bk.add_book(vol("v3", "2026-10-02T00:00:00Z", "4", "2"))
+    bk.clock.now = datetime(2026, 11, 13, tzinfo=UTC)
+    second = await rerating.apply(bk.db, bk.service.engine, spec("v3", oct_2), None)
+    assert second["delta"] == "-0.36"
+    lots = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants if g.remaining}
+    assert lots == {grant.grant.id: ("grant", 320_000_000), top_up.grant.id: ("topup", 5_000_000_000)}
+    await verified(bk)
