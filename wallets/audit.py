@@ -345,7 +345,8 @@ async def budgets_match_reservations(conn: AsyncConnection) -> Check:
            AND (a.id IS NULL OR x.metric <> 'money' OR x.held <> 0 OR x.used <> a.new_amount - a.old_amount
                 OR NOT EXISTS (SELECT 1 FROM reservation_budgets y WHERE y.lane = x.lane AND y.budget_id = x.budget_id
                                   AND y.window_start = x.window_start
-                                  AND y.reservation_id = coalesce(c.reservation_id, 'event:' || c.event_id)))
+                                  AND y.reservation_id IN (coalesce(c.reservation_id, 'event:' || c.event_id),
+                                                           'before:' || x.budget_id)))
         """, "every budget window equals what its reservations hold and used, and its re-rates moved")
 
 

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from wallets import store
 from wallets.core.budget_rerates import Counted, moves
 from wallets.core.budget_seeds import PastCall, seeds
-from wallets.core.budgets import window_end
+from wallets.core.budgets import matches, window_end, window_start
 from wallets.core.commands import Command, RerateCharges
 from wallets.core.decision import OutboxEvent
 from wallets.core.rerating import charged_tokens
@@ -82,6 +82,11 @@ async def count_before(conn: AsyncConnection, lane: int, b: Budget, now: datetim
     if found is None:
         return
     start = found[0]
+    if b.metric == "money":  # the re-rates it counts from here on (count_rerates): those after these
+        await conn.exec_driver_sql(
+            """UPDATE budgets SET seeded_through = (SELECT coalesce(max(a.id), 0) FROM charge_adjustments a
+                                                     WHERE a.customer_id = %s AND a.lane = %s)
+                WHERE lane = %s AND id = %s""", (b.customer_id, lane, lane, b.id))
     end = window_end(b, start) if b.window != "lifetime" else None
     params = {"lane": lane, "customer": b.customer_id, "start": start, "end": end or datetime.max.replace(
         tzinfo=start.tzinfo)}
@@ -160,21 +165,47 @@ SELECT a.id, a.new_amount - a.old_amount, x.budget_id, x.window_start, a.lane
  ORDER BY a.id, x.budget_id"""
 
 
+# the adjustments of a re-rate (of one customer) made after a money budget made mid-window was counted
+# (seeded_through, migration 0058), of calls with no row of their own in it: those its before: row
+# counted if in its window and scope (closed before it was made), with the call's scope and time
+_ADJUSTED_BEFORE = """
+SELECT a.id, a.new_amount - a.old_amount, y.budget_id, y.window_start, coalesce(r.model, c.model),
+       coalesce(r.dimensions, c.dimensions), coalesce(r.created_at, c.occurred_at), a.lane
+  FROM charge_adjustments a
+  JOIN charges c ON c.lane = a.lane AND c.id = a.charge_id
+  LEFT JOIN reservations r ON r.lane = c.lane AND r.id = c.reservation_id
+  JOIN budgets b ON b.lane = a.lane AND b.customer_id = a.customer_id AND b.metric = 'money'
+       AND b.deleted_at IS NULL AND a.id > b.seeded_through
+  JOIN reservation_budgets y ON y.lane = b.lane AND y.budget_id = b.id AND y.reservation_id = 'before:' || b.id
+ WHERE a.rerate_id = %(rerate)s AND a.customer_id = %(customer)s
+   AND NOT EXISTS (SELECT 1 FROM reservation_budgets x WHERE x.lane = a.lane AND x.budget_id = b.id
+                      AND x.reservation_id IN (coalesce(c.reservation_id, 'event:' || c.event_id), 'rerate:' || a.id))
+ ORDER BY a.id, b.id"""
+
+
 async def count_rerates(conn: AsyncConnection, commands: Iterable[Command], now: datetime) -> None:
     """Move the money budgets' current windows by what the re-rate commands of a batch adjusted of
-    the charges they counted, in the batch's transaction (after its writes, under its lane's lock):
+    the charges they counted (in a call's own row, or in the before: row of a budget made after
+    the call closed), in the batch's transaction (after its writes, under its lane's lock):
     the adjustments and the budget moves they make land together or not at all. Each move is kept
     once (its row's key), so applying a re-rate again also finishes what an earlier tokentill, which
     moved them in a later transaction, left undone, and moves nothing twice."""
     for rerate_id, customer_id in sorted({(c.rerate_id, c.customer_id) for c in commands
                                           if isinstance(c, RerateCharges)}):
-        found = [(Counted(int(i), int(d), b, s), lane) for i, d, b, s, lane in await conn.exec_driver_sql(
-            _ADJUSTED, {"rerate": rerate_id, "customer": customer_id})]
-        if not found:
+        params = {"rerate": rerate_id, "customer": customer_id}
+        own = list(await conn.exec_driver_sql(_ADJUSTED, params))
+        before = list(await conn.exec_driver_sql(_ADJUSTED_BEFORE, params))
+        if not own and not before:
             continue
-        lane = found[0][1]
+        lane = (own or before)[0][-1]
+        found = [Counted(int(i), int(d), b, s) for i, d, b, s, _ in own]
         w = (await store.load(conn, [customer_id], now=now)).wallets[customer_id]
-        done, alerts = moves(State(customer_id, None), w.budgets, [c for c, _ in found], w.customer.currency, now)
+        for i, d, budget_id, start, model, dimensions, at, _ in before:
+            b = w.budgets.get(budget_id)
+            if b is not None and window_start(b, at) == start and matches(b, model, dimensions or {}):
+                found.append(Counted(int(i), int(d), budget_id, start))
+        found.sort(key=lambda c: (c.adjustment_id, c.budget_id))
+        done, alerts = moves(State(customer_id, None), w.budgets, found, w.customer.currency, now)
         for m in done:
             await conn.exec_driver_sql(
                 """INSERT INTO reservation_budgets (lane, reservation_id, budget_id, window_start, metric, held,

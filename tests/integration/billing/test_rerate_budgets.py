@@ -149,3 +149,35 @@ async def test_a_budget_made_after_a_rerate_counts_the_charges_as_corrected(fres
     assert (await bk.service.budgets.get(made.budget.id)).used == units("8.01")
     await bk.reserve(cid, "model-a", "6.99")  # to the limit exactly
     await verified(bk)
+
+
+async def test_a_rerate_after_a_budget_made_mid_month_moves_the_calls_closed_before_it(fresh_db) -> None:
+    # a call charged $10.01 and closed before the month's $15.00 hard budget was made (counted in its
+    # before: row), then re-rated to $8.01 (1M input tokens at $8/M + $0.01): the budget kept 10.01
+    # and refused a $6.99 hold, where one made before the call, or after the re-rate, counts 8.01
+    bk = BillingKit(fresh_db)
+    await bk.add_book(V1)
+    cid = await bk.customer("rm", book="fix")
+    await bk.top_up(cid, "100.00")
+    closed = await bk.reserve(cid, "model-a", "12.00")
+    await bk.settle(cid, closed, 1_000_000, 0)  # $10.01
+    made = await bk.service.budgets.create(BudgetSpec(customer_id=cid, window="month", metric="money",
+                                                      limit=units("15.00")))
+    other = await bk.service.budgets.create(BudgetSpec(customer_id=cid, window="month", metric="money",
+                                                       limit=units("15.00"), model="model-b"))
+    assert (await bk.service.budgets.get(made.budget.id)).used == units("10.01")
+    await bk.add_book(V2)
+    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    assert done["delta"] == "-2.00" and done["errors"] == []
+    assert (await bk.service.budgets.get(made.budget.id)).used == units("8.01")  # 10.01 - 2.00
+    assert (await bk.service.budgets.get(other.budget.id)).used == 0  # model-b's never counted it
+    # a budget made after the re-rate counts 8.01 already: the same re-rate applied again moves
+    # neither budget a second time
+    after = await bk.service.budgets.create(BudgetSpec(customer_id=cid, window="month", metric="money",
+                                                       limit=units("15.00")))
+    assert (await bk.service.budgets.get(after.budget.id)).used == units("8.01")
+    await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    assert (await bk.service.budgets.get(made.budget.id)).used == units("8.01")
+    assert (await bk.service.budgets.get(after.budget.id)).used == units("8.01")
+    await bk.reserve(cid, "model-a", "6.99")  # to the limit exactly: refused at 10.01
+    await verified(bk)
