@@ -176,6 +176,31 @@ async def test_a_budget_created_while_holds_are_taken_is_never_passed_by_those_a
     await _verified(c)
 
 
+async def test_two_budgets_made_at_once_while_calls_are_held_and_settled_each_count_every_call(http):
+    # two budgets of the customer made at once while holds are taken and earlier ones settled: each
+    # counts every call of its month once (the closed in its before: row, the open in their own,
+    # whatever it was made between), none twice or missed, whichever order the lane ran them in
+    c, book = http
+    cid = await _customer(c, book, topup="100.00")
+    early = [(await _reserve(c, cid, "0.50")).json()["id"] for _ in range(12)]
+    for rid in early[:4]:  # closed before either budget
+        assert (await c.post(f"/v1/reservations/{rid}/settle", json={"usage": USAGE})).status_code == 200
+    calls = [_reserve(c, cid, "0.50") for _ in range(24)]
+    calls[6:6] = [c.post(f"/v1/reservations/{rid}/settle", json={"usage": USAGE}) for rid in early[4:]]
+    calls.insert(5, c.post("/v1/budgets", json={"customer_id": cid, "window": "month", "metric": "money",
+                                                "limit": "50.00", "mode": "hard"}))
+    calls.insert(20, c.post("/v1/budgets", json={"customer_id": cid, "window": "lifetime", "metric": "money",
+                                                 "limit": "50.00"}))
+    answers = await asyncio.gather(*calls)
+    made = [answers.pop(20), answers.pop(5)]
+    assert [m.status_code for m in made] == [201, 201], [m.text for m in made]
+    assert {a.status_code for a in answers} == {200, 201}, {a.status_code for a in answers}
+    for m in made:  # 12 calls settled at $0.028, 24 holds of $0.50 open
+        seen = (await c.get(f"/v1/budgets/{m.json()['id']}")).json()
+        assert (Decimal(seen["used"]), Decimal(seen["held"])) == (Decimal("0.336"), Decimal("12.00")), seen
+    await _verified(c)
+
+
 async def test_a_budget_lowered_then_deleted_while_holds_are_taken_refuses_only_past_its_limit(http):
     c, book = http
     cid = await _customer(c, book, topup="100.00")
