@@ -3,7 +3,7 @@ calls charged since it began, the holds still open (and their settles), the usag
 time, as a budget made before them would have; not the earlier windows', nor other scopes'."""
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import text
@@ -149,3 +149,25 @@ async def test_a_lifetime_budget_over_30000_closed_calls_sums_them_in_the_databa
     assert (requests.used, requests.held) == (30_002, 1)  # the released call charged nothing
     await kit.settle(cid, open_hold.reservation.id, input_tokens=1000)  # $1.00: the open hold's row moves
     assert (await kit.service.budgets.get(money.budget.id)).used == usd("301.02")
+
+
+async def test_a_day_budget_made_later_counts_a_call_and_an_event_at_its_exact_start_and_not_a_microsecond_before(
+        shared_kit: Kit):
+    # New York's November 23rd begins at 05:00 UTC (EST): an event and a call at that instant are the
+    # day's, one a microsecond before is the 22nd's, as a budget made before them would count them
+    kit, clock = shared_kit, shared_kit.clock
+    cid = await kit.customer("edge-start")
+    await kit.top_up(cid, "100.00")
+    start = datetime(2026, 11, 23, 5, 0, tzinfo=UTC)
+    await kit.usage_event(cid, "before", output_tokens=1000, at=start - timedelta(microseconds=1))  # $2.00
+    await kit.usage_event(cid, "at", output_tokens=500, at=start)  # $1.00
+    clock.now = start - timedelta(microseconds=1)
+    late = await kit.reserve(cid, "late", amount="4.00")
+    await kit.settle(cid, late.reservation.id, input_tokens=4000)  # $4.00 on the 22nd
+    clock.now = start
+    first = await kit.reserve(cid, "first", amount="3.00")
+    await kit.settle(cid, first.reservation.id, input_tokens=3000)  # $3.00 on the 23rd
+    clock.now = datetime(2026, 11, 23, 20, 0, tzinfo=UTC)  # 15:00 in New York
+    view = await _budget(kit, cid, window="day", metric="money", limit=usd("10.00"), time_zone="America/New_York")
+    assert (view.used, view.held) == (usd("4.00"), 0)  # 1.00 + 3.00
+    assert (await kit.verify()).ok
