@@ -103,3 +103,28 @@ async def test_a_top_up_with_a_tossed_csrf_cookie_is_refused_without_sec_fetch_s
         client.cookies.jar.clear()
         for cookie in victims:
             client.cookies.jar.set_cookie(cookie)
+
+
+async def test_two_tabs_share_the_sessions_token_and_a_sign_out_then_sign_in_gives_a_new_one(database_url):
+    """Pages open in two tabs carry the one token of their session, and both post; a sign-out takes
+    its own token and a sign-in after it works and begins a new token, the old one refused then."""
+    async with api_client(database_url, admin=ADMIN_KEY, console=True) as client:
+        book = f"csrf-{uuid.uuid4().hex[:8]}"
+        assert (await client.post("/v1/price-books", headers=ADMIN, json={**PRICE_BOOK, "id": book})).status_code == 201
+        customer = f"csrf-{uuid.uuid4().hex[:8]}"
+        assert (await client.post("/v1/customers", headers=ADMIN,
+                                  json={"id": customer, "price_book": book})).status_code == 201
+        token = await sign_in(client, ADMIN_KEY)
+        tabs = [await client.get(f"/console/customers/{customer}"),
+                await client.get(f"/console/customers/{customer}/top-up")]
+        assert [re.search(r'name="_csrf_token" value="([^"]+)"', t.text).group(1) for t in tabs] == [token, token]
+        for _ in tabs:
+            assert (await _top_up(client, token, customer, {})).status_code == 303
+        assert [lot["granted"] for lot in await _lots(client, customer)] == ["7.00", "7.00"]
+        out = await client.post("/console/sign-out", data={"_csrf_token": token}, follow_redirects=False)
+        assert out.status_code == 303 and out.headers["location"].endswith("/console/sign-in"), out.text
+        again = await sign_in(client, ADMIN_KEY)
+        assert again != token
+        assert (await _top_up(client, token, customer, {})).status_code == 403  # the earlier session's
+        assert (await _top_up(client, again, customer, {})).status_code == 303
+        assert [lot["granted"] for lot in await _lots(client, customer)] == ["7.00", "7.00", "7.00"]
