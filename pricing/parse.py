@@ -8,6 +8,7 @@ back from storage is not, so that versions stored before a limit existed still l
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -116,6 +117,22 @@ def _variety_errors(rules: list[Rule]) -> list[dict[str, str]]:
     return errors
 
 
+_UNREACHABLE = frozenset("?#%\\")  # a query, a fragment, an escape (decoded twice), a backslash
+
+
+def _label_errors(label: Any) -> list[dict[str, str]]:
+    """A posted version's label must be one that `GET .../versions/{label}` can name: segments
+    between `/` non-empty and not `.` or `..` (a path normalizes them away), none of `?#%\\`, no
+    control character."""
+    if not isinstance(label, str) or not label:
+        return []  # the schema's checks, or the effective time as the label
+    if any(s in ("", ".", "..") for s in label.split("/")) or any(
+            c in _UNREACHABLE or unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in label):
+        return [field_error("version", "must be readable back as a path: segments between '/' not empty, "
+                                       "'.' or '..'; no '?', '#', '%', '\\' or control character")]
+    return []
+
+
 def parse_version(data: Mapping[str, Any], *, version: str = "", limits: bool = True) -> PriceVersion:
     """A validated version from ``{"id", "currency", "effective_from", "rules": [...]}``, the
     optional plausibility bounds ``max_charge_per_request`` and ``context_window``, and the
@@ -145,6 +162,8 @@ def parse_version(data: Mapping[str, Any], *, version: str = "", limits: bool = 
         effective_from = parse_time(data.get("effective_from"))
     except PriceBookValidationError as exc:
         errors.extend(exc.fields)
+    if limits:
+        errors.extend(_label_errors(data.get("version")))
     if limits and not errors:
         errors.extend(_variety_errors(rules))
     if errors:
