@@ -63,8 +63,9 @@ async def test_top_ups_without_a_reference_and_other_customers_references_are_th
 async def test_one_reference_in_one_lane_for_customers_of_two_currencies_credits_each_its_own(
         client: AsyncTestClient, book: str, database_url: str, tag: str):
     # three customers of one lane (whose top-ups' references the load reads in that lane's tables),
-    # two in dollars and one in euros, each paid under the payment reference "pi_shared": each is credited its own amount
-    # once, sent again it is answered with its own grant, and none is taken for another's
+    # two in dollars and one in euros, each paid under the payment reference "pi_shared": each is
+    # credited its own amount once, sent again it is answered with its own grant, and none is taken
+    # for another's
     eur = f"eur-{tag}"
     made = await client.post("/v1/price-books", json={**BOOK, "id": eur, "currency": "EUR"})
     assert made.status_code == 201, made.text
