@@ -181,3 +181,28 @@ async def test_a_rerate_after_a_budget_made_mid_month_moves_the_calls_closed_bef
     assert (await bk.service.budgets.get(after.budget.id)).used == units("8.01")
     await bk.reserve(cid, "model-a", "6.99")  # to the limit exactly: refused at 10.01
     await verified(bk)
+
+
+async def test_an_upward_rerate_of_an_event_a_budget_counted_before_it_was_made_moves_it_and_alerts(
+        fresh_db) -> None:
+    # an $8.01 usage event of November 10th, then a soft $10.00 month budget made (8.01 in its
+    # before: row, under its 85 % mark), then the event re-rated to $10.01: the budget counts 10.01
+    # and alerts 85 and 100 %, as one made before the event does
+    bk = BillingKit(fresh_db)
+    await bk.add_book(V2)
+    cid = await bk.customer("rv", book="fix")
+    await bk.top_up(cid, "100.00")
+    await bk.event(cid, "model-a", 1_000_000, 0, at=datetime(2026, 11, 10, tzinfo=UTC))  # $8.01 under v2
+    made = await bk.service.budgets.create(BudgetSpec(customer_id=cid, window="month", metric="money",
+                                                      limit=units("10.00"), mode="soft", thresholds=(85, 100)))
+    assert (await bk.service.budgets.get(made.budget.id)).used == units("8.01")
+    fixed = {**V1, "version": "v9", "effective_from": "2026-11-03T00:00:00Z", "rules": [
+        {**r, "price": "10.00"} if r["id"] == "a-in" else r for r in V1["rules"]]}
+    await bk.add_book(fixed)  # $10/M from the 3rd: the event was $10.01
+    await rerating.apply(bk.db, bk.service.engine, spec("v9", datetime(2026, 11, 3, tzinfo=UTC)), None)
+    assert (await bk.service.budgets.get(made.budget.id)).used == units("10.01")
+    rows = await bk.db.read(lambda conn: conn.execute(text(
+        "SELECT payload->>'threshold', payload->>'used' FROM outbox WHERE customer_id = :c "
+        "AND topic = 'budget.threshold_crossed' ORDER BY id"), {"c": cid}))
+    assert [tuple(r) for r in rows] == [("85", "10.01"), ("100", "10.01")]
+    await verified(bk)
