@@ -299,6 +299,38 @@ async def test_the_database_refuses_a_refund_entry_paying_out_cash_still_in_a_to
     await _verified(client)
 
 
+async def test_the_database_refuses_a_refund_entry_taking_from_an_expired_lot(client, scratch_url) -> None:
+    """0054 checked that a refund's lot is one a correction opened, not that it is live, as
+    `refundable` counts it: the $3.00 a re-rate gave back of an invoice paid by wire, its lot
+    past its expiry (not yet swept), is refundable 0.00, yet a $2.00 `credit_refund` of it posted
+    by hand (net cash $8.00 in, nothing in top-ups, held or owed) was taken. Now it is refused at
+    commit (check_violation, naming the lot), nothing posted."""
+    await _overpaid(client, "cr-expired")
+    assert await _refundable(client, "cr-expired") == "3.00"
+    [lot] = (await client.get("/v1/customers/cr-expired/wallet", headers=ADMIN)).json()["grants"]
+    legacy = psycopg.connect(scratch_url, autocommit=True)
+    legacy.execute("SET session_replication_role = replica")  # past the lots' own guard, and back after
+    legacy.execute("UPDATE lots SET expires_at = now() - interval '1 hour' WHERE id = %s", (lot["id"],))
+    db = connect(scratch_url, pool_size=1)
+    try:
+        assert await _refundable(client, "cr-expired") == "0.00"
+        entry = JournalEntry("by-hand:cr-expired", "credit_refund", (
+            Posting(f"liability:customer:cr-expired:lot:{lot['id']}", 2 * DOLLAR, "USD"),
+            Posting("asset:platform:cash:USD", -2 * DOLLAR, "USD")), customer_id="cr-expired")
+        with pytest.raises(Exception) as refused:
+            await post_now(db, entry)
+        assert sqlstate_of(refused.value) == "23514" and "is not a live lot" in str(refused.value), refused.value
+        assert f"lot:{lot['id']}" in str(refused.value)
+    finally:
+        await db.dispose()
+        legacy.execute("UPDATE lots SET expires_at = NULL WHERE id = %s", (lot["id"],))
+        legacy.close()
+    journal = (await client.get("/v1/journal?customer=cr-expired&kind=credit_refund", headers=ADMIN)).json()
+    assert journal["entries"] == []
+    assert await _refundable(client, "cr-expired") == "3.00"
+    await _verified(client)
+
+
 async def test_credit_a_later_charge_spent_is_not_refunded(client) -> None:
     """The $3.00 back, then $3.50 more usage (500,000 tokens at $7/M): it spends the credit first and owes $0.50."""
     await _overpaid(client, "cr-spent")
