@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
@@ -22,7 +22,7 @@ from wallets.core.billing import Header, amount_due_units, as_issued, document, 
 from wallets.core.invoicing import upcoming_invoice
 from wallets.core.payments import payable
 from wallets.core.results import InvoiceClosed, payment_status
-from wallets.core.state import State
+from wallets.core.state import State, wire_time
 from wallets.engine import Engine, utc_now
 from wallets.errors import NotFoundError, WalletValidationError
 from wallets.periods import period_named, period_of
@@ -124,7 +124,9 @@ def _view(row: Any, owed: int) -> dict[str, Any]:
     return {**as_issued(row.content), "content_hash": row.content_hash,
             "payment_status": payment_status(int(row.amount_due), paid), "amount_paid": money(paid, cur),
             "amount_remaining": money(payable(int(row.amount_due) - paid, owed, cur), cur),
-            "payments": [{**p, "amount": money(int(p["amount"]), cur)} for p in row.payments]}
+            # its time as every answer spells one: jsonb spelt '…10.24185+00:00' for '…10.241850Z'
+            "payments": [{**p, "amount": money(int(p["amount"]), cur),
+                          "created_at": wire_time(datetime.fromisoformat(p["created_at"]))} for p in row.payments]}
 
 
 async def invoice(conn: AsyncConnection, invoice_id: str, customers: Sequence[str] | None = None) -> dict[str, Any]:
@@ -188,14 +190,7 @@ async def upcoming(conn: AsyncConnection, customer_id: str, now: datetime, books
     cur = c.currency
     return {**content, "amount_paid": money(paid, cur), "amount_remaining": money(max(0, due - paid), cur),
             "payments": [{"amount": money(part, cur), "reference": credit.reference, "entry_id": credit.entry_id,
-                          "created_at": _as_jsonb(credit.at)} for credit, part in parts]}
-
-
-def _as_jsonb(at: datetime) -> str:
-    """A time as a finalized invoice's payments give it (PostgreSQL's jsonb of a timestamptz in
-    UTC): '2026-11-23T12:00:00.12+00:00', its fraction without trailing zeros."""
-    whole, dot, rest = at.astimezone(UTC).isoformat().partition(".")  # no '.' when no microseconds
-    return f"{whole}.{rest[:6].rstrip('0')}{rest[6:]}" if dot else whole
+                          "created_at": wire_time(credit.at)} for credit, part in parts]}
 
 
 async def require_customer(conn: AsyncConnection, customer_id: str) -> None:

@@ -261,3 +261,26 @@ async def test_a_top_up_that_paid_all_before_the_close_leaves_the_invoice_paid(c
     assert topics == ["invoice.finalized", "invoice.paid"]
     verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
     assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]
+
+
+async def test_an_invoice_s_payments_spell_their_time_as_every_answer_does(client, scratch_url) -> None:
+    """A payment's `created_at` came out as PostgreSQL's jsonb spells a timestamptz
+    ('2026-11-03T10:00:10.24185+00:00': +00:00, trailing zeros dropped) where every other time of
+    the API is RFC 3339 in UTC with Z and six decimals ('2026-11-03T10:00:10.241850Z', none when
+    whole: '2026-11-03T10:00:00Z', as a reservation's, a charge's or a grant's)."""
+    invoice = await _closed_invoice(client, "stamped")
+    path = f"/v1/invoices/{invoice['id']}/payments"
+    for amount, reference in (("0.05", "wire-a"), ("0.04", "wire-b")):
+        paid = await client.post(path, headers=ADMIN, json={"amount": amount, "reference": reference})
+        assert paid.status_code == 201, paid.text
+    with psycopg.connect(scratch_url, autocommit=True) as conn:  # two known instants, one with a fraction
+        conn.execute("SET session_replication_role = replica")  # past the payments' append-only guard
+        for reference, at in (("wire-a", "2026-11-03 10:00:10.24185+00"), ("wire-b", "2026-11-03 11:00:00+01")):
+            conn.execute("UPDATE invoice_payments SET created_at = %s WHERE invoice_id = %s AND reference = %s",
+                         (at, invoice["id"], reference))
+    expected = [("wire-b", "2026-11-03T10:00:00Z"), ("wire-a", "2026-11-03T10:00:10.241850Z")]  # oldest first
+    view = (await client.get(path.removesuffix("/payments"), headers=ADMIN)).json()
+    assert [(p["reference"], p["created_at"]) for p in view["payments"]] == expected
+    listed = (await client.get("/v1/customers/stamped/invoices", headers=ADMIN)).json()
+    [one] = listed["invoices"]
+    assert [(p["reference"], p["created_at"]) for p in one["payments"]] == expected

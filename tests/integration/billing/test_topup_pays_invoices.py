@@ -196,11 +196,14 @@ async def test_the_upcoming_invoice_shows_what_top_ups_paid_as_its_close_will(bk
     cid = await bk.customer("preview", overdraft="1.00")
     for _ in range(3):
         await bk.event(cid, "model-a", 1000, 500)  # $0.09 on the receivable
+    bk.clock.now = datetime(2026, 11, 23, 12, 0, 0, 120000, tzinfo=UTC)
     paid = await bk.top_up(cid, "0.04", reference="card-1")
     upcoming = await bk.upcoming(cid)
     assert (upcoming["amount_due"], upcoming["amount_paid"], upcoming["amount_remaining"]) == ("0.09", "0.04", "0.05")
     assert [(p["amount"], p["reference"], p["entry_id"]) for p in upcoming["payments"]] == [
         ("0.04", f"topup:{paid.grant.id}", await _entry_of_lot(bk, paid.grant.id))]
+    # the time as every answer spells one (both said '2026-11-23T12:00:00.12+00:00', jsonb's spelling)
+    assert [p["created_at"] for p in upcoming["payments"]] == ["2026-11-23T12:00:00.120000Z"]
     await bk.close(NOV_GRACE_OVER)
     [november] = await bk.invoices(cid)
     assert _settlement(november) == _settlement(upcoming)
