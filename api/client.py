@@ -105,7 +105,7 @@ from api.client_reservations import (
     reserve_request,
     settle_call,
 )
-from api.delivery import Failure, GaveUp, RetryPolicy, Schedule, seconds_until
+from api.delivery import Failure, GaveUp, RetryPolicy, Schedule, aware, seconds_until
 from api.spool import SUFFIX, FlushReport, Spool, SpoolRecord, spool_name
 from api.spool import spool_dir as resolve_spool_dir
 from pricing.tokens import TokenCounter
@@ -406,6 +406,7 @@ class Client(_Base, JournalReads):
         """Settle a reservation by id, durably (as the block's exit does); `usage=`, `openai_usage=`,
         `anthropic_usage=` or `gemini_usage=`. None if silently spooled, or queued (`background`, on a
         `background_settle` client)."""
+        aware("expires_at", expires_at)
         path, body, key, reservation_id = settle_call(reservation_id, final, key, usage)
         if background and self._queue(path, body, key, reservation_id):
             return None
@@ -414,7 +415,8 @@ class Client(_Base, JournalReads):
     def release(self, reservation_id: str, *, key: str | None = None,
                 expires_at: str | datetime | None = None) -> dict[str, Any] | None:
         """Release a reservation's hold by id, durably. None if silently spooled."""
-        return self._settle_or_release(*release_call(reservation_id, key), seconds_until(expires_at))
+        hold_left_s = seconds_until(aware("expires_at", expires_at))
+        return self._settle_or_release(*release_call(reservation_id, key), hold_left_s)
 
     def extend(self, reservation_id: str, ttl_seconds: int, *, key: str | None = None) -> dict[str, Any]:
         """Keep an open reservation's hold until `ttl_seconds` from now (later than its expiry).
@@ -620,6 +622,7 @@ class AsyncClient(_Base, AsyncJournalReads):
                      expires_at: str | datetime | None = None, background: bool = False,
                      **usage: Any) -> dict[str, Any] | None:
         """With `background` (a `background_settle` client), queue it durably and answer None."""
+        aware("expires_at", expires_at)
         path, body, key, reservation_id = settle_call(reservation_id, final, key, usage)
         if background and await self._queue(path, body, key, reservation_id):
             return None
@@ -627,7 +630,8 @@ class AsyncClient(_Base, AsyncJournalReads):
 
     async def release(self, reservation_id: str, *, key: str | None = None,
                       expires_at: str | datetime | None = None) -> dict[str, Any] | None:
-        return await self._settle_or_release(*release_call(reservation_id, key), seconds_until(expires_at))
+        return await self._settle_or_release(*release_call(reservation_id, key),
+                                             seconds_until(aware("expires_at", expires_at)))
 
     async def extend(self, reservation_id: str, ttl_seconds: int, *, key: str | None = None) -> dict[str, Any]:
         path, body, key = extend_call(reservation_id, ttl_seconds, key)

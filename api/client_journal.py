@@ -1,10 +1,13 @@
 """Reading the auditor's journal through the SDK: every page followed by its cursor, so a listing
 is exactly what had committed when its first page was read (see README, The journal).
 
-    for entry in client.journal(customer="acme", start="2026-11-01T00:00:00Z"):
+    for entry in client.journal(customer="acme", start=datetime(2026, 11, 1, tzinfo=UTC)):
         ...
     for page in client.statement_pages("income:platform:usage:USD", start=..., end=...):
         page["opening_balance"], page["postings"], page["closing_balance"]
+
+A time is an aware datetime or an RFC 3339 string with its offset; a naive datetime is refused at
+the call (ValueError naming it), before any request: the SDK does not guess its time zone.
 """
 from __future__ import annotations
 
@@ -13,7 +16,13 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from api.delivery import aware
+
 Moment = datetime | str | None
+
+
+def _window(start: Moment, end: Moment) -> tuple[Moment, Moment]:
+    return aware("start", start), aware("end", end)
 
 
 def _query(start: Moment, end: Moment, cursor: str | None, **params: Any) -> str:
@@ -43,14 +52,14 @@ class JournalReads:
                 account: str | None = None, kind: str | None = None, request_id: str | None = None,
                 limit: int = 1000) -> Iterator[dict[str, Any]]:
         """Every entry the key may see that the filters keep, in time order; occurred_at in [start, end)."""
-        for page in self._pages("/v1/journal", start, end, customer=customer, account=account, kind=kind,
-                                request_id=request_id, limit=limit):
-            yield from page["entries"]
+        pages = self._pages("/v1/journal", *_window(start, end), customer=customer, account=account, kind=kind,
+                            request_id=request_id, limit=limit)
+        return (entry for page in pages for entry in page["entries"])
 
     def statement_pages(self, account: str, *, start: Moment = None, end: Moment = None,
                         limit: int = 1000) -> Iterator[dict[str, Any]]:
         """The account's statement over [start, end), a page at a time (each with its balances)."""
-        return self._pages(_statement_path(account), start, end, limit=limit)
+        return self._pages(_statement_path(account), *_window(start, end), limit=limit)
 
 
 class AsyncJournalReads:
@@ -67,16 +76,20 @@ class AsyncJournalReads:
             if cursor is None:
                 return
 
-    async def journal(self, *, start: Moment = None, end: Moment = None, customer: str | None = None,
-                      account: str | None = None, kind: str | None = None, request_id: str | None = None,
-                      limit: int = 1000) -> AsyncIterator[dict[str, Any]]:
+    def journal(self, *, start: Moment = None, end: Moment = None, customer: str | None = None,
+                account: str | None = None, kind: str | None = None, request_id: str | None = None,
+                limit: int = 1000) -> AsyncIterator[dict[str, Any]]:
         """Every entry the key may see that the filters keep, in time order; occurred_at in [start, end)."""
-        async for page in self._pages("/v1/journal", start, end, customer=customer, account=account, kind=kind,
-                                      request_id=request_id, limit=limit):
+        return self._entries(self._pages("/v1/journal", *_window(start, end), customer=customer, account=account,
+                                         kind=kind, request_id=request_id, limit=limit))
+
+    @staticmethod
+    async def _entries(pages: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+        async for page in pages:
             for entry in page["entries"]:
                 yield entry
 
     def statement_pages(self, account: str, *, start: Moment = None, end: Moment = None,
                         limit: int = 1000) -> AsyncIterator[dict[str, Any]]:
         """The account's statement over [start, end), a page at a time (each with its balances)."""
-        return self._pages(_statement_path(account), start, end, limit=limit)
+        return self._pages(_statement_path(account), *_window(start, end), limit=limit)

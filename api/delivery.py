@@ -254,6 +254,15 @@ def status_outcome(status: int) -> str:
     return "rejected"  # a definite refusal (409 reservation_closed, 422, ...): sending it again cannot help
 
 
+def aware(name: str, value: Any) -> Any:
+    """`value`, refused when it is a naive datetime: a time in no time zone, which the SDK will not
+    guess (UTC would bill or wait on the wrong window for a caller elsewhere)."""
+    if isinstance(value, datetime) and value.utcoffset() is None:
+        raise ValueError(f"{name}: give an aware datetime (with tzinfo, e.g. datetime(2026, 1, 1, tzinfo=UTC)), "
+                         f"not the naive {value.isoformat()}")
+    return value
+
+
 def seconds_until(expires_at: str | datetime | None) -> float | None:
     """Seconds from now until an ISO 8601 time (the server's `expires_at`), or None."""
     if expires_at is None:
