@@ -787,33 +787,38 @@ async def rule_funding(conn: AsyncConnection, customer_id: str, period: Period
 
 
 async def paid_left(conn: AsyncConnection, customer_id: str, period: Period) -> dict[str, dict[str, int]]:
-    """What each account still has in the charges of `period`'s usage (any book), by the period
-    they were billed in: what it paid of them less what their corrections so far gave it back
-    (plus what they took from it): the period's close's volume true-up (billed in it) and the
-    re-rates of its usage. A re-rate entry corrects charges billed in one period, of one or more
-    usage periods (a late charge's and that period's own): it is counted once, under its earliest
-    usage period, so that the periods a later re-rate corrects together add up to what is left.
-    A later re-rate gives a lot back at most this (wallets.core.rerating.room_left)."""
+    """What each account still has in the charges billed in each period that billed a charge of
+    `period`'s usage (its own; later ones for its late charges), whatever their usage period or
+    book: what it paid of them less what their corrections so far gave it back (plus what they
+    took from it): that period's close's volume true-up and the re-rate entries correcting its
+    charges (one per re-rate and billing period, of one or more usage periods). A re-rate of
+    charges billed in one period reads that period's (the same under each of its usage periods),
+    whichever of them it corrects: what an entry gave back of a charge it does not correct is
+    counted all the same. A later re-rate gives a lot back at most this (rerating.room_left)."""
     lane = int(await _lane(conn, [customer_id]) or 0)
     rows = await conn.exec_driver_sql(
-        f"""WITH e AS (SELECT DISTINCT a.entry_id AS id, coalesce(c.period, a.period) AS billed
-                         FROM charge_adjustments a JOIN charges c ON c.lane = a.lane AND c.id = a.charge_id
-                        WHERE a.customer_id = %s AND a.lane = {lane} AND a.period = %s AND a.entry_id IS NOT NULL
-                          AND NOT EXISTS (SELECT 1 FROM charge_adjustments b
-                                           WHERE b.entry_id = a.entry_id AND b.period < a.period)
-                       UNION
-                       SELECT j.id, %s FROM journal_entries j
-                        WHERE j.lane = {lane} AND j.customer_id = %s AND j.key = %s)
+        f"""WITH bs AS (SELECT DISTINCT coalesce(c.period, %(label)s) AS billed FROM charges c
+                         WHERE c.lane = {lane} AND c.customer_id = %(customer)s
+                           AND c.occurred_at >= %(start)s AND c.occurred_at < %(end)s),
+            e AS (SELECT DISTINCT a.entry_id AS id, coalesce(c.period, a.period) AS billed
+                    FROM charge_adjustments a JOIN charges c ON c.lane = a.lane AND c.id = a.charge_id
+                   WHERE a.customer_id = %(customer)s AND a.lane = {lane} AND a.entry_id IS NOT NULL
+                     AND coalesce(c.period, a.period) IN (SELECT billed FROM bs)
+                  UNION
+                  SELECT j.id, bs.billed FROM bs JOIN journal_entries j
+                      ON j.lane = {lane} AND j.customer_id = %(customer)s
+                     AND j.key = 'true-up:' || %(customer)s || ':' || bs.billed)
             SELECT billed, code, sum(amount)::text FROM (
                 SELECT e.billed, a.code, p.amount
                   FROM e JOIN postings p ON p.lane = {lane} AND p.entry_id = e.id JOIN accounts a ON a.id = p.account_id
                 UNION ALL
-                SELECT coalesce(c.period, %s), f ->> 0, (f ->> 1)::numeric
+                SELECT coalesce(c.period, %(label)s), f ->> 0, (f ->> 1)::numeric
                   FROM charges c CROSS JOIN LATERAL jsonb_array_elements(c.funding) f
-                 WHERE c.lane = {lane} AND c.customer_id = %s AND c.occurred_at >= %s AND c.occurred_at < %s) x
+                 WHERE c.lane = {lane} AND c.customer_id = %(customer)s
+                   AND (c.period IN (SELECT billed FROM bs)
+                        OR (c.period IS NULL AND c.occurred_at >= %(start)s AND c.occurred_at < %(end)s))) x
              GROUP BY 1, 2""",
-        (customer_id, period.label, period.label, customer_id, f"true-up:{customer_id}:{period.label}",
-         period.label, customer_id, period.start, period.end))
+        {"customer": customer_id, "label": period.label, "start": period.start, "end": period.end})
     out: dict[str, dict[str, int]] = {}
     for billed, code, amount in rows:  # 0 included: nothing left to give back
         out.setdefault(billed, {})[code] = int(amount)

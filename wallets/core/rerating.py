@@ -290,12 +290,16 @@ def room_left(groups: Sequence[Group], receivable: str, billed: str | None = Non
     their corrections so far (a close's true-up, earlier re-rates) gave it back (store.paid_left).
     A re-rate after the close gives a lot back no more than that, so money the close gave back is
     not given twice. With `billed` (a command with sources), of the charges billed in that period
-    only, which its entries alone correct: what the same batch gives back of another period's
-    charges is not read stale, and a lot's money there is not counted as room here."""
+    only (of every usage period, counted once), which its entries alone correct: what the same
+    batch gives back of another period's charges is not read stale, a lot's money there is not
+    counted as room here, and what an earlier entry gave back of this period's charges is counted
+    whichever usage periods this re-rate's range covers."""
     room: dict[str, int] = {}
+    counted: set[str] = set()  # a billing period's room is the same under each usage period billed in it
     for _, data, _, _ in groups:
         for period, left in data.paid_left.items():
-            if billed is None or period == billed:
+            if (billed is None or period == billed) and period not in counted:
+                counted.add(period)
                 for account, amount in left.items():
                     room[account] = room.get(account, 0) + amount
     return {account: max(0, left) for account, left in room.items() if account != receivable}

@@ -465,3 +465,46 @@ async def test_a_second_rerate_counts_what_a_rerate_of_late_and_own_charges_gave
     lots = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants if g.remaining}
     assert lots == {grant.grant.id: ("grant", 320_000_000), top_up.grant.id: ("topup", 5_000_000_000)}
     await verified(bk)
+
+
+async def test_a_rerate_of_own_charges_alone_counts_what_a_rerate_with_late_charges_gave_back(fresh_db) -> None:
+    """Prepaid: a $0.50 grant, then a $5.00 top-up (consumed last). v1 at $20/M (below 100,000).
+    October 10th: 10,000 tokens, $0.20 (the grant, $0.30 left). October closes. November 5th, a
+    late event of October 25th: 5,000 tokens, $0.10 billed in November (the grant, $0.20 left);
+    November 10th: 25,000, $0.50 (the grant's last $0.20, the top-up $0.30: $4.70).
+    v2 at $12/M over October and November: October's entry -$0.08 (the grant); November's entry
+    corrects the late charge (-$0.04, the grant) and November's own (-$0.20, the top-up, consumed
+    last: $4.90). v3 at $4/M over November alone: its charge $0.30 -> $0.10, -$0.20, of which the
+    top-up has only $0.10 left in it ($0.30 paid, $0.20 given back): the top-up $5.00, the grant
+    the other $0.10 ($0.20 + $0.08 + $0.04 + $0.10 = $0.42). Before, November's first entry (it
+    also corrected October's late charge) was counted as given back under October alone, so a
+    re-rate of November's usage alone found the top-up's whole $0.30 as room: it got $0.20 again,
+    $0.10 past its $5.00 a paid credit lot (refundable as cash) of the grant's money."""
+    bk = BillingKit(fresh_db)
+    await bk.add_book(vol("v1", "2026-01-01T00:00:00Z", "20", "10"))
+    bk.clock.now = datetime(2026, 10, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("late3", book="vol")
+    grant = await bk.grant(cid, "0.50")
+    top_up = await bk.top_up(cid, "5.00")
+    bk.clock.now = datetime(2026, 10, 10, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 10_000)
+    await bk.close(datetime(2026, 11, 1, 1, tzinfo=UTC))
+    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 5_000, at=datetime(2026, 10, 25, 12, tzinfo=UTC))
+    bk.clock.now = datetime(2026, 11, 10, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 25_000)
+    lots = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants if g.remaining}
+    assert lots == {top_up.grant.id: ("topup", 4_700_000_000)}
+    await bk.add_book(vol("v2", "2026-10-01T00:00:00Z", "12", "6"))
+    bk.clock.now = datetime(2026, 11, 12, tzinfo=UTC)
+    first = await rerating.apply(bk.db, bk.service.engine, spec("v2", datetime(2026, 10, 1, tzinfo=UTC)), None)
+    assert first["delta"] == "-0.32"
+    lots = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants if g.remaining}
+    assert lots == {grant.grant.id: ("grant", 120_000_000), top_up.grant.id: ("topup", 4_900_000_000)}
+    await bk.add_book(vol("v3", "2026-11-01T00:00:00Z", "4", "2"))
+    bk.clock.now = datetime(2026, 11, 13, tzinfo=UTC)
+    second = await rerating.apply(bk.db, bk.service.engine, spec("v3", NOV_1), None)
+    assert second["delta"] == "-0.20"
+    lots = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants if g.remaining}
+    assert lots == {grant.grant.id: ("grant", 220_000_000), top_up.grant.id: ("topup", 5_000_000_000)}
+    await verified(bk)
