@@ -407,7 +407,7 @@ async def test_a_counter_moved_down_by_a_delta_after_its_fold_folds_to_what_is_l
     row it proposes, which PostgreSQL checks (quantity >= 0) before ON CONFLICT adds it to the
     folded row, so the fold failed, and with it every later fold of the lane and every batch of
     the lane that reached the fold's threshold (500 on its usage events) for good. Now the
-    counter folds to 4 * 10^8; a move down of a counter with nothing folded still fails."""
+    counter folds to 4 * 10^8; a move down of a counter with nothing folded stays queued (0060)."""
     cid = await bk.customer("given-back", billing_mode="postpaid")
     rule = "allowance:free-5"
     await bk.db.run(lambda conn: conn.execute(text(DELTA), delta(cid, books=["seed"], rules=[rule],
@@ -421,6 +421,46 @@ async def test_a_counter_moved_down_by_a_delta_after_its_fold_folds_to_what_is_l
     assert await count(bk, "period_deltas", cid) == 0
     await bk.db.run(lambda conn: conn.execute(text(DELTA), delta(cid, books=["seed"], rules=["allowance:none"],
                                                                    counts=[-1])))
-    with pytest.raises(DBAPIError, match="allowance:none would go below 0"):
-        await fold(bk, cid)
+    await fold(bk, cid)  # left queued (0060), not raised
     assert await _counter(bk, cid, "allowance:none") is None
+    assert await count(bk, "period_deltas", cid) == 1
+
+
+async def test_a_counter_its_deltas_would_take_below_0_stays_queued_and_its_lane_folds_on(bk: BillingKit,
+                                                                                          monkeypatch) -> None:
+    """One customer's queued deltas would take a counter below 0: `-1` of an allowance with
+    nothing folded, and -2 * 10^8 of one folded at 10^8. The fold raised (0057) or failed the
+    counter's CHECK, so every fold of the lane failed and so did every batch of the lane that
+    reached the fold's threshold: a neighbour in the same lane could not record usage. Now that
+    customer's period stays queued (the fold warns) and the rest of the lane folds; a later delta
+    bringing the counters back to 0 or more folds it."""
+    monkeypatch.setattr(engine_module, "FOLD_CUSTOMER_AFTER", 2)
+    lanes = await bk.db.read(lane_count)
+    stuck = await bk.customer("stuck", billing_mode="postpaid")
+    n = 0
+    while lane_of(f"neighbour{n}", lanes) != lane_of(stuck, lanes):
+        n += 1
+    neighbour = await bk.customer(f"neighbour{n}", billing_mode="postpaid")
+    folded, none = "allowance:folded", "allowance:none"
+    await bk.db.run(lambda conn: conn.execute(text(DELTA), delta(stuck, books=["seed"], rules=[folded],
+                                                                   counts=[100_000_000])))
+    await fold(bk, stuck)
+    await bk.db.run(lambda conn: conn.execute(text(DELTA), delta(
+        stuck, items=["x"], q=[1], a=[0], books=["seed", "seed"], rules=[folded, none],
+        counts=[-200_000_000, -1])))
+    # the neighbour's usage: its second event's batch reaches the threshold and folds the lane
+    for _ in range(2):
+        await bk.event(neighbour, "model-a", 1000, 500)
+    assert await count(bk, "period_deltas", neighbour) == 0 and await count(bk, "usage_counters", neighbour) > 0
+    assert await count(bk, "period_deltas", stuck) == 1  # its period left queued, nothing of it folded
+    assert await _counter(bk, stuck, folded) == 100_000_000 and await _counter(bk, stuck, none) is None
+    assert await count(bk, "period_rollups", stuck) == 0
+    await jobs.fold_usage(bk.db)  # the job folds every lane, this one too, without failing
+    assert await count(bk, "period_deltas", neighbour) == 0 and await count(bk, "period_deltas", stuck) == 1
+    # a later delta brings both back: 10^8 - 2 * 10^8 + 1.5 * 10^8 = 5 * 10^7; -1 + 3 = 2
+    await bk.db.run(lambda conn: conn.execute(text(DELTA), delta(
+        stuck, books=["seed", "seed"], rules=[folded, none], counts=[150_000_000, 3])))
+    await fold(bk, stuck)
+    assert await count(bk, "period_deltas", stuck) == 0
+    assert await _counter(bk, stuck, folded) == 50_000_000 and await _counter(bk, stuck, none) == 2
+    assert await count(bk, "period_rollups", stuck) == 1
