@@ -55,13 +55,16 @@ class TrueUpFix:
         return [self.period, self.rule_id, self.model, self.old, self.new]
 
 
-def true_up_fixes(data: RerateInput, found: Sequence[Correction], ratings: Mapping[int, Rating]
-                  ) -> list[TrueUpFix]:
+def true_up_fixes(data: RerateInput, found: Sequence[Correction], ratings: Mapping[int, Rating],
+                  earlier: Mapping[int, Rating] | None = None) -> list[TrueUpFix]:
     """The corrections of `data.period`'s volume true-ups, when that period is closed and the
     re-rate corrects charges billed in it (`found`; `ratings`: the re-rated charges' ratings by id).
     Of each volume rule that rated a re-rated charge: the true-up with every charge billed in the
     period as it stands after the re-rate, at the tiers of the latest version that rated the rule
-    (the close's rule), against the true-up posted so far (`data.true_ups`)."""
+    (the close's rule), against the true-up posted so far (`data.true_ups`). A charge not re-rated
+    now counts under the rules of the version an earlier re-rate rated it with (`earlier`: its
+    rating then, by id), not those it was first charged under; under the rule re-rated charges of
+    the same token type moved to from it, when the version re-rated to names that rule otherwise."""
     book, period = data.book, data.period
     if book is None or period not in data.invoices:
         return []
@@ -71,6 +74,7 @@ def true_up_fixes(data: RerateInput, found: Sequence[Correction], ratings: Mappi
     basis: dict[str, list[Any]] = {}  # rule id -> [latest version, units, amount charged]
     touched: set[str] = set()
     rated: dict[str, dict[int, ChargeOnRecord]] = {}  # rule id -> the charges it rated, by id
+    renamed = _renamed(data, ratings, earlier or {})
     for charge in data.charges:
         if (charge.billed_in or period) != period:
             continue  # a late charge of another period, or one billed later: its close never trued it up
@@ -80,7 +84,8 @@ def true_up_fixes(data: RerateInput, found: Sequence[Correction], ratings: Mappi
                       if ln.kind == "usage" and ln.rule_id is not None and ln.override_id is None]
             touched.update(rule_id for rule_id, *_ in pieces)
         else:
-            pieces = _standing(charge)
+            pieces = [(renamed.get(rule_id, rule_id), *rest)
+                      for rule_id, *rest in _standing(charge, (earlier or {}).get(charge.id))]
         for rule_id, version, quantity, amount in pieces:
             rated.setdefault(rule_id, {})[charge.id] = charge
             held = basis.setdefault(rule_id, [version, 0, 0])
@@ -123,16 +128,43 @@ def _orphaned(data: RerateInput, basis: Mapping[str, Any]) -> list[TrueUpFix]:
     return fixes
 
 
-def _standing(charge: ChargeOnRecord) -> Iterable[tuple[str, str, int, int]]:
+def _renamed(data: RerateInput, ratings: Mapping[int, Rating], earlier: Mapping[int, Rating]) -> dict[str, str]:
+    """The rule each charge re-rated now stood under (of a token type) -> the rule rating it now, where
+    they differ: the version re-rated to names the rule otherwise."""
+    out: dict[str, str] = {}
+    for charge in data.charges:
+        rating = ratings.get(charge.id)
+        if rating is None:
+            continue
+        now = {ln.token_type: ln.rule_id for ln in rating.lines
+               if ln.kind == "usage" and ln.rule_id is not None and ln.override_id is None}
+        for line in _lines(charge, earlier.get(charge.id)):
+            rule_id, new = line.get("rule_id"), now.get(line.get("token_type"))
+            if line["kind"] == "usage" and line.get("override_id") is None and rule_id and new and new != rule_id:
+                out[rule_id] = new
+    return out
+
+
+def _lines(charge: ChargeOnRecord, rerated: Rating | None) -> Sequence[Mapping[str, Any]]:
+    """The charge's lines as its last re-rate rated it (`rerated`), or as charged."""
+    return charge.lines if rerated is None else [
+        {"kind": ln.kind, "token_type": ln.token_type, "rule_id": ln.rule_id, "override_id": ln.override_id,
+         "price_version": ln.price_version, "quantity": ln.quantity, "amount_units": ln.amount_units}
+        for ln in rerated.lines]
+
+
+def _standing(charge: ChargeOnRecord, rerated: Rating | None = None) -> Iterable[tuple[str, str, int, int]]:
     """(rule, version, units, amount) of a charge not re-rated now, at the book's price: its usage
-    lines, each moved by what earlier re-rates moved its model and token type."""
+    lines (as its last re-rate rated it, `rerated`, when one did: the rules it stands under), each
+    moved to what it stands at now by model and token type."""
+    lines = _lines(charge, rerated)
     charged: dict[tuple[str, str], int] = {}
-    for line in charge.lines:
+    for line in lines:
         key = (charge.model, line.get("token_type") or line["kind"])
         charged[key] = charged.get(key, 0) + int(line["amount_units"])
     moved = {k: v - charged.get(k, 0) for k, v in charge.standing().items()}
     out = []
-    for line in charge.lines:
+    for line in lines:
         if line["kind"] != "usage" or line.get("rule_id") is None or line.get("override_id") is not None:
             continue
         key = (charge.model, line.get("token_type") or line["kind"])

@@ -84,6 +84,7 @@ class ChargeOnRecord:
     seq: int = 0  # its capture of the call (0: a usage event, or a call's first charge, which pays the fee)
     allowance_moves: Mapping[str, int] = field(default_factory=dict)  # its re-rates' moves, by allowance id
     billed_in: str | None = None  # the period its entry was billed in (a late charge's is after its usage time's)
+    rerated_to: str | None = None  # the book version its last re-rate rated it with (None: not re-rated)
 
     def tokens(self) -> dict[str, int]:
         """The usage it was rated for (the per-request fee aside: whether it is due is the corrected
@@ -367,7 +368,7 @@ def _found(state: State, cmd: RerateCharges) -> list[Group]:
         if cmd.sources:
             found = [x for x in found if (x.charge.billed_in or source) == cmd.period]
         if found:
-            fixes = true_up_fixes(data, found, ratings) if source == cmd.period else []
+            fixes = true_up_fixes(data, found, ratings, earlier_ratings(data)) if source == cmd.period else []
             out.append((source, data, found, fixes))
     return out
 
@@ -377,7 +378,16 @@ def rerated_period(data: RerateInput, range_from: datetime, range_to: datetime
     """A period's corrections and its true-ups' (the preview's view of what apply posts)."""
     ratings: dict[int, Any] = {}
     found = corrections(data, range_from, range_to, ratings)
-    return found, true_up_fixes(data, found, ratings)
+    return found, true_up_fixes(data, found, ratings, earlier_ratings(data))
+
+
+def earlier_ratings(data: RerateInput) -> dict[int, Any]:
+    """The charges an earlier re-rate moved, each rated with the version its last re-rate rated it
+    with: the rules they stand under (a version may name a rule otherwise), for the volume true-up
+    (wallets.core.rerate_true_ups)."""
+    versions = {v.version: v for v in data.book.versions} if data.book is not None else {}
+    return {ch.id: rerated_lines(ch, versions[ch.rerated_to], {}, data.overrides) for ch in data.charges
+            if ch.rerated_to in versions}
 
 
 def _corrected_invoice(cmd: RerateCharges, groups: Sequence[Group]) -> tuple[str, str] | None:

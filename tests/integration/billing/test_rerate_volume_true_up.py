@@ -22,6 +22,7 @@ from decimal import Decimal
 from typing import Any
 
 import beanquery
+import pytest
 from beancount import loader
 from beancount.core import data
 from billing_kit import BillingKit
@@ -507,4 +508,45 @@ async def test_a_rerate_of_own_charges_alone_counts_what_a_rerate_with_late_char
     assert second["delta"] == "-0.20"
     lots = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants if g.remaining}
     assert lots == {grant.grant.id: ("grant", 220_000_000), top_up.grant.id: ("topup", 5_000_000_000)}
+    await verified(bk)
+
+
+@pytest.mark.parametrize("v3_name", ["v-out-b", "v-out"])
+async def test_a_second_rerate_of_part_of_a_period_counts_the_charges_left_under_the_name_they_were_rerated_to(
+        fresh_db, v3_name) -> None:
+    """As the renamed test: v1's `v-out` rated November's 60,000 (5th, $1.20) and 70,000 (20th,
+    $1.10); the close trued up -$1.00 (130,000 at $10/M = $1.30). A re-rate to v2 (`v-out-b`, $16/M,
+    $8/M) of the whole month: $0.96 + $0.88 = $1.84, true-up $1.04 - $1.84 = -$0.80 (`v-out` back to
+    0), November at $1.04. Then v3 keeps the name `v-out-b` at $18/M up to 100,000, $9/M beyond,
+    and a re-rate to it of November 2nd-15th only: the 5th's 60,000 x $18/M = $1.08 (+$0.12); the
+    20th's stays at v2's $0.88, rated by `v-out-b`. The true-up of `v-out-b` counts both charges,
+    130,000 at v3's tier reached ($9/M) = $1.17, less $1.08 + $0.88: -$0.79 where -$0.80 stands,
+    +$0.01. The re-rate moves +$0.13 and November ends at $1.17. Counting the 20th under the name
+    it was first rated by (`v-out`, v1) left `v-out-b` with the 5th's 60,000 alone, at the first
+    tier (true-up 0, +$0.80): +$0.92, November at $1.96, the volume discount lost. v3 naming it
+    `v-out` again moves the same: the 20th counts under the name the 5th moved to from `v-out-b`,
+    whose -$0.80 goes back to 0 beside `v-out`'s -$0.79 (one row: -$0.80 -> -$0.79)."""
+    bk = BillingKit(fresh_db)
+    await bk.add_book(V1)
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("renamed-twice", billing_mode="postpaid", book="vol")
+    for day, tokens in [(5, 60_000), (20, 70_000)]:
+        bk.clock.now = datetime(2026, 11, day, 12, tzinfo=UTC)
+        await bk.event(cid, "model-v", 0, tokens)
+    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
+    for version, start, low, high in [("v2", "2026-11-01T00:00:00Z", "16", "8"),
+                                      ("v3", "2026-11-02T00:00:00Z", "18", "9")]:
+        renamed = vol(version, start, low, high)
+        renamed["rules"][0]["id"] = "v-out-b" if version == "v2" else v3_name
+        await bk.add_book(renamed)
+        if version == "v2":
+            assert (await rerating.apply(bk.db, bk.service.engine, spec("v2"), None))["delta"] == "-0.26"
+    half = rerating.RerateSpec("vol", "v3", NOV_2, datetime(2026, 11, 15, tzinfo=UTC), None)
+    done = await rerating.apply(bk.db, bk.service.engine, half, None)
+    assert done["delta"] == "0.13"
+    [line] = [ln for ln in done["customers"][0]["lines"] if ln["token_type"] == "volume_true_up"]
+    assert (line["old_amount"], line["new_amount"], line["delta"]) == ("-0.80", "-0.79", "0.01")
+    upcoming = await bk.upcoming(cid)
+    assert (upcoming["total"], upcoming["subtotals"]["true_ups"]) == ("-0.13", "0.21")  # 1.30 - 0.13 = 1.17
     await verified(bk)
