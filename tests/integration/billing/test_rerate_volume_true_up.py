@@ -56,6 +56,11 @@ async def verified(bk: BillingKit) -> None:
     assert report.ok, [c for c in report.checks if not c.ok]
 
 
+async def live_lots(bk: BillingKit, cid: str) -> dict[str, tuple[str, int]]:
+    """The customer's lots with money left: lot id -> (kind, remaining units)."""
+    return {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants if g.remaining}
+
+
 async def rerate_entries(bk: BillingKit) -> list[Any]:
     return list(await bk.db.read(lambda conn: conn.execute(text(
         "SELECT id FROM journal_entries WHERE kind = 'rerate_adjustment' ORDER BY id"))))
@@ -290,8 +295,7 @@ async def test_a_rerate_correcting_two_models_true_ups_gives_a_promotion_back_al
     await bk.event(cid, "model-x", 0, 200_000)
     await bk.event(cid, "model-y", 0, 120_000)
     await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
-    lots = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants if g.remaining}
-    assert lots == {grant.grant.id: ("grant", 6_800_000_000)}
+    assert await live_lots(bk, cid) == {grant.grant.id: ("grant", 6_800_000_000)}
     await bk.add_book(two_models("v2", "2026-11-01T00:00:00Z", "1"))
     bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
     done = await rerating.apply(bk.db, bk.service.engine, rerating.RerateSpec("two", "v2", NOV_1, DEC_1, None), None)
@@ -419,8 +423,7 @@ async def test_a_rerate_of_one_book_counts_what_the_lots_paid_of_the_period_unde
         done = await rerating.apply(bk.db, bk.service.engine, rerating.RerateSpec(book, "v2", NOV_1, DEC_1, None),
                                     None)
         assert done["delta"] == delta
-    lots = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants if g.remaining}
-    assert lots == {grant.grant.id: ("grant", 9_500_000_000)}
+    assert await live_lots(bk, cid) == {grant.grant.id: ("grant", 9_500_000_000)}
     await verified(bk)
 
 
@@ -450,21 +453,20 @@ async def test_a_second_rerate_counts_what_a_rerate_of_late_and_own_charges_gave
     await bk.event(cid, "model-v", 0, 25_000, at=datetime(2026, 10, 25, 12, tzinfo=UTC))
     bk.clock.now = datetime(2026, 11, 10, 12, tzinfo=UTC)
     await bk.event(cid, "model-v", 0, 10_000)
-    lots = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants if g.remaining}
-    assert lots == {top_up.grant.id: ("topup", 4_600_000_000)}
+    assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 4_600_000_000)}
     oct_1, oct_2 = datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 10, 2, tzinfo=UTC)
     await bk.add_book(vol("v2", "2026-10-01T00:00:00Z", "12", "6"))
     bk.clock.now = datetime(2026, 11, 12, tzinfo=UTC)
     first = await rerating.apply(bk.db, bk.service.engine, spec("v2", oct_1), None)
     assert first["delta"] == "-0.36"
-    lots = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants if g.remaining}
-    assert lots == {grant.grant.id: ("grant", 80_000_000), top_up.grant.id: ("topup", 4_880_000_000)}
+    assert await live_lots(bk, cid) == {grant.grant.id: ("grant", 80_000_000),
+                                        top_up.grant.id: ("topup", 4_880_000_000)}
     await bk.add_book(vol("v3", "2026-10-02T00:00:00Z", "4", "2"))
     bk.clock.now = datetime(2026, 11, 13, tzinfo=UTC)
     second = await rerating.apply(bk.db, bk.service.engine, spec("v3", oct_2), None)
     assert second["delta"] == "-0.36"
-    lots = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants if g.remaining}
-    assert lots == {grant.grant.id: ("grant", 320_000_000), top_up.grant.id: ("topup", 5_000_000_000)}
+    assert await live_lots(bk, cid) == {grant.grant.id: ("grant", 320_000_000),
+                                        top_up.grant.id: ("topup", 5_000_000_000)}
     await verified(bk)
 
 
@@ -494,20 +496,19 @@ async def test_a_rerate_of_own_charges_alone_counts_what_a_rerate_with_late_char
     await bk.event(cid, "model-v", 0, 5_000, at=datetime(2026, 10, 25, 12, tzinfo=UTC))
     bk.clock.now = datetime(2026, 11, 10, 12, tzinfo=UTC)
     await bk.event(cid, "model-v", 0, 25_000)
-    lots = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants if g.remaining}
-    assert lots == {top_up.grant.id: ("topup", 4_700_000_000)}
+    assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 4_700_000_000)}
     await bk.add_book(vol("v2", "2026-10-01T00:00:00Z", "12", "6"))
     bk.clock.now = datetime(2026, 11, 12, tzinfo=UTC)
     first = await rerating.apply(bk.db, bk.service.engine, spec("v2", datetime(2026, 10, 1, tzinfo=UTC)), None)
     assert first["delta"] == "-0.32"
-    lots = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants if g.remaining}
-    assert lots == {grant.grant.id: ("grant", 120_000_000), top_up.grant.id: ("topup", 4_900_000_000)}
+    assert await live_lots(bk, cid) == {grant.grant.id: ("grant", 120_000_000),
+                                        top_up.grant.id: ("topup", 4_900_000_000)}
     await bk.add_book(vol("v3", "2026-11-01T00:00:00Z", "4", "2"))
     bk.clock.now = datetime(2026, 11, 13, tzinfo=UTC)
     second = await rerating.apply(bk.db, bk.service.engine, spec("v3", NOV_1), None)
     assert second["delta"] == "-0.20"
-    lots = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants if g.remaining}
-    assert lots == {grant.grant.id: ("grant", 220_000_000), top_up.grant.id: ("topup", 5_000_000_000)}
+    assert await live_lots(bk, cid) == {grant.grant.id: ("grant", 220_000_000),
+                                        top_up.grant.id: ("topup", 5_000_000_000)}
     await verified(bk)
 
 
