@@ -22,11 +22,9 @@ Create Date: 2026-12-05
 """
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
 from alembic import op
+
+from migrations.earlier import migration
 
 revision = "0056"
 down_revision = "0055"
@@ -50,17 +48,8 @@ PENDING = ("SELECT wallets_fold_usage(lane) FROM (SELECT lane FROM usage_unfolde
            "SELECT lane FROM period_deltas) l")
 
 
-def _migration(name: str) -> ModuleType:
-    path = Path(__file__).with_name(f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"migration_{name}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def upgrade() -> None:
-    deltas = _migration("0029_period_deltas")
+    deltas = migration("0029_period_deltas")
     op.execute(deltas._fold(AGGREGATE, KEY))
     op.execute("DELETE FROM usage_rollups WHERE level >= 4;\n"
                "ALTER TABLE usage_rollups DROP CONSTRAINT usage_rollups_level_check;\n"
@@ -69,7 +58,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute(PENDING)  # every charge folded: levels 4-7 are then written from all of them
-    deltas, usage = _migration("0029_period_deltas"), _migration("0026_usage_rollups_folded")
+    deltas, usage = migration("0029_period_deltas"), migration("0026_usage_rollups_folded")
     old = usage._aggregate()
     op.execute("ALTER TABLE usage_rollups DROP CONSTRAINT usage_rollups_level_check;\n"
                "ALTER TABLE usage_rollups ADD CONSTRAINT usage_rollups_level_check CHECK (level BETWEEN 0 AND 7);")

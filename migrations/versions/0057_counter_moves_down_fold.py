@@ -15,11 +15,9 @@ Create Date: 2026-12-05
 """
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
 from alembic import op
+
+from migrations.earlier import migration
 
 revision = "0057"
 down_revision = "0056"
@@ -66,18 +64,9 @@ _MOVED = """    sums AS (
     RETURN folded;"""
 
 
-def _migration(name: str) -> ModuleType:
-    path = Path(__file__).with_name(f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"migration_{name}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _fold_0056() -> str:
-    rollups = _migration("0056_usage_rollups_by_token_type")
-    return _migration("0029_period_deltas")._fold(rollups.AGGREGATE, rollups.KEY)
+    rollups = migration("0056_usage_rollups_by_token_type")
+    return migration("0029_period_deltas")._fold(rollups.AGGREGATE, rollups.KEY)
 
 
 def fold() -> str:

@@ -14,11 +14,9 @@ Create Date: 2026-12-05
 """
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
 from alembic import op
+
+from migrations.earlier import migration
 
 revision = "0059"
 down_revision = "0058"
@@ -39,20 +37,11 @@ _LIVE = r"""
 """
 
 
-def _0054() -> ModuleType:
-    path = Path(__file__).with_name("0054_credit_refunds_own_cash.py")
-    spec = importlib.util.spec_from_file_location("migration_0054", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def upgrade() -> None:
-    m = _0054()
+    m = migration("0054_credit_refunds_own_cash")
     op.execute(m._HEAD + _LIVE + m._OWN_CASH + m._TAIL)
 
 
 def downgrade() -> None:
-    m = _0054()
+    m = migration("0054_credit_refunds_own_cash")
     op.execute(m._HEAD + m._OWN_CASH + m._TAIL)  # 0054's function

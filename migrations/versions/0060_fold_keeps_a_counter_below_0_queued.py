@@ -16,11 +16,9 @@ Create Date: 2026-12-05
 """
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
 from alembic import op
+
+from migrations.earlier import migration
 
 revision = "0060"
 down_revision = "0059"
@@ -71,18 +69,9 @@ _WARNED = """
     END IF;"""
 
 
-def _migration(name: str) -> ModuleType:
-    path = Path(__file__).with_name(f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"migration_{name}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def fold() -> str:
     """0057's fold with a period that would take a counter below 0 left queued, not raised."""
-    before = _migration("0057_counter_moves_down_fold").fold()
+    before = migration("0057_counter_moves_down_fold").fold()
     assert before.count(_DELTAS) == 1 and before.count(_UNFOLDED) == 1
     return before.replace(_DELTAS, _KEPT).replace(_UNFOLDED, _WARNED)
 
@@ -92,4 +81,4 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute(_migration("0057_counter_moves_down_fold").fold())
+    op.execute(migration("0057_counter_moves_down_fold").fold())
