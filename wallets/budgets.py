@@ -78,7 +78,8 @@ class BudgetService:
     async def create(self, spec: BudgetSpec, idem: IdemKey | None = None) -> BudgetView | Replayed:
         from wallets.service import run_once  # imported here: wallets.service imports this module
 
-        rules.validate(spec.window, spec.metric, spec.mode, spec.limit, spec.thresholds, spec.time_zone)
+        rules.validate(spec.window, spec.metric, spec.mode, spec.limit, spec.thresholds, spec.time_zone,
+                       spec.model)
         budget_id = new_id("bud")
         lane = await self.engine.lane_of(spec.customer_id)
 

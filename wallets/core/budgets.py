@@ -31,6 +31,7 @@ from wallets.periods import new_zone
 WINDOWS = ("request", "minute", "day", "month", "lifetime")
 METRICS = ("money", "tokens", "input_tokens", "output_tokens", "requests")
 MODES = ("hard", "soft")
+NOT_WILDCARDS = "?["  # refused in a budget's model: `*` is its one wildcard (fnmatch would take these too)
 ROLLING = timedelta(seconds=60)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # the one window of a lifetime budget
 # calendar windows that start later than this before the load's `now` are loaded (wallets.store reads
@@ -349,8 +350,12 @@ def ensure_room(customer_id: str, set_by: str, live: int, most: int) -> None:
 
 
 def validate(window: str, metric: str, mode: str, limit: int, thresholds: Iterable[int],
-             time_zone: str | None) -> None:
+             time_zone: str | None, model: str | None = None) -> None:
     """Refuse a budget that cannot mean anything (names the field)."""
+    if model is not None and any(c in model for c in NOT_WILDCARDS):
+        # fnmatch's other wildcards: "gpt-4?" bound gpt-41 and gpt-4o, "m-[1m]" bound m-1 and m-m, not itself
+        raise WalletValidationError("model", "a model or a pattern whose only wildcard is `*`: `?` and `[` "
+                                    "are not allowed")
     for name, value, allowed in (("window", window, WINDOWS), ("metric", metric, METRICS), ("mode", mode, MODES)):
         if value not in allowed:
             raise WalletValidationError(name, f"must be one of {', '.join(allowed)}")

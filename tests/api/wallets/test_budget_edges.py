@@ -30,6 +30,9 @@ BAD_CREATES = [
     ({"dimensions": {"a": 1}}, "dimensions"), ({"name": "x" * 201}, "name"),
     # a misspelt field was dropped: "timezone" made a budget of UTC days, "threshold" one that never alerts
     ({"timezone": "America/New_York"}, "timezone"), ({"threshold": [80]}, "threshold"),
+    # only `*` is a wildcard (README): `?` and `[` were fnmatch's, so "gpt-4?" bound gpt-41 and gpt-4o,
+    # and "model-[1m]" (a literal name) bound model-1 and model-m, not itself
+    ({"model": "gpt-4?"}, "model"), ({"model": "model-[1m]"}, "model"), ({"model": "gpt-[!4]*"}, "model"),
 ]
 
 
