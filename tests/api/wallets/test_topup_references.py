@@ -3,12 +3,18 @@ once, as an invoice payment's or a cash refund's reference is. Before, the same 
 twice (a retried webhook, a second worker, a new Idempotency-Key) credited it twice."""
 from __future__ import annotations
 
+import asyncio
 import uuid
 
+import httpx
 import psycopg
+import pytest
 from litestar.testing import AsyncTestClient
+from psycopg.types.json import Jsonb
 
+from tests.api.apps import ADMIN_KEY, live_server
 from tests.api.wallets.conftest import BOOK
+from wallets.engine import lane_lock
 
 
 async def _customer(client: AsyncTestClient, book: str) -> str:
@@ -91,3 +97,78 @@ async def test_one_reference_in_one_lane_for_customers_of_two_currencies_credits
     other = await client.post(f"/v1/customers/{usd_b}/topups", json={"amount": "100.00", "reference": "pi_shared"})
     assert other.status_code == 409 and other.json()["code"] == "idempotency_conflict", other.text
     assert await _lots(client, usd_b) == ("40.00", ["40.00"])
+
+
+async def test_the_database_refuses_a_second_top_up_entry_under_one_reference(
+        client: AsyncTestClient, book: str, database_url: str):
+    # the rule answers a reference sent again as its first top-up; the database is the guard for
+    # what writes around it: a balanced top-up entry of 100.00 more into the customer's lot written
+    # in raw SQL under its reference is refused (23505: it committed before, 200.00 in the lot);
+    # under another reference, or none, it is not
+    cid = await _customer(client, book)
+    first = await client.post(f"/v1/customers/{cid}/topups", json={"amount": "100.00", "reference": "pi_raw"})
+    assert first.status_code == 201, first.text
+    lot = f"liability:customer:{cid}:lot:{first.json()['grant_id']}"
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            async with conn.transaction():
+                await _raw_top_up(conn, cid, "again", lot, {"lot_id": "x", "reference": "pi_raw"})
+        for key, metadata in (("other", {"lot_id": "y", "reference": "pi_other"}), ("none", {"lot_id": "z"})):
+            async with conn.transaction(force_rollback=True):  # written, then rolled back
+                await _raw_top_up(conn, cid, key, lot, metadata)
+    assert await _lots(client, cid) == ("100.00", ["100.00"])
+
+
+async def _raw_top_up(conn: psycopg.AsyncConnection, cid: str, key: str, lot: str, metadata: dict) -> None:
+    """A top-up entry of 100.00 (cash in, the lot credited) and its postings, in raw SQL."""
+    await conn.execute(
+        """WITH e AS (
+               INSERT INTO journal_entries (lane, key, request_hash, kind, customer_id, occurred_at, metadata)
+               VALUES (ledger_entry_lane(%(c)s), %(k)s, sha256(convert_to(%(k)s, 'UTF8')), 'topup', %(c)s, now(),
+                       %(m)s) RETURNING id, lane)
+           INSERT INTO postings (lane, entry_id, account_id, stripe, amount)
+           SELECT e.lane, e.id, a.id, CASE WHEN a.stripes > 1 THEN e.lane %% a.stripes ELSE 0 END, l.amount
+             FROM e, (VALUES ('asset:platform:cash:USD', 100000000000), (%(lot)s, -100000000000)) l (code, amount)
+             JOIN accounts a ON a.code = l.code""",
+        {"c": cid, "k": f"by-hand:{key}:{cid}", "m": Jsonb(metadata), "lot": lot})
+
+
+async def test_one_payment_posted_at_once_to_two_servers_is_credited_once(book: str, database_url: str):
+    # two servers (each its own engine and connections) on one database are sent the same payment,
+    # 100.00 under pi_race, four times each under eight Idempotency-Keys, while another session
+    # holds the customer's lane lock; once both servers wait for it, it is let go: one 201, seven
+    # 200 with its grant and entry, 100.00 in one lot, one top-up entry
+    cid = f"race-{uuid.uuid4().hex[:10]}"
+    with live_server(database_url) as one, live_server(database_url) as two:
+        admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        async with httpx.AsyncClient(base_url=one, headers=admin, timeout=60) as a, \
+                httpx.AsyncClient(base_url=two, headers=admin, timeout=60) as b:
+            assert (await a.post("/v1/customers", json={"id": cid, "price_book": book})).status_code == 201
+            async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as other:
+                lane = (await (await other.execute("SELECT ledger_lane(%s)", (cid,))).fetchone())[0]
+                await other.execute("SELECT pg_advisory_lock(%s)", (lane_lock(lane),))
+                posts = [asyncio.create_task((a, b)[i % 2].post(
+                    f"/v1/customers/{cid}/topups", json={"amount": "100.00", "reference": "pi_race"},
+                    headers={"Idempotency-Key": f"race-{i}"})) for i in range(8)]
+                await _waiting_on_a_lock(other, sessions=2)
+                await other.execute("SELECT pg_advisory_unlock(%s)", (lane_lock(lane),))
+                answers = await asyncio.wait_for(asyncio.gather(*posts), 60)
+                entries = (await (await other.execute(
+                    "SELECT count(*) FROM journal_entries WHERE customer_id = %s AND kind = 'topup'",
+                    (cid,))).fetchone())[0]
+            assert sorted(r.status_code for r in answers) == [200] * 7 + [201], [r.text for r in answers]
+            assert len({(r.json()["grant_id"], r.json()["entry_id"]) for r in answers}) == 1
+            w = (await b.get(f"/v1/customers/{cid}/wallet")).json()
+    assert (w["available"], [g["granted"] for g in w["grants"]], entries) == ("100.00", ["100.00"], 1)
+
+
+async def _waiting_on_a_lock(conn: psycopg.AsyncConnection, sessions: int) -> None:
+    """Until `sessions` sessions wait for an advisory lock at once (asked every 5 ms, up to 60 s)."""
+    waiting = 0
+    for _ in range(12_000):
+        waiting = (await (await conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")).fetchone())[0]
+        if waiting >= sessions:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"{waiting} sessions waited for an advisory lock at once, not {sessions}")
