@@ -283,7 +283,7 @@ class Batch:
             effect.reservation_id, effect.customer_id, effect.request_id, effect.request_hash, effect.model,
             effect.amount, chart.HELD, effect.created_at, effect.expires_at,
             [Hold(h.seq, h.account, h.amount) for h in effect.holds], dict(effect.dimensions),
-            dict(effect.estimate) if effect.estimate is not None else None)
+            dict(effect.estimate) if effect.estimate is not None else None, hold_tokens=effect.hold_tokens)
         self.opened[effect.reservation_id] = (effect.customer_id, key)
 
     def _reservation_changed(self, effect: ReservationChanged, key: str | None) -> None:

@@ -29,7 +29,7 @@ _TOKENS = ("tokens", "input_tokens", "output_tokens")
 # move), and for token budgets what their charges rated
 _RESERVATIONS = """
 SELECT r.id, r.model, r.dimensions, r.created_at, r.status, r.amount - r.captured - r.released, r.charged,
-       r.captures, {tokens}
+       r.captures, {tokens}, r.hold_prompt_tokens, r.hold_output_tokens
   FROM reservations r
  WHERE r.lane = %(lane)s AND r.customer_id = %(customer)s AND r.created_at >= %(start)s
    AND r.created_at < %(end)s{which}"""
@@ -109,18 +109,23 @@ async def _each_call(conn: AsyncConnection, params: dict[str, Any]) -> list[Past
     """The window's calls one by one, with the tokens their charges rated (a token budget)."""
     calls: list[PastCall] = []
     rows = await conn.exec_driver_sql(_RESERVATIONS.format(tokens=_CHARGE_USAGE, which=""), params)
-    for rid, model, dimensions, at, status, left, charged, captures, usages in rows:
+    for rid, model, dimensions, at, status, left, charged, captures, usages, prompt, output in rows:
         counts: dict[str, int] = {}
         for usage, lines in usages or []:
             for kind, n in charged_tokens(usage, lines).items():
                 counts[kind] = counts.get(kind, 0) + n
         is_open = status in _OPEN
         calls.append(PastCall(rid, model, dimensions or {}, at, int(left) if is_open else 0, int(charged), counts,
-                              int(captures), is_open, is_open or status == "expired"))
+                              int(captures), is_open, is_open or status == "expired",
+                              hold_tokens=(_opt(prompt), _opt(output))))
     for event_id, model, dimensions, at, charged, usage, lines in await conn.exec_driver_sql(_EVENTS, params):
         calls.append(PastCall(f"event:{event_id}", model, dimensions or {}, at, 0, int(charged),
                               charged_tokens(usage, lines), 1, False, False))
     return calls
+
+
+def _opt(n: Any) -> int | None:
+    return None if n is None else int(n)
 
 
 async def _summed(conn: AsyncConnection, params: dict[str, Any], money: bool) -> list[PastCall]:
@@ -140,7 +145,7 @@ async def _summed(conn: AsyncConnection, params: dict[str, Any], money: bool) ->
                                       ((int(adjustment_id), int(delta)),)))
     rows = await conn.exec_driver_sql(_RESERVATIONS.format(tokens="NULL", which=f" AND r.status IN {_MOVABLE}"),
                                       params)
-    for rid, model, dimensions, at, status, left, charged, captures, _ in rows:
+    for rid, model, dimensions, at, status, left, charged, captures, *_ in rows:
         is_open = status in _OPEN
         calls.append(PastCall(rid, model, dimensions or {}, at, int(left) if is_open else 0, int(charged), {},
                               int(captures), is_open, True, tuple(adjusted.get(rid, ()))))

@@ -168,6 +168,9 @@ class Reservation:
     final_charge: dict[str, Any] | None = None
     capture_ids: dict[str, tuple[bytes, dict[str, Any]]] = field(default_factory=dict)
     budget_holds: dict[str, BudgetHold] = field(default_factory=dict)  # by budget id
+    # the (prompt, output) tokens its hold counts in a token budget (None: an amount alone), kept so
+    # that a token budget made while it is open counts it (written, not loaded)
+    hold_tokens: tuple[int | None, int | None] | None = None
 
     @property
     def is_open(self) -> bool:

@@ -358,15 +358,17 @@ _WRITES: dict[str, str] = {
                 WHERE lots.lane = {lane} AND lots.id = r.id""",
     "reservations": """INSERT INTO reservations (lane, id, customer_id, request_id, request_hash, model,
                    amount, captured, released, charged, captures, status, dimensions, estimate,
-                   entry_id, created_at, expires_at, closed_at)
+                   entry_id, created_at, expires_at, closed_at, hold_prompt_tokens, hold_output_tokens)
                SELECT {lane}, r.id, r.customer_id, r.request_id, decode(r.request_hash, 'base64'), r.model,
                       r.amount, r.captured, r.released, r.charged, r.captures, r.status,
-                      r.dimensions, r.estimate, r.entry_id, r.created_at, r.expires_at, r.closed_at
+                      r.dimensions, r.estimate, r.entry_id, r.created_at, r.expires_at, r.closed_at,
+                      r.hold_prompt_tokens, r.hold_output_tokens
                  FROM jsonb_to_recordset({p}::jsonb) AS r(id text, customer_id text, request_id text,
                       request_hash text, model text, amount numeric, captured numeric,
                       released numeric, charged numeric, captures int, status text, dimensions jsonb,
                       estimate jsonb, entry_id bigint, created_at timestamptz,
-                      expires_at timestamptz, closed_at timestamptz)""",
+                      expires_at timestamptz, closed_at timestamptz, hold_prompt_tokens bigint,
+                      hold_output_tokens bigint)""",
     "reservation_updates": """UPDATE reservations SET captured = r.captured, released = r.released,
                       charged = r.charged, captures = r.captures, status = r.status,
                       closed_at = r.closed_at, expires_at = r.expires_at
@@ -959,7 +961,9 @@ def reservation_row(r: Reservation, entry_id: int | None) -> dict[str, Any]:
             "captured": r.captured, "released": r.released, "charged": r.charged,
             "captures": r.captures, "status": r.status, "dimensions": r.dimensions,
             "estimate": r.estimate, "entry_id": entry_id, "created_at": r.created_at,
-            "expires_at": r.expires_at, "closed_at": r.closed_at}
+            "expires_at": r.expires_at, "closed_at": r.closed_at,
+            "hold_prompt_tokens": (r.hold_tokens or (None, None))[0],
+            "hold_output_tokens": (r.hold_tokens or (None, None))[1]}
 
 
 def reservation_update(r: Reservation) -> dict[str, Any]:

@@ -12,7 +12,8 @@ movable call's as a `rerate:<adjustment id>` row beside its own, as a re-rate wr
 
 Only calendar windows and the lifetime are counted: a rolling minute forgets in a minute what it
 would find, and a per-request cap counts one hold. In a token budget a hold open when it is made
-counts once settled (its estimate's token upper bound is not kept for every kind of call).
+counts the tokens it holds (the reservation keeps them, migration 0062), less what its captures
+used; a hold of an amount alone, or one taken before 0062, counts once settled.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from wallets.core.budget_rerates import key_of
-from wallets.core.budgets import actual_quantity, matches, window_start
+from wallets.core.budgets import actual_quantity, hold_quantity, matches, window_start
 from wallets.model import Budget
 
 
@@ -33,7 +34,8 @@ class PastCall:
     `tokens` what its charges came to, `charges` how many there were, `open` whether it is held or
     capturing, `movable` whether a charge may still come (open, or expired: a late settle),
     `adjusted` the re-rates of its charges so far: (adjustment id, difference), in order; `calls`
-    how many charged calls it stands for (closed calls summed by scope: a request budget's count)."""
+    how many charged calls it stands for (closed calls summed by scope: a request budget's count);
+    `hold_tokens` the prompt and output tokens its hold counts in a token budget (None: not kept)."""
 
     key: str
     model: str
@@ -47,6 +49,7 @@ class PastCall:
     movable: bool
     adjusted: tuple[tuple[int, int], ...] = ()
     calls: int = 1
+    hold_tokens: tuple[int | None, int | None] = (None, None)  # the (prompt, output) tokens its hold counts
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,4 +94,6 @@ def _counts(metric: str, call: PastCall) -> tuple[int, int]:
         return call.held, call.charged
     if metric == "requests":
         return (1 if call.open and not call.charges else 0), (used * call.calls if call.charges else 0)
-    return 0, used
+    # an open hold counts its tokens, less what its captures used (each took as much off the hold)
+    held = hold_quantity(metric, 0, *call.hold_tokens) if call.open else None
+    return max(0, (held or 0) - used), used

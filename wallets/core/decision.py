@@ -70,6 +70,7 @@ class ReservationOpened(msgspec.Struct, frozen=True, gc=False):
     holds: tuple[HoldPiece, ...]
     dimensions: Mapping[str, Any]
     estimate: Mapping[str, Any] | None
+    hold_tokens: tuple[int | None, int | None] | None = None  # what a token budget counts it at
 
 
 class ReservationChanged(msgspec.Struct, frozen=True, gc=False):

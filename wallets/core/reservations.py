@@ -86,7 +86,7 @@ def reserve(state: State, cmd: Reserve, now: datetime, book: PriceBook | None) -
         return Decision.refuse(WalletValidationError(  # the gateway's header, where they come from
             f"x-tokentill-dimensions.{name}", f"the price book prices by {name}: the call sets it, not the caller"))
     prompt = cmd.prompt_tokens
-    if cmd.prior_context_tokens is not None and w.budgets:  # token budgets count what the money holds
+    if cmd.prior_context_tokens is not None:  # token budgets count what the money holds (and one made later)
         prompt = held_prompt_tokens(book_for(w, book), cmd.model, cmd.prompt_tokens or 0, cmd.dimensions, now,
                                     cmd.prior_context_tokens)
     rid = state.ids("res")
@@ -101,7 +101,7 @@ def reserve(state: State, cmd: Reserve, now: datetime, book: PriceBook | None) -
     if isinstance(pieces, str):
         return Decision.refuse(InsufficientFundsError(pieces, **error_context), AnswerKept(
             cmd.scope, cmd.request_id, cmd.request_hash, InsufficientFundsError.code, {"detail": pieces}))
-    decision = _hold(w, cmd, rid, amount, pieces, now)
+    decision = _hold(w, cmd, rid, amount, pieces, now, (prompt, cmd.max_output_tokens))
     return Decision(decision.outcome, decision.entry, (*decision.effects, *counted))
 
 
@@ -145,7 +145,7 @@ def _pieces(w: Wallet, amount: int, now: datetime) -> list[tuple[str, int]] | st
 
 
 def _hold(w: Wallet, cmd: Reserve, rid: str, amount: int, pieces: list[tuple[str, int]],
-          now: datetime) -> Decision:
+          now: datetime, tokens: tuple[int | None, int | None]) -> Decision:
     cid = w.customer.id
     expires_at = now + timedelta(seconds=cmd.ttl_seconds)
     legs = Legs(w.customer.currency).credit(chart.reserved_account(cid), amount)
@@ -157,7 +157,8 @@ def _hold(w: Wallet, cmd: Reserve, rid: str, amount: int, pieces: list[tuple[str
                                  now.isoformat(), expires_at.isoformat())
     opened = ReservationOpened(cid, rid, cmd.request_id, cmd.request_hash, cmd.model, amount, now, expires_at,
                                tuple(HoldPiece(i, account, a) for i, (account, a) in enumerate(pieces)),
-                               dict(cmd.dimensions), dict(cmd.estimate) if cmd.estimate is not None else None)
+                               dict(cmd.dimensions), dict(cmd.estimate) if cmd.estimate is not None else None,
+                               None if tokens == (None, None) else tokens)
     kept = AnswerKept(cmd.scope, cmd.request_id, cmd.request_hash, "reserved", summary.as_dict())
     result = ReserveResult(summary, replayed=False, entry_key=posted.key if posted else None)
     return Decision(Outcome(result.code, result), posted, (opened, kept))

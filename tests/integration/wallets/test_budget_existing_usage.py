@@ -171,3 +171,31 @@ async def test_a_day_budget_made_later_counts_a_call_and_an_event_at_its_exact_s
     view = await _budget(kit, cid, window="day", metric="money", limit=usd("10.00"), time_zone="America/New_York")
     assert (view.used, view.held) == (usd("4.00"), 0)  # 1.00 + 3.00
     assert (await kit.verify()).ok
+
+
+async def test_a_token_budget_made_while_holds_are_open_counts_their_tokens_at_once(shared_kit: Kit):
+    # a money budget counted an open hold at once, a token budget only once it settled: with 1,000 and
+    # 450 tokens held and 150 used, a 2,100-token hard day made took a 600-token hold (750, not 2,200)
+    kit, clock = shared_kit, shared_kit.clock
+    clock.now = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
+    cid = await kit.customer("openh")
+    await kit.top_up(cid, "100.00")
+    first = await kit.reserve(cid, "t1", input_tokens=1000)  # 1,000 tokens held
+    second = await kit.reserve(cid, "t2", input_tokens=400, max_output_tokens=200)  # 600 held
+    await kit.settle(cid, second.reservation.id, input_tokens=100, output_tokens=50, final=False,
+                     capture_id="cap1")  # 150 used, 600 - 150 = 450 still held
+    await kit.reserve(cid, "t0", amount="1.00")  # an amount alone: no tokens to count
+    clock.now = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+    day = await _budget(kit, cid, window="day", metric="tokens", limit=2100)
+    assert (day.used, day.held) == (150, 1000 + 450)
+    outputs = await _budget(kit, cid, window="day", metric="output_tokens", limit=1000)
+    assert (outputs.used, outputs.held) == (50, 200 - 50)  # the capture's 50 output came off its 200
+    with pytest.raises(BudgetExceededError) as refused:  # 150 + 1,450 + 600 = 2,200 > 2,100
+        await kit.reserve(cid, "t3", input_tokens=600)
+    assert (refused.value.context["used"], refused.value.context["held"]) == (150, 1450)
+    await kit.reserve(cid, "t4", input_tokens=500)  # 2,100: exactly the limit
+    # the hold open before the budget settles in it: its 1,000 held become 800 used
+    await kit.settle(cid, first.reservation.id, input_tokens=800)
+    now = await kit.service.budgets.get(day.budget.id)
+    assert (now.used, now.held) == (150 + 800, 450 + 500)
+    assert (await kit.verify()).ok
