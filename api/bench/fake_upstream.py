@@ -7,7 +7,7 @@ The model name picks the behaviour: `...-fail` answers 500 before any token; `..
 PAUSE_AFTER tokens, then waits for the caller to leave (so "emitted before the cut" is exact);
 `...-stall` sends PAUSE_AFTER tokens, is silent STALL_SECONDS, then sends the rest and its usage;
 `...-hold` sends one token, then waits until `release()` is called; `...-drop` breaks the
-connection after DROP_AFTER tokens (a whole chat or messages answer: after half its body);
+connection after DROP_AFTER tokens (a whole chat or messages answer: after that many words of its text);
 `...-overloaded` answers 503; `...-trickle` streams a token every TRICKLE_SECONDS; `...-slow` (a
 whole chat answer) never answers, and waits for the caller to leave; `...-nousage` streams without
 any usage; `...-lateusage` streams its answer, then waits LATE_USAGE_SECONDS before the event that
@@ -167,11 +167,13 @@ async def _json(send: Any, status: int, body: Any) -> None:
     await send({"type": "http.response.body", "body": data})
 
 
-async def _dropped(send: Any, data: bytes) -> None:
-    """Start a whole answer, send half of its body, and break the connection."""
+async def _dropped(send: Any, data: bytes, words: list[str]) -> None:
+    """Start a whole answer, send its body up to the DROP_AFTER-th word of its text (`words`), and
+    break the connection."""
+    text = msgspec.json.encode("".join(words[:DROP_AFTER]))[:-1]  # the string so far, unclosed
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
-    await send({"type": "http.response.body", "body": data[:len(data) // 2], "more_body": True})
+    await send({"type": "http.response.body", "body": data[:data.index(text) + len(text)], "more_body": True})
     raise ConnectionAbortedError("the fake drops the answer")  # the server aborts the connection (or stream)
 
 
@@ -225,7 +227,7 @@ async def _chat(fake: FakeUpstream, log: Logged, receive: Any, send: Any) -> Non
                                "logprobs": None, "finish_reason": "stop"}], "usage": _chat_usage(len(words)),
                   "system_fingerprint": "fp_fake", **served}
         if model.endswith("-drop"):
-            await _dropped(send, msgspec.json.encode(answer))
+            await _dropped(send, msgspec.json.encode(answer), words)
         log.emitted, log.done = len(words), True
         await _json(send, 200, answer)
         return
@@ -355,7 +357,7 @@ async def _messages(fake: FakeUpstream, log: Logged, receive: Any, send: Any) ->
         answer = {**message, "content": [*runs, {"type": "text", "text": "".join(words)}], "stop_reason": "end_turn",
                   "usage": {**usage, "output_tokens": len(words), **server}, **container}
         if log.body["model"].endswith("-drop"):
-            await _dropped(send, msgspec.json.encode(answer))
+            await _dropped(send, msgspec.json.encode(answer), words)
         log.emitted, log.done = len(words), True
         await _json(send, 200, answer)
         return

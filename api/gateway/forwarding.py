@@ -15,7 +15,13 @@ from prometheus_client import Counter
 from api.gateway.calls import CHAT, Call
 from api.gateway.settles import settle_record
 from api.gateway.shapes import Refusal, stream_error_event
-from api.gateway.streams import EventSplitter, StreamTally, answer_settlement, with_compactions
+from api.gateway.streams import (
+    EventSplitter,
+    StreamTally,
+    answer_settlement,
+    cut_answer_settlement,
+    with_compactions,
+)
 from api.routes.inputs import usage_tokens
 from api.routes.wire import money
 from pricing.errors import InvalidUsageError
@@ -143,17 +149,40 @@ class Forwarding:
                                                     (b"x-tokentill-charged", b"0")], body)
 
     async def _body(self, response: httpx.Response) -> bytes | None:
-        """A whole answer's body, or None when it was cut or went silent mid-way: the hold is then
-        released and the caller gets no part of it, but a 502 or 504 (see _unanswered)."""
+        """A whole answer's body, or None when it was cut or went silent mid-way: the caller gets
+        no part of it, but a 502 or 504. Before any byte of it (or of an error status's), the hold
+        is released (see _unanswered); once bytes of a generated answer came, it is charged as a
+        cut stream is (see _cut_short)."""
         parts: list[bytes] = []
         try:
             chunks = response.aiter_bytes()
             while (part := await self._next(chunks)) is not None:
                 parts.append(part)
         except httpx.HTTPError as exc:
-            await self._unanswered(exc)
+            part = b"".join(parts)
+            if part and response.is_success:
+                await self._cut_short(part, exc)
+            else:
+                await self._unanswered(exc)
             return None
         return b"".join(parts)
+
+    async def _cut_short(self, part: bytes, exc: httpx.HTTPError) -> None:
+        """A whole answer cut (or gone silent) mid-body: the upstream generated it, and bills it.
+        Settled with the prompt's count and the output metered from what arrived
+        (streams.cut_answer_settlement), answered 502 or 504 with its charge and
+        `x-should-retry: false`: the official clients would send it again, charged again."""
+        self.outcome = "upstream_error"
+        log.warning("upstream %s %s answer cut short after %d bytes: %s", self.x.provider, self.x.path,
+                    len(part), exc.__class__.__name__)
+        charged = await self.finish(cut_answer_settlement(self.call.kind, part, self.x.gw.counter, self.call.model,
+                                                          self.call.prompt_raw_tokens, self.tally),
+                                    wait=self._waits())
+        timeout = isinstance(exc, httpx.TimeoutException)
+        refusal = Refusal(504 if timeout else 502, "upstream_timeout" if timeout else "upstream_unavailable",
+                          f"the upstream's answer was cut short ({exc.__class__.__name__}); it was generated, "
+                          "and is charged as far as it came")
+        await self.x._refuse(refusal, charged=charged, currency=self.reservation.currency)
 
     async def _whole(self, response: httpx.Response) -> None:
         """The answer goes back once its settle is spooled and, by default, taken by the ledger:

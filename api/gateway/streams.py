@@ -36,6 +36,7 @@ from typing import Any
 import msgspec
 
 from api.gateway.calls import CHAT, EMBEDDINGS, MESSAGES, RESPONSES
+from api.gateway.partial import partial_json
 from api.gateway.tools import ANTHROPIC_CODE_EXECUTION_NAMES, OPENAI_CONTAINER_CALLS, OPENAI_TOOL_CALLS
 from api.stream_texts import ANTHROPIC_DELTAS, RESPONSES_DELTAS, list_of, texts_of_chat_delta
 from pricing.attachments import answer_audio_tokens, decoded_size, output_audio_tokens
@@ -415,5 +416,18 @@ def answer_settlement(kind: str, raw: bytes, counter: TokenCounter, model: str, 
         return "usage", {"input_tokens": prompt_raw_tokens}
     if tally is None:
         tally = StreamTally(kind)
+        tally.observe_answer(body)
+    return tally.settlement(counter, model, prompt_raw_tokens) or ("usage", {"input_tokens": prompt_raw_tokens})
+
+
+def cut_answer_settlement(kind: str, part: bytes, counter: TokenCounter, model: str, prompt_raw_tokens: int,
+                          tally: StreamTally) -> tuple[str, dict]:
+    """(usage form, usage) of a whole JSON answer whose body was cut short (`part`, what arrived):
+    its headers and first bytes came, so the upstream generated it and bills it. Settled as a
+    stream cut mid-way is: the prompt's count and the output metered from the text that arrived
+    (api.gateway.partial: the text cut mid-string counts as far as it came), with the tools its
+    items showed. Any usage in it is not read: a count cut mid-digits would be taken as smaller."""
+    body = partial_json(part)
+    if body is not None and kind != EMBEDDINGS:
         tally.observe_answer(body)
     return tally.settlement(counter, model, prompt_raw_tokens) or ("usage", {"input_tokens": prompt_raw_tokens})

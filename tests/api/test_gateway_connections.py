@@ -505,7 +505,12 @@ def test_an_upstream_error_status_is_passed_through_once_and_never_resent(h2, tl
     assert wallet(url, cid) == (Decimal("10"), 0)
 
 
-def test_a_whole_answer_cut_mid_body_is_not_resent_answers_502_and_releases_the_hold(h2, tls_h1):
+# a whole answer the fake cuts after DROP_AFTER words of its text: the prompt as counted ("user" and
+# "hi", 3 a message, 3 for the reply: 8) and the 10 words that came, as a stream cut there is charged
+CUT_WHOLE = (8 * IN + fk.DROP_AFTER * OUT) / M + CALL
+
+
+def test_a_whole_answer_cut_mid_body_is_not_resent_answers_502_and_is_charged_what_came(h2, tls_h1):
     url, _ = h2
     cid, key = customer(h2)
     before = len(tls_h1.fake.calls)
@@ -513,12 +518,15 @@ def test_a_whole_answer_cut_mid_body_is_not_resent_answers_502_and_releases_the_
         claude(url, key).messages.create(model="claude-test-drop", max_tokens=100, messages=HI)
     assert raised.value.status_code == 502 and raised.value.body["error"]["code"] == "upstream_unavailable"
     assert [c.body["model"] for c in tls_h1.fake.calls[before:]] == ["claude-test-drop"]
-    assert charged(url, raised.value.response.headers["x-tokentill-request-id"]) == 0
-    assert wallet(url, cid) == (Decimal("10"), 0)
+    assert CUT_WHOLE == Decimal("0.00128")
+    headers = raised.value.response.headers
+    assert Decimal(headers["x-tokentill-charged"]) == CUT_WHOLE and headers["x-should-retry"] == "false"
+    assert charged(url, headers["x-tokentill-request-id"]) == CUT_WHOLE
+    assert wallet(url, cid) == (Decimal("10") - CUT_WHOLE, 0)
     claude(url, key).messages.create(model="claude-test", max_tokens=100, messages=HI)  # the pool serves on
 
 
-def test_a_whole_answer_left_unfinished_over_http2_is_a_504_not_resent_and_released(h2, tls):
+def test_a_whole_answer_left_unfinished_over_http2_is_a_504_not_resent_and_charged_what_came(h2, tls):
     url, _ = h2
     cid, key = customer(h2)
     before = len(tls.fake.calls)
@@ -527,8 +535,10 @@ def test_a_whole_answer_left_unfinished_over_http2_is_a_504_not_resent_and_relea
         oai(url, key).chat.completions.create(model="gpt-test-drop", messages=HI)
     assert raised.value.status_code == 504 and raised.value.body["code"] == "upstream_timeout"
     assert [c.body["model"] for c in tls.fake.calls[before:]] == ["gpt-test-drop"]
-    assert charged(url, raised.value.response.headers["x-tokentill-request-id"]) == 0
-    assert wallet(url, cid) == (Decimal("10"), 0)
+    headers = raised.value.response.headers
+    assert Decimal(headers["x-tokentill-charged"]) == CUT_WHOLE and headers["x-should-retry"] == "false"
+    assert charged(url, headers["x-tokentill-request-id"]) == CUT_WHOLE
+    assert wallet(url, cid) == (Decimal("10") - CUT_WHOLE, 0)
     oai(url, key).chat.completions.create(model="gpt-test", messages=HI)  # the pool serves on
 
 

@@ -312,6 +312,54 @@ def test_a_fault_of_the_gateways_own_after_a_charged_answer_is_not_retried_by_th
     assert wallet(url, cid) == (Decimal("10") - cost, 0)
 
 
+CUT_MESSAGE = msgspec.json.encode({
+    "id": "msg_cut", "type": "message", "role": "assistant", "model": "m",
+    "content": [{"type": "text", "text": " one two three"}], "stop_reason": "end_turn",
+    "usage": {"input_tokens": 900, "output_tokens": 40}})
+
+
+@pytest.mark.parametrize("sdk", ["openai", "anthropic"])
+@pytest.mark.parametrize("came", ["up_to_three", "nothing"])
+def test_a_whole_answer_cut_mid_body_is_charged_what_came_and_not_retried(live, upstream, sdk, came):
+    """A whole answer whose connection is lost mid-body was generated (its headers and first bytes
+    came), and the upstream bills it: it was released and answered a 502 that the official clients
+    send again twice (three upstream calls, each billed, 0 charged). Now it is charged as a stream
+    cut there is, the prompt as counted and the text that came metered, and its 502 says so and
+    x-should-retry: false. Cut before any byte of the body, it is released and may be retried."""
+    url, _ = live
+    cid, key = customer(live)
+    data = WHOLE if sdk == "openai" else CUT_MESSAGE
+    arrived = data[:data.index(b" three")] if came == "up_to_three" else b""
+
+    async def cut(send: Any, receive: Any) -> None:
+        await start(send, b"application/json", len(data))
+        if arrived:
+            await body(send, arrived)
+        raise ConnectionAbortedError("the upstream drops the answer mid-body")
+
+    name = model(upstream, cut)
+    with pytest.raises(openai.InternalServerError if sdk == "openai" else anthropic.InternalServerError) as raised:
+        if sdk == "openai":
+            openai.OpenAI(base_url=f"{url}/openai/v1", api_key=key).chat.completions.create(model=name, messages=HI)
+        else:
+            anthropic.Anthropic(base_url=f"{url}/anthropic", api_key=key).messages.create(
+                model=name, max_tokens=100, messages=HI)
+    response = raised.value.response
+    assert response.status_code == 502
+    # the prompt as counted ("user" and "hi", 3 a message, 3 for the reply: 8) and " one two" metered (2)
+    cost = (8 * IN + 2 * OUT) / M + CALL if arrived else Decimal(0)
+    assert cost == (Decimal("0.00112") if arrived else 0)
+    assert Decimal(response.headers["x-tokentill-charged"]) == cost
+    assert charged(url, response.headers["x-tokentill-request-id"]) == cost
+    assert wallet(url, cid) == (Decimal("10") - cost, 0)
+    if arrived:  # sent once: a retry would be billed again
+        assert response.headers["x-should-retry"] == "false"
+        assert sum(call["model"] == name for call in upstream.fake.calls) == 1
+    else:  # released: the client may try again (max_retries 2 by default)
+        assert "x-should-retry" not in response.headers
+        assert sum(call["model"] == name for call in upstream.fake.calls) == 3
+
+
 def test_a_responses_stream_whose_text_holds_a_unicode_line_separator_is_charged_its_usage(live, upstream):
     """Only CR and LF end a server-sent event's lines: a U+2028 or U+0085 inside the JSON of
     response.completed (its output text, unescaped as JSON allows) leaves the event, and its

@@ -1,0 +1,97 @@
+"""What arrived of a whole JSON answer cut short (pure: no I/O): its prefix closed into a JSON
+document, so that the text it carries so far can be metered as a cut stream's is
+(api.gateway.streams.StreamTally.cut_answer).
+
+The prefix is kept up to its last complete value, a string value cut mid-way included (the text
+it held so far: a generated answer is mostly one long string); a number, a literal or a key cut
+mid-way is dropped (`12` may have been `123`), then every open object and array is closed."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+_SCALAR = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?|true|false|null")
+_SCALAR_CUT = re.compile(r"[-+.0-9eE]+|t(?:r(?:ue?)?)?|f(?:a(?:l(?:se?)?)?)?|n(?:u(?:ll?)?)?")
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _string_end(text: str, start: int) -> tuple[int, int]:
+    """(the index just past the closing quote of the string opened at `start`, or -1 when it is
+    cut; the index its last whole character or escape ends at)."""
+    i, n = start + 1, len(text)
+    while i < n:
+        c = text[i]
+        if c == '"':
+            return i + 1, i
+        if c != "\\":
+            i += 1
+            continue
+        if i + 1 >= n:  # a backslash cut from what it escapes
+            return -1, i
+        if text[i + 1] == "u":
+            if i + 6 > n or not all(h in _HEX for h in text[i + 2:i + 6]):
+                return -1, i
+            i += 6
+        else:
+            i += 2
+    return -1, n
+
+
+def closed_prefix(text: str) -> str | None:
+    """The longest prefix of `text` (a JSON document cut short) that ends after a complete value
+    or inside a string value, closed: its string, objects and arrays; None when it is not JSON."""
+    closers: list[str] = []
+    safe: str | None = None  # the prefix so far, closed
+    key = False  # the next string is an object's key
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c in " \t\r\n":
+            i += 1
+        elif c in "{[":
+            closers.append("}" if c == "{" else "]")
+            key = c == "{"
+            i += 1
+            safe = text[:i] + "".join(reversed(closers))
+        elif c in "}]":
+            if not closers or closers[-1] != c:
+                return None
+            closers.pop()
+            i += 1
+            safe = text[:i] + "".join(reversed(closers))
+        elif c == ":":
+            key = False
+            i += 1
+        elif c == ",":
+            key = bool(closers) and closers[-1] == "}"
+            i += 1
+        elif c == '"':
+            end, whole = _string_end(text, i)
+            if end < 0:  # cut inside: a value keeps what it held so far, a key is dropped
+                return safe if key else text[:whole] + '"' + "".join(reversed(closers))
+            i = end
+            if not key:
+                safe = text[:i] + "".join(reversed(closers))
+        else:
+            scalar = _SCALAR.match(text, i)
+            if _SCALAR_CUT.fullmatch(text, i):  # at the end, it may go on (a number's digits, a literal's letters)
+                break
+            if scalar is None:
+                return None
+            i = scalar.end()
+            safe = text[:i] + "".join(reversed(closers))
+    return safe
+
+
+def partial_json(raw: bytes) -> dict[str, Any] | None:
+    """The object a JSON answer cut short began, as far as it came (see closed_prefix), or None."""
+    closed = closed_prefix(raw.decode("utf-8", "ignore"))  # a character cut mid-way is dropped
+    if closed is None:
+        return None
+    try:
+        body = msgspec.json.decode(closed)
+    except msgspec.DecodeError:
+        return None
+    return body if isinstance(body, dict) else None
