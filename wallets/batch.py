@@ -187,14 +187,14 @@ class Batch:
 
     def _unposted(self, decision: Decision) -> None:
         """A charge that moved no money (a 100 % discount, an allowance that paid it all, a price
-        of 0), or a true-up whose lines net 0, posts no entry, but it is billed all the same: its
+        of 0), or a true-up or a re-rate whose lines net 0, posts no entry, but it is billed all the same: its
         lines (the usage at list price and what took it off) go to the rollup of its period."""
         for effect in decision.effects:
             if type(effect) is ChargeRecorded and effect.lines:
                 c = self.loaded.wallets[effect.customer_id].customer
                 origin, period = billing_period(effect.occurred_at, c), c.billed_in(effect.occurred_at).label
-            elif type(effect) is TrueUpPosted and effect.lines:
-                origin = period = effect.period
+            elif type(effect) in (TrueUpPosted, AdjustmentPosted) and effect.lines:
+                origin = period = effect.period  # a re-rate's lines netting 0: with the charges they correct
             else:
                 continue
             items: dict[str, tuple[int, int]] = {}

@@ -855,6 +855,33 @@ async def true_ups_posted(conn: AsyncConnection, customer_id: str, period: str) 
     return {rule_id: int(amount) for rule_id, amount in rows}
 
 
+async def true_up_shares(conn: AsyncConnection, customer_id: str, period: str) -> tuple[int, dict[str, int]]:
+    """What `period`'s true-ups stand at in all (a discount's share included), and what of them its
+    close and re-rates gave each free allowance (its `free_allowance` lines of no price version):
+    (units, allowance id -> units), wherever billed."""
+    lane = int(await _lane(conn, [customer_id]) or 0)
+    prefix = f'line:["{period}",'  # wallets.core.billing.line_item's, of that period
+    rows = await conn.exec_driver_sql(
+        f"""SELECT l ->> 1, l ->> 7, sum(amount)::text FROM (
+                SELECT substr(item, 6)::jsonb AS l, amount FROM (
+                    SELECT item, amount FROM period_rollups WHERE lane = {lane} AND customer_id = %s
+                    UNION ALL
+                    SELECT unnest(items), unnest(amounts) FROM period_deltas
+                     WHERE lane = {lane} AND customer_id = %s) r
+                 WHERE left(item, length(%s)) = %s) x
+             WHERE l ->> 1 = 'volume_true_up'
+                OR (l ->> 1 = 'free_allowance' AND l ->> 7 IS NOT NULL AND l -> 8 = 'null'::jsonb)
+             GROUP BY 1, 2""",
+        (customer_id, customer_id, prefix, prefix))
+    total, given = 0, {}
+    for kind, override_id, amount in rows:
+        if kind == "volume_true_up":
+            total += int(amount)
+        else:
+            given[override_id] = int(amount)
+    return total, given
+
+
 async def finalized_invoices(conn: AsyncConnection, customer_id: str, periods: Sequence[str]
                              ) -> dict[str, tuple[str, str]]:
     """The customer's finalized invoices of `periods`: period -> (id, number)."""

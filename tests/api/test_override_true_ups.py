@@ -8,6 +8,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 import pytest
 
 from tests.api.apps import api_client
@@ -147,5 +148,62 @@ async def test_a_free_allowance_with_room_left_pays_a_dearer_tiers_true_up(
     assert sent.json()["accepted"] == 1, sent.text
     wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
     assert wallet["receivable"] == owed_late  # the allowance is spent as the close left it
+    verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
+    assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]
+
+
+async def allowance_counter(database_url: str, cid: str) -> int:
+    """The free allowance `free`'s counter of the customer's period: its folded rows plus its queued deltas."""
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        found = await conn.execute(
+            """SELECT coalesce(sum(q), 0)::bigint FROM (
+                   SELECT quantity AS q FROM usage_counters WHERE customer_id = %(c)s AND rule_id = 'allowance:free'
+                   UNION ALL
+                   SELECT x.q FROM period_deltas d CROSS JOIN LATERAL unnest(d.rules, d.counts) AS x(r, q)
+                    WHERE d.customer_id = %(c)s AND x.r = 'allowance:free') u""", {"c": cid})
+        return int((await found.fetchone())[0])
+
+
+@pytest.mark.parametrize(("allowance", "given_back"), [
+    # 23.00 free; the close gives the allowance 10.00 back (counter 23.00 -> 13.00); the re-rate takes
+    # 7.50 of it back (-7.50 + the true-up's +7.50: nothing moves)
+    ("30.00", "10.00"),
+    # 20.00 free, 3.00 paid; the close gives the allowance 7.00 back (counter 20.00 -> 13.00) and the
+    # customer its 3.00; the re-rate takes 4.50 back from the allowance, and the customer's 3.00 charge
+    # back (-3.00) offsets its part of the true-up's +7.50 (+3.00): nothing moves
+    ("20.00", "7.00"),
+])
+async def test_a_downward_rerate_after_the_close_takes_back_the_allowances_share_and_keeps_its_counter_exact(
+        client, database_url, allowance, given_back) -> None:
+    """v2 of the book quarters the prices (up to 1M at $5/M, beyond at $2.50/M), re-rated after the
+    close: 600,000 then 700,000 tokens are rated 3.00 + (400,000 x $5/M + 300,000 x $2.50/M = 2.75) =
+    5.75 graduated, all of it free; at the $2.50/M tier reached 1.3M cost 3.25: the true-up goes
+    -10.00 -> -2.50 (+7.50). The allowance pays what the period costs at the tier reached: 3.25, its
+    true-up share 2.50 back (5.75 - 3.25), not `given_back`; the customer owes nothing.
+    Before: the counter went 13.00 -> 13.00 - (23.00 - 5.75) = -4.25 (30.00) or 13.00 - (20.00 - 5.75)
+    = -1.25 (20.00), below 0, and the +7.50 correction was charged to the customer (7.50 and 4.50 owed)."""
+    book = f"vol-q-{uuid.uuid4().hex[:8]}"
+    made = await client.post("/v1/price-books", headers=ADMIN, json={
+        "id": book, "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": RULES})
+    assert made.status_code == 201, made.text
+    invoice, wallet = await closed_invoice(client, {"free_allowances": [{"id": "free", "amount": allowance}]}, book)
+    assert ("free_allowance", given_back, "free") in kinds(invoice) and wallet["receivable"] == "0.00"
+    cid = invoice["customer_id"]
+    assert await allowance_counter(database_url, cid) == 13 * 10**9
+    cheaper = [{**RULES[0], "tiers": [{"up_to": 1_000_000, "price": "5"}, {"up_to": None, "price": "2.50"}]}]
+    v2 = await client.post("/v1/price-books", headers=ADMIN, json={
+        "id": book, "currency": "USD", "effective_from": "2026-01-02T00:00:00Z", "rules": cheaper})
+    assert v2.status_code == 201, v2.text
+    version = (await client.get(f"/v1/price-books/{book}", headers=ADMIN)).json()["versions"][-1]["version"]
+    now = datetime.now(UTC)
+    applied = await client.post("/v1/rerate", headers=ADMIN, json={
+        "price_book": book, "version": version, "from": utc(now - timedelta(hours=1)), "to": utc(now),
+        "customer_id": cid, "mode": "apply"})
+    assert applied.status_code == 200 and applied.json()["errors"] == [], applied.text
+    # the allowance paid 5.75 of the charges and has 2.50 of it back: 3.25 taken
+    assert await allowance_counter(database_url, cid) == 3_250_000_000
+    wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
+    assert wallet["receivable"] == "0.00" and wallet["available"] == "0.00"
+    assert applied.json()["credit_notes"] == []  # nothing moved: no note
     verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
     assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]

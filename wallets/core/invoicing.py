@@ -200,13 +200,20 @@ def allowance_lines(rollup: Rollup, period: str, true_ups: list[dict[str, Any]],
                 own += amount
                 if kind == "free_allowance" and override_id is not None:
                     paid[override_id] = paid.get(override_id, 0) - amount
-    excess, lines = back - max(own, 0), []
+    return [_allowance_line(allowance_id, give) for allowance_id, give in given_back(back, own, paid).items()]
+
+
+def given_back(back: int, own: int, paid: Mapping[str, int]) -> dict[str, int]:
+    """Of a true-up's money back (`back` > 0), what goes back to each free allowance (id -> units):
+    what the customer did not pay itself of the period's usage (`own`), to the allowances that paid
+    it (`paid`), the last id first, each up to what it paid."""
+    excess, out = back - max(own, 0), {}
     for allowance_id in sorted(paid, reverse=True):
         give = min(excess, paid[allowance_id])
         if give > 0:
             excess -= give
-            lines.append(_allowance_line(allowance_id, give))
-    return lines
+            out[allowance_id] = give
+    return out
 
 
 def _allowances_pay(rollup: Rollup, period: str, more: int, allowances: Sequence[FreeAllowance]

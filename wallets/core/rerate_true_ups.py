@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pricing.lines import Rating
-from wallets.core.invoicing import true_up_lines
+from wallets.core.invoicing import given_back, true_up_lines
+from wallets.core.rating import ALLOWANCE
 
 if TYPE_CHECKING:
     from wallets.core.rerating import ChargeOnRecord, Correction, RerateInput
@@ -44,8 +45,18 @@ class TrueUpFix:
     def delta(self) -> int:
         return self.new - self.old
 
+    @property
+    def allowance_id(self) -> str | None:
+        """The free allowance whose share of the true-up this corrects (None: a rule's true-up)."""
+        return self.rule_id[len(ALLOWANCE):] if self.rule_id.startswith(ALLOWANCE) else None
+
     def line(self) -> dict[str, Any]:
-        """Its line on the invoice it is billed on (no quantity: the close's line counted the units)."""
+        """Its line on the invoice it is billed on (no quantity: the close's line counted the units);
+        an allowance's share, a `free_allowance` line of no price version, as the close's."""
+        if self.allowance_id is not None:
+            return {"kind": "free_allowance", "model": None, "token_type": None, "quantity": 0, "unit_price": None,
+                    "amount_units": self.delta, "rule_id": None, "price_version": None, "tier": None,
+                    "override_id": self.allowance_id}
         return {"kind": KIND, "model": self.model or None, "token_type": self.token_type, "quantity": 0,
                 "unit_price": self.unit_price, "amount_units": self.delta, "rule_id": self.rule_id,
                 "price_version": self.version, "tier": self.tier, "override_id": None}
@@ -106,7 +117,43 @@ def true_up_fixes(data: RerateInput, found: Sequence[Correction], ratings: Mappi
             fixes.append(TrueUpFix(period, rule_id, rule.model or "", rule.token_type, version, quantity,
                                    lines[0]["unit_price"] if lines else None, lines[0]["tier"] if lines else None,
                                    old, new, tuple(rated[rule_id].values())))
-    return fixes + _orphaned(data, basis)
+    fixes += _orphaned(data, basis)
+    return fixes + allowance_fixes(data, found, fixes)
+
+
+def allowance_fixes(data: RerateInput, found: Sequence[Correction], fixes: Sequence[TrueUpFix]) -> list[TrueUpFix]:
+    """What the free allowances' share of a closed period's true-up money back becomes, by the close's
+    rule (wallets.core.invoicing.given_back), with the charges billed in it as re-rated (`found`) and
+    its true-ups as corrected (`fixes`), against what the close and earlier re-rates gave them
+    (`data.given_back`): an allowance (rule id `allowance:<id>`) gives back what it no longer paid, or
+    takes what it now paid, so it is not given back twice and its counter stays what it took. Where
+    the close's allowances paid a dearer tier's true-up, their share stays as the close made it."""
+    period = data.period
+    if data.book is None or period not in data.invoices or any(v < 0 for v in data.given_back.values()):
+        return []
+    moved = {x.charge.id: x for x in found if (x.charge.billed_in or period) == period}
+    if not moved:
+        return []
+    paid: dict[str, int] = {}  # allowance id -> what it pays of the period's charges as re-rated
+    own = 0  # what they cost the customer itself as re-rated
+    for charge in data.charges:
+        if (charge.billed_in or period) != period:
+            continue
+        x = moved.get(charge.id)
+        counted = charge.counted()
+        for allowance_id, units in (x.allowance_moves if x is not None else {}).items():
+            counted[ALLOWANCE + allowance_id] = counted.get(ALLOWANCE + allowance_id, 0) + units
+        for key, units in counted.items():
+            if key.startswith(ALLOWANCE):
+                paid[key[len(ALLOWANCE):]] = paid.get(key[len(ALLOWANCE):], 0) + units
+        own += sum((x.new if x is not None else charge.standing()).values())
+    back = -(data.true_up_total + sum(f.delta for f in fixes))
+    if back < 0:
+        return []
+    new = given_back(back, own, paid)
+    return [TrueUpFix(period, ALLOWANCE + a, "", "free_allowance", "", 0, None, None,
+                      data.given_back.get(a, 0), new.get(a, 0))
+            for a in sorted({*data.given_back, *new}) if data.given_back.get(a, 0) != new.get(a, 0)]
 
 
 def _orphaned(data: RerateInput, basis: Mapping[str, Any]) -> list[TrueUpFix]:
@@ -173,4 +220,4 @@ def _standing(charge: ChargeOnRecord, rerated: Rating | None = None) -> Iterable
     return out
 
 
-__all__ = ["KIND", "TrueUpFix", "true_up_fixes"]
+__all__ = ["KIND", "TrueUpFix", "allowance_fixes", "true_up_fixes"]

@@ -133,6 +133,8 @@ class RerateInput:
     true_ups: Mapping[str, int] = field(default_factory=dict)  # rule id -> its true-up posted (book price)
     # billing period -> account -> what it still has in the charges billed in it (store.paid_left)
     paid_left: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    true_up_total: int = 0  # every true-up line of the closed period (a discount's share included)
+    given_back: Mapping[str, int] = field(default_factory=dict)  # allowance id -> its true-up lines so far
 
 
 @dataclass(frozen=True, slots=True)
@@ -471,8 +473,11 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
         note = CreditNoteIssued(c.id, note_id, invoice_id, cmd.rerate_id, cmd.issuer, year, seq, number,
                                 c.currency, net, content, now)
         effects.append(note)
-    for source, _, xs, _ in groups:
+    for source, _, xs, fs in groups:
         moved: dict[str, int] = {}
+        for f in fs:  # what a true-up gives back to an allowance it no longer counts as taken
+            if f.allowance_id is not None:
+                moved[f.rule_id] = moved.get(f.rule_id, 0) - f.delta
         for x in xs:
             effects.append(ChargeAdjusted(
                 c.id, x.charge.id, cmd.version, cmd.rerate_id, source, x.old_amount, x.new_amount,
