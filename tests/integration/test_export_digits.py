@@ -26,9 +26,13 @@ def _export(url: str, fmt: str) -> str:
 async def test_exports_show_whole_yen_and_dinars_to_three_decimals(scratch_url) -> None:
     app = create_app(Settings(admin_key="export-digits", scheduler=False), scratch_url)
     async with AsyncTestClient(app=app) as client:
+        book = {"id": "digits", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
+                "rules": [{"id": "m-in", "model": "m", "token_type": "input", "price": "1.00"}]}
+        assert (await client.post("/v1/price-books", headers=ADMIN, json=book)).status_code == 201
         for cid, currency, amount in (("yen", "JPY", "1000"), ("dinar", "KWD", "1.5"), ("cents", "USD", "1.00")):
+            priced = {"price_book": "digits"} if currency == "USD" else {}  # a hold is for a model its book prices
             assert (await client.post("/v1/customers", headers=ADMIN,
-                                      json={"id": cid, "currency": currency})).status_code == 201
+                                      json={"id": cid, "currency": currency, **priced})).status_code == 201
             topped = await client.post(f"/v1/customers/{cid}/topups", headers=ADMIN,
                                        json={"amount": amount, "reference": "p"})
             assert topped.status_code == 201, topped.text

@@ -73,10 +73,7 @@ class Reserve(Command):
     # gateway): refused when a rule of the book matches one (processing: batch, service_tier)
     caller_dimensions: tuple[str, ...] = ()
 
-    @property
-    def needs_book(self) -> bool:  # type: ignore[override]
-        # a hold of 0 is priced too: on a wallet with nothing to draw it starts only a free call
-        return not self.amount or self.within_max_charge or bool(self.caller_dimensions)
+    needs_book = True  # every hold: one given as an amount too, for a model the book prices (reservations._priced)
 
     @property
     def scope(self) -> str:

@@ -5,7 +5,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pricing.books import PriceBook
-from pricing.errors import PricingError
+from pricing.errors import PricingError, UnpricedModelError
 from pricing.estimate import estimate_upper_bound, held_prompt_tokens
 from pricing.money import format_money
 from wallets import chart
@@ -72,6 +72,8 @@ def reserve(state: State, cmd: Reserve, now: datetime, book: PriceBook | None) -
                                       chosen_by_provider=cmd.chosen_by_provider, premiums=cmd.premiums,
                                       premium_dimensions=cmd.premium_dimensions,
                                       overrides=overrides_at(w, now)).total_units
+    else:
+        _priced(book_for(w, book), cmd.model, now)
     too_big = unpostable(amount, w.customer.currency, "estimate", "hold")
     if too_big is not None:
         return Decision.refuse(too_big)
@@ -103,6 +105,17 @@ def reserve(state: State, cmd: Reserve, now: datetime, book: PriceBook | None) -
             cmd.scope, cmd.request_id, cmd.request_hash, InsufficientFundsError.code, {"detail": pieces}))
     decision = _hold(w, cmd, rid, amount, pieces, now, (prompt, cmd.max_output_tokens))
     return Decision(decision.outcome, decision.entry, (*decision.effects, *counted))
+
+
+def _priced(book: PriceBook, model: str, now: datetime) -> None:
+    """A hold given as an amount is for a model the book prices (a rule of the version in force
+    names it, by name, pattern or no model; a per-call fee for every model does not): else the
+    call would run, its settle be refused `unpriced_model` and its usage go unbilled. Not kept:
+    the book may change."""
+    version = book.version_at(now)
+    if not version.prices_model(model):
+        raise UnpricedModelError(f"no rule of price book {book.id} version {version.version} prices model {model}",
+                                 model=model)
 
 
 def _draws(w: Wallet, now: datetime) -> bool:

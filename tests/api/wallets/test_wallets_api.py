@@ -159,6 +159,25 @@ async def test_estimates_from_messages_are_counted_and_unpriced_models_refused(
     assert both.status_code == 422 and both.json()["code"] == "validation_error"
 
 
+async def test_a_hold_given_as_an_amount_for_a_model_no_rule_prices_is_refused_before_the_call(
+        client: AsyncTestClient, tag: str, book: str):
+    """A reserve with `amount` took a hold for a model the book does not price (201), the call ran,
+    and its settle was 422 unpriced_model: the hold lapsed and the usage went unbilled. Unpriced is
+    refused before inference, as an estimate's reserve is; the book's per-call fee for every model
+    does not price a model (README, unpriced: zero)."""
+    cid = await _customer(client, tag, book)
+    await client.post(f"/v1/customers/{cid}/topups", json={"amount": "1.00"})
+    refused = await client.post("/v1/reservations", json={
+        "customer_id": cid, "request_id": "zzz", "model": "model-zzz", "amount": "0.50"})
+    assert refused.status_code == 422, refused.text
+    assert (refused.json()["code"], refused.json()["model"]) == ("unpriced_model", "model-zzz")
+    wallet = (await client.get(f"/v1/customers/{cid}/wallet")).json()
+    assert (wallet["available"], wallet["reserved"]) == ("1.00", "0.00")
+    held = await client.post("/v1/reservations", json={
+        "customer_id": cid, "request_id": "a", "model": "model-a", "amount": "0.50"})
+    assert held.status_code == 201 and held.json()["amount"] == "0.50"
+
+
 async def test_a_refused_reservation_stays_refused_when_replayed(client: AsyncTestClient, tag: str, book: str):
     cid = await _customer(client, tag, book)
     body = {"customer_id": cid, "request_id": "big", "model": "model-a", "amount": "5.00"}

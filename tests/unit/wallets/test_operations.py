@@ -235,7 +235,7 @@ def test_deciding_changes_nothing_it_is_given():
     before = copy.deepcopy(wallet)
     command = Reserve(customer_id=CID, request_id="r", request_hash=b"h", model="model-x", ttl_seconds=60,
                       amount=usd("4.00"))
-    decision = decide(State(CID, wallet, ids=lambda prefix: f"{prefix}_1"), command, T0)
+    decision = decide(State(CID, wallet, ids=lambda prefix: f"{prefix}_1"), command, T0, m.book)
     assert wallet == before
     assert decision.outcome.code == "reserved" and decision.entry is not None
     assert sorted(decision.entry.postings, key=lambda p: p.account) == sorted([
