@@ -6,7 +6,8 @@ transaction of the re-rate's adjustments)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from dataclasses import replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -14,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from wallets import store
 from wallets.core.budget_rerates import Counted, moves
 from wallets.core.budget_seeds import PastCall, seeds
-from wallets.core.budgets import matches, window_end, window_start
+from wallets.core.budgets import ROLLING, matches, window_end, window_start
 from wallets.core.commands import Command, RerateCharges
 from wallets.core.decision import OutboxEvent
 from wallets.core.rerating import charged_tokens
@@ -90,19 +91,33 @@ async def count_before(conn: AsyncConnection, lane: int, b: Budget, now: datetim
     end = window_end(b, start) if b.window != "lifetime" else None
     params = {"lane": lane, "customer": b.customer_id, "start": start, "end": end or datetime.max.replace(
         tzinfo=start.tzinfo)}
-    calls = await (_each_call(conn, params) if b.metric in _TOKENS else _summed(conn, params, b.metric == "money"))
+    if b.window == "minute":  # the seconds less than a minute from this one, either way (as _live counts)
+        params["start"] = start - ROLLING + timedelta(seconds=1)
+        calls = await _each_call(conn, params)
+        if b.metric == "money":
+            calls = await _with_rerates(conn, params, calls)
+    elif b.metric in _TOKENS:
+        calls = await _each_call(conn, params)
+    else:
+        calls = await _summed(conn, params, b.metric == "money")
     start, rows_of = seeds(b, calls, now) or (start, [])
     if not rows_of:
         return
+    windows: dict[datetime, list[int]] = {}
+    for r in rows_of:
+        w = windows.setdefault(r.start or start, [0, 0])
+        w[0], w[1] = w[0] + r.used, w[1] + r.held
     await conn.exec_driver_sql(
-        "INSERT INTO budget_windows (lane, budget_id, window_start, used, held) VALUES (%s, %s, %s, %s, %s)",
-        (lane, b.id, start, sum(r.used for r in rows_of), sum(r.held for r in rows_of)))
+        """INSERT INTO budget_windows (lane, budget_id, window_start, used, held)
+           SELECT %s, %s, w.start, w.used, w.held
+             FROM jsonb_to_recordset(%s::jsonb) AS w(start timestamptz, used numeric, held numeric)""",
+        (lane, b.id, store.dumps([{"start": s, "used": u, "held": h} for s, (u, h) in sorted(windows.items())])))
     await conn.exec_driver_sql(
         """INSERT INTO reservation_budgets (lane, reservation_id, budget_id, window_start, metric, held, used)
-           SELECT %s, r.key, %s, %s, %s, r.held, r.used
-             FROM jsonb_to_recordset(%s::jsonb) AS r(key text, held numeric, used numeric)""",
-        (lane, b.id, start, b.metric, store.dumps([{"key": r.key, "held": r.held, "used": r.used}
-                                                     for r in rows_of])))
+           SELECT %s, r.key, %s, r.start, %s, r.held, r.used
+             FROM jsonb_to_recordset(%s::jsonb) AS r(key text, start timestamptz, held numeric, used numeric)""",
+        (lane, b.id, b.metric, store.dumps([{"key": r.key, "start": r.start or start, "held": r.held,
+                                              "used": r.used} for r in rows_of])))
 
 
 async def _each_call(conn: AsyncConnection, params: dict[str, Any]) -> list[PastCall]:
@@ -122,6 +137,14 @@ async def _each_call(conn: AsyncConnection, params: dict[str, Any]) -> list[Past
         calls.append(PastCall(f"event:{event_id}", model, dimensions or {}, at, 0, int(charged),
                               charged_tokens(usage, lines), 1, False, False))
     return calls
+
+
+async def _with_rerates(conn: AsyncConnection, params: dict[str, Any], calls: list[PastCall]) -> list[PastCall]:
+    """`calls` (one by one) with the re-rates of their charges so far (a money rolling minute)."""
+    adjusted: dict[str, list[tuple[int, int]]] = {}
+    for key, adjustment_id, delta, *_ in await conn.exec_driver_sql(_ADJUSTMENTS, params):
+        adjusted.setdefault(key, []).append((int(adjustment_id), int(delta)))
+    return [replace(c, adjusted=tuple(adjusted.get(c.key, ()))) for c in calls]
 
 
 def _opt(n: Any) -> int | None:

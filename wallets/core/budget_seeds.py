@@ -10,10 +10,12 @@ call. The window row is the sum of those rows, as `verify` rebuilds it. A money 
 call as the re-rates made before it left it (a closed call's difference in the `before:` row, a
 movable call's as a `rerate:<adjustment id>` row beside its own, as a re-rate writes them).
 
-Only calendar windows and the lifetime are counted: a rolling minute forgets in a minute what it
-would find, and a per-request cap counts one hold. In a token budget a hold open when it is made
-counts the tokens it holds (the reservation keeps them, migration 0062), less what its captures
-used; a hold of an amount alone, or one taken before 0062, counts once settled.
+A rolling minute counts what the seconds less than a minute before it held and used, each call in
+its own second's row (so that it lapses with its second): a TPM made at 12:00:30 counts 12:00:10's
+800 tokens until 12:01:10. A per-request cap counts one hold, and nothing from before. In a token
+budget a hold open when it is made counts the tokens it holds (the reservation keeps them,
+migration 0062), less what its captures used; a hold of an amount alone, or one taken before 0062,
+counts once settled.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from datetime import datetime
 from typing import Any
 
 from wallets.core.budget_rerates import key_of
-from wallets.core.budgets import actual_quantity, hold_quantity, matches, window_start
+from wallets.core.budgets import actual_quantity, counts_now, hold_quantity, matches, window_start
 from wallets.model import Budget
 
 
@@ -54,11 +56,13 @@ class PastCall:
 
 @dataclass(frozen=True, slots=True)
 class Seed:
-    """One row of what the budget counts from before it was made: (key, held, used)."""
+    """One row of what the budget counts from before it was made: (key, held, used), in the window
+    starting at `start` (a rolling minute's second; None: the budget's current window)."""
 
     key: str
     held: int
     used: int
+    start: datetime | None = None
 
 
 def before_key(budget_id: str) -> str:
@@ -67,22 +71,29 @@ def before_key(budget_id: str) -> str:
 
 def seeds(b: Budget, calls: Iterable[PastCall], now: datetime) -> tuple[datetime, list[Seed]] | None:
     """The window current at `now` and the rows the budget counts in it from `calls` (None: its
-    window counts nothing from before, a rolling minute or a request)."""
-    if b.window not in ("day", "month", "lifetime"):
+    window counts nothing from before: a per-request cap, which counts each hold alone). A rolling
+    minute's are in the seconds of the calls less than a minute from `now`, each call its own row."""
+    if b.window == "request":
         return None
     start = window_start(b, now)
+    minute = b.window == "minute"
     rows: list[Seed] = []
     before = Seed(before_key(b.id), 0, 0)
     for call in calls:
-        if window_start(b, call.at) != start or not matches(b, call.model, call.dimensions):
+        second = window_start(b, call.at)
+        if not (counts_now(b, second, now) if minute else second == start) \
+                or not matches(b, call.model, call.dimensions):
             continue
         held, used = _counts(b.metric, call)
         # a money budget counts a call as its re-rates left it, as one made before them was moved
         moved = [(i, d) for i, d in call.adjusted if d] if b.metric == "money" else []
-        if call.movable:  # its own row is what it was charged; each re-rate one row beside it
+        if minute and (held or used or moved):  # its second's own rows: the second lapses with them
+            rows.append(Seed(call.key, held, used, second))
+            rows += [Seed(key_of(i), 0, d, second) for i, d in moved]
+        elif call.movable and not minute:  # its own row is what it was charged; each re-rate one row beside it
             rows.append(Seed(call.key, held, used))
             rows += [Seed(key_of(i), 0, d) for i, d in moved]
-        elif used + sum(d for _, d in moved):
+        elif not minute and used + sum(d for _, d in moved):
             before = Seed(before.key, 0, before.used + used + sum(d for _, d in moved))
     return start, [*rows, *([before] if before.used else [])]
 

@@ -199,3 +199,40 @@ async def test_a_token_budget_made_while_holds_are_open_counts_their_tokens_at_o
     now = await kit.service.budgets.get(day.budget.id)
     assert (now.used, now.held) == (150 + 800, 450 + 500)
     assert (await kit.verify()).ok
+
+
+async def test_a_rolling_minute_made_at_half_past_counts_what_the_last_minute_held_and_used(shared_kit: Kit):
+    # a rolling minute counted from when it was made: a 1,500-token minute made at 12:00:30, after
+    # 12:00:10 used 800 and 12:00:20 held 300, counted 0 and took a 500-token hold (1,600 in a minute)
+    kit, clock = shared_kit, shared_kit.clock
+    cid = await kit.customer("minute")
+    await kit.top_up(cid, "100.00")
+    clock.now = datetime(2026, 11, 24, 11, 59, 30, tzinfo=UTC)  # a minute before 12:00:30: lapsed by then
+    old = await kit.reserve(cid, "m0", input_tokens=5000)
+    await kit.settle(cid, old.reservation.id, input_tokens=5000)
+    clock.now = datetime(2026, 11, 24, 12, 0, 10, tzinfo=UTC)
+    used = await kit.reserve(cid, "m1", input_tokens=1000)
+    await kit.settle(cid, used.reservation.id, input_tokens=800)  # 800 used in 12:00:10's second
+    clock.now = datetime(2026, 11, 24, 12, 0, 20, tzinfo=UTC)
+    held = await kit.reserve(cid, "m2", input_tokens=300)  # 300 held in 12:00:20's
+    clock.now = datetime(2026, 11, 24, 12, 0, 30, tzinfo=UTC)
+    tpm = await _budget(kit, cid, window="minute", metric="tokens", limit=1500)
+    assert (tpm.used, tpm.held) == (800, 300)
+    rpm = await _budget(kit, cid, window="minute", metric="requests", limit=3)
+    assert (rpm.used, rpm.held) == (1, 1)
+    with pytest.raises(BudgetExceededError) as refused:  # 800 + 300 + 500 = 1,600 > 1,500
+        await kit.reserve(cid, "m3", input_tokens=500)
+    # 12:00:10's 800 lapse at 12:01:10, 40 s on; then 300 + 500 fit
+    assert (refused.value.context["used"], refused.value.context["held"]) == (800, 300)
+    assert refused.value.context["retry_after_seconds"] == 40
+    await kit.reserve(cid, "m4", input_tokens=400)  # 1,500: exactly the limit; 3 requests
+    with pytest.raises(BudgetExceededError):  # a fourth request in the minute
+        await kit.reserve(cid, "m5", input_tokens=0)
+    await kit.settle(cid, held.reservation.id, input_tokens=100)  # in 12:00:20's second: 300 held -> 100 used
+    now = await kit.service.budgets.get(tpm.budget.id)
+    assert (now.used, now.held) == (800 + 100, 400)
+    clock.now = datetime(2026, 11, 24, 12, 1, 10, tzinfo=UTC)  # 12:00:10 has lapsed: 100 used, 400 held
+    now = await kit.service.budgets.get(tpm.budget.id)
+    assert (now.used, now.held) == (100, 400)
+    await kit.reserve(cid, "m6", input_tokens=1000)  # 1,500 again; the requests: 12:00:20's, :30's and this
+    assert (await kit.verify()).ok
