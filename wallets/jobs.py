@@ -32,6 +32,10 @@ JOB_DURATION = Histogram("tokentill_job_duration_seconds", "Scheduled job run du
 # 0 until the job first succeeds; under `serve --workers N` the latest of any worker's (dead ones' too)
 JOB_LAST_SUCCESS = Gauge("tokentill_job_last_success_timestamp_seconds",
                          "When the job's last successful run ended (Unix time)", ["job"], multiprocess_mode="max")
+# set by each fold_usage run (all lanes): what the fold keeps queued rather than take below 0 (0060)
+COUNTERS_KEPT_QUEUED = Gauge("tokentill_usage_counters_kept_queued",
+                             "Usage counters whose queued period deltas would take them below 0, left queued by "
+                             "the fold (their customers' periods stay unfolded)", multiprocess_mode="livemax")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +98,8 @@ async def fold_usage(db: Database) -> object:
     deltas into the period rollups and usage counters (0029), each lane in a transaction of its
     own under the lane's writer lock, as a batch of the lane folds. Batches fold only once enough
     is queued; this catches up when traffic stops, so the unfolded tail the readers add stays
-    short. How many charges were folded."""
+    short. Then it sets the gauge of the counters the fold keeps queued (COUNTERS_KEPT_QUEUED).
+    How many charges were folded."""
     async def queued_lanes(conn: AsyncConnection) -> list[int]:
         return [int(lane) for lane in (await conn.execute(text(
             "SELECT lane FROM usage_unfolded UNION SELECT lane FROM period_deltas ORDER BY lane"))).scalars()]
@@ -109,6 +114,7 @@ async def fold_usage(db: Database) -> object:
                 store.LANE.reset(token)
 
         folded += await db.run(fold, locks=[lane_lock(lane)])
+    COUNTERS_KEPT_QUEUED.set(await db.read(store.counters_kept_queued))
     return folded
 
 

@@ -933,6 +933,25 @@ async def fold_usage(conn: AsyncConnection) -> int:
     return int((await conn.exec_driver_sql("SELECT wallets_fold_usage(%s::smallint)", (lane,))).scalar_one())
 
 
+async def counters_kept_queued(conn: AsyncConnection) -> int:
+    """How many usage counters (customer, period, book, rule) their queued period deltas would take
+    below 0 with their folded row: the fold leaves their customers' periods queued and warns
+    (migration 0060), the same test as its own, over every lane."""
+    found = await conn.exec_driver_sql(
+        """SELECT count(*) FROM (
+               SELECT lane, customer_id, period, book_id, rule_id, sum(quantity) AS quantity
+                 FROM (SELECT lane, customer_id, period, unnest(books) AS book_id, unnest(rules) AS rule_id,
+                              unnest(counts) AS quantity FROM period_deltas
+                        WHERE (lane, customer_id, period) IN (
+                              SELECT lane, customer_id, period FROM period_deltas WHERE 0 > ANY (counts))) x
+                GROUP BY 1, 2, 3, 4, 5 HAVING sum(quantity) < 0) s
+         WHERE s.quantity + coalesce((
+               SELECT u.quantity FROM usage_counters u
+                WHERE u.lane = s.lane AND u.customer_id = s.customer_id AND u.period = s.period
+                  AND u.book_id = s.book_id AND u.rule_id = s.rule_id), 0) < 0""")
+    return int(found.scalar_one())
+
+
 def write_statement(rows: dict[str, list[dict[str, Any]]], *, first: tuple[str, tuple[Any, ...]] | None = None
                     ) -> tuple[str, tuple[Any, ...]] | None:
     """The one statement that writes every table's rows, in dependency order, in the batch's lane

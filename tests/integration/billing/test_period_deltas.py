@@ -10,6 +10,7 @@ import psycopg
 import pytest
 from alembic import command
 from billing_kit import BillingKit
+from prometheus_client import REGISTRY
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
@@ -464,3 +465,31 @@ async def test_a_counter_its_deltas_would_take_below_0_stays_queued_and_its_lane
     assert await count(bk, "period_deltas", stuck) == 0
     assert await _counter(bk, stuck, folded) == 50_000_000 and await _counter(bk, stuck, none) == 2
     assert await count(bk, "period_rollups", stuck) == 1
+
+
+async def test_the_counters_the_fold_keeps_queued_are_a_prometheus_gauge(bk: BillingKit) -> None:
+    """0060 keeps a period whose deltas would take a counter below 0 queued and only warns in the
+    server log; operators see them as `tokentill_usage_counters_kept_queued`, set by each
+    fold_usage run. Two counters of one customer's period below 0 (-1 with nothing folded, and
+    10^8 folded less 3 * 10^8 queued): the gauge goes up by 2; a delta bringing one back to 0
+    (+1) takes it down by 1, and one bringing the other to 5 * 10^7 down to where it was."""
+    cid = await bk.customer("gauged", billing_mode="postpaid")
+    folded, none = "allowance:folded", "allowance:none"
+
+    async def gauge() -> float | None:
+        await jobs.fold_usage(bk.db)
+        return REGISTRY.get_sample_value("tokentill_usage_counters_kept_queued")
+
+    await bk.db.run(lambda conn: conn.execute(text(DELTA), delta(cid, books=["seed"], rules=[folded],
+                                                                   counts=[100_000_000])))
+    before = await gauge()  # other tests' customers may have counters kept queued too
+    assert before is not None
+    await bk.db.run(lambda conn: conn.execute(text(DELTA), delta(
+        cid, books=["seed", "seed"], rules=[folded, none], counts=[-300_000_000, -1])))
+    assert await gauge() == before + 2
+    await bk.db.run(lambda conn: conn.execute(text(DELTA), delta(cid, books=["seed"], rules=[none], counts=[1])))
+    assert await gauge() == before + 1
+    await bk.db.run(lambda conn: conn.execute(text(DELTA), delta(cid, books=["seed"], rules=[folded],
+                                                                   counts=[250_000_000])))
+    assert await gauge() == before
+    assert await _counter(bk, cid, folded) == 50_000_000 and await count(bk, "period_deltas", cid) == 0
