@@ -159,10 +159,11 @@ def documented(*statuses: int, secured: bool = True, body: bool = False,
     Operation class (see api.renderings.rendered_as)."""
     # A secured route reads the database (its key, at least): under contention it may answer 503.
     # Every /v1 route refuses a query parameter it does not take, or a path value PostgreSQL
-    # cannot hold (wire.guard_request): 422.
+    # cannot hold (wire.guard_request): 422; and an Accept header refusing (q=0) every media type
+    # the route answers in: 406.
     # A route that honours an Idempotency-Key answers its reuse with another request 409.
     keyed = idempotent if keyed is None else keyed
-    codes = set(statuses) | ({401, 403, 422, 503} if secured else set()) | ({413, 415, 422} if body else set()) \
+    codes = set(statuses) | ({401, 403, 406, 422, 503} if secured else set()) | ({413, 415, 422} if body else set()) \
         | ({409} if keyed else set())
     responses: dict[int, ResponseSpec] = {
         status: ResponseSpec(data_container=Problem, media_type="application/problem+json",

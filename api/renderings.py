@@ -3,7 +3,8 @@ Python, no browser) and a CSV of its lines, all drawn from the invoice's own JSO
 the three show exactly the lines and totals the API returns (nothing recomputed here).
 
 `negotiate` picks the rendering from the request's Accept header: JSON (the default, and for
-*/*), text/html, application/pdf or text/csv; anything else is a 406 `not_acceptable`."""
+*/*), text/html, application/pdf or text/csv, leaving out what it refuses (q=0); anything else
+is a 406 `not_acceptable`."""
 from __future__ import annotations
 
 import csv
@@ -20,6 +21,7 @@ from fpdf import FPDF
 from litestar import Request
 from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, Schema
 
+from api.accept import taken
 from api.errors import ApiError
 from pricing.money import format_amount
 from pricing.units import KINDS, TOKENS
@@ -35,13 +37,14 @@ HTML_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsaf
                 "X-Content-Type-Options": "nosniff", "Cache-Control": "private, no-store"}
 
 
-def negotiate(request: Request) -> str:
-    """The media type to answer with; no Accept header (or */*) is JSON."""
+def negotiate(request: Request, media_types: tuple[str, ...] = MEDIA_TYPES) -> str:
+    """The media type of `media_types` to answer with; no Accept header (or */*) is JSON, and a
+    type the header refuses (q=0) is never chosen."""
     if "accept" not in request.headers:
         return JSON
-    best = request.accept.best_match(list(MEDIA_TYPES))
+    best = request.accept.best_match(taken(request.headers["accept"], media_types))
     if best is None:
-        raise ApiError("not_acceptable", f"an invoice is available as {', '.join(MEDIA_TYPES)}; "
+        raise ApiError("not_acceptable", f"this document is available as {', '.join(media_types)}; "
                        f"not as {request.headers['accept']}", 406)
     return best
 
@@ -366,8 +369,10 @@ def usage_csv(report: Mapping[str, Any]) -> str:
 
 
 def wants_csv(request: Request) -> bool:
-    """Whether the Accept header prefers CSV to JSON (no header, */* or anything else: JSON)."""
-    return "accept" in request.headers and request.accept.best_match([JSON, CSV]) == CSV
+    """Whether the Accept header prefers CSV to JSON, or refuses JSON alone (no header, */* or
+    anything else: JSON)."""
+    return "accept" in request.headers and request.accept.best_match(
+        taken(request.headers["accept"], (JSON, CSV))) == CSV
 
 
 CSV_FIGURES = frozenset({"quantity", "unit_price", "per", "amount", "tier"})  # numbers ("-0.01" is one)

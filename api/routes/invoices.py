@@ -153,6 +153,7 @@ async def list_invoices(state: State, customer_id: FromPath[str]) -> dict[str, A
 
 
 @get("/v1/customers/{customer_id:str}/invoices/upcoming", guards=[require(*READERS)], tags=["invoices"],
+     opt={"media_types": renderings.MEDIA_TYPES},
      **documented(404, 406, operation=renderings.rendered_as(renderings.HTML, renderings.PDF, renderings.CSV)))
 async def upcoming_invoice(state: State, request: Request, customer_id: FromPath[str]) -> Response[Any]:
     """The invoice of the customer's current period so far, computed now by the close's own code
@@ -169,6 +170,7 @@ async def upcoming_document(state: State, customer_id: str) -> dict[str, Any]:
 
 
 @get("/v1/invoices/{invoice_id:str}", guards=[require(*READERS)], tags=["invoices"],
+     opt={"media_types": renderings.MEDIA_TYPES},
      **documented(404, 406, operation=renderings.rendered_as(renderings.HTML, renderings.PDF, renderings.CSV)))
 async def get_invoice(state: State, request: Request, invoice_id: FromPath[str]) -> Response[Any]:
     """A finalized invoice: its frozen document, its content hash, its payments and status; by

@@ -133,6 +133,7 @@ async def rerate(state: State, request: Request, data: RerateBody) -> dict[str, 
 
 
 @get("/v1/credit-notes/{credit_note_id:str}", guards=[require(*READERS)], tags=["invoices"],
+     opt={"media_types": (renderings.JSON, renderings.HTML, renderings.PDF)},
      **documented(404, 406, operation=renderings.rendered_as(renderings.HTML, renderings.PDF)))
 async def get_credit_note(state: State, request: Request, credit_note_id: FromPath[str]) -> Response[Any]:
     """A credit (or debit) note: its frozen document (lines by model and token type: old amount,

@@ -153,7 +153,8 @@ UsageReport = msgspec.defstruct("UsageReport", [
 
 
 @get("/v1/customers/{customer_id:str}/usage", guards=[require("inference", "auditor", "customer")],
-     tags=["usage"], **documented(400, 404, 422, ok=UsageReport, operation=renderings.rendered_as(renderings.CSV)))
+     tags=["usage"], opt={"media_types": (renderings.JSON, renderings.CSV)},
+     **documented(400, 404, 422, ok=UsageReport, operation=renderings.rendered_as(renderings.CSV)))
 async def get_usage(
     state: State, request: Request, customer_id: FromPath[str],
     start: Annotated[str | None, time_param("from")] = None,

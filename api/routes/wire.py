@@ -20,8 +20,9 @@ from litestar.exceptions import ClientException, HTTPException, SerializationExc
 from litestar.params import QueryParameter
 from litestar.response.base import ASGIResponse
 
+from api.accept import JSON, taken
 from api.auth import header, principal_of
-from api.errors import STATUS_BY_CODE, refusal
+from api.errors import STATUS_BY_CODE, ApiError, refusal
 from api.json_keys import repeated_key
 from api.routes.formats import (
     AMOUNT,
@@ -299,6 +300,8 @@ async def guard_request(request: Request) -> None:
             raise WalletValidationError(name, problem)
     if scope.get("query_string") and scope["path"].startswith("/v1/"):
         _check_query(request)
+    if scope["path"].startswith("/v1/"):
+        _check_accept(request)
     data = scope["route_handler"].parsed_fn_signature.parameters.get("data")
     if data is None:  # Litestar never reads the body of a route without `data`: nor would a handler
         if scope["method"] not in ("GET", "HEAD", "OPTIONS") and scope["path"].startswith("/v1/"):
@@ -325,6 +328,16 @@ async def guard_request(request: Request) -> None:
     repeated = repeated_key(body, decoded)
     if repeated is not None:
         raise WalletValidationError(repeated, "given more than once in one object")
+
+
+def _check_accept(request: Request) -> None:
+    """An Accept header that refuses (q=0) every media type the route answers in (its
+    `opt["media_types"]`, JSON by default) is 406, before the body is read or anything written."""
+    accept = request.headers.get("accept")
+    answers = request.scope["route_handler"].opt.get("media_types", (JSON,))
+    if accept is not None and not taken(accept, answers):
+        raise ApiError("not_acceptable", f"the Accept header ({accept}) refuses every media type this route "
+                                         f"answers in: {', '.join(answers)}", 406)
 
 
 def _nothing_said(body: bytes) -> None:
