@@ -43,7 +43,10 @@ def parse_time(value: object, name: str = "effective_from") -> datetime:
             raise PriceBookValidationError(name, "not an RFC 3339 date-time") from None
     if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
         raise PriceBookValidationError(name, "must be an RFC 3339 date-time with a UTC offset")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # in UTC before the year 1 or past 9999 (0001-01-01T00:00:00+05:00)
+        raise PriceBookValidationError(name, "out of range in UTC") from None
 
 
 def _float_fields(value: Any, path: str) -> list[dict[str, str]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from decimal import Decimal
 
+import pytest
 from litestar.testing import AsyncTestClient
 
 T = "2026-06-01T00:00:00Z"
@@ -151,3 +152,17 @@ async def test_a_format_1_book_refuses_units_it_cannot_price_but_tool_calls(clie
     settled = await client.post(f"/v1/reservations/{held['id']}/settle",
                                 json={"usage": {"input_tokens": 10, "web_search_calls": 2}})
     assert settled.status_code == 200 and settled.json()["charged"] == "0.0101", settled.text
+
+
+@pytest.mark.parametrize("effective_from", ["9999-12-31T23:59:59-05:00", "0001-01-01T00:00:00+05:00"])
+async def test_a_version_whose_time_is_past_the_calendar_in_utc_is_a_validation_error(
+        client: AsyncTestClient, tag: str, effective_from: str):
+    """Years 1000 to 9998 only (the published pattern); a time just outside, at an offset that takes
+    it past the year 9999 or before the year 1 in UTC, made pricing's own reading of the version (which
+    lists every bad field) overflow: 500 internal_error. A 422 naming the field, nothing stored."""
+    book = f"calendar-{tag}"
+    response = await client.post("/v1/price-books", json={**BOOK, "id": book, "effective_from": effective_from})
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "validation_error"
+    assert [f["field"] for f in response.json()["fields"]] == ["effective_from"]
+    assert (await client.get(f"/v1/price-books/{book}")).status_code == 404
