@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,7 +18,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from fontTools.ttLib import TTFont
 from fpdf import FPDF
+from fpdf.bidi import BidiParagraph
+from fpdf.enums import TextDirection
 from litestar import Request
 from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, Schema
 
@@ -270,6 +274,18 @@ def unicode_font() -> tuple[str, str] | None:
     return next((pair for pair in UNICODE_FONTS if all(Path(f).is_file() for f in pair)), None)
 
 
+# TrueType fonts with the scripts Liberation Sans lacks beside CJK (Hebrew, Arabic, Armenian,
+# Georgian, ...): DejaVu Sans, which Debian installs with fontconfig. A name in Hebrew printed '?'.
+SCRIPT_FONTS = ("/usr/share/fonts/truetype/dejavu/DejaVuSansCondensed.ttf",
+                "/usr/share/fonts/dejavu/DejaVuSansCondensed.ttf")
+
+
+@cache
+def script_font() -> str | None:
+    """The first installed of SCRIPT_FONTS, or None."""
+    return next((f for f in SCRIPT_FONTS if Path(f).is_file()), None)
+
+
 @cache
 def cjk_font() -> str | None:
     """The first installed of CJK_FONTS, or None (CJK then prints as '?')."""
@@ -278,22 +294,52 @@ def cjk_font() -> str | None:
 
 def _font(doc: FPDF, texts: Iterable[str]) -> tuple[str, Any]:
     """The family to print `texts` in and a function that makes text printable in it: a character
-    no font has becomes '?' (a TrueType font would drop it without a trace). Characters the body
-    font lacks print in the CJK font where one is installed (fpdf2's fallback fonts), loaded only
-    when `texts` have such characters (it costs ~0.9 s a document)."""
+    no font has becomes '?' (a TrueType font would drop it without a trace), and right-to-left
+    text is put in display order (`_display_order`). Characters the body font lacks print in
+    DejaVu Sans (Hebrew, Arabic, ...) or the CJK font where installed (fpdf2's fallback fonts),
+    each loaded only when `texts` need it (the CJK font costs ~0.9 s a document)."""
     pair = unicode_font()
     if pair is None:
         return "Helvetica", _latin
     doc.add_font("body", "", pair[0])
     doc.add_font("body", "B", pair[1])
     known = doc.fonts["body"].cmap.keys() & doc.fonts["bodyB"].cmap.keys()
-    lacking = any(ord(ch) not in known for text in texts for ch in text if ch != "\n")
-    if lacking and (fallback := cjk_font()) is not None:
-        doc.add_font("cjk", "", fallback)
-        doc.set_fallback_fonts(["cjk"], exact_match=False)
-        known |= doc.fonts["cjk"].cmap.keys()
-    return "body", lambda value: "".join(ch if ord(ch) in known or ch in "\n" else "?" for ch in value
-                                         if ch not in BIDI_CONTROLS)
+    wanted = {ord(ch) for text in texts for ch in text if ch != "\n"}
+    fallbacks = []
+    for name, path in (("script", script_font()), ("cjk", cjk_font())):
+        # only a font that has some of what is lacking: an unused font is embedded all the same
+        if path is not None and (lacking := wanted - known) and lacking & _characters(path):
+            doc.add_font(name, "", path)
+            fallbacks.append(name)
+            known |= doc.fonts[name].cmap.keys()
+    if fallbacks:
+        doc.set_fallback_fonts(fallbacks, exact_match=False)
+    return "body", lambda value: _display_order("".join(ch if ord(ch) in known or ch in "\n" else "?"
+                                                        for ch in value if ch not in BIDI_CONTROLS))
+
+
+@cache
+def _characters(path: str) -> frozenset[int]:
+    """The code points the font at `path` (the first of a collection) has glyphs for."""
+    with TTFont(path, fontNumber=0, lazy=True) as font:
+        return frozenset(font.getBestCmap())
+
+
+def _display_order(value: str) -> str:
+    """`value` as a left-to-right line shows it: its right-to-left runs (Hebrew, Arabic) reversed
+    by the Unicode bidi algorithm (fpdf2's own, UAX #9), since fpdf2 without text shaping draws a
+    string in the order it is given, and "שלום" printed as "םולש" reads backwards. Arabic letters
+    print unjoined (joining needs shaping, uharfbuzz, which is not installed)."""
+    if not any(unicodedata.bidirectional(ch) in ("R", "AL") for ch in value):
+        return value
+    return "\n".join("".join(MIRRORED.get(c.character, c.character) if c.embedding_level % 2 else c.character
+                             for c in BidiParagraph(line, base_direction=TextDirection.LTR).get_reordered_characters())
+                     for line in value.split("\n"))
+
+
+# A bracket in a right-to-left run shows as its mirror image (UAX #9 rule L4), which shaping would
+# draw: "(בע״מ)" reversed without it shows ")מ״עב(". The Bidi_Mirroring_Glyph pairs of Latin-1.
+MIRRORED = dict(zip("()<>[]{}«»", ")(><][}{»«", strict=True))
 
 
 def context_pdf(context: Mapping[str, Any]) -> bytes:

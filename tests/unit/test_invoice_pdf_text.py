@@ -58,3 +58,33 @@ def test_without_a_unicode_font_latin_1_prints_and_the_rest_is_a_question_mark(m
     monkeypatch.setattr(renderings, "unicode_font", lambda: None)
     printed = _printed(_context("modèle-€ input"))
     assert "modèle-? input 1,000 10.00 per 1M 0.01" in printed, printed
+
+
+@pytest.mark.skipif(renderings.unicode_font() is None or renderings.script_font() is None,
+                    reason="no Unicode TrueType font with Hebrew and Arabic on this system (DejaVu Sans)")
+def test_hebrew_and_arabic_names_print_as_written_in_the_pdf() -> None:
+    """Liberation Sans has no Hebrew or Arabic: "Customer שלום Ltd" printed "Customer ???? Ltd",
+    and an Arabic model "?????", though DejaVu Sans, installed beside it, has both. pypdf reads
+    right-to-left runs back into their logical order, so the text extracted is the name as sent
+    only if the PDF draws it in display order (test below)."""
+    context = _context("نموذج input")
+    context["facts"][0] = ("Customer", "שלום Ltd (acme)")
+    printed = _printed(context)
+    assert "Customer שלום Ltd (acme)" in printed, printed
+    assert "نموذج input 1,000 10.00 per 1M 0.01" in printed, printed
+
+
+def test_right_to_left_runs_are_drawn_in_display_order() -> None:
+    """fpdf2 (no shaping here) draws a string in the order it is given, so "שלום" drawn as stored
+    reads backwards. By hand, UAX #9 on a left-to-right line: shin-lamed-vav-final mem is shown
+    left to right as final mem, vav, lamed, shin; the Latin text, the parentheses and the figures
+    stay in place; brackets inside a run are mirrored; an Arabic run (nun-meem-waw-thal-jeem)
+    likewise, and a figure after Arabic letters belongs to their run (W2: a European digit after
+    Arabic is an Arabic number; N1: the space between takes their direction), so it shows to
+    their left, as a browser shows it; text with no right-to-left letter is untouched."""
+    assert renderings._display_order("שלום Ltd (acme)") == "םולש Ltd (acme)"
+    assert renderings._display_order("Bill to نموذج 2") == "Bill to 2 جذومن"
+    assert renderings._display_order("Łódź (acme)") == "Łódź (acme)"
+    # alef (bet): the brackets enclose a Hebrew letter after one, so they are right to left too
+    # (N0), and reversed they show mirrored (L4): "(", bet, ")", " ", alef
+    assert renderings._display_order("א (ב)") == "(ב) א"
