@@ -39,11 +39,26 @@ SHOWN_DECIMALS = 2  # the decimals shown of an asset the table below does not li
 # ISO 4217 minor units, the one table of them: the decimals an amount always shows (`format_money`)
 # and an invoice line is rounded to (wallets.core.billing.line_decimals; an asset not listed here
 # keeps its atomic unit there). Amounts themselves are atomic units at DEFAULT_SCALE in every currency.
+# Every active code of ISO 4217's list one (and a few withdrawn since, for ledgers that hold them),
+# funds codes included; the codes with no minor unit (gold XAU, silver XAG, XDR, the test code
+# XTS, ...) are not listed. Before, only 31 were: a dirham (AED) or CFA franc (XOF) invoice asked
+# its exact 0.075 or 4.5, which no payment could match, and cash took a fraction of a franc.
+_ZERO_DECIMALS = "BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF"
+_THREE_DECIMALS = "BHD IQD JOD KWD LYD OMR TND"
+_FOUR_DECIMALS = "CLF UYW"
+_TWO_DECIMALS = (
+    "AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BMD BND BOB BOV BRL BSD BTN BWP BYN "
+    "BZD CAD CDF CHE CHF CHW CNY COP COU CRC CUC CUP CVE CZK DKK DOP DZD EGP ERN ETB EUR FJD FKP "
+    "GBP GEL GHS GIP GMD GTQ GYD HKD HNL HRK HTG HUF IDR ILS INR IRR JMD KES KGS KHR KPW KYD KZT "
+    "LAK LBP LKR LRD LSL MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MXV MYR MZN NAD NGN NIO "
+    "NOK NPR NZD PAB PEN PGK PHP PKR PLN QAR RON RSD RUB SAR SBD SCR SDG SEK SGD SHP SLE SLL SOS "
+    "SRD SSP STN SVC SYP SZL THB TJS TMT TOP TRY TTD TWD TZS UAH USD USN UYU UZS VED VES WST XCD "
+    "XCG YER ZAR ZMW ZWG ZWL"
+)
 CURRENCY_MINOR_UNITS: dict[str, int] = {
-    "USD": 2, "EUR": 2, "GBP": 2, "CHF": 2, "CAD": 2, "AUD": 2, "NZD": 2, "SEK": 2, "NOK": 2,
-    "DKK": 2, "PLN": 2, "CZK": 2, "CNY": 2, "HKD": 2, "SGD": 2, "INR": 2, "BRL": 2, "MXN": 2,
-    "ZAR": 2, "ILS": 2, "TRY": 2, "JPY": 0, "KRW": 0, "VND": 0, "CLP": 0, "ISK": 0,
-    "BHD": 3, "KWD": 3, "OMR": 3, "JOD": 3, "TND": 3,
+    code: decimals
+    for codes, decimals in ((_TWO_DECIMALS, 2), (_ZERO_DECIMALS, 0), (_THREE_DECIMALS, 3), (_FOUR_DECIMALS, 4))
+    for code in codes.split()
 }
 
 _AMOUNT_RE = re.compile(r"(-)?(\d+)(?:\.(\d+))?")

@@ -17,8 +17,9 @@ from tests.api.closing import close_invoice
 from wallets import chart
 
 ADMIN = {"Authorization": "Bearer due-admin"}
-# Per 1M tokens: 1,500 yen, $10.
-PRICES = {"JPY": "1500", "USD": "10"}
+# Per 1M tokens: 1,500 yen, $10; 1,500 CFA francs (XOF, no decimals), 10 dirhams (AED, 2), 10
+# Iraqi dinars (IQD, 3): ISO 4217 currencies the minor units table did not list.
+PRICES = {"JPY": "1500", "USD": "10", "XOF": "1500", "AED": "10", "IQD": "10"}
 
 
 @pytest.fixture
@@ -46,6 +47,12 @@ CASES = [
     ("JPY", [1000] * 3, "4.5", "4", "-0.5", "0.5", "0"),
     ("USD", [1500] * 5, "0.075", "0.08", "0.005", "0.00", "0.005"),
     ("USD", [1234], "0.01234", "0.01", "-0.00234", "0.00234", "0.00"),
+    # The same by ISO 4217's minor units: a CFA franc has none, a dirham 100 fils, an Iraqi dinar
+    # 1,000 fils. Before, a currency not in the table kept its atomic unit: the invoices asked
+    # 4.5 francs, 0.075 dirhams and 0.01234 dinars, which no payment could match.
+    ("XOF", [1000] * 3, "4.5", "4", "-0.5", "0.5", "0"),
+    ("AED", [1500] * 5, "0.075", "0.08", "0.005", "0.00", "0.005"),
+    ("IQD", [1234], "0.01234", "0.012", "-0.00034", "0.00034", "0.000"),
 ]
 
 
@@ -67,9 +74,9 @@ async def test_a_postpaid_invoice_asks_whole_minor_units_and_paying_them_pays_it
     paid = await client.post(f"/v1/invoices/{invoice['id']}/payments", headers=ADMIN,
                              json={"amount": due, "reference": "wire-1", "currency": currency})
     assert paid.status_code == 201, paid.text
-    assert paid.json()["payment_status"] == "paid" and paid.json()["amount_remaining"] in ("0", "0.00")
+    assert paid.json()["payment_status"] == "paid" and paid.json()["amount_remaining"] in ("0", "0.00", "0.000")
     wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
-    assert wallet["receivable"] in ("0", "0.00")
+    assert wallet["receivable"] in ("0", "0.00", "0.000")
     # the difference is posted, not lost: on the platform's rounding account, and the books balance
     tb = (await client.get(f"/v1/audit/trial-balance?currency={currency}", headers=ADMIN)).json()
     rounding_rows = [a for a in tb["accounts"] if a["account"] == f"income:platform:rounding:{currency}"]

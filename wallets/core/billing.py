@@ -168,8 +168,8 @@ def invoice_lines(rollup: Mapping[str, tuple[int, int]], period: str, currency: 
 
 def line_decimals(currency: str) -> int:
     """The decimals an invoice line is rounded to: the currency's ISO 4217 minor unit (the table
-    `pricing.money.CURRENCY_MINOR_UNITS`: USD, EUR… 2, JPY, KRW, CLP… 0, BHD, KWD, JOD, OMR, TND 3).
-    An asset the table does not know (a non-ISO unit such as a credit, or a currency not listed)
+    `pricing.money.CURRENCY_MINOR_UNITS`: USD, EUR, AED… 2, JPY, KRW, XOF… 0, BHD, KWD, IQD… 3).
+    An asset the table does not know (a non-ISO unit such as a credit, or a code with no minor unit)
     keeps its atomic unit, 10^-SCALE: its lines are not rounded, and it never has a rounding line."""
     return min(CURRENCY_MINOR_UNITS.get(currency, SCALE), SCALE)
 

@@ -17,7 +17,10 @@ def _line(kind: str, amount: int) -> dict:
 
 @pytest.mark.parametrize(("currency", "decimals"), [
     ("USD", 2), ("EUR", 2), ("JPY", 0), ("KRW", 0), ("CLP", 0), ("BHD", 3), ("KWD", 3), ("JOD", 3), ("OMR", 3),
-    ("TND", 3), ("CREDITS", 9), ("XYZ", 9)])
+    ("TND", 3), ("CREDITS", 9), ("XYZ", 9),
+    # ISO 4217 codes the table left out (9, kept atomic): dirham, CFA franc, Iraqi dinar, Chilean
+    # unidad de fomento; gold has no minor unit and stays atomic
+    ("AED", 2), ("XOF", 0), ("IQD", 3), ("CLF", 4), ("XAU", 9)])
 def test_lines_round_to_the_iso_minor_unit_and_an_unknown_asset_keeps_its_atomic_unit(currency, decimals) -> None:
     assert line_decimals(currency) == decimals
 
