@@ -23,6 +23,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -32,9 +33,11 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psutil
 
@@ -181,6 +184,7 @@ class EmbeddedPostgres:
         command = [str(self.bin_dir / "pg_ctl"), "-w", "-t", str(int(timeout_s)), "-o", f'-h "" -k {socket_dir}',
                    "-l", str(self.pgdata / "log"), "-D", str(self.pgdata), "start"]
         deadline = time.monotonic() + timeout_s
+        fresh_logs(self.pgdata)
         since = _log_size(self.pgdata)
         while True:
             _clear_stale_lock_files(self.pgdata)
@@ -371,6 +375,64 @@ SERVER_SETTINGS = {"max_pred_locks_per_transaction": "1024", "logging_collector"
                    "log_rotation_size": "0", "log_truncate_on_rotation": "on"}
 
 
+# What PostgreSQL leaves for the start to tidy: it truncates an hour's file only when a running
+# server rotates into it ("not during server startup", log_truncate_on_rotation), so a server
+# started in an hour appends to that hour's file after an older day's lines, and one started in
+# the same hour every day (a cron job's CLI, a laptop's morning) and never running into it
+# again appended to it for ever. `log` takes pg_ctl's two lines a start, for ever too.
+LOG_KEEP_BYTES = 64 * 1024  # what is kept of `log` (its last lines), once it passes LOG_MAX_BYTES
+LOG_MAX_BYTES = 1024 * 1024
+_LOG_TIMEZONE = re.compile(r"^\s*log_timezone\s*=\s*'([^']*)'", re.MULTILINE)
+
+
+def _log_timezone(pgdata: Path) -> ZoneInfo | None:
+    """The zone the server names its hourly files in (`log_timezone`: initdb writes the
+    machine's into postgresql.conf, ALTER SYSTEM into postgresql.auto.conf; else GMT), or None
+    when this machine's zone database does not know it."""
+    name = "GMT"
+    for conf in ("postgresql.conf", "postgresql.auto.conf"):
+        try:
+            found = _LOG_TIMEZONE.findall((pgdata / conf).read_text(errors="replace"))
+        except OSError:
+            continue
+        name = found[-1] if found else name
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+
+
+def fresh_logs(pgdata: Path, now: float | None = None) -> None:
+    """Before a postmaster starts (none runs: the cluster's lock is held), empty the hourly file
+    it is about to append to when that file was last written before this hour began (an older
+    day's lines), and cut `log` to its last LOG_KEEP_BYTES once it passes LOG_MAX_BYTES. A file
+    written this hour (a restart within it) is kept as it is."""
+    now = time.time() if now is None else now
+    zone = _log_timezone(pgdata)
+    if zone is not None:
+        at = datetime.fromtimestamp(now, zone)
+        path = pgdata / LOG_DIRECTORY / f"postgresql-{at:%H}.log"
+        hour_began = at.replace(minute=0, second=0, microsecond=0).timestamp()
+        try:
+            if path.stat().st_mtime < hour_began:
+                with path.open("r+b") as file:  # in place: its owner (the server's user) stays
+                    file.truncate(0)
+        except OSError:  # absent: the server makes it
+            pass
+    try:
+        with (pgdata / "log").open("r+b") as file:
+            size = file.seek(0, os.SEEK_END)
+            if size > LOG_MAX_BYTES:
+                file.seek(size - LOG_KEEP_BYTES)
+                tail = file.read()
+                tail = tail[tail.find(b"\n") + 1:]  # from a whole line
+                file.seek(0)
+                file.write(tail)
+                file.truncate()
+    except OSError:
+        pass
+
+
 def _apply_settings(cluster: EmbeddedPostgres) -> None:
     """Write SERVER_SETTINGS into the cluster's configuration and restart it if any differed.
     Call with the cluster's lock held."""
@@ -540,6 +602,8 @@ def start(pgdata: Path, *, keep: bool = True) -> EmbeddedPostgres:
                 _prune_handles(pgdata)
             _clear_stale_lock_files(pgdata)  # the wheel would take a zombie postmaster for a live one
         _check_data_dir(pgdata)
+        if (info := Postmaster.read(pgdata)) is None or not info.alive():  # this start starts it
+            fresh_logs(pgdata)
         since = _log_size(pgdata)
         with _PROCESS_LOCK, _FailedCommand() as failed:
             try:

@@ -4,8 +4,10 @@ disk. Now PostgreSQL's logging collector writes it to pg_log/postgresql-HH.log, 
 of the day, each truncated when its hour comes round again: 24 files, a day's log at most."""
 from __future__ import annotations
 
+import os
 import re
 import tempfile
+import time
 from pathlib import Path
 
 import psycopg
@@ -117,3 +119,33 @@ def test_a_failed_start_in_another_hour_does_not_give_an_old_fatal_line_of_that_
     reason = embedded._last_log_line(pgdata, since)
     assert "administrator command" not in reason
     assert reason == "2026-12-05 14:05:00 UTC LOG:  startup process (PID 77) was terminated by signal 9: Killed"
+
+
+def test_a_start_empties_an_older_days_file_for_its_hour_and_bounds_pg_ctls_log():
+    """PostgreSQL truncates an hour's file only when a running server rotates into it, not at
+    start: a start appended to its hour's file after an older day's lines, and a server started
+    in the same hour every day (a cron job's CLI) and never running into it again grew that file
+    for ever; pg_ctl's `log` takes two lines a start, for ever too. Every hour's file is planted
+    with a line of yesterday (so the test holds whatever the hour), and `log` past its bound."""
+    where = tempfile.TemporaryDirectory(prefix="tokentill-server-log-")
+    pgdata = Path(where.name) / "pg"
+    embedded.start(pgdata).stop()
+    yesterday = time.time() - 24 * 3600
+    for hour in range(24):
+        planted = pgdata / "pg_log" / f"postgresql-{hour:02d}.log"
+        planted.write_text("yesterday's line of this hour\n")
+        os.utime(planted, (yesterday, yesterday))
+    line = b"LOG:  an old start's line\n"
+    (pgdata / "log").write_bytes(line * (2 * embedded.LOG_MAX_BYTES // len(line)))  # 2 MiB
+    cluster = embedded.start(pgdata)
+    try:
+        with psycopg.connect(cluster.url, autocommit=True) as conn:
+            conn.execute("DO $$ BEGIN RAISE WARNING 'tokentill fresh log test line'; END $$")
+            current = conn.execute("SELECT pg_current_logfile()").fetchone()[0]
+        written = (pgdata / current).read_text()
+        assert "tokentill fresh log test line" in written
+        assert "yesterday's line" not in written  # was: the first line of the hour's file
+        assert (pgdata / "log").stat().st_size < embedded.LOG_KEEP_BYTES + 1_000  # was: 2 MiB and growing
+    finally:
+        cluster.stop()
+        where.cleanup()
