@@ -345,6 +345,8 @@ def _nothing_said(body: bytes) -> None:
     else would be ignored (`{"amount": "0.50"}` to a release, which releases the whole hold)."""
     if not body.strip() or body.strip() in (b"{}", b"null"):
         return
+    if nested_too_deep(body):  # the parser would recurse into it (RecursionError, a 500)
+        raise WalletValidationError("body", "this route takes no body")
     try:
         decoded = msgspec.json.decode(body)
     except msgspec.DecodeError:

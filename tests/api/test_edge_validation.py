@@ -155,6 +155,20 @@ async def test_json_nested_500_deep_is_a_validation_problem_not_a_500(client, wo
     assert batches == []
 
 
+@pytest.mark.parametrize("route", ["release", "verify"])
+async def test_deep_json_to_a_route_that_takes_no_body_is_a_validation_problem_not_a_500(
+        client, world, batches, route):
+    """A route without a body (a release, audit verify, a DELETE) still reads what is sent, to refuse
+    anything but nothing, `{}` or `null`; that reading recursed into 10,000 nested arrays and
+    failed (RecursionError): 500 internal_error. Now refused at the depth limit, as a body is."""
+    path = f"/v1/reservations/{world['reservation']}/release" if route == "release" else "/v1/audit/verify"
+    response = await client.post(path, content=_nested(10_000).encode(), headers=JSON)
+    assert response.status_code == 422, response.text
+    assert response.json()["fields"][0] == {"field": "body", "message": "this route takes no body"}
+    assert batches == []
+    assert (await client.get(f"/v1/reservations/{world['reservation']}")).json()["status"] == "held"
+
+
 async def test_a_mebibyte_of_nesting_is_refused_fast(client):
     body = b"[" * (1 << 20)
     started = time.perf_counter()
