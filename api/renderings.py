@@ -427,6 +427,8 @@ CSV_FIGURES = frozenset({"quantity", "unit_price", "per", "amount", "tier"})  # 
 def _as_text(value: Any) -> Any:
     """A text cell as written: after a ' when a spreadsheet would run it, and what its bidi
     controls open closed in the cell (read as text, an override ran on over the next cells)."""
+    if isinstance(value, bool):  # a dimension's true or false, as JSON spells it (csv would write True)
+        return "true" if value else "false"
     if not isinstance(value, str):
         return value
     return "'" + bidi_closed(value) if value[:1] in FORMULA_STARTS else bidi_closed(value)

@@ -2,6 +2,7 @@
 charge back to its prices and rules; usage grouped by model, token type and dimensions."""
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
@@ -253,6 +254,7 @@ async def usage(conn: AsyncConnection, customer_id: str, start: datetime | None,
     group_by = unit_groups(group_by)
     local = time_zone != "UTC" and not LOCAL.keys().isdisjoint(group_by)
     exprs, rolled, params = [], [], {"c": customer_id, "tz": time_zone}
+    typed = set()  # the dimensions' groups: their JSON text (1, "1", true, "true" apart, as rating has them)
     for i, name in enumerate(group_by):
         if local and name in LOCAL:
             exprs.append(f"{LOCAL[name]} AS g{i}")
@@ -261,7 +263,8 @@ async def usage(conn: AsyncConnection, customer_id: str, start: datetime | None,
             rolled.append(f"{ROLLED[name]} AS g{i}")
         elif _DIMENSION.match(name):
             params[f"d{i}"] = name
-            exprs.append(f"c.dimensions ->> CAST(:d{i} AS text) AS g{i}")
+            exprs.append(f"CAST(c.dimensions -> CAST(:d{i} AS text) AS text) AS g{i}")
+            typed.add(i)
         else:
             raise WalletValidationError("group_by", f"cannot group by {name!r}")
     groups = ", ".join(f"g{i}" for i in range(len(exprs)))
@@ -347,13 +350,18 @@ async def usage(conn: AsyncConnection, customer_id: str, start: datetime | None,
         raise NotFoundError(f"no customer {customer_id}", customer_id=customer_id)
     out = []
     for row in rows:
-        item = {name: getattr(row, f"g{i}") for i, name in enumerate(group_by)}
+        item = {name: _value(getattr(row, f"g{i}"), i in typed) for i, name in enumerate(group_by)}
         item.update(quantity=int(row.quantity or 0), amount=money(row.amount, exists.currency),
                     charges=int(row.charges))
         out.append(item)
     return {"customer_id": customer_id, "from": when(start), "to": when(end), "group_by": group_by,
             "time_zone": time_zone, "currency": exists.currency, "rows": out,
             "next": [getattr(rows[-1], f"g{i}") for i in range(len(group_by))] if more else None}
+
+
+def _value(key: str | None, typed: bool) -> Any:
+    """A group key as the answer gives it: a dimension's value as it was sent (its JSON text)."""
+    return json.loads(key) if typed and key is not None else key
 
 
 _OPEN = text("""
