@@ -274,13 +274,16 @@ class Engine:
                 continue
             conflicts = command.conflict_keys()
             cid = command.customer_id
-            if conflicts & keys or cid in closed or (command.exclusive and cid in customers):
+            if conflicts & keys or cid in closed or (command.exclusive and cid in customers and not command.leads):
                 skipped.append(item)
                 continue
-            taken.append(item)
+            if command.leads and cid in customers:  # before the customer's commands taken: as if alone
+                taken.insert(next(i for i, (c, _) in enumerate(taken) if c.customer_id == cid), item)
+            else:
+                taken.append(item)
             keys |= conflicts
             customers.add(cid)
-            if command.exclusive:
+            if command.exclusive and not command.leads:
                 closed.add(cid)
         queue.extendleft(reversed(skipped))
         return taken

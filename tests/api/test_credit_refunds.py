@@ -20,6 +20,7 @@ from ledger.model import JournalEntry, Posting
 from ledger.posting import post_now
 from tests.api.apps import api_client
 from tests.api.closing import close_early, utc
+from wallets.core.commands import RefundCredit, Reserve
 from wallets.periods import Cycle, following, period_of
 
 ADMIN = {"Authorization": "Bearer cr-admin"}
@@ -430,3 +431,33 @@ async def test_two_refunds_of_the_last_three_dollars_at_once_one_wins(http) -> N
     assert len(journal["entries"]) == 1
     wallet = (await client.get(f"/v1/customers/{cid}/wallet")).json()
     assert wallet["available"] in ("0", "0.00")
+
+
+async def test_a_refund_and_a_hold_sent_together_ride_one_batch_and_are_both_right(client) -> None:
+    """A cash refund was exclusive, alone among its customer's commands in a batch, so a reserve sent
+    with it (a hold tightens what is refundable: held credit is not paid back) split the batch: two
+    transactions. Now the refund is decided first among them, on the wallet as loaded (as alone), and
+    the hold after it. $3.00 of overpaid credit: the refund pays 2.00 back (1.00 refundable left), then
+    the $1.00 hold takes the 1.00 left of the lot; the platform's cash 10.00 - 2.00 = 8.00."""
+    await _overpaid(client, "cr-batch")
+    engine = client.app.state.services.wallets.engine
+    sizes: list[int] = []
+    run = engine.execute
+
+    async def counted(commands, **kw):
+        sizes.append(len(commands))
+        return await run(commands, **kw)
+
+    engine.execute = counted
+    hold = Reserve(customer_id="cr-batch", request_id="r-together", request_hash=b"r-together", model="model-a",
+                   ttl_seconds=300, amount=DOLLAR)
+    refund = RefundCredit(customer_id="cr-batch", amount=2 * DOLLAR, reference="together")
+    held, refunded = await asyncio.gather(engine.submit(hold), engine.submit(refund))
+    assert sizes == [2]  # one batch (before: [1, 1])
+    assert (refunded.amount, refunded.refundable) == (2 * DOLLAR, DOLLAR)
+    assert (held.reservation.status, held.reservation.amount) == ("held", DOLLAR)
+    wallet = (await client.get("/v1/customers/cr-batch/wallet", headers=ADMIN)).json()
+    assert (wallet["available"], wallet["reserved"], wallet["receivable"]) == ("0.00", "1.00", "0.00")
+    assert await _refundable(client, "cr-batch") == "0.00"
+    assert (await _trial(client))["asset:platform:cash:USD"] == "8.00"
+    await _verified(client)

@@ -20,6 +20,9 @@ class Command:
     customer_id: str
     idem: IdemKey | None = None
     exclusive = False  # True: alone among its customer's commands in a batch
+    # True (with exclusive): decided first among its customer's commands in a batch, on the state
+    # loaded fresh, as alone; those that are not exclusive may ride after it
+    leads = False
     needs_book = False  # True: rates usage with the customer's price book
 
     def conflict_keys(self) -> set[tuple[str, ...]]:
@@ -213,6 +216,9 @@ class RefundCredit(Command):
     currency: str | None = None  # None: the customer's
     reason: str = ""
     exclusive = True  # reads the customer's cash and credit held on the receivable, fresh
+    # decided first, it reads them as loaded; what the customer's other commands in the batch change
+    # (holds, usage, lots: untracked credit held on the receivable, cash a reversal pays out) comes after
+    leads = True
 
     def _keys(self) -> set[tuple[str, ...]]:
         return {("refund", self.customer_id)}
