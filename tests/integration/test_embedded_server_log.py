@@ -142,8 +142,10 @@ def test_a_start_empties_an_older_days_file_for_its_hour_and_bounds_pg_ctls_log(
         with psycopg.connect(cluster.url, autocommit=True) as conn:
             conn.execute("DO $$ BEGIN RAISE WARNING 'tokentill fresh log test line'; END $$")
             current = conn.execute("SELECT pg_current_logfile()").fetchone()[0]
-        written = (pgdata / current).read_text()
-        assert "tokentill fresh log test line" in written
+        deadline = time.monotonic() + 10  # the collector writes what it reads from its pipe, a moment later
+        while "tokentill fresh log test line" not in (written := (pgdata / current).read_text()):
+            assert time.monotonic() < deadline, written
+            time.sleep(0.05)
         assert "yesterday's line" not in written  # was: the first line of the hour's file
         assert (pgdata / "log").stat().st_size < embedded.LOG_KEEP_BYTES + 1_000  # was: 2 MiB and growing
     finally:
