@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
 from billing_kit import BillingKit
 from sqlalchemy import text
-from test_rerate import V1, V2, V3, spec, units, verified
+from test_rerate import NOV_2, V1, V2, V3, spec, units, verified
 
 from ledger.audit import verify
+from migrations.earlier import migration
 from wallets import rerating
 from wallets.audit import WALLET_CHECKS
 from wallets.budgets import BudgetSpec
@@ -205,4 +207,51 @@ async def test_an_upward_rerate_of_an_event_a_budget_counted_before_it_was_made_
         "SELECT payload->>'threshold', payload->>'used' FROM outbox WHERE customer_id = :c "
         "AND topic = 'budget.threshold_crossed' ORDER BY id"), {"c": cid}))
     assert [tuple(r) for r in rows] == [("85", "10.01"), ("100", "10.01")]
+    await verified(bk)
+
+
+async def test_a_budget_made_before_0058_is_seeded_through_the_rerates_it_counted_and_later_ones_move_it(
+        fresh_db) -> None:
+    # 0058 left seeded_through NULL on every budget made before it, so no re-rate ever moved their
+    # before: rows. A call charged $10.01, re-rated to $8.01 (v2, -2.00) before the month's $15.00 hard
+    # budget was made (its before: row 8.01), then to $9.01 (v3, +1.00): the budget stayed 8.01 and took
+    # a $6.99 hold, where one made since 0058 counts 9.01. 0063 seeds it through the adjustments made
+    # before it (v2's, so that v2 applied again would move nothing), and v3 applied again moves +1.00
+    bk = BillingKit(fresh_db)
+    await bk.add_book(V1)
+    cid = await bk.customer("rb", book="fix")
+    await bk.top_up(cid, "100.00")
+    closed = await bk.reserve(cid, "model-a", "12.00")
+    await bk.settle(cid, closed, 1_000_000, 0)  # $10.01
+    await bk.add_book(V2)
+    assert (await rerating.apply(bk.db, bk.service.engine, spec("v2"), None))["delta"] == "-2.00"
+    made = await bk.service.budgets.create(BudgetSpec(customer_id=cid, window="month", metric="money",
+                                                      limit=units("15.00")))
+    assert (await bk.service.budgets.get(made.budget.id)).used == units("8.01")
+
+    async def as_before_0058(conn) -> None:
+        await conn.exec_driver_sql("UPDATE budgets SET seeded_through = NULL WHERE id = %s", (made.budget.id,))
+
+    await bk.db.run(as_before_0058)
+    await bk.add_book(V3)
+    assert (await rerating.apply(bk.db, bk.service.engine, spec("v3", start=NOV_2), None))["delta"] == "1.00"
+    assert (await bk.service.budgets.get(made.budget.id)).used == units("8.01")  # not moved: no seeded_through
+
+    async def upgrade(conn) -> None:
+        await conn.exec_driver_sql(migration("0063_budget_seeded_through_backfill").BACKFILL)
+
+    await bk.db.run(upgrade)
+
+    async def seeded(conn) -> tuple:  # seeded through v2's adjustment (the first), not v3's (made after it)
+        return tuple((await conn.exec_driver_sql(
+            "SELECT b.seeded_through, min(a.id), max(a.id) FROM budgets b, charge_adjustments a "
+            "WHERE b.id = %s AND a.customer_id = b.customer_id GROUP BY 1", (made.budget.id,))).one())
+
+    through, v2_adjustment, v3_adjustment = await bk.db.read(seeded)
+    assert through == v2_adjustment < v3_adjustment
+    await rerating.apply(bk.db, bk.service.engine, spec("v3", start=NOV_2), None)  # fills in its +1.00
+    assert (await bk.service.budgets.get(made.budget.id)).used == units("9.01")
+    with pytest.raises(BudgetExceededError):
+        await bk.reserve(cid, "model-a", "6.99")  # 9.01 + 6.99 > 15.00
+    await bk.reserve(cid, "model-a", "5.99")  # to the limit exactly
     await verified(bk)
