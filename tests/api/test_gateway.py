@@ -948,6 +948,35 @@ def test_a_token_budget_counts_a_continued_conversation_at_its_hold_and_settles_
     assert (counted["used"], counted["held"]) == (856, 0), counted
 
 
+@pytest.mark.parametrize("earlier", [{"previous_response_id": "resp_1"}, {"conversation": "conv_1"},
+                                     {"prompt": {"id": "pmpt_1"}}])
+def test_a_continued_conversation_is_held_to_the_customers_maximum_charge_before_the_upstream(live, fake, earlier):
+    """README (Plausibility): a call that continues a conversation is held at its model's whole
+    context window, and one whose hold passes the customer's max_charge_per_request is refused
+    before it goes upstream. gpt-test's window, 400,000 tokens at the cache write price, the
+    1,000 of output and the call: 5.00 + 0.02 + 0.001 = 5.021 past a maximum of 1.00, 422
+    implausible_usage, nothing held; the same call without the earlier turns fits and is charged."""
+    url, book = live
+    cid = f"gw-max-{uuid.uuid4().hex[:10]}"
+    with admin(url) as http:
+        assert http.post("/v1/customers", json={"id": cid, "currency": "USD", "price_book": book,
+                                                "max_charge_per_request": "1.00"}).status_code == 201
+        assert http.post(f"/v1/customers/{cid}/topups", json={"amount": "10.00"}).status_code == 201
+        key = http.post("/v1/api-keys", json={"scope": "inference", "customers": [cid]}).json()["key"]
+    before = len(fake.fake.calls)
+    with pytest.raises(openai.UnprocessableEntityError) as raised:
+        oai(url, key).responses.create(model="gpt-test", input="hi", max_output_tokens=1000, **earlier)
+    refusal = raised.value.body
+    assert (refusal["code"], refusal["tokentill"]["limit"], refusal["tokentill"]["maximum"]) == (
+        "implausible_usage", "max_charge_per_request", "1.00")
+    assert Decimal(refusal["tokentill"]["value"]) == (400_000 * WRITE + 1000 * OUT) / M + CALL == Decimal("5.021")
+    assert len(fake.fake.calls) == before  # refused before the upstream
+    assert wallet(url, cid) == (Decimal("10"), 0)
+    raw = oai(url, key).responses.with_raw_response.create(model="gpt-test", input="hi", max_output_tokens=1000)
+    assert charged(url, raw.headers["x-tokentill-request-id"]) == RESPONSES_CHARGE
+    assert wallet(url, cid) == (Decimal("10") - RESPONSES_CHARGE, 0)
+
+
 def test_a_continued_conversations_stream_cut_upstream_is_charged_the_body_not_the_hold(live):
     url, _ = live
     _, key = customer(live)
