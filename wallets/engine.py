@@ -648,10 +648,11 @@ async def rerate_input(conn: AsyncConnection, books: BookCache, cmd: RerateCharg
     invoices = await store.finalized_invoices(conn, cmd.customer_id, billed_in)
     true_ups = await store.true_ups_posted(conn, cmd.customer_id, period.label) if period.label in invoices else {}
     left = await store.paid_left(conn, cmd.customer_id, period) if rows else {}
+    kept = await store.true_up_given(conn, cmd.customer_id, period.label) if period.label in invoices else {}
     total, given = (await store.true_up_shares(conn, cmd.customer_id, period.label) if period.label in invoices
                     else (0, {}))
     return RerateInput(version, tuple(_on_record(r) for r in rows), invoices, overrides, period.label, book, true_ups,
-                       left, total, given)
+                       left, total, given, true_up_given=kept)
 
 
 def _on_record(r: dict[str, Any]) -> ChargeOnRecord:

@@ -24,6 +24,7 @@ from ledger.db import Lead
 from ledger.lanes import lane_count, lane_of
 from ledger.model import AccountSpec
 from wallets import chart
+from wallets.core.money_back import TRUE_UP_CHARGES
 from wallets.core.state import InvoiceDue, RefundOnRecord, TopUpOnRecord, Unapplied
 from wallets.model import Budget, BudgetHold, Customer, Hold, Lot, Reservation, Wallet
 from wallets.periods import Cycle, Period
@@ -880,6 +881,35 @@ async def true_up_shares(conn: AsyncConnection, customer_id: str, period: str) -
         else:
             given[override_id] = int(amount)
     return total, given
+
+
+async def true_up_given(conn: AsyncConnection, customer_id: str, period: str) -> dict[str, dict[int, int]]:
+    """What the volume true-ups of `period` gave back of each of its charges so far, by rule: its
+    close's and the re-rates' correcting it (entries correcting charges billed in it), as each
+    entry's metadata keeps it (money_back.TRUE_UP_CHARGES): rule id -> charge id -> units. A rule
+    no entry kept is not there (a close before they were kept): its re-rate shares the money back
+    over the money of all its charges, as before."""
+    lane = int(await _lane(conn, [customer_id]) or 0)
+    rows = await conn.exec_driver_sql(
+        f"""WITH e AS (SELECT j.id FROM journal_entries j
+                        WHERE j.lane = {lane} AND j.customer_id = %(customer)s
+                          AND j.key = 'true-up:' || %(customer)s || ':' || %(period)s
+                       UNION
+                       SELECT a.entry_id FROM charge_adjustments a
+                         JOIN charges c ON c.lane = a.lane AND c.id = a.charge_id
+                        WHERE a.customer_id = %(customer)s AND a.lane = {lane} AND a.entry_id IS NOT NULL
+                          AND coalesce(c.period, a.period) = %(period)s)
+            SELECT r.key, (x ->> 0)::bigint, (x ->> 1)::numeric::text
+              FROM e JOIN journal_entries j ON j.lane = {lane} AND j.id = e.id
+             CROSS JOIN LATERAL jsonb_each(j.metadata -> %(kept)s -> %(period)s) r
+              LEFT JOIN LATERAL jsonb_array_elements(r.value) x ON true""",
+        {"customer": customer_id, "period": period, "kept": TRUE_UP_CHARGES})
+    out: dict[str, dict[int, int]] = {}
+    for rule_id, charge_id, amount in rows:
+        given = out.setdefault(rule_id, {})
+        if charge_id is not None:
+            given[int(charge_id)] = given.get(int(charge_id), 0) + int(amount)
+    return out
 
 
 async def finalized_invoices(conn: AsyncConnection, customer_id: str, periods: Sequence[str]

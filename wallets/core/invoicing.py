@@ -286,11 +286,16 @@ def _true_up(state: State, w: Wallet, label: str, lines: list[dict[str, Any]], n
     it; then what the customer owes), and the rest becomes credit (a paid lot)."""
     amount = sum(line["amount_units"] for line in lines)
     cid = w.customer.id
+    # what each rule's line at the book's price gave back of each charge (a re-rate correcting the
+    # true-up counts it, rerate_true_ups): nothing of a line giving nothing back; a line giving back
+    # is recorded below only when every charge of its rule is priced per charge (none re-rated)
+    parts: dict[str, dict[int, int]] = {line["rule_id"]: {} for line in lines if line.get("rule_id")
+                                        and line.get("override_id") is None and line["amount_units"] >= 0}
     if amount > 0:
         s = settlement(w, None, amount, False, now)
-        return settlement_legs(w, s), None, funding(w, None, s)
+        return settlement_legs(w, s), None, funding(w, None, s), parts
     if amount == 0:
-        return Legs(w.customer.currency), None, ()
+        return Legs(w.customer.currency), None, (), parts
     receivable = chart.receivable_account(cid)
     order = money_back.last_consumed_first(w)
     rules = state.rule_funding.get((cid, label), {})
@@ -299,10 +304,13 @@ def _true_up(state: State, w: Wallet, label: str, lines: list[dict[str, Any]], n
     for line in lines:  # what the rule's charges paid, less what earlier lines take back of them
         paid = rules.get(line.get("rule_id") or "", ())
         if line["amount_units"] < 0 and paid:
-            need, rest = money_back.each_charge_first(shares, taken, line, paid, receivable, order)
+            mine = None
+            if line.get("override_id") is None and all(units is not None for *_, units, _ in paid):
+                mine = parts.setdefault(line["rule_id"], {})
+            need, rest = money_back.each_charge_first(shares, taken, line, paid, receivable, order, parts=mine)
             money_back.share(shares, taken, rest, need, receivable, order)
     legs, paid_back, lot = money_back.give_back(state, w, shares, -amount, now, f"volume true-up {label}")
-    return legs, lot, paid_back
+    return legs, lot, paid_back, parts
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,7 +374,7 @@ def closing(state: State, w: Wallet, label: str, rollup: Rollup, book: PriceBook
                           volume_discounts(book, rollup, label))
     lines += allowance_lines(rollup, label, lines, allowances_at_end(w, label))
     cid, cur = w.customer.id, w.customer.currency
-    legs, lot, paid = _true_up(state, w, label, lines, now) if lines else (Legs(cur), None, ())
+    legs, lot, paid, parts = _true_up(state, w, label, lines, now) if lines else (Legs(cur), None, (), {})
     kinds = {code: x.kind for code, x in w.lots.items()}
     if lot is not None:
         kinds[lot.code] = lot.kind
@@ -385,6 +393,7 @@ def closing(state: State, w: Wallet, label: str, rollup: Rollup, book: PriceBook
     if lines:
         posted = entry(f"true-up:{cid}:{label}", "volume_true_up", legs, cid, now,
                        {"period": label, "rules": [line["rule_id"] for line in lines],
+                        money_back.TRUE_UP_CHARGES: {label: {rule: sorted(of.items()) for rule, of in parts.items()}},
                         **({"amount_due_rounding": rounding} if rounding else {})})
     else:
         posted = entry(f"invoice-rounding:{cid}:{label}", "invoice_rounding", legs, cid, now,

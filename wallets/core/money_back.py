@@ -20,6 +20,10 @@ from wallets.core.legs import Legs
 from wallets.core.state import RulePaid, State
 from wallets.model import Wallet, consumption_key
 
+# An entry's metadata key: what a volume true-up (a close's, or a re-rate's correction of it) gave
+# back of each charge, {period: {rule id: [[charge id, units], ...]}}; a rule not there, nothing kept
+TRUE_UP_CHARGES = "true_up_charges"
+
 
 def last_consumed_first(w: Wallet) -> Callable[[str], tuple[int, str]]:
     """The lots in the reverse of their consumption order, then accounts not loaded (swept lots:
@@ -56,16 +60,28 @@ def share(shares: dict[str, int], taken: dict[tuple[int, str], int], paid: Mappi
     return need
 
 
+def overcharged(line: Mapping[str, Any], units: int, charged: int) -> int:
+    """What a charge's `units` of a true-up line's rule, `charged` so, cost above the line's price
+    of the tier reached (rounded up: what the charge costs at it is never short)."""
+    with pricing_context():
+        cost = per_amount(units * Decimal(line["unit_price"]), per_units(line["token_type"])).scaleb(chart.ASSET_SCALE)
+    return charged - int(cost.to_integral_value(rounding=ROUND_CEILING))
+
+
 def each_charge_first(shares: dict[str, int], taken: dict[tuple[int, str], int], line: Mapping[str, Any],
-                      paid: Sequence[RulePaid], receivable: str, order: Callable[[str], tuple[int, str]]
-                      ) -> tuple[int, dict[tuple[int, str], int]]:
+                      paid: Sequence[RulePaid], receivable: str, order: Callable[[str], tuple[int, str]],
+                      given: Mapping[int, int] | None = None, parts: dict[int, int] | None = None,
+                      room: dict[str, int] | None = None) -> tuple[int, dict[tuple[int, str], int]]:
     """Of a true-up line's money back, what each charge of its rule was overcharged (its units at
     the tier reached cost less than graduated rating charged them) goes to what paid that charge:
     off what is owed up to what the receivable paid of it, then to the lots that paid it, the last
-    consumed first (`share`). A lot that paid the early, dearer units gets their difference, not
-    the whole true-up because it was consumed last, and the receivable no more than its charges'
-    difference. Returns what is left of the money back and what paid the rule's charges to share it
-    over as before (rounding, a re-rated charge's; the receivable's of the charges above left out)."""
+    consumed first (`share`, bounded by `room` when given). A lot that paid the early, dearer units
+    gets their difference, not the whole true-up because it was consumed last, and the receivable no
+    more than its charges' difference. A re-rate's correction of a true-up counts, of each charge,
+    what the true-ups before gave back of it (`given`: the close's and earlier corrections'). Adds
+    to `parts` what it gives back of each charge (what the entry records, `given` of the next one).
+    Returns what is left of the money back and what paid the rule's charges to share it over as
+    before (rounding, a re-rated charge's; the receivable's of the charges above left out)."""
     need = -line["amount_units"]
     lots: dict[int, dict[tuple[int, str], int]] = {}
     owed: dict[int, int] = {}
@@ -76,18 +92,17 @@ def each_charge_first(shares: dict[str, int], taken: dict[tuple[int, str], int],
         else:
             lots.setdefault(charge, {})[(charge, account)] = amount
         if units is not None and charged is not None and line.get("unit_price") is not None:
-            with pricing_context():
-                cost = per_amount(units * Decimal(line["unit_price"]), per_units(line["token_type"]))
-                cost = cost.scaleb(chart.ASSET_SCALE)
-            over[charge] = charged - int(cost.to_integral_value(rounding=ROUND_CEILING))
+            over[charge] = overcharged(line, units, charged) - (given or {}).get(charge, 0)
     for charge in sorted(over):
         part = min(need, over[charge])
+        if part > 0 and parts is not None:
+            parts[charge] = parts.get(charge, 0) + part
         rec = min(part, owed.get(charge, 0))
         if rec > 0:
             shares[receivable] = shares.get(receivable, 0) + rec
             need, part = need - rec, part - rec
         if part > 0 and charge in lots:
-            need -= part - share(shares, taken, lots[charge], part, receivable, order)
+            need -= part - share(shares, taken, lots[charge], part, receivable, order, room)
     rest = {(c, receivable if a is None else a): v for c, a, v, *_ in paid
             if not (c in over and (a is None or a == receivable))}
     return need, rest

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from pricing.lines import Rating
 from wallets.core.invoicing import given_back, true_up_lines
+from wallets.core.money_back import overcharged
 from wallets.core.rating import ALLOWANCE
 
 if TYPE_CHECKING:
@@ -40,6 +41,10 @@ class TrueUpFix:
     old: int
     new: int
     charges: tuple[ChargeOnRecord, ...] = ()  # the period's charges its rule rated (what paid them gets money back)
+    pieces: tuple[tuple[int, int, int], ...] = ()  # (charge id, units, amount) of the rule, as re-rated
+    # what the true-ups so far (the close's, earlier re-rates') gave back of each charge, by id; None:
+    # not kept (a close before they were kept, or a rule they did not price per charge)
+    given: Mapping[int, int] | None = None
 
     @property
     def delta(self) -> int:
@@ -60,6 +65,23 @@ class TrueUpFix:
         return {"kind": KIND, "model": self.model or None, "token_type": self.token_type, "quantity": 0,
                 "unit_price": self.unit_price, "amount_units": self.delta, "rule_id": self.rule_id,
                 "price_version": self.version, "tier": self.tier, "override_id": None}
+
+    def parts(self) -> dict[int, int]:
+        """What this correction gives back of each charge (taken back: negative): its overcharge at
+        the tier reached less what the true-ups before gave back of it, the charges in order, up to
+        the correction (as money_back.each_charge_first places money back): what the entry keeps,
+        `given` of the next correction."""
+        if self.given is None or not self.delta:
+            return {}
+        line, left, out = self.line(), -self.delta, {}
+        pieces = {charge: (units, amount) for charge, units, amount in self.pieces}
+        for charge in sorted(pieces.keys() | self.given.keys()):  # a charge gone from the rule: 0 over
+            over = overcharged(line, *pieces[charge]) if charge in pieces and self.unit_price is not None else 0
+            due = over - self.given.get(charge, 0)
+            part = min(due, left) if left > 0 else max(due, left)
+            if part and (part > 0) == (left > 0):
+                out[charge], left = part, left - part
+        return out
 
     def record(self) -> list[Any]:
         """As the entry's metadata keeps it (`true_ups`: what verify and the apply's answer read)."""
@@ -85,6 +107,7 @@ def true_up_fixes(data: RerateInput, found: Sequence[Correction], ratings: Mappi
     basis: dict[str, list[Any]] = {}  # rule id -> [latest version, units, amount charged]
     touched: set[str] = set()
     rated: dict[str, dict[int, ChargeOnRecord]] = {}  # rule id -> the charges it rated, by id
+    per_charge: dict[str, dict[int, list[int]]] = {}  # rule id -> charge id -> [units, amount]
     renamed = _renamed(data, ratings, earlier or {})
     for charge in data.charges:
         if (charge.billed_in or period) != period:
@@ -99,6 +122,9 @@ def true_up_fixes(data: RerateInput, found: Sequence[Correction], ratings: Mappi
                       for rule_id, *rest in _standing(charge, (earlier or {}).get(charge.id))]
         for rule_id, version, quantity, amount in pieces:
             rated.setdefault(rule_id, {})[charge.id] = charge
+            piece = per_charge.setdefault(rule_id, {}).setdefault(charge.id, [0, 0])
+            piece[0] += quantity
+            piece[1] += amount
             held = basis.setdefault(rule_id, [version, 0, 0])
             if order.get(version, -1) > order.get(held[0], -1):
                 held[0] = version
@@ -116,7 +142,9 @@ def true_up_fixes(data: RerateInput, found: Sequence[Correction], ratings: Mappi
         if new != old:
             fixes.append(TrueUpFix(period, rule_id, rule.model or "", rule.token_type, version, quantity,
                                    lines[0]["unit_price"] if lines else None, lines[0]["tier"] if lines else None,
-                                   old, new, tuple(rated[rule_id].values())))
+                                   old, new, tuple(rated[rule_id].values()),
+                                   tuple((c, u, a) for c, (u, a) in sorted(per_charge[rule_id].items())),
+                                   data.true_up_given.get(rule_id)))
     fixes += _orphaned(data, basis)
     return fixes + allowance_fixes(data, found, fixes)
 

@@ -55,7 +55,7 @@ from wallets.core.decision import (
     UsageCounted,
 )
 from wallets.core.legs import Legs, entry, funding, settlement, settlement_legs
-from wallets.core.money_back import give_back, last_consumed_first, share
+from wallets.core.money_back import TRUE_UP_CHARGES, each_charge_first, give_back, last_consumed_first, share
 from wallets.core.rating import ALLOWANCE, period_counts, period_to_date
 from wallets.core.rerate_true_ups import KIND as TRUE_UP
 from wallets.core.rerate_true_ups import TrueUpFix, true_up_fixes
@@ -135,6 +135,9 @@ class RerateInput:
     paid_left: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     true_up_total: int = 0  # every true-up line of the closed period (a discount's share included)
     given_back: Mapping[str, int] = field(default_factory=dict)  # allowance id -> its true-up lines so far
+    # rule id -> charge id -> what its true-ups so far gave back of the charge (store.true_up_given);
+    # a rule not there: not kept, its correction's money back is shared over its charges' payers
+    true_up_given: Mapping[str, Mapping[int, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,9 +314,12 @@ def room_left(groups: Sequence[Group], receivable: str, billed: str | None = Non
 def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int, now: datetime, step: int = 1,
             fixes: Sequence[TrueUpFix] = (), room: dict[str, int] | None = None):
     """Legs of money back (`back` > 0), where the decreased charges' money came from (and a true-up
-    corrected down, the money of the charges its rule rated: a promotion's goes back to it), as
-    wallets.core.money_back gives it, each lot at most what it still has in the charges (`room`,
-    room_left); what goes back on the receivable in multiples of `step`."""
+    corrected down: of each charge its rule rated, what the charge is overcharged at the tier reached
+    less what the true-ups before gave back of it, to what paid that charge, as the close gives it,
+    money_back.each_charge_first, TrueUpFix.parts; the rest, or all of it when what they gave
+    back of each charge was not kept, over the money of all its charges: a promotion's goes back to
+    it), as wallets.core.money_back gives it, each lot at most what it still has in the charges
+    (`room`, room_left); what goes back on the receivable in multiples of `step`."""
     w = state.require_wallet()
     receivable = chart.receivable_account(w.customer.id)
     order = last_consumed_first(w)
@@ -338,7 +344,13 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
             shared(paid_by(x.charge), -x.delta)
     for f in fixes:  # what the rule's charges paid, less what corrections before take back of each
         if f.delta < 0:
-            shared({k: v for charge in f.charges for k, v in paid_by(charge).items()}, -f.delta)
+            paid = {k: v for charge in f.charges for k, v in paid_by(charge).items()}
+            need = -f.delta
+            if f.given is not None and f.unit_price is not None:
+                pieces = {c: (u, a) for c, u, a in f.pieces}
+                rows = [(c, a, v, *pieces.get(c, (None, None))) for (c, a), v in sorted(paid.items())]
+                need, paid = each_charge_first(shares, taken, f.line(), rows, receivable, order, f.given, None, room)
+            shared(paid, need)
     if room is not None:
         # a lot's room is what it has left in all the charges, which an earlier charge's decrease
         # may have used where the lot's money was in another: the rest goes to the lots that still
@@ -424,6 +436,8 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
     money = round_line(net, decimals) if noted else net
     rounding = money - net
     lot = None
+    # what each true-up's correction gives back of each charge, by rule, where the true-ups kept it
+    parts = {f.rule_id: f.parts() for f in fixes if f.given is not None}
     if money > 0:
         s = settlement(w, None, money, False, now)
         legs, paid = settlement_legs(w, s), funding(w, None, s)
@@ -441,6 +455,8 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
                    {"rerate_id": cmd.rerate_id, "original_period": origin, "price_book": cmd.book_id,
                     "price_version": cmd.version, "charges": [x.charge.id for x in found],
                     **({"true_ups": [f.record() for f in fixes]} if fixes else {}),
+                    **({TRUE_UP_CHARGES: {cmd.period: {rule: sorted(given.items()) for rule, given in parts.items()}}}
+                       if parts else {}),
                     **({"amount_rounding": rounding} if rounding else {})})
     # its lines by the period of their usage (`original_period` on the invoice); what paid them once
     effects: list[Any] = [*([lot] if lot is not None else [])]

@@ -11,10 +11,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from billing_kit import BillingKit
-from test_rerate_volume_true_up import V1, verified
+from test_rerate_volume_true_up import V1, live_lots, spec, verified, vol
 
 from ledger.audit import trial_balance
-from wallets import chart
+from wallets import chart, rerating
 
 CENT = 10_000_000  # atomic units (9 decimals) of $0.01
 
@@ -215,4 +215,40 @@ async def test_a_close_s_true_up_takes_off_what_is_owed_only_what_the_receivable
     assert lots == {grant.grant.id: ("grant", 430 * CENT)}
     [invoice] = await bk.invoices(cid)
     assert invoice["amount_due"] == "0.60"
+    await verified(bk)
+
+
+async def test_a_rerate_s_correction_of_a_close_s_true_up_gives_each_charge_s_payers_what_that_charge_was_overcharged(
+        fresh_db) -> None:
+    """As above: the top-up paid the 5th's $1.20, the grant the 20th's $1.10; the close gave $0.60
+    back to the top-up ($0.60) and $0.40 to the grant ($4.30). The fix keeps $20/M to 100,000 and
+    drops the tier beyond to $5/M: the 5th stays $1.20, the 20th is $0.80 + 30,000 x $5/M = $0.95
+    (-$0.15, to the grant that paid it); at the tier reached, 130,000 x $5/M = $0.65, the true-up
+    $0.65 - $2.15 = -$1.50 where -$1.00 stands: $0.50 more back. At $5/M the 5th costs $0.30, $0.90
+    below its $1.20, of which the close gave back $0.60: $0.30 more to the top-up ($0.90); the 20th
+    costs $0.35, $0.60 below its $0.95, of which the close gave back $0.40: $0.20 more to the grant
+    ($4.30 + $0.15 + $0.20 = $4.65). Each lot ends where it would have had each charge cost its
+    tier-reached price: $1.20 - $0.30 and $5.00 - $0.35. Before, the true-up's $0.50 went to the
+    top-up (consumed last) up to what it had left in its charge ($0.60): $1.10, the grant $4.45, and
+    $0.20 of what the promotion overpaid became refundable paid credit."""
+    bk = BillingKit(fresh_db)
+    await bk.add_book(V1)
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("per-charge-rerated", book="vol")
+    top_up = await bk.top_up(cid, "1.20")
+    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 60_000)
+    bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
+    grant = await bk.grant(cid, "5.00")
+    bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 70_000)
+    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 60 * CENT), grant.grant.id: ("grant", 430 * CENT)}
+    await bk.add_book(vol("v2", "2026-11-01T00:00:00Z", "20", "5"))
+    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
+    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    assert [(ln["token_type"], ln["old_amount"], ln["new_amount"], ln["delta"])
+            for ln in done["customers"][0]["lines"]] == [("output", "1.10", "0.95", "-0.15"),
+                                                         ("volume_true_up", "-1.00", "-1.50", "-0.50")]
+    assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 90 * CENT), grant.grant.id: ("grant", 465 * CENT)}
     await verified(bk)

@@ -81,3 +81,33 @@ def test_the_close_counts_a_re_rate_of_the_open_period_for_the_rule_that_rated_i
     rollup[_item("discount", "model-v", "output", "v-out", "v1", "d10")] = (130_000, -23 * M // 100)
     [(_, version_, _, amount)] = volume_rules(BOOK, rollup, "2026-11")
     assert (version_, amount) == ("v1", 230 * M // 100)
+
+
+CLOSE_GAVE = {"v-out": {1: 60 * M // 100, 2: 40 * M // 100}}  # at $10/M: $1.20 - $0.60, $1.10 - $0.70
+
+
+def test_a_true_up_s_correction_gives_back_of_each_charge_its_overcharge_less_what_the_close_gave_back():
+    """The close gave back $0.60 of the 5th's charge and $0.40 of the 20th's. v1' ($20/M, $5/M
+    beyond): the 5th stays $1.20 and costs $0.30 at the tier reached ($0.90 over: $0.30 more back);
+    the 20th is $0.95 and costs $0.35 ($0.60 over: $0.20 more); the true-up -$1.50 - -$1.00: -$0.50."""
+    cheap = version("v1b", "2026-11-01T00:00:00Z", "20", "5")
+    data = RerateInput(cheap, NOVEMBER, CLOSED, None, "2026-11", PriceBook("vol", "USD", (V1, cheap)),
+                       {"v-out": -1 * M}, true_up_given=CLOSE_GAVE)
+    _, [fix] = fixes(data)
+    assert (fix.delta, fix.pieces) == (-50 * M // 100, ((1, 60_000, 120 * M // 100), (2, 70_000, 95 * M // 100)))
+    assert fix.parts() == {1: 30 * M // 100, 2: 20 * M // 100}
+
+
+def test_a_true_up_corrected_up_takes_back_of_each_charge_what_the_close_gave_back_beyond_its_overcharge():
+    """v2: the charges $0.96 and $0.88 cost $0.48 and $0.56 at $8/M: $0.48 and $0.32 over, where
+    the close gave back $0.60 and $0.40: $0.12 and $0.08 taken back, the true-up's +$0.20."""
+    data = RerateInput(V2, NOVEMBER, CLOSED, None, "2026-11", BOOK, {"v-out": -1 * M}, true_up_given=CLOSE_GAVE)
+    _, [fix] = fixes(data)
+    assert fix.parts() == {1: -12 * M // 100, 2: -8 * M // 100}
+
+
+def test_a_true_up_whose_close_kept_nothing_per_charge_is_shared_as_before():
+    """A close before what it gave back of each charge was kept: the fix has nothing per charge (its
+    money back is shared over the money of all the rule's charges, the last consumed first)."""
+    _, [fix] = fixes(RerateInput(V2, NOVEMBER, CLOSED, None, "2026-11", BOOK, {"v-out": -1 * M}))
+    assert (fix.given, fix.parts()) == (None, {})
