@@ -220,6 +220,9 @@ async def test_a_rolling_minute_made_at_half_past_counts_what_the_last_minute_he
     assert (tpm.used, tpm.held) == (800, 300)
     rpm = await _budget(kit, cid, window="minute", metric="requests", limit=3)
     assert (rpm.used, rpm.held) == (1, 1)
+    # in money: 800 input tokens charged $0.80 ($1.00 per 1,000), 300 held $0.30
+    money = await _budget(kit, cid, window="minute", metric="money", limit=usd("5.00"))
+    assert (money.used, money.held) == (usd("0.80"), usd("0.30"))
     with pytest.raises(BudgetExceededError) as refused:  # 800 + 300 + 500 = 1,600 > 1,500
         await kit.reserve(cid, "m3", input_tokens=500)
     # 12:00:10's 800 lapse at 12:01:10, 40 s on; then 300 + 500 fit
