@@ -10,6 +10,7 @@ import os
 import sys
 import tempfile
 import time
+import unicodedata
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
@@ -121,6 +122,15 @@ def export(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def printable(text: str) -> str:
+    """A reference (the caller's text) as one piece of a report line: each control or format
+    character (a line break, ESC, a bidi override) written as an escape (`\\n`, `\\x1b`,
+    `\\u202e`), so that it can neither start a line of its own (a forged verdict) nor drive the
+    terminal."""
+    return "".join(ch.encode("unicode_escape").decode("ascii")
+                   if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") else ch for ch in text)
+
+
 def readable_stdout() -> None:
     """References are the caller's text: a character the locale's encoding lacks is written as an
     escape (\\xe9) rather than stopping the report with a UnicodeEncodeError."""
@@ -184,12 +194,13 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
         print(f"matched: {len(result.matched)} top-ups, invoice payments and refunds")
         for (mine, theirs), m in zip(result.mismatched, report["amount_mismatches"], strict=True):
             label = "AMOUNT" if mine.currency == theirs.currency else "CURRENCY"
-            print(f"{label} MISMATCH reference {m['reference']}: ledger {m['ledger_amount']} ({m['ledger']}), "
+            print(f"{label} MISMATCH reference {printable(m['reference'])}: "
+                  f"ledger {m['ledger_amount']} ({m['ledger']}), "
                   f"file {m['file_amount']} ({m['file']})")
         for m in report["only_in_ledger"]:
-            print(f"ONLY IN LEDGER  reference {m['reference'] or '(none)'}: {m['amount']}, {m['ledger']}")
+            print(f"ONLY IN LEDGER  reference {printable(m['reference']) or '(none)'}: {m['amount']}, {m['ledger']}")
         for m in report["only_in_file"]:
-            print(f"ONLY IN FILE    reference {m['reference']}: {m['amount']}, {m['file']}")
+            print(f"ONLY IN FILE    reference {printable(m['reference'])}: {m['amount']}, {m['file']}")
         for d in result.duplicates:
             print(f"DUPLICATE       {d}")
         if report["skipped_rows"]:

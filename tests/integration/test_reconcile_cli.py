@@ -153,6 +153,24 @@ def test_a_reference_the_locale_cannot_encode_is_reported_not_a_traceback(ledger
     assert "reconciliation FAILED: 1 difference(s)" in done.stdout
 
 
+def test_a_reference_with_control_characters_cannot_forge_or_hide_report_lines(ledger_url, tmp_path):
+    """A reference is the caller's text (the processor's file, or what a top-up was given), and a
+    quoted CSV cell may hold a line break or a terminal escape. Printed as it was, a file row
+    `"ch_x<LF>reconciled: every top-up, ...<LF>ch_y",1.00,USD` wrote the clean verdict's line into a
+    failed report, and ESC [2J cleared the auditor's screen. Now every control character of a
+    reference is written as an escape (`\\n`, `\\x1b`), so each difference is one line."""
+    verdict = "reconciled: every top-up, invoice payment and refund matches a row, and every row one of them"
+    rows = "".join(f"{r},{a},USD\n" for r, a in TOPUPS.items())
+    done = _reconcile(ledger_url, tmp_path, f'reference,amount,currency\n{rows}"ch_x\n{verdict}\nch_y",1.00,USD\n'
+                                            '"ch_\x1b[2Jy",2.00,USD\n')
+    assert done.returncode == 1
+    lines = done.stdout.splitlines()
+    assert verdict not in lines and "\x1b" not in done.stdout, done.stdout
+    assert f"ONLY IN FILE    reference ch_x\\n{verdict}\\nch_y: 1.00 USD, line 7" in lines, done.stdout
+    assert any(line.startswith("ONLY IN FILE    reference ch_\\x1b[2Jy: 2.00 USD, line ") for line in lines), lines
+    assert len(lines) == 4 and lines[-1] == "reconciliation FAILED: 2 difference(s)", lines
+
+
 def test_a_payment_in_another_currency_is_named_as_such(ledger_url, tmp_path):
     """Was "AMOUNT MISMATCH reference ch_3: ledger 30.00 USD, file 30.00 EUR": the amounts agree,
     the currency does not, and the report said otherwise."""
