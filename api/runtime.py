@@ -3,6 +3,7 @@ And the supervisor that keeps an embedded cluster running under a live process."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -119,17 +120,29 @@ def check_sessions(url: str, timeout_s: float = 5.0) -> None:
     # so that a host that takes the connection and never answers stops the start, as the pool would
     options = session_options(url, IDLE_IN_TRANSACTION_MS)
     kwargs = {"autocommit": True, "options": options, "connect_timeout": max(2, math.ceil(timeout_s))}
-    with psycopg.connect(url, **kwargs) as first, psycopg.connect(url, **kwargs) as second:
-        pid, zone, idle = first.execute(
-            "SELECT pg_backend_pid(), current_setting('TimeZone'), setting::int FROM pg_settings "
-            "WHERE name = 'idle_in_transaction_session_timeout'").fetchone()
+    with runner.when_free(lambda: psycopg.connect(url, **kwargs)) as first:
         try:
-            with second.transaction():
-                shared = second.execute("SELECT pg_backend_pid()").fetchone()[0] == pid
-                if not shared:
-                    shared = first.execute("SELECT pg_backend_pid()").fetchone()[0] != pid
-        except psycopg.errors.ProtocolViolation:  # "transaction blocks not allowed in statement pooling mode"
-            shared = True
+            second: psycopg.Connection | None = psycopg.connect(url, **kwargs)
+        except psycopg.OperationalError as exc:
+            # a role limited to one connection (CONNECTION LIMIT 1, enough for `tokentill migrate`):
+            # the server refused the second a process of its own, where a pooler that shares
+            # sessions would have lent it the first's, idle
+            if not runner.limit_reached(exc):
+                raise
+            second = None
+        with second if second is not None else contextlib.nullcontext():
+            pid, zone, idle = first.execute(
+                "SELECT pg_backend_pid(), current_setting('TimeZone'), setting::int FROM pg_settings "
+                "WHERE name = 'idle_in_transaction_session_timeout'").fetchone()
+            shared = False
+            try:
+                if second is not None:
+                    with second.transaction():
+                        shared = second.execute("SELECT pg_backend_pid()").fetchone()[0] == pid
+                        if not shared:
+                            shared = first.execute("SELECT pg_backend_pid()").fetchone()[0] != pid
+            except psycopg.errors.ProtocolViolation:  # "transaction blocks not allowed in statement pooling mode"
+                shared = True
     if shared:
         raise SystemExit("error: TOKENTILL_DATABASE_URL reaches PostgreSQL through a pooler that shares its sessions "
                          "between clients (transaction or statement pooling): tokentill needs sessions of its own; "
@@ -173,7 +186,7 @@ def _warn_fixed_lanes(url: str, asked: int) -> None:
     for other lanes than the database has."""
     import psycopg
 
-    with psycopg.connect(url, autocommit=True) as conn:
+    with runner.when_free(lambda: psycopg.connect(url, autocommit=True)) as conn:  # the migrations' just closed
         if conn.execute("SELECT to_regclass('ledger_settings')").fetchone()[0] is None:
             return  # migrated down below 0009: no lanes yet
         lanes = int(conn.execute("SELECT lanes FROM ledger_settings").fetchone()[0])

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -19,6 +21,33 @@ MIGRATION_LOCK = 7_402_211_901  # arbitrary, fixed: pg_advisory_lock key for sch
 # triggers read pg_current_xact_id (13).
 MIN_SERVER_VERSION = 150000
 HERE = Path(__file__).resolve().parent
+
+
+# What PostgreSQL answers a new connection past a role's or a database's CONNECTION LIMIT (no
+# SQLSTATE reaches the client: the server process refuses it as it starts).
+LIMIT_REACHED = ("too many connections for role", "too many connections for database")
+LIMIT_WAIT_S = 5.0
+T = TypeVar("T")
+
+
+def limit_reached(exc: BaseException) -> bool:
+    """Whether `exc` is a connection refused for its role's (or database's) CONNECTION LIMIT."""
+    return any(said in str(exc) for said in LIMIT_REACHED)
+
+
+def when_free(connect: Callable[[], T], timeout_s: float = LIMIT_WAIT_S) -> T:
+    """connect(), tried again for up to `timeout_s` while its role's connection limit is reached:
+    a role limited to one connection (CONNECTION LIMIT 1) is refused its next for a moment after
+    it closed its last (its server process, which the server counts, has not exited yet), and
+    the migrations connect after the start's check closed its own."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return connect()
+        except Exception as exc:
+            if not limit_reached(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def alembic_config() -> Config:
@@ -165,7 +194,7 @@ def locked(sync_url: str) -> Iterator[Connection]:
     """A connection to `sync_url` holding the migration lock (waits for another migrating process)."""
     engine = create_engine(sync_url, poolclass=None)
     try:
-        with engine.connect() as conn:
+        with when_free(engine.connect) as conn:
             version, number = conn.execute(text(
                 "SELECT current_setting('server_version'), current_setting('server_version_num')::int")).one()
             if number < MIN_SERVER_VERSION:

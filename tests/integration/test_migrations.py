@@ -329,3 +329,40 @@ def test_a_database_whose_recorded_transaction_ids_pass_the_servers_is_refused_n
     assert message.startswith("error: the database's transaction ids are behind its journal's (it recorded "
                               "transaction 10000000000, the server is at "), message
     assert "`pg_resetwal --epoch=3 -D DATADIR`" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("how", ["migrate", "start"])
+def test_a_database_user_limited_to_one_connection_migrates(server_url, monkeypatch, capsys, how):
+    """A role with CONNECTION LIMIT 1 (a hosted database's migration user, say) owning its
+    database could not migrate it: `tokentill migrate` and the start's migration first check
+    that sessions are not shared by a pooler with two connections at once ("error: cannot reach
+    the database: ... too many connections for role", exit 3), and a connection opened right
+    after the last one closed is refused until the server's process for that one has exited."""
+    import uuid
+
+    import psycopg
+
+    from api.bench.common import scratch_database
+    from api.cli import main
+    from api.runtime import open_database
+    from api.settings import Settings
+
+    role = f"single_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 1")
+    try:
+        name = f"tokentill_single_{uuid.uuid4().hex[:8]}"
+        with scratch_database(server_url, name) as url:
+            with psycopg.connect(url, autocommit=True) as owner:
+                owner.execute(f'ALTER DATABASE "{name}" OWNER TO {role}')
+            monkeypatch.setenv("TOKENTILL_DATABASE_URL", f"postgresql://{role}@" + url.split("@", 1)[1])
+            monkeypatch.setenv("TOKENTILL_LANES", "4")  # its check after the migration connects once more
+            if how == "migrate":
+                assert main(["migrate"]) == 0
+                assert capsys.readouterr().out.strip() == f"migrated to {runner.head_revision()}"
+            else:
+                open_database(Settings.from_env()).close()
+            assert _revision(url) == runner.head_revision()
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f"DROP ROLE IF EXISTS {role}")
