@@ -134,8 +134,10 @@ def _read(reader: csv.DictReader, scale_of: Callable[[str], int]) -> tuple[list[
         raise PaymentFileError("the header is neither Stripe's balance transactions nor the generic "
                                "reference,amount,currency")
     payments, skipped = [], Counter()
-    for number, row in enumerate(reader, start=2):
-        where = f"line {number}"
+    for row in reader:
+        # the line the row starts on, as an editor numbers them: the reader skips blank lines, and a
+        # quoted cell may hold line breaks, so rows are not lines (counting them named the line before)
+        where = f"line {reader.line_num - _line_breaks(row)}"
         value = {key: (row.get(name) or "").strip() for key, name in header.items()}
         if type_col and value[type_col].lower() not in STRIPE_PAYMENT_TYPES | STRIPE_REFUND_TYPES:
             skipped[value[type_col] or "(no type)"] += 1
@@ -151,6 +153,12 @@ def _read(reader: csv.DictReader, scale_of: Callable[[str], int]) -> tuple[list[
         payments.append(Payment(ids[0], _atomic(amount, scale_of(currency), where), currency, where,
                                 _time(value.get(time_col), where), ids[1:]))
     return payments, skipped
+
+
+def _line_breaks(row: dict) -> int:
+    """The line breaks inside a row's quoted cells (an extra field's cells come as a list)."""
+    cells = [cell for value in row.values() for cell in (value if isinstance(value, list) else [value])]
+    return sum(cell.count("\n") for cell in cells if isinstance(cell, str))
 
 
 # The entries that bring cash in: top-ups, and payments of invoices (a postpaid customer's); and

@@ -88,6 +88,19 @@ def test_a_file_that_cannot_be_read_says_where(body, message):
         read_payments(io.StringIO(body), SCALES)
 
 
+@pytest.mark.parametrize("body", [
+    "reference,amount,currency\n\npay-1,1.00,USD\npay-2,ten,USD\n",  # a blank line, which the reader skips
+    'reference,amount,currency\n"pay\n1",1.00,USD\npay-2,ten,USD\n',  # a quoted cell over two lines
+    "reference,amount,currency\r\npay-1,1.00,USD\r\n\r\npay-2,ten,USD\r\n",
+])
+def test_a_row_is_named_by_the_line_it_is_on_in_the_file(body):
+    """pay-2 is on line 4 of each file (as an editor numbers them), and was named "line 3": rows
+    were counted, not lines, so after a blank line or a cell with a line break every line named
+    was the one before it."""
+    with pytest.raises(PaymentFileError, match=r"^line 4: not an amount"):
+        read_payments(io.StringIO(body, newline=""), SCALES)
+
+
 @pytest.mark.parametrize("amount", ["1.000,50", "1,00", "10,0.00", "1e-999999999", "1E2", "1_000.00", "\u0661\u0660"])
 def test_an_amount_not_written_as_a_plain_decimal_is_refused_rather_than_misread(amount):
     """Was read as another number: "1.000,50" (a thousand, written the European way) as 1.0005,
