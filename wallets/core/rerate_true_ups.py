@@ -117,6 +117,9 @@ def true_up_fixes(data: RerateInput, found: Sequence[Correction], ratings: Mappi
             pieces = [(ln.rule_id, ln.price_version, ln.quantity, ln.amount_units) for ln in rating.lines
                       if ln.kind == "usage" and ln.rule_id is not None and ln.override_id is None]
             touched.update(rule_id for rule_id, *_ in pieces)
+            # the rule it stood under loses it (one the version still has, beside the one rating it now)
+            touched.update(ln["rule_id"] for ln in _lines(charge, (earlier or {}).get(charge.id))
+                           if ln["kind"] == "usage" and ln.get("rule_id") and ln.get("override_id") is None)
         else:
             pieces = [(renamed.get(rule_id, rule_id), *rest)
                       for rule_id, *rest in _standing(charge, (earlier or {}).get(charge.id))]
@@ -132,7 +135,7 @@ def true_up_fixes(data: RerateInput, found: Sequence[Correction], ratings: Mappi
             held[2] += amount
     versions = {v.version: v for v in book.versions}
     fixes = []
-    for rule_id in sorted(touched):
+    for rule_id in sorted(touched & basis.keys()):  # a rule left with none of them: _orphaned
         version, quantity, amount = basis[rule_id]
         rule = next((r for r in versions[version].rules if r.id == rule_id), None) if version in versions else None
         if rule is None or rule.tier_mode != "volume" or not rule.tiers:
@@ -205,7 +208,10 @@ def _orphaned(data: RerateInput, basis: Mapping[str, Any]) -> list[TrueUpFix]:
 
 def _renamed(data: RerateInput, ratings: Mapping[int, Rating], earlier: Mapping[int, Rating]) -> dict[str, str]:
     """The rule each charge re-rated now stood under (of a token type) -> the rule rating it now, where
-    they differ: the version re-rated to names the rule otherwise."""
+    they differ and the version re-rated to has no rule of the old name (it names the rule otherwise):
+    a rule it still has (beside another rating some of the token type's charges, by their dimensions)
+    keeps the charges left under it."""
+    kept = {rule.id for rule in data.version.rules}
     out: dict[str, str] = {}
     for charge in data.charges:
         rating = ratings.get(charge.id)
@@ -215,7 +221,8 @@ def _renamed(data: RerateInput, ratings: Mapping[int, Rating], earlier: Mapping[
                if ln.kind == "usage" and ln.rule_id is not None and ln.override_id is None}
         for line in _lines(charge, earlier.get(charge.id)):
             rule_id, new = line.get("rule_id"), now.get(line.get("token_type"))
-            if line["kind"] == "usage" and line.get("override_id") is None and rule_id and new and new != rule_id:
+            if (line["kind"] == "usage" and line.get("override_id") is None and rule_id and new and new != rule_id
+                    and rule_id not in kept):
                 out[rule_id] = new
     return out
 

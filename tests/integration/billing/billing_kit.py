@@ -52,12 +52,13 @@ class BillingKit:
     async def grant(self, cid: str, amount: str, expires_at: datetime | None = None):
         return await self.service.submit(Grant(customer_id=cid, amount=usd(amount), expires_at=expires_at))
 
-    async def event(self, cid: str, model: str, input_tokens: int, output_tokens: int, at: datetime | None = None):
+    async def event(self, cid: str, model: str, input_tokens: int, output_tokens: int, at: datetime | None = None,
+                    dimensions: dict[str, Any] | None = None):
         tokens = {"input": input_tokens, "output": output_tokens}
         n = next(self.ids)
         return await self.service.submit(RecordUsage(
             customer_id=cid, event_id=f"evt-{n}", request_hash=repr((n, tokens)).encode(), model=model,
-            occurred_at=at or self.clock.now, tokens=tokens, usage=tokens))
+            occurred_at=at or self.clock.now, tokens=tokens, usage=tokens, dimensions=dimensions or {}))
 
     async def reserve(self, cid: str, model: str, amount: str, ttl_seconds: int = 3600):
         n = next(self.ids)

@@ -551,3 +551,34 @@ async def test_a_second_rerate_of_part_of_a_period_counts_the_charges_left_under
     upcoming = await bk.upcoming(cid)
     assert (upcoming["total"], upcoming["subtotals"]["true_ups"]) == ("-0.13", "0.21")  # 1.30 - 0.13 = 1.17
     await verified(bk)
+
+
+async def test_a_partial_rerate_counts_a_charge_left_under_its_rule_when_the_version_still_has_it(fresh_db) -> None:
+    """v1's `v-out` rates all model-v output: the 5th's 60,000 tokens (region us, $1.20) and the
+    20th's 70,000 (region eu, $1.10), trued up at close to 130,000 x $10/M = $1.30 (-$1.00). The fix
+    (from November 1st) keeps `v-out` as it was and adds `v-eu` for region eu ($16/M to 100,000, $8/M
+    beyond). Re-rated from November 10th, the 20th's 70,000 go to `v-eu`, the first of that rule:
+    70,000 x $16/M = $1.12 (+$0.02); `v-eu` reached its first tier: true-up 0. The 5th is left under
+    `v-out`, which the fix still has: 60,000 tokens, its first tier, $1.20 (true-up 0, where -$1.00
+    stands: +$1.00). The re-rate moves +$1.02 and November stands at $1.20 + $1.12 = $2.32. Before,
+    the 5th was counted under `v-eu` as if renamed: 130,000 at $8/M = $1.04 (true-up -$1.28) and
+    November stood at $1.04, the us usage at the eu volume price."""
+    bk = BillingKit(fresh_db)
+    await bk.add_book(V1)
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("split", billing_mode="postpaid", book="vol")
+    for day, tokens, region in [(5, 60_000, "us"), (20, 70_000, "eu")]:
+        bk.clock.now = datetime(2026, 11, day, 12, tzinfo=UTC)
+        await bk.event(cid, "model-v", 0, tokens, dimensions={"region": region})
+    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    assert (await bk.service.wallet(cid)).receivable == 1_300_000_000
+    fix = vol("v2", "2026-11-01T00:00:00Z", "20", "10")
+    fix["rules"].append({"id": "v-eu", "model": "model-v", "token_type": "output", "match": {"region": "eu"},
+                         "tier_mode": "volume", "tiers": [{"up_to": 100_000, "price": "16"},
+                                                          {"up_to": None, "price": "8"}]})
+    await bk.add_book(fix)
+    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
+    done = await rerating.apply(bk.db, bk.service.engine, spec("v2", datetime(2026, 11, 10, tzinfo=UTC)), None)
+    assert done["delta"] == "1.02", done
+    assert (await bk.service.wallet(cid)).receivable == 2_320_000_000
+    await verified(bk)
