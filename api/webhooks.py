@@ -37,6 +37,7 @@ from ledger.db import Database
 from wallets.errors import WalletValidationError
 from wallets.webhooks import deliveries
 from wallets.webhooks.deliveries import Claimed, Outcome
+from wallets.webhooks.endpoints import CHANNEL  # announced at commit: outbox inserts (0022), re-drives
 from wallets.webhooks.rules import AddressPolicy, RetryPolicy
 
 log = logging.getLogger("tokentill.webhooks")
@@ -156,7 +157,6 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
             network_backend=GuardedBackend(policy))
 
 
-CHANNEL = "tokentill_outbox"  # migration 0022: every INSERT into the outbox is announced here at commit
 STOP_S = 5.0  # the longest a stopping dispatcher waits for its tasks
 LISTENER_NAME = "tokentill webhook listener"  # its application_name in pg_stat_activity
 

@@ -435,6 +435,41 @@ async def test_a_committed_event_wakes_the_dispatcher_without_waiting_for_its_po
             assert got.webhook_id.startswith("evt_")
 
 
+async def test_a_redrive_and_an_endpoint_enabled_again_wake_the_dispatcher_without_waiting_for_its_poll(
+        database_url):
+    """A re-drive is due now, and so is what an endpoint enabled again had pending, but neither
+    writes the outbox, whose commit alone was announced: the dispatcher found them at its next
+    poll (5 s by default; measured 2.9, 5.0, 5.0 s for three re-drives of one event against a
+    live server, where a new event goes out in 0.1 s). Each now announces itself at commit too."""
+    slow = replace(FAST, webhook_poll_s=60.0)
+    async with AsyncTestClient(app=create_app(slow, database_url)) as client:
+        client.headers.update(ADMIN)
+        with receiver() as hook:
+            endpoint = await _endpoint(client, hook.url, ["balance.low"])
+            path = f"/v1/webhook-endpoints/{endpoint['id']}"
+            await asyncio.sleep(0.5)  # the start-up round is over; the next poll is a minute away
+            customer = await _low_balance(client)
+            [first] = await hook.wait_for(for_customer(customer), within=10)
+            again = await client.post(f"{path}/redrive", json={"event_id": first.webhook_id})
+            assert again.status_code == 202 and again.json()["scheduled"] == 1, again.text
+            await hook.wait_for(for_customer(customer), count=2, within=10)
+            [delivery] = (await client.get(f"{path}/deliveries")).json()["items"]
+            since = await client.post(f"{path}/redrive", json={"since": delivery["event_at"]})
+            assert since.status_code == 202 and since.json()["scheduled"] == 1, since.text
+            await hook.wait_for(for_customer(customer), count=3, within=10)
+            assert {r.webhook_id for r in hook.of(for_customer(customer))} == {first.webhook_id}
+        up = {"now": False}
+        with receiver(lambda seen, this: 200 if up["now"] else 503) as hook:
+            path = f"/v1/webhook-endpoints/{(await _endpoint(client, hook.url, ['balance.low']))['id']}"
+            await asyncio.sleep(0.5)
+            customer = await _low_balance(client)
+            await hook.wait_for(for_customer(customer), within=10)  # 503: its retry waits for a poll
+            assert (await client.patch(path, json={"enabled": False})).json()["status"] == "disabled"
+            up["now"] = True
+            assert (await client.patch(path, json={"enabled": True})).json()["status"] == "enabled"
+            await hook.wait_for(for_customer(customer), count=2, within=10)  # pending: due now again
+
+
 async def test_times_are_utc_whatever_time_zone_the_database_server_has(scratch_url):
     """API.md: times are RFC 3339 UTC. A PostgreSQL server whose TimeZone is not UTC (initdb takes
     the host's) gave every time read back from it in its own offset: the envelope's `timestamp`

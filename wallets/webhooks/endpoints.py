@@ -23,6 +23,15 @@ DISABLED_BY_REQUEST = "disabled by request"
 # an endpoint enabled again)
 AFRESH = """status = 'pending', scheduled_at = now(), next_attempt_at = now(), leased_until = NULL,
             attempts = 0, succeeded_at = NULL"""
+# The channel the dispatchers LISTEN on (migration 0022 announces each outbox insert on it at commit)
+CHANNEL = "tokentill_outbox"
+
+
+async def announce(conn: AsyncConnection) -> None:
+    """Wake the dispatchers at this transaction's commit: deliveries it made due now (a re-drive,
+    an endpoint enabled again) write no outbox row, so nothing else announces them, and they
+    waited for a dispatcher's next poll."""
+    await conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANNEL})
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,9 +126,11 @@ async def update(conn: AsyncConnection, endpoint_id: str, changes: Changes) -> E
                   AND NOT webhook_topic_matches(CAST(:topics AS text[]), topic)"""),
             {"id": endpoint_id, "topics": list(endpoint.topics)})
     if was == "disabled" and status == "enabled":
-        await conn.execute(text(
+        afresh = await conn.execute(text(
             f"UPDATE webhook_deliveries SET {AFRESH} WHERE endpoint_id = :id AND status = 'pending'"),
             {"id": endpoint_id})
+        if afresh.rowcount:
+            await announce(conn)
     return endpoint
 
 

@@ -10,7 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from wallets.errors import NotFoundError, TooManyEventsError, WalletValidationError
-from wallets.webhooks.endpoints import AFRESH
+from wallets.webhooks.endpoints import AFRESH, announce
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,11 +91,13 @@ async def redrive_event(conn: AsyncConnection, endpoint_id: str, topics: tuple[s
         f"""UPDATE webhook_deliveries SET {_AGAIN} WHERE endpoint_id = :e AND event_id = :ev
                AND webhook_topic_matches(CAST(:topics AS text[]), topic) RETURNING id"""), params)
     if again.first() is not None:
+        await announce(conn)
         return 1
     rows = (await conn.execute(text(_FROM_OUTBOX.format(
         where="webhook_event_id(o.lane, o.dedup_key, o.payload) = :ev"
               " AND webhook_topic_matches(CAST(:topics AS text[]), o.topic)", again=_AGAIN)), params)).all()
     if rows:
+        await announce(conn)
         return len(rows)
     topic = (await conn.execute(text(
         """SELECT topic FROM webhook_deliveries WHERE endpoint_id = :e AND event_id = :ev
@@ -151,4 +153,6 @@ async def redrive_since(conn: AsyncConnection, endpoint_id: str, topics: tuple[s
             f"{count} events to re-drive in this window, more than the {limit} one call may queue: "
             f"nothing was queued; re-drive up to until={within}, then on from there",
             count=count, limit=limit, until=within)
+    if queued:
+        await announce(conn)
     return queued
