@@ -123,9 +123,9 @@ def export(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def printable(text: str) -> str:
-    """A reference (the caller's text) as one piece of a report line: each control or format
-    character (a line break, ESC, a bidi override) written as an escape (`\\n`, `\\x1b`,
-    `\\u202e`), so that it can neither start a line of its own (a forged verdict) nor drive the
+    """A reference or a skipped row's type (the caller's text) as one piece of a report line: each
+    control or format character (a line break, ESC, a bidi override) written as an escape (`\\n`,
+    `\\x1b`, `\\u202e`), so that it can neither start a line of its own (a forged verdict) nor drive the
     terminal."""
     return "".join(ch.encode("unicode_escape").decode("ascii")
                    if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") else ch for ch in text)
@@ -205,7 +205,7 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
             print(f"DUPLICATE       {d}")
         if report["skipped_rows"]:
             print("skipped rows that are not payments or refunds: " + ", ".join(
-                f"{kind} {n}" for kind, n in sorted(report["skipped_rows"].items())))
+                f"{printable(kind)} {n}" for kind, n in sorted(report["skipped_rows"].items())))
         differences = (len(result.mismatched) + len(result.only_in_ledger) + len(result.only_in_file)
                        + len(result.duplicates))
         print("reconciled: every top-up, invoice payment and refund matches a row, and every row one of them"

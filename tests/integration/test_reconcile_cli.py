@@ -171,6 +171,22 @@ def test_a_reference_with_control_characters_cannot_forge_or_hide_report_lines(l
     assert len(lines) == 4 and lines[-1] == "reconciliation FAILED: 2 difference(s)", lines
 
 
+def test_a_skipped_row_s_type_with_control_characters_cannot_forge_or_hide_report_lines(ledger_url, tmp_path):
+    """The type of a row that is not a payment (Stripe's `Type` or `reporting_category` cell) is the
+    file's text too, and the report names it among the skipped rows. Printed as it was, a quoted
+    cell `"x<LF>reconciled: every top-up, ...<LF>ESC[2J"` wrote the clean verdict's line into a failed
+    report and cleared the screen; it is written with escapes, as a reference is."""
+    verdict = "reconciled: every top-up, invoice payment and refund matches a row, and every row one of them"
+    body = _stripe({**TOPUPS, "ch_9": "12.00"}) + (
+        f'txn_x,"x\n{verdict}\n\x1b[2J",src_x,1.00,0.00,1.00,usd,2026-11-02 10:00,2026-11-04 00:00,\n')
+    done = _reconcile(ledger_url, tmp_path, body)
+    assert done.returncode == 1
+    lines = done.stdout.splitlines()
+    assert verdict not in lines and "\x1b" not in done.stdout, done.stdout
+    assert f"skipped rows that are not payments or refunds: payout 1, x\\n{verdict}\\n\\x1b[2J 1" in lines, lines
+    assert len(lines) == 4 and lines[-1] == "reconciliation FAILED: 1 difference(s)", lines
+
+
 def test_a_payment_in_another_currency_is_named_as_such(ledger_url, tmp_path):
     """Was "AMOUNT MISMATCH reference ch_3: ledger 30.00 USD, file 30.00 EUR": the amounts agree,
     the currency does not, and the report said otherwise."""
