@@ -252,3 +252,14 @@ async def test_a_rerate_s_correction_of_a_close_s_true_up_gives_each_charge_s_pa
                                                          ("volume_true_up", "-1.00", "-1.50", "-0.50")]
     assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 90 * CENT), grant.grant.id: ("grant", 465 * CENT)}
     await verified(bk)
+    # A second fix, $4/M beyond: the 20th $0.80 + $0.12 = $0.92 (-$0.03, to the grant); the true-up
+    # 130,000 x $4/M - $2.12 = -$1.60 where -$1.50 stands: $0.10 more back. The 5th costs $0.24:
+    # $0.96 over, of which the close and the first re-rate gave back $0.90: $0.06 to the top-up
+    # ($0.96 = $1.20 - $0.24); the 20th costs $0.28: $0.64 over, $0.60 given: $0.04 to the grant
+    # ($4.65 + $0.03 + $0.04 = $4.72 = $5.00 - $0.28). Counting the close's record alone, the top-up
+    # would get all $0.10 ($0.96 - $0.60 due): $1.00 and $4.68.
+    await bk.add_book(vol("v3", "2026-11-02T00:00:00Z", "20", "4"))
+    again = await rerating.apply(bk.db, bk.service.engine, spec("v3", datetime(2026, 11, 2, tzinfo=UTC)), None)
+    assert again["delta"] == "-0.13", again
+    assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 96 * CENT), grant.grant.id: ("grant", 472 * CENT)}
+    await verified(bk)
