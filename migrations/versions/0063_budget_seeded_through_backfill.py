@@ -11,9 +11,11 @@ the adjustments it counted are exactly those whose entry was recorded before it 
 clock: an adjustment's own `created_at` is the server's clock, which may run apart), and the last
 of them is what 0058 would have kept. An adjustment with no entry is placed by its own `created_at`.
 A re-rate applied since, which moved nothing there, moves it when applied again. Only the money
-budgets with a before: row are seeded (no other is moved by one); one made in the half hour before
-7b78041, which counted the calls as first charged, is seeded the same: the adjustments made before
-it stay uncounted, as they were.
+budgets with a before: row are seeded (no other is moved by one), live ones only (a deleted
+budget's rows are never moved, and the database refuses any change to it, budgets_guard of 0014:
+the upgrade failed on a database holding one); one made in the half hour before 7b78041, which
+counted the calls as first charged, is seeded the same: the adjustments made before it stay
+uncounted, as they were.
 
 Revision ID: 0063
 Revises: 0062
@@ -34,7 +36,7 @@ UPDATE budgets b
                                     LEFT JOIN journal_entries e ON e.lane = a.lane AND e.id = a.entry_id
                                    WHERE a.lane = b.lane AND a.customer_id = b.customer_id
                                      AND coalesce(e.recorded_at, a.created_at) < b.created_at), 0)
- WHERE b.seeded_through IS NULL AND b.metric = 'money'
+ WHERE b.seeded_through IS NULL AND b.metric = 'money' AND b.deleted_at IS NULL
    AND EXISTS (SELECT 1 FROM reservation_budgets y
                 WHERE y.lane = b.lane AND y.budget_id = b.id AND y.reservation_id = 'before:' || b.id)
 """

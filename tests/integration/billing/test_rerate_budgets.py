@@ -255,3 +255,43 @@ async def test_a_budget_made_before_0058_is_seeded_through_the_rerates_it_counte
         await bk.reserve(cid, "model-a", "6.99")  # 9.01 + 6.99 > 15.00
     await bk.reserve(cid, "model-a", "5.99")  # to the limit exactly
     await verified(bk)
+
+
+async def test_0063_upgrades_a_database_holding_a_deleted_budget_made_before_0058(fresh_db) -> None:
+    # A budget is deleted by marking it, and the database refuses any change to one marked
+    # (budgets_guard, 0014: restrict_violation). 0063 updated every money budget made before 0058
+    # with a before: row, deleted ones too, so one such budget deleted made the whole upgrade fail.
+    # Two $15.00 months made after a $10.01 call ($8.01 once re-rated to v2): one kept, one deleted;
+    # both as before 0058 (no seeded_through). The upgrade seeds the kept one through v2's adjustment
+    # and leaves the deleted one as it is (a re-rate moves no deleted budget's rows).
+    bk = BillingKit(fresh_db)
+    await bk.add_book(V1)
+    cid = await bk.customer("rd", book="fix")
+    await bk.top_up(cid, "100.00")
+    closed = await bk.reserve(cid, "model-a", "12.00")
+    await bk.settle(cid, closed, 1_000_000, 0)  # $10.01
+    await bk.add_book(V2)
+    assert (await rerating.apply(bk.db, bk.service.engine, spec("v2"), None))["delta"] == "-2.00"
+    kept, gone = [await bk.service.budgets.create(BudgetSpec(customer_id=cid, window="month", metric="money",
+                                                             limit=units("15.00"))) for _ in range(2)]
+
+    async def as_before_0058(conn) -> None:
+        await conn.exec_driver_sql("UPDATE budgets SET seeded_through = NULL WHERE id IN (%s, %s)",
+                                   (kept.budget.id, gone.budget.id))
+
+    await bk.db.run(as_before_0058)
+    await bk.service.budgets.delete(gone.budget.id)
+
+    async def upgrade(conn) -> None:
+        await conn.exec_driver_sql(migration("0063_budget_seeded_through_backfill").BACKFILL)
+
+    await bk.db.run(upgrade)
+
+    async def seeded(conn) -> dict:
+        rows = await conn.exec_driver_sql("SELECT id, seeded_through FROM budgets WHERE customer_id = %s", (cid,))
+        return dict(rows.all())
+
+    adjustment = (await bk.db.read(lambda conn: conn.exec_driver_sql(
+        "SELECT max(id) FROM charge_adjustments WHERE customer_id = %s", (cid,)))).scalar_one()
+    assert await bk.db.read(seeded) == {kept.budget.id: adjustment, gone.budget.id: None}
+    await verified(bk)
