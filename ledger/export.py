@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -69,6 +68,10 @@ class Summary:
     unsealed: int = 0
 
 
+SUFFIX = "--"  # then 8 hex digits of the code's sha256: only a lossy code's name carries it
+_UPPER = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
 def _component(part: str) -> str:
     cleaned = re.sub(r"[^A-Za-z0-9-]", "-", part) or "X"
     if cleaned[0].islower():
@@ -76,21 +79,46 @@ def _component(part: str) -> str:
     return cleaned if cleaned[0].isalnum() else "X" + cleaned
 
 
+def _uncomponent(component: str) -> str:
+    """The part `_component` gives `component` back for, if any: a leading capital is a lower-case
+    letter upper-cased, unless a capital follows it (`USD`); a leading digit stays."""
+    if component[0] in _UPPER and not (len(component) > 1 and component[1] in _UPPER):
+        return component[0].lower() + component[1:]
+    return component
+
+
+def beancount_name(code: str, type_: str) -> str:
+    """An account's Beancount name, from its code and type alone: the root by type (Assets,
+    Liabilities, Equity, Income, Expenses), then each part of the code (a leading part equal to
+    the type dropped) with its first letter upper-cased and any character Beancount forbids
+    replaced by "-". That name is kept when it is exact: reading it back (the type word in front
+    again, a leading capital lower-cased unless a capital follows it) gives the code, and it has
+    no "--". Otherwise (`a_b`, `Acme`, `a--b`: something was lost) it always gets "--" and 8 hex
+    digits of the code's sha256, whatever other accounts exist. Two exact names differ (each
+    reads back to its code), a suffixed name is never an exact one, and two suffixed ones meet
+    only if sanitized form and 8 hex digits both do (`beancount_names` then refuses)."""
+    parts = code.split(":")
+    if len(parts) > 1 and parts[0] == type_:
+        parts = parts[1:]
+    components = [_component(p) for p in parts]
+    name = ":".join([ROOTS[type_], *components])
+    if SUFFIX not in name and ":".join([type_, *(_uncomponent(c) for c in components)]) == code:
+        return name
+    return f"{name}{SUFFIX}{hashlib.sha256(code.encode()).hexdigest()[:8]}"
+
+
 def beancount_names(accounts: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """Account code -> Beancount account name, given (code, type) pairs: the root by type
-    (Assets, Liabilities, Equity, Income, Expenses), then each part of the code (a leading part
-    equal to the type dropped) with its first letter upper-cased and any character Beancount
-    forbids replaced by "-". Codes that would share a name each get "-" and 8 hex digits of the
-    code's sha256 appended, so the mapping is one-to-one and depends only on the codes."""
-    base: dict[str, str] = {}
-    for code, type_ in accounts:
-        parts = code.split(":")
-        if len(parts) > 1 and parts[0] == type_:
-            parts = parts[1:]
-        base[code] = ":".join([ROOTS[type_], *(_component(p) for p in parts)])
-    shared = {name for name, n in Counter(base.values()).items() if n > 1}
-    return {code: f"{name}-{hashlib.sha256(code.encode()).hexdigest()[:8]}" if name in shared else name
-            for code, name in base.items()}
+    """Account code -> Beancount account name (`beancount_name`), given (code, type) pairs. Two
+    lossy codes sharing both their sanitized form and their hash's 8 hex digits (about one pair
+    in 4 billion) would share a name: the export then stops rather than merge two accounts."""
+    names = {code: beancount_name(code, type_) for code, type_ in accounts}
+    if len(set(names.values())) < len(names):
+        seen: dict[str, str] = {}
+        for code, name in names.items():
+            if name in seen:
+                raise ValueError(f"accounts {seen[name]!r} and {code!r} would share the Beancount name {name!r}")
+            seen[name] = code
+    return names
 
 
 def connect(url: str) -> psycopg.Connection:

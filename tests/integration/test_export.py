@@ -4,6 +4,7 @@ kind of tampering with it is caught and named."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import re
@@ -479,5 +480,54 @@ def test_an_export_to_stdout_is_the_same_utf8_bytes_as_to_a_file_whatever_the_lo
         gone.stdout.close()  # a reader gone before the first line: one line, not a traceback
         err = gone.stderr.read()
         assert gone.wait() == 2 and err.strip() == "error: cannot write to stdout: Broken pipe", err
+    finally:
+        gen.close()
+
+
+def _names(path: Path) -> dict[str, str]:
+    """Account code -> its name in a Beancount export, from the open directives."""
+    entries, errors, _ = loader.load_file(str(path))
+    assert errors == []
+    return {e.meta["code"]: e.account for e in entries if isinstance(e, data.Open)}
+
+
+def test_a_customer_s_account_names_do_not_change_when_another_customer_is_created(server_url, tmp_path):
+    """Customer `a_b`'s receivable was `Assets:Customer:A-b:Receivable` until a customer `a-b` was
+    created; the next export named it `...:Receivable-6f94698c`, so an auditor carrying balances
+    from one export to the next lost the match. A name now follows from its own code alone: the
+    same in every export, whole or windowed, and `a-b` (exact) keeps the plain name."""
+    from tests.conftest import _migrated
+
+    gen = _migrated(server_url, "tokentill_export_names")
+    url = next(gen)
+    try:
+        with serving(url, ADMIN) as tt:
+            tt.post("/v1/price-books", {"id": "plain", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
+                                        "rules": [{"id": "call", "token_type": "request", "price": "0.01"}]})
+            tt.post("/v1/customers", {"id": "a_b", "currency": "USD", "price_book": "plain"})
+            tt.post("/v1/customers/a_b/topups", {"amount": "10.00"})
+            before = tmp_path / "before.beancount"
+            assert cli(url, "export", "--format", "beancount", "--out", str(before)).returncode == 0
+            tt.post("/v1/customers", {"id": "a-b", "currency": "USD", "price_book": "plain"})
+            tt.post("/v1/customers/a-b/topups", {"amount": "5.00"})
+        exports = {"before": before}
+        for name, window in (("after", []), ("window", ["--from", "2000-01-01", "--to", "2999-01-01"]),
+                             ("later", ["--from", datetime.now(UTC).isoformat()])):
+            exports[name] = tmp_path / f"{name}.beancount"
+            assert cli(url, "export", "--format", "beancount", "--out", str(exports[name]), *window).returncode == 0
+        for path in exports.values():
+            check = subprocess.run(["bean-check", str(path)], capture_output=True, text=True, timeout=300)
+            assert check.returncode == 0 and not check.stdout + check.stderr, check.stdout + check.stderr
+        names = {name: _names(path) for name, path in exports.items()}
+        ours = {code: n for code, n in names["before"].items() if ":a_b:" in code}
+        # `_` is lost in `A-b`, so each of a_b's names carries 8 hex digits of its own code's sha256
+        assert ours["asset:customer:a_b:receivable"] == "Assets:Customer:A-b:Receivable--e585fde8"
+        assert all(n == f"{n.split('--')[0]}--{hashlib.sha256(code.encode()).hexdigest()[:8]}"
+                   for code, n in ours.items()) and len(ours) == 3  # reserved, receivable, the top-up's lot
+        for name in ("after", "window", "later"):
+            assert {code: names[name][code] for code in ours} == ours, name
+            assert names[name] == names["after"], name  # every account named alike in every export
+        theirs = {code: n for code, n in names["after"].items() if ":a-b:" in code}
+        assert theirs and not set(theirs.values()) & set(ours.values())
     finally:
         gen.close()
