@@ -8,6 +8,11 @@ for a continued conversation, as a token budget counts it) and the output tokens
 token budget made later counts what is left of them. NULL: a hold of an amount alone (no tokens), or
 one taken before this (those still count once they settle).
 
+The columns come without a scan: every row there is has NULL in them, so their CHECKs are added NOT
+VALID (each new or changed row is checked all the same). A CHECK in ADD COLUMN scanned every
+partition of `reservations` under an ACCESS EXCLUSIVE lock, reserves and settles waiting (0.15 s a
+million rows, twice).
+
 Revision ID: 0062
 Revises: 0061
 Create Date: 2026-12-05
@@ -24,8 +29,9 @@ depends_on = None
 
 def upgrade() -> None:
     op.execute("""
-ALTER TABLE reservations ADD COLUMN hold_prompt_tokens bigint CHECK (hold_prompt_tokens >= 0);
-ALTER TABLE reservations ADD COLUMN hold_output_tokens bigint CHECK (hold_output_tokens >= 0);
+ALTER TABLE reservations ADD COLUMN hold_prompt_tokens bigint, ADD COLUMN hold_output_tokens bigint;
+ALTER TABLE reservations ADD CONSTRAINT reservations_hold_prompt_tokens_check CHECK (hold_prompt_tokens >= 0) NOT VALID;
+ALTER TABLE reservations ADD CONSTRAINT reservations_hold_output_tokens_check CHECK (hold_output_tokens >= 0) NOT VALID;
 """)
 
 

@@ -239,3 +239,24 @@ async def test_a_rolling_minute_made_at_half_past_counts_what_the_last_minute_he
     assert (now.used, now.held) == (100, 400)
     await kit.reserve(cid, "m6", input_tokens=1000)  # 1,500 again; the requests: 12:00:20's, :30's and this
     assert (await kit.verify()).ok
+
+
+@pytest.mark.parametrize("column", ["hold_prompt_tokens", "hold_output_tokens"])
+async def test_the_database_refuses_a_reservation_holding_fewer_than_0_tokens(shared_kit: Kit, column):
+    # 0062 adds the CHECKs NOT VALID (no scan of every reservation under an exclusive lock): a row
+    # written since is checked all the same
+    kit = shared_kit
+    cid = await kit.customer(f"neg-{column}")
+    await kit.top_up(cid, "10.00")
+    held = await kit.reserve(cid, "n1", input_tokens=100, max_output_tokens=10)
+
+    async def tamper(conn):
+        await conn.execute(text(f"UPDATE reservations SET {column} = -1 WHERE id = :r"),
+                           {"r": held.reservation.id})
+
+    with pytest.raises(Exception, match=f"reservations_{column}_check"):
+        await kit.db.run(tamper)
+    rows = await kit.db.read(lambda conn: conn.execute(text(
+        "SELECT hold_prompt_tokens, hold_output_tokens FROM reservations WHERE id = :r"),
+        {"r": held.reservation.id}))
+    assert [tuple(r) for r in rows] == [(100, 10)]
