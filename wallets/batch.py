@@ -40,6 +40,7 @@ from wallets.core.decision import (
     ReservationExtended,
     ReservationOpened,
     TrueUpPosted,
+    TrueUpsCorrected,
     UsageCounted,
     UsageEventRecorded,
 )
@@ -237,6 +238,11 @@ class Batch:
             "new_amount": effect.new_amount, "old_lines": [list(x) for x in effect.old_lines],
             "new_lines": [list(x) for x in effect.new_lines], "entry_key": key,
             "credit_note_id": effect.credit_note_id, "created_at": self.now})
+
+    def _true_ups_corrected(self, effect: TrueUpsCorrected, key: str | None) -> None:
+        self.add("rerate_true_ups", {
+            "rerate_id": effect.rerate_id, "customer_id": effect.customer_id, "period": effect.period,
+            "true_ups": [list(x) for x in effect.true_ups], "created_at": self.now})
 
     def _period_advanced(self, effect: PeriodAdvanced, key: str | None) -> None:
         self.loaded.wallets[effect.customer_id].customer.open_period_start = effect.open_period_start
@@ -464,6 +470,6 @@ _FOLLOW: dict[type, Any] = {
     TrueUpPosted: lambda batch, effect, key: None,  # its lines went into the rollup with its entry
     InvoiceFinalized: Batch._invoice_finalized, PeriodAdvanced: Batch._period_advanced,
     PaymentRecorded: Batch._payment_recorded, CreditNoteIssued: Batch._credit_note_issued,
-    ChargeAdjusted: Batch._charge_adjusted,
+    ChargeAdjusted: Batch._charge_adjusted, TrueUpsCorrected: Batch._true_ups_corrected,
     AdjustmentPosted: lambda batch, effect, key: None,  # its lines went into the rollup with its entry
 }  # how the shell follows each effect: in memory, and as the rows a flush writes

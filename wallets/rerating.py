@@ -246,12 +246,15 @@ async def applied(conn: AsyncConnection, rerate_id: str) -> dict[str, Any]:
     per: dict[str, dict[tuple[str, str], list[int]]] = {}
     for cid, model, token_type, old, new in rows:
         per.setdefault(cid, {})[(model, token_type)] = [int(old), int(new)]
-    # the corrections of closed periods' volume true-ups its entries posted (their metadata's `true_ups`)
+    # the corrections of closed periods' volume true-ups its entries posted (their metadata's `true_ups`),
+    # and those of its commands whose lines netted 0, which posted no entry (migration 0064)
     for cid, true_ups in await conn.exec_driver_sql(
             """SELECT j.customer_id, j.metadata -> 'true_ups' FROM journal_entries j
                 WHERE (j.lane, j.id) IN (SELECT DISTINCT lane, entry_id FROM charge_adjustments
                                           WHERE rerate_id = %s AND entry_id IS NOT NULL)
-                  AND j.metadata ? 'true_ups'""", (rerate_id,)):
+                  AND j.metadata ? 'true_ups'
+               UNION ALL
+               SELECT customer_id, true_ups FROM rerate_true_ups WHERE rerate_id = %s""", (rerate_id, rerate_id)):
         for _, _, model, old, new in true_ups:
             row = per.setdefault(cid, {}).setdefault((model, TRUE_UP), [0, 0])
             row[0] += int(old)

@@ -472,6 +472,10 @@ _WRITES: dict[str, str] = {
                       overrides_version int, allowance_moves jsonb, rerate_id text, customer_id text, period text,
                       old_amount numeric, new_amount numeric, old_lines jsonb, new_lines jsonb, entry_id bigint,
                       credit_note_id text, created_at timestamptz)""",
+    "rerate_true_ups": """INSERT INTO rerate_true_ups (lane, rerate_id, customer_id, period, true_ups, created_at)
+               SELECT {lane}, r.rerate_id, r.customer_id, r.period, r.true_ups, r.created_at
+                 FROM jsonb_to_recordset({p}::jsonb) AS r(rerate_id text, customer_id text, period text,
+                      true_ups jsonb, created_at timestamptz)""",
     # One row per customer: two UPDATEs of one row in one statement keep only one of them (a
     # close that also flagged a low balance lost its period's advance, and closed it again).
     "customers": """UPDATE customers

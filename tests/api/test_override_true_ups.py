@@ -207,3 +207,64 @@ async def test_a_downward_rerate_after_the_close_takes_back_the_allowances_share
     assert applied.json()["credit_notes"] == []  # nothing moved: no note
     verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
     assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]
+
+
+async def test_a_rerate_that_moves_nothing_answers_what_it_corrected_as_its_preview_does(client, database_url) -> None:
+    """The $20.00 allowance's period (600,000 + 700,000 tokens, 23.00 rated graduated, 20.00 of it
+    free, 3.00 paid; closed: true-up -10.00, 7.00 back to the allowance and the customer's 3.00),
+    re-rated to $5/M and $2.50/M: the charges go 12.00 + 11.00 = 23.00 -> 3.00 + 2.75 = 5.75 (-17.25),
+    all of it free, where the allowance took 20.00 (+14.25; the customer's 3.00 back: -3.00); the true-up becomes
+    1.3M x $2.50/M = 3.25 less 5.75 = -2.50 (-10.00 -> -2.50: +7.50); the allowance pays 3.25 at the
+    tier reached, its share of the money back 5.75 - 3.25 = 2.50 where the close gave it 7.00
+    (-4.50). -3.00 + 7.50 - 4.50 = 0.00: no entry, and the answer says so, line by line, as the
+    preview does, applied once or again. Before, the answer read the true-ups only from an entry's
+    metadata: delta -3.00 with the charges' row alone."""
+    book = f"vol-z-{uuid.uuid4().hex[:8]}"
+    made = await client.post("/v1/price-books", headers=ADMIN, json={
+        "id": book, "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": RULES})
+    assert made.status_code == 201, made.text
+    invoice, wallet = await closed_invoice(client, {"free_allowances": [{"id": "free", "amount": "20.00"}]}, book)
+    assert wallet["receivable"] == "0.00" and wallet["available"] == "0.00"
+    cid = invoice["customer_id"]
+    cheaper = [{**RULES[0], "tiers": [{"up_to": 1_000_000, "price": "5"}, {"up_to": None, "price": "2.50"}]}]
+    v2 = await client.post("/v1/price-books", headers=ADMIN, json={
+        "id": book, "currency": "USD", "effective_from": "2026-01-02T00:00:00Z", "rules": cheaper})
+    assert v2.status_code == 201, v2.text
+    version = (await client.get(f"/v1/price-books/{book}", headers=ADMIN)).json()["versions"][-1]["version"]
+    now = datetime.now(UTC)
+    request = {"price_book": book, "version": version, "from": utc(now - timedelta(hours=1)), "to": utc(now),
+               "customer_id": cid}
+    lines = [  # (model, token type, old, new, delta), worked out above
+        {"model": "", "token_type": "volume_true_up", "old_amount": "7.00", "new_amount": "2.50", "delta": "-4.50"},
+        {"model": "model-v", "token_type": "free_allowance", "old_amount": "-20.00", "new_amount": "-5.75",
+         "delta": "14.25"},
+        {"model": "model-v", "token_type": "output", "old_amount": "23.00", "new_amount": "5.75", "delta": "-17.25"},
+        {"model": "model-v", "token_type": "volume_true_up", "old_amount": "-10.00", "new_amount": "-2.50",
+         "delta": "7.50"}]
+    previewed = await client.post("/v1/rerate", headers=ADMIN, json={**request, "mode": "preview"})
+    assert previewed.status_code == 200, previewed.text
+    assert previewed.json()["delta"] == "0.00" and previewed.json()["customers"][0]["lines"] == lines
+    answers = []
+    for _ in range(2):  # the same re-rate applied again moves nothing more and answers the same
+        applied = await client.post("/v1/rerate", headers=ADMIN, json={**request, "mode": "apply"})
+        assert applied.status_code == 200 and applied.json()["errors"] == [], applied.text
+        answers.append(applied.json())
+    [customer] = answers[0]["customers"]
+    # what the ledger moved: nothing (no entry, no note, the wallet as the close left it)
+    assert (answers[0]["delta"], customer["delta"], customer["entry_ids"], answers[0]["credit_notes"]) == (
+        "0.00", "0.00", [], [])
+    assert (customer["old_amount"], customer["new_amount"], customer["charges"]) == ("0.00", "0.00", 2)
+    assert customer["lines"] == lines
+    assert answers[1] == answers[0]
+    wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
+    assert wallet["receivable"] == "0.00" and wallet["available"] == "0.00"
+    # what the answer reads is kept once and cannot be changed
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        kept = await conn.execute("SELECT count(*) FROM rerate_true_ups WHERE customer_id = %s", (cid,))
+        assert (await kept.fetchone())[0] == 1
+        for sql in ("UPDATE rerate_true_ups SET true_ups = '[[\"x\"]]' WHERE customer_id = %s",
+                    "DELETE FROM rerate_true_ups WHERE customer_id = %s"):
+            with pytest.raises(psycopg.Error):
+                await conn.execute(sql, (cid,))
+    verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
+    assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]

@@ -138,6 +138,17 @@ class AdjustmentPosted(msgspec.Struct, frozen=True, gc=False):
     funding: tuple[tuple[str, int], ...]
 
 
+class TrueUpsCorrected(msgspec.Struct, frozen=True, gc=False):
+    """The corrections of a closed period's volume true-ups by a re-rate whose lines net 0, so
+    posted no entry to keep them in its metadata (`true_ups`: [period, rule, model, old, new]
+    each): kept on their own (`rerate_true_ups`, migration 0064) for the apply's answer."""
+
+    customer_id: str
+    rerate_id: str
+    period: str
+    true_ups: tuple[tuple[str, str, str, int, int], ...]
+
+
 class ChargeAdjusted(msgspec.Struct, frozen=True, gc=False):
     """A charge re-rated to `version` (and its customer's overrides version in force at its usage
     time, 0: none): its amounts by (model, token type) before and after."""
@@ -274,7 +285,7 @@ class AnswerKept(msgspec.Struct, frozen=True, gc=False):
 Effect = (LotOpened | LotSwept | ReservationOpened | ReservationChanged | ReservationExtended | ChargeRecorded
           | UsageEventRecorded | UsageCounted | BudgetCounted | OutboxEvent | CustomerFlagged | AnswerKept
           | TrueUpPosted | InvoiceFinalized | PeriodAdvanced | PaymentRecorded | AdjustmentPosted | ChargeAdjusted
-          | CreditNoteIssued)
+          | CreditNoteIssued | TrueUpsCorrected)
 
 
 class Outcome(msgspec.Struct, frozen=True):  # tracked: a refusal's traceback may lead back to it

@@ -52,6 +52,7 @@ from wallets.core.decision import (
     CreditNoteIssued,
     Decision,
     Outcome,
+    TrueUpsCorrected,
     UsageCounted,
 )
 from wallets.core.legs import Legs, entry, funding, settlement, settlement_legs
@@ -460,6 +461,8 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
                     **({"amount_rounding": rounding} if rounding else {})})
     # its lines by the period of their usage (`original_period` on the invoice); what paid them once
     effects: list[Any] = [*([lot] if lot is not None else [])]
+    if posted is None and fixes:  # lines netting 0: no entry's metadata keeps the true-ups' corrections
+        effects.append(TrueUpsCorrected(c.id, cmd.rerate_id, cmd.period, tuple(tuple(f.record()) for f in fixes)))
     for i, (source, _, xs, fs) in enumerate(groups):
         lines = tuple({"kind": "adjustment", "model": r["model"], "token_type": r["token_type"], "quantity": 0,
                        "unit_price": None, "amount_units": r["delta"], "rule_id": None,
