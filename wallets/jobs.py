@@ -32,10 +32,12 @@ JOB_DURATION = Histogram("tokentill_job_duration_seconds", "Scheduled job run du
 # 0 until the job first succeeds; under `serve --workers N` the latest of any worker's (dead ones' too)
 JOB_LAST_SUCCESS = Gauge("tokentill_job_last_success_timestamp_seconds",
                          "When the job's last successful run ended (Unix time)", ["job"], multiprocess_mode="max")
-# set by each fold_usage run (all lanes): what the fold keeps queued rather than take below 0 (0060)
+# set by each fold_usage run (all lanes): what the fold keeps queued rather than take below 0 (0060);
+# under `serve --workers N` the latest any live worker counted (a max kept a worker's stale count
+# up to 30 s after the counters recovered, or for good while that worker's fold kept failing)
 COUNTERS_KEPT_QUEUED = Gauge("tokentill_usage_counters_kept_queued",
                              "Usage counters whose queued period deltas would take them below 0, left queued by "
-                             "the fold (their customers' periods stay unfolded)", multiprocess_mode="livemax")
+                             "the fold (their customers' periods stay unfolded)", multiprocess_mode="livemostrecent")
 
 
 @dataclass(frozen=True, slots=True)
