@@ -275,9 +275,13 @@ def unicode_font() -> tuple[str, str] | None:
 
 
 # TrueType fonts with the scripts Liberation Sans lacks beside CJK (Hebrew, Arabic, Armenian,
-# Georgian, ...): DejaVu Sans, which Debian installs with fontconfig. A name in Hebrew printed '?'.
+# Georgian, ...): DejaVu Sans. A name in Hebrew printed '?'. Condensed is fonts-dejavu-extra's;
+# fontconfig pulls in fonts-dejavu-core, which has DejaVuSans.ttf alone (with Condensed listed
+# alone, a machine with that found none, and "שלום Ltd" printed "???? Ltd").
 SCRIPT_FONTS = ("/usr/share/fonts/truetype/dejavu/DejaVuSansCondensed.ttf",
-                "/usr/share/fonts/dejavu/DejaVuSansCondensed.ttf")
+                "/usr/share/fonts/dejavu/DejaVuSansCondensed.ttf",
+                "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+                "/usr/share/fonts/dejavu/DejaVuSans.ttf")
 
 
 @cache

@@ -4,6 +4,7 @@ character no font has prints as '?', never silently dropped."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 from pypdf import PdfReader
@@ -88,3 +89,24 @@ def test_right_to_left_runs_are_drawn_in_display_order() -> None:
     # alef (bet): the brackets enclose a Hebrew letter after one, so they are right to left too
     # (N0), and reversed they show mirrored (L4): "(", bet, ")", " ", alef
     assert renderings._display_order("א (ב)") == "(ב) א"
+
+
+CORE_DEJAVU = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"  # Debian's fonts-dejavu-core
+
+
+@pytest.mark.skipif(renderings.unicode_font() is None or not Path(CORE_DEJAVU).is_file(),
+                    reason="no Liberation Sans or fonts-dejavu-core on this system")
+def test_hebrew_prints_where_only_the_dejavu_fontconfig_installs_is_there(monkeypatch) -> None:
+    """fontconfig pulls in fonts-dejavu-core: DejaVuSans.ttf (which has Hebrew and Arabic), not
+    DejaVuSansCondensed.ttf, which is fonts-dejavu-extra's. With SCRIPT_FONTS naming Condensed
+    alone, a machine with DejaVu as Debian installs it found no script font, and "שלום Ltd"
+    printed as "???? Ltd"."""
+    is_file = Path.is_file
+    monkeypatch.setattr(Path, "is_file", lambda self: "Condensed" not in self.name and is_file(self))
+    renderings.script_font.cache_clear()
+    try:
+        context = _context("model input")
+        context["facts"][0] = ("Customer", "שלום Ltd (acme)")
+        assert "Customer שלום Ltd (acme)" in _printed(context)
+    finally:
+        renderings.script_font.cache_clear()
