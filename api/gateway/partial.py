@@ -33,6 +33,8 @@ def _string_end(text: str, start: int) -> tuple[int, int]:
         if text[i + 1] == "u":
             if i + 6 > n or not all(h in _HEX for h in text[i + 2:i + 6]):
                 return -1, i
+            if 0xD800 <= int(text[i + 2:i + 6], 16) <= 0xDBFF and i + 12 > n:
+                return -1, i  # a pair's first half cut from its second: a lone surrogate no decoder takes
             i += 6
         else:
             i += 2
