@@ -803,14 +803,23 @@ async def paid_left(conn: AsyncConnection, customer_id: str, period: Period) -> 
     whichever of them it corrects: what an entry gave back of a charge it does not correct is
     counted all the same. A later re-rate gives a lot back at most this (rerating.room_left)."""
     lane = int(await _lane(conn, [customer_id]) or 0)
+    params = {"customer": customer_id, "label": period.label, "start": period.start, "end": period.end}
+    # the periods billing `period`'s usage first, by its time (charges_customer): given as values to
+    # the statement below, the planner finds their charges by period (charges_billed); read in it
+    # (IN, or = ANY of a subquery), it guessed a share of the customer's whole history, and read all
+    # of it (354 ms under the lane's lock at 300,000 charges, 12,236 of them the period's)
+    params["billed"] = [billed for billed, in await conn.exec_driver_sql(
+        f"""SELECT DISTINCT coalesce(c.period, %(label)s) FROM charges c
+             WHERE c.lane = {lane} AND c.customer_id = %(customer)s
+               AND c.occurred_at >= %(start)s AND c.occurred_at < %(end)s""", params)]
+    if not params["billed"]:  # no charge of `period`'s usage: none billed, none corrected
+        return {}
     rows = await conn.exec_driver_sql(
-        f"""WITH bs AS (SELECT DISTINCT coalesce(c.period, %(label)s) AS billed FROM charges c
-                         WHERE c.lane = {lane} AND c.customer_id = %(customer)s
-                           AND c.occurred_at >= %(start)s AND c.occurred_at < %(end)s),
+        f"""WITH bs AS (SELECT unnest(%(billed)s::text[]) AS billed),
             e AS (SELECT DISTINCT a.entry_id AS id, coalesce(c.period, a.period) AS billed
                     FROM charge_adjustments a JOIN charges c ON c.lane = a.lane AND c.id = a.charge_id
                    WHERE a.customer_id = %(customer)s AND a.lane = {lane} AND a.entry_id IS NOT NULL
-                     AND coalesce(c.period, a.period) IN (SELECT billed FROM bs)
+                     AND coalesce(c.period, a.period) = ANY (%(billed)s::text[])
                   UNION
                   SELECT j.id, bs.billed FROM bs JOIN journal_entries j
                       ON j.lane = {lane} AND j.customer_id = %(customer)s
@@ -818,14 +827,17 @@ async def paid_left(conn: AsyncConnection, customer_id: str, period: Period) -> 
             SELECT billed, code, sum(amount)::text FROM (
                 SELECT e.billed, a.code, p.amount
                   FROM e JOIN postings p ON p.lane = {lane} AND p.entry_id = e.id JOIN accounts a ON a.id = p.account_id
-                UNION ALL
-                SELECT coalesce(c.period, %(label)s), f ->> 0, (f ->> 1)::numeric
+                UNION ALL  -- the charges billed in those periods, and those of no period of `period`'s
+                           -- usage (by its time): an OR of the two read every charge of the customer
+                SELECT c.period, f ->> 0, (f ->> 1)::numeric
                   FROM charges c CROSS JOIN LATERAL jsonb_array_elements(c.funding) f
-                 WHERE c.lane = {lane} AND c.customer_id = %(customer)s
-                   AND (c.period IN (SELECT billed FROM bs)
-                        OR (c.period IS NULL AND c.occurred_at >= %(start)s AND c.occurred_at < %(end)s))) x
-             GROUP BY 1, 2""",
-        {"customer": customer_id, "label": period.label, "start": period.start, "end": period.end})
+                 WHERE c.lane = {lane} AND c.customer_id = %(customer)s AND c.period = ANY (%(billed)s::text[])
+                UNION ALL
+                SELECT %(label)s, f ->> 0, (f ->> 1)::numeric
+                  FROM charges c CROSS JOIN LATERAL jsonb_array_elements(c.funding) f
+                 WHERE c.lane = {lane} AND c.customer_id = %(customer)s AND c.period IS NULL
+                   AND c.occurred_at >= %(start)s AND c.occurred_at < %(end)s) x
+             GROUP BY 1, 2""", params)
     out: dict[str, dict[str, int]] = {}
     for billed, code, amount in rows:  # 0 included: nothing left to give back
         out.setdefault(billed, {})[code] = int(amount)
