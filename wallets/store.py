@@ -764,11 +764,9 @@ async def rule_funding(conn: AsyncConnection, customer_id: str, period: Period
     time also bounds the index scan to the period (charges_customer)."""
     lane = int(await _lane(conn, [customer_id]) or 0)
     rows = await conn.exec_driver_sql(
-        f"""SELECT r.rule_id, c.id, f ->> 0, sum((f ->> 1)::numeric)::text,
-                   CASE WHEN NOT EXISTS (SELECT 1 FROM charge_adjustments a WHERE a.charge_id = c.id)
-                        THEN r.units::text END,
-                   CASE WHEN NOT EXISTS (SELECT 1 FROM charge_adjustments a WHERE a.charge_id = c.id)
-                        THEN r.charged::text END
+        f"""SELECT r.rule_id, c.id, f ->> 0, sum((f ->> 1)::numeric)::text, r.units::text, r.charged::text,
+                   -- one test a row (two CASEs made two: two scans of every adjustment, when hashed)
+                   EXISTS (SELECT 1 FROM charge_adjustments a WHERE a.charge_id = c.id)
               FROM charges c
              CROSS JOIN LATERAL (
                  SELECT l ->> 'rule_id' AS rule_id,
@@ -786,10 +784,9 @@ async def rule_funding(conn: AsyncConnection, customer_id: str, period: Period
              GROUP BY r.rule_id, c.id, f ->> 0, r.units, r.charged ORDER BY 1, 2, 3""",
         (customer_id, period.label, period.start, period.end, period.label))
     out: dict[str, list[tuple[int, str | None, int, int | None, int | None]]] = {}
-    for rule_id, charge_id, account, amount, units, charged in rows:
+    for rule_id, charge_id, account, amount, units, charged, moved in rows:
         out.setdefault(rule_id, []).append((int(charge_id), account, int(amount),
-                                            None if units is None else int(units),
-                                            None if charged is None else int(charged)))
+                                            None if moved else int(units), None if moved else int(charged)))
     return {rule_id: tuple(paid) for rule_id, paid in out.items()}
 
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from billing_kit import BillingKit
 
-from tests.integration.plan_reads import explained, rows_read
+from tests.integration.plan_reads import explained, rows_read, scans
 from wallets import chart, store
 from wallets.periods import Cycle, period_named
 
@@ -37,3 +37,27 @@ async def test_what_a_rerate_finds_left_in_a_periods_charges_reads_only_that_per
     # (and at most once more, by its time, for charges of no period): 3 at most; 12 before
     assert rows_read(spy.plans, "charges") <= 3
 
+
+async def test_what_paid_a_periods_rules_tests_each_charge_for_re_rates_once(bk: BillingKit):
+    """October's one call (1,000 model-a input tokens, $0.01 at `a-in`; the call, $0.01 at `call`)
+    was paid $0.02 from the top-up's lot, listed under each rule that rated it, with the rule's units
+    and amount (not re-rated). Whether a re-rate moved a charge is one test of its adjustments a row:
+    the plan scans charge_adjustments once (twice before: one test each for units and amount, each
+    a scan of every customer's adjustments when the planner hashed them)."""
+    bk.clock.now = datetime(2026, 10, 5, tzinfo=UTC)
+    cid = await bk.customer("hist-rule-funding")
+    await bk.top_up(cid, "10.00")
+    bk.clock.now = datetime(2026, 10, 10, tzinfo=UTC)
+    await bk.event(cid, "model-a", 1000, 0)
+    [lot] = [g.id for g in (await bk.service.wallet(cid)).grants]
+    charge = await bk.db.read(lambda conn: conn.exec_driver_sql(
+        "SELECT id FROM charges WHERE customer_id = %s", (cid,)))
+    charge_id = charge.scalar_one()
+
+    found, spy = await explained(bk.db, lambda conn: store.rule_funding(conn, cid, period_named("2026-10", Cycle())),
+                                 analyze=("charges", "charge_adjustments"))
+
+    paid = chart.lot_account(cid, lot)
+    assert found == {"a-in": ((charge_id, paid, 20_000_000, 1000, 10_000_000),),
+                     "call": ((charge_id, paid, 20_000_000, 1, 10_000_000),)}
+    assert scans(spy.plans, "charge_adjustments") == 1
