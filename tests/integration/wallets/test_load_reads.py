@@ -1,0 +1,31 @@
+"""A wallet batch's load, under its lane's writer lock, reads its own customers' rows, not the
+lane's (tests/integration/plan_reads.py: counted from the plan, never timed)."""
+from __future__ import annotations
+
+from wallet_kit import Kit, usd
+
+from ledger.lanes import lane_of
+from tests.integration.plan_reads import explained, rows_read
+from wallets import store
+
+
+async def test_a_batch_loads_its_customers_lots_not_the_lanes(kit: Kit):
+    """Two customers of one lane: `mine` topped up once ($10.00), the other five times. Loading
+    `mine` finds its one lot with its $10.00 and reads that lot alone; before, no index led by the
+    customer held every lot (`lots_customer_live` holds the unexpired ones, which the load's OR with
+    the lots named and those held from cannot use), so it read the lane's 6 (with sequential scans
+    off; a scan of the whole partition with them on: 31,952 lots for a customer's 2)."""
+    lanes = await kit.service.engine.lane_count()
+    mine = await kit.customer("mine")
+    theirs = next(name for name in (f"theirs{i}" for i in range(1000))
+                  if lane_of(f"{name}-{kit.tag}", lanes) == lane_of(mine, lanes))
+    theirs = await kit.customer(theirs)
+    await kit.top_up(mine, "10.00")
+    for _ in range(5):
+        await kit.top_up(theirs, "1.00")
+
+    loaded, spy = await explained(kit.db, lambda conn: store.load(conn, [mine], now=kit.clock.now),
+                                  analyze=("lots", "account_balances"))
+
+    assert [lot.balance for lot in loaded.wallets[mine].lots.values()] == [usd("10.00")]
+    assert rows_read(spy.plans, "lots") == 1
