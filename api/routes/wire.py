@@ -334,8 +334,10 @@ def _check_accept(request: Request) -> None:
     """An Accept header that refuses (q=0) every media type the route answers in (its
     `opt["media_types"]`, JSON by default) is 406, before the body is read or anything written."""
     accept = request.headers.get("accept")
+    if accept is None or "=" not in accept:  # no q= weight: nothing refused (the hot path's usual case)
+        return
     answers = request.scope["route_handler"].opt.get("media_types", (JSON,))
-    if accept is not None and not taken(accept, answers):
+    if not taken(accept, answers):
         raise ApiError("not_acceptable", f"the Accept header ({accept}) refuses every media type this route "
                                          f"answers in: {', '.join(answers)}", 406)
 
