@@ -107,6 +107,9 @@ def export(args: argparse.Namespace, settings: Settings) -> int:
             progress = StderrBar.on_terminal(f"export {args.format}",
                                              "postings" if args.format == "csv" else "entries")
             summary = exporting.WRITERS[args.format](conn, out, window, progress, CURRENCY_MINOR_UNITS)
+    except exporting.NameClash as exc:  # nothing written: --out does not appear
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:  # a folder that does not exist, a full disk (psycopg's errors are not OSError)
         print(f"error: cannot write {args.out or 'to stdout'}: {exc.strerror or exc}", file=sys.stderr)
         return 2

@@ -107,18 +107,26 @@ def beancount_name(code: str, type_: str) -> str:
     return f"{name}{SUFFIX}{hashlib.sha256(code.encode()).hexdigest()[:8]}"
 
 
+class NameClash(ValueError):
+    """Two accounts whose Beancount names would be one: the Beancount export refuses."""
+
+
 def beancount_names(accounts: Iterable[tuple[str, str]]) -> dict[str, str]:
     """Account code -> Beancount account name (`beancount_name`), given (code, type) pairs. Two
     lossy codes sharing both their sanitized form and their hash's 8 hex digits (about one pair
-    in 4 billion) would share a name: the export then stops rather than merge two accounts."""
+    in 4 billion) would share a name: NameClash, rather than two accounts merged."""
     names = {code: beancount_name(code, type_) for code, type_ in accounts}
+    _distinct(names)
+    return names
+
+
+def _distinct(names: Mapping[str, str]) -> None:
     if len(set(names.values())) < len(names):
         seen: dict[str, str] = {}
         for code, name in names.items():
             if name in seen:
-                raise ValueError(f"accounts {seen[name]!r} and {code!r} would share the Beancount name {name!r}")
+                raise NameClash(f"accounts {seen[name]!r} and {code!r} would share the Beancount name {name!r}")
             seen[name] = code
-    return names
 
 
 def connect(url: str) -> psycopg.Connection:
@@ -133,8 +141,7 @@ def connect(url: str) -> psycopg.Connection:
 def accounts(conn: psycopg.Connection) -> dict[int, Account]:
     rows = conn.execute("""SELECT a.id, a.code, a.type, a.asset, s.scale, a.customer_id
                              FROM accounts a JOIN assets s ON s.code = a.asset ORDER BY a.code""").fetchall()
-    names = beancount_names((r[1], r[2]) for r in rows)
-    return {r[0]: Account(*r, names[r[1]]) for r in rows}
+    return {r[0]: Account(*r, beancount_name(r[1], r[2])) for r in rows}
 
 
 def _stream(conn: psycopg.Connection, sql: str, params: dict, name: str) -> Iterator[tuple]:
@@ -222,6 +229,7 @@ def write_beancount(conn: psycopg.Connection, out: TextIO, window: Window = Wind
     transaction of the balances before it, so the file's balances are those at its end.
     Amounts are exact, with at least `shown[asset]` decimals (SHOWN_DEFAULT for one not in it)."""
     book = accounts(conn)
+    _distinct({a.code: a.name for a in book.values()})  # only Beancount needs the names apart
     first = conn.execute(f"SELECT min(j.occurred_at AT TIME ZONE 'UTC')::date FROM journal_entries j "
                          f"WHERE {WINDOW_SQL}", window.params()).fetchone()[0]
     total = count_entries(conn, window) if progress else 0

@@ -531,3 +531,36 @@ def test_a_customer_s_account_names_do_not_change_when_another_customer_is_creat
         assert theirs and not set(theirs.values()) & set(ours.values())
     finally:
         gen.close()
+
+
+def test_two_codes_whose_beancount_names_would_clash_stop_only_the_beancount_export(server_url, tmp_path):
+    """Two lossy codes that sanitize alike and whose sha256 both begin 9045347d (found by trying
+    codes of `_` and `.`) would share a Beancount name: that export stops with both codes named
+    and no file, while csv and jsonl, which need no Beancount names, still export them."""
+    from tests.conftest import _migrated
+
+    gen = _migrated(server_url, "tokentill_export_clash")
+    url = next(gen)
+    one, two = "asset:.___.___...._.____", "asset:.._._.._.___...._."
+    try:
+        with serving(url, ADMIN) as tt:
+            tt.post("/v1/price-books", {"id": "plain", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
+                                        "rules": [{"id": "call", "token_type": "request", "price": "0.01"}]})
+            tt.post("/v1/customers", {"id": "clash", "currency": "USD", "price_book": "plain"})
+        import psycopg
+
+        with psycopg.connect(url) as conn:
+            for code in (one, two):
+                conn.execute("INSERT INTO accounts (code, type, asset) VALUES (%s, 'asset', 'USD')", (code,))
+        for fmt in ("csv", "jsonl"):
+            done = cli(url, "export", "--format", fmt, "--out", str(tmp_path / f"clash.{fmt}"))
+            assert done.returncode == 0, done.stderr
+        assert all(json.dumps(code) in (tmp_path / "clash.jsonl").read_text() for code in (one, two))
+        out = tmp_path / "clash.beancount"
+        done = cli(url, "export", "--format", "beancount", "--out", str(out))
+        # named in code order: `.` (0x2e) before `_` (0x5f) in the second character
+        assert (done.returncode, done.stderr) == (1, f"error: accounts {two!r} and {one!r} would share the "
+                                                     f"Beancount name 'Assets:X------------------{'--'}9045347d'\n")
+        assert not out.exists()
+    finally:
+        gen.close()
