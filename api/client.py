@@ -95,11 +95,13 @@ from api.client_errors import (
 from api.client_journal import AsyncJournalReads, JournalReads
 from api.client_replay import ReplayThread, SpoolReplay, replay_logged
 from api.client_reservations import (
+    REPLAYED_RESERVE,
     AsyncReservation,
     Reservation,
     StreamMeter,
     Unanswered,
     extend_call,
+    gone_hold,
     release_call,
     report_orphaned_exit,
     reserve_request,
@@ -330,11 +332,15 @@ class Client(_Base, JournalReads):
 
     def _call(self, method: str, path: str, body: Any = None, *, key: str | None = None,
               watch: Unanswered | None = None) -> dict[str, Any]:
+        return raise_for(self._send(method, path, body, key=key, watch=watch))
+
+    def _send(self, method: str, path: str, body: Any = None, *, key: str | None = None,
+              watch: Unanswered | None = None) -> httpx.Response:
         self._own()
         request = self._request(method, path, body, key)
         send = lambda: self._http.request(**request)  # noqa: E731
-        return raise_for(delivery.call(watch.watch(send) if watch is not None else send, self._short(),
-                                       unkeyed=unkeyed(method, path)))
+        return delivery.call(watch.watch(send) if watch is not None else send, self._short(),
+                             unkeyed=unkeyed(method, path))
 
     def _reserve_entry(self, body: dict[str, Any], callers_request_id: bool = False) -> dict[str, Any]:
         """A block's reserve, its retries under one Idempotency-Key. Ended without an answer (every
@@ -345,7 +351,8 @@ class Client(_Base, JournalReads):
         reserve under the caller's own request id is theirs to retry (see `claim_note`)."""
         key, unanswered = f"sdk_{uuid.uuid4().hex}", Unanswered()  # the key, kept: the release finds this hold
         try:
-            return self._call("POST", "/v1/reservations", body, key=key, watch=unanswered)
+            answer = self._send("POST", "/v1/reservations", body, key=key, watch=unanswered)
+            data = raise_for(answer)
         except Exception as error:
             if not unanswered.left_a_hold(error):  # answered (a refusal), or never sent: no hold
                 raise
@@ -357,6 +364,11 @@ class Client(_Base, JournalReads):
         except BaseException as interrupted:
             self._abandon(body, key, interrupted)
             raise
+        if answer.status_code == REPLAYED_RESERVE:  # an earlier call's hold: refused if it is gone
+            gone = gone_hold(self._call("GET", f"/v1/reservations/{data['id']}"))
+            if gone is not None:
+                raise gone
+        return data
 
     def _abandon(self, body: dict[str, Any], key: str, error: BaseException) -> None:
         error.add_note(abandoned_note(body))
@@ -527,11 +539,15 @@ class AsyncClient(_Base, AsyncJournalReads):
 
     async def _call(self, method: str, path: str, body: Any = None, *, key: str | None = None,
                     watch: Unanswered | None = None) -> dict[str, Any]:
+        return raise_for(await self._send(method, path, body, key=key, watch=watch))
+
+    async def _send(self, method: str, path: str, body: Any = None, *, key: str | None = None,
+                    watch: Unanswered | None = None) -> httpx.Response:
         await self._flush_at_start()
         request = self._request(method, path, body, key)
         send = lambda: self._http.request(**request)  # noqa: E731
-        return raise_for(await delivery.acall(watch.awatch(send) if watch is not None else send, self._short(),
-                                              unkeyed=unkeyed(method, path)))
+        return await delivery.acall(watch.awatch(send) if watch is not None else send, self._short(),
+                                    unkeyed=unkeyed(method, path))
 
     async def _deliver(self, path: str, body: Any, key: str, reservation_id: str | None,
                        hold_left_s: float | None, schedule: Schedule | None = None) -> dict[str, Any]:
@@ -564,10 +580,16 @@ class AsyncClient(_Base, AsyncJournalReads):
         answer lost, say timed out), the hold the server may have made is released by a task of
         the client (asking again under that key), not left until it expires; a timed-out one
         under the caller's own request id is theirs to retry (see `claim_note`)."""
-        key, unanswered = f"sdk_{uuid.uuid4().hex}", Unanswered()
-        task = self._on_its_own(self._call("POST", "/v1/reservations", body, key=key, watch=unanswered))
+        key, unanswered, replayed = f"sdk_{uuid.uuid4().hex}", Unanswered(), [False]
+
+        async def reserving() -> dict[str, Any]:
+            answer = await self._send("POST", "/v1/reservations", body, key=key, watch=unanswered)
+            replayed[0] = answer.status_code == REPLAYED_RESERVE
+            return raise_for(answer)
+
+        task = self._on_its_own(reserving())
         try:
-            return await asyncio.shield(task)
+            data = await asyncio.shield(task)
         except asyncio.CancelledError as cancelled:
             self._abandon(task, body, key, unanswered, cancelled)
             raise
@@ -579,6 +601,11 @@ class AsyncClient(_Base, AsyncJournalReads):
             else:
                 self._abandon(task, body, key, unanswered, error)
             raise
+        if replayed[0]:  # an earlier call's hold: refused if it is gone
+            gone = gone_hold(await self._call("GET", f"/v1/reservations/{data['id']}"))
+            if gone is not None:
+                raise gone
+        return data
 
     def _abandon(self, reserving: asyncio.Task[dict[str, Any]], body: dict[str, Any], key: str,
                  unanswered: Unanswered, error: BaseException) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from api.client_errors import SettlementSpooled, TokentillError
+from api.client_errors import ReservationClosed, SettlementSpooled, TokentillError
 from api.delivery import NOT_SENT, proxy_gave_up, seconds_until
 from api.stream_texts import texts_of_event
 from pricing.errors import InvalidUsageError
@@ -353,6 +353,26 @@ def plain_usage(usage: Any) -> dict[str, Any]:
     data = dump(mode="json", by_alias=True, exclude_none=True) if callable(dump) else dict(usage)
     json.dumps(data)
     return data
+
+
+# A reserve answered 200 (not 201) is an earlier call's, under the same request id: the server
+# answers a request id with its first answer ("held"), whatever became of that hold since.
+REPLAYED_RESERVE = 200
+GONE = ("settled", "released")  # a final settle of these is refused (an expired one is charged late)
+
+
+def gone_hold(reservation: Mapping[str, Any]) -> ReservationClosed | None:
+    """The refusal of a block whose reservation (`GET /v1/reservations/{id}`) was settled or
+    released by an earlier call under its request id: entered, its provider call would be made and
+    its exit's settle refused (`reservation_closed`), the call never billed."""
+    status = reservation.get("status")
+    if status not in GONE:
+        return None
+    detail = (f"reservation {reservation.get('id')} of request_id {reservation.get('request_id')} is already "
+              f"{status}: a new call needs a new request_id")
+    return ReservationClosed(409, "reservation_closed", detail, {
+        "code": "reservation_closed", "detail": detail, "reservation_id": reservation.get("id"),
+        "reservation_status": status})
 
 
 def reserve_request(customer: str, model: str, *, request_id: str | None, messages: Any, prompt: str | None,
