@@ -210,9 +210,10 @@ def _renamed(data: RerateInput, ratings: Mapping[int, Rating], earlier: Mapping[
     """The rule each charge re-rated now stood under (of a token type) -> the rule rating it now, where
     they differ and the version re-rated to has no rule of the old name (it names the rule otherwise):
     a rule it still has (beside another rating some of the token type's charges, by their dimensions)
-    keeps the charges left under it."""
+    keeps the charges left under it, and so does one whose charges re-rated went to two rules or more
+    (split by their dimensions: which of them a charge left out would go to, it was not re-rated to say)."""
     kept = {rule.id for rule in data.version.rules}
-    out: dict[str, str] = {}
+    seen: dict[str, set[str]] = {}
     for charge in data.charges:
         rating = ratings.get(charge.id)
         if rating is None:
@@ -223,8 +224,8 @@ def _renamed(data: RerateInput, ratings: Mapping[int, Rating], earlier: Mapping[
             rule_id, new = line.get("rule_id"), now.get(line.get("token_type"))
             if (line["kind"] == "usage" and line.get("override_id") is None and rule_id and new and new != rule_id
                     and rule_id not in kept):
-                out[rule_id] = new
-    return out
+                seen.setdefault(rule_id, set()).add(new)
+    return {rule_id: new for rule_id, (new, *others) in seen.items() if not others}
 
 
 def _lines(charge: ChargeOnRecord, rerated: Rating | None) -> Sequence[Mapping[str, Any]]:

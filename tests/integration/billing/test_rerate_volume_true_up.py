@@ -582,3 +582,37 @@ async def test_a_partial_rerate_counts_a_charge_left_under_its_rule_when_the_ver
     assert done["delta"] == "1.02", done
     assert (await bk.service.wallet(cid)).receivable == 2_320_000_000
     await verified(bk)
+
+
+async def test_a_partial_rerate_to_a_version_that_split_the_rule_in_two_keeps_the_charges_left_under_their_own(
+        fresh_db) -> None:
+    """v1's `v-out` rates all model-v output: the 5th's 60,000 tokens (region us), the 15th's 20,000
+    (us) and the 20th's 20,000 (eu), 100,000 at $20/M: $2.00, its first tier (true-up 0). The fix
+    (from November 1st) has no `v-out` but `v-us` ($20/M to 100,000, $10/M beyond, as v1) and `v-eu`
+    ($16/M to 50,000, $8/M beyond). Re-rated from November 10th, the 15th goes to `v-us` at $0.40 as
+    charged, the 20th to `v-eu`: 20,000 x $16/M = $0.32 (-$0.08), each in its first tier (true-up
+    0); the 5th, left out, stays under `v-out`: 60,000 at $20/M, its first tier (true-up 0). The
+    re-rate moves -$0.08 and November stands at $1.92 (us $1.60, eu $0.32). Before, `v-out` was
+    taken as renamed to the rule of the last charge re-rated, `v-eu`: the 5th's us tokens counted
+    there, 80,000 at $8/M = $0.64 against $1.52 charged (true-up -$0.88): -$0.96, November at $1.04,
+    where the same re-rate with the 15th in eu and the 20th in us moved -$0.08."""
+    bk = BillingKit(fresh_db)
+    await bk.add_book(V1)
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("split2", billing_mode="postpaid", book="vol")
+    for day, tokens, region in [(5, 60_000, "us"), (15, 20_000, "us"), (20, 20_000, "eu")]:
+        bk.clock.now = datetime(2026, 11, day, 12, tzinfo=UTC)
+        await bk.event(cid, "model-v", 0, tokens, dimensions={"region": region})
+    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    assert (await bk.service.wallet(cid)).receivable == 2_000_000_000
+    fix = vol("v2", "2026-11-01T00:00:00Z", "20", "10")
+    fix["rules"] = [{**fix["rules"][0], "id": "v-us", "match": {"region": "us"}},
+                    {"id": "v-eu", "model": "model-v", "token_type": "output", "match": {"region": "eu"},
+                     "tier_mode": "volume", "tiers": [{"up_to": 50_000, "price": "16"},
+                                                      {"up_to": None, "price": "8"}]}]
+    await bk.add_book(fix)
+    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
+    done = await rerating.apply(bk.db, bk.service.engine, spec("v2", datetime(2026, 11, 10, tzinfo=UTC)), None)
+    assert done["delta"] == "-0.08", done
+    assert (await bk.service.wallet(cid)).receivable == 1_920_000_000
+    await verified(bk)
