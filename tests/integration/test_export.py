@@ -431,7 +431,8 @@ def test_a_request_id_a_spreadsheet_would_run_is_exported_to_csv_as_text(server_
     try:
         with serving(url, ADMIN) as tt:
             tt.post("/v1/price-books", {"id": "plain", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
-                                        "rules": [{"id": "call", "token_type": "request", "price": "0.01"}]})
+                                        "rules": [{"id": "call", "token_type": "request", "price": "0.01"},
+                                                  {"id": "in", "model": "m", "token_type": "input", "price": "1.00"}]})
             tt.post("/v1/customers", {"id": "sheet", "currency": "USD", "price_book": "plain"})
             tt.post("/v1/customers/sheet/topups", {"amount": "10.00"})
             for rid in ids:
@@ -461,7 +462,8 @@ def test_an_export_to_stdout_is_the_same_utf8_bytes_as_to_a_file_whatever_the_lo
     try:
         with serving(url, ADMIN) as tt:
             tt.post("/v1/price-books", {"id": "plain", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
-                                        "rules": [{"id": "call", "token_type": "request", "price": "0.01"}]})
+                                        "rules": [{"id": "call", "token_type": "request", "price": "0.01"},
+                                                  {"id": "in", "model": "m", "token_type": "input", "price": "1.00"}]})
             tt.post("/v1/customers", {"id": "bytes", "currency": "USD", "price_book": "plain"})
             tt.post("/v1/customers/bytes/topups", {"amount": "10.00"})
             for rid in ids:
