@@ -39,7 +39,8 @@ _OPTIONAL_SQL = """SELECT
     EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('charges')
                AND attname = 'period' AND NOT attisdropped) AS charge_periods,  -- 0040
     EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('lots')
-               AND attname = 'revoked_at' AND NOT attisdropped) AS revoked_at  -- 0048"""
+               AND attname = 'revoked_at' AND NOT attisdropped) AS revoked_at,  -- 0048
+    to_regclass('rerate_true_ups') IS NOT NULL AS rerate_true_ups     -- 0064"""
 
 
 async def _schema(conn: AsyncConnection) -> dict[str, bool]:
@@ -620,13 +621,27 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
                      FROM journal_entries j CROSS JOIN LATERAL jsonb_array_elements(
                           CASE WHEN j.metadata ? 'true_ups' THEN j.metadata -> 'true_ups' ELSE '[]' END) t
                     WHERE j.id = {entry})"""
+    # a re-rate whose lines net 0 posts no entry and keeps its true-ups' corrections in
+    # rerate_true_ups (migration 0064): its charges without an entry and they net 0. One that kept
+    # none is not checked: before 0064 such a re-rate kept its corrections nowhere.
+    kept = """
+        UNION ALL
+        SELECT format('re-rate %s of customer %s posted no entry: its charges moved %s, its kept true-ups %s',
+                      t.rerate_id, t.customer_id, coalesce(x.moved, 0), t.kept)
+          FROM (SELECT rerate_id, customer_id, sum((u ->> 4)::numeric - (u ->> 3)::numeric) AS kept
+                  FROM rerate_true_ups CROSS JOIN LATERAL jsonb_array_elements(true_ups) u
+                 GROUP BY 1, 2) t
+          LEFT JOIN (SELECT rerate_id, customer_id, sum(new_amount - old_amount) AS moved FROM charge_adjustments
+                      WHERE entry_id IS NULL GROUP BY 1, 2) x
+            ON x.rerate_id = t.rerate_id AND x.customer_id = t.customer_id
+         WHERE coalesce(x.moved, 0) + t.kept <> 0""" if (await _schema(conn))["rerate_true_ups"] else ""
     return await _query_check(conn, "credit_notes", f"""
         SELECT format('re-rate entry %s: its charges moved %s, its true-ups %s, its revenue postings %s',
                       x.entry_id, x.moved, {true_ups.format(entry="x.entry_id")},
                       ({revenue.format(entry="x.entry_id")}))
           FROM (SELECT entry_id, sum(new_amount - old_amount) AS moved FROM charge_adjustments
                  WHERE entry_id IS NOT NULL GROUP BY entry_id) x
-         WHERE x.moved + {true_ups.format(entry="x.entry_id")} <> ({revenue.format(entry="x.entry_id")})
+         WHERE x.moved + {true_ups.format(entry="x.entry_id")} <> ({revenue.format(entry="x.entry_id")}){kept}
         UNION ALL
         SELECT format('credit note %s: its content hash does not match its content', n.number)
           FROM credit_notes n WHERE n.content_hash <> sha256(convert_to(n.content::text, 'UTF8'))
@@ -657,7 +672,8 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
         SELECT format('credit notes %s-%s: %s numbers, the last %s (a gap or a duplicate)',
                       issuer, year, count(*), max(seq))
           FROM credit_notes GROUP BY issuer, year HAVING count(*) <> max(seq)
-        """, "re-rate entries move revenue by their charges' adjustments and true-up corrections; credit notes "
+        """, "re-rate entries move revenue by their charges' adjustments and true-up corrections (a re-rate "
+             "that posted none: they net 0 with the corrections it kept); credit notes "
              "tie out to them "
              "(their money in whole minor units, the rest on the rounding account), intact and numbered without gaps")
 

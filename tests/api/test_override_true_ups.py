@@ -268,3 +268,39 @@ async def test_a_rerate_that_moves_nothing_answers_what_it_corrected_as_its_prev
                 await conn.execute(sql, (cid,))
     verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
     assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]
+
+
+async def test_verify_ties_a_rerate_that_posted_no_entry_to_the_true_up_corrections_it_kept(scratch_url) -> None:
+    """The re-rate above posts no entry: its charges move -3.00 (-17.25 on the output, +14.25 the
+    allowance took of it) and the true-up corrections it keeps in rerate_true_ups +3.00 (+7.50 on
+    the true-up, -4.50 on the allowance's share of its money back): -3.00 + 3.00 = 0, as an entry's
+    charges and `true_ups` are checked against the revenue it posted (here none). A second row of
+    the same corrections (the table takes inserts: only changes and deletes are refused) makes the
+    answer say +3.00 moved where nothing did: verify must say so. Before, verify read the true-ups
+    of entries alone and passed: rerate_true_ups was checked by nothing."""
+    async with api_client(scratch_url, admin="vol-admin", books=[
+            {"id": BOOK, "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": RULES}]) as client:
+        invoice, _ = await closed_invoice(client, {"free_allowances": [{"id": "free", "amount": "20.00"}]})
+        cid = invoice["customer_id"]
+        cheaper = [{**RULES[0], "tiers": [{"up_to": 1_000_000, "price": "5"}, {"up_to": None, "price": "2.50"}]}]
+        v2 = await client.post("/v1/price-books", headers=ADMIN, json={
+            "id": BOOK, "currency": "USD", "effective_from": "2026-01-02T00:00:00Z", "rules": cheaper})
+        assert v2.status_code == 201, v2.text
+        version = (await client.get(f"/v1/price-books/{BOOK}", headers=ADMIN)).json()["versions"][-1]["version"]
+        now = datetime.now(UTC)
+        applied = await client.post("/v1/rerate", headers=ADMIN, json={
+            "price_book": BOOK, "version": version, "from": utc(now - timedelta(hours=1)), "to": utc(now),
+            "customer_id": cid, "mode": "apply"})
+        assert applied.status_code == 200 and applied.json()["errors"] == [], applied.text
+        assert (applied.json()["delta"], applied.json()["customers"][0]["entry_ids"]) == ("0.00", [])
+        verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
+        assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]
+        async with await psycopg.AsyncConnection.connect(scratch_url, autocommit=True) as conn:
+            await conn.execute("""INSERT INTO rerate_true_ups (lane, rerate_id, customer_id, period, true_ups)
+                                  SELECT lane, rerate_id, customer_id, period, true_ups FROM rerate_true_ups
+                                   WHERE customer_id = %s""", (cid,))
+        verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
+        [failed] = [c for c in verified["checks"] if not c["ok"]]
+        # in atomic units (10^9 a dollar): the charges -3.00, the corrections kept twice +6.00
+        assert failed["name"] == "credit_notes" and f"customer {cid}" in failed["detail"], failed
+        assert "charges moved -3000000000" in failed["detail"] and "true-ups 6000000000" in failed["detail"], failed
