@@ -19,6 +19,8 @@ from pricing.errors import InvalidUsageError, field_error
 from pricing.money import to_decimal
 
 MAX_QUANTITY = 10**15  # a quadrillion tokens in one record is a bug, not usage
+# what an integer field says of any other number (100.0, 1e2, 1.5): JSON's integers only, no float
+NOT_AN_INTEGER = "must be an integer: digits only, no fraction or exponent"
 
 
 def _pairs(value: object) -> list[tuple[object, object]]:
@@ -30,9 +32,10 @@ def _pairs(value: object) -> list[tuple[object, object]]:
 
 
 def check_count(value: object, name: str, errors: list[dict[str, str]], maximum: int = MAX_QUANTITY) -> int:
-    """Validate a token count: an int (not bool/float), 0 <= value <= maximum."""
+    """Validate a token count: an int (not bool/float: 100.0 is refused as 1.5 is), 0 <= value <= maximum."""
     if isinstance(value, bool) or not isinstance(value, int):
-        errors.append(field_error(name, f"must be an integer, not {type(value).__name__}"))
+        errors.append(field_error(name, NOT_AN_INTEGER if isinstance(value, float)
+                                  else f"must be an integer, not {type(value).__name__}"))
         return 0
     if value < 0:
         errors.append(field_error(name, "must not be negative"))

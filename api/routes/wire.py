@@ -38,6 +38,7 @@ from ledger.model import CANONICAL_JSON
 from pricing.errors import InvalidAmountError
 from pricing.money import format_money, parse_amount
 from pricing.parse import parse_time
+from pricing.usage import NOT_AN_INTEGER
 from wallets import store
 from wallets.chart import ASSET_SCALE
 from wallets.core.idempotency import OK, IdemKey, Replayed, check_key, http_scope
@@ -117,8 +118,9 @@ def checked(data: Any, type_: Any = None) -> Any:
 
 
 def integral(value: Any) -> Any:
-    """JSON has one kind of number, and JSON Schema counts 5.0 as the integer 5: so do we. Other
-    floats stay floats (for the schema, and pricing, to refuse)."""
+    """`value` with each whole float made an int (5.0 as 5): for price books and overrides only,
+    whose pricing checks refuse any float left; the wallet routes' integers take no float at all
+    (`shaped`)."""
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, list):
@@ -130,7 +132,9 @@ def integral(value: Any) -> Any:
 
 def shaped(data: Any, type_: Any) -> Any:
     """`data` (decoded JSON) as `type_`, strictly (Litestar's own conversion would also take "5"
-    for an integer), or a validation error naming the first field that is wrong."""
+    for an integer, and JSON Schema 5.0: an integer field takes a JSON integer alone, never a
+    number with a fraction or exponent, 100.0 or 1e2 included), or a validation error naming the
+    first field that is wrong."""
     try:
         fitted = _fitted(data)
     except _Unfit:
@@ -142,6 +146,8 @@ def shaped(data: Any, type_: Any) -> Any:
         where = re.search(r" - at (?:`key` in )?`\$\.?([^`]*)`$", text)
         field = (where.group(1) if where else "") or "body"
         message = text[:where.start()] if where else text
+        if _FLOAT_FOR_INT.fullmatch(message):  # as pricing says it of a count in a usage object
+            message = NOT_AN_INTEGER
         unknown = _UNKNOWN.fullmatch(message)
         if unknown is not None:  # name the field itself: "pricebook", not "body"
             field, message = (unknown.group(1) if field == "body" else f"{field}.{unknown.group(1)}"), "unknown field"
@@ -149,6 +155,9 @@ def shaped(data: Any, type_: Any) -> Any:
 
 
 _UNKNOWN = re.compile(r"Object contains unknown field `(.*)`")
+# a float where an integer goes (`int`, `int | null`, a budget's `int | str`), not where a bool or
+# a string alone would do too (a dimension): one message for it wherever it is refused
+_FLOAT_FOR_INT = re.compile(r"Expected `(?:int|int \| null|int \| str|str \| int)`, got `float`")
 
 
 _SURROGATE = re.compile(r"[\ud800-\udfff]")  # in a str only as a lone half: pairs decode to one code point
@@ -167,16 +176,15 @@ class _Unfit(Exception):
 
 
 def _fitted(value: Any) -> Any:
-    """integral(value), in the same walk that checks what `unstorable` checks (raising _Unfit
-    where that would name a problem): one walk of the body instead of two, and no paths built
-    unless something is wrong. A list or object that holds no number to make integral is
-    returned as it is, not copied (a 1,000-event batch's ~2,000 containers, rebuilt each call)."""
+    """`value`, once the walk that checks what `unstorable` checks (raising _Unfit where that
+    would name a problem) finds nothing: no paths built unless something is wrong, nothing
+    copied. A float stays a float, 100.0 included, for msgspec and pricing to refuse where an
+    integer goes (it was made an int here: 100.0 tokens were charged as 100, 1.5 refused)."""
     if isinstance(value, str):
         if "\x00" in value or (not value.isascii() and _SURROGATE.search(value)):
             raise _Unfit
         return value
     if isinstance(value, dict):
-        out = None
         for key, item in value.items():
             if isinstance(key, str) and ("\x00" in key or (not key.isascii() and _SURROGATE.search(key))):
                 raise _Unfit
@@ -187,26 +195,14 @@ def _fitted(value: Any) -> Any:
                 continue
             if kind is int or kind is bool or item is None:
                 continue
-            fitted = _fitted(item)
-            if fitted is not item:
-                if out is None:
-                    out = dict(value)
-                out[key] = fitted
-        return value if out is None else out
+            _fitted(item)
+        return value
     if isinstance(value, list):
-        changed = None
-        for i, item in enumerate(value):
-            fitted = _fitted(item)
-            if fitted is not item:
-                if changed is None:
-                    changed = list(value)
-                changed[i] = fitted
-        return value if changed is None else changed
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise _Unfit
-        if value.is_integer():
-            return int(value)
+        for item in value:
+            _fitted(item)
+        return value
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _Unfit
     return value
 
 

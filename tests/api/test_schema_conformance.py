@@ -1,6 +1,6 @@
 """The served OpenAPI document says what the server does: every pattern it publishes is the
 language the server accepts, replays are documented, and schema-violating input is refused as
-problem+json (never a 500), while JSON's integral numbers count as integers."""
+problem+json (never a 500); an integer is a JSON integer, never 7.0."""
 from __future__ import annotations
 
 import os
@@ -16,6 +16,7 @@ from ledger.accounts import ensure_asset
 from ledger.db import Database, connect
 from pricing.books import TOKEN_TYPES
 from pricing.units import FORMAT_1_TYPES
+from pricing.usage import NOT_AN_INTEGER
 from tests.api.apps import api_client
 from tests.conftest import _migrated
 from wallets.errors import WalletValidationError
@@ -135,11 +136,12 @@ async def test_a_customer_posted_again_answers_200_with_the_documented_body(clie
     assert again.json() == first.json()
 
 
-async def test_an_integral_number_is_an_integer_and_a_string_is_not(client: AsyncTestClient, tag: str):
+async def test_an_integer_is_a_json_integer_and_neither_a_float_nor_a_string(client: AsyncTestClient, tag: str):
     cid = f"c-{tag}"
     assert (await client.post("/v1/customers", json={"id": cid})).status_code == 201
     as_float = await client.post(f"/v1/customers/{cid}/topups", json={"amount": "1", "priority": 7.0})
-    assert as_float.status_code == 201 and as_float.json()["grant"]["priority"] == 7
+    assert as_float.status_code == 422  # no float where an integer goes, whole or not (test_integer_fields)
+    assert as_float.json()["fields"] == [{"field": "priority", "message": NOT_AN_INTEGER}]
     as_text = await client.post(f"/v1/customers/{cid}/topups", json={"amount": "1", "priority": "7"})
     assert as_text.status_code == 422 and as_text.json()["fields"][0]["field"] == "priority"
     held = await client.post("/v1/reservations", json={"customer_id": cid, "request_id": "r", "model": "m",
@@ -294,6 +296,10 @@ async def test_a_cursor_is_published_as_what_the_server_makes(client: AsyncTestC
     for path in ("/v1/journal", "/v1/accounts/{code}/statement"):
         cursor = next(p for p in document["paths"][path]["get"]["parameters"] if p["name"] == "cursor")
         assert cursor["schema"]["minLength"] == 1 and cursor["schema"]["pattern"] == "^[A-Za-z0-9_-]+$"
+    cid = f"c-{tag}"  # two entries of its own, so that a page of one has a next page
+    assert (await client.post("/v1/customers", json={"id": cid})).status_code == 201
+    for _ in range(2):
+        assert (await client.post(f"/v1/customers/{cid}/topups", json={"amount": "1"})).status_code == 201
     page = await client.get("/v1/journal", params={"limit": 1})
     assert page.status_code == 200 and matches("^[A-Za-z0-9_-]+$", page.json()["next_cursor"])
     for bad in ("", "!!", "AAAA"):

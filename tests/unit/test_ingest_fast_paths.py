@@ -15,7 +15,7 @@ from msgspec.structs import replace
 
 from api.routes.inputs import hashed_as_before, usage_tokens
 from api.routes.usage import UsageEvent, _body
-from api.routes.wire import _fitted, _Unfit, integral, time_in, unstorable
+from api.routes.wire import _fitted, _Unfit, time_in, unstorable
 from ledger.model import JournalEntry, Posting, request_hash
 from pricing.books import TOKEN_TYPES
 from pricing.errors import InvalidUsageError
@@ -161,22 +161,17 @@ BODIES = st.recursive(BODY_LEAVES, lambda inner: st.lists(inner, max_size=4)
 
 @settings(max_examples=500)
 @given(BODIES)
-def test_a_body_is_fitted_as_integral_gives_it_and_refused_where_unstorable_says(body):
+def test_a_body_is_fitted_as_it_is_and_refused_where_unstorable_says(body):
     if unstorable(body) is not None:
         with pytest.raises(_Unfit):
             _fitted(body)
         return
-    fitted = _fitted(body)
-    assert fitted == integral(body) and json.dumps(fitted) == json.dumps(integral(body))  # 3.0 became 3
+    assert _fitted(body) is body  # 3.0 stays 3.0: an integer field refuses it
 
 
-def test_a_body_with_no_number_to_make_integral_is_not_copied():
+def test_a_body_is_not_copied_and_a_whole_float_stays_a_float():
     batch = [{"event_id": f"e{n}", "customer_id": "c", "timestamp": "2026-12-04T00:00:00Z",
               "usage": {"input_tokens": n, "output_tokens": None}, "dimensions": {"ok": True}} for n in range(3)]
     assert _fitted(batch) is batch
-    assert all(a is b for a, b in zip(_fitted(batch), batch, strict=True))
-    batch[1]["usage"]["input_tokens"] = 5.0  # one number to make integral: that path is copied, the rest kept
-    fitted = _fitted(batch)
-    assert fitted[1]["usage"] == {"input_tokens": 5, "output_tokens": None}
-    assert type(fitted[1]["usage"]["input_tokens"]) is int and batch[1]["usage"]["input_tokens"] == 5.0
-    assert fitted[0] is batch[0] and fitted[2] is batch[2] and fitted[1]["dimensions"] is batch[1]["dimensions"]
+    batch[1]["usage"]["input_tokens"] = 5.0  # was made the int 5 here (its path copied): 5.0 tokens charged as 5
+    assert _fitted(batch) is batch and type(batch[1]["usage"]["input_tokens"]) is float

@@ -1,0 +1,97 @@
+"""Integer fields of the wallet API take JSON integers only: a number written with a fraction or an
+exponent (100.0, 1e2) is refused with one message, naming the field, wherever the integer goes (a
+field msgspec converts, or a count the domain reads from a usage object or an estimate). No float
+on a money or token path: 100.0 was charged as 100 while 1.5 was refused."""
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from pricing.usage import NOT_AN_INTEGER
+
+PROBLEM = "application/problem+json"
+CID = "c-integers"
+
+
+def _cases() -> list[tuple[str, str, str, str]]:
+    """(method, path, body with N where the number goes, field named)."""
+    reserve = '{"customer_id": "c-integers", "request_id": "UID", "model": "m", '
+    return [
+        ("POST", "/v1/reservations", reserve + '"estimate": {"input_tokens": N}}', "estimate.input_tokens"),
+        ("POST", "/v1/reservations", reserve + '"estimate": {"input_tokens": 1, "max_output_tokens": N}}',
+         "estimate.max_output_tokens"),
+        ("POST", "/v1/reservations", reserve + '"amount": "1.00", "ttl_seconds": N}', "ttl_seconds"),
+        ("POST", "/v1/reservations/RES/extend", '{"ttl_seconds": N}', "ttl_seconds"),
+        ("POST", "/v1/reservations/RES/settle", '{"usage": {"input_tokens": N}}', "input_tokens"),
+        ("POST", "/v1/reservations/RES/settle", '{"openai_usage": {"prompt_tokens": N, "completion_tokens": 1}}',
+         "prompt_tokens"),  # a settle names the count within its usage object
+        ("POST", "/v1/reservations/RES/settle",
+         '{"anthropic_usage": {"input_tokens": 1, "output_tokens": N}}', "output_tokens"),
+        ("POST", "/v1/usage-events", '[{"event_id": "UID", "customer_id": "c-integers", "model": "m", '
+         '"timestamp": "2026-01-01T00:00:00Z", "usage": {"output_tokens": N}}]', "output_tokens"),
+        ("POST", f"/v1/customers/{CID}/topups", '{"amount": "1", "priority": N}', "priority"),
+        ("POST", "/v1/budgets", '{"customer_id": "c-integers", "window": "day", "metric": "tokens", "limit": N}',
+         "limit"),
+        ("POST", "/v1/budgets", '{"customer_id": "c-integers", "window": "day", "metric": "tokens", "limit": 5, '
+         '"thresholds": [N]}', "thresholds[0]"),
+        ("POST", "/v1/customers", '{"id": "c-UID", "billing_anchor_day": N}', "billing_anchor_day"),
+        ("POST", "/v1/webhook-endpoints", '{"url": "https://example.com/h", "topics": ["*"], "max_in_flight": N}',
+         "max_in_flight"),
+    ]
+
+
+@pytest.fixture
+async def customer(client) -> str:
+    book = {"id": "b-integers", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
+            "rules": [{"id": "in", "model": "m", "token_type": "input", "price": "1.00"},
+                      {"id": "out", "model": "m", "token_type": "output", "price": "2.00"}]}
+    response = await client.post("/v1/price-books", json=book)
+    assert response.status_code in (200, 201), response.text
+    response = await client.post("/v1/customers", json={"id": CID, "price_book": "b-integers"})
+    assert response.status_code in (200, 201), response.text
+    response = await client.post(f"/v1/customers/{CID}/topups", json={"amount": "100.00"})
+    assert response.status_code == 201, response.text
+    held = await client.post("/v1/reservations", json={"customer_id": CID, "request_id": uuid.uuid4().hex,
+                                                       "model": "m", "amount": "1.00"})
+    assert held.status_code == 201, held.text
+    return held.json()["id"]
+
+
+def _named(message: str) -> list[dict[str, str]]:
+    """A rejected event's detail, "field: message; ...", as the fields a 422 lists."""
+    return [dict(zip(("field", "message"), part.split(": ", 1), strict=True)) for part in message.split("; ")]
+
+
+async def _send(client, method: str, path: str, body: str, number: str, reservation: str):
+    unique = uuid.uuid4().hex
+    return await client.request(method, path.replace("RES", reservation),
+                                content=body.replace("N", number).replace("UID", unique),
+                                headers={"Content-Type": "application/json"})
+
+
+@pytest.mark.parametrize("number", ["10.0", "1e1", "1E1", "10.000", "1.0e1", "100e-1"])
+@pytest.mark.parametrize(("method", "path", "body", "field"), _cases())
+async def test_an_integer_field_refuses_a_number_with_a_fraction_or_an_exponent(
+        client, customer, number, method, path, body, field):
+    response = await _send(client, method, path, body, number, customer)
+    if path == "/v1/usage-events":  # the batch answers 200; the event is rejected, naming the field
+        assert response.status_code == 200, response.text
+        rejected = response.json()["rejected"]
+        assert len(rejected) == 1 and rejected[0]["code"] == "validation_error", response.text
+        fields = _named(rejected[0]["detail"])
+    else:
+        assert response.status_code == 422, response.text
+        assert response.headers["content-type"].startswith(PROBLEM)
+        assert response.json()["code"] == "validation_error"
+        fields = response.json()["fields"]
+    assert {"field": field, "message": NOT_AN_INTEGER} in fields, fields
+
+
+@pytest.mark.parametrize(("method", "path", "body", "field"), _cases())
+async def test_a_number_with_a_fraction_is_refused_with_the_same_message(client, customer, method, path, body, field):
+    """1.5 was refused before, in two wordings; it is refused as 10.0 is."""
+    response = await _send(client, method, path, body, "1.5", customer)
+    data = response.json()
+    fields = _named(data["rejected"][0]["detail"]) if path == "/v1/usage-events" else data["fields"]
+    assert {"field": field, "message": NOT_AN_INTEGER} in fields, fields
