@@ -55,11 +55,13 @@ class CreateWebhookEndpointRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class UpdateWebhookEndpointRequest(msgspec.Struct, forbid_unknown_fields=True):
-    url: Url | None = None
-    topics: Topics | None = None
-    description: Description | None = None
-    max_in_flight: InFlight | None = None
-    enabled: bool | None = None
+    # a field left out is left as it is; null means nothing here, so it is refused, naming the
+    # field (it was taken as left out: `{"enabled": null}` answered 200), as a customer's PATCH does
+    url: Url | msgspec.UnsetType = msgspec.UNSET
+    topics: Topics | msgspec.UnsetType = msgspec.UNSET
+    description: Description | msgspec.UnsetType = msgspec.UNSET
+    max_in_flight: InFlight | msgspec.UnsetType = msgspec.UNSET
+    enabled: bool | msgspec.UnsetType = msgspec.UNSET
 
 
 class RotateSecretRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -151,9 +153,13 @@ async def update_webhook_endpoint(
     `true` enables it again. A replay of its Idempotency-Key answers what it first answered."""
     body = shaped(data, UpdateWebhookEndpointRequest)
     addresses = state.services.settings.webhook_addresses
-    changes = Changes(None if body.url is None else check_destination(sendable(check_url(body.url)), addresses),
-                      None if body.topics is None else check_topics(body.topics),
-                      body.description, body.max_in_flight, body.enabled)
+    given = {name: value for name in UpdateWebhookEndpointRequest.__struct_fields__
+             if (value := getattr(body, name)) is not msgspec.UNSET}
+    if "url" in given:
+        given["url"] = check_destination(sendable(check_url(given["url"])), addresses)
+    if "topics" in given:
+        given["topics"] = check_topics(given["topics"])
+    changes = Changes(**given)
 
     async def work(conn: AsyncConnection) -> WebhookEndpointResponse:
         return _response(await endpoints.update(conn, endpoint_id, changes))
