@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pricing.money import format_money
 from wallets import chart
+from wallets.core.reservations import status_at
 from wallets.errors import NotFoundError, WalletValidationError
 
 
@@ -87,7 +88,9 @@ def _adjustment_entries(charges: list[Any]) -> list[int]:
     return [a["entry_id"] for c in charges for a in c.adjustments or () if a["entry_id"] is not None]
 
 
-async def reservation(conn: AsyncConnection, reservation_id: str) -> dict[str, Any]:
+async def reservation(conn: AsyncConnection, reservation_id: str, now: datetime | None = None) -> dict[str, Any]:
+    """A reservation's view; given `now`, one held or capturing past its expiry is `expired`
+    (reservations.status_at) before the expiry job has given its hold back."""
     r = (await conn.execute(text(
         """SELECT r.*, c.currency FROM reservations r JOIN customers c ON c.id = r.customer_id
             WHERE r.id = :id"""), {"id": reservation_id})).first()
@@ -101,7 +104,8 @@ async def reservation(conn: AsyncConnection, reservation_id: str) -> dict[str, A
             *(f"settle:{r.id}:{n}" for n in range(r.captures))]
     return {
         "id": r.id, "request_id": r.request_id, "customer_id": r.customer_id, "model": r.model,
-        "status": r.status, "currency": r.currency, "amount": money(r.amount, r.currency),
+        "status": r.status if now is None else status_at(r.status, r.expires_at, now),
+        "currency": r.currency, "amount": money(r.amount, r.currency),
         "captured": money(r.captured, r.currency),
         "released": money(r.released, r.currency), "charged": money(r.charged, r.currency), "captures": r.captures,
         "dimensions": r.dimensions, "estimate": r.estimate, "created_at": when(r.created_at),
@@ -121,7 +125,8 @@ SELECT 'usage_event', event_id, customer_id FROM usage_events
 """)
 
 
-async def charge_trace(conn: AsyncConnection, request_id: str, customers: Sequence[str] | None) -> dict[str, Any]:
+async def charge_trace(conn: AsyncConnection, request_id: str, customers: Sequence[str] | None,
+                       now: datetime | None = None) -> dict[str, Any]:
     """Everything about one request: its reservation and/or usage event, the usage, the price
     book version and the rules and unit prices applied, the amounts, and the journal entries.
 
@@ -141,7 +146,7 @@ async def charge_trace(conn: AsyncConnection, request_id: str, customers: Sequen
               "charges": [], "entries": []}
     reserved = [row for row in found if row.kind == "reservation"]
     if reserved:
-        view = await reservation(conn, reserved[0].id)
+        view = await reservation(conn, reserved[0].id, now)
         traced.update(kind="reservation", charges=view["charges"], entries=view["entries"],
                       reservation={k: v for k, v in view.items() if k not in ("charges", "entries")})
     if any(row.kind == "usage_event" for row in found):

@@ -67,7 +67,8 @@ async def trace_page(state: State, request: Request,
             ensure_customer(request, customer_id)
         customers = (customer_id,) if customer_id else viewer(request).visible()
         try:
-            trace = await state.services.db.read(lambda conn: reports.charge_trace(conn, request_id, customers))
+            now = state.services.wallets.clock()
+            trace = await state.services.db.read(lambda conn: reports.charge_trace(conn, request_id, customers, now))
         except WalletValidationError as exc:  # said beside the form as it was sent
             return _refused(request, "audit/trace.html", exc.context["fields"], 422, trace=None, **form,
                             section="trace")

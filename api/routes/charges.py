@@ -83,4 +83,5 @@ async def get_charge_trace(state: State, request: Request, request_id: FromPath[
         customers: tuple[str, ...] | None = (customer_id,)
     else:
         customers = principal_of(request).visible()
-    return await state.services.db.read(lambda conn: reports.charge_trace(conn, request_id, customers))
+    now = state.services.wallets.clock()
+    return await state.services.db.read(lambda conn: reports.charge_trace(conn, request_id, customers, now))

@@ -295,6 +295,7 @@ class ReservationView(ReservationState):
      tags=["reservations"], **documented(404, ok=ReservationView))
 async def get_reservation(state: State, request: Request, reservation_id: FromPath[str]) -> dict[str, Any]:
     """The reservation's state, where its hold came from, its captures and journal entries."""
-    view = await state.services.db.read(lambda conn: reports.reservation(conn, reservation_id))
+    now = state.services.wallets.clock()  # past its expiry it reads expired, as extend answers
+    view = await state.services.db.read(lambda conn: reports.reservation(conn, reservation_id, now))
     ensure_owner(request, view["customer_id"], f"reservation {reservation_id}")
     return view

@@ -287,6 +287,13 @@ def release(state: State, cmd: Release, now: datetime, book: PriceBook | None) -
     return give_back(w, r, chart.RELEASED, "release", now)
 
 
+def status_at(status: str, expires_at: datetime, now: datetime) -> str:
+    """A reservation's status as of `now`: held or capturing past its `expires_at` is expired, as
+    `extend` refuses it, though its hold stays reserved until the expiry job gives it back (a late
+    settle is still charged)."""
+    return chart.EXPIRED if status in (chart.HELD, chart.CAPTURING) and expires_at <= now else status
+
+
 def extend(state: State, cmd: Extend, now: datetime, book: PriceBook | None) -> Decision:
     """Keep an open reservation's hold until `now + ttl_seconds` (at most MAX_TTL_SECONDS, as a
     reserve): only while it is held or capturing and not yet past its expiry, and only to a later
@@ -296,7 +303,7 @@ def extend(state: State, cmd: Extend, now: datetime, book: PriceBook | None) -> 
     if not r.is_open:
         raise ReservationClosedError(f"reservation {r.id} is already {r.status}", reservation_id=r.id,
                                      reservation_status=r.status)
-    if r.expires_at <= now:  # the expiry job has not released it yet: it will, whatever is asked
+    if status_at(r.status, r.expires_at, now) == chart.EXPIRED:  # the job has not released it yet: it will
         raise ReservationClosedError(f"reservation {r.id} expired at {r.expires_at.isoformat()}",
                                      reservation_id=r.id, reservation_status=chart.EXPIRED)
     if not 1 <= cmd.ttl_seconds <= MAX_TTL_SECONDS:

@@ -116,3 +116,32 @@ async def test_a_key_limited_to_customers_cannot_extend_another_customers_reserv
     mine_extended = await client.post(f"/v1/reservations/{my_hold['id']}/extend", json={"ttl_seconds": 3600},
                                       headers=auth)
     assert mine_extended.status_code == 200, mine_extended.text
+
+
+async def test_a_reservation_past_its_expiry_reads_expired_before_the_job_gives_its_hold_back(
+        client: AsyncTestClient, db, book: str, tag: str):
+    """Once `expires_at` has passed, the reservation is expired whatever is asked: extend says so
+    (409 reservation_closed) and so does its read, while its hold stays reserved until the expiry
+    job gives it back (a late settle is still charged). The read showed `held` until the job ran."""
+    cid = await _customer(client, f"past-{tag}", book)
+    r = await _reserve(client, cid, "r1", ttl_seconds=60)
+    assert await _status(client, r["id"]) == "held"
+    wallets = client.app.state.services.wallets
+    clocks = wallets.clock, wallets.engine.clock
+    later = _at(r["expires_at"]) + timedelta(seconds=1)  # the server's clock, a minute and a second on
+    wallets.clock = wallets.engine.clock = lambda: later
+    try:
+        refused = await client.post(f"/v1/reservations/{r['id']}/extend", json={"ttl_seconds": 3600})
+        assert (refused.status_code, refused.json()["code"]) == (409, "reservation_closed")
+        view = (await client.get(f"/v1/reservations/{r['id']}")).json()
+        assert (view["status"], view["closed_at"], view["released"]) == ("expired", None, "0.00")
+        assert [h["amount"] for h in view["holds"]] == ["2.00"]  # the money moves when the job runs
+        trace = (await client.get("/v1/audit/charges/r1", params={"customer_id": cid})).json()
+        assert trace["reservation"]["status"] == "expired", trace
+        wallet = (await client.get(f"/v1/customers/{cid}/wallet")).json()
+        assert (wallet["available"], wallet["reserved"]) == ("8.00", "2.00")
+    finally:
+        wallets.clock, wallets.engine.clock = clocks
+    await expire_reservations(db, later)
+    view = (await client.get(f"/v1/reservations/{r['id']}")).json()
+    assert (view["status"], view["released"]) == ("expired", "2.00")

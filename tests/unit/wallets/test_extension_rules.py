@@ -2,7 +2,7 @@
 pure wallet rules (no database)."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from wallet_memory import CID, MemoryWallet, usd
 
@@ -10,6 +10,7 @@ from wallets import chart
 from wallets.commands import MAX_TTL_SECONDS, ExpireReservation, Extend
 from wallets.core import State, decide
 from wallets.core.decision import ReservationExtended
+from wallets.core.reservations import status_at
 from wallets.errors import (
     ExtensionTooShortError,
     NotFoundError,
@@ -107,3 +108,11 @@ def test_the_extension_decision_is_one_effect_and_no_entry():
     decision = decide(State(CID, m.wallet), Extend(customer_id=CID, reservation_id=r.id, ttl_seconds=90), m.now)
     assert decision.entry is None
     assert decision.effects == (ReservationExtended(CID, r.id, m.now + timedelta(seconds=90)),)
+
+
+def test_an_open_reservation_reads_expired_from_its_expiry_on_as_extend_refuses_it():
+    at = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+    assert [status_at(s, at, at - timedelta(microseconds=1)) for s in ("held", "capturing")] == ["held", "capturing"]
+    assert [status_at(s, at, at) for s in ("held", "capturing")] == ["expired", "expired"]  # extend's boundary
+    assert [status_at(s, at, at + timedelta(days=1)) for s in ("settled", "released", "expired")] == \
+        ["settled", "released", "expired"]
