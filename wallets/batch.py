@@ -39,6 +39,7 @@ from wallets.core.decision import (
     ReservationChanged,
     ReservationExtended,
     ReservationOpened,
+    TrueUpChargesGiven,
     TrueUpPosted,
     TrueUpsCorrected,
     UsageCounted,
@@ -243,6 +244,12 @@ class Batch:
         self.add("rerate_true_ups", {
             "rerate_id": effect.rerate_id, "customer_id": effect.customer_id, "period": effect.period,
             "true_ups": [list(x) for x in effect.true_ups], "created_at": self.now})
+
+    def _true_up_charges_given(self, effect: TrueUpChargesGiven, key: str | None) -> None:
+        for rule_id, charge_id, units in effect.given:
+            self.add("true_up_charges", {
+                "customer_id": effect.customer_id, "period": effect.period, "rule_id": rule_id,
+                "charge_id": charge_id, "rerate_id": effect.rerate_id, "units": units, "created_at": self.now})
 
     def _period_advanced(self, effect: PeriodAdvanced, key: str | None) -> None:
         self.loaded.wallets[effect.customer_id].customer.open_period_start = effect.open_period_start
@@ -471,5 +478,6 @@ _FOLLOW: dict[type, Any] = {
     InvoiceFinalized: Batch._invoice_finalized, PeriodAdvanced: Batch._period_advanced,
     PaymentRecorded: Batch._payment_recorded, CreditNoteIssued: Batch._credit_note_issued,
     ChargeAdjusted: Batch._charge_adjusted, TrueUpsCorrected: Batch._true_ups_corrected,
+    TrueUpChargesGiven: Batch._true_up_charges_given,
     AdjustmentPosted: lambda batch, effect, key: None,  # its lines went into the rollup with its entry
 }  # how the shell follows each effect: in memory, and as the rows a flush writes

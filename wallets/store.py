@@ -476,6 +476,11 @@ _WRITES: dict[str, str] = {
                SELECT {lane}, r.rerate_id, r.customer_id, r.period, r.true_ups, r.created_at
                  FROM jsonb_to_recordset({p}::jsonb) AS r(rerate_id text, customer_id text, period text,
                       true_ups jsonb, created_at timestamptz)""",
+    "true_up_charges": """INSERT INTO true_up_charges (lane, customer_id, period, rule_id, charge_id, rerate_id, units,
+                                                 created_at)
+               SELECT {lane}, r.customer_id, r.period, r.rule_id, r.charge_id, r.rerate_id, r.units, r.created_at
+                 FROM jsonb_to_recordset({p}::jsonb) AS r(customer_id text, period text, rule_id text, charge_id bigint,
+                      rerate_id text, units numeric, created_at timestamptz)""",
     # One row per customer: two UPDATEs of one row in one statement keep only one of them (a
     # close that also flagged a low balance lost its period's advance, and closed it again).
     "customers": """UPDATE customers
@@ -898,10 +903,12 @@ async def true_up_shares(conn: AsyncConnection, customer_id: str, period: str) -
 
 async def true_up_given(conn: AsyncConnection, customer_id: str, period: str) -> dict[str, dict[int, int]]:
     """What the volume true-ups of `period` gave back of each of its charges so far, by rule: its
-    close's and the re-rates' correcting it (entries correcting charges billed in it), as each
-    entry's metadata keeps it (money_back.TRUE_UP_CHARGES): rule id -> charge id -> units. A rule
-    no entry kept is not there (a close before they were kept): its re-rate shares the money back
-    over the money of all its charges, as before."""
+    close's and the re-rates' correcting it, with or without an entry, as true_up_charges keeps
+    them (migration 0068; a rule kept with nothing given back: a row without a charge), and, for
+    entries written before it (since ec92fb3), as their metadata keeps them (money_back.
+    TRUE_UP_CHARGES; nothing writes both): rule id -> charge id -> units. A rule neither kept is
+    not there (a close before they were kept): its re-rate shares the money back over the money
+    of all its charges, as before."""
     lane = int(await _lane(conn, [customer_id]) or 0)
     rows = await conn.exec_driver_sql(
         f"""WITH e AS (SELECT j.id FROM journal_entries j
@@ -912,6 +919,9 @@ async def true_up_given(conn: AsyncConnection, customer_id: str, period: str) ->
                          JOIN charges c ON c.lane = a.lane AND c.id = a.charge_id
                         WHERE a.customer_id = %(customer)s AND a.lane = {lane} AND a.entry_id IS NOT NULL
                           AND coalesce(c.period, a.period) = %(period)s)
+            SELECT t.rule_id, t.charge_id, t.units::text FROM true_up_charges t
+             WHERE t.lane = {lane} AND t.customer_id = %(customer)s AND t.period = %(period)s
+            UNION ALL
             SELECT r.key, (x ->> 0)::bigint, (x ->> 1)::numeric::text
               FROM e JOIN journal_entries j ON j.lane = {lane} AND j.id = e.id
              CROSS JOIN LATERAL jsonb_each(j.metadata -> %(kept)s -> %(period)s) r

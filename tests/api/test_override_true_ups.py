@@ -16,6 +16,7 @@ from tests.api.closing import utc
 from wallets.periods import Cycle, period_of
 
 ADMIN = {"Authorization": "Bearer vol-admin"}
+DOLLAR = 10 ** 9  # atomic units (9 decimals)
 BOOK = f"vol-{uuid.uuid4().hex[:8]}"
 RULES = [{"id": "v-out", "model": "model-v", "token_type": "output", "tier_mode": "volume",
           "tiers": [{"up_to": 1_000_000, "price": "20"}, {"up_to": None, "price": "10"}]}]
@@ -266,6 +267,16 @@ async def test_a_rerate_that_moves_nothing_answers_what_it_corrected_as_its_prev
                     "DELETE FROM rerate_true_ups WHERE customer_id = %s"):
             with pytest.raises(psycopg.Error):
                 await conn.execute(sql, (cid,))
+        # and what the true-ups gave back of each charge its payers paid (true_up_charges, 0068; the
+        # 600,000 tokens' 12.00 the allowance paid alone, which its own lines true up): the close 4.00
+        # of the 700,000's 11.00 (7.00 at $10/M); the re-rate, at $2.50/M, 2.75 - 1.75 = 1.00 over,
+        # 1.00 - 4.00: took back 3.00, kept though it posted no entry (before, kept nowhere: a later
+        # re-rate counted the close's 4.00 given back of it where 1.00 is)
+        given = await conn.execute(
+            """SELECT rerate_id IS NULL, units FROM true_up_charges WHERE customer_id = %s
+                ORDER BY rerate_id NULLS FIRST""", (cid,))
+        assert [(closed, int(units)) for closed, units in await given.fetchall()] == [
+            (True, 4 * DOLLAR), (False, -3 * DOLLAR)]
     verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
     assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]
 

@@ -149,6 +149,18 @@ class TrueUpsCorrected(msgspec.Struct, frozen=True, gc=False):
     true_ups: tuple[tuple[str, str, str, int, int], ...]
 
 
+class TrueUpChargesGiven(msgspec.Struct, frozen=True, gc=False):
+    """What a period's volume true-up (its close's, `rerate_id` None, or a re-rate's correction of
+    it) gave back of each charge of each rule it priced per charge: (rule id, charge id, units;
+    taken back: negative), a rule kept with nothing given back as (rule id, None, 0). Kept in
+    `true_up_charges` (migration 0068), read back by store.true_up_given for the next correction."""
+
+    customer_id: str
+    period: str
+    rerate_id: str | None
+    given: tuple[tuple[str, int | None, int], ...]
+
+
 class ChargeAdjusted(msgspec.Struct, frozen=True, gc=False):
     """A charge re-rated to `version` (and its customer's overrides version in force at its usage
     time, 0: none): its amounts by (model, token type) before and after."""
@@ -285,7 +297,7 @@ class AnswerKept(msgspec.Struct, frozen=True, gc=False):
 Effect = (LotOpened | LotSwept | ReservationOpened | ReservationChanged | ReservationExtended | ChargeRecorded
           | UsageEventRecorded | UsageCounted | BudgetCounted | OutboxEvent | CustomerFlagged | AnswerKept
           | TrueUpPosted | InvoiceFinalized | PeriodAdvanced | PaymentRecorded | AdjustmentPosted | ChargeAdjusted
-          | CreditNoteIssued | TrueUpsCorrected)
+          | CreditNoteIssued | TrueUpsCorrected | TrueUpChargesGiven)
 
 
 class Outcome(msgspec.Struct, frozen=True):  # tracked: a refusal's traceback may lead back to it

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -48,6 +48,7 @@ from wallets.core.decision import (
     LotOpened,
     Outcome,
     PeriodAdvanced,
+    TrueUpChargesGiven,
     TrueUpPosted,
     UsageCounted,
 )
@@ -322,6 +323,9 @@ class Closing:
     lot: LotOpened | None  # credit the money back (or rounding down) beyond what is owed opens
     paid: tuple[tuple[str, int], ...]  # what paid (or got back) the difference, by account
     rollup: Rollup  # the period's rollup with the true-up entry's items
+    # what the true-up gave back of each charge, by rule (the rules it priced per charge): its
+    # TrueUpChargesGiven, kept in true_up_charges, not in the entry's metadata
+    parts: Mapping[str, Mapping[int, int]] = field(default_factory=dict)
 
 
 def _rounding(state: State, w: Wallet, rollup: Rollup, paid: Sequence[tuple[str, int]],
@@ -393,14 +397,13 @@ def closing(state: State, w: Wallet, label: str, rollup: Rollup, book: PriceBook
     if lines:
         posted = entry(f"true-up:{cid}:{label}", "volume_true_up", legs, cid, now,
                        {"period": label, "rules": [line["rule_id"] for line in lines],
-                        money_back.TRUE_UP_CHARGES: {label: {rule: sorted(of.items()) for rule, of in parts.items()}},
                         **({"amount_due_rounding": rounding} if rounding else {})})
     else:
         posted = entry(f"invoice-rounding:{cid}:{label}", "invoice_rounding", legs, cid, now,
                        {"period": label, "amount_due_rounding": rounding})
     if posted is not None:  # the movement of its postings (its lines and what paid them are in)
         merge(rollup, entry_rollup(w.customer, posted, kinds))
-    return Closing(tuple(lines), posted, lot, paid, rollup)
+    return Closing(tuple(lines), posted, lot, paid, rollup, parts)
 
 
 def upcoming_invoice(state: State, period: Period, now: datetime, book: PriceBook | None
@@ -451,6 +454,8 @@ def close_period(state: State, cmd: ClosePeriod, now: datetime, book: PriceBook 
         if back > 0:
             sources.insert(0, Unapplied(None, f"true-up:{period.label}", back, now))
         effects.append(TrueUpPosted(c.id, period.label, closed.lines, closed.paid))
+        if closed.parts:
+            effects.append(TrueUpChargesGiven(c.id, period.label, None, money_back.given_rows(closed.parts)))
         effects += counters_given_back(state, c.id, period.label, book, closed.lines)
     if closed.lot is not None:  # money back beyond what is owed: the true-up's, the rounding's
         effects.append(closed.lot)

@@ -52,11 +52,12 @@ from wallets.core.decision import (
     CreditNoteIssued,
     Decision,
     Outcome,
+    TrueUpChargesGiven,
     TrueUpsCorrected,
     UsageCounted,
 )
 from wallets.core.legs import Legs, entry, funding, settlement, settlement_legs
-from wallets.core.money_back import TRUE_UP_CHARGES, each_charge_first, give_back, last_consumed_first, share
+from wallets.core.money_back import each_charge_first, give_back, given_rows, last_consumed_first, share
 from wallets.core.rating import ALLOWANCE, period_counts, period_to_date
 from wallets.core.rerate_true_ups import KIND as TRUE_UP
 from wallets.core.rerate_true_ups import TrueUpFix, true_up_fixes
@@ -438,7 +439,8 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
     rounding = money - net
     lot = None
     # what each true-up's correction gives back of each charge, by rule, where the true-ups kept it
-    parts = {f.rule_id: f.parts() for f in fixes if f.given is not None}
+    # (true_up_charges, with or without an entry: the next correction counts it)
+    parts = {f.rule_id: given for f in fixes if f.given is not None if (given := f.parts())}
     if money > 0:
         s = settlement(w, None, money, False, now)
         legs, paid = settlement_legs(w, s), funding(w, None, s)
@@ -456,13 +458,13 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
                    {"rerate_id": cmd.rerate_id, "original_period": origin, "price_book": cmd.book_id,
                     "price_version": cmd.version, "charges": [x.charge.id for x in found],
                     **({"true_ups": [f.record() for f in fixes]} if fixes else {}),
-                    **({TRUE_UP_CHARGES: {cmd.period: {rule: sorted(given.items()) for rule, given in parts.items()}}}
-                       if parts else {}),
                     **({"amount_rounding": rounding} if rounding else {})})
     # its lines by the period of their usage (`original_period` on the invoice); what paid them once
     effects: list[Any] = [*([lot] if lot is not None else [])]
     if posted is None and fixes:  # lines netting 0: no entry's metadata keeps the true-ups' corrections
         effects.append(TrueUpsCorrected(c.id, cmd.rerate_id, cmd.period, tuple(tuple(f.record()) for f in fixes)))
+    if parts:
+        effects.append(TrueUpChargesGiven(c.id, cmd.period, cmd.rerate_id, given_rows(parts)))
     for i, (source, _, xs, fs) in enumerate(groups):
         lines = tuple({"kind": "adjustment", "model": r["model"], "token_type": r["token_type"], "quantity": 0,
                        "unit_price": None, "amount_units": r["delta"], "rule_id": None,

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
 from billing_kit import BillingKit
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from test_rerate_volume_true_up import V1, live_lots, spec, verified, vol
 
 from ledger.audit import trial_balance
@@ -263,3 +266,75 @@ async def test_a_rerate_s_correction_of_a_close_s_true_up_gives_each_charge_s_pa
     assert again["delta"] == "-0.13", again
     assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 96 * CENT), grant.grant.id: ("grant", 472 * CENT)}
     await verified(bk)
+
+
+async def test_a_rerate_that_posts_no_entry_keeps_what_it_gave_back_of_each_charge_for_the_next_one(
+        fresh_db) -> None:
+    """As above: the top-up paid the 5th's $1.20, the grant the 20th's $1.10; the close gave $0.60
+    back to the top-up ($0.60 left) and $0.40 to the grant ($4.30). A fix to $30/M to 100,000, $10/M
+    beyond: the 5th $1.80 (+$0.60), the 20th $1.20 + $0.30 = $1.50 (+$0.40); at the $10/M reached
+    (still $1.30) the true-up is $1.30 - $3.30 = -$2.00 where -$1.00 stands: $1.00 more back, which
+    nets the charges' +$1.00 to 0: no entry. Of it, each charge's overcharge at $10/M less what the
+    close gave back: the 5th $1.80 - $0.60 = $1.20, less $0.60: $0.60; the 20th $1.50 - $0.70 =
+    $0.80, less $0.40: $0.40. A second fix, $30/M to 100,000 and $5/M beyond: the 5th stays $1.80,
+    the 20th $1.20 + $0.15 = $1.35 (-$0.15, to the grant that paid it); at $5/M, 130,000 x $5/M =
+    $0.65, the true-up $0.65 - $3.15 = -$2.50 where -$2.00 stands: $0.50 more back. The 5th costs
+    $0.30 at $5/M, $1.50 below its $1.80, of which the close and the first fix gave back $1.20:
+    $0.30 to the top-up ($0.90 = $1.20 - $0.30); the 20th costs $0.35, $1.00 below its $1.35, $0.80
+    given: $0.20 to the grant ($4.30 + $0.15 + $0.20 = $4.65 = $5.00 - $0.35). Before, the first
+    fix's record was kept nowhere (its entry's metadata, and it posted none): the 5th's $1.50 over
+    less the close's $0.60 took the whole $0.50, the top-up $1.10 and the grant $4.45."""
+    bk = BillingKit(fresh_db)
+    await bk.add_book(V1)
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("per-charge-no-entry", book="vol")
+    top_up = await bk.top_up(cid, "1.20")
+    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 60_000)
+    bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
+    grant = await bk.grant(cid, "5.00")
+    bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 70_000)
+    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    lots = {top_up.grant.id: ("topup", 60 * CENT), grant.grant.id: ("grant", 430 * CENT)}
+    assert await live_lots(bk, cid) == lots
+    await bk.add_book(vol("v2", "2026-11-01T00:00:00Z", "30", "10"))
+    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
+    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    assert done["delta"] == "0.00" and done["customers"][0]["entry_ids"] == [], done
+    assert [(ln["token_type"], ln["old_amount"], ln["new_amount"], ln["delta"])
+            for ln in done["customers"][0]["lines"]] == [("output", "2.30", "3.30", "1.00"),
+                                                         ("volume_true_up", "-1.00", "-2.00", "-1.00")]
+    assert await live_lots(bk, cid) == lots  # nothing moved
+    await verified(bk)
+    # what the close and the first fix gave back of each charge is kept in a table, one row each,
+    # not in the close's entry (nor in an entry the fix did not post); and never changed
+    closed = await _given(bk, cid, None)
+    first, second = sorted(charge for _, charge, _ in closed)
+    assert closed == [("v-out", first, 60 * CENT), ("v-out", second, 40 * CENT)]
+    assert await _given(bk, cid, done["rerate_id"]) == [("v-out", first, 60 * CENT), ("v-out", second, 40 * CENT)]
+    metadata = await bk.db.read(lambda conn: conn.scalar(text(
+        "SELECT metadata FROM journal_entries WHERE key = :k"), {"k": f"true-up:{cid}:2026-11"}))
+    assert "true_up_charges" not in metadata and metadata["period"] == "2026-11"
+    lane = await bk.db.read(lambda conn: conn.scalar(text("SELECT ledger_lane(:c)"), {"c": cid}))
+    for sql in ("UPDATE true_up_charges SET units = 0 WHERE customer_id = :c",
+                "DELETE FROM true_up_charges WHERE customer_id = :c",
+                "TRUNCATE true_up_charges", f"TRUNCATE true_up_charges_l{lane}"):
+        with pytest.raises(DBAPIError, match="not allowed"):
+            await bk.db.run(lambda conn, s=sql: conn.execute(text(s), {"c": cid}))
+    await bk.add_book(vol("v3", "2026-11-02T00:00:00Z", "30", "5"))
+    again = await rerating.apply(bk.db, bk.service.engine, spec("v3", datetime(2026, 11, 2, tzinfo=UTC)), None)
+    assert again["delta"] == "-0.65", again
+    assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 90 * CENT), grant.grant.id: ("grant", 465 * CENT)}
+    await verified(bk)
+    # the second fix's own record: $0.30 more of the 5th, $0.20 of the 20th
+    assert await _given(bk, cid, again["rerate_id"]) == [("v-out", first, 30 * CENT), ("v-out", second, 20 * CENT)]
+
+
+async def _given(bk: BillingKit, cid: str, rerate_id: str | None) -> list[tuple[str, int, int]]:
+    """What true_up_charges keeps of the customer's close (`rerate_id` None) or of a re-rate."""
+    rows = await bk.db.read(lambda conn: conn.execute(text(
+        """SELECT rule_id, charge_id, units FROM true_up_charges
+            WHERE customer_id = :c AND rerate_id IS NOT DISTINCT FROM :r ORDER BY rule_id, charge_id"""),
+        {"c": cid, "r": rerate_id}))
+    return [(rule, charge, int(units)) for rule, charge, units in rows]
