@@ -40,7 +40,7 @@ from fnmatch import fnmatchcase
 
 from pricing.ambiguity import HOURS, ambiguity_errors, is_pattern
 from pricing.ambiguity import patterns_may_overlap as patterns_may_overlap  # used by overrides
-from pricing.errors import PriceBookValidationError, UnpricedModelError, field_error
+from pricing.errors import NOT_AN_INTEGER, PriceBookValidationError, UnpricedModelError, field_error
 from pricing.money import DEFAULT_SCALE, to_decimal
 from pricing.rule_fields import PromptTier as PromptTier
 from pricing.rule_fields import checked_price, format_errors, in_hours, normalize_format_2, window_errors
@@ -324,7 +324,8 @@ def _plausibility_errors(version: PriceVersion) -> list[dict[str, str]]:
             errors.append(field_error("max_charge_per_request",
                                       f"must be positive, with at most {DEFAULT_SCALE} decimals"))
     if not _valid_context_window(version.context_window):
-        errors.append(field_error("context_window", f"must be an integer from 1 to {MAX_CONTEXT_WINDOW}"))
+        errors.append(field_error("context_window", NOT_AN_INTEGER if isinstance(version.context_window, float)
+                                  else f"must be an integer from 1 to {MAX_CONTEXT_WINDOW}"))
     return errors
 
 

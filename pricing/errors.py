@@ -52,6 +52,10 @@ class InvalidAmountError(_FieldsError):
     """A money amount that cannot be parsed exactly (too many decimals, exponent, NaN, ...)."""
 
 
+# what an integer field says of any other number (100.0, 1e2, 1.5): JSON's integers only, no float
+NOT_AN_INTEGER = "must be an integer: digits only, no fraction or exponent"
+
+
 def field_error(field: str, message: str) -> dict[str, str]:
     """Build one ``{"field", "message"}`` entry for a fields-listing error."""
     return {"field": field, "message": message}

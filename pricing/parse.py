@@ -26,7 +26,7 @@ from pricing.books import (
     PriceVersion,
     Rule,
 )
-from pricing.errors import PriceBookValidationError, field_error
+from pricing.errors import NOT_AN_INTEGER, PriceBookValidationError, field_error
 from pricing.rule_fields import FORMAT_2_RULE_FIELDS
 
 _RULE_KEYS = {"id", "token_type", "price", "model", "match", "tiers", "tier_mode", "source", "context_window",
@@ -49,13 +49,19 @@ def parse_time(value: object, name: str = "effective_from") -> datetime:
         raise PriceBookValidationError(name, "out of range in UTC") from None
 
 
-def _float_fields(value: Any, path: str) -> list[dict[str, str]]:
+_INTEGER_KEYS = frozenset({"up_to", "above", "context_window", "match"})  # counts, and match's dimension values
+
+
+def _float_fields(value: Any, path: str, integer: bool = False) -> list[dict[str, str]]:
+    """Every float in a rule: a price is a decimal string, a count or dimension value a JSON
+    integer (1000.0 and 1e3 included: they were taken as 1000, as the wallet routes did)."""
     if isinstance(value, float):
-        return [field_error(path, "floats are not accepted; use a decimal string")]
+        return [field_error(path, NOT_AN_INTEGER if integer else "floats are not accepted; use a decimal string")]
     if isinstance(value, Mapping):
-        return [e for k, v in value.items() for e in _float_fields(v, f"{path}.{k}")]
+        return [e for k, v in value.items()
+                for e in _float_fields(v, f"{path}.{k}", integer or k in _INTEGER_KEYS)]
     if isinstance(value, list | tuple):
-        return [e for i, v in enumerate(value) for e in _float_fields(v, f"{path}[{i}]")]
+        return [e for i, v in enumerate(value) for e in _float_fields(v, f"{path}[{i}]", integer)]
     return []
 
 

@@ -15,12 +15,10 @@ import msgspec
 from msgspec.structs import force_setattr
 
 from pricing.books import TOKEN_TYPES, DimValue
-from pricing.errors import InvalidUsageError, field_error
+from pricing.errors import NOT_AN_INTEGER, InvalidUsageError, field_error
 from pricing.money import to_decimal
 
 MAX_QUANTITY = 10**15  # a quadrillion tokens in one record is a bug, not usage
-# what an integer field says of any other number (100.0, 1e2, 1.5): JSON's integers only, no float
-NOT_AN_INTEGER = "must be an integer: digits only, no fraction or exponent"
 
 
 def _pairs(value: object) -> list[tuple[object, object]]:

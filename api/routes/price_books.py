@@ -19,7 +19,7 @@ from api.errors import documented
 from api.routes import cursors
 from api.routes.formats import AMOUNT_TEXT, IDENTIFIER, POSITIVE_AMOUNT, PRICE, DateTime
 from api.routes.schemas import BIGINT, Dimension, json_body
-from api.routes.wire import Answer, idempotency, integral, respond, shaped, time_in, time_out, time_param
+from api.routes.wire import Answer, idempotency, respond, shaped, time_in, time_out, time_param
 from ledger.db import lock_key
 from pricing.books import (
     MAX_CONTEXT_WINDOW,
@@ -195,7 +195,6 @@ async def post_price_book(
     """Create a book, or add a version to it. Versions never change: posting the same version
     again answers 200 with it; another version at the same `effective_from` is refused. More
     than 10,000 rules is a validation error naming `rules` (see the README's limits)."""
-    data = integral(data)
     version = await _parsed(data)
     outcome = await run_once(state.services.db, idempotency(request, data),
                              lambda conn: books.add_version(conn, data, version),

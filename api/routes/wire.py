@@ -117,19 +117,6 @@ def checked(data: Any, type_: Any = None) -> Any:
     return data
 
 
-def integral(value: Any) -> Any:
-    """`value` with each whole float made an int (5.0 as 5): for price books and overrides only,
-    whose pricing checks refuse any float left; the wallet routes' integers take no float at all
-    (`shaped`)."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, list):
-        return [integral(item) for item in value]
-    if isinstance(value, dict):
-        return {key: integral(item) for key, item in value.items()}
-    return value
-
-
 def shaped(data: Any, type_: Any) -> Any:
     """`data` (decoded JSON) as `type_`, strictly (Litestar's own conversion would also take "5"
     for an integer, and JSON Schema 5.0: an integer field takes a JSON integer alone, never a

@@ -176,11 +176,19 @@ async def test_a_price_book_outside_the_schema_is_a_validation_problem(
     assert field in {f["field"] for f in response.json()["fields"]}
 
 
-async def test_a_price_book_with_integral_numbers_where_integers_go_is_taken(client: AsyncTestClient, tag: str):
-    rules = [{"id": "t", "token_type": "input", "match": {"tier": 2.0},
-              "tiers": [{"up_to": 1000.0, "price": "2"}, {"up_to": None, "price": "1"}]}]
-    response = await client.post("/v1/price-books", json={**BOOK, "id": f"b-{tag}", "rules": rules})
-    assert response.status_code == 201, response.text
+@pytest.mark.parametrize(("change", "field"), [
+    ({"rules": [{"id": "t", "token_type": "input", "price": "1", "match": {"tier": 2.0}}]}, "rules[0].match.tier"),
+    ({"rules": [{"id": "t", "token_type": "input", "tiers": [{"up_to": 1000.0, "price": "2"},
+                                                              {"up_to": None, "price": "1"}]}]},
+     "rules[0].tiers[0].up_to"),
+    ({"context_window": 1e5}, "context_window"),
+])
+async def test_a_price_book_refuses_a_number_with_a_fraction_or_exponent_where_an_integer_goes(
+        client: AsyncTestClient, tag: str, change: dict, field: str):
+    """As the wallet routes do (tests/api/test_integer_fields.py): 1000.0 tokens was taken as 1000."""
+    response = await client.post("/v1/price-books", json={**BOOK, "id": f"b-{tag}", **change})
+    assert response.status_code == 422, response.text
+    assert {"field": field, "message": NOT_AN_INTEGER} in response.json()["fields"], response.text
 
 
 @pytest.mark.parametrize("body", [
