@@ -40,7 +40,8 @@ _OPTIONAL_SQL = """SELECT
                AND attname = 'period' AND NOT attisdropped) AS charge_periods,  -- 0040
     EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('lots')
                AND attname = 'revoked_at' AND NOT attisdropped) AS revoked_at,  -- 0048
-    to_regclass('rerate_true_ups') IS NOT NULL AS rerate_true_ups     -- 0064"""
+    to_regclass('rerate_true_ups') IS NOT NULL AS rerate_true_ups,    -- 0064
+    to_regclass('true_up_charges') IS NOT NULL AS true_up_charges     -- 0068"""
 
 
 async def _schema(conn: AsyncConnection) -> dict[str, bool]:
@@ -635,13 +636,41 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
                       WHERE entry_id IS NULL GROUP BY 1, 2) x
             ON x.rerate_id = t.rerate_id AND x.customer_id = t.customer_id
          WHERE coalesce(x.moved, 0) + t.kept <> 0""" if (await _schema(conn))["rerate_true_ups"] else ""
+    # what each true-up gave back of each charge (true_up_charges, migration 0068): a re-rate's, of a
+    # rule, at most its correction of the rule's true-up and the same way (TrueUpFix.parts); each
+    # row a charge of its customer
+    given = """
+        UNION ALL
+        SELECT format('true-up record of re-rate %s, customer %s, %s rule %s: gave back %s of its charges, '
+                      'its correction %s', g.rerate_id, g.customer_id, g.period, g.rule_id, g.given,
+                      coalesce(c.back, 0))
+          FROM (SELECT rerate_id, customer_id, period, rule_id, sum(units) AS given FROM true_up_charges
+                 WHERE rerate_id IS NOT NULL GROUP BY 1, 2, 3, 4) g
+          LEFT JOIN (SELECT r.rerate_id, r.customer_id, u ->> 0 AS period, u ->> 1 AS rule_id,
+                            sum((u ->> 3)::numeric - (u ->> 4)::numeric) AS back
+                       FROM (SELECT j.metadata ->> 'rerate_id' AS rerate_id, j.customer_id,
+                                    j.metadata -> 'true_ups' AS t
+                               FROM journal_entries j WHERE j.kind = 'rerate_adjustment' AND j.metadata ? 'true_ups'
+                             UNION ALL
+                             SELECT rerate_id, customer_id, true_ups FROM rerate_true_ups) r
+                      CROSS JOIN LATERAL jsonb_array_elements(r.t) u GROUP BY 1, 2, 3, 4) c
+            ON c.rerate_id = g.rerate_id AND c.customer_id = g.customer_id AND c.period = g.period
+           AND c.rule_id = g.rule_id
+         WHERE g.given <> 0 AND NOT (sign(g.given) = sign(coalesce(c.back, 0)) AND abs(g.given) <= abs(c.back))
+        UNION ALL
+        SELECT format('true-up record of customer %s, %s rule %s: charge %s is not its charge',
+                      t.customer_id, t.period, t.rule_id, t.charge_id)
+          FROM true_up_charges t
+         WHERE t.charge_id IS NOT NULL AND NOT EXISTS (
+               SELECT 1 FROM charges c WHERE c.lane = t.lane AND c.id = t.charge_id AND c.customer_id = t.customer_id)
+        """ if (await _schema(conn))["true_up_charges"] else ""
     return await _query_check(conn, "credit_notes", f"""
         SELECT format('re-rate entry %s: its charges moved %s, its true-ups %s, its revenue postings %s',
                       x.entry_id, x.moved, {true_ups.format(entry="x.entry_id")},
                       ({revenue.format(entry="x.entry_id")}))
           FROM (SELECT entry_id, sum(new_amount - old_amount) AS moved FROM charge_adjustments
                  WHERE entry_id IS NOT NULL GROUP BY entry_id) x
-         WHERE x.moved + {true_ups.format(entry="x.entry_id")} <> ({revenue.format(entry="x.entry_id")}){kept}
+         WHERE x.moved + {true_ups.format(entry="x.entry_id")} <> ({revenue.format(entry="x.entry_id")}){kept}{given}
         UNION ALL
         SELECT format('credit note %s: its content hash does not match its content', n.number)
           FROM credit_notes n WHERE n.content_hash <> sha256(convert_to(n.content::text, 'UTF8'))
@@ -673,7 +702,8 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
                       issuer, year, count(*), max(seq))
           FROM credit_notes GROUP BY issuer, year HAVING count(*) <> max(seq)
         """, "re-rate entries move revenue by their charges' adjustments and true-up corrections (a re-rate "
-             "that posted none: they net 0 with the corrections it kept); credit notes "
+             "that posted none: they net 0 with the corrections it kept; what each gave back of each charge: at "
+             "most its correction); credit notes "
              "tie out to them "
              "(their money in whole minor units, the rest on the rounding account), intact and numbered without gaps")
 

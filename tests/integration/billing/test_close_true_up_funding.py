@@ -18,8 +18,9 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from test_rerate_volume_true_up import V1, live_lots, spec, verified, vol
 
-from ledger.audit import trial_balance
+from ledger.audit import trial_balance, verify
 from wallets import chart, rerating
+from wallets.audit import WALLET_CHECKS
 from wallets.core import invoicing, money_back
 
 CENT = 10_000_000  # atomic units (9 decimals) of $0.01
@@ -332,6 +333,19 @@ async def test_a_rerate_that_posts_no_entry_keeps_what_it_gave_back_of_each_char
     await verified(bk)
     # the second fix's own record: $0.30 more of the 5th, $0.20 of the 20th
     assert await _given(bk, cid, again["rerate_id"]) == [("v-out", first, 30 * CENT), ("v-out", second, 20 * CENT)]
+    # verify ties each re-rate's record to its correction: $0.30 + $0.20 of the second fix's $0.50,
+    # $0.60 + $0.40 of the first's $1.00; a row inserted again ($0.30 more of the 5th: $0.80 of $0.50)
+    # is flagged, and so is a row naming a charge that is not the customer's
+    forged = """INSERT INTO true_up_charges (lane, customer_id, period, rule_id, charge_id, rerate_id, units)
+                VALUES (ledger_lane(:c), :c, '2026-11', 'v-out', :charge, :r, :units)"""
+    await bk.db.run(lambda conn: conn.execute(text(forged), {
+        "c": cid, "charge": first, "r": again["rerate_id"], "units": 30 * CENT}))
+    await bk.db.run(lambda conn: conn.execute(text(forged), {
+        "c": cid, "charge": 10 ** 12, "r": None, "units": 1}))
+    report = await bk.db.read(lambda conn: verify(conn, WALLET_CHECKS))
+    [failed] = [c for c in report.checks if not c.ok]
+    assert failed.name == "credit_notes", failed
+    assert len(failed.problems) == 2 and all("true-up record" in p for p in failed.problems), failed
 
 
 async def _given(bk: BillingKit, cid: str, rerate_id: str | None) -> list[tuple[str, int, int]]:
