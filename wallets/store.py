@@ -24,7 +24,6 @@ from ledger.db import Lead
 from ledger.lanes import lane_count, lane_of
 from ledger.model import AccountSpec
 from wallets import chart
-from wallets.core.money_back import TRUE_UP_CHARGES
 from wallets.core.state import InvoiceDue, RefundOnRecord, TopUpOnRecord, Unapplied
 from wallets.model import Budget, BudgetHold, Customer, Hold, Lot, Reservation, Wallet
 from wallets.periods import Cycle, Period
@@ -904,29 +903,14 @@ async def true_up_shares(conn: AsyncConnection, customer_id: str, period: str) -
 async def true_up_given(conn: AsyncConnection, customer_id: str, period: str) -> dict[str, dict[int, int]]:
     """What the volume true-ups of `period` gave back of each of its charges so far, by rule: its
     close's and the re-rates' correcting it, with or without an entry, as true_up_charges keeps
-    them (migration 0068; a rule kept with nothing given back: a row without a charge), and, for
-    entries written before it (since ec92fb3), as their metadata keeps them (money_back.
-    TRUE_UP_CHARGES; nothing writes both): rule id -> charge id -> units. A rule neither kept is
-    not there (a close before they were kept): its re-rate shares the money back over the money
-    of all its charges, as before."""
+    them (migration 0068; a rule kept with nothing given back: a row without a charge): rule id ->
+    charge id -> units. A rule not kept is not there (a close before 0068): its re-rate shares the
+    money back over the money of all its charges, as before."""
     lane = int(await _lane(conn, [customer_id]) or 0)
     rows = await conn.exec_driver_sql(
-        f"""WITH e AS (SELECT j.id FROM journal_entries j
-                        WHERE j.lane = {lane} AND j.customer_id = %(customer)s
-                          AND j.key = 'true-up:' || %(customer)s || ':' || %(period)s
-                       UNION
-                       SELECT a.entry_id FROM charge_adjustments a
-                         JOIN charges c ON c.lane = a.lane AND c.id = a.charge_id
-                        WHERE a.customer_id = %(customer)s AND a.lane = {lane} AND a.entry_id IS NOT NULL
-                          AND coalesce(c.period, a.period) = %(period)s)
-            SELECT t.rule_id, t.charge_id, t.units::text FROM true_up_charges t
-             WHERE t.lane = {lane} AND t.customer_id = %(customer)s AND t.period = %(period)s
-            UNION ALL
-            SELECT r.key, (x ->> 0)::bigint, (x ->> 1)::numeric::text
-              FROM e JOIN journal_entries j ON j.lane = {lane} AND j.id = e.id
-             CROSS JOIN LATERAL jsonb_each(j.metadata -> %(kept)s -> %(period)s) r
-              LEFT JOIN LATERAL jsonb_array_elements(r.value) x ON true""",
-        {"customer": customer_id, "period": period, "kept": TRUE_UP_CHARGES})
+        f"""SELECT rule_id, charge_id, units::text FROM true_up_charges
+             WHERE lane = {lane} AND customer_id = %(customer)s AND period = %(period)s""",
+        {"customer": customer_id, "period": period})
     out: dict[str, dict[int, int]] = {}
     for rule_id, charge_id, amount in rows:
         given = out.setdefault(rule_id, {})

@@ -20,12 +20,6 @@ from wallets.core.legs import Legs
 from wallets.core.state import RulePaid, State
 from wallets.model import Wallet, consumption_key
 
-# An entry's metadata key: what a volume true-up (a close's, or a re-rate's correction of it) gave
-# back of each charge, {period: {rule id: [[charge id, units], ...]}}; a rule not there, nothing kept.
-# Only entries written before migration 0068 have it: since, it is kept in table true_up_charges
-# (TrueUpChargesGiven, given_rows), and store.true_up_given reads both.
-TRUE_UP_CHARGES = "true_up_charges"
-
 
 def given_rows(parts: Mapping[str, Mapping[int, int]]) -> tuple[tuple[str, int | None, int], ...]:
     """What a true-up gave back of each charge, by rule, as true_up_charges keeps it: (rule id,

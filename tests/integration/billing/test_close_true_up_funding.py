@@ -8,10 +8,8 @@ $1.20; 40,000 x $20/M + 30,000 x $10/M = $0.80 + $0.30 = $1.10; $2.30. The close
 the second tier, all at $10/M = $1.30, true-up -$1.00."""
 from __future__ import annotations
 
-import dataclasses
 from datetime import UTC, datetime
 
-import msgspec
 import pytest
 from billing_kit import BillingKit
 from sqlalchemy import text
@@ -21,7 +19,6 @@ from test_rerate_volume_true_up import V1, live_lots, spec, verified, vol
 from ledger.audit import trial_balance, verify
 from wallets import chart, rerating
 from wallets.audit import WALLET_CHECKS
-from wallets.core import invoicing, money_back
 
 CENT = 10_000_000  # atomic units (9 decimals) of $0.01
 
@@ -355,49 +352,3 @@ async def _given(bk: BillingKit, cid: str, rerate_id: str | None) -> list[tuple[
             WHERE customer_id = :c AND rerate_id IS NOT DISTINCT FROM :r ORDER BY rule_id, charge_id"""),
         {"c": cid, "r": rerate_id}))
     return [(rule, charge, int(units)) for rule, charge, units in rows]
-
-
-async def test_a_close_that_kept_its_record_in_its_entry_s_metadata_still_counts_for_a_rerate(
-        fresh_db, monkeypatch) -> None:
-    """A close posted between ec92fb3 and migration 0068 kept what its true-up gave back of each
-    charge in its entry's metadata (`true_up_charges`), not in the table: the close here is made to
-    write it so. As in the re-rate's test above, the fix to $5/M beyond 100,000 gives $0.30 more to
-    the top-up ($0.90) and $0.15 + $0.20 to the grant ($4.65), reading the close's $0.60 and $0.40
-    from the metadata; the re-rate's own record goes to the table."""
-    closing = invoicing.closing
-
-    def as_before_0068(*args, **kwargs):  # the record in the entry's metadata, none in the table
-        closed = closing(*args, **kwargs)
-        if not closed.parts or closed.posted is None:
-            return closed
-        label = args[2]
-        kept = {label: {rule: sorted(of.items()) for rule, of in closed.parts.items()}}
-        posted = msgspec.structs.replace(closed.posted, metadata={**closed.posted.metadata,
-                                                                  money_back.TRUE_UP_CHARGES: kept})
-        return dataclasses.replace(closed, posted=posted, parts={})
-
-    monkeypatch.setattr(invoicing, "closing", as_before_0068)
-    bk = BillingKit(fresh_db)
-    await bk.add_book(V1)
-    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
-    cid = await bk.customer("per-charge-metadata", book="vol")
-    top_up = await bk.top_up(cid, "1.20")
-    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 60_000)
-    bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
-    grant = await bk.grant(cid, "5.00")
-    bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 70_000)
-    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
-    monkeypatch.setattr(invoicing, "closing", closing)
-    metadata = await bk.db.read(lambda conn: conn.scalar(text(
-        "SELECT metadata FROM journal_entries WHERE key = :k"), {"k": f"true-up:{cid}:2026-11"}))
-    [[first, back_first], [second, back_second]] = metadata["true_up_charges"]["2026-11"]["v-out"]
-    assert (back_first, back_second) == (60 * CENT, 40 * CENT) and await _given(bk, cid, None) == []
-    await bk.add_book(vol("v2", "2026-11-01T00:00:00Z", "20", "5"))
-    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
-    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
-    assert done["delta"] == "-0.65", done
-    assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 90 * CENT), grant.grant.id: ("grant", 465 * CENT)}
-    assert await _given(bk, cid, done["rerate_id"]) == [("v-out", first, 30 * CENT), ("v-out", second, 20 * CENT)]
-    await verified(bk)
