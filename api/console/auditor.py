@@ -80,14 +80,15 @@ async def trace_page(state: State, request: Request,
 
 def _still_held(trace: dict[str, Any] | None) -> str | None:
     """What a traced reservation holds now: its hold less what it captured and released (none
-    once closed)."""
+    once settled or released). One past its expires_at reads `expired` before the expiry job gives
+    its hold back (3ec7ad7): until then it still holds what it did."""
     if trace is None or trace["kind"] != "reservation":
         return None
     r = trace["reservation"]
-    if r["status"] not in OPEN_STATUSES:
+    if r["status"] not in OPEN_STATUSES and r["status"] != "expired":
         return format_money(0, r["currency"])
     units = [parse_amount(r[k], ASSET_SCALE) for k in ("amount", "captured", "released")]
-    return format_money(units[0] - units[1] - units[2], r["currency"])
+    return format_money(max(0, units[0] - units[1] - units[2]), r["currency"])
 
 
 @get(f"{PREFIX}/audit/verify", guards=[allow(*AUDITOR)], name="console-verify")

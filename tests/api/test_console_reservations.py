@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import re
 import uuid
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -126,6 +127,33 @@ async def test_the_charge_trace_says_what_a_partly_captured_reservation_still_ho
     assert captured.status_code == 200, captured.text
     page = await client.get("/console/audit/trace", params={"request_id": "traced-partial", "customer_id": customer})
     assert page.status_code == 200
+    figures = dict(re.findall(r'data-figure="([^"]+)"[^>]*>([^<]*)<', page.text))
+    assert figures == {"original-hold": "1.00", "captured": "0.11", "released": "0.00", "still-held": "0.89",
+                       "charged": "0.11"}, figures
+
+
+async def test_the_charge_trace_of_a_hold_past_its_expiry_says_what_it_still_holds_until_the_job(console):
+    """Past its expires_at a reservation reads `expired` (3ec7ad7) while its hold stays reserved
+    until the expiry job gives it back; the trace said still held 0.00 (captured 0.11, released
+    0.00 of a 1.00 hold: figures that did not add up, 0.89 in the reserved account)."""
+    client, book = console
+    customer = await _customer(client, book, "10.00")
+    reservation = await _hold(client, customer, "traced-expired", "1.00")
+    captured = await client.post(f"/v1/reservations/{reservation}/settle", headers=ADMIN,
+                                 json={"usage": {"input_tokens": 10_000, "output_tokens": 0}, "final": False})
+    assert captured.status_code == 200, captured.text
+    view = (await client.get(f"/v1/reservations/{reservation}", headers=ADMIN)).json()
+    wallets = client.app.state.services.wallets
+    clocks = wallets.clock, wallets.engine.clock
+    later = datetime.fromisoformat(view["expires_at"].replace("Z", "+00:00")) + timedelta(seconds=1)
+    wallets.clock = wallets.engine.clock = lambda: later
+    try:
+        page = await client.get("/console/audit/trace", params={"request_id": "traced-expired",
+                                                                "customer_id": customer})
+    finally:
+        wallets.clock, wallets.engine.clock = clocks
+    assert page.status_code == 200
+    assert 'class="badge">expired<' in page.text
     figures = dict(re.findall(r'data-figure="([^"]+)"[^>]*>([^<]*)<', page.text))
     assert figures == {"original-hold": "1.00", "captured": "0.11", "released": "0.00", "still-held": "0.89",
                        "charged": "0.11"}, figures
