@@ -208,12 +208,24 @@ async def test_readiness_of_a_server_older_than_its_database_is_503_naming_both_
     from migrations import runner
 
     async with api_client(scratch_url) as client:
-        assert (await client.get("/readyz")).status_code == 200
+        ready = await _probe(client)
+        assert ready.status_code == 200, ready.text
         with psycopg.connect(scratch_url, autocommit=True) as conn:
             conn.execute("UPDATE alembic_version SET version_num = '9999'")
-        ready = await client.get("/readyz")
+        ready = await _probe(client)
     assert ready.status_code == 503 and ready.headers["retry-after"] == "1"
     assert ready.json()["detail"] == f"migrations at 9999, head is {runner.head_revision()}"
+
+
+async def _probe(client, tries: int = 5):
+    """/readyz, asked again while it says only that the database did not answer within the probe's
+    READY_TIMEOUT_S: a busy CI machine (2 cores, a new database's first session) can take longer,
+    and the probe then rightly says not ready; these tests are about what it says once it is asked."""
+    for _ in range(tries):
+        ready = await client.get("/readyz")
+        if not ready.json().get("detail", "").startswith("database unreachable: TimeoutError"):
+            break
+    return ready
 
 
 async def test_readiness_of_a_database_that_takes_no_writes_is_503_until_it_does(server_url, scratch_url):
