@@ -362,7 +362,6 @@ class Exchange:
             prompt_cache_write=call.cache_write, chosen_by_provider=call.chosen_by_provider,
             premiums=premiums, premium_dimensions=premium_dimensions,
             dimensions={**self.dimensions, **dict(call.dimensions)},  # the prices it asks for (speed: fast)
-            within_max_charge=True,  # answered, a call past the maximum could not be charged
             caller_dimensions=self.caller_dimensions)
         try:
             result = await self.gw.wallets.submit(command)

@@ -69,9 +69,6 @@ class Reserve(Command):
     premium_dimensions: tuple[str, ...] = ()
     dimensions: Mapping[str, Any] = field(default_factory=dict)
     estimate: Mapping[str, Any] | None = None  # what is stored about the estimate
-    # the hold must fit what one request may be charged (max_charge_per_request): the gateway's,
-    # whose call, once forwarded, is answered whether or not its settle is taken
-    within_max_charge: bool = False
     # dimensions a caller that may not choose prices named itself (a customer's key, through the
     # gateway): refused when a rule of the book matches one (processing: batch, service_tier)
     caller_dimensions: tuple[str, ...] = ()

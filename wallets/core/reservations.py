@@ -77,10 +77,11 @@ def reserve(state: State, cmd: Reserve, now: datetime, book: PriceBook | None) -
     too_big = unpostable(amount, w.customer.currency, "estimate", "hold")
     if too_big is not None:
         return Decision.refuse(too_big)
-    if cmd.within_max_charge:  # not kept: the maximum may change
-        past = hold_implausibility(w, book_for(w, book).version_at(now), amount)
-        if past is not None:
-            return Decision.refuse(past)
+    # a hold past what one request may be charged starts a call whose settle is refused: the call,
+    # once made, is answered whether or not its settle is taken. Not kept: the maximum may change
+    past = hold_implausibility(w, book_for(w, book).version_at(now), amount)
+    if past is not None:
+        return Decision.refuse(past)
     priced = cmd.caller_dimensions and book_for(w, book).version_at(now).priced_dimensions.intersection(
         cmd.caller_dimensions)
     if priced:  # not kept: the book may change

@@ -30,15 +30,16 @@ async def bounded_book(client: AsyncTestClient, tag: str) -> str:
     return book
 
 
-async def held(client: AsyncTestClient, tag: str, *, model: str = "model-p", **customer: Any) -> tuple[str, str]:
-    """A prepaid customer with $0.05 on a bounded book, and a $0.05 hold: (customer, reservation)."""
+async def held(client: AsyncTestClient, tag: str, *, model: str = "model-p", amount: str = "0.05",
+               **customer: Any) -> tuple[str, str]:
+    """A prepaid customer with $0.05 on a bounded book, and a hold of `amount`: (customer, reservation)."""
     book = await bounded_book(client, tag)
     cid = f"pre-{tag}"
     created = await client.post("/v1/customers", json={"id": cid, "price_book": book, **customer})
     assert created.status_code == 201, created.text
     await client.post(f"/v1/customers/{cid}/topups", json={"amount": "0.05"})
     reserved = await client.post("/v1/reservations", json={"customer_id": cid, "request_id": f"req-{tag}",
-                                                           "model": model, "amount": "0.05"})
+                                                           "model": model, "amount": amount})
     assert reserved.status_code == 201, reserved.text
     return cid, reserved.json()["id"]
 
@@ -94,7 +95,7 @@ async def test_an_admin_key_forces_it_through_and_the_trace_names_the_key(client
 
 
 async def test_a_customer_override_replaces_the_books_maximum(client: AsyncTestClient, tag: str):
-    cid, rid = await held(client, tag, max_charge_per_request="0.02")
+    cid, rid = await held(client, tag, amount="0.02", max_charge_per_request="0.02")
     assert (await client.get(f"/v1/customers/{cid}")).json()["max_charge_per_request"] == "0.02"
     refused = await client.post(f"/v1/reservations/{rid}/settle", json={"usage": {"output_tokens": 40}})
     assert refused.status_code == 422
@@ -102,6 +103,41 @@ async def test_a_customer_override_replaces_the_books_maximum(client: AsyncTestC
         "0.02", "0.05", "customer")
     fits = await client.post(f"/v1/reservations/{rid}/settle", json={"usage": {"output_tokens": 10}})
     assert fits.status_code == 200 and fits.json()["charged"] == "0.02"
+
+
+async def test_a_hold_past_the_maximum_charge_is_refused_before_the_call_as_its_settle_would_be(
+        client: AsyncTestClient, tag: str):
+    """A hold past the maximum starts a call whose settle is refused (implausible_usage): the
+    reserve is refused so, up front, nothing held and nothing kept for the request id. The book's
+    $1.00: a hold of $1.01, or an estimate of 1,000 output tokens at $1,000/M + $0.01 = $1.01; the
+    customer's $0.02 replaces it: $0.03 is refused, $0.02 held."""
+    book = await bounded_book(client, tag)
+    cid = f"hold-{tag}"
+    assert (await client.post("/v1/customers", json={"id": cid, "price_book": book})).status_code == 201
+    await client.post(f"/v1/customers/{cid}/topups", json={"amount": "5.00"})
+    for body in ({"amount": "1.01"}, {"estimate": {"input_tokens": 0, "max_output_tokens": 1000}}):
+        refused = await client.post("/v1/reservations", json={
+            "customer_id": cid, "request_id": f"big-{tag}", "model": "model-p", **body})
+        assert refused.status_code == 422, refused.text
+        problem = refused.json()
+        assert (problem["code"], problem["limit"], problem["maximum"], problem["value"], problem["source"]) == (
+            "implausible_usage", "max_charge_per_request", "1.00", "1.01", "price_book")
+    wallet = (await client.get(f"/v1/customers/{cid}/wallet")).json()
+    assert (wallet["available"], wallet["reserved"]) == ("5.00", "0.00")
+    fits = await client.post("/v1/reservations", json={  # the same request id: the refusals were not kept
+        "customer_id": cid, "request_id": f"big-{tag}", "model": "model-p", "amount": "1.00"})
+    assert fits.status_code == 201 and fits.json()["amount"] == "1.00"
+
+    own = f"own-{tag}"
+    created = await client.post("/v1/customers", json={"id": own, "price_book": book, "max_charge_per_request": "0.02"})
+    assert created.status_code == 201, created.text
+    await client.post(f"/v1/customers/{own}/topups", json={"amount": "5.00"})
+    refused = await client.post("/v1/reservations", json={
+        "customer_id": own, "request_id": f"r-{tag}", "model": "model-p", "amount": "0.03"})
+    assert (refused.status_code, refused.json()["maximum"], refused.json()["value"], refused.json()["source"]) == (
+        422, "0.02", "0.03", "customer")
+    assert (await client.post("/v1/reservations", json={
+        "customer_id": own, "request_id": f"r-{tag}", "model": "model-p", "amount": "0.02"})).status_code == 201
 
 
 async def test_tokens_past_the_context_window_of_the_rules_used_are_refused(client: AsyncTestClient, tag: str):

@@ -209,6 +209,24 @@ def test_usage_past_the_customer_maximum_charge_is_refused_unless_forced():
     assert isinstance(m.usage_event("e1", input_tokens=2000), ImplausibleUsageError)
 
 
+def test_a_hold_past_the_customer_maximum_charge_is_refused_before_anything_is_held():
+    """A settle past the maximum is refused, so a hold past it would start a call that could not be
+    charged: $1.01 (or an estimate's $2.00: 1,000 input at $1.00 and 500 output at $2.00 per 1,000)
+    against the customer's $1.00 is refused as the settle is, nothing held, nothing kept for a
+    replay; $1.00 itself is held."""
+    m = MemoryWallet(max_charge="1.00")
+    m.top_up("10.00")
+    refusal = m.reserve("1.01", request_id="r1")
+    assert isinstance(refusal, ImplausibleUsageError) and refusal.code == "implausible_usage"
+    assert {k: refusal.context[k] for k in ("limit", "maximum", "value", "source")} == {
+        "limit": "max_charge_per_request", "maximum": "1.00", "value": "1.01", "source": "customer"}
+    estimated = m.reserve(input_tokens=1000, max_output_tokens=500)
+    assert isinstance(estimated, ImplausibleUsageError) and estimated.context["value"] == "2.00"
+    assert m.reserved == 0 and len(m.entries) == 1  # the top-up's entry alone
+    held = m.reserve("1.00", request_id="r1")  # the refusal was not kept: the request id is free
+    assert held.code == "reserved" and m.reserved == usd("1.00")
+
+
 def test_a_low_balance_alert_fires_once_per_crossing():
     m = MemoryWallet(low="1.00")
     m.top_up("1.50")
