@@ -488,8 +488,9 @@ def parser() -> argparse.ArgumentParser:
     flush = spool.add_subparsers(dest="spool", required=True).add_parser(
         "flush", help="re-send spooled settles and releases with their Idempotency-Keys; exit 1 if any are left")
     flush.add_argument("--dir", help="spool directory (default: $TOKENTILL_SPOOL_DIR, else <user data dir>/spool)")
-    flush.add_argument("--url", help="send every record to this server instead of the one it names")
-    flush.add_argument("--server", help="the server the key is for: only its records are sent (needed when the "
+    to = flush.add_mutually_exclusive_group()  # the README's `[--url URL | --server URL]`: --server was dropped
+    to.add_argument("--url", help="send every record to this server instead of the one it names")
+    to.add_argument("--server", help="the server the key is for: only its records are sent (needed when the "
                        "spool holds records for several servers)")
     flush.add_argument("--key", help="API key to send with, to one server only (default: $TOKENTILL_API_KEY)")
     flush.set_defaults(func=_spool_flush)

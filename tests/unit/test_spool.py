@@ -419,3 +419,35 @@ def test_a_spool_directory_written_with_a_tilde_is_under_the_home_directory(monk
     monkeypatch.setenv("TOKENTILL_SPOOL_DIR", "~/spool")
     assert spool_dir() == tmp_path / "spool"
     assert spool_dir("~/other") == tmp_path / "other"
+
+
+def test_a_spool_flush_given_both_url_and_server_is_a_usage_error_and_sends_nothing(tmp_path, monkeypatch, capsys):
+    """README: `tokentill spool flush [--dir D] [--url URL | --server URL] [--key KEY]`, one or the
+    other. Given both, `--server` was dropped without a word: every record, another server's
+    included, went to `--url` (where a record of another server is refused as unknown and set
+    aside in `.rejected`), exit 0. Now it is a usage error, exit 2, and both spools stay whole."""
+    import pytest
+
+    import api.cli
+    import api.client
+
+    a, b = Spool(tmp_path / "a.jsonl"), Spool(tmp_path / "b.jsonl")
+    a.append(record(1, "res_a"))
+    other = record(2, "res_b")
+    b.append(SpoolRecord(other.method, other.path, other.body, other.idempotency_key, other.reservation_id,
+                         "https://other.example.com/", other.key_id, spooled_at=other.spooled_at))
+    sent: list[str | None] = []
+
+    def resend(self, record: SpoolRecord) -> tuple[str, str]:
+        sent.append(record.reservation_id)
+        return "delivered", "200"
+
+    monkeypatch.setattr(api.client.Client, "resend", resend)
+    with pytest.raises(SystemExit) as stopped:
+        api.cli.main(["spool", "flush", "--dir", str(tmp_path), "--key", "key-for-a",
+                      "--url", "http://127.0.0.1:9000", "--server", "http://127.0.0.1:8000"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "--server" in err and "--url" in err
+    assert sent == []  # was: ['res_a', 'res_b'], both sent to --url
+    assert [r.reservation_id for r in a.records()] == ["res_a"]
+    assert [r.reservation_id for r in b.records()] == ["res_b"]
