@@ -358,13 +358,16 @@ def plain_usage(usage: Any) -> dict[str, Any]:
 # A reserve answered 200 (not 201) is an earlier call's, under the same request id: the server
 # answers a request id with its first answer ("held"), whatever became of that hold since.
 REPLAYED_RESERVE = 200
-GONE = ("settled", "released")  # a final settle of these is refused (an expired one is charged late)
+# a final settle of a settled or released one is refused; an expired one's is charged late, but
+# under no hold: the call was never checked against the wallet, whose credit may be spent since
+GONE = ("settled", "released", "expired")
 
 
 def gone_hold(reservation: Mapping[str, Any]) -> ReservationClosed | None:
-    """The refusal of a block whose reservation (`GET /v1/reservations/{id}`) was settled or
-    released by an earlier call under its request id: entered, its provider call would be made and
-    its exit's settle refused (`reservation_closed`), the call never billed."""
+    """The refusal of a block whose reservation (`GET /v1/reservations/{id}`) was settled,
+    released or expired under its request id: entered, its provider call would be made and its
+    exit's settle refused (`reservation_closed`), the call never billed, or for an expired one
+    charged late with nothing held for it (onto the receivable past the credit)."""
     status = reservation.get("status")
     if status not in GONE:
         return None
