@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from api.settings import Settings
+from pricing.parse import uppercase_z
 
 
 def parse_time(raw: str | None) -> datetime | None:
@@ -23,7 +24,7 @@ def parse_time(raw: str | None) -> datetime | None:
     if raw is None:
         return None
     try:
-        value = datetime.fromisoformat(raw)
+        value = datetime.fromisoformat(uppercase_z(raw))
         return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
     except (ValueError, OverflowError):  # OverflowError: a year-1 time east of UTC
         print(f"error: not a time: {raw!r} (give RFC 3339, e.g. 2026-11-01T00:00:00Z, or a date)", file=sys.stderr)

@@ -33,12 +33,18 @@ _RULE_KEYS = {"id", "token_type", "price", "model", "match", "tiers", "tier_mode
               *FORMAT_2_RULE_FIELDS}
 
 
+def uppercase_z(text: str) -> str:
+    """`text` with a final "z" (UTC, which RFC 3339 5.6 lets be lowercase, as its "t") made "Z":
+    datetime.fromisoformat takes any separator, but not a lowercase "z"."""
+    return text[:-1] + "Z" if text.endswith("z") else text
+
+
 def parse_time(value: object, name: str = "effective_from") -> datetime:
     """An aware datetime, in UTC, from an RFC 3339 string (or an aware datetime). In UTC: RFC 3339
     allows offsets up to ±23:59, PostgreSQL reads at most ±15:59 where a time reaches it as text."""
     if isinstance(value, str):
         try:
-            value = datetime.fromisoformat(value)
+            value = datetime.fromisoformat(uppercase_z(value))
         except ValueError:
             raise PriceBookValidationError(name, "not an RFC 3339 date-time") from None
     if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:

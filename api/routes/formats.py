@@ -45,8 +45,8 @@ _DATE = "|".join([
     rf"{_LEAP_YEAR}-02-29",
 ])
 _TIME = r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,9})?"
-_OFFSET = "(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
-DATE_TIME = f"^(?:{_DATE})T{_TIME}{_OFFSET}$"
+_OFFSET = "(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
+DATE_TIME = f"^(?:{_DATE})[Tt]{_TIME}{_OFFSET}$"  # "t" and "z" too: RFC 3339 5.6, NOTE
 
 IDENTIFIER = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 DIMENSION_NAME = r"[A-Za-z_][A-Za-z0-9_.-]{0,63}"

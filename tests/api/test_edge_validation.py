@@ -288,3 +288,28 @@ async def test_a_time_at_any_offset_the_api_takes_is_stored_as_utc_not_refused_b
     closed = await client.post("/v1/billing/close", json={"until": "2027-01-02T17:19:00+17:19", "early": True,
                                                           "customer_id": w["customer"]})
     assert closed.status_code == 200 and len(closed.json()["closed"]) >= 1, closed.text
+
+
+async def test_a_time_written_with_a_lowercase_t_or_z_is_the_same_instant(client, world):
+    """RFC 3339 (5.6, NOTE) lets the "T" and "Z" of a date-time be written "t" and "z": each was 422
+    "must be an RFC 3339 date-time" (a price book's: "not an RFC 3339 date-time"), in a body and
+    in a query alike. Each is now the instant its uppercase spelling is."""
+    w = world
+    grant = await client.post(f"/v1/customers/{w['customer']}/grants",
+                              json={"amount": "1", "expires_at": "2099-01-01t00:00:00z"})
+    assert grant.status_code == 201, grant.text
+    assert grant.json()["grant"]["expires_at"] == "2099-01-01T00:00:00Z"
+    book = {"id": f"lower-{w['tag']}", "currency": "USD", "effective_from": "2026-02-01t10:30:00Z",
+            "rules": [{"id": "in", "model": "model-a", "token_type": "input", "price": "10.00"}]}
+    created = await client.post("/v1/price-books", json=book)
+    assert created.status_code == 201, created.text
+    assert created.json()["effective_from"] == "2026-02-01T10:30:00Z"
+    events = await client.post("/v1/usage-events", json=[_event(w, timestamp="2026-06-01T00:00:00z",
+                                                                usage={"input_tokens": 1000})])
+    assert events.json() == {"accepted": 1, "duplicates": 0, "rejected": []}, events.text
+    path = f"/v1/customers/{w['customer']}/usage"
+    lower = await client.get(path, params={"from": "2026-06-01t00:00:00z", "to": "2026-06-02t00:00:00Z"})
+    upper = await client.get(path, params={"from": "2026-06-01T00:00:00Z", "to": "2026-06-02T00:00:00Z"})
+    assert lower.status_code == 200, lower.text
+    assert lower.json() == upper.json()
+    assert "0.01" in lower.text  # 1,000 input tokens at $10.00 a million, the event's alone in that day

@@ -6,15 +6,19 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 
 import pytest
 from litestar.testing import AsyncTestClient
 
+from api import audit_cli
+from api.cli import instant
 from api.routes.formats import AMOUNT, DATE_TIME, POSITIVE_AMOUNT, PRICE, matches
 from api.routes.wire import amount_in, time_in
 from ledger.accounts import ensure_asset
 from ledger.db import Database, connect
 from pricing.books import TOKEN_TYPES
+from pricing.parse import parse_time
 from pricing.units import FORMAT_1_TYPES
 from pricing.usage import NOT_AN_INTEGER
 from tests.api.apps import api_client
@@ -90,6 +94,19 @@ TIMES = ["2026-01-01T00:00:00Z", "2026-01-01T00:00:00.123456789+05:30", "2024-02
 @pytest.mark.parametrize("value", TIMES)
 def test_the_server_takes_exactly_the_times_the_pattern_describes(value: str):
     assert _accepts(lambda v: time_in(v, "at"), value) == matches(DATE_TIME, value)
+
+
+@pytest.mark.parametrize("text", ["2026-01-01t12:00:00z", "2026-01-01T12:00:00z", "2026-01-01t12:00:00Z",
+                                  "2026-01-01t13:00:00+01:00"])
+def test_a_lowercase_t_or_z_is_read_as_its_uppercase_wherever_a_time_is_parsed(text: str):
+    """RFC 3339 5.6 NOTE: "T" and "Z" may be written "t" and "z". The pattern, the routes, a price
+    book, the CLI's times and the audit commands' --from/--to all refused them."""
+    at = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    assert matches(DATE_TIME, text)
+    assert time_in(text, "at") == at
+    assert parse_time(text) == at
+    assert instant(text) == at
+    assert audit_cli.parse_time(text) == at
 
 
 def test_the_patterns_mean_the_same_in_json_schema_and_python():
