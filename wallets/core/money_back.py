@@ -115,6 +115,33 @@ def each_charge_first(shares: dict[str, int], taken: dict[tuple[int, str], int],
     return need, rest
 
 
+def take_back(w: Wallet, takes: Mapping[int, int], payers: Mapping[int, Sequence[tuple[str, int]]],
+              now: datetime, most: int | None = None) -> dict[str, int]:
+    """What a true-up corrected up takes back of each charge (`takes`: charge id -> units > 0), from
+    what paid that charge (`payers`: charge id -> (account, units)), the reverse of how the money
+    back reached it (each_charge_first): the live lots that paid it, the first consumed first, each
+    up to what it paid of it and still has; then the receivable, up to what it paid of it; in all at
+    most `most`. Account -> units. What none of them can give (a lot spent or expired since) is the
+    caller's to take as usage is, from the live lots in consumption order."""
+    receivable = chart.receivable_account(w.customer.id)
+    have = {code: lot.balance for code, lot in w.lots.items() if lot.live(now) and lot.balance > 0}
+    out: dict[str, int] = {}
+    left = sum(takes.values()) if most is None else most
+    for charge, need in sorted(takes.items()):
+        paid: dict[str, int] = {}
+        for account, units in payers.get(charge, ()):
+            paid[account] = paid.get(account, 0) + units
+        lots = sorted((a for a in paid if a in have), key=lambda a: consumption_key(w.lots[a]))
+        for account in [*lots, *([receivable] if receivable in paid else [])]:
+            part = min(need, left, paid[account], have.get(account, need) if account != receivable else need)
+            if part > 0:
+                out[account] = out.get(account, 0) + part
+                if account in have:
+                    have[account] -= part
+                need, left = need - part, left - part
+    return out
+
+
 def give_back(state: State, w: Wallet, shares: dict[str, int], back: int, now: datetime, reference: str,
               step: int = 1) -> tuple[Legs, tuple[tuple[str, int], ...], LotOpened | None]:
     """Legs of `back` (> 0) out of revenue by `shares` (`share`): the receivable's first, up to what

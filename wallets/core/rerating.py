@@ -32,7 +32,7 @@ on its invoice, or, corrected in its grace window, on the next one's.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -57,7 +57,7 @@ from wallets.core.decision import (
     UsageCounted,
 )
 from wallets.core.legs import Legs, entry, funding, settlement, settlement_legs
-from wallets.core.money_back import each_charge_first, give_back, given_rows, last_consumed_first, share
+from wallets.core.money_back import each_charge_first, give_back, given_rows, last_consumed_first, share, take_back
 from wallets.core.rating import ALLOWANCE, period_counts, period_to_date
 from wallets.core.rerate_true_ups import KIND as TRUE_UP
 from wallets.core.rerate_true_ups import TrueUpFix, true_up_fixes
@@ -313,15 +313,50 @@ def room_left(groups: Sequence[Group], receivable: str, billed: str | None = Non
     return {account: max(0, left) for account, left in room.items() if account != receivable}
 
 
+def _takes(fixes: Sequence[TrueUpFix], parts: Mapping[str, Mapping[int, int]], receivable: str
+           ) -> tuple[dict[int, int], dict[int, tuple[tuple[str, int], ...]]]:
+    """What the true-ups corrected up take back of each charge (charge id -> units > 0: what the
+    true-ups before gave back of it beyond its overcharge at the tier reached, TrueUpFix.parts), and
+    what paid each of their rules' charges (charge id -> (account, units))."""
+    takes: dict[int, int] = {}
+    payers: dict[int, tuple[tuple[str, int], ...]] = {}
+    for f in fixes:
+        for charge, units in parts.get(f.rule_id, {}).items() if f.delta > 0 else ():
+            if units < 0:
+                takes[charge] = takes.get(charge, 0) - units
+        for ch in f.charges:
+            payers[ch.id] = tuple((account, v) for (_, account), v in _paid_by(ch, receivable).items())
+    return takes, payers
+
+
+def _taken_then_usage(w: Any, took: Mapping[str, int], rest: int, now: datetime):
+    """Legs of more charged: what `took` takes back from each account (take_back), the `rest` paid
+    like usage from what the lots have left after it (live lots in consumption order, then the
+    receivable); and what paid it all, by account."""
+    after = replace(w, lots={code: replace(lot, balance=lot.balance - took.get(code, 0))
+                             for code, lot in w.lots.items()})
+    s = settlement(after, None, rest, False, now)
+    legs, paid = settlement_legs(after, s), dict(funding(after, None, s))
+    for account, units in took.items():
+        legs.debit(account, units)
+        paid[account] = paid.get(account, 0) + units
+    legs.credit(chart.revenue_account(w.customer.currency), sum(took.values()))
+    return legs, tuple(sorted(paid.items()))
+
+
 def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int, now: datetime, step: int = 1,
-            fixes: Sequence[TrueUpFix] = (), room: dict[str, int] | None = None):
+            fixes: Sequence[TrueUpFix] = (), room: dict[str, int] | None = None,
+            takes: tuple[Mapping[int, int], Mapping[int, Any]] = ({}, {})):
     """Legs of money back (`back` > 0), where the decreased charges' money came from (and a true-up
     corrected down: of each charge its rule rated, what the charge is overcharged at the tier reached
     less what the true-ups before gave back of it, to what paid that charge, as the close gives it,
     money_back.each_charge_first, TrueUpFix.parts; the rest, or all of it when what they gave
     back of each charge was not kept, over the money of all its charges: a promotion's goes back to
     it), as wallets.core.money_back gives it, each lot at most what it still has in the charges
-    (`room`, room_left); what goes back on the receivable in multiples of `step`."""
+    (`room`, room_left); what goes back on the receivable in multiples of `step`. A true-up corrected
+    up beside them takes back of each charge what the true-ups before gave back of it beyond its
+    overcharge (`takes`: _takes), from what paid that charge (money_back.take_back), off what it gets
+    back or, beyond it, taken from it."""
     w = state.require_wallet()
     receivable = chart.receivable_account(w.customer.id)
     order = last_consumed_first(w)
@@ -363,7 +398,23 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
                 shares[account] = shares.get(account, 0) + part
                 room[account] -= part
                 unplaced -= part
-    return give_back(state, w, shares, back, now, f"re-rate {cmd.rerate_id} {cmd.period}", step)
+    debits: dict[str, int] = {}
+    for account, units in take_back(w, *takes, now).items():
+        net = 0 if account == receivable else min(units, shares.get(account, 0))
+        if net:
+            shares[account] -= net
+        if units > net:
+            debits[account] = units - net
+    legs, paid_back, lot = give_back(state, w, shares, back + sum(debits.values()), now,
+                                     f"re-rate {cmd.rerate_id} {cmd.period}", step)
+    if not debits:
+        return legs, paid_back, lot
+    paid = dict(paid_back)
+    for account, units in debits.items():
+        legs.debit(account, units)
+        paid[account] = paid.get(account, 0) + units
+    legs.credit(chart.revenue_account(w.customer.currency), sum(debits.values()))
+    return legs, tuple(sorted((a, v) for a, v in paid.items() if v)), lot
 
 
 Group = tuple[str, RerateInput, list[Correction], list[TrueUpFix]]
@@ -441,13 +492,16 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
     # what each true-up's correction gives back of each charge, by rule, where the true-ups kept it
     # (true_up_charges, with or without an entry: the next correction counts it)
     parts = {f.rule_id: given for f in fixes if f.given is not None if (given := f.parts())}
+    # a true-up corrected up takes back of each charge from what paid it (what the true-ups before
+    # gave it back), not from the lots in consumption order: as if the close had known the price
+    takes = _takes(fixes, parts, chart.receivable_account(c.id))
     if money > 0:
-        s = settlement(w, None, money, False, now)
-        legs, paid = settlement_legs(w, s), funding(w, None, s)
+        took = take_back(w, *takes, now, money)
+        legs, paid = _taken_then_usage(w, took, money - sum(took.values()), now)
     elif money < 0:
         room = room_left(groups, chart.receivable_account(c.id), cmd.period if cmd.sources else None)
         legs, paid, lot = _refund(state, cmd, found, -money, now, 10 ** (chart.ASSET_SCALE - decimals) if noted else 1,
-                                  fixes, room)
+                                  fixes, room, takes)
     else:
         legs, paid = Legs(c.currency), ()
     if rounding:  # revenue moves by the exact correction, the rounding account by the difference

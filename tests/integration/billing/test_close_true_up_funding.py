@@ -352,3 +352,70 @@ async def _given(bk: BillingKit, cid: str, rerate_id: str | None) -> list[tuple[
             WHERE customer_id = :c AND rerate_id IS NOT DISTINCT FROM :r ORDER BY rule_id, charge_id"""),
         {"c": cid, "r": rerate_id}))
     return [(rule, charge, int(units)) for rule, charge, units in rows]
+
+
+async def _closed_per_charge(bk: BillingKit, cid: str):
+    """The top-up pays the 5th's $1.20, a $5.00 grant (the 6th, expiring January 31st) the 20th's
+    $1.10; the close gives $0.60 back to the top-up ($0.60) and $0.40 to the grant ($4.30)."""
+    await bk.add_book(V1)
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    await bk.customer(cid, book="vol")
+    top_up = await bk.top_up(cid, "1.20")
+    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 60_000)
+    bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
+    grant = await bk.grant(cid, "5.00", expires_at=datetime(2027, 1, 31, tzinfo=UTC))
+    bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 70_000)
+    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 60 * CENT), grant.grant.id: ("grant", 430 * CENT)}
+    return top_up.grant.id, grant.grant.id
+
+
+async def test_a_true_up_corrected_up_takes_back_of_each_charge_from_what_that_charge_was_given_back(
+        fresh_db) -> None:
+    """The fix keeps $20/M to 100,000 and raises the tier beyond to $15/M. The 5th stays $1.20; the
+    20th is $0.80 + 30,000 x $15/M = $1.25 (+$0.15, paid like usage: the grant, consumed first,
+    $4.15). At the tier reached, 130,000 x $15/M = $1.95, the true-up $1.95 - $2.45 = -$0.50 where
+    -$1.00 stands: $0.50 taken back. At $15/M the 5th costs $0.90, $0.30 below its $1.20, where the
+    close gave back $0.60: $0.30 is taken back from the top-up that got it ($0.30); the 20th costs
+    $1.05, $0.20 below its $1.25, where the close gave back $0.40: $0.20 from the grant ($3.95). Each
+    lot ends where it would have had each charge cost its tier-reached price: $1.20 - $0.90 and
+    $5.00 - $1.05. Before, the $0.65 was paid like usage, from the grant (priority 50) alone: the
+    top-up kept $0.60 and the grant fell to $3.65, the promotion paying $0.30 of the 5th's usage,
+    which the customer's own money paid before the grant existed (and which would have expired
+    with it on January 31st)."""
+    bk = BillingKit(fresh_db)
+    top_up, grant = await _closed_per_charge(bk, "taken-back")
+    await bk.add_book(vol("v2", "2026-11-01T00:00:00Z", "20", "15"))
+    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
+    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    assert [(ln["token_type"], ln["old_amount"], ln["new_amount"], ln["delta"])
+            for ln in done["customers"][0]["lines"]] == [("output", "1.10", "1.25", "0.15"),
+                                                         ("volume_true_up", "-1.00", "-0.50", "0.50")]
+    assert await live_lots(bk, "taken-back") == {top_up: ("topup", 30 * CENT), grant: ("grant", 395 * CENT)}
+    await verified(bk)
+    first, second = sorted(charge for _, charge, _ in await _given(bk, "taken-back", None))
+    assert await _given(bk, "taken-back", done["rerate_id"]) == [("v-out", first, -30 * CENT),
+                                                                ("v-out", second, -20 * CENT)]
+
+
+async def test_a_true_up_corrected_up_beside_cheaper_charges_nets_each_charge_s_payers(fresh_db) -> None:
+    """The fix lowers both tiers, to $16/M and $8/M. The 5th is 60,000 x $16/M = $0.96 (-$0.24, to
+    the top-up), the 20th 40,000 x $16/M + 30,000 x $8/M = $0.64 + $0.24 = $0.88 (-$0.22, to the
+    grant). At the tier reached, 130,000 x $8/M = $1.04, the true-up $1.04 - $1.84 = -$0.80 where
+    -$1.00 stands: $0.20 taken back; $0.26 back in all. At $8/M the 5th costs $0.48, $0.48 below its
+    $0.96, where the close gave back $0.60: $0.12 taken back from the top-up; the 20th costs $0.56,
+    $0.32 below its $0.88, the close gave back $0.40: $0.08 from the grant. Each lot: the top-up
+    $0.60 + $0.24 - $0.12 = $0.72 (= $1.20 - $0.48), the grant $4.30 + $0.22 - $0.08 = $4.44 (=
+    $5.00 - $0.56). Before, the $0.26 went back by the charges' decreases alone, the last consumed
+    first: $0.24 to the top-up ($0.84), $0.02 to the grant ($4.32): $0.12 of the promotion's money
+    became the customer's paid (refundable) credit."""
+    bk = BillingKit(fresh_db)
+    top_up, grant = await _closed_per_charge(bk, "netted")
+    await bk.add_book(vol("v2", "2026-11-01T00:00:00Z", "16", "8"))
+    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
+    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    assert done["delta"] == "-0.26", done
+    assert await live_lots(bk, "netted") == {top_up: ("topup", 72 * CENT), grant: ("grant", 444 * CENT)}
+    await verified(bk)

@@ -111,3 +111,33 @@ def test_a_true_up_whose_close_kept_nothing_per_charge_is_shared_as_before():
     money back is shared over the money of all the rule's charges, the last consumed first)."""
     _, [fix] = fixes(RerateInput(V2, NOVEMBER, CLOSED, None, "2026-11", BOOK, {"v-out": -1 * M}))
     assert (fix.given, fix.parts()) == (None, {})
+
+
+def _lots(*lots: tuple[str, int, int, datetime | None]):
+    """A wallet of lots (id, priority, balance in cents, expiry), each granted $5.00."""
+    from wallets import chart
+    from wallets.model import Customer, Lot, Wallet
+    customer = Customer("c", "", "USD", "prepaid", None, None, None, False, False, NOV_1)
+    made = {chart.lot_account("c", i): Lot(i, chart.lot_account("c", i), "grant", 500 * M // 100, p, exp, NOV_1,
+                                           cents * M // 100) for i, p, cents, exp in lots}
+    return Wallet(customer, made, 0, 0)
+
+
+def test_a_true_up_corrected_up_takes_back_from_what_paid_each_charge_the_first_consumed_first():
+    """Taken back: $0.30 of charge 1 (paid by lot `t`, $1.20) and $0.20 of charge 2 (paid $0.50 by
+    the grant `g`, consumed first, $0.60 by the top-up `t`, and $0.10 on the receivable). Charge 1:
+    $0.30 from `t`, which has $0.60 left ($0.30). Charge 2: `g` first, up to what it has ($0.05):
+    $0.05; then `t`, $0.15. A cap of $0.40 in all stops at `t`'s $0.05 of charge 2. With `g`
+    expired and `t` down to $0.05, charge 2's $0.20: `t` $0.05, then the receivable up to what it
+    paid ($0.10), and $0.05 is left to be paid as usage is."""
+    from wallets import chart
+    from wallets.core.money_back import take_back
+    t, g, rec = chart.lot_account("c", "t"), chart.lot_account("c", "g"), chart.receivable_account("c")
+    w = _lots(("t", 100, 60, None), ("g", 50, 5, datetime(2027, 1, 31, tzinfo=UTC)))
+    payers = {1: ((t, 120 * M // 100),), 2: ((t, 60 * M // 100), (g, 50 * M // 100), (rec, 10 * M // 100))}
+    takes = {1: 30 * M // 100, 2: 20 * M // 100}
+    assert take_back(w, takes, payers, DEC_1) == {t: 45 * M // 100, g: 5 * M // 100}
+    assert take_back(w, takes, payers, DEC_1, 40 * M // 100) == {t: 35 * M // 100, g: 5 * M // 100}
+    w.lots[g].expires_at = datetime(2026, 11, 30, tzinfo=UTC)
+    w.lots[t].balance = 5 * M // 100
+    assert take_back(w, {2: 20 * M // 100}, payers, DEC_1) == {t: 5 * M // 100, rec: 10 * M // 100}
