@@ -2,7 +2,9 @@
 
 The writers are synchronous (psycopg, server-side cursors, one REPEATABLE READ READ ONLY
 snapshot); one runs in a thread and hands 64 KiB chunks over a bounded queue, so memory stays
-flat whatever the ledger's size, and a browser that goes away stops it at its next chunk.
+flat whatever the ledger's size, and a browser that goes away stops it at its next chunk. The
+response begins once the writer has begun to write: what it refuses before (two accounts whose
+Beancount names would be one) is said on the form, where a download, begun, ended empty.
 """
 from __future__ import annotations
 
@@ -36,15 +38,23 @@ class _Cancelled(Exception):
     pass
 
 
+_BEGUN = object()  # the writer's first write: every refusal it makes before writing is past
+
+
 class _Chunks:
-    """A text sink for an export writer that hands full chunks to the event loop."""
+    """A text sink for an export writer that hands full chunks to the event loop, after a _BEGUN
+    on its first write."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, stop: threading.Event) -> None:
         self.loop, self.queue, self.stop = loop, queue, stop
         self.parts: list[str] = []
         self.size = 0
+        self.begun = False
 
     def write(self, text: str) -> int:
+        if not self.begun:
+            self.begun = True
+            self.put(_BEGUN)
         self.parts.append(text)
         self.size += len(text)
         if self.size >= CHUNK:
@@ -68,7 +78,38 @@ class _Chunks:
                 future.cancel()
 
 
-async def stream(url: str, fmt: str, window: exporting.Window) -> AsyncIterator[bytes]:
+class _Download:
+    """The chunks of an export that has begun, for the response. The writer stops at its next
+    chunk once this is done with: at the end, on an error, or dropped unread (a browser that
+    went away before the body began)."""
+
+    def __init__(self, queue: asyncio.Queue, stop: threading.Event) -> None:
+        self.queue, self.stop = queue, stop
+
+    def __aiter__(self) -> _Download:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            item = await self.queue.get()
+        except BaseException:
+            self.stop.set()
+            raise
+        if item is None or isinstance(item, Exception):
+            self.stop.set()
+            if item is None:
+                raise StopAsyncIteration
+            raise item  # the response ends the download unfinished
+        return item
+
+    def __del__(self) -> None:
+        self.stop.set()
+
+
+async def begin(url: str, fmt: str, window: exporting.Window) -> AsyncIterator[bytes]:
+    """The export `fmt` of `window`, begun: a refusal the writer makes before its first byte
+    (the Beancount names' clash, exporting.NameClash) or any other error before it is raised
+    here, before a response has begun; later ones end the download unfinished."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue(maxsize=8)
     stop = threading.Event()
@@ -82,19 +123,22 @@ async def stream(url: str, fmt: str, window: exporting.Window) -> AsyncIterator[
             sink.put(None)
         except _Cancelled:
             pass
-        except Exception as exc:  # handed to the response, which ends the download unfinished
+        except Exception as exc:  # handed to the response (or, before the first write, to begin)
             with contextlib.suppress(_Cancelled):
                 sink.put(exc)
 
-    worker = threading.Thread(target=run, name="console-export", daemon=True)
-    worker.start()
+    download = _Download(queue, stop)
+    threading.Thread(target=run, name="console-export", daemon=True).start()
     try:
-        while (item := await queue.get()) is not None:
-            if isinstance(item, Exception):
-                raise item
-            yield item
-    finally:
+        first = await queue.get()
+    except BaseException:
         stop.set()
+        raise
+    if isinstance(first, Exception):
+        raise first
+    if first is None:  # nothing written (the writers write a header, at least): an empty file
+        queue.put_nowait(None)
+    return download
 
 
 @get(f"{PREFIX}/audit/export", guards=[allow(*AUDITOR)], name="console-export")
@@ -127,7 +171,13 @@ async def export_download(state: State, request: Request,
     except WalletValidationError as exc:  # said beside the form as it was sent
         return render(request, "audit/export.html", status=422, refused=exc.context["fields"],
                       form={"format": fmt, "from": start or "", "to": end or ""}, section="export")
+    try:
+        download = await begin(state.services.database_url, fmt, window)
+    except exporting.NameClash as exc:  # refused before any byte: said beside the form
+        return render(request, "audit/export.html", status=409, failed=f"{exc}. CSV and JSON lines need no "
+                      "Beancount names and still export them.",
+                      form={"format": fmt, "from": start or "", "to": end or ""}, section="export")
     name = "tokentill-journal" + (f"-{start}" if start else "") + (f"-to-{end}" if end else "")
-    return Stream(stream(state.services.database_url, fmt, window), media_type=MEDIA[fmt],
+    return Stream(download, media_type=MEDIA[fmt],
                   headers={"Content-Disposition": f'attachment; filename="{name}.{EXTENSION[fmt]}"',
                            "Cache-Control": "no-store"})

@@ -7,6 +7,7 @@ import re
 import uuid
 from urllib.parse import urlencode
 
+import psycopg
 import pytest
 
 from api.console import auditor
@@ -112,3 +113,32 @@ async def test_an_export_download_says_its_charset_once(console, fmt, media):
     download = await console.get("/console/audit/export/download", params={"format": fmt, "from": "", "to": ""})
     assert download.status_code == 200
     assert download.headers["content-type"] == media
+
+
+# Two lossy codes that both sanitize to `Assets:X` and 18 dashes and whose sha256 both begin
+# 9045347d (tests/unit/ledger/test_export_names.py): their Beancount names would be one.
+CLASH = ("asset:.___.___...._.____", "asset:.._._.._.___...._.")
+
+
+async def test_a_beancount_export_whose_account_names_clash_is_refused_before_any_byte(scratch_url):
+    """The export refuses two accounts that would share a Beancount name, but the download had
+    begun: the browser got 200 with the file's headers and then an empty, unfinished file. The
+    refusal now comes before the download, beside the form (409); csv still downloads."""
+    async with api_client(scratch_url, admin="export-clash-admin", signed_in=True) as console:
+        admin = {"Authorization": "Bearer export-clash-admin"}
+        assert (await console.post("/v1/customers", headers=admin, json={"id": "clash"})).status_code == 201
+        async with await psycopg.AsyncConnection.connect(scratch_url, autocommit=True) as conn:
+            for code in CLASH:
+                await conn.execute("INSERT INTO accounts (code, type, asset) VALUES (%s, 'asset', 'USD')", (code,))
+        query = {"format": "beancount", "from": "2026-03-01", "to": ""}
+        page = await console.get("/console/audit/export/download", params=query)
+        assert page.status_code == 409 and page.headers["content-type"].startswith("text/html")
+        assert "Content-Disposition" not in page.headers
+        alert = html.unescape(re.search(r'<div class="notice bad" role="alert">(.*?)</div>', page.text, re.S).group(1))
+        name = "Assets:X" + "-" * 18 + "--9045347d"
+        assert alert.startswith("Nothing exported: ") and f"would share the Beancount name {name!r}" in alert
+        assert all(repr(code) in alert for code in CLASH)
+        assert _value(page.text, "from") == "2026-03-01"
+        assert re.search(r'<option value="beancount" selected>', page.text)
+        csv_download = await console.get("/console/audit/export/download", params={**query, "format": "csv"})
+        assert csv_download.status_code == 200 and "Content-Disposition" in csv_download.headers

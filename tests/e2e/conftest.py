@@ -31,6 +31,7 @@ class Console:
     url: str
     keys: dict[str, str]  # "admin", "acme", "globex", "auditor" -> secret
     api: httpx.Client  # the admin's client of the same server
+    database_url: str = ""  # the server's database, for what the API cannot do
 
     def client(self, who: str) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.keys[who]}"}, timeout=30)
@@ -120,7 +121,7 @@ def console(server_url: str, request) -> Iterator[Console]:
         try:
             _wait_ready(base, proc, log)
             with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30) as api:
-                yield Console(base, seed(api), api)
+                yield Console(base, seed(api), api, url)
         finally:
             proc.terminate()
             proc.wait(timeout=30)

@@ -1,11 +1,13 @@
 """The console at its edges, in a browser: names too long for their column, a form whose request
-fails while the page is open, a phone's narrow window."""
+fails while the page is open, a phone's narrow window, a Beancount export its accounts' names clash in."""
 from __future__ import annotations
 
 import uuid
 
+import psycopg
 from playwright.sync_api import Page, expect
 
+from tests.api.test_console_audit_forms import CLASH
 from tests.e2e.conftest import Console
 from tests.e2e.test_accessibility import AXE
 from tests.e2e.test_console import sign_in
@@ -72,3 +74,24 @@ def test_on_a_phone_a_wide_table_scrolls_in_its_place_not_the_page(browser, cons
             serious = [v["id"] for v in result["violations"] if v["impact"] in ("serious", "critical")]
             assert serious == [], (path, serious)
     context.close()
+
+
+def test_a_beancount_export_whose_account_names_clash_is_refused_on_its_form(page: Page, console: Console):
+    """Two accounts whose Beancount names would be one (tests/api/test_console_audit_forms.py's
+    CLASH) stop that export; the browser got a download that failed, empty, and no reason. Now
+    the form says why, and nothing downloads. Last in this module: accounts are never deleted,
+    so every Beancount export of this database is refused after it."""
+    with psycopg.connect(console.database_url, autocommit=True) as conn:
+        for code in CLASH:
+            conn.execute("INSERT INTO accounts (code, type, asset) VALUES (%s, 'asset', 'USD')", (code,))
+    downloads: list = []
+    page.on("download", lambda download: downloads.append(download))
+    sign_in(page, console.keys["auditor"])
+    page.get_by_role("link", name="Export").click()
+    page.get_by_label("Format").select_option("beancount")
+    page.get_by_role("button", name="Download").click()
+    expect(page.get_by_role("alert")).to_contain_text(
+        "Nothing exported: accounts '" + "' and '".join(sorted(CLASH)) + "' would share the Beancount name "
+        "'Assets:X------------------" + "--9045347d'")
+    expect(page.get_by_label("Format")).to_have_value("beancount")
+    assert downloads == []
