@@ -40,10 +40,10 @@ class TrialBalanceResponse(msgspec.Struct, omit_defaults=True):
     accounts: list[TrialBalanceAccount]
     total_debits: str
     total_credits: str
+    currencies: list[str]  # each one this trial balance may be asked in: always there, [] when none (was omitted)
     balanced: bool | None = None
     customers: list[str] | None = None
     at: str | None = None
-    currencies: list[str] = msgspec.field(default_factory=list)  # each one this trial balance may be asked in
 
 
 class CheckResponse(msgspec.Struct):

@@ -134,6 +134,27 @@ async def test_a_trial_balance_without_a_currency_is_of_one_the_ledger_holds_and
         assert sorted(a["balance"] for a in gbp["accounts"] if a["balance"] != "0.00") == ["-7.00", "7.00"]
 
 
+async def test_a_trial_balance_that_holds_no_currency_says_so_with_an_empty_currencies_list(scratch_url):
+    """README: `currencies` lists each currency the trial balance may be asked in. Where there is
+    none (a ledger with no entry yet; a ledger at a T before its first entry) the field was left out
+    (msgspec omitted the empty default), so a client reading `currencies` failed with a KeyError
+    where the list is empty. It is there, `[]`; after a EUR top-up, `["EUR"]` now and `[]` before."""
+    async with api_client(scratch_url) as client:
+        empty = (await client.get("/v1/audit/trial-balance", headers=ADMIN)).json()
+        assert empty["currencies"] == [] and empty["accounts"] == [] and empty["balanced"] is True
+        book = {"id": "b-eur", "currency": "EUR", "effective_from": "2026-01-01T00:00:00Z",
+                "rules": [{"id": "call", "token_type": "request", "price": "0.01"}]}
+        assert (await client.post("/v1/price-books", headers=ADMIN, json=book)).status_code == 201
+        assert (await client.post("/v1/customers", headers=ADMIN, json={
+            "id": "c-eur", "currency": "EUR", "price_book": "b-eur"})).status_code == 201
+        assert (await client.post("/v1/customers/c-eur/topups", headers=ADMIN,
+                                  json={"amount": "7.00"})).status_code == 201
+        now = (await client.get("/v1/audit/trial-balance", headers=ADMIN)).json()
+        assert now["currency"] == "EUR" and now["currencies"] == ["EUR"]
+        before = (await client.get("/v1/audit/trial-balance?at=2000-01-01T00:00:00Z", headers=ADMIN)).json()
+        assert before["at"] == "2000-01-01T00:00:00Z" and before["currencies"] == [], before
+
+
 def _readme_metrics() -> dict[str, str]:
     """The README's table of metrics: each exposed name with its row."""
     from pathlib import Path
