@@ -37,6 +37,12 @@ LANE: ContextVar[int | None] = ContextVar("tokentill_lane", default=None)
 _LOAD = """
 WITH want_reservations AS (
     SELECT r.* FROM reservations r WHERE r.lane = %(lane)s AND r.id = ANY(%(reservations)s::text[])
+    UNION ALL  -- the reservation a reserve's kept answer names: its replay answers it as it is now
+    SELECT r.* FROM unnest(%(scopes)s::text[], %(keys)s::text[]) AS w(scope, key)
+      JOIN idempotency_records i ON i.lane = %(lane)s AND i.scope = w.scope AND i.key = w.key
+      JOIN reservations r ON r.lane = %(lane)s AND r.id = i.response -> 'body' ->> 'id'
+     WHERE starts_with(w.scope, 'reserve:') AND i.response ->> 'code' = 'reserved'
+       AND NOT r.id = ANY(%(reservations)s::text[])
 )
 SELECT
   (SELECT coalesce(jsonb_agg(jsonb_build_object(

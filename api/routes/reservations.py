@@ -171,7 +171,7 @@ async def create_reservation(
 ) -> Response[ReservationResponse]:
     """Hold credit before a model call: `amount`, or an upper bound priced from `estimate`
     (token counts, or a prompt / messages counted here). The same `request_id` again answers
-    200 with the first answer (refusals included); with another body it is a conflict."""
+    200 with its reservation as it is now (a refusal stays the refusal); with another body it is a conflict."""
     data = shaped(data, CreateReservationRequest)
     ensure_customer(request, data.customer_id)
     if (data.estimate is None) == (data.amount is None):

@@ -1,6 +1,7 @@
 """The reservation rules: reserve, settle (captures), release, extension and expiry, as pure decisions."""
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -61,7 +62,8 @@ def reserve(state: State, cmd: Reserve, now: datetime, book: PriceBook | None) -
     if kept is not None:
         if kept.code == InsufficientFundsError.code:
             return Decision.refuse(InsufficientFundsError(kept.body["detail"], **error_context))
-        return Decision(Outcome(REPLAYED, ReserveResult(ReservationSummary(**kept.body), replayed=True)))
+        return Decision(Outcome(REPLAYED, ReserveResult(_as_now(w, ReservationSummary(**kept.body), now),
+                                                        replayed=True)))
     amount = cmd.amount
     if amount is None:
         amount = estimate_upper_bound(book_for(w, book), cmd.model, cmd.prompt_tokens or 0,
@@ -106,6 +108,17 @@ def reserve(state: State, cmd: Reserve, now: datetime, book: PriceBook | None) -
             cmd.scope, cmd.request_id, cmd.request_hash, InsufficientFundsError.code, {"detail": pieces}))
     decision = _hold(w, cmd, rid, amount, pieces, now, (prompt, cmd.max_output_tokens))
     return Decision(decision.outcome, decision.entry, (*decision.effects, *counted))
+
+
+def _as_now(w: Wallet, first: ReservationSummary, now: datetime) -> ReservationSummary:
+    """A request id's replay answers its reservation as it is now (its status and expiry; the hold
+    as first made): the first answer's "held" told a caller retrying the id that it still held
+    credit after a release, a settle or the expiry. The first answer when it is not loaded (kept
+    before lanes)."""
+    r = w.reservations.get(first.id)
+    if r is None:
+        return first
+    return replace(first, status=status_at(r.status, r.expires_at, now), expires_at=r.expires_at.isoformat())
 
 
 def _priced(book: PriceBook, model: str, now: datetime) -> None:

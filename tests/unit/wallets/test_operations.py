@@ -91,6 +91,29 @@ def test_the_same_request_id_again_answers_the_first_reservation():
     assert m.reserved == usd("1.00")
 
 
+def test_the_same_request_id_again_answers_its_reservation_as_it_is_now():
+    """A request id's replay answered the first answer, "held", after its reservation was released,
+    settled or expired: a caller retrying it believed it still held credit. It answers the
+    reservation as it is now (its hold's amount, its status and expiry), still replayed: nothing
+    is held again."""
+    m = MemoryWallet()
+    m.top_up("5.00")
+    released = m.reserve("1.00", request_id="r1").reservation
+    m.release(released.id)
+    settled = m.reserve("2.00", request_id="r2").reservation
+    m.settle(settled.id, input_tokens=500)  # $0.50 of the $2.00
+    lapsed = m.reserve("1.00", request_id="r3", ttl_seconds=60).reservation
+    m.advance(seconds=61)  # past its expiry, the job not yet run: the hold is still reserved
+    answers = {rid: m.reserve(amount, request_id=rid) for rid, amount in (("r1", "1.00"), ("r2", "2.00"),
+                                                                          ("r3", "1.00"))}
+    assert {rid: (a.code, a.reservation.status, a.reservation.amount) for rid, a in answers.items()} == {
+        "r1": ("replayed", "released", usd("1.00")), "r2": ("replayed", "settled", usd("2.00")),
+        "r3": ("replayed", "expired", usd("1.00"))}
+    assert [a.reservation.id for a in answers.values()] == [released.id, settled.id, lapsed.id]
+    assert m.reserved == usd("1.00")  # r3's, until the job gives it back; nothing held again
+    assert m.balances[chart.lot_account(CID, m.wallet.live_lots(m.now)[0].id)] == -usd("3.50")
+
+
 def test_a_blocked_wallet_refuses_new_holds():
     m = MemoryWallet(overdraft="1.00")
     r = m.reserve("1.00").reservation
