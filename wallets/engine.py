@@ -651,8 +651,11 @@ async def rerate_input(conn: AsyncConnection, books: BookCache, cmd: RerateCharg
     kept = await store.true_up_given(conn, cmd.customer_id, period.label) if period.label in invoices else {}
     total, given = (await store.true_up_shares(conn, cmd.customer_id, period.label) if period.label in invoices
                     else (0, {}))
+    # the other books' usage of a closed period: the allowances' share of its true-up counts it
+    others = (await store.load_rerate_charges(conn, cmd.customer_id, cmd.book_id, period.start, period.end, True)
+              if period.label in invoices else [])
     return RerateInput(version, tuple(_on_record(r) for r in rows), invoices, overrides, period.label, book, true_ups,
-                       left, total, given, true_up_given=kept)
+                       left, total, given, true_up_given=kept, others=tuple(_on_record(r) for r in others))
 
 
 def _on_record(r: dict[str, Any]) -> ChargeOnRecord:

@@ -741,11 +741,11 @@ async def load_corrections(conn: AsyncConnection, periods: Iterable[tuple[str, s
 
 
 async def load_rerate_charges(conn: AsyncConnection, customer_id: str, book_id: str, start: datetime,
-                              end: datetime) -> list[dict[str, Any]]:
-    """The customer's charges priced with `book_id` whose usage time is in [start, end), by usage
-    time, each with the period it was billed in (its entry's: a late one's is later than its usage
-    time's) and the amounts and versions (book's, overrides') of the re-rates that adjusted it
-    (oldest first)."""
+                              end: datetime, other_books: bool = False) -> list[dict[str, Any]]:
+    """The customer's charges priced with `book_id` (`other_books`: with any other book) whose usage
+    time is in [start, end), by usage time, each with the period it was billed in (its entry's: a
+    late one's is later than its usage time's) and the amounts and versions (book's, overrides') of
+    the re-rates that adjusted it (oldest first)."""
     lane = int(await _lane(conn, [customer_id]) or 0)
     rows = await conn.exec_driver_sql(
         f"""SELECT c.id, c.occurred_at, c.model, c.dimensions, c.usage, c.lines, c.charged::text,
@@ -757,7 +757,7 @@ async def load_rerate_charges(conn: AsyncConnection, customer_id: str, book_id: 
                                       ORDER BY a.id)
                       FROM charge_adjustments a WHERE a.charge_id = c.id) AS adjustments
               FROM charges c
-             WHERE c.lane = {lane} AND c.customer_id = %s AND c.price_book = %s
+             WHERE c.lane = {lane} AND c.customer_id = %s AND c.price_book {'<>' if other_books else '='} %s
                AND c.occurred_at >= %s AND c.occurred_at < %s
              ORDER BY c.occurred_at, c.id""", (customer_id, book_id, start, end))
     return [dict(r._mapping) for r in rows]

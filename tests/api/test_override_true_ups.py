@@ -5,6 +5,7 @@ graduated as they come (1M x $20/M + 300,000 x $10/M = $23.00); at close all 1.3
 $10/M tier reached ($13.00): a true-up of -$10.00 at the book's price."""
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -315,3 +316,67 @@ async def test_verify_ties_a_rerate_that_posted_no_entry_to_the_true_up_correcti
         # in atomic units (10^9 a dollar): the charges -3.00, the corrections kept twice +6.00
         assert failed["name"] == "credit_notes" and f"customer {cid}" in failed["detail"], failed
         assert "charges moved -3000000000" in failed["detail"] and "true-ups 6000000000" in failed["detail"], failed
+
+
+
+async def test_a_rerate_re_splits_the_allowances_share_over_the_period_s_usage_of_every_book(client) -> None:
+    """Postpaid, two books without volume tiers (a customer may move between them mid-period): `w`
+    (model-w output, $10/M) rates 400,000 tokens, 4.00, before the $20.00 allowance is in force, all
+    the customer's own; then, on `v` (model-v output, $20/M flat), 600,000 tokens, 12.00 free, and
+    700,000, 14.00: 8.00 free, 6.00 own. Closed: no true-up, 10.00 owed. The fix gives `v` the volume
+    tiers it should have had ($20/M to 1M, $10/M beyond): the 700,000 are 8.00 + 3.00 = 11.00 (-3.00,
+    the customer's own), and the closed period's true-up, 1.3M x $10/M = 13.00 less 23.00, -10.00
+    where none stands. Of it, by the close's rule, what the customer did not pay of the period's usage
+    goes back to the allowance: own 3.00 of `v` + 4.00 of `w` = 7.00, so 3.00 to it and 7.00 to the
+    customer: -3.00 - 10.00 + 3.00 = -10.00, 0.00 owed, as a close with the fix in force would have
+    made it (13.00 of `v` and 4.00 of `w`, the allowance 20.00 - 3.00). Before, the re-split counted
+    `v`'s usage alone (own 3.00): 7.00 to the allowance, -6.00, 4.00 owed."""
+    flat, vol = f"flat-{uuid.uuid4().hex[:8]}", f"vol-2b-{uuid.uuid4().hex[:8]}"
+    for body in ({"id": flat, "rules": [{"id": "w-out", "model": "model-w", "token_type": "output", "price": "10"}]},
+                 {"id": vol, "rules": [{"id": "v-out", "model": "model-v", "token_type": "output", "price": "20"}]}):
+        made = await client.post("/v1/price-books", headers=ADMIN, json={
+            **body, "currency": "USD", "effective_from": "2026-01-01T00:00:00Z"})
+        assert made.status_code == 201, made.text
+    cid = f"vol-{uuid.uuid4().hex[:10]}"
+    made = await client.post("/v1/customers", headers=ADMIN, json={
+        "id": cid, "currency": "USD", "price_book": flat, "billing": "postpaid"})
+    assert made.status_code == 201, made.text
+    now = datetime.now(UTC)
+    sent = await client.post("/v1/usage-events", headers=ADMIN, json=[
+        {"event_id": "w-1", "customer_id": cid, "model": "model-w", "timestamp": utc(now - timedelta(minutes=40)),
+         "usage": {"output_tokens": 400_000}}])
+    assert sent.json()["accepted"] == 1, sent.text
+    moved = await client.patch(f"/v1/customers/{cid}", headers=ADMIN, json={"price_book": vol})
+    assert moved.status_code == 200, moved.text
+    put = await client.put(f"/v1/customers/{cid}/price-overrides", headers=ADMIN, json={
+        "free_allowances": [{"id": "free", "amount": "20.00"}], "effective_from": utc(now - timedelta(minutes=35))})
+    assert put.status_code == 201, put.text
+    for i, tokens in enumerate((600_000, 700_000)):  # after the move, by the server's clock: rated by `v`
+        await asyncio.sleep(0.01)
+        sent = await client.post("/v1/usage-events", headers=ADMIN, json=[
+            {"event_id": f"v-{i}", "customer_id": cid, "model": "model-v", "timestamp": utc(datetime.now(UTC)),
+             "usage": {"output_tokens": tokens}}])
+        assert sent.json()["accepted"] == 1, sent.text
+    period = period_of(now - timedelta(minutes=40), Cycle())
+    closed = await client.post("/v1/billing/close", headers=ADMIN, json={
+        "until": utc(period.end + timedelta(hours=1, seconds=1)), "customer_id": cid, "early": True})
+    assert closed.status_code == 200, closed.text
+    wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
+    assert wallet["receivable"] == "10.00", wallet
+    v2 = await client.post("/v1/price-books", headers=ADMIN, json={
+        "id": vol, "currency": "USD", "effective_from": "2026-01-02T00:00:00Z", "rules": RULES})
+    assert v2.status_code == 201, v2.text
+    version = (await client.get(f"/v1/price-books/{vol}", headers=ADMIN)).json()["versions"][-1]["version"]
+    applied = await client.post("/v1/rerate", headers=ADMIN, json={
+        "price_book": vol, "version": version, "from": utc(now - timedelta(hours=1)),
+        "to": utc(datetime.now(UTC)), "customer_id": cid, "mode": "apply"})
+    assert applied.status_code == 200 and applied.json()["errors"] == [], applied.text
+    [customer] = applied.json()["customers"]
+    assert [(ln["model"], ln["old_amount"], ln["new_amount"]) for ln in customer["lines"]
+            if ln["token_type"] == "volume_true_up"] == [("", "0.00", "3.00"),
+                                                         ("model-v", "0.00", "-10.00")], customer["lines"]
+    assert customer["delta"] == "-10.00", customer
+    wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
+    assert wallet["receivable"] == "0.00" and wallet["available"] == "0.00", wallet
+    verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
+    assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]

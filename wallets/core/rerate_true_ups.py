@@ -154,7 +154,8 @@ def true_up_fixes(data: RerateInput, found: Sequence[Correction], ratings: Mappi
 
 def allowance_fixes(data: RerateInput, found: Sequence[Correction], fixes: Sequence[TrueUpFix]) -> list[TrueUpFix]:
     """What the free allowances' share of a closed period's true-up money back becomes, by the close's
-    rule (wallets.core.invoicing.given_back), with the charges billed in it as re-rated (`found`) and
+    rule (wallets.core.invoicing.given_back), over the usage of every book billed in it (the other
+    books' as it stands, `data.others`), with the charges billed in it as re-rated (`found`) and
     its true-ups as corrected (`fixes`), against what the close and earlier re-rates gave them
     (`data.given_back`): an allowance (rule id `allowance:<id>`) gives back what it no longer paid, or
     takes what it now paid, so it is not given back twice and its counter stays what it took. Where
@@ -166,8 +167,8 @@ def allowance_fixes(data: RerateInput, found: Sequence[Correction], fixes: Seque
     if not moved:
         return []
     paid: dict[str, int] = {}  # allowance id -> what it pays of the period's charges as re-rated
-    own = 0  # what they cost the customer itself as re-rated
-    for charge in data.charges:
+    own = 0  # what they cost the customer itself as re-rated (the other books' as they stand)
+    for charge in (*data.charges, *data.others):
         if (charge.billed_in or period) != period:
             continue
         x = moved.get(charge.id)

@@ -140,6 +140,10 @@ class RerateInput:
     # rule id -> charge id -> what its true-ups so far gave back of the charge (store.true_up_given);
     # a rule not there: not kept, its correction's money back is shared over its charges' payers
     true_up_given: Mapping[str, Mapping[int, int]] = field(default_factory=dict)
+    # the period's charges of the customer's other books (a closed period's): what the customer itself
+    # paid of its usage and what each allowance took, which the close's split of a true-up's money
+    # back counts (wallets.core.invoicing.allowance_lines), whatever book rated it
+    others: tuple[ChargeOnRecord, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
