@@ -133,8 +133,10 @@ def shaped(data: Any, type_: Any) -> Any:
         where = re.search(r" - at (?:`key` in )?`\$\.?([^`]*)`$", text)
         field = (where.group(1) if where else "") or "body"
         message = text[:where.start()] if where else text
-        if _FLOAT_FOR_INT.fullmatch(message):  # as pricing says it of a count in a usage object
+        floated = _FLOAT_FOR.fullmatch(message)
+        if floated is not None and "int" in floated.group(1).split(" | "):  # as pricing says it of a count
             message = NOT_AN_INTEGER
+            field = _float_named(fitted, field)
         unknown = _UNKNOWN.fullmatch(message)
         if unknown is not None:  # name the field itself: "pricebook", not "body"
             field, message = (unknown.group(1) if field == "body" else f"{field}.{unknown.group(1)}"), "unknown field"
@@ -142,9 +144,24 @@ def shaped(data: Any, type_: Any) -> Any:
 
 
 _UNKNOWN = re.compile(r"Object contains unknown field `(.*)`")
-# a float where an integer goes (`int`, `int | null`, a budget's `int | str`), not where a bool or
-# a string alone would do too (a dimension): one message for it wherever it is refused
-_FLOAT_FOR_INT = re.compile(r"Expected `(?:int|int \| null|int \| str|str \| int)`, got `float`")
+# a float where an integer goes (`int`, `int | null`, a budget's `int | str` or, in a change,
+# `int | str | null`, a dimension's `bool | int | str`): one message for it wherever it is refused
+_FLOAT_FOR = re.compile(r"Expected `([^`]*)`, got `float`")
+_STEP = re.compile(r"\[([0-9]+)\]|\.?([^.\[]+)")
+
+
+def _float_named(data: Any, field: str) -> str:
+    """`field` as msgspec names it, a dict's value as `[...]` (`[0].dimensions[...]`), with the
+    key of the dict's first float instead (`[0].dimensions.tier`), as other fields are named."""
+    if not field.endswith("[...]"):
+        return field
+    path, at = field[:-5], data
+    for step in _STEP.finditer(path):
+        index, name = step.groups()
+        at = (at[int(index)] if isinstance(at, list) and int(index) < len(at) else None) if index is not None \
+            else (at.get(name) if isinstance(at, dict) else None)
+    key = next((k for k, v in at.items() if isinstance(v, float)), None) if isinstance(at, dict) else None
+    return field if key is None else f"{path}.{key}".lstrip(".")
 
 
 _SURROGATE = re.compile(r"[\ud800-\udfff]")  # in a str only as a lone half: pairs decode to one code point

@@ -95,3 +95,45 @@ async def test_a_number_with_a_fraction_is_refused_with_the_same_message(client,
     data = response.json()
     fields = _named(data["rejected"][0]["detail"]) if path == "/v1/usage-events" else data["fields"]
     assert {"field": field, "message": NOT_AN_INTEGER} in fields, fields
+
+
+# a dimension value is a string, an integer or a boolean (schemas.Dimension): a number with a fraction
+# or an exponent where it goes is refused as in an integer field, as a price book's `match` value is
+DIMENSION_CASES = [
+    ("/v1/reservations", '{"customer_id": "c-integers", "request_id": "UID", "model": "m", "amount": "1.00", '
+     '"dimensions": {"feature": "chat", "tier": N}}', "dimensions.tier"),
+    ("/v1/usage-events", '[{"event_id": "UID", "customer_id": "c-integers", "model": "m", '
+     '"timestamp": "2026-01-01T00:00:00Z", "usage": {"output_tokens": 1}, "dimensions": {"feature": "chat", '
+     '"tier": N}}]', "[0].dimensions.tier"),
+]
+
+
+@pytest.mark.parametrize("number", ["1.5", "2.0", "1e1"])
+@pytest.mark.parametrize(("path", "body", "field"), DIMENSION_CASES)
+async def test_a_dimension_value_with_a_fraction_or_an_exponent_is_refused_as_an_integer_is(
+        client, customer, number, path, body, field):
+    """It was 422 with msgspec's words on a field no one sent: "[0].dimensions[...]: Expected
+    `bool | int | str`, got `float`". Nothing is held or recorded (the whole body is refused, as
+    a NUL in a dimension is)."""
+    response = await _send(client, "POST", path, body, number, customer)
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    assert response.json()["code"] == "validation_error"
+    assert response.json()["fields"] == [{"field": field, "message": NOT_AN_INTEGER}]
+
+
+@pytest.mark.parametrize("number", ["10.0", "1e1", "1.5"])
+async def test_a_budget_change_refuses_a_count_limit_with_a_fraction_or_an_exponent(client, customer, number):
+    """PATCH /v1/budgets/{id} answered msgspec's "limit: Expected `int | str | null`, got `float`"
+    where POST /v1/budgets says NOT_AN_INTEGER; the limit stays 5."""
+    created = await client.post("/v1/budgets", json={"customer_id": CID, "window": "day", "metric": "tokens",
+                                                     "limit": 5, "model": "not-m"})  # the file's reserves: not counted
+    assert created.status_code == 201, created.text
+    budget = created.json()["id"]
+    response = await client.patch(f"/v1/budgets/{budget}", content='{"limit": N}'.replace("N", number),
+                                  headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    assert response.json()["code"] == "validation_error"
+    assert response.json()["fields"] == [{"field": "limit", "message": NOT_AN_INTEGER}]
+    assert (await client.get(f"/v1/budgets/{budget}")).json()["limit"] == 5
