@@ -33,7 +33,7 @@ from api.background import PATH as SETTLEMENTS_PATH
 from api.background import BackgroundSettler
 from api.bench.budget_bench import add_lifecycle_budgets
 from api.bench.common import free_port, pgbench_tps, ratio, scratch_database
-from api.bench.profile import CpuMeter, SpyProfile
+from api.bench.profile import CpuMeter, SpyProfile, require_py_spy
 from api.delivery import DURABLE_RETRY, RetryPolicy
 from api.runtime import open_database, sync_url
 from api.settings import Settings
@@ -429,6 +429,8 @@ def per_lifecycle_us(cpu: CpuMeter, samples: Samples) -> float:
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
+    if getattr(args, "profile", None):
+        require_py_spy()  # before the cluster, the servers and the wallets, not at the spread case
     if getattr(args, "scaling", False):
         return scaling(args, settings)
     handle = open_database(settings, migrate=False)

@@ -100,14 +100,20 @@ BOOTSTRAP = re.compile(r"/api/cli\.py|\bserve \(\S*/api/server\.py|/site-package
                        r"|<frozen runpy>")
 
 
+def require_py_spy() -> str:
+    """py-spy's path, or SystemExit saying it is needed: asked before a bench starts anything."""
+    exe = shutil.which("py-spy")
+    if exe is None:
+        raise SystemExit("--profile needs py-spy: pip install py-spy")
+    return exe
+
+
 class SpyProfile:
     """py-spy on one process for a fixed time; `summary()` gives the share of samples per layer."""
 
     def __init__(self, pid: int, seconds: float, out: Path) -> None:
         self.out = out
-        exe = shutil.which("py-spy")
-        if exe is None:
-            raise SystemExit("--profile needs py-spy: pip install py-spy")
+        exe = require_py_spy()
         out.parent.mkdir(parents=True, exist_ok=True)
         self._proc = subprocess.Popen(
             [exe, "record", "--pid", str(pid), "--full-filenames", "--nonblocking", "--rate", "200",

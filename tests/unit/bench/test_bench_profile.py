@@ -47,3 +47,32 @@ def test_an_empty_profile_has_no_shares(tmp_path):
     raw = tmp_path / "raw.txt"
     raw.write_text("")
     assert summarize(raw) == {"samples": 0, "file": str(raw), "percent_by_layer": {}, "top_own_time": []}
+
+
+def test_lifecycle_profile_without_py_spy_stops_before_any_database_or_server_starts(monkeypatch):
+    """README: `tokentill bench lifecycle --seconds 10 --profile /tmp/prof` needs py-spy. Without it
+    the bench opened the cluster, made a scratch database, started its servers and seeded 1,000
+    wallets, and only at the spread case stopped with `--profile needs py-spy` (printing every
+    server's log tail as for a crash). It now stops first, with that line, nothing started."""
+    import argparse
+
+    import pytest
+
+    import api.bench.lifecycle_bench as lifecycle_bench
+    import api.bench.profile as profile
+
+    started: list[str] = []
+
+    def open_database(*args, **kwargs):
+        started.append("database")
+        raise RuntimeError("the bench opened the database")
+
+    monkeypatch.setattr(profile.shutil, "which", lambda name: None)
+    monkeypatch.setattr(lifecycle_bench, "open_database", open_database)
+    for scaling in (False, True):
+        args = argparse.Namespace(scaling=scaling, profile="/tmp/prof", seconds=10.0, servers=1, lanes=None,
+                                  workers=64, workers_per_server=1, pgbench_clients=8, json=False)
+        with pytest.raises(SystemExit) as stopped:
+            lifecycle_bench.main(args, settings=None)
+        assert "--profile needs py-spy: pip install py-spy" in str(stopped.value.code)
+    assert started == []  # was: ['database'], the RuntimeError above
