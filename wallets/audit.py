@@ -636,33 +636,69 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
                       WHERE entry_id IS NULL GROUP BY 1, 2) x
             ON x.rerate_id = t.rerate_id AND x.customer_id = t.customer_id
          WHERE coalesce(x.moved, 0) + t.kept <> 0""" if (await _schema(conn))["rerate_true_ups"] else ""
-    # what each true-up gave back of each charge (true_up_charges, migration 0068): a re-rate's, of a
-    # rule, at most its correction of the rule's true-up and the same way (TrueUpFix.parts); each
-    # row a charge of its customer
+    # what each true-up gave back of each charge (true_up_charges, migration 0068), by rule: at most
+    # what the true-up gave back of the rule, and each row the same way (money_back.each_charge_first,
+    # TrueUpFix.parts). A re-rate's: its correction of the rule's true-up. A close's: its own line of
+    # the rule at the book's price (kind volume_true_up, no override), which is what the period's
+    # rollups (wherever billed) say the true-up stands at less the re-rates' corrections of it. Each
+    # row a charge of its customer billed in its period (a close's and a re-rate's records are of
+    # those alone; a re-rate's may be of a charge billed in no period, posted before migration 0017,
+    # as it takes one to be billed in the period of its usage).
     given = """
         UNION ALL
-        SELECT format('true-up record of re-rate %s, customer %s, %s rule %s: gave back %s of its charges, '
-                      'its correction %s', g.rerate_id, g.customer_id, g.period, g.rule_id, g.given,
-                      coalesce(c.back, 0))
-          FROM (SELECT rerate_id, customer_id, period, rule_id, sum(units) AS given FROM true_up_charges
-                 WHERE rerate_id IS NOT NULL GROUP BY 1, 2, 3, 4) g
-          LEFT JOIN (SELECT r.rerate_id, r.customer_id, u ->> 0 AS period, u ->> 1 AS rule_id,
-                            sum((u ->> 3)::numeric - (u ->> 4)::numeric) AS back
-                       FROM (SELECT j.metadata ->> 'rerate_id' AS rerate_id, j.customer_id,
-                                    j.metadata -> 'true_ups' AS t
-                               FROM journal_entries j WHERE j.kind = 'rerate_adjustment' AND j.metadata ? 'true_ups'
-                             UNION ALL
-                             SELECT rerate_id, customer_id, true_ups FROM rerate_true_ups) r
-                      CROSS JOIN LATERAL jsonb_array_elements(r.t) u GROUP BY 1, 2, 3, 4) c
-            ON c.rerate_id = g.rerate_id AND c.customer_id = g.customer_id AND c.period = g.period
-           AND c.rule_id = g.rule_id
-         WHERE g.given <> 0 AND NOT (sign(g.given) = sign(coalesce(c.back, 0)) AND abs(g.given) <= abs(c.back))
+        SELECT problem FROM (
+            WITH corrections AS MATERIALIZED (
+                SELECT r.rerate_id, r.customer_id, u ->> 0 AS period, u ->> 1 AS rule_id,
+                       sum((u ->> 3)::numeric - (u ->> 4)::numeric) AS back
+                  FROM (SELECT j.metadata ->> 'rerate_id' AS rerate_id, j.customer_id, j.metadata -> 'true_ups' AS t
+                          FROM journal_entries j WHERE j.kind = 'rerate_adjustment' AND j.metadata ? 'true_ups'
+                        UNION ALL
+                        SELECT rerate_id, customer_id, true_ups FROM rerate_true_ups) r
+                 CROSS JOIN LATERAL jsonb_array_elements(r.t) u GROUP BY 1, 2, 3, 4),
+            records AS MATERIALIZED (
+                SELECT customer_id, period, rerate_id, rule_id, sum(units) AS given,
+                       min(units) FILTER (WHERE charge_id IS NOT NULL) AS low,
+                       max(units) FILTER (WHERE charge_id IS NOT NULL) AS high
+                  FROM true_up_charges GROUP BY 1, 2, 3, 4),
+            standing AS (
+                SELECT customer_id, l ->> 0 AS period, l ->> 4 AS rule_id, sum(amount) AS amount
+                  FROM (SELECT customer_id, substr(item, 6)::jsonb AS l, amount FROM (
+                            SELECT customer_id, item, amount FROM period_rollups
+                            UNION ALL
+                            SELECT customer_id, unnest(items), unnest(amounts) FROM period_deltas) i
+                         WHERE item LIKE 'line:["%","volume_true_up",%'
+                           AND customer_id IN (SELECT customer_id FROM records WHERE rerate_id IS NULL)) x
+                 WHERE l -> 7 = 'null' GROUP BY 1, 2, 3)
+            SELECT format('true-up record of %s of customer %s, %s rule %s: ', CASE WHEN g.rerate_id IS NULL
+                          THEN 'the close' ELSE 're-rate ' || g.rerate_id END, g.customer_id, g.period, g.rule_id)
+                   || CASE WHEN g.given <> 0 AND NOT (sign(g.given) = sign(b.back) AND abs(g.given) <= abs(b.back))
+                           THEN format('gave back %s of its charges, ', g.given)
+                           ELSE format('its rows give back from %s to %s of a charge, ', g.low, g.high) END
+                   || CASE WHEN g.rerate_id IS NULL THEN 'its true-up line ' ELSE 'its correction ' END
+                   || b.back AS problem
+              FROM records g
+              LEFT JOIN corrections c ON c.rerate_id = g.rerate_id AND c.customer_id = g.customer_id
+               AND c.period = g.period AND c.rule_id = g.rule_id
+              LEFT JOIN standing s ON g.rerate_id IS NULL AND s.customer_id = g.customer_id AND s.period = g.period
+               AND s.rule_id = g.rule_id
+              LEFT JOIN (SELECT customer_id, period, rule_id, sum(back) AS back FROM corrections GROUP BY 1, 2, 3) f
+                ON g.rerate_id IS NULL AND f.customer_id = g.customer_id AND f.period = g.period
+               AND f.rule_id = g.rule_id
+             CROSS JOIN LATERAL (SELECT CASE WHEN g.rerate_id IS NULL
+                                             THEN -(coalesce(s.amount, 0) + coalesce(f.back, 0))
+                                             ELSE coalesce(c.back, 0) END AS back) b
+             WHERE (g.given <> 0 AND NOT (sign(g.given) = sign(b.back) AND abs(g.given) <= abs(b.back)))
+                OR g.low <= 0 AND b.back > 0 OR g.high >= 0 AND b.back < 0) x
         UNION ALL
-        SELECT format('true-up record of customer %s, %s rule %s: charge %s is not its charge',
-                      t.customer_id, t.period, t.rule_id, t.charge_id)
-          FROM true_up_charges t
-         WHERE t.charge_id IS NOT NULL AND NOT EXISTS (
-               SELECT 1 FROM charges c WHERE c.lane = t.lane AND c.id = t.charge_id AND c.customer_id = t.customer_id)
+        SELECT format('true-up record of %s of customer %s, %s rule %s: charge %s ', CASE WHEN t.rerate_id IS NULL
+                      THEN 'the close' ELSE 're-rate ' || t.rerate_id END, t.customer_id, t.period, t.rule_id,
+                      t.charge_id)
+               || CASE WHEN c.customer_id IS DISTINCT FROM t.customer_id THEN 'is not its charge'
+                       ELSE 'is billed in ' || coalesce(c.period, 'no period') END
+          FROM true_up_charges t LEFT JOIN charges c ON c.lane = t.lane AND c.id = t.charge_id
+         WHERE t.charge_id IS NOT NULL
+           AND (c.customer_id IS DISTINCT FROM t.customer_id OR c.period IS DISTINCT FROM t.period
+                AND NOT (c.period IS NULL AND t.rerate_id IS NOT NULL))
         """ if (await _schema(conn))["true_up_charges"] else ""
     return await _query_check(conn, "credit_notes", f"""
         SELECT format('re-rate entry %s: its charges moved %s, its true-ups %s, its revenue postings %s',
@@ -702,8 +738,9 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
                       issuer, year, count(*), max(seq))
           FROM credit_notes GROUP BY issuer, year HAVING count(*) <> max(seq)
         """, "re-rate entries move revenue by their charges' adjustments and true-up corrections (a re-rate "
-             "that posted none: they net 0 with the corrections it kept; what each gave back of each charge: at "
-             "most its correction); credit notes "
+             "that posted none: they net 0 with the corrections it kept); what each true-up (a close's, a re-rate's) "
+             "gave back of each charge: at most what it gave back of the rule, each row the same way and of a charge "
+             "of its customer billed in its period; credit notes "
              "tie out to them "
              "(their money in whole minor units, the rest on the rounding account), intact and numbered without gaps")
 

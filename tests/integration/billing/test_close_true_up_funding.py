@@ -9,6 +9,7 @@ the second tier, all at $10/M = $1.30, true-up -$1.00."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from billing_kit import BillingKit
@@ -332,7 +333,8 @@ async def test_a_rerate_that_posts_no_entry_keeps_what_it_gave_back_of_each_char
     assert await _given(bk, cid, again["rerate_id"]) == [("v-out", first, 30 * CENT), ("v-out", second, 20 * CENT)]
     # verify ties each re-rate's record to its correction: $0.30 + $0.20 of the second fix's $0.50,
     # $0.60 + $0.40 of the first's $1.00; a row inserted again ($0.30 more of the 5th: $0.80 of $0.50)
-    # is flagged, and so is a row naming a charge that is not the customer's
+    # is flagged, and so is a row naming a charge that is not the customer's (in the close's record:
+    # its $1.00 and one atomic unit, of its $1.00 true-up line, flagged too)
     forged = """INSERT INTO true_up_charges (lane, customer_id, period, rule_id, charge_id, rerate_id, units)
                 VALUES (ledger_lane(:c), :c, '2026-11', 'v-out', :charge, :r, :units)"""
     await bk.db.run(lambda conn: conn.execute(text(forged), {
@@ -342,7 +344,88 @@ async def test_a_rerate_that_posts_no_entry_keeps_what_it_gave_back_of_each_char
     report = await bk.db.read(lambda conn: verify(conn, WALLET_CHECKS))
     [failed] = [c for c in report.checks if not c.ok]
     assert failed.name == "credit_notes", failed
-    assert len(failed.problems) == 2 and all("true-up record" in p for p in failed.problems), failed
+    assert len(failed.problems) == 3 and all("true-up record" in p for p in failed.problems), failed
+    assert sorted(p.split(": ", 1)[1] for p in failed.problems) == [
+        "charge 1000000000000 is not its charge", "gave back 1000000001 of its charges, its true-up line 1000000000",
+        "gave back 800000000 of its charges, its correction 500000000"], failed
+
+
+async def test_verify_ties_a_close_s_record_to_its_true_up_line_and_each_row_to_a_charge_of_its_period(
+        fresh_db) -> None:
+    """The top-up pays the 5th's 60,000 tokens ($1.20), the grant the 20th's 70,000 ($0.80 + $0.30 =
+    $1.10) and the 25th's 10,000 (at $10/M: $0.10). 140,000 reach $10/M: $1.40, the true-up $1.40 -
+    $2.40 = -$1.00; each charge's overcharge at $10/M: the 5th $1.20 - $0.60 = $0.60, the 20th $1.10 -
+    $0.70 = $0.40, the 25th $0.10 - $0.10 = 0 (no row). A fix to $5/M beyond: the 20th $0.95 (-$0.15),
+    the 25th $0.05 (-$0.05); the true-up 140,000 x $5/M - $2.20 = -$1.50 where -$1.00 stands: $0.50
+    more back, the 5th $1.20 - $0.30 - $0.60 given = $0.30, the 20th $0.95 - $0.35 - $0.40 = $0.20.
+    Each damage below, made by hand and rolled back, is one problem of verify's credit_notes check;
+    before, the close's rows were tied to nothing but their charges, and a row's sign to nothing."""
+    bk = BillingKit(fresh_db)
+    await bk.add_book(V1)
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("per-charge-audited", book="vol")
+    await bk.top_up(cid, "1.20")
+    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 60_000)
+    bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
+    await bk.grant(cid, "5.00")
+    for day, tokens in [(20, 70_000), (25, 10_000)]:
+        bk.clock.now = datetime(2026, 11, day, 12, tzinfo=UTC)
+        await bk.event(cid, "model-v", 0, tokens)
+    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    fifth, twentieth = sorted(charge for _, charge, _ in await _given(bk, cid, None))
+    assert await _given(bk, cid, None) == [("v-out", fifth, 60 * CENT), ("v-out", twentieth, 40 * CENT)]
+    await bk.add_book(vol("v2", "2026-11-01T00:00:00Z", "20", "5"))
+    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
+    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    assert done["delta"] == "-0.70", done  # -$0.15 - $0.05 on the charges, -$0.50 on the true-up
+    fix = done["rerate_id"]
+    assert await _given(bk, cid, fix) == [("v-out", fifth, 30 * CENT), ("v-out", twentieth, 20 * CENT)]
+    bk.clock.now = datetime(2026, 12, 3, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 10_000)  # a charge billed in December
+    charges = dict((await bk.db.read(lambda conn: conn.execute(text(
+        "SELECT id, period FROM charges WHERE customer_id = :c ORDER BY id"), {"c": cid}))).all())
+    [twenty_fifth] = [c for c, p in charges.items() if p == "2026-11" and c not in (fifth, twentieth)]
+    [december] = [c for c, p in charges.items() if p == "2026-12"]
+    await verified(bk)
+
+    async def damaged(*sqls: str) -> list[str]:
+        async def run(conn: Any) -> list[str]:
+            await conn.execute(text("SET LOCAL session_replication_role = replica"))  # past the immutability
+            for sql in sqls:
+                await conn.execute(text(sql), {"c": cid, "r": fix, "fifth": fifth, "twentieth": twentieth,
+                                               "twenty_fifth": twenty_fifth, "december": december})
+            await conn.execute(text("SET LOCAL session_replication_role = origin"))
+            report = await verify(conn, WALLET_CHECKS)
+            await conn.rollback()
+            return [p for c in report.checks if not c.ok for p in (c.name, *sorted(c.problems))]
+        return await bk.db.read(run)
+
+    close = "customer_id = :c AND rerate_id IS NULL"
+    # a row inserted: $0.10 of the 25th, $1.10 given back of the close's $1.00
+    assert await damaged("""INSERT INTO true_up_charges (lane, customer_id, period, rule_id, charge_id, units)
+                            VALUES (ledger_lane(:c), :c, '2026-11', 'v-out', :twenty_fifth, 100000000)""") == [
+        "credit_notes", "true-up record of the close of customer per-charge-audited, 2026-11 rule v-out: gave back "
+        "1100000000 of its charges, its true-up line 1000000000"]
+    # an amount changed: the 20th's $0.40 made $0.50
+    assert await damaged(f"UPDATE true_up_charges SET units = 500000000 WHERE {close} AND charge_id = :twentieth"
+                         ) == ["credit_notes", "true-up record of the close of customer per-charge-audited, 2026-11 "
+                               "rule v-out: gave back 1100000000 of its charges, its true-up line 1000000000"]
+    # the 20th's row made December's charge's: the same $1.00 in all, of a charge billed in another period
+    assert await damaged(f"UPDATE true_up_charges SET charge_id = :december WHERE {close} AND charge_id = :twentieth"
+                         ) == ["credit_notes", f"true-up record of the close of customer per-charge-audited, 2026-11 "
+                               f"rule v-out: charge {december} is billed in 2026-12"]
+    # a row of the wrong sign: the close's $1.20 and -$0.20 (the same $1.00 in all), the fix's $0.60 and -$0.10
+    assert await damaged(f"UPDATE true_up_charges SET units = 1200000000 WHERE {close} AND charge_id = :fifth",
+                         f"UPDATE true_up_charges SET units = -200000000 WHERE {close} AND charge_id = :twentieth",
+                         "UPDATE true_up_charges SET units = 600000000 WHERE rerate_id = :r AND charge_id = :fifth",
+                         "UPDATE true_up_charges SET units = -100000000 WHERE rerate_id = :r AND charge_id = :twentieth"
+                         ) == ["credit_notes",
+                               f"true-up record of re-rate {fix} of customer per-charge-audited, 2026-11 rule v-out: "
+                               "its rows give back from -100000000 to 600000000 of a charge, its correction 500000000",
+                               "true-up record of the close of customer per-charge-audited, 2026-11 rule v-out: "
+                               "its rows give back from -200000000 to 1200000000 of a charge, its true-up line "
+                               "1000000000"]
 
 
 async def _given(bk: BillingKit, cid: str, rerate_id: str | None) -> list[tuple[str, int, int]]:
