@@ -36,7 +36,7 @@ from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypedDict, TypeVar, Unpack
 
 import anyio
 import httpx
@@ -146,6 +146,37 @@ def unkeyed(method: str, path: str) -> bool:
 _OWNING = [threading.Lock()]
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=lambda: _OWNING.__setitem__(0, threading.Lock()))
+
+
+class ClientOptions(TypedDict, total=False):
+    """The keyword options both clients take beside `transport`, `timeout` and `flush_spool`
+    (`_Base.__init__`'s), typed so that `mypy --strict` checks them (they were `**kwargs: Any`)."""
+
+    retries: int
+    backoff_s: float
+    max_backoff_s: float
+    max_retry_after_s: float
+    retry_budget_s: float
+    settle_deadline_s: float | None
+    settle_margin_s: float
+    key_id: str | None
+    spool: str | bool | None
+    spool_dir: str | os.PathLike[str] | None
+    spool_silently: bool
+    background_settle: bool
+    drain_timeout_s: float
+
+
+class ReserveOptions(TypedDict, total=False):
+    """`reserve`'s keyword options (`_Base.reserve_body`'s), typed as `ClientOptions` is."""
+
+    request_id: str | None
+    messages: Any
+    prompt: str | None
+    input_tokens: int | None
+    max_output_tokens: int
+    ttl_seconds: int
+    dimensions: Mapping[str, str] | None
 
 
 class _Base:
@@ -275,7 +306,7 @@ class Client(_Base, JournalReads):
     sends the queue (api/background.py); `close` drains it for at most `drain_timeout_s`."""
 
     def __init__(self, base_url: str, api_key: str, *, transport: httpx.BaseTransport | None = None,
-                 timeout: float = 10.0, flush_spool: bool = True, **kwargs: Any) -> None:
+                 timeout: float = 10.0, flush_spool: bool = True, **kwargs: Unpack[ClientOptions]) -> None:
         super().__init__(base_url, api_key, **kwargs)
         self._transport, self._timeout, self._pid = transport, timeout, os.getpid()
         self._http = httpx.Client(transport=transport, timeout=timeout)
@@ -451,7 +482,7 @@ class Client(_Base, JournalReads):
             return "unreachable", describe(exc)
         return delivery.flush_outcome(response), f"{response.status_code} {response.text[:300]}"
 
-    def reserve(self, customer: str, model: str, **kwargs: Any) -> Reservation:
+    def reserve(self, customer: str, model: str, **kwargs: Unpack[ReserveOptions]) -> Reservation:
         return Reservation(self, self.reserve_body(customer, model, **kwargs), self.counter,
                            callers_request_id=kwargs.get("request_id") is not None)
 
@@ -489,7 +520,7 @@ class AsyncClient(_Base, AsyncJournalReads):
     in the spool."""
 
     def __init__(self, base_url: str, api_key: str, *, transport: httpx.AsyncBaseTransport | None = None,
-                 timeout: float = 10.0, flush_spool: bool = True, **kwargs: Any) -> None:
+                 timeout: float = 10.0, flush_spool: bool = True, **kwargs: Unpack[ClientOptions]) -> None:
         super().__init__(base_url, api_key, **kwargs)
         self._transport, self._timeout, self._flush_spool = transport, timeout, flush_spool
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop it serves, from its first call
@@ -695,7 +726,7 @@ class AsyncClient(_Base, AsyncJournalReads):
         await asyncio.wait([self._replay])
         return None if self._replay.cancelled() else self._replay.result()
 
-    def reserve(self, customer: str, model: str, **kwargs: Any) -> AsyncReservation:
+    def reserve(self, customer: str, model: str, **kwargs: Unpack[ReserveOptions]) -> AsyncReservation:
         return AsyncReservation(self, self.reserve_body(customer, model, **kwargs), self.counter,
                                 callers_request_id=kwargs.get("request_id") is not None)
 
