@@ -44,12 +44,12 @@ def nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def rows_read(plans: list[dict[str, Any]], table: str) -> int:
-    """Rows the plans' scans of `table`'s lane partitions (`<table>_l<n>`) read: those they returned
-    and those their filters then dropped, over all their loops."""
+    """Rows the plans' scans of `table` (or of its lane partitions, `<table>_l<n>`) read: those they
+    returned and those their filters then dropped, over all their loops."""
     return int(sum((n.get("Actual Rows", 0) + n.get("Rows Removed by Filter", 0)
                     + n.get("Rows Removed by Index Recheck", 0)) * n.get("Actual Loops", 1)
                    for plan in plans for n in nodes(plan)
-                   if re.fullmatch(rf"{table}_l\d+", n.get("Relation Name", ""))))
+                   if re.fullmatch(rf"{table}(_l\d+)?", n.get("Relation Name", ""))))
 
 
 def scans(plans: list[dict[str, Any]], table: str) -> int:

@@ -2,12 +2,16 @@
 (tests/integration/plan_reads.py)."""
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 from billing_kit import BillingKit
 
 from tests.integration.plan_reads import explained, rows_read, scans
-from wallets import chart, store
+from tests.integration.wallets.wallet_kit import usd
+from wallets import chart, rerating, store
+from wallets.budget_seeding import count_before
+from wallets.model import Budget
 from wallets.periods import Cycle, period_named
 
 
@@ -61,3 +65,51 @@ async def test_what_paid_a_periods_rules_tests_each_charge_for_re_rates_once(bk:
     assert found == {"a-in": ((charge_id, paid, 20_000_000, 1000, 10_000_000),),
                      "call": ((charge_id, paid, 20_000_000, 1, 10_000_000),)}
     assert scans(spy.plans, "charge_adjustments") == 1
+
+
+async def _rerated_history(bk: BillingKit, cid: str, months: tuple[tuple[int, int], ...]) -> None:
+    """`cid`'s calls (1,000 model-a input tokens: $0.01 at $10/M, and the call's $0.01), (month,
+    calls) each on the 10th of the month, each month closed on the next's 1st; then all of them
+    re-rated (on November 20th) to $8/M from July 1st: $0.018 each, 0.002 less."""
+    bk.clock.now = datetime(2026, months[0][0], 5, tzinfo=UTC)
+    await bk.customer(cid)
+    await bk.top_up(cid, "10.00")
+    for month, calls in months:
+        for m in range(bk.clock.now.month + 1, month + 1):
+            await bk.close(datetime(2026, m, 1, 2, tzinfo=UTC))
+        bk.clock.now = datetime(2026, month, 10, tzinfo=UTC)
+        for _ in range(calls):
+            await bk.event(cid, "model-a", 1000, 0)
+    await bk.add_book({**bk.SEED, "version": "v8", "effective_from": "2026-07-01T00:00:00Z", "rules": [
+        {**r, "price": "8.00"} if r["id"] == "a-in" else r for r in bk.SEED["rules"]]})
+    bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    done = await rerating.apply(bk.db, bk.service.engine, rerating.RerateSpec(
+        "seed", "v8", datetime(2026, 7, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC), cid), None)
+    assert done["errors"] == []
+
+
+async def test_a_money_budget_made_mid_month_reads_the_months_rerates_not_the_customers(bk: BillingKit):
+    """Five calls on July 10th, five on August 10th, two on November 10th, all re-rated on the 20th
+    (12 adjustments of $0.002 less each). A month money budget made on November 20th counts
+    November's two calls as re-rated: 2 x ($0.02 - $0.002) = $0.036, and reads November's two
+    adjustments (at most those billed from September on: a call of November's window is of a
+    period named October or November), not July's and August's ten: 12 before, with their charges
+    (12 more), where a customer with 70,969 adjustments (50,000 of its 300,000 charges of 6
+    months, re-rated) read the lane's whole charges and reservations partitions (856 ms)."""
+    cid = "hist-budget-rerates"
+    await _rerated_history(bk, cid, ((7, 5), (8, 5), (11, 2)))
+    now = bk.clock.now
+    lane = await bk.service.engine.lane_of(cid)
+    made = Budget(id="bud-hist-rerates", customer_id=cid, name="", api_key=None, model=None, dimensions={},
+                  window="month", metric="money", limit=usd("100.00"), mode="soft", thresholds=(),
+                  time_zone="UTC", created_at=now)
+
+    _, spy = await explained(bk.db, lambda conn: count_before(conn, lane, made, now),
+                             analyze=("charges", "charge_adjustments"), writes=False)
+
+    [(_, budget_id, windows)] = [params for sql, params in spy.skipped if "INSERT INTO budget_windows" in sql]
+    assert budget_id == "bud-hist-rerates"
+    assert json.loads(windows) == [{"start": "2026-11-01T00:00:00Z", "used": 36_000_000, "held": 0}]
+    assert rows_read(spy.plans, "charge_adjustments") <= 2
+    assert rows_read(spy.plans, "charges") <= 4  # November's two: summed, and beside their adjustments
+
