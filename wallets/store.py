@@ -712,10 +712,17 @@ async def load_corrections(conn: AsyncConnection, periods: Iterable[tuple[str, s
     lane = int(await _lane(conn, [c for c, _ in wanted]) or 0)
     rows = await conn.exec_driver_sql(
         f"""WITH w AS (SELECT * FROM unnest(%s::text[], %s::text[]) AS w(customer_id, period)),
-                 e AS (SELECT DISTINCT a.customer_id, a.entry_id, a.rerate_id, w.period
-                         FROM rerates r JOIN charge_adjustments a ON a.rerate_id = r.id
-                         JOIN w ON a.customer_id = w.customer_id
-                        WHERE a.lane = {lane})
+                 -- the customer's re-rate entries billed in the period (journal_entries_rerates), each
+                 -- with its re-rate (one: the entry's key names it), from one of its adjustments; every
+                 -- adjustment of the customer was read before (195 ms at 70,969, under the lane's lock)
+                 e AS (SELECT w.customer_id, j.id AS entry_id, x.rerate_id, w.period
+                         FROM w JOIN journal_entries j ON j.lane = {lane} AND j.customer_id = w.customer_id
+                                                      AND j.kind = 'rerate_adjustment'
+                                                      AND j.metadata ->> 'period' = w.period
+                        CROSS JOIN LATERAL (SELECT a.rerate_id FROM charge_adjustments a
+                                              JOIN rerates r ON r.id = a.rerate_id
+                                             WHERE a.entry_id = j.id AND a.lane = {lane}
+                                               AND a.customer_id = w.customer_id LIMIT 1) x)
             SELECT t.customer_id, t.reference, t.entry_id,
                    (t.paid - coalesce((SELECT sum(p.amount) FROM invoices i
                                          JOIN invoice_payments p ON p.invoice_id = i.id

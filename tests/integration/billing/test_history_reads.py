@@ -11,6 +11,7 @@ from tests.integration.plan_reads import explained, rows_read, scans
 from tests.integration.wallets.wallet_kit import usd
 from wallets import chart, rerating, store
 from wallets.budget_seeding import count_before
+from wallets.core.state import Unapplied
 from wallets.model import Budget
 from wallets.periods import Cycle, period_named
 
@@ -113,3 +114,45 @@ async def test_a_money_budget_made_mid_month_reads_the_months_rerates_not_the_cu
     assert rows_read(spy.plans, "charge_adjustments") <= 2
     assert rows_read(spy.plans, "charges") <= 4  # November's two: summed, and beside their adjustments
 
+
+async def test_what_a_close_finds_its_periods_rerates_gave_back_reads_only_their_adjustments(bk: BillingKit):
+    """A postpaid customer's five calls of July 10th (its receivable: 5 x $0.02), re-rated on
+    August 10th to $8/M ($0.002 less each: $0.01 off the receivable, billed in August, on July's
+    credit note), and its two calls of November 10th ($0.018 each at $8/M), re-rated on the 20th to
+    $6/M ($0.016: $0.004 off, billed in November). What November's close finds given back is
+    November's re-rate alone, $0.004 (4,000,000 atomic units), under the re-rate's name (November
+    not invoiced), and it reads one adjustment of its entry for the re-rate's name, not July's
+    five: 7 before (every adjustment of the customer; 195 ms at 70,969)."""
+    cid = "hist-corrections"
+    bk.clock.now = datetime(2026, 7, 5, tzinfo=UTC)
+    await bk.customer(cid, billing_mode="postpaid")
+    bk.clock.now = datetime(2026, 7, 10, tzinfo=UTC)
+    for _ in range(5):
+        await bk.event(cid, "model-a", 1000, 0)
+    await bk.close(datetime(2026, 8, 1, 2, tzinfo=UTC))
+    await bk.add_book({**bk.SEED, "version": "v8", "effective_from": "2026-07-01T00:00:00Z", "rules": [
+        {**r, "price": "8.00"} if r["id"] == "a-in" else r for r in bk.SEED["rules"]]})
+    bk.clock.now = datetime(2026, 8, 10, tzinfo=UTC)
+    july = await rerating.apply(bk.db, bk.service.engine, rerating.RerateSpec(
+        "seed", "v8", datetime(2026, 7, 1, tzinfo=UTC), datetime(2026, 8, 1, tzinfo=UTC), cid), None)
+    assert july["errors"] == []
+    for m in (9, 10, 11):
+        await bk.close(datetime(2026, m, 1, 2, tzinfo=UTC))
+    bk.clock.now = datetime(2026, 11, 10, tzinfo=UTC)
+    for _ in range(2):
+        await bk.event(cid, "model-a", 1000, 0)
+    await bk.add_book({**bk.SEED, "version": "v9", "effective_from": "2026-11-01T00:00:00Z", "rules": [
+        {**r, "price": "6.00"} if r["id"] == "a-in" else r for r in bk.SEED["rules"]]})
+    bk.clock.now = datetime(2026, 11, 20, tzinfo=UTC)
+    november = await rerating.apply(bk.db, bk.service.engine, rerating.RerateSpec(
+        "seed", "v9", datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC), cid), None)
+    assert november["errors"] == []
+    [(rerate_id, entry_id)] = list(await bk.db.read(lambda conn: conn.exec_driver_sql(
+        "SELECT DISTINCT rerate_id, entry_id FROM charge_adjustments WHERE customer_id = %s AND period = '2026-11'",
+        (cid,))))
+
+    found, spy = await explained(bk.db, lambda conn: store.load_corrections(conn, [(cid, "2026-11")]),
+                                 analyze=("journal_entries", "charge_adjustments"))
+
+    assert found == {cid: (Unapplied(entry_id, f"rerate:{rerate_id}", 4_000_000, None),)}
+    assert rows_read(spy.plans, "charge_adjustments") <= 1
