@@ -870,19 +870,22 @@ async def load_payers(conn: AsyncConnection, w: Wallet, accounts: Iterable[str],
 
 async def true_ups_posted(conn: AsyncConnection, customer_id: str, period: str) -> dict[str, int]:
     """What the volume true-ups of `period` (its close's, and re-rates' corrections of it, wherever
-    billed) stand at, by rule, at the book's price (not a discount's share): rule id -> units."""
+    billed) stand at, by rule, at the book's price (not a discount's share): rule id -> units. Read
+    from the rollups billed in `period` and later (each is billed in the period open when posted,
+    never before `period`): every period's of the customer were read before."""
     lane = int(await _lane(conn, [customer_id]) or 0)
     prefix = f'line:["{period}","volume_true_up",'  # wallets.core.billing.line_item's, of that period
     rows = await conn.exec_driver_sql(
         f"""SELECT l ->> 4, sum(amount)::text FROM (
                 SELECT substr(item, 6)::jsonb AS l, amount FROM (
-                    SELECT item, amount FROM period_rollups WHERE lane = {lane} AND customer_id = %s
+                    SELECT item, amount FROM period_rollups
+                     WHERE lane = {lane} AND customer_id = %s AND period >= %s
                     UNION ALL
                     SELECT unnest(items), unnest(amounts) FROM period_deltas
-                     WHERE lane = {lane} AND customer_id = %s) r
+                     WHERE lane = {lane} AND customer_id = %s AND period >= %s) r
                  WHERE left(item, length(%s)) = %s) x
              WHERE l ->> 4 IS NOT NULL AND l ->> 7 IS NULL GROUP BY 1""",
-        (customer_id, customer_id, prefix, prefix))
+        (customer_id, period, customer_id, period, prefix, prefix))
     return {rule_id: int(amount) for rule_id, amount in rows}
 
 
@@ -895,15 +898,16 @@ async def true_up_shares(conn: AsyncConnection, customer_id: str, period: str) -
     rows = await conn.exec_driver_sql(
         f"""SELECT l ->> 1, l ->> 7, sum(amount)::text FROM (
                 SELECT substr(item, 6)::jsonb AS l, amount FROM (
-                    SELECT item, amount FROM period_rollups WHERE lane = {lane} AND customer_id = %s
+                    SELECT item, amount FROM period_rollups
+                     WHERE lane = {lane} AND customer_id = %s AND period >= %s
                     UNION ALL
                     SELECT unnest(items), unnest(amounts) FROM period_deltas
-                     WHERE lane = {lane} AND customer_id = %s) r
+                     WHERE lane = {lane} AND customer_id = %s AND period >= %s) r
                  WHERE left(item, length(%s)) = %s) x
              WHERE l ->> 1 = 'volume_true_up'
                 OR (l ->> 1 = 'free_allowance' AND l ->> 7 IS NOT NULL AND l -> 8 = 'null'::jsonb)
              GROUP BY 1, 2""",
-        (customer_id, customer_id, prefix, prefix))
+        (customer_id, period, customer_id, period, prefix, prefix))
     total, given = 0, {}
     for kind, override_id, amount in rows:
         if kind == "volume_true_up":

@@ -156,3 +156,30 @@ async def test_what_a_close_finds_its_periods_rerates_gave_back_reads_only_their
 
     assert found == {cid: (Unapplied(entry_id, f"rerate:{rerate_id}", 4_000_000, None),)}
     assert rows_read(spy.plans, "charge_adjustments") <= 1
+
+
+async def test_what_a_rerate_finds_of_a_periods_true_ups_reads_that_periods_rollups_on(bk: BillingKit):
+    """Five calls on July 10th, five on August 10th, two on November 10th, each month closed on the
+    next's 1st (no volume rule: no true-up). What November's true-ups stand at is nothing, and each
+    of the two reads takes the rollups billed from November on: the two calls' batches' delta rows
+    (none folded), 4 in all; before, every period's of the customer, 13 each (the top-up's and the
+    twelve calls' batches): a true-up of November, or a correction of it, is billed in November or
+    later."""
+    cid = "hist-true-ups"
+    bk.clock.now = datetime(2026, 7, 5, tzinfo=UTC)
+    await bk.customer(cid)
+    await bk.top_up(cid, "10.00")
+    for month, calls in ((7, 5), (8, 5), (11, 2)):
+        for m in range(bk.clock.now.month + 1, month + 1):
+            await bk.close(datetime(2026, m, 1, 2, tzinfo=UTC))
+        bk.clock.now = datetime(2026, month, 10, tzinfo=UTC)
+        for _ in range(calls):
+            await bk.event(cid, "model-a", 1000, 0)
+
+    async def both(conn):
+        return await store.true_ups_posted(conn, cid, "2026-11"), await store.true_up_shares(conn, cid, "2026-11")
+
+    found, spy = await explained(bk.db, both, analyze=("period_rollups", "period_deltas"))
+
+    assert found == ({}, (0, {}))
+    assert rows_read(spy.plans, "period_rollups") + rows_read(spy.plans, "period_deltas") <= 4  # 2, twice
