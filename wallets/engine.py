@@ -655,7 +655,8 @@ async def rerate_input(conn: AsyncConnection, books: BookCache, cmd: RerateCharg
     others = (await store.load_rerate_charges(conn, cmd.customer_id, cmd.book_id, period.start, period.end, True)
               if period.label in invoices else [])
     return RerateInput(version, tuple(_on_record(r) for r in rows), invoices, overrides, period.label, book, true_ups,
-                       left, total, given, true_up_given=kept, others=tuple(_on_record(r) for r in others))
+                       left, total, given, true_up_given=kept, others=tuple(_on_record(r) for r in others),
+                       period_end=period.end)
 
 
 def _on_record(r: dict[str, Any]) -> ChargeOnRecord:

@@ -380,3 +380,42 @@ async def test_a_rerate_re_splits_the_allowances_share_over_the_period_s_usage_o
     assert wallet["receivable"] == "0.00" and wallet["available"] == "0.00", wallet
     verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
     assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]
+
+
+async def test_a_rerate_re_splits_what_the_allowance_pays_of_a_dearer_tiers_true_up(client, database_url) -> None:
+    """Tiers $10/M to 1M, $20/M beyond; a $20.00 allowance: 600,000 + 700,000 tokens rated 6.00 +
+    (4.00 + 6.00) = 16.00, all free; the close's true-up 1.3M x $20/M = 26.00 less 16.00, +10.00, of
+    which the allowance pays its 4.00 left (-4.00), the customer 6.00 (owed). v2 halves the prices
+    ($5/M, $10/M): the charges 3.00 + (2.00 + 3.00) = 8.00, still free; the true-up 1.3M x $10/M =
+    13.00 less 8.00, +5.00 (-5.00). By the close's rule the allowance pays what is left of it, 20.00
+    - 8.00 = 12.00, so all 5.00 (-5.00 where -4.00 stands: -1.00): -5.00 - 1.00 = -6.00, 0.00 owed,
+    13.00 at the tier reached, all free, as a close with v2 in force would have made it; its counter
+    20.00 - 8.00 + 1.00 = 13.00. Before, a share the allowance paid of a dearer tier stayed as the
+    close made it: -5.00, 1.00 owed (its counter 12.00)."""
+    book = f"vol-dr-{uuid.uuid4().hex[:8]}"
+    made = await client.post("/v1/price-books", headers=ADMIN, json={
+        "id": book, "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": DEARER_RULES})
+    assert made.status_code == 201, made.text
+    invoice, wallet = await closed_invoice(client, {"free_allowances": [{"id": "free", "amount": "20.00"}]}, book)
+    assert ("free_allowance", "-4.00", "free") in kinds(invoice) and wallet["receivable"] == "6.00"
+    cid = invoice["customer_id"]
+    halved = [{**DEARER_RULES[0], "tiers": [{"up_to": 1_000_000, "price": "5"}, {"up_to": None, "price": "10"}]}]
+    v2 = await client.post("/v1/price-books", headers=ADMIN, json={
+        "id": book, "currency": "USD", "effective_from": "2026-01-02T00:00:00Z", "rules": halved})
+    assert v2.status_code == 201, v2.text
+    version = (await client.get(f"/v1/price-books/{book}", headers=ADMIN)).json()["versions"][-1]["version"]
+    now = datetime.now(UTC)
+    applied = await client.post("/v1/rerate", headers=ADMIN, json={
+        "price_book": book, "version": version, "from": utc(now - timedelta(hours=1)), "to": utc(now),
+        "customer_id": cid, "mode": "apply"})
+    assert applied.status_code == 200 and applied.json()["errors"] == [], applied.text
+    [customer] = applied.json()["customers"]
+    assert [(ln["model"], ln["old_amount"], ln["new_amount"]) for ln in customer["lines"]
+            if ln["token_type"] == "volume_true_up"] == [("", "-4.00", "-5.00"),
+                                                         ("model-v", "10.00", "5.00")], customer["lines"]
+    assert customer["delta"] == "-6.00", customer
+    wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
+    assert wallet["receivable"] == "0.00" and wallet["available"] == "0.00", wallet
+    assert await allowance_counter(database_url, cid) == 13 * DOLLAR
+    verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
+    assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]

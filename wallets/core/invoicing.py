@@ -225,15 +225,20 @@ def _allowances_pay(rollup: Rollup, period: str, more: int, allowances: Sequence
             origin, kind, *_, override_id, _ = json.loads(item[len(LINE):])
             if origin == period and kind == "free_allowance" and override_id is not None:
                 taken[override_id] = taken.get(override_id, 0) - amount
-    lines = []
+    return [_allowance_line(allowance_id, -take) for allowance_id, take in paying(more, taken, allowances).items()]
+
+
+def paying(more: int, taken: Mapping[str, int], allowances: Sequence[FreeAllowance]) -> dict[str, int]:
+    """Of what a true-up charges more (`more` > 0), what each free allowance in force at the period's
+    end pays (id -> units): each, in their order, up to its room left (its amount less what it paid
+    of the period's usage, `taken`)."""
+    out: dict[str, int] = {}
     for allowance in allowances:
-        room = int(allowance.amount.scaleb(SCALE)) - taken.get(allowance.id, 0)
-        take = min(more, room)
+        take = min(more, int(allowance.amount.scaleb(SCALE)) - taken.get(allowance.id, 0) - out.get(allowance.id, 0))
         if take > 0:
             more -= take
-            taken[allowance.id] = taken.get(allowance.id, 0) + take
-            lines.append(_allowance_line(allowance.id, -take))
-    return lines
+            out[allowance.id] = out.get(allowance.id, 0) + take
+    return out
 
 
 def _allowance_line(allowance_id: str, units: int) -> dict[str, Any]:

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from pricing.lines import Rating
-from wallets.core.invoicing import given_back, true_up_lines
+from wallets.core.invoicing import given_back, paying, true_up_lines
 from wallets.core.money_back import overcharged
 from wallets.core.rating import ALLOWANCE
 
@@ -158,10 +159,11 @@ def allowance_fixes(data: RerateInput, found: Sequence[Correction], fixes: Seque
     books' as it stands, `data.others`), with the charges billed in it as re-rated (`found`) and
     its true-ups as corrected (`fixes`), against what the close and earlier re-rates gave them
     (`data.given_back`): an allowance (rule id `allowance:<id>`) gives back what it no longer paid, or
-    takes what it now paid, so it is not given back twice and its counter stays what it took. Where
-    the close's allowances paid a dearer tier's true-up, their share stays as the close made it."""
+    takes what it now paid, so it is not given back twice and its counter stays what it took. A true-up
+    that charges more (a dearer tier's) is paid by the allowances in force at the period's end, each
+    up to what it has left after the usage as re-rated (invoicing.paying), as the close's is."""
     period = data.period
-    if data.book is None or period not in data.invoices or any(v < 0 for v in data.given_back.values()):
+    if data.book is None or period not in data.invoices:
         return []
     moved = {x.charge.id: x for x in found if (x.charge.billed_in or period) == period}
     if not moved:
@@ -180,9 +182,12 @@ def allowance_fixes(data: RerateInput, found: Sequence[Correction], fixes: Seque
                 paid[key[len(ALLOWANCE):]] = paid.get(key[len(ALLOWANCE):], 0) + units
         own += sum((x.new if x is not None else charge.standing()).values())
     back = -(data.true_up_total + sum(f.delta for f in fixes))
-    if back < 0:
-        return []
-    new = given_back(back, own, paid)
+    if back >= 0:
+        new = given_back(back, own, paid)
+    else:  # a negative share each: what the allowance pays of it
+        in_force = (data.overrides.at(data.period_end - timedelta(microseconds=1))
+                    if data.overrides is not None and data.period_end is not None else None)
+        new = {a: -units for a, units in paying(-back, paid, in_force.overrides.allowances if in_force else ()).items()}
     return [TrueUpFix(period, ALLOWANCE + a, "", "free_allowance", "", 0, None, None,
                       data.given_back.get(a, 0), new.get(a, 0))
             for a in sorted({*data.given_back, *new}) if data.given_back.get(a, 0) != new.get(a, 0)]

@@ -144,6 +144,7 @@ class RerateInput:
     # paid of its usage and what each allowance took, which the close's split of a true-up's money
     # back counts (wallets.core.invoicing.allowance_lines), whatever book rated it
     others: tuple[ChargeOnRecord, ...] = ()
+    period_end: datetime | None = None  # the period's end: the allowances in force then pay a dearer true-up
 
 
 @dataclass(frozen=True, slots=True)
