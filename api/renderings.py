@@ -25,13 +25,10 @@ from fpdf.enums import TextDirection
 from litestar import Request
 from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, Schema
 
-from api import pdf_lines
 from api.accept import taken
 from api.errors import ApiError
 from pricing.money import format_amount
 from pricing.units import KINDS, TOKENS
-
-pdf_lines.install()  # long names wrap without each line measured again for every character
 
 JSON, HTML, PDF, CSV = "application/json", "text/html", "application/pdf", "text/csv"
 MEDIA_TYPES = (JSON, HTML, PDF, CSV)
