@@ -331,14 +331,24 @@ async def test_a_rerate_that_posts_no_entry_keeps_what_it_gave_back_of_each_char
     await verified(bk)
     # the second fix's own record: $0.30 more of the 5th, $0.20 of the 20th
     assert await _given(bk, cid, again["rerate_id"]) == [("v-out", first, 30 * CENT), ("v-out", second, 20 * CENT)]
-    # verify ties each re-rate's record to its correction: $0.30 + $0.20 of the second fix's $0.50,
-    # $0.60 + $0.40 of the first's $1.00; a row inserted again ($0.30 more of the 5th: $0.80 of $0.50)
-    # is flagged, and so is a row naming a charge that is not the customer's (in the close's record:
-    # its $1.00 and one atomic unit, of its $1.00 true-up line, flagged too)
+    # a row of the 5th inserted again into a record is refused (migration 0071: one row per true-up,
+    # rule and charge), the second fix's ($0.30 more) as the close's
     forged = """INSERT INTO true_up_charges (lane, customer_id, period, rule_id, charge_id, rerate_id, units)
                 VALUES (ledger_lane(:c), :c, '2026-11', 'v-out', :charge, :r, :units)"""
-    await bk.db.run(lambda conn: conn.execute(text(forged), {
-        "c": cid, "charge": first, "r": again["rerate_id"], "units": 30 * CENT}))
+    for rerate_id in (again["rerate_id"], None):
+        with pytest.raises(DBAPIError, match="duplicate key value violates unique constraint"):
+            await bk.db.run(lambda conn, r=rerate_id: conn.execute(text(forged), {
+                "c": cid, "charge": first, "r": r, "units": 30 * CENT}))
+    # verify ties each re-rate's record to its correction: $0.30 + $0.20 of the second fix's $0.50,
+    # $0.60 + $0.40 of the first's $1.00; the 5th's $0.30 made $0.60 past the trigger ($0.80 of $0.50)
+    # is flagged, and so is a row naming a charge that is not the customer's (in the close's record:
+    # its $1.00 and one atomic unit, of its $1.00 true-up line, flagged too)
+
+    async def doubled(conn: Any) -> None:
+        await conn.execute(text("SET LOCAL session_replication_role = replica"))  # past the immutability
+        await conn.execute(text("UPDATE true_up_charges SET units = units * 2 WHERE rerate_id = :r AND charge_id = :c"),
+                           {"r": again["rerate_id"], "c": first})
+    await bk.db.run(doubled)
     await bk.db.run(lambda conn: conn.execute(text(forged), {
         "c": cid, "charge": 10 ** 12, "r": None, "units": 1}))
     report = await bk.db.read(lambda conn: verify(conn, WALLET_CHECKS))
