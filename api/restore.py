@@ -8,6 +8,7 @@ outside server's operator is told how."""
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import psycopg
@@ -19,8 +20,9 @@ from migrations import runner
 
 
 def restore(settings: Settings, dump: Path) -> int:
-    if not dump.is_file():
-        raise SystemExit(f"error: {dump}: no such file")
+    if not dump.is_file():  # a bad argument: a usage error, exit 2, as audit verify --file's (it was 1)
+        print(f"error: {dump}: no such file", file=sys.stderr)
+        return 2
     handle = open_database(settings, migrate=False)
     try:
         with psycopg.connect(handle.url, autocommit=True) as conn:
