@@ -221,6 +221,9 @@ class Forwarding:
             tail = splitter.rest()
         except httpx.HTTPError as exc:  # the upstream failed mid-stream: bill what it generated
             self.outcome = "upstream_error"
+            # an event cut before its blank line is not relayed, but one whose data came whole (the
+            # final usage, say) is read for the charge: its JSON decodes only if all of it came
+            self.tally.observe(splitter.rest())
             log.warning("upstream stream failed: %s", exc.__class__.__name__)
             timeout = isinstance(exc, httpx.TimeoutException)
             tail = stream_error_event(x.provider, "upstream_timeout" if timeout else "upstream_failed",

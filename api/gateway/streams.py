@@ -426,7 +426,15 @@ def cut_answer_settlement(kind: str, part: bytes, counter: TokenCounter, model: 
     its headers and first bytes came, so the upstream generated it and bills it. Settled as a
     stream cut mid-way is: the prompt's count and the output metered from the text that arrived
     (api.gateway.partial: the text cut mid-string counts as far as it came), with the tools its
-    items showed. Any usage in it is not read: a count cut mid-digits would be taken as smaller."""
+    items showed. Any usage in it is not read: a count cut mid-digits would be taken as smaller.
+    But when all of the answer came before the cut (its JSON whole: only the body's end, as HTTP
+    frames it, was lost), it is settled as any whole answer is, by its own usage if it has one."""
+    whole = _json(part)
+    if whole is not None:
+        if kind != EMBEDDINGS:
+            tally.observe_answer(whole)
+        return answer_settlement(kind, part, counter, model, prompt_raw_tokens, tally) \
+            or ("usage", {"input_tokens": prompt_raw_tokens})
     body = partial_json(part)
     if body is not None and kind != EMBEDDINGS:
         tally.observe_answer(body)

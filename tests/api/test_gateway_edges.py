@@ -360,6 +360,84 @@ def test_a_whole_answer_cut_mid_body_is_charged_what_came_and_not_retried(live, 
         assert sum(call["model"] == name for call in upstream.fake.calls) == 3
 
 
+@pytest.mark.parametrize("sdk", ["openai", "anthropic"])
+def test_a_whole_answer_cut_after_its_last_byte_is_charged_its_usage(live, upstream, sdk):
+    """The whole JSON answer came (chunked), then the connection was lost before the body's end: its
+    usage is complete, and is what the provider bills, but the charge was metered from its text as
+    if it were cut mid-body, the prompt as counted (8) and " one two three" (3): 0.00114. Now its
+    own usage: OpenAI's 800 input, 200 cached and 40 output tokens (CHAT_CHARGE, 0.0100);
+    Anthropic's 900 input and 40 output, (9,000 + 800) / 1M + 0.001 = 0.0108. Still a 502 that
+    says x-should-retry: false (the upstream's answer did not end as HTTP says it must)."""
+    url, _ = live
+    cid, key = customer(live)
+    data = WHOLE if sdk == "openai" else CUT_MESSAGE
+
+    async def cut(send: Any, receive: Any) -> None:
+        await start(send, b"application/json")  # no content-length: chunked, the last chunk never comes
+        await body(send, data)
+        raise ConnectionAbortedError("the upstream drops the connection before the body's end")
+
+    name = model(upstream, cut)
+    with pytest.raises(openai.InternalServerError if sdk == "openai" else anthropic.InternalServerError) as raised:
+        if sdk == "openai":
+            openai.OpenAI(base_url=f"{url}/openai/v1", api_key=key).chat.completions.create(model=name, messages=HI)
+        else:
+            anthropic.Anthropic(base_url=f"{url}/anthropic", api_key=key).messages.create(
+                model=name, max_tokens=100, messages=HI)
+    response = raised.value.response
+    cost = CHAT_CHARGE if sdk == "openai" else (900 * IN + 40 * OUT) / M + CALL
+    assert cost == (Decimal("0.0100") if sdk == "openai" else Decimal("0.0108"))
+    assert response.status_code == 502 and response.headers["x-should-retry"] == "false"
+    assert Decimal(response.headers["x-tokentill-charged"]) == cost
+    assert charged(url, response.headers["x-tokentill-request-id"]) == cost
+    assert wallet(url, cid) == (Decimal("10") - cost, 0)
+    assert sum(call["model"] == name for call in upstream.fake.calls) == 1
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_stream_cut_inside_its_last_event_after_the_usage_in_it_came_is_charged_that_usage(
+        live, upstream, provider):
+    """The final usage event's data line came whole (its JSON complete), then the connection was
+    lost before the blank line that ends the event: the event was never read, and the stream was
+    charged as one cut before its usage. OpenAI: the prompt as counted (8) and " one two three"
+    (3), 0.00114, where its usage says 800 input, 200 cached, 40 output: CHAT_CHARGE, 0.0100.
+    Anthropic: message_start's 900 input, 100 cached, 50 written and " one two" metered (2),
+    (9,000 + 100 + 625 + 40) / 1M + 0.001 = 0.010765, where message_delta says 40 output:
+    (9,000 + 100 + 625 + 800) / 1M + 0.001 = MESSAGES_CHARGE, 0.011525. The unended event is not
+    relayed (the caller gets the error event)."""
+    url, _ = live
+    cid, key = customer(live)
+    if provider == "openai":
+        events = [content(" one two three"), usage_chunk(40)[:-1]]  # "data: {...}\n", its blank line lost
+        path, payload, headers = "/openai/v1/chat/completions", {}, {"Authorization": f"Bearer {key}"}
+    else:
+        started = {"input_tokens": 900, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 50,
+                   "output_tokens": 1}
+        events = [event("message_start", {"message": {"id": "msg_edge", "type": "message", "role": "assistant",
+                                                      "content": [], "usage": started}}),
+                  event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": " one two"}}),
+                  event("message_delta", {"delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 40}})[:-1]]
+        path, payload, headers = "/anthropic/v1/messages", {"max_tokens": 100}, {"x-api-key": key}
+
+    async def cut(send: Any, receive: Any) -> None:
+        await start(send, b"text/event-stream")
+        for part in events:
+            await body(send, part)
+        raise ConnectionAbortedError("the upstream drops the stream inside its last event")
+
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as http:
+        with http.stream("POST", path, json={"model": model(upstream, cut), "messages": HI, "stream": True,
+                                             **payload}) as r:
+            received = b"".join(r.iter_raw())
+            request_id = r.headers["x-tokentill-request-id"]
+    assert received.startswith(b"".join(events[:-1])) and events[-1] not in received
+    assert b"upstream_failed" in received
+    cost = CHAT_CHARGE if provider == "openai" else MESSAGES_CHARGE
+    assert cost == (Decimal("0.0100") if provider == "openai" else Decimal("0.011525"))
+    assert charged(url, request_id) == cost
+    assert wallet(url, cid) == (Decimal("10") - cost, 0)
+
+
 def test_a_responses_stream_whose_text_holds_a_unicode_line_separator_is_charged_its_usage(live, upstream):
     """Only CR and LF end a server-sent event's lines: a U+2028 or U+0085 inside the JSON of
     response.completed (its output text, unescaped as JSON allows) leaves the event, and its
