@@ -296,3 +296,53 @@ async def test_a_month_budget_made_mid_month_reads_the_months_calls_not_the_cust
     assert budget_id == "bud-history"
     assert json.loads(windows) == [{"start": "2026-11-01T00:00:00Z", "used": 2, "held": 1}]  # November's
     assert rows_read(spy.plans, "reservations") <= 6
+
+
+async def test_a_lifetime_token_budget_sums_the_closed_calls_tokens_in_the_database(kit: Kit):
+    """A call of 10 input tokens settled ($0.01), cloned 3,000 times in the weeks before with its
+    charge (1,000 of the clones' charges without their canonical usage, as charges stored before it:
+    their usage lines count), a released call, a hold still open (of an amount: no tokens kept), and
+    a usage event of 5 output tokens. A lifetime input-token budget counts 3,001 x 10 = 30,010 used,
+    a tokens budget 30,015 (the event's 5 too), none held; and each reads back from the database the
+    open hold and a row per scope and counted field of the rest (3: the canonical input tokens, the
+    usage lines' input, the event's canonical output tokens), where each call was a row with its
+    charges' JSON (3,004 rows; 200,000 calls and 100,000 events: 15-25 s under the lane's lock)."""
+    clock = kit.clock
+    clock.now = now = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+    cid = await kit.customer("long-tokens")
+    await kit.top_up(cid, "100.00")
+    first = await kit.reserve(cid, "t1", amount="1.00")
+    await kit.settle(cid, first.reservation.id, input_tokens=10)
+    released = await kit.reserve(cid, "t2", amount="1.00")
+    await kit.release(cid, released.reservation.id)
+    await kit.reserve(cid, "t3", amount="2.00")
+    await kit.usage_event(cid, "te", output_tokens=5)
+
+    async def clone(conn) -> None:
+        for table, key in (("reservations", "id"), ("charges", "reservation_id")):
+            cols = [c for (c,) in await conn.execute(text(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = :t "
+                "AND table_schema = current_schema() ORDER BY ordinal_position"), {"t": table})
+                    if (table, c) != ("charges", "id")]  # a charge's own id is the next
+            picked = ", ".join({key: f"{key} || '-' || g", "request_id": "request_id || '-' || g",
+                                "created_at": "created_at - g * interval '10 seconds'",
+                                "occurred_at": "occurred_at - g * interval '10 seconds'",
+                                "usage": "CASE WHEN g <= 1000 THEN usage - 'canonical' ELSE usage END"}.get(c, c)
+                               for c in cols)
+            await conn.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER USER"))
+            await conn.execute(text(f"INSERT INTO {table} ({', '.join(cols)}) SELECT {picked} FROM {table}, "
+                                    f"generate_series(1, 3000) g WHERE {key} = :r"), {"r": first.reservation.id})
+            await conn.execute(text(f"ALTER TABLE {table} ENABLE TRIGGER USER"))
+            await conn.execute(text(f"ANALYZE {table}"))
+
+    await kit.db.run(clone)
+    lane = await kit.service.engine.lane_of(cid)
+    for metric, used in (("input_tokens", 30_010), ("tokens", 30_015)):
+        made = Budget(id=f"bud-{metric}", customer_id=cid, name="", api_key=None, model=None, dimensions={},
+                      window="lifetime", metric=metric, limit=1_000_000, mode="soft", thresholds=(),
+                      time_zone="UTC", created_at=now)
+        _, spy = await explained(kit.db, lambda conn, made=made: count_before(conn, lane, made, now),
+                                 analyze=("reservations", "charges"), writes=False)
+        [(_, _, windows)] = [params for sql, params in spy.skipped if "INSERT INTO budget_windows" in sql]
+        assert json.loads(windows) == [{"start": "1970-01-01T00:00:00Z", "used": used, "held": 0}], metric
+        assert sum(plan["Actual Rows"] for plan in spy.plans) <= 4, metric  # the open hold, and the 3 sums
