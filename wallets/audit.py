@@ -41,7 +41,9 @@ _OPTIONAL_SQL = """SELECT
     EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('lots')
                AND attname = 'revoked_at' AND NOT attisdropped) AS revoked_at,  -- 0048
     to_regclass('rerate_true_ups') IS NOT NULL AS rerate_true_ups,    -- 0064
-    to_regclass('true_up_charges') IS NOT NULL AS true_up_charges     -- 0068"""
+    to_regclass('true_up_charges') IS NOT NULL AS true_up_charges,    -- 0068
+    EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('lots')
+               AND attname = 'empty' AND NOT attisdropped) AS lots_empty  -- 0072"""
 
 
 async def _schema(conn: AsyncConnection) -> dict[str, bool]:
@@ -97,12 +99,20 @@ async def holds_equal_reserved(conn: AsyncConnection) -> Check:
 
 
 async def lots_match_accounts(conn: AsyncConnection) -> Check:
+    schema = await _schema(conn)
     # a grant revoked in whole is closed for good: what comes back to it is revoked again (0048 on)
     revoked = """
         UNION ALL
         SELECT format('lot %s was revoked in whole, yet its account holds %s', l.id, b.credits - b.debits)
           FROM lots l JOIN account_balances b ON b.account_id = l.account_id
-         WHERE l.revoked_at IS NOT NULL AND b.credits <> b.debits""" if (await _schema(conn))["revoked_at"] else ""
+         WHERE l.revoked_at IS NOT NULL AND b.credits <> b.debits""" if schema["revoked_at"] else ""
+    # a lot marked empty is one a wallet batch's load does not read: money it holds would be lost
+    # to the customer's charges (0072 on)
+    empty = """
+        UNION ALL
+        SELECT format('lot %s is marked empty, yet its account holds %s', l.id, b.credits - b.debits)
+          FROM lots l JOIN account_balances b ON b.account_id = l.account_id
+         WHERE l.empty AND l.expired_at IS NULL AND b.credits > b.debits""" if schema["lots_empty"] else ""
     return await _query_check(conn, "lots", f"""
         SELECT format('lot %s: remaining %s is outside 0..%s granted', l.id, b.credits - b.debits, l.granted)
           FROM lots l JOIN account_balances b ON b.account_id = l.account_id
@@ -110,7 +120,7 @@ async def lots_match_accounts(conn: AsyncConnection) -> Check:
         UNION ALL
         SELECT format('lot %s expired, yet its account still holds %s', l.id, b.credits - b.debits)
           FROM lots l JOIN account_balances b ON b.account_id = l.account_id
-         WHERE l.expired_at IS NOT NULL AND b.credits <> b.debits{revoked}
+         WHERE l.expired_at IS NOT NULL AND b.credits <> b.debits{revoked}{empty}
         UNION ALL
         SELECT format('lot %s: granted %s, but its opening entry credited %s', l.id, l.granted,
                       coalesce(-(SELECT sum(p.amount) FROM postings p
@@ -118,8 +128,8 @@ async def lots_match_accounts(conn: AsyncConnection) -> Check:
           FROM lots l
          WHERE l.granted <> coalesce(-(SELECT sum(p.amount) FROM postings p
                                         WHERE p.entry_id = l.entry_id AND p.account_id = l.account_id), 0)
-        """, "each lot's remaining is its account balance, within what was granted; expired lots and grants "
-           "revoked in whole are empty")
+        """, "each lot's remaining is its account balance, within what was granted; expired lots, grants "
+           "revoked in whole and lots marked empty hold nothing")
 
 
 async def wallets_within_limits(conn: AsyncConnection) -> Check:

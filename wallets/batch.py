@@ -405,6 +405,7 @@ class Batch:
             self.add("reservations", store.reservation_row(r, ids.get(entry_key or "")))
             self.rows.setdefault("holds", []).extend(store.hold_rows(r))
         self._budget_rows()
+        self._lot_marks()
         for cid in sorted(self.flagged | self.periods.keys()):  # one row each: see store's "customers"
             self.add("customers", store.customer_update(self.loaded.wallets[cid], cid in self.flagged,
                                                         self.periods.get(cid)))
@@ -436,6 +437,27 @@ class Batch:
                 row["counts"].append(quantity)
         if deltas:
             self.rows.setdefault("period_deltas", []).extend(deltas.values())
+
+    def _lot_marks(self) -> None:
+        """Each loaded lot's `empty` mark (migration 0072) as its balance ends the batch: a new lot's
+        in its row, a grant's revoked in whole in its revocation's, each other's that crossed 0 in
+        a row of its own (one UPDATE of a row per statement: a second would be dropped). A lot
+        swept keeps its row (final: `lots_guard`); no load reads it as live. Every posting to a lot
+        is a wallet batch's, to a lot the batch holds (a lot not loaded is swept to the rules, see
+        legs.return_target), so its balance here is its account's; verify names a lot marked empty
+        that holds money (wallets.audit.lots_match_accounts)."""
+        new = {row["id"]: row for row in self.rows.get("lots", ())}
+        revoked = {row["id"]: row for row in self.rows.get("lot_revocations", ())}
+        swept = {row["id"] for row in self.rows.get("lot_expiries", ())}
+        for w in self.loaded.wallets.values():
+            for lot in w.lots.values():
+                empty = lot.balance <= 0
+                if lot.id in new:
+                    new[lot.id]["empty"] = empty
+                elif lot.id in revoked:
+                    revoked[lot.id]["empty"] = empty
+                elif not lot.swept and lot.id not in swept and empty != lot.empty:
+                    self.add("lot_marks", {"id": lot.id, "empty": empty})
 
     def _budget_rows(self) -> None:
         for (budget_id, start), (used, held) in sorted(self.budget_deltas.items()):

@@ -77,6 +77,9 @@ class Lot:
     opened_by: str | None = None
     # a grant revoked in whole: closed for good, what comes back to it is revoked again
     revoked: bool = False
+    # its row's mark as loaded (`lots.empty`, migration 0072: it held nothing when last written);
+    # a batch's load does not read a lot so marked as live, the batch writes it as the balance ends
+    empty: bool = False
 
     def live(self, now: datetime) -> bool:
         return not self.swept and not self.revoked and (self.expires_at is None or self.expires_at > now)

@@ -71,16 +71,29 @@ SELECT
           l.reason, l.reference, b.credits - b.debits, l.expired_at IS NOT NULL,
           CASE WHEN l.account_code = ANY(%(lot_codes)s::text[])
                THEN (SELECT j.kind FROM journal_entries j WHERE j.lane = l.lane AND j.id = l.entry_id) END,
-          l.revoked_at IS NOT NULL)),
+          l.revoked_at IS NOT NULL, l.empty)),
           '[]'::jsonb)
-     FROM lots l JOIN account_balances b ON b.lane = %(lane)s AND b.account_id = l.account_id
-    WHERE l.lane = %(lane)s AND l.customer_id = ANY(%(customers)s::text[])
-      AND ((l.expired_at IS NULL AND b.credits > b.debits)
+     FROM (  -- each part by its own index: a customer's spent lots are not read (migration 0072)
+           SELECT l.* FROM lots l  -- live ones (lots_customer_money: unexpired, not empty)
+            WHERE l.lane = %(lane)s AND l.customer_id = ANY(%(customers)s::text[])
+              AND l.expired_at IS NULL AND NOT l.empty
+           UNION
            -- a lot a command names, even empty or swept: it says which (an expiry, a reversal)
-           OR l.account_code = ANY(%(lot_codes)s::text[])
+           SELECT l.* FROM lots l
+            WHERE l.lane = %(lane)s AND l.account_code = ANY(%(lot_codes)s::text[])
+              AND l.customer_id = ANY(%(customers)s::text[])
+           UNION
            -- a lot a hold came from, even swept: a settle bills its kind, a release goes to breakage
-           OR l.account_code IN (SELECT h.account_code FROM reservation_holds h
-                                  WHERE h.lane = %(lane)s AND h.reservation_id = ANY(%(reservations)s::text[]))))
+           SELECT l.* FROM lots l
+            WHERE l.lane = %(lane)s AND l.customer_id = ANY(%(customers)s::text[])
+              AND l.account_code IN (SELECT h.account_code FROM reservation_holds h
+                                      WHERE h.lane = %(lane)s AND h.reservation_id = ANY(%(reservations)s::text[]))) l
+     CROSS JOIN LATERAL (SELECT b.credits, b.debits FROM account_balances b  -- a primary-key probe each
+                          WHERE b.lane = %(lane)s AND b.account_id = l.account_id LIMIT 1) b
+    WHERE (l.expired_at IS NULL AND b.credits > b.debits)
+       OR l.account_code = ANY(%(lot_codes)s::text[])
+       OR l.account_code IN (SELECT h.account_code FROM reservation_holds h
+                              WHERE h.lane = %(lane)s AND h.reservation_id = ANY(%(reservations)s::text[])))
           AS lots,
   (SELECT coalesce(jsonb_agg((to_jsonb(r) - 'lane') || jsonb_build_object(
           'holds', (SELECT jsonb_agg(jsonb_build_array(h.seq, h.account_code, h.amount) ORDER BY h.seq)
@@ -237,10 +250,10 @@ def loaded_from(row: Any, params: dict[str, Any]) -> Loaded:
     wanted, held_for = params["reservations"], params["credit_held_for"]
     loaded = Loaded({c["id"]: _customer(c) for c in row.customers}, {}, {}, entry_ids=list(row.entry_ids))
     for lot_id, cid, code, kind, granted, priority, expires_at, created_at, reason, reference, balance, swept, \
-            opened_by, revoked in row.lots:
+            opened_by, revoked, empty in row.lots:
         loaded.wallets[cid].lots[code] = Lot(lot_id, code, kind, int(granted), priority, _time(expires_at),
                                              _time(created_at), int(balance), swept, reason, reference,  # type: ignore[arg-type]
-                                             opened_by, revoked)
+                                             opened_by, revoked, empty)
     for item in row.budgets:
         b = budget(item["budget"], item["customer_zone"])
         b.windows = {_time(start): [int(used), int(held)] for start, used, held in item["windows"] or []}  # type: ignore[misc]
@@ -347,20 +360,24 @@ async def _lane(conn: AsyncConnection, customers: list[str]) -> int | None:
 
 _WRITES: dict[str, str] = {
     "lots": """INSERT INTO lots (lane, id, customer_id, kind, account_id, account_code, granted, priority,
-                   expires_at, reason, reference, entry_id, created_at)
+                   expires_at, reason, reference, entry_id, created_at, empty)
                SELECT {lane}, r.id, r.customer_id, r.kind, a.id, r.account_code, r.granted, r.priority,
-                      r.expires_at, r.reason, r.reference, r.entry_id, r.created_at
+                      r.expires_at, r.reason, r.reference, r.entry_id, r.created_at, coalesce(r.empty, false)
                  FROM jsonb_to_recordset({p}::jsonb) AS r(id text, customer_id text, kind text,
                       account_code text, granted numeric, priority smallint, expires_at timestamptz,
-                      reason text, reference text, entry_id bigint, created_at timestamptz)
+                      reason text, reference text, entry_id bigint, created_at timestamptz, empty boolean)
                  JOIN accounts a ON a.code = r.account_code""",
     "lot_expiries": """UPDATE lots SET expired_at = r.expired_at, expired_amount = r.amount,
                               expiry_entry_id = r.entry_id
                  FROM jsonb_to_recordset({p}::jsonb) AS r(id text, expired_at timestamptz,
                       amount numeric, entry_id bigint)
                 WHERE lots.lane = {lane} AND lots.id = r.id""",
-    "lot_revocations": """UPDATE lots SET revoked_at = r.revoked_at
-                 FROM jsonb_to_recordset({p}::jsonb) AS r(id text, revoked_at timestamptz)
+    "lot_revocations": """UPDATE lots SET revoked_at = r.revoked_at, empty = coalesce(r.empty, lots.empty)
+                 FROM jsonb_to_recordset({p}::jsonb) AS r(id text, revoked_at timestamptz, empty boolean)
+                WHERE lots.lane = {lane} AND lots.id = r.id""",
+    # the `empty` mark of each other lot whose balance crossed 0 in the batch (Batch._lot_marks)
+    "lot_marks": """UPDATE lots SET empty = r.empty
+                 FROM jsonb_to_recordset({p}::jsonb) AS r(id text, empty boolean)
                 WHERE lots.lane = {lane} AND lots.id = r.id""",
     "reservations": """INSERT INTO reservations (lane, id, customer_id, request_id, request_hash, model,
                    amount, captured, released, charged, captures, status, dimensions, estimate,

@@ -54,3 +54,20 @@ async def test_a_verify_asks_the_schema_once_and_the_lots_check_names_a_revoked_
 
     found = await kit.db.read(tampered)
     assert not found.ok and any("was revoked in whole" in p for p in found.problems), found
+
+
+async def test_the_lots_check_names_a_lot_marked_empty_that_holds_money(kit: Kit):
+    """A batch's load reads no lot marked empty (migration 0072): one marked so while it holds
+    money would take that money out of the customer's reach. Marked by hand, the $3.00 lot is named."""
+    cid = await kit.customer("mark")
+    lot = await kit.top_up(cid, "3.00")
+
+    async def tampered(conn: AsyncConnection) -> Any:
+        await conn.execute(text("UPDATE lots SET empty = true WHERE id = :id"), {"id": lot.grant.id})
+        found = await lots_match_accounts(conn)
+        await conn.rollback()
+        return found
+
+    assert (await kit.db.read(lambda conn: lots_match_accounts(conn))).ok
+    found = await kit.db.read(tampered)
+    assert not found.ok and found.problems == (f"lot {lot.grant.id} is marked empty, yet its account holds 3000000000",)
