@@ -70,6 +70,9 @@ def _tokens(raw: object, errors: list[dict[str, str]]) -> tuple[tuple[str, int],
     return tuple(sorted(counts.items(), key=lambda kv: TOKEN_TYPES.index(kv[0])))
 
 
+NOT_A_DIMENSION_VALUE = "must be a string, int or bool"
+
+
 def _dimensions(raw: object, errors: list[dict[str, str]]) -> tuple[tuple[str, DimValue], ...]:
     if raw == () or (type(raw) is dict and not raw):
         return ()
@@ -78,7 +81,7 @@ def _dimensions(raw: object, errors: list[dict[str, str]]) -> tuple[tuple[str, D
         if not isinstance(key, str) or not key:
             errors.append(field_error("dimensions", f"bad dimension name {key!r}"))
         elif isinstance(value, float) or not isinstance(value, str | int):
-            errors.append(field_error(f"dimensions.{key}", "must be a string, int or bool"))
+            errors.append(field_error(f"dimensions.{key}", NOT_A_DIMENSION_VALUE))
         else:
             dims[key] = value
     return tuple(sorted(dims.items()))

@@ -38,7 +38,7 @@ from ledger.model import CANONICAL_JSON
 from pricing.errors import InvalidAmountError
 from pricing.money import format_money, parse_amount
 from pricing.parse import parse_time
-from pricing.usage import NOT_AN_INTEGER
+from pricing.usage import NOT_A_DIMENSION_VALUE, NOT_AN_INTEGER
 from wallets import store
 from wallets.chart import ASSET_SCALE
 from wallets.core.idempotency import OK, IdemKey, Replayed, check_key, http_scope
@@ -133,10 +133,14 @@ def shaped(data: Any, type_: Any) -> Any:
         where = re.search(r" - at (?:`key` in )?`\$\.?([^`]*)`$", text)
         field = (where.group(1) if where else "") or "body"
         message = text[:where.start()] if where else text
-        floated = _FLOAT_FOR.fullmatch(message)
-        if floated is not None and "int" in floated.group(1).split(" | "):  # as pricing says it of a count
-            message = NOT_AN_INTEGER
-            field = _float_named(fitted, field)
+        wrong = _WRONG_TYPE.fullmatch(message)
+        if wrong is not None:
+            expected, got = wrong.groups()
+            if got == "float" and "int" in expected.split(" | "):  # as pricing says it of a count
+                message = NOT_AN_INTEGER
+            elif expected == "bool | int | str":  # a dimension's value, as pricing says it
+                message = NOT_A_DIMENSION_VALUE
+            field = _key_named(fitted, field, got)
         unknown = _UNKNOWN.fullmatch(message)
         if unknown is not None:  # name the field itself: "pricebook", not "body"
             field, message = (unknown.group(1) if field == "body" else f"{field}.{unknown.group(1)}"), "unknown field"
@@ -146,21 +150,24 @@ def shaped(data: Any, type_: Any) -> Any:
 _UNKNOWN = re.compile(r"Object contains unknown field `(.*)`")
 # a float where an integer goes (`int`, `int | null`, a budget's `int | str` or, in a change,
 # `int | str | null`, a dimension's `bool | int | str`): one message for it wherever it is refused
-_FLOAT_FOR = re.compile(r"Expected `([^`]*)`, got `float`")
+_WRONG_TYPE = re.compile(r"Expected `([^`]*)`, got `([a-z]+)`")
 _STEP = re.compile(r"\[([0-9]+)\]|\.?([^.\[]+)")
+_JSON_TYPES: dict[str, Any] = {"float": float, "object": dict, "array": list, "null": type(None), "str": str}
 
 
-def _float_named(data: Any, field: str) -> str:
+def _key_named(data: Any, field: str, got: str) -> str:
     """`field` as msgspec names it, a dict's value as `[...]` (`[0].dimensions[...]`), with the
-    key of the dict's first float instead (`[0].dimensions.tier`), as other fields are named."""
-    if not field.endswith("[...]"):
+    key of the dict's first value of the JSON type it `got` instead (`[0].dimensions.tier`), as
+    other fields are named."""
+    kind = _JSON_TYPES.get(got)
+    if not field.endswith("[...]") or kind is None:
         return field
     path, at = field[:-5], data
     for step in _STEP.finditer(path):
         index, name = step.groups()
         at = (at[int(index)] if isinstance(at, list) and int(index) < len(at) else None) if index is not None \
             else (at.get(name) if isinstance(at, dict) else None)
-    key = next((k for k, v in at.items() if isinstance(v, float)), None) if isinstance(at, dict) else None
+    key = next((k for k, v in at.items() if type(v) is kind), None) if isinstance(at, dict) else None
     return field if key is None else f"{path}.{key}".lstrip(".")
 
 

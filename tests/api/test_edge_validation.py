@@ -290,6 +290,24 @@ async def test_a_time_at_any_offset_the_api_takes_is_stored_as_utc_not_refused_b
     assert closed.status_code == 200 and len(closed.json()["closed"]) >= 1, closed.text
 
 
+@pytest.mark.parametrize("value", [{}, [], None, {"a": 1}])
+@pytest.mark.parametrize("path", ["/v1/reservations", "/v1/usage-events"])
+async def test_a_dimension_value_that_is_not_a_string_an_integer_or_a_boolean_is_named_by_its_key(
+        client, world, batches, path, value):
+    """It was 422 with msgspec's words on a field no one sent: "dimensions[...]: Expected
+    `bool | int | str`, got `object`". Now the dimension is named, with pricing's words for it."""
+    body: Any = _reserve(world, dimensions={"feature": "chat", "tier": value})
+    field = "dimensions.tier"
+    if path == "/v1/usage-events":
+        body, field = [_event(world, dimensions={"feature": "chat", "tier": value})], "[0].dimensions.tier"
+    response = await client.post(path, json=body)
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["code"] == "validation_error"
+    assert response.json()["fields"] == [{"field": field, "message": "must be a string, int or bool"}]
+    assert batches == []
+
+
 async def test_a_time_written_with_a_lowercase_t_or_z_is_the_same_instant(client, world):
     """RFC 3339 (5.6, NOTE) lets the "T" and "Z" of a date-time be written "t" and "z": each was 422
     "must be an RFC 3339 date-time" (a price book's: "not an RFC 3339 date-time"), in a body and
