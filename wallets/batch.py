@@ -246,10 +246,14 @@ class Batch:
             "true_ups": [list(x) for x in effect.true_ups], "created_at": self.now})
 
     def _true_up_charges_given(self, effect: TrueUpChargesGiven, key: str | None) -> None:
-        for rule_id, charge_id, units in effect.given:
+        # one row of arrays, unnested by the statement: a record of each charge as a JSON object was
+        # 14.4 MB for 100,000 charges (0.3-0.7 s to build and dump, 0.5-1.0 s to parse)
+        if effect.given:
             self.add("true_up_charges", {
-                "customer_id": effect.customer_id, "period": effect.period, "rule_id": rule_id,
-                "charge_id": charge_id, "rerate_id": effect.rerate_id, "units": units, "created_at": self.now})
+                "customer_id": effect.customer_id, "period": effect.period, "rerate_id": effect.rerate_id,
+                "created_at": self.now, "rules": [rule_id for rule_id, _, _ in effect.given],
+                "charges": [charge_id for _, charge_id, _ in effect.given],
+                "units": [units for _, _, units in effect.given]})
 
     def _period_advanced(self, effect: PeriodAdvanced, key: str | None) -> None:
         self.loaded.wallets[effect.customer_id].customer.open_period_start = effect.open_period_start

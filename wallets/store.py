@@ -500,9 +500,10 @@ _WRITES: dict[str, str] = {
                       true_ups jsonb, created_at timestamptz)""",
     "true_up_charges": """INSERT INTO true_up_charges (lane, customer_id, period, rule_id, charge_id, rerate_id, units,
                                                  created_at)
-               SELECT {lane}, r.customer_id, r.period, r.rule_id, r.charge_id, r.rerate_id, r.units, r.created_at
-                 FROM jsonb_to_recordset({p}::jsonb) AS r(customer_id text, period text, rule_id text, charge_id bigint,
-                      rerate_id text, units numeric, created_at timestamptz)""",
+               SELECT {lane}, r.customer_id, r.period, x.rule_id, x.charge_id, r.rerate_id, x.units, r.created_at
+                 FROM jsonb_to_recordset({p}::jsonb) AS r(customer_id text, period text, rerate_id text,
+                      created_at timestamptz, rules text[], charges bigint[], units numeric[])
+                CROSS JOIN LATERAL unnest(r.rules, r.charges, r.units) AS x(rule_id, charge_id, units)""",
     # One row per customer: two UPDATEs of one row in one statement keep only one of them (a
     # close that also flagged a low balance lost its period's advance, and closed it again).
     "customers": """UPDATE customers
