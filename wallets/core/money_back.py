@@ -120,11 +120,13 @@ def take_back(w: Wallet, takes: Mapping[int, int], payers: Mapping[int, Sequence
     """What a true-up corrected up takes back of each charge (`takes`: charge id -> units > 0), from
     what paid that charge (`payers`: charge id -> (account, units)), the reverse of how the money
     back reached it (each_charge_first): the live lots that paid it, the first consumed first, each
-    up to what it paid of it and still has; then the receivable, up to what it paid of it; in all at
-    most `most`. Account -> units. What none of them can give (a lot spent or expired since) is the
+    up to what it paid of it and still has (one expired since, what it paid: what was given back to
+    it went to breakage, taken_from); then the receivable, up to what it paid of it; in all at most
+    `most`. Account -> units. What none of them can give (a lot spent since, a grant revoked) is the
     caller's to take as usage is, from the live lots in consumption order."""
     receivable = chart.receivable_account(w.customer.id)
     have = {code: lot.balance for code, lot in w.lots.items() if lot.live(now) and lot.balance > 0}
+    have.update({code: None for code, lot in w.lots.items() if not lot.live(now) and not lot.revoked})
     out: dict[str, int] = {}
     left = sum(takes.values()) if most is None else most
     for charge, need in sorted(takes.items()):
@@ -133,13 +135,21 @@ def take_back(w: Wallet, takes: Mapping[int, int], payers: Mapping[int, Sequence
             paid[account] = paid.get(account, 0) + units
         lots = sorted((a for a in paid if a in have), key=lambda a: consumption_key(w.lots[a]))
         for account in [*lots, *([receivable] if receivable in paid else [])]:
-            part = min(need, left, paid[account], have.get(account, need) if account != receivable else need)
+            cap = need if account == receivable or have[account] is None else have[account]
+            part = min(need, left, paid[account], cap)
             if part > 0:
                 out[account] = out.get(account, 0) + part
-                if account in have:
+                if have.get(account) is not None:
                     have[account] -= part
                 need, left = need - part, left - part
     return out
+
+
+def taken_from(w: Wallet, account: str, now: datetime) -> str:
+    """The account debited for what take_back takes of `account`: itself, or for a lot expired since,
+    breakage (what came back to it went there, as give_back sends it)."""
+    lot = w.lots.get(account)
+    return account if lot is None or lot.live(now) else chart.breakage_account(w.customer.currency)
 
 
 def give_back(state: State, w: Wallet, shares: dict[str, int], back: int, now: datetime, reference: str,

@@ -57,7 +57,15 @@ from wallets.core.decision import (
     UsageCounted,
 )
 from wallets.core.legs import Legs, entry, funding, settlement, settlement_legs
-from wallets.core.money_back import each_charge_first, give_back, given_rows, last_consumed_first, share, take_back
+from wallets.core.money_back import (
+    each_charge_first,
+    give_back,
+    given_rows,
+    last_consumed_first,
+    share,
+    take_back,
+    taken_from,
+)
 from wallets.core.rating import ALLOWANCE, period_counts, period_to_date
 from wallets.core.rerate_true_ups import KIND as TRUE_UP
 from wallets.core.rerate_true_ups import TrueUpFix, true_up_fixes
@@ -343,7 +351,7 @@ def _taken_then_usage(w: Any, took: Mapping[str, int], rest: int, now: datetime)
     s = settlement(after, None, rest, False, now)
     legs, paid = settlement_legs(after, s), dict(funding(after, None, s))
     for account, units in took.items():
-        legs.debit(account, units)
+        legs.debit(taken_from(w, account, now), units)
         paid[account] = paid.get(account, 0) + units
     legs.credit(chart.revenue_account(w.customer.currency), sum(took.values()))
     return legs, tuple(sorted(paid.items()))
@@ -416,7 +424,7 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
         return legs, paid_back, lot
     paid = dict(paid_back)
     for account, units in debits.items():
-        legs.debit(account, units)
+        legs.debit(taken_from(w, account, now), units)
         paid[account] = paid.get(account, 0) + units
     legs.credit(chart.revenue_account(w.customer.currency), sum(debits.values()))
     return legs, tuple(sorted((a, v) for a, v in paid.items() if v)), lot

@@ -512,3 +512,43 @@ async def test_a_true_up_corrected_up_beside_cheaper_charges_nets_each_charge_s_
     assert done["delta"] == "-0.26", done
     assert await live_lots(bk, "netted") == {top_up: ("topup", 72 * CENT), grant: ("grant", 444 * CENT)}
     await verified(bk)
+
+
+async def _breakage(bk: BillingKit) -> int:
+    trial = await bk.db.read(lambda conn: trial_balance(conn, "USD"))
+    return {ln.account: ln.credits - ln.debits for ln in trial.lines}.get(chart.breakage_account("USD"), 0)
+
+
+async def test_a_true_up_corrected_up_takes_back_from_breakage_what_it_gave_an_expired_grant(fresh_db) -> None:
+    """A $1.20 grant expiring November 25th pays the 5th's $1.20 (spent); a $5.00 top-up (the 6th)
+    the 20th's $1.10 ($3.90). The close: $0.60 of the 5th's back to the grant, expired, so to
+    breakage (where its money went at its expiry had the charge cost less), $0.40 of the 20th's to
+    the top-up ($4.30). Re-rated to $15/M beyond: the 20th $1.25 (+$0.15, paid like usage: the
+    top-up, $4.15); the true-up -$0.50 (+$0.50): the 5th costs $0.90 at $15/M, $0.30 over where
+    $0.60 was given back: $0.30 taken back from breakage, where the grant's $0.60 went ($0.30 left:
+    $1.20 - $0.90, what the grant overpaid at $15/M); the 20th costs $1.05, $0.20 over where $0.40
+    was given: $0.20 from the top-up ($3.95 = $5.00 - $1.05). Before, what the expired grant could
+    not give was paid like usage, by the top-up: $3.65, and breakage kept $0.60: the customer paid
+    $0.30 back of money it never got."""
+    bk = BillingKit(fresh_db)
+    await bk.add_book(V1)
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("expired-taken", book="vol")
+    await bk.grant(cid, "1.20", expires_at=datetime(2026, 11, 25, tzinfo=UTC))
+    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 60_000)
+    bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
+    top_up = await bk.top_up(cid, "5.00")
+    bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 70_000)
+    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 430 * CENT)}
+    assert await _breakage(bk) == 60 * CENT
+    await bk.add_book(vol("v2", "2026-11-01T00:00:00Z", "20", "15"))
+    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
+    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    assert done["delta"] == "0.65", done
+    assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 395 * CENT)}
+    assert await _breakage(bk) == 30 * CENT
+    await verified(bk)
+
