@@ -552,3 +552,44 @@ async def test_a_true_up_corrected_up_takes_back_from_breakage_what_it_gave_an_e
     assert await _breakage(bk) == 30 * CENT
     await verified(bk)
 
+
+async def test_a_close_s_record_counts_what_an_expired_grant_s_charge_gave_back_to_breakage(fresh_db) -> None:
+    """The per-charge record of money back that the charge's payer could not take (its grant
+    expired: the money went to breakage) counts it all the same, and sums to what moved. The top-up
+    pays the 5th's $1.20; the grant (expiring November 25th) the 20th's $1.10. The close: $0.60 of
+    the 5th's back to the top-up ($0.60), $0.40 of the 20th's to breakage, where the grant's money
+    would have gone at its expiry had the charge cost less; the rows $0.60 + $0.40 = the $1.00
+    true-up, all of which left revenue. Re-rated to $5/M beyond: the 20th -$0.15 and, of the
+    true-up's -$0.50, $0.90 - $0.60 = $0.30 of the 5th (the top-up, $0.90 = $1.20 - $0.30) and $0.60 -
+    $0.40 = $0.20 of the 20th: breakage $0.40 + $0.15 + $0.20 = $0.75 = $1.10 - $0.35, what the grant
+    overpaid of the 20th at $5/M. Had the close's record left out what went to breakage ($0.00 of
+    the 20th), its rows would sum to $0.60 where $1.00 moved, and the re-rate would take the 20th's
+    $0.60 over at $5/M as not given back yet ($0.60 due where $0.20 is), the close's $0.40 counted
+    nowhere."""
+    bk = BillingKit(fresh_db)
+    await bk.add_book(V1)
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("expired-record", book="vol")
+    top_up = await bk.top_up(cid, "1.20")
+    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 60_000)
+    bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
+    await bk.grant(cid, "5.00", expires_at=datetime(2026, 11, 25, tzinfo=UTC))
+    bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 70_000)
+    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+
+    assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 60 * CENT)}
+    assert await _breakage(bk) == 40 * CENT
+    closed = await _given(bk, cid, None)
+    first, second = sorted(charge for _, charge, _ in closed)
+    assert closed == [("v-out", first, 60 * CENT), ("v-out", second, 40 * CENT)]
+    await verified(bk)
+    await bk.add_book(vol("v2", "2026-11-01T00:00:00Z", "20", "5"))
+    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
+    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    assert done["delta"] == "-0.65", done
+    assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 90 * CENT)}
+    assert await _breakage(bk) == 75 * CENT
+    assert await _given(bk, cid, done["rerate_id"]) == [("v-out", first, 30 * CENT), ("v-out", second, 20 * CENT)]
+    await verified(bk)
