@@ -35,13 +35,23 @@ LANE: ContextVar[int | None] = ContextVar("tokentill_lane", default=None)
 # records are read from the lane's partition, and from `idempotency_keys` (the records kept
 # before lanes, and those of calls outside any lane).
 _LOAD = """
-WITH want_reservations AS (
+WITH kept AS MATERIALIZED (  -- each key's kept answer: a primary-key probe per key, never a scan
+    SELECT w.scope, w.key, k.request_hash, k.status, k.response
+      FROM unnest(%(scopes)s::text[], %(keys)s::text[]) AS w(scope, key)
+     CROSS JOIN LATERAL (
+         SELECT r.request_hash, r.status, r.response FROM idempotency_records r
+          WHERE r.lane = %(lane)s AND r.scope = w.scope AND r.key = w.key
+         UNION ALL
+         SELECT o.request_hash, o.status, o.response FROM idempotency_keys o
+          WHERE o.scope = w.scope AND o.key = w.key
+         LIMIT 1) k
+), want_reservations AS (
     SELECT r.* FROM reservations r WHERE r.lane = %(lane)s AND r.id = ANY(%(reservations)s::text[])
     UNION ALL  -- the reservation a reserve's kept answer names: its replay answers it as it is now
-    SELECT r.* FROM unnest(%(scopes)s::text[], %(keys)s::text[]) AS w(scope, key)
-      JOIN idempotency_records i ON i.lane = %(lane)s AND i.scope = w.scope AND i.key = w.key
-      JOIN reservations r ON r.lane = %(lane)s AND r.id = i.response -> 'body' ->> 'id'
-     WHERE starts_with(w.scope, 'reserve:') AND i.response ->> 'code' = 'reserved'
+    SELECT r.* FROM kept k CROSS JOIN LATERAL (
+         SELECT r.* FROM reservations r WHERE r.lane = %(lane)s AND r.id = k.response -> 'body' ->> 'id'
+          LIMIT 1) r
+     WHERE starts_with(k.scope, 'reserve:') AND k.response ->> 'code' = 'reserved'
        AND NOT r.id = ANY(%(reservations)s::text[])
 )
 SELECT
@@ -116,15 +126,8 @@ SELECT
                                                    ELSE interval '33 days' END)))), '[]'::jsonb)
      FROM budgets b JOIN customers c ON c.id = b.customer_id
     WHERE b.lane = %(lane)s AND b.customer_id = ANY(%(customers)s::text[]) AND b.deleted_at IS NULL) AS budgets,
-  (SELECT coalesce(jsonb_agg(jsonb_build_array(w.scope, w.key, k.request_hash, k.status, k.response)), '[]'::jsonb)
-     FROM unnest(%(scopes)s::text[], %(keys)s::text[]) AS w(scope, key)
-     CROSS JOIN LATERAL (  -- a primary-key probe per key: never a scan of the lane's records
-         SELECT r.request_hash, r.status, r.response FROM idempotency_records r
-          WHERE r.lane = %(lane)s AND r.scope = w.scope AND r.key = w.key
-         UNION ALL
-         SELECT o.request_hash, o.status, o.response FROM idempotency_keys o
-          WHERE o.scope = w.scope AND o.key = w.key
-         LIMIT 1) k) AS idempotency,
+  (SELECT coalesce(jsonb_agg(jsonb_build_array(k.scope, k.key, k.request_hash, k.status, k.response)), '[]'::jsonb)
+     FROM kept k) AS idempotency,
   (SELECT coalesce(jsonb_agg(jsonb_build_array(e.customer_id, e.event_id, e.request_hash)), '[]'::jsonb)
      FROM usage_events e JOIN unnest(%(event_customers)s::text[], %(event_ids)s::text[]) AS w(customer_id, event_id)
        ON e.lane = %(lane)s AND e.customer_id = w.customer_id AND e.event_id = w.event_id) AS events,
