@@ -651,9 +651,10 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
     # TrueUpFix.parts). A re-rate's: its correction of the rule's true-up. A close's: its own line of
     # the rule at the book's price (kind volume_true_up, no override), which is what the period's
     # rollups (wherever billed) say the true-up stands at less the re-rates' corrections of it. Each
-    # row a charge of its customer billed in its period (a close's and a re-rate's records are of
-    # those alone; a re-rate's may be of a charge billed in no period, posted before migration 0017,
-    # as it takes one to be billed in the period of its usage).
+    # row a charge of its customer billed in its period, of usage in it (its invoice's bounds: a late
+    # charge billed in it is not; a close's and a re-rate's records are of those alone; a re-rate's
+    # may be of a charge billed in no period, posted before migration 0017, as it takes one to be
+    # billed in the period of its usage).
     given = """
         UNION ALL
         SELECT problem FROM (
@@ -704,11 +705,16 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
                       THEN 'the close' ELSE 're-rate ' || t.rerate_id END, t.customer_id, t.period, t.rule_id,
                       t.charge_id)
                || CASE WHEN c.customer_id IS DISTINCT FROM t.customer_id THEN 'is not its charge'
-                       ELSE 'is billed in ' || coalesce(c.period, 'no period') END
+                       WHEN c.period IS DISTINCT FROM t.period AND NOT (c.period IS NULL AND t.rerate_id IS NOT NULL)
+                       THEN 'is billed in ' || coalesce(c.period, 'no period')
+                       ELSE format('is of usage at %s, outside the period its invoice %s closed', c.occurred_at,
+                                   i.number) END
           FROM true_up_charges t LEFT JOIN charges c ON c.lane = t.lane AND c.id = t.charge_id
+          LEFT JOIN invoices i ON i.customer_id = t.customer_id AND i.period = t.period
          WHERE t.charge_id IS NOT NULL
            AND (c.customer_id IS DISTINCT FROM t.customer_id OR c.period IS DISTINCT FROM t.period
-                AND NOT (c.period IS NULL AND t.rerate_id IS NOT NULL))
+                AND NOT (c.period IS NULL AND t.rerate_id IS NOT NULL)
+                OR c.occurred_at < i.period_start OR c.occurred_at >= i.period_end)
         """ if (await _schema(conn))["true_up_charges"] else ""
     return await _query_check(conn, "credit_notes", f"""
         SELECT format('re-rate entry %s: its charges moved %s, its true-ups %s, its revenue postings %s',

@@ -172,6 +172,23 @@ async def test_a_close_s_true_up_gives_nothing_back_to_what_paid_a_late_charge_o
     november = [i for i in await bk.invoices(cid) if i["period"]["label"] == "2026-11"]
     assert [ln["amount"] for ln in november[0]["lines"] if ln["kind"] == "volume_true_up"] == ["-1.00"]
     await verified(bk)
+    # the close's record is of November's own charges: its row of the 20th's moved by hand to the
+    # late charge (billed in November, of October 31st's usage; the same $1.00 in all) is flagged
+    late = await bk.db.read(lambda conn: conn.scalar(text(
+        "SELECT id FROM charges WHERE customer_id = :c AND occurred_at < '2026-11-01'"), {"c": cid}))
+    second = max(charge for _, charge, _ in await _given(bk, cid, None))
+
+    async def moved(conn: Any) -> list[str]:
+        await conn.execute(text("SET LOCAL session_replication_role = replica"))  # past the immutability
+        await conn.execute(text("UPDATE true_up_charges SET charge_id = :late WHERE charge_id = :second"),
+                           {"late": late, "second": second})
+        await conn.execute(text("SET LOCAL session_replication_role = origin"))
+        report = await verify(conn, WALLET_CHECKS)
+        await conn.rollback()
+        return [p for c in report.checks if not c.ok for p in (c.name, *c.problems)]
+    assert await bk.db.read(moved) == [
+        "credit_notes", f"true-up record of the close of customer late, 2026-11 rule v-out: charge {late} is of usage "
+        f"at 2026-10-31 12:00:00+00, outside the period its invoice {november[0]['number']} closed"]
 
 
 async def test_a_close_s_true_up_gives_each_charge_s_payers_what_that_charge_was_overcharged(fresh_db) -> None:
