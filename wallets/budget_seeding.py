@@ -56,6 +56,17 @@ SELECT c.model, c.dimensions, sum(c.charged), count(*)
  WHERE c.lane = %(lane)s AND c.customer_id = %(customer)s AND c.event_id IS NOT NULL
    AND c.occurred_at >= %(start)s AND c.occurred_at < %(end)s
  GROUP BY 1, 2"""
+# a charge's counts (x.usage, x.lines) as rows (field: a canonical usage field's name, else a usage
+# line's token type; name; n), which _token_type names as rerating.charged_tokens does
+_TOKENS_OF_CHARGE = """CROSS JOIN LATERAL (
+     SELECT true AS field, e.key AS name, e.value::text::numeric AS n
+       FROM jsonb_each(x.usage -> 'canonical') e
+      WHERE jsonb_typeof(x.usage -> 'canonical') = 'object' AND e.value::text ~ '^-?[0-9]+$'
+     UNION ALL
+     SELECT false, l ->> 'token_type', (l ->> 'quantity')::numeric
+       FROM jsonb_array_elements(CASE WHEN jsonb_typeof(x.usage -> 'canonical') = 'object' THEN '[]'::jsonb
+                                      ELSE x.lines END) l
+      WHERE l ->> 'kind' = 'usage' AND coalesce(l ->> 'token_type', 'request') NOT IN ('', 'request')) t"""
 # a token budget's closed reservations and usage events, their charges' tokens summed in the
 # database by scope (rerating.charged_tokens' rule: a charge's canonical usage's whole counts by
 # field, named to their rating token types after (pricing.units.TYPE_OF_FIELD); else its usage lines'
@@ -72,15 +83,7 @@ SELECT x.model, x.dimensions, t.field, t.name, sum(t.n)
           FROM charges c
          WHERE c.lane = %(lane)s AND c.customer_id = %(customer)s AND c.event_id IS NOT NULL
            AND c.occurred_at >= %(start)s AND c.occurred_at < %(end)s) x
- CROSS JOIN LATERAL (
-     SELECT true AS field, e.key AS name, e.value::text::numeric AS n
-       FROM jsonb_each(x.usage -> 'canonical') e
-      WHERE jsonb_typeof(x.usage -> 'canonical') = 'object' AND e.value::text ~ '^-?[0-9]+$'
-     UNION ALL
-     SELECT false, l ->> 'token_type', (l ->> 'quantity')::numeric
-       FROM jsonb_array_elements(CASE WHEN jsonb_typeof(x.usage -> 'canonical') = 'object' THEN '[]'::jsonb
-                                      ELSE x.lines END) l
-      WHERE l ->> 'kind' = 'usage' AND coalesce(l ->> 'token_type', 'request') NOT IN ('', 'request')) t
+ {_TOKENS_OF_CHARGE}
  GROUP BY 1, 2, 3, 4"""
 # the re-rates of the window's calls (a money budget counts each call as they left it), with the
 # scope and time of the call each corrects and whether a charge may still move that call; those of
@@ -157,6 +160,12 @@ async def count_before(conn: AsyncConnection, lane: int, b: Budget, now: datetim
                                               "used": r.used} for r in rows_of])))
 
 
+def _token_type(field: bool, name: str | None) -> str | None:
+    """The rating token type of a _TOKENS_OF_CHARGE row (None: a count charged_tokens leaves out)."""
+    token_type = TYPE_OF_FIELD.get(name or "") if field else name
+    return None if token_type is None or token_type == "request" else token_type
+
+
 async def _each_call(conn: AsyncConnection, params: dict[str, Any], *, summed: bool = False) -> list[PastCall]:
     """The window's calls one by one, with the tokens their charges rated (a token budget); with
     `summed`, those a charge may still move, and the rest's tokens summed by scope (_CLOSED_TOKENS)."""
@@ -175,8 +184,8 @@ async def _each_call(conn: AsyncConnection, params: dict[str, Any], *, summed: b
     if summed:
         scopes: dict[tuple[str, str], tuple[str, Any, dict[str, int]]] = {}
         for model, dimensions, field, name, n in await conn.exec_driver_sql(_CLOSED_TOKENS, params):
-            token_type = TYPE_OF_FIELD.get(name) if field else name
-            if token_type is None or token_type == "request":  # a count charged_tokens leaves out
+            token_type = _token_type(field, name)
+            if token_type is None:
                 continue
             scope = scopes.setdefault((model, store.dumps(dimensions or {})), (model, dimensions or {}, {}))
             scope[2][token_type] = scope[2].get(token_type, 0) + int(n)
