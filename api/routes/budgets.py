@@ -16,6 +16,7 @@ from api.routes import cursors
 from api.routes.formats import AMOUNT_TEXT, POSITIVE_AMOUNT, Identifier, documented_as
 from api.routes.schemas import json_body
 from api.routes.wire import Answer, amount_in, idempotency, kept_answer, respond, shaped, time_out
+from pricing.errors import NOT_AN_INTEGER
 from wallets.budgets import BudgetChange, BudgetSpec
 from wallets.core.budgets import BudgetView, figure
 from wallets.errors import NotFoundError, WalletValidationError
@@ -104,12 +105,19 @@ BUDGET = Answer(budget_response, BudgetView, lambda _: "created")
 CHANGED = Answer(budget_response, BudgetView, lambda _: "ok")  # a change or a deletion: 200
 
 
-def _limit(metric: str, value: str | int) -> int:
-    """The limit in atomic units (money) or counts; the type must suit the metric."""
+MONEY_LIMIT = 'a money limit is a decimal string, such as "10.00"'
+
+
+def _limit(metric: str, value: str | int | float) -> int:
+    """The limit in atomic units (money) or counts; the type must suit the metric. A JSON number
+    with a fraction or an exponent (a float: `_float_limit` keeps it from msgspec, which would call
+    it not an integer whatever the metric) is refused in the words of the metric's own form."""
     if metric == "money":
         if not isinstance(value, str):
-            raise WalletValidationError("limit", 'a money limit is a decimal string, such as "10.00"')
+            raise WalletValidationError("limit", MONEY_LIMIT)
         return amount_in(value, "limit")
+    if isinstance(value, float):
+        raise WalletValidationError("limit", NOT_AN_INTEGER)
     if not isinstance(value, int):
         raise WalletValidationError("limit", f"a {metric} limit is an integer")
     return value
@@ -120,6 +128,8 @@ def _limit(metric: str, value: str | int) -> int:
 async def create_budget(state: State, request: Request, data: CreateBudgetBody) -> Response[BudgetResponse]:
     """A budget of a customer's: every reservation that matches its scope counts against its
     window at its upper bound from the moment it is held. `hard` refuses with 429; `soft` alerts."""
+    if isinstance(data, dict) and data.get("metric") == "money" and _float_limit(data) is not None:
+        raise WalletValidationError("limit", MONEY_LIMIT)  # not NOT_AN_INTEGER, as msgspec's float would be
     data = shaped(data, CreateBudgetRequest)
     ensure_customer(request, data.customer_id)
     spec = BudgetSpec(data.customer_id, data.window, data.metric, _limit(data.metric, data.limit), data.mode,
@@ -206,7 +216,8 @@ async def change_budget(state: State, request: Request, budget_id: FromPath[str]
     if fixed is not None:
         raise WalletValidationError(fixed, "never changes: create another budget (and delete this one)")
     idem = idempotency(request, data)
-    data = shaped(data, ChangeBudgetRequest)
+    number = _float_limit(data)  # which words refuse it are the budget's metric's: read below
+    data = shaped(data if number is None else {k: v for k, v in data.items() if k != "limit"}, ChangeBudgetRequest)
     replay = await kept_answer(state.services.db, idem)
     if replay is not None:
         return respond(request, replay, CHANGED)
@@ -215,10 +226,17 @@ async def change_budget(state: State, request: Request, budget_id: FromPath[str]
 
     def decide(b: Budget) -> BudgetChange:
         check(b)
-        limit = None if data.limit is None else _limit(b.metric, data.limit)
+        given = data.limit if number is None else number
+        limit = None if given is None else _limit(b.metric, given)
         return BudgetChange(data.name, limit, data.mode, None if data.thresholds is None else tuple(data.thresholds))
 
     return respond(request, await state.services.wallets.budgets.change(budget_id, decide, idem), CHANGED)
+
+
+def _float_limit(data: Any) -> float | None:
+    """A body's `limit` when it is a JSON number with a fraction or an exponent (10.0, 1e1, 1.5)."""
+    value = data.get("limit") if isinstance(data, dict) else None
+    return value if type(value) is float else None
 
 
 @delete("/v1/budgets/{budget_id:str}", guards=[require(*WRITERS)], tags=["budgets"], status_code=200,

@@ -137,3 +137,34 @@ async def test_a_budget_change_refuses_a_count_limit_with_a_fraction_or_an_expon
     assert response.json()["code"] == "validation_error"
     assert response.json()["fields"] == [{"field": "limit", "message": NOT_AN_INTEGER}]
     assert (await client.get(f"/v1/budgets/{budget}")).json()["limit"] == 5
+
+
+MONEY_LIMIT = 'a money limit is a decimal string, such as "10.00"'
+
+
+@pytest.mark.parametrize("number", ["10.0", "1e1", "1.5"])
+async def test_a_money_budgets_limit_given_as_a_number_is_told_it_is_a_decimal_string(client, customer, number):
+    """A money limit is a decimal string (README, Budgets): `"limit": 10.0` on a money budget was
+    told NOT_AN_INTEGER, "digits only", as if 10 would do (it is refused too, with the words below),
+    by POST and by PATCH, which learns the budget's metric only when it reads the budget. Nothing is
+    made or changed: the budget's limit stays "5.00"."""
+    body = '{"customer_id": "c-integers", "window": "day", "metric": "money", "limit": N, "model": "not-m"}'
+    before = (await client.get("/v1/budgets", params={"customer_id": CID})).json()["budgets"]
+    response = await client.post("/v1/budgets", content=body.replace("N", number),
+                                 headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    assert response.json()["code"] == "validation_error"
+    assert response.json()["fields"] == [{"field": "limit", "message": MONEY_LIMIT}]
+    assert (await client.get("/v1/budgets", params={"customer_id": CID})).json()["budgets"] == before
+    created = await client.post("/v1/budgets", json={"customer_id": CID, "window": "day", "metric": "money",
+                                                     "limit": "5.00", "model": "not-m"})
+    assert created.status_code == 201, created.text
+    budget = created.json()["id"]
+    response = await client.patch(f"/v1/budgets/{budget}", content='{"limit": N}'.replace("N", number),
+                                  headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    assert response.json()["code"] == "validation_error"
+    assert response.json()["fields"] == [{"field": "limit", "message": MONEY_LIMIT}]
+    assert (await client.get(f"/v1/budgets/{budget}")).json()["limit"] == "5.00"
