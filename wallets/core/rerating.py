@@ -369,7 +369,9 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
     (`room`, room_left); what goes back on the receivable in multiples of `step`. A true-up corrected
     up beside them takes back of each charge what the true-ups before gave back of it beyond its
     overcharge (`takes`: _takes), from what paid that charge (money_back.take_back), off what it gets
-    back or, beyond it, taken from it."""
+    back or, beyond it, taken from it; where it takes more than the decreases give (`back` <= 0: the
+    correction charges -`back`), what it takes beyond what each payer gets back is taken from it and
+    the rest paid like usage (_taken_then_usage)."""
     w = state.require_wallet()
     receivable = chart.receivable_account(w.customer.id)
     order = last_consumed_first(w)
@@ -418,6 +420,14 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
             shares[account] -= net
         if units > net:
             debits[account] = units - net
+    if back + sum(debits.values()) <= 0:
+        # a true-up corrected up by more than the decreases beside it: each payer's take nets with
+        # what it gets back of them (the receivable's too), the rest is paid like usage
+        net = min(debits.get(receivable, 0), shares.get(receivable, 0))
+        if net:
+            debits[receivable] -= net
+        legs, paid = _taken_then_usage(w, debits, -back - sum(debits.values()), now)
+        return legs, tuple((a, v) for a, v in paid if v), None
     legs, paid_back, lot = give_back(state, w, shares, back + sum(debits.values()), now,
                                      f"re-rate {cmd.rerate_id} {cmd.period}", step)
     if not debits:
@@ -508,10 +518,12 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
     # a true-up corrected up takes back of each charge from what paid it (what the true-ups before
     # gave it back), not from the lots in consumption order: as if the close had known the price
     takes = _takes(fixes, parts, chart.receivable_account(c.id))
-    if money > 0:
+    # beside decreases, what it takes back of each charge nets with what that charge's payers get back
+    decreased = any(x.delta < 0 for x in found) or any(f.delta < 0 for f in fixes)
+    if money > 0 and not (takes[0] and decreased):
         took = take_back(w, *takes, now, money)
         legs, paid = _taken_then_usage(w, took, money - sum(took.values()), now)
-    elif money < 0:
+    elif money:
         room = room_left(groups, chart.receivable_account(c.id), cmd.period if cmd.sources else None)
         legs, paid, lot = _refund(state, cmd, found, -money, now, 10 ** (chart.ASSET_SCALE - decimals) if noted else 1,
                                   fixes, room, takes)

@@ -609,4 +609,26 @@ async def test_a_close_s_record_counts_what_an_expired_grant_s_charge_gave_back_
     assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 90 * CENT)}
     assert await _breakage(bk) == 75 * CENT
     assert await _given(bk, cid, done["rerate_id"]) == [("v-out", first, 30 * CENT), ("v-out", second, 20 * CENT)]
+
+
+async def test_a_true_up_corrected_up_more_than_cheaper_charges_nets_each_charge_s_payers(fresh_db) -> None:
+    """The fix lowers the first tier to $18/M and raises the one beyond to $12/M. The 5th is 60,000 x
+    $18/M = $1.08 (-$0.12, the top-up paid it), the 20th 40,000 x $18/M + 30,000 x $12/M = $0.72 +
+    $0.36 = $1.08 (-$0.02, the grant paid it). At the tier reached, 130,000 x $12/M = $1.56, the
+    true-up $1.56 - $2.16 = -$0.60 where -$1.00 stands: $0.40 taken back; $0.26 more in all. At $12/M
+    the 5th costs $0.72, $0.36 below its $1.08, where the close gave back $0.60: $0.24 taken back from
+    the top-up, which gets its $0.12 back: -$0.12, $0.48 (= $1.20 - $0.72); the 20th costs $0.84,
+    $0.24 below its $1.08, the close gave back $0.40: $0.16 from the grant, less its $0.02: -$0.14,
+    $4.16 (= $5.00 - $0.84). Before, the $0.26 was taken charge by charge up to the net: $0.24 from
+    the top-up and $0.02 from the grant ($0.36 and $4.28), the top-up paying $0.12 of the 20th."""
+    bk = BillingKit(fresh_db)
+    top_up, grant = await _closed_per_charge(bk, "net-up")
+    await bk.add_book(vol("v2", "2026-11-01T00:00:00Z", "18", "12"))
+    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
+    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    assert [(ln["token_type"], ln["old_amount"], ln["new_amount"], ln["delta"])
+            for ln in done["customers"][0]["lines"]] == [("output", "2.30", "2.16", "-0.14"),
+                                                         ("volume_true_up", "-1.00", "-0.60", "0.40")]
+    assert done["delta"] == "0.26", done
+    assert await live_lots(bk, "net-up") == {top_up: ("topup", 48 * CENT), grant: ("grant", 416 * CENT)}
     await verified(bk)
