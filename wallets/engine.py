@@ -651,9 +651,9 @@ async def rerate_input(conn: AsyncConnection, books: BookCache, cmd: RerateCharg
     kept = await store.true_up_given(conn, cmd.customer_id, period.label) if period.label in invoices else {}
     total, given = (await store.true_up_shares(conn, cmd.customer_id, period.label) if period.label in invoices
                     else (0, {}))
-    # the other books' usage of a closed period: the allowances' share of its true-up counts it
-    others = (await store.load_rerate_charges(conn, cmd.customer_id, cmd.book_id, period.start, period.end, True)
-              if period.label in invoices else [])
+    # the period's usage of the other books: what it took of the free allowances, which the
+    # charges re-rated do not take again, and the allowances' share of a closed period's true-up
+    others = await store.load_rerate_charges(conn, cmd.customer_id, cmd.book_id, period.start, period.end, True)
     return RerateInput(version, tuple(_on_record(r) for r in rows), invoices, overrides, period.label, book, true_ups,
                        left, total, given, true_up_given=kept, others=tuple(_on_record(r) for r in others),
                        period_end=period.end)

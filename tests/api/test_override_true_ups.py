@@ -419,3 +419,56 @@ async def test_a_rerate_re_splits_what_the_allowance_pays_of_a_dearer_tiers_true
     assert await allowance_counter(database_url, cid) == 13 * DOLLAR
     verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
     assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]
+
+
+async def test_a_free_allowance_is_shared_by_the_books_of_its_period(client) -> None:
+    """A $10.00 allowance is money per billing period, whatever book rates the usage. Postpaid: book
+    `w` ($10/M) rates 400,000 tokens, 4.00, all free (6.00 left); the customer moves to book `v`
+    ($20/M, both without volume tiers), where 600,000 tokens, 12.00, take the 6.00 left: 6.00 owed.
+    Before, each book counted its own: `v`'s usage took a whole 10.00 again, 14.00 free of a 10.00
+    allowance, 2.00 owed. A re-rate of `v` to a version of the same price moves nothing (its charges
+    take what `w`'s left, as they were charged)."""
+    flat, other = f"flat-{uuid.uuid4().hex[:8]}", f"flat2-{uuid.uuid4().hex[:8]}"
+    v_rules = [{"id": "v-out", "model": "model-v", "token_type": "output", "price": "20"}]
+    for body in ({"id": flat, "rules": [{"id": "w-out", "model": "model-w", "token_type": "output", "price": "10"}]},
+                 {"id": other, "rules": v_rules}):
+        made = await client.post("/v1/price-books", headers=ADMIN, json={
+            **body, "currency": "USD", "effective_from": "2026-01-01T00:00:00Z"})
+        assert made.status_code == 201, made.text
+    cid = f"vol-{uuid.uuid4().hex[:10]}"
+    made = await client.post("/v1/customers", headers=ADMIN, json={
+        "id": cid, "currency": "USD", "price_book": flat, "billing": "postpaid"})
+    assert made.status_code == 201, made.text
+    now = datetime.now(UTC)
+    put = await client.put(f"/v1/customers/{cid}/price-overrides", headers=ADMIN, json={
+        "free_allowances": [{"id": "free", "amount": "10.00"}], "effective_from": utc(now - timedelta(minutes=50))})
+    assert put.status_code == 201, put.text
+    sent = await client.post("/v1/usage-events", headers=ADMIN, json=[
+        {"event_id": "w-1", "customer_id": cid, "model": "model-w", "timestamp": utc(now - timedelta(minutes=40)),
+         "usage": {"output_tokens": 400_000}}])
+    assert sent.json()["accepted"] == 1, sent.text
+    moved = await client.patch(f"/v1/customers/{cid}", headers=ADMIN, json={"price_book": other})
+    assert moved.status_code == 200, moved.text
+    await asyncio.sleep(0.01)  # after the move, by the server's clock: rated by `v`
+    sent = await client.post("/v1/usage-events", headers=ADMIN, json=[
+        {"event_id": "v-1", "customer_id": cid, "model": "model-v", "timestamp": utc(datetime.now(UTC)),
+         "usage": {"output_tokens": 600_000}}])
+    assert sent.json()["accepted"] == 1, sent.text
+    wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
+    assert wallet["receivable"] == "6.00", wallet
+    upcoming = (await client.get(f"/v1/customers/{cid}/invoices/upcoming", headers=ADMIN)).json()
+    assert sorted((ln["kind"], ln["amount"]) for ln in upcoming["lines"]) == [
+        ("free_allowance", "-10.00"), ("usage", "12.00"), ("usage", "4.00")], upcoming["lines"]
+    v2 = await client.post("/v1/price-books", headers=ADMIN, json={
+        "id": other, "currency": "USD", "effective_from": "2026-01-02T00:00:00Z", "rules": v_rules})
+    assert v2.status_code == 201, v2.text
+    version = (await client.get(f"/v1/price-books/{other}", headers=ADMIN)).json()["versions"][-1]["version"]
+    applied = await client.post("/v1/rerate", headers=ADMIN, json={
+        "price_book": other, "version": version, "from": utc(now - timedelta(hours=1)),
+        "to": utc(datetime.now(UTC)), "customer_id": cid, "mode": "apply"})
+    assert applied.status_code == 200 and applied.json()["errors"] == [], applied.text
+    assert applied.json()["delta"] == "0.00", applied.text
+    wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
+    assert wallet["receivable"] == "6.00", wallet
+    verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
+    assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]

@@ -55,11 +55,29 @@ def rate_call(wallet: Wallet, book: PriceBook | None, period_usage: PeriodUsage,
     usage = Usage(model, {k: v for k, v in tokens.items() if v}, at, dimensions)
     if with_request_fee and charges_requests(version, model, usage.dimensions, usage.occurred_at):
         usage = usage.with_request()
-    so_far = period_usage.get((wallet.customer.id, billing_period(at, wallet.customer), book.id), {})
+    key = (wallet.customer.id, billing_period(at, wallet.customer), book.id)
+    so_far = period_usage.get(key, {})
     in_force = wallet.overrides.at(at) if wallet.overrides is not None else None
     if in_force is None:  # most customers: the fast path (pricing.fast_rating) stays theirs
         return rate(usage, version, period_to_date=so_far)
+    if in_force.overrides.allowances:
+        so_far = allowances_of_every_book(period_usage, key, so_far)
     return rate(usage, version, in_force.overrides, period_to_date(so_far))
+
+
+def allowances_of_every_book(period_usage: PeriodUsage, key: tuple[str, str, str], so_far: Mapping[str, int]
+                             ) -> dict[str, int]:
+    """`so_far` (the counters of `key`'s customer, period and book) with what the period's usage of
+    the customer's other books took of each free allowance: an allowance is money per billing
+    period, whatever book rated the usage (the counters are kept per book)."""
+    cid, period, book_id = key
+    out = dict(so_far)
+    for (c, p, b), counts in period_usage.items():
+        if c == cid and p == period and b != book_id:
+            for rule_id, units in counts.items():
+                if rule_id.startswith(ALLOWANCE):
+                    out[rule_id] = out.get(rule_id, 0) + units
+    return out
 
 
 def period_to_date(so_far: Mapping[str, int]) -> PeriodToDate:

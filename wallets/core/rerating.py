@@ -148,9 +148,9 @@ class RerateInput:
     # rule id -> charge id -> what its true-ups so far gave back of the charge (store.true_up_given);
     # a rule not there: not kept, its correction's money back is shared over its charges' payers
     true_up_given: Mapping[str, Mapping[int, int]] = field(default_factory=dict)
-    # the period's charges of the customer's other books (a closed period's): what the customer itself
-    # paid of its usage and what each allowance took, which the close's split of a true-up's money
-    # back counts (wallets.core.invoicing.allowance_lines), whatever book rated it
+    # the period's charges of the customer's other books: what they took of each free allowance
+    # (the charges re-rated do not take it again), and what the customer itself paid of their usage,
+    # which the close's split of a true-up's money back counts (invoicing.allowance_lines)
     others: tuple[ChargeOnRecord, ...] = ()
     period_end: datetime | None = None  # the period's end: the allowances in force then pay a dearer true-up
 
@@ -232,11 +232,12 @@ def corrections(data: RerateInput, range_from: datetime, range_to: datetime,
     are not re-rated), so those in it take at most what the others left of it. `ratings`, when
     given, receives each re-rated charge's rating by id."""
     so_far: dict[str, int] = {}
-    for charge in data.charges:
-        if charge.occurred_at >= range_to:
-            for key, units in charge.counted().items():
-                if key.startswith(ALLOWANCE):
-                    so_far[key] = so_far.get(key, 0) + units
+    # the period's charges of other books keep what they took of each allowance too (money per
+    # period, whatever book rated the usage: wallets.core.rating.allowances_of_every_book)
+    for charge in (*(ch for ch in data.charges if ch.occurred_at >= range_to), *data.others):
+        for key, units in charge.counted().items():
+            if key.startswith(ALLOWANCE):
+                so_far[key] = so_far.get(key, 0) + units
     out: list[Correction] = []
     for charge in data.charges:
         if charge.occurred_at >= range_to:
