@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from pricing.parse import uppercase_z
 from wallets import chart
 
 
@@ -83,7 +84,7 @@ def _time(raw: str | None, where: str) -> datetime | None:
     if not raw:
         return None
     try:
-        value = datetime.fromisoformat(raw.strip().replace(" ", "T", 1))
+        value = datetime.fromisoformat(uppercase_z(raw.strip().replace(" ", "T", 1)))  # "z": RFC 3339 5.6
     except ValueError:
         raise PaymentFileError(f"{where}: not a time: {raw!r}") from None
     return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -215,3 +215,13 @@ def test_the_itemized_report_compares_what_the_customer_paid_in_its_own_currency
     ledger = [Payment("ch_eur", 100 * 10**9, "EUR", "entry 1"), Payment("ch_usd", 20 * 10**9, "USD", "entry 2"),
               Payment("ch_none", 5 * 10**9, "USD", "entry 3")]
     assert reconcile(ledger, paid).clean
+
+
+def test_a_generic_files_time_written_with_a_lowercase_t_or_z_is_the_same_instant():
+    """RFC 3339 5.6 lets `T` and `Z` be `t` and `z`, which the API and the CLI's times take (be34c7c);
+    a payment file's `2026-11-02t10:00:00z` was "line 2: not a time" (datetime.fromisoformat takes a
+    `t` but not a `z`): the whole reconciliation refused, exit 2."""
+    body = ("reference,amount,currency,date\npay-1,100.00,USD,2026-11-02t10:00:00z\n"
+            "pay-2,1.00,USD,2026-11-02T10:00:00Z\n")
+    paid, _ = read_payments(io.StringIO(body), SCALES)
+    assert [p.at.isoformat() for p in paid] == ["2026-11-02T10:00:00+00:00"] * 2
