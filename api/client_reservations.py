@@ -355,8 +355,9 @@ def plain_usage(usage: Any) -> dict[str, Any]:
     return data
 
 
-# A reserve answered 200 (not 201) is an earlier call's, under the same request id: the server
-# answers a request id with its first answer ("held"), whatever became of that hold since.
+# A reserve answered 200 (not 201) is an earlier call's, under the same request id: a server
+# before 9cc70e9 answered a request id with its first answer ("held"), whatever became of that
+# hold since (one since answers the reservation as it is now), so its status is asked with a GET.
 REPLAYED_RESERVE = 200
 # a final settle of a settled or released one is refused; an expired one's is charged late, but
 # under no hold: the call was never checked against the wallet, whose credit may be spent since
