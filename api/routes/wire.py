@@ -140,7 +140,11 @@ def shaped(data: Any, type_: Any) -> Any:
                 message = NOT_AN_INTEGER
             elif expected == "bool | int | str":  # a dimension's value, as pricing says it
                 message = NOT_A_DIMENSION_VALUE
-            field = _key_named(fitted, field, got)
+            named, value = _key_named(fitted, field, got)
+            if expected == "str" and got in ("int", "bool") and field.endswith("dimensions[...]") and named != field:
+                spelled = msgspec.json.encode(value).decode()  # a budget's: a call's 2 is bound by "2"
+                message = f'must be a string: "{spelled}" binds a call\'s {spelled}'
+            field = named
         unknown = _UNKNOWN.fullmatch(message)
         if unknown is not None:  # name the field itself: "pricebook", not "body"
             field, message = (unknown.group(1) if field == "body" else f"{field}.{unknown.group(1)}"), "unknown field"
@@ -152,23 +156,24 @@ _UNKNOWN = re.compile(r"Object contains unknown field `(.*)`")
 # `int | str | null`, a dimension's `bool | int | str`): one message for it wherever it is refused
 _WRONG_TYPE = re.compile(r"Expected `([^`]*)`, got `([a-z]+)`")
 _STEP = re.compile(r"\[([0-9]+)\]|\.?([^.\[]+)")
-_JSON_TYPES: dict[str, Any] = {"float": float, "object": dict, "array": list, "null": type(None), "str": str}
+_JSON_TYPES: dict[str, Any] = {"float": float, "object": dict, "array": list, "null": type(None), "str": str,
+                               "int": int, "bool": bool}
 
 
-def _key_named(data: Any, field: str, got: str) -> str:
+def _key_named(data: Any, field: str, got: str) -> tuple[str, Any]:
     """`field` as msgspec names it, a dict's value as `[...]` (`[0].dimensions[...]`), with the
     key of the dict's first value of the JSON type it `got` instead (`[0].dimensions.tier`), as
-    other fields are named."""
+    other fields are named; and that value (None: `field` left as it was)."""
     kind = _JSON_TYPES.get(got)
     if not field.endswith("[...]") or kind is None:
-        return field
+        return field, None
     path, at = field[:-5], data
     for step in _STEP.finditer(path):
         index, name = step.groups()
         at = (at[int(index)] if isinstance(at, list) and int(index) < len(at) else None) if index is not None \
             else (at.get(name) if isinstance(at, dict) else None)
     key = next((k for k, v in at.items() if type(v) is kind), None) if isinstance(at, dict) else None
-    return field if key is None else f"{path}.{key}".lstrip(".")
+    return (field, None) if key is None else (f"{path}.{key}".lstrip("."), at[key])
 
 
 _SURROGATE = re.compile(r"[\ud800-\udfff]")  # in a str only as a lone half: pairs decode to one code point

@@ -2,6 +2,7 @@
 hold, settle and release count in them, alerts once per window, and the wallet view."""
 from __future__ import annotations
 
+import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy import event, text
 
@@ -327,3 +328,24 @@ async def test_a_tokens_quota_counts_tokens_not_calls_seconds_characters_or_page
         "input_characters": 100000, "document_pages": 9}})
     assert settled.status_code == 200, settled.text
     assert (await client.get(f"/v1/budgets/{quota['id']}")).json()["used"] == 16
+
+
+@pytest.mark.parametrize(("value", "got"), [(2, "int"), (True, "bool")])
+async def test_a_budget_dimension_sent_as_a_number_or_boolean_is_named_and_told_to_spell_it(
+        client: AsyncTestClient, tag: str, book: str, value, got):
+    """A budget's dimension values are text ({"tier": "2"} binds a call's {"tier": 2}). Sent as the
+    call sends it, {"tier": 2} or {"tier": true}, it was 422 in msgspec's words on a field no one
+    sent, 'dimensions[...]: Expected `str`, got `int`' (a float, null, object or array was already
+    named dimensions.tier); now the dimension is named and the message says how to spell it. Nothing
+    is written."""
+    cid = await _funded(client, tag, book)
+    response = await client.post("/v1/budgets", json={"customer_id": cid, "window": "day", "metric": "money",
+                                                      "limit": "10.00", "dimensions": {"feature": "chat",
+                                                                                      "tier": value}})
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "validation_error"
+    spelled = "2" if value == 2 else "true"
+    assert response.json()["fields"] == [{"field": "dimensions.tier", "message":
+                                          f'must be a string: "{spelled}" binds a call\'s {spelled}'}], got
+    listed = await client.get("/v1/budgets", params={"customer_id": cid})
+    assert listed.status_code == 200 and listed.json()["budgets"] == [], listed.text
