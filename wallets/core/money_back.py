@@ -116,17 +116,21 @@ def each_charge_first(shares: dict[str, int], taken: dict[tuple[int, str], int],
 
 
 def take_back(w: Wallet, takes: Mapping[int, int], payers: Mapping[int, Sequence[tuple[str, int]]],
-              now: datetime, most: int | None = None) -> dict[str, int]:
+              now: datetime, most: int | None = None, expired_by: datetime | None = None) -> dict[str, int]:
     """What a true-up corrected up takes back of each charge (`takes`: charge id -> units > 0), from
     what paid that charge (`payers`: charge id -> (account, units)), the reverse of how the money
     back reached it (each_charge_first): the live lots that paid it, the first consumed first, each
-    up to what it paid of it and still has (one expired since, what it paid: what was given back to
-    it went to breakage, taken_from); then the receivable, up to what it paid of it; in all at most
-    `most`. Account -> units. What none of them can give (a lot spent since, a grant revoked) is the
-    caller's to take as usage is, from the live lots in consumption order."""
+    up to what it paid of it and still has (one expired by `expired_by`, the period's end, before
+    any true-up gave back: what it paid, for what was given back to it went to breakage,
+    taken_from); then the receivable, up to what it paid of it; in all at most `most`. Account ->
+    units. What none of them can give (a lot spent since, a grant revoked, one that expired after
+    the period's end: live at the close, what came back to it may have been spent before it
+    expired, and breakage got only what was left then) is the caller's to take as usage is, from
+    the live lots in consumption order."""
     receivable = chart.receivable_account(w.customer.id)
     have = {code: lot.balance for code, lot in w.lots.items() if lot.live(now) and lot.balance > 0}
-    have.update({code: None for code, lot in w.lots.items() if not lot.live(now) and not lot.revoked})
+    have.update({code: None for code, lot in w.lots.items() if not lot.live(now) and not lot.revoked
+                 and expired_by is not None and lot.expires_at is not None and lot.expires_at <= expired_by})
     out: dict[str, int] = {}
     left = sum(takes.values()) if most is None else most
     for charge, need in sorted(takes.items()):

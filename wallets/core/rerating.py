@@ -360,7 +360,7 @@ def _taken_then_usage(w: Any, took: Mapping[str, int], rest: int, now: datetime)
 
 def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int, now: datetime, step: int = 1,
             fixes: Sequence[TrueUpFix] = (), room: dict[str, int] | None = None,
-            takes: tuple[Mapping[int, int], Mapping[int, Any]] = ({}, {})):
+            takes: tuple[Mapping[int, int], Mapping[int, Any]] = ({}, {}), expired_by: datetime | None = None):
     """Legs of money back (`back` > 0), where the decreased charges' money came from (and a true-up
     corrected down: of each charge its rule rated, what the charge is overcharged at the tier reached
     less what the true-ups before gave back of it, to what paid that charge, as the close gives it,
@@ -415,7 +415,7 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
                 room[account] -= part
                 unplaced -= part
     debits: dict[str, int] = {}
-    for account, units in take_back(w, *takes, now).items():
+    for account, units in take_back(w, *takes, now, expired_by=expired_by).items():
         net = 0 if account == receivable else min(units, shares.get(account, 0))
         if net:
             shares[account] -= net
@@ -521,13 +521,16 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
     takes = _takes(fixes, parts, chart.receivable_account(c.id))
     # beside decreases, what it takes back of each charge nets with what that charge's payers get back
     decreased = any(x.delta < 0 for x in found) or any(f.delta < 0 for f in fixes)
+    # a lot expired by the period's end was expired at every true-up's give-back (all after it),
+    # so what came back to it went to breakage; one that expired later may have spent it
+    expired_by = min((data.period_end for _, data, _, _ in groups if data.period_end is not None), default=None)
     if money > 0 and not (takes[0] and decreased):
-        took = take_back(w, *takes, now, money)
+        took = take_back(w, *takes, now, money, expired_by)
         legs, paid = _taken_then_usage(w, took, money - sum(took.values()), now)
     elif money:
         room = room_left(groups, chart.receivable_account(c.id), cmd.period if cmd.sources else None)
         legs, paid, lot = _refund(state, cmd, found, -money, now, 10 ** (chart.ASSET_SCALE - decimals) if noted else 1,
-                                  fixes, room, takes)
+                                  fixes, room, takes, expired_by)
     else:
         legs, paid = Legs(c.currency), ()
     if rounding:  # revenue moves by the exact correction, the rounding account by the difference

@@ -632,3 +632,38 @@ async def test_a_true_up_corrected_up_more_than_cheaper_charges_nets_each_charge
     assert done["delta"] == "0.26", done
     assert await live_lots(bk, "net-up") == {top_up: ("topup", 48 * CENT), grant: ("grant", 416 * CENT)}
     await verified(bk)
+
+
+async def test_a_true_up_corrected_up_takes_nothing_from_breakage_for_a_grant_live_at_the_close_and_spent(
+        fresh_db) -> None:
+    """As the test above, but the $1.20 grant expires December 10th: live at the close, so the 5th's
+    $0.60 back goes to the grant ($0.60), not to breakage ($0.00), and the 20th's $0.40 to the top-up
+    ($4.30). December 3rd, 30,000 tokens at $20/M = $0.60, from the grant (consumed first): $0.00 at
+    its expiry, nothing to breakage. Re-rated to $15/M beyond (December 12th): the 20th +$0.15 and the
+    true-up +$0.50 ($0.30 of the 5th, $0.20 of the 20th), $0.65 in all. The grant spent its $0.60 back
+    before it expired, so the 5th's $0.30 is paid like usage, by the top-up: $4.30 - $0.65 = $3.65,
+    breakage still $0.00. Taking it from breakage (dc4187b) left the top-up at $3.95 and breakage at
+    -$0.30: debited for money it never got."""
+    bk = BillingKit(fresh_db)
+    await bk.add_book(V1)
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("live-then-spent", book="vol")
+    grant = await bk.grant(cid, "1.20", expires_at=datetime(2026, 12, 10, tzinfo=UTC))
+    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 60_000)
+    bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
+    top_up = await bk.top_up(cid, "5.00")
+    bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 70_000)
+    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    assert await live_lots(bk, cid) == {grant.grant.id: ("grant", 60 * CENT), top_up.grant.id: ("topup", 430 * CENT)}
+    assert await _breakage(bk) == 0
+    bk.clock.now = datetime(2026, 12, 3, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 30_000)
+    assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 430 * CENT)}
+    await bk.add_book(vol("v2", "2026-11-01T00:00:00Z", "20", "15"))
+    bk.clock.now = datetime(2026, 12, 12, tzinfo=UTC)
+    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    assert done["delta"] == "0.65", done
+    assert (await live_lots(bk, cid), await _breakage(bk)) == ({top_up.grant.id: ("topup", 365 * CENT)}, 0)
+    await verified(bk)

@@ -128,9 +128,12 @@ def test_a_true_up_corrected_up_takes_back_from_what_paid_each_charge_the_first_
     the grant `g`, consumed first, $0.60 by the top-up `t`, and $0.10 on the receivable). Charge 1:
     $0.30 from `t`, which has $0.60 left ($0.30). Charge 2: `g` first, up to what it has ($0.05):
     $0.05; then `t`, $0.15. A cap of $0.40 in all stops at `t`'s $0.05 of charge 2. With `g`
-    expired, charge 2's $0.20 all from it, up to what it paid ($0.50), debited to breakage, where
-    what came back to it went. With `g` revoked instead and `t` down to $0.05: `t` $0.05, then
-    the receivable up to what it paid ($0.10), and $0.05 is left to be paid as usage is."""
+    expired by the period's end (November 30th), charge 2's $0.20 all from it, up to what it paid
+    ($0.50), debited to breakage, where what came back to it went. With `g` expired after it
+    (December 10th, taken back December 15th), live at the close: what came back to it may have been
+    spent before it expired, so not from breakage: `t`, $0.20 (it paid $0.60, has $0.60). With `g`
+    revoked instead and `t` down to $0.05: `t` $0.05, then the receivable up to what it paid
+    ($0.10), and $0.05 is left to be paid as usage is."""
     from wallets import chart
     from wallets.core.money_back import take_back, taken_from
     t, g, rec = chart.lot_account("c", "t"), chart.lot_account("c", "g"), chart.receivable_account("c")
@@ -140,7 +143,10 @@ def test_a_true_up_corrected_up_takes_back_from_what_paid_each_charge_the_first_
     assert take_back(w, takes, payers, DEC_1) == {t: 45 * M // 100, g: 5 * M // 100}
     assert take_back(w, takes, payers, DEC_1, 40 * M // 100) == {t: 35 * M // 100, g: 5 * M // 100}
     w.lots[g].expires_at = datetime(2026, 11, 30, tzinfo=UTC)
-    assert take_back(w, {2: 20 * M // 100}, payers, DEC_1) == {g: 20 * M // 100}
+    assert take_back(w, {2: 20 * M // 100}, payers, DEC_1, expired_by=DEC_1) == {g: 20 * M // 100}
     assert (taken_from(w, g, DEC_1), taken_from(w, t, DEC_1)) == (chart.breakage_account("USD"), t)
+    w.lots[g].expires_at = datetime(2026, 12, 10, tzinfo=UTC)
+    dec_15 = datetime(2026, 12, 15, tzinfo=UTC)
+    assert take_back(w, {2: 20 * M // 100}, payers, dec_15, expired_by=DEC_1) == {t: 20 * M // 100}
     w.lots[g].expires_at, w.lots[g].revoked, w.lots[t].balance = None, True, 5 * M // 100
     assert take_back(w, {2: 20 * M // 100}, payers, DEC_1) == {t: 5 * M // 100, rec: 10 * M // 100}
