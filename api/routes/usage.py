@@ -23,6 +23,7 @@ from ledger.model import request_hash
 from pricing.errors import PricingError
 from wallets import reports
 from wallets.commands import RecordUsage, UsageResult
+from wallets.core.state import wire_time
 from wallets.errors import WalletValidationError
 from wallets.periods import new_zone
 
@@ -77,9 +78,17 @@ def _command(event: UsageEvent, latest: datetime, dimensions: Mapping[str, Any])
     if occurred_at is not None and occurred_at > latest:  # it would be billed in a period not begun
         raise WalletValidationError("timestamp", f"must not be more than {FUTURE_SLACK_S} s in the future")
     tokens, stored = usage_tokens(event.usage, event.openai_usage, event.anthropic_usage, event.gemini_usage)
+    # the hash reads the instant, not its spelling (z or Z, +00:00, .000, another offset): the same
+    # event resent by a client whose serializer changed is a duplicate; as sent, where that differs,
+    # for an event kept before, whose hash read the text
+    body = _body(event)
+    sent = None
+    if occurred_at is not None and (instant := wire_time(occurred_at)) != event.timestamp:
+        sent = request_hash(body)
+        body["timestamp"] = instant
     return RecordUsage(customer_id=event.customer_id, event_id=event.event_id,
-                       request_hash=request_hash(_body(event)), model=event.model,
-                       occurred_at=occurred_at, tokens=tokens, usage=stored, dimensions=dimensions)
+                       request_hash=request_hash(body), model=event.model, occurred_at=occurred_at,
+                       tokens=tokens, usage=stored, dimensions=dimensions, sent_hash=sent)
 
 
 @post("/v1/usage-events", guards=[require("inference")], tags=["usage"], status_code=200,

@@ -14,6 +14,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from api.routes.wire import _fitted, _Unfit, nested_too_deep, shaped, unstorable
+from ledger.model import request_hash
 from wallets.errors import WalletValidationError
 
 ADMIN = {"Authorization": "Bearer test-admin"}
@@ -331,3 +332,34 @@ async def test_a_time_written_with_a_lowercase_t_or_z_is_the_same_instant(client
     assert lower.status_code == 200, lower.text
     assert lower.json() == upper.json()
     assert "0.01" in lower.text  # 1,000 input tokens at $10.00 a million, the event's alone in that day
+
+
+async def test_a_usage_event_sent_again_with_its_time_spelled_otherwise_is_a_duplicate(app, client, world):
+    """Its body's hash read the timestamp as sent, so the same event resent by a client whose
+    serializer now writes Z for z (or +00:00, or .000) was 'sent before with another body' and
+    rejected: 2026-06-01t00:00:00z then 2026-06-01T00:00:00Z, idempotency_conflict. It now hashes
+    the instant; another instant is still a conflict. An event kept before, whose hash is of the
+    text it was sent with, is still a duplicate when sent so again."""
+    w = world
+    first = await client.post("/v1/usage-events", json=[_event(w, timestamp="2026-06-01t00:00:00z")])
+    assert first.json() == {"accepted": 1, "duplicates": 0, "rejected": []}, first.text
+    for spelled in ("2026-06-01T00:00:00Z", "2026-06-01T00:00:00.000+00:00", "2026-06-01T02:00:00+02:00"):
+        again = await client.post("/v1/usage-events", json=[_event(w, timestamp=spelled)])
+        assert again.json() == {"accepted": 0, "duplicates": 1, "rejected": []}, (spelled, again.text)
+    other = await client.post("/v1/usage-events", json=[_event(w, timestamp="2026-06-01T00:00:01Z")])
+    assert [r["code"] for r in other.json()["rejected"]] == ["idempotency_conflict"], other.text
+    # kept before: the hash of the text as sent (+00:00), as the route made it then
+    kept = _event(w, event_id=f"old-{w['tag']}", timestamp="2026-06-01T00:00:00+00:00")
+    assert (await client.post("/v1/usage-events", json=[kept])).json()["accepted"] == 1
+    as_sent = {"event_id": kept["event_id"], "customer_id": w["customer"], "model": "model-a",
+               "timestamp": kept["timestamp"], "usage": kept["usage"], "openai_usage": None,
+               "anthropic_usage": None, "dimensions": {}}
+    async with app.state.services.db.engine.begin() as conn:
+        await conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
+        for table in ("usage_events", "charges"):  # both keep it (verify ties them)
+            await conn.exec_driver_sql(f"UPDATE {table} SET request_hash = %s WHERE customer_id = %s AND event_id = %s",
+                                       (request_hash(as_sent), w["customer"], kept["event_id"]))
+    again = await client.post("/v1/usage-events", json=[kept])
+    assert again.json() == {"accepted": 0, "duplicates": 1, "rejected": []}, again.text
+    checked = (await client.post("/v1/audit/verify")).json()
+    assert checked["ok"], [c for c in checked["checks"] if not c["ok"]]

@@ -230,12 +230,15 @@ class RecordUsage(Command):
     Event ids are per customer: another customer's event of the same id is another event."""
 
     event_id: str
-    request_hash: bytes
+    request_hash: bytes  # of the body with its timestamp as the instant (wire_time), kept with the event
     model: str
     occurred_at: datetime
     tokens: Mapping[str, int]
     usage: Mapping[str, Any]
     dimensions: Mapping[str, Any] = field(default_factory=dict)
+    # of the body with the timestamp as sent, where that differs: what an event kept before this
+    # hash read the instant was kept with, so that it still matches the same body sent again
+    sent_hash: bytes | None = None
     needs_book = True
 
     def _keys(self) -> set[tuple[str, ...]]:
