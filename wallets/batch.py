@@ -284,7 +284,8 @@ class Batch:
         self.add("lots", {"id": effect.lot_id, "customer_id": effect.customer_id, "kind": effect.kind,
                           "account_code": effect.code, "granted": effect.granted, "priority": effect.priority,
                           "expires_at": effect.expires_at, "reason": effect.reason, "reference": effect.reference,
-                          "entry_key": key, "created_at": effect.created_at})
+                          "entry_key": key, "created_at": effect.created_at,
+                          "paid_receivable": effect.paid_owed > 0})
 
     def _lot_swept(self, effect: LotSwept, key: str | None) -> None:
         self.loaded.wallets[effect.customer_id].lots[effect.code].swept = True

@@ -363,12 +363,14 @@ async def _lane(conn: AsyncConnection, customers: list[str]) -> int | None:
 
 _WRITES: dict[str, str] = {
     "lots": """INSERT INTO lots (lane, id, customer_id, kind, account_id, account_code, granted, priority,
-                   expires_at, reason, reference, entry_id, created_at, empty)
+                   expires_at, reason, reference, entry_id, created_at, empty, paid_receivable)
                SELECT {lane}, r.id, r.customer_id, r.kind, a.id, r.account_code, r.granted, r.priority,
-                      r.expires_at, r.reason, r.reference, r.entry_id, r.created_at, coalesce(r.empty, false)
+                      r.expires_at, r.reason, r.reference, r.entry_id, r.created_at, coalesce(r.empty, false),
+                      coalesce(r.paid_receivable, false)
                  FROM jsonb_to_recordset({p}::jsonb) AS r(id text, customer_id text, kind text,
                       account_code text, granted numeric, priority smallint, expires_at timestamptz,
-                      reason text, reference text, entry_id bigint, created_at timestamptz, empty boolean)
+                      reason text, reference text, entry_id bigint, created_at timestamptz, empty boolean,
+                      paid_receivable boolean)
                  JOIN accounts a ON a.code = r.account_code""",
     "lot_expiries": """UPDATE lots SET expired_at = r.expired_at, expired_amount = r.amount,
                               expiry_entry_id = r.entry_id
@@ -614,7 +616,9 @@ async def load_open_invoices(conn: AsyncConnection, customers: Iterable[str]) ->
 
 async def load_unapplied(conn: AsyncConnection, customers: Iterable[str]) -> dict[str, tuple[Unapplied, ...]]:
     """What each customer's top-ups paid off its receivable and no invoice records yet (it paid
-    usage not invoiced then), per top-up, oldest first: what its close applies to the new invoice."""
+    usage not invoiced then), per top-up, oldest first: what its close applies to the new invoice.
+    Only a top-up that paid the receivable can have any: those lots are marked when written
+    (`paid_receivable`, migration 0073), and their index is read, not every top-up of the customer."""
     wanted = sorted(set(customers))
     if not wanted:
         return {}
@@ -629,7 +633,8 @@ async def load_unapplied(conn: AsyncConnection, customers: Iterable[str]) -> dic
                              WHERE p.lane = l.lane AND p.entry_id = l.entry_id
                                AND a.code = %s || l.customer_id || %s) AS paid
                       FROM lots l JOIN journal_entries j ON j.lane = l.lane AND j.id = l.entry_id AND j.kind = 'topup'
-                     WHERE l.lane = {lane} AND l.customer_id = ANY(%s::text[]) AND l.kind = 'topup') t
+                     WHERE l.lane = {lane} AND l.customer_id = ANY(%s::text[]) AND l.kind = 'topup'
+                       AND l.paid_receivable) t
              WHERE t.paid > 0
              ORDER BY t.entry_id""", (*chart.RECEIVABLE_CODE, wanted))
     found: dict[str, list[Unapplied]] = {}

@@ -5,6 +5,8 @@ import hashlib
 from dataclasses import replace
 from datetime import datetime
 
+import msgspec
+
 from pricing.books import PriceBook
 from pricing.money import CURRENCY_MINOR_UNITS, finer_than_minor_unit, format_money, minor_unit, minor_unit_text
 from wallets import chart
@@ -111,6 +113,7 @@ def top_up(state: State, cmd: TopUp, now: datetime, book: PriceBook | None) -> D
     owed = max(0, w.receivable - (w.credit_held or 0)) if w.customer.billing == "prepaid" else 0
     paid = min(cmd.amount, owed)
     opened = opened_lot(state, w, "topup", cmd.amount - paid, cmd.priority, cmd.expires_at, now, "", cmd.reference)
+    opened = msgspec.structs.replace(opened, paid_owed=paid)
     cur, cid = w.customer.currency, w.customer.id
     legs = Legs(cur).debit(chart.cash_account(cur), cmd.amount).credit(opened.code, cmd.amount - paid)
     legs.credit(chart.receivable_account(cid), paid)

@@ -31,6 +31,7 @@ class LotOpened(msgspec.Struct, frozen=True, gc=False):
     created_at: datetime
     reason: str = ""
     reference: str = ""
+    paid_owed: int = 0  # what of a top-up paid the receivable first (lots.paid_receivable: the close reads it)
 
 
 class LotSwept(msgspec.Struct, frozen=True, gc=False):
