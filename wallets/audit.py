@@ -43,7 +43,9 @@ _OPTIONAL_SQL = """SELECT
     to_regclass('rerate_true_ups') IS NOT NULL AS rerate_true_ups,    -- 0064
     to_regclass('true_up_charges') IS NOT NULL AS true_up_charges,    -- 0068
     EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('lots')
-               AND attname = 'empty' AND NOT attisdropped) AS lots_empty  -- 0072"""
+               AND attname = 'empty' AND NOT attisdropped) AS lots_empty,  -- 0072
+    EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('lots')
+               AND attname = 'paid_receivable' AND NOT attisdropped) AS lots_paid_receivable  -- 0073"""
 
 
 async def _schema(conn: AsyncConnection) -> dict[str, bool]:
@@ -113,6 +115,19 @@ async def lots_match_accounts(conn: AsyncConnection) -> Check:
         SELECT format('lot %s is marked empty, yet its account holds %s', l.id, b.credits - b.debits)
           FROM lots l JOIN account_balances b ON b.account_id = l.account_id
          WHERE l.empty AND l.expired_at IS NULL AND b.credits > b.debits""" if schema["lots_empty"] else ""
+    # a close reads only the top-ups marked as having paid the receivable (0073 on): one unmarked (a
+    # server older than 0073 wrote it during a rolling deploy) is a payment its invoice would not see
+    paid = """
+        UNION ALL
+        SELECT format('lot %s: its top-up %s the receivable, yet it is %s paid_receivable', l.id,
+                      CASE WHEN l.paid_receivable THEN 'did not pay' ELSE 'paid' END,
+                      CASE WHEN l.paid_receivable THEN 'marked' ELSE 'not marked' END)
+          FROM lots l
+         WHERE l.paid_receivable IS DISTINCT FROM (l.kind = 'topup' AND EXISTS (
+               SELECT FROM postings p JOIN accounts a ON a.id = p.account_id
+                WHERE p.lane = l.lane AND p.entry_id = l.entry_id AND p.amount < 0
+                  AND a.code = 'asset:customer:' || l.customer_id || ':' || 'receivable'))""" \
+        if schema["lots_paid_receivable"] else ""
     return await _query_check(conn, "lots", f"""
         SELECT format('lot %s: remaining %s is outside 0..%s granted', l.id, b.credits - b.debits, l.granted)
           FROM lots l JOIN account_balances b ON b.account_id = l.account_id
@@ -120,7 +135,7 @@ async def lots_match_accounts(conn: AsyncConnection) -> Check:
         UNION ALL
         SELECT format('lot %s expired, yet its account still holds %s', l.id, b.credits - b.debits)
           FROM lots l JOIN account_balances b ON b.account_id = l.account_id
-         WHERE l.expired_at IS NOT NULL AND b.credits <> b.debits{revoked}{empty}
+         WHERE l.expired_at IS NOT NULL AND b.credits <> b.debits{revoked}{empty}{paid}
         UNION ALL
         SELECT format('lot %s: granted %s, but its opening entry credited %s', l.id, l.granted,
                       coalesce(-(SELECT sum(p.amount) FROM postings p
@@ -129,7 +144,8 @@ async def lots_match_accounts(conn: AsyncConnection) -> Check:
          WHERE l.granted <> coalesce(-(SELECT sum(p.amount) FROM postings p
                                         WHERE p.entry_id = l.entry_id AND p.account_id = l.account_id), 0)
         """, "each lot's remaining is its account balance, within what was granted; expired lots, grants "
-           "revoked in whole and lots marked empty hold nothing")
+           "revoked in whole and lots marked empty hold nothing; a top-up lot is marked as having paid the "
+           "receivable when it did")
 
 
 async def wallets_within_limits(conn: AsyncConnection) -> Check:

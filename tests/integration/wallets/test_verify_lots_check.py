@@ -71,3 +71,33 @@ async def test_the_lots_check_names_a_lot_marked_empty_that_holds_money(kit: Kit
     assert (await kit.db.read(lambda conn: lots_match_accounts(conn))).ok
     found = await kit.db.read(tampered)
     assert not found.ok and found.problems == (f"lot {lot.grant.id} is marked empty, yet its account holds 3000000000",)
+
+
+async def test_the_lots_check_names_a_top_up_that_paid_the_receivable_unmarked_and_one_marked_that_did_not(kit: Kit):
+    """A close reads only the top-ups marked as having paid the receivable (migration 0073): one a
+    server older than 0073 wrote unmarked, in a rolling deploy, is a payment the invoice would ask
+    for again. `owes` topped up $1.00, spent $2.00 (2,000 input tokens at $1.00 per 1,000: $1.00 of
+    it on the receivable), then topped up $3.00, which paid that $1.00 first: the second lot is
+    marked, the first is not. Each mark turned by hand is named."""
+    cid = await kit.customer("owes")
+    first = await kit.top_up(cid, "1.00")
+    await kit.usage_event(cid, "past-credit", input_tokens=2_000)
+    paying = await kit.top_up(cid, "3.00")
+
+    async def turned(lot_id: str, mark: bool) -> Any:
+        async def tamper(conn: AsyncConnection) -> Any:
+            await conn.execute(text("SET LOCAL session_replication_role = replica"))  # past the lots guard
+            await conn.execute(text("UPDATE lots SET paid_receivable = :mark WHERE id = :id"),
+                               {"id": lot_id, "mark": mark})
+            found = await lots_match_accounts(conn)
+            await conn.rollback()
+            return found
+        return await kit.db.read(tamper)
+
+    assert (await kit.db.read(lambda conn: lots_match_accounts(conn))).ok
+    unmarked = await turned(paying.grant.id, False)
+    assert not unmarked.ok and unmarked.problems == (
+        f"lot {paying.grant.id}: its top-up paid the receivable, yet it is not marked paid_receivable",)
+    marked = await turned(first.grant.id, True)
+    assert not marked.ok and marked.problems == (
+        f"lot {first.grant.id}: its top-up did not pay the receivable, yet it is marked paid_receivable",)
