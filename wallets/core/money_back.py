@@ -116,7 +116,8 @@ def each_charge_first(shares: dict[str, int], taken: dict[tuple[int, str], int],
 
 
 def take_back(w: Wallet, takes: Mapping[int, int], payers: Mapping[int, Sequence[tuple[str, int]]],
-              now: datetime, most: int | None = None, expired_by: datetime | None = None) -> dict[str, int]:
+              now: datetime, most: int | None = None, expired_by: datetime | None = None,
+              given: Mapping[int, int] | None = None) -> dict[str, int]:
     """What a true-up corrected up takes back of each charge (`takes`: charge id -> units > 0), from
     what paid that charge (`payers`: charge id -> (account, units)), the reverse of how the money
     back reached it (each_charge_first): the live lots that paid it, the first consumed first, each
@@ -126,8 +127,12 @@ def take_back(w: Wallet, takes: Mapping[int, int], payers: Mapping[int, Sequence
     units. What none of them can give (a lot spent since, a grant revoked, one that expired after
     the period's end: live at the close, what came back to it may have been spent before it
     expired, and breakage got only what was left then) is the caller's to take as usage is, from
-    the live lots in consumption order."""
+    the live lots in consumption order. With `given` (charge id -> what the true-ups before gave
+    back of it), each takes at most what it got of that: the receivable first, then the lots the
+    last consumed first, each up to what it paid (each_charge_first), so a lot the money back did
+    not reach gives none (an expired one none from breakage)."""
     receivable = chart.receivable_account(w.customer.id)
+    order = last_consumed_first(w)
     have = {code: lot.balance for code, lot in w.lots.items() if lot.live(now) and lot.balance > 0}
     have.update({code: None for code, lot in w.lots.items() if not lot.live(now) and not lot.revoked
                  and expired_by is not None and lot.expires_at is not None and lot.expires_at <= expired_by})
@@ -137,6 +142,11 @@ def take_back(w: Wallet, takes: Mapping[int, int], payers: Mapping[int, Sequence
         paid: dict[str, int] = {}
         for account, units in payers.get(charge, ()):
             paid[account] = paid.get(account, 0) + units
+        if given is not None:  # what each got back of it, as each_charge_first gave it
+            back = given.get(charge, 0)
+            for account in sorted(paid, key=lambda a: (a != receivable, order(a))):
+                paid[account] = min(paid[account], back)
+                back -= paid[account]
         lots = sorted((a for a in paid if a in have), key=lambda a: consumption_key(w.lots[a]))
         for account in [*lots, *([receivable] if receivable in paid else [])]:
             cap = need if account == receivable or have[account] is None else have[account]

@@ -328,19 +328,23 @@ def room_left(groups: Sequence[Group], receivable: str, billed: str | None = Non
 
 
 def _takes(fixes: Sequence[TrueUpFix], parts: Mapping[str, Mapping[int, int]], receivable: str
-           ) -> tuple[dict[int, int], dict[int, tuple[tuple[str, int], ...]]]:
+           ) -> tuple[dict[int, int], dict[int, tuple[tuple[str, int], ...]], dict[int, int]]:
     """What the true-ups corrected up take back of each charge (charge id -> units > 0: what the
-    true-ups before gave back of it beyond its overcharge at the tier reached, TrueUpFix.parts), and
-    what paid each of their rules' charges (charge id -> (account, units))."""
+    true-ups before gave back of it beyond its overcharge at the tier reached, TrueUpFix.parts),
+    what paid each of their rules' charges (charge id -> (account, units)), and what the true-ups
+    before gave back of each charge taken back of (TrueUpFix.given: take_back takes from each payer
+    at most what it got)."""
     takes: dict[int, int] = {}
     payers: dict[int, tuple[tuple[str, int], ...]] = {}
+    given: dict[int, int] = {}
     for f in fixes:
         for charge, units in parts.get(f.rule_id, {}).items() if f.delta > 0 else ():
             if units < 0:
                 takes[charge] = takes.get(charge, 0) - units
+                given[charge] = given.get(charge, 0) + (f.given or {}).get(charge, 0)
         for ch in f.charges:
             payers[ch.id] = tuple((account, v) for (_, account), v in _paid_by(ch, receivable).items())
-    return takes, payers
+    return takes, payers, given
 
 
 def _taken_then_usage(w: Any, took: Mapping[str, int], rest: int, now: datetime):
@@ -360,7 +364,8 @@ def _taken_then_usage(w: Any, took: Mapping[str, int], rest: int, now: datetime)
 
 def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int, now: datetime, step: int = 1,
             fixes: Sequence[TrueUpFix] = (), room: dict[str, int] | None = None,
-            takes: tuple[Mapping[int, int], Mapping[int, Any]] = ({}, {}), expired_by: datetime | None = None):
+            takes: tuple[Mapping[int, int], Mapping[int, Any], Mapping[int, int]] = ({}, {}, {}),
+            expired_by: datetime | None = None):
     """Legs of money back (`back` > 0), where the decreased charges' money came from (and a true-up
     corrected down: of each charge its rule rated, what the charge is overcharged at the tier reached
     less what the true-ups before gave back of it, to what paid that charge, as the close gives it,
@@ -415,7 +420,7 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
                 room[account] -= part
                 unplaced -= part
     debits: dict[str, int] = {}
-    for account, units in take_back(w, *takes, now, expired_by=expired_by).items():
+    for account, units in take_back(w, *takes[:2], now, expired_by=expired_by, given=takes[2]).items():
         net = 0 if account == receivable else min(units, shares.get(account, 0))
         if net:
             shares[account] -= net
@@ -525,7 +530,7 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
     # so what came back to it went to breakage; one that expired later may have spent it
     expired_by = min((data.period_end for _, data, _, _ in groups if data.period_end is not None), default=None)
     if money > 0 and not (takes[0] and decreased):
-        took = take_back(w, *takes, now, money, expired_by)
+        took = take_back(w, *takes[:2], now, money, expired_by, takes[2])
         legs, paid = _taken_then_usage(w, took, money - sum(took.values()), now)
     elif money:
         room = room_left(groups, chart.receivable_account(c.id), cmd.period if cmd.sources else None)

@@ -667,3 +667,32 @@ async def test_a_true_up_corrected_up_takes_nothing_from_breakage_for_a_grant_li
     assert done["delta"] == "0.65", done
     assert (await live_lots(bk, cid), await _breakage(bk)) == ({top_up.grant.id: ("topup", 365 * CENT)}, 0)
     await verified(bk)
+
+
+async def test_a_true_up_corrected_up_takes_nothing_from_breakage_for_an_expired_grant_it_gave_nothing_back(
+        fresh_db) -> None:
+    """A $0.50 grant expiring November 25th (consumed first) and a $5.00 top-up: the 5th's $1.20, the
+    grant $0.50 and the top-up $0.70; the 20th's $1.10, the top-up ($3.20). The close gives back the
+    last consumed first: the 5th's $0.60 (it paid $0.70) and the 20th's $0.40 to the top-up ($4.20),
+    none to the grant, none to breakage. Re-rated to $15/M beyond: the 20th +$0.15 (the top-up, $4.05);
+    the true-up +$0.50: the 5th's $0.30 and the 20th's $0.20 taken back from what they were given
+    back to, the top-up: $4.05 - $0.50 = $3.55 ($5.00 - $0.70 - $0.90 + $0.15: the 5th's $0.90 at
+    $15/M less the grant's $0.50, and the 20th's $1.05), breakage $0.00. Taking the 5th's $0.30 from
+    the grant, consumed first, expired so from breakage, left the top-up at $3.85 and breakage at
+    -$0.30: the grant had got nothing back, so breakage nothing of it."""
+    bk = BillingKit(fresh_db)
+    await bk.add_book(V1)
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("expired-got-nothing", book="vol")
+    await bk.grant(cid, "0.50", expires_at=datetime(2026, 11, 25, tzinfo=UTC))
+    top_up = await bk.top_up(cid, "5.00")
+    await _november(bk, cid)
+    assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 320 * CENT)}
+    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    assert (await live_lots(bk, cid), await _breakage(bk)) == ({top_up.grant.id: ("topup", 420 * CENT)}, 0)
+    await bk.add_book(vol("v2", "2026-11-01T00:00:00Z", "20", "15"))
+    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
+    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    assert done["delta"] == "0.65", done
+    assert (await live_lots(bk, cid), await _breakage(bk)) == ({top_up.grant.id: ("topup", 355 * CENT)}, 0)
+    await verified(bk)

@@ -142,6 +142,10 @@ def test_a_true_up_corrected_up_takes_back_from_what_paid_each_charge_the_first_
     takes = {1: 30 * M // 100, 2: 20 * M // 100}
     assert take_back(w, takes, payers, DEC_1) == {t: 45 * M // 100, g: 5 * M // 100}
     assert take_back(w, takes, payers, DEC_1, 40 * M // 100) == {t: 35 * M // 100, g: 5 * M // 100}
+    # the close gave back $0.40 of charge 2: $0.10 off what is owed, then $0.30 to `t` (consumed
+    # last), none to `g`: its $0.20 all from `t`; had it given $0.05, all off what is owed: $0.05
+    assert take_back(w, {2: 20 * M // 100}, payers, DEC_1, given={2: 40 * M // 100}) == {t: 20 * M // 100}
+    assert take_back(w, {2: 20 * M // 100}, payers, DEC_1, given={2: 5 * M // 100}) == {rec: 5 * M // 100}
     w.lots[g].expires_at = datetime(2026, 11, 30, tzinfo=UTC)
     assert take_back(w, {2: 20 * M // 100}, payers, DEC_1, expired_by=DEC_1) == {g: 20 * M // 100}
     assert (taken_from(w, g, DEC_1), taken_from(w, t, DEC_1)) == (chart.breakage_account("USD"), t)
