@@ -56,7 +56,7 @@ from wallets.core.decision import (
     TrueUpsCorrected,
     UsageCounted,
 )
-from wallets.core.legs import Legs, entry, funding, settlement, settlement_legs
+from wallets.core.legs import Legs, entry, funding, return_target, settlement, settlement_legs
 from wallets.core.money_back import (
     each_charge_first,
     give_back,
@@ -347,14 +347,22 @@ def _takes(fixes: Sequence[TrueUpFix], parts: Mapping[str, Mapping[int, int]], r
     return takes, payers, given
 
 
-def _taken_then_usage(w: Any, took: Mapping[str, int], rest: int, now: datetime):
+def _taken_then_usage(w: Any, took: Mapping[str, int], rest: int, now: datetime,
+                      gets: Mapping[str, int] | None = None):
     """Legs of more charged: what `took` takes back from each account (take_back), the `rest` paid
     like usage from what the lots have left after it (live lots in consumption order, then the
-    receivable); and what paid it all, by account."""
-    after = replace(w, lots={code: replace(lot, balance=lot.balance - took.get(code, 0))
-                             for code, lot in w.lots.items()})
+    receivable); and what paid it all, by account. `gets`: lots given money back beside it (a
+    decrease), each to where money back to it goes (legs.return_target), before the usage."""
+    gets = gets or {}
+    after = replace(w, lots={code: replace(lot, balance=lot.balance - took.get(code, 0) + (
+        gets.get(code, 0) if return_target(w, code) == code else 0)) for code, lot in w.lots.items()})
     s = settlement(after, None, rest, False, now)
     legs, paid = settlement_legs(after, s), dict(funding(after, None, s))
+    for account, units in gets.items():
+        legs.credit(return_target(w, account), units)
+        paid[account] = paid.get(account, 0) - units
+    if gets:
+        legs.debit(chart.revenue_account(w.customer.currency), sum(gets.values()))
     for account, units in took.items():
         legs.debit(taken_from(w, account, now), units)
         paid[account] = paid.get(account, 0) + units
@@ -432,7 +440,11 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
         net = min(debits.get(receivable, 0), shares.get(receivable, 0))
         if net:
             debits[receivable] -= net
-        legs, paid = _taken_then_usage(w, debits, -back - sum(debits.values()), now)
+        # a lot with a decrease but nothing taken gets its share back all the same (a revoked
+        # grant's revoked again, an expired one's to breakage: legs.return_target), and the
+        # increase it would have netted is paid like usage
+        gets = {a: v for a, v in shares.items() if v > 0 and a != receivable}
+        legs, paid = _taken_then_usage(w, debits, -back - sum(debits.values()) + sum(gets.values()), now, gets)
         return legs, tuple((a, v) for a, v in paid if v), None
     legs, paid_back, lot = give_back(state, w, shares, back + sum(debits.values()), now,
                                      f"re-rate {cmd.rerate_id} {cmd.period}", step)
