@@ -115,18 +115,19 @@ async def lots_match_accounts(conn: AsyncConnection) -> Check:
         SELECT format('lot %s is marked empty, yet its account holds %s', l.id, b.credits - b.debits)
           FROM lots l JOIN account_balances b ON b.account_id = l.account_id
          WHERE l.empty AND l.expired_at IS NULL AND b.credits > b.debits""" if schema["lots_empty"] else ""
-    # a close reads only the top-ups marked as having paid the receivable (0073 on): one unmarked (a
-    # server older than 0073 wrote it during a rolling deploy) is a payment its invoice would not see
+    # a close reads only the top-ups marked as having paid the receivable (0073 on; what
+    # store.load_unapplied takes as paid: a top-up entry's net credit to the receivable): one
+    # unmarked (a server older than 0073 wrote it, in a rolling deploy) is a payment its invoice would
+    # not see. A lot marked that did not pay is only read for nothing (0073's backfill marks a true-up's
+    # credit lot whose entry credited the receivable), so it is not named.
     paid = """
         UNION ALL
-        SELECT format('lot %s: its top-up %s the receivable, yet it is %s paid_receivable', l.id,
-                      CASE WHEN l.paid_receivable THEN 'did not pay' ELSE 'paid' END,
-                      CASE WHEN l.paid_receivable THEN 'marked' ELSE 'not marked' END)
-          FROM lots l
-         WHERE l.paid_receivable IS DISTINCT FROM (l.kind = 'topup' AND EXISTS (
-               SELECT FROM postings p JOIN accounts a ON a.id = p.account_id
-                WHERE p.lane = l.lane AND p.entry_id = l.entry_id AND p.amount < 0
-                  AND a.code = 'asset:customer:' || l.customer_id || ':' || 'receivable'))""" \
+        SELECT format('lot %s: its top-up paid the receivable, yet it is not marked paid_receivable', l.id)
+          FROM lots l JOIN journal_entries j ON j.lane = l.lane AND j.id = l.entry_id AND j.kind = 'topup'
+         WHERE l.kind = 'topup' AND NOT l.paid_receivable
+           AND (SELECT -sum(p.amount) FROM postings p JOIN accounts a ON a.id = p.account_id
+                 WHERE p.lane = l.lane AND p.entry_id = l.entry_id
+                   AND a.code = 'asset:customer:' || l.customer_id || ':' || 'receivable') > 0""" \
         if schema["lots_paid_receivable"] else ""
     return await _query_check(conn, "lots", f"""
         SELECT format('lot %s: remaining %s is outside 0..%s granted', l.id, b.credits - b.debits, l.granted)
@@ -144,8 +145,7 @@ async def lots_match_accounts(conn: AsyncConnection) -> Check:
          WHERE l.granted <> coalesce(-(SELECT sum(p.amount) FROM postings p
                                         WHERE p.entry_id = l.entry_id AND p.account_id = l.account_id), 0)
         """, "each lot's remaining is its account balance, within what was granted; expired lots, grants "
-           "revoked in whole and lots marked empty hold nothing; a top-up lot is marked as having paid the "
-           "receivable when it did")
+           "revoked in whole and lots marked empty hold nothing; a top-up that paid the receivable is marked so")
 
 
 async def wallets_within_limits(conn: AsyncConnection) -> Check:
