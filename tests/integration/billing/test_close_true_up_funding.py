@@ -266,12 +266,9 @@ async def test_a_rerate_s_correction_of_a_close_s_true_up_gives_each_charge_s_pa
     await bk.event(cid, "model-v", 0, 70_000)
     await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
     assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 60 * CENT), grant.grant.id: ("grant", 430 * CENT)}
-    await bk.add_book(vol("v2", "2026-11-01T00:00:00Z", "20", "5"))
-    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
-    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
-    assert [(ln["token_type"], ln["old_amount"], ln["new_amount"], ln["delta"])
-            for ln in done["customers"][0]["lines"]] == [("output", "1.10", "0.95", "-0.15"),
-                                                         ("volume_true_up", "-1.00", "-1.50", "-0.50")]
+    done = await _rerated(bk, "20", "5")
+    assert _lines(done) == [("output", "1.10", "0.95", "-0.15"),
+                            ("volume_true_up", "-1.00", "-1.50", "-0.50")]
     assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 90 * CENT), grant.grant.id: ("grant", 465 * CENT)}
     await verified(bk)
     # A second fix, $4/M beyond: the 20th $0.80 + $0.12 = $0.92 (-$0.03, to the grant); the true-up
@@ -317,13 +314,10 @@ async def test_a_rerate_that_posts_no_entry_keeps_what_it_gave_back_of_each_char
     await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
     lots = {top_up.grant.id: ("topup", 60 * CENT), grant.grant.id: ("grant", 430 * CENT)}
     assert await live_lots(bk, cid) == lots
-    await bk.add_book(vol("v2", "2026-11-01T00:00:00Z", "30", "10"))
-    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
-    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    done = await _rerated(bk, "30", "10")
     assert done["delta"] == "0.00" and done["customers"][0]["entry_ids"] == [], done
-    assert [(ln["token_type"], ln["old_amount"], ln["new_amount"], ln["delta"])
-            for ln in done["customers"][0]["lines"]] == [("output", "2.30", "3.30", "1.00"),
-                                                         ("volume_true_up", "-1.00", "-2.00", "-1.00")]
+    assert _lines(done) == [("output", "2.30", "3.30", "1.00"),
+                            ("volume_true_up", "-1.00", "-2.00", "-1.00")]
     assert await live_lots(bk, cid) == lots  # nothing moved
     await verified(bk)
     # what the close and the first fix gave back of each charge is kept in a table, one row each,
@@ -402,9 +396,7 @@ async def test_verify_ties_a_close_s_record_to_its_true_up_line_and_each_row_to_
     await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
     fifth, twentieth = sorted(charge for _, charge, _ in await _given(bk, cid, None))
     assert await _given(bk, cid, None) == [("v-out", fifth, 60 * CENT), ("v-out", twentieth, 40 * CENT)]
-    await bk.add_book(vol("v2", "2026-11-01T00:00:00Z", "20", "5"))
-    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
-    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    done = await _rerated(bk, "20", "5")
     assert done["delta"] == "-0.70", done  # -$0.15 - $0.05 on the charges, -$0.50 on the true-up
     fix = done["rerate_id"]
     assert await _given(bk, cid, fix) == [("v-out", fifth, 30 * CENT), ("v-out", twentieth, 20 * CENT)]
@@ -455,6 +447,19 @@ async def test_verify_ties_a_close_s_record_to_its_true_up_line_and_each_row_to_
                                "1000000000"]
 
 
+async def _rerated(bk: BillingKit, high: str, low: str, on: datetime = datetime(2026, 12, 2, tzinfo=UTC)) -> dict:
+    """November re-rated, on `on`, to a book `v2` from November 1st: `high` $/M to 100,000 output
+    tokens, `low` beyond."""
+    await bk.add_book(vol("v2", "2026-11-01T00:00:00Z", high, low))
+    bk.clock.now = on
+    return await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+
+
+def _lines(done: dict) -> list[tuple[str, str, str, str]]:
+    """A re-rate's lines of its one customer: (token type, old amount, new amount, delta)."""
+    return [(ln["token_type"], ln["old_amount"], ln["new_amount"], ln["delta"]) for ln in done["customers"][0]["lines"]]
+
+
 async def _given(bk: BillingKit, cid: str, rerate_id: str | None) -> list[tuple[str, int, int]]:
     """What true_up_charges keeps of the customer's close (`rerate_id` None) or of a re-rate."""
     rows = await bk.db.read(lambda conn: conn.execute(text(
@@ -497,12 +502,9 @@ async def test_a_true_up_corrected_up_takes_back_of_each_charge_from_what_that_c
     with it on January 31st)."""
     bk = BillingKit(fresh_db)
     top_up, grant = await _closed_per_charge(bk, "taken-back")
-    await bk.add_book(vol("v2", "2026-11-01T00:00:00Z", "20", "15"))
-    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
-    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
-    assert [(ln["token_type"], ln["old_amount"], ln["new_amount"], ln["delta"])
-            for ln in done["customers"][0]["lines"]] == [("output", "1.10", "1.25", "0.15"),
-                                                         ("volume_true_up", "-1.00", "-0.50", "0.50")]
+    done = await _rerated(bk, "20", "15")
+    assert _lines(done) == [("output", "1.10", "1.25", "0.15"),
+                            ("volume_true_up", "-1.00", "-0.50", "0.50")]
     assert await live_lots(bk, "taken-back") == {top_up: ("topup", 30 * CENT), grant: ("grant", 395 * CENT)}
     await verified(bk)
     first, second = sorted(charge for _, charge, _ in await _given(bk, "taken-back", None))
@@ -523,9 +525,7 @@ async def test_a_true_up_corrected_up_beside_cheaper_charges_nets_each_charge_s_
     became the customer's paid (refundable) credit."""
     bk = BillingKit(fresh_db)
     top_up, grant = await _closed_per_charge(bk, "netted")
-    await bk.add_book(vol("v2", "2026-11-01T00:00:00Z", "16", "8"))
-    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
-    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    done = await _rerated(bk, "16", "8")
     assert done["delta"] == "-0.26", done
     assert await live_lots(bk, "netted") == {top_up: ("topup", 72 * CENT), grant: ("grant", 444 * CENT)}
     await verified(bk)
@@ -561,9 +561,7 @@ async def test_a_true_up_corrected_up_takes_back_from_breakage_what_it_gave_an_e
     await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
     assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 430 * CENT)}
     assert await _breakage(bk) == 60 * CENT
-    await bk.add_book(vol("v2", "2026-11-01T00:00:00Z", "20", "15"))
-    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
-    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    done = await _rerated(bk, "20", "15")
     assert done["delta"] == "0.65", done
     assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 395 * CENT)}
     assert await _breakage(bk) == 30 * CENT
@@ -602,9 +600,7 @@ async def test_a_close_s_record_counts_what_an_expired_grant_s_charge_gave_back_
     first, second = sorted(charge for _, charge, _ in closed)
     assert closed == [("v-out", first, 60 * CENT), ("v-out", second, 40 * CENT)]
     await verified(bk)
-    await bk.add_book(vol("v2", "2026-11-01T00:00:00Z", "20", "5"))
-    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
-    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    done = await _rerated(bk, "20", "5")
     assert done["delta"] == "-0.65", done
     assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 90 * CENT)}
     assert await _breakage(bk) == 75 * CENT
@@ -623,12 +619,9 @@ async def test_a_true_up_corrected_up_more_than_cheaper_charges_nets_each_charge
     the top-up and $0.02 from the grant ($0.36 and $4.28), the top-up paying $0.12 of the 20th."""
     bk = BillingKit(fresh_db)
     top_up, grant = await _closed_per_charge(bk, "net-up")
-    await bk.add_book(vol("v2", "2026-11-01T00:00:00Z", "18", "12"))
-    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
-    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
-    assert [(ln["token_type"], ln["old_amount"], ln["new_amount"], ln["delta"])
-            for ln in done["customers"][0]["lines"]] == [("output", "2.30", "2.16", "-0.14"),
-                                                         ("volume_true_up", "-1.00", "-0.60", "0.40")]
+    done = await _rerated(bk, "18", "12")
+    assert _lines(done) == [("output", "2.30", "2.16", "-0.14"),
+                            ("volume_true_up", "-1.00", "-0.60", "0.40")]
     assert done["delta"] == "0.26", done
     assert await live_lots(bk, "net-up") == {top_up: ("topup", 48 * CENT), grant: ("grant", 416 * CENT)}
     await verified(bk)
@@ -661,9 +654,7 @@ async def test_a_true_up_corrected_up_takes_nothing_from_breakage_for_a_grant_li
     bk.clock.now = datetime(2026, 12, 3, 12, tzinfo=UTC)
     await bk.event(cid, "model-v", 0, 30_000)
     assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 430 * CENT)}
-    await bk.add_book(vol("v2", "2026-11-01T00:00:00Z", "20", "15"))
-    bk.clock.now = datetime(2026, 12, 12, tzinfo=UTC)
-    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    done = await _rerated(bk, "20", "15", on=datetime(2026, 12, 12, tzinfo=UTC))
     assert done["delta"] == "0.65", done
     assert (await live_lots(bk, cid), await _breakage(bk)) == ({top_up.grant.id: ("topup", 365 * CENT)}, 0)
     await verified(bk)
@@ -690,9 +681,7 @@ async def test_a_true_up_corrected_up_takes_nothing_from_breakage_for_an_expired
     assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 320 * CENT)}
     await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
     assert (await live_lots(bk, cid), await _breakage(bk)) == ({top_up.grant.id: ("topup", 420 * CENT)}, 0)
-    await bk.add_book(vol("v2", "2026-11-01T00:00:00Z", "20", "15"))
-    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
-    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    done = await _rerated(bk, "20", "15")
     assert done["delta"] == "0.65", done
     assert (await live_lots(bk, cid), await _breakage(bk)) == ({top_up.grant.id: ("topup", 355 * CENT)}, 0)
     await verified(bk)
@@ -718,9 +707,7 @@ async def test_a_true_up_corrected_up_more_than_cheaper_charges_pays_a_revoked_g
     await bk.service.submit(ReverseGrant(customer_id="net-revoked", lot_id=grant, reason="abuse"))
     assert await live_lots(bk, "net-revoked") == {top_up: ("topup", 60 * CENT)}
     promotions = await _credited(bk, chart.promotions_account("USD"))
-    await bk.add_book(vol("v2", "2026-11-01T00:00:00Z", "18", "12"))
-    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
-    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    done = await _rerated(bk, "18", "12")
     assert done["delta"] == "0.26", done
     assert await live_lots(bk, "net-revoked") == {top_up: ("topup", 32 * CENT)}
     assert await _credited(bk, chart.promotions_account("USD")) - promotions == 2 * CENT
