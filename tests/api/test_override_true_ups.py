@@ -36,13 +36,63 @@ async def client(database_url):
         yield c
 
 
-async def closed_invoice(client, overrides: dict, book: str = BOOK) -> tuple[dict, dict]:
-    """The invoice of a postpaid customer with `overrides` in force, who used model-v as above,
-    and its wallet after the close; the upcoming invoice just before the close showed the same."""
+async def add_book(client, book: str, rules: list[dict]) -> None:
+    """A USD price book `book` of `rules`, in force since 2026-01-01."""
+    made = await client.post("/v1/price-books", headers=ADMIN, json={
+        "id": book, "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": rules})
+    assert made.status_code == 201, made.text
+
+
+async def new_version(client, book: str, rules: list[dict]) -> int:
+    """A version of `book` with `rules`, in force since 2026-01-02 (before the usage: a re-rate's
+    target); its number."""
+    v2 = await client.post("/v1/price-books", headers=ADMIN, json={
+        "id": book, "currency": "USD", "effective_from": "2026-01-02T00:00:00Z", "rules": rules})
+    assert v2.status_code == 201, v2.text
+    return (await client.get(f"/v1/price-books/{book}", headers=ADMIN)).json()["versions"][-1]["version"]
+
+
+async def new_customer(client, book: str) -> str:
+    """A postpaid USD customer on `book`; its id."""
     cid = f"vol-{uuid.uuid4().hex[:10]}"
     made = await client.post("/v1/customers", headers=ADMIN, json={
         "id": cid, "currency": "USD", "price_book": book, "billing": "postpaid"})
     assert made.status_code == 201, made.text
+    return cid
+
+
+async def send(client, cid: str, event_id: str, model: str, at: datetime, output_tokens: int) -> None:
+    """One usage event of `output_tokens` of `model` at `at`, accepted."""
+    sent = await client.post("/v1/usage-events", headers=ADMIN, json=[
+        {"event_id": event_id, "customer_id": cid, "model": model, "timestamp": utc(at),
+         "usage": {"output_tokens": output_tokens}}])
+    assert sent.json()["accepted"] == 1, sent.text
+
+
+async def rerate_applied(client, book: str, version: int, cid: str, since: datetime, until: datetime):
+    """`cid`'s charges from `since` to `until` re-rated to `book`'s `version`, applied without errors;
+    the answer."""
+    applied = await client.post("/v1/rerate", headers=ADMIN, json={
+        "price_book": book, "version": version, "from": utc(since), "to": utc(until),
+        "customer_id": cid, "mode": "apply"})
+    assert applied.status_code == 200 and applied.json()["errors"] == [], applied.text
+    return applied
+
+
+async def wallet_of(client, cid: str) -> dict:
+    return (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
+
+
+async def verified(client) -> None:
+    """/v1/audit/verify passes, each failed check shown where not."""
+    answer = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
+    assert answer["ok"], [c for c in answer["checks"] if not c["ok"]]
+
+
+async def closed_invoice(client, overrides: dict, book: str = BOOK) -> tuple[dict, dict]:
+    """The invoice of a postpaid customer with `overrides` in force, who used model-v as above,
+    and its wallet after the close; the upcoming invoice just before the close showed the same."""
+    cid = await new_customer(client, book)
     now = datetime.now(UTC)
     put = await client.put(f"/v1/customers/{cid}/price-overrides", headers=ADMIN, json={
         **overrides, "effective_from": utc(now - timedelta(hours=1))})
@@ -59,9 +109,8 @@ async def closed_invoice(client, overrides: dict, book: str = BOOK) -> tuple[dic
     [invoice] = closed.json()["closed"]
     final = (await client.get(f"/v1/invoices/{invoice['invoice_id']}", headers=ADMIN)).json()
     assert (kinds(upcoming), upcoming["total"]) == (kinds(final), final["total"])
-    wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
-    verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
-    assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]
+    wallet = await wallet_of(client, cid)
+    await verified(client)
     return final, wallet
 
 
@@ -118,14 +167,10 @@ async def test_late_usage_of_a_closed_period_gets_what_its_true_up_gave_back_to_
     assert wallet["receivable"] == "0.00"
     cid, now = invoice["customer_id"], datetime.now(UTC)
     # accepted after the close, its timestamp in the closed period: 1M tokens at the $10/M tier reached
-    sent = await client.post("/v1/usage-events", headers=ADMIN, json=[
-        {"event_id": "v-late", "customer_id": cid, "model": "model-v", "timestamp": utc(now - timedelta(minutes=25)),
-         "usage": {"output_tokens": 1_000_000}}])
-    assert sent.json()["accepted"] == 1, sent.text
-    wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
+    await send(client, cid, "v-late", "model-v", now - timedelta(minutes=25), 1_000_000)
+    wallet = await wallet_of(client, cid)
     assert wallet["receivable"] == owed and wallet["available"] == "0.00"
-    verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
-    assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]
+    await verified(client)
 
 
 @pytest.mark.parametrize(("allowance", "lines", "total", "owed_late"), [
@@ -144,14 +189,10 @@ async def test_a_free_allowance_with_room_left_pays_a_dearer_tiers_true_up(
     assert ("volume_true_up", "10.00", None) in kinds(invoice)
     assert invoice["total"] == total and wallet["receivable"] == total
     cid, now = invoice["customer_id"], datetime.now(UTC)
-    sent = await client.post("/v1/usage-events", headers=ADMIN, json=[
-        {"event_id": "v-late", "customer_id": cid, "model": "model-v", "timestamp": utc(now - timedelta(minutes=25)),
-         "usage": {"output_tokens": 1_000_000}}])
-    assert sent.json()["accepted"] == 1, sent.text
-    wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
+    await send(client, cid, "v-late", "model-v", now - timedelta(minutes=25), 1_000_000)
+    wallet = await wallet_of(client, cid)
     assert wallet["receivable"] == owed_late  # the allowance is spent as the close left it
-    verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
-    assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]
+    await verified(client)
 
 
 async def allowance_counter(database_url: str, cid: str) -> int:
@@ -185,30 +226,21 @@ async def test_a_downward_rerate_after_the_close_takes_back_the_allowances_share
     Before: the counter went 13.00 -> 13.00 - (23.00 - 5.75) = -4.25 (30.00) or 13.00 - (20.00 - 5.75)
     = -1.25 (20.00), below 0, and the +7.50 correction was charged to the customer (7.50 and 4.50 owed)."""
     book = f"vol-q-{uuid.uuid4().hex[:8]}"
-    made = await client.post("/v1/price-books", headers=ADMIN, json={
-        "id": book, "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": RULES})
-    assert made.status_code == 201, made.text
+    await add_book(client, book, RULES)
     invoice, wallet = await closed_invoice(client, {"free_allowances": [{"id": "free", "amount": allowance}]}, book)
     assert ("free_allowance", given_back, "free") in kinds(invoice) and wallet["receivable"] == "0.00"
     cid = invoice["customer_id"]
     assert await allowance_counter(database_url, cid) == 13 * 10**9
     cheaper = [{**RULES[0], "tiers": [{"up_to": 1_000_000, "price": "5"}, {"up_to": None, "price": "2.50"}]}]
-    v2 = await client.post("/v1/price-books", headers=ADMIN, json={
-        "id": book, "currency": "USD", "effective_from": "2026-01-02T00:00:00Z", "rules": cheaper})
-    assert v2.status_code == 201, v2.text
-    version = (await client.get(f"/v1/price-books/{book}", headers=ADMIN)).json()["versions"][-1]["version"]
+    version = await new_version(client, book, cheaper)
     now = datetime.now(UTC)
-    applied = await client.post("/v1/rerate", headers=ADMIN, json={
-        "price_book": book, "version": version, "from": utc(now - timedelta(hours=1)), "to": utc(now),
-        "customer_id": cid, "mode": "apply"})
-    assert applied.status_code == 200 and applied.json()["errors"] == [], applied.text
+    applied = await rerate_applied(client, book, version, cid, now - timedelta(hours=1), now)
     # the allowance paid 5.75 of the charges and has 2.50 of it back: 3.25 taken
     assert await allowance_counter(database_url, cid) == 3_250_000_000
-    wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
+    wallet = await wallet_of(client, cid)
     assert wallet["receivable"] == "0.00" and wallet["available"] == "0.00"
     assert applied.json()["credit_notes"] == []  # nothing moved: no note
-    verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
-    assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]
+    await verified(client)
 
 
 async def test_a_rerate_that_moves_nothing_answers_what_it_corrected_as_its_preview_does(client, database_url) -> None:
@@ -222,17 +254,12 @@ async def test_a_rerate_that_moves_nothing_answers_what_it_corrected_as_its_prev
     preview does, applied once or again. Before, the answer read the true-ups only from an entry's
     metadata: delta -3.00 with the charges' row alone."""
     book = f"vol-z-{uuid.uuid4().hex[:8]}"
-    made = await client.post("/v1/price-books", headers=ADMIN, json={
-        "id": book, "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": RULES})
-    assert made.status_code == 201, made.text
+    await add_book(client, book, RULES)
     invoice, wallet = await closed_invoice(client, {"free_allowances": [{"id": "free", "amount": "20.00"}]}, book)
     assert wallet["receivable"] == "0.00" and wallet["available"] == "0.00"
     cid = invoice["customer_id"]
     cheaper = [{**RULES[0], "tiers": [{"up_to": 1_000_000, "price": "5"}, {"up_to": None, "price": "2.50"}]}]
-    v2 = await client.post("/v1/price-books", headers=ADMIN, json={
-        "id": book, "currency": "USD", "effective_from": "2026-01-02T00:00:00Z", "rules": cheaper})
-    assert v2.status_code == 201, v2.text
-    version = (await client.get(f"/v1/price-books/{book}", headers=ADMIN)).json()["versions"][-1]["version"]
+    version = await new_version(client, book, cheaper)
     now = datetime.now(UTC)
     request = {"price_book": book, "version": version, "from": utc(now - timedelta(hours=1)), "to": utc(now),
                "customer_id": cid}
@@ -258,7 +285,7 @@ async def test_a_rerate_that_moves_nothing_answers_what_it_corrected_as_its_prev
     assert (customer["old_amount"], customer["new_amount"], customer["charges"]) == ("0.00", "0.00", 2)
     assert customer["lines"] == lines
     assert answers[1] == answers[0]
-    wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
+    wallet = await wallet_of(client, cid)
     assert wallet["receivable"] == "0.00" and wallet["available"] == "0.00"
     # what the answer reads is kept once and cannot be changed
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
@@ -278,8 +305,7 @@ async def test_a_rerate_that_moves_nothing_answers_what_it_corrected_as_its_prev
                 ORDER BY rerate_id NULLS FIRST""", (cid,))
         assert [(closed, int(units)) for closed, units in await given.fetchall()] == [
             (True, 4 * DOLLAR), (False, -3 * DOLLAR)]
-    verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
-    assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]
+    await verified(client)
 
 
 async def test_verify_ties_a_rerate_that_posted_no_entry_to_the_true_up_corrections_it_kept(scratch_url) -> None:
@@ -295,28 +321,20 @@ async def test_verify_ties_a_rerate_that_posted_no_entry_to_the_true_up_correcti
         invoice, _ = await closed_invoice(client, {"free_allowances": [{"id": "free", "amount": "20.00"}]})
         cid = invoice["customer_id"]
         cheaper = [{**RULES[0], "tiers": [{"up_to": 1_000_000, "price": "5"}, {"up_to": None, "price": "2.50"}]}]
-        v2 = await client.post("/v1/price-books", headers=ADMIN, json={
-            "id": BOOK, "currency": "USD", "effective_from": "2026-01-02T00:00:00Z", "rules": cheaper})
-        assert v2.status_code == 201, v2.text
-        version = (await client.get(f"/v1/price-books/{BOOK}", headers=ADMIN)).json()["versions"][-1]["version"]
+        version = await new_version(client, BOOK, cheaper)
         now = datetime.now(UTC)
-        applied = await client.post("/v1/rerate", headers=ADMIN, json={
-            "price_book": BOOK, "version": version, "from": utc(now - timedelta(hours=1)), "to": utc(now),
-            "customer_id": cid, "mode": "apply"})
-        assert applied.status_code == 200 and applied.json()["errors"] == [], applied.text
+        applied = await rerate_applied(client, BOOK, version, cid, now - timedelta(hours=1), now)
         assert (applied.json()["delta"], applied.json()["customers"][0]["entry_ids"]) == ("0.00", [])
-        verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
-        assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]
+        await verified(client)
         async with await psycopg.AsyncConnection.connect(scratch_url, autocommit=True) as conn:
             await conn.execute("""INSERT INTO rerate_true_ups (lane, rerate_id, customer_id, period, true_ups)
                                   SELECT lane, rerate_id, customer_id, period, true_ups FROM rerate_true_ups
                                    WHERE customer_id = %s""", (cid,))
-        verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
-        [failed] = [c for c in verified["checks"] if not c["ok"]]
+        answer = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
+        [failed] = [c for c in answer["checks"] if not c["ok"]]
         # in atomic units (10^9 a dollar): the charges -3.00, the corrections kept twice +6.00
         assert failed["name"] == "credit_notes" and f"customer {cid}" in failed["detail"], failed
         assert "charges moved -3000000000" in failed["detail"] and "true-ups 6000000000" in failed["detail"], failed
-
 
 
 async def test_a_rerate_re_splits_the_allowances_share_over_the_period_s_usage_of_every_book(client) -> None:
@@ -334,18 +352,10 @@ async def test_a_rerate_re_splits_the_allowances_share_over_the_period_s_usage_o
     flat, vol = f"flat-{uuid.uuid4().hex[:8]}", f"vol-2b-{uuid.uuid4().hex[:8]}"
     for body in ({"id": flat, "rules": [{"id": "w-out", "model": "model-w", "token_type": "output", "price": "10"}]},
                  {"id": vol, "rules": [{"id": "v-out", "model": "model-v", "token_type": "output", "price": "20"}]}):
-        made = await client.post("/v1/price-books", headers=ADMIN, json={
-            **body, "currency": "USD", "effective_from": "2026-01-01T00:00:00Z"})
-        assert made.status_code == 201, made.text
-    cid = f"vol-{uuid.uuid4().hex[:10]}"
-    made = await client.post("/v1/customers", headers=ADMIN, json={
-        "id": cid, "currency": "USD", "price_book": flat, "billing": "postpaid"})
-    assert made.status_code == 201, made.text
+        await add_book(client, body["id"], body["rules"])
+    cid = await new_customer(client, flat)
     now = datetime.now(UTC)
-    sent = await client.post("/v1/usage-events", headers=ADMIN, json=[
-        {"event_id": "w-1", "customer_id": cid, "model": "model-w", "timestamp": utc(now - timedelta(minutes=40)),
-         "usage": {"output_tokens": 400_000}}])
-    assert sent.json()["accepted"] == 1, sent.text
+    await send(client, cid, "w-1", "model-w", now - timedelta(minutes=40), 400_000)
     moved = await client.patch(f"/v1/customers/{cid}", headers=ADMIN, json={"price_book": vol})
     assert moved.status_code == 200, moved.text
     put = await client.put(f"/v1/customers/{cid}/price-overrides", headers=ADMIN, json={
@@ -353,33 +363,23 @@ async def test_a_rerate_re_splits_the_allowances_share_over_the_period_s_usage_o
     assert put.status_code == 201, put.text
     for i, tokens in enumerate((600_000, 700_000)):  # after the move, by the server's clock: rated by `v`
         await asyncio.sleep(0.01)
-        sent = await client.post("/v1/usage-events", headers=ADMIN, json=[
-            {"event_id": f"v-{i}", "customer_id": cid, "model": "model-v", "timestamp": utc(datetime.now(UTC)),
-             "usage": {"output_tokens": tokens}}])
-        assert sent.json()["accepted"] == 1, sent.text
+        await send(client, cid, f"v-{i}", "model-v", datetime.now(UTC), tokens)
     period = period_of(now - timedelta(minutes=40), Cycle())
     closed = await client.post("/v1/billing/close", headers=ADMIN, json={
         "until": utc(period.end + timedelta(hours=1, seconds=1)), "customer_id": cid, "early": True})
     assert closed.status_code == 200, closed.text
-    wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
+    wallet = await wallet_of(client, cid)
     assert wallet["receivable"] == "10.00", wallet
-    v2 = await client.post("/v1/price-books", headers=ADMIN, json={
-        "id": vol, "currency": "USD", "effective_from": "2026-01-02T00:00:00Z", "rules": RULES})
-    assert v2.status_code == 201, v2.text
-    version = (await client.get(f"/v1/price-books/{vol}", headers=ADMIN)).json()["versions"][-1]["version"]
-    applied = await client.post("/v1/rerate", headers=ADMIN, json={
-        "price_book": vol, "version": version, "from": utc(now - timedelta(hours=1)),
-        "to": utc(datetime.now(UTC)), "customer_id": cid, "mode": "apply"})
-    assert applied.status_code == 200 and applied.json()["errors"] == [], applied.text
+    version = await new_version(client, vol, RULES)
+    applied = await rerate_applied(client, vol, version, cid, now - timedelta(hours=1), datetime.now(UTC))
     [customer] = applied.json()["customers"]
     assert [(ln["model"], ln["old_amount"], ln["new_amount"]) for ln in customer["lines"]
             if ln["token_type"] == "volume_true_up"] == [("", "0.00", "3.00"),
                                                          ("model-v", "0.00", "-10.00")], customer["lines"]
     assert customer["delta"] == "-10.00", customer
-    wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
+    wallet = await wallet_of(client, cid)
     assert wallet["receivable"] == "0.00" and wallet["available"] == "0.00", wallet
-    verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
-    assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]
+    await verified(client)
 
 
 async def test_a_rerate_re_splits_what_the_allowance_pays_of_a_dearer_tiers_true_up(client, database_url) -> None:
@@ -393,32 +393,23 @@ async def test_a_rerate_re_splits_what_the_allowance_pays_of_a_dearer_tiers_true
     20.00 - 8.00 + 1.00 = 13.00. Before, a share the allowance paid of a dearer tier stayed as the
     close made it: -5.00, 1.00 owed (its counter 12.00)."""
     book = f"vol-dr-{uuid.uuid4().hex[:8]}"
-    made = await client.post("/v1/price-books", headers=ADMIN, json={
-        "id": book, "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": DEARER_RULES})
-    assert made.status_code == 201, made.text
+    await add_book(client, book, DEARER_RULES)
     invoice, wallet = await closed_invoice(client, {"free_allowances": [{"id": "free", "amount": "20.00"}]}, book)
     assert ("free_allowance", "-4.00", "free") in kinds(invoice) and wallet["receivable"] == "6.00"
     cid = invoice["customer_id"]
     halved = [{**DEARER_RULES[0], "tiers": [{"up_to": 1_000_000, "price": "5"}, {"up_to": None, "price": "10"}]}]
-    v2 = await client.post("/v1/price-books", headers=ADMIN, json={
-        "id": book, "currency": "USD", "effective_from": "2026-01-02T00:00:00Z", "rules": halved})
-    assert v2.status_code == 201, v2.text
-    version = (await client.get(f"/v1/price-books/{book}", headers=ADMIN)).json()["versions"][-1]["version"]
+    version = await new_version(client, book, halved)
     now = datetime.now(UTC)
-    applied = await client.post("/v1/rerate", headers=ADMIN, json={
-        "price_book": book, "version": version, "from": utc(now - timedelta(hours=1)), "to": utc(now),
-        "customer_id": cid, "mode": "apply"})
-    assert applied.status_code == 200 and applied.json()["errors"] == [], applied.text
+    applied = await rerate_applied(client, book, version, cid, now - timedelta(hours=1), now)
     [customer] = applied.json()["customers"]
     assert [(ln["model"], ln["old_amount"], ln["new_amount"]) for ln in customer["lines"]
             if ln["token_type"] == "volume_true_up"] == [("", "-4.00", "-5.00"),
                                                          ("model-v", "10.00", "5.00")], customer["lines"]
     assert customer["delta"] == "-6.00", customer
-    wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
+    wallet = await wallet_of(client, cid)
     assert wallet["receivable"] == "0.00" and wallet["available"] == "0.00", wallet
     assert await allowance_counter(database_url, cid) == 13 * DOLLAR
-    verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
-    assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]
+    await verified(client)
 
 
 async def test_a_free_allowance_is_shared_by_the_books_of_its_period(client) -> None:
@@ -432,43 +423,25 @@ async def test_a_free_allowance_is_shared_by_the_books_of_its_period(client) -> 
     v_rules = [{"id": "v-out", "model": "model-v", "token_type": "output", "price": "20"}]
     for body in ({"id": flat, "rules": [{"id": "w-out", "model": "model-w", "token_type": "output", "price": "10"}]},
                  {"id": other, "rules": v_rules}):
-        made = await client.post("/v1/price-books", headers=ADMIN, json={
-            **body, "currency": "USD", "effective_from": "2026-01-01T00:00:00Z"})
-        assert made.status_code == 201, made.text
-    cid = f"vol-{uuid.uuid4().hex[:10]}"
-    made = await client.post("/v1/customers", headers=ADMIN, json={
-        "id": cid, "currency": "USD", "price_book": flat, "billing": "postpaid"})
-    assert made.status_code == 201, made.text
+        await add_book(client, body["id"], body["rules"])
+    cid = await new_customer(client, flat)
     now = datetime.now(UTC)
     put = await client.put(f"/v1/customers/{cid}/price-overrides", headers=ADMIN, json={
         "free_allowances": [{"id": "free", "amount": "10.00"}], "effective_from": utc(now - timedelta(minutes=50))})
     assert put.status_code == 201, put.text
-    sent = await client.post("/v1/usage-events", headers=ADMIN, json=[
-        {"event_id": "w-1", "customer_id": cid, "model": "model-w", "timestamp": utc(now - timedelta(minutes=40)),
-         "usage": {"output_tokens": 400_000}}])
-    assert sent.json()["accepted"] == 1, sent.text
+    await send(client, cid, "w-1", "model-w", now - timedelta(minutes=40), 400_000)
     moved = await client.patch(f"/v1/customers/{cid}", headers=ADMIN, json={"price_book": other})
     assert moved.status_code == 200, moved.text
     await asyncio.sleep(0.01)  # after the move, by the server's clock: rated by `v`
-    sent = await client.post("/v1/usage-events", headers=ADMIN, json=[
-        {"event_id": "v-1", "customer_id": cid, "model": "model-v", "timestamp": utc(datetime.now(UTC)),
-         "usage": {"output_tokens": 600_000}}])
-    assert sent.json()["accepted"] == 1, sent.text
-    wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
+    await send(client, cid, "v-1", "model-v", datetime.now(UTC), 600_000)
+    wallet = await wallet_of(client, cid)
     assert wallet["receivable"] == "6.00", wallet
     upcoming = (await client.get(f"/v1/customers/{cid}/invoices/upcoming", headers=ADMIN)).json()
     assert sorted((ln["kind"], ln["amount"]) for ln in upcoming["lines"]) == [
         ("free_allowance", "-10.00"), ("usage", "12.00"), ("usage", "4.00")], upcoming["lines"]
-    v2 = await client.post("/v1/price-books", headers=ADMIN, json={
-        "id": other, "currency": "USD", "effective_from": "2026-01-02T00:00:00Z", "rules": v_rules})
-    assert v2.status_code == 201, v2.text
-    version = (await client.get(f"/v1/price-books/{other}", headers=ADMIN)).json()["versions"][-1]["version"]
-    applied = await client.post("/v1/rerate", headers=ADMIN, json={
-        "price_book": other, "version": version, "from": utc(now - timedelta(hours=1)),
-        "to": utc(datetime.now(UTC)), "customer_id": cid, "mode": "apply"})
-    assert applied.status_code == 200 and applied.json()["errors"] == [], applied.text
+    version = await new_version(client, other, v_rules)
+    applied = await rerate_applied(client, other, version, cid, now - timedelta(hours=1), datetime.now(UTC))
     assert applied.json()["delta"] == "0.00", applied.text
-    wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
+    wallet = await wallet_of(client, cid)
     assert wallet["receivable"] == "6.00", wallet
-    verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
-    assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]
+    await verified(client)
