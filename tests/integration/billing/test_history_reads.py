@@ -16,6 +16,30 @@ from wallets.model import Budget
 from wallets.periods import Cycle, period_named
 
 
+async def _calls_by_month(bk: BillingKit, cid: str, months: tuple[tuple[int, int], ...]) -> None:
+    """`cid`'s calls (1,000 model-a input tokens: $0.01 at $10/M, and the call's $0.01), (month,
+    calls) each on the 10th of the month of 2026, each month from the clock's on closed on the
+    next's 1st at 02:00."""
+    for month, calls in months:
+        for m in range(bk.clock.now.month + 1, month + 1):
+            await bk.close(datetime(2026, m, 1, 2, tzinfo=UTC))
+        bk.clock.now = datetime(2026, month, 10, tzinfo=UTC)
+        for _ in range(calls):
+            await bk.event(cid, "model-a", 1000, 0)
+
+
+async def _a_in_priced(bk: BillingKit, version: str, effective_from: str, price: str) -> None:
+    """A version of the seed book, in force from `effective_from`, with model-a input at `price` per 1M."""
+    await bk.add_book({**bk.SEED, "version": version, "effective_from": effective_from, "rules": [
+        {**r, "price": price} if r["id"] == "a-in" else r for r in bk.SEED["rules"]]})
+
+
+async def _rerated(bk: BillingKit, cid: str, version: str, since: datetime, until: datetime) -> None:
+    """`cid`'s charges from `since` to `until` re-rated to the seed book's `version`, without errors."""
+    done = await rerating.apply(bk.db, bk.service.engine, rerating.RerateSpec("seed", version, since, until, cid), None)
+    assert done["errors"] == []
+
+
 async def test_what_a_rerate_finds_left_in_a_periods_charges_reads_only_that_periods_charges(bk: BillingKit):
     """Each call: 1,000 model-a input tokens at $10/M ($0.01) and the call itself ($0.01): $0.02,
     paid from the top-up's lot. Five calls in September, one in October, five in November (each
@@ -25,13 +49,7 @@ async def test_what_a_rerate_finds_left_in_a_periods_charges_reads_only_that_per
     bk.clock.now = datetime(2026, 9, 5, tzinfo=UTC)
     cid = await bk.customer("hist-paid-left")
     await bk.top_up(cid, "10.00")
-    for day, calls in ((datetime(2026, 9, 10, tzinfo=UTC), 5), (datetime(2026, 10, 10, tzinfo=UTC), 1),
-                       (datetime(2026, 11, 10, tzinfo=UTC), 5)):
-        if day.month > 9:
-            await bk.close(day.replace(day=1, hour=2))
-        bk.clock.now = day
-        for _ in range(calls):
-            await bk.event(cid, "model-a", 1000, 0)
+    await _calls_by_month(bk, cid, ((9, 5), (10, 1), (11, 5)))
     [lot] = [g.id for g in (await bk.service.wallet(cid)).grants]
     october = period_named("2026-10", Cycle())
 
@@ -69,24 +87,15 @@ async def test_what_paid_a_periods_rules_tests_each_charge_for_re_rates_once(bk:
 
 
 async def _rerated_history(bk: BillingKit, cid: str, months: tuple[tuple[int, int], ...]) -> None:
-    """`cid`'s calls (1,000 model-a input tokens: $0.01 at $10/M, and the call's $0.01), (month,
-    calls) each on the 10th of the month, each month closed on the next's 1st; then all of them
-    re-rated (on November 20th) to $8/M from July 1st: $0.018 each, 0.002 less."""
+    """`cid`, topped up $10.00, with `_calls_by_month`'s calls; then all of them re-rated (on
+    November 20th) to $8/M from July 1st: $0.018 each, 0.002 less."""
     bk.clock.now = datetime(2026, months[0][0], 5, tzinfo=UTC)
     await bk.customer(cid)
     await bk.top_up(cid, "10.00")
-    for month, calls in months:
-        for m in range(bk.clock.now.month + 1, month + 1):
-            await bk.close(datetime(2026, m, 1, 2, tzinfo=UTC))
-        bk.clock.now = datetime(2026, month, 10, tzinfo=UTC)
-        for _ in range(calls):
-            await bk.event(cid, "model-a", 1000, 0)
-    await bk.add_book({**bk.SEED, "version": "v8", "effective_from": "2026-07-01T00:00:00Z", "rules": [
-        {**r, "price": "8.00"} if r["id"] == "a-in" else r for r in bk.SEED["rules"]]})
+    await _calls_by_month(bk, cid, months)
+    await _a_in_priced(bk, "v8", "2026-07-01T00:00:00Z", "8.00")
     bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
-    done = await rerating.apply(bk.db, bk.service.engine, rerating.RerateSpec(
-        "seed", "v8", datetime(2026, 7, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC), cid), None)
-    assert done["errors"] == []
+    await _rerated(bk, cid, "v8", datetime(2026, 7, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC))
 
 
 async def test_a_money_budget_made_mid_month_reads_the_months_rerates_not_the_customers(bk: BillingKit):
@@ -126,27 +135,15 @@ async def test_what_a_close_finds_its_periods_rerates_gave_back_reads_only_their
     cid = "hist-corrections"
     bk.clock.now = datetime(2026, 7, 5, tzinfo=UTC)
     await bk.customer(cid, billing_mode="postpaid")
-    bk.clock.now = datetime(2026, 7, 10, tzinfo=UTC)
-    for _ in range(5):
-        await bk.event(cid, "model-a", 1000, 0)
+    await _calls_by_month(bk, cid, ((7, 5),))
     await bk.close(datetime(2026, 8, 1, 2, tzinfo=UTC))
-    await bk.add_book({**bk.SEED, "version": "v8", "effective_from": "2026-07-01T00:00:00Z", "rules": [
-        {**r, "price": "8.00"} if r["id"] == "a-in" else r for r in bk.SEED["rules"]]})
+    await _a_in_priced(bk, "v8", "2026-07-01T00:00:00Z", "8.00")
     bk.clock.now = datetime(2026, 8, 10, tzinfo=UTC)
-    july = await rerating.apply(bk.db, bk.service.engine, rerating.RerateSpec(
-        "seed", "v8", datetime(2026, 7, 1, tzinfo=UTC), datetime(2026, 8, 1, tzinfo=UTC), cid), None)
-    assert july["errors"] == []
-    for m in (9, 10, 11):
-        await bk.close(datetime(2026, m, 1, 2, tzinfo=UTC))
-    bk.clock.now = datetime(2026, 11, 10, tzinfo=UTC)
-    for _ in range(2):
-        await bk.event(cid, "model-a", 1000, 0)
-    await bk.add_book({**bk.SEED, "version": "v9", "effective_from": "2026-11-01T00:00:00Z", "rules": [
-        {**r, "price": "6.00"} if r["id"] == "a-in" else r for r in bk.SEED["rules"]]})
+    await _rerated(bk, cid, "v8", datetime(2026, 7, 1, tzinfo=UTC), datetime(2026, 8, 1, tzinfo=UTC))
+    await _calls_by_month(bk, cid, ((11, 2),))  # September, October and November closed first
+    await _a_in_priced(bk, "v9", "2026-11-01T00:00:00Z", "6.00")
     bk.clock.now = datetime(2026, 11, 20, tzinfo=UTC)
-    november = await rerating.apply(bk.db, bk.service.engine, rerating.RerateSpec(
-        "seed", "v9", datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC), cid), None)
-    assert november["errors"] == []
+    await _rerated(bk, cid, "v9", datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC))
     [(rerate_id, entry_id)] = list(await bk.db.read(lambda conn: conn.exec_driver_sql(
         "SELECT DISTINCT rerate_id, entry_id FROM charge_adjustments WHERE customer_id = %s AND period = '2026-11'",
         (cid,))))
@@ -169,12 +166,7 @@ async def test_what_a_rerate_finds_of_a_periods_true_ups_reads_that_periods_roll
     bk.clock.now = datetime(2026, 7, 5, tzinfo=UTC)
     await bk.customer(cid)
     await bk.top_up(cid, "10.00")
-    for month, calls in ((7, 5), (8, 5), (11, 2)):
-        for m in range(bk.clock.now.month + 1, month + 1):
-            await bk.close(datetime(2026, m, 1, 2, tzinfo=UTC))
-        bk.clock.now = datetime(2026, month, 10, tzinfo=UTC)
-        for _ in range(calls):
-            await bk.event(cid, "model-a", 1000, 0)
+    await _calls_by_month(bk, cid, ((7, 5), (8, 5), (11, 2)))
 
     async def both(conn):
         return await store.true_ups_posted(conn, cid, "2026-11"), await store.true_up_shares(conn, cid, "2026-11")
