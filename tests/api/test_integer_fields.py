@@ -63,6 +63,28 @@ def _named(message: str) -> list[dict[str, str]]:
     return [dict(zip(("field", "message"), part.split(": ", 1), strict=True)) for part in message.split("; ")]
 
 
+def _refused(response) -> list[dict[str, str]]:
+    """The fields a 422 problem+json of code validation_error names."""
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    assert response.json()["code"] == "validation_error"
+    return response.json()["fields"]
+
+
+async def _new_budget(client, metric: str, limit: int | str) -> str:
+    """A day budget of `metric` for the file's customer on a model it never reserves; its id."""
+    created = await client.post("/v1/budgets", json={"customer_id": CID, "window": "day", "metric": metric,
+                                                     "limit": limit, "model": "not-m"})
+    assert created.status_code == 201, created.text
+    return created.json()["id"]
+
+
+async def _patch_limit(client, budget: str, number: str):
+    """PATCH the budget's limit to `number`, written as is in the JSON body."""
+    return await client.patch(f"/v1/budgets/{budget}", content='{"limit": N}'.replace("N", number),
+                              headers={"Content-Type": "application/json"})
+
+
 async def _send(client, method: str, path: str, body: str, number: str, reservation: str):
     unique = uuid.uuid4().hex
     return await client.request(method, path.replace("RES", reservation),
@@ -81,10 +103,7 @@ async def test_an_integer_field_refuses_a_number_with_a_fraction_or_an_exponent(
         assert len(rejected) == 1 and rejected[0]["code"] == "validation_error", response.text
         fields = _named(rejected[0]["detail"])
     else:
-        assert response.status_code == 422, response.text
-        assert response.headers["content-type"].startswith(PROBLEM)
-        assert response.json()["code"] == "validation_error"
-        fields = response.json()["fields"]
+        fields = _refused(response)
     assert {"field": field, "message": NOT_AN_INTEGER} in fields, fields
 
 
@@ -116,26 +135,16 @@ async def test_a_dimension_value_with_a_fraction_or_an_exponent_is_refused_as_an
     `bool | int | str`, got `float`". Nothing is held or recorded (the whole body is refused, as
     a NUL in a dimension is)."""
     response = await _send(client, "POST", path, body, number, customer)
-    assert response.status_code == 422, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    assert response.json()["code"] == "validation_error"
-    assert response.json()["fields"] == [{"field": field, "message": NOT_AN_INTEGER}]
+    assert _refused(response) == [{"field": field, "message": NOT_AN_INTEGER}]
 
 
 @pytest.mark.parametrize("number", ["10.0", "1e1", "1.5"])
 async def test_a_budget_change_refuses_a_count_limit_with_a_fraction_or_an_exponent(client, customer, number):
     """PATCH /v1/budgets/{id} answered msgspec's "limit: Expected `int | str | null`, got `float`"
     where POST /v1/budgets says NOT_AN_INTEGER; the limit stays 5."""
-    created = await client.post("/v1/budgets", json={"customer_id": CID, "window": "day", "metric": "tokens",
-                                                     "limit": 5, "model": "not-m"})  # the file's reserves: not counted
-    assert created.status_code == 201, created.text
-    budget = created.json()["id"]
-    response = await client.patch(f"/v1/budgets/{budget}", content='{"limit": N}'.replace("N", number),
-                                  headers={"Content-Type": "application/json"})
-    assert response.status_code == 422, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    assert response.json()["code"] == "validation_error"
-    assert response.json()["fields"] == [{"field": "limit", "message": NOT_AN_INTEGER}]
+    budget = await _new_budget(client, "tokens", 5)  # on model not-m: the file's reserves are not counted
+    response = await _patch_limit(client, budget, number)
+    assert _refused(response) == [{"field": "limit", "message": NOT_AN_INTEGER}]
     assert (await client.get(f"/v1/budgets/{budget}")).json()["limit"] == 5
 
 
@@ -152,19 +161,9 @@ async def test_a_money_budgets_limit_given_as_a_number_is_told_it_is_a_decimal_s
     before = (await client.get("/v1/budgets", params={"customer_id": CID})).json()["budgets"]
     response = await client.post("/v1/budgets", content=body.replace("N", number),
                                  headers={"Content-Type": "application/json"})
-    assert response.status_code == 422, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    assert response.json()["code"] == "validation_error"
-    assert response.json()["fields"] == [{"field": "limit", "message": MONEY_LIMIT}]
+    assert _refused(response) == [{"field": "limit", "message": MONEY_LIMIT}]
     assert (await client.get("/v1/budgets", params={"customer_id": CID})).json()["budgets"] == before
-    created = await client.post("/v1/budgets", json={"customer_id": CID, "window": "day", "metric": "money",
-                                                     "limit": "5.00", "model": "not-m"})
-    assert created.status_code == 201, created.text
-    budget = created.json()["id"]
-    response = await client.patch(f"/v1/budgets/{budget}", content='{"limit": N}'.replace("N", number),
-                                  headers={"Content-Type": "application/json"})
-    assert response.status_code == 422, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    assert response.json()["code"] == "validation_error"
-    assert response.json()["fields"] == [{"field": "limit", "message": MONEY_LIMIT}]
+    budget = await _new_budget(client, "money", "5.00")
+    response = await _patch_limit(client, budget, number)
+    assert _refused(response) == [{"field": "limit", "message": MONEY_LIMIT}]
     assert (await client.get(f"/v1/budgets/{budget}")).json()["limit"] == "5.00"
