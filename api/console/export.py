@@ -12,12 +12,14 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from litestar import Request, get
 from litestar.datastructures import State
 from litestar.params import QueryParameter
 from litestar.response import Stream, Template
+from litestar.response.base import ASGIResponse
+from litestar.types import Receive, Scope, Send
 
 from api.console.auditor import AUDITOR, day_start
 from api.console.web import PREFIX, allow, render, viewer
@@ -79,9 +81,9 @@ class _Chunks:
 
 
 class _Download:
-    """The chunks of an export that has begun, for the response. The writer stops at its next
-    chunk once this is done with: at the end, on an error, or dropped unread (a browser that
-    went away before the body began)."""
+    """The chunks of an export that has begun, for the response. `close` stops the writer at its
+    next chunk: the response closes it however its sending ends (`_Sent`), at the end, on an
+    error, or on the browser's going away, in the midst of a send or not."""
 
     def __init__(self, queue: asyncio.Queue, stop: threading.Event) -> None:
         self.queue, self.stop = queue, stop
@@ -90,20 +92,42 @@ class _Download:
         return self
 
     async def __anext__(self) -> bytes:
-        try:
-            item = await self.queue.get()
-        except BaseException:
-            self.stop.set()
-            raise
-        if item is None or isinstance(item, Exception):
-            self.stop.set()
-            if item is None:
-                raise StopAsyncIteration
+        item = await self.queue.get()
+        if item is None:
+            raise StopAsyncIteration
+        if isinstance(item, Exception):
             raise item  # the response ends the download unfinished
         return item
 
-    def __del__(self) -> None:
+    def close(self) -> None:
         self.stop.set()
+
+
+class _Sent:
+    """An ASGI response that sends `response` (the download's Stream) and then closes `download`,
+    whatever ended the sending. A browser that goes away cancels the send in progress, and the
+    response then asks for no chunk again: the writer, left waiting on a full queue with its
+    transaction open, was stopped only when the download was collected (`__del__`)."""
+
+    def __init__(self, response: ASGIResponse, download: _Download) -> None:
+        self.response, self.download = response, download
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.response(scope, receive, send)
+        finally:
+            self.download.close()
+
+
+class _DownloadStream(Stream):
+    """The download's Stream, sent by `_Sent`."""
+
+    def __init__(self, download: _Download, **kwargs: Any) -> None:
+        super().__init__(download, **kwargs)
+        self.download = download
+
+    def to_asgi_response(self, *args: Any, **kwargs: Any) -> ASGIResponse:
+        return _Sent(super().to_asgi_response(*args, **kwargs), self.download)  # type: ignore[return-value]
 
 
 async def begin(url: str, fmt: str, window: exporting.Window) -> AsyncIterator[bytes]:
@@ -178,6 +202,6 @@ async def export_download(state: State, request: Request,
                       "Beancount names and still export them.",
                       form={"format": fmt, "from": start or "", "to": end or ""}, section="export")
     name = "tokentill-journal" + (f"-{start}" if start else "") + (f"-to-{end}" if end else "")
-    return Stream(download, media_type=MEDIA[fmt],
+    return _DownloadStream(download, media_type=MEDIA[fmt],
                   headers={"Content-Disposition": f'attachment; filename="{name}.{EXTENSION[fmt]}"',
                            "Cache-Control": "no-store"})
