@@ -22,6 +22,8 @@ from wallets import chart, rerating
 from wallets.audit import WALLET_CHECKS
 
 CENT = 10_000_000  # atomic units (9 decimals) of $0.01
+CLOSE = datetime(2026, 12, 1, 1, tzinfo=UTC)  # November's close
+NOV_25 = datetime(2026, 11, 25, tzinfo=UTC)  # a grant's expiry before the close
 
 
 async def _november(bk: BillingKit, cid: str) -> None:
@@ -34,17 +36,52 @@ async def _lots(bk: BillingKit, cid: str) -> list[tuple[str, int]]:
     return sorted((g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants if g.remaining)
 
 
+async def _credited(bk: BillingKit, account: str) -> int:
+    """What the USD trial balance shows credited (less debited) to `account`: 0 where it has no line."""
+    trial = await bk.db.read(lambda conn: trial_balance(conn, "USD"))
+    return {ln.account: ln.credits - ln.debits for ln in trial.lines}.get(account, 0)
+
+
+async def _breakage(bk: BillingKit) -> int:
+    return await _credited(bk, chart.breakage_account("USD"))
+
+
+async def _vol_customer(bk: BillingKit, cid: str, billing_mode: str = "prepaid") -> str:
+    """Customer `cid` on book `vol` (V1), made November 1st at 09:00."""
+    await bk.add_book(V1)
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    return await bk.customer(cid, billing_mode=billing_mode, book="vol")
+
+
+async def _lot(bk: BillingKit, cid: str, kind: str, amount: str, expires_at: datetime | None = None) -> str:
+    """A top-up (`kind` "topup") or a grant, expiring at `expires_at` where given, of `amount`: its lot's id."""
+    made = await (bk.top_up(cid, amount) if kind == "topup" else bk.grant(cid, amount, expires_at=expires_at))
+    return made.grant.id
+
+
+async def _paid_per_charge(bk: BillingKit, cid: str, first: tuple | None, second: tuple) -> tuple[str | None, str]:
+    """`first`, a lot given now (`_lot`'s kind, amount and expiry; None: none, the receivable of a
+    postpaid customer), pays the 5th's 60,000 tokens ($1.20); `second`, given on the 6th, the 20th's
+    70,000 ($0.80 + $0.30 = $1.10). The lots' ids."""
+    first_id = await _lot(bk, cid, *first) if first else None
+    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 60_000)
+    bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
+    second_id = await _lot(bk, cid, *second)
+    bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 70_000)
+    return first_id, second_id
+
+
 async def test_a_close_s_true_up_of_promotion_paid_usage_goes_back_to_the_promotion(fresh_db) -> None:
     """A $5.00 grant pays the $2.30 ($2.70 left). The true-up's $1.00 back goes to it: $3.70, and
     no paid credit lot. Before, the grant stayed at $2.70 and a $1.00 top-up lot opened."""
     bk = BillingKit(fresh_db)
-    await bk.add_book(V1)
-    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
-    cid = await bk.customer("promoted", book="vol")
+    cid = await _vol_customer(bk, "promoted")
     grant = await bk.grant(cid, "5.00")
     await _november(bk, cid)
-    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
-    lots = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants}
+    await bk.close(CLOSE)
+    lots = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants}  # spent lots too
     assert lots == {grant.grant.id: ("grant", 370 * CENT)}
     [invoice] = await bk.invoices(cid)
     assert [(ln["kind"], ln["amount"]) for ln in invoice["lines"] if ln["kind"] == "volume_true_up"] == [
@@ -57,14 +94,12 @@ async def test_a_close_s_true_up_goes_back_to_the_lots_that_paid_the_last_consum
     the top-up the other $0.30 ($4.70 left). The $1.00 back: $0.30 to the top-up (consumed last,
     $5.00), $0.70 to the grant (it paid $2.00: $0.70 left). No new lot."""
     bk = BillingKit(fresh_db)
-    await bk.add_book(V1)
-    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
-    cid = await bk.customer("mixed", book="vol")
+    cid = await _vol_customer(bk, "mixed")
     await bk.grant(cid, "2.00")
     await bk.top_up(cid, "5.00")
     await _november(bk, cid)
     assert await _lots(bk, cid) == [("topup", 470 * CENT)]
-    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    await bk.close(CLOSE)
     assert await _lots(bk, cid) == [("grant", 70 * CENT), ("topup", 500 * CENT)]
     await verified(bk)
 
@@ -74,16 +109,12 @@ async def test_a_close_s_true_up_of_an_expired_grant_s_usage_goes_to_breakage(fr
     the close, so the $1.00 back goes to breakage (had the usage cost less, the difference would
     have expired with it), not to a paid lot."""
     bk = BillingKit(fresh_db)
-    await bk.add_book(V1)
-    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
-    cid = await bk.customer("expired", book="vol")
-    await bk.grant(cid, "5.00", expires_at=datetime(2026, 11, 25, tzinfo=UTC))
+    cid = await _vol_customer(bk, "expired")
+    await bk.grant(cid, "5.00", expires_at=NOV_25)
     await _november(bk, cid)
-    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    await bk.close(CLOSE)
     assert await _lots(bk, cid) == []
-    trial = await bk.db.read(lambda conn: trial_balance(conn, "USD"))
-    breakage = {line.account: line.credits - line.debits for line in trial.lines}.get(chart.breakage_account("USD"))
-    assert breakage == 100 * CENT  # the grant's $2.70 left is not swept here (no expiry job ran)
+    assert await _breakage(bk) == 100 * CENT  # the grant's $2.70 left is not swept here (no expiry job ran)
     await verified(bk)
 
 
@@ -115,9 +146,8 @@ async def test_a_close_s_true_ups_of_two_models_promotion_paid_usage_all_go_back
     await bk.event(cid, "model-x", 0, 200_000)
     await bk.event(cid, "model-y", 0, 120_000)
     assert await _lots(bk, cid) == [("grant", 76 * CENT)]
-    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
-    lots = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants if g.remaining}
-    assert lots == {grant.grant.id: ("grant", 436 * CENT)}
+    await bk.close(CLOSE)
+    assert await live_lots(bk, cid) == {grant.grant.id: ("grant", 436 * CENT)}
     [invoice] = await bk.invoices(cid)
     assert sorted(ln["amount"] for ln in invoice["lines"] if ln["kind"] == "volume_true_up") == ["-1.80", "-1.80"]
     await verified(bk)
@@ -141,7 +171,7 @@ async def test_a_close_s_true_ups_of_two_rules_rating_the_same_charge_take_back_
     bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
     await bk.event(cid, "model-x", 200_000, 120_000)
     assert await _lots(bk, cid) == [("topup", 376 * CENT)]
-    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    await bk.close(CLOSE)
     assert await _lots(bk, cid) == [("grant", 236 * CENT), ("topup", 500 * CENT)]
     await verified(bk)
 
@@ -166,9 +196,8 @@ async def test_a_close_s_true_up_gives_nothing_back_to_what_paid_a_late_charge_o
     bk.clock.now = datetime(2026, 11, 3, 12, tzinfo=UTC)
     grant = await bk.grant(cid, "5.00")
     await _november(bk, cid)
-    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
-    lots = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants if g.remaining}
-    assert lots == {grant.grant.id: ("grant", 370 * CENT)}
+    await bk.close(CLOSE)
+    assert await live_lots(bk, cid) == {grant.grant.id: ("grant", 370 * CENT)}
     november = [i for i in await bk.invoices(cid) if i["period"]["label"] == "2026-11"]
     assert [ln["amount"] for ln in november[0]["lines"] if ln["kind"] == "volume_true_up"] == ["-1.00"]
     await verified(bk)
@@ -198,20 +227,11 @@ async def test_a_close_s_true_up_gives_each_charge_s_payers_what_that_charge_was
     the grant ($0.60 and $4.30). Before, the top-up (consumed last) took the whole $1.00: $0.40 of
     what the promotion overpaid became paid (refundable) credit."""
     bk = BillingKit(fresh_db)
-    await bk.add_book(V1)
-    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
-    cid = await bk.customer("per-charge", book="vol")
-    top_up = await bk.top_up(cid, "1.20")
-    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 60_000)
-    bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
-    grant = await bk.grant(cid, "5.00")
-    bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 70_000)
+    cid = await _vol_customer(bk, "per-charge")
+    top_up, grant = await _paid_per_charge(bk, cid, ("topup", "1.20"), ("grant", "5.00"))
     assert await _lots(bk, cid) == [("grant", 390 * CENT)]
-    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
-    lots = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants if g.remaining}
-    assert lots == {top_up.grant.id: ("topup", 60 * CENT), grant.grant.id: ("grant", 430 * CENT)}
+    await bk.close(CLOSE)
+    assert await live_lots(bk, cid) == {top_up: ("topup", 60 * CENT), grant: ("grant", 430 * CENT)}
     await verified(bk)
 
 
@@ -223,18 +243,10 @@ async def test_a_close_s_true_up_takes_off_what_is_owed_only_what_the_receivable
     Before, the receivable took all $1.00 (what it paid bounded it, not what its charge was
     overcharged): $0.40 of the promotion's overpayment paid off cash the customer owed."""
     bk = BillingKit(fresh_db)
-    await bk.add_book(V1)
-    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
-    cid = await bk.customer("owes", billing_mode="postpaid", book="vol")
-    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 60_000)
-    bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
-    grant = await bk.grant(cid, "5.00")
-    bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 70_000)
-    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
-    lots = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants if g.remaining}
-    assert lots == {grant.grant.id: ("grant", 430 * CENT)}
+    cid = await _vol_customer(bk, "owes", billing_mode="postpaid")
+    _, grant = await _paid_per_charge(bk, cid, None, ("grant", "5.00"))
+    await bk.close(CLOSE)
+    assert await live_lots(bk, cid) == {grant: ("grant", 430 * CENT)}
     [invoice] = await bk.invoices(cid)
     assert invoice["amount_due"] == "0.60"
     await verified(bk)
@@ -254,22 +266,12 @@ async def test_a_rerate_s_correction_of_a_close_s_true_up_gives_each_charge_s_pa
     top-up (consumed last) up to what it had left in its charge ($0.60): $1.10, the grant $4.45, and
     $0.20 of what the promotion overpaid became refundable paid credit."""
     bk = BillingKit(fresh_db)
-    await bk.add_book(V1)
-    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
-    cid = await bk.customer("per-charge-rerated", book="vol")
-    top_up = await bk.top_up(cid, "1.20")
-    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 60_000)
-    bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
-    grant = await bk.grant(cid, "5.00")
-    bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 70_000)
-    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
-    assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 60 * CENT), grant.grant.id: ("grant", 430 * CENT)}
+    cid = "per-charge-rerated"
+    top_up, grant = await _closed_per_charge(bk, cid, grant_expires=None)
     done = await _rerated(bk, "20", "5")
     assert _lines(done) == [("output", "1.10", "0.95", "-0.15"),
                             ("volume_true_up", "-1.00", "-1.50", "-0.50")]
-    assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 90 * CENT), grant.grant.id: ("grant", 465 * CENT)}
+    assert await live_lots(bk, cid) == {top_up: ("topup", 90 * CENT), grant: ("grant", 465 * CENT)}
     await verified(bk)
     # A second fix, $4/M beyond: the 20th $0.80 + $0.12 = $0.92 (-$0.03, to the grant); the true-up
     # 130,000 x $4/M - $2.12 = -$1.60 where -$1.50 stands: $0.10 more back. The 5th costs $0.24:
@@ -280,7 +282,7 @@ async def test_a_rerate_s_correction_of_a_close_s_true_up_gives_each_charge_s_pa
     await bk.add_book(vol("v3", "2026-11-02T00:00:00Z", "20", "4"))
     again = await rerating.apply(bk.db, bk.service.engine, spec("v3", datetime(2026, 11, 2, tzinfo=UTC)), None)
     assert again["delta"] == "-0.13", again
-    assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 96 * CENT), grant.grant.id: ("grant", 472 * CENT)}
+    assert await live_lots(bk, cid) == {top_up: ("topup", 96 * CENT), grant: ("grant", 472 * CENT)}
     await verified(bk)
 
 
@@ -301,19 +303,9 @@ async def test_a_rerate_that_posts_no_entry_keeps_what_it_gave_back_of_each_char
     fix's record was kept nowhere (its entry's metadata, and it posted none): the 5th's $1.50 over
     less the close's $0.60 took the whole $0.50, the top-up $1.10 and the grant $4.45."""
     bk = BillingKit(fresh_db)
-    await bk.add_book(V1)
-    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
-    cid = await bk.customer("per-charge-no-entry", book="vol")
-    top_up = await bk.top_up(cid, "1.20")
-    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 60_000)
-    bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
-    grant = await bk.grant(cid, "5.00")
-    bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 70_000)
-    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
-    lots = {top_up.grant.id: ("topup", 60 * CENT), grant.grant.id: ("grant", 430 * CENT)}
-    assert await live_lots(bk, cid) == lots
+    cid = "per-charge-no-entry"
+    top_up, grant = await _closed_per_charge(bk, cid, grant_expires=None)
+    lots = {top_up: ("topup", 60 * CENT), grant: ("grant", 430 * CENT)}
     done = await _rerated(bk, "30", "10")
     assert done["delta"] == "0.00" and done["customers"][0]["entry_ids"] == [], done
     assert _lines(done) == [("output", "2.30", "3.30", "1.00"),
@@ -338,7 +330,7 @@ async def test_a_rerate_that_posts_no_entry_keeps_what_it_gave_back_of_each_char
     await bk.add_book(vol("v3", "2026-11-02T00:00:00Z", "30", "5"))
     again = await rerating.apply(bk.db, bk.service.engine, spec("v3", datetime(2026, 11, 2, tzinfo=UTC)), None)
     assert again["delta"] == "-0.65", again
-    assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 90 * CENT), grant.grant.id: ("grant", 465 * CENT)}
+    assert await live_lots(bk, cid) == {top_up: ("topup", 90 * CENT), grant: ("grant", 465 * CENT)}
     await verified(bk)
     # the second fix's own record: $0.30 more of the 5th, $0.20 of the 20th
     assert await _given(bk, cid, again["rerate_id"]) == [("v-out", first, 30 * CENT), ("v-out", second, 20 * CENT)]
@@ -382,18 +374,11 @@ async def test_verify_ties_a_close_s_record_to_its_true_up_line_and_each_row_to_
     Each damage below, made by hand and rolled back, is one problem of verify's credit_notes check;
     before, the close's rows were tied to nothing but their charges, and a row's sign to nothing."""
     bk = BillingKit(fresh_db)
-    await bk.add_book(V1)
-    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
-    cid = await bk.customer("per-charge-audited", book="vol")
-    await bk.top_up(cid, "1.20")
-    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 60_000)
-    bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
-    await bk.grant(cid, "5.00")
-    for day, tokens in [(20, 70_000), (25, 10_000)]:
-        bk.clock.now = datetime(2026, 11, day, 12, tzinfo=UTC)
-        await bk.event(cid, "model-v", 0, tokens)
-    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    cid = await _vol_customer(bk, "per-charge-audited")
+    await _paid_per_charge(bk, cid, ("topup", "1.20"), ("grant", "5.00"))
+    bk.clock.now = datetime(2026, 11, 25, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 10_000)
+    await bk.close(CLOSE)
     fifth, twentieth = sorted(charge for _, charge, _ in await _given(bk, cid, None))
     assert await _given(bk, cid, None) == [("v-out", fifth, 60 * CENT), ("v-out", twentieth, 40 * CENT)]
     done = await _rerated(bk, "20", "5")
@@ -469,22 +454,16 @@ async def _given(bk: BillingKit, cid: str, rerate_id: str | None) -> list[tuple[
     return [(rule, charge, int(units)) for rule, charge, units in rows]
 
 
-async def _closed_per_charge(bk: BillingKit, cid: str):
-    """The top-up pays the 5th's $1.20, a $5.00 grant (the 6th, expiring January 31st) the 20th's
-    $1.10; the close gives $0.60 back to the top-up ($0.60) and $0.40 to the grant ($4.30)."""
-    await bk.add_book(V1)
-    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
-    await bk.customer(cid, book="vol")
-    top_up = await bk.top_up(cid, "1.20")
-    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 60_000)
-    bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
-    grant = await bk.grant(cid, "5.00", expires_at=datetime(2027, 1, 31, tzinfo=UTC))
-    bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 70_000)
-    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
-    assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 60 * CENT), grant.grant.id: ("grant", 430 * CENT)}
-    return top_up.grant.id, grant.grant.id
+async def _closed_per_charge(bk: BillingKit, cid: str,
+                             grant_expires: datetime | None = datetime(2027, 1, 31, tzinfo=UTC)) -> tuple[str, str]:
+    """A $1.20 top-up pays the 5th's $1.20, a $5.00 grant (the 6th, expiring January 31st, or at
+    `grant_expires`: None, never) the 20th's $1.10; the close gives $0.60 back to the top-up ($0.60)
+    and $0.40 to the grant ($4.30). The lots' ids."""
+    await _vol_customer(bk, cid)
+    top_up, grant = await _paid_per_charge(bk, cid, ("topup", "1.20"), ("grant", "5.00", grant_expires))
+    await bk.close(CLOSE)
+    assert await live_lots(bk, cid) == {top_up: ("topup", 60 * CENT), grant: ("grant", 430 * CENT)}
+    return top_up, grant
 
 
 async def test_a_true_up_corrected_up_takes_back_of_each_charge_from_what_that_charge_was_given_back(
@@ -531,11 +510,6 @@ async def test_a_true_up_corrected_up_beside_cheaper_charges_nets_each_charge_s_
     await verified(bk)
 
 
-async def _breakage(bk: BillingKit) -> int:
-    trial = await bk.db.read(lambda conn: trial_balance(conn, "USD"))
-    return {ln.account: ln.credits - ln.debits for ln in trial.lines}.get(chart.breakage_account("USD"), 0)
-
-
 async def test_a_true_up_corrected_up_takes_back_from_breakage_what_it_gave_an_expired_grant(fresh_db) -> None:
     """A $1.20 grant expiring November 25th pays the 5th's $1.20 (spent); a $5.00 top-up (the 6th)
     the 20th's $1.10 ($3.90). The close: $0.60 of the 5th's back to the grant, expired, so to
@@ -548,22 +522,14 @@ async def test_a_true_up_corrected_up_takes_back_from_breakage_what_it_gave_an_e
     not give was paid like usage, by the top-up: $3.65, and breakage kept $0.60: the customer paid
     $0.30 back of money it never got."""
     bk = BillingKit(fresh_db)
-    await bk.add_book(V1)
-    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
-    cid = await bk.customer("expired-taken", book="vol")
-    await bk.grant(cid, "1.20", expires_at=datetime(2026, 11, 25, tzinfo=UTC))
-    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 60_000)
-    bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
-    top_up = await bk.top_up(cid, "5.00")
-    bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 70_000)
-    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
-    assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 430 * CENT)}
+    cid = await _vol_customer(bk, "expired-taken")
+    _, top_up = await _paid_per_charge(bk, cid, ("grant", "1.20", NOV_25), ("topup", "5.00"))
+    await bk.close(CLOSE)
+    assert await live_lots(bk, cid) == {top_up: ("topup", 430 * CENT)}
     assert await _breakage(bk) == 60 * CENT
     done = await _rerated(bk, "20", "15")
     assert done["delta"] == "0.65", done
-    assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 395 * CENT)}
+    assert await live_lots(bk, cid) == {top_up: ("topup", 395 * CENT)}
     assert await _breakage(bk) == 30 * CENT
     await verified(bk)
 
@@ -582,19 +548,11 @@ async def test_a_close_s_record_counts_what_an_expired_grant_s_charge_gave_back_
     $0.60 over at $5/M as not given back yet ($0.60 due where $0.20 is), the close's $0.40 counted
     nowhere."""
     bk = BillingKit(fresh_db)
-    await bk.add_book(V1)
-    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
-    cid = await bk.customer("expired-record", book="vol")
-    top_up = await bk.top_up(cid, "1.20")
-    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 60_000)
-    bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
-    await bk.grant(cid, "5.00", expires_at=datetime(2026, 11, 25, tzinfo=UTC))
-    bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 70_000)
-    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    cid = await _vol_customer(bk, "expired-record")
+    top_up, _ = await _paid_per_charge(bk, cid, ("topup", "1.20"), ("grant", "5.00", NOV_25))
+    await bk.close(CLOSE)
 
-    assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 60 * CENT)}
+    assert await live_lots(bk, cid) == {top_up: ("topup", 60 * CENT)}
     assert await _breakage(bk) == 40 * CENT
     closed = await _given(bk, cid, None)
     first, second = sorted(charge for _, charge, _ in closed)
@@ -602,7 +560,7 @@ async def test_a_close_s_record_counts_what_an_expired_grant_s_charge_gave_back_
     await verified(bk)
     done = await _rerated(bk, "20", "5")
     assert done["delta"] == "-0.65", done
-    assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 90 * CENT)}
+    assert await live_lots(bk, cid) == {top_up: ("topup", 90 * CENT)}
     assert await _breakage(bk) == 75 * CENT
     assert await _given(bk, cid, done["rerate_id"]) == [("v-out", first, 30 * CENT), ("v-out", second, 20 * CENT)]
 
@@ -638,25 +596,18 @@ async def test_a_true_up_corrected_up_takes_nothing_from_breakage_for_a_grant_li
     breakage still $0.00. Taking it from breakage (dc4187b) left the top-up at $3.95 and breakage at
     -$0.30: debited for money it never got."""
     bk = BillingKit(fresh_db)
-    await bk.add_book(V1)
-    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
-    cid = await bk.customer("live-then-spent", book="vol")
-    grant = await bk.grant(cid, "1.20", expires_at=datetime(2026, 12, 10, tzinfo=UTC))
-    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 60_000)
-    bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
-    top_up = await bk.top_up(cid, "5.00")
-    bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 70_000)
-    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
-    assert await live_lots(bk, cid) == {grant.grant.id: ("grant", 60 * CENT), top_up.grant.id: ("topup", 430 * CENT)}
+    cid = await _vol_customer(bk, "live-then-spent")
+    grant, top_up = await _paid_per_charge(
+        bk, cid, ("grant", "1.20", datetime(2026, 12, 10, tzinfo=UTC)), ("topup", "5.00"))
+    await bk.close(CLOSE)
+    assert await live_lots(bk, cid) == {grant: ("grant", 60 * CENT), top_up: ("topup", 430 * CENT)}
     assert await _breakage(bk) == 0
     bk.clock.now = datetime(2026, 12, 3, 12, tzinfo=UTC)
     await bk.event(cid, "model-v", 0, 30_000)
-    assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 430 * CENT)}
+    assert await live_lots(bk, cid) == {top_up: ("topup", 430 * CENT)}
     done = await _rerated(bk, "20", "15", on=datetime(2026, 12, 12, tzinfo=UTC))
     assert done["delta"] == "0.65", done
-    assert (await live_lots(bk, cid), await _breakage(bk)) == ({top_up.grant.id: ("topup", 365 * CENT)}, 0)
+    assert (await live_lots(bk, cid), await _breakage(bk)) == ({top_up: ("topup", 365 * CENT)}, 0)
     await verified(bk)
 
 
@@ -672,24 +623,17 @@ async def test_a_true_up_corrected_up_takes_nothing_from_breakage_for_an_expired
     the grant, consumed first, expired so from breakage, left the top-up at $3.85 and breakage at
     -$0.30: the grant had got nothing back, so breakage nothing of it."""
     bk = BillingKit(fresh_db)
-    await bk.add_book(V1)
-    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
-    cid = await bk.customer("expired-got-nothing", book="vol")
-    await bk.grant(cid, "0.50", expires_at=datetime(2026, 11, 25, tzinfo=UTC))
+    cid = await _vol_customer(bk, "expired-got-nothing")
+    await bk.grant(cid, "0.50", expires_at=NOV_25)
     top_up = await bk.top_up(cid, "5.00")
     await _november(bk, cid)
     assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 320 * CENT)}
-    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    await bk.close(CLOSE)
     assert (await live_lots(bk, cid), await _breakage(bk)) == ({top_up.grant.id: ("topup", 420 * CENT)}, 0)
     done = await _rerated(bk, "20", "15")
     assert done["delta"] == "0.65", done
     assert (await live_lots(bk, cid), await _breakage(bk)) == ({top_up.grant.id: ("topup", 355 * CENT)}, 0)
     await verified(bk)
-
-
-async def _credited(bk: BillingKit, account: str) -> int:
-    trial = await bk.db.read(lambda conn: trial_balance(conn, "USD"))
-    return {ln.account: ln.credits - ln.debits for ln in trial.lines}.get(account, 0)
 
 
 async def test_a_true_up_corrected_up_more_than_cheaper_charges_pays_a_revoked_grant_s_part_like_usage(
