@@ -154,6 +154,24 @@ def post_and_leave(url: str, key: str, payload: dict[str, Any], until: Callable[
     return request_id
 
 
+def _billed(url: str, cid: str, request_id: str, cost: Decimal) -> None:
+    """The request was charged `cost` and the customer's $10.00 wallet is down by it, nothing held."""
+    assert charged(url, request_id) == cost
+    assert wallet(url, cid) == (Decimal("10") - cost, 0)
+
+
+def _failed_whole_call(url: str, key: str, sdk: str, name: str) -> httpx.Response:
+    """A whole (not streamed) call of model `name` through the gateway with `sdk`'s official client
+    ("openai": chat completions, "anthropic": messages), which raises its InternalServerError: the answer."""
+    with pytest.raises(openai.InternalServerError if sdk == "openai" else anthropic.InternalServerError) as raised:
+        if sdk == "openai":
+            openai.OpenAI(base_url=f"{url}/openai/v1", api_key=key).chat.completions.create(model=name, messages=HI)
+        else:
+            anthropic.Anthropic(base_url=f"{url}/anthropic", api_key=key).messages.create(
+                model=name, max_tokens=100, messages=HI)
+    return raised.value.response
+
+
 def test_a_caller_who_leaves_while_a_whole_answer_is_coming_in_is_charged_the_answer(live, upstream):
     """The upstream has generated the whole answer when its headers come (a non-streamed answer):
     a caller who leaves while its body is still on its way is charged it, not released."""
@@ -172,8 +190,7 @@ def test_a_caller_who_leaves_while_a_whole_answer_is_coming_in_is_charged_the_an
     request_id = post_and_leave(url, key, {"model": name, "messages": HI}, halfway.is_set)
     time.sleep(0.3)  # the gateway sees the caller gone while the body is still coming in
     left.set()
-    assert charged(url, request_id) == CHAT_CHARGE
-    assert wallet(url, cid) == (Decimal("10") - CHAT_CHARGE, 0)
+    _billed(url, cid, request_id, CHAT_CHARGE)
 
 
 def stream_call(url: str, key: str, payload: dict[str, Any], path: str = "/openai/v1/chat/completions"
@@ -208,8 +225,7 @@ def test_a_stream_with_chunks_of_an_unexpected_shape_is_relayed_whole_and_charge
     # every event but the usage chunk the caller did not ask for, then the charge
     assert received == b"".join(e for e in events if e != usage_chunk(40)).decode() + (
         f": tokentill charged=0.01 currency=USD request_id={request_id}\n\n")
-    assert charged(url, request_id) == CHAT_CHARGE
-    assert wallet(url, cid) == (Decimal("10") - CHAT_CHARGE, 0)
+    _billed(url, cid, request_id, CHAT_CHARGE)
 
 
 @pytest.mark.parametrize("answer", [{"choices": 7}, {"choices": [{"message": {"tool_calls": 3}}]}])
@@ -227,8 +243,7 @@ def test_a_whole_answer_of_an_unexpected_shape_without_usage_is_charged_its_prom
     assert raw.status_code == 200 and raw.content == data
     prompt = (8 * IN) / M + CALL  # "user" and "hi", 3 a message, 3 for the reply; no output metered
     assert Decimal(raw.headers["x-tokentill-charged"]) == prompt
-    assert charged(url, raw.headers["x-tokentill-request-id"]) == prompt
-    assert wallet(url, cid) == (Decimal("10") - prompt, 0)
+    _billed(url, cid, raw.headers["x-tokentill-request-id"], prompt)
 
 
 def test_a_fault_of_the_gateways_own_mid_stream_charges_what_was_generated_and_closes_the_hold(
@@ -253,8 +268,7 @@ def test_a_fault_of_the_gateways_own_mid_stream_charges_what_was_generated_and_c
     status, received, request_id = stream_call(url, key, {"model": model(upstream, words), "messages": HI})
     assert status == 200 and " three" not in received
     cost = (8 * IN + 2 * OUT) / M + CALL  # the prompt as counted, " one two" metered
-    assert charged(url, request_id) == cost
-    assert wallet(url, cid) == (Decimal("10") - cost, 0)
+    _billed(url, cid, request_id, cost)
 
 
 @pytest.mark.parametrize("after_release", [False, True])
@@ -282,8 +296,7 @@ def test_a_fault_of_the_gateways_own_before_the_answer_tells_its_charge_only_whe
     assert raw.status_code == 500 and raw.json()["error"]["code"] == "internal_error"
     cost = 0 if after_release else (8 * IN + 3 * OUT) / M + CALL  # the prompt as counted, " one two three"
     assert raw.headers.get("x-tokentill-charged") == ("0" if after_release else None)
-    assert charged(url, raw.headers["x-tokentill-request-id"]) == cost
-    assert wallet(url, cid) == (Decimal("10") - cost, 0)
+    _billed(url, cid, raw.headers["x-tokentill-request-id"], cost)
 
 
 def test_a_fault_of_the_gateways_own_after_a_charged_answer_is_not_retried_by_the_client(live, upstream, monkeypatch):
@@ -338,20 +351,13 @@ def test_a_whole_answer_cut_mid_body_is_charged_what_came_and_not_retried(live, 
         raise ConnectionAbortedError("the upstream drops the answer mid-body")
 
     name = model(upstream, cut)
-    with pytest.raises(openai.InternalServerError if sdk == "openai" else anthropic.InternalServerError) as raised:
-        if sdk == "openai":
-            openai.OpenAI(base_url=f"{url}/openai/v1", api_key=key).chat.completions.create(model=name, messages=HI)
-        else:
-            anthropic.Anthropic(base_url=f"{url}/anthropic", api_key=key).messages.create(
-                model=name, max_tokens=100, messages=HI)
-    response = raised.value.response
+    response = _failed_whole_call(url, key, sdk, name)
     assert response.status_code == 502
     # the prompt as counted ("user" and "hi", 3 a message, 3 for the reply: 8) and " one two" metered (2)
     cost = (8 * IN + 2 * OUT) / M + CALL if arrived else Decimal(0)
     assert cost == (Decimal("0.00112") if arrived else 0)
     assert Decimal(response.headers["x-tokentill-charged"]) == cost
-    assert charged(url, response.headers["x-tokentill-request-id"]) == cost
-    assert wallet(url, cid) == (Decimal("10") - cost, 0)
+    _billed(url, cid, response.headers["x-tokentill-request-id"], cost)
     if arrived:  # sent once: a retry would be billed again
         assert response.headers["x-should-retry"] == "false"
         assert sum(call["model"] == name for call in upstream.fake.calls) == 1
@@ -378,19 +384,12 @@ def test_a_whole_answer_cut_after_its_last_byte_is_charged_its_usage(live, upstr
         raise ConnectionAbortedError("the upstream drops the connection before the body's end")
 
     name = model(upstream, cut)
-    with pytest.raises(openai.InternalServerError if sdk == "openai" else anthropic.InternalServerError) as raised:
-        if sdk == "openai":
-            openai.OpenAI(base_url=f"{url}/openai/v1", api_key=key).chat.completions.create(model=name, messages=HI)
-        else:
-            anthropic.Anthropic(base_url=f"{url}/anthropic", api_key=key).messages.create(
-                model=name, max_tokens=100, messages=HI)
-    response = raised.value.response
+    response = _failed_whole_call(url, key, sdk, name)
     cost = CHAT_CHARGE if sdk == "openai" else (900 * IN + 40 * OUT) / M + CALL
     assert cost == (Decimal("0.0100") if sdk == "openai" else Decimal("0.0108"))
     assert response.status_code == 502 and response.headers["x-should-retry"] == "false"
     assert Decimal(response.headers["x-tokentill-charged"]) == cost
-    assert charged(url, response.headers["x-tokentill-request-id"]) == cost
-    assert wallet(url, cid) == (Decimal("10") - cost, 0)
+    _billed(url, cid, response.headers["x-tokentill-request-id"], cost)
     assert sum(call["model"] == name for call in upstream.fake.calls) == 1
 
 
@@ -434,8 +433,7 @@ def test_a_stream_cut_inside_its_last_event_after_the_usage_in_it_came_is_charge
     assert b"upstream_failed" in received
     cost = CHAT_CHARGE if provider == "openai" else MESSAGES_CHARGE
     assert cost == (Decimal("0.0100") if provider == "openai" else Decimal("0.011525"))
-    assert charged(url, request_id) == cost
-    assert wallet(url, cid) == (Decimal("10") - cost, 0)
+    _billed(url, cid, request_id, cost)
 
 
 def test_a_responses_stream_whose_text_holds_a_unicode_line_separator_is_charged_its_usage(live, upstream):
@@ -462,8 +460,7 @@ def test_a_responses_stream_whose_text_holds_a_unicode_line_separator_is_charged
     status, received, request_id = stream_call(url, key, {"model": model(upstream, separated), "input": "hi"},
                                                 "/openai/v1/responses")
     assert status == 200 and received.startswith(b"".join(events).decode())
-    assert charged(url, request_id) == RESPONSES_CHARGE
-    assert wallet(url, cid) == (Decimal("10") - RESPONSES_CHARGE, 0)
+    _billed(url, cid, request_id, RESPONSES_CHARGE)
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -536,8 +533,7 @@ def test_a_chat_stream_whose_caller_refused_usage_does_not_get_it_and_is_charged
         f": tokentill charged=0.01 currency=USD request_id={request_id}\n\n")
     sent = next(call for call in upstream.fake.calls if call["model"] == name)
     assert sent["stream_options"] == {"include_usage": True, "include_obfuscation": False}
-    assert charged(url, request_id) == CHAT_CHARGE
-    assert wallet(url, cid) == (Decimal("10") - CHAT_CHARGE, 0)
+    _billed(url, cid, request_id, CHAT_CHARGE)
 
 
 def test_an_anthropic_stream_whose_message_delta_repeats_the_input_usage_is_charged_it_once(live, upstream):
@@ -568,8 +564,7 @@ def test_an_anthropic_stream_whose_message_delta_repeats_the_input_usage_is_char
             received = b"".join(r.iter_raw())
             request_id = r.headers["x-tokentill-request-id"]
     assert received.startswith(b"".join(events))
-    assert charged(url, request_id) == MESSAGES_CHARGE
-    assert wallet(url, cid) == (Decimal("10") - MESSAGES_CHARGE, 0)
+    _billed(url, cid, request_id, MESSAGES_CHARGE)
 
 
 MESSAGE_START = b"event: message_start\n" + sse({"type": "message_start", "message": {
@@ -615,8 +610,7 @@ def test_a_streamed_call_answered_with_a_whole_json_answer_is_charged_its_usage(
 
     status, received, request_id = stream_call(url, key, {"model": model(upstream, whole), "messages": HI})
     assert status == 200 and received.startswith(WHOLE.decode())
-    assert charged(url, request_id) == CHAT_CHARGE
-    assert wallet(url, cid) == (Decimal("10") - CHAT_CHARGE, 0)
+    _billed(url, cid, request_id, CHAT_CHARGE)
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -718,8 +712,7 @@ def test_an_anthropic_stream_the_caller_leaves_after_a_web_search_is_charged_its
             if received.type == "content_block_stop" and received.index == 2:
                 break
     expected = (5900 * IN + 100 * Decimal(1) + 40 * OUT) / M + CALL + SEARCH
-    assert charged(url, request_id) == expected
-    assert wallet(url, cid) == (Decimal("10") - expected, 0)
+    _billed(url, cid, request_id, expected)
 
 
 RESPONSE_USAGE = {"input_tokens": 800, "input_tokens_details": {"cached_tokens": 100}, "output_tokens": 56,
@@ -792,8 +785,7 @@ def test_a_stored_prompt_runs_without_built_in_tools_when_its_book_prices_none(l
     client = openai.OpenAI(base_url=f"{url}/openai/v1", api_key=key, max_retries=0)
     raw = client.responses.with_raw_response.create(model=name, max_output_tokens=100, prompt={"id": "pmpt_1"})
     assert raw.http_response.status_code == 200 and upstream.fake.calls[-1]["max_tool_calls"] == 0
-    assert charged(url, raw.headers["x-tokentill-request-id"]) == RESPONSES_CHARGE
-    assert wallet(url, cid) == (Decimal("10") - RESPONSES_CHARGE, 0)
+    _billed(url, cid, raw.headers["x-tokentill-request-id"], RESPONSES_CHARGE)
     sent = len(upstream.fake.calls)
     with pytest.raises(openai.APIStatusError) as raised:  # the body's own search: refused as any call's
         client.responses.create(model=name, max_output_tokens=100, prompt={"id": "pmpt_1"},
@@ -911,8 +903,7 @@ def test_a_call_whose_hold_passes_the_customers_maximum_charge_is_refused_before
                       json={"model": name, "messages": HI, "max_tokens": 50}, timeout=30)
     assert fits.status_code == 200, fits.text
     assert Decimal(fits.headers["x-tokentill-charged"]) == CHAT_CHARGE
-    assert charged(url, fits.headers["x-tokentill-request-id"]) == CHAT_CHARGE
-    assert wallet(url, cid) == (Decimal("10") - CHAT_CHARGE, 0)
+    _billed(url, cid, fits.headers["x-tokentill-request-id"], CHAT_CHARGE)
 
 
 def test_a_gateway_calls_hold_is_not_its_callers_to_settle_or_release(live, upstream):
@@ -965,8 +956,7 @@ def test_a_gateway_calls_hold_is_not_its_callers_to_settle_or_release(live, upst
         caller.join(30)
     assert answered["status"] == 200 and answered["body"].endswith(
         f": tokentill charged=0.01 currency=USD request_id={request_id}\n\n")
-    assert charged(url, request_id) == CHAT_CHARGE
-    assert wallet(url, cid) == (Decimal("10") - CHAT_CHARGE, 0)
+    _billed(url, cid, request_id, CHAT_CHARGE)
 
 
 def test_a_chat_stream_of_audio_cut_before_its_usage_is_charged_the_audio_it_sent(live, upstream):
@@ -1002,8 +992,7 @@ def test_a_chat_stream_of_audio_cut_before_its_usage_is_charged_the_audio_it_sen
     left.set()
     # the prompt as counted (8), " one two" (2) and 3 s of audio (60 tokens), the book's output price for both
     cost = (8 * IN + (2 + 60) * OUT) / M + CALL
-    assert charged(url, request_id) == cost
-    assert wallet(url, cid) == (Decimal("10") - cost, 0)
+    _billed(url, cid, request_id, cost)
 
 
 # audio output priced as the book's text output: a call that asks for audio needs a rule for it
@@ -1047,8 +1036,7 @@ def test_a_stream_cut_after_output_of_another_kind_is_charged_it(live, upstream,
     # the prompt as counted ("user" and "hi" with 3 a message and 3 for the reply: 8 in chat; the
     # responses input "hi" as a user message: 7) and " one two" metered (2)
     cost = ((8 if chat else 7) * IN + 2 * OUT) / M + CALL
-    assert charged(url, request_id) == cost
-    assert wallet(url, cid) == (Decimal("10") - cost, 0)
+    _billed(url, cid, request_id, cost)
 
 
 def _wav(seconds: int) -> str:
@@ -1129,8 +1117,7 @@ def test_a_whole_answer_without_usage_is_charged_every_kind_of_output_it_carries
     # the prompt as counted ("user" and "hi" with 3 a message and 3 for the reply: 8; the responses
     # input "hi" as a user message: 7), the output at the book's output price (audio at its audio rule's, the same)
     cost = ((7 if path == RESPONSES_PATH else 8) * IN + output * OUT) / M + CALL
-    assert charged(url, raw.headers["x-tokentill-request-id"]) == cost
-    assert wallet(url, cid) == (Decimal("10") - cost, 0)
+    _billed(url, cid, raw.headers["x-tokentill-request-id"], cost)
 
 
 def test_an_anthropic_whole_answer_without_usage_is_charged_its_web_searches(live, upstream):
@@ -1152,8 +1139,7 @@ def test_an_anthropic_whole_answer_without_usage_is_charged_its_web_searches(liv
     assert raw.status_code == 200
     # the prompt (8), the search's input {"query":"one two"} (6) and " one two" (2), one search
     cost = (8 * IN + 8 * OUT) / M + SEARCH + CALL
-    assert charged(url, raw.headers["x-tokentill-request-id"]) == cost
-    assert wallet(url, cid) == (Decimal("10") - cost, 0)
+    _billed(url, cid, raw.headers["x-tokentill-request-id"], cost)
 
 
 # what an upstream (or a proxy before it) may answer that is not the caller's to have: cookies set
