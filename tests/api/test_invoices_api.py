@@ -3,7 +3,10 @@ endpoint, the invoice and its payments (idempotent, never above the amount due, 
 currency only), and the events they leave in the outbox."""
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import psycopg
@@ -284,3 +287,37 @@ async def test_an_invoice_s_payments_spell_their_time_as_every_answer_does(clien
     listed = (await client.get("/v1/customers/stamped/invoices", headers=ADMIN)).json()
     [one] = listed["invoices"]
     assert [(p["reference"], p["created_at"]) for p in one["payments"]] == expected
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def _readme_invoice() -> dict:
+    """The README's invoice example (Billing, **The invoice**), its elided lines ("…]") left out."""
+    after = README.read_text().split("**The invoice** (`GET /v1/invoices/{id}`", 1)[1]
+    return json.loads(after.split("```json\n", 1)[1].split("```", 1)[0].replace(", …]", "]"))
+
+
+def _shape(value: Any) -> Any:
+    """The fields of a JSON value at every level (a list by its first item), without the values."""
+    if isinstance(value, dict):
+        return {key: _shape(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_shape(value[0])] if value else []
+    return None
+
+
+async def test_the_readme_s_invoice_example_is_a_real_invoice_s_fields_and_figures(client) -> None:
+    """README (Billing, The invoice) shows GET /v1/invoices/{id}'s answer: the same fields at every
+    level, and, for the same usage, the same figures. 5 calls, each 1,000 input tokens x $10/M
+    ($0.01) + 500 output x $20/M ($0.01) + the call's $0.01: usage $0.10, requests $0.05, total
+    $0.15; postpaid, so all of it charged to the account: $0.15 due, receivable $0.15, nothing paid,
+    $0.15 remaining. The example lacked `amount_remaining`, which every invoice has."""
+    invoice = await _closed_invoice(client, "readme")
+    example = _readme_invoice()
+    assert _shape(example) == _shape(invoice)
+    who_and_when = {"id", "number", "customer_id", "customer_name", "period", "issued_at", "due_at", "lines",
+                    "content_hash"}
+    assert {k: v for k, v in example.items() if k not in who_and_when} == {
+        k: v for k, v in invoice.items() if k not in who_and_when}
+    assert (invoice["total"], invoice["amount_due"], invoice["amount_remaining"]) == ("0.15", "0.15", "0.15")
