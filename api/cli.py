@@ -450,7 +450,13 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("target", choices=["ledger", "lifecycle", "faults", "ingest", "gateway", "budgets",
                                           "rating", "console", "export", "invoices"])
     bench.add_argument("--seconds", type=seconds, default=10.0, help="duration of each case")
-    bench.add_argument("--workers", type=at_least_one, default=64, help="concurrent posting tasks")
+    bench.add_argument("--workers", type=at_least_one, default=64, metavar="N", help=(
+        "how many at once (default %(default)s); ledger: tasks posting entries in-process; lifecycle: HTTP "
+        "clients running reserve -> settle in each case (at most 32 of them make the wallets, 16 the budgets); "
+        "faults: lifecycles at once, through the two servers' SDK clients; ingest: clients sending batches "
+        "of 1,000 usage events (at most 8); gateway: clients calling through the gateway in the peak's closed "
+        "loop; console: clients posting the seed's batches of 1,000 usage events; "
+        "not used by budgets, rating, export, invoices"))
     bench.add_argument("--accounts", type=at_least_one, default=10_000, help="accounts in the spread case")
     bench.add_argument("--wallets", type=at_least_one, default=1000, help="wallets in the lifecycle spread case, "
                        "customers in the ingest bench")
@@ -464,7 +470,9 @@ def parser() -> argparse.ArgumentParser:
                        help="lifecycle: run each server as one `tokentill serve --workers N`")
     bench.add_argument("--budgets", action="store_true",
                        help="lifecycle: run the spread case again with three matching budgets per wallet")
-    bench.add_argument("--pgbench-clients", type=at_least_one, default=8)
+    bench.add_argument("--pgbench-clients", type=at_least_one, default=8, metavar="N",
+                       help="ledger, lifecycle: clients of the pgbench tpcb-like run compared with "
+                       "(default %(default)s)")
     bench.add_argument("--profile", metavar="DIR", help="lifecycle: profile the server during the spread case "
                        "with py-spy (pip install py-spy) and write its raw stacks to DIR")
     bench.add_argument("--stop-seconds", type=seconds, default=20.0, help="faults: how long a server is SIGSTOPped")
@@ -473,7 +481,11 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--rules", type=at_least_one, default=2000, help="rating: rules of the imported book")
     bench.add_argument("--charges", type=at_least_one, default=100_000,
                        help="console: charges of the customer this month")
-    bench.add_argument("--requests", type=at_least_one, default=200, help="console: requests per page")
+    bench.add_argument("--requests", type=at_least_one, default=200, metavar="N", help=(
+        "timed GET requests of each page or read, one at a time, after 5 untimed ones that warm the caches "
+        "(default %(default)s); console: per customer page; invoices: per read, the busiest customer's usage "
+        "report and its upcoming invoice; not used by ledger, lifecycle, faults, ingest, gateway, budgets, "
+        "rating, export"))
     bench.add_argument("--entries", type=at_least_one, default=1_000_000,
                        help="export: entries in the synthetic ledger")
     bench.add_argument("--bean-check", action="store_true",

@@ -64,6 +64,17 @@ def test_every_command_of_the_cli_is_named_in_the_readme():
     assert [t for t in bench.choices if f"tokentill bench {t}" not in readme] == []
 
 
+def test_help_after_any_command_prints_its_usage_as_the_readme_says(capsys):
+    """README: "`tokentill --help` (and `--help` after any command)": each exits 0 with its usage."""
+    for command in ["tokentill", *_commands(parser())]:
+        words = command.split()[1:]
+        try:
+            parser().parse_args([*words, "--help"])
+        except SystemExit as stopped:
+            assert stopped.code == 0, command
+        assert capsys.readouterr().out.startswith(f"usage: {command}"), command
+
+
 def _refuses(name: str, value: str) -> bool:
     try:
         Settings.from_env({name: value})
