@@ -366,11 +366,9 @@ def context_pdf(context: Mapping[str, Any]) -> bytes:
         doc.cell(0, 6, _text(value), new_x="LMARGIN", new_y="NEXT")
     doc.ln(4)
     doc.set_font(family, size=9)
-    with doc.table(col_widths=(90, 30, 35, 25), text_align=("LEFT", "RIGHT", "RIGHT", "RIGHT"),
-                   first_row_as_headings=True, repeat_headings=1) as table:
-        table.row(("Description", "Quantity", "Unit price", f"Amount ({document['currency']})"))
-        for row in context["rows"]:
-            table.row(tuple(_text(v) for v in (row.description, row.quantity, row.unit_price, row.amount)))
+    _table(doc, family, ("Description", "Quantity", "Unit price", f"Amount ({document['currency']})"),
+           [tuple(_text(v) for v in (row.description, row.quantity, row.unit_price, row.amount))
+            for row in context["rows"]])
     doc.ln(4)
     doc.set_font(family, size=10)
     for label, value in context["summary"]:
@@ -383,6 +381,112 @@ def context_pdf(context: Mapping[str, Any]) -> bytes:
         doc.set_font(family, size=7)
         doc.cell(0, 5, f"Content hash (SHA-256): {document['content_hash']}", new_x="LMARGIN", new_y="NEXT")
     return bytes(doc.output())
+
+
+# The lines' table: each column's width (mm) and alignment; a line of text is twice the font's size.
+COLUMNS = ((90, "L"), (30, "R"), (35, "R"), (25, "R"))
+
+
+def _table(doc: FPDF, family: str, heading: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """The lines as a bordered table, its heading (bold) again at the top of each page; a row goes
+    to the next page whole where it fits on one, else it goes on there line by line.
+
+    The cells are wrapped here (`_wrapped`) and drawn a line a cell(): fpdf2's table wraps with
+    multi_cell, which measures the whole line again for each character it adds (quadratic in a
+    line's length, and again for each font fragment in it: a CJK name in the fallback font between
+    Latin hyphens is one), twice a row; 300 lines of long CJK names took 1.4 s of CPU."""
+    height = 2 * doc.font_size
+    measure = _measurer(doc)
+
+    def draw(cells: tuple[str, ...], style: str) -> None:
+        doc.set_font(family, style, 9)
+        wrapped = [_wrapped(text, width - 2 * doc.c_margin, measure)
+                   for text, (width, _) in zip(cells, COLUMNS, strict=True)]
+        count = max(len(lines) for lines in wrapped)
+        room = doc.page_break_trigger - doc.t_margin - height  # on a new page, below the heading
+        if doc.y + count * height > doc.page_break_trigger and count * height <= room:
+            new_page()
+        top = doc.y
+        for n in range(count):
+            if doc.y + height > doc.page_break_trigger:  # a row longer than a page: on to the next
+                borders(top, doc.y)
+                new_page()
+                doc.set_font(family, style, 9)
+                top = doc.y
+            x = doc.l_margin
+            for lines, (width, align) in zip(wrapped, COLUMNS, strict=True):
+                doc.set_x(x)
+                doc.cell(width, height, lines[n] if n < len(lines) else "", align=align)
+                x += width
+            doc.ln(height)
+        borders(top, doc.y)
+
+    def borders(top: float, bottom: float) -> None:
+        x = doc.l_margin
+        for width, _ in COLUMNS:
+            doc.rect(x, top, width, bottom - top)
+            x += width
+
+    def new_page() -> None:
+        doc.add_page()
+        draw(heading, "B")
+
+    draw(heading, "B")
+    for row in rows:
+        draw(row, "")
+    doc.set_font(family, "", 9)
+
+
+def _measurer(doc: FPDF) -> Any:
+    """The width of a string in the document's current font, size and style, each string measured
+    once (fpdf2 measures it in the fonts it prints in, fallback fonts included)."""
+    widths: dict[tuple[str, str, float, str], float] = {}
+
+    def measure(text: str) -> float:
+        key = (doc.font_family, doc.font_style, doc.font_size_pt, text)
+        if key not in widths:
+            widths[key] = doc.get_string_width(text)
+        return widths[key]
+
+    return measure
+
+
+def _wrapped(text: str, width: float, measure: Any) -> list[str]:
+    """`text` in lines no wider than `width`: broken at its line breaks and at spaces, and a word
+    wider than a line between its characters, as multi_cell breaks it. Each word (and each
+    character of a word cut) is measured once, so the work grows with the text's length."""
+    lines: list[str] = []
+    space = measure(" ")
+    for paragraph in text.split("\n"):
+        line: list[str] = []
+        used = 0.0
+        for word in paragraph.split(" "):
+            wide = measure(word) if word else 0.0
+            gap = space if line else 0.0
+            if used + gap + wide <= width:
+                line.append(word)
+                used += gap + wide
+                continue
+            if wide <= width:  # on a line of its own
+                lines.append(" ".join(line))
+                line, used = [word], wide
+                continue
+            if line and used + gap + measure(word[0]) <= width:  # cut: its beginning after the line's words
+                line.append("")
+                used += gap
+            else:
+                if line:
+                    lines.append(" ".join(line))
+                line, used = [""], 0.0
+            for ch in word:
+                wide = measure(ch)
+                if used + wide > width and line[-1]:
+                    lines.append(" ".join(line))
+                    line, used = [""], 0.0
+                line[-1] += ch
+                used += wide
+        lines.append(" ".join(line))
+    return lines
 
 
 def _latin(value: str) -> str:
