@@ -106,21 +106,38 @@ CHANGED = Answer(budget_response, BudgetView, lambda _: "ok")  # a change or a d
 
 
 MONEY_LIMIT = 'a money limit is a decimal string, such as "10.00"'
+MAX_COUNT = 10**18  # Limit's bound on a count
 
 
-def _limit(metric: str, value: str | int | float) -> int:
-    """The limit in atomic units (money) or counts; the type must suit the metric. A JSON number
-    with a fraction or an exponent (a float: `_float_limit` keeps it from msgspec, which would call
-    it not an integer whatever the metric) is refused in the words of the metric's own form."""
+def _limit(metric: str, value: Any) -> int:
+    """The limit (a JSON value as sent: POST and PATCH take it out of msgspec's shaping, which
+    refused some before the metric was known, in words that differed by verb) in atomic units
+    (money) or counts: one rule, so the same value of the same metric is the same refusal by
+    either verb. A money limit is a decimal string; a count a JSON integer of 1 to 10**18, a
+    number with a fraction or an exponent told as every integer field is told."""
     if metric == "money":
         if not isinstance(value, str):
             raise WalletValidationError("limit", MONEY_LIMIT)
         return amount_in(value, "limit")
-    if isinstance(value, float):
+    if type(value) is float:
         raise WalletValidationError("limit", NOT_AN_INTEGER)
-    if not isinstance(value, int):
+    if type(value) is not int:  # a bool too: true is no count
         raise WalletValidationError("limit", f"a {metric} limit is an integer")
+    if not 1 <= value <= MAX_COUNT:
+        raise WalletValidationError("limit", f"a {metric} limit is an integer from 1 to {MAX_COUNT}")
     return value
+
+
+class _Create(CreateBudgetRequest, forbid_unknown_fields=True):
+    """CreateBudgetRequest as it is shaped: its limit as sent, for _limit."""
+
+    limit: Any
+
+
+class _Change(ChangeBudgetRequest, forbid_unknown_fields=True):
+    """ChangeBudgetRequest as it is shaped: its limit as sent (null: left as it is), for _limit."""
+
+    limit: Any = None
 
 
 @post("/v1/budgets", guards=[require(*WRITERS)], tags=["budgets"], status_code=201,
@@ -128,9 +145,7 @@ def _limit(metric: str, value: str | int | float) -> int:
 async def create_budget(state: State, request: Request, data: CreateBudgetBody) -> Response[BudgetResponse]:
     """A budget of a customer's: every reservation that matches its scope counts against its
     window at its upper bound from the moment it is held. `hard` refuses with 429; `soft` alerts."""
-    if isinstance(data, dict) and data.get("metric") == "money" and _float_limit(data) is not None:
-        raise WalletValidationError("limit", MONEY_LIMIT)  # not NOT_AN_INTEGER, as msgspec's float would be
-    data = shaped(data, CreateBudgetRequest)
+    data = shaped(data, _Create)
     ensure_customer(request, data.customer_id)
     spec = BudgetSpec(data.customer_id, data.window, data.metric, _limit(data.metric, data.limit), data.mode,
                       data.name, data.api_key, data.model, dict(data.dimensions), tuple(data.thresholds),
@@ -216,8 +231,7 @@ async def change_budget(state: State, request: Request, budget_id: FromPath[str]
     if fixed is not None:
         raise WalletValidationError(fixed, "never changes: create another budget (and delete this one)")
     idem = idempotency(request, data)
-    number = _float_limit(data)  # which words refuse it are the budget's metric's: read below
-    data = shaped(data if number is None else {k: v for k, v in data.items() if k != "limit"}, ChangeBudgetRequest)
+    data = shaped(data, _Change)  # the limit's words are its budget's metric's: read below
     replay = await kept_answer(state.services.db, idem)
     if replay is not None:
         return respond(request, replay, CHANGED)
@@ -226,17 +240,10 @@ async def change_budget(state: State, request: Request, budget_id: FromPath[str]
 
     def decide(b: Budget) -> BudgetChange:
         check(b)
-        given = data.limit if number is None else number
-        limit = None if given is None else _limit(b.metric, given)
+        limit = None if data.limit is None else _limit(b.metric, data.limit)
         return BudgetChange(data.name, limit, data.mode, None if data.thresholds is None else tuple(data.thresholds))
 
     return respond(request, await state.services.wallets.budgets.change(budget_id, decide, idem), CHANGED)
-
-
-def _float_limit(data: Any) -> float | None:
-    """A body's `limit` when it is a JSON number with a fraction or an exponent (10.0, 1e1, 1.5)."""
-    value = data.get("limit") if isinstance(data, dict) else None
-    return value if type(value) is float else None
 
 
 @delete("/v1/budgets/{budget_id:str}", guards=[require(*WRITERS)], tags=["budgets"], status_code=200,

@@ -152,8 +152,8 @@ def shaped(data: Any, type_: Any) -> Any:
 
 
 _UNKNOWN = re.compile(r"Object contains unknown field `(.*)`")
-# a float where an integer goes (`int`, `int | null`, a budget's `int | str` or, in a change,
-# `int | str | null`, a dimension's `bool | int | str`): one message for it wherever it is refused
+# a float where an integer goes (`int`, `int | null`, a dimension's `bool | int | str`): one
+# message for it wherever it is refused (a budget's limit is not shaped here: budgets._limit)
 _WRONG_TYPE = re.compile(r"Expected `([^`]*)`, got `([a-z]+)`")
 _STEP = re.compile(r"\[([0-9]+)\]|\.?([^.\[]+)")
 _JSON_TYPES: dict[str, Any] = {"float": float, "object": dict, "array": list, "null": type(None), "str": str,
