@@ -20,6 +20,7 @@ from api.gateway.streams import (
     StreamTally,
     answer_settlement,
     cut_answer_settlement,
+    whole_answer,
     with_compactions,
 )
 from api.routes.inputs import usage_tokens
@@ -152,7 +153,9 @@ class Forwarding:
         """A whole answer's body, or None when it was cut or went silent mid-way: the caller gets
         no part of it, but a 502 or 504. Before any byte of it (or of an error status's), the hold
         is released (see _unanswered); once bytes of a generated answer came, it is charged as a
-        cut stream is (see _cut_short)."""
+        cut stream is (see _cut_short). But a successful answer all of whose JSON came before the
+        cut (a whole document of the call's kind: only the body's end, as HTTP frames it, was lost)
+        is the answer: it goes on as any whole answer."""
         parts: list[bytes] = []
         try:
             chunks = response.aiter_bytes()
@@ -160,6 +163,11 @@ class Forwarding:
                 parts.append(part)
         except httpx.HTTPError as exc:
             part = b"".join(parts)
+            if response.is_success and whole_answer(self.call.kind, part):
+                log.warning("upstream %s %s answer's body ended short of its framing after its whole JSON "
+                            "(%d bytes): %s; passed on", self.x.provider, self.x.path, len(part),
+                            exc.__class__.__name__)
+                return part
             if part and response.is_success:
                 await self._cut_short(part, exc)
             else:

@@ -4,7 +4,9 @@ document, so that the text it carries so far can be metered as a cut stream's is
 
 The prefix is kept up to its last complete value, a string value cut mid-way included (the text
 it held so far: a generated answer is mostly one long string); a number, a literal or a key cut
-mid-way is dropped (`12` may have been `123`), then every open object and array is closed."""
+mid-way is dropped (`12` may have been `123`), then every open object and array is closed.
+Apart from that, `whole_members` reads only top-level members whose values all came (the
+provider's `usage`: its closing brace came), which api.gateway.streams settles a cut answer by."""
 from __future__ import annotations
 
 import re
@@ -97,3 +99,66 @@ def partial_json(raw: bytes) -> dict[str, Any] | None:
     except msgspec.DecodeError:
         return None
     return body if isinstance(body, dict) else None
+
+
+def whole_members(raw: bytes, *names: str) -> dict[str, Any]:
+    """The values of the members `names` of the object a JSON answer cut short began (its top level
+    only) whose values all came before the cut (an object's or array's closing bracket, a string's
+    closing quote, the comma or brace after a number or literal), by name; one cut is left out."""
+    text = raw.decode("utf-8", "ignore")  # a character cut mid-way is dropped
+    found: dict[str, Any] = {}
+    closers: list[str] = []
+    key = False  # the next string is an object's key
+    member: str | None = None  # the top-level member whose value is being read
+    start = -1  # where that value began
+    i, n = 0, len(text)
+    while i < n and len(found) < len(names):
+        c = text[i]
+        if c in " \t\r\n":
+            i += 1
+            continue
+        if not closers and c != "{":
+            break  # not an object, or past its end
+        if c in "{[":
+            if len(closers) == 1:
+                start = i
+            closers.append("}" if c == "{" else "]")
+            key = c == "{"
+            i += 1
+        elif c in "}]":
+            if closers[-1] != c:
+                break
+            closers.pop()
+            i += 1
+            if len(closers) == 1 and member in names:
+                found[member] = _decoded(text[start:i])
+        elif c == ":":
+            key = False
+            i += 1
+        elif c == ",":
+            key = closers[-1] == "}"
+            i += 1
+        elif c == '"':
+            end, _ = _string_end(text, i)
+            if end < 0:
+                break
+            if key and len(closers) == 1:
+                member = _decoded(text[i:end])
+            elif len(closers) == 1 and member in names:
+                found[member] = _decoded(text[i:end])
+            i = end
+        else:
+            scalar = _SCALAR.match(text, i)
+            if scalar is None or scalar.end() == n:  # at the end, it may go on (a number's digits)
+                break
+            if len(closers) == 1 and member in names:
+                found[member] = _decoded(text[i:scalar.end()])
+            i = scalar.end()
+    return found
+
+
+def _decoded(text: str) -> Any:
+    try:
+        return msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        return None

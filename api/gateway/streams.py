@@ -36,7 +36,7 @@ from typing import Any
 import msgspec
 
 from api.gateway.calls import CHAT, EMBEDDINGS, MESSAGES, RESPONSES
-from api.gateway.partial import partial_json
+from api.gateway.partial import partial_json, whole_members
 from api.gateway.tools import ANTHROPIC_CODE_EXECUTION_NAMES, OPENAI_CONTAINER_CALLS, OPENAI_TOOL_CALLS
 from api.stream_texts import ANTHROPIC_DELTAS, RESPONSES_DELTAS, list_of, texts_of_chat_delta
 from pricing.attachments import answer_audio_tokens, decoded_size, output_audio_tokens
@@ -390,12 +390,36 @@ def _with_tier(usage: Mapping[str, Any], tier: str | None) -> dict[str, Any]:
     return {**usage, "service_tier": tier} if tier is not None and "service_tier" not in usage else dict(usage)
 
 
+# What a whole answer of each kind is at its top level: a chat completion, a response, a list of
+# embeddings, a message (not an error object, nor any other JSON a proxy may send with a 200)
+_ANSWER_SHAPES = {CHAT: ("object", "chat.completion"), RESPONSES: ("object", "response"),
+                  EMBEDDINGS: ("object", "list"), MESSAGES: ("type", "message")}
+
+
+def whole_answer(kind: str, raw: bytes) -> bool:
+    """Whether `raw` is a whole JSON answer of the call's kind (see _ANSWER_SHAPES)."""
+    body = _json(raw)
+    field, value = _ANSWER_SHAPES.get(kind, ("", None))
+    return body is not None and value is not None and body.get(field) == value
+
+
 def _json(raw: bytes) -> dict[str, Any] | None:
     try:
         body = msgspec.json.decode(raw)
     except msgspec.DecodeError:
         return None
     return body if isinstance(body, dict) else None
+
+
+def _reported(kind: str, usage: Mapping[str, Any], tier: str | None) -> tuple[str, dict]:
+    """(usage form, usage) of the usage an answer reports, in its provider's shape: Anthropic's as
+    given; OpenAI's with the answer's service tier (`tier`); an embedding's {prompt_tokens,
+    total_tokens}, all input."""
+    if kind == MESSAGES:
+        return "anthropic_usage", dict(usage)
+    if kind == EMBEDDINGS:
+        usage = {**usage, "completion_tokens": 0}
+    return "openai_usage", _with_tier(usage, tier)
 
 
 def answer_settlement(kind: str, raw: bytes, counter: TokenCounter, model: str, prompt_raw_tokens: int,
@@ -407,11 +431,7 @@ def answer_settlement(kind: str, raw: bytes, counter: TokenCounter, model: str, 
         return None
     usage = body.get("usage")
     if isinstance(usage, Mapping):
-        if kind == MESSAGES:
-            return "anthropic_usage", dict(usage)
-        if kind == EMBEDDINGS:  # {prompt_tokens, total_tokens}: all input
-            usage = {**usage, "completion_tokens": 0}
-        return "openai_usage", _with_tier(usage, _tier_of(body))
+        return _reported(kind, usage, _tier_of(body))
     if kind == EMBEDDINGS:
         return "usage", {"input_tokens": prompt_raw_tokens}
     if tally is None:
@@ -426,9 +446,13 @@ def cut_answer_settlement(kind: str, part: bytes, counter: TokenCounter, model: 
     its headers and first bytes came, so the upstream generated it and bills it. Settled as a
     stream cut mid-way is: the prompt's count and the output metered from the text that arrived
     (api.gateway.partial: the text cut mid-string counts as far as it came), with the tools its
-    items showed. Any usage in it is not read: a count cut mid-digits would be taken as smaller.
-    But when all of the answer came before the cut (its JSON whole: only the body's end, as HTTP
-    frames it, was lost), it is settled as any whole answer is, by its own usage if it has one."""
+    items showed. A usage cut mid-way is not read: a count cut mid-digits would be taken as smaller.
+    But the provider's usage whose object came whole (its closing brace before the cut: the answer's
+    top-level `usage`, in its provider's shape) is what the provider bills: the answer is settled by
+    it, as a whole one is (with its service tier if that came whole too; the tools its items showed
+    besides). An answer whose JSON all came before the cut (only the body's end, as HTTP frames it,
+    was lost) but is not of the call's kind (api.gateway.forwarding passes one that is on, 200) is
+    settled as any whole answer is, by its own usage if it has one."""
     whole = _json(part)
     if whole is not None:
         if kind != EMBEDDINGS:
@@ -438,4 +462,7 @@ def cut_answer_settlement(kind: str, part: bytes, counter: TokenCounter, model: 
     body = partial_json(part)
     if body is not None and kind != EMBEDDINGS:
         tally.observe_answer(body)
+    came = whole_members(part, "usage", "service_tier")  # a tier cut mid-string, "prior", is not read
+    if isinstance(came.get("usage"), Mapping):
+        return _reported(kind, came["usage"], _tier_of(came))
     return tally.settlement(counter, model, prompt_raw_tokens) or ("usage", {"input_tokens": prompt_raw_tokens})

@@ -29,6 +29,7 @@ from api.bench.common import free_port
 from api.gateway.streams import StreamTally
 from tests.api.test_gateway import (
     ADMIN,
+    CACHED,
     CALL,
     CHAT_CHARGE,
     HI,
@@ -38,6 +39,7 @@ from tests.api.test_gateway import (
     RESPONSES_CHARGE,
     SEARCH,
     WEB_SEARCH,
+    WRITE,
     M,
     charged,
     customer,
@@ -325,6 +327,8 @@ def test_a_fault_of_the_gateways_own_after_a_charged_answer_is_not_retried_by_th
     assert wallet(url, cid) == (Decimal("10") - cost, 0)
 
 
+RESPONSE_USAGE = {"input_tokens": 800, "input_tokens_details": {"cached_tokens": 100}, "output_tokens": 56,
+                  "output_tokens_details": {"reasoning_tokens": 16}, "total_tokens": 856}
 CUT_MESSAGE = msgspec.json.encode({
     "id": "msg_cut", "type": "message", "role": "assistant", "model": "m",
     "content": [{"type": "text", "text": " one two three"}], "stop_reason": "end_turn",
@@ -366,27 +370,144 @@ def test_a_whole_answer_cut_mid_body_is_charged_what_came_and_not_retried(live, 
         assert sum(call["model"] == name for call in upstream.fake.calls) == 3
 
 
+@pytest.mark.parametrize("framing", ["chunked", "content_length"])
 @pytest.mark.parametrize("sdk", ["openai", "anthropic"])
-def test_a_whole_answer_cut_after_its_last_byte_is_charged_its_usage(live, upstream, sdk):
-    """The whole JSON answer came (chunked), then the connection was lost before the body's end: its
-    usage is complete, and is what the provider bills, but the charge was metered from its text as
-    if it were cut mid-body, the prompt as counted (8) and " one two three" (3): 0.00114. Now its
-    own usage: OpenAI's 800 input, 200 cached and 40 output tokens (CHAT_CHARGE, 0.0100);
-    Anthropic's 900 input and 40 output, (9,000 + 800) / 1M + 0.001 = 0.0108. Still a 502 that
-    says x-should-retry: false (the upstream's answer did not end as HTTP says it must)."""
+def test_a_whole_answer_cut_after_its_last_byte_is_passed_on_and_charged_its_usage(live, upstream, sdk, framing):
+    """The whole JSON answer came, then the connection was lost before the body's end as HTTP
+    frames it (chunked: its last chunk; or a content-length one byte longer than the JSON, its
+    trailing newline never sent): the caller got a 502 (x-should-retry: false) for an answer it
+    had all of, and paid for. Now it is passed on, 200, and charged its own usage: OpenAI's 800
+    input, 200 cached and 40 output tokens (CHAT_CHARGE, 0.0100); Anthropic's 900 input and 40
+    output, (9,000 + 800) / 1M + 0.001 = 0.0108."""
     url, _ = live
     cid, key = customer(live)
     data = WHOLE if sdk == "openai" else CUT_MESSAGE
 
     async def cut(send: Any, receive: Any) -> None:
-        await start(send, b"application/json")  # no content-length: chunked, the last chunk never comes
+        await start(send, b"application/json", len(data) + 1 if framing == "content_length" else None)
         await body(send, data)
         raise ConnectionAbortedError("the upstream drops the connection before the body's end")
 
     name = model(upstream, cut)
-    response = _failed_whole_call(url, key, sdk, name)
+    if sdk == "openai":
+        raw: Any = openai.OpenAI(base_url=f"{url}/openai/v1", api_key=key).chat.completions.with_raw_response.create(
+            model=name, messages=HI)
+        assert raw.parse().choices[0].message.content == " one two three"
+    else:
+        raw = anthropic.Anthropic(base_url=f"{url}/anthropic", api_key=key).messages.with_raw_response.create(
+            model=name, max_tokens=100, messages=HI)
+        assert raw.parse().content[0].text == " one two three"
     cost = CHAT_CHARGE if sdk == "openai" else (900 * IN + 40 * OUT) / M + CALL
     assert cost == (Decimal("0.0100") if sdk == "openai" else Decimal("0.0108"))
+    assert raw.status_code == 200
+    assert Decimal(raw.headers["x-tokentill-charged"]) == cost
+    _billed(url, cid, raw.headers["x-tokentill-request-id"], cost)
+    assert sum(call["model"] == name for call in upstream.fake.calls) == 1
+
+
+def test_a_whole_json_not_of_the_calls_kind_cut_before_the_body_s_end_is_still_a_502(live, upstream):
+    """Only an answer of the call's kind goes on: a chat call whose 200 carries a whole JSON
+    object that is no chat completion (an embeddings list), cut before the body's end, is a 502
+    (x-should-retry: false), charged as a whole answer without usage: the prompt as counted (8)
+    and no text, 8 * 10 / 1M + 0.001 = 0.00108."""
+    url, _ = live
+    cid, key = customer(live)
+    data = msgspec.json.encode({"object": "list", "data": [], "model": "m"})
+
+    async def cut(send: Any, receive: Any) -> None:
+        await start(send, b"application/json")
+        await body(send, data)
+        raise ConnectionAbortedError("the upstream drops the connection before the body's end")
+
+    name = model(upstream, cut)
+    response = _failed_whole_call(url, key, "openai", name)
+    cost = 8 * IN / M + CALL
+    assert cost == Decimal("0.00108")
+    assert response.status_code == 502 and response.headers["x-should-retry"] == "false"
+    assert Decimal(response.headers["x-tokentill-charged"]) == cost
+    _billed(url, cid, response.headers["x-tokentill-request-id"], cost)
+    assert sum(call["model"] == name for call in upstream.fake.calls) == 1
+
+
+ONE_TWO_THREE = {"type": "message", "id": "msg_edge", "status": "completed", "role": "assistant",
+                 "content": [{"type": "output_text", "text": " one two three", "annotations": []}]}
+# Each kind's whole answer with its usage before other members, as the providers send them (chat:
+# service_tier and system_fingerprint after it; responses: user and metadata), and what arrived of it:
+# up to a point after its usage's closing brace (chat: inside its service tier's string; the others:
+# all but the answer's own closing brace), or, for chat, cut inside the usage after its nested
+# prompt_tokens_details closed.
+CUT_AFTER_USAGE = {
+    "chat": (msgspec.json.encode({
+        "id": "chatcmpl-edge", "object": "chat.completion", "created": 1764680000, "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": " one two three"},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1000, "completion_tokens": 40, "total_tokens": 1040,
+                  "prompt_tokens_details": {"cached_tokens": 200}},
+        "service_tier": "default", "system_fingerprint": "fp_edge"}), b'"service_tier":"def'),
+    "responses": (msgspec.json.encode({
+        "id": "resp_edge", "object": "response", "created_at": 1764680000, "status": "completed", "model": "m",
+        "output": [ONE_TWO_THREE], "service_tier": "default", "usage": RESPONSE_USAGE, "user": None,
+        "metadata": {}}), b'"user":nu'),
+    "embeddings": (msgspec.json.encode({
+        "object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.0125, -0.5, 0.25]}],
+        "model": "m", "usage": {"prompt_tokens": 500, "total_tokens": 500}}), None),
+    "messages": (msgspec.json.encode({
+        "id": "msg_edge", "type": "message", "role": "assistant", "model": "m",
+        "content": [{"type": "text", "text": " one two three"}], "stop_reason": "end_turn", "stop_sequence": None,
+        "usage": {"input_tokens": 900, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 50,
+                  "output_tokens": 40}}), None),
+}
+
+
+@pytest.mark.parametrize("kind", [*CUT_AFTER_USAGE, "chat_inside_usage"])
+def test_a_whole_answer_cut_after_its_usage_closed_is_charged_that_usage(live, upstream, kind):
+    """An answer cut mid-body after its usage object closed was charged from its metered text (the
+    prompt as counted and " one two three"), though the provider's usage, what it bills, had all
+    come. Now a whole top-level usage in what arrived settles it, each in its provider's shape:
+    chat (its tier cut mid-string, "def": not read; the default prices it), 800 input, 200 cached,
+    40 output: (8,000 + 200 + 800) / 1M + 0.001 = 0.0100; responses, 700 input, 100 cached, 56
+    output (16 reasoning): (7,000 + 100 + 1,120) / 1M + 0.001 = 0.00922; embeddings, 500 input:
+    5,000 / 1M + 0.001 = 0.006; Anthropic, 900 input, 100 read, 50 written, 40 output:
+    (9,000 + 100 + 625 + 800) / 1M + 0.001 = 0.011525. A usage cut before its own closing brace
+    (its prompt_tokens_details closed) is not read: the prompt as counted ("user" and "hi", 3 a
+    message, 3 for the reply: 8) and " one two three" metered (3): (80 + 60) / 1M + 0.001 =
+    0.00114. Each a 502 that says x-should-retry: false, sent upstream once."""
+    url, _ = live
+    cid, key = customer(live)
+    data, after = CUT_AFTER_USAGE["chat" if kind == "chat_inside_usage" else kind]
+    if kind == "chat_inside_usage":
+        arrived = data[:data.index(b'"cached_tokens":200}') + len(b'"cached_tokens":200}')]
+    elif after is not None:
+        arrived = data[:data.index(after) + len(after)]
+    else:
+        arrived = data[:-1]
+    assert arrived != data and b'"usage"' in arrived
+
+    async def cut(send: Any, receive: Any) -> None:
+        await start(send, b"application/json")
+        await body(send, arrived)
+        raise ConnectionAbortedError("the upstream drops the answer after its usage")
+
+    name = model(upstream, cut)
+    client = openai.OpenAI(base_url=f"{url}/openai/v1", api_key=key)
+    with pytest.raises(anthropic.InternalServerError if kind == "messages" else openai.InternalServerError) as raised:
+        if kind in ("chat", "chat_inside_usage"):
+            client.chat.completions.create(model=name, messages=HI)
+        elif kind == "responses":
+            client.responses.create(model=name, input="hi")
+        elif kind == "embeddings":
+            client.embeddings.create(model=name, input="hi")
+        else:
+            anthropic.Anthropic(base_url=f"{url}/anthropic", api_key=key).messages.create(
+                model=name, max_tokens=100, messages=HI)
+    response = raised.value.response
+    cost = {"chat": (800 * IN + 200 * CACHED + 40 * OUT) / M + CALL,
+            "responses": (700 * IN + 100 * CACHED + (40 + 16) * OUT) / M + CALL,
+            "embeddings": 500 * IN / M + CALL,
+            "messages": (900 * IN + 100 * CACHED + 50 * WRITE + 40 * OUT) / M + CALL,
+            "chat_inside_usage": (8 * IN + 3 * OUT) / M + CALL}[kind]
+    assert cost == {"chat": Decimal("0.0100"), "responses": Decimal("0.00922"), "embeddings": Decimal("0.006"),
+                    "messages": Decimal("0.011525"), "chat_inside_usage": Decimal("0.00114")}[kind]
     assert response.status_code == 502 and response.headers["x-should-retry"] == "false"
     assert Decimal(response.headers["x-tokentill-charged"]) == cost
     _billed(url, cid, response.headers["x-tokentill-request-id"], cost)
@@ -713,10 +834,6 @@ def test_an_anthropic_stream_the_caller_leaves_after_a_web_search_is_charged_its
                 break
     expected = (5900 * IN + 100 * Decimal(1) + 40 * OUT) / M + CALL + SEARCH
     _billed(url, cid, request_id, expected)
-
-
-RESPONSE_USAGE = {"input_tokens": 800, "input_tokens_details": {"cached_tokens": 100}, "output_tokens": 56,
-                  "output_tokens_details": {"reasoning_tokens": 16}, "total_tokens": 856}
 
 
 TEMPLATE_TOOLS = ({"id": "search", "token_type": "web_search", "price": "0.01"},

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from api.gateway.partial import partial_json
+from api.gateway.partial import partial_json, whole_members
 
 
 @pytest.mark.parametrize(("cut", "closed"), [
@@ -36,3 +36,33 @@ def test_a_surrogate_pair_cut_between_its_escapes_drops_its_first_half_not_the_a
     its text was not metered (a cut answer charged its prompt alone). By hand: the text before it."""
     assert partial_json(cut) == {"t": "hello wor "}
     assert partial_json(b'{"t": "a \\ud83d\\ude00 b') == {"t": "a \U0001f600 b"}  # a whole pair is kept
+
+
+USAGE = b'{"choices": [{"usage": {"n": 1}}], "usage": {"prompt_tokens": 1000, "details": {"cached": 200}'
+
+
+@pytest.mark.parametrize(("cut", "usage"), [
+    (USAGE + b"}", {"prompt_tokens": 1000, "details": {"cached": 200}}),  # all but the answer's own brace
+    (USAGE + b'}, "service_tier": "def', {"prompt_tokens": 1000, "details": {"cached": 200}}),
+    (USAGE, None),  # its nested object closed, not the usage itself
+    (USAGE[:USAGE.index(b"1000") + 2], None),  # cut mid-digits: 10 of 1000
+    (USAGE[:USAGE.index(b', "usage"')], None),  # only a nested "usage" (a choice's) came
+    (b'{"text": "\\"usage\\": {\\"n\\": 1}", "usage": nu', None),  # "usage" inside a string; a literal cut
+    (b'{"usage": null, "x": 1', None),
+    (b'[{"usage": {"n": 1}}', None),  # not an object
+])
+def test_a_top_level_member_is_read_only_when_all_of_its_value_came(cut, usage):
+    """The provider's usage in an answer cut short is read only when its object closed: a count
+    cut mid-digits (10 of 1000), a nested object closed inside a usage still open, or a usage
+    nested elsewhere would be taken for one smaller than the provider bills."""
+    assert whole_members(cut, "usage").get("usage") == usage
+
+
+def test_a_string_member_is_read_only_when_its_closing_quote_came():
+    """A service tier cut mid-string ("prior" of "priority") would price the call at a tier
+    that is not the one that served it."""
+    assert whole_members(b'{"usage": {}, "service_tier": "prior', "usage", "service_tier") == {"usage": {}}
+    assert whole_members(b'{"usage": {}, "service_tier": "priority"', "usage", "service_tier") == {
+        "usage": {}, "service_tier": "priority"}
+    assert whole_members(b'{"service_tier": "flex", "n": 12', "n", "service_tier") == {"service_tier": "flex"}
+    assert whole_members(b'{"n": 12,', "n") == {"n": 12}
