@@ -34,9 +34,11 @@ from wallets import rerating
 from wallets.audit import WALLET_CHECKS
 
 
-def vol(version: str, effective_from: str, low: str, high: str) -> dict[str, Any]:
+def vol(version: str, effective_from: str, low: str, high: str, rule: str = "v-out") -> dict[str, Any]:
+    """Book `vol`: its rule `rule` rates model-v output, volume-tiered: `low` per 1M up to 100,000
+    tokens, `high` beyond."""
     return {"id": "vol", "version": version, "currency": "USD", "effective_from": effective_from, "rules": [
-        {"id": "v-out", "model": "model-v", "token_type": "output", "tier_mode": "volume",
+        {"id": rule, "model": "model-v", "token_type": "output", "tier_mode": "volume",
          "tiers": [{"up_to": 100_000, "price": low}, {"up_to": None, "price": high}]}]}
 
 
@@ -45,10 +47,40 @@ V2 = vol("v2", "2026-11-01T00:00:00Z", "16", "8")
 V3 = vol("v3", "2026-11-02T00:00:00Z", "18", "9")
 NOV_1, NOV_2, DEC_1 = (datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 2, tzinfo=UTC),
                        datetime(2026, 12, 1, tzinfo=UTC))
+CLOSED = datetime(2026, 12, 1, 1, tzinfo=UTC)  # November's close: 01:00 on December 1st
 
 
 def spec(version: str, start: datetime = NOV_1) -> rerating.RerateSpec:
     return rerating.RerateSpec("vol", version, start, DEC_1, None)
+
+
+async def vol_customer(bk: BillingKit, cid: str, billing_mode: str = "prepaid") -> str:
+    """Customer `cid` on book `vol` (V1, added now), made November 1st at 09:00."""
+    await bk.add_book(V1)
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    return await bk.customer(cid, billing_mode=billing_mode, book="vol")
+
+
+async def november_usage(bk: BillingKit, cid: str, usage=((5, 60_000), (20, 70_000))) -> None:
+    """`cid`'s model-v output tokens, each (day, tokens[, region]) at noon of that November day: by
+    default 60,000 on the 5th and 70,000 on the 20th (at V1: $1.20 and $0.80 + $0.30 = $1.10)."""
+    for day, tokens, *region in usage:
+        bk.clock.now = datetime(2026, 11, day, 12, tzinfo=UTC)
+        await bk.event(cid, "model-v", 0, tokens, dimensions={"region": region[0]} if region else None)
+
+
+async def applied(bk: BillingKit, rerate: rerating.RerateSpec) -> dict[str, Any]:
+    """The re-rate applied now, by the kit's engine: its answer."""
+    return await rerating.apply(bk.db, bk.service.engine, rerate, None)
+
+
+async def previewed(bk: BillingKit, rerate: rerating.RerateSpec) -> dict[str, Any]:
+    return await rerating.preview(bk.db, bk.service.engine.books, rerate)
+
+
+def lines(done: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """A re-rate's lines of its one customer: (token type, old amount, new amount, delta)."""
+    return [(ln["token_type"], ln["old_amount"], ln["new_amount"], ln["delta"]) for ln in done["customers"][0]["lines"]]
 
 
 async def verified(bk: BillingKit) -> None:
@@ -80,19 +112,15 @@ def beancount_balances(url: str, path) -> dict[str, Decimal]:
 async def test_a_rerate_of_a_closed_period_corrects_its_volume_true_up_to_the_new_versions_tiers(
         fresh_db, scratch_url, tmp_path) -> None:
     bk = BillingKit(fresh_db)
-    await bk.add_book(V1)
-    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
-    cid = await bk.customer("volume", billing_mode="postpaid", book="vol")
-    for day, tokens in [(5, 60_000), (20, 70_000)]:
-        bk.clock.now = datetime(2026, 11, day, 12, tzinfo=UTC)
-        await bk.event(cid, "model-v", 0, tokens)
-    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    cid = await vol_customer(bk, "volume", billing_mode="postpaid")
+    await november_usage(bk, cid)
+    await bk.close(CLOSED)
     [november] = await bk.invoices(cid)
     assert (november["total"], november["subtotals"]["true_ups"], november["amount_due"]) == ("1.30", "-1.00", "1.30")
     await bk.add_book(V2)
     bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
 
-    seen = await rerating.preview(bk.db, bk.service.engine.books, spec("v2"))
+    seen = await previewed(bk, spec("v2"))
     assert seen["delta"] == "-0.26" and seen["errors"] == []
     assert seen["customers"] == [{
         "customer_id": cid, "charges": 2, "old_amount": "1.30", "new_amount": "1.04", "delta": "-0.26",
@@ -102,7 +130,7 @@ async def test_a_rerate_of_a_closed_period_corrects_its_volume_true_up_to_the_ne
                    "delta": "0.20"}]}]
     assert await rerate_entries(bk) == []  # a preview changes nothing
 
-    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    done = await applied(bk, spec("v2"))
     assert done["customers"] == [{**seen["customers"][0], "entry_ids": done["customers"][0]["entry_ids"]}]
     assert done["delta"] == "-0.26" and done["errors"] == []
     [note] = done["credit_notes"]
@@ -122,17 +150,16 @@ async def test_a_rerate_of_a_closed_period_corrects_its_volume_true_up_to_the_ne
                                              ("adjustment", "model-v", "output", "-0.46", "2026-11")]
     assert (upcoming["total"], upcoming["subtotals"]["true_ups"]) == ("-0.26", "0.20")
     # the same re-rate again moves nothing more
-    again = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    again = await applied(bk, spec("v2"))
     assert again == done and len(await rerate_entries(bk)) == 1
-    assert (await rerating.preview(bk.db, bk.service.engine.books, spec("v2")))["customers"] == []
+    assert (await previewed(bk, spec("v2")))["customers"] == []
     await verified(bk)
 
     # a second fix moves the true-up from where the first left it: -0.80 to -0.90
     await bk.add_book(V3)
-    third = await rerating.apply(bk.db, bk.service.engine, spec("v3", NOV_2), None)
+    third = await applied(bk, spec("v3", NOV_2))
     assert third["delta"] == "0.13", third
-    assert [(ln["token_type"], ln["old_amount"], ln["new_amount"], ln["delta"])
-            for ln in third["customers"][0]["lines"]] == [("output", "1.84", "2.07", "0.23"),
+    assert lines(third) == [("output", "1.84", "2.07", "0.23"),
                                                           ("volume_true_up", "-0.80", "-0.90", "-0.10")]
     [debit] = third["credit_notes"]
     assert (debit["kind"], debit["total"]) == ("debit", "0.13")
@@ -161,22 +188,17 @@ async def test_money_a_true_up_correction_gives_back_of_promotion_paid_usage_goe
     all $0.65 goes back to it ($4.35: $0.65 spent, the usage at the tier reached). Before, the $0.15
     did and the $0.50 became paid credit, and the close's $1.00 was a paid credit lot too."""
     bk = BillingKit(fresh_db)
-    await bk.add_book(V1)
-    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
-    cid = await bk.customer("promoted", book="vol")
+    cid = await vol_customer(bk, "promoted")
     grant = await bk.grant(cid, "5.00")
-    for day, tokens in [(5, 60_000), (20, 70_000)]:
-        bk.clock.now = datetime(2026, 11, day, 12, tzinfo=UTC)
-        await bk.event(cid, "model-v", 0, tokens)
-    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    await november_usage(bk, cid)
+    await bk.close(CLOSED)
     lots = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants}
     assert lots == {grant.grant.id: ("grant", 3_700_000_000)}  # the close's money back
     await bk.add_book(vol("v2", "2026-11-01T00:00:00Z", "20", "5"))
     bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
-    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    done = await applied(bk, spec("v2"))
     assert done["delta"] == "-0.65"  # the first charge stays $1.20: only the second is corrected
-    assert [(ln["token_type"], ln["old_amount"], ln["new_amount"], ln["delta"])
-            for ln in done["customers"][0]["lines"]] == [("output", "1.10", "0.95", "-0.15"),
+    assert lines(done) == [("output", "1.10", "0.95", "-0.15"),
                                                          ("volume_true_up", "-1.00", "-1.50", "-0.50")]
     after = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants}
     assert after == {grant.grant.id: ("grant", 4_350_000_000)}  # no paid credit from the promotion
@@ -191,21 +213,16 @@ async def test_a_rerate_of_part_of_a_closed_period_trues_up_every_charge_at_the_
     $1.04, the true-up $1.04 - ($1.20 + $0.88) = -$1.04 where -$1.00 stands (-$0.04): -$0.26 in
     all, and November stands at $1.04, as when v2 rates the whole period."""
     bk = BillingKit(fresh_db)
-    await bk.add_book(V1)
-    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
-    cid = await bk.customer("part", billing_mode="postpaid", book="vol")
-    for day, tokens in [(5, 60_000), (20, 70_000)]:
-        bk.clock.now = datetime(2026, 11, day, 12, tzinfo=UTC)
-        await bk.event(cid, "model-v", 0, tokens)
-    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    cid = await vol_customer(bk, "part", billing_mode="postpaid")
+    await november_usage(bk, cid)
+    await bk.close(CLOSED)
     await bk.add_book(vol("v2", "2026-11-10T00:00:00Z", "16", "8"))
     bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
     part = spec("v2", datetime(2026, 11, 10, tzinfo=UTC))
-    seen = await rerating.preview(bk.db, bk.service.engine.books, part)
-    done = await rerating.apply(bk.db, bk.service.engine, part, None)
+    seen = await previewed(bk, part)
+    done = await applied(bk, part)
     assert done["delta"] == seen["delta"] == "-0.26"
-    assert [(ln["token_type"], ln["old_amount"], ln["new_amount"], ln["delta"])
-            for ln in done["customers"][0]["lines"]] == [("output", "1.10", "0.88", "-0.22"),
+    assert lines(done) == [("output", "1.10", "0.88", "-0.22"),
                                                          ("volume_true_up", "-1.00", "-1.04", "-0.04")]
     assert (await bk.service.wallet(cid)).receivable == 1_040_000_000
     await verified(bk)
@@ -219,18 +236,14 @@ async def test_a_period_re_rated_while_open_is_trued_up_at_its_close_from_the_ch
     at: -$0.80, and November totals $2.30 - $0.46 - $0.80 = $1.04. It trued up from the charges as
     first rated, at v1: $1.30 - $2.30 = -$1.00, a total of $0.84."""
     bk = BillingKit(fresh_db)
-    await bk.add_book(V1)
-    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
-    cid = await bk.customer("open", billing_mode="postpaid", book="vol")
-    for day, tokens in [(5, 60_000), (20, 70_000)]:
-        bk.clock.now = datetime(2026, 11, day, 12, tzinfo=UTC)
-        await bk.event(cid, "model-v", 0, tokens)
+    cid = await vol_customer(bk, "open", billing_mode="postpaid")
+    await november_usage(bk, cid)
     await bk.add_book(V2)
     bk.clock.now = datetime(2026, 11, 25, tzinfo=UTC)
-    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    done = await applied(bk, spec("v2"))
     assert done["delta"] == "-0.46" and done["credit_notes"] == []
     upcoming = await bk.upcoming(cid)
-    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    await bk.close(CLOSED)
     [november] = await bk.invoices(cid)
     assert [(ln["kind"], ln["quantity"], ln["unit_price"], ln["amount"]) for ln in november["lines"]] == [
         ("usage", 100_000, "20", "2.00"), ("usage", 30_000, "10", "0.30"),
@@ -247,15 +260,11 @@ async def test_a_re_rate_in_the_grace_window_counts_in_the_closing_period_s_true
     November totals $2.30 - $0.80 = $1.50 and with December's -$0.46 the usage costs $1.04. It
     trued up the charges as first rated, -$1.00 at v1: $1.30 - $0.46 = $0.84 in all."""
     bk = BillingKit(fresh_db)
-    await bk.add_book(V1)
-    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
-    cid = await bk.customer("grace", billing_mode="postpaid", book="vol")
-    for day, tokens in [(5, 60_000), (20, 70_000)]:
-        bk.clock.now = datetime(2026, 11, day, 12, tzinfo=UTC)
-        await bk.event(cid, "model-v", 0, tokens)
+    cid = await vol_customer(bk, "grace", billing_mode="postpaid")
+    await november_usage(bk, cid)
     await bk.add_book(V2)
     bk.clock.now = datetime(2026, 12, 1, 0, 30, tzinfo=UTC)
-    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    done = await applied(bk, spec("v2"))
     assert done["delta"] == "-0.46" and done["credit_notes"] == []
     await bk.close(datetime(2026, 12, 1, 1, 1, tzinfo=UTC))
     [november] = await bk.invoices(cid)
@@ -294,11 +303,11 @@ async def test_a_rerate_correcting_two_models_true_ups_gives_a_promotion_back_al
     bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
     await bk.event(cid, "model-x", 0, 200_000)
     await bk.event(cid, "model-y", 0, 120_000)
-    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    await bk.close(CLOSED)
     assert await live_lots(bk, cid) == {grant.grant.id: ("grant", 6_800_000_000)}
     await bk.add_book(two_models("v2", "2026-11-01T00:00:00Z", "1"))
     bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
-    done = await rerating.apply(bk.db, bk.service.engine, rerating.RerateSpec("two", "v2", NOV_1, DEC_1, None), None)
+    done = await applied(bk, rerating.RerateSpec("two", "v2", NOV_1, DEC_1, None))
     assert done["delta"] == "-2.88"
     after = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants if g.remaining}
     assert after == {grant.grant.id: ("grant", 9_680_000_000)}
@@ -314,20 +323,16 @@ async def test_a_rerate_after_a_close_counts_only_what_its_true_up_left_in_the_c
     at $5.00, no paid lot. Before, the re-rate counted the top-up's $0.30 again ($0.30 of the
     re-rate's share; its lot had no room), so $0.30 of the grant's money became a paid credit lot."""
     bk = BillingKit(fresh_db)
-    await bk.add_book(V1)
-    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
-    cid = await bk.customer("twice", book="vol")
+    cid = await vol_customer(bk, "twice")
     grant = await bk.grant(cid, "2.00")
     top_up = await bk.top_up(cid, "5.00")
-    for day, tokens in [(5, 60_000), (20, 70_000)]:
-        bk.clock.now = datetime(2026, 11, day, 12, tzinfo=UTC)
-        await bk.event(cid, "model-v", 0, tokens)
-    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    await november_usage(bk, cid)
+    await bk.close(CLOSED)
     lots = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants}
     assert lots == {grant.grant.id: ("grant", 700_000_000), top_up.grant.id: ("topup", 5_000_000_000)}
     await bk.add_book(vol("v2", "2026-11-01T00:00:00Z", "20", "5"))
     bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
-    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    done = await applied(bk, spec("v2"))
     assert done["delta"] == "-0.65"
     after = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants}
     assert after == {grant.grant.id: ("grant", 1_350_000_000), top_up.grant.id: ("topup", 5_000_000_000)}
@@ -343,24 +348,19 @@ async def test_a_rerate_to_a_version_that_renamed_the_volume_rule_corrects_the_c
     $8/M), as with the rule's name kept. Before, the -$1.00 stayed beside the new -$0.80 (counted
     from 0): -$1.26, November at $0.04, the volume discount given twice."""
     bk = BillingKit(fresh_db)
-    await bk.add_book(V1)
-    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
-    cid = await bk.customer("renamed", billing_mode="postpaid", book="vol")
-    for day, tokens in [(5, 60_000), (20, 70_000)]:
-        bk.clock.now = datetime(2026, 11, day, 12, tzinfo=UTC)
-        await bk.event(cid, "model-v", 0, tokens)
-    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
-    renamed = vol("v2", "2026-11-01T00:00:00Z", "16", "8")
-    renamed["rules"][0]["id"] = "v-out-b"
+    cid = await vol_customer(bk, "renamed", billing_mode="postpaid")
+    await november_usage(bk, cid)
+    await bk.close(CLOSED)
+    renamed = vol("v2", "2026-11-01T00:00:00Z", "16", "8", rule="v-out-b")
     await bk.add_book(renamed)
     bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
-    seen = await rerating.preview(bk.db, bk.service.engine.books, spec("v2"))
+    seen = await previewed(bk, spec("v2"))
     assert seen["delta"] == "-0.26" and seen["errors"] == []
-    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    done = await applied(bk, spec("v2"))
     assert done["delta"] == "-0.26"
     [line] = [ln for ln in done["customers"][0]["lines"] if ln["token_type"] == "volume_true_up"]
     assert (line["old_amount"], line["new_amount"], line["delta"]) == ("-1.00", "-0.80", "0.20")
-    assert (await rerating.preview(bk.db, bk.service.engine.books, spec("v2")))["customers"] == []
+    assert (await previewed(bk, spec("v2")))["customers"] == []
     [november] = await bk.invoices(cid)
     assert (november["total"], november["subtotals"]["true_ups"]) == ("1.30", "-1.00")
     upcoming = await bk.upcoming(cid)
@@ -376,15 +376,12 @@ async def test_a_volume_rule_renamed_mid_period_is_trued_up_under_each_name(fres
     November is $2.70 (270,000 at $10/M, as with one name)."""
     bk = BillingKit(fresh_db)
     await bk.add_book(V1)
-    renamed = vol("v2", "2026-11-15T00:00:00Z", "20", "10")
-    renamed["rules"][0]["id"] = "v-out-b"
+    renamed = vol("v2", "2026-11-15T00:00:00Z", "20", "10", rule="v-out-b")
     await bk.add_book(renamed)
     bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
     cid = await bk.customer("renamed-close", billing_mode="postpaid", book="vol")
-    for day, tokens in [(5, 120_000), (20, 150_000)]:
-        bk.clock.now = datetime(2026, 11, day, 12, tzinfo=UTC)
-        await bk.event(cid, "model-v", 0, tokens)
-    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    await november_usage(bk, cid, [(5, 120_000), (20, 150_000)])
+    await bk.close(CLOSED)
     [november] = await bk.invoices(cid)
     assert sorted((ln["rule_id"], ln["amount"]) for ln in november["lines"] if ln["kind"] == "volume_true_up") == [
         ("v-out", "-1.00"), ("v-out-b", "-1.00")]
@@ -416,12 +413,11 @@ async def test_a_rerate_of_one_book_counts_what_the_lots_paid_of_the_period_unde
     await bk.service.change_customer(cid, {"price_book": "fb"}, "test")
     bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
     await bk.event(cid, "model-v", 0, 100_000)
-    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    await bk.close(CLOSED)
     bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
     for book, price, delta in [("fa", "0", "-3.00"), ("fb", "5", "-0.50")]:
         await bk.add_book(_flat(book, "v2", "2026-11-01T00:00:00Z", price))
-        done = await rerating.apply(bk.db, bk.service.engine, rerating.RerateSpec(book, "v2", NOV_1, DEC_1, None),
-                                    None)
+        done = await applied(bk, rerating.RerateSpec(book, "v2", NOV_1, DEC_1, None))
         assert done["delta"] == delta
     assert await live_lots(bk, cid) == {grant.grant.id: ("grant", 9_500_000_000)}
     await verified(bk)
@@ -457,13 +453,13 @@ async def test_a_second_rerate_counts_what_a_rerate_of_late_and_own_charges_gave
     oct_1, oct_2 = datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 10, 2, tzinfo=UTC)
     await bk.add_book(vol("v2", "2026-10-01T00:00:00Z", "12", "6"))
     bk.clock.now = datetime(2026, 11, 12, tzinfo=UTC)
-    first = await rerating.apply(bk.db, bk.service.engine, spec("v2", oct_1), None)
+    first = await applied(bk, spec("v2", oct_1))
     assert first["delta"] == "-0.36"
     assert await live_lots(bk, cid) == {grant.grant.id: ("grant", 80_000_000),
                                         top_up.grant.id: ("topup", 4_880_000_000)}
     await bk.add_book(vol("v3", "2026-10-02T00:00:00Z", "4", "2"))
     bk.clock.now = datetime(2026, 11, 13, tzinfo=UTC)
-    second = await rerating.apply(bk.db, bk.service.engine, spec("v3", oct_2), None)
+    second = await applied(bk, spec("v3", oct_2))
     assert second["delta"] == "-0.36"
     assert await live_lots(bk, cid) == {grant.grant.id: ("grant", 320_000_000),
                                         top_up.grant.id: ("topup", 5_000_000_000)}
@@ -499,13 +495,13 @@ async def test_a_rerate_of_own_charges_alone_counts_what_a_rerate_with_late_char
     assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 4_700_000_000)}
     await bk.add_book(vol("v2", "2026-10-01T00:00:00Z", "12", "6"))
     bk.clock.now = datetime(2026, 11, 12, tzinfo=UTC)
-    first = await rerating.apply(bk.db, bk.service.engine, spec("v2", datetime(2026, 10, 1, tzinfo=UTC)), None)
+    first = await applied(bk, spec("v2", datetime(2026, 10, 1, tzinfo=UTC)))
     assert first["delta"] == "-0.32"
     assert await live_lots(bk, cid) == {grant.grant.id: ("grant", 120_000_000),
                                         top_up.grant.id: ("topup", 4_900_000_000)}
     await bk.add_book(vol("v3", "2026-11-01T00:00:00Z", "4", "2"))
     bk.clock.now = datetime(2026, 11, 13, tzinfo=UTC)
-    second = await rerating.apply(bk.db, bk.service.engine, spec("v3", NOV_1), None)
+    second = await applied(bk, spec("v3", NOV_1))
     assert second["delta"] == "-0.20"
     assert await live_lots(bk, cid) == {grant.grant.id: ("grant", 220_000_000),
                                         top_up.grant.id: ("topup", 5_000_000_000)}
@@ -528,23 +524,18 @@ async def test_a_second_rerate_of_part_of_a_period_counts_the_charges_left_under
     `v-out` again moves the same: the 20th counts under the name the 5th moved to from `v-out-b`,
     whose -$0.80 goes back to 0 beside `v-out`'s -$0.79 (one row: -$0.80 -> -$0.79)."""
     bk = BillingKit(fresh_db)
-    await bk.add_book(V1)
-    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
-    cid = await bk.customer("renamed-twice", billing_mode="postpaid", book="vol")
-    for day, tokens in [(5, 60_000), (20, 70_000)]:
-        bk.clock.now = datetime(2026, 11, day, 12, tzinfo=UTC)
-        await bk.event(cid, "model-v", 0, tokens)
-    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    cid = await vol_customer(bk, "renamed-twice", billing_mode="postpaid")
+    await november_usage(bk, cid)
+    await bk.close(CLOSED)
     bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
     for version, start, low, high in [("v2", "2026-11-01T00:00:00Z", "16", "8"),
                                       ("v3", "2026-11-02T00:00:00Z", "18", "9")]:
-        renamed = vol(version, start, low, high)
-        renamed["rules"][0]["id"] = "v-out-b" if version == "v2" else v3_name
+        renamed = vol(version, start, low, high, rule="v-out-b" if version == "v2" else v3_name)
         await bk.add_book(renamed)
         if version == "v2":
-            assert (await rerating.apply(bk.db, bk.service.engine, spec("v2"), None))["delta"] == "-0.26"
+            assert (await applied(bk, spec("v2")))["delta"] == "-0.26"
     half = rerating.RerateSpec("vol", "v3", NOV_2, datetime(2026, 11, 15, tzinfo=UTC), None)
-    done = await rerating.apply(bk.db, bk.service.engine, half, None)
+    done = await applied(bk, half)
     assert done["delta"] == "0.13"
     [line] = [ln for ln in done["customers"][0]["lines"] if ln["token_type"] == "volume_true_up"]
     assert (line["old_amount"], line["new_amount"], line["delta"]) == ("-0.80", "-0.79", "0.01")
@@ -564,13 +555,9 @@ async def test_a_partial_rerate_counts_a_charge_left_under_its_rule_when_the_ver
     the 5th was counted under `v-eu` as if renamed: 130,000 at $8/M = $1.04 (true-up -$1.28) and
     November stood at $1.04, the us usage at the eu volume price."""
     bk = BillingKit(fresh_db)
-    await bk.add_book(V1)
-    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
-    cid = await bk.customer("split", billing_mode="postpaid", book="vol")
-    for day, tokens, region in [(5, 60_000, "us"), (20, 70_000, "eu")]:
-        bk.clock.now = datetime(2026, 11, day, 12, tzinfo=UTC)
-        await bk.event(cid, "model-v", 0, tokens, dimensions={"region": region})
-    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    cid = await vol_customer(bk, "split", billing_mode="postpaid")
+    await november_usage(bk, cid, [(5, 60_000, "us"), (20, 70_000, "eu")])
+    await bk.close(CLOSED)
     assert (await bk.service.wallet(cid)).receivable == 1_300_000_000
     fix = vol("v2", "2026-11-01T00:00:00Z", "20", "10")
     fix["rules"].append({"id": "v-eu", "model": "model-v", "token_type": "output", "match": {"region": "eu"},
@@ -578,7 +565,7 @@ async def test_a_partial_rerate_counts_a_charge_left_under_its_rule_when_the_ver
                                                           {"up_to": None, "price": "8"}]})
     await bk.add_book(fix)
     bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
-    done = await rerating.apply(bk.db, bk.service.engine, spec("v2", datetime(2026, 11, 10, tzinfo=UTC)), None)
+    done = await applied(bk, spec("v2", datetime(2026, 11, 10, tzinfo=UTC)))
     assert done["delta"] == "1.02", done
     assert (await bk.service.wallet(cid)).receivable == 2_320_000_000
     await verified(bk)
@@ -597,13 +584,9 @@ async def test_a_partial_rerate_to_a_version_that_split_the_rule_in_two_keeps_th
     there, 80,000 at $8/M = $0.64 against $1.52 charged (true-up -$0.88): -$0.96, November at $1.04,
     where the same re-rate with the 15th in eu and the 20th in us moved -$0.08."""
     bk = BillingKit(fresh_db)
-    await bk.add_book(V1)
-    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
-    cid = await bk.customer("split2", billing_mode="postpaid", book="vol")
-    for day, tokens, region in [(5, 60_000, "us"), (15, 20_000, "us"), (20, 20_000, "eu")]:
-        bk.clock.now = datetime(2026, 11, day, 12, tzinfo=UTC)
-        await bk.event(cid, "model-v", 0, tokens, dimensions={"region": region})
-    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    cid = await vol_customer(bk, "split2", billing_mode="postpaid")
+    await november_usage(bk, cid, [(5, 60_000, "us"), (15, 20_000, "us"), (20, 20_000, "eu")])
+    await bk.close(CLOSED)
     assert (await bk.service.wallet(cid)).receivable == 2_000_000_000
     fix = vol("v2", "2026-11-01T00:00:00Z", "20", "10")
     fix["rules"] = [{**fix["rules"][0], "id": "v-us", "match": {"region": "us"}},
@@ -612,7 +595,7 @@ async def test_a_partial_rerate_to_a_version_that_split_the_rule_in_two_keeps_th
                                                       {"up_to": None, "price": "8"}]}]
     await bk.add_book(fix)
     bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
-    done = await rerating.apply(bk.db, bk.service.engine, spec("v2", datetime(2026, 11, 10, tzinfo=UTC)), None)
+    done = await applied(bk, spec("v2", datetime(2026, 11, 10, tzinfo=UTC)))
     assert done["delta"] == "-0.08", done
     assert (await bk.service.wallet(cid)).receivable == 1_920_000_000
     await verified(bk)
