@@ -15,21 +15,25 @@ import pytest
 from billing_kit import BillingKit
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-from test_rerate_volume_true_up import V1, live_lots, spec, verified, vol
+from test_rerate_volume_true_up import (
+    CLOSED,
+    V1,
+    applied,
+    lines,
+    live_lots,
+    november_usage,
+    spec,
+    verified,
+    vol,
+    vol_customer,
+)
 
 from ledger.audit import trial_balance, verify
-from wallets import chart, rerating
+from wallets import chart
 from wallets.audit import WALLET_CHECKS
 
 CENT = 10_000_000  # atomic units (9 decimals) of $0.01
-CLOSE = datetime(2026, 12, 1, 1, tzinfo=UTC)  # November's close
 NOV_25 = datetime(2026, 11, 25, tzinfo=UTC)  # a grant's expiry before the close
-
-
-async def _november(bk: BillingKit, cid: str) -> None:
-    for day, tokens in [(5, 60_000), (20, 70_000)]:
-        bk.clock.now = datetime(2026, 11, day, 12, tzinfo=UTC)
-        await bk.event(cid, "model-v", 0, tokens)
 
 
 async def _lots(bk: BillingKit, cid: str) -> list[tuple[str, int]]:
@@ -44,13 +48,6 @@ async def _credited(bk: BillingKit, account: str) -> int:
 
 async def _breakage(bk: BillingKit) -> int:
     return await _credited(bk, chart.breakage_account("USD"))
-
-
-async def _vol_customer(bk: BillingKit, cid: str, billing_mode: str = "prepaid") -> str:
-    """Customer `cid` on book `vol` (V1), made November 1st at 09:00."""
-    await bk.add_book(V1)
-    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
-    return await bk.customer(cid, billing_mode=billing_mode, book="vol")
 
 
 async def _lot(bk: BillingKit, cid: str, kind: str, amount: str, expires_at: datetime | None = None) -> str:
@@ -77,10 +74,10 @@ async def test_a_close_s_true_up_of_promotion_paid_usage_goes_back_to_the_promot
     """A $5.00 grant pays the $2.30 ($2.70 left). The true-up's $1.00 back goes to it: $3.70, and
     no paid credit lot. Before, the grant stayed at $2.70 and a $1.00 top-up lot opened."""
     bk = BillingKit(fresh_db)
-    cid = await _vol_customer(bk, "promoted")
+    cid = await vol_customer(bk, "promoted")
     grant = await bk.grant(cid, "5.00")
-    await _november(bk, cid)
-    await bk.close(CLOSE)
+    await november_usage(bk, cid)
+    await bk.close(CLOSED)
     lots = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants}  # spent lots too
     assert lots == {grant.grant.id: ("grant", 370 * CENT)}
     [invoice] = await bk.invoices(cid)
@@ -94,12 +91,12 @@ async def test_a_close_s_true_up_goes_back_to_the_lots_that_paid_the_last_consum
     the top-up the other $0.30 ($4.70 left). The $1.00 back: $0.30 to the top-up (consumed last,
     $5.00), $0.70 to the grant (it paid $2.00: $0.70 left). No new lot."""
     bk = BillingKit(fresh_db)
-    cid = await _vol_customer(bk, "mixed")
+    cid = await vol_customer(bk, "mixed")
     await bk.grant(cid, "2.00")
     await bk.top_up(cid, "5.00")
-    await _november(bk, cid)
+    await november_usage(bk, cid)
     assert await _lots(bk, cid) == [("topup", 470 * CENT)]
-    await bk.close(CLOSE)
+    await bk.close(CLOSED)
     assert await _lots(bk, cid) == [("grant", 70 * CENT), ("topup", 500 * CENT)]
     await verified(bk)
 
@@ -109,10 +106,10 @@ async def test_a_close_s_true_up_of_an_expired_grant_s_usage_goes_to_breakage(fr
     the close, so the $1.00 back goes to breakage (had the usage cost less, the difference would
     have expired with it), not to a paid lot."""
     bk = BillingKit(fresh_db)
-    cid = await _vol_customer(bk, "expired")
+    cid = await vol_customer(bk, "expired")
     await bk.grant(cid, "5.00", expires_at=NOV_25)
-    await _november(bk, cid)
-    await bk.close(CLOSE)
+    await november_usage(bk, cid)
+    await bk.close(CLOSED)
     assert await _lots(bk, cid) == []
     assert await _breakage(bk) == 100 * CENT  # the grant's $2.70 left is not swept here (no expiry job ran)
     await verified(bk)
@@ -146,7 +143,7 @@ async def test_a_close_s_true_ups_of_two_models_promotion_paid_usage_all_go_back
     await bk.event(cid, "model-x", 0, 200_000)
     await bk.event(cid, "model-y", 0, 120_000)
     assert await _lots(bk, cid) == [("grant", 76 * CENT)]
-    await bk.close(CLOSE)
+    await bk.close(CLOSED)
     assert await live_lots(bk, cid) == {grant.grant.id: ("grant", 436 * CENT)}
     [invoice] = await bk.invoices(cid)
     assert sorted(ln["amount"] for ln in invoice["lines"] if ln["kind"] == "volume_true_up") == ["-1.80", "-1.80"]
@@ -171,7 +168,7 @@ async def test_a_close_s_true_ups_of_two_rules_rating_the_same_charge_take_back_
     bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
     await bk.event(cid, "model-x", 200_000, 120_000)
     assert await _lots(bk, cid) == [("topup", 376 * CENT)]
-    await bk.close(CLOSE)
+    await bk.close(CLOSED)
     assert await _lots(bk, cid) == [("grant", 236 * CENT), ("topup", 500 * CENT)]
     await verified(bk)
 
@@ -195,8 +192,8 @@ async def test_a_close_s_true_up_gives_nothing_back_to_what_paid_a_late_charge_o
     assert await _lots(bk, cid) == []
     bk.clock.now = datetime(2026, 11, 3, 12, tzinfo=UTC)
     grant = await bk.grant(cid, "5.00")
-    await _november(bk, cid)
-    await bk.close(CLOSE)
+    await november_usage(bk, cid)
+    await bk.close(CLOSED)
     assert await live_lots(bk, cid) == {grant.grant.id: ("grant", 370 * CENT)}
     november = [i for i in await bk.invoices(cid) if i["period"]["label"] == "2026-11"]
     assert [ln["amount"] for ln in november[0]["lines"] if ln["kind"] == "volume_true_up"] == ["-1.00"]
@@ -227,10 +224,10 @@ async def test_a_close_s_true_up_gives_each_charge_s_payers_what_that_charge_was
     the grant ($0.60 and $4.30). Before, the top-up (consumed last) took the whole $1.00: $0.40 of
     what the promotion overpaid became paid (refundable) credit."""
     bk = BillingKit(fresh_db)
-    cid = await _vol_customer(bk, "per-charge")
+    cid = await vol_customer(bk, "per-charge")
     top_up, grant = await _paid_per_charge(bk, cid, ("topup", "1.20"), ("grant", "5.00"))
     assert await _lots(bk, cid) == [("grant", 390 * CENT)]
-    await bk.close(CLOSE)
+    await bk.close(CLOSED)
     assert await live_lots(bk, cid) == {top_up: ("topup", 60 * CENT), grant: ("grant", 430 * CENT)}
     await verified(bk)
 
@@ -243,9 +240,9 @@ async def test_a_close_s_true_up_takes_off_what_is_owed_only_what_the_receivable
     Before, the receivable took all $1.00 (what it paid bounded it, not what its charge was
     overcharged): $0.40 of the promotion's overpayment paid off cash the customer owed."""
     bk = BillingKit(fresh_db)
-    cid = await _vol_customer(bk, "owes", billing_mode="postpaid")
+    cid = await vol_customer(bk, "owes", billing_mode="postpaid")
     _, grant = await _paid_per_charge(bk, cid, None, ("grant", "5.00"))
-    await bk.close(CLOSE)
+    await bk.close(CLOSED)
     assert await live_lots(bk, cid) == {grant: ("grant", 430 * CENT)}
     [invoice] = await bk.invoices(cid)
     assert invoice["amount_due"] == "0.60"
@@ -269,7 +266,7 @@ async def test_a_rerate_s_correction_of_a_close_s_true_up_gives_each_charge_s_pa
     cid = "per-charge-rerated"
     top_up, grant = await _closed_per_charge(bk, cid, grant_expires=None)
     done = await _rerated(bk, "20", "5")
-    assert _lines(done) == [("output", "1.10", "0.95", "-0.15"),
+    assert lines(done) == [("output", "1.10", "0.95", "-0.15"),
                             ("volume_true_up", "-1.00", "-1.50", "-0.50")]
     assert await live_lots(bk, cid) == {top_up: ("topup", 90 * CENT), grant: ("grant", 465 * CENT)}
     await verified(bk)
@@ -280,7 +277,7 @@ async def test_a_rerate_s_correction_of_a_close_s_true_up_gives_each_charge_s_pa
     # ($4.65 + $0.03 + $0.04 = $4.72 = $5.00 - $0.28). Counting the close's record alone, the top-up
     # would get all $0.10 ($0.96 - $0.60 due): $1.00 and $4.68.
     await bk.add_book(vol("v3", "2026-11-02T00:00:00Z", "20", "4"))
-    again = await rerating.apply(bk.db, bk.service.engine, spec("v3", datetime(2026, 11, 2, tzinfo=UTC)), None)
+    again = await applied(bk, spec("v3", datetime(2026, 11, 2, tzinfo=UTC)))
     assert again["delta"] == "-0.13", again
     assert await live_lots(bk, cid) == {top_up: ("topup", 96 * CENT), grant: ("grant", 472 * CENT)}
     await verified(bk)
@@ -308,7 +305,7 @@ async def test_a_rerate_that_posts_no_entry_keeps_what_it_gave_back_of_each_char
     lots = {top_up: ("topup", 60 * CENT), grant: ("grant", 430 * CENT)}
     done = await _rerated(bk, "30", "10")
     assert done["delta"] == "0.00" and done["customers"][0]["entry_ids"] == [], done
-    assert _lines(done) == [("output", "2.30", "3.30", "1.00"),
+    assert lines(done) == [("output", "2.30", "3.30", "1.00"),
                             ("volume_true_up", "-1.00", "-2.00", "-1.00")]
     assert await live_lots(bk, cid) == lots  # nothing moved
     await verified(bk)
@@ -328,7 +325,7 @@ async def test_a_rerate_that_posts_no_entry_keeps_what_it_gave_back_of_each_char
         with pytest.raises(DBAPIError, match="not allowed"):
             await bk.db.run(lambda conn, s=sql: conn.execute(text(s), {"c": cid}))
     await bk.add_book(vol("v3", "2026-11-02T00:00:00Z", "30", "5"))
-    again = await rerating.apply(bk.db, bk.service.engine, spec("v3", datetime(2026, 11, 2, tzinfo=UTC)), None)
+    again = await applied(bk, spec("v3", datetime(2026, 11, 2, tzinfo=UTC)))
     assert again["delta"] == "-0.65", again
     assert await live_lots(bk, cid) == {top_up: ("topup", 90 * CENT), grant: ("grant", 465 * CENT)}
     await verified(bk)
@@ -374,11 +371,11 @@ async def test_verify_ties_a_close_s_record_to_its_true_up_line_and_each_row_to_
     Each damage below, made by hand and rolled back, is one problem of verify's credit_notes check;
     before, the close's rows were tied to nothing but their charges, and a row's sign to nothing."""
     bk = BillingKit(fresh_db)
-    cid = await _vol_customer(bk, "per-charge-audited")
+    cid = await vol_customer(bk, "per-charge-audited")
     await _paid_per_charge(bk, cid, ("topup", "1.20"), ("grant", "5.00"))
     bk.clock.now = datetime(2026, 11, 25, 12, tzinfo=UTC)
     await bk.event(cid, "model-v", 0, 10_000)
-    await bk.close(CLOSE)
+    await bk.close(CLOSED)
     fifth, twentieth = sorted(charge for _, charge, _ in await _given(bk, cid, None))
     assert await _given(bk, cid, None) == [("v-out", fifth, 60 * CENT), ("v-out", twentieth, 40 * CENT)]
     done = await _rerated(bk, "20", "5")
@@ -437,12 +434,7 @@ async def _rerated(bk: BillingKit, high: str, low: str, on: datetime = datetime(
     tokens, `low` beyond."""
     await bk.add_book(vol("v2", "2026-11-01T00:00:00Z", high, low))
     bk.clock.now = on
-    return await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
-
-
-def _lines(done: dict) -> list[tuple[str, str, str, str]]:
-    """A re-rate's lines of its one customer: (token type, old amount, new amount, delta)."""
-    return [(ln["token_type"], ln["old_amount"], ln["new_amount"], ln["delta"]) for ln in done["customers"][0]["lines"]]
+    return await applied(bk, spec("v2"))
 
 
 async def _given(bk: BillingKit, cid: str, rerate_id: str | None) -> list[tuple[str, int, int]]:
@@ -459,9 +451,9 @@ async def _closed_per_charge(bk: BillingKit, cid: str,
     """A $1.20 top-up pays the 5th's $1.20, a $5.00 grant (the 6th, expiring January 31st, or at
     `grant_expires`: None, never) the 20th's $1.10; the close gives $0.60 back to the top-up ($0.60)
     and $0.40 to the grant ($4.30). The lots' ids."""
-    await _vol_customer(bk, cid)
+    await vol_customer(bk, cid)
     top_up, grant = await _paid_per_charge(bk, cid, ("topup", "1.20"), ("grant", "5.00", grant_expires))
-    await bk.close(CLOSE)
+    await bk.close(CLOSED)
     assert await live_lots(bk, cid) == {top_up: ("topup", 60 * CENT), grant: ("grant", 430 * CENT)}
     return top_up, grant
 
@@ -482,7 +474,7 @@ async def test_a_true_up_corrected_up_takes_back_of_each_charge_from_what_that_c
     bk = BillingKit(fresh_db)
     top_up, grant = await _closed_per_charge(bk, "taken-back")
     done = await _rerated(bk, "20", "15")
-    assert _lines(done) == [("output", "1.10", "1.25", "0.15"),
+    assert lines(done) == [("output", "1.10", "1.25", "0.15"),
                             ("volume_true_up", "-1.00", "-0.50", "0.50")]
     assert await live_lots(bk, "taken-back") == {top_up: ("topup", 30 * CENT), grant: ("grant", 395 * CENT)}
     await verified(bk)
@@ -522,9 +514,9 @@ async def test_a_true_up_corrected_up_takes_back_from_breakage_what_it_gave_an_e
     not give was paid like usage, by the top-up: $3.65, and breakage kept $0.60: the customer paid
     $0.30 back of money it never got."""
     bk = BillingKit(fresh_db)
-    cid = await _vol_customer(bk, "expired-taken")
+    cid = await vol_customer(bk, "expired-taken")
     _, top_up = await _paid_per_charge(bk, cid, ("grant", "1.20", NOV_25), ("topup", "5.00"))
-    await bk.close(CLOSE)
+    await bk.close(CLOSED)
     assert await live_lots(bk, cid) == {top_up: ("topup", 430 * CENT)}
     assert await _breakage(bk) == 60 * CENT
     done = await _rerated(bk, "20", "15")
@@ -548,9 +540,9 @@ async def test_a_close_s_record_counts_what_an_expired_grant_s_charge_gave_back_
     $0.60 over at $5/M as not given back yet ($0.60 due where $0.20 is), the close's $0.40 counted
     nowhere."""
     bk = BillingKit(fresh_db)
-    cid = await _vol_customer(bk, "expired-record")
+    cid = await vol_customer(bk, "expired-record")
     top_up, _ = await _paid_per_charge(bk, cid, ("topup", "1.20"), ("grant", "5.00", NOV_25))
-    await bk.close(CLOSE)
+    await bk.close(CLOSED)
 
     assert await live_lots(bk, cid) == {top_up: ("topup", 60 * CENT)}
     assert await _breakage(bk) == 40 * CENT
@@ -578,7 +570,7 @@ async def test_a_true_up_corrected_up_more_than_cheaper_charges_nets_each_charge
     bk = BillingKit(fresh_db)
     top_up, grant = await _closed_per_charge(bk, "net-up")
     done = await _rerated(bk, "18", "12")
-    assert _lines(done) == [("output", "2.30", "2.16", "-0.14"),
+    assert lines(done) == [("output", "2.30", "2.16", "-0.14"),
                             ("volume_true_up", "-1.00", "-0.60", "0.40")]
     assert done["delta"] == "0.26", done
     assert await live_lots(bk, "net-up") == {top_up: ("topup", 48 * CENT), grant: ("grant", 416 * CENT)}
@@ -596,10 +588,10 @@ async def test_a_true_up_corrected_up_takes_nothing_from_breakage_for_a_grant_li
     breakage still $0.00. Taking it from breakage (dc4187b) left the top-up at $3.95 and breakage at
     -$0.30: debited for money it never got."""
     bk = BillingKit(fresh_db)
-    cid = await _vol_customer(bk, "live-then-spent")
+    cid = await vol_customer(bk, "live-then-spent")
     grant, top_up = await _paid_per_charge(
         bk, cid, ("grant", "1.20", datetime(2026, 12, 10, tzinfo=UTC)), ("topup", "5.00"))
-    await bk.close(CLOSE)
+    await bk.close(CLOSED)
     assert await live_lots(bk, cid) == {grant: ("grant", 60 * CENT), top_up: ("topup", 430 * CENT)}
     assert await _breakage(bk) == 0
     bk.clock.now = datetime(2026, 12, 3, 12, tzinfo=UTC)
@@ -623,12 +615,12 @@ async def test_a_true_up_corrected_up_takes_nothing_from_breakage_for_an_expired
     the grant, consumed first, expired so from breakage, left the top-up at $3.85 and breakage at
     -$0.30: the grant had got nothing back, so breakage nothing of it."""
     bk = BillingKit(fresh_db)
-    cid = await _vol_customer(bk, "expired-got-nothing")
+    cid = await vol_customer(bk, "expired-got-nothing")
     await bk.grant(cid, "0.50", expires_at=NOV_25)
     top_up = await bk.top_up(cid, "5.00")
-    await _november(bk, cid)
+    await november_usage(bk, cid)
     assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 320 * CENT)}
-    await bk.close(CLOSE)
+    await bk.close(CLOSED)
     assert (await live_lots(bk, cid), await _breakage(bk)) == ({top_up.grant.id: ("topup", 420 * CENT)}, 0)
     done = await _rerated(bk, "20", "15")
     assert done["delta"] == "0.65", done
