@@ -414,6 +414,7 @@ def _table(doc: FPDF, family: str, heading: tuple[str, ...], rows: list[tuple[st
                 doc.set_font(family, style, 9)
                 top = doc.y
             x = doc.l_margin
+            _font_on_page(doc)
             for lines, (width, align) in zip(wrapped, COLUMNS, strict=True):
                 doc.set_x(x)
                 doc.cell(width, height, lines[n] if n < len(lines) else "", align=align)
@@ -435,6 +436,16 @@ def _table(doc: FPDF, family: str, heading: tuple[str, ...], rows: list[tuple[st
     for row in rows:
         draw(row, "")
     doc.set_font(family, "", 9)
+
+
+def _font_on_page(doc: FPDF) -> None:
+    """Has fpdf2 write the current font (set_font only notes it) before a line of text. Given a
+    line that begins in a fallback font, fpdf2 writes the current font inside the line's q ... Q,
+    which forgets it, and then takes it as written: the next cell printed in the font before (a
+    first row whose first line was all CJK, below the bold heading, printed its figures in the
+    bold font's glyph numbers: "1,000" read "UAmmm"). text() writes it first, outside."""
+    if not doc.current_font_is_set_on_page:
+        doc.text(doc.x, doc.y, "")
 
 
 def _measurer(doc: FPDF) -> Any:

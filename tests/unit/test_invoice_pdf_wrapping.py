@@ -76,3 +76,17 @@ def test_a_row_longer_than_a_page_goes_on_over_the_next_pages() -> None:
     found = [text.index(w) for w in words]
     assert found == sorted(found)
     assert "1,000 10.00 per 1M 0.01" in text
+
+
+@pytest.mark.skipif(renderings.cjk_font() is None, reason="no CJK TrueType font on this system (.ci/run installs one)")
+def test_a_first_row_whose_first_line_is_all_cjk_prints_its_figures() -> None:
+    """Below the bold heading, a row whose first line is all in the CJK (fallback) font: fpdf2
+    wrote the regular font inside that line's q ... Q and took it as written, so the figures
+    beside it printed in the bold font's glyph numbers ("1,000 10.00 per 1M 0.01" read
+    "UAmmm Um(mm 1eN UE m(mU"). 80 CJK characters fill more than two 90 mm lines."""
+    row = Row("模型" * 40 + " input", "1,000", "10.00 per 1M", "0.01")
+    reader = PdfReader(io.BytesIO(context_pdf(_context([row]))))
+    printed = [" ".join(line.split()) for line in reader.pages[0].extract_text().splitlines()]
+    assert any(line.endswith("1,000 10.00 per 1M 0.01") for line in printed), printed
+    text = "".join(printed)
+    assert text.count("模") == text.count("型") == 40, printed  # each printed once (a line may part them)
