@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tests.api.apps import api_client
-from tests.api.closing import utc
+from tests.api.closing import close_early, utc
 from wallets.periods import Cycle, period_of
 
 ADMIN = {"Authorization": "Bearer por-admin"}
@@ -37,9 +37,7 @@ async def customer(client, overrides: dict | None, *, effective_from: datetime |
     topped = await client.post(f"/v1/customers/{cid}/topups", headers=ADMIN, json={"amount": "10.00"})
     assert topped.status_code == 201, topped.text
     if overrides is not None:  # in force from an hour ago: the usage events below are that recent
-        body = {**overrides, "effective_from": utc(effective_from or datetime.now(UTC) - timedelta(hours=1))}
-        put = await client.put(f"/v1/customers/{cid}/price-overrides", headers=ADMIN, json=body)
-        assert put.status_code == 201, put.text
+        await put_overrides(client, cid, effective_from or datetime.now(UTC) - timedelta(hours=1), **overrides)
     return cid
 
 
@@ -59,6 +57,33 @@ def charged(trace: dict) -> str:
     return charge["charged"]
 
 
+async def put_overrides(client, cid: str, at: datetime | None = None, **overrides) -> dict:
+    """A new version of `cid`'s price overrides, in force from `at` (None: from the server's now): the answer."""
+    body = {**overrides, **({"effective_from": utc(at)} if at is not None else {})}
+    put = await client.put(f"/v1/customers/{cid}/price-overrides", headers=ADMIN, json=body)
+    assert put.status_code == 201, put.text
+    return put.json()
+
+
+async def book_version(client) -> str:
+    """The book's one version: what a re-rate to the customer's overrides names."""
+    return (await client.get(f"/v1/price-books/{BOOK}", headers=ADMIN)).json()["versions"][0]["version"]
+
+
+async def upcoming_of(client, cid: str) -> dict:
+    return (await client.get(f"/v1/customers/{cid}/invoices/upcoming", headers=ADMIN)).json()
+
+
+async def wallet_of(client, cid: str) -> dict:
+    return (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
+
+
+async def verified(client) -> None:
+    """/v1/audit/verify passes, each failed check shown where not."""
+    answer = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
+    assert answer["ok"], [c for c in answer["checks"] if not c["ok"]]
+
+
 async def test_the_hold_and_the_settle_use_the_contract_price(client) -> None:
     cid = await customer(client, {"contract_prices": [
         {"id": "acme-a-in", "model": "model-a", "token_type": "input", "price": "8.00"}]})
@@ -75,7 +100,7 @@ async def test_the_hold_and_the_settle_use_the_contract_price(client) -> None:
     assert settled.json()["charged"] == "0.83"
     [line] = [ln for ln in settled.json()["lines"] if ln["token_type"] == "input"]
     assert line["unit_price"] == "8.00" and line["amount"] == "0.80" and line["override_id"] == "acme-a-in"
-    wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
+    wallet = await wallet_of(client, cid)
     assert wallet["available"] == "9.17" and wallet["reserved"] == "0.00"
     trace = (await client.get(f"/v1/audit/charges/r1?customer_id={cid}", headers=ADMIN)).json()
     [stored] = [ln for ln in trace["charges"][0]["lines"] if ln["token_type"] == "input"]
@@ -110,7 +135,7 @@ async def test_a_discount_is_a_line_of_its_own_on_the_charge_and_the_invoice(cli
     discounts = sorted((ln["token_type"], ln["amount"]) for ln in lines if ln["kind"] == "discount")
     assert discounts == [("input", "-0.10"), ("output", "-0.002"), ("request", "-0.001")]
     assert all(ln["override_id"] == "ten-off" for ln in lines if ln["kind"] == "discount")
-    upcoming = (await client.get(f"/v1/customers/{cid}/invoices/upcoming", headers=ADMIN)).json()
+    upcoming = await upcoming_of(client, cid)
     kinds = {(ln.get("kind"), ln.get("token_type")): ln["amount"] for ln in upcoming["lines"]}
     assert kinds[("discount", "input")] == "-0.10", upcoming["lines"]
 
@@ -150,21 +175,17 @@ async def test_a_free_allowance_pays_until_it_is_spent_in_the_period(client) -> 
     # 0.49 left of the allowance: 1.01 - 0.49 = 0.52 charged
     assert charged(await event(client, cid, now - timedelta(minutes=1), 100_000)) == "0.52"
     assert charged(await event(client, cid, now - timedelta(seconds=30), 100_000)) == "1.01"
-    upcoming = (await client.get(f"/v1/customers/{cid}/invoices/upcoming", headers=ADMIN)).json()
+    upcoming = await upcoming_of(client, cid)
     # the allowance is a line of its own on the invoice: the first event's -1.01 (all of it free:
     # no money moved, no entry, but its usage is billed) and the second's -0.49
     free_lines = [ln for ln in upcoming["lines"] if ln.get("kind") == "free_allowance"]
     assert [ln["amount"] for ln in free_lines] == ["-1.50"], upcoming["lines"]
     [used] = [ln for ln in upcoming["lines"] if ln.get("kind") == "usage"]
     assert (used["quantity"], used["amount"]) == (300_000, "3.00")
-    verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
-    [counters] = [c for c in verified["checks"] if c["name"] == "usage_counters"]
+    checked = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
+    [counters] = [c for c in checked["checks"] if c["name"] == "usage_counters"]
     assert counters["ok"], counters  # the money taken from the allowance is counted as the charges say
-    period = period_of(now, Cycle())
-    closed = await client.post("/v1/billing/close", headers=ADMIN, json={
-        "until": utc(period.end + timedelta(hours=1, seconds=1)), "customer_id": cid, "early": True})
-    assert closed.status_code == 200, closed.text
-    [invoice] = closed.json()["closed"]
+    [invoice] = (await close_early(client, ADMIN, cid, period_of(now, Cycle())))["closed"]
     final = (await client.get(f"/v1/invoices/{invoice['invoice_id']}", headers=ADMIN)).json()
     assert [ln["amount"] for ln in final["lines"] if ln.get("kind") == "free_allowance"] == ["-1.50"]
     for accept in ("text/html", "application/pdf"):  # a line without a token type renders for a person too
@@ -180,10 +201,9 @@ async def test_a_later_version_never_changes_earlier_usage_and_a_rerate_previews
     early = await event(client, cid, now - timedelta(hours=2), 100_000)
     late = await event(client, cid, now - timedelta(minutes=10), 100_000)
     assert charged(early) == charged(late) == "0.81"  # 0.80 + the call fee
-    put = await client.put(f"/v1/customers/{cid}/price-overrides", headers=ADMIN, json={
-        "effective_from": utc(now - timedelta(minutes=30)),
-        "contract_prices": [{"id": "c5", "model": "model-a", "token_type": "input", "price": "5.00"}]})
-    assert put.status_code == 201 and put.json()["version"] == 2, put.text
+    put = await put_overrides(client, cid, now - timedelta(minutes=30), contract_prices=[
+        {"id": "c5", "model": "model-a", "token_type": "input", "price": "5.00"}])
+    assert put["version"] == 2, put
     after = await event(client, cid, now - timedelta(minutes=5), 100_000)
     assert charged(after) == "0.51"  # 0.50 + the call fee
     for trace in (early, late):  # what was charged stays: history is never rewritten
@@ -191,8 +211,7 @@ async def test_a_later_version_never_changes_earlier_usage_and_a_rerate_previews
                                  headers=ADMIN)
         assert charged(again.json()) == "0.81"
     preview = await client.post("/v1/rerate", headers=ADMIN, json={
-        "price_book": BOOK, "version": (await client.get(f"/v1/price-books/{BOOK}", headers=ADMIN)
-                                        ).json()["versions"][0]["version"],
+        "price_book": BOOK, "version": await book_version(client),
         "from": utc(now - timedelta(hours=3)), "to": utc(now), "customer_id": cid, "mode": "preview"})
     assert preview.status_code == 200, preview.text
     # only the usage at now-10min falls under version 2 ($5/M): 0.80 -> 0.50
@@ -209,18 +228,12 @@ async def test_a_rerate_applied_after_a_backdated_version_gives_the_difference_b
         effective_from=now - timedelta(hours=3))
     charged_at_8 = await event(client, cid, now - timedelta(minutes=10), 100_000)
     assert charged(charged_at_8) == "0.81"
-    put = await client.put(f"/v1/customers/{cid}/price-overrides", headers=ADMIN, json={
-        "effective_from": utc(now - timedelta(minutes=30)),
-        "contract_prices": [{"id": "c5", "model": "model-a", "token_type": "input", "price": "5.00"}]})
-    assert put.status_code == 201, put.text
-    version = (await client.get(f"/v1/price-books/{BOOK}", headers=ADMIN)).json()["versions"][0]["version"]
-    applied = await client.post("/v1/rerate", headers=ADMIN, json={
-        "price_book": BOOK, "version": version, "from": utc(now - timedelta(hours=3)), "to": utc(now),
-        "customer_id": cid, "mode": "apply"})
-    assert applied.status_code == 200, applied.text
-    assert applied.json()["customers"][0]["delta"] == "-0.30"
+    await put_overrides(client, cid, now - timedelta(minutes=30), contract_prices=[
+        {"id": "c5", "model": "model-a", "token_type": "input", "price": "5.00"}])
+    applied = await rerate(client, cid, now - timedelta(hours=3), now)
+    assert applied["customers"][0]["delta"] == "-0.30"
     # 10.00 topped up, 0.81 charged, 0.30 given back
-    assert (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()["available"] == "9.49"
+    assert (await wallet_of(client, cid))["available"] == "9.49"
     trace = (await client.get(f"/v1/audit/charges/{charged_at_8['request_id']}?customer_id={cid}",
                               headers=ADMIN)).json()
     [adjustment] = trace["charges"][0]["adjustments"]
@@ -228,16 +241,14 @@ async def test_a_rerate_applied_after_a_backdated_version_gives_the_difference_b
 
 
 async def backdate(client, cid: str, at: datetime, price: str) -> None:
-    put = await client.put(f"/v1/customers/{cid}/price-overrides", headers=ADMIN, json={
-        "effective_from": utc(at),
-        "contract_prices": [{"id": f"c{price}", "model": "model-a", "token_type": "input", "price": price}]})
-    assert put.status_code == 201, put.text
+    """Overrides from `at` on: model-a input at `price` per 1M (contract price `c<price>`)."""
+    await put_overrides(client, cid, at, contract_prices=[
+        {"id": f"c{price}", "model": "model-a", "token_type": "input", "price": price}])
 
 
 async def rerate(client, cid: str, since: datetime, until: datetime) -> dict:
-    version = (await client.get(f"/v1/price-books/{BOOK}", headers=ADMIN)).json()["versions"][0]["version"]
     applied = await client.post("/v1/rerate", headers=ADMIN, json={
-        "price_book": BOOK, "version": version, "from": utc(since), "to": utc(until),
+        "price_book": BOOK, "version": await book_version(client), "from": utc(since), "to": utc(until),
         "customer_id": cid, "mode": "apply"})
     assert applied.status_code == 200, applied.text
     assert applied.json()["errors"] == [], applied.text
@@ -259,16 +270,15 @@ async def test_a_second_backdated_override_is_rerated_under_the_same_book_versio
     assert second["customers"][0]["old_amount"] == "0.50" and second["customers"][0]["new_amount"] == "0.30"
     again = await rerate(client, cid, now - timedelta(hours=3), now)  # the same re-rate: nothing more moves
     assert again["delta"] == "-0.20" and again["rerate_id"] == second["rerate_id"]
-    upcoming = (await client.get(f"/v1/customers/{cid}/invoices/upcoming", headers=ADMIN)).json()
+    upcoming = await upcoming_of(client, cid)
     assert upcoming["total"] == "0.31", upcoming  # 0.30 at the latest price + the call fee
     assert [ln["amount"] for ln in upcoming["lines"] if ln["kind"] == "adjustment"] == ["-0.50"]  # both re-rates
-    wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
+    wallet = await wallet_of(client, cid)
     assert wallet["available"] == "9.69"  # 10.00 - 0.81 + 0.30 + 0.20
     again = (await client.get(f"/v1/audit/charges/{trace['request_id']}?customer_id={cid}", headers=ADMIN)).json()
     assert [(a["old_amount"], a["new_amount"]) for a in again["charges"][0]["adjustments"]] == [
         ("0.81", "0.51"), ("0.51", "0.31")]
-    verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
-    assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]
+    await verified(client)
 
 
 async def test_a_second_backdated_override_over_an_invoiced_period_gets_a_credit_note_of_its_own(client) -> None:
@@ -277,11 +287,7 @@ async def test_a_second_backdated_override_over_an_invoiced_period_gets_a_credit
         {"id": "c8", "model": "model-a", "token_type": "input", "price": "8.00"}]},
         effective_from=now - timedelta(hours=3))
     await event(client, cid, now - timedelta(minutes=10), 100_000)
-    period = period_of(now - timedelta(minutes=10), Cycle())
-    closed = await client.post("/v1/billing/close", headers=ADMIN, json={
-        "until": utc(period.end + timedelta(hours=1, seconds=1)), "customer_id": cid, "early": True})
-    assert closed.status_code == 200, closed.text
-    [invoice] = closed.json()["closed"]
+    [invoice] = (await close_early(client, ADMIN, cid, period_of(now - timedelta(minutes=10), Cycle())))["closed"]
     await backdate(client, cid, now - timedelta(minutes=30), "5.00")
     first = await rerate(client, cid, now - timedelta(hours=3), now)
     await backdate(client, cid, now - timedelta(minutes=20), "3.00")
@@ -290,10 +296,9 @@ async def test_a_second_backdated_override_over_an_invoiced_period_gets_a_credit
     assert {n["invoice_id"] for n in first["credit_notes"] + second["credit_notes"]} == {invoice["invoice_id"]}
     notes = (await client.get(f"/v1/customers/{cid}/credit-notes", headers=ADMIN)).json()["credit_notes"]
     assert [n["total"] for n in notes] == ["-0.30", "-0.20"]
-    wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
+    wallet = await wallet_of(client, cid)
     assert wallet["available"] == "9.69"  # 10.00 - 0.81 + 0.30 + 0.20
-    verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
-    assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]
+    await verified(client)
 
 
 async def test_a_free_allowance_a_rerate_spent_on_earlier_usage_is_not_given_again(client) -> None:
@@ -301,17 +306,14 @@ async def test_a_free_allowance_a_rerate_spent_on_earlier_usage_is_not_given_aga
     cid = await customer(client, None)
     for minutes in (50, 49, 48):  # 100,000 x $10/M + the call fee: 1.01 each, 3.03
         assert charged(await event(client, cid, now - timedelta(minutes=minutes), 100_000)) == "1.01"
-    put = await client.put(f"/v1/customers/{cid}/price-overrides", headers=ADMIN, json={
-        "effective_from": utc(now - timedelta(hours=1)), "free_allowances": [{"id": "free-5", "amount": "5.00"}]})
-    assert put.status_code == 201, put.text
+    await put_overrides(client, cid, now - timedelta(hours=1), free_allowances=[{"id": "free-5", "amount": "5.00"}])
     assert (await rerate(client, cid, now - timedelta(hours=1), now))["delta"] == "-3.03"  # the allowance paid them
     # 5.00 - 3.03 = 1.97 of it is left: the next call free, the one after it 0.96 free and 0.05 charged
     assert charged(await event(client, cid, now - timedelta(minutes=2), 100_000)) == "0.00"
     assert charged(await event(client, cid, now - timedelta(minutes=1), 100_000)) == "0.05"
-    upcoming = (await client.get(f"/v1/customers/{cid}/invoices/upcoming", headers=ADMIN)).json()
+    upcoming = await upcoming_of(client, cid)
     assert upcoming["total"] == "0.05", upcoming  # 5 calls, 5.05, the allowance's 5.00 off
-    verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
-    assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]
+    await verified(client)
 
 
 async def test_a_rerate_that_makes_a_free_allowance_pay_less_moves_its_counter_down(client) -> None:
@@ -320,14 +322,11 @@ async def test_a_rerate_that_makes_a_free_allowance_pay_less_moves_its_counter_d
                          effective_from=now - timedelta(hours=2))
     for minutes in (50, 49, 48):  # 1.01 each, all free: 3.03 of the 5.00 taken
         assert charged(await event(client, cid, now - timedelta(minutes=minutes), 100_000)) == "0.00"
-    put = await client.put(f"/v1/customers/{cid}/price-overrides", headers=ADMIN, json={
-        "effective_from": utc(now - timedelta(hours=1)), "free_allowances": [{"id": "free-5", "amount": "1.00"}]})
-    assert put.status_code == 201, put.text
+    await put_overrides(client, cid, now - timedelta(hours=1), free_allowances=[{"id": "free-5", "amount": "1.00"}])
     # the allowance, cut to 1.00 from before those calls, pays 1.00 of them: its counter goes 3.03 -> 1.00
     assert (await rerate(client, cid, now - timedelta(hours=1), now))["delta"] == "2.03"
     assert charged(await event(client, cid, now - timedelta(minutes=2), 100_000)) == "1.01"  # none of it left
-    verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
-    assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]
+    await verified(client)
 
 
 async def test_a_rerate_that_changes_who_pays_but_not_the_charge_moves_the_allowance(client) -> None:
@@ -339,17 +338,14 @@ async def test_a_rerate_that_changes_who_pays_but_not_the_charge_moves_the_allow
                          effective_from=now - timedelta(hours=2))
     for minutes in (50, 49, 48):  # 1.01 each, all free: 3.03 of the 5.00 taken
         assert charged(await event(client, cid, now - timedelta(minutes=minutes), 100_000)) == "0.00"
-    put = await client.put(f"/v1/customers/{cid}/price-overrides", headers=ADMIN, json={
-        "effective_from": utc(now - timedelta(hours=1)), "free_allowances": [{"id": "free-5", "amount": "5.00"}],
-        "discounts": [{"id": "half", "model": "model-a", "percent": "50"}]})
-    assert put.status_code == 201, put.text
+    await put_overrides(client, cid, now - timedelta(hours=1), free_allowances=[{"id": "free-5", "amount": "5.00"}],
+                        discounts=[{"id": "half", "model": "model-a", "percent": "50"}])
     result = await rerate(client, cid, now - timedelta(hours=1), now)
     assert result["delta"] == "0.00", result
     # the allowance paid 3 x 0.505 = 1.515 of them: 3.485 left. 700,000 tokens: 7.01, half off 3.505,
     # the allowance 3.485 of it, 0.02 charged (1.535 with the 1.97 the counter said before)
     assert charged(await event(client, cid, now - timedelta(minutes=2), 700_000)) == "0.02"
-    verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
-    assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]
+    await verified(client)
 
 
 async def test_a_rerate_ending_before_later_usage_leaves_that_usage_its_share_of_the_allowance(client) -> None:
@@ -361,20 +357,17 @@ async def test_a_rerate_ending_before_later_usage_leaves_that_usage_its_share_of
     assert charged(await event(client, cid, now - timedelta(minutes=50), 100_000)) == "0.00"  # 1.01, free
     assert charged(await event(client, cid, now - timedelta(minutes=40), 300_000)) == "0.00"  # 3.01, free
     assert charged(await event(client, cid, now - timedelta(minutes=30), 200_000)) == "1.03"  # 2.01: 0.98 free
-    put = await client.put(f"/v1/customers/{cid}/price-overrides", headers=ADMIN, json={
-        "effective_from": utc(now - timedelta(minutes=55)), "free_allowances": [{"id": "free-5", "amount": "5.00"}],
-        "contract_prices": [{"id": "c20", "model": "model-a", "token_type": "input", "price": "20.00"}]})
-    assert put.status_code == 201, put.text
+    await put_overrides(client, cid, now - timedelta(minutes=55), free_allowances=[{"id": "free-5", "amount": "5.00"}],
+                        contract_prices=[{"id": "c20", "model": "model-a", "token_type": "input", "price": "20.00"}])
     # the first two calls at $20/M: 2.01 and 6.01; the allowance has 5.00 - 0.98 = 4.02 left for
     # them (the third call, after the range, keeps its 0.98): 8.02 - 4.02 = 4.00 more to pay
     result = await rerate(client, cid, now - timedelta(minutes=60), now - timedelta(minutes=35))
     assert result["delta"] == "4.00", result
-    upcoming = (await client.get(f"/v1/customers/{cid}/invoices/upcoming", headers=ADMIN)).json()
+    upcoming = await upcoming_of(client, cid)
     assert upcoming["total"] == "5.03", upcoming  # 2.01 + 6.01 + 2.01 used, 5.00 of it free
     # the allowance is spent: the next call pays in full
     assert charged(await event(client, cid, now - timedelta(minutes=2), 100_000)) == "2.01"
-    verified = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
-    assert verified["ok"], [c for c in verified["checks"] if not c["ok"]]
+    await verified(client)
 
 
 async def test_overrides_set_now_take_effect_after_a_usage_event_timed_ahead_and_charged_before_them(
@@ -388,8 +381,7 @@ async def test_overrides_set_now_take_effect_after_a_usage_event_timed_ahead_and
         {"id": "c8", "model": "model-a", "token_type": "input", "price": "8.00"}]})
     ahead = now.replace(microsecond=0) + timedelta(seconds=120)
     assert charged(await event(client, cid, ahead, 100_000)) == "0.81"  # 0.80 + the call fee
-    put = await client.put(f"/v1/customers/{cid}/price-overrides", headers=ADMIN, json={
-        "contract_prices": [{"id": "c5", "model": "model-a", "token_type": "input", "price": "5.00"}]})
-    assert put.status_code == 201, put.text
-    assert datetime.fromisoformat(put.json()["effective_from"]) == ahead + timedelta(microseconds=1), put.json()
+    put = await put_overrides(client, cid, contract_prices=[
+        {"id": "c5", "model": "model-a", "token_type": "input", "price": "5.00"}])  # no effective_from: now
+    assert datetime.fromisoformat(put["effective_from"]) == ahead + timedelta(microseconds=1), put
     assert charged(await event(client, cid, ahead + timedelta(seconds=1), 100_000)) == "0.51"  # $5/M from then
