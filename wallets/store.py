@@ -892,6 +892,22 @@ async def load_payers(conn: AsyncConnection, w: Wallet, accounts: Iterable[str],
         more = await load(conn, [w.customer.id], now=now, lot_codes=codes)
         for code, lot in more.wallets[w.customer.id].lots.items():
             w.lots.setdefault(code, lot)
+    closed = sorted(a for a in accounts if a in w.lots and (w.lots[a].swept or w.lots[a].revoked))
+    if closed:
+        lane = int(await _lane(conn, [w.customer.id]) or 0)
+        # what each held when it closed: a sweep's remainder (expired_amount), a whole revocation's
+        # amount (the last reversal debiting it: the one that closed it)
+        rows = await conn.exec_driver_sql(
+            f"""SELECT l.account_code, CASE WHEN l.revoked_at IS NOT NULL THEN coalesce((
+                       SELECT p.amount FROM postings p JOIN journal_entries j ON j.lane = p.lane AND j.id = p.entry_id
+                        WHERE p.lane = l.lane AND p.account_id = l.account_id AND p.amount > 0
+                          AND j.kind = 'grant_reversal'
+                        ORDER BY p.entry_id DESC LIMIT 1), 0)
+                       ELSE coalesce(l.expired_amount, 0) END
+                 FROM lots l WHERE l.lane = {lane} AND l.customer_id = %(customer)s
+                  AND l.account_code = ANY(%(codes)s::text[])""", {"customer": w.customer.id, "codes": closed})
+        for code, amount in rows:
+            w.lots[code].closed_with = int(amount)
 
 
 async def true_ups_posted(conn: AsyncConnection, customer_id: str, period: str) -> dict[str, int]:

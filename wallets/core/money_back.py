@@ -117,25 +117,38 @@ def each_charge_first(shares: dict[str, int], taken: dict[tuple[int, str], int],
 
 def take_back(w: Wallet, takes: Mapping[int, int], payers: Mapping[int, Sequence[tuple[str, int]]],
               now: datetime, most: int | None = None, expired_by: datetime | None = None,
-              given: Mapping[int, int] | None = None) -> dict[str, int]:
+              given: Mapping[int, int] | None = None, gets: Mapping[str, int] | None = None) -> dict[str, int]:
     """What a true-up corrected up takes back of each charge (`takes`: charge id -> units > 0), from
     what paid that charge (`payers`: charge id -> (account, units)), the reverse of how the money
-    back reached it (each_charge_first): the live lots that paid it, the first consumed first, each
-    up to what it paid of it and still has (one expired by `expired_by`, the period's end, before
-    any true-up gave back: what it paid, for what was given back to it went to breakage,
-    taken_from); then the receivable, up to what it paid of it; in all at most `most`. Account ->
-    units. What none of them can give (a lot spent since, a grant revoked, one that expired after
-    the period's end: live at the close, what came back to it may have been spent before it
-    expired, and breakage got only what was left then) is the caller's to take as usage is, from
-    the live lots in consumption order. With `given` (charge id -> what the true-ups before gave
-    back of it), each takes at most what it got of that: the receivable first, then the lots the
-    last consumed first, each up to what it paid (each_charge_first), so a lot the money back did
-    not reach gives none (an expired one none from breakage)."""
+    back reached it (each_charge_first): the lots that paid it, the first consumed first, each up to
+    what it paid of it and still has; then the receivable, up to what it paid of it; in all at most
+    `most`. Account -> units. A lot closed since takes it from where its money went (taken_from): one
+    expired by `expired_by`, the period's end, before any true-up gave back, what it paid, for what
+    was given back to it went to breakage; one closed after it (live at the close: expired, or a
+    grant revoked in whole), up to what it held when it closed (`Lot.closed_with`, an expired one
+    not swept yet its balance) and what it `gets` back beside it (a decrease's share, which goes
+    where its money went too): had the close known the price, it would have held that much less
+    then, and breakage (or the revocation) got that much less. What none of them can give (a lot
+    spent since, one closed holding less than what came back to it: spent before it closed) is the
+    caller's to take as usage is, from the live lots in consumption order: had the lot got less
+    back, that usage would have fallen on the lots after it. With `given` (charge id -> what the
+    true-ups before gave back of it), each takes at most what it got of that: the receivable first,
+    then the lots the last consumed first, each up to what it paid (each_charge_first), so a lot the
+    money back did not reach gives none (an expired one none from breakage)."""
     receivable = chart.receivable_account(w.customer.id)
     order = last_consumed_first(w)
-    have = {code: lot.balance for code, lot in w.lots.items() if lot.live(now) and lot.balance > 0}
-    have.update({code: None for code, lot in w.lots.items() if not lot.live(now) and not lot.revoked
-                 and expired_by is not None and lot.expires_at is not None and lot.expires_at <= expired_by})
+    have: dict[str, int | None] = {}
+    for code, lot in w.lots.items():
+        if lot.live(now):
+            if lot.balance > 0:
+                have[code] = lot.balance
+        elif (not lot.revoked and expired_by is not None and lot.expires_at is not None
+              and lot.expires_at <= expired_by):
+            have[code] = None
+        else:  # closed after the period's end: at most what it held then, and what it gets back now
+            held = lot.balance if not lot.swept and not lot.revoked else lot.closed_with or 0
+            if held + (gets or {}).get(code, 0) > 0:
+                have[code] = held + (gets or {}).get(code, 0)
     out: dict[str, int] = {}
     left = sum(takes.values()) if most is None else most
     for charge, need in sorted(takes.items()):
@@ -160,10 +173,13 @@ def take_back(w: Wallet, takes: Mapping[int, int], payers: Mapping[int, Sequence
 
 
 def taken_from(w: Wallet, account: str, now: datetime) -> str:
-    """The account debited for what take_back takes of `account`: itself, or for a lot expired since,
+    """The account debited for what take_back takes of `account`: itself; for a grant revoked in
+    whole since, promotions (the revocation gave what it held back there); for a lot expired since,
     breakage (what came back to it went there, as give_back sends it)."""
     lot = w.lots.get(account)
-    return account if lot is None or lot.live(now) else chart.breakage_account(w.customer.currency)
+    if lot is None or lot.live(now):
+        return account
+    return chart.promotions_account(w.customer.currency) if lot.revoked else chart.breakage_account(w.customer.currency)
 
 
 def give_back(state: State, w: Wallet, shares: dict[str, int], back: int, now: datetime, reference: str,

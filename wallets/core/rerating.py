@@ -428,7 +428,8 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
                 room[account] -= part
                 unplaced -= part
     debits: dict[str, int] = {}
-    for account, units in take_back(w, *takes[:2], now, expired_by=expired_by, given=takes[2]).items():
+    closing = {a: v for a, v in shares.items() if a != receivable}  # a closed lot's, where its money went
+    for account, units in take_back(w, *takes[:2], now, expired_by=expired_by, given=takes[2], gets=closing).items():
         net = 0 if account == receivable else min(units, shares.get(account, 0))
         if net:
             shares[account] -= net
@@ -539,7 +540,8 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
     # beside decreases, what it takes back of each charge nets with what that charge's payers get back
     decreased = any(x.delta < 0 for x in found) or any(f.delta < 0 for f in fixes)
     # a lot expired by the period's end was expired at every true-up's give-back (all after it),
-    # so what came back to it went to breakage; one that expired later may have spent it
+    # so what came back to it went to breakage; one closed later (expired, revoked in whole) may
+    # have spent it: it gives at most what it held when it closed (money_back.take_back)
     expired_by = min((data.period_end for _, data, _, _ in groups if data.period_end is not None), default=None)
     if money > 0 and not (takes[0] and decreased):
         took = take_back(w, *takes[:2], now, money, expired_by, takes[2])

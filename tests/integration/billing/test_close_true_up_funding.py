@@ -626,25 +626,3 @@ async def test_a_true_up_corrected_up_takes_nothing_from_breakage_for_an_expired
     assert done["delta"] == "0.65", done
     assert (await live_lots(bk, cid), await _breakage(bk)) == ({top_up.grant.id: ("topup", 355 * CENT)}, 0)
     await verified(bk)
-
-
-async def test_a_true_up_corrected_up_more_than_cheaper_charges_pays_a_revoked_grant_s_part_like_usage(
-        fresh_db) -> None:
-    """As the test above, with the grant revoked in whole (December 1st, its $4.30) before the
-    re-rate to $18/M and $12/M: the 5th -$0.12 and $0.24 taken back, both the top-up's: $0.12 from
-    it; the 20th -$0.02, the grant's, revoked again (to promotions, +$0.02), and its $0.16 to take
-    back cannot come from the revoked grant, so paid like usage, by the top-up: $0.60 - $0.12 -
-    $0.16 = $0.32, revenue +$0.26. Netting the grant's $0.02 against the usage paid instead (the
-    top-up $0.34, promotions +$0.00) gives the customer's top-up a revoked promotion's money."""
-    from wallets.core.commands import ReverseGrant
-    bk = BillingKit(fresh_db)
-    top_up, grant = await _closed_per_charge(bk, "net-revoked")
-    bk.clock.now = datetime(2026, 12, 1, 12, tzinfo=UTC)
-    await bk.service.submit(ReverseGrant(customer_id="net-revoked", lot_id=grant, reason="abuse"))
-    assert await live_lots(bk, "net-revoked") == {top_up: ("topup", 60 * CENT)}
-    promotions = await _credited(bk, chart.promotions_account("USD"))
-    done = await _rerated(bk, "18", "12")
-    assert done["delta"] == "0.26", done
-    assert await live_lots(bk, "net-revoked") == {top_up: ("topup", 32 * CENT)}
-    assert await _credited(bk, chart.promotions_account("USD")) - promotions == 2 * CENT
-    await verified(bk)

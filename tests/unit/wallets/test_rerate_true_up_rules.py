@@ -131,9 +131,12 @@ def test_a_true_up_corrected_up_takes_back_from_what_paid_each_charge_the_first_
     expired by the period's end (November 30th), charge 2's $0.20 all from it, up to what it paid
     ($0.50), debited to breakage, where what came back to it went. With `g` expired after it
     (December 10th, taken back December 15th), live at the close: what came back to it may have been
-    spent before it expired, so not from breakage: `t`, $0.20 (it paid $0.60, has $0.60). With `g`
-    revoked instead and `t` down to $0.05: `t` $0.05, then the receivable up to what it paid
-    ($0.10), and $0.05 is left to be paid as usage is."""
+    spent before it expired, so from breakage at most what it held when it closed: not swept yet,
+    its $0.05 (the sweep moves it there), then `t` $0.15; swept holding nothing, none: `t`, $0.20
+    (it paid $0.60, has $0.60). With `g` revoked in whole instead, holding nothing then, and `t`
+    down to $0.05: `t` $0.05, then the receivable up to what it paid ($0.10), and $0.05 is left to
+    be paid as usage is; revoked holding $0.04, `g` gives that (debited to promotions, where the
+    revocation put it), and with $0.02 it gets back beside it, $0.06."""
     from wallets import chart
     from wallets.core.money_back import take_back, taken_from
     t, g, rec = chart.lot_account("c", "t"), chart.lot_account("c", "g"), chart.receivable_account("c")
@@ -151,6 +154,14 @@ def test_a_true_up_corrected_up_takes_back_from_what_paid_each_charge_the_first_
     assert (taken_from(w, g, DEC_1), taken_from(w, t, DEC_1)) == (chart.breakage_account("USD"), t)
     w.lots[g].expires_at = datetime(2026, 12, 10, tzinfo=UTC)
     dec_15 = datetime(2026, 12, 15, tzinfo=UTC)
+    assert take_back(w, {2: 20 * M // 100}, payers, dec_15, expired_by=DEC_1) == {g: 5 * M // 100, t: 15 * M // 100}
+    w.lots[g].swept, w.lots[g].balance, w.lots[g].closed_with = True, 0, 0
     assert take_back(w, {2: 20 * M // 100}, payers, dec_15, expired_by=DEC_1) == {t: 20 * M // 100}
+    w.lots[g].swept, w.lots[g].closed_with = False, None
     w.lots[g].expires_at, w.lots[g].revoked, w.lots[t].balance = None, True, 5 * M // 100
     assert take_back(w, {2: 20 * M // 100}, payers, DEC_1) == {t: 5 * M // 100, rec: 10 * M // 100}
+    w.lots[g].closed_with = 4 * M // 100
+    assert take_back(w, {2: 20 * M // 100}, payers, DEC_1) == {g: 4 * M // 100, t: 5 * M // 100, rec: 10 * M // 100}
+    assert take_back(w, {2: 20 * M // 100}, payers, DEC_1, gets={g: 2 * M // 100}) == {
+        g: 6 * M // 100, t: 5 * M // 100, rec: 9 * M // 100}
+    assert taken_from(w, g, DEC_1) == chart.promotions_account("USD")
