@@ -78,12 +78,15 @@ def tally(lines: Iterable[TrialBalanceLine]) -> TrialBalance:
     return TrialBalance(lines, totals)
 
 
-async def _query_check(conn: AsyncConnection, name: str, sql: str, ok_detail: str) -> Check:
-    rows = (await conn.execute(text(sql))).all()
-    if not rows:
+def problems_check(name: str, problems: Sequence[str], ok_detail: str) -> Check:
+    """A check of what is wrong (`problems`, each naming it): ok when there is none."""
+    if not problems:
         return Check(name, True, ok_detail)
-    problems = tuple(row[0] for row in rows[:LIMIT])
-    return Check(name, False, f"{len(rows)} found; first: {problems[0]}", problems)
+    return Check(name, False, f"{len(problems)} found; first: {problems[0]}", tuple(problems[:LIMIT]))
+
+
+async def _query_check(conn: AsyncConnection, name: str, sql: str, ok_detail: str) -> Check:
+    return problems_check(name, [row[0] for row in (await conn.execute(text(sql))).all()], ok_detail)
 
 
 async def entries_balanced(conn: AsyncConnection) -> Check:

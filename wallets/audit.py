@@ -7,7 +7,7 @@ import weakref
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ledger.audit import Check, CheckFn, Report, _query_check, verify
+from ledger.audit import Check, CheckFn, Report, _query_check, problems_check, verify
 from pricing.money import DEFAULT_SCALE
 from pricing.units import PER_UNITS
 from wallets import chart, store
@@ -629,6 +629,86 @@ async def invoices_tie_out(conn: AsyncConnection) -> Check:
              "prepaid top-up, a re-rate or a volume true-up part of it)")
 
 
+# What a close's record (true_up_charges, rerate_id NULL) gives back of each charge, by the one rule
+# its close follows (money_back.each_charge_first, as TrueUpFix.parts for a re-rate): each charge
+# of the rule (rule_funding's: of its customer, billed in the period, of usage in it, with what paid
+# it on record), in order, its overcharge at the tier reached (the rule's usage lines at the book's
+# price less their units at the close's line's unit price, that cost rounded up to the atomic unit:
+# money_back.overcharged) up to what the line gives back less the charges before it: the first n
+# charges give back least(line, their overcharges), so the rows sum to the line less the rounding
+# up (an atomic unit at most a charge) and what no charge was overcharged, which the close shares
+# over the rule's payers. A row of another amount, or a charge overcharged with none, is named
+# (second column: the record, which the per-rule checks may name already).
+_CLOSE_ROWS = f"""
+    WITH per (token_type, per) AS (VALUES {_PER}),
+    records AS MATERIALIZED (
+        SELECT DISTINCT lane, customer_id, period, rule_id FROM true_up_charges WHERE rerate_id IS NULL),
+    standing AS (  -- what the rule's true-up stands at, wherever billed (the close's line and corrections)
+        SELECT r.lane, r.customer_id, r.period, r.rule_id, sum(x.amount) AS amount
+          FROM records r JOIN (
+               SELECT customer_id, substr(item, 6)::jsonb AS l, amount FROM (
+                   SELECT customer_id, item, amount FROM period_rollups
+                   UNION ALL
+                   SELECT customer_id, unnest(items), unnest(amounts) FROM period_deltas) i
+                WHERE item LIKE 'line:["%","volume_true_up",%'
+                  AND customer_id IN (SELECT customer_id FROM records)) x
+            ON x.customer_id = r.customer_id AND x.l ->> 0 = r.period AND x.l ->> 4 = r.rule_id AND x.l -> 7 = 'null'
+         GROUP BY 1, 2, 3, 4),
+    corrected AS (  -- what the re-rates corrected of it (old - new: given back), with or without an entry
+        SELECT customer_id, u ->> 0 AS period, u ->> 1 AS rule_id, sum((u ->> 3)::numeric - (u ->> 4)::numeric) AS back
+          FROM (SELECT j.customer_id, j.metadata -> 'true_ups' AS t FROM journal_entries j
+                 WHERE j.kind = 'rerate_adjustment' AND j.metadata ? 'true_ups'
+                   AND j.customer_id IN (SELECT customer_id FROM records)
+                UNION ALL
+                SELECT customer_id, true_ups FROM rerate_true_ups
+                 WHERE customer_id IN (SELECT customer_id FROM records)) r
+         CROSS JOIN LATERAL jsonb_array_elements(r.t) u GROUP BY 1, 2, 3),
+    lines AS (  -- the close's own line of each rule: what stands less the corrections; its price on the
+                -- period's invoice (frozen at the close, which no correction had reached)
+        SELECT s.lane, s.customer_id, s.period, s.rule_id, -(s.amount + coalesce(f.back, 0)) AS back,
+               p.unit_price, p.token_type
+          FROM standing s
+          LEFT JOIN corrected f ON f.customer_id = s.customer_id AND f.period = s.period AND f.rule_id = s.rule_id
+         CROSS JOIN LATERAL (
+               SELECT min(l ->> 'unit_price') AS unit_price, min(l ->> 'token_type') AS token_type
+                 FROM invoices i CROSS JOIN LATERAL jsonb_array_elements(i.content -> 'lines') l
+                WHERE i.customer_id = s.customer_id AND i.period = s.period AND l ->> 'kind' = 'volume_true_up'
+                  AND l ->> 'rule_id' = s.rule_id AND l ->> 'override_id' IS NULL) p),
+    over AS (
+        SELECT k.customer_id, k.period, k.rule_id, k.back, c.id AS charge_id,
+               greatest(u.charged - (div(u.cost, per.per)
+                                     + CASE WHEN u.cost > div(u.cost, per.per) * per.per THEN 1 ELSE 0 END), 0)
+                   AS over
+          FROM lines k JOIN per ON per.token_type = k.token_type
+          JOIN invoices i ON i.customer_id = k.customer_id AND i.period = k.period
+          JOIN charges c ON c.lane = k.lane AND c.customer_id = k.customer_id AND c.period = k.period
+           AND c.occurred_at >= i.period_start AND c.occurred_at < i.period_end
+         CROSS JOIN LATERAL (
+               SELECT coalesce(sum((l ->> 'amount_units')::numeric) FILTER (WHERE l ->> 'kind' = 'usage'
+                               AND l ->> 'override_id' IS NULL), 0) AS charged,
+                      coalesce(sum((l ->> 'quantity')::numeric) FILTER (WHERE l ->> 'kind' = 'usage'
+                               AND l ->> 'override_id' IS NULL), 0) * k.unit_price::numeric
+                          * {10 ** chart.ASSET_SCALE} AS cost
+                 FROM jsonb_array_elements(c.lines) l WHERE l ->> 'rule_id' = k.rule_id HAVING count(*) > 0) u
+         WHERE jsonb_array_length(coalesce(c.funding, '[[null, 0]]'::jsonb)) > 0
+           AND coalesce((SELECT j.metadata ->> 'period' FROM journal_entries j
+                          WHERE j.lane = c.lane AND j.id = c.entry_id), c.period) = k.period),
+    due AS (
+        SELECT customer_id, period, rule_id, charge_id, back,
+               greatest(least(back, sum(over) OVER w) - least(back, sum(over) OVER w - over), 0) AS due
+          FROM over WINDOW w AS (PARTITION BY customer_id, period, rule_id ORDER BY charge_id)),
+    given AS (
+        SELECT customer_id, period, rule_id, charge_id, units FROM true_up_charges
+         WHERE rerate_id IS NULL AND charge_id IS NOT NULL)
+    SELECT format('%s: charge %s gave back %s where its overcharge at the tier reached (up to what the line''s %s '
+                  'left) is %s', record, charge_id, coalesce(units, 0), coalesce(back, 0), coalesce(due, 0)), record
+      FROM (SELECT format('true-up record of the close of customer %s, %s rule %s', customer_id, period, rule_id)
+                       AS record, *
+              FROM due FULL JOIN given USING (customer_id, period, rule_id, charge_id)) x
+     WHERE coalesce(units, 0) <> coalesce(due, 0)
+     ORDER BY customer_id, period, rule_id, charge_id"""
+
+
 async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
     """Re-rates: each adjustment entry moved usage revenue by exactly what its charges' adjustments
     changed; each credit note is intact, numbered without gaps, its lines sum to its total, which
@@ -732,7 +812,7 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
                 AND NOT (c.period IS NULL AND t.rerate_id IS NOT NULL)
                 OR c.occurred_at < i.period_start OR c.occurred_at >= i.period_end)
         """ if (await _schema(conn))["true_up_charges"] else ""
-    return await _query_check(conn, "credit_notes", f"""
+    problems = [row[0] for row in (await conn.execute(text(f"""
         SELECT format('re-rate entry %s: its charges moved %s, its true-ups %s, its revenue postings %s',
                       x.entry_id, x.moved, {true_ups.format(entry="x.entry_id")},
                       ({revenue.format(entry="x.entry_id")}))
@@ -769,12 +849,21 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
         SELECT format('credit notes %s-%s: %s numbers, the last %s (a gap or a duplicate)',
                       issuer, year, count(*), max(seq))
           FROM credit_notes GROUP BY issuer, year HAVING count(*) <> max(seq)
-        """, "re-rate entries move revenue by their charges' adjustments and true-up corrections (a re-rate "
-             "that posted none: they net 0 with the corrections it kept); what each true-up (a close's, a re-rate's) "
-             "gave back of each charge: at most what it gave back of the rule, each row the same way and of a charge "
-             "of its customer billed in its period; credit notes "
-             "tie out to them "
-             "(their money in whole minor units, the rest on the rounding account), intact and numbered without gaps")
+        """))).all()]
+    if (await _schema(conn))["true_up_charges"]:
+        # a close's record tied charge by charge (_CLOSE_ROWS), of a record the checks above do not
+        # name already
+        named = {problem.split(": ", 1)[0] for problem in problems}
+        problems += [problem for problem, record in (await conn.execute(text(_CLOSE_ROWS))).all()
+                     if record not in named]
+    return problems_check(
+        "credit_notes", problems, "re-rate entries move revenue by their charges' adjustments and true-up "
+        "corrections (a re-rate that posted none: they net 0 with the corrections it kept); what each true-up (a "
+        "close's, a re-rate's) gave back of each charge: at most what it gave back of the rule, each row the same way "
+        "and of a charge of its customer billed in its period, a close's each charge's overcharge at the tier reached "
+        "(its cost there rounded up to the atomic unit) up to what its line left, the charges in order; credit notes "
+        "tie out to them (their money in whole minor units, the rest on the rounding account), intact and numbered "
+        "without gaps")
 
 
 WALLET_CHECKS: tuple[CheckFn, ...] = (

@@ -87,9 +87,15 @@ def each_charge_first(shares: dict[str, int], taken: dict[tuple[int, str], int],
     more than its charges' difference. A re-rate's correction of a true-up counts, of each charge,
     what the true-ups before gave back of it (`given`: the close's and earlier corrections'). Adds
     to `parts` what it gives back of each charge (what the entry records, `given` of the next one).
-    Returns what is left of the money back and what paid the rule's charges to share it over as
-    before (rounding, a re-rated charge's; the receivable's of the charges above left out)."""
+    Each charge's part is counted against the line whether or not its payers could take it all (a
+    discount or an allowance paid the rest of it): the charges after it get what the line left
+    after it, as TrueUpFix.parts counts a re-rate's, so the parts never sum to more than the line
+    (and verify ties a close's record to it charge by charge); what its payers could not take is
+    shared with the rest. Returns what is left of the money back and what paid the rule's charges
+    to share it over as before (rounding, a re-rated charge's, a part not taken; the receivable's
+    of the charges above left out)."""
     need = -line["amount_units"]
+    left = need  # what the line has left for the charges after each one's part
     lots: dict[int, dict[tuple[int, str], int]] = {}
     owed: dict[int, int] = {}
     over: dict[int, int] = {}
@@ -101,9 +107,11 @@ def each_charge_first(shares: dict[str, int], taken: dict[tuple[int, str], int],
         if units is not None and charged is not None and line.get("unit_price") is not None:
             over[charge] = overcharged(line, units, charged) - (given or {}).get(charge, 0)
     for charge in sorted(over):
-        part = min(need, over[charge])
-        if part > 0 and parts is not None:
-            parts[charge] = parts.get(charge, 0) + part
+        part = min(left, over[charge])
+        if part > 0:
+            left -= part
+            if parts is not None:
+                parts[charge] = parts.get(charge, 0) + part
         rec = min(part, owed.get(charge, 0))
         if rec > 0:
             shares[receivable] = shares.get(receivable, 0) + rec

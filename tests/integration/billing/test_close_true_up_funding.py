@@ -429,6 +429,93 @@ async def test_verify_ties_a_close_s_record_to_its_true_up_line_and_each_row_to_
                                "1000000000"]
 
 
+async def test_verify_ties_each_row_of_a_close_s_record_to_its_charge_s_overcharge_rounded_up(fresh_db) -> None:
+    """Book v1, $20/M to 100,000, $9.9999/M beyond (9,999.9 atomic units a token): a $10.00 top-up
+    pays 60,009 tokens on the 5th (1,200,180,000 units) and 70,009 on the 20th: 39,991 x 20,000 =
+    799,820,000 and 30,018 x 9,999.9 = 300,176,998.2, the charge 1,099,996,998.2 rounded half-even to
+    1,099,996,998. The close: 130,018 tokens x 9,999.9 = 1,300,166,998.2 less 2,300,176,998 charged:
+    -1,000,009,999.8, the line -1,000,010,000. At 9,999.9 the 5th costs 600,083,999.1, rounded up
+    600,084,000: overcharged 1,200,180,000 - 600,084,000 = 600,096,000; the 20th 700,082,999.1, rounded
+    up 700,083,000: 1,099,996,998 - 700,083,000 = 399,913,998. The rows sum to 1,000,009,998, two units
+    below the line (what rounding each charge's cost up left; the close shares it over the rule's
+    payers): verify passes. Damage made by hand and rolled back, each within the line and of the right
+    sign, which the per-rule checks passed before: $0.10 moved from the 5th's row to the 20th's (the
+    same 1,000,009,998 in all), and the 20th's row one unit short (1,000,009,997, still below the line)."""
+    bk = BillingKit(fresh_db)
+    await bk.add_book(vol("v1", "2026-01-01T00:00:00Z", "20", "9.9999"))
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("rounded-up", book="vol")
+    await bk.top_up(cid, "10.00")
+    for day, tokens in [(5, 60_009), (20, 70_009)]:
+        bk.clock.now = datetime(2026, 11, day, 12, tzinfo=UTC)
+        await bk.event(cid, "model-v", 0, tokens)
+    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    fifth, twentieth = sorted(charge for _, charge, _ in await _given(bk, cid, None))
+    assert await _given(bk, cid, None) == [("v-out", fifth, 600_096_000), ("v-out", twentieth, 399_913_998)]
+    [invoice] = await bk.invoices(cid)
+    assert [ln["amount"] for ln in invoice["lines"] if ln["kind"] == "volume_true_up"] == ["-1.00"]
+    await verified(bk)
+
+    async def damaged(*sqls: str) -> list[str]:
+        async def run(conn: Any) -> list[str]:
+            await conn.execute(text("SET LOCAL session_replication_role = replica"))  # past the immutability
+            for sql in sqls:
+                await conn.execute(text(sql), {"c": cid, "fifth": fifth, "twentieth": twentieth})
+            await conn.execute(text("SET LOCAL session_replication_role = origin"))
+            report = await verify(conn, WALLET_CHECKS)
+            await conn.rollback()
+            return [p for c in report.checks if not c.ok for p in (c.name, *c.problems)]
+        return await bk.db.read(run)
+
+    record = "true-up record of the close of customer rounded-up, 2026-11 rule v-out"
+    close = "customer_id = :c AND rerate_id IS NULL"
+    left = "where its overcharge at the tier reached (up to what the line's 1000010000 left) is"
+    assert await damaged(f"UPDATE true_up_charges SET units = units - 100000000 WHERE {close} AND charge_id = :fifth",
+                         f"UPDATE true_up_charges SET units = units + 100000000 WHERE {close} "
+                         "AND charge_id = :twentieth") == [
+        "credit_notes", f"{record}: charge {fifth} gave back 500096000 {left} 600096000",
+        f"{record}: charge {twentieth} gave back 499913998 {left} 399913998"]
+    assert await damaged(f"UPDATE true_up_charges SET units = units - 1 WHERE {close} AND charge_id = :twentieth") == [
+        "credit_notes", f"{record}: charge {twentieth} gave back 399913997 {left} 399913998"]
+
+
+async def test_a_close_s_record_gives_the_charges_after_one_its_payers_could_not_take_only_what_the_line_left(
+        fresh_db) -> None:
+    """Book `dear`: $20/M to 100,000, $5/M to 200,000, $8/M beyond (dearer again); a 50 % discount on
+    model-v; a $10.00 top-up. Rated graduated at the book's price: the 5th's 60,000 tokens $1.20 (the
+    top-up pays $0.60), the 20th's 40,000 $0.80 ($0.40), the 25th's 110,000: 100,000 x $5/M + 10,000 x
+    $8/M = $0.58 ($0.29). The close: 210,000 tokens at $8/M = $1.68, the book's line $1.68 - $2.58 =
+    -$0.90, the discount's half back +$0.45. Each charge's overcharge at $8/M: the 5th $1.20 - $0.48 =
+    $0.72, the 20th $0.80 - $0.32 = $0.48, the 25th $0.58 - $0.88 < 0. The record: the 5th $0.72, the
+    20th what the line left, $0.90 - $0.72 = $0.18; $0.90 in all. The 5th's payer (it paid $0.60)
+    cannot take its $0.72: before, the $0.12 it left was counted back into the line for the charges
+    after it, the 20th was recorded at $0.30 (the line's $0.90 less the $0.60 placed), $1.02 in all,
+    and verify named the close's record as giving back more than its line. The money is the same
+    either way: the top-up gets the $0.45 back ($10.00 - $1.29 + $0.45 = $9.16)."""
+    bk = BillingKit(fresh_db)
+    await bk.add_book({"id": "dear", "version": "v1", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
+                       "rules": [{"id": "v-out", "model": "model-v", "token_type": "output", "tier_mode": "volume",
+                                  "tiers": [{"up_to": 100_000, "price": "20"}, {"up_to": 200_000, "price": "5"},
+                                            {"up_to": None, "price": "8"}]}]})
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("half-off", book="dear")
+    await bk.service.add_overrides(cid, {"discounts": [{"id": "off", "model": "model-v", "percent": "50"}]},
+                                   datetime(2026, 11, 1, 9, tzinfo=UTC))
+    top_up = await bk.top_up(cid, "10.00")
+    for day, tokens in [(5, 60_000), (20, 40_000), (25, 110_000)]:
+        bk.clock.now = datetime(2026, 11, day, 12, tzinfo=UTC)
+        await bk.event(cid, "model-v", 0, tokens)
+    assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 871 * CENT)}
+    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    [invoice] = await bk.invoices(cid)
+    assert sorted((ln["kind"], ln["amount"]) for ln in invoice["lines"] if ln["kind"] == "volume_true_up") == [
+        ("volume_true_up", "-0.90"), ("volume_true_up", "0.45")]
+    fifth, twentieth = sorted(charge for _, charge, _ in await _given(bk, cid, None))
+    assert await _given(bk, cid, None) == [("v-out", fifth, 72 * CENT), ("v-out", twentieth, 18 * CENT)]
+    assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 916 * CENT)}
+    await verified(bk)
+
+
 async def _rerated(bk: BillingKit, high: str, low: str, on: datetime = datetime(2026, 12, 2, tzinfo=UTC)) -> dict:
     """November re-rated, on `on`, to a book `v2` from November 1st: `high` $/M to 100,000 output
     tokens, `low` beyond."""
