@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
@@ -17,14 +18,14 @@ from api.routes.cursors import MAX_PAGE, PAGE, Cursor, decode_position, encode_p
 from api.routes.formats import GROUP_BY, Identifier, matches
 from api.routes.inputs import usage_tokens
 from api.routes.schemas import Dimensions, json_body
-from api.routes.wire import COMPOSED, composed, idempotency, respond, shaped, time_in, time_param
+from api.routes.wire import COMPOSED, composed, idempotency, respond, shaped, spellings, time_in, time_param
 from ledger.errors import LedgerError
 from ledger.model import request_hash
 from pricing.errors import PricingError
 from wallets import reports
 from wallets.commands import RecordUsage, UsageResult
 from wallets.core.state import wire_time
-from wallets.errors import WalletValidationError
+from wallets.errors import ConflictError, WalletValidationError
 from wallets.periods import new_zone
 
 MAX_EVENTS = 1000
@@ -79,16 +80,42 @@ def _command(event: UsageEvent, latest: datetime, dimensions: Mapping[str, Any])
         raise WalletValidationError("timestamp", f"must not be more than {FUTURE_SLACK_S} s in the future")
     tokens, stored = usage_tokens(event.usage, event.openai_usage, event.anthropic_usage, event.gemini_usage)
     # the hash reads the instant, not its spelling (z or Z, +00:00, .000, another offset): the same
-    # event resent by a client whose serializer changed is a duplicate; as sent, where that differs,
-    # for an event kept before, whose hash read the text
+    # event resent by a client whose serializer changed is a duplicate (_respelled: one kept before)
     body = _body(event)
-    sent = None
-    if occurred_at is not None and (instant := wire_time(occurred_at)) != event.timestamp:
-        sent = request_hash(body)
-        body["timestamp"] = instant
+    if occurred_at is not None:
+        body["timestamp"] = wire_time(occurred_at)
     return RecordUsage(customer_id=event.customer_id, event_id=event.event_id,
                        request_hash=request_hash(body), model=event.model, occurred_at=occurred_at,
-                       tokens=tokens, usage=stored, dimensions=dimensions, sent_hash=sent)
+                       tokens=tokens, usage=stored, dimensions=dimensions)
+
+
+def _respelled(command: RecordUsage, event: UsageEvent) -> RecordUsage:
+    """`command` again, for an event whose id was kept with another hash: with the hashes of its
+    body with the timestamp in each spelling an event kept before the hash read the instant may
+    have been kept with (its text as sent then), so that such an event is a duplicate too."""
+    body = _body(event)
+    earlier = []
+    for text in spellings(command.occurred_at, event.timestamp):
+        body["timestamp"] = text
+        earlier.append(request_hash(body))
+    return replace(command, earlier=tuple(earlier))
+
+
+def _at_instants(data: list[Any]) -> list[Any]:
+    """A batch as its Idempotency-Key's hash reads it: each event's timestamp as the instant
+    (wire_time), as each event's own hash reads it; `data` itself where every one is so spelled
+    (or is no time: that event is refused alone)."""
+    batch = data
+    for index, item in enumerate(data):
+        text = item.get("timestamp") if isinstance(item, dict) else None
+        try:
+            at = time_in(text, "timestamp") if isinstance(text, str) else None
+        except WalletValidationError:
+            continue
+        if at is not None and (instant := wire_time(at)) != text:
+            batch = list(data) if batch is data else batch
+            batch[index] = {**item, "timestamp": instant}
+    return batch
 
 
 @post("/v1/usage-events", guards=[require("inference")], tags=["usage"], status_code=200,
@@ -100,7 +127,7 @@ async def post_usage_events(state: State, request: Request,
     customer's id with another body is rejected as `idempotency_conflict`. With an
     Idempotency-Key, a replay answers what the first call answered."""
     events: list[UsageEvent] = shaped(data, UsageEvents)
-    idem = idempotency(request, data)
+    idem = idempotency(request, _at_instants(data), sent=data)  # a kept key's hash read the text
     wallets = state.services.wallets
     replay = await wallets.claim(idem) if idem is not None else None
     if replay is not None:
@@ -132,6 +159,11 @@ async def _recorded(wallets: Any, request: Request, events: list[UsageEvent]) ->
         except (LedgerError, PricingError, ApiError) as exc:
             rejected.append(Rejected(event.event_id, exc.code, str(exc), event.customer_id, index))
     outcomes = await wallets.submit_many(commands)
+    conflicts = [n for n, outcome in enumerate(outcomes) if isinstance(outcome, ConflictError)]
+    if conflicts:  # kept before the hash read the instant? (rare: asked again, not on every event)
+        again = await wallets.submit_many([_respelled(commands[n], events[positions[n]]) for n in conflicts])
+        for n, outcome in zip(conflicts, again, strict=True):
+            outcomes[n] = outcome
     accepted = duplicates = 0
     for index, command, outcome in zip(positions, commands, outcomes, strict=True):
         if isinstance(outcome, UsageResult):

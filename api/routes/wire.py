@@ -9,7 +9,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timezone
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -37,7 +37,7 @@ from ledger.db import Database
 from ledger.model import CANONICAL_JSON
 from pricing.errors import InvalidAmountError
 from pricing.money import format_money, parse_amount
-from pricing.parse import parse_time
+from pricing.parse import parse_time, uppercase_z
 from pricing.usage import NOT_A_DIMENSION_VALUE, NOT_AN_INTEGER
 from wallets import store
 from wallets.chart import ASSET_SCALE
@@ -96,6 +96,25 @@ def time_in(value: str | None, field: str) -> datetime | None:
             _TIMES.clear()
         _TIMES[value] = parsed
     return parsed
+
+
+def spellings(at: datetime, sent: str) -> list[str]:
+    """RFC 3339 texts of the instant `at` that a client may have sent it as, `sent` first: `T` or
+    `t`; in UTC with `Z`, `z`, `+00:00` or `-00:00`, or at the offset `sent` has; the seconds
+    whole, where they are, or the fraction in as many digits as it takes up to 9. (Not every
+    offset: a text at another one is not found.)"""
+    own = datetime.fromisoformat(uppercase_z(sent)).utcoffset()
+    digits = f"{at.microsecond:06d}".rstrip("0")
+    fractions = ["." + digits.ljust(n, "0") if n else "" for n in range(len(digits), 10)]
+    zones = [(UTC, ("Z", "z", "+00:00", "-00:00"))]
+    if own:  # `sent` ends ±hh:mm
+        zones.append((timezone(own), (sent[-6:],)))
+    texts = [sent]
+    for zone, offsets in zones:
+        local = at.astimezone(zone)
+        day, clock = local.strftime("%Y-%m-%d"), local.strftime("%H:%M:%S")
+        texts += [f"{day}{t}{clock}{f}{o}" for t in "Tt" for f in fractions for o in offsets]
+    return texts
 
 
 def _plus_hint(value: object) -> str:
@@ -444,11 +463,14 @@ def idempotency_key(request: Request) -> str | None:
     return key
 
 
-def idempotency(request: Request, body: Any, *, key: str | None = None, path: str | None = None) -> IdemKey | None:
+def idempotency(request: Request, body: Any, *, key: str | None = None, path: str | None = None,
+                sent: Any = None) -> IdemKey | None:
     """The call's IdemKey when it carries an Idempotency-Key header (scoped to the customers the API
     key acts for: `http_scope`). A
     bulk call's item gives its own `key` and the `path` of the single call it stands for, so that
-    both share one key: sent either way, it is answered (and charged) once."""
+    both share one key: sent either way, it is answered (and charged) once. `sent`: the body as
+    sent, where `body` is it normalized (not the same object): a key kept before the call hashed
+    it normalized matches its hash too."""
     key = idempotency_key(request) if key is None else key.strip()
     if key is None:
         return None
@@ -456,7 +478,8 @@ def idempotency(request: Request, body: Any, *, key: str | None = None, path: st
         raise WalletValidationError("Idempotency-Key", "must be 1 to 255 characters")
     principal = principal_of(request)
     scope = http_scope(principal.visible(), own=principal.scope.startswith("customer:"))
-    return IdemKey(scope, key, body_hash(request, body, path))
+    return IdemKey(scope, key, body_hash(request, body, path),
+                   None if sent is None or sent is body else body_hash(request, sent, path))
 
 
 async def kept_answer(db: Database, idem: IdemKey | None) -> Replayed | None:

@@ -3,6 +3,7 @@ deep and bodies that are not JSON each answer problem+json at once, before any w
 so that one bad request never fails (and re-runs) the batch of everyone else."""
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from typing import Any
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from api.routes.wire import _fitted, _Unfit, nested_too_deep, shaped, unstorable
+from api.routes.wire import _fitted, _Unfit, nested_too_deep, shaped, spellings, time_in, unstorable
 from ledger.model import request_hash
 from wallets.errors import WalletValidationError
 
@@ -363,3 +364,101 @@ async def test_a_usage_event_sent_again_with_its_time_spelled_otherwise_is_a_dup
     assert again.json() == {"accepted": 0, "duplicates": 1, "rejected": []}, again.text
     checked = (await client.post("/v1/audit/verify")).json()
     assert checked["ok"], [c for c in checked["checks"] if not c["ok"]]
+
+
+SPELLINGS = ("2026-12-01T10:00:00+00:00", "2026-12-01t10:00:00z", "2026-12-01T10:00:00.000Z")
+
+
+async def _forge(app: Litestar, table: str, where: str, args: tuple, hashed: bytes) -> None:
+    """A row kept before the hash read the instant: its request_hash rewritten to what was kept then."""
+    async with app.state.services.db.engine.begin() as conn:
+        await conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
+        done = await conn.exec_driver_sql(f"UPDATE {table} SET request_hash = %s WHERE {where}", (hashed, *args))
+        assert done.rowcount >= 1
+
+
+async def _charges(client: AsyncTestClient, w: dict[str, str]) -> list[tuple[int, str]]:
+    """The customer's usage of December 1st: (charges, amount) per row."""
+    report = await client.get(f"/v1/customers/{w['customer']}/usage", params={
+        "from": "2026-12-01T00:00:00Z", "to": "2026-12-02T00:00:00Z", "group_by": "model"})
+    assert report.status_code == 200, report.text
+    return [(r["charges"], r["amount"]) for r in report.json()["rows"]]
+
+
+async def test_a_usage_batch_sent_again_under_its_key_with_times_spelled_otherwise_replays(app, client, world):
+    """The Idempotency-Key's hash read the body as sent, so the same batch resent with its
+    timestamp spelled otherwise (+00:00, t and z, .000) under the same key was 409
+    idempotency_conflict, though each event in it is the same instant. It now replays the first
+    answer, posting nothing; another instant under the key is still a conflict. A key kept
+    before (its hash of the body as sent) still replays the body sent so again."""
+    w = world
+    key = {"Idempotency-Key": f"batch-{w['tag']}"}
+    first = await client.post("/v1/usage-events", headers=key,
+                              json=[_event(w, timestamp="2026-12-01T10:00:00Z", usage={"input_tokens": 1000})])
+    assert first.json() == {"accepted": 1, "duplicates": 0, "rejected": []}, first.text
+    for spelled in SPELLINGS:
+        again = await client.post("/v1/usage-events", headers=key,
+                                  json=[_event(w, timestamp=spelled, usage={"input_tokens": 1000})])
+        assert (again.status_code, again.headers.get("idempotent-replayed")) == (200, "true"), (spelled, again.text)
+        assert again.json() == first.json()
+    other = await client.post("/v1/usage-events", headers=key,
+                              json=[_event(w, timestamp="2026-12-01T10:00:01Z", usage={"input_tokens": 1000})])
+    assert (other.status_code, other.json()["code"]) == (409, "idempotency_conflict"), other.text
+    assert await _charges(client, w) == [(1, "0.01")]  # 1,000 input tokens at $10.00 a million, once
+    # kept before: the key's hash of the body as sent (+00:00), as the route made it then
+    body = [_event(w, event_id=f"old-{w['tag']}", timestamp="2026-12-01T11:00:00+00:00",
+                   usage={"input_tokens": 2000})]
+    old = {"Idempotency-Key": f"old-batch-{w['tag']}"}
+    kept = await client.post("/v1/usage-events", headers=old, json=body)
+    assert kept.json()["accepted"] == 1, kept.text
+    as_sent = json.dumps(["POST", "/v1/usage-events", body], sort_keys=True, separators=(",", ":"),
+                         ensure_ascii=False).encode()
+    await _forge(app, "idempotency_keys", "key = %s", (old["Idempotency-Key"],), hashlib.sha256(as_sent).digest())
+    again = await client.post("/v1/usage-events", headers=old, json=body)
+    assert (again.status_code, again.json()) == (200, kept.json()), again.text
+    assert await _charges(client, w) == [(2, "0.03")]  # and 2,000 at $10.00 a million: $0.02 more
+
+
+async def test_an_event_kept_before_the_hash_read_the_instant_is_a_duplicate_in_another_spelling(
+        app, client, world):
+    """An event kept before c1c9c09 has the hash of its body with the timestamp as sent then:
+    kept with +00:00 and sent again with Z (the spelling its hash now reads) it matched neither
+    the instant's hash nor the text's, and was rejected idempotency_conflict. It is a duplicate
+    in any usual spelling of that instant (t or T; Z, z, +00:00 or -00:00, or the offset it is
+    sent at; no fraction or .0 to .000000000), and another instant is still a conflict."""
+    w = world
+    utc = ("2026-12-01T10:00:00Z", *SPELLINGS, "2026-12-01T10:00:00.000000-00:00")
+    for n, (kept_as, resent) in enumerate([
+            ("2026-12-01T10:00:00+00:00", utc), ("2026-12-01T10:00:00.000Z", utc),
+            ("2026-12-01T12:00:00+02:00", ("2026-12-01t12:00:00.000+02:00", "2026-12-01T12:00:00.0+02:00"))]):
+        event = _event(w, event_id=f"kept{n}-{w['tag']}", timestamp=kept_as, usage={"input_tokens": 1000})
+        assert (await client.post("/v1/usage-events", json=[event])).json()["accepted"] == 1
+        as_sent = {"event_id": event["event_id"], "customer_id": w["customer"], "model": "model-a",
+                   "timestamp": kept_as, "usage": event["usage"], "openai_usage": None,
+                   "anthropic_usage": None, "dimensions": {}}
+        for table in ("usage_events", "charges"):  # both keep it (verify ties them)
+            await _forge(app, table, "customer_id = %s AND event_id = %s", (w["customer"], event["event_id"]),
+                         request_hash(as_sent))
+        for spelled in (*resent, kept_as):
+            again = await client.post("/v1/usage-events", json=[{**event, "timestamp": spelled}])
+            assert again.json() == {"accepted": 0, "duplicates": 1, "rejected": []}, (kept_as, spelled, again.text)
+        other = await client.post("/v1/usage-events", json=[{**event, "timestamp": "2026-12-01T10:00:01Z"}])
+        assert [r["code"] for r in other.json()["rejected"]] == ["idempotency_conflict"], other.text
+    assert await _charges(client, w) == [(3, "0.03")]  # three events of 1,000 input tokens at $10.00 a million
+    checked = (await client.post("/v1/audit/verify")).json()
+    assert checked["ok"], [c for c in checked["checks"] if not c["ok"]]
+
+
+def test_the_spellings_of_an_instant_are_each_that_instant():
+    """Whole seconds in UTC: T or t (2) x no fraction or .0 to .000000000 (10) x Z, z, +00:00,
+    -00:00 (4) = 80, and the text as sent first; sent at +02:00, 20 more at +02:00 (2 x 10). A
+    half second: .5 to .500000000 (9 digit counts), 2 x 9 x 4 = 72."""
+    at = time_in("2026-12-01T10:00:00Z", "t")
+    utc = spellings(at, "2026-12-01t10:00:00z")
+    assert (len(utc), len(set(utc)), utc[0]) == (81, 80, "2026-12-01t10:00:00z")
+    assert {"2026-12-01T10:00:00+00:00", "2026-12-01T10:00:00.000Z", "2026-12-01T10:00:00.000000-00:00"} <= set(utc)
+    local = spellings(at, "2026-12-01T12:00:00+02:00")
+    assert len(set(local)) == 100 and "2026-12-01t12:00:00.000+02:00" in local
+    half = spellings(time_in("2026-12-01T10:00:00.5Z", "t"), "2026-12-01T10:00:00.5Z")
+    assert len(set(half)) == 72 and "2026-12-01T10:00:00.500+00:00" in half and "2026-12-01T10:00:00Z" not in half
+    assert {time_in(text, "t") for text in utc + local} == {at}

@@ -236,9 +236,9 @@ class RecordUsage(Command):
     tokens: Mapping[str, int]
     usage: Mapping[str, Any]
     dimensions: Mapping[str, Any] = field(default_factory=dict)
-    # of the body with the timestamp as sent, where that differs: what an event kept before this
-    # hash read the instant was kept with, so that it still matches the same body sent again
-    sent_hash: bytes | None = None
+    # of the body with its timestamp spelled as an event kept before the hash read the instant may
+    # have been kept with (as sent, Z, +00:00, .000, ...): given when request_hash met a conflict
+    earlier: tuple[bytes, ...] = ()
     needs_book = True
 
     def _keys(self) -> set[tuple[str, ...]]:

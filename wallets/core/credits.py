@@ -245,7 +245,7 @@ def record_usage(state: State, cmd: RecordUsage, now: datetime, book: PriceBook 
     the same event again is a duplicate, and past a plausibility bound it is not recorded."""
     known = state.events.get((cmd.customer_id, cmd.event_id))
     if known is not None:
-        if known != cmd.request_hash and known != cmd.sent_hash:
+        if known != cmd.request_hash and known not in cmd.earlier:
             raise ConflictError(f"event {cmd.event_id} was sent before with another body")
         return Decision(Outcome("duplicate", UsageResult(cmd.event_id, duplicate=True)))
     w = state.require_wallet()

@@ -30,6 +30,9 @@ class IdemKey:
     scope: str
     key: str
     request_hash: bytes
+    # of the body as sent, where the call hashes it normalized (a usage batch's times as instants):
+    # what a key kept before it normalized was kept with, matched too (a copy sent as before)
+    sent_hash: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +106,9 @@ def http_scope(customers: Iterable[str] | None, *, own: bool = False) -> str:
 
 
 def check_key(kept: Kept | None, idem: IdemKey) -> Replayed | None:
-    """`check` for an Idempotency-Key."""
+    """`check` for an Idempotency-Key (kept with its hash of the body as sent, or normalized)."""
+    if kept is not None and idem.sent_hash is not None and kept.request_hash == idem.sent_hash:
+        return replayed(kept)
     return check(kept, idem.request_hash, f"Idempotency-Key {idem.key}", key=idem.key)
 
 
