@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import cache
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -298,10 +299,10 @@ def cjk_font() -> str | None:
 
 def _font(doc: FPDF, texts: Iterable[str]) -> tuple[str, Any]:
     """The family to print `texts` in and a function that makes text printable in it: a character
-    no font has becomes '?' (a TrueType font would drop it without a trace), and right-to-left
-    text is put in display order (`_display_order`). Characters the body font lacks print in
-    DejaVu Sans (Hebrew, Arabic, ...) or the CJK font where installed (fpdf2's fallback fonts),
-    each loaded only when `texts` need it (the CJK font costs ~0.9 s a document)."""
+    no font has becomes '?' (a TrueType font would drop it without a trace). Characters the body
+    font lacks print in DejaVu Sans (Hebrew, Arabic, ...) or the CJK font where installed (fpdf2's
+    fallback fonts), each loaded only when `texts` need it (the CJK font costs ~0.9 s a document).
+    A document with text that needs shaping (`_needs_shaping`) is shaped (`_shape`)."""
     pair = unicode_font()
     if pair is None:
         return "Helvetica", _latin
@@ -318,8 +319,10 @@ def _font(doc: FPDF, texts: Iterable[str]) -> tuple[str, Any]:
             known |= doc.fonts[name].cmap.keys()
     if fallbacks:
         doc.set_fallback_fonts(fallbacks, exact_match=False)
-    return "body", lambda value: _display_order("".join(ch if ord(ch) in known or ch in "\n" else "?"
-                                                        for ch in value if ch not in BIDI_CONTROLS))
+    if any(_needs_shaping(chr(code)) for code in wanted & known):
+        _shape(doc)
+    return "body", lambda value: "".join(ch if ord(ch) in known or ch in "\n" else "?"
+                                         for ch in value if ch not in BIDI_CONTROLS)
 
 
 @cache
@@ -329,21 +332,64 @@ def _characters(path: str) -> frozenset[int]:
         return frozenset(font.getBestCmap())
 
 
-def _display_order(value: str) -> str:
-    """`value` as a left-to-right line shows it: its right-to-left runs (Hebrew, Arabic) reversed
-    by the Unicode bidi algorithm (fpdf2's own, UAX #9), since fpdf2 without text shaping draws a
-    string in the order it is given, and "שלום" printed as "םולש" reads backwards. Arabic letters
-    print unjoined (joining needs shaping, uharfbuzz, which is not installed)."""
-    if not any(unicodedata.bidirectional(ch) in ("R", "AL") for ch in value):
-        return value
-    return "\n".join("".join(MIRRORED.get(c.character, c.character) if c.embedding_level % 2 else c.character
-                             for c in BidiParagraph(line, base_direction=TextDirection.LTR).get_reordered_characters())
-                     for line in value.split("\n"))
+def _needs_shaping(ch: str) -> bool:
+    """Whether text with `ch` prints wrong unshaped: a right-to-left letter (Hebrew, Arabic: drawn
+    in the order given, "שלום" read backwards; Arabic letters unjoined, each in its isolated form)
+    or a combining mark (a vowel sign or an accent, placed by the font's rules)."""
+    return unicodedata.bidirectional(ch) in ("R", "AL") or unicodedata.category(ch) in ("Mn", "Mc", "Me")
 
 
-# A bracket in a right-to-left run shows as its mirror image (UAX #9 rule L4), which shaping would
-# draw: "(בע״מ)" reversed without it shows ")מ״עב(". The Bidi_Mirroring_Glyph pairs of Latin-1.
-MIRRORED = dict(zip("()<>[]{}«»", ")(><][}{»«", strict=True))
+def _shape(doc: FPDF, direction: TextDirection = TextDirection.LTR) -> None:
+    """Text shaping (fpdf2 with uharfbuzz, HarfBuzz): Arabic letters joined (initial, medial, final
+    forms and ligatures), marks placed, right-to-left text drawn right to left with its brackets
+    mirrored, on a left-to-right paragraph (`direction`, for `_cell`'s right-to-left pieces), as
+    the printable page shows it. Only documents that need it (`_needs_shaping`): shaped, a
+    1,000-line invoice took 4 times as long."""
+    doc.set_text_shaping(True, direction=direction)
+
+
+def _cell(doc: FPDF, width: float, height: float, text: str, align: str = "L") -> None:
+    """`text` in a cell `width` wide (0: to the right margin) at the current position, which then
+    moves past it, as cell() does. Shaped, fpdf2 draws a line's right-to-left and left-to-right
+    pieces each in its direction but in the order they are written, so a figure after Arabic
+    letters (UAX #9: an Arabic number, in their run, shown to their left) was drawn to their
+    right: a line with right-to-left text is drawn here a piece a cell, the pieces (its level
+    runs) in the order the Unicode bidi algorithm shows them (fpdf2's own, UAX #9)."""
+    _font_on_page(doc)
+    if not doc.text_shaping or not any(unicodedata.bidirectional(ch) in ("R", "AL") for ch in text):
+        doc.cell(width, height, text, align=align)
+        return
+    x, y = doc.x, doc.y
+    width = width or doc.w - doc.r_margin - x
+    pieces = [(piece, level % 2 == 1) for level, piece in _runs(text)]
+    widths = []
+    for piece, rtl in pieces:
+        _shape(doc, TextDirection.RTL if rtl else TextDirection.LTR)
+        widths.append(doc.get_string_width(piece))
+    at = x + doc.c_margin if align == "L" else x + width - doc.c_margin - sum(widths)
+    margin, doc.c_margin = doc.c_margin, 0
+    try:
+        for (piece, rtl), wide in zip(pieces, widths, strict=True):
+            _shape(doc, TextDirection.RTL if rtl else TextDirection.LTR)
+            doc.set_xy(at, y)
+            doc.cell(wide, height, piece)
+            at += wide
+    finally:
+        doc.c_margin = margin
+        _shape(doc)
+    doc.set_xy(x + width, y)
+
+
+def _runs(text: str) -> list[tuple[int, str]]:
+    """`text`'s level runs on a left-to-right line, in display order, each with its level and its
+    characters in their own (logical) order, for shaping: "نموذج 2 input" is "2" (level 2),
+    "نموذج " (1), " input" (0)."""
+    shown = BidiParagraph(text, base_direction=TextDirection.LTR).get_reordered_characters()
+    runs = []
+    for level, run in groupby(shown, key=lambda c: c.embedding_level):
+        chars = "".join(c.character for c in run)
+        runs.append((level, chars[::-1] if level % 2 else chars))
+    return runs
 
 
 def context_pdf(context: Mapping[str, Any]) -> bytes:
@@ -359,11 +405,13 @@ def context_pdf(context: Mapping[str, Any]) -> bytes:
     doc.set_auto_page_break(auto=True, margin=15)
     doc.add_page()
     doc.set_font(family, "B", 16)
-    doc.cell(0, 10, _text(context["title"]), new_x="LMARGIN", new_y="NEXT")
+    _cell(doc, 0, 10, _text(context["title"]))
+    doc.ln(10)
     doc.set_font(family, size=10)
     for label, value in context["facts"]:
-        doc.cell(40, 6, _text(label))
-        doc.cell(0, 6, _text(value), new_x="LMARGIN", new_y="NEXT")
+        _cell(doc, 40, 6, _text(label))
+        _cell(doc, 0, 6, _text(value))
+        doc.ln(6)
     doc.ln(4)
     doc.set_font(family, size=9)
     _table(doc, family, ("Description", "Quantity", "Unit price", f"Amount ({document['currency']})"),
@@ -374,8 +422,9 @@ def context_pdf(context: Mapping[str, Any]) -> bytes:
     for label, value in context["summary"]:
         bold = label in ("Total", "Amount due", "Amount remaining")
         doc.set_font(family, "B" if bold else "", 10)
-        doc.cell(145, 6, _text(label), align="R")
-        doc.cell(35, 6, _text(f"{value} {document['currency']}"), align="R", new_x="LMARGIN", new_y="NEXT")
+        _cell(doc, 145, 6, _text(label), align="R")
+        _cell(doc, 35, 6, _text(f"{value} {document['currency']}"), align="R")
+        doc.ln(6)
     if document.get("content_hash"):
         doc.ln(4)
         doc.set_font(family, size=7)
@@ -414,10 +463,9 @@ def _table(doc: FPDF, family: str, heading: tuple[str, ...], rows: list[tuple[st
                 doc.set_font(family, style, 9)
                 top = doc.y
             x = doc.l_margin
-            _font_on_page(doc)
             for lines, (width, align) in zip(wrapped, COLUMNS, strict=True):
                 doc.set_x(x)
-                doc.cell(width, height, lines[n] if n < len(lines) else "", align=align)
+                _cell(doc, width, height, lines[n] if n < len(lines) else "", align)
                 x += width
             doc.ln(height)
         borders(top, doc.y)
@@ -440,10 +488,11 @@ def _table(doc: FPDF, family: str, heading: tuple[str, ...], rows: list[tuple[st
 
 def _font_on_page(doc: FPDF) -> None:
     """Has fpdf2 write the current font (set_font only notes it) before a line of text. Given a
-    line that begins in a fallback font, fpdf2 writes the current font inside the line's q ... Q,
-    which forgets it, and then takes it as written: the next cell printed in the font before (a
-    first row whose first line was all CJK, below the bold heading, printed its figures in the
-    bold font's glyph numbers: "1,000" read "UAmmm"). text() writes it first, outside."""
+    line that begins in a fallback font (all CJK, or a right-to-left piece of `_cell`'s in DejaVu
+    Sans), fpdf2 writes the current font inside the line's q ... Q, which forgets it, and then
+    takes it as written: the next cell printed in the font before (a first row whose first line
+    was all CJK, below the bold heading, printed its figures in the bold font's glyph numbers:
+    "1,000" read "UAmmm"). text() writes it first, outside."""
     if not doc.current_font_is_set_on_page:
         doc.text(doc.x, doc.y, "")
 

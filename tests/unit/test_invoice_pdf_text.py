@@ -7,7 +7,10 @@ import io
 from pathlib import Path
 
 import pytest
+from fontTools.ttLib import TTFont
+from fpdf import FPDF
 from pypdf import PdfReader
+from pypdf.generic import ContentStream
 
 from api import renderings
 from api.renderings import Row, context_pdf
@@ -75,20 +78,82 @@ def test_hebrew_and_arabic_names_print_as_written_in_the_pdf() -> None:
     assert "نموذج input 1,000 10.00 per 1M 0.01" in printed, printed
 
 
-def test_right_to_left_runs_are_drawn_in_display_order() -> None:
-    """fpdf2 (no shaping here) draws a string in the order it is given, so "שלום" drawn as stored
-    reads backwards. By hand, UAX #9 on a left-to-right line: shin-lamed-vav-final mem is shown
-    left to right as final mem, vav, lamed, shin; the Latin text, the parentheses and the figures
-    stay in place; brackets inside a run are mirrored; an Arabic run (nun-meem-waw-thal-jeem)
-    likewise, and a figure after Arabic letters belongs to their run (W2: a European digit after
-    Arabic is an Arabic number; N1: the space between takes their direction), so it shows to
-    their left, as a browser shows it; text with no right-to-left letter is untouched."""
-    assert renderings._display_order("שלום Ltd (acme)") == "םולש Ltd (acme)"
-    assert renderings._display_order("Bill to نموذج 2") == "Bill to 2 جذومن"
-    assert renderings._display_order("Łódź (acme)") == "Łódź (acme)"
-    # alef (bet): the brackets enclose a Hebrew letter after one, so they are right to left too
-    # (N0), and reversed they show mirrored (L4): "(", bet, ")", " ", alef
-    assert renderings._display_order("א (ב)") == "(ב) א"
+def _drawn(context: dict) -> list[list[str]]:
+    """The glyphs the PDF draws, by their names in the embedded fonts, a list a text line (each
+    page from the top), in the order drawn: what shaping chose (a joined Arabic letter is a glyph
+    of its own), which the text pypdf extracts (mapped back to the letters) does not show."""
+    reader = PdfReader(io.BytesIO(context_pdf(context)))
+    lines: dict[tuple[int, float], list[str]] = {}
+    for number, page in enumerate(reader.pages):
+        fonts = {}
+        for name, ref in page["/Resources"]["/Font"].items():
+            cid_font = ref.get_object()["/DescendantFonts"][0].get_object()
+            order = TTFont(io.BytesIO(cid_font["/FontDescriptor"]["/FontFile2"].get_data())).getGlyphOrder()
+            to_glyph = cid_font["/CIDToGIDMap"].get_data()  # 2 bytes a CID: its glyph's index
+            fonts[name] = [order[int.from_bytes(to_glyph[i:i + 2], "big")] for i in range(0, len(to_glyph), 2)]
+        glyphs, y, saved = [], 0.0, []
+        for operands, operator in ContentStream(page.get_contents(), reader).operations:
+            if operator == b"q":  # the font is part of the graphics state: Q restores it
+                saved.append(glyphs)
+            elif operator == b"Q":
+                glyphs = saved.pop()
+            elif operator == b"Tf":
+                glyphs = fonts[operands[0]]
+            elif operator in (b"Td", b"Tm"):
+                y = round(float(operands[-1]), 1)
+            elif operator == b"Tj":
+                text = operands[0]
+                raw = text.original_bytes if hasattr(text, "original_bytes") else bytes(text)
+                lines.setdefault((number, -y), []).extend(glyphs[int.from_bytes(raw[i:i + 2], "big")]
+                                                          for i in range(0, len(raw), 2))
+    return [lines[key] for key in sorted(lines)]
+
+
+NAMES = {" ": "space", "(": "parenleft", ")": "parenright", ",": "comma", ".": "period", "-": "hyphen",
+         **dict(zip("0123456789", ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"),
+                    strict=True))}
+
+
+def _latin(text: str) -> list[str]:
+    """Latin text's glyph names (Liberation Sans names them by the letter)."""
+    return [NAMES.get(ch, ch) for ch in text]
+
+
+@pytest.mark.skipif(renderings.unicode_font() is None or renderings.script_font() is None,
+                    reason="no Unicode TrueType font with Hebrew and Arabic on this system (DejaVu Sans)")
+def test_arabic_letters_print_joined_and_right_to_left_runs_in_display_order() -> None:
+    """Unshaped, fpdf2 drew each Arabic letter in its isolated form: "نموذج" (nun, meem, waw, thal,
+    jeem) printed as five unjoined letters. By hand, the joining rules: nun and meem join on both
+    sides, waw and thal only to the letter before them, jeem on both: nun initial (U+FEE7), meem
+    medial (U+FEE4, between nun and waw), waw final (U+FEEE, it joins meem and nothing after it),
+    thal isolated (after waw, which does not join on), jeem isolated (after thal, and last);
+    DejaVu Sans names the forms by those code points, the isolated ones by the letter's own. A
+    left-to-right line shows the run right to left: jeem, thal, waw, meem, nun from the left.
+    "شركة" (sheen, reh, kaf, teh marbuta): sheen initial (U+FEB7), reh final (U+FEAE), kaf
+    initial (U+FEDB: reh does not join on), teh marbuta final (U+FE94), shown teh marbuta first.
+    A figure after Arabic letters belongs to their run (UAX #9 W2: it is an Arabic number; N1: the
+    space between takes their direction): "2" shows left of the word, as a browser shows it.
+    Hebrew: "א (ב)" is one right-to-left run (the brackets enclose bet after alef, N0; the space
+    is between right-to-left text, N1), shown reversed with its brackets mirrored (L4): "(", bet,
+    ")", " ", alef; Latin text stays as it is."""
+    context = _context("نموذج 2 input")
+    context["facts"][0] = ("Customer", "شركة (acme)")
+    context["facts"][1] = ("Currency", "א (ב) EUR")
+    drawn = _drawn(context)
+    nmwthj = ["uni062C", "uni0630", "uniFEEE", "uniFEE4", "uniFEE7"]  # jeem, thal, waw fin., meem med., nun init.
+    assert [*_latin("Customer"), "uniFE94", "uniFEDB", "uniFEAE", "uniFEB7", *_latin(" (acme)")] in drawn, drawn
+    assert [*_latin("Currency"), "parenleft", "uni05D1", "parenright", "space", "uni05D0", *_latin(" EUR")] in drawn
+    assert [*_latin("2 "), *nmwthj, *_latin(" input"), *_latin("1,00010.00 per 1M0.01")] in drawn, drawn
+
+
+@pytest.mark.skipif(renderings.unicode_font() is None, reason="no Unicode TrueType font on this system")
+def test_a_document_without_right_to_left_text_or_marks_is_not_shaped() -> None:
+    """Shaping took 4 times as long for a 1,000-line invoice: only a document that needs it is shaped."""
+    doc = FPDF()
+    renderings._font(doc, ["modèle-€ input", "模型", "Łódź"])
+    assert not doc.text_shaping
+    renderings._font(shaped := FPDF(), ["model", "e\u0301"])  # a combining acute accent
+    assert shaped.text_shaping
 
 
 CORE_DEJAVU = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"  # Debian's fonts-dejavu-core
