@@ -221,6 +221,36 @@ def test_a_chat_stream_without_usage_is_charged_the_prompt_count_and_the_metered
     assert charged(url, request_id) == (8 * IN + 40 * OUT) / M + CALL
 
 
+def _streamed_with(url: str, key: str, model: str, part: dict) -> httpx.Headers:
+    """A streamed chat of `model` whose user message is the text "hi" and `part`, read to its end:
+    the answer's headers."""
+    with oai(url, key).chat.completions.with_streaming_response.create(
+            model=model, stream=True,
+            messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}, part]}]) as response:
+        list(response.parse())
+        return response.headers
+
+
+def _five_minutes_of_wav() -> dict:
+    """An input_audio part: 5 minutes at 8 kHz, 8 bits, mono (3,000 audio tokens at OpenAI's 1 per 100 ms)."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as clip:
+        clip.setnchannels(1)
+        clip.setsampwidth(1)
+        clip.setframerate(8000)
+        clip.writeframes(bytes(8000 * 300))
+    return {"type": "input_audio", "input_audio": {"data": base64.b64encode(out.getvalue()).decode(), "format": "wav"}}
+
+
+def _audio_book(url: str, name: str, audio_price: Decimal) -> str:
+    """The test book (format 2) with audio input at `audio_price` per 1M tokens, as `name`-<random>."""
+    book = f"{name}-{uuid.uuid4().hex[:8]}"
+    with admin(url) as http:
+        rules = [*BOOK["rules"], {"id": "audio-in", "token_type": "input_audio", "price": str(audio_price)}]
+        assert http.post("/v1/price-books", json={**BOOK, "id": book, "format": 2, "rules": rules}).status_code == 201
+    return book
+
+
 def test_a_stream_without_usage_is_charged_its_image_at_the_models_own_image_rule(live):
     url, _ = live
     _, key = customer(live)
@@ -228,11 +258,7 @@ def test_a_stream_without_usage_is_charged_its_image_at_the_models_own_image_rul
     Image.new("RGB", (1024, 1024)).save(out, "PNG")
     image = {"type": "image_url", "image_url": {
         "url": "data:image/png;base64," + base64.b64encode(out.getvalue()).decode(), "detail": "high"}}
-    with oai(url, key).chat.completions.with_streaming_response.create(
-            model="gpt-4o-mini-nousage", stream=True,
-            messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}, image]}]) as response:
-        list(response.parse())
-        request_id = response.headers["x-tokentill-request-id"]
+    request_id = _streamed_with(url, key, "gpt-4o-mini-nousage", image)["x-tokentill-request-id"]
     # "user", "text" (the part's type) and "hi", 3 + 3, and gpt-4o-mini's 4 tiles: 2,833 + 4 x 5,667
     assert charged(url, request_id) == ((3 + 6 + 2833 + 4 * 5667) * IN + 40 * OUT) / M + CALL
 
@@ -242,42 +268,18 @@ def test_a_stream_without_usage_is_charged_its_audio_by_the_clips_duration(live)
     # a book that prices audio input (the gateway requires it of a call with audio: pricing.premium),
     # at the text price here
     _, key = customer((url, tool_book(url, {"id": "audio-in", "token_type": "input_audio", "price": "10.00"})))
-    out = io.BytesIO()
-    with wave.open(out, "wb") as clip:  # 5 minutes at 8 kHz, 8 bits, mono
-        clip.setnchannels(1)
-        clip.setsampwidth(1)
-        clip.setframerate(8000)
-        clip.writeframes(bytes(8000 * 300))
-    audio = {"type": "input_audio", "input_audio": {"data": base64.b64encode(out.getvalue()).decode(), "format": "wav"}}
-    with oai(url, key).chat.completions.with_streaming_response.create(
-            model="gpt-4o-audio-preview-nousage", stream=True,
-            messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}, audio]}]) as response:
-        list(response.parse())
-        request_id = response.headers["x-tokentill-request-id"]
+    answered = _streamed_with(url, key, "gpt-4o-audio-preview-nousage", _five_minutes_of_wav())
+    request_id = answered["x-tokentill-request-id"]
     # "user", "text" and "hi", 3 + 3, and 300 s of audio at OpenAI's 1 token per 100 ms (was 2,500)
     assert charged(url, request_id) == ((3 + 6 + 3000) * IN + 40 * OUT) / M + CALL
 
 
 def test_audio_is_held_and_charged_at_the_audio_input_price_of_a_book_that_prices_it(live):
     url, _ = live
-    book = f"gw-audio-{uuid.uuid4().hex[:8]}"
     audio_price = Decimal("160")  # 16 x the text input price, as gpt-4o-audio-preview's $40 to $2.50
-    with admin(url) as http:
-        rules = [*BOOK["rules"], {"id": "audio-in", "token_type": "input_audio", "price": str(audio_price)}]
-        assert http.post("/v1/price-books", json={**BOOK, "id": book, "format": 2, "rules": rules}).status_code == 201
-    cid, key = customer((url, book))
-    out = io.BytesIO()
-    with wave.open(out, "wb") as clip:  # 5 minutes at 8 kHz, 8 bits, mono: 3,000 audio tokens
-        clip.setnchannels(1)
-        clip.setsampwidth(1)
-        clip.setframerate(8000)
-        clip.writeframes(bytes(8000 * 300))
-    audio = {"type": "input_audio", "input_audio": {"data": base64.b64encode(out.getvalue()).decode(), "format": "wav"}}
-    with oai(url, key).chat.completions.with_streaming_response.create(
-            model="gpt-4o-audio-preview-nousage", stream=True,
-            messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}, audio]}]) as response:
-        list(response.parse())
-        request_id, reserved = response.headers["x-tokentill-request-id"], response.headers["x-tokentill-reserved"]
+    cid, key = customer((url, _audio_book(url, "gw-audio", audio_price)))
+    headers = _streamed_with(url, key, "gpt-4o-audio-preview-nousage", _five_minutes_of_wav())  # 3,000 audio tokens
+    request_id, reserved = headers["x-tokentill-request-id"], headers["x-tokentill-reserved"]
     cost = ((3 + 6) * IN + 3000 * audio_price + 40 * OUT) / M + CALL
     assert charged(url, request_id) == cost == Decimal("0.48189")
     # held: the text (3 tokens, 4 with cl100k_base's margin) and overhead at the cache write price
@@ -289,12 +291,8 @@ def test_audio_is_held_and_charged_at_the_audio_input_price_of_a_book_that_price
 
 def test_an_earlier_answers_audio_referred_to_by_id_is_held_as_a_whole_answer_of_audio(live):
     url, _ = live
-    book = f"gw-audio-ref-{uuid.uuid4().hex[:8]}"
     audio_price = Decimal("160")
-    with admin(url) as http:
-        rules = [*BOOK["rules"], {"id": "audio-in", "token_type": "input_audio", "price": str(audio_price)}]
-        assert http.post("/v1/price-books", json={**BOOK, "id": book, "format": 2, "rules": rules}).status_code == 201
-    _, key = customer((url, book))
+    _, key = customer((url, _audio_book(url, "gw-audio-ref", audio_price)))
     said = {"role": "assistant", "audio": {"id": "audio_abc123"}}
     raw = oai(url, key).chat.completions.with_raw_response.create(
         model="gpt-4o-audio-preview", max_tokens=100, messages=[*HI, said])
