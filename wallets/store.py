@@ -53,6 +53,9 @@ WITH kept AS MATERIALIZED (  -- each key's kept answer: a primary-key probe per 
           LIMIT 1) r
      WHERE starts_with(k.scope, 'reserve:') AND k.response ->> 'code' = 'reserved'
        AND NOT r.id = ANY(%(reservations)s::text[])
+), wanted_lots AS MATERIALIZED (  -- the lots the batch names: by a command, or as a hold's source
+    SELECT %(lot_codes)s::text[] || coalesce(array_agg(h.account_code), '{}') AS codes
+      FROM reservation_holds h WHERE h.lane = %(lane)s AND h.reservation_id = ANY(%(reservations)s::text[])
 )
 SELECT
   (SELECT coalesce(jsonb_agg(jsonb_build_object(
@@ -80,30 +83,25 @@ SELECT
           l.id, l.customer_id, l.account_code, l.kind, l.granted, l.priority, l.expires_at, l.created_at,
           l.reason, l.reference, b.credits - b.debits, l.expired_at IS NOT NULL,
           CASE WHEN l.account_code = ANY(%(lot_codes)s::text[])
-               THEN (SELECT j.kind FROM journal_entries j WHERE j.lane = l.lane AND j.id = l.entry_id) END,
+               THEN (SELECT j.kind FROM journal_entries j WHERE j.lane = %(lane)s AND j.id = l.entry_id) END,
           l.revoked_at IS NOT NULL, l.empty)),
           '[]'::jsonb)
-     FROM (  -- each part by its own index: a customer's spent lots are not read (migration 0072)
-           SELECT l.* FROM lots l  -- live ones (lots_customer_money: unexpired, not empty)
+     FROM (  -- a customer's spent lots are not read (migration 0072): its live ones by their index
+           -- (lots_customer_money: unexpired, not empty), then the others the batch names: a lot a
+           -- command names, even empty or swept (an expiry, a reversal), and one a hold came from, even
+           -- swept (a settle bills its kind, a release goes to breakage); disjoint, so no dedupe
+           SELECT l.*, false AS wanted FROM lots l
             WHERE l.lane = %(lane)s AND l.customer_id = ANY(%(customers)s::text[])
               AND l.expired_at IS NULL AND NOT l.empty
-           UNION
-           -- a lot a command names, even empty or swept: it says which (an expiry, a reversal)
-           SELECT l.* FROM lots l
-            WHERE l.lane = %(lane)s AND l.account_code = ANY(%(lot_codes)s::text[])
-              AND l.customer_id = ANY(%(customers)s::text[])
-           UNION
-           -- a lot a hold came from, even swept: a settle bills its kind, a release goes to breakage
-           SELECT l.* FROM lots l
-            WHERE l.lane = %(lane)s AND l.customer_id = ANY(%(customers)s::text[])
-              AND l.account_code IN (SELECT h.account_code FROM reservation_holds h
-                                      WHERE h.lane = %(lane)s AND h.reservation_id = ANY(%(reservations)s::text[]))) l
+           UNION ALL
+           SELECT l.*, true FROM (SELECT DISTINCT unnest(w.codes) AS code FROM wanted_lots w) w
+            CROSS JOIN LATERAL (SELECT l.* FROM lots l  -- a unique-key probe each
+                                 WHERE l.lane = %(lane)s AND l.account_code = w.code LIMIT 1) l
+            WHERE l.customer_id = ANY(%(customers)s::text[]) AND NOT (l.expired_at IS NULL AND NOT l.empty)) l
      CROSS JOIN LATERAL (SELECT b.credits, b.debits FROM account_balances b  -- a primary-key probe each
                           WHERE b.lane = %(lane)s AND b.account_id = l.account_id LIMIT 1) b
-    WHERE (l.expired_at IS NULL AND b.credits > b.debits)
-       OR l.account_code = ANY(%(lot_codes)s::text[])
-       OR l.account_code IN (SELECT h.account_code FROM reservation_holds h
-                              WHERE h.lane = %(lane)s AND h.reservation_id = ANY(%(reservations)s::text[])))
+    WHERE l.wanted OR b.credits > b.debits  -- a live lot is kept when it has money, or is named
+       OR l.account_code = ANY((SELECT w.codes FROM wanted_lots w)::text[]))
           AS lots,
   (SELECT coalesce(jsonb_agg((to_jsonb(r) - 'lane') || jsonb_build_object(
           'holds', (SELECT jsonb_agg(jsonb_build_array(h.seq, h.account_code, h.amount) ORDER BY h.seq)
@@ -306,11 +304,7 @@ def _load_function(lane: int) -> tuple[str, str, list[str], tuple[str, ...]]:
     (one a session) and names the lane's partitions only, the lane being written in its text."""
     found = _LOAD_FUNCTIONS.get(lane)
     if found is None:
-        text = _load_sql(lane)
-        order = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", text)))
-        for i, name in enumerate(order, 1):
-            text = text.replace(f"%({name})s", f"${i}")
-        types = tuple(_LOAD_TYPES[name] for name in order)
+        text, order, types = load_statement(lane)
         digest = hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
         name = f"tokentill_load_{int(lane)}_{digest}"
         create = (f"CREATE OR REPLACE FUNCTION pg_temp.{name}({', '.join(types)}) RETURNS TABLE ("
@@ -319,6 +313,16 @@ def _load_function(lane: int) -> tuple[str, str, list[str], tuple[str, ...]]:
                   + text + "; END $load$")
         found = _LOAD_FUNCTIONS[lane] = (name, create, order, types)
     return found
+
+
+def load_statement(lane: int) -> tuple[str, list[str], tuple[str, ...]]:
+    """The lane's load as the text its function runs (parameters as $1, $2, ...), the parameters'
+    names in that order, and their types."""
+    text = _load_sql(lane)
+    order = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", text)))
+    for i, name in enumerate(order, 1):
+        text = text.replace(f"%({name})s", f"${i}")
+    return text, order, tuple(_LOAD_TYPES[name] for name in order)
 
 
 _LOAD_FUNCTIONS: dict[int, tuple[str, str, list[str], tuple[str, ...]]] = {}

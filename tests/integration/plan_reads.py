@@ -12,6 +12,8 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import psycopg
+
 from ledger.db import Database
 
 
@@ -67,5 +69,34 @@ async def explained(db: Database, read: Callable[[Explained], Awaitable[Any]], *
         await conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
         spy = Explained(conn, writes=writes)
         return await read(spy), spy
+
+    return await db.read(work)
+
+
+async def generic_load(db: Database, lane: int, customers: list[str], *, analyze: tuple[str, ...],
+                       **needs: Any) -> tuple[Any, list[dict[str, Any]]]:
+    """A wallet batch's load as its batch runs it, and its plan: the lane's load statement planned
+    generically (a batch's function has plan_cache_mode = force_generic_plan: one plan a session,
+    for any parameters), with `analyze`'s tables analyzed and sequential scans off. store.load
+    plans the same text for its parameters, which can pick other indexes."""
+    from wallets import store
+
+    async def work(conn: Any) -> Any:
+        for table in analyze:
+            await conn.exec_driver_sql(f"ANALYZE {table}")
+        await conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+        await conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_generic_plan")
+        lead, params = store.load_lead(lane, customers, **needs)
+        text, _, types = store.load_statement(lane)
+        await conn.exec_driver_sql(f"PREPARE tokentill_generic_load ({', '.join(types)}) AS {text}")
+        call = "EXECUTE tokentill_generic_load (" + ", ".join(f"%s::{t}" for t in types) + ")"
+        raw = (await conn.get_raw_connection()).driver_connection
+        async with psycopg.AsyncClientCursor(raw) as cur:  # EXECUTE's arguments as literals
+            await cur.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + call, lead.args)
+            plan = (await cur.fetchone())[0]
+            await cur.execute(call, lead.args)
+            row = await cur.fetchone()
+        await conn.exec_driver_sql("DEALLOCATE tokentill_generic_load")
+        return store.loaded_from(tuple(row), params), [(json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]]
 
     return await db.read(work)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from wallet_kit import Kit, usd
 
 from ledger.lanes import lane_of
-from tests.integration.plan_reads import explained, rows_read
-from wallets import store
+from tests.integration.plan_reads import explained, generic_load, rows_read
+from wallets import chart, store
 
 
 async def test_a_batch_loads_its_customers_lots_not_the_lanes(kit: Kit):
@@ -72,3 +72,29 @@ async def test_a_close_reads_only_the_top_ups_that_paid_the_receivable(kit: Kit)
 
     assert [(x.reference, x.amount) for x in found[payer]] == [(f"topup:{paying.grant.id}", usd("2.00"))]
     assert rows_read(spy.plans, "lots") == 1
+
+
+async def test_a_settle_and_a_named_lot_probe_their_lots_not_the_customers_spent_ones(kit: Kit):
+    """`spender` topped up $1.00 five times, spent them all (5,000 input tokens at $1.00 per
+    1,000), topped up $10.00 and reserved $2.00 from it. Loading it for a settle of that
+    reservation and an expiry naming the first (spent) $1.00 lot finds the live lot ($10.00 - $2.00
+    held = $8.00) and the named one ($0.00), and reads the live lot by its index and each lot the
+    batch names by its code: 1 + 2 probes = 3 lots, in the plan its batch runs (generic). Before,
+    that plan read 8: it looked for the named lot and the hold's among the customer's lots by its
+    index (a settle of a customer with 20,000 spent lots read them all)."""
+    spender = await kit.customer("spender")
+    spent = [await kit.top_up(spender, "1.00") for _ in range(5)]
+    await kit.usage_event(spender, "spend-all", input_tokens=5_000)
+    live = await kit.top_up(spender, "10.00")
+    reserved = await kit.reserve(spender, "r-1", amount="2.00")
+    named = chart.lot_account(spender, spent[0].grant.id)
+
+    lane = lane_of(spender, await kit.service.engine.lane_count())
+    loaded, plans = await generic_load(kit.db, lane, [spender], reservation_ids=[reserved.reservation.id],
+                                       lot_codes=[named], now=kit.clock.now, analyze=("lots", "account_balances"))
+
+    lots = loaded.wallets[spender].lots
+    assert {code: lot.balance for code, lot in lots.items()} == {
+        chart.lot_account(spender, live.grant.id): usd("8.00"), named: usd("0.00")}
+    assert list(loaded.wallets[spender].reservations) == [reserved.reservation.id]
+    assert rows_read(plans, "lots") == 3
