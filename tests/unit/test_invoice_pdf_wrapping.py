@@ -9,6 +9,7 @@ import io
 import pytest
 from fpdf.fonts import TTFFont
 from pypdf import PdfReader
+from pypdf.generic import ContentStream
 
 from api import renderings
 from api.renderings import Row, _wrapped, context_pdf
@@ -90,3 +91,54 @@ def test_a_first_row_whose_first_line_is_all_cjk_prints_its_figures() -> None:
     assert any(line.endswith("1,000 10.00 per 1M 0.01") for line in printed), printed
     text = "".join(printed)
     assert text.count("模") == text.count("型") == 40, printed  # each printed once (a line may part them)
+
+
+def _drawn_text(rows: list[Row]) -> dict[str, list[tuple[float, float]]]:
+    """Each piece of text the first page draws, stripped, with where it begins (mm from the left
+    and from the top of the A4 page, 297 mm: PDF units are points, 72 an inch)."""
+    drawn: dict[str, list[tuple[float, float]]] = {}
+
+    def seen(text, cm, tm, font, size) -> None:
+        if text.strip():
+            drawn.setdefault(text.strip(), []).append((tm[4] * 25.4 / 72, 297 - tm[5] * 25.4 / 72))
+
+    PdfReader(io.BytesIO(context_pdf(_context(rows)))).pages[0].extract_text(visitor_text=seen)
+    return drawn
+
+
+def _rectangles(context: dict) -> list[tuple[float, float]]:
+    """The left and right edges (mm) of the rectangles the first page draws (the table's cells)."""
+    reader = PdfReader(io.BytesIO(context_pdf(context)))
+    k = 72 / 25.4
+    return [(round(float(operands[0]) / k, 2), round((float(operands[0]) + float(operands[2])) / k, 2))
+            for operands, operator in ContentStream(reader.pages[0].get_contents(), reader).operations
+            if operator == b"re"]
+
+
+def test_the_table_spans_the_page_between_its_margins_as_fpdf2s_table_drew_it() -> None:
+    """fpdf2's table (before 582af61) took the column widths 90, 30, 35, 25 as shares of the page
+    between its margins: A4 is 210 mm, fpdf2's margins 10 mm each, so 190 mm, and the columns
+    190 * 90 / 180 = 95, 190 * 30 / 180 = 31.67, 190 * 35 / 180 = 36.94, 190 * 25 / 180 = 26.39 mm:
+    edges at 10, 105, 136.67, 173.61 and 200 mm. 582af61 drew them 90, 30, 35, 25 mm (edges 10, 100,
+    130, 165, 190): every figure 10 mm to the left and the descriptions wrapped 5 mm sooner."""
+    edges = {edge for rectangle in _rectangles(_context([Row("gpt-4o input", "1,000", "10.00 per 1M", "0.01")]))
+             for edge in rectangle}
+    assert edges == {10.0, 105.0, 136.67, 173.61, 200.0}, sorted(edges)
+
+
+def test_the_figures_of_a_row_of_two_lines_stand_between_its_lines_as_fpdf2s_table_drew_them() -> None:
+    """fpdf2's table centred each cell in its row: beside a description of two lines, a row's
+    figures stand half a line below the first, midway between the two lines (each 2 * 9 pt =
+    6.35 mm: 3.175 mm below the first); 582af61 drew them beside the first line. A row of one
+    line is drawn on the line as before."""
+    drawn = _drawn_text([Row("gpt-4o input", "1,234,567", "2.50 per 1M", "3.09"),
+                         Row("claude-sonnet-4-5 cached input tokens, tier 2 above 200,000 tokens per request",
+                             "9,999,999", "0.30 per 1M", "3.00")])
+    (_, first_y), = drawn["claude-sonnet-4-5 cached input tokens, tier 2 above 200,000"]
+    (_, second_y), = drawn["tokens per request"]
+    assert abs(second_y - first_y - 6.35) < 0.01
+    for figure in ("9,999,999", "0.30 per 1M", "3.00"):
+        (_, y), = drawn[figure]
+        assert abs(y - first_y - 3.175) < 0.01, (figure, y, first_y)
+    (_, one_y), = drawn["gpt-4o input"]
+    assert [round(y, 2) for _, y in drawn["1,234,567"]] == [round(one_y, 2)]
