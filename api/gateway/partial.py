@@ -17,6 +17,8 @@ import msgspec
 _SCALAR = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?|true|false|null")
 _SCALAR_CUT = re.compile(r"[-+.0-9eE]+|t(?:r(?:ue?)?)?|f(?:a(?:l(?:se?)?)?)?|n(?:u(?:ll?)?)?")
 _HEX = frozenset("0123456789abcdefABCDEF")
+_QUOTE_OR_ESCAPE = re.compile(r'["\\]')
+_STRUCTURE = re.compile(r'[][{}"]')
 
 
 def _string_end(text: str, start: int) -> tuple[int, int]:
@@ -24,12 +26,12 @@ def _string_end(text: str, start: int) -> tuple[int, int]:
     cut; the index its last whole character or escape ends at)."""
     i, n = start + 1, len(text)
     while i < n:
-        c = text[i]
-        if c == '"':
+        stop = _QUOTE_OR_ESCAPE.search(text, i)  # a string's plain characters skipped at once
+        if stop is None:
+            return -1, n
+        i = stop.start()
+        if text[i] == '"':
             return i + 1, i
-        if c != "\\":
-            i += 1
-            continue
         if i + 1 >= n:  # a backslash cut from what it escapes
             return -1, i
         if text[i + 1] == "u":
@@ -47,7 +49,8 @@ def closed_prefix(text: str) -> str | None:
     """The longest prefix of `text` (a JSON document cut short) that ends after a complete value
     or inside a string value, closed: its string, objects and arrays; None when it is not JSON."""
     closers: list[str] = []
-    safe: str | None = None  # the prefix so far, closed
+    safe = -1  # where the prefix so far ends (closed by what is open at the end: between two safe
+    # points only keys, colons, commas and a cut scalar come, which open and close nothing)
     key = False  # the next string is an object's key
     i, n = 0, len(text)
     while i < n:
@@ -58,13 +61,13 @@ def closed_prefix(text: str) -> str | None:
             closers.append("}" if c == "{" else "]")
             key = c == "{"
             i += 1
-            safe = text[:i] + "".join(reversed(closers))
+            safe = i
         elif c in "}]":
             if not closers or closers[-1] != c:
                 return None
             closers.pop()
             i += 1
-            safe = text[:i] + "".join(reversed(closers))
+            safe = i
         elif c == ":":
             key = False
             i += 1
@@ -74,10 +77,10 @@ def closed_prefix(text: str) -> str | None:
         elif c == '"':
             end, whole = _string_end(text, i)
             if end < 0:  # cut inside: a value keeps what it held so far, a key is dropped
-                return safe if key else text[:whole] + '"' + "".join(reversed(closers))
+                return _closed(text, safe, closers) if key else text[:whole] + '"' + "".join(reversed(closers))
             i = end
             if not key:
-                safe = text[:i] + "".join(reversed(closers))
+                safe = i
         else:
             scalar = _SCALAR.match(text, i)
             if _SCALAR_CUT.fullmatch(text, i):  # at the end, it may go on (a number's digits, a literal's letters)
@@ -85,8 +88,14 @@ def closed_prefix(text: str) -> str | None:
             if scalar is None:
                 return None
             i = scalar.end()
-            safe = text[:i] + "".join(reversed(closers))
-    return safe
+            safe = i
+    return _closed(text, safe, closers)
+
+
+def _closed(text: str, end: int, closers: list[str]) -> str | None:
+    """`text` up to `end` with what is open closed (one copy: a copy at each value made a cut
+    answer of many values, an embeddings list, cost time quadratic in its length); None before any."""
+    return text[:end] + "".join(reversed(closers)) if end >= 0 else None
 
 
 def partial_json(raw: bytes) -> dict[str, Any] | None:
@@ -113,6 +122,11 @@ def whole_members(raw: bytes, *names: str) -> dict[str, Any]:
     start = -1  # where that value began
     i, n = 0, len(text)
     while i < n and len(found) < len(names):
+        if len(closers) > 1:  # inside a member's value only its brackets and strings matter: skipped to the next
+            stop = _STRUCTURE.search(text, i)
+            if stop is None:
+                break
+            i = stop.start()
         c = text[i]
         if c in " \t\r\n":
             i += 1

@@ -459,9 +459,10 @@ def cut_answer_settlement(kind: str, part: bytes, counter: TokenCounter, model: 
             tally.observe_answer(whole)
         return answer_settlement(kind, part, counter, model, prompt_raw_tokens, tally) \
             or ("usage", {"input_tokens": prompt_raw_tokens})
-    body = partial_json(part)
-    if body is not None and kind != EMBEDDINGS:
-        tally.observe_answer(body)
+    if kind != EMBEDDINGS:  # an embeddings list has no text to meter (its prompt is counted)
+        body = partial_json(part)
+        if body is not None:
+            tally.observe_answer(body)
     came = whole_members(part, "usage", "service_tier")  # a tier cut mid-string, "prior", is not read
     if isinstance(came.get("usage"), Mapping):
         return _reported(kind, came["usage"], _tier_of(came))

@@ -66,3 +66,19 @@ def test_a_string_member_is_read_only_when_its_closing_quote_came():
         "usage": {}, "service_tier": "priority"}
     assert whole_members(b'{"service_tier": "flex", "n": 12', "n", "service_tier") == {"service_tier": "flex"}
     assert whole_members(b'{"n": 12,', "n") == {"n": 12}
+
+
+def test_every_cut_of_a_list_of_values_keeps_its_whole_values_and_reads_usage_only_once_closed():
+    # the regexes that skip a string's plain characters and a member's nested values (linear on a
+    # 20 MB embeddings list) read each cut as the character-by-character scan did
+    whole = (b'{"object":"list","data":[{"embedding":[0.5,-1e-3,2],"i":"a\\"]}"}],'
+             b'"usage":{"prompt_tokens":12,"total_tokens":12}}')
+    usage_closed = whole.index(b"}}") + 1  # the usage's own closing brace
+    for n in range(1, len(whole)):
+        cut = whole[:n]
+        body = partial_json(cut)
+        assert body is not None, cut
+        came = whole_members(cut, "usage")
+        assert came == ({"usage": {"prompt_tokens": 12, "total_tokens": 12}} if n >= usage_closed else {}), cut
+    assert partial_json(whole[:len(b'{"object":"list","data":[{"embedding":[0.5,-1e-3,2')]) \
+        == {"object": "list", "data": [{"embedding": [0.5, -1e-3]}]}  # 2 may have been 20
