@@ -527,8 +527,9 @@ def _measurer(doc: FPDF) -> Any:
 
 def _wrapped(text: str, width: float, measure: Any) -> list[str]:
     """`text` in lines no wider than `width`: broken at its line breaks and at spaces, and a word
-    wider than a line between its characters, as multi_cell breaks it. Each word (and each
-    character of a word cut) is measured once, so the work grows with the text's length."""
+    wider than a line between its letters (`_letters`), as multi_cell breaks it between its
+    characters. Each word (and each letter of a word cut) is measured once, so the work grows
+    with the text's length."""
     lines: list[str] = []
     space = measure(" ")
     for paragraph in text.split("\n"):
@@ -545,22 +546,39 @@ def _wrapped(text: str, width: float, measure: Any) -> list[str]:
                 lines.append(" ".join(line))
                 line, used = [word], wide
                 continue
-            if line and used + gap + measure(word[0]) <= width:  # cut: its beginning after the line's words
+            if line and used + gap + measure(_letters(word)[0]) <= width:  # cut: its beginning after the line's words
                 line.append("")
                 used += gap
             else:
                 if line:
                     lines.append(" ".join(line))
                 line, used = [""], 0.0
-            for ch in word:
-                wide = measure(ch)
+            for letter in _letters(word):
+                wide = measure(letter)
                 if used + wide > width and line[-1]:
                     lines.append(" ".join(line))
                     line, used = [""], 0.0
-                line[-1] += ch
+                line[-1] += letter
                 used += wide
         lines.append(" ".join(line))
     return lines
+
+
+JOINERS = ("\u200c", "\u200d")  # zero width non-joiner and joiner
+
+
+def _letters(word: str) -> list[str]:
+    """`word` cut where a line may end inside it: before each character but a combining mark (an
+    accent, a vowel sign), a variation selector or a joiner, nor after a joiner. A mark cut from
+    its letter began the next line alone (shaped, HarfBuzz drew it on a dotted circle)."""
+    letters: list[str] = []
+    for ch in word:
+        if letters and (unicodedata.category(ch) in ("Mn", "Mc", "Me") or ch in JOINERS
+                        or "\ufe00" <= ch <= "\ufe0f" or letters[-1][-1] in JOINERS):
+            letters[-1] += ch
+        else:
+            letters.append(ch)
+    return letters
 
 
 def _latin(value: str) -> str:

@@ -142,3 +142,15 @@ def test_the_figures_of_a_row_of_two_lines_stand_between_its_lines_as_fpdf2s_tab
         assert abs(y - first_y - 3.175) < 0.01, (figure, y, first_y)
     (_, one_y), = drawn["gpt-4o input"]
     assert [round(y, 2) for _, y in drawn["1,234,567"]] == [round(one_y, 2)]
+
+
+def test_a_word_wider_than_a_line_is_cut_between_letters_with_their_marks_never_before_a_mark() -> None:
+    """Every character 1 wide, lines 4 wide. "abcd\u0301ef" (d with a combining acute, 7
+    characters) is wider than a line, so it is cut; cut between characters it was "abcd" and
+    "\u0301ef": the accent alone at the start of a line (shaped, HarfBuzz draws it on a dotted
+    circle). d and its accent are one letter (2 wide): after "abc" (3) it makes 5 > 4, so the
+    first line is "abc" and the next "d\u0301ef" (2 + 1 + 1 = 4). Likewise a joiner (U+200D) goes
+    with the letter before it and the one after."""
+    assert _wrapped("abcd\u0301ef", 4, len) == ["abc", "d\u0301ef"]
+    # a, b (2); c, joiner, d (3 wide: 5 > 4) begin the next line, e fills it (4); f (5 > 4) the next
+    assert _wrapped("abc\u200ddef", 4, len) == ["ab", "c\u200dde", "f"]
