@@ -744,13 +744,14 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
          WHERE coalesce(x.moved, 0) + t.kept <> 0""" if (await _schema(conn))["rerate_true_ups"] else ""
     # what each true-up gave back of each charge (true_up_charges, migration 0068), by rule: at most
     # what the true-up gave back of the rule, and each row the same way (money_back.each_charge_first,
-    # TrueUpFix.parts). A re-rate's: its correction of the rule's true-up. A close's: its own line of
-    # the rule at the book's price (kind volume_true_up, no override), which is what the period's
-    # rollups (wherever billed) say the true-up stands at less the re-rates' corrections of it. Each
-    # row a charge of its customer billed in its period, of usage in it (its invoice's bounds: a late
-    # charge billed in it is not; a close's and a re-rate's records are of those alone; a re-rate's
-    # may be of a charge billed in no period, posted before migration 0017, as it takes one to be
-    # billed in the period of its usage).
+    # TrueUpFix.parts), but a re-rate's rows may run both ways (it takes back of some charges and gives
+    # back to others: their sum is bound so). A re-rate's: its correction of the rule's true-up. A
+    # close's: its own line of the rule at the book's price (kind volume_true_up, no override), which is
+    # what the period's rollups (wherever billed) say the true-up stands at less the re-rates'
+    # corrections of it. Each row a charge of its customer billed in its period, of usage in it (its
+    # invoice's bounds: a late charge billed in it is not; a close's and a re-rate's records are of
+    # those alone; a re-rate's may be of a charge billed in no period, posted before migration 0017, as
+    # it takes one to be billed in the period of its usage).
     given = """
         UNION ALL
         SELECT problem FROM (
@@ -795,7 +796,8 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
                                              THEN -(coalesce(s.amount, 0) + coalesce(f.back, 0))
                                              ELSE coalesce(c.back, 0) END AS back) b
              WHERE (g.given <> 0 AND NOT (sign(g.given) = sign(b.back) AND abs(g.given) <= abs(b.back)))
-                OR g.low <= 0 AND b.back > 0 OR g.high >= 0 AND b.back < 0) x
+                OR (g.low <= 0 AND b.back > 0 OR g.high >= 0 AND b.back < 0)
+                   AND NOT (g.rerate_id IS NOT NULL AND g.low < 0 AND g.high > 0)) x
         UNION ALL
         SELECT format('true-up record of %s of customer %s, %s rule %s: charge %s ', CASE WHEN t.rerate_id IS NULL
                       THEN 'the close' ELSE 're-rate ' || t.rerate_id END, t.customer_id, t.period, t.rule_id,

@@ -71,16 +71,28 @@ class TrueUpFix:
         """What this correction gives back of each charge (taken back: negative): its overcharge at
         the tier reached less what the true-ups before gave back of it, the charges in order, up to
         the correction (as money_back.each_charge_first places money back): what the entry keeps,
-        `given` of the next correction."""
+        `given` of the next correction. A charge whose part runs against the correction (taken back
+        of in a true-up corrected down, given back to in one corrected up: a re-rate of some of the
+        rule's charges moves the tier's price under the others) counts too, as far as the others'
+        parts beyond the correction make room for it, so the parts still sum to the correction (none,
+        where no part goes its way: what the true-ups before gave back was not kept whole)."""
         if self.given is None or not self.delta:
             return {}
         line, left, out = self.line(), -self.delta, {}
         pieces = {charge: (units, amount) for charge, units, amount in self.pieces}
+        dues = {}
         for charge in sorted(pieces.keys() | self.given.keys()):  # a charge gone from the rule: 0 over
             over = overcharged(line, *pieces[charge]) if charge in pieces and self.unit_price is not None else 0
-            due = over - self.given.get(charge, 0)
+            dues[charge] = over - self.given.get(charge, 0)
+        sign = 1 if left > 0 else -1
+        room = max(0, sum(due * sign for due in dues.values() if due * sign > 0) - left * sign)
+        for charge, due in dues.items():  # against the correction, as far as the others make room
+            part = -min(-due * sign, room) * sign
+            if due * sign < 0 and part:
+                out[charge], left, room = part, left - part, room + part * sign
+        for charge, due in dues.items():
             part = min(due, left) if left > 0 else max(due, left)
-            if part and (part > 0) == (left > 0):
+            if due * sign > 0 and part:
                 out[charge], left = part, left - part
         return out
 

@@ -338,8 +338,8 @@ def _takes(fixes: Sequence[TrueUpFix], parts: Mapping[str, Mapping[int, int]], r
     payers: dict[int, tuple[tuple[str, int], ...]] = {}
     given: dict[int, int] = {}
     for f in fixes:
-        for charge, units in parts.get(f.rule_id, {}).items() if f.delta > 0 else ():
-            if units < 0:
+        for charge, units in parts.get(f.rule_id, {}).items():
+            if units < 0:  # of a correction down too: a charge it takes back of (TrueUpFix.parts)
                 takes[charge] = takes.get(charge, 0) - units
                 given[charge] = given.get(charge, 0) + (f.given or {}).get(charge, 0)
         for ch in f.charges:
@@ -409,14 +409,20 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
         if x.delta < 0:
             shared(paid_by(x.charge), -x.delta)
     for f in fixes:  # what the rule's charges paid, less what corrections before take back of each
-        if f.delta < 0:
+        parts = f.parts()
+        # what it gives back: the correction down, and what it takes back of other charges beside
+        # (`takes`); of a correction up, what it gives back to charges against it (TrueUpFix.parts)
+        need = -f.delta - sum(v for v in parts.values() if v < 0) if f.delta < 0 else sum(
+            v for v in parts.values() if v > 0)
+        if need > 0:
             paid = {k: v for charge in f.charges for k, v in paid_by(charge).items()}
-            need = -f.delta
             if f.given is not None and f.unit_price is not None:
                 pieces = {c: (u, a) for c, u, a in f.pieces}
                 rows = [(c, a, v, *pieces.get(c, (None, None))) for (c, a), v in sorted(paid.items())]
-                need, paid = each_charge_first(shares, taken, f.line(), rows, receivable, order, f.given, None, room)
-            shared(paid, need)
+                need, paid = each_charge_first(shares, taken, {**f.line(), "amount_units": -need}, rows, receivable,
+                                               order, f.given, None, room)
+            if f.delta < 0 or need > 0:
+                shared(paid, need)
     if room is not None:
         # a lot's room is what it has left in all the charges, which an earlier charge's decrease
         # may have used where the lot's money was in another: the rest goes to the lots that still
@@ -538,7 +544,8 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
     # gave it back), not from the lots in consumption order: as if the close had known the price
     takes = _takes(fixes, parts, chart.receivable_account(c.id))
     # beside decreases, what it takes back of each charge nets with what that charge's payers get back
-    decreased = any(x.delta < 0 for x in found) or any(f.delta < 0 for f in fixes)
+    decreased = (any(x.delta < 0 for x in found) or any(f.delta < 0 for f in fixes)
+                 or any(units > 0 for given in parts.values() for units in given.values()))
     # a lot expired by the period's end was expired at every true-up's give-back (all after it),
     # so what came back to it went to breakage; one closed later (expired, revoked in whole) may
     # have spent it: it gives at most what it held when it closed (money_back.take_back)

@@ -416,17 +416,21 @@ async def test_verify_ties_a_close_s_record_to_its_true_up_line_and_each_row_to_
     assert await damaged(f"UPDATE true_up_charges SET charge_id = :december WHERE {close} AND charge_id = :twentieth"
                          ) == ["credit_notes", f"true-up record of the close of customer per-charge-audited, 2026-11 "
                                f"rule v-out: charge {december} is billed in 2026-12"]
-    # a row of the wrong sign: the close's $1.20 and -$0.20 (the same $1.00 in all), the fix's $0.60 and -$0.10
+    # a row of the wrong sign: the close's $1.20 and -$0.20 (the same $1.00 in all); the fix's $0.60 and
+    # -$0.10 is not named: a re-rate's rows may run both ways (it gives back to some charges and takes
+    # back of others, TrueUpFix.parts), their sum bound as the close's
     assert await damaged(f"UPDATE true_up_charges SET units = 1200000000 WHERE {close} AND charge_id = :fifth",
                          f"UPDATE true_up_charges SET units = -200000000 WHERE {close} AND charge_id = :twentieth",
                          "UPDATE true_up_charges SET units = 600000000 WHERE rerate_id = :r AND charge_id = :fifth",
                          "UPDATE true_up_charges SET units = -100000000 WHERE rerate_id = :r AND charge_id = :twentieth"
                          ) == ["credit_notes",
-                               f"true-up record of re-rate {fix} of customer per-charge-audited, 2026-11 rule v-out: "
-                               "its rows give back from -100000000 to 600000000 of a charge, its correction 500000000",
                                "true-up record of the close of customer per-charge-audited, 2026-11 rule v-out: "
                                "its rows give back from -200000000 to 1200000000 of a charge, its true-up line "
                                "1000000000"]
+    # a re-rate's rows all of the wrong sign: -$0.30 and -$0.20 of its $0.50 back
+    assert await damaged("UPDATE true_up_charges SET units = -units WHERE rerate_id = :r") == [
+        "credit_notes", f"true-up record of re-rate {fix} of customer per-charge-audited, 2026-11 rule v-out: "
+        "gave back -500000000 of its charges, its correction 500000000"]
 
 
 async def test_verify_ties_each_row_of_a_close_s_record_to_its_charge_s_overcharge_rounded_up(fresh_db) -> None:
@@ -712,4 +716,67 @@ async def test_a_true_up_corrected_up_takes_nothing_from_breakage_for_an_expired
     done = await _rerated(bk, "20", "15")
     assert done["delta"] == "0.65", done
     assert (await live_lots(bk, cid), await _breakage(bk)) == ({top_up.grant.id: ("topup", 355 * CENT)}, 0)
+    await verified(bk)
+
+
+async def _zero_sum(bk: BillingKit) -> None:
+    trial = await bk.db.read(lambda conn: trial_balance(conn, "USD"))
+    debits, credits = trial.totals["USD"]
+    assert debits == credits and sum(ln.debits - ln.credits for ln in trial.lines) == 0
+
+
+async def test_a_true_up_corrected_down_with_a_charge_it_takes_back_of_gives_and_takes_each_charge_s_part(
+        fresh_db) -> None:
+    """Mixed signs in one true-up. The fix ($30/M to 100,000, $12/M beyond) re-rates the 20th alone
+    (from November 15th): 40,000 x $30/M + 30,000 x $12/M = $1.20 + $0.36 = $1.56 (+$0.46); the 5th
+    stays $1.20 (v1). At the tier reached (v2's, the latest that rated the rule), 130,000 x $12/M =
+    $1.56, the true-up $1.56 - $2.76 = -$1.20 where -$1.00 stands: -$0.20, $0.26 more in all. Per
+    charge: the 5th costs $0.72 at $12/M, $0.48 below its $1.20, where the close gave back $0.60:
+    $0.12 taken back, from the top-up that got it; the 20th costs $0.84, $0.72 below its $1.56, the
+    close gave back $0.40: $0.32 more back, to the grant that paid it (-$0.12 + $0.32 = -$0.20). The
+    20th's +$0.46 paid like usage, the grant first (priority 50). The top-up $0.60 - $0.12 = $0.48
+    (= $1.20 - $0.72), the grant $4.30 + $0.32 - $0.46 = $4.16 (= $5.00 - $0.84). Before, the true-up
+    gave its $0.20 back to the 20th alone and took nothing of the 5th: the $0.26 was paid like usage,
+    by the grant alone ($4.04), the top-up keeping $0.60."""
+    bk = BillingKit(fresh_db)
+    top_up, grant = await _closed_per_charge(bk, "mixed-down")
+    await bk.add_book(vol("v2", "2026-11-01T00:00:00Z", "30", "12"))
+    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
+    done = await applied(bk, spec("v2", datetime(2026, 11, 15, tzinfo=UTC)))
+    assert lines(done) == [("output", "1.10", "1.56", "0.46"),
+                            ("volume_true_up", "-1.00", "-1.20", "-0.20")]
+    assert done["delta"] == "0.26", done
+    assert await live_lots(bk, "mixed-down") == {top_up: ("topup", 48 * CENT), grant: ("grant", 416 * CENT)}
+    first, second = sorted(charge for _, charge, _ in await _given(bk, "mixed-down", None))
+    assert await _given(bk, "mixed-down", done["rerate_id"]) == [("v-out", first, -12 * CENT),
+                                                                ("v-out", second, 32 * CENT)]
+    await _zero_sum(bk)
+    await verified(bk)
+
+
+async def test_a_true_up_corrected_up_with_a_charge_it_gives_back_to_gives_and_takes_each_charge_s_part(
+        fresh_db) -> None:
+    """As above, the fix $24/M to 100,000, $12/M beyond, from November 15th: the 20th 40,000 x $24/M +
+    30,000 x $12/M = $0.96 + $0.36 = $1.32 (+$0.22). At the tier reached, 130,000 x $12/M = $1.56,
+    the true-up $1.56 - $2.52 = -$0.96 where -$1.00 stands: +$0.04, $0.26 more in all. Per charge:
+    the 5th costs $0.72, $0.48 below its $1.20, where $0.60 was given back: $0.12 taken back from
+    the top-up; the 20th costs $0.84, $0.48 below its $1.32, where $0.40 was given back: $0.08 more
+    back to the grant (-$0.12 + $0.08 = -$0.04). The 20th's +$0.22 paid like usage, by the grant.
+    The top-up $0.48 (= $1.20 - $0.72), the grant $4.30 + $0.08 - $0.22 = $4.16 (= $5.00 - $0.84).
+    Before, the true-up took its $0.04 of the 5th alone (the top-up $0.56) and the grant paid the
+    $0.22 ($4.08): the grant paid $0.08 of the 5th's usage, which the top-up paid before the grant
+    existed."""
+    bk = BillingKit(fresh_db)
+    top_up, grant = await _closed_per_charge(bk, "mixed-up")
+    await bk.add_book(vol("v2", "2026-11-01T00:00:00Z", "24", "12"))
+    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
+    done = await applied(bk, spec("v2", datetime(2026, 11, 15, tzinfo=UTC)))
+    assert lines(done) == [("output", "1.10", "1.32", "0.22"),
+                            ("volume_true_up", "-1.00", "-0.96", "0.04")]
+    assert done["delta"] == "0.26", done
+    assert await live_lots(bk, "mixed-up") == {top_up: ("topup", 48 * CENT), grant: ("grant", 416 * CENT)}
+    first, second = sorted(charge for _, charge, _ in await _given(bk, "mixed-up", None))
+    assert await _given(bk, "mixed-up", done["rerate_id"]) == [("v-out", first, -12 * CENT),
+                                                              ("v-out", second, 8 * CENT)]
+    await _zero_sum(bk)
     await verified(bk)

@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
 from api.runtime import sync_url
-from ledger.audit import verify
+from ledger.audit import trial_balance, verify
 from migrations import runner
 from wallets import expiry, rerating
 from wallets.audit import WALLET_CHECKS
@@ -660,4 +660,56 @@ async def test_a_re_rate_of_a_period_with_late_charges_notes_each_invoice_what_i
     assert {note["invoice_id"] for note in done["credit_notes"]} == {november["id"], december["id"]}
     again = await rerating.apply(bk.db, bk.service.engine, spec("v2", NOV_1, datetime(2027, 1, 1, tzinfo=UTC)), None)
     assert again == done  # the same re-rate again moves nothing and answers the same
+    await verified(bk)
+
+
+async def _lot_balances(bk: BillingKit, cid: str) -> dict[str, int]:
+    """Every lot of the customer, expired or revoked too: lot id -> its balance (credit > 0)."""
+    rows = await bk.db.read(lambda conn: conn.execute(text(
+        "SELECT id, account_code FROM lots WHERE customer_id = :c"), {"c": cid}))
+    return {lot: -await account_total(bk, code) for lot, code in rows.all()}
+
+
+async def test_a_rerate_that_raises_a_charge_pays_the_extra_in_consumption_order_at_its_own_time(
+        fixed: BillingKit) -> None:
+    """DESIGN.md: lots are consumed by priority (lower first), then earliest expiry (none last), then
+    the oldest; a live lot only. November 1st, in this order: a $5.00 top-up T (priority 100), a
+    $1.00 grant L (50, expiring January 31st), a $2.00 grant E (50, expiring November 25th), a $0.30
+    grant S (50, expiring December 20th) and a $1.00 grant P (60, no expiry). November 10th, 100,000
+    input tokens of model-a at $10/M + $0.01 = $1.01, from E (earliest expiry): $0.99 left. The
+    11th a $1.00 grant R of priority 10, revoked whole the 12th. E expires the 25th; no expiry job
+    runs, so its $0.99 stays on it. The fix, the 26th: $14/M, the charge $1.41, +$0.40, paid at the
+    re-rate's time: R revoked and E expired pay nothing; S (priority 50, December 20th) $0.30, all it
+    has; then L (January 31st) $0.10: $0.90. P and T untouched. A settle at the same time would
+    take the same lots: oldest first would take L's, none-last-ignored T's, and the expired E's
+    earliest expiry would make it first."""
+    from wallets.core.commands import Grant, ReverseGrant
+    bk = fixed
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("raised", book="fix")
+    t = (await bk.top_up(cid, "5.00")).grant.id
+    big = datetime(2027, 1, 31, tzinfo=UTC)
+    lots = {}
+    for name, amount, priority, expires in [("L", "1.00", 50, big),
+                                            ("E", "2.00", 50, datetime(2026, 11, 25, tzinfo=UTC)),
+                                            ("S", "0.30", 50, datetime(2026, 12, 20, tzinfo=UTC)),
+                                            ("P", "1.00", 60, None)]:
+        bk.clock.now = bk.clock.now.replace(minute=bk.clock.now.minute + 1)
+        lots[name] = (await bk.service.submit(Grant(customer_id=cid, amount=units(amount), priority=priority,
+                                                    expires_at=expires))).grant.id
+    await bk.event(cid, "model-a", 100_000, 0, at=datetime(2026, 11, 10, tzinfo=UTC))
+    bk.clock.now = datetime(2026, 11, 11, tzinfo=UTC)
+    lots["R"] = (await bk.service.submit(Grant(customer_id=cid, amount=units("1.00"), priority=10))).grant.id
+    bk.clock.now = datetime(2026, 11, 12, tzinfo=UTC)
+    await bk.service.submit(ReverseGrant(customer_id=cid, lot_id=lots["R"], reason="abuse"))
+    before = {t: units("5.00"), lots["L"]: units("1.00"), lots["E"]: units("0.99"), lots["S"]: units("0.30"),
+              lots["P"]: units("1.00"), lots["R"]: 0}
+    assert await _lot_balances(bk, cid) == before
+    await bk.add_book(book("v2", "2026-11-01T00:00:00Z", "14.00"))
+    bk.clock.now = datetime(2026, 11, 26, tzinfo=UTC)
+    done = await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    assert done["delta"] == "0.40", done
+    assert await _lot_balances(bk, cid) == {**before, lots["S"]: 0, lots["L"]: units("0.90")}
+    trial = await bk.db.read(lambda conn: trial_balance(conn, "USD"))
+    assert trial.totals["USD"][0] == trial.totals["USD"][1]
     await verified(bk)
