@@ -445,3 +445,34 @@ async def test_a_free_allowance_is_shared_by_the_books_of_its_period(client) -> 
     wallet = await wallet_of(client, cid)
     assert wallet["receivable"] == "6.00", wallet
     await verified(client)
+
+
+async def test_a_rerate_to_the_same_prices_leaves_late_usage_what_the_close_gave_back_to_the_allowance(
+        client, database_url) -> None:
+    """A $20.00 allowance: 600,000 + 700,000 tokens, 12.00 + 11.00 (8.00 + 3.00) = 23.00, of which the
+    allowance pays 20.00, the customer 3.00. The close's true-up, 1.3M x $10/M = 13.00 less 23.00,
+    -10.00: the customer's own 3.00 back and 7.00 to the allowance (counter 20.00 - 7.00 = 13.00),
+    0.00 owed. Then, accepted after the close with its timestamp in the closed period, 1M tokens at
+    the $10/M tier reached, 10.00: the allowance pays the 7.00 it has left, the customer 3.00 (counter
+    20.00, 3.00 owed). A re-rate of the period to a v2 of the same prices moves nothing: 3.00 owed,
+    the counter 20.00. Before, the late charge (timestamped between the two) was re-rated second, by
+    usage time, as if it had come before the 700,000 and the close: 400,000 x $20/M + 600,000 x $10/M
+    = 14.00 (8.00 free), the 700,000 at $10/M 7.00 (none free, -4.00), the true-up -10.00 -> -6.00 and
+    the allowance's share 7.00 -> 0.00: 9.00 owed."""
+    book = f"vol-late-{uuid.uuid4().hex[:8]}"
+    await add_book(client, book, RULES)
+    invoice, wallet = await closed_invoice(client, {"free_allowances": [{"id": "free", "amount": "20.00"}]}, book)
+    assert ("free_allowance", "7.00", "free") in kinds(invoice) and wallet["receivable"] == "0.00"
+    cid, now = invoice["customer_id"], datetime.now(UTC)
+    await send(client, cid, "v-late", "model-v", now - timedelta(minutes=25), 1_000_000)
+    wallet = await wallet_of(client, cid)
+    assert wallet["receivable"] == "3.00" and await allowance_counter(database_url, cid) == 20 * DOLLAR
+    version = await new_version(client, book, RULES)
+    applied = await rerate_applied(client, book, version, cid, now - timedelta(hours=1), now)
+    wallet = await wallet_of(client, cid)
+    assert (wallet["receivable"], wallet["available"]) == ("3.00", "0.00"), applied.json()["customers"]
+    assert await allowance_counter(database_url, cid) == 20 * DOLLAR
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        found = await conn.execute("SELECT sum(debits) - sum(credits) FROM account_balances")
+        assert (await found.fetchone())[0] == 0  # the trial balance sums to zero
+    await verified(client)

@@ -225,12 +225,14 @@ def overrides_version(charge: ChargeOnRecord, overrides: OverrideHistory | None)
 
 def corrections(data: RerateInput, range_from: datetime, range_to: datetime,
                 ratings: dict[int, Any] | None = None) -> list[Correction]:
-    """Each charge of the range whose amounts the corrected version changes (in usage-time order).
-    Graduated tiers continue from the period's earlier charges: those before the range count as
-    they were rated (their rules' quantities, as the period's usage counters have them), those in
-    it as re-rated. The charges after the range keep what they took of each free allowance (they
-    are not re-rated), so those in it take at most what the others left of it. `ratings`, when
-    given, receives each re-rated charge's rating by id."""
+    """Each charge of the range whose amounts the corrected version changes (in usage-time order,
+    the charges billed after the period, late, after its own). Graduated tiers continue from the
+    period's earlier charges: those before the range count as they were rated (their rules'
+    quantities, as the period's usage counters have them), those in it as re-rated; a late charge
+    from them all, and from what the true-ups so far gave back to each free allowance. The charges
+    after the range keep what they took of each free allowance (they are not re-rated), so those in
+    it take at most what the others left of it. `ratings`, when given, receives each re-rated
+    charge's rating by id."""
     so_far: dict[str, int] = {}
     # the period's charges of other books keep what they took of each allowance too (money per
     # period, whatever book rated the usage: wallets.core.rating.allowances_of_every_book)
@@ -239,9 +241,17 @@ def corrections(data: RerateInput, range_from: datetime, range_to: datetime,
             if key.startswith(ALLOWANCE):
                 so_far[key] = so_far.get(key, 0) + units
     out: list[Correction] = []
-    for charge in data.charges:
+    # a charge billed after its period (arrived after the close) was rated after the period's own
+    # charges, and after the close's true-up gave back to the free allowances (its counters then):
+    # re-rated so, it is not re-rated as if it came first
+    late = [ch for ch in data.charges if ch.billed_in is not None and ch.billed_in != data.period]
+    ids = {ch.id for ch in late}
+    for charge in (*(ch for ch in data.charges if ch.id not in ids), *late):
+        if late and charge is late[0]:
+            for allowance_id, units in data.given_back.items():
+                so_far[ALLOWANCE + allowance_id] = so_far.get(ALLOWANCE + allowance_id, 0) - units
         if charge.occurred_at >= range_to:
-            break
+            continue
         if charge.occurred_at < range_from:
             counted = charge.counted()
         else:
