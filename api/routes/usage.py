@@ -18,13 +18,22 @@ from api.routes.cursors import MAX_PAGE, PAGE, Cursor, decode_position, encode_p
 from api.routes.formats import GROUP_BY, Identifier, matches
 from api.routes.inputs import usage_tokens
 from api.routes.schemas import Dimensions, json_body
-from api.routes.wire import COMPOSED, composed, idempotency, respond, shaped, spellings, time_in, time_param
+from api.routes.wire import (
+    COMPOSED,
+    composed,
+    idempotency,
+    instant_text,
+    respond,
+    shaped,
+    spellings,
+    time_in,
+    time_param,
+)
 from ledger.errors import LedgerError
 from ledger.model import request_hash
 from pricing.errors import PricingError
 from wallets import reports
 from wallets.commands import RecordUsage, UsageResult
-from wallets.core.state import wire_time
 from wallets.errors import ConflictError, WalletValidationError
 from wallets.periods import new_zone
 
@@ -83,7 +92,7 @@ def _command(event: UsageEvent, latest: datetime, dimensions: Mapping[str, Any])
     # event resent by a client whose serializer changed is a duplicate (_respelled: one kept before)
     body = _body(event)
     if occurred_at is not None:
-        body["timestamp"] = wire_time(occurred_at)
+        body["timestamp"] = instant_text(occurred_at, event.timestamp)
     return RecordUsage(customer_id=event.customer_id, event_id=event.event_id,
                        request_hash=request_hash(body), model=event.model, occurred_at=occurred_at,
                        tokens=tokens, usage=stored, dimensions=dimensions)
@@ -103,7 +112,7 @@ def _respelled(command: RecordUsage, event: UsageEvent) -> RecordUsage:
 
 def _at_instants(data: list[Any]) -> list[Any]:
     """A batch as its Idempotency-Key's hash reads it: each event's timestamp as the instant
-    (wire_time), as each event's own hash reads it; `data` itself where every one is so spelled
+    (instant_text), as each event's own hash reads it; `data` itself where every one is so spelled
     (or is no time: that event is refused alone)."""
     batch = data
     for index, item in enumerate(data):
@@ -112,7 +121,7 @@ def _at_instants(data: list[Any]) -> list[Any]:
             at = time_in(text, "timestamp") if isinstance(text, str) else None
         except WalletValidationError:
             continue
-        if at is not None and (instant := wire_time(at)) != text:
+        if at is not None and (instant := instant_text(at, text)) != text:
             batch = list(data) if batch is data else batch
             batch[index] = {**item, "timestamp": instant}
     return batch

@@ -42,6 +42,7 @@ from pricing.usage import NOT_A_DIMENSION_VALUE, NOT_AN_INTEGER
 from wallets import store
 from wallets.chart import ASSET_SCALE
 from wallets.core.idempotency import OK, IdemKey, Replayed, check_key, http_scope
+from wallets.core.state import wire_time
 from wallets.errors import WalletValidationError
 
 SCALE = ASSET_SCALE
@@ -98,13 +99,35 @@ def time_in(value: str | None, field: str) -> datetime | None:
     return parsed
 
 
+_FRACTION = re.compile(r"\.([0-9]+)")
+
+
+def _digits(sent: str) -> str:
+    """The fraction of a second of an RFC 3339 text as sent, its trailing zeros dropped (up to 9
+    digits: finer than the microsecond a datetime and PostgreSQL keep)."""
+    found = _FRACTION.search(sent)
+    return found.group(1).rstrip("0") if found else ""
+
+
+def instant_text(at: datetime, sent: str) -> str:
+    """The instant a time `sent` names (`at`, parsed from it), as an event's hash reads it:
+    wire_time, and where the fraction sent is finer than a microsecond, that fraction whole (a
+    datetime drops the 7th to 9th digits: .1234561 and .1234569 are two instants, not .123456)."""
+    digits = _digits(sent)
+    if len(digits) <= 6:
+        return wire_time(at)
+    return wire_time(at.replace(microsecond=0))[:-1] + "." + digits + "Z"
+
+
 def spellings(at: datetime, sent: str) -> list[str]:
-    """RFC 3339 texts of the instant `at` that a client may have sent it as, `sent` first: `T` or
-    `t`; in UTC with `Z`, `z`, `+00:00` or `-00:00`, or at the offset `sent` has; the seconds
-    whole, where they are, or the fraction in as many digits as it takes up to 9. (Not every
-    offset: a text at another one is not found.)"""
+    """RFC 3339 texts of the instant `sent` names (`at`, parsed from it) that a client may have
+    sent it as, `sent` first: `T` or `t`; in UTC with `Z`, `z`, `+00:00` or `-00:00`, or at the
+    offset `sent` has; the seconds whole, where they are, or the fraction as sent in as many digits
+    as it takes up to 9. (Not every offset: a text at another one is not found.) Where the fraction
+    is finer than a microsecond, also wire_time(at): the hash of an event kept since c1c9c09 read
+    the instant so, to the microsecond."""
     own = datetime.fromisoformat(uppercase_z(sent)).utcoffset()
-    digits = f"{at.microsecond:06d}".rstrip("0")
+    digits = _digits(sent)
     fractions = ["." + digits.ljust(n, "0") if n else "" for n in range(len(digits), 10)]
     zones = [(UTC, ("Z", "z", "+00:00", "-00:00"))]
     if own:  # `sent` ends ±hh:mm
@@ -114,6 +137,8 @@ def spellings(at: datetime, sent: str) -> list[str]:
         local = at.astimezone(zone)
         day, clock = local.strftime("%Y-%m-%d"), local.strftime("%H:%M:%S")
         texts += [f"{day}{t}{clock}{f}{o}" for t in "Tt" for f in fractions for o in offsets]
+    if len(digits) > 6:
+        texts.append(wire_time(at))
     return texts
 
 

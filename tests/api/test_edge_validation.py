@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from api.routes.wire import _fitted, _Unfit, nested_too_deep, shaped, spellings, time_in, unstorable
+from api.routes.wire import _fitted, _Unfit, instant_text, nested_too_deep, shaped, spellings, time_in, unstorable
 from ledger.model import request_hash
 from wallets.errors import WalletValidationError
 
@@ -366,6 +366,45 @@ async def test_a_usage_event_sent_again_with_its_time_spelled_otherwise_is_a_dup
     assert checked["ok"], [c for c in checked["checks"] if not c["ok"]]
 
 
+async def test_a_usage_event_resent_a_fraction_of_a_microsecond_later_is_a_conflict(app, client, world):
+    """The hash read the instant as a datetime keeps it, to the microsecond (PostgreSQL's too), so
+    10:00:00.1234561Z and 10:00:00.1234569Z (800 ns apart) both hashed as 10:00:00.123456Z and the
+    second, another instant, was a duplicate. Now the hash keeps the fraction as sent: 9 digits,
+    .1234561 = .123456100 (trailing zeros) at +02:00 = 12:00:00.123456100+02:00 is the same
+    instant, a duplicate; .1234569 is another, idempotency_conflict. The event is kept once, at
+    10:00:00.123456 (microseconds), charged once; an event sent with 6 digits hashes as before."""
+    w = world
+    kept = _event(w, timestamp="2026-06-01T10:00:00.1234561Z")
+    assert (await client.post("/v1/usage-events", json=[kept])).json()["accepted"] == 1
+    for same in ("2026-06-01T10:00:00.1234561Z", "2026-06-01t10:00:00.123456100z",
+                 "2026-06-01T12:00:00.1234561+02:00"):
+        again = await client.post("/v1/usage-events", json=[{**kept, "timestamp": same}])
+        assert again.json() == {"accepted": 0, "duplicates": 1, "rejected": []}, (same, again.text)
+    for other in ("2026-06-01T10:00:00.1234569Z", "2026-06-01T10:00:00.123456Z"):
+        later = await client.post("/v1/usage-events", json=[{**kept, "timestamp": other}])
+        assert [r["code"] for r in later.json()["rejected"]] == ["idempotency_conflict"], (other, later.text)
+    # under an Idempotency-Key likewise: the same instant replays, the other is 409
+    key = {"Idempotency-Key": f"fine-{w['tag']}"}
+    batch = [_event(w, event_id=f"fine-{w['tag']}", timestamp="2026-06-01T10:00:00.1234561Z")]
+    first = await client.post("/v1/usage-events", headers=key, json=batch)
+    assert first.json() == {"accepted": 1, "duplicates": 0, "rejected": []}, first.text
+    same = await client.post("/v1/usage-events", headers=key,
+                             json=[{**batch[0], "timestamp": "2026-06-01T10:00:00.12345610Z"}])
+    assert (same.status_code, same.headers.get("idempotent-replayed")) == (200, "true"), same.text
+    other = await client.post("/v1/usage-events", headers=key,
+                              json=[{**batch[0], "timestamp": "2026-06-01T10:00:00.1234569Z"}])
+    assert (other.status_code, other.json()["code"]) == (409, "idempotency_conflict"), other.text
+    micro = _event(w, event_id=f"micro-{w['tag']}", timestamp="2026-06-01T10:00:00.5+00:00")
+    assert (await client.post("/v1/usage-events", json=[micro])).json()["accepted"] == 1
+    async with app.state.services.db.engine.connect() as conn:
+        stored = (await conn.exec_driver_sql(
+            "SELECT request_hash FROM usage_events WHERE customer_id = %s AND event_id = %s",
+            (w["customer"], micro["event_id"]))).scalar_one()
+    # .5 as 6 digits, as wire_time spells it since c1c9c09: its hash unchanged
+    assert bytes(stored) == request_hash({**micro, "timestamp": "2026-06-01T10:00:00.500000Z", "openai_usage": None,
+                                          "anthropic_usage": None, "dimensions": {}})
+
+
 SPELLINGS = ("2026-12-01T10:00:00+00:00", "2026-12-01t10:00:00z", "2026-12-01T10:00:00.000Z")
 
 
@@ -462,3 +501,23 @@ def test_the_spellings_of_an_instant_are_each_that_instant():
     half = spellings(time_in("2026-12-01T10:00:00.5Z", "t"), "2026-12-01T10:00:00.5Z")
     assert len(set(half)) == 72 and "2026-12-01T10:00:00.500+00:00" in half and "2026-12-01T10:00:00Z" not in half
     assert {time_in(text, "t") for text in utc + local} == {at}
+
+
+def test_an_instant_finer_than_a_microsecond_is_hashed_and_spelled_whole():
+    """.1234567 (7 digits): the hash's text keeps them all, in UTC (12:00 at +02:00 is 10:00Z);
+    6 digits or fewer, wire_time as before (.5 is .500000). Its spellings: .1234567, .12345670,
+    .123456700 (3) x T or t (2) x Z, z, +00:00, -00:00 (4) = 24, and the text as sent first and
+    wire_time's .123456Z (an event kept since c1c9c09 was hashed so) last: 26; sent at +02:00,
+    3 x 2 = 6 more: 32. Not .123456000: another instant."""
+    sent = "2026-12-01T12:00:00.1234567+02:00"
+    at = time_in(sent, "t")
+    assert instant_text(at, sent) == "2026-12-01T10:00:00.1234567Z"
+    assert instant_text(at, "2026-12-01T10:00:00.123456700z") == "2026-12-01T10:00:00.1234567Z"
+    half, whole = "2026-12-01T10:00:00.5Z", "2026-12-01T10:00:00.000000000Z"
+    assert instant_text(time_in(half, "t"), half) == "2026-12-01T10:00:00.500000Z"
+    assert instant_text(time_in(whole, "t"), whole) == "2026-12-01T10:00:00Z"
+    utc = spellings(at, "2026-12-01T10:00:00.1234567Z")
+    assert (len(utc), len(set(utc)), utc[-1]) == (26, 25, "2026-12-01T10:00:00.123456Z")
+    assert "2026-12-01t10:00:00.123456700-00:00" in utc and "2026-12-01T10:00:00.123456000Z" not in utc
+    local = spellings(at, sent)
+    assert len(local) == 32 and "2026-12-01t12:00:00.12345670+02:00" in local
