@@ -121,10 +121,11 @@ def _limit(metric: str, value: Any) -> int:
         return amount_in(value, "limit")
     if type(value) is float:
         raise WalletValidationError("limit", NOT_AN_INTEGER)
+    article = "an" if metric[0] in "aeiou" else "a"  # an input_tokens limit, a tokens limit
     if type(value) is not int:  # a bool too: true is no count
-        raise WalletValidationError("limit", f"a {metric} limit is an integer")
+        raise WalletValidationError("limit", f"{article} {metric} limit is an integer")
     if not 1 <= value <= MAX_COUNT:
-        raise WalletValidationError("limit", f"a {metric} limit is an integer from 1 to {MAX_COUNT}")
+        raise WalletValidationError("limit", f"{article} {metric} limit is an integer from 1 to {MAX_COUNT}")
     return value
 
 

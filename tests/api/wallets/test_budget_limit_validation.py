@@ -93,3 +93,19 @@ async def test_the_largest_limit_is_taken_by_post_and_patch(client, tag, book, m
     patched = await client.patch(f"/v1/budgets/{made.json()['id']}", content=f'{{"limit": {limit}}}', headers=JSON)
     assert patched.status_code == 200, patched.text
     assert patched.json()["limit"] == shown
+
+
+@pytest.mark.parametrize(("metric", "words"), [("input_tokens", "an input_tokens limit is an integer"),
+                                               ("output_tokens", "an output_tokens limit is an integer"),
+                                               ("requests", "a requests limit is an integer")])
+async def test_a_count_limit_is_refused_in_its_own_metrics_words(client, tag, book, metric, words):
+    """The refusal names the metric with its article: "a input_tokens limit" was English for none."""
+    cid = await _customer(client, tag, book)
+    made = await client.post("/v1/budgets", content=_post(cid, metric, "5"), headers=JSON)
+    assert made.status_code == 201, made.text
+    for limit, message in (('"10"', words), ("0", words + " from 1 to 1000000000000000000")):
+        posted = await client.post("/v1/budgets", content=_post(cid, metric, limit), headers=JSON)
+        patched = await client.patch(f"/v1/budgets/{made.json()['id']}", content=f'{{"limit": {limit}}}',
+                                     headers=JSON)
+        for answer in (posted, patched):
+            assert _refusal(answer) == (422, "validation_error", [{"field": "limit", "message": message}])
