@@ -150,7 +150,13 @@ class Batch:
                 self.platform_accounts.append(chart.rounding_spec(decision.entry.postings[0].asset))
             posted = self._billed(decision)
             self.entries.append(posted)
-            self.loaded.wallets[posted.customer_id].apply(posted.postings)
+            w = self.loaded.wallets[posted.customer_id]
+            w.apply(posted.postings)
+            # what it gave (or took) where closed lots' money went, for each: the next correction
+            # in the batch takes from there at most what is left (store.load_payers)
+            for code, units in posted.metadata.get("closed_lots", {}).items():
+                if (lot := w.lots.get(code)) is not None and lot.closed_with is not None:
+                    lot.closed_with += units
         else:
             self._unposted(decision)
         for effect in decision.effects:

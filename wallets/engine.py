@@ -620,7 +620,7 @@ async def _load_rerates(conn: AsyncConnection, batch: Batch, commands: Sequence[
             if data is None:
                 continue
             paid = {a for ch in data.charges for a, _ in ch.funding or ()}
-            await store.load_payers(conn, w, paid, now)
+            await store.load_payers(conn, w, paid, now, closed_with=True)
             batch.rerates[(cmd.customer_id, source)] = data
     batch.credit_note_seqs = await store.last_seqs(
         conn, "credit_notes", {(c.issuer, now.astimezone(UTC).year) for c in rerates})

@@ -80,9 +80,11 @@ class Lot:
     # its row's mark as loaded (`lots.empty`, migration 0072: it held nothing when last written);
     # a batch's load does not read a lot so marked as live, the batch writes it as the balance ends
     empty: bool = False
-    # what a lot closed since held when it closed (its sweep's remainder to breakage; a grant revoked
-    # in whole, its revocation's), loaded only for the lots a re-rate's charges were paid by
-    # (store.load_payers): the most a correction can take back from where that money went
+    # what went where a lot closed since put its money, for it: what it held when it closed (its
+    # sweep's remainder to breakage; a grant revoked in whole, its revocation's; expired, not swept
+    # yet, its balance) and what closes and re-rates since gave there for it less what they took
+    # (entries' `closed_lots`), loaded only for the lots a re-rate's or a close's charges were paid
+    # by (store.load_payers): the most a correction can take back from there
     closed_with: int | None = None
 
     def live(self, now: datetime) -> bool:

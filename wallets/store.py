@@ -888,30 +888,59 @@ async def paid_left(conn: AsyncConnection, customer_id: str, period: Period) -> 
     return out
 
 
-async def load_payers(conn: AsyncConnection, w: Wallet, accounts: Iterable[str], now: datetime) -> None:
+async def load_payers(conn: AsyncConnection, w: Wallet, accounts: Iterable[str], now: datetime,
+                      closed_with: bool = False) -> None:
     """Loads into `w` the lots among `accounts` (what paid charges) it does not hold (spent now):
-    money a re-rate or a close's volume true-up gives back may go back to them."""
-    codes = sorted({a for a in accounts if a not in w.lots})
+    money a re-rate or a close's volume true-up gives back may go back to them. With `closed_with`
+    (a re-rate's: what it takes back is bounded by it), of those closed now (swept, revoked,
+    expired), what went where their money went for them (Lot.closed_with: two statements, only
+    when one is closed; the close and the upcoming invoice take nothing back and read neither)."""
+    accounts = set(accounts)
+    codes = sorted(a for a in accounts if a not in w.lots)
     if codes:
         more = await load(conn, [w.customer.id], now=now, lot_codes=codes)
         for code, lot in more.wallets[w.customer.id].lots.items():
             w.lots.setdefault(code, lot)
-    closed = sorted(a for a in accounts if a in w.lots and (w.lots[a].swept or w.lots[a].revoked))
-    if closed:
-        lane = int(await _lane(conn, [w.customer.id]) or 0)
-        # what each held when it closed: a sweep's remainder (expired_amount), a whole revocation's
-        # amount (the last reversal debiting it: the one that closed it)
-        rows = await conn.exec_driver_sql(
-            f"""SELECT l.account_code, CASE WHEN l.revoked_at IS NOT NULL THEN coalesce((
-                       SELECT p.amount FROM postings p JOIN journal_entries j ON j.lane = p.lane AND j.id = p.entry_id
-                        WHERE p.lane = l.lane AND p.account_id = l.account_id AND p.amount > 0
-                          AND j.kind = 'grant_reversal'
-                        ORDER BY p.entry_id DESC LIMIT 1), 0)
-                       ELSE coalesce(l.expired_amount, 0) END
-                 FROM lots l WHERE l.lane = {lane} AND l.customer_id = %(customer)s
-                  AND l.account_code = ANY(%(codes)s::text[])""", {"customer": w.customer.id, "codes": closed})
-        for code, amount in rows:
-            w.lots[code].closed_with = int(amount)
+    closed = sorted(a for a in accounts if a in w.lots and not w.lots[a].live(now)) if closed_with else []
+    if not closed:
+        return
+    lane = int(await _lane(conn, [w.customer.id]) or 0)
+    params = {"customer": w.customer.id, "codes": closed}
+    # what each held when it closed: a sweep's remainder (expired_amount), a whole revocation's
+    # amount (the last reversal debiting it: the one that closed it); one expired and not swept
+    # yet, its balance (the sweep moves it)
+    rows = await conn.exec_driver_sql(
+        f"""SELECT l.account_code, CASE WHEN l.revoked_at IS NOT NULL THEN coalesce((
+                   SELECT p.amount FROM postings p JOIN journal_entries j ON j.lane = p.lane AND j.id = p.entry_id
+                    WHERE p.lane = l.lane AND p.account_id = l.account_id AND p.amount > 0
+                      AND j.kind = 'grant_reversal'
+                    ORDER BY p.entry_id DESC LIMIT 1), 0)
+                   ELSE coalesce(l.expired_amount, 0) END
+             FROM lots l WHERE l.lane = {lane} AND l.customer_id = %(customer)s
+              AND l.account_code = ANY(%(codes)s::text[])""", params)
+    held = {code: int(amount) for code, amount in rows}
+    # then what closes' true-ups and re-rates gave there for each since (given back to it: revoked
+    # again, to breakage) less what they took from there for it (entry metadata `closed_lots`,
+    # money_back.closed_moves): the customer's re-rate entries (charge_adjustments_customer) and
+    # its closes' (invoices_customer, then the entry by key); entries written before the key
+    # (closed_lots, December 2026) count nothing
+    moved = await conn.exec_driver_sql(
+        f"""WITH e AS (SELECT DISTINCT a.entry_id AS id FROM charge_adjustments a
+                        WHERE a.customer_id = %(customer)s AND a.lane = {lane} AND a.entry_id IS NOT NULL
+                       UNION
+                       SELECT j.id FROM invoices i JOIN journal_entries j
+                           ON j.lane = {lane} AND j.customer_id = i.customer_id
+                          AND j.key = 'true-up:' || i.customer_id || ':' || i.period
+                        WHERE i.customer_id = %(customer)s)
+            SELECT m.key, sum(m.value::numeric)::text
+              FROM e JOIN journal_entries j ON j.lane = {lane} AND j.id = e.id
+             CROSS JOIN LATERAL jsonb_each_text(j.metadata -> 'closed_lots') m
+             WHERE m.key = ANY(%(codes)s::text[]) GROUP BY 1""", params)
+    since = {code: int(units) for code, units in moved}
+    for code in closed:
+        lot = w.lots[code]
+        base = held.get(code, 0) if lot.swept or lot.revoked else lot.balance
+        lot.closed_with = base + since.get(code, 0)
 
 
 async def true_ups_posted(conn: AsyncConnection, customer_id: str, period: str) -> dict[str, int]:

@@ -400,9 +400,13 @@ def closing(state: State, w: Wallet, label: str, rollup: Rollup, book: PriceBook
         legs.credit(lot.code, credit)
         kinds[lot.code] = lot.kind
     if lines:
+        # what it gave to where the money of lots closed before it went, for each (a grant revoked
+        # in whole: promotions): a correction may take it back from there (store.load_payers)
+        moved = money_back.closed_moves(w, paid, now)
         posted = entry(f"true-up:{cid}:{label}", "volume_true_up", legs, cid, now,
                        {"period": label, "rules": [line["rule_id"] for line in lines],
-                        **({"amount_due_rounding": rounding} if rounding else {})})
+                        **({"amount_due_rounding": rounding} if rounding else {}),
+                        **({"closed_lots": moved} if moved else {})})
     else:
         posted = entry(f"invoice-rounding:{cid}:{label}", "invoice_rounding", legs, cid, now,
                        {"period": label, "amount_due_rounding": rounding})

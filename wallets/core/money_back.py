@@ -5,7 +5,7 @@ revoked again, an expired one's goes to breakage), then what is owed, and only t
 credit (a paid lot)."""
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
@@ -133,10 +133,12 @@ def take_back(w: Wallet, takes: Mapping[int, int], payers: Mapping[int, Sequence
     `most`. Account -> units. A lot closed since takes it from where its money went (taken_from): one
     expired by `expired_by`, the period's end, before any true-up gave back, what it paid, for what
     was given back to it went to breakage; one closed after it (live at the close: expired, or a
-    grant revoked in whole), up to what it held when it closed (`Lot.closed_with`, an expired one
-    not swept yet its balance) and what it `gets` back beside it (a decrease's share, which goes
-    where its money went too): had the close known the price, it would have held that much less
-    then, and breakage (or the revocation) got that much less. What none of them can give (a lot
+    grant revoked in whole), up to what went there for it (`Lot.closed_with`: what it held when it
+    closed and what corrections since gave there for it less what they took, store.load_payers; an
+    expired one not swept yet, and one loaded without it, its balance) and what it `gets` back
+    beside it (a decrease's share, which goes where its money went too): had the close known the
+    price, it would have held that much less then, and breakage (or the revocation) got that much
+    less. What none of them can give (a lot
     spent since, one closed holding less than what came back to it: spent before it closed) is the
     caller's to take as usage is, from the live lots in consumption order: had the lot got less
     back, that usage would have fallen on the lots after it. With `given` (charge id -> what the
@@ -154,7 +156,9 @@ def take_back(w: Wallet, takes: Mapping[int, int], payers: Mapping[int, Sequence
               and lot.expires_at <= expired_by):
             have[code] = None
         else:  # closed after the period's end: at most what it held then, and what it gets back now
-            held = lot.balance if not lot.swept and not lot.revoked else lot.closed_with or 0
+            held = lot.closed_with
+            if held is None:  # not loaded so: an expired lot not swept yet holds its balance
+                held = lot.balance if not lot.swept and not lot.revoked else 0
             if held + (gets or {}).get(code, 0) > 0:
                 have[code] = held + (gets or {}).get(code, 0)
     out: dict[str, int] = {}
@@ -188,6 +192,19 @@ def taken_from(w: Wallet, account: str, now: datetime) -> str:
     if lot is None or lot.live(now):
         return account
     return chart.promotions_account(w.customer.currency) if lot.revoked else chart.breakage_account(w.customer.currency)
+
+
+def closed_moves(w: Wallet, paid: Iterable[tuple[str, int]], now: datetime) -> dict[str, int]:
+    """Of what a correction paid (or got back) by account (`paid`, given back negative), what it gave
+    to where the money of a lot closed since went for it (promotions, breakage: give_back,
+    taken_from), taken from there negative: lot account -> units. Kept in its entry's metadata
+    (`closed_lots`), it bounds what later corrections take from there for the lot (Lot.closed_with)."""
+    out: dict[str, int] = {}
+    for account, units in paid:
+        lot = w.lots.get(account)
+        if units and lot is not None and not lot.live(now):
+            out[account] = out.get(account, 0) - units
+    return {account: units for account, units in sorted(out.items()) if units}
 
 
 def give_back(state: State, w: Wallet, shares: dict[str, int], back: int, now: datetime, reference: str,

@@ -58,6 +58,7 @@ from wallets.core.decision import (
 )
 from wallets.core.legs import Legs, entry, funding, return_target, settlement, settlement_legs
 from wallets.core.money_back import (
+    closed_moves,
     each_charge_first,
     give_back,
     given_rows,
@@ -362,14 +363,20 @@ def _taken_then_usage(w: Any, took: Mapping[str, int], rest: int, now: datetime,
     """Legs of more charged: what `took` takes back from each account (take_back), the `rest` paid
     like usage from what the lots have left after it (live lots in consumption order, then the
     receivable); and what paid it all, by account. `gets`: lots given money back beside it (a
-    decrease), each to where money back to it goes (legs.return_target), before the usage."""
+    decrease), each to where money back to it goes (legs.return_target; a lot closed since, as
+    give_back sends it: where its money went, taken_from), before the usage."""
     gets = gets or {}
+
+    def target(account: str) -> str:
+        lot = w.lots.get(account)
+        return taken_from(w, account, now) if lot is not None and not lot.live(now) else return_target(w, account)
+
     after = replace(w, lots={code: replace(lot, balance=lot.balance - took.get(code, 0) + (
-        gets.get(code, 0) if return_target(w, code) == code else 0)) for code, lot in w.lots.items()})
+        gets.get(code, 0) if target(code) == code else 0)) for code, lot in w.lots.items()})
     s = settlement(after, None, rest, False, now)
     legs, paid = settlement_legs(after, s), dict(funding(after, None, s))
     for account, units in gets.items():
-        legs.credit(return_target(w, account), units)
+        legs.credit(target(account), units)
         paid[account] = paid.get(account, 0) - units
     if gets:
         legs.debit(chart.revenue_account(w.customer.currency), sum(gets.values()))
@@ -573,10 +580,14 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
         legs.credit(chart.revenue_account(c.currency), -rounding).credit(chart.rounding_account(c.currency), rounding)
         paid = (*paid, (chart.rounding_account(c.currency), -rounding))
     origin = groups[0][0]  # the (earliest) period of the corrected charges' usage
+    # what it gave to (or took from) where the money of lots closed since went, for each: the next
+    # correction takes from there at most what is left for the lot (store.load_payers)
+    moved = closed_moves(w, paid, now)
     posted = entry(f"rerate:{cmd.rerate_id}:{c.id}:{cmd.period}", "rerate_adjustment", legs, c.id, now,
                    {"rerate_id": cmd.rerate_id, "original_period": origin, "price_book": cmd.book_id,
                     "price_version": cmd.version, "charges": [x.charge.id for x in found],
                     **({"true_ups": [f.record() for f in fixes]} if fixes else {}),
+                    **({"closed_lots": moved} if moved else {}),
                     **({"amount_rounding": rounding} if rounding else {})})
     # its lines by the period of their usage (`original_period` on the invoice); what paid them once
     effects: list[Any] = [*([lot] if lot is not None else [])]

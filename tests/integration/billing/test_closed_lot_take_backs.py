@@ -15,8 +15,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from billing_kit import BillingKit
-from test_close_true_up_funding import _closed_per_charge, _rerated
-from test_rerate_volume_true_up import V1, live_lots, verified
+from test_close_true_up_funding import _closed_per_charge, _paid_per_charge, _rerated
+from test_rerate_volume_true_up import CLOSED, V1, applied, live_lots, spec, verified, vol, vol_customer
 
 from ledger.audit import trial_balance
 from wallets import chart, expiry
@@ -156,4 +156,73 @@ async def test_a_true_up_corrected_up_takes_back_from_breakage_at_most_what_the_
     assert await live_lots(bk, "swept-capped") == {top_up: ("topup", 375 * CENT)}
     after = await _credited(bk)
     assert _moved(before, after, BREAKAGE, REVENUE, PROMOTIONS) == (-10 * CENT, 65 * CENT, 0)
+    await verified(bk)
+
+
+async def test_two_true_ups_corrected_up_take_from_a_revoked_grant_s_revocation_at_most_what_it_revoked_in_all(
+        fresh_db) -> None:
+    """The close gives $0.40 of the 20th back to the grant ($4.30), December's 320,000 tokens ($4.20)
+    spend it to $0.10, then it is revoked in whole (promotions +$0.10). Re-rated to $20/M and $12/M:
+    the 20th 40,000 x $20/M + 30,000 x $12/M = $1.16 (+$0.06, paid like usage: the top-up); at the
+    tier reached 130,000 x $12/M = $1.56, the true-up $1.56 - $2.36 = -$0.80 where -$1.00 stands:
+    +$0.20. The 5th at $12/M is $0.72, $0.48 under its $1.20 where $0.60 was given back: $0.12 from
+    the top-up; the 20th at $12/M is $0.84, $0.32 under its $1.16 where $0.40 was given back: $0.08
+    from the grant, from its revocation's $0.10 (promotions -$0.08). The top-up $0.60 - $0.06 - $0.12
+    = $0.42. Re-rated again to $20/M and $14/M: the 20th $0.80 + $0.42 = $1.22 (+$0.06, the top-up);
+    the true-up 130,000 x $14/M - ($1.20 + $1.22) = $1.82 - $2.42 = -$0.60 where -$0.80 stands:
+    +$0.20. The 5th at $14/M is $0.84, $0.36 under its $1.20 where $0.48 is given back now: $0.12
+    from the top-up; the 20th at $14/M is $0.98, $0.24 under its $1.22 where $0.32 is: $0.08 from the
+    grant, of which its revocation has $0.10 - $0.08 = $0.02 left (promotions -$0.02: -$0.10 in all,
+    nothing revoked, as had the close known $14/M: the grant $5.00 - $0.98 = $4.02 paying $4.02 of
+    December's $4.20); the other $0.06 is paid like usage, by the top-up: $0.42 - $0.06 - $0.12 -
+    $0.06 = $0.18 (= $1.20 - $0.84 - the $0.18 of December the grant would not have had). Revenue
+    +$0.26 each. Before, the second re-rate took the whole $0.08 from promotions again (-$0.16 in all,
+    $0.06 more than the revocation got) and the top-up ended at $0.24."""
+    bk = BillingKit(fresh_db)
+    top_up, grant = await _closed_per_charge(bk, "revoked-twice")
+    before = await _revoked(bk, "revoked-twice", grant, 320_000)
+    assert before[PROMOTIONS] + 500 * CENT == 10 * CENT  # the grant's $5.00 out, its $0.10 revoked
+    done = await _rerated(bk, "20", "12")
+    assert done["delta"] == "0.26", done
+    assert await live_lots(bk, "revoked-twice") == {top_up: ("topup", 42 * CENT)}
+    once = await _credited(bk)
+    assert _moved(before, once, PROMOTIONS, REVENUE, BREAKAGE) == (-8 * CENT, 26 * CENT, 0)
+    await bk.add_book(vol("v3", "2026-11-02T00:00:00Z", "20", "14"))
+    bk.clock.now = datetime(2026, 12, 3, tzinfo=UTC)
+    done = await applied(bk, spec("v3", datetime(2026, 11, 2, tzinfo=UTC)))
+    assert done["delta"] == "0.26", done
+    assert await live_lots(bk, "revoked-twice") == {top_up: ("topup", 18 * CENT)}
+    after = await _credited(bk)
+    assert _moved(once, after, PROMOTIONS, REVENUE, BREAKAGE) == (-2 * CENT, 26 * CENT, 0)
+    assert _moved(before, after, PROMOTIONS) == (-10 * CENT,)
+    await verified(bk)
+
+
+async def test_a_true_up_corrected_up_takes_from_promotions_what_the_close_gave_a_grant_revoked_before_it(
+        fresh_db) -> None:
+    """A $1.20 top-up pays the 5th's $1.20, a $1.15 grant (the 6th) the 20th's $1.10 ($0.05 left);
+    November 25th the grant is revoked in whole (promotions +$0.05). The close gives the 5th's $0.60
+    back to the top-up ($0.60) and the 20th's $0.40 to the revoked grant: revoked again (promotions
+    +$0.40; $0.45 in all went there for the grant). Re-rated to $20/M and $12/M (as above): the 20th
+    +$0.06 paid like usage (the top-up), the true-up +$0.20: the 5th's $0.12 from the top-up, the
+    20th's $0.08 from the grant: from promotions, which got $0.45 for it (had the close known the
+    price, it would have given the grant $0.32, and promotions got $0.37). The top-up $0.60 - $0.06 -
+    $0.12 = $0.42, promotions -$0.08, revenue +$0.26. Before, the take was capped at the revocation's
+    $0.05 (promotions -$0.05) and the other $0.03 paid like usage by the top-up ($0.39)."""
+    bk = BillingKit(fresh_db)
+    cid = await vol_customer(bk, "revoked-early")
+    top_up, grant = await _paid_per_charge(bk, cid, ("topup", "1.20"), ("grant", "1.15", None))
+    bk.clock.now = datetime(2026, 11, 25, tzinfo=UTC)
+    await bk.service.submit(ReverseGrant(customer_id=cid, lot_id=grant, reason="abuse"))
+    bk.clock.now = CLOSED
+    pre_close = await _credited(bk)
+    await bk.close(CLOSED)
+    before = await _credited(bk)
+    assert await live_lots(bk, cid) == {top_up: ("topup", 60 * CENT)}
+    assert _moved(pre_close, before, PROMOTIONS) == (40 * CENT,)
+    done = await _rerated(bk, "20", "12")
+    assert done["delta"] == "0.26", done
+    assert await live_lots(bk, cid) == {top_up: ("topup", 42 * CENT)}
+    after = await _credited(bk)
+    assert _moved(before, after, PROMOTIONS, REVENUE, BREAKAGE) == (-8 * CENT, 26 * CENT, 0)
     await verified(bk)
