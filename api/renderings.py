@@ -458,7 +458,7 @@ def _table(doc: FPDF, family: str, heading: tuple[str, ...], rows: list[tuple[st
         count = max(len(lines) for lines in wrapped)
         room = doc.page_break_trigger - doc.t_margin - height  # on a new page, below the heading
         if doc.y + count * height > doc.page_break_trigger and count * height <= room:
-            new_page()
+            new_page(style)
         top = doc.y
         if top + count * height <= doc.page_break_trigger:  # the row on this page: its cells centred
             x = doc.l_margin
@@ -473,8 +473,7 @@ def _table(doc: FPDF, family: str, heading: tuple[str, ...], rows: list[tuple[st
         for n in range(count):
             if doc.y + height > doc.page_break_trigger:  # a row longer than a page: on to the next
                 borders(top, doc.y)
-                new_page()
-                doc.set_font(family, style, 9)
+                new_page(style)
                 top = doc.y
             x = doc.l_margin
             for lines, (width, align) in zip(wrapped, columns, strict=True):
@@ -490,9 +489,11 @@ def _table(doc: FPDF, family: str, heading: tuple[str, ...], rows: list[tuple[st
             doc.rect(x, top, width, bottom - top)
             x += width
 
-    def new_page() -> None:
+    def new_page(style: str) -> None:
+        """A page, its heading (bold), then the font of the row that goes on it (`style`) again."""
         doc.add_page()
         draw(heading, "B")
+        doc.set_font(family, style, 9)
 
     draw(heading, "B")
     for row in rows:

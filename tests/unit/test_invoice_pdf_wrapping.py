@@ -154,3 +154,24 @@ def test_a_word_wider_than_a_line_is_cut_between_letters_with_their_marks_never_
     assert _wrapped("abcd\u0301ef", 4, len) == ["abc", "d\u0301ef"]
     # a, b (2); c, joiner, d (3 wide: 5 > 4) begin the next line, e fills it (4); f (5 > 4) the next
     assert _wrapped("abc\u200ddef", 4, len) == ["ab", "c\u200dde", "f"]
+
+
+def test_the_first_row_on_each_next_page_prints_in_the_regular_font_not_the_headings_bold() -> None:
+    """60 rows of 3 lines (about 19 mm each) fill more than two pages. A row that goes whole to the
+    next page came after that page's heading, drawn bold, and was drawn in the heading's font: the
+    first row of every page but the first printed bold ("model-012 input ..." on page 2). By hand:
+    on every page the bold text of the table is the heading's four cells and nothing else."""
+    rows = [Row(f"model-{n:03} input " + "word " * 30, "1,000", "10.00 per 1M", "0.01") for n in range(60)]
+    reader = PdfReader(io.BytesIO(context_pdf(_context(rows))))
+    assert len(reader.pages) > 2
+    for number, page in enumerate(reader.pages):
+        bold: list[str] = []
+
+        def seen(text, cm, tm, font, size, bold=bold) -> None:
+            if text.strip() and font is not None and "Bold" in font.get("/BaseFont", ""):
+                bold.append(text.strip())
+
+        page.extract_text(visitor_text=seen)
+        # the title (first page) and the summary's bold figures (last page) aside
+        bold = [text for text in bold if not text.startswith(("Invoice INV-", "Total", "Amount due", "0.01 EUR"))]
+        assert bold == ["Description", "Quantity", "Unit price", "Amount (EUR)"], (number, bold)
