@@ -19,6 +19,17 @@ ADMIN = "export-disconnect-admin"
 SETTLE_S = 60.0  # a bound on waiting for the writer to notice (it looks once a second), not a timing
 
 
+def download_scope(console) -> dict:
+    """The ASGI scope of the signed-in console's GET of its JSON Lines export download, to call the
+    app with directly (the test decides what the browser receives and when it leaves)."""
+    cookie = "; ".join(f"{name}={value}" for name, value in console.cookies.items())
+    return {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+            "method": "GET", "scheme": "https", "path": "/console/audit/export/download",
+            "raw_path": b"/console/audit/export/download", "query_string": b"format=jsonl", "root_path": "",
+            "headers": [(b"host", b"console.test"), (b"cookie", cookie.encode())],
+            "client": ("127.0.0.1", 50000), "server": ("console.test", 443), "state": {}}
+
+
 def _open_exports(url: str) -> list[tuple[str, str]]:
     with psycopg.connect(url, autocommit=True) as conn:
         return conn.execute("SELECT state, coalesce(backend_xid::text, '') FROM pg_stat_activity "
@@ -65,12 +76,7 @@ async def test_a_download_the_browser_leaves_stops_its_writer_and_ends_its_trans
                     await asyncio.Event().wait()
                 body_begun.set()
 
-        cookie = "; ".join(f"{name}={value}" for name, value in console.cookies.items())
-        scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
-                 "method": "GET", "scheme": "https", "path": "/console/audit/export/download",
-                 "raw_path": b"/console/audit/export/download", "query_string": b"format=jsonl", "root_path": "",
-                 "headers": [(b"host", b"console.test"), (b"cookie", cookie.encode())],
-                 "client": ("127.0.0.1", 50000), "server": ("console.test", 443), "state": {}}
+        scope = download_scope(console)
         gc.disable()  # nothing collected behind the test's back: the stop must not wait for a collection
         try:
             await asyncio.wait_for(console.app(scope, receive, send), SETTLE_S)

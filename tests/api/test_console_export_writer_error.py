@@ -13,7 +13,7 @@ from litestar.exceptions import LitestarException
 from api.console import export
 from ledger import export as exporting
 from tests.api.apps import api_client
-from tests.api.test_console_export_disconnect import _open_exports, _settle, _writers
+from tests.api.test_console_export_disconnect import _open_exports, _settle, _writers, download_scope
 
 
 async def test_a_writer_error_after_the_first_chunk_ends_the_download_unfinished(scratch_url, monkeypatch):
@@ -36,12 +36,7 @@ async def test_a_writer_error_after_the_first_chunk_ends_the_download_unfinished
         async def send(message: dict) -> None:
             sent.append(message)
 
-        cookie = "; ".join(f"{name}={value}" for name, value in console.cookies.items())
-        scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
-                 "method": "GET", "scheme": "https", "path": "/console/audit/export/download",
-                 "raw_path": b"/console/audit/export/download", "query_string": b"format=jsonl", "root_path": "",
-                 "headers": [(b"host", b"console.test"), (b"cookie", cookie.encode())],
-                 "client": ("127.0.0.1", 50000), "server": ("console.test", 443), "state": {}}
+        scope = download_scope(console)
         # raised to the server, which ends the connection there (uvicorn logs it, with the cause)
         with pytest.raises(LitestarException) as raised:
             await asyncio.wait_for(console.app(scope, receive, send), 60)
