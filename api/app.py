@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -123,31 +124,39 @@ def create_app(settings: Settings, database_url: str, *, cluster: EmbeddedPostgr
                                spool_for(database_url, settings.gateway.spool_dir))
     supervisor = Supervisor(cluster, db.engine.dispose) if cluster is not None else None
     dispatcher = _dispatcher(settings, database_url) if settings.webhooks else None
+    # One lifespan at a time: a second one (a second test client of the app, on an event loop of its
+    # own) would start the services again and stop them under the first.
+    running = threading.Lock()
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        # Only where jobs run: its metrics' series (at 0 from the start) say this process runs them.
-        scheduler = build_scheduler(services.db, jobs(settings.seal_interval_s)) if settings.scheduler else None
-        if scheduler is not None:
-            scheduler.start()  # here, not in on_startup: there it would start paused
-        services.keys.start()
-        await services.gateway.start()
-        if supervisor is not None:
-            supervisor.start()
-        if dispatcher is not None:
-            dispatcher.start()
+        if not running.acquire(blocking=False):
+            raise RuntimeError("this app is already running: one lifespan at a time")
         try:
-            yield
-        finally:
-            if dispatcher is not None:
-                await dispatcher.stop()
-            if supervisor is not None:
-                await supervisor.stop()
+            # Only where jobs run: its metrics' series (at 0 from the start) say this process runs them.
+            scheduler = build_scheduler(services.db, jobs(settings.seal_interval_s)) if settings.scheduler else None
             if scheduler is not None:
-                scheduler.shutdown(wait=False)
-            await services.gateway.stop()
-            await services.keys.stop()
-            await services.db.dispose()
+                scheduler.start()  # here, not in on_startup: there it would start paused
+            services.keys.start()
+            await services.gateway.start()
+            if supervisor is not None:
+                supervisor.start()
+            if dispatcher is not None:
+                dispatcher.start()
+            try:
+                yield
+            finally:
+                if dispatcher is not None:
+                    await dispatcher.stop()
+                if supervisor is not None:
+                    await supervisor.stop()
+                if scheduler is not None:
+                    scheduler.shutdown(wait=False)
+                await services.gateway.stop()
+                await services.keys.stop()
+                await services.db.dispose()
+        finally:
+            running.release()
 
     app = Litestar(
         route_handlers=[ops.healthz, ops.readyz, ops.metrics, audit.get_trial_balance,

@@ -175,11 +175,14 @@ class Dispatcher:
         self._pruned_at = time.monotonic()
         self._loop: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()  # made again by each start(): an Event is bound to the loop that waits on it
         self.listening = False
         self._client: httpx.AsyncClient | None = None
 
     def start(self) -> None:
+        """Start on the running event loop, which may be another than an earlier start's (an app's
+        second lifespan: a test client runs each on an event loop of its own)."""
+        self._wake = asyncio.Event()
         limits = httpx.Limits(max_connections=self.settings.concurrency, max_keepalive_connections=8)
         self._client = httpx.AsyncClient(timeout=self.settings.timeout_s, follow_redirects=False, trust_env=False,
                                          transport=GuardedTransport(self.settings.addresses, limits))

@@ -104,7 +104,7 @@ async def api_client(database_url: str | None = None, *, admin: str = ADMIN_KEY,
     else:
         assert database_url is None and not settings, "an app comes with its own database and settings"
     extra = {"base_url": CONSOLE_URL} if console or signed_in else {}
-    async with AsyncTestClient(app=app, **extra) as client:
+    async with _running(app, extra) as client:
         if send_admin:
             client.headers.update(bearer(admin))
         for book in books:
@@ -113,6 +113,31 @@ async def api_client(database_url: str | None = None, *, admin: str = ADMIN_KEY,
         if signed_in:
             await sign_in(client, admin)
         yield client
+
+
+_RUNNING: dict[int, AsyncTestClient] = {}  # id(app) -> the client whose lifespan runs it
+
+
+@asynccontextmanager
+async def _running(app: Litestar, extra: dict[str, Any]) -> AsyncIterator[AsyncTestClient]:
+    """A client of `app`: the first runs its lifespan on an event loop of its own (a blocking
+    portal's); one made while it runs (a signed-in browser beside the API client) sends its requests
+    through that loop and lifespan, as the app allows only one lifespan at a time."""
+    host = _RUNNING.get(id(app))
+    if host is None:
+        async with AsyncTestClient(app=app, **extra) as client:
+            _RUNNING[id(app)] = client
+            try:
+                yield client
+            finally:
+                del _RUNNING[id(app)]
+        return
+    client = AsyncTestClient(app=app, **extra)
+    client.blocking_portal = host.blocking_portal
+    try:
+        yield client
+    finally:
+        del client.blocking_portal  # as AsyncTestClient's own exit does; its transport holds nothing
 
 
 @contextmanager

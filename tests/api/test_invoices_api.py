@@ -189,6 +189,27 @@ async def test_a_close_until_a_future_time_is_refused_unless_early(client) -> No
     assert early.status_code == 200 and len(early.json()["closed"]) == 1, early.text
 
 
+async def test_an_early_close_past_the_period_s_end_is_issued_and_numbered_at_its_until(client) -> None:
+    """`until` is the close's clock, early or not: December 2026 closed early `until` 01:00:01 on
+    January 1st 2027 (its end, 00:00, plus the 3,600 s grace window, plus 1 s: the first second it
+    is due) is issued then and numbered in 2027, the year of issue, as the scheduled close would
+    number it at that moment: INV-2027-000001, the issuer's first of 2027 in this database."""
+    wallets = client.app.state.services.wallets
+    december = datetime(2026, 12, 5, 23, 0, tzinfo=UTC)  # the server's clock: a month before the until
+    wallets.clock = wallets.engine.clock = lambda: december
+    created = await client.post("/v1/customers", headers=ADMIN, json={
+        "id": "new-year", "currency": "USD", "price_book": "seed", "billing": "postpaid"})
+    assert created.status_code == 201, created.text
+    until = "2027-01-01T01:00:01Z"
+    closed = await client.post("/v1/billing/close", headers=ADMIN, json={
+        "until": until, "customer_id": "new-year", "early": True})
+    assert closed.status_code == 200, closed.text
+    [one] = closed.json()["closed"]
+    invoice = (await client.get(f"/v1/invoices/{one['invoice_id']}", headers=ADMIN)).json()
+    assert invoice["period"]["label"] == "2026-12" and invoice["period"]["end"] == "2027-01-01T00:00:00Z"
+    assert invoice["issued_at"] == until and invoice["number"] == "INV-2027-000001"
+
+
 async def test_a_close_until_within_the_clock_skew_closes_no_period_before_its_end(client) -> None:
     """An `until` up to 60 s past the server's clock is taken as the clock (clocks differ a
     little), never as a time to come: a period that ends in 30 s, of a customer with no grace
