@@ -94,3 +94,48 @@ def test_the_downgrade_restores_the_foreign_keys(scratch_url):
             assert runner.current_revision(conn) == runner.head_revision()
     finally:
         engine.dispose()
+
+
+def _gone(conn: psycopg.Connection, lane: int) -> str:
+    """A customer id there is none of, of `lane`."""
+    return next(f"gone{n}" for n in range(1000)
+                if conn.execute("SELECT ledger_lane(%s)", (f"gone{n}",)).fetchone()[0] == lane)
+
+
+@pytest.mark.parametrize("named", ["parent", "partition"])
+def test_copy_and_a_data_modifying_cte_naming_a_missing_customer_or_re_rate_fail(scratch_url, named):
+    """COPY and an INSERT in a WITH fire the statement check as INSERT does (the keys checked each row)."""
+    with psycopg.connect(scratch_url) as conn:
+        lane = _setup(conn)
+        gone = _gone(conn, lane)
+        conn.commit()
+        table = "true_up_charges" if named == "parent" else f"true_up_charges_l{lane}"
+        for customer, rerate in ((gone, None), ("c75", "no-such-rerate")):
+            with pytest.raises(psycopg.errors.ForeignKeyViolation), conn.transaction():
+                with conn.cursor().copy(f"COPY {table} (lane, customer_id, period, rule_id, charge_id, rerate_id, "
+                                        "units) FROM STDIN") as copy:
+                    copy.write_row((lane, "c75", "2026-11", "r1", 1, None, 5))
+                    copy.write_row((lane, customer, "2026-11", "r1", 2, rerate, 5))
+            with pytest.raises(psycopg.errors.ForeignKeyViolation), conn.transaction():
+                conn.execute(f"WITH w AS (INSERT INTO {table} (lane, customer_id, period, rule_id, charge_id, "
+                             f"rerate_id, units) VALUES ({lane}, %s, '2026-11', 'r1', 2, %s, 5) RETURNING 1) "
+                             "SELECT count(*) FROM w", (customer, rerate))
+        assert conn.execute("SELECT count(*) FROM true_up_charges").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("named", ["parent", "partition"])
+@pytest.mark.parametrize("change", ["customer_id = '{gone}'", "rerate_id = 'no-such-rerate'"])
+def test_a_row_cannot_be_updated_to_name_a_missing_customer_or_re_rate(scratch_url, named, change):
+    """The keys checked an UPDATE too; the rows refuse UPDATE (the table's immutability trigger), so
+    the statement check on INSERT alone is enough."""
+    with psycopg.connect(scratch_url) as conn:
+        lane = _setup(conn)
+        gone = _gone(conn, lane)
+        conn.execute(_ROW.format(table="true_up_charges"), ("c75", "c75", 1, "rr75"))
+        conn.commit()
+        table = "true_up_charges" if named == "parent" else f"true_up_charges_l{lane}"
+        with pytest.raises(psycopg.Error):
+            conn.execute(f"UPDATE {table} SET {change.format(gone=gone)}")
+        conn.rollback()
+        assert conn.execute("SELECT customer_id, rerate_id FROM true_up_charges").fetchall() == [("c75", "rr75")]
+

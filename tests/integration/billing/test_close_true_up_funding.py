@@ -483,6 +483,57 @@ async def test_verify_ties_each_row_of_a_close_s_record_to_its_charge_s_overchar
         "credit_notes", f"{record}: charge {twentieth} gave back 399913997 {left} 399913998"]
 
 
+async def test_verify_ties_three_charges_rounded_up_and_down_and_after_a_re_rate(fresh_db) -> None:
+    """Book v1, $20/M to 100,000, $9.9999/M beyond (9,999.9 atomic units a token); a $10.00 top-up.
+    Graduated: the 5th's 60,009 tokens 1,200,180,000; the 15th's 70,004 (39,991 x 20,000 =
+    799,820,000 and 30,013 x 9,999.9 = 300,126,998.7, rounded up) 1,099,946,999; the 25th's 30,007
+    (300,066,999.3, rounded down) 300,066,999; 2,600,193,998 in all. The close: 160,020 tokens x
+    9,999.9 = 1,600,183,998 less it: the line -1,000,010,000. At 9,999.9, each charge's cost rounded up
+    and its overcharge: the 5th 600,083,999.1 -> 600,084,000, 600,096,000; the 15th 700,032,999.6 ->
+    700,033,000, 1,099,946,999 - 700,033,000 = 399,913,999 (the line left 1,000,010,000 - 600,096,000
+    = 399,914,000); the 25th 300,066,999.3 -> 300,067,000, -1: none. The record 600,096,000 and
+    399,913,999 (one unit below the line: verify passes); the 25th given 1, or the 15th's row one short,
+    is named. Re-rated to $16/M and $8/M afterwards: verify still passes."""
+    bk = BillingKit(fresh_db)
+    await bk.add_book(vol("v1", "2026-01-01T00:00:00Z", "20", "9.9999"))
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("three-rounded", book="vol")
+    await bk.top_up(cid, "10.00")
+    for day, tokens in [(5, 60_009), (15, 70_004), (25, 30_007)]:
+        bk.clock.now = datetime(2026, 11, day, 12, tzinfo=UTC)
+        await bk.event(cid, "model-v", 0, tokens)
+    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    charged = list(await bk.db.read(lambda conn: conn.execute(text(
+        "SELECT id, charged FROM charges WHERE customer_id = :c ORDER BY id"), {"c": cid})))
+    fifth, fifteenth, twentyfifth = [charge for charge, _ in charged]
+    assert [int(amount) for _, amount in charged] == [1_200_180_000, 1_099_946_999, 300_066_999]
+    [invoice] = await bk.invoices(cid)
+    assert [ln["amount"] for ln in invoice["lines"] if ln["kind"] == "volume_true_up"] == ["-1.00"]
+    assert await _given(bk, cid, None) == [("v-out", fifth, 600_096_000), ("v-out", fifteenth, 399_913_999)]
+    await verified(bk)
+
+    async def damaged(sql: str) -> list[str]:
+        async def run(conn: Any) -> list[str]:
+            await conn.execute(text("SET LOCAL session_replication_role = replica"))  # past the immutability
+            await conn.execute(text(sql), {"c": cid, "fifteenth": fifteenth, "twentyfifth": twentyfifth})
+            await conn.execute(text("SET LOCAL session_replication_role = origin"))
+            report = await verify(conn, WALLET_CHECKS)
+            await conn.rollback()
+            return [p for c in report.checks if not c.ok for p in (c.name, *c.problems)]
+        return await bk.db.read(run)
+
+    record = "true-up record of the close of customer three-rounded, 2026-11 rule v-out"
+    left = "where its overcharge at the tier reached (up to what the line's 1000010000 left) is"
+    assert await damaged("INSERT INTO true_up_charges (lane, customer_id, period, rule_id, charge_id, units) "
+                         "VALUES (ledger_lane(:c), :c, '2026-11', 'v-out', :twentyfifth, 1)") == [
+        "credit_notes", f"{record}: charge {twentyfifth} gave back 1 {left} 0"]
+    assert await damaged("UPDATE true_up_charges SET units = units - 1 WHERE customer_id = :c "
+                         "AND rerate_id IS NULL AND charge_id = :fifteenth") == [
+        "credit_notes", f"{record}: charge {fifteenth} gave back 399913998 {left} 399913999"]
+    await _rerated(bk, "16", "8")
+    await verified(bk)
+
+
 async def test_a_close_s_record_gives_the_charges_after_one_its_payers_could_not_take_only_what_the_line_left(
         fresh_db) -> None:
     """Book `dear`: $20/M to 100,000, $5/M to 200,000, $8/M beyond (dearer again); a 50 % discount on
