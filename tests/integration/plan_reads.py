@@ -100,3 +100,42 @@ async def generic_load(db: Database, lane: int, customers: list[str], *, analyze
         return store.loaded_from(tuple(row), params), [(json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]]
 
     return await db.read(work)
+
+
+class Generic(Explained):
+    """An Explained connection whose reads are planned generically, as a statement psycopg has
+    prepared is from its 6th run (`plan_cache_mode` = force_generic_plan, set by `generic`): each
+    read (SELECT, WITH) is PREPAREd (its `%s` as `$n`, the types PostgreSQL infers) and EXPLAIN
+    (ANALYZE) EXECUTEd with its parameters as literals first, its plan kept. A `SET LOCAL
+    plan_cache_mode` the code under test sends itself governs the EXECUTE, as it would its own."""
+
+    async def exec_driver_sql(self, sql: str, params: Any = None) -> Any:
+        if not re.match(r"\s*(SELECT|WITH)\b", sql):
+            return await super().exec_driver_sql(sql, params)
+        counter = iter(range(1, 1000))
+        numbered = re.sub("%s", lambda _: f"${next(counter)}", sql)
+        await self.conn.exec_driver_sql("PREPARE tokentill_generic AS " + numbered)
+        call = "EXECUTE tokentill_generic (" + ", ".join(["%s"] * len(params or ())) + ")"
+        raw = (await self.conn.get_raw_connection()).driver_connection
+        async with psycopg.AsyncClientCursor(raw) as cur:  # EXECUTE's arguments as literals
+            await cur.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + call, params)
+            plan = (await cur.fetchone())[0]
+        await self.conn.exec_driver_sql("DEALLOCATE tokentill_generic")
+        self.plans.append((json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"])
+        return await self.conn.exec_driver_sql(sql, params)
+
+
+async def generic(db: Database, read: Callable[[Explained], Awaitable[Any]], *,
+                  analyze: tuple[str, ...]) -> tuple[Any, Explained]:
+    """`read`'s result on a Generic connection, and that connection (its plans), in one
+    transaction with `analyze`'s tables analyzed, sequential scans off and every cached plan
+    generic unless the read says otherwise."""
+    async def work(conn: Any) -> Any:
+        for table in analyze:
+            await conn.exec_driver_sql(f"ANALYZE {table}")
+        await conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+        await conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_generic_plan")
+        spy = Generic(conn)
+        return await read(spy), spy
+
+    return await db.read(work)
