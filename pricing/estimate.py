@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from pricing.books import DimValue, PriceBook, PriceVersion, Rule, per_units
 from pricing.errors import InvalidUsageError, UnpricedModelError, field_error
@@ -104,12 +105,10 @@ def estimate_upper_bound(
     if premiums or premium_dimensions:
         _check_premiums(version, model, dimensions, at, premiums, premium_dimensions, prompt_cache_write)
     if chosen_by_provider:
-        return max((estimate_upper_bound(
-            version, model, prompt_tokens, max_output_tokens, variant, at, overrides=overrides, scale=scale,
-            input_audio_tokens=input_audio_tokens, prior_context_tokens=prior_context_tokens,
-            tool_uses=tool_uses, prompt_cache_write=prompt_cache_write)
-            for variant in _variants(version, dimensions or {}, chosen_by_provider, at)),
-            key=lambda rating: rating.total_units)
+        return held_choices(version, model, prompt_tokens, max_output_tokens, dimensions, at, chosen_by_provider,
+                            overrides=overrides, scale=scale, input_audio_tokens=input_audio_tokens,
+                            prior_context_tokens=prior_context_tokens, tool_uses=tool_uses,
+                            prompt_cache_write=prompt_cache_write)[0]
     errors: list[dict[str, str]] = []
     check_count(prompt_tokens, "prompt_tokens", errors)
     check_count(max_output_tokens, "max_output_tokens", errors)
@@ -160,6 +159,28 @@ def estimate_upper_bound(
         lines.append(line("request", 1))
     usage = [ln for ln in lines if ln is not None and ln.quantity]
     return build_rating(resolved, [*usage, *_whole_discounts(usage, overrides)], scale)
+
+
+def held_choices(version: PriceBook | PriceVersion, model: str, prompt_tokens: int, max_output_tokens: int,
+                 dimensions: Mapping[str, DimValue] | None, at: datetime, chosen_by_provider: tuple[str, ...] = (),
+                 *, premiums: tuple[str, ...] = (), premium_dimensions: tuple[str, ...] = (),
+                 **options: Any) -> tuple[Rating, dict[str, DimValue]]:
+    """`estimate_upper_bound` (its other keywords in `options`), and the values of the dimensions
+    it leaves to the provider (`chosen_by_provider`) that the hold was priced at: those of the
+    dearest variant (the first of equals: the call as given, which sets none). A settlement whose
+    answer does not tell them is charged at them (api.gateway.forwarding), as the hold priced it."""
+    if not chosen_by_provider:  # most calls: the estimate itself
+        return estimate_upper_bound(version, model, prompt_tokens, max_output_tokens, dimensions, at,
+                                    premiums=premiums, premium_dimensions=premium_dimensions, **options), {}
+    if premiums or premium_dimensions:
+        _check_premiums(version, model, dimensions, at, premiums, premium_dimensions,
+                        options.get("prompt_cache_write"))
+    given = dimensions or {}
+    rating, variant = max(((estimate_upper_bound(version, model, prompt_tokens, max_output_tokens, variant, at,
+                                                 **options), variant)
+                           for variant in _variants(version, given, chosen_by_provider, at)),
+                          key=lambda pair: pair[0].total_units)
+    return rating, {name: variant[name] for name in chosen_by_provider if name in variant and name not in given}
 
 
 def _check_premiums(version: PriceBook | PriceVersion, model: str, dimensions: Mapping[str, DimValue] | None,

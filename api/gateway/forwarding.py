@@ -26,6 +26,7 @@ from api.gateway.streams import (
 from api.routes.inputs import usage_tokens
 from api.routes.wire import money
 from pricing.errors import InvalidUsageError
+from pricing.normalize import MAX_SERVICE_TIER
 from wallets.commands import Release, ReserveResult
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ class Forwarding:
 
     def __init__(self, exchange: Exchange, call: Call, reserved: ReserveResult) -> None:
         self.x, self.call, self.reservation = exchange, call, reserved.reservation
+        self.held_at = reserved.held_at  # the values of the provider's choices its hold was priced at
         self.tally = StreamTally(call.kind, call.usage_chunk_wanted,
                                  chat_searches=dict(call.tool_uses).get("web_search", 0) if call.kind == CHAT else 0,
                                  container_units=call.container_units,
@@ -293,6 +295,7 @@ class Forwarding:
             form, usage = self._readable(*settlement)
             if form == "anthropic_usage":  # its compactions' tokens, which its top-level counts leave out
                 usage = with_compactions(usage)
+            usage = self._chosen(usage)
             audio = self.call.prompt_audio_tokens
             if form == "usage" and audio and usage.get("input_tokens", 0) >= audio:  # the gateway's own count
                 usage = {**usage, "input_tokens": usage["input_tokens"] - audio, "input_audio_tokens": audio}
@@ -314,6 +317,22 @@ class Forwarding:
             self.outcome = "unsettled"
             log.exception("gateway call %s (reservation %s) could not be settled", self.x.request_id, r.id)
             return None
+
+    def _chosen(self, usage: dict[str, Any]) -> dict[str, Any]:
+        """The usage with each price the call left to the provider (its service tier, Anthropic's
+        inference geography) that it does not tell: an answer cut before its tier, a settlement
+        metered without the provider's usage. Priced as the stream's chunks told it (OpenAI's tier),
+        else at the value its hold was priced at (`held_at`: the dearest the book has), never
+        cheaper than the hold assumed; a call that asked for a tier is charged at it (a dimension of
+        its reservation). Each form names them at its top level (pricing.normalize)."""
+        for name in self.call.chosen_by_provider:
+            if usage.get(name) is not None:
+                continue
+            value = self.tally.service_tier if name == "service_tier" else None
+            value = value if value is not None else self.held_at.get(name)
+            if isinstance(value, str) and 0 < len(value) <= MAX_SERVICE_TIER:
+                usage = {**usage, name: value}
+        return usage
 
     def _readable(self, form: str, usage: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """The settlement as given when the ledger can read its usage, else the metered output's."""

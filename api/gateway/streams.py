@@ -452,7 +452,9 @@ def cut_answer_settlement(kind: str, part: bytes, counter: TokenCounter, model: 
     it, as a whole one is (with its service tier if that came whole too; the tools its items showed
     besides). An answer whose JSON all came before the cut (only the body's end, as HTTP frames it,
     was lost) but is not of the call's kind (api.gateway.forwarding passes one that is on, 200) is
-    settled as any whole answer is, by its own usage if it has one."""
+    settled as any whole answer is, by its own usage if it has one. A service tier that came whole
+    without the usage (a response's comes before it) is the tally's (`service_tier`): the gateway
+    prices the metered settlement at it (api.gateway.forwarding)."""
     whole = _json(part)
     if whole is not None:
         if kind != EMBEDDINGS:
@@ -466,4 +468,5 @@ def cut_answer_settlement(kind: str, part: bytes, counter: TokenCounter, model: 
     came = whole_members(part, "usage", "service_tier")  # a tier cut mid-string, "prior", is not read
     if isinstance(came.get("usage"), Mapping):
         return _reported(kind, came["usage"], _tier_of(came))
+    tally.service_tier = _tier_of(came) or tally.service_tier  # a responses answer's, before its usage
     return tally.settlement(counter, model, prompt_raw_tokens) or ("usage", {"input_tokens": prompt_raw_tokens})

@@ -36,6 +36,7 @@ from tests.api.test_gateway import (
     IN,
     MESSAGES_CHARGE,
     OUT,
+    PRIORITY,
     RESPONSES_CHARGE,
     SEARCH,
     WEB_SEARCH,
@@ -512,6 +513,101 @@ def test_a_whole_answer_cut_after_its_usage_closed_is_charged_that_usage(live, u
     assert Decimal(response.headers["x-tokentill-charged"]) == cost
     _billed(url, cid, response.headers["x-tokentill-request-id"], cost)
     assert sum(call["model"] == name for call in upstream.fake.calls) == 1
+
+
+PRIORITY_RULE = {"id": "out-priority", "token_type": "output", "price": str(PRIORITY),
+                 "match": {"service_tier": "priority"}}
+
+
+@pytest.mark.parametrize("asked", [None, "auto", "default"])
+def test_a_chat_answer_cut_before_its_tier_is_charged_at_the_tier_the_hold_priced(live, upstream, asked):
+    """A chat answer cut after its usage closed but before its `"service_tier":"priority"` came
+    was charged that usage at the standard prices, while a call that leaves its tier to the
+    provider (none asked, or "auto") is held at the dearest tier its book prices (priority, 40
+    per million output tokens): a call served at priority, charged as standard. Now a tier the
+    answer did not tell is the one the hold priced: 800 input, 200 cached and 40 output at
+    priority, (8,000 + 200 + 1,600) / 1M + 0.001 = 0.0108. A call that asked for a tier is
+    charged at it: "default", (8,000 + 200 + 800) / 1M + 0.001 = 0.0100 (CHAT_CHARGE)."""
+    url, _ = live
+    cid, key = customer((url, tool_book(url, PRIORITY_RULE)))
+    data = msgspec.json.encode({
+        "id": "chatcmpl-edge", "object": "chat.completion", "created": 1764680000, "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": " one two three"},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1000, "completion_tokens": 40, "total_tokens": 1040,
+                  "prompt_tokens_details": {"cached_tokens": 200}},
+        "service_tier": "priority" if asked != "default" else "default"})
+    arrived = data[:data.index(b'"service_tier":"') + len(b'"service_tier":"pri')]
+
+    async def cut(send: Any, receive: Any) -> None:
+        await start(send, b"application/json")
+        await body(send, arrived)
+        raise ConnectionAbortedError("the upstream drops the answer inside its tier")
+
+    name = model(upstream, cut)
+    with pytest.raises(openai.InternalServerError) as raised:
+        openai.OpenAI(base_url=f"{url}/openai/v1", api_key=key).chat.completions.create(
+            model=name, messages=HI, max_tokens=100, **({"service_tier": asked} if asked else {}))
+    response = raised.value.response
+    cost = (800 * IN + 200 * CACHED + 40 * (OUT if asked == "default" else PRIORITY)) / M + CALL
+    assert cost == (Decimal("0.0100") if asked == "default" else Decimal("0.0108"))
+    assert response.status_code == 502
+    assert Decimal(response.headers["x-tokentill-charged"]) == cost
+    _billed(url, cid, response.headers["x-tokentill-request-id"], cost)
+
+
+def test_an_anthropic_answer_cut_before_its_usage_is_charged_at_the_tier_the_hold_priced(live, upstream):
+    """Anthropic tells its tier inside its usage: a message cut before it (none asked: its "auto"
+    may use Priority Tier capacity, held at the book's priority price) is metered, and was charged
+    at the standard prices. Now at the held tier: the prompt as counted ("user" and "hi", 3 a
+    message, 3 for the reply: 8) and " one two" (2) at 40 per million, (80 + 80) / 1M + 0.001 =
+    0.00116 (was 0.00112)."""
+    url, _ = live
+    cid, key = customer((url, tool_book(url, PRIORITY_RULE)))
+    arrived = CUT_MESSAGE[:CUT_MESSAGE.index(b" three")]
+
+    async def cut(send: Any, receive: Any) -> None:
+        await start(send, b"application/json")
+        await body(send, arrived)
+        raise ConnectionAbortedError("the upstream drops the answer before its usage")
+
+    response = _failed_whole_call(url, key, "anthropic", model(upstream, cut))
+    cost = (8 * IN + 2 * PRIORITY) / M + CALL
+    assert cost == Decimal("0.00116")
+    assert response.status_code == 502 and Decimal(response.headers["x-tokentill-charged"]) == cost
+    _billed(url, cid, response.headers["x-tokentill-request-id"], cost)
+
+
+def tiered(text: str) -> bytes:
+    return sse({"id": "c", "object": "chat.completion.chunk", "model": "m", "service_tier": "priority",
+                "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]})
+
+
+@pytest.mark.parametrize("told", [True, False])
+def test_a_chat_stream_cut_before_its_usage_is_charged_at_the_tier_it_told_else_the_held_one(
+        live, upstream, told):
+    """A chat stream cut before its usage chunk is charged the prompt as counted and the text
+    metered, at the standard prices, though its chunks said it was served at priority, or (none
+    told) its hold was priced at priority, the dearest tier of its book for a call that leaves the
+    tier to the provider. Now at the tier its chunks told, else the held one: 8 prompt tokens
+    ("user" and "hi", 3 a message, 3 for the reply) and " one two three" (3) at priority's 40 per
+    million output tokens, (80 + 120) / 1M + 0.001 = 0.0012 (was 0.00114)."""
+    url, _ = live
+    cid, key = customer((url, tool_book(url, PRIORITY_RULE)))
+    events = [(tiered if told else content)(" one two three")]
+
+    async def cut(send: Any, receive: Any) -> None:
+        await start(send, b"text/event-stream")
+        for part in events:
+            await body(send, part)
+        raise ConnectionAbortedError("the upstream drops the stream before its usage")
+
+    status, received, request_id = stream_call(url, key, {"model": model(upstream, cut), "messages": HI,
+                                                          "max_tokens": 100})
+    assert status == 200 and b"upstream_failed" in received.encode()
+    cost = (8 * IN + 3 * PRIORITY) / M + CALL
+    assert cost == Decimal("0.0012")
+    _billed(url, cid, request_id, cost)
 
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])

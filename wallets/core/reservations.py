@@ -7,7 +7,7 @@ from typing import Any
 
 from pricing.books import PriceBook
 from pricing.errors import PricingError, UnpricedModelError
-from pricing.estimate import estimate_upper_bound, held_prompt_tokens
+from pricing.estimate import estimate_upper_bound, held_choices, held_prompt_tokens
 from pricing.money import format_money
 from wallets import chart
 from wallets.core import budgets, idempotency
@@ -64,16 +64,16 @@ def reserve(state: State, cmd: Reserve, now: datetime, book: PriceBook | None) -
             return Decision.refuse(InsufficientFundsError(kept.body["detail"], **error_context))
         return Decision(Outcome(REPLAYED, ReserveResult(_as_now(w, ReservationSummary(**kept.body), now),
                                                         replayed=True)))
-    amount = cmd.amount
-    if amount is None:
-        amount = estimate_upper_bound(book_for(w, book), cmd.model, cmd.prompt_tokens or 0,
-                                      cmd.max_output_tokens or 0, cmd.dimensions, now,
-                                      input_audio_tokens=cmd.prompt_audio_tokens,
-                                      prior_context_tokens=cmd.prior_context_tokens,
-                                      tool_uses=cmd.tool_uses, prompt_cache_write=cmd.prompt_cache_write,
-                                      chosen_by_provider=cmd.chosen_by_provider, premiums=cmd.premiums,
-                                      premium_dimensions=cmd.premium_dimensions,
-                                      overrides=overrides_at(w, now)).total_units
+    amount, held_at = cmd.amount, {}
+    if amount is None:  # held_at: the values of the provider's choices (its tier) the hold was priced at
+        rating, held_at = held_choices(book_for(w, book), cmd.model, cmd.prompt_tokens or 0,
+                                       cmd.max_output_tokens or 0, cmd.dimensions, now, cmd.chosen_by_provider,
+                                       input_audio_tokens=cmd.prompt_audio_tokens,
+                                       prior_context_tokens=cmd.prior_context_tokens,
+                                       tool_uses=cmd.tool_uses, prompt_cache_write=cmd.prompt_cache_write,
+                                       premiums=cmd.premiums, premium_dimensions=cmd.premium_dimensions,
+                                       overrides=overrides_at(w, now))
+        amount = rating.total_units
     else:
         _priced(book_for(w, book), cmd.model, now)
     too_big = unpostable(amount, w.customer.currency, "estimate", "hold")
@@ -106,7 +106,7 @@ def reserve(state: State, cmd: Reserve, now: datetime, book: PriceBook | None) -
     if isinstance(pieces, str):
         return Decision.refuse(InsufficientFundsError(pieces, **error_context), AnswerKept(
             cmd.scope, cmd.request_id, cmd.request_hash, InsufficientFundsError.code, {"detail": pieces}))
-    decision = _hold(w, cmd, rid, amount, pieces, now, (prompt, cmd.max_output_tokens))
+    decision = _hold(w, cmd, rid, amount, pieces, now, (prompt, cmd.max_output_tokens), held_at)
     return Decision(decision.outcome, decision.entry, (*decision.effects, *counted))
 
 
@@ -172,7 +172,7 @@ def _pieces(w: Wallet, amount: int, now: datetime) -> list[tuple[str, int]] | st
 
 
 def _hold(w: Wallet, cmd: Reserve, rid: str, amount: int, pieces: list[tuple[str, int]],
-          now: datetime, tokens: tuple[int | None, int | None]) -> Decision:
+          now: datetime, tokens: tuple[int | None, int | None], held_at: dict[str, Any]) -> Decision:
     cid = w.customer.id
     expires_at = now + timedelta(seconds=cmd.ttl_seconds)
     legs = Legs(w.customer.currency).credit(chart.reserved_account(cid), amount)
@@ -187,7 +187,7 @@ def _hold(w: Wallet, cmd: Reserve, rid: str, amount: int, pieces: list[tuple[str
                                dict(cmd.dimensions), dict(cmd.estimate) if cmd.estimate is not None else None,
                                None if tokens == (None, None) else tokens)
     kept = AnswerKept(cmd.scope, cmd.request_id, cmd.request_hash, "reserved", summary.as_dict())
-    result = ReserveResult(summary, replayed=False, entry_key=posted.key if posted else None)
+    result = ReserveResult(summary, replayed=False, entry_key=posted.key if posted else None, held_at=held_at)
     return Decision(Outcome(result.code, result), posted, (opened, kept))
 
 

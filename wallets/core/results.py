@@ -2,7 +2,7 @@
 posts an entry carries its key; the shell fills in the entry's id once the batch is posted."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -72,6 +72,9 @@ class ReserveResult:
     replayed: bool
     entry_key: str | None = None
     entry_id: int | None = None
+    # the values of the dimensions the call left to the provider that its hold was priced at
+    # (pricing.estimate.held_choices: service_tier "priority"); not kept for a replay
+    held_at: dict[str, Any] = field(default_factory=dict)
 
     @property
     def code(self) -> str:

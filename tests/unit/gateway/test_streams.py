@@ -6,7 +6,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from api.gateway.calls import CHAT, EMBEDDINGS, MESSAGES, RESPONSES
-from api.gateway.streams import EventSplitter, StreamTally, answer_settlement, event_fields, with_compactions
+from api.gateway.streams import (
+    EventSplitter,
+    StreamTally,
+    answer_settlement,
+    cut_answer_settlement,
+    event_fields,
+    with_compactions,
+)
 from pricing.tokens import TokenCounter
 
 COUNTER = TokenCounter()
@@ -321,3 +328,18 @@ def test_anthropics_compactions_are_added_to_its_top_level_usage():
         "input_tokens": 3011, "output_tokens": 205, "cache_read_input_tokens": 7, "cache_creation_input_tokens": 10,
         "cache_creation": {"ephemeral_5m_input_tokens": 4, "ephemeral_1h_input_tokens": 6}}
     assert with_compactions({"input_tokens": 1, "output_tokens": 1}) == {"input_tokens": 1, "output_tokens": 1}
+
+
+def test_a_response_cut_before_its_usage_tells_the_tier_that_came_before_it():
+    """A response's service_tier comes before its usage: cut between them, the answer is metered and
+    the tier that came whole is the tally's, which prices it (api.gateway.forwarding); one cut
+    mid-string is not read."""
+    whole = msgspec.json.encode({"id": "resp_1", "object": "response", "status": "completed", "model": "m",
+                                 "output": [], "service_tier": "flex", "usage": {"input_tokens": 5}})
+    tally = StreamTally(RESPONSES)
+    part = whole[:whole.index(b'"usage"') + 10]
+    assert cut_answer_settlement(RESPONSES, part, COUNTER, "gpt-4o", 9, tally) == ("usage", {"input_tokens": 9})
+    assert tally.service_tier == "flex"
+    cut = StreamTally(RESPONSES)
+    cut_answer_settlement(RESPONSES, whole[:whole.index(b'"flex"') + 3], COUNTER, "gpt-4o", 9, cut)
+    assert cut.service_tier is None

@@ -5,7 +5,7 @@ import pytest
 from pricing_testkit import AT, version, worked_example_version
 
 from pricing.errors import InvalidUsageError, UnpricedModelError
-from pricing.estimate import estimate_upper_bound, held_prompt_tokens
+from pricing.estimate import estimate_upper_bound, held_choices, held_prompt_tokens
 from pricing.overrides import ContractPrice, Discount, Overrides
 from pricing.parse import parse_book, parse_version
 
@@ -252,6 +252,19 @@ def test_a_dimension_the_provider_chooses_is_held_at_its_dearest_value_in_the_bo
         (2 + 4) * 1000 * 1000
     assert estimate_upper_bound(REASONER, "reasoner", 1000, 0, {}, AT, chosen_by_provider=("service_tier",)) \
         == estimate_upper_bound(REASONER, "reasoner", 1000, 0, {}, AT)
+
+
+def test_the_hold_tells_the_values_of_the_providers_choices_it_was_priced_at():
+    """What a settlement whose answer does not tell its tier is charged at (api.gateway.forwarding):
+    the dearest variant's value, priority here (3.5 + 14 per million against 2 + 8 standard and
+    2 + 4 flex, 1,000 each way: 0.0175); none when the call as given is the dearest (the first of
+    equals: a book without such rules), or fixes the value itself."""
+    rating, held = held_choices(TIERED_SERVICE, "gpt", 1000, 1000, {}, AT, ("service_tier",))
+    assert held == {"service_tier": "priority"} and rating.total_units == (3_500 + 14_000) * 1000
+    assert rating == estimate_upper_bound(TIERED_SERVICE, "gpt", 1000, 1000, {}, AT,
+                                          chosen_by_provider=("service_tier",))
+    assert held_choices(REASONER, "reasoner", 1000, 0, {}, AT, ("service_tier",))[1] == {}
+    assert held_choices(TIERED_SERVICE, "gpt", 1000, 1000, {"service_tier": "flex"}, AT)[1] == {}
 
 
 def test_a_premium_price_the_call_may_be_billed_must_be_the_books_own():
