@@ -570,7 +570,7 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
     if money > 0 and not (takes[0] and decreased):
         took = take_back(w, *takes[:2], now, money, expired_by, takes[2])
         legs, paid = _taken_then_usage(w, took, money - sum(took.values()), now)
-    elif money:
+    elif money or _between_payers(found, parts):
         room = room_left(groups, chart.receivable_account(c.id), cmd.period if cmd.sources else None)
         legs, paid, lot = _refund(state, cmd, found, -money, now, 10 ** (chart.ASSET_SCALE - decimals) if noted else 1,
                                   fixes, room, takes, expired_by)
@@ -641,6 +641,20 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
     result = Rerated(c.id, cmd.period, len(found), net, note.number if note is not None else None,
                      posted.key if posted is not None else None)
     return Decision(Outcome(result.code, result), posted, tuple(effects))
+
+
+def _between_payers(found: Iterable[Correction], parts: Mapping[str, Mapping[int, int]]) -> bool:
+    """Whether a re-rate netting to 0 still moves money between payers: a charge whose correction and
+    the true-ups' parts of it (TrueUpFix.parts: given back, taken back) do not net to 0 (its usage
+    costs more or less in all); its part goes to or from what paid it (_refund), as of a re-rate that
+    does not net to 0. Where each charge's own nets to 0, nothing moves."""
+    cost: dict[int, int] = {}
+    for x in found:
+        cost[x.charge.id] = cost.get(x.charge.id, 0) + x.delta
+    for given in parts.values():
+        for charge, units in given.items():
+            cost[charge] = cost.get(charge, 0) - units
+    return any(cost.values())
 
 
 def _pairs(amounts: Mapping[TypeKey, int]) -> tuple[tuple[str, str, int], ...]:

@@ -29,7 +29,7 @@ from test_rerate_volume_true_up import (
 )
 
 from ledger.audit import trial_balance, verify
-from wallets import chart
+from wallets import chart, rerating
 from wallets.audit import WALLET_CHECKS
 
 CENT = 10_000_000  # atomic units (9 decimals) of $0.01
@@ -829,5 +829,83 @@ async def test_a_true_up_corrected_up_with_a_charge_it_gives_back_to_gives_and_t
     first, second = sorted(charge for _, charge, _ in await _given(bk, "mixed-up", None))
     assert await _given(bk, "mixed-up", done["rerate_id"]) == [("v-out", first, -12 * CENT),
                                                               ("v-out", second, 8 * CENT)]
+    await _zero_sum(bk)
+    await verified(bk)
+
+
+def _in_out(version: str, effective_from: str, high: str, low: str, input_price: str) -> dict:
+    """Book `inout`: rule v-out rates model-v output volume-tiered, `high` $/M up to 100,000 tokens,
+    `low` beyond; rule v-in its input at a flat `input_price` $/M."""
+    return {"id": "inout", "version": version, "currency": "USD", "effective_from": effective_from, "rules": [
+        {"id": "v-out", "model": "model-v", "token_type": "output", "tier_mode": "volume",
+         "tiers": [{"up_to": 100_000, "price": high}, {"up_to": None, "price": low}]},
+        {"id": "v-in", "model": "model-v", "token_type": "input", "price": input_price}]}
+
+
+async def _net_zero(bk: BillingKit, cid: str, low: str, input_price: str) -> tuple[str, str, dict]:
+    """Book `inout` v1: output $20/M to 100,000, $10/M beyond; input $10/M. A $1.20 top-up pays the
+    5th's 60,000 output ($1.20); a $5.00 grant (the 6th, expiring January 31st) the 20th's 70,000
+    output ($0.80 + $0.30 = $1.10) and 130,000 input ($1.30): $2.40, $2.60 left. The close: 130,000
+    output at $10/M = $1.30, true-up -$1.00: $0.60 back to the top-up ($0.60), $0.40 to the grant
+    ($3.00). Then re-rated on December 2nd from November 15th (the 20th alone) to v2: output $20/M to
+    100,000, `low` beyond; input `input_price`. The lots' ids and the re-rate's answer."""
+    await bk.add_book(_in_out("v1", "2026-01-01T00:00:00Z", "20", "10", "10"))
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    await bk.customer(cid, book="inout")
+    top_up = await _lot(bk, cid, "topup", "1.20")
+    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 60_000)
+    bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
+    grant = await _lot(bk, cid, "grant", "5.00", datetime(2027, 1, 31, tzinfo=UTC))
+    bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 130_000, 70_000)
+    await bk.close(CLOSED)
+    assert await live_lots(bk, cid) == {top_up: ("topup", 60 * CENT), grant: ("grant", 300 * CENT)}
+    await bk.add_book(_in_out("v2", "2026-11-01T00:00:00Z", "20", low, input_price))
+    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
+    done = await applied(bk, rerating.RerateSpec("inout", "v2", datetime(2026, 11, 15, tzinfo=UTC),
+                                                 datetime(2026, 12, 1, tzinfo=UTC), None))
+    return top_up, grant, done
+
+
+async def test_a_rerate_netting_to_zero_still_takes_a_true_up_s_part_of_one_charge_from_its_payer(fresh_db) -> None:
+    """v2: output $12/M beyond 100,000, input $8/M. The 20th: output $0.80 + 30,000 x $12/M = $1.16
+    (+$0.06), input 130,000 x $8/M = $1.04 (-$0.26): $2.20 (-$0.20). The true-up at the tier reached,
+    130,000 x $12/M = $1.56, less $1.20 + $1.16 charged: -$0.80 where -$1.00 stands, +$0.20. Net
+    -$0.20 + $0.20 = 0. Per charge at $12/M: the 5th costs $0.72, $0.48 below its $1.20, the close
+    gave back $0.60: $0.12 taken back from the top-up; the 20th's output costs $0.84, $0.32 below its
+    $1.16, the close gave back $0.40: $0.08 taken back of the grant, which gets the charge's $0.20
+    back: +$0.12. The top-up $0.60 - $0.12 = $0.48 (= $1.20 - $0.72), the grant $3.00 + $0.12 =
+    $3.12 (= $5.00 - $0.84 - $1.04): the 5th's usage $0.12 dearer, the 20th's $0.12 cheaper. Before,
+    nothing moved (net 0): $0.60 and $3.00, while the record kept the $0.12 taken of the 5th."""
+    bk = BillingKit(fresh_db)
+    top_up, grant, done = await _net_zero(bk, "net-zero-up", "12", "8")
+    assert lines(done) == [("input", "1.30", "1.04", "-0.26"), ("output", "1.10", "1.16", "0.06"),
+                           ("volume_true_up", "-1.00", "-0.80", "0.20")]
+    assert await live_lots(bk, "net-zero-up") == {top_up: ("topup", 48 * CENT), grant: ("grant", 312 * CENT)}
+    first, second = sorted(charge for _, charge, _ in await _given(bk, "net-zero-up", None))
+    assert await _given(bk, "net-zero-up", done["rerate_id"]) == [("v-out", first, -12 * CENT),
+                                                                 ("v-out", second, -8 * CENT)]
+    await _zero_sum(bk)
+    await verified(bk)
+
+
+async def test_a_rerate_netting_to_zero_still_gives_a_true_up_s_part_of_one_charge_to_its_payer(fresh_db) -> None:
+    """v2: output $8/M beyond 100,000, input $12/M. The 20th: output $0.80 + 30,000 x $8/M = $1.04
+    (-$0.06), input 130,000 x $12/M = $1.56 (+$0.26): $2.60 (+$0.20). The true-up at the tier
+    reached, 130,000 x $8/M = $1.04, less $1.20 + $1.04 charged: -$1.20 where -$1.00 stands, -$0.20.
+    Net 0. Per charge at $8/M: the 5th costs $0.48, $0.72 below its $1.20, the close gave back $0.60:
+    $0.12 more back to the top-up; the 20th's output costs $0.56, $0.48 below its $1.04, the close
+    gave back $0.40: $0.08 more back to the grant, which pays the charge's +$0.20 like usage (consumed
+    first): -$0.12. The top-up $0.60 + $0.12 = $0.72 (= $1.20 - $0.48), the grant $3.00 + $0.08 -
+    $0.20 = $2.88 (= $5.00 - $0.56 - $1.56). Before, nothing moved: $0.60 and $3.00."""
+    bk = BillingKit(fresh_db)
+    top_up, grant, done = await _net_zero(bk, "net-zero-down", "8", "12")
+    assert lines(done) == [("input", "1.30", "1.56", "0.26"), ("output", "1.10", "1.04", "-0.06"),
+                           ("volume_true_up", "-1.00", "-1.20", "-0.20")]
+    assert await live_lots(bk, "net-zero-down") == {top_up: ("topup", 72 * CENT), grant: ("grant", 288 * CENT)}
+    first, second = sorted(charge for _, charge, _ in await _given(bk, "net-zero-down", None))
+    assert await _given(bk, "net-zero-down", done["rerate_id"]) == [("v-out", first, 12 * CENT),
+                                                                   ("v-out", second, 8 * CENT)]
     await _zero_sum(bk)
     await verified(bk)
