@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import uuid
 from dataclasses import replace
 from datetime import datetime
@@ -144,6 +145,11 @@ async def test_an_endpoint_failing_for_its_whole_window_is_disabled_with_an_even
             assert data["reason"] == state["disabled_reason"] == f"no successful delivery since {data['failing_since']}"
             assert data["failing_since"].endswith("Z"), data
             [delivery] = (await client.get(f"/v1/webhook-endpoints/{failing['id']}/deliveries")).json()["items"]
+            # its id is made as every event's (README: `evt_`, the microseconds in hex, then random), so it
+            # sorts after the balance.low it gave up on, made before it: it was `evt_` and 24 random hex
+            # digits, which sort anywhere (its first digit past the µs' "6" in 9 cases of 16)
+            assert re.fullmatch(r"evt_[0-9a-f]{13}[0-9a-f]{10}", data["id"]), data["id"]
+            assert data["id"] > delivery["event_id"] and notice.webhook_id == data["id"]
             assert delivery["status"] == "failed" and delivery["last_status_code"] == 503
             assert delivery["attempts"] >= 2 and len(dead.of(for_customer(customer))) == delivery["attempts"]
 

@@ -7,7 +7,6 @@ SERIALIZABLE snapshot, so none can make a wallet writer wait or abort.
 """
 from __future__ import annotations
 
-import secrets
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,6 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from wallets.core.state import wire_time
+from wallets.model import new_id
 from wallets.webhooks.rules import DISABLED_TOPIC, RetryPolicy
 
 # The fan-out never writes an outbox row (a writer inserting the same dedup key after such an
@@ -204,7 +204,7 @@ async def _disable_if_failing(conn: AsyncConnection, failed: Claimed) -> None:
         {"id": failed.endpoint_id, "reason": reason, "since": failed.scheduled_at})).first()
     if row is None:
         return
-    event_id = f"evt_{secrets.token_hex(12)}"
+    event_id = new_id("evt")  # as every event's: sorts by when it was made (it was 24 random hex digits)
     payload = {"id": event_id, "type": DISABLED_TOPIC, "customer_id": None,
                "created_at": wire_time(row.updated_at), "endpoint_id": row.id, "url": row.url,
                "reason": reason, "failing_since": wire_time(failed.scheduled_at)}
