@@ -169,14 +169,18 @@ def _describe(b: Budget, currency: str, used: int, held: int, start: datetime) -
 
 
 def _alert_key(b: Budget, start: datetime, reservation_id: str | None, now: datetime) -> str:
-    """The window an alert is once per: a calendar window, the lifetime, the request (a refusal
-    of a per-request budget: the clock minute); a rolling minute alerts at most once per clock
-    minute."""
+    """The window and limit an alert is once per: a calendar window, the lifetime, the request (a
+    refusal of a per-request budget: the clock minute); a rolling minute alerts at most once per
+    clock minute. The limit: one raised by a PATCH alerts again as the window reaches its
+    thresholds (a $10 month's 50 % said, raised to $20, it never said 50 % of $20, nor refused
+    with a budget.exceeded at $20 after one at $10)."""
     if b.window == "request" and reservation_id is not None:
-        return reservation_id
-    if b.window in ("minute", "request"):
-        return now.astimezone(UTC).replace(second=0, microsecond=0).isoformat()
-    return start.isoformat()
+        window = reservation_id
+    elif b.window in ("minute", "request"):
+        window = now.astimezone(UTC).replace(second=0, microsecond=0).isoformat()
+    else:
+        window = start.isoformat()
+    return f"{window}:{b.limit}"
 
 
 def crossed(state: State, b: Budget, currency: str, before: int, after: int, held: int, start: datetime,

@@ -166,3 +166,46 @@ async def test_a_change_that_leaves_the_window_past_a_threshold_alerts_then_once
     for limit in ("10.00", "5.00"):  # back under, and past again: each threshold once per window
         assert (await client.patch(f"/v1/budgets/{b['id']}", json={"limit": limit})).status_code == 200
     assert len(await alerts()) == 4
+
+
+async def test_a_limit_raised_alerts_its_thresholds_and_refusals_again_as_the_window_reaches_them(
+        client: AsyncTestClient, db: Database, tag: str, book: str):
+    """A threshold crossed, or a refusal written, at the old limit kept its outbox key for the rest
+    of the window: a month cap raised from $10 to $20 after its 50 % alert never said 50 % of $20
+    ($10 counted), and a hard cap raised from $10 to $15 after its refusal refused again at $15
+    without a budget.exceeded. Each alert is once per window and limit."""
+    cid = await _funded(client, tag, book)
+    soft = await _budget(client, customer_id=cid, window="month", metric="money", limit="10.00", mode="soft",
+                         thresholds=[50, 100], dimensions={"team": "a"})
+    hard = await _budget(client, customer_id=cid, window="month", metric="money", limit="10.00",
+                         dimensions={"team": "b"})
+
+    async def alerts(topic: str, budget_id: str) -> list[tuple]:
+        rows = await db.read(lambda conn: conn.execute(text(
+            "SELECT payload FROM outbox WHERE topic = :t AND payload->>'budget_id' = :b ORDER BY id"),
+            {"t": topic, "b": budget_id}))
+        return [(p.get("threshold"), p["limit"], p["used"], p["held"]) for (p,) in rows]
+
+    a, b = {"dimensions": {"team": "a"}}, {"dimensions": {"team": "b"}}
+    crossed = "budget.threshold_crossed"
+    assert (await _reserve(client, cid, "s1", amount="6.00", **a)).status_code == 201  # 6 of 10: 60 %, 50 crossed
+    assert await alerts(crossed, soft["id"]) == [(50, "10.00", "0.00", "6.00")]
+    assert (await client.patch(f"/v1/budgets/{soft['id']}", json={"limit": "20.00"})).status_code == 200  # 30 %
+    assert (await _reserve(client, cid, "s2", amount="5.00", **a)).status_code == 201  # 11 of 20: 55 %, 50 crossed
+    assert (await _reserve(client, cid, "s3", amount="9.00", **a)).status_code == 201  # 20 of 20: 100 % crossed
+    assert await alerts(crossed, soft["id"]) == [(50, "10.00", "0.00", "6.00"), (50, "20.00", "0.00", "11.00"),
+                                                 (100, "20.00", "0.00", "20.00")]
+
+    exceeded = "budget.exceeded"
+    assert (await _reserve(client, cid, "h1", amount="10.00", **b)).status_code == 201  # 10 of 10
+    assert (await _reserve(client, cid, "h2", amount="1.00", **b)).status_code == 429  # 11 > 10
+    assert (await client.patch(f"/v1/budgets/{hard['id']}", json={"limit": "15.00"})).status_code == 200
+    assert (await _reserve(client, cid, "h3", amount="5.00", **b)).status_code == 201  # 15 of 15
+    assert (await _reserve(client, cid, "h4", amount="1.00", **b)).status_code == 429  # 16 > 15
+    assert (await _reserve(client, cid, "h5", amount="1.00", **b)).status_code == 429  # again: no new event
+    assert await alerts(exceeded, hard["id"]) == [(None, "10.00", "0.00", "10.00"), (None, "15.00", "0.00", "15.00")]
+    # lowered under a window already past both thresholds (20 of 20, now 20 of 10), then raised back:
+    # nothing newly past, and nothing twice
+    for limit in ("10.00", "20.00"):
+        assert (await client.patch(f"/v1/budgets/{soft['id']}", json={"limit": limit})).status_code == 200
+    assert len(await alerts(crossed, soft["id"])) == 3
