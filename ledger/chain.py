@@ -3,8 +3,11 @@ them. Pure (hashlib and json only), so the offline verifier can use it with no d
 
 An entry's hash has versions, and each seal records the one its hashes were made with:
 1 (seals written before migration 0042) covers the entry's id, key, request hash, kind, customer,
-metadata, txid, occurred_at and postings; 2 (every seal since) covers recorded_at too, as RFC 3339
-UTC text with microseconds (`2026-12-04T14:13:26.123456Z`), exactly as the export writes it."""
+metadata, txid, occurred_at and postings ([id, account code, stripe, amount]); 2 (seals of 0042 to
+0075) covers recorded_at too, as RFC 3339 UTC text with microseconds (`2026-12-04T14:13:26.123456Z`),
+exactly as the export writes it; 3 (every seal since 0076) covers each posting's asset too, after
+its amount, as the export writes the posting: the account code did not fix it, so a ledger or a
+file relabelled from one currency to another verified."""
 from __future__ import annotations
 
 import hashlib
@@ -12,23 +15,29 @@ import json
 from typing import Any
 
 GENESIS = bytes(32)  # the previous hash of the first seal
-HASH_VERSIONS = (1, 2)
-HASH_VERSION = 2  # what new seals are written with
+HASH_VERSIONS = (1, 2, 3)
+HASH_VERSION = 3  # what new seals are written with
 
 
 def entry_digest(entry_id: int, key: str, request_hash_hex: str, kind: str, customer_id: str | None,
                  metadata: Any, txid: str, occurred_at: str, postings: list, *,
                  recorded_at: str | None = None, version: int = 1) -> bytes:
-    """sha256 over an entry's header and postings ([posting id, account code, stripe, amount],
-    in posting id order), as canonical JSON. Version 2 puts recorded_at after occurred_at."""
+    """sha256 over an entry's header and postings ([posting id, account code, stripe, amount,
+    asset], in posting id order), as canonical JSON. Version 2 puts recorded_at after occurred_at;
+    version 3 too, and keeps each posting's asset (versions 1 and 2 hash its first four items)."""
     body = [entry_id, key, request_hash_hex, kind, customer_id, metadata, txid, occurred_at]
-    if version == 2:
-        if not isinstance(recorded_at, str):
-            raise ValueError("hash version 2 covers recorded_at: it must be given")
-        body.append(recorded_at)
-    elif version != 1:
+    if version not in HASH_VERSIONS:
         raise ValueError(f"hash version {version} is not one of {HASH_VERSIONS}")
-    body.append(postings)
+    if version >= 2:
+        if not isinstance(recorded_at, str):
+            raise ValueError(f"hash version {version} covers recorded_at: it must be given")
+        body.append(recorded_at)
+    if version >= 3:
+        if any(len(p) != 5 or not isinstance(p[4], str) for p in postings):
+            raise ValueError("hash version 3 covers each posting's asset: [id, code, stripe, amount, asset]")
+        body.append([list(p) for p in postings])
+    else:
+        body.append([list(p[:4]) for p in postings])
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).digest()
 
 

@@ -198,7 +198,7 @@ def recomputed_hash(row: Any, postings: tuple[PostingLine, ...], version: int = 
         customer_id=row.customer_id, metadata=row.metadata, txid=row.txid,
         occurred_at=row.occurred_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f"),
         recorded_at=row.recorded_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        postings=[[p.id, p.account, p.stripe, p.amount] for p in postings])
+        postings=[[p.id, p.account, p.stripe, p.amount, p.asset] for p in postings])
     return entry_hash(shaped, version)
 
 

@@ -4,11 +4,13 @@ contract keeps it so), for an auditor who holds a copy and does not trust our se
 `python -m ledger.offline EXPORT.jsonl`.
 
 It recomputes every entry's hash from its fields and compares it with the hash its seal stored,
-with the hash version its seal records (`ledger.chain`: 2 covers recorded_at, 1 did not; a seal
-of an export written before versions has none and is version 1), recomputes each seal's chain
+with the hash version its seal records (`ledger.chain`: 3 covers each posting's asset and
+recorded_at, 2 recorded_at only, 1 neither; a seal of an export written before versions has none
+and is version 1), recomputes each seal's chain
 hash from those, checks that each seal follows the one before it, that a seal's entries are all
 there and in its order, that every entry balances per asset, and that each posting's asset is
-that of the account record of its code (the hash covers the code, not the asset). Memory is one
+that of the account record of its code (a version 3 hash covers the asset; 1 and 2 the code
+alone, and a file relabelled to another currency throughout passes under them). Memory is one
 seal's entry ids at a time, the ids of the entries no seal covers yet, and each account's asset.
 """
 from __future__ import annotations
@@ -66,7 +68,7 @@ _SHAPES = {
               "seal": lambda v: v is None or _int(v), "sealed_hash": lambda v: v is None or _hash(v)},
 }
 # Fields an export written before hash versions lacks: a seal without one is version 1, and an
-# entry's recorded_at is needed only under a version 2 seal.
+# entry's recorded_at is needed only under a version 2 or 3 seal.
 _OPTIONAL = {"seal": {"hash_version"}, "entry": {"recorded_at"}}
 
 
@@ -218,11 +220,11 @@ class _Verifier:
                              "it was added after the seal")
             return
         recorded_at = rec.get("recorded_at")
-        if seal.version == 2 and recorded_at is None:
+        if seal.version >= 2 and recorded_at is None:
             self.report.fail(f"entry {entry_id} has no recorded_at, which the hash of seal {seal.id} "
                              f"(hash version {seal.version}) covers")
         elif entry_digest(entry_id, rec["key"], rec["request_hash"], rec["kind"], rec["customer_id"], rec["metadata"],
-                          rec["txid"], rec["occurred_at"], [p[:4] for p in postings], recorded_at=recorded_at,
+                          rec["txid"], rec["occurred_at"], postings, recorded_at=recorded_at,
                           version=seal.version).hex() != sealed:
             self.report.fail(f"entry {entry_id} was altered: its content does not match the hash "
                              f"seal {seal.id} stored for it")

@@ -4,8 +4,8 @@ Seal k covers every entry whose inserting transaction id lies in [from_txid, to_
 to_txid is the xmin of the sealer's snapshot: no transaction below it can still commit, so a
 sealed range is complete and never grows. Each entry gets a sha256 over its header and postings;
 a seal stores those hashes and chains them: chain_hash = sha256(prev_hash || entry hashes). A seal
-records the version of its entry hashes (`ledger.chain`: 2 covers recorded_at, 1 did not), and
-is verified with that version.
+records the version of its entry hashes (`ledger.chain`: 3 covers each posting's asset and
+recorded_at, 2 recorded_at only, 1 neither), and is verified with that version.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ SEALED_RECORDED_AT = """to_char(j.recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"
 _ENTRIES = text(f"""
 SELECT j.id, j.key, j.request_hash, j.kind, j.customer_id, j.metadata, {SEALED_TXID} AS txid,
        {SEALED_OCCURRED_AT} AS occurred_at, {SEALED_RECORDED_AT} AS recorded_at,
-       coalesce((SELECT jsonb_agg(jsonb_build_array(p.id, a.code, p.stripe, p.amount) ORDER BY p.id)
+       coalesce((SELECT jsonb_agg(jsonb_build_array(p.id, a.code, p.stripe, p.amount, a.asset) ORDER BY p.id)
                    FROM postings p JOIN accounts a ON a.id = p.account_id
                   WHERE p.lane = j.lane AND p.entry_id = j.id), '[]'::jsonb) AS postings
   FROM journal_entries j

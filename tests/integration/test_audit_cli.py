@@ -90,3 +90,18 @@ async def test_verify_names_the_entry_whose_recorded_at_was_altered(scratch_url)
     assert f"entry {victim} was altered after seal" in result.stdout
     for other in set(ids) - {victim}:
         assert f"entry {other} " not in result.stdout
+
+
+async def test_verify_names_the_entries_of_accounts_relabelled_to_another_currency(scratch_url):
+    """Every USD account turned EUR by a superuser (the asset table's scale is the same, 9): each
+    entry still balances per currency, and its hash covered the account code, not the currency, so
+    verify passed while the ledger's 5 entries (510 USD of cash, 100 + 101 + 102 + 103 + 104)
+    now read 510 EUR. Hash version 3 covers each posting's asset: all 5 are named."""
+    ids = await _ledger_with_entries(scratch_url)
+    with psycopg.connect(scratch_url) as conn:
+        conn.execute("INSERT INTO assets (code, scale) VALUES ('EUR', 9) ON CONFLICT DO NOTHING")
+    _as_superuser_without_triggers(scratch_url, "accounts", "UPDATE accounts SET asset = 'EUR' WHERE asset = 'USD'")
+    result = _verify(scratch_url)
+    assert result.returncode == 1, result.stdout
+    for victim in ids:
+        assert f"entry {victim} was altered after seal" in result.stdout

@@ -239,13 +239,38 @@ def test_a_changed_recorded_at_is_named(sealed_export, tmp_path):
     i, entry = _entries(lines)[500]
     seal = next(json.loads(line) for line in lines if '"type":"seal"' in line
                 and json.loads(line)["id"] == entry["seal"])
-    assert seal["hash_version"] == 2
+    assert seal["hash_version"] == 3
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", entry["recorded_at"]), entry["recorded_at"]
     entry["recorded_at"] = entry["recorded_at"].replace(entry["recorded_at"][:4], "2025", 1)
     lines[i] = json.dumps(entry)
     done = _verify(tmp_path, lines)
     assert done.returncode == 1, done.stdout
     assert f"entry {entry['id']} was altered" in done.stdout.splitlines()[0]
+
+
+def test_a_ledger_relabelled_to_another_currency_is_named(sealed_export, tmp_path):
+    """Every "USD" of the file, in its account records and its postings' assets, made "EUR": each
+    entry still balances per currency and each posting's asset is its account record's, and the
+    hash covered the account code, not the currency, so the file verified "intact" in euros.
+    Hash version 3 (every seal since migration 0076) covers each posting's asset: the first
+    sealed entry is named, and all 870 sealed ones are (the 30 unsealed are vouched for by none)."""
+    lines = list(sealed_export)
+    edited = []
+    for line in lines:
+        record = json.loads(line)
+        if record["type"] == "account" and record["asset"] == "USD":
+            record["asset"] = "EUR"
+        elif record["type"] == "entry":
+            record["postings"] = [[*p[:4], "EUR" if p[4] == "USD" else p[4]] for p in record["postings"]]
+        edited.append(json.dumps(record, separators=(",", ":"), ensure_ascii=False))
+    assert edited != lines
+    first = _entries(edited)[0][1]
+    done = _verify(tmp_path, edited, "--json")
+    report = json.loads(done.stdout)
+    assert done.returncode == 1, done.stdout
+    assert report["problems"][0] == (f"entry {first['id']} was altered: its content does not match the hash "
+                                     f"seal {first['seal']} stored for it")
+    assert report["problem_count"] == 870  # one a sealed entry; the chain hashes are of the stored hashes
 
 
 def test_a_deleted_entry_is_named(sealed_export, tmp_path):
