@@ -553,6 +553,21 @@ async def load_period_usage(conn: AsyncConnection, pairs: Iterable[tuple[str, st
     return found
 
 
+async def event_times(conn: AsyncConnection, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], datetime]:
+    """When each recorded usage event of these (customer, event id) occurred, as kept (to the
+    microsecond)."""
+    wanted = sorted(set(pairs))
+    if not wanted:
+        return {}
+    rows = await conn.exec_driver_sql(  # a usage batch's customers may be of several lanes
+        """SELECT e.customer_id, e.event_id, e.occurred_at
+             FROM unnest(%s::text[], %s::text[]) AS w(customer_id, event_id)
+             JOIN customers c ON c.id = w.customer_id
+             JOIN usage_events e ON e.lane = c.lane AND e.customer_id = w.customer_id AND e.event_id = w.event_id""",
+        ([c for c, _ in wanted], [e for _, e in wanted]))
+    return {(cid, event_id): at for cid, event_id, at in rows}
+
+
 async def load_rollups(conn: AsyncConnection, since: Iterable[tuple[str, str]]
                        ) -> dict[str, dict[str, dict[str, tuple[int, int]]]]:
     """Each customer's rollups of the periods from `since` (customer, period) on: the folded rows

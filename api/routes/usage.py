@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
+from itertools import chain
 from typing import Annotated, Any
 
 import msgspec
@@ -20,20 +21,26 @@ from api.routes.inputs import usage_tokens
 from api.routes.schemas import Dimensions, json_body
 from api.routes.wire import (
     COMPOSED,
+    Hashes,
     composed,
     idempotency,
     instant_text,
+    marked,
     respond,
     shaped,
     spellings,
     time_in,
     time_param,
+    uniform_spellings,
+    zone_spellings,
 )
+from ledger.db import Database
 from ledger.errors import LedgerError
 from ledger.model import request_hash
 from pricing.errors import PricingError
-from wallets import reports
+from wallets import reports, store
 from wallets.commands import RecordUsage, UsageResult
+from wallets.core.state import wire_time
 from wallets.errors import ConflictError, WalletValidationError
 from wallets.periods import new_zone
 
@@ -83,16 +90,35 @@ def _body(event: UsageEvent) -> dict[str, Any]:
     return body
 
 
-def _command(event: UsageEvent, latest: datetime, dimensions: Mapping[str, Any]) -> RecordUsage:
-    occurred_at = time_in(event.timestamp, "timestamp")
-    if occurred_at is not None and occurred_at > latest:  # it would be billed in a period not begun
+# an event's time, read once (for the batch's key and the event's own hash): the instant and its
+# text as the hashes read it (instant_text), or why it is no time (that event is refused alone)
+Instant = tuple[datetime, str] | WalletValidationError
+
+
+def _instants(events: list[UsageEvent]) -> list[Instant]:
+    instants: list[Instant] = []
+    for event in events:
+        try:
+            at = time_in(event.timestamp, "timestamp")
+        except WalletValidationError as exc:
+            instants.append(exc)
+            continue
+        assert at is not None  # a timestamp is a str
+        instants.append((at, instant_text(at, event.timestamp)))
+    return instants
+
+
+def _command(event: UsageEvent, instant: Instant, latest: datetime, dimensions: Mapping[str, Any]) -> RecordUsage:
+    if isinstance(instant, WalletValidationError):
+        raise instant
+    occurred_at, text = instant
+    if occurred_at > latest:  # it would be billed in a period not begun
         raise WalletValidationError("timestamp", f"must not be more than {FUTURE_SLACK_S} s in the future")
     tokens, stored = usage_tokens(event.usage, event.openai_usage, event.anthropic_usage, event.gemini_usage)
     # the hash reads the instant, not its spelling (z or Z, +00:00, .000, another offset): the same
     # event resent by a client whose serializer changed is a duplicate (_respelled: one kept before)
     body = _body(event)
-    if occurred_at is not None:
-        body["timestamp"] = instant_text(occurred_at, event.timestamp)
+    body["timestamp"] = text
     return RecordUsage(customer_id=event.customer_id, event_id=event.event_id,
                        request_hash=request_hash(body), model=event.model, occurred_at=occurred_at,
                        tokens=tokens, usage=stored, dimensions=dimensions)
@@ -101,30 +127,43 @@ def _command(event: UsageEvent, latest: datetime, dimensions: Mapping[str, Any])
 def _respelled(command: RecordUsage, event: UsageEvent) -> RecordUsage:
     """`command` again, for an event whose id was kept with another hash: with the hashes of its
     body with the timestamp in each spelling an event kept before the hash read the instant may
-    have been kept with (its text as sent then), so that such an event is a duplicate too."""
-    body = _body(event)
-    earlier = []
-    for text in spellings(command.occurred_at, event.timestamp):
-        body["timestamp"] = text
-        earlier.append(request_hash(body))
-    return replace(command, earlier=tuple(earlier))
+    have been kept with (its text as sent then): the usual ones (`spellings`), then at every
+    offset a zone keeps (`zone_spellings`), computed only until one is found."""
+    body, at, sent = _body(event), command.occurred_at, event.timestamp
+    return replace(command, earlier=Hashes(
+        lambda: marked(body), lambda: ((text,) for text in chain(spellings(at, sent), zone_spellings(at, sent)))))
 
 
-def _at_instants(data: list[Any]) -> list[Any]:
+def _at_instants(data: list[Any], instants: list[Instant]) -> list[Any]:
     """A batch as its Idempotency-Key's hash reads it: each event's timestamp as the instant
     (instant_text), as each event's own hash reads it; `data` itself where every one is so spelled
     (or is no time: that event is refused alone)."""
     batch = data
-    for index, item in enumerate(data):
-        text = item.get("timestamp") if isinstance(item, dict) else None
-        try:
-            at = time_in(text, "timestamp") if isinstance(text, str) else None
-        except WalletValidationError:
-            continue
-        if at is not None and (instant := instant_text(at, text)) != text:
+    for index, (item, instant) in enumerate(zip(data, instants, strict=True)):
+        if isinstance(instant, tuple) and instant[1] != item["timestamp"]:
             batch = list(data) if batch is data else batch
-            batch[index] = {**item, "timestamp": instant}
+            batch[index] = {**item, "timestamp": instant[1]}
     return batch
+
+
+def _kept_before(request: Request, data: list[Any], instants: list[Instant]) -> Hashes:
+    """The hashes a key kept before its hash read the batch as `_at_instants` does may have been
+    kept with: before 8ef7fcc, of the batch as sent (tried as sent now, then each time in each
+    uniform spelling, `uniform_spellings`: one serializer spells a batch alike); from 8ef7fcc to
+    e8ee375, of each time as wire_time, to the microsecond (tried where a time is finer). Each
+    computed only on a conflict, until one is found."""
+    times = [(instant[0], item["timestamp"]) for item, instant in zip(data, instants, strict=True)
+             if isinstance(instant, tuple)]
+
+    def texts() -> Any:
+        yield tuple(sent for _, sent in times)
+        if any(instant_text(at, sent) != wire_time(at) for at, sent in times):
+            yield tuple(wire_time(at) for at, _ in times)
+        yield from uniform_spellings(times)
+
+    return Hashes(lambda: [request.method, request.url.path, [
+        marked(item) if isinstance(instant, tuple) else item for item, instant in zip(data, instants, strict=True)]],
+        texts)
 
 
 @post("/v1/usage-events", guards=[require("inference")], tags=["usage"], status_code=200,
@@ -136,13 +175,14 @@ async def post_usage_events(state: State, request: Request,
     customer's id with another body is rejected as `idempotency_conflict`. With an
     Idempotency-Key, a replay answers what the first call answered."""
     events: list[UsageEvent] = shaped(data, UsageEvents)
-    idem = idempotency(request, _at_instants(data), sent=data)  # a kept key's hash read the text
+    instants = _instants(events)
+    idem = idempotency(request, _at_instants(data, instants), earlier=_kept_before(request, data, instants))
     wallets = state.services.wallets
     replay = await wallets.claim(idem) if idem is not None else None
     if replay is not None:
         return respond(request, replay, COMPOSED)
     try:
-        response = await _recorded(wallets, request, events)
+        response = await _recorded(wallets, state.services.db, request, events, instants)
     except Exception:  # no answer to keep: copies and retries under the key go ahead (WalletService.release)
         if idem is not None:
             await wallets.release(idem)
@@ -150,7 +190,8 @@ async def post_usage_events(state: State, request: Request,
     return respond(request, await wallets.remember(idem, response) if idem is not None else response, COMPOSED)
 
 
-async def _recorded(wallets: Any, request: Request, events: list[UsageEvent]) -> Any:
+async def _recorded(wallets: Any, db: Database, request: Request, events: list[UsageEvent],
+                    instants: list[Instant]) -> Any:
     """Each event rated and posted once (the ones this key may post, well formed): the answer."""
     principal = principal_of(request)
     rejected: list[Rejected] = []
@@ -163,14 +204,20 @@ async def _recorded(wallets: Any, request: Request, events: list[UsageEvent]) ->
                                      event.customer_id, index))
             continue
         try:
-            commands.append(_command(event, latest, key_dimensions(principal, event.dimensions)))
+            commands.append(_command(event, instants[index], latest, key_dimensions(principal, event.dimensions)))
             positions.append(index)
         except (LedgerError, PricingError, ApiError) as exc:
             rejected.append(Rejected(event.event_id, exc.code, str(exc), event.customer_id, index))
     outcomes = await wallets.submit_many(commands)
     conflicts = [n for n, outcome in enumerate(outcomes) if isinstance(outcome, ConflictError)]
     if conflicts:  # kept before the hash read the instant? (rare: asked again, not on every event)
-        again = await wallets.submit_many([_respelled(commands[n], events[positions[n]]) for n in conflicts])
+        kept = await db.read(lambda conn: store.event_times(
+            conn, [(commands[n].customer_id, commands[n].event_id) for n in conflicts]))
+        # only an event kept at the same instant (to the microsecond, as kept) may be one
+        conflicts = [n for n in conflicts if kept.get((commands[n].customer_id, commands[n].event_id))
+                     == commands[n].occurred_at]
+        again = await wallets.submit_many([_respelled(commands[n], events[positions[n]]) for n in conflicts]) \
+            if conflicts else []
         for n, outcome in zip(conflicts, again, strict=True):
             outcomes[n] = outcome
     accepted = duplicates = 0

@@ -7,9 +7,10 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -123,7 +124,7 @@ def spellings(at: datetime, sent: str) -> list[str]:
     """RFC 3339 texts of the instant `sent` names (`at`, parsed from it) that a client may have
     sent it as, `sent` first: `T` or `t`; in UTC with `Z`, `z`, `+00:00` or `-00:00`, or at the
     offset `sent` has; the seconds whole, where they are, or the fraction as sent in as many digits
-    as it takes up to 9. (Not every offset: a text at another one is not found.) Where the fraction
+    as it takes up to 9. (Not every offset: zone_spellings spells the others.) Where the fraction
     is finer than a microsecond, also wire_time(at): the hash of an event kept since c1c9c09 read
     the instant so, to the microsecond."""
     own = datetime.fromisoformat(uppercase_z(sent)).utcoffset()
@@ -140,6 +141,99 @@ def spellings(at: datetime, sent: str) -> list[str]:
     if len(digits) > 6:
         texts.append(wire_time(at))
     return texts
+
+
+# The offsets a time zone keeps (every one in use is a multiple of 15 minutes, from -12:00 to
+# +14:00), besides UTC's: an event kept at one of them before its hash read the instant
+ZONE_OFFSETS = tuple(timedelta(minutes=m) for m in range(-720, 841, 15) if m)
+
+
+def _offset_text(offset: timedelta) -> str:
+    minutes = int(offset.total_seconds()) // 60
+    return f"{'-' if minutes < 0 else '+'}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+
+
+def zone_spellings(at: datetime, sent: str) -> Iterator[str]:
+    """The texts of the instant `sent` names (`at`) at each of ZONE_OFFSETS but the one `sent`
+    has (`spellings` spells that one): `T` or `t`, the seconds whole or the fraction as sent in
+    as many digits as it takes up to 9. An event kept before the hash read the instant, at one
+    offset, and sent now at another is found so (tried after `spellings`, only on a conflict)."""
+    own = datetime.fromisoformat(uppercase_z(sent)).utcoffset()
+    digits = _digits(sent)
+    fractions = ["." + digits.ljust(n, "0") if n else "" for n in range(len(digits), 10)]
+    for offset in ZONE_OFFSETS:
+        if offset != own:
+            local = at.astimezone(timezone(offset))
+            day, clock, zone = local.strftime("%Y-%m-%d"), local.strftime("%H:%M:%S"), _offset_text(offset)
+            yield from (f"{day}{t}{clock}{f}{zone}" for t in "Tt" for f in fractions)
+
+
+# a batch's fraction styles: (digits, whether a zero fraction is left out); 0 digits: none where
+# it is zero, else as many as it needs (so (1, True) is the same as (0, False)): 18
+FRACTION_STYLES = ((0, False), (1, False), *((n, omit) for n in range(2, 10) for omit in (False, True)))
+
+
+def _fraction(digits: str, width: int, omit: bool) -> str:
+    if omit and not digits:
+        return ""
+    padded = digits.ljust(width, "0")
+    return "." + padded if padded else ""
+
+
+def uniform_spellings(times: Sequence[tuple[datetime, str]]) -> Iterator[tuple[str, ...]]:
+    """A batch's times (each instant and its text as sent) spelled alike, as one serializer spells
+    them: `T` or `t`; in UTC with `Z`, `z`, `+00:00` or `-00:00`, or each at the offset it is sent
+    at; the fraction in a fixed number of digits, 0 to 9 (more where the instant needs them), a
+    zero one written or left out (18 ways): 2 x 5 x 18 = 180 spellings of the batch."""
+    parts = []
+    for at, sent in times:
+        own = datetime.fromisoformat(uppercase_z(sent)).utcoffset()
+        utc, local = at.astimezone(UTC), at.astimezone(timezone(own)) if own else at.astimezone(UTC)
+        parts.append((utc.strftime("%Y-%m-%d"), utc.strftime("%H:%M:%S"), local.strftime("%Y-%m-%d"),
+                      local.strftime("%H:%M:%S"), sent[-1] if sent[-1] in "Zz" else sent[-6:], _digits(sent)))
+    for t in "Tt":
+        for zone in ("Z", "z", "+00:00", "-00:00", None):
+            for width, omit in FRACTION_STYLES:
+                if zone is None:
+                    yield tuple(f"{day}{t}{clock}{_fraction(digits, width, omit)}{sent_zone}"
+                                for _, _, day, clock, sent_zone, digits in parts)
+                else:
+                    yield tuple(f"{day}{t}{clock}{_fraction(digits, width, omit)}{zone}"
+                                for day, clock, _, _, _, digits in parts)
+
+
+_MARK = f"tokentill-respelled-{uuid.uuid4().hex}"  # no client sends it: a place for a text to try
+
+
+class Hashes(Container[bytes]):
+    """sha256 hashes of `value()`'s canonical JSON (as request_hash and body_hash make them) with
+    its MARK strings, in the text's order, each replaced by the text of a tuple `texts()` gives:
+    computed only when a hash is looked for (`in`: on a conflict), one by one until it is found.
+    None are found where the MARKs are not as many as a tuple's texts."""
+
+    __slots__ = ("_texts", "_value")
+
+    def __init__(self, value: Callable[[], Any], texts: Callable[[], Iterable[Sequence[str]]]) -> None:
+        self._value, self._texts = value, texts
+
+    def __iter__(self) -> Iterator[bytes]:
+        head, *pieces = [p.encode() for p in CANONICAL_JSON.encode(self._value()).split(f'"{_MARK}"')]
+        start = hashlib.sha256(head)
+        for texts in self._texts():
+            if len(texts) != len(pieces):
+                return
+            digest = start.copy()
+            for text, piece in zip(texts, pieces, strict=True):
+                digest.update(b'"' + text.encode() + b'"' + piece)  # an RFC 3339 text needs no escape
+            yield digest.digest()
+
+    def __contains__(self, digest: object) -> bool:
+        return any(found == digest for found in self)
+
+
+def marked(item: Any) -> Any:
+    """A usage event (JSON values) with its timestamp as the place `Hashes` puts a text."""
+    return {**item, "timestamp": _MARK}
 
 
 def _plus_hint(value: object) -> str:
@@ -489,13 +583,13 @@ def idempotency_key(request: Request) -> str | None:
 
 
 def idempotency(request: Request, body: Any, *, key: str | None = None, path: str | None = None,
-                sent: Any = None) -> IdemKey | None:
+                earlier: Container[bytes] = ()) -> IdemKey | None:
     """The call's IdemKey when it carries an Idempotency-Key header (scoped to the customers the API
     key acts for: `http_scope`). A
     bulk call's item gives its own `key` and the `path` of the single call it stands for, so that
-    both share one key: sent either way, it is answered (and charged) once. `sent`: the body as
-    sent, where `body` is it normalized (not the same object): a key kept before the call hashed
-    it normalized matches its hash too."""
+    both share one key: sent either way, it is answered (and charged) once. `earlier`: the
+    hashes a key kept before the call hashed `body` so (normalized) may have been kept with,
+    matched too (tried only when the hash kept is not this one)."""
     key = idempotency_key(request) if key is None else key.strip()
     if key is None:
         return None
@@ -503,8 +597,7 @@ def idempotency(request: Request, body: Any, *, key: str | None = None, path: st
         raise WalletValidationError("Idempotency-Key", "must be 1 to 255 characters")
     principal = principal_of(request)
     scope = http_scope(principal.visible(), own=principal.scope.startswith("customer:"))
-    return IdemKey(scope, key, body_hash(request, body, path),
-                   None if sent is None or sent is body else body_hash(request, sent, path))
+    return IdemKey(scope, key, body_hash(request, body, path), earlier)
 
 
 async def kept_answer(db: Database, idem: IdemKey | None) -> Replayed | None:

@@ -521,3 +521,158 @@ def test_an_instant_finer_than_a_microsecond_is_hashed_and_spelled_whole():
     assert "2026-12-01t10:00:00.123456700-00:00" in utc and "2026-12-01T10:00:00.123456000Z" not in utc
     local = spellings(at, sent)
     assert len(local) == 32 and "2026-12-01t12:00:00.12345670+02:00" in local
+
+
+async def test_an_event_kept_before_at_one_offset_is_a_duplicate_sent_at_another(app, client, world):
+    """An event kept before c1c9c09 at +02:00 (12:00:00+02:00, its hash of that text) and sent now
+    at another offset of the same instant (10:00:00Z, 15:30:00+05:30, 05:00:00.000-05:00) was
+    idempotency_conflict: the respellings tried only UTC and the offset it is sent at now. Every
+    offset a zone keeps (a multiple of 15 minutes, -12:00 to +14:00) is tried too: a duplicate.
+    Another instant, a second or a microsecond later, is still a conflict. Charged once:
+    1,000 input tokens at $10.00 a million = $0.01."""
+    w = world
+    kept_as = "2026-12-01T12:00:00+02:00"
+    event = _event(w, event_id=f"offset-{w['tag']}", timestamp=kept_as, usage={"input_tokens": 1000})
+    assert (await client.post("/v1/usage-events", json=[event])).json()["accepted"] == 1
+    as_sent = {"event_id": event["event_id"], "customer_id": w["customer"], "model": "model-a",
+               "timestamp": kept_as, "usage": event["usage"], "openai_usage": None,
+               "anthropic_usage": None, "dimensions": {}}
+    for table in ("usage_events", "charges"):  # both keep it (verify ties them)
+        await _forge(app, table, "customer_id = %s AND event_id = %s", (w["customer"], event["event_id"]),
+                     request_hash(as_sent))
+    for spelled in ("2026-12-01T10:00:00Z", "2026-12-01T15:30:00+05:30", "2026-12-01t05:00:00.000-05:00"):
+        again = await client.post("/v1/usage-events", json=[{**event, "timestamp": spelled}])
+        assert again.json() == {"accepted": 0, "duplicates": 1, "rejected": []}, (spelled, again.text)
+    for other in ("2026-12-01T10:00:01Z", "2026-12-01T12:00:00.000001+02:00", "2026-12-01T16:00:00+05:30"):
+        later = await client.post("/v1/usage-events", json=[{**event, "timestamp": other}])
+        assert [r["code"] for r in later.json()["rejected"]] == ["idempotency_conflict"], (other, later.text)
+    assert await _charges(client, w) == [(1, "0.01")]
+    checked = (await client.post("/v1/audit/verify")).json()
+    assert checked["ok"], [c for c in checked["checks"] if not c["ok"]]
+
+
+def _key_hash(body: list[dict[str, Any]]) -> bytes:
+    """An Idempotency-Key's hash of a usage batch: sha256 of ["POST", path, body], canonical JSON."""
+    text = json.dumps(["POST", "/v1/usage-events", body], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).digest()
+
+
+async def test_a_usage_batch_kept_before_under_its_key_replays_respelled(app, client, world):
+    """A key kept before 8ef7fcc has the hash of the batch as sent: two events sent as
+    11:00:00.000+00:00 and 11:00:01.500+00:00 (one serializer: 3 digits, +00:00) and sent again as
+    11:00:00Z and 11:00:01.5Z was 409 idempotency_conflict. Each uniform spelling of the batch is
+    tried (T or t; Z, z, +00:00, -00:00 or each event's own offset; fractions of a fixed width 0-9,
+    zero fraction kept or left out): it replays the first answer and posts nothing. Another
+    instant (11:00:02Z for the second) is still 409. Charged once: 1,000 + 2,000 input tokens at
+    $10.00 a million = $0.01 + $0.02, two charges."""
+    w = world
+    body = [_event(w, event_id=f"k1-{w['tag']}", timestamp="2026-12-01T11:00:00.000+00:00",
+                   usage={"input_tokens": 1000}),
+            _event(w, event_id=f"k2-{w['tag']}", timestamp="2026-12-01T11:00:01.500+00:00",
+                   usage={"input_tokens": 2000})]
+    key = {"Idempotency-Key": f"older-{w['tag']}"}
+    first = await client.post("/v1/usage-events", headers=key, json=body)
+    assert first.json() == {"accepted": 2, "duplicates": 0, "rejected": []}, first.text
+    await _forge(app, "idempotency_keys", "key = %s", (key["Idempotency-Key"],), _key_hash(body))
+    for stamps in (("2026-12-01T11:00:00Z", "2026-12-01T11:00:01.5Z"),
+                   ("2026-12-01t11:00:00.000000z", "2026-12-01T13:00:01.5+02:00"),
+                   ("2026-12-01T11:00:00.000+00:00", "2026-12-01T11:00:01.500+00:00")):
+        again = await client.post("/v1/usage-events", headers=key,
+                                  json=[{**e, "timestamp": t} for e, t in zip(body, stamps, strict=True)])
+        assert (again.status_code, again.headers.get("idempotent-replayed")) == (200, "true"), (stamps, again.text)
+        assert again.json() == first.json()
+    other = await client.post("/v1/usage-events", headers=key,
+                              json=[body[0], {**body[1], "timestamp": "2026-12-01T11:00:02Z"}])
+    assert (other.status_code, other.json()["code"]) == (409, "idempotency_conflict"), other.text
+    assert await _charges(client, w) == [(2, "0.03")]
+
+
+async def test_a_usage_batch_kept_at_the_microsecond_under_its_key_replays(app, client, world):
+    """A key kept between 8ef7fcc and e8ee375 hashed the batch with each time as wire_time, to the
+    microsecond: 12:00:00.1234561Z kept as .123456Z. Sent again as it was (its hash now keeps
+    .1234561) it was 409. It replays now, and so does .123456100Z; the record kept no finer than
+    the microsecond, so .1234569Z (same microsecond) replays too, while .123457Z (1 us later) and
+    12:00:01Z are 409. Charged once: 1,000 input tokens at $10.00 a million = $0.01."""
+    w = world
+    body = [_event(w, event_id=f"fine-{w['tag']}", timestamp="2026-12-01T12:00:00.1234561Z",
+                   usage={"input_tokens": 1000})]
+    key = {"Idempotency-Key": f"micro-{w['tag']}"}
+    first = await client.post("/v1/usage-events", headers=key, json=body)
+    assert first.json() == {"accepted": 1, "duplicates": 0, "rejected": []}, first.text
+    await _forge(app, "idempotency_keys", "key = %s", (key["Idempotency-Key"],),
+                 _key_hash([{**body[0], "timestamp": "2026-12-01T12:00:00.123456Z"}]))
+    for same in ("2026-12-01T12:00:00.1234561Z", "2026-12-01T12:00:00.123456100Z", "2026-12-01T12:00:00.1234569Z"):
+        again = await client.post("/v1/usage-events", headers=key, json=[{**body[0], "timestamp": same}])
+        assert (again.status_code, again.headers.get("idempotent-replayed")) == (200, "true"), (same, again.text)
+    for other in ("2026-12-01T12:00:00.123457Z", "2026-12-01T12:00:01Z"):
+        later = await client.post("/v1/usage-events", headers=key, json=[{**body[0], "timestamp": other}])
+        assert (later.status_code, later.json()["code"]) == (409, "idempotency_conflict"), (other, later.text)
+    assert await _charges(client, w) == [(1, "0.01")]
+
+
+async def test_a_usage_batch_reads_each_timestamp_once(client, world, monkeypatch):
+    """The route read each event's time twice (the key's hash, then the event's command): a batch
+    of 3 events with 3 times under a key made 6 time_in calls and 6 instant_text; now 3 and 3."""
+    import api.routes.usage as usage
+    calls = {"time_in": 0, "instant_text": 0}
+
+    def counting(name, real):
+        def wrapped(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(usage, "time_in", counting("time_in", usage.time_in))
+    monkeypatch.setattr(usage, "instant_text", counting("instant_text", usage.instant_text))
+    w = world
+    batch = [_event(w, event_id=f"once{n}-{w['tag']}", timestamp=f"2026-12-01T10:00:0{n}+00:00") for n in range(3)]
+    sent = await client.post("/v1/usage-events", headers={"Idempotency-Key": f"once-{w['tag']}"}, json=batch)
+    assert sent.json() == {"accepted": 3, "duplicates": 0, "rejected": []}, sent.text
+    assert calls == {"time_in": 3, "instant_text": 3}
+
+
+async def test_an_event_kept_at_another_instant_is_a_conflict_without_respelling(client, world, monkeypatch):
+    """An event id kept at 10:00:00Z and sent with 10:00:01Z is another instant: no spelling of
+    the second is the first's, so none is hashed (each respelled event costs up to 2,161 sha256:
+    81 usual spellings + 104 other offsets x 2 x 10). The kept instant is read first; only an
+    event kept at the same microsecond is respelled: 1 of these 2 conflicts."""
+    import api.routes.usage as usage
+    respelled: list[str] = []
+    real = usage._respelled
+
+    def counting(command, event):
+        respelled.append(event.timestamp)
+        return real(command, event)
+
+    monkeypatch.setattr(usage, "_respelled", counting)
+    w = world
+    kept = [_event(w, event_id=f"at{n}-{w['tag']}", timestamp="2026-12-01T10:00:00Z") for n in range(2)]
+    assert (await client.post("/v1/usage-events", json=kept)).json()["accepted"] == 2
+    sent = await client.post("/v1/usage-events", json=[
+        {**kept[0], "timestamp": "2026-12-01T10:00:01Z"},
+        {**kept[1], "timestamp": "2026-12-01T12:00:00+02:00", "usage": {"input_tokens": 2}}])
+    assert [r["code"] for r in sent.json()["rejected"]] == ["idempotency_conflict"] * 2, sent.text
+    assert respelled == ["2026-12-01T12:00:00+02:00"]
+
+
+def test_the_spellings_at_every_offset_and_of_a_batch_are_each_that_instant():
+    """zone_spellings: offsets every 15 minutes from -12:00 to +14:00 are (720 + 840) / 15 + 1 =
+    105, 104 without UTC's; whole seconds, T or t (2) x no fraction or 1-9 digits (10) = 20 each:
+    2,080 sent in UTC, 103 x 20 = 2,060 sent at +02:00 (spellings has that one). A batch spelled
+    alike: T or t (2) x Z, z, +00:00, -00:00 or its own (5) x 18 fraction styles (0 digits, 1, or
+    2 to 9 with a zero fraction written or left out: 1 + 1 + 8 x 2) = 180."""
+    from api.routes.wire import uniform_spellings, zone_spellings
+    at = time_in("2026-12-01T10:00:00Z", "t")
+    utc, local = list(zone_spellings(at, "2026-12-01T10:00:00Z")), list(zone_spellings(at, "2026-12-01T12:00:00+02:00"))
+    assert (len(utc), len(set(utc)), len(local)) == (2080, 2080, 2060)
+    assert {"2026-12-01T12:00:00+02:00", "2026-12-01t15:45:00.000+05:45", "2026-11-30T22:00:00-12:00",
+            "2026-12-02T00:00:00.000000000+14:00"} <= set(utc)
+    assert "2026-12-01T12:00:00+02:00" not in local and "2026-12-01T10:00:00+00:00" not in utc + local
+    assert {time_in(text, "t") for text in utc + local} == {at}
+    half = time_in("2026-12-01T10:00:01.5Z", "t")
+    batch = list(uniform_spellings([(at, "2026-12-01T10:00:00Z"), (half, "2026-12-01T12:00:01.5+02:00")]))
+    assert len(batch) == len(set(batch)) == 180
+    assert ("2026-12-01T10:00:00.000+00:00", "2026-12-01T10:00:01.500+00:00") in batch  # 3 digits, +00:00
+    assert ("2026-12-01t10:00:00z", "2026-12-01t10:00:01.5z") in batch  # none needed, z
+    assert ("2026-12-01T10:00:00Z", "2026-12-01T12:00:01.500000+02:00") in batch  # own, 6 digits, zero left out
+    assert all((time_in(a, "t"), time_in(b, "t")) == (at, half) for a, b in batch)

@@ -2,7 +2,7 @@
 (its conflict keys keep two commands on one reservation or key out of one batch)."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -237,8 +237,9 @@ class RecordUsage(Command):
     usage: Mapping[str, Any]
     dimensions: Mapping[str, Any] = field(default_factory=dict)
     # of the body with its timestamp spelled as an event kept before the hash read the instant may
-    # have been kept with (as sent, Z, +00:00, .000, ...): given when request_hash met a conflict
-    earlier: tuple[bytes, ...] = ()
+    # have been kept with (as sent, Z, +00:00, .000, another offset, ...): given when request_hash
+    # met a conflict, looked in only when the event's hash is not request_hash
+    earlier: Container[bytes] = ()
     needs_book = True
 
     def _keys(self) -> set[tuple[str, ...]]:

@@ -5,7 +5,7 @@ replays the answer; with another hash it is a conflict."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,9 +30,10 @@ class IdemKey:
     scope: str
     key: str
     request_hash: bytes
-    # of the body as sent, where the call hashes it normalized (a usage batch's times as instants):
-    # what a key kept before it normalized was kept with, matched too (a copy sent as before)
-    sent_hash: bytes | None = None
+    # where the call hashes its body normalized (a usage batch's times as instants): the hashes a
+    # key kept before it did so may have been kept with (a copy sent as before, or respelled),
+    # matched too; looked in only when the kept hash is not request_hash (it may compute them then)
+    earlier: Container[bytes] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +107,8 @@ def http_scope(customers: Iterable[str] | None, *, own: bool = False) -> str:
 
 
 def check_key(kept: Kept | None, idem: IdemKey) -> Replayed | None:
-    """`check` for an Idempotency-Key (kept with its hash of the body as sent, or normalized)."""
-    if kept is not None and idem.sent_hash is not None and kept.request_hash == idem.sent_hash:
+    """`check` for an Idempotency-Key (kept with its hash of the body normalized, or earlier)."""
+    if kept is not None and kept.request_hash != idem.request_hash and kept.request_hash in idem.earlier:
         return replayed(kept)
     return check(kept, idem.request_hash, f"Idempotency-Key {idem.key}", key=idem.key)
 
