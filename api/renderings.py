@@ -422,8 +422,8 @@ def context_pdf(context: Mapping[str, Any]) -> bytes:
     for label, value in context["summary"]:
         bold = label in ("Total", "Amount due", "Amount remaining")
         doc.set_font(family, "B" if bold else "", 10)
-        _cell(doc, 145, 6, _text(label), align="R")
-        _cell(doc, 35, 6, _text(f"{value} {document['currency']}"), align="R")
+        _cell(doc, doc.epw - TOTALS, 6, _text(label), align="R")
+        _cell(doc, TOTALS, 6, _text(f"{value} {document['currency']}"), align="R")
         doc.ln(6)
     if document.get("content_hash"):
         doc.ln(4)
@@ -431,6 +431,10 @@ def context_pdf(context: Mapping[str, Any]) -> bytes:
         doc.cell(0, 5, f"Content hash (SHA-256): {document['content_hash']}", new_x="LMARGIN", new_y="NEXT")
     return bytes(doc.output())
 
+
+# The cell (mm) the totals' figures are right-aligned in, at the right end of the table, so that they
+# end where its amounts do (after a 145 mm label from the left margin, they ended 10 mm short).
+TOTALS = 35
 
 # The lines' table: each column's share of the page between its margins and its alignment (as
 # fpdf2's table took them: 95, 31.67, 36.94 and 26.39 mm on A4); a line of text is twice the font's size.

@@ -175,3 +175,22 @@ def test_the_first_row_on_each_next_page_prints_in_the_regular_font_not_the_head
         # the title (first page) and the summary's bold figures (last page) aside
         bold = [text for text in bold if not text.startswith(("Invoice INV-", "Total", "Amount due", "0.01 EUR"))]
         assert bold == ["Description", "Quantity", "Unit price", "Amount (EUR)"], (number, bold)
+
+
+def test_the_totals_end_where_the_tables_amounts_end() -> None:
+    """The totals under the table are right-aligned in a cell 35 mm wide that ended at 190 mm,
+    10 mm short of the table's right edge (200 mm, above): every total 10 mm left of the amounts
+    it adds up. Each ends a cell margin (1 mm: fpdf2's 10 mm page margin / 10) inside its cell.
+    By hand, Liberation Sans and Helvetica share their widths (per 1,000 of the font's size):
+    digits 556, "." 278, " " 278, E 667, U 722, R 722, bold the same. The table's "0.01" at 9 pt:
+    (3 * 556 + 278) * 9 / 1000 = 17.514 pt = 6.179 mm; the totals' "0.01 EUR" at 10 pt:
+    (3 * 556 + 278 + 278 + 667 + 722 + 722) * 10 / 1000 = 43.35 pt = 15.293 mm. Both end at
+    200 - 1 = 199 mm."""
+    row = Row("gpt-4o input", "1,000", "10.00 per 1M", "0.01")
+    assert max(right for _, right in _rectangles(_context([row]))) == 200
+    drawn = _drawn_text([row])
+    (amount_x, _), = drawn["0.01"]
+    assert abs(amount_x + 6.179 - 199) < 0.01, amount_x
+    assert len(drawn["0.01 EUR"]) == 2  # Total, Amount due
+    for x, _ in drawn["0.01 EUR"]:
+        assert abs(x + 15.293 - 199) < 0.01, x
