@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -19,10 +19,12 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
+import fpdf.fpdf
 from fontTools.ttLib import TTFont
 from fpdf import FPDF
 from fpdf.bidi import BidiParagraph
 from fpdf.enums import TextDirection
+from fpdf.unicode_script import UnicodeScript, get_unicode_script
 from litestar import Request
 from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, Schema
 
@@ -339,6 +341,21 @@ def _needs_shaping(ch: str) -> bool:
     return unicodedata.bidirectional(ch) in ("R", "AL") or unicodedata.category(ch) in ("Mn", "Mc", "Me")
 
 
+@cache
+def _script(ch: str) -> UnicodeScript:
+    """The script fpdf2 splits a line's text by, a piece shaped apart each time it changes (fpdf2's
+    `get_unicode_script`, where this takes its place), with Unicode's Inherited script (a combining
+    mark, a zero width joiner or non-joiner) counted as Common, which does not change it: the
+    character takes the script of the one before it (UAX #24). As Inherited, a mark began a piece
+    of its own and the next letter another, so "بَب" (beh, fatha, beh) printed two unjoined behs and
+    the mark unplaced, and a joiner joined nothing. Cached: fpdf2 clears its cache on output."""
+    script = get_unicode_script(ch)
+    return UnicodeScript.COMMON if script is UnicodeScript.INHERITED else script
+
+
+fpdf.fpdf.get_unicode_script = _script  # the only user of fpdf2 in the process is this module
+
+
 def _shape(doc: FPDF, direction: TextDirection = TextDirection.LTR) -> None:
     """Text shaping (fpdf2 with uharfbuzz, HarfBuzz): Arabic letters joined (initial, medial, final
     forms and ligatures), marks placed, right-to-left text drawn right to left with its brackets
@@ -383,13 +400,21 @@ def _cell(doc: FPDF, width: float, height: float, text: str, align: str = "L") -
 def _runs(text: str) -> list[tuple[int, str]]:
     """`text`'s level runs on a left-to-right line, in display order, each with its level and its
     characters in their own (logical) order, for shaping: "نموذج 2 input" is "2" (level 2),
-    "نموذج " (1), " input" (0)."""
+    "نموذج " (1), " input" (0). fpdf2's bidi algorithm leaves out what UAX #9 X9 removes (BN: a
+    zero width joiner or non-joiner, which decide how Arabic letters join: Persian "می‌خواهم"
+    printed its yeh and khah joined); each goes in the run of the character before it (UAX #9
+    5.2, retaining BNs), or of the one after it where it begins the text."""
     shown = BidiParagraph(text, base_direction=TextDirection.LTR).get_reordered_characters()
-    runs = []
-    for level, run in groupby(shown, key=lambda c: c.embedding_level):
-        chars = "".join(c.character for c in run)
-        runs.append((level, chars[::-1] if level % 2 else chars))
-    return runs
+    runs = [(level, [c.character_index for c in run]) for level, run in groupby(shown, key=lambda c: c.embedding_level)]
+    run_of = {i: n for n, (_, indices) in enumerate(runs) for i in indices}
+    for i in range(len(text)):
+        if i in run_of:
+            continue
+        host = i - 1 if i - 1 in run_of else next((j for j in range(i + 1, len(text)) if j in run_of), None)
+        if host is not None:
+            run_of[i] = run_of[host]
+            runs[run_of[i]][1].append(i)
+    return [(level, "".join(text[i] for i in sorted(indices))) for level, indices in runs]
 
 
 def context_pdf(context: Mapping[str, Any]) -> bytes:
@@ -451,13 +476,13 @@ def _table(doc: FPDF, family: str, heading: tuple[str, ...], rows: list[tuple[st
     line's length, and again for each font fragment in it: a CJK name in the fallback font between
     Latin hyphens is one), twice a row; 300 lines of long CJK names took 1.4 s of CPU."""
     height = 2 * doc.font_size
-    measure = _measurer(doc)
+    measure, joined = _measurer(doc), _joins(doc)
     shares = sum(share for share, _ in COLUMNS)
     columns = [(doc.epw * share / shares, align) for share, align in COLUMNS]
 
     def draw(cells: tuple[str, ...], style: str) -> None:
         doc.set_font(family, style, 9)
-        wrapped = [_wrapped(text, width - 2 * doc.c_margin, measure)
+        wrapped = [_wrapped(text, width - 2 * doc.c_margin, measure, joined)
                    for text, (width, _) in zip(cells, columns, strict=True)]
         count = max(len(lines) for lines in wrapped)
         room = doc.page_break_trigger - doc.t_margin - height  # on a new page, below the heading
@@ -530,11 +555,52 @@ def _measurer(doc: FPDF) -> Any:
     return measure
 
 
-def _wrapped(text: str, width: float, measure: Any) -> list[str]:
+def _joins(doc: FPDF) -> Callable[[str, str], bool] | None:
+    """Whether two right-to-left letters (`_letters`) join, in the document's current font and
+    size: shaped together, their glyphs are not their glyphs shaped apart (an Arabic letter's
+    initial, medial or final form, a lam-alef ligature), in one font that has a zero width joiner
+    (`_wrapped` puts one each side of a cut between them). HarfBuzz knows which letters join and
+    the font which forms it has; each pair is shaped once a font. None for a document not shaped."""
+    if not doc.text_shaping:
+        return None
+    known: dict[tuple[str, str, str, str], bool] = {}
+
+    def font_of(ch: str) -> Any:
+        if ord(ch) in doc.current_font.cmap:
+            return doc.current_font
+        fallback = doc.get_fallback_font(ch, doc.font_style)
+        return doc.fonts[fallback] if fallback else None
+
+    def joined(before: str, after: str) -> bool:
+        if not all(unicodedata.bidirectional(ch) in ("R", "AL") for ch in (before[0], after[0])):
+            return False
+        key = (doc.font_family, doc.font_style, before, after)
+        if key not in known:
+            font = font_of(before[0])
+
+            def glyphs(text: str) -> list[int]:
+                infos, _ = font.perform_harfbuzz_shaping(text, doc.font_size_pt, doc.text_shaping)
+                return sorted(info.codepoint for info in infos)
+
+            known[key] = (font is not None and font is font_of(after[0]) and ord(ZWJ) in font.cmap
+                          and glyphs(before + after) != sorted(glyphs(before) + glyphs(after)))
+        return known[key]
+
+    return joined
+
+
+ZWJ = "\u200d"  # zero width joiner
+
+
+def _wrapped(text: str, width: float, measure: Any, joined: Callable[[str, str], bool] | None = None) -> list[str]:
     """`text` in lines no wider than `width`: broken at its line breaks and at spaces, and a word
     wider than a line between its letters (`_letters`), as multi_cell breaks it between its
     characters. Each word (and each letter of a word cut) is measured once, so the work grows
-    with the text's length."""
+    with the text's length. Where the letters either side of a cut join (`joined`: Arabic), the
+    line ends and the next begins with a zero width joiner, so that each line, shaped alone, keeps
+    them in the forms they have in the whole word (as a browser breaks it, overflow-wrap:
+    anywhere): shaped alone, the letter before the cut took its final form, the one after it its
+    initial form."""
     lines: list[str] = []
     space = measure(" ")
     for paragraph in text.split("\n"):
@@ -558,18 +624,21 @@ def _wrapped(text: str, width: float, measure: Any) -> list[str]:
                 if line:
                     lines.append(" ".join(line))
                 line, used = [""], 0.0
+            previous = join = ""
             for letter in _letters(word):
                 wide = measure(letter)
                 if used + wide > width and line[-1]:
-                    lines.append(" ".join(line))
+                    join = ZWJ if joined is not None and joined(previous, letter) else ""
+                    lines.append(" ".join(line) + join)
                     line, used = [""], 0.0
-                line[-1] += letter
+                line[-1] += join + letter
                 used += wide
+                previous, join = letter, ""
         lines.append(" ".join(line))
     return lines
 
 
-JOINERS = ("\u200c", "\u200d")  # zero width non-joiner and joiner
+JOINERS = ("\u200c", ZWJ)  # zero width non-joiner and joiner
 
 
 def _letters(word: str) -> list[str]:

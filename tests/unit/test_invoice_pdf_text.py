@@ -175,3 +175,53 @@ def test_hebrew_prints_where_only_the_dejavu_fontconfig_installs_is_there(monkey
         assert "Customer שלום Ltd (acme)" in _printed(context)
     finally:
         renderings.script_font.cache_clear()
+
+
+def _arabic(line: list[str]) -> list[str]:
+    """An Arabic line's letters' glyphs in logical order: drawn right to left, so reversed, the
+    rest (Latin, the joiners' blank zero-width glyphs) left out."""
+    return [glyph for glyph in reversed(line) if glyph.startswith(("uni06", "uniFB", "uniFE"))]
+
+
+@pytest.mark.skipif(renderings.unicode_font() is None or renderings.script_font() is None,
+                    reason="no Unicode TrueType font with Hebrew and Arabic on this system (DejaVu Sans)")
+def test_an_arabic_word_cut_to_wrap_keeps_its_letters_joined_across_the_cut() -> None:
+    """"سمك" (seen, meem, kaf) 40 times: 120 letters, all dual-joining, wider than the 93 mm a
+    description line holds, so cut between letters (`_wrapped`). Every letter joins the next, the
+    cut ones too, as a browser shows a word broken with overflow-wrap: anywhere. By hand: seen
+    initial (U+FEB3) first, then each letter medial (seen U+FEB4, meem U+FEE4, kaf U+FEDC), the
+    last kaf final (U+FEDA). Each line shaped alone, the letter before each cut printed final
+    (kaf U+FEDA, meem U+FEE2 or seen U+FEB2) and the one after it initial."""
+    context = _context("سمك" * 40 + " input")
+    lines = [arabic for line in _drawn(context) if (arabic := _arabic(line))]
+    assert len(lines) > 1, lines  # cut
+    assert [glyph for line in lines for glyph in line] == [
+        "uniFEB3", "uniFEE4", "uniFEDC", *["uniFEB4", "uniFEE4", "uniFEDC"] * 38, "uniFEB4", "uniFEE4", "uniFEDA"]
+
+
+@pytest.mark.skipif(renderings.unicode_font() is None or renderings.script_font() is None,
+                    reason="no Unicode TrueType font with Hebrew and Arabic on this system (DejaVu Sans)")
+def test_a_zero_width_non_joiner_keeps_persian_letters_apart() -> None:
+    """Persian writes "می‌خواهم" (meem, Farsi yeh U+06CC, khah, waw, alef, heh, meem) with a zero
+    width non-joiner (U+200C) after "می": the letters either side of it do not join. fpdf2's bidi
+    algorithm drops it (UAX #9 X9 removes BN characters) and the two joined. By hand: meem initial
+    (U+FEE3), yeh final (U+FBFD: the non-joiner follows), khah initial (U+FEA7: the non-joiner
+    precedes), waw final (U+FEEE), alef isolated (U+0627: waw does not join on), heh initial
+    (U+FEEB), meem final (U+FEE2). Joined, yeh was medial (U+FBFF) and khah medial (U+FEA8)."""
+    name = "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645 input"
+    lines = [arabic for line in _drawn(_context(name)) if (arabic := _arabic(line))]
+    assert lines == [["uniFEE3", "uniFBFD", "uniFEA7", "uniFEEE", "uni0627", "uniFEEB", "uniFEE2"]], lines
+
+
+@pytest.mark.skipif(renderings.unicode_font() is None or renderings.script_font() is None,
+                    reason="no Unicode TrueType font with Hebrew and Arabic on this system (DejaVu Sans)")
+def test_a_vowel_mark_does_not_part_the_arabic_letters_either_side_of_it() -> None:
+    """fpdf2 shapes a line a piece a script, and took a mark's script (Unicode's Inherited) for one
+    of its own: "بَب" (beh, fatha, beh) was three pieces, shaped apart, and printed two isolated
+    behs (U+0628) with the fatha after them. By hand: the fatha is transparent to joining, so the
+    behs join: the first initial (U+FE91), the second final (U+FE90),
+    shown final first from the left; the fatha is drawn once (placed over its letter, on a line of
+    its own here: `_drawn` groups glyphs by their baseline)."""
+    drawn = _drawn(_context("\u0628\u064e\u0628 input"))
+    assert ["uniFE90", "uniFE91", *_latin(" input"), *_latin("1,00010.00 per 1M0.01")] in drawn, drawn
+    assert sum(line.count("uni064E") for line in drawn) == 1, drawn

@@ -156,6 +156,18 @@ def test_a_word_wider_than_a_line_is_cut_between_letters_with_their_marks_never_
     assert _wrapped("abc\u200ddef", 4, len) == ["ab", "c\u200dde", "f"]
 
 
+def test_a_word_cut_between_letters_that_join_ends_and_begins_its_lines_with_a_joiner() -> None:
+    """Every character 1 wide, lines 4 wide: "abcdefghij" (10) is cut "abcd", "efgh", "ij". Where
+    the letters either side of a cut join (Arabic letters, `joined`), the line before ends and the
+    line after begins with a zero width joiner (U+200D, no width), so that each keeps the form it
+    has in the whole word when the lines are shaped apart; where they do not (here d and e), no
+    joiner."""
+    zwj = "\u200d"
+    assert _wrapped("abcdefghij", 4, len, lambda before, after: True) == ["abcd" + zwj, zwj + "efgh" + zwj, zwj + "ij"]
+    assert _wrapped("abcdefghij", 4, len, lambda before, after: before != "d") == ["abcd", "efgh" + zwj, zwj + "ij"]
+    assert _wrapped("abcdefghij", 4, len) == ["abcd", "efgh", "ij"]
+
+
 def test_the_first_row_on_each_next_page_prints_in_the_regular_font_not_the_headings_bold() -> None:
     """60 rows of 3 lines (about 19 mm each) fill more than two pages. A row that goes whole to the
     next page came after that page's heading, drawn bold, and was drawn in the heading's font: the
