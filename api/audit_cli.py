@@ -7,25 +7,31 @@ import argparse
 import io
 import json
 import os
+import re
 import sys
 import tempfile
 import time
 import unicodedata
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from api.settings import Settings
 from pricing.parse import uppercase_z
 
+_FINER = re.compile(r"\.[0-9]{6}0*[1-9]")  # a fraction of a second with a digit past the microsecond
+
 
 def parse_time(raw: str | None) -> datetime | None:
     """An RFC 3339 time or a date (midnight UTC); naive times are UTC. A bad one is exit 2, as any
-    bad argument (reconcile's exit 1 means differences)."""
+    bad argument (reconcile's exit 1 means differences). A fraction finer than a microsecond is
+    read as the next microsecond: entries are kept to the microsecond, and as a bound (`>= from`,
+    `< to`) that keeps exactly the same ones (datetime drops the 7th to 9th digits)."""
     if raw is None:
         return None
     try:
         value = datetime.fromisoformat(uppercase_z(raw))
-        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+        finer = timedelta(microseconds=1 if _FINER.search(raw) else 0)
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC) + finer
     except (ValueError, OverflowError):  # OverflowError: a year-1 time east of UTC
         print(f"error: not a time: {raw!r} (give RFC 3339, e.g. 2026-11-01T00:00:00Z, or a date)", file=sys.stderr)
         raise SystemExit(2) from None

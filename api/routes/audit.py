@@ -11,7 +11,7 @@ from litestar.params import QueryParameter
 
 from api.auth import Principal, principal_of, require
 from api.errors import ApiError, documented
-from api.routes.wire import time_in, time_out, time_param
+from api.routes.wire import bound_in, time_out, time_param
 from ledger.audit import trial_balance
 from ledger.statements import trial_balance_at
 from pricing.money import DEFAULT_SCALE, format_money
@@ -70,7 +70,7 @@ async def get_trial_balance(
     it, rather than from the cached balances. A limited key asks in its customers' currencies
     only: another is 404, as a currency no customer holds."""
     return await trial_balance_report(state.services, principal_of(request).visible(), currency,
-                                      time_in(at, "at"))
+                                      bound_in(at, "at"))
 
 
 async def trial_balance_report(services: Services, customers: tuple[str, ...] | None,

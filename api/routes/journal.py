@@ -22,7 +22,7 @@ from api.errors import ApiError, documented
 from api.routes import cursors
 from api.routes.cursors import PAGE, Cursor, Limit
 from api.routes.formats import IDENTIFIER
-from api.routes.wire import time_in, time_out, time_param
+from api.routes.wire import bound_in, time_out, time_param
 from ledger.journal import EntryRecord, JournalFilter, current_snapshot, journal_page, snapshot_is_past
 from ledger.statements import AccountRef, balance_at, cached_balance, find_account, statement_page
 from pricing.money import DEFAULT_SCALE, format_money
@@ -147,7 +147,7 @@ async def _visible_account(conn, principal: Principal, code: str, *, platform_ok
 
 
 def _range(start: str | None, end: str | None) -> tuple[datetime | None, datetime | None]:
-    since, until = time_in(start, "from"), time_in(end, "to")
+    since, until = bound_in(start, "from"), bound_in(end, "to")
     if since is not None and until is not None and until < since:
         raise WalletValidationError("to", "must not be before from")
     return since, until
@@ -263,7 +263,7 @@ async def get_account_balance(
     """The account's debits, credits and balance (debits - credits): cached now, or as of `at`
     from postings (entries that occurred before `at`). Striped accounts as a whole."""
     principal = principal_of(request)
-    when = time_in(at, "at")
+    when = bound_in(at, "at")
 
     async def read(conn):
         account = await _visible_account(conn, principal, code, platform_ok=False)

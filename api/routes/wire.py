@@ -103,6 +103,17 @@ def time_in(value: str | None, field: str) -> datetime | None:
 _FRACTION = re.compile(r"\.([0-9]+)")
 
 
+def bound_in(value: str | None, field: str) -> datetime | None:
+    """A time bounding what is kept to the microsecond (`occurred_at >= from`, `< to`, `< at`): a
+    fraction finer than a microsecond is read as the next microsecond, which keeps exactly the same
+    times (an entry at .123456 occurred before .1234561, and before .123457); time_in drops the
+    7th to 9th digits (.123456), which left that entry out of `to`/`at` and in `from`."""
+    parsed = time_in(value, field)
+    if parsed is None or value is None or len(_digits(value)) <= 6:
+        return parsed
+    return parsed + timedelta(microseconds=1)
+
+
 def _digits(sent: str) -> str:
     """The fraction of a second of an RFC 3339 text as sent, its trailing zeros dropped (up to 9
     digits: finer than the microsecond a datetime and PostgreSQL keep)."""

@@ -196,6 +196,32 @@ async def test_balances_at_an_instant_and_now(client):
         **(await client.get(f"/v1/accounts/{revenue}/balance")).json(), "at": FAR_FUTURE}
 
 
+async def test_a_bound_a_fraction_of_a_microsecond_after_an_entry_counts_the_entry_before_it(client):
+    """A time may carry 9 digits of a second; entries are kept to the microsecond. The top-up
+    occurred at T0 (say .123456); T = T0 + 100 ns (.123456100) is after it, so the top-up occurred
+    before T: the lot's balance at T is -10.00 (its -10.00 credit), the journal `to` T lists the
+    top-up alone and `from` T the reserve and settle alone, the statement from T opens at -10.00,
+    and the trial balance at T has the lot at -10.00. T was read as T0 (the digits past the
+    microsecond dropped): the balance was 0.00, `to` T listed nothing and `from` T all three."""
+    c = await _lifecycle(client)
+    lines = (await client.get(f"/v1/accounts/{c['lot']}/statement")).json()["postings"]
+    t0 = datetime.fromisoformat(lines[0]["occurred_at"])
+    after = t0.strftime("%Y-%m-%dT%H:%M:%S.%f") + "100Z"
+    at = {"at": after}
+    assert (await client.get(f"/v1/accounts/{c['lot']}/balance", params=at)).json()["balance"] == "-10.00"
+    until = (await client.get("/v1/journal", params={"customer": c["customer"], "to": after})).json()
+    assert [e["kind"] for e in until["entries"]] == ["topup"]
+    since = (await client.get("/v1/journal", params={"customer": c["customer"], "from": after})).json()
+    assert [e["kind"] for e in since["entries"]] == ["reserve", "settle"]
+    statement = (await client.get(f"/v1/accounts/{c['lot']}/statement", params={"from": after})).json()
+    assert statement["opening_balance"] == "-10.00" and len(statement["postings"]) == 2
+    trial = (await client.get("/v1/audit/trial-balance", params=at)).json()
+    assert {a["account"]: a["balance"] for a in trial["accounts"]}[c["lot"]] == "-10.00"
+    # at T0 itself, as documented: the top-up did not occur before T0
+    assert (await client.get(f"/v1/accounts/{c['lot']}/balance",
+                             params={"at": lines[0]["occurred_at"]})).json()["balance"] == "0.00"
+
+
 async def test_the_trial_balance_at_a_future_instant_equals_the_cached_one(client):
     await _lifecycle(client)
     cached = (await client.get("/v1/audit/trial-balance")).json()
