@@ -22,6 +22,7 @@ from api.routes.schemas import Dimensions, json_body
 from api.routes.wire import (
     COMPOSED,
     Hashes,
+    bound_in,
     composed,
     idempotency,
     instant_text,
@@ -275,7 +276,7 @@ async def get_usage(
     if not matches(GROUP_BY, group_by):
         raise WalletValidationError("group_by", "comma-separated names of groups or usage dimensions")
     groups = [g.strip() for g in group_by.split(",") if g.strip()]
-    since, until = time_in(start, "from"), time_in(end, "to")
+    since, until = bound_in(start, "from"), bound_in(end, "to")  # finer than a microsecond: the next one
     if since is not None and until is not None and until < since:  # as the journal: not an empty report
         raise WalletValidationError("to", "must not be before from")
     new_zone(time_zone)

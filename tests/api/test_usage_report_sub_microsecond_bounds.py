@@ -1,0 +1,39 @@
+"""The usage report's `from`/`to` with more than 6 digits of a second. Events are kept (and
+billed) to the microsecond: one at 10:00:00.123456 happened before 10:00:00.123456100 (100 ns
+later), so `to` that instant reports its 1,000 tokens ($0.01 at $10.00 per 1M) and `from` it
+reports none. The 7th to 9th digits were dropped (the bound read as .123456): `to` reported
+nothing and `from` the event.
+
+Book: model-a input $10.00 per 1M tokens. One event of 1,000 input tokens."""
+from __future__ import annotations
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from tests.api.apps import api_client, book_customer
+
+AT = "2026-11-10T10:00:00.123456Z"
+AFTER = "2026-11-10T10:00:00.123456100Z"
+
+
+@pytest.fixture
+async def client(db, database_url):
+    async with api_client(database_url, admin="usage-ns-admin", send_admin=True) as c:
+        yield c
+
+
+async def test_a_bound_a_fraction_of_a_microsecond_after_an_event_counts_the_event_before_it(
+        client: AsyncTestClient, tag: str):
+    cid = await book_customer(client, f"uns-{tag}", "input")
+    sent = await client.post("/v1/usage-events", json=[
+        {"event_id": "e1", "customer_id": cid, "model": "model-a", "timestamp": AT, "usage": {"input_tokens": 1000}}])
+    assert sent.json()["accepted"] == 1, sent.text
+    until = await client.get(f"/v1/customers/{cid}/usage", params={"to": AFTER})
+    assert until.status_code == 200, until.text
+    assert [(r["quantity"], r["amount"]) for r in until.json()["rows"]] == [(1000, "0.01")]
+    since = await client.get(f"/v1/customers/{cid}/usage", params={"from": AFTER})
+    assert since.json()["rows"] == []
+    # at the event's own instant, as [from, to) says: from it counts it, to it does not
+    assert [r["quantity"] for r in (await client.get(f"/v1/customers/{cid}/usage",
+                                                      params={"from": AT})).json()["rows"]] == [1000]
+    assert (await client.get(f"/v1/customers/{cid}/usage", params={"to": AT})).json()["rows"] == []
