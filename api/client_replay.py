@@ -75,14 +75,7 @@ class SpoolReplay:
         return self.report
 
     async def _round(self, spool: Spool) -> None:
-        taking = asyncio.ensure_future(asyncio.to_thread(spool.take_flush_lock))
-        try:
-            fd = await asyncio.shield(taking)
-        except asyncio.CancelledError:  # a lock taken meanwhile is let go at once
-            await asyncio.wait([taking])
-            if (late := taking.result()) is not None:
-                release_lock(late)
-            raise
+        fd = await spool.atake_flush_lock()  # cancelled meanwhile: a lock it took is let go at once
         if fd is None:  # another flusher (another process on this directory) sends this file
             self.report.busy = True
             return

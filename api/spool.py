@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Awaitable, Callable, Collection, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -191,7 +192,7 @@ class Spool:
     async def aflush(self, send: Callable[[SpoolRecord], Awaitable[tuple[str, str]]], *,
                      wait: bool = True) -> FlushReport:
         """`flush` for asyncio: the file work runs in a thread."""
-        fd = await asyncio.to_thread(self._acquire, self.flush_lock_path, wait)
+        fd = await self.atake_flush_lock(wait)
         if fd is None:
             return FlushReport(busy=True)
         try:
@@ -207,6 +208,33 @@ class Spool:
     def take_flush_lock(self) -> int | None:
         """The flush lock's descriptor (close it to let go), or None when another flusher holds it."""
         return self._acquire(self.flush_lock_path, False)
+
+    async def atake_flush_lock(self, wait: bool = False) -> int | None:
+        """`take_flush_lock` for asyncio (`wait`: until the other flusher lets go). The flock waits
+        in a worker thread that no cancellation stops: a lock it takes after its caller was
+        cancelled (a timeout, a close) is let go there and then, never kept for the process's life."""
+        handoff = threading.Lock()
+        given_up = False
+        taken: list[int] = []
+
+        def take() -> int | None:
+            fd = self._acquire(self.flush_lock_path, wait)
+            with handoff:
+                if fd is not None and given_up:
+                    release_lock(fd)
+                    return None
+                if fd is not None:
+                    taken.append(fd)
+                return fd
+
+        try:
+            return await asyncio.to_thread(take)
+        except BaseException:  # cancelled: a lock already taken is let go; one taken later, by `take`
+            with handoff:
+                given_up = True
+                for fd in taken:
+                    release_lock(fd)
+            raise
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

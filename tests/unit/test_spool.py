@@ -451,3 +451,43 @@ def test_a_spool_flush_given_both_url_and_server_is_a_usage_error_and_sends_noth
     assert sent == []  # was: ['res_a', 'res_b'], both sent to --url
     assert [r.reservation_id for r in a.records()] == ["res_a"]
     assert [r.reservation_id for r in b.records()] == ["res_b"]
+
+
+
+def test_an_async_flush_cancelled_while_it_waits_for_the_flush_lock_never_keeps_it(tmp_path):
+    """`await tt.flush_spool()` under `asyncio.timeout` while another flusher (a replay, another
+    process's `tokentill spool flush`) holds the file: the flock waits in a worker thread that no
+    cancellation stops, and took the lock once the other let go, after its caller had gone. Nobody
+    let it go: it was held as long as the process lived, so every later replay of that file was
+    `busy` (sent nothing) and `tokentill spool flush` waited for ever."""
+    import asyncio
+
+    from api.spool import release_lock
+
+    spool = Spool(tmp_path / "a.jsonl")
+    spool.append(record(1))
+    sent: list[str] = []
+
+    async def send(r: SpoolRecord) -> tuple[str, str]:
+        sent.append(r.idempotency_key)
+        return "delivered", "200"
+
+    async def flush_given_up() -> None:
+        other = Spool(spool.path).take_flush_lock()  # another flusher at work on the file
+        assert other is not None
+        try:
+            async with asyncio.timeout(0.2):
+                await spool.aflush(send)
+            raise AssertionError("the lock was held throughout: the flush must have waited past its timeout")
+        except TimeoutError:
+            pass
+        release_lock(other)  # the other flusher is done: the abandoned wait takes the lock now
+
+    asyncio.run(flush_given_up())  # returns once its worker threads have ended, the lock's wait too
+    # 1 record spooled, 0 sent by the flush given up; the lock free again, so the next flush sends 1
+    late = Spool(spool.path).take_flush_lock()
+    assert late is not None, "the flush given up kept the lock"
+    release_lock(late)
+    assert sent == []
+    report = spool.flush(lambda r: (sent.append(r.idempotency_key), ("delivered", "200"))[1], wait=False)
+    assert (report.busy, report.delivered, sent) == (False, 1, ["res_1:settle:1"])
