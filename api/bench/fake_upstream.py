@@ -15,7 +15,9 @@ carries its usage (a chat's usage chunk, a response's completed event, a message
 Anything else answers OUTPUT_TOKENS tokens. A model id ending `-missing` is the provider's 404, one
 ending `-slow` never answers. Each output token is one word of `api.demo.STREAM_WORDS`, one
 cl100k_base token each. Every call is logged in `calls`: the headers it came with, its body, the
-HTTP version and peer it came over, the tokens emitted and whether the caller left.
+HTTP version and peer it came over, the tokens emitted and whether the caller left. An OpenAI
+answer tells the `service_tier` that served it, as OpenAI's do (a call that leaves it to the
+provider: `auto_tier`, "default"; set it to None for an answer that does not say).
 """
 from __future__ import annotations
 
@@ -49,6 +51,15 @@ CONTAINER = "cntr_fake"
 COMPACTION = {"type": "compaction", "input_tokens": 3000, "output_tokens": 200, "cache_read_input_tokens": 0,
               "cache_creation_input_tokens": 0}  # the container OpenAI's code interpreter creates for a call (auto)
 WORDS = STREAM_WORDS.split(" ")[1:]
+AUTO_TIER = "default"  # OpenAI's answer to a call that leaves its tier to a project at the standard tier
+
+
+def _served(fake: FakeUpstream, log: Logged) -> dict[str, Any]:
+    """The tier that served an OpenAI call, as its answer tells it (`service_tier`, beside the usage):
+    the one it asked for; "auto", or none, the project's (`auto_tier`; None: not told)."""
+    tier = log.body.get("service_tier")
+    tier = fake.served_tier or (fake.auto_tier if tier in (None, "auto") else tier)
+    return {"service_tier": tier} if tier is not None else {}
 
 
 @dataclass
@@ -68,8 +79,10 @@ class Logged:
 class FakeUpstream:
     calls: list[Logged] = field(default_factory=list)
     loop: asyncio.AbstractEventLoop | None = None
-    auto_tier: str | None = None  # the tier a chat call without one, or "auto", is served at (None: not reported)
-    served_tier: str | None = None  # the tier every chat call is served at, whatever it asked for (None: as asked)
+    # the tier an OpenAI call (chat, responses) without one, or "auto", is served at, which its answer
+    # tells as OpenAI's does (the project's: AUTO_TIER, its standard tier); None: the answer does not say
+    auto_tier: str | None = AUTO_TIER
+    served_tier: str | None = None  # the tier every OpenAI call is served at, whatever it asked for (None: as asked)
     default_geo: str | None = None  # where a messages call that names no inference_geo runs (None: not reported)
     _gate: asyncio.Event | None = None
 
@@ -214,11 +227,7 @@ async def _chat(fake: FakeUpstream, log: Logged, receive: Any, send: Any) -> Non
         await fake._wait_for_cut(log, receive)  # thinks until the caller gives up
         return
     cid, model, words = f"chatcmpl-{uuid.uuid4().hex[:12]}", log.body["model"], _words(_tokens(log))
-    # the tier that served the call, beside the usage: the one it asked for (OpenAI's "auto" is its project's)
-    tier = log.body.get("service_tier")
-    tier = fake.auto_tier if tier in (None, "auto") else tier
-    tier = fake.served_tier or tier
-    served = {"service_tier": tier} if tier is not None else {}
+    served = _served(fake, log)
     head = {"id": cid, "object": "chat.completion.chunk", "created": 1764680000, "model": model,
             "system_fingerprint": "fp_fake", **served}
     if not log.body.get("stream"):
@@ -288,7 +297,7 @@ async def _responses(fake: FakeUpstream, log: Logged, receive: Any, send: Any) -
                 "model": log.body["model"], "output": [*searches, item], "usage": _responses_usage(len(words)),
                 "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "error": None,
                 "incomplete_details": None, "instructions": None, "metadata": {}, "temperature": 1.0,
-                "top_p": 1.0, "text": {"format": {"type": "text"}}, "truncation": "disabled"}
+                "top_p": 1.0, "text": {"format": {"type": "text"}}, "truncation": "disabled", **_served(fake, log)}
     if not log.body.get("stream"):
         log.emitted, log.done = len(words), True
         await _json(send, 200, response)
@@ -297,8 +306,8 @@ async def _responses(fake: FakeUpstream, log: Logged, receive: Any, send: Any) -
     def events():
         seq = iter(range(10**6))
         started = {**response, "status": "in_progress", "output": [], "usage": None}
-        yield _sse({"type": "response.created", "sequence_number": next(seq), "response": started},
-                   "response.created")
+        for kind in ("response.created", "response.in_progress"):  # the tier that serves it, from the start
+            yield _sse({"type": kind, "sequence_number": next(seq), "response": started}, kind)
         for index, search in enumerate(searches):
             for kind in ("response.output_item.added", "response.output_item.done"):
                 yield _sse({"type": kind, "sequence_number": next(seq), "output_index": index, "item": search}, kind)

@@ -295,12 +295,12 @@ class Forwarding:
             form, usage = self._readable(*settlement)
             if form == "anthropic_usage":  # its compactions' tokens, which its top-level counts leave out
                 usage = with_compactions(usage)
-            usage = self._chosen(usage)
+            usage, assumed = self._chosen(usage)
             audio = self.call.prompt_audio_tokens
             if form == "usage" and audio and usage.get("input_tokens", 0) >= audio:  # the gateway's own count
                 usage = {**usage, "input_tokens": usage["input_tokens"] - audio, "input_audio_tokens": audio}
             form, usage = self.tally.with_tool_calls(form, usage)  # searches, containers: the usage omits them
-            record = settle_record(r.customer_id, self.x.request_id, r.id, form, usage)
+            record = settle_record(r.customer_id, self.x.request_id, r.id, form, usage, assumed)
             settles = self.x.gw.settles
             try:
                 if not wait:
@@ -318,21 +318,27 @@ class Forwarding:
             log.exception("gateway call %s (reservation %s) could not be settled", self.x.request_id, r.id)
             return None
 
-    def _chosen(self, usage: dict[str, Any]) -> dict[str, Any]:
-        """The usage with each price the call left to the provider (its service tier, Anthropic's
-        inference geography) that it does not tell: an answer cut before its tier, a settlement
-        metered without the provider's usage. Priced as the stream's chunks told it (OpenAI's tier),
-        else at the value its hold was priced at (`held_at`: the dearest the book has), never
-        cheaper than the hold assumed; a call that asked for a tier is charged at it (a dimension of
-        its reservation). Each form names them at its top level (pricing.normalize)."""
+    def _chosen(self, usage: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        """The usage, and the values assumed, of each price the call left to the provider (its
+        service tier, Anthropic's inference geography) that the usage does not tell: an answer cut
+        before its tier, a settlement metered without the provider's usage. A tier the stream told
+        (OpenAI's chunks, a response's first events) is the provider's: set in the usage, as each
+        form names it at its top level (pricing.normalize). Else the value its hold was priced at
+        (`held_at`: the dearest the book has), never cheaper than the hold assumed, is assumed:
+        kept apart from the provider's usage (api.gateway.settles records it as such). A call that
+        asked for a tier is charged at it (a dimension of its reservation)."""
+        assumed: dict[str, str] = {}
         for name in self.call.chosen_by_provider:
             if usage.get(name) is not None:
                 continue
-            value = self.tally.service_tier if name == "service_tier" else None
-            value = value if value is not None else self.held_at.get(name)
-            if isinstance(value, str) and 0 < len(value) <= MAX_SERVICE_TIER:
-                usage = {**usage, name: value}
-        return usage
+            told = self.tally.service_tier if name == "service_tier" else None
+            if told is not None and 0 < len(told) <= MAX_SERVICE_TIER:
+                usage = {**usage, name: told}
+                continue
+            held = self.held_at.get(name)
+            if isinstance(held, str) and 0 < len(held) <= MAX_SERVICE_TIER:
+                assumed[name] = held
+        return usage, assumed
 
     def _readable(self, form: str, usage: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """The settlement as given when the ledger can read its usage, else the metered output's."""

@@ -32,6 +32,7 @@ from ledger.db import RetriesExhaustedError, is_unavailable
 from ledger.errors import LedgerError
 from ledger.model import request_hash
 from pricing.errors import PricingError
+from pricing.normalize import MAX_SERVICE_TIER
 from wallets.commands import Settle
 from wallets.core.idempotency import IdemKey, Replayed
 
@@ -45,6 +46,9 @@ SETTLE_WAIT_S = 10.0  # the longest an answer waits for its settle's charge (set
 # a prompt the hold counted short) is charged, marked forced by the gateway with the bound it passed,
 # never refused and set aside (the answered call would be charged nothing).
 FORCED_BY = "gateway"
+# The prices a call leaves to the provider that a settle may assume when the answer does not tell
+# them (api.gateway.forwarding: the values its hold was priced at).
+ASSUMED = ("service_tier", "inference_geo")
 
 
 class RoundsSpool(Spool):
@@ -87,11 +91,30 @@ def settle_key(customer_id: str, request_id: str) -> str:
 
 
 def settle_record(customer_id: str, request_id: str, reservation_id: str, form: str,
-                  usage: dict[str, Any]) -> SpoolRecord:
-    """The spool record of a call's final settle with `usage` (as `form`: usage, openai_usage, ...)."""
+                  usage: dict[str, Any], assumed: dict[str, str] | None = None) -> SpoolRecord:
+    """The spool record of a call's final settle with `usage` (as `form`: usage, openai_usage, ...)
+    and the prices `assumed` (the tier its hold was priced at, that the answer did not tell)."""
     return SpoolRecord("POST", f"/v1/reservations/{reservation_id}/settle",
-                       {"customer_id": customer_id, "request_id": request_id, form: usage, "final": True},
+                       {"customer_id": customer_id, "request_id": request_id, form: usage, "final": True,
+                        **({"assumed": assumed} if assumed else {})},
                        settle_key(customer_id, request_id), reservation_id, SCOPE)
+
+
+def with_assumed(stored: dict[str, Any], assumed: Any) -> dict[str, Any]:
+    """The usage record of a settle (api.routes.inputs.usage_tokens) with the prices the gateway
+    assumed (ASSUMED: the service tier, the inference geography its hold was priced at, which the
+    answer did not tell) among its `dimensions`, which price it (wallets.core.rating; a re-rate
+    reads them), and named apart in `assumed`: the provider's own word stays in `reported` and
+    `canonical`, so an auditor tells the one from the other. A value the usage tells wins."""
+    if not isinstance(assumed, dict) or not assumed:
+        return stored
+    kept = {name: value for name, value in assumed.items()
+            if name in ASSUMED and isinstance(value, str) and 0 < len(value) <= MAX_SERVICE_TIER}
+    reported = stored.get("dimensions") or {}
+    kept = {name: value for name, value in kept.items() if name not in reported}
+    if not kept:
+        return stored
+    return {**stored, "dimensions": {**kept, **reported}, "assumed": kept}
 
 
 class GatewaySettles:
@@ -180,11 +203,12 @@ class GatewaySettles:
         if len(forms) != 1 or not isinstance(item.get("customer_id"), str) or not item.get("reservation_id"):
             log.error("gateway spool: settle %s is malformed; set aside", key)
             return {"status": 422, "body": {"code": "validation_error", "detail": "a malformed spool record"}}
-        form = forms[0]
-        digest = request_hash({form: item[form]})
+        form, assumed = forms[0], item.get("assumed")
+        digest = request_hash({form: item[form], **({"assumed": assumed} if assumed is not None else {})})
         try:
             tokens, stored = usage_tokens(**{"usage": None, "openai_usage": None, "anthropic_usage": None,
                                              form: item[form]})
+            stored = with_assumed(stored, assumed)
             result = await self.wallets.submit(Settle(
                 customer_id=item["customer_id"], reservation_id=item["reservation_id"], request_hash=digest,
                 tokens=tokens, usage=stored, final=True, idem=IdemKey(SCOPE, key, digest),

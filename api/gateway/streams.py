@@ -35,7 +35,7 @@ from typing import Any
 
 import msgspec
 
-from api.gateway.calls import CHAT, EMBEDDINGS, MESSAGES, RESPONSES
+from api.gateway.calls import CHAT, EMBEDDINGS, MESSAGES, PROVIDER_TIERS, RESPONSES
 from api.gateway.partial import partial_json, whole_members
 from api.gateway.tools import ANTHROPIC_CODE_EXECUTION_NAMES, OPENAI_CONTAINER_CALLS, OPENAI_TOOL_CALLS
 from api.stream_texts import ANTHROPIC_DELTAS, RESPONSES_DELTAS, list_of, texts_of_chat_delta
@@ -98,6 +98,9 @@ def _audio_of_chat_delta(chunk: Mapping[str, Any]) -> int:
 
 
 _RESPONSES_DONE = frozenset({"response.completed", "response.incomplete", "response.failed"})
+# the events that carry the response before its end: its service_tier, where it tells the tier that
+# serves it (not "auto", the call's own choice echoed), prices a stream cut before its usage
+_RESPONSES_STARTED = frozenset({"response.created", "response.in_progress"})
 
 
 @dataclass(slots=True)
@@ -109,7 +112,7 @@ class StreamTally:
     texts: list[str] = field(default_factory=list)
     usage: dict[str, Any] | None = None  # the provider's final usage
     started: dict[str, Any] | None = None  # Anthropic: message_start's usage (input known)
-    service_tier: str | None = None  # OpenAI: the tier that served the call, beside its usage
+    service_tier: str | None = None  # OpenAI: the tier that served the call (its chunks', a response's events')
     error: bool = False  # the upstream reported an error inside the stream
     searches: int = 0  # Anthropic: the web searches it ran (server_tool_use blocks), billed even when cut
     # OpenAI (responses): the per-call tools' items the answer showed (web_search_call, file_search_call):
@@ -167,13 +170,17 @@ class StreamTally:
             item = event.get("item")
             self.hidden = self.hidden or (isinstance(item, Mapping) and item.get("type") == "reasoning")
             self.count_items([item])
+        elif kind in _RESPONSES_STARTED:  # the response so far: its tier, before its usage
+            response = event.get("response")
+            told = _tier_of(response) if isinstance(response, Mapping) else None
+            self.service_tier = told if told not in (None, *PROVIDER_TIERS[RESPONSES]) else self.service_tier
         elif kind in _RESPONSES_DONE:
             response = event.get("response")
             if isinstance(response, Mapping):
                 self.count_items(list_of(response.get("output")))
             if isinstance(response, Mapping) and isinstance(response.get("usage"), Mapping):
                 self.usage = dict(response["usage"])
-                self.service_tier = _tier_of(response)
+                self.service_tier = _tier_of(response) or self.service_tier
 
     def count_items(self, items: list[Any]) -> None:
         """Take OpenAI's per-call tool items (web_search_call, file_search_call) into account (each

@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 from api.demo import PRICE_BOOK
+from api.gateway.settles import GatewaySettles, RoundsSpool, settle_record
 from tests.api.apps import api_client, sign_in
 
 ADMIN_KEY = "console-trace-admin"
@@ -86,3 +88,38 @@ async def test_a_traced_id_of_a_reservation_and_a_usage_event_shows_both_and_who
         assert [kind for _, kind, _ in headings] == ["reservation", "usage event"]
         captions = re.findall(r"<caption>Entry #(\d+)", page.text)
         assert {str(c["entry_id"]) for c in trace["charges"]} <= set(captions)
+
+
+async def test_a_traced_gateway_charge_at_a_tier_the_answer_did_not_tell_says_it_was_assumed(database_url, tmp_path):
+    """A gateway call that left its tier to the provider, whose answer did not tell it, is charged
+    at the tier its hold was priced at (api.gateway.forwarding): its usage record names it in
+    `assumed`, apart from what the provider reported, and the page says so beside the charge (it
+    showed nothing of the tier). This book prices no priority: 1,000 input at 10 per million and
+    the 0.01 call fee, 0.02."""
+    customer = f"trace-{uuid.uuid4().hex[:8]}"
+    async with api_client(database_url, admin=ADMIN_KEY, console=True) as client:
+        book = f"trbook-{uuid.uuid4().hex[:8]}"
+        assert (await client.post("/v1/price-books", headers=ADMIN, json={**PRICE_BOOK, "id": book})).status_code == 201
+        assert (await client.post("/v1/customers", headers=ADMIN,
+                                  json={"id": customer, "price_book": book})).status_code == 201
+        assert (await client.post(f"/v1/customers/{customer}/topups", headers=ADMIN,
+                                  json={"amount": "10.00"})).status_code == 201
+        held = await client.post("/v1/reservations", headers=ADMIN, json={
+            "customer_id": customer, "request_id": "assumed-1", "model": "model-a", "amount": "0.10"})
+        assert held.status_code == 201, held.text
+        settles = GatewaySettles(RoundsSpool(tmp_path / "gw.jsonl"), client.app.state.services.wallets)
+        await settles.settle_now(settle_record(customer, "assumed-1", held.json()["id"], "openai_usage",
+                                               {"prompt_tokens": 1000, "completion_tokens": 0},
+                                               {"service_tier": "priority"}))
+        trace = (await client.get("/v1/audit/charges/assumed-1", headers=ADMIN,
+                                  params={"customer_id": customer})).json()
+        usage = trace["charges"][0]["usage"]
+        assert usage["assumed"] == usage["dimensions"] == {"service_tier": "priority"}
+        assert "service_tier" not in usage["reported"] and "service_tier" not in usage["canonical"]
+        assert Decimal(trace["charges"][0]["charged"]) == 1000 * Decimal(10) / 1_000_000 + Decimal("0.01")
+        await sign_in(client, ADMIN_KEY)
+        page = await client.get("/console/audit/trace", params={"request_id": "assumed-1", "customer_id": customer})
+        assert page.status_code == 200
+        said = re.findall(r"<p data-assumed>(.*?)</p>", page.text)
+        assert len(said) == 1 and "service_tier <code>priority</code>" in said[0], said
+        assert "not reported by the provider" in said[0]

@@ -115,6 +115,15 @@ def charged(url: str, request_id: str, timeout: float = 10) -> Decimal:
     return sum((Decimal(c["charged"]) for c in trace["charges"]), Decimal(0))
 
 
+def charge_usage(url: str, request_id: str) -> dict[str, Any]:
+    """The usage record of the request's one charge, as its audit trace shows it (once settled)."""
+    charged(url, request_id)
+    with admin(url) as http:
+        charges = http.get(f"/v1/audit/charges/{request_id}").json()["charges"]
+    assert len(charges) == 1, charges
+    return charges[0]["usage"]
+
+
 def oai(url: str, key: str, **kw) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{url}/openai/v1", api_key=key, max_retries=0, **kw)
 
@@ -699,12 +708,63 @@ def test_an_openai_call_that_leaves_its_tier_to_the_project_is_held_at_the_deare
         raw = client.with_raw_response.create(model="gpt-test", messages=HI, max_tokens=1000,
                                               **({"service_tier": tier} if tier else {}))
     finally:
-        fake.fake.auto_tier = None
+        fake.fake.auto_tier = fk.AUTO_TIER
     assert raw.parse().service_tier == "priority"
     held = Decimal(raw.headers["x-tokentill-reserved"]) - Decimal(fixed.headers["x-tokentill-reserved"])
     assert held == 1000 * (PRIORITY - OUT) / M
     assert charged(url, raw.headers["x-tokentill-request-id"]) == CHAT_CHARGE + 40 * (PRIORITY - OUT) / M
     assert charged(url, fixed.headers["x-tokentill-request-id"]) == CHAT_CHARGE
+
+
+@pytest.mark.parametrize("kind", ["chat", "responses"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_openai_answer_to_a_call_that_left_its_tier_to_the_provider_tells_the_tier_that_served(
+        live, fake, kind, stream):
+    """OpenAI answers a call that leaves its tier to the provider (none asked: "auto") with the
+    tier that served it, "default" for a project at the standard tier; the fake left it out of
+    every such answer. Told, the call is charged at that tier and the record says the provider
+    told it: CHAT_CHARGE (8,000 + 200 + 40 * 20) / 1M + 0.001 = 0.0100, RESPONSES_CHARGE
+    (7,000 + 100 + 56 * 20) / 1M + 0.001 = 0.00922, though the hold priced priority (40 per
+    million output tokens). Left out (auto_tier None), it is charged at the held tier, recorded as
+    assumed: chat (8,000 + 200 + 40 * 40) / 1M + 0.001 = 0.0108, responses (7,000 + 100 +
+    56 * 40) / 1M + 0.001 = 0.01034 (reasoning is priced as output)."""
+    url, _ = live
+    _, key = customer((url, tool_book(url, {"id": "out-priority", "token_type": "output", "price": str(PRIORITY),
+                                            "match": {"service_tier": "priority"}})))
+    client = oai(url, key)
+
+    def call() -> tuple[str, str | None]:
+        """(the request id, the tier the answer told)"""
+        args: dict[str, Any] = {"model": "gpt-test", "max_tokens" if kind == "chat" else "max_output_tokens": 100}
+        create = client.chat.completions.with_raw_response.create if kind == "chat" \
+            else client.responses.with_raw_response.create
+        args.update({"messages": HI} if kind == "chat" else {"input": "hi"})
+        if not stream:
+            raw = create(**args)
+            return raw.headers["x-tokentill-request-id"], raw.parse().service_tier
+        raw = create(**args, stream=True, **({"stream_options": {"include_usage": True}} if kind == "chat" else {}))
+        tiers = {getattr(e, "service_tier", None) or getattr(getattr(e, "response", None), "service_tier", None)
+                 for e in raw.parse()} - {None}
+        assert len(tiers) <= 1, tiers
+        return raw.headers["x-tokentill-request-id"], next(iter(tiers), None)
+
+    told, tier = call()
+    assert tier == "default"
+    usage = charge_usage(url, told)
+    assert usage["dimensions"] == {"service_tier": "default"} and "assumed" not in usage
+    assert charged(url, told) == (CHAT_CHARGE if kind == "chat" else RESPONSES_CHARGE)
+    assert (CHAT_CHARGE, RESPONSES_CHARGE) == (Decimal("0.0100"), Decimal("0.00922"))
+    fake.fake.auto_tier = None
+    try:
+        omitted, tier = call()
+    finally:
+        fake.fake.auto_tier = fk.AUTO_TIER
+    assert tier is None
+    usage = charge_usage(url, omitted)
+    assert usage["assumed"] == usage["dimensions"] == {"service_tier": "priority"}
+    held = (800 * IN + 200 * CACHED + 40 * PRIORITY if kind == "chat" else 700 * IN + 100 * CACHED + 56 * PRIORITY)
+    assert held / M + CALL == (Decimal("0.0108") if kind == "chat" else Decimal("0.01034"))
+    assert charged(url, omitted) == held / M + CALL
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -351,7 +351,7 @@ def test_an_operator_may_pin_a_call_that_leaves_its_tier_to_the_provider_to_the_
         oai(url, key).chat.completions.create(model="gpt-test", messages=HI, service_tier="flex")
         assert fake.fake.calls[-1].body["service_tier"] == "flex"
     finally:
-        fake.fake.auto_tier = None
+        fake.fake.auto_tier = fk.AUTO_TIER
     claude(url, key).messages.create(model="claude-test", max_tokens=100, messages=HI,
                                      **({"service_tier": tier} if tier else {}))
     assert fake.fake.calls[-1].body["service_tier"] == "standard_only"

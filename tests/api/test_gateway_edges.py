@@ -42,6 +42,7 @@ from tests.api.test_gateway import (
     WEB_SEARCH,
     WRITE,
     M,
+    charge_usage,
     charged,
     customer,
     serving,
@@ -527,7 +528,9 @@ def test_a_chat_answer_cut_before_its_tier_is_charged_at_the_tier_the_hold_price
     per million output tokens): a call served at priority, charged as standard. Now a tier the
     answer did not tell is the one the hold priced: 800 input, 200 cached and 40 output at
     priority, (8,000 + 200 + 1,600) / 1M + 0.001 = 0.0108. A call that asked for a tier is
-    charged at it: "default", (8,000 + 200 + 800) / 1M + 0.001 = 0.0100 (CHAT_CHARGE)."""
+    charged at it: "default", (8,000 + 200 + 800) / 1M + 0.001 = 0.0100 (CHAT_CHARGE). The usage
+    record tells the held tier as assumed, not as the provider's (it was in `reported`, as if the
+    answer had said it)."""
     url, _ = live
     cid, key = customer((url, tool_book(url, PRIORITY_RULE)))
     data = msgspec.json.encode({
@@ -554,6 +557,12 @@ def test_a_chat_answer_cut_before_its_tier_is_charged_at_the_tier_the_hold_price
     assert response.status_code == 502
     assert Decimal(response.headers["x-tokentill-charged"]) == cost
     _billed(url, cid, response.headers["x-tokentill-request-id"], cost)
+    usage = charge_usage(url, response.headers["x-tokentill-request-id"])
+    assert "service_tier" not in usage["reported"] and "service_tier" not in usage["canonical"]
+    if asked == "default":  # the reservation's own dimension: nothing assumed
+        assert "assumed" not in usage and "dimensions" not in usage
+    else:
+        assert usage["assumed"] == usage["dimensions"] == {"service_tier": "priority"}
 
 
 def test_an_anthropic_answer_cut_before_its_usage_is_charged_at_the_tier_the_hold_priced(live, upstream):
@@ -561,7 +570,7 @@ def test_an_anthropic_answer_cut_before_its_usage_is_charged_at_the_tier_the_hol
     may use Priority Tier capacity, held at the book's priority price) is metered, and was charged
     at the standard prices. Now at the held tier: the prompt as counted ("user" and "hi", 3 a
     message, 3 for the reply: 8) and " one two" (2) at 40 per million, (80 + 80) / 1M + 0.001 =
-    0.00116 (was 0.00112)."""
+    0.00116 (was 0.00112), the tier recorded as assumed."""
     url, _ = live
     cid, key = customer((url, tool_book(url, PRIORITY_RULE)))
     arrived = CUT_MESSAGE[:CUT_MESSAGE.index(b" three")]
@@ -576,6 +585,9 @@ def test_an_anthropic_answer_cut_before_its_usage_is_charged_at_the_tier_the_hol
     assert cost == Decimal("0.00116")
     assert response.status_code == 502 and Decimal(response.headers["x-tokentill-charged"]) == cost
     _billed(url, cid, response.headers["x-tokentill-request-id"], cost)
+    usage = charge_usage(url, response.headers["x-tokentill-request-id"])
+    assert usage["assumed"] == usage["dimensions"] == {"service_tier": "priority"}
+    assert "service_tier" not in usage["reported"]
 
 
 def tiered(text: str) -> bytes:
@@ -591,7 +603,8 @@ def test_a_chat_stream_cut_before_its_usage_is_charged_at_the_tier_it_told_else_
     told) its hold was priced at priority, the dearest tier of its book for a call that leaves the
     tier to the provider. Now at the tier its chunks told, else the held one: 8 prompt tokens
     ("user" and "hi", 3 a message, 3 for the reply) and " one two three" (3) at priority's 40 per
-    million output tokens, (80 + 120) / 1M + 0.001 = 0.0012 (was 0.00114)."""
+    million output tokens, (80 + 120) / 1M + 0.001 = 0.0012 (was 0.00114). A tier its chunks told
+    is the provider's (in the usage); the held one is recorded as assumed."""
     url, _ = live
     cid, key = customer((url, tool_book(url, PRIORITY_RULE)))
     events = [(tiered if told else content)(" one two three")]
@@ -608,6 +621,57 @@ def test_a_chat_stream_cut_before_its_usage_is_charged_at_the_tier_it_told_else_
     cost = (8 * IN + 3 * PRIORITY) / M + CALL
     assert cost == Decimal("0.0012")
     _billed(url, cid, request_id, cost)
+    usage = charge_usage(url, request_id)
+    assert usage["dimensions"] == {"service_tier": "priority"}
+    if told:
+        assert usage["reported"]["service_tier"] == "priority" and "assumed" not in usage
+    else:
+        assert usage["assumed"] == {"service_tier": "priority"} and "service_tier" not in usage["reported"]
+
+
+def _response_event(kind: str, response: dict[str, Any]) -> bytes:
+    return f"event: {kind}\n".encode() + sse({"type": kind, "sequence_number": 0, "response": response})
+
+
+FLEX_RULE = {"id": "out-flex", "token_type": "output", "price": "5", "match": {"service_tier": "flex"}}
+
+
+@pytest.mark.parametrize("told, tier", [("response.created", "flex"), ("response.in_progress", "flex"),
+                                        ("response.created", "auto")])
+def test_a_responses_stream_cut_before_its_end_is_charged_at_the_tier_an_earlier_event_told(
+        live, upstream, told, tier):
+    """A response's service_tier comes in its response.created and response.in_progress events
+    too; the tally read it only from response.completed, so a stream cut before that was charged
+    at the held tier (priority, the dearest of its book) though flex served it: the input "hi" as a
+    user message (7) and " one two" metered (2) at flex's 5 per million output tokens,
+    (70 + 10) / 1M + 0.001 = 0.00108 (was at priority's 40: (70 + 80) / 1M + 0.001 = 0.00115). An
+    event that tells "auto" (the call's own choice echoed, not a tier that served) tells nothing:
+    held priority, 0.00115, recorded as assumed."""
+    url, _ = live
+    cid, key = customer((url, tool_book(url, PRIORITY_RULE, FLEX_RULE)))
+    started = {"id": "resp_edge", "object": "response", "status": "in_progress", "model": "m", "output": [],
+               "usage": None, "service_tier": tier}
+    earlier = [_response_event("response.created", {**started, "service_tier": "auto"})] \
+        if told == "response.in_progress" else []  # the call's "auto" echoed first, then the tier
+    events = [*earlier, _response_event(told, started), _responses_event("response.output_text.delta", " one two")]
+
+    async def cut(send: Any, receive: Any) -> None:
+        await start(send, b"text/event-stream")
+        for part in events:
+            await body(send, part)
+        raise ConnectionAbortedError("the upstream drops the stream before response.completed")
+
+    status, received, request_id = stream_call(url, key, {"model": model(upstream, cut), "input": "hi",
+                                                          "max_output_tokens": 100}, "/openai/v1/responses")
+    assert status == 200 and b"upstream_failed" in received.encode()
+    cost = (7 * IN + 2 * (Decimal(5) if tier == "flex" else PRIORITY)) / M + CALL
+    assert cost == (Decimal("0.00108") if tier == "flex" else Decimal("0.00115"))
+    _billed(url, cid, request_id, cost)
+    usage = charge_usage(url, request_id)
+    if tier == "flex":
+        assert usage["reported"]["service_tier"] == "flex" and "assumed" not in usage
+    else:
+        assert usage["assumed"] == {"service_tier": "priority"} and "service_tier" not in usage["reported"]
 
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])

@@ -343,3 +343,25 @@ def test_a_response_cut_before_its_usage_tells_the_tier_that_came_before_it():
     cut = StreamTally(RESPONSES)
     cut_answer_settlement(RESPONSES, whole[:whole.index(b'"flex"') + 3], COUNTER, "gpt-4o", 9, cut)
     assert cut.service_tier is None
+
+
+def _response_event(kind: str, **response: object) -> bytes:
+    return f"event: {kind}\ndata: ".encode() + msgspec.json.encode({"type": kind, "response": response}) + b"\n\n"
+
+
+def test_a_responses_stream_tells_its_tier_in_its_first_events_and_keeps_it_to_its_usage():
+    """response.created and response.in_progress carry the response's service_tier, which the
+    tally read only from the event with the usage: a stream cut before that was priced at the held
+    tier though it had told flex. "auto" (the call's own choice, echoed) is not a tier that served;
+    a completed response without a tier keeps the one told before."""
+    tally = StreamTally(RESPONSES)
+    tally.observe(_response_event("response.created", status="in_progress", service_tier="auto"))
+    assert tally.service_tier is None
+    tally.observe(_response_event("response.in_progress", status="in_progress", service_tier="flex"))
+    tally.observe(_response_event("response.in_progress", status="in_progress", service_tier="auto"))
+    assert tally.service_tier == "flex"
+    tally.observe(_response_event("response.completed", status="completed", usage={"input_tokens": 5}))
+    assert tally.settlement(COUNTER, "gpt-4o", 9) == ("openai_usage", {"input_tokens": 5, "service_tier": "flex"})
+    created = StreamTally(RESPONSES)
+    created.observe(_response_event("response.created", status="in_progress", service_tier="priority"))
+    assert created.service_tier == "priority"
