@@ -11,7 +11,9 @@ time): a second backdated override change re-rates it again under the same book 
 
 The money moves in one balanced entry per customer and period the charges were billed in (their
 usage's, or a later one's for charges that arrived after their period closed):
-- more charged: paid like usage, from the live lots in consumption order, then the receivable;
+- more charged: paid like usage, from the live lots in consumption order, then the receivable; a
+  charge re-rated dearer whose period's true-up correction gives back a part of it pays its
+  increase out of that part first (its own payers'), and only the rest like usage;
 - money back: where the charges' money came from, the receivable first (what it paid), then the
   lots that paid each decreased charge, up to its decrease, the last consumed first (while live,
   up to what each was granted), then what the customer still owes, and the rest becomes credit
@@ -397,7 +399,10 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
     money_back.each_charge_first, TrueUpFix.parts; the rest, or all of it when what they gave
     back of each charge was not kept, over the money of all its charges: a promotion's goes back to
     it), as wallets.core.money_back gives it, each lot at most what it still has in the charges
-    (`room`, room_left); what goes back on the receivable in multiples of `step`. A true-up corrected
+    (`room`, room_left); what goes back on the receivable in multiples of `step`. A charge re-rated
+    dearer nets its increase with what the true-ups give back of it (its payers get only the part
+    beyond it; only the increase beyond the part is paid like usage, off what goes back last in
+    order), so money does not move between payers that never paid the charge. A true-up corrected
     up beside them takes back of each charge what the true-ups before gave back of it beyond its
     overcharge (`takes`: _takes), from what paid that charge (money_back.take_back), off what it gets
     back or, beyond it, taken from it; where it takes more than the decreases give (`back` <= 0: the
@@ -425,19 +430,28 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
     for x in found:
         if x.delta < 0:
             shared(paid_by(x.charge), -x.delta)
+    # a charge re-rated dearer pays its increase first out of what the true-ups give back of it (its
+    # own payers' part): only the rest of it is paid like usage, in consumption order
+    rise = {x.charge.id: x.delta for x in found if x.delta > 0}
     for f in fixes:  # what the rule's charges paid, less what corrections before take back of each
         parts = f.parts()
+        netted = {c: min(v, rise.get(c, 0)) for c, v in parts.items() if v > 0 and rise.get(c, 0) > 0}
+        for charge, units in netted.items():
+            rise[charge] -= units
         # what it gives back: the correction down, and what it takes back of other charges beside
-        # (`takes`); of a correction up, what it gives back to charges against it (TrueUpFix.parts)
-        need = -f.delta - sum(v for v in parts.values() if v < 0) if f.delta < 0 else sum(
-            v for v in parts.values() if v > 0)
+        # (`takes`); of a correction up, what it gives back to charges against it (TrueUpFix.parts);
+        # less what pays the charges' own increases
+        need = (-f.delta - sum(v for v in parts.values() if v < 0) if f.delta < 0 else sum(
+            v for v in parts.values() if v > 0)) - sum(netted.values())
         if need > 0:
             paid = {k: v for charge in f.charges for k, v in paid_by(charge).items()}
             if f.given is not None and f.unit_price is not None:
                 pieces = {c: (u, a) for c, u, a in f.pieces}
                 rows = [(c, a, v, *pieces.get(c, (None, None))) for (c, a), v in sorted(paid.items())]
+                # a charge's part netted with its increase counts as given back already
+                given = {c: f.given.get(c, 0) + netted.get(c, 0) for c in f.given.keys() | netted.keys()}
                 need, paid = each_charge_first(shares, taken, {**f.line(), "amount_units": -need}, rows, receivable,
-                                               order, f.given, None, room)
+                                               order, given, None, room)
             if f.delta < 0 or need > 0:
                 shared(paid, need)
     if room is not None:

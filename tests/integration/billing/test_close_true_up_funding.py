@@ -909,3 +909,51 @@ async def test_a_rerate_netting_to_zero_still_gives_a_true_up_s_part_of_one_char
                                                                    ("v-out", second, 8 * CENT)]
     await _zero_sum(bk)
     await verified(bk)
+
+
+async def test_a_rerate_raising_a_charge_nets_its_increase_with_what_its_true_up_part_gives_its_payer(
+        fresh_db) -> None:
+    """One re-rate raises each charge's price and gives back a true-up part of each. The top-up paid
+    the 5th's $1.20, the grant the 20th's $1.10; the close gave back $0.60 of the 5th (the top-up,
+    $0.60) and $0.40 of the 20th (the grant, $4.30). The fix raises the first tier to $24/M and
+    drops the one beyond to $5/M. The 5th: 60,000 x $24/M = $1.44 (+$0.24); the 20th: 40,000 x
+    $24/M + 30,000 x $5/M = $0.96 + $0.15 = $1.11 (+$0.01); +$0.25 in all. At the tier reached,
+    130,000 x $5/M = $0.65, the true-up $0.65 - $2.55 = -$1.90 where -$1.00 stands: -$0.90; the
+    re-rate moves +$0.25 - $0.90 = -$0.65. The true-up's part of each charge: the 5th costs
+    60,000 x $5/M = $0.30, $1.14 below its $1.44, where the close gave back $0.60: $0.54; the 20th
+    costs 70,000 x $5/M = $0.35, $0.76 below its $1.11, the close gave back $0.40: $0.36 ($0.54 +
+    $0.36 = $0.90). Each charge nets its own increase with its own part: the 5th -$0.30 (+$0.24 -
+    $0.54) to the top-up that paid it, $0.60 + $0.30 = $0.90 (= $1.20 - $0.30); the 20th -$0.35
+    (+$0.01 - $0.36) to the grant, $4.30 + $0.35 = $4.65 (= $5.00 - $0.35): each lot where the
+    first fix to $5/M beyond left it. Before, the parts went to their payers and the $0.25 of
+    increases came off the last of them in order, the grant (consumed first: the top-up, consumed
+    last, got its $0.54 whole, the grant $0.36 - $0.25 = $0.11): $1.14 and $4.41, the promotion
+    paying the 5th's $0.24, usage the top-up paid before the grant existed."""
+    bk = BillingKit(fresh_db)
+    cid = "raised-and-given"
+    top_up, grant = await _closed_per_charge(bk, cid)
+    done = await _rerated(bk, "24", "5")
+    assert lines(done) == [("output", "2.30", "2.55", "0.25"),
+                           ("volume_true_up", "-1.00", "-1.90", "-0.90")]
+    assert done["delta"] == "-0.65", done
+    assert await live_lots(bk, cid) == {top_up: ("topup", 90 * CENT), grant: ("grant", 465 * CENT)}
+    first, second = sorted(charge for _, charge, _ in await _given(bk, cid, None))
+    # what the true-up's correction gave back of each charge (its increase is the charge's own)
+    assert await _given(bk, cid, done["rerate_id"]) == [("v-out", first, 54 * CENT), ("v-out", second, 36 * CENT)]
+    await _zero_sum(bk)
+    await verified(bk)
+    # Back to v1's prices ($20/M, $10/M; v3 from November 2nd): the 5th $1.20 (-$0.24, to the
+    # top-up), the 20th $1.10 (-$0.01, to the grant); the true-up -$1.00 where -$1.90 stands: +$0.90,
+    # +$0.65 in all. At $10/M the 5th is $0.60 over, where $0.60 + $0.54 = $1.14 was given back:
+    # $0.54 taken back of it (the top-up: -$0.54 + $0.24 = -$0.30); the 20th $0.40 over, $0.40 +
+    # $0.36 = $0.76 given: $0.36 (the grant: -$0.36 + $0.01 = -$0.35). Each lot where the close left
+    # it: $0.60 and $4.30.
+    await bk.add_book(vol("v3", "2026-11-02T00:00:00Z", "20", "10"))
+    back = await applied(bk, spec("v3", datetime(2026, 11, 2, tzinfo=UTC)))
+    assert lines(back) == [("output", "2.55", "2.30", "-0.25"),
+                           ("volume_true_up", "-1.90", "-1.00", "0.90")]
+    assert back["delta"] == "0.65", back
+    assert await live_lots(bk, cid) == {top_up: ("topup", 60 * CENT), grant: ("grant", 430 * CENT)}
+    assert await _given(bk, cid, back["rerate_id"]) == [("v-out", first, -54 * CENT), ("v-out", second, -36 * CENT)]
+    await _zero_sum(bk)
+    await verified(bk)
