@@ -280,8 +280,17 @@ class _Pending:
             return False
 
     def strike(self) -> None:
-        if self.spool is not None:
+        """Strike the answered call off the spool. A disk that refuses it (full, read-only: the
+        rewrite needs room for the records kept) leaves the record, which a flush has answered by
+        its key, charging nothing again: the call's answer stands, never an OSError."""
+        if self.spool is None:
+            return
+        try:
             self.spool.remove({self.record.idempotency_key})
+        except OSError:
+            log.warning("%s %s was answered but is left in the spool %s, which could not be rewritten; a flush "
+                        "is answered by its key", self.record.method, self.record.path, self.spool.path,
+                        exc_info=True)
 
     async def awrite(self, failure: Failure) -> bool:
         return await asyncio.to_thread(self.write, failure)

@@ -560,3 +560,87 @@ async def test_a_client_left_by_a_cancel_scope_still_closes_after_its_exits(live
     assert tt._http.is_closed and not tt._exits, "closed, after the exit's settle"
     assert_charged_once(url, r.id, customer)
     assert not list(spool_dir.glob("*.jsonl"))
+
+
+class FullDisk:
+    """A disk that fills once `fill` is called: every spool write after it fails with ENOSPC."""
+
+    def __init__(self, monkeypatch) -> None:
+        import api.spool
+
+        self.full, real = False, api.spool._write_all
+
+        def write(fd: int, data: bytes) -> None:
+            if self.full:
+                raise OSError(28, "No space left on device")  # errno.ENOSPC
+            real(fd, data)
+
+        monkeypatch.setattr(api.spool, "_write_all", write)
+
+    def fill(self) -> None:
+        self.full = True
+
+
+def spool_another_call(url: str, spool_dir: Path) -> None:
+    """A release an earlier run left in the client's spool (of a reservation no server knows: 404,
+    kept): striking a record off beside it rewrites the file, where the last one's is an unlink."""
+    from api.spool import SpoolRecord, spool_name
+
+    Spool(spool_dir / spool_name(url, ADMIN)).append(SpoolRecord(
+        "POST", "/v1/reservations/res_gone/release", {}, "res_gone:release:0", "res_gone", url))
+
+
+def test_a_settle_answered_after_the_disk_filled_is_its_answer_not_an_oserror(live, spool_dir, monkeypatch):
+    """The first settle is answered 503 and spooled; the disk fills; the second is answered and
+    charged. Striking the record off rewrites the spool, which the full disk refuses: the exit
+    raised that OSError, as if the settle had failed, though the call was billed. It is the
+    settle's answer now; the record stays spooled, and a flush is answered by its key."""
+    url, book = live
+    customer = new_customer(url, book)
+    disk = FullDisk(monkeypatch)
+    transport = Faulty(problem(503, "service_unavailable"),
+                       lambda request: (disk.fill(), transport.inner.handle_request(request))[1])
+    spool_another_call(url, spool_dir)
+    with Client(url, ADMIN, transport=transport, backoff_s=0.01, flush_spool=False) as tt:
+        with tt.reserve(customer, "model-a", input_tokens=1000, max_output_tokens=500) as r:
+            r.record(input_tokens=1000, output_tokens=400)
+        assert r.settlement is not None and Decimal(r.settlement["charged"]) == CHARGED
+        assert_charged_once(url, r.id, customer)  # 1,000 in + 400 out: $0.028, once
+        assert [x.idempotency_key for x in tt.spool.records()] == ["res_gone:release:0", f"{r.id}:settle:0"]
+        disk.full = False  # space freed: the flush is answered by the key, nothing charged again
+        report = tt.flush_spool()
+        assert (report.delivered, report.kept) == (1, 1)
+    assert_charged_once(url, r.id, customer)
+
+
+async def test_an_async_settle_answered_after_the_disk_filled_is_its_answer_not_an_oserror(
+        live, spool_dir, monkeypatch):
+    """As the blocking client's: the async block's exit is its settle's answer, not an OSError."""
+    url, book = live
+    customer = new_customer(url, book)
+    disk = FullDisk(monkeypatch)
+
+    class Once503(httpx.AsyncBaseTransport):
+        def __init__(self) -> None:
+            self.inner, self.settles = httpx.AsyncHTTPTransport(), 0
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if request.url.path.endswith("/settle"):
+                self.settles += 1
+                if self.settles == 1:
+                    return httpx.Response(503, json={"status": 503, "code": "service_unavailable", "detail": "x"})
+                if self.settles == 2:
+                    disk.fill()
+            return await self.inner.handle_async_request(request)
+
+    spool_another_call(url, spool_dir)
+    async with AsyncClient(url, ADMIN, transport=Once503(), backoff_s=0.01, flush_spool=False) as tt:
+        async with tt.reserve(customer, "model-a", input_tokens=1000, max_output_tokens=500) as r:
+            r.record(input_tokens=1000, output_tokens=400)
+        assert r.settlement is not None and Decimal(r.settlement["charged"]) == CHARGED
+        assert_charged_once(url, r.id, customer)
+        assert [x.idempotency_key for x in tt.spool.records()] == ["res_gone:release:0", f"{r.id}:settle:0"]
+        disk.full = False
+        report = await tt.flush_spool()
+        assert (report.delivered, report.kept) == (1, 1)
+    assert_charged_once(url, r.id, customer)
