@@ -26,6 +26,7 @@ from contextvars import ContextVar
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from prometheus_client import Histogram
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -139,7 +140,9 @@ class Engine:
         # cores only makes each lane's batches smaller (64 clients over 16 lanes: ~4 commands a
         # batch) and every batch pays its fixed costs (locks, load, ledger_post, commit). A lane's
         # flusher takes its batch only once it holds a slot, so what queued meanwhile rides along.
-        self._slots = asyncio.Semaphore(in_flight or max(2, os.cpu_count() or 2))
+        self._in_flight = in_flight or max(2, os.cpu_count() or 2)
+        # The slots of each event loop that runs batches (see _slots)
+        self._slots_of: WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = WeakKeyDictionary()
         self._queues: dict[int | None, deque[tuple[Command, asyncio.Future[Any]]]] = {}
         self._flushers: set[asyncio.Task[None]] = set()
         self._running: dict[int | None, int] = {}  # lane -> flushers running
@@ -149,6 +152,17 @@ class Engine:
         # (lane, 0) -> charges, (lane, 1) -> period deltas this process queued there since it last
         # folded it, per customer
         self._unfolded: dict[tuple[int, int], Counter[str]] = {}
+
+    @property
+    def _slots(self) -> asyncio.Semaphore:
+        """The in-flight slots of the running event loop, made on it: a Semaphore is bound to the
+        loop that first waits on it, and one engine may run on another loop later (an app's second
+        lifespan: a test client runs each on an event loop of its own)."""
+        loop = asyncio.get_running_loop()
+        slots = self._slots_of.get(loop)
+        if slots is None:
+            slots = self._slots_of[loop] = asyncio.Semaphore(self._in_flight)
+        return slots
 
     async def submit(self, command: Command) -> Any:
         """Run `command` once committed; returns its result or Replayed, raises its domain error."""

@@ -1,0 +1,56 @@
+"""One wallet engine, used from one event loop and then another (an app's second lifespan: a test
+client runs each on an event loop of its own), with its batches contending for the in-flight slots.
+
+An asyncio.Semaphore is bound to the loop that first waits on it (Python 3.11): the engine made its
+slots once, in __init__, and the second loop's first wait for a slot raised `RuntimeError: <asyncio.
+locks.Semaphore ...> is bound to a different event loop`.
+"""
+from __future__ import annotations
+
+import asyncio
+
+from wallet_kit import Kit, usd
+
+from ledger.db import connect
+from ledger.lanes import lane_count, lane_of
+from wallets.commands import Reserve
+from wallets.engine import Engine
+
+LANES = 3  # one customer in each of lanes 0, 1 and 2: three batches for one slot, so two wait
+
+
+async def test_an_engine_used_from_a_second_event_loop_waits_for_its_slots_there(shared_kit: Kit,
+                                                                                  database_url: str) -> None:
+    lanes = await shared_kit.db.read(lane_count)
+    customers: list[str] = []
+    n = 0
+    while len(customers) < LANES:
+        name = f"loop{n}"
+        n += 1
+        if lane_of(f"{name}-{shared_kit.tag}", lanes) == len(customers):
+            cid = await shared_kit.customer(name)
+            await shared_kit.top_up(cid, "10", name=f"{name}.lot")
+            customers.append(cid)
+
+    db = connect(database_url, pool_size=LANES)
+    engine = Engine(db, clock=shared_kit.clock, in_flight=1)
+
+    async def one_loop(round_: int) -> list[object]:
+        """A bulk call of one hold per customer: a batch per lane, one in flight, the others waiting."""
+        try:
+            return await engine.submit_many([Reserve(
+                customer_id=cid, request_id=f"{shared_kit.tag}-{round_}-{cid}", request_hash=b"h", model="model-x",
+                ttl_seconds=300, amount=usd("0.50")) for cid in customers])
+        finally:
+            await db.dispose()  # as a lifespan's end does: the pool's connections are of this loop
+
+    for round_ in range(2):  # two event loops, one after the other, each in a thread of its own
+        outcomes = await asyncio.to_thread(asyncio.run, one_loop(round_))
+        assert all(not isinstance(o, BaseException) for o in outcomes), outcomes
+
+    # Each customer: $10.00 topped up, two holds of $0.50 (one per loop): $1.00 reserved, $9.00 left.
+    balances = await shared_kit.balances(*customers, platform=False)
+    for cid in customers:
+        name = cid.removesuffix(f"-{shared_kit.tag}")
+        assert balances[f"{name}.reserved"] == usd("1.00")
+        assert balances[f"{name}.lot"] == usd("9.00")
