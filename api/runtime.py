@@ -240,7 +240,7 @@ class Supervisor:
         self.interval_s = interval_s
         self.restarts = 0  # by this process
         self._seen = cluster.postmaster()
-        self._stopping = asyncio.Event()
+        self._stopping = asyncio.Event()  # made again by each start(): an Event is bound to the loop that waits on it
         self._task: asyncio.Task[None] | None = None
 
     def running(self) -> bool:
@@ -248,14 +248,19 @@ class Supervisor:
         return self.cluster.postmaster() is not None
 
     def start(self) -> None:
+        """Watch on the running event loop, which may be another than an earlier start's (an app's
+        second lifespan: a test client runs each on an event loop of its own), with a stop event
+        of its own: a stopped supervisor watches again."""
         if self._task is None:
+            self._stopping = asyncio.Event()
             self._task = asyncio.create_task(self._watch(), name="embedded-postgres-supervisor")
 
     async def stop(self) -> None:
         """Stop watching; waits for a restart in progress (it cannot be interrupted midway)."""
         self._stopping.set()
         if self._task is not None:
-            await self._task
+            task, self._task = self._task, None
+            await task
 
     async def _watch(self) -> None:
         while not self._stopping.is_set():

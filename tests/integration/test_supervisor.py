@@ -150,6 +150,49 @@ async def test_a_killed_postmaster_is_restarted_and_the_service_recovers_without
             assert (await client.get(f"/v1/customers/c-{tag}/wallet")).status_code == 200
 
 
+CHECKS_WANTED = 3  # checks of the postmaster in a lifespan, each after a wait on the stop event
+
+
+async def _supervisor_tasks() -> list[asyncio.Task]:
+    return [t for t in asyncio.all_tasks() if t.get_name() == "embedded-postgres-supervisor" and not t.done()]
+
+
+async def test_an_app_s_second_lifespan_supervises_its_postmaster_again(cluster):
+    """A test client runs each lifespan of an app on an event loop of its own. The supervisor made
+    its stop event once: stopped by the first lifespan, it did not watch in the second (its start saw
+    the ended task and started none; a new task would have seen the event set and stopped at once),
+    and its event was bound to the first loop."""
+    app = create_app(Settings(admin_key=ADMIN_KEY, scheduler=False, pool_size=2), cluster.url, cluster=cluster)
+    supervisor = app.state.supervisor
+    checks = [0]
+    check = supervisor.check
+
+    async def counted() -> None:
+        checks[0] += 1
+        await check()
+
+    supervisor.check = counted
+    for lifespan in (1, 2):
+        async with AsyncTestClient(app=app) as client:
+            watching = client.blocking_portal.call(_supervisor_tasks)  # on this lifespan's loop
+            assert len(watching) == 1, f"lifespan {lifespan}: supervisor tasks {watching}"
+            before, deadline = checks[0], time.monotonic() + START_CEILING_S
+            while checks[0] - before < CHECKS_WANTED:
+                assert not watching[0].done(), f"lifespan {lifespan}: the supervisor stopped after {checks[0] - before}"
+                assert time.monotonic() < deadline, f"lifespan {lifespan}: {checks[0] - before} checks"
+                await asyncio.sleep(0.05)
+            if lifespan == 2:  # and it restarts a killed postmaster, as in the first lifespan
+                old = kill_postmaster(cluster.pgdata)
+                wait = time.monotonic() + RECOVERY_CEILING_S
+                while not (supervisor.restarts == 1 and (await client.get("/readyz")).status_code == 200):
+                    assert time.monotonic() < wait, "the killed postmaster was not restarted"
+                    await asyncio.sleep(0.05)
+                assert postmaster_pid(cluster.pgdata) not in (None, old)
+        stopped = checks[0]
+        await asyncio.sleep(4 * supervisor.interval_s)
+        assert checks[0] == stopped  # each lifespan's end stopped its watch
+
+
 def serve(data_dir: Path, port: int, log: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "TOKENTILL_DATABASE_URL"}
     env.update(TOKENTILL_DATA_DIR=str(data_dir), TOKENTILL_ADMIN_KEY=ADMIN_KEY, TOKENTILL_SCHEDULER="off")
