@@ -5,9 +5,13 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
+from alembic.config import Config
+from sqlalchemy import Connection, create_engine
 
+from api.runtime import sync_url
 from ledger.accounts import ensure_asset
 from ledger.db import Database, connect
+from migrations import runner
 
 
 @pytest.fixture(scope="module")
@@ -20,3 +24,17 @@ def loop_db(database_url: str) -> Iterator[tuple[asyncio.AbstractEventLoop, Data
     yield loop, db
     loop.run_until_complete(db.dispose())
     loop.close()
+
+
+@pytest.fixture
+def migrating(scratch_url: str) -> Iterator[tuple[Connection, Config]]:
+    """A connection to a scratch database (migrated to head) and an Alembic config whose commands
+    (command.downgrade, command.upgrade) run on that connection, for the migration tests."""
+    engine = create_engine(sync_url(scratch_url))
+    try:
+        with engine.connect() as conn:
+            config = runner.alembic_config()
+            config.attributes["connection"] = conn
+            yield conn, config
+    finally:
+        engine.dispose()

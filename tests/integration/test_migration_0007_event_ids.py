@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import pytest
 from alembic import command
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from api.runtime import sync_url
 from migrations import runner
 
 EVENT = """INSERT INTO usage_events (event_id, customer_id, request_hash, model, occurred_at, usage)
@@ -17,70 +16,58 @@ CHARGE = """INSERT INTO charges (customer_id, event_id, request_id, final, reque
             VALUES (:c, :e, :e, true, '\\x01', 'model-a', now(), '{}', 'book', 'v1', '[]', 0, 0, 0, 0)"""
 
 
-def test_event_ids_become_per_customer_and_existing_rows_and_keys_stay(scratch_url):
-    engine = create_engine(sync_url(scratch_url))
-    try:
-        with engine.connect() as conn:
-            config = runner.alembic_config()
-            config.attributes["connection"] = conn
-            command.downgrade(config, "0006")
-            conn.commit()
-            conn.execute(text("INSERT INTO assets (code, scale) VALUES ('USD', 9) ON CONFLICT DO NOTHING"))
-            conn.execute(text("INSERT INTO customers (id, currency) VALUES ('mig-a', 'USD'), ('mig-b', 'USD')"))
-            conn.execute(text("INSERT INTO api_keys (id, secret_hash, scope, customers) "
-                              "VALUES ('key_mig', '\\xabcd', 'auditor', '{mig-a}')"))
-            conn.execute(text(EVENT), {"e": "shared-evt-1", "c": "mig-a"})
-            conn.execute(text(CHARGE), {"e": "shared-evt-1", "c": "mig-a"})
-            conn.commit()
-            with pytest.raises(IntegrityError):  # before 0007: one customer's id blocks another's
-                conn.execute(text(EVENT), {"e": "shared-evt-1", "c": "mig-b"})
-            conn.rollback()
+def test_event_ids_become_per_customer_and_existing_rows_and_keys_stay(migrating):
+    conn, config = migrating
+    command.downgrade(config, "0006")
+    conn.commit()
+    conn.execute(text("INSERT INTO assets (code, scale) VALUES ('USD', 9) ON CONFLICT DO NOTHING"))
+    conn.execute(text("INSERT INTO customers (id, currency) VALUES ('mig-a', 'USD'), ('mig-b', 'USD')"))
+    conn.execute(text("INSERT INTO api_keys (id, secret_hash, scope, customers) "
+                      "VALUES ('key_mig', '\\xabcd', 'auditor', '{mig-a}')"))
+    conn.execute(text(EVENT), {"e": "shared-evt-1", "c": "mig-a"})
+    conn.execute(text(CHARGE), {"e": "shared-evt-1", "c": "mig-a"})
+    conn.commit()
+    with pytest.raises(IntegrityError):  # before 0007: one customer's id blocks another's
+        conn.execute(text(EVENT), {"e": "shared-evt-1", "c": "mig-b"})
+    conn.rollback()
 
-            command.upgrade(config, "0007")
-            conn.commit()
-            key = conn.execute(text("SELECT secret_hash, scope, customers, revoked_at FROM api_keys "
-                                    "WHERE id = 'key_mig'")).one()
-            assert (bytes(key.secret_hash), key.scope, key.customers, key.revoked_at) == (
-                b"\xab\xcd", "auditor", ["mig-a"], None)
-            conn.execute(text(EVENT), {"e": "shared-evt-1", "c": "mig-b"})
-            conn.execute(text(CHARGE), {"e": "shared-evt-1", "c": "mig-b"})
-            conn.commit()
-            rows = conn.execute(text("SELECT e.customer_id FROM usage_events e JOIN charges c "
-                                     "USING (customer_id, event_id) WHERE event_id = 'shared-evt-1' "
-                                     "ORDER BY 1")).scalars().all()
-            assert rows == ["mig-a", "mig-b"]
-            with pytest.raises(IntegrityError):  # still one event per id and customer
-                conn.execute(text(EVENT), {"e": "shared-evt-1", "c": "mig-a"})
-            conn.rollback()
-            with pytest.raises(IntegrityError):  # a charge names an event of its own customer
-                conn.execute(text(CHARGE.replace(":e, :e", ":e, 'x'")), {"e": "never-sent", "c": "mig-a"})
-            conn.rollback()
+    command.upgrade(config, "0007")
+    conn.commit()
+    key = conn.execute(text("SELECT secret_hash, scope, customers, revoked_at FROM api_keys "
+                            "WHERE id = 'key_mig'")).one()
+    assert (bytes(key.secret_hash), key.scope, key.customers, key.revoked_at) == (
+        b"\xab\xcd", "auditor", ["mig-a"], None)
+    conn.execute(text(EVENT), {"e": "shared-evt-1", "c": "mig-b"})
+    conn.execute(text(CHARGE), {"e": "shared-evt-1", "c": "mig-b"})
+    conn.commit()
+    rows = conn.execute(text("SELECT e.customer_id FROM usage_events e JOIN charges c "
+                             "USING (customer_id, event_id) WHERE event_id = 'shared-evt-1' "
+                             "ORDER BY 1")).scalars().all()
+    assert rows == ["mig-a", "mig-b"]
+    with pytest.raises(IntegrityError):  # still one event per id and customer
+        conn.execute(text(EVENT), {"e": "shared-evt-1", "c": "mig-a"})
+    conn.rollback()
+    with pytest.raises(IntegrityError):  # a charge names an event of its own customer
+        conn.execute(text(CHARGE.replace(":e, :e", ":e, 'x'")), {"e": "never-sent", "c": "mig-a"})
+    conn.rollback()
 
-            with pytest.raises(DBAPIError, match="shared-evt-1 is used by several customers"):
-                command.downgrade(config, "0006")
-            conn.rollback()
-            assert runner.current_revision(conn) == "0007"
-    finally:
-        engine.dispose()
+    with pytest.raises(DBAPIError, match="shared-evt-1 is used by several customers"):
+        command.downgrade(config, "0006")
+    conn.rollback()
+    assert runner.current_revision(conn) == "0007"
 
 
-def test_0007_goes_down_and_up_with_rows_in_place(scratch_url):
-    engine = create_engine(sync_url(scratch_url))
-    try:
-        with engine.connect() as conn:
-            config = runner.alembic_config()
-            config.attributes["connection"] = conn
-            conn.execute(text("INSERT INTO assets (code, scale) VALUES ('USD', 9) ON CONFLICT DO NOTHING"))
-            conn.execute(text("INSERT INTO customers (id, currency) VALUES ('mig-c', 'USD')"))
-            conn.execute(text(EVENT), {"e": "evt-1", "c": "mig-c"})
-            conn.execute(text(CHARGE), {"e": "evt-1", "c": "mig-c"})
-            conn.commit()
-            command.downgrade(config, "0006")
-            conn.commit()
-            assert conn.execute(text("SELECT count(*) FROM charges WHERE event_id = 'evt-1'")).scalar() == 1
-            command.upgrade(config, "head")
-            conn.commit()
-            assert conn.execute(text("SELECT count(*) FROM usage_events e JOIN charges c "
-                                     "USING (customer_id, event_id)")).scalar() == 1
-    finally:
-        engine.dispose()
+def test_0007_goes_down_and_up_with_rows_in_place(migrating):
+    conn, config = migrating
+    conn.execute(text("INSERT INTO assets (code, scale) VALUES ('USD', 9) ON CONFLICT DO NOTHING"))
+    conn.execute(text("INSERT INTO customers (id, currency) VALUES ('mig-c', 'USD')"))
+    conn.execute(text(EVENT), {"e": "evt-1", "c": "mig-c"})
+    conn.execute(text(CHARGE), {"e": "evt-1", "c": "mig-c"})
+    conn.commit()
+    command.downgrade(config, "0006")
+    conn.commit()
+    assert conn.execute(text("SELECT count(*) FROM charges WHERE event_id = 'evt-1'")).scalar() == 1
+    command.upgrade(config, "head")
+    conn.commit()
+    assert conn.execute(text("SELECT count(*) FROM usage_events e JOIN charges c "
+                             "USING (customer_id, event_id)")).scalar() == 1

@@ -7,10 +7,9 @@ import json
 
 import pytest
 from alembic import command
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from api.runtime import sync_url
 from migrations import runner
 
 
@@ -24,41 +23,35 @@ def _top_up(conn, key: str, customer: str, reference: str, cash: int, lot: int) 
     return row[0]
 
 
-def test_top_ups_credited_twice_before_upgrade_and_no_reference_takes_another_after(scratch_url):
-    engine = create_engine(sync_url(scratch_url))
-    try:
-        with engine.connect() as conn:
-            config = runner.alembic_config()
-            config.attributes["connection"] = conn
-            command.downgrade(config, "0060")
-            conn.commit()
-            conn.execute(text("INSERT INTO assets (code, scale) VALUES ('USD', 9) ON CONFLICT DO NOTHING"))
-            cash, lot = (conn.execute(text("INSERT INTO accounts (code, type, asset) "
-                                           "VALUES (:c, :t, 'USD') RETURNING id"), {"c": c, "t": t}).scalar_one()
-                         for c, t in (("asset:m61:cash", "asset"), ("liability:m61:lot", "liability")))
-            conn.commit()
-            for key, reference in (("a", "pi_twice"), ("b", "pi_twice"), ("c", "pi_once"), ("d", ""), ("e", "")):
-                assert _top_up(conn, f"m61-{key}", "m61", reference, cash, lot) == "posted"
-            command.upgrade(config, "head")
-            conn.commit()
-            assert runner.current_revision(conn) == runner.head_revision()
-            for key, reference in (("f", "pi_twice"), ("g", "pi_once")):
-                with pytest.raises(IntegrityError, match=rf"=\(\d+, m61, {reference}\) already exists"):
-                    _top_up(conn, f"m61-{key}", "m61", reference, cash, lot)
-                conn.rollback()
-            for key, reference in (("h", "pi_new"), ("i", ""), ("j", "")):
-                assert _top_up(conn, f"m61-{key}", "m61", reference, cash, lot) == "posted"
-            with pytest.raises(IntegrityError, match=r"=\(\d+, m61, pi_new\) already exists"):
-                _top_up(conn, "m61-k", "m61", "pi_new", cash, lot)
-            conn.rollback()
-            assert _top_up(conn, "m61-l", "m61-other", "pi_new", cash, lot) == "posted"  # another customer's
-            credited = conn.execute(text("SELECT sum(amount) FROM postings WHERE account_id = :a"),
-                                    {"a": cash}).scalar()
-            assert credited == 10 * 9  # five before, four after
-            command.downgrade(config, "0060")
-            conn.commit()
-            assert _top_up(conn, "m61-m", "m61", "pi_new", cash, lot) == "posted"  # no guard below 0061
-            command.upgrade(config, "head")
-            conn.commit()
-    finally:
-        engine.dispose()
+def test_top_ups_credited_twice_before_upgrade_and_no_reference_takes_another_after(migrating):
+    conn, config = migrating
+    command.downgrade(config, "0060")
+    conn.commit()
+    conn.execute(text("INSERT INTO assets (code, scale) VALUES ('USD', 9) ON CONFLICT DO NOTHING"))
+    cash, lot = (conn.execute(text("INSERT INTO accounts (code, type, asset) "
+                                   "VALUES (:c, :t, 'USD') RETURNING id"), {"c": c, "t": t}).scalar_one()
+                 for c, t in (("asset:m61:cash", "asset"), ("liability:m61:lot", "liability")))
+    conn.commit()
+    for key, reference in (("a", "pi_twice"), ("b", "pi_twice"), ("c", "pi_once"), ("d", ""), ("e", "")):
+        assert _top_up(conn, f"m61-{key}", "m61", reference, cash, lot) == "posted"
+    command.upgrade(config, "head")
+    conn.commit()
+    assert runner.current_revision(conn) == runner.head_revision()
+    for key, reference in (("f", "pi_twice"), ("g", "pi_once")):
+        with pytest.raises(IntegrityError, match=rf"=\(\d+, m61, {reference}\) already exists"):
+            _top_up(conn, f"m61-{key}", "m61", reference, cash, lot)
+        conn.rollback()
+    for key, reference in (("h", "pi_new"), ("i", ""), ("j", "")):
+        assert _top_up(conn, f"m61-{key}", "m61", reference, cash, lot) == "posted"
+    with pytest.raises(IntegrityError, match=r"=\(\d+, m61, pi_new\) already exists"):
+        _top_up(conn, "m61-k", "m61", "pi_new", cash, lot)
+    conn.rollback()
+    assert _top_up(conn, "m61-l", "m61-other", "pi_new", cash, lot) == "posted"  # another customer's
+    credited = conn.execute(text("SELECT sum(amount) FROM postings WHERE account_id = :a"),
+                            {"a": cash}).scalar()
+    assert credited == 10 * 9  # five before, four after
+    command.downgrade(config, "0060")
+    conn.commit()
+    assert _top_up(conn, "m61-m", "m61", "pi_new", cash, lot) == "posted"  # no guard below 0061
+    command.upgrade(config, "head")
+    conn.commit()

@@ -9,9 +9,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 from alembic import command
-from sqlalchemy import create_engine
 
-from api.runtime import sync_url
 from migrations import runner
 
 _ROW = ("INSERT INTO {table} (lane, customer_id, period, rule_id, charge_id, rerate_id, units) "
@@ -78,22 +76,16 @@ def test_the_customer_and_re_rate_a_row_names_cannot_go_away(scratch_url, attack
                             "JOIN rerates r ON r.id = t.rerate_id").fetchone()[0] == 1
 
 
-def test_the_downgrade_restores_the_foreign_keys(scratch_url):
-    engine = create_engine(sync_url(scratch_url))
-    try:
-        with engine.connect() as conn:
-            config = runner.alembic_config()
-            config.attributes["connection"] = conn
-            command.downgrade(config, "0074")
-            conn.commit()
-            keys = {name for (name,) in conn.exec_driver_sql(
-                "SELECT conname FROM pg_constraint WHERE conrelid = 'true_up_charges'::regclass AND contype = 'f'")}
-            assert keys == {"true_up_charges_customer_id_fkey", "true_up_charges_rerate_id_fkey"}
-            command.upgrade(config, "head")
-            conn.commit()
-            assert runner.current_revision(conn) == runner.head_revision()
-    finally:
-        engine.dispose()
+def test_the_downgrade_restores_the_foreign_keys(migrating):
+    conn, config = migrating
+    command.downgrade(config, "0074")
+    conn.commit()
+    keys = {name for (name,) in conn.exec_driver_sql(
+        "SELECT conname FROM pg_constraint WHERE conrelid = 'true_up_charges'::regclass AND contype = 'f'")}
+    assert keys == {"true_up_charges_customer_id_fkey", "true_up_charges_rerate_id_fkey"}
+    command.upgrade(config, "head")
+    conn.commit()
+    assert runner.current_revision(conn) == runner.head_revision()
 
 
 def _gone(conn: psycopg.Connection, lane: int) -> str:

@@ -17,12 +17,15 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from test_rerate_volume_true_up import (
     CLOSED,
+    NOV_1,
     V1,
     applied,
     lines,
     live_lots,
     november_usage,
     spec,
+    two_models,
+    two_models_used,
     verified,
     vol,
     vol_customer,
@@ -33,6 +36,7 @@ from wallets import chart, rerating
 from wallets.audit import WALLET_CHECKS
 
 CENT = 10_000_000  # atomic units (9 decimals) of $0.01
+NOV_15 = datetime(2026, 11, 15, tzinfo=UTC)  # a re-rate from here re-rates the 20th's charge alone
 NOV_25 = datetime(2026, 11, 25, tzinfo=UTC)  # a grant's expiry before the close
 
 
@@ -48,6 +52,23 @@ async def _credited(bk: BillingKit, account: str) -> int:
 
 async def _breakage(bk: BillingKit) -> int:
     return await _credited(bk, chart.breakage_account("USD"))
+
+
+async def _damaged(bk: BillingKit, params: dict[str, Any], *sqls: str, ordered: bool = False) -> list[str]:
+    """verify's failing checks, each its name then its problems (`ordered`: sorted), once `sqls` ran
+    (with `params`) past the immutability triggers, in a transaction rolled back after."""
+
+    async def run(conn: Any) -> list[str]:
+        await conn.execute(text("SET LOCAL session_replication_role = replica"))  # past the immutability
+        for sql in sqls:
+            await conn.execute(text(sql), params)
+        await conn.execute(text("SET LOCAL session_replication_role = origin"))
+        report = await verify(conn, WALLET_CHECKS)
+        await conn.rollback()
+        return [p for c in report.checks if not c.ok
+                for p in (c.name, *(sorted(c.problems) if ordered else c.problems))]
+
+    return await bk.db.read(run)
 
 
 async def _lot(bk: BillingKit, cid: str, kind: str, amount: str, expires_at: datetime | None = None) -> str:
@@ -115,18 +136,6 @@ async def test_a_close_s_true_up_of_an_expired_grant_s_usage_goes_to_breakage(fr
     await verified(bk)
 
 
-def _two_rules(version: str, effective_from: str, rules: list[tuple[str, str, str]], high: str) -> dict:
-    """Book `two`: each (rule id, model, token type) volume-tiered, $20/M up to 100,000 tokens,
-    `high` per million beyond."""
-    return {"id": "two", "version": version, "currency": "USD", "effective_from": effective_from, "rules": [
-        {"id": rule, "model": model, "token_type": token_type, "tier_mode": "volume",
-         "tiers": [{"up_to": 100_000, "price": "20"}, {"up_to": None, "price": high}]}
-        for rule, model, token_type in rules]}
-
-
-TWO_MODELS = [("a", "model-x", "output"), ("b", "model-y", "output")]
-
-
 async def test_a_close_s_true_ups_of_two_models_promotion_paid_usage_all_go_back_to_the_promotion(fresh_db) -> None:
     """Rules a (model-x) and b (model-y), $20/M up to 100,000, $2/M beyond. A $5.00 grant pays
     model-x 200,000 tokens ($2.00 + $0.20 = $2.20) and model-y 120,000 ($2.00 + $0.04 = $2.04):
@@ -135,16 +144,10 @@ async def test_a_close_s_true_ups_of_two_models_promotion_paid_usage_all_go_back
     Before, b's share was its charges' $2.04 less the $1.80 a took back of other charges: $0.24;
     the grant got $2.04 ($2.80) and $1.56 of promotional money became a paid credit lot."""
     bk = BillingKit(fresh_db)
-    await bk.add_book(_two_rules("v1", "2026-01-01T00:00:00Z", TWO_MODELS, "2"))
-    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
-    cid = await bk.customer("two-models", book="two")
-    grant = await bk.grant(cid, "5.00")
-    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
-    await bk.event(cid, "model-x", 0, 200_000)
-    await bk.event(cid, "model-y", 0, 120_000)
+    cid, grant = await two_models_used(bk, "two-models", "2", "5.00")
     assert await _lots(bk, cid) == [("grant", 76 * CENT)]
     await bk.close(CLOSED)
-    assert await live_lots(bk, cid) == {grant.grant.id: ("grant", 436 * CENT)}
+    assert await live_lots(bk, cid) == {grant: ("grant", 436 * CENT)}
     [invoice] = await bk.invoices(cid)
     assert sorted(ln["amount"] for ln in invoice["lines"] if ln["kind"] == "volume_true_up") == ["-1.80", "-1.80"]
     await verified(bk)
@@ -159,8 +162,8 @@ async def test_a_close_s_true_ups_of_two_rules_rating_the_same_charge_take_back_
     to the grant. Had the second rule counted the charge's $4.24 again, the top-up (no room) and
     the grant would have been owed more than the charge paid."""
     bk = BillingKit(fresh_db)
-    await bk.add_book(_two_rules("v1", "2026-01-01T00:00:00Z",
-                                 [("i", "model-x", "input"), ("o", "model-x", "output")], "2"))
+    await bk.add_book(two_models("v1", "2026-01-01T00:00:00Z", "2",
+                                 [("i", "model-x", "input"), ("o", "model-x", "output")]))
     bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
     cid = await bk.customer("one-call", book="two")
     await bk.grant(cid, "3.00")
@@ -203,16 +206,8 @@ async def test_a_close_s_true_up_gives_nothing_back_to_what_paid_a_late_charge_o
     late = await bk.db.read(lambda conn: conn.scalar(text(
         "SELECT id FROM charges WHERE customer_id = :c AND occurred_at < '2026-11-01'"), {"c": cid}))
     second = max(charge for _, charge, _ in await _given(bk, cid, None))
-
-    async def moved(conn: Any) -> list[str]:
-        await conn.execute(text("SET LOCAL session_replication_role = replica"))  # past the immutability
-        await conn.execute(text("UPDATE true_up_charges SET charge_id = :late WHERE charge_id = :second"),
-                           {"late": late, "second": second})
-        await conn.execute(text("SET LOCAL session_replication_role = origin"))
-        report = await verify(conn, WALLET_CHECKS)
-        await conn.rollback()
-        return [p for c in report.checks if not c.ok for p in (c.name, *c.problems)]
-    assert await bk.db.read(moved) == [
+    assert await _damaged(bk, {"late": late, "second": second},
+                          "UPDATE true_up_charges SET charge_id = :late WHERE charge_id = :second") == [
         "credit_notes", f"true-up record of the close of customer late, 2026-11 rule v-out: charge {late} is of usage "
         f"at 2026-10-31 12:00:00+00, outside the period its invoice {november[0]['number']} closed"]
 
@@ -311,10 +306,8 @@ async def test_a_rerate_that_posts_no_entry_keeps_what_it_gave_back_of_each_char
     await verified(bk)
     # what the close and the first fix gave back of each charge is kept in a table, one row each,
     # not in the close's entry (nor in an entry the fix did not post); and never changed
-    closed = await _given(bk, cid, None)
-    first, second = sorted(charge for _, charge, _ in closed)
-    assert closed == [("v-out", first, 60 * CENT), ("v-out", second, 40 * CENT)]
-    assert await _given(bk, cid, done["rerate_id"]) == [("v-out", first, 60 * CENT), ("v-out", second, 40 * CENT)]
+    assert await _given_per_charge(bk, cid, None) == [60 * CENT, 40 * CENT]
+    assert await _given_per_charge(bk, cid, done["rerate_id"]) == [60 * CENT, 40 * CENT]
     metadata = await bk.db.read(lambda conn: conn.scalar(text(
         "SELECT metadata FROM journal_entries WHERE key = :k"), {"k": f"true-up:{cid}:2026-11"}))
     assert "true_up_charges" not in metadata and metadata["period"] == "2026-11"
@@ -330,7 +323,8 @@ async def test_a_rerate_that_posts_no_entry_keeps_what_it_gave_back_of_each_char
     assert await live_lots(bk, cid) == {top_up: ("topup", 90 * CENT), grant: ("grant", 465 * CENT)}
     await verified(bk)
     # the second fix's own record: $0.30 more of the 5th, $0.20 of the 20th
-    assert await _given(bk, cid, again["rerate_id"]) == [("v-out", first, 30 * CENT), ("v-out", second, 20 * CENT)]
+    assert await _given_per_charge(bk, cid, again["rerate_id"]) == [30 * CENT, 20 * CENT]
+    first = min(charge for _, charge, _ in await _given(bk, cid, None))  # the 5th's
     # a row of the 5th inserted again into a record is refused (migration 0071: one row per true-up,
     # rule and charge), the second fix's ($0.30 more) as the close's
     forged = """INSERT INTO true_up_charges (lane, customer_id, period, rule_id, charge_id, rerate_id, units)
@@ -391,16 +385,8 @@ async def test_verify_ties_a_close_s_record_to_its_true_up_line_and_each_row_to_
     await verified(bk)
 
     async def damaged(*sqls: str) -> list[str]:
-        async def run(conn: Any) -> list[str]:
-            await conn.execute(text("SET LOCAL session_replication_role = replica"))  # past the immutability
-            for sql in sqls:
-                await conn.execute(text(sql), {"c": cid, "r": fix, "fifth": fifth, "twentieth": twentieth,
-                                               "twenty_fifth": twenty_fifth, "december": december})
-            await conn.execute(text("SET LOCAL session_replication_role = origin"))
-            report = await verify(conn, WALLET_CHECKS)
-            await conn.rollback()
-            return [p for c in report.checks if not c.ok for p in (c.name, *sorted(c.problems))]
-        return await bk.db.read(run)
+        return await _damaged(bk, {"c": cid, "r": fix, "fifth": fifth, "twentieth": twentieth,
+                                   "twenty_fifth": twenty_fifth, "december": december}, *sqls, ordered=True)
 
     close = "customer_id = :c AND rerate_id IS NULL"
     # a row inserted: $0.10 of the 25th, $1.10 given back of the close's $1.00
@@ -433,6 +419,19 @@ async def test_verify_ties_a_close_s_record_to_its_true_up_line_and_each_row_to_
         "gave back -500000000 of its charges, its correction 500000000"]
 
 
+async def _rounded_and_closed(bk: BillingKit, cid: str, usage: list[tuple[int, int]]) -> str:
+    """Customer `cid` on book `vol` v1, $20/M to 100,000 and $9.9999/M beyond (9,999.9 atomic units a
+    token), made November 1st at 09:00 with a $10.00 top-up; its model-v output `usage`, each (day,
+    tokens) at noon of that November day; November closed."""
+    await bk.add_book(vol("v1", "2026-01-01T00:00:00Z", "20", "9.9999"))
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer(cid, book="vol")
+    await bk.top_up(cid, "10.00")
+    await november_usage(bk, cid, usage)
+    await bk.close(CLOSED)
+    return cid
+
+
 async def test_verify_ties_each_row_of_a_close_s_record_to_its_charge_s_overcharge_rounded_up(fresh_db) -> None:
     """Book v1, $20/M to 100,000, $9.9999/M beyond (9,999.9 atomic units a token): a $10.00 top-up
     pays 60,009 tokens on the 5th (1,200,180,000 units) and 70,009 on the 20th: 39,991 x 20,000 =
@@ -446,14 +445,7 @@ async def test_verify_ties_each_row_of_a_close_s_record_to_its_charge_s_overchar
     sign, which the per-rule checks passed before: $0.10 moved from the 5th's row to the 20th's (the
     same 1,000,009,998 in all), and the 20th's row one unit short (1,000,009,997, still below the line)."""
     bk = BillingKit(fresh_db)
-    await bk.add_book(vol("v1", "2026-01-01T00:00:00Z", "20", "9.9999"))
-    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
-    cid = await bk.customer("rounded-up", book="vol")
-    await bk.top_up(cid, "10.00")
-    for day, tokens in [(5, 60_009), (20, 70_009)]:
-        bk.clock.now = datetime(2026, 11, day, 12, tzinfo=UTC)
-        await bk.event(cid, "model-v", 0, tokens)
-    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    cid = await _rounded_and_closed(bk, "rounded-up", [(5, 60_009), (20, 70_009)])
     fifth, twentieth = sorted(charge for _, charge, _ in await _given(bk, cid, None))
     assert await _given(bk, cid, None) == [("v-out", fifth, 600_096_000), ("v-out", twentieth, 399_913_998)]
     [invoice] = await bk.invoices(cid)
@@ -461,15 +453,7 @@ async def test_verify_ties_each_row_of_a_close_s_record_to_its_charge_s_overchar
     await verified(bk)
 
     async def damaged(*sqls: str) -> list[str]:
-        async def run(conn: Any) -> list[str]:
-            await conn.execute(text("SET LOCAL session_replication_role = replica"))  # past the immutability
-            for sql in sqls:
-                await conn.execute(text(sql), {"c": cid, "fifth": fifth, "twentieth": twentieth})
-            await conn.execute(text("SET LOCAL session_replication_role = origin"))
-            report = await verify(conn, WALLET_CHECKS)
-            await conn.rollback()
-            return [p for c in report.checks if not c.ok for p in (c.name, *c.problems)]
-        return await bk.db.read(run)
+        return await _damaged(bk, {"c": cid, "fifth": fifth, "twentieth": twentieth}, *sqls)
 
     record = "true-up record of the close of customer rounded-up, 2026-11 rule v-out"
     close = "customer_id = :c AND rerate_id IS NULL"
@@ -495,14 +479,7 @@ async def test_verify_ties_three_charges_rounded_up_and_down_and_after_a_re_rate
     399,913,999 (one unit below the line: verify passes); the 25th given 1, or the 15th's row one short,
     is named. Re-rated to $16/M and $8/M afterwards: verify still passes."""
     bk = BillingKit(fresh_db)
-    await bk.add_book(vol("v1", "2026-01-01T00:00:00Z", "20", "9.9999"))
-    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
-    cid = await bk.customer("three-rounded", book="vol")
-    await bk.top_up(cid, "10.00")
-    for day, tokens in [(5, 60_009), (15, 70_004), (25, 30_007)]:
-        bk.clock.now = datetime(2026, 11, day, 12, tzinfo=UTC)
-        await bk.event(cid, "model-v", 0, tokens)
-    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    cid = await _rounded_and_closed(bk, "three-rounded", [(5, 60_009), (15, 70_004), (25, 30_007)])
     charged = list(await bk.db.read(lambda conn: conn.execute(text(
         "SELECT id, charged FROM charges WHERE customer_id = :c ORDER BY id"), {"c": cid})))
     fifth, fifteenth, twentyfifth = [charge for charge, _ in charged]
@@ -513,14 +490,7 @@ async def test_verify_ties_three_charges_rounded_up_and_down_and_after_a_re_rate
     await verified(bk)
 
     async def damaged(sql: str) -> list[str]:
-        async def run(conn: Any) -> list[str]:
-            await conn.execute(text("SET LOCAL session_replication_role = replica"))  # past the immutability
-            await conn.execute(text(sql), {"c": cid, "fifteenth": fifteenth, "twentyfifth": twentyfifth})
-            await conn.execute(text("SET LOCAL session_replication_role = origin"))
-            report = await verify(conn, WALLET_CHECKS)
-            await conn.rollback()
-            return [p for c in report.checks if not c.ok for p in (c.name, *c.problems)]
-        return await bk.db.read(run)
+        return await _damaged(bk, {"c": cid, "fifteenth": fifteenth, "twentyfifth": twentyfifth}, sql)
 
     record = "true-up record of the close of customer three-rounded, 2026-11 rule v-out"
     left = "where its overcharge at the tier reached (up to what the line's 1000010000 left) is"
@@ -565,18 +535,18 @@ async def test_a_close_s_record_gives_the_charges_after_one_its_payers_could_not
     [invoice] = await bk.invoices(cid)
     assert sorted((ln["kind"], ln["amount"]) for ln in invoice["lines"] if ln["kind"] == "volume_true_up") == [
         ("volume_true_up", "-0.90"), ("volume_true_up", "0.45")]
-    fifth, twentieth = sorted(charge for _, charge, _ in await _given(bk, cid, None))
-    assert await _given(bk, cid, None) == [("v-out", fifth, 72 * CENT), ("v-out", twentieth, 18 * CENT)]
+    assert await _given_per_charge(bk, cid, None) == [72 * CENT, 18 * CENT]
     assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 916 * CENT)}
     await verified(bk)
 
 
-async def _rerated(bk: BillingKit, high: str, low: str, on: datetime = datetime(2026, 12, 2, tzinfo=UTC)) -> dict:
-    """November re-rated, on `on`, to a book `v2` from November 1st: `high` $/M to 100,000 output
-    tokens, `low` beyond."""
+async def _rerated(bk: BillingKit, high: str, low: str, on: datetime = datetime(2026, 12, 2, tzinfo=UTC),
+                   since: datetime = NOV_1) -> dict:
+    """November re-rated from `since`, on `on`, to a book `v2` from November 1st: `high` $/M to
+    100,000 output tokens, `low` beyond."""
     await bk.add_book(vol("v2", "2026-11-01T00:00:00Z", high, low))
     bk.clock.now = on
-    return await applied(bk, spec("v2"))
+    return await applied(bk, spec("v2", since))
 
 
 async def _given(bk: BillingKit, cid: str, rerate_id: str | None) -> list[tuple[str, int, int]]:
@@ -586,6 +556,15 @@ async def _given(bk: BillingKit, cid: str, rerate_id: str | None) -> list[tuple[
             WHERE customer_id = :c AND rerate_id IS NOT DISTINCT FROM :r ORDER BY rule_id, charge_id"""),
         {"c": cid, "r": rerate_id}))
     return [(rule, charge, int(units)) for rule, charge, units in rows]
+
+
+async def _given_per_charge(bk: BillingKit, cid: str, rerate_id: str | None) -> list[int]:
+    """What the customer's close (`rerate_id` None) or a re-rate of it gave back (less took back) of
+    each of the two charges the close counted, all of rule v-out: in the order of the charges' ids."""
+    first, second = sorted(charge for _, charge, _ in await _given(bk, cid, None))
+    given = await _given(bk, cid, rerate_id)
+    assert [(rule, charge) for rule, charge, _ in given] == [("v-out", first), ("v-out", second)]
+    return [units for _, _, units in given]
 
 
 async def _closed_per_charge(bk: BillingKit, cid: str,
@@ -620,9 +599,7 @@ async def test_a_true_up_corrected_up_takes_back_of_each_charge_from_what_that_c
                             ("volume_true_up", "-1.00", "-0.50", "0.50")]
     assert await live_lots(bk, "taken-back") == {top_up: ("topup", 30 * CENT), grant: ("grant", 395 * CENT)}
     await verified(bk)
-    first, second = sorted(charge for _, charge, _ in await _given(bk, "taken-back", None))
-    assert await _given(bk, "taken-back", done["rerate_id"]) == [("v-out", first, -30 * CENT),
-                                                                ("v-out", second, -20 * CENT)]
+    assert await _given_per_charge(bk, "taken-back", done["rerate_id"]) == [-30 * CENT, -20 * CENT]
 
 
 async def test_a_true_up_corrected_up_beside_cheaper_charges_nets_each_charge_s_payers(fresh_db) -> None:
@@ -688,15 +665,13 @@ async def test_a_close_s_record_counts_what_an_expired_grant_s_charge_gave_back_
 
     assert await live_lots(bk, cid) == {top_up: ("topup", 60 * CENT)}
     assert await _breakage(bk) == 40 * CENT
-    closed = await _given(bk, cid, None)
-    first, second = sorted(charge for _, charge, _ in closed)
-    assert closed == [("v-out", first, 60 * CENT), ("v-out", second, 40 * CENT)]
+    assert await _given_per_charge(bk, cid, None) == [60 * CENT, 40 * CENT]
     await verified(bk)
     done = await _rerated(bk, "20", "5")
     assert done["delta"] == "-0.65", done
     assert await live_lots(bk, cid) == {top_up: ("topup", 90 * CENT)}
     assert await _breakage(bk) == 75 * CENT
-    assert await _given(bk, cid, done["rerate_id"]) == [("v-out", first, 30 * CENT), ("v-out", second, 20 * CENT)]
+    assert await _given_per_charge(bk, cid, done["rerate_id"]) == [30 * CENT, 20 * CENT]
 
 
 async def test_a_true_up_corrected_up_more_than_cheaper_charges_nets_each_charge_s_payers(fresh_db) -> None:
@@ -770,10 +745,12 @@ async def test_a_true_up_corrected_up_takes_nothing_from_breakage_for_an_expired
     await verified(bk)
 
 
-async def _zero_sum(bk: BillingKit) -> None:
+async def _balanced(bk: BillingKit) -> None:
+    """The USD trial balance sums to zero, and verify passes."""
     trial = await bk.db.read(lambda conn: trial_balance(conn, "USD"))
     debits, credits = trial.totals["USD"]
     assert debits == credits and sum(ln.debits - ln.credits for ln in trial.lines) == 0
+    await verified(bk)
 
 
 async def test_a_true_up_corrected_down_with_a_charge_it_takes_back_of_gives_and_takes_each_charge_s_part(
@@ -791,18 +768,13 @@ async def test_a_true_up_corrected_down_with_a_charge_it_takes_back_of_gives_and
     by the grant alone ($4.04), the top-up keeping $0.60."""
     bk = BillingKit(fresh_db)
     top_up, grant = await _closed_per_charge(bk, "mixed-down")
-    await bk.add_book(vol("v2", "2026-11-01T00:00:00Z", "30", "12"))
-    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
-    done = await applied(bk, spec("v2", datetime(2026, 11, 15, tzinfo=UTC)))
+    done = await _rerated(bk, "30", "12", since=NOV_15)
     assert lines(done) == [("output", "1.10", "1.56", "0.46"),
                             ("volume_true_up", "-1.00", "-1.20", "-0.20")]
     assert done["delta"] == "0.26", done
     assert await live_lots(bk, "mixed-down") == {top_up: ("topup", 48 * CENT), grant: ("grant", 416 * CENT)}
-    first, second = sorted(charge for _, charge, _ in await _given(bk, "mixed-down", None))
-    assert await _given(bk, "mixed-down", done["rerate_id"]) == [("v-out", first, -12 * CENT),
-                                                                ("v-out", second, 32 * CENT)]
-    await _zero_sum(bk)
-    await verified(bk)
+    assert await _given_per_charge(bk, "mixed-down", done["rerate_id"]) == [-12 * CENT, 32 * CENT]
+    await _balanced(bk)
 
 
 async def test_a_true_up_corrected_up_with_a_charge_it_gives_back_to_gives_and_takes_each_charge_s_part(
@@ -819,18 +791,13 @@ async def test_a_true_up_corrected_up_with_a_charge_it_gives_back_to_gives_and_t
     existed."""
     bk = BillingKit(fresh_db)
     top_up, grant = await _closed_per_charge(bk, "mixed-up")
-    await bk.add_book(vol("v2", "2026-11-01T00:00:00Z", "24", "12"))
-    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
-    done = await applied(bk, spec("v2", datetime(2026, 11, 15, tzinfo=UTC)))
+    done = await _rerated(bk, "24", "12", since=NOV_15)
     assert lines(done) == [("output", "1.10", "1.32", "0.22"),
                             ("volume_true_up", "-1.00", "-0.96", "0.04")]
     assert done["delta"] == "0.26", done
     assert await live_lots(bk, "mixed-up") == {top_up: ("topup", 48 * CENT), grant: ("grant", 416 * CENT)}
-    first, second = sorted(charge for _, charge, _ in await _given(bk, "mixed-up", None))
-    assert await _given(bk, "mixed-up", done["rerate_id"]) == [("v-out", first, -12 * CENT),
-                                                              ("v-out", second, 8 * CENT)]
-    await _zero_sum(bk)
-    await verified(bk)
+    assert await _given_per_charge(bk, "mixed-up", done["rerate_id"]) == [-12 * CENT, 8 * CENT]
+    await _balanced(bk)
 
 
 def _in_out(version: str, effective_from: str, high: str, low: str, input_price: str) -> dict:
@@ -883,11 +850,8 @@ async def test_a_rerate_netting_to_zero_still_takes_a_true_up_s_part_of_one_char
     assert lines(done) == [("input", "1.30", "1.04", "-0.26"), ("output", "1.10", "1.16", "0.06"),
                            ("volume_true_up", "-1.00", "-0.80", "0.20")]
     assert await live_lots(bk, "net-zero-up") == {top_up: ("topup", 48 * CENT), grant: ("grant", 312 * CENT)}
-    first, second = sorted(charge for _, charge, _ in await _given(bk, "net-zero-up", None))
-    assert await _given(bk, "net-zero-up", done["rerate_id"]) == [("v-out", first, -12 * CENT),
-                                                                 ("v-out", second, -8 * CENT)]
-    await _zero_sum(bk)
-    await verified(bk)
+    assert await _given_per_charge(bk, "net-zero-up", done["rerate_id"]) == [-12 * CENT, -8 * CENT]
+    await _balanced(bk)
 
 
 async def test_a_rerate_netting_to_zero_still_gives_a_true_up_s_part_of_one_charge_to_its_payer(fresh_db) -> None:
@@ -904,11 +868,8 @@ async def test_a_rerate_netting_to_zero_still_gives_a_true_up_s_part_of_one_char
     assert lines(done) == [("input", "1.30", "1.56", "0.26"), ("output", "1.10", "1.04", "-0.06"),
                            ("volume_true_up", "-1.00", "-1.20", "-0.20")]
     assert await live_lots(bk, "net-zero-down") == {top_up: ("topup", 72 * CENT), grant: ("grant", 288 * CENT)}
-    first, second = sorted(charge for _, charge, _ in await _given(bk, "net-zero-down", None))
-    assert await _given(bk, "net-zero-down", done["rerate_id"]) == [("v-out", first, 12 * CENT),
-                                                                   ("v-out", second, 8 * CENT)]
-    await _zero_sum(bk)
-    await verified(bk)
+    assert await _given_per_charge(bk, "net-zero-down", done["rerate_id"]) == [12 * CENT, 8 * CENT]
+    await _balanced(bk)
 
 
 async def test_a_rerate_raising_a_charge_nets_its_increase_with_what_its_true_up_part_gives_its_payer(
@@ -937,11 +898,9 @@ async def test_a_rerate_raising_a_charge_nets_its_increase_with_what_its_true_up
                            ("volume_true_up", "-1.00", "-1.90", "-0.90")]
     assert done["delta"] == "-0.65", done
     assert await live_lots(bk, cid) == {top_up: ("topup", 90 * CENT), grant: ("grant", 465 * CENT)}
-    first, second = sorted(charge for _, charge, _ in await _given(bk, cid, None))
     # what the true-up's correction gave back of each charge (its increase is the charge's own)
-    assert await _given(bk, cid, done["rerate_id"]) == [("v-out", first, 54 * CENT), ("v-out", second, 36 * CENT)]
-    await _zero_sum(bk)
-    await verified(bk)
+    assert await _given_per_charge(bk, cid, done["rerate_id"]) == [54 * CENT, 36 * CENT]
+    await _balanced(bk)
     # Back to v1's prices ($20/M, $10/M; v3 from November 2nd): the 5th $1.20 (-$0.24, to the
     # top-up), the 20th $1.10 (-$0.01, to the grant); the true-up -$1.00 where -$1.90 stands: +$0.90,
     # +$0.65 in all. At $10/M the 5th is $0.60 over, where $0.60 + $0.54 = $1.14 was given back:
@@ -954,6 +913,5 @@ async def test_a_rerate_raising_a_charge_nets_its_increase_with_what_its_true_up
                            ("volume_true_up", "-1.90", "-1.00", "0.90")]
     assert back["delta"] == "0.65", back
     assert await live_lots(bk, cid) == {top_up: ("topup", 60 * CENT), grant: ("grant", 430 * CENT)}
-    assert await _given(bk, cid, back["rerate_id"]) == [("v-out", first, -54 * CENT), ("v-out", second, -36 * CENT)]
-    await _zero_sum(bk)
-    await verified(bk)
+    assert await _given_per_charge(bk, cid, back["rerate_id"]) == [-54 * CENT, -36 * CENT]
+    await _balanced(bk)

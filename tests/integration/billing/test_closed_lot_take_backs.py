@@ -16,13 +16,14 @@ from datetime import UTC, datetime
 
 from billing_kit import BillingKit
 from test_close_true_up_funding import _closed_per_charge, _paid_per_charge, _rerated
-from test_rerate_volume_true_up import CLOSED, V1, applied, live_lots, spec, verified, vol, vol_customer
+from test_rerate_volume_true_up import CLOSED, applied, live_lots, spec, verified, vol, vol_customer
 
 from ledger.audit import trial_balance
 from wallets import chart, expiry
 from wallets.core.commands import ReverseGrant
 
 CENT = 10_000_000  # atomic units (9 decimals) of $0.01
+DEC_12 = datetime(2026, 12, 12, tzinfo=UTC)  # a re-rate after the sweep of December 10th
 PROMOTIONS, BREAKAGE, REVENUE = (chart.promotions_account("USD"), chart.breakage_account("USD"),
                                  chart.revenue_account("USD"))
 
@@ -66,13 +67,11 @@ async def test_a_true_up_corrected_up_takes_a_revoked_grant_s_part_back_from_its
     top_up, grant = await _closed_per_charge(bk, "revoked-taken")
     before = await _revoked(bk, "revoked-taken", grant)
     assert await live_lots(bk, "revoked-taken") == {top_up: ("topup", 60 * CENT)}
-    done = await _rerated(bk, "18", "12")
+    done, lots, after = await _rerated_from(bk, "revoked-taken", "18", "12")
     assert done["delta"] == "0.26", done
-    assert await live_lots(bk, "revoked-taken") == {top_up: ("topup", 48 * CENT)}
-    after = await _credited(bk)
+    assert lots == {top_up: ("topup", 48 * CENT)}
     assert _moved(before, after, PROMOTIONS, REVENUE, BREAKAGE) == (-14 * CENT, 26 * CENT, 0)
     assert after.get(chart.lot_account("revoked-taken", grant), 0) == 0  # the revoked grant holds nothing
-    await verified(bk)
 
 
 async def test_a_true_up_corrected_up_takes_from_a_revoked_grant_s_revocation_at_most_what_it_revoked(
@@ -89,12 +88,20 @@ async def test_a_true_up_corrected_up_takes_from_a_revoked_grant_s_revocation_at
     before = await _revoked(bk, "revoked-capped", grant, 320_000)
     assert before.get(chart.lot_account("revoked-capped", grant), 0) == 0 and await live_lots(bk, "revoked-capped") == {
         top_up: ("topup", 60 * CENT)}
-    done = await _rerated(bk, "18", "12")
+    done, lots, after = await _rerated_from(bk, "revoked-capped", "18", "12")
     assert done["delta"] == "0.26", done
-    assert await live_lots(bk, "revoked-capped") == {top_up: ("topup", 44 * CENT)}
-    after = await _credited(bk)
+    assert lots == {top_up: ("topup", 44 * CENT)}
     assert _moved(before, after, PROMOTIONS, REVENUE, BREAKAGE) == (-10 * CENT, 26 * CENT, 0)
+
+
+async def _rerated_from(bk: BillingKit, cid: str, high: str, low: str,
+                        on: datetime = datetime(2026, 12, 2, tzinfo=UTC)) -> tuple[dict, dict, dict[str, int]]:
+    """November re-rated on `on` to $`high`/M up to 100,000 and $`low`/M beyond (`_rerated`); verify
+    passes. Its answer, the customer's live lots and every account's credits less debits then."""
+    done = await _rerated(bk, high, low, on=on)
+    lots, credited = await live_lots(bk, cid), await _credited(bk)
     await verified(bk)
+    return done, lots, credited
 
 
 async def _expired_after_the_close(bk: BillingKit, cid: str, december_tokens: int) -> tuple[str, dict[str, int]]:
@@ -102,22 +109,15 @@ async def _expired_after_the_close(bk: BillingKit, cid: str, december_tokens: in
     $1.10 ($3.90). The close: the 5th's $0.60 to the grant, live ($0.60), the 20th's $0.40 to the
     top-up ($4.30). December 3rd: `december_tokens` at $20/M from the grant; December 10th it expires,
     its remainder swept to breakage. The top-up's id, and every account's credits less debits then."""
-    await bk.add_book(V1)
-    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
-    await bk.customer(cid, book="vol")
-    await bk.grant(cid, "1.20", expires_at=datetime(2026, 12, 10, tzinfo=UTC))
-    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 60_000)
-    bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
-    top_up = await bk.top_up(cid, "5.00")
-    bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 70_000)
-    await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
+    await vol_customer(bk, cid)
+    _, top_up = await _paid_per_charge(bk, cid, ("grant", "1.20", datetime(2026, 12, 10, tzinfo=UTC)),
+                                       ("topup", "5.00"))
+    await bk.close(CLOSED)
     bk.clock.now = datetime(2026, 12, 3, 12, tzinfo=UTC)
     await bk.event(cid, "model-v", 0, december_tokens)
     bk.clock.now = datetime(2026, 12, 10, 12, tzinfo=UTC)
     await expiry.expire_grants(bk.db, bk.clock.now)
-    return top_up.grant.id, await _credited(bk)
+    return top_up, await _credited(bk)
 
 
 async def test_a_true_up_corrected_up_takes_back_from_breakage_what_a_lot_expired_after_the_close_swept(
@@ -134,12 +134,10 @@ async def test_a_true_up_corrected_up_takes_back_from_breakage_what_a_lot_expire
     bk = BillingKit(fresh_db)
     top_up, before = await _expired_after_the_close(bk, "swept-taken", 10_000)
     assert (await live_lots(bk, "swept-taken"), before[BREAKAGE]) == ({top_up: ("topup", 430 * CENT)}, 40 * CENT)
-    done = await _rerated(bk, "20", "15", on=datetime(2026, 12, 12, tzinfo=UTC))
+    done, lots, after = await _rerated_from(bk, "swept-taken", "20", "15", on=DEC_12)
     assert done["delta"] == "0.65", done
-    assert await live_lots(bk, "swept-taken") == {top_up: ("topup", 395 * CENT)}
-    after = await _credited(bk)
+    assert lots == {top_up: ("topup", 395 * CENT)}
     assert _moved(before, after, BREAKAGE, REVENUE, PROMOTIONS) == (-30 * CENT, 65 * CENT, 0)
-    await verified(bk)
 
 
 async def test_a_true_up_corrected_up_takes_back_from_breakage_at_most_what_the_lot_swept(fresh_db) -> None:
@@ -151,12 +149,10 @@ async def test_a_true_up_corrected_up_takes_back_from_breakage_at_most_what_the_
     bk = BillingKit(fresh_db)
     top_up, before = await _expired_after_the_close(bk, "swept-capped", 25_000)
     assert (await live_lots(bk, "swept-capped"), before[BREAKAGE]) == ({top_up: ("topup", 430 * CENT)}, 10 * CENT)
-    done = await _rerated(bk, "20", "15", on=datetime(2026, 12, 12, tzinfo=UTC))
+    done, lots, after = await _rerated_from(bk, "swept-capped", "20", "15", on=DEC_12)
     assert done["delta"] == "0.65", done
-    assert await live_lots(bk, "swept-capped") == {top_up: ("topup", 375 * CENT)}
-    after = await _credited(bk)
+    assert lots == {top_up: ("topup", 375 * CENT)}
     assert _moved(before, after, BREAKAGE, REVENUE, PROMOTIONS) == (-10 * CENT, 65 * CENT, 0)
-    await verified(bk)
 
 
 async def test_two_true_ups_corrected_up_take_from_a_revoked_grant_s_revocation_at_most_what_it_revoked_in_all(
@@ -182,10 +178,9 @@ async def test_two_true_ups_corrected_up_take_from_a_revoked_grant_s_revocation_
     top_up, grant = await _closed_per_charge(bk, "revoked-twice")
     before = await _revoked(bk, "revoked-twice", grant, 320_000)
     assert before[PROMOTIONS] + 500 * CENT == 10 * CENT  # the grant's $5.00 out, its $0.10 revoked
-    done = await _rerated(bk, "20", "12")
+    done, lots, once = await _rerated_from(bk, "revoked-twice", "20", "12")
     assert done["delta"] == "0.26", done
-    assert await live_lots(bk, "revoked-twice") == {top_up: ("topup", 42 * CENT)}
-    once = await _credited(bk)
+    assert lots == {top_up: ("topup", 42 * CENT)}
     assert _moved(before, once, PROMOTIONS, REVENUE, BREAKAGE) == (-8 * CENT, 26 * CENT, 0)
     await bk.add_book(vol("v3", "2026-11-02T00:00:00Z", "20", "14"))
     bk.clock.now = datetime(2026, 12, 3, tzinfo=UTC)
@@ -220,9 +215,7 @@ async def test_a_true_up_corrected_up_takes_from_promotions_what_the_close_gave_
     before = await _credited(bk)
     assert await live_lots(bk, cid) == {top_up: ("topup", 60 * CENT)}
     assert _moved(pre_close, before, PROMOTIONS) == (40 * CENT,)
-    done = await _rerated(bk, "20", "12")
+    done, lots, after = await _rerated_from(bk, cid, "20", "12")
     assert done["delta"] == "0.26", done
-    assert await live_lots(bk, cid) == {top_up: ("topup", 42 * CENT)}
-    after = await _credited(bk)
+    assert lots == {top_up: ("topup", 42 * CENT)}
     assert _moved(before, after, PROMOTIONS, REVENUE, BREAKAGE) == (-8 * CENT, 26 * CENT, 0)
-    await verified(bk)

@@ -276,13 +276,31 @@ async def test_a_re_rate_in_the_grace_window_counts_in_the_closing_period_s_true
     await verified(bk)
 
 
-def two_models(version: str, effective_from: str, high: str) -> dict[str, Any]:
-    """Book `two`: rules a (model-x output) and b (model-y output), volume-tiered, $20/M up to
-    100,000 tokens, `high` per million beyond."""
+TWO_MODELS = [("a", "model-x", "output"), ("b", "model-y", "output")]
+
+
+def two_models(version: str, effective_from: str, high: str,
+               rules: list[tuple[str, str, str]] = TWO_MODELS) -> dict[str, Any]:
+    """Book `two`: each (rule id, model, token type) of `rules` volume-tiered, $20/M up to 100,000
+    tokens, `high` per million beyond; by default rules a (model-x output) and b (model-y output)."""
     return {"id": "two", "version": version, "currency": "USD", "effective_from": effective_from, "rules": [
-        {"id": rule, "model": model, "token_type": "output", "tier_mode": "volume",
+        {"id": rule, "model": model, "token_type": token_type, "tier_mode": "volume",
          "tiers": [{"up_to": 100_000, "price": "20"}, {"up_to": None, "price": high}]}
-        for rule, model in [("a", "model-x"), ("b", "model-y")]]}
+        for rule, model, token_type in rules]}
+
+
+async def two_models_used(bk: BillingKit, cid: str, high: str, grant: str) -> tuple[str, str]:
+    """Customer `cid` on book `two` (two_models v1, `high` $/M beyond 100,000) made November 1st at
+    09:00 with a grant of `grant`; November 5th at noon, 200,000 model-x output tokens ($2.00 +
+    100,000 x `high`) and 120,000 model-y ($2.00 + 20,000 x `high`). The customer and the grant's lot."""
+    await bk.add_book(two_models("v1", "2026-01-01T00:00:00Z", high))
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer(cid, book="two")
+    lot = (await bk.grant(cid, grant)).grant.id
+    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
+    await bk.event(cid, "model-x", 0, 200_000)
+    await bk.event(cid, "model-y", 0, 120_000)
+    return cid, lot
 
 
 async def test_a_rerate_correcting_two_models_true_ups_gives_a_promotion_back_all_it_paid_of_each(
@@ -296,21 +314,15 @@ async def test_a_rerate_correcting_two_models_true_ups_gives_a_promotion_back_al
     November now costs). Before, b's share was the $2.20 model-y paid less all the grant had taken
     back of model-x's too ($1.98): $0.22; the grant got $2.20 and $0.68 became paid credit."""
     bk = BillingKit(fresh_db)
-    await bk.add_book(two_models("v1", "2026-01-01T00:00:00Z", "10"))
-    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
-    cid = await bk.customer("two-models", book="two")
-    grant = await bk.grant(cid, "10.00")
-    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
-    await bk.event(cid, "model-x", 0, 200_000)
-    await bk.event(cid, "model-y", 0, 120_000)
+    cid, grant = await two_models_used(bk, "two-models", "10", "10.00")
     await bk.close(CLOSED)
-    assert await live_lots(bk, cid) == {grant.grant.id: ("grant", 6_800_000_000)}
+    assert await live_lots(bk, cid) == {grant: ("grant", 6_800_000_000)}
     await bk.add_book(two_models("v2", "2026-11-01T00:00:00Z", "1"))
     bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
     done = await applied(bk, rerating.RerateSpec("two", "v2", NOV_1, DEC_1, None))
     assert done["delta"] == "-2.88"
     after = {g.id: (g.kind, g.remaining) for g in (await bk.service.wallet(cid)).grants if g.remaining}
-    assert after == {grant.grant.id: ("grant", 9_680_000_000)}
+    assert after == {grant: ("grant", 9_680_000_000)}
     await verified(bk)
 
 
