@@ -553,19 +553,20 @@ async def load_period_usage(conn: AsyncConnection, pairs: Iterable[tuple[str, st
     return found
 
 
-async def event_times(conn: AsyncConnection, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], datetime]:
+async def kept_events(conn: AsyncConnection, pairs: Iterable[tuple[str, str]]
+                      ) -> dict[tuple[str, str], tuple[datetime, bytes]]:
     """When each recorded usage event of these (customer, event id) occurred, as kept (to the
-    microsecond)."""
+    microsecond), and its request hash."""
     wanted = sorted(set(pairs))
     if not wanted:
         return {}
     rows = await conn.exec_driver_sql(  # a usage batch's customers may be of several lanes
-        """SELECT e.customer_id, e.event_id, e.occurred_at
+        """SELECT e.customer_id, e.event_id, e.occurred_at, e.request_hash
              FROM unnest(%s::text[], %s::text[]) AS w(customer_id, event_id)
              JOIN customers c ON c.id = w.customer_id
              JOIN usage_events e ON e.lane = c.lane AND e.customer_id = w.customer_id AND e.event_id = w.event_id""",
         ([c for c, _ in wanted], [e for _, e in wanted]))
-    return {(cid, event_id): at for cid, event_id, at in rows}
+    return {(cid, event_id): (at, bytes(digest)) for cid, event_id, at, digest in rows}
 
 
 async def load_rollups(conn: AsyncConnection, since: Iterable[tuple[str, str]]

@@ -125,14 +125,14 @@ def _command(event: UsageEvent, instant: Instant, latest: datetime, dimensions: 
                        tokens=tokens, usage=stored, dimensions=dimensions)
 
 
-def _respelled(command: RecordUsage, event: UsageEvent) -> RecordUsage:
-    """`command` again, for an event whose id was kept with another hash: with the hashes of its
+def _respelled(command: RecordUsage, event: UsageEvent) -> Hashes:
+    """For an event whose id was kept with another hash, at the same instant: the hashes of its
     body with the timestamp in each spelling an event kept before the hash read the instant may
     have been kept with (its text as sent then): the usual ones (`spellings`), then at every
     offset a zone keeps (`zone_spellings`), computed only until one is found."""
     body, at, sent = _body(event), command.occurred_at, event.timestamp
-    return replace(command, earlier=Hashes(
-        lambda: marked(body), lambda: ((text,) for text in chain(spellings(at, sent), zone_spellings(at, sent)))))
+    return Hashes(lambda: marked(body),
+                  lambda: ((text,) for text in chain(spellings(at, sent), zone_spellings(at, sent))))
 
 
 def _at_instants(data: list[Any], instants: list[Instant]) -> list[Any]:
@@ -212,14 +212,19 @@ async def _recorded(wallets: Any, db: Database, request: Request, events: list[U
     outcomes = await wallets.submit_many(commands)
     conflicts = [n for n, outcome in enumerate(outcomes) if isinstance(outcome, ConflictError)]
     if conflicts:  # kept before the hash read the instant? (rare: asked again, not on every event)
-        kept = await db.read(lambda conn: store.event_times(
+        kept = await db.read(lambda conn: store.kept_events(
             conn, [(commands[n].customer_id, commands[n].event_id) for n in conflicts]))
-        # only an event kept at the same instant (to the microsecond, as kept) may be one
-        conflicts = [n for n in conflicts if kept.get((commands[n].customer_id, commands[n].event_id))
-                     == commands[n].occurred_at]
-        again = await wallets.submit_many([_respelled(commands[n], events[positions[n]]) for n in conflicts]) \
-            if conflicts else []
-        for n, outcome in zip(conflicts, again, strict=True):
+        # only an event kept at the same instant (to the microsecond, as kept) may be one; its
+        # spellings are hashed here, not in the lane's transaction (up to 2,161 sha256 each), and
+        # the one found is all the event carries again (a kept event's hash never changes)
+        found: dict[int, bytes] = {}
+        for n in conflicts:
+            at, digest = kept.get((commands[n].customer_id, commands[n].event_id), (None, b""))
+            if at == commands[n].occurred_at and digest in _respelled(commands[n], events[positions[n]]):
+                found[n] = digest
+        again = await wallets.submit_many([replace(commands[n], earlier=(digest,)) for n, digest in found.items()]) \
+            if found else []
+        for n, outcome in zip(found, again, strict=True):
             outcomes[n] = outcome
     accepted = duplicates = 0
     for index, command, outcome in zip(positions, commands, outcomes, strict=True):

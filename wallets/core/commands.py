@@ -2,7 +2,7 @@
 (its conflict keys keep two commands on one reservation or key out of one batch)."""
 from __future__ import annotations
 
-from collections.abc import Container, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -236,10 +236,10 @@ class RecordUsage(Command):
     tokens: Mapping[str, int]
     usage: Mapping[str, Any]
     dimensions: Mapping[str, Any] = field(default_factory=dict)
-    # of the body with its timestamp spelled as an event kept before the hash read the instant may
-    # have been kept with (as sent, Z, +00:00, .000, another offset, ...): given when request_hash
-    # met a conflict, looked in only when the event's hash is not request_hash
-    earlier: Container[bytes] = ()
+    # of the body with its timestamp spelled as an event kept before the hash read the instant
+    # was kept with (as sent, Z, +00:00, .000, another offset, ...): given when request_hash met a
+    # conflict, the one hash the route found among its spellings (before the lane's transaction)
+    earlier: tuple[bytes, ...] = ()
     needs_book = True
 
     def _keys(self) -> set[tuple[str, ...]]:
