@@ -41,6 +41,7 @@ from ledger.model import request_hash
 from pricing.errors import PricingError
 from wallets import reports, store
 from wallets.commands import RecordUsage, UsageResult
+from wallets.core.idempotency import IdemKey, Replayed
 from wallets.core.state import wire_time
 from wallets.errors import ConflictError, WalletValidationError
 from wallets.periods import new_zone
@@ -152,7 +153,7 @@ def _kept_before(request: Request, data: list[Any], instants: list[Instant]) -> 
     kept with: before 8ef7fcc, of the batch as sent (tried as sent now, then each time in each
     uniform spelling, `uniform_spellings`: one serializer spells a batch alike); from 8ef7fcc to
     e8ee375, of each time as wire_time, to the microsecond (tried where a time is finer). Each
-    computed only on a conflict, until one is found."""
+    computed only on a conflict (`_claimed`), until one is found."""
     times = [(instant[0], item["timestamp"]) for item, instant in zip(data, instants, strict=True)
              if isinstance(instant, tuple)]
 
@@ -167,6 +168,22 @@ def _kept_before(request: Request, data: list[Any], instants: list[Instant]) -> 
         texts)
 
 
+async def _claimed(wallets: Any, db: Database, request: Request, idem: IdemKey, data: list[Any],
+                   instants: list[Instant]) -> Replayed | None:
+    """wallets.claim(idem). Where the key was kept with another hash (a conflict), that hash is
+    read and looked for among those a key kept before may hold (`_kept_before`) here, not in the
+    key's transaction, and the key claimed again with the one found (a kept answer is never
+    changed: were it, the second claim would be a conflict again)."""
+    try:
+        return await wallets.claim(idem)
+    except ConflictError:
+        loaded = await db.read(lambda conn: store.load(conn, (), idempotency=[(idem.scope, idem.key)]))
+        kept = loaded.idempotency.get((idem.scope, idem.key))
+        if kept is None or kept.request_hash not in _kept_before(request, data, instants):
+            raise
+        return await wallets.claim(replace(idem, earlier=(kept.request_hash,)))
+
+
 @post("/v1/usage-events", guards=[require("inference")], tags=["usage"], status_code=200,
       **documented(body=True, idempotent=True))
 async def post_usage_events(state: State, request: Request,
@@ -177,9 +194,9 @@ async def post_usage_events(state: State, request: Request,
     Idempotency-Key, a replay answers what the first call answered."""
     events: list[UsageEvent] = shaped(data, UsageEvents)
     instants = _instants(events)
-    idem = idempotency(request, _at_instants(data, instants), earlier=_kept_before(request, data, instants))
+    idem = idempotency(request, _at_instants(data, instants))
     wallets = state.services.wallets
-    replay = await wallets.claim(idem) if idem is not None else None
+    replay = await _claimed(wallets, state.services.db, request, idem, data, instants) if idem is not None else None
     if replay is not None:
         return respond(request, replay, COMPOSED)
     try:

@@ -593,14 +593,11 @@ def idempotency_key(request: Request) -> str | None:
     return key
 
 
-def idempotency(request: Request, body: Any, *, key: str | None = None, path: str | None = None,
-                earlier: Container[bytes] = ()) -> IdemKey | None:
+def idempotency(request: Request, body: Any, *, key: str | None = None, path: str | None = None) -> IdemKey | None:
     """The call's IdemKey when it carries an Idempotency-Key header (scoped to the customers the API
     key acts for: `http_scope`). A
     bulk call's item gives its own `key` and the `path` of the single call it stands for, so that
-    both share one key: sent either way, it is answered (and charged) once. `earlier`: the
-    hashes a key kept before the call hashed `body` so (normalized) may have been kept with,
-    matched too (tried only when the hash kept is not this one)."""
+    both share one key: sent either way, it is answered (and charged) once."""
     key = idempotency_key(request) if key is None else key.strip()
     if key is None:
         return None
@@ -608,7 +605,7 @@ def idempotency(request: Request, body: Any, *, key: str | None = None, path: st
         raise WalletValidationError("Idempotency-Key", "must be 1 to 255 characters")
     principal = principal_of(request)
     scope = http_scope(principal.visible(), own=principal.scope.startswith("customer:"))
-    return IdemKey(scope, key, body_hash(request, body, path), earlier)
+    return IdemKey(scope, key, body_hash(request, body, path))
 
 
 async def kept_answer(db: Database, idem: IdemKey | None) -> Replayed | None:

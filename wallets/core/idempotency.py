@@ -5,7 +5,7 @@ replays the answer; with another hash it is a conflict."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Container, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,10 +30,10 @@ class IdemKey:
     scope: str
     key: str
     request_hash: bytes
-    # where the call hashes its body normalized (a usage batch's times as instants): the hashes a
-    # key kept before it did so may have been kept with (a copy sent as before, or respelled),
-    # matched too; looked in only when the kept hash is not request_hash (it may compute them then)
-    earlier: Container[bytes] = ()
+    # where the call hashes its body normalized (a usage batch's times as instants): the hash a
+    # key kept before it did so was kept with (a copy sent as before, or respelled), matched too;
+    # found by the route among the body's spellings before the key's transaction
+    earlier: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
