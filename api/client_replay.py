@@ -75,6 +75,8 @@ class SpoolReplay:
         return self.report
 
     async def _round(self, spool: Spool) -> None:
+        if not spool.path.exists():  # nothing spooled, or all of it struck off: nothing to send, and no
+            return                     # lock to take (its directory made for nothing, or on a read-only disk not)
         fd = await spool.atake_flush_lock()  # cancelled meanwhile: a lock it took is let go at once
         if fd is None:  # another flusher (another process on this directory) sends this file
             self.report.busy = True

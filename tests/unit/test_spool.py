@@ -491,3 +491,39 @@ def test_an_async_flush_cancelled_while_it_waits_for_the_flush_lock_never_keeps_
     assert sent == []
     report = spool.flush(lambda r: (sent.append(r.idempotency_key), ("delivered", "200"))[1], wait=False)
     assert (report.busy, report.delivered, sent) == (False, 1, ["res_1:settle:1"])
+
+
+def test_a_replay_with_no_spool_to_send_on_a_disk_it_cannot_write_reports_nothing_sent(tmp_path, caplog):
+    """A spool directory that cannot be made (a read-only root file system, a path through a file;
+    a file here, as root may write anywhere) and nothing ever spooled there: the replay took the
+    flush lock before reading, made the directory and the lock file for it, failed, logged an
+    ERROR with its traceback ("spool replay failed; what is left stays in the spool") at every
+    client's start, and `wait_replay` answered None, which says the replay goes on. With no spool
+    file there is nothing to send: 0 delivered, 0 kept, no error."""
+    import asyncio
+    import logging
+
+    import httpx
+
+    from api.client import AsyncClient, Client
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    unwritable = blocked / "spool"  # mkdir: NotADirectoryError, an OSError as EROFS is
+
+    def server(request: httpx.Request) -> httpx.Response:
+        raise AssertionError(f"nothing to send, yet {request.method} {request.url.path} was sent")
+
+    caplog.set_level(logging.WARNING, logger="tokentill.client")
+    with Client("http://tt", "key", transport=httpx.MockTransport(server), spool_dir=unwritable) as tt:
+        report = tt.wait_replay(10)
+    assert report is not None and (report.delivered, report.rejected, report.kept) == (0, 0, 0)
+
+    async def run() -> None:
+        async with AsyncClient("http://tt", "key", transport=httpx.MockTransport(server),
+                               spool_dir=unwritable) as att:
+            report = await att.wait_replay()
+        assert report is not None and (report.delivered, report.rejected, report.kept) == (0, 0, 0)
+
+    asyncio.run(run())
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
