@@ -272,7 +272,7 @@ def _refusal(state: State, r: _Refused, currency: str, now: datetime) -> Decisio
     noun = "a hold" if b.metric == "money" else f"{r.requested} {b.metric}"
     error = BudgetExceededError(
         f"budget {b.id} ({b.window}, hard) cannot take {noun}: its limit {context['limit']} has "
-        f"{context['used']} used and {context['held']} held", **{k: v for k, v in context.items() if v is not None})
+        f"{context['used']} used and {context['held']} held", **context)
     key = f"{EXCEEDED_TOPIC}:{b.id}:{_alert_key(b, r.start, None, now)}"
     return Decision.refuse(error, state.event(EXCEEDED_TOPIC, b.customer_id, key, now, context))
 

@@ -209,3 +209,34 @@ async def test_a_limit_raised_alerts_its_thresholds_and_refusals_again_as_the_wi
     for limit in ("10.00", "20.00"):
         assert (await client.patch(f"/v1/budgets/{soft['id']}", json={"limit": limit})).status_code == 200
     assert len(await alerts(crossed, soft["id"])) == 3
+
+
+async def test_a_refusal_answers_the_fields_its_budget_exceeded_event_carries_nulls_included(
+        client: AsyncTestClient, db: Database, tag: str, book: str):
+    """The README says the event carries "the 429's fields": the 429 left out what is null (a
+    lifetime's or a request's window_start and resets_at, a minute's resets_at), which the event
+    and the budget's own answer spell as null. None of these can wait (the minute counted nothing
+    to lapse): no retry_after_seconds, in either."""
+    cid = await _funded(client, tag, book)
+    cases = {  # window: (limit, hold); each refuses a hold of 1.00 more than its limit, nothing else counted
+        "lifetime": ("5.00", "6.00"), "request": ("1.00", "2.00"), "minute": ("3.00", "4.00")}
+    for window, (limit, hold) in cases.items():
+        b = await _budget(client, customer_id=cid, window=window, metric="money", limit=limit,
+                          dimensions={"team": window})
+        refused = await _reserve(client, cid, f"r-{window}", amount=hold, dimensions={"team": window})
+        assert refused.status_code == 429, refused.text
+        body = refused.json()
+        rows = await db.read(lambda conn, b=b: conn.execute(text(
+            "SELECT payload FROM outbox WHERE topic = 'budget.exceeded' AND payload->>'budget_id' = :b"),
+            {"b": b["id"]}))
+        (event,) = [p for (p,) in rows]
+        expected = {"budget_id": b["id"], "budget_name": "", "metric": "money", "window": window,
+                    "mode": "hard", "limit": limit, "used": "0.00", "held": "0.00", "requested": hold,
+                    "currency": "USD", "window_start": None if window != "minute" else body["window_start"],
+                    "resets_at": None}
+        assert {k: event.get(k, "absent") for k in [*expected, "retry_after_seconds"]} == {
+            **expected, "retry_after_seconds": "absent"}
+        assert {k: body.get(k, "absent") for k in [*expected, "retry_after_seconds"]} == {
+            **expected, "retry_after_seconds": "absent"}, window
+        if window != "minute":  # a rolling minute's start moves on by the second
+            assert (b["window_start"], b["resets_at"]) == (None, None)  # as the budget's own answer spells them
