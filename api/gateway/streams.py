@@ -101,6 +101,8 @@ _RESPONSES_DONE = frozenset({"response.completed", "response.incomplete", "respo
 # the events that carry the response before its end: its service_tier, where it tells the tier that
 # serves it (not "auto", the call's own choice echoed), prices a stream cut before its usage
 _RESPONSES_STARTED = frozenset({"response.created", "response.in_progress"})
+# the tiers an OpenAI call leaves to the provider: an answer that echoes one tells no tier that served
+_NOT_SERVED = frozenset({*PROVIDER_TIERS[CHAT], *PROVIDER_TIERS[RESPONSES]})
 
 
 @dataclass(slots=True)
@@ -173,7 +175,7 @@ class StreamTally:
         elif kind in _RESPONSES_STARTED:  # the response so far: its tier, before its usage
             response = event.get("response")
             told = _tier_of(response) if isinstance(response, Mapping) else None
-            self.service_tier = told if told not in (None, *PROVIDER_TIERS[RESPONSES]) else self.service_tier
+            self.service_tier = told or self.service_tier
         elif kind in _RESPONSES_DONE:
             response = event.get("response")
             if isinstance(response, Mapping):
@@ -386,9 +388,10 @@ def answer_texts(kind: str, raw: bytes | Mapping[str, Any]) -> list[str]:
 
 
 def _tier_of(body: Mapping[str, Any]) -> str | None:
-    """The `service_tier` OpenAI puts on an answer (or a chunk), beside the usage, not in it."""
+    """The `service_tier` OpenAI puts on an answer (or a chunk), beside the usage, not in it: the
+    tier that served it; "auto" (the call's own choice echoed, PROVIDER_TIERS) tells none."""
     tier = body.get("service_tier")
-    return tier if isinstance(tier, str) and tier else None
+    return tier if isinstance(tier, str) and tier and tier not in _NOT_SERVED else None
 
 
 def _with_tier(usage: Mapping[str, Any], tier: str | None) -> dict[str, Any]:

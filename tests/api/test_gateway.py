@@ -767,6 +767,45 @@ def test_an_openai_answer_to_a_call_that_left_its_tier_to_the_provider_tells_the
     assert charged(url, omitted) == held / M + CALL
 
 
+@pytest.mark.parametrize("kind", ["chat", "responses"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_openai_answer_that_says_auto_is_charged_at_the_tier_the_hold_priced(live, fake, kind, stream):
+    """An answer whose service_tier is "auto" (the call's own choice echoed, not a tier that
+    served) was read as telling the tier: the usage went with service_tier "auto", which the
+    priority rule does not match, so the call was charged standard prices, CHAT_CHARGE 0.0100 /
+    RESPONSES_CHARGE 0.00922, though its hold priced priority, and nothing was recorded as assumed.
+    Now "auto" tells nothing: charged at the held tier, recorded as assumed, chat
+    (8,000 + 200 + 40 * 40) / 1M + 0.001 = 0.0108, responses (7,000 + 100 + 56 * 40) / 1M + 0.001
+    = 0.01034 (the figures of the answer that does not tell its tier)."""
+    url, _ = live
+    _, key = customer((url, tool_book(url, {"id": "out-priority", "token_type": "output", "price": str(PRIORITY),
+                                            "match": {"service_tier": "priority"}})))
+    client = oai(url, key)
+    args: dict[str, Any] = {"model": "gpt-test", "max_tokens" if kind == "chat" else "max_output_tokens": 100}
+    args.update({"messages": HI} if kind == "chat" else {"input": "hi"})
+    create = client.chat.completions.with_raw_response.create if kind == "chat" \
+        else client.responses.with_raw_response.create
+    fake.fake.served_tier = "auto"
+    try:
+        if stream:
+            raw = create(**args, stream=True, **({"stream_options": {"include_usage": True}} if kind == "chat" else {}))
+            tiers = {getattr(e, "service_tier", None) or getattr(getattr(e, "response", None), "service_tier", None)
+                     for e in raw.parse()} - {None}
+        else:
+            raw = create(**args)
+            tiers = {raw.parse().service_tier}
+    finally:
+        fake.fake.served_tier = None
+    assert tiers == {"auto"}
+    request_id = raw.headers["x-tokentill-request-id"]
+    usage = charge_usage(url, request_id)
+    assert usage["assumed"] == usage["dimensions"] == {"service_tier": "priority"}
+    assert "service_tier" not in usage["reported"]
+    held = 800 * IN + 200 * CACHED + 40 * PRIORITY if kind == "chat" else 700 * IN + 100 * CACHED + 56 * PRIORITY
+    assert held / M + CALL == (Decimal("0.0108") if kind == "chat" else Decimal("0.01034"))
+    assert charged(url, request_id) == held / M + CALL
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_an_anthropic_fast_mode_call_is_held_and_charged_at_the_books_fast_price(live, fake, stream):
     """Anthropic bills fast mode (speed: fast) at its own, higher prices: a book prices it with

@@ -365,3 +365,33 @@ def test_a_responses_stream_tells_its_tier_in_its_first_events_and_keeps_it_to_i
     created = StreamTally(RESPONSES)
     created.observe(_response_event("response.created", status="in_progress", service_tier="priority"))
     assert created.service_tier == "priority"
+
+
+def test_an_answer_that_says_auto_tells_no_tier_that_served():
+    """An answer's "auto" is the call's own choice echoed, never a tier that served it. A chat chunk, a
+    response.completed event or a whole answer that says it was read as the tier that served: the
+    usage went to the ledger with service_tier "auto", which no rule of a book matches, so a call
+    whose hold priced priority was charged standard prices (and as told, nothing assumed). Now it
+    tells nothing: the tier told before stays (flex), else none, and the gateway assumes the held one."""
+    chat = StreamTally(CHAT)
+    chat.observe(sse({"object": "chat.completion.chunk", "choices": [], "service_tier": "auto"}))
+    assert chat.service_tier is None
+    chat.observe(sse({"object": "chat.completion.chunk", "choices": [], "service_tier": "flex"}))
+    chat.observe(sse({"object": "chat.completion.chunk", "choices": [], "service_tier": "auto",
+                      "usage": {"prompt_tokens": 5, "completion_tokens": 1}}))
+    assert chat.settlement(COUNTER, "gpt-4o", 9) == (
+        "openai_usage", {"prompt_tokens": 5, "completion_tokens": 1, "service_tier": "flex"})
+    response = StreamTally(RESPONSES)
+    response.observe(_response_event("response.in_progress", status="in_progress", service_tier="flex"))
+    response.observe(_response_event("response.completed", status="completed", service_tier="auto",
+                                     usage={"input_tokens": 5}))
+    assert response.settlement(COUNTER, "gpt-4o", 9) == ("openai_usage", {"input_tokens": 5, "service_tier": "flex"})
+    whole = msgspec.json.encode({"id": "chatcmpl-1", "object": "chat.completion", "model": "m", "choices": [],
+                                 "service_tier": "auto", "usage": {"prompt_tokens": 5, "completion_tokens": 1}})
+    assert answer_settlement(CHAT, whole, COUNTER, "gpt-4o", 9) == (
+        "openai_usage", {"prompt_tokens": 5, "completion_tokens": 1})
+    cut = StreamTally(RESPONSES)
+    told = msgspec.json.encode({"id": "resp_1", "object": "response", "status": "completed", "model": "m",
+                                "output": [], "service_tier": "auto", "usage": {"input_tokens": 5}})
+    cut_answer_settlement(RESPONSES, told[:told.index(b'"usage"') + 10], COUNTER, "gpt-4o", 9, cut)
+    assert cut.service_tier is None
