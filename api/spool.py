@@ -128,21 +128,7 @@ class Spool:
     def append_many(self, records: Collection[SpoolRecord]) -> None:
         """Add records with one write and one fsync (a group commit of the callers waiting)."""
         with self._locked():
-            created = not self.path.exists()
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | NOFOLLOW, 0o600)
-            size = os.fstat(fd).st_size
-            try:
-                torn = not created and not _ends_with_newline(fd)
-                _write_all(fd, (b"\n" if torn else b"") + b"".join(record.line() for record in records))
-                os.fsync(fd)
-            except OSError:  # a full disk, say: what was written is cut off, so none of it is spooled
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, size)
-                raise
-            finally:
-                os.close(fd)
-            if created:
-                _fsync_dir(self.path.parent)
+            _append(self.path, b"".join(record.line() for record in records))
 
     def records(self) -> list[SpoolRecord]:
         """The records, each idempotency key once (its first): a call spooled twice under its key
@@ -162,12 +148,7 @@ class Spool:
                 stamp = datetime.now(UTC).isoformat()
                 lines = b"".join(json.dumps({**asdict(r), "rejected": why, "rejected_at": stamp},
                                             ensure_ascii=False).encode() + b"\n" for r, why in rejected)
-                fd = os.open(self.rejected_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | NOFOLLOW, 0o600)
-                try:
-                    _write_all(fd, lines)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                _append(self.rejected_path, lines)
             records, damaged = self._read()
             kept = [r for r in records if r.idempotency_key not in keys]
             if len(kept) != len(records) or damaged:
@@ -313,6 +294,26 @@ class _FlushRun:
         else:
             self.report.problems.append(f"{record.method} {record.path}: {note}")
         return outcome != "unreachable"
+
+
+def _append(path: Path, data: bytes) -> None:
+    """Append `data` on a line of its own (after a torn last line, a crash mid-write), fsynced. A
+    write that fails (a full disk) is cut back, so none of it is there, not half a line."""
+    created = not path.exists()
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | NOFOLLOW, 0o600)
+    size = os.fstat(fd).st_size
+    try:
+        torn = not created and not _ends_with_newline(fd)
+        _write_all(fd, (b"\n" if torn else b"") + data)
+        os.fsync(fd)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, size)
+        raise
+    finally:
+        os.close(fd)
+    if created:
+        _fsync_dir(path.parent)
 
 
 def _ends_with_newline(fd: int) -> bool:

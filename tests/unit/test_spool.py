@@ -527,3 +527,36 @@ def test_a_replay_with_no_spool_to_send_on_a_disk_it_cannot_write_reports_nothin
 
     asyncio.run(run())
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_a_refusal_set_aside_on_a_full_disk_leaves_no_torn_line_in_the_rejected_file(tmp_path, monkeypatch):
+    """The disk fills while a refused record is written to `<name>.rejected`: the half line
+    written stayed there, and the next refusal set aside (space freed) was appended to it, one
+    line that no JSON reader takes. It is cut back, as a spool append is: 1 record refused twice
+    (the first filing failed, the spool kept it) is 1 whole line."""
+    import errno
+    import json
+
+    import api.spool
+
+    spool = Spool(tmp_path / "a.jsonl")
+    spool.append(record(1))
+    real = api.spool._write_all
+
+    def full(fd: int, data: bytes) -> None:
+        real(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    refused = lambda r: ("rejected", "409 reservation_closed")  # noqa: E731
+    monkeypatch.setattr(api.spool, "_write_all", full)
+    try:
+        spool.flush(refused)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    else:
+        raise AssertionError("the filing cannot have succeeded")
+    monkeypatch.setattr(api.spool, "_write_all", real)
+    assert spool.records() == [record(1)], "kept, to be filed again"
+    assert spool.flush(refused).rejected == 1 and not spool.path.exists()
+    lines = spool.rejected_path.read_bytes().splitlines()
+    assert [json.loads(line)["idempotency_key"] for line in lines] == ["res_1:settle:1"]
