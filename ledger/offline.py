@@ -117,8 +117,9 @@ class _Verifier:
         self.in_unsealed = False
         self.ended = False
         self.unsealed_ids: set[int] = set()  # a seal's own ids are checked when it closes
-        # account code -> asset, from the account records: a posting's asset is not in the entry's hash
-        # (its account code is), so it is checked against the account it names
+        # account code -> asset, from the account records: a posting's asset is in the entry's hash
+        # under version 3 only (1 and 2 cover its account code), so it is checked against the account
+        # it names
         self.assets: dict[str, str] = {}
 
     def line(self, number: int, raw: bytes) -> None:
