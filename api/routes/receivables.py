@@ -17,7 +17,7 @@ from api.errors import ApiError, documented
 from api.routes import cursors
 from api.routes.cursors import PAGE, Cursor, Limit
 from api.routes.formats import IDENTIFIER
-from api.routes.wire import money, time_in, time_out, time_param
+from api.routes.wire import bound_in, money, time_in, time_out, time_param
 from ledger.journal import current_snapshot, snapshot_is_past
 from wallets import ageing
 from wallets.ageing import BUCKETS, CustomerAgeing
@@ -131,7 +131,7 @@ async def get_ageing(
     owed (from the postings of entries that occurred before `at`), split into `unbilled` and its
     open invoices' amounts by days past due (current, 1-30, 31-60, 61-90, over 90), with totals
     per currency; filtered by `currency` and `customer` (unknown: 404 `not_found`)."""
-    when = time_in(at, "at")
+    when = bound_in(at, "at")  # finer than a microsecond: the next one, as the balance at T
     filters = [at, currency, customer]
     visible = principal_of(request).visible()
 

@@ -278,3 +278,21 @@ async def test_the_console_shows_the_ageing_as_the_api_answers_it(scratch_url) -
         assert re.search(r'data-figure="total">10\.00<', figures)
         assert re.search(r'data-figure="over-90">10\.00<', figures)
         assert (await c.get("/console/receivables", params={"at": "soon"})).status_code == 422
+
+
+
+async def test_an_at_a_fraction_of_a_microsecond_after_usage_ages_that_usage(client) -> None:
+    """Entries are kept to the microsecond; an `at` may carry 9 digits. 1,000,000 input tokens at
+    $10 per 1M = $10.00 of usage, posted at T0 (.xxxxxx); T = T0 + 100 ns is after it, so at T the
+    customer owes $10.00 unbilled, as the trial balance at T (journal, since 1c59749) says. The
+    digits past the microsecond were dropped: T was read as T0, before which nothing occurred
+    (no row)."""
+    await _book(client, "USD", "10")
+    await _postpaid(client, "nano", "USD", [1_000_000])
+    [entry] = (await client.get("/v1/journal", headers=ADMIN, params={"customer": "nano"})).json()["entries"]
+    t0 = entry["occurred_at"]
+    assert re.fullmatch(r".*\.[0-9]{6}Z", t0), t0
+    after = await _ageing(client, at=t0[:-1] + "100Z")
+    assert [(r["customer_id"], r["unbilled"], r["total"]) for r in after["customers"]] == [("nano", "10.00", "10.00")]
+    await _tied_to_trial_balance(client, after)
+    assert (await _ageing(client, at=t0))["customers"] == []  # at T0 itself: the usage did not occur before T0
