@@ -348,11 +348,16 @@ def _script(ch: str) -> UnicodeScript:
     mark, a zero width joiner or non-joiner) counted as Common, which does not change it: the
     character takes the script of the one before it (UAX #24). As Inherited, a mark began a piece
     of its own and the next letter another, so "بَب" (beh, fatha, beh) printed two unjoined behs and
-    the mark unplaced, and a joiner joined nothing. Cached: fpdf2 clears its cache on output."""
-    script = get_unicode_script(ch)
+    the mark unplaced, and a joiner joined nothing. Cached: fpdf2 clears this cache on output, so
+    the lookup is fpdf2's uncached one (its cached one kept every character ever printed)."""
+    script = get_unicode_script.__wrapped__(ch)
     return UnicodeScript.COMMON if script is UnicodeScript.INHERITED else script
 
 
+# fpdf2 >= 2.8 looks the name up in fpdf.fpdf's globals on each use (and clears its cache on output);
+# should a release move it, setting it would change nothing, silently: fail at import instead.
+if not hasattr(getattr(fpdf.fpdf, "get_unicode_script", None), "cache_clear"):
+    raise ImportError("fpdf2 no longer has fpdf.fpdf.get_unicode_script: api.renderings replaces it (_script)")
 fpdf.fpdf.get_unicode_script = _script  # the only user of fpdf2 in the process is this module
 
 

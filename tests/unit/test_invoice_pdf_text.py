@@ -4,8 +4,11 @@ character no font has prints as '?', never silently dropped."""
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from pathlib import Path
 
+import fpdf.unicode_script
 import pytest
 from fontTools.ttLib import TTFont
 from fpdf import FPDF
@@ -225,3 +228,31 @@ def test_a_vowel_mark_does_not_part_the_arabic_letters_either_side_of_it() -> No
     drawn = _drawn(_context("\u0628\u064e\u0628 input"))
     assert ["uniFE90", "uniFE91", *_latin(" input"), *_latin("1,00010.00 per 1M0.01")] in drawn, drawn
     assert sum(line.count("uni064E") for line in drawn) == 1, drawn
+
+
+@pytest.mark.skipif(renderings.unicode_font() is None, reason="no Unicode TrueType font on this system")
+def test_the_script_lookups_are_forgotten_once_the_pdf_is_written() -> None:
+    """fpdf2 remembers each character's script while it writes a document and forgets them all on
+    output (`get_unicode_script.cache_clear()`), so that a process that writes many documents does
+    not keep one entry per character it ever printed. `renderings._script` took that name's place,
+    so fpdf2 cleared `_script`'s cache, and the lookups `_script` made through fpdf2's own cached
+    function were kept for the process's life: 128 distinct letters (Latin Extended-A, U+0100 to
+    U+017F) printed in a shaped document (its Hebrew word: fpdf2 looks scripts up only in a shaped
+    document or one with fallback fonts), 128 entries and more (the rest of the document's
+    characters) kept after the output, 128 more for each other 128 letters printed. By hand:
+    after the output, none, in either cache."""
+    fpdf.unicode_script.get_unicode_script.cache_clear()
+    context_pdf(_context("".join(chr(c) for c in range(0x100, 0x180)) + " שלום input"))
+    assert renderings._script.cache_info().currsize == 0
+    assert fpdf.unicode_script.get_unicode_script.cache_info().currsize == 0
+
+
+def test_an_fpdf2_without_the_script_lookup_renderings_replaces_fails_at_import() -> None:
+    """`api.renderings` puts `_script` in the place of fpdf2's `fpdf.fpdf.get_unicode_script`
+    (pyproject allows any fpdf2 >= 2.8): were the name gone, setting it would change nothing and
+    Arabic marks would part their letters again, silently. The import fails, naming it."""
+    code = "import fpdf.fpdf\ndel fpdf.fpdf.get_unicode_script\nimport api.renderings"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
+                          cwd=Path(__file__).parents[2])
+    assert done.returncode != 0
+    assert "ImportError: fpdf2 no longer has fpdf.fpdf.get_unicode_script" in done.stderr, done.stderr
