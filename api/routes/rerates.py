@@ -18,7 +18,7 @@ from api.errors import ApiError, documented
 from api.routes.formats import DateTime, Identifier
 from api.routes.invoices import BILL_TO
 from api.routes.schemas import json_body
-from api.routes.wire import idempotency_key, shaped, time_in
+from api.routes.wire import bound_in, idempotency_key, shaped
 from wallets import rerating
 
 READERS = ("auditor", "customer")
@@ -123,7 +123,7 @@ async def rerate(state: State, request: Request, data: RerateBody) -> dict[str, 
     every affected finalized invoice. The same re-rate applied again moves nothing and answers the
     first result; an Idempotency-Key used for another re-rate is `idempotency_conflict`."""
     body = shaped(data, RerateRequest)
-    start, end = time_in(body.from_, "from"), time_in(body.to, "to")
+    start, end = bound_in(body.from_, "from"), bound_in(body.to, "to")  # finer than a microsecond: the next one
     assert start is not None and end is not None
     spec = rerating.RerateSpec(body.price_book, body.version, start, end, body.customer_id)
     services = state.services

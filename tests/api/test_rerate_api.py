@@ -153,3 +153,29 @@ async def test_the_same_range_in_another_utc_offset_is_the_same_re_rate(client) 
         "to": period.end.astimezone(tokyo).isoformat()})
     assert seen.json()["rerate_id"] == first.json()["rerate_id"] and seen.json()["from"] == utc(period.start)
     assert seen.json()["customers"] == []  # already re-rated to v2: nothing left to move
+
+
+async def test_a_to_a_fraction_of_a_microsecond_after_a_charge_re_rates_it(client) -> None:
+    """Usage is kept to the microsecond; a `to` may carry 9 digits. One event of 100,000 input
+    tokens at T0 (.xxxxxx): $1.00 at $10/M, $0.60 at $6/M, delta -0.40. T = T0 + 100 ns is after
+    it, so [period start, T) holds it. The digits past the microsecond were dropped: T was read as
+    T0, and the range left the charge out (no customer)."""
+    created = await client.post("/v1/customers", headers=ADMIN, json={
+        "id": "rr-ns", "currency": "USD", "price_book": "rrb", "billing": "postpaid"})
+    assert created.status_code == 201, created.text
+    now = datetime.now(UTC)
+    period = period_of(now, Cycle())
+    t0 = now.replace(tzinfo=None).strftime("%Y-%m-%dT%H:%M:%S.%f")
+    sent = await client.post("/v1/usage-events", headers=ADMIN, json=[
+        {"event_id": "ns0", "customer_id": "rr-ns", "model": "model-a", "timestamp": t0 + "Z",
+         "usage": {"input_tokens": 100_000, "output_tokens": 0}}])
+    assert sent.json()["accepted"] == 1, sent.text
+    fixed = await client.post("/v1/price-books", headers=ADMIN, json=book("v2", utc(period.start), "6.00"))
+    assert fixed.status_code == 201, fixed.text
+    body = {"price_book": "rrb", "version": "v2", "customer_id": "rr-ns", "mode": "preview", "from": utc(period.start)}
+    at_t0 = await client.post("/v1/rerate", headers=ADMIN, json={**body, "to": t0 + "Z"})
+    assert at_t0.status_code == 200 and at_t0.json()["customers"] == [], at_t0.text  # [start, T0): not in it
+    seen = await client.post("/v1/rerate", headers=ADMIN, json={**body, "to": t0 + "100Z"})
+    assert seen.status_code == 200, seen.text
+    assert [(c["customer_id"], c["old_amount"], c["new_amount"], c["delta"]) for c in seen.json()["customers"]] == [
+        ("rr-ns", "1.00", "0.60", "-0.40")]
