@@ -26,7 +26,6 @@ from contextvars import ContextVar
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from weakref import WeakKeyDictionary
 
 from prometheus_client import Histogram
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -142,7 +141,7 @@ class Engine:
         # flusher takes its batch only once it holds a slot, so what queued meanwhile rides along.
         self._in_flight = in_flight or max(2, os.cpu_count() or 2)
         # The slots of each event loop that runs batches (see _slots)
-        self._slots_of: WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = WeakKeyDictionary()
+        self._slots_of: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
         self._queues: dict[int | None, deque[tuple[Command, asyncio.Future[Any]]]] = {}
         self._flushers: set[asyncio.Task[None]] = set()
         self._running: dict[int | None, int] = {}  # lane -> flushers running
@@ -161,6 +160,10 @@ class Engine:
         loop = asyncio.get_running_loop()
         slots = self._slots_of.get(loop)
         if slots is None:
+            # A closed loop's slots go here: a Semaphore that was waited on holds its loop, so a
+            # WeakKeyDictionary kept every such loop as long as the engine.
+            for closed in [other for other in self._slots_of if other.is_closed()]:
+                del self._slots_of[closed]
             slots = self._slots_of[loop] = asyncio.Semaphore(self._in_flight)
         return slots
 
