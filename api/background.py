@@ -6,7 +6,8 @@ bulk, up to `MAX_ITEMS` a call, through `POST /v1/settlements`, each item under 
 its single settle would carry, and strikes off the spool what the server answered. A call that
 fails (connection error, timeout, 408, 429, 5xx, a 200 that is not the endpoint's answer) is sent
 again with the same keys after a backoff,
-as is an item answered 429 or 502-504, until answered. An item answered 500, 401, 403 or 404
+as is an item answered 429 or 502-504 (after the same backoff, and the `retry_after_seconds` its
+body asks, if any: not at once with the next call), until answered. An item answered 500, 401, 403 or 404
 stays in the spool for a later flush (as `tokentill spool flush` would keep it); a refusal (409,
 422) goes to the `.rejected` file beside it and is logged at ERROR. `drain` waits for the queue to empty, up to a
 deadline; what is left is in the spool, for the next client on it or `tokentill spool flush`.
@@ -44,6 +45,8 @@ def is_settle(path: str) -> bool:
 
 class BackgroundSettler:
     """The queue of one client: durable first, then sent in bulk by one task."""
+
+    _sleep = staticmethod(asyncio.sleep)  # the backoff between calls (tests record it)
 
     def __init__(self, spool: Spool, send: Send, policy: RetryPolicy) -> None:
         self.spool, self._send, self._policy = spool, send, policy
@@ -130,7 +133,7 @@ class BackgroundSettler:
             if wait is None:
                 attempt = 0
                 continue
-            await asyncio.sleep(self._policy.wait(attempt, wait if wait > 0 else None))
+            await self._sleep(self._policy.wait(attempt, wait if wait > 0 else None))
             attempt += 1
 
     def _next_batch(self) -> list[SpoolRecord]:
@@ -174,7 +177,12 @@ class BackgroundSettler:
             log.error("background settle of reservation %s refused for good (%s); set aside in %s",
                       record.reservation_id, why[:300], self.spool.rejected_path)
         await self._file([r for r in batch if r not in retry], done, rejected)
-        return 0.0 if retry and not done and not rejected else None
+        if not retry:
+            return None
+        # the rest waits as a whole call answered so would: an item has no header, but its body
+        # may ask (a rolling window's `retry_after_seconds`); the longest asked
+        return max((asked for status, body in answers if status in DURABLE_RETRY
+                    and (asked := item_retry_after(body)) is not None), default=0.0)
 
     async def _file(self, answered: list[SpoolRecord], done: list[SpoolRecord],
                     rejected: list[tuple[SpoolRecord, str]]) -> None:
@@ -213,6 +221,14 @@ class BackgroundSettler:
         if left:
             log.warning("background settles: %d not answered before close; left in %s", left, self.spool.path)
         return left
+
+
+def item_retry_after(body: Any) -> float | None:
+    """The seconds a bulk item's problem body asks to wait (`retry_after_seconds`), or None."""
+    asked = body.get("retry_after_seconds") if isinstance(body, dict) else None
+    if isinstance(asked, bool) or not isinstance(asked, int | float):
+        return None
+    return max(0.0, float(asked))
 
 
 def bulk_answers(response: httpx.Response, count: int) -> list[tuple[int, Any]] | None:

@@ -12,6 +12,7 @@ import anyio
 import httpx
 import pytest
 
+from api.background import BackgroundSettler
 from api.client import AsyncClient, Client
 from api.spool import Spool
 from tests.api.apps import wait_ready
@@ -236,3 +237,70 @@ async def test_a_background_settle_the_server_refuses_for_good_is_set_aside_and_
     errors = [r.getMessage() for r in caplog.records if r.name == "tokentill.client" and r.levelname == "ERROR"]
     assert any(held["id"] in message and "reservation_closed" in message and str(tt.spool.rejected_path) in message
                for message in errors), errors
+
+
+class ItemsBusy(httpx.AsyncBaseTransport):
+    """Forwards everything but bulk settles, which go in `log` as ("send", their keys). The first
+    finds no server (a refused connection) once the blocks have exited (`open`): the next carries
+    every queued settle. Of that one, the second and third items never reach the server: they are
+    answered in the 200 as the server answers an item it cannot do now, a 503 `service_unavailable`
+    (no hint) and a 429 whose body asks for `retry_after_seconds: 7`. Later calls go through."""
+
+    def __init__(self, log: list) -> None:
+        self.inner, self.log = httpx.AsyncHTTPTransport(), log
+        self.open = asyncio.Event()
+        self.sends = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path != "/v1/settlements":
+            return await self.inner.handle_async_request(request)
+        items = httpx.Response(200, content=request.content).json()
+        self.log.append(("send", [item["idempotency_key"] for item in items]))
+        self.sends += 1
+        if self.sends == 1:
+            await self.open.wait()
+            raise httpx.ConnectError("connection refused", request=request)
+        if self.sends > 2:
+            return await self.inner.handle_async_request(request)
+        headers = [(k, v) for k, v in request.headers.raw if k.lower() != b"content-length"]
+        forwarded = httpx.Request("POST", request.url, headers=headers, json=items[:1])
+        response = await self.inner.handle_async_request(forwarded)
+        [answered] = httpx.Response(200, content=await response.aread()).json()["results"]
+        busy = {"reservation_id": items[1]["reservation_id"], "idempotency_key": items[1]["idempotency_key"],
+                "status": 503, "replayed": False,
+                "body": {"status": 503, "code": "service_unavailable", "detail": "retry shortly"}}
+        limited = {"reservation_id": items[2]["reservation_id"], "idempotency_key": items[2]["idempotency_key"],
+                   "status": 429, "replayed": False,
+                   "body": {"status": 429, "code": "rate_limited", "detail": "too many", "retry_after_seconds": 7}}
+        return httpx.Response(200, json={"results": [answered, busy, limited]})
+
+
+async def test_items_answered_503_or_429_in_a_200_wait_as_a_whole_call_would_before_they_go_again(
+        live, spool_dir, monkeypatch):
+    """Items of a bulk call answered 429 or 502-504 (the others answered) were sent again at once,
+    with no backoff and no regard for the wait an item asked: a busy server got them straight back.
+    Now the queue waits as for a whole call answered so: the capped Retry-After the items ask
+    (the largest) plus the jitter of the backoff."""
+    url, book = live
+    customer = new_customer(url, book)
+    log: list = []
+
+    async def recorded(seconds: float) -> None:  # the delay the queue asked for, not waited
+        log.append(("sleep", seconds))
+        await asyncio.sleep(0)
+
+    monkeypatch.setattr(BackgroundSettler, "_sleep", staticmethod(recorded), raising=False)
+    transport = ItemsBusy(log)
+    tt = AsyncClient(url, ADMIN, transport=transport, background_settle=True, backoff_s=0.05)
+    blocks = await asyncio.gather(*(lifecycle(tt, customer) for _ in range(3)))
+    transport.open.set()  # the three are queued: the call after the refused one carries them all
+    await tt.aclose()
+    keys = sorted(f"{r.id}:settle:0" for r in blocks)
+    # refused; a wait; the three; a wait; the two not done, once
+    assert [entry[0] for entry in log] == ["send", "sleep", "send", "sleep", "send"], log
+    assert sorted(log[2][1]) == keys and log[4][1] == log[2][1][1:], log
+    # the second wait (attempt 1): the 429 item's 7 s (under the 30 s cap) + full jitter under
+    # backoff_s 0.05 * 2**1 = 0.1 s: between 7 and 7.1 s (the 503 item asked nothing)
+    assert 7 <= log[3][1] <= 7.1, log
+    assert_each_charged_once(url, customer, blocks)
+    assert not tt.spool.path.exists()
