@@ -13,7 +13,9 @@ The money moves in one balanced entry per customer and period the charges were b
 usage's, or a later one's for charges that arrived after their period closed):
 - more charged: paid like usage, from the live lots in consumption order, then the receivable; a
   charge re-rated dearer whose period's true-up correction gives back a part of it pays its
-  increase out of that part first (its own payers'), and only the rest like usage;
+  increase out of that part first (its own payers'), and only the rest like usage; beside charges
+  corrected down, each decrease still goes back to the lots that paid it (as money back, below)
+  and all the increases are paid like usage, not the net alone;
 - money back: where the charges' money came from, the receivable first (what it paid), then the
   lots that paid each decreased charge, up to its decrease, the last consumed first (while live,
   up to what each was granted), then what the customer still owes, and the rest becomes credit
@@ -581,7 +583,9 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
     # so what came back to it went to breakage; one closed later (expired, revoked in whole) may
     # have spent it: it gives at most what it held when it closed (money_back.take_back)
     expired_by = min((data.period_end for _, data, _, _ in groups if data.period_end is not None), default=None)
-    if money > 0 and not (takes[0] and decreased):
+    # beside decreases (or true-up parts given back), each goes to what paid its charge and the
+    # increases are paid like usage (_refund), not netted with them across payers
+    if money > 0 and not decreased:
         took = take_back(w, *takes[:2], now, money, expired_by, takes[2])
         legs, paid = _taken_then_usage(w, took, money - sum(took.values()), now)
     elif money or _between_payers(found, parts):

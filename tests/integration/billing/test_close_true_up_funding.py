@@ -915,3 +915,24 @@ async def test_a_rerate_raising_a_charge_nets_its_increase_with_what_its_true_up
     assert await live_lots(bk, cid) == {top_up: ("topup", 60 * CENT), grant: ("grant", 430 * CENT)}
     assert await _given_per_charge(bk, cid, back["rerate_id"]) == [-54 * CENT, -36 * CENT]
     await _balanced(bk)
+
+
+async def test_a_rerate_charging_more_in_all_gives_a_cheaper_charge_s_decrease_to_its_payer(fresh_db) -> None:
+    """November still open (no close, no true-up). The top-up pays the 5th's $1.20, a $5.00 grant
+    the 20th's $1.10 ($3.90). The fix lowers the first tier to $18/M and raises the one beyond to
+    $30/M: the 5th 60,000 x $18/M = $1.08 (-$0.12), the 20th 40,000 x $18/M + 30,000 x $30/M = $0.72
+    + $0.90 = $1.62 (+$0.52); +$0.40 in all. The correction is the reversal then the right entry, as
+    the true-ups' are: the 5th's -$0.12 back to the top-up that paid it, $0.12 (= $1.20 - $1.08);
+    the 20th's +$0.52 paid like usage, the grant first (priority 50), $3.90 - $0.52 = $3.38 (= $5.00 -
+    $1.62). Before, the +$0.40 net alone was paid like usage: the grant $3.50 and the top-up $0.00,
+    its cash paying $0.12 of the 20th, usage the promotion paid, where a re-rate charging more by a
+    true-up beside the same decrease gave the decrease back (_refund's `gets`)."""
+    bk = BillingKit(fresh_db)
+    cid = await vol_customer(bk, "cheaper-and-dearer")
+    top_up, grant = await _paid_per_charge(bk, cid, ("topup", "1.20"), ("grant", "5.00"))
+    assert await live_lots(bk, cid) == {grant: ("grant", 390 * CENT)}
+    done = await _rerated(bk, "18", "30")
+    assert lines(done) == [("output", "2.30", "2.70", "0.40")]
+    assert done["delta"] == "0.40", done
+    assert await live_lots(bk, cid) == {top_up: ("topup", 12 * CENT), grant: ("grant", 338 * CENT)}
+    await _balanced(bk)
