@@ -156,6 +156,24 @@ async def lanes_consistent(conn: AsyncConnection) -> Check:
         """, "every entry and its postings are in its customer's lane")
 
 
+async def accounts_match_their_codes(conn: AsyncConnection) -> Check:
+    """An account's type and customer as its code states them (wallets/chart.py): the code's first
+    part, when it is a type, is the account's type, and `<type>:customer:<id>:...` is customer
+    <id>'s account. The offline verifier (`ledger.offline`) checks an export's account records so."""
+    return await _query_check(conn, "accounts", """
+        SELECT format('account %s is of type %s, but its code says %s', code, type, split_part(code, ':', 1))
+          FROM accounts
+         WHERE split_part(code, ':', 1) IN ('asset', 'liability', 'equity', 'income', 'expense')
+           AND split_part(code, ':', 1) <> type
+        UNION ALL
+        SELECT format('account %s is of customer %s, but its code names another', code, coalesce(customer_id, 'none'))
+          FROM accounts
+         WHERE code ~ '^[^:]*:customer:'  -- the rest of the code starts with the customer's id and a colon
+           AND (customer_id IS NULL
+                OR NOT starts_with(substr(code, length(split_part(code, ':', 1)) + 11), customer_id || ':'))
+        """, "every account's type and customer are those its code states")
+
+
 async def trial_balance_zero(conn: AsyncConnection) -> Check:
     tb = await trial_balance(conn)
     off = [f"{asset}: debits {d} != credits {c}" for asset, (d, c) in tb.totals.items() if d != c]
@@ -171,7 +189,8 @@ async def seals_intact(conn: AsyncConnection) -> Check:
 
 
 LEDGER_CHECKS: tuple[CheckFn, ...] = (
-    entries_balanced, balances_match_postings, bounds_hold, one_customer_per_entry, lanes_consistent,
+    entries_balanced, balances_match_postings, bounds_hold, one_customer_per_entry, accounts_match_their_codes,
+    lanes_consistent,
     trial_balance_zero, seals_intact,
 )
 

@@ -10,8 +10,13 @@ and is version 1), recomputes each seal's chain
 hash from those, checks that each seal follows the one before it, that a seal's entries are all
 there and in its order, that every entry balances per asset, and that each posting's asset is
 that of the account record of its code (a version 3 hash covers the asset; 1 and 2 the code
-alone, and a file relabelled to another currency throughout passes under them). Memory is one
-seal's entry ids at a time, the ids of the entries no seal covers yet, and each account's asset.
+alone, and a file relabelled to another currency throughout passes under them). Fields no hash
+covers are checked against those that are: each entry's txid lies in its seal's range (or past the
+last seal's, unsealed), the end record's counts are the file's, and an account record's type,
+scale and customer are those its code and asset fix (`account`). A seal's sealed_at is not
+checked: the sealer's transaction start, it need not follow the previous seal's nor its entries'
+recorded_at. Memory is one seal's entry ids at a time, the ids of the entries no seal covers yet,
+and each account's asset and customer.
 """
 from __future__ import annotations
 
@@ -56,16 +61,20 @@ def _posting(value: object) -> bool:
 
 # The fields each record must carry, and what each must be: a record that is otherwise (an edited
 # file) is named as such, rather than stopping the verifier.
+_TYPES = ("asset", "liability", "equity", "income", "expense")
 _SHAPES = {
-    "account": {"code": _text, "asset": _text},
+    "account": {"code": _text, "account_type": lambda v: v in _TYPES, "asset": _text,
+                "scale": lambda v: _int(v) and v >= 0, "customer_id": lambda v: v is None or _text(v)},
     "seal": {"id": _int, "from_txid": _txid, "to_txid": _txid, "prev_hash": _hash, "chain_hash": _text,
              "entry_ids": lambda v: type(v) is list and all(_int(i) for i in v),
              "hash_version": lambda v: _int(v) and v in HASH_VERSIONS},
     "entry": {"id": _int, "key": _text, "request_hash": _text, "kind": _text,
-              "customer_id": lambda v: v is None or _text(v), "metadata": lambda v: True, "txid": _text,
+              "customer_id": lambda v: v is None or _text(v), "metadata": lambda v: True, "txid": _txid,
               "occurred_at": _text, "recorded_at": _text,
               "postings": lambda v: type(v) is list and all(_posting(p) for p in v),
               "seal": lambda v: v is None or _int(v), "sealed_hash": lambda v: v is None or _hash(v)},
+    "unsealed": {"from_txid": _txid},
+    "end": {"entries": _int, "seals": _int, "unsealed": _int},
 }
 # Fields an export written before hash versions lacks: a seal without one is version 1, and an
 # entry's recorded_at is needed only under a version 2 or 3 seal.
@@ -106,6 +115,8 @@ class _Seal:
     expected: list[int]
     hasher: object
     version: int
+    from_txid: int
+    to_txid: int
     seen: list[int] = field(default_factory=list)
 
 
@@ -115,12 +126,15 @@ class _Verifier:
         self.seal: _Seal | None = None
         self.prev: dict | None = None  # the previous seal record
         self.in_unsealed = False
+        self.unsealed_from: int | None = None  # the txid the unsealed entries start at
         self.ended = False
         self.unsealed_ids: set[int] = set()  # a seal's own ids are checked when it closes
         # account code -> asset, from the account records: a posting's asset is in the entry's hash
         # under version 3 only (1 and 2 cover its account code), so it is checked against the account
         # it names
         self.assets: dict[str, str] = {}
+        self.customers: dict[str, str] = {}  # account code -> its customer, for the customer accounts
+        self.scales: dict[str, int] = {}  # asset -> the scale of its first account record
 
     def line(self, number: int, raw: bytes) -> None:
         try:
@@ -139,6 +153,9 @@ class _Verifier:
                 self.seal = None
             elif kind == "entry":
                 self.report.entries += 1
+            elif kind == "unsealed":  # the entries after it are still the unsealed ones
+                self.close_seal()
+                self.in_unsealed = True
         elif kind == "export":
             self.report.whole = bool(rec.get("whole", True))
         elif kind == "seal":
@@ -146,21 +163,50 @@ class _Verifier:
         elif kind == "entry":
             self.entry(number, rec)
         elif kind == "unsealed":
-            self.close_seal()
-            self.in_unsealed = True
+            self.start_unsealed(rec)
         elif kind == "end":
             self.close_seal()
             self.ended = True
-            if rec.get("entries") != self.report.entries:
-                self.report.fail(f"the end record counts {rec.get('entries')} entries, the file holds "
-                                 f"{self.report.entries}")
+            for name, what, held in (("entries", "entries", self.report.entries), ("seals", "seals", self.report.seals),
+                                     ("unsealed", "unsealed entries", self.report.unsealed)):
+                if rec[name] != held:
+                    self.report.fail(f"the end record counts {rec[name]} {what}, the file holds {held}")
         elif kind == "account":
-            known = self.assets.setdefault(rec["code"], rec["asset"])
-            if known != rec["asset"]:
-                self.report.fail(f"line {number}: account {rec['code']} is listed again with another asset "
-                                 f"({rec['asset']}, was {known})")
+            self.account(number, rec)
         else:
             self.report.fail(f"line {number}: unknown record type {kind!r}")
+
+    def account(self, number: int, rec: dict) -> None:
+        """An account record: its type, scale and customer are in no hash, so each is checked against
+        what fixes it: the code's first part names the type (`liability:customer:acme:reserved`), an
+        asset has one scale, and a customer account's code names its customer (wallets/chart.py);
+        entries then post only to their own customer's accounts (`entry`)."""
+        code, type_, asset, customer = rec["code"], rec["account_type"], rec["asset"], rec["customer_id"]
+        known = self.assets.setdefault(code, asset)
+        if known != asset:
+            self.report.fail(f"line {number}: account {code} is listed again with another asset ({asset}, was {known})")
+        named = code.split(":", 1)[0]
+        if named in _TYPES and named != type_:
+            self.report.fail(f"account {code} is of type {type_}, but its code says {named}")
+        scale = self.scales.setdefault(asset, rec["scale"])
+        if scale != rec["scale"]:
+            self.report.fail(f"account {code} has scale {rec['scale']}, another account in {asset} has {scale}")
+        parts = code.split(":", 2)
+        if len(parts) == 3 and parts[1] == "customer" and (customer is None or not parts[2].startswith(customer + ":")):
+            self.report.fail(f"account {code} is of customer {customer or 'none'}, but its code names another")
+        if customer is not None:
+            self.customers[code] = customer
+
+    def start_unsealed(self, rec: dict) -> None:
+        self.close_seal()
+        self.in_unsealed = True
+        self.unsealed_from = int(rec["from_txid"])
+        ends = int(self.prev["to_txid"]) if self.prev is not None else None
+        # a whole export's unsealed entries start where its last seal ends; a window's, where the last
+        # seal of the ledger ends, which may be past the last seal it holds
+        if ends is not None and (self.unsealed_from != ends if self.report.whole else self.unsealed_from < ends):
+            self.report.fail(f"the unsealed entries start at txid {self.unsealed_from}, not where seal "
+                             f"{self.prev['id']} ends ({ends})")
 
     def start_seal(self, rec: dict) -> None:
         self.close_seal()
@@ -186,14 +232,20 @@ class _Verifier:
         self.prev = rec
         self.report.seals += 1
         self.seal = _Seal(rec["id"], rec["chain_hash"], list(rec["entry_ids"]),
-                          hashlib.sha256(bytes.fromhex(rec["prev_hash"])), rec.get("hash_version", 1))
+                          hashlib.sha256(bytes.fromhex(rec["prev_hash"])), rec.get("hash_version", 1),
+                          int(rec["from_txid"]), int(rec["to_txid"]))
 
     def entry(self, number: int, rec: dict) -> None:
         self.report.entries += 1
         entry_id = rec["id"]
         postings = rec["postings"]
         sums: dict[str, int] = defaultdict(int)
+        txid = int(rec["txid"])
         for p in postings:
+            owner = self.customers.get(p[1])
+            if owner is not None and owner != rec["customer_id"]:
+                self.report.fail(f"entry {entry_id} (customer {rec['customer_id'] or 'none'}) posts to account "
+                                 f"{p[1]} of customer {owner}")
             sums[p[4]] += p[3]
             listed = self.assets.get(p[1])
             if listed is None:
@@ -205,6 +257,9 @@ class _Verifier:
         seal = self.seal
         if self.in_unsealed or seal is None:
             self.report.unsealed += 1
+            if self.in_unsealed and self.unsealed_from is not None and txid < self.unsealed_from:
+                self.report.fail(f"entry {entry_id} lies among the unsealed entries, but its txid {txid} is below "
+                                 f"{self.unsealed_from}, where they start")
             if entry_id in self.unsealed_ids:
                 self.report.fail(f"entry {entry_id} appears twice among the unsealed entries (line {number})")
             self.unsealed_ids.add(entry_id)
@@ -212,6 +267,9 @@ class _Verifier:
                 self.report.fail(f"entry {entry_id} names seal {rec['seal']} but lies among the unsealed entries")
             return
         seal.seen.append(entry_id)
+        if not seal.from_txid <= txid < seal.to_txid:  # the txid is in the hash; the seal's range is not
+            self.report.fail(f"entry {entry_id} has txid {txid}, outside seal {seal.id}'s range "
+                             f"[{seal.from_txid}, {seal.to_txid})")
         if rec.get("seal") != seal.id:
             self.report.fail(f"entry {entry_id} (line {number}) names seal {rec.get('seal')} but lies in seal "
                              f"{seal.id}'s part of the file")

@@ -105,3 +105,23 @@ async def test_verify_names_the_entries_of_accounts_relabelled_to_another_curren
     assert result.returncode == 1, result.stdout
     for victim in ids:
         assert f"entry {victim} was altered after seal" in result.stdout
+
+
+async def test_verify_names_an_account_whose_type_or_customer_its_code_contradicts(scratch_url):
+    """An account's type and customer are in no seal hash; the offline verifier checks them against
+    the code (its first part is the type, `<type>:customer:<id>:...` names the customer), and so
+    does verify here: liability:lot made an asset, and liability:customer:c1:lot:x made customer
+    c2's, by a superuser with the triggers off. Was: verify passed (no entry posts to the second)."""
+    await _ledger_with_entries(scratch_url)
+    with psycopg.connect(scratch_url) as conn:
+        conn.execute("""INSERT INTO accounts (code, type, asset, customer_id)
+                        VALUES ('liability:customer:c1:lot:x', 'liability', 'USD', 'c1')""")
+    assert _verify(scratch_url).returncode == 0
+    _as_superuser_without_triggers(scratch_url, "accounts", """UPDATE accounts SET type = 'asset'
+                                                                WHERE code = 'liability:lot'""")
+    _as_superuser_without_triggers(scratch_url, "accounts", """UPDATE accounts SET customer_id = 'c2'
+                                                                WHERE code = 'liability:customer:c1:lot:x'""")
+    result = _verify(scratch_url)
+    assert result.returncode == 1, result.stdout
+    assert "account liability:lot is of type asset, but its code says liability" in result.stdout
+    assert "account liability:customer:c1:lot:x is of customer c2, but its code names another" in result.stdout

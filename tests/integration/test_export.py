@@ -326,12 +326,114 @@ def test_a_seal_removed_under_a_window_header_is_not_reported_intact_without_a_c
     header = json.loads(lines[0])
     lines[0] = json.dumps({**header, "whole": False, "from": "2026-01-01T00:00:00+00:00"})
     end = json.loads(lines[-1])
-    lines[-1] = json.dumps({**end, "entries": end["entries"] - removed})
+    lines[-1] = json.dumps({**end, "entries": end["entries"] - removed, "seals": end["seals"] - 1})
     assert _verify(tmp_path, [sealed_export[0], *lines[1:]]).returncode == 1  # as a whole export: caught
     done = _verify(tmp_path, lines, "--expect-head", json.loads(lines[seals[-1] - removed - 1])["chain_hash"])
     assert done.returncode == 0, done.stdout  # nothing in the file can tell, not even the head
     assert "a window export (its header says so)" in done.stdout and "1 gap(s) between its seals" in done.stdout
     assert json.loads(_verify(tmp_path, lines, "--json").stdout)["gaps"] == 1
+
+
+def _records(lines: list[str]) -> list[dict]:
+    return [json.loads(line) for line in lines]
+
+
+def _lines(records: list[dict]) -> list[str]:
+    return [json.dumps(r, separators=(",", ":"), ensure_ascii=False) for r in records]
+
+
+def test_a_seal_range_moved_over_its_entries_is_named(sealed_export, tmp_path):
+    """A seal's from_txid/to_txid are in no hash; its entries' txids are. Seal 1's to_txid and seal
+    2's from_txid moved down together to the txid of seal 1's last entry: the chain still links
+    (2's from = 1's to) and every hash holds, so the file verified. Seal 1 holds entries 1-300,
+    written 150 a transaction (chunk=150, seal_every=300): two txids, and the second (T), entries'
+    151-300, now lies past [from, T): those 150 are named. The database reads a seal's entries by
+    its range, so `audit verify` there names them too (as missing from the seal)."""
+    records = _records(sealed_export)
+    seals = [r for r in records if r["type"] == "seal"]
+    last = next(r for r in records if r["type"] == "entry" and r["id"] == seals[0]["entry_ids"][-1])
+    moved = last["txid"]
+    assert int(seals[0]["from_txid"]) < int(moved) < int(seals[0]["to_txid"])
+    seals[0]["to_txid"] = seals[1]["from_txid"] = moved
+    done = _verify(tmp_path, _lines(records), "--json")
+    report = json.loads(done.stdout)
+    assert done.returncode == 1, done.stdout
+    outside = [r["id"] for r in records if r["type"] == "entry" and r["txid"] == moved]
+    assert (outside[0], outside[-1], len(outside), last["id"]) == (151, 300, 150, 300)
+    assert report["problem_count"] == 150, report["problems"]
+    assert report["problems"][0] == (f"entry 151 has txid {moved}, outside seal {seals[0]['id']}'s range "
+                                     f"[{seals[0]['from_txid']}, {moved})")
+
+
+def test_unsealed_entries_taken_into_the_last_seal_s_range_are_named(sealed_export, tmp_path):
+    """The last seal's to_txid and the unsealed record's from_txid raised past every unsealed
+    entry's txid: the 30 unsealed entries then lay inside a sealed range, which no hash covers,
+    and the file verified. Each of the 30 is named (the database says 'appeared inside sealed range')."""
+    records = _records(sealed_export)
+    seal = [r for r in records if r["type"] == "seal"][-1]
+    unsealed = next(r for r in records if r["type"] == "unsealed")
+    loose = [r for r in records if r["type"] == "entry" and r["seal"] is None]
+    assert len(loose) == 30
+    high = str(max(int(r["txid"]) for r in loose) + 1)
+    seal["to_txid"] = unsealed["from_txid"] = high
+    report = json.loads(_verify(tmp_path, _lines(records), "--json").stdout)
+    assert report["problem_count"] == 30, report["problems"]
+    assert report["problems"][0] == (f"entry {loose[0]['id']} lies among the unsealed entries, but its txid "
+                                     f"{loose[0]['txid']} is below {high}, where they start")
+
+
+def test_the_end_record_s_seal_and_unsealed_counts_are_checked(sealed_export, tmp_path):
+    """The end record says 900 entries, S seals, 30 unsealed; only `entries` was compared. Seals
+    +1 and unsealed 0 (entries kept at 900): each is named."""
+    records = _records(sealed_export)
+    end = records[-1]
+    seals = sum(r["type"] == "seal" for r in records)
+    assert (end["entries"], end["seals"], end["unsealed"]) == (900, seals, 30)
+    end["seals"], end["unsealed"] = seals + 1, 0
+    report = json.loads(_verify(tmp_path, _lines(records), "--json").stdout)
+    assert report["problems"] == [f"the end record counts {seals + 1} seals, the file holds {seals}",
+                                  "the end record counts 0 unsealed entries, the file holds 30"]
+
+
+def _account_edited(sealed_export, code_part: str, **fields) -> tuple[dict, dict]:
+    records = _records(sealed_export)
+    account = next(r for r in records if r["type"] == "account" and code_part in r["code"])
+    before = dict(account)
+    account.update(fields)
+    return before, records
+
+
+def test_an_account_s_type_scale_or_customer_edited_is_named(sealed_export, tmp_path):
+    """An account record's account_type, scale and customer_id are in no hash; the file verified
+    with any of them changed. Each is now checked against what the code and asset fix: the type is
+    the code's first part (liability:customer:cust-0:lot:main is a liability), every account of an
+    asset has that asset's scale (USD: 9), a customer account's code names its customer, and an
+    entry posts only to its own customer's accounts (as `audit verify` checks in the database)."""
+    lot = "liability:customer:cust-0:lot:main"
+    before, records = _account_edited(sealed_export, lot, account_type="asset")
+    assert before == {"type": "account", "code": lot, "account_type": "liability", "asset": "USD", "scale": 9,
+                      "customer_id": "cust-0"}
+    report = json.loads(_verify(tmp_path, _lines(records), "--json").stdout)
+    assert report["problems"] == [f"account {lot} is of type asset, but its code says liability"]
+
+    _, records = _account_edited(sealed_export, lot, scale=2)
+    report = json.loads(_verify(tmp_path, _lines(records), "--json").stdout)
+    assert report["problems"] == [f"account {lot} has scale 2, another account in USD has 9"]
+
+    _, records = _account_edited(sealed_export, lot, customer_id="cust-1")
+    report = json.loads(_verify(tmp_path, _lines(records), "--json").stdout)
+    assert report["problems"][0] == f"account {lot} is of customer cust-1, but its code names another"
+    first = next(r for r in records if r["type"] == "entry" and any(p[1] == lot for p in r["postings"]))
+    assert (f"entry {first['id']} (customer cust-0) posts to account {lot} of customer cust-1"
+            in report["problems"]), report["problems"]
+
+    cash = "asset:platform:cash:USD"
+    _, records = _account_edited(sealed_export, cash, customer_id="cust-1")
+    report = json.loads(_verify(tmp_path, _lines(records), "--json").stdout)
+    first = next(r for r in records if r["type"] == "entry" and r["customer_id"] != "cust-1"
+                 and any(p[1] == cash for p in r["postings"]))
+    assert report["problems"][0] == (f"entry {first['id']} (customer {first['customer_id']}) posts to account "
+                                     f"{cash} of customer cust-1")
 
 
 def test_a_cut_short_export_fails(sealed_export, tmp_path):

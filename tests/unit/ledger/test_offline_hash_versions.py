@@ -16,8 +16,10 @@ RECORDED = "2026-01-01T00:00:00.250001Z"
 ENTRY = {"type": "entry", "seal": 1, "id": 1, "key": "k", "request_hash": "ab", "kind": "topup",
          "customer_id": "a", "metadata": {}, "txid": "5", "occurred_at": "2026-01-01T00:00:00.000000",
          "recorded_at": RECORDED, "postings": POSTINGS}
-ACCOUNTS = [{"type": "account", "code": code, "asset": "USD"} for code in ("asset:platform:cash:USD",
-                                                                       "liability:customer:a:lot:x")]
+ACCOUNTS = [{"type": "account", "code": "asset:platform:cash:USD", "account_type": "asset", "asset": "USD",
+             "scale": 9, "customer_id": None},
+            {"type": "account", "code": "liability:customer:a:lot:x", "account_type": "liability", "asset": "USD",
+             "scale": 9, "customer_id": "a"}]
 
 
 def _digest(version: int) -> bytes:
@@ -33,7 +35,7 @@ def _file(version: int | None, entry: dict = ENTRY, digest_version: int | None =
     if version is not None:
         seal["hash_version"] = version
     records = [{"type": "export", "whole": True}, *ACCOUNTS, seal, {**entry, "sealed_hash": digest.hex()},
-               {"type": "unsealed", "from_txid": "10"}, {"type": "end", "entries": 1}]
+               {"type": "unsealed", "from_txid": "10"}, {"type": "end", "entries": 1, "seals": 1, "unsealed": 0}]
     return [json.dumps(r).encode() for r in records]
 
 
@@ -90,7 +92,7 @@ def test_a_hash_version_this_verifier_does_not_know_is_named(version):
     assert report.problems[0].startswith("line 4: the seal record's 'hash_version'"), report.problems
 
 
-EUROS = [{"type": "account", "code": a["code"], "asset": "EUR"} for a in ACCOUNTS]
+EUROS = [{**a, "asset": "EUR"} for a in ACCOUNTS]
 
 
 def _relabelled(version: int) -> list[bytes]:

@@ -16,15 +16,17 @@ ENTRY = {"type": "entry", "seal": 1, "id": 1, "key": "k", "request_hash": "ab", 
          "customer_id": "a", "metadata": {}, "txid": "5", "occurred_at": "2026-01-01T00:00:00.000000",
          "postings": POSTINGS}
 DIGEST = entry_digest(1, "k", "ab", "topup", "a", {}, "5", "2026-01-01T00:00:00.000000", [p[:4] for p in POSTINGS])
-ACCOUNTS = [{"type": "account", "code": code, "asset": "USD"} for code in ("asset:platform:cash:USD",
-                                                                       "liability:customer:a:lot:x")]
+ACCOUNTS = [{"type": "account", "code": "asset:platform:cash:USD", "account_type": "asset", "asset": "USD",
+             "scale": 9, "customer_id": None},
+            {"type": "account", "code": "liability:customer:a:lot:x", "account_type": "liability", "asset": "USD",
+             "scale": 9, "customer_id": "a"}]
 SEAL = {"type": "seal", "id": 1, "from_txid": "0", "to_txid": "10", "prev_hash": GENESIS.hex(),
         "chain_hash": chain(GENESIS, [DIGEST]).hex(), "sealed_at": "2026-01-01T00:00:01.000000Z", "entry_ids": [1]}
 
 
 def _file(seal: dict, entry: dict) -> list[bytes]:
     records = [{"type": "export", "whole": True}, *ACCOUNTS, seal, {**entry, "sealed_hash": DIGEST.hex()},
-               {"type": "unsealed", "from_txid": "10"}, {"type": "end", "entries": 1}]
+               {"type": "unsealed", "from_txid": "10"}, {"type": "end", "entries": 1, "seals": 1, "unsealed": 0}]
     return [json.dumps(r).encode() for r in records]
 
 

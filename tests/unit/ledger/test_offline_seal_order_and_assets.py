@@ -44,7 +44,7 @@ def _export(whole: bool = True) -> list[dict]:
                         "entry_ids": [e["id"] for e in entries]})
         records += entries
         prev = chained
-    return [*records, {"type": "unsealed", "from_txid": "30"}, {"type": "end", "entries": 9}]
+    return [*records, {"type": "unsealed", "from_txid": "30"}, {"type": "end", "entries": 9, "seals": 3, "unsealed": 0}]
 
 
 def _verify(records: list[dict]):
@@ -66,7 +66,7 @@ def test_a_seal_left_out_of_a_window_export_is_a_gap_not_a_failure():
     records = _export(whole=False)
     start, stop = _seal_block(records, 2)
     del records[start:stop]
-    records[-1] = {"type": "end", "entries": 6}
+    records[-1] = {"type": "end", "entries": 6, "seals": 2, "unsealed": 0}
     report = _verify(records)
     assert report.ok and report.gaps == 1, report.problems
 
@@ -75,7 +75,7 @@ def test_a_seal_written_twice_in_a_window_export_is_named():
     records = _export(whole=False)
     start, stop = _seal_block(records, 2)
     records[stop:stop] = records[start:stop]
-    records[-1] = {"type": "end", "entries": 12}
+    records[-1] = {"type": "end", "entries": 12, "seals": 4, "unsealed": 0}
     report = _verify(records)
     assert not report.ok
     assert report.problems[0] == ("seal 2 does not follow seal 2: its range starts before that seal's ends "
