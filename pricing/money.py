@@ -61,7 +61,7 @@ CURRENCY_MINOR_UNITS: dict[str, int] = {
     for code in codes.split()
 }
 
-_AMOUNT_RE = re.compile(r"(-)?(\d+)(?:\.(\d+))?")
+_AMOUNT_RE = re.compile(r"(-)?([0-9]+)(?:\.([0-9]+))?")  # ASCII: \d takes any Unicode digit, and Decimal reads them
 _CONTEXT = Context(
     prec=60,
     rounding=ROUND_HALF_EVEN,

@@ -41,7 +41,7 @@ class PromptTier:
     price: Decimal
 
 
-_HHMM = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
+_HHMM = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")  # ASCII: \d takes any Unicode digit
 MINUTES_PER_DAY = 24 * 60
 
 

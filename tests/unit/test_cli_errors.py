@@ -124,3 +124,14 @@ def test_workers_are_bounded_as_tokentill_workers_is_and_the_refusal_says_the_ra
         parser().parse_args(["serve", "--workers", "100000"])
     assert raised.value.code == 2 and "argument --workers: not a number of processes from 1 to 1024: '100000'" in \
         capsys.readouterr().err
+
+
+def test_a_count_or_port_in_other_digits_is_a_usage_error(capsys):
+    """`str.isdigit` is true of any Unicode digit and int() reads them: `--port ٨٠٨٠` (Arabic-Indic
+    8080) served on 8080 and `bench --workers ٤` ran 4 workers. ASCII digits only now."""
+    for args, named in ((["serve", "--port", "\u0668\u0660\u0668\u0660"], "argument --port: not a port"),
+                        (["serve", "--port", "8\uff10"], "argument --port: not a port"),
+                        (["bench", "ledger", "--workers", "\u0664"], "argument --workers: not a whole number")):
+        with pytest.raises(SystemExit) as raised:
+            parser().parse_args(args)
+        assert raised.value.code == 2 and named in capsys.readouterr().err, args

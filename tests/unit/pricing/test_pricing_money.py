@@ -141,3 +141,26 @@ def test_round_entry_lines_sum_to_total_and_stay_within_one_unit(amounts, scale)
     assert abs(Decimal(total) - sum(exact, Decimal(0))) <= Decimal("0.5")
     assert all(abs(Decimal(u) - e) < 1 for u, e in zip(lines, exact, strict=True))
     assert all(type(u) is int for u in lines) and type(total) is int
+
+
+@pytest.mark.parametrize("text", ["\u0661\u0660", "1\u0660", "\uff11\uff10", "\u0661.\u0665", "1.\u0665"])
+def test_digits_other_than_ascii_are_refused_by_every_money_parser(text):
+    """`\\d` matched any Unicode digit and Decimal reads them: to_decimal("١٠") (Arabic-Indic) gave
+    10, parse_amount("١٠", 2) 1000 units. The API's patterns refused them already; a caller of the
+    pricing library (a book's price, an override, an allowance) did not."""
+    from pricing.money import to_decimal
+
+    for parse in (to_decimal, parse_amount, lambda t: parse_amount(t, 2)):
+        with pytest.raises(InvalidAmountError) as info:
+            parse(text)
+        assert info.value.code == "validation_error"
+
+
+@pytest.mark.parametrize("hours", [{"from": "1\u0660:00", "to": "12:00"}, {"from": "09:00", "to": "1\u0667:30"}])
+def test_a_rule_s_hours_in_other_digits_are_refused(hours):
+    """A rule's `hours` matched `[01]\\d`: "1٠:00" (an Arabic-Indic 0) was read as 10:00 by int()."""
+    from pricing.rule_fields import parse_hours
+
+    errors: list[dict[str, str]] = []
+    assert parse_hours(hours, errors) is None
+    assert [e["field"] for e in errors] == ["hours"]
