@@ -20,10 +20,7 @@ async def test_a_traced_charge_with_a_discount_and_a_free_allowance_names_their_
     'None' (the allowance), under the same headings as the usage line."""
     customer = f"trace-{uuid.uuid4().hex[:8]}"
     async with api_client(database_url, admin=ADMIN_KEY, console=True) as client:
-        book = f"trbook-{uuid.uuid4().hex[:8]}"
-        assert (await client.post("/v1/price-books", headers=ADMIN, json={**PRICE_BOOK, "id": book})).status_code == 201
-        assert (await client.post("/v1/customers", headers=ADMIN,
-                                  json={"id": customer, "price_book": book})).status_code == 201
+        await _customer(client, customer)
         now = datetime.now(UTC)
         overrides = await client.put(f"/v1/customers/{customer}/price-overrides", headers=ADMIN, json={
             "effective_from": (now - timedelta(days=40)).strftime("%Y-%m-%dT00:00:00Z"),
@@ -59,15 +56,7 @@ async def test_a_traced_id_of_a_reservation_and_a_usage_event_shows_both_and_who
     """The page showed the reservation alone, its usage event's charge nowhere."""
     customer = f"trace-{uuid.uuid4().hex[:8]}"
     async with api_client(database_url, admin=ADMIN_KEY, console=True) as client:
-        book = f"trbook-{uuid.uuid4().hex[:8]}"
-        assert (await client.post("/v1/price-books", headers=ADMIN, json={**PRICE_BOOK, "id": book})).status_code == 201
-        assert (await client.post("/v1/customers", headers=ADMIN,
-                                  json={"id": customer, "price_book": book})).status_code == 201
-        assert (await client.post(f"/v1/customers/{customer}/topups", headers=ADMIN,
-                                  json={"amount": "10.00"})).status_code == 201
-        held = await client.post("/v1/reservations", headers=ADMIN, json={
-            "customer_id": customer, "request_id": "both-1", "model": "model-a", "amount": "0.10"})
-        assert held.status_code == 201, held.text
+        held = await _held(client, customer, "both-1")
         settled = await client.post(f"/v1/reservations/{held.json()['id']}/settle", headers=ADMIN,
                                     json={"usage": {"input_tokens": 1000}, "final": True})
         assert settled.status_code == 200, settled.text
@@ -98,15 +87,7 @@ async def test_a_traced_gateway_charge_at_a_tier_the_answer_did_not_tell_says_it
     the 0.01 call fee, 0.02."""
     customer = f"trace-{uuid.uuid4().hex[:8]}"
     async with api_client(database_url, admin=ADMIN_KEY, console=True) as client:
-        book = f"trbook-{uuid.uuid4().hex[:8]}"
-        assert (await client.post("/v1/price-books", headers=ADMIN, json={**PRICE_BOOK, "id": book})).status_code == 201
-        assert (await client.post("/v1/customers", headers=ADMIN,
-                                  json={"id": customer, "price_book": book})).status_code == 201
-        assert (await client.post(f"/v1/customers/{customer}/topups", headers=ADMIN,
-                                  json={"amount": "10.00"})).status_code == 201
-        held = await client.post("/v1/reservations", headers=ADMIN, json={
-            "customer_id": customer, "request_id": "assumed-1", "model": "model-a", "amount": "0.10"})
-        assert held.status_code == 201, held.text
+        held = await _held(client, customer, "assumed-1")
         settles = GatewaySettles(RoundsSpool(tmp_path / "gw.jsonl"), client.app.state.services.wallets)
         await settles.settle_now(settle_record(customer, "assumed-1", held.json()["id"], "openai_usage",
                                                {"prompt_tokens": 1000, "completion_tokens": 0},
@@ -123,3 +104,22 @@ async def test_a_traced_gateway_charge_at_a_tier_the_answer_did_not_tell_says_it
         said = re.findall(r"<p data-assumed>(.*?)</p>", page.text)
         assert len(said) == 1 and "service_tier <code>priority</code>" in said[0], said
         assert "not reported by the provider" in said[0]
+
+
+async def _customer(client, customer: str) -> None:
+    """`customer` on a price book of its own, the demo's."""
+    book = f"trbook-{uuid.uuid4().hex[:8]}"
+    assert (await client.post("/v1/price-books", headers=ADMIN, json={**PRICE_BOOK, "id": book})).status_code == 201
+    assert (await client.post("/v1/customers", headers=ADMIN,
+                              json={"id": customer, "price_book": book})).status_code == 201
+
+
+async def _held(client, customer: str, request_id: str):
+    """`customer` (_customer) topped up $10.00, with a $0.10 hold for model-a under `request_id`."""
+    await _customer(client, customer)
+    assert (await client.post(f"/v1/customers/{customer}/topups", headers=ADMIN,
+                              json={"amount": "10.00"})).status_code == 201
+    held = await client.post("/v1/reservations", headers=ADMIN, json={
+        "customer_id": customer, "request_id": request_id, "model": "model-a", "amount": "0.10"})
+    assert held.status_code == 201, held.text
+    return held

@@ -352,14 +352,7 @@ async def test_a_usage_event_sent_again_with_its_time_spelled_otherwise_is_a_dup
     # kept before: the hash of the text as sent (+00:00), as the route made it then
     kept = _event(w, event_id=f"old-{w['tag']}", timestamp="2026-06-01T00:00:00+00:00")
     assert (await client.post("/v1/usage-events", json=[kept])).json()["accepted"] == 1
-    as_sent = {"event_id": kept["event_id"], "customer_id": w["customer"], "model": "model-a",
-               "timestamp": kept["timestamp"], "usage": kept["usage"], "openai_usage": None,
-               "anthropic_usage": None, "dimensions": {}}
-    async with app.state.services.db.engine.begin() as conn:
-        await conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
-        for table in ("usage_events", "charges"):  # both keep it (verify ties them)
-            await conn.exec_driver_sql(f"UPDATE {table} SET request_hash = %s WHERE customer_id = %s AND event_id = %s",
-                                       (request_hash(as_sent), w["customer"], kept["event_id"]))
+    await _kept_as_sent(app, w, kept)
     again = await client.post("/v1/usage-events", json=[kept])
     assert again.json() == {"accepted": 0, "duplicates": 1, "rejected": []}, again.text
     checked = (await client.post("/v1/audit/verify")).json()
@@ -414,6 +407,17 @@ async def _forge(app: Litestar, table: str, where: str, args: tuple, hashed: byt
         await conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
         done = await conn.exec_driver_sql(f"UPDATE {table} SET request_hash = %s WHERE {where}", (hashed, *args))
         assert done.rowcount >= 1
+
+
+async def _kept_as_sent(app: Litestar, w: dict[str, str], event: dict[str, Any]) -> None:
+    """`event` (posted) as kept before c1c9c09: its usage event's and charge's request_hash of the
+    body with its timestamp's text as sent (both keep it: verify ties them)."""
+    as_sent = {"event_id": event["event_id"], "customer_id": w["customer"], "model": "model-a",
+               "timestamp": event["timestamp"], "usage": event["usage"], "openai_usage": None,
+               "anthropic_usage": None, "dimensions": {}}
+    for table in ("usage_events", "charges"):
+        await _forge(app, table, "customer_id = %s AND event_id = %s", (w["customer"], event["event_id"]),
+                     request_hash(as_sent))
 
 
 async def _charges(client: AsyncTestClient, w: dict[str, str]) -> list[tuple[int, str]]:
@@ -472,12 +476,7 @@ async def test_an_event_kept_before_the_hash_read_the_instant_is_a_duplicate_in_
             ("2026-12-01T12:00:00+02:00", ("2026-12-01t12:00:00.000+02:00", "2026-12-01T12:00:00.0+02:00"))]):
         event = _event(w, event_id=f"kept{n}-{w['tag']}", timestamp=kept_as, usage={"input_tokens": 1000})
         assert (await client.post("/v1/usage-events", json=[event])).json()["accepted"] == 1
-        as_sent = {"event_id": event["event_id"], "customer_id": w["customer"], "model": "model-a",
-                   "timestamp": kept_as, "usage": event["usage"], "openai_usage": None,
-                   "anthropic_usage": None, "dimensions": {}}
-        for table in ("usage_events", "charges"):  # both keep it (verify ties them)
-            await _forge(app, table, "customer_id = %s AND event_id = %s", (w["customer"], event["event_id"]),
-                         request_hash(as_sent))
+        await _kept_as_sent(app, w, event)
         for spelled in (*resent, kept_as):
             again = await client.post("/v1/usage-events", json=[{**event, "timestamp": spelled}])
             assert again.json() == {"accepted": 0, "duplicates": 1, "rejected": []}, (kept_as, spelled, again.text)
@@ -534,12 +533,7 @@ async def test_an_event_kept_before_at_one_offset_is_a_duplicate_sent_at_another
     kept_as = "2026-12-01T12:00:00+02:00"
     event = _event(w, event_id=f"offset-{w['tag']}", timestamp=kept_as, usage={"input_tokens": 1000})
     assert (await client.post("/v1/usage-events", json=[event])).json()["accepted"] == 1
-    as_sent = {"event_id": event["event_id"], "customer_id": w["customer"], "model": "model-a",
-               "timestamp": kept_as, "usage": event["usage"], "openai_usage": None,
-               "anthropic_usage": None, "dimensions": {}}
-    for table in ("usage_events", "charges"):  # both keep it (verify ties them)
-        await _forge(app, table, "customer_id = %s AND event_id = %s", (w["customer"], event["event_id"]),
-                     request_hash(as_sent))
+    await _kept_as_sent(app, w, event)
     for spelled in ("2026-12-01T10:00:00Z", "2026-12-01T15:30:00+05:30", "2026-12-01t05:00:00.000-05:00"):
         again = await client.post("/v1/usage-events", json=[{**event, "timestamp": spelled}])
         assert again.json() == {"accepted": 0, "duplicates": 1, "rejected": []}, (spelled, again.text)

@@ -23,31 +23,11 @@ LANES = 3  # one customer in each of lanes 0, 1 and 2: three batches for one slo
 
 async def test_an_engine_used_from_a_second_event_loop_waits_for_its_slots_there(shared_kit: Kit,
                                                                                   database_url: str) -> None:
-    lanes = await shared_kit.db.read(lane_count)
-    customers: list[str] = []
-    n = 0
-    while len(customers) < LANES:
-        name = f"loop{n}"
-        n += 1
-        if lane_of(f"{name}-{shared_kit.tag}", lanes) == len(customers):
-            cid = await shared_kit.customer(name)
-            await shared_kit.top_up(cid, "10", name=f"{name}.lot")
-            customers.append(cid)
-
+    customers = await _one_a_lane(shared_kit, "loop")
     db = connect(database_url, pool_size=LANES)
     engine = Engine(db, clock=shared_kit.clock, in_flight=1)
-
-    async def one_loop(round_: int) -> list[object]:
-        """A bulk call of one hold per customer: a batch per lane, one in flight, the others waiting."""
-        try:
-            return await engine.submit_many([Reserve(
-                customer_id=cid, request_id=f"{shared_kit.tag}-{round_}-{cid}", request_hash=b"h", model="model-x",
-                ttl_seconds=300, amount=usd("0.50")) for cid in customers])
-        finally:
-            await db.dispose()  # as a lifespan's end does: the pool's connections are of this loop
-
     for round_ in range(2):  # two event loops, one after the other, each in a thread of its own
-        outcomes = await asyncio.to_thread(asyncio.run, one_loop(round_))
+        outcomes = await asyncio.to_thread(asyncio.run, _holds(engine, db, shared_kit, customers, f"{round_}"))
         assert all(not isinstance(o, BaseException) for o in outcomes), outcomes
 
     # Each customer: $10.00 topped up, two holds of $0.50 (one per loop): $1.00 reserved, $9.00 left.
@@ -63,17 +43,7 @@ async def test_an_engine_keeps_no_closed_loop_and_bounds_each_loop_s_batches(sha
     """The slots of a loop hold that loop (a Semaphore keeps the loop it first waited on): keyed by
     it in a WeakKeyDictionary, a loop closed after a wait lived as long as the engine, with its
     slots, one per test client's lifespan. And each loop's batches are at most in_flight at once."""
-    lanes = await shared_kit.db.read(lane_count)
-    customers: list[str] = []
-    n = 0
-    while len(customers) < LANES:
-        name = f"keep{n}"
-        n += 1
-        if lane_of(f"{name}-{shared_kit.tag}", lanes) == len(customers):
-            cid = await shared_kit.customer(name)
-            await shared_kit.top_up(cid, "10", name=f"{name}.lot")
-            customers.append(cid)
-
+    customers = await _one_a_lane(shared_kit, "keep")
     db = connect(database_url, pool_size=LANES)
     engine = Engine(db, clock=shared_kit.clock, in_flight=1)
     run, running, most = engine._run, [0], [0]
@@ -88,16 +58,8 @@ async def test_an_engine_keeps_no_closed_loop_and_bounds_each_loop_s_batches(sha
 
     engine._run = counted  # type: ignore[method-assign]
 
-    async def one_loop(round_: int) -> list[object]:
-        try:
-            return await engine.submit_many([Reserve(
-                customer_id=cid, request_id=f"{shared_kit.tag}-k{round_}-{cid}", request_hash=b"h", model="model-x",
-                ttl_seconds=300, amount=usd("0.50")) for cid in customers])
-        finally:
-            await db.dispose()
-
     for round_ in range(3):
-        outcomes = await asyncio.to_thread(asyncio.run, one_loop(round_))
+        outcomes = await asyncio.to_thread(asyncio.run, _holds(engine, db, shared_kit, customers, f"k{round_}"))
         assert all(not isinstance(o, BaseException) for o in outcomes), outcomes
         assert most == [1], f"loop {round_}: {most[0]} batches at once, in_flight=1"
         most[0] = 0
@@ -113,3 +75,30 @@ async def test_an_engine_keeps_no_closed_loop_and_bounds_each_loop_s_batches(sha
         name = cid.removesuffix(f"-{shared_kit.tag}")
         assert balances[f"{name}.reserved"] == usd("1.50")
         assert balances[f"{name}.lot"] == usd("8.50")
+
+
+async def _one_a_lane(kit: Kit, prefix: str) -> list[str]:
+    """LANES customers, the n-th in lane n, each with $10.00 topped up (its lot `<name>.lot`)."""
+    lanes = await kit.db.read(lane_count)
+    customers: list[str] = []
+    n = 0
+    while len(customers) < LANES:
+        name = f"{prefix}{n}"
+        n += 1
+        if lane_of(f"{name}-{kit.tag}", lanes) == len(customers):
+            cid = await kit.customer(name)
+            await kit.top_up(cid, "10", name=f"{name}.lot")
+            customers.append(cid)
+    return customers
+
+
+async def _holds(engine: Engine, db: Any, kit: Kit, customers: list[str], round_: str) -> list[object]:
+    """On the running loop, a bulk call of one $0.50 hold per customer: a batch per lane, one in
+    flight, the others waiting; then the pool disposed, as a lifespan's end does (its connections
+    are of this loop)."""
+    try:
+        return await engine.submit_many([Reserve(
+            customer_id=cid, request_id=f"{kit.tag}-{round_}-{cid}", request_hash=b"h", model="model-x",
+            ttl_seconds=300, amount=usd("0.50")) for cid in customers])
+    finally:
+        await db.dispose()
