@@ -106,7 +106,7 @@ class SpoolRecord:
 class FlushReport:
     delivered: int = 0
     rejected: int = 0        # refused for good (moved to `<name>.rejected`)
-    kept: int = 0            # left in the spool afterwards
+    kept: int = 0            # calls (idempotency keys) left in the spool afterwards
     busy: bool = False       # another flusher held the file; nothing was sent
     problems: list[str] = field(default_factory=list)
     error: str | None = None  # the file could not be read or updated (a full disk, say): it is as it was
@@ -142,7 +142,7 @@ class Spool:
 
     def remove(self, keys: Collection[str], rejected: Collection[tuple[SpoolRecord, str]] = ()) -> int:
         """Strike off the records with these idempotency keys, keeping `rejected` ones aside with why;
-        returns how many records are left."""
+        returns how many calls (idempotency keys) are left, each sent once however often spooled."""
         with self._locked():
             if rejected:
                 stamp = datetime.now(UTC).isoformat()
@@ -153,7 +153,7 @@ class Spool:
             kept = [r for r in records if r.idempotency_key not in keys]
             if len(kept) != len(records) or damaged:
                 self._rewrite(kept)
-            return len(kept)
+            return len({r.idempotency_key for r in kept})
 
     def flush(self, send: Callable[[SpoolRecord], tuple[str, str]], *, wait: bool = True) -> FlushReport:
         """Send every record once; `send` answers (outcome, note) as `delivery.flush_outcome` does."""

@@ -72,7 +72,7 @@ class RoundsSpool(Spool):
         return super().remove(keys, rejected)
 
     def compact(self) -> int:
-        """Strike off everything delivered so far (when stopping); how many records are left."""
+        """Strike off everything delivered so far (when stopping); how many calls (keys) are left."""
         with self._lock:
             keys, self._delivered = self._delivered, set()
         return super().remove(keys)

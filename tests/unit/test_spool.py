@@ -560,3 +560,26 @@ def test_a_refusal_set_aside_on_a_full_disk_leaves_no_torn_line_in_the_rejected_
     assert spool.flush(refused).rejected == 1 and not spool.path.exists()
     lines = spool.rejected_path.read_bytes().splitlines()
     assert [json.loads(line)["idempotency_key"] for line in lines] == ["res_1:settle:1"]
+
+
+def test_a_spool_flush_counts_what_is_left_by_key_not_by_line(tmp_path, monkeypatch, capsys):
+    """A call spooled twice under its key is sent once, and is one call left: 5 lines, keys 1, 1,
+    2, 2, 3; key 1 delivered, 2 and 3 kept, so 2 keys are left (the 3 lines of keys 2, 2, 3 were
+    counted: `left 3`)."""
+    import api.cli
+    import api.client
+
+    spool = Spool(tmp_path / "a.jsonl")
+    spool.append_many([record(1), record(1), record(2), record(2), record(3)])
+    sent: list[str] = []
+
+    def resend(self, record: SpoolRecord) -> tuple[str, str]:
+        sent.append(record.idempotency_key)
+        return ("delivered", "200") if record.idempotency_key == "res_1:settle:1" else ("kept", "401")
+
+    monkeypatch.setattr(api.client.Client, "resend", resend)
+    status = api.cli.main(["spool", "flush", "--dir", str(tmp_path), "--key", "k"])
+    out = capsys.readouterr().out
+    assert sent == ["res_1:settle:1", "res_1:settle:2", "res_1:settle:3"]
+    assert status == 1 and f"{spool.path}: delivered 1, refused 0, left 2" in out
+    assert spool.records() == [record(2), record(3)]
