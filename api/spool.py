@@ -142,18 +142,37 @@ class Spool:
 
     def remove(self, keys: Collection[str], rejected: Collection[tuple[SpoolRecord, str]] = ()) -> int:
         """Strike off the records with these idempotency keys, keeping `rejected` ones aside with why;
-        returns how many calls (idempotency keys) are left, each sent once however often spooled."""
+        returns how many calls (idempotency keys) are left, each sent once however often spooled.
+        A refusal is filed before the spool is rewritten, so a crash between the two loses none,
+        and a key filed already is not filed again: a rewrite that failed (a full disk) kept the
+        record, refused again on the next flush, and it was filed twice."""
         with self._locked():
-            if rejected:
+            filed = self._filed() if rejected else set()
+            fresh = [(r, why) for r, why in rejected if r.idempotency_key not in filed]
+            if fresh:
                 stamp = datetime.now(UTC).isoformat()
                 lines = b"".join(json.dumps({**asdict(r), "rejected": why, "rejected_at": stamp},
-                                            ensure_ascii=False).encode() + b"\n" for r, why in rejected)
+                                            ensure_ascii=False).encode() + b"\n" for r, why in fresh)
                 _append(self.rejected_path, lines)
             records, damaged = self._read()
             kept = [r for r in records if r.idempotency_key not in keys]
             if len(kept) != len(records) or damaged:
                 self._rewrite(kept)
             return len({r.idempotency_key for r in kept})
+
+    def _filed(self) -> set[str]:
+        """The idempotency keys `<name>.rejected` holds (a symlink refused, as for an append)."""
+        try:
+            fd = os.open(self.rejected_path, os.O_RDONLY | NOFOLLOW)
+        except FileNotFoundError:
+            return set()
+        with os.fdopen(fd, "rb") as f:
+            data = f.read()
+        keys: set[str] = set()
+        for line in data.splitlines():
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                keys.add(json.loads(line)["idempotency_key"])
+        return keys
 
     def flush(self, send: Callable[[SpoolRecord], tuple[str, str]], *, wait: bool = True) -> FlushReport:
         """Send every record once; `send` answers (outcome, note) as `delivery.flush_outcome` does."""

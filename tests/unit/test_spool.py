@@ -562,6 +562,42 @@ def test_a_refusal_set_aside_on_a_full_disk_leaves_no_torn_line_in_the_rejected_
     assert [json.loads(line)["idempotency_key"] for line in lines] == ["res_1:settle:1"]
 
 
+def test_a_refusal_filed_before_a_rewrite_the_disk_cut_short_is_filed_once(tmp_path, monkeypatch):
+    """The refusal fits in `<name>.rejected` but the spool's rewrite after it does not (a full
+    disk; or the process dies between the two): the record stays spooled, is refused again on the
+    next flush and was filed again, 2 lines for 1 refusal. It is filed once: 1 line."""
+    import errno
+    import json
+
+    import api.spool
+
+    spool = Spool(tmp_path / "a.jsonl")
+    spool.append_many([record(1), record(2)])
+    real = api.spool._write_all
+    writes: list[int] = []
+
+    def full_after_the_filing(fd: int, data: bytes) -> None:
+        writes.append(len(data))
+        if len(writes) > 1:  # the 1st write is the filing, the 2nd the spool's rewrite
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd, data)
+
+    answer = lambda r: ("rejected", "409 reservation_closed") if r == record(1) else ("kept", "401")  # noqa: E731
+    monkeypatch.setattr(api.spool, "_write_all", full_after_the_filing)
+    try:
+        spool.flush(answer)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    else:
+        raise AssertionError("the rewrite cannot have succeeded")
+    monkeypatch.setattr(api.spool, "_write_all", real)
+    assert len(writes) == 2 and spool.records() == [record(1), record(2)], "kept, filed already"
+    report = spool.flush(answer)
+    assert (report.rejected, report.kept) == (1, 1) and spool.records() == [record(2)]
+    lines = spool.rejected_path.read_bytes().splitlines()
+    assert [json.loads(line)["idempotency_key"] for line in lines] == ["res_1:settle:1"]  # was: twice
+
+
 def test_a_spool_flush_counts_what_is_left_by_key_not_by_line(tmp_path, monkeypatch, capsys):
     """A call spooled twice under its key is sent once, and is one call left: 5 lines, keys 1, 1,
     2, 2, 3; key 1 delivered, 2 and 3 kept, so 2 keys are left (the 3 lines of keys 2, 2, 3 were
