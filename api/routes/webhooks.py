@@ -18,7 +18,7 @@ from api.errors import documented
 from api.routes import sealing
 from api.routes.formats import DateTime
 from api.routes.schemas import BIGINT, exactly_one, json_body
-from api.routes.wire import Answer, idempotency, respond, shaped, time_in, time_out
+from api.routes.wire import Answer, bound_in, idempotency, respond, shaped, time_out
 from api.webhooks import sendable
 from ledger.db import lock_key
 from wallets.core.idempotency import CREATED, OK
@@ -241,7 +241,7 @@ async def redrive_webhooks(
     TOKENTILL_WEBHOOK_REDRIVE_LIMIT (10,000) queues nothing: 422 `too_many_events` with `count`,
     `limit` and the `until` that keeps the call within the limit."""
     body = shaped(data, RedriveRequest)
-    since, until = time_in(body.since, "since"), time_in(body.until, "until")
+    since, until = bound_in(body.since, "since"), bound_in(body.until, "until")  # finer than 1 us: the next
     if (body.event_id is None) == (since is None):
         raise WalletValidationError("body", "give either event_id or since")
     if body.event_id is not None and (until is not None or body.failed_only):

@@ -9,7 +9,7 @@ import itertools
 import re
 import uuid
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from litestar.testing import AsyncTestClient
@@ -759,3 +759,28 @@ async def test_a_redrive_over_more_events_than_its_limit_is_refused_with_the_cou
             for c in customers[:3]:
                 await hook.wait_for(for_customer(c), count=2)
             assert len(hook.of(for_customer(customers[3]))) == 1
+
+
+async def test_a_redrive_window_bound_finer_than_a_microsecond_is_read_as_the_next_microsecond(client, db):
+    """An event written at T (to the microsecond, as the outbox keeps it) lies in [T, T + 100 ns)
+    and not in [T + 100 ns, T + 1 us). The re-drive read a bound's 7th to 9th digits as nothing, T
+    + 100 ns as T: [T, T) queued nothing where the event is 1, and [T, T + 1 us) queued it where it
+    is 0. Read as the next microsecond (api.routes.wire.bound_in), as the journal reads them:
+    [T, T + 1 us) holds the event, 1; [T + 1 us, T + 1 us) nothing, 0."""
+    mark = uuid.uuid4().hex[:10]
+
+    async def write(conn) -> datetime:
+        return (await conn.execute(text(
+            "INSERT INTO outbox (topic, dedup_key, payload) VALUES ('invoice.finalized', :m, "
+            "jsonb_build_object('id', 'evt_' || :m)) RETURNING created_at"), {"m": mark})).scalar_one()
+
+    at = (await db.committed(write)).astimezone(UTC)
+    exact = at.strftime("%Y-%m-%dT%H:%M:%S.%f")  # T, six digits: what the outbox keeps
+    after = (at + timedelta(microseconds=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # T + 1 us
+    with receiver() as hook:
+        endpoint = await _endpoint(client, hook.url, ["invoice.*"])
+        path = f"/v1/webhook-endpoints/{endpoint['id']}/redrive"
+        holding = await client.post(path, json={"since": exact + "Z", "until": exact + "100Z"})
+        past = await client.post(path, json={"since": exact + "100Z", "until": after})
+        assert (holding.status_code, past.status_code) == (202, 202), (holding.text, past.text)
+        assert (holding.json()["scheduled"], past.json()["scheduled"]) == (1, 0)
