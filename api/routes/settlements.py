@@ -17,7 +17,7 @@ from litestar import Request, Response
 from litestar.datastructures import State
 
 from api.auth import guarded_post, principal_of, require
-from api.errors import ApiError, Problem, documented, error_response, unavailable
+from api.errors import RETRY_AFTER_S, ApiError, Problem, documented, error_response, problem_body
 from api.routes.inputs import usage_tokens
 from api.routes.reservations import SETTLED, SettleRequest, SettleResponse, _settle_body
 from api.routes.schemas import (
@@ -70,7 +70,8 @@ class SettlementResult(msgspec.Struct):
     status: int
     replayed: bool
     body: Annotated[dict[str, Any], msgspec.Meta(extra_json_schema={
-        "description": "The settle's answer (status 200), else its problem document",
+        "description": "The settle's answer (status 200), else its problem document (a 503's "
+                       "`retry_after_seconds`: the seconds a whole call's Retry-After would ask)",
         "oneOf": [msgspec_schema(SettleResponse), msgspec_schema(Problem)]})]
 
 
@@ -98,10 +99,12 @@ def derived_key(item: SettleItem, body: dict[str, Any]) -> str:
 def _problem(request: Request, exc: Exception, item: SettleItem | None, key: str | None) -> _Answer:
     if isinstance(exc, LedgerError | PricingError | ApiError):
         response = error_response(request, exc)
-    else:  # the database is down, or a batch spent its retry budget: this item may be sent again
-        response = unavailable("the database is unavailable right now; retry shortly", request)
-    return _Answer(item.reservation_id if item else None, key, response.status_code, False,
-                   msgspec.Raw(msgspec.json.encode(response.content)))
+        status, body = response.status_code, response.content
+    else:  # the database is down, or a batch spent its retry budget: this item may be sent again, after
+        # the wait a whole call's 503 asks (Retry-After), in its body: an item has no headers
+        status, body = 503, problem_body(503, "service_unavailable", "the database is unavailable right now; "
+                                         "retry shortly", request, retry_after_seconds=RETRY_AFTER_S)
+    return _Answer(item.reservation_id if item else None, key, status, False, msgspec.Raw(msgspec.json.encode(body)))
 
 
 async def _settle_one(state: State, request: Request, raw: Any, lookups: asyncio.Semaphore) -> _Answer:

@@ -160,3 +160,33 @@ async def test_a_capture_in_bulk_without_a_capture_id_or_key_is_refused_not_take
     final = (await client.post("/v1/settlements", json=[{"reservation_id": rid, "usage": {"output_tokens": 0}}]))
     assert final.json()["results"][0]["status"] == 200, final.text
     assert await wallet(client, cid) == ("9.93", "0.00")
+
+
+async def test_an_item_the_database_cannot_do_now_is_503_asking_the_whole_calls_wait_in_its_body(
+        client: AsyncTestClient, book: str, tag: str, monkeypatch):
+    """An item the database could not do (down, its pool full) was answered 503 with no wait: a
+    whole call so answered carries `Retry-After: 1`, but an item has no headers, so a client had
+    nothing to honour. Its body now asks the same wait as `retry_after_seconds` (1 s)."""
+    from sqlalchemy import exc as sa_exc
+
+    from wallets.service import WalletService
+
+    own = await customer(client, book, tag)
+    ok, busy = await reserve(client, own), await reserve(client, own)
+    owner_of = WalletService.owner_of
+
+    async def pool_full_for_busy(self, reservation_id: str) -> str:
+        if reservation_id == busy:
+            raise sa_exc.TimeoutError("QueuePool limit reached")  # the pool had no connection in time
+        return await owner_of(self, reservation_id)
+
+    monkeypatch.setattr(WalletService, "owner_of", pool_full_for_busy)
+    response = await client.post("/v1/settlements", json=[{"reservation_id": ok, "usage": USAGE},
+                                                          {"reservation_id": busy, "usage": USAGE}])
+    assert response.status_code == 200, response.text
+    done, unavailable = response.json()["results"]
+    assert done["status"] == 200 and done["body"]["charged"] == "0.028"
+    assert unavailable["status"] == 503 and unavailable["body"]["code"] == "service_unavailable", unavailable
+    # the whole call's 503 asks `Retry-After: 1`: the item's body asks the same 1 s
+    assert unavailable["body"]["retry_after_seconds"] == 1, unavailable
+    assert await wallet(client, own) == ("9.872", "0.10")  # 10 - 0.028 - the busy one's hold of 0.10, still open
