@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from api.background import MAX_BYTES, MAX_ITEMS, bulk_answers, is_settle, item_of
+from api.background import MAX_BYTES, MAX_ITEMS, bulk_answers, is_settle, item_of, item_retry_after
 from api.delivery import RetryPolicy, retry_after, status_outcome
 from api.spool import FlushReport, Spool, SpoolRecord, release_lock
 
@@ -47,6 +47,8 @@ class _Again(Exception):
 
 class SpoolReplay:
     """Re-sends spool files in rounds until every record has an answer (or the task is cancelled)."""
+
+    _sleep = staticmethod(asyncio.sleep)  # the backoff between rounds (tests record it)
 
     def __init__(self, spools: list[Spool], send_bulk: SendBulk, send_one: SendOne, policy: RetryPolicy) -> None:
         self._spools, self._send_bulk, self._send_one, self._policy = spools, send_bulk, send_one, policy
@@ -68,7 +70,7 @@ class SpoolReplay:
                     del self._todo[spool]
             if self._todo:
                 asked = [w for w in waits if w is not None]
-                await asyncio.sleep(self._policy.wait(attempt, max(asked) if asked else None))
+                await self._sleep(self._policy.wait(attempt, max(asked) if asked else None))
                 attempt += 1
         if self.report.delivered or self.report.rejected or self.report.kept:
             log.warning("spool replay: %s", self.report)
@@ -129,10 +131,15 @@ class SpoolReplay:
             raise _Again(None)
         answers = [(r, status_outcome(status), f"{status} {body}") for r, (status, body) in zip(batch, results,
                                                                                                 strict=True)]
-        await self._file(spool, keys, answers)
+        # an item has no header, but its body may ask a wait (`retry_after_seconds`): the longest asked
+        asked = [wait for status, body in results
+                 if status_outcome(status) == "unreachable" and (wait := item_retry_after(body)) is not None]
+        await self._file(spool, keys, answers, max(asked) if asked else None)
 
-    async def _file(self, spool: Spool, keys: set[str], answers: list[tuple[SpoolRecord, str, str]]) -> None:
-        """Tally answers and strike the answered records off; raise _Again if one was not."""
+    async def _file(self, spool: Spool, keys: set[str], answers: list[tuple[SpoolRecord, str, str]],
+                    wait: float | None = None) -> None:
+        """Tally answers and strike the answered records off; raise _Again (to wait `wait`, when
+        the answers asked one) if one was not."""
         done: set[str] = set()
         rejected: list[tuple[SpoolRecord, str]] = []
         again = False
@@ -154,7 +161,7 @@ class SpoolReplay:
         if done:
             await _unbroken(spool.remove, done, rejected)
         if again:
-            raise _Again(None)
+            raise _Again(wait)
 
 
 def _batches(records: list[SpoolRecord]) -> list[list[SpoolRecord]]:

@@ -229,3 +229,49 @@ def test_a_settle_spooled_twice_under_one_key_is_sent_and_counted_once(live, spo
         assert not spool.path.exists() and not spool.rejected_path.exists()
         view = reservation(url, reservation_id)
         assert view["status"] == "settled" and len(view["charges"]) == 1
+
+
+def test_a_replay_item_answered_429_or_503_in_a_200_waits_the_longest_retry_after_its_body_asks(
+        tmp_path, monkeypatch):
+    """Items of a bulk replay call answered 429 or 502-504 inside a 200 went again after the bare
+    backoff (`_Again(None)`), whatever `retry_after_seconds` their bodies asked: a busy server got
+    them back within 0.1 s where it asked 7 s. Now the round waits the longest such item asks (as
+    a whole call's Retry-After: capped, plus the backoff's jitter). No server: the answers are made."""
+    from api.client_replay import SpoolReplay
+    from api.delivery import RetryPolicy
+
+    old = "2026-01-01T00:00:00+00:00"  # spooled before the replay began: its to send
+    records = [SpoolRecord("POST", f"/v1/reservations/r{n}/settle", {"final": True}, f"k{n}", f"r{n}",
+                           "http://x", spooled_at=old) for n in range(3)]
+    spool = Spool(tmp_path / "s.jsonl")
+    spool.append_many(records)
+    log: list = []
+
+    async def send_bulk(items: list) -> httpx.Response:
+        log.append(("send", [item["idempotency_key"] for item in items]))
+        if len(log) > 1:
+            return httpx.Response(200, json={"results": [
+                {"reservation_id": i["reservation_id"], "idempotency_key": i["idempotency_key"],
+                 "status": 201, "replayed": False, "body": {}} for i in items]})
+        busy = [{"status": 503, "code": "service_unavailable", "retry_after_seconds": 1},
+                {"status": 429, "code": "rate_limited", "retry_after_seconds": 7}]
+        return httpx.Response(200, json={"results": [
+            {"reservation_id": "r0", "idempotency_key": "k0", "status": 201, "replayed": False, "body": {}},
+            *({"reservation_id": f"r{n}", "idempotency_key": f"k{n}", "status": b["status"], "replayed": False,
+               "body": b} for n, b in enumerate(busy, 1))]})
+
+    async def send_one(record: SpoolRecord) -> tuple[str, str]:
+        raise AssertionError("all in bulk")
+
+    async def recorded(seconds: float) -> None:  # the delay the replay asked for, not waited
+        log.append(("sleep", seconds))
+
+    monkeypatch.setattr(SpoolReplay, "_sleep", staticmethod(recorded))
+    replay = SpoolReplay([spool], send_bulk, send_one, RetryPolicy(backoff_s=0.05))
+    report = asyncio.run(replay.run())
+    assert [entry[0] for entry in log] == ["send", "sleep", "send"], log
+    assert log[0][1] == ["k0", "k1", "k2"] and log[2][1] == ["k1", "k2"], log
+    # attempt 0: the longest asked, max(1, 7) = 7 s (under the 30 s cap), + full jitter under
+    # backoff_s 0.05 * 2**0 = 0.05 s: between 7 and 7.05 s (it was the jitter alone, under 0.05 s)
+    assert 7 <= log[1][1] <= 7.05, log
+    assert (report.delivered, report.kept, report.rejected) == (3, 0, 0)
