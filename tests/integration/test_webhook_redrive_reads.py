@@ -56,38 +56,6 @@ async def test_a_redrive_of_an_unknown_event_id_probes_the_outbox_by_that_id_not
     assert rows_read(spy[0].plans, "outbox") == 0
 
 
-async def test_one_events_attempts_and_delivery_are_read_by_its_id_not_the_endpoints_whole_log(db):
-    """An endpoint with 2,000 events, each delivered once and attempted once, and the log of the
-    oldest (`?event_id=`): its attempts were read back from the newest of the endpoint's, all 2,000
-    (no index had the event); by webhook_attempts_event (migration 0078) the read is its one row,
-    and its delivery's, by the endpoint's and event's unique key, one row."""
-    endpoint, _ = await db.committed(lambda c: endpoints.create(c, "https://x.example/h", ["invoice.*"], "", 1))
-    await db.committed(lambda c: c.execute(text(
-        """WITH d AS (
-               INSERT INTO webhook_deliveries (endpoint_id, event_id, topic, payload, event_at)
-               SELECT :e, 'evt_log_' || g, 'invoice.finalized', '{}', now() FROM generate_series(1, :n) g
-               RETURNING id, event_id)
-           INSERT INTO webhook_attempts (delivery_id, endpoint_id, event_id, attempt, attempted_at, status_code,
-                                         latency_ms, error, succeeded)
-           SELECT d.id, :e, d.event_id, 1, now(), 503, 5, 'HTTP 503', false FROM d ORDER BY d.id"""),
-        {"e": endpoint.id, "n": EVENTS}))
-    spy: list[Explaining] = []
-
-    async def read(conn: Any) -> tuple[list[log.Attempt], list[log.Delivery]]:
-        for table in ("webhook_attempts", "webhook_deliveries"):
-            await conn.execute(text(f"ANALYZE {table}"))
-        await conn.execute(text("SET LOCAL enable_seqscan = off"))
-        spy.append(Explaining(conn))
-        return (await log.attempts(spy[0], endpoint.id, event_id="evt_log_1", before=None, limit=100),
-                await log.deliveries(spy[0], endpoint.id, status=None, event_id="evt_log_1", before=None, limit=100))
-
-    attempts, deliveries = await db.read(read)
-    assert [(a.event_id, a.status_code) for a in attempts] == [("evt_log_1", 503)]
-    assert [d.event_id for d in deliveries] == ["evt_log_1"]
-    plans = spy[0].plans
-    assert (rows_read(plans[:1], "webhook_attempts"), rows_read(plans[1:], "webhook_deliveries")) == (1, 1)
-
-
 class Generic(Explaining):
     """A connection that runs each statement once PREPAREd (its `:name`s as `$n`, the types
     PostgreSQL infers) and EXPLAIN (ANALYZE) EXECUTEd with `plan_cache_mode` force_generic_plan,
@@ -108,37 +76,43 @@ class Generic(Explaining):
         return await self.conn.execute(statement, params)
 
 
-async def test_one_events_log_read_by_a_generic_plan_reads_its_rows_not_the_endpoints_whole_log(db):
-    """The same 2,000 events, each delivered once and attempted once, and the log of the oldest
-    (`?event_id=`), each read planned generically, as a prepared statement is from its 6th run:
-    `(CAST(:event AS text) IS NULL OR event_id = :event)` is no index condition in a plan for any
-    :event, so its attempts and its delivery were found by reading the log back from the newest:
-    the oldest of 2,000 is the 2,000th, so at least 2,000 rows each (measured: 2,000 alone, 4,000
-    after this file's other test's endpoint). With only the filters given, `event_id =
-    :event` is one: its attempt by webhook_attempts_event, its delivery by the endpoint's and
-    event's unique key, 1 row each."""
+@pytest.mark.parametrize("planned", ["custom", "generic"])
+async def test_one_events_log_is_read_by_its_id_not_the_endpoints_whole_log(db, planned):
+    """An endpoint with 2,000 events, each delivered once and attempted once, and the log of the
+    oldest (`?event_id=`). Planned for its arguments (custom): its attempts were read back from the
+    newest of the endpoint's, all 2,000 (no index had the event); by webhook_attempts_event
+    (migration 0078) the read is its one row, and its delivery's, by the endpoint's and event's
+    unique key, one row. Planned generically (Generic), as a prepared statement is from its 6th
+    run: `(CAST(:event AS text) IS NULL OR event_id = :event)` is no index condition in a plan for
+    any :event, so its attempts and its delivery were found by reading the log back from the
+    newest: the oldest of 2,000 is the 2,000th, so at least 2,000 rows each (measured: 2,000 alone,
+    4,000 after another endpoint's); with only the filters given, `event_id = :event` is one: 1 row
+    each."""
+    spying = Generic if planned == "generic" else Explaining
+    event = f"evt_{planned}_1"
     endpoint, _ = await db.committed(lambda c: endpoints.create(c, "https://x.example/h", ["invoice.*"], "", 1))
     await db.committed(lambda c: c.execute(text(
         """WITH d AS (
                INSERT INTO webhook_deliveries (endpoint_id, event_id, topic, payload, event_at)
-               SELECT :e, 'evt_gen_' || g, 'invoice.finalized', '{}', now() FROM generate_series(1, :n) g
+               SELECT :e, :prefix || g, 'invoice.finalized', '{}', now() FROM generate_series(1, :n) g
                RETURNING id, event_id)
            INSERT INTO webhook_attempts (delivery_id, endpoint_id, event_id, attempt, attempted_at, status_code,
                                          latency_ms, error, succeeded)
            SELECT d.id, :e, d.event_id, 1, now(), 503, 5, 'HTTP 503', false FROM d ORDER BY d.id"""),
-        {"e": endpoint.id, "n": EVENTS}))
-    spy: list[Generic] = []
+        {"e": endpoint.id, "n": EVENTS, "prefix": f"evt_{planned}_"}))
+    spy: list[Explaining] = []
 
     async def read(conn: Any) -> tuple[list[log.Attempt], list[log.Delivery]]:
         for table in ("webhook_attempts", "webhook_deliveries"):
             await conn.execute(text(f"ANALYZE {table}"))
         await conn.execute(text("SET LOCAL enable_seqscan = off"))
-        spy.append(Generic(conn))
-        return (await log.attempts(spy[0], endpoint.id, event_id="evt_gen_1", before=None, limit=100),
-                await log.deliveries(spy[0], endpoint.id, status=None, event_id="evt_gen_1", before=None, limit=100))
+        spy.append(spying(conn))
+        return (await log.attempts(spy[0], endpoint.id, event_id=event, before=None, limit=100),
+                await log.deliveries(spy[0], endpoint.id, status=None, event_id=event, before=None, limit=100))
 
     attempts, deliveries = await db.read(read)
-    assert [(a.event_id, a.status_code) for a in attempts] == [("evt_gen_1", 503)]
-    assert [d.event_id for d in deliveries] == ["evt_gen_1"]
+    assert [(a.event_id, a.status_code) for a in attempts] == [(event, 503)]
+    assert [d.event_id for d in deliveries] == [event]
     plans = spy[0].plans
     assert (rows_read(plans[:1], "webhook_attempts"), rows_read(plans[1:], "webhook_deliveries")) == (1, 1)
+
