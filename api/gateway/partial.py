@@ -14,7 +14,8 @@ from typing import Any
 
 import msgspec
 
-_SCALAR = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?|true|false|null")
+# JSON's digits are 0-9: a str regex's \d is any Unicode digit, and read "٣" (U+0663) as a number
+_SCALAR = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|true|false|null")
 _SCALAR_CUT = re.compile(r"[-+.0-9eE]+|t(?:r(?:ue?)?)?|f(?:a(?:l(?:se?)?)?)?|n(?:u(?:ll?)?)?")
 _HEX = frozenset("0123456789abcdefABCDEF")
 _QUOTE_OR_ESCAPE = re.compile(r'["\\]')

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from api.gateway.partial import partial_json, whole_members
+from api.gateway.partial import closed_prefix, partial_json, whole_members
 
 
 @pytest.mark.parametrize(("cut", "closed"), [
@@ -82,3 +82,18 @@ def test_every_cut_of_a_list_of_values_keeps_its_whole_values_and_reads_usage_on
         assert came == ({"usage": {"prompt_tokens": 12, "total_tokens": 12}} if n >= usage_closed else {}), cut
     assert partial_json(whole[:len(b'{"object":"list","data":[{"embedding":[0.5,-1e-3,2')]) \
         == {"object": "list", "data": [{"embedding": [0.5, -1e-3]}]}  # 2 may have been 20
+
+
+@pytest.mark.parametrize("digit", ["\u0663", "\u09e9", "\uff13"])  # Arabic-Indic, Bengali, fullwidth three
+def test_a_digit_other_than_0_to_9_is_not_a_json_number(digit):
+    """JSON's numbers are written in 0-9 only (RFC 8259 section 6); a str regex's \\d matches any
+    Unicode digit, so "٣" (U+0663) was read as a number: the prefix closed around it was not JSON,
+    and a member after it was read as if the answer were. By hand: nothing is JSON from the "٣" on,
+    so the prefix is none, as for any other character that begins no value ({"a": xyz above), and
+    neither "n" nor the usage after it is read."""
+    cut = f'{{"t": "hello", "n": {digit}, "usage": {{"prompt_tokens": 7}}'.encode()
+    assert closed_prefix(cut.decode()) is None
+    assert partial_json(cut) is None
+    assert whole_members(cut + b"}", "n", "usage") == {}
+    assert whole_members(b'{"n": 3, "usage": {"prompt_tokens": 7}}', "n", "usage") == {  # 0-9 as before
+        "n": 3, "usage": {"prompt_tokens": 7}}
