@@ -25,7 +25,7 @@ import httpx
 
 from api.background import BackgroundSettler, item_of
 from api.delivery import DURABLE_RETRY, RetryPolicy
-from api.errors import STATUS_BY_CODE
+from api.errors import RETRY_AFTER_S, STATUS_BY_CODE
 from api.routes.inputs import usage_tokens
 from api.spool import SUFFIX, Spool, SpoolRecord, spool_dir
 from ledger.db import RetriesExhaustedError, is_unavailable
@@ -220,7 +220,9 @@ class GatewaySettles:
             if not (is_unavailable(exc) or isinstance(exc, RetriesExhaustedError)):
                 log.exception("gateway settle %s failed; left in the spool", key)
                 return {"status": 500, "body": {"code": "internal_error"}}
-            return {"status": 503, "body": {"code": "service_unavailable"}}
+            # may be sent again, after the wait POST /v1/settlements' item asks (a whole call's
+            # Retry-After): the queue waits it, where it sent again after its backoff's jitter alone
+            return {"status": 503, "body": {"code": "service_unavailable", "retry_after_seconds": RETRY_AFTER_S}}
         return {"status": 200, "body": {"charged": _charged(result)}}
 
 

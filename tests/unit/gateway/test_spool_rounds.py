@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from api.background import item_of
 from api.gateway.settles import RoundsSpool, settle_key, settle_record
 
 
@@ -53,3 +54,44 @@ async def test_a_malformed_spool_record_is_refused_for_good_and_reaches_no_engin
     settles = GatewaySettles(RoundsSpool("/nonexistent/gw.jsonl"), NoEngine())
     answer = await settles._settle({"idempotency_key": "k", "reservation_id": "r", "customer_id": "acme"})
     assert answer["status"] == 422  # the BackgroundSettler sets a 422 aside in `.rejected`
+
+
+async def test_a_settle_the_database_cannot_take_now_waits_what_post_v1_settlements_asks(tmp_path: Path,
+                                                                                      monkeypatch):
+    """A gateway settle the ledger cannot take now (the database down) was answered 503 with no
+    wait in its body, so the queue sent it again after the backoff's jitter alone (under RETRY's
+    0.2 s), where an item of POST /v1/settlements answered so asks `retry_after_seconds: 1` (the
+    whole call's Retry-After). Now the gateway's answer asks the same, and the queue waits it."""
+    from api.background import BackgroundSettler
+    from api.gateway.settles import GatewaySettles
+    from ledger.db import RetriesExhaustedError
+
+    class DownTwice:  # the call below, then the queue's first send; the queue's second is taken
+        def __init__(self) -> None:
+            self.calls = 0
+
+        async def submit(self, command):
+            self.calls += 1
+            if self.calls <= 2:
+                raise RetriesExhaustedError("the database is down")
+            return type("Charged", (), {"charged": 7})()
+
+    slept: list[float] = []
+
+    async def recorded(seconds: float) -> None:  # the delay the queue asked for, not waited
+        slept.append(seconds)
+
+    monkeypatch.setattr(BackgroundSettler, "_sleep", staticmethod(recorded))
+    engine = DownTwice()
+    settles = GatewaySettles(RoundsSpool(tmp_path / "gw.jsonl", every=1), engine)
+    [record] = records(1)
+    answer = await settles._settle(item_of(record))
+    assert answer["status"] == 503 and answer["body"]["code"] == "service_unavailable"
+    assert answer["body"]["retry_after_seconds"] == 1  # as api.routes.settlements' item (7548d42)
+    await settles.start()
+    await settles.put(record)
+    assert await settles.stop() == 0 and engine.calls == 3  # the one above, the queue's 503, then taken
+    # one wait: the asked 1 s + full jitter under RETRY's backoff_s 0.2 * 2**0: between 1 and 1.2 s
+    # (it was the jitter alone, under 0.2 s)
+    assert len(slept) == 1 and 1 <= slept[0] <= 1.2, slept
+    assert not (tmp_path / "gw.jsonl").exists() and not (tmp_path / "gw.jsonl.rejected").exists()
