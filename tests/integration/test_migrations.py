@@ -366,3 +366,37 @@ def test_a_database_user_limited_to_one_connection_migrates(server_url, monkeypa
     finally:
         with psycopg.connect(server_url, autocommit=True) as admin:
             admin.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+@pytest.mark.parametrize("versions", [(2,), (3,), (1, 2, 3)])
+def test_migrations_go_down_to_base_and_back_up_with_seals_of_later_hash_versions(versions, scratch_url):
+    """0042's and 0076's downgrades keep the seals' later hash versions aside in tables guarded by
+    0001's ledger_reject_change(); down to base, 0001 dropped the seals but not them, and its
+    DROP FUNCTION was refused (the triggers depend on it): nothing moved. Now base holds no table,
+    and head again no seal and no table kept aside."""
+    engine = create_engine(sync_url(scratch_url))
+    try:
+        with engine.connect() as conn:
+            for n, version in enumerate(versions):
+                conn.execute(text(
+                    """INSERT INTO seals (from_txid, to_txid, entry_ids, entry_hashes, prev_hash, chain_hash,
+                                          hash_version)
+                       VALUES (CAST(:lo AS xid8), CAST(:hi AS xid8), '{}', '{}', :z, :z, :v)"""),
+                    {"lo": str(n), "hi": str(n + 1), "z": bytes(32), "v": version})
+            conn.commit()
+            config = runner.alembic_config()
+            config.attributes["connection"] = conn
+            command.downgrade(config, "base")
+            conn.commit()
+            assert runner.current_revision(conn) is None
+            tables = conn.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+                                       "AND tablename <> 'alembic_version'")).scalars().all()
+            assert tables == []
+            command.upgrade(config, "head")
+            conn.commit()
+            assert runner.current_revision(conn) == runner.head_revision()
+            assert conn.execute(text("SELECT count(*) FROM seals")).scalar_one() == 0
+            left = conn.execute(text("SELECT tablename FROM pg_tables WHERE tablename LIKE 'seal%'")).scalars().all()
+            assert left == ["seals"]
+    finally:
+        engine.dispose()
