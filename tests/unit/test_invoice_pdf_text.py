@@ -202,6 +202,55 @@ def test_an_arabic_word_cut_to_wrap_keeps_its_letters_joined_across_the_cut() ->
         "uniFEB3", "uniFEE4", "uniFEDC", *["uniFEB4", "uniFEE4", "uniFEDC"] * 38, "uniFEB4", "uniFEE4", "uniFEDA"]
 
 
+def _arabic_lines(context: dict) -> list[tuple[float, float]]:
+    """The left and right ends (mm from the page's left edge) of each line the first page draws in
+    the description column (its cell from 10 to 105 mm) with glyphs of the script font (DejaVu Sans:
+    Arabic) in it, top to bottom. Shaped, fpdf2 places each glyph at a point of its own (Tm) and
+    moves the point past the last (a Tm with nothing drawn after it), so a piece ends there."""
+    reader = PdfReader(io.BytesIO(context_pdf(context)))
+    page = reader.pages[0]
+    script = {name for name, ref in page["/Resources"]["/Font"].items()
+              if "DejaVu" in ref.get_object()["/BaseFont"]}
+    lines: dict[float, list[float]] = {}
+    arabic: set[float] = set()
+    font, saved, points = None, [], []
+    for operands, operator in ContentStream(page.get_contents(), reader).operations:
+        if operator == b"q":
+            saved.append(font)
+        elif operator == b"Q":
+            font = saved.pop()
+        elif operator == b"Tf":
+            font = operands[0]
+        elif operator == b"BT":
+            points = []
+        elif operator in (b"Td", b"Tm"):
+            points.append((float(operands[-2]) * 25.4 / 72, round(float(operands[-1]) * 25.4 / 72, 2)))
+        elif operator == b"Tj" and font in script:
+            arabic.add(points[-1][1])
+        elif operator == b"ET" and len(points) > 1 and points[0][0] < 105:
+            lines.setdefault(points[0][1], []).extend((points[0][0], points[-1][0]))
+    return [(min(ends), max(ends)) for y, ends in sorted(lines.items(), reverse=True) if y in arabic]
+
+
+@pytest.mark.skipif(renderings.unicode_font() is None or renderings.script_font() is None,
+                    reason="no Unicode TrueType font with Hebrew and Arabic on this system (DejaVu Sans)")
+@pytest.mark.parametrize("word", ["سمك" * 60, "تحليلالبياناتوالمستنداتللعملاء" * 8])
+def test_a_long_arabic_description_is_cut_to_fill_its_column_and_every_line_fits_it(word: str) -> None:
+    """A description "نموذج <word> input", its word wider than a line (180 and 240 letters): the
+    word is cut between letters, its first letters on the line of "نموذج". By hand, the column:
+    A4's 210 mm less 10 mm margins is 190 mm, the description's share 190 * 90 / 180 = 95 mm, less a
+    1 mm cell margin each side, 93 mm, from 11 to 104 mm. Every line drawn stays inside it, and each
+    line that ends at a cut fills it to within a letter (no letter here is 4.65 mm wide at 9 pt): at
+    least 0.95 * 93 = 88.35 mm. The letters were measured apart, each in its isolated form, which is
+    wider than the joined forms they print in: the cut lines of "سمك" filled 71.33 and 69.32 mm
+    (77 % and 75 %), the other word's 52.04 to 54.44 mm (56 % to 59 %)."""
+    context = _context(f"نموذج {word} input")
+    lines = _arabic_lines(context)
+    assert len(lines) > 2, lines
+    assert all(left >= 11 - 0.01 and right <= 104 + 0.01 for left, right in lines), lines
+    assert all(right - left >= 88.35 for left, right in lines[:-1]), [round(right - left, 2) for left, right in lines]
+
+
 @pytest.mark.skipif(renderings.unicode_font() is None or renderings.script_font() is None,
                     reason="no Unicode TrueType font with Hebrew and Arabic on this system (DejaVu Sans)")
 def test_a_zero_width_non_joiner_keeps_persian_letters_apart() -> None:
