@@ -74,6 +74,9 @@ class RedriveRequest(msgspec.Struct, forbid_unknown_fields=True):
     since: DateTime | None = None
     until: DateTime | None = None
     failed_only: bool = False
+    # a bound narrowed within its microsecond: its events from (since) or before (until) that event id
+    since_event_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    until_event_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
 
 
 RedriveBody = Annotated[dict[str, Any], json_body(Annotated[RedriveRequest, msgspec.Meta(
@@ -239,7 +242,8 @@ async def redrive_webhooks(
     skips those already delivered. A disabled endpoint is refused (409 `endpoint_disabled`):
     enable it first, as nothing is queued for it. A window holding more to queue than
     TOKENTILL_WEBHOOK_REDRIVE_LIMIT (10,000) queues nothing: 422 `too_many_events` with `count`,
-    `limit` and the `until` that keeps the call within the limit."""
+    `limit` and the first event past the limit (`until`, `until_event_id`): a call up to it queues
+    exactly the limit, the next starts from it (`since`, `since_event_id`)."""
     body = shaped(data, RedriveRequest)
     since, until = bound_in(body.since, "since"), bound_in(body.until, "until")  # finer than 1 us: the next
     if (body.event_id is None) == (since is None):
@@ -248,6 +252,10 @@ async def redrive_webhooks(
         raise WalletValidationError("until" if until is not None else "failed_only", "goes with since, not event_id")
     if since is not None and until is not None and until < since:
         raise WalletValidationError("until", "must not be before since")
+    if body.since_event_id is not None and since is None:
+        raise WalletValidationError("since_event_id", "narrows since: goes with since, not event_id")
+    if body.until_event_id is not None and until is None:
+        raise WalletValidationError("until_event_id", "narrows until: goes with since and until")
 
     async def work(conn: AsyncConnection) -> RedriveResponse:
         endpoint = await endpoints.get(conn, endpoint_id)
@@ -259,7 +267,8 @@ async def redrive_webhooks(
                                                                     body.event_id))
         return RedriveResponse(endpoint_id, await log.redrive_since(
             conn, endpoint_id, endpoint.topics, since, until, body.failed_only,
-            limit=state.services.settings.webhook_redrive_limit))
+            limit=state.services.settings.webhook_redrive_limit, since_event_id=body.since_event_id,
+            until_event_id=body.until_event_id))
 
     # READ COMMITTED, as the deliveries it queues are bookkeeping beside the ledger
     return await _once(state, request, data, work, REDRIVEN, committed=True)

@@ -119,19 +119,30 @@ async def redrive_event(conn: AsyncConnection, endpoint_id: str, topics: tuple[s
 
 
 # What a re-drive `since` would queue, counted in the statement that queues it (one snapshot): the
-# events of the window that the endpoint has not received, or all of them without failed_only.
+# events of the window that the endpoint has not received, or all of them without failed_only. The
+# window is [since, until) in the order (created_at, event id), each bound narrowed within its
+# microsecond by an event id when one is given: the events of one transaction share a created_at
+# (a close's invoice.finalized), and more of them than the limit could not be paged by time alone.
 _WINDOW = """
 WITH due AS (
     SELECT webhook_event_id(o.lane, o.dedup_key, o.payload) AS event_id, o.topic, o.customer_id, o.payload,
            o.created_at
       FROM outbox o
      WHERE webhook_topic_matches(CAST(:topics AS text[]), o.topic) AND o.created_at >= :since
-       AND (CAST(:until AS timestamptz) IS NULL OR o.created_at < :until)),
+       AND (CAST(:until AS timestamptz) IS NULL OR o.created_at <= :until)),
+bounded AS (
+    SELECT * FROM due
+     WHERE (created_at > :since OR CAST(:since_event AS text) IS NULL OR event_id COLLATE "C" >= :since_event)
+       AND (CAST(:until AS timestamptz) IS NULL OR created_at < :until
+            OR (created_at = :until AND event_id COLLATE "C" < CAST(:until_event AS text)))),
 wanted AS (
-    SELECT due.* FROM due LEFT JOIN webhook_deliveries d ON d.endpoint_id = :e AND d.event_id = due.event_id
+    SELECT bounded.* FROM bounded
+      LEFT JOIN webhook_deliveries d ON d.endpoint_id = :e AND d.event_id = bounded.event_id
      WHERE NOT :failed_only OR d.id IS NULL
         OR (d.status <> 'succeeded' AND coalesce(d.leased_until <= now(), true))),
 counted AS (SELECT count(*) AS n FROM wanted),
+past AS (  -- the first event past the limit: the bound that keeps a call within it
+    SELECT created_at, event_id FROM wanted ORDER BY created_at, event_id COLLATE "C" OFFSET :limit LIMIT 1),
 queued AS (
     INSERT INTO webhook_deliveries (endpoint_id, event_id, topic, customer_id, payload, event_at)
     SELECT :e, event_id, topic, customer_id, payload, created_at FROM wanted
@@ -140,27 +151,35 @@ queued AS (
      WHERE NOT :failed_only OR (webhook_deliveries.status <> 'succeeded'
            AND coalesce(webhook_deliveries.leased_until <= now(), true))
     RETURNING id)
-SELECT (SELECT n FROM counted), (SELECT count(*) FROM queued),
-       (SELECT created_at FROM wanted ORDER BY created_at OFFSET :limit LIMIT 1)
+SELECT (SELECT n FROM counted), (SELECT count(*) FROM queued), (SELECT created_at FROM past),
+       (SELECT event_id FROM past)
 """
 
 
 async def redrive_since(conn: AsyncConnection, endpoint_id: str, topics: tuple[str, ...], since: datetime,
-                        until: datetime | None, failed_only: bool, *, limit: int) -> int:
+                        until: datetime | None, failed_only: bool, *, limit: int, since_event_id: str | None = None,
+                        until_event_id: str | None = None) -> int:
     """Every event of the endpoint's topics written at or after `since` (and before `until`),
     sent again; with `failed_only`, only those never delivered (failed, cancelled, still waiting
     for a retry, or never handed to this endpoint) but for one whose attempt is open right now.
-    Returns how many were scheduled. More than `limit` to queue queues nothing: TooManyEventsError
-    with the count and the `until` (the first event past the limit) that keeps the call within it."""
+    `since_event_id` narrows `since` to its events from that id on, `until_event_id` `until` to
+    its events before that id (ids compared byte by byte), so that a window's events are in the
+    order (created_at, event id). Returns how many were scheduled. More than `limit` to queue
+    queues nothing: TooManyEventsError with the count and the first event past the limit (`until`,
+    `until_event_id`): [since, that event) holds exactly `limit`, and the next call starts at it.
+    `until` alone keeps a call within the limit too, but pages nothing where more than the limit
+    share `since`'s microsecond: the suggested `until` was `since` itself, and [since, since) empty."""
     params: dict[str, Any] = {"e": endpoint_id, "topics": list(topics), "since": since, "until": until,
-                              "failed_only": failed_only, "limit": limit}
-    count, queued, within = (await conn.execute(text(_WINDOW.format(again=_AGAIN)), params)).one()
+                              "failed_only": failed_only, "limit": limit, "since_event": since_event_id,
+                              "until_event": until_event_id}
+    count, queued, within, within_event = (await conn.execute(text(_WINDOW.format(again=_AGAIN)), params)).one()
     if count > limit:
         within = within.astimezone(UTC).isoformat().replace("+00:00", "Z")
         raise TooManyEventsError(
             f"{count} events to re-drive in this window, more than the {limit} one call may queue: "
-            f"nothing was queued; re-drive up to until={within}, then on from there",
-            count=count, limit=limit, until=within)
+            f"nothing was queued; re-drive up to until={within} and until_event_id={within_event} (exactly "
+            f"{limit} events), then on from since={within} and since_event_id={within_event}",
+            count=count, limit=limit, until=within, until_event_id=within_event)
     if queued:
         await announce(conn)
     return queued

@@ -1,0 +1,134 @@
+"""A re-drive `since` a time over more events than one call may queue, where more than that limit
+share one `created_at` (the events of one transaction do: a close that finalizes many invoices):
+the refusal's suggested page must move on, so that following it queues every event once."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+from sqlalchemy import text
+
+from api.app import create_app
+from tests.integration.test_webhooks import ADMIN, FAST
+from wallets.errors import TooManyEventsError
+from wallets.webhooks import endpoints, log
+
+AT = datetime(2001, 2, 3, 4, 5, 6, 789012, tzinfo=UTC)  # no other test writes the outbox at this time
+
+
+def _wire(at: datetime) -> str:
+    return at.isoformat().replace("+00:00", "Z")
+
+
+async def _events(db: Any, mark: str, times: list[datetime]) -> None:
+    await db.committed(lambda c: c.execute(text(
+        "INSERT INTO outbox (topic, dedup_key, payload, created_at)"
+        " SELECT 'invoice.finalized', :m || '-' || g, jsonb_build_object('id', 'evt_' || :m || '_' || g), t"
+        " FROM unnest(CAST(:times AS timestamptz[])) WITH ORDINALITY AS x(t, g)"),
+        {"m": mark, "times": times}))
+
+
+async def _redrive(db: Any, endpoint: Any, since: datetime, until: datetime, limit: int,
+                   **bounds: str | None) -> int:
+    """log.redrive_since over [since, until), with the event id bounds given (None: left out)."""
+    given = {k: v for k, v in bounds.items() if v is not None}
+    return await db.committed(lambda c: log.redrive_since(c, endpoint.id, endpoint.topics, since, until, False,
+                                                          limit=limit, **given))
+
+
+async def _queued(db: Any, endpoint_id: str) -> list[str]:
+    rows = await db.read(lambda c: c.execute(text(
+        "SELECT event_id FROM webhook_deliveries WHERE endpoint_id = :e ORDER BY event_id"), {"e": endpoint_id}))
+    return [r[0] for r in rows]
+
+
+async def test_more_events_at_one_instant_than_the_limit_are_paged_through_by_the_refusals_bounds(db):
+    """5 events at one microsecond T and 1 at T + 1 us, a limit of 2, a re-drive since T: the
+    refusal's `until` was the time of the first event past the limit, T itself, so [T, T) queued
+    nothing and the caller could never get past T. Now it names that event too (`until_event_id`):
+    [T, (T, 3rd event)) holds exactly 2 events, and the next page starts at that event
+    (`since_event_id`). Pages: 6 events / 2 = 3 calls queue 2, 2, 2 (the last needs no bound: 2 left
+    <= 2), 6 deliveries, each event once."""
+    mark = uuid.uuid4().hex[:10]
+    await _events(db, mark, [AT] * 5 + [AT + timedelta(microseconds=1)])
+    endpoint, _ = await db.committed(lambda c: endpoints.create(c, "https://x.example/h", ["invoice.*"], "", 1))
+    until = AT + timedelta(seconds=1)  # keeps the window to this test's events
+    since, since_event, scheduled = AT, None, []
+    for _ in range(5):  # 3 pages are enough; more calls are a page that does not move on
+        try:
+            scheduled.append(await _redrive(db, endpoint, since, until, 2, since_event_id=since_event))
+            break
+        except TooManyEventsError as refused:
+            page = refused.context
+            assert (page["count"], page["limit"]) == (6 - sum(scheduled), 2)
+            bound, bound_event = datetime.fromisoformat(page["until"]), page.get("until_event_id")
+            scheduled.append(await _redrive(db, endpoint, since, bound, 2, since_event_id=since_event,
+                                            until_event_id=bound_event))
+            since, since_event = bound, bound_event
+    assert scheduled == [2, 2, 2]
+    assert await _queued(db, endpoint.id) == sorted(f"evt_{mark}_{g}" for g in range(1, 7))
+
+
+async def test_an_event_id_bound_narrows_its_time_bound_to_the_events_past_or_before_that_id(db):
+    """Three events at T (ids a < b < c, as the order of bounds compares them): since T from b
+    holds b and c, 2; until T at b holds a, 1; since T from b until T at c holds b, 1; until T
+    alone nothing, 0 (the bound is [since, until))."""
+    mark = uuid.uuid4().hex[:10]
+    at = AT + timedelta(minutes=1)
+    await _events(db, mark, [at] * 3)
+    a, b, c = (f"evt_{mark}_{g}" for g in (1, 2, 3))
+    cases = [((None, b), (None, None), 2), ((None, None), (at, b), 1), ((None, b), (at, c), 1),
+             ((None, None), (at, None), 0)]
+    for (_, since_event), (until, until_event), expected in cases:
+        endpoint, _ = await db.committed(lambda c: endpoints.create(c, "https://x.example/h", ["invoice.*"], "", 1))
+        got = await _redrive(db, endpoint, at, until or at + timedelta(seconds=1), 10, since_event_id=since_event,
+                             until_event_id=until_event)
+        assert got == expected, (since_event, until, until_event)
+    assert a < b < c
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"event_id": "evt_y", "since_event_id": "evt_x"}, "since_event_id"),
+    ({"event_id": "evt_y", "until_event_id": "evt_x"}, "until_event_id"),
+    ({"since": _wire(AT), "until_event_id": "evt_x"}, "until_event_id")])
+async def test_an_event_id_bound_without_its_time_is_422_naming_it(database_url, body, field):
+    """`since_event_id` narrows `since`, `until_event_id` narrows `until`: one without its time (or
+    beside `event_id`) means nothing, and is refused naming it."""
+    async with AsyncTestClient(app=create_app(FAST, database_url)) as client:
+        client.headers.update(ADMIN)
+        endpoint = (await client.post("/v1/webhook-endpoints", json={"url": "https://x.example/h",
+                                                                     "topics": ["invoice.*"]})).json()
+        refused = await client.post(f"/v1/webhook-endpoints/{endpoint['id']}/redrive", json=body)
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["fields"][0]["field"] == field, refused.text
+
+
+async def test_the_http_refusal_names_the_event_to_page_from_and_the_bounds_it_names_page_through(database_url, db):
+    """Over HTTP, a limit of 2 and 3 events at one microsecond T: `since` T is 422 with `until` T
+    and `until_event_id`; up to that event queues 2, on from it 1: 2 + 1 = 3, each once."""
+    mark = uuid.uuid4().hex[:10]
+    at = AT + timedelta(minutes=2)
+    await _events(db, mark, [at] * 3)
+    async with AsyncTestClient(app=create_app(replace(FAST, webhook_redrive_limit=2), database_url)) as client:
+        client.headers.update(ADMIN)
+        endpoint = (await client.post("/v1/webhook-endpoints", json={"url": "https://x.example/h",
+                                                                     "topics": ["invoice.*"]})).json()
+        path = f"/v1/webhook-endpoints/{endpoint['id']}/redrive"
+        window = {"since": _wire(at), "until": _wire(at + timedelta(seconds=1))}
+        refused = await client.post(path, json=window)
+        assert refused.status_code == 422, refused.text
+        page = refused.json()
+        assert (page["code"], page["count"], page["limit"], page["until_event_id"]) == (
+            "too_many_events", 3, 2, f"evt_{mark}_3")
+        assert datetime.fromisoformat(page["until"]) == at
+        first = await client.post(path, json={"since": window["since"], "until": page["until"],
+                                              "until_event_id": page["until_event_id"]})
+        rest = await client.post(path, json={**window, "since": page["until"],
+                                             "since_event_id": page["until_event_id"]})
+        assert (first.status_code, rest.status_code) == (202, 202), (first.text, rest.text)
+        assert (first.json()["scheduled"], rest.json()["scheduled"]) == (2, 1)
+    assert await _queued(db, endpoint["id"]) == sorted(f"evt_{mark}_{g}" for g in (1, 2, 3))
