@@ -619,3 +619,81 @@ def test_a_spool_flush_counts_what_is_left_by_key_not_by_line(tmp_path, monkeypa
     assert sent == ["res_1:settle:1", "res_1:settle:2", "res_1:settle:3"]
     assert status == 1 and f"{spool.path}: delivered 1, refused 0, left 2" in out
     assert spool.records() == [record(2), record(3)]
+
+
+def _bytes_read() -> int:
+    """What this process has read so far (any file, by read or pread: /proc's rchar)."""
+    with open("/proc/self/io") as f:
+        return int(dict(line.split(": ") for line in f.read().splitlines())["rchar"])
+
+
+def test_a_refusal_reads_only_the_end_of_a_large_rejected_file_and_is_still_filed_once(tmp_path, monkeypatch):
+    """Filing a refusal read the whole `<name>.rejected` (every line parsed) to find the keys it
+    held, and that file only grows: 50 MB of old refusals cost each flush with a refusal 50 MiB
+    read and 0.6 s of CPU. A key filed for the record at hand was filed after the record was
+    spooled, so only the lines filed since (less a day, for a clock set back) are read: here
+    under 1 MiB of 8 MiB. The refusal is still filed once when the spool's rewrite after its
+    filing fails (test_a_refusal_filed_before_a_rewrite_the_disk_cut_short_is_filed_once)."""
+    import errno
+    import json
+    from dataclasses import asdict, replace
+
+    import pytest
+
+    import api.spool
+
+    if not os.path.exists("/proc/self/io"):
+        pytest.skip("no /proc/self/io to count the bytes read")
+    spool = Spool(tmp_path / "a.jsonl")
+    old = {"rejected": "409 reservation_closed", "rejected_at": "2026-01-02T03:05:00+00:00"}
+    with open(spool.rejected_path, "wb") as f:  # a year of refusals (their records spooled long ago)
+        for n in range(8 * 2**20 // len(json.dumps({**asdict(record(0)), **old})) + 1):
+            f.write(json.dumps({**asdict(record(n, "old")), **old}).encode() + b"\n")
+    size = spool.rejected_path.stat().st_size
+    assert size > 8 * 2**20
+    now = datetime.now(UTC).isoformat()
+    fresh = [replace(record(n), spooled_at=now) for n in (1, 2)]
+    spool.append_many(fresh)
+    real = api.spool._write_all
+    writes: list[int] = []
+
+    def full_after_the_filing(fd: int, data: bytes) -> None:
+        writes.append(len(data))
+        if len(writes) > 1:  # the 1st write is the filing, the 2nd the spool's rewrite
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd, data)
+
+    answer = lambda r: ("rejected", "409 reservation_closed") if r == fresh[0] else ("kept", "401")  # noqa: E731
+    monkeypatch.setattr(api.spool, "_write_all", full_after_the_filing)
+    before = _bytes_read()
+    try:
+        spool.flush(answer)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    else:
+        raise AssertionError("the rewrite cannot have succeeded")
+    # the spool (2 records, under 1 KiB) and the end of `.rejected`: was all 8 MiB of it
+    assert _bytes_read() - before < 2**20
+    monkeypatch.setattr(api.spool, "_write_all", real)
+    assert spool.records() == fresh, "kept, filed already"
+    before = _bytes_read()
+    report = spool.flush(answer)
+    assert _bytes_read() - before < 2**20
+    assert (report.rejected, report.kept) == (1, 1) and spool.records() == [fresh[1]]
+    with open(spool.rejected_path, "rb") as f:
+        f.seek(size)
+        tail = f.read().splitlines()
+    assert [json.loads(line)["idempotency_key"] for line in tail] == ["res_1:settle:1"]  # once
+
+
+def test_the_rejected_file_is_read_back_line_by_line_across_blocks_a_torn_line_included(tmp_path):
+    from api.spool import _lines_backward
+
+    path = tmp_path / "a.jsonl.rejected"
+    path.write_bytes(b'{"a": 1}\n\n{"bb": 22}\nccc\n{"torn')
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for block in (1, 3, 5, 64 * 1024):  # lines cut by every block boundary, and none
+            assert list(_lines_backward(fd, block)) == [b'{"torn', b"ccc", b'{"bb": 22}', b'{"a": 1}'], block
+    finally:
+        os.close(fd)
