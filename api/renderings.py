@@ -25,6 +25,7 @@ from fontTools.ttLib import TTFont
 from fpdf import FPDF
 from fpdf.bidi import BidiParagraph
 from fpdf.enums import TextDirection
+from fpdf.fonts import TTFFont
 from fpdf.unicode_script import UnicodeScript, get_unicode_script
 from litestar import Request
 from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, Schema
@@ -360,6 +361,26 @@ def _script(ch: str) -> UnicodeScript:
 if not hasattr(getattr(fpdf.fpdf, "get_unicode_script", None), "cache_clear"):
     raise ImportError("fpdf2 no longer has fpdf.fpdf.get_unicode_script: api.renderings replaces it (_script)")
 fpdf.fpdf.get_unicode_script = _script  # the only user of fpdf2 in the process is this module
+
+
+def _missing_internals() -> list[str]:
+    """The fpdf2 internals this module uses, beside its documented API, that this fpdf2 lacks (as
+    `_script`'s name above): `_joins` shapes with a font's `perform_harfbuzz_shaping`, `_runs`
+    reads the characters its bidi algorithm reorders by their `character_index` and
+    `embedding_level` (probed on one: a character's are set on the instance). Without one, the
+    import went through and every English invoice printed, but one with Hebrew or Arabic (`_runs`),
+    or an Arabic word cut to wrap (`_joins`), failed as it was drawn (an AttributeError, a 500)."""
+    missing = [] if callable(getattr(TTFFont, "perform_harfbuzz_shaping", None)) else [
+        "fpdf.fonts.TTFFont.perform_harfbuzz_shaping (_joins)"]
+    if not callable(getattr(BidiParagraph, "get_reordered_characters", None)):
+        return [*missing, "fpdf.bidi.BidiParagraph.get_reordered_characters (_runs)"]
+    shown = BidiParagraph("a", base_direction=TextDirection.LTR).get_reordered_characters()
+    return missing + [f"fpdf.bidi.BidiCharacter.{name} (_runs)" for name in ("character_index", "embedding_level")
+                      if not shown or not all(hasattr(c, name) for c in shown)]
+
+
+if missing := _missing_internals():
+    raise ImportError(f"fpdf2 no longer has {', '.join(missing)}: api.renderings uses it")
 
 
 def _shape(doc: FPDF, direction: TextDirection = TextDirection.LTR) -> None:

@@ -305,3 +305,23 @@ def test_an_fpdf2_without_the_script_lookup_renderings_replaces_fails_at_import(
                           cwd=Path(__file__).parents[2])
     assert done.returncode != 0
     assert "ImportError: fpdf2 no longer has fpdf.fpdf.get_unicode_script" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(("changed", "named"), [
+    ("del fpdf.fonts.TTFFont.perform_harfbuzz_shaping", "fpdf.fonts.TTFFont.perform_harfbuzz_shaping (_joins)"),
+    ("fpdf.bidi.BidiParagraph.get_reordered_characters = lambda self: ["
+     "types.SimpleNamespace(character='a', embedding_level=0, index=0)]",  # character_index renamed
+     "fpdf.bidi.BidiCharacter.character_index (_runs)"),
+    ("del fpdf.bidi.BidiParagraph.get_reordered_characters", "fpdf.bidi.BidiParagraph.get_reordered_characters"),
+])
+def test_an_fpdf2_without_the_internals_renderings_uses_fails_at_import(changed: str, named: str) -> None:
+    """Beside the script lookup it replaces, `api.renderings` uses fpdf2 internals no API promises
+    (pyproject allows any fpdf2 >= 2.8): a font's `perform_harfbuzz_shaping` (`_joins`), the bidi
+    algorithm's reordered characters and their `character_index` (`_runs`). Were one renamed, the
+    import went through and every English invoice printed; the first with Arabic or Hebrew failed
+    as it was drawn (AttributeError, a 500). By hand: the import fails, naming what is gone."""
+    code = f"import types\nimport fpdf.fonts, fpdf.bidi\n{changed}\nimport api.renderings"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
+                          cwd=Path(__file__).parents[2])
+    assert done.returncode != 0
+    assert f"ImportError: fpdf2 no longer has {named}" in done.stderr, done.stderr
