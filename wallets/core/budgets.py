@@ -168,14 +168,18 @@ def _describe(b: Budget, currency: str, used: int, held: int, start: datetime) -
             "resets_at": wire_time(end) if end else None}
 
 
-def _alert_key(b: Budget, start: datetime, reservation_id: str | None, now: datetime) -> str:
-    """The window and limit an alert is once per: a calendar window, the lifetime, the request (a
-    refusal of a per-request budget: the clock minute); a rolling minute alerts at most once per
-    clock minute. The limit: one raised by a PATCH alerts again as the window reaches its
-    thresholds (a $10 month's 50 % said, raised to $20, it never said 50 % of $20, nor refused
+def _alert_key(b: Budget, start: datetime, reservation_id: str | None, now: datetime,
+               request_id: str | None = None) -> str:
+    """The window and limit an alert is once per: a calendar window, the lifetime, the request (its
+    reservation; a refusal, which has none, its request id: keyed by the clock minute, a second
+    request refused in that minute was silent), and a rolling minute, which has no fixed start, at
+    most once per clock minute. The limit: one raised by a PATCH alerts again as the window reaches
+    its thresholds (a $10 month's 50 % said, raised to $20, it never said 50 % of $20, nor refused
     with a budget.exceeded at $20 after one at $10)."""
     if b.window == "request" and reservation_id is not None:
         window = reservation_id
+    elif b.window == "request" and request_id is not None:
+        window = f"request:{request_id}"  # the customer's request ids are its own: the budget is too
     elif b.window in ("minute", "request"):
         window = now.astimezone(UTC).replace(second=0, microsecond=0).isoformat()
     else:
@@ -215,7 +219,8 @@ def on_change(state: State, was: Budget, b: Budget, currency: str, now: datetime
 
 
 def on_reserve(state: State, w: Wallet, reservation_id: str, model: str, dimensions: Mapping[str, Any],
-               amount: int, tokens: tuple[int | None, int | None], now: datetime) -> Decision | list[Effect]:
+               amount: int, tokens: tuple[int | None, int | None], now: datetime,
+               request_id: str | None = None) -> Decision | list[Effect]:
     """The budget effects of a new hold (in every matching budget's current window) and the
     alerts it crosses, or the refusal naming the hard budget that binds (`_binding`) among those
     it would take past their limits."""
@@ -235,7 +240,7 @@ def on_reserve(state: State, w: Wallet, reservation_id: str, model: str, dimensi
         if b.window != "request":
             effects.append(BudgetCounted(w.customer.id, reservation_id, b.id, start, b.metric, q, 0, opened=True))
         effects += crossed(state, b, currency, used + held, used + held + q, held + q, start, reservation_id, now)
-    return _refusal(state, _binding(refused), currency, now) if refused else effects
+    return _refusal(state, _binding(refused), currency, now, request_id) if refused else effects
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,7 +269,7 @@ def _matching(budgets: Iterable[Budget], model: str, dimensions: Mapping[str, An
     return sorted((b for b in budgets if matches(b, model, dimensions)), key=lambda b: b.id)
 
 
-def _refusal(state: State, r: _Refused, currency: str, now: datetime) -> Decision:
+def _refusal(state: State, r: _Refused, currency: str, now: datetime, request_id: str | None) -> Decision:
     b = r.budget
     context = {**_describe(b, currency, r.used, r.held, r.start), "requested": figure(b, r.requested, currency)}
     if r.wait is not None:
@@ -273,7 +278,7 @@ def _refusal(state: State, r: _Refused, currency: str, now: datetime) -> Decisio
     error = BudgetExceededError(
         f"budget {b.id} ({b.window}, hard) cannot take {noun}: its limit {context['limit']} has "
         f"{context['used']} used and {context['held']} held", **context)
-    key = f"{EXCEEDED_TOPIC}:{b.id}:{_alert_key(b, r.start, None, now)}"
+    key = f"{EXCEEDED_TOPIC}:{b.id}:{_alert_key(b, r.start, None, now, request_id)}"
     return Decision.refuse(error, state.event(EXCEEDED_TOPIC, b.customer_id, key, now, context))
 
 

@@ -96,7 +96,7 @@ def reserve(state: State, cmd: Reserve, now: datetime, book: PriceBook | None) -
                                     cmd.prior_context_tokens)
     rid = state.ids("res")
     counted = budgets.on_reserve(state, w, rid, cmd.model, cmd.dimensions, amount,
-                                 (prompt, cmd.max_output_tokens), now)
+                                 (prompt, cmd.max_output_tokens), now, cmd.request_id)
     if isinstance(counted, Decision):  # a budget refusal is not kept: the window may make room
         return counted
     pieces = _pieces(w, amount, now)

@@ -240,3 +240,19 @@ async def test_a_refusal_answers_the_fields_its_budget_exceeded_event_carries_nu
             **expected, "retry_after_seconds": "absent"}, window
         if window != "minute":  # a rolling minute's start moves on by the second
             assert (b["window_start"], b["resets_at"]) == (None, None)  # as the budget's own answer spells them
+
+
+async def test_each_request_a_per_request_cap_refuses_writes_its_own_budget_exceeded_event(
+        client: AsyncTestClient, db: Database, tag: str, book: str):
+    """A per-request cap alerts once per request (README: "one request"): a refusal has no
+    reservation, so its event was keyed by the clock minute, and a second request refused in that
+    minute wrote none. Requests r1 and r2 of $2.00 under a $1.00 cap are 2 events; r1 sent again
+    (the same request, refused again) no third."""
+    cid = await _funded(client, tag, book)
+    b = await _budget(client, customer_id=cid, window="request", metric="money", limit="1.00")
+    for request_id in ("r1", "r2", "r1"):
+        assert (await _reserve(client, cid, request_id, amount="2.00")).status_code == 429
+    rows = await db.read(lambda conn: conn.execute(text(
+        "SELECT payload FROM outbox WHERE topic = 'budget.exceeded' AND payload->>'budget_id' = :b ORDER BY id"),
+        {"b": b["id"]}))
+    assert [(p["requested"], p["limit"]) for (p,) in rows] == [("2.00", "1.00")] * 2

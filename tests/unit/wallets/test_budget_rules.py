@@ -112,6 +112,26 @@ def test_a_per_request_cap_refuses_one_large_hold_and_counts_nothing_across_requ
     assert [e["topic"] for e in mw.outbox].count("budget.exceeded") == 1
 
 
+def test_each_request_a_per_request_cap_refuses_alerts_once_and_a_rolling_minute_once_a_clock_minute():
+    """A per-request cap's window is the request (README: "once per window: ... one request"), but a
+    refusal has no reservation, and its budget.exceeded was keyed by the clock minute: two requests
+    of $1.01 under a $1.00 cap, refused in one minute, alerted once, the second silent. Keyed by the
+    request id now: requests a and b are 2 alerts, a sent again (the same request) no third. A
+    rolling minute's refusals alert once per clock minute (its window has no fixed start): 2
+    refusals at T0 are 1 alert, one at T0 + 60 s a 2nd."""
+    mw = with_budgets(budget("request", "money", usd("1.00"), id="cap"))
+    for request_id in ("a", "b", "a"):
+        assert isinstance(mw.reserve("1.01", request_id=request_id), BudgetExceededError)
+    assert len({e["dedup_key"] for e in mw.outbox if e["topic"] == "budget.exceeded"}) == 2
+    mw = with_budgets(budget("minute", "money", usd("1.00"), id="rpm"))
+    for request_id in ("a", "b"):
+        assert isinstance(mw.reserve("1.01", request_id=request_id), BudgetExceededError)
+    assert len({e["dedup_key"] for e in mw.outbox if e["topic"] == "budget.exceeded"}) == 1
+    mw.advance(seconds=60)
+    assert isinstance(mw.reserve("1.01", request_id="c"), BudgetExceededError)
+    assert len({e["dedup_key"] for e in mw.outbox if e["topic"] == "budget.exceeded"}) == 2
+
+
 def test_a_capture_replaces_part_of_the_hold_and_the_final_settle_returns_the_rest():
     tokens = budget("lifetime", "tokens", 10_000)
     mw = with_budgets(tokens)
