@@ -4,6 +4,7 @@ spool by the next gateway on the database, charged once however often they are s
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 import uuid
@@ -22,7 +23,25 @@ from api.gateway.config import GatewaySettings
 from api.gateway.settles import settle_key, spool_for
 from ledger.db import RetriesExhaustedError
 from tests.api.apps import api_app, live_server
-from tests.api.test_gateway import ADMIN, BOOK, CALL, CHAT_CHARGE, HI, OUT, WRITE, M, admin, charged, oai, wallet
+from tests.api.test_gateway import (
+    ADMIN,
+    BOOK,
+    CACHED,
+    CALL,
+    CHAT_CHARGE,
+    HI,
+    IN,
+    OUT,
+    PRIORITY,
+    WRITE,
+    M,
+    admin,
+    charge_usage,
+    charged,
+    oai,
+    tool_book,
+    wallet,
+)
 from tests.api.test_gateway import fake as fake  # the fake upstream fixture
 
 
@@ -208,3 +227,51 @@ def test_a_spool_the_disk_refuses_is_logged_once_and_every_call_is_still_charged
     assert [(r.levelname, r.exc_info is None) for r in said] == [("ERROR", True), ("WARNING", True)], \
         [(r.levelname, r.getMessage()) for r in said]
     assert "No space left on device" in said[0].getMessage()
+
+
+def test_a_settle_spooled_before_assumed_tiers_were_named_is_charged_as_spooled_and_once(database_url, fake,
+                                                                                     spool_dir):
+    """A gateway before 519ae05 wrote the tier its hold was priced at, for a call that left its
+    tier to the provider and whose answer did not tell it, into the settle's usage object, with
+    no `assumed`: the very record of a call whose answer told that tier. Nothing in such a record
+    tells the two apart, so the gateway that finds it spooled charges it as written: at the held
+    priority, (800 * 10 + 200 * 1 + 40 * 40) / 1M + 0.001 = 0.0108, the tier in the usage
+    record's `reported` (as that gateway recorded it), no `assumed`. Rewriting it as assumed
+    would change its request hash (`assumed` is hashed when given): one the old gateway had
+    settled but not struck off, sent again, would be refused as its key reused with another
+    body and set aside in `.rejected`; as written, it is answered by its key, charged once."""
+    spool = spool_for(database_url, spool_dir)
+    with Gateway(database_url, fake, spool_dir, never_send) as gw:
+        cid, key = customer(gw.url, tool_book(gw.url, {"id": "out-priority", "token_type": "output",
+                                                        "price": str(PRIORITY), "match": {"service_tier": "priority"}}))
+        fake.fake.auto_tier = None  # the answer does not tell the tier that served it
+        try:
+            raw = oai(gw.url, key).chat.completions.with_raw_response.create(model="gpt-test", messages=HI)
+        finally:
+            fake.fake.auto_tier = fk.AUTO_TIER
+        request_id = raw.headers["x-tokentill-request-id"]
+    (now,) = spool.records()
+    assert now.body["assumed"] == {"service_tier": "priority"}  # as this gateway spools it
+    usage = {k: v for k, v in now.body["openai_usage"].items() if k != "service_tier"}
+    # the line as the gateway before 519ae05 wrote it: the held tier inside the usage, no `assumed`
+    old = json.dumps({
+        "method": "POST", "path": f"/v1/reservations/{now.reservation_id}/settle",
+        "body": {"customer_id": cid, "request_id": request_id, "openai_usage": {**usage, "service_tier": "priority"},
+                 "final": True},
+        "idempotency_key": settle_key(cid, request_id), "reservation_id": now.reservation_id,
+        "base_url": "gateway", "key_id": None, "reason": "", "spooled_at": now.spooled_at}).encode() + b"\n"
+    spool.path.write_bytes(old)
+    held = (800 * IN + 200 * CACHED + 40 * PRIORITY) / M + CALL
+    assert held == Decimal("0.0108")
+    with Gateway(database_url, fake, spool_dir) as gw:  # the next gateway on the database sends it
+        assert charged(gw.url, request_id) == held
+        recorded = charge_usage(gw.url, request_id)
+        assert recorded["reported"]["service_tier"] == "priority" and "assumed" not in recorded
+        assert recorded["dimensions"] == {"service_tier": "priority"}
+    assert spool.records() == [] and not spool.rejected_path.exists()
+    spool.path.write_bytes(old)  # sent again, as if charged before and not struck off
+    with Gateway(database_url, fake, spool_dir) as gw:
+        time.sleep(0.5)
+        assert charged(gw.url, request_id) == held
+        assert wallet(gw.url, cid) == (Decimal("10") - held, 0)  # once
+    assert spool.records() == [] and not spool.rejected_path.exists()  # answered by its key, not refused
