@@ -697,3 +697,45 @@ def test_the_rejected_file_is_read_back_line_by_line_across_blocks_a_torn_line_i
             assert list(_lines_backward(fd, block)) == [b'{"torn', b"ccc", b'{"bb": 22}', b'{"a": 1}'], block
     finally:
         os.close(fd)
+
+
+async def test_a_replay_counts_a_call_spooled_twice_and_kept_once_on_every_path(tmp_path):
+    """A replay's `kept` counts calls (keys), as a flush's does (e809c67): a key spooled twice
+    and left (a 500 or a 401) is one call kept, whether its item was kept in a bulk 200, the whole
+    bulk call was, it went singly (no bulk endpoint), or it was kept a round after a 503. Spool:
+    keys k1, k2, k1; kept: 2 (k1, k2), never 3. (Checked for a double count of k1: none found.)"""
+    import httpx
+
+    from api.client_replay import SpoolReplay
+    from api.delivery import RetryPolicy
+
+    old = "2026-01-01T00:00:00+00:00"  # an earlier run's: the replay's to send
+
+    def settle(n: int) -> SpoolRecord:
+        return SpoolRecord("POST", f"/v1/reservations/r{n}/settle", {"final": True}, f"k{n}", f"r{n}", "http://x",
+                           spooled_at=old)
+
+    def items(status: int, n: int) -> httpx.Response:
+        return httpx.Response(200, json={"results": [{"status": status, "body": {}}] * n})
+
+    for path in ("item 500", "call 401", "single 500", "item 503 then 500"):
+        spool = Spool(tmp_path / f"{path.replace(' ', '-')}.jsonl")
+        spool.append_many([settle(1), settle(2), settle(1)])
+        sent: list[list[str]] = []
+
+        async def bulk(batch: list, path: str = path) -> httpx.Response:
+            sent.append([item["idempotency_key"] for item in batch])
+            if path == "call 401":
+                return httpx.Response(401)
+            if path == "single 500":
+                return httpx.Response(404)
+            return items(503 if path.endswith("then 500") and len(sent) == 1 else 500, len(batch))
+
+        async def one(record: SpoolRecord) -> tuple[str, str]:
+            sent.append([record.idempotency_key])
+            return "kept", "500"
+
+        report = await SpoolReplay([spool], bulk, one, RetryPolicy(0.001, 0.001, 0.001)).run()
+        assert (report.delivered, report.rejected, report.kept) == (0, 0, 2), (path, report)
+        assert sum(keys.count("k1") for keys in sent) == (2 if path in ("single 500", "item 503 then 500") else 1)
+        assert {r.idempotency_key for r in spool.records()} == {"k1", "k2"}, path  # left for a flush
