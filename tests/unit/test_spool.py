@@ -723,7 +723,7 @@ async def test_a_replay_counts_a_call_spooled_twice_and_kept_once_on_every_path(
         spool.append_many([settle(1), settle(2), settle(1)])
         sent: list[list[str]] = []
 
-        async def bulk(batch: list, path: str = path) -> httpx.Response:
+        async def bulk(batch: list, path: str = path, sent: list = sent) -> httpx.Response:
             sent.append([item["idempotency_key"] for item in batch])
             if path == "call 401":
                 return httpx.Response(401)
@@ -731,7 +731,7 @@ async def test_a_replay_counts_a_call_spooled_twice_and_kept_once_on_every_path(
                 return httpx.Response(404)
             return items(503 if path.endswith("then 500") and len(sent) == 1 else 500, len(batch))
 
-        async def one(record: SpoolRecord) -> tuple[str, str]:
+        async def one(record: SpoolRecord, sent: list = sent) -> tuple[str, str]:
             sent.append([record.idempotency_key])
             return "kept", "500"
 
