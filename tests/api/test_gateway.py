@@ -1169,6 +1169,47 @@ def test_an_anthropic_stream_cut_by_the_client_is_charged_the_reported_input_and
     assert charged(url, request_id) == (900 * IN + 100 * CACHED + 50 * WRITE + 200 * OUT) / M + CALL
 
 
+@pytest.mark.parametrize("told", [None, "us", "global"])
+def test_an_anthropic_stream_cut_by_the_client_is_charged_where_it_ran_else_where_its_hold_assumed(
+        live, fake, told):
+    """A call that names no inference_geo runs where its workspace defaults (a book prices US-only
+    inference dearer, 22 where 20 per million output tokens: `out-us`), and its hold is priced at
+    the dearest geography the book has, us. Cut by the client after 200 tokens, its usage never
+    comes; message_start's usage (900 input, 100 cached, 50 written) tells where it runs when
+    Anthropic says so (`told`), and is what the cut is charged with. By hand:
+    - told us, or told nothing (us assumed, the held geography): (900 * 10 + 100 * 1 + 50 * 12.5
+      + 200 * 22) / 1M + 0.001 = (9,000 + 100 + 625 + 4,400) / 1M + 0.001 = 0.015125;
+    - told global: 200 * 20 = 4,000 for the output, 13,725 / 1M + 0.001 = 0.014725 (never the
+      held us price for a geography the provider said).
+    A told geography is the provider's (in `reported`); one not told is recorded as assumed (519ae05),
+    never as reported."""
+    url, _ = live
+    us = Decimal("22")
+    _, key = customer((url, tool_book(url, {"id": "out-us", "token_type": "output", "price": str(us),
+                                            "match": {"inference_geo": "us"}})))
+    received = 0
+    fake.fake.default_geo = told
+    try:
+        with claude(url, key).messages.stream(model="claude-test-pause", max_tokens=1000, messages=HI) as s:
+            request_id = s.response.headers["x-tokentill-request-id"]
+            for _ in s.text_stream:
+                received += 1
+                if received == fk.PAUSE_AFTER:
+                    break
+        assert _wait_cancelled(fake).emitted == 200
+    finally:
+        fake.fake.default_geo = None
+    cost = (900 * IN + 100 * CACHED + 50 * WRITE + 200 * (OUT if told == "global" else us)) / M + CALL
+    assert cost == (Decimal("0.014725") if told == "global" else Decimal("0.015125"))
+    assert charged(url, request_id) == cost
+    usage = charge_usage(url, request_id)
+    if told is None:
+        assert usage["assumed"] == {"inference_geo": "us"} and "inference_geo" not in usage["reported"], usage
+        assert usage["dimensions"]["inference_geo"] == "us", usage
+    else:
+        assert usage["reported"]["inference_geo"] == told and "inference_geo" not in usage.get("assumed", {}), usage
+
+
 def test_an_anthropic_stream_left_after_web_searches_is_charged_its_usage_searches_included(live, fake):
     """Left before the final usage came: the searches Anthropic ran (its server_tool_use blocks), and
     their results, are billed by Anthropic all the same, so the stream is read on to its end and
