@@ -671,7 +671,7 @@ class _Cut:
     Unshaped (no `joined`), a piece is as wide as its letters: each is measured once, and a line
     holds the letters their widths add up to. Shaped, a piece is measured as it prints (HarfBuzz,
     as fpdf2 draws it): an Arabic letter measured alone is in its isolated form, wider than its
-    joined ones, and their sum filled only 54-77 % of the line. The letters' sum first, then each
+    joined ones, and their sum filled only 56-77 % of the line. The letters' sum first, then each
     measurement of a piece guesses the next (letters in proportion to the room), a few a line."""
 
     def __init__(self, letters: list[str], measure: Any, joined: Callable[[str, str], bool] | None) -> None:
