@@ -4,11 +4,22 @@ from __future__ import annotations
 
 class LedgerError(Exception):
     code = "ledger_error"
+    # the context a refusal always spells, null when it has no value (a budget's window with no
+    # start): part of its answer's shape, the same on every path that renders it. Any other null
+    # is left out.
+    nulls: tuple[str, ...] = ()
 
     def __init__(self, detail: str, **context: object) -> None:
         super().__init__(detail)
         self.detail = detail
-        self.context = context  # str/int/list/dict values are shown to API clients
+        self.context = context  # str/int/list/dict values are shown to API clients (shown())
+
+    def shown(self) -> dict[str, object]:
+        """The context an API client is told (each path renders this: an HTTP problem, the gateway's
+        provider-shaped error, a bulk call's item, an event): its str/int/list/dict values, and
+        each of `nulls`, null when it has no value."""
+        spelt = {k: v for k, v in self.context.items() if isinstance(v, str | int | list | dict)}
+        return {**dict.fromkeys(self.nulls), **spelt}
 
 
 class InvalidEntryError(LedgerError):

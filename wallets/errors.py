@@ -97,9 +97,12 @@ class ImplausibleUsageError(WalletError):
 class BudgetExceededError(WalletError):
     """A hard budget that matches the reservation cannot take its hold: what its window already
     used and holds plus the hold would pass its limit. The context names the budget, its limit,
-    what is used and held, and, for a rolling window, how long until enough of it lapses."""
+    what is used and held, and, for a rolling window, how long until enough of it lapses. A
+    window with no start or end (a lifetime's, a request's; a rolling minute's end) is null, as
+    the budget's own answer spells it."""
 
     code = "budget_exceeded"
+    nulls = ("window_start", "resets_at")
 
 
 class TooManyBudgetsError(WalletError):

@@ -278,8 +278,8 @@ def _refusal(state: State, r: _Refused, currency: str, now: datetime, request_id
     error = BudgetExceededError(
         f"budget {b.id} ({b.window}, hard) cannot take {noun}: its limit {context['limit']} has "
         f"{context['used']} used and {context['held']} held", **context)
-    key = f"{EXCEEDED_TOPIC}:{b.id}:{_alert_key(b, r.start, None, now, request_id)}"
-    return Decision.refuse(error, state.event(EXCEEDED_TOPIC, b.customer_id, key, now, context))
+    key = f"{EXCEEDED_TOPIC}:{b.id}:{_alert_key(b, r.start, None, now, request_id)}"  # the event: what the 429 shows
+    return Decision.refuse(error, state.event(EXCEEDED_TOPIC, b.customer_id, key, now, error.shown()))
 
 
 def on_settle(state: State, w: Wallet, r: Reservation, cost: int, tokens: Mapping[str, int], final: bool,

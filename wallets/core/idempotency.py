@@ -13,7 +13,7 @@ import msgspec
 
 from ledger.errors import LedgerError
 from pricing.errors import PricingError
-from wallets.errors import BudgetExceededError, ConflictError
+from wallets.errors import ConflictError
 
 # The `status` column of an answer kept with a code: it says nothing of HTTP. Rows kept before
 # answers had codes hold the HTTP status they were answered with, and a body of {"json": text}.
@@ -72,9 +72,7 @@ def check(kept: Kept | None, request_hash: bytes, what: str, **context: Any) -> 
 def refusal_body(error: Exception) -> dict[str, Any]:
     """What a client is told of a domain refusal: its detail and the context it may see."""
     if isinstance(error, LedgerError):
-        # a budget's nulls are shown: its 429 spells its window as the budget.exceeded event does
-        shown = str | int | list | dict | None if isinstance(error, BudgetExceededError) else str | int | list | dict
-        return {"detail": error.detail, **{k: v for k, v in error.context.items() if isinstance(v, shown)}}
+        return {"detail": error.detail, **error.shown()}  # the nulls it spells included (a budget's window)
     body: dict[str, Any] = {"detail": str(error)}
     if isinstance(getattr(error, "fields", None), list):
         body["fields"] = error.fields  # type: ignore[attr-defined]
