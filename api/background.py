@@ -58,6 +58,7 @@ class BackgroundSettler:
         self._idle = asyncio.Event()
         self._idle.set()
         self._sender: asyncio.Task[None] | None = None
+        self._pause = 0.0  # seconds to wait before the next call: what an adopted settle's 503 asked
 
     @property
     def pending(self) -> int:
@@ -73,8 +74,11 @@ class BackgroundSettler:
             self._writer = asyncio.create_task(self._write())
         await done
 
-    def adopt(self, records: list[SpoolRecord]) -> None:
-        """Queue settles already on disk (left in the spool by an earlier run) to be sent."""
+    def adopt(self, records: list[SpoolRecord], wait: float = 0.0) -> None:
+        """Queue settles already on disk (left in the spool by an earlier run) to be sent; `wait`:
+        not before that many seconds (plus the backoff's jitter), as the 503 that answered the
+        caller's own attempt asked (it was sent again at once, to the database just found down)."""
+        self._pause = max(self._pause, wait)
         for record in records:
             self._queued.setdefault(record.idempotency_key, record)
         if self._queued:
@@ -127,6 +131,10 @@ class BackgroundSettler:
                 self._settle_idle()
                 self._wake.clear()
                 await self._wake.wait()
+                continue
+            if self._pause > 0:
+                pause, self._pause = self._pause, 0.0
+                await self._sleep(self._policy.wait(0, pause))
                 continue
             batch = self._next_batch()
             wait = await self._send_batch(batch)

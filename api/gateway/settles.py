@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from api.background import BackgroundSettler, item_of
+from api.background import BackgroundSettler, item_of, item_retry_after
 from api.delivery import DURABLE_RETRY, RetryPolicy
 from api.errors import RETRY_AFTER_S, STATUS_BY_CODE
 from api.routes.inputs import usage_tokens
@@ -179,8 +179,8 @@ class GatewaySettles:
         if status == 200:
             await asyncio.to_thread(self.spool.remove, [key])
             return answer["body"]["charged"]
-        if status in DURABLE_RETRY or status >= 500:
-            self.settler.adopt([record])
+        if status in DURABLE_RETRY or status >= 500:  # sent again by the queue, after the wait it asked
+            self.settler.adopt([record], item_retry_after(answer["body"]) or 0.0)
         else:
             await asyncio.to_thread(self.spool.remove, [key], [(record, f"{status} {answer['body']}")])
         return None

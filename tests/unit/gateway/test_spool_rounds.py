@@ -95,3 +95,39 @@ async def test_a_settle_the_database_cannot_take_now_waits_what_post_v1_settleme
     # (it was the jitter alone, under 0.2 s)
     assert len(slept) == 1 and 1 <= slept[0] <= 1.2, slept
     assert not (tmp_path / "gw.jsonl").exists() and not (tmp_path / "gw.jsonl.rejected").exists()
+
+
+async def test_a_settle_an_answer_waited_for_is_sent_again_after_the_wait_its_503_asked(tmp_path: Path,
+                                                                                    monkeypatch):
+    """Settle mode "wait": the answer's own attempt is answered 503 (the database down), asking
+    1 s; the queue it is handed to sent it again at once (no wait recorded, a second attempt on
+    the database just found down), then waited. Now the queue waits what that 503 asked first:
+    1 s + full jitter under RETRY's backoff_s 0.2 * 2**0, between 1 and 1.2 s, then it is taken."""
+    from api.background import BackgroundSettler
+    from api.gateway.settles import GatewaySettles
+    from ledger.db import RetriesExhaustedError
+
+    class DownOnce:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        async def submit(self, command):
+            self.calls += 1
+            if self.calls == 1:
+                raise RetriesExhaustedError("the database is down")
+            return type("Charged", (), {"charged": 7})()
+
+    slept: list[float] = []
+
+    async def recorded(seconds: float) -> None:  # the delay the queue asked for, not waited
+        slept.append(seconds)
+
+    monkeypatch.setattr(BackgroundSettler, "_sleep", staticmethod(recorded))
+    engine = DownOnce()
+    settles = GatewaySettles(RoundsSpool(tmp_path / "gw.jsonl", every=1), engine)
+    await settles.start()
+    [record] = records(1)
+    assert await settles.settle_waiting(record) is None  # not taken when the answer went back
+    assert await settles.stop() == 0 and engine.calls == 2  # the answer's 503, then the queue's, taken
+    assert len(slept) == 1 and 1 <= slept[0] <= 1.2, slept  # was: [] (sent again at once)
+    assert not (tmp_path / "gw.jsonl").exists() and not (tmp_path / "gw.jsonl.rejected").exists()
