@@ -19,7 +19,8 @@ usage's, or a later one's for charges that arrived after their period closed):
 - money back: where the charges' money came from, the receivable first (what it paid), then the
   lots that paid each decreased charge, up to its decrease, the last consumed first (while live,
   up to what each was granted), then what the customer still owes, and the rest becomes credit
-  (a paid lot);
+  (a paid lot); beside charges corrected up, each decrease still goes back whole so and the
+  increases are paid like usage, not netted off it;
 - usage revenue moves by the difference;
 - of a closed period, its volume true-ups move to what the charges as re-rated give
   (wallets.core.rerate_true_ups), in the same entry.
@@ -403,8 +404,8 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
     it), as wallets.core.money_back gives it, each lot at most what it still has in the charges
     (`room`, room_left); what goes back on the receivable in multiples of `step`. A charge re-rated
     dearer nets its increase with what the true-ups give back of it (its payers get only the part
-    beyond it; only the increase beyond the part is paid like usage, off what goes back last in
-    order), so money does not move between payers that never paid the charge. A true-up corrected
+    beyond it; only the increase beyond the part is paid like usage, after what goes back: it does
+    not come off the money back), so money does not move between payers that never paid the charge. A true-up corrected
     up beside them takes back of each charge what the true-ups before gave back of it beyond its
     overcharge (`takes`: _takes), from what paid that charge (money_back.take_back), off what it gets
     back or, beyond it, taken from it; where it takes more than the decreases give (`back` <= 0: the
@@ -486,15 +487,26 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
         gets = {a: v for a, v in shares.items() if v > 0 and a != receivable}
         legs, paid = _taken_then_usage(w, debits, -back - sum(debits.values()) + sum(gets.values()), now, gets)
         return legs, tuple((a, v) for a, v in paid if v), None
-    legs, paid_back, lot = give_back(state, w, shares, back + sum(debits.values()), now,
+    # money back beside increases: each decrease goes back whole to what paid it (what the shares
+    # place), and the increases beyond their own true-up parts are paid like usage after it, not
+    # netted off the money back (which cut the payers given back last in order)
+    rises = min(sum(v for v in rise.values() if v > 0),
+                max(0, sum(v for v in shares.values() if v > 0) - back - sum(debits.values())))
+    legs, paid_back, lot = give_back(state, w, shares, back + sum(debits.values()) + rises, now,
                                      f"re-rate {cmd.rerate_id} {cmd.period}", step)
-    if not debits:
+    if not debits and not rises:
         return legs, paid_back, lot
     paid = dict(paid_back)
     for account, units in debits.items():
         legs.debit(taken_from(w, account, now), units)
         paid[account] = paid.get(account, 0) + units
-    legs.credit(chart.revenue_account(w.customer.currency), sum(debits.values()))
+    legs.credit(chart.revenue_account(w.customer.currency), sum(debits.values()) + rises)
+    if rises:  # from the live lots as the give-back and take-backs left them, then the receivable
+        after = replace(w, lots={code: replace(x, balance=x.balance - paid.get(code, 0)) for code, x in w.lots.items()})
+        s = settlement(after, None, rises, False, now)
+        for account, units in (*s.from_lots, (receivable, s.from_receivable)):
+            legs.debit(account, units)
+            paid[account] = paid.get(account, 0) + units
     return legs, tuple(sorted((a, v) for a, v in paid.items() if v)), lot
 
 

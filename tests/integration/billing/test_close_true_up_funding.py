@@ -809,7 +809,7 @@ def _in_out(version: str, effective_from: str, high: str, low: str, input_price:
         {"id": "v-in", "model": "model-v", "token_type": "input", "price": input_price}]}
 
 
-async def _net_zero(bk: BillingKit, cid: str, low: str, input_price: str) -> tuple[str, str, dict]:
+async def _in_out_rerated(bk: BillingKit, cid: str, low: str, input_price: str) -> tuple[str, str, dict]:
     """Book `inout` v1: output $20/M to 100,000, $10/M beyond; input $10/M. A $1.20 top-up pays the
     5th's 60,000 output ($1.20); a $5.00 grant (the 6th, expiring January 31st) the 20th's 70,000
     output ($0.80 + $0.30 = $1.10) and 130,000 input ($1.30): $2.40, $2.60 left. The close: 130,000
@@ -846,7 +846,7 @@ async def test_a_rerate_netting_to_zero_still_takes_a_true_up_s_part_of_one_char
     $3.12 (= $5.00 - $0.84 - $1.04): the 5th's usage $0.12 dearer, the 20th's $0.12 cheaper. Before,
     nothing moved (net 0): $0.60 and $3.00, while the record kept the $0.12 taken of the 5th."""
     bk = BillingKit(fresh_db)
-    top_up, grant, done = await _net_zero(bk, "net-zero-up", "12", "8")
+    top_up, grant, done = await _in_out_rerated(bk, "net-zero-up", "12", "8")
     assert lines(done) == [("input", "1.30", "1.04", "-0.26"), ("output", "1.10", "1.16", "0.06"),
                            ("volume_true_up", "-1.00", "-0.80", "0.20")]
     assert await live_lots(bk, "net-zero-up") == {top_up: ("topup", 48 * CENT), grant: ("grant", 312 * CENT)}
@@ -864,7 +864,7 @@ async def test_a_rerate_netting_to_zero_still_gives_a_true_up_s_part_of_one_char
     first): -$0.12. The top-up $0.60 + $0.12 = $0.72 (= $1.20 - $0.48), the grant $3.00 + $0.08 -
     $0.20 = $2.88 (= $5.00 - $0.56 - $1.56). Before, nothing moved: $0.60 and $3.00."""
     bk = BillingKit(fresh_db)
-    top_up, grant, done = await _net_zero(bk, "net-zero-down", "8", "12")
+    top_up, grant, done = await _in_out_rerated(bk, "net-zero-down", "8", "12")
     assert lines(done) == [("input", "1.30", "1.56", "0.26"), ("output", "1.10", "1.04", "-0.06"),
                            ("volume_true_up", "-1.00", "-1.20", "-0.20")]
     assert await live_lots(bk, "net-zero-down") == {top_up: ("topup", 72 * CENT), grant: ("grant", 288 * CENT)}
@@ -936,3 +936,75 @@ async def test_a_rerate_charging_more_in_all_gives_a_cheaper_charge_s_decrease_t
     assert done["delta"] == "0.40", done
     assert await live_lots(bk, cid) == {top_up: ("topup", 12 * CENT), grant: ("grant", 338 * CENT)}
     await _balanced(bk)
+
+
+async def test_a_rerate_giving_money_back_in_all_pays_a_dearer_charge_s_increase_like_usage(fresh_db) -> None:
+    """The mirror of the above: November open, the top-up pays the 5th's $1.20, the grant the 20th's
+    $1.10 ($3.90). The fix lowers the first tier to $10/M and raises the one beyond to $30/M: the 5th
+    60,000 x $10/M = $0.60 (-$0.60), the 20th 40,000 x $10/M + 30,000 x $30/M = $0.40 + $0.90 = $1.30
+    (+$0.20); -$0.40 in all. The 5th's -$0.60 back to the top-up that paid it, $0.60 (= $1.20 -
+    $0.60); the 20th's +$0.20 paid like usage, the grant first, $3.90 - $0.20 = $3.70 (= $5.00 -
+    $1.30). Before, the +$0.20 came off the money back: the top-up got the net $0.40 alone ($0.40),
+    the grant kept $3.90, the top-up's cash paying $0.20 of the 20th, usage the promotion paid."""
+    bk = BillingKit(fresh_db)
+    cid = await vol_customer(bk, "dearer-and-cheaper")
+    top_up, grant = await _paid_per_charge(bk, cid, ("topup", "1.20"), ("grant", "5.00"))
+    done = await _rerated(bk, "10", "30")
+    assert lines(done) == [("output", "2.30", "1.90", "-0.40")]
+    assert done["delta"] == "-0.40", done
+    assert await live_lots(bk, cid) == {top_up: ("topup", 60 * CENT), grant: ("grant", 370 * CENT)}
+    await _balanced(bk)
+
+
+async def test_a_rerate_giving_money_back_in_all_gives_the_receivable_a_cheaper_charge_s_whole_decrease(
+        fresh_db) -> None:
+    """Postpaid, November open: the 5th's $1.20 goes on the receivable ($1.20 owed), a $5.00 grant
+    (the 6th) pays the 20th's $1.10 ($3.90). Re-rated as above ($10/M to 100,000, $30/M beyond): the
+    5th -$0.60 off what is owed, $1.20 - $0.60 = $0.60 (the 5th at $0.60); the 20th's +$0.20 paid
+    like usage by the grant, $3.70 (= $5.00 - $1.30); -$0.40 in all. Before, the receivable got the
+    net $0.40 alone ($0.80 owed) and the grant kept $3.90: the customer owed $0.20 of the 20th,
+    usage the promotion paid."""
+    bk = BillingKit(fresh_db)
+    cid = await vol_customer(bk, "owes-less", billing_mode="postpaid")
+    _, grant = await _paid_per_charge(bk, cid, None, ("grant", "5.00"))
+    assert (await bk.service.wallet(cid)).receivable == 120 * CENT
+    done = await _rerated(bk, "10", "30")
+    assert done["delta"] == "-0.40", done
+    assert (await bk.service.wallet(cid)).receivable == 60 * CENT
+    assert await live_lots(bk, cid) == {grant: ("grant", 370 * CENT)}
+    await _balanced(bk)
+
+
+async def test_a_rerate_giving_money_back_in_all_pays_an_increase_beyond_a_charge_s_true_up_part_like_usage(
+        fresh_db) -> None:
+    """Closed (book `inout`, _in_out_rerated): the top-up $0.60, the grant $3.00. v2: output $5/M
+    beyond 100,000, input $14/M; the 20th alone re-rated. The 20th: output $0.80 + 30,000 x $5/M =
+    $0.95 (-$0.15), input 130,000 x $14/M = $1.82 (+$0.52): +$0.37. The true-up at the tier reached,
+    130,000 x $5/M = $0.65, less $1.20 + $0.95: -$1.50 where -$1.00 stands, -$0.50; -$0.13 in all.
+    Per charge at $5/M: the 5th costs $0.30, $0.90 below its $1.20, the close gave back $0.60: $0.30
+    to the top-up, $0.90 (= $1.20 - $0.30); the 20th's output costs $0.35, $0.60 below its $0.95,
+    the close gave back $0.40: $0.20, netted with the charge's +$0.37, the $0.17 beyond paid like
+    usage by the grant, $2.83 (= $5.00 - $0.35 - $1.82). Before, the $0.17 came off the money back:
+    the top-up got the net $0.13 alone ($0.73), the grant kept $3.00."""
+    bk = BillingKit(fresh_db)
+    cid = "dearer-beyond-its-part"
+    top_up, grant, done = await _in_out_rerated(bk, cid, "5", "14")
+    assert lines(done) == [("input", "1.30", "1.82", "0.52"), ("output", "1.10", "0.95", "-0.15"),
+                           ("volume_true_up", "-1.00", "-1.50", "-0.50")]
+    assert done["delta"] == "-0.13", done
+    assert await live_lots(bk, cid) == {top_up: ("topup", 90 * CENT), grant: ("grant", 283 * CENT)}
+    assert await _given_per_charge(bk, cid, done["rerate_id"]) == [30 * CENT, 20 * CENT]
+    await _balanced(bk)
+    # Back to v1's prices (v3): the 20th's output $1.10 (+$0.15), input $1.30 (-$0.52): -$0.37; the
+    # true-up -$1.00 where -$1.50 stands: +$0.50; +$0.13 in all. At $10/M the 5th is $0.60 over,
+    # where $0.60 + $0.30 = $0.90 was given back: $0.30 taken back from the top-up; the 20th's output
+    # $0.40 over, $0.40 + $0.20 given: $0.20, netted with its -$0.37, $0.17 back to the grant. Each
+    # lot where the close left it: $0.60 and $3.00.
+    await bk.add_book(_in_out("v3", "2026-11-02T00:00:00Z", "20", "10", "10"))
+    back = await applied(bk, rerating.RerateSpec("inout", "v3", datetime(2026, 11, 15, tzinfo=UTC),
+                                                 datetime(2026, 12, 1, tzinfo=UTC), None))
+    assert back["delta"] == "0.13", back
+    assert await live_lots(bk, cid) == {top_up: ("topup", 60 * CENT), grant: ("grant", 300 * CENT)}
+    assert await _given_per_charge(bk, cid, back["rerate_id"]) == [-30 * CENT, -20 * CENT]
+    await _balanced(bk)
+
