@@ -554,19 +554,38 @@ async def load_period_usage(conn: AsyncConnection, pairs: Iterable[tuple[str, st
 
 
 async def kept_events(conn: AsyncConnection, pairs: Iterable[tuple[str, str]]
-                      ) -> dict[tuple[str, str], tuple[datetime, bytes]]:
+                      ) -> dict[tuple[str, str], tuple[datetime, bytes, bool]]:
     """When each recorded usage event of these (customer, event id) occurred, as kept (to the
-    microsecond), and its request hash."""
+    microsecond), its request hash, and whether it was created before every hash read its time as
+    the instant (ledger_settings.instant_hashes_since, migration 0080): only such an event may hold
+    the hash of its text as sent."""
     wanted = sorted(set(pairs))
     if not wanted:
         return {}
     rows = await conn.exec_driver_sql(  # a usage batch's customers may be of several lanes
-        """SELECT e.customer_id, e.event_id, e.occurred_at, e.request_hash
+        """SELECT e.customer_id, e.event_id, e.occurred_at, e.request_hash, e.created_at < s.instant_hashes_since
              FROM unnest(%s::text[], %s::text[]) AS w(customer_id, event_id)
              JOIN customers c ON c.id = w.customer_id
-             JOIN usage_events e ON e.lane = c.lane AND e.customer_id = w.customer_id AND e.event_id = w.event_id""",
+             JOIN usage_events e ON e.lane = c.lane AND e.customer_id = w.customer_id AND e.event_id = w.event_id
+            CROSS JOIN ledger_settings s""",
         ([c for c, _ in wanted], [e for _, e in wanted]))
-    return {(cid, event_id): (at, bytes(digest)) for cid, event_id, at, digest in rows}
+    return {(cid, event_id): (at, bytes(digest), older) for cid, event_id, at, digest, older in rows}
+
+
+async def kept_key(conn: AsyncConnection, scope: str, key: str) -> tuple[bytes, bool] | None:
+    """The request hash kept under an Idempotency-Key (where `load` reads it: the batch's lane,
+    then `idempotency_keys`), and whether it was created before every hash read its times as
+    instants (migration 0080): only then may it hold the hash of a batch as sent; None: none kept."""
+    row = (await conn.exec_driver_sql(
+        """SELECT k.request_hash, k.created_at < s.instant_hashes_since
+             FROM (SELECT r.request_hash, r.created_at FROM idempotency_records r
+                    WHERE r.lane = %s AND r.scope = %s AND r.key = %s
+                   UNION ALL
+                   SELECT o.request_hash, o.created_at FROM idempotency_keys o WHERE o.scope = %s AND o.key = %s
+                   LIMIT 1) k
+            CROSS JOIN ledger_settings s""",
+        (await _lane(conn, []), scope, key, scope, key))).first()
+    return None if row is None else (bytes(row[0]), row[1])
 
 
 async def load_rollups(conn: AsyncConnection, since: Iterable[tuple[str, str]]

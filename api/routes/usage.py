@@ -177,11 +177,11 @@ async def _claimed(wallets: Any, db: Database, request: Request, idem: IdemKey, 
     try:
         return await wallets.claim(idem)
     except ConflictError:
-        loaded = await db.read(lambda conn: store.load(conn, (), idempotency=[(idem.scope, idem.key)]))
-        kept = loaded.idempotency.get((idem.scope, idem.key))
-        if kept is None or kept.request_hash not in _kept_before(request, data, instants):
+        kept = await db.read(lambda conn: store.kept_key(conn, idem.scope, idem.key))
+        # a key kept since 0080 holds the hash of its batch's instants: the batch's is another
+        if kept is None or not kept[1] or kept[0] not in _kept_before(request, data, instants):
             raise
-        return await wallets.claim(replace(idem, earlier=(kept.request_hash,)))
+        return await wallets.claim(replace(idem, earlier=(kept[0],)))
 
 
 @post("/v1/usage-events", guards=[require("inference")], tags=["usage"], status_code=200,
@@ -231,13 +231,14 @@ async def _recorded(wallets: Any, db: Database, request: Request, events: list[U
     if conflicts:  # kept before the hash read the instant? (rare: asked again, not on every event)
         kept = await db.read(lambda conn: store.kept_events(
             conn, [(commands[n].customer_id, commands[n].event_id) for n in conflicts]))
-        # only an event kept at the same instant (to the microsecond, as kept) may be one; its
-        # spellings are hashed here, not in the lane's transaction (up to 2,161 sha256 each), and
-        # the one found is all the event carries again (a kept event's hash never changes)
+        # only an event kept before 0080 (which may hold the hash of its text as sent) at the same
+        # instant (to the microsecond, as kept) may be one; its spellings are hashed here, not in
+        # the lane's transaction (up to 2,161 sha256 each), and the one found is all the event
+        # carries again (a kept event's hash never changes). One kept since is a conflict at once.
         found: dict[int, bytes] = {}
         for n in conflicts:
-            at, digest = kept.get((commands[n].customer_id, commands[n].event_id), (None, b""))
-            if at == commands[n].occurred_at and digest in _respelled(commands[n], events[positions[n]]):
+            at, digest, older = kept.get((commands[n].customer_id, commands[n].event_id), (None, b"", False))
+            if older and at == commands[n].occurred_at and digest in _respelled(commands[n], events[positions[n]]):
                 found[n] = digest
         again = await wallets.submit_many([replace(commands[n], earlier=(digest,)) for n, digest in found.items()]) \
             if found else []

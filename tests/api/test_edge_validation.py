@@ -402,10 +402,23 @@ SPELLINGS = ("2026-12-01T10:00:00+00:00", "2026-12-01t10:00:00z", "2026-12-01T10
 
 
 async def _forge(app: Litestar, table: str, where: str, args: tuple, hashed: bytes) -> None:
-    """A row kept before the hash read the instant: its request_hash rewritten to what was kept then."""
+    """A row kept before the hash read the instant: its request_hash rewritten to what was kept then,
+    and created then, before the upgrade to 0080 (`_kept_before_the_upgrade`)."""
     async with app.state.services.db.engine.begin() as conn:
         await conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
         done = await conn.exec_driver_sql(f"UPDATE {table} SET request_hash = %s WHERE {where}", (hashed, *args))
+        assert done.rowcount >= 1
+    await _kept_before_the_upgrade(app, table, where, args)
+
+
+async def _kept_before_the_upgrade(app: Litestar, table: str, where: str, args: tuple) -> None:
+    """Rows as a version before 0080 kept them: created before ledger_settings.instant_hashes_since
+    (from which every usage event's and usage batch key's hash reads its times as instants)."""
+    async with app.state.services.db.engine.begin() as conn:
+        await conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
+        done = await conn.exec_driver_sql(
+            f"UPDATE {table} SET created_at = (SELECT instant_hashes_since FROM ledger_settings) - interval '1 second' "
+            f"WHERE {where}", args)
         assert done.rowcount >= 1
 
 
@@ -625,7 +638,7 @@ async def test_a_usage_batch_reads_each_timestamp_once(client, world, monkeypatc
     assert calls == {"time_in": 3, "instant_text": 3}
 
 
-async def test_an_event_kept_at_another_instant_is_a_conflict_without_respelling(client, world, monkeypatch):
+async def test_an_event_kept_at_another_instant_is_a_conflict_without_respelling(app, client, world, monkeypatch):
     """An event id kept at 10:00:00Z and sent with 10:00:01Z is another instant: no spelling of
     the second is the first's, so none is hashed (each respelled event costs up to 2,161 sha256:
     81 usual spellings + 104 other offsets x 2 x 10). The kept instant is read first; only an
@@ -642,6 +655,9 @@ async def test_an_event_kept_at_another_instant_is_a_conflict_without_respelling
     w = world
     kept = [_event(w, event_id=f"at{n}-{w['tag']}", timestamp="2026-12-01T10:00:00Z") for n in range(2)]
     assert (await client.post("/v1/usage-events", json=kept)).json()["accepted"] == 2
+    for event in kept:  # as kept before 0080 (one kept since is respelled at no instant)
+        await _kept_before_the_upgrade(app, "usage_events", "customer_id = %s AND event_id = %s",
+                                       (w["customer"], event["event_id"]))
     sent = await client.post("/v1/usage-events", json=[
         {**kept[0], "timestamp": "2026-12-01T10:00:01Z"},
         {**kept[1], "timestamp": "2026-12-01T12:00:00+02:00", "usage": {"input_tokens": 2}}])
@@ -748,3 +764,59 @@ async def test_a_keyed_batchs_respellings_are_hashed_before_the_keys_transaction
     assert (other.status_code, other.json()["code"]) == (409, "idempotency_conflict"), other.text
     assert claims == [()]
     assert await _charges(client, w) == [(1, "0.01")]
+
+
+def _counting_hashes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many respellings `wire.Hashes` hashed (one sha256 each), counted as each is made."""
+    from api.routes import wire
+    made = [0]
+    real = wire.Hashes.__iter__
+
+    def counted(self):
+        for digest in real(self):
+            made[0] += 1
+            yield digest
+
+    monkeypatch.setattr(wire.Hashes, "__iter__", counted)
+    return made
+
+
+async def test_a_truly_conflicting_event_or_key_is_respelled_only_where_kept_before_hashes_read_instants(
+        app, client, world, monkeypatch):
+    """An event id met with another body at the same instant had its body hashed in every spelling
+    an event kept before c1c9c09 may hold: 10:00:00Z, T or t (2) x no fraction or 1-9 digits (10)
+    x Z, z, +00:00, -00:00 (4) = 80 and the text as sent, 81, then 104 other offsets x 2 x 10 =
+    2,080: 2,161 sha256 of the request's CPU for each event, though an event kept since 0080 holds
+    the hash of its instant alone (created after ledger_settings.instant_hashes_since): 3 such
+    events resent with 2,000 input tokens made 3 x 2,161 = 6,483 hashes, a 1,000-event batch
+    2,161,000 (4.4-4.8 s of CPU hashing alone). Now none. A keyed batch likewise: a key kept since 0080 whose
+    batch comes at another instant is 409 with none of its 1 (as sent) + 180 uniform = 181 batch
+    hashes made. Rows kept before (created_at before the setting) are still searched, in full
+    where they match nothing: 2,161 for an event, 181 for a key. Charged once each: 3 + 1 events
+    of 1,000 input tokens at $10.00 a million = 4 x $0.01 = $0.04."""
+    w = world
+    kept = [_event(w, event_id=f"true{n}-{w['tag']}", timestamp="2026-12-01T10:00:00Z",
+                   usage={"input_tokens": 1000}) for n in range(3)]
+    assert (await client.post("/v1/usage-events", json=kept)).json()["accepted"] == 3
+    key = {"Idempotency-Key": f"true-{w['tag']}"}
+    keyed = [_event(w, event_id=f"truekey-{w['tag']}", timestamp="2026-12-01T11:00:00Z", usage={"input_tokens": 1000})]
+    assert (await client.post("/v1/usage-events", headers=key, json=keyed)).json()["accepted"] == 1
+    made = _counting_hashes(monkeypatch)
+    conflicting = [{**e, "usage": {"input_tokens": 2000}} for e in kept]
+    sent = await client.post("/v1/usage-events", json=conflicting)
+    assert [r["code"] for r in sent.json()["rejected"]] == ["idempotency_conflict"] * 3, sent.text
+    assert made == [0]
+    other = await client.post("/v1/usage-events", headers=key, json=[{**keyed[0], "timestamp": "2026-12-01T11:00:01Z"}])
+    assert (other.status_code, other.json()["code"]) == (409, "idempotency_conflict"), other.text
+    assert made == [0]
+    # kept before 0080 (as an older version kept them): searched as before, every spelling
+    await _kept_before_the_upgrade(app, "usage_events", "customer_id = %s AND event_id = %s",
+                                   (w["customer"], kept[0]["event_id"]))
+    await _kept_before_the_upgrade(app, "idempotency_keys", "key = %s", (key["Idempotency-Key"],))
+    sent = await client.post("/v1/usage-events", json=conflicting)
+    assert [r["code"] for r in sent.json()["rejected"]] == ["idempotency_conflict"] * 3, sent.text
+    assert made == [2161]
+    other = await client.post("/v1/usage-events", headers=key, json=[{**keyed[0], "timestamp": "2026-12-01T11:00:01Z"}])
+    assert (other.status_code, other.json()["code"]) == (409, "idempotency_conflict"), other.text
+    assert made == [2161 + 181]
+    assert await _charges(client, w) == [(4, "0.04")]
