@@ -100,7 +100,11 @@ class SpoolRecord:
     def parse(cls, line: bytes) -> SpoolRecord | None:
         try:
             data = json.loads(line)
-            return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
+            fields = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
+            # a line without its time (by hand, another tool) has none: "", not when it was read,
+            # which made it spooled just now (the `.rejected` read-back stopped a day before that
+            # moment, a replay took it for its own client's and never sent it)
+            return cls(**{"spooled_at": "", **fields})
         except (ValueError, TypeError):
             return None
 

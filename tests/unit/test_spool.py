@@ -739,3 +739,87 @@ async def test_a_replay_counts_a_call_spooled_twice_and_kept_once_on_every_path(
         assert (report.delivered, report.rejected, report.kept) == (0, 0, 2), (path, report)
         assert sum(keys.count("k1") for keys in sent) == (2 if path in ("single 500", "item 503 then 500") else 1)
         assert {r.idempotency_key for r in spool.records()} == {"k1", "k2"}, path  # left for a flush
+
+
+def test_a_record_spooled_without_a_time_is_filed_once_when_refused_again_days_later(tmp_path, monkeypatch):
+    """A spooled line without `spooled_at` (written by hand, or by another tool) was read as spooled
+    at the moment it was read: the read-back of `<name>.rejected` for its filing stopped a day
+    before that moment, not at the start of the file. Day 0: records 1 (no time) and 2 refused,
+    filed (2 lines at T), the spool's rewrite cut short by a full disk. Day 2: record 1 refused
+    again, record 2's server not answering (503): the read-back stopped at record 2's line (T is
+    before T + 2 days - 1 day) and record 1 was filed a 2nd time (record 3, answered 401 both
+    days, is what the rewrite had to write). A record with no time of its own
+    has the whole file read, as the commit that read it backward meant: 1 line for record 1."""
+    import errno
+    import json
+    from dataclasses import asdict
+
+    import api.spool
+
+    spool = Spool(tmp_path / "a.jsonl")
+    untimed = {k: v for k, v in asdict(record(1)).items() if k != "spooled_at"}
+    spool.path.write_bytes(json.dumps(untimed).encode() + b"\n" + record(2).line() + record(3).line())
+    real = api.spool._write_all
+    writes: list[int] = []
+
+    def full_after_the_filing(fd: int, data: bytes) -> None:
+        writes.append(len(data))
+        if len(writes) > 1:  # the 1st write is the filing, the 2nd the spool's rewrite
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd, data)
+
+    monkeypatch.setattr(api.spool, "_write_all", full_after_the_filing)
+    try:
+        spool.flush(lambda r: ("kept", "401") if r == record(3) else ("rejected", "409 reservation_closed"))
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    else:
+        raise AssertionError("the rewrite cannot have succeeded")
+    monkeypatch.setattr(api.spool, "_write_all", real)
+
+    class TwoDaysOn(datetime):
+        @classmethod
+        def now(cls, tz=None):  # type: ignore[override]
+            return datetime.now(tz) + timedelta(days=2)
+
+    monkeypatch.setattr(api.spool, "datetime", TwoDaysOn)
+    answer = lambda r: ("rejected", "409 reservation_closed") if r.idempotency_key == "res_1:settle:1" else (  # noqa: E731
+        "kept", "503")
+    report = spool.flush(answer)
+    assert (report.rejected, report.kept) == (1, 2)
+    assert [r.idempotency_key for r in spool.records()] == ["res_1:settle:2", "res_1:settle:3"]
+    filed = [json.loads(line)["idempotency_key"] for line in spool.rejected_path.read_bytes().splitlines()]
+    assert filed == ["res_1:settle:1", "res_1:settle:2"]  # was: record 1 a 2nd time, 3 lines
+
+
+async def test_a_replay_sends_a_record_spooled_without_a_time_as_an_earlier_runs(tmp_path):
+    """A replay sends what was spooled before it began, a record without a readable time counted
+    among them (SpoolReplay._earlier); a line with no `spooled_at` at all was read as spooled at
+    the moment it was read, after the replay began, and so was never sent by any replay: sent
+    [] where ["r1:settle:0"]."""
+    import json
+
+    import httpx
+
+    from api.client_replay import SpoolReplay
+    from api.delivery import RetryPolicy
+
+    spool = Spool(tmp_path / "s.jsonl")
+    spool.path.write_bytes(json.dumps({"method": "POST", "path": "/v1/reservations/r1/settle",
+                                       "body": {"usage": {"input_tokens": 1}, "final": True},
+                                       "idempotency_key": "r1:settle:0", "reservation_id": "r1",
+                                       "base_url": "http://tt"}).encode() + b"\n")
+    sent: list[str] = []
+
+    async def bulk(items):
+        sent.extend(item["idempotency_key"] for item in items)
+        return httpx.Response(200, json={"results": [{"status": 200, "body": {}} for _ in items]})
+
+    async def one(record):
+        sent.append(record.idempotency_key)
+        return "delivered", "200"
+
+    replay = SpoolReplay([spool], bulk, one, RetryPolicy(0.01, 0.01, 0.01))
+    report = await replay.run()
+    assert sent == ["r1:settle:0"] and report.delivered == 1
+    assert spool.records() == []
