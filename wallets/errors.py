@@ -82,7 +82,8 @@ class EndpointDisabledError(WalletError):
 
 class TooManyEventsError(WalletError):
     """A webhook re-drive whose window holds more events to queue than one call may (names the
-    count, the limit and an `until` that keeps the call within it)."""
+    count, the limit and the first event past it, `until` and `until_event_id`: a call up to it
+    queues exactly the limit)."""
 
     code = "too_many_events"
 

@@ -256,6 +256,11 @@ async def redrive_webhooks(
         raise WalletValidationError("since_event_id", "narrows since: goes with since, not event_id")
     if body.until_event_id is not None and until is None:
         raise WalletValidationError("until_event_id", "narrows until: goes with since and until")
+    # in the window's order (created_at, event id), a bound without an id is before its time's
+    # events ("": ids are never empty); ids compared by code point, as UTF-8 bytes are ("C")
+    if since is not None and until == since and (body.until_event_id or "") < (body.since_event_id or ""):
+        raise WalletValidationError("until_event_id" if body.until_event_id is not None else "until",
+                                    "must not be before since and since_event_id")
 
     async def work(conn: AsyncConnection) -> RedriveResponse:
         endpoint = await endpoints.get(conn, endpoint_id)

@@ -132,3 +132,29 @@ async def test_the_http_refusal_names_the_event_to_page_from_and_the_bounds_it_n
         assert (first.status_code, rest.status_code) == (202, 202), (first.text, rest.text)
         assert (first.json()["scheduled"], rest.json()["scheduled"]) == (2, 1)
     assert await _queued(db, endpoint["id"]) == sorted(f"evt_{mark}_{g}" for g in (1, 2, 3))
+
+
+@pytest.mark.parametrize(("bounds", "field"), [
+    ({"since_event_id": "evt_b", "until_event_id": "evt_a"}, "until_event_id"),
+    ({"since_event_id": "evt_b"}, "until"),
+    ({"since_event_id": "evt_b", "until_event_id": "evt_b"}, None),
+    ({"until_event_id": "evt_a"}, None)])
+async def test_an_until_before_since_in_the_order_of_its_event_ids_is_422_naming_it(database_url, bounds, field):
+    """The window is in the order (created_at, event id): at one time T, `until` T before `evt_a`
+    is before `since` T from `evt_b` (a < b), as is `until` T alone (before every event of T), and
+    a window ending before it starts is a 422 naming the bound, as an `until` before `since` is; it
+    answered 202 with 0 scheduled, the caller's swapped ids taken for an empty window. Bounds at one
+    place (`evt_b` to `evt_b`), or `until` T before `evt_a` from `since` T (from T's first event),
+    are an empty or a forward window: 202."""
+    at = _wire(AT + timedelta(minutes=3))
+    async with AsyncTestClient(app=create_app(FAST, database_url)) as client:
+        client.headers.update(ADMIN)
+        endpoint = (await client.post("/v1/webhook-endpoints", json={"url": "https://x.example/h",
+                                                                     "topics": ["invoice.*"]})).json()
+        answer = await client.post(f"/v1/webhook-endpoints/{endpoint['id']}/redrive",
+                                   json={"since": at, "until": at, **bounds})
+    if field is None:
+        assert answer.status_code == 202, answer.text
+        return
+    assert answer.status_code == 422, answer.text
+    assert (answer.json()["code"], answer.json()["fields"][0]["field"]) == ("validation_error", field), answer.text
