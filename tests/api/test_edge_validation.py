@@ -696,8 +696,10 @@ async def test_an_events_respellings_are_hashed_before_the_lanes_transaction(app
     that transaction. They are hashed before it, against the hash kept (read with the instant):
     the event found is submitted again with that one hash (one comparison in the transaction),
     one not found is not submitted again. Kept: A at 12:00:00+02:00 under its pre-c1c9c09 hash,
-    B at 10:00:00Z with 1,000 input tokens. Sent: A as 10:00:00Z (a duplicate), B as 10:00:00Z
-    with 2,000 (another body: a conflict). Charged once each: 2 x 1,000 input tokens at $10.00 a
+    B at 10:00:00Z with 1,000 input tokens; both created before 0080, so both are searched (B,
+    kept since, would be a conflict with no search at all, and its "not found" untested). Sent:
+    A as 10:00:00Z (a duplicate), B as 10:00:00Z with 2,000 (another body: a conflict), B's 2,161
+    spellings hashed and none its hash. Charged once each: 2 x 1,000 input tokens at $10.00 a
     million = 2 x $0.01 = $0.02."""
     w = world
     a = _event(w, event_id=f"lane-a-{w['tag']}", timestamp="2026-12-01T12:00:00+02:00", usage={"input_tokens": 1000})
@@ -708,6 +710,9 @@ async def test_an_events_respellings_are_hashed_before_the_lanes_transaction(app
                          "anthropic_usage": None, "dimensions": {}})
     for table in ("usage_events", "charges"):  # both keep it (verify ties them)
         await _forge(app, table, "customer_id = %s AND event_id = %s", (w["customer"], a["event_id"]), kept)
+    await _kept_before_the_upgrade(app, "usage_events", "customer_id = %s AND event_id = %s",
+                                   (w["customer"], b["event_id"]))
+    made = _counting_hashes(monkeypatch)
     wallets = app.state.services.wallets
     submitted: list[list[Any]] = []
     real = wallets.submit_many
@@ -723,6 +728,7 @@ async def test_an_events_respellings_are_hashed_before_the_lanes_transaction(app
     assert (body["accepted"], body["duplicates"], [r["code"] for r in body["rejected"]]) == (
         0, 1, ["idempotency_conflict"]), sent.text
     assert submitted == [[(), ()], [(kept,)]]
+    assert 2161 < made[0] <= 2 * 2161, made  # B searched in full (2,161), A until its hash was found
     assert await _charges(client, w) == [(2, "0.02")]
     checked = (await client.post("/v1/audit/verify")).json()
     assert checked["ok"], [c for c in checked["checks"] if not c["ok"]]
