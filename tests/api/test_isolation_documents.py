@@ -59,6 +59,8 @@ async def world(database_url: str) -> AsyncIterator[tuple[Any, dict[str, str], d
         assert applied.status_code == 200, applied.text
         [note] = applied.json()["credit_notes"]
         assert note["customer_id"] == B
+        granted = await client.post(f"/v1/customers/{B}/grants", headers=ADMIN, json={"amount": "2.00", "reason": MARK})
+        assert granted.status_code == 201, granted.text
         budget = await client.post("/v1/budgets", headers=ADMIN, json={
             "customer_id": B, "name": MARK, "window": "month", "metric": "money", "limit": "100.00"})
         assert budget.status_code == 201, budget.text
@@ -69,7 +71,8 @@ async def world(database_url: str) -> AsyncIterator[tuple[Any, dict[str, str], d
             created = await client.post("/v1/api-keys", headers=ADMIN, json=body)
             assert created.status_code == 201, created.text
             keys[name] = created.json()["key"]
-        yield app, keys, {"invoice": invoice, "note": note["id"], "budget": budget.json()["id"]}
+        yield app, keys, {"invoice": invoice, "note": note["id"], "budget": budget.json()["id"],
+                          "lot": granted.json()["grant_id"]}
 
 
 def _unseen(text: str, *sent: str) -> None:
@@ -143,3 +146,26 @@ async def test_the_consoles_downloads_of_another_customers_invoices_are_403_page
             assert answer.status_code == 403, (page, answer.status_code, answer.headers.get("content-type"))
             assert "text/html" in answer.headers["content-type"] and "Forbidden" in answer.text, page
             _unseen(answer.text, page, f"customer '{B}'", f"customer &#39;{B}&#39;")
+
+
+@pytest.mark.parametrize("key", ["admin:a", "auditor:a", "customer:a"])
+async def test_another_customers_lot_and_reserved_accounts_are_not_found_as_codes_nobody_uses(world, key):
+    """The matrix names B's receivable; its lot (a grant's) and reserved accounts are its too: their
+    statement, balance (now and at T) and journal filter answer a key limited to A what a code of a
+    customer nobody is answers, word for word, and nothing of B's."""
+    app, keys, ids = world
+    nobody = f"nobody-{TAG}"
+    async with api_client(app=app) as client:
+        headers = {"Authorization": f"Bearer {keys[key]}"}
+        lot = f":lot:{ids['lot']}"
+        for theirs, unknown in ((f"liability:customer:{B}{lot}", f"liability:customer:{nobody}{lot}"),
+                                (f"liability:customer:{B}:reserved", f"liability:customer:{nobody}:reserved")):
+            for path in ("/v1/accounts/{}/statement", "/v1/accounts/{}/balance",
+                         "/v1/accounts/{}/balance?at=2027-01-01T00:00:00Z", "/v1/journal?account={}"):
+                answers = []
+                for code in (theirs, unknown):
+                    answer = await client.get(path.format(code), headers=headers)
+                    assert answer.status_code == 404 and answer.json()["code"] == "not_found", (path, answer.text)
+                    answers.append(answer.text.replace(code, "<code>"))
+                assert answers[0] == answers[1], path
+                _unseen(answers[0])
