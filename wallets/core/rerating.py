@@ -14,7 +14,7 @@ usage's, or a later one's for charges that arrived after their period closed):
 - more charged: paid like usage, from the live lots in consumption order, then the receivable; a
   charge re-rated dearer whose period's true-up correction gives back a part of it pays its
   increase out of that part first (its own payers'), and only the rest like usage; beside charges
-  corrected down, each decrease still goes back to the lots that paid it (as money back, below)
+  corrected down, each decrease still goes back to what paid it (as money back, below)
   and all the increases are paid like usage, not the net alone;
 - money back: where the charges' money came from, the receivable first (what it paid), then the
   lots that paid each decreased charge, up to its decrease, the last consumed first (while live,
@@ -424,11 +424,15 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
         return _paid_by(charge, receivable)
 
     unplaced = 0  # what no lot took of a decrease beyond what the receivable paid of it
+    # what of the decreases is the receivable's: what no lot took of each, up to what it paid of that
+    # charge, and its charges' true-up parts (each_charge_first)
+    owes_less = 0
 
     def shared(paid: dict[tuple[int, str], int], need: int) -> None:
-        nonlocal unplaced
+        nonlocal unplaced, owes_less
         left = share(shares, taken, paid, need, receivable, order, room)
         unplaced += max(0, left - sum(v for (_, a), v in paid.items() if a == receivable))
+        owes_less += min(left, sum(v for (_, a), v in paid.items() if a == receivable))
 
     for x in found:
         if x.delta < 0:
@@ -453,8 +457,10 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
                 rows = [(c, a, v, *pieces.get(c, (None, None))) for (c, a), v in sorted(paid.items())]
                 # a charge's part netted with its increase counts as given back already
                 given = {c: f.given.get(c, 0) + netted.get(c, 0) for c in f.given.keys() | netted.keys()}
+                before = shares.get(receivable, 0)
                 need, paid = each_charge_first(shares, taken, {**f.line(), "amount_units": -need}, rows, receivable,
                                                order, given, None, room)
+                owes_less += shares.get(receivable, 0) - before  # the receivable's charges' parts
             if f.delta < 0 or need > 0:
                 shared(paid, need)
     if room is not None:
@@ -485,6 +491,11 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
         # grant's revoked again, an expired one's to breakage: legs.return_target), and the
         # increase it would have netted is paid like usage
         gets = {a: v for a, v in shares.items() if v > 0 and a != receivable}
+        # the receivable's decrease (beyond what its take netted) comes off what is owed, up to it,
+        # in multiples of `step` (as give_back's), not off the increases
+        owed = min(owes_less - net, max(0, w.receivable - (w.credit_held or 0)))
+        if owed - owed % step > 0:
+            gets[receivable] = owed - owed % step
         legs, paid = _taken_then_usage(w, debits, -back - sum(debits.values()) + sum(gets.values()), now, gets)
         return legs, tuple((a, v) for a, v in paid if v), None
     # money back beside increases: each decrease goes back whole to what paid it (what the shares

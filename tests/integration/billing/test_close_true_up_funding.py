@@ -1008,3 +1008,19 @@ async def test_a_rerate_giving_money_back_in_all_pays_an_increase_beyond_a_charg
     assert await _given_per_charge(bk, cid, back["rerate_id"]) == [-30 * CENT, -20 * CENT]
     await _balanced(bk)
 
+
+
+async def test_a_rerate_charging_more_in_all_gives_the_receivable_a_cheaper_charge_s_decrease(fresh_db) -> None:
+    """Postpaid, November open: the 5th's $1.20 on the receivable, the grant pays the 20th's $1.10
+    ($3.90). Re-rated to $18/M and $30/M (the 5th -$0.12, the 20th +$0.52, +$0.40): the 5th's -$0.12
+    off what is owed, $1.08 (the 5th at $1.08); the 20th's +$0.52 paid like usage by the grant,
+    $3.38 (= $5.00 - $1.62). Before, the +$0.40 net alone came off the grant ($3.50) and $1.20 was
+    still owed: the customer owed $0.12 of usage the promotion paid."""
+    bk = BillingKit(fresh_db)
+    cid = await vol_customer(bk, "owes-less-dearer", billing_mode="postpaid")
+    _, grant = await _paid_per_charge(bk, cid, None, ("grant", "5.00"))
+    done = await _rerated(bk, "18", "30")
+    assert done["delta"] == "0.40", done
+    assert (await bk.service.wallet(cid)).receivable == 108 * CENT
+    assert await live_lots(bk, cid) == {grant: ("grant", 338 * CENT)}
+    await _balanced(bk)
