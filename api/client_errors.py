@@ -30,7 +30,9 @@ class InsufficientFunds(TokentillError): ...
 class BudgetExceeded(TokentillError):
     """A hard budget refused the reservation (429). Its details are the problem's fields: which
     budget, its window and metric, its limit, what is used and held, what was asked for (money as
-    decimal strings, tokens and requests as integers) and, for a rolling window, `retry_after`."""
+    decimal strings, tokens and requests as integers), the window's bounds (`window_start`,
+    `resets_at`: None where it has none, as the 429 spells them) and, for a rolling window,
+    `retry_after`."""
 
     budget_id = property(lambda self: self.body.get("budget_id"))
     budget_name = property(lambda self: self.body.get("budget_name"))
@@ -40,6 +42,7 @@ class BudgetExceeded(TokentillError):
     used = property(lambda self: self.body.get("used"))
     held = property(lambda self: self.body.get("held"))
     requested = property(lambda self: self.body.get("requested"))
+    window_start = property(lambda self: self.body.get("window_start"))
     resets_at = property(lambda self: self.body.get("resets_at"))
 
 

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
 from litestar import Request
 from wallet_memory import MemoryWallet, usd
 
+from api.client_errors import BudgetExceeded, raise_for
 from api.errors import error_response
 from api.gateway.proxy import _refusal_of
 from api.gateway.shapes import error_body
@@ -80,3 +82,20 @@ def test_a_budget_refusal_spells_its_windows_nulls_whatever_context_it_was_given
         "detail": "over", "budget_id": "b", "window_start": None, "resets_at": None}
     assert refusal_body(InsufficientFundsError("short", customer_id="c", request_id=None)) == {
         "detail": "short", "customer_id": "c"}
+
+
+@pytest.mark.parametrize(("window", "bounds"), [
+    ("lifetime", (None, None)),  # no start, no end
+    ("request", (None, None)),
+    ("day", ("2026-11-23T00:00:00Z", "2026-11-24T00:00:00Z"))])  # the UTC day of the wallet's clock
+def test_the_sdk_reads_every_field_a_budget_refusal_spells_its_window_start_too(window, bounds):
+    """The SDK's BudgetExceeded names the 429's fields (README: The refusal); the window's start,
+    spelt beside resets_at on every path, was not among them (AttributeError)."""
+    error, _ = _refused(window)
+    http = error_response(_request("/v1/reservations"), error)
+    with pytest.raises(BudgetExceeded) as refused:
+        raise_for(httpx.Response(429, json=http.content))
+    # by hand: a hold of $2.00 under a hard $1.00 budget, nothing used or held
+    assert (refused.value.budget_id, refused.value.window, refused.value.limit, refused.value.used,
+            refused.value.held, refused.value.requested) == ("cap", window, "1.00", "0.00", "0.00", "2.00")
+    assert (refused.value.window_start, refused.value.resets_at) == bounds
