@@ -666,8 +666,11 @@ class _Sent(ASGIResponse):
 
     __slots__ = ()
 
-    def __init__(self, body: bytes, status: int, media_type: str, replayed: bool) -> None:
+    def __init__(self, body: bytes, status: int, media_type: str, replayed: bool,
+                 retry_after: str | None = None) -> None:
         headers = [(b"idempotent-replayed", b"true")] if replayed else []
+        if retry_after is not None:
+            headers.append((b"retry-after", retry_after.encode("latin-1")))
         headers.append((b"content-type", media_type.encode("latin-1")))
         headers.append((b"content-length", str(len(body)).encode("latin-1")))
         self.headers = MutableScopeHeaders({"headers": headers})
@@ -680,11 +683,13 @@ class Answered(Response):
     Turned into `_Sent` directly when nothing else (route headers, cookies, a background task, a
     HEAD request) asks for Litestar's general path; that path cost more than the route's own work."""
 
-    def __init__(self, body: bytes, status: int, replayed: bool) -> None:
+    def __init__(self, body: bytes, status: int, replayed: bool, retry_after: str | None = None) -> None:
         # What Response.__init__ sets for these arguments, without its general conversions.
-        self.content, self.status_code, self._replayed = body, status, replayed
+        self.content, self.status_code, self._replayed, self._retry_after = body, status, replayed, retry_after
         self.media_type = PROBLEM if status >= 400 else "application/json"
         self.headers = {"Idempotent-Replayed": "true"} if replayed else {}
+        if retry_after is not None:
+            self.headers["Retry-After"] = retry_after
         self.background, self.cookies, self.encoding, self.response_type_encoders = None, [], "utf-8", {}
 
     def to_asgi_response(self, app: Any, request: Request, *, background: Any = None, cookies: Any = None,
@@ -697,14 +702,18 @@ class Answered(Response):
                                             encoded_headers=encoded_headers, headers=headers,
                                             is_head_response=is_head_response, media_type=media_type,
                                             status_code=status_code, type_encoders=type_encoders)
-        return _Sent(self.content, self.status_code, self.media_type, self._replayed)
+        return _Sent(self.content, self.status_code, self.media_type, self._replayed, self._retry_after)
 
 
 def respond(request: Request, outcome: Any, answer: Answer) -> Response:
     """The response to a fresh result or a kept answer (refusals are raised, and answered by the
     error handlers, unless replayed)."""
     status, body, replayed = answered(request, outcome, answer)
-    return Answered(body, status, replayed)
+    # a refusal replayed with the Retry-After its first answer had (a rolling budget window's wait,
+    # as its body's retry_after_seconds): the replay answered the body alone, without the header
+    kept = outcome.body if isinstance(outcome, Replayed) and outcome.status is None and status >= 400 else None
+    wait = kept.get("retry_after_seconds") if isinstance(kept, dict) else None
+    return Answered(body, status, replayed, str(wait) if isinstance(wait, int) else None)
 
 
 def composed(body: Any) -> dict[str, str]:

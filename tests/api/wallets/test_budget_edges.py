@@ -256,3 +256,22 @@ async def test_each_request_a_per_request_cap_refuses_writes_its_own_budget_exce
         "SELECT payload FROM outbox WHERE topic = 'budget.exceeded' AND payload->>'budget_id' = :b ORDER BY id"),
         {"b": b["id"]}))
     assert [(p["requested"], p["limit"]) for (p,) in rows] == [("2.00", "1.00")] * 2
+
+
+async def test_a_replayed_rolling_minute_refusal_keeps_the_retry_after_header_its_first_answer_had(
+        client: AsyncTestClient, tag: str, book: str):
+    """A budget refusal is the call's answer: its Idempotency-Key replays it. A rolling minute's
+    carries its wait twice, in the body (retry_after_seconds) and as Retry-After; the replay answered
+    the body alone (no header: the SDK's retry_after None), where the first answer had both."""
+    cid = await _funded(client, tag, book)
+    await _budget(client, customer_id=cid, window="minute", metric="requests", limit=1)
+    assert (await _reserve(client, cid, "m0", amount="1.00")).status_code == 201  # the minute's 1 request
+    body = {"customer_id": cid, "request_id": "m1", "model": "model-a", "amount": "1.00"}
+    first = await client.post("/v1/reservations", json=body, headers={"Idempotency-Key": f"m1-{tag}"})
+    again = await client.post("/v1/reservations", json=body, headers={"Idempotency-Key": f"m1-{tag}"})
+    # by hand: 1 held + 1 asked > 1, freed when m0's request leaves the minute: 1 to 60 s
+    assert (first.status_code, again.status_code, again.headers.get("idempotent-replayed")) == (429, 429, "true")
+    assert again.json() == first.json()
+    wait = first.json()["retry_after_seconds"]
+    assert 1 <= wait <= 60
+    assert (first.headers.get("retry-after"), again.headers.get("retry-after")) == (str(wait), str(wait))
