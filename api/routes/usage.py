@@ -179,7 +179,7 @@ async def _claimed(wallets: Any, db: Database, request: Request, idem: IdemKey, 
     except ConflictError:
         kept = await db.read(lambda conn: store.kept_key(conn, idem.scope, idem.key))
         # a key kept since 0080 holds the hash of its batch's instants: the batch's is another
-        if kept is None or not kept[1] or kept[0] not in _kept_before(request, data, instants):
+        if kept is None or not kept[1] or not await _kept_before(request, data, instants).holds(kept[0]):
             raise
         return await wallets.claim(replace(idem, earlier=(kept[0],)))
 
@@ -233,12 +233,14 @@ async def _recorded(wallets: Any, db: Database, request: Request, events: list[U
             conn, [(commands[n].customer_id, commands[n].event_id) for n in conflicts]))
         # only an event kept before 0080 (which may hold the hash of its text as sent) at the same
         # instant (to the microsecond, as kept) may be one; its spellings are hashed here, not in
-        # the lane's transaction (up to 2,161 sha256 each), and the one found is all the event
-        # carries again (a kept event's hash never changes). One kept since is a conflict at once.
+        # the lane's transaction (up to 2,161 sha256 each, the event loop turning every wire.PACE
+        # of them: Hashes.holds), and the one found is all the event carries again (a kept event's
+        # hash never changes). One kept since is a conflict at once.
         found: dict[int, bytes] = {}
         for n in conflicts:
             at, digest, older = kept.get((commands[n].customer_id, commands[n].event_id), (None, b"", False))
-            if older and at == commands[n].occurred_at and digest in _respelled(commands[n], events[positions[n]]):
+            if older and at == commands[n].occurred_at \
+                    and await _respelled(commands[n], events[positions[n]]).holds(digest):
                 found[n] = digest
         again = await wallets.submit_many([replace(commands[n], earlier=(digest,)) for n, digest in found.items()]) \
             if found else []

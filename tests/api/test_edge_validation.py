@@ -3,17 +3,20 @@ deep and bodies that are not JSON each answer problem+json at once, before any w
 so that one bad request never fails (and re-runs) the batch of everyone else."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
+from api.routes import wire
 from api.routes.wire import _fitted, _Unfit, instant_text, nested_too_deep, shaped, spellings, time_in, unstorable
 from ledger.model import request_hash
 from wallets.errors import WalletValidationError
@@ -826,3 +829,69 @@ async def test_a_truly_conflicting_event_or_key_is_respelled_only_where_kept_bef
     assert (other.status_code, other.json()["code"]) == (409, "idempotency_conflict"), other.text
     assert made == [2161 + 181]
     assert await _charges(client, w) == [(4, "0.04")]
+
+
+async def test_a_conflicts_respelling_search_lets_the_event_loop_serve_other_requests(app, client, world, monkeypatch):
+    """The respellings of conflicting events kept before 0080 were hashed in one go on the event
+    loop: up to 2,161 sha256 an event, 2,161,000 (~5 s of CPU) for a batch of 1,000, and every other
+    request of the worker (reserves included) waited for the whole search. The loop now turns after
+    every wire.PACE = 64 texts put in place. Run on the app's own loop (the test client's portal):
+    4 events kept before 0080 at 10:00:00Z, resent with other usage, are searched in full (4 x 2,161
+    = 8,644 hashes), and a 5th kept as sent at +05:30 (15:30:00+05:30) and resent as 10:00:00Z is
+    still a duplicate, found among the other offsets (not counted: it stops where found). A ticker
+    task sees at most 64 hashes made between two of its turns (one text each); main made all 8,644+
+    between two. GET /healthz, sent once the search has begun, is answered while the batch is still
+    being searched. A keyed batch of those 5 events under a key kept before 0080, resent at other
+    instants, hashes 1 (as sent) + 180 uniform = 181 spellings of 5 texts each: at most
+    ceil(64 / 5) = 13 hashes between two turns (main: 181). Nothing more is charged: the first 5
+    of 1,000 input tokens at $10.00 a million, 5 x $0.01 = $0.05."""
+    assert wire.PACE == 64  # the bounds below: 64 hashes of one text, ceil(64 / 5) = 13 of 5
+    w = world
+    kept = [_event(w, event_id=f"loop{n}-{w['tag']}", timestamp="2026-12-01T10:00:00Z",
+                   usage={"input_tokens": 1000}) for n in range(4)]
+    offset = _event(w, event_id=f"loop-offset-{w['tag']}", timestamp="2026-12-01T15:30:00+05:30",
+                    usage={"input_tokens": 1000})
+    key = {"Idempotency-Key": f"loop-{w['tag']}"}
+    assert (await client.post("/v1/usage-events", headers=key, json=[*kept, offset])).json()["accepted"] == 5
+    for event in kept:
+        await _kept_before_the_upgrade(app, "usage_events", "customer_id = %s AND event_id = %s",
+                                       (w["customer"], event["event_id"]))
+    await _kept_as_sent(app, w, offset)
+    await _kept_before_the_upgrade(app, "idempotency_keys", "key = %s", (key["Idempotency-Key"],))
+    made = _counting_hashes(monkeypatch)
+    conflicting = [{**e, "usage": {"input_tokens": 2000}} for e in kept]
+    resent = {**offset, "timestamp": "2026-12-01T10:00:00Z"}
+    later = [{**e, "timestamp": "2026-12-01T10:00:01Z"} for e in (*kept, offset)]
+
+    async def on_the_apps_loop(path: str, body: Any, headers: dict[str, str], health: bool) -> Any:
+        """The request sent with a ticker beside it (the hashes made between two of its turns) and,
+        once hashing has begun, GET /healthz: (answer, gaps, hashes made when /healthz answered)."""
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver",
+                                     headers={**client.headers, **headers}) as c:
+            start = made[0]
+            sent = asyncio.ensure_future(c.post(path, json=body))
+            gaps, last, health_at = [], start, None
+            while not sent.done():
+                await asyncio.sleep(0)
+                gaps.append(made[0] - last)
+                last = made[0]
+                if health and health_at is None and made[0] > start:
+                    ok = await c.get("/healthz")
+                    assert ok.status_code == 200, ok.text
+                    health_at = (made[0] - start, sent.done())
+            return await sent, max(gaps), health_at
+
+    portal = client.blocking_portal
+    answer, gap, health_at = portal.call(on_the_apps_loop, "/v1/usage-events", [*conflicting, resent], {}, True)
+    assert answer.json()["duplicates"] == 1, answer.text
+    assert [r["code"] for r in answer.json()["rejected"]] == ["idempotency_conflict"] * 4, answer.text
+    assert made[0] > 4 * 2161  # the 4 searched in full, and the one found after some of its own
+    assert gap <= 64, gap
+    assert health_at is not None and health_at[0] < 4 * 2161 and not health_at[1], health_at
+    made[0] = 0
+    answer, gap, _ = portal.call(on_the_apps_loop, "/v1/usage-events", later, key, False)
+    assert (answer.status_code, answer.json()["code"]) == (409, "idempotency_conflict"), answer.text
+    assert made[0] == 181
+    assert gap <= 13, gap
+    assert await _charges(client, w) == [(5, "0.05")]
