@@ -19,7 +19,7 @@ from typing import TextIO
 
 import psycopg
 
-from ledger.seal import SEALED_OCCURRED_AT, SEALED_RECORDED_AT, SEALED_TXID
+from ledger.seal import SEALED_AT, SEALED_OCCURRED_AT, SEALED_RECORDED_AT, SEALED_TXID
 
 FORMATS = ("beancount", "csv", "jsonl")
 ROOTS = {"asset": "Assets", "liability": "Liabilities", "equity": "Equity", "income": "Income",
@@ -309,9 +309,9 @@ def write_csv(conn: psycopg.Connection, out: TextIO, window: Window = Window(),
 # streams every entry in (section, id) order; this process writes each seal's record before its
 # entries and puts in the hash the seal stored for each entry (one seal's hashes held at a time).
 _SEAL_BOUNDS = "SELECT id, from_txid::text, to_txid::text FROM seals ORDER BY id"
-_SEALS = """
+_SEALS = f"""
 SELECT s.id, s.from_txid::text, s.to_txid::text, encode(s.prev_hash, 'hex'), encode(s.chain_hash, 'hex'),
-       to_char(s.sealed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), s.hash_version,
+       {SEALED_AT.format('s.sealed_at')}, s.hash_version,
        array_to_json(s.entry_ids)::text, s.entry_ids, s.entry_hashes
   FROM seals s
  WHERE %(whole)s OR s.id = ANY(%(ids)s)

@@ -4,18 +4,19 @@ contract keeps it so), for an auditor who holds a copy and does not trust our se
 `python -m ledger.offline EXPORT.jsonl`.
 
 It recomputes every entry's hash from its fields and compares it with the hash its seal stored,
-with the hash version its seal records (`ledger.chain`: 3 covers each posting's asset and
+with the hash version its seal records (`ledger.chain`: 3 and 4 cover each posting's asset and
 recorded_at, 2 recorded_at only, 1 neither; a seal of an export written before versions has none
-and is version 1), recomputes each seal's chain
-hash from those, checks that each seal follows the one before it, that a seal's entries are all
+and is version 1), recomputes each seal's chain hash from those (and from version 4, its
+sealed_at), checks that each seal follows the one before it, that a seal's entries are all
 there and in its order, that every entry balances per asset, and that each posting's asset is
 that of the account record of its code (a version 3 hash covers the asset; 1 and 2 the code
 alone, and a file relabelled to another currency throughout passes under them). Fields no hash
 covers are checked against those that are: each entry's txid lies in its seal's range (or past the
 last seal's, unsealed), the end record's counts are the file's, and an account record's type,
-scale and customer are those its code and asset fix (`account`). A seal's sealed_at is not
-checked: the sealer's transaction start, it need not follow the previous seal's nor its entries'
-recorded_at. Memory is one seal's entry ids at a time, the ids of the entries no seal covers yet,
+scale and customer are those its code and asset fix (`account`). A version 4 seal is dated when
+it was written, so its sealed_at must not precede the seal before it nor any of its entries'
+recorded_at; an older seal's was its sealer's transaction start, which need not follow either,
+and it is not checked. Memory is one seal's entry ids at a time, the ids of the entries no seal covers yet,
 and each account's asset and customer.
 """
 from __future__ import annotations
@@ -32,10 +33,11 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from ledger.chain import GENESIS, HASH_VERSIONS, entry_digest
+from ledger.chain import GENESIS, HASH_VERSIONS, SEALED_AT_FROM, entry_digest
 
 LIMIT = 50  # problems kept; the count is exact
 _HASH = re.compile(r"[0-9a-f]{64}")
+_UTC = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")  # as the export writes
 
 
 def _int(value: object) -> bool:
@@ -67,7 +69,8 @@ _SHAPES = {
                 "scale": lambda v: _int(v) and v >= 0, "customer_id": lambda v: v is None or _text(v)},
     "seal": {"id": _int, "from_txid": _txid, "to_txid": _txid, "prev_hash": _hash, "chain_hash": _text,
              "entry_ids": lambda v: type(v) is list and all(_int(i) for i in v),
-             "hash_version": lambda v: _int(v) and v in HASH_VERSIONS},
+             "hash_version": lambda v: _int(v) and v in HASH_VERSIONS,
+             "sealed_at": lambda v: type(v) is str and _UTC.fullmatch(v) is not None},
     "entry": {"id": _int, "key": _text, "request_hash": _text, "kind": _text,
               "customer_id": lambda v: v is None or _text(v), "metadata": lambda v: True, "txid": _txid,
               "occurred_at": _text, "recorded_at": _text,
@@ -77,8 +80,8 @@ _SHAPES = {
     "end": {"entries": _int, "seals": _int, "unsealed": _int},
 }
 # Fields an export written before hash versions lacks: a seal without one is version 1, and an
-# entry's recorded_at is needed only under a version 2 or 3 seal.
-_OPTIONAL = {"seal": {"hash_version"}, "entry": {"recorded_at"}}
+# entry's recorded_at is needed only under a version 2 seal or later, a seal's sealed_at under 4.
+_OPTIONAL = {"seal": {"hash_version", "sealed_at"}, "entry": {"recorded_at"}}
 
 
 def _wrong(kind: str, rec: dict) -> str | None:
@@ -117,7 +120,9 @@ class _Seal:
     version: int
     from_txid: int
     to_txid: int
+    sealed_at: str | None  # version 4 on: chained, and no entry of the seal recorded after it
     seen: list[int] = field(default_factory=list)
+    late: bool = False  # an entry recorded after sealed_at was named
 
 
 class _Verifier:
@@ -229,11 +234,16 @@ class _Verifier:
                              "that seal's ends (a seal repeated, or seals out of order)")
         else:
             self.report.gaps += 1
+        version, at = rec.get("hash_version", 1), rec.get("sealed_at")
+        if version >= SEALED_AT_FROM and at is None:
+            self.report.fail(f"seal {rec['id']} has no sealed_at, which its hash (version {version}) covers")
+        elif version >= SEALED_AT_FROM and prev is not None and prev.get("sealed_at") and at < prev["sealed_at"]:
+            self.report.fail(f"seal {rec['id']} is dated {at}, before seal {prev['id']} ({prev['sealed_at']})")
         self.prev = rec
         self.report.seals += 1
         self.seal = _Seal(rec["id"], rec["chain_hash"], list(rec["entry_ids"]),
-                          hashlib.sha256(bytes.fromhex(rec["prev_hash"])), rec.get("hash_version", 1),
-                          int(rec["from_txid"]), int(rec["to_txid"]))
+                          hashlib.sha256(bytes.fromhex(rec["prev_hash"])), version,
+                          int(rec["from_txid"]), int(rec["to_txid"]), at if version >= SEALED_AT_FROM else None)
 
     def entry(self, number: int, rec: dict) -> None:
         self.report.entries += 1
@@ -279,6 +289,11 @@ class _Verifier:
                              "it was added after the seal")
             return
         recorded_at = rec.get("recorded_at")
+        if (seal.sealed_at is not None and not seal.late and _text(recorded_at) and _UTC.fullmatch(recorded_at)
+                and recorded_at > seal.sealed_at):  # one fixed-width UTC text: compared as text
+            seal.late = True  # the first one named
+            self.report.fail(f"seal {seal.id} is dated {seal.sealed_at}, before entry {entry_id} was recorded "
+                             f"({recorded_at})")
         if seal.version >= 2 and recorded_at is None:
             self.report.fail(f"entry {entry_id} has no recorded_at, which the hash of seal {seal.id} "
                              f"(hash version {seal.version}) covers")
@@ -307,8 +322,11 @@ class _Verifier:
                 break
         for extra in sorted(present - expected):
             self.report.fail(f"entry {extra} is not one of the entries seal {seal.id} sealed")
+        if seal.sealed_at is not None:
+            seal.hasher.update(seal.sealed_at.encode())  # type: ignore[attr-defined]
         if seal.hasher.hexdigest() != seal.chain_hash:  # type: ignore[attr-defined]
-            self.report.fail(f"seal {seal.id}: its chain hash does not match the hashes of its entries")
+            self.report.fail(f"seal {seal.id}: its chain hash does not match the hashes of its entries"
+                             + (" and its sealed_at" if seal.sealed_at is not None else ""))
         self.report.head = seal.chain_hash
 
 

@@ -3,9 +3,14 @@
 Seal k covers every entry whose inserting transaction id lies in [from_txid, to_txid), where
 to_txid is the xmin of the sealer's snapshot: no transaction below it can still commit, so a
 sealed range is complete and never grows. Each entry gets a sha256 over its header and postings;
-a seal stores those hashes and chains them: chain_hash = sha256(prev_hash || entry hashes). A seal
-records the version of its entry hashes (`ledger.chain`: 3 covers each posting's asset and
-recorded_at, 2 recorded_at only, 1 neither), and is verified with that version.
+a seal stores those hashes and chains them: chain_hash = sha256(prev_hash || entry hashes), and
+from version 4 || sealed_at. A seal records the version of its hashes (`ledger.chain`: 4 chains
+sealed_at, 3 and 4 cover each posting's asset and recorded_at, 2 recorded_at only, 1 neither),
+and is verified with that version.
+
+A seal is dated when it is written (clock_timestamp(), not the sealer's transaction start, which
+precedes what its snapshot sees): after every entry it seals was recorded and after the seal
+before it, which the database checks (0081) and verification checks again.
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ledger.chain import GENESIS, HASH_VERSION, HASH_VERSIONS, chain, entry_digest
+from ledger.chain import GENESIS, HASH_VERSION, HASH_VERSIONS, SEALED_AT_FROM, entry_digest, seal_chain
 
 SEAL_LOCK = 7_402_211_902
 MAX_TXIDS_PER_SEAL = 5000
@@ -29,6 +34,8 @@ MAX_ENTRIES_PER_SEAL = 50_000
 SEALED_TXID = "j.txid::text"
 SEALED_OCCURRED_AT = """to_char(j.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US')"""
 SEALED_RECORDED_AT = """to_char(j.recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""  # version 2
+# A seal's sealed_at, as its chain hash covers it (version 4) and the export writes it.
+SEALED_AT = """to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
 
 _ENTRIES = text(f"""
 SELECT j.id, j.key, j.request_hash, j.kind, j.customer_id, j.metadata, {SEALED_TXID} AS txid,
@@ -99,11 +106,14 @@ async def seal_once(conn: AsyncConnection, until: int | None = None) -> Seal | N
         return None
     ids = sorted(hashes)
     ordered = [hashes[i] for i in ids]
+    at = (await conn.execute(text(f"SELECT {SEALED_AT.format('clock_timestamp()')}"))).scalar_one()
     seal_id = (await conn.execute(text(
-        """INSERT INTO seals (from_txid, to_txid, entry_ids, entry_hashes, prev_hash, chain_hash, hash_version)
-           VALUES (CAST(:lo AS xid8), CAST(:hi AS xid8), :ids, :hashes, :prev, :chain, :version) RETURNING id"""),
-        {"lo": str(lo), "hi": str(hi), "ids": ids, "hashes": ordered, "prev": prev,
-         "chain": chain(prev, ordered), "version": HASH_VERSION})).scalar_one()
+        """INSERT INTO seals (from_txid, to_txid, entry_ids, entry_hashes, prev_hash, chain_hash, hash_version,
+                              sealed_at)
+           VALUES (CAST(:lo AS xid8), CAST(:hi AS xid8), :ids, :hashes, :prev, :chain, :version,
+                   CAST(:at AS timestamptz)) RETURNING id"""),
+        {"lo": str(lo), "hi": str(hi), "ids": ids, "hashes": ordered, "prev": prev, "at": at,
+         "chain": seal_chain(prev, ordered, HASH_VERSION, at), "version": HASH_VERSION})).scalar_one()
     return Seal(seal_id, lo, hi, len(ids))
 
 
@@ -131,20 +141,25 @@ async def _entries_cap(conn: AsyncConnection, lo: int, hi: int) -> int:
 async def seal_problems(conn: AsyncConnection) -> list[str]:
     """Every way the sealed history differs from the journal as it is now, naming entries."""
     problems: list[str] = []
-    prev, expected_lo = GENESIS, 0
+    prev, expected_lo, before = GENESIS, 0, None
     seals = await conn.execute(text(
-        """SELECT id, from_txid::text AS lo, to_txid::text AS hi, entry_ids, entry_hashes,
-                  prev_hash, chain_hash, hash_version FROM seals ORDER BY id"""))
+        f"""SELECT id, from_txid::text AS lo, to_txid::text AS hi, entry_ids, entry_hashes,
+                   prev_hash, chain_hash, hash_version, {SEALED_AT.format('sealed_at')} AS at
+              FROM seals ORDER BY id"""))
     for s in seals.all():
         if int(s.lo) != expected_lo or bytes(s.prev_hash) != prev:
             problems.append(f"seal {s.id} does not follow the seal before it")
         sealed = dict(zip(s.entry_ids, (bytes(h) for h in s.entry_hashes), strict=True))
-        if chain(bytes(s.prev_hash), list(sealed.values())) != bytes(s.chain_hash):
-            problems.append(f"seal {s.id} chain hash does not match its entry hashes")
         if s.hash_version not in HASH_VERSIONS:
             problems.append(f"seal {s.id} has hash version {s.hash_version}, which this tokentill does not know")
-            prev, expected_lo = bytes(s.chain_hash), int(s.hi)
+            prev, expected_lo, before = bytes(s.chain_hash), int(s.hi), s
             continue
+        dated = s.hash_version >= SEALED_AT_FROM
+        if seal_chain(bytes(s.prev_hash), list(sealed.values()), s.hash_version, s.at) != bytes(s.chain_hash):
+            problems.append(f"seal {s.id} chain hash does not match its entry hashes"
+                            + (" and sealed_at" if dated else ""))
+        if dated:
+            problems += await _misdated(conn, s, before)
         now = await hashes_between(conn, int(s.lo), int(s.hi), s.hash_version)
         for entry_id in sorted(sealed.keys() | now.keys()):
             if entry_id not in now:
@@ -153,5 +168,22 @@ async def seal_problems(conn: AsyncConnection) -> list[str]:
                 problems.append(f"entry {entry_id} appeared inside sealed range of seal {s.id}")
             elif now[entry_id] != sealed[entry_id]:
                 problems.append(f"entry {entry_id} was altered after seal {s.id}")
-        prev, expected_lo = bytes(s.chain_hash), int(s.hi)
+        prev, expected_lo, before = bytes(s.chain_hash), int(s.hi), s
+    return problems
+
+
+_RECORDED_AFTER = text(f"""SELECT j.id, {SEALED_RECORDED_AT} FROM journal_entries j
+                            WHERE j.txid >= CAST(:lo AS xid8) AND j.txid < CAST(:hi AS xid8)
+                              AND j.recorded_at > CAST(:at AS timestamptz) ORDER BY j.id LIMIT 1""")
+
+
+async def _misdated(conn: AsyncConnection, s, before) -> list[str]:
+    """How a seal of version 4 or later is dated wrong: before the seal before it, or before the
+    first of its entries recorded after it (the sealer dates a seal after both)."""
+    problems = []
+    if before is not None and s.at < before.at:  # one fixed-width UTC text: compared as text
+        problems.append(f"seal {s.id} is dated {s.at}, before seal {before.id} ({before.at})")
+    late = (await conn.execute(_RECORDED_AFTER, {"lo": s.lo, "hi": s.hi, "at": s.at})).first()
+    if late is not None:
+        problems.append(f"seal {s.id} is dated {s.at}, before entry {late[0]} was recorded ({late[1]})")
     return problems

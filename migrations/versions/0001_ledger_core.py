@@ -256,9 +256,9 @@ END $$;
 
 DROP = """
 DROP FUNCTION IF EXISTS ledger_post(jsonb, bigint[], smallint[]);
--- The seals' later hash versions, kept aside by 0042's and 0076's downgrades for their upgrades:
--- they go with the seals (their triggers use ledger_reject_change(), dropped below).
-DROP TABLE IF EXISTS seal_hash_versions, seal_hash_versions_3;
+-- The seals' later hash versions, kept aside by 0042's, 0076's and 0081's downgrades for their
+-- upgrades: they go with the seals (their triggers use ledger_reject_change(), dropped below).
+DROP TABLE IF EXISTS seal_hash_versions, seal_hash_versions_3, seal_hash_versions_4;
 DROP TABLE IF EXISTS seals, idempotency_keys, postings, journal_entries, account_balances,
     accounts, assets CASCADE;
 DROP FUNCTION IF EXISTS ledger_check_entry_balanced(), ledger_apply_postings(),

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import psycopg
+import pytest
 
 from ledger.accounts import ensure_asset, open_account
 from ledger.db import connect
@@ -125,3 +126,18 @@ async def test_verify_names_an_account_whose_type_or_customer_its_code_contradic
     assert result.returncode == 1, result.stdout
     assert "account liability:lot is of type asset, but its code says liability" in result.stdout
     assert "account liability:customer:c1:lot:x is of customer c2, but its code names another" in result.stdout
+
+
+@pytest.mark.parametrize("moved", ["-", "+"])
+async def test_verify_names_a_seal_whose_sealed_at_was_rewritten(moved, scratch_url):
+    """An auditor reads a seal's sealed_at as "these entries existed by then". A superuser with the
+    triggers off moved it 3 days back (before its 5 entries were written) or 3 days on: no hash
+    covered it and verify passed. Hash version 4 chains it, so the seal is named; moved back, the
+    seal is also dated before the first of its entries was recorded."""
+    ids = await _ledger_with_entries(scratch_url)
+    _as_superuser_without_triggers(scratch_url, "seals",
+                                   f"UPDATE seals SET sealed_at = sealed_at {moved} interval '3 days'")
+    result = _verify(scratch_url)
+    assert result.returncode == 1, result.stdout
+    assert "seal 1 chain hash does not match its entry hashes and sealed_at" in result.stdout
+    assert (f"before entry {ids[0]} was recorded" in result.stdout) == (moved == "-")

@@ -11,7 +11,7 @@ import re
 import subprocess
 import sys
 from collections import defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -239,13 +239,31 @@ def test_a_changed_recorded_at_is_named(sealed_export, tmp_path):
     i, entry = _entries(lines)[500]
     seal = next(json.loads(line) for line in lines if '"type":"seal"' in line
                 and json.loads(line)["id"] == entry["seal"])
-    assert seal["hash_version"] == 3
+    assert seal["hash_version"] == 4  # 2 and later cover recorded_at
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", entry["recorded_at"]), entry["recorded_at"]
     entry["recorded_at"] = entry["recorded_at"].replace(entry["recorded_at"][:4], "2025", 1)
     lines[i] = json.dumps(entry)
     done = _verify(tmp_path, lines)
     assert done.returncode == 1, done.stdout
     assert f"entry {entry['id']} was altered" in done.stdout.splitlines()[0]
+
+
+def test_a_changed_sealed_at_is_named(sealed_export, tmp_path):
+    """A seal's sealed_at ("these entries existed by then") moved a day on in the file, or a day
+    back: no hash covered it and the file verified intact. Hash version 4 chains it: the seal is
+    named (and moved back, its first entry, recorded after it)."""
+    for days in (1, -1):
+        lines = list(sealed_export)
+        i, seal = next((i, json.loads(line)) for i, line in enumerate(lines) if '"type":"seal"' in line)
+        assert seal["hash_version"] == 4
+        at = datetime.fromisoformat(seal["sealed_at"]) + timedelta(days=days)
+        seal["sealed_at"] = at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        lines[i] = json.dumps(seal)
+        done = _verify(tmp_path, lines)
+        assert done.returncode == 1, done.stdout
+        assert (f"seal {seal['id']}: its chain hash does not match the hashes of its entries and its sealed_at"
+                in done.stdout)
+        assert (f"before entry {seal['entry_ids'][0]} was recorded" in done.stdout) == (days < 0)
 
 
 def test_a_ledger_relabelled_to_another_currency_is_named(sealed_export, tmp_path):
@@ -310,7 +328,7 @@ def test_a_changed_seal_hash_is_named(sealed_export, tmp_path):
     done = _verify(tmp_path, lines)
     assert done.returncode == 1
     assert done.stdout.splitlines()[0] == (
-        f"FAIL seal {seal['id']}: its chain hash does not match the hashes of its entries")
+        f"FAIL seal {seal['id']}: its chain hash does not match the hashes of its entries and its sealed_at")
     assert f"does not follow seal {seal['id']}" in done.stdout
 
 

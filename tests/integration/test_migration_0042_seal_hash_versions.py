@@ -1,6 +1,6 @@
 """Migration 0042: seals carry the version of their entry hashes. A seal written before it (hash
-version 1: recorded_at not covered) still verifies after the upgrade; new seals (version 3 since
-0076, which covers what 2 does) cover recorded_at; hash_version is as immutable as the rest of a
+version 1: recorded_at not covered) still verifies after the upgrade; new seals (version 4 since
+0081, which covers what 2 does) cover recorded_at; hash_version is as immutable as the rest of a
 seal; and down to 0041 and up again, every seal keeps its version (the downgrade keeps them aside for the upgrade)."""
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ async def test_a_version_1_seal_verifies_after_the_upgrade_and_versions_survive_
 
         new = await _post(db, 3, 3)
         assert (await db.run(seal_once)).entries == 3
-        assert await _versions(db) == [(1, 1), (2, 3)]
+        assert await _versions(db) == [(1, 1), (2, 4)]
         assert await db.read(seal_problems) == []
 
         moved = "UPDATE journal_entries SET recorded_at = recorded_at - interval '1 day' WHERE id = :e"
@@ -115,7 +115,7 @@ async def test_a_version_1_seal_verifies_after_the_upgrade_and_versions_survive_
         await db.dispose()
         _migrate(scratch_url, ("upgrade", "head"))
         db = connect(scratch_url, pool_size=1)
-        assert await _versions(db) == [(1, 1), (2, 3), (3, 1)]
+        assert await _versions(db) == [(1, 1), (2, 4), (3, 1)]
         assert await db.read(seal_problems) == []
         left = await db.read(lambda conn: _rows(conn, "SELECT tablename FROM pg_tables WHERE tablename LIKE 'seal%'"))
         assert left == [("seals",)]

@@ -1,6 +1,7 @@
 """Migration 0076: hash version 3 covers each posting's asset. A version 2 seal written at 0075
 still verifies after the upgrade, and still does not vouch for the currency; new seals are version
-3 and name an entry whose account was relabelled to another currency; down to 0075 and up again,
+3 (4 since 0081, which hashes entries as 3 does) and name an entry whose account was relabelled to
+another currency; down to 0075 and up again,
 every seal keeps its version (the downgrade keeps the 3s aside for the upgrade)."""
 from __future__ import annotations
 
@@ -51,9 +52,10 @@ async def test_a_version_2_seal_verifies_after_the_upgrade_and_versions_survive_
 
         new = await _post(db, 3, 3)
         assert (await db.run(seal_once)).entries == 3
-        assert await _versions(db) == [(1, 2), (2, 3)]
+        assert await _versions(db) == [(1, 2), (2, 4)]
         assert await db.read(seal_problems) == []
-        # the three entries of the version 3 seal are named; version 2 never covered the currency
+        # the three entries of the seal the sealer writes now (version 4, hashing entries as 3) are
+        # named; version 2 never covered the currency
         assert await _relabelled(db) == [f"entry {e} was altered after seal 2" for e in new]
         await db.dispose()
 
@@ -65,7 +67,7 @@ async def test_a_version_2_seal_verifies_after_the_upgrade_and_versions_survive_
         await db.dispose()
         _migrate(scratch_url, ("upgrade", "head"))
         db = connect(scratch_url, pool_size=1)
-        assert await _versions(db) == [(1, 2), (2, 3), (3, 2)]
+        assert await _versions(db) == [(1, 2), (2, 4), (3, 2)]
         assert await db.read(seal_problems) == []
         left = await db.read(lambda conn: _rows(conn, "SELECT tablename FROM pg_tables WHERE tablename LIKE 'seal%'"))
         assert left == [("seals",)]

@@ -24,16 +24,17 @@ from api.bench.common import scratch_database
 from api.runtime import sync_url
 from migrations import runner
 
-# The functions that name a table (read by hand from their bodies, migrations 0009-0078): each is
-# pinned. The guards that look only at NEW and OLD, raise, or notify (ledger_entry_txid,
-# wallets_lot_guard, budgets_guard, ...) name none and stay unpinned (nothing to shadow).
+# The functions that name a table (read by hand from their bodies, migrations 0009-0078, and
+# 0081's seals_sealed_at_guard, created pinned): each is pinned. The guards that look only at NEW
+# and OLD, raise, or notify (ledger_entry_txid, wallets_lot_guard, budgets_guard, ...) name none
+# and stay unpinned (nothing to shadow).
 NAMING_TABLES = {
     "budget_windows_guard", "ledger_account_created", "ledger_account_guard", "ledger_apply_postings",
     "ledger_check_entry_balanced", "ledger_check_statement_entries", "ledger_post", "ledger_post_each",
     "price_overrides_append", "wallets_check_charge_refs", "wallets_check_delta_customers",
     "wallets_check_true_up_charge_refs", "wallets_check_usage_event_refs", "wallets_credit_note_gapless",
     "wallets_credit_refund_guard", "wallets_customer_guard", "wallets_fold_usage", "wallets_invoice_gapless",
-    "wallets_invoice_paid_within_due", "wallets_queue_usage",
+    "wallets_invoice_paid_within_due", "wallets_queue_usage", "seals_sealed_at_guard",
 }
 
 _LITERAL_OR_COMMENT = re.compile(r"'(?:[^']|'')*'|--[^\n]*")

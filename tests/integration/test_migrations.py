@@ -368,7 +368,7 @@ def test_a_database_user_limited_to_one_connection_migrates(server_url, monkeypa
             admin.execute(f"DROP ROLE IF EXISTS {role}")
 
 
-@pytest.mark.parametrize("versions", [(2,), (3,), (1, 2, 3)])
+@pytest.mark.parametrize("versions", [(2,), (3,), (1, 2, 3, 4)])
 def test_migrations_go_down_to_base_and_back_up_with_seals_of_later_hash_versions(versions, scratch_url):
     """0042's and 0076's downgrades keep the seals' later hash versions aside in tables guarded by
     0001's ledger_reject_change(); down to base, 0001 dropped the seals but not them, and its

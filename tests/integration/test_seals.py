@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import gc
 
+import pytest
 from sqlalchemy import text
 
 from ledger import seal
@@ -184,3 +185,82 @@ async def test_a_seal_leaves_the_event_loop_to_the_requests_while_it_hashes(scra
     # Before, one hold was the whole seal; a page's is a small part of it, however loaded the
     # machine (a bound in seconds would be a timed test): 50 pages, so a quarter leaves room.
     assert max(gaps) < took / 4, f"the loop was held {max(gaps):.3f} s of the seal's {took:.3f} s"
+
+
+def _entry(key: str) -> JournalEntry:
+    return JournalEntry(key, "t", (Posting("asset:a", 7, "USD"), Posting("asset:b", -7, "USD")))
+
+
+async def _two_accounts(conn) -> None:
+    await ensure_asset(conn, "USD", 9)
+    for code in ("asset:a", "asset:b"):
+        await open_account(conn, AccountSpec(code, AccountType.ASSET, "USD"))
+
+
+async def test_a_seal_is_dated_after_every_entry_it_seals_and_after_the_seal_before_it(scratch_url):
+    """sealed_at was the sealer's transaction start (the column's now(), set at BEGIN), while what
+    it seals is what committed before its first statement: an entry written in between (one round
+    trip in the job; held open here) was sealed dated before it was recorded, and a seal taken
+    meanwhile by another sealer made the seals' dates go backwards. Both made "these entries
+    existed by sealed_at" false. A seal is now dated when it is written (clock_timestamp())."""
+    from ledger.seal import horizon
+
+    db = connect(scratch_url, pool_size=3)
+    try:
+        await db.run(_two_accounts)
+        await post_now(db, _entry("one"))
+        until = await db.lookup(horizon)  # "one" is below it, "two" will not be
+        async with db.engine.connect() as sealer:
+            sealer = await sealer.execution_options(isolation_level="AUTOCOMMIT")
+            await sealer.exec_driver_sql("BEGIN ISOLATION LEVEL SERIALIZABLE")  # as the job's: now() fixed here
+            await post_now(db, _entry("two"))
+            first = await db.run(lambda conn: seal.seal_once(conn, until))  # another sealer: seal 1, "one"
+            second = await seal.seal_once(sealer)  # seal 2, "two"
+            await sealer.exec_driver_sql("COMMIT")
+        assert (first.entries, second.entries) == (1, 1)
+
+        async def read(conn):
+            recorded = (await conn.execute(text(
+                "SELECT recorded_at FROM journal_entries WHERE key = 'two'"))).scalar_one()
+            dates = (await conn.execute(text("SELECT sealed_at FROM seals ORDER BY id"))).scalars().all()
+            return recorded, dates, await seal_problems(conn)
+
+        recorded, (one, two), problems = await db.read(read)
+    finally:
+        await db.dispose()
+    assert two >= recorded, f"seal 2 dated {two}, its entry recorded {recorded}"
+    assert two >= one, f"seal 2 dated {two}, seal 1 {one}"
+    assert problems == []
+
+
+async def test_the_database_refuses_a_seal_dated_before_its_entries_the_seal_before_it_or_in_the_future(
+        scratch_url):
+    """A version 4 seal's date is checked when it is written, whoever writes it: not before the
+    seal before it, not before any entry it covers was recorded, not after the database's clock."""
+    from sqlalchemy.exc import DBAPIError
+
+    db = connect(scratch_url, pool_size=2)
+    try:
+        await db.run(_two_accounts)
+        await post_now(db, _entry("one"))
+        assert (await db.run(seal.seal_once)).entries == 1
+        await post_now(db, _entry("two"))
+
+        async def insert(conn, at: str):
+            last = (await conn.execute(text("SELECT to_txid::text FROM seals ORDER BY id DESC LIMIT 1"))).scalar_one()
+            await conn.execute(text(
+                f"""INSERT INTO seals (from_txid, to_txid, entry_ids, entry_hashes, prev_hash, chain_hash,
+                                       hash_version, sealed_at)
+                    VALUES (CAST(:lo AS xid8), pg_snapshot_xmin(pg_current_snapshot()), '{{}}', '{{}}', :z, :z, 4,
+                            {at})"""), {"lo": last, "z": bytes(32)})
+
+        cases = {"(SELECT sealed_at - interval '1 second' FROM seals)": "before seal 1",
+                 "(SELECT recorded_at - interval '1 microsecond' FROM journal_entries WHERE key = 'two')":
+                     "before entry",
+                 "clock_timestamp() + interval '1 hour'": "in the future"}
+        for at, refusal in cases.items():
+            with pytest.raises(DBAPIError, match=refusal):
+                await db.run(lambda conn, at=at: insert(conn, at))
+        await db.run(lambda conn: insert(conn, "clock_timestamp()"))  # dated now: taken
+    finally:
+        await db.dispose()
