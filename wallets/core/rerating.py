@@ -50,7 +50,8 @@ from pricing.units import TYPE_OF_FIELD
 from pricing.usage import Usage
 from wallets import chart
 from wallets.core.billing import bill_to_name, line_decimals, round_line
-from wallets.core.commands import RerateCharges
+from wallets.core.commands import TOPUP_PRIORITY, RerateCharges
+from wallets.core.credits import opened_lot
 from wallets.core.decision import (
     AdjustmentPosted,
     ChargeAdjusted,
@@ -492,12 +493,21 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
         # increase it would have netted is paid like usage
         gets = {a: v for a, v in shares.items() if v > 0 and a != receivable}
         # the receivable's decrease (beyond what its take netted) comes off what is owed, up to it,
-        # in multiples of `step` (as give_back's), not off the increases
+        # in multiples of `step` (as give_back's), and beyond it opens a paid credit lot (give_back's
+        # rest): not off the increases, which would pay usage the promotions paid with the customer's cash
         owed = min(owes_less - net, max(0, w.receivable - (w.credit_held or 0)))
         if owed - owed % step > 0:
             gets[receivable] = owed - owed % step
-        legs, paid = _taken_then_usage(w, debits, -back - sum(debits.values()) + sum(gets.values()), now, gets)
-        return legs, tuple((a, v) for a, v in paid if v), None
+        credit = owes_less - net - gets.get(receivable, 0)
+        credit -= credit % step
+        legs, paid = _taken_then_usage(w, debits, -back - sum(debits.values()) + sum(gets.values()) + max(0, credit),
+                                       now, gets)
+        if credit <= 0:
+            return legs, tuple((a, v) for a, v in paid if v), None
+        lot = opened_lot(state, w, "topup", credit, TOPUP_PRIORITY, None, now,
+                         reference=f"re-rate {cmd.rerate_id} {cmd.period}")
+        legs.debit(chart.revenue_account(w.customer.currency), credit).credit(lot.code, credit)
+        return legs, tuple(sorted((*((a, v) for a, v in paid if v), (lot.code, -credit)))), lot
     # money back beside increases: each decrease goes back whole to what paid it (what the shares
     # place), and the increases beyond their own true-up parts are paid like usage after it, not
     # netted off the money back (which cut the payers given back last in order)

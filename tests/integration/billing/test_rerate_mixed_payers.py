@@ -150,3 +150,34 @@ async def test_a_rerate_netting_to_zero_in_one_line_still_gives_a_decrease_back_
     assert done["delta"] == "0.00", done
     assert await live_lots(bk, cid) == {top_up: ("topup", 18 * CENT), grant: ("grant", 372 * CENT)}
     await _balanced(bk)
+
+
+async def test_a_receivable_s_decrease_beyond_what_is_owed_beside_an_increase_becomes_credit(fresh_db) -> None:
+    """Prepaid with a $5.00 overdraft: the 5th's $1.20 on the receivable, paid off on the 6th by a
+    $1.20 top-up (nothing owed, no lot); a $5.00 grant (the 6th) pays the 20th ($3.90). Re-rated to
+    $18/M and $30/M: the 5th 60,000 x $18/M = $1.08 (-$0.12), the 20th $0.72 + $0.90 = $1.62
+    (+$0.52); +$0.40 in all. The 5th's $0.12 back: nothing owed, no lot paid it, so a paid credit
+    lot of $0.12 (the customer's cash); the 20th's +$0.52 paid like usage by the grant, $3.38 (=
+    $5.00 - $1.62). Netted, the grant pays the +$0.40 alone ($3.50) and the customer's $0.12 of cash
+    is gone into usage the promotion paid (the harm README's "beyond what is owed ... still nets"
+    allows)."""
+    bk = BillingKit(fresh_db)
+    await bk.add_book(V1)
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("owed-nothing", book="vol", overdraft="5.00")
+    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 60_000)
+    assert (await bk.service.wallet(cid)).receivable == 120 * CENT
+    bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
+    await bk.top_up(cid, "1.20")
+    grant = await _lot(bk, cid, "grant", "5.00")
+    assert (await bk.service.wallet(cid)).receivable == 0
+    bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 70_000)
+    done = await _rerated(bk, "18", "30")
+    assert done["delta"] == "0.40", done
+    lots = await live_lots(bk, cid)
+    assert lots.pop(grant) == ("grant", 338 * CENT)
+    assert list(lots.values()) == [("topup", 12 * CENT)]
+    assert (await bk.service.wallet(cid)).receivable == 0
+    await _balanced(bk)
