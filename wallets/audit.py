@@ -42,6 +42,7 @@ _OPTIONAL_SQL = """SELECT
                AND attname = 'revoked_at' AND NOT attisdropped) AS revoked_at,  -- 0048
     to_regclass('rerate_true_ups') IS NOT NULL AS rerate_true_ups,    -- 0064
     to_regclass('true_up_charges') IS NOT NULL AS true_up_charges,    -- 0068
+    to_regclass('true_up_payers') IS NOT NULL AS true_up_payers,      -- 0082
     EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('lots')
                AND attname = 'empty' AND NOT attisdropped) AS lots_empty,  -- 0072
     EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('lots')
@@ -709,6 +710,56 @@ _CLOSE_ROWS = f"""
      ORDER BY customer_id, period, rule_id, charge_id"""
 
 
+# What each payer got of each charge (true_up_payers, migration 0082), tied to the true-ups' records
+# per charge: a true-up's payer rows of a charge (the one without a payer: what none of them got)
+# sum to its true_up_charges rows of it over every rule, and a true-up that kept its payers kept
+# them of every charge it gave back (took back) something of. Per payer, what the true-ups gave it
+# of a charge so far (the close first, then the re-rates in order) is never below nothing (a take
+# back from a payer beyond what it got) nor above what it paid of the charge (its funding; none on
+# record: the receivable); not checked of a charge a true-up before 0082 gave back something of
+# without payer rows (who got that is not kept).
+_PAYER_ROWS = f"""
+    WITH whole AS (  -- the true-up: its re-rate, '' the close
+        SELECT lane, customer_id, period, coalesce(rerate_id, '') AS rerate, charge_id, sum(units) AS units
+          FROM true_up_charges WHERE charge_id IS NOT NULL GROUP BY 1, 2, 3, 4, 5),
+    split AS (
+        SELECT lane, customer_id, period, coalesce(rerate_id, '') AS rerate, charge_id, sum(units) AS units
+          FROM true_up_payers GROUP BY 1, 2, 3, 4, 5),
+    kept AS (SELECT DISTINCT lane, customer_id, period, rerate FROM split),
+    unknown AS (
+        SELECT DISTINCT lane, charge_id FROM whole w
+         WHERE units <> 0 AND NOT EXISTS (SELECT 1 FROM split s WHERE s.lane = w.lane
+               AND s.customer_id = w.customer_id AND s.period = w.period AND s.rerate = w.rerate
+               AND s.charge_id = w.charge_id)),
+    running AS (
+        SELECT p.lane, p.customer_id, p.period, p.rerate_id, p.charge_id, p.payer,
+               sum(p.units) OVER (PARTITION BY p.lane, p.charge_id, p.payer
+                                  ORDER BY p.rerate_id IS NOT NULL, p.created_at, p.rerate_id) AS got
+          FROM true_up_payers p
+         WHERE p.payer IS NOT NULL AND (p.lane, p.charge_id) NOT IN (SELECT lane, charge_id FROM unknown))
+    SELECT format('true-up record of %s of customer %s, %s: charge %s gave back %s, its payers'' rows %s',
+                  coalesce('re-rate ' || nullif(x.rerate, ''), 'the close'), x.customer_id, x.period,
+                  x.charge_id, coalesce(x.w, 0), coalesce(x.s, 'none')), true
+      FROM (SELECT lane, customer_id, period, rerate, charge_id, w.units AS w, s.units::text AS s
+              FROM whole w FULL JOIN split s USING (lane, customer_id, period, rerate, charge_id)) x
+     WHERE CASE WHEN x.s IS NULL
+                THEN x.w <> 0 AND (x.lane, x.customer_id, x.period, x.rerate) IN (SELECT * FROM kept)
+                ELSE coalesce(x.w, 0) <> x.s::numeric END
+    UNION ALL
+    SELECT format('true-up record of %s of customer %s, %s: %s got %s back of charge %s in all, which it paid %s',
+                  coalesce('re-rate ' || r.rerate_id, 'the close'), r.customer_id, r.period, r.payer, r.got,
+                  r.charge_id, f.paid), false
+      FROM running r LEFT JOIN charges c ON c.lane = r.lane AND c.id = r.charge_id
+     CROSS JOIN LATERAL (
+           SELECT coalesce(sum((e ->> 1)::numeric), 0) AS paid
+             FROM jsonb_array_elements(coalesce(
+                      c.funding, jsonb_build_array(jsonb_build_array(NULL::text, c.from_receivable)))) e
+            WHERE coalesce(e ->> 0, {_literal(chart.RECEIVABLE_CODE[0])} || c.customer_id
+                                    || {_literal(chart.RECEIVABLE_CODE[1])}) = r.payer) f
+     WHERE r.got < 0 OR r.got > f.paid
+     ORDER BY 1"""
+
+
 async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
     """Re-rates: each adjustment entry moved usage revenue by exactly what its charges' adjustments
     changed; each credit note is intact, numbered without gaps, its lines sum to its total, which
@@ -858,12 +909,20 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
         named = {problem.split(": ", 1)[0] for problem in problems}
         problems += [problem for problem, record in (await conn.execute(text(_CLOSE_ROWS))).all()
                      if record not in named]
+    if (await _schema(conn))["true_up_payers"]:
+        # a payer rows' sum that does not tie to a record the checks above name already (its rule's
+        # rows damaged) is that damage again: named once
+        named = {problem.split(": ", 1)[0].split(" rule ", 1)[0] for problem in problems}
+        problems += [problem for problem, tie in (await conn.execute(text(_PAYER_ROWS))).all()
+                     if not (tie and problem.split(": ", 1)[0] in named)]
     return problems_check(
         "credit_notes", problems, "re-rate entries move revenue by their charges' adjustments and true-up "
         "corrections (a re-rate that posted none: they net 0 with the corrections it kept); what each true-up (a "
         "close's, a re-rate's) gave back of each charge: at most what it gave back of the rule, each row the same way "
         "and of a charge of its customer billed in its period, a close's each charge's overcharge at the tier reached "
-        "(its cost there rounded up to the atomic unit) up to what its line left, the charges in order; credit notes "
+        "(its cost there rounded up to the atomic unit) up to what its line left, the charges in order; what each "
+        "payer got of each charge: its true-up's rows of the charge, and in all between nothing and what it paid of "
+        "it; credit notes "
         "tie out to them (their money in whole minor units, the rest on the rounding account), intact and numbered "
         "without gaps")
 

@@ -260,6 +260,11 @@ class Batch:
                 "created_at": self.now, "rules": [rule_id for rule_id, _, _ in effect.given],
                 "charges": [charge_id for _, charge_id, _ in effect.given],
                 "units": [units for _, _, units in effect.given]})
+        if effect.payers:
+            self.add("true_up_payers", {
+                "customer_id": effect.customer_id, "period": effect.period, "rerate_id": effect.rerate_id,
+                "created_at": self.now, "charges": [charge_id for charge_id, _, _ in effect.payers],
+                "payers": [payer for _, payer, _ in effect.payers], "units": [units for _, _, units in effect.payers]})
 
     def _period_advanced(self, effect: PeriodAdvanced, key: str | None) -> None:
         self.loaded.wallets[effect.customer_id].customer.open_period_start = effect.open_period_start

@@ -666,14 +666,15 @@ async def rerate_input(conn: AsyncConnection, books: BookCache, cmd: RerateCharg
     true_ups = await store.true_ups_posted(conn, cmd.customer_id, period.label) if period.label in invoices else {}
     left = await store.paid_left(conn, cmd.customer_id, period) if rows else {}
     kept = await store.true_up_given(conn, cmd.customer_id, period.label) if period.label in invoices else {}
+    payers = await store.true_up_payers(conn, cmd.customer_id, period.label) if period.label in invoices else {}
     total, given = (await store.true_up_shares(conn, cmd.customer_id, period.label) if period.label in invoices
                     else (0, {}))
     # the period's usage of the other books: what it took of the free allowances, which the
     # charges re-rated do not take again, and the allowances' share of a closed period's true-up
     others = await store.load_rerate_charges(conn, cmd.customer_id, cmd.book_id, period.start, period.end, True)
     return RerateInput(version, tuple(_on_record(r) for r in rows), invoices, overrides, period.label, book, true_ups,
-                       left, total, given, true_up_given=kept, others=tuple(_on_record(r) for r in others),
-                       period_end=period.end)
+                       left, total, given, true_up_given=kept, true_up_payers=payers,
+                       others=tuple(_on_record(r) for r in others), period_end=period.end)
 
 
 def _on_record(r: dict[str, Any]) -> ChargeOnRecord:

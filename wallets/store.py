@@ -513,6 +513,12 @@ _WRITES: dict[str, str] = {
                  FROM jsonb_to_recordset({p}::jsonb) AS r(customer_id text, period text, rerate_id text,
                       created_at timestamptz, rules text[], charges bigint[], units numeric[])
                 CROSS JOIN LATERAL unnest(r.rules, r.charges, r.units) AS x(rule_id, charge_id, units)""",
+    "true_up_payers": """INSERT INTO true_up_payers (lane, customer_id, period, rerate_id, charge_id, payer, units,
+                                                created_at)
+               SELECT {lane}, r.customer_id, r.period, r.rerate_id, x.charge_id, x.payer, x.units, r.created_at
+                 FROM jsonb_to_recordset({p}::jsonb) AS r(customer_id text, period text, rerate_id text,
+                      created_at timestamptz, charges bigint[], payers text[], units numeric[])
+                CROSS JOIN LATERAL unnest(r.charges, r.payers, r.units) AS x(charge_id, payer, units)""",
     # One row per customer: two UPDATEs of one row in one statement keep only one of them (a
     # close that also flagged a low balance lost its period's advance, and closed it again).
     "customers": """UPDATE customers
@@ -1044,6 +1050,39 @@ async def true_up_given(conn: AsyncConnection, customer_id: str, period: str) ->
         if charge_id is not None:
             given[int(charge_id)] = given.get(int(charge_id), 0) + int(amount)
     return out
+
+
+async def true_up_payers(conn: AsyncConnection, customer_id: str, period: str) -> dict[int, dict[str, int]]:
+    """What each payer got back of each charge of `period` from its volume true-ups so far (their
+    close's and the re-rates' correcting it, every rule), as true_up_payers keeps them (migration
+    0082): charge id -> account -> units. Only the charges whose split is known: a charge a true-up
+    gave back (or took back) something of with no rows there (written before 0082) is left out, and
+    the re-rate reads it by its total as before (store.true_up_given)."""
+    lane = int(await _lane(conn, [customer_id]) or 0)
+    rows = await conn.exec_driver_sql(
+        f"""SELECT true, rerate_id, charge_id, NULL, sum(units)::text FROM true_up_charges
+             WHERE lane = {lane} AND customer_id = %(customer)s AND period = %(period)s AND charge_id IS NOT NULL
+             GROUP BY rerate_id, charge_id
+            UNION ALL
+            SELECT false, rerate_id, charge_id, payer, sum(units)::text FROM true_up_payers
+             WHERE lane = {lane} AND customer_id = %(customer)s AND period = %(period)s
+             GROUP BY rerate_id, charge_id, payer""",
+        {"customer": customer_id, "period": period})
+    whole: dict[tuple[str | None, int], int] = {}  # (true-up, charge) -> what it gave back of it, every rule
+    split: set[tuple[str | None, int]] = set()  # the (true-up, charge) pairs kept by payer
+    out: dict[int, dict[str, int]] = {}
+    for is_whole, rerate_id, charge_id, payer, units in rows:
+        key = (rerate_id, int(charge_id))
+        if is_whole:
+            whole[key] = int(units)
+            out.setdefault(key[1], {})
+        else:
+            split.add(key)
+            got = out.setdefault(key[1], {})
+            if payer is not None:
+                got[payer] = got.get(payer, 0) + int(units)
+    unknown = {key[1] for key, units in whole.items() if units and key not in split}
+    return {charge: got for charge, got in out.items() if charge not in unknown}
 
 
 async def finalized_invoices(conn: AsyncConnection, customer_id: str, periods: Sequence[str]

@@ -154,12 +154,16 @@ class TrueUpChargesGiven(msgspec.Struct, frozen=True, gc=False):
     """What a period's volume true-up (its close's, `rerate_id` None, or a re-rate's correction of
     it) gave back of each charge of each rule it priced per charge: (rule id, charge id, units;
     taken back: negative), a rule kept with nothing given back as (rule id, None, 0). Kept in
-    `true_up_charges` (migration 0068), read back by store.true_up_given for the next correction."""
+    `true_up_charges` (migration 0068), read back by store.true_up_given for the next correction.
+    `payers`: what each payer got of each charge, over its rules ((charge id, account, units); None:
+    none of the charge's payers), kept in `true_up_payers` (migration 0082), read back by
+    store.true_up_payers."""
 
     customer_id: str
     period: str
     rerate_id: str | None
     given: tuple[tuple[str, int | None, int], ...]
+    payers: tuple[tuple[int, str | None, int], ...] = ()
 
 
 class ChargeAdjusted(msgspec.Struct, frozen=True, gc=False):

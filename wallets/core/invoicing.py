@@ -299,24 +299,26 @@ def _true_up(state: State, w: Wallet, label: str, lines: list[dict[str, Any]], n
                                         and line.get("override_id") is None and line["amount_units"] >= 0}
     if amount > 0:
         s = settlement(w, None, amount, False, now)
-        return settlement_legs(w, s), None, funding(w, None, s), parts
+        return settlement_legs(w, s), None, funding(w, None, s), parts, ()
     if amount == 0:
-        return Legs(w.customer.currency), None, (), parts
+        return Legs(w.customer.currency), None, (), parts, ()
     receivable = chart.receivable_account(cid)
     order = money_back.last_consumed_first(w)
     rules = state.rule_funding.get((cid, label), {})
     shares: dict[str, int] = {receivable: 0}
     taken: dict[tuple[int, str], int] = {}  # what earlier lines take back of each charge, by payer
+    placed: dict[tuple[int, str], int] = {}  # what each payer got of each charge's part (true_up_payers)
     for line in lines:  # what the rule's charges paid, less what earlier lines take back of them
         paid = rules.get(line.get("rule_id") or "", ())
         if line["amount_units"] < 0 and paid:
             mine = None
             if line.get("override_id") is None and all(units is not None for *_, units, _ in paid):
                 mine = parts.setdefault(line["rule_id"], {})
-            need, rest = money_back.each_charge_first(shares, taken, line, paid, receivable, order, parts=mine)
+            need, rest = money_back.each_charge_first(shares, taken, line, paid, receivable, order, parts=mine,
+                                                      placed=placed if mine is not None else None)
             money_back.share(shares, taken, rest, need, receivable, order)
     legs, paid_back, lot = money_back.give_back(state, w, shares, -amount, now, f"volume true-up {label}")
-    return legs, lot, paid_back, parts
+    return legs, lot, paid_back, parts, money_back.payer_rows(parts, placed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,6 +333,8 @@ class Closing:
     # what the true-up gave back of each charge, by rule (the rules it priced per charge): its
     # TrueUpChargesGiven, kept in true_up_charges, not in the entry's metadata
     parts: Mapping[str, Mapping[int, int]] = field(default_factory=dict)
+    # what each payer got of each charge's part, over the rules (true_up_payers: money_back.payer_rows)
+    payers: tuple[tuple[int, str | None, int], ...] = ()
 
 
 def _rounding(state: State, w: Wallet, rollup: Rollup, paid: Sequence[tuple[str, int]],
@@ -383,7 +387,7 @@ def closing(state: State, w: Wallet, label: str, rollup: Rollup, book: PriceBook
                           volume_discounts(book, rollup, label))
     lines += allowance_lines(rollup, label, lines, allowances_at_end(w, label))
     cid, cur = w.customer.id, w.customer.currency
-    legs, lot, paid, parts = _true_up(state, w, label, lines, now) if lines else (Legs(cur), None, (), {})
+    legs, lot, paid, parts, payers = _true_up(state, w, label, lines, now) if lines else (Legs(cur), None, (), {}, ())
     kinds = {code: x.kind for code, x in w.lots.items()}
     if lot is not None:
         kinds[lot.code] = lot.kind
@@ -412,7 +416,7 @@ def closing(state: State, w: Wallet, label: str, rollup: Rollup, book: PriceBook
                        {"period": label, "amount_due_rounding": rounding})
     if posted is not None:  # the movement of its postings (its lines and what paid them are in)
         merge(rollup, entry_rollup(w.customer, posted, kinds))
-    return Closing(tuple(lines), posted, lot, paid, rollup, parts)
+    return Closing(tuple(lines), posted, lot, paid, rollup, parts, payers)
 
 
 def upcoming_invoice(state: State, period: Period, now: datetime, book: PriceBook | None
@@ -464,7 +468,8 @@ def close_period(state: State, cmd: ClosePeriod, now: datetime, book: PriceBook 
             sources.insert(0, Unapplied(None, f"true-up:{period.label}", back, now))
         effects.append(TrueUpPosted(c.id, period.label, closed.lines, closed.paid))
         if closed.parts:
-            effects.append(TrueUpChargesGiven(c.id, period.label, None, money_back.given_rows(closed.parts)))
+            effects.append(TrueUpChargesGiven(c.id, period.label, None, money_back.given_rows(closed.parts),
+                                              closed.payers))
         effects += counters_given_back(state, c.id, period.label, book, closed.lines)
     if closed.lot is not None:  # money back beyond what is owed: the true-up's, the rounding's
         effects.append(closed.lot)

@@ -32,6 +32,29 @@ def given_rows(parts: Mapping[str, Mapping[int, int]]) -> tuple[tuple[str, int |
     return tuple(rows)
 
 
+def payer_rows(parts: Mapping[str, Mapping[int, int]], placed: Mapping[tuple[int, str], int]
+               ) -> tuple[tuple[int, str | None, int], ...]:
+    """What a true-up gave back of each charge by payer, as true_up_payers keeps it: (charge id,
+    account, units) of each charge it gave (or took) back something of over all its rules
+    (`parts`, rule id -> charge id -> units), each payer's part (`placed`: (charge id, account) ->
+    units), and what none of them got (None: the rest of the charge's part), nonzero, in order."""
+    total: dict[int, int] = {}
+    for given in parts.values():
+        for charge, units in given.items():
+            total[charge] = total.get(charge, 0) + units
+    by_charge: dict[int, list[tuple[str, int]]] = {}
+    for (charge, account), units in placed.items():
+        if units:
+            by_charge.setdefault(charge, []).append((account, units))
+    rows: list[tuple[int, str | None, int]] = []
+    for charge in sorted(total.keys() | by_charge.keys()):
+        mine = sorted(by_charge.get(charge, ()))
+        rows += [(charge, account, units) for account, units in mine]
+        if rest := total.get(charge, 0) - sum(units for _, units in mine):
+            rows.append((charge, None, rest))
+    return tuple(rows)
+
+
 def last_consumed_first(w: Wallet) -> Callable[[str], tuple[int, str]]:
     """The lots in the reverse of their consumption order, then accounts not loaded (swept lots:
     their part goes to breakage)."""
@@ -78,7 +101,8 @@ def overcharged(line: Mapping[str, Any], units: int, charged: int) -> int:
 def each_charge_first(shares: dict[str, int], taken: dict[tuple[int, str], int], line: Mapping[str, Any],
                       paid: Sequence[RulePaid], receivable: str, order: Callable[[str], tuple[int, str]],
                       given: Mapping[int, int] | None = None, parts: dict[int, int] | None = None,
-                      room: dict[str, int] | None = None) -> tuple[int, dict[tuple[int, str], int]]:
+                      room: dict[str, int] | None = None, placed: dict[tuple[int, str], int] | None = None
+                      ) -> tuple[int, dict[tuple[int, str], int]]:
     """Of a true-up line's money back, what each charge of its rule was overcharged (its units at
     the tier reached cost less than graduated rating charged them) goes to what paid that charge:
     off what is owed up to what the receivable paid of it, then to the lots that paid it, the last
@@ -91,9 +115,13 @@ def each_charge_first(shares: dict[str, int], taken: dict[tuple[int, str], int],
     discount or an allowance paid the rest of it): the charges after it get what the line left
     after it, as TrueUpFix.parts counts a re-rate's, so the parts never sum to more than the line
     (and verify ties a close's record to it charge by charge); what its payers could not take is
-    shared with the rest. Returns what is left of the money back and what paid the rule's charges
-    to share it over as before (rounding, a re-rated charge's, a part not taken; the receivable's
-    of the charges above left out)."""
+    shared with the rest. Each payer of a charge gets at most what it paid of it less what it got
+    back of it already (`taken`: of this correction's lines and, a re-rate's, what the true-ups
+    before gave it, store.true_up_payers), the receivable too; adds to `placed` what each payer got
+    of each charge's part ((charge id, account) -> units: what true_up_payers keeps). Returns what
+    is left of the money back and what paid the rule's charges to share it over as before
+    (rounding, a re-rated charge's, a part not taken; the receivable's of the charges above left
+    out)."""
     need = -line["amount_units"]
     left = need  # what the line has left for the charges after each one's part
     lots: dict[int, dict[tuple[int, str], int]] = {}
@@ -112,12 +140,19 @@ def each_charge_first(shares: dict[str, int], taken: dict[tuple[int, str], int],
             left -= part
             if parts is not None:
                 parts[charge] = parts.get(charge, 0) + part
-        rec = min(part, owed.get(charge, 0))
+        rec = min(part, owed.get(charge, 0) - taken.get((charge, receivable), 0))
         if rec > 0:
             shares[receivable] = shares.get(receivable, 0) + rec
+            taken[(charge, receivable)] = taken.get((charge, receivable), 0) + rec
+            if placed is not None:
+                placed[(charge, receivable)] = placed.get((charge, receivable), 0) + rec
             need, part = need - rec, part - rec
         if part > 0 and charge in lots:
+            before = {key: taken.get(key, 0) for key in lots[charge]}
             need -= part - share(shares, taken, lots[charge], part, receivable, order, room)
+            for key in lots[charge] if placed is not None else ():
+                if taken.get(key, 0) != before[key]:
+                    placed[key] = placed.get(key, 0) + taken.get(key, 0) - before[key]
     rest = {(c, receivable if a is None else a): v for c, a, v, *_ in paid
             if not (c in over and (a is None or a == receivable))}
     return need, rest
@@ -125,7 +160,9 @@ def each_charge_first(shares: dict[str, int], taken: dict[tuple[int, str], int],
 
 def take_back(w: Wallet, takes: Mapping[int, int], payers: Mapping[int, Sequence[tuple[str, int]]],
               now: datetime, most: int | None = None, expired_by: datetime | None = None,
-              given: Mapping[int, int] | None = None, gets: Mapping[str, int] | None = None) -> dict[str, int]:
+              given: Mapping[int, int] | None = None, gets: Mapping[str, int] | None = None,
+              got: Mapping[int, Mapping[str, int]] | None = None,
+              placed: dict[tuple[int, str], int] | None = None) -> dict[str, int]:
     """What a true-up corrected up takes back of each charge (`takes`: charge id -> units > 0), from
     what paid that charge (`payers`: charge id -> (account, units)), the reverse of how the money
     back reached it (each_charge_first): the lots that paid it, the first consumed first, each up to
@@ -144,7 +181,10 @@ def take_back(w: Wallet, takes: Mapping[int, int], payers: Mapping[int, Sequence
     back, that usage would have fallen on the lots after it. With `given` (charge id -> what the
     true-ups before gave back of it), each takes at most what it got of that: the receivable first,
     then the lots the last consumed first, each up to what it paid (each_charge_first), so a lot the
-    money back did not reach gives none (an expired one none from breakage)."""
+    money back did not reach gives none (an expired one none from breakage). Of a charge in `got`
+    (charge id -> account -> what each payer got back of it, store.true_up_payers), each payer
+    takes at most that, as kept, not as `given` reads it. Adds to `placed` what it takes of each
+    charge from each payer ((charge id, account) -> units)."""
     receivable = chart.receivable_account(w.customer.id)
     order = last_consumed_first(w)
     have: dict[str, int | None] = {}
@@ -167,7 +207,9 @@ def take_back(w: Wallet, takes: Mapping[int, int], payers: Mapping[int, Sequence
         paid: dict[str, int] = {}
         for account, units in payers.get(charge, ()):
             paid[account] = paid.get(account, 0) + units
-        if given is not None:  # what each got back of it, as each_charge_first gave it
+        if got is not None and charge in got:  # what each payer got back of it, as kept
+            paid = {account: min(units, max(got[charge].get(account, 0), 0)) for account, units in paid.items()}
+        elif given is not None:  # what each got back of it, as each_charge_first gave it
             back = given.get(charge, 0)
             for account in sorted(paid, key=lambda a: (a != receivable, order(a))):
                 paid[account] = min(paid[account], back)
@@ -178,6 +220,8 @@ def take_back(w: Wallet, takes: Mapping[int, int], payers: Mapping[int, Sequence
             part = min(need, left, paid[account], cap)
             if part > 0:
                 out[account] = out.get(account, 0) + part
+                if placed is not None:
+                    placed[(charge, account)] = placed.get((charge, account), 0) + part
                 if have.get(account) is not None:
                     have[account] -= part
                 need, left = need - part, left - part

@@ -69,6 +69,7 @@ from wallets.core.money_back import (
     give_back,
     given_rows,
     last_consumed_first,
+    payer_rows,
     share,
     take_back,
     taken_from,
@@ -155,6 +156,9 @@ class RerateInput:
     # rule id -> charge id -> what its true-ups so far gave back of the charge (store.true_up_given);
     # a rule not there: not kept, its correction's money back is shared over its charges' payers
     true_up_given: Mapping[str, Mapping[int, int]] = field(default_factory=dict)
+    # charge id -> account -> what that payer got back of the charge from the true-ups so far, every
+    # rule (store.true_up_payers); a charge not there: its split not kept, read from its total
+    true_up_payers: Mapping[int, Mapping[str, int]] = field(default_factory=dict)
     # the period's charges of the customer's other books: what they took of each free allowance
     # (the charges re-rated do not take it again), and what the customer itself paid of their usage,
     # which the close's split of a true-up's money back counts (invoicing.allowance_lines)
@@ -396,7 +400,8 @@ def _taken_then_usage(w: Any, took: Mapping[str, int], rest: int, now: datetime,
 def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int, now: datetime, step: int = 1,
             fixes: Sequence[TrueUpFix] = (), room: dict[str, int] | None = None,
             takes: tuple[Mapping[int, int], Mapping[int, Any], Mapping[int, int]] = ({}, {}, {}),
-            expired_by: datetime | None = None):
+            expired_by: datetime | None = None, got: Mapping[int, Mapping[str, int]] | None = None,
+            placed: dict[tuple[int, str], int] | None = None):
     """Legs of money back (`back` > 0), where the decreased charges' money came from (and a true-up
     corrected down: of each charge its rule rated, what the charge is overcharged at the tier reached
     less what the true-ups before gave back of it, to what paid that charge, as the close gives it,
@@ -411,14 +416,20 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
     overcharge (`takes`: _takes), from what paid that charge (money_back.take_back), off what it gets
     back or, beyond it, taken from it; where it takes more than the decreases give (`back` <= 0: the
     correction charges -`back`), what it takes beyond what each payer gets back is taken from it and
-    the rest paid like usage (_taken_then_usage)."""
+    the rest paid like usage (_taken_then_usage). `got`: what each payer got back of each charge
+    from the true-ups before (store.true_up_payers): in all a payer gets back of a charge no more
+    than it paid of it, and gives back no more than it got; `placed` receives what each payer gets
+    of each charge's true-up part (taken back: negative)."""
     w = state.require_wallet()
     receivable = chart.receivable_account(w.customer.id)
     order = last_consumed_first(w)
     # what the receivable paid of the decreased charges; then, of each one's decrease, what goes
     # back to the lots that paid it, the last consumed first
     shares: dict[str, int] = {receivable: 0}
-    taken: dict[tuple[int, str], int] = {}  # what each charge gives back, by payer (money_back.share)
+    # what each charge gives back, by payer (money_back.share): what the true-ups before gave first
+    taken = {(charge, account): units for charge, by in (got or {}).items() for account, units in by.items()
+             if units > 0}
+    given_now: dict[tuple[int, str], int] = {}
     room = dict(room) if room is not None else None
 
     def paid_by(charge: ChargeOnRecord) -> dict[tuple[int, str], int]:
@@ -460,7 +471,7 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
                 given = {c: f.given.get(c, 0) + netted.get(c, 0) for c in f.given.keys() | netted.keys()}
                 before = shares.get(receivable, 0)
                 need, paid = each_charge_first(shares, taken, {**f.line(), "amount_units": -need}, rows, receivable,
-                                               order, given, None, room)
+                                               order, given, None, room, given_now)
                 owes_less += shares.get(receivable, 0) - before  # the receivable's charges' parts
             if f.delta < 0 or need > 0:
                 shared(paid, need)
@@ -474,14 +485,22 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
                 shares[account] = shares.get(account, 0) + part
                 room[account] -= part
                 unplaced -= part
+    if placed is not None:
+        for key, units in given_now.items():
+            placed[key] = placed.get(key, 0) + units
     debits: dict[str, int] = {}
     closing = {a: v for a, v in shares.items() if a != receivable}  # a closed lot's, where its money went
-    for account, units in take_back(w, *takes[:2], now, expired_by=expired_by, given=takes[2], gets=closing).items():
+    took_now: dict[tuple[int, str], int] = {}
+    for account, units in take_back(w, *takes[:2], now, expired_by=expired_by, given=takes[2], gets=closing,
+                                    got=got, placed=took_now).items():
         net = 0 if account == receivable else min(units, shares.get(account, 0))
         if net:
             shares[account] -= net
         if units > net:
             debits[account] = units - net
+    if placed is not None:
+        for key, units in took_now.items():
+            placed[key] = placed.get(key, 0) - units
     if back + sum(debits.values()) <= 0:
         # a true-up corrected up by more than the decreases beside it: each payer's take nets with
         # what it gets back of them (the receivable's too), the rest is paid like usage
@@ -609,6 +628,9 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
     # a true-up corrected up takes back of each charge from what paid it (what the true-ups before
     # gave it back), not from the lots in consumption order: as if the close had known the price
     takes = _takes(fixes, parts, chart.receivable_account(c.id))
+    # what each payer got of each charge from the true-ups so far (true_up_payers), and gets now
+    got = next((data.true_up_payers for source, data, _, _ in groups if source == cmd.period), {})
+    placed: dict[tuple[int, str], int] = {}
     # beside decreases, what it takes back of each charge nets with what that charge's payers get back
     decreased = (any(x.delta < 0 for x in found) or any(f.delta < 0 for f in fixes)
                  or any(units > 0 for given in parts.values() for units in given.values()))
@@ -619,12 +641,14 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
     # beside decreases (or true-up parts given back), each goes to what paid its charge and the
     # increases are paid like usage (_refund), not netted with them across payers
     if money > 0 and not decreased:
-        took = take_back(w, *takes[:2], now, money, expired_by, takes[2])
+        took_now: dict[tuple[int, str], int] = {}
+        took = take_back(w, *takes[:2], now, money, expired_by, takes[2], got=got, placed=took_now)
+        placed = {key: -units for key, units in took_now.items()}
         legs, paid = _taken_then_usage(w, took, money - sum(took.values()), now)
     elif money or _between_payers(found, parts):
         room = room_left(groups, chart.receivable_account(c.id), cmd.period if cmd.sources else None)
         legs, paid, lot = _refund(state, cmd, found, -money, now, 10 ** (chart.ASSET_SCALE - decimals) if noted else 1,
-                                  fixes, room, takes, expired_by)
+                                  fixes, room, takes, expired_by, got, placed)
     else:
         legs, paid = Legs(c.currency), ()
     if rounding:  # revenue moves by the exact correction, the rounding account by the difference
@@ -645,7 +669,8 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
     if posted is None and fixes:  # lines netting 0: no entry's metadata keeps the true-ups' corrections
         effects.append(TrueUpsCorrected(c.id, cmd.rerate_id, cmd.period, tuple(tuple(f.record()) for f in fixes)))
     if parts:
-        effects.append(TrueUpChargesGiven(c.id, cmd.period, cmd.rerate_id, given_rows(parts)))
+        effects.append(TrueUpChargesGiven(c.id, cmd.period, cmd.rerate_id, given_rows(parts),
+                                          payer_rows(parts, placed)))
     for i, (source, _, xs, fs) in enumerate(groups):
         lines = tuple({"kind": "adjustment", "model": r["model"], "token_type": r["token_type"], "quantity": 0,
                        "unit_price": None, "amount_units": r["delta"], "rule_id": None,

@@ -403,13 +403,19 @@ async def test_verify_ties_a_close_s_record_to_its_true_up_line_and_each_row_to_
                          ) == ["credit_notes", f"true-up record of the close of customer per-charge-audited, 2026-11 "
                                f"rule v-out: charge {december} is billed in 2026-12"]
     # a row of the wrong sign: the close's $1.20 and -$0.20 (the same $1.00 in all); the fix's $0.60 and
-    # -$0.10 is not named: a re-rate's rows may run both ways (it gives back to some charges and takes
-    # back of others, TrueUpFix.parts), their sum bound as the close's
+    # -$0.10 is not named by its sign (a re-rate's rows may run both ways: it gives back to some charges
+    # and takes back of others, TrueUpFix.parts, their sum bound as the close's) but, since 0082, by
+    # what its payers got of each charge ($0.30 of the 5th, $0.20 of the 20th: true_up_payers); the
+    # close's payer rows, of a record named already, are not named again
     assert await damaged(f"UPDATE true_up_charges SET units = 1200000000 WHERE {close} AND charge_id = :fifth",
                          f"UPDATE true_up_charges SET units = -200000000 WHERE {close} AND charge_id = :twentieth",
                          "UPDATE true_up_charges SET units = 600000000 WHERE rerate_id = :r AND charge_id = :fifth",
                          "UPDATE true_up_charges SET units = -100000000 WHERE rerate_id = :r AND charge_id = :twentieth"
                          ) == ["credit_notes",
+                               f"true-up record of re-rate {fix} of customer per-charge-audited, 2026-11: charge "
+                               f"{fifth} gave back 600000000, its payers' rows 300000000",
+                               f"true-up record of re-rate {fix} of customer per-charge-audited, 2026-11: charge "
+                               f"{twentieth} gave back -100000000, its payers' rows 200000000",
                                "true-up record of the close of customer per-charge-audited, 2026-11 rule v-out: "
                                "its rows give back from -200000000 to 1200000000 of a charge, its true-up line "
                                "1000000000"]

@@ -1,0 +1,109 @@
+"""What a volume true-up gave back of a charge paid by two lots is kept per payer (`true_up_payers`,
+migration 0082), so a re-rate correcting it later gives back to (and takes back from) each lot by
+what it paid and already got of that charge, not by the charge's total alone.
+
+By hand. Book `vol` (test_rerate_volume_true_up), model-v output: $20/M up to 100,000 tokens, $10/M
+beyond. A $1.00 top-up A (November 1st) and a $5.00 top-up B (the 2nd): A is consumed first (same
+priority, older). The 5th's 60,000 tokens cost $1.20: A pays $1.00 (spent), B $0.20; the 20th's
+70,000 cost $0.80 + $0.30 = $1.10, all B ($5.00 - $0.20 - $1.10 = $3.70). The close: 130,000 x
+$10/M = $1.30, true-up $1.30 - $2.30 = -$1.00: the 5th $1.20 - $0.60 = $0.60 over, the last consumed
+first up to what each paid: B $0.20, A $0.40; the 20th $1.10 - $0.70 = $0.40 over, all B. A $0.40,
+B $3.70 + $0.20 + $0.40 = $4.30."""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from billing_kit import BillingKit
+from sqlalchemy import text
+from test_close_true_up_funding import _damaged, _lot, _rerated
+from test_rerate_volume_true_up import CLOSED, applied, live_lots, spec, verified, vol, vol_customer
+
+from wallets import chart
+
+CENT = 10_000_000  # atomic units (9 decimals) of $0.01
+
+
+async def _split_charge(bk: BillingKit, cid: str) -> tuple[str, str]:
+    """The module's November and close: lots A and B, the 5th's charge split between them."""
+    await vol_customer(bk, cid)
+    a = await _lot(bk, cid, "topup", "1.00")
+    bk.clock.now = datetime(2026, 11, 2, 12, tzinfo=UTC)
+    b = await _lot(bk, cid, "topup", "5.00")
+    for day, tokens in ((5, 60_000), (20, 70_000)):
+        bk.clock.now = datetime(2026, 11, day, 12, tzinfo=UTC)
+        await bk.event(cid, "model-v", 0, tokens)
+    assert await live_lots(bk, cid) == {b: ("topup", 370 * CENT)}
+    await bk.close(CLOSED)
+    assert await live_lots(bk, cid) == {a: ("topup", 40 * CENT), b: ("topup", 430 * CENT)}
+    return a, b
+
+
+async def _payers(bk: BillingKit, cid: str) -> dict[tuple[str | None, int, str], int]:
+    """What true_up_payers keeps: (re-rate or None: the close, charge, payer lot id) -> units."""
+    rows = await bk.db.read(lambda conn: conn.execute(text(
+        """SELECT t.rerate_id, t.charge_id, l.id, t.units FROM true_up_payers t
+             JOIN accounts a ON a.code = t.payer JOIN lots l ON l.account_id = a.id
+            WHERE t.customer_id = :c"""), {"c": cid}))
+    return {(rerate, charge, lot): int(units) for rerate, charge, lot, units in rows}
+
+
+async def test_a_rerate_gives_a_split_charge_s_payers_back_by_what_each_already_got_of_it(fresh_db) -> None:
+    """Re-rated to $20/M and $5/M: the 5th stays $1.20; the 20th $0.80 + 30,000 x $5/M = $0.95
+    (-$0.15, to B, its payer). At the tier reached, 130,000 x $5/M = $0.65, the true-up $0.65 - $2.15
+    = -$1.50 where -$1.00 stands: $0.50 more back. The 5th costs $0.30 at $5/M, $0.90 below its
+    $1.20, of which the close gave back $0.60: $0.30 more. B paid $0.20 of it and got $0.20 back
+    already: all $0.30 to A ($0.40 + $0.30 = $0.70 = $1.00 - $0.30, A's share of the 5th's $0.30
+    cost, B's $0.20 all back). The 20th costs $0.35, $0.60 below its $0.95, $0.40 given: $0.20 to B.
+    B $4.30 + $0.15 + $0.20 = $4.65 (= $5.00 - $0.35, the 20th at the tier reached). Before, B was
+    given the 5th's $0.30 again up to the $0.20 it paid (the close's $0.20 forgotten): B $4.85, A
+    $0.50."""
+    bk = BillingKit(fresh_db)
+    cid = "split-given"
+    a, b = await _split_charge(bk, cid)
+    done = await _rerated(bk, "20", "5")
+    assert done["delta"] == "-0.65", done
+    assert await live_lots(bk, cid) == {a: ("topup", 70 * CENT), b: ("topup", 465 * CENT)}
+    await verified(bk)
+    first, second = sorted({charge for _, charge, _ in await _payers(bk, cid)})
+    assert await _payers(bk, cid) == {
+        (None, first, a): 40 * CENT, (None, first, b): 20 * CENT, (None, second, b): 40 * CENT,
+        (done["rerate_id"], first, a): 30 * CENT, (done["rerate_id"], second, b): 20 * CENT}
+    # verify ties the payers' rows to the records per charge, and bounds what each payer got of a
+    # charge in all by what it paid of it: $0.10 of the close's 5th moved from A to B (the 5th's sum
+    # unchanged) has B got $0.30 of the $0.20 it paid; B's row of the 20th gone leaves the close's
+    # $0.40 of it without its payers
+    payer_b = chart.lot_account(cid, b)
+    params = {"a": chart.lot_account(cid, a), "b": payer_b, "first": first, "second": second}
+    assert await _damaged(bk, params, *(f"""UPDATE true_up_payers SET units = units {sign} 100000000
+                                            WHERE rerate_id IS NULL AND charge_id = :first AND payer = :{lot}"""
+                                        for sign, lot in (("-", "a"), ("+", "b")))) == [
+        "credit_notes", f"true-up record of the close of customer {cid}, 2026-11: {payer_b} got 300000000 back of "
+        f"charge {first} in all, which it paid 200000000"]
+    assert await _damaged(bk, params, "DELETE FROM true_up_payers WHERE charge_id = :second AND payer = :b "
+                                      "AND rerate_id IS NULL") == [
+        "credit_notes", f"true-up record of the close of customer {cid}, 2026-11: charge {second} gave back "
+        f"400000000, its payers' rows none"]
+
+
+async def test_a_rerate_takes_back_of_a_split_charge_from_what_each_payer_got_of_it(fresh_db) -> None:
+    """As above, re-rated to $20/M and $5/M (A $0.70, B $4.65; of the 5th A got $0.70 back, B $0.20;
+    of the 20th B $0.60 and its $0.15 decrease). Re-rated again to $20/M and $8/M: the 20th $0.80 +
+    30,000 x $8/M = $1.04 (+$0.09); the true-up 130,000 x $8/M = $1.04 - ($1.20 + $1.04) = -$1.20
+    where -$1.50 stands: $0.30 taken back. The 5th at $8/M costs $0.48, $0.72 over where $0.90 was
+    given back: $0.18 taken back, from what got it the first consumed first: A (got $0.70), $0.52.
+    The 20th at $8/M costs $0.56, $0.48 over where $0.60 was: $0.12 from B. The 20th's +$0.09 is
+    paid like usage, in consumption order: A, $0.52 - $0.09 = $0.43. B $4.65 - $0.12 = $4.53."""
+    bk = BillingKit(fresh_db)
+    cid = "split-taken"
+    a, b = await _split_charge(bk, cid)
+    await _rerated(bk, "20", "5")
+    assert await live_lots(bk, cid) == {a: ("topup", 70 * CENT), b: ("topup", 465 * CENT)}
+    await bk.add_book(vol("v3", "2026-11-02T00:00:00Z", "20", "8"))
+    bk.clock.now = datetime(2026, 12, 3, tzinfo=UTC)
+    again = await applied(bk, spec("v3", datetime(2026, 11, 2, tzinfo=UTC)))
+    assert again["delta"] == "0.39", again
+    assert await live_lots(bk, cid) == {a: ("topup", 43 * CENT), b: ("topup", 453 * CENT)}
+    await verified(bk)
+    first, second = sorted({charge for _, charge, _ in await _payers(bk, cid)})
+    taken = {k: v for k, v in (await _payers(bk, cid)).items() if k[0] == again["rerate_id"]}
+    assert taken == {(again["rerate_id"], first, a): -18 * CENT, (again["rerate_id"], second, b): -12 * CENT}
