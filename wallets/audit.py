@@ -714,8 +714,9 @@ _CLOSE_ROWS = f"""
 # per charge: a true-up's payer rows of a charge (the one without a payer: what none of them got)
 # sum to its true_up_charges rows of it over every rule, and a true-up that kept its payers kept
 # them of every charge it gave back (took back) something of. Per payer, what the true-ups gave it
-# of a charge so far (the close first, then the re-rates in order) is never below nothing (a take
-# back from a payer beyond what it got) nor above what it paid of the charge (its funding; none on
+# of a charge so far (the close first, then the re-rates in the order written; those written at one
+# instant together, their ids no order) is never below nothing (a take back from a payer beyond
+# what it got) nor above what it paid of the charge (its funding; none on
 # record: the receivable); not checked of a charge a true-up before 0082 gave back something of
 # without payer rows (who got that is not kept).
 _PAYER_ROWS = f"""
@@ -733,8 +734,9 @@ _PAYER_ROWS = f"""
                AND s.charge_id = w.charge_id)),
     running AS (
         SELECT p.lane, p.customer_id, p.period, p.rerate_id, p.charge_id, p.payer,
+               -- true-ups of one instant (one clock reading: nothing orders them) summed together
                sum(p.units) OVER (PARTITION BY p.lane, p.charge_id, p.payer
-                                  ORDER BY p.rerate_id IS NOT NULL, p.created_at, p.rerate_id) AS got
+                                  ORDER BY p.rerate_id IS NOT NULL, p.created_at) AS got
           FROM true_up_payers p
          WHERE p.payer IS NOT NULL AND (p.lane, p.charge_id) NOT IN (SELECT lane, charge_id FROM unknown))
     SELECT format('true-up record of %s of customer %s, %s: charge %s gave back %s, its payers'' rows %s',

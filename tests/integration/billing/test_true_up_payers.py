@@ -107,3 +107,31 @@ async def test_a_rerate_takes_back_of_a_split_charge_from_what_each_payer_got_of
     first, second = sorted({charge for _, charge, _ in await _payers(bk, cid)})
     taken = {k: v for k, v in (await _payers(bk, cid)).items() if k[0] == again["rerate_id"]}
     assert taken == {(again["rerate_id"], first, a): -18 * CENT, (again["rerate_id"], second, b): -12 * CENT}
+
+
+async def test_verify_bounds_each_payer_by_the_true_ups_as_written_when_two_re_rates_share_an_instant(fresh_db) -> None:
+    """Two re-rates written at the same instant (one clock reading, as the kit's clock is here): the
+    second gives back, of each charge, what the first gave. Re-rated to $20/M and $5/M on December
+    2nd (A $0.70, B $4.65, as above: of the 5th A got $0.40 + $0.30, B $0.20; of the 20th B $0.40 +
+    $0.20), then, the clock not moved, to $20/M flat from November 2nd: the 20th 70,000 x $20/M =
+    $1.40 (+$0.45); the true-up 130,000 x $20/M = $2.60 - ($1.20 + $1.40) = 0 where -$1.50 stands:
+    +$1.50, every part taken back: of the 5th A's $0.70 and B's $0.20, of the 20th B's $0.60. The
+    20th's +$0.45 paid like usage: A has nothing left, B pays it. A $0.70 - $0.70 = 0, B $4.65 -
+    $0.20 - $0.60 - $0.45 = $3.40 (= $5.00 - $0.20 - $1.40); +$1.95 in all. Each payer's running
+    total: A 0.40, 0.70, 0 and B of the 20th 0.40, 0.60, 0: never below nothing. verify ordered the
+    two re-rates of one instant by their ids (hashes), so the second's take came first: A 0.40 -
+    0.70 = -$0.30, B 0.40 - 0.60 = -$0.20, flagged on a healthy ledger."""
+    bk = BillingKit(fresh_db)
+    cid = "same-instant"
+    a, b = await _split_charge(bk, cid)
+    first = await _rerated(bk, "20", "5")
+    await bk.add_book(vol("v3", "2026-11-02T00:00:00Z", "20", "20"))
+    again = await applied(bk, spec("v3", datetime(2026, 11, 2, tzinfo=UTC)))
+    assert again["delta"] == "1.95", again
+    assert again["rerate_id"] < first["rerate_id"]  # written second, its id first
+    assert await live_lots(bk, cid) == {b: ("topup", 340 * CENT)}
+    charges = sorted({charge for _, charge, _ in await _payers(bk, cid)})
+    assert {k: v for k, v in (await _payers(bk, cid)).items() if k[0] == again["rerate_id"]} == {
+        (again["rerate_id"], charges[0], a): -70 * CENT, (again["rerate_id"], charges[0], b): -20 * CENT,
+        (again["rerate_id"], charges[1], b): -60 * CENT}
+    await verified(bk)
