@@ -10,7 +10,8 @@ and is verified with that version.
 
 A seal is dated when it is written (clock_timestamp(), not the sealer's transaction start, which
 precedes what its snapshot sees): after every entry it seals was recorded and after the seal
-before it, which the database checks (0081) and verification checks again.
+before it, which the database checks (0081) and verification checks again. A clock stepped back
+below either dates the seal at the latest of them instead (0083 allows that much ahead of it).
 """
 from __future__ import annotations
 
@@ -69,12 +70,21 @@ HASH_PAGE = 1000
 
 
 async def hashes_between(conn: AsyncConnection, lo: int, hi: int, version: int = HASH_VERSION) -> dict[int, bytes]:
+    return (await _hashed(conn, lo, hi, version))[0]
+
+
+async def _hashed(conn: AsyncConnection, lo: int, hi: int, version: int) -> tuple[dict[int, bytes], str | None]:
+    """The entries' hashes, and the latest of their recorded_at (one fixed-width UTC text: the
+    greatest text is the latest time)."""
     hashes: dict[int, bytes] = {}
+    latest = None
     result = await conn.stream(_ENTRIES, {"lo": str(lo), "hi": str(hi)})
     async for page in result.partitions(HASH_PAGE):
         for row in page:
             hashes[row.id] = entry_hash(row, version)
-    return hashes
+            if latest is None or row.recorded_at > latest:
+                latest = row.recorded_at
+    return hashes, latest
 
 
 async def horizon(conn: AsyncConnection) -> int:
@@ -88,8 +98,8 @@ async def seal_once(conn: AsyncConnection, until: int | None = None) -> Seal | N
     if not (await conn.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": SEAL_LOCK})).scalar():
         return None
     last = (await conn.execute(text(
-        "SELECT to_txid::text, chain_hash FROM seals ORDER BY id DESC LIMIT 1"))).first()
-    lo, prev = (int(last[0]), bytes(last[1])) if last else (0, GENESIS)
+        "SELECT to_txid::text, chain_hash, sealed_at FROM seals ORDER BY id DESC LIMIT 1"))).first()
+    lo, prev, prev_at = (int(last[0]), bytes(last[1]), last[2]) if last else (0, GENESIS, None)
     hi = await horizon(conn)
     if until is not None:
         hi = min(hi, until)
@@ -101,12 +111,12 @@ async def seal_once(conn: AsyncConnection, until: int | None = None) -> Seal | N
     hi = await _entries_cap(conn, lo, hi)
     if hi <= lo:
         return None
-    hashes = await hashes_between(conn, lo, hi)
+    hashes, latest = await _hashed(conn, lo, hi, HASH_VERSION)
     if not hashes:
         return None
     ids = sorted(hashes)
     ordered = [hashes[i] for i in ids]
-    at = (await conn.execute(text(f"SELECT {SEALED_AT.format('clock_timestamp()')}"))).scalar_one()
+    at = (await conn.execute(_DATE, {"before": prev_at, "latest": latest})).scalar_one()
     seal_id = (await conn.execute(text(
         """INSERT INTO seals (from_txid, to_txid, entry_ids, entry_hashes, prev_hash, chain_hash, hash_version,
                               sealed_at)
@@ -115,6 +125,13 @@ async def seal_once(conn: AsyncConnection, until: int | None = None) -> Seal | N
         {"lo": str(lo), "hi": str(hi), "ids": ids, "hashes": ordered, "prev": prev, "at": at,
          "chain": seal_chain(prev, ordered, HASH_VERSION, at), "version": HASH_VERSION})).scalar_one()
     return Seal(seal_id, lo, hi, len(ids))
+
+
+# A seal's date: now, or later when the clock stepped back (NTP) below the seal before it or below
+# an entry it seals (recorded before the step): dated by the clock alone, it was refused
+# (seals_sealed_at) and nothing was sealed until the clock caught up. GREATEST skips a NULL.
+_DATE = text(f"""SELECT {SEALED_AT.format(
+    "GREATEST(clock_timestamp(), CAST(:before AS timestamptz), CAST(:latest AS timestamptz))")}""")
 
 
 _ENTRY_PAST = text("""SELECT j.txid::text FROM journal_entries j

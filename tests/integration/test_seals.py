@@ -264,3 +264,73 @@ async def test_the_database_refuses_a_seal_dated_before_its_entries_the_seal_bef
         await db.run(lambda conn: insert(conn, "clock_timestamp()"))  # dated now: taken
     finally:
         await db.dispose()
+
+
+async def test_a_seal_is_taken_when_the_clock_stepped_back_below_the_last_seal_and_an_entry(scratch_url):
+    """A database clock stepped back (NTP) below the last seal's date, or below an entry recorded
+    before the step, made every new seal refused ("before seal 1"): the job errored, nothing was
+    sealed until the clock caught up. A seal is dated the latest of the clock, the seal before it
+    and its entries' recorded_at, so it is taken, and the order rules still hold."""
+    from sqlalchemy.exc import DBAPIError
+
+    from ledger.chain import GENESIS, seal_chain
+    from ledger.seal import SEALED_AT, hashes_between, horizon
+
+    db = connect(scratch_url, pool_size=2)
+    try:
+        await db.run(_two_accounts)
+        await post_now(db, _entry("one"))
+
+        async def plant(conn):  # seal 1 as a sealer wrote it before the clock stepped back an hour
+            await conn.execute(text("SET LOCAL session_replication_role = replica"))
+            hi = await horizon(conn)
+            hashes = await hashes_between(conn, 0, hi)
+            an_hour_on = "(date_trunc('second', clock_timestamp()) + interval '1 hour')"
+            at = (await conn.execute(text("SELECT " + SEALED_AT.format(an_hour_on)))).scalar_one()
+            ordered = [hashes[i] for i in sorted(hashes)]
+            await conn.execute(text(
+                """INSERT INTO seals (from_txid, to_txid, entry_ids, entry_hashes, prev_hash, chain_hash,
+                                      hash_version, sealed_at)
+                   VALUES (CAST('0' AS xid8), CAST(:hi AS xid8), :ids, :hashes, :prev, :chain, 4,
+                           CAST(:at AS timestamptz))"""),
+                {"hi": str(hi), "ids": sorted(hashes), "hashes": ordered, "prev": GENESIS, "at": at,
+                 "chain": seal_chain(GENESIS, ordered, 4, at)})
+
+        await db.run(plant)  # dated at a whole second: its text ends .000000Z, which the chain covers
+        await post_now(db, _entry("two"))
+
+        async def recorded_later(conn):  # "two" recorded 2 hours on, before the clock stepped back
+            await conn.execute(text("SET LOCAL session_replication_role = replica"))
+            await conn.execute(text("UPDATE journal_entries SET recorded_at = clock_timestamp() + interval '2 hours'"
+                                    " WHERE key = 'two'"))
+
+        await db.run(recorded_later)
+        second = await db.run(seal.seal_once)  # before: DBAPIError "seal 2 is dated ..., before seal 1"
+        await post_now(db, _entry("three"))  # recorded now: before seal 2's date
+        third = await db.run(seal.seal_once)
+        assert (second.entries, third.entries) == (1, 1)
+
+        async def read(conn):
+            two = (await conn.execute(text("SELECT recorded_at FROM journal_entries WHERE key = 'two'"))).scalar_one()
+            dates = (await conn.execute(text("SELECT sealed_at FROM seals ORDER BY id"))).scalars().all()
+            return two, dates, await seal_problems(conn)
+
+        two, (first_at, second_at, third_at), problems = await db.read(read)
+        # seal 2: max(now, now + 1 h, now + 2 h) = "two"'s recorded_at; seal 3: max(now, seal 2's, now) = seal 2's
+        assert (second_at, third_at) == (two, two)
+        assert first_at < two and first_at.microsecond == 0
+        assert problems == []
+
+        async def insert(conn, at: str):  # the trigger still refuses a date past all three
+            last = (await conn.execute(text("SELECT to_txid::text FROM seals ORDER BY id DESC LIMIT 1"))).scalar_one()
+            await conn.execute(text(
+                f"""INSERT INTO seals (from_txid, to_txid, entry_ids, entry_hashes, prev_hash, chain_hash,
+                                       hash_version, sealed_at)
+                    VALUES (CAST(:lo AS xid8), pg_snapshot_xmin(pg_current_snapshot()), '{{}}', '{{}}', :z, :z, 4,
+                            {at})"""), {"lo": last, "z": bytes(32)})
+
+        with pytest.raises(DBAPIError, match="in the future"):
+            await db.run(lambda conn: insert(conn, "(SELECT max(sealed_at) + interval '1 microsecond' FROM seals)"))
+        await db.run(lambda conn: insert(conn, "(SELECT max(sealed_at) FROM seals)"))  # the latest: taken
+    finally:
+        await db.dispose()
