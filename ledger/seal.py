@@ -189,9 +189,12 @@ async def seal_problems(conn: AsyncConnection) -> list[str]:
     return problems
 
 
-_RECORDED_AFTER = text(f"""SELECT j.id, {SEALED_RECORDED_AT} FROM journal_entries j
-                            WHERE j.txid >= CAST(:lo AS xid8) AND j.txid < CAST(:hi AS xid8)
-                              AND j.recorded_at > CAST(:at AS timestamptz) ORDER BY j.id LIMIT 1""")
+# OFFSET 0: the seal's range read by the txid index, never the journal in id order (see 0083).
+_RECORDED_AFTER = text(f"""SELECT j.id, {SEALED_RECORDED_AT} FROM (
+                              SELECT * FROM journal_entries
+                               WHERE txid >= CAST(:lo AS xid8) AND txid < CAST(:hi AS xid8)
+                                 AND recorded_at > CAST(:at AS timestamptz) OFFSET 0) j
+                            ORDER BY j.id LIMIT 1""")
 
 
 async def _misdated(conn: AsyncConnection, s, before) -> list[str]:

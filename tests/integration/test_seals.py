@@ -334,3 +334,91 @@ async def test_a_seal_is_taken_when_the_clock_stepped_back_below_the_last_seal_a
         await db.run(lambda conn: insert(conn, "(SELECT max(sealed_at) FROM seals)"))  # the latest: taken
     finally:
         await db.dispose()
+
+
+async def test_the_seal_date_check_reads_the_entries_the_seal_covers_not_the_journal(scratch_url):
+    """seals_sealed_at looked for a covered entry recorded after the seal ORDER BY id LIMIT 1: once
+    PL/pgSQL switched the trigger to its generic plan (the 6th seal of a session), it walked the
+    journal's id index from its first entry, filtering on txid: every entry ever written was read
+    by each seal (1,000,000 old entries and 50,000 sealed: 600-830 ms a seal, 30 ms before the
+    switch). The range is now read by the txid index (0083)."""
+    old, new, seals = 200_000, 10, 8
+    db = connect(scratch_url, pool_size=1)
+    try:
+        async def fill(conn, n: int, prefix: str) -> None:
+            await conn.execute(text("SET LOCAL session_replication_role = replica"))
+            await conn.execute(text(
+                "INSERT INTO journal_entries (key, request_hash, kind, occurred_at) "
+                "SELECT :p || g, '\\x00', 't', now() FROM generate_series(1, :n) g"), {"n": n, "p": prefix})
+
+        async def seal_row(conn, version: int) -> None:
+            last = (await conn.execute(text("SELECT coalesce(max(to_txid), '0')::text FROM seals"))).scalar_one()
+            await conn.execute(text(
+                """INSERT INTO seals (from_txid, to_txid, entry_ids, entry_hashes, prev_hash, chain_hash,
+                                      hash_version, sealed_at)
+                   VALUES (CAST(:lo AS xid8), pg_snapshot_xmin(pg_current_snapshot()), '{}', '{}', :z, :z, :v,
+                           clock_timestamp())"""), {"lo": last, "z": bytes(32), "v": version})
+
+        await db.run(lambda conn: fill(conn, old, "old"))
+        await db.run(lambda conn: seal_row(conn, 3))  # the old entries, sealed (no date check: version 3)
+        await db.run(lambda conn: fill(conn, new, "new"))
+        await db.read(lambda conn: conn.execute(text("ANALYZE journal_entries")))
+
+        async def read_by_seals(conn) -> int:
+            read = 0
+            for _ in range(seals):  # one session: the trigger's plans are cached, generic from the 6th
+                await conn.execute(text("SAVEPOINT s"))
+                before = await _entry_rows_read(conn)
+                await seal_row(conn, 4)
+                read += await _entry_rows_read(conn) - before
+                await conn.execute(text("ROLLBACK TO SAVEPOINT s"))
+            return read
+
+        read = await db.run(read_by_seals)
+    finally:
+        await db.dispose()
+    # each seal reads its 10 entries (and a few index pages): 8 seals, 80 rows; never the 200,000 old ones
+    assert read <= seals * new * 2, f"{seals} seals read {read} journal rows"
+
+
+async def _entry_rows_read(conn) -> int:
+    """Rows of journal_entries' partitions this transaction has read so far, by index or scan."""
+    return (await conn.execute(text(
+        """SELECT coalesce(sum(coalesce(idx_tup_fetch, 0) + seq_tup_read), 0)::bigint FROM pg_stat_xact_user_tables
+            WHERE relname LIKE 'journal_entries%'"""))).scalar_one()
+
+
+async def test_audit_verify_reads_each_seals_entries_not_the_journal_to_check_its_date(scratch_url):
+    """seal_problems (audit verify) asked, for each version 4 seal, for its first entry recorded
+    after it, ORDER BY id LIMIT 1: the connection prepares queries, and from the 6th seal the
+    server's generic plan walked the journal's id index from its first entry, each seal. Entries
+    with low ids and no seal yet (txid past every seal's range) were read by every such seal."""
+    old, seals = 100_000, 8
+    db = connect(scratch_url, pool_size=1)
+    try:
+        await db.run(_two_accounts)
+
+        async def unsealed(conn) -> None:  # low ids, txid past every seal here: no seal covers them
+            await conn.execute(text("SET LOCAL session_replication_role = replica"))
+            await conn.execute(text(
+                "INSERT INTO journal_entries (key, request_hash, kind, occurred_at, txid) "
+                "SELECT 'old' || g, '\\x00', 't', now(), CAST((pg_current_xact_id()::text::bigint + 1000000)::text "
+                "AS xid8) FROM generate_series(1, :n) g"), {"n": old})
+
+        await db.run(unsealed)
+        for n in range(seals):
+            await post_now(db, _entry(f"e{n}"))
+            assert (await db.run(seal.seal_once)).entries == 1
+        await db.read(lambda conn: conn.execute(text("ANALYZE journal_entries")))
+
+        async def verify(conn):
+            before = await _entry_rows_read(conn)
+            problems = await seal_problems(conn)
+            return problems, await _entry_rows_read(conn) - before
+
+        problems, read = await db.read(verify)
+    finally:
+        await db.dispose()
+    assert problems == []
+    # each seal: its 1 entry hashed, and read again for the date: ~16 rows; never the 100,000 unsealed
+    assert read <= seals * 10, f"verifying {seals} seals read {read} journal rows"
