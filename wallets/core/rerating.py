@@ -41,6 +41,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
+
 from pricing.books import PriceBook, PriceVersion
 from pricing.fast_rating import charges_requests
 from pricing.money import format_money
@@ -57,6 +59,7 @@ from wallets.core.decision import (
     ChargeAdjusted,
     CreditNoteIssued,
     Decision,
+    LotOpened,
     Outcome,
     TrueUpChargesGiven,
     TrueUpsCorrected,
@@ -526,7 +529,7 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
         lot = opened_lot(state, w, "topup", credit, TOPUP_PRIORITY, None, now,
                          reference=f"re-rate {cmd.rerate_id} {cmd.period}")
         legs.debit(chart.revenue_account(w.customer.currency), credit).credit(lot.code, credit)
-        return legs, tuple(sorted((*((a, v) for a, v in paid if v), (lot.code, -credit)))), lot
+        return _credit_before_owing(legs, {**dict(paid), lot.code: -credit}, lot, receivable, step)
     # money back beside increases: each decrease goes back whole to what paid it (what the shares
     # place), and the increases beyond their own true-up parts are paid like usage after it, not
     # netted off the money back (which cut the payers given back last in order)
@@ -547,6 +550,20 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
         for account, units in (*s.from_lots, (receivable, s.from_receivable)):
             legs.debit(account, units)
             paid[account] = paid.get(account, 0) + units
+    return _credit_before_owing(legs, paid, lot, receivable, step)
+
+
+def _credit_before_owing(legs: Legs, paid: dict[str, int], lot: LotOpened | None, receivable: str, step: int):
+    """What the increases put on the receivable is paid first by the credit lot the same correction
+    opens (a live lot: usage pays from it before anything is owed), in multiples of `step`, so a
+    customer never ends both holding that credit and owing more for it; the lot opens with the rest."""
+    shift = min(paid.get(receivable, 0), lot.granted if lot is not None else 0)
+    shift -= shift % step
+    if lot is not None and shift > 0:
+        legs.debit(lot.code, shift).credit(receivable, shift)
+        paid[receivable] -= shift
+        paid[lot.code] += shift
+        lot = msgspec.structs.replace(lot, granted=lot.granted - shift) if lot.granted > shift else None
     return legs, tuple(sorted((a, v) for a, v in paid.items() if v)), lot
 
 

@@ -181,3 +181,51 @@ async def test_a_receivable_s_decrease_beyond_what_is_owed_beside_an_increase_be
     assert list(lots.values()) == [("topup", 12 * CENT)]
     assert (await bk.service.wallet(cid)).receivable == 0
     await _balanced(bk)
+
+
+async def test_a_receivable_s_decrease_given_as_credit_pays_an_increase_before_anything_is_owed(fresh_db) -> None:
+    """Prepaid with a $5.00 overdraft: the 5th's $1.20 on the receivable, paid off on the 6th by a
+    $1.20 top-up; a $1.10 grant (the 6th) pays the 20th (nothing left). Re-rated to $10/M and $30/M:
+    the 5th -$0.60 (nothing owed, no lot: a paid credit lot), the 20th +$0.20 paid like usage, the
+    live lots first: the credit lot $0.40, nothing owed (not $0.60 of credit beside $0.20 owed)."""
+    bk = BillingKit(fresh_db)
+    await bk.add_book(V1)
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("credit-and-owed", book="vol", overdraft="5.00")
+    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 60_000)
+    bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
+    await bk.top_up(cid, "1.20")
+    await _lot(bk, cid, "grant", "1.10")
+    bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 70_000)
+    assert await live_lots(bk, cid) == {}
+    done = await _rerated(bk, "10", "30")
+    assert done["delta"] == "-0.40", done
+    w = await bk.service.wallet(cid)
+    assert list((await live_lots(bk, cid)).values()) == [("topup", 40 * CENT)]
+    assert w.receivable == 0
+    await _balanced(bk)
+
+
+async def test_a_receivable_s_decrease_beyond_what_is_owed_pays_an_increase_before_anything_is_owed(fresh_db) -> None:
+    """As above, the 20th's $1.10 paid by a $1.10 grant (nothing left), re-rated to $18/M and $30/M:
+    the 5th -$0.12 beyond what is owed (nothing), a credit lot of $0.12; the 20th +$0.52 paid like
+    usage: that lot's $0.12 first, then $0.40 owed (= +$0.40 in all), no lot left (not $0.12 of
+    credit beside $0.52 owed)."""
+    bk = BillingKit(fresh_db)
+    await bk.add_book(V1)
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("credit-then-owed", book="vol", overdraft="5.00")
+    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 60_000)
+    bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
+    await bk.top_up(cid, "1.20")
+    await _lot(bk, cid, "grant", "1.10")
+    bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 70_000)
+    done = await _rerated(bk, "18", "30")
+    assert done["delta"] == "0.40", done
+    assert await live_lots(bk, cid) == {}
+    assert (await bk.service.wallet(cid)).receivable == 40 * CENT
+    await _balanced(bk)
