@@ -31,6 +31,25 @@ async def _five_and_twenty(bk: BillingKit, cid: str, first: tuple, second: tuple
     return first_id, second_id
 
 
+async def _paid_off_on_the_6th(bk: BillingKit, name: str, grant: str) -> tuple[str, str]:
+    """Prepaid with a $5.00 overdraft: the 5th's $1.20 on the receivable, paid off on the 6th by a
+    $1.20 top-up (nothing owed, no lot); a `grant` given on the 6th pays the 20th's $1.10. The
+    customer's and the grant's ids."""
+    await bk.add_book(V1)
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer(name, book="vol", overdraft="5.00")
+    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 60_000)
+    assert (await bk.service.wallet(cid)).receivable == 120 * CENT
+    bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
+    await bk.top_up(cid, "1.20")
+    grant_id = await _lot(bk, cid, "grant", grant)
+    assert (await bk.service.wallet(cid)).receivable == 0
+    bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 70_000)
+    return cid, grant_id
+
+
 async def test_a_decrease_whose_grant_expired_goes_to_breakage_beside_an_increase_paid_like_usage(fresh_db) -> None:
     """A $1.20 grant expiring November 25th pays the 5th (nothing left), a $5.00 top-up the 20th
     ($3.90). Re-rated to $10/M and $30/M: the 5th 60,000 x $10/M = $0.60 (-$0.60), the 20th $0.40 +
@@ -162,18 +181,7 @@ async def test_a_receivable_s_decrease_beyond_what_is_owed_beside_an_increase_be
     is gone into usage the promotion paid (the harm README's "beyond what is owed ... still nets"
     allows)."""
     bk = BillingKit(fresh_db)
-    await bk.add_book(V1)
-    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
-    cid = await bk.customer("owed-nothing", book="vol", overdraft="5.00")
-    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 60_000)
-    assert (await bk.service.wallet(cid)).receivable == 120 * CENT
-    bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
-    await bk.top_up(cid, "1.20")
-    grant = await _lot(bk, cid, "grant", "5.00")
-    assert (await bk.service.wallet(cid)).receivable == 0
-    bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 70_000)
+    cid, grant = await _paid_off_on_the_6th(bk, "owed-nothing", "5.00")
     done = await _rerated(bk, "18", "30")
     assert done["delta"] == "0.40", done
     lots = await live_lots(bk, cid)
@@ -189,16 +197,7 @@ async def test_a_receivable_s_decrease_given_as_credit_pays_an_increase_before_a
     the 5th -$0.60 (nothing owed, no lot: a paid credit lot), the 20th +$0.20 paid like usage, the
     live lots first: the credit lot $0.40, nothing owed (not $0.60 of credit beside $0.20 owed)."""
     bk = BillingKit(fresh_db)
-    await bk.add_book(V1)
-    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
-    cid = await bk.customer("credit-and-owed", book="vol", overdraft="5.00")
-    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 60_000)
-    bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
-    await bk.top_up(cid, "1.20")
-    await _lot(bk, cid, "grant", "1.10")
-    bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 70_000)
+    cid, _ = await _paid_off_on_the_6th(bk, "credit-and-owed", "1.10")
     assert await live_lots(bk, cid) == {}
     done = await _rerated(bk, "10", "30")
     assert done["delta"] == "-0.40", done
@@ -214,16 +213,7 @@ async def test_a_receivable_s_decrease_beyond_what_is_owed_pays_an_increase_befo
     usage: that lot's $0.12 first, then $0.40 owed (= +$0.40 in all), no lot left (not $0.12 of
     credit beside $0.52 owed)."""
     bk = BillingKit(fresh_db)
-    await bk.add_book(V1)
-    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
-    cid = await bk.customer("credit-then-owed", book="vol", overdraft="5.00")
-    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 60_000)
-    bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
-    await bk.top_up(cid, "1.20")
-    await _lot(bk, cid, "grant", "1.10")
-    bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 70_000)
+    cid, _ = await _paid_off_on_the_6th(bk, "credit-then-owed", "1.10")
     done = await _rerated(bk, "18", "30")
     assert done["delta"] == "0.40", done
     assert await live_lots(bk, cid) == {}
