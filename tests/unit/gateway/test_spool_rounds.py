@@ -56,33 +56,46 @@ async def test_a_malformed_spool_record_is_refused_for_good_and_reaches_no_engin
     assert answer["status"] == 422  # the BackgroundSettler sets a 422 aside in `.rejected`
 
 
+class _DownFirst:
+    """An engine whose first `down` submits find the database down (RetriesExhaustedError); the
+    later ones are charged 7."""
+
+    def __init__(self, down: int) -> None:
+        self.down = down
+        self.calls = 0
+
+    async def submit(self, command):
+        from ledger.db import RetriesExhaustedError
+
+        self.calls += 1
+        if self.calls <= self.down:
+            raise RetriesExhaustedError("the database is down")
+        return type("Charged", (), {"charged": 7})()
+
+
+def _record_sleeps(monkeypatch) -> list[float]:
+    """The delays the background queue asks for, recorded, not waited."""
+    from api.background import BackgroundSettler
+
+    slept: list[float] = []
+
+    async def recorded(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr(BackgroundSettler, "_sleep", staticmethod(recorded))
+    return slept
+
+
 async def test_a_settle_the_database_cannot_take_now_waits_what_post_v1_settlements_asks(tmp_path: Path,
                                                                                       monkeypatch):
     """A gateway settle the ledger cannot take now (the database down) was answered 503 with no
     wait in its body, so the queue sent it again after the backoff's jitter alone (under RETRY's
     0.2 s), where an item of POST /v1/settlements answered so asks `retry_after_seconds: 1` (the
     whole call's Retry-After). Now the gateway's answer asks the same, and the queue waits it."""
-    from api.background import BackgroundSettler
     from api.gateway.settles import GatewaySettles
-    from ledger.db import RetriesExhaustedError
 
-    class DownTwice:  # the call below, then the queue's first send; the queue's second is taken
-        def __init__(self) -> None:
-            self.calls = 0
-
-        async def submit(self, command):
-            self.calls += 1
-            if self.calls <= 2:
-                raise RetriesExhaustedError("the database is down")
-            return type("Charged", (), {"charged": 7})()
-
-    slept: list[float] = []
-
-    async def recorded(seconds: float) -> None:  # the delay the queue asked for, not waited
-        slept.append(seconds)
-
-    monkeypatch.setattr(BackgroundSettler, "_sleep", staticmethod(recorded))
-    engine = DownTwice()
+    slept = _record_sleeps(monkeypatch)
+    engine = _DownFirst(2)  # the call below, then the queue's first send; the queue's second is taken
     settles = GatewaySettles(RoundsSpool(tmp_path / "gw.jsonl", every=1), engine)
     [record] = records(1)
     answer = await settles._settle(item_of(record))
@@ -103,27 +116,10 @@ async def test_a_settle_an_answer_waited_for_is_sent_again_after_the_wait_its_50
     1 s; the queue it is handed to sent it again at once (no wait recorded, a second attempt on
     the database just found down), then waited. Now the queue waits what that 503 asked first:
     1 s + full jitter under RETRY's backoff_s 0.2 * 2**0, between 1 and 1.2 s, then it is taken."""
-    from api.background import BackgroundSettler
     from api.gateway.settles import GatewaySettles
-    from ledger.db import RetriesExhaustedError
 
-    class DownOnce:
-        def __init__(self) -> None:
-            self.calls = 0
-
-        async def submit(self, command):
-            self.calls += 1
-            if self.calls == 1:
-                raise RetriesExhaustedError("the database is down")
-            return type("Charged", (), {"charged": 7})()
-
-    slept: list[float] = []
-
-    async def recorded(seconds: float) -> None:  # the delay the queue asked for, not waited
-        slept.append(seconds)
-
-    monkeypatch.setattr(BackgroundSettler, "_sleep", staticmethod(recorded))
-    engine = DownOnce()
+    slept = _record_sleeps(monkeypatch)
+    engine = _DownFirst(1)
     settles = GatewaySettles(RoundsSpool(tmp_path / "gw.jsonl", every=1), engine)
     await settles.start()
     [record] = records(1)
