@@ -732,13 +732,26 @@ _PAYER_ROWS = f"""
          WHERE units <> 0 AND NOT EXISTS (SELECT 1 FROM split s WHERE s.lane = w.lane
                AND s.customer_id = w.customer_id AND s.period = w.period AND s.rerate = w.rerate
                AND s.charge_id = w.charge_id)),
+    named AS (  -- a payer that did not pay the charge (the paid credit lot the receivable's part
+                -- went to, money_back.to_credit) counts as the receivable
+        SELECT p.lane, p.customer_id, p.period, p.rerate_id, p.charge_id, p.units, p.created_at,
+               CASE WHEN p.payer = ANY(f.accounts) THEN p.payer
+                    ELSE {_literal(chart.RECEIVABLE_CODE[0])} || p.customer_id
+                         || {_literal(chart.RECEIVABLE_CODE[1])} END AS payer
+          FROM true_up_payers p LEFT JOIN charges c ON c.lane = p.lane AND c.id = p.charge_id
+         CROSS JOIN LATERAL (
+               SELECT array_agg(coalesce(e ->> 0, {_literal(chart.RECEIVABLE_CODE[0])} || c.customer_id
+                                         || {_literal(chart.RECEIVABLE_CODE[1])})) AS accounts
+                 FROM jsonb_array_elements(coalesce(
+                          c.funding, jsonb_build_array(jsonb_build_array(NULL::text, c.from_receivable)))) e) f
+         WHERE p.payer IS NOT NULL),
     running AS (
         SELECT p.lane, p.customer_id, p.period, p.rerate_id, p.charge_id, p.payer,
                -- true-ups of one instant (one clock reading: nothing orders them) summed together
                sum(p.units) OVER (PARTITION BY p.lane, p.charge_id, p.payer
                                   ORDER BY p.rerate_id IS NOT NULL, p.created_at) AS got
-          FROM true_up_payers p
-         WHERE p.payer IS NOT NULL AND (p.lane, p.charge_id) NOT IN (SELECT lane, charge_id FROM unknown))
+          FROM named p
+         WHERE (p.lane, p.charge_id) NOT IN (SELECT lane, charge_id FROM unknown))
     SELECT format('true-up record of %s of customer %s, %s: charge %s gave back %s, its payers'' rows %s',
                   coalesce('re-rate ' || nullif(x.rerate, ''), 'the close'), x.customer_id, x.period,
                   x.charge_id, coalesce(x.w, 0), coalesce(x.s, 'none')), true

@@ -318,6 +318,7 @@ def _true_up(state: State, w: Wallet, label: str, lines: list[dict[str, Any]], n
                                                       placed=placed if mine is not None else None)
             money_back.share(shares, taken, rest, need, receivable, order)
     legs, paid_back, lot = money_back.give_back(state, w, shares, -amount, now, f"volume true-up {label}")
+    money_back.to_credit(placed, paid_back, lot, receivable)  # the rows follow the postings
     return legs, lot, paid_back, parts, money_back.payer_rows(parts, placed)
 
 

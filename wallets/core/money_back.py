@@ -55,6 +55,24 @@ def payer_rows(parts: Mapping[str, Mapping[int, int]], placed: Mapping[tuple[int
     return tuple(rows)
 
 
+def to_credit(placed: dict[tuple[int, str], int], paid: Sequence[tuple[str, int]], lot: LotOpened | None,
+              receivable: str) -> None:
+    """The payer rows follow the postings: of what `placed` gives the receivable of each charge's
+    true-up part, what did not come off what is owed (what `paid` gives it back in all, counted
+    against those parts first) went to the paid credit lot the correction opened, so the rows name
+    that lot (the later charges' first) and a take-back later takes it from there first."""
+    if lot is None:
+        return
+    parts = sum(v for (_, a), v in placed.items() if a == receivable and v > 0)
+    move = min(lot.granted, max(0, parts - max(0, -dict(paid).get(receivable, 0))))
+    for charge, account in sorted(placed, reverse=True):
+        if account == receivable and move > 0 and placed[(charge, account)] > 0:
+            part = min(move, placed[(charge, account)])
+            placed[(charge, account)] -= part
+            placed[(charge, lot.code)] = placed.get((charge, lot.code), 0) + part
+            move -= part
+
+
 def last_consumed_first(w: Wallet) -> Callable[[str], tuple[int, str]]:
     """The lots in the reverse of their consumption order, then accounts not loaded (swept lots:
     their part goes to breakage)."""
@@ -209,6 +227,9 @@ def take_back(w: Wallet, takes: Mapping[int, int], payers: Mapping[int, Sequence
             paid[account] = paid.get(account, 0) + units
         if got is not None and charge in got:  # what each payer got back of it, as kept
             paid = {account: min(units, max(got[charge].get(account, 0), 0)) for account, units in paid.items()}
+            # a paid credit lot the receivable's part went to (to_credit): up to what it got
+            paid.update({account: units for account, units in got[charge].items()
+                         if account not in paid and units > 0 and account in w.lots})
         elif given is not None:  # what each got back of it, as each_charge_first gave it
             back = given.get(charge, 0)
             for account in sorted(paid, key=lambda a: (a != receivable, order(a))):

@@ -76,6 +76,7 @@ from wallets.core.money_back import (
     share,
     take_back,
     taken_from,
+    to_credit,
 )
 from wallets.core.rating import ALLOWANCE, period_counts, period_to_date
 from wallets.core.rerate_true_ups import KIND as TRUE_UP
@@ -430,8 +431,15 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
     # back to the lots that paid it, the last consumed first
     shares: dict[str, int] = {receivable: 0}
     # what each charge gives back, by payer (money_back.share): what the true-ups before gave first
-    taken = {(charge, account): units for charge, by in (got or {}).items() for account, units in by.items()
-             if units > 0}
+    # (a credit lot the receivable's part went to counts as the receivable: it did not pay the charge)
+    payers_of = {ch.id: {a for _, a in _paid_by(ch, receivable)}
+                 for ch in (*(x.charge for x in found), *(ch for f in fixes for ch in f.charges))}
+    taken: dict[tuple[int, str], int] = {}
+    for charge, by in (got or {}).items():
+        for account, units in by.items():
+            key = (charge, account if account in payers_of.get(charge, (account,)) else receivable)
+            taken[key] = taken.get(key, 0) + units
+    taken = {key: units for key, units in taken.items() if units > 0}
     given_now: dict[tuple[int, str], int] = {}
     room = dict(room) if room is not None else None
 
@@ -666,6 +674,7 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
         room = room_left(groups, chart.receivable_account(c.id), cmd.period if cmd.sources else None)
         legs, paid, lot = _refund(state, cmd, found, -money, now, 10 ** (chart.ASSET_SCALE - decimals) if noted else 1,
                                   fixes, room, takes, expired_by, got, placed)
+        to_credit(placed, paid, lot, chart.receivable_account(c.id))
     else:
         legs, paid = Legs(c.currency), ()
     if rounding:  # revenue moves by the exact correction, the rounding account by the difference

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from billing_kit import BillingKit
 from sqlalchemy import text
 from test_close_true_up_funding import _damaged, _lot, _rerated
+from test_rerate_mixed_payers import _paid_off_on_the_6th
 from test_rerate_volume_true_up import CLOSED, applied, live_lots, spec, verified, vol, vol_customer
 
 from wallets import chart
@@ -134,4 +135,81 @@ async def test_verify_bounds_each_payer_by_the_true_ups_as_written_when_two_re_r
     assert {k: v for k, v in (await _payers(bk, cid)).items() if k[0] == again["rerate_id"]} == {
         (again["rerate_id"], charges[0], a): -70 * CENT, (again["rerate_id"], charges[0], b): -20 * CENT,
         (again["rerate_id"], charges[1], b): -60 * CENT}
+    await verified(bk)
+
+
+async def test_a_take_back_of_what_the_receivable_got_as_paid_credit_comes_from_that_credit_lot(fresh_db) -> None:
+    """Postpaid: the 5th's $1.20 and the 20th's $1.10 go on the receivable. The close gives back
+    $0.60 + $0.40 = $1.00 off what is owed: the invoice is $2.30 - $1.00 = $1.30, paid in full.
+    Re-rated to $20/M and $5/M (as above): the 20th -$0.15, the true-up's 5th $0.30 and 20th $0.20
+    more: -$0.65, nothing owed, so a $0.65 paid credit lot, where the true-up's parts went (its
+    payer rows name that lot: $0.30 of the 5th, $0.20 of the 20th). Re-rated again to $20/M and
+    $8/M (as above, +$0.39): of the 5th $0.18 and of the 20th $0.12 taken back from where they went,
+    the credit lot ($0.65 - $0.30 = $0.35), the 20th's +$0.09 paid like usage from it: $0.26 left
+    (= $1.30 paid - $1.04 due: 130,000 x $8/M), nothing owed. Before, the rows named the receivable:
+    $0.30 taken back onto it ($0.30 owed on a paid invoice) and the credit lot $0.65 - $0.09 = $0.56."""
+    bk = BillingKit(fresh_db)
+    cid = await vol_customer(bk, "credit-taken", billing_mode="postpaid")
+    for day, tokens in ((5, 60_000), (20, 70_000)):
+        bk.clock.now = datetime(2026, 11, day, 12, tzinfo=UTC)
+        await bk.event(cid, "model-v", 0, tokens)
+    await bk.close(CLOSED)
+    [invoice] = await bk.invoices(cid)
+    assert invoice["amount_due"] == "1.30"
+    await bk.pay(cid, invoice["id"], "1.30", "wire-1")
+    assert (await bk.service.wallet(cid)).receivable == 0
+    done = await _rerated(bk, "20", "5")
+    assert done["delta"] == "-0.65", done
+    [(credit, (_, held))] = (await live_lots(bk, cid)).items()
+    assert held == 65 * CENT
+    assert (await bk.service.wallet(cid)).receivable == 0
+    lot = chart.lot_account(cid, credit)
+    rows = list(await bk.db.read(lambda conn: conn.execute(text(
+        "SELECT rerate_id, charge_id, payer, units FROM true_up_payers WHERE customer_id = :c"), {"c": cid})))
+    first, second = sorted({charge for _, charge, _, _ in rows})
+    payers = {(r, c, p): int(u) for r, c, p, u in rows if r is not None}
+    assert payers == {(done["rerate_id"], first, lot): 30 * CENT, (done["rerate_id"], second, lot): 20 * CENT}, payers
+    await verified(bk)
+    await bk.add_book(vol("v3", "2026-11-02T00:00:00Z", "20", "8"))
+    bk.clock.now = datetime(2026, 12, 3, tzinfo=UTC)
+    again = await applied(bk, spec("v3", datetime(2026, 11, 2, tzinfo=UTC)))
+    assert again["delta"] == "0.39", again
+    assert await live_lots(bk, cid) == {credit: ("topup", 26 * CENT)}
+    assert (await bk.service.wallet(cid)).receivable == 0
+    rows = await bk.db.read(lambda conn: conn.execute(text(
+        "SELECT charge_id, payer, units FROM true_up_payers WHERE rerate_id = :r"), {"r": again["rerate_id"]}))
+    assert {(c, p): int(u) for c, p, u in rows} == {(first, lot): -18 * CENT, (second, lot): -12 * CENT}
+    await verified(bk)
+
+
+async def test_a_take_back_of_what_the_close_gave_the_receivable_as_paid_credit_comes_from_that_credit_lot(
+        fresh_db) -> None:
+    """Prepaid with a $5.00 overdraft: the 5th's $1.20 on the receivable, paid off on the 6th by a
+    $1.20 top-up (nothing owed, no lot); a $5.00 grant (the 6th, consumed first: priority 50 before
+    a top-up's 100) pays the 20th's $1.10 ($3.90). The close's -$1.00: the 5th $0.60 over, the
+    receivable's, nothing owed: a $0.60 paid credit lot; the 20th $0.40 over, to the grant ($4.30).
+    Re-rated to $20/M and $15/M: the 20th $0.80 + 30,000 x $15/M = $1.25 (+$0.15); the true-up
+    130,000 x $15/M = $1.95 - ($1.20 + $1.25) = -$0.50 where -$1.00 stands: +$0.50. At $15/M the
+    5th costs $0.90, $0.30 over where $0.60 was given back: $0.30 taken back from where it went, the
+    credit lot ($0.60 - $0.30 = $0.30); the 20th costs $1.05, $0.20 over where $0.40 was: $0.20 from
+    the grant; the +$0.15 paid like usage, the grant first: $4.30 - $0.20 - $0.15 = $3.95. Nothing
+    owed. Before, the close's row named the receivable: $0.30 owed beside the $0.60 credit lot."""
+    bk = BillingKit(fresh_db)
+    cid, grant = await _paid_off_on_the_6th(bk, "close-credit-taken", "5.00")
+    await bk.close(CLOSED)
+    lots = await live_lots(bk, cid)
+    assert lots.pop(grant) == ("grant", 430 * CENT)
+    [(credit, held)] = lots.items()
+    assert held == ("topup", 60 * CENT)
+    rows = list(await bk.db.read(lambda conn: conn.execute(text(
+        "SELECT charge_id, payer, units FROM true_up_payers WHERE customer_id = :c AND rerate_id IS NULL"),
+        {"c": cid})))
+    first, second = sorted(charge for charge, _, _ in rows)
+    assert {(c, p): int(u) for c, p, u in rows} == {
+        (first, chart.lot_account(cid, credit)): 60 * CENT, (second, chart.lot_account(cid, grant)): 40 * CENT}
+    await verified(bk)
+    done = await _rerated(bk, "20", "15")
+    assert done["delta"] == "0.65", done
+    assert await live_lots(bk, cid) == {grant: ("grant", 395 * CENT), credit: ("topup", 30 * CENT)}
+    assert (await bk.service.wallet(cid)).receivable == 0
     await verified(bk)
