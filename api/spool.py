@@ -21,9 +21,9 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import Awaitable, Callable, Collection, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +37,6 @@ SUFFIX = ".jsonl"
 # followed: planted in a directory others may write, it would have records appended to (or a
 # file made at) whatever it names.
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-# How far before a record was spooled `<name>.rejected` is read back for its key: the clock set
-# back (by hand, by a step of NTP) between the spooling and a filing of it.
-CLOCK_SKEW = timedelta(days=1)
 # The lock descriptors this process holds. A forked child closes its copies at once: an flock
 # belongs to the open file, so an inherited copy kept the parent's lock held as long as the child
 # lived (a replay flushing when gunicorn --preload forked its workers: every later flush "busy").
@@ -92,6 +89,9 @@ class SpoolRecord:
     key_id: str | None = None
     reason: str = ""  # the last failure, for a person reading the file
     spooled_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    # how long `<name>.rejected` was when this was spooled (set by `Spool.append_many`): a filing of
+    # it is after that; None (spooled by hand, or by an SDK before it) when it cannot tell
+    rejected_from: int | None = field(default=None, compare=False)
 
     def line(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
@@ -102,8 +102,7 @@ class SpoolRecord:
             data = json.loads(line)
             fields = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
             # a line without its time (by hand, another tool) has none: "", not when it was read,
-            # which made it spooled just now (the `.rejected` read-back stopped a day before that
-            # moment, a replay took it for its own client's and never sent it)
+            # which made it spooled just now (a replay took it for its own client's and never sent it)
             return cls(**{"spooled_at": "", **fields})
         except (ValueError, TypeError):
             return None
@@ -135,7 +134,8 @@ class Spool:
     def append_many(self, records: Collection[SpoolRecord]) -> None:
         """Add records with one write and one fsync (a group commit of the callers waiting)."""
         with self._locked():
-            _append(self.path, b"".join(record.line() for record in records))
+            start = _size(self.rejected_path)
+            _append(self.path, b"".join(replace(record, rejected_from=start).line() for record in records))
 
     def records(self) -> list[SpoolRecord]:
         """The records, each idempotency key once (its first): a call spooled twice under its key
@@ -154,25 +154,30 @@ class Spool:
         and a key filed already is not filed again: a rewrite that failed (a full disk) kept the
         record, refused again on the next flush, and it was filed twice."""
         with self._locked():
-            filed = self._filed({r.idempotency_key for r, _ in rejected}, _since(r for r, _ in rejected))
+            records, damaged = self._read()
+            refused = {r.idempotency_key for r, _ in rejected}
+            filed = self._filed(refused, _filed_from(refused, records))
             fresh = [(r, why) for r, why in rejected if r.idempotency_key not in filed]
             if fresh:
                 stamp = datetime.now(UTC).isoformat()
-                lines = b"".join(json.dumps({**asdict(r), "rejected": why, "rejected_at": stamp},
+                lines = b"".join(json.dumps({**_filed_fields(r), "rejected": why, "rejected_at": stamp},
                                             ensure_ascii=False).encode() + b"\n" for r, why in fresh)
                 _append(self.rejected_path, lines)
-            records, damaged = self._read()
             kept = [r for r in records if r.idempotency_key not in keys]
             if len(kept) != len(records) or damaged:
                 self._rewrite(kept)
             return len({r.idempotency_key for r in kept})
 
-    def _filed(self, keys: set[str], since: datetime | None) -> set[str]:
+    def _filed(self, keys: set[str], start: int) -> set[str]:
         """Which of `keys` `<name>.rejected` holds (a symlink refused, as for an append), read from
-        its end back to the first line filed before `since` (None: all of it; damaged lines
-        skipped). That file only grows, and was read whole, every line parsed, on each flush with
-        a refusal (50 MiB and 0.6 s of CPU for 50 MB of old refusals): a key filed for a record
-        still spooled was filed after that record was spooled, so no earlier line can hold it."""
+        its end back to byte `start` (damaged lines skipped). That file only grows, and was read
+        whole, every line parsed, on each flush with a refusal (50 MiB and 0.6 s of CPU for 50 MB of
+        old refusals): a key filed for a record still spooled was filed after that record was
+        spooled, past the length the file had then (`rejected_from`). By where the lines stand, not
+        by their `rejected_at`: read back to a day before the record's `spooled_at`, it stopped short
+        of the record's own filing when the filing's clock was more than a day behind the spooling's
+        (set back, or fast when it spooled), and the record was filed twice. A file shorter than
+        `start` (cut by hand) is read whole."""
         if not keys:
             return set()
         try:
@@ -181,21 +186,18 @@ class Spool:
             return set()
         found: set[str] = set()
         try:
-            for line in _lines_backward(fd):
+            if start > os.fstat(fd).st_size:
+                start = 0
+            for line in _lines_backward(fd, start=start):
                 try:
                     data = json.loads(line)
                 except ValueError:
                     continue
-                if not isinstance(data, dict):
-                    continue
-                key = data.get("idempotency_key")
+                key = data.get("idempotency_key") if isinstance(data, dict) else None
                 if isinstance(key, str) and key in keys:
                     found.add(key)
                     if found == keys:
                         break
-                at = _instant(data.get("rejected_at"))
-                if since is not None and at is not None and at < since:
-                    break
         finally:
             os.close(fd)
         return found
@@ -361,38 +363,45 @@ def _append(path: Path, data: bytes) -> None:
         _fsync_dir(path.parent)
 
 
-def _instant(text: Any) -> datetime | None:
-    """An aware time written by this module (`spooled_at`, `rejected_at`), or None."""
+def _size(path: Path) -> int:
+    """A file's length (0: none there), not following a symlink (an append to one is refused)."""
     try:
-        at = datetime.fromisoformat(text) if isinstance(text, str) else None
-    except ValueError:
-        return None
-    return at if at is not None and at.tzinfo is not None else None
+        return os.lstat(path).st_size
+    except FileNotFoundError:
+        return 0
 
 
-def _since(records: Iterable[SpoolRecord]) -> datetime | None:
-    """How far back `<name>.rejected` may hold a filing of these records: a clock-skew margin
-    before the first of them was spooled; None (all of it) when one has no readable time."""
-    times = [_instant(record.spooled_at) for record in records]
-    if not times or any(at is None for at in times):
-        return None
-    try:
-        return min(at for at in times if at is not None) - CLOCK_SKEW
-    except OverflowError:  # spooled in the year 1 (a record made by hand): all of it
-        return None
+def _filed_from(keys: set[str], records: list[SpoolRecord]) -> int:
+    """Where in `<name>.rejected` a filing of these keys' spooled records may start: the least
+    `rejected_from` of them; 0 (all of it) when one has none, or is not in the spool at all (a
+    background settle sent from memory, its spool write failed)."""
+    starts: dict[str, int] = {}
+    for record in records:
+        if record.idempotency_key in keys:
+            at = record.rejected_from
+            at = at if isinstance(at, int) and not isinstance(at, bool) and at >= 0 else 0
+            starts[record.idempotency_key] = min(at, starts.get(record.idempotency_key, at))
+    return min(starts.values(), default=0) if starts.keys() == keys else 0
 
 
-def _lines_backward(fd: int, block: int = 64 * 1024) -> Iterator[bytes]:
-    """The file's non-empty lines, last first, read a block at a time from its end."""
+def _filed_fields(record: SpoolRecord) -> dict[str, Any]:
+    """A record as `<name>.rejected` keeps it: the call, without where the spool read back from."""
+    fields = asdict(record)
+    del fields["rejected_from"]
+    return fields
+
+
+def _lines_backward(fd: int, block: int = 64 * 1024, start: int = 0) -> Iterator[bytes]:
+    """The file's non-empty lines from byte `start` on, last first, read a block at a time from its end."""
     end = os.fstat(fd).st_size
     carry = b""
-    while end > 0:
-        start = max(0, end - block)
-        chunk = os.pread(fd, end - start, start)  # a regular file's is whole, but past its end
-        if len(chunk) != end - start:  # cut short meanwhile (by hand): no more to read
+    while end > start:
+        first = max(start, end - block)
+        chunk = os.pread(fd, end - first, first)  # a regular file's is whole, but past its end
+        if len(chunk) != end - first:  # cut short meanwhile (by hand): no more to read
             return
         parts = (chunk + carry).split(b"\n")
-        carry, end = parts[0], start
+        carry, end = parts[0], first
         yield from (line for line in reversed(parts[1:]) if line.strip())
     if carry.strip():
         yield carry

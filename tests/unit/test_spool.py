@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import platformdirs
+import pytest
 
 from api.spool import Spool, SpoolRecord, spool_dir, spool_name
 
@@ -149,25 +150,14 @@ def test_a_spool_name_is_one_per_server_and_key_and_never_holds_the_key():
     assert os.sep not in name
 
 
-async def test_a_replay_sends_only_what_was_spooled_before_it_began(tmp_path):
-    """A new client's replay starts on a thread of its own, and may first read the spool after the
-    client's own first settle failed once and was spooled: that settle is this run's own, being
-    delivered by its caller, and must not be sent again beside it (it took the answer meant for
-    the caller's next attempt: test_a_settle_waits_what_retry_after_asks_up_to_its_cap, flaky)."""
-    from dataclasses import replace
-
+def _delivering_replay(spool: Spool):
+    """A replay of `spool` made now, whose server delivers every call (in bulk, or one by one),
+    and the idempotency keys it sent, in order."""
     import httpx
 
     from api.client_replay import SpoolReplay
     from api.delivery import RetryPolicy
 
-    def settle(n: int, at: datetime | None = None) -> SpoolRecord:
-        record = SpoolRecord("POST", f"/v1/reservations/r{n}/settle", {"usage": {"input_tokens": 1}, "final": True},
-                             f"r{n}:settle:0", f"r{n}", "http://tt", reason="server down")
-        return record if at is None else replace(record, spooled_at=at.isoformat())
-
-    spool = Spool(tmp_path / "s.jsonl")
-    spool.append(settle(1, datetime.now(UTC) - timedelta(hours=1)))  # an earlier run's
     sent: list[str] = []
 
     async def bulk(items):
@@ -178,7 +168,24 @@ async def test_a_replay_sends_only_what_was_spooled_before_it_began(tmp_path):
         sent.append(record.idempotency_key)
         return "delivered", "200"
 
-    replay = SpoolReplay([spool], bulk, one, RetryPolicy(0.01, 0.01, 0.01))
+    return SpoolReplay([spool], bulk, one, RetryPolicy(0.01, 0.01, 0.01)), sent
+
+
+async def test_a_replay_sends_only_what_was_spooled_before_it_began(tmp_path):
+    """A new client's replay starts on a thread of its own, and may first read the spool after the
+    client's own first settle failed once and was spooled: that settle is this run's own, being
+    delivered by its caller, and must not be sent again beside it (it took the answer meant for
+    the caller's next attempt: test_a_settle_waits_what_retry_after_asks_up_to_its_cap, flaky)."""
+    from dataclasses import replace
+
+    def settle(n: int, at: datetime | None = None) -> SpoolRecord:
+        record = SpoolRecord("POST", f"/v1/reservations/r{n}/settle", {"usage": {"input_tokens": 1}, "final": True},
+                             f"r{n}:settle:0", f"r{n}", "http://tt", reason="server down")
+        return record if at is None else replace(record, spooled_at=at.isoformat())
+
+    spool = Spool(tmp_path / "s.jsonl")
+    spool.append(settle(1, datetime.now(UTC) - timedelta(hours=1)))  # an earlier run's
+    replay, sent = _delivering_replay(spool)
     spool.append(settle(2))  # this run's, spooled at its first failure before the replay read the file
     report = await replay.run()
     assert sent == ["r1:settle:0"] and report.delivered == 1
@@ -562,17 +569,14 @@ def test_a_refusal_set_aside_on_a_full_disk_leaves_no_torn_line_in_the_rejected_
     assert [json.loads(line)["idempotency_key"] for line in lines] == ["res_1:settle:1"]
 
 
-def test_a_refusal_filed_before_a_rewrite_the_disk_cut_short_is_filed_once(tmp_path, monkeypatch):
-    """The refusal fits in `<name>.rejected` but the spool's rewrite after it does not (a full
-    disk; or the process dies between the two): the record stays spooled, is refused again on the
-    next flush and was filed again, 2 lines for 1 refusal. It is filed once: 1 line."""
+def _flush_on_a_disk_full_after_the_filing(spool: Spool, monkeypatch, send) -> list[int]:
+    """`spool.flush(send)` on a disk that fills after the refusals are filed: the 1st write (the
+    filing in `.rejected`) goes in, the 2nd (the spool's rewrite) fails, ENOSPC, so the records
+    stay spooled (as if the process died between the two). The sizes of the writes tried."""
     import errno
-    import json
 
     import api.spool
 
-    spool = Spool(tmp_path / "a.jsonl")
-    spool.append_many([record(1), record(2)])
     real = api.spool._write_all
     writes: list[int] = []
 
@@ -582,15 +586,27 @@ def test_a_refusal_filed_before_a_rewrite_the_disk_cut_short_is_filed_once(tmp_p
             raise OSError(errno.ENOSPC, "No space left on device")
         real(fd, data)
 
-    answer = lambda r: ("rejected", "409 reservation_closed") if r == record(1) else ("kept", "401")  # noqa: E731
     monkeypatch.setattr(api.spool, "_write_all", full_after_the_filing)
     try:
-        spool.flush(answer)
-    except OSError as exc:
-        assert exc.errno == errno.ENOSPC
-    else:
-        raise AssertionError("the rewrite cannot have succeeded")
-    monkeypatch.setattr(api.spool, "_write_all", real)
+        with pytest.raises(OSError) as cut:  # the rewrite cannot have succeeded
+            spool.flush(send)
+    finally:
+        monkeypatch.setattr(api.spool, "_write_all", real)
+    assert cut.value.errno == errno.ENOSPC
+    return writes
+
+
+def test_a_refusal_filed_before_a_rewrite_the_disk_cut_short_is_filed_once(tmp_path, monkeypatch):
+    """The refusal fits in `<name>.rejected` but the spool's rewrite after it does not (a full
+    disk; or the process dies between the two): the record stays spooled, is refused again on the
+    next flush and was filed again, 2 lines for 1 refusal. It is filed once: 1 line."""
+    import json
+
+
+    spool = Spool(tmp_path / "a.jsonl")
+    spool.append_many([record(1), record(2)])
+    answer = lambda r: ("rejected", "409 reservation_closed") if r == record(1) else ("kept", "401")  # noqa: E731
+    writes = _flush_on_a_disk_full_after_the_filing(spool, monkeypatch, answer)
     assert len(writes) == 2 and spool.records() == [record(1), record(2)], "kept, filed already"
     report = spool.flush(answer)
     assert (report.rejected, report.kept) == (1, 1) and spool.records() == [record(2)]
@@ -631,16 +647,14 @@ def test_a_refusal_reads_only_the_end_of_a_large_rejected_file_and_is_still_file
     """Filing a refusal read the whole `<name>.rejected` (every line parsed) to find the keys it
     held, and that file only grows: 50 MB of old refusals cost each flush with a refusal 50 MiB
     read and 0.6 s of CPU. A key filed for the record at hand was filed after the record was
-    spooled, so only the lines filed since (less a day, for a clock set back) are read: here
+    spooled, so only the lines filed since (past the length the file had then) are read: here
     under 1 MiB of 8 MiB. The refusal is still filed once when the spool's rewrite after its
     filing fails (test_a_refusal_filed_before_a_rewrite_the_disk_cut_short_is_filed_once)."""
-    import errno
     import json
     from dataclasses import asdict, replace
 
     import pytest
 
-    import api.spool
 
     if not os.path.exists("/proc/self/io"):
         pytest.skip("no /proc/self/io to count the bytes read")
@@ -654,27 +668,11 @@ def test_a_refusal_reads_only_the_end_of_a_large_rejected_file_and_is_still_file
     now = datetime.now(UTC).isoformat()
     fresh = [replace(record(n), spooled_at=now) for n in (1, 2)]
     spool.append_many(fresh)
-    real = api.spool._write_all
-    writes: list[int] = []
-
-    def full_after_the_filing(fd: int, data: bytes) -> None:
-        writes.append(len(data))
-        if len(writes) > 1:  # the 1st write is the filing, the 2nd the spool's rewrite
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real(fd, data)
-
     answer = lambda r: ("rejected", "409 reservation_closed") if r == fresh[0] else ("kept", "401")  # noqa: E731
-    monkeypatch.setattr(api.spool, "_write_all", full_after_the_filing)
     before = _bytes_read()
-    try:
-        spool.flush(answer)
-    except OSError as exc:
-        assert exc.errno == errno.ENOSPC
-    else:
-        raise AssertionError("the rewrite cannot have succeeded")
+    _flush_on_a_disk_full_after_the_filing(spool, monkeypatch, answer)
     # the spool (2 records, under 1 KiB) and the end of `.rejected`: was all 8 MiB of it
     assert _bytes_read() - before < 2**20
-    monkeypatch.setattr(api.spool, "_write_all", real)
     assert spool.records() == fresh, "kept, filed already"
     before = _bytes_read()
     report = spool.flush(answer)
@@ -748,9 +746,9 @@ def test_a_record_spooled_without_a_time_is_filed_once_when_refused_again_days_l
     filed (2 lines at T), the spool's rewrite cut short by a full disk. Day 2: record 1 refused
     again, record 2's server not answering (503): the read-back stopped at record 2's line (T is
     before T + 2 days - 1 day) and record 1 was filed a 2nd time (record 3, answered 401 both
-    days, is what the rewrite had to write). A record with no time of its own
-    has the whole file read, as the commit that read it backward meant: 1 line for record 1."""
-    import errno
+    days, is what the rewrite had to write). A record spooled by hand, with no time of its own (nor
+    the `.rejected` length an append notes), has the whole file read, as the commit that read it
+    backward meant: 1 line for record 1."""
     import json
     from dataclasses import asdict
 
@@ -759,23 +757,8 @@ def test_a_record_spooled_without_a_time_is_filed_once_when_refused_again_days_l
     spool = Spool(tmp_path / "a.jsonl")
     untimed = {k: v for k, v in asdict(record(1)).items() if k != "spooled_at"}
     spool.path.write_bytes(json.dumps(untimed).encode() + b"\n" + record(2).line() + record(3).line())
-    real = api.spool._write_all
-    writes: list[int] = []
-
-    def full_after_the_filing(fd: int, data: bytes) -> None:
-        writes.append(len(data))
-        if len(writes) > 1:  # the 1st write is the filing, the 2nd the spool's rewrite
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real(fd, data)
-
-    monkeypatch.setattr(api.spool, "_write_all", full_after_the_filing)
-    try:
-        spool.flush(lambda r: ("kept", "401") if r == record(3) else ("rejected", "409 reservation_closed"))
-    except OSError as exc:
-        assert exc.errno == errno.ENOSPC
-    else:
-        raise AssertionError("the rewrite cannot have succeeded")
-    monkeypatch.setattr(api.spool, "_write_all", real)
+    _flush_on_a_disk_full_after_the_filing(
+        spool, monkeypatch, lambda r: ("kept", "401") if r == record(3) else ("rejected", "409 reservation_closed"))
 
     class TwoDaysOn(datetime):
         @classmethod
@@ -799,27 +782,89 @@ async def test_a_replay_sends_a_record_spooled_without_a_time_as_an_earlier_runs
     [] where ["r1:settle:0"]."""
     import json
 
-    import httpx
-
-    from api.client_replay import SpoolReplay
-    from api.delivery import RetryPolicy
-
     spool = Spool(tmp_path / "s.jsonl")
     spool.path.write_bytes(json.dumps({"method": "POST", "path": "/v1/reservations/r1/settle",
                                        "body": {"usage": {"input_tokens": 1}, "final": True},
                                        "idempotency_key": "r1:settle:0", "reservation_id": "r1",
                                        "base_url": "http://tt"}).encode() + b"\n")
-    sent: list[str] = []
-
-    async def bulk(items):
-        sent.extend(item["idempotency_key"] for item in items)
-        return httpx.Response(200, json={"results": [{"status": 200, "body": {}} for _ in items]})
-
-    async def one(record):
-        sent.append(record.idempotency_key)
-        return "delivered", "200"
-
-    replay = SpoolReplay([spool], bulk, one, RetryPolicy(0.01, 0.01, 0.01))
+    replay, sent = _delivering_replay(spool)
     report = await replay.run()
     assert sent == ["r1:settle:0"] and report.delivered == 1
     assert spool.records() == []
+
+
+class _Clock(datetime):
+    """api.spool's clock, set by hand (`at`): a record spooled, or a refusal filed, at what it says."""
+
+    at = datetime(2026, 12, 6, 9, 0, tzinfo=UTC)
+
+    @classmethod
+    def now(cls, tz=None):  # type: ignore[override]
+        return cls.at
+
+
+@pytest.mark.parametrize(("spooled", "clocks"), [
+    # spooled by a clock 3 days fast (Dec 9), filed and filed again once it was set right (Dec 6)
+    ("2026-12-09T09:00:00+00:00", ("2026-12-06T09:00:00+00:00",) * 3),
+    # spooled Dec 6, the clock set back 2 days (to Dec 4) before its filings
+    ("2026-12-06T09:00:00+00:00", ("2026-12-04T09:00:00+00:00",) * 3),
+    # spooled and filed Dec 6, the clock set back 2 days after that filing
+    ("2026-12-06T09:00:00+00:00", ("2026-12-06T09:00:00+00:00",) + ("2026-12-04T09:00:00+00:00",) * 2),
+], ids=["spooled-3-days-ahead", "set-back-before-the-filing", "set-back-after-the-filing"])
+def test_a_refusal_is_filed_once_whatever_the_clocks_said_when_it_was_spooled_and_filed(
+        tmp_path, monkeypatch, spooled, clocks):
+    """The read-back of `<name>.rejected` for a refused record's key stopped at the first line
+    filed more than a day (CLOCK_SKEW) before the record's `spooled_at`: with that time more than
+    a day ahead of the filings' clock, it stopped before the record's own filing. Records 1
+    (spooled at `spooled`) and 3 are spooled; record 2 is spooled beside them (Dec 6). Flush 1
+    (clock 1): record 1 refused and filed, the rewrite after it cut short by a full disk, so it
+    stays spooled; record 3 kept (401). Flush 2 (clock 2): record 1 kept (503), record 2 refused
+    and filed (its line after record 1's). Flush 3 (clock 3): record 1 refused again. Its read-back
+    stopped at record 2's line, filed Dec 4 or Dec 6, which is before `spooled` - 1 day (Dec 8, or
+    Dec 5): record 1 was filed a 2nd time (3 lines: 1, 2, 1). It is filed once: 2 lines (1, 2)."""
+    import json
+    from dataclasses import replace
+
+    import api.spool
+
+    monkeypatch.setattr(api.spool, "datetime", _Clock)
+    spool = Spool(tmp_path / "a.jsonl")
+    _Clock.at = datetime.fromisoformat(spooled)
+    spool.append(replace(record(1), spooled_at=spooled))
+    _Clock.at = datetime(2026, 12, 6, 9, 0, tzinfo=UTC)
+    spool.append_many([replace(record(n), spooled_at=_Clock.at.isoformat()) for n in (2, 3)])
+    def answers(**by_n: str):
+        """`send`: record n answered `by_n["rN"]` (refused: "409"), "401" (kept) when not named."""
+        def send(r: SpoolRecord) -> tuple[str, str]:
+            status = by_n.get("r" + r.idempotency_key.rsplit(":", 1)[1], "401")
+            return ("rejected", f"{status} reservation_closed") if status == "409" else ("kept", status)
+        return send
+
+    _Clock.at = datetime.fromisoformat(clocks[0])
+    _flush_on_a_disk_full_after_the_filing(spool, monkeypatch, answers(r1="409", r2="503"))
+    assert len(spool.records()) == 3, "kept, record 1 filed already"
+    _Clock.at = datetime.fromisoformat(clocks[1])
+    assert spool.flush(answers(r1="503", r2="409")).rejected == 1
+    _Clock.at = datetime.fromisoformat(clocks[2])
+    report = spool.flush(answers(r1="409"))
+    assert (report.rejected, report.kept) == (1, 1)
+    assert [r.idempotency_key for r in spool.records()] == ["res_1:settle:3"]
+    filed = [json.loads(line)["idempotency_key"] for line in spool.rejected_path.read_bytes().splitlines()]
+    assert filed == ["res_1:settle:1", "res_1:settle:2"]  # was: record 1 a 2nd time, 3 lines
+
+
+def test_a_call_spooled_again_after_its_refusal_was_filed_is_filed_again(tmp_path):
+    """Once a spooling: record 1 spooled, refused and filed (1 line), struck off; spooled again
+    under its key (sent again by hand) and refused again: filed again, 2 lines. The read-back
+    starts where `.rejected` ended at the 2nd spooling, after the 1st filing. (It went by the
+    clock: a day back from the 2nd spooling's time, it found the 1st filing and filed nothing,
+    unless the two were more than a day apart.)"""
+    import json
+
+    spool = Spool(tmp_path / "a.jsonl")
+    refused = lambda r: ("rejected", "409 reservation_closed")  # noqa: E731
+    for _ in range(2):
+        spool.append(record(1))
+        assert spool.flush(refused).rejected == 1 and not spool.path.exists()
+    filed = [json.loads(line)["idempotency_key"] for line in spool.rejected_path.read_bytes().splitlines()]
+    assert filed == ["res_1:settle:1", "res_1:settle:1"]
