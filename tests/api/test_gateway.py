@@ -538,14 +538,7 @@ def test_an_anthropic_stream_left_after_code_ran_is_read_to_its_end_and_charged_
     tokens). Was: cut and charged the input and the 200 tokens sent, the container given away."""
     url, _ = live
     _, key = customer((url, execution_book(url)))
-    received = 0
-    with claude(url, key).messages.stream(model="claude-test-stall", max_tokens=1000, messages=HI,
-                                          tools=[CODE_EXECUTION]) as s:
-        request_id = s.response.headers["x-tokentill-request-id"]
-        for _ in s.text_stream:
-            received += 1
-            if received == fk.PAUSE_AFTER:
-                break
+    request_id = _claude_stream_left(url, key, "claude-test-stall", tools=[CODE_EXECUTION])
     assert charged(url, request_id) == (900 * IN + 100 * CACHED + 50 * WRITE + 400 * OUT) / M + CALL + EXECUTION
     assert _wait_done(fake).emitted == 2 * fk.PAUSE_AFTER
 
@@ -1117,6 +1110,17 @@ def test_anthropic_messages_are_charged_their_usage_with_the_key_as_x_api_key(li
     assert sent["x-api-key"] == "sk-upstream-anthropic" and "authorization" not in sent
 
 
+def _claude_stream_left(url: str, key: str, model: str, **kw: Any) -> str:
+    """A Messages stream the caller leaves after fk.PAUSE_AFTER text events (the `with` closes
+    it); its request id."""
+    with claude(url, key).messages.stream(model=model, max_tokens=1000, messages=HI, **kw) as s:
+        request_id = s.response.headers["x-tokentill-request-id"]
+        for received, _ in enumerate(s.text_stream, 1):
+            if received == fk.PAUSE_AFTER:
+                break
+    return request_id
+
+
 def _wait_cancelled(fake: fk.FakeServer) -> fk.Logged:
     call = fake.fake.calls[-1]
     deadline = time.monotonic() + 10
@@ -1157,13 +1161,7 @@ def test_a_chat_stream_cut_by_the_client_is_charged_what_was_sent_and_cancels_th
 def test_an_anthropic_stream_cut_by_the_client_is_charged_the_reported_input_and_the_sent_output(live, fake):
     url, _ = live
     _, key = customer(live)
-    received = 0
-    with claude(url, key).messages.stream(model="claude-test-pause", max_tokens=1000, messages=HI) as s:
-        request_id = s.response.headers["x-tokentill-request-id"]
-        for _ in s.text_stream:
-            received += 1
-            if received == fk.PAUSE_AFTER:
-                break
+    request_id = _claude_stream_left(url, key, "claude-test-pause")
     call = _wait_cancelled(fake)
     assert call.emitted == 200
     assert charged(url, request_id) == (900 * IN + 100 * CACHED + 50 * WRITE + 200 * OUT) / M + CALL
@@ -1187,15 +1185,9 @@ def test_an_anthropic_stream_cut_by_the_client_is_charged_where_it_ran_else_wher
     us = Decimal("22")
     _, key = customer((url, tool_book(url, {"id": "out-us", "token_type": "output", "price": str(us),
                                             "match": {"inference_geo": "us"}})))
-    received = 0
     fake.fake.default_geo = told
     try:
-        with claude(url, key).messages.stream(model="claude-test-pause", max_tokens=1000, messages=HI) as s:
-            request_id = s.response.headers["x-tokentill-request-id"]
-            for _ in s.text_stream:
-                received += 1
-                if received == fk.PAUSE_AFTER:
-                    break
+        request_id = _claude_stream_left(url, key, "claude-test-pause")
         assert _wait_cancelled(fake).emitted == 200
     finally:
         fake.fake.default_geo = None
@@ -1217,14 +1209,7 @@ def test_an_anthropic_stream_left_after_web_searches_is_charged_its_usage_search
     Was: cut, charged the input and the 200 tokens sent (and, before that, no search)."""
     url, _ = live
     _, key = customer((url, tool_book(url, {"id": "search", "token_type": "web_search", "price": str(SEARCH)})))
-    received = 0
-    with claude(url, key).messages.stream(model="claude-test-stall", max_tokens=1000, messages=HI,
-                                          tools=[WEB_SEARCH]) as s:
-        request_id = s.response.headers["x-tokentill-request-id"]
-        for _ in s.text_stream:
-            received += 1
-            if received == fk.PAUSE_AFTER:
-                break
+    request_id = _claude_stream_left(url, key, "claude-test-stall", tools=[WEB_SEARCH])
     assert charged(url, request_id) == (900 * IN + 100 * CACHED + 50 * WRITE + 400 * OUT) / M + CALL + 2 * SEARCH
     assert _wait_done(fake).emitted == 2 * fk.PAUSE_AFTER
 
