@@ -184,25 +184,28 @@ def take_back(w: Wallet, takes: Mapping[int, int], payers: Mapping[int, Sequence
     """What a true-up corrected up takes back of each charge (`takes`: charge id -> units > 0), from
     what paid that charge (`payers`: charge id -> (account, units)), the reverse of how the money
     back reached it (each_charge_first): the lots that paid it, the first consumed first, each up to
-    what it paid of it and still has; then the receivable, up to what it paid of it; in all at most
-    `most`. Account -> units. A lot closed since takes it from where its money went (taken_from): one
-    expired by `expired_by`, the period's end, before any true-up gave back, what it paid, for what
-    was given back to it went to breakage; one closed after it (live at the close: expired, or a
-    grant revoked in whole), up to what went there for it (`Lot.closed_with`: what it held when it
-    closed and what corrections since gave there for it less what they took, store.load_payers; an
-    expired one not swept yet, and one loaded without it, its balance) and what it `gets` back
-    beside it (a decrease's share, which goes where its money went too): had the close known the
-    price, it would have held that much less then, and breakage (or the revocation) got that much
-    less. What none of them can give (a lot
-    spent since, one closed holding less than what came back to it: spent before it closed) is the
-    caller's to take as usage is, from the live lots in consumption order: had the lot got less
-    back, that usage would have fallen on the lots after it. With `given` (charge id -> what the
+    what it paid of it and still has; then the receivable, up to what it paid of it, from the paid
+    credit lots its parts went to first (to_credit: named in the rows of `got`, any charge's), each up
+    to what it still has, and only the rest onto what is owed, the reverse of give_back's (off what
+    is owed first, the rest credit); in all at most `most`. Account -> units. A lot closed since
+    takes it from where its money went (taken_from): one expired by `expired_by`, the period's end,
+    before any true-up gave back, what it paid, for what was given back to it went to breakage; one
+    closed after it (live at the close: expired, or a grant revoked in whole), up to what went there
+    for it (`Lot.closed_with`: what it held when it closed and what corrections since gave there for
+    it less what they took, store.load_payers; an expired one not swept yet, and one loaded without
+    it, its balance) and what it `gets` back beside it (a decrease's share, which goes where its
+    money went too): had the close known the price, it would have held that much less then, and
+    breakage (or the revocation) got that much less. What none of them can give (a lot spent since,
+    one closed holding less than what came back to it: spent before it closed) is the caller's to
+    take as usage is, from the live lots in consumption order: had the lot got less back, that usage
+    would have fallen on the lots after it. With `given` (charge id -> what the
     true-ups before gave back of it), each takes at most what it got of that: the receivable first,
     then the lots the last consumed first, each up to what it paid (each_charge_first), so a lot the
     money back did not reach gives none (an expired one none from breakage). Of a charge in `got`
     (charge id -> account -> what each payer got back of it, store.true_up_payers), each payer
-    takes at most that, as kept, not as `given` reads it. Adds to `placed` what it takes of each
-    charge from each payer ((charge id, account) -> units)."""
+    takes at most that, as kept, not as `given` reads it; the receivable what it got and what the
+    rows of credit lots that did not pay the charge hold for it. Adds to `placed` what it takes of
+    each charge from each payer ((charge id, account) -> units)."""
     receivable = chart.receivable_account(w.customer.id)
     order = last_consumed_first(w)
     have: dict[str, int | None] = {}
@@ -219,33 +222,53 @@ def take_back(w: Wallet, takes: Mapping[int, int], payers: Mapping[int, Sequence
                 held = lot.balance if not lot.swept and not lot.revoked else 0
             if held + (gets or {}).get(code, 0) > 0:
                 have[code] = held + (gets or {}).get(code, 0)
+    # the paid credit lots the receivable's parts went to (to_credit): named in the rows of a charge
+    # they did not pay (verify counts them as the receivable), live and holding money
+    credit = sorted({account for charge, by in (got or {}).items() if charge in payers for account, units in by.items()
+                     if units > 0 and account not in {a for a, _ in payers[charge]} and account in w.lots
+                     and w.lots[account].live(now) and have.get(account)}, key=lambda a: consumption_key(w.lots[a]))
     out: dict[str, int] = {}
     left = sum(takes.values()) if most is None else most
+
+    def take(charge: int, account: str, part: int) -> None:
+        nonlocal left
+        if part > 0:
+            out[account] = out.get(account, 0) + part
+            if placed is not None:
+                placed[(charge, account)] = placed.get((charge, account), 0) + part
+            if (held := have.get(account)) is not None:
+                have[account] = held - part
+            left -= part
+
     for charge, need in sorted(takes.items()):
         paid: dict[str, int] = {}
         for account, units in payers.get(charge, ()):
             paid[account] = paid.get(account, 0) + units
         if got is not None and charge in got:  # what each payer got back of it, as kept
-            paid = {account: min(units, max(got[charge].get(account, 0), 0)) for account, units in paid.items()}
-            # a paid credit lot the receivable's part went to (to_credit): up to what it got
-            paid.update({account: units for account, units in got[charge].items()
-                         if account not in paid and units > 0 and account in w.lots})
+            # the receivable's share: what it got, and what its parts put into (or took from) paid
+            # credit lots, which did not pay the charge (to_credit)
+            proxy = sum(units for account, units in got[charge].items() if account not in paid)
+            paid = {account: min(units, max(got[charge].get(account, 0) + (proxy if account == receivable else 0), 0))
+                    for account, units in paid.items()}
         elif given is not None:  # what each got back of it, as each_charge_first gave it
             back = given.get(charge, 0)
             for account in sorted(paid, key=lambda a: (a != receivable, order(a))):
                 paid[account] = min(paid[account], back)
                 back -= paid[account]
-        lots = sorted((a for a in paid if a in have), key=lambda a: consumption_key(w.lots[a]))
-        for account in [*lots, *([receivable] if receivable in paid else [])]:
-            cap = need if account == receivable or have[account] is None else have[account]
+        for account in sorted((a for a in paid if a in have), key=lambda a: consumption_key(w.lots[a])):
+            cap = need if have[account] is None else have[account]
             part = min(need, left, paid[account], cap)
-            if part > 0:
-                out[account] = out.get(account, 0) + part
-                if placed is not None:
-                    placed[(charge, account)] = placed.get((charge, account), 0) + part
-                if have.get(account) is not None:
-                    have[account] -= part
-                need, left = need - part, left - part
+            take(charge, account, part)
+            need -= max(part, 0)
+        if receivable in paid:
+            # the receivable's share comes from the paid credit lots first, then onto what is owed:
+            # the reverse of give_back, which took off what is owed first and made credit of the rest
+            rest = max(0, min(need, left, paid[receivable]))
+            for account in credit:
+                part = min(rest, have[account] or 0)
+                take(charge, account, part)
+                rest -= max(part, 0)
+            take(charge, receivable, rest)
     return out
 
 
