@@ -91,3 +91,92 @@ async def test_a_re_rate_s_take_back_draws_on_the_credit_lot_its_give_back_opene
     assert await _rows(bk, cid, again["rerate_id"]) == {(first, lot): -18 * CENT, (second, lot): -12 * CENT}
     await verified(bk)
 
+
+async def test_a_re_rate_s_take_back_draws_on_the_credit_lot_the_close_s_give_back_opened_before_owing(
+        fresh_db) -> None:
+    """A $1.50 top-up on the 21st: $0.80 owed; the close's -$1.00 (the 5th's $0.60, the 20th's
+    $0.40, both the receivable's) takes $0.80 off it (nothing owed) and opens a $0.20 paid credit
+    lot; the rows follow the postings (to_credit, the later charges' first): of the 20th $0.20 into
+    the lot and $0.20 off what is owed, of the 5th $0.60 off what is owed. Re-rated to $20/M and
+    $12/M: the 20th $0.80 + 30,000 x $12/M = $1.16 (+$0.06); the true-up 130,000 x $12/M = $1.56 -
+    ($1.20 + $1.16) = -$0.80 where -$1.00 stands: +$0.20, the 5th's $0.12 ($1.20 - $0.72 = $0.48
+    over where $0.60 was given), the 20th's $0.08 ($1.16 - $0.84 = $0.32 over where $0.40 was);
+    +$0.26 in all: the credit lot's $0.20 first, then $0.06 owed (November at $12/M, $1.56, less
+    the $1.50 paid). Before, the 5th's $0.12 went onto what is owed while the lot paid the 20th's
+    $0.08 and the +$0.06: $0.06 of credit beside $0.12 owed."""
+    bk = BillingKit(fresh_db)
+    cid = await _partly_owed(bk, "close-partly-owed", "1.50")
+    [(credit, held)] = (await live_lots(bk, cid)).items()
+    assert held == ("topup", 20 * CENT)
+    assert await _owed(bk, cid) == 0
+    lot = chart.lot_account(cid, credit)
+    receivable = chart.receivable_account(cid)
+    close = await _rows(bk, cid, None)
+    first, second = sorted({charge for charge, _ in close})
+    assert close == {(first, receivable): 60 * CENT, (second, receivable): 20 * CENT, (second, lot): 20 * CENT}
+    await verified(bk)
+    done = await _rerated(bk, "20", "12")
+    assert done["delta"] == "0.26", done
+    assert await live_lots(bk, cid) == {}
+    assert await _owed(bk, cid) == 6 * CENT
+    assert await _rows(bk, cid, done["rerate_id"]) == {(first, lot): -12 * CENT, (second, lot): -8 * CENT}
+    await verified(bk)
+
+
+async def _given_back_as_credit(bk: BillingKit, name: str) -> tuple[str, str, int, int]:
+    """The first test's customer re-rated to $20/M and $5/M: a $0.35 credit lot, nothing owed. The
+    customer, the lot's account, the two charges' ids."""
+    cid = await _partly_owed(bk, name, "1.00")
+    await _rerated(bk, "20", "5")
+    [credit] = await live_lots(bk, cid)
+    first, second = sorted({charge for charge, _ in await _rows(bk, cid, None)})
+    return cid, chart.lot_account(cid, credit), first, second
+
+
+async def test_a_take_back_draws_on_what_is_left_of_a_credit_lot_partly_spent_before_owing(fresh_db) -> None:
+    """As the first test, then December usage before the second re-rate: 5,000 tokens on December
+    2nd at $20/M (the first tier) = $0.10, paid by the credit lot ($0.25 left). Re-rated to $20/M and
+    $8/M (+$0.39: the 5th's $0.18, the 20th's $0.12, the 20th's +$0.09): the 5th's $0.18 from the
+    lot ($0.07 left), the 20th's $0.12: $0.07 from the lot, $0.05 owed; the +$0.09 owed: $0.14 owed,
+    no credit (the customer paid $1.00 for November's $1.04 and December's $0.10). Before, the 5th's
+    $0.18 went onto what is owed and the lot paid the 20th's $0.12 and the +$0.09: $0.04 of credit
+    beside $0.18 owed."""
+    bk = BillingKit(fresh_db)
+    cid, lot, first, second = await _given_back_as_credit(bk, "credit-spent")
+    bk.clock.now = datetime(2026, 12, 2, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 5_000)
+    assert [held for _, held in (await live_lots(bk, cid)).values()] == [25 * CENT]
+    assert await _owed(bk, cid) == 0
+    await bk.add_book(vol("v3", "2026-11-02T00:00:00Z", "20", "8"))
+    bk.clock.now = datetime(2026, 12, 3, tzinfo=UTC)
+    again = await applied(bk, spec("v3", datetime(2026, 11, 2, tzinfo=UTC)))
+    assert again["delta"] == "0.39", again
+    assert await live_lots(bk, cid) == {}
+    assert await _owed(bk, cid) == 14 * CENT
+    assert await _rows(bk, cid, again["rerate_id"]) == {
+        (first, lot): -18 * CENT, (second, lot): -7 * CENT, (second, chart.receivable_account(cid)): -5 * CENT}
+    await verified(bk)
+
+
+async def test_a_take_back_larger_than_the_credit_lot_empties_it_and_owes_the_rest(fresh_db) -> None:
+    """As the first test ($0.35 credit lot, nothing owed), re-rated to $20/M and $15/M: the 20th
+    $0.80 + 30,000 x $15/M = $1.25 (+$0.30); the true-up 130,000 x $15/M = $1.95 - ($1.20 + $1.25) =
+    -$0.50 where -$1.50 stands: +$1.00, the 5th's $0.60 ($1.20 - $0.90 = $0.30 over where $0.90 was
+    given), the 20th's $0.40 ($1.25 - $1.05 = $0.20 over where $0.60 was); +$1.30 in all. The 5th's
+    $0.60: the lot's $0.35, then $0.25 owed; the 20th's $0.40 and the +$0.30 owed: $0.95 owed, no
+    credit (November at $15/M, $1.95, less the $1.00 paid). What each payer got of each charge stays
+    between nothing and what it paid (verify: the lot counted as the receivable, which paid both).
+    Before, the money ended the same (the +$0.30 paid like usage emptied the lot) but the rows said
+    the 5th's $0.60 all came off the receivable and the 20th's $0.20 from the lot, $0.20 owed."""
+    bk = BillingKit(fresh_db)
+    cid, lot, first, second = await _given_back_as_credit(bk, "credit-exceeded")
+    await bk.add_book(vol("v3", "2026-11-02T00:00:00Z", "20", "15"))
+    bk.clock.now = datetime(2026, 12, 3, tzinfo=UTC)
+    again = await applied(bk, spec("v3", datetime(2026, 11, 2, tzinfo=UTC)))
+    assert again["delta"] == "1.30", again
+    assert await live_lots(bk, cid) == {}
+    assert await _owed(bk, cid) == 95 * CENT
+    receivable = chart.receivable_account(cid)
+    assert await _rows(bk, cid, again["rerate_id"]) == {
+        (first, lot): -35 * CENT, (first, receivable): -25 * CENT, (second, receivable): -40 * CENT}
+    await verified(bk)
