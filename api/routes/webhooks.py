@@ -18,7 +18,7 @@ from api.errors import documented
 from api.routes import sealing
 from api.routes.formats import DateTime
 from api.routes.schemas import BIGINT, exactly_one, json_body
-from api.routes.wire import Answer, bound_in, idempotency, respond, shaped, time_out
+from api.routes.wire import Answer, bound_event_in, bound_in, idempotency, respond, shaped, time_out
 from api.webhooks import sendable
 from ledger.db import lock_key
 from wallets.core.idempotency import CREATED, OK
@@ -256,10 +256,13 @@ async def redrive_webhooks(
         raise WalletValidationError("since_event_id", "narrows since: goes with since, not event_id")
     if body.until_event_id is not None and until is None:
         raise WalletValidationError("until_event_id", "narrows until: goes with since and until")
+    # a bound finer than a microsecond lies between two microseconds' events: no id narrows it
+    since_event_id = bound_event_in(body.since, body.since_event_id)
+    until_event_id = bound_event_in(body.until, body.until_event_id)
     # in the window's order (created_at, event id), a bound without an id is before its time's
     # events ("": ids are never empty); ids compared by code point, as UTF-8 bytes are ("C")
-    if since is not None and until == since and (body.until_event_id or "") < (body.since_event_id or ""):
-        raise WalletValidationError("until_event_id" if body.until_event_id is not None else "until",
+    if since is not None and until == since and (until_event_id or "") < (since_event_id or ""):
+        raise WalletValidationError("until_event_id" if until_event_id is not None else "until",
                                     "must not be before since and since_event_id")
 
     async def work(conn: AsyncConnection) -> RedriveResponse:
@@ -272,8 +275,8 @@ async def redrive_webhooks(
                                                                     body.event_id))
         return RedriveResponse(endpoint_id, await log.redrive_since(
             conn, endpoint_id, endpoint.topics, since, until, body.failed_only,
-            limit=state.services.settings.webhook_redrive_limit, since_event_id=body.since_event_id,
-            until_event_id=body.until_event_id))
+            limit=state.services.settings.webhook_redrive_limit, since_event_id=since_event_id,
+            until_event_id=until_event_id))
 
     # READ COMMITTED, as the deliveries it queues are bookkeeping beside the ledger
     return await _once(state, request, data, work, REDRIVEN, committed=True)

@@ -115,6 +115,16 @@ def bound_in(value: str | None, field: str) -> datetime | None:
     return parsed + timedelta(microseconds=1)
 
 
+def bound_event_in(value: str | None, event_id: str | None) -> str | None:
+    """The event id that narrows a bound `value` within its microsecond (a re-drive window is in
+    the order (time, event id)), or none where `value` is finer than a microsecond: such a time
+    lies between two microseconds, after every event of the one and before every event of the
+    next, whatever the id. bound_in reads it as the next microsecond, and the id beside it was
+    applied to that microsecond's events, which the caller did not name (`since` .7890115 from
+    `evt_b` skipped the events of .789012 before `evt_b`, `until` kept them)."""
+    return None if value is not None and len(_digits(value)) > 6 else event_id
+
+
 def _digits(sent: str) -> str:
     """The fraction of a second of an RFC 3339 text as sent, its trailing zeros dropped (up to 9
     digits: finer than the microsecond a datetime and PostgreSQL keep)."""

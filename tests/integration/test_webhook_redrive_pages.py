@@ -177,3 +177,35 @@ async def test_an_until_before_since_in_the_order_of_its_event_ids_is_422_naming
         return
     assert answer.status_code == 422, answer.text
     assert (answer.json()["code"], answer.json()["fields"][0]["field"]) == ("validation_error", field), answer.text
+
+
+@pytest.mark.parametrize(("second", "bounds", "scheduled"), [
+    (0, {"since": "Z-", "since_event_id": "b", "until": "T+1s"}, 3),
+    (1, {"since": "Z", "until": "Z-", "until_event_id": "b"}, 1),
+    (2, {"since": "Z-", "since_event_id": "b", "until": "Z-", "until_event_id": "a"}, 0)])
+async def test_an_event_id_beside_a_bound_finer_than_a_microsecond_narrows_no_microsecond(database_url, db, second,
+                                                                                           bounds, scheduled):
+    """Event z at T - 1 us, events a < b < c at T (T = .789012, z at .789011), and a bound Z- =
+    `.7890115Z`, half a microsecond before T: z lies before it, a, b and c past it, whatever the
+    id beside it, in the window's order (created_at, event id) no event is at Z- itself. The bound
+    is read as the next microsecond, T, and the event id was then applied to T's events, a
+    microsecond the caller did not name: `since` Z- from b queued b, c (2) where a, b, c are past
+    it (3); `until` Z- before b from Z queued z, a (2) where z alone is before it (1); and [Z- from
+    b, Z- before a) is an empty window (one place), which was a 422 (`until_event_id` before
+    `since_event_id` at one time, T) where it is 202, 0. (Each case at a second of its own.)"""
+    mark = uuid.uuid4().hex[:10]
+    at = AT + timedelta(minutes=4, seconds=second)
+    await _events(db, mark, [at - timedelta(microseconds=1), at, at, at])
+    z, a, b, c = (f"evt_{mark}_{g}" for g in (1, 2, 3, 4))
+    spelled = {"Z-": _wire(at - timedelta(microseconds=1))[:-1] + "5Z", "Z": _wire(at - timedelta(microseconds=1)),
+               "T+1s": _wire(at + timedelta(seconds=1)), "a": a, "b": b}
+    assert spelled["Z-"] == f"2001-02-03T04:09:{6 + second:02d}.7890115Z" and z < a < b < c
+    async with AsyncTestClient(app=create_app(FAST, database_url)) as client:
+        client.headers.update(ADMIN)
+        endpoint = (await client.post("/v1/webhook-endpoints", json={"url": "https://x.example/h",
+                                                                     "topics": ["invoice.*"]})).json()
+        answer = await client.post(f"/v1/webhook-endpoints/{endpoint['id']}/redrive",
+                                   json={k: spelled[v] for k, v in bounds.items()})
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["scheduled"] == scheduled
+    assert await _queued(db, endpoint["id"]) == {3: [a, b, c], 1: [z], 0: []}[scheduled]
