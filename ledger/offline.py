@@ -31,13 +31,23 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import msgspec
-
 from ledger.chain import GENESIS, HASH_VERSIONS, SEALED_AT_FROM, entry_digest
 
 LIMIT = 50  # problems kept; the count is exact
 _HASH = re.compile(r"[0-9a-f]{64}")
 _UTC = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")  # as the export writes
+
+
+def _refuse(constant: str) -> object:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _decode(raw: bytes) -> object:
+    """One line's record: strict UTF-8 JSON (NaN and Infinity refused), by the standard library
+    alone, so that this file and ledger/chain.py run on a bare Python (msgspec, a dependency of
+    tokentill's, stopped them there with ModuleNotFoundError). A bad line raises ValueError (a
+    UnicodeDecodeError or JSONDecodeError) or, nested past Python's limit, RecursionError."""
+    return json.loads(raw.decode("utf-8"), parse_constant=_refuse)
 
 
 def _int(value: object) -> bool:
@@ -143,9 +153,9 @@ class _Verifier:
 
     def line(self, number: int, raw: bytes) -> None:
         try:
-            rec = msgspec.json.decode(raw)
+            rec = _decode(raw)
             kind = rec["type"]
-        except (msgspec.DecodeError, KeyError, TypeError):
+        except (ValueError, RecursionError, KeyError, TypeError):
             self.report.fail(f"line {number} is not a record of the export")
             return
         wrong = _wrong(kind, rec) if isinstance(kind, str) else None
