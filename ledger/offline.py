@@ -144,6 +144,7 @@ class _Verifier:
         self.unsealed_from: int | None = None  # the txid the unsealed entries start at
         self.ended = False
         self.unsealed_ids: set[int] = set()  # a seal's own ids are checked when it closes
+        self.past_first_seal = False  # a seal record was read (well formed or not)
         # account code -> asset, from the account records: a posting's asset is in the entry's hash
         # under version 3 only (1 and 2 cover its account code), so it is checked against the account
         # it names
@@ -159,6 +160,7 @@ class _Verifier:
             self.report.fail(f"line {number} is not a record of the export")
             return
         wrong = _wrong(kind, rec) if isinstance(kind, str) else None
+        self.past_first_seal = self.past_first_seal or kind == "seal"
         if self.ended:
             self.report.fail(f"line {number} follows the end record")
         elif wrong is not None:
@@ -275,6 +277,9 @@ class _Verifier:
         if any(sums.values()) or len(postings) < 2:
             self.report.fail(f"entry {entry_id} does not balance: {dict(sums)}")
         seal = self.seal
+        if not self.past_first_seal and not self.in_unsealed:  # an export writes none there: nothing checks it
+            self.report.fail(f"entry {entry_id} (line {number}) lies before the first seal's record: in no seal's "
+                             "part of the file, nor among the unsealed entries")
         if self.in_unsealed or seal is None:
             self.report.unsealed += 1
             if self.in_unsealed and self.unsealed_from is not None and txid < self.unsealed_from:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from ledger.chain import GENESIS, chain, entry_digest
 from ledger.offline import verify_lines
 
@@ -135,3 +137,24 @@ def test_a_problem_naming_text_the_locale_cannot_encode_is_printed_escaped(tmp_p
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert "FAIL entry 1 posts to liability:customer:caf\\xe9:lot:x, which the file lists no account record for" \
         in done.stdout
+
+
+@pytest.mark.parametrize("whole", [True, False])
+@pytest.mark.parametrize("txid", [5, 35])
+def test_an_entry_before_the_first_seal_is_named(whole, txid):
+    """An export writes each entry after its seal's record, or after the `unsealed` record; one put
+    between the account records and seal 1's (a made-up top-up of 700 atomic units: cash +700, the
+    lot -700, balanced) lay in no seal's part and not among the unsealed entries, so neither its
+    txid nor anything else was checked: with txid 5, inside seal 1's range [0, 10) (seal 1 lists
+    entries 1-3 only), the file verified, 10 entries of which 1 "not sealed yet". Placed after the
+    `unsealed` record the same entry is named (its txid 5 is below 30, where the unsealed start)."""
+    records = _export(whole)
+    fake = _entry(100, txid, 1)
+    fake["postings"] = [[200, CASH, 0, 700, "USD"], [201, LOT, 0, -700, "USD"]]
+    fake.update(seal=None, sealed_hash=None)
+    records.insert(3, fake)  # the export header, two account records, then it
+    records[-1] = {"type": "end", "entries": 10, "seals": 3, "unsealed": 1}
+    report = _verify(records)
+    assert not report.ok
+    assert report.problems == ["entry 100 (line 4) lies before the first seal's record: in no seal's part of the "
+                               "file, nor among the unsealed entries"], report.problems
