@@ -158,3 +158,33 @@ def test_an_entry_before_the_first_seal_is_named(whole, txid):
     assert not report.ok
     assert report.problems == ["entry 100 (line 4) lies before the first seal's record: in no seal's part of the "
                                "file, nor among the unsealed entries"], report.problems
+
+
+def test_a_file_s_text_with_control_characters_cannot_forge_or_hide_report_lines(tmp_path, capsys):
+    """The problems name the file's own text (account codes, assets, customer ids), which whoever
+    edited the file chose. An entry's posting to account `x<CR>ESC[2K<verdict><LF>ESC[8m` printed as it
+    was: the CR and ESC [2K erased the `FAIL` line's start, the clean verdict stood on a line of its
+    own, and ESC [8m (concealed text) hid every line after it, the failed verdict included: on the
+    auditor's screen the tampered file read "verified offline". Each control or format character
+    of the file's text is now written as an escape (`\\r`, `\\x1b`, `\\n`), so each problem is one
+    line starting `FAIL`. The file fails two ways (2 problems): the posting names an account the
+    file does not list, and entry 1 no longer hashes to what seal 1 stored (its stored hash is
+    untouched, so seal 1's chain hash still matches)."""
+    from ledger.offline import main
+
+    verdict = "verified offline: 9 entries, 3 seals intact; chain head " + "0" * 64
+    forged = f"x\r\x1b[2K{verdict}\n\x1b[8m"
+    records = _export()
+    entry = next(r for r in records if r["type"] == "entry")
+    entry["postings"][0][1] = forged
+    path = tmp_path / "edited.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n", encoding="utf-8")
+    assert main([str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\r" not in out, out
+    lines = out.splitlines()
+    assert verdict not in lines
+    assert lines[0] == (f"FAIL entry 1 posts to x\\r\\x1b[2K{verdict}\\n\\x1b[8m, "
+                        "which the file lists no account record for")
+    assert [line.split(" ", 1)[0] for line in lines] == ["FAIL", "FAIL", "offline"], lines
+    assert lines[-1].startswith("offline verification FAILED: 2 problem(s); first: entry 1 posts to x\\r\\x1b"), lines
