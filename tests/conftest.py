@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import settings
+from sqlalchemy import text
 
 from api.bench.common import scratch_database
 from api.runtime import sync_url
@@ -20,6 +21,7 @@ from ledger import embedded
 from ledger.accounts import ensure_asset
 from ledger.db import Database, connect
 from migrations import runner
+from wallets.webhooks import endpoints
 
 # No property test is a timed test: Hypothesis fails an example that takes longer than 200 ms by
 # default (DeadlineExceeded, or Flaky when its replay is faster), which a loaded machine does to
@@ -79,6 +81,22 @@ async def db(database_url: str) -> AsyncIterator[Database]:
     await database.run(lambda conn: ensure_asset(conn, "USD", 9))
     yield database
     await database.dispose()
+
+
+@pytest.fixture
+async def no_endpoint_left(db: Database) -> AsyncIterator[None]:
+    """Every webhook endpoint a test made on the session's database is deleted after it (its
+    pending deliveries cancelled, as a DELETE does). Left enabled, an endpoint is handed every event
+    of every later file by the app that fans them out next (the fan-out's cursor is the database's),
+    and its sends, to a receiver closed since or a host nothing here reaches (x.example,
+    hooks.example.com), took the dispatchers of later files' apps (ccb6a18: test_webhooks' retries
+    never came). A file that makes endpoints names it: pytestmark = usefixtures("no_endpoint_left")."""
+    live = "SELECT id FROM webhook_endpoints WHERE status <> 'deleted'"
+    before = {row[0] for row in await db.read(lambda c: c.execute(text(live)))}
+    yield
+    made = {row[0] for row in await db.read(lambda c: c.execute(text(live)))} - before
+    for endpoint_id in sorted(made):
+        await db.committed(lambda c, e=endpoint_id: endpoints.delete(c, e))
 
 
 @pytest.fixture(autouse=True, scope="session")

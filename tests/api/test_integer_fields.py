@@ -10,6 +10,10 @@ import pytest
 
 from pricing.usage import NOT_AN_INTEGER
 
+# Webhook endpoints made here are deleted after each test (tests/conftest.py): left enabled on the
+# session's database, every later file's events were handed to them, for hosts nothing here reaches.
+pytestmark = pytest.mark.usefixtures("no_endpoint_left")
+
 PROBLEM = "application/problem+json"
 CID = "c-integers"
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 import uuid
 
 import psycopg
+import pytest
 from sqlalchemy import text
 
 from ledger.db import connect
 from wallets.webhooks import deliveries, endpoints
 
+pytestmark = pytest.mark.usefixtures("no_endpoint_left")  # x.example: nothing here reaches it
 INSERT = ("INSERT INTO outbox (topic, dedup_key, payload) VALUES ('invoice.finalized', %s, "
           "jsonb_build_object('id', %s::text)) ON CONFLICT (lane, dedup_key) DO NOTHING")
 

@@ -20,16 +20,10 @@ from wallets.webhooks import endpoints, log
 AT = datetime(2001, 2, 3, 4, 5, 6, 789012, tzinfo=UTC)  # no other test writes the outbox at this time
 
 
-@pytest.fixture(autouse=True)
-async def _no_endpoint_left(db: Any):
-    """The endpoints these tests make point at a host this machine cannot reach; left active, their
-    queued deliveries held the shared database's dispatchers in later files (test_webhooks' retries
-    never came: 1 of 6 deliveries in 60 s). Each is deleted after its test (pending ones cancelled)."""
-    yield
-    rows = await db.read(lambda c: c.execute(text(
-        "SELECT id FROM webhook_endpoints WHERE url = 'https://x.example/h' AND status <> 'deleted'")))
-    for (endpoint_id,) in list(rows):
-        await db.committed(lambda c, e=endpoint_id: endpoints.delete(c, e))
+# The endpoints these tests make point at a host this machine cannot reach; left active, their
+# queued deliveries held the shared database's dispatchers in later files (test_webhooks' retries
+# never came: 1 of 6 deliveries in 60 s).
+pytestmark = pytest.mark.usefixtures("no_endpoint_left")
 
 
 def _wire(at: datetime) -> str:
