@@ -83,17 +83,24 @@ def last_consumed_first(w: Wallet) -> Callable[[str], tuple[int, str]]:
 def share(shares: dict[str, int], taken: dict[tuple[int, str], int], paid: Mapping[tuple[int, str], int],
           need: int, receivable: str, order: Callable[[str], tuple[int, str]],
           room: dict[str, int] | None = None) -> int:
-    """Adds to `shares` what of `need` back goes to each lot that paid the charges of `paid`
-    ((charge id, account) -> what that account paid of it), the last consumed first, up to what it
-    paid of each charge less what earlier corrections took back of that charge (`taken`, which it
-    updates: a charge two rules rated gives back what it paid once, charges of other rules are not
-    counted against it) and, with `room` (which it updates), what the lot has left in them all
-    after corrections already posted; and to the receivable all it paid (what is owed bounds it later).
-    Returns what of `need` no lot took."""
+    """Adds to `shares` what of `need` back goes to what paid the charges of `paid` ((charge id,
+    account) -> what that account paid of it), the last consumed first: the receivable (usage falls
+    on it after the lots) up to what it paid of them (what is owed bounds it later: give_back); then
+    each lot, up to what it paid of each charge less what earlier corrections took back of that
+    charge (`taken`, which it updates: a charge two rules rated gives back what it paid once,
+    charges of other rules are not counted against it) and, with `room` (which it updates), what the
+    lot has left in them all after corrections already posted. Returns what of `need` none took.
+
+    The receivable's share is of this `need` alone, not all it paid of these charges: give_back
+    pays the receivable's shares of every charge first, so a share beyond `need` took the money
+    back of other charges, their lots' (a grant's decrease paid off what the customer owes)."""
     left: dict[str, list[tuple[tuple[int, str], int]]] = {}
     for key, amount in sorted(paid.items()):
         if key[1] == receivable:
-            shares[receivable] = shares.get(receivable, 0) + amount
+            part = min(need, amount)
+            if part > 0:
+                shares[receivable] = shares.get(receivable, 0) + part
+                need -= part
         else:
             left.setdefault(key[1], []).append((key, amount - taken.get(key, 0)))
     for account in sorted(left, key=order):

@@ -446,16 +446,16 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
     def paid_by(charge: ChargeOnRecord) -> dict[tuple[int, str], int]:
         return _paid_by(charge, receivable)
 
-    unplaced = 0  # what no lot took of a decrease beyond what the receivable paid of it
-    # what of the decreases is the receivable's: what no lot took of each, up to what it paid of that
-    # charge, and its charges' true-up parts (each_charge_first)
+    unplaced = 0  # what neither the receivable nor a lot took of a decrease (a lot's room short)
+    # what of the decreases is the receivable's: of each, up to what it paid of that charge (share),
+    # and its charges' true-up parts (each_charge_first)
     owes_less = 0
 
     def shared(paid: dict[tuple[int, str], int], need: int) -> None:
         nonlocal unplaced, owes_less
-        left = share(shares, taken, paid, need, receivable, order, room)
-        unplaced += max(0, left - sum(v for (_, a), v in paid.items() if a == receivable))
-        owes_less += min(left, sum(v for (_, a), v in paid.items() if a == receivable))
+        before = shares.get(receivable, 0)
+        unplaced += share(shares, taken, paid, need, receivable, order, room)
+        owes_less += shares.get(receivable, 0) - before
 
     for x in found:
         if x.delta < 0:

@@ -124,13 +124,17 @@ async def test_preview_is_exactly_what_apply_posts_and_a_credit_note_ties_out(fi
     assert document["entry_id"] == entry_id and document["invoice_number"] == invoice["number"]
     assert document["lines"] == [{"model": "model-a", "token_type": "input", "old_amount": "10.50",
                                   "new_amount": "8.40", "amount": "-2.10"}]
-    # The receivable paid $7.53 of the charges: the $2.10 back pays that down first.
+    # Each charge's decrease goes back to what paid it, the last consumed first: the hold's charge
+    # ($0.51, 50,000 input tokens: $0.50 -> $0.40) was paid by the lot alone, its $0.10 back to the
+    # lot; the 10th's ($12.01: the lot's $9.49 left, then $2.52 on the receivable) -$2.00 off what
+    # the receivable paid of it ($2.52, consumed last): $7.53 - $2.00 = $5.53 owed. (It took all
+    # $2.10 off the receivable, counting all it paid, $2.52, against both decreases: $5.43.)
     w = await wallet(bk, cid)
-    assert w.receivable == 5_430_000_000 and w.available == 0
+    assert w.receivable == 5_530_000_000 and w.available == 100_000_000
     # The closed invoice is untouched; the next one carries the adjustment with its period. What
-    # may still be paid on it is what is owed: the $2.10 is off the receivable already.
+    # may still be paid on it is what is owed: the $2.00 is off the receivable already.
     [after] = await bk.invoices(cid)
-    assert after == {**invoice, "amount_remaining": "5.43"} and invoice["amount_remaining"] == "7.53"
+    assert after == {**invoice, "amount_remaining": "5.53"} and invoice["amount_remaining"] == "7.53"
     upcoming = await bk.upcoming(cid)
     assert [(ln["kind"], ln["model"], ln["token_type"], ln["amount"], ln["original_period"])
             for ln in upcoming["lines"]] == [("adjustment", "model-a", "input", "-2.10", "2026-11")]

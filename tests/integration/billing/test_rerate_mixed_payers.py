@@ -219,3 +219,29 @@ async def test_a_receivable_s_decrease_beyond_what_is_owed_pays_an_increase_befo
     assert await live_lots(bk, cid) == {}
     assert (await bk.service.wallet(cid)).receivable == 40 * CENT
     await _balanced(bk)
+
+
+async def test_a_receivable_charge_s_decrease_takes_off_what_is_owed_its_own_share_not_a_grant_s(fresh_db) -> None:
+    """Postpaid: the 5th's $1.20 on the receivable ($1.20 owed); a $5.00 grant given on the 6th pays
+    the 20th's $1.10 ($3.90). November open. Re-rated to $10/M flat: the 5th 60,000 x $10/M = $0.60
+    (-$0.60), the 20th 70,000 x $10/M = $0.70 (-$0.40); -$1.00 in all. The 5th's $0.60 comes off
+    what is owed ($1.20 - $0.60 = $0.60), the 20th's $0.40 goes back to the grant that paid it
+    ($3.90 + $0.40 = $4.30). Before, the receivable's share of the money back was all it paid of
+    the decreased charges ($1.20, not the 5th's $0.60 decrease), and give_back pays the
+    receivable's share first (up to what is owed): the whole $1.00 came off what is owed ($0.20),
+    the grant's $0.40 with it (the promotion paid the customer's debt), the grant left at $3.90."""
+    bk = BillingKit(fresh_db)
+    cid = await vol_customer(bk, "receivable-share", billing_mode="postpaid")
+    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 60_000)
+    bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
+    grant = await _lot(bk, cid, "grant", "5.00")
+    bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 70_000)
+    assert (await bk.service.wallet(cid)).receivable == 120 * CENT
+    assert await live_lots(bk, cid) == {grant: ("grant", 390 * CENT)}
+    done = await _rerated(bk, "10", "10")
+    assert done["delta"] == "-1.00", done
+    assert (await bk.service.wallet(cid)).receivable == 60 * CENT
+    assert await live_lots(bk, cid) == {grant: ("grant", 430 * CENT)}
+    await _balanced(bk)
