@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 import tempfile
 import threading
 from collections.abc import Awaitable, Callable, Collection, Iterator
@@ -37,6 +38,9 @@ SUFFIX = ".jsonl"
 # followed: planted in a directory others may write, it would have records appended to (or a
 # file made at) whatever it names.
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+# How many bytes before a record's `rejected_from` its `rejected_tail` digests: the end of the
+# filing there, its `idempotency_key` and `rejected_at` (a line's why, before its time, may be long).
+TAIL = 4096
 # The lock descriptors this process holds. A forked child closes its copies at once: an flock
 # belongs to the open file, so an inherited copy kept the parent's lock held as long as the child
 # lived (a replay flushing when gunicorn --preload forked its workers: every later flush "busy").
@@ -92,6 +96,9 @@ class SpoolRecord:
     # how long `<name>.rejected` was when this was spooled (set by `Spool.append_many`): a filing of
     # it is after that; None (spooled by hand, or by an SDK before it) when it cannot tell
     rejected_from: int | None = field(default=None, compare=False)
+    # a digest of the bytes that file ended in then (`_tail`): one cut since (deleted, rotated,
+    # truncated) and grown past that length again does not end there in them
+    rejected_tail: str | None = field(default=None, compare=False)
 
     def line(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
@@ -134,8 +141,9 @@ class Spool:
     def append_many(self, records: Collection[SpoolRecord]) -> None:
         """Add records with one write and one fsync (a group commit of the callers waiting)."""
         with self._locked():
-            start = _size(self.rejected_path)
-            _append(self.path, b"".join(replace(record, rejected_from=start).line() for record in records))
+            start, tail = _end(self.rejected_path)
+            _append(self.path, b"".join(replace(record, rejected_from=start, rejected_tail=tail).line()
+                                        for record in records))
 
     def records(self) -> list[SpoolRecord]:
         """The records, each idempotency key once (its first): a call spooled twice under its key
@@ -156,7 +164,7 @@ class Spool:
         with self._locked():
             records, damaged = self._read()
             refused = {r.idempotency_key for r, _ in rejected}
-            filed = self._filed(refused, _filed_from(refused, records))
+            filed = self._filed(refused, records)
             fresh = [(r, why) for r, why in rejected if r.idempotency_key not in filed]
             if fresh:
                 stamp = datetime.now(UTC).isoformat()
@@ -168,16 +176,16 @@ class Spool:
                 self._rewrite(kept)
             return len({r.idempotency_key for r in kept})
 
-    def _filed(self, keys: set[str], start: int) -> set[str]:
+    def _filed(self, keys: set[str], records: list[SpoolRecord]) -> set[str]:
         """Which of `keys` `<name>.rejected` holds (a symlink refused, as for an append), read from
-        its end back to byte `start` (damaged lines skipped). That file only grows, and was read
-        whole, every line parsed, on each flush with a refusal (50 MiB and 0.6 s of CPU for 50 MB of
-        old refusals): a key filed for a record still spooled was filed after that record was
+        its end back to byte `start` (`_filed_from`; damaged lines skipped). That file only grows,
+        and was read whole, every line parsed, on each flush with a refusal (50 MiB and 0.6 s of CPU
+        for 50 MB of old refusals): a key filed for a record still spooled was filed after that record was
         spooled, past the length the file had then (`rejected_from`). By where the lines stand, not
         by their `rejected_at`: read back to a day before the record's `spooled_at`, it stopped short
         of the record's own filing when the filing's clock was more than a day behind the spooling's
-        (set back, or fast when it spooled), and the record was filed twice. A file shorter than
-        `start` (cut by hand) is read whole."""
+        (set back, or fast when it spooled), and the record was filed twice. A file cut since
+        (`_filed_from`) is read whole."""
         if not keys:
             return set()
         try:
@@ -186,9 +194,7 @@ class Spool:
             return set()
         found: set[str] = set()
         try:
-            if start > os.fstat(fd).st_size:
-                start = 0
-            for line in _lines_backward(fd, start=start):
+            for line in _lines_backward(fd, start=_filed_from(keys, records, fd)):
                 try:
                     data = json.loads(line)
                 except ValueError:
@@ -363,23 +369,47 @@ def _append(path: Path, data: bytes) -> None:
         _fsync_dir(path.parent)
 
 
-def _size(path: Path) -> int:
-    """A file's length (0: none there), not following a symlink (an append to one is refused)."""
+def _end(path: Path) -> tuple[int, str | None]:
+    """A file's length and `_tail` there ((0, None): none there, or not a file: a symlink, which is
+    refused, a FIFO, opened without waiting for a writer)."""
     try:
-        return os.lstat(path).st_size
-    except FileNotFoundError:
-        return 0
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | NOFOLLOW)
+    except OSError:
+        return 0, None
+    try:
+        info = os.fstat(fd)
+        return (info.st_size, _tail(fd, info.st_size)) if stat.S_ISREG(info.st_mode) else (0, None)
+    finally:
+        os.close(fd)
 
 
-def _filed_from(keys: set[str], records: list[SpoolRecord]) -> int:
-    """Where in `<name>.rejected` a filing of these keys' spooled records may start: the least
-    `rejected_from` of them; 0 (all of it) when one has none, or is not in the spool at all (a
-    background settle sent from memory, its spool write failed)."""
+def _tail(fd: int, end: int) -> str:
+    """A digest of the TAIL bytes before byte `end` (fewer at the start): the last filing's key and
+    time (`rejected_at`, to the microsecond), which another file, or this one cut and grown again,
+    does not hold there."""
+    first = max(0, end - TAIL)
+    return hashlib.sha256(os.pread(fd, end - first, first)).hexdigest()[:32]
+
+
+def _filed_from(keys: set[str], records: list[SpoolRecord], fd: int) -> int:
+    """Where in `<name>.rejected` (open at `fd`) a filing of these keys' spooled records may start:
+    the least `rejected_from` of them. 0 (all of it) when one has none, is not in the spool at all
+    (a background settle sent from memory, its spool write failed), or names a place the file no
+    longer is as it was (shorter than that, or not ending there in `rejected_tail`: deleted, rotated
+    or truncated by hand since, a new file's filings grown past that length read from there missed
+    the record's own, and it was filed again)."""
+    size = os.fstat(fd).st_size
+    tails: dict[int, str] = {}
     starts: dict[str, int] = {}
     for record in records:
         if record.idempotency_key in keys:
             at = record.rejected_from
-            at = at if isinstance(at, int) and not isinstance(at, bool) and at >= 0 else 0
+            if not isinstance(at, int) or isinstance(at, bool) or not 0 <= at <= size:
+                at = 0
+            else:
+                if at not in tails:
+                    tails[at] = _tail(fd, at)
+                at = at if record.rejected_tail == tails[at] else 0
             starts[record.idempotency_key] = min(at, starts.get(record.idempotency_key, at))
     return min(starts.values(), default=0) if starts.keys() == keys else 0
 
@@ -387,7 +417,7 @@ def _filed_from(keys: set[str], records: list[SpoolRecord]) -> int:
 def _filed_fields(record: SpoolRecord) -> dict[str, Any]:
     """A record as `<name>.rejected` keeps it: the call, without where the spool read back from."""
     fields = asdict(record)
-    del fields["rejected_from"]
+    del fields["rejected_from"], fields["rejected_tail"]
     return fields
 
 

@@ -868,3 +868,46 @@ def test_a_call_spooled_again_after_its_refusal_was_filed_is_filed_again(tmp_pat
         assert spool.flush(refused).rejected == 1 and not spool.path.exists()
     filed = [json.loads(line)["idempotency_key"] for line in spool.rejected_path.read_bytes().splitlines()]
     assert filed == ["res_1:settle:1", "res_1:settle:1"]
+
+
+@pytest.mark.parametrize("cut", ["deleted", "rotated", "truncated"])
+def test_a_refusal_is_filed_once_when_the_rejected_file_was_cut_after_it_was_spooled(tmp_path, monkeypatch, cut):
+    """`rejected_from` is where `.rejected` ended when the record was spooled; a file deleted by
+    hand (its refusals dealt with), moved aside (logrotate) or cut to nothing (copytruncate) after
+    that starts again at byte 0, and once it grew past that length again the read-back started
+    there, past the record's own filing. Every line here is one length, l (records 1-3, 8, 9: keys
+    of one length, one reason, one time). `.rejected` holds 8 and 9 (2l) when 1, 2 and 3 are
+    spooled (and 4, answered 401 each time: what the rewrite has to write): rejected_from 2l. The
+    file is then cut. Flush 1: 1, 2 and 3 refused, filed at 0, l, 2l (3l long), the rewrite after
+    it cut short by a full disk, so they stay spooled. Flush 2: all three refused again; read from
+    2l, only record 3's line was seen: 1 and 2 filed again, 5 lines (1, 2, 3, 1, 2). They are filed
+    once: 3 lines (1, 2, 3), the file not ending at 2l in the bytes it ended in (record 9's line,
+    where it is now record 2's) read whole."""
+    import json
+
+    import api.spool
+
+    monkeypatch.setattr(api.spool, "datetime", _Clock)
+    _Clock.at = datetime(2026, 12, 6, 9, 0, tzinfo=UTC)
+    spool = Spool(tmp_path / "a.jsonl")
+    refused = lambda r: ("kept", "401") if r == record(4) else ("rejected", "409 reservation_closed")  # noqa: E731
+    spool.append_many([record(8), record(9)])
+    assert spool.flush(refused).rejected == 2
+    old = spool.rejected_path.read_bytes().splitlines(keepends=True)
+    assert len(old) == 2 and len(old[0]) == len(old[1])
+    spool.append_many([record(n) for n in (1, 2, 3, 4)])
+    assert {r.rejected_from for r in spool.records()} == {len(old[0]) * 2}
+    if cut == "deleted":
+        spool.rejected_path.unlink()
+    elif cut == "rotated":
+        spool.rejected_path.rename(spool.rejected_path.with_name(spool.rejected_path.name + ".1"))
+    else:
+        os.truncate(spool.rejected_path, 0)
+    _flush_on_a_disk_full_after_the_filing(spool, monkeypatch, refused)
+    assert len(spool.records()) == 4, "kept, filed already"
+    lines = spool.rejected_path.read_bytes().splitlines(keepends=True)
+    assert [len(line) for line in lines] == [len(old[0])] * 3  # 3l: past 2l again
+    report = spool.flush(refused)
+    assert (report.rejected, report.kept) == (3, 1) and spool.records() == [record(4)]
+    filed = [json.loads(line)["idempotency_key"] for line in spool.rejected_path.read_bytes().splitlines()]
+    assert filed == [f"res_1:settle:{n}" for n in (1, 2, 3)]  # was 1, 2, 3, 1, 2
