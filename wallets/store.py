@@ -963,8 +963,13 @@ async def load_payers(conn: AsyncConnection, w: Wallet, accounts: Iterable[str],
     # then what closes' true-ups and re-rates gave there for each since (given back to it: revoked
     # again, to breakage) less what they took from there for it (entry metadata `closed_lots`,
     # money_back.closed_moves): the customer's re-rate entries (charge_adjustments_customer) and
-    # its closes' (invoices_customer, then the entry by key); entries written before the key
-    # (closed_lots, December 2026) count nothing
+    # its closes' (invoices_customer, then the entry by key). An entry written before the key
+    # (December 2026) with postings on promotions (breakage) moved them for lots revoked (expired)
+    # by then among the payers of the charges it corrected (its charge_adjustments, its
+    # true_up_charges): all for the one such lot; among several, not known, so each counts what it
+    # took from there, none what it gave (each is bounded by no more than went there for it)
+    params |= {"promotions": chart.promotions_account(w.customer.currency),
+               "breakage": chart.breakage_account(w.customer.currency)}
     moved = await conn.exec_driver_sql(
         f"""WITH e AS (SELECT DISTINCT a.entry_id AS id FROM charge_adjustments a
                         WHERE a.customer_id = %(customer)s AND a.lane = {lane} AND a.entry_id IS NOT NULL
@@ -972,11 +977,39 @@ async def load_payers(conn: AsyncConnection, w: Wallet, accounts: Iterable[str],
                        SELECT j.id FROM invoices i JOIN journal_entries j
                            ON j.lane = {lane} AND j.customer_id = i.customer_id
                           AND j.key = 'true-up:' || i.customer_id || ':' || i.period
-                        WHERE i.customer_id = %(customer)s)
-            SELECT m.key, sum(m.value::numeric)::text
-              FROM e JOIN journal_entries j ON j.lane = {lane} AND j.id = e.id
-             CROSS JOIN LATERAL jsonb_each_text(j.metadata -> 'closed_lots') m
-             WHERE m.key = ANY(%(codes)s::text[]) GROUP BY 1""", params)
+                        WHERE i.customer_id = %(customer)s),
+            j AS (SELECT j.id, j.kind, j.occurred_at, j.metadata
+                    FROM e JOIN journal_entries j ON j.lane = {lane} AND j.id = e.id),
+            old AS (SELECT j.id, j.kind, j.occurred_at, j.metadata, a.code = %(promotions)s AS revoked,
+                           -sum(p.amount) AS units
+                      FROM j JOIN postings p ON p.lane = {lane} AND p.entry_id = j.id
+                      JOIN accounts a ON a.id = p.account_id
+                     WHERE NOT j.metadata ? 'closed_lots' AND a.code IN (%(promotions)s, %(breakage)s)
+                     GROUP BY 1, 2, 3, 4, 5),
+            payers AS (SELECT o.id, o.units, l.account_code AS code,
+                              count(*) OVER (PARTITION BY o.id, o.revoked) AS n
+                         FROM old o JOIN lots l ON l.lane = {lane} AND l.customer_id = %(customer)s
+                          AND (l.revoked_at IS NOT NULL) = o.revoked
+                          AND least(l.revoked_at, l.expires_at) <= o.occurred_at
+                        WHERE EXISTS (
+                            SELECT 1 FROM charges c
+                             WHERE c.lane = {lane} AND c.customer_id = %(customer)s
+                               AND c.funding @> jsonb_build_array(jsonb_build_array(l.account_code))
+                               AND c.id IN (SELECT a.charge_id FROM charge_adjustments a
+                                             WHERE o.kind = 'rerate_adjustment' AND a.customer_id = %(customer)s
+                                               AND a.lane = {lane} AND a.entry_id = o.id
+                                            UNION ALL
+                                            SELECT t.charge_id FROM true_up_charges t
+                                             WHERE t.lane = {lane} AND t.customer_id = %(customer)s
+                                               AND t.rerate_id IS NOT DISTINCT FROM o.metadata ->> 'rerate_id'
+                                               AND (o.kind = 'rerate_adjustment'
+                                                    OR t.period = o.metadata ->> 'period'))))
+            SELECT code, sum(units)::text FROM (
+                SELECT m.key AS code, m.value::numeric AS units
+                  FROM j CROSS JOIN LATERAL jsonb_each_text(j.metadata -> 'closed_lots') m
+                UNION ALL
+                SELECT code, CASE WHEN n = 1 THEN units ELSE least(units, 0) END FROM payers) x
+             WHERE code = ANY(%(codes)s::text[]) GROUP BY 1""", params)
     since = {code: int(units) for code, units in moved}
     for code in closed:
         lot = w.lots[code]
