@@ -956,30 +956,29 @@ async def load_payers(conn: AsyncConnection, w: Wallet, accounts: Iterable[str],
                     WHERE p.lane = l.lane AND p.account_id = l.account_id AND p.amount > 0
                       AND j.kind = 'grant_reversal'
                     ORDER BY p.entry_id DESC LIMIT 1), 0)
-                   ELSE coalesce(l.expired_amount, 0) END
+                   ELSE coalesce(l.expired_amount, 0) END, least(l.revoked_at, l.expires_at)
              FROM lots l WHERE l.lane = {lane} AND l.customer_id = %(customer)s
               AND l.account_code = ANY(%(codes)s::text[])""", params)
-    held = {code: int(amount) for code, amount in rows}
+    held, closed_at = {}, []
+    for code, amount, at in rows:
+        held[code] = int(amount)
+        closed_at.extend([at] if at is not None else [])
     # then what closes' true-ups and re-rates gave there for each since (given back to it: revoked
     # again, to breakage) less what they took from there for it (entry metadata `closed_lots`,
-    # money_back.closed_moves): the customer's re-rate entries (charge_adjustments_customer) and
-    # its closes' (invoices_customer, then the entry by key). An entry written before the key
+    # money_back.closed_moves): the customer's re-rate and close entries since the first of them
+    # closed (journal_entries_corrections, 0084: one before a lot closed moved nothing there for
+    # it; the whole history was read, every re-rate's and close's). An entry written before the key
     # (December 2026) with postings on promotions (breakage) moved them for lots revoked (expired)
     # by then among the payers of the charges it corrected (its charge_adjustments, its
     # true_up_charges): all for the one such lot; among several, not known, so each counts what it
     # took from there, none what it gave (each is bounded by no more than went there for it)
     params |= {"promotions": chart.promotions_account(w.customer.currency),
-               "breakage": chart.breakage_account(w.customer.currency)}
+               "breakage": chart.breakage_account(w.customer.currency),
+               "since": min(closed_at, default="-infinity")}
     moved = await conn.exec_driver_sql(
-        f"""WITH e AS (SELECT DISTINCT a.entry_id AS id FROM charge_adjustments a
-                        WHERE a.customer_id = %(customer)s AND a.lane = {lane} AND a.entry_id IS NOT NULL
-                       UNION
-                       SELECT j.id FROM invoices i JOIN journal_entries j
-                           ON j.lane = {lane} AND j.customer_id = i.customer_id
-                          AND j.key = 'true-up:' || i.customer_id || ':' || i.period
-                        WHERE i.customer_id = %(customer)s),
-            j AS (SELECT j.id, j.kind, j.occurred_at, j.metadata
-                    FROM e JOIN journal_entries j ON j.lane = {lane} AND j.id = e.id),
+        f"""WITH j AS (SELECT j.id, j.kind, j.occurred_at, j.metadata FROM journal_entries j
+                    WHERE j.lane = {lane} AND j.customer_id = %(customer)s AND j.occurred_at >= %(since)s::timestamptz
+                      AND j.kind IN ('rerate_adjustment', 'volume_true_up')),
             old AS (SELECT j.id, j.kind, j.occurred_at, j.metadata, a.code = %(promotions)s AS revoked,
                            -sum(p.amount) AS units
                       FROM j JOIN postings p ON p.lane = {lane} AND p.entry_id = j.id
