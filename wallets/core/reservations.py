@@ -141,18 +141,25 @@ def _draws(w: Wallet, now: datetime) -> bool:
 def _free(w: Wallet, book: PriceBook | None, cmd: Reserve, now: datetime) -> bool:
     """Whether the call's prices make it free (a price of 0, a 100 % discount): one input and one
     output token, any per-request fee, and what else it carries (the per-call tools it may run, a
-    cache write, the provider's choice of tier, premium prices) price at 0. Unpriced is not free."""
+    cache write, the provider's choice of tier, premium prices) price at 0. Unpriced is not free,
+    but for output where the book prices none for the model (an embeddings model): a settle's
+    output would be `unpriced_model`, never charged, so only the rest of the call is priced."""
     if book is None:
         return False
-    try:
-        return estimate_upper_bound(book, cmd.model, 1, 1, cmd.dimensions, now,
-                                    input_audio_tokens=min(cmd.prompt_audio_tokens, 1), tool_uses=cmd.tool_uses,
-                                    prompt_cache_write=cmd.prompt_cache_write,
-                                    chosen_by_provider=cmd.chosen_by_provider, premiums=cmd.premiums,
-                                    premium_dimensions=cmd.premium_dimensions,
-                                    overrides=overrides_at(w, now)).total_units == 0
-    except PricingError:
-        return False
+    for outputs in (1, 0):
+        try:
+            return estimate_upper_bound(book, cmd.model, 1, outputs, cmd.dimensions, now,
+                                        input_audio_tokens=min(cmd.prompt_audio_tokens, 1), tool_uses=cmd.tool_uses,
+                                        prompt_cache_write=cmd.prompt_cache_write,
+                                        chosen_by_provider=cmd.chosen_by_provider, premiums=cmd.premiums,
+                                        premium_dimensions=cmd.premium_dimensions,
+                                        overrides=overrides_at(w, now)).total_units == 0
+        except UnpricedModelError as unpriced:
+            if unpriced.token_type != "output":
+                return False
+        except PricingError:
+            return False
+    return False
 
 
 def _pieces(w: Wallet, amount: int, now: datetime) -> list[tuple[str, int]] | str:

@@ -69,3 +69,35 @@ def test_a_hold_of_0_for_a_call_with_priced_tool_uses_is_refused_though_its_toke
     estimated = m.reserve(None, input_tokens=10, max_output_tokens=10, tool_uses={"web_search": 1})
     assert isinstance(estimated, InsufficientFundsError), estimated
     assert m.reserved == 0
+
+
+FREE_EMBEDDING = parse_book({"id": "book-e", "currency": "USD", "versions": [
+    {"effective_from": "2026-01-01T00:00:00Z", "rules": [
+        {"id": "x-in", "model": "model-x", "token_type": "input", "price": "0"}]}]})
+PRICED_EMBEDDING = parse_book({"id": "book-p", "currency": "USD", "versions": [
+    {"effective_from": "2026-01-01T00:00:00Z", "rules": [
+        {"id": "x-emb", "model": "model-x", "token_type": "embedding", "price": "0.02"}]}]})
+
+
+def test_a_free_model_its_book_prices_no_output_for_holds_0_on_an_empty_wallet():
+    """An embeddings model priced at $0 per 1M input tokens, with no output rule (it produces none):
+    1,000 input tokens cost 1,000 x $0 / 1M = $0.00, and any output its settle reported would be
+    `unpriced_model`, never charged, so the call is free. The check priced one input and one output
+    token, found the output unpriced and called the model not free: an empty prepaid wallet was
+    refused 402 for it, where a book that also priced output at $0 held 0."""
+    m = MemoryWallet(book=FREE_EMBEDDING)
+    held = m.reserve(None, input_tokens=1000, max_output_tokens=0)
+    assert held.reservation.amount == 0, held
+    assert m.reserve("0").reservation.amount == 0
+    settled = m.settle(held.reservation.id, input_tokens=1000)
+    assert settled.charged == 0 and m.receivable == 0
+
+
+def test_a_priced_model_its_book_prices_no_output_for_is_still_refused_a_hold_of_0():
+    # $0.02 per 1M embedding tokens: not free, so a hold of 0 on an empty wallet is still refused
+    m = MemoryWallet(book=PRICED_EMBEDDING)
+    given = m.reserve("0")
+    assert isinstance(given, InsufficientFundsError), given
+    estimated = m.reserve(None, input_tokens=0, max_output_tokens=0)
+    assert isinstance(estimated, InsufficientFundsError), estimated
+    assert m.reserved == 0
