@@ -385,3 +385,33 @@ async def test_overrides_set_now_take_effect_after_a_usage_event_timed_ahead_and
         {"id": "c5", "model": "model-a", "token_type": "input", "price": "5.00"}])  # no effective_from: now
     assert datetime.fromisoformat(put["effective_from"]) == ahead + timedelta(microseconds=1), put
     assert charged(await event(client, cid, ahead + timedelta(seconds=1), 100_000)) == "0.51"  # $5/M from then
+
+
+async def test_a_discounted_charge_too_big_to_post_is_refused_as_one_not_an_internal_error(client):
+    """A price of 999,999,999.999999999999999999 per 1M and 10^15 - 1 input tokens, 50.000000000000000001 %
+    off: the discount's exact amount has 62 digits (pricing's context held 60 and trapped it: a usage
+    event and a reserve were 500). The charge, about $5 x 10^17 (tests/unit/pricing/test_pricing_rating.py
+    works it out), is past what one posting carries ($9,223,372,036.854775807), so it is refused as the
+    undiscounted one is: the event rejected and the reserve 422, `validation_error` naming the field."""
+    book = f"por-big-{uuid.uuid4().hex[:8]}"
+    posted = await client.post("/v1/price-books", headers=ADMIN, json={
+        "id": book, "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": [
+            {"id": "in", "model": "model-a", "token_type": "input", "price": "999999999.999999999999999999"}]})
+    assert posted.status_code == 201, posted.text
+    cid = f"por-{uuid.uuid4().hex[:10]}"
+    made = await client.post("/v1/customers", headers=ADMIN, json={"id": cid, "currency": "USD", "price_book": book,
+                                                                    "billing": "postpaid"})
+    assert made.status_code == 201, made.text
+    await put_overrides(client, cid, datetime.now(UTC) - timedelta(hours=1),
+                        discounts=[{"id": "half", "percent": "50.000000000000000001"}])
+    sent = await client.post("/v1/usage-events", headers=ADMIN, json=[{
+        "event_id": "huge", "customer_id": cid, "model": "model-a", "timestamp": utc(datetime.now(UTC)),
+        "usage": {"input_tokens": 10**15 - 1}}])
+    assert sent.status_code == 200, sent.text
+    [rejected] = sent.json()["rejected"]
+    assert rejected["code"] == "validation_error" and rejected["detail"].startswith("usage: a charge of ")
+    held = await client.post("/v1/reservations", headers=ADMIN, json={
+        "customer_id": cid, "request_id": "huge", "model": "model-a",
+        "estimate": {"input_tokens": 10**15 - 1, "max_output_tokens": 0}})
+    assert held.status_code == 422, held.text
+    assert held.json()["code"] == "validation_error" and held.json()["fields"][0]["field"] == "estimate"

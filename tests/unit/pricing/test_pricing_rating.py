@@ -1,5 +1,5 @@
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import Context, Decimal, localcontext
 
 import pytest
 from pricing_testkit import AT, version, worked_example_version
@@ -409,3 +409,28 @@ def test_rounding_is_once_per_entry_and_lines_tie_out_to_the_total():
     )
     # 0.5, 1.0, 1.0 units: total 2.5 -> 2 (half even); 1 + 1 floors, no unit left for the 0.5 line
     assert (lines.total_units, [ln.amount_units for ln in lines.lines]) == (2, [0, 1, 1])
+
+
+
+def test_a_discount_of_an_amount_with_many_digits_is_rated_exactly_not_an_internal_error():
+    """Every input here is valid (a price of at most 10^9 with 18 decimals, a count of at most
+    10^15, a percent with 18 decimals), but the discount's exact amount has 62 digits, past the
+    60 of the pricing context, which trapped it as Inexact: a usage event or reserve was a 500
+    where the same usage without the discount was a 422 (a charge no posting can carry).
+
+    By hand: A = (1e15 - 1) x (1e9 - 1e-18) / 1M = 1e18 - 1e3 - 1e-9 + 1e-24
+    (999999999999998999.999999999000000000000001, 42 digits);
+    the discount takes A x 0.50000000000000000001 = A/2 + A x 1e-20, so the net is
+    A/2 - A x 1e-20 = (5e17 - 500 - 5e-10 + 5e-25) - (1e-2 - 1e-17 - 1e-29 + 1e-44),
+    in atomic units (1e-9) 5e26 - 5e11 - 1e7 - 0.5 + 1e-8 + ...
+    = 499,999,999,999,999,499,989,999,999.50000001..., rounded half-even:
+    499,999,999,999,999,499,990,000,000."""
+    priced = parse_version({"id": "big", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": [
+        {"id": "in", "model": "model-a", "token_type": "input", "price": "999999999.999999999999999999"}]})
+    half = Overrides(discounts=(Discount("half", "50.000000000000000001"),))
+    rating = rate(Usage("model-a", {"input": 10**15 - 1}, AT), priced, half)
+    usage, discount = rating.lines
+    assert usage.amount == Decimal("999999999999998999.999999999000000000000001")
+    with localcontext(Context(prec=200)):
+        assert discount.amount == -(usage.amount / 2 + usage.amount.scaleb(-20))
+    assert rating.total_units == 499_999_999_999_999_499_990_000_000
