@@ -203,3 +203,20 @@ async def test_an_event_id_beside_a_bound_finer_than_a_microsecond_narrows_no_mi
     assert answer.status_code == 202, answer.text
     assert answer.json()["scheduled"] == scheduled
     assert await _queued(db, endpoint["id"]) == {3: [a, b, c], 1: [z], 0: []}[scheduled]
+
+
+@pytest.mark.parametrize(("since", "until"), [("06.7890129", "06.7890121"), ("06.789013", "06.7890125")])
+async def test_an_until_a_fraction_of_a_microsecond_before_since_is_422_naming_it(database_url, since, until):
+    """.7890121 is before .7890129, and .7890125 before .789013, though each pair is read as one
+    microsecond, .789013 (a bound finer than one is read as the next): the window ends before it
+    starts, a 422 naming `until` as any `until` before `since` is; it answered 202 with 0 scheduled
+    (the two bounds compared as read, equal)."""
+    day = "2001-02-03T04:05:"
+    async with AsyncTestClient(app=create_app(FAST, database_url)) as client:
+        client.headers.update(ADMIN)
+        endpoint = (await client.post("/v1/webhook-endpoints", json={"url": "https://x.example/h",
+                                                                     "topics": ["invoice.*"]})).json()
+        answer = await client.post(f"/v1/webhook-endpoints/{endpoint['id']}/redrive",
+                                   json={"since": f"{day}{since}Z", "until": f"{day}{until}Z"})
+    assert answer.status_code == 422, answer.text
+    assert (answer.json()["code"], answer.json()["fields"][0]["field"]) == ("validation_error", "until"), answer.text
