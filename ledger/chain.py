@@ -14,12 +14,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import timedelta
 from typing import Any
 
 GENESIS = bytes(32)  # the previous hash of the first seal
 HASH_VERSIONS = (1, 2, 3, 4)
 HASH_VERSION = 4  # what new seals are written with
 SEALED_AT_FROM = 4  # the first version whose chain hash covers the seal's sealed_at
+# How far past the database's clock a version 4 seal may be dated by a clock that later stepped
+# back (NTP, a host's clock corrected: 0083 dates the seals after it no earlier) before both
+# verifications name it: past that, no clock reading dated it (a seal planted with the triggers
+# off). A day, as a spool allows a clock set back.
+DATED_AHEAD = timedelta(days=1)
 
 
 def entry_digest(entry_id: int, key: str, request_hash_hex: str, kind: str, customer_id: str | None,

@@ -31,8 +31,9 @@ import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
-from ledger.chain import GENESIS, HASH_VERSIONS, SEALED_AT_FROM, entry_digest
+from ledger.chain import DATED_AHEAD, GENESIS, HASH_VERSIONS, SEALED_AT_FROM, entry_digest
 
 LIMIT = 50  # problems kept; the count is exact
 _HASH = re.compile(r"[0-9a-f]{64}")
@@ -134,6 +135,8 @@ class _Seal:
     sealed_at: str | None  # version 4 on: chained, and no entry of the seal recorded after it
     seen: list[int] = field(default_factory=list)
     late: bool = False  # an entry recorded after sealed_at was named
+    before: str | None = None  # the sealed_at of the seal before it (version 4 on)
+    last: tuple[str, int] | None = None  # its entries' latest recorded_at, and that entry
 
 
 class _Verifier:
@@ -152,6 +155,10 @@ class _Verifier:
         self.assets: dict[str, str] = {}
         self.customers: dict[str, str] = {}  # account code -> its customer, for the customer accounts
         self.scales: dict[str, int] = {}  # asset -> the scale of its first account record
+        # DATED_AHEAD past the header's exported_at (the database's clock when the file was written),
+        # as the export writes a time; None without one (a file written before it, or edited)
+        self.ahead: str | None = None
+        self.exported_at: str | None = None
 
     def line(self, number: int, raw: bytes) -> None:
         try:
@@ -176,6 +183,13 @@ class _Verifier:
                 self.in_unsealed = True
         elif kind == "export":
             self.report.whole = bool(rec.get("whole", True))
+            at = rec.get("exported_at")
+            if _text(at) and _UTC.fullmatch(at):
+                try:
+                    self.ahead = _utc(datetime.strptime(at, "%Y-%m-%dT%H:%M:%S.%fZ") + DATED_AHEAD)
+                    self.exported_at = at
+                except (ValueError, OverflowError):  # an edited header: no time to check against
+                    pass
         elif kind == "seal":
             self.start_seal(rec)
         elif kind == "entry":
@@ -256,7 +270,8 @@ class _Verifier:
         self.report.seals += 1
         self.seal = _Seal(rec["id"], rec["chain_hash"], list(rec["entry_ids"]),
                           hashlib.sha256(bytes.fromhex(rec["prev_hash"])), version,
-                          int(rec["from_txid"]), int(rec["to_txid"]), at if version >= SEALED_AT_FROM else None)
+                          int(rec["from_txid"]), int(rec["to_txid"]), at if version >= SEALED_AT_FROM else None,
+                          before=prev.get("sealed_at") if prev is not None else None)
 
     def entry(self, number: int, rec: dict) -> None:
         self.report.entries += 1
@@ -305,6 +320,8 @@ class _Verifier:
                              "it was added after the seal")
             return
         recorded_at = rec.get("recorded_at")
+        if _text(recorded_at) and _UTC.fullmatch(recorded_at) and (seal.last is None or recorded_at > seal.last[0]):
+            seal.last = (recorded_at, entry_id)
         if (seal.sealed_at is not None and not seal.late and _text(recorded_at) and _UTC.fullmatch(recorded_at)
                 and recorded_at > seal.sealed_at):  # one fixed-width UTC text: compared as text
             seal.late = True  # the first one named
@@ -339,11 +356,33 @@ class _Verifier:
         for extra in sorted(present - expected):
             self.report.fail(f"entry {extra} is not one of the entries seal {seal.id} sealed")
         if seal.sealed_at is not None:
+            self.dated_ahead(seal)
             seal.hasher.update(seal.sealed_at.encode())  # type: ignore[attr-defined]
         if seal.hasher.hexdigest() != seal.chain_hash:  # type: ignore[attr-defined]
             self.report.fail(f"seal {seal.id}: its chain hash does not match the hashes of its entries"
                              + (" and its sealed_at" if seal.sealed_at is not None else ""))
         self.report.head = seal.chain_hash
+
+
+    def dated_ahead(self, seal: _Seal) -> None:
+        """A version 4 seal dated more than DATED_AHEAD past the export (its header's exported_at),
+        by a date of its own: the seal before it and its entries do not explain it (`audit verify`
+        names it so against the database's clock; the seals after it take its date, and are not)."""
+        at = seal.sealed_at
+        if self.ahead is None or at is None or at <= self.ahead or (seal.before is not None and at <= seal.before):
+            return
+        if seal.last is not None and seal.last[0] == at:
+            self.report.fail(f"entry {seal.last[1]} was recorded at {at}, more than a day past the export "
+                             f"({self.exported_at}): seal {seal.id} is dated by it, and the seals after it no earlier")
+        else:
+            self.report.fail(f"seal {seal.id} is dated {at}, more than a day past the export ({self.exported_at}), "
+                             "and past the seal before it and its entries: no clock dated it so, and the seals "
+                             "after it are dated no earlier")
+
+
+def _utc(at: datetime) -> str:
+    """A time as the export writes one (one fixed-width UTC text: compared as text)."""
+    return at.replace(tzinfo=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def verify_lines(lines: Iterable[bytes]) -> OfflineReport:

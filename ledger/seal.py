@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ledger.chain import GENESIS, HASH_VERSION, HASH_VERSIONS, SEALED_AT_FROM, entry_digest, seal_chain
+from ledger.chain import DATED_AHEAD, GENESIS, HASH_VERSION, HASH_VERSIONS, SEALED_AT_FROM, entry_digest, seal_chain
 
 SEAL_LOCK = 7_402_211_902
 MAX_TXIDS_PER_SEAL = 5000
@@ -56,6 +56,7 @@ class Seal:
     from_txid: int
     to_txid: int
     entries: int
+    ahead: str | None = None  # its date, when more than DATED_AHEAD past the clock (see seal_once)
 
 
 def entry_hash(row, version: int = HASH_VERSION) -> bytes:
@@ -116,7 +117,7 @@ async def seal_once(conn: AsyncConnection, until: int | None = None) -> Seal | N
         return None
     ids = sorted(hashes)
     ordered = [hashes[i] for i in ids]
-    at = (await conn.execute(_DATE, {"before": prev_at, "latest": latest})).scalar_one()
+    at, ahead = (await conn.execute(_DATE, {"before": prev_at, "latest": latest, "ahead": DATED_AHEAD})).one()
     seal_id = (await conn.execute(text(
         """INSERT INTO seals (from_txid, to_txid, entry_ids, entry_hashes, prev_hash, chain_hash, hash_version,
                               sealed_at)
@@ -124,14 +125,27 @@ async def seal_once(conn: AsyncConnection, until: int | None = None) -> Seal | N
                    CAST(:at AS timestamptz)) RETURNING id"""),
         {"lo": str(lo), "hi": str(hi), "ids": ids, "hashes": ordered, "prev": prev, "at": at,
          "chain": seal_chain(prev, ordered, HASH_VERSION, at), "version": HASH_VERSION})).scalar_one()
-    return Seal(seal_id, lo, hi, len(ids))
+    return Seal(seal_id, lo, hi, len(ids), at if ahead else None)
 
 
 # A seal's date: now, or later when the clock stepped back (NTP) below the seal before it or below
 # an entry it seals (recorded before the step): dated by the clock alone, it was refused
-# (seals_sealed_at) and nothing was sealed until the clock caught up. GREATEST skips a NULL.
-_DATE = text(f"""SELECT {SEALED_AT.format(
-    "GREATEST(clock_timestamp(), CAST(:before AS timestamptz), CAST(:latest AS timestamptz))")}""")
+# (seals_sealed_at) and nothing was sealed until the clock caught up. GREATEST skips a NULL. And
+# whether that is more than DATED_AHEAD past the clock: no step back goes so far, a seal (or an
+# entry) dated so was planted, and the seal is still taken (refused, nothing would be sealed until
+# the clock reached that date) but not in silence (SealsDatedAhead).
+_GREATEST = "GREATEST(clock_timestamp(), CAST(:before AS timestamptz), CAST(:latest AS timestamptz))"
+_DATE = text(f"""SELECT {SEALED_AT.format(_GREATEST)},
+                        {_GREATEST} > clock_timestamp() + CAST(:ahead AS interval)""")
+
+
+class SealsDatedAhead(Exception):
+    """Seals were taken, dated more than DATED_AHEAD past the database's clock, as the seal before
+    them (or an entry they seal) is: the sealing job's run is an error, so its last success stops."""
+
+    def __init__(self, at: str) -> None:
+        super().__init__(f"seals are dated {at}, more than a day past the database's clock, as the seal before "
+                         "them or an entry they seal is (`tokentill audit verify` names it); they were taken")
 
 
 _ENTRY_PAST = text("""SELECT j.txid::text FROM journal_entries j
@@ -159,11 +173,13 @@ async def seal_problems(conn: AsyncConnection) -> list[str]:
     """Every way the sealed history differs from the journal as it is now, naming entries."""
     problems: list[str] = []
     prev, expected_lo, before = GENESIS, 0, None
-    seals = await conn.execute(text(
+    rows = await conn.execute(text(
         f"""SELECT id, from_txid::text AS lo, to_txid::text AS hi, entry_ids, entry_hashes,
                    prev_hash, chain_hash, hash_version, {SEALED_AT.format('sealed_at')} AS at
               FROM seals ORDER BY id"""))
-    for s in seals.all():
+    seals = rows.all()
+    clock = (await conn.execute(_CLOCK, {"ahead": DATED_AHEAD})).one()  # read after the seals: each was written before
+    for s in seals:
         if int(s.lo) != expected_lo or bytes(s.prev_hash) != prev:
             problems.append(f"seal {s.id} does not follow the seal before it")
         sealed = dict(zip(s.entry_ids, (bytes(h) for h in s.entry_hashes), strict=True))
@@ -176,7 +192,7 @@ async def seal_problems(conn: AsyncConnection) -> list[str]:
             problems.append(f"seal {s.id} chain hash does not match its entry hashes"
                             + (" and sealed_at" if dated else ""))
         if dated:
-            problems += await _misdated(conn, s, before)
+            problems += await _misdated(conn, s, before, clock)
         now = await hashes_between(conn, int(s.lo), int(s.hi), s.hash_version)
         for entry_id in sorted(sealed.keys() | now.keys()):
             if entry_id not in now:
@@ -197,13 +213,37 @@ _RECORDED_AFTER = text(f"""SELECT j.id, {SEALED_RECORDED_AT} FROM (
                             ORDER BY j.id LIMIT 1""")
 
 
-async def _misdated(conn: AsyncConnection, s, before) -> list[str]:
-    """How a seal of version 4 or later is dated wrong: before the seal before it, or before the
-    first of its entries recorded after it (the sealer dates a seal after both)."""
+# The database's clock, and DATED_AHEAD past it, as a seal's date is written.
+_CLOCK = text(f"""SELECT {SEALED_AT.format('clock_timestamp()')} AS now,
+                         {SEALED_AT.format('(clock_timestamp() + CAST(:ahead AS interval))')} AS ahead""")
+# The entry of a seal's range recorded last (by the txid index, as _RECORDED_AFTER).
+_LATEST = text(f"""SELECT j.id, {SEALED_RECORDED_AT} FROM (
+                      SELECT * FROM journal_entries
+                       WHERE txid >= CAST(:lo AS xid8) AND txid < CAST(:hi AS xid8) OFFSET 0) j
+                    ORDER BY j.recorded_at DESC, j.id LIMIT 1""")
+
+
+async def _misdated(conn: AsyncConnection, s, before, clock) -> list[str]:
+    """How a seal of version 4 or later is dated wrong: before the seal before it, before the
+    first of its entries recorded after it (the sealer dates a seal after both), or more than
+    DATED_AHEAD past the database's clock (`clock`: now, and that much past it) by a date of its
+    own. The sealer dates a seal GREATEST(its clock, the seal before it, its entries): a seal
+    planted a year ahead dates every seal after it so, with the chain and the order intact; only
+    the first, whose date neither the seal before it nor its entries explain, is named (or the
+    entry recorded so far ahead, whose date it took)."""
     problems = []
     if before is not None and s.at < before.at:  # one fixed-width UTC text: compared as text
         problems.append(f"seal {s.id} is dated {s.at}, before seal {before.id} ({before.at})")
     late = (await conn.execute(_RECORDED_AFTER, {"lo": s.lo, "hi": s.hi, "at": s.at})).first()
     if late is not None:
         problems.append(f"seal {s.id} is dated {s.at}, before entry {late[0]} was recorded ({late[1]})")
+    if s.at > clock.ahead and (before is None or s.at > before.at):
+        last = (await conn.execute(_LATEST, {"lo": s.lo, "hi": s.hi})).first()
+        if last is not None and last[1] == s.at:
+            problems.append(f"entry {last[0]} was recorded at {s.at}, more than a day past the database's clock "
+                            f"({clock.now}): seal {s.id} is dated by it, and the seals after it no earlier")
+        else:
+            problems.append(f"seal {s.id} is dated {s.at}, more than a day past the database's clock ({clock.now}), "
+                            "and past the seal before it and its entries: no clock dated it so, and the seals "
+                            "after it are dated no earlier")
     return problems

@@ -16,7 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.db import Database, is_unavailable
-from ledger.seal import horizon, seal_once
+from ledger.seal import SealsDatedAhead, horizon, seal_once
 from wallets import store
 from wallets.billing import close_due
 from wallets.engine import lane_lock
@@ -50,11 +50,15 @@ class Job:
 async def seal_journal(db: Database) -> object:
     """Seal everything committed before the run began, in as many seals as that takes; what
     commits meanwhile is the next run's. (Sealing until a seal found nothing new never ended
-    under steady posting: each seal found what committed while it ran.)"""
+    under steady posting: each seal found what committed while it ran.) Seals dated more than a day
+    past the database's clock (after a planted seal) are taken, and the run raises SealsDatedAhead."""
     until = await db.lookup(horizon)
-    sealed = 0
+    sealed, ahead = 0, None
     while (seal := await db.run(lambda conn: seal_once(conn, until))) is not None:
         sealed += seal.entries
+        ahead = seal.ahead or ahead
+    if ahead is not None:  # taken, yet an error: a date a seal inherits from a planted one is no news
+        raise SealsDatedAhead(ahead)
     return sealed
 
 

@@ -266,6 +266,29 @@ async def test_the_database_refuses_a_seal_dated_before_its_entries_the_seal_bef
         await db.dispose()
 
 
+async def _plant_first_seal(conn, ahead: str) -> str:
+    """Seal 1, of every entry so far, dated `ahead` (an interval) past the clock at a whole second
+    (its text ends .000000Z, which the chain covers), written with the triggers off (as by a
+    superuser, or a sealer before its clock stepped back); its date as the export writes it."""
+    from ledger.chain import GENESIS, seal_chain
+    from ledger.seal import SEALED_AT, hashes_between, horizon
+
+    await conn.execute(text("SET LOCAL session_replication_role = replica"))
+    hi = await horizon(conn)
+    hashes = await hashes_between(conn, 0, hi)
+    on = f"(date_trunc('second', clock_timestamp()) + interval '{ahead}')"
+    at = (await conn.execute(text("SELECT " + SEALED_AT.format(on)))).scalar_one()
+    ordered = [hashes[i] for i in sorted(hashes)]
+    await conn.execute(text(
+        """INSERT INTO seals (from_txid, to_txid, entry_ids, entry_hashes, prev_hash, chain_hash,
+                              hash_version, sealed_at)
+           VALUES (CAST('0' AS xid8), CAST(:hi AS xid8), :ids, :hashes, :prev, :chain, 4,
+                   CAST(:at AS timestamptz))"""),
+        {"hi": str(hi), "ids": sorted(hashes), "hashes": ordered, "prev": GENESIS, "at": at,
+         "chain": seal_chain(GENESIS, ordered, 4, at)})
+    return at
+
+
 async def test_a_seal_is_taken_when_the_clock_stepped_back_below_the_last_seal_and_an_entry(scratch_url):
     """A database clock stepped back (NTP) below the last seal's date, or below an entry recorded
     before the step, made every new seal refused ("before seal 1"): the job errored, nothing was
@@ -273,30 +296,13 @@ async def test_a_seal_is_taken_when_the_clock_stepped_back_below_the_last_seal_a
     and its entries' recorded_at, so it is taken, and the order rules still hold."""
     from sqlalchemy.exc import DBAPIError
 
-    from ledger.chain import GENESIS, seal_chain
-    from ledger.seal import SEALED_AT, hashes_between, horizon
-
     db = connect(scratch_url, pool_size=2)
     try:
         await db.run(_two_accounts)
         await post_now(db, _entry("one"))
 
-        async def plant(conn):  # seal 1 as a sealer wrote it before the clock stepped back an hour
-            await conn.execute(text("SET LOCAL session_replication_role = replica"))
-            hi = await horizon(conn)
-            hashes = await hashes_between(conn, 0, hi)
-            an_hour_on = "(date_trunc('second', clock_timestamp()) + interval '1 hour')"
-            at = (await conn.execute(text("SELECT " + SEALED_AT.format(an_hour_on)))).scalar_one()
-            ordered = [hashes[i] for i in sorted(hashes)]
-            await conn.execute(text(
-                """INSERT INTO seals (from_txid, to_txid, entry_ids, entry_hashes, prev_hash, chain_hash,
-                                      hash_version, sealed_at)
-                   VALUES (CAST('0' AS xid8), CAST(:hi AS xid8), :ids, :hashes, :prev, :chain, 4,
-                           CAST(:at AS timestamptz))"""),
-                {"hi": str(hi), "ids": sorted(hashes), "hashes": ordered, "prev": GENESIS, "at": at,
-                 "chain": seal_chain(GENESIS, ordered, 4, at)})
-
-        await db.run(plant)  # dated at a whole second: its text ends .000000Z, which the chain covers
+        # seal 1 as a sealer wrote it before the clock stepped back an hour
+        await db.run(lambda conn: _plant_first_seal(conn, "1 hour"))
         await post_now(db, _entry("two"))
 
         async def recorded_later(conn):  # "two" recorded 2 hours on, before the clock stepped back
@@ -422,3 +428,79 @@ async def test_audit_verify_reads_each_seals_entries_not_the_journal_to_check_it
     assert problems == []
     # each seal: its 1 entry hashed, and read again for the date: ~16 rows; never the 100,000 unsealed
     assert read <= seals * 10, f"verifying {seals} seals read {read} journal rows"
+
+
+async def test_a_seal_planted_a_year_ahead_is_named_and_the_seals_dated_by_it_are_not_silent(scratch_url):
+    """A superuser with the triggers off plants seal 1 dated a year (365 days) past the clock. The
+    sealer dates each later seal GREATEST(its clock, the seal before it, its entries) = that date,
+    which 0083's guard takes (ahead of the clock only as far as the seal before it forces), and the
+    chain and the order stay consistent: verify and the offline verifier found nothing, and every
+    seal after it claimed a date a year off, in silence. Now seal 2 is still taken (dated as seal 1:
+    the order holds), but the sealing run is an error (SealsDatedAhead: the job's last success
+    stops), and both verifications name seal 1, 365 days past the database's clock (a day, 86,400 s,
+    is what they allow a clock that stepped back), and not seal 2, whose date seal 1 explains."""
+    import io
+
+    import psycopg
+
+    from ledger.export import write_jsonl
+    from ledger.offline import verify_lines
+    from ledger.seal import SealsDatedAhead
+
+    db = connect(scratch_url, pool_size=2)
+    try:
+        await db.run(_two_accounts)
+        await post_now(db, _entry("one"))
+        planted = await db.run(lambda conn: _plant_first_seal(conn, "365 days"))
+        await post_now(db, _entry("two"))
+        with pytest.raises(SealsDatedAhead, match=f"seals are dated {planted}, more than a day past"):
+            await seal_journal(db)  # before: sealed "two" and returned 1, nothing said
+
+        async def read(conn):
+            dates = (await conn.execute(text(f"SELECT {seal.SEALED_AT.format('sealed_at')} FROM seals ORDER BY id"
+                                             ))).scalars().all()
+            return dates, await seal_problems(conn)
+
+        dates, problems = await db.read(read)
+    finally:
+        await db.dispose()
+    assert dates == [planted, planted]  # seal 2 taken, dated as seal 1
+    assert len(problems) == 1, problems  # before: []
+    assert problems[0].startswith(f"seal 1 is dated {planted}, more than a day past the database's clock (")
+    assert "and past the seal before it and its entries" in problems[0]
+
+    out = io.StringIO()
+    with psycopg.connect(scratch_url) as conn:
+        write_jsonl(conn, out)
+    report = verify_lines(line.encode() for line in out.getvalue().splitlines())
+    assert (report.seals, report.problem_count) == (2, 1), report.problems  # before: 0 problems
+    assert report.problems[0].startswith(f"seal 1 is dated {planted}, more than a day past the export (")
+
+
+async def test_an_entry_recorded_a_year_ahead_is_named_as_what_dates_the_seals(scratch_url):
+    """The same with the entry: "two"'s recorded_at moved a year (365 days) on with the triggers off
+    before it was sealed. Seal 2 is dated by it (the latest of the clock, seal 1, its entry), the run
+    is an error, and verify names the entry (its seal's date is its own), not a seal."""
+    from ledger.seal import SealsDatedAhead
+
+    db = connect(scratch_url, pool_size=2)
+    try:
+        await db.run(_two_accounts)
+        await post_now(db, _entry("one"))
+        await seal_journal(db)
+        await post_now(db, _entry("two"))
+
+        async def recorded_ahead(conn):
+            await conn.execute(text("SET LOCAL session_replication_role = replica"))
+            return (await conn.execute(text(
+                "UPDATE journal_entries SET recorded_at = clock_timestamp() + interval '365 days' WHERE key = 'two' "
+                "RETURNING id"))).scalar_one()
+
+        two = await db.run(recorded_ahead)
+        with pytest.raises(SealsDatedAhead):
+            await seal_journal(db)
+        problems = await db.read(seal_problems)
+    finally:
+        await db.dispose()
+    assert len(problems) == 1 and problems[0].startswith(f"entry {two} was recorded at "), problems
+    assert "more than a day past the database's clock (" in problems[0] and "seal 2 is dated by it" in problems[0]
