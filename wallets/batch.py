@@ -263,7 +263,7 @@ class Batch:
         if effect.payers:
             self.add("true_up_payers", {
                 "customer_id": effect.customer_id, "period": effect.period, "rerate_id": effect.rerate_id,
-                "created_at": self.now, "charges": [charge_id for charge_id, _, _ in effect.payers],
+                "charges": [charge_id for charge_id, _, _ in effect.payers],
                 "payers": [payer for _, payer, _ in effect.payers], "units": [units for _, _, units in effect.payers]})
 
     def _period_advanced(self, effect: PeriodAdvanced, key: str | None) -> None:

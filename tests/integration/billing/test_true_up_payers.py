@@ -122,7 +122,8 @@ async def test_verify_bounds_each_payer_by_the_true_ups_as_written_when_two_re_r
     $0.20 - $0.60 - $0.45 = $3.40 (= $5.00 - $0.20 - $1.40); +$1.95 in all. Each payer's running
     total: A 0.40, 0.70, 0 and B of the 20th 0.40, 0.60, 0: never below nothing. verify ordered the
     two re-rates of one instant by their ids (hashes), so the second's take came first: A 0.40 -
-    0.70 = -$0.30, B 0.40 - 0.60 = -$0.20, flagged on a healthy ledger."""
+    0.70 = -$0.30, B 0.40 - 0.60 = -$0.20, flagged on a healthy ledger. (Their rows are now dated by
+    the database's clock, not the kit's: one instant only within one batch.)"""
     bk = BillingKit(fresh_db)
     cid = "same-instant"
     a, b = await _split_charge(bk, cid)
@@ -131,6 +132,36 @@ async def test_verify_bounds_each_payer_by_the_true_ups_as_written_when_two_re_r
     again = await applied(bk, spec("v3", datetime(2026, 11, 2, tzinfo=UTC)))
     assert again["delta"] == "1.95", again
     assert again["rerate_id"] < first["rerate_id"]  # written second, its id first
+    assert await live_lots(bk, cid) == {b: ("topup", 340 * CENT)}
+    charges = sorted({charge for _, charge, _ in await _payers(bk, cid)})
+    assert {k: v for k, v in (await _payers(bk, cid)).items() if k[0] == again["rerate_id"]} == {
+        (again["rerate_id"], charges[0], a): -70 * CENT, (again["rerate_id"], charges[0], b): -20 * CENT,
+        (again["rerate_id"], charges[1], b): -60 * CENT}
+    await verified(bk)
+
+
+async def test_verify_orders_two_re_rates_by_the_database_not_by_servers_whose_clocks_differ(fresh_db) -> None:
+    """The same two re-rates, the second applied after the first by another server whose clock reads
+    3 ms behind the first's (two hosts a few ms apart). The rows kept each re-rate's server clock
+    (the batch's time) as created_at, and verify ordered each payer's true-ups by it: the second's
+    take came first, A 0.40 - 0.70 = -$0.30 and B of the 20th 0.40 - 0.60 = -$0.20, flagged on a
+    healthy ledger (as in the test above, though the two were 3 ms apart). The rows are now dated by
+    the database's clock when written (one clock; the lane's lock orders the re-rates): A 0.40,
+    0.70, 0 and B 0.40, 0.60, 0, never below nothing."""
+    from datetime import timedelta
+
+    from tests.integration.wallets.wallet_kit import Clock
+    from wallets import rerating
+    from wallets.service import WalletService
+
+    bk = BillingKit(fresh_db)
+    cid = "clocks-apart"
+    a, b = await _split_charge(bk, cid)
+    await _rerated(bk, "20", "5")
+    await bk.add_book(vol("v3", "2026-11-02T00:00:00Z", "20", "20"))
+    behind = WalletService(fresh_db, clock=Clock(bk.clock.now - timedelta(milliseconds=3)))
+    again = await rerating.apply(fresh_db, behind.engine, spec("v3", datetime(2026, 11, 2, tzinfo=UTC)), None)
+    assert again["delta"] == "1.95", again
     assert await live_lots(bk, cid) == {b: ("topup", 340 * CENT)}
     charges = sorted({charge for _, charge, _ in await _payers(bk, cid)})
     assert {k: v for k, v in (await _payers(bk, cid)).items() if k[0] == again["rerate_id"]} == {

@@ -47,7 +47,7 @@ def test_a_true_ups_payers_are_one_row_of_arrays_beside_its_record():
     batch._true_up_charges_given(effect, None)
 
     assert batch.rows["true_up_payers"] == [{
-        "customer_id": "cust", "period": "2026-11", "rerate_id": "rr1", "created_at": NOW,
+        "customer_id": "cust", "period": "2026-11", "rerate_id": "rr1",
         "charges": [5, 5, 9], "payers": ["lot:a", None, "rec"], "units": [200_000_000, 100_000_000, 200_000_000]}]
     token = store.LANE.set(3)
     try:
