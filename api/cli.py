@@ -86,10 +86,13 @@ def _audit_verify(args: argparse.Namespace, settings: Settings) -> int:
             {"name": c.name, "ok": c.ok, "detail": c.detail, "problems": list(c.problems)}
             for c in report.checks]}, indent=2))
     else:
+        from api.audit_cli import printable, readable_stdout  # a problem may name a caller's text
+
+        readable_stdout()  # a charge's request id, say: escaped where the locale lacks a character
         for c in report.checks:
             print(f"{'ok  ' if c.ok else 'FAIL'} {c.name}: {c.detail}")
             for p in c.problems:
-                print(f"       {p}")
+                print(f"       {printable(p)}")
         print("verified: the ledger is whole" if report.ok else "verification FAILED")
     return 0 if report.ok else 1
 
