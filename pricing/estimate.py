@@ -183,6 +183,26 @@ def held_choices(version: PriceBook | PriceVersion, model: str, prompt_tokens: i
     return rating, {name: variant[name] for name in chosen_by_provider if name in variant and name not in given}
 
 
+def prices_output_side(version: PriceBook | PriceVersion, model: str, dimensions: Mapping[str, DimValue] | None,
+                       at: datetime) -> bool:
+    """Whether a rule of the version prices an output-side type other than `output` for the model
+    (reasoning, audio or image output, citations: pricing.units.OUTPUT_TYPES), which a settle's
+    output may be charged at where `output` itself is unpriced."""
+    probe = Usage(model, {}, at, dimensions or {})
+    resolved = _version(version, probe.occurred_at)
+    utc = probe.occurred_at
+    minute = utc.hour * 60 + utc.minute if resolved.timed else None
+    for token_type in OUTPUT_TYPES:
+        if token_type == "output":
+            continue
+        try:
+            if _resolved_rule(resolved, token_type, model, probe.dimensions, minute) is not None:
+                return True
+        except UnpricedModelError:
+            continue
+    return False
+
+
 def _check_premiums(version: PriceBook | PriceVersion, model: str, dimensions: Mapping[str, DimValue] | None,
                     at: datetime, premiums: tuple[str, ...], named: tuple[str, ...], cache_write: str | None) -> None:
     errors = [field_error("premiums", f"{p!r} is not one of {', '.join(PREMIUMS)}") for p in premiums

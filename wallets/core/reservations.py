@@ -7,7 +7,7 @@ from typing import Any
 
 from pricing.books import PriceBook
 from pricing.errors import PricingError, UnpricedModelError
-from pricing.estimate import estimate_upper_bound, held_choices, held_prompt_tokens
+from pricing.estimate import estimate_upper_bound, held_choices, held_prompt_tokens, prices_output_side
 from pricing.money import format_money
 from wallets import chart
 from wallets.core import budgets, idempotency
@@ -142,8 +142,9 @@ def _free(w: Wallet, book: PriceBook | None, cmd: Reserve, now: datetime) -> boo
     """Whether the call's prices make it free (a price of 0, a 100 % discount): one input and one
     output token, any per-request fee, and what else it carries (the per-call tools it may run, a
     cache write, the provider's choice of tier, premium prices) price at 0. Unpriced is not free,
-    but for output where the book prices none for the model (an embeddings model): a settle's
-    output would be `unpriced_model`, never charged, so only the rest of the call is priced."""
+    but for output where the book prices no output-side type for the model (an embeddings model): a
+    settle's output would be `unpriced_model`, never charged, so only the rest of the call is priced.
+    A priced reasoning, audio or image output, or citation, leaves the call not free."""
     if book is None:
         return False
     for outputs in (1, 0):
@@ -155,7 +156,7 @@ def _free(w: Wallet, book: PriceBook | None, cmd: Reserve, now: datetime) -> boo
                                         premium_dimensions=cmd.premium_dimensions,
                                         overrides=overrides_at(w, now)).total_units == 0
         except UnpricedModelError as unpriced:
-            if unpriced.token_type != "output":
+            if unpriced.token_type != "output" or prices_output_side(book, cmd.model, cmd.dimensions, now):
                 return False
         except PricingError:
             return False

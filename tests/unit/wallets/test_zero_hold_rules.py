@@ -6,6 +6,7 @@ overdraft limit of 0. It is refused as insufficient funds; with credit to draw, 
 still taken."""
 from __future__ import annotations
 
+import pytest
 from wallet_memory import MemoryWallet
 
 from pricing.parse import parse_book
@@ -101,3 +102,23 @@ def test_a_priced_model_its_book_prices_no_output_for_is_still_refused_a_hold_of
     estimated = m.reserve(None, input_tokens=0, max_output_tokens=0)
     assert isinstance(estimated, InsufficientFundsError), estimated
     assert m.reserved == 0
+
+
+@pytest.mark.parametrize("priced", ["reasoning", "output_audio", "output_image", "citation"])
+def test_a_model_free_on_input_whose_book_prices_an_output_side_type_but_not_output_is_not_free(priced):
+    """Input at $0 and no `output` rule, but a rule pricing another output-side type at $10 per 1M
+    (reasoning, audio or image output, citations: a model may spend its output on them): a settle
+    reporting 1,000 such tokens charges 1,000 x $10 / 1M = $0.01, so a hold of 0 on an empty
+    prepaid wallet must be refused, as any priced call's. The free-call check left every output-side
+    type out once `output` itself was unpriced, held 0, and the settle's $0.01 went to the
+    receivable, past the overdraft limit of 0."""
+    book = parse_book({"id": "book-o", "currency": "USD", "versions": [
+        {"effective_from": "2026-01-01T00:00:00Z", "format": 2, "rules": [
+            {"id": "x-in", "model": "model-x", "token_type": "input", "price": "0"},
+            {"id": "x-side", "model": "model-x", "token_type": priced, "price": "10"}]}]})
+    m = MemoryWallet(book=book)
+    given = m.reserve("0")
+    assert isinstance(given, InsufficientFundsError), given
+    estimated = m.reserve(None, input_tokens=1000, max_output_tokens=0)
+    assert isinstance(estimated, InsufficientFundsError), estimated
+    assert m.reserved == 0 and m.receivable == 0
