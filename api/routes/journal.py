@@ -22,7 +22,7 @@ from api.errors import ApiError, documented
 from api.routes import cursors
 from api.routes.cursors import PAGE, Cursor, Limit
 from api.routes.formats import IDENTIFIER
-from api.routes.wire import bound_in, time_out, time_param
+from api.routes.wire import bound_in, ends_before, time_out, time_param
 from ledger.journal import EntryRecord, JournalFilter, current_snapshot, journal_page, snapshot_is_past
 from ledger.statements import AccountRef, balance_at, cached_balance, find_account, statement_page
 from pricing.money import DEFAULT_SCALE, format_money
@@ -148,7 +148,7 @@ async def _visible_account(conn, principal: Principal, code: str, *, platform_ok
 
 def _range(start: str | None, end: str | None) -> tuple[datetime | None, datetime | None]:
     since, until = bound_in(start, "from"), bound_in(end, "to")
-    if since is not None and until is not None and until < since:
+    if ends_before(end, start, "to", "from"):  # to the 9th digit sent: not an empty range
         raise WalletValidationError("to", "must not be before from")
     return since, until
 

@@ -24,6 +24,7 @@ from api.routes.wire import (
     Hashes,
     bound_in,
     composed,
+    ends_before,
     idempotency,
     instant_text,
     marked,
@@ -302,7 +303,7 @@ async def get_usage(
         raise WalletValidationError("group_by", "comma-separated names of groups or usage dimensions")
     groups = [g.strip() for g in group_by.split(",") if g.strip()]
     since, until = bound_in(start, "from"), bound_in(end, "to")  # finer than a microsecond: the next one
-    if since is not None and until is not None and until < since:  # as the journal: not an empty report
+    if ends_before(end, start, "to", "from"):  # to the 9th digit sent: not an empty range
         raise WalletValidationError("to", "must not be before from")
     new_zone(time_zone)
     filters = [customer_id, reports.when(since), reports.when(until), reports.unit_groups(groups), time_zone]

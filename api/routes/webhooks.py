@@ -18,7 +18,7 @@ from api.errors import documented
 from api.routes import sealing
 from api.routes.formats import DateTime
 from api.routes.schemas import BIGINT, exactly_one, json_body
-from api.routes.wire import Answer, bound_event_in, bound_in, idempotency, instant_in, respond, shaped, time_out
+from api.routes.wire import Answer, bound_event_in, bound_in, ends_before, idempotency, respond, shaped, time_out
 from api.webhooks import sendable
 from ledger.db import lock_key
 from wallets.core.idempotency import CREATED, OK
@@ -250,8 +250,7 @@ async def redrive_webhooks(
         raise WalletValidationError("body", "give either event_id or since")
     if body.event_id is not None and (until is not None or body.failed_only):
         raise WalletValidationError("until" if until is not None else "failed_only", "goes with since, not event_id")
-    if body.since is not None and body.until is not None and (
-            instant_in(body.until, "until") < instant_in(body.since, "since")):  # to the 9th digit sent
+    if ends_before(body.until, body.since, "until", "since"):  # to the 9th digit sent
         raise WalletValidationError("until", "must not be before since")
     if body.since_event_id is not None and since is None:
         raise WalletValidationError("since_event_id", "narrows since: goes with since, not event_id")

@@ -122,6 +122,13 @@ def instant_in(value: str, field: str) -> tuple[datetime, int]:
     return time_in(value, field), int(_digits(value)[6:9].ljust(3, "0"))
 
 
+def ends_before(end: str | None, start: str | None, end_field: str, start_field: str) -> bool:
+    """Whether a range's end `end` is before its start `start` (both sent, compared to the 9th
+    digit): a 422 naming the end, where read as bounds (bound_in) `.7890121` and `.7890129` are one
+    microsecond, `.789013`, and the range was taken for an empty one."""
+    return end is not None and start is not None and instant_in(end, end_field) < instant_in(start, start_field)
+
+
 def bound_event_in(value: str | None, event_id: str | None) -> str | None:
     """The event id that narrows a bound `value` within its microsecond (a re-drive window is in
     the order (time, event id)), or none where `value` is finer than a microsecond: such a time

@@ -276,3 +276,17 @@ async def test_an_entry_changed_or_slipped_in_after_its_seal_reads_as_altered_or
     assert [(e["key"] == "forged", e["seal"]["status"]) for e in after] == [
         (False, "sealed"), (True, "unlisted"), (False, "altered"), (False, "altered")]
     assert after[2]["seal"]["hash"] == entries[1]["seal"]["hash"]  # what the seal stored, not the new hash
+
+
+@pytest.mark.parametrize(("start", "end"), [("06.7890129", "06.7890121"), ("06.789013", "06.7890125")])
+async def test_a_to_a_fraction_of_a_microsecond_before_from_is_422_naming_it(client, start, end):
+    """`.7890121` is before `.7890129`, and `.7890125` before `.789013`, though each pair is read as
+    one microsecond, `.789013` (a bound finer than one is read as the next): the range ends before it
+    starts, a 422 naming `to`, as any `to` before `from` is, on the journal and a statement alike.
+    Compared as read (equal), each answered 200 with nothing listed (the re-drive's `until`, 428f8ca)."""
+    day = "2001-02-03T04:05:"
+    for path in ("/v1/journal", "/v1/accounts/income:platform:usage:USD/statement"):
+        response = await client.get(path, params={"from": f"{day}{start}Z", "to": f"{day}{end}Z"})
+        assert response.status_code == 422, (path, response.text)
+        assert (response.json()["code"], response.json()["fields"][0]["field"]) == ("validation_error", "to"), (
+            path, response.text)

@@ -37,3 +37,17 @@ async def test_a_bound_a_fraction_of_a_microsecond_after_an_event_counts_the_eve
     assert [r["quantity"] for r in (await client.get(f"/v1/customers/{cid}/usage",
                                                       params={"from": AT})).json()["rows"]] == [1000]
     assert (await client.get(f"/v1/customers/{cid}/usage", params={"to": AT})).json()["rows"] == []
+
+
+@pytest.mark.parametrize(("start", "end"), [("00.1234569", "00.1234561"), ("00.123457", "00.1234565")])
+async def test_a_to_a_fraction_of_a_microsecond_before_from_is_422_naming_it(client: AsyncTestClient, tag: str,
+                                                                             start, end):
+    """`.1234561` is before `.1234569`, and `.1234565` before `.123457`, though each pair is read as
+    one microsecond, `.123457` (a bound finer than one is read as the next): the range ends before it
+    starts, a 422 naming `to` as any `to` before `from` is; compared as read (equal) it answered 200
+    with no rows, an empty report."""
+    cid = await book_customer(client, f"uns-{tag}", "input")
+    day = "2026-11-10T10:00:"
+    response = await client.get(f"/v1/customers/{cid}/usage", params={"from": f"{day}{start}Z", "to": f"{day}{end}Z"})
+    assert response.status_code == 422, response.text
+    assert (response.json()["code"], response.json()["fields"][0]["field"]) == ("validation_error", "to"), response.text
