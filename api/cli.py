@@ -90,7 +90,7 @@ def _audit_verify(args: argparse.Namespace, settings: Settings) -> int:
 
         readable_stdout()  # a charge's request id, say: escaped where the locale lacks a character
         for c in report.checks:
-            print(f"{'ok  ' if c.ok else 'FAIL'} {c.name}: {c.detail}")
+            print(f"{'ok  ' if c.ok else 'FAIL'} {c.name}: {printable(c.detail)}")  # "first: <problem>"
             for p in c.problems:
                 print(f"       {printable(p)}")
         print("verified: the ledger is whole" if report.ok else "verification FAILED")

@@ -57,3 +57,21 @@ def test_a_request_id_the_locale_cannot_encode_is_printed_escaped(monkeypatch):
         "       charge 7 (caf\\xe9): its lines sum to 30000000, not 28000000",
         "ok   lots: each lot's remaining is its account balance",
         "verification FAILED"]
+
+
+def test_the_first_problem_in_a_failed_check_s_detail_is_escaped_too(monkeypatch, capsys):
+    """A failed check's detail line repeats its first problem (`problems_check`, which every query
+    check of the database's goes through: `1 found; first: <problem>`), and that line printed the
+    request id raw: its CR and ESC [2K erased `FAIL charges: 1 found; first: charge 7 (r`, the clean
+    verdict stood on a line of its own and ESC [8m concealed every line after it, the escaped problem
+    line and "verification FAILED" included. The detail is escaped as the problem is."""
+    from ledger.audit import problems_check
+
+    report = Report((problems_check("charges", [PROBLEM], "every charge equals the sum of its lines"),))
+    monkeypatch.setattr(cli, "_with_db", lambda settings, work: report)
+    assert cli._audit_verify(argparse.Namespace(file=None, json=False, expect_head=None), None) == 1
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\r" not in out, out
+    shown = f"charge 7 (r\\r\\x1b[2K{VERDICT}\\n\\x1b[8m): its lines sum to 30000000, not 28000000"
+    assert out.splitlines() == [f"FAIL charges: 1 found; first: {shown}", f"       {shown}",
+                                "verification FAILED"], out
