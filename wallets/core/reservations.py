@@ -141,7 +141,8 @@ def _draws(w: Wallet, now: datetime) -> bool:
 def _free(w: Wallet, book: PriceBook | None, cmd: Reserve, now: datetime) -> bool:
     """Whether the call's prices make it free (a price of 0, a 100 % discount): one input and one
     output token, any per-request fee, and what else it carries (the per-call tools it may run, a
-    cache write, the provider's choice of tier, premium prices) price at 0. Unpriced is not free,
+    cache write, the provider's choice of tier, premium prices) price at exactly 0 (not a price
+    whose one token rounds to 0 atomic units, as $0.0002 per 1M does). Unpriced is not free,
     but for output where the book prices no output-side type for the model (an embeddings model): a
     settle's output would be `unpriced_model`, never charged, so only the rest of the call is priced.
     A priced reasoning, audio or image output, or citation, leaves the call not free."""
@@ -154,7 +155,7 @@ def _free(w: Wallet, book: PriceBook | None, cmd: Reserve, now: datetime) -> boo
                                         prompt_cache_write=cmd.prompt_cache_write,
                                         chosen_by_provider=cmd.chosen_by_provider, premiums=cmd.premiums,
                                         premium_dimensions=cmd.premium_dimensions,
-                                        overrides=overrides_at(w, now)).total_units == 0
+                                        overrides=overrides_at(w, now)).total == 0
         except UnpricedModelError as unpriced:
             if unpriced.token_type != "output" or prices_output_side(book, cmd.model, cmd.dimensions, now):
                 return False

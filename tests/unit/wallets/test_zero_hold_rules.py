@@ -122,3 +122,21 @@ def test_a_model_free_on_input_whose_book_prices_an_output_side_type_but_not_out
     estimated = m.reserve(None, input_tokens=1000, max_output_tokens=0)
     assert isinstance(estimated, InsufficientFundsError), estimated
     assert m.reserved == 0 and m.receivable == 0
+
+
+def test_a_model_whose_one_token_rounds_to_0_units_is_not_free():
+    """Input and output at $0.0002 per 1M tokens: one of each is 2 x $0.0002 / 1M = $0.0000000004,
+    0.4 of an atomic unit ($0.000000001), which rounds to 0, and the check called the model free
+    from that rounded 0: a hold of 0 was taken on an empty prepaid wallet, and a settle of 1,000,000
+    input and 1,000,000 output tokens charged $0.0002 + $0.0002 = $0.0004 (400,000 atomic units)
+    to the receivable, past the overdraft limit of 0. Free is a price of 0, not a small one."""
+    book = parse_book({"id": "book-t", "currency": "USD", "versions": [
+        {"effective_from": "2026-01-01T00:00:00Z", "rules": [
+            {"id": "x-in", "model": "model-x", "token_type": "input", "price": "0.0002"},
+            {"id": "x-out", "model": "model-x", "token_type": "output", "price": "0.0002"}]}]})
+    m = MemoryWallet(book=book)
+    given = m.reserve("0")
+    assert isinstance(given, InsufficientFundsError), given
+    estimated = m.reserve(None, input_tokens=1, max_output_tokens=1)  # 0.4 of a unit: a hold of 0
+    assert isinstance(estimated, InsufficientFundsError), estimated
+    assert m.reserved == 0 and m.receivable == 0
