@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -220,3 +220,48 @@ async def test_an_until_a_fraction_of_a_microsecond_before_since_is_422_naming_i
                                    json={"since": f"{day}{since}Z", "until": f"{day}{until}Z"})
     assert answer.status_code == 422, answer.text
     assert (answer.json()["code"], answer.json()["fields"][0]["field"]) == ("validation_error", "until"), answer.text
+
+
+def _spelled(at: datetime, fraction: str, offset: str) -> str:
+    """`at`'s whole second at `offset` (`Z`, `+05:30`, `-00:00`), with `fraction` as sent."""
+    zone = UTC if offset in ("Z", "-00:00") else timezone(timedelta(hours=5, minutes=30))
+    return at.astimezone(zone).strftime("%Y-%m-%dT%H:%M:%S") + fraction + offset
+
+
+@pytest.mark.parametrize(("second", "since", "until", "scheduled"), [
+    (0, (".7890120", "Z", "b"), None, "bc"),  # trailing zeros: .789012 itself, b narrows it
+    (1, (".789012000", "+05:30", "b"), None, "bc"),
+    (2, (".7890115", "+05:30", "b"), None, "abc"),  # between .789011 and .789012 at another offset: no id
+    (3, (".789011", "-00:00", None), (".78901200", "-00:00", "b"), "za"),
+    (4, (".789011", "Z", None), (".7890115", "+05:30", "b"), "z"),
+    (5, (".7890115", "-00:00", "b"), (".7890120", "+05:30", "c"), "ab"),
+    (6, (".7890115", "Z", "c"), (".7890115", "+05:30", "a"), ""),  # one place, both ids aside: empty, not 422
+])
+async def test_a_bound_is_read_to_its_digits_whatever_its_offset_or_trailing_zeros(database_url, db, second, since,
+                                                                                    until, scheduled):
+    """Events z at .789011 and a < b < c at T = .789012. A bound with trailing zeros (`.7890120`,
+    `.789012000`, `.78901200`) is T itself, and its event id narrows T's events: since from b holds
+    b, c (2); until before b from z's microsecond holds z, a (2). One finer than a microsecond
+    (`.7890115`) lies between z and a, at any offset (`+05:30`: the same instant 5 h 30 min on the
+    clock; `-00:00`: UTC), and its id is left aside: since from b holds a, b, c (3); until before b
+    from z holds z (1); [.7890115, T before c) holds a, b (2); [.7890115, .7890115) nothing (0),
+    whichever ids (202). An offset moves no event in or out."""
+    mark = uuid.uuid4().hex[:10]
+    at = AT + timedelta(minutes=5, seconds=second)
+    await _events(db, mark, [at - timedelta(microseconds=1), at, at, at])
+    ids = dict(zip("zabc", (f"evt_{mark}_{g}" for g in (1, 2, 3, 4)), strict=True))
+    body: dict[str, str] = {"until": _wire(at + timedelta(seconds=1))}
+    for name, bound in (("since", since), ("until", until)):
+        if bound is not None:
+            fraction, offset, event = bound
+            body[name] = _spelled(at, fraction, offset)
+            if event is not None:
+                body[f"{name}_event_id"] = ids[event]
+    async with AsyncTestClient(app=create_app(FAST, database_url)) as client:
+        client.headers.update(ADMIN)
+        endpoint = (await client.post("/v1/webhook-endpoints", json={"url": "https://x.example/h",
+                                                                     "topics": ["invoice.*"]})).json()
+        answer = await client.post(f"/v1/webhook-endpoints/{endpoint['id']}/redrive", json=body)
+    assert answer.status_code == 202, (body, answer.text)
+    assert answer.json()["scheduled"] == len(scheduled), body
+    assert await _queued(db, endpoint["id"]) == [ids[e] for e in scheduled], body
