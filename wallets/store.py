@@ -20,6 +20,7 @@ from typing import Any, Literal, NamedTuple
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ledger.chain import DATED_AHEAD
 from ledger.db import Lead
 from ledger.lanes import lane_count, lane_of
 from ledger.model import AccountSpec
@@ -958,29 +959,42 @@ async def load_payers(conn: AsyncConnection, w: Wallet, accounts: Iterable[str],
                     WHERE p.lane = l.lane AND p.account_id = l.account_id AND p.amount > 0
                       AND j.kind = 'grant_reversal'
                     ORDER BY p.entry_id DESC LIMIT 1), 0)
-                   ELSE coalesce(l.expired_amount, 0) END, least(l.revoked_at, l.expires_at)
+                   ELSE coalesce(l.expired_amount, 0) END,
+                   l.expires_at, l.revoked_at, (
+                   SELECT max(p.entry_id) FROM postings p
+                     JOIN journal_entries j ON j.lane = p.lane AND j.id = p.entry_id
+                    WHERE p.lane = l.lane AND p.account_id = l.account_id AND l.revoked_at IS NOT NULL
+                      AND j.kind = 'grant_reversal')
              FROM lots l WHERE l.lane = {lane} AND l.customer_id = %(customer)s
               AND l.account_code = ANY(%(codes)s::text[])""", params)
-    held, closed_at = {}, []
-    for code, amount, at in rows:
+    held, expired_at, revoked = {}, [], []
+    for code, amount, expired, revoked_at, reversal in rows:
         held[code] = int(amount)
-        closed_at.extend([at] if at is not None else [])
+        expired_at.extend([expired] if expired is not None else [])
+        revoked.extend([(revoked_at, reversal or 0)] if revoked_at is not None else [])
     # then what closes' true-ups and re-rates gave there for each since (given back to it: revoked
     # again, to breakage) less what they took from there for it (entry metadata `closed_lots`,
     # money_back.closed_moves): the customer's re-rate and close entries since the first of them
     # closed (journal_entries_corrections, 0084: one before a lot closed moved nothing there for
-    # it; the whole history was read, every re-rate's and close's). An entry written before the key
-    # (December 2026) with postings on promotions (breakage) moved them for lots revoked (expired)
-    # by then among the payers of the charges it corrected (its charge_adjustments, its
+    # it; the whole history was read, every re-rate's and close's). An expired lot is closed for an
+    # entry dated at or past its expiry (closed_moves compares it with the entry's own time); a
+    # revoked one for an entry after its revocation's (a later id: the correction saw it revoked),
+    # whatever the two servers' clocks read, read from a day (chain.DATED_AHEAD) before the time it
+    # was revoked at: an entry dated by a clock 3 ms behind that revocation's was left out. An
+    # entry written before the key (December 2026) with postings on promotions (breakage) moved
+    # them for lots revoked (expired) by then among the payers of the charges it corrected (its charge_adjustments, its
     # true_up_charges): all for the one such lot; among several, not known, so each counts what it
     # took from there, none what it gave (each is bounded by no more than went there for it)
     params |= {"promotions": chart.promotions_account(w.customer.currency),
                "breakage": chart.breakage_account(w.customer.currency),
-               "since": min(closed_at, default="-infinity")}
+               "expired": min(expired_at, default="infinity"),
+               "after": min((reversal for _, reversal in revoked), default=None),
+               "since": min([*expired_at, *(at - DATED_AHEAD for at, _ in revoked)], default="-infinity")}
     moved = await conn.exec_driver_sql(
         f"""WITH j AS (SELECT j.id, j.kind, j.occurred_at, j.metadata FROM journal_entries j
                     WHERE j.lane = {lane} AND j.customer_id = %(customer)s AND j.occurred_at >= %(since)s::timestamptz
-                      AND j.kind IN ('rerate_adjustment', 'volume_true_up')),
+                      AND j.kind IN ('rerate_adjustment', 'volume_true_up')
+                      AND (j.occurred_at >= %(expired)s::timestamptz OR j.id > %(after)s::bigint)),
             old AS (SELECT j.id, j.kind, j.occurred_at, j.metadata, a.code = %(promotions)s AS revoked,
                            -sum(p.amount) AS units
                       FROM j JOIN postings p ON p.lane = {lane} AND p.entry_id = j.id
@@ -991,7 +1005,11 @@ async def load_payers(conn: AsyncConnection, w: Wallet, accounts: Iterable[str],
                               count(*) OVER (PARTITION BY o.id, o.revoked) AS n
                          FROM old o JOIN lots l ON l.lane = {lane} AND l.customer_id = %(customer)s
                           AND (l.revoked_at IS NOT NULL) = o.revoked
-                          AND least(l.revoked_at, l.expires_at) <= o.occurred_at
+                          AND (l.expires_at <= o.occurred_at OR l.revoked_at IS NOT NULL AND o.id > (
+                              SELECT max(p.entry_id) FROM postings p
+                                JOIN journal_entries r ON r.lane = p.lane AND r.id = p.entry_id
+                               WHERE p.lane = l.lane AND p.account_id = l.account_id
+                                 AND r.kind = 'grant_reversal'))
                         WHERE EXISTS (
                             SELECT 1 FROM charges c
                              WHERE c.lane = {lane} AND c.customer_id = %(customer)s
