@@ -183,23 +183,32 @@ def held_choices(version: PriceBook | PriceVersion, model: str, prompt_tokens: i
     return rating, {name: variant[name] for name in chosen_by_provider if name in variant and name not in given}
 
 
-def prices_output_side(version: PriceBook | PriceVersion, model: str, dimensions: Mapping[str, DimValue] | None,
-                       at: datetime) -> bool:
-    """Whether a rule of the version prices an output-side type other than `output` for the model
-    (reasoning, audio or image output, citations: pricing.units.OUTPUT_TYPES), which a settle's
-    output may be charged at where `output` itself is unpriced."""
+def charges_other_types(version: PriceBook | PriceVersion, model: str, dimensions: Mapping[str, DimValue] | None,
+                        at: datetime, overrides: Overrides | None = None) -> bool:
+    """Whether a rule of the version prices, for the model, some type a settle may report (cached
+    input, image input, a cache write, reasoning, audio output, ...; not the per-call tools or the
+    request fee, which a hold prices as the call declares them) above 0: its dearest price, or the
+    customer's contract price, less the discounts that cover it (less than 100 % off)."""
     probe = Usage(model, {}, at, dimensions or {})
     resolved = _version(version, probe.occurred_at)
     utc = probe.occurred_at
     minute = utc.hour * 60 + utc.minute if resolved.timed else None
-    for token_type in OUTPUT_TYPES:
-        if token_type == "output":
+    overrides = overrides or _NO_OVERRIDES
+    for token_type in KINDS:
+        if token_type in TOOL_CALLS or token_type == "request":
             continue
         try:
-            if _resolved_rule(resolved, token_type, model, probe.dimensions, minute) is not None:
-                return True
+            rule = _resolved_rule(resolved, token_type, model, probe.dimensions, minute)
         except UnpricedModelError:
             continue
+        if rule is None:
+            continue
+        contract = overrides.contract_for(model, token_type, rule.token_type)
+        price = contract.price if contract else rule.max_price()
+        off = sum((d.percent for d in overrides.discounts if d.covers(model, token_type, rule.token_type)),
+                  Decimal(0))
+        if price > 0 and off < 100:
+            return True
     return False
 
 

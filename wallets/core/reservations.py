@@ -7,7 +7,7 @@ from typing import Any
 
 from pricing.books import PriceBook
 from pricing.errors import PricingError, UnpricedModelError
-from pricing.estimate import estimate_upper_bound, held_choices, held_prompt_tokens, prices_output_side
+from pricing.estimate import charges_other_types, estimate_upper_bound, held_choices, held_prompt_tokens
 from pricing.money import format_money
 from wallets import chart
 from wallets.core import budgets, idempotency
@@ -142,12 +142,13 @@ def _free(w: Wallet, book: PriceBook | None, cmd: Reserve, now: datetime) -> boo
     """Whether the call's prices make it free (a price of 0, a 100 % discount): one input and one
     output token, any per-request fee, and what else it carries (the per-call tools it may run, a
     cache write, the provider's choice of tier, premium prices) price at exactly 0 (not a price
-    whose one token rounds to 0 atomic units, as $0.0002 per 1M does). Unpriced is not free,
-    but for output where the book prices no output-side type for the model (an embeddings model): a
-    settle's output would be `unpriced_model`, never charged, so only the rest of the call is priced.
-    A priced reasoning, audio or image output, or citation, leaves the call not free."""
+    whose one token rounds to 0 atomic units, as $0.0002 per 1M does), and so does every other type
+    a settle may report (cached or image input, reasoning, audio output: charges_other_types).
+    Unpriced is not free, but for output where the book prices none for the model (an embeddings
+    model): a settle's output would be `unpriced_model`, never charged."""
     if book is None:
         return False
+    overrides = overrides_at(w, now)
     for outputs in (1, 0):
         try:
             return estimate_upper_bound(book, cmd.model, 1, outputs, cmd.dimensions, now,
@@ -155,9 +156,10 @@ def _free(w: Wallet, book: PriceBook | None, cmd: Reserve, now: datetime) -> boo
                                         prompt_cache_write=cmd.prompt_cache_write,
                                         chosen_by_provider=cmd.chosen_by_provider, premiums=cmd.premiums,
                                         premium_dimensions=cmd.premium_dimensions,
-                                        overrides=overrides_at(w, now)).total == 0
+                                        overrides=overrides).total == 0 \
+                and not charges_other_types(book, cmd.model, cmd.dimensions, now, overrides)
         except UnpricedModelError as unpriced:
-            if unpriced.token_type != "output" or prices_output_side(book, cmd.model, cmd.dimensions, now):
+            if unpriced.token_type != "output":
                 return False
         except PricingError:
             return False

@@ -140,3 +140,30 @@ def test_a_model_whose_one_token_rounds_to_0_units_is_not_free():
     estimated = m.reserve(None, input_tokens=1, max_output_tokens=1)  # 0.4 of a unit: a hold of 0
     assert isinstance(estimated, InsufficientFundsError), estimated
     assert m.reserved == 0 and m.receivable == 0
+
+
+@pytest.mark.parametrize("priced", ["cached_input", "input_image", "cache_write"])
+def test_a_model_free_on_input_and_output_whose_book_prices_another_prompt_type_is_not_free(priced):
+    """Input and output at $0, but cached input (or image input, or a cache write) at $10 per 1M:
+    a settle reporting 1,000 such tokens charges 1,000 x $10 / 1M = $0.01, so a hold of 0 on an
+    empty prepaid wallet must be refused. The check priced one input and one output token only,
+    called the call free, and the settle's $0.01 went to the receivable past the overdraft of 0."""
+    book = parse_book({"id": "book-c", "currency": "USD", "versions": [
+        {"effective_from": "2026-01-01T00:00:00Z", "format": 2, "rules": [
+            {"id": "x-in", "model": "model-x", "token_type": "input", "price": "0"},
+            {"id": "x-out", "model": "model-x", "token_type": "output", "price": "0"},
+            {"id": "x-other", "model": "model-x", "token_type": priced, "price": "10"}]}]})
+    m = MemoryWallet(book=book)
+    given = m.reserve("0")
+    assert isinstance(given, InsufficientFundsError), given
+    assert m.reserved == 0 and m.receivable == 0
+
+
+def test_a_free_model_whose_book_prices_its_other_types_at_0_is_still_free():
+    # input, cached input and reasoning at $0, no output rule: every type a settle charges is at $0
+    free = parse_book({"id": "book-f", "currency": "USD", "versions": [
+        {"effective_from": "2026-01-01T00:00:00Z", "format": 2, "rules": [
+            {"id": "x-in", "model": "model-x", "token_type": "input", "price": "0"},
+            {"id": "x-cached", "model": "model-x", "token_type": "cached_input", "price": "0"},
+            {"id": "x-reasoning", "model": "model-x", "token_type": "reasoning", "price": "0"}]}]})
+    assert MemoryWallet(book=free).reserve("0").reservation.amount == 0
