@@ -17,6 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from test_rerate_volume_true_up import (
     CLOSED,
+    DEC_1,
     NOV_1,
     V1,
     applied,
@@ -241,6 +242,48 @@ async def test_a_close_s_true_up_takes_off_what_is_owed_only_what_the_receivable
     assert await live_lots(bk, cid) == {grant: ("grant", 430 * CENT)}
     [invoice] = await bk.invoices(cid)
     assert invoice["amount_due"] == "0.60"
+    await verified(bk)
+
+
+async def test_a_close_s_true_up_of_a_charge_re_rated_while_open_takes_off_what_is_owed_its_own_part_not_a_grant_s(
+        fresh_db) -> None:
+    """Postpaid, book `two` (rules a, model-x, and b, model-y, output: $20/M up to 100,000, $10/M
+    beyond). A $2.30 grant on November 1st pays the 5th's 130,000 model-y tokens ($2.00 + 30,000 x
+    $10/M = $2.30: nothing left); the 10th's 130,000 model-x ($2.30) go on the receivable. On the
+    15th, November open, model-x is re-rated to $18/M and $9/M: $1.80 + $0.27 = $2.07 (-$0.23 off
+    what is owed: $2.07). The close: rule a at the tier reached 130,000 x $9/M = $1.17, -$0.90 (its
+    charge re-rated, so shared over what paid the rule's charges: the receivable alone, off what is
+    owed: $1.17); rule b 130,000 x $10/M = $1.30, -$1.00, to the grant that paid its charge ($1.00).
+    Before d61b025 (the same defect, in the close's share of a re-rated rule's money back), the
+    receivable's share was all it paid of rule a's charges ($2.07, not its $0.90), paid first: all
+    $1.90 came off what is owed ($0.17) and the grant got nothing (the promotion paid the customer's
+    debt)."""
+    bk = BillingKit(fresh_db)
+    book = two_models("v1", "2026-01-01T00:00:00Z", "10")
+    await bk.add_book(book)
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("re-rated-open", billing_mode="postpaid", book="two")
+    grant = (await bk.grant(cid, "2.30")).grant.id
+    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
+    await bk.event(cid, "model-y", 0, 130_000)
+    bk.clock.now = datetime(2026, 11, 10, 12, tzinfo=UTC)
+    await bk.event(cid, "model-x", 0, 130_000)
+    assert await live_lots(bk, cid) == {}
+    assert (await bk.service.wallet(cid)).receivable == 230 * CENT
+    v2 = {**book, "version": "v2", "effective_from": "2026-11-01T00:00:00Z", "rules": [
+        {**rule, "tiers": [{"up_to": 100_000, "price": "18"}, {"up_to": None, "price": "9"}]}
+        if rule["id"] == "a" else rule for rule in book["rules"]]}
+    await bk.add_book(v2)
+    bk.clock.now = NOV_15
+    done = await applied(bk, rerating.RerateSpec("two", "v2", NOV_1, DEC_1, None))
+    assert done["delta"] == "-0.23", done
+    assert (await bk.service.wallet(cid)).receivable == 207 * CENT
+    await bk.close(CLOSED)
+    [invoice] = await bk.invoices(cid)
+    assert sorted(ln["amount"] for ln in invoice["lines"] if ln["kind"] == "volume_true_up") == ["-0.90", "-1.00"]
+    assert invoice["amount_due"] == "1.17"  # model-x at $9/M: 130,000 x $9/M
+    assert (await bk.service.wallet(cid)).receivable == 117 * CENT
+    assert await live_lots(bk, cid) == {grant: ("grant", 100 * CENT)}
     await verified(bk)
 
 
