@@ -25,6 +25,7 @@ import argparse
 import hashlib
 import io
 import json
+import math
 import re
 import sys
 import unicodedata
@@ -40,16 +41,63 @@ _HASH = re.compile(r"[0-9a-f]{64}")
 _UTC = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")  # as the export writes
 
 
+class _Refused(ValueError):
+    """A line that json reads but no export writes: its str says why."""
+
+
 def _refuse(constant: str) -> object:
     raise ValueError(f"{constant} is not JSON")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: json reads it as inf, msgspec refused it (out of range)
+        raise _Refused(f"the number {text} is past what a double holds")
+    return value
+
+
+def _object(pairs: list[tuple[str, object]]) -> dict:
+    """An object whose keys are each given once. json keeps the last of a key given twice; an export
+    writes none, and a reader that keeps the first (or shows the line to a person) would read other
+    content than the one verified: `"postings": <made up>, ..., "postings": <sealed>` verified."""
+    rec = dict(pairs)
+    if len(rec) != len(pairs):
+        twice = next(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
+        raise _Refused(f"it gives the key {twice!r} twice")
+    return rec
+
+
+def _scalars(value: object) -> None:
+    """Raise where a string holds a lone surrogate (`\\ud800`, an escape json reads and msgspec
+    refused: no Unicode text, and no database text, holds one)."""
+    if isinstance(value, str):
+        value.encode("utf-8")  # UnicodeEncodeError, a ValueError
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _scalars(k)
+            _scalars(v)
+    elif isinstance(value, list):
+        for v in value:
+            _scalars(v)
+
+
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")  # an escape that may leave a lone surrogate: looked at then
+
+
 def _decode(raw: bytes) -> object:
-    """One line's record: strict UTF-8 JSON (NaN and Infinity refused), by the standard library
-    alone, so that this file and ledger/chain.py run on a bare Python (msgspec, a dependency of
-    tokentill's, stopped them there with ModuleNotFoundError). A bad line raises ValueError (a
-    UnicodeDecodeError or JSONDecodeError) or, nested past Python's limit, RecursionError."""
-    return json.loads(raw.decode("utf-8"), parse_constant=_refuse)
+    """One line's record: strict UTF-8 JSON (NaN, Infinity and numbers past a double's range, a key
+    given twice in an object and lone surrogates refused), by the standard library alone, so that
+    this file and ledger/chain.py run on a bare Python (msgspec, a dependency of tokentill's, stopped
+    them there with ModuleNotFoundError). A bad line raises ValueError (_Refused, a
+    UnicodeDecodeError or UnicodeEncodeError, a JSONDecodeError) or, nested past Python's limit,
+    RecursionError."""
+    rec = json.loads(raw.decode("utf-8"), parse_constant=_refuse, parse_float=_finite, object_pairs_hook=_object)
+    if _SURROGATE.search(raw):
+        try:
+            _scalars(rec)
+        except UnicodeEncodeError:
+            raise _Refused("it holds a lone surrogate (\\ud800 to \\udfff)") from None
+    return rec
 
 
 def _int(value: object) -> bool:
@@ -164,6 +212,9 @@ class _Verifier:
         try:
             rec = _decode(raw)
             kind = rec["type"]
+        except _Refused as exc:
+            self.report.fail(f"line {number} is not a record of the export: {exc}")
+            return
         except (ValueError, RecursionError, KeyError, TypeError):
             self.report.fail(f"line {number} is not a record of the export")
             return

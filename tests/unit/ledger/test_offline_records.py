@@ -62,3 +62,62 @@ def test_a_sealed_hash_that_is_not_hex_is_named(tmp_path, capsys):
     path.write_bytes(b"\n".join(lines) + b"\n")
     assert main([str(path)]) == 1
     assert "line 5: the entry record's 'sealed_hash' is missing or malformed" in capsys.readouterr().out
+
+
+def test_an_entry_giving_its_postings_twice_is_named():
+    """json keeps the last of a key an object gives twice (as msgspec did), and so the verifier
+    checked the last `postings` alone: a line giving made-up postings first (cash +500, the lot -500,
+    balanced, where the sealed entry moved 5) and the sealed ones after verified whole, while a
+    person reading the line, or a reader keeping the first key, reads 500. An export never gives a
+    key twice: such a line is named."""
+    lines = _file(SEAL, ENTRY)
+    made_up = json.dumps([[1, "asset:platform:cash:USD", 0, 500, "USD"],
+                          [2, "liability:customer:a:lot:x", 0, -500, "USD"]])
+    sealed = json.dumps({**ENTRY, "sealed_hash": DIGEST.hex()})
+    assert sealed.startswith('{"type": "entry", ')
+    lines[4] = ('{"type": "entry", "postings": ' + made_up + ", " + sealed[len('{"type": "entry", '):]).encode()
+    report = verify_lines(lines)
+    assert not report.ok
+    assert report.problems[0] == "line 5 is not a record of the export: it gives the key 'postings' twice", \
+        report.problems
+
+
+def _with_unsealed(metadata: str) -> list[bytes]:
+    """The intact file with an unsealed entry (txid 10, where the seal ends) whose metadata is
+    `metadata` as written: an unsealed entry's content is in no hash, so only the reading of its
+    line can refuse it."""
+    lines = _file(SEAL, ENTRY)
+    unsealed = {**ENTRY, "id": 2, "seal": None, "sealed_hash": None, "txid": "10", "metadata": "METADATA"}
+    lines[6:] = [json.dumps(unsealed).replace('"METADATA"', metadata).encode(),
+                 json.dumps({"type": "end", "entries": 2, "seals": 1, "unsealed": 1}).encode()]
+    return lines
+
+
+def test_the_intact_file_with_an_unsealed_entry_verifies():
+    report = verify_lines(_with_unsealed('{"reference": "ch_1", "n": 1.5, "u": "\\ud83d\\ude00"}'))
+    assert report.ok and report.unsealed == 1, report.problems
+
+
+@pytest.mark.parametrize(("metadata", "why"), [
+    # past a double's range: json reads 1e400 as inf (msgspec refused it: "Number out of range")
+    ('{"n": 1e400}', "the number 1e400 is past what a double holds"),
+    ('{"n": -1e400}', "the number -1e400 is past what a double holds"),
+    # a lone surrogate: no Unicode text holds one (msgspec refused it); a pair is a character
+    ('{"r": "ch_\\ud800"}', "it holds a lone surrogate (\\ud800 to \\udfff)"),
+    ('{"\\udfff": 1}', "it holds a lone surrogate (\\ud800 to \\udfff)"),
+    ('{"reference": "ch_1", "reference": "ch_2"}', "it gives the key 'reference' twice"),
+])
+def test_a_line_json_reads_but_no_export_writes_is_named(metadata, why):
+    report = verify_lines(_with_unsealed(metadata))
+    assert not report.ok  # the line unread, the end record's 2 entries, 1 unsealed are named too (1, 0)
+    assert report.problems[0] == f"line 7 is not a record of the export: {why}", report.problems
+
+
+def test_an_amount_written_with_an_exponent_is_refused_not_read_as_a_float():
+    """`5e0` is 5.0 to json, a float: an amount is an integer of atomic units, so the posting is
+    malformed (json and msgspec alike)."""
+    lines = _file(SEAL, ENTRY)
+    lines[4] = lines[4].replace(b', 5, "USD"]', b', 5e0, "USD"]').replace(b', -5, "USD"]', b', -5e0, "USD"]')
+    assert b"5e0" in lines[4]
+    report = verify_lines(lines)
+    assert not report.ok and report.problems[0].startswith("line 5: the entry record's 'postings'"), report.problems
