@@ -434,3 +434,27 @@ def test_a_discount_of_an_amount_with_many_digits_is_rated_exactly_not_an_intern
     with localcontext(Context(prec=200)):
         assert discount.amount == -(usage.amount / 2 + usage.amount.scaleb(-20))
     assert rating.total_units == 499_999_999_999_999_499_990_000_000
+
+
+def test_a_discount_of_a_unit_priced_per_hour_is_rated_exactly_past_60_digits():
+    """The per-hour path beside the per-1M one above: audio seconds at 999,999,999.999999999999999999
+    an hour, 10^15 - 1 seconds, 50.000000000000000001 % off. The amount is the quotient kept to 30
+    places (pricing.money.per_amount), 43 significant digits; its discount's share (a percent of 20
+    digits) 63, past the 60 digits the pricing context held before (trapped as Inexact, a 500).
+
+    By hand: A = (1e24 - 1e9 - 1e-3 + 1e-18) / 3,600: 1e24/3,600 - 1e9/3,600 = ...777,500,000 (the
+    repeating 7s cancel), less 2.77...e-7, plus 2.77...e-22: 277,777,777,777,777,499,999.9999997222...
+    222 4999... (the 22nd place 4, 9s after it), to 30 places .999999722222222222222500000000 (up);
+    net = A x (0.5 - 1e-20), in atomic units A x 1e9 / 2 - A x 1e-11
+    = 138,888,888,888,888,749,999,999,999,861.11... - 2,777,777,777.78 = ...749,997,222,222,083.33,
+    rounded half-even: 138,888,888,888,888,749,997,222,222,083."""
+    priced = parse_version({"id": "hour", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "format": 2,
+                            "rules": [{"id": "aud", "model": "model-a", "token_type": "audio_seconds",
+                                       "price": "999999999.999999999999999999"}]})
+    half = Overrides(discounts=(Discount("half", "50.000000000000000001"),))
+    rating = rate(Usage("model-a", {"audio_seconds": 10**15 - 1}, AT), priced, half)
+    usage, discount = rating.lines
+    assert usage.amount == Decimal("277777777777777499999.999999722222222222222500000000")
+    with localcontext(Context(prec=200)):
+        assert discount.amount == -(usage.amount / 2 + usage.amount.scaleb(-20))
+    assert rating.total_units == 138_888_888_888_888_749_997_222_222_083
