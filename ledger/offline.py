@@ -183,12 +183,13 @@ class _Seal:
     sealed_at: str | None  # version 4 on: chained, and no entry of the seal recorded after it
     seen: list[int] = field(default_factory=list)
     late: bool = False  # an entry recorded after sealed_at was named
-    before: str | None = None  # the sealed_at of the seal before it (version 4 on)
+    before: str | None = None  # the sealed_at of the seal before it
+    before_of: tuple[object, int] | None = None  # that seal's id and hash version
     last: tuple[str, int] | None = None  # its entries' latest recorded_at, and that entry
 
 
 class _Verifier:
-    def __init__(self) -> None:
+    def __init__(self, now: datetime | None = None) -> None:
         self.report = OfflineReport()
         self.seal: _Seal | None = None
         self.prev: dict | None = None  # the previous seal record
@@ -207,6 +208,12 @@ class _Verifier:
         # as the export writes a time; None without one (a file written before it, or edited)
         self.ahead: str | None = None
         self.exported_at: str | None = None
+        # and past this machine's clock: the file was written before it is verified, and no edit of
+        # the file moves this clock (exported_at, which no hash covers, moved on or removed, hid a
+        # seal planted a year ahead)
+        now = now or datetime.now(UTC)
+        self.now = _utc(now)
+        self.now_ahead = _utc(now + DATED_AHEAD)
 
     def line(self, number: int, raw: bytes) -> None:
         try:
@@ -322,7 +329,8 @@ class _Verifier:
         self.seal = _Seal(rec["id"], rec["chain_hash"], list(rec["entry_ids"]),
                           hashlib.sha256(bytes.fromhex(rec["prev_hash"])), version,
                           int(rec["from_txid"]), int(rec["to_txid"]), at if version >= SEALED_AT_FROM else None,
-                          before=prev.get("sealed_at") if prev is not None else None)
+                          before=prev.get("sealed_at") if prev is not None else None,
+                          before_of=(prev["id"], prev.get("hash_version", 1)) if prev is not None else None)
 
     def entry(self, number: int, rec: dict) -> None:
         self.report.entries += 1
@@ -416,19 +424,31 @@ class _Verifier:
 
 
     def dated_ahead(self, seal: _Seal) -> None:
-        """A version 4 seal dated more than DATED_AHEAD past the export (its header's exported_at),
-        by a date of its own: the seal before it and its entries do not explain it (`audit verify`
+        """A version 4 seal dated more than DATED_AHEAD past the export (its header's exported_at,
+        which no hash covers) or past this machine's clock, the earlier, by a date of its own: the
+        seal before it (a date a hash covers) and its entries do not explain it (`audit verify`
         names it so against the database's clock; the seals after it take its date, and are not)."""
         at = seal.sealed_at
-        if self.ahead is None or at is None or at <= self.ahead or (seal.before is not None and at <= seal.before):
+        # the earlier of the export's time (as the file says) and this machine's clock
+        if self.ahead is not None and self.ahead <= self.now_ahead:
+            bound, past = self.ahead, f"the export ({self.exported_at})"
+        else:
+            bound, past = self.now_ahead, f"this machine's clock ({self.now})"
+        # the seal before it explains its date when a hash covers that date (version 4 on)
+        explained = _text(seal.before) and seal.before_of is not None and seal.before_of[1] >= SEALED_AT_FROM
+        if at is None or at <= bound or (explained and at <= seal.before):
             return
         if seal.last is not None and seal.last[0] == at:
-            self.report.fail(f"entry {seal.last[1]} was recorded at {at}, more than a day past the export "
-                             f"({self.exported_at}): seal {seal.id} is dated by it, and the seals after it no earlier")
+            self.report.fail(f"entry {seal.last[1]} was recorded at {at}, more than a day past {past}: "
+                             f"seal {seal.id} is dated by it, and the seals after it no earlier")
+        elif _text(seal.before) and seal.before_of is not None and at <= seal.before:  # a date no hash covers
+            self.report.fail(f"seal {seal.id} is dated {at}, more than a day past {past}, as seal "
+                             f"{seal.before_of[0]} before it is, whose date (hash version {seal.before_of[1]}) "
+                             "no hash covers: no clock dated it so, and the seals after it are dated no earlier")
         else:
-            self.report.fail(f"seal {seal.id} is dated {at}, more than a day past the export ({self.exported_at}), "
-                             "and past the seal before it and its entries: no clock dated it so, and the seals "
-                             "after it are dated no earlier")
+            self.report.fail(f"seal {seal.id} is dated {at}, more than a day past {past}, and past the seal "
+                             "before it and its entries: no clock dated it so, and the seals after it are dated "
+                             "no earlier")
 
 
 def _utc(at: datetime) -> str:
@@ -436,9 +456,10 @@ def _utc(at: datetime) -> str:
     return at.replace(tzinfo=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def verify_lines(lines: Iterable[bytes]) -> OfflineReport:
-    """Check an export given as its lines; every problem names the entry or the seal."""
-    verifier = _Verifier()
+def verify_lines(lines: Iterable[bytes], now: datetime | None = None) -> OfflineReport:
+    """Check an export given as its lines; every problem names the entry or the seal. `now`: this
+    machine's clock (a seal dated more than DATED_AHEAD past it, or past the export, is named)."""
+    verifier = _Verifier(now)
     for number, raw in enumerate(lines, start=1):
         if raw.strip():
             verifier.line(number, raw)

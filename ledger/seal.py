@@ -56,7 +56,6 @@ class Seal:
     from_txid: int
     to_txid: int
     entries: int
-    ahead: str | None = None  # its date, when more than DATED_AHEAD past the clock (see seal_once)
 
 
 def entry_hash(row, version: int = HASH_VERSION) -> bytes:
@@ -117,7 +116,7 @@ async def seal_once(conn: AsyncConnection, until: int | None = None) -> Seal | N
         return None
     ids = sorted(hashes)
     ordered = [hashes[i] for i in ids]
-    at, ahead = (await conn.execute(_DATE, {"before": prev_at, "latest": latest, "ahead": DATED_AHEAD})).one()
+    at = (await conn.execute(_DATE, {"before": prev_at, "latest": latest})).scalar_one()
     seal_id = (await conn.execute(text(
         """INSERT INTO seals (from_txid, to_txid, entry_ids, entry_hashes, prev_hash, chain_hash, hash_version,
                               sealed_at)
@@ -125,18 +124,27 @@ async def seal_once(conn: AsyncConnection, until: int | None = None) -> Seal | N
                    CAST(:at AS timestamptz)) RETURNING id"""),
         {"lo": str(lo), "hi": str(hi), "ids": ids, "hashes": ordered, "prev": prev, "at": at,
          "chain": seal_chain(prev, ordered, HASH_VERSION, at), "version": HASH_VERSION})).scalar_one()
-    return Seal(seal_id, lo, hi, len(ids), at if ahead else None)
+    return Seal(seal_id, lo, hi, len(ids))
 
 
 # A seal's date: now, or later when the clock stepped back (NTP) below the seal before it or below
 # an entry it seals (recorded before the step): dated by the clock alone, it was refused
-# (seals_sealed_at) and nothing was sealed until the clock caught up. GREATEST skips a NULL. And
-# whether that is more than DATED_AHEAD past the clock: no step back goes so far, a seal (or an
-# entry) dated so was planted, and the seal is still taken (refused, nothing would be sealed until
-# the clock reached that date) but not in silence (SealsDatedAhead).
-_GREATEST = "GREATEST(clock_timestamp(), CAST(:before AS timestamptz), CAST(:latest AS timestamptz))"
-_DATE = text(f"""SELECT {SEALED_AT.format(_GREATEST)},
-                        {_GREATEST} > clock_timestamp() + CAST(:ahead AS interval)""")
+# (seals_sealed_at) and nothing was sealed until the clock caught up. GREATEST skips a NULL. More
+# than DATED_AHEAD past the clock, no step back goes so far: a seal (or an entry) dated so was
+# planted, and the seal is still taken (refused, nothing would be sealed until the clock reached
+# that date) but not in silence (dated_ahead, SealsDatedAhead).
+_DATE = text(f"""SELECT {SEALED_AT.format(
+    "GREATEST(clock_timestamp(), CAST(:before AS timestamptz), CAST(:latest AS timestamptz))")}""")
+# The last seal's date, when it is more than DATED_AHEAD past the database's clock.
+_AHEAD = text(f"""SELECT {SEALED_AT.format('sealed_at')} FROM (SELECT sealed_at FROM seals ORDER BY id DESC LIMIT 1) s
+                   WHERE sealed_at > clock_timestamp() + CAST(:ahead AS interval)""")
+
+
+async def dated_ahead(conn: AsyncConnection) -> str | None:
+    """The last seal's date when it is more than DATED_AHEAD past the database's clock: every seal
+    after it is dated so (the sealer dates a seal no earlier than the one before it) until the clock
+    is within DATED_AHEAD of it, whatever a run seals."""
+    return (await conn.execute(_AHEAD, {"ahead": DATED_AHEAD})).scalar()
 
 
 class SealsDatedAhead(Exception):
@@ -232,16 +240,22 @@ async def _misdated(conn: AsyncConnection, s, before, clock) -> list[str]:
     the first, whose date neither the seal before it nor its entries explain, is named (or the
     entry recorded so far ahead, whose date it took)."""
     problems = []
+    # a date that explains this one: the seal before it's, when a hash covers it (version 4 on)
+    chained = before is not None and before.hash_version >= SEALED_AT_FROM
     if before is not None and s.at < before.at:  # one fixed-width UTC text: compared as text
         problems.append(f"seal {s.id} is dated {s.at}, before seal {before.id} ({before.at})")
     late = (await conn.execute(_RECORDED_AFTER, {"lo": s.lo, "hi": s.hi, "at": s.at})).first()
     if late is not None:
         problems.append(f"seal {s.id} is dated {s.at}, before entry {late[0]} was recorded ({late[1]})")
-    if s.at > clock.ahead and (before is None or s.at > before.at):
+    if s.at > clock.ahead and not (chained and s.at <= before.at):
         last = (await conn.execute(_LATEST, {"lo": s.lo, "hi": s.hi})).first()
         if last is not None and last[1] == s.at:
             problems.append(f"entry {last[0]} was recorded at {s.at}, more than a day past the database's clock "
                             f"({clock.now}): seal {s.id} is dated by it, and the seals after it no earlier")
+        elif before is not None and s.at <= before.at:  # an older seal's date, which no hash covers
+            problems.append(f"seal {s.id} is dated {s.at}, more than a day past the database's clock ({clock.now}), "
+                            f"as seal {before.id} before it is, whose date (hash version {before.hash_version}) no "
+                            "hash covers: no clock dated it so, and the seals after it are dated no earlier")
         else:
             problems.append(f"seal {s.id} is dated {s.at}, more than a day past the database's clock ({clock.now}), "
                             "and past the seal before it and its entries: no clock dated it so, and the seals "

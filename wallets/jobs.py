@@ -16,7 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.db import Database, is_unavailable
-from ledger.seal import SealsDatedAhead, horizon, seal_once
+from ledger.seal import SealsDatedAhead, dated_ahead, horizon, seal_once
 from wallets import store
 from wallets.billing import close_due
 from wallets.engine import lane_lock
@@ -51,13 +51,14 @@ async def seal_journal(db: Database) -> object:
     """Seal everything committed before the run began, in as many seals as that takes; what
     commits meanwhile is the next run's. (Sealing until a seal found nothing new never ended
     under steady posting: each seal found what committed while it ran.) Seals dated more than a day
-    past the database's clock (after a planted seal) are taken, and the run raises SealsDatedAhead."""
+    past the database's clock (after a planted seal) are taken, and while the last seal is dated so
+    every run raises SealsDatedAhead, one that sealed nothing too (else its last success moved on
+    whenever nothing was posted between two runs)."""
     until = await db.lookup(horizon)
-    sealed, ahead = 0, None
+    sealed = 0
     while (seal := await db.run(lambda conn: seal_once(conn, until))) is not None:
         sealed += seal.entries
-        ahead = seal.ahead or ahead
-    if ahead is not None:  # taken, yet an error: a date a seal inherits from a planted one is no news
+    if (ahead := await db.lookup(dated_ahead)) is not None:  # taken, yet an error: see dated_ahead
         raise SealsDatedAhead(ahead)
     return sealed
 

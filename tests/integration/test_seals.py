@@ -266,26 +266,27 @@ async def test_the_database_refuses_a_seal_dated_before_its_entries_the_seal_bef
         await db.dispose()
 
 
-async def _plant_first_seal(conn, ahead: str) -> str:
+async def _plant_first_seal(conn, ahead: str, version: int = 4) -> str:
     """Seal 1, of every entry so far, dated `ahead` (an interval) past the clock at a whole second
-    (its text ends .000000Z, which the chain covers), written with the triggers off (as by a
-    superuser, or a sealer before its clock stepped back); its date as the export writes it."""
+    (its text ends .000000Z, which the chain covers from version 4), of hash `version`, written with
+    the triggers off (as by a superuser, or a sealer before its clock stepped back); its date as the
+    export writes it."""
     from ledger.chain import GENESIS, seal_chain
     from ledger.seal import SEALED_AT, hashes_between, horizon
 
     await conn.execute(text("SET LOCAL session_replication_role = replica"))
     hi = await horizon(conn)
-    hashes = await hashes_between(conn, 0, hi)
+    hashes = await hashes_between(conn, 0, hi, version)
     on = f"(date_trunc('second', clock_timestamp()) + interval '{ahead}')"
     at = (await conn.execute(text("SELECT " + SEALED_AT.format(on)))).scalar_one()
     ordered = [hashes[i] for i in sorted(hashes)]
     await conn.execute(text(
         """INSERT INTO seals (from_txid, to_txid, entry_ids, entry_hashes, prev_hash, chain_hash,
                               hash_version, sealed_at)
-           VALUES (CAST('0' AS xid8), CAST(:hi AS xid8), :ids, :hashes, :prev, :chain, 4,
+           VALUES (CAST('0' AS xid8), CAST(:hi AS xid8), :ids, :hashes, :prev, :chain, :version,
                    CAST(:at AS timestamptz))"""),
         {"hi": str(hi), "ids": sorted(hashes), "hashes": ordered, "prev": GENESIS, "at": at,
-         "chain": seal_chain(GENESIS, ordered, 4, at)})
+         "chain": seal_chain(GENESIS, ordered, version, at), "version": version})
     return at
 
 
@@ -504,3 +505,127 @@ async def test_an_entry_recorded_a_year_ahead_is_named_as_what_dates_the_seals(s
         await db.dispose()
     assert len(problems) == 1 and problems[0].startswith(f"entry {two} was recorded at "), problems
     assert "more than a day past the database's clock (" in problems[0] and "seal 2 is dated by it" in problems[0]
+
+
+async def test_a_version_3_seal_dated_a_year_ahead_does_not_explain_the_version_4_seal_after_it(scratch_url):
+    """A database upgraded from version 3 seals: its last version 3 seal's sealed_at, which no hash
+    covers, moved a year (365 days) on with the triggers off. The sealer dates the first version 4
+    seal GREATEST(its clock, that date, its entry) = that date, a year ahead, and chains it. verify
+    took the seal before it as the date's explanation (equal to it: "past the seal before it" false)
+    and named nothing, though the sealing run was an error; and a version 3 seal's date is not
+    checked, so nothing was named at all. A date no hash covers explains nothing: seal 2, whose
+    chained date is 365 days past the database's clock (more than a day), is named, offline too
+    (the export's exported_at is the database's clock when written: 365 days before it too)."""
+    import io
+
+    import psycopg
+
+    from ledger.export import write_jsonl
+    from ledger.offline import verify_lines
+    from ledger.seal import SealsDatedAhead
+
+    db = connect(scratch_url, pool_size=2)
+    try:
+        await db.run(_two_accounts)
+        await post_now(db, _entry("one"))
+        planted = await db.run(lambda conn: _plant_first_seal(conn, "365 days", version=3))
+        await post_now(db, _entry("two"))
+        with pytest.raises(SealsDatedAhead):
+            await seal_journal(db)
+        problems = await db.read(seal_problems)
+    finally:
+        await db.dispose()
+    assert len(problems) == 1, problems  # before: []
+    assert problems[0].startswith(f"seal 2 is dated {planted}, more than a day past the database's clock ("), problems
+    assert "as seal 1 before it is, whose date (hash version 3) no hash covers" in problems[0]
+
+    out = io.StringIO()
+    with psycopg.connect(scratch_url) as conn:
+        write_jsonl(conn, out)
+    report = verify_lines(line.encode() for line in out.getvalue().splitlines())
+    assert (report.seals, report.problem_count) == (2, 1), report.problems  # before: 0 problems
+    assert report.problems[0].startswith(f"seal 2 is dated {planted}, more than a day past the export (")
+    assert "as seal 1 before it is, whose date (hash version 3) no hash covers" in report.problems[0]
+
+
+async def test_every_sealing_run_is_an_error_while_the_last_seal_is_dated_ahead(scratch_url):
+    """Seal 1 planted a year (365 days) ahead, "two" posted: the run that seals it raises
+    SealsDatedAhead. The next run finds nothing new to seal and returned 0, a success: the job's
+    last success moved on (and the failure was logged again, with its traceback, at the next run
+    that sealed), so on a ledger posted to less often than it is sealed the alert on the last
+    success never fired. The last seal is still dated a year ahead: every run is an error until
+    the clock is within a day of it, whatever it sealed."""
+    from ledger.seal import SealsDatedAhead
+
+    db = connect(scratch_url, pool_size=2)
+    try:
+        await db.run(_two_accounts)
+        await post_now(db, _entry("one"))
+        planted = await db.run(lambda conn: _plant_first_seal(conn, "365 days"))
+        with pytest.raises(SealsDatedAhead, match=f"seals are dated {planted}, more than a day past"):
+            await seal_journal(db)  # nothing to seal: before, 0 (a success)
+        await post_now(db, _entry("two"))
+        with pytest.raises(SealsDatedAhead, match=f"seals are dated {planted}"):
+            await seal_journal(db)  # sealed "two"
+        with pytest.raises(SealsDatedAhead, match=f"seals are dated {planted}"):
+            await seal_journal(db)  # nothing new: before, 0
+        count = await db.read(lambda conn: _count_seals(conn))
+    finally:
+        await db.dispose()
+    assert count == 2  # seal 2 (of "two") taken all the same
+
+
+async def _count_seals(conn) -> int:
+    return (await conn.execute(text("SELECT count(*) FROM seals"))).scalar_one()
+
+
+async def test_a_seal_planted_a_year_ahead_is_named_offline_whatever_the_header_says(scratch_url):
+    """The export's exported_at, which no hash covers, was all the offline verifier checked a seal's
+    date against: seal 1 planted a year (365 days) ahead, the header's exported_at removed, or moved
+    ten years on, and the file verified with 0 problems (the auditor told nothing). The file was
+    written before it is verified: a seal dated more than a day past the verifying machine's clock
+    is named whatever the header says. Seal 1 is dated P (a whole second); against a clock at
+    P - 1 day exactly it is not more than a day past (not named), at P - 1 day - 1 us it is."""
+    import io
+    import json
+    from datetime import UTC, datetime, timedelta
+
+    import psycopg
+
+    from ledger.export import write_jsonl
+    from ledger.offline import verify_lines
+    from ledger.seal import SealsDatedAhead
+
+    db = connect(scratch_url, pool_size=2)
+    try:
+        await db.run(_two_accounts)
+        await post_now(db, _entry("one"))
+        planted = await db.run(lambda conn: _plant_first_seal(conn, "365 days"))
+        await post_now(db, _entry("two"))
+        with pytest.raises(SealsDatedAhead):
+            await seal_journal(db)
+    finally:
+        await db.dispose()
+    out = io.StringIO()
+    with psycopg.connect(scratch_url) as conn:
+        write_jsonl(conn, out)
+    lines = out.getvalue().splitlines()
+    header = json.loads(lines[0])
+    assert header["type"] == "export"
+
+    def with_header(**changes):
+        edited = {k: v for k, v in {**header, **changes}.items() if v is not None}
+        return [json.dumps(edited).encode()] + [line.encode() for line in lines[1:]]
+
+    for edited in (with_header(exported_at=None), with_header(exported_at="2036-12-06T00:00:00.000000Z")):
+        report = verify_lines(edited)
+        assert (report.seals, report.problem_count) == (2, 1), report.problems  # before: 0 problems
+        assert report.problems[0].startswith(f"seal 1 is dated {planted}, more than a day past this machine's "
+                                             "clock ("), report.problems
+    p = datetime.strptime(planted, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    moved = with_header(exported_at="2036-12-06T00:00:00.000000Z")
+    assert verify_lines(moved, now=p - timedelta(days=1)).problem_count == 0
+    report = verify_lines(moved, now=p - timedelta(days=1, microseconds=1))
+    assert report.problem_count == 1 and report.problems[0].startswith(
+        f"seal 1 is dated {planted}, more than a day past this machine's clock ("
+        f"{(p - timedelta(days=1, microseconds=1)).strftime('%Y-%m-%dT%H:%M:%S.%fZ')})"), report.problems
