@@ -28,7 +28,9 @@ _GENERAL = "general"  # a plan the fast path cannot price
 _ZERO = "zero"  # unpriced, and the version's policy is zero
 _POW = tuple(10**k for k in range(80))
 _SCALE = DEFAULT_SCALE
-_EXACT = Context(prec=60)  # coefficients have at most 42 digits: scaleb is exact
+# a line's coefficient has at most 44 digits (a count of 16 at a price of 28), a sum in 10**-24
+# (a per-call unit at 10**24 beside a per-1M one's 24 places) about 50: scaleb is exact
+_EXACT = Context(prec=60)
 _new = tuple.__new__
 
 
