@@ -56,15 +56,18 @@ def payer_rows(parts: Mapping[str, Mapping[int, int]], placed: Mapping[tuple[int
 
 
 def to_credit(placed: dict[tuple[int, str], int], paid: Sequence[tuple[str, int]], lot: LotOpened | None,
-              receivable: str) -> None:
+              receivable: str, own: int = 0) -> None:
     """The payer rows follow the postings: of what `placed` gives the receivable of each charge's
     true-up part, what did not come off what is owed (what `paid` gives it back in all, counted
-    against those parts first) went to the paid credit lot the correction opened, so the rows name
-    that lot (the later charges' first) and a take-back later takes it from there first."""
+    against `own` first, then those parts) went to the paid credit lot the correction opened, so the
+    rows name that lot (the later charges' first) and a take-back later takes it from there first.
+    `own`: what the receivable got back beside the parts, which no row names (a re-rate's charge
+    decreases, a true-up's rest): counted against the parts first, the lot would be made of it alone,
+    no row would name it, and a take-back of the parts would go onto what is owed beside it."""
     if lot is None:
         return
     parts = sum(v for (_, a), v in placed.items() if a == receivable and v > 0)
-    move = min(lot.granted, max(0, parts - max(0, -dict(paid).get(receivable, 0))))
+    move = min(lot.granted, max(0, parts - max(0, -dict(paid).get(receivable, 0) - own)))
     for charge, account in sorted(placed, reverse=True):
         if account == receivable and move > 0 and placed[(charge, account)] > 0:
             part = min(move, placed[(charge, account)])

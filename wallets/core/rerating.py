@@ -423,7 +423,7 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
     the rest paid like usage (_taken_then_usage). `got`: what each payer got back of each charge
     from the true-ups before (store.true_up_payers): in all a payer gets back of a charge no more
     than it paid of it, and gives back no more than it got; `placed` receives what each payer gets
-    of each charge's true-up part (taken back: negative)."""
+    of each charge's true-up part (taken back: negative; what became the credit lot, its: to_credit)."""
     w = state.require_wallet()
     receivable = chart.receivable_account(w.customer.id)
     order = last_consumed_first(w)
@@ -450,12 +450,20 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
     # what of the decreases is the receivable's: of each, up to what it paid of that charge (share),
     # and its charges' true-up parts (each_charge_first)
     owes_less = 0
+    own = 0  # of it, what no true-up part's row names (the decreases', a true-up's rest): to_credit
 
     def shared(paid: dict[tuple[int, str], int], need: int) -> None:
-        nonlocal unplaced, owes_less
+        nonlocal unplaced, owes_less, own
         before = shares.get(receivable, 0)
         unplaced += share(shares, taken, paid, need, receivable, order, room)
         owes_less += shares.get(receivable, 0) - before
+        own += shares.get(receivable, 0) - before
+
+    def credited(legs: Legs, paid: tuple[tuple[str, int], ...], lot: LotOpened | None):
+        """The rows follow the postings: what of the receivable's parts became the credit lot."""
+        if placed is not None:
+            to_credit(placed, paid, lot, receivable, own)
+        return legs, paid, lot
 
     for x in found:
         if x.delta < 0:
@@ -537,7 +545,7 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
         lot = opened_lot(state, w, "topup", credit, TOPUP_PRIORITY, None, now,
                          reference=f"re-rate {cmd.rerate_id} {cmd.period}")
         legs.debit(chart.revenue_account(w.customer.currency), credit).credit(lot.code, credit)
-        return _credit_before_owing(legs, {**dict(paid), lot.code: -credit}, lot, receivable, step)
+        return credited(*_credit_before_owing(legs, {**dict(paid), lot.code: -credit}, lot, receivable, step))
     # money back beside increases: each decrease goes back whole to what paid it (what the shares
     # place), and the increases beyond their own true-up parts are paid like usage after it, not
     # netted off the money back (which cut the payers given back last in order)
@@ -546,7 +554,7 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
     legs, paid_back, lot = give_back(state, w, shares, back + sum(debits.values()) + rises, now,
                                      f"re-rate {cmd.rerate_id} {cmd.period}", step)
     if not debits and not rises:
-        return legs, paid_back, lot
+        return credited(legs, paid_back, lot)
     paid = dict(paid_back)
     for account, units in debits.items():
         legs.debit(taken_from(w, account, now), units)
@@ -558,7 +566,7 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
         for account, units in (*s.from_lots, (receivable, s.from_receivable)):
             legs.debit(account, units)
             paid[account] = paid.get(account, 0) + units
-    return _credit_before_owing(legs, paid, lot, receivable, step)
+    return credited(*_credit_before_owing(legs, paid, lot, receivable, step))
 
 
 def _credit_before_owing(legs: Legs, paid: dict[str, int], lot: LotOpened | None, receivable: str, step: int):
@@ -674,7 +682,6 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
         room = room_left(groups, chart.receivable_account(c.id), cmd.period if cmd.sources else None)
         legs, paid, lot = _refund(state, cmd, found, -money, now, 10 ** (chart.ASSET_SCALE - decimals) if noted else 1,
                                   fixes, room, takes, expired_by, got, placed)
-        to_credit(placed, paid, lot, chart.receivable_account(c.id))
     else:
         legs, paid = Legs(c.currency), ()
     if rounding:  # revenue moves by the exact correction, the rounding account by the difference

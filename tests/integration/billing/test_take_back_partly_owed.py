@@ -59,8 +59,10 @@ async def test_a_re_rate_s_take_back_draws_on_the_credit_lot_its_give_back_opene
     x $5/M = $0.65, the true-up $0.65 - $2.15 = -$1.50 where -$1.00 stands: the 5th's part $0.30
     more ($1.20 - 60,000 x $5/M = $0.90 over, $0.60 given), the 20th's $0.20 ($0.95 - $0.35 = $0.60
     over, $0.40 given); -$0.65, all the receivable's: $0.30 off what is owed (nothing owed), $0.35
-    a paid credit lot. Its rows: the 5th's $0.30 off what is owed (the receivable), the 20th's $0.20
-    into the lot (to_credit, the later charges' first). Re-rated again to $20/M and $8/M: the 20th
+    a paid credit lot. What came off what is owed is counted the 20th's own decrease first ($0.15),
+    then the parts ($0.15), so the parts' other $0.35 are the lot's (to_credit, the later charges'
+    first). Its rows: the 20th's $0.20 and $0.15 of the 5th's into the lot, the 5th's other $0.15
+    off what is owed (the receivable). Re-rated again to $20/M and $8/M: the 20th
     $0.80 + $0.24 = $1.04 (+$0.09); the true-up 130,000 x $8/M = $1.04 - ($1.20 + $1.04) = -$1.20
     where -$1.50 stands: +$0.30, the 5th's $0.18 ($0.72 over where $0.90 was given), the 20th's
     $0.12 ($0.48 over where $0.60 was); +$0.39 in all. The customer got $0.30 + $0.35 back and gives
@@ -80,7 +82,8 @@ async def test_a_re_rate_s_take_back_draws_on_the_credit_lot_its_give_back_opene
     lot = chart.lot_account(cid, credit)
     receivable = chart.receivable_account(cid)
     first, second = sorted(charge for charge, _ in await _rows(bk, cid, None))
-    assert await _rows(bk, cid, done["rerate_id"]) == {(first, receivable): 30 * CENT, (second, lot): 20 * CENT}
+    assert await _rows(bk, cid, done["rerate_id"]) == {
+        (first, receivable): 15 * CENT, (first, lot): 15 * CENT, (second, lot): 20 * CENT}
     await verified(bk)
     await bk.add_book(vol("v3", "2026-11-02T00:00:00Z", "20", "8"))
     bk.clock.now = datetime(2026, 12, 3, tzinfo=UTC)
@@ -179,4 +182,45 @@ async def test_a_take_back_larger_than_the_credit_lot_empties_it_and_owes_the_re
     receivable = chart.receivable_account(cid)
     assert await _rows(bk, cid, again["rerate_id"]) == {
         (first, lot): -35 * CENT, (first, receivable): -25 * CENT, (second, receivable): -40 * CENT}
+    await verified(bk)
+
+
+async def test_a_take_back_draws_on_the_credit_lot_a_charge_s_decrease_beside_the_parts_opened_before_owing(
+        fresh_db) -> None:
+    """An $0.80 top-up on the 21st: $1.50 owed; the close's -$1.00 all off it: $0.50 owed. Re-rated
+    to $20/M and $5/M (as the first test): the 20th -$0.15, the true-up parts the 5th's $0.30 and the
+    20th's $0.20, -$0.65 in all, the receivable's: $0.50 off what is owed (nothing owed), $0.15 a
+    paid credit lot. What came off what is owed is counted the charge's decrease first ($0.15), then
+    the parts ($0.35), so the parts' other $0.15 is the lot's and the rows name it (to_credit, the
+    later charges' first): of the 20th $0.15 into the lot and $0.05 off what is owed, of the 5th
+    $0.30 off what is owed. Re-rated again to $20/M and $8/M (+$0.39: the 5th's $0.18, the 20th's
+    $0.12, the 20th +$0.09, as the first test): the 5th's $0.18 from the lot's $0.15 first, then $0.03
+    owed; the 20th's $0.12 owed (the lot is empty) and the +$0.09 owed: $0.24 owed, no credit.
+    Check: November at $8/M costs $1.04, of which the customer paid $0.80: $0.24 owed. Before, the
+    rows named no lot (the parts counted first against what is owed: the lot was the 20th's -$0.15
+    alone), so the parts' $0.30 went onto what is owed and the lot paid the +$0.09 like usage: a $0.06
+    lot beside $0.30 owed."""
+    bk = BillingKit(fresh_db)
+    cid = await _partly_owed(bk, "decrease-credit", "0.80")
+    assert await _owed(bk, cid) == 50 * CENT
+    assert await live_lots(bk, cid) == {}
+    done = await _rerated(bk, "20", "5")
+    assert done["delta"] == "-0.65", done
+    [(credit, held)] = (await live_lots(bk, cid)).items()
+    assert held == ("topup", 15 * CENT)
+    assert await _owed(bk, cid) == 0
+    lot = chart.lot_account(cid, credit)
+    receivable = chart.receivable_account(cid)
+    first, second = sorted({charge for charge, _ in await _rows(bk, cid, None)})
+    assert await _rows(bk, cid, done["rerate_id"]) == {
+        (first, receivable): 30 * CENT, (second, receivable): 5 * CENT, (second, lot): 15 * CENT}
+    await verified(bk)
+    await bk.add_book(vol("v3", "2026-11-02T00:00:00Z", "20", "8"))
+    bk.clock.now = datetime(2026, 12, 3, tzinfo=UTC)
+    again = await applied(bk, spec("v3", datetime(2026, 11, 2, tzinfo=UTC)))
+    assert again["delta"] == "0.39", again
+    assert await live_lots(bk, cid) == {}
+    assert await _owed(bk, cid) == 24 * CENT
+    assert await _rows(bk, cid, again["rerate_id"]) == {
+        (first, lot): -15 * CENT, (first, receivable): -3 * CENT, (second, receivable): -12 * CENT}
     await verified(bk)
