@@ -960,27 +960,27 @@ async def load_payers(conn: AsyncConnection, w: Wallet, accounts: Iterable[str],
                       AND j.kind = 'grant_reversal'
                     ORDER BY p.entry_id DESC LIMIT 1), 0)
                    ELSE coalesce(l.expired_amount, 0) END,
-                   l.expires_at, l.revoked_at, (
+                   l.expires_at, coalesce(l.revoked_at, l.expires_at), (
                    SELECT max(p.entry_id) FROM postings p
                      JOIN journal_entries j ON j.lane = p.lane AND j.id = p.entry_id
-                    WHERE p.lane = l.lane AND p.account_id = l.account_id AND l.revoked_at IS NOT NULL
-                      AND j.kind = 'grant_reversal')
+                    WHERE p.lane = l.lane AND p.account_id = l.account_id
+                      AND j.kind = CASE WHEN l.revoked_at IS NOT NULL THEN 'grant_reversal' ELSE 'grant_expiry' END)
              FROM lots l WHERE l.lane = {lane} AND l.customer_id = %(customer)s
               AND l.account_code = ANY(%(codes)s::text[])""", params)
     held, expired_at, revoked = {}, [], []
-    for code, amount, expired, revoked_at, reversal in rows:
+    for code, amount, expired, at, closing in rows:
         held[code] = int(amount)
         expired_at.extend([expired] if expired is not None else [])
-        revoked.extend([(revoked_at, reversal or 0)] if revoked_at is not None else [])
+        revoked.extend([(at, closing)] if closing is not None else [])
     # then what closes' true-ups and re-rates gave there for each since (given back to it: revoked
     # again, to breakage) less what they took from there for it (entry metadata `closed_lots`,
     # money_back.closed_moves): the customer's re-rate and close entries since the first of them
     # closed (journal_entries_corrections, 0084: one before a lot closed moved nothing there for
     # it; the whole history was read, every re-rate's and close's). An expired lot is closed for an
     # entry dated at or past its expiry (closed_moves compares it with the entry's own time); a
-    # revoked one for an entry after its revocation's (a later id: the correction saw it revoked),
-    # whatever the two servers' clocks read, read from a day (chain.DATED_AHEAD) before the time it
-    # was revoked at: an entry dated by a clock 3 ms behind that revocation's was left out. An
+    # revoked (swept) one for an entry after its revocation's (sweep's: a later id, the correction
+    # saw it revoked, swept), whatever the servers' clocks read, read from a day (chain.DATED_AHEAD)
+    # before it was revoked (expired): one dated by a clock 3 ms behind was left out. An
     # entry written before the key (December 2026) with postings on promotions (breakage) moved
     # them for lots revoked (expired) by then among the payers of the charges it corrected (its charge_adjustments, its
     # true_up_charges): all for the one such lot; among several, not known, so each counts what it
@@ -1005,11 +1005,12 @@ async def load_payers(conn: AsyncConnection, w: Wallet, accounts: Iterable[str],
                               count(*) OVER (PARTITION BY o.id, o.revoked) AS n
                          FROM old o JOIN lots l ON l.lane = {lane} AND l.customer_id = %(customer)s
                           AND (l.revoked_at IS NOT NULL) = o.revoked
-                          AND (l.expires_at <= o.occurred_at OR l.revoked_at IS NOT NULL AND o.id > (
+                          AND (l.expires_at <= o.occurred_at OR o.id > (
                               SELECT max(p.entry_id) FROM postings p
                                 JOIN journal_entries r ON r.lane = p.lane AND r.id = p.entry_id
                                WHERE p.lane = l.lane AND p.account_id = l.account_id
-                                 AND r.kind = 'grant_reversal'))
+                                 AND r.kind = CASE WHEN l.revoked_at IS NOT NULL THEN 'grant_reversal'
+                                                   ELSE 'grant_expiry' END))
                         WHERE EXISTS (
                             SELECT 1 FROM charges c
                              WHERE c.lane = {lane} AND c.customer_id = %(customer)s

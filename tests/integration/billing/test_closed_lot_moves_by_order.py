@@ -11,9 +11,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from billing_kit import BillingKit
-from test_close_true_up_funding import _closed_per_charge, _rerated
-from test_closed_lot_take_backs import CENT, PROMOTIONS, REVENUE, _credited, _moved, _revoked
-from test_rerate_volume_true_up import applied, live_lots, spec, verified, vol
+from test_close_true_up_funding import _closed_per_charge, _paid_per_charge, _rerated
+from test_closed_lot_take_backs import BREAKAGE, CENT, PROMOTIONS, REVENUE, _credited, _moved, _revoked
+from test_rerate_volume_true_up import CLOSED, applied, live_lots, spec, verified, vol, vol_customer
+
+from wallets import expiry
 
 REVOKED = datetime(2026, 12, 1, 12, tzinfo=UTC)  # _revoked's time
 
@@ -49,4 +51,48 @@ async def test_a_re_rate_dated_before_the_revocation_by_a_clock_behind_still_cou
     after = await _credited(bk)
     assert _moved(once, after, PROMOTIONS, REVENUE) == (-2 * CENT, 26 * CENT)
     assert _moved(before, after, PROMOTIONS) == (-10 * CENT,)
+    await verified(bk)
+
+
+async def test_a_re_rate_dated_before_the_expiry_by_a_clock_behind_after_the_sweep_still_counts_what_it_took(
+        fresh_db) -> None:
+    """A $1.20 grant expiring December 10th pays the 5th's $1.20, a $5.00 top-up (the 6th) the 20th's
+    $1.10 ($3.90); the close gives the 5th's $0.60 to the grant ($0.60), the 20th's $0.40 to the
+    top-up ($4.30). December 3rd 10,000 tokens ($0.20) from the grant: $0.40 left, swept to breakage
+    at 00:00:00.001 on the 10th. Re-rated after the sweep by a server whose clock reads 3 ms behind
+    (9th, 23:59:59.998, before the expiry) to $20/M and $15/M: the 20th 40,000 x $20/M + 30,000 x
+    $15/M = $1.25 (+$0.15, the top-up); the true-up 130,000 x $15/M = $1.95 less $2.45 = -$0.50 where
+    -$1.00 stands: +$0.50, the 5th's $0.30 ($1.20 - $0.90 under, $0.60 given back) from the grant,
+    swept: breakage -$0.30 (kept in its `closed_lots`); the 20th's $0.20 ($1.25 - $1.05, $0.40 given
+    back) from the top-up: $4.30 - $0.15 - $0.20 = $3.95. Re-rated again on the 12th to $20/M flat:
+    the 20th $0.80 + $0.60 = $1.40 (+$0.15, the top-up); the true-up 130,000 x $20/M = $2.60 less
+    $2.60 = 0 where -$0.50 stands: +$0.50; the 5th's $0.30 given back, none under: $0.30 from the
+    grant, whose sweep has $0.40 - $0.30 = $0.10 left: breakage -$0.10 (-$0.40 in all, what it
+    swept), the other $0.20 paid like usage by the top-up; the 20th's $0.20 given back, none under:
+    the top-up. The top-up $3.95 - $0.15 - $0.20 - $0.20 = $3.40 (= $5.00 - $1.40 - the grant's
+    December $0.20). Read by the entries' dates (since the expiry), the first re-rate's -$0.30
+    counted nothing: breakage gave $0.30 again (-$0.60 for a $0.40 sweep), the top-up $3.60."""
+    bk = BillingKit(fresh_db)
+    cid = "skewed-sweep"
+    await vol_customer(bk, cid)
+    _, top_up = await _paid_per_charge(bk, cid, ("grant", "1.20", datetime(2026, 12, 10, tzinfo=UTC)),
+                                       ("topup", "5.00"))
+    await bk.close(CLOSED)
+    bk.clock.now = datetime(2026, 12, 3, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 10_000)
+    bk.clock.now = datetime(2026, 12, 10, 0, 0, 0, 1000, tzinfo=UTC)
+    await expiry.expire_grants(bk.db, bk.clock.now)
+    before = await _credited(bk)
+    assert await live_lots(bk, cid) == {top_up: ("topup", 430 * CENT)}
+    done = await _rerated(bk, "20", "15", on=datetime(2026, 12, 9, 23, 59, 59, 998000, tzinfo=UTC))
+    assert done["delta"] == "0.65", done
+    assert await live_lots(bk, cid) == {top_up: ("topup", 395 * CENT)}
+    once = await _credited(bk)
+    assert _moved(before, once, BREAKAGE) == (-30 * CENT,)
+    await bk.add_book(vol("v3", "2026-11-02T00:00:00Z", "20", "20"))
+    bk.clock.now = datetime(2026, 12, 12, tzinfo=UTC)
+    done = await applied(bk, spec("v3", datetime(2026, 11, 2, tzinfo=UTC)))
+    assert done["delta"] == "0.65", done
+    assert await live_lots(bk, cid) == {top_up: ("topup", 340 * CENT)}
+    assert _moved(once, await _credited(bk), BREAKAGE) == (-10 * CENT,)
     await verified(bk)
