@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 
 from ledger.model import JournalEntry
-from pricing.books import PriceBook, Rule, per_units
+from pricing.books import PriceBook, PriceVersion, Rule, per_units
 from pricing.money import format_money, per_amount, pricing_context, round_entry
 from pricing.overrides import FreeAllowance
 from pricing.rating import volume_tier_price, volume_true_up
@@ -77,17 +77,31 @@ def invoice_number(issuer: str, year: int, seq: int) -> str:
     return f"{issuer}-{year:04d}-{seq:06d}"
 
 
+def flat_in(versions: Mapping[str, PriceVersion], rule_id: str, version: str) -> bool:
+    """Whether `version` prices the rule other than by volume (flat or graduated): what it rated is
+    final at its price, and counts for no volume tier of the rule."""
+    rule = next((r for r in versions[version].rules if r.id == rule_id), None) if version in versions else None
+    return rule is not None and (rule.tier_mode != "volume" or not rule.tiers)
+
+
 def volume_rules(book: PriceBook | None, rollup: Rollup, period: str) -> list[tuple[Rule, str, int, int]]:
     """(rule, price version, quantity, amount charged) of each volume-tiered rule the period's own
-    usage was rated with at the book's price (not a contract price), in the latest version that
-    rated it (by its time: labels are the caller's, and "v9" sorts after "v10"). A re-rate of the
-    period's charges billed in it (its `adjustment` lines, by model and token type) counts for the
-    rule that rated that model and token type, at the version it re-rated to, unless a discount or a
-    contract price or another rule shares them (their lines do not tell the rule's share)."""
+    usage was rated with at the book's price (not a contract price): the units and amounts the
+    versions that tier the rule by volume rated, at the tiers of the latest of them (by its time:
+    labels are the caller's, and "v9" sorts after "v10"); what a version pricing the rule flat (or
+    graduated) rated is final at its price and counts for no tier. A re-rate of the period's charges
+    billed in it (its `adjustment` lines, by model and token type) counts for the rule that rated
+    that model and token type, at the version it re-rated to, unless a discount or a contract price
+    or another rule shares them (their lines do not tell the rule's share); the rule's units of
+    every version then count, at the tiers of the latest version (its lines do not tell which
+    version's units it moved)."""
     if book is None:
         return []
     order = {v.version: i for i, v in enumerate(book.versions)}  # the book's versions, by effective_from
-    used: dict[str, tuple[str, int, int]] = {}
+    versions = {v.version: v for v in book.versions}
+
+    used: dict[str, tuple[str, int, int]] = {}  # rule id -> (latest version, units, amount), every version
+    by_volume: dict[str, tuple[str, int, int]] = {}  # the same, of the versions tiering it by volume
     rated: dict[tuple[str | None, str | None], set[str | None]] = {}  # (model, token type) -> its rules
     adjusted: list[tuple[tuple[str | None, str | None], str, int]] = []
     for item, (quantity, amount) in rollup.items():
@@ -104,9 +118,10 @@ def volume_rules(book: PriceBook | None, rollup: Rollup, period: str) -> list[tu
                 rule_id if kind == "usage" and override_id is None else None)
         if kind != "usage" or rule_id is None or override_id is not None:
             continue  # a contract price is the customer's own: the book's volume tiers do not true it up
-        v, q, a = used.get(rule_id, ("", 0, 0))
-        latest = version if order.get(version, -1) >= order.get(v, -1) else v
-        used[rule_id] = (latest, q + quantity, a + amount)
+        for counted in (used,) if flat_in(versions, rule_id, version) else (used, by_volume):
+            v, q, a = counted.get(rule_id, ("", 0, 0))
+            latest = version if order.get(version, -1) >= order.get(v, -1) else v
+            counted[rule_id] = (latest, q + quantity, a + amount)
     for key, version, amount in adjusted:
         rules = rated.get(key, set())
         if len(rules) != 1 or None in rules:
@@ -114,9 +129,9 @@ def volume_rules(book: PriceBook | None, rollup: Rollup, period: str) -> list[tu
         [rule_id] = rules
         v, q, a = used[rule_id]
         used[rule_id] = (version if order.get(version, -1) >= order.get(v, -1) else v, q, a + amount)
-    versions = {v.version: v for v in book.versions}
+        by_volume[rule_id] = used[rule_id]
     found = []
-    for rule_id, (version, quantity, amount) in sorted(used.items()):
+    for rule_id, (version, quantity, amount) in sorted(by_volume.items()):
         rule = next((r for r in versions[version].rules if r.id == rule_id), None) if version in versions else None
         if rule is not None and rule.tier_mode == "volume" and rule.tiers:
             found.append((rule, version, quantity, amount))

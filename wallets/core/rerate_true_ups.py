@@ -17,7 +17,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from pricing.lines import Rating
-from wallets.core.invoicing import given_back, paying, true_up_lines
+from wallets.core.invoicing import flat_in, given_back, paying, true_up_lines
 from wallets.core.money_back import overcharged
 from wallets.core.rating import ALLOWANCE
 
@@ -107,16 +107,18 @@ def true_up_fixes(data: RerateInput, found: Sequence[Correction], ratings: Mappi
     re-rate corrects charges billed in it (`found`; `ratings`: the re-rated charges' ratings by id).
     Of each volume rule that rated a re-rated charge: the true-up with every charge billed in the
     period as it stands after the re-rate, at the tiers of the latest version that rated the rule
-    (the close's rule), against the true-up posted so far (`data.true_ups`). A charge not re-rated
-    now counts under the rules of the version an earlier re-rate rated it with (`earlier`: its
-    rating then, by id), not those it was first charged under; under the rule re-rated charges of
-    the same token type moved to from it, when the version re-rated to names that rule otherwise."""
+    by volume (the close's rule: the units a version pricing it flat rated count for no tier),
+    against the true-up posted so far (`data.true_ups`). A charge not re-rated now counts under the
+    rules of the version an earlier re-rate rated it with (`earlier`: its rating then, by id), not
+    those it was first charged under; under the rule re-rated charges of the same token type moved
+    to from it, when the version re-rated to names that rule otherwise."""
     book, period = data.book, data.period
     if book is None or period not in data.invoices:
         return []
     if not any((x.charge.billed_in or period) == period for x in found):
         return []
     order = {v.version: i for i, v in enumerate(book.versions)}
+    versions = {v.version: v for v in book.versions}
     basis: dict[str, list[Any]] = {}  # rule id -> [latest version, units, amount charged]
     touched: set[str] = set()
     rated: dict[str, dict[int, ChargeOnRecord]] = {}  # rule id -> the charges it rated, by id
@@ -137,6 +139,8 @@ def true_up_fixes(data: RerateInput, found: Sequence[Correction], ratings: Mappi
             pieces = [(renamed.get(rule_id, rule_id), *rest)
                       for rule_id, *rest in _standing(charge, (earlier or {}).get(charge.id))]
         for rule_id, version, quantity, amount in pieces:
+            if flat_in(versions, rule_id, version):
+                continue  # a version pricing the rule flat (or graduated): final at its price, no tier
             rated.setdefault(rule_id, {})[charge.id] = charge
             piece = per_charge.setdefault(rule_id, {}).setdefault(charge.id, [0, 0])
             piece[0] += quantity
@@ -146,7 +150,6 @@ def true_up_fixes(data: RerateInput, found: Sequence[Correction], ratings: Mappi
                 held[0] = version
             held[1] += quantity
             held[2] += amount
-    versions = {v.version: v for v in book.versions}
     fixes = []
     for rule_id in sorted(touched & basis.keys()):  # a rule left with none of them: _orphaned
         version, quantity, amount = basis[rule_id]
