@@ -11,11 +11,11 @@ import re
 import sys
 import tempfile
 import time
-import unicodedata
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 from api.settings import Settings
+from ledger.offline import printable
 from pricing.parse import uppercase_z
 
 _FINER = re.compile(r"\.[0-9]{6}0*[1-9]")  # a fraction of a second with a digit past the microsecond
@@ -130,15 +130,6 @@ def export(args: argparse.Namespace, settings: Settings) -> int:
     print(f"exported {counted}{sealed} as {args.format} in {seconds:.1f}s ({cpu:.1f}s of CPU)"
           f"{' to ' + args.out if args.out else ''}", file=sys.stderr)
     return 0
-
-
-def printable(text: str) -> str:
-    """A reference or a skipped row's type (the caller's text) as one piece of a report line: each
-    control or format character (a line break, ESC, a bidi override) written as an escape (`\\n`,
-    `\\x1b`, `\\u202e`), so that it can neither start a line of its own (a forged verdict) nor drive the
-    terminal."""
-    return "".join(ch.encode("unicode_escape").decode("ascii")
-                   if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") else ch for ch in text)
 
 
 def readable_stdout() -> None:

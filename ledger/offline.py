@@ -474,23 +474,23 @@ def verify_file(path: str) -> OfflineReport:
         return verify_lines(f)
 
 
-def _shown(problem: str) -> str:
-    """A problem as one line of the text report. It names the file's own text (account codes,
-    assets, customer ids), which whoever edited the file chose: each control or format character
-    (a line break, CR, ESC, a bidi override) is written as an escape (`\\n`, `\\x1b`, `\\u202e`), so
-    that it can neither start a line of its own (a forged "verified offline") nor drive the terminal
-    (ESC [8m hid the lines after it, the failed verdict included)."""
+def printable(text: str) -> str:
+    """Text a report line names that someone else chose (an edited file's account codes, assets and
+    customer ids; a caller's reference or request id in `tokentill audit`'s reports): each control
+    or format character (a line break, CR, ESC, a bidi override) is written as an escape (`\\n`,
+    `\\x1b`, `\\u202e`), so that it can neither start a line of its own (a forged "verified offline")
+    nor drive the terminal (ESC [8m hid the lines after it, the failed verdict included)."""
     return "".join(ch.encode("unicode_escape").decode("ascii")
-                   if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") else ch for ch in problem)
+                   if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") else ch for ch in text)
 
 
 def _print(report: OfflineReport, expect_head: str | None) -> None:
     for problem in report.problems:
-        print(f"FAIL {_shown(problem)}")
+        print(f"FAIL {printable(problem)}")
     if report.problem_count > len(report.problems):
         print(f"     ... and {report.problem_count - len(report.problems)} more")
     if not report.ok:
-        print(f"offline verification FAILED: {report.problem_count} problem(s); first: {_shown(report.problems[0])}")
+        print(f"offline verification FAILED: {report.problem_count} problem(s); first: {printable(report.problems[0])}")
         return
     print(f"verified offline: {report.entries:,} entries, {report.seals:,} seals intact; chain head "
           f"{report.head or '(no seal)'}")
