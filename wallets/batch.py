@@ -93,6 +93,7 @@ class Batch:
     topups: dict[tuple[str, str], Any] = field(default_factory=dict)  # (customer, reference) -> TopUpOnRecord
     # closes: (customer, period) -> rule id -> (charge id, account, amount, ...) that paid what it rated
     rule_funding: dict[tuple[str, str], dict[str, tuple[RulePaid, ...]]] = field(default_factory=dict)
+    rerated: dict[tuple[str, str], tuple[Any, ...]] = field(default_factory=dict)  # closes: charges re-rated
     entry_ids: list[int] = field(default_factory=list)  # the entries' ids (given by flush), in order
     posting: PreparedPost | None = None  # the entries' ledger_post call (made by flush)
     pinned: dict[int, PriceBook | None] = field(default_factory=dict)  # id(command) -> its usage time's book
@@ -101,7 +102,8 @@ class Batch:
         return State(customer_id, self.loaded.wallets.get(customer_id), self.loaded.idempotency,
                      self.loaded.events, self.period_usage, self.rollups, self.invoice_seqs, self.invoices,
                      self.rerates, self.credit_note_seqs, self.unapplied,
-                     self.corrections, self.cash, self.refunds, self.rule_funding, self.topups)
+                     self.corrections, self.cash, self.refunds, self.rule_funding, self.topups,
+                     rerated=self.rerated)
 
     def apply(self, command: Command) -> Any:
         """Decide `command` and follow the decision, then the alerts it calls for; returns its

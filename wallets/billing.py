@@ -189,7 +189,11 @@ async def upcoming(conn: AsyncConnection, customer_id: str, now: datetime, books
                for label in rollups}
     payers = {a for rules in funding.values() for paid in rules.values() for _, a, *_ in paid if a}
     await store.load_payers(conn, w, payers, now)
-    state = State(c.id, w, rollups={c.id: rollups}, unapplied={c.id: credits}, rule_funding=funding)
+    # the charges re-rates moved: a true-up counts them as re-rated
+    rerated = {(c.id, label): await store.rerated_charges(conn, c.id, period_named(label, c.cycle))
+               for label in rollups}
+    state = State(c.id, w, rollups={c.id: rollups}, unapplied={c.id: credits}, rule_funding=funding,
+                  rerated=rerated)
     rollup, opening, parts = upcoming_invoice(state, period, now, book)
     content = document(c, period, rollup, opening, Header(None, None, "upcoming", now))
     due, paid = amount_due_units(rollup), sum(part for _, part in parts)

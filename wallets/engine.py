@@ -594,6 +594,9 @@ async def _load_billing(conn: AsyncConnection, batch: Batch, commands: Sequence[
                 found = batch.rule_funding[(cid, label)] = await store.rule_funding(
                     conn, cid, period_named(label, w.customer.cycle))
                 await store.load_payers(conn, w, {a for paid in found.values() for _, a, *_ in paid if a}, now)
+                # the charges re-rates moved: the true-up counts them as re-rated
+                batch.rerated[(cid, label)] = await store.rerated_charges(
+                    conn, cid, period_named(label, w.customer.cycle))
         batch.invoices.update(await store.load_open_invoices(conn, [c.customer_id for c in closes]))
     paid = [c.invoice_id for c in commands if isinstance(c, PayInvoice)]
     if paid:

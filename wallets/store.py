@@ -881,6 +881,29 @@ async def rule_funding(conn: AsyncConnection, customer_id: str, period: Period
     return {rule_id: tuple(paid) for rule_id, paid in out.items()}
 
 
+async def rerated_charges(conn: AsyncConnection, customer_id: str, period: Period
+                          ) -> tuple[tuple[str, tuple[dict[str, Any], ...], str, tuple[tuple[str, str, int], ...]],
+                                     ...]:
+    """The customer's charges of `period`'s own usage billed in it (rule_funding's) that a re-rate
+    moved, wherever the re-rate was billed: (model, its lines as charged, the book version its last
+    re-rate rated it with, that re-rate's amounts by model and token type). A close counts their
+    units under the version they stand at now (invoicing.rerated_moves)."""
+    lane = int(await _lane(conn, [customer_id]) or 0)
+    rows = await conn.exec_driver_sql(
+        f"""SELECT c.model, c.lines, a.corrected_version, a.new_lines
+              FROM charges c
+             CROSS JOIN LATERAL (SELECT a.corrected_version, a.new_lines FROM charge_adjustments a
+                                  WHERE a.charge_id = c.id ORDER BY a.id DESC LIMIT 1) a
+             WHERE c.lane = {lane} AND c.customer_id = %s AND c.period = %s
+               AND c.occurred_at >= %s AND c.occurred_at < %s
+               AND coalesce((SELECT j.metadata ->> 'period' FROM journal_entries j
+                              WHERE j.lane = c.lane AND j.id = c.entry_id), c.period) = %s
+             ORDER BY c.occurred_at, c.id""",
+        (customer_id, period.label, period.start, period.end, period.label))
+    return tuple((model, tuple(lines), version, tuple((m, t, int(a)) for m, t, a in new_lines))
+                 for model, lines, version, new_lines in rows)
+
+
 async def paid_left(conn: AsyncConnection, customer_id: str, period: Period) -> dict[str, dict[str, int]]:
     """What each account still has in the charges billed in each period that billed a charge of
     `period`'s usage (its own; later ones for its late charges), whatever their usage period or

@@ -84,24 +84,55 @@ def flat_in(versions: Mapping[str, PriceVersion], rule_id: str, version: str) ->
     return rule is not None and (rule.tier_mode != "volume" or not rule.tiers)
 
 
-def volume_rules(book: PriceBook | None, rollup: Rollup, period: str) -> list[tuple[Rule, str, int, int]]:
+# What a re-rate moved of a charge's usage line at the book's price: (model, token type), rule id,
+# the version it was charged under, the version it stands at now, units, amount charged, amount now
+Moved = tuple[tuple[str | None, str | None], str, str, str, int, int, int]
+
+
+def rerated_moves(charges: Sequence[tuple[str, Sequence[Mapping[str, Any]], str, Sequence[Sequence[Any]]]]
+                  ) -> list[Moved]:
+    """What re-rates moved of each of the period's charges (State.rerated: model, lines as charged,
+    the version its last re-rate rated it with, that re-rate's amounts by model and token type):
+    each usage line of a rule at the book's price moves from the version that charged it to the one
+    it stands at now, its token type's amount changed by what the re-rates moved of it (on the
+    first of its lines)."""
+    out: list[Moved] = []
+    for model, lines, version, amounts in charges:
+        now = {token_type: int(amount) for _, token_type, amount in amounts}
+        was: dict[str, int] = {}
+        for line in lines:
+            key = line.get("token_type") or line["kind"]
+            was[key] = was.get(key, 0) + int(line["amount_units"])
+        for line in lines:
+            if line["kind"] != "usage" or not line.get("rule_id") or line.get("override_id") is not None:
+                continue
+            token_type, amount = line.get("token_type"), int(line["amount_units"])
+            moved = now.pop(token_type, 0) - was.pop(token_type, 0) if token_type in was else 0
+            out.append(((model, token_type), line["rule_id"], line.get("price_version") or "", version,
+                        int(line["quantity"]), amount, amount + moved))
+    return out
+
+
+def volume_rules(book: PriceBook | None, rollup: Rollup, period: str,
+                 moves: Sequence[Moved] = ()) -> list[tuple[Rule, str, int, int]]:
     """(rule, price version, quantity, amount charged) of each volume-tiered rule the period's own
     usage was rated with at the book's price (not a contract price): the units and amounts the
     versions that tier the rule by volume rated, at the tiers of the latest of them (by its time:
     labels are the caller's, and "v9" sorts after "v10"); what a version pricing the rule flat (or
     graduated) rated is final at its price and counts for no tier. A re-rate of the period's charges
-    billed in it (its `adjustment` lines, by model and token type) counts for the rule that rated
-    that model and token type, at the version it re-rated to, unless a discount or a contract price
-    or another rule shares them (their lines do not tell the rule's share); the rule's units of
-    every version then count, at the tiers of the latest version (its lines do not tell which
-    version's units it moved)."""
+    counts for the rule that rated their model and token type, unless a discount or a contract price
+    or another rule shares them (their lines do not tell the rule's share): the charges it moved
+    (`moves`, rerated_moves) count under the version they stand at now, as re-rated. A re-rate's
+    `adjustment` lines of a model and token type no charge's moves tell (`moves` not given) count
+    at the version it re-rated to, the rule's units of every version with them, at the tiers of the
+    latest version (the lines do not tell which version's units they moved)."""
     if book is None:
         return []
     order = {v.version: i for i, v in enumerate(book.versions)}  # the book's versions, by effective_from
     versions = {v.version: v for v in book.versions}
 
-    used: dict[str, tuple[str, int, int]] = {}  # rule id -> (latest version, units, amount), every version
-    by_volume: dict[str, tuple[str, int, int]] = {}  # the same, of the versions tiering it by volume
+    pieces: dict[str, dict[str, list[int]]] = {}  # rule id -> version -> [units, amount]
+    every: dict[str, list[Any]] = {}  # rule id -> [adjustments' versions, amount]: every version counts
     rated: dict[tuple[str | None, str | None], set[str | None]] = {}  # (model, token type) -> its rules
     adjusted: list[tuple[tuple[str | None, str | None], str, int]] = []
     for item, (quantity, amount) in rollup.items():
@@ -118,20 +149,41 @@ def volume_rules(book: PriceBook | None, rollup: Rollup, period: str) -> list[tu
                 rule_id if kind == "usage" and override_id is None else None)
         if kind != "usage" or rule_id is None or override_id is not None:
             continue  # a contract price is the customer's own: the book's volume tiers do not true it up
-        for counted in (used,) if flat_in(versions, rule_id, version) else (used, by_volume):
-            v, q, a = counted.get(rule_id, ("", 0, 0))
-            latest = version if order.get(version, -1) >= order.get(v, -1) else v
-            counted[rule_id] = (latest, q + quantity, a + amount)
-    for key, version, amount in adjusted:
+        piece = pieces.setdefault(rule_id, {}).setdefault(version, [0, 0])
+        piece[0] += quantity
+        piece[1] += amount
+
+    def alone(key: tuple[str | None, str | None], rule_id: str | None = None) -> str | None:
         rules = rated.get(key, set())
-        if len(rules) != 1 or None in rules:
+        return next(iter(rules)) if len(rules) == 1 and None not in rules and rule_id in (None, *rules) else None
+
+    told = set()
+    for key, rule_id, was, now, quantity, before, after in moves:
+        if alone(key, rule_id) is None:
             continue
-        [rule_id] = rules
-        v, q, a = used[rule_id]
-        used[rule_id] = (version if order.get(version, -1) >= order.get(v, -1) else v, q, a + amount)
-        by_volume[rule_id] = used[rule_id]
+        told.add(key)
+        for version, q, a in ((was, -quantity, -before), (now, quantity, after)):
+            piece = pieces.setdefault(rule_id, {}).setdefault(version, [0, 0])
+            piece[0] += q
+            piece[1] += a
+    for key, version, amount in adjusted:
+        if key in told or (rule_id := alone(key)) is None:
+            continue
+        versions_, a = every.setdefault(rule_id, [[], 0])
+        every[rule_id] = [[*versions_, version], a + amount]
     found = []
-    for rule_id, (version, quantity, amount) in sorted(by_volume.items()):
+    for rule_id, by_version in sorted(pieces.items()):
+        if rule_id in every:
+            extra, more = every[rule_id]
+            counted = [(v, q, a) for v, (q, a) in by_version.items()] + [(v, 0, 0) for v in extra]
+            amount_more = more
+        else:
+            counted = [(v, q, a) for v, (q, a) in by_version.items() if (q or a) and not flat_in(versions, rule_id, v)]
+            amount_more = 0
+        if not counted:
+            continue
+        version = max((v for v, *_ in counted), key=lambda v: order.get(v, -1))
+        quantity, amount = sum(q for _, q, _ in counted), sum(a for *_, a in counted) + amount_more
         rule = next((r for r in versions[version].rules if r.id == rule_id), None) if version in versions else None
         if rule is not None and rule.tier_mode == "volume" and rule.tiers:
             found.append((rule, version, quantity, amount))
@@ -399,7 +451,8 @@ def closing(state: State, w: Wallet, label: str, rollup: Rollup, book: PriceBook
     posted as one entry, and the rollup its invoice shows: the close and the upcoming invoice's
     preview both build the invoice by it."""
     rollup = dict(rollup)
-    lines = true_up_lines(volume_rules(book, _with_later_adjustments(state, w, label, rollup), label),
+    moves = rerated_moves(state.rerated.get((w.customer.id, label), ()))
+    lines = true_up_lines(volume_rules(book, _with_later_adjustments(state, w, label, rollup), label, moves),
                           volume_discounts(book, rollup, label))
     lines += allowance_lines(rollup, label, lines, allowances_at_end(w, label))
     cid, cur = w.customer.id, w.customer.currency

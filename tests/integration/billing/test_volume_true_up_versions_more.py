@@ -1,5 +1,6 @@
 """Volume true-ups across price-book versions (review of aaa0677): a rule the version re-rated to
-does not name, and a re-rate billed in the open period before a later version prices the rule flat.
+does not name, and a re-rate billed in the open period before a later version prices the rule flat
+(or moving a volume version's units to a flat one).
 
 Book rules are on model-x input. v1 (from January): `in` volume-tiered, $10/M up to 1,000,000
 tokens, $1/M beyond. November 5th 3,000,000 tokens under v1, rated graduated: 1,000,000 x $10/M +
@@ -9,7 +10,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import pytest
 from billing_kit import BillingKit
 
 from ledger.audit import verify
@@ -70,10 +70,6 @@ async def test_a_rerate_to_a_version_without_the_volume_rule_takes_its_true_up_b
     await _verified(bk)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "known defect left by aaa0677: with a re-rate's `adjustment` line of the period, volume_rules "
-    "takes the tiers of the latest version that rated the rule at all, here v2 (flat), and trues "
-    "nothing up: November $13.00"))
 async def test_a_rerate_in_the_open_period_still_trues_up_when_a_later_version_is_flat(bk: BillingKit) -> None:
     """v2 (from the 15th): `in` flat $2/M. On November 25th, before the close, v1b (from November
     1st: `in` $10/M to 1,000,000, $0.50/M beyond) and November 1st-15th re-rated to it: the 5th
@@ -93,3 +89,25 @@ async def test_a_rerate_in_the_open_period_still_trues_up_when_a_later_version_i
     [november] = await bk.invoices(cid)
     await _verified(bk)
     assert (november["subtotals"]["true_ups"], november["total"]) == ("-9.50", "3.50")
+
+
+async def test_units_an_open_period_re_rate_moved_to_a_flat_version_count_for_no_tier(bk: BillingKit) -> None:
+    """v2 (from the 15th): `in` volume-tiered as v1; the 20th's 1,000,000, rated graduated on from the
+    period's 3,000,000 so far, at $1/M = $1.00. On November 25th, before the close, v3 (from November
+    1st: `in` flat $2/M) and November 1st-15th re-rated to it: the 5th 3,000,000 x $2/M = $6.00
+    (-$6.00), final at that price. The close trues up v2's 1,000,000 alone: the first tier reached,
+    $10/M, $10.00 less $1.00, +$9.00; November $6.00 + $1.00 + $9.00 = $16.00, as when v1 prices the
+    rule flat and v2 by volume. Counting every version's units at the latest version's (v2's) tiers
+    instead: 4,000,000 at $1/M = $4.00 less $12.00 + $1.00 - $6.00, -$3.00, November $4.00."""
+    cid = "rerated-open-to-flat"
+    await bk.add_book(_version(cid, "v1", "2026-01-01T00:00:00Z", [_volume("1")]))
+    await bk.add_book(_version(cid, "v2", "2026-11-15T00:00:00Z", [_volume("1")]))
+    await _events(bk, cid)
+    bk.clock.now = datetime(2026, 11, 25, tzinfo=UTC)
+    await bk.add_book(_version(cid, "v3", "2026-11-01T00:00:00Z", [_flat("in")]))
+    done = await rerating.apply(bk.db, bk.service.engine, rerating.RerateSpec(cid, "v3", NOV_1, NOV_15, cid), None)
+    assert done["delta"] == "-6.00"
+    await bk.close(CLOSED)
+    [november] = await bk.invoices(cid)
+    await _verified(bk)
+    assert (november["subtotals"]["true_ups"], november["total"]) == ("9.00", "16.00")

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 
 from pricing.books import PriceBook
 from pricing.parse import parse_version
-from wallets.core.billing import line_item
-from wallets.core.invoicing import volume_rules
+from wallets.core.billing import add, line_item
+from wallets.core.invoicing import rerated_moves, volume_rules
 from wallets.core.rerate_true_ups import true_up_fixes
 from wallets.core.rerating import ChargeOnRecord, RerateInput, corrections
 
@@ -81,6 +81,30 @@ def test_the_close_counts_a_re_rate_of_the_open_period_for_the_rule_that_rated_i
     rollup[_item("discount", "model-v", "output", "v-out", "v1", "d10")] = (130_000, -23 * M // 100)
     [(_, version_, _, amount)] = volume_rules(BOOK, rollup, "2026-11")
     assert (version_, amount) == ("v1", 230 * M // 100)
+
+
+def test_the_close_counts_the_charges_a_re_rate_moved_under_the_version_they_stand_at_now():
+    """The 5th (60,000 tokens, $1.20 at v1) re-rated before the close to vf, `v-out` flat $5/M from
+    October 1st: $0.30 (-$0.90), final at that price. The 20th's 70,000 ($1.10 at v1) alone reach a
+    tier: v1's, at $1.10. Re-rated to v2 instead ($16/M: $0.96, -$0.24): v1's 70,000 at $1.10 and
+    v2's 60,000 at $0.96 reach v2's tiers together, 130,000, $2.06. The adjustment lines alone do not
+    tell which version's units moved: every version's units at the latest's tiers, vf's, flat: none."""
+    flat = parse_version({"id": "vol", "version": "vf", "currency": "USD", "effective_from": "2026-10-01T00:00:00Z",
+                          "rules": [{"id": "v-out", "model": "model-v", "token_type": "output", "price": "5"}]})
+    book = PriceBook("vol", "USD", (V1, flat, V2))
+    [fifth, twentieth] = NOVEMBER
+    usage: dict[str, tuple[int, int]] = {}
+    for ln in (*fifth.lines, *twentieth.lines):
+        add(usage, line_item("2026-11", {**ln, "model": "model-v"}), ln["quantity"], ln["amount_units"])
+    to_flat = {**usage, _item("adjustment", "model-v", "output", None, "vf"): (0, -90 * M // 100)}
+    assert volume_rules(book, to_flat, "2026-11") == []
+    moves = rerated_moves([("model-v", fifth.lines, "vf", [("model-v", "output", 30 * M // 100)])])
+    [(rule, version_, quantity, amount)] = volume_rules(book, to_flat, "2026-11", moves)
+    assert (rule.id, version_, quantity, amount) == ("v-out", "v1", 70_000, 110 * M // 100)
+    to_v2 = {**usage, _item("adjustment", "model-v", "output", None, "v2"): (0, -24 * M // 100)}
+    moves = rerated_moves([("model-v", fifth.lines, "v2", [("model-v", "output", 96 * M // 100)])])
+    [(rule, version_, quantity, amount)] = volume_rules(book, to_v2, "2026-11", moves)
+    assert (rule.id, version_, quantity, amount) == ("v-out", "v2", 130_000, 206 * M // 100)
 
 
 CLOSE_GAVE = {"v-out": {1: 60 * M // 100, 2: 40 * M // 100}}  # at $10/M: $1.20 - $0.60, $1.10 - $0.70
