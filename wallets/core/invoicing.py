@@ -121,8 +121,9 @@ def volume_rules(book: PriceBook | None, rollup: Rollup, period: str,
     labels are the caller's, and "v9" sorts after "v10"); what a version pricing the rule flat (or
     graduated) rated is final at its price and counts for no tier. A re-rate of the period's charges
     counts for the rule that rated their model and token type, unless a discount or a contract price
-    or another rule shares them (their lines do not tell the rule's share): the charges it moved
-    (`moves`, rerated_moves) count under the version they stand at now, as re-rated. A re-rate's
+    shares them (their lines do not tell the rule's share): the charges it moved (`moves`,
+    rerated_moves) count under the version they stand at now, as re-rated, for the rule their line
+    names (units a version now rates under another rule id leave it). A re-rate's
     `adjustment` lines of a model and token type no charge's moves tell (`moves` not given) count
     at the version it re-rated to, the rule's units of every version with them, at the tiers of the
     latest version (the lines do not tell which version's units they moved)."""
@@ -153,16 +154,18 @@ def volume_rules(book: PriceBook | None, rollup: Rollup, period: str,
         piece[0] += quantity
         piece[1] += amount
 
-    def alone(key: tuple[str | None, str | None], rule_id: str | None = None) -> str | None:
+    def alone(key: tuple[str | None, str | None]) -> str | None:
         rules = rated.get(key, set())
-        return next(iter(rules)) if len(rules) == 1 and None not in rules and rule_id in (None, *rules) else None
+        return next(iter(rules)) if len(rules) == 1 and None not in rules else None
 
     told = set()
     for key, rule_id, was, now, quantity, before, after in moves:
-        if alone(key, rule_id) is None:
-            continue
+        if None in rated.get(key, ()) or rule_id not in rated.get(key, ()):
+            continue  # a discount or a contract price shares them: the lines do not tell the rule's share
         told.add(key)
-        for version, q, a in ((was, -quantity, -before), (now, quantity, after)):
+        # the charge's line tells its rule; units the version now rates under another id leave it
+        named = now not in versions or any(r.id == rule_id for r in versions[now].rules)
+        for version, q, a in ((was, -quantity, -before), (now, quantity, after))[:2 if named else 1]:
             piece = pieces.setdefault(rule_id, {}).setdefault(version, [0, 0])
             piece[0] += q
             piece[1] += a
