@@ -159,8 +159,8 @@ class Spool:
         """Strike off the records with these idempotency keys, keeping `rejected` ones aside with why;
         returns how many calls (idempotency keys) are left, each sent once however often spooled.
         A refusal is filed before the spool is rewritten, so a crash between the two loses none,
-        and a key filed already is not filed again: a rewrite that failed (a full disk) kept the
-        record, refused again on the next flush, and it was filed twice."""
+        and a key filed already since its last spooling is not filed again: a rewrite that failed (a
+        full disk) kept the record, refused again on the next flush, and it was filed twice."""
         with self._locked():
             records, damaged = self._read()
             refused = {r.idempotency_key for r, _ in rejected}
@@ -177,15 +177,18 @@ class Spool:
             return len({r.idempotency_key for r in kept})
 
     def _filed(self, keys: set[str], records: list[SpoolRecord]) -> set[str]:
-        """Which of `keys` `<name>.rejected` holds (a symlink refused, as for an append), read from
-        its end back to byte `start` (`_filed_from`; damaged lines skipped). That file only grows,
-        and was read whole, every line parsed, on each flush with a refusal (50 MiB and 0.6 s of CPU
-        for 50 MB of old refusals): a key filed for a record still spooled was filed after that record was
-        spooled, past the length the file had then (`rejected_from`). By where the lines stand, not
-        by their `rejected_at`: read back to a day before the record's `spooled_at`, it stopped short
-        of the record's own filing when the filing's clock was more than a day behind the spooling's
-        (set back, or fast when it spooled), and the record was filed twice. A file cut since
-        (`_filed_from`) is read whole."""
+        """Which of `keys` `<name>.rejected` holds a filing of since their last spooling (a symlink
+        refused, as for an append), read from its end back (damaged lines skipped). That file only
+        grows, and was read whole, every line parsed, on each flush with a refusal (50 MiB and 0.6 s
+        of CPU for 50 MB of old refusals): a record's filing is past the length the file had when
+        it was spooled (`rejected_from`), so a key counts as filed by a line from its `_filed_from`
+        on, and the read stops at the least of those. By where the lines stand, not by their
+        `rejected_at`: read back to a day before the record's `spooled_at`, it stopped short of the
+        record's own filing when the filing's clock was more than a day behind the spooling's (set
+        back, or fast when it spooled), and the record was filed twice. From the key's LAST
+        spooling: a call spooled again after its filing, while the record filed was still spooled
+        (its rewrite failed), took that filing for the new spooling's too, and its refusal was
+        never filed. A file cut since (`_filed_from`) is read whole."""
         if not keys:
             return set()
         try:
@@ -194,13 +197,14 @@ class Spool:
             return set()
         found: set[str] = set()
         try:
-            for line in _lines_backward(fd, start=_filed_from(keys, records, fd)):
+            since = _filed_from(keys, records, fd)
+            for at, line in _lines_back(fd, start=min(since.values(), default=0)):
                 try:
                     data = json.loads(line)
                 except ValueError:
                     continue
                 key = data.get("idempotency_key") if isinstance(data, dict) else None
-                if isinstance(key, str) and key in keys:
+                if isinstance(key, str) and key in keys and at >= since.get(key, 0):
                     found.add(key)
                     if found == keys:
                         break
@@ -391,16 +395,18 @@ def _tail(fd: int, end: int) -> str:
     return hashlib.sha256(os.pread(fd, end - first, first)).hexdigest()[:32]
 
 
-def _filed_from(keys: set[str], records: list[SpoolRecord], fd: int) -> int:
-    """Where in `<name>.rejected` (open at `fd`) a filing of these keys' spooled records may start:
-    the least `rejected_from` of them. 0 (all of it) when one has none, is not in the spool at all
-    (a background settle sent from memory, its spool write failed), or names a place the file no
-    longer is as it was (shorter than that, or not ending there in `rejected_tail`: deleted, rotated
-    or truncated by hand since, a new file's filings grown past that length read from there missed
-    the record's own, and it was filed again)."""
+def _filed_from(keys: set[str], records: list[SpoolRecord], fd: int) -> dict[str, int]:
+    """Where in `<name>.rejected` (open at `fd`) a filing of each key's spooled records may start:
+    the greatest `rejected_from` of its spoolings (a filing before the last one is of an earlier
+    spooling: the call spooled again after it is refused again, and filed again). 0 (all of it)
+    for a key not in the spool at all (a background settle sent from memory, its spool write
+    failed), and for a spooling with none or naming a place the file no longer is as it was
+    (shorter than that, or not ending there in `rejected_tail`: deleted, rotated or truncated by
+    hand since, a new file's filings grown past that length read from there missed the record's
+    own, and it was filed again)."""
     size = os.fstat(fd).st_size
     tails: dict[int, str] = {}
-    starts: dict[str, int] = {}
+    starts: dict[str, int] = dict.fromkeys(keys, 0)
     for record in records:
         if record.idempotency_key in keys:
             at = record.rejected_from
@@ -410,8 +416,8 @@ def _filed_from(keys: set[str], records: list[SpoolRecord], fd: int) -> int:
                 if at not in tails:
                     tails[at] = _tail(fd, at)
                 at = at if record.rejected_tail == tails[at] else 0
-            starts[record.idempotency_key] = min(at, starts.get(record.idempotency_key, at))
-    return min(starts.values(), default=0) if starts.keys() == keys else 0
+            starts[record.idempotency_key] = max(at, starts[record.idempotency_key])
+    return starts
 
 
 def _filed_fields(record: SpoolRecord) -> dict[str, Any]:
@@ -423,6 +429,11 @@ def _filed_fields(record: SpoolRecord) -> dict[str, Any]:
 
 def _lines_backward(fd: int, block: int = 64 * 1024, start: int = 0) -> Iterator[bytes]:
     """The file's non-empty lines from byte `start` on, last first, read a block at a time from its end."""
+    return (line for _, line in _lines_back(fd, block, start))
+
+
+def _lines_back(fd: int, block: int = 64 * 1024, start: int = 0) -> Iterator[tuple[int, bytes]]:
+    """`_lines_backward`, each line with the byte it starts at."""
     end = os.fstat(fd).st_size
     carry = b""
     while end > start:
@@ -432,9 +443,13 @@ def _lines_backward(fd: int, block: int = 64 * 1024, start: int = 0) -> Iterator
             return
         parts = (chunk + carry).split(b"\n")
         carry, end = parts[0], first
-        yield from (line for line in reversed(parts[1:]) if line.strip())
+        at, placed = first + len(parts[0]) + 1, []
+        for part in parts[1:]:
+            placed.append((at, part))
+            at += len(part) + 1
+        yield from ((at, line) for at, line in reversed(placed) if line.strip())
     if carry.strip():
-        yield carry
+        yield start, carry
 
 
 def _ends_with_newline(fd: int) -> bool:

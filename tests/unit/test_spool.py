@@ -911,3 +911,40 @@ def test_a_refusal_is_filed_once_when_the_rejected_file_was_cut_after_it_was_spo
     assert (report.rejected, report.kept) == (3, 1) and spool.records() == [record(4)]
     filed = [json.loads(line)["idempotency_key"] for line in spool.rejected_path.read_bytes().splitlines()]
     assert filed == [f"res_1:settle:{n}" for n in (1, 2, 3)]  # was 1, 2, 3, 1, 2
+
+
+def test_a_call_spooled_again_while_its_filed_record_was_kept_is_filed_once_a_spooling(tmp_path, monkeypatch):
+    """Record 1 spooled, refused and filed (1 line), the rewrite after it refused (EACCES: the
+    directory made read-only for a while; ENOSPC does the same), so it stays spooled; the call is
+    spooled again under its key (sent again by hand), after that filing. Flush 2 refuses it: the
+    2nd spooling's refusal is filed, as when the rewrite went through (struck off, spooled again,
+    refused again: 2 lines), 2 lines. It was not filed at all: the read-back started at the 1st
+    spooling's `rejected_from` (0), found the 1st filing and took it for the 2nd spooling's too, 1
+    line. Flush 2's rewrite refused as well, flush 3 files nothing more: 2 lines, each refusal once."""
+    import errno
+    import json
+
+    spool = Spool(tmp_path / "a.jsonl")
+    refused = lambda r: ("rejected", "409 reservation_closed")  # noqa: E731
+    filed = lambda: [json.loads(line)["idempotency_key"]  # noqa: E731
+                     for line in spool.rejected_path.read_bytes().splitlines()]
+
+    def flush_with_the_rewrite_refused() -> None:
+        def refuse(self: Spool, records: list[SpoolRecord]) -> None:
+            raise OSError(errno.EACCES, "Permission denied")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(Spool, "_rewrite", refuse)
+            with pytest.raises(OSError):
+                spool.flush(refused)
+
+    spool.append(record(1))
+    flush_with_the_rewrite_refused()
+    assert filed() == ["res_1:settle:1"] and spool.records() == [record(1)], "kept, filed already"
+    spool.append(record(1))  # spooled again, after the 1st filing
+    flush_with_the_rewrite_refused()
+    assert filed() == ["res_1:settle:1"] * 2, "the 2nd spooling's refusal"  # was 1 line
+    assert len(spool._read()[0]) == 2, "both spoolings kept, the rewrite refused"
+    report = spool.flush(refused)
+    assert (report.rejected, report.kept) == (1, 0) and not spool.path.exists()
+    assert filed() == ["res_1:settle:1"] * 2, "each spooling filed once"
