@@ -240,7 +240,7 @@ class _Verifier:
                 self.close_seal()
                 self.in_unsealed = True
         elif kind == "export":
-            self.report.whole = bool(rec.get("whole", True))
+            self.header_whole(number, rec)
             at = rec.get("exported_at")
             if _text(at) and _UTC.fullmatch(at):
                 try:
@@ -265,6 +265,23 @@ class _Verifier:
             self.account(number, rec)
         else:
             self.report.fail(f"line {number}: unknown record type {kind!r}")
+
+    def header_whole(self, number: int, rec: dict) -> None:
+        """The header's `whole`: true or false, and nothing else. It was read with bool(), so
+        "false" and "no" were a whole export and 0.0, 0, "" and null a window, whose left-out seals
+        are gaps, not failures (a seal cut out under `"whole": 0.0` verified intact). Anything else,
+        or none, is named, and the file is checked as whole, the stricter reading."""
+        whole = rec.get("whole")
+        if type(whole) is bool:
+            self.report.whole = whole
+            return
+        self.report.whole = True
+        if "whole" not in rec:
+            self.report.fail(f"line {number}: the export header has no 'whole' (true or false)")
+        else:
+            shown = json.dumps(whole)
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            self.report.fail(f"line {number}: the export header's 'whole' is {shown}, not true or false")
 
     def account(self, number: int, rec: dict) -> None:
         """An account record: its type, scale and customer are in no hash, so each is checked against

@@ -188,3 +188,45 @@ def test_a_file_s_text_with_control_characters_cannot_forge_or_hide_report_lines
                         "which the file lists no account record for")
     assert [line.split(" ", 1)[0] for line in lines] == ["FAIL", "FAIL", "offline"], lines
     assert lines[-1].startswith("offline verification FAILED: 2 problem(s); first: entry 1 posts to x\\r\\x1b"), lines
+
+
+@pytest.mark.parametrize("whole", ["false", "no", "true", "", 0.0, 0, 1, None, [], {}])
+def test_a_header_whose_whole_is_not_a_json_boolean_is_refused_not_guessed(whole, tmp_path, capsys):
+    """The header's `whole` was read with bool(): "false" and "no" were a whole export, 0.0, 0, ""
+    and null a window (whose left-out seals are gaps, not failures); each verified "intact". Only
+    true or false is an answer: anything else is named on the header's line, and the file is
+    checked as whole (the stricter reading). Seal 2 (entries 4-6) cut out under `"whole": 0.0`
+    verified ok with 1 gap; it now fails, on the header and on seal 3 not following seal 1."""
+    from ledger.offline import main
+
+    named = f"line 1: the export header's 'whole' is {json.dumps(whole)}, not true or false"
+    records = _export()
+    records[0] = {"type": "export", "whole": whole}
+    report = _verify(records)
+    assert (report.ok, report.whole, report.problems) == (False, True, [named])  # was (True, bool(whole), [])
+    start, stop = _seal_block(records, 2)
+    del records[start:stop]
+    records[-1] = {"type": "end", "entries": 6, "seals": 2, "unsealed": 0}
+    report = _verify(records)
+    assert report.problems == [named, "seal 3 does not follow seal 1: its range does not start where that "
+                                      "seal's ends"] and report.gaps == 0  # was ok, 1 gap, where falsy
+    path = tmp_path / "export.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert main([str(path)]) == 1
+    assert f"FAIL {named}" in capsys.readouterr().out
+
+
+def test_a_header_without_whole_is_refused_and_checked_as_whole():
+    """Every export writes `whole`; a header without it was taken as whole, silently. It is named."""
+    records = _export()
+    records[0] = {"type": "export"}
+    report = _verify(records)
+    assert (report.ok, report.whole) == (False, True)
+    assert report.problems == ["line 1: the export header has no 'whole' (true or false)"]
+
+
+def test_a_header_with_whole_true_or_false_is_read_as_it_says():
+    for whole in (True, False):
+        records = _export(whole)
+        report = _verify(records)
+        assert report.ok and report.whole is whole, report.problems
