@@ -273,6 +273,13 @@ def _internal(request: Request, exc: Exception) -> Response:
     return problem(500, "internal_error", "an internal error occurred; it has been logged", request)
 
 
+def unexpected(request: Request, exc: Exception) -> Response:
+    """The problem an exception that is no domain refusal leaves as, logged as a whole call's is:
+    503 where the database is unavailable, 422 for a value it refuses, else 500 internal_error
+    (for a bulk call's item, whose fault is its own: the other items stand)."""
+    return _internal(request, exc)
+
+
 def _is_data_error(exc: BaseException) -> bool:
     state = sqlstate_of(exc)
     if state is not None:

@@ -17,7 +17,7 @@ from litestar import Request, Response
 from litestar.datastructures import State
 
 from api.auth import guarded_post, principal_of, require
-from api.errors import RETRY_AFTER_S, ApiError, Problem, documented, error_response, problem_body
+from api.errors import RETRY_AFTER_S, ApiError, Problem, documented, error_response, problem_body, unexpected
 from api.routes.inputs import usage_tokens
 from api.routes.reservations import SETTLED, SettleRequest, SettleResponse, _settle_body
 from api.routes.schemas import (
@@ -134,9 +134,14 @@ async def _settle_one(state: State, request: Request, raw: Any, lookups: asyncio
     except (LedgerError, PricingError, ApiError, RetriesExhaustedError) as exc:
         return _problem(request, exc, item, key)
     except Exception as exc:
-        if not is_unavailable(exc):
-            raise
-        return _problem(request, exc, item, key)
+        if is_unavailable(exc):
+            return _problem(request, exc, item, key)
+        # a fault that is no domain refusal (a bug, a constraint the database holds): this item's own
+        # 500 (logged), as the engine isolated it by halving; raised, it made the whole call a 500
+        # though the other items had settled
+        response = unexpected(request, exc)
+        return _Answer(item.reservation_id if item else None, key, response.status_code, False,
+                       msgspec.Raw(msgspec.json.encode(response.content)))
     status, text, replayed = answered(request, outcome, SETTLED)
     return _Answer(item.reservation_id, key, status, replayed, msgspec.Raw(text))
 

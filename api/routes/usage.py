@@ -14,7 +14,7 @@ from litestar.params import FromPath, QueryParameter
 
 from api import renderings
 from api.auth import key_dimensions, principal_of, require
-from api.errors import ApiError, documented
+from api.errors import ApiError, documented, unexpected
 from api.routes.cursors import MAX_PAGE, PAGE, Cursor, decode_position, encode_position, invalid
 from api.routes.formats import GROUP_BY, Identifier, matches
 from api.routes.inputs import usage_tokens
@@ -36,7 +36,7 @@ from api.routes.wire import (
     uniform_spellings,
     zone_spellings,
 )
-from ledger.db import Database
+from ledger.db import Database, RetriesExhaustedError, is_unavailable
 from ledger.errors import LedgerError
 from ledger.model import request_hash
 from pricing.errors import PricingError
@@ -201,17 +201,22 @@ async def post_usage_events(state: State, request: Request,
     if replay is not None:
         return respond(request, replay, COMPOSED)
     try:
-        response = await _recorded(wallets, state.services.db, request, events, instants)
+        response, faulted = await _recorded(wallets, state.services.db, request, events, instants)
     except Exception:  # no answer to keep: copies and retries under the key go ahead (WalletService.release)
         if idem is not None:
             await wallets.release(idem)
         raise
-    return respond(request, await wallets.remember(idem, response) if idem is not None else response, COMPOSED)
+    if idem is not None and faulted:  # an event failed by a fault, not refused: the call may be sent again
+        await wallets.release(idem)
+    elif idem is not None:
+        response = await wallets.remember(idem, response)
+    return respond(request, response, COMPOSED)
 
 
 async def _recorded(wallets: Any, db: Database, request: Request, events: list[UsageEvent],
-                    instants: list[Instant]) -> Any:
-    """Each event rated and posted once (the ones this key may post, well formed): the answer."""
+                    instants: list[Instant]) -> tuple[Any, bool]:
+    """Each event rated and posted once (the ones this key may post, well formed): the answer, and
+    whether an event failed by a fault that is no refusal (its answer is not one to keep)."""
     principal = principal_of(request)
     rejected: list[Rejected] = []
     commands: list[RecordUsage] = []
@@ -248,16 +253,22 @@ async def _recorded(wallets: Any, db: Database, request: Request, events: list[U
         for n, outcome in zip(found, again, strict=True):
             outcomes[n] = outcome
     accepted = duplicates = 0
+    faulted = False
     for index, command, outcome in zip(positions, commands, outcomes, strict=True):
         if isinstance(outcome, UsageResult):
             accepted += not outcome.duplicate
             duplicates += outcome.duplicate
         elif isinstance(outcome, LedgerError | PricingError):
             rejected.append(Rejected(command.event_id, outcome.code, str(outcome), command.customer_id, index))
-        else:
-            raise outcome
+        elif is_unavailable(outcome) or isinstance(outcome, RetriesExhaustedError):
+            raise outcome  # the call's 503: sent again, the events posted are duplicates
+        else:  # a fault that is no refusal (a bug, a constraint), the lane's batch halved to find it:
+            # this event's alone (logged); raised, it made the call a 500 with the others posted
+            problem = unexpected(request, outcome).content
+            rejected.append(Rejected(command.event_id, problem["code"], problem["detail"], command.customer_id, index))
+            faulted = faulted or problem["status"] >= 500
     rejected.sort(key=lambda r: r.index)  # in request order, whichever step refused each
-    return composed(UsageEventsResponse(accepted, duplicates, rejected))
+    return composed(UsageEventsResponse(accepted, duplicates, rejected)), faulted
 
 
 class UsageRow(msgspec.Struct):

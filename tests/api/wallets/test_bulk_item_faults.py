@@ -1,0 +1,93 @@
+"""One item of a bulk call that the database fails for a reason that is no domain refusal (a bug,
+a constraint, a trigger: here a trigger planted on a scratch database) among good ones: the
+engine finds it by halving its lane's batch; every other item is answered exactly, the bad one
+alone gets its own problem, and nothing of it is half-written (its hold stays whole, no charge
+without its usage record).
+
+Prices: model-a $10/M in, $20/M out, $0.01 a call. USAGE = 1,000 in + 400 out = $0.010 + $0.008 +
+$0.01 = $0.028 a settle; each hold is $0.10."""
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from litestar.testing import AsyncTestClient
+from sqlalchemy import text
+
+from ledger.db import connect
+from tests.api.apps import api_client
+from tests.api.wallets.conftest import BOOK
+from tests.api.wallets.test_settlements import USAGE, customer, reserve, wallet
+
+
+@pytest.fixture
+async def scratch(scratch_url: str) -> AsyncIterator[tuple[AsyncTestClient, str]]:
+    async with api_client(scratch_url, send_admin=True, webhooks=False) as c:
+        assert (await c.post("/v1/price-books", json=BOOK)).status_code == 201
+        yield c, scratch_url
+
+
+async def _sql(url: str, *statements: str) -> None:
+    database = connect(url, pool_size=1)
+    try:
+        async def run(conn) -> None:
+            for statement in statements:
+                await conn.execute(text(statement))
+        await database.run(run)
+    finally:
+        await database.dispose()
+
+
+FAIL = """CREATE FUNCTION probe_fail() RETURNS trigger LANGUAGE plpgsql AS $$
+          BEGIN RAISE EXCEPTION 'probe: a fault that is no domain refusal'; END $$"""
+
+
+async def test_a_settle_the_database_fails_among_good_ones_is_its_own_500_the_others_settled(
+        scratch: tuple[AsyncTestClient, str]):
+    client, url = scratch
+    tag = uuid.uuid4().hex[:6]
+    cid = await customer(client, "standard", tag)
+    rids = [await reserve(client, cid) for _ in range(6)]
+    bad = rids[3]
+    await _sql(url, FAIL, f"""CREATE TRIGGER probe_fail BEFORE UPDATE ON reservations FOR EACH ROW
+                              WHEN (NEW.id = '{bad}') EXECUTE FUNCTION probe_fail()""")
+    response = await client.post("/v1/settlements", json=[{"reservation_id": rid, "usage": USAGE} for rid in rids])
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == [200, 200, 200, 500, 200, 200], results
+    assert results[3]["body"]["code"] == "internal_error" and results[3]["reservation_id"] == bad
+    assert "probe" not in results[3]["body"]["detail"], "an internal error's text stays in the log"
+    assert all(r["body"]["charged"] == "0.028" for n, r in enumerate(results) if n != 3)
+    # five settles of 0.028 = 0.14; the bad one's hold of 0.10 still whole: 10 - 0.14 - 0.10
+    assert await wallet(client, cid) == ("9.76", "0.10")
+    assert (await client.get(f"/v1/reservations/{bad}")).json()["charges"] == []
+    await _sql(url, "DROP TRIGGER probe_fail ON reservations")
+    again = (await client.post("/v1/settlements", json=[{"reservation_id": bad, "usage": USAGE}])).json()
+    assert again["results"][0]["status"] == 200 and not again["results"][0]["replayed"], again
+    assert await wallet(client, cid) == ("9.832", "0.00")  # 10 - 6 x 0.028
+    assert (await client.post("/v1/audit/verify")).json()["ok"]
+
+
+async def test_a_usage_event_the_database_fails_among_good_ones_is_rejected_alone_the_others_posted(
+        scratch: tuple[AsyncTestClient, str]):
+    client, url = scratch
+    tag = uuid.uuid4().hex[:6]
+    cid = await customer(client, "standard", tag)
+    await _sql(url, FAIL, f"""CREATE TRIGGER probe_fail BEFORE INSERT ON usage_events FOR EACH ROW
+                              WHEN (NEW.event_id = 'bad-{tag}') EXECUTE FUNCTION probe_fail()""")
+    events = [{"event_id": f"e{n}-{tag}" if n != 2 else f"bad-{tag}", "customer_id": cid, "model": "model-a",
+               "timestamp": "2026-11-23T10:00:00Z", "usage": {"input_tokens": 1000, "output_tokens": 400}}
+              for n in range(5)]
+    response = await client.post("/v1/usage-events", json=events)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["accepted"] == 4 and answer["duplicates"] == 0, answer
+    assert [(r["event_id"], r["code"], r["index"]) for r in answer["rejected"]] == [
+        (f"bad-{tag}", "internal_error", 2)], answer
+    assert await wallet(client, cid) == ("9.888", "0.00")  # four events of 0.028: 10 - 0.112
+    await _sql(url, "DROP TRIGGER probe_fail ON usage_events")
+    again = (await client.post("/v1/usage-events", json=events)).json()
+    assert (again["accepted"], again["duplicates"], again["rejected"]) == (1, 4, []), again
+    assert await wallet(client, cid) == ("9.86", "0.00")  # 10 - 5 x 0.028
+    assert (await client.post("/v1/audit/verify")).json()["ok"]

@@ -1,0 +1,153 @@
+"""Adversarial probes of POST /v1/settlements as a demanding client sends it: the same settle twice
+in one call, one key over two bodies, customers of several lanes, the 1,000-item bound, an item
+the database fails for a non-domain reason among good ones, two calls of the same settles at once.
+
+Prices (the `book` fixture): model-a $10/M in, $20/M out, $0.01 a call. USAGE = 1,000 in + 400 out:
+1,000 x $10/M = $0.010, 400 x $20/M = $0.008, + $0.01 = $0.028 a settle; every hold is $0.10."""
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import httpx
+from litestar.testing import AsyncTestClient
+
+from ledger.lanes import lane_of
+from tests.api.wallets.test_settlements import USAGE, customer, reserve, wallet
+
+SMALL = {"input_tokens": 100, "output_tokens": 0}  # 100 x $10/M = $0.001, + $0.01 = $0.011
+
+
+async def _charges(client: AsyncTestClient | httpx.AsyncClient, rid: str) -> int:
+    return len((await client.get(f"/v1/reservations/{rid}")).json()["charges"])
+
+
+async def test_the_same_settle_twice_in_one_call_is_charged_once_and_answered_alike(
+        client: AsyncTestClient, book: str, tag: str):
+    cid = await customer(client, book, tag)
+    rid = await reserve(client, cid)
+    item = {"reservation_id": rid, "usage": USAGE}
+    results = (await client.post("/v1/settlements", json=[item, item])).json()["results"]
+    assert [r["status"] for r in results] == [200, 200], results
+    assert results[0]["body"] == results[1]["body"] and results[0]["body"]["charged"] == "0.028"
+    assert results[0]["idempotency_key"] == results[1]["idempotency_key"]
+    assert sorted(r["replayed"] for r in results) == [False, True], "one settles, the other replays it"
+    assert await wallet(client, cid) == ("9.972", "0.00")  # 10 - 0.028, once
+    assert await _charges(client, rid) == 1
+    keyed = await reserve(client, cid)
+    item = {"reservation_id": keyed, "usage": USAGE, "idempotency_key": f"twice-{tag}"}
+    results = (await client.post("/v1/settlements", json=[item, item])).json()["results"]
+    assert [r["status"] for r in results] == [200, 200] and results[0]["body"] == results[1]["body"]
+    assert sorted(r["replayed"] for r in results) == [False, True]
+    assert await wallet(client, cid) == ("9.944", "0.00")  # 9.972 - 0.028
+
+
+async def test_one_reservation_under_two_keys_in_one_call_is_settled_once_the_other_closed(
+        client: AsyncTestClient, book: str, tag: str):
+    cid = await customer(client, book, tag)
+    rid = await reserve(client, cid)
+    items = [{"reservation_id": rid, "usage": USAGE, "idempotency_key": f"a-{tag}"},
+             {"reservation_id": rid, "usage": SMALL, "idempotency_key": f"b-{tag}"}]
+    results = (await client.post("/v1/settlements", json=items)).json()["results"]
+    assert sorted((r["status"], r["body"].get("code")) for r in results) == [
+        (200, None), (409, "reservation_closed")], results
+    settled = next(r for r in results if r["status"] == 200)
+    # whichever settled, the wallet shows exactly it: 10 - 0.028 or 10 - 0.011
+    expected = "9.972" if settled["body"]["charged"] == "0.028" else "9.989"
+    assert await wallet(client, cid) == (expected, "0.00")
+    assert await _charges(client, rid) == 1
+
+
+async def test_one_key_over_two_bodies_in_one_call_settles_one_and_refuses_the_other_as_a_conflict(
+        client: AsyncTestClient, book: str, tag: str):
+    cid = await customer(client, book, tag)
+    first, second = await reserve(client, cid), await reserve(client, cid)
+    key = f"shared-{tag}"
+    items = [{"reservation_id": first, "usage": USAGE, "idempotency_key": key},
+             {"reservation_id": second, "usage": USAGE, "idempotency_key": key}]
+    results = (await client.post("/v1/settlements", json=items)).json()["results"]
+    assert sorted((r["status"], r["body"].get("code")) for r in results) == [
+        (200, None), (409, "idempotency_conflict")], results
+    # one of the two settled (0.028), the other's hold (0.10) still open: 10 - 0.028 - 0.10
+    assert await wallet(client, cid) == ("9.872", "0.10")
+    assert sorted([await _charges(client, first), await _charges(client, second)]) == [0, 1]
+    # the same key, one reservation, two bodies
+    third = await reserve(client, cid)
+    items = [{"reservation_id": third, "usage": USAGE, "idempotency_key": f"body-{tag}"},
+             {"reservation_id": third, "usage": SMALL, "idempotency_key": f"body-{tag}"}]
+    results = (await client.post("/v1/settlements", json=items)).json()["results"]
+    assert sorted((r["status"], r["body"].get("code")) for r in results) == [
+        (200, None), (409, "idempotency_conflict")], results
+    assert await _charges(client, third) == 1
+    # and across calls: the key kept answers its first body, refuses the other
+    settled = next(items[n] for n, r in enumerate(results) if r["status"] == 200)
+    other = next(items[n] for n, r in enumerate(results) if r["status"] == 409)
+    again = (await client.post("/v1/settlements", json=[settled, other])).json()["results"]
+    assert [(r["status"], r["replayed"], r["body"].get("code")) for r in again] == [
+        (200, True, None), (409, False, "idempotency_conflict")], again
+
+
+async def test_settles_of_customers_in_several_lanes_in_one_call_each_charge_their_own_wallet(
+        client: AsyncTestClient, book: str, tag: str):
+    # the session database has 16 lanes (tests/conftest.py); customers picked in 4 different ones
+    chosen: dict[int, str] = {}
+    while len(chosen) < 4:
+        cid = f"lane-{tag}-{uuid.uuid4().hex[:6]}"
+        chosen.setdefault(lane_of(cid, 16), cid)
+    customers = []
+    for cid in chosen.values():
+        assert (await client.post("/v1/customers", json={"id": cid, "price_book": book})).status_code == 201
+        assert (await client.post(f"/v1/customers/{cid}/topups", json={"amount": "10.00"})).status_code == 201
+        customers.append(cid)
+    items = [{"reservation_id": await reserve(client, cid), "usage": USAGE if n % 2 == 0 else SMALL}
+             for n, cid in enumerate(customers * 3)]
+    results = (await client.post("/v1/settlements", json=items)).json()["results"]
+    assert [r["status"] for r in results] == [200] * 12, results
+    # customers 0 and 2: three settles of 0.028 = 0.084; 1 and 3: three of 0.011 = 0.033
+    assert [await wallet(client, cid) for cid in customers] == [
+        ("9.916", "0.00"), ("9.967", "0.00"), ("9.916", "0.00"), ("9.967", "0.00")]
+    assert (await client.post("/v1/audit/verify")).json()["ok"]
+
+
+async def test_1000_settles_are_taken_and_1001_refused_whole(client: AsyncTestClient, book: str, tag: str):
+    cid = await customer(client, book, tag)
+    real = [await reserve(client, cid) for _ in range(3)]
+    items = [{"reservation_id": f"res_none_{tag}_{n}", "usage": USAGE} for n in range(997)]
+    items += [{"reservation_id": rid, "usage": USAGE} for rid in real]
+    response = await client.post("/v1/settlements", json=items)
+    assert response.status_code == 200, response.text[:500]
+    results = response.json()["results"]
+    assert len(results) == 1000 and [r["status"] for r in results[-3:]] == [200] * 3
+    assert {r["status"] for r in results[:997]} == {404}
+    assert await wallet(client, cid) == ("9.916", "0.00")  # 10 - 3 x 0.028
+    fresh = await reserve(client, cid)
+    refused = await client.post("/v1/settlements", json=[*items, {"reservation_id": fresh, "usage": USAGE}])
+    assert refused.status_code == 422 and refused.json()["code"] == "validation_error"
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert await _charges(client, fresh) == 0 and await wallet(client, cid) == ("9.816", "0.10")
+    for body in (None, "x", 5, {"items": []}, [[]]):
+        answer = await client.post("/v1/settlements", json=body)
+        if body == [[]]:  # an item of the wrong type is that item's own 422
+            assert answer.json()["results"][0]["status"] == 422, answer.text
+        else:
+            assert answer.status_code == 422 and answer.json()["code"] == "validation_error", (body, answer.text)
+
+
+async def test_two_calls_at_once_with_the_same_settles_in_other_orders_and_lanes_charge_each_once(
+        http: tuple[httpx.AsyncClient, str], book: str, tag: str):
+    client, _ = http
+    customers = [await customer(client, book, f"{tag}{n}") for n in range(3)]
+    items = [{"reservation_id": await reserve(client, cid), "usage": USAGE} for cid in customers for _ in range(5)]
+    keyed = [{**item, "idempotency_key": f"k{n}-{tag}"} for n, item in enumerate(items)]
+    calls = [items, list(reversed(items)), keyed, keyed[::2] + keyed[1::2]]
+    answers = await asyncio.gather(*(client.post("/v1/settlements", json=call) for call in calls))
+    by_call = [{r["reservation_id"]: r for r in a.json()["results"]} for a in answers]
+    for rid in (item["reservation_id"] for item in items):
+        # the derived key and the explicit key are two keys of one reservation with one body: the
+        # first settles it, every other answer is that settle again (a replay of its key, or of
+        # its final settle's body under the other key), one entry
+        rows = [answer[rid] for answer in by_call]
+        assert all(r["status"] == 200 and r["body"]["charged"] == "0.028" for r in rows), rows
+        assert len({r["body"]["entry_id"] for r in rows}) == 1, rows
+        assert await _charges(client, rid) == 1
+    assert [await wallet(client, cid) for cid in customers] == [("9.86", "0.00")] * 3  # 10 - 5 x 0.028
