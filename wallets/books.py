@@ -30,7 +30,7 @@ from ledger.db import Database
 from ledger.model import request_hash
 from pricing.books import PriceBook, PriceVersion
 from pricing.parse import parse_version
-from wallets.errors import ConflictError, CurrencyMismatchError, NotFoundError
+from wallets.errors import CurrencyMismatchError, NotFoundError, PriceVersionConflictError
 
 log = logging.getLogger("tokentill.books")
 # a version's optional fields, stored beside its rules (column `plausibility`, which they outgrew)
@@ -145,12 +145,12 @@ async def add_version(conn: AsyncConnection, body: dict[str, Any], version: Pric
         if bytes(same.body_hash) == digest:
             return AddedVersion(await get_version(conn, version.book_id, same.version), created=False)
         if same.effective_from != at:  # another time, under the same label
-            raise ConflictError(f"version {same.version} of {version.book_id} is the one in force from "
-                                f"{same.effective_from.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}; versions "
-                                "never change: give this one another version (by default its effective_from, "
-                                "to the second)", field="version")
-        raise ConflictError(f"version {same.version} of {version.book_id} already takes effect then; versions "
-                            "never change, post another effective_from", field="effective_from")
+            raise PriceVersionConflictError(
+                f"version {same.version} of {version.book_id} is the one in force from "
+                f"{same.effective_from.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}; versions never change: "
+                "give this one another version (by default its effective_from, to the second)", field="version")
+        raise PriceVersionConflictError(f"version {same.version} of {version.book_id} already takes effect then; "
+                                        "versions never change, post another effective_from", field="effective_from")
     values = {"b": version.book_id, "v": label, "at": at, "h": digest, "bounds": json.dumps(bounds)}
     if draft is None:
         row = (await conn.execute(_INSERT, {**values, "rules": rules})).one()

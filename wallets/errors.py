@@ -74,6 +74,14 @@ class ConflictError(WalletError):
     code = "idempotency_conflict"
 
 
+class PriceVersionConflictError(ConflictError):
+    """A price-book version posted where the book holds another (at its effective_from, or under
+    its version label): versions never change. Names the field (`effective_from` or `version`). It
+    was `idempotency_conflict`, which says a key was reused, though none need have been sent."""
+
+    code = "price_version_conflict"
+
+
 class EndpointDisabledError(WalletError):
     """A re-drive to a disabled webhook endpoint: nothing is queued for one until it is enabled."""
 

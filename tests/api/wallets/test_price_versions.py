@@ -120,10 +120,35 @@ async def test_a_version_label_taken_by_another_time_is_a_conflict_naming_versio
     again = await client.post("/v1/price-books", json={**BOOK, "id": book, "version": "v1", "rules": doubled,
                                                        "effective_from": "2026-02-01T00:00:00Z"})
     assert again.status_code == 409, again.text
-    assert again.json()["field"] == "version"
+    assert (again.json()["code"], again.json()["field"]) == ("price_version_conflict", "version")
     assert again.json()["detail"] == (f"version v1 of {book} is the one in force from 2026-01-01T00:00:00Z; versions "
                                       "never change: give this one another version (by default its effective_from, "
                                       "to the second)")
+    assert len((await client.get(f"/v1/price-books/{book}")).json()["versions"]) == 1
+
+
+async def test_a_version_taken_with_other_rules_is_a_price_version_conflict_not_an_idempotency_one(
+        client: AsyncTestClient, tag: str):
+    """Another version at a stored version's effective_from, with no Idempotency-Key or a fresh
+    one, was 409 `idempotency_conflict` ("Idempotency key reused with a different request"): no key
+    was reused, and a client reading the code retries under a new key, to the same 409. It is
+    `price_version_conflict`, naming the field; the same Idempotency-Key with another body stays
+    `idempotency_conflict`. Nothing is stored either way: 1 version."""
+    book = f"taken-{tag}"
+    first = await client.post("/v1/price-books", json={**BOOK, "id": book}, headers={"Idempotency-Key": f"k1-{tag}"})
+    assert first.status_code == 201, first.text
+    doubled = [{**rule, "price": "20.00"} if rule["id"] == "a-in" else rule for rule in BOOK["rules"]]
+    for headers in ({}, {"Idempotency-Key": f"k2-{tag}"}):
+        other = await client.post("/v1/price-books", json={**BOOK, "id": book, "rules": doubled}, headers=headers)
+        assert other.status_code == 409, other.text
+        problem = other.json()
+        assert (problem["code"], problem["field"]) == ("price_version_conflict", "effective_from"), headers
+        assert problem["detail"] == (f"version 2026-01-01T00:00:00Z of {book} already takes effect then; "
+                                     "versions never change, post another effective_from")
+        assert other.headers["content-type"].startswith("application/problem+json")
+    reused = await client.post("/v1/price-books", json={**BOOK, "id": book, "rules": doubled},
+                               headers={"Idempotency-Key": f"k1-{tag}"})
+    assert (reused.status_code, reused.json()["code"]) == (409, "idempotency_conflict"), reused.text
     assert len((await client.get(f"/v1/price-books/{book}")).json()["versions"]) == 1
 
 

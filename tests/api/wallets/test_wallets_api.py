@@ -35,7 +35,8 @@ async def test_price_book_versions_never_change(client: AsyncTestClient, book: s
     other = await client.post("/v1/price-books", json={
         "id": book, "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
         "rules": [{"id": "a-in", "model": "model-a", "token_type": "input", "price": "9.00"}]})
-    assert other.status_code == 409 and other.json()["code"] == "idempotency_conflict"
+    # no Idempotency-Key was sent: it was idempotency_conflict
+    assert other.status_code == 409 and other.json()["code"] == "price_version_conflict"
     assert other.json()["field"] == "effective_from"
     later = await client.post("/v1/price-books", json={
         "id": book, "currency": "USD", "effective_from": "2027-01-01T00:00:00Z",
