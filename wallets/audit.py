@@ -43,6 +43,8 @@ _OPTIONAL_SQL = """SELECT
     to_regclass('rerate_true_ups') IS NOT NULL AS rerate_true_ups,    -- 0064
     to_regclass('true_up_charges') IS NOT NULL AS true_up_charges,    -- 0068
     to_regclass('true_up_payers') IS NOT NULL AS true_up_payers,      -- 0082
+    EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('true_up_payers')
+               AND attname = 'written' AND NOT attisdropped) AS true_up_payers_written,  -- 0085
     EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('lots')
                AND attname = 'empty' AND NOT attisdropped) AS lots_empty,  -- 0072
     EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('lots')
@@ -734,7 +736,7 @@ _PAYER_ROWS = f"""
                AND s.charge_id = w.charge_id)),
     named AS (  -- a payer that did not pay the charge (the paid credit lot the receivable's part
                 -- went to, money_back.to_credit) counts as the receivable
-        SELECT p.lane, p.customer_id, p.period, p.rerate_id, p.charge_id, p.units, p.created_at,
+        SELECT p.lane, p.customer_id, p.period, p.rerate_id, p.charge_id, p.units, p.created_at, {{written}},
                CASE WHEN p.payer = ANY(f.accounts) THEN p.payer
                     ELSE {_literal(chart.RECEIVABLE_CODE[0])} || p.customer_id
                          || {_literal(chart.RECEIVABLE_CODE[1])} END AS payer
@@ -747,9 +749,10 @@ _PAYER_ROWS = f"""
          WHERE p.payer IS NOT NULL),
     running AS (
         SELECT p.lane, p.customer_id, p.period, p.rerate_id, p.charge_id, p.payer,
-               -- true-ups of one instant (one clock reading: nothing orders them) summed together
+               -- as written: the batch's number (0085; one batch's true-ups share it, nothing orders
+               -- them: summed together), rows before it first by the database's clock
                sum(p.units) OVER (PARTITION BY p.lane, p.charge_id, p.payer
-                                  ORDER BY p.rerate_id IS NOT NULL, p.created_at) AS got
+                                  ORDER BY p.rerate_id IS NOT NULL, p.written NULLS FIRST, p.created_at) AS got
           FROM named p
          WHERE (p.lane, p.charge_id) NOT IN (SELECT lane, charge_id FROM unknown))
     SELECT format('true-up record of %s of customer %s, %s: charge %s gave back %s, its payers'' rows %s',
@@ -928,7 +931,9 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
         # a payer rows' sum that does not tie to a record the checks above name already (its rule's
         # rows damaged) is that damage again: named once
         named = {problem.split(": ", 1)[0].split(" rule ", 1)[0] for problem in problems}
-        problems += [problem for problem, tie in (await conn.execute(text(_PAYER_ROWS))).all()
+        # below 0085 no row is numbered: the database's clock alone orders them
+        written = "p.written" if (await _schema(conn))["true_up_payers_written"] else "NULL::bigint AS written"
+        problems += [problem for problem, tie in (await conn.execute(text(_PAYER_ROWS.replace("{written}", written))))
                      if not (tie and problem.split(": ", 1)[0] in named)]
     return problems_check(
         "credit_notes", problems, "re-rate entries move revenue by their charges' adjustments and true-up "

@@ -514,11 +514,14 @@ _WRITES: dict[str, str] = {
                  FROM jsonb_to_recordset({p}::jsonb) AS r(customer_id text, period text, rerate_id text,
                       created_at timestamptz, rules text[], charges bigint[], units numeric[])
                 CROSS JOIN LATERAL unnest(r.rules, r.charges, r.units) AS x(rule_id, charge_id, units)""",
-    # dated by the database's clock, not the batch's (its server's): verify orders each payer's true-ups
-    # by it, and two servers' clocks a few ms apart put a re-rate before the one it followed
+    # numbered once per statement (migration 0085: the batch's true-ups share the number) and dated by
+    # the database's clock: verify orders each payer's true-ups by the number, as the lane's lock
+    # orders the batches; a clock (a server's, the database's stepped back) put a re-rate before
+    # the one it followed
     "true_up_payers": """INSERT INTO true_up_payers (lane, customer_id, period, rerate_id, charge_id, payer, units,
-                                                created_at)
-               SELECT {lane}, r.customer_id, r.period, r.rerate_id, x.charge_id, x.payer, x.units, statement_timestamp()
+                                                created_at, written)
+               SELECT {lane}, r.customer_id, r.period, r.rerate_id, x.charge_id, x.payer, x.units,
+                      statement_timestamp(), (SELECT nextval('true_up_payers_written'))
                  FROM jsonb_to_recordset({p}::jsonb) AS r(customer_id text, period text, rerate_id text,
                       charges bigint[], payers text[], units numeric[])
                 CROSS JOIN LATERAL unnest(r.charges, r.payers, r.units) AS x(charge_id, payer, units)""",

@@ -302,3 +302,33 @@ async def test_a_grant_s_true_up_part_beside_a_receivable_charge_s_decrease_goes
         "SELECT charge_id, payer, units FROM true_up_payers WHERE rerate_id = :r"), {"r": again["rerate_id"]}))
     assert {(c, p): int(u) for c, p, u in rows} == {(fifth, receivable): -6 * CENT, (twentieth, payer): -35 * CENT}
     await verified(bk)
+
+
+async def test_verify_orders_each_payer_s_true_ups_as_written_when_the_database_clock_steps_back(fresh_db) -> None:
+    """The same two re-rates (A 0.40, 0.70, 0 and B of the 20th 0.40, 0.60, 0: by hand above), the
+    database host's clock stepped back an hour (NTP) between them: the second's rows are dated an
+    hour before the first's (planted in raw SQL: its rows' created_at moved back an hour). verify
+    ordered each payer's true-ups by created_at, so the second's take came before what the first
+    gave: A 0.40 - 0.70 = -$0.30 and B 0.40 - 0.60 = -$0.20, flagged on a healthy ledger. They are
+    ordered as written now (each true-up's rows numbered when written, migration 0085), whatever
+    the clock read: nothing flagged."""
+    bk = BillingKit(fresh_db)
+    cid = "clock-stepped-back"
+    _, b = await _split_charge(bk, cid)
+    first = await _rerated(bk, "20", "5")
+    await bk.add_book(vol("v3", "2026-11-02T00:00:00Z", "20", "20"))
+    bk.clock.now = datetime(2026, 12, 3, tzinfo=UTC)
+    again = await applied(bk, spec("v3", datetime(2026, 11, 2, tzinfo=UTC)))
+    assert again["delta"] == "1.95", again
+    assert await live_lots(bk, cid) == {b: ("topup", 340 * CENT)}
+    await verified(bk)
+    stepped = ("UPDATE true_up_payers SET created_at = (SELECT min(created_at) FROM true_up_payers "
+               "WHERE rerate_id = :first) - interval '1 hour' WHERE rerate_id = :second")
+    params = {"first": first["rerate_id"], "second": again["rerate_id"]}
+    problems = await _damaged(bk, params, stepped)
+    assert problems == [], problems
+    # the first written before 0085 (no number), the second after, dated before it: rows without a
+    # number were all written before any numbered one, so they come first
+    before = "UPDATE true_up_payers SET written = NULL WHERE rerate_id = :first"
+    problems = await _damaged(bk, params, stepped, before)
+    assert problems == [], problems
