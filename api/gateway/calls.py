@@ -98,7 +98,7 @@ from api.gateway.tools import (
     tool_use_system_prompt,
     without_built_in_tools,
 )
-from api.json_keys import repeated_key
+from api.json_keys import UNPAIRED, repeated_key, unpaired_surrogate
 from pricing.attachments import audio_tokens, decoded, pdf_pages, pdf_tokens
 from pricing.errors import PricingError
 from pricing.images import base64_size, data_url_size, rule_for
@@ -450,6 +450,9 @@ def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: Token
     try:
         body = msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
+        unpaired = unpaired_surrogate(raw)
+        if unpaired is not None:
+            raise CallError(unpaired, UNPAIRED) from None
         raise CallError("body", f"not JSON: {exc}") from None
     if not isinstance(body, dict):
         raise CallError("body", "must be a JSON object")

@@ -25,7 +25,7 @@ from litestar.response.base import ASGIResponse
 from api.accept import JSON, taken
 from api.auth import header, principal_of
 from api.errors import STATUS_BY_CODE, ApiError, refusal
-from api.json_keys import repeated_key
+from api.json_keys import UNPAIRED, repeated_key, unpaired_surrogate
 from api.routes.formats import (
     AMOUNT,
     AMOUNT_TEXT,
@@ -532,6 +532,9 @@ async def guard_request(request: Request) -> None:
     try:
         decoded = await request.json()  # decoded once: the handler gets this value
     except SerializationException as exc:
+        unpaired = unpaired_surrogate(body)  # msgspec: "Input data was truncated", of a whole body
+        if unpaired is not None:
+            raise WalletValidationError(unpaired, UNPAIRED) from None
         raise ClientException(str(exc)) from exc  # as Litestar answers it: malformed JSON
     repeated = repeated_key(body, decoded)
     if repeated is not None:

@@ -129,6 +129,48 @@ async def test_a_lone_surrogate_is_refused_in_a_body_and_where_data_is_shaped(cl
     assert refused.value.context["fields"][0]["field"] == "name"
 
 
+UNPAIRED = "invalid JSON string: unpaired surrogate (a \\ud800 to \\udfff escape not in a high-low pair)"
+# Raw bodies (json= would escape the backslash): a high surrogate alone, one followed by a letter's
+# escape, a low one alone; every typed route decodes its body in wire.guard_request.
+SURROGATE_CASES = [
+    ("/v1/customers/{customer}/topups", '{{"amount": "1", "reference": "pay\\ud800"}}', "reference"),
+    ("/v1/customers/{customer}/topups", '{{"amount": "1", "reference": "pay\\ud800\\u0041"}}', "reference"),
+    ("/v1/customers/{customer}/grants", '{{"amount": "1", "reason": "\\udc00"}}', "reason"),
+    ("/v1/reservations", '{{"customer_id": "{customer}", "request_id": "r\\ud800", "model": "model-a", '
+                         '"amount": "1"}}', "request_id"),
+    ("/v1/usage-events", '[{{"event_id": "e\\ud800", "customer_id": "{customer}", "model": "model-a", '
+                         '"timestamp": "2026-11-23T10:00:00Z", "usage": {{"input_tokens": 1}}}}]', "[0].event_id"),
+    ("/v1/price-books", '{{"id": "b-{tag}", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", '
+                        '"rules": [{{"id": "in\\ud800", "token_type": "input", "price": "1"}}]}}', "rules[0].id"),
+]
+
+
+@pytest.mark.parametrize("path, body, field", SURROGATE_CASES,
+                         ids=["topup", "topup-then-letter", "grant-low", "reserve", "usage-events", "price-book"])
+async def test_an_unpaired_surrogate_in_a_json_body_is_named_not_a_truncated_input(
+        client, world, batches, path, body, field):
+    """A lone surrogate escape in a JSON string was 422 with msgspec's words, "Input data was
+    truncated" (or "JSON is malformed: invalid utf-16 surrogate pair (byte 37)"), on `body`: the
+    body was whole. It is 422 `validation_error` saying what is wrong, naming the field, as a NUL
+    there is; nothing written (no batch, the wallet as it was)."""
+    before = (await client.get(f"/v1/customers/{world['customer']}/wallet")).json()
+    response = await client.post(path.format(**world), content=body.format(**world).encode(), headers=JSON)
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    problem = response.json()
+    assert (problem["code"], problem["detail"]) == ("validation_error", f"{field}: {UNPAIRED}")
+    assert problem["fields"] == [{"field": field, "message": UNPAIRED}]
+    assert batches == []
+    assert (await client.get(f"/v1/customers/{world['customer']}/wallet")).json() == before
+
+
+async def test_a_surrogate_pair_in_a_json_body_is_its_character(client, world):
+    """The guard names unpaired surrogates only: a pair (U+1F600 as \\ud83d\\ude00) is text."""
+    body = '{"amount": "1", "reference": "pay \\ud83d\\ude00"}'
+    response = await client.post(f"/v1/customers/{world['customer']}/topups", content=body.encode(), headers=JSON)
+    assert response.status_code == 201, response.text
+
+
 # What the database's CHECKs and column types refuse, refused by the schema instead.
 SCHEMA_CASES = [
     ("/v1/reservations", lambda w: _reserve(w, customer_id="no such id!"), "customer_id"),

@@ -89,6 +89,17 @@ def test_malformed_calls_name_the_field(body, field):
     assert raised.value.field == field
 
 
+@pytest.mark.parametrize("escape", [b"\\ud800", b"\\ud800\\u0041", b"\\udc00"])
+def test_an_unpaired_surrogate_in_a_call_is_named_not_a_truncated_input(escape):
+    """msgspec's "Input data was truncated" (a whole body) was the gateway's answer, "not JSON: ..."."""
+    body = b'{"model": "gpt-4", "messages": [{"role": "user", "content": "hi' + escape + b'"}]}'
+    with pytest.raises(CallError) as raised:
+        parse_call(CHAT, body, default_max_output=10, counter=COUNTER)
+    assert (raised.value.field, raised.value.message) == (
+        "messages[0].content",
+        "invalid JSON string: unpaired surrogate (a \\ud800 to \\udfff escape not in a high-low pair)")
+
+
 def test_embedding_input_of_another_shape_is_refused():
     with pytest.raises(CallError, match="input"):
         call(EMBEDDINGS, {"model": "e", "input": [{"x": 1}]})
