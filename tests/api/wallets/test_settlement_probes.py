@@ -1,6 +1,7 @@
 """Adversarial probes of POST /v1/settlements as a demanding client sends it: the same settle twice
-in one call, one key over two bodies, customers of several lanes, the 1,000-item bound, an item
-the database fails for a non-domain reason among good ones, two calls of the same settles at once.
+in one call, one key over two bodies, customers of several lanes, the 1,000-item bound and malformed bodies,
+two calls of the same settles at once, on one server and on two (an item the database fails for a
+non-domain reason: test_bulk_item_faults.py).
 
 Prices (the `book` fixture): model-a $10/M in, $20/M out, $0.01 a call. USAGE = 1,000 in + 400 out:
 1,000 x $10/M = $0.010, 400 x $20/M = $0.008, + $0.01 = $0.028 a settle; every hold is $0.10."""
@@ -151,3 +152,37 @@ async def test_two_calls_at_once_with_the_same_settles_in_other_orders_and_lanes
         assert len({r["body"]["entry_id"] for r in rows}) == 1, rows
         assert await _charges(client, rid) == 1
     assert [await wallet(client, cid) for cid in customers] == [("9.86", "0.00")] * 3  # 10 - 5 x 0.028
+
+
+
+async def test_two_servers_given_the_same_settles_at_once_charge_each_once_and_answer_alike(
+        http: tuple[httpx.AsyncClient, str], database_url: str, book: str, tag: str):
+    """Two servers (two apps, two wallet engines, one database): the same settles sent to both at
+    once, singly to one and in bulk to the other as well."""
+    from tests.api.apps import live_server
+    from tests.api.test_sdk_durability import ADMIN
+
+    client, _ = http
+    customers = [await customer(client, book, f"{tag}s{n}") for n in range(3)]
+    items = [{"reservation_id": await reserve(client, cid), "usage": USAGE, "idempotency_key": f"two-{tag}-{n}"}
+             for n, cid in enumerate(customers * 4)]
+    with live_server(database_url, admin=ADMIN) as url:
+        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"},
+                                     timeout=120) as other:
+            singles = [other.post(f"/v1/reservations/{item['reservation_id']}/settle", json={"usage": USAGE},
+                                  headers={"Idempotency-Key": item["idempotency_key"]}) for item in items[::3]]
+            answers = await asyncio.gather(client.post("/v1/settlements", json=items),
+                                           other.post("/v1/settlements", json=items[::-1]), *singles)
+    first = {r["reservation_id"]: r for r in answers[0].json()["results"]}
+    second = {r["reservation_id"]: r for r in answers[1].json()["results"]}
+    for item in items:
+        rid = item["reservation_id"]
+        assert first[rid]["status"] == second[rid]["status"] == 200, (first[rid], second[rid])
+        assert first[rid]["body"] == second[rid]["body"] and first[rid]["body"]["charged"] == "0.028"
+        assert await _charges(client, rid) == 1
+    for item, single in zip(items[::3], answers[2:], strict=True):
+        assert single.status_code == 200 and single.json() == first[item["reservation_id"]]["body"]
+    # each customer: 4 settles of 0.028 = 0.112, 10 - 0.112
+    assert [await wallet(client, cid) for cid in customers] == [("9.888", "0.00")] * 3
+
+
