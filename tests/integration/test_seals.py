@@ -3,16 +3,20 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import io
 
+import psycopg
 import pytest
 from sqlalchemy import text
 
 from ledger import seal
 from ledger.accounts import ensure_asset, open_account
 from ledger.db import connect
+from ledger.export import write_jsonl
 from ledger.model import AccountSpec, AccountType, JournalEntry, Posting
+from ledger.offline import verify_lines
 from ledger.posting import GroupPoster, post_now
-from ledger.seal import seal_problems
+from ledger.seal import SealsDatedAhead, seal_problems
 from wallets.jobs import seal_journal
 
 
@@ -290,6 +294,27 @@ async def _plant_first_seal(conn, ahead: str, version: int = 4) -> str:
     return at
 
 
+async def _sealed_past_a_seal_a_year_ahead(db, version: int = 4) -> str:
+    """"one" posted, seal 1 planted a year (365 days) ahead over it (`_plant_first_seal`, hash
+    `version`), "two" posted: the sealing run that seals it is an error (SealsDatedAhead). Seal 1's
+    date as the export writes it."""
+    await db.run(_two_accounts)
+    await post_now(db, _entry("one"))
+    planted = await db.run(lambda conn: _plant_first_seal(conn, "365 days", version=version))
+    await post_now(db, _entry("two"))
+    with pytest.raises(SealsDatedAhead, match=f"seals are dated {planted}, more than a day past"):
+        await seal_journal(db)  # before: sealed "two" and returned 1, nothing said
+    return planted
+
+
+def _exported(url: str) -> list[bytes]:
+    """The journal as `tokentill export` writes it (write_jsonl, on a connection of its own), a line each."""
+    out = io.StringIO()
+    with psycopg.connect(url) as conn:
+        write_jsonl(conn, out)
+    return [line.encode() for line in out.getvalue().splitlines()]
+
+
 async def test_a_seal_is_taken_when_the_clock_stepped_back_below_the_last_seal_and_an_entry(scratch_url):
     """A database clock stepped back (NTP) below the last seal's date, or below an entry recorded
     before the step, made every new seal refused ("before seal 1"): the job errored, nothing was
@@ -440,22 +465,9 @@ async def test_a_seal_planted_a_year_ahead_is_named_and_the_seals_dated_by_it_ar
     the order holds), but the sealing run is an error (SealsDatedAhead: the job's last success
     stops), and both verifications name seal 1, 365 days past the database's clock (a day, 86,400 s,
     is what they allow a clock that stepped back), and not seal 2, whose date seal 1 explains."""
-    import io
-
-    import psycopg
-
-    from ledger.export import write_jsonl
-    from ledger.offline import verify_lines
-    from ledger.seal import SealsDatedAhead
-
     db = connect(scratch_url, pool_size=2)
     try:
-        await db.run(_two_accounts)
-        await post_now(db, _entry("one"))
-        planted = await db.run(lambda conn: _plant_first_seal(conn, "365 days"))
-        await post_now(db, _entry("two"))
-        with pytest.raises(SealsDatedAhead, match=f"seals are dated {planted}, more than a day past"):
-            await seal_journal(db)  # before: sealed "two" and returned 1, nothing said
+        planted = await _sealed_past_a_seal_a_year_ahead(db)
 
         async def read(conn):
             dates = (await conn.execute(text(f"SELECT {seal.SEALED_AT.format('sealed_at')} FROM seals ORDER BY id"
@@ -470,10 +482,7 @@ async def test_a_seal_planted_a_year_ahead_is_named_and_the_seals_dated_by_it_ar
     assert problems[0].startswith(f"seal 1 is dated {planted}, more than a day past the database's clock (")
     assert "and past the seal before it and its entries" in problems[0]
 
-    out = io.StringIO()
-    with psycopg.connect(scratch_url) as conn:
-        write_jsonl(conn, out)
-    report = verify_lines(line.encode() for line in out.getvalue().splitlines())
+    report = verify_lines(_exported(scratch_url))
     assert (report.seals, report.problem_count) == (2, 1), report.problems  # before: 0 problems
     assert report.problems[0].startswith(f"seal 1 is dated {planted}, more than a day past the export (")
 
@@ -482,8 +491,6 @@ async def test_an_entry_recorded_a_year_ahead_is_named_as_what_dates_the_seals(s
     """The same with the entry: "two"'s recorded_at moved a year (365 days) on with the triggers off
     before it was sealed. Seal 2 is dated by it (the latest of the clock, seal 1, its entry), the run
     is an error, and verify names the entry (its seal's date is its own), not a seal."""
-    from ledger.seal import SealsDatedAhead
-
     db = connect(scratch_url, pool_size=2)
     try:
         await db.run(_two_accounts)
@@ -516,22 +523,9 @@ async def test_a_version_3_seal_dated_a_year_ahead_does_not_explain_the_version_
     checked, so nothing was named at all. A date no hash covers explains nothing: seal 2, whose
     chained date is 365 days past the database's clock (more than a day), is named, offline too
     (the export's exported_at is the database's clock when written: 365 days before it too)."""
-    import io
-
-    import psycopg
-
-    from ledger.export import write_jsonl
-    from ledger.offline import verify_lines
-    from ledger.seal import SealsDatedAhead
-
     db = connect(scratch_url, pool_size=2)
     try:
-        await db.run(_two_accounts)
-        await post_now(db, _entry("one"))
-        planted = await db.run(lambda conn: _plant_first_seal(conn, "365 days", version=3))
-        await post_now(db, _entry("two"))
-        with pytest.raises(SealsDatedAhead):
-            await seal_journal(db)
+        planted = await _sealed_past_a_seal_a_year_ahead(db, version=3)
         problems = await db.read(seal_problems)
     finally:
         await db.dispose()
@@ -539,10 +533,7 @@ async def test_a_version_3_seal_dated_a_year_ahead_does_not_explain_the_version_
     assert problems[0].startswith(f"seal 2 is dated {planted}, more than a day past the database's clock ("), problems
     assert "as seal 1 before it is, whose date (hash version 3) no hash covers" in problems[0]
 
-    out = io.StringIO()
-    with psycopg.connect(scratch_url) as conn:
-        write_jsonl(conn, out)
-    report = verify_lines(line.encode() for line in out.getvalue().splitlines())
+    report = verify_lines(_exported(scratch_url))
     assert (report.seals, report.problem_count) == (2, 1), report.problems  # before: 0 problems
     assert report.problems[0].startswith(f"seal 2 is dated {planted}, more than a day past the export (")
     assert "as seal 1 before it is, whose date (hash version 3) no hash covers" in report.problems[0]
@@ -555,8 +546,6 @@ async def test_every_sealing_run_is_an_error_while_the_last_seal_is_dated_ahead(
     that sealed), so on a ledger posted to less often than it is sealed the alert on the last
     success never fired. The last seal is still dated a year ahead: every run is an error until
     the clock is within a day of it, whatever it sealed."""
-    from ledger.seal import SealsDatedAhead
-
     db = connect(scratch_url, pool_size=2)
     try:
         await db.run(_two_accounts)
@@ -586,36 +575,21 @@ async def test_a_seal_planted_a_year_ahead_is_named_offline_whatever_the_header_
     written before it is verified: a seal dated more than a day past the verifying machine's clock
     is named whatever the header says. Seal 1 is dated P (a whole second); against a clock at
     P - 1 day exactly it is not more than a day past (not named), at P - 1 day - 1 us it is."""
-    import io
     import json
     from datetime import UTC, datetime, timedelta
 
-    import psycopg
-
-    from ledger.export import write_jsonl
-    from ledger.offline import verify_lines
-    from ledger.seal import SealsDatedAhead
-
     db = connect(scratch_url, pool_size=2)
     try:
-        await db.run(_two_accounts)
-        await post_now(db, _entry("one"))
-        planted = await db.run(lambda conn: _plant_first_seal(conn, "365 days"))
-        await post_now(db, _entry("two"))
-        with pytest.raises(SealsDatedAhead):
-            await seal_journal(db)
+        planted = await _sealed_past_a_seal_a_year_ahead(db)
     finally:
         await db.dispose()
-    out = io.StringIO()
-    with psycopg.connect(scratch_url) as conn:
-        write_jsonl(conn, out)
-    lines = out.getvalue().splitlines()
+    lines = _exported(scratch_url)
     header = json.loads(lines[0])
     assert header["type"] == "export"
 
     def with_header(**changes):
         edited = {k: v for k, v in {**header, **changes}.items() if v is not None}
-        return [json.dumps(edited).encode()] + [line.encode() for line in lines[1:]]
+        return [json.dumps(edited).encode(), *lines[1:]]
 
     for edited in (with_header(exported_at=None), with_header(exported_at="2036-12-06T00:00:00.000000Z")):
         report = verify_lines(edited)

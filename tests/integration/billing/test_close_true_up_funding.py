@@ -19,6 +19,7 @@ from test_rerate_volume_true_up import (
     CLOSED,
     DEC_1,
     NOV_1,
+    NOV_2,
     V1,
     applied,
     lines,
@@ -35,10 +36,12 @@ from test_rerate_volume_true_up import (
 from ledger.audit import trial_balance, verify
 from wallets import chart, rerating
 from wallets.audit import WALLET_CHECKS
+from wallets.core.commands import ReverseGrant
 
 CENT = 10_000_000  # atomic units (9 decimals) of $0.01
 NOV_15 = datetime(2026, 11, 15, tzinfo=UTC)  # a re-rate from here re-rates the 20th's charge alone
 NOV_25 = datetime(2026, 11, 25, tzinfo=UTC)  # a grant's expiry before the close
+DEC_3 = datetime(2026, 12, 3, tzinfo=UTC)  # a second re-rate (_rerated_again)
 
 
 async def _lots(bk: BillingKit, cid: str) -> list[tuple[str, int]]:
@@ -78,14 +81,18 @@ async def _lot(bk: BillingKit, cid: str, kind: str, amount: str, expires_at: dat
     return made.grant.id
 
 
-async def _paid_per_charge(bk: BillingKit, cid: str, first: tuple | None, second: tuple) -> tuple[str | None, str]:
+async def _paid_per_charge(bk: BillingKit, cid: str, first: tuple | None, second: tuple,
+                           reverse_first: bool = False) -> tuple[str | None, str]:
     """`first`, a lot given now (`_lot`'s kind, amount and expiry; None: none, the receivable of a
-    postpaid customer), pays the 5th's 60,000 tokens ($1.20); `second`, given on the 6th, the 20th's
-    70,000 ($0.80 + $0.30 = $1.10). The lots' ids."""
+    postpaid customer), pays the 5th's 60,000 tokens ($1.20); `second`, given on the 6th (after
+    `first` is reversed in whole that day, where `reverse_first`), the 20th's 70,000 ($0.80 + $0.30
+    = $1.10). The lots' ids."""
     first_id = await _lot(bk, cid, *first) if first else None
     bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
     await bk.event(cid, "model-v", 0, 60_000)
     bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
+    if reverse_first:
+        await bk.service.submit(ReverseGrant(customer_id=cid, lot_id=first_id))
     second_id = await _lot(bk, cid, *second)
     bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
     await bk.event(cid, "model-v", 0, 70_000)
@@ -314,8 +321,7 @@ async def test_a_rerate_s_correction_of_a_close_s_true_up_gives_each_charge_s_pa
     # ($0.96 = $1.20 - $0.24); the 20th costs $0.28: $0.64 over, $0.60 given: $0.04 to the grant
     # ($4.65 + $0.03 + $0.04 = $4.72 = $5.00 - $0.28). Counting the close's record alone, the top-up
     # would get all $0.10 ($0.96 - $0.60 due): $1.00 and $4.68.
-    await bk.add_book(vol("v3", "2026-11-02T00:00:00Z", "20", "4"))
-    again = await applied(bk, spec("v3", datetime(2026, 11, 2, tzinfo=UTC)))
+    again = await _rerated_again(bk, "20", "4", on=None)
     assert again["delta"] == "-0.13", again
     assert await live_lots(bk, cid) == {top_up: ("topup", 96 * CENT), grant: ("grant", 472 * CENT)}
     await verified(bk)
@@ -360,8 +366,7 @@ async def test_a_rerate_that_posts_no_entry_keeps_what_it_gave_back_of_each_char
                 "TRUNCATE true_up_charges", f"TRUNCATE true_up_charges_l{lane}"):
         with pytest.raises(DBAPIError, match="not allowed"):
             await bk.db.run(lambda conn, s=sql: conn.execute(text(s), {"c": cid}))
-    await bk.add_book(vol("v3", "2026-11-02T00:00:00Z", "30", "5"))
-    again = await applied(bk, spec("v3", datetime(2026, 11, 2, tzinfo=UTC)))
+    again = await _rerated_again(bk, "30", "5", on=None)
     assert again["delta"] == "-0.65", again
     assert await live_lots(bk, cid) == {top_up: ("topup", 90 * CENT), grant: ("grant", 465 * CENT)}
     await verified(bk)
@@ -596,6 +601,15 @@ async def _rerated(bk: BillingKit, high: str, low: str, on: datetime = datetime(
     await bk.add_book(vol("v2", "2026-11-01T00:00:00Z", high, low))
     bk.clock.now = on
     return await applied(bk, spec("v2", since))
+
+
+async def _rerated_again(bk: BillingKit, high: str, low: str, on: datetime | None = DEC_3) -> dict:
+    """November re-rated again from November 2nd, on `on` (None: the clock as it stands), to a book
+    `v3` from November 2nd: `high` $/M to 100,000 output tokens, `low` beyond."""
+    await bk.add_book(vol("v3", "2026-11-02T00:00:00Z", high, low))
+    if on is not None:
+        bk.clock.now = on
+    return await applied(bk, spec("v3", NOV_2))
 
 
 async def _given(bk: BillingKit, cid: str, rerate_id: str | None) -> list[tuple[str, int, int]]:
@@ -956,8 +970,7 @@ async def test_a_rerate_raising_a_charge_nets_its_increase_with_what_its_true_up
     # $0.54 taken back of it (the top-up: -$0.54 + $0.24 = -$0.30); the 20th $0.40 over, $0.40 +
     # $0.36 = $0.76 given: $0.36 (the grant: -$0.36 + $0.01 = -$0.35). Each lot where the close left
     # it: $0.60 and $4.30.
-    await bk.add_book(vol("v3", "2026-11-02T00:00:00Z", "20", "10"))
-    back = await applied(bk, spec("v3", datetime(2026, 11, 2, tzinfo=UTC)))
+    back = await _rerated_again(bk, "20", "10", on=None)
     assert lines(back) == [("output", "2.55", "2.30", "-0.25"),
                            ("volume_true_up", "-1.90", "-1.00", "0.90")]
     assert back["delta"] == "0.65", back

@@ -15,9 +15,18 @@ from datetime import UTC, datetime
 import pytest
 from billing_kit import BillingKit
 from sqlalchemy import text
-from test_close_true_up_funding import _closed_per_charge, _lot, _paid_per_charge, _rerated
-from test_closed_lot_take_backs import CENT, PROMOTIONS, REVENUE, _credited, _moved, _revoked
-from test_rerate_volume_true_up import CLOSED, applied, live_lots, spec, verified, vol, vol_customer
+from test_close_true_up_funding import _closed_per_charge, _lot, _rerated, _rerated_again
+from test_closed_lot_take_backs import (
+    CENT,
+    PROMOTIONS,
+    REVENUE,
+    _credited,
+    _moved,
+    _revoked,
+    _revoked_before_the_close,
+    _seen,
+)
+from test_rerate_volume_true_up import CLOSED, live_lots, verified, vol_customer
 
 from wallets.core import money_back, rerating
 from wallets.core.commands import ReverseGrant
@@ -30,6 +39,17 @@ async def _keys(bk: BillingKit, cid: str) -> list[tuple[str, bool]]:
             WHERE customer_id = :c AND kind IN ('volume_true_up', 'rerate_adjustment') ORDER BY id"""),
         {"c": cid}))
     return [(kind, bool(kept)) for kind, kept in rows]
+
+
+async def _closed_before_the_key(bk: BillingKit, monkeypatch: pytest.MonkeyPatch) -> tuple[dict, dict]:
+    """November closed as the code before the key closed it (money_back.closed_moves answering
+    nothing): every account's credits less debits before the close and after it."""
+    bk.clock.now = CLOSED
+    pre_close = await _credited(bk)
+    with monkeypatch.context() as m:
+        m.setattr(money_back, "closed_moves", lambda *_: {})
+        await bk.close(CLOSED)
+    return pre_close, await _credited(bk)
 
 
 async def test_a_close_before_the_key_still_counts_what_it_revoked_again_for_a_revoked_grant(
@@ -46,16 +66,8 @@ async def test_a_close_before_the_key_still_counts_what_it_revoked_again_for_a_r
     counted nothing: the take was capped at the revocation's $0.05 (promotions -$0.05), the other
     $0.03 paid like usage by the top-up: $0.39, the customer paying $0.03 promotions had got."""
     bk = BillingKit(fresh_db)
-    cid = await vol_customer(bk, "keyless-close")
-    top_up, grant = await _paid_per_charge(bk, cid, ("topup", "1.20"), ("grant", "1.15", None))
-    bk.clock.now = datetime(2026, 11, 25, tzinfo=UTC)
-    await bk.service.submit(ReverseGrant(customer_id=cid, lot_id=grant, reason="abuse"))
-    bk.clock.now = CLOSED
-    pre_close = await _credited(bk)
-    with monkeypatch.context() as m:
-        m.setattr(money_back, "closed_moves", lambda *_: {})
-        await bk.close(CLOSED)
-    before = await _credited(bk)
+    cid, top_up = await _revoked_before_the_close(bk, "keyless-close")
+    pre_close, before = await _closed_before_the_key(bk, monkeypatch)
     assert _moved(pre_close, before, PROMOTIONS) == (40 * CENT,)
     assert await _keys(bk, cid) == [("volume_true_up", False)]
     done = await _rerated(bk, "20", "12")
@@ -89,17 +101,13 @@ async def test_a_re_rate_before_the_key_still_counts_what_it_took_from_a_revocat
     assert await live_lots(bk, "keyless-rerate") == {top_up: ("topup", 42 * CENT)}
     once = await _credited(bk)
     assert _moved(before, once, PROMOTIONS) == (-8 * CENT,)
-    await bk.add_book(vol("v3", "2026-11-02T00:00:00Z", "20", "14"))
-    bk.clock.now = datetime(2026, 12, 3, tzinfo=UTC)
-    done = await applied(bk, spec("v3", datetime(2026, 11, 2, tzinfo=UTC)))
+    done, lots, after = await _seen(bk, "keyless-rerate", await _rerated_again(bk, "20", "14"))
     assert done["delta"] == "0.26", done
     assert await _keys(bk, "keyless-rerate") == [
         ("volume_true_up", False), ("rerate_adjustment", False), ("rerate_adjustment", True)]
-    assert await live_lots(bk, "keyless-rerate") == {top_up: ("topup", 18 * CENT)}
-    after = await _credited(bk)
+    assert lots == {top_up: ("topup", 18 * CENT)}
     assert _moved(once, after, PROMOTIONS, REVENUE) == (-2 * CENT, 26 * CENT)
     assert _moved(before, after, PROMOTIONS) == (-10 * CENT,)
-    await verified(bk)
 
 
 async def test_a_close_before_the_key_that_gave_to_two_revoked_grants_counts_what_it_gave_for_neither(
@@ -130,12 +138,7 @@ async def test_a_close_before_the_key_that_gave_to_two_revoked_grants_counts_wha
     await bk.service.submit(ReverseGrant(customer_id=cid, lot_id=second, reason="abuse"))
     bk.clock.now = datetime(2026, 11, 26, tzinfo=UTC)
     top_up = await _lot(bk, cid, "topup", "1.00")
-    bk.clock.now = CLOSED
-    pre_close = await _credited(bk)
-    with monkeypatch.context() as m:
-        m.setattr(money_back, "closed_moves", lambda *_: {})
-        await bk.close(CLOSED)
-    before = await _credited(bk)
+    pre_close, before = await _closed_before_the_key(bk, monkeypatch)
     assert _moved(pre_close, before, PROMOTIONS) == (100 * CENT,)
     assert await live_lots(bk, cid) == {top_up: ("topup", 100 * CENT)}
     done = await _rerated(bk, "20", "12")

@@ -11,9 +11,20 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from billing_kit import BillingKit
-from test_close_true_up_funding import _closed_per_charge, _paid_per_charge, _rerated
-from test_closed_lot_take_backs import BREAKAGE, CENT, PROMOTIONS, REVENUE, _credited, _moved, _revoked
-from test_rerate_volume_true_up import CLOSED, applied, live_lots, spec, verified, vol, vol_customer
+from test_close_true_up_funding import _closed_per_charge, _paid_per_charge, _rerated_again
+from test_closed_lot_take_backs import (
+    BREAKAGE,
+    CENT,
+    DEC_12,
+    PROMOTIONS,
+    REVENUE,
+    _credited,
+    _moved,
+    _rerated_from,
+    _revoked,
+    _seen,
+)
+from test_rerate_volume_true_up import CLOSED, live_lots, vol_customer
 
 from wallets import expiry
 
@@ -38,20 +49,15 @@ async def test_a_re_rate_dated_before_the_revocation_by_a_clock_behind_still_cou
     bk = BillingKit(fresh_db)
     top_up, grant = await _closed_per_charge(bk, "skewed-rerate")
     before = await _revoked(bk, "skewed-rerate", grant, 320_000)
-    done = await _rerated(bk, "20", "12", on=REVOKED - timedelta(milliseconds=3))
+    done, lots, once = await _rerated_from(bk, "skewed-rerate", "20", "12", on=REVOKED - timedelta(milliseconds=3))
     assert done["delta"] == "0.26", done
-    assert await live_lots(bk, "skewed-rerate") == {top_up: ("topup", 42 * CENT)}
-    once = await _credited(bk)
+    assert lots == {top_up: ("topup", 42 * CENT)}
     assert _moved(before, once, PROMOTIONS) == (-8 * CENT,)
-    await bk.add_book(vol("v3", "2026-11-02T00:00:00Z", "20", "14"))
-    bk.clock.now = datetime(2026, 12, 3, tzinfo=UTC)
-    done = await applied(bk, spec("v3", datetime(2026, 11, 2, tzinfo=UTC)))
+    done, lots, after = await _seen(bk, "skewed-rerate", await _rerated_again(bk, "20", "14"))
     assert done["delta"] == "0.26", done
-    assert await live_lots(bk, "skewed-rerate") == {top_up: ("topup", 18 * CENT)}
-    after = await _credited(bk)
+    assert lots == {top_up: ("topup", 18 * CENT)}
     assert _moved(once, after, PROMOTIONS, REVENUE) == (-2 * CENT, 26 * CENT)
     assert _moved(before, after, PROMOTIONS) == (-10 * CENT,)
-    await verified(bk)
 
 
 async def test_a_re_rate_dated_before_the_expiry_by_a_clock_behind_after_the_sweep_still_counts_what_it_took(
@@ -84,15 +90,12 @@ async def test_a_re_rate_dated_before_the_expiry_by_a_clock_behind_after_the_swe
     await expiry.expire_grants(bk.db, bk.clock.now)
     before = await _credited(bk)
     assert await live_lots(bk, cid) == {top_up: ("topup", 430 * CENT)}
-    done = await _rerated(bk, "20", "15", on=datetime(2026, 12, 9, 23, 59, 59, 998000, tzinfo=UTC))
+    behind = datetime(2026, 12, 9, 23, 59, 59, 998000, tzinfo=UTC)  # 3 ms behind the sweep's 00:00:00.001
+    done, lots, once = await _rerated_from(bk, cid, "20", "15", on=behind)
     assert done["delta"] == "0.65", done
-    assert await live_lots(bk, cid) == {top_up: ("topup", 395 * CENT)}
-    once = await _credited(bk)
+    assert lots == {top_up: ("topup", 395 * CENT)}
     assert _moved(before, once, BREAKAGE) == (-30 * CENT,)
-    await bk.add_book(vol("v3", "2026-11-02T00:00:00Z", "20", "20"))
-    bk.clock.now = datetime(2026, 12, 12, tzinfo=UTC)
-    done = await applied(bk, spec("v3", datetime(2026, 11, 2, tzinfo=UTC)))
+    done, lots, after = await _seen(bk, cid, await _rerated_again(bk, "20", "20", DEC_12))
     assert done["delta"] == "0.65", done
-    assert await live_lots(bk, cid) == {top_up: ("topup", 340 * CENT)}
-    assert _moved(once, await _credited(bk), BREAKAGE) == (-10 * CENT,)
-    await verified(bk)
+    assert lots == {top_up: ("topup", 340 * CENT)}
+    assert _moved(once, after, BREAKAGE) == (-10 * CENT,)

@@ -15,8 +15,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from billing_kit import BillingKit
-from test_close_true_up_funding import _closed_per_charge, _paid_per_charge, _rerated
-from test_rerate_volume_true_up import CLOSED, applied, live_lots, spec, verified, vol, vol_customer
+from test_close_true_up_funding import _closed_per_charge, _paid_per_charge, _rerated, _rerated_again
+from test_rerate_volume_true_up import CLOSED, live_lots, verified, vol_customer
 
 from ledger.audit import trial_balance
 from wallets import chart, expiry
@@ -94,14 +94,28 @@ async def test_a_true_up_corrected_up_takes_from_a_revoked_grant_s_revocation_at
     assert _moved(before, after, PROMOTIONS, REVENUE, BREAKAGE) == (-10 * CENT, 26 * CENT, 0)
 
 
-async def _rerated_from(bk: BillingKit, cid: str, high: str, low: str,
-                        on: datetime = datetime(2026, 12, 2, tzinfo=UTC)) -> tuple[dict, dict, dict[str, int]]:
-    """November re-rated on `on` to $`high`/M up to 100,000 and $`low`/M beyond (`_rerated`); verify
-    passes. Its answer, the customer's live lots and every account's credits less debits then."""
-    done = await _rerated(bk, high, low, on=on)
+async def _seen(bk: BillingKit, cid: str, done: dict) -> tuple[dict, dict, dict[str, int]]:
+    """`done` (a re-rate's answer), the customer's live lots and every account's credits less debits
+    after it; verify passes."""
     lots, credited = await live_lots(bk, cid), await _credited(bk)
     await verified(bk)
     return done, lots, credited
+
+
+async def _rerated_from(bk: BillingKit, cid: str, high: str, low: str,
+                        on: datetime = datetime(2026, 12, 2, tzinfo=UTC)) -> tuple[dict, dict, dict[str, int]]:
+    """November re-rated on `on` to $`high`/M up to 100,000 and $`low`/M beyond (`_rerated`), `_seen`."""
+    return await _seen(bk, cid, await _rerated(bk, high, low, on=on))
+
+
+async def _revoked_before_the_close(bk: BillingKit, name: str) -> tuple[str, str]:
+    """A $1.20 top-up pays the 5th's $1.20, a $1.15 grant (the 6th) the 20th's $1.10 ($0.05 left),
+    revoked in whole November 25th (promotions +$0.05). The customer's and the top-up's ids."""
+    cid = await vol_customer(bk, name)
+    top_up, grant = await _paid_per_charge(bk, cid, ("topup", "1.20"), ("grant", "1.15", None))
+    bk.clock.now = datetime(2026, 11, 25, tzinfo=UTC)
+    await bk.service.submit(ReverseGrant(customer_id=cid, lot_id=grant, reason="abuse"))
+    return cid, top_up
 
 
 async def _expired_after_the_close(bk: BillingKit, cid: str, december_tokens: int) -> tuple[str, dict[str, int]]:
@@ -182,15 +196,11 @@ async def test_two_true_ups_corrected_up_take_from_a_revoked_grant_s_revocation_
     assert done["delta"] == "0.26", done
     assert lots == {top_up: ("topup", 42 * CENT)}
     assert _moved(before, once, PROMOTIONS, REVENUE, BREAKAGE) == (-8 * CENT, 26 * CENT, 0)
-    await bk.add_book(vol("v3", "2026-11-02T00:00:00Z", "20", "14"))
-    bk.clock.now = datetime(2026, 12, 3, tzinfo=UTC)
-    done = await applied(bk, spec("v3", datetime(2026, 11, 2, tzinfo=UTC)))
+    done, lots, after = await _seen(bk, "revoked-twice", await _rerated_again(bk, "20", "14"))
     assert done["delta"] == "0.26", done
-    assert await live_lots(bk, "revoked-twice") == {top_up: ("topup", 18 * CENT)}
-    after = await _credited(bk)
+    assert lots == {top_up: ("topup", 18 * CENT)}
     assert _moved(once, after, PROMOTIONS, REVENUE, BREAKAGE) == (-2 * CENT, 26 * CENT, 0)
     assert _moved(before, after, PROMOTIONS) == (-10 * CENT,)
-    await verified(bk)
 
 
 async def test_a_true_up_corrected_up_takes_from_promotions_what_the_close_gave_a_grant_revoked_before_it(
@@ -205,10 +215,7 @@ async def test_a_true_up_corrected_up_takes_from_promotions_what_the_close_gave_
     $0.12 = $0.42, promotions -$0.08, revenue +$0.26. Before, the take was capped at the revocation's
     $0.05 (promotions -$0.05) and the other $0.03 paid like usage by the top-up ($0.39)."""
     bk = BillingKit(fresh_db)
-    cid = await vol_customer(bk, "revoked-early")
-    top_up, grant = await _paid_per_charge(bk, cid, ("topup", "1.20"), ("grant", "1.15", None))
-    bk.clock.now = datetime(2026, 11, 25, tzinfo=UTC)
-    await bk.service.submit(ReverseGrant(customer_id=cid, lot_id=grant, reason="abuse"))
+    cid, top_up = await _revoked_before_the_close(bk, "revoked-early")
     bk.clock.now = CLOSED
     pre_close = await _credited(bk)
     await bk.close(CLOSED)

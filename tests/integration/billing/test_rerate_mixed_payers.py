@@ -11,24 +11,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from billing_kit import BillingKit
-from test_close_true_up_funding import CENT, NOV_25, _balanced, _breakage, _credited, _lot, _rerated
+from test_close_true_up_funding import CENT, NOV_25, _balanced, _breakage, _credited, _lot, _paid_per_charge, _rerated
 from test_rerate_volume_true_up import V1, applied, lines, live_lots, previewed, spec, vol, vol_customer
 
 from wallets import chart
-from wallets.core.commands import ReverseGrant
-
-
-async def _five_and_twenty(bk: BillingKit, cid: str, first: tuple, second: tuple) -> tuple[str, str]:
-    """`first` (_lot's kind, amount[, expiry]) given now pays the 5th's $1.20; `second`, given on the
-    6th, the 20th's $1.10. The lots' ids."""
-    first_id = await _lot(bk, cid, *first)
-    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 60_000)
-    bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
-    second_id = await _lot(bk, cid, *second)
-    bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 70_000)
-    return first_id, second_id
 
 
 async def _paid_off_on_the_6th(bk: BillingKit, name: str, grant: str) -> tuple[str, str]:
@@ -58,7 +44,7 @@ async def test_a_decrease_whose_grant_expired_goes_to_breakage_beside_an_increas
     $3.70 (= $5.00 - $1.30). No credit for the customer."""
     bk = BillingKit(fresh_db)
     cid = await vol_customer(bk, "expired-payer")
-    _, top_up = await _five_and_twenty(bk, cid, ("grant", "1.20", NOV_25), ("topup", "5.00"))
+    _, top_up = await _paid_per_charge(bk, cid, ("grant", "1.20", NOV_25), ("topup", "5.00"))
     assert await live_lots(bk, cid) == {top_up: ("topup", 390 * CENT)}
     before = await _breakage(bk)
     done = await _rerated(bk, "10", "30")
@@ -76,14 +62,7 @@ async def test_a_decrease_whose_grant_was_revoked_goes_to_promotions_beside_an_i
     the 20th's +$0.20 by the top-up, $3.70."""
     bk = BillingKit(fresh_db)
     cid = await vol_customer(bk, "revoked-payer")
-    grant = await _lot(bk, cid, "grant", "2.00")
-    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 60_000)
-    bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
-    await bk.service.submit(ReverseGrant(customer_id=cid, lot_id=grant))
-    top_up = await _lot(bk, cid, "topup", "5.00")
-    bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 70_000)
+    _, top_up = await _paid_per_charge(bk, cid, ("grant", "2.00"), ("topup", "5.00"), reverse_first=True)
     promotions = chart.promotions_account("USD")
     before = await _credited(bk, promotions)
     assert before == -120 * CENT  # $2.00 granted (debit) less $0.80 revoked (credit)
@@ -101,14 +80,7 @@ async def test_a_decrease_whose_top_up_was_refunded_goes_back_to_it_beside_an_in
     by the grant (priority 50, before the top-up), $3.70."""
     bk = BillingKit(fresh_db)
     cid = await vol_customer(bk, "refunded-payer")
-    top_up = await _lot(bk, cid, "topup", "2.00")
-    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 60_000)
-    bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
-    await bk.service.submit(ReverseGrant(customer_id=cid, lot_id=top_up))
-    grant = await _lot(bk, cid, "grant", "5.00")
-    bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 70_000)
+    top_up, grant = await _paid_per_charge(bk, cid, ("topup", "2.00"), ("grant", "5.00"), reverse_first=True)
     assert await live_lots(bk, cid) == {grant: ("grant", 390 * CENT)}
     done = await _rerated(bk, "10", "30")
     assert done["delta"] == "-0.40", done
@@ -130,7 +102,7 @@ async def test_three_charges_of_three_payers_netting_to_zero_preview_apply_and_a
     await bk.add_book(V1)
     bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
     cid = await bk.customer("three-payers", book="vol", overdraft="5.00")
-    await _five_and_twenty(bk, cid, ("topup", "1.20"), ("grant", "1.10"))
+    await _paid_per_charge(bk, cid, ("topup", "1.20"), ("grant", "1.10"))
     bk.clock.now = datetime(2026, 11, 25, 12, tzinfo=UTC)
     await bk.event(cid, "model-v", 0, 10_000)
     assert await live_lots(bk, cid) == {}
@@ -163,7 +135,7 @@ async def test_a_rerate_netting_to_zero_in_one_line_still_gives_a_decrease_back_
     $3.72 (= $5.00 - $1.28): whatever the net, as a re-rate of -$0.01 or +$0.01 would."""
     bk = BillingKit(fresh_db)
     cid = await vol_customer(bk, "net-zero-one-line")
-    top_up, grant = await _five_and_twenty(bk, cid, ("topup", "1.20"), ("grant", "5.00"))
+    top_up, grant = await _paid_per_charge(bk, cid, ("topup", "1.20"), ("grant", "5.00"))
     assert await live_lots(bk, cid) == {grant: ("grant", 390 * CENT)}
     done = await _rerated(bk, "17", "20")
     assert done["delta"] == "0.00", done
@@ -232,12 +204,7 @@ async def test_a_receivable_charge_s_decrease_takes_off_what_is_owed_its_own_sha
     the grant's $0.40 with it (the promotion paid the customer's debt), the grant left at $3.90."""
     bk = BillingKit(fresh_db)
     cid = await vol_customer(bk, "receivable-share", billing_mode="postpaid")
-    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 60_000)
-    bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
-    grant = await _lot(bk, cid, "grant", "5.00")
-    bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 70_000)
+    _, grant = await _paid_per_charge(bk, cid, None, ("grant", "5.00"))
     assert (await bk.service.wallet(cid)).receivable == 120 * CENT
     assert await live_lots(bk, cid) == {grant: ("grant", 390 * CENT)}
     done = await _rerated(bk, "10", "10")

@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 
 from billing_kit import BillingKit
 from sqlalchemy import text
-from test_close_true_up_funding import _rerated
-from test_rerate_volume_true_up import CLOSED, V1, applied, live_lots, spec, verified, vol
+from test_close_true_up_funding import _rerated, _rerated_again
+from test_rerate_volume_true_up import CLOSED, V1, live_lots, verified
 
 from wallets import chart
 
@@ -53,14 +53,6 @@ async def _owed(bk: BillingKit, cid: str) -> int:
     return (await bk.service.wallet(cid)).receivable
 
 
-async def _rerated_again(bk: BillingKit, low: str) -> dict:
-    """November re-rated again on December 3rd, from November 2nd, to a book `v3`: $20/M up to
-    100,000 output tokens, `low` $/M beyond."""
-    await bk.add_book(vol("v3", "2026-11-02T00:00:00Z", "20", low))
-    bk.clock.now = datetime(2026, 12, 3, tzinfo=UTC)
-    return await applied(bk, spec("v3", datetime(2026, 11, 2, tzinfo=UTC)))
-
-
 async def test_a_re_rate_s_take_back_draws_on_the_credit_lot_its_give_back_opened_before_owing(fresh_db) -> None:
     """A $1.00 top-up on the 21st: $1.30 owed; the close's $1.00 all off it: $0.30 owed. Re-rated
     to $20/M and $5/M: the 20th $0.80 + 30,000 x $5/M = $0.95 (-$0.15); at the tier reached 130,000
@@ -93,7 +85,7 @@ async def test_a_re_rate_s_take_back_draws_on_the_credit_lot_its_give_back_opene
     assert await _rows(bk, cid, done["rerate_id"]) == {
         (first, receivable): 15 * CENT, (first, lot): 15 * CENT, (second, lot): 20 * CENT}
     await verified(bk)
-    again = await _rerated_again(bk, "8")
+    again = await _rerated_again(bk, "20", "8")
     assert again["delta"] == "0.39", again
     assert await live_lots(bk, cid) == {}
     assert await _owed(bk, cid) == 4 * CENT
@@ -156,7 +148,7 @@ async def test_a_take_back_draws_on_what_is_left_of_a_credit_lot_partly_spent_be
     await bk.event(cid, "model-v", 0, 5_000)
     assert [held for _, held in (await live_lots(bk, cid)).values()] == [25 * CENT]
     assert await _owed(bk, cid) == 0
-    again = await _rerated_again(bk, "8")
+    again = await _rerated_again(bk, "20", "8")
     assert again["delta"] == "0.39", again
     assert await live_lots(bk, cid) == {}
     assert await _owed(bk, cid) == 14 * CENT
@@ -177,7 +169,7 @@ async def test_a_take_back_larger_than_the_credit_lot_empties_it_and_owes_the_re
     the 5th's $0.60 all came off the receivable and the 20th's $0.20 from the lot, $0.20 owed."""
     bk = BillingKit(fresh_db)
     cid, lot, first, second = await _given_back_as_credit(bk, "credit-exceeded")
-    again = await _rerated_again(bk, "15")
+    again = await _rerated_again(bk, "20", "15")
     assert again["delta"] == "1.30", again
     assert await live_lots(bk, cid) == {}
     assert await _owed(bk, cid) == 95 * CENT
@@ -217,7 +209,7 @@ async def test_a_take_back_draws_on_the_credit_lot_a_charge_s_decrease_beside_th
     assert await _rows(bk, cid, done["rerate_id"]) == {
         (first, receivable): 30 * CENT, (second, receivable): 5 * CENT, (second, lot): 15 * CENT}
     await verified(bk)
-    again = await _rerated_again(bk, "8")
+    again = await _rerated_again(bk, "20", "8")
     assert again["delta"] == "0.39", again
     assert await live_lots(bk, cid) == {}
     assert await _owed(bk, cid) == 24 * CENT

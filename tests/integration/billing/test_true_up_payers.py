@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 from billing_kit import BillingKit
 from sqlalchemy import text
-from test_close_true_up_funding import _damaged, _lot, _rerated
+from test_close_true_up_funding import _damaged, _lot, _paid_per_charge, _rerated, _rerated_again
 from test_rerate_mixed_payers import _paid_off_on_the_6th
 from test_rerate_volume_true_up import CLOSED, applied, live_lots, spec, verified, vol, vol_customer
 
@@ -47,6 +47,18 @@ async def _payers(bk: BillingKit, cid: str) -> dict[tuple[str | None, int, str],
              JOIN accounts a ON a.code = t.payer JOIN lots l ON l.account_id = a.id
             WHERE t.customer_id = :c"""), {"c": cid}))
     return {(rerate, charge, lot): int(units) for rerate, charge, lot, units in rows}
+
+
+async def _took_every_part_back(bk: BillingKit, cid: str, rerate_id: str, a: str, b: str) -> None:
+    """After `_split_charge`, a re-rate to $20/M and $5/M and one back to $20/M flat (`rerate_id`):
+    B holds $3.40, A nothing; the second took back every part the first gave, of the 5th A's $0.70
+    and B's $0.20, of the 20th B's $0.60; verify passes."""
+    assert await live_lots(bk, cid) == {b: ("topup", 340 * CENT)}
+    charges = sorted({charge for _, charge, _ in await _payers(bk, cid)})
+    assert {k: v for k, v in (await _payers(bk, cid)).items() if k[0] == rerate_id} == {
+        (rerate_id, charges[0], a): -70 * CENT, (rerate_id, charges[0], b): -20 * CENT,
+        (rerate_id, charges[1], b): -60 * CENT}
+    await verified(bk)
 
 
 async def test_a_rerate_gives_a_split_charge_s_payers_back_by_what_each_already_got_of_it(fresh_db) -> None:
@@ -100,9 +112,7 @@ async def test_a_rerate_takes_back_of_a_split_charge_from_what_each_payer_got_of
     a, b = await _split_charge(bk, cid)
     await _rerated(bk, "20", "5")
     assert await live_lots(bk, cid) == {a: ("topup", 70 * CENT), b: ("topup", 465 * CENT)}
-    await bk.add_book(vol("v3", "2026-11-02T00:00:00Z", "20", "8"))
-    bk.clock.now = datetime(2026, 12, 3, tzinfo=UTC)
-    again = await applied(bk, spec("v3", datetime(2026, 11, 2, tzinfo=UTC)))
+    again = await _rerated_again(bk, "20", "8")
     assert again["delta"] == "0.39", again
     assert await live_lots(bk, cid) == {a: ("topup", 43 * CENT), b: ("topup", 453 * CENT)}
     await verified(bk)
@@ -128,16 +138,10 @@ async def test_verify_bounds_each_payer_by_the_true_ups_as_written_when_two_re_r
     cid = "same-instant"
     a, b = await _split_charge(bk, cid)
     first = await _rerated(bk, "20", "5")
-    await bk.add_book(vol("v3", "2026-11-02T00:00:00Z", "20", "20"))
-    again = await applied(bk, spec("v3", datetime(2026, 11, 2, tzinfo=UTC)))
+    again = await _rerated_again(bk, "20", "20", on=None)
     assert again["delta"] == "1.95", again
     assert again["rerate_id"] < first["rerate_id"]  # written second, its id first
-    assert await live_lots(bk, cid) == {b: ("topup", 340 * CENT)}
-    charges = sorted({charge for _, charge, _ in await _payers(bk, cid)})
-    assert {k: v for k, v in (await _payers(bk, cid)).items() if k[0] == again["rerate_id"]} == {
-        (again["rerate_id"], charges[0], a): -70 * CENT, (again["rerate_id"], charges[0], b): -20 * CENT,
-        (again["rerate_id"], charges[1], b): -60 * CENT}
-    await verified(bk)
+    await _took_every_part_back(bk, cid, again["rerate_id"], a, b)
 
 
 async def test_verify_orders_two_re_rates_by_the_database_not_by_servers_whose_clocks_differ(fresh_db) -> None:
@@ -162,12 +166,7 @@ async def test_verify_orders_two_re_rates_by_the_database_not_by_servers_whose_c
     behind = WalletService(fresh_db, clock=Clock(bk.clock.now - timedelta(milliseconds=3)))
     again = await rerating.apply(fresh_db, behind.engine, spec("v3", datetime(2026, 11, 2, tzinfo=UTC)), None)
     assert again["delta"] == "1.95", again
-    assert await live_lots(bk, cid) == {b: ("topup", 340 * CENT)}
-    charges = sorted({charge for _, charge, _ in await _payers(bk, cid)})
-    assert {k: v for k, v in (await _payers(bk, cid)).items() if k[0] == again["rerate_id"]} == {
-        (again["rerate_id"], charges[0], a): -70 * CENT, (again["rerate_id"], charges[0], b): -20 * CENT,
-        (again["rerate_id"], charges[1], b): -60 * CENT}
-    await verified(bk)
+    await _took_every_part_back(bk, cid, again["rerate_id"], a, b)
 
 
 async def test_a_take_back_of_what_the_receivable_got_as_paid_credit_comes_from_that_credit_lot(fresh_db) -> None:
@@ -202,9 +201,7 @@ async def test_a_take_back_of_what_the_receivable_got_as_paid_credit_comes_from_
     payers = {(r, c, p): int(u) for r, c, p, u in rows if r is not None}
     assert payers == {(done["rerate_id"], first, lot): 30 * CENT, (done["rerate_id"], second, lot): 20 * CENT}, payers
     await verified(bk)
-    await bk.add_book(vol("v3", "2026-11-02T00:00:00Z", "20", "8"))
-    bk.clock.now = datetime(2026, 12, 3, tzinfo=UTC)
-    again = await applied(bk, spec("v3", datetime(2026, 11, 2, tzinfo=UTC)))
+    again = await _rerated_again(bk, "20", "8")
     assert again["delta"] == "0.39", again
     assert await live_lots(bk, cid) == {credit: ("topup", 26 * CENT)}
     assert (await bk.service.wallet(cid)).receivable == 0
@@ -268,12 +265,7 @@ async def test_a_grant_s_true_up_part_beside_a_receivable_charge_s_decrease_goes
     $3.76, owed $0.06 (the promotion paid $0.30 of what the customer owes)."""
     bk = BillingKit(fresh_db)
     cid = await vol_customer(bk, "grant-part", billing_mode="postpaid")
-    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 60_000)
-    bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
-    grant = await _lot(bk, cid, "grant", "5.00")
-    bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 70_000)
+    _, grant = await _paid_per_charge(bk, cid, None, ("grant", "5.00"))
     await bk.close(CLOSED)
     assert [invoice["amount_due"] for invoice in await bk.invoices(cid)] == ["0.60"]
     assert (await bk.service.wallet(cid)).receivable == 60 * CENT
@@ -292,9 +284,7 @@ async def test_a_grant_s_true_up_part_beside_a_receivable_charge_s_decrease_goes
     assert {(r, c, p): int(u) for r, c, p, u in rows if r is not None} == {
         (done["rerate_id"], fifth, receivable): 6 * CENT, (done["rerate_id"], twentieth, payer): 35 * CENT}
     await verified(bk)
-    await bk.add_book(vol("v3", "2026-11-02T00:00:00Z", "20", "10"))
-    bk.clock.now = datetime(2026, 12, 3, tzinfo=UTC)
-    again = await applied(bk, spec("v3", datetime(2026, 11, 2, tzinfo=UTC)))
+    again = await _rerated_again(bk, "20", "10")
     assert again["delta"] == "0.65", again
     assert (await bk.service.wallet(cid)).receivable == 36 * CENT
     assert await live_lots(bk, cid) == {grant: ("grant", 406 * CENT)}

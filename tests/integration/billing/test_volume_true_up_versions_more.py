@@ -17,6 +17,7 @@ from wallets import rerating
 from wallets.audit import WALLET_CHECKS
 
 NOV_1, NOV_15 = datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 15, tzinfo=UTC)
+NOV_25 = datetime(2026, 11, 25, tzinfo=UTC)  # a re-rate before the close
 CLOSED = datetime(2026, 12, 1, 1, tzinfo=UTC)
 
 
@@ -46,6 +47,32 @@ async def _verified(bk: BillingKit) -> None:
     assert report.ok, [c for c in report.checks if not c.ok]
 
 
+async def _booked(bk: BillingKit, cid: str, v2_rule: dict[str, Any]) -> None:
+    """v1 (`in` volume-tiered, $1/M beyond), v2 from the 15th with `v2_rule`, and November's two events."""
+    await bk.add_book(_version(cid, "v1", "2026-01-01T00:00:00Z", [_volume("1")]))
+    await bk.add_book(_version(cid, "v2", "2026-11-15T00:00:00Z", [v2_rule]))
+    await _events(bk, cid)
+
+
+async def _rerated(bk: BillingKit, cid: str, label: str, rule: dict[str, Any], start: datetime = NOV_1) -> str:
+    """Version `label` from `start` with `rule` alone, and `start` to November 15th re-rated to it: its delta."""
+    await bk.add_book(_version(cid, label, start.strftime("%Y-%m-%dT%H:%M:%SZ"), [rule]))
+    done = await rerating.apply(bk.db, bk.service.engine, rerating.RerateSpec(cid, label, start, NOV_15, cid), None)
+    return done["delta"]
+
+
+def _shown(invoice: dict) -> tuple[str, str]:
+    return invoice["subtotals"]["true_ups"], invoice["total"]
+
+
+async def _closed(bk: BillingKit, cid: str) -> tuple[str, str]:
+    """November closed, verify passing: its invoice's true-ups and total."""
+    await bk.close(CLOSED)
+    [november] = await bk.invoices(cid)
+    await _verified(bk)
+    return _shown(november)
+
+
 async def test_a_rerate_to_a_version_without_the_volume_rule_takes_its_true_up_back_and_previews_so(
         bk: BillingKit) -> None:
     """v2 names no `in`: `in-b` flat $2/M. The close trues up `in` on v1's 3,000,000 alone: all at
@@ -54,12 +81,8 @@ async def test_a_rerate_to_a_version_without_the_volume_rule_takes_its_true_up_b
     (-$6.00), `in` rates nothing left so its -$9.00 goes back to 0 (+$9.00): +$3.00, the preview
     saying what the apply does; November 4,000,000 x $2/M = $8.00."""
     cid = "flat-elsewhere"
-    await bk.add_book(_version(cid, "v1", "2026-01-01T00:00:00Z", [_volume("1")]))
-    await bk.add_book(_version(cid, "v2", "2026-11-15T00:00:00Z", [_flat("in-b")]))
-    await _events(bk, cid)
-    await bk.close(CLOSED)
-    [november] = await bk.invoices(cid)
-    assert (november["subtotals"]["true_ups"], november["total"]) == ("-9.00", "5.00")
+    await _booked(bk, cid, _flat("in-b"))
+    assert await _closed(bk, cid) == ("-9.00", "5.00")
     bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
     await bk.add_book(_version(cid, "v3", "2026-11-01T00:00:00Z", [_flat("in-b")]))
     spec = rerating.RerateSpec(cid, "v3", NOV_1, NOV_15, cid)
@@ -78,17 +101,10 @@ async def test_a_rerate_in_the_open_period_still_trues_up_when_a_later_version_i
     $11.00, -$9.50; v2's $2.00 is final. November $11.00 + $2.00 - $9.50 = $3.50, as if the 5th
     had been rated under v1b from the start (3,000,000 x $0.50/M + $2.00)."""
     cid = "rerated-open-then-flat"
-    await bk.add_book(_version(cid, "v1", "2026-01-01T00:00:00Z", [_volume("1")]))
-    await bk.add_book(_version(cid, "v2", "2026-11-15T00:00:00Z", [_flat("in")]))
-    await _events(bk, cid)
-    bk.clock.now = datetime(2026, 11, 25, tzinfo=UTC)
-    await bk.add_book(_version(cid, "v1b", "2026-11-01T00:00:00Z", [_volume("0.5")]))
-    done = await rerating.apply(bk.db, bk.service.engine, rerating.RerateSpec(cid, "v1b", NOV_1, NOV_15, cid), None)
-    assert done["delta"] == "-1.00"
-    await bk.close(CLOSED)
-    [november] = await bk.invoices(cid)
-    await _verified(bk)
-    assert (november["subtotals"]["true_ups"], november["total"]) == ("-9.50", "3.50")
+    await _booked(bk, cid, _flat("in"))
+    bk.clock.now = NOV_25
+    assert await _rerated(bk, cid, "v1b", _volume("0.5")) == "-1.00"
+    assert await _closed(bk, cid) == ("-9.50", "3.50")
 
 
 async def test_units_an_open_period_re_rate_moved_to_a_flat_version_count_for_no_tier(bk: BillingKit) -> None:
@@ -100,14 +116,7 @@ async def test_units_an_open_period_re_rate_moved_to_a_flat_version_count_for_no
     rule flat and v2 by volume. Counting every version's units at the latest version's (v2's) tiers
     instead: 4,000,000 at $1/M = $4.00 less $12.00 + $1.00 - $6.00, -$3.00, November $4.00."""
     cid = "rerated-open-to-flat"
-    await bk.add_book(_version(cid, "v1", "2026-01-01T00:00:00Z", [_volume("1")]))
-    await bk.add_book(_version(cid, "v2", "2026-11-15T00:00:00Z", [_volume("1")]))
-    await _events(bk, cid)
-    bk.clock.now = datetime(2026, 11, 25, tzinfo=UTC)
-    await bk.add_book(_version(cid, "v3", "2026-11-01T00:00:00Z", [_flat("in")]))
-    done = await rerating.apply(bk.db, bk.service.engine, rerating.RerateSpec(cid, "v3", NOV_1, NOV_15, cid), None)
-    assert done["delta"] == "-6.00"
-    await bk.close(CLOSED)
-    [november] = await bk.invoices(cid)
-    await _verified(bk)
-    assert (november["subtotals"]["true_ups"], november["total"]) == ("9.00", "16.00")
+    await _booked(bk, cid, _volume("1"))
+    bk.clock.now = NOV_25
+    assert await _rerated(bk, cid, "v3", _flat("in")) == "-6.00"
+    assert await _closed(bk, cid) == ("9.00", "16.00")
