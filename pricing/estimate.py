@@ -15,7 +15,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from pricing.books import DimValue, PriceBook, PriceVersion, Rule, per_units
+from pricing.books import DimValue, PriceBook, PriceVersion, Rule, model_rank, per_units
 from pricing.errors import InvalidUsageError, UnpricedModelError, field_error
 from pricing.fast_rating import CACHE_LIMIT, charges_requests, dims_key
 from pricing.money import DEFAULT_SCALE, per_amount, pricing_context
@@ -210,6 +210,33 @@ def charges_other_types(version: PriceBook | PriceVersion, model: str, dimension
         if price > 0 and off < 100:
             return True
     return False
+
+
+# what a settle's usage may report about its price, over the call's own dimensions (pricing.normalize:
+# the provider's service tier, where it ran): a settle rates at them (wallets.core.rating.rate_call)
+REPORTED_DIMENSIONS = ("service_tier", "inference_geo")
+
+
+def reportable_variants(version: PriceBook | PriceVersion, model: str, dimensions: Mapping[str, DimValue] | None,
+                        at: datetime, names: tuple[str, ...] = REPORTED_DIMENSIONS) -> list[dict[str, DimValue]]:
+    """The call's dimensions as given and with every combination of the values the version's rules
+    for the model match for `names` (the dimensions the provider chooses and its usage reports: a
+    settle is rated at what it reports, whatever the call said): where a call may be rated."""
+    resolved = _version(version, at)
+    key = ("reportable", model, names)  # read once per version and model
+    values = resolved.resolved.get(key)
+    if values is None:
+        if len(resolved.resolved) >= CACHE_LIMIT:
+            resolved.resolved.clear()
+        values = resolved.resolved[key] = tuple(sorted(
+            {(n, v) for rule in resolved.rules for n, v in rule.match
+             if n in names and model_rank(rule.model, model) is not None}, key=repr))
+    given = dict(dimensions or {})
+    variants = [given]
+    for name in names:
+        options = [v for n, v in values if n == name and given.get(name) != v]  # type: ignore[misc]
+        variants += [{**variant, name: value} for variant in variants for value in options]
+    return variants
 
 
 def _check_premiums(version: PriceBook | PriceVersion, model: str, dimensions: Mapping[str, DimValue] | None,

@@ -7,7 +7,14 @@ from typing import Any
 
 from pricing.books import PriceBook
 from pricing.errors import PricingError, UnpricedModelError
-from pricing.estimate import charges_other_types, estimate_upper_bound, held_choices, held_prompt_tokens
+from pricing.estimate import (
+    REPORTED_DIMENSIONS,
+    charges_other_types,
+    estimate_upper_bound,
+    held_choices,
+    held_prompt_tokens,
+    reportable_variants,
+)
 from pricing.money import format_money
 from wallets import chart
 from wallets.core import budgets, idempotency
@@ -141,23 +148,35 @@ def _draws(w: Wallet, now: datetime) -> bool:
 def _free(w: Wallet, book: PriceBook | None, cmd: Reserve, now: datetime) -> bool:
     """Whether the call's prices make it free (a price of 0, a 100 % discount): one input and one
     output token, any per-request fee, and what else it carries (the per-call tools it may run, a
-    cache write, the provider's choice of tier, premium prices) price at exactly 0 (not a price
-    whose one token rounds to 0 atomic units, as $0.0002 per 1M does), and so does every other type
-    a settle may report (cached or image input, reasoning, audio output: charges_other_types).
-    Unpriced is not free, but for output where the book prices none for the model (an embeddings
-    model): a settle's output would be `unpriced_model`, never charged."""
+    cache write, premium prices) price at exactly 0 (not a price whose one token rounds to 0 atomic
+    units, as $0.0002 per 1M does), and so does every other type a settle may report (cached or
+    image input, reasoning, audio output: charges_other_types, at a rule's dearest tier: a prompt the
+    provider counts past a long-context tier the estimate did not reach), at every service tier and
+    geography the provider may report (reportable_variants: its usage's report prices the settle,
+    whatever the call named or left to it). Hour rules count at the reserve's minute, which rates
+    its settles. Unpriced is not free, but for output where the book prices none for the model (an
+    embeddings model): a settle's output would be `unpriced_model`, never charged."""
     if book is None:
         return False
     overrides = overrides_at(w, now)
+    names = tuple(dict.fromkeys((*REPORTED_DIMENSIONS, *cmd.chosen_by_provider)))
+    try:
+        variants = reportable_variants(book, cmd.model, cmd.dimensions, now, names)
+    except PricingError:
+        return False
+    return all(_free_at(book, cmd, dimensions, now, overrides) for dimensions in variants)
+
+
+def _free_at(book: PriceBook, cmd: Reserve, dimensions: dict[str, Any], now: datetime, overrides: Any) -> bool:
+    """`_free` for one set of the call's dimensions."""
     for outputs in (1, 0):
         try:
-            return estimate_upper_bound(book, cmd.model, 1, outputs, cmd.dimensions, now,
+            return estimate_upper_bound(book, cmd.model, 1, outputs, dimensions, now,
                                         input_audio_tokens=min(cmd.prompt_audio_tokens, 1), tool_uses=cmd.tool_uses,
-                                        prompt_cache_write=cmd.prompt_cache_write,
-                                        chosen_by_provider=cmd.chosen_by_provider, premiums=cmd.premiums,
+                                        prompt_cache_write=cmd.prompt_cache_write, premiums=cmd.premiums,
                                         premium_dimensions=cmd.premium_dimensions,
                                         overrides=overrides).total == 0 \
-                and not charges_other_types(book, cmd.model, cmd.dimensions, now, overrides)
+                and not charges_other_types(book, cmd.model, dimensions, now, overrides)
         except UnpricedModelError as unpriced:
             if unpriced.token_type != "output":
                 return False

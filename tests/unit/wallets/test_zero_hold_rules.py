@@ -7,9 +7,10 @@ still taken."""
 from __future__ import annotations
 
 import pytest
-from wallet_memory import MemoryWallet
+from wallet_memory import CID, MemoryWallet
 
 from pricing.parse import parse_book
+from wallets.commands import Reserve, Settle
 from wallets.errors import InsufficientFundsError
 
 FREE = parse_book({"id": "book-x", "currency": "USD", "versions": [{"effective_from": "2026-01-01T00:00:00Z", "rules": [
@@ -167,3 +168,54 @@ def test_a_free_model_whose_book_prices_its_other_types_at_0_is_still_free():
             {"id": "x-cached", "model": "model-x", "token_type": "cached_input", "price": "0"},
             {"id": "x-reasoning", "model": "model-x", "token_type": "reasoning", "price": "0"}]}]})
     assert MemoryWallet(book=free).reserve("0").reservation.amount == 0
+
+
+def _reserve_with(m: MemoryWallet, request_id: str, **call) -> object:
+    return m.run(Reserve(customer_id=CID, request_id=request_id, request_hash=repr(call).encode(), model="model-x",
+                         ttl_seconds=300, prompt_tokens=1000, max_output_tokens=1000, **call))
+
+
+def _settle_with(m: MemoryWallet, reservation_id: str, tokens: dict[str, int], dimensions: dict[str, str]) -> object:
+    usage = {**tokens, "dimensions": dimensions}
+    return m.run(Settle(customer_id=CID, reservation_id=reservation_id, request_hash=repr(usage).encode(),
+                        tokens=tokens, usage=usage, final=True))
+
+
+@pytest.mark.parametrize(("priced", "call"), [
+    # the gateway's call leaving its tier to the provider: input and output $0 at every tier, but
+    # cached input $10/M at priority only (at the standard tier it falls back to input's $0)
+    ({"token_type": "cached_input", "match": {"service_tier": "priority"}}, {"chosen_by_provider": ("service_tier",)}),
+    # the same, the call naming no tier (the HTTP API's): the provider's report still prices the settle
+    ({"token_type": "cached_input", "match": {"service_tier": "priority"}}, {}),
+    # an Anthropic call leaving tier and geography to the provider: output $10/M at priority in the
+    # US only, which no variant setting one of them at a time matches
+    ({"token_type": "output", "match": {"service_tier": "priority", "inference_geo": "us"}},
+     {"chosen_by_provider": ("service_tier", "inference_geo")}),
+])
+def test_a_model_free_at_the_standard_tier_whose_provider_may_report_a_priced_one_is_not_free(priced, call):
+    """A settle is rated at the tier (and geography) the provider's usage reports. Input and output
+    at $0, the type in `priced` at $10/M where the provider reports the values it matches: a settle of
+    1,000 such tokens reporting them charges 1,000 x $10 / 1M = $0.01 (10,000,000 atomic units) to
+    the receivable past the overdraft limit of 0 after a hold of 0. The free check priced the call's
+    other types at the dimensions as given (and input and output at one provider's value at a time),
+    called the call free and held 0. Now 402; the same book at $0 there is free and settles for 0."""
+    rules = [{"id": "x-in", "model": "model-x", "token_type": "input", "price": "0"},
+             {"id": "x-out", "model": "model-x", "token_type": "output", "price": "0"}]
+
+    def book(price: str) -> object:
+        return parse_book({"id": "book-t", "currency": "USD", "versions": [
+            {"effective_from": "2026-01-01T00:00:00Z", "format": 2,
+             "rules": [*rules, {"id": "x-dear", "model": "model-x", "price": price, **priced}]}]})
+
+    m = MemoryWallet(book=book("10"))
+    held = _reserve_with(m, "r", **call)
+    if not isinstance(held, InsufficientFundsError):  # the defect: what its settle charges, unheld
+        settled = _settle_with(m, held.reservation.id, {priced["token_type"]: 1000}, priced["match"])
+        pytest.fail(f"held {held.reservation.amount}, settle charged {settled.charged}, "
+                    f"receivable {m.receivable}")
+    assert m.reserved == 0 and m.receivable == 0
+    free = MemoryWallet(book=book("0"))
+    held = _reserve_with(free, "f", **call)
+    assert held.reservation.amount == 0
+    settled = _settle_with(free, held.reservation.id, {priced["token_type"]: 1000}, priced["match"])
+    assert settled.charged == 0 and free.receivable == 0
