@@ -184,18 +184,19 @@ def held_choices(version: PriceBook | PriceVersion, model: str, prompt_tokens: i
 
 
 def charges_other_types(version: PriceBook | PriceVersion, model: str, dimensions: Mapping[str, DimValue] | None,
-                        at: datetime, overrides: Overrides | None = None) -> bool:
+                        at: datetime, overrides: Overrides | None = None, *, tools: bool = False) -> bool:
     """Whether a rule of the version prices, for the model, some type a settle may report (cached
-    input, image input, a cache write, reasoning, audio output, ...; not the per-call tools or the
-    request fee, which a hold prices as the call declares them) above 0: its dearest price, or the
-    customer's contract price, less the discounts that cover it (less than 100 % off)."""
+    input, image input, a cache write, reasoning, audio output, ...; not the request fee, which a
+    hold prices, nor the per-call tools unless `tools`: a call that declares the tools it may run
+    is held at them) above 0: its dearest price, or the customer's contract price, less the
+    discounts that cover it (less than 100 % off)."""
     probe = Usage(model, {}, at, dimensions or {})
     resolved = _version(version, probe.occurred_at)
     utc = probe.occurred_at
     minute = utc.hour * 60 + utc.minute if resolved.timed else None
     overrides = overrides or _NO_OVERRIDES
     for token_type in KINDS:
-        if token_type in TOOL_CALLS or token_type == "request":
+        if token_type == "request" or (token_type in TOOL_CALLS and not tools):
             continue
         try:
             rule = _resolved_rule(resolved, token_type, model, probe.dimensions, minute)

@@ -133,3 +133,33 @@ async def test_a_call_free_at_its_reserve_minute_settles_at_that_minute_s_prices
         wallets.clock, wallets.engine.clock = clocks
     wallet = (await client.get(f"/v1/customers/{cid}/wallet")).json()
     assert wallet["receivable"] == "0.00", wallet
+
+
+async def test_a_model_free_on_tokens_whose_book_prices_a_tool_its_settle_may_report_is_not_free(
+        client: AsyncTestClient, tag: str):
+    """(d) Input and output $0, web search $0.01 a call. An HTTP reserve cannot declare the tools a
+    call may run (the gateway's holds do: `tool_uses`), and its settle may report them
+    (`web_search_calls`). Before, the reserve was free, 201 0.00, and a settle of 1,000 input tokens
+    and 1 web search charged 1 x $0.01 = $0.01 to the receivable past the overdraft limit of 0. Now
+    402; at $0 a search it is free, and settles for 0.00."""
+    cid = await _customer(client, f"tool-{tag}", [
+        {"id": "w-in", "model": "model-w", "token_type": "input", "price": "0"},
+        {"id": "w-out", "model": "model-w", "token_type": "output", "price": "0"},
+        {"id": "w-search", "model": "model-w", "token_type": "web_search", "price": "0.01"},
+        {"id": "z-in", "model": "model-z", "token_type": "input", "price": "0"},
+        {"id": "z-out", "model": "model-z", "token_type": "output", "price": "0"},
+        {"id": "z-search", "model": "model-z", "token_type": "web_search", "price": "0"}])
+    usage = {"input_tokens": 1000, "output_tokens": 0, "web_search_calls": 1}
+    answer = await client.post("/v1/reservations", json={
+        "customer_id": cid, "request_id": "w", "model": "model-w", "amount": "0"})
+    if answer.status_code == 201:  # the defect: show what its settle charges, unheld
+        settled = await client.post(f"/v1/reservations/{answer.json()['id']}/settle", json={"usage": usage})
+        assert settled.status_code == 200, settled.text
+        pytest.fail(f"held {answer.json()['amount']}, settle charged {settled.json()['charged']} unheld")
+    assert (answer.status_code, answer.json()["code"]) == (402, "insufficient_funds"), answer.text
+    assert await _reserve(client, cid, "w-est", "model-w") == (402, "insufficient_funds")
+    held = await client.post("/v1/reservations", json={
+        "customer_id": cid, "request_id": "z", "model": "model-z", "amount": "0"})
+    assert (held.status_code, held.json()["amount"]) == (201, "0.00"), held.text
+    settled = await client.post(f"/v1/reservations/{held.json()['id']}/settle", json={"usage": usage})
+    assert (settled.status_code, settled.json()["charged"]) == (200, "0.00"), settled.text

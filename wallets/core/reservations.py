@@ -153,9 +153,11 @@ def _free(w: Wallet, book: PriceBook | None, cmd: Reserve, now: datetime) -> boo
     image input, reasoning, audio output: charges_other_types, at a rule's dearest tier: a prompt the
     provider counts past a long-context tier the estimate did not reach), at every service tier and
     geography the provider may report (reportable_variants: its usage's report prices the settle,
-    whatever the call named or left to it). Hour rules count at the reserve's minute, which rates
-    its settles. Unpriced is not free, but for output where the book prices none for the model (an
-    embeddings model): a settle's output would be `unpriced_model`, never charged."""
+    whatever the call named or left to it). The per-call tools count as the gateway declares them
+    (`tool_uses`: a call without them runs none); any call else may report any, and each the book
+    prices counts. Hour rules count at the reserve's minute, which rates its settles. Unpriced is
+    not free, but for output where the book prices none for the model (an embeddings model): a
+    settle's output would be `unpriced_model`, never charged."""
     if book is None:
         return False
     overrides = overrides_at(w, now)
@@ -176,7 +178,8 @@ def _free_at(book: PriceBook, cmd: Reserve, dimensions: dict[str, Any], now: dat
                                         prompt_cache_write=cmd.prompt_cache_write, premiums=cmd.premiums,
                                         premium_dimensions=cmd.premium_dimensions,
                                         overrides=overrides).total == 0 \
-                and not charges_other_types(book, cmd.model, dimensions, now, overrides)
+                and not charges_other_types(book, cmd.model, dimensions, now, overrides,
+                                            tools=(cmd.estimate or {}).get("source") != "gateway")
         except UnpricedModelError as unpriced:
             if unpriced.token_type != "output":
                 return False

@@ -65,12 +65,28 @@ def test_a_hold_of_0_for_a_call_with_priced_tool_uses_is_refused_though_its_toke
     tokens are free but whose web search is priced is not free. Given a hold of 0 with such uses,
     the check (one input and one output token) found it free and held 0 on an empty wallet."""
     m = MemoryWallet(book=SEARCHED)
-    assert m.reserve("0").reservation.amount == 0  # no tool: its tokens are free
+    gateway = m.run(Reserve(customer_id=CID, request_id="g", request_hash=b"g", model="model-x", ttl_seconds=300,
+                            amount=0, estimate={"source": "gateway", "input_tokens": 0, "max_output_tokens": 0}))
+    assert gateway.reservation.amount == 0  # a gateway call declaring no tool runs none: its tokens are free
     given = m.reserve("0", tool_uses={"web_search": 1})
     assert isinstance(given, InsufficientFundsError), given
     estimated = m.reserve(None, input_tokens=10, max_output_tokens=10, tool_uses={"web_search": 1})
     assert isinstance(estimated, InsufficientFundsError), estimated
     assert m.reserved == 0
+
+
+def test_a_call_that_cannot_declare_its_tools_is_not_free_where_the_book_prices_one():
+    """A call that is not the gateway's (the HTTP API's reserve, `amount` or `estimate`) declares no
+    tools, and its settle may report any (`web_search_calls`): with web search at $0.01 a call, a
+    settle of 1 search charged $0.01 (10,000,000 atomic units) to the receivable past the overdraft
+    limit of 0 after a hold of 0. Refused now, given or estimated."""
+    m = MemoryWallet(book=SEARCHED)
+    given = m.reserve("0")
+    if not isinstance(given, InsufficientFundsError):  # the defect: what its settle charges, unheld
+        settled = _settle_with(m, given.reservation.id, {"web_search": 1}, {})
+        pytest.fail(f"held {given.reservation.amount}, settle charged {settled.charged}, receivable {m.receivable}")
+    assert isinstance(m.reserve(None, input_tokens=10, max_output_tokens=10), InsufficientFundsError)
+    assert m.reserved == 0 and m.receivable == 0
 
 
 FREE_EMBEDDING = parse_book({"id": "book-e", "currency": "USD", "versions": [
