@@ -186,3 +186,17 @@ async def test_two_servers_given_the_same_settles_at_once_charge_each_once_and_a
     assert [await wallet(client, cid) for cid in customers] == [("9.888", "0.00")] * 3
 
 
+
+
+
+async def test_one_capture_id_thrice_in_a_call_is_one_capture_and_another_body_a_conflict(
+        client: AsyncTestClient, book: str, tag: str):
+    cid = await customer(client, book, tag)
+    rid = await reserve(client, cid)
+    cap = {"reservation_id": rid, "usage": {"output_tokens": 1000}, "final": False, "capture_id": "c1"}
+    results = (await client.post("/v1/settlements", json=[cap, {**cap, "usage": {"output_tokens": 500}}, cap])).json()
+    assert [(r["status"], r["replayed"], r["body"].get("code")) for r in results["results"]] == [
+        (200, False, None), (409, False, "idempotency_conflict"), (200, True, None)], results
+    # 1,000 out x $20/M = $0.02 + the call's $0.01 = $0.03 once; the hold's 0.07 left open
+    assert results["results"][0]["body"]["charged"] == "0.03"
+    assert await wallet(client, cid) == ("9.90", "0.07")

@@ -7,6 +7,7 @@ Prices (the `book` fixture): model-a $10/M in, $20/M out, $0.01 a call. USAGE = 
 $0.010 + $0.008 + $0.01 = $0.028 an event; SMALL = 100 in: $0.001 + $0.01 = $0.011."""
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -121,3 +122,16 @@ async def test_usage_timed_in_a_closed_period_bills_on_the_open_one_and_leaves_t
     assert upcoming["total"] == "0.011", upcoming  # the late event's 0.001 + 0.01 alone
     assert {line.get("original_period") for line in upcoming["lines"] if line["kind"] != "rounding"} == {
         period["label"]}, upcoming["lines"]
+
+
+
+async def test_three_calls_at_once_with_the_same_events_post_each_once(http, book: str, tag: str):
+    client, _ = http  # the live server: the calls are in flight together
+    cid = await customer(client, book, tag)
+    events = [event(cid, f"r{n}") for n in range(60)]
+    answers = await asyncio.gather(*(client.post("/v1/usage-events", json=events[k:] + events[:k])
+                                     for k in (0, 20, 40)))
+    counts = [(a.json()["accepted"], a.json()["duplicates"], a.json()["rejected"]) for a in answers]
+    assert all(accepted + duplicates == 60 and rejected == [] for accepted, duplicates, rejected in counts), counts
+    assert sum(accepted for accepted, _, _ in counts) == 60, counts
+    assert await wallet(client, cid) == ("8.32", "0.00")  # 60 x 0.028 = 1.68 once: 10 - 1.68
