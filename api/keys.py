@@ -15,6 +15,7 @@ import psycopg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from api.listening import listen
 from api.routes.formats import IDENTIFIER
 from ledger.db import Database
 from ledger.errors import InvalidEntryError, LedgerError
@@ -157,33 +158,25 @@ class KeyCache:
                 await self._task
 
     async def _listen(self) -> None:
-        down = False  # said so: the retries (every retry_s) say nothing more until it listens again
+        await listen(self.url, CHANNEL, LISTENER_NAME, self.retry_s, log, up=self._up, serve=self._prove,
+                     gone=self._gone, back="the key-change listener listens again; caching API keys",
+                     down=lambda why: f"not caching API keys: the key-change listener is down ({why}); "
+                                      f"retrying every {self.retry_s:g} s")
+
+    def _up(self) -> None:
+        self.forget()  # anything cached before now may have missed a notification
+        self._proved_at = time.monotonic()
+        self.listening = True
+
+    async def _prove(self, conn: psycopg.AsyncConnection) -> None:
+        """Forget every key at each notification; prove the connection every `check_s`."""
         while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(
-                        self.url, autocommit=True, application_name=LISTENER_NAME) as conn:
-                    await conn.execute(f"LISTEN {CHANNEL}")
-                    self.forget()  # anything cached before now may have missed a notification
-                    self._proved_at = time.monotonic()
-                    self.listening = True
-                    if down:
-                        down = False
-                        log.warning("the key-change listener listens again; caching API keys")
-                    while True:
-                        async for _ in conn.notifies(timeout=self.check_s):
-                            self.forget()
-                        async with asyncio.timeout(self.check_s):  # not wait_for: it can drop a cancellation
-                            await conn.execute("SELECT 1")
-                        self._proved_at = time.monotonic()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # whatever it was, keep trying: a dead listener is a slow service
-                # once, not at every retry (3,600 lines an hour while the database was down)
-                (log.debug if down else log.warning)(
-                    "not caching API keys: the key-change listener is down (%s: %s); retrying every %g s",
-                    type(exc).__name__, " ".join(str(exc).split()), self.retry_s)
-                down = True
-            finally:
-                self.listening = False
+            async for _ in conn.notifies(timeout=self.check_s):
                 self.forget()
-            await asyncio.sleep(self.retry_s)
+            async with asyncio.timeout(self.check_s):  # not wait_for: it can drop a cancellation
+                await conn.execute("SELECT 1")
+            self._proved_at = time.monotonic()
+
+    def _gone(self) -> None:
+        self.listening = False
+        self.forget()

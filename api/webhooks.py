@@ -33,6 +33,7 @@ import psycopg
 from prometheus_client import Counter, Histogram
 from standardwebhooks import Webhook
 
+from api.listening import listen
 from ledger.db import Database
 from wallets.errors import WalletValidationError
 from wallets.webhooks import deliveries
@@ -232,30 +233,21 @@ class Dispatcher:
     async def _listen(self) -> None:
         """Wake the dispatcher at each committed outbox event. While the listener is down the
         fallback poll goes on; once it is back, one round catches up on what it missed."""
-        down = False  # said so: the retries (every retry_s) say nothing more until it listens again
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(
-                        self.listen_url, autocommit=True, application_name=LISTENER_NAME) as conn:
-                    await conn.execute(f"LISTEN {CHANNEL}")
-                    self.listening = True
-                    if down:
-                        down = False
-                        log.warning("webhook listener listens again")
-                    self._wake.set()
-                    async for _ in conn.notifies():
-                        self._wake.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the database restarting: poll meanwhile, and listen again
-                # once, not at every retry (3,600 lines an hour while the database was down)
-                (log.debug if down else log.warning)("webhook listener down, polling every %g s (%s: %s)",
-                                                     self.settings.poll_s, type(exc).__name__,
-                                                     " ".join(str(exc).split()))
-                down = True
-            finally:
-                self.listening = False
-            await asyncio.sleep(self.retry_s)
+        assert self.listen_url is not None  # start() starts it only with one
+        await listen(self.listen_url, CHANNEL, LISTENER_NAME, self.retry_s, log, up=self._up, serve=self._woken,
+                     gone=self._gone, back="webhook listener listens again",
+                     down=lambda why: f"webhook listener down, polling every {self.settings.poll_s:g} s ({why})")
+
+    def _up(self) -> None:
+        self.listening = True
+
+    async def _woken(self, conn: psycopg.AsyncConnection) -> None:
+        self._wake.set()
+        async for _ in conn.notifies():
+            self._wake.set()
+
+    def _gone(self) -> None:
+        self.listening = False
 
     async def tick(self) -> int:
         """One round: fan out, claim, start sends. Returns how many sends it started."""
