@@ -95,8 +95,9 @@ def estimate_upper_bound(
     its audio) is held at the dearer of it and the input price (a format 1 book: its cache_write).
 
     `chosen_by_provider` ("service_tier",): dimensions the call leaves to the provider (OpenAI's
-    service_tier "auto"), whose answer reports the value that prices the charge: held at the
-    dearest of the call as given and each value the version's rules match for them.
+    service_tier "auto"), whose answer reports the values that price the charge: held at the
+    dearest of the call as given and each combination of the values the version's rules for the
+    model match for them (reportable_variants: a rule may match a tier and a geography together).
 
     `premiums` (pricing.premium.PREMIUMS: "cache_write_1h", "long_context") and
     `premium_dimensions` (names of `dimensions` set to a premium value: speed fast): prices the
@@ -178,7 +179,7 @@ def held_choices(version: PriceBook | PriceVersion, model: str, prompt_tokens: i
     given = dimensions or {}
     rating, variant = max(((estimate_upper_bound(version, model, prompt_tokens, max_output_tokens, variant, at,
                                                  **options), variant)
-                           for variant in _variants(version, given, chosen_by_provider, at)),
+                           for variant in reportable_variants(version, model, given, at, chosen_by_provider)),
                           key=lambda pair: pair[0].total_units)
     return rating, {name: variant[name] for name in chosen_by_provider if name in variant and name not in given}
 
@@ -305,19 +306,6 @@ def _whole_discounts(usage: list[Line], overrides: Overrides) -> list[Line]:
 
 CACHE_WRITE_TYPES = ("cache_write", "cache_write_1h")
 _NO_OVERRIDES = Overrides()  # immutable: one for every estimate of a customer without overrides
-
-
-def _variants(version: PriceBook | PriceVersion, dimensions: Mapping[str, DimValue], chosen: tuple[str, ...],
-              at: datetime) -> list[Mapping[str, DimValue]]:
-    """The dimensions as given, and with each value the version's rules match for a dimension in
-    `chosen` (the provider's to choose; one at a time: the providers choose one, the service tier)."""
-    resolved = _version(version, at)
-    key = ("chosen_by_provider", chosen)  # read once per version: a book may have thousands of rules
-    values = resolved.resolved.get(key)
-    if values is None:
-        values = resolved.resolved[key] = tuple(sorted(
-            {(name, value) for rule in resolved.rules for name, value in rule.match if name in chosen}, key=repr))
-    return [dimensions, *({**dimensions, name: value} for name, value in values)]  # type: ignore[attr-defined]
 
 
 def _held_prompt(resolved: PriceVersion, model: str, dims: Mapping[str, DimValue], minute: int | None,

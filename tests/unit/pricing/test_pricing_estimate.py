@@ -267,6 +267,33 @@ def test_the_hold_tells_the_values_of_the_providers_choices_it_was_priced_at():
     assert held_choices(TIERED_SERVICE, "gpt", 1000, 1000, {"service_tier": "flex"}, AT)[1] == {}
 
 
+GEO_TIER = version(
+    {"id": "in", "model": "claude", "token_type": "input", "price": "1"},
+    {"id": "out", "model": "claude", "token_type": "output", "price": "2"},
+    {"id": "out-pri", "model": "claude", "token_type": "output", "price": "5", "match": {"service_tier": "priority"}},
+    {"id": "out-us", "model": "claude", "token_type": "output", "price": "3", "match": {"inference_geo": "us"}},
+    {"id": "out-pri-us", "model": "claude", "token_type": "output", "price": "20",
+     "match": {"service_tier": "priority", "inference_geo": "us"}},
+)
+
+
+def test_two_dimensions_the_provider_chooses_are_held_at_their_dearest_pair():
+    """An Anthropic call leaving its tier and its geography to the provider, whose usage reports
+    both (the settle is rated at the pair). Output at $2/M, $5/M at priority, $3/M in the US, $20/M
+    at priority in the US: 1,000 input at $1/M ($0.001) and 1,000 output at $20/M ($0.020) may be
+    billed, $0.021 (21,000,000 units at 9 decimals). The hold took one value at a time: priority
+    $0.001 + $0.005 = $0.006 (6,000,000), and a settle at the pair charged $0.015 past it."""
+    rating, held = held_choices(GEO_TIER, "claude", 1000, 1000, {}, AT, ("service_tier", "inference_geo"))
+    assert rating.total_units == (1 + 20) * 1000 * 1000
+    assert held == {"service_tier": "priority", "inference_geo": "us"}
+    # the caller fixing one, the other is the provider's: priority fixed, $0.021 with us; us fixed, alike
+    assert held_choices(GEO_TIER, "claude", 1000, 1000, {"service_tier": "priority"}, AT,
+                        ("inference_geo",))[0].total_units == 21 * 1000 * 1000
+    # one at a time as before where no rule matches a pair: TIERED_SERVICE's priority, 0.0175
+    assert held_choices(TIERED_SERVICE, "gpt", 1000, 1000, {}, AT, ("service_tier", "inference_geo"))[0] \
+        .total_units == (3_500 + 14_000) * 1000
+
+
 def test_a_premium_price_the_call_may_be_billed_must_be_the_books_own():
     """pricing.premium: a one-hour cache write, long context and a premium dimension value are
     refused unless a rule of their own prices them (a fallback, a rule without prompt tiers or
