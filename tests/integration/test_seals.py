@@ -20,6 +20,13 @@ from ledger.seal import SealsDatedAhead, seal_problems
 from wallets.jobs import seal_journal
 
 
+async def _sealed_and_entries(conn):
+    """The entry ids the seals hold (an id twice: sealed twice), every entry's id, seal_problems."""
+    sealed = (await conn.execute(text("SELECT unnest(entry_ids) FROM seals"))).scalars().all()
+    entries = (await conn.execute(text("SELECT id FROM journal_entries"))).scalars().all()
+    return sealed, entries, await seal_problems(conn)
+
+
 async def test_concurrent_sealers_and_posters_seal_every_entry_exactly_once(scratch_url):
     db = connect(scratch_url, pool_size=8)
 
@@ -49,12 +56,7 @@ async def test_concurrent_sealers_and_posters_seal_every_entry_exactly_once(scra
     await asyncio.gather(posting(), sealing(), sealing())
     await seal_journal(db)
 
-    async def read(conn):
-        sealed = (await conn.execute(text("SELECT unnest(entry_ids) FROM seals"))).scalars().all()
-        entries = (await conn.execute(text("SELECT id FROM journal_entries"))).scalars().all()
-        return sealed, entries, await seal_problems(conn)
-
-    sealed, entries, problems = await db.read(read)
+    sealed, entries, problems = await db.read(_sealed_and_entries)
     await db.dispose()
     assert len(entries) == 400
     assert sorted(sealed) == sorted(entries), "each entry sealed once, none missed"
@@ -105,12 +107,7 @@ async def test_a_sealing_run_ends_while_posting_goes_on(scratch_url, monkeypatch
         await asyncio.gather(*posters)
     await seal_journal(db)
 
-    async def read(conn):
-        sealed = (await conn.execute(text("SELECT unnest(entry_ids) FROM seals"))).scalars().all()
-        entries = (await conn.execute(text("SELECT id FROM journal_entries"))).scalars().all()
-        return sealed, entries, await seal_problems(conn)
-
-    sealed_ids, entries, problems = await db.read(read)
+    sealed_ids, entries, problems = await db.read(_sealed_and_entries)
     await db.dispose()
     assert sorted(sealed_ids) == sorted(entries) and problems == []
 
