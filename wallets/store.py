@@ -20,7 +20,6 @@ from typing import Any, Literal, NamedTuple
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ledger.chain import DATED_AHEAD
 from ledger.db import Lead
 from ledger.lanes import lane_count, lane_of
 from ledger.model import AccountSpec
@@ -986,27 +985,28 @@ async def load_payers(conn: AsyncConnection, w: Wallet, accounts: Iterable[str],
                       AND j.kind = 'grant_reversal'
                     ORDER BY p.entry_id DESC LIMIT 1), 0)
                    ELSE coalesce(l.expired_amount, 0) END,
-                   l.expires_at, coalesce(l.revoked_at, l.expires_at), (
+                   l.expires_at, (
                    SELECT max(p.entry_id) FROM postings p
                      JOIN journal_entries j ON j.lane = p.lane AND j.id = p.entry_id
                     WHERE p.lane = l.lane AND p.account_id = l.account_id
                       AND j.kind = CASE WHEN l.revoked_at IS NOT NULL THEN 'grant_reversal' ELSE 'grant_expiry' END)
              FROM lots l WHERE l.lane = {lane} AND l.customer_id = %(customer)s
               AND l.account_code = ANY(%(codes)s::text[])""", params)
-    held, expired_at, revoked = {}, [], []
-    for code, amount, expired, at, closing in rows:
+    held, expired_at, closings = {}, [], []
+    for code, amount, expired, closing in rows:
         held[code] = int(amount)
         expired_at.extend([expired] if expired is not None else [])
-        revoked.extend([(at, closing)] if closing is not None else [])
+        closings.extend([closing] if closing is not None else [])
     # then what closes' true-ups and re-rates gave there for each since (given back to it: revoked
     # again, to breakage) less what they took from there for it (entry metadata `closed_lots`,
     # money_back.closed_moves): the customer's re-rate and close entries since the first of them
-    # closed (journal_entries_corrections, 0084: one before a lot closed moved nothing there for
-    # it; the whole history was read, every re-rate's and close's). An expired lot is closed for an
-    # entry dated at or past its expiry (closed_moves compares it with the entry's own time); a
-    # revoked (swept) one for an entry after its revocation's (sweep's: a later id, the correction
-    # saw it revoked, swept), whatever the servers' clocks read, read from a day (chain.DATED_AHEAD)
-    # before it was revoked (expired): one dated by a clock 3 ms behind was left out. An
+    # closed (one before a lot closed moved nothing there for it; the whole history was read, every
+    # re-rate's and close's). An expired lot is closed for an entry dated at or past its expiry
+    # (closed_moves compares it with the entry's own time: journal_entries_corrections, 0084); a
+    # revoked (swept) one for an entry after its revocation's (sweep's): a later id, the correction
+    # saw it revoked, swept, whatever the servers' clocks read (journal_entries_corrections_by_id,
+    # 0086). Read by date from a day (chain.DATED_AHEAD) before the revocation (expiry), one dated
+    # by a clock more than a day behind it was left out. An
     # entry written before the key (December 2026) with postings on promotions (breakage) moved
     # them for lots revoked (expired) by then among the payers of the charges it corrected (its charge_adjustments, its
     # true_up_charges): all for the one such lot; among several, not known, so each counts what it
@@ -1014,11 +1014,10 @@ async def load_payers(conn: AsyncConnection, w: Wallet, accounts: Iterable[str],
     params |= {"promotions": chart.promotions_account(w.customer.currency),
                "breakage": chart.breakage_account(w.customer.currency),
                "expired": min(expired_at, default="infinity"),
-               "after": min((reversal for _, reversal in revoked), default=None),
-               "since": min([*expired_at, *(at - DATED_AHEAD for at, _ in revoked)], default="-infinity")}
+               "after": min(closings, default=None)}
     moved = await conn.exec_driver_sql(
         f"""WITH j AS (SELECT j.id, j.kind, j.occurred_at, j.metadata FROM journal_entries j
-                    WHERE j.lane = {lane} AND j.customer_id = %(customer)s AND j.occurred_at >= %(since)s::timestamptz
+                    WHERE j.lane = {lane} AND j.customer_id = %(customer)s
                       AND j.kind IN ('rerate_adjustment', 'volume_true_up')
                       AND (j.occurred_at >= %(expired)s::timestamptz OR j.id > %(after)s::bigint)),
             old AS (SELECT j.id, j.kind, j.occurred_at, j.metadata, a.code = %(promotions)s AS revoked,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from billing_kit import BillingKit
 from test_close_true_up_funding import _closed_per_charge, _paid_per_charge, _rerated_again
 from test_closed_lot_take_backs import (
@@ -27,6 +28,7 @@ from test_closed_lot_take_backs import (
 from test_rerate_volume_true_up import CLOSED, live_lots, vol_customer
 
 from wallets import expiry
+from wallets.core.commands import ReverseGrant
 
 REVOKED = datetime(2026, 12, 1, 12, tzinfo=UTC)  # _revoked's time
 
@@ -60,8 +62,39 @@ async def test_a_re_rate_dated_before_the_revocation_by_a_clock_behind_still_cou
     assert _moved(before, after, PROMOTIONS) == (-10 * CENT,)
 
 
+async def test_a_re_rate_dated_more_than_a_day_before_the_revocation_still_counts_what_it_took(fresh_db) -> None:
+    """As above, the revocation written by a server whose clock reads a day and 3 ms ahead of the one
+    that re-rates after it: revoked_at December 2nd 13:00:00.003, the re-rate dated the 1st 13:00.
+    The same figures by hand: the first re-rate +$0.26, promotions -$0.08 for the grant (its
+    `closed_lots`), the top-up $0.42; the second (the 3rd) +$0.26, promotions -$0.02, the top-up
+    $0.18. The bound read the entries dated from a day (chain.DATED_AHEAD) before revoked_at, so the
+    first re-rate, after the revocation's entry but dated a day and 3 ms before it, counted nothing:
+    promotions gave $0.08 again (-$0.16 for a $0.10 revocation), the top-up $0.24."""
+    bk = BillingKit(fresh_db)
+    cid = "revoked-a-day-ahead"
+    top_up, grant = await _closed_per_charge(bk, cid)
+    bk.clock.now = datetime(2026, 12, 1, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 320_000)
+    bk.clock.now = datetime(2026, 12, 2, 13, 0, 0, 3000, tzinfo=UTC)
+    await bk.service.submit(ReverseGrant(customer_id=cid, lot_id=grant, reason="abuse"))
+    before = await _credited(bk)
+    done, lots, once = await _rerated_from(bk, cid, "20", "12", on=datetime(2026, 12, 1, 13, tzinfo=UTC))
+    assert done["delta"] == "0.26", done
+    assert lots == {top_up: ("topup", 42 * CENT)}
+    assert _moved(before, once, PROMOTIONS) == (-8 * CENT,)
+    done, lots, after = await _seen(bk, cid, await _rerated_again(bk, "20", "14"))
+    assert done["delta"] == "0.26", done
+    assert lots == {top_up: ("topup", 18 * CENT)}
+    assert _moved(once, after, PROMOTIONS, REVENUE) == (-2 * CENT, 26 * CENT)
+    assert _moved(before, after, PROMOTIONS) == (-10 * CENT,)
+
+
+# 3 ms behind (fd4a20c), and a day and 3 ms: past the day (chain.DATED_AHEAD) before the expiry the
+# bound read from, the first re-rate counted nothing (breakage -$0.60, the top-up $3.60)
+@pytest.mark.parametrize("behind", [timedelta(milliseconds=3), timedelta(days=1, milliseconds=3)],
+                         ids=["3ms", "a-day-and-3ms"])
 async def test_a_re_rate_dated_before_the_expiry_by_a_clock_behind_after_the_sweep_still_counts_what_it_took(
-        fresh_db) -> None:
+        fresh_db, behind: timedelta) -> None:
     """A $1.20 grant expiring December 10th pays the 5th's $1.20, a $5.00 top-up (the 6th) the 20th's
     $1.10 ($3.90); the close gives the 5th's $0.60 to the grant ($0.60), the 20th's $0.40 to the
     top-up ($4.30). December 3rd 10,000 tokens ($0.20) from the grant: $0.40 left, swept to breakage
@@ -90,8 +123,7 @@ async def test_a_re_rate_dated_before_the_expiry_by_a_clock_behind_after_the_swe
     await expiry.expire_grants(bk.db, bk.clock.now)
     before = await _credited(bk)
     assert await live_lots(bk, cid) == {top_up: ("topup", 430 * CENT)}
-    behind = datetime(2026, 12, 9, 23, 59, 59, 998000, tzinfo=UTC)  # 3 ms behind the sweep's 00:00:00.001
-    done, lots, once = await _rerated_from(bk, cid, "20", "15", on=behind)
+    done, lots, once = await _rerated_from(bk, cid, "20", "15", on=bk.clock.now - behind)  # the sweep's 00:00:00.001
     assert done["delta"] == "0.65", done
     assert lots == {top_up: ("topup", 395 * CENT)}
     assert _moved(before, once, BREAKAGE) == (-30 * CENT,)
