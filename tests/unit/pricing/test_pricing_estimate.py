@@ -338,3 +338,17 @@ def test_audio_the_call_may_be_billed_needs_an_audio_rule_not_the_text_price():
                  {"id": "a", "model": "claude", "token_type": "audio", "price": "48"}):
         estimate_upper_bound(_searching(rule), "claude", 1000, 10, {}, AT, input_audio_tokens=100,
                              premiums=("input_audio",))
+
+
+def test_the_prompt_is_held_at_the_input_price_whatever_dearer_prompt_types_the_book_prices():
+    """README (Reserve): the prompt is held at the input price; cached or image input the book prices
+    dearer, reported by the settle, is charged above the hold. Input $1/M, cached input $2/M, image
+    input $3/M: 1,000 prompt tokens hold 1,000 x $1 / 1M = $0.001 (1,000,000 units at 9 decimals)."""
+    dearer = parse_version({"id": "standard", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
+                            "format": 2, "rules": [
+                                {"id": "in", "model": "m", "token_type": "input", "price": "1"},
+                                {"id": "cached", "model": "m", "token_type": "cached_input", "price": "2"},
+                                {"id": "image", "model": "m", "token_type": "input_image", "price": "3"}]})
+    held = estimate_upper_bound(dearer, "m", 1000, 0, {}, AT)
+    assert [(ln.token_type, ln.rule_id) for ln in held.lines] == [("input", "in")]
+    assert held.total_units == 1_000_000
