@@ -715,10 +715,11 @@ _CLOSE_ROWS = f"""
 # What each payer got of each charge (true_up_payers, migration 0082), tied to the true-ups' records
 # per charge: a true-up's payer rows of a charge (the one without a payer: what none of them got)
 # sum to its true_up_charges rows of it over every rule, and a true-up that kept its payers kept
-# them of every charge it gave back (took back) something of. Per payer, what the true-ups gave it
-# of a charge so far (the close first, then the re-rates in the order written; those written at one
-# instant together, their ids no order) is never below nothing (a take back from a payer beyond
-# what it got) nor above what it paid of the charge (its funding; none on
+# them of every charge it gave back (took back) something of (a row may name the rounding account:
+# what a note's whole minor units left of a part, money_back.rounded, no payer's). Per payer, what
+# the true-ups gave it of a charge so far (the close first, then the re-rates in the order written;
+# those written at one instant together, their ids no order) is never below nothing (a take back
+# from a payer beyond what it got) nor above what it paid of the charge (its funding; none on
 # record: the receivable); not checked of a charge a true-up before 0082 gave back something of
 # without payer rows (who got that is not kept).
 _PAYER_ROWS = f"""
@@ -746,7 +747,7 @@ _PAYER_ROWS = f"""
                                          || {_literal(chart.RECEIVABLE_CODE[1])})) AS accounts
                  FROM jsonb_array_elements(coalesce(
                           c.funding, jsonb_build_array(jsonb_build_array(NULL::text, c.from_receivable)))) e) f
-         WHERE p.payer IS NOT NULL),
+         WHERE p.payer IS NOT NULL AND p.payer NOT LIKE {_literal(chart.rounding_account('%'))}),
     running AS (
         SELECT p.lane, p.customer_id, p.period, p.rerate_id, p.charge_id, p.payer,
                -- as written: the batch's number (0085; one batch's true-ups share it, nothing orders

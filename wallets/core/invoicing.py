@@ -388,7 +388,10 @@ def _true_up(state: State, w: Wallet, label: str, lines: list[dict[str, Any]], n
                                                       placed=placed if mine is not None else None)
             money_back.share(shares, taken, rest, need, receivable, order)
     legs, paid_back, lot = money_back.give_back(state, w, shares, -amount, now, f"volume true-up {label}")
-    money_back.to_credit(placed, paid_back, lot, receivable)  # the rows follow the postings
+    # the rows follow the postings: what the receivable got beside its charges' parts (a line no part
+    # of which is per charge, a rule's rest) came off what is owed first, as a re-rate's (to_credit)
+    own = shares.get(receivable, 0) - sum(v for (_, a), v in placed.items() if a == receivable)
+    money_back.to_credit(placed, paid_back, lot, receivable, own)
     return legs, lot, paid_back, parts, money_back.payer_rows(parts, placed)
 
 

@@ -76,6 +76,36 @@ def to_credit(placed: dict[tuple[int, str], int], paid: Sequence[tuple[str, int]
             move -= part
 
 
+def rounded(placed: dict[tuple[int, str], int], shares: Mapping[str, int], paid_back: Sequence[tuple[str, int]],
+            lot: LotOpened | None, receivable: str, step: int, rounding: str) -> None:
+    """The payer rows follow the postings of a give-back in multiples of `step` (a note's whole
+    minor units, give_back): what an account was posted differs from its exact share (`shares`) by
+    less than `step` (the receivable's share rounded down, the fraction left to the last lot given
+    money back); that difference is its part rows', not the exact parts': taken off its rows (the
+    last charge's first, none below nothing) or added to its last charge's row, and the opposite
+    named `rounding` (the rounding account's: never a payer's bound; take_back takes it from there).
+    The receivable beside a credit lot is to_credit's (its rows already follow what came off what
+    is owed); the credit lot is named by to_credit alone."""
+    if step <= 1:
+        return
+    got = {account: -units for account, units in paid_back}
+    for account, asked in shares.items():
+        if lot is not None and account in (receivable, lot.code):
+            continue
+        diff = got.get(account, 0) - asked
+        rows = sorted((key for key, units in placed.items() if key[1] == account and units > 0), reverse=True)
+        if not diff or abs(diff) >= step or not rows:
+            continue
+        moves = [(rows[0], diff)] if diff > 0 else []
+        for key in rows if diff < 0 else ():
+            part = min(-diff, placed[key])
+            moves.append((key, -part))
+            diff += part
+        for (charge, payer), units in moves:
+            placed[(charge, payer)] += units
+            placed[(charge, rounding)] = placed.get((charge, rounding), 0) - units
+
+
 def last_consumed_first(w: Wallet) -> Callable[[str], tuple[int, str]]:
     """The lots in the reverse of their consumption order, then accounts not loaded (swept lots:
     their part goes to breakage)."""
@@ -238,6 +268,16 @@ def take_back(w: Wallet, takes: Mapping[int, int], payers: Mapping[int, Sequence
                      if units > 0 and account not in {a for a, _ in payers[charge]} and account in w.lots
                      and w.lots[account].live(now) and have.get(account)}, key=lambda a: consumption_key(w.lots[a]))
     out: dict[str, int] = {}
+    # of a charge in `got`, what the rounding account holds of its parts (a note's rounding: rounded)
+    # comes back from there first (a row, no posting), and what its payers got beyond the parts (a
+    # note's rounded up: held negative) is taken from them with the rest: the rounding account's
+    # money is never taken from a payer, nor a payer's left with it
+    rounding = chart.rounding_account(w.customer.currency)
+    held = {charge: got[charge].get(rounding, 0) for charge in takes if got is not None and charge in got}
+    kept = {charge: min(need, r) if r > 0 else r for charge, need in takes.items() if (r := held.get(charge, 0))}
+    takes = {charge: need - kept.get(charge, 0) for charge, need in takes.items()}
+    for charge, units in kept.items() if placed is not None else ():
+        placed[(charge, rounding)] = placed.get((charge, rounding), 0) + units
     left = sum(takes.values()) if most is None else most
 
     def take(charge: int, account: str, part: int) -> None:
@@ -257,7 +297,7 @@ def take_back(w: Wallet, takes: Mapping[int, int], payers: Mapping[int, Sequence
         if got is not None and charge in got:  # what each payer got back of it, as kept
             # the receivable's share: what it got, and what its parts put into (or took from) paid
             # credit lots, which did not pay the charge (to_credit)
-            proxy = sum(units for account, units in got[charge].items() if account not in paid)
+            proxy = sum(units for account, units in got[charge].items() if account not in paid and account != rounding)
             paid = {account: min(units, max(got[charge].get(account, 0) + (proxy if account == receivable else 0), 0))
                     for account, units in paid.items()}
         elif given is not None:  # what each got back of it, as each_charge_first gave it

@@ -73,6 +73,7 @@ from wallets.core.money_back import (
     given_rows,
     last_consumed_first,
     payer_rows,
+    rounded,
     share,
     take_back,
     taken_from,
@@ -437,6 +438,8 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
     taken: dict[tuple[int, str], int] = {}
     for charge, by in (got or {}).items():
         for account, units in by.items():
+            if account == chart.rounding_account(w.customer.currency):  # a note's rounding: no payer's bound
+                continue
             key = (charge, account if account in payers_of.get(charge, (account,)) else receivable)
             taken[key] = taken.get(key, 0) + units
     taken = {key: units for key, units in taken.items() if units > 0}
@@ -553,6 +556,8 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
                 max(0, sum(v for v in shares.values() if v > 0) - back - sum(debits.values())))
     legs, paid_back, lot = give_back(state, w, shares, back + sum(debits.values()) + rises, now,
                                      f"re-rate {cmd.rerate_id} {cmd.period}", step)
+    if placed is not None:  # the rows follow what a note's whole minor units posted to each payer
+        rounded(placed, shares, paid_back, lot, receivable, step, chart.rounding_account(w.customer.currency))
     if not debits and not rises:
         return credited(legs, paid_back, lot)
     paid = dict(paid_back)

@@ -1,0 +1,173 @@
+"""What each payer got of each charge's volume true-up part (`true_up_payers`) follows what was
+posted to it. A re-rate correcting a closed period's true-up on a credit (or debit) note moves whole
+minor units (rerating: `money = round_line(net)`, the difference to the rounding account): the rows
+say what each payer was posted, not the exact sub-cent part, so the next correction neither takes
+from a payer what the rounding account kept nor leaves it what it got. A close whose money back
+opens a paid credit lot names that lot in the rows of the parts it holds, what is owed having taken
+the receivable's share beside the parts first (as a re-rate's, money_back.to_credit's `own`).
+
+By hand (the first test's set-up). Book `vol` v1 (test_rerate_volume_true_up): model-v output
+$20/M up to 100,000 tokens, $10/M beyond. Postpaid: the 5th's 60,000 tokens ($1.20) on the
+receivable; a $5.00 grant given on the 6th pays the 20th's 70,000 (40,000 x $20/M + 30,000 x
+$10/M = $1.10; the grant $3.90). The close: 130,000 x $10/M = $1.30, true-up -$1.00: the 5th
+$1.20 - $0.60 = $0.60 over, off what is owed ($1.20 - $0.60 = $0.60 owed); the 20th $1.10 - $0.70
+= $0.40 over, to the grant ($4.30)."""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from billing_kit import BillingKit
+from sqlalchemy import text
+from test_close_true_up_funding import _lot
+from test_rerate_volume_true_up import (
+    CLOSED,
+    DEC_1,
+    NOV_1,
+    applied,
+    live_lots,
+    spec,
+    two_models,
+    verified,
+    vol,
+    vol_customer,
+)
+
+from wallets import chart
+from wallets.rerating import RerateSpec
+
+CENT = 10_000_000  # atomic units (9 decimals) of $0.01
+MIL = CENT // 10  # $0.001
+
+
+async def _closed(bk: BillingKit, cid: str) -> str:
+    """The module's November and close; the grant's id."""
+    cid = await vol_customer(bk, cid, billing_mode="postpaid")
+    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 60_000)
+    bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
+    grant = await _lot(bk, cid, "grant", "5.00")
+    bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 70_000)
+    await bk.close(CLOSED)
+    assert (await bk.service.wallet(cid)).receivable == 60 * CENT
+    assert await live_lots(bk, cid) == {grant: ("grant", 430 * CENT)}
+    return grant
+
+
+async def _rows(bk: BillingKit, rerate_id: str) -> dict[tuple[int, str | None], int]:
+    rows = await bk.db.read(lambda conn: conn.execute(text(
+        "SELECT charge_id, payer, units FROM true_up_payers WHERE rerate_id = :r"), {"r": rerate_id}))
+    return {(c, p): int(u) for c, p, u in rows}
+
+
+async def test_a_rounded_credit_note_s_payer_rows_say_what_each_payer_was_posted(fresh_db) -> None:
+    """Re-rated on December 2nd to $20/M and $9.75/M: the 20th $0.80 + 30,000 x $9.75/M = $1.0925
+    (-$0.0075, the grant's); at the tier reached 130,000 x $9.75/M = $1.2675, the true-up $1.2675 -
+    ($1.20 + $1.0925) = -$1.025 where -$1.00 stands: -$0.025 more back. The 5th costs 60,000 x
+    $9.75/M = $0.585, $0.615 below its $1.20, $0.60 given: $0.015 more, the receivable's; the 20th
+    $0.6825, $0.41 below its $1.0925, $0.40 given: $0.01 more, the grant's. -$0.0325 exact; the credit
+    note moves whole cents, -$0.03 (3.25 cents half to even), the rounding account keeps $0.0025.
+    Posted: the receivable's $0.015 in whole cents, $0.01 off what is owed ($0.59 owed); the grant
+    its $0.0075 + $0.01 = $0.0175 and the $0.0025 left (give_back: the fraction to the last lot
+    given money back), $0.02 ($4.32). So the rows: the receivable $0.01 of the 5th and the rounding
+    account the other $0.005; the grant $0.02 - $0.0075 (its own decrease) = $0.0125 of the 20th and
+    the rounding account -$0.0025 (what the grant got beyond its part).
+    Before, the rows kept the exact parts: receivable $0.015 where $0.01 came off what is owed, the
+    grant $0.01.
+
+    Re-rated back on the 3rd (from November 2nd) to $20/M and $10/M: +$0.0325 exact, the debit note
+    +$0.03 (rounding -$0.0025, what the first kept). Of the 5th $0.015 is taken back: the rounding
+    account's $0.005 first (a row), the receivable's $0.01 ($0.60 owed), the $0.005 it never got is
+    not taken from it; of the 20th $0.01 and the $0.0025 the grant got beyond its part, $0.0125;
+    the rest, $0.03 - $0.0225 = $0.0075, like usage, the grant ($4.32 - $0.02 = $4.30). Every
+    account back where the close left it: $0.60 owed, the grant $4.30; the rounding account's rows
+    of each charge net to 0. Before, the
+    receivable's row of $0.015 took $0.015 onto what is owed ($0.605, a half cent owed that the
+    rounding account had kept) and the grant paid $0.005 less ($4.305)."""
+    bk = BillingKit(fresh_db)
+    cid = "rounded-rows"
+    grant = await _closed(bk, cid)
+    await bk.add_book(vol("v2", "2026-11-01T00:00:00Z", "20", "9.75"))
+    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
+    done = await applied(bk, spec("v2"))
+    assert (await bk.service.wallet(cid)).receivable == 59 * CENT
+    assert await live_lots(bk, cid) == {grant: ("grant", 432 * CENT)}
+    receivable, payer = chart.receivable_account(cid), chart.lot_account(cid, grant)
+    rounding = chart.rounding_account("USD")
+    fifth, twentieth = sorted({charge for charge, _ in await _rows(bk, done["rerate_id"])})
+    assert await _rows(bk, done["rerate_id"]) == {
+        (fifth, receivable): 10 * MIL, (fifth, rounding): 5 * MIL,
+        (twentieth, payer): 125 * MIL // 10, (twentieth, rounding): -25 * MIL // 10}
+    await verified(bk)
+    await bk.add_book(vol("v3", "2026-11-02T00:00:00Z", "20", "10"))
+    bk.clock.now = datetime(2026, 12, 3, tzinfo=UTC)
+    again = await applied(bk, spec("v3", datetime(2026, 11, 2, tzinfo=UTC)))
+    assert (again["delta"], done["delta"]) == ("0.0325", "-0.0325")
+    assert (await bk.service.wallet(cid)).receivable == 60 * CENT
+    assert await live_lots(bk, cid) == {grant: ("grant", 430 * CENT)}
+    assert await _rows(bk, again["rerate_id"]) == {
+        (fifth, receivable): -10 * MIL, (fifth, rounding): -5 * MIL,
+        (twentieth, payer): -125 * MIL // 10, (twentieth, rounding): 25 * MIL // 10}
+    await verified(bk)
+
+
+async def test_a_close_s_credit_lot_is_named_by_the_rows_of_the_parts_it_holds_beside_a_rule_s_rest(fresh_db) -> None:
+    """Prepaid, a $5.00 overdraft, book `two` (rules a, model-x, and b, model-y, output: $20/M up to
+    100,000, $10/M beyond). The 5th's 130,000 model-y tokens ($2.00 + 30,000 x $10/M = $2.30) and the
+    10th's 130,000 model-x ($2.30) go on the receivable ($4.60); a $3.17 top-up on the 11th pays $3.17
+    of it ($1.43 owed, no lot). On the 15th, November open, model-x is re-rated to $18/M and $9/M:
+    $1.80 + $0.27 = $2.07, -$0.23 off what is owed ($1.20). The close: rule a 130,000 x $9/M = $1.17,
+    -$0.90 (its charge re-rated: no part of it per charge, the rule's rest, the receivable's); rule b
+    130,000 x $10/M = $1.30, -$1.00, the 5th's part (its overcharge, $2.30 - $1.30), the
+    receivable's. $1.90 back: $1.20 off what is owed, a $0.70 paid credit lot. The rows of the 5th's
+    $1.00 part: what is owed took the rest's $0.90 first (to_credit's `own`, as a re-rate's), so
+    $0.30 came off it and the lot holds the other $0.70: (5th, receivable) $0.30, (5th, lot) $0.70.
+    Re-rated on December 2nd from November 2nd to v3 (a as v2, b $20/M and $15/M): the 5th $2.00 + $0.45 = $2.45
+    (+$0.15); b's true-up 130,000 x $15/M = $1.95 - $2.45 = -$0.50 where -$1.00 stands: +$0.50, all
+    the 5th's (its overcharge at $15/M $0.50, $1.00 given). +$0.65: the $0.50 from the credit lot
+    first ($0.20), the +$0.15 like usage from it ($0.05); nothing owed (had the close known the price:
+    $1.40 back, $0.20 of credit, then the $0.15). Before, the close called to_credit with own=0: what
+    is owed counted as the parts' first, the rows named the receivable alone ($1.00), the lot none;
+    the take went onto what is owed: $0.50 owed beside a $0.55 credit lot."""
+    bk = BillingKit(fresh_db)
+    book = two_models("v1", "2026-01-01T00:00:00Z", "10")
+    await bk.add_book(book)
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("close-rest", book="two", overdraft="5.00")
+    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
+    await bk.event(cid, "model-y", 0, 130_000)
+    bk.clock.now = datetime(2026, 11, 10, 12, tzinfo=UTC)
+    await bk.event(cid, "model-x", 0, 130_000)
+    bk.clock.now = datetime(2026, 11, 11, 12, tzinfo=UTC)
+    await bk.top_up(cid, "3.17")
+    assert await live_lots(bk, cid) == {}
+    assert (await bk.service.wallet(cid)).receivable == 143 * CENT
+
+    def version(name: str, day: int, prices: dict[str, tuple[str, str]]) -> dict:
+        return {**book, "version": name, "effective_from": f"2026-11-{day:02d}T00:00:00Z", "rules": [
+            {**rule, "tiers": [{"up_to": 100_000, "price": prices[rule["id"]][0]},
+                               {"up_to": None, "price": prices[rule["id"]][1]}]}
+            if rule["id"] in prices else rule for rule in book["rules"]]}
+
+    await bk.add_book(version("v2", 1, {"a": ("18", "9")}))
+    bk.clock.now = datetime(2026, 11, 15, tzinfo=UTC)
+    done = await applied(bk, RerateSpec("two", "v2", NOV_1, DEC_1, None))
+    assert done["delta"] == "-0.23", done
+    assert (await bk.service.wallet(cid)).receivable == 120 * CENT
+    await bk.close(CLOSED)
+    assert (await bk.service.wallet(cid)).receivable == 0
+    [(credit, held)] = (await live_lots(bk, cid)).items()
+    assert held == ("topup", 70 * CENT)
+    rows = list(await bk.db.read(lambda conn: conn.execute(text(
+        "SELECT charge_id, payer, units FROM true_up_payers WHERE customer_id = :c"), {"c": cid})))
+    [fifth] = {charge for charge, _, _ in rows}
+    assert {(c, p): int(u) for c, p, u in rows} == {
+        (fifth, chart.receivable_account(cid)): 30 * CENT, (fifth, chart.lot_account(cid, credit)): 70 * CENT}
+    await verified(bk)
+    await bk.add_book(version("v3", 2, {"a": ("18", "9"), "b": ("20", "15")}))
+    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
+    again = await applied(bk, RerateSpec("two", "v3", datetime(2026, 11, 2, tzinfo=UTC), DEC_1, None))
+    assert again["delta"] == "0.65", again
+    assert (await bk.service.wallet(cid)).receivable == 0
+    assert await live_lots(bk, cid) == {credit: ("topup", 5 * CENT)}
+    await verified(bk)
