@@ -242,16 +242,23 @@ def volume_tier_price(rule: Rule, period_quantity: int) -> Decimal:
     raise AssertionError("validated tiers always end with an open tier")
 
 
-def volume_true_up(rule: Rule, period_quantity: int, amount_already_charged: Decimal | int | str) -> Decimal:
+def volume_true_up(rule: Rule, period_quantity: int, amount_already_charged: Decimal | int | str,
+                   reached: int | None = None) -> Decimal:
     """Period-close adjustment for a volume rule: all units at the reached tier's price minus
-    what was charged during the period (negative: money back). Exact Decimal; not posted here."""
+    what was charged during the period (negative: money back). Exact Decimal; not posted here.
+    `reached`: the units that pick the tier when they are more than `period_quantity` (the
+    period's units of the rule under every version tiering it by volume, of which this version
+    rated `period_quantity`); by default `period_quantity` itself."""
     if rule.tier_mode != "volume" or not rule.tiers:
         raise ValueError(f"rule {rule.id} is not a volume-tiered rule")
-    if isinstance(period_quantity, bool) or not isinstance(period_quantity, int) or period_quantity < 0:
-        raise InvalidUsageError("period_quantity", "must be a non-negative int")
+    for name, value in (("period_quantity", period_quantity), ("reached", reached)):
+        if (value is not None or name == "period_quantity") and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise InvalidUsageError(name, "must be a non-negative int")
     charged = to_decimal(amount_already_charged, "amount_already_charged", allow_negative=True)
+    tier_of = period_quantity if reached is None else reached
     with pricing_context():
-        target = per_amount(period_quantity * volume_tier_price(rule, period_quantity), per_units(rule.token_type))
+        target = per_amount(period_quantity * volume_tier_price(rule, tier_of), per_units(rule.token_type))
         return target - charged
 
 

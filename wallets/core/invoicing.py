@@ -116,10 +116,11 @@ def rerated_moves(charges: Sequence[tuple[str, Sequence[Mapping[str, Any]], str,
 def volume_rules(book: PriceBook | None, rollup: Rollup, period: str,
                  moves: Sequence[Moved] = ()) -> list[tuple[Rule, str, int, int]]:
     """(rule, price version, quantity, amount charged) of each volume-tiered rule the period's own
-    usage was rated with at the book's price (not a contract price): the units and amounts the
-    versions that tier the rule by volume rated, at the tiers of the latest of them (by its time:
-    labels are the caller's, and "v9" sorts after "v10"); what a version pricing the rule flat (or
-    graduated) rated is final at its price and counts for no tier. A re-rate of the period's charges
+    usage was rated with at the book's price (not a contract price), one for each version that
+    tiers the rule by volume, in the book's order (by its time: labels are the caller's, and "v9"
+    sorts after "v10"): the units and amounts that version rated, at its own tiers; their units
+    together reach the tier (true_up_lines); what a version pricing the rule flat (or graduated)
+    rated is final at its price and counts for no tier. A re-rate of the period's charges
     counts for the rule that rated their model and token type, unless a discount or a contract price
     shares them (their lines do not tell the rule's share): the charges it moved (`moves`,
     rerated_moves) count under the version they stand at now, as re-rated, for the rule their line
@@ -176,26 +177,23 @@ def volume_rules(book: PriceBook | None, rollup: Rollup, period: str,
         every[rule_id] = [[*versions_, version], a + amount]
     found = []
     for rule_id, by_version in sorted(pieces.items()):
-        if rule_id in every:
+        if rule_id in every:  # one piece: every version's units at the latest version's tiers
             extra, more = every[rule_id]
             counted = [(v, q, a) for v, (q, a) in by_version.items()] + [(v, 0, 0) for v in extra]
-            amount_more = more
+            latest = max((v for v, *_ in counted), key=lambda v: order.get(v, -1))
+            counted = [(latest, sum(q for _, q, _ in counted), sum(a for *_, a in counted) + more)]
         else:
             counted = [(v, q, a) for v, (q, a) in by_version.items() if (q or a) and not flat_in(versions, rule_id, v)]
-            amount_more = 0
-        if not counted:
-            continue
-        version = max((v for v, *_ in counted), key=lambda v: order.get(v, -1))
-        quantity, amount = sum(q for _, q, _ in counted), sum(a for *_, a in counted) + amount_more
-        rule = next((r for r in versions[version].rules if r.id == rule_id), None) if version in versions else None
-        if rule is not None and rule.tier_mode == "volume" and rule.tiers:
-            found.append((rule, version, quantity, amount))
+        for version, quantity, amount in sorted(counted, key=lambda c: order.get(c[0], -1)):
+            rule = next((r for r in versions[version].rules if r.id == rule_id), None) if version in versions else None
+            if rule is not None and rule.tier_mode == "volume" and rule.tiers:
+                found.append((rule, version, quantity, amount))
     return found
 
 
 # A discount's share of a volume rule's usage in a period: (model, token type, discount id, its
-# fraction) -> [units it discounted, atomic units it took off]
-Discounted = dict[tuple[str | None, str | None, str, Decimal], list[int]]
+# fraction, the version that rated the usage) -> [units it discounted, atomic units it took off]
+Discounted = dict[tuple[str | None, str | None, str, Decimal, str], list[int]]
 
 
 def volume_discounts(book: PriceBook | None, rollup: Rollup, period: str) -> dict[str, Discounted]:
@@ -216,7 +214,7 @@ def volume_discounts(book: PriceBook | None, rollup: Rollup, period: str) -> dic
             continue
         with pricing_context():
             share = -Decimal(unit_price) / rule.tiers[tier].price  # the discount's percent / 100, exact
-        units = found.setdefault(rule_id, {}).setdefault((model, token_type, override_id, share), [0, 0])
+        units = found.setdefault(rule_id, {}).setdefault((model, token_type, override_id, share, version), [0, 0])
         units[0] += quantity
         units[1] += amount
     return found
@@ -224,20 +222,30 @@ def volume_discounts(book: PriceBook | None, rollup: Rollup, period: str) -> dic
 
 def true_up_lines(rules: list[tuple[Rule, str, int, int]],
                   discounts: Mapping[str, Discounted] | None = None) -> list[dict[str, Any]]:
-    """Each volume rule's true-up at the book's price, and beside it what each discount that took
-    its share off the rule's usage takes off the true-up too (the same share of the units it
-    discounted, at the tier reached, less what it took): a line of its own carrying its override id."""
+    """Each volume rule's true-up at the book's price, one line for each version that tiers it by
+    volume (`rules`, volume_rules): the units of the rule under all of them reach the tier, and each
+    version's units are priced at its own price of that tier, less what they were charged; and beside
+    it what each discount that took its share off the rule's usage takes off the true-up too (the
+    same share of the units it discounted, at the tier reached, less what it took): a line of its own
+    carrying its override id."""
     lines: list[dict[str, Any]] = []
     exact: list[Decimal] = []
+    reached: dict[str, int] = {}
+    for rule, _, q, _ in rules:
+        reached[rule.id] = reached.get(rule.id, 0) + q
+    alone = {rule.id for rule, *_ in rules if sum(r.id == rule.id for r, *_ in rules) == 1}
     for rule, version, q, a in rules:
-        price = volume_tier_price(rule, q)
-        tier = next(i for i, t in enumerate(rule.tiers) if t.price == price and (t.up_to is None or q <= t.up_to))
+        total = reached[rule.id]
+        price = volume_tier_price(rule, total)
+        tier = next(i for i, t in enumerate(rule.tiers) if t.price == price and (t.up_to is None or total <= t.up_to))
         line = {"kind": "volume_true_up", "rule_id": rule.id, "price_version": version, "tier": tier}
-        exact.append(volume_true_up(rule, q, Decimal(a).scaleb(-SCALE)))
+        exact.append(volume_true_up(rule, q, Decimal(a).scaleb(-SCALE), total))
         lines.append({**line, "token_type": rule.token_type, "quantity": q, "unit_price": str(price),
                       "model": rule.model, "override_id": None})
-        for (model, token_type, override_id, share), (qd, ad) in sorted(
+        for (model, token_type, override_id, share, rated), (qd, ad) in sorted(
                 (discounts or {}).get(rule.id, {}).items(), key=lambda x: tuple(map(str, x[0]))):
+            if rated != version and rule.id not in alone:
+                continue  # the version that rated it has a line of its own
             with pricing_context():
                 exact.append(-per_amount(qd * price * share, per_units(rule.token_type)) - Decimal(ad).scaleb(-SCALE))
                 unit = -price * share
@@ -355,18 +363,22 @@ def counters_given_back(state: State, customer_id: str, label: str, book: PriceB
     return out
 
 
-def _true_up(state: State, w: Wallet, label: str, lines: list[dict[str, Any]], now: datetime):
+def _true_up(state: State, w: Wallet, label: str, lines: list[dict[str, Any]], now: datetime,
+             several: frozenset[str] = frozenset()):
     """The true-up's legs: more charged is paid like usage (lots, then the receivable); money back
     goes where the money of the charges each rule rated came from, as a re-rate's
     (wallets.core.money_back: the lots that paid them, the last consumed first, a promotion's back to
-    it; then what the customer owes), and the rest becomes credit (a paid lot)."""
+    it; then what the customer owes), and the rest becomes credit (a paid lot). A rule two versions
+    or more tier by volume (`several`: a line each, at each one's price) gives back to its charges'
+    payers together, not charge by charge (the charges' funding does not tell their versions)."""
     amount = sum(line["amount_units"] for line in lines)
     cid = w.customer.id
     # what each rule's line at the book's price gave back of each charge (a re-rate correcting the
     # true-up counts it, rerate_true_ups): nothing of a line giving nothing back; a line giving back
     # is recorded below only when every charge of its rule is priced per charge (none re-rated)
     parts: dict[str, dict[int, int]] = {line["rule_id"]: {} for line in lines if line.get("rule_id")
-                                        and line.get("override_id") is None and line["amount_units"] >= 0}
+                                        and line.get("override_id") is None and line["amount_units"] >= 0
+                                        and line["rule_id"] not in several}
     if amount > 0:
         s = settlement(w, None, amount, False, now)
         return settlement_legs(w, s), None, funding(w, None, s), parts, ()
@@ -382,7 +394,9 @@ def _true_up(state: State, w: Wallet, label: str, lines: list[dict[str, Any]], n
         paid = rules.get(line.get("rule_id") or "", ())
         if line["amount_units"] < 0 and paid:
             mine = None
-            if line.get("override_id") is None and all(units is not None for *_, units, _ in paid):
+            if line["rule_id"] in several:
+                line = {**line, "unit_price": None}  # no charge's overcharge: shared over the payers
+            elif line.get("override_id") is None and all(units is not None for *_, units, _ in paid):
                 mine = parts.setdefault(line["rule_id"], {})
             need, rest = money_back.each_charge_first(shares, taken, line, paid, receivable, order, parts=mine,
                                                       placed=placed if mine is not None else None)
@@ -458,11 +472,13 @@ def closing(state: State, w: Wallet, label: str, rollup: Rollup, book: PriceBook
     preview both build the invoice by it."""
     rollup = dict(rollup)
     moves = rerated_moves(state.rerated.get((w.customer.id, label), ()))
-    lines = true_up_lines(volume_rules(book, _with_later_adjustments(state, w, label, rollup), label, moves),
-                          volume_discounts(book, rollup, label))
+    rules = volume_rules(book, _with_later_adjustments(state, w, label, rollup), label, moves)
+    several = frozenset(r.id for r, *_ in rules if sum(x.id == r.id for x, *_ in rules) > 1)
+    lines = true_up_lines(rules, volume_discounts(book, rollup, label))
     lines += allowance_lines(rollup, label, lines, allowances_at_end(w, label))
     cid, cur = w.customer.id, w.customer.currency
-    legs, lot, paid, parts, payers = _true_up(state, w, label, lines, now) if lines else (Legs(cur), None, (), {}, ())
+    legs, lot, paid, parts, payers = (_true_up(state, w, label, lines, now, several) if lines
+                                      else (Legs(cur), None, (), {}, ()))
     kinds = {code: x.kind for code, x in w.lots.items()}
     if lot is not None:
         kinds[lot.code] = lot.kind

@@ -159,8 +159,8 @@ def overcharged(line: Mapping[str, Any], units: int, charged: int) -> int:
 def each_charge_first(shares: dict[str, int], taken: dict[tuple[int, str], int], line: Mapping[str, Any],
                       paid: Sequence[RulePaid], receivable: str, order: Callable[[str], tuple[int, str]],
                       given: Mapping[int, int] | None = None, parts: dict[int, int] | None = None,
-                      room: dict[str, int] | None = None, placed: dict[tuple[int, str], int] | None = None
-                      ) -> tuple[int, dict[tuple[int, str], int]]:
+                      room: dict[str, int] | None = None, placed: dict[tuple[int, str], int] | None = None,
+                      prices: Mapping[int, str] | None = None) -> tuple[int, dict[tuple[int, str], int]]:
     """Of a true-up line's money back, what each charge of its rule was overcharged (its units at
     the tier reached cost less than graduated rating charged them) goes to what paid that charge:
     off what is owed up to what the receivable paid of it, then to the lots that paid it, the last
@@ -172,7 +172,8 @@ def each_charge_first(shares: dict[str, int], taken: dict[tuple[int, str], int],
     Each charge's part is counted against the line whether or not its payers could take it all (a
     discount or an allowance paid the rest of it): the charges after it get what the line left
     after it, as TrueUpFix.parts counts a re-rate's, so the parts never sum to more than the line
-    (and verify ties a close's record to it charge by charge); what its payers could not take is
+    (and verify ties a close's record to it charge by charge; `prices`: charge id -> the unit price
+    of its own version, where the rule's versions price the tier apart); what its payers could not take is
     shared with the rest. Each payer of a charge gets at most what it paid of it less what it got
     back of it already (`taken`: of this correction's lines and, a re-rate's, what the true-ups
     before gave it, store.true_up_payers), the receivable too; adds to `placed` what each payer got
@@ -191,7 +192,8 @@ def each_charge_first(shares: dict[str, int], taken: dict[tuple[int, str], int],
         else:
             lots.setdefault(charge, {})[(charge, account)] = amount
         if units is not None and charged is not None and line.get("unit_price") is not None:
-            over[charge] = overcharged(line, units, charged) - (given or {}).get(charge, 0)
+            priced = {**line, "unit_price": prices[charge]} if prices and charge in prices else line
+            over[charge] = overcharged(priced, units, charged) - (given or {}).get(charge, 0)
     for charge in sorted(over):
         part = min(left, over[charge])
         if part > 0:

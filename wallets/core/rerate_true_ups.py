@@ -1,22 +1,25 @@
 """What a re-rate makes of a closed period's volume true-up, as a pure rule.
 
-The close trued each volume-tiered rule up at the tiers of the latest version that rated it in the
-period: every unit at the price of the tier reached, less what graduated rating charged
-(wallets.core.invoicing.true_up_lines). A re-rate over that period changes what the charges cost;
-the true-up must follow, or the period ends at the corrected charges less the old version's
-true-up (neither price). So the re-rate that corrects the charges billed in the period also
-corrects its true-up to what the same rule gives with the charges as re-rated (the book's price;
-a discount's share of the true-up stays as the close made it): the true-up the period should have,
-less what its close and earlier re-rates posted. Applied again it finds nothing to move.
+The close trued each volume-tiered rule up at the tier the period's units of it reached (those of
+every version tiering it by volume), each version's units at its own price of that tier, less what
+graduated rating charged (wallets.core.invoicing.true_up_lines). A re-rate over that period
+changes what the charges cost; the true-up must follow, or the period ends at the corrected
+charges less the old version's true-up (neither price). So the re-rate that corrects the charges
+billed in the period also corrects its true-up to what the same rule gives with the charges as
+re-rated (the book's price; a discount's share of the true-up stays as the close made it): the
+true-up the period should have, less what its close and earlier re-rates posted. Applied again it
+finds nothing to move.
 """
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from pricing.books import Rule
 from pricing.lines import Rating
+from pricing.rating import volume_tier_price
 from wallets.core.invoicing import flat_in, given_back, paying, true_up_lines
 from wallets.core.money_back import overcharged
 from wallets.core.rating import ALLOWANCE
@@ -46,6 +49,9 @@ class TrueUpFix:
     # what the true-ups so far (the close's, earlier re-rates') gave back of each charge, by id; None:
     # not kept (a close before they were kept, or a rule they did not price per charge)
     given: Mapping[int, int] | None = None
+    # (charge id, unit price) where the rule's charges stand at versions of their own prices of the
+    # tier reached (two versions or more tier it by volume): each charge's overcharge is at its own
+    prices: tuple[tuple[int, str], ...] = ()
 
     @property
     def delta(self) -> int:
@@ -81,8 +87,10 @@ class TrueUpFix:
         line, left, out = self.line(), -self.delta, {}
         pieces = {charge: (units, amount) for charge, units, amount in self.pieces}
         dues = {}
+        prices = dict(self.prices)
         for charge in sorted(pieces.keys() | self.given.keys()):  # a charge gone from the rule: 0 over
-            over = overcharged(line, *pieces[charge]) if charge in pieces and self.unit_price is not None else 0
+            priced = {**line, "unit_price": prices[charge]} if charge in prices else line
+            over = overcharged(priced, *pieces[charge]) if charge in pieces and self.unit_price is not None else 0
             dues[charge] = over - self.given.get(charge, 0)
         sign = 1 if left > 0 else -1
         room = max(0, sum(due * sign for due in dues.values() if due * sign > 0) - left * sign)
@@ -106,8 +114,9 @@ def true_up_fixes(data: RerateInput, found: Sequence[Correction], ratings: Mappi
     """The corrections of `data.period`'s volume true-ups, when that period is closed and the
     re-rate corrects charges billed in it (`found`; `ratings`: the re-rated charges' ratings by id).
     Of each volume rule that rated a re-rated charge: the true-up with every charge billed in the
-    period as it stands after the re-rate, at the tiers of the latest version that rated the rule
-    by volume (the close's rule: the units a version pricing it flat rated count for no tier),
+    period as it stands after the re-rate, the close's rule: the units of the versions tiering it by
+    volume reach the tier, each version's at its own price of it (a version pricing it flat counts
+    for no tier); one correction a rule, its line at the latest of them,
     against the true-up posted so far (`data.true_ups`). A charge not re-rated now counts under the
     rules of the version an earlier re-rate rated it with (`earlier`: its rating then, by id), not
     those it was first charged under; under the rule re-rated charges of the same token type moved
@@ -119,53 +128,76 @@ def true_up_fixes(data: RerateInput, found: Sequence[Correction], ratings: Mappi
         return []
     order = {v.version: i for i, v in enumerate(book.versions)}
     versions = {v.version: v for v in book.versions}
-    basis: dict[str, list[Any]] = {}  # rule id -> [latest version, units, amount charged]
+    # rule id -> (version, the rule of that version that rated them) -> [units, amount charged]
+    basis: dict[str, dict[tuple[str, str], list[int]]] = {}
     touched: set[str] = set()
     rated: dict[str, dict[int, ChargeOnRecord]] = {}  # rule id -> the charges it rated, by id
     per_charge: dict[str, dict[int, list[int]]] = {}  # rule id -> charge id -> [units, amount]
     renamed = _renamed(data, ratings, earlier or {})
+    at: dict[str, dict[int, tuple[str, str]]] = {}  # rule id -> charge id -> (version, its rule there)
     for charge in data.charges:
         if (charge.billed_in or period) != period:
             continue  # a late charge of another period, or one billed later: its close never trued it up
         rating = ratings.get(charge.id)
         if rating is not None:
-            pieces = [(ln.rule_id, ln.price_version, ln.quantity, ln.amount_units) for ln in rating.lines
+            pieces = [(ln.rule_id, ln.rule_id, ln.price_version, ln.quantity, ln.amount_units) for ln in rating.lines
                       if ln.kind == "usage" and ln.rule_id is not None and ln.override_id is None]
             touched.update(rule_id for rule_id, *_ in pieces)
             # the rule it stood under loses it (one the version still has, beside the one rating it now)
             touched.update(ln["rule_id"] for ln in _lines(charge, (earlier or {}).get(charge.id))
                            if ln["kind"] == "usage" and ln.get("rule_id") and ln.get("override_id") is None)
         else:
-            pieces = [(renamed.get(rule_id, rule_id), *rest)
+            # (the rule it counts for, the rule of its version that rated it, ...)
+            pieces = [(renamed.get(rule_id, rule_id), rule_id, *rest)
                       for rule_id, *rest in _standing(charge, (earlier or {}).get(charge.id))]
-        for rule_id, version, quantity, amount in pieces:
-            if flat_in(versions, rule_id, version):
+        for rule_id, source, version, quantity, amount in pieces:
+            if flat_in(versions, source, version):
                 continue  # a version pricing the rule flat (or graduated): final at its price, no tier
             rated.setdefault(rule_id, {})[charge.id] = charge
             piece = per_charge.setdefault(rule_id, {}).setdefault(charge.id, [0, 0])
             piece[0] += quantity
             piece[1] += amount
-            held = basis.setdefault(rule_id, [version, 0, 0])
-            if order.get(version, -1) > order.get(held[0], -1):
-                held[0] = version
-            held[1] += quantity
-            held[2] += amount
+            at.setdefault(rule_id, {})[charge.id] = (version, source)
+            held = basis.setdefault(rule_id, {}).setdefault((version, source), [0, 0])
+            held[0] += quantity
+            held[1] += amount
     fixes = []
     for rule_id in sorted(touched & basis.keys()):  # a rule left with none of them: _orphaned
-        version, quantity, amount = basis[rule_id]
-        rule = next((r for r in versions[version].rules if r.id == rule_id), None) if version in versions else None
-        if rule is None or rule.tier_mode != "volume" or not rule.tiers:
+        # each version tiering the rule by volume at its own tiers, their units together reaching the tier
+        # (a version that named the rule otherwise prices its units by the rule it rated them with)
+        counted, tiers = [], {}
+        for (version, source), (quantity, amount) in sorted(basis[rule_id].items(),
+                                                            key=lambda b: (order.get(b[0][0], -1), b[0][1])):
+            rule = next((r for r in versions[version].rules if r.id == source), None) if version in versions else None
+            if rule is not None and rule.tier_mode == "volume" and rule.tiers and (quantity or amount):
+                counted.append((replace(rule, id=rule_id), version, quantity, amount))
+                tiers[(version, source)] = rule
+        if not counted:
             continue
-        lines = [ln for ln in true_up_lines([(rule, version, quantity, amount)]) if ln["override_id"] is None]
+        rule, version, *_ = counted[-1]  # the latest: the correction's line names it
+        quantity = sum(q for *_, q, _ in counted)
+        lines = [ln for ln in true_up_lines(counted) if ln["override_id"] is None]
         new, old = sum(ln["amount_units"] for ln in lines), data.true_ups.get(rule_id, 0)
+        shown = next((ln for ln in lines if ln["price_version"] == version), None)
+        price = shown["unit_price"] if shown else None
+        prices: tuple[tuple[int, str], ...] = ()
+        if len(counted) > 1:  # each charge's overcharge is at its own version's price of the tier reached
+            price = str(volume_tier_price(rule, quantity))
+            prices = tuple((c, str(volume_tier_price(tiers[where], quantity)))
+                           for c, where in sorted(at[rule_id].items()) if where in tiers)
         if new != old:
             fixes.append(TrueUpFix(period, rule_id, rule.model or "", rule.token_type, version, quantity,
-                                   lines[0]["unit_price"] if lines else None, lines[0]["tier"] if lines else None,
+                                   price, shown["tier"] if shown else _tier(rule, quantity),
                                    old, new, tuple(rated[rule_id].values()),
                                    tuple((c, u, a) for c, (u, a) in sorted(per_charge[rule_id].items())),
-                                   data.true_up_given.get(rule_id)))
+                                   data.true_up_given.get(rule_id), prices))
     fixes += _orphaned(data, basis)
     return fixes + allowance_fixes(data, found, fixes)
+
+
+def _tier(rule: Rule, quantity: int) -> int:
+    """The index of the tier `quantity` units of the volume rule reach."""
+    return next(i for i, t in enumerate(rule.tiers) if t.up_to is None or quantity <= t.up_to)
 
 
 def allowance_fixes(data: RerateInput, found: Sequence[Correction], fixes: Sequence[TrueUpFix]) -> list[TrueUpFix]:

@@ -493,7 +493,7 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
                 given = {c: f.given.get(c, 0) + netted.get(c, 0) for c in f.given.keys() | netted.keys()}
                 before = shares.get(receivable, 0)
                 need, paid = each_charge_first(shares, taken, {**f.line(), "amount_units": -need}, rows, receivable,
-                                               order, given, None, room, given_now)
+                                               order, given, None, room, given_now, dict(f.prices))
                 owes_less += shares.get(receivable, 0) - before  # the receivable's charges' parts
             if f.delta < 0 or need > 0:
                 shared(paid, need)

@@ -630,6 +630,13 @@ async def _given_per_charge(bk: BillingKit, cid: str, rerate_id: str | None) -> 
     return [units for _, _, units in given]
 
 
+async def _given_after_close(bk: BillingKit, cid: str, rerate_id: str) -> list[int]:
+    """As _given_per_charge, a charge the re-rate gave back nothing of (no row) 0."""
+    first, second = sorted(charge for _, charge, _ in await _given(bk, cid, None))
+    given = {charge: units for rule, charge, units in await _given(bk, cid, rerate_id) if rule == "v-out"}
+    return [given.get(first, 0), given.get(second, 0)]
+
+
 async def _closed_per_charge(bk: BillingKit, cid: str,
                              grant_expires: datetime | None = datetime(2027, 1, 31, tzinfo=UTC)) -> tuple[str, str]:
     """A $1.20 top-up pays the 5th's $1.20, a $5.00 grant (the 6th, expiring January 31st, or at
@@ -818,48 +825,44 @@ async def _balanced(bk: BillingKit) -> None:
 
 async def test_a_true_up_corrected_down_with_a_charge_it_takes_back_of_gives_and_takes_each_charge_s_part(
         fresh_db) -> None:
-    """Mixed signs in one true-up. The fix ($30/M to 100,000, $12/M beyond) re-rates the 20th alone
-    (from November 15th): 40,000 x $30/M + 30,000 x $12/M = $1.20 + $0.36 = $1.56 (+$0.46); the 5th
-    stays $1.20 (v1). At the tier reached (v2's, the latest that rated the rule), 130,000 x $12/M =
-    $1.56, the true-up $1.56 - $2.76 = -$1.20 where -$1.00 stands: -$0.20, $0.26 more in all. Per
-    charge: the 5th costs $0.72 at $12/M, $0.48 below its $1.20, where the close gave back $0.60:
-    $0.12 taken back, from the top-up that got it; the 20th costs $0.84, $0.72 below its $1.56, the
-    close gave back $0.40: $0.32 more back, to the grant that paid it (-$0.12 + $0.32 = -$0.20). The
-    20th's +$0.46 paid like usage, the grant first (priority 50). The top-up $0.60 - $0.12 = $0.48
-    (= $1.20 - $0.72), the grant $4.30 + $0.32 - $0.46 = $4.16 (= $5.00 - $0.84). Before, the true-up
-    gave its $0.20 back to the 20th alone and took nothing of the 5th: the $0.26 was paid like usage,
-    by the grant alone ($4.04), the top-up keeping $0.60."""
+    """The fix ($30/M to 100,000, $12/M beyond) re-rates the 20th alone (from November 15th): 40,000
+    x $30/M + 30,000 x $12/M = $1.20 + $0.36 = $1.56 (+$0.46); the 5th stays $1.20 (v1). The
+    period's 130,000 reach the second tier of both versions, each one's units at its own price of
+    it: the 5th 60,000 x $10/M = $0.60 ($0.60 below its $1.20, as the close gave back: nothing moves
+    of it), the 20th 70,000 x $12/M = $0.84 ($0.72 below its $1.56, the close gave back $0.40: $0.32
+    more, to the grant that paid it): the true-up -$1.32 where -$1.00 stands, -$0.32; +$0.14 in all.
+    The 20th's +$0.46 nets its $0.32 part, the $0.14 beyond paid like usage, the grant first. The
+    top-up $0.60 (= $1.20 - $0.60), the grant $4.30 + $0.32 - $0.46 = $4.16 (= $5.00 - $0.84).
+    (At v2's $12/M for both charges, the true-up was -$1.20 and took $0.12 of the 5th's top-up.)"""
     bk = BillingKit(fresh_db)
     top_up, grant = await _closed_per_charge(bk, "mixed-down")
     done = await _rerated(bk, "30", "12", since=NOV_15)
     assert lines(done) == [("output", "1.10", "1.56", "0.46"),
-                            ("volume_true_up", "-1.00", "-1.20", "-0.20")]
-    assert done["delta"] == "0.26", done
-    assert await live_lots(bk, "mixed-down") == {top_up: ("topup", 48 * CENT), grant: ("grant", 416 * CENT)}
-    assert await _given_per_charge(bk, "mixed-down", done["rerate_id"]) == [-12 * CENT, 32 * CENT]
+                            ("volume_true_up", "-1.00", "-1.32", "-0.32")]
+    assert done["delta"] == "0.14", done
+    assert await live_lots(bk, "mixed-down") == {top_up: ("topup", 60 * CENT), grant: ("grant", 416 * CENT)}
+    assert await _given_after_close(bk, "mixed-down", done["rerate_id"]) == [0, 32 * CENT]
     await _balanced(bk)
 
 
 async def test_a_true_up_corrected_up_with_a_charge_it_gives_back_to_gives_and_takes_each_charge_s_part(
         fresh_db) -> None:
     """As above, the fix $24/M to 100,000, $12/M beyond, from November 15th: the 20th 40,000 x $24/M +
-    30,000 x $12/M = $0.96 + $0.36 = $1.32 (+$0.22). At the tier reached, 130,000 x $12/M = $1.56,
-    the true-up $1.56 - $2.52 = -$0.96 where -$1.00 stands: +$0.04, $0.26 more in all. Per charge:
-    the 5th costs $0.72, $0.48 below its $1.20, where $0.60 was given back: $0.12 taken back from
-    the top-up; the 20th costs $0.84, $0.48 below its $1.32, where $0.40 was given back: $0.08 more
-    back to the grant (-$0.12 + $0.08 = -$0.04). The 20th's +$0.22 paid like usage, by the grant.
-    The top-up $0.48 (= $1.20 - $0.72), the grant $4.30 + $0.08 - $0.22 = $4.16 (= $5.00 - $0.84).
-    Before, the true-up took its $0.04 of the 5th alone (the top-up $0.56) and the grant paid the
-    $0.22 ($4.08): the grant paid $0.08 of the 5th's usage, which the top-up paid before the grant
-    existed."""
+    30,000 x $12/M = $0.96 + $0.36 = $1.32 (+$0.22). At the tier reached, each version's units at
+    its own price: the 5th 60,000 x $10/M = $0.60 (as the close gave back: nothing moves of it), the
+    20th 70,000 x $12/M = $0.84, $0.48 below its $1.32, where $0.40 was given back: $0.08 more back
+    to the grant; the true-up -$1.08 where -$1.00 stands, -$0.08; +$0.14 in all. The 20th's +$0.22
+    nets its $0.08, the $0.14 beyond paid like usage, by the grant. The top-up $0.60 (= $1.20 -
+    $0.60), the grant $4.30 + $0.08 - $0.22 = $4.16 (= $5.00 - $0.84). (At v2's $12/M for both
+    charges: -$0.96, +$0.04, $0.12 taken of the 5th's top-up.)"""
     bk = BillingKit(fresh_db)
     top_up, grant = await _closed_per_charge(bk, "mixed-up")
     done = await _rerated(bk, "24", "12", since=NOV_15)
     assert lines(done) == [("output", "1.10", "1.32", "0.22"),
-                            ("volume_true_up", "-1.00", "-0.96", "0.04")]
-    assert done["delta"] == "0.26", done
-    assert await live_lots(bk, "mixed-up") == {top_up: ("topup", 48 * CENT), grant: ("grant", 416 * CENT)}
-    assert await _given_per_charge(bk, "mixed-up", done["rerate_id"]) == [-12 * CENT, 8 * CENT]
+                            ("volume_true_up", "-1.00", "-1.08", "-0.08")]
+    assert done["delta"] == "0.14", done
+    assert await live_lots(bk, "mixed-up") == {top_up: ("topup", 60 * CENT), grant: ("grant", 416 * CENT)}
+    assert await _given_after_close(bk, "mixed-up", done["rerate_id"]) == [0, 8 * CENT]
     await _balanced(bk)
 
 
@@ -901,37 +904,38 @@ async def _in_out_rerated(bk: BillingKit, cid: str, low: str, input_price: str) 
 async def test_a_rerate_netting_to_zero_still_takes_a_true_up_s_part_of_one_charge_from_its_payer(fresh_db) -> None:
     """v2: output $12/M beyond 100,000, input $8/M. The 20th: output $0.80 + 30,000 x $12/M = $1.16
     (+$0.06), input 130,000 x $8/M = $1.04 (-$0.26): $2.20 (-$0.20). The true-up at the tier reached,
-    130,000 x $12/M = $1.56, less $1.20 + $1.16 charged: -$0.80 where -$1.00 stands, +$0.20. Net
-    -$0.20 + $0.20 = 0. Per charge at $12/M: the 5th costs $0.72, $0.48 below its $1.20, the close
-    gave back $0.60: $0.12 taken back from the top-up; the 20th's output costs $0.84, $0.32 below its
-    $1.16, the close gave back $0.40: $0.08 taken back of the grant, which gets the charge's $0.20
-    back: +$0.12. The top-up $0.60 - $0.12 = $0.48 (= $1.20 - $0.72), the grant $3.00 + $0.12 =
-    $3.12 (= $5.00 - $0.84 - $1.04): the 5th's usage $0.12 dearer, the 20th's $0.12 cheaper. Before,
-    nothing moved (net 0): $0.60 and $3.00, while the record kept the $0.12 taken of the 5th."""
+    each version's units at its own price: the 5th (v1) 60,000 x $10/M = $0.60, $0.60 below its
+    $1.20 as the close gave back (nothing moves of it); the 20th's output (v2) 70,000 x $12/M =
+    $0.84, $0.32 below its $1.16, the close gave back $0.40: $0.08 taken back of the grant; -$0.92
+    where -$1.00 stands, +$0.08. Net -$0.20 + $0.08 = -$0.12 (it netted to 0 when v2's $12/M priced
+    the 5th too), all the 20th's payer's: the grant $3.00 + $0.20 - $0.08 = $3.12 (= $5.00 - $0.84 -
+    $1.04), the top-up $0.60 (= $1.20 - $0.60)."""
     bk = BillingKit(fresh_db)
     top_up, grant, done = await _in_out_rerated(bk, "net-zero-up", "12", "8")
     assert lines(done) == [("input", "1.30", "1.04", "-0.26"), ("output", "1.10", "1.16", "0.06"),
-                           ("volume_true_up", "-1.00", "-0.80", "0.20")]
-    assert await live_lots(bk, "net-zero-up") == {top_up: ("topup", 48 * CENT), grant: ("grant", 312 * CENT)}
-    assert await _given_per_charge(bk, "net-zero-up", done["rerate_id"]) == [-12 * CENT, -8 * CENT]
+                           ("volume_true_up", "-1.00", "-0.92", "0.08")]
+    assert done["delta"] == "-0.12", done
+    assert await live_lots(bk, "net-zero-up") == {top_up: ("topup", 60 * CENT), grant: ("grant", 312 * CENT)}
+    assert await _given_after_close(bk, "net-zero-up", done["rerate_id"]) == [0, -8 * CENT]
     await _balanced(bk)
 
 
 async def test_a_rerate_netting_to_zero_still_gives_a_true_up_s_part_of_one_charge_to_its_payer(fresh_db) -> None:
     """v2: output $8/M beyond 100,000, input $12/M. The 20th: output $0.80 + 30,000 x $8/M = $1.04
     (-$0.06), input 130,000 x $12/M = $1.56 (+$0.26): $2.60 (+$0.20). The true-up at the tier
-    reached, 130,000 x $8/M = $1.04, less $1.20 + $1.04 charged: -$1.20 where -$1.00 stands, -$0.20.
-    Net 0. Per charge at $8/M: the 5th costs $0.48, $0.72 below its $1.20, the close gave back $0.60:
-    $0.12 more back to the top-up; the 20th's output costs $0.56, $0.48 below its $1.04, the close
-    gave back $0.40: $0.08 more back to the grant, which pays the charge's +$0.20 like usage (consumed
-    first): -$0.12. The top-up $0.60 + $0.12 = $0.72 (= $1.20 - $0.48), the grant $3.00 + $0.08 -
-    $0.20 = $2.88 (= $5.00 - $0.56 - $1.56). Before, nothing moved: $0.60 and $3.00."""
+    reached, each version's units at its own price: the 5th (v1) at $10/M, as the close gave back
+    (nothing moves of it); the 20th's output (v2) 70,000 x $8/M = $0.56, $0.48 below its $1.04, the
+    close gave back $0.40: $0.08 more back to the grant; -$1.08 where -$1.00 stands, -$0.08. Net
+    +$0.20 - $0.08 = +$0.12 (0 when v2's $8/M priced the 5th too): the 20th's +$0.20 nets its $0.08,
+    the $0.12 beyond paid like usage by the grant (consumed first). The top-up $0.60 (= $1.20 -
+    $0.60), the grant $3.00 + $0.08 - $0.20 = $2.88 (= $5.00 - $0.56 - $1.56)."""
     bk = BillingKit(fresh_db)
     top_up, grant, done = await _in_out_rerated(bk, "net-zero-down", "8", "12")
     assert lines(done) == [("input", "1.30", "1.56", "0.26"), ("output", "1.10", "1.04", "-0.06"),
-                           ("volume_true_up", "-1.00", "-1.20", "-0.20")]
-    assert await live_lots(bk, "net-zero-down") == {top_up: ("topup", 72 * CENT), grant: ("grant", 288 * CENT)}
-    assert await _given_per_charge(bk, "net-zero-down", done["rerate_id"]) == [12 * CENT, 8 * CENT]
+                           ("volume_true_up", "-1.00", "-1.08", "-0.08")]
+    assert done["delta"] == "0.12", done
+    assert await live_lots(bk, "net-zero-down") == {top_up: ("topup", 60 * CENT), grant: ("grant", 288 * CENT)}
+    assert await _given_after_close(bk, "net-zero-down", done["rerate_id"]) == [0, 8 * CENT]
     await _balanced(bk)
 
 
@@ -1042,32 +1046,32 @@ async def test_a_rerate_giving_money_back_in_all_pays_an_increase_beyond_a_charg
     """Closed (book `inout`, _in_out_rerated): the top-up $0.60, the grant $3.00. v2: output $5/M
     beyond 100,000, input $14/M; the 20th alone re-rated. The 20th: output $0.80 + 30,000 x $5/M =
     $0.95 (-$0.15), input 130,000 x $14/M = $1.82 (+$0.52): +$0.37. The true-up at the tier reached,
-    130,000 x $5/M = $0.65, less $1.20 + $0.95: -$1.50 where -$1.00 stands, -$0.50; -$0.13 in all.
-    Per charge at $5/M: the 5th costs $0.30, $0.90 below its $1.20, the close gave back $0.60: $0.30
-    to the top-up, $0.90 (= $1.20 - $0.30); the 20th's output costs $0.35, $0.60 below its $0.95,
-    the close gave back $0.40: $0.20, netted with the charge's +$0.37, the $0.17 beyond paid like
-    usage by the grant, $2.83 (= $5.00 - $0.35 - $1.82). Before, the $0.17 came off the money back:
-    the top-up got the net $0.13 alone ($0.73), the grant kept $3.00."""
+    each version's units at its own price: the 5th (v1) at $10/M, $0.60 below its $1.20 as the close
+    gave back (nothing moves of it, the top-up stays $0.60); the 20th's output (v2) 70,000 x $5/M =
+    $0.35, $0.60 below its $0.95, the close gave back $0.40: $0.20; -$1.20 where -$1.00 stands,
+    -$0.20; +$0.17 in all. The $0.20 nets the charge's +$0.37, the $0.17 beyond paid like usage by
+    the grant, $2.83 (= $5.00 - $0.35 - $1.82). (At v2's $5/M for the 5th too: -$1.50, -$0.13 in
+    all, $0.30 of it to the top-up.)"""
     bk = BillingKit(fresh_db)
     cid = "dearer-beyond-its-part"
     top_up, grant, done = await _in_out_rerated(bk, cid, "5", "14")
     assert lines(done) == [("input", "1.30", "1.82", "0.52"), ("output", "1.10", "0.95", "-0.15"),
-                           ("volume_true_up", "-1.00", "-1.50", "-0.50")]
-    assert done["delta"] == "-0.13", done
-    assert await live_lots(bk, cid) == {top_up: ("topup", 90 * CENT), grant: ("grant", 283 * CENT)}
-    assert await _given_per_charge(bk, cid, done["rerate_id"]) == [30 * CENT, 20 * CENT]
+                           ("volume_true_up", "-1.00", "-1.20", "-0.20")]
+    assert done["delta"] == "0.17", done
+    assert await live_lots(bk, cid) == {top_up: ("topup", 60 * CENT), grant: ("grant", 283 * CENT)}
+    assert await _given_after_close(bk, cid, done["rerate_id"]) == [0, 20 * CENT]
     await _balanced(bk)
     # Back to v1's prices (v3): the 20th's output $1.10 (+$0.15), input $1.30 (-$0.52): -$0.37; the
-    # true-up -$1.00 where -$1.50 stands: +$0.50; +$0.13 in all. At $10/M the 5th is $0.60 over,
-    # where $0.60 + $0.30 = $0.90 was given back: $0.30 taken back from the top-up; the 20th's output
-    # $0.40 over, $0.40 + $0.20 given: $0.20, netted with its -$0.37, $0.17 back to the grant. Each
-    # lot where the close left it: $0.60 and $3.00.
+    # true-up: the 5th (v1) -$0.60, the 20th (v3, $10/M) $0.70 - $1.10 = -$0.40: -$1.00 where -$1.20
+    # stands, +$0.20; -$0.17 in all. The 20th's output $0.40 over, $0.40 + $0.20 given: $0.20 taken
+    # back, netted with its -$0.37, $0.17 back to the grant. Each lot where the close left it: $0.60
+    # and $3.00.
     await bk.add_book(_in_out("v3", "2026-11-02T00:00:00Z", "20", "10", "10"))
     back = await applied(bk, rerating.RerateSpec("inout", "v3", datetime(2026, 11, 15, tzinfo=UTC),
                                                  datetime(2026, 12, 1, tzinfo=UTC), None))
-    assert back["delta"] == "0.13", back
+    assert back["delta"] == "-0.17", back
     assert await live_lots(bk, cid) == {top_up: ("topup", 60 * CENT), grant: ("grant", 300 * CENT)}
-    assert await _given_per_charge(bk, cid, back["rerate_id"]) == [-30 * CENT, -20 * CENT]
+    assert await _given_after_close(bk, cid, back["rerate_id"]) == [0, -20 * CENT]
     await _balanced(bk)
 
 

@@ -205,13 +205,15 @@ async def test_money_a_true_up_correction_gives_back_of_promotion_paid_usage_goe
     await verified(bk)
 
 
-async def test_a_rerate_of_part_of_a_closed_period_trues_up_every_charge_at_the_latest_versions_tiers(
+async def test_a_rerate_of_part_of_a_closed_period_trues_up_each_charge_at_its_own_versions_tiers(
         fresh_db) -> None:
     """v2 ($16/M to 100,000, $8/M beyond) from November 10th only: the charge of the 5th stays at
     v1's $1.20, the one of the 20th is re-rated from the 60,000 before it: 40,000 x $16/M + 30,000
-    x $8/M = $0.88 (-$0.22). The latest version that rated the rule is now v2: 130,000 x $8/M =
-    $1.04, the true-up $1.04 - ($1.20 + $0.88) = -$1.04 where -$1.00 stands (-$0.04): -$0.26 in
-    all, and November stands at $1.04, as when v2 rates the whole period."""
+    x $8/M = $0.88 (-$0.22). The period's 130,000 reach the second tier of both versions, each one's
+    units at its own price of it: v1's 60,000 at $10/M = $0.60 less $1.20, v2's 70,000 at $8/M =
+    $0.56 less $0.88: the true-up -$0.92 where -$1.00 stands (+$0.08): -$0.14 in all, and November
+    stands at $0.60 + $0.56 = $1.16. (All 130,000 at v2's $8/M, the latest version's, gave -$1.04,
+    -$0.26 in all, $1.04: v1's units at v2's price.)"""
     bk = BillingKit(fresh_db)
     cid = await vol_customer(bk, "part", billing_mode="postpaid")
     await november_usage(bk, cid)
@@ -221,10 +223,9 @@ async def test_a_rerate_of_part_of_a_closed_period_trues_up_every_charge_at_the_
     part = spec("v2", datetime(2026, 11, 10, tzinfo=UTC))
     seen = await previewed(bk, part)
     done = await applied(bk, part)
-    assert done["delta"] == seen["delta"] == "-0.26"
-    assert lines(done) == [("output", "1.10", "0.88", "-0.22"),
-                                                         ("volume_true_up", "-1.00", "-1.04", "-0.04")]
-    assert (await bk.service.wallet(cid)).receivable == 1_040_000_000
+    assert done["delta"] == seen["delta"] == "-0.14"
+    assert lines(done) == [("output", "1.10", "0.88", "-0.22"), ("volume_true_up", "-1.00", "-0.92", "0.08")]
+    assert (await bk.service.wallet(cid)).receivable == 1_160_000_000
     await verified(bk)
 
 
@@ -529,12 +530,15 @@ async def test_a_second_rerate_of_part_of_a_period_counts_the_charges_left_under
     0), November at $1.04. Then v3 keeps the name `v-out-b` at $18/M up to 100,000, $9/M beyond,
     and a re-rate to it of November 2nd-15th only: the 5th's 60,000 x $18/M = $1.08 (+$0.12); the
     20th's stays at v2's $0.88, rated by `v-out-b`. The true-up of `v-out-b` counts both charges,
-    130,000 at v3's tier reached ($9/M) = $1.17, less $1.08 + $0.88: -$0.79 where -$0.80 stands,
-    +$0.01. The re-rate moves +$0.13 and November ends at $1.17. Counting the 20th under the name
+    130,000 reaching the second tier, each version's units at its own price of it: v3's 60,000 at
+    $9/M = $0.54 less $1.08, v2's 70,000 at $8/M = $0.56 less $0.88: -$0.86 where -$0.80 stands,
+    -$0.06. The re-rate moves +$0.06 and November ends at $1.10 (all 130,000 at v3's $9/M, $1.17,
+    gave -$0.79 and +$0.13: v2's units at v3's price). Counting the 20th under the name
     it was first rated by (`v-out`, v1) left `v-out-b` with the 5th's 60,000 alone, at the first
     tier (true-up 0, +$0.80): +$0.92, November at $1.96, the volume discount lost. v3 naming it
     `v-out` again moves the same: the 20th counts under the name the 5th moved to from `v-out-b`,
-    whose -$0.80 goes back to 0 beside `v-out`'s -$0.79 (one row: -$0.80 -> -$0.79)."""
+    whose -$0.80 goes back to 0 beside `v-out`'s -$0.86 (one row: -$0.80 -> -$0.86), the 20th's units
+    priced by the rule v2 rated them with (`v-out-b`, $8/M)."""
     bk = BillingKit(fresh_db)
     cid = await vol_customer(bk, "renamed-twice", billing_mode="postpaid")
     await november_usage(bk, cid)
@@ -548,11 +552,12 @@ async def test_a_second_rerate_of_part_of_a_period_counts_the_charges_left_under
             assert (await applied(bk, spec("v2")))["delta"] == "-0.26"
     half = rerating.RerateSpec("vol", "v3", NOV_2, datetime(2026, 11, 15, tzinfo=UTC), None)
     done = await applied(bk, half)
-    assert done["delta"] == "0.13"
+    assert done["delta"] == "0.06"
     [line] = [ln for ln in done["customers"][0]["lines"] if ln["token_type"] == "volume_true_up"]
-    assert (line["old_amount"], line["new_amount"], line["delta"]) == ("-0.80", "-0.79", "0.01")
+    assert (line["old_amount"], line["new_amount"], line["delta"]) == ("-0.80", "-0.86", "-0.06")
     upcoming = await bk.upcoming(cid)
-    assert (upcoming["total"], upcoming["subtotals"]["true_ups"]) == ("-0.13", "0.21")  # 1.30 - 0.13 = 1.17
+    # December: the first re-rate's -$0.46 + $0.20, this one's +$0.12 - $0.06; $1.30 - $0.20 = $1.10
+    assert (upcoming["total"], upcoming["subtotals"]["true_ups"]) == ("-0.20", "0.14")
     await verified(bk)
 
 

@@ -248,17 +248,19 @@ async def test_a_grant_s_true_up_part_beside_a_receivable_charge_s_decrease_goes
         fresh_db) -> None:
     """Postpaid: the 5th's $1.20 on the receivable; a $5.00 grant given on the 6th pays the 20th's
     $1.10 ($3.90). The close's -$1.00: the 5th $0.60 over, off what is owed ($0.60 left, the invoice
-    unpaid); the 20th $0.40 over, to the grant ($4.30). Re-rated on December 2nd, the 5th alone
-    (November 1st to 10th), to $16/M and $5/M: the 5th 60,000 x $16/M = $0.96 (-$0.24, the
-    receivable's); at the tier reached 130,000 x $5/M = $0.65, the true-up $0.65 - ($0.96 + $1.10) =
-    -$1.41 where -$1.00 stands: $0.41 more back. The 5th costs $0.30 at $5/M, $0.66 below its $0.96,
-    $0.60 given: $0.06 more, the receivable's; the 20th costs $0.35, $0.75 below its $1.10, $0.40
-    given: $0.35 more, the grant's. -$0.65: $0.30 off what is owed ($0.30), $0.35 to the grant
-    ($4.65), as the rows say (receivable $0.06 of the 5th, grant $0.35 of the 20th).
+    unpaid); the 20th $0.40 over, to the grant ($4.30). Re-rated on December 2nd, all of November,
+    to $16/M and $5/M: the 5th 60,000 x $16/M = $0.96 (-$0.24, the receivable's), the 20th 40,000 x
+    $16/M + 30,000 x $5/M = $0.79 (-$0.31, the grant's); at the tier reached 130,000 x $5/M = $0.65,
+    the true-up $0.65 - ($0.96 + $0.79) = -$1.10 where -$1.00 stands: $0.10 more back. The 5th costs
+    $0.30 at $5/M, $0.66 below its $0.96, $0.60 given: $0.06 more, the receivable's; the 20th costs
+    $0.35, $0.44 below its $0.79, $0.40 given: $0.04 more, the grant's. -$0.65: $0.30 off what is
+    owed ($0.30), $0.35 to the grant ($4.65), as the rows say (receivable $0.06 of the 5th, grant
+    $0.04 of the 20th). (Re-rating the 5th alone, as this test did, each version's units are priced
+    at its own price of the tier reached: the 20th stays at v1's $10/M, as given: the grant gets none.)
     Re-rated again on the 3rd, from November 2nd, to $20/M and $10/M: the 5th back to $1.20
-    (+$0.24), the 20th $1.10 as it was; the true-up 130,000 x $10/M = $1.30 - $2.30 = -$1.00 where
-    -$1.41 stands: +$0.41, of the 5th $0.06 back from the receivable, of the 20th $0.35 from the
-    grant (what each got); the +$0.24 paid like usage, the grant first: $4.65 - $0.35 - $0.24 =
+    (+$0.24), the 20th to $1.10 (+$0.31); the true-up 130,000 x $10/M = $1.30 - $2.30 = -$1.00 where
+    -$1.10 stands: +$0.10, of the 5th $0.06 back from the receivable, of the 20th $0.04 from the
+    grant (what each got); the +$0.55 paid like usage, the grant first: $4.65 - $0.04 - $0.55 =
     $4.06, owed $0.30 + $0.06 = $0.36. Before, the receivable's share of the first re-rate was all
     it paid of the 5th ($1.20 + $0.06), paid first: $0.60 off what was owed and the grant $0.05,
     though its row said $0.35 of the 20th; the second took that $0.35 back from the grant: grant
@@ -273,7 +275,7 @@ async def test_a_grant_s_true_up_part_beside_a_receivable_charge_s_decrease_goes
     await bk.add_book(vol("v2", "2026-11-01T00:00:00Z", "16", "5"))
     bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
     done = await applied(bk, RerateSpec("vol", "v2", datetime(2026, 11, 1, tzinfo=UTC),
-                                        datetime(2026, 11, 10, tzinfo=UTC)))
+                                        datetime(2026, 12, 1, tzinfo=UTC)))
     assert done["delta"] == "-0.65", done
     assert (await bk.service.wallet(cid)).receivable == 30 * CENT
     assert await live_lots(bk, cid) == {grant: ("grant", 465 * CENT)}
@@ -282,7 +284,7 @@ async def test_a_grant_s_true_up_part_beside_a_receivable_charge_s_decrease_goes
         "SELECT rerate_id, charge_id, payer, units FROM true_up_payers WHERE customer_id = :c"), {"c": cid})))
     fifth, twentieth = sorted({charge for _, charge, _, _ in rows})
     assert {(r, c, p): int(u) for r, c, p, u in rows if r is not None} == {
-        (done["rerate_id"], fifth, receivable): 6 * CENT, (done["rerate_id"], twentieth, payer): 35 * CENT}
+        (done["rerate_id"], fifth, receivable): 6 * CENT, (done["rerate_id"], twentieth, payer): 4 * CENT}
     await verified(bk)
     again = await _rerated_again(bk, "20", "10")
     assert again["delta"] == "0.65", again
@@ -290,7 +292,7 @@ async def test_a_grant_s_true_up_part_beside_a_receivable_charge_s_decrease_goes
     assert await live_lots(bk, cid) == {grant: ("grant", 406 * CENT)}
     rows = await bk.db.read(lambda conn: conn.execute(text(
         "SELECT charge_id, payer, units FROM true_up_payers WHERE rerate_id = :r"), {"r": again["rerate_id"]}))
-    assert {(c, p): int(u) for c, p, u in rows} == {(fifth, receivable): -6 * CENT, (twentieth, payer): -35 * CENT}
+    assert {(c, p): int(u) for c, p, u in rows} == {(fifth, receivable): -6 * CENT, (twentieth, payer): -4 * CENT}
     await verified(bk)
 
 

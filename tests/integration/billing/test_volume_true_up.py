@@ -183,9 +183,12 @@ async def test_the_upcoming_invoice_counts_the_true_up_an_earlier_period_gets_at
 async def test_the_true_up_takes_the_tiers_of_the_latest_version_that_rated_the_rule_by_time_not_label(
         bk: BillingKit) -> None:
     """A price change mid-period: version "v9" (from January) rated the 5th, "v10" (from the
-    15th) the 20th. The close trues up at the tiers of the latest version that rated the rule,
-    v10: all 1,300,000 at its $6/M. It took the version whose label sorts last, "v9" ("v9" >
-    "v10" as text), and trued up at v9's $10/M: $5.20 too much."""
+    15th) the 20th. The close once trued up at the tiers of the version whose label sorts last,
+    "v9" ("v9" > "v10" as text): all 1,300,000 at v9's $10/M, $5.20 too much. Now the period's
+    1,300,000 reach the second tier of both, each version's units at its own price of it: the 5th's
+    600,000, rated $12.00 at v9's $20/M, at $10/M = $6.00 (-$6.00); the 20th's 700,000, rated on
+    from 600,000 at v10's 400,000 x $30/M + 300,000 x $6/M = $13.80, at $6/M = $4.20 (-$9.60);
+    the invoice $6.00 + $4.20 = $10.20."""
     v9 = {"id": "relabelled", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "version": "v9",
           "rules": [{"id": "v-out", "model": "model-v", "token_type": "output", "tier_mode": "volume",
                      "tiers": [{"up_to": 1_000_000, "price": "20"}, {"up_to": None, "price": "10"}]}]}
@@ -201,6 +204,7 @@ async def test_the_true_up_takes_the_tiers_of_the_latest_version_that_rated_the_
     await bk.close(datetime(2026, 12, 1, 1, tzinfo=UTC))
     [invoice] = await bk.invoices(cid)
     usage = sum(Decimal(ln["amount"]) for ln in invoice["lines"] if ln["kind"] == "usage")
-    [true_up] = [ln for ln in invoice["lines"] if ln["kind"] == "volume_true_up"]
-    assert (true_up["quantity"], true_up["unit_price"], true_up["tier"]) == (1_300_000, "6", 1), true_up
-    assert Decimal(true_up["amount"]) == Decimal("7.80") - usage  # all 1,300,000 at v10's $6/M
+    true_ups = sorted((ln["price_version"], ln["quantity"], ln["unit_price"], ln["tier"], ln["amount"])
+                      for ln in invoice["lines"] if ln["kind"] == "volume_true_up")
+    assert true_ups == [("v10", 700_000, "6", 1, "-9.60"), ("v9", 600_000, "10", 1, "-6.00")]
+    assert (usage, invoice["total"]) == (Decimal("25.80"), "10.20")

@@ -206,6 +206,11 @@ def test_volume_tiers_rate_graduated_during_the_period_and_true_up_at_close():
     # at close all 1500 units cost $8: 0.012, so 0.002 goes back to the customer
     assert volume_true_up(TIERED.resolve("input", "v", {}), 1500, rating.total) == Decimal("-0.002")
     assert volume_true_up(TIERED.resolve("input", "v", {}), 800, Decimal("0.008")) == Decimal("0")
+    # 800 units of a version whose period, with another version's units, reached 1500: all 800 at
+    # $8 = 0.0064, less the 0.008 charged
+    assert volume_true_up(TIERED.resolve("input", "v", {}), 800, Decimal("0.008"), 1500) == Decimal("-0.0016")
+    with pytest.raises(InvalidUsageError):
+        volume_true_up(TIERED.resolve("input", "v", {}), 800, Decimal(0), -1)
     with pytest.raises(ValueError):
         volume_true_up(TIERED.resolve("input", "m", {}), 1500, Decimal(0))
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pricing.books import PriceBook
 from pricing.parse import parse_version
 from wallets.core.billing import add, line_item
-from wallets.core.invoicing import rerated_moves, volume_rules
+from wallets.core.invoicing import rerated_moves, true_up_lines, volume_rules
 from wallets.core.rerate_true_ups import true_up_fixes
 from wallets.core.rerating import ChargeOnRecord, RerateInput, corrections
 
@@ -87,7 +87,9 @@ def test_the_close_counts_the_charges_a_re_rate_moved_under_the_version_they_sta
     """The 5th (60,000 tokens, $1.20 at v1) re-rated before the close to vf, `v-out` flat $5/M from
     October 1st: $0.30 (-$0.90), final at that price. The 20th's 70,000 ($1.10 at v1) alone reach a
     tier: v1's, at $1.10. Re-rated to v2 instead ($16/M: $0.96, -$0.24): v1's 70,000 at $1.10 and
-    v2's 60,000 at $0.96 reach v2's tiers together, 130,000, $2.06. The adjustment lines alone do not
+    v2's 60,000 at $0.96 reach the second tier together (130,000), each version's units at its own
+    price of it: 70,000 x $10/M = $0.70 less $1.10, -$0.40; 60,000 x $8/M = $0.48 less $0.96, -$0.48;
+    -$0.88 (all 130,000 at v2's $8/M, $1.04 less $2.06, gave -$1.02). The adjustment lines alone do not
     tell which version's units moved: every version's units at the latest's tiers, vf's, flat: none."""
     flat = parse_version({"id": "vol", "version": "vf", "currency": "USD", "effective_from": "2026-10-01T00:00:00Z",
                           "rules": [{"id": "v-out", "model": "model-v", "token_type": "output", "price": "5"}]})
@@ -103,8 +105,11 @@ def test_the_close_counts_the_charges_a_re_rate_moved_under_the_version_they_sta
     assert (rule.id, version_, quantity, amount) == ("v-out", "v1", 70_000, 110 * M // 100)
     to_v2 = {**usage, _item("adjustment", "model-v", "output", None, "v2"): (0, -24 * M // 100)}
     moves = rerated_moves([("model-v", fifth.lines, "v2", [("model-v", "output", 96 * M // 100)])])
-    [(rule, version_, quantity, amount)] = volume_rules(book, to_v2, "2026-11", moves)
-    assert (rule.id, version_, quantity, amount) == ("v-out", "v2", 130_000, 206 * M // 100)
+    found = volume_rules(book, to_v2, "2026-11", moves)
+    assert [(rule.id, version_, quantity, amount) for rule, version_, quantity, amount in found] == [
+        ("v-out", "v1", 70_000, 110 * M // 100), ("v-out", "v2", 60_000, 96 * M // 100)]
+    assert [(x["price_version"], x["unit_price"], x["amount_units"]) for x in true_up_lines(found)] == [
+        ("v1", "10", -40 * M // 100), ("v2", "8", -48 * M // 100)]
 
 
 CLOSE_GAVE = {"v-out": {1: 60 * M // 100, 2: 40 * M // 100}}  # at $10/M: $1.20 - $0.60, $1.10 - $0.70

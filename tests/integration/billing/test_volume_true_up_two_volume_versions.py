@@ -1,0 +1,172 @@
+"""Two versions in one period that both price a volume-tiered rule: the period's units of the rule
+across those versions reach the tier, and each unit is priced at the version that rated it (as a
+volume version followed by a flat one: each version's units at its own version).
+
+Book rules are on model-x input. v1 (from January): `in` volume-tiered, $10/M up to 1,000,000
+tokens, $1/M beyond; v2 (from November 15th): `in` volume-tiered, $8/M up to 1,000,000, $0.50/M
+beyond. November 5th 3,000,000 tokens under v1, rated graduated: 1,000,000 x $10/M + 2,000,000 x
+$1/M = $12.00; November 20th 1,000,000 tokens under v2, rated graduated on from the period's
+3,000,000 so far: 1,000,000 x $0.50/M = $0.50. The period's 4,000,000 reach the second tier of
+both: v1's 3,000,000 at $1/M = $3.00 less $12.00 = -$9.00, v2's 1,000,000 at $0.50/M = $0.50 less
+$0.50 = 0; true-up -$9.00, November $12.00 + $0.50 - $9.00 = $3.50. Before, all 4,000,000 at v2's
+$0.50/M = $2.00 less $12.50: -$10.50, November $2.00 (v1's units at v2's prices)."""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from billing_kit import BillingKit
+from test_volume_true_up_versions_more import CLOSED, NOV_1, NOV_15, _version, _volume
+
+from ledger.audit import verify
+from wallets import rerating
+from wallets.audit import WALLET_CHECKS
+
+
+def _v2_tiers(first: str = "8", beyond: str = "0.5") -> dict:
+    return {"id": "in", "model": "model-x", "token_type": "input", "tier_mode": "volume",
+            "tiers": [{"up_to": 1_000_000, "price": first}, {"up_to": None, "price": beyond}]}
+
+
+async def _november(bk: BillingKit, cid: str, days: list[tuple[int, int]]) -> None:
+    await bk.add_book(_version(cid, "v1", "2026-01-01T00:00:00Z", [_volume("1")]))
+    await bk.add_book(_version(cid, "v2", "2026-11-15T00:00:00Z", [_v2_tiers()]))
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    await bk.customer(cid, billing_mode="postpaid", book=cid)
+    for day, tokens in days:
+        bk.clock.now = datetime(2026, 11, day, 12, tzinfo=UTC)
+        await bk.event(cid, "model-x", tokens, 0)
+
+
+async def _verified(bk: BillingKit) -> None:
+    report = await bk.db.read(lambda conn: verify(conn, WALLET_CHECKS))
+    assert report.ok, [c for c in report.checks if not c.ok]
+
+
+def _shown(invoice: dict) -> tuple[str, str]:
+    return invoice["subtotals"]["true_ups"], invoice["total"]
+
+
+def _true_up_lines(invoice: dict) -> list[tuple[str, int, str]]:
+    return sorted((ln["price_version"], ln["quantity"], ln["unit_price"]) for ln in invoice["lines"]
+                  if ln["kind"] == "volume_true_up")
+
+
+async def _closed(bk: BillingKit, cid: str) -> tuple[tuple[str, str], dict]:
+    bk.clock.now = datetime(2026, 11, 30, tzinfo=UTC)
+    upcoming = _shown(await bk.upcoming(cid))
+    await bk.close(CLOSED)
+    [november] = await bk.invoices(cid)
+    await _verified(bk)
+    return upcoming, november
+
+
+async def test_each_version_s_units_are_trued_up_at_its_own_tiers_the_period_s_units_reaching_the_tier(
+        bk: BillingKit) -> None:
+    """The module's example: true-up -$9.00 (v1's 3,000,000 at $1/M less $12.00; v2's line 0), November
+    $3.50, the upcoming invoice before the close saying the same."""
+    cid = "two-volume-versions"
+    await _november(bk, cid, [(5, 3_000_000), (20, 1_000_000)])
+    upcoming, november = await _closed(bk, cid)
+    assert (upcoming, _shown(november)) == (("-9.00", "3.50"), ("-9.00", "3.50"))
+
+
+async def test_both_versions_true_up_lines_show_their_own_price_of_the_tier_reached(bk: BillingKit) -> None:
+    """600,000 on the 5th under v1: $6.00 (all first tier); 600,000 on the 20th under v2 from 600,000
+    so far: 400,000 x $8/M = $3.20 + 200,000 x $0.50/M = $0.10, $3.30. The period's 1,200,000 reach
+    the second tier: v1 600,000 x $1/M = $0.60 less $6.00 = -$5.40; v2 600,000 x $0.50/M = $0.30 less
+    $3.30 = -$3.00; true-up -$8.40, November $9.30 - $8.40 = $0.90 (before: 1,200,000 x $0.50/M =
+    $0.60 less $9.30, -$8.70, November $0.60)."""
+    cid = "two-volume-lines"
+    await _november(bk, cid, [(5, 600_000), (20, 600_000)])
+    upcoming, november = await _closed(bk, cid)
+    assert (upcoming, _shown(november)) == (("-8.40", "0.90"), ("-8.40", "0.90"))
+    assert _true_up_lines(november) == [("v1", 600_000, "1"), ("v2", 600_000, "0.5")]
+
+
+async def test_a_re_rate_before_the_close_counts_the_version_re_rated_to(bk: BillingKit) -> None:
+    """November 25th: v1b (from November 1st: $10/M to 1,000,000, $0.25/M beyond) and November
+    1st-15th re-rated to it: the 5th 1,000,000 x $10/M + 2,000,000 x $0.25/M = $10.50 (-$1.50). The
+    close: v1b's 3,000,000 at $0.25/M = $0.75 less $10.50 = -$9.75, v2's 0: -$9.75; November $10.50 +
+    $0.50 - $9.75 = $1.25, the upcoming invoice alike (before: 4,000,000 at v2's $0.50/M = $2.00
+    less $11.00, -$9.00, November $2.00)."""
+    cid = "two-volume-rerated-open"
+    await _november(bk, cid, [(5, 3_000_000), (20, 1_000_000)])
+    bk.clock.now = datetime(2026, 11, 25, tzinfo=UTC)
+    await bk.add_book(_version(cid, "v1b", "2026-11-01T00:00:00Z", [_volume("0.25")]))
+    done = await rerating.apply(bk.db, bk.service.engine, rerating.RerateSpec(cid, "v1b", NOV_1, NOV_15, cid), None)
+    assert done["delta"] == "-1.50"
+    upcoming, november = await _closed(bk, cid)
+    assert (upcoming, _shown(november)) == (("-9.75", "1.25"), ("-9.75", "1.25"))
+
+
+async def test_a_re_rate_after_the_close_corrects_the_true_up_at_each_version_s_price(bk: BillingKit) -> None:
+    """The close as in the first case (-$9.00, $3.50). December 2nd: v1b (as above) and November
+    1st-15th re-rated to it: the 5th -$1.50; the true-up becomes -$9.75 (v1b's 3,000,000 at $0.25/M
+    less $10.50; v2's 0): -$0.75 more; -$2.25 in all, preview and apply alike; the receivable $3.50 -
+    $2.25 = $1.25, what the same re-rate before the close leaves (before: the close's -$10.50 becomes
+    -$9.00, +$1.50 beside the -$1.50: 0.00, November $2.00)."""
+    cid = "two-volume-rerated-closed"
+    await _november(bk, cid, [(5, 3_000_000), (20, 1_000_000)])
+    upcoming, november = await _closed(bk, cid)
+    assert (upcoming, _shown(november)) == (("-9.00", "3.50"), ("-9.00", "3.50"))
+    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
+    await bk.add_book(_version(cid, "v1b", "2026-11-01T00:00:00Z", [_volume("0.25")]))
+    spec = rerating.RerateSpec(cid, "v1b", NOV_1, NOV_15, cid)
+    seen = await rerating.preview(bk.db, bk.service.engine.books, spec)
+    done = await rerating.apply(bk.db, bk.service.engine, spec, None)
+    assert (seen["delta"], done["delta"]) == ("-2.25", "-2.25")
+    assert (await bk.service.wallet(cid)).receivable == 1_250_000_000
+    await _verified(bk)
+
+
+def _volume_b(beyond: str = "1") -> dict:
+    return {**_volume(beyond), "id": "in-b"}
+
+
+async def _renamed(bk: BillingKit, cid: str) -> None:
+    """v1 `in` as above; v2 (from the 15th) names no `in`: `in-b`, volume-tiered as v1. The 5th
+    3,000,000 under v1 `in`, $12.00; the 20th 1,000,000 under v2 `in-b`, its first units, $10.00."""
+    await bk.add_book(_version(cid, "v1", "2026-01-01T00:00:00Z", [_volume("1")]))
+    await bk.add_book(_version(cid, "v2", "2026-11-15T00:00:00Z", [_volume_b()]))
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    await bk.customer(cid, billing_mode="postpaid", book=cid)
+    for day, tokens in [(5, 3_000_000), (20, 1_000_000)]:
+        bk.clock.now = datetime(2026, 11, day, 12, tzinfo=UTC)
+        await bk.event(cid, "model-x", tokens, 0)
+
+
+async def test_units_re_rated_after_the_close_to_another_rule_id_count_toward_its_volume(bk: BillingKit) -> None:
+    """The close: `in` v1's 3,000,000 at $1/M = $3.00 less $12.00, -$9.00; `in-b` v2's 1,000,000 alone
+    reach the first tier, $10.00 less $10.00, 0; November $22.00 - $9.00 = $13.00. December 2nd: v3
+    (from November 1st, `in-b` only: $10/M to 1,000,000, $0.50/M beyond) and November 1st-15th
+    re-rated to it: the 5th, `in-b`'s first units, 1,000,000 x $10/M + 2,000,000 x $0.50/M = $11.00
+    (-$1.00). `in` rates nothing left: -$9.00 -> 0 (+$9.00); `in-b`'s 4,000,000 reach the second
+    tier: v3's 3,000,000 at $0.50/M = $1.50 less $11.00, v2's 1,000,000 at $1/M = $1.00 less $10.00:
+    -$18.50; -$1.00 + $9.00 - $18.50 = -$10.50, the receivable $13.00 - $10.50 = $2.50 (= $1.50 + $1.00)."""
+    cid = "renamed-after-close"
+    await _renamed(bk, cid)
+    _, november = await _closed(bk, cid)
+    assert _shown(november) == ("-9.00", "13.00")
+    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
+    await bk.add_book(_version(cid, "v3", "2026-11-01T00:00:00Z", [_volume_b("0.5")]))
+    done = await rerating.apply(bk.db, bk.service.engine, rerating.RerateSpec(cid, "v3", NOV_1, NOV_15, cid), None)
+    assert done["delta"] == "-10.50"
+    assert (await bk.service.wallet(cid)).receivable == 2_500_000_000
+    await _verified(bk)
+
+
+@pytest.mark.xfail(strict=True, reason="known gap: units an open-period re-rate moved to another rule id do "
+                   "not count toward that rule's volume at the close (the moves do not tell the new rule)")
+async def test_units_re_rated_before_the_close_to_another_rule_id_count_toward_its_volume(bk: BillingKit) -> None:
+    """The re-rate above on November 25th, before the close: the 5th $11.00 under v3 `in-b` (-$1.00).
+    The close should true up `in-b`'s 4,000,000 as the re-rate after it does: -$18.50, November
+    $11.00 + $10.00 - $18.50 = $2.50; it counts v2's 1,000,000 alone (first tier, 0): ('0.00', '21.00')."""
+    cid = "renamed-before-close"
+    await _renamed(bk, cid)
+    bk.clock.now = datetime(2026, 11, 25, tzinfo=UTC)
+    await bk.add_book(_version(cid, "v3", "2026-11-01T00:00:00Z", [_volume_b("0.5")]))
+    done = await rerating.apply(bk.db, bk.service.engine, rerating.RerateSpec(cid, "v3", NOV_1, NOV_15, cid), None)
+    assert done["delta"] == "-1.00"
+    upcoming, november = await _closed(bk, cid)
+    assert (upcoming, _shown(november)) == (("-18.50", "2.50"), ("-18.50", "2.50"))
