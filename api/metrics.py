@@ -14,6 +14,8 @@ APP = "tokentill"
 LABELS = ["method", "path", "status_code", "app_name"]
 REQUESTS = Counter("tokentill_requests", "Total requests", LABELS)
 ERRORS = Counter("tokentill_requests_error", "Total errors in requests (5xx)", LABELS)
+ITEM_ERRORS = Counter("tokentill_bulk_item_errors", "Items of bulk calls answered 5xx for a fault that is no "
+                      "refusal (the call itself answered 200)", ["path", "code", "app_name"])
 DURATION = Histogram("tokentill_request_duration_seconds", "Request duration, in seconds", LABELS)
 IN_PROGRESS = Gauge("tokentill_requests_in_progress", "Total requests currently in progress",
                     ["method", "path", "app_name"], multiprocess_mode="livesum")

@@ -96,7 +96,14 @@ def derived_key(item: SettleItem, body: dict[str, Any]) -> str:
     return "settle-" + hashlib.sha256(text).hexdigest()
 
 
-def _problem(request: Request, exc: Exception, item: SettleItem | None, key: str | None) -> _Answer:
+def _reservation_of(raw: Any) -> str | None:
+    """The reservation an item names, answered under it even when the item is malformed (a client maps
+    answers back by it): a string's, else None."""
+    named = raw.get("reservation_id") if isinstance(raw, dict) else None
+    return named if isinstance(named, str) else None
+
+
+def _problem(request: Request, exc: Exception, raw: Any, key: str | None) -> _Answer:
     if isinstance(exc, LedgerError | PricingError | ApiError):
         response = error_response(request, exc)
         status, body = response.status_code, response.content
@@ -104,7 +111,7 @@ def _problem(request: Request, exc: Exception, item: SettleItem | None, key: str
         # the wait a whole call's 503 asks (Retry-After), in its body: an item has no headers
         status, body = 503, problem_body(503, "service_unavailable", "the database is unavailable right now; "
                                          "retry shortly", request, retry_after_seconds=RETRY_AFTER_S)
-    return _Answer(item.reservation_id if item else None, key, status, False, msgspec.Raw(msgspec.json.encode(body)))
+    return _Answer(_reservation_of(raw), key, status, False, msgspec.Raw(msgspec.json.encode(body)))
 
 
 async def _settle_one(state: State, request: Request, raw: Any, lookups: asyncio.Semaphore) -> _Answer:
@@ -132,15 +139,15 @@ async def _settle_one(state: State, request: Request, raw: Any, lookups: asyncio
             tokens=tokens, usage=usage, final=item.final, capture_id=item.capture_id,
             from_caller=principal_of(request).scope != "admin", idem=idem))
     except (LedgerError, PricingError, ApiError, RetriesExhaustedError) as exc:
-        return _problem(request, exc, item, key)
+        return _problem(request, exc, raw, key)
     except Exception as exc:
         if is_unavailable(exc):
-            return _problem(request, exc, item, key)
+            return _problem(request, exc, raw, key)
         # a fault that is no domain refusal (a bug, a constraint the database holds): this item's own
-        # 500 (logged), as the engine isolated it by halving; raised, it made the whole call a 500
-        # though the other items had settled
-        response = unexpected(request, exc)
-        return _Answer(item.reservation_id if item else None, key, response.status_code, False,
+        # 500 (logged, naming it), as the engine isolated it by halving; raised, it made the whole
+        # call a 500 though the other items had settled
+        response = unexpected(request, exc, f"reservation {_reservation_of(raw)!r}, idempotency key {key!r}")
+        return _Answer(_reservation_of(raw), key, response.status_code, False,
                        msgspec.Raw(msgspec.json.encode(response.content)))
     status, text, replayed = answered(request, outcome, SETTLED)
     return _Answer(item.reservation_id, key, status, replayed, msgspec.Raw(text))

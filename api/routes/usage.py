@@ -264,7 +264,8 @@ async def _recorded(wallets: Any, db: Database, request: Request, events: list[U
             raise outcome  # the call's 503: sent again, the events posted are duplicates
         else:  # a fault that is no refusal (a bug, a constraint), the lane's batch halved to find it:
             # this event's alone (logged); raised, it made the call a 500 with the others posted
-            problem = unexpected(request, outcome).content
+            problem = unexpected(request, outcome, f"event {command.event_id!r} of customer {command.customer_id!r}, "
+                                                   f"index {index}").content
             rejected.append(Rejected(command.event_id, problem["code"], problem["detail"], command.customer_id, index))
             faulted = faulted or problem["status"] >= 500
     rejected.sort(key=lambda r: r.index)  # in request order, whichever step refused each

@@ -91,3 +91,74 @@ async def test_a_usage_event_the_database_fails_among_good_ones_is_rejected_alon
     assert (again["accepted"], again["duplicates"], again["rejected"]) == (1, 4, []), again
     assert await wallet(client, cid) == ("9.86", "0.00")  # 10 - 5 x 0.028
     assert (await client.post("/v1/audit/verify")).json()["ok"]
+
+
+def _errors(path: str) -> float:
+    """The bulk item fault counter's value for `path` (0 before its first item)."""
+    from prometheus_client import REGISTRY
+    return REGISTRY.get_sample_value("tokentill_bulk_item_errors_total",
+                                     {"path": path, "code": "internal_error", "app_name": "tokentill"}) or 0.0
+
+
+async def test_a_call_sent_again_under_its_key_after_an_item_fault_replays_the_settled_items_exactly(
+        scratch: tuple[AsyncTestClient, str], caplog: pytest.LogCaptureFixture):
+    client, url = scratch
+    tag = uuid.uuid4().hex[:6]
+    cid = await customer(client, "standard", tag)
+    rids = [await reserve(client, cid) for _ in range(3)]
+    bad = rids[1]
+    await _sql(url, FAIL, f"""CREATE TRIGGER probe_fail BEFORE UPDATE ON reservations FOR EACH ROW
+                              WHEN (NEW.id = '{bad}') EXECUTE FUNCTION probe_fail()""")
+    items, key = [{"reservation_id": rid, "usage": USAGE} for rid in rids], {"Idempotency-Key": f"call-{tag}"}
+    errors = _errors("/v1/settlements")
+    with caplog.at_level("ERROR", logger="tokentill.api"):
+        first = (await client.post("/v1/settlements", json=items, headers=key)).json()["results"]
+    assert [(r["status"], r["replayed"]) for r in first] == [(200, False), (500, False), (200, False)], first
+    # the log names the item an operator must look at: its reservation and its key
+    logged = [r.getMessage() for r in caplog.records if r.exc_info]
+    assert any(bad in m and first[1]["idempotency_key"] in m for m in logged), logged
+    assert _errors("/v1/settlements") == errors + 1, "the item's 500 is counted: the call's 200 is not an error"
+    # two settles of 0.028 = 0.056; the bad one's 0.10 hold whole: 10 - 0.056 - 0.10 = 9.844
+    assert await wallet(client, cid) == ("9.844", "0.10")
+    await _sql(url, "DROP TRIGGER probe_fail ON reservations")
+    second = (await client.post("/v1/settlements", json=items, headers=key)).json()["results"]
+    # the call's key kept no answer: every item runs again, the settled ones replayed from their own keys
+    assert [(r["status"], r["replayed"]) for r in second] == [(200, True), (200, False), (200, True)], second
+    for n in (0, 2):
+        assert second[n]["body"] == first[n]["body"] and second[n]["idempotency_key"] == first[n]["idempotency_key"]
+    assert second[1]["body"]["charged"] == "0.028" and second[1]["idempotency_key"] == first[1]["idempotency_key"]
+    assert await wallet(client, cid) == ("9.916", "0.00")  # 10 - 3 x 0.028 = 9.916: none charged twice
+    assert [len((await client.get(f"/v1/reservations/{rid}")).json()["charges"]) for rid in rids] == [1, 1, 1]
+    third = (await client.post("/v1/settlements", json=items, headers=key)).json()["results"]
+    assert third == second, "a call all of whose items were answered keeps that answer under its key"
+    assert await wallet(client, cid) == ("9.916", "0.00")
+    assert (await client.post("/v1/audit/verify")).json()["ok"]
+
+
+async def test_usage_events_sent_again_under_the_calls_key_after_a_fault_post_the_failed_one_alone(
+        scratch: tuple[AsyncTestClient, str], caplog: pytest.LogCaptureFixture):
+    client, url = scratch
+    tag = uuid.uuid4().hex[:6]
+    cid = await customer(client, "standard", tag)
+    await _sql(url, FAIL, f"""CREATE TRIGGER probe_fail BEFORE INSERT ON usage_events FOR EACH ROW
+                              WHEN (NEW.event_id = 'bad-{tag}') EXECUTE FUNCTION probe_fail()""")
+    events = [{"event_id": f"e{n}-{tag}" if n != 1 else f"bad-{tag}", "customer_id": cid, "model": "model-a",
+               "timestamp": "2026-11-23T10:00:00Z", "usage": {"input_tokens": 1000, "output_tokens": 400}}
+              for n in range(3)]
+    key = {"Idempotency-Key": f"events-{tag}"}
+    errors = _errors("/v1/usage-events")
+    with caplog.at_level("ERROR", logger="tokentill.api"):
+        first = (await client.post("/v1/usage-events", json=events, headers=key)).json()
+    assert (first["accepted"], first["duplicates"], [(r["code"], r["index"]) for r in first["rejected"]]) == (
+        2, 0, [("internal_error", 1)]), first
+    logged = [r.getMessage() for r in caplog.records if r.exc_info]
+    assert any(f"bad-{tag}" in m and cid in m for m in logged), logged
+    assert _errors("/v1/usage-events") == errors + 1
+    assert await wallet(client, cid) == ("9.944", "0.00")  # two events of 0.028: 10 - 0.056
+    await _sql(url, "DROP TRIGGER probe_fail ON usage_events")
+    second = (await client.post("/v1/usage-events", json=events, headers=key)).json()
+    assert (second["accepted"], second["duplicates"], second["rejected"]) == (1, 2, []), second
+    assert await wallet(client, cid) == ("9.916", "0.00")  # 10 - 3 x 0.028
+    third = (await client.post("/v1/usage-events", json=events, headers=key)).json()
+    assert third == second, "the whole answer is kept now"
+    assert await wallet(client, cid) == ("9.916", "0.00")

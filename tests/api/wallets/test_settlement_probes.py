@@ -200,3 +200,16 @@ async def test_one_capture_id_thrice_in_a_call_is_one_capture_and_another_body_a
     # 1,000 out x $20/M = $0.02 + the call's $0.01 = $0.03 once; the hold's 0.07 left open
     assert results["results"][0]["body"]["charged"] == "0.03"
     assert await wallet(client, cid) == ("9.90", "0.07")
+
+
+async def test_a_malformed_item_naming_its_reservation_is_answered_under_that_id(client: AsyncTestClient):
+    # the id is echoed when it is a string (a client maps answers back by it), else null
+    items = [{"reservation_id": "res_x", "usage": USAGE, "final": "yes"},
+             {"reservation_id": "res_y", "usage": USAGE, "typo": 1},
+             {"reservation_id": 7, "usage": USAGE}, {"usage": USAGE}, "res_z"]
+    answer = await client.post("/v1/settlements", json=items)
+    assert answer.status_code == 200, answer.text
+    results = answer.json()["results"]
+    assert [(r["reservation_id"], r["status"], r["body"]["code"]) for r in results] == [
+        ("res_x", 422, "validation_error"), ("res_y", 422, "validation_error"), (None, 422, "validation_error"),
+        (None, 422, "validation_error"), (None, 422, "validation_error")], results
