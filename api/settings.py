@@ -13,24 +13,10 @@ import platformdirs
 from psycopg import ProgrammingError
 from psycopg.conninfo import conninfo_to_dict
 
-from api.gateway.config import MOST_SECONDS, GatewaySettings, key
+from api.gateway.config import MOST_SECONDS, GatewaySettings, key, whole_number
 from ledger.db import IDLE_IN_TRANSACTION_MS
 from wallets.budgets import MAX_PER_CUSTOMER as MAX_BUDGETS_PER_CUSTOMER
 from wallets.webhooks.rules import AddressPolicy, parse_networks
-
-
-def _int(env: Mapping[str, str], name: str, default: int, *, most: int | None = None) -> int:
-    """A whole number, at least 1 (and at most `most`): 0 or less means nothing these settings
-    count (a pool of 0 connections is SQLAlchemy's unbounded pool, a seal interval of 0 a busy loop)."""
-    raw = env.get(name, "")
-    try:
-        value = int(raw) if raw else default
-    except ValueError:
-        value = 0
-    if value < 1 or (most is not None and value > most):
-        bounds = f"from 1 to {most}" if most is not None else "at least 1"
-        raise SystemExit(f"{name} must be a whole number {bounds}, not {raw!r}")
-    return value
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
@@ -202,14 +188,14 @@ class Settings:
             database_url=_database_url(env.get("TOKENTILL_DATABASE_URL", "")),
             data_dir=Path(env.get("TOKENTILL_DATA_DIR") or platformdirs.user_data_dir("tokentill")),
             admin_key=key(env, "TOKENTILL_ADMIN_KEY"),
-            pool_size=_int(env, "TOKENTILL_POOL_SIZE", 10),
+            pool_size=whole_number(env, "TOKENTILL_POOL_SIZE", 10),
             pool_timeout_s=_seconds(env, "TOKENTILL_POOL_TIMEOUT_SECONDS", 5.0),
             writer_idle_s=_writer_idle(env, "TOKENTILL_WRITER_IDLE_SECONDS", 5.0),
             scheduler=_flag(env, "TOKENTILL_SCHEDULER"),
-            seal_interval_s=_int(env, "TOKENTILL_SEAL_INTERVAL_SECONDS", 10, most=MOST_SECONDS),
-            lanes=_int(env, "TOKENTILL_LANES", 0, most=MAX_LANES) if env.get("TOKENTILL_LANES") else None,
+            seal_interval_s=whole_number(env, "TOKENTILL_SEAL_INTERVAL_SECONDS", 10, most=MOST_SECONDS),
+            lanes=whole_number(env, "TOKENTILL_LANES", 0, most=MAX_LANES) if env.get("TOKENTILL_LANES") else None,
             log_level=_log_level(env, "TOKENTILL_LOG_LEVEL"),
-            max_connections=_int(env, "TOKENTILL_MAX_CONNECTIONS", 4096),
+            max_connections=whole_number(env, "TOKENTILL_MAX_CONNECTIONS", 4096),
             header_timeout_s=_seconds(env, "TOKENTILL_HEADER_TIMEOUT_SECONDS", 10.0),
             body_timeout_s=_seconds(env, "TOKENTILL_BODY_TIMEOUT_SECONDS", 10.0),
             body_deadline_s=_seconds(env, "TOKENTILL_BODY_DEADLINE_SECONDS", 60.0),
@@ -222,9 +208,9 @@ class Settings:
             webhook_backoff_s=_seconds(env, "TOKENTILL_WEBHOOK_BACKOFF_SECONDS", 5.0),
             webhook_backoff_cap_s=_seconds(env, "TOKENTILL_WEBHOOK_BACKOFF_CAP_SECONDS", 4 * 3600.0),
             webhook_retry_window_s=_seconds(env, "TOKENTILL_WEBHOOK_RETRY_WINDOW_SECONDS", 3 * 86400.0),
-            webhook_redrive_limit=_int(env, "TOKENTILL_WEBHOOK_REDRIVE_LIMIT", 10_000, most=1_000_000),
+            webhook_redrive_limit=whole_number(env, "TOKENTILL_WEBHOOK_REDRIVE_LIMIT", 10_000, most=1_000_000),
             webhook_addresses=_networks(env, "TOKENTILL_WEBHOOK_ALLOWED_NETWORKS"),
-            max_budgets_per_customer=_int(env, "TOKENTILL_MAX_BUDGETS_PER_CUSTOMER", MAX_BUDGETS_PER_CUSTOMER,
+            max_budgets_per_customer=whole_number(env, "TOKENTILL_MAX_BUDGETS_PER_CUSTOMER", MAX_BUDGETS_PER_CUSTOMER,
                                           most=MAX_BUDGETS_MOST),
             gateway=GatewaySettings.from_env(env),
             session_secret=_session_secret(env.get("TOKENTILL_SESSION_SECRET", "")),

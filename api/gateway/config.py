@@ -41,15 +41,18 @@ ANTHROPIC_URL = "https://api.anthropic.com"  # what the anthropic SDK takes as b
 MOST_SECONDS = 365 * 86_400
 
 
-def _positive(env: Mapping[str, str], name: str, default: int, *, most: int | None = None) -> int:
+def whole_number(env: Mapping[str, str], name: str, default: int, *, most: int | None = None) -> int:
+    """A whole number, at least 1 (and at most `most`), for every count and whole-seconds duration
+    (api.settings too): 0 or less means nothing they count (a pool of 0 connections is SQLAlchemy's
+    unbounded pool, a seal interval of 0 a busy loop)."""
     raw = env.get(name, "")
     try:
         value = int(raw) if raw else default
     except ValueError:
         value = 0
     if value < 1 or (most is not None and value > most):
-        bound = "" if most is None else f", at most {most:,}"
-        raise SystemExit(f"{name} must be a positive whole number{bound}, not {raw!r}")
+        bounds = ", 1 or more" if most is None else f" from 1 to {most:,}"
+        raise SystemExit(f"{name} must be a whole number{bounds}, not {raw!r}")
     return value
 
 
@@ -97,15 +100,15 @@ class GatewaySettings:
             openai_key=key(env, "TOKENTILL_UPSTREAM_OPENAI_KEY"),
             anthropic_url=upstream_url(env, "TOKENTILL_UPSTREAM_ANTHROPIC", ANTHROPIC_URL),
             anthropic_key=key(env, "TOKENTILL_UPSTREAM_ANTHROPIC_KEY"),
-            default_max_output_tokens=_positive(env, "TOKENTILL_GATEWAY_MAX_OUTPUT_TOKENS", 4096),
-            context_hold_tokens=_positive(env, "TOKENTILL_GATEWAY_CONTEXT_HOLD_TOKENS", 400_000),
-            server_tool_max_uses=_positive(env, "TOKENTILL_GATEWAY_SERVER_TOOL_MAX_USES", SERVER_TOOL_MAX_USES),
-            server_tool_result_tokens=_positive(env, "TOKENTILL_GATEWAY_SERVER_TOOL_RESULT_TOKENS",
+            default_max_output_tokens=whole_number(env, "TOKENTILL_GATEWAY_MAX_OUTPUT_TOKENS", 4096),
+            context_hold_tokens=whole_number(env, "TOKENTILL_GATEWAY_CONTEXT_HOLD_TOKENS", 400_000),
+            server_tool_max_uses=whole_number(env, "TOKENTILL_GATEWAY_SERVER_TOOL_MAX_USES", SERVER_TOOL_MAX_USES),
+            server_tool_result_tokens=whole_number(env, "TOKENTILL_GATEWAY_SERVER_TOOL_RESULT_TOKENS",
                                                 SERVER_TOOL_RESULT_TOKENS),
             # a hold no longer than a reserve may ask for: 1e12 s put its expiry past the year 9999
             # and every call's reserve failed in the wallet core
-            hold_seconds=_positive(env, "TOKENTILL_GATEWAY_HOLD_SECONDS", 600, most=MAX_TTL_SECONDS),
-            read_timeout_s=float(_positive(env, "TOKENTILL_GATEWAY_READ_TIMEOUT_SECONDS", 600, most=MOST_SECONDS)),
+            hold_seconds=whole_number(env, "TOKENTILL_GATEWAY_HOLD_SECONDS", 600, most=MAX_TTL_SECONDS),
+            read_timeout_s=float(whole_number(env, "TOKENTILL_GATEWAY_READ_TIMEOUT_SECONDS", 600, most=MOST_SECONDS)),
             upstream_ca=_ca_file(env, "TOKENTILL_GATEWAY_UPSTREAM_CA"),
             spool_dir=env.get("TOKENTILL_SPOOL_DIR") or None,
             settle=settle_mode(env.get("TOKENTILL_GATEWAY_SETTLE") or "wait", "TOKENTILL_GATEWAY_SETTLE"),

@@ -200,3 +200,25 @@ def test_a_database_url_libpq_cannot_read_stops_the_start_in_one_line_without_ec
     message = stopped.value.code
     assert isinstance(message, str) and message.startswith("TOKENTILL_DATABASE_URL") and "\n" not in message
     assert "s3cret" not in message and "%25" in message, message
+
+
+@pytest.mark.parametrize("env, said", [
+    # one rule (a whole number, at least 1, at most a bound where there is one), one wording, whether
+    # api.settings or the gateway's settings read it: they said it two ways ("must be a whole number
+    # from 1 to 256" / "at least 1" and "must be a positive whole number, at most 604,800" / "")
+    ({"TOKENTILL_POOL_SIZE": "0"}, "TOKENTILL_POOL_SIZE must be a whole number, 1 or more, not '0'"),
+    ({"TOKENTILL_MAX_CONNECTIONS": "ten"}, "TOKENTILL_MAX_CONNECTIONS must be a whole number, 1 or more, not 'ten'"),
+    ({"TOKENTILL_LANES": "257"}, "TOKENTILL_LANES must be a whole number from 1 to 256, not '257'"),
+    # 1,000,000 written as the gateway wrote its bounds, with thousands separators
+    ({"TOKENTILL_WEBHOOK_REDRIVE_LIMIT": "1000001"},
+     "TOKENTILL_WEBHOOK_REDRIVE_LIMIT must be a whole number from 1 to 1,000,000, not '1000001'"),
+    ({"TOKENTILL_GATEWAY_CONTEXT_HOLD_TOKENS": "-5"},
+     "TOKENTILL_GATEWAY_CONTEXT_HOLD_TOKENS must be a whole number, 1 or more, not '-5'"),
+    # a reserve's longest ttl: 7 x 86,400 = 604,800 s
+    ({"TOKENTILL_GATEWAY_HOLD_SECONDS": "604801"},
+     "TOKENTILL_GATEWAY_HOLD_SECONDS must be a whole number from 1 to 604,800, not '604801'"),
+])
+def test_a_count_out_of_its_bounds_is_said_in_one_wording_by_every_setting(env, said):
+    with pytest.raises(SystemExit) as stopped:
+        Settings.from_env(env)
+    assert stopped.value.code == said
