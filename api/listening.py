@@ -13,10 +13,11 @@ async def listen(url: str, channel: str, name: str, retry_s: float, log: logging
                  up: Callable[[], None], serve: Callable[[psycopg.AsyncConnection], Awaitable[None]],
                  gone: Callable[[], None], back: str, down: Callable[[str], str]) -> None:
     """LISTEN on `channel` (application_name `name`), for ever (until cancelled): `up()` once it
-    listens, then `serve(conn)` for as long as it does, `gone()` when that ends however it ends,
-    and `retry_s` later again. An outage is said once, as `down(why)` (the driver's error on one
-    line) at WARNING, its retries at DEBUG; its end once, as `back`: not a line per retry (3,600
-    an hour while the database is down)."""
+    listens, then `serve(conn)` for as long as it does, `gone()` after every attempt however it
+    ended (a connect or LISTEN that failed, before any `up()`, too), and `retry_s` later again; a
+    cancellation ends it (after its `gone()`). An outage is said once, as `down(why)` (the
+    driver's error on one line) at WARNING, its retries at DEBUG; its end once, as `back`: not a
+    line per retry (3,600 an hour while the database is down)."""
     failed = False  # said so: the retries say nothing more until it listens again
     while True:
         try:
