@@ -891,17 +891,24 @@ async def rerated_charges(conn: AsyncConnection, customer_id: str, period: Perio
     re-rate rated it with, that re-rate's amounts by model and token type). A close counts their
     units under the version they stand at now (invoicing.rerated_moves)."""
     lane = int(await _lane(conn, [customer_id]) or 0)
+    # driven by the customer's adjustments of `period`'s usage (an adjustment names its charge's
+    # usage period: charge_adjustments_period), each charge's last (its primary key's), then the
+    # charge by its key (LIMIT 1: a probe each; planned generically with the period's filters in
+    # it, it walked the customer's charges of the period for each): a period no re-rate moved reads
+    # no charge. Before, every charge of the period was tested for adjustments, re-rated or not
+    # (30,000 charges, none re-rated: 33,334 buffers, 174 ms; 100 re-rated: 153,334, 428 ms)
     rows = await conn.exec_driver_sql(
         f"""SELECT c.model, c.lines, a.corrected_version, a.new_lines
-              FROM charges c
-             CROSS JOIN LATERAL (SELECT a.corrected_version, a.new_lines FROM charge_adjustments a
-                                  WHERE a.charge_id = c.id ORDER BY a.id DESC LIMIT 1) a
-             WHERE c.lane = {lane} AND c.customer_id = %s AND c.period = %s
-               AND c.occurred_at >= %s AND c.occurred_at < %s
+              FROM charge_adjustments a
+             CROSS JOIN LATERAL (SELECT c.id, c.model, c.lines, c.customer_id, c.period, c.occurred_at, c.entry_id
+                                   FROM charges c WHERE c.lane = {lane} AND c.id = a.charge_id LIMIT 1) c
+             WHERE a.customer_id = %s AND a.lane = {lane} AND a.period = %s
+               AND a.id = (SELECT max(n.id) FROM charge_adjustments n WHERE n.charge_id = a.charge_id)
+               AND c.customer_id = %s AND c.period = %s AND c.occurred_at >= %s AND c.occurred_at < %s
                AND coalesce((SELECT j.metadata ->> 'period' FROM journal_entries j
-                              WHERE j.lane = c.lane AND j.id = c.entry_id), c.period) = %s
+                              WHERE j.lane = {lane} AND j.id = c.entry_id), c.period) = %s
              ORDER BY c.occurred_at, c.id""",
-        (customer_id, period.label, period.start, period.end, period.label))
+        (customer_id, period.label, customer_id, period.label, period.start, period.end, period.label))
     return tuple((model, tuple(lines), version, tuple((m, t, int(a)) for m, t, a in new_lines))
                  for model, lines, version, new_lines in rows)
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from billing_kit import BillingKit
 
-from tests.integration.plan_reads import explained, rows_read, scans
+from tests.integration.plan_reads import explained, generic, rows_read, scans
 from tests.integration.wallets.wallet_kit import usd
 from wallets import chart, rerating, store
 from wallets.budget_seeding import count_before
@@ -175,3 +175,94 @@ async def test_what_a_rerate_finds_of_a_periods_true_ups_reads_that_periods_roll
 
     assert found == ({}, (0, {}))
     assert rows_read(spy.plans, "period_rollups") + rows_read(spy.plans, "period_deltas") <= 4  # 2, twice
+
+
+async def test_what_a_close_counts_as_re_rated_reads_the_periods_adjustments_not_its_charges(bk: BillingKit):
+    """Five calls on November 10th, two on the 15th (1,000 model-a input tokens each: $0.01 at
+    $10/M, and the call's $0.01), October's one call of the 10th re-rated on November 20th to $8/M.
+    What November's close counts as re-rated (store.rerated_charges, under the lane's lock, at every
+    close and upcoming invoice) is nothing, and it reads no charge (October's adjustment is not
+    November's); before, it tested each of November's 7 charges for adjustments. The 15th's two
+    re-rated on the 21st to $8/M: those two, each at v8 (model-a input 1,000 x $8/M = $0.008,
+    8,000,000 atomic units; the call $0.01, 10,000,000), read by their keys: 2 charges, where all 7
+    were read. Planned for its parameters and generically (psycopg prepares it from its 2nd run)."""
+    cid = "hist-rerated"
+    bk.clock.now = datetime(2026, 10, 5, tzinfo=UTC)
+    await bk.customer(cid, billing_mode="postpaid")
+    await _calls_by_month(bk, cid, ((10, 1), (11, 5)))
+    bk.clock.now = datetime(2026, 11, 15, tzinfo=UTC)
+    for _ in range(2):
+        await bk.event(cid, "model-a", 1000, 0)
+    await _a_in_priced(bk, "v8", "2026-10-01T00:00:00Z", "8.00")
+    bk.clock.now = datetime(2026, 11, 20, tzinfo=UTC)
+    await _rerated(bk, cid, "v8", datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC))
+    november = period_named("2026-11", Cycle())
+
+    for plan in (explained, generic):
+        found, spy = await plan(bk.db, lambda conn: store.rerated_charges(conn, cid, november),
+                                analyze=("charges", "charge_adjustments"))
+        assert found == (), plan
+        assert rows_read(spy.plans, "charges") == 0, plan  # 7 before
+
+    bk.clock.now = datetime(2026, 11, 21, tzinfo=UTC)
+    await _rerated(bk, cid, "v8", datetime(2026, 11, 15, tzinfo=UTC), datetime(2026, 11, 16, tzinfo=UTC))
+
+    for plan in (explained, generic):
+        found, spy = await plan(bk.db, lambda conn: store.rerated_charges(conn, cid, november),
+                                analyze=("charges", "charge_adjustments"))
+        assert [(model, version, {t: a for _, t, a in moved}) for model, _, version, moved in found] == [
+            ("model-a", "v8", {"input": 8_000_000, "request": 10_000_000})] * 2, plan
+        assert rows_read(spy.plans, "charges") == 2, plan  # 7 before
+        # November's two adjustments, then each charge's last: 4
+        assert rows_read(spy.plans, "charge_adjustments") <= 4, plan
+
+
+# store.rerated_charges as it read before (every charge of the period, each tested for adjustments):
+# the reference the read driven by the adjustments must agree with
+_CHARGE_DRIVEN = """SELECT c.model, c.lines, a.corrected_version, a.new_lines
+      FROM charges c
+     CROSS JOIN LATERAL (SELECT a.corrected_version, a.new_lines FROM charge_adjustments a
+                          WHERE a.charge_id = c.id ORDER BY a.id DESC LIMIT 1) a
+     WHERE c.customer_id = %s AND c.period = %s AND c.occurred_at >= %s AND c.occurred_at < %s
+       AND coalesce((SELECT j.metadata ->> 'period' FROM journal_entries j
+                      WHERE j.lane = c.lane AND j.id = c.entry_id), c.period) = %s
+     ORDER BY c.occurred_at, c.id"""
+
+
+async def test_what_a_close_counts_as_re_rated_is_the_same_read_from_the_charges_or_the_adjustments(bk: BillingKit):
+    """October's call of the 10th, re-rated on November 26th to v8 ($8/M from October 1st);
+    November's calls: three on the 10th and two on the 15th re-rated the same day to v8, the 15th's
+    two again on the 27th to v6 ($6/M from the 15th: the last re-rate counts), two on the 20th
+    re-rated to v6 at 00:30 on December 1st, in the grace window (billed in December: they count),
+    one on the 25th never re-rated. By hand, in time order: v8 x 3, v6 x 4 (not October's, not the
+    25th's); model-a input 1,000 tokens at $8/M 8,000,000 atomic units, at $6/M 6,000,000; the call
+    10,000,000. The same rows as every charge of the period tested for adjustments (the read
+    before) gives."""
+    cid = "hist-rerated-both"
+    bk.clock.now = datetime(2026, 10, 5, tzinfo=UTC)
+    await bk.customer(cid, billing_mode="postpaid")
+    await _calls_by_month(bk, cid, ((10, 1), (11, 3)))
+    for day, calls in ((15, 2), (20, 2), (25, 1)):
+        bk.clock.now = datetime(2026, 11, day, tzinfo=UTC)
+        for _ in range(calls):
+            await bk.event(cid, "model-a", 1000, 0)
+    await _a_in_priced(bk, "v8", "2026-10-01T00:00:00Z", "8.00")
+    bk.clock.now = datetime(2026, 11, 26, tzinfo=UTC)
+    await _rerated(bk, cid, "v8", datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC))
+    await _rerated(bk, cid, "v8", datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 16, tzinfo=UTC))
+    await _a_in_priced(bk, "v6", "2026-11-15T00:00:00Z", "6.00")
+    bk.clock.now = datetime(2026, 11, 27, tzinfo=UTC)
+    await _rerated(bk, cid, "v6", datetime(2026, 11, 15, tzinfo=UTC), datetime(2026, 11, 16, tzinfo=UTC))
+    bk.clock.now = datetime(2026, 12, 1, 0, 30, tzinfo=UTC)
+    await _rerated(bk, cid, "v6", datetime(2026, 11, 20, tzinfo=UTC), datetime(2026, 11, 21, tzinfo=UTC))
+    november = period_named("2026-11", Cycle())
+
+    found = await bk.db.read(lambda conn: store.rerated_charges(conn, cid, november))
+    reference = await bk.db.read(lambda conn: conn.exec_driver_sql(_CHARGE_DRIVEN, (
+        cid, november.label, november.start, november.end, november.label)))
+
+    at = {"v8": 8_000_000, "v6": 6_000_000}
+    assert [(model, version, {t: a for _, t, a in moved}) for model, _, version, moved in found] == [
+        ("model-a", v, {"input": at[v], "request": 10_000_000}) for v in ("v8",) * 3 + ("v6",) * 4]
+    assert found == tuple((model, tuple(lines), version, tuple((m, t, int(a)) for m, t, a in moved))
+                          for model, lines, version, moved in reference)
