@@ -218,7 +218,8 @@ class GatewaySettles:
             return {"status": STATUS_BY_CODE.get(exc.code, 422), "body": {"code": exc.code, "detail": str(exc)}}
         except Exception as exc:
             if not (is_unavailable(exc) or isinstance(exc, RetriesExhaustedError)):
-                log.exception("gateway settle %s failed; left in the spool", key)
+                log.exception("gateway settle %s (request %r, reservation %r) failed; left in the spool", key,
+                              item.get("request_id"), item.get("reservation_id"))
                 return {"status": 500, "body": {"code": "internal_error"}}
             # may be sent again, after the wait POST /v1/settlements' item asks (a whole call's
             # Retry-After): the queue waits it, where it sent again after its backoff's jitter alone

@@ -8,9 +8,11 @@ Prices: model-a $10/M in, $20/M out, $0.01 a call. USAGE = 1,000 in + 400 out = 
 $0.01 = $0.028 a settle; each hold is $0.10."""
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy import text
@@ -162,3 +164,41 @@ async def test_usage_events_sent_again_under_the_calls_key_after_a_fault_post_th
     third = (await client.post("/v1/usage-events", json=events, headers=key)).json()
     assert third == second, "the whole answer is kept now"
     assert await wallet(client, cid) == ("9.916", "0.00")
+
+
+async def test_the_sdks_background_queue_keeps_an_item_answered_500_and_drops_those_answered_200(
+        scratch_url: str, spool_dir):
+    from api.client import AsyncClient
+    from api.spool import Spool
+    from tests.api.apps import live_server
+    from tests.api.test_sdk_background import Bulk, lifecycle
+    from tests.api.test_sdk_durability import ADMIN, live_book, new_customer, reservation
+
+    def money(url: str, cid: str) -> tuple[str, str]:
+        w = httpx.get(f"{url}/v1/customers/{cid}/wallet", headers={"Authorization": f"Bearer {ADMIN}"}).json()
+        return w["available"], w["reserved"]
+
+    with live_server(scratch_url, admin=ADMIN) as url:
+        cid = new_customer(url, live_book(url))
+        transport = Bulk()
+        transport.open.clear()  # the queue waits until the trigger is planted
+        tt = AsyncClient(url, ADMIN, transport=transport, background_settle=True, flush_spool=False)
+        blocks = await asyncio.gather(*(lifecycle(tt, cid) for _ in range(3)))
+        bad = blocks[1]
+        await _sql(scratch_url, FAIL, f"""CREATE TRIGGER probe_fail BEFORE UPDATE ON reservations FOR EACH ROW
+                                          WHEN (NEW.id = '{bad.id}') EXECUTE FUNCTION probe_fail()""")
+        transport.open.set()
+        await tt.aclose()
+        assert len(transport.calls) == 1, "a 500 item is not sent again at once: it waits for a flush"
+        assert sorted(r["status"] for r in transport.answers[0]["results"]) == [200, 200, 500]
+        [kept] = Spool(tt.spool.path).records()
+        assert kept.reservation_id == bad.id, "the 500 item stays spooled, the two answered 200 are struck off"
+        # each hold: 1,000 in x $10/M + 500 out x $20/M + $0.01 = $0.03; two settled at $0.028 each:
+        # 10 - 2 x 0.028 - 0.03 held = 9.914, 0.03 reserved
+        assert money(url, cid) == ("9.914", "0.03")
+        await _sql(scratch_url, "DROP TRIGGER probe_fail ON reservations")
+        async with AsyncClient(url, ADMIN) as again:  # the next client's flush sends it, once
+            await again.wait_replay()
+        assert not tt.spool.path.exists()
+        assert money(url, cid) == ("9.916", "0.00")  # 10 - 3 x 0.028
+        assert [len(reservation(url, r.id)["charges"]) for r in blocks] == [1, 1, 1]

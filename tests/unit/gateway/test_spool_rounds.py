@@ -127,3 +127,35 @@ async def test_a_settle_an_answer_waited_for_is_sent_again_after_the_wait_its_50
     assert await settles.stop() == 0 and engine.calls == 2  # the answer's 503, then the queue's, taken
     assert len(slept) == 1 and 1 <= slept[0] <= 1.2, slept  # was: [] (sent again at once)
     assert not (tmp_path / "gw.jsonl").exists() and not (tmp_path / "gw.jsonl.rejected").exists()
+
+
+async def test_a_settle_the_engine_fails_by_a_fault_is_logged_with_its_call_and_kept_for_the_next_start(
+        tmp_path: Path, caplog):
+    """A fault that is no refusal (a bug, a constraint): the item's 500, as POST /v1/settlements'
+    item; its log names the call (request id, reservation) an operator must look at (it named
+    only the derived key, a hash), and the record stays spooled, sent when the gateway next starts."""
+    from api.gateway.settles import GatewaySettles
+
+    class FailsFirst:
+        calls = 0
+
+        async def submit(self, command):
+            self.calls += 1
+            if self.calls == 1:
+                raise RuntimeError("a fault that is no refusal")
+            return type("Charged", (), {"charged": 7})()
+
+    engine = FailsFirst()
+    [record] = records(1)
+    with caplog.at_level("ERROR", logger="tokentill.gateway"):
+        settles = GatewaySettles(RoundsSpool(tmp_path / "gw.jsonl", every=1), engine)
+        await settles.start()
+        await settles.put(record)
+        await settles.stop()
+    logged = [r.getMessage() for r in caplog.records if r.exc_info]
+    assert any("req-0" in m and "res-0" in m for m in logged), logged
+    assert engine.calls == 1 and [r.reservation_id for r in RoundsSpool(tmp_path / "gw.jsonl").records()] == ["res-0"]
+    again = GatewaySettles(RoundsSpool(tmp_path / "gw.jsonl", every=1), engine)
+    await again.start()  # the earlier run's record, adopted and taken
+    assert await again.stop() == 0 and engine.calls == 2
+    assert not (tmp_path / "gw.jsonl").exists() and not (tmp_path / "gw.jsonl.rejected").exists()
