@@ -352,3 +352,25 @@ def test_the_prompt_is_held_at_the_input_price_whatever_dearer_prompt_types_the_
     held = estimate_upper_bound(dearer, "m", 1000, 0, {}, AT)
     assert [(ln.token_type, ln.rule_id) for ln in held.lines] == [("input", "in")]
     assert held.total_units == 1_000_000
+
+
+def test_discounts_covering_a_type_are_summed_and_never_take_off_more_than_its_price():
+    """The free check sums the discounts covering a type (`off < 100`), as rating takes each one's
+    share off the line: 60 % of every line and 40 % of cached input take 100 % of it. Cached input
+    at $10/M, 1,000 tokens: 10,000,000 units - 6,000,000 - 4,000,000 = 0, and the check calls it
+    free; 60 % and 30 % leave 10,000,000 x 10 % = 1,000,000, not free. Discounts adding up to more
+    than 100 % (60 % and 50 %: a charge of -10 %) are refused when the overrides are built."""
+    from pricing.books import PriceBookValidationError
+    from pricing.estimate import charges_other_types
+    from pricing.rating import rate
+    from pricing.usage import Usage
+    book = version({"id": "in", "model": "model-c", "token_type": "input", "price": "0"},
+                   {"id": "out", "model": "model-c", "token_type": "output", "price": "0"},
+                   {"id": "cached", "model": "model-c", "token_type": "cached_input", "price": "10"})
+    for second, left in (("40", 0), ("30", 1_000_000)):
+        overrides = Overrides(discounts=(Discount("all", Decimal("60")),
+                                         Discount("cache", Decimal(second), token_type="cached_input")))
+        assert rate(Usage("model-c", {"cached_input": 1000}, AT), book, overrides).total_units == left
+        assert charges_other_types(book, "model-c", {}, AT, overrides) is (left > 0)
+    with pytest.raises(PriceBookValidationError, match="more than 100"):
+        Overrides(discounts=(Discount("all", Decimal("60")), Discount("cache", Decimal("50"), model="model-c")))

@@ -235,3 +235,33 @@ def test_a_model_free_at_the_standard_tier_whose_provider_may_report_a_priced_on
     assert held.reservation.amount == 0
     settled = _settle_with(free, held.reservation.id, {priced["token_type"]: 1000}, priced["match"])
     assert settled.charged == 0 and free.receivable == 0
+
+
+def test_a_wallet_with_credit_holds_a_call_not_free_at_its_declared_prices_and_its_settle_charges_the_rest():
+    """What an HTTP reserve holds on a wallet with credit (README, Reserve): the free check refuses
+    only a hold of 0 on a wallet with nothing to draw; with credit the call is taken (201) and held
+    at what it declares, its tokens at the dimensions it names and no per-call tool (it can declare
+    none). Web search at $0.01 a call, tokens at $0: with $0.01 (10,000,000 units) of credit the
+    reserve holds 0; a settle of 2 searches charges 2 x $0.01 = 20,000,000 units: 10,000,000 from
+    the lot, the other 10,000,000 owed (a settle never fails). Likewise $0 at the standard tier and
+    $10/M at priority: the reserve naming no tier holds 0, and a settle of 2,000 output tokens
+    reporting priority charges 2,000 x $10 / 1M = 20,000,000 units, 10,000,000 of them owed."""
+    searched = MemoryWallet(book=SEARCHED)
+    searched.top_up("0.01")
+    held = searched.reserve("0")
+    assert held.reservation.amount == 0
+    assert searched.reserve(None, input_tokens=10, max_output_tokens=10).reservation.amount == 0
+    settled = _settle_with(searched, held.reservation.id, {"web_search": 2}, {})
+    assert settled.charged == 20_000_000 and searched.receivable == 10_000_000
+
+    tiered = MemoryWallet(book=parse_book({"id": "book-t", "currency": "USD", "versions": [
+        {"effective_from": "2026-01-01T00:00:00Z", "format": 2, "rules": [
+            {"id": "x-in", "model": "model-x", "token_type": "input", "price": "0"},
+            {"id": "x-out", "model": "model-x", "token_type": "output", "price": "0"},
+            {"id": "x-pri", "model": "model-x", "token_type": "output", "price": "10",
+             "match": {"service_tier": "priority"}}]}]}))
+    tiered.top_up("0.01")
+    held = _reserve_with(tiered, "t")
+    assert held.reservation.amount == 0
+    settled = _settle_with(tiered, held.reservation.id, {"output": 2000}, {"service_tier": "priority"})
+    assert settled.charged == 20_000_000 and tiered.receivable == 10_000_000
