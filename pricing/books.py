@@ -25,7 +25,9 @@ smallest of them, else by the version's.
 Limits on a version posted (``pricing.parse``; versions stored before them still load):
 ``MAX_RULES`` rules, ``MAX_MATCH_DIMENSIONS`` match dimensions and ``MAX_TIERS`` tiers per
 rule, ``MAX_DIMENSION_SETS`` distinct sets of match dimension names and ``MAX_PATTERNS``
-distinct model patterns, which bound the cost of the ambiguity check (``pricing.ambiguity``).
+distinct model patterns, which bound the cost of the ambiguity check (``pricing.ambiguity``), and
+``MAX_REPORTED_VARIANTS`` combinations of the ``REPORTED_DIMENSIONS`` values a model's rules match,
+which bound the estimates of a hold (``pricing.estimate.reportable_variants``).
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ MAX_MATCH_DIMENSIONS = 16
 MAX_TIERS = 64
 MAX_DIMENSION_SETS = 64
 MAX_PATTERNS = 200
+# what a settle's usage may report about its price (pricing.normalize: the provider's service tier,
+# where it ran), and how many combinations of their values (none included) a hold may price
+REPORTED_DIMENSIONS = ("service_tier", "inference_geo")
+MAX_REPORTED_VARIANTS = 64
 MAX_CONTEXT_WINDOW = 10**9
 # characters of a rule's id, which keys the period's usage counters (a btree index entry holds
 # at most 2,704 bytes: a 4,000-character id made every settle its book priced a 500), and of its

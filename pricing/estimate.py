@@ -15,7 +15,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from pricing.books import DimValue, PriceBook, PriceVersion, Rule, model_rank, per_units
+from pricing.books import REPORTED_DIMENSIONS, DimValue, PriceBook, PriceVersion, Rule, model_rank, per_units
 from pricing.errors import InvalidUsageError, UnpricedModelError, field_error
 from pricing.fast_rating import CACHE_LIMIT, charges_requests, dims_key
 from pricing.money import DEFAULT_SCALE, per_amount, pricing_context
@@ -214,16 +214,13 @@ def charges_other_types(version: PriceBook | PriceVersion, model: str, dimension
     return False
 
 
-# what a settle's usage may report about its price, over the call's own dimensions (pricing.normalize:
-# the provider's service tier, where it ran): a settle rates at them (wallets.core.rating.rate_call)
-REPORTED_DIMENSIONS = ("service_tier", "inference_geo")
-
 
 def reportable_variants(version: PriceBook | PriceVersion, model: str, dimensions: Mapping[str, DimValue] | None,
                         at: datetime, names: tuple[str, ...] = REPORTED_DIMENSIONS) -> list[dict[str, DimValue]]:
     """The call's dimensions as given and with every combination of the values the version's rules
     for the model match for `names` (the dimensions the provider chooses and its usage reports: a
-    settle is rated at what it reports, whatever the call said): where a call may be rated."""
+    settle is rated at what it reports, whatever the call said): where a call may be rated. At
+    most MAX_REPORTED_VARIANTS for a version posted (pricing.parse)."""
     resolved = _version(version, at)
     key = ("reportable", model, names)  # read once per version and model
     values = resolved.resolved.get(key)

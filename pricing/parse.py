@@ -8,6 +8,7 @@ back from storage is not, so that versions stored before a limit existed still l
 
 from __future__ import annotations
 
+import math
 import unicodedata
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -19,9 +20,11 @@ from pricing.books import (
     MAX_MATCH_DIMENSIONS,
     MAX_MODEL,
     MAX_PATTERNS,
+    MAX_REPORTED_VARIANTS,
     MAX_RULE_ID,
     MAX_RULES,
     MAX_TIERS,
+    REPORTED_DIMENSIONS,
     PriceBook,
     PriceVersion,
     Rule,
@@ -129,7 +132,30 @@ def _variety_errors(rules: list[Rule]) -> list[dict[str, str]]:
     if len(patterns) > MAX_PATTERNS:
         errors.append(field_error("rules", f"at most {MAX_PATTERNS} distinct model patterns per version "
                                            f"(this one has {len(patterns)}); name models exactly"))
-    return errors
+    return errors + _reported_errors(rules)
+
+
+def _reported_errors(rules: list[Rule]) -> list[dict[str, str]]:
+    """A model's combinations of the values its rules match for the dimensions a usage reports
+    (a hold prices each: pricing.estimate.reportable_variants) over MAX_REPORTED_VARIANTS. A rule
+    for every model (none, or a pattern) counts towards each model's."""
+    shared: dict[str, set[Any]] = {name: set() for name in REPORTED_DIMENSIONS}
+    own: dict[str, dict[str, set[Any]]] = {}
+    for rule in rules:
+        exact = rule.model is not None and not is_pattern(rule.model)
+        values = own.setdefault(rule.model, {n: set() for n in REPORTED_DIMENSIONS}) if exact else shared  # type: ignore[arg-type]
+        for name, value in rule.match:
+            if name in REPORTED_DIMENSIONS:
+                values[name].add(value)
+    for model, values in [*own.items(), ("every model", shared)]:
+        counts = [len(values[name] | shared[name]) for name in REPORTED_DIMENSIONS]
+        variants = math.prod(1 + c for c in counts)
+        if variants > MAX_REPORTED_VARIANTS:
+            return [field_error("rules", f"at most {MAX_REPORTED_VARIANTS} combinations of the "
+                                         f"{' and '.join(REPORTED_DIMENSIONS)} values a model's rules match, none "
+                                         f"included, per version: {model} has "
+                                         f"{' x '.join(f'(1 + {c})' for c in counts)} = {variants}")]
+    return []
 
 
 _UNREACHABLE = frozenset("?#%\\")  # a query, a fragment, an escape (decoded twice), a backslash

@@ -284,3 +284,44 @@ def test_a_rule_id_or_model_past_200_characters_is_refused_but_loads_when_stored
         parse_version(body(rules))
     assert fields_of(refused.value) == {"rules[0].id", "rules[1].model"}
     assert len(parse_version(body(rules), limits=False).rules) == 3  # versions stored before the limit
+
+
+def _tiers_by_geographies(tiers: int, geographies: int, model: str = "m") -> list[dict[str, Any]]:
+    """Output priced at each service tier, each geography and each pair of them, for one model."""
+    rules: list[dict[str, Any]] = [{"id": f"{model}-in", "model": model, "token_type": "input", "price": "1"},
+                                   {"id": f"{model}-out", "model": model, "token_type": "output", "price": "2"}]
+    for t in range(tiers):
+        rules.append({"id": f"{model}-t{t}", "model": model, "token_type": "output", "price": str(3 + t),
+                      "match": {"service_tier": f"t{t}"}})
+        rules += [{"id": f"{model}-t{t}-g{g}", "model": model, "token_type": "output", "price": str(100 + t + g),
+                   "match": {"service_tier": f"t{t}", "inference_geo": f"g{g}"}} for g in range(geographies)]
+    rules += [{"id": f"{model}-g{g}", "model": model, "token_type": "output", "price": str(50 + g),
+               "match": {"inference_geo": f"g{g}"}} for g in range(geographies)]
+    return rules
+
+
+def test_the_tier_and_geography_combinations_a_hold_prices_are_bounded():
+    """A call's hold (and the free check) prices every combination of the service_tier and
+    inference_geo values the version's rules for its model match, the call's own values
+    included (pricing.estimate.reportable_variants): (1 + tiers) x (1 + geographies) estimates per
+    reserve. 10 tiers x 30 geographies were (1 + 10) x (1 + 30) = 341 estimates each reserve
+    (where one value at a time was 1 + 10 + 30 = 41): at most 64 now, refused when posted
+    (`rules`), a stored version still loads. 7 x 7: (1 + 7) x (1 + 7) = 64, taken; 7 x 8 = 8 x 9 =
+    72, refused. Another model's values do not count towards this one's; a rule for every model
+    (no model, or a pattern) counts towards each."""
+    from datetime import UTC, datetime
+
+    from pricing.estimate import reportable_variants
+    with pytest.raises(PriceBookValidationError) as refused:
+        parse_version(body(_tiers_by_geographies(10, 30), format=2))
+    assert fields_of(refused.value) == {"rules"}
+    assert "341" in str(refused.value)
+    assert len(parse_version(body(_tiers_by_geographies(10, 30), format=2), limits=False).rules) == 342
+    with pytest.raises(PriceBookValidationError):
+        parse_version(body(_tiers_by_geographies(7, 8), format=2))
+    taken = parse_version(body([*_tiers_by_geographies(7, 7), *_tiers_by_geographies(7, 7, "n")], format=2))
+    at = datetime(2026, 3, 1, tzinfo=UTC)
+    assert len(reportable_variants(taken, "m", {}, at)) == 64
+    shared = {"id": "all-g7", "token_type": "input", "price": "9", "match": {"inference_geo": "g7"}}
+    with pytest.raises(PriceBookValidationError):  # g7 for every model: 8 x 9 = 72 for m
+        parse_version(body([*_tiers_by_geographies(7, 7), shared], format=2))
