@@ -49,6 +49,7 @@ from api.client_errors import (
     BudgetExceeded,
     Conflict,
     CurrencyMismatch,
+    CustomerExists,
     EncodingIntegrity,
     EndpointDisabled,
     ExceedsRefundable,
@@ -115,6 +116,7 @@ from pricing.tokens import TokenCounter
 
 __all__ = [  # the typed errors live in api.client_errors and are imported from here
     "ERRORS", "AsyncClient", "AsyncReservation", "BudgetExceeded", "Client", "Conflict", "CurrencyMismatch",
+    "CustomerExists",
     "EncodingIntegrity", "EndpointDisabled", "ExceedsRefundable", "ExceedsRemaining", "ExtensionTooShort",
     "FlushReport", "Forbidden",
     "GrantClosed",

@@ -93,6 +93,8 @@ class MethodNotAllowed(TokentillError): ...
 class Conflict(TokentillError): ...
 class PriceVersionConflict(Conflict):
     """`POST /v1/price-books`: the book holds another version at that effective_from or label."""
+class CustomerExists(Conflict):
+    """`POST /v1/customers`: a customer with that id exists with other settings."""
 class PayloadTooLarge(TokentillError): ...
 class UnsupportedMediaType(TokentillError): ...
 class NotAcceptable(TokentillError): ...
@@ -117,7 +119,7 @@ ERRORS: dict[str, type[TokentillError]] = {
     "grant_closed": GrantClosed, "exceeds_remaining": ExceedsRemaining,
     "exceeds_refundable": ExceedsRefundable, "too_many_events": TooManyEvents,
     "grant_not_reversible": GrantNotReversible, "malformed_request": MalformedRequest,
-    "price_version_conflict": PriceVersionConflict,
+    "price_version_conflict": PriceVersionConflict, "customer_exists": CustomerExists,
 }
 
 

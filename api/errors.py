@@ -38,6 +38,7 @@ STATUS_BY_CODE = {
     "immutable_field": 422,
     "idempotency_conflict": 409,
     "price_version_conflict": 409,
+    "customer_exists": 409,
     "not_found": 404,
     "unauthorized": 401,
     "forbidden": 403,
@@ -72,6 +73,7 @@ TITLES = {
     "insufficient_funds": "Insufficient funds", "validation_error": "Invalid request",
     "idempotency_conflict": "Idempotency key reused with a different request",
     "price_version_conflict": "Another version of the price book is stored there",
+    "customer_exists": "A customer with this id exists with other settings",
     "not_found": "Not found", "unauthorized": "Unauthorized", "forbidden": "Forbidden",
     "internal_error": "Internal server error",
 }
@@ -97,7 +99,7 @@ class Problem(msgspec.Struct, omit_defaults=True):
 DESCRIPTIONS = {
     401: "No key, or an unknown or revoked key", 402: "Insufficient funds", 403: "The key's scope forbids this",
     404: "Not found", 406: "Not available in the Accept header's media types",
-    409: "Conflict (idempotency key reused, reservation closed, price-book version taken)",
+    409: "Conflict (idempotency key reused, reservation closed, price-book version taken, customer id taken)",
     413: "Request body too large", 415: "Unsupported content type",
     422: "Invalid request; `fields` names them (`invalid_amount`: cash finer than its currency's minor unit)",
     429: "A budget or limit was exceeded", 503: "Not ready, or too contended right now",

@@ -82,6 +82,14 @@ class PriceVersionConflictError(ConflictError):
     code = "price_version_conflict"
 
 
+class CustomerExistsError(ConflictError):
+    """`POST /v1/customers` under the id of a customer defined otherwise (the same definition
+    answers with it). Names `customer_id`. It was `idempotency_conflict`, which says a key was
+    reused, though none need have been sent."""
+
+    code = "customer_exists"
+
+
 class EndpointDisabledError(WalletError):
     """A re-drive to a disabled webhook endpoint: nothing is queued for one until it is enabled."""
 

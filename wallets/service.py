@@ -26,7 +26,7 @@ from wallets.core.idempotency import CREATED, EXISTS, OK, IdemKey, Replayed
 from wallets.core.refunds import refundable
 from wallets.customer_changes import CustomerChange, change_customer, changes_of
 from wallets.engine import ACCOUNTS_LOCK, Engine, customer_lock, lane_lock, utc_now
-from wallets.errors import ConflictError, NotFoundError, WalletValidationError
+from wallets.errors import ConflictError, CustomerExistsError, NotFoundError, WalletValidationError
 from wallets.periods import DEFAULT_GRACE_S, DEFAULT_TERMS_DAYS, Cycle, close_due_at, new_zone, period_of
 from wallets.price_overrides import AddedOverrides, add_version
 
@@ -219,7 +219,9 @@ class WalletService:
             if row is not None:
                 existing = _customer(row)
                 if existing.spec != spec:
-                    raise ConflictError(f"customer {spec.id} exists with other settings", customer_id=spec.id)
+                    raise CustomerExistsError(f"customer {spec.id} exists with other settings; its id, currency, "
+                                              "billing and cycle never change, and the others change by "
+                                              "PATCH", customer_id=spec.id)
                 return existing, False
             new_zone(spec.time_zone)
             if spec.overdraft_limit is not None:

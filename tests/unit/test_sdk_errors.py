@@ -65,6 +65,10 @@ def test_every_problem_code_raises_its_own_typed_error(code):
 def test_kinds_of_one_meaning_are_caught_together():
     assert issubclass(ERRORS["not_ready"], ServiceUnavailable)
     assert issubclass(ERRORS["unknown_price_book"], NotFound) and issubclass(ERRORS["unknown_price_version"], NotFound)
+    # a stored thing's id or time taken by another definition: a Conflict, not a key reused
+    for code in ("price_version_conflict", "customer_exists"):
+        assert issubclass(ERRORS[code], ERRORS["conflict"])
+        assert not issubclass(ERRORS[code], ERRORS["idempotency_conflict"])
 
 
 def test_a_success_that_is_not_json_is_an_error_not_a_body(tmp_path):

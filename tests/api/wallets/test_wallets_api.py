@@ -53,8 +53,23 @@ async def test_a_customer_posted_twice_is_one_customer_and_another_definition_co
     cid = await _customer(client, tag, book)
     same = await client.post("/v1/customers", json={"id": cid, "name": "Acme", "price_book": book})
     assert same.status_code == 200 and same.json()["id"] == cid
-    other = await client.post("/v1/customers", json={"id": cid, "name": "Other", "price_book": book})
-    assert other.status_code == 409 and other.json()["code"] == "idempotency_conflict"
+    # another definition under a stored id, with no Idempotency-Key or a fresh one: no key was
+    # reused, so it is `customer_exists` (it was `idempotency_conflict`, which tells a client to
+    # retry under a new key, to the same 409); the same key with another body stays a key reuse
+    for headers in ({}, {"Idempotency-Key": f"c2-{tag}"}):
+        other = await client.post("/v1/customers", json={"id": cid, "name": "Other", "price_book": book},
+                                  headers=headers)
+        assert other.status_code == 409, other.text
+        assert other.headers["content-type"].startswith("application/problem+json")
+        assert (other.json()["code"], other.json()["customer_id"]) == ("customer_exists", cid), headers
+    keyed = await client.post("/v1/customers", json={"id": f"{cid}-k", "name": "Acme", "price_book": book},
+                              headers={"Idempotency-Key": f"c3-{tag}"})
+    assert keyed.status_code == 201, keyed.text
+    reused = await client.post("/v1/customers", json={"id": f"{cid}-k", "name": "Other", "price_book": book},
+                               headers={"Idempotency-Key": f"c3-{tag}"})
+    assert (reused.status_code, reused.json()["code"]) == (409, "idempotency_conflict"), reused.text
+    assert (await client.get(f"/v1/customers/{cid}")).json()["name"] == "Acme"
+    assert (await client.get(f"/v1/customers/{cid}-k")).json()["name"] == "Acme"
     assert (await client.get(f"/v1/customers/{cid}")).json()["overdraft_limit"] == "0.00"
     assert (await client.get("/v1/customers/nobody-" + tag)).status_code == 404
 
