@@ -165,7 +165,8 @@ class Spool:
             records, damaged = self._read()
             refused = {r.idempotency_key for r, _ in rejected}
             filed = self._filed(refused, records)
-            fresh = [(r, why) for r, why in rejected if r.idempotency_key not in filed]
+            last = {r.idempotency_key: r for r in records}  # a key's last spooling: the one filed
+            fresh = [(_as_spooled_last(r, last), why) for r, why in rejected if r.idempotency_key not in filed]
             if fresh:
                 stamp = datetime.now(UTC).isoformat()
                 lines = b"".join(json.dumps({**_filed_fields(r), "rejected": why, "rejected_at": stamp},
@@ -418,6 +419,14 @@ def _filed_from(keys: set[str], records: list[SpoolRecord], fd: int) -> dict[str
                 at = at if record.rejected_tail == tails[at] else 0
             starts[record.idempotency_key] = max(at, starts[record.idempotency_key])
     return starts
+
+
+def _as_spooled_last(record: SpoolRecord, last: dict[str, SpoolRecord]) -> SpoolRecord:
+    """The call sent (a key's first record), with the `spooled_at` and `reason` of its last
+    spooling, the one its filing is of: a call spooled again while its filed record was kept (a
+    rewrite refused) was filed again with the first spooling's, a copy of the first filing."""
+    again = last.get(record.idempotency_key, record)
+    return replace(record, spooled_at=again.spooled_at, reason=again.reason)
 
 
 def _filed_fields(record: SpoolRecord) -> dict[str, Any]:

@@ -948,3 +948,42 @@ def test_a_call_spooled_again_while_its_filed_record_was_kept_is_filed_once_a_sp
     report = spool.flush(refused)
     assert (report.rejected, report.kept) == (1, 0) and not spool.path.exists()
     assert filed() == ["res_1:settle:1"] * 2, "each spooling filed once"
+
+
+def test_a_call_spooled_again_is_filed_with_its_last_spooling_s_time_and_reason(tmp_path, monkeypatch):
+    """Record 1 spooled on the 2nd (reason "timeout"), refused and filed, the rewrite refused
+    (EACCES), so it stays spooled; spooled again on the 5th (reason "503"), refused: its 2nd
+    filing carried the 1st spooling's spooled_at and reason (records() gives a key's first), the
+    2nd line a copy of the 1st but for rejected_at, as if one spooling had been filed twice. It
+    carries the 5th and "503", as a filing does when the rewrite went through (struck off, so the
+    2nd spooling is the only one left to file)."""
+    import errno
+    import json
+    from dataclasses import replace
+
+    first = replace(record(1), spooled_at="2026-01-02T03:04:05+00:00", reason="timeout")
+    second = replace(record(1), spooled_at="2026-01-05T06:07:08+00:00", reason="503 service_unavailable")
+    refused = lambda r: ("rejected", "409 reservation_closed")  # noqa: E731
+
+    def filed(spool: Spool) -> list[tuple[str, str]]:
+        return [(json.loads(line)["spooled_at"], json.loads(line)["reason"])
+                for line in spool.rejected_path.read_bytes().splitlines()]
+
+    def refuse(self: Spool, records: list[SpoolRecord]) -> None:
+        raise OSError(errno.EACCES, "Permission denied")
+
+    due = [("2026-01-02T03:04:05+00:00", "timeout"), ("2026-01-05T06:07:08+00:00", "503 service_unavailable")]
+    went_through = Spool(tmp_path / "a.jsonl")
+    for spooled in (first, second):
+        went_through.append(spooled)
+        assert went_through.flush(refused).rejected == 1
+    assert filed(went_through) == due
+    kept = Spool(tmp_path / "b.jsonl")
+    kept.append(first)
+    with monkeypatch.context() as patch:
+        patch.setattr(Spool, "_rewrite", refuse)
+        with pytest.raises(OSError):
+            kept.flush(refused)
+    kept.append(second)
+    assert kept.flush(refused).rejected == 1 and not kept.path.exists()
+    assert filed(kept) == due  # was the 1st spooling's twice
