@@ -77,11 +77,36 @@ def _decode(token: str, listing: str, filters: Any) -> tuple[str, list[Any]]:
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         value = json.loads(raw)
-    except (binascii.Error, ValueError, UnicodeDecodeError):
+    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):
         raise invalid("not a cursor of this API") from None
+    if not _storable(value):
+        raise invalid("not a cursor of this API")
     if not (isinstance(value, list) and len(value) == 4 and value[0] == VERSION
             and isinstance(value[2], str) and isinstance(value[3], list)):
         raise invalid("not a cursor of this API")
     if value[1] != _digest(listing, filters):
         raise invalid("made for another listing or other filters")
     return value[2], value[3]
+
+
+def _storable(value: Any) -> bool:
+    """Whether every string in a decoded cursor is one a text column takes: json.loads reads a lone
+    surrogate escape ("\\ud800") and a NUL, which no cursor we make holds, and a position edited to
+    hold one went to the database as a parameter (a 500 for the surrogate, a 422 on `body` for
+    the NUL). Walked without recursion: a cursor may nest as deep as json.loads reads."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return False
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+    return True

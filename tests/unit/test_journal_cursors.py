@@ -63,3 +63,25 @@ def test_snapshots_in_postgresqls_text_form_parse(text, parsed):
                                   "1:2:1,", " 1:2:", "1:99999999999999999999:", "1:2:1\n"])
 def test_malformed_or_impossible_snapshots_do_not_parse(text):
     assert parse_snapshot(text) is None
+
+
+@pytest.mark.parametrize("text", ["\ud800", "x\udfff", "a\x00b"])
+def test_a_cursor_holding_a_lone_surrogate_or_a_nul_is_refused(text):
+    """A position or snapshot edited to hold a string no text column takes (a lone surrogate, a
+    NUL) is not one of our cursors: json.loads read it, and the listing sent it to the database
+    (a 500 for the surrogate). Every listing decodes through here."""
+    for position in ([text, "id"], [{"k": text}], [[text]]):
+        with pytest.raises(ApiError) as caught:
+            cursors.decode_position(cursors.encode_position("budgets", [None], position), "budgets", [None])
+        assert (caught.value.code, caught.value.status) == ("invalid_cursor", 400), position
+    _refused(cursors.encode("journal", FILTERS, text, [1]))
+
+
+def test_a_cursor_nested_deeper_than_json_reads_is_refused():
+    """2,000 arrays deep (5,334 characters, under the 60,000 a cursor may have): json.loads ran
+    out of stack (RecursionError, uncaught: a 500). It is not one of our cursors."""
+    token = base64.urlsafe_b64encode(b"[" * 2000 + b"]" * 2000).decode().rstrip("=")
+    assert len(token) == 5334  # 4,000 bytes, 4 characters per 3: 5,333.3, unpadded
+    with pytest.raises(ApiError) as caught:
+        cursors.decode_position(token, "budgets", [None])
+    assert (caught.value.code, caught.value.status) == ("invalid_cursor", 400)

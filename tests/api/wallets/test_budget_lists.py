@@ -3,6 +3,7 @@ at a time."""
 from __future__ import annotations
 
 import asyncio
+import base64
 
 import httpx
 import psycopg
@@ -149,3 +150,23 @@ def test_a_page_of_budgets_reads_its_rows_in_index_order_never_sorting_every_liv
             assert conn.execute(sql, params).fetchall() == rows
             conn.execute("RESET enable_indexscan")
             conn.execute("RESET enable_bitmapscan")
+
+
+async def test_a_budget_cursor_forged_with_a_lone_surrogate_or_a_nul_is_an_invalid_cursor(
+        client: AsyncTestClient, tag: str, book: str):
+    """A cursor is JSON (base64) that json.loads reads, lone surrogates ("\\ud800") and NULs
+    included, and its position is no hash's: a position edited to hold one went to the database
+    as a parameter, a 500 internal_error (the surrogate, which text cannot encode) or a 422
+    validation_error on `body` (the NUL; there was no body). Each is 400 `invalid_cursor`."""
+    from api.routes import cursors
+
+    cid = await _customer(client, f"pe-{tag}", book)
+    await _budgets(client, cid, 2)
+    for position in ([cid, "\ud800"], ["a\udc00", "b"], [cid, "b\x00"]):
+        forged = cursors.encode_position("budgets", [cid], position)
+        refused = await client.get("/v1/budgets", params={"customer_id": cid, "cursor": forged})
+        assert refused.headers["content-type"].startswith("application/problem+json"), position
+        assert (refused.status_code, refused.json()["code"]) == (400, "invalid_cursor"), (position, refused.text)
+    deep = base64.urlsafe_b64encode(b"[" * 2000 + b"]" * 2000).decode().rstrip("=")  # json.loads: RecursionError
+    refused = await client.get("/v1/budgets", params={"customer_id": cid, "cursor": deep})
+    assert (refused.status_code, refused.json()["code"]) == (400, "invalid_cursor"), refused.text
