@@ -198,6 +198,7 @@ class _Verifier:
         self.ended = False
         self.unsealed_ids: set[int] = set()  # a seal's own ids are checked when it closes
         self.past_first_seal = False  # a seal record was read (well formed or not)
+        self.started = False  # a line was read: a header past it is not the file's
         # account code -> asset, from the account records: a posting's asset is in the entry's hash
         # under version 3 only (1 and 2 cover its account code), so it is checked against the account
         # it names
@@ -216,6 +217,7 @@ class _Verifier:
         self.now_ahead = _utc(now + DATED_AHEAD)
 
     def line(self, number: int, raw: bytes) -> None:
+        first, self.started = not self.started, True
         try:
             rec = _decode(raw)
             kind = rec["type"]
@@ -239,6 +241,8 @@ class _Verifier:
             elif kind == "unsealed":  # the entries after it are still the unsealed ones
                 self.close_seal()
                 self.in_unsealed = True
+        elif kind == "export" and not first:  # read, the last one read said whole or not
+            self.report.fail(f"line {number}: an export header past the first record (not read)")
         elif kind == "export":
             self.header_whole(number, rec)
             at = rec.get("exported_at")

@@ -230,3 +230,26 @@ def test_a_header_with_whole_true_or_false_is_read_as_it_says():
         records = _export(whole)
         report = _verify(records)
         assert report.ok and report.whole is whole, report.problems
+
+
+def test_an_export_header_past_the_first_line_is_named_and_not_read():
+    """`whole` is read from the header, the file's first record. A second header was read too,
+    the last one read winning: seal 2 (entries 4-6) cut out of a whole export and `{"type":
+    "export", "whole": false}` added on line 2, the header on line 1 still saying true, verified
+    ok with 1 gap. The extra header is named on its line and not read: the file is checked as
+    whole, and seal 3 does not follow seal 1."""
+    records = _export()
+    start, stop = _seal_block(records, 2)
+    del records[start:stop]
+    records[-1] = {"type": "end", "entries": 6, "seals": 2, "unsealed": 0}
+    records.insert(1, {"type": "export", "whole": False})
+    report = _verify(records)
+    assert report.problems == [
+        "line 2: an export header past the first record (not read)",
+        "seal 3 does not follow seal 1: its range does not start where that seal's ends"], report.problems
+    assert (report.ok, report.whole, report.gaps) == (False, True, 0)  # was (True, False, 1)
+    records = _export(False)
+    records.insert(len(records) - 1, {"type": "export", "whole": True})
+    report = _verify(records)
+    assert report.problems == [f"line {len(records) - 1}: an export header past the first record (not read)"]
+    assert report.whole is False  # the first header's word
