@@ -544,6 +544,9 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
         legs, paid = _taken_then_usage(w, debits, -back - sum(debits.values()) + sum(gets.values()) + max(0, credit),
                                        now, gets)
         if credit <= 0:
+            if placed is not None:  # the rows follow the whole minor units posted (as give_back's: rounded)
+                rounded(placed, {receivable: owes_less - net}, ((receivable, -gets.get(receivable, 0)),), None,
+                        receivable, step, chart.rounding_account(w.customer.currency))
             return legs, tuple((a, v) for a, v in paid if v), None
         lot = opened_lot(state, w, "topup", credit, TOPUP_PRIORITY, None, now,
                          reference=f"re-rate {cmd.rerate_id} {cmd.period}")

@@ -171,3 +171,60 @@ async def test_a_close_s_credit_lot_is_named_by_the_rows_of_the_parts_it_holds_b
     assert (await bk.service.wallet(cid)).receivable == 0
     assert await live_lots(bk, cid) == {credit: ("topup", 5 * CENT)}
     await verified(bk)
+
+
+def _two_version(book: dict, name: str, day: int, prices: dict[str, tuple[str, str]]) -> dict:
+    """Book `two` (two_models) as `name` from November `day`, each rule of `prices` at (up to
+    100,000, beyond) $/M."""
+    return {**book, "version": name, "effective_from": f"2026-11-{day:02d}T00:00:00Z", "rules": [
+        {**rule, "tiers": [{"up_to": 100_000, "price": prices[rule["id"]][0]},
+                           {"up_to": None, "price": prices[rule["id"]][1]}]}
+        if rule["id"] in prices else rule for rule in book["rules"]]}
+
+
+async def test_a_rounded_debit_note_s_payer_rows_say_what_the_receivable_was_posted(fresh_db) -> None:
+    """(review of a72cab3) A true-up corrected up by more than the decreases beside it give
+    (rerating._refund's `back + debits <= 0`) gives the receivable its decrease in whole cents too
+    (`owed - owed % step`): its rows follow that, as the credit note's do (money_back.rounded).
+    Postpaid, book `two` (rules a, model-x, and b, model-y, output: $20/M up to 100,000, $10/M
+    beyond). The 5th's 130,000 model-y ($2.00 + 30,000 x $10/M = $2.30) on the receivable; a $5.00
+    grant given on the 6th pays the 20th's 130,000 model-x ($2.30; the grant $2.70). The close: each
+    rule 130,000 x $10/M = $1.30, -$1.00: the 5th's $1.00 off what is owed ($1.30 owed), the 20th's
+    to the grant ($3.70).
+    Re-rated on December 2nd to v2: b $20/M and $9.85/M: the 5th $2.00 + 30,000 x $9.85/M = $2.00 +
+    $0.2955 = $2.2955 (-$0.0045); b's true-up 130,000 x $9.85/M = $1.2805 - $2.2955 = -$1.015 where
+    -$1.00 stands: -$0.015, the 5th's part (the receivable's). a $20/M and $15/M: the 20th $2.00 +
+    $0.45 = $2.45 (+$0.15); a's true-up 130,000 x $15/M = $1.95 - $2.45 = -$0.50 where -$1.00 stands:
+    +$0.50, taken from the grant that got it. In all -$0.0045 - $0.015 + $0.15 + $0.50 = +$0.6305, the
+    debit note +$0.63. The receivable gets $0.0045 + $0.015 = $0.0195 back in whole cents, $0.01
+    ($1.29 owed); the grant the rest of the note, $0.63 + $0.01 = $0.64 ($3.70 - $0.64 = $3.06). The
+    receivable's rows: of the $0.01 posted, its own decrease's $0.0045 first (no row names it), the
+    5th's part $0.0055; the rounding account the other $0.0095. Before, the row said $0.015 of the
+    5th where $0.0055 of it came off what is owed."""
+    bk = BillingKit(fresh_db)
+    book = two_models("v1", "2026-01-01T00:00:00Z", "10")
+    await bk.add_book(book)
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("debit-rounded", book="two", billing_mode="postpaid")
+    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
+    await bk.event(cid, "model-y", 0, 130_000)
+    bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
+    grant = await _lot(bk, cid, "grant", "5.00")
+    bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    await bk.event(cid, "model-x", 0, 130_000)
+    await bk.close(CLOSED)
+    assert (await bk.service.wallet(cid)).receivable == 130 * CENT
+    assert await live_lots(bk, cid) == {grant: ("grant", 370 * CENT)}
+    await bk.add_book(_two_version(book, "v2", 1, {"a": ("20", "15"), "b": ("20", "9.85")}))
+    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
+    done = await applied(bk, RerateSpec("two", "v2", NOV_1, DEC_1, None))
+    assert done["delta"] == "0.6305", done
+    assert (await bk.service.wallet(cid)).receivable == 129 * CENT
+    assert await live_lots(bk, cid) == {grant: ("grant", 306 * CENT)}
+    receivable, payer = chart.receivable_account(cid), chart.lot_account(cid, grant)
+    rows = await _rows(bk, done["rerate_id"])
+    fifth, twentieth = sorted({charge for charge, _ in rows})
+    assert rows == {(fifth, receivable): 55 * MIL // 10, (fifth, chart.rounding_account("USD")): 95 * MIL // 10,
+                    (twentieth, payer): -50 * CENT}
+    await verified(bk)
+
