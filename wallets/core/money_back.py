@@ -77,7 +77,8 @@ def to_credit(placed: dict[tuple[int, str], int], paid: Sequence[tuple[str, int]
 
 
 def rounded(placed: dict[tuple[int, str], int], shares: Mapping[str, int], paid_back: Sequence[tuple[str, int]],
-            lot: LotOpened | None, receivable: str, step: int, rounding: str) -> None:
+            lot: LotOpened | None, receivable: str, step: int, rounding: str,
+            bound: Mapping[tuple[int, str], int] | None = None) -> None:
     """The payer rows follow the postings of a give-back in multiples of `step` (a note's whole
     minor units, give_back): what an account was posted differs from its exact share (`shares`) by
     less than `step` (the receivable's share rounded down, the fraction left to the last lot given
@@ -85,7 +86,10 @@ def rounded(placed: dict[tuple[int, str], int], shares: Mapping[str, int], paid_
     last charge's first, none below nothing) or added to its last charge's row, and the opposite
     named `rounding` (the rounding account's: never a payer's bound; take_back takes it from there).
     The receivable beside a credit lot is to_credit's (its rows already follow what came off what
-    is owed); the credit lot is named by to_credit alone."""
+    is owed); the credit lot is named by to_credit alone. `bound`: (charge id, account) -> the most
+    its row may hold (what the account paid of the charge less what the true-ups before gave it of
+    it): the difference added goes to the last charge's row it fits in, none (the rows keep the
+    exact parts) where it fits in no row, so no payer's rows of a charge sum to more than it paid."""
     if step <= 1:
         return
     got = {account: -units for account, units in paid_back}
@@ -96,7 +100,8 @@ def rounded(placed: dict[tuple[int, str], int], shares: Mapping[str, int], paid_
         rows = sorted((key for key, units in placed.items() if key[1] == account and units > 0), reverse=True)
         if not diff or abs(diff) >= step or not rows:
             continue
-        moves = [(rows[0], diff)] if diff > 0 else []
+        fits = [key for key in rows if bound is None or key not in bound or placed[key] + diff <= bound[key]]
+        moves = [(fits[0], diff)] if diff > 0 and fits else []
         for key in rows if diff < 0 else ():
             part = min(-diff, placed[key])
             moves.append((key, -part))

@@ -433,8 +433,9 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
     shares: dict[str, int] = {receivable: 0}
     # what each charge gives back, by payer (money_back.share): what the true-ups before gave first
     # (a credit lot the receivable's part went to counts as the receivable: it did not pay the charge)
-    payers_of = {ch.id: {a for _, a in _paid_by(ch, receivable)}
-                 for ch in (*(x.charge for x in found), *(ch for f in fixes for ch in f.charges))}
+    charges = (*(x.charge for x in found), *(ch for f in fixes for ch in f.charges))
+    payers_of = {ch.id: {a for _, a in _paid_by(ch, receivable)} for ch in charges}
+    funded = {key: units for ch in charges for key, units in _paid_by(ch, receivable).items()}  # what each paid
     taken: dict[tuple[int, str], int] = {}
     for charge, by in (got or {}).items():
         for account, units in by.items():
@@ -560,7 +561,9 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
     legs, paid_back, lot = give_back(state, w, shares, back + sum(debits.values()) + rises, now,
                                      f"re-rate {cmd.rerate_id} {cmd.period}", step)
     if placed is not None:  # the rows follow what a note's whole minor units posted to each payer
-        rounded(placed, shares, paid_back, lot, receivable, step, chart.rounding_account(w.customer.currency))
+        # each payer's rows of a charge at most what it paid of it less what the true-ups before gave it
+        bound = {key: units - (got or {}).get(key[0], {}).get(key[1], 0) for key, units in funded.items()}
+        rounded(placed, shares, paid_back, lot, receivable, step, chart.rounding_account(w.customer.currency), bound)
     if not debits and not rises:
         return credited(legs, paid_back, lot)
     paid = dict(paid_back)

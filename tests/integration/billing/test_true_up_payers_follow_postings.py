@@ -228,3 +228,50 @@ async def test_a_rounded_debit_note_s_payer_rows_say_what_the_receivable_was_pos
                     (twentieth, payer): -50 * CENT}
     await verified(bk)
 
+
+async def test_a_note_s_rounding_up_goes_to_a_payer_s_row_only_where_it_fits_in_what_it_paid(fresh_db) -> None:
+    """(review of a72cab3) What a credit note's rounding up gives a lot beyond its exact share
+    (give_back: the fraction to the first consumed lot given money back) goes to that lot's row of a
+    charge only where the row stays within what the lot paid of it (verify's bound).
+    Prepaid, book `two` (rules a, model-x, and b, model-y, output: $20/M up to 100,000, $10/M
+    beyond). A $2.35 grant (November 1st) pays the 5th's 130,000 model-y ($2.00 + 30,000 x $10/M =
+    $2.30; $0.05 left); a $5.00 top-up on the 6th; the 20th's 130,000 model-x ($2.30): the grant its
+    last $0.05, the top-up $2.25 ($2.75). The close: each rule 130,000 x $10/M = $1.30, -$1.00: the
+    5th's to the grant ($1.00), the 20th's to the top-up, consumed last ($3.75).
+    Re-rated on December 2nd: a $20/M and $0 beyond: the 20th $2.00 (-$0.30, the top-up's, consumed
+    last); a's true-up 130,000 x $0 = $0 - $2.00 = -$2.00 where -$1.00 stands: -$1.00, all the 20th's
+    (at $0 it costs nothing): the top-up up to what it paid less what it got, $2.25 - $1.00 - $0.30 =
+    $0.95, the grant the other $0.05, all it paid of the 20th. b $20/M and $9.85/M: the 5th $2.00 +
+    $0.2955 (-$0.0045, the grant's); b's true-up 130,000 x $9.85/M = $1.2805 - $2.2955 = -$1.015: the
+    5th's part -$0.015, the grant's. In all $0.30 + $1.00 + $0.0045 + $0.015 = $1.3195 back, the credit
+    note $1.32 (131.95 cents, half to even); the top-up $0.30 + $0.95 = $1.25 ($5.00), the grant
+    $0.05 + $0.0045 + $0.015 = $0.0695 and the $0.0005 the note rounded up, $0.07 ($1.07).
+    The grant's rows: $0.0005 beyond its parts; its 20th's row holds all it paid of the 20th ($0.05),
+    so it goes to the 5th's row, $0.015 + $0.0005 = $0.0155 (the rounding account -$0.0005 of the
+    5th). Before, it went to the 20th's row: $0.0505 of the $0.05 it paid, flagged by verify on a
+    healthy ledger."""
+    bk = BillingKit(fresh_db)
+    book = two_models("v1", "2026-01-01T00:00:00Z", "10")
+    await bk.add_book(book)
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("round-up-fits", book="two")
+    grant = await _lot(bk, cid, "grant", "2.35")
+    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
+    await bk.event(cid, "model-y", 0, 130_000)
+    bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
+    top_up = await _lot(bk, cid, "topup", "5.00")
+    bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    await bk.event(cid, "model-x", 0, 130_000)
+    await bk.close(CLOSED)
+    assert await live_lots(bk, cid) == {grant: ("grant", 100 * CENT), top_up: ("topup", 375 * CENT)}
+    await bk.add_book(_two_version(book, "v2", 1, {"a": ("20", "0"), "b": ("20", "9.85")}))
+    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
+    done = await applied(bk, RerateSpec("two", "v2", NOV_1, DEC_1, None))
+    assert done["delta"] == "-1.3195", done
+    assert await live_lots(bk, cid) == {grant: ("grant", 107 * CENT), top_up: ("topup", 500 * CENT)}
+    rows = await _rows(bk, done["rerate_id"])
+    fifth, twentieth = sorted({charge for charge, _ in rows})
+    mine, paid = chart.lot_account(cid, grant), chart.lot_account(cid, top_up)
+    assert rows == {(fifth, mine): 155 * MIL // 10, (fifth, chart.rounding_account("USD")): -5 * MIL // 10,
+                    (twentieth, mine): 5 * CENT, (twentieth, paid): 95 * CENT}
+    await verified(bk)
