@@ -847,17 +847,18 @@ async def load_rerate_charges(conn: AsyncConnection, customer_id: str, book_id: 
 
 
 async def rule_funding(conn: AsyncConnection, customer_id: str, period: Period
-                       ) -> dict[str, tuple[tuple[int, str | None, int, int | None, int | None], ...]]:
+                       ) -> dict[str, tuple[tuple[int, str | None, int, int | None, int | None, str | None], ...]]:
     """What paid the customer's charges of `period`'s own usage (its usage time in it: a late
     charge of an earlier period billed in it is not, its close never trues it up) billed in it,
     by the rules that rated them (a charge rated by two rules is listed under each): rule id ->
     (charge id, account, amount, units, charged) (the receivable's under None when its funding was
     not recorded; units and charged: the rule's usage lines at the book's price on the charge, what
-    the true-up prices again at the tier reached; None once a re-rate moved the charge). The usage
+    the true-up prices again at the tier reached; None once a re-rate moved the charge; version: the
+    book version those lines name, which prices them where two versions tier the rule). The usage
     time also bounds the index scan to the period (charges_customer)."""
     lane = int(await _lane(conn, [customer_id]) or 0)
     rows = await conn.exec_driver_sql(
-        f"""SELECT r.rule_id, c.id, f ->> 0, sum((f ->> 1)::numeric)::text, r.units::text, r.charged::text,
+        f"""SELECT r.rule_id, c.id, f ->> 0, sum((f ->> 1)::numeric)::text, r.units::text, r.charged::text, r.version,
                    -- one test a row (two CASEs made two: two scans of every adjustment, when hashed)
                    EXISTS (SELECT 1 FROM charge_adjustments a WHERE a.charge_id = c.id)
               FROM charges c
@@ -866,7 +867,9 @@ async def rule_funding(conn: AsyncConnection, customer_id: str, period: Period
                         coalesce(sum((l ->> 'quantity')::numeric) FILTER (WHERE l ->> 'kind' = 'usage'
                                  AND l ->> 'override_id' IS NULL), 0) AS units,
                         coalesce(sum((l ->> 'amount_units')::numeric) FILTER (WHERE l ->> 'kind' = 'usage'
-                                 AND l ->> 'override_id' IS NULL), 0) AS charged
+                                 AND l ->> 'override_id' IS NULL), 0) AS charged,
+                        min(l ->> 'price_version') FILTER (WHERE l ->> 'kind' = 'usage'
+                                 AND l ->> 'override_id' IS NULL) AS version
                    FROM jsonb_array_elements(c.lines) l WHERE l ->> 'rule_id' IS NOT NULL GROUP BY 1) r
              CROSS JOIN LATERAL jsonb_array_elements(coalesce(
                  c.funding, jsonb_build_array(jsonb_build_array(NULL, c.from_receivable)))) f
@@ -874,12 +877,13 @@ async def rule_funding(conn: AsyncConnection, customer_id: str, period: Period
                AND c.occurred_at >= %s AND c.occurred_at < %s
                AND coalesce((SELECT j.metadata ->> 'period' FROM journal_entries j
                               WHERE j.lane = c.lane AND j.id = c.entry_id), c.period) = %s
-             GROUP BY r.rule_id, c.id, f ->> 0, r.units, r.charged ORDER BY 1, 2, 3""",
+             GROUP BY r.rule_id, c.id, f ->> 0, r.units, r.charged, r.version ORDER BY 1, 2, 3""",
         (customer_id, period.label, period.start, period.end, period.label))
-    out: dict[str, list[tuple[int, str | None, int, int | None, int | None]]] = {}
-    for rule_id, charge_id, account, amount, units, charged, moved in rows:
+    out: dict[str, list[tuple[int, str | None, int, int | None, int | None, str | None]]] = {}
+    for rule_id, charge_id, account, amount, units, charged, version, moved in rows:
         out.setdefault(rule_id, []).append((int(charge_id), account, int(amount),
-                                            None if moved else int(units), None if moved else int(charged)))
+                                            None if moved else int(units), None if moved else int(charged),
+                                            version))
     return {rule_id: tuple(paid) for rule_id, paid in out.items()}
 
 

@@ -369,8 +369,9 @@ def _true_up(state: State, w: Wallet, label: str, lines: list[dict[str, Any]], n
     goes where the money of the charges each rule rated came from, as a re-rate's
     (wallets.core.money_back: the lots that paid them, the last consumed first, a promotion's back to
     it; then what the customer owes), and the rest becomes credit (a paid lot). A rule two versions
-    or more tier by volume (`several`: a line each, at each one's price) gives back to its charges'
-    payers together, not charge by charge (the charges' funding does not tell their versions)."""
+    or more tier by volume (`several`: a line each, at each one's price) gives each line's back to
+    what paid the charges its version rated, each charge's overcharge at that price (not recorded
+    per charge: verify's per-charge tie keeps to one-line rules), the rest shared over the payers."""
     amount = sum(line["amount_units"] for line in lines)
     cid = w.customer.id
     # what each rule's line at the book's price gave back of each charge (a re-rate correcting the
@@ -394,9 +395,10 @@ def _true_up(state: State, w: Wallet, label: str, lines: list[dict[str, Any]], n
         paid = rules.get(line.get("rule_id") or "", ())
         if line["amount_units"] < 0 and paid:
             mine = None
-            if line["rule_id"] in several:
-                line = {**line, "unit_price": None}  # no charge's overcharge: shared over the payers
-            elif line.get("override_id") is None and all(units is not None for *_, units, _ in paid):
+            if line["rule_id"] in several:  # each charge's overcharge at its version's price: its own line's
+                paid = tuple((c, a, v, u, ch) if rest and rest[0] == line["price_version"] else (c, a, v, None, None)
+                             for c, a, v, u, ch, *rest in paid)
+            elif line.get("override_id") is None and all(units is not None for _, _, _, units, *_ in paid):
                 mine = parts.setdefault(line["rule_id"], {})
             need, rest = money_back.each_charge_first(shares, taken, line, paid, receivable, order, parts=mine,
                                                       placed=placed if mine is not None else None)

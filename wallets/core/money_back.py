@@ -191,7 +191,7 @@ def each_charge_first(shares: dict[str, int], taken: dict[tuple[int, str], int],
     lots: dict[int, dict[tuple[int, str], int]] = {}
     owed: dict[int, int] = {}
     over: dict[int, int] = {}
-    for charge, account, amount, units, charged in paid:
+    for charge, account, amount, units, charged, *_ in paid:
         if account is None or account == receivable:
             owed[charge] = owed.get(charge, 0) + amount
         else:

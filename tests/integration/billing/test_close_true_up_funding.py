@@ -901,7 +901,7 @@ async def _in_out_rerated(bk: BillingKit, cid: str, low: str, input_price: str) 
     return top_up, grant, done
 
 
-async def test_a_rerate_netting_to_zero_still_takes_a_true_up_s_part_of_one_charge_from_its_payer(fresh_db) -> None:
+async def test_a_rerate_giving_a_charge_back_still_takes_a_true_up_s_part_of_it_from_its_payer(fresh_db) -> None:
     """v2: output $12/M beyond 100,000, input $8/M. The 20th: output $0.80 + 30,000 x $12/M = $1.16
     (+$0.06), input 130,000 x $8/M = $1.04 (-$0.26): $2.20 (-$0.20). The true-up at the tier reached,
     each version's units at its own price: the 5th (v1) 60,000 x $10/M = $0.60, $0.60 below its
@@ -920,7 +920,7 @@ async def test_a_rerate_netting_to_zero_still_takes_a_true_up_s_part_of_one_char
     await _balanced(bk)
 
 
-async def test_a_rerate_netting_to_zero_still_gives_a_true_up_s_part_of_one_charge_to_its_payer(fresh_db) -> None:
+async def test_a_rerate_charging_a_charge_more_still_gives_a_true_up_s_part_of_it_to_its_payer(fresh_db) -> None:
     """v2: output $8/M beyond 100,000, input $12/M. The 20th: output $0.80 + 30,000 x $8/M = $1.04
     (-$0.06), input 130,000 x $12/M = $1.56 (+$0.26): $2.60 (+$0.20). The true-up at the tier
     reached, each version's units at its own price: the 5th (v1) at $10/M, as the close gave back

@@ -64,7 +64,8 @@ async def test_what_a_rerate_finds_left_in_a_periods_charges_reads_only_that_per
 async def test_what_paid_a_periods_rules_tests_each_charge_for_re_rates_once(bk: BillingKit):
     """October's one call (1,000 model-a input tokens, $0.01 at `a-in`; the call, $0.01 at `call`)
     was paid $0.02 from the top-up's lot, listed under each rule that rated it, with the rule's units
-    and amount (not re-rated). Whether a re-rate moved a charge is one test of its adjustments a row:
+    and amount (not re-rated) and the book version that rated it. Whether a re-rate moved a charge
+    is one test of its adjustments a row:
     the plan scans charge_adjustments once (twice before: one test each for units and amount, each
     a scan of every customer's adjustments when the planner hashed them)."""
     bk.clock.now = datetime(2026, 10, 5, tzinfo=UTC)
@@ -81,8 +82,9 @@ async def test_what_paid_a_periods_rules_tests_each_charge_for_re_rates_once(bk:
                                  analyze=("charges", "charge_adjustments"))
 
     paid = chart.lot_account(cid, lot)
-    assert found == {"a-in": ((charge_id, paid, 20_000_000, 1000, 10_000_000),),
-                     "call": ((charge_id, paid, 20_000_000, 1, 10_000_000),)}
+    version = "2026-01-01T00:00:00Z"  # the seed book's version its lines name (which prices a true-up)
+    assert found == {"a-in": ((charge_id, paid, 20_000_000, 1000, 10_000_000, version),),
+                     "call": ((charge_id, paid, 20_000_000, 1, 10_000_000, version),)}
     assert scans(spy.plans, "charge_adjustments") == 1
 
 

@@ -180,7 +180,7 @@ async def test_the_upcoming_invoice_counts_the_true_up_an_earlier_period_gets_at
     assert report.ok, [c for c in report.checks if not c.ok]
 
 
-async def test_the_true_up_takes_the_tiers_of_the_latest_version_that_rated_the_rule_by_time_not_label(
+async def test_two_versions_true_up_each_one_s_units_at_its_own_price_of_the_tier_reached_labels_apart(
         bk: BillingKit) -> None:
     """A price change mid-period: version "v9" (from January) rated the 5th, "v10" (from the
     15th) the 20th. The close once trued up at the tiers of the version whose label sorts last,
