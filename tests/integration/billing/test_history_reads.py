@@ -268,3 +268,44 @@ async def test_what_a_close_counts_as_re_rated_is_the_same_read_from_the_charges
         ("model-a", v, {"input": at[v], "request": 10_000_000}) for v in ("v8",) * 3 + ("v6",) * 4]
     assert found == tuple((model, tuple(lines), version, tuple((m, t, int(a)) for m, t, a in moved))
                           for model, lines, version, moved in reference)
+
+
+async def test_what_a_close_counts_as_re_rated_leaves_out_late_charges_whichever_way_it_is_read(bk: BillingKit):
+    """Late charges, where the two reads could differ (an adjustment names its charge's usage
+    period, the charge the period that billed it): October's call of the 10th (closed on November
+    1st at 02:00); on November 10th two November calls and one of October 20th arriving late (billed
+    in November); November closed on December 1st at 02:00; on December 2nd one of November 20th
+    arriving late (billed in December); one December call on the 10th. All re-rated on December 15th
+    to v8 ($8/M from October 1st). By hand: October's own billed in it: the 10th's, 1 row; November's:
+    its two of the 10th, 2 rows (not October's late one it billed, not its own late one December
+    billed); December's: its 10th's, 1 row (not November's late one); each model-a input 1,000 x
+    $8/M = 8,000,000 atomic units, the call 10,000,000. The read before (every charge of the period)
+    gives the same rows."""
+    cid = "hist-rerated-late"
+    bk.clock.now = datetime(2026, 10, 5, tzinfo=UTC)
+    await bk.customer(cid, billing_mode="postpaid")
+    await _calls_by_month(bk, cid, ((10, 1), (11, 2)))
+    await bk.event(cid, "model-a", 1000, 0, at=datetime(2026, 10, 20, tzinfo=UTC))
+    await bk.close(datetime(2026, 12, 1, 2, tzinfo=UTC))
+    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
+    await bk.event(cid, "model-a", 1000, 0, at=datetime(2026, 11, 20, tzinfo=UTC))
+    bk.clock.now = datetime(2026, 12, 10, tzinfo=UTC)
+    await bk.event(cid, "model-a", 1000, 0)
+    await _a_in_priced(bk, "v8", "2026-10-01T00:00:00Z", "8.00")
+    bk.clock.now = datetime(2026, 12, 15, tzinfo=UTC)
+    await _rerated(bk, cid, "v8", datetime(2026, 10, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC))
+    billed = await bk.db.read(lambda conn: conn.exec_driver_sql(
+        "SELECT to_char(occurred_at, 'MM-DD'), period FROM charges WHERE customer_id = %s ORDER BY occurred_at",
+        (cid,)))
+    assert billed.all() == [("10-10", "2026-10"), ("10-20", "2026-11"), ("11-10", "2026-11"), ("11-10", "2026-11"),
+                            ("11-20", "2026-12"), ("12-10", "2026-12")]
+
+    for label, rows in (("2026-10", 1), ("2026-11", 2), ("2026-12", 1)):
+        period = period_named(label, Cycle())
+        found = await bk.db.read(lambda conn, period=period: store.rerated_charges(conn, cid, period))
+        reference = await bk.db.read(lambda conn, period=period: conn.exec_driver_sql(_CHARGE_DRIVEN, (
+            cid, period.label, period.start, period.end, period.label)))
+        assert [(model, version, {t: a for _, t, a in moved}) for model, _, version, moved in found] == [
+            ("model-a", "v8", {"input": 8_000_000, "request": 10_000_000})] * rows, label
+        assert found == tuple((model, tuple(lines), version, tuple((m, t, int(a)) for m, t, a in moved))
+                              for model, lines, version, moved in reference), label
