@@ -896,19 +896,22 @@ async def rerated_charges(conn: AsyncConnection, customer_id: str, period: Perio
     units under the version they stand at now (invoicing.rerated_moves)."""
     lane = int(await _lane(conn, [customer_id]) or 0)
     # driven by the customer's adjustments of `period`'s usage (an adjustment names its charge's
-    # usage period: charge_adjustments_period), each charge's last (its primary key's), then the
-    # charge by its key (LIMIT 1: a probe each; planned generically with the period's filters in
-    # it, it walked the customer's charges of the period for each): a period no re-rate moved reads
-    # no charge. Before, every charge of the period was tested for adjustments, re-rated or not
-    # (30,000 charges, none re-rated: 33,334 buffers, 174 ms; 100 re-rated: 153,334, 428 ms)
+    # usage period: charge_adjustments_period, so all of a charge's adjustments are there), each
+    # charge's last (the greatest id: DISTINCT ON, its adjustments read once; a max(id) probe per
+    # adjustment read a charge's k adjustments k times: 30,000 charges re-rated 3 times, 663,736
+    # buffers, 282 ms, against 210,229, 166 ms), then the charge by its key (LIMIT 1: a probe
+    # each; planned generically with the period's filters in it, it walked the customer's charges
+    # of the period for each): a period no re-rate moved reads no charge. Before, every charge of
+    # the period was tested for adjustments, re-rated or not (30,000 charges, none re-rated:
+    # 33,334 buffers, 174 ms; 100 re-rated: 153,334, 428 ms)
     rows = await conn.exec_driver_sql(
         f"""SELECT c.model, c.lines, a.corrected_version, a.new_lines
-              FROM charge_adjustments a
+              FROM (SELECT DISTINCT ON (a.charge_id) a.charge_id, a.corrected_version, a.new_lines
+                      FROM charge_adjustments a WHERE a.customer_id = %s AND a.lane = {lane} AND a.period = %s
+                     ORDER BY a.charge_id, a.id DESC) a
              CROSS JOIN LATERAL (SELECT c.id, c.model, c.lines, c.customer_id, c.period, c.occurred_at, c.entry_id
                                    FROM charges c WHERE c.lane = {lane} AND c.id = a.charge_id LIMIT 1) c
-             WHERE a.customer_id = %s AND a.lane = {lane} AND a.period = %s
-               AND a.id = (SELECT max(n.id) FROM charge_adjustments n WHERE n.charge_id = a.charge_id)
-               AND c.customer_id = %s AND c.period = %s AND c.occurred_at >= %s AND c.occurred_at < %s
+             WHERE c.customer_id = %s AND c.period = %s AND c.occurred_at >= %s AND c.occurred_at < %s
                AND coalesce((SELECT j.metadata ->> 'period' FROM journal_entries j
                               WHERE j.lane = {lane} AND j.id = c.entry_id), c.period) = %s
              ORDER BY c.occurred_at, c.id""",
