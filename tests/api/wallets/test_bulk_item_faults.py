@@ -189,8 +189,11 @@ async def test_the_sdks_background_queue_keeps_an_item_answered_500_and_drops_th
                                           WHEN (NEW.id = '{bad.id}') EXECUTE FUNCTION probe_fail()""")
         transport.open.set()
         await tt.aclose()
-        assert len(transport.calls) == 1, "a 500 item is not sent again at once: it waits for a flush"
-        assert sorted(r["status"] for r in transport.answers[0]["results"]) == [200, 200, 500]
+        # the queue may send the three in one call or in two (a settle queued before the others
+        # is taken alone): each is sent once, the 500 item not again at once (it waits for a flush)
+        sent = sorted(item["reservation_id"] for call in transport.calls for item in call)
+        assert sent == sorted(r.id for r in blocks), "each item sent once"
+        assert sorted(r["status"] for a in transport.answers for r in a["results"]) == [200, 200, 500]
         [kept] = Spool(tt.spool.path).records()
         assert kept.reservation_id == bad.id, "the 500 item stays spooled, the two answered 200 are struck off"
         # each hold: 1,000 in x $10/M + 500 out x $20/M + $0.01 = $0.03; two settled at $0.028 each:
