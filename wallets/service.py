@@ -38,6 +38,12 @@ RELEASED_SCOPE = "#released"  # a claimed call that ended without an answer (Wal
 CLAIM_WAIT_S = 30.0  # how long a copy of a keyed bulk call waits for the first one's answer (see claim)
 
 
+def _claim_rows(idem: IdemKey, generation: int) -> tuple[tuple[str, str], tuple[str, str]]:
+    """The claim and released rows of `idem`'s `generation` (1: the first claim's, as before)."""
+    suffix = "" if generation == 1 else f"#{generation}"
+    return (idem.scope + CLAIM_SCOPE + suffix, idem.key), (idem.scope + RELEASED_SCOPE + suffix, idem.key)
+
+
 @dataclass(frozen=True, slots=True)
 class CustomerSpec:
     id: str
@@ -150,24 +156,30 @@ class WalletService:
         all (a first-ever usage event answered as a duplicate). A claim CLAIM_WAIT_S old, whose
         call died before answering, holds its retries no longer: they go ahead, each item
         idempotent on its own, and the first answer kept is the key's."""
-        claims, released = (idem.scope + CLAIM_SCOPE, idem.key), (idem.scope + RELEASED_SCOPE, idem.key)
-
         async def work(conn: AsyncConnection) -> tuple[Replayed | None, float | None]:
-            """The answer kept, and how long ago the claim was made when this call is a copy."""
-            loaded = await store.load(conn, (), idempotency=[(idem.scope, idem.key), claims, released])
-            kept = idempotency.check_key(loaded.idempotency.get((idem.scope, idem.key)), idem)
-            if kept is not None:
-                return kept, None
-            claimed = idempotency.check_key(loaded.idempotency.get(claims), idem)
-            if claimed is not None and released in loaded.idempotency:  # the first ended without an answer
-                return None, None
-            if claimed is None:
-                at = self.clock().isoformat()
-                await store.write(conn, {"idempotency": [idempotency.row(*claims, idem.request_hash, OK,
-                                                                         {"claimed_at": at})]})
-                return None, None
-            at = claimed.body.get("claimed_at") if isinstance(claimed.body, dict) else None
-            return None, (self.clock() - datetime.fromisoformat(at)).total_seconds() if at else CLAIM_WAIT_S
+            """The answer kept, and how long ago the claim was made when this call is a copy. A
+            claim released (its call ended without an answer) is claimed again, by the next
+            generation's row (records are immutable): this call goes ahead, its copies wait."""
+            generation = 1
+            while True:
+                claims, released = _claim_rows(idem, generation)
+                pairs = [claims, released] + ([(idem.scope, idem.key)] if generation == 1 else [])
+                loaded = await store.load(conn, (), idempotency=pairs)
+                if generation == 1:
+                    kept = idempotency.check_key(loaded.idempotency.get((idem.scope, idem.key)), idem)
+                    if kept is not None:
+                        return kept, None
+                claimed = idempotency.check_key(loaded.idempotency.get(claims), idem)
+                if claimed is not None and released in loaded.idempotency:  # ended without an answer
+                    generation += 1
+                    continue
+                if claimed is None:
+                    at = self.clock().isoformat()
+                    await store.write(conn, {"idempotency": [idempotency.row(*claims, idem.request_hash, OK,
+                                                                             {"claimed_at": at})]})
+                    return None, None
+                at = claimed.body.get("claimed_at") if isinstance(claimed.body, dict) else None
+                return None, (self.clock() - datetime.fromisoformat(at)).total_seconds() if at else CLAIM_WAIT_S
 
         lock, started, pause = [lock_key(f"idempotency:{idem.scope}:{idem.key}")], time.monotonic(), 0.02
         first_age: float | None = None
@@ -186,13 +198,20 @@ class WalletService:
     async def release(self, idem: IdemKey) -> None:
         """A claimed bulk call ends without an answer to keep (an item to send again, 503; an
         unexpected error): its copies and retries stop waiting for one (see claim) and go ahead."""
-        released = (idem.scope + RELEASED_SCOPE, idem.key)
-
         async def work(conn: AsyncConnection) -> None:
-            loaded = await store.load(conn, (), idempotency=[released])
-            if released not in loaded.idempotency:
-                await store.write(conn, {"idempotency": [idempotency.row(*released, idem.request_hash, OK,
-                                                                         {"released_at": self.clock().isoformat()})]})
+            generation = 1
+            while True:  # the last generation claimed: this call's
+                _, released = _claim_rows(idem, generation)
+                later, _ = _claim_rows(idem, generation + 1)
+                loaded = await store.load(conn, (), idempotency=[released, later])
+                if later in loaded.idempotency:
+                    generation += 1
+                    continue
+                if released not in loaded.idempotency:
+                    at = self.clock().isoformat()
+                    await store.write(conn, {"idempotency": [idempotency.row(*released, idem.request_hash, OK,
+                                                                             {"released_at": at})]})
+                return
 
         await self.db.run(work, locks=[lock_key(f"idempotency:{idem.scope}:{idem.key}")])
 
