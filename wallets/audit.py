@@ -63,6 +63,24 @@ async def _schema(conn: AsyncConnection) -> dict[str, bool]:
     return found
 
 
+async def assets_scaled(conn: AsyncConnection) -> Check:
+    """Every wallet currency (a customer's) at the wallets' scale (chart.ASSET_SCALE): amounts are
+    integers of atomic units, and the asset's scale alone says what a unit is worth. No hash covers
+    it (a seal covers the units and the asset's code), so a scale rewritten past its trigger changed
+    every figure shown of that currency (the trial balance, the exports, the statements) by a power
+    of ten, and every other check still passed."""
+    return await _query_check(conn, "assets", f"""
+        SELECT format('asset %s has scale %s, but a wallet currency is kept in units of 10^-%s: '
+                      'its customers'' amounts read %s%s times what they are', s.code, s.scale, {chart.ASSET_SCALE},
+                      CASE WHEN s.scale > {chart.ASSET_SCALE} THEN '1/' ELSE '' END,
+                      '1' || repeat('0', abs({chart.ASSET_SCALE} - s.scale)))
+          FROM assets s
+         WHERE s.scale <> {chart.ASSET_SCALE}
+           AND EXISTS (SELECT 1 FROM customers c WHERE c.currency = s.code)
+         ORDER BY s.code
+        """, f"every wallet currency has the wallets' scale ({chart.ASSET_SCALE})")
+
+
 async def reservations_consistent(conn: AsyncConnection) -> Check:
     return await _query_check(conn, "reservations", f"""
         SELECT format('reservation %s is %s but has a final charge', r.id, r.status)
@@ -949,7 +967,7 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
 
 
 WALLET_CHECKS: tuple[CheckFn, ...] = (
-    reservations_consistent, holds_equal_reserved, lots_match_accounts, wallets_within_limits,
+    assets_scaled, reservations_consistent, holds_equal_reserved, lots_match_accounts, wallets_within_limits,
     charges_match_entries, charge_lines_rounded, usage_counters_match_charges, usage_rollups_match_charges,
     usage_events_charged, budgets_match_reservations,
     period_rollups_match_postings, invoices_tie_out, credit_notes_tie_out,
