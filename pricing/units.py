@@ -90,6 +90,10 @@ FORMATS = (1, 2)
 # per-call tool charges, never billed by a format 1 book (it has no type for them): its other
 # units without a format 1 type (seconds, characters, pages, messages) are unpriced there
 TOOL_CALLS: frozenset[str] = frozenset(k.name for k in _KINDS if k.field.endswith("_calls"))
+# types priced per call (a request, a tool call, a page, a message): they price calls, not any
+# model's tokens, so a rule of one for every model does not make every model one the book prices
+# (pricing.books.PriceVersion.prices_model; under `unpriced: zero` a misspelt model's tokens were free)
+PER_CALL: frozenset[str] = frozenset(k.name for k in _KINDS if k.per == 1)
 # the format 1 types of a modality: a format 1 book with a rule of one rates that modality's
 # tokens by it (input, cached input and output alike), else as their legacy type
 MODALITY_TYPES = frozenset({"audio", "image"})

@@ -109,3 +109,39 @@ async def test_an_unknown_customer_is_not_found_and_keys_other_than_admin_only_r
     assert other.status_code == 201
     peek = await client.get("/v1/customers/po-other/price-overrides", headers=own)
     assert peek.status_code == 403 and peek.json()["code"] == "forbidden"
+
+
+async def test_a_tool_price_for_every_model_makes_no_unknown_model_priced(client) -> None:
+    """A format 2 book with `unpriced: zero`: model-a input at $10 per 1M and web searches at $0.01
+    a call for every model (no model). Before, that search rule made every model one the book
+    prices: a contract price for model-zzz was stored (201) and never applied, a hold of $0.50 for
+    model-aa was taken, and a usage event of model-aa's 1M input tokens and 2 searches was charged
+    $0.02 (2 x $0.01), its tokens free. Now each is refused: 422 naming contract_prices[0].model,
+    422 unpriced_model, and the event rejected unpriced_model, nothing charged; model-a's event
+    (1M input, 2 searches) is charged $10.00 + $0.02 = $10.02."""
+    book = {"id": "po-tools", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "format": 2,
+            "unpriced": "zero", "rules": [{"id": "a-in", "model": "model-a", "token_type": "input", "price": "10"},
+                                          {"id": "search", "token_type": "web_search", "price": "0.01"}]}
+    assert (await client.post("/v1/price-books", headers=ADMIN, json=book)).status_code == 201
+    made = await client.post("/v1/customers", headers=ADMIN, json={"id": "po-tools", "currency": "USD",
+                                                                   "price_book": "po-tools"})
+    assert made.status_code == 201, made.text
+    url = "/v1/customers/po-tools/price-overrides"
+    contract = await client.put(url, headers=ADMIN, json={
+        "contract_prices": [{"id": "zzz", "model": "model-zzz", "price": "1"}]})
+    assert contract.status_code == 422, contract.text
+    assert [f["field"] for f in contract.json()["fields"]] == ["contract_prices[0].model"]
+    await client.post("/v1/customers/po-tools/topups", headers=ADMIN, json={"amount": "20.00"})
+    hold = await client.post("/v1/reservations", headers=ADMIN, json={
+        "customer_id": "po-tools", "request_id": "aa", "model": "model-aa", "amount": "0.50"})
+    assert hold.status_code == 422 and hold.json()["code"] == "unpriced_model", hold.text
+    at = utc(datetime.now(UTC) - timedelta(minutes=1))
+    usage = {"input_tokens": 1_000_000, "web_search_calls": 2}
+    sent = await client.post("/v1/usage-events", headers=ADMIN, json=[
+        {"event_id": "aa", "customer_id": "po-tools", "model": "model-aa", "timestamp": at, "usage": usage},
+        {"event_id": "a", "customer_id": "po-tools", "model": "model-a", "timestamp": at, "usage": usage}])
+    body = sent.json()
+    assert body["accepted"] == 1, body
+    assert [(r["event_id"], r["code"]) for r in body["rejected"]] == [("aa", "unpriced_model")]
+    wallet = (await client.get("/v1/customers/po-tools/wallet", headers=ADMIN)).json()
+    assert wallet["available"] == "9.98"  # 20.00 - 10.02

@@ -150,21 +150,28 @@ def test_the_unpriced_policy_is_explicit_per_book():
         rate(Usage("other-model", {"input": 5}, AT), zero)
 
 
-def test_a_per_call_fee_for_every_model_does_not_make_an_unknown_model_free_under_unpriced_zero():
-    # with a $0.01 fee for every call, a misspelt model's 1M input tokens were charged $0.01:
-    # the fee rule, naming no model, made every model one the book "prices"
+@pytest.mark.parametrize(("unit", "calls", "units"), [("request", 1, 10_000_000), ("web_search", 2, 20_000_000)])
+def test_a_per_call_price_for_every_model_does_not_make_an_unknown_model_free_under_unpriced_zero(unit, calls, units):
+    """A format 2 book, `unpriced: zero`: model-a input at $10 per 1M, and a price per call for
+    every model (a rule with no model): a $0.01 fee per request, or web searches at $0.01 a call.
+    A misspelt model-aa's 1M input tokens were charged the calls alone, $0.01 for its request
+    (before beee636), $0.02 (2 x $0.01) for 2 searches (before tool prices were left out too): its tokens free,
+    the rule naming no model made every model one the book "prices". By hand now: model-aa is
+    unpriced_model (reserve and settle); model-a's 1M input tokens $10.00 (10,000,000,000 units)
+    and its calls (1 x $0.01 = 10,000,000; 2 x $0.01 = 20,000,000), its 5 output tokens free (a
+    type of a model the book prices, unpriced: zero)."""
     body = {"id": "fee", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "format": 2,
             "unpriced": "zero", "rules": [{"id": "a-in", "model": "model-a", "token_type": "input", "price": "10"},
-                                          {"id": "call", "token_type": "request", "price": "0.01"}]}
+                                          {"id": "call", "token_type": unit, "price": "0.01"}]}
     zero = parse_version(body)
+    assert not zero.prices_model("model-aa") and zero.prices_model("model-a")
     with pytest.raises(UnpricedModelError):
-        rate(Usage("model-aa", {"input": 1_000_000, "request": 1}, AT), zero)
+        rate(Usage("model-aa", {"input": 1_000_000, unit: calls}, AT), zero)
     with pytest.raises(UnpricedModelError):
         estimate_upper_bound(zero, "model-aa", 1_000_000, 0, None, AT)
-    # the model it prices: its output is not charged (unpriced: zero), its call is
-    known = rate(Usage("model-a", {"input": 1_000_000, "output": 5, "request": 1}, AT), zero)
-    assert [(ln.token_type, ln.amount_units) for ln in known.lines] == [("input", 10_000_000_000),
-                                                                       ("request", 10_000_000)]
+    known = rate(Usage("model-a", {"input": 1_000_000, "output": 5, unit: calls}, AT), zero)
+    assert [(ln.token_type, ln.amount_units) for ln in known.lines] == [("input", 10_000_000_000), (unit, units)]
+    assert known.total_units == 10_000_000_000 + units
 
 
 def test_a_format_1_book_rates_format_2_usage_exactly_as_before():
