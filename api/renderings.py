@@ -470,12 +470,14 @@ def context_pdf(context: Mapping[str, Any]) -> bytes:
            [tuple(_text(v) for v in (row.description, row.quantity, row.unit_price, row.amount))
             for row in context["rows"]])
     doc.ln(4)
-    doc.set_font(family, size=10)
-    for label, value in context["summary"]:
+    figures = [(label, _text(label), _text(f"{value} {document['currency']}")) for label, value in context["summary"]]
+    doc.set_font(family, "B", 10)  # the widest a figure prints (bold, or the same widths)
+    wide = max([TOTALS, *(doc.get_string_width(figure) + 2 * doc.c_margin for _, _, figure in figures)])
+    for label, text, figure in figures:
         bold = label in ("Total", "Amount due", "Amount remaining")
         doc.set_font(family, "B" if bold else "", 10)
-        _cell(doc, doc.epw - TOTALS, 6, _text(label), align="R")
-        _cell(doc, TOTALS, 6, _text(f"{value} {document['currency']}"), align="R")
+        _cell(doc, doc.epw - wide, 6, text, align="R")
+        _cell(doc, wide, 6, figure, align="R")
         doc.ln(6)
     if document.get("content_hash"):
         doc.ln(4)
@@ -485,7 +487,8 @@ def context_pdf(context: Mapping[str, Any]) -> bytes:
 
 
 # The cell (mm) the totals' figures are right-aligned in, at the right end of the table, so that they
-# end where its amounts do (after a 145 mm label from the left margin, they ended 10 mm short).
+# end where its amounts do (after a 145 mm label from the left margin, they ended 10 mm short); wider
+# where a figure needs it (exact to 9 decimals, "123456.789012345 USD" is 38.8 mm: it ran into its label).
 TOTALS = 35
 
 # The lines' table: each column's share of the page between its margins and its alignment (as
@@ -504,8 +507,7 @@ def _table(doc: FPDF, family: str, heading: tuple[str, ...], rows: list[tuple[st
     Latin hyphens is one), twice a row; 300 lines of long CJK names took 1.4 s of CPU."""
     height = 2 * doc.font_size
     measure, joined = _measurer(doc), _joins(doc)
-    shares = sum(share for share, _ in COLUMNS)
-    columns = [(doc.epw * share / shares, align) for share, align in COLUMNS]
+    columns = _columns(doc, measure, rows)
 
     def draw(cells: tuple[str, ...], style: str) -> None:
         doc.set_font(family, style, 9)
@@ -555,6 +557,20 @@ def _table(doc: FPDF, family: str, heading: tuple[str, ...], rows: list[tuple[st
     for row in rows:
         draw(row, "")
     doc.set_font(family, "", 9)
+
+
+def _columns(doc: FPDF, measure: Callable[[str], float], rows: list[tuple[str, ...]]) -> list[tuple[float, str]]:
+    """The table's columns (width, alignment): COLUMNS' shares of the page between its margins, but
+    a figure's column as wide as its widest word and the cell's margins, taken off the description's,
+    so that no figure is cut (an exact amount, "12345.678901234" at 9 pt, 25.6 mm, was cut in a
+    26.39 mm column: "12345.67890123" over "4")."""
+    shares = sum(share for share, _ in COLUMNS)
+    widths = [doc.epw * share / shares for share, _ in COLUMNS]
+    for n in range(1, len(COLUMNS)):
+        words = (measure(word) for row in rows for word in row[n].split())
+        widths[n] = max(widths[n], max(words, default=0.0) + 2 * doc.c_margin)
+    widths[0] = doc.epw - sum(widths[1:])
+    return [(width, align) for width, (_, align) in zip(widths, COLUMNS, strict=True)]
 
 
 def _font_on_page(doc: FPDF) -> None:

@@ -211,3 +211,66 @@ def test_the_totals_end_where_the_tables_amounts_end() -> None:
     assert len(drawn["0.01 EUR"]) == 2  # Total, Amount due
     for x, _ in drawn["0.01 EUR"]:
         assert abs(x + 15.293 - 199) < 0.01, x
+
+
+def _summary_context(rows: list[Row], figure: str, currency: str = "USD") -> dict:
+    return {"invoice": {"currency": currency, "content_hash": None}, "title": "Invoice INV-2026-000001",
+            "facts": [("Customer", "acme")], "rows": rows,
+            "summary": [("Total", figure), ("Amount due", "0.01")]}
+
+
+def _drawn_on_first_page(context: dict) -> dict[str, list[tuple[float, float]]]:
+    drawn: dict[str, list[tuple[float, float]]] = {}
+
+    def seen(text, cm, tm, font, size) -> None:
+        if text.strip():
+            drawn.setdefault(text.strip(), []).append((tm[4] * 25.4 / 72, 297 - tm[5] * 25.4 / 72))
+
+    PdfReader(io.BytesIO(context_pdf(context))).pages[0].extract_text(visitor_text=seen)
+    return drawn
+
+
+def test_a_total_wider_than_the_totals_cell_widens_it_and_never_runs_into_its_label() -> None:
+    """The totals are exact atomic units (9 decimals), so a customer billed $123,456.789012345
+    has a figure of "123456.789012345 USD": at 10 pt (Helvetica's widths: digits 556, "." 278,
+    " " 278, U 722, S 667, D 722) (15 * 556 + 278 + 278 + 722 + 667 + 722) * 10 / 1000 = 110.07 pt
+    = 38.83 mm, in a cell 35 mm wide with a 1 mm margin: it began at 199 - 38.83 = 160.17 mm, to
+    the left of its own cell (165 mm) and over its label "Total" (bold: T 611, o 611, t 333, a 556,
+    l 278: 23.89 pt = 8.43 mm, right-aligned to 164 mm: 155.57 to 164 mm), so the two were printed
+    one over the other. Now the totals' cell is as wide as its widest figure and its margins,
+    38.83 + 2 = 40.83 mm, so it begins at 200 - 40.83 = 159.17 mm: the figure still ends at
+    199 mm (160.17 to 199), and "Total" ends a margin before its cell, at 158.17 mm (149.74)."""
+    drawn = _drawn_on_first_page(_summary_context([Row("gpt-4o input", "1,000", "10.00 per 1M", "0.01")],
+                                                  "123456.789012345"))
+    (figure_x, _), = drawn["123456.789012345 USD"]
+    (label_x, _), = drawn["Total"]
+    assert abs(figure_x - 160.17) < 0.01, figure_x
+    assert abs(label_x - 149.74) < 0.01, label_x  # 158.17 - 8.43: it ends 2 mm before the figure begins
+    (due_x, _), = drawn["0.01 USD"]  # a narrow figure still ends at 199 mm: "0.01 USD" 43.35 pt = 15.293 mm
+    assert abs(due_x + 15.293 - 199) < 0.01, due_x
+
+
+def test_a_short_total_keeps_the_35_mm_totals_cell() -> None:
+    """"12345.67 USD" is (7 * 556 + 278 + 278 + 722 + 667 + 722) * 10 / 1000 = 59.59 pt = 21.02 mm:
+    it fits the 35 mm cell, which stays where it was: "Total" ends at 165 - 1 = 164 mm (155.57)."""
+    drawn = _drawn_on_first_page(_summary_context([Row("gpt-4o input", "1,000", "10.00 per 1M", "0.01")],
+                                                  "12345.67"))
+    (label_x, _), = drawn["Total"]
+    assert abs(label_x - 155.57) < 0.01, label_x
+
+
+def test_an_amount_wider_than_its_column_widens_it_and_is_printed_whole() -> None:
+    """An invoice finalized before lines were rounded has exact amounts; a line of
+    $12,345.678901234 is (14 * 556 + 278) * 9 / 1000 = 72.558 pt = 25.597 mm at 9 pt, wider than
+    the amount column's 26.39 mm less its two 1 mm margins (24.39 mm): it was cut, "12345.67890123"
+    on one line and "4" on the next. Now the column is as wide as its widest figure and its
+    margins, 27.597 mm, taken from the description's (95 - (27.597 - 26.389) = 93.792 mm): the amount printed
+    whole, ending at 199 mm (173.403 mm from the left), and the table still 10 to 200 mm wide (its
+    right edge 200.0016 mm: fpdf2's 10 mm margin is 28.35 pt, so the amount column's left edge is
+    200.0016 - 27.597 = 172.405, 172.41 to the hundredth)."""
+    context = _context([Row("gpt-4o input", "1,234,567,890", "10.00 per 1M", "12345.678901234")])
+    drawn = _drawn_on_first_page(context)
+    (amount_x, _), = drawn["12345.678901234"]
+    assert abs(amount_x - 173.403) < 0.01, amount_x
+    edges = {edge for rectangle in _rectangles(context) for edge in rectangle}
+    assert edges == {10.0, 103.79, 135.46, 172.41, 200.0}, sorted(edges)
