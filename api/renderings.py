@@ -42,8 +42,10 @@ KIND_LABELS = {"usage": "", "request": "", "discount": "discount", "free_allowan
 CSV_FIELDS = ("number", "period", "kind", "model", "token_type", "original_period", "quantity", "unit_price",
               "per", "amount", "currency", "rule_id", "tier", "override_id", "price_version", "customer_id",
               "customer_name")
+# every rendering of a customer's document (an invoice, a credit note): kept by no browser or shared cache
+NOT_KEPT = {"Cache-Control": "private, no-store", "X-Content-Type-Options": "nosniff"}
 HTML_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
-                "X-Content-Type-Options": "nosniff", "Cache-Control": "private, no-store"}
+                **NOT_KEPT}
 
 
 def negotiate(request: Request, media_types: tuple[str, ...] = MEDIA_TYPES) -> str:
@@ -818,6 +820,6 @@ def filename(document: Mapping[str, Any], extension: str) -> str:
     return f"{document.get('number') or 'invoice-' + document['period']['label']}.{extension}"
 
 
-__all__ = ["BIDI_CONTROLS", "CSV", "HTML", "HTML_HEADERS", "JSON", "MEDIA_TYPES", "PDF", "Row", "bidi_closed",
-           "bill_to", "context_pdf", "credit_note_context", "csv_text", "filename", "html_context", "negotiate", "pdf",
-           "rounding_note", "rows", "summary"]
+__all__ = ["BIDI_CONTROLS", "CSV", "HTML", "HTML_HEADERS", "JSON", "MEDIA_TYPES", "NOT_KEPT", "PDF", "Row",
+           "bidi_closed", "bill_to", "context_pdf", "credit_note_context", "csv_text", "filename", "html_context",
+           "negotiate", "pdf", "rounding_note", "rows", "summary"]

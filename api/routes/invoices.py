@@ -188,9 +188,6 @@ async def invoice_document(state: State, request: Request, invoice_id: str) -> d
     return await db.read(lambda conn: billing.invoice(conn, invoice_id))
 
 
-NOT_KEPT = {"Cache-Control": "private, no-store", "X-Content-Type-Options": "nosniff"}  # as the HTML rendering
-
-
 async def rendered(media: str, document: dict[str, Any]) -> Response[Any]:
     """The invoice document in the negotiated media type (see api.renderings); a PDF in a worker
     thread (1,000 lines took about 1.2 s, and still take 0.2-0.3 s, which the event loop's other
@@ -198,12 +195,13 @@ async def rendered(media: str, document: dict[str, Any]) -> Response[Any]:
     if media == renderings.HTML:
         return Template("documents/invoice.html", context=renderings.html_context(document),
                         headers=renderings.HTML_HEADERS, media_type=MediaType.HTML)
+    kept_by_none = renderings.NOT_KEPT
     if media == renderings.PDF:
         return Response(await anyio.to_thread.run_sync(renderings.pdf, document), media_type=media, headers={
-            "Content-Disposition": f'inline; filename="{renderings.filename(document, "pdf")}"', **NOT_KEPT})
+            "Content-Disposition": f'inline; filename="{renderings.filename(document, "pdf")}"', **kept_by_none})
     if media == renderings.CSV:
         return Response(renderings.csv_text(document), media_type="text/csv", headers={  # Litestar adds the charset
-            "Content-Disposition": f'attachment; filename="{renderings.filename(document, "csv")}"', **NOT_KEPT})
+            "Content-Disposition": f'attachment; filename="{renderings.filename(document, "csv")}"', **kept_by_none})
     return Response(document, media_type=media)
 
 

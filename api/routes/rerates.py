@@ -152,7 +152,8 @@ async def get_credit_note(state: State, request: Request, credit_note_id: FromPa
     if media == renderings.PDF:
         printed = await anyio.to_thread.run_sync(renderings.context_pdf, renderings.credit_note_context(document))
         return Response(printed, media_type=media,
-                        headers={"Content-Disposition": f'inline; filename="{document["number"]}.pdf"'})
+                        headers={"Content-Disposition": f'inline; filename="{document["number"]}.pdf"',
+                                 **renderings.NOT_KEPT})
     return Response(document, media_type=media)
 
 
