@@ -216,9 +216,9 @@ async def test_the_pdf_prints_a_name_outside_latin_1_as_other_pdf_text(client) -
     assert "Bill to Ωmega Łódź ООО 株式会社 (intl)" in await _pdf_lines(client, f"/v1/invoices/{invoice['id']}")
 
 
-async def test_a_credit_note_bills_the_customer_by_the_name_it_had_when_issued(client, scratch_url) -> None:
-    await _customer_with_usage(client, "acme", "Acme Inc.")
-    invoice = await _close(client, "acme")
+async def rerated_note(client) -> dict:
+    """The current UTC month's model-a input re-rated from $10/M to $5/M (the seed book's v2): the
+    re-rate's one credit note (of an invoice closed before)."""
     period = period_of(datetime.now(UTC), Cycle("UTC", None))
     start, end = (at.isoformat().replace("+00:00", "Z") for at in (period.start, period.end))
     fixed = {**SEED, "version": "v2", "effective_from": start,
@@ -228,6 +228,13 @@ async def test_a_credit_note_bills_the_customer_by_the_name_it_had_when_issued(c
         "price_book": "seed", "version": "v2", "from": start, "to": end, "mode": "apply"})
     assert applied.status_code == 200, applied.text
     [note] = applied.json()["credit_notes"]
+    return note
+
+
+async def test_a_credit_note_bills_the_customer_by_the_name_it_had_when_issued(client, scratch_url) -> None:
+    await _customer_with_usage(client, "acme", "Acme Inc.")
+    invoice = await _close(client, "acme")
+    note = await rerated_note(client)
     assert note["invoice_id"] == invoice["id"]
     path = f"/v1/credit-notes/{note['id']}"
     document = (await client.get(path, headers=ADMIN)).json()
