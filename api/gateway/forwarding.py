@@ -229,15 +229,13 @@ class Forwarding:
                 if out and not self.left:
                     await x.send({"type": "http.response.body", "body": out, "more_body": True})
             tail = splitter.rest()
-        except httpx.HTTPError as exc:  # the upstream failed mid-stream: bill what it generated
-            self.outcome = "upstream_error"
-            # an event cut before its blank line is not relayed, but one whose data came whole (the
-            # final usage, say) is read for the charge: its JSON decodes only if all of it came
-            self.tally.observe(splitter.rest())
-            log.warning("upstream stream failed: %s", exc.__class__.__name__)
-            timeout = isinstance(exc, httpx.TimeoutException)
-            tail = stream_error_event(x.provider, "upstream_timeout" if timeout else "upstream_failed",
-                                      f"the upstream stream failed ({exc.__class__.__name__})")
+        except httpx.HTTPError as exc:
+            if self.tally.ended:  # after the stream's own end: the caller has it all, and it ends so
+                log.warning("upstream %s %s stream lost its connection after its last event: %s",
+                            x.provider, x.path, exc.__class__.__name__)
+                tail = b""
+            else:
+                tail = self._failed_mid_stream(splitter, exc)
         failed = self.outcome == "upstream_error"
         charged = await self.finish(self.tally.settlement(x.gw.counter, self.call.model, self.call.prompt_raw_tokens,
                                                           failed), wait=self._waits())
@@ -247,6 +245,18 @@ class Forwarding:
                      f"request_id={x.request_id}\n\n").encode()
         if not self.left:
             await x.send({"type": "http.response.body", "body": tail, "more_body": False})
+
+    def _failed_mid_stream(self, splitter: EventSplitter, exc: httpx.HTTPError) -> bytes:
+        """The upstream failed mid-stream: what it generated is billed, and the caller gets the
+        provider's error event (returned)."""
+        self.outcome = "upstream_error"
+        # an event cut before its blank line is not relayed, but one whose data came whole (the
+        # final usage, say) is read for the charge: its JSON decodes only if all of it came
+        self.tally.observe(splitter.rest())
+        log.warning("upstream stream failed: %s", exc.__class__.__name__)
+        timeout = isinstance(exc, httpx.TimeoutException)
+        return stream_error_event(self.x.provider, "upstream_timeout" if timeout else "upstream_failed",
+                                  f"the upstream stream failed ({exc.__class__.__name__})")
 
     def reads_on(self) -> bool:
         """The caller left: whether to read the call on to its end, sending nothing, for the charge

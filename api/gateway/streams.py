@@ -133,10 +133,15 @@ class StreamTally:
     # a tool of the provider's ran (a search, a fetch, code, an MCP call): its results are billed as
     # input, which only the final usage counts
     tool_results: bool = False
+    # the stream's own last event came (chat's [DONE], a response's completed, incomplete or failed
+    # event, Anthropic's message_stop): a connection lost after it lost only HTTP's end of the body
+    ended: bool = False
 
     def observe(self, raw: bytes) -> bool:
         """Take one event into account; whether to forward it to the caller."""
         name, data = event_fields(raw)
+        if data == "[DONE]":
+            self.ended = self.kind == CHAT
         if not data or data == "[DONE]":
             return True
         try:
@@ -177,6 +182,7 @@ class StreamTally:
             told = _tier_of(response) if isinstance(response, Mapping) else None
             self.service_tier = told or self.service_tier
         elif kind in _RESPONSES_DONE:
+            self.ended = True
             response = event.get("response")
             if isinstance(response, Mapping):
                 self.count_items(list_of(response.get("output")))
@@ -233,6 +239,8 @@ class StreamTally:
             delta = event.get("delta")
             if isinstance(delta, Mapping):
                 self.texts += [delta[k] for k in ANTHROPIC_DELTAS if isinstance(delta.get(k), str)]
+        elif kind == "message_stop":
+            self.ended = True
         elif kind == "message_start":
             message = event.get("message")
             if isinstance(message, Mapping) and isinstance(message.get("usage"), Mapping):

@@ -957,6 +957,75 @@ def event(name: str, data: dict[str, Any]) -> bytes:
     return f"event: {name}\n".encode() + sse({"type": name, **data})
 
 
+_COMPLETED = {"id": "resp_edge", "object": "response", "created_at": 1764680000, "model": "m", "status": "completed",
+              "output": [{"id": "msg_1", "type": "message", "role": "assistant", "status": "completed",
+                          "content": [{"type": "output_text", "text": " one two", "annotations": []}]}],
+              "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
+              "usage": {"input_tokens": 800, "input_tokens_details": {"cached_tokens": 100}, "output_tokens": 56,
+                        "output_tokens_details": {"reasoning_tokens": 16}, "total_tokens": 856}}
+WHOLE_STREAMS = {
+    "chat": ("/openai/v1/chat/completions", {"messages": HI, "stream_options": {"include_usage": True}}, CHAT_CHARGE,
+             [content(" one two three"), usage_chunk(40), b"data: [DONE]\n\n"]),
+    "responses": ("/openai/v1/responses", {"input": "hi"}, RESPONSES_CHARGE, [
+        event("response.output_text.delta", {"item_id": "msg_1", "output_index": 0, "content_index": 0,
+                                             "delta": " one two", "sequence_number": 1}),
+        event("response.completed", {"response": _COMPLETED, "sequence_number": 2})]),
+    "messages": ("/anthropic/v1/messages", {"messages": HI, "max_tokens": 100}, MESSAGES_CHARGE, [
+        event("message_start", {"message": {
+            "id": "msg_edge", "type": "message", "role": "assistant", "model": "m", "content": [],
+            "stop_reason": None, "stop_sequence": None, "usage": {
+                "input_tokens": 900, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 50,
+                "output_tokens": 1}}}),
+        event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+        event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": " one two"}}),
+        event("content_block_stop", {"index": 0}),
+        event("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                "usage": {"output_tokens": 40}}),
+        event("message_stop", {})])}
+
+
+@pytest.mark.parametrize("kind", list(WHOLE_STREAMS))
+def test_a_stream_whose_connection_is_lost_after_its_own_end_ends_as_it_came(live, upstream, kind):
+    """The stream's own last event came whole (chat's `data: [DONE]`, a response's
+    response.completed, Anthropic's message_stop), then the connection was lost before HTTP's end
+    of the body (its last chunk): the caller has the whole answer and is charged its usage, chat
+    (800 input, 200 cached, 40 output) 0.0100, a response (700 input, 100 cached, 40 + 16 output)
+    0.00922, a message (900 input, 100 cached, 50 written, 40 output) 0.011525. Was: an error
+    event (`upstream_failed`) was sent after that end, on which the anthropic and openai packages
+    raise for a message and a response the caller had all of and paid for (anthropic.APIStatusError,
+    openai.APIError), and which a chat client reading past [DONE] met as a failure."""
+    url, _ = live
+    path, payload, cost, events = WHOLE_STREAMS[kind]
+
+    async def lost(send: Any, receive: Any) -> None:
+        await start(send, b"text/event-stream")
+        for part in events:
+            await body(send, part)
+        raise ConnectionAbortedError("the upstream's connection is lost after the stream's end")
+
+    cid, key = customer(live)
+    status, received, request_id = stream_call(url, key, {"model": model(upstream, lost), **payload},
+                                                path)
+    assert status == 200 and received.startswith(b"".join(events).decode()), received
+    assert "error" not in received.removeprefix(b"".join(events).decode()), received
+    _billed(url, cid, request_id, cost)
+    if kind == "chat":
+        return
+    cid, key = customer(live)
+    name = model(upstream, lost)
+    if kind == "messages":
+        sdk = anthropic.Anthropic(base_url=f"{url}/anthropic", api_key=key, max_retries=0)
+        opened = sdk.messages.with_streaming_response.create(model=name, stream=True, **payload)
+    else:
+        sdk = openai.OpenAI(base_url=f"{url}/openai/v1", api_key=key, max_retries=0)
+        opened = sdk.responses.with_streaming_response.create(model=name, stream=True, **payload)
+    with opened as response:
+        request_id = response.headers["x-tokentill-request-id"]
+        last = "message_stop" if kind == "messages" else "response.completed"
+        assert [e.type for e in response.parse()][-1] == last
+    _billed(url, cid, request_id, cost)
+
+
 def test_an_anthropic_stream_the_caller_leaves_after_a_web_search_is_charged_its_results(live, upstream):
     """A web search's results are billed as input, which message_start does not count (its usage
     comes before them) and the final message_delta does. A caller who read the whole answer and
