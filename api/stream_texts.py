@@ -24,20 +24,29 @@ def list_of(value: Any) -> list[Any]:
 
 
 def texts_of_chat_delta(chunk: Mapping[str, Any]) -> list[str]:
-    texts: list[str] = []
-    for choice in list_of(chunk.get("choices")):
+    return [text for _, text in choice_texts_of_chat_delta(chunk)]
+
+
+def choice_texts_of_chat_delta(chunk: Mapping[str, Any]) -> list[tuple[int, str]]:
+    """(the choice's index, its text) of each text a chat chunk generated: a call with `n` above 1
+    streams its choices' chunks interleaved, each choice a text of its own."""
+    texts: list[tuple[int, str]] = []
+    for place, choice in enumerate(list_of(chunk.get("choices"))):
         delta = choice.get("delta") if isinstance(choice, Mapping) else None
         if not isinstance(delta, Mapping):
             continue
-        texts += [delta[k] for k in ("content", "refusal", "reasoning_content") if isinstance(delta.get(k), str)]
+        index = choice.get("index")
+        index = index if isinstance(index, int) and not isinstance(index, bool) else place
+        texts += [(index, delta[k]) for k in ("content", "refusal", "reasoning_content")
+                  if isinstance(delta.get(k), str)]
         audio = delta.get("audio")
         if isinstance(audio, Mapping) and isinstance(audio.get("transcript"), str):
-            texts.append(audio["transcript"])
+            texts.append((index, audio["transcript"]))
         legacy = delta.get("function_call")  # the deprecated `functions`' call
         for function in [legacy, *(call.get("function") for call in list_of(delta.get("tool_calls"))
                                    if isinstance(call, Mapping))]:
             if isinstance(function, Mapping):
-                texts += [function[k] for k in ("name", "arguments") if isinstance(function.get(k), str)]
+                texts += [(index, function[k]) for k in ("name", "arguments") if isinstance(function.get(k), str)]
     return texts
 
 

@@ -38,7 +38,7 @@ import msgspec
 from api.gateway.calls import CHAT, EMBEDDINGS, MESSAGES, PROVIDER_TIERS, RESPONSES
 from api.gateway.partial import partial_json, whole_members
 from api.gateway.tools import ANTHROPIC_CODE_EXECUTION_NAMES, OPENAI_CONTAINER_CALLS, OPENAI_TOOL_CALLS
-from api.stream_texts import ANTHROPIC_DELTAS, RESPONSES_DELTAS, list_of, texts_of_chat_delta
+from api.stream_texts import ANTHROPIC_DELTAS, RESPONSES_DELTAS, choice_texts_of_chat_delta, list_of
 from pricing.attachments import answer_audio_tokens, decoded_size, output_audio_tokens
 from pricing.normalize import normalize_anthropic, normalize_openai
 from pricing.tokens import TokenCounter
@@ -112,6 +112,8 @@ class StreamTally:
     kind: str
     usage_chunk_wanted: bool = True
     texts: list[str] = field(default_factory=list)
+    # chat: the texts of each choice (a call with `n` above 1 streams its choices interleaved), metered apart
+    choices: dict[int, list[str]] = field(default_factory=dict)
     usage: dict[str, Any] | None = None  # the provider's final usage
     started: dict[str, Any] | None = None  # Anthropic: message_start's usage (input known)
     service_tier: str | None = None  # OpenAI: the tier that served the call (its chunks', a response's events')
@@ -162,13 +164,18 @@ class StreamTally:
         return True
 
     def _chat(self, chunk: dict[str, Any]) -> bool:
-        self.texts += texts_of_chat_delta(chunk)
+        self._add_choice_texts(choice_texts_of_chat_delta(chunk))
         self.audio_bytes += _audio_of_chat_delta(chunk)
         self.service_tier = _tier_of(chunk) or self.service_tier
         if isinstance(chunk.get("usage"), Mapping):
             self.usage = dict(chunk["usage"])
             return self.usage_chunk_wanted or bool(chunk.get("choices"))
         return True
+
+    def _add_choice_texts(self, texts: list[tuple[int, str]]) -> None:
+        for index, text in texts:
+            self.texts.append(text)
+            self.choices.setdefault(index, []).append(text)
 
     def _responses(self, kind: Any, event: dict[str, Any]) -> None:
         if kind in RESPONSES_DELTAS and isinstance(event.get("delta"), str):
@@ -265,8 +272,10 @@ class StreamTally:
             if self.kind == MESSAGES:  # Anthropic reports its tier inside the usage
                 return "anthropic_usage", self.usage
             return "openai_usage", _with_tier(self.usage, self.service_tier)
-        text = "".join(self.texts)
-        metered = counter.count_text(text, model).raw_tokens if text else 0
+        # each choice's text apart: joined, the end of one and the start of the next may make one token
+        metered = sum(counter.count_text(text, model).raw_tokens
+                      for text in ("".join(part) for part in (self.choices.values() if self.choices else [self.texts]))
+                      if text)
         calls = self.tool_calls() if self.kind != CHAT else {}  # a search model's search: not shown, assumed
         if self.searches and self.started is None:  # Anthropic's, without its usage (a whole answer)
             calls = {**calls, "web_search_calls": self.searches}
@@ -300,8 +309,9 @@ class StreamTally:
         body = _json(raw) if isinstance(raw, bytes) else raw
         if body is None:
             return
-        self.texts = answer_texts(self.kind, body)
+        self.texts, self.choices = ([], {}) if self.kind == CHAT else (answer_texts(self.kind, body), {})
         if self.kind == CHAT:
+            self._add_choice_texts(_answer_choice_texts(body))
             for choice in list_of(body.get("choices")):
                 message = choice.get("message") if isinstance(choice, Mapping) else None
                 audio = message.get("audio") if isinstance(message, Mapping) else None
@@ -364,17 +374,13 @@ def with_compactions(usage: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def answer_texts(kind: str, raw: bytes | Mapping[str, Any]) -> list[str]:
-    """The generated text of a whole (non-streamed) answer, for metering when it has no usage."""
+    """The generated text of a whole (non-streamed) responses or messages answer, for metering
+    when it has no usage (a chat answer's, choice by choice: _answer_choice_texts)."""
     body = _json(raw) if isinstance(raw, bytes) else raw
     texts: list[str] = []
     if body is None:
         return texts
-    if kind == CHAT:
-        for choice in list_of(body.get("choices")):
-            message = choice.get("message") if isinstance(choice, Mapping) else None
-            if isinstance(message, Mapping):
-                texts += texts_of_chat_delta({"choices": [{"delta": message}]})
-    elif kind == RESPONSES:  # what a stream sends as deltas (RESPONSES_DELTAS), item by item
+    if kind == RESPONSES:  # what a stream sends as deltas (RESPONSES_DELTAS), item by item
         for item in list_of(body.get("output")):
             if not isinstance(item, Mapping):
                 continue
@@ -393,6 +399,13 @@ def answer_texts(kind: str, raw: bytes | Mapping[str, Any]) -> list[str]:
                 if block.get("type") in ("tool_use", "server_tool_use", "mcp_tool_use") and "input" in block:
                     texts.append(msgspec.json.encode(block.get("input")).decode())
     return texts
+
+
+def _answer_choice_texts(body: Mapping[str, Any]) -> list[tuple[int, str]]:
+    """(the choice's index, its text) of each text of a whole chat answer, as its stream's chunks."""
+    choices = [{**choice, "delta": choice.get("message")} for choice in list_of(body.get("choices"))
+               if isinstance(choice, Mapping)]
+    return choice_texts_of_chat_delta({"choices": choices})
 
 
 def _tier_of(body: Mapping[str, Any]) -> str | None:

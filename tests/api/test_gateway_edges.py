@@ -717,6 +717,33 @@ def test_a_stream_cut_inside_its_last_event_after_the_usage_in_it_came_is_charge
     _billed(url, cid, request_id, cost)
 
 
+def test_a_stream_of_several_choices_cut_before_its_usage_meters_each_choice_apart(live, upstream):
+    """A chat call with `n: 2` streams its choices' chunks interleaved; cut before its usage, its
+    output is metered from the text. Each choice wrote "Hello world!", three tokens in cl100k_base
+    ("Hello", " world", "!"): 6 output tokens, and the prompt as counted (8: "user" and "hi", 3 a
+    message and 3 for the reply), (8 x $10 + 6 x $20) / 1M + $0.001 = $0.0012. Was: the chunks'
+    texts joined in the order they came, "HelloHello world world!!", whose "!!" is one token: 5,
+    $0.00118."""
+    url, _ = live
+    cid, key = customer(live)
+
+    def piece(index: int, text: str) -> bytes:
+        return sse({"id": "c", "object": "chat.completion.chunk", "model": "m",
+                    "choices": [{"index": index, "delta": {"content": text}, "finish_reason": None}]})
+
+    async def interleaved(send: Any, receive: Any) -> None:
+        await start(send, b"text/event-stream")
+        for text in ("Hello", " world", "!"):
+            await body(send, piece(0, text) + piece(1, text))
+        raise ConnectionAbortedError("the upstream drops the stream before its usage")
+
+    status, received, request_id = stream_call(url, key, {"model": model(upstream, interleaved), "messages": HI,
+                                                          "n": 2})
+    assert status == 200 and "upstream_failed" in received
+    _billed(url, cid, request_id, (8 * IN + 6 * OUT) / M + CALL)
+    assert (8 * IN + 6 * OUT) / M + CALL == Decimal("0.0012")
+
+
 def test_a_responses_stream_whose_text_holds_a_unicode_line_separator_is_charged_its_usage(live, upstream):
     """Only CR and LF end a server-sent event's lines: a U+2028 or U+0085 inside the JSON of
     response.completed (its output text, unescaped as JSON allows) leaves the event, and its
