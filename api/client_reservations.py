@@ -17,7 +17,7 @@ import httpx
 
 from api.client_errors import ReservationClosed, SettlementSpooled, TokentillError
 from api.delivery import NOT_SENT, proxy_gave_up, seconds_until
-from api.stream_texts import texts_of_event
+from api.stream_texts import choice_texts_of_event
 from pricing.errors import InvalidUsageError
 from pricing.normalize import normalize_anthropic, normalize_canonical, normalize_gemini, normalize_openai
 from pricing.tokens import TokenCounter
@@ -84,6 +84,7 @@ class StreamMeter:
     def __init__(self, counter: TokenCounter, model: str) -> None:
         self._counter, self._model = counter, model
         self._text: list[str] = []
+        self._choices: dict[int, list[str]] = {}  # each chat choice's texts (a call with `n`), metered apart
 
     def add(self, delta: object) -> None:
         """One piece of the stream: its text, or the provider's event as it came (an OpenAI chat
@@ -96,7 +97,7 @@ class StreamMeter:
         if delta is None:
             return
         if isinstance(delta, str):
-            self._text.append(delta)
+            self._add([(0, delta)])
             return
         inner = delta.get("chunk") if isinstance(delta, Mapping) else getattr(delta, "chunk", None)
         if inner is not None and _type_of(delta) == "chunk":  # the openai SDK's stream helper: the chunk
@@ -105,7 +106,12 @@ class StreamMeter:
         event = dump(mode="json", exclude_none=True) if callable(dump) else delta
         if not isinstance(event, Mapping):
             raise TypeError(f"a stream meter adds str deltas or a provider's stream events, not {type(delta).__name__}")
-        self._text += texts_of_event(event)
+        self._add(choice_texts_of_event(event))
+
+    def _add(self, texts: list[tuple[int, str]]) -> None:
+        for index, text in texts:
+            self._text.append(text)
+            self._choices.setdefault(index, []).append(text)
 
     @property
     def text(self) -> str:
@@ -113,8 +119,9 @@ class StreamMeter:
 
     @property
     def output_tokens(self) -> int:
-        """Tokens of the text so far, encoded as a whole (deltas may split a token)."""
-        return self._counter.count_text(self.text, self._model).raw_tokens if self._text else 0
+        """Tokens of the text so far, each choice's encoded as a whole (deltas may split a token)."""
+        return sum(self._counter.count_text("".join(texts), self._model).raw_tokens
+                   for texts in self._choices.values() if any(texts))
 
 
 def _type_of(event: object) -> object:

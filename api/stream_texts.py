@@ -2,7 +2,9 @@
 the SDK's stream meter count as output, so both meter a stream alike. Every generated text
 delta, in the order received: message text, refusals, reasoning text, tool calls' names and
 arguments (OpenAI chat chunks; responses events' deltas; Anthropic's text, input JSON and
-thinking deltas). An event of another shape (a role chunk, a usage chunk, message_start) is none.
+thinking deltas), each with the chat choice it belongs to (a call with `n` above 1 streams its
+choices interleaved: each is metered apart). An event of another shape (a role chunk, a usage
+chunk, message_start) is none.
 """
 from __future__ import annotations
 
@@ -21,10 +23,6 @@ def list_of(value: Any) -> list[Any]:
     """A list an answer gives, or none: a field of another shape (an upstream's malformed chunk)
     is read as empty, never iterated."""
     return value if isinstance(value, list) else []
-
-
-def texts_of_chat_delta(chunk: Mapping[str, Any]) -> list[str]:
-    return [text for _, text in choice_texts_of_chat_delta(chunk)]
 
 
 def choice_texts_of_chat_delta(chunk: Mapping[str, Any]) -> list[tuple[int, str]]:
@@ -50,13 +48,14 @@ def choice_texts_of_chat_delta(chunk: Mapping[str, Any]) -> list[tuple[int, str]
     return texts
 
 
-def texts_of_event(event: Mapping[str, Any]) -> list[str]:
-    """The texts one decoded stream event generated, whichever provider's stream it is from."""
+def choice_texts_of_event(event: Mapping[str, Any]) -> list[tuple[int, str]]:
+    """(the choice's index, the text) of each text one decoded stream event generated, whichever
+    provider's stream it is from: a chat chunk's by its choices; another event's, choice 0."""
     if "choices" in event:  # an OpenAI chat completion chunk
-        return texts_of_chat_delta(event)
+        return choice_texts_of_chat_delta(event)
     kind, delta = event.get("type"), event.get("delta")
     if kind in RESPONSES_DELTAS and isinstance(delta, str):  # an OpenAI responses event
-        return [delta]
+        return [(0, delta)]
     if kind == "content_block_delta" and isinstance(delta, Mapping):  # an Anthropic event
-        return [delta[k] for k in ANTHROPIC_DELTAS if isinstance(delta.get(k), str)]
+        return [(0, delta[k]) for k in ANTHROPIC_DELTAS if isinstance(delta.get(k), str)]
     return []

@@ -79,6 +79,22 @@ def test_an_openai_chat_stream_is_metered_chunk_by_chunk(as_dict):
 
 
 @pytest.mark.parametrize("as_dict", [False, True], ids=["sdk objects", "dicts"])
+def test_a_chat_stream_of_several_choices_is_metered_choice_by_choice(as_dict):
+    """A call with `n: 2` streams its choices' chunks interleaved. Each choice wrote "Hello world!",
+    3 tokens in gpt-4o's o200k_base ("Hello", " world", "!"): 6, as the gateway meters it. Was: the
+    texts joined as they came, "HelloHello world world!!", whose "!!" is one token: 5."""
+    meter = StreamMeter(COUNTER, MODEL)
+    for text in ("Hello", " world", "!"):
+        for index in (0, 1):
+            event = ChatCompletionChunk.model_validate({
+                "id": "c1", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
+                "choices": [{"index": index, "delta": {"content": text}, "finish_reason": None}]})
+            meter.add(event.model_dump(exclude_none=True) if as_dict else event)
+    assert [tokens(text) for text in ("Hello", " world", "!", "Hello world!")] == [1, 1, 1, 3]
+    assert meter.output_tokens == 6
+
+
+@pytest.mark.parametrize("as_dict", [False, True], ids=["sdk objects", "dicts"])
 def test_an_anthropic_event_stream_is_metered_event_by_event(as_dict):
     meter = StreamMeter(COUNTER, MODEL)
     for event in anthropic_stream():
