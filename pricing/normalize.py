@@ -247,9 +247,18 @@ def normalize_anthropic(usage: Mapping[str, Any]) -> NormalizedUsage:
     return _result(r, "anthropic", counts, r.tier("service_tier"), details, r.tier("inference_geo"))
 
 
+GEMINI_COUNTS = ("promptTokenCount", "cachedContentTokenCount", "candidatesTokenCount", "thoughtsTokenCount",
+                 "toolUsePromptTokenCount")
+
+
 def normalize_gemini(usage: Mapping[str, Any]) -> NormalizedUsage:
-    """Google Gemini ``usageMetadata`` -> canonical counts."""
+    """Google Gemini ``usageMetadata`` -> canonical counts. One that gives none of its counts (``{}``,
+    google-genai's ``model_dump()`` in snake_case, a total alone) is refused, as canonical usage
+    with no count is: it was a call that used nothing."""
     r = _Reader(usage, "gemini_usage")
+    r.check(any(usage.get(name) is not None for name in GEMINI_COUNTS), "gemini_usage",
+            f"gives none of Gemini's counts ({', '.join(GEMINI_COUNTS)}): send usageMetadata in its JSON "
+            'names, 0 where the call used nothing ({"promptTokenCount": 0})')
     prompt = r.count("promptTokenCount") + r.count("toolUsePromptTokenCount")
     cached = r.part(prompt, r.count("cachedContentTokenCount"), "cachedContentTokenCount", "promptTokenCount")
     thoughts = r.count("thoughtsTokenCount")

@@ -112,6 +112,41 @@ async def test_a_usage_event_with_no_count_is_rejected_alone_and_its_id_stays_fr
     assert wallet["available"] == "9.97", wallet
 
 
+GEMINI_SNAKE = {"prompt_token_count": 1000, "candidates_token_count": 500, "total_token_count": 1500}
+
+
+@pytest.mark.parametrize("metadata", [{}, GEMINI_SNAKE, {"totalTokenCount": 1500}],
+                         ids=["empty", "snake-case", "total-only"])
+async def test_a_gemini_usage_with_no_count_is_refused_and_the_hold_stays(client, customer, tag, metadata):
+    """A `gemini_usage` that gives none of Gemini's counts (`promptTokenCount`,
+    `candidatesTokenCount`, ...): `{}`, or usageMetadata as google-genai's `model_dump()` writes it,
+    in snake_case, whose names the reader does not know, or a total alone. Before, each was a call
+    that used nothing: settled 200, charged 0.00 and the $1.00 hold released in full, though the
+    snake-case one reports 1,000 prompt and 500 output tokens: 1,000 x $10/M + 500 x $20/M =
+    $0.01 + $0.01 = $0.02 unbilled. Now 422 validation_error naming `gemini_usage`, the hold kept;
+    the same usage in Gemini's own names settles at $0.02 and releases $0.98; a usage event of it is
+    rejected alone, the other charged."""
+    rid = await _held(client, customer, f"g-{tag}")
+    refused = await client.post(f"/v1/reservations/{rid}/settle", json={"gemini_usage": metadata, "final": True})
+    assert refused.status_code == 422, refused.text
+    assert (refused.json()["code"], [f["field"] for f in refused.json()["fields"]]) == (
+        "validation_error", ["gemini_usage"])
+    view = (await client.get(f"/v1/reservations/{rid}")).json()
+    assert (view["status"], view["charged"], view["released"]) == ("held", "0.00", "0.00")
+    camel = {"promptTokenCount": 1000, "candidatesTokenCount": 500, "totalTokenCount": 1500}
+    settled = await client.post(f"/v1/reservations/{rid}/settle", json={"gemini_usage": camel})
+    assert settled.status_code == 200, settled.text
+    assert (settled.json()["charged"], settled.json()["released"]) == ("0.02", "0.98")
+    at = (datetime.now(UTC) - timedelta(minutes=5)).isoformat().replace("+00:00", "Z")
+    sent = (await client.post("/v1/usage-events", json=[
+        {"event_id": f"{name}-{tag}", "customer_id": customer, "model": "model-a", "timestamp": at,
+         "gemini_usage": usage} for name, usage in (("bad", metadata), ("good", camel))])).json()
+    assert (sent["accepted"], [(r["event_id"], r["code"]) for r in sent["rejected"]]) == (
+        1, [(f"bad-{tag}", "validation_error")])
+    wallet = (await client.get(f"/v1/customers/{customer}/wallet")).json()
+    assert wallet["available"] == "9.96", wallet  # 10.00 - 0.02 - 0.02
+
+
 def test_the_sdk_refuses_to_record_no_usage_at_once():
     """`Reservation.record()` with nothing would settle `{"usage": {}}` when the call ends, a
     refusal far from the bug; it is a ValueError where it is made."""
@@ -143,11 +178,12 @@ BAD_USAGE = [
     {"input_tokens": 10**16},
     {"openai_usage": {"prompt_tokens": 100, "completion_tokens": -20}},
     {"anthropic_usage": {"input_tokens": 100, "output_tokens": 20, "cache_read_input_tokens": -5}},
+    {"gemini_usage": {"prompt_token_count": 1000, "candidates_token_count": 500}},  # the Python SDK's dump
 ]
 
 
 @pytest.mark.parametrize("recorded", BAD_USAGE, ids=["openai-names", "negative", "too-many", "openai-negative",
-                                                      "anthropic-negative"])
+                                                      "anthropic-negative", "gemini-snake-case"])
 async def test_usage_the_server_refuses_is_refused_by_record_at_once(client, customer, tag, recorded):
     """Usage the server refuses (a name it does not know, a negative count) was taken by
     `record()` and settled when the block ended: a 422 there, far from the bug, with the hold
