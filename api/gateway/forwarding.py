@@ -229,6 +229,10 @@ class Forwarding:
                 if out and not self.left:
                     await x.send({"type": "http.response.body", "body": out, "more_body": True})
             tail = splitter.rest()
+            # a last event the upstream did not end (its blank line, or its line end, missing): read
+            # for the charge (the final usage, say), and relayed unless it is one the caller is not sent
+            if tail and not self.tally.observe(tail):
+                tail = b""
         except httpx.HTTPError as exc:
             if self.tally.ended:  # after the stream's own end: the caller has it all, and it ends so
                 log.warning("upstream %s %s stream lost its connection after its last event: %s",
@@ -241,6 +245,8 @@ class Forwarding:
                                                           failed), wait=self._waits())
         if charged is not None:
             currency = self.reservation.currency
+            if tail and not tail.endswith((b"\n", b"\r")):  # the comment on a line of its own, not in the data
+                tail += b"\n"
             tail += (f": tokentill charged={money(charged, currency)} currency={currency} "
                      f"request_id={x.request_id}\n\n").encode()
         if not self.left:

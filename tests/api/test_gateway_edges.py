@@ -717,6 +717,35 @@ def test_a_stream_cut_inside_its_last_event_after_the_usage_in_it_came_is_charge
     _billed(url, cid, request_id, cost)
 
 
+@pytest.mark.parametrize("lost", [1, 2], ids=["its blank line", "its line end"])
+def test_a_stream_that_ends_inside_its_last_event_is_charged_the_usage_in_it(live, upstream, lost):
+    """The upstream ended its stream (cleanly: HTTP's end of the body came) without the blank line
+    that ends its last event, the usage chunk, or without even the data line's end. That usage,
+    800 input, 200 cached, 40 output, is CHAT_CHARGE, 0.0100; it was never read, and the stream was
+    charged as one without usage: the prompt as counted (8) and " one two three" (3),
+    (8 x $10 + 3 x $20) / 1M + $0.001 = $0.00114. And the charge's SSE comment was written right
+    after the unended data line, into its JSON (`..."cached_tokens":200}}}: tokentill charged=...`),
+    which the caller's SDK could not decode. Now the event is read for the charge, and what the
+    caller gets ends the line first: each data line it gets is whole JSON."""
+    url, _ = live
+    cid, key = customer(live)
+    last = usage_chunk(40)[:-lost]
+
+    async def unended(send: Any, receive: Any) -> None:
+        await start(send, b"text/event-stream")
+        await body(send, content(" one two three"))
+        await body(send, last, more=False)
+
+    status, received, request_id = stream_call(url, key, {"model": model(upstream, unended), "messages": HI,
+                                                          "stream_options": {"include_usage": True}})
+    assert status == 200 and last.decode() in received
+    for line in received.splitlines():
+        if line.startswith("data: "):
+            json.loads(line.removeprefix("data: "))
+    assert (8 * IN + 3 * OUT) / M + CALL == Decimal("0.00114")
+    _billed(url, cid, request_id, CHAT_CHARGE)
+
+
 def test_a_stream_of_several_choices_cut_before_its_usage_meters_each_choice_apart(live, upstream):
     """A chat call with `n: 2` streams its choices' chunks interleaved; cut before its usage, its
     output is metered from the text. Each choice wrote "Hello world!", three tokens in cl100k_base
