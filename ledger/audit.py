@@ -184,8 +184,28 @@ async def trial_balance_zero(conn: AsyncConnection) -> Check:
 async def seals_intact(conn: AsyncConnection) -> Check:
     problems = await seal_problems(conn)
     if not problems:
-        return Check("seals", True, "every sealed entry is as it was sealed")
+        last = (await conn.execute(text(
+            "SELECT id, encode(chain_hash, 'hex') AS head FROM seals ORDER BY id DESC LIMIT 1"))).first()
+        head = f"; the chain ends at {last.head} (seal {last.id}): keep it apart, for --expect-head" if last else ""
+        return Check("seals", True, "every sealed entry is as it was sealed" + head)
     return Check("seals", False, f"{len(problems)} found; first: {problems[0]}", tuple(problems[:LIMIT]))
+
+
+async def head_check(conn: AsyncConnection, head: str) -> Check:
+    """Whether the chain passes through `head` (a seal's chain hash, in hex, kept apart from the
+    database: published, mailed, from an earlier export): a seal must have it. With `seals_intact`
+    (every seal chained to the one before it from the first), the history up to that seal is then
+    the one that head was taken of. The seals check alone cannot show a chain rewritten from some
+    seal on (the last seals deleted, what they sealed altered, sealed again): it is whole in itself."""
+    row = (await conn.execute(text(
+        """SELECT s.id, (SELECT count(*) FROM seals l WHERE l.id > s.id) AS after
+             FROM seals s WHERE s.chain_hash = decode(:head, 'hex') ORDER BY s.id LIMIT 1"""),
+        {"head": head})).first()
+    if row is None:
+        return problems_check("head", [f"no seal has chain hash {head}: the chain was rewritten since that head "
+                                       "was taken (or the head is another ledger's)"], "")
+    return Check("head", True, f"seal {row.id} has chain hash {head}: the chain passes through it "
+                 f"({row.after} seal(s) after it)")
 
 
 LEDGER_CHECKS: tuple[CheckFn, ...] = (

@@ -33,9 +33,9 @@ async def _ledger_with_entries(url: str) -> list[int]:
     return ids
 
 
-def _verify(url: str) -> subprocess.CompletedProcess:
+def _verify(url: str, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "TOKENTILL_DATABASE_URL": url}
-    return subprocess.run([sys.executable, "-m", "api.cli", "audit", "verify"], env=env,
+    return subprocess.run([sys.executable, "-m", "api.cli", "audit", "verify", *extra], env=env,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -141,3 +141,51 @@ async def test_verify_names_a_seal_whose_sealed_at_was_rewritten(moved, scratch_
     assert result.returncode == 1, result.stdout
     assert "seal 1 chain hash does not match its entry hashes and sealed_at" in result.stdout
     assert (f"before entry {ids[0]} was recorded" in result.stdout) == (moved == "-")
+
+
+async def test_verify_checks_the_chain_passes_through_a_head_kept_apart(scratch_url):
+    """A superuser who deletes the last seal (triggers off), alters what it sealed and lets the job
+    seal it again leaves a chain that verifies: entry e2's cash posting 102 -> 1,102 units (its lot
+    posting -102 -> -1,102, the cached balances moved alike), so the cash account holds 100 + 101 +
+    1,102 + 103 + 104 + 105 (e5, sealed by seal 2) = 1,615 units where it held 615, and verify
+    passed. What shows it is a head kept apart: `--expect-head`, which only an export's check took
+    (`give --file too`, exit 2), now checks that a seal of the database has that chain hash. The
+    head of seal 1 taken before matches after honest seals (the chain passes through it), and no
+    longer after the rewrite."""
+    ids = await _ledger_with_entries(scratch_url)
+    with psycopg.connect(scratch_url) as conn:
+        head = conn.execute("SELECT encode(chain_hash, 'hex') FROM seals WHERE id = 1").fetchone()[0]
+    assert f"ok   seals: every sealed entry is as it was sealed; the chain ends at {head} (seal 1)" in _verify(
+        scratch_url).stdout  # where an auditor takes the head to keep
+
+    async def more(conn):
+        return await post_entries(conn, [JournalEntry("e5", "topup", (Posting("asset:cash", 105, "USD"),
+                                                                       Posting("liability:lot", -105, "USD")))])
+
+    db = connect(scratch_url, pool_size=2)
+    await db.run(more)
+    assert await db.run(seal_once) is not None  # seal 2: the chain grows past the head kept
+    honest = _verify(scratch_url, "--expect-head", head.upper())
+    assert honest.returncode == 0, honest.stdout + honest.stderr
+    assert "ok   head: seal 1 has chain hash " + head in honest.stdout
+
+    with psycopg.connect(scratch_url) as conn:
+        conn.execute("SET session_replication_role = replica")
+        conn.execute("DELETE FROM seals")
+        conn.execute("""UPDATE account_balances b SET debits = b.debits + 1000 FROM postings p
+                         WHERE p.entry_id = %s AND p.amount > 0 AND b.account_id = p.account_id
+                           AND b.stripe = p.stripe""", (ids[2],))
+        conn.execute("""UPDATE account_balances b SET credits = b.credits + 1000 FROM postings p
+                         WHERE p.entry_id = %s AND p.amount < 0 AND b.account_id = p.account_id
+                           AND b.stripe = p.stripe""", (ids[2],))
+        conn.execute("UPDATE postings SET amount = amount + sign(amount) * 1000 WHERE entry_id = %s", (ids[2],))
+        cash = conn.execute("""SELECT sum(b.debits - b.credits) FROM account_balances b
+                                 JOIN accounts a ON a.id = b.account_id WHERE a.code = 'asset:cash'""").fetchone()[0]
+    assert cash == 1_615
+    assert await db.run(seal_once) is not None  # the job seals the altered entries again
+    await db.dispose()
+    assert _verify(scratch_url).returncode == 0  # the rewritten chain is consistent in itself
+    result = _verify(scratch_url, "--expect-head", head)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert (f"FAIL head: 1 found; first: no seal has chain hash {head}: the chain was rewritten since that head "
+            "was taken (or the head is another ledger's)") in result.stdout
