@@ -22,7 +22,7 @@ from pricing.money import DEFAULT_SCALE, per_amount, pricing_context
 from pricing.overrides import Overrides
 from pricing.premium import PREMIUMS, check_premiums
 from pricing.rating import Line, Rating, build_rating
-from pricing.units import KINDS, MODALITY_TYPES, OUTPUT_TYPES, TOOL_CALLS
+from pricing.units import FORMAT_1_TYPES, KINDS, MODALITY_TYPES, OUTPUT_TYPES, TOOL_CALLS
 from pricing.usage import Usage, check_count
 
 
@@ -152,6 +152,7 @@ def estimate_upper_bound(
         # a type no rule prices falls back to output's price: only the others can be dearer
         # (an output modality also by its format 1 type: audio output at a book's `audio` rule)
         types = _output_types(resolved.token_types)
+        types += _contract_output_types(overrides, types, resolved.format)
         outputs = [ln for ln in (line(t, max_output_tokens) for t in types) if ln]
         lines.append(max(outputs, key=lambda ln: ln.unit_price) if outputs else None)
     if resolved.format != 1:
@@ -279,6 +280,14 @@ def _output_types(priced: frozenset[str]) -> tuple[str, ...]:
             t for t in OUTPUT_TYPES if t == "output" or t in priced
             or MODALITY_TYPES.intersection(KINDS[t].fallbacks) & priced)
     return types
+
+
+def _contract_output_types(overrides: Overrides, held: tuple[str, ...], book_format: int) -> tuple[str, ...]:
+    """The output-side types a contract price of the customer names beyond those `held`: billed at
+    the rule they fall back to, but at the contract's price, which a settle charges (reasoning at
+    $50/M where the output rule is $20/M). A format 1 book folds the format 2 ones into output."""
+    return tuple(sorted({c.token_type for c in overrides.contract_prices if c.token_type in OUTPUT_TYPES
+                         and c.token_type not in held and (book_format != 1 or c.token_type in FORMAT_1_TYPES)}))
 
 
 _OUTPUT_TYPES: dict[frozenset[str], tuple[str, ...]] = {}  # few: one per distinct set of priced types

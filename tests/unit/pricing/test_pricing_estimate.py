@@ -8,6 +8,8 @@ from pricing.errors import InvalidUsageError, UnpricedModelError
 from pricing.estimate import estimate_upper_bound, held_choices, held_prompt_tokens
 from pricing.overrides import ContractPrice, Discount, Overrides
 from pricing.parse import parse_book, parse_version
+from pricing.rating import rate
+from pricing.usage import Usage
 
 REASONER = version(
     {"id": "r-in", "model": "reasoner", "token_type": "input", "price": "1.10"},
@@ -55,6 +57,25 @@ def test_a_call_without_output_needs_no_output_price():
 def test_tiered_rules_count_at_their_dearest_tier():
     rating = estimate_upper_bound(REASONER, "tiered", 10, 0, None, AT)
     assert [(ln.unit_price, ln.amount) for ln in rating.lines] == [(Decimal("3"), Decimal("0.00003"))]
+
+
+def test_an_output_budget_is_held_at_a_contract_price_of_an_output_side_type_the_book_bills_at_output():
+    """Book: model-a input $1 and output $20 per 1M, no reasoning rule (reasoning is billed at the
+    output rule). The customer's contract prices model-a's reasoning at $50 per 1M, which a settle
+    of reasoning charges. The hold of 1,000 prompt and 1,000 output tokens took the output budget
+    at $20/M only: 1,000 x $1/M + 1,000 x $20/M = $0.021 (21,000,000 units), where a settle of
+    1,000 input and 1,000 reasoning tokens is 1,000 x $1/M + 1,000 x $50/M = $0.051; now the budget
+    is held at the dearest, the contract's $50/M: $0.051 (51,000,000 units)."""
+    book = parse_version({"id": "c", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": [
+        {"id": "in", "model": "model-a", "token_type": "input", "price": "1"},
+        {"id": "out", "model": "model-a", "token_type": "output", "price": "20"}]})
+    dear = Overrides(contract_prices=(ContractPrice("r", Decimal("50"), model="model-a", token_type="reasoning"),))
+    held = estimate_upper_bound(book, "model-a", 1000, 1000, None, AT, overrides=dear)
+    settled = rate(Usage("model-a", {"input": 1000, "reasoning": 1000}, AT), book, dear)
+    assert settled.total_units == 51_000_000
+    assert held.total_units == 51_000_000
+    assert [(ln.token_type, ln.unit_price, ln.override_id) for ln in held.lines] == [
+        ("input", Decimal("1"), None), ("reasoning", Decimal("50"), "r")]
 
 
 def test_contract_prices_apply_and_so_does_a_discount_of_every_line_but_not_one_of_a_token_type():
