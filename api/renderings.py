@@ -470,7 +470,7 @@ def context_pdf(context: Mapping[str, Any]) -> bytes:
     doc.set_font(family, size=9)
     _table(doc, family, ("Description", "Quantity", "Unit price", f"Amount ({document['currency']})"),
            [tuple(_text(v) for v in (row.description, row.quantity, row.unit_price, row.amount))
-            for row in context["rows"]])
+            for row in context["rows"]] or [(NO_LINES, "", "", "")])
     doc.ln(4)
     figures = [(label, _text(label), _text(f"{value} {document['currency']}")) for label, value in context["summary"]]
     doc.set_font(family, "B", 10)  # the widest a figure prints (bold, or the same widths)
@@ -487,6 +487,8 @@ def context_pdf(context: Mapping[str, Any]) -> bytes:
         doc.cell(0, 5, f"Content hash (SHA-256): {document['content_hash']}", new_x="LMARGIN", new_y="NEXT")
     return bytes(doc.output())
 
+
+NO_LINES = "No usage in this period."  # a table without lines, as the printable page says it (documents/invoice.html)
 
 # The cell (mm) the totals' figures are right-aligned in, at the right end of the table, so that they
 # end where its amounts do (after a 145 mm label from the left margin, they ended 10 mm short); wider

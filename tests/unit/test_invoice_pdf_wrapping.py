@@ -274,3 +274,12 @@ def test_an_amount_wider_than_its_column_widens_it_and_is_printed_whole() -> Non
     assert abs(amount_x - 173.403) < 0.01, amount_x
     edges = {edge for rectangle in _rectangles(context) for edge in rectangle}
     assert edges == {10.0, 103.79, 135.46, 172.41, 200.0}, sorted(edges)
+
+
+def test_an_invoice_without_lines_says_so_in_the_pdf_as_its_page_does() -> None:
+    """A period with no usage (a prepaid customer's top-up alone, an invoice of 0.00): the printable
+    page says "No usage in this period." under the table's heading; the PDF printed the heading over
+    an empty table, as if its lines had been lost. Now it prints the same sentence, in one row."""
+    reader = PdfReader(io.BytesIO(context_pdf(_context([]))))
+    text = " ".join(reader.pages[0].extract_text().split())
+    assert "Description Quantity Unit price Amount (EUR) No usage in this period." in text, text
