@@ -462,10 +462,12 @@ def context_pdf(context: Mapping[str, Any]) -> bytes:
     _cell(doc, 0, 10, _text(context["title"]))
     doc.ln(10)
     doc.set_font(family, size=10)
-    for label, value in context["facts"]:
-        _cell(doc, 40, 6, _text(label))
-        _cell(doc, 0, 6, _text(value))
-        doc.ln(6)
+    measure, joined = _measurer(doc), _joins(doc)
+    for label, value in context["facts"]:  # a value wraps in its column (a 200-character name ran off the page)
+        for n, line in enumerate(_wrapped(_text(value), doc.epw - FACTS - 2 * doc.c_margin, measure, joined)):
+            _cell(doc, FACTS, 6, "" if n else _text(label))
+            _cell(doc, 0, 6, line)
+            doc.ln(6)
     doc.ln(4)
     doc.set_font(family, size=9)
     _table(doc, family, ("Description", "Quantity", "Unit price", f"Amount ({document['currency']})"),
@@ -488,6 +490,7 @@ def context_pdf(context: Mapping[str, Any]) -> bytes:
     return bytes(doc.output())
 
 
+FACTS = 40  # the facts' labels' column (mm); their values wrap in the rest of the page's width
 NO_LINES = "No usage in this period."  # a table without lines, as the printable page says it (documents/invoice.html)
 
 # The cell (mm) the totals' figures are right-aligned in, at the right end of the table, so that they

@@ -283,3 +283,25 @@ def test_an_invoice_without_lines_says_so_in_the_pdf_as_its_page_does() -> None:
     reader = PdfReader(io.BytesIO(context_pdf(_context([]))))
     text = " ".join(reader.pages[0].extract_text().split())
     assert "Description Quantity Unit price Amount (EUR) No usage in this period." in text, text
+
+
+def test_a_fact_wider_than_the_page_wraps_in_its_column_not_off_the_page() -> None:
+    """A customer's name may be 200 characters and its id 100: "Bill to" printed its value on one
+    line from 51 mm, past the page's right edge (210 mm), where the rest was lost, the id too. Here
+    40 words "word" and " (acme)". By hand at 10 pt (Helvetica's widths: w 722, o 556, r 333, d 556,
+    " " 278): "word" is 21.67 pt = 7.645 mm, a space 0.981 mm; the value's column runs from 50 mm to
+    the right margin (150 mm) less its two 1 mm margins: 148 mm; n words take 7.645 n + 0.981 (n - 1)
+    <= 148, n <= 17.27: 17 words a line, so 17, 17, then 6 and "(acme)" (6 x 7.645 + 6 x 0.981 +
+    "(acme)" 333 + 556 + 500 + 833 + 556 + 333 = 31.11 pt = 10.975 mm: 62.73 mm): three lines, each
+    from 51 mm, under one another (6 mm apart), the label beside the first alone."""
+    value = " ".join(["word"] * 40) + " (acme)"
+    context = {**_context([Row("gpt-4o input", "1,000", "10.00 per 1M", "0.01")]), "facts": [("Bill to", value)]}
+    drawn = _drawn_on_first_page(context)
+    first, last = " ".join(["word"] * 17), " ".join(["word"] * 6) + " (acme)"
+    [(x1, y1), (x2, y2)] = drawn[first]
+    [(x3, y3)] = drawn[last]
+    assert [round(x, 2) for x in (x1, x2, x3)] == [51.0] * 3, (x1, x2, x3)
+    assert [round(y, 2) for y in (y2 - y1, y3 - y2)] == [6.0, 6.0]
+    [(label_x, label_y)] = drawn["Bill to"]
+    assert round(label_x, 2) == 11.0  # in its 40 mm column from 10 mm, a 1 mm margin
+    assert round(label_y, 2) == round(y1, 2)
