@@ -8,12 +8,12 @@ from typing import Annotated, Any, Literal, get_args
 import msgspec
 from litestar import Request, Response, delete, get, patch, post
 from litestar.datastructures import State
-from litestar.params import FromPath, FromQuery
+from litestar.params import FromPath
 
 from api.auth import ensure_customer, principal_of, require
 from api.errors import ApiError, documented
 from api.routes import cursors
-from api.routes.formats import AMOUNT_TEXT, POSITIVE_AMOUNT, Identifier, documented_as
+from api.routes.formats import AMOUNT_TEXT, POSITIVE_AMOUNT, CustomerQuery, Identifier, documented_as
 from api.routes.schemas import json_body
 from api.routes.wire import Answer, amount_in, idempotency, kept_answer, respond, shaped, time_out
 from pricing.errors import NOT_AN_INTEGER
@@ -163,7 +163,7 @@ class BudgetsPage(msgspec.Struct):
 
 
 @get("/v1/budgets", guards=[require(*READERS)], tags=["budgets"], **documented(400, 422))
-async def list_budgets(state: State, request: Request, customer_id: FromQuery[Identifier | None] = None,
+async def list_budgets(state: State, request: Request, customer_id: CustomerQuery = None,
                        cursor: cursors.Cursor = None, limit: cursors.Limit = cursors.PAGE) -> BudgetsPage:
     """The live budgets of one customer (`customer_id`), or of every customer the key may see, a
     page at a time (`limit`, default 100: a customer's all, at the default cap); page on with

@@ -21,7 +21,7 @@ from api.auth import Principal, ensure_customer, principal_of, require
 from api.errors import ApiError, documented
 from api.routes import cursors
 from api.routes.cursors import PAGE, Cursor, Limit
-from api.routes.formats import IDENTIFIER
+from api.routes.formats import CustomerQuery
 from api.routes.wire import bound_in, ends_before, time_out, time_param
 from ledger.journal import EntryRecord, JournalFilter, current_snapshot, journal_page, snapshot_is_past
 from ledger.statements import AccountRef, balance_at, cached_balance, find_account, statement_page
@@ -29,7 +29,6 @@ from pricing.money import DEFAULT_SCALE, format_money
 from wallets import reports
 from wallets.errors import WalletValidationError
 
-CustomerParam = Annotated[str | None, QueryParameter(name="customer", max_length=100, pattern=IDENTIFIER)]
 AccountParam = Annotated[str | None, QueryParameter(name="account", min_length=1, max_length=200)]
 KindParam = Annotated[str | None, QueryParameter(name="kind", min_length=1, max_length=64)]
 RequestIdParam = Annotated[str | None, QueryParameter(name="request_id", min_length=1, max_length=200)]
@@ -167,7 +166,7 @@ async def get_journal(
     state: State, request: Request,
     start: Annotated[str | None, time_param("from")] = None,
     end: Annotated[str | None, time_param("to")] = None,
-    customer: CustomerParam = None,
+    customer: CustomerQuery = None,
     account: AccountParam = None,
     kind: KindParam = None,
     request_id: RequestIdParam = None,

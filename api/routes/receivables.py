@@ -16,7 +16,7 @@ from api.auth import principal_of, require
 from api.errors import ApiError, documented
 from api.routes import cursors
 from api.routes.cursors import PAGE, Cursor, Limit
-from api.routes.formats import IDENTIFIER
+from api.routes.formats import CustomerQuery
 from api.routes.wire import bound_in, money, time_in, time_out, time_param
 from ledger.journal import current_snapshot, snapshot_is_past
 from wallets import ageing
@@ -25,7 +25,6 @@ from wallets.errors import WalletValidationError
 
 CurrencyParam = Annotated[str | None, QueryParameter(name="currency", min_length=1, max_length=16,
                                                      pattern=r"^[A-Za-z0-9_.-]+$")]
-CustomerParam = Annotated[str | None, QueryParameter(name="customer", max_length=100, pattern=IDENTIFIER)]
 
 
 class AgedInvoiceView(msgspec.Struct):
@@ -123,7 +122,7 @@ async def get_ageing(
     state: State, request: Request,
     at: Annotated[str | None, time_param("at")] = None,
     currency: CurrencyParam = None,
-    customer: CustomerParam = None,
+    customer: CustomerQuery = None,
     cursor: Cursor = None,
     limit: Limit = PAGE,
 ) -> AgeingReport:

@@ -170,3 +170,21 @@ async def test_a_budget_cursor_forged_with_a_lone_surrogate_or_a_nul_is_an_inval
     deep = base64.urlsafe_b64encode(b"[" * 2000 + b"]" * 2000).decode().rstrip("=")  # json.loads: RecursionError
     refused = await client.get("/v1/budgets", params={"customer_id": cid, "cursor": deep})
     assert (refused.status_code, refused.json()["code"]) == (400, "invalid_cursor"), refused.text
+
+
+async def test_a_customer_id_that_cannot_be_a_customers_is_422_naming_it_not_an_empty_list(
+        client: AsyncTestClient, tag: str, book: str):
+    """`customer_id` is a customer's id (its pattern in the OpenAPI document, as the journal's
+    `customer`): one empty, a space, `bad$$id` or 101 characters long cannot name a customer,
+    and an admin key was answered 200 `{"budgets": []}`, as for a customer with no budgets, where
+    `GET /v1/journal?customer=` of the same is a 422 naming it. Now 422 `validation_error` on
+    `customer_id`; the customer's own id still lists its one budget."""
+    cid = await _customer(client, f"pq-{tag}", book)
+    [made] = await _budgets(client, cid, 1)
+    for bad in ("", " ", "bad$$id", "a" * 101, "-leading-dash"):
+        refused = await client.get("/v1/budgets", params={"customer_id": bad})
+        assert refused.headers["content-type"].startswith("application/problem+json"), (bad, refused.text)
+        assert (refused.status_code, refused.json()["code"]) == (422, "validation_error"), (bad, refused.text)
+        assert refused.json()["fields"][0]["field"] == "customer_id", (bad, refused.text)
+    listed = await client.get("/v1/budgets", params={"customer_id": cid})
+    assert [b["id"] for b in listed.json()["budgets"]] == [made]
