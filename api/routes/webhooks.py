@@ -42,6 +42,8 @@ Topic = Annotated[str, msgspec.Meta(max_length=100, extra_json_schema={"pattern"
 Topics = Annotated[list[Topic], msgspec.Meta(min_length=1, max_length=MAX_TOPICS)]
 Description = Annotated[str, msgspec.Meta(max_length=1000)]
 InFlight = Annotated[int, msgspec.Meta(ge=1, le=64)]
+# a log's one event (an empty one names none: its log was 200 with no items, as for one never sent)
+EventIdQuery = Annotated[str | None, QueryParameter(name="event_id", min_length=1, max_length=200)]
 TAGS = ["webhooks"]
 PAGE = 100
 GRACE_S = 86400
@@ -332,7 +334,7 @@ class WebhookAttempts(msgspec.Struct):
 async def list_webhook_deliveries(
         state: State, endpoint_id: FromPath[str],
         status: Annotated[DeliveryStatus | None, QueryParameter(name="status")] = None,
-        event_id: Annotated[str | None, QueryParameter(name="event_id", max_length=200)] = None,
+        event_id: EventIdQuery = None,
         before: Annotated[int | None, QueryParameter(name="before", ge=1, le=BIGINT - 1)] = None,
         limit: Annotated[int, _page("limit")] = PAGE) -> dict[str, Any]:
     """One row per event sent to the endpoint, newest first: its status, attempts, the last
@@ -349,7 +351,7 @@ async def list_webhook_deliveries(
      **documented(404, 422, ok=WebhookAttempts))
 async def list_webhook_attempts(
         state: State, endpoint_id: FromPath[str],
-        event_id: Annotated[str | None, QueryParameter(name="event_id", max_length=200)] = None,
+        event_id: EventIdQuery = None,
         before: Annotated[int | None, QueryParameter(name="before", ge=1, le=BIGINT - 1)] = None,
         limit: Annotated[int, _page("limit")] = PAGE) -> dict[str, Any]:
     """Every attempt, newest first: when, the status code (none if no answer), latency, error."""

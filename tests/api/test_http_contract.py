@@ -405,6 +405,16 @@ async def test_a_non_integer_before_is_a_422_naming_it(client, path):
     assert [f["field"] for f in body["fields"]] == ["before"], body
 
 
+@pytest.mark.parametrize("path", LISTS[3:])
+async def test_an_empty_event_id_filter_is_a_422_naming_it_not_an_empty_log(client, path):
+    """`?event_id=` names no event: an endpoint's log of it was 200 with no items (its one bound was
+    a length of at most 200), as for an event never sent there, where the journal's empty
+    `request_id` is a 422 naming it. Now the same: 422 `validation_error` on `event_id`, before the
+    endpoint (`none`) is looked up."""
+    body = _refused(await client.get(f"{path}?event_id=", headers=ADMIN), 422, "validation_error")
+    assert [f["field"] for f in body["fields"]] == ["event_id"], body
+
+
 @pytest.mark.parametrize("path", ["/v1/journal?limit=1", "/v1/budgets?limit=7",
                                   "/v1/journal?limit=1000"])
 async def test_an_integer_query_parameter_in_digits_is_taken(client, path):
