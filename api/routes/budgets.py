@@ -17,7 +17,7 @@ from api.routes.formats import AMOUNT_TEXT, POSITIVE_AMOUNT, CustomerQuery, Iden
 from api.routes.schemas import json_body
 from api.routes.wire import Answer, amount_in, idempotency, kept_answer, respond, shaped, time_out
 from pricing.errors import NOT_AN_INTEGER
-from wallets.budgets import BudgetChange, BudgetSpec
+from wallets.budgets import MAX_PER_CUSTOMER, BudgetChange, BudgetSpec
 from wallets.core.budgets import BudgetView, figure
 from wallets.errors import NotFoundError, WalletValidationError
 from wallets.model import Budget
@@ -40,6 +40,9 @@ Short = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 FIXED = ("customer_id", "window", "metric", "time_zone", "api_key", "model", "dimensions")
 READERS = ("inference", "auditor", "customer")  # a customer's data: its wallet, its budgets
 WRITERS = ("customer",)  # admin keys, and a customer's own key
+# the default page: a customer's every budget at the default caps, the operator's and its own (it was 100,
+# a page of one cap, when each setter got its own: a customer at both was listed 100 of its 200)
+EVERY_ONE = 2 * MAX_PER_CUSTOMER
 
 
 class CreateBudgetRequest(msgspec.Struct, forbid_unknown_fields=True):  # a typo is a 422, never dropped
@@ -164,9 +167,9 @@ class BudgetsPage(msgspec.Struct):
 
 @get("/v1/budgets", guards=[require(*READERS)], tags=["budgets"], **documented(400, 422))
 async def list_budgets(state: State, request: Request, customer_id: CustomerQuery = None,
-                       cursor: cursors.Cursor = None, limit: cursors.Limit = cursors.PAGE) -> BudgetsPage:
+                       cursor: cursors.Cursor = None, limit: cursors.Limit = EVERY_ONE) -> BudgetsPage:
     """The live budgets of one customer (`customer_id`), or of every customer the key may see, a
-    page at a time (`limit`, default 100: a customer's all, at the default cap); page on with
+    page at a time (`limit`, default 200: a customer's all, 100 of each setter at the default caps); page on with
     `next_cursor` (a keyset position: a budget made or deleted meanwhile shows or not by where
     it falls; none shows twice)."""
     if customer_id is not None:

@@ -188,3 +188,20 @@ async def test_a_customer_id_that_cannot_be_a_customers_is_422_naming_it_not_an_
         assert refused.json()["fields"][0]["field"] == "customer_id", (bad, refused.text)
     listed = await client.get("/v1/budgets", params={"customer_id": cid})
     assert [b["id"] for b in listed.json()["budgets"]] == [made]
+
+
+async def test_the_default_page_holds_a_customers_every_budget_at_the_default_caps(
+        client: AsyncTestClient, tag: str, book: str):
+    """README: `limit` defaults to "a customer's all, at the default cap". The cap became 100 live
+    budgets set by the operator and 100 by the customer itself (a9408b9), 200 in all, ten minutes
+    after the default page of 100 was written for one cap of 100: a customer at both caps was
+    listed 100 of its 200 budgets and a next_cursor. By hand: 100 + 100 = 200 budgets, one page of
+    200, next_cursor null; at limit=100, two pages of 100."""
+    cid = await _customer(client, f"pd-{tag}", book)
+    made = await client.post("/v1/api-keys", json={"scope": f"customer:{cid}"})
+    own = {"Authorization": f"Bearer {made.json()['key']}"}
+    ids = await _budgets(client, cid, 100) + await _budgets(client, cid, 100, own)
+    page = (await client.get("/v1/budgets", params={"customer_id": cid})).json()
+    assert (len(page["budgets"]), page["next_cursor"]) == (200, None)
+    assert [b["id"] for b in page["budgets"]] == sorted(ids)
+    assert [len(p) for p in await _pages(client, f"customer_id={cid}&limit=100")] == [100, 100]
