@@ -278,8 +278,14 @@ class Exchange:
             if principal.counted_as_itself() else ()
         self.dimensions = {**given, "api_key": principal.key_id, "gateway": f"{self.provider}.{self.kind}"}
         rid = self.headers.get("x-tokentill-request-id")
-        if rid is not None and not (0 < len(rid) <= 200 and rid.isprintable()):
-            raise Refusal(422, "validation_error", "x-tokentill-request-id must be 1 to 200 printable characters")
+        if rid is not None:  # its bytes as sent, UTF-8 (read as Latin-1 it was kept, and echoed, as another id)
+            try:
+                rid = rid.encode("latin-1").decode("utf-8")
+            except UnicodeDecodeError:
+                rid = ""
+            if not (0 < len(rid) <= 200 and rid.isprintable()):
+                raise Refusal(422, "validation_error",
+                              "x-tokentill-request-id must be 1 to 200 printable characters, in UTF-8")
         self.request_id = rid or f"gw_{uuid.uuid4().hex}"
         parse = functools.partial(parse_call, self.kind, body, default_max_output=s.default_max_output_tokens,
                                   counter=self.gw.counter, server_tool_max_uses=s.server_tool_max_uses,

@@ -1478,6 +1478,30 @@ def test_every_refusal_before_the_upstream_says_nothing_was_charged(live, fake):
     assert wallet(url, cid) == (Decimal("10") - CHAT_CHARGE, 0)
 
 
+def test_a_request_id_header_is_read_as_utf_8_and_echoed_as_it_came(live, fake):
+    """A request id with a non-ASCII character, sent as HTTP sends it, in UTF-8 ("réq", the bytes
+    72 C3 A9 71): the gateway read the header's bytes as Latin-1, so it kept "rÃ©q" (four letters,
+    where "réq" has three) as the reservation's request id, which a look-up of the id sent does not
+    find (GET /v1/audit/charges/r%C3%A9q: 404), and echoed it encoded again, 72 C3 83 C2 A9 71, not
+    what was sent. Now it is read as UTF-8: kept as sent, found, echoed byte for byte. Bytes that
+    are not UTF-8 (72 E9 71, Latin-1's "réq") are refused, 422 and nothing held or sent."""
+    url, _ = live
+    cid, key = customer(live)
+    sent = f"r\u00e9q-{uuid.uuid4().hex[:8]}".encode()
+    answer = httpx.post(f"{url}/openai/v1/chat/completions", timeout=30, json={"model": "gpt-test", "messages": HI},
+                        headers=[(b"authorization", f"Bearer {key}".encode()), (b"x-tokentill-request-id", sent)])
+    assert answer.status_code == 200
+    assert dict(answer.headers.raw)[b"x-tokentill-request-id"] == sent
+    assert charged(url, sent.decode()) == CHAT_CHARGE
+    before = len(fake.fake.calls)
+    refused = httpx.post(f"{url}/openai/v1/chat/completions", timeout=30, json={"model": "gpt-test", "messages": HI},
+                         headers=[(b"authorization", f"Bearer {key}".encode()),
+                                  (b"x-tokentill-request-id", b"r\xe9q-" + uuid.uuid4().hex[:8].encode())])
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "validation_error"
+    assert len(fake.fake.calls) == before
+    assert wallet(url, cid) == (Decimal("10") - CHAT_CHARGE, 0)
+
+
 def test_the_callers_dimensions_and_key_are_recorded_with_the_charge(live):
     url, _ = live
     _, key = customer(live)
