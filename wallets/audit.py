@@ -658,8 +658,11 @@ async def invoices_tie_out(conn: AsyncConnection) -> Check:
 # money_back.overcharged) up to what the line gives back less the charges before it: the first n
 # charges give back least(line, their overcharges), so the rows sum to the line less the rounding
 # up (an atomic unit at most a charge) and what no charge was overcharged, which the close shares
-# over the rule's payers. A row of another amount, or a charge overcharged with none, is named
-# (second column: the record, which the per-rule checks may name already).
+# over the rule's payers. A rule two versions tier by volume (its close's entry keeps each version's
+# line, `versions`): each version's line gives back of its own charges (those its usage lines name),
+# at that line's unit price, the lines summing to the rule's. A row of another amount, or a charge
+# overcharged with none, is named (second column: the record, which the per-rule checks may name
+# already).
 _CLOSE_ROWS = f"""
     WITH per (token_type, per) AS (VALUES {_PER}),
     records AS MATERIALIZED (
@@ -684,7 +687,7 @@ _CLOSE_ROWS = f"""
                 SELECT customer_id, true_ups FROM rerate_true_ups
                  WHERE customer_id IN (SELECT customer_id FROM records)) r
          CROSS JOIN LATERAL jsonb_array_elements(r.t) u GROUP BY 1, 2, 3),
-    lines AS (  -- the close's own line of each rule: what stands less the corrections; its price on the
+    whole AS (  -- the close's own line of each rule: what stands less the corrections; its price on the
                 -- period's invoice (frozen at the close, which no correction had reached)
         SELECT s.lane, s.customer_id, s.period, s.rule_id, -(s.amount + coalesce(f.back, 0)) AS back,
                p.unit_price, p.token_type
@@ -695,8 +698,19 @@ _CLOSE_ROWS = f"""
                  FROM invoices i CROSS JOIN LATERAL jsonb_array_elements(i.content -> 'lines') l
                 WHERE i.customer_id = s.customer_id AND i.period = s.period AND l ->> 'kind' = 'volume_true_up'
                   AND l ->> 'rule_id' = s.rule_id AND l ->> 'override_id' IS NULL) p),
+    split AS (  -- a rule two versions tier: each version's line, as its close's entry keeps it (`versions`)
+        SELECT j.customer_id, j.metadata ->> 'period' AS period, v ->> 0 AS rule_id, v ->> 1 AS version,
+               v ->> 2 AS unit_price, -(v ->> 3)::numeric AS back
+          FROM journal_entries j CROSS JOIN LATERAL jsonb_array_elements(j.metadata -> 'versions') v
+         WHERE j.kind = 'volume_true_up' AND j.metadata ? 'versions'
+           AND j.customer_id IN (SELECT customer_id FROM records)),
+    lines AS (  -- a line a rule (version NULL: each of its charges), or each version's of a split one
+        SELECT w.lane, w.customer_id, w.period, w.rule_id, coalesce(v.version, NULL) AS version,
+               coalesce(v.back, w.back) AS back, coalesce(v.unit_price, w.unit_price) AS unit_price, w.token_type
+          FROM whole w LEFT JOIN split v
+            ON v.customer_id = w.customer_id AND v.period = w.period AND v.rule_id = w.rule_id),
     over AS (
-        SELECT k.customer_id, k.period, k.rule_id, k.back, c.id AS charge_id,
+        SELECT k.customer_id, k.period, k.rule_id, k.version, k.back, c.id AS charge_id,
                greatest(u.charged - (div(u.cost, per.per)
                                      + CASE WHEN u.cost > div(u.cost, per.per) * per.per THEN 1 ELSE 0 END), 0)
                    AS over
@@ -709,25 +723,38 @@ _CLOSE_ROWS = f"""
                                AND l ->> 'override_id' IS NULL), 0) AS charged,
                       coalesce(sum((l ->> 'quantity')::numeric) FILTER (WHERE l ->> 'kind' = 'usage'
                                AND l ->> 'override_id' IS NULL), 0) * k.unit_price::numeric
-                          * {10 ** chart.ASSET_SCALE} AS cost
+                          * {10 ** chart.ASSET_SCALE} AS cost,
+                      min(l ->> 'price_version') FILTER (WHERE l ->> 'kind' = 'usage'
+                          AND l ->> 'override_id' IS NULL) AS version
                  FROM jsonb_array_elements(c.lines) l WHERE l ->> 'rule_id' = k.rule_id HAVING count(*) > 0) u
          WHERE jsonb_array_length(coalesce(c.funding, '[[null, 0]]'::jsonb)) > 0
+           AND (k.version IS NULL OR u.version = k.version)  -- a version's line: its own charges
            AND coalesce((SELECT j.metadata ->> 'period' FROM journal_entries j
                           WHERE j.lane = c.lane AND j.id = c.entry_id), c.period) = k.period),
     due AS (
         SELECT customer_id, period, rule_id, charge_id, back,
                greatest(least(back, sum(over) OVER w) - least(back, sum(over) OVER w - over), 0) AS due
-          FROM over WINDOW w AS (PARTITION BY customer_id, period, rule_id ORDER BY charge_id)),
+          FROM over WINDOW w AS (PARTITION BY customer_id, period, rule_id, version ORDER BY charge_id)),
     given AS (
         SELECT customer_id, period, rule_id, charge_id, units FROM true_up_charges
          WHERE rerate_id IS NULL AND charge_id IS NOT NULL)
-    SELECT format('%s: charge %s gave back %s where its overcharge at the tier reached (up to what the line''s %s '
-                  'left) is %s', record, charge_id, coalesce(units, 0), coalesce(back, 0), coalesce(due, 0)), record
-      FROM (SELECT format('true-up record of the close of customer %s, %s rule %s', customer_id, period, rule_id)
-                       AS record, *
-              FROM due FULL JOIN given USING (customer_id, period, rule_id, charge_id)) x
-     WHERE coalesce(units, 0) <> coalesce(due, 0)
-     ORDER BY customer_id, period, rule_id, charge_id"""
+    SELECT problem, record FROM (
+        SELECT format('%s: charge %s gave back %s where its overcharge at the tier reached (up to what the '
+                      'line''s %s left) is %s', record, charge_id, coalesce(units, 0), coalesce(back, 0),
+                      coalesce(due, 0)), record, customer_id, period, rule_id, charge_id
+          FROM (SELECT format('true-up record of the close of customer %s, %s rule %s', customer_id, period,
+                              rule_id) AS record, *
+                  FROM due FULL JOIN given USING (customer_id, period, rule_id, charge_id)) x
+         WHERE coalesce(units, 0) <> coalesce(due, 0)
+        UNION ALL  -- a split rule's versions' lines sum to its close's line
+        SELECT format('%s: its versions'' lines give back %s, its true-up line %s', record, v.back, w.back), record,
+               w.customer_id, w.period, w.rule_id, NULL
+          FROM whole w JOIN (SELECT customer_id, period, rule_id, sum(back) AS back FROM split GROUP BY 1, 2, 3) v
+            ON v.customer_id = w.customer_id AND v.period = w.period AND v.rule_id = w.rule_id
+         CROSS JOIN LATERAL (SELECT format('true-up record of the close of customer %s, %s rule %s', w.customer_id,
+                                           w.period, w.rule_id) AS record) r
+         WHERE v.back <> w.back) p (problem, record, customer_id, period, rule_id, charge_id)
+     ORDER BY customer_id, period, rule_id, charge_id NULLS FIRST"""
 
 
 # What each payer got of each charge (true_up_payers, migration 0082), tied to the true-ups' records

@@ -370,16 +370,28 @@ def _true_up(state: State, w: Wallet, label: str, lines: list[dict[str, Any]], n
     (wallets.core.money_back: the lots that paid them, the last consumed first, a promotion's back to
     it; then what the customer owes), and the rest becomes credit (a paid lot). A rule two versions
     or more tier by volume (`several`: a line each, at each one's price) gives each line's back to
-    what paid the charges its version rated, each charge's overcharge at that price (not recorded
-    per charge: verify's per-charge tie keeps to one-line rules), the rest shared over the payers."""
+    what paid the charges its version rated, each charge's overcharge at that price, the rest shared
+    over the payers; recorded per charge as a one-line rule's (its lines all one way: `whole`), so a
+    re-rate after the close corrects each charge's part, and its entry keeps each version's line
+    (`versions`, closing) for verify's per-charge tie."""
     amount = sum(line["amount_units"] for line in lines)
     cid = w.customer.id
+    rules = state.rule_funding.get((cid, label), {})
+    # the rules every charge of which is priced per charge (none re-rated); a rule two versions tier
+    # (each line giving back only its own version's charges) only where its lines all go one way:
+    # one charging more beside one giving back, the charges' parts would not tie to the rule's line
+    ways: dict[str, set[bool]] = {}
+    for line in lines:
+        if line.get("rule_id") in several and line.get("override_id") is None:
+            ways.setdefault(line["rule_id"], set()).add(line["amount_units"] > 0)
+    whole = {rule_id for rule_id, paid in rules.items() if len(ways.get(rule_id, ())) < 2
+             and all(units is not None for _, _, _, units, *_ in paid)}
     # what each rule's line at the book's price gave back of each charge (a re-rate correcting the
     # true-up counts it, rerate_true_ups): nothing of a line giving nothing back; a line giving back
     # is recorded below only when every charge of its rule is priced per charge (none re-rated)
     parts: dict[str, dict[int, int]] = {line["rule_id"]: {} for line in lines if line.get("rule_id")
                                         and line.get("override_id") is None and line["amount_units"] >= 0
-                                        and line["rule_id"] not in several}
+                                        and (line["rule_id"] not in several or line["rule_id"] in whole)}
     if amount > 0:
         s = settlement(w, None, amount, False, now)
         return settlement_legs(w, s), None, funding(w, None, s), parts, ()
@@ -387,7 +399,6 @@ def _true_up(state: State, w: Wallet, label: str, lines: list[dict[str, Any]], n
         return Legs(w.customer.currency), None, (), parts, ()
     receivable = chart.receivable_account(cid)
     order = money_back.last_consumed_first(w)
-    rules = state.rule_funding.get((cid, label), {})
     shares: dict[str, int] = {receivable: 0}
     taken: dict[tuple[int, str], int] = {}  # what earlier lines take back of each charge, by payer
     placed: dict[tuple[int, str], int] = {}  # what each payer got of each charge's part (true_up_payers)
@@ -395,11 +406,11 @@ def _true_up(state: State, w: Wallet, label: str, lines: list[dict[str, Any]], n
         paid = rules.get(line.get("rule_id") or "", ())
         if line["amount_units"] < 0 and paid:
             mine = None
+            if line.get("override_id") is None and line["rule_id"] in whole:
+                mine = parts.setdefault(line["rule_id"], {})
             if line["rule_id"] in several:  # each charge's overcharge at its version's price: its own line's
                 paid = tuple((c, a, v, u, ch) if rest and rest[0] == line["price_version"] else (c, a, v, None, None)
                              for c, a, v, u, ch, *rest in paid)
-            elif line.get("override_id") is None and all(units is not None for _, _, _, units, *_ in paid):
-                mine = parts.setdefault(line["rule_id"], {})
             need, rest = money_back.each_charge_first(shares, taken, line, paid, receivable, order, parts=mine,
                                                       placed=placed if mine is not None else None)
             money_back.share(shares, taken, rest, need, receivable, order)
@@ -500,8 +511,13 @@ def closing(state: State, w: Wallet, label: str, rollup: Rollup, book: PriceBook
         # what it gave to where the money of lots closed before it went, for each (a grant revoked
         # in whole: promotions): a correction may take it back from there (store.load_payers)
         moved = money_back.closed_moves(w, paid, now)
+        # of a rule two versions tier and given back charge by charge (`parts`), each version's line:
+        # verify ties each charge's part to its own version's (its price of the tier reached, its amount)
+        split = [[ln["rule_id"], ln["price_version"], ln["unit_price"], ln["amount_units"]] for ln in lines
+                 if ln["rule_id"] in several and ln["rule_id"] in parts and ln.get("override_id") is None]
         posted = entry(f"true-up:{cid}:{label}", "volume_true_up", legs, cid, now,
                        {"period": label, "rules": [line["rule_id"] for line in lines],
+                        **({"versions": split} if split else {}),
                         **({"amount_due_rounding": rounding} if rounding else {}),
                         **({"closed_lots": moved} if moved else {})})
     else:
