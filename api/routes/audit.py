@@ -61,7 +61,7 @@ class VerifyResponse(msgspec.Struct):
 @get("/v1/audit/trial-balance", guards=[require("auditor")], tags=["audit"], **documented(404, 422))
 async def get_trial_balance(
     state: State, request: Request,
-    currency: Annotated[str | None, QueryParameter(name="currency", max_length=16)] = None,
+    currency: Annotated[str | None, QueryParameter(name="currency", min_length=1, max_length=16)] = None,
     at: Annotated[str | None, time_param("at")] = None,
 ) -> TrialBalanceResponse:
     """Debits, credits and balance of every account in one currency; totals must be equal. For a

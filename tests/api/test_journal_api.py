@@ -290,3 +290,18 @@ async def test_a_to_a_fraction_of_a_microsecond_before_from_is_422_naming_it(cli
         assert response.status_code == 422, (path, response.text)
         assert (response.json()["code"], response.json()["fields"][0]["field"]) == ("validation_error", "to"), (
             path, response.text)
+
+
+async def test_an_empty_currency_for_the_trial_balance_is_a_422_naming_it(client):
+    """`?currency=` (sent empty: a form's blank choice, a script's unset variable) was read as no
+    currency and answered 200 with the USD trial balance, a currency the caller did not ask for;
+    every other text filter of these routes (`kind=`, `account=`, `request_id=`) is a 422 when empty.
+    Now it is one too, naming `currency`; `?currency=USD` still answers USD (on a ledger without
+    USD, the empty one was a 404 `no currency USD`)."""
+    await _lifecycle(client)  # a USD customer: the ledger holds USD
+    empty = await client.get("/v1/audit/trial-balance", params={"currency": ""})
+    assert empty.status_code == 422, empty.text
+    assert empty.json()["code"] == "validation_error"
+    assert [f["field"] for f in empty.json()["fields"]] == ["currency"]
+    usd = await client.get("/v1/audit/trial-balance", params={"currency": "USD"})
+    assert usd.status_code == 200 and usd.json()["currency"] == "USD"
