@@ -251,12 +251,16 @@ def test_a_total_wider_than_the_totals_cell_widens_it_and_never_runs_into_its_la
 
 
 def test_a_short_total_keeps_the_35_mm_totals_cell() -> None:
-    """"12345.67 USD" is (7 * 556 + 278 + 278 + 722 + 667 + 722) * 10 / 1000 = 59.59 pt = 21.02 mm:
-    it fits the 35 mm cell, which stays where it was: "Total" ends at 165 - 1 = 164 mm (155.57)."""
+    """"12345.67 USD" is (7 * 556 + 278 + 278 + 722 + 667 + 722) * 10 / 1000 = 65.59 pt = 23.139 mm
+    (bold, the same widths): with its two 1 mm margins 25.14 mm, it fits the 35 mm cell, which stays
+    where it was, 165 to 200 mm: the figure begins at 199 - 23.139 = 175.861 mm, and "Total" (8.43 mm)
+    ends at 165 - 1 = 164 mm (155.57)."""
     drawn = _drawn_on_first_page(_summary_context([Row("gpt-4o input", "1,000", "10.00 per 1M", "0.01")],
                                                   "12345.67"))
     (label_x, _), = drawn["Total"]
     assert abs(label_x - 155.57) < 0.01, label_x
+    (figure_x, _), = drawn["12345.67 USD"]
+    assert abs(figure_x - 175.861) < 0.01, figure_x
 
 
 def test_an_amount_wider_than_its_column_widens_it_and_is_printed_whole() -> None:
@@ -265,9 +269,13 @@ def test_an_amount_wider_than_its_column_widens_it_and_is_printed_whole() -> Non
     the amount column's 26.39 mm less its two 1 mm margins (24.39 mm): it was cut, "12345.67890123"
     on one line and "4" on the next. Now the column is as wide as its widest figure and its
     margins, 27.597 mm, taken from the description's (95 - (27.597 - 26.389) = 93.792 mm): the amount printed
-    whole, ending at 199 mm (173.403 mm from the left), and the table still 10 to 200 mm wide (its
-    right edge 200.0016 mm: fpdf2's 10 mm margin is 28.35 pt, so the amount column's left edge is
-    200.0016 - 27.597 = 172.405, 172.41 to the hundredth)."""
+    whole, ending at 199 mm (173.403 mm from the left), and the table still 10 to 200 mm wide. The
+    edges as the PDF writes them: fpdf2's A4 is 595.28 pt = 210.0016 mm wide, its margins 10 mm, so the
+    page between them is 190.0016 mm, the description 95.0008 - 1.2078 = 93.793 mm (edge 103.79), the
+    quantity 31.667 (135.46), the unit price 36.945 (172.4047) and the amount 27.597 (200.0016); a
+    rectangle is written in points to the hundredth: 172.4047 mm = 488.706 pt, written 488.71 pt =
+    172.406 mm (172.41), and its width 27.597 mm = 78.227 pt, written 78.23: its right edge
+    488.71 + 78.23 = 566.94 pt = 200.004 mm (200.0)."""
     context = _context([Row("gpt-4o input", "1,234,567,890", "10.00 per 1M", "12345.678901234")])
     drawn = _drawn_on_first_page(context)
     (amount_x, _), = drawn["12345.678901234"]
