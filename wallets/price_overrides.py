@@ -76,7 +76,8 @@ async def _book_of(conn: AsyncConnection, customer_id: str) -> str | None:
 async def check_models(conn: AsyncConnection, customer_id: str, body: Mapping[str, Any]) -> None:
     """Refuse a model whose tokens no rule of the customer's price book prices (a contract price or
     a discount for it would never apply; a rule for every model of a type priced per call, a
-    request fee or a tool call, does not make one known: pricing.units.PER_CALL):
+    request fee or a tool call, does not make one known: pricing.units.PER_CALL; one naming the
+    model does, a request fee too):
     `validation_error` naming each such field."""
     book_id = await _book_of(conn, customer_id)
     scoped = [(f"{name}[{i}].model", item["model"]) for name in ("contract_prices", "discounts")
@@ -87,8 +88,7 @@ async def check_models(conn: AsyncConnection, customer_id: str, body: Mapping[st
     if book_id:
         rows = await conn.execute(text("""SELECT DISTINCT r->>'model' AS model FROM price_book_versions v
                                             CROSS JOIN LATERAL jsonb_array_elements(v.rules) r
-                                           WHERE v.book_id = :b AND r->>'token_type' <> 'request'
-                                             AND (r->>'model' IS NOT NULL
+                                           WHERE v.book_id = :b AND (r->>'model' IS NOT NULL
                                                   OR NOT r->>'token_type' = ANY(CAST(:per_call AS text[])))"""),
                                     {"b": book_id, "per_call": sorted(PER_CALL)})
         models = {r.model for r in rows}

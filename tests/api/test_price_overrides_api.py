@@ -145,3 +145,33 @@ async def test_a_tool_price_for_every_model_makes_no_unknown_model_priced(client
     assert [(r["event_id"], r["code"]) for r in body["rejected"]] == [("aa", "unpriced_model")]
     wallet = (await client.get("/v1/customers/po-tools/wallet", headers=ADMIN)).json()
     assert wallet["available"] == "9.98"  # 20.00 - 10.02
+
+
+async def test_a_contract_price_for_the_request_fee_of_a_model_a_rule_names_is_taken(client) -> None:
+    """A format 2 book with `unpriced: zero`: model-a input at $10 per 1M, and model-x's calls at a
+    $0.05 fee (a rule naming model-x, of type `request`): model-x is a model the book prices (its
+    tokens free, its calls $0.05), so a contract price of model-x's fee applies. Before, the
+    overrides' model check left out every `request` rule, the named one too, and refused the
+    contract (422 naming contract_prices[0].model: "no rule ... prices model 'model-x'"), while a
+    named model's tool rule counted. By hand now: stored (201); a usage event of model-x with 1,000
+    input tokens is charged its fee at the contract's $0.02 (tokens free): $1.00 - $0.02 = $0.98."""
+    book = {"id": "po-fee", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "format": 2,
+            "unpriced": "zero", "rules": [{"id": "a-in", "model": "model-a", "token_type": "input", "price": "10"},
+                                          {"id": "x-call", "model": "model-x", "token_type": "request",
+                                           "price": "0.05"}]}
+    assert (await client.post("/v1/price-books", headers=ADMIN, json=book)).status_code == 201
+    made = await client.post("/v1/customers", headers=ADMIN, json={"id": "po-fee", "currency": "USD",
+                                                                   "price_book": "po-fee"})
+    assert made.status_code == 201, made.text
+    contract = await client.put("/v1/customers/po-fee/price-overrides", headers=ADMIN, json={
+        "effective_from": "2026-01-01T00:00:00Z",
+        "contract_prices": [{"id": "x-fee", "model": "model-x", "token_type": "request", "price": "0.02"}]})
+    assert contract.status_code == 201, contract.text
+    await client.post("/v1/customers/po-fee/topups", headers=ADMIN, json={"amount": "1.00"})
+    at = utc(datetime.now(UTC) - timedelta(minutes=1))
+    sent = await client.post("/v1/usage-events", headers=ADMIN, json=[
+        {"event_id": "x", "customer_id": "po-fee", "model": "model-x", "timestamp": at,
+         "usage": {"input_tokens": 1000}}])
+    assert sent.json()["accepted"] == 1, sent.json()
+    wallet = (await client.get("/v1/customers/po-fee/wallet", headers=ADMIN)).json()
+    assert wallet["available"] == "0.98"  # 1.00 - 0.02
