@@ -132,6 +132,12 @@ PRICED_FIELDS = {CHAT: ("service_tier",), RESPONSES: ("service_tier",), MESSAGES
 # has it, unlike "standard_only". Either answer reports the tier, which prices the charge; the hold is
 # the dearest tier the book prices (pricing.estimate).
 PROVIDER_TIERS = {CHAT: ("auto",), RESPONSES: ("auto",), MESSAGES: ("auto",)}
+# The tiers an OpenAI call that names its service tier is served, and billed, at (its answer reports the
+# tier that served it, which prices the charge: api.gateway.streams): flex as named (OpenAI answers 429
+# rather than serve it at another tier), default as named, priority or the default tier OpenAI may serve
+# it at instead (past the project's ramp rate). The reserve's free check tries just these; a call naming
+# another tier may be reported at any the book prices.
+SERVED_TIERS = {"flex": ("flex",), "default": ("default",), "priority": ("priority", "default")}
 # The standard tier a call that leaves its tier to the provider is sent with when the operator pins
 # it (GatewaySettings.service_tier "standard"): never served at a premium tier its book may not price.
 STANDARD_TIERS = {CHAT: "default", RESPONSES: "default", MESSAGES: "standard_only"}
@@ -160,6 +166,7 @@ class Call:
     cache_write: str | None = None  # the prompt may be written to the cache, billed as this type (cache_write_1h)
     reused_containers: tuple[str, ...] = ()  # OpenAI containers given by id, billed when made: not charged again
     chosen_by_provider: tuple[str, ...] = ()  # left to the provider (service_tier auto): held at the dearest
+    served_tiers: tuple[str, ...] = ()  # the tiers a call naming its tier may be billed at (SERVED_TIERS); (): any
     audio_format: str | None = None  # chat: the format the answer's audio comes in (`audio.format`), if any
     hidden_output: bool = False  # it may think in tokens billed as output that its stream does not show
     # a stored prompt's call that shows no built-in tool and sets no max_tool_calls, as sent with
@@ -401,6 +408,12 @@ def _chosen_by_provider(kind: str, body: Mapping[str, Any]) -> tuple[str, ...]:
     return (*chosen, "inference_geo") if kind == MESSAGES and body.get("inference_geo") is None else chosen
 
 
+def _served_tiers(kind: str, body: Mapping[str, Any]) -> tuple[str, ...]:
+    """The tiers an OpenAI call naming its service tier may be served at (SERVED_TIERS), else ()."""
+    tier = body.get("service_tier")
+    return SERVED_TIERS.get(tier, ()) if kind in (CHAT, RESPONSES) and isinstance(tier, str) else ()
+
+
 def _cache_write(kind: str, value: Any) -> str | None:
     """The cache write a call may be billed: OpenAI's chat and responses prompts, cached by OpenAI
     itself, "cache_write" (its usage's `cache_write_tokens`); an Anthropic call's, what it asks for
@@ -508,7 +521,8 @@ def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: Token
     call = Call(kind, model, stream, prompt_tokens + results, raw_tokens, cap,
                 msgspec.json.encode(body) if changed else raw, wanted, audio_tokens, audio_tokens + referred,
                 prior, uses, containers, (*_priced(kind, body), *_search_tool(kind, body)), _cache_write(kind, body),
-                reused, _chosen_by_provider(kind, body), _audio_format(kind, body), _hidden_output(kind, body, model))
+                reused, _chosen_by_provider(kind, body), _served_tiers(kind, body), _audio_format(kind, body),
+                _hidden_output(kind, body, model))
     if not plain:
         return call
     untooled = replace(call, prompt_tokens=prompt_tokens, tool_uses=(), container_units=0,

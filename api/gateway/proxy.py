@@ -366,6 +366,7 @@ class Exchange:
             prompt_tokens=call.prompt_tokens, max_output_tokens=call.max_output_tokens, estimate=estimate,
             prompt_audio_tokens=call.hold_audio_tokens, prior_context_tokens=prior, tool_uses=dict(call.tool_uses),
             prompt_cache_write=call.cache_write, chosen_by_provider=call.chosen_by_provider,
+            served_tiers=call.served_tiers,
             premiums=premiums, premium_dimensions=premium_dimensions,
             dimensions={**self.dimensions, **dict(call.dimensions)},  # the prices it asks for (speed: fast)
             caller_dimensions=self.caller_dimensions)

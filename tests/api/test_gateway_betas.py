@@ -5,9 +5,11 @@ unpriced_model), before any hold or upstream call. Driven by the official `opena
 packages against the local fake upstream, as tests/api/test_gateway.py."""
 from __future__ import annotations
 
+import functools
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
+from typing import Any
 
 import anthropic
 import openai
@@ -237,6 +239,66 @@ def test_priority_asked_for_but_default_served_is_charged_at_the_default_price(l
     charge = (800 * IN + 200 * Decimal(1) + 40 * OUT) / M + Decimal("0.001")
     assert charged(url, raw.headers["x-tokentill-request-id"]) == charge
     assert wallet(url, cid) == (Decimal("10") - charge, 0)
+
+
+def _tier_book(url: str, free: tuple[str, ...], priced: tuple[str, ...] = ()) -> str:
+    """A format 2 book for every model: BOOK's rules (the standard prices, matching no tier), and a
+    copy of each matching each service tier of `free` at $0 and of `priced` at BOOK's price."""
+    book = f"gw-tiers-{uuid.uuid4().hex[:8]}"
+    copies = [{**rule, "id": f"{rule['id']}-{tier}", "match": {"service_tier": tier},
+               **({"price": "0"} if tier in free else {})} for tier in (*free, *priced) for rule in BOOK["rules"]]
+    with admin(url) as http:
+        assert http.post("/v1/price-books", json={**BOOK, "id": book, "format": 2,
+                                                  "rules": [*BOOK["rules"], *copies]}).status_code == 201
+    return book
+
+
+def _insufficient(call: Callable[[], Any]) -> None:
+    with pytest.raises(openai.APIStatusError) as raised:
+        call()
+    assert raised.value.status_code == 402 and raised.value.body["code"] == "insufficient_funds", raised.value.body
+
+
+def test_a_call_naming_the_tier_its_book_makes_free_holds_0_on_an_empty_wallet(live, fake):  # noqa: F811
+    """A call that names service_tier flex is served, and billed, at flex (OpenAI answers 429
+    rather than serve it at another tier). The free check of a hold of 0 on an empty wallet tried
+    every tier the book's rules match, so a call free at flex was refused because the default
+    tier is priced (was: 402 insufficient_funds, nothing sent). By hand: at flex every type is $0,
+    so the hold is 0 and the charge 800 x $0 + 200 x $0 + 40 x $0 + $0 = $0.00; the wallet stays
+    (0, 0). Still refused where the usage may report a priced tier: a call naming default, and
+    one leaving its tier to the provider (none named)."""
+    url, _ = live
+    cid, key = customer((url, _tier_book(url, ("flex",), ("default",))), amount=None)  # never topped up
+    client, before = oai(url, key), len(fake.fake.calls)
+    raw = client.chat.completions.with_raw_response.create(model="gpt-test", messages=HI, service_tier="flex")
+    assert raw.parse().service_tier == "flex" and fake.fake.calls[-1].body["service_tier"] == "flex"
+    assert Decimal(raw.headers["x-tokentill-reserved"]) == 0
+    assert charged(url, raw.headers["x-tokentill-request-id"]) == 0
+    assert wallet(url, cid) == (0, 0)
+    for tier in ("default", openai.NOT_GIVEN):
+        _insufficient(functools.partial(client.chat.completions.create, model="gpt-test", messages=HI,
+                                        service_tier=tier))
+    assert len(fake.fake.calls) == before + 1
+
+
+def test_a_call_naming_priority_free_at_it_is_refused_on_an_empty_wallet_as_it_may_be_served_at_default(
+        live, fake):  # noqa: F811
+    """OpenAI may serve a call that asks for priority at the default tier (past its ramp rate), its
+    answer then reporting default, which prices the charge. Priority at $0, the standard prices
+    matching no tier: the free check tried the tiers the book's rules name (priority) and not the
+    standard prices a default answer resolves to, so the call held 0 on an empty wallet and, served
+    at default, was charged (800 x $10 + 200 x $1 + 40 x $20) / 1M + $0.001 = $0.0100, all of it
+    owed past an overdraft of 0 (was: 200, held 0.00, charged 0.01). Now 402, nothing sent."""
+    url, _ = live
+    _, key = customer((url, _tier_book(url, ("priority",))), amount=None)  # never topped up
+    before = len(fake.fake.calls)
+    fake.fake.served_tier = "default"
+    try:
+        _insufficient(lambda: oai(url, key).chat.completions.create(model="gpt-test", messages=HI,
+                                                                   service_tier="priority"))
+    finally:
+        fake.fake.served_tier = None
+    assert len(fake.fake.calls) == before
 
 
 PREVIEW_SEARCH = {"type": "web_search_preview"}

@@ -62,6 +62,9 @@ class Reserve(Command):
     prompt_cache_write: str | None = None
     # dimensions the provider chooses and its answer reports (service_tier "auto"): held at the dearest value
     chosen_by_provider: tuple[str, ...] = ()
+    # the service tiers a gateway call that names its tier may be billed at (api.gateway.calls.SERVED_TIERS:
+    # flex as named, priority or default): the free check tries just those. (): any the book's rules match
+    served_tiers: tuple[str, ...] = ()
     # prices above the standard ones the call may be billed, which the book must set itself, else the
     # reserve is refused unpriced_model (pricing.premium): "cache_write_1h", "long_context"; and the
     # names of its dimensions set to a premium value (speed: fast, service_tier: priority)

@@ -153,19 +153,24 @@ def _free(w: Wallet, book: PriceBook | None, cmd: Reserve, now: datetime) -> boo
     image input, reasoning, audio output: charges_other_types, at a rule's dearest tier: a prompt the
     provider counts past a long-context tier the estimate did not reach), at every service tier and
     geography the provider may report (reportable_variants: its usage's report prices the settle,
-    whatever the call named or left to it). The per-call tools count as the gateway declares them
-    (`tool_uses`: a call without them runs none); any call else may report any, and each the book
-    prices counts. Hour rules count at the reserve's minute, which rates its settles. Unpriced is
-    not free, but for output where the book prices none for the model (an embeddings model): a
-    settle's output would be `unpriced_model`, never charged."""
+    whatever the call named or left to it), but for a gateway call naming its service tier, only at
+    the tiers it may be served at (`served_tiers`: flex, or priority and default). The per-call
+    tools count as the gateway declares them (`tool_uses`: a call without them runs none); any
+    call else may report any, and each the book prices counts. Hour rules count at the reserve's
+    minute, which rates its settles. Unpriced is not free, but for output where the book prices
+    none for the model (an embeddings model): a settle's output would be `unpriced_model`, never
+    charged."""
     if book is None:
         return False
     overrides = overrides_at(w, now)
-    names = tuple(dict.fromkeys((*REPORTED_DIMENSIONS, *cmd.chosen_by_provider)))
+    names = tuple(n for n in dict.fromkeys((*REPORTED_DIMENSIONS, *cmd.chosen_by_provider))
+                  if not (cmd.served_tiers and n == "service_tier"))
     try:
         variants = reportable_variants(book, cmd.model, cmd.dimensions, now, names)
     except PricingError:
         return False
+    if cmd.served_tiers:
+        variants = [{**variant, "service_tier": tier} for tier in cmd.served_tiers for variant in variants]
     return all(_free_at(book, cmd, dimensions, now, overrides) for dimensions in variants)
 
 
