@@ -42,6 +42,7 @@ from api.gateway.passthrough import FREE_KINDS, free_kind, pass_through
 from api.gateway.settles import GatewaySettles
 from api.gateway.shapes import Refusal, error_body
 from api.gateway.tools import UnmeteredToolError
+from api.json_keys import UNPAIRED, unpaired_surrogate
 from api.routes.formats import IDENTIFIER
 from api.routes.schemas import MAX_DIMENSIONS, Dimensions
 from api.routes.wire import money, shaped
@@ -322,7 +323,13 @@ class Exchange:
             return {}
         try:
             dimensions = shaped(msgspec.json.decode(given), Dimensions)
-        except (msgspec.DecodeError, WalletValidationError):
+        except msgspec.DecodeError:
+            unpaired = unpaired_surrogate(given.encode())  # named as a body's is (the decoder's words do not)
+            if unpaired is not None:
+                field = "x-tokentill-dimensions" + ("" if unpaired == "body" else f".{unpaired}")
+                raise Refusal(422, "validation_error", f"{field}: {UNPAIRED}") from None
+            dimensions = None
+        except WalletValidationError:
             dimensions = None
         if dimensions is None or len(dimensions) > MAX_DIMENSIONS - 2:
             raise Refusal(422, "validation_error", "x-tokentill-dimensions must be a JSON object of at most "

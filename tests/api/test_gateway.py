@@ -1517,6 +1517,26 @@ def test_the_callers_dimensions_and_key_are_recorded_with_the_charge(live):
             model="gpt-test", messages=HI)
 
 
+@pytest.mark.parametrize(("given", "field"), [('{"team": "\\ud800"}', "x-tokentill-dimensions.team"),
+                                             ('{"\\udc00x": "a"}', "x-tokentill-dimensions")])
+def test_an_unpaired_surrogate_in_the_dimensions_header_is_named(live, fake, given, field):
+    """A lone surrogate escape in the header's JSON (`{"team": "\\ud800"}`) was answered with the
+    generic "x-tokentill-dimensions must be a JSON object of at most 30 ... values" (the decoder
+    refuses it in words that say nothing of it). Now 422 validation_error naming the header's
+    field, as a body's is named (api.json_keys.UNPAIRED): `x-tokentill-dimensions.team: invalid
+    JSON string: unpaired surrogate ...`, the header alone for a key; nothing held, nothing sent."""
+    url, _ = live
+    cid, key = customer(live)
+    before = len(fake.fake.calls)
+    with pytest.raises(openai.UnprocessableEntityError) as raised:
+        oai(url, key, default_headers={"x-tokentill-dimensions": given}).chat.completions.create(
+            model="gpt-test", messages=HI)
+    assert raised.value.body["code"] == "validation_error"
+    assert raised.value.body["message"] == f"{field}: invalid JSON string: unpaired surrogate " \
+        "(a \\ud800 to \\udfff escape not in a high-low pair)"
+    assert len(fake.fake.calls) == before and wallet(url, cid) == (Decimal("10"), 0)
+
+
 def test_a_customers_key_may_not_name_a_dimension_its_price_book_prices_by(live, fake):
     """A book priced from genai-prices has rules matching `processing: batch` at half price. A
     customer's key sent `x-tokentill-dimensions: {"processing": "batch"}` with a call the gateway
