@@ -25,7 +25,7 @@ from litestar.response.base import ASGIResponse
 from api.accept import JSON, taken
 from api.auth import header, principal_of
 from api.errors import STATUS_BY_CODE, ApiError, refusal
-from api.json_keys import UNPAIRED, repeated_key, unpaired_surrogate
+from api.json_keys import UNPAIRED, nodes, repeated_key, unpaired_surrogate
 from api.routes.formats import (
     AMOUNT,
     AMOUNT_TEXT,
@@ -422,24 +422,13 @@ def unstorable(value: Any, path: str = "") -> tuple[str, str] | None:
     """(field, message) of the first string (key or value) or number in decoded JSON that
     PostgreSQL would refuse to store, or None. Checked before shaping, so that such a value
     never reaches a wallet batch, where it would fail every command that rides with it."""
-    if isinstance(value, str):
-        problem = _text_problem(value)
-        return None if problem is None else (path or "body", problem)
-    if isinstance(value, dict):
-        for key, item in value.items():
-            problem = _text_problem(key) if isinstance(key, str) else None
+    for where, node, is_key in nodes(value, path):
+        if isinstance(node, str):
+            problem = _text_problem(node)
             if problem is not None:
-                return path or "body", "a key " + problem
-            found = unstorable(item, f"{path}.{key}" if path else str(key))
-            if found is not None:
-                return found
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            found = unstorable(item, f"{path}[{index}]")
-            if found is not None:
-                return found
-    elif isinstance(value, float) and not math.isfinite(value):
-        return path or "body", "must be a finite number"
+                return where or "body", ("a key " + problem) if is_key else problem
+        elif isinstance(node, float) and not is_key and not math.isfinite(node):
+            return where or "body", "must be a finite number"
     return None
 
 
