@@ -60,6 +60,25 @@ async def _rows(bk: BillingKit, rerate_id: str) -> dict[tuple[int, str | None], 
     return {(c, p): int(u) for c, p, u in rows}
 
 
+async def _two_customer(bk: BillingKit, cid: str, **terms: str) -> dict:
+    """Book `two` v1 (two_models: rules a, model-x, and b, model-y, output $20/M up to 100,000, $10/M
+    beyond), and customer `cid` of it (`terms`: its billing mode, overdraft) from November 1st."""
+    book = two_models("v1", "2026-01-01T00:00:00Z", "10")
+    await bk.add_book(book)
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    await bk.customer(cid, book="two", **terms)
+    return book
+
+
+def _two_version(book: dict, name: str, day: int, prices: dict[str, tuple[str, str]]) -> dict:
+    """Book `two` (two_models) as `name` from November `day`, each rule of `prices` at (up to
+    100,000, beyond) $/M."""
+    return {**book, "version": name, "effective_from": f"2026-11-{day:02d}T00:00:00Z", "rules": [
+        {**rule, "tiers": [{"up_to": 100_000, "price": prices[rule["id"]][0]},
+                           {"up_to": None, "price": prices[rule["id"]][1]}]}
+        if rule["id"] in prices else rule for rule in book["rules"]]}
+
+
 async def test_a_rounded_credit_note_s_payer_rows_say_what_each_payer_was_posted(fresh_db) -> None:
     """Re-rated on December 2nd to $20/M and $9.75/M: the 20th $0.80 + 30,000 x $9.75/M = $1.0925
     (-$0.0075, the grant's); at the tier reached 130,000 x $9.75/M = $1.2675, the true-up $1.2675 -
@@ -129,11 +148,8 @@ async def test_a_close_s_credit_lot_is_named_by_the_rows_of_the_parts_it_holds_b
     $1.40 back, $0.20 of credit, then the $0.15). Before, the close called to_credit with own=0: what
     is owed counted as the parts' first, the rows named the receivable alone ($1.00), the lot none;
     the take went onto what is owed: $0.50 owed beside a $0.55 credit lot."""
-    bk = BillingKit(fresh_db)
-    book = two_models("v1", "2026-01-01T00:00:00Z", "10")
-    await bk.add_book(book)
-    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
-    cid = await bk.customer("close-rest", book="two", overdraft="5.00")
+    bk, cid = BillingKit(fresh_db), "close-rest"
+    book = await _two_customer(bk, cid, overdraft="5.00")
     bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
     await bk.event(cid, "model-y", 0, 130_000)
     bk.clock.now = datetime(2026, 11, 10, 12, tzinfo=UTC)
@@ -142,14 +158,7 @@ async def test_a_close_s_credit_lot_is_named_by_the_rows_of_the_parts_it_holds_b
     await bk.top_up(cid, "3.17")
     assert await live_lots(bk, cid) == {}
     assert (await bk.service.wallet(cid)).receivable == 143 * CENT
-
-    def version(name: str, day: int, prices: dict[str, tuple[str, str]]) -> dict:
-        return {**book, "version": name, "effective_from": f"2026-11-{day:02d}T00:00:00Z", "rules": [
-            {**rule, "tiers": [{"up_to": 100_000, "price": prices[rule["id"]][0]},
-                               {"up_to": None, "price": prices[rule["id"]][1]}]}
-            if rule["id"] in prices else rule for rule in book["rules"]]}
-
-    await bk.add_book(version("v2", 1, {"a": ("18", "9")}))
+    await bk.add_book(_two_version(book, "v2", 1, {"a": ("18", "9")}))
     bk.clock.now = datetime(2026, 11, 15, tzinfo=UTC)
     done = await applied(bk, RerateSpec("two", "v2", NOV_1, DEC_1, None))
     assert done["delta"] == "-0.23", done
@@ -164,22 +173,13 @@ async def test_a_close_s_credit_lot_is_named_by_the_rows_of_the_parts_it_holds_b
     assert {(c, p): int(u) for c, p, u in rows} == {
         (fifth, chart.receivable_account(cid)): 30 * CENT, (fifth, chart.lot_account(cid, credit)): 70 * CENT}
     await verified(bk)
-    await bk.add_book(version("v3", 2, {"a": ("18", "9"), "b": ("20", "15")}))
+    await bk.add_book(_two_version(book, "v3", 2, {"a": ("18", "9"), "b": ("20", "15")}))
     bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
     again = await applied(bk, RerateSpec("two", "v3", datetime(2026, 11, 2, tzinfo=UTC), DEC_1, None))
     assert again["delta"] == "0.65", again
     assert (await bk.service.wallet(cid)).receivable == 0
     assert await live_lots(bk, cid) == {credit: ("topup", 5 * CENT)}
     await verified(bk)
-
-
-def _two_version(book: dict, name: str, day: int, prices: dict[str, tuple[str, str]]) -> dict:
-    """Book `two` (two_models) as `name` from November `day`, each rule of `prices` at (up to
-    100,000, beyond) $/M."""
-    return {**book, "version": name, "effective_from": f"2026-11-{day:02d}T00:00:00Z", "rules": [
-        {**rule, "tiers": [{"up_to": 100_000, "price": prices[rule["id"]][0]},
-                           {"up_to": None, "price": prices[rule["id"]][1]}]}
-        if rule["id"] in prices else rule for rule in book["rules"]]}
 
 
 async def test_a_rounded_debit_note_s_payer_rows_say_what_the_receivable_was_posted(fresh_db) -> None:
@@ -201,11 +201,8 @@ async def test_a_rounded_debit_note_s_payer_rows_say_what_the_receivable_was_pos
     receivable's rows: of the $0.01 posted, its own decrease's $0.0045 first (no row names it), the
     5th's part $0.0055; the rounding account the other $0.0095. Before, the row said $0.015 of the
     5th where $0.0055 of it came off what is owed."""
-    bk = BillingKit(fresh_db)
-    book = two_models("v1", "2026-01-01T00:00:00Z", "10")
-    await bk.add_book(book)
-    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
-    cid = await bk.customer("debit-rounded", book="two", billing_mode="postpaid")
+    bk, cid = BillingKit(fresh_db), "debit-rounded"
+    book = await _two_customer(bk, cid, billing_mode="postpaid")
     bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
     await bk.event(cid, "model-y", 0, 130_000)
     bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
@@ -250,11 +247,8 @@ async def test_a_note_s_rounding_up_goes_to_a_payer_s_row_only_where_it_fits_in_
     so it goes to the 5th's row, $0.015 + $0.0005 = $0.0155 (the rounding account -$0.0005 of the
     5th). Before, it went to the 20th's row: $0.0505 of the $0.05 it paid, flagged by verify on a
     healthy ledger."""
-    bk = BillingKit(fresh_db)
-    book = two_models("v1", "2026-01-01T00:00:00Z", "10")
-    await bk.add_book(book)
-    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
-    cid = await bk.customer("round-up-fits", book="two")
+    bk, cid = BillingKit(fresh_db), "round-up-fits"
+    book = await _two_customer(bk, cid)
     grant = await _lot(bk, cid, "grant", "2.35")
     bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
     await bk.event(cid, "model-y", 0, 130_000)
