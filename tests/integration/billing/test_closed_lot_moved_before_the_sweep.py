@@ -16,9 +16,17 @@ from datetime import UTC, datetime
 
 from billing_kit import BillingKit
 from sqlalchemy import text
-from test_close_true_up_funding import _paid_per_charge, _rerated_again
-from test_closed_lot_take_backs import BREAKAGE, CENT, DEC_12, _credited, _moved, _rerated_from, _seen
-from test_rerate_volume_true_up import CLOSED, vol_customer
+from test_close_true_up_funding import _rerated_again
+from test_closed_lot_take_backs import (
+    BREAKAGE,
+    CENT,
+    DEC_12,
+    _credited,
+    _moved,
+    _rerated_from,
+    _seen,
+    _spent_before_the_expiry,
+)
 
 from wallets import expiry
 
@@ -26,21 +34,39 @@ DEC_10_NOON = datetime(2026, 12, 10, 12, tzinfo=UTC)  # after the expiry, before
 DEC_11 = datetime(2026, 12, 11, tzinfo=UTC)  # the sweep
 
 
-async def _expired_not_swept(bk: BillingKit, cid: str) -> str:
-    await vol_customer(bk, cid)
-    _, top_up = await _paid_per_charge(bk, cid, ("grant", "1.20", datetime(2026, 12, 10, tzinfo=UTC)),
-                                       ("topup", "5.00"))
-    await bk.close(CLOSED)
-    bk.clock.now = datetime(2026, 12, 3, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 10_000)
-    return top_up
-
-
 async def _swept(bk: BillingKit, cid: str) -> tuple[int | None, ...]:
     """The grant's expired_amount (None: not swept)."""
     rows = await bk.db.read(lambda conn: conn.execute(text(
         "SELECT expired_amount FROM lots WHERE customer_id = :c AND kind = 'grant'"), {"c": cid}))
     return tuple(None if a is None else int(a) for (a,) in rows)
+
+
+def _top_up_alone(lots: dict, top_up: str) -> int:
+    """The balance of the top-up, the customer's only live lot."""
+    [(lot, (kind, balance))] = lots.items()
+    assert (lot, kind) == (top_up, "topup"), lots
+    return balance
+
+
+async def _around_the_sweep(bk: BillingKit, cid: str, beyond: str) -> dict[str, object]:
+    """The module's set-up; re-rated on the 10th at 12:00 (the grant expired, not swept) to $20/M and
+    $`beyond`/M; the sweep on the 11th; re-rated on the 12th to $20/M flat. Each re-rate's delta,
+    the top-up's balance after it and what it moved to breakage; what the sweep moved to breakage
+    (the grant not swept before it), and breakage over all."""
+    top_up = await _spent_before_the_expiry(bk, cid, 10_000)
+    before = await _credited(bk)
+    first, lots, once = await _rerated_from(bk, cid, "20", beyond, on=DEC_10_NOON)
+    assert await _swept(bk, cid) == (None,)
+    kept = _top_up_alone(lots, top_up)
+    bk.clock.now = DEC_11
+    await expiry.expire_grants(bk.db, bk.clock.now)
+    assert await _swept(bk, cid) == (40 * CENT,)
+    swept = await _credited(bk)
+    second, lots, after = await _seen(bk, cid, await _rerated_again(bk, "20", "20", DEC_12))
+    return {"before the sweep": (first["delta"], kept, *_moved(before, once, BREAKAGE)),
+            "the sweep": _moved(once, swept, BREAKAGE),
+            "after the sweep": (second["delta"], _top_up_alone(lots, top_up), *_moved(swept, after, BREAKAGE)),
+            "breakage over all": _moved(before, after, BREAKAGE)}
 
 
 async def test_a_take_back_written_after_the_expiry_before_the_sweep_is_counted_once(fresh_db) -> None:
@@ -58,25 +84,9 @@ async def test_a_take_back_written_after_the_expiry_before_the_sweep_is_counted_
     - $0.10 = 0 (the grant paid $1.20 + $0.20 = $1.40 > its $1.20 at full price: nothing expired).
     Counted twice, the bound would be $0.40 - $0.30 - $0.30 < 0: breakage 0, top-up $3.30; or, not
     counted, $0.40: breakage -$0.30 (-$0.20 over all), top-up $3.60."""
-    bk = BillingKit(fresh_db)
-    cid = "taken-before-the-sweep"
-    top_up = await _expired_not_swept(bk, cid)
-    before = await _credited(bk)
-    done, lots, once = await _rerated_from(bk, cid, "20", "15", on=DEC_10_NOON)
-    assert await _swept(bk, cid) == (None,)
-    assert done["delta"] == "0.65", done
-    assert lots == {top_up: ("topup", 395 * CENT)}
-    assert _moved(before, once, BREAKAGE) == (-30 * CENT,)
-    bk.clock.now = DEC_11
-    await expiry.expire_grants(bk.db, bk.clock.now)
-    assert await _swept(bk, cid) == (40 * CENT,)
-    swept = await _credited(bk)
-    assert _moved(once, swept, BREAKAGE) == (40 * CENT,)
-    done, lots, after = await _seen(bk, cid, await _rerated_again(bk, "20", "20", DEC_12))
-    assert done["delta"] == "0.65", done
-    assert lots == {top_up: ("topup", 340 * CENT)}
-    assert _moved(swept, after, BREAKAGE) == (-10 * CENT,)
-    assert _moved(before, after, BREAKAGE) == (0,)
+    assert await _around_the_sweep(BillingKit(fresh_db), "taken-before-the-sweep", "15") == {
+        "before the sweep": ("0.65", 395 * CENT, -30 * CENT), "the sweep": (40 * CENT,),
+        "after the sweep": ("0.65", 340 * CENT, -10 * CENT), "breakage over all": (0,)}
 
 
 async def test_a_give_back_written_after_the_expiry_before_the_sweep_is_counted_once(fresh_db) -> None:
@@ -91,21 +101,6 @@ async def test_a_give_back_written_after_the_expiry_before_the_sweep_is_counted_
     the top-up. Top-up $4.65 - $0.45 - $0.20 - $0.60 = $3.40; breakage over all +$0.30 + $0.40 -
     $0.70 = 0. Delta $0.45 + $1.50 = $1.95. Counted twice (bound $1.00): breakage -$0.90 (-$0.20
     over all), the top-up $3.60; not counted (bound $0.40): breakage -$0.40, top-up $3.10."""
-    bk = BillingKit(fresh_db)
-    cid = "given-before-the-sweep"
-    top_up = await _expired_not_swept(bk, cid)
-    before = await _credited(bk)
-    done, lots, once = await _rerated_from(bk, cid, "20", "5", on=DEC_10_NOON)
-    assert await _swept(bk, cid) == (None,)
-    assert done["delta"] == "-0.65", done
-    assert lots == {top_up: ("topup", 465 * CENT)}
-    assert _moved(before, once, BREAKAGE) == (30 * CENT,)
-    bk.clock.now = DEC_11
-    await expiry.expire_grants(bk.db, bk.clock.now)
-    assert await _swept(bk, cid) == (40 * CENT,)
-    swept = await _credited(bk)
-    done, lots, after = await _seen(bk, cid, await _rerated_again(bk, "20", "20", DEC_12))
-    assert done["delta"] == "1.95", done
-    assert lots == {top_up: ("topup", 340 * CENT)}
-    assert _moved(swept, after, BREAKAGE) == (-70 * CENT,)
-    assert _moved(before, after, BREAKAGE) == (0,)
+    assert await _around_the_sweep(BillingKit(fresh_db), "given-before-the-sweep", "5") == {
+        "before the sweep": ("-0.65", 465 * CENT, 30 * CENT), "the sweep": (40 * CENT,),
+        "after the sweep": ("1.95", 340 * CENT, -70 * CENT), "breakage over all": (0,)}

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from billing_kit import BillingKit
-from test_close_true_up_funding import _closed_per_charge, _paid_per_charge, _rerated_again
+from test_close_true_up_funding import _closed_per_charge, _rerated_again
 from test_closed_lot_take_backs import (
     BREAKAGE,
     CENT,
@@ -24,8 +24,9 @@ from test_closed_lot_take_backs import (
     _rerated_from,
     _revoked,
     _seen,
+    _spent_before_the_expiry,
 )
-from test_rerate_volume_true_up import CLOSED, live_lots, vol_customer
+from test_rerate_volume_true_up import live_lots
 
 from wallets import expiry
 from wallets.core.commands import ReverseGrant
@@ -113,12 +114,7 @@ async def test_a_re_rate_dated_before_the_expiry_by_a_clock_behind_after_the_swe
     counted nothing: breakage gave $0.30 again (-$0.60 for a $0.40 sweep), the top-up $3.60."""
     bk = BillingKit(fresh_db)
     cid = "skewed-sweep"
-    await vol_customer(bk, cid)
-    _, top_up = await _paid_per_charge(bk, cid, ("grant", "1.20", datetime(2026, 12, 10, tzinfo=UTC)),
-                                       ("topup", "5.00"))
-    await bk.close(CLOSED)
-    bk.clock.now = datetime(2026, 12, 3, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 10_000)
+    top_up = await _spent_before_the_expiry(bk, cid, 10_000)
     bk.clock.now = datetime(2026, 12, 10, 0, 0, 0, 1000, tzinfo=UTC)
     await expiry.expire_grants(bk.db, bk.clock.now)
     before = await _credited(bk)

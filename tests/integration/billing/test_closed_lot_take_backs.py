@@ -118,17 +118,23 @@ async def _revoked_before_the_close(bk: BillingKit, name: str) -> tuple[str, str
     return cid, top_up
 
 
-async def _expired_after_the_close(bk: BillingKit, cid: str, december_tokens: int) -> tuple[str, dict[str, int]]:
+async def _spent_before_the_expiry(bk: BillingKit, cid: str, december_tokens: int) -> str:
     """A $1.20 grant expiring December 10th pays the 5th's $1.20; a $5.00 top-up (the 6th) the 20th's
     $1.10 ($3.90). The close: the 5th's $0.60 to the grant, live ($0.60), the 20th's $0.40 to the
-    top-up ($4.30). December 3rd: `december_tokens` at $20/M from the grant; December 10th it expires,
-    its remainder swept to breakage. The top-up's id, and every account's credits less debits then."""
+    top-up ($4.30). December 3rd: `december_tokens` at $20/M from the grant. The top-up's id."""
     await vol_customer(bk, cid)
     _, top_up = await _paid_per_charge(bk, cid, ("grant", "1.20", datetime(2026, 12, 10, tzinfo=UTC)),
                                        ("topup", "5.00"))
     await bk.close(CLOSED)
     bk.clock.now = datetime(2026, 12, 3, 12, tzinfo=UTC)
     await bk.event(cid, "model-v", 0, december_tokens)
+    return top_up
+
+
+async def _expired_after_the_close(bk: BillingKit, cid: str, december_tokens: int) -> tuple[str, dict[str, int]]:
+    """`_spent_before_the_expiry`; December 10th the grant expires, its remainder swept to breakage.
+    The top-up's id, and every account's credits less debits then."""
+    top_up = await _spent_before_the_expiry(bk, cid, december_tokens)
     bk.clock.now = datetime(2026, 12, 10, 12, tzinfo=UTC)
     await expiry.expire_grants(bk.db, bk.clock.now)
     return top_up, await _credited(bk)
