@@ -45,6 +45,21 @@ FAIL = """CREATE FUNCTION probe_fail() RETURNS trigger LANGUAGE plpgsql AS $$
           BEGIN RAISE EXCEPTION 'probe: a fault that is no domain refusal'; END $$"""
 
 
+async def _fail_settle(url: str, reservation_id: str) -> None:
+    """Plant a trigger that fails the settle of `reservation_id` (the update of its row)."""
+    await _sql(url, FAIL, f"""CREATE TRIGGER probe_fail BEFORE UPDATE ON reservations FOR EACH ROW
+                              WHEN (NEW.id = '{reservation_id}') EXECUTE FUNCTION probe_fail()""")
+
+
+async def _events_one_failing(url: str, cid: str, tag: str, count: int, bad: int) -> list[dict]:
+    """`count` usage events of USAGE for `cid` ($0.028 each), the one at index `bad` (`bad-{tag}`)
+    failed on insert by a planted trigger."""
+    await _sql(url, FAIL, f"""CREATE TRIGGER probe_fail BEFORE INSERT ON usage_events FOR EACH ROW
+                              WHEN (NEW.event_id = 'bad-{tag}') EXECUTE FUNCTION probe_fail()""")
+    return [{"event_id": f"e{n}-{tag}" if n != bad else f"bad-{tag}", "customer_id": cid, "model": "model-a",
+             "timestamp": "2026-11-23T10:00:00Z", "usage": USAGE} for n in range(count)]
+
+
 async def test_a_settle_the_database_fails_among_good_ones_is_its_own_500_the_others_settled(
         scratch: tuple[AsyncTestClient, str]):
     client, url = scratch
@@ -52,8 +67,7 @@ async def test_a_settle_the_database_fails_among_good_ones_is_its_own_500_the_ot
     cid = await customer(client, "standard", tag)
     rids = [await reserve(client, cid) for _ in range(6)]
     bad = rids[3]
-    await _sql(url, FAIL, f"""CREATE TRIGGER probe_fail BEFORE UPDATE ON reservations FOR EACH ROW
-                              WHEN (NEW.id = '{bad}') EXECUTE FUNCTION probe_fail()""")
+    await _fail_settle(url, bad)
     response = await client.post("/v1/settlements", json=[{"reservation_id": rid, "usage": USAGE} for rid in rids])
     assert response.status_code == 200, response.text
     results = response.json()["results"]
@@ -76,11 +90,7 @@ async def test_a_usage_event_the_database_fails_among_good_ones_is_rejected_alon
     client, url = scratch
     tag = uuid.uuid4().hex[:6]
     cid = await customer(client, "standard", tag)
-    await _sql(url, FAIL, f"""CREATE TRIGGER probe_fail BEFORE INSERT ON usage_events FOR EACH ROW
-                              WHEN (NEW.event_id = 'bad-{tag}') EXECUTE FUNCTION probe_fail()""")
-    events = [{"event_id": f"e{n}-{tag}" if n != 2 else f"bad-{tag}", "customer_id": cid, "model": "model-a",
-               "timestamp": "2026-11-23T10:00:00Z", "usage": {"input_tokens": 1000, "output_tokens": 400}}
-              for n in range(5)]
+    events = await _events_one_failing(url, cid, tag, 5, 2)
     response = await client.post("/v1/usage-events", json=events)
     assert response.status_code == 200, response.text
     answer = response.json()
@@ -109,8 +119,7 @@ async def test_a_call_sent_again_under_its_key_after_an_item_fault_replays_the_s
     cid = await customer(client, "standard", tag)
     rids = [await reserve(client, cid) for _ in range(3)]
     bad = rids[1]
-    await _sql(url, FAIL, f"""CREATE TRIGGER probe_fail BEFORE UPDATE ON reservations FOR EACH ROW
-                              WHEN (NEW.id = '{bad}') EXECUTE FUNCTION probe_fail()""")
+    await _fail_settle(url, bad)
     items, key = [{"reservation_id": rid, "usage": USAGE} for rid in rids], {"Idempotency-Key": f"call-{tag}"}
     errors = _errors("/v1/settlements")
     with caplog.at_level("ERROR", logger="tokentill.api"):
@@ -142,11 +151,7 @@ async def test_usage_events_sent_again_under_the_calls_key_after_a_fault_post_th
     client, url = scratch
     tag = uuid.uuid4().hex[:6]
     cid = await customer(client, "standard", tag)
-    await _sql(url, FAIL, f"""CREATE TRIGGER probe_fail BEFORE INSERT ON usage_events FOR EACH ROW
-                              WHEN (NEW.event_id = 'bad-{tag}') EXECUTE FUNCTION probe_fail()""")
-    events = [{"event_id": f"e{n}-{tag}" if n != 1 else f"bad-{tag}", "customer_id": cid, "model": "model-a",
-               "timestamp": "2026-11-23T10:00:00Z", "usage": {"input_tokens": 1000, "output_tokens": 400}}
-              for n in range(3)]
+    events = await _events_one_failing(url, cid, tag, 3, 1)
     key = {"Idempotency-Key": f"events-{tag}"}
     errors = _errors("/v1/usage-events")
     with caplog.at_level("ERROR", logger="tokentill.api"):
@@ -185,8 +190,7 @@ async def test_the_sdks_background_queue_keeps_an_item_answered_500_and_drops_th
         tt = AsyncClient(url, ADMIN, transport=transport, background_settle=True, flush_spool=False)
         blocks = await asyncio.gather(*(lifecycle(tt, cid) for _ in range(3)))
         bad = blocks[1]
-        await _sql(scratch_url, FAIL, f"""CREATE TRIGGER probe_fail BEFORE UPDATE ON reservations FOR EACH ROW
-                                          WHEN (NEW.id = '{bad.id}') EXECUTE FUNCTION probe_fail()""")
+        await _fail_settle(scratch_url, bad.id)
         transport.open.set()
         await tt.aclose()
         # the queue may send the three in one call or in two (a settle queued before the others
