@@ -242,6 +242,7 @@ class Batch:
         self.add("charge_adjustments", {
             "charge_id": effect.charge_id, "corrected_version": effect.version,
             "overrides_version": effect.overrides_version, "allowance_moves": dict(effect.allowance_moves),
+            "old_rules": dict(effect.old_rules), "new_rules": dict(effect.new_rules),
             "rerate_id": effect.rerate_id,
             "customer_id": effect.customer_id, "period": effect.period, "old_amount": effect.old_amount,
             "new_amount": effect.new_amount, "old_lines": [list(x) for x in effect.old_lines],

@@ -687,9 +687,9 @@ def _on_record(r: dict[str, Any]) -> ChargeOnRecord:
     return ChargeOnRecord(int(r["id"]), at, r["model"], r["dimensions"] or {}, r["usage"] or {},
                           tuple(r["lines"]), int(r["charged"]), int(r["from_receivable"]),
                           None if r["funding"] is None else tuple((a, int(x)) for a, x in r["funding"]),
-                          current, frozenset((v, int(o)) for v, _, o, _ in adjustments), int(r["seq"]),
-                          _moves(moves for _, _, _, moves in adjustments), r["billed_in"],
-                          adjustments[-1][0] if adjustments else None)
+                          current, frozenset((v, int(o)) for v, _, o, *_ in adjustments), int(r["seq"]),
+                          _moves(moves for _, _, _, moves, _ in adjustments), r["billed_in"],
+                          adjustments[-1][0] if adjustments else None, adjustments[-1][4] if adjustments else None)
 
 
 def _moves(each: Any) -> dict[str, int]:

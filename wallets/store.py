@@ -495,14 +495,14 @@ _WRITES: dict[str, str] = {
                 ORDER BY r.seq""",
     "charge_adjustments": """INSERT INTO charge_adjustments (lane, charge_id, corrected_version,
                    overrides_version, allowance_moves, rerate_id, customer_id, period, old_amount, new_amount,
-                   old_lines, new_lines, entry_id, credit_note_id, created_at)
+                   old_lines, new_lines, old_rules, new_rules, entry_id, credit_note_id, created_at)
                SELECT {lane}, r.charge_id, r.corrected_version, r.overrides_version, r.allowance_moves, r.rerate_id,
-                      r.customer_id, r.period, r.old_amount, r.new_amount, r.old_lines, r.new_lines, r.entry_id,
-                      r.credit_note_id, r.created_at
+                      r.customer_id, r.period, r.old_amount, r.new_amount, r.old_lines, r.new_lines, r.old_rules,
+                      r.new_rules, r.entry_id, r.credit_note_id, r.created_at
                  FROM jsonb_to_recordset({p}::jsonb) AS r(charge_id bigint, corrected_version text,
                       overrides_version int, allowance_moves jsonb, rerate_id text, customer_id text, period text,
-                      old_amount numeric, new_amount numeric, old_lines jsonb, new_lines jsonb, entry_id bigint,
-                      credit_note_id text, created_at timestamptz)""",
+                      old_amount numeric, new_amount numeric, old_lines jsonb, new_lines jsonb, old_rules jsonb,
+                      new_rules jsonb, entry_id bigint, credit_note_id text, created_at timestamptz)""",
     "rerate_true_ups": """INSERT INTO rerate_true_ups (lane, rerate_id, customer_id, period, true_ups, created_at)
                SELECT {lane}, r.rerate_id, r.customer_id, r.period, r.true_ups, r.created_at
                  FROM jsonb_to_recordset({p}::jsonb) AS r(rerate_id text, customer_id text, period text,
@@ -836,7 +836,7 @@ async def load_rerate_charges(conn: AsyncConnection, customer_id: str, book_id: 
                    coalesce((SELECT j.metadata ->> 'period' FROM journal_entries j
                               WHERE j.lane = c.lane AND j.id = c.entry_id), c.period) AS billed_in,
                    (SELECT jsonb_agg(jsonb_build_array(a.corrected_version, a.new_lines, a.overrides_version,
-                                                      a.allowance_moves)
+                                                      a.allowance_moves, a.new_rules)
                                       ORDER BY a.id)
                       FROM charge_adjustments a WHERE a.charge_id = c.id) AS adjustments
               FROM charges c
@@ -850,7 +850,8 @@ async def rule_funding(conn: AsyncConnection, customer_id: str, period: Period
                        ) -> dict[str, tuple[tuple[int, str | None, int, int | None, int | None, str | None], ...]]:
     """What paid the customer's charges of `period`'s own usage (its usage time in it: a late
     charge of an earlier period billed in it is not, its close never trues it up) billed in it,
-    by the rules that rated them (a charge rated by two rules is listed under each): rule id ->
+    by the rules that rate them (a charge rated by two rules is listed under each; a charge a re-rate
+    moved, under those its last re-rate rated it with, where kept: migration 0087): rule id ->
     (charge id, account, amount, units, charged) (the receivable's under None when its funding was
     not recorded; units and charged: the rule's usage lines at the book's price on the charge, what
     the true-up prices again at the tier reached; None once a re-rate moved the charge; version: the
@@ -859,11 +860,15 @@ async def rule_funding(conn: AsyncConnection, customer_id: str, period: Period
     lane = int(await _lane(conn, [customer_id]) or 0)
     rows = await conn.exec_driver_sql(
         f"""SELECT r.rule_id, c.id, f ->> 0, sum((f ->> 1)::numeric)::text, r.units::text, r.charged::text, r.version,
-                   -- one test a row (two CASEs made two: two scans of every adjustment, when hashed)
-                   EXISTS (SELECT 1 FROM charge_adjustments a WHERE a.charge_id = c.id)
+                   m.moved IS NOT NULL
               FROM charges c
+             -- its last re-rate, if any (one probe a charge): the rules it rated its token types with
+             -- (kept since 0087) name the rule each line counts for now
+             LEFT JOIN LATERAL (SELECT true AS moved, a.new_rules FROM charge_adjustments a
+                                 WHERE a.charge_id = c.id ORDER BY a.id DESC LIMIT 1) m ON true
              CROSS JOIN LATERAL (
-                 SELECT l ->> 'rule_id' AS rule_id,
+                 SELECT coalesce(m.new_rules ->> coalesce(l ->> 'token_type', l ->> 'kind'),
+                                 l ->> 'rule_id') AS rule_id,
                         coalesce(sum((l ->> 'quantity')::numeric) FILTER (WHERE l ->> 'kind' = 'usage'
                                  AND l ->> 'override_id' IS NULL), 0) AS units,
                         coalesce(sum((l ->> 'amount_units')::numeric) FILTER (WHERE l ->> 'kind' = 'usage'
@@ -877,7 +882,7 @@ async def rule_funding(conn: AsyncConnection, customer_id: str, period: Period
                AND c.occurred_at >= %s AND c.occurred_at < %s
                AND coalesce((SELECT j.metadata ->> 'period' FROM journal_entries j
                               WHERE j.lane = c.lane AND j.id = c.entry_id), c.period) = %s
-             GROUP BY r.rule_id, c.id, f ->> 0, r.units, r.charged, r.version ORDER BY 1, 2, 3""",
+             GROUP BY r.rule_id, c.id, f ->> 0, r.units, r.charged, r.version, m.moved ORDER BY 1, 2, 3""",
         (customer_id, period.label, period.start, period.end, period.label))
     out: dict[str, list[tuple[int, str | None, int, int | None, int | None, str | None]]] = {}
     for rule_id, charge_id, account, amount, units, charged, version, moved in rows:
@@ -888,12 +893,13 @@ async def rule_funding(conn: AsyncConnection, customer_id: str, period: Period
 
 
 async def rerated_charges(conn: AsyncConnection, customer_id: str, period: Period
-                          ) -> tuple[tuple[str, tuple[dict[str, Any], ...], str, tuple[tuple[str, str, int], ...]],
-                                     ...]:
+                          ) -> tuple[tuple[str, tuple[dict[str, Any], ...], str, tuple[tuple[str, str, int], ...],
+                                           dict[str, str] | None], ...]:
     """The customer's charges of `period`'s own usage billed in it (rule_funding's) that a re-rate
     moved, wherever the re-rate was billed: (model, its lines as charged, the book version its last
-    re-rate rated it with, that re-rate's amounts by model and token type). A close counts their
-    units under the version they stand at now (invoicing.rerated_moves)."""
+    re-rate rated it with, that re-rate's amounts by model and token type, the rules it rated them
+    with by token type: None, not kept before migration 0087). A close counts their units under the
+    version and the rule they stand at now (invoicing.rerated_moves)."""
     lane = int(await _lane(conn, [customer_id]) or 0)
     # driven by the customer's adjustments of `period`'s usage (an adjustment names its charge's
     # usage period: charge_adjustments_period, so all of a charge's adjustments are there), each
@@ -905,8 +911,8 @@ async def rerated_charges(conn: AsyncConnection, customer_id: str, period: Perio
     # the period was tested for adjustments, re-rated or not (30,000 charges, none re-rated:
     # 33,334 buffers, 174 ms; 100 re-rated: 153,334, 428 ms)
     rows = await conn.exec_driver_sql(
-        f"""SELECT c.model, c.lines, a.corrected_version, a.new_lines
-              FROM (SELECT DISTINCT ON (a.charge_id) a.charge_id, a.corrected_version, a.new_lines
+        f"""SELECT c.model, c.lines, a.corrected_version, a.new_lines, a.new_rules
+              FROM (SELECT DISTINCT ON (a.charge_id) a.charge_id, a.corrected_version, a.new_lines, a.new_rules
                       FROM charge_adjustments a WHERE a.customer_id = %s AND a.lane = {lane} AND a.period = %s
                      ORDER BY a.charge_id, a.id DESC) a
              CROSS JOIN LATERAL (SELECT c.id, c.model, c.lines, c.customer_id, c.period, c.occurred_at, c.entry_id
@@ -916,8 +922,8 @@ async def rerated_charges(conn: AsyncConnection, customer_id: str, period: Perio
                               WHERE j.lane = {lane} AND j.id = c.entry_id), c.period) = %s
              ORDER BY c.occurred_at, c.id""",
         (customer_id, period.label, customer_id, period.label, period.start, period.end, period.label))
-    return tuple((model, tuple(lines), version, tuple((m, t, int(a)) for m, t, a in new_lines))
-                 for model, lines, version, new_lines in rows)
+    return tuple((model, tuple(lines), version, tuple((m, t, int(a)) for m, t, a in new_lines), rules)
+                 for model, lines, version, new_lines, rules in rows)
 
 
 async def paid_left(conn: AsyncConnection, customer_id: str, period: Period) -> dict[str, dict[str, int]]:

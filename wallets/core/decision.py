@@ -182,6 +182,9 @@ class ChargeAdjusted(msgspec.Struct, frozen=True, gc=False):
     credit_note_id: str | None
     overrides_version: int = 0
     allowance_moves: Mapping[str, int] = {}  # allowance id -> units it takes more (less: negative)
+    # the rules of its usage at the book's price, by token type, before and after (rerating.usage_rules)
+    old_rules: Mapping[str, str] = {}
+    new_rules: Mapping[str, str] = {}
 
 
 class CreditNoteIssued(msgspec.Struct, frozen=True, gc=False):

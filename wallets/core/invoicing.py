@@ -85,19 +85,22 @@ def flat_in(versions: Mapping[str, PriceVersion], rule_id: str, version: str) ->
 
 
 # What a re-rate moved of a charge's usage line at the book's price: (model, token type), rule id,
-# the version it was charged under, the version it stands at now, units, amount charged, amount now
-Moved = tuple[tuple[str | None, str | None], str, str, str, int, int, int]
+# the version it was charged under, the version it stands at now, units, amount charged, amount now,
+# and the rule that rates them now ("": none at the book's price; None: not kept, the line's rule if
+# the version now names it)
+Moved = tuple[tuple[str | None, str | None], str, str, str, int, int, int, str | None]
 
 
-def rerated_moves(charges: Sequence[tuple[str, Sequence[Mapping[str, Any]], str, Sequence[Sequence[Any]]]]
-                  ) -> list[Moved]:
+def rerated_moves(charges: Sequence[tuple[str, Sequence[Mapping[str, Any]], str, Sequence[Sequence[Any]],
+                                          Mapping[str, str] | None]]) -> list[Moved]:
     """What re-rates moved of each of the period's charges (State.rerated: model, lines as charged,
-    the version its last re-rate rated it with, that re-rate's amounts by model and token type):
-    each usage line of a rule at the book's price moves from the version that charged it to the one
-    it stands at now, its token type's amount changed by what the re-rates moved of it (on the
-    first of its lines)."""
+    the version its last re-rate rated it with, that re-rate's amounts by model and token type, and
+    the rules it rated them with by token type, None where not kept): each usage line of a rule at
+    the book's price moves from the version that charged it to the one it stands at now, and to the
+    rule that rates its token type now, its token type's amount changed by what the re-rates moved
+    of it (on the first of its lines)."""
     out: list[Moved] = []
-    for model, lines, version, amounts in charges:
+    for model, lines, version, amounts, rules in charges:
         now = {token_type: int(amount) for _, token_type, amount in amounts}
         was: dict[str, int] = {}
         for line in lines:
@@ -109,7 +112,8 @@ def rerated_moves(charges: Sequence[tuple[str, Sequence[Mapping[str, Any]], str,
             token_type, amount = line.get("token_type"), int(line["amount_units"])
             moved = now.pop(token_type, 0) - was.pop(token_type, 0) if token_type in was else 0
             out.append(((model, token_type), line["rule_id"], line.get("price_version") or "", version,
-                        int(line["quantity"]), amount, amount + moved))
+                        int(line["quantity"]), amount, amount + moved,
+                        None if rules is None else rules.get(token_type or line["kind"], "")))
     return out
 
 
@@ -123,8 +127,8 @@ def volume_rules(book: PriceBook | None, rollup: Rollup, period: str,
     rated is final at its price and counts for no tier. A re-rate of the period's charges
     counts for the rule that rated their model and token type, unless a discount or a contract price
     shares them (their lines do not tell the rule's share): the charges it moved (`moves`,
-    rerated_moves) count under the version they stand at now, as re-rated, for the rule their line
-    names (units a version now rates under another rule id leave it). A re-rate's
+    rerated_moves) count under the version they stand at now, as re-rated, for the rule that rates
+    them now (not kept: the one their line names, if that version has it; else they leave it). A re-rate's
     `adjustment` lines of a model and token type no charge's moves tell (`moves` not given) count
     at the version it re-rated to, the rule's units of every version with them, at the tiers of the
     latest version (the lines do not tell which version's units they moved)."""
@@ -160,16 +164,17 @@ def volume_rules(book: PriceBook | None, rollup: Rollup, period: str,
         return next(iter(rules)) if len(rules) == 1 and None not in rules else None
 
     told = set()
-    for key, rule_id, was, now, quantity, before, after in moves:
+    for key, rule_id, was, now, quantity, before, after, rule_now in moves:
         if None in rated.get(key, ()) or rule_id not in rated.get(key, ()):
             continue  # a discount or a contract price shares them: the lines do not tell the rule's share
         told.add(key)
-        # the charge's line tells its rule; units the version now rates under another id leave it
-        named = now not in versions or any(r.id == rule_id for r in versions[now].rules)
-        for version, q, a in ((was, -quantity, -before), (now, quantity, after))[:2 if named else 1]:
-            piece = pieces.setdefault(rule_id, {}).setdefault(version, [0, 0])
-            piece[0] += q
-            piece[1] += a
+        if rule_now is None:  # not kept: the charge's line tells its rule, if the version now names it
+            rule_now = rule_id if now not in versions or any(r.id == rule_id for r in versions[now].rules) else ""
+        for rule, version, q, a in ((rule_id, was, -quantity, -before), (rule_now, now, quantity, after)):
+            if rule:
+                piece = pieces.setdefault(rule, {}).setdefault(version, [0, 0])
+                piece[0] += q
+                piece[1] += a
     for key, version, amount in adjusted:
         if key in told or (rule_id := alone(key)) is None:
             continue

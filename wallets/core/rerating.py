@@ -108,6 +108,9 @@ class ChargeOnRecord:
     allowance_moves: Mapping[str, int] = field(default_factory=dict)  # its re-rates' moves, by allowance id
     billed_in: str | None = None  # the period its entry was billed in (a late charge's is after its usage time's)
     rerated_to: str | None = None  # the book version its last re-rate rated it with (None: not re-rated)
+    # the rules its last re-rate rated its usage with at the book's price, by token type (None: not
+    # re-rated, or not kept: an adjustment before migration 0087)
+    rules: Mapping[str, str] | None = None
 
     def tokens(self) -> dict[str, int]:
         """The usage it was rated for (the per-request fee aside: whether it is due is the corrected
@@ -178,6 +181,9 @@ class Correction:
     new: Mapping[TypeKey, int]
     overrides_version: int = 0  # the customer's overrides that rated it (0: none)
     allowance_moves: Mapping[str, int] = field(default_factory=dict)  # allowance id -> units more taken
+    # the rules of its usage at the book's price by token type, as it stood and as re-rated (usage_rules)
+    old_rules: Mapping[str, str] = field(default_factory=dict)
+    new_rules: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def old_amount(self) -> int:
@@ -280,11 +286,36 @@ def corrections(data: RerateInput, range_from: datetime, range_to: datetime,
                 {"kind": ln.kind, "token_type": ln.token_type, "amount_units": ln.amount_units}
                 for ln in rating.lines)).items() if v}
             ours = overrides_version(charge, data.overrides)
-            if old != new and (data.version.version, ours) not in charge.versions:
-                out.append(Correction(charge, old, new, ours, _allowance_moves(charge.counted(), counted)))
+            # a version naming the rule otherwise moves the units to that rule's volume, whatever they cost
+            was, now = standing_rules(charge, data), usage_rules(rating.lines)
+            if (old != new or was != now) and (data.version.version, ours) not in charge.versions:
+                out.append(Correction(charge, old, new, ours, _allowance_moves(charge.counted(), counted), was, now))
         for rule_id, quantity in counted.items():
             so_far[rule_id] = so_far.get(rule_id, 0) + quantity
     return out
+
+
+def usage_rules(lines: Iterable[Any]) -> dict[str, str]:
+    """The rule of each token type's usage lines at the book's price (a contract price's aside), of
+    a charge's stored lines or a rating's."""
+    out = {}
+    for line in lines:
+        get = line.get if isinstance(line, Mapping) else lambda name, ln=line: getattr(ln, name)
+        if get("kind") == "usage" and get("rule_id") is not None and get("override_id") is None:
+            out[get("token_type") or get("kind")] = get("rule_id")
+    return out
+
+
+def standing_rules(charge: ChargeOnRecord, data: RerateInput) -> dict[str, str]:
+    """The rules the charge's usage at the book's price stands under, by token type: its last
+    re-rate's (kept since migration 0087; before, rated again with the version it re-rated to), or
+    as charged."""
+    if charge.rules is not None:
+        return dict(charge.rules)
+    version = next((v for v in data.book.versions if v.version == charge.rerated_to), None) if data.book else None
+    if version is None:
+        return usage_rules(charge.lines)
+    return usage_rules(rerated_lines(charge, version, {}, data.overrides).lines)
 
 
 def _allowance_moves(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, int]:
@@ -753,7 +784,7 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
             effects.append(ChargeAdjusted(
                 c.id, x.charge.id, cmd.version, cmd.rerate_id, source, x.old_amount, x.new_amount,
                 _pairs(x.old), _pairs(x.new), note.credit_note_id if note is not None else None,
-                x.overrides_version, dict(x.allowance_moves)))
+                x.overrides_version, dict(x.allowance_moves), dict(x.old_rules), dict(x.new_rules)))
             for allowance_id, units in x.allowance_moves.items():
                 moved[ALLOWANCE + allowance_id] = moved.get(ALLOWANCE + allowance_id, 0) + units
         if any(moved.values()):  # what the charges now take from their period's allowances: not given again
@@ -784,4 +815,4 @@ def _pairs(amounts: Mapping[TypeKey, int]) -> tuple[tuple[str, str, int], ...]:
 
 
 __all__ = ["ChargeOnRecord", "Correction", "RerateInput", "Rerated", "by_type", "corrections", "rerate_charges",
-           "rerated_period", "type_rows"]
+           "rerated_period", "standing_rules", "type_rows", "usage_rules"]

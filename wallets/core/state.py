@@ -107,7 +107,8 @@ class State(msgspec.Struct, frozen=True):
     topups: Mapping[tuple[str, str], TopUpOnRecord] = msgspec.field(default_factory=dict)
     # (customer, period) -> the charges of the period's own usage billed in it that re-rates moved:
     # (model, lines as charged, the version the last re-rate rated them with, its amounts by model
-    # and token type) (store.rerated_charges; closes: the volume true-up counts them as re-rated)
+    # and token type, the rules it rated them with by token type or None) (store.rerated_charges;
+    # closes: the volume true-up counts them as re-rated)
     rerated: Mapping[tuple[str, str], tuple[Any, ...]] = msgspec.field(default_factory=dict)
     ids: Callable[[str], str] = new_id
 
