@@ -7,10 +7,11 @@ from urllib.parse import unquote_to_bytes
 import msgspec
 from litestar import Request, get
 from litestar.datastructures import State
-from litestar.params import FromPath, QueryParameter
+from litestar.params import FromPath
 
 from api.auth import ensure_customer, principal_of, require
 from api.errors import ApiError, documented
+from api.routes.formats import CustomerQuery
 from api.routes.reservations import ReservationState
 from wallets import reports
 
@@ -66,7 +67,7 @@ class ChargeTrace(msgspec.Struct):
 @get("/v1/audit/charges/{request_id:path}", guards=[require("auditor")], tags=["audit"],
      **documented(404, 422, ok=ChargeTrace))
 async def get_charge_trace(state: State, request: Request, request_id: FromPath[str],
-                           customer_id: Annotated[str | None, QueryParameter(name="customer_id")] = None
+                           customer_id: CustomerQuery = None
                            ) -> dict[str, Any]:
     """The request's reservation (or usage event, or both when the customer used the id for
     each), its usage, the price book version, the rules and unit prices applied, the amounts,

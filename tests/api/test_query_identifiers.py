@@ -1,0 +1,54 @@
+"""A query parameter naming a customer takes only what can be a customer's id (its pattern, as
+the customers' CHECK says, and as the OpenAPI document publishes): anything else is a 422
+`validation_error` naming the parameter, never an empty answer or a 404 for a lookup under a
+name no customer can have."""
+from __future__ import annotations
+
+import pytest
+
+from tests.api.apps import api_client
+
+pytestmark = pytest.mark.usefixtures("no_endpoint_left")
+
+ADMIN = {"Authorization": "Bearer test-admin"}
+# (path, the parameter naming a customer there)
+ROUTES = [("/v1/budgets", "customer_id"), ("/v1/journal", "customer"), ("/v1/receivables/ageing", "customer"),
+          ("/v1/audit/charges/r-1", "customer_id")]
+
+
+@pytest.fixture
+async def client(db, database_url):
+    async with api_client(database_url) as c:
+        yield c
+
+
+@pytest.fixture
+async def customer(client, tag) -> str:
+    book = {"id": f"qid-{tag}", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
+            "rules": [{"id": "in", "model": "model-a", "token_type": "input", "price": "10.00"}]}
+    assert (await client.post("/v1/price-books", json=book, headers=ADMIN)).status_code == 201
+    cid = f"qid-{tag}"
+    created = await client.post("/v1/customers", json={"id": cid, "price_book": book["id"]}, headers=ADMIN)
+    assert created.status_code == 201, created.text
+    return cid
+
+
+def _refused_naming(response, name: str, bad: str) -> None:
+    assert response.headers["content-type"].startswith("application/problem+json"), (bad, response.text)
+    assert (response.status_code, response.json()["code"]) == (422, "validation_error"), (bad, response.text)
+    assert [f["field"] for f in response.json()["fields"]] == [name], (bad, response.text)
+
+
+@pytest.mark.parametrize(("path", "name"), ROUTES)
+async def test_a_customer_query_parameter_that_cannot_be_an_id_is_a_422_naming_it(client, customer, path, name):
+    """An empty id, `bad$$id` and one of 101 characters (the pattern allows 1 + 99) cannot name a
+    customer. The charge trace's `customer_id` had no bound at all: an admin key was answered 404
+    "no reservation or usage event r-1", looked up under "" (or `bad$$id`, or the 101 a's), where
+    the budgets list, the journal and the ageing answer 422. Now it too is 422
+    `validation_error` with `fields` naming it; the customer's own id is still taken (the charge
+    trace then answers 404: r-1 was never reserved)."""
+    for bad in ("", "bad$$id", "a" * 101):
+        _refused_naming(await client.get(path, params={name: bad}, headers=ADMIN), name, bad)
+    taken = await client.get(path, params={name: customer}, headers=ADMIN)
+    assert taken.status_code == (404 if "charges" in path else 200), taken.text
+
