@@ -52,3 +52,14 @@ async def test_a_customer_query_parameter_that_cannot_be_an_id_is_a_422_naming_i
     taken = await client.get(path, params={name: customer}, headers=ADMIN)
     assert taken.status_code == (404 if "charges" in path else 200), taken.text
 
+
+@pytest.mark.parametrize(("path", "name"), ROUTES)
+async def test_a_customers_id_and_a_trailing_newline_is_not_its_id(client, customer, path, name):
+    """The pattern `^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$` was checked as msgspec checks one, with
+    `re.search`, where `$` also matches before a trailing newline (formats.matches says so): the
+    customer's id followed by "\\n" (one character more, within the 100) passed, and its budgets
+    were 200 `{"budgets": []}`, its journal 200 `{"entries": []}`, its ageing 404 "no customer
+    <id>\\n" (the charge trace, once bounded, likewise). Now the whole value must be in the
+    pattern: 422 `validation_error` naming the parameter."""
+    bad = f"{customer}\n"
+    _refused_naming(await client.get(path, params={name: bad}, headers=ADMIN), name, bad)
