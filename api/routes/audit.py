@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import msgspec
 from litestar import Request, get, post
 from litestar.datastructures import State
-from litestar.params import QueryParameter
 
 from api.auth import Principal, principal_of, require
 from api.errors import ApiError, documented
+from api.routes.formats import CurrencyQuery
 from api.routes.wire import bound_in, time_out, time_param
 from ledger.audit import trial_balance
 from ledger.statements import trial_balance_at
@@ -61,7 +61,7 @@ class VerifyResponse(msgspec.Struct):
 @get("/v1/audit/trial-balance", guards=[require("auditor")], tags=["audit"], **documented(404, 422))
 async def get_trial_balance(
     state: State, request: Request,
-    currency: Annotated[str | None, QueryParameter(name="currency", min_length=1, max_length=16)] = None,
+    currency: CurrencyQuery = None,
     at: Annotated[str | None, time_param("at")] = None,
 ) -> TrialBalanceResponse:
     """Debits, credits and balance of every account in one currency; totals must be equal. For a

@@ -158,3 +158,6 @@ Identifier = Annotated[str, msgspec.Meta(pattern=IDENTIFIER)]  # a customer's id
 # parameter's pattern given here, not an Identifier's msgspec.Meta, so GET /v1/budgets?customer_id=bad$$id
 # (or empty) listed nothing, 200, where the journal's customer of the same was a 422 naming it
 CustomerQuery = Annotated[str | None, QueryParameter(max_length=100, pattern=IDENTIFIER)]
+# a query parameter naming one currency, an asset code (named as the handler's argument): the trial
+# balance's was bounded at 16 characters only, and `currency=` (empty) answered the default, USD
+CurrencyQuery = Annotated[str | None, QueryParameter(min_length=1, max_length=16, pattern=r"^[A-Za-z0-9_.-]+$")]

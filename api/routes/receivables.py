@@ -10,21 +10,17 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Request, get
 from litestar.datastructures import State
-from litestar.params import QueryParameter
 
 from api.auth import principal_of, require
 from api.errors import ApiError, documented
 from api.routes import cursors
 from api.routes.cursors import PAGE, Cursor, Limit
-from api.routes.formats import CustomerQuery
+from api.routes.formats import CurrencyQuery, CustomerQuery
 from api.routes.wire import bound_in, money, time_in, time_out, time_param
 from ledger.journal import current_snapshot, snapshot_is_past
 from wallets import ageing
 from wallets.ageing import BUCKETS, CustomerAgeing
 from wallets.errors import WalletValidationError
-
-CurrencyParam = Annotated[str | None, QueryParameter(name="currency", min_length=1, max_length=16,
-                                                     pattern=r"^[A-Za-z0-9_.-]+$")]
 
 
 class AgedInvoiceView(msgspec.Struct):
@@ -121,7 +117,7 @@ def _position(position: list[Any]) -> tuple[datetime, str]:
 async def get_ageing(
     state: State, request: Request,
     at: Annotated[str | None, time_param("at")] = None,
-    currency: CurrencyParam = None,
+    currency: CurrencyQuery = None,
     customer: CustomerQuery = None,
     cursor: Cursor = None,
     limit: Limit = PAGE,

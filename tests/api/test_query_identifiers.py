@@ -1,7 +1,7 @@
 """A query parameter naming a customer takes only what can be a customer's id (its pattern, as
-the customers' CHECK says, and as the OpenAPI document publishes): anything else is a 422
-`validation_error` naming the parameter, never an empty answer or a 404 for a lookup under a
-name no customer can have."""
+the customers' CHECK says, and as the OpenAPI document publishes), one naming a currency only
+what can be an asset code: anything else is a 422 `validation_error` naming the parameter, never
+an empty answer, a default, or a 404 for a lookup under a name nothing can have."""
 from __future__ import annotations
 
 import pytest
@@ -63,3 +63,17 @@ async def test_a_customers_id_and_a_trailing_newline_is_not_its_id(client, custo
     pattern: 422 `validation_error` naming the parameter."""
     bad = f"{customer}\n"
     _refused_naming(await client.get(path, params={name: bad}, headers=ADMIN), name, bad)
+
+
+@pytest.mark.parametrize("path", ["/v1/audit/trial-balance", "/v1/receivables/ageing"])
+async def test_a_currency_query_parameter_that_cannot_be_a_currency_is_a_422_naming_it(client, customer, path):
+    """`currency` names an asset code (1 to 16 of `A-Z a-z 0-9 _ . -`, as the ageing's pattern
+    publishes). The trial balance bounded it by length only (1 to 16 since d1b8a44; before, `currency=`
+    answered the default, USD): `US$` was 404 "no currency US$", a lookup under a code no asset can
+    have, where the ageing answers 422. Now both routes answer each of "", `US$` and `USD` with a
+    trailing newline 422 `validation_error` naming `currency`; USD (this database's currency) is
+    still taken."""
+    for bad in ("", "US$", "USD\n"):
+        _refused_naming(await client.get(path, params={"currency": bad}, headers=ADMIN), "currency", bad)
+    taken = await client.get(path, params={"currency": "USD"}, headers=ADMIN)
+    assert taken.status_code == 200, taken.text
