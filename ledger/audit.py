@@ -149,11 +149,25 @@ async def lanes_consistent(conn: AsyncConnection) -> Check:
          WHERE j.lane <> ledger_entry_lane(j.customer_id)
         UNION ALL
         SELECT format('posting %s of entry %s is in lane %s, %s', p.id, p.entry_id, p.lane,
-                      CASE WHEN j.id IS NULL THEN 'and no entry ' || p.entry_id || ' exists'
-                           ELSE 'its entry in lane ' || j.lane END)
-          FROM postings p LEFT JOIN journal_entries j ON j.id = p.entry_id
-         WHERE j.id IS NULL OR j.lane <> p.lane
+                      coalesce('its entry in lane ' || (SELECT string_agg(j.lane::text, ' and ' ORDER BY j.lane)
+                                                          FROM journal_entries j WHERE j.id = p.entry_id),
+                               'and no entry ' || p.entry_id || ' exists'))
+          FROM postings p
+         WHERE NOT EXISTS (SELECT 1 FROM journal_entries j WHERE j.lane = p.lane AND j.id = p.entry_id)
         """, "every entry and its postings are in its customer's lane")
+
+
+async def entry_ids_unique(conn: AsyncConnection) -> Check:
+    """No two entries share an id. The key is (lane, id), so each lane alone refuses a second
+    entry of an id; ids come from one sequence (no writer gives one twice), and the seals, the
+    export and the checks name an entry by its id alone: a copy of an entry in another lane (a
+    superuser, triggers off) was read as the entry itself, altered."""
+    return await _query_check(conn, "entry_ids", """
+        SELECT format('entries of lanes %s share id %s: an entry''s id names one entry '
+                      '(the seals, the export and these checks name entries by it)',
+                      string_agg(lane::text, ' and ' ORDER BY lane), id)
+          FROM journal_entries GROUP BY id HAVING count(*) > 1 ORDER BY id
+        """, "no two entries share an id")
 
 
 async def accounts_match_their_codes(conn: AsyncConnection) -> Check:
@@ -210,7 +224,7 @@ async def head_check(conn: AsyncConnection, head: str) -> Check:
 
 LEDGER_CHECKS: tuple[CheckFn, ...] = (
     entries_balanced, balances_match_postings, bounds_hold, one_customer_per_entry, accounts_match_their_codes,
-    lanes_consistent,
+    lanes_consistent, entry_ids_unique,
     trial_balance_zero, seals_intact,
 )
 

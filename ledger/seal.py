@@ -39,14 +39,14 @@ SEALED_RECORDED_AT = """to_char(j.recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"
 SEALED_AT = """to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
 
 _ENTRIES = text(f"""
-SELECT j.id, j.key, j.request_hash, j.kind, j.customer_id, j.metadata, {SEALED_TXID} AS txid,
+SELECT j.lane, j.id, j.key, j.request_hash, j.kind, j.customer_id, j.metadata, {SEALED_TXID} AS txid,
        {SEALED_OCCURRED_AT} AS occurred_at, {SEALED_RECORDED_AT} AS recorded_at,
        coalesce((SELECT jsonb_agg(jsonb_build_array(p.id, a.code, p.stripe, p.amount, a.asset) ORDER BY p.id)
                    FROM postings p JOIN accounts a ON a.id = p.account_id
                   WHERE p.lane = j.lane AND p.entry_id = j.id), '[]'::jsonb) AS postings
   FROM journal_entries j
  WHERE j.txid >= CAST(:lo AS xid8) AND j.txid < CAST(:hi AS xid8)
- ORDER BY j.id
+ ORDER BY j.id, j.lane
 """)
 
 
@@ -70,18 +70,20 @@ HASH_PAGE = 1000
 
 
 async def hashes_between(conn: AsyncConnection, lo: int, hi: int, version: int = HASH_VERSION) -> dict[int, bytes]:
-    return (await _hashed(conn, lo, hi, version))[0]
+    return {i: h for i, by_lane in (await _hashed(conn, lo, hi, version))[0].items() for h in by_lane.values()}
 
 
-async def _hashed(conn: AsyncConnection, lo: int, hi: int, version: int) -> tuple[dict[int, bytes], str | None]:
-    """The entries' hashes, and the latest of their recorded_at (one fixed-width UTC text: the
-    greatest text is the latest time)."""
-    hashes: dict[int, bytes] = {}
+async def _hashed(conn: AsyncConnection, lo: int, hi: int,
+                  version: int) -> tuple[dict[int, dict[int, bytes]], str | None]:
+    """The entries' hashes by id, then lane (one lane an id, unless a superuser gave an entry's id
+    to another: the checks name them), and the latest of their recorded_at (one fixed-width UTC
+    text: the greatest text is the latest time)."""
+    hashes: dict[int, dict[int, bytes]] = {}
     latest = None
     result = await conn.stream(_ENTRIES, {"lo": str(lo), "hi": str(hi)})
     async for page in result.partitions(HASH_PAGE):
         for row in page:
-            hashes[row.id] = entry_hash(row, version)
+            hashes.setdefault(row.id, {})[row.lane] = entry_hash(row, version)
             if latest is None or row.recorded_at > latest:
                 latest = row.recorded_at
     return hashes, latest
@@ -111,11 +113,11 @@ async def seal_once(conn: AsyncConnection, until: int | None = None) -> Seal | N
     hi = await _entries_cap(conn, lo, hi)
     if hi <= lo:
         return None
-    hashes, latest = await _hashed(conn, lo, hi, HASH_VERSION)
-    if not hashes:
+    by_id, latest = await _hashed(conn, lo, hi, HASH_VERSION)
+    if not by_id:
         return None
-    ids = sorted(hashes)
-    ordered = [hashes[i] for i in ids]
+    ids = sorted(by_id)
+    ordered = [next(iter(by_id[i].values())) for i in ids]
     at = (await conn.execute(_DATE, {"before": prev_at, "latest": latest})).scalar_one()
     seal_id = (await conn.execute(text(
         """INSERT INTO seals (from_txid, to_txid, entry_ids, entry_hashes, prev_hash, chain_hash, hash_version,
@@ -201,16 +203,27 @@ async def seal_problems(conn: AsyncConnection) -> list[str]:
                             + (" and sealed_at" if dated else ""))
         if dated:
             problems += await _misdated(conn, s, before, clock)
-        now = await hashes_between(conn, int(s.lo), int(s.hi), s.hash_version)
+        now = (await _hashed(conn, int(s.lo), int(s.hi), s.hash_version))[0]
         for entry_id in sorted(sealed.keys() | now.keys()):
             if entry_id not in now:
                 problems.append(f"entry {entry_id} sealed by seal {s.id} is missing")
             elif entry_id not in sealed:
                 problems.append(f"entry {entry_id} appeared inside sealed range of seal {s.id}")
-            elif now[entry_id] != sealed[entry_id]:
-                problems.append(f"entry {entry_id} was altered after seal {s.id}")
+            else:
+                problems += _sealed_one(s.id, entry_id, sealed[entry_id], now[entry_id])
         prev, expected_lo, before = bytes(s.chain_hash), int(s.hi), s
     return problems
+
+
+def _sealed_one(seal_id: int, entry_id: int, sealed: bytes, by_lane: dict[int, bytes]) -> list[str]:
+    """How the entries of id `entry_id` in a seal's range (by lane: one, unless a superuser gave its
+    id to another entry) differ from the one the seal sealed: the one of its hash is the sealed
+    entry, any other appeared beside it; when none has it, the entry was altered."""
+    kept = next((lane for lane, h in by_lane.items() if h == sealed), None)
+    if kept is None:
+        return [f"entry {entry_id} was altered after seal {seal_id}"]
+    return [f"entry {entry_id} of lane {lane} appeared inside sealed range of seal {seal_id}, beside the entry "
+            f"{entry_id} of lane {kept} it sealed" for lane in by_lane if lane != kept]
 
 
 # OFFSET 0: the seal's range read by the txid index, never the journal in id order (see 0083).

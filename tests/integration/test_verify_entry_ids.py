@@ -1,0 +1,76 @@
+"""`audit verify` names two entries of different lanes that share an id. An entry's primary key is
+(lane, id): ids come from one sequence, so no writer gives two entries one id, but nothing refuses
+it short of a constraint per lane. A superuser (triggers off) who copies a sealed entry into
+another lane under its id made the checks, which named an entry by its id alone, read the two as
+one: "entry N was altered after seal 1" (the seal's hash compared with the copy's), "posting P of
+entry N is in lane A, its entry in lane B" (the original's postings joined to the copy)."""
+from __future__ import annotations
+
+import psycopg
+
+from ledger.accounts import ensure_asset, open_account
+from ledger.audit import verify
+from ledger.db import connect
+from ledger.lanes import lane_count, lane_of
+from ledger.model import AccountSpec, AccountType, JournalEntry, Posting
+from ledger.posting import post_entries
+from ledger.seal import seal_once
+
+
+def _customers_of_two_lanes(lanes: int) -> tuple[str, str]:
+    """The first customer names c0, c1, ... of two different lanes."""
+    first = "c0"
+    other = next(f"c{i}" for i in range(1, 1000) if lane_of(f"c{i}", lanes) != lane_of(first, lanes))
+    return first, other
+
+
+async def test_verify_names_two_entries_of_two_lanes_that_share_an_id(scratch_url):
+    """Customer c0 tops up 100 and 101 units (entries e0 and e1, sealed by seal 1). The forger
+    inserts into c's lane a copy of e0 for another customer (of another lane), id and txid kept,
+    with its two postings (cash +100, lot -100; the cached balances moved alike: cash 100 + 101 +
+    100 = 301). Before, the seals check said e0 was altered, and the lanes check that e0's postings
+    were in the wrong lane; now a check `entry_ids` names the id and its two lanes, the seals check
+    names the copy as an entry that appeared in the sealed range (e0 itself is as sealed), and every
+    other check passes (each entry balances, posts to its own customer's accounts, in its lane)."""
+    db = connect(scratch_url, pool_size=2)
+    lanes = await db.read(lane_count)
+    first, other = _customers_of_two_lanes(lanes)
+    lane_a, lane_b = lane_of(first, lanes), lane_of(other, lanes)
+
+    async def work(conn):
+        await ensure_asset(conn, "USD", 9)
+        await open_account(conn, AccountSpec("asset:cash", AccountType.ASSET, "USD"))
+        await open_account(conn, AccountSpec("liability:lot", AccountType.LIABILITY, "USD", lower_bound=0))
+        entries = [JournalEntry(f"e{i}", "topup", (Posting("asset:cash", 100 + i, "USD"),
+                                                   Posting("liability:lot", -(100 + i), "USD")), customer_id=first)
+                   for i in range(2)]
+        return [r.entry_id for r in await post_entries(conn, entries)]
+
+    ids = await db.run(work)
+    assert await db.run(seal_once) is not None
+    with psycopg.connect(scratch_url) as conn:
+        conn.execute("SET session_replication_role = replica")
+        conn.execute("""INSERT INTO journal_entries (lane, id, key, request_hash, kind, customer_id, occurred_at,
+                                                     recorded_at, metadata, txid)
+                        SELECT %s, id, 'forged', request_hash, kind, %s, occurred_at, recorded_at, metadata, txid
+                          FROM journal_entries WHERE id = %s""", (lane_b, other, ids[0]))
+        conn.execute("""INSERT INTO postings (lane, entry_id, account_id, stripe, amount)
+                        SELECT %s, entry_id, account_id, stripe, amount FROM postings WHERE entry_id = %s""",
+                     (lane_b, ids[0]))
+        conn.execute("""UPDATE account_balances b SET debits = b.debits + greatest(p.amount, 0),
+                                                      credits = b.credits + greatest(-p.amount, 0)
+                          FROM postings p WHERE p.entry_id = %s AND p.lane = %s
+                           AND b.account_id = p.account_id AND b.stripe = p.stripe""", (ids[0], lane_b))
+        cash = conn.execute("""SELECT sum(b.debits - b.credits) FROM account_balances b
+                                 JOIN accounts a ON a.id = b.account_id WHERE a.code = 'asset:cash'""").fetchone()[0]
+    assert cash == 301
+    report = await db.read(verify)
+    await db.dispose()
+    failed = {c.name: c.problems for c in report.checks if not c.ok}
+    low, high = sorted((lane_a, lane_b))
+    assert failed == {
+        "entry_ids": (f"entries of lanes {low} and {high} share id {ids[0]}: an entry's id names one entry "
+                      "(the seals, the export and these checks name entries by it)",),
+        "seals": (f"entry {ids[0]} of lane {lane_b} appeared inside sealed range of seal 1, beside the entry "
+                  f"{ids[0]} of lane {lane_a} it sealed",),
+    }, failed
