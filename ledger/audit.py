@@ -216,8 +216,10 @@ async def head_check(conn: AsyncConnection, head: str) -> Check:
              FROM seals s WHERE s.chain_hash = decode(:head, 'hex') ORDER BY s.id LIMIT 1"""),
         {"head": head})).first()
     if row is None:
-        return problems_check("head", [f"no seal has chain hash {head}: the chain was rewritten since that head "
-                                       "was taken (or the head is another ledger's)"], "")
+        sealed = (await conn.execute(text("SELECT EXISTS (SELECT 1 FROM seals)"))).scalar_one()
+        why = ("the chain was rewritten since that head was taken (or the head is another ledger's)" if sealed
+               else "the database has no seal (every seal deleted, or the head is another ledger's)")
+        return problems_check("head", [f"no seal has chain hash {head}: {why}"], "")
     return Check("head", True, f"seal {row.id} has chain hash {head}: the chain passes through it "
                  f"({row.after} seal(s) after it)")
 

@@ -189,3 +189,15 @@ async def test_verify_checks_the_chain_passes_through_a_head_kept_apart(scratch_
     assert result.returncode == 1, result.stdout + result.stderr
     assert (f"FAIL head: 1 found; first: no seal has chain hash {head}: the chain was rewritten since that head "
             "was taken (or the head is another ledger's)") in result.stdout
+
+
+def test_an_expected_head_on_a_ledger_with_no_seal_says_there_is_none(scratch_url):
+    """A database with no seal (a new ledger, or one whose every seal a superuser deleted) was told
+    'the chain was rewritten since that head was taken', as if seals had been rewritten past it.
+    It has no chain: the head check says the database has no seal, and still fails (exit 1), since
+    a head kept apart says there was one."""
+    head = "ab" * 32
+    result = _verify(scratch_url, "--expect-head", head)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert (f"FAIL head: 1 found; first: no seal has chain hash {head}: the database has no seal "
+            "(every seal deleted, or the head is another ledger's)") in result.stdout
