@@ -43,33 +43,41 @@ from pricing.attachments import answer_audio_tokens, decoded_size, output_audio_
 from pricing.normalize import normalize_anthropic, normalize_openai
 from pricing.tokens import TokenCounter
 
-_TERMINATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
 _LINE_END = re.compile(r"\r\n|\r|\n")
+_LINE_END_BYTES = re.compile(rb"\r\n|\r|\n")
 
 
 class EventSplitter:
-    """Cuts a byte stream into whole server-sent events (each with its blank-line terminator)."""
+    """Cuts a byte stream into whole server-sent events (each with the empty line that ends it).
+    A line ends in CRLF, LF or CR, mixed as they come (the SSE spec); a CR that ends one chunk and
+    an LF that starts the next are one line end."""
 
     def __init__(self) -> None:
         self._pending = b""
+        self._line = 0  # where the pending event's unended line starts
+        self._lf_owed = False  # the last event's empty line was a CR, the last byte fed: an LF next is its
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        data = self._pending + chunk
+        data, line = self._pending + chunk, self._line
+        if self._lf_owed and data:
+            line, self._lf_owed = (1 if data.startswith(b"\n") else 0), False
         events: list[bytes] = []
         start = 0
-        while True:
-            ends = [(i, t) for t in _TERMINATORS if (i := data.find(t, start)) >= 0]
-            if not ends:
-                break
-            index, terminator = min(ends)
-            events.append(data[start:index + len(terminator)])
-            start = index + len(terminator)
-        self._pending = data[start:]
+        for end in _LINE_END_BYTES.finditer(data, line):
+            empty = end.start() == line
+            if end.group() == b"\r" and end.end() == len(data) and not empty:
+                break  # maybe half a CRLF: the line ends with the next chunk
+            line = end.end()
+            if empty:  # an empty line ends the event
+                events.append(data[start:line])
+                start = line
+                self._lf_owed = end.group() == b"\r" and line == len(data)
+        self._pending, self._line = data[start:], line - start
         return events
 
     def rest(self) -> bytes:
         """What came after the last complete event (a stream cut mid-event)."""
-        rest, self._pending = self._pending, b""
+        rest, self._pending, self._line, self._lf_owed = self._pending, b"", 0, False
         return rest
 
 

@@ -26,7 +26,9 @@ import uvicorn
 
 from api.bench import fake_upstream as fk
 from api.bench.common import free_port
+from api.client_reservations import StreamMeter
 from api.gateway.streams import StreamTally
+from pricing.tokens import TokenCounter
 from tests.api.test_gateway import (
     ADMIN,
     CACHED,
@@ -743,6 +745,50 @@ def test_a_stream_that_ends_inside_its_last_event_is_charged_the_usage_in_it(liv
         if line.startswith("data: "):
             json.loads(line.removeprefix("data: "))
     assert (8 * IN + 3 * OUT) / M + CALL == Decimal("0.00114")
+    _billed(url, cid, request_id, CHAT_CHARGE)
+
+
+MIXED_ENDS = {  # the usage chunk, then [DONE], each part a chunk of the body
+    "LF then an empty CRLF": [usage_chunk(40)[:-1] + b"\r\n", b"data: [DONE]\r\n\n"],
+    "CR | LF, CR | LF": [usage_chunk(40)[:-2] + b"\r", b"\n\r", b"\ndata: [DONE]\r\r"]}
+
+
+@pytest.mark.parametrize("ends", list(MIXED_ENDS))
+def test_a_usage_event_ended_by_mixed_line_ends_is_read_for_the_charge(live, upstream, ends):
+    """The SSE spec: a line ends in CRLF, LF or CR, and an empty line ends an event. The usage
+    chunk (800 input, 200 cached, 40 output: CHAT_CHARGE, (8,000 + 200 + 800) / 1M + $0.001 =
+    $0.0100) ends its data line in LF and its event in an empty line ended by CRLF, and [DONE]
+    follows ended CRLF, LF. The gateway cut events at CRLF CRLF, LF LF or CR CR only, so the usage
+    and [DONE] were one event whose data, "{...}" LF "[DONE]", is no JSON: charged as cut before its
+    usage, the prompt as counted (8) and " one two three" (3), (8 x $10 + 3 x $20) / 1M + $0.001 =
+    $0.00114. Now 0.0100, as the openai package reads it: its chunks carry that usage, and the
+    SDK's StreamMeter fed them meters the 3 tokens of " one two three". The second case cuts a
+    CRLF across two chunks (a CR last, an LF first), which must stay one line end."""
+    url, _ = live
+    events = [content(" one two three"), *MIXED_ENDS[ends]]
+
+    async def mixed(send: Any, receive: Any) -> None:
+        await start(send, b"text/event-stream")
+        for part in events:
+            await body(send, part)
+        await body(send, b"", more=False)
+
+    payload = {"messages": HI, "stream_options": {"include_usage": True}}
+    cid, key = customer(live)
+    status, received, request_id = stream_call(url, key, {"model": model(upstream, mixed), **payload})
+    assert status == 200 and received.startswith(b"".join(events).decode()), received
+    assert (8 * IN + 3 * OUT) / M + CALL == Decimal("0.00114") and CHAT_CHARGE == Decimal("0.0100")
+    _billed(url, cid, request_id, CHAT_CHARGE)
+    cid, key = customer(live)
+    sdk = openai.OpenAI(base_url=f"{url}/openai/v1", api_key=key, max_retries=0)
+    meter = StreamMeter(TokenCounter(), "gpt-4o")
+    with sdk.chat.completions.with_streaming_response.create(model=model(upstream, mixed), stream=True,
+                                                             **payload) as response:
+        request_id = response.headers["x-tokentill-request-id"]
+        chunks = list(response.parse())
+    for chunk in chunks:
+        meter.add(chunk)
+    assert [c.usage.completion_tokens for c in chunks if c.usage] == [40] and meter.output_tokens == 3
     _billed(url, cid, request_id, CHAT_CHARGE)
 
 

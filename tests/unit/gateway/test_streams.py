@@ -35,6 +35,48 @@ def test_splitting_finds_the_same_events_wherever_the_bytes_are_cut(texts, cuts)
     assert found == events and splitter.rest() == b""
 
 
+ENDS = [b"\r\n", b"\n", b"\r"]
+
+
+@given(st.lists(st.lists(st.tuples(st.sampled_from(["data: a", "data: b b", "event: x", ": c"]), st.sampled_from(ENDS)),
+                         min_size=1, max_size=4), max_size=6),
+       st.lists(st.sampled_from(ENDS), min_size=6, max_size=6),
+       st.lists(st.integers(min_value=0, max_value=200), max_size=10))
+def test_lines_end_in_crlf_lf_or_cr_mixed_and_an_empty_line_ends_the_event(lines, blanks, cuts):
+    """The SSE spec: a line ends in CRLF, LF or CR, and an empty line ends an event, whichever
+    ends each line. b"data: x\n\r\ndata: y\r\n\n" is two events: "data: x" LF, then an empty line
+    (CRLF); "data: y" CRLF, then an empty line (LF). Was one event (none of the terminators
+    CRLFCRLF, LFLF, CRCR was in "x\n\r\nd"; "y\r\n\n" holds LFLF), whose data "x\ny" is no JSON.
+    A CR that ends one chunk and an LF that starts the next are one line end, wherever the bytes
+    are cut."""
+    # a line ended by a CR and an empty line ended by an LF are a CRLF and no empty line: CR CRLF
+    events = [b"".join(text.encode() + end for text, end in event)
+              + (b"\r\n" if event[-1][1] == b"\r" and blanks[i] == b"\n" else blanks[i])
+              for i, event in enumerate(lines)]
+    stream = b"".join(events)
+    splitter, found, last = EventSplitter(), [], 0
+    for cut in [*sorted({min(c, len(stream)) for c in cuts}), len(stream)]:
+        found += splitter.feed(stream[last:cut])
+        last = cut
+    # an event whose empty line's CR ends a chunk goes at once: the LF of that CRLF opens the next
+    rest = splitter.rest()
+    assert b"".join(found) + rest == stream and rest in (b"", b"\n")
+    assert [event_fields(e) for e in found] == [event_fields(e) for e in events]
+
+
+def test_an_lf_line_and_a_crlf_empty_line_end_an_event_and_a_cr_then_an_lf_in_the_next_chunk_one_line():
+    """Two of the cases above, written out: "data: x" LF then an empty line (CRLF) ends the
+    event, as does "data: y" CRLF then an empty line (LF). An event whose empty line is a CR that
+    ends a chunk is out at once; an LF that starts the next chunk is the rest of that CRLF, no
+    empty line of its own (so no empty event)."""
+    assert EventSplitter().feed(b"data: x\n\r\ndata: y\r\n\n") == [b"data: x\n\r\n", b"data: y\r\n\n"]
+    assert event_fields(b"data: x\n\r\n") == (None, "x")
+    splitter = EventSplitter()
+    assert splitter.feed(b"data: x\r") == [] and splitter.feed(b"\r") == [b"data: x\r\r"]
+    assert splitter.feed(b"\ndata: y\r") == [] and splitter.feed(b"\n\r\n") == [b"\ndata: y\r\n\r\n"]
+    assert splitter.rest() == b""
+
+
 def test_crlf_events_and_a_cut_mid_event():
     splitter = EventSplitter()
     assert splitter.feed(b"event: a\r\ndata: 1\r\n\r\ndata: 2") == [b"event: a\r\ndata: 1\r\n\r\n"]
