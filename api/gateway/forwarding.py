@@ -145,8 +145,8 @@ class Forwarding:
             return
         self.outcome = "upstream_error"
         await self.finish(None)
-        if response.status_code == 401:
-            await self.x._refuse(key_refused(self.x, body))
+        if response.status_code in KEY_REFUSALS:
+            await self.x._refuse(key_refused(self.x, response.status_code, body))
             return
         await self.x.respond(response.status_code, [*self._upstream_headers(response),
                                                     (b"x-tokentill-charged", b"0")], body)
@@ -420,16 +420,19 @@ def unanswered(x: Exchange, exc: httpx.HTTPError) -> Refusal:
 
 
 KEY_VARIABLES = {"openai": "TOKENTILL_UPSTREAM_OPENAI_KEY", "anthropic": "TOKENTILL_UPSTREAM_ANTHROPIC_KEY"}
+# the upstream's refusals of the gateway's own key: wrong (401), or not allowed this (403)
+KEY_REFUSALS = frozenset({401, 403})
 
 
-def key_refused(x: Exchange, body: bytes) -> Refusal:
-    """The upstream refused the operator's key (a 401: the caller's key never goes upstream): a
-    502 upstream_unavailable, logged with the upstream's words, which the caller never gets (they
-    name the operator's key: OpenAI's tells its last characters)."""
-    log.error("upstream %s refused the gateway's key (%s) on %s: %s", x.provider, KEY_VARIABLES[x.provider],
-              x.path, body[:300].decode(errors="replace"))
-    return Refusal(502, "upstream_unavailable", "the upstream refused the gateway's own credentials; "
-                   "the call was not made (the operator has been told)")
+def key_refused(x: Exchange, status: int, body: bytes) -> Refusal:
+    """The upstream refused the operator's key (a 401 or 403: the caller's key never goes
+    upstream): a 502 upstream_unavailable, logged with the upstream's words, which the caller never
+    gets (they name the operator's key: OpenAI's tells its last characters; or its project), and
+    not to be retried: the next try sends the same key (the official clients would send it twice more)."""
+    log.error("upstream %s refused the gateway's key (%s) on %s with %d: %s", x.provider, KEY_VARIABLES[x.provider],
+              x.path, status, body[:300].decode(errors="replace"))
+    return Refusal(502, "upstream_unavailable", f"the upstream refused the gateway's own credentials ({status}); "
+                   "the call was not made (the operator has been told)", final=True)
 
 
 def upstream_headers(response: httpx.Response) -> list[tuple[bytes, bytes]]:

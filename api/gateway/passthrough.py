@@ -6,7 +6,7 @@ An explicit allowlist (FREE): OpenAI's `GET /models` and `GET /models/{model}`; 
 authenticates with its tokentill key as for a metered call (api.gateway.proxy: an inference or
 admin key); the call goes upstream with the upstream's own key, its query string kept, and its
 answer (status, body, the upstream's headers but those api.gateway.forwarding drops) comes back
-unchanged, with `x-tokentill-charged: 0` (a 401, a refusal of the operator's key, is a 502:
+unchanged, with `x-tokentill-charged: 0` (a 401 or 403, a refusal of the operator's key, is a 502:
 api.gateway.forwarding.key_refused).
 Nothing is reserved, settled or written to the ledger, and no customer is resolved. Every other
 path of the providers (files, batches, fine-tuning, images, audio, ...) is billable and stays 404.
@@ -21,7 +21,15 @@ from urllib.parse import quote
 
 import httpx
 
-from api.gateway.forwarding import CALLS, key_refused, next_part, open_upstream, unanswered, upstream_headers
+from api.gateway.forwarding import (
+    CALLS,
+    KEY_REFUSALS,
+    key_refused,
+    next_part,
+    open_upstream,
+    unanswered,
+    upstream_headers,
+)
 from api.gateway.shapes import Refusal
 
 if TYPE_CHECKING:
@@ -80,8 +88,8 @@ async def pass_through(x: Exchange) -> None:
         return
     x.timings["upstream"] = time.perf_counter() - started
     CALLS.labels(x.provider, x.kind, "passed" if response.is_success else "upstream_error").inc()
-    if response.status_code == 401:
-        await x._refuse(key_refused(x, b"".join(parts)))
+    if response.status_code in KEY_REFUSALS:
+        await x._refuse(key_refused(x, response.status_code, b"".join(parts)))
         return
     await x.respond(response.status_code, [*upstream_headers(response), (b"x-tokentill-charged", b"0")],
                     b"".join(parts))

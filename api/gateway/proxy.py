@@ -456,11 +456,13 @@ class Exchange:
         refusal before the hold, a release, a free call all charged nothing. The official clients
         retry a 409, a 429 and a 5xx by themselves unless told `x-should-retry: false`: told so when
         the same call would meet the same refusal however long it waited (a request id used, a
-        budget no wait frees), and when it may have been charged (a retry would be charged again)."""
+        budget no wait frees, the upstream refusing the gateway's own key), and when it may have been
+        charged (a retry would be charged again)."""
         headers = [(b"content-type", b"application/json")]
         if charged is not None:
             headers.append((b"x-tokentill-charged", (money(charged, currency) if charged else "0").encode()))
-        if refusal.status == 409 or (refusal.status == 429 and not refusal.retry_after) or charged != 0:
+        final = refusal.final or refusal.status == 409 or (refusal.status == 429 and not refusal.retry_after)
+        if final or charged != 0:
             headers.append((b"x-should-retry", b"false"))
         if refusal.retry_after:
             headers.append((b"retry-after", refusal.retry_after.encode()))

@@ -37,8 +37,9 @@ class Refusal(Exception):
     """The gateway's own refusal, answered in the provider's error shape."""
 
     def __init__(self, status: int, code: str, message: str, retry_after: str | None = None,
-                 details: dict[str, Any] | None = None, allow: str | None = None) -> None:
+                 details: dict[str, Any] | None = None, allow: str | None = None, final: bool = False) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
         self.details = details
         self.allow = allow  # a 405's Allow header (RFC 9110 15.5.6: the methods the path takes)
+        self.final = final  # the same call meets it again however long it waits: not to be retried

@@ -1659,3 +1659,42 @@ def test_an_upstream_that_refuses_the_operators_key_is_a_502_that_does_not_show_
     assert "sk-proj" not in response.text and "Ab1C" not in response.text
     assert response.headers["x-tokentill-charged"] == "0"
     assert wallet(url, cid) == (Decimal("10"), 0)
+
+
+@pytest.mark.parametrize("status", [401, 403])
+@pytest.mark.parametrize("sdk", ["openai", "anthropic", "openai free"])
+def test_an_upstream_that_refuses_the_operators_key_is_called_once_and_told_not_to_retry(live, upstream, sdk, status):
+    """An upstream's 401 (the operator's key is wrong) or 403 (it may not do this: Anthropic's
+    permission_error, OpenAI's project without the model) refuses the gateway's own credentials,
+    which the next try sends again: the same call meets it however long it waits (the README's
+    rule for `x-should-retry: false`). Was: the 401 became a 502 without that header, which the
+    official clients retry twice by default: the upstream saw 3 calls, where it should see 1; a
+    403 was passed through with the upstream's words (which may name the operator's project).
+    Now both are 502 upstream_unavailable with `x-should-retry: false`: each client (max_retries
+    left at its default, 2) sends the call once and raises its 502; nothing charged, the wallet's
+    $10.00 whole."""
+    url, _ = live
+    cid, key = customer(live)
+
+    async def refused(send: Any, receive: Any) -> None:
+        await start(send, b"application/json", len(REFUSED_KEY), status=status)
+        await body(send, REFUSED_KEY, more=False)
+
+    name = model(upstream, refused)
+    before = len(upstream.fake.calls)
+    if sdk == "anthropic":
+        client: Any = anthropic.Anthropic(base_url=f"{url}/anthropic", api_key=key)
+        call: Callable[[], Any] = lambda: client.messages.create(model=name, messages=HI, max_tokens=10)  # noqa: E731
+        error: type[Exception] = anthropic.APIStatusError
+    else:
+        client = openai.OpenAI(base_url=f"{url}/openai/v1", api_key=key)
+        call = (lambda: client.models.retrieve(name)) if sdk == "openai free" else (
+            lambda: client.chat.completions.create(model=name, messages=HI))
+        error = openai.APIStatusError
+    with pytest.raises(error) as raised:
+        call()
+    response = raised.value.response
+    assert (response.status_code, response.headers.get("x-should-retry")) == (502, "false"), response.text
+    assert "upstream_unavailable" in response.text and "sk-proj" not in response.text
+    assert len(upstream.fake.calls) - before == 1
+    assert wallet(url, cid) == (Decimal("10"), 0)
