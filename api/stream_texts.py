@@ -1,10 +1,10 @@
 """The text a provider's streamed event generated (pure): what the gateway's stream tally and
 the SDK's stream meter count as output, so both meter a stream alike. Every generated text
 delta, in the order received: message text, refusals, reasoning text, tool calls' names and
-arguments (OpenAI chat chunks; responses events' deltas; Anthropic's text, input JSON and
-thinking deltas), each with the chat choice it belongs to (a call with `n` above 1 streams its
-choices interleaved: each is metered apart). An event of another shape (a role chunk, a usage
-chunk, message_start) is none.
+arguments (OpenAI chat chunks; responses events' deltas and function_call items' names;
+Anthropic's text, input JSON and thinking deltas and tool_use blocks' names), each with the chat
+choice it belongs to (a call with `n` above 1 streams its choices interleaved: each is metered
+apart). An event of another shape (a role chunk, a usage chunk, message_start) is none.
 """
 from __future__ import annotations
 
@@ -17,6 +17,10 @@ RESPONSES_DELTAS = frozenset({"response.output_text.delta", "response.refusal.de
                                "response.code_interpreter_call_code.delta", "response.mcp_call_arguments.delta",
                                "response.shell_call_command.delta", "response.audio.transcript.delta"})
 ANTHROPIC_DELTAS = ("text", "partial_json", "thinking")
+# the event that starts a call of the caller's tool, with its name (which a chat chunk's tool call
+# carries in its delta): a responses function_call item added, an Anthropic tool_use block started
+_TOOL_CALL_STARTS = {"response.output_item.added": ("item", "function_call"),
+                     "content_block_start": ("content_block", "tool_use")}
 
 
 def list_of(value: Any) -> list[Any]:
@@ -58,4 +62,14 @@ def choice_texts_of_event(event: Mapping[str, Any]) -> list[tuple[int, str]]:
         return [(0, delta)]
     if kind == "content_block_delta" and isinstance(delta, Mapping):  # an Anthropic event
         return [(0, delta[k]) for k in ANTHROPIC_DELTAS if isinstance(delta.get(k), str)]
+    return [(0, name) for name in tool_call_names(kind, event)]
+
+
+def tool_call_names(kind: Any, event: Mapping[str, Any]) -> list[str]:
+    """The name of the caller's tool a responses or Anthropic event (of type `kind`) starts a call
+    of: written by the model as the call's arguments are, output as a chat tool call's name is."""
+    field, called = _TOOL_CALL_STARTS.get(kind, (None, None)) if isinstance(kind, str) else (None, None)
+    part = event.get(field) if field else None
+    if isinstance(part, Mapping) and part.get("type") == called and isinstance(part.get("name"), str):
+        return [part["name"]]
     return []

@@ -38,7 +38,13 @@ import msgspec
 from api.gateway.calls import CHAT, EMBEDDINGS, MESSAGES, PROVIDER_TIERS, RESPONSES
 from api.gateway.partial import partial_json, whole_members
 from api.gateway.tools import ANTHROPIC_CODE_EXECUTION_NAMES, OPENAI_CONTAINER_CALLS, OPENAI_TOOL_CALLS
-from api.stream_texts import ANTHROPIC_DELTAS, RESPONSES_DELTAS, choice_texts_of_chat_delta, list_of
+from api.stream_texts import (
+    ANTHROPIC_DELTAS,
+    RESPONSES_DELTAS,
+    choice_texts_of_chat_delta,
+    list_of,
+    tool_call_names,
+)
 from pricing.attachments import answer_audio_tokens, decoded_size, output_audio_tokens
 from pricing.normalize import normalize_anthropic, normalize_openai
 from pricing.tokens import TokenCounter
@@ -165,6 +171,7 @@ class StreamTally:
         if self.kind == CHAT:
             return self._chat(payload)
         kind = payload.get("type") if isinstance(payload.get("type"), str) else None
+        self.texts += tool_call_names(kind or name, payload)  # as the SDK's meter (api.stream_texts)
         if self.kind == RESPONSES:
             self._responses(kind or name, payload)
         elif self.kind == MESSAGES:
@@ -392,7 +399,9 @@ def answer_texts(kind: str, raw: bytes | Mapping[str, Any]) -> list[str]:
         for item in list_of(body.get("output")):
             if not isinstance(item, Mapping):
                 continue
-            # a function's or MCP call's arguments, a custom tool's input, the code interpreter's code
+            # a function call's name (as its stream's item added), a function's or MCP call's
+            # arguments, a custom tool's input, the code interpreter's code
+            texts += tool_call_names("response.output_item.added", {"item": item})
             texts += [item[k] for k in ("arguments", "input", "code") if isinstance(item.get(k), str)]
             action = item.get("action") if item.get("type") == "shell_call" else None
             if isinstance(action, Mapping):
@@ -404,6 +413,7 @@ def answer_texts(kind: str, raw: bytes | Mapping[str, Any]) -> list[str]:
         for block in list_of(body.get("content")):
             if isinstance(block, Mapping):
                 texts += [block[k] for k in ("text", "thinking") if isinstance(block.get(k), str)]
+                texts += tool_call_names("content_block_start", {"content_block": block})  # a tool_use's name
                 if block.get("type") in ("tool_use", "server_tool_use", "mcp_tool_use") and "input" in block:
                     texts.append(msgspec.json.encode(block.get("input")).decode())
     return texts

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import msgspec
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from api.client_reservations import StreamMeter
 from api.gateway.calls import CHAT, EMBEDDINGS, MESSAGES, RESPONSES
 from api.gateway.streams import (
     EventSplitter,
@@ -215,19 +217,22 @@ def test_an_upstream_that_fails_before_any_output_token_is_released_though_messa
 
 def test_an_upstream_that_fails_after_a_web_search_is_charged_the_search():
     """Anthropic bills a search it ran though the answer then failed before any text: the
-    settlement counts the server_tool_use blocks the stream showed (a client tool_use is not one)."""
+    settlement counts the server_tool_use blocks the stream showed (a client tool_use is not one,
+    but its name, "web_search", is output the model wrote, as a chat tool call's is: "web" and
+    "_search", 2 tokens in cl100k_base; was released, its name not counted)."""
     tally = StreamTally(MESSAGES)
     tally.observe(sse({"type": "message_start", "message": {"usage": {"input_tokens": 900, "output_tokens": 1}}},
                       "message_start"))
     tally.observe(sse({"type": "content_block_start", "index": 0, "content_block": {
         "type": "tool_use", "id": "toolu_1", "name": "web_search", "input": {}}}, "content_block_start"))
-    assert tally.settlement(COUNTER, "m", 9, failed=True) is None
+    assert tally.settlement(COUNTER, "m", 9, failed=True) == ("anthropic_usage", {
+        "input_tokens": 900, "output_tokens": 2})
     for index in (1, 2):
         tally.observe(sse({"type": "content_block_start", "index": index, "content_block": {
             "type": "server_tool_use", "id": f"srvtoolu_{index}", "name": "web_search", "input": {}}},
             "content_block_start"))
     assert tally.settlement(COUNTER, "m", 9, failed=True) == ("anthropic_usage", {
-        "input_tokens": 900, "output_tokens": 0, "server_tool_use": {"web_search_requests": 2}})
+        "input_tokens": 900, "output_tokens": 2, "server_tool_use": {"web_search_requests": 2}})
     tally.observe(sse({"type": "message_delta", "usage": {"output_tokens": 40,
                                                           "server_tool_use": {"web_search_requests": 3}}}))
     assert tally.settlement(COUNTER, "m", 9)[1]["server_tool_use"] == {"web_search_requests": 3}  # the provider's
@@ -437,3 +442,46 @@ def test_an_answer_that_says_auto_tells_no_tier_that_served():
                                 "output": [], "service_tier": "auto", "usage": {"input_tokens": 5}})
     cut_answer_settlement(RESPONSES, told[:told.index(b'"usage"') + 10], COUNTER, "gpt-4o", 9, cut)
     assert cut.service_tier is None
+
+
+ARGS = '{"q":"x"}'
+CALLED = {  # a call of the caller's tool "lookup" with {"q":"x"}: (its stream's events, its whole answer)
+    CHAT: ([{"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                                                "function": {"name": "lookup", "arguments": ""}}]}}]},
+            {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": ARGS}}]}}]}],
+           {"choices": [{"index": 0, "message": {"role": "assistant", "tool_calls": [
+               {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": ARGS}}]}}]}),
+    RESPONSES: ([{"type": "response.output_item.added", "output_index": 0, "item": {
+                    "type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "lookup", "arguments": ""}},
+                 {"type": "response.function_call_arguments.delta", "item_id": "fc_1", "output_index": 0,
+                  "delta": ARGS}],
+                {"output": [{"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "lookup",
+                             "arguments": ARGS}]}),
+    MESSAGES: ([{"type": "message_start", "message": {"usage": {"input_tokens": 9, "output_tokens": 1}}},
+                {"type": "content_block_start", "index": 0,
+                 "content_block": {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {}}},
+                {"type": "content_block_delta", "index": 0,
+                 "delta": {"type": "input_json_delta", "partial_json": ARGS}}],
+               {"content": [{"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"q": "x"}}]})}
+
+
+@pytest.mark.parametrize("kind", [CHAT, RESPONSES, MESSAGES])
+def test_a_tool_calls_name_is_metered_as_output_by_every_api_alike(kind):
+    """The model writes a tool call's name as it writes its arguments: output. A call of "lookup"
+    with {"q":"x"}, its stream cut before any usage (or a whole answer without one), is metered
+    "lookup" then '{"q":"x"}' in cl100k_base (an unknown model's): the pre-tokenizer cuts
+    "lookup{"q":"x"}" into "lookup" (letters), '{"' (punctuation), "q", '":"', "x", '"}', one token
+    each: 6 output tokens, by the gateway's tally and the SDK's StreamMeter alike. Chat counted
+    the name (its delta's function.name); a responses function_call item's name (in
+    response.output_item.added) and an Anthropic tool_use block's (in content_block_start) were
+    not: 5, the arguments alone."""
+    events, whole = CALLED[kind]
+    tally, meter = StreamTally(kind), StreamMeter(COUNTER, "m-unknown")
+    for event in events:
+        tally.observe(sse(event, event.get("type")))
+        meter.add(event)
+    assert tally.settlement(COUNTER, "m-unknown", 8, failed=True)[1]["output_tokens"] == 6
+    assert meter.output_tokens == 6
+    answered = StreamTally(kind)
+    answered.observe_answer(whole)
+    assert answered.settlement(COUNTER, "m-unknown", 8)[1]["output_tokens"] == 6
