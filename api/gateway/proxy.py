@@ -278,15 +278,10 @@ class Exchange:
         self.caller_dimensions = tuple(sorted(k for k in raw if k not in ("api_key", "gateway"))) \
             if principal.counted_as_itself() else ()
         self.dimensions = {**given, "api_key": principal.key_id, "gateway": f"{self.provider}.{self.kind}"}
-        rid = self.headers.get("x-tokentill-request-id")
-        if rid is not None:  # its bytes as sent, UTF-8 (read as Latin-1 it was kept, and echoed, as another id)
-            try:
-                rid = rid.encode("latin-1").decode("utf-8")
-            except UnicodeDecodeError:
-                rid = ""
-            if not (0 < len(rid) <= 200 and rid.isprintable()):
-                raise Refusal(422, "validation_error",
-                              "x-tokentill-request-id must be 1 to 200 printable characters, in UTF-8")
+        rid = self._utf_8("x-tokentill-request-id")  # read as Latin-1 it was kept, and echoed, as another id
+        if rid is not None and not (0 < len(rid) <= 200 and rid.isprintable()):
+            raise Refusal(422, "validation_error",
+                          "x-tokentill-request-id must be 1 to 200 printable characters, in UTF-8")
         self.request_id = rid or f"gw_{uuid.uuid4().hex}"
         parse = functools.partial(parse_call, self.kind, body, default_max_output=s.default_max_output_tokens,
                                   counter=self.gw.counter, server_tool_max_uses=s.server_tool_max_uses,
@@ -316,9 +311,18 @@ class Exchange:
             raise Refusal(403, "forbidden", f"a key of scope {principal.scope!r} may not make model calls")
         return principal
 
+    def _utf_8(self, name: str) -> str | None:
+        """A header of the caller's words, its bytes read as UTF-8 (as sent; the headers' dict reads
+        them as Latin-1); bytes that are not UTF-8 are refused, 422 naming it."""
+        value = self.headers.get(name)
+        try:
+            return None if value is None else value.encode("latin-1").decode("utf-8")
+        except UnicodeDecodeError:
+            raise Refusal(422, "validation_error", f"{name} must be UTF-8") from None
+
     def _dimensions(self) -> dict[str, Any]:
         """The caller's own usage dimensions (x-tokentill-dimensions, a JSON object), if any."""
-        given = self.headers.get("x-tokentill-dimensions")
+        given = self._utf_8("x-tokentill-dimensions")  # read as Latin-1, "café" was recorded "cafÃ©"
         if given is None:
             return {}
         try:

@@ -1537,6 +1537,32 @@ def test_an_unpaired_surrogate_in_the_dimensions_header_is_named(live, fake, giv
     assert len(fake.fake.calls) == before and wallet(url, cid) == (Decimal("10"), 0)
 
 
+def test_a_dimensions_header_is_read_as_utf_8(live, fake):
+    """x-tokentill-dimensions sent as HTTP sends it, in UTF-8: {"feature": "café"}, its "é" the
+    bytes C3 A9. The gateway read the header's bytes as Latin-1 (as it read the request id before
+    e078804), so it recorded the dimension as "cafÃ©" (5 letters for 4), which a report grouped
+    by feature shows apart from the "café" the console or POST /v1/reservations records. Now it is
+    read as UTF-8 and recorded as sent; bytes that are not UTF-8 (E9, Latin-1's "é") are refused,
+    422 validation_error naming the header, nothing held or sent."""
+    url, _ = live
+    cid, key = customer(live)
+    answer = httpx.post(f"{url}/openai/v1/chat/completions", timeout=30, json={"model": "gpt-test", "messages": HI},
+                        headers=[(b"authorization", f"Bearer {key}".encode()),
+                                 (b"x-tokentill-dimensions", '{"feature": "café"}'.encode())])
+    assert answer.status_code == 200
+    with admin(url) as http:
+        trace = http.get(f"/v1/audit/charges/{answer.headers['x-tokentill-request-id']}").json()
+    assert trace["charges"][0]["dimensions"]["feature"] == "caf\u00e9"
+    before = len(fake.fake.calls)
+    refused = httpx.post(f"{url}/openai/v1/chat/completions", timeout=30, json={"model": "gpt-test", "messages": HI},
+                         headers=[(b"authorization", f"Bearer {key}".encode()),
+                                  (b"x-tokentill-dimensions", b'{"feature": "caf\xe9"}')])
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "validation_error"
+    assert "x-tokentill-dimensions" in refused.json()["error"]["message"]
+    assert len(fake.fake.calls) == before
+    assert wallet(url, cid) == (Decimal("10") - CHAT_CHARGE, 0)
+
+
 def test_a_customers_key_may_not_name_a_dimension_its_price_book_prices_by(live, fake):
     """A book priced from genai-prices has rules matching `processing: batch` at half price. A
     customer's key sent `x-tokentill-dimensions: {"processing": "batch"}` with a call the gateway
