@@ -847,7 +847,8 @@ async def load_rerate_charges(conn: AsyncConnection, customer_id: str, book_id: 
 
 
 async def rule_funding(conn: AsyncConnection, customer_id: str, period: Period
-                       ) -> dict[str, tuple[tuple[int, str | None, int, int | None, int | None, str | None], ...]]:
+                       ) -> dict[str, tuple[tuple[int, str | None, int, int | None, int | None, str | None, int],
+                                            ...]]:
     """What paid the customer's charges of `period`'s own usage (its usage time in it: a late
     charge of an earlier period billed in it is not, its close never trues it up) billed in it,
     by the rules that rate them (a charge rated by two rules is listed under each; a charge a re-rate
@@ -855,12 +856,13 @@ async def rule_funding(conn: AsyncConnection, customer_id: str, period: Period
     (charge id, account, amount, units, charged) (the receivable's under None when its funding was
     not recorded; units and charged: the rule's usage lines at the book's price on the charge, what
     the true-up prices again at the tier reached; None once a re-rate moved the charge; version: the
-    book version those lines name, which prices them where two versions tier the rule). The usage
+    book version those lines name, which prices them where two versions tier the rule; discounted:
+    what the rule's discount lines took off the charge, negative). The usage
     time also bounds the index scan to the period (charges_customer)."""
     lane = int(await _lane(conn, [customer_id]) or 0)
     rows = await conn.exec_driver_sql(
         f"""SELECT r.rule_id, c.id, f ->> 0, sum((f ->> 1)::numeric)::text, r.units::text, r.charged::text, r.version,
-                   m.moved IS NOT NULL
+                   r.discounted::text, m.moved IS NOT NULL
               FROM charges c
              -- its last re-rate, if any (one probe a charge): the rules it rated its token types with
              -- (kept since 0087) name the rule each line counts for now
@@ -874,7 +876,9 @@ async def rule_funding(conn: AsyncConnection, customer_id: str, period: Period
                         coalesce(sum((l ->> 'amount_units')::numeric) FILTER (WHERE l ->> 'kind' = 'usage'
                                  AND l ->> 'override_id' IS NULL), 0) AS charged,
                         min(l ->> 'price_version') FILTER (WHERE l ->> 'kind' = 'usage'
-                                 AND l ->> 'override_id' IS NULL) AS version
+                                 AND l ->> 'override_id' IS NULL) AS version,
+                        coalesce(sum((l ->> 'amount_units')::numeric) FILTER (WHERE l ->> 'kind' = 'discount'), 0)
+                            AS discounted
                    FROM jsonb_array_elements(c.lines) l WHERE l ->> 'rule_id' IS NOT NULL GROUP BY 1) r
              CROSS JOIN LATERAL jsonb_array_elements(coalesce(
                  c.funding, jsonb_build_array(jsonb_build_array(NULL, c.from_receivable)))) f
@@ -882,13 +886,14 @@ async def rule_funding(conn: AsyncConnection, customer_id: str, period: Period
                AND c.occurred_at >= %s AND c.occurred_at < %s
                AND coalesce((SELECT j.metadata ->> 'period' FROM journal_entries j
                               WHERE j.lane = c.lane AND j.id = c.entry_id), c.period) = %s
-             GROUP BY r.rule_id, c.id, f ->> 0, r.units, r.charged, r.version, m.moved ORDER BY 1, 2, 3""",
+             GROUP BY r.rule_id, c.id, f ->> 0, r.units, r.charged, r.version, r.discounted, m.moved
+             ORDER BY 1, 2, 3""",
         (customer_id, period.label, period.start, period.end, period.label))
-    out: dict[str, list[tuple[int, str | None, int, int | None, int | None, str | None]]] = {}
-    for rule_id, charge_id, account, amount, units, charged, version, moved in rows:
+    out: dict[str, list[tuple[int, str | None, int, int | None, int | None, str | None, int]]] = {}
+    for rule_id, charge_id, account, amount, units, charged, version, discounted, moved in rows:
         out.setdefault(rule_id, []).append((int(charge_id), account, int(amount),
                                             None if moved else int(units), None if moved else int(charged),
-                                            version))
+                                            version, int(discounted)))
     return {rule_id: tuple(paid) for rule_id, paid in out.items()}
 
 

@@ -378,7 +378,8 @@ def _true_up(state: State, w: Wallet, label: str, lines: list[dict[str, Any]], n
     what paid the charges its version rated, each charge's overcharge at that price, the rest shared
     over the payers; recorded per charge as a one-line rule's (its lines all one way: `whole`), so a
     re-rate after the close corrects each charge's part, and its entry keeps each version's line
-    (`versions`, closing) for verify's per-charge tie."""
+    (`versions`, closing) for verify's per-charge tie. A line's discounts' lines take their share of
+    it back: its money back is net of them (each_charge_first)."""
     amount = sum(line["amount_units"] for line in lines)
     cid = w.customer.id
     rules = state.rule_funding.get((cid, label), {})
@@ -414,10 +415,13 @@ def _true_up(state: State, w: Wallet, label: str, lines: list[dict[str, Any]], n
             if line.get("override_id") is None and line["rule_id"] in whole:
                 mine = parts.setdefault(line["rule_id"], {})
             if line["rule_id"] in several:  # each charge's overcharge at its version's price: its own line's
-                paid = tuple((c, a, v, u, ch) if rest and rest[0] == line["price_version"] else (c, a, v, None, None)
-                             for c, a, v, u, ch, *rest in paid)
+                paid = tuple((c, a, v, u, ch, *rest) if rest and rest[0] == line["price_version"]
+                             else (c, a, v, None, None, *rest) for c, a, v, u, ch, *rest in paid)
+            net = -line["amount_units"] - sum(x["amount_units"] for x in lines if line.get("override_id") is None
+                                              and x.get("override_id") is not None and x["rule_id"] == line["rule_id"]
+                                              and x["price_version"] == line["price_version"])
             need, rest = money_back.each_charge_first(shares, taken, line, paid, receivable, order, parts=mine,
-                                                      placed=placed if mine is not None else None)
+                                                      placed=placed if mine is not None else None, net=net)
             money_back.share(shares, taken, rest, need, receivable, order)
     legs, paid_back, lot = money_back.give_back(state, w, shares, -amount, now, f"volume true-up {label}")
     # the rows follow the postings: what the receivable got beside its charges' parts (a line no part

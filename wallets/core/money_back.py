@@ -165,7 +165,8 @@ def each_charge_first(shares: dict[str, int], taken: dict[tuple[int, str], int],
                       paid: Sequence[RulePaid], receivable: str, order: Callable[[str], tuple[int, str]],
                       given: Mapping[int, int] | None = None, parts: dict[int, int] | None = None,
                       room: dict[str, int] | None = None, placed: dict[tuple[int, str], int] | None = None,
-                      prices: Mapping[int, str] | None = None) -> tuple[int, dict[tuple[int, str], int]]:
+                      prices: Mapping[int, str] | None = None, net: int | None = None
+                      ) -> tuple[int, dict[tuple[int, str], int]]:
     """Of a true-up line's money back, what each charge of its rule was overcharged (its units at
     the tier reached cost less than graduated rating charged them) goes to what paid that charge:
     off what is owed up to what the receivable paid of it, then to the lots that paid it, the last
@@ -174,24 +175,29 @@ def each_charge_first(shares: dict[str, int], taken: dict[tuple[int, str], int],
     more than its charges' difference. A re-rate's correction of a true-up counts, of each charge,
     what the true-ups before gave back of it (`given`: the close's and earlier corrections'). Adds
     to `parts` what it gives back of each charge (what the entry records, `given` of the next one).
-    Each charge's part is counted against the line whether or not its payers could take it all (a
-    discount or an allowance paid the rest of it): the charges after it get what the line left
-    after it, as TrueUpFix.parts counts a re-rate's, so the parts never sum to more than the line
-    (and verify ties a close's record to it charge by charge; `prices`: charge id -> the unit price
-    of its own version, where the rule's versions price the tier apart); what its payers could not take is
-    shared with the rest. Each payer of a charge gets at most what it paid of it less what it got
-    back of it already (`taken`: of this correction's lines and, a re-rate's, what the true-ups
-    before gave it, store.true_up_payers), the receivable too; adds to `placed` what each payer got
+    Each charge's part is counted against the line whether or not its payers could take it all (an
+    allowance paid the rest of it): the charges after it get what the line left after it, as
+    TrueUpFix.parts counts a re-rate's, so the parts never sum to more than the line (and verify
+    ties a close's record to it charge by charge; `prices`: charge id -> the unit price of its own
+    version, where the rule's versions price the tier apart); what its payers could not take is
+    shared with the rest. A charge a discount took its share off (a paid row's seventh field, what
+    the rule's discount lines took off it) was paid that much less: its payers get its part less
+    the same share (a part of $9.00 of a charge of $12.00 half off: $4.50), and `net` is what of the
+    line is money back (the line less its discounts' lines, which take their share of it back).
+    Each payer of a charge gets at most what it paid of it less what it got back of it already
+    (`taken`: of this correction's lines and, a re-rate's, what the true-ups before gave it,
+    store.true_up_payers), the receivable too; adds to `placed` what each payer got
     of each charge's part ((charge id, account) -> units: what true_up_payers keeps). Returns what
     is left of the money back and what paid the rule's charges to share it over as before
     (rounding, a re-rated charge's, a part not taken; the receivable's of the charges above left
     out)."""
-    need = -line["amount_units"]
-    left = need  # what the line has left for the charges after each one's part
+    left = -line["amount_units"]  # what the line has left for the charges after each one's part
+    need = left if net is None else net
     lots: dict[int, dict[tuple[int, str], int]] = {}
     owed: dict[int, int] = {}
     over: dict[int, int] = {}
-    for charge, account, amount, units, charged, *_ in paid:
+    cut: dict[int, tuple[int, int]] = {}  # a discounted charge's: (what it cost after them, before)
+    for charge, account, amount, units, charged, *more in paid:
         if account is None or account == receivable:
             owed[charge] = owed.get(charge, 0) + amount
         else:
@@ -199,12 +205,16 @@ def each_charge_first(shares: dict[str, int], taken: dict[tuple[int, str], int],
         if units is not None and charged is not None and line.get("unit_price") is not None:
             priced = {**line, "unit_price": prices[charge]} if prices and charge in prices else line
             over[charge] = overcharged(priced, units, charged) - (given or {}).get(charge, 0)
+            if len(more) > 1 and more[1] and charged > 0:
+                cut[charge] = (charged + more[1], charged)
     for charge in sorted(over):
         part = min(left, over[charge])
         if part > 0:
             left -= part
             if parts is not None:
                 parts[charge] = parts.get(charge, 0) + part
+        if charge in cut and part > 0:  # its payers paid it less its discount
+            part = min(need, part * cut[charge][0] // cut[charge][1])
         rec = min(part, owed.get(charge, 0) - taken.get((charge, receivable), 0))
         if rec > 0:
             shares[receivable] = shares.get(receivable, 0) + rec

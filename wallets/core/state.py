@@ -60,9 +60,10 @@ class RefundOnRecord:
 
 # (charge id, account (None: the receivable, funding not recorded), amount it paid, the rule's
 # units and amount at the book's price on the charge (None once a re-rate moved it), and the book
-# version those units were rated at (store.rule_funding; a re-rate's rows leave it off))
+# version those units were rated at and what its discounts took off them (store.rule_funding; a
+# re-rate's rows leave them off))
 RulePaid = tuple[int, str | None, int, int | None, int | None] | tuple[int, str | None, int, int | None, int | None,
-                                                                       str | None]
+                                                                       str | None, int]
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,8 +83,8 @@ async def test_what_paid_a_periods_rules_tests_each_charge_for_re_rates_once(bk:
 
     paid = chart.lot_account(cid, lot)
     version = "2026-01-01T00:00:00Z"  # the seed book's version its lines name (which prices a true-up)
-    assert found == {"a-in": ((charge_id, paid, 20_000_000, 1000, 10_000_000, version),),
-                     "call": ((charge_id, paid, 20_000_000, 1, 10_000_000, version),)}
+    assert found == {"a-in": ((charge_id, paid, 20_000_000, 1000, 10_000_000, version, 0),),
+                     "call": ((charge_id, paid, 20_000_000, 1, 10_000_000, version, 0),)}
     assert scans(spy.plans, "charge_adjustments") == 1
 
 

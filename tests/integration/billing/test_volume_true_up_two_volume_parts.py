@@ -14,7 +14,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import pytest
 from billing_kit import BillingKit
 from sqlalchemy import text
 from test_close_true_up_funding import _damaged
@@ -199,10 +198,6 @@ async def test_a_re_rate_after_the_close_of_a_discounted_rule_gives_the_5th_s_pa
     await _verified(bk)
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (a one-version rule's too): a charge's part is at the book's "
-                   "price, before its discount; what its payer could not take of it is shared over the rule's "
-                   "payers, the last consumed first, so the top-up that paid the 20th (overcharged nothing) gets "
-                   "$0.25 of the 5th's ((4.25, 5.00))")
 async def test_a_discounted_rule_s_close_gives_the_5th_s_payer_all_its_overcharge(bk: BillingKit) -> None:
     """Closed as _discounted: the -$4.50 is all the 5th's (after its discount it cost $6.00 and at
     the tier reached costs 3,000,000 x $1/M x 50 % = $1.50: $4.50 over; the 20th $0.25 and 1,000,000 x
@@ -231,3 +226,34 @@ async def test_a_rule_whose_versions_lines_go_both_ways_keeps_no_per_charge_reco
     assert done["delta"] == "-2.25"
     assert (await bk.service.wallet(cid)).receivable == 575 * CENT
     await _verified(bk)
+
+
+async def test_a_discounted_one_version_rule_s_close_gives_the_5th_s_payer_all_its_overcharge(bk: BillingKit) -> None:
+    """v1 alone all month ($10/M to 1,000,000, $1/M beyond), prepaid, a 50 % discount on model-x: a
+    $6.00 grant pays the 5th's 3,000,000 (1,000,000 x $10/M + 2,000,000 x $1/M = $12.00, less $6.00);
+    a $5.00 top-up (the 6th) the 20th's 1,000,000 (on from 3,000,000: $1.00, less $0.50; $4.50 left).
+    The close: 4,000,000 at $1/M = $4.00 less $13.00, -$9.00, its discount's share +$4.50
+    (4,000,000 x $1/M x 50 % = $2.00 off where $6.50 was taken): -$4.50, all the 5th's (it cost
+    $6.00 after its discount and at $1/M costs $3.00 x 50 % = $1.50: $4.50 over; the 20th $0.50 and
+    $1.00 x 50 % = $0.50: none): the grant $4.50, the top-up keeps $4.50. Before, the 5th's part at
+    the book's price ($9.00) was counted before its discount, the grant could take $6.00 of it, the
+    $3.00 left was shared over the rule's payers, the last consumed first: the top-up got $0.50
+    back ((4.00, 5.00))."""
+    cid = "one-volume-discounted-payers"
+    await bk.add_book(_version(cid, "v1", "2026-01-01T00:00:00Z", [_volume("1")]))
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    await bk.customer(cid, billing_mode="prepaid", book=cid)
+    await bk.service.add_overrides(cid, {"discounts": [{"id": "off", "model": "model-x", "percent": "50"}]},
+                                   bk.clock.now)
+    grant = (await bk.grant(cid, "6.00")).grant.id
+    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
+    await bk.event(cid, "model-x", 3_000_000, 0)
+    bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
+    top_up = (await bk.top_up(cid, "5.00")).grant.id
+    bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    await bk.event(cid, "model-x", 1_000_000, 0)
+    assert await _remaining(bk, cid, grant, top_up) == (0, 450 * CENT)
+    _, november = await _closed(bk, cid)
+    assert _shown(november)[0] == "-4.50"
+    assert await _remaining(bk, cid, grant, top_up) == (450 * CENT, 450 * CENT)
+
