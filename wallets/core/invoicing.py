@@ -369,7 +369,7 @@ def counters_given_back(state: State, customer_id: str, label: str, book: PriceB
 
 
 def _true_up(state: State, w: Wallet, label: str, lines: list[dict[str, Any]], now: datetime,
-             several: frozenset[str] = frozenset()):
+             several: frozenset[str] = frozenset(), flat: frozenset[tuple[str, str]] = frozenset()):
     """The true-up's legs: more charged is paid like usage (lots, then the receivable); money back
     goes where the money of the charges each rule rated came from, as a re-rate's
     (wallets.core.money_back: the lots that paid them, the last consumed first, a promotion's back to
@@ -378,8 +378,9 @@ def _true_up(state: State, w: Wallet, label: str, lines: list[dict[str, Any]], n
     what paid the charges its version rated, each charge's overcharge at that price, the rest shared
     over the payers; recorded per charge as a one-line rule's (its lines all one way: `whole`), so a
     re-rate after the close corrects each charge's part, and its entry keeps each version's line
-    (`versions`, closing) for verify's per-charge tie. A line's discounts' lines take their share of
-    it back: its money back is net of them (each_charge_first)."""
+    (`versions`, closing) for verify's per-charge tie. A charge of a version pricing the rule flat
+    (`flat`: (rule id, version)) is final at its price: no line's overcharge of it. A line's
+    discounts' lines take their share of it back: its money back is net of them (each_charge_first)."""
     amount = sum(line["amount_units"] for line in lines)
     cid = w.customer.id
     rules = state.rule_funding.get((cid, label), {})
@@ -414,9 +415,10 @@ def _true_up(state: State, w: Wallet, label: str, lines: list[dict[str, Any]], n
             mine = None
             if line.get("override_id") is None and line["rule_id"] in whole:
                 mine = parts.setdefault(line["rule_id"], {})
-            if line["rule_id"] in several:  # each charge's overcharge at its version's price: its own line's
-                paid = tuple((c, a, v, u, ch, *rest) if rest and rest[0] == line["price_version"]
-                             else (c, a, v, None, None, *rest) for c, a, v, u, ch, *rest in paid)
+            # each charge's overcharge at its version's price: its own line's (a flat version's none)
+            paid = tuple((c, a, v, u, ch, *rest) if not rest or ((line["rule_id"], rest[0]) not in flat and (
+                line["rule_id"] not in several or rest[0] == line["price_version"])) else (c, a, v, None, None, *rest)
+                for c, a, v, u, ch, *rest in paid)
             net = -line["amount_units"] - sum(x["amount_units"] for x in lines if line.get("override_id") is None
                                               and x.get("override_id") is not None and x["rule_id"] == line["rule_id"]
                                               and x["price_version"] == line["price_version"])
@@ -496,10 +498,13 @@ def closing(state: State, w: Wallet, label: str, rollup: Rollup, book: PriceBook
     moves = rerated_moves(state.rerated.get((w.customer.id, label), ()))
     rules = volume_rules(book, _with_later_adjustments(state, w, label, rollup), label, moves)
     several = frozenset(r.id for r, *_ in rules if sum(x.id == r.id for x, *_ in rules) > 1)
+    versions = {v.version: v for v in book.versions} if book is not None else {}
+    flat = frozenset((rule_id, row[5]) for rule_id, paid in state.rule_funding.get((w.customer.id, label), {}).items()
+                     for row in paid if len(row) > 5 and row[5] and flat_in(versions, rule_id, row[5]))
     lines = true_up_lines(rules, volume_discounts(book, rollup, label))
     lines += allowance_lines(rollup, label, lines, allowances_at_end(w, label))
     cid, cur = w.customer.id, w.customer.currency
-    legs, lot, paid, parts, payers = (_true_up(state, w, label, lines, now, several) if lines
+    legs, lot, paid, parts, payers = (_true_up(state, w, label, lines, now, several, flat) if lines
                                       else (Legs(cur), None, (), {}, ()))
     kinds = {code: x.kind for code, x in w.lots.items()}
     if lot is not None:
@@ -522,8 +527,10 @@ def closing(state: State, w: Wallet, label: str, rollup: Rollup, book: PriceBook
         moved = money_back.closed_moves(w, paid, now)
         # of a rule two versions tier and given back charge by charge (`parts`), each version's line:
         # verify ties each charge's part to its own version's (its price of the tier reached, its amount)
+        # (of a rule one volume version tiers beside one pricing it flat, its line: its own charges)
         split = [[ln["rule_id"], ln["price_version"], ln["unit_price"], ln["amount_units"]] for ln in lines
-                 if ln["rule_id"] in several and ln["rule_id"] in parts and ln.get("override_id") is None]
+                 if (ln["rule_id"] in several or any(r == ln["rule_id"] for r, _ in flat))
+                 and ln["rule_id"] in parts and ln.get("override_id") is None]
         posted = entry(f"true-up:{cid}:{label}", "volume_true_up", legs, cid, now,
                        {"period": label, "rules": [line["rule_id"] for line in lines],
                         **({"versions": split} if split else {}),

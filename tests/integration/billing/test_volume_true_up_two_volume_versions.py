@@ -33,12 +33,12 @@ def _v2_tiers(first: str = "8", beyond: str = "0.5") -> dict:
 
 
 async def _november(bk: BillingKit, cid: str, days: Sequence[tuple[Any, ...]], mode: str = "postpaid",
-                    v2: dict | None = None, discount: bool = False) -> list[str]:
-    """Book `cid`: v1 and v2 (`v2`: its rule, by default _v2_tiers()); its customer (`mode`) from
-    November 1st at 09:00, with a 50 % discount on model-x from then when `discount`; then `days`,
-    each at noon of its November day, in order: (day, tokens) of model-x input, or (day, kind,
-    amount) a lot ("topup" or "grant"). The lots' ids, in order."""
-    await bk.add_book(_version(cid, "v1", "2026-01-01T00:00:00Z", [_volume("1")]))
+                    v2: dict | None = None, discount: bool = False, v1: dict | None = None) -> list[str]:
+    """Book `cid`: v1 and v2 (`v1`, `v2`: their rules, by default _volume("1"), _v2_tiers()); its
+    customer (`mode`) from November 1st at 09:00, with a 50 % discount on model-x from then when
+    `discount`; then `days`, each at noon of its November day, in order: (day, tokens) of model-x
+    input, or (day, kind, amount) a lot ("topup" or "grant"). The lots' ids, in order."""
+    await bk.add_book(_version(cid, "v1", "2026-01-01T00:00:00Z", [v1 or _volume("1")]))
     await bk.add_book(_version(cid, "v2", "2026-11-15T00:00:00Z", [v2 or _v2_tiers()]))
     bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
     await bk.customer(cid, billing_mode=mode, book=cid)
