@@ -99,6 +99,7 @@ from api.gateway.tools import (
     without_built_in_tools,
 )
 from api.json_keys import UNPAIRED, repeated_key, unpaired_surrogate
+from api.routes.wire import nested_too_deep
 from pricing.attachments import audio_tokens, decoded, pdf_pages, pdf_tokens
 from pricing.errors import PricingError
 from pricing.images import base64_size, data_url_size, rule_for
@@ -137,6 +138,10 @@ PROVIDER_TIERS = {CHAT: ("auto",), RESPONSES: ("auto",), MESSAGES: ("auto",)}
 # rather than serve it at another tier), default as named, priority or the default tier OpenAI may serve
 # it at instead (past the project's ramp rate). The reserve's free check tries just these; a call naming
 # another tier may be reported at any the book prices.
+# How deep a call's arrays and objects may nest (api.routes.wire.nested_too_deep), counted before it is
+# decoded: msgspec gives up near 995 levels in RecursionError. Deeper than the API's 32: a tool's or a
+# response format's JSON schema nests 2 to 4 levels for each of its own (properties, anyOf, items).
+MAX_CALL_DEPTH = 128
 SERVED_TIERS = {"flex": ("flex",), "default": ("default",), "priority": ("priority", "default")}
 # The standard tier a call that leaves its tier to the provider is sent with when the operator pins
 # it (GatewaySettings.service_tier "standard"): never served at a premium tier its book may not price.
@@ -460,6 +465,8 @@ def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: Token
                server_tool_result_tokens: int = SERVER_TOOL_RESULT_TOKENS, standard_tier: bool = False) -> Call:
     """The call in `raw` (a provider's JSON request body), or CallError. With `standard_tier`, a
     call that leaves its service tier to the provider is sent with the standard one (STANDARD_TIERS)."""
+    if nested_too_deep(raw, MAX_CALL_DEPTH):  # the decoder would recurse into it (RecursionError, a 500)
+        raise CallError("body", f"JSON nested deeper than {MAX_CALL_DEPTH} arrays and objects")
     try:
         body = msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:

@@ -1563,6 +1563,27 @@ def test_a_dimensions_header_is_read_as_utf_8(live, fake):
     assert wallet(url, cid) == (Decimal("10") - CHAT_CHARGE, 0)
 
 
+@pytest.mark.parametrize("path", ["/openai/v1/chat/completions", "/anthropic/v1/messages"])
+def test_a_body_nested_1000_deep_is_refused_in_the_providers_shape_not_a_500(live, fake, path):
+    """A call whose "metadata" holds 999 lists one in another (1 + 1 + 999 = 1,001 levels) ended in
+    a 500 (the decoder's RecursionError), where the HTTP API refuses a body past 32 levels with a
+    422. Now 400 validation_error in the provider's error shape, as the gateway's other bad bodies
+    are: "JSON nested deeper than 128 arrays and objects"; nothing held, nothing sent."""
+    url, _ = live
+    cid, key = customer(live)
+    before = len(fake.fake.calls)
+    body = b'{"model": "gpt-test", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}], ' \
+        b'"metadata": {"a": ' + b"[" * 999 + b"]" * 999 + b"}}"
+    raw = httpx.post(f"{url}{path}", timeout=30, content=body,
+                     headers={"authorization": f"Bearer {key}", "x-api-key": key, "content-type": "application/json"})
+    assert raw.status_code == 400, raw.text
+    error = raw.json()["error"]
+    assert "JSON nested deeper than 128 arrays and objects" in error["message"]
+    assert error["type"] == "invalid_request_error"
+    assert raw.headers["x-tokentill-charged"] == "0"
+    assert len(fake.fake.calls) == before and wallet(url, cid) == (Decimal("10"), 0)
+
+
 def test_a_customers_key_may_not_name_a_dimension_its_price_book_prices_by(live, fake):
     """A book priced from genai-prices has rules matching `processing: batch` at half price. A
     customer's key sent `x-tokentill-dimensions: {"processing": "batch"}` with a call the gateway

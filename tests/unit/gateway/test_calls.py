@@ -699,3 +699,18 @@ def test_a_chat_call_to_a_search_model_is_held_for_its_search_without_web_search
     held and charged one search either way (was: none without the options)."""
     assert call(CHAT, {"model": model, "messages": HI}).tool_uses == (("web_search", 1),)
     assert call(CHAT, {"model": "gpt-4o", "messages": HI}).tool_uses == ()
+
+
+@pytest.mark.parametrize("kind", [CHAT, RESPONSES, MESSAGES, EMBEDDINGS])
+def test_a_call_nested_deeper_than_128_is_refused_naming_the_body_not_a_recursion_error(kind):
+    """A body about 1,000 arrays deep (msgspec gives up near 995 levels, in RecursionError) ended
+    the call in a 500. Counted before it is decoded: the body object is 1 level and its "x" holds n
+    lists one in another, n + 1 levels; n = 127 is 128 levels, taken, n = 128 is 129, refused
+    naming the body, as n = 999 (1,000 levels) is."""
+    def nested(n: int) -> bytes:
+        return b'{"model": "m", "input": "hi", "messages": [], "x": ' + b"[" * n + b"]" * n + b"}"
+    parse_call(kind, nested(127), default_max_output=10, counter=COUNTER)
+    for n in (128, 999):
+        with pytest.raises(CallError) as raised:
+            parse_call(kind, nested(n), default_max_output=10, counter=COUNTER)
+        assert (raised.value.field, raised.value.message) == ("body", "JSON nested deeper than 128 arrays and objects")
