@@ -45,7 +45,7 @@ from api.gateway.tools import UnmeteredToolError
 from api.json_keys import UNPAIRED, unpaired_surrogate
 from api.routes.formats import IDENTIFIER
 from api.routes.schemas import MAX_DIMENSIONS, Dimensions
-from api.routes.wire import money, shaped
+from api.routes.wire import money, nested_too_deep, shaped
 from api.spool import Spool
 from ledger.db import RetriesExhaustedError, is_unavailable
 from ledger.errors import LedgerError
@@ -325,8 +325,8 @@ class Exchange:
         given = self._utf_8("x-tokentill-dimensions")  # read as Latin-1, "café" was recorded "cafÃ©"
         if given is None:
             return {}
-        try:
-            dimensions = shaped(msgspec.json.decode(given), Dimensions)
+        try:  # an object of plain values, 1 level: anything nested is refused before the decoder recurses into it
+            dimensions = None if nested_too_deep(given.encode(), 1) else shaped(msgspec.json.decode(given), Dimensions)
         except msgspec.DecodeError:
             unpaired = unpaired_surrogate(given.encode())  # named as a body's is (the decoder's words do not)
             if unpaired is not None:

@@ -1584,6 +1584,24 @@ def test_a_body_nested_1000_deep_is_refused_in_the_providers_shape_not_a_500(liv
     assert len(fake.fake.calls) == before and wallet(url, cid) == (Decimal("10"), 0)
 
 
+def test_a_dimensions_header_nested_1000_deep_is_refused_not_a_500(live, fake):
+    """`x-tokentill-dimensions: [[[...]]]`, 1,000 lists one in another (2,000 bytes, a header the
+    server takes), was decoded as it came: msgspec gives up near 995 levels in RecursionError, which
+    only DecodeError was caught for, so the call ended in a 500. A dimensions object holds no array
+    or object (1 level): now anything nested is refused, 422 validation_error with the header's
+    usual message, nothing held, nothing sent."""
+    url, _ = live
+    cid, key = customer(live)
+    before = len(fake.fake.calls)
+    for given in ("[" * 1000 + "]" * 1000, '{"a": ' + "[" * 999 + "]" * 999 + "}"):
+        with pytest.raises(openai.UnprocessableEntityError) as raised:
+            oai(url, key, default_headers={"x-tokentill-dimensions": given}).chat.completions.create(
+                model="gpt-test", messages=HI)
+        assert raised.value.body["code"] == "validation_error"
+        assert raised.value.body["message"].startswith("x-tokentill-dimensions must be a JSON object of at most 30 ")
+    assert len(fake.fake.calls) == before and wallet(url, cid) == (Decimal("10"), 0)
+
+
 def test_a_customers_key_may_not_name_a_dimension_its_price_book_prices_by(live, fake):
     """A book priced from genai-prices has rules matching `processing: batch` at half price. A
     customer's key sent `x-tokentill-dimensions: {"processing": "batch"}` with a call the gateway
