@@ -373,7 +373,9 @@ class Exchange:
         command = Reserve(
             customer_id=customer, request_id=self.request_id, model=call.model,
             ttl_seconds=self.gw.settings.hold_seconds,
-            request_hash=request_hash({"gateway": f"{self.provider}.{self.kind}", "model": call.model, **estimate}),
+            request_hash=request_hash({"gateway": f"{self.provider}.{self.kind}", "model": call.model, **estimate,
+                                       # the prices it names (service_tier: flex), which the hold and free check read
+                                       **({"dimensions": dict(call.dimensions)} if call.dimensions else {})}),
             prompt_tokens=call.prompt_tokens, max_output_tokens=call.max_output_tokens, estimate=estimate,
             prompt_audio_tokens=call.hold_audio_tokens, prior_context_tokens=prior, tool_uses=dict(call.tool_uses),
             prompt_cache_write=call.cache_write, chosen_by_provider=call.chosen_by_provider,

@@ -301,6 +301,26 @@ def test_a_call_naming_priority_free_at_it_is_refused_on_an_empty_wallet_as_it_m
     assert len(fake.fake.calls) == before
 
 
+def test_a_request_id_refused_at_one_tier_is_a_conflict_when_sent_again_naming_another(live, fake):  # noqa: F811
+    """A refused hold keeps its 402 under the request id, replayed to a retry of the same call. The
+    gateway's request hash left out the tier the call names, which now decides whether it is free
+    (1c8e9ec): on a book free at flex and priced at default, request id R naming default was 402,
+    and R sent again naming flex, another call, replayed that 402 (was: 402, the default call's
+    refused hold).
+    Now R naming flex is 409 idempotency_conflict, as any request id sent again with another body;
+    R naming default again still replays its 402. Nothing sent."""
+    url, _ = live
+    _, key = customer((url, _tier_book(url, ("flex",), ("default",))), amount=None)  # never topped up
+    client = oai(url, key, default_headers={"x-tokentill-request-id": f"tier-{uuid.uuid4().hex[:8]}"})
+    before = len(fake.fake.calls)
+    _insufficient(lambda: client.chat.completions.create(model="gpt-test", messages=HI, service_tier="default"))
+    with pytest.raises(openai.APIStatusError) as raised:
+        client.chat.completions.create(model="gpt-test", messages=HI, service_tier="flex")
+    assert (raised.value.status_code, raised.value.body["code"]) == (409, "idempotency_conflict"), raised.value.body
+    _insufficient(lambda: client.chat.completions.create(model="gpt-test", messages=HI, service_tier="default"))
+    assert len(fake.fake.calls) == before
+
+
 PREVIEW_SEARCH = {"type": "web_search_preview"}
 
 
