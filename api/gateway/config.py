@@ -121,14 +121,19 @@ class GatewaySettings:
 
 def key(env: Mapping[str, str], name: str) -> str | None:
     """A key (sent as, or compared with, one header value), or None when unset: a space, a line
-    break (a key read from a file keeps its newline) or another control character in it stops
-    the start. The message does not repeat the key."""
+    break (a key read from a file keeps its newline), another control character or a character
+    outside ASCII in it stops the start (a header is read as latin-1: an é sent as UTF-8 matched
+    no key, and httpx sends none). The message does not repeat the key."""
     raw = env.get(name) or None
-    if raw is not None and not all(c.isprintable() and not c.isspace() for c in raw):
-        at = next(i for i, c in enumerate(raw) if not c.isprintable() or c.isspace())
-        raise SystemExit(f"{name} has a space, a line break or another control character (at position {at + 1} "
-                         f"of {len(raw)}): a key is one word")
+    if raw is not None and not all(_key_character(c) for c in raw):
+        at = next(i for i, c in enumerate(raw) if not _key_character(c))
+        raise SystemExit(f"{name} has a space, a line break, another control character or a character outside "
+                         f"ASCII (at position {at + 1} of {len(raw)}): a key is one word of printable ASCII")
     return raw
+
+
+def _key_character(c: str) -> bool:
+    return c.isascii() and c.isprintable() and not c.isspace()
 
 
 def upstream_url(env: Mapping[str, str], name: str, default: str) -> str:

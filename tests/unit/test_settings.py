@@ -128,6 +128,24 @@ def test_a_key_with_a_space_or_a_line_break_stops_the_start_naming_it_without_ec
     assert isinstance(message, str) and message.startswith(f"{name} ") and "s3cret" not in message
 
 
+@pytest.mark.parametrize("name", ["TOKENTILL_ADMIN_KEY", "TOKENTILL_UPSTREAM_OPENAI_KEY",
+                                  "TOKENTILL_UPSTREAM_ANTHROPIC_KEY"])
+@pytest.mark.parametrize("raw", ["s3cret-clé", "s3cret-€", "s3cret\u00a0key"])
+def test_a_key_with_a_character_outside_ascii_stops_the_start_naming_it_without_echoing_it(name, raw):
+    """A header value is read as latin-1: `TOKENTILL_ADMIN_KEY=s3cret-clé` sent by curl in a UTF-8
+    locale arrives as the bytes `c3 a9` for the é, read as "Ã©", so the key matched no bearer token
+    (every admin call 401, nothing said why) unless the client sent the é as the one latin-1 byte
+    e9; httpx (the SDK) refuses to send it at all (UnicodeEncodeError), and an upstream key so written
+    made every gateway call fail. A key is printable ASCII; the é is position 10 of 10 (8 of 8 for
+    the €, 7 of 10 for the no-break space), said without the key."""
+    with pytest.raises(SystemExit) as stopped:
+        Settings.from_env({name: raw})
+    message = stopped.value.code
+    at = next(i for i, c in enumerate(raw) if not c.isascii()) + 1
+    assert isinstance(message, str) and message.startswith(f"{name} ") and "s3cret" not in message
+    assert f"at position {at} of {len(raw)}" in message and "ASCII" in message
+
+
 def test_keys_without_spaces_are_taken_as_given():
     s = Settings.from_env({"TOKENTILL_ADMIN_KEY": "tt_admin-Key.1", "TOKENTILL_UPSTREAM_OPENAI_KEY": "sk-proj-ABC_def",
                            "TOKENTILL_UPSTREAM_ANTHROPIC_KEY": "sk-ant-api03-x"})
