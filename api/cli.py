@@ -239,9 +239,13 @@ def _keys(args: argparse.Namespace, settings: Settings) -> int:
                               "customers": list(key.customers), "created_at": key.created_at.isoformat()}))
             print("store the key now: it is not shown again", file=sys.stderr)
         elif args.keys == "list":
-            for key in _with_db(settings, lambda db: db.read(keys.list_keys)):
+            from api.audit_cli import printable, readable_stdout  # a name is its maker's text
+
+            listed = _with_db(settings, lambda db: db.read(keys.list_keys))
+            readable_stdout()
+            for key in listed:
                 state = f"revoked {key.revoked_at.isoformat()}" if key.revoked_at else "active"
-                print(f"{key.id}  {key.scope:<20} {','.join(key.customers) or '-':<20} {state}  {key.name}")
+                print(f"{key.id}  {key.scope:<20} {','.join(key.customers) or '-':<20} {state}  {printable(key.name)}")
         else:
             key = _with_db(settings, lambda db: db.run(lambda conn: keys.revoke(conn, args.id)))
             print(f"revoked {key.id}")

@@ -135,3 +135,28 @@ def test_a_count_or_port_in_other_digits_is_a_usage_error(capsys):
         with pytest.raises(SystemExit) as raised:
             parser().parse_args(args)
         assert raised.value.code == 2 and named in capsys.readouterr().err, args
+
+
+def test_keys_list_writes_a_key_s_name_on_its_own_line_with_its_control_characters_escaped(monkeypatch, capsys):
+    """A key's name is whoever made it's text (`POST /v1/api-keys` takes any): `keys list` printed
+    it raw, so a name of "ops\\nkey_0000000000000000  admin  -  active" showed an admin key that is
+    not there, and ESC [8m hid the rows after it. Two keys, two lines: the names' line break and
+    ESC are written \\n and \\x1b, the rest of each name (é included) as it is."""
+    from datetime import UTC, datetime
+
+    import api.cli
+    from api.keys import ApiKey
+
+    made = datetime(2026, 12, 6, tzinfo=UTC)
+    listed = [ApiKey("key_1111111111111111", "inference", ("acme",), "ops\nkey_0000000000000000  admin  active",
+                     made),
+              ApiKey("key_2222222222222222", "auditor", (), "\x1b[8mclé", made, revoked_at=made)]
+    monkeypatch.setattr(api.cli, "_with_db", lambda settings, work: listed)
+    monkeypatch.setenv("TOKENTILL_DATABASE_URL", "postgresql://postgres@127.0.0.1:1/nowhere")  # never reached
+    assert main(["keys", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("key_1111111111111111  inference ")
+    assert lines[0].endswith("active  ops\\nkey_0000000000000000  admin  active")
+    assert lines[1].startswith("key_2222222222222222  auditor ")
+    assert lines[1].endswith("revoked 2026-12-06T00:00:00+00:00  \\x1b[8mclé")
