@@ -90,14 +90,17 @@ async def _query_check(conn: AsyncConnection, name: str, sql: str, ok_detail: st
 
 
 async def entries_balanced(conn: AsyncConnection) -> Check:
+    """Each entry's postings, those of its lane (as the export and the seals read them: a posting
+    in another lane is the lanes check's), balance per asset, and there are two or more."""
     return await _query_check(conn, "entries_balanced", """
-        SELECT format('entry %s does not balance in %s by %s', p.entry_id, a.asset, sum(p.amount))
-          FROM postings p JOIN accounts a ON a.id = p.account_id
-         GROUP BY p.entry_id, a.asset HAVING sum(p.amount) <> 0
+        SELECT format('entry %s does not balance in %s by %s', j.id, a.asset, sum(p.amount))
+          FROM journal_entries j JOIN postings p ON p.lane = j.lane AND p.entry_id = j.id
+          JOIN accounts a ON a.id = p.account_id
+         GROUP BY j.lane, j.id, a.asset HAVING sum(p.amount) <> 0
         UNION ALL
         SELECT format('entry %s has fewer than two postings', j.id)
           FROM journal_entries j
-         WHERE (SELECT count(*) FROM postings p WHERE p.entry_id = j.id) < 2
+         WHERE (SELECT count(*) FROM postings p WHERE p.lane = j.lane AND p.entry_id = j.id) < 2
         """, "every entry balances per asset")
 
 
@@ -134,7 +137,8 @@ async def one_customer_per_entry(conn: AsyncConnection) -> Check:
     return await _query_check(conn, "one_customer_per_entry", """
         SELECT format('entry %s (customer %s) posts to account %s of customer %s',
                       j.id, coalesce(j.customer_id, 'none'), a.code, a.customer_id)
-          FROM journal_entries j JOIN postings p ON p.entry_id = j.id JOIN accounts a ON a.id = p.account_id
+          FROM journal_entries j JOIN postings p ON p.lane = j.lane AND p.entry_id = j.id
+          JOIN accounts a ON a.id = p.account_id
          WHERE a.customer_id IS NOT NULL AND a.customer_id IS DISTINCT FROM j.customer_id
         """, "every entry touches its own customer's accounts only")
 

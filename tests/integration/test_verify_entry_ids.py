@@ -74,3 +74,79 @@ async def test_verify_names_two_entries_of_two_lanes_that_share_an_id(scratch_ur
         "seals": (f"entry {ids[0]} of lane {lane_b} appeared inside sealed range of seal 1, beside the entry "
                   f"{ids[0]} of lane {lane_a} it sealed",),
     }, failed
+
+
+async def _one_topup_each_lane_known(scratch_url):
+    """c0's top-up of 100 units (cash +100, c0's lot -100), the accounts of c0 and of a customer of
+    another lane, and the two lanes."""
+    db = connect(scratch_url, pool_size=2)
+    lanes = await db.read(lane_count)
+    first, other = _customers_of_two_lanes(lanes)
+
+    async def work(conn):
+        await ensure_asset(conn, "USD", 9)
+        await open_account(conn, AccountSpec("asset:cash", AccountType.ASSET, "USD"))
+        for customer in (first, other):
+            await open_account(conn, AccountSpec(f"liability:customer:{customer}:lot", AccountType.LIABILITY, "USD",
+                                                 customer_id=customer))
+        entry = JournalEntry("e0", "topup", (Posting("asset:cash", 100, "USD"),
+                                             Posting(f"liability:customer:{first}:lot", -100, "USD")),
+                             customer_id=first)
+        return (await post_entries(conn, [entry]))[0].entry_id
+
+    return db, first, other, lane_of(first, lanes), lane_of(other, lanes), await db.run(work)
+
+
+async def test_a_copy_of_an_entry_id_in_another_lane_is_not_read_as_posting_to_another_customer(scratch_url):
+    """c0 tops up 100 units (entry e0 in c0's lane A: cash +100, c0's lot -100). The forger inserts
+    into lane B an entry of e0's id for customer `other` of lane B, with postings of its own (cash
+    +100, other's lot -100; cached balances moved alike: cash 200, each lot 100 in credit). Each of
+    the two entries balances and posts only to its own customer's accounts: `entry_ids` names the
+    shared id, and nothing else is wrong. Before, one_customer_per_entry joined postings to entries
+    by id alone, so it read each entry with the other's postings and named two made-up problems:
+    'entry e0 (customer c0) posts to account liability:customer:<other>:lot of customer <other>'
+    and the same of the copy and c0's lot."""
+    db, _, other, lane_a, lane_b, entry = await _one_topup_each_lane_known(scratch_url)
+    with psycopg.connect(scratch_url) as conn:
+        conn.execute("SET session_replication_role = replica")
+        conn.execute("""INSERT INTO journal_entries (lane, id, key, request_hash, kind, customer_id, occurred_at,
+                                                     recorded_at, metadata, txid)
+                        SELECT %s, id, 'forged', request_hash, kind, %s, occurred_at, recorded_at, metadata, txid
+                          FROM journal_entries WHERE id = %s""", (lane_b, other, entry))
+        conn.execute("""INSERT INTO postings (lane, entry_id, account_id, amount)
+                        SELECT %s, %s, a.id, x.amount FROM accounts a
+                          JOIN (VALUES ('asset:cash', 100), (%s, -100)) x (code, amount) ON x.code = a.code""",
+                     (lane_b, entry, f"liability:customer:{other}:lot"))
+        conn.execute("""UPDATE account_balances b SET debits = b.debits + greatest(p.amount, 0),
+                                                      credits = b.credits + greatest(-p.amount, 0)
+                          FROM postings p WHERE p.entry_id = %s AND p.lane = %s
+                           AND b.account_id = p.account_id AND b.stripe = p.stripe""", (entry, lane_b))
+    report = await db.read(verify)
+    await db.dispose()
+    failed = {c.name: c.problems for c in report.checks if not c.ok}
+    low, high = sorted((lane_a, lane_b))
+    assert failed == {
+        "entry_ids": (f"entries of lanes {low} and {high} share id {entry}: an entry's id names one entry "
+                      "(the seals, the export and these checks name entries by it)",),
+    }, failed
+
+
+async def test_an_entry_whose_posting_was_moved_to_another_lane_is_named_as_not_balancing(scratch_url):
+    """c0 tops up 100 units (entry e0 in lane A: cash +100, c0's lot -100). The forger moves the lot
+    posting to lane B (no entry e0 there). The export and the seals read an entry's postings in its
+    lane, so e0 reads as cash +100 alone: it does not balance by 100 and has one posting. Before,
+    entries_balanced summed e0's postings by id in every lane (+100 - 100 = 0, two postings) and
+    passed; only the lanes check named the moved posting."""
+    db, _, _, lane_a, lane_b, entry = await _one_topup_each_lane_known(scratch_url)
+    with psycopg.connect(scratch_url) as conn:
+        conn.execute("SET session_replication_role = replica")
+        moved = conn.execute("""UPDATE postings SET lane = %s WHERE entry_id = %s AND amount = -100
+                                RETURNING id""", (lane_b, entry)).fetchone()[0]
+    report = await db.read(verify)
+    await db.dispose()
+    failed = {c.name: c.problems for c in report.checks if not c.ok}
+    assert failed == {
+        "entries_balanced": (f"entry {entry} does not balance in USD by 100",
+                             f"entry {entry} has fewer than two postings"),
+        "lanes": (f"posting {moved} of entry {entry} is in lane {lane_b}, its entry in lane {lane_a}",),
+    }, failed
