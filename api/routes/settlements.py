@@ -128,7 +128,7 @@ async def _settle_one(state: State, request: Request, raw: Any, lookups: asyncio
         body = _settle_body(data)
         key = item.idempotency_key or derived_key(item, body)
         path = f"/v1/reservations/{item.reservation_id}/settle"
-        idem = idempotency(request, body, key=key, path=path)
+        idem = idempotency(request, body, key=key, path=path, field="idempotency_key")
         async with lookups:
             customer_id = await state.services.wallets.owner_of(item.reservation_id)
         if not principal_of(request).may_see(customer_id):

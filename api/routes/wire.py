@@ -643,16 +643,18 @@ def idempotency_key(request: Request) -> str | None:
     return key
 
 
-def idempotency(request: Request, body: Any, *, key: str | None = None, path: str | None = None) -> IdemKey | None:
+def idempotency(request: Request, body: Any, *, key: str | None = None, path: str | None = None,
+                field: str = "Idempotency-Key") -> IdemKey | None:
     """The call's IdemKey when it carries an Idempotency-Key header (scoped to the customers the API
     key acts for: `http_scope`). A
     bulk call's item gives its own `key` and the `path` of the single call it stands for, so that
-    both share one key: sent either way, it is answered (and charged) once."""
+    both share one key: sent either way, it is answered (and charged) once; a bad one is refused
+    naming `field`, where the item's key came from."""
     key = idempotency_key(request) if key is None else key.strip()
     if key is None:
         return None
     if not 1 <= len(key) <= 255:
-        raise WalletValidationError("Idempotency-Key", "must be 1 to 255 characters")
+        raise WalletValidationError(field, "must be 1 to 255 characters")
     principal = principal_of(request)
     scope = http_scope(principal.visible(), own=principal.scope.startswith("customer:"))
     return IdemKey(scope, key, body_hash(request, body, path))

@@ -213,3 +213,20 @@ async def test_a_malformed_item_naming_its_reservation_is_answered_under_that_id
     assert [(r["reservation_id"], r["status"], r["body"]["code"]) for r in results] == [
         ("res_x", 422, "validation_error"), ("res_y", 422, "validation_error"), (None, 422, "validation_error"),
         (None, 422, "validation_error"), (None, 422, "validation_error")], results
+
+
+async def test_an_item_whose_idempotency_key_is_blank_is_refused_naming_that_field_not_the_header(
+        client: AsyncTestClient, book: str, tag: str):
+    """An item's `idempotency_key` of white space alone is no key: its 422 names `idempotency_key`,
+    the item's field, where it named `Idempotency-Key`, a header the call never sent. Nothing is
+    charged: top-up 10.00, one hold of 0.10 left open, so 9.90 available and 0.10 reserved."""
+    cid = await customer(client, book, tag)
+    rid = await reserve(client, cid)
+    answer = await client.post("/v1/settlements", json=[{"reservation_id": rid, "usage": USAGE,
+                                                        "idempotency_key": "   "}])
+    assert answer.status_code == 200, answer.text
+    [result] = answer.json()["results"]
+    assert (result["reservation_id"], result["status"], result["body"]["code"]) == (rid, 422, "validation_error")
+    assert [f["field"] for f in result["body"]["fields"]] == ["idempotency_key"], result
+    assert await wallet(client, cid) == ("9.90", "0.10")
+    assert await _charges(client, rid) == 0
