@@ -134,11 +134,10 @@ def workers(text: str) -> int:
 
 def seconds(text: str) -> float:
     """A positive, finite number of seconds (argparse type)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not 0 < value < float("inf"):  # also refuses nan
+    from api.gateway.config import seconds_number
+
+    value = seconds_number(text) or 0.0  # ASCII digits only, as the settings' durations
+    if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
     return value
 

@@ -13,7 +13,7 @@ import platformdirs
 from psycopg import ProgrammingError
 from psycopg.conninfo import conninfo_to_dict
 
-from api.gateway.config import MOST_SECONDS, GatewaySettings, key, whole_number
+from api.gateway.config import MOST_SECONDS, GatewaySettings, digits, key, seconds_number, whole_number
 from ledger.db import IDLE_IN_TRANSACTION_MS
 from wallets.budgets import MAX_PER_CUSTOMER as MAX_BUDGETS_PER_CUSTOMER
 from wallets.webhooks.rules import AddressPolicy, parse_networks
@@ -21,10 +21,7 @@ from wallets.webhooks.rules import AddressPolicy, parse_networks
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name, "")
-    try:
-        value = float(raw) if raw else default
-    except ValueError:
-        value = -1.0
+    value = (seconds_number(raw) if raw else default) or -1.0
     if not 0 < value <= MOST_SECONDS:  # also refuses nan and inf
         raise SystemExit(f"{name} must be a positive number of seconds, at most {MOST_SECONDS:,} (a year), "
                          f"not {raw!r}")
@@ -127,10 +124,9 @@ MAX_WORKERS = 1024
 
 def worker_count(raw: str) -> int | None:
     """`raw` as a number of server processes, 1 to MAX_WORKERS; None when it is not one."""
-    try:
-        value = int(raw)
-    except ValueError:
+    if not digits(raw):
         return None
+    value = int(raw)
     return value if 1 <= value <= MAX_WORKERS else None
 
 

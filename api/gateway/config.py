@@ -3,6 +3,7 @@ bounds of a call. Read once with the rest of `Settings`; nothing here reads the 
 from __future__ import annotations
 
 import os
+import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,15 +42,28 @@ ANTHROPIC_URL = "https://api.anthropic.com"  # what the anthropic SDK takes as b
 MOST_SECONDS = 365 * 86_400
 
 
+def digits(text: str) -> bool:
+    """Whether `text` is ASCII digits alone: int() also reads any Unicode digit (٤ is 4), `_`
+    between digits, a sign and spaces around."""
+    return text.isascii() and text.isdigit()
+
+
+# A number of seconds, in ASCII: digits with a fraction (2.5, .5) and an exponent (1e1); float()
+# also reads other digits (٥), `_` between digits, spaces around, inf and nan.
+SECONDS = re.compile(r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?", re.ASCII)
+
+
+def seconds_number(text: str) -> float | None:
+    """`text` as a number of seconds (any sign-less decimal), or None when it is not one."""
+    return float(text) if SECONDS.fullmatch(text) else None
+
+
 def whole_number(env: Mapping[str, str], name: str, default: int, *, most: int | None = None) -> int:
     """A whole number, at least 1 (and at most `most`), for every count and whole-seconds duration
     (api.settings too): 0 or less means nothing they count (a pool of 0 connections is SQLAlchemy's
     unbounded pool, a seal interval of 0 a busy loop)."""
     raw = env.get(name, "")
-    try:
-        value = int(raw) if raw else default
-    except ValueError:
-        value = 0
+    value = default if not raw else int(raw) if digits(raw) else 0
     if value < 1 or (most is not None and value > most):
         bounds = ", 1 or more" if most is None else f" from 1 to {most:,}"
         raise SystemExit(f"{name} must be a whole number{bounds}, not {raw!r}")

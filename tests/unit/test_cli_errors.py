@@ -131,7 +131,10 @@ def test_a_count_or_port_in_other_digits_is_a_usage_error(capsys):
     8080) served on 8080 and `bench --workers ٤` ran 4 workers. ASCII digits only now."""
     for args, named in ((["serve", "--port", "\u0668\u0660\u0668\u0660"], "argument --port: not a port"),
                         (["serve", "--port", "8\uff10"], "argument --port: not a port"),
-                        (["bench", "ledger", "--workers", "\u0664"], "argument --workers: not a whole number")):
+                        (["bench", "ledger", "--workers", "\u0664"], "argument --workers: not a whole number"),
+                        # serve's own --workers (TOKENTILL_WORKERS's reading) forked 4 servers for ٤
+                        (["serve", "--workers", "\u0664"], "argument --workers: not a number of processes"),
+                        (["bench", "ledger", "--seconds", "\u0665"], "argument --seconds: not a positive number")):
         with pytest.raises(SystemExit) as raised:
             parser().parse_args(args)
         assert raised.value.code == 2 and named in capsys.readouterr().err, args

@@ -240,3 +240,28 @@ def test_a_count_out_of_its_bounds_is_said_in_one_wording_by_every_setting(env, 
     with pytest.raises(SystemExit) as stopped:
         Settings.from_env(env)
     assert stopped.value.code == said
+
+
+@pytest.mark.parametrize("name, raw", [
+    ("TOKENTILL_WORKERS", "\u0664"), ("TOKENTILL_POOL_SIZE", "1_0"), ("TOKENTILL_POOL_SIZE", "\uff15"),
+    ("TOKENTILL_SEAL_INTERVAL_SECONDS", " 5 "), ("TOKENTILL_LANES", "+4"),
+    ("TOKENTILL_POOL_TIMEOUT_SECONDS", "\u0665"), ("TOKENTILL_KEEPALIVE_SECONDS", "2_5"),
+    ("TOKENTILL_WEBHOOK_TIMEOUT_SECONDS", "10 "),
+])
+def test_a_count_or_duration_in_other_digits_or_with_separators_stops_the_start(name, raw):
+    """int() and float() read any Unicode digit, `_` between digits, a sign and spaces around:
+    TOKENTILL_WORKERS=٤ (Arabic-Indic 4) forked 4 servers, TOKENTILL_POOL_SIZE=1_0 was a pool of 10
+    and TOKENTILL_POOL_TIMEOUT_SECONDS=٥ waited 5 s, where `--port ٨٠٨٠` is refused (test_cli_errors).
+    Counts are ASCII digits; durations ASCII digits with a fraction (2.5)."""
+    with pytest.raises(SystemExit) as stopped:
+        Settings.from_env({name: raw})
+    message = stopped.value.code
+    assert isinstance(message, str) and message.startswith(name) and repr(raw) in message
+
+
+def test_counts_and_durations_in_ascii_digits_are_still_taken():
+    s = Settings.from_env({"TOKENTILL_WORKERS": "4", "TOKENTILL_POOL_SIZE": "10", "TOKENTILL_LANES": "4",
+                           "TOKENTILL_POOL_TIMEOUT_SECONDS": "2.5", "TOKENTILL_KEEPALIVE_SECONDS": ".5",
+                           "TOKENTILL_WEBHOOK_TIMEOUT_SECONDS": "1e1"})
+    assert (s.workers, s.pool_size, s.lanes, s.pool_timeout_s, s.keepalive_s, s.webhook_timeout_s) == \
+        (4, 10, 4, 2.5, 0.5, 10.0)
