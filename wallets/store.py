@@ -899,12 +899,13 @@ async def rule_funding(conn: AsyncConnection, customer_id: str, period: Period
 
 async def rerated_charges(conn: AsyncConnection, customer_id: str, period: Period
                           ) -> tuple[tuple[str, tuple[dict[str, Any], ...], str, tuple[tuple[str, str, int], ...],
-                                           dict[str, str] | None], ...]:
+                                           dict[str, str] | None, int], ...]:
     """The customer's charges of `period`'s own usage billed in it (rule_funding's) that a re-rate
     moved, wherever the re-rate was billed: (model, its lines as charged, the book version its last
     re-rate rated it with, that re-rate's amounts by model and token type, the rules it rated them
-    with by token type: None, not kept before migration 0087). A close counts their units under the
-    version and the rule they stand at now (invoicing.rerated_moves)."""
+    with by token type: None, not kept before migration 0087, the charge's id). A close counts their
+    units under the version and the rule they stand at now (invoicing.rerated_moves), and gives each
+    its own part of that rule's money back (invoicing.moved_funding)."""
     lane = int(await _lane(conn, [customer_id]) or 0)
     # driven by the customer's adjustments of `period`'s usage (an adjustment names its charge's
     # usage period: charge_adjustments_period, so all of a charge's adjustments are there), each
@@ -916,7 +917,7 @@ async def rerated_charges(conn: AsyncConnection, customer_id: str, period: Perio
     # the period was tested for adjustments, re-rated or not (30,000 charges, none re-rated:
     # 33,334 buffers, 174 ms; 100 re-rated: 153,334, 428 ms)
     rows = await conn.exec_driver_sql(
-        f"""SELECT c.model, c.lines, a.corrected_version, a.new_lines, a.new_rules
+        f"""SELECT c.model, c.lines, a.corrected_version, a.new_lines, a.new_rules, c.id
               FROM (SELECT DISTINCT ON (a.charge_id) a.charge_id, a.corrected_version, a.new_lines, a.new_rules
                       FROM charge_adjustments a WHERE a.customer_id = %s AND a.lane = {lane} AND a.period = %s
                      ORDER BY a.charge_id, a.id DESC) a
@@ -927,8 +928,8 @@ async def rerated_charges(conn: AsyncConnection, customer_id: str, period: Perio
                               WHERE j.lane = {lane} AND j.id = c.entry_id), c.period) = %s
              ORDER BY c.occurred_at, c.id""",
         (customer_id, period.label, customer_id, period.label, period.start, period.end, period.label))
-    return tuple((model, tuple(lines), version, tuple((m, t, int(a)) for m, t, a in new_lines), rules)
-                 for model, lines, version, new_lines, rules in rows)
+    return tuple((model, tuple(lines), version, tuple((m, t, int(a)) for m, t, a in new_lines), rules, int(charge_id))
+                 for model, lines, version, new_lines, rules, charge_id in rows)
 
 
 async def paid_left(conn: AsyncConnection, customer_id: str, period: Period) -> dict[str, dict[str, int]]:

@@ -65,7 +65,7 @@ from wallets.core.payments import (
 )
 from wallets.core.rating import ALLOWANCE
 from wallets.core.results import InvoiceClosed, PaymentResult
-from wallets.core.state import InvoiceDue, State, Unapplied
+from wallets.core.state import InvoiceDue, RulePaid, State, Unapplied
 from wallets.errors import ConflictError, CurrencyMismatchError, NotFoundError, OverpaymentError
 from wallets.model import Lot, Wallet
 from wallets.periods import Period, close_due_at, following, period_named, period_of
@@ -86,21 +86,21 @@ def flat_in(versions: Mapping[str, PriceVersion], rule_id: str, version: str) ->
 
 # What a re-rate moved of a charge's usage line at the book's price: (model, token type), rule id,
 # the version it was charged under, the version it stands at now, units, amount charged, amount now,
-# and the rule that rates them now ("": none at the book's price; None: not kept, the line's rule if
-# the version now names it)
-Moved = tuple[tuple[str | None, str | None], str, str, str, int, int, int, str | None]
+# the rule that rates them now ("": none at the book's price; None: not kept, the line's rule if
+# the version now names it), and the charge's id
+Moved = tuple[tuple[str | None, str | None], str, str, str, int, int, int, str | None, int]
 
 
 def rerated_moves(charges: Sequence[tuple[str, Sequence[Mapping[str, Any]], str, Sequence[Sequence[Any]],
-                                          Mapping[str, str] | None]]) -> list[Moved]:
+                                          Mapping[str, str] | None, int]]) -> list[Moved]:
     """What re-rates moved of each of the period's charges (State.rerated: model, lines as charged,
-    the version its last re-rate rated it with, that re-rate's amounts by model and token type, and
-    the rules it rated them with by token type, None where not kept): each usage line of a rule at
-    the book's price moves from the version that charged it to the one it stands at now, and to the
-    rule that rates its token type now, its token type's amount changed by what the re-rates moved
-    of it (on the first of its lines)."""
+    the version its last re-rate rated it with, that re-rate's amounts by model and token type, the
+    rules it rated them with by token type, None where not kept, and its id): each usage line of a
+    rule at the book's price moves from the version that charged it to the one it stands at now, and
+    to the rule that rates its token type now, its token type's amount changed by what the re-rates
+    moved of it (on the first of its lines)."""
     out: list[Moved] = []
-    for model, lines, version, amounts, rules in charges:
+    for model, lines, version, amounts, rules, charge_id in charges:
         now = {token_type: int(amount) for _, token_type, amount in amounts}
         was: dict[str, int] = {}
         for line in lines:
@@ -113,7 +113,52 @@ def rerated_moves(charges: Sequence[tuple[str, Sequence[Mapping[str, Any]], str,
             moved = now.pop(token_type, 0) - was.pop(token_type, 0) if token_type in was else 0
             out.append(((model, token_type), line["rule_id"], line.get("price_version") or "", version,
                         int(line["quantity"]), amount, amount + moved,
-                        None if rules is None else rules.get(token_type or line["kind"], "")))
+                        None if rules is None else rules.get(token_type or line["kind"], ""), charge_id))
+    return out
+
+
+def _rated(rollup: Rollup, period: str) -> dict[tuple[str | None, str | None], set[str | None]]:
+    """The rules each (model, token type) of the period's own usage was rated with at the book's
+    price, None for a discount or a contract price sharing it."""
+    rated: dict[tuple[str | None, str | None], set[str | None]] = {}
+    for item in rollup:
+        if item.startswith(LINE):
+            origin, kind, model, token_type, rule_id, _, _, override_id, _ = json.loads(item[len(LINE):])
+            if origin == period and kind in ("usage", "discount"):
+                rated.setdefault((model, token_type), set()).add(
+                    rule_id if kind == "usage" and override_id is None else None)
+    return rated
+
+
+def told_moves(rollup: Rollup, period: str, moves: Sequence[Moved]) -> list[Moved]:
+    """The `moves` that tell their rule's share: no discount or contract price shares their model
+    and token type in the period (their lines would not tell it), and the rule they left rated it."""
+    rated = _rated(rollup, period)
+    return [m for m in moves if None not in rated.get(m[0], ()) and m[1] in rated.get(m[0], ())]
+
+
+def moved_funding(rules: Mapping[str, tuple[RulePaid, ...]], moves: Sequence[Moved], told: Sequence[Moved]
+                  ) -> dict[str, tuple[RulePaid, ...]]:
+    """store.rule_funding's rows (`rules`; None: a charge a re-rate moved) with the units, amount and
+    version of each charge a re-rate moved, under the rule that rates it now, as the true-up counts
+    them (`moves`, of which `told`: told_moves), so its payers get its own overcharge; a charge
+    whose moves to the rule are not all told keeps None (its money back is shared over the rule's
+    payers). No discount shares a told move's token type: nothing off it (the seventh field)."""
+    pieces: dict[tuple[int, str], list[Any]] = {}  # (charge id, rule id) -> [units, amount, version, told]
+    for move in moves:
+        *_, now, quantity, _, after, rule_now, charge_id = move
+        if rule_now:
+            piece = pieces.setdefault((charge_id, rule_now), [0, 0, now, True])
+            piece[0] += quantity
+            piece[1] += after
+            piece[3] = piece[3] and move in told
+    out = {}
+    for rule_id, paid in rules.items():
+        rows = []
+        for c, a, v, units, *rest in paid:
+            piece = pieces.get((c, rule_id)) if units is None else None
+            rows.append((c, a, v, *piece[:3], 0) if piece and piece[3] else (c, a, v, units, *rest))
+        out[rule_id] = tuple(rows)
     return out
 
 
@@ -139,7 +184,7 @@ def volume_rules(book: PriceBook | None, rollup: Rollup, period: str,
 
     pieces: dict[str, dict[str, list[int]]] = {}  # rule id -> version -> [units, amount]
     every: dict[str, list[Any]] = {}  # rule id -> [adjustments' versions, amount]: every version counts
-    rated: dict[tuple[str | None, str | None], set[str | None]] = {}  # (model, token type) -> its rules
+    rated = _rated(rollup, period)  # (model, token type) -> its rules
     adjusted: list[tuple[tuple[str | None, str | None], str, int]] = []
     for item, (quantity, amount) in rollup.items():
         if not item.startswith(LINE):
@@ -150,9 +195,6 @@ def volume_rules(book: PriceBook | None, rollup: Rollup, period: str,
         if kind == "adjustment":
             adjusted.append(((model, token_type), version, amount))
             continue
-        if kind in ("usage", "discount"):
-            rated.setdefault((model, token_type), set()).add(
-                rule_id if kind == "usage" and override_id is None else None)
         if kind != "usage" or rule_id is None or override_id is not None:
             continue  # a contract price is the customer's own: the book's volume tiers do not true it up
         piece = pieces.setdefault(rule_id, {}).setdefault(version, [0, 0])
@@ -164,9 +206,8 @@ def volume_rules(book: PriceBook | None, rollup: Rollup, period: str,
         return next(iter(rules)) if len(rules) == 1 and None not in rules else None
 
     told = set()
-    for key, rule_id, was, now, quantity, before, after, rule_now in moves:
-        if None in rated.get(key, ()) or rule_id not in rated.get(key, ()):
-            continue  # a discount or a contract price shares them: the lines do not tell the rule's share
+    # a discount or a contract price sharing them: the lines do not tell the rule's share
+    for key, rule_id, was, now, quantity, before, after, rule_now, _ in told_moves(rollup, period, moves):
         told.add(key)
         if rule_now is None:  # not kept: the charge's line tells its rule, if the version now names it
             rule_now = rule_id if now not in versions or any(r.id == rule_id for r in versions[now].rules) else ""
@@ -369,7 +410,8 @@ def counters_given_back(state: State, customer_id: str, label: str, book: PriceB
 
 
 def _true_up(state: State, w: Wallet, label: str, lines: list[dict[str, Any]], now: datetime,
-             several: frozenset[str] = frozenset(), flat: frozenset[tuple[str, str]] = frozenset()):
+             rules: Mapping[str, tuple[RulePaid, ...]], several: frozenset[str] = frozenset(),
+             flat: frozenset[tuple[str, str]] = frozenset(), moved: frozenset[str] = frozenset()):
     """The true-up's legs: more charged is paid like usage (lots, then the receivable); money back
     goes where the money of the charges each rule rated came from, as a re-rate's
     (wallets.core.money_back: the lots that paid them, the last consumed first, a promotion's back to
@@ -383,15 +425,14 @@ def _true_up(state: State, w: Wallet, label: str, lines: list[dict[str, Any]], n
     discounts' lines take their share of it back: its money back is net of them (each_charge_first)."""
     amount = sum(line["amount_units"] for line in lines)
     cid = w.customer.id
-    rules = state.rule_funding.get((cid, label), {})
-    # the rules every charge of which is priced per charge (none re-rated); a rule two versions tier
+    # the rules every charge of which is priced per charge (none re-rated: `moved`); a rule two versions tier
     # (each line giving back only its own version's charges) only where its lines all go one way:
     # one charging more beside one giving back, the charges' parts would not tie to the rule's line
     ways: dict[str, set[bool]] = {}
     for line in lines:
         if line.get("rule_id") in several and line.get("override_id") is None:
             ways.setdefault(line["rule_id"], set()).add(line["amount_units"] > 0)
-    whole = {rule_id for rule_id, paid in rules.items() if len(ways.get(rule_id, ())) < 2
+    whole = {rule_id for rule_id, paid in rules.items() if len(ways.get(rule_id, ())) < 2 and rule_id not in moved
              and all(units is not None for _, _, _, units, *_ in paid)}
     # what each rule's line at the book's price gave back of each charge (a re-rate correcting the
     # true-up counts it, rerate_true_ups): nothing of a line giving nothing back; a line giving back
@@ -496,15 +537,21 @@ def closing(state: State, w: Wallet, label: str, rollup: Rollup, book: PriceBook
     preview both build the invoice by it."""
     rollup = dict(rollup)
     moves = rerated_moves(state.rerated.get((w.customer.id, label), ()))
-    rules = volume_rules(book, _with_later_adjustments(state, w, label, rollup), label, moves)
+    counted = _with_later_adjustments(state, w, label, rollup)
+    rules = volume_rules(book, counted, label, moves)
     several = frozenset(r.id for r, *_ in rules if sum(x.id == r.id for x, *_ in rules) > 1)
     versions = {v.version: v for v in book.versions} if book is not None else {}
-    flat = frozenset((rule_id, row[5]) for rule_id, paid in state.rule_funding.get((w.customer.id, label), {}).items()
+    listed = state.rule_funding.get((w.customer.id, label), {})
+    # the rules listing a charge a re-rate moved: their parts are not recorded per charge (verify
+    # reads each charge's overcharge off its lines as charged)
+    moved = frozenset(rule_id for rule_id, paid in listed.items() if any(row[3] is None for row in paid))
+    funded = moved_funding(listed, moves, told_moves(counted, label, moves))
+    flat = frozenset((rule_id, row[5]) for rule_id, paid in funded.items()
                      for row in paid if len(row) > 5 and row[5] and flat_in(versions, rule_id, row[5]))
     lines = true_up_lines(rules, volume_discounts(book, rollup, label))
     lines += allowance_lines(rollup, label, lines, allowances_at_end(w, label))
     cid, cur = w.customer.id, w.customer.currency
-    legs, lot, paid, parts, payers = (_true_up(state, w, label, lines, now, several, flat) if lines
+    legs, lot, paid, parts, payers = (_true_up(state, w, label, lines, now, funded, several, flat, moved) if lines
                                       else (Legs(cur), None, (), {}, ()))
     kinds = {code: x.kind for code, x in w.lots.items()}
     if lot is not None:

@@ -212,7 +212,7 @@ async def test_what_a_close_counts_as_re_rated_reads_the_periods_adjustments_not
     for plan in (explained, generic):
         found, spy = await plan(bk.db, lambda conn: store.rerated_charges(conn, cid, november),
                                 analyze=("charges", "charge_adjustments"))
-        assert [(model, version, {t: a for _, t, a in moved}) for model, _, version, moved, _ in found] == [
+        assert [(model, version, {t: a for _, t, a in moved}) for model, _, version, moved, *_ in found] == [
             ("model-a", "v8", {"input": 8_000_000, "request": 10_000_000})] * 2, plan
         assert rows_read(spy.plans, "charges") == 2, plan  # 7 before
         # November's two adjustments, then each charge's last: 4
@@ -221,7 +221,7 @@ async def test_what_a_close_counts_as_re_rated_reads_the_periods_adjustments_not
 
 # store.rerated_charges as it read before (every charge of the period, each tested for adjustments):
 # the reference the read driven by the adjustments must agree with
-_CHARGE_DRIVEN = """SELECT c.model, c.lines, a.corrected_version, a.new_lines, a.new_rules
+_CHARGE_DRIVEN = """SELECT c.model, c.lines, a.corrected_version, a.new_lines, a.new_rules, c.id
       FROM charges c
      CROSS JOIN LATERAL (SELECT a.corrected_version, a.new_lines, a.new_rules FROM charge_adjustments a
                           WHERE a.charge_id = c.id ORDER BY a.id DESC LIMIT 1) a
@@ -264,10 +264,10 @@ async def test_what_a_close_counts_as_re_rated_is_the_same_read_from_the_charges
         cid, november.label, november.start, november.end, november.label)))
 
     at = {"v8": 8_000_000, "v6": 6_000_000}
-    assert [(model, version, {t: a for _, t, a in moved}) for model, _, version, moved, _ in found] == [
+    assert [(model, version, {t: a for _, t, a in moved}) for model, _, version, moved, *_ in found] == [
         ("model-a", v, {"input": at[v], "request": 10_000_000}) for v in ("v8",) * 3 + ("v6",) * 4]
-    assert found == tuple((model, tuple(lines), version, tuple((m, t, int(a)) for m, t, a in moved), rules)
-                          for model, lines, version, moved, rules in reference)
+    assert found == tuple((model, tuple(lines), version, tuple((m, t, int(a)) for m, t, a in moved), rules, charge)
+                          for model, lines, version, moved, rules, charge in reference)
 
 
 async def test_what_a_close_counts_as_re_rated_leaves_out_late_charges_whichever_way_it_is_read(bk: BillingKit):
@@ -305,10 +305,10 @@ async def test_what_a_close_counts_as_re_rated_leaves_out_late_charges_whichever
         found = await bk.db.read(lambda conn, period=period: store.rerated_charges(conn, cid, period))
         reference = await bk.db.read(lambda conn, period=period: conn.exec_driver_sql(_CHARGE_DRIVEN, (
             cid, period.label, period.start, period.end, period.label)))
-        assert [(model, version, {t: a for _, t, a in moved}) for model, _, version, moved, _ in found] == [
+        assert [(model, version, {t: a for _, t, a in moved}) for model, _, version, moved, *_ in found] == [
             ("model-a", "v8", {"input": 8_000_000, "request": 10_000_000})] * rows, label
-        assert found == tuple((model, tuple(lines), version, tuple((m, t, int(a)) for m, t, a in moved), rules)
-                              for model, lines, version, moved, rules in reference), label
+        assert found == tuple((model, tuple(lines), version, tuple((m, t, int(a)) for m, t, a in moved), rules,
+                               charge) for model, lines, version, moved, rules, charge in reference), label
 
 
 async def test_what_a_close_counts_as_re_rated_reads_a_charges_adjustments_once(bk: BillingKit):
@@ -342,7 +342,7 @@ async def test_what_a_close_counts_as_re_rated_reads_a_charges_adjustments_once(
     for plan in (explained, generic):
         found, spy = await plan(bk.db, lambda conn: store.rerated_charges(conn, cid, november),
                                 analyze=("charges", "charge_adjustments"))
-        assert [(model, version, {t: a for _, t, a in moved}) for model, _, version, moved, _ in found] == [
+        assert [(model, version, {t: a for _, t, a in moved}) for model, _, version, moved, *_ in found] == [
             ("model-a", "v7", {"input": 7_000_000, "request": 10_000_000})], plan
         assert rows_read(spy.plans, "charge_adjustments") == 3, plan  # 6 before
         assert rows_read(spy.plans, "charges") == 1, plan

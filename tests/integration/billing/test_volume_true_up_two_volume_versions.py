@@ -352,13 +352,15 @@ async def test_prepaid_units_re_rated_before_the_close_to_another_rule_id_get_th
         {grant, topup}, 2450 * CENT, 0)
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: the close lists a charge a re-rate moved with no units of its "
-                   "rule (rule_funding: None), so its overcharge is shared over the rule's payers, the last consumed "
-                   "first: the top-up that paid the 20th gets $1.00 of the 5th's $9.50 ((9.50, 15.00))")
 async def test_prepaid_units_re_rated_before_the_close_to_another_rule_id_give_each_payer_its_charge_s_part(
         bk: BillingKit) -> None:
-    """As above: the 5th's $9.50 over to the grant ($1.00 -> $10.50), the 20th's $9.00 to the top-up
-    ($5.00 -> $14.00)."""
+    """As above: `in-b`'s 4,000,000 reach its second tier; v3's line (the 5th, 3,000,000 at $0.50/M =
+    $1.50 less the $11.00 it stands at) gives the 5th's $9.50 to the grant that paid it ($1.00 ->
+    $10.50); v2's (the 20th, 1,000,000 at $1/M = $1.00 less $10.00) the 20th's $9.00 to the top-up
+    ($5.00 -> $14.00); $24.50 in all, as above. Before, the close listed the moved 5th under `in-b`
+    with no units (rule_funding: None), so its $9.50 was shared over `in-b`'s payers, the last
+    consumed first: the top-up took back all it paid of the 20th ($10.00: $15.00), the grant the
+    rest ($8.50: $9.50)."""
     cid = "renamed-before-close-prepaid-parts"
     grant, topup = await _prepaid_renamed(bk, cid)
     await _to_v3(bk, cid, "0.5", NOV_25)

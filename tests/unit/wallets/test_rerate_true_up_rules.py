@@ -100,11 +100,13 @@ def test_the_close_counts_the_charges_a_re_rate_moved_under_the_version_they_sta
         add(usage, line_item("2026-11", {**ln, "model": "model-v"}), ln["quantity"], ln["amount_units"])
     to_flat = {**usage, _item("adjustment", "model-v", "output", None, "vf"): (0, -90 * M // 100)}
     assert volume_rules(book, to_flat, "2026-11") == []
-    moves = rerated_moves([("model-v", fifth.lines, "vf", [("model-v", "output", 30 * M // 100)], {"output": "v-out"})])
+    moves = rerated_moves([("model-v", fifth.lines, "vf", [("model-v", "output", 30 * M // 100)],
+                            {"output": "v-out"}, 1)])
     [(rule, version_, quantity, amount)] = volume_rules(book, to_flat, "2026-11", moves)
     assert (rule.id, version_, quantity, amount) == ("v-out", "v1", 70_000, 110 * M // 100)
     to_v2 = {**usage, _item("adjustment", "model-v", "output", None, "v2"): (0, -24 * M // 100)}
-    moves = rerated_moves([("model-v", fifth.lines, "v2", [("model-v", "output", 96 * M // 100)], {"output": "v-out"})])
+    moves = rerated_moves([("model-v", fifth.lines, "v2", [("model-v", "output", 96 * M // 100)],
+                            {"output": "v-out"}, 1)])
     found = volume_rules(book, to_v2, "2026-11", moves)
     assert [(rule.id, version_, quantity, amount) for rule, version_, quantity, amount in found] == [
         ("v-out", "v1", 70_000, 110 * M // 100), ("v-out", "v2", 60_000, 96 * M // 100)]
