@@ -79,6 +79,21 @@ async def _closed(bk: BillingKit, cid: str) -> tuple[tuple[str, str], dict]:
     return upcoming, november
 
 
+async def _rerated(bk: BillingKit, cid: str, version: str, rule: dict, day: datetime, previewed: bool = False) -> dict:
+    """On `day`, `version` (from November 1st, `rule` alone) and November 1st-15th re-rated to it: the
+    apply's answer (`previewed`: the preview before it said the same delta)."""
+    bk.clock.now = day
+    await bk.add_book(_version(cid, version, "2026-11-01T00:00:00Z", [rule]))
+    spec = rerating.RerateSpec(cid, version, NOV_1, NOV_15, cid)
+    seen = await rerating.preview(bk.db, bk.service.engine.books, spec) if previewed else None
+    done = await rerating.apply(bk.db, bk.service.engine, spec, None)
+    assert seen is None or seen["delta"] == done["delta"], (seen, done)
+    return done
+
+
+DEC_2 = datetime(2026, 12, 2, tzinfo=UTC)
+
+
 async def test_each_version_s_units_are_trued_up_at_its_own_tiers_the_period_s_units_reaching_the_tier(
         bk: BillingKit) -> None:
     """The module's example: true-up -$9.00 (v1's 3,000,000 at $1/M less $12.00; v2's line 0), November
@@ -110,9 +125,7 @@ async def test_a_re_rate_before_the_close_counts_the_version_re_rated_to(bk: Bil
     less $11.00, -$9.00, November $2.00)."""
     cid = "two-volume-rerated-open"
     await _november(bk, cid, EXAMPLE)
-    bk.clock.now = datetime(2026, 11, 25, tzinfo=UTC)
-    await bk.add_book(_version(cid, "v1b", "2026-11-01T00:00:00Z", [_volume("0.25")]))
-    done = await rerating.apply(bk.db, bk.service.engine, rerating.RerateSpec(cid, "v1b", NOV_1, NOV_15, cid), None)
+    done = await _rerated(bk, cid, "v1b", _volume("0.25"), NOV_25)
     assert done["delta"] == "-1.50"
     upcoming, november = await _closed(bk, cid)
     assert (upcoming, _shown(november)) == (("-9.75", "1.25"), ("-9.75", "1.25"))
@@ -128,12 +141,8 @@ async def test_a_re_rate_after_the_close_corrects_the_true_up_at_each_version_s_
     await _november(bk, cid, EXAMPLE)
     upcoming, november = await _closed(bk, cid)
     assert (upcoming, _shown(november)) == (("-9.00", "3.50"), ("-9.00", "3.50"))
-    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
-    await bk.add_book(_version(cid, "v1b", "2026-11-01T00:00:00Z", [_volume("0.25")]))
-    spec = rerating.RerateSpec(cid, "v1b", NOV_1, NOV_15, cid)
-    seen = await rerating.preview(bk.db, bk.service.engine.books, spec)
-    done = await rerating.apply(bk.db, bk.service.engine, spec, None)
-    assert (seen["delta"], done["delta"]) == ("-2.25", "-2.25")
+    done = await _rerated(bk, cid, "v1b", _volume("0.25"), DEC_2, previewed=True)
+    assert done["delta"] == "-2.25"
     assert (await bk.service.wallet(cid)).receivable == 1_250_000_000
     await _verified(bk)
 
@@ -148,15 +157,10 @@ async def _renamed(bk: BillingKit, cid: str) -> None:
     await _november(bk, cid, EXAMPLE, v2=_volume_b())
 
 
-async def _to_v3(bk: BillingKit, cid: str, beyond: str, day: datetime) -> dict:
+async def _to_v3(bk: BillingKit, cid: str, beyond: str, day: datetime, previewed: bool = False) -> dict:
     """On `day`, v3 (from November 1st, `in-b` only: $10/M to 1,000,000, `beyond` $/M after) and
     November 1st-15th re-rated to it: the apply's answer."""
-    bk.clock.now = day
-    await bk.add_book(_version(cid, "v3", "2026-11-01T00:00:00Z", [_volume_b(beyond)]))
-    return await rerating.apply(bk.db, bk.service.engine, rerating.RerateSpec(cid, "v3", NOV_1, NOV_15, cid), None)
-
-
-DEC_2 = datetime(2026, 12, 2, tzinfo=UTC)
+    return await _rerated(bk, cid, "v3", _volume_b(beyond), day, previewed)
 
 
 async def test_units_re_rated_after_the_close_to_another_rule_id_count_toward_its_volume(bk: BillingKit) -> None:
@@ -190,11 +194,8 @@ async def test_a_re_rate_after_the_close_moving_units_to_another_rule_id_at_the_
     await _renamed(bk, cid)
     _, november = await _closed(bk, cid)
     assert _shown(november) == ("-9.00", "13.00")
-    bk.clock.now = DEC_2
-    await bk.add_book(_version(cid, "v3", "2026-11-01T00:00:00Z", [_volume_b("1")]))
-    seen = await rerating.preview(bk.db, bk.service.engine.books, rerating.RerateSpec(cid, "v3", NOV_1, NOV_15, cid))
-    done = await rerating.apply(bk.db, bk.service.engine, rerating.RerateSpec(cid, "v3", NOV_1, NOV_15, cid), None)
-    assert (seen["delta"], done["delta"]) == ("-9.00", "-9.00")
+    done = await _to_v3(bk, cid, "1", DEC_2, previewed=True)
+    assert done["delta"] == "-9.00"
     assert (await bk.service.wallet(cid)).receivable == 400 * CENT
     await _verified(bk)
 
@@ -227,11 +228,13 @@ async def test_units_re_rated_before_the_close_to_another_rule_id_count_toward_i
     assert (upcoming, _shown(november)) == (("-18.50", "2.50"), ("-18.50", "2.50"))
 
 
-async def _prepaid_november(bk: BillingKit, cid: str, second: str) -> list[str]:
-    """Prepaid, the module's example: a $12.00 grant (November 1st) pays the 5th's $12.00 and is
-    spent; a $5.00 `second` lot ("topup" or "grant", the 6th) pays the 20th's $0.50 ($4.50 left)."""
-    return await _november(bk, cid, [(1, "grant", "12.00"), (5, 3_000_000), (6, second, "5.00"), (20, 1_000_000)],
-                           "prepaid")
+async def _prepaid(bk: BillingKit, cid: str, second: str = "topup", amount: str = "5.00",
+                   v2: dict | None = None) -> list[str]:
+    """Prepaid, the module's usage (v2's rule `v2`, by default `in` as `_november`'s): a $12.00 grant
+    (November 1st) pays the 5th's $12.00 and is spent; an `amount` `second` lot ("topup" or "grant",
+    the 6th) pays the 20th's (as the module's example: $0.50 of $5.00, $4.50 left). The lots' ids."""
+    return await _november(bk, cid, [(1, "grant", "12.00"), (5, 3_000_000), (6, second, amount), (20, 1_000_000)],
+                           "prepaid", v2=v2)
 
 
 async def _remaining(bk: BillingKit, cid: str, *lots: str) -> tuple[int, ...]:
@@ -254,7 +257,7 @@ async def test_the_close_gives_each_charge_s_payers_what_that_charge_was_overcha
     one-version rule gives back charge by charge. Given back together, the last consumed first,
     the 20th's lot got its $0.50 ($5.00) and the grant $8.50."""
     cid = f"two-volume-payers-{second}"
-    grant, later = await _prepaid_november(bk, cid, second)
+    grant, later = await _prepaid(bk, cid, second)
     assert await _remaining(bk, cid, grant, later) == (0, 450 * CENT)
     upcoming, november = await _closed(bk, cid)
     assert (upcoming, _shown(november)) == (("-9.00", "3.50"), ("-9.00", "3.50"))
@@ -278,12 +281,10 @@ async def test_a_re_rate_after_the_close_gives_the_5th_s_grant_its_part_and_leav
     true-up -$9.00 -> -$9.75 (v1b's 3,000,000 at $0.25/M less $10.50), -$0.75 more, all the 5th's:
     the grant $9.00 + $1.50 + $0.75 = $11.25, the top-up $4.50 untouched; -$2.25 in all."""
     cid = "two-volume-payers-rerated"
-    grant, later = await _prepaid_november(bk, cid, "topup")
+    grant, later = await _prepaid(bk, cid)
     await _closed(bk, cid)
     assert await _remaining(bk, cid, grant, later) == (900 * CENT, 450 * CENT)
-    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
-    await bk.add_book(_version(cid, "v1b", "2026-11-01T00:00:00Z", [_volume("0.25")]))
-    done = await rerating.apply(bk.db, bk.service.engine, rerating.RerateSpec(cid, "v1b", NOV_1, NOV_15, cid), None)
+    done = await _rerated(bk, cid, "v1b", _volume("0.25"), DEC_2)
     assert done["delta"] == "-2.25"
     assert await _remaining(bk, cid, grant, later) == (1125 * CENT, 450 * CENT)
     await _verified(bk)
@@ -295,11 +296,9 @@ async def test_a_dearer_re_rate_after_the_close_takes_back_from_the_5th_s_grant(
     the true-up -$9.00 -> v1c's 3,000,000 at $2/M = $6.00 less $14.00 = -$8.00 (+$1.00 back from
     what the close gave: the grant); +$3.00 in all, the customer's lots $13.50 -> $10.50."""
     cid = "two-volume-payers-dearer"
-    grant, later = await _prepaid_november(bk, cid, "topup")
+    grant, later = await _prepaid(bk, cid)
     await _closed(bk, cid)
-    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
-    await bk.add_book(_version(cid, "v1c", "2026-11-01T00:00:00Z", [_volume("2")]))
-    done = await rerating.apply(bk.db, bk.service.engine, rerating.RerateSpec(cid, "v1c", NOV_1, NOV_15, cid), None)
+    done = await _rerated(bk, cid, "v1c", _volume("2"), DEC_2)
     assert done["delta"] == "3.00"
     left = await _remaining(bk, cid, grant, later)
     assert (sum(left), (await bk.service.wallet(cid)).receivable) == (1050 * CENT, 0), left
@@ -323,8 +322,7 @@ async def test_a_discount_on_a_rule_two_volume_versions_tier_takes_its_share_of_
 async def _prepaid_renamed(bk: BillingKit, cid: str) -> tuple[str, str]:
     """Prepaid, `_renamed`'s book and usage: a $12.00 grant (November 1st) pays the 5th's $12.00 and
     is spent; a $15.00 top-up (the 6th) pays the 20th's $10.00 ($5.00 left)."""
-    grant, topup = await _november(bk, cid, [(1, "grant", "12.00"), (5, 3_000_000), (6, "topup", "15.00"),
-                                             (20, 1_000_000)], "prepaid", v2=_volume_b())
+    grant, topup = await _prepaid(bk, cid, "topup", "15.00", _volume_b())
     assert await _remaining(bk, cid, grant, topup) == (0, 500 * CENT)
     return grant, topup
 
