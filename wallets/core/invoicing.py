@@ -237,6 +237,25 @@ def volume_rules(book: PriceBook | None, rollup: Rollup, period: str,
     return found
 
 
+def contract_units(book: PriceBook | None, rollup: Rollup, period: str) -> dict[str, int]:
+    """By volume rule, the units of the period's own usage a contract price rated under a version
+    tiering the rule by volume: their price is the customer's own (no true-up of them), but they
+    count toward the rule's tier, as the period's counters counted them when rating the usage
+    after them (wallets.core.rating.period_counts)."""
+    if book is None:
+        return {}
+    versions = {v.version: v for v in book.versions}
+    found: dict[str, int] = {}
+    for item, (quantity, _) in rollup.items():
+        if not item.startswith(LINE):
+            continue
+        origin, kind, _, _, rule_id, _, _, override_id, version = json.loads(item[len(LINE):])
+        if (origin == period and kind == "usage" and rule_id is not None and override_id is not None
+                and version in versions and not flat_in(versions, rule_id, version)):
+            found[rule_id] = found.get(rule_id, 0) + quantity
+    return found
+
+
 # A discount's share of a volume rule's usage in a period: (model, token type, discount id, its
 # fraction, the version that rated the usage) -> [units it discounted, atomic units it took off]
 Discounted = dict[tuple[str | None, str | None, str, Decimal, str], list[int]]
@@ -266,19 +285,20 @@ def volume_discounts(book: PriceBook | None, rollup: Rollup, period: str) -> dic
     return found
 
 
-def true_up_lines(rules: list[tuple[Rule, str, int, int]],
-                  discounts: Mapping[str, Discounted] | None = None) -> list[dict[str, Any]]:
+def true_up_lines(rules: list[tuple[Rule, str, int, int]], discounts: Mapping[str, Discounted] | None = None,
+                  contracts: Mapping[str, int] | None = None) -> list[dict[str, Any]]:
     """Each volume rule's true-up at the book's price, one line for each version that tiers it by
     volume (`rules`, volume_rules): the units of the rule under all of them reach the tier, and each
     version's units are priced at its own price of that tier, less what they were charged; and beside
     it what each discount that took its share off the rule's usage takes off the true-up too (the
     same share of the units it discounted, at the tier reached, less what it took): a line of its own
-    carrying its override id."""
+    carrying its override id. The units a contract price rated of a rule (`contracts`, by rule id:
+    contract_units) count toward its tier, and are not trued up themselves."""
     lines: list[dict[str, Any]] = []
     exact: list[Decimal] = []
-    reached: dict[str, int] = {}
+    reached: dict[str, int] = {rule.id: (contracts or {}).get(rule.id, 0) for rule, *_ in rules}
     for rule, _, q, _ in rules:
-        reached[rule.id] = reached.get(rule.id, 0) + q
+        reached[rule.id] += q
     alone = {rule.id for rule, *_ in rules if sum(r.id == rule.id for r, *_ in rules) == 1}
     for rule, version, q, a in rules:
         total = reached[rule.id]
@@ -548,7 +568,7 @@ def closing(state: State, w: Wallet, label: str, rollup: Rollup, book: PriceBook
     funded = moved_funding(listed, moves, told_moves(counted, label, moves))
     flat = frozenset((rule_id, row[5]) for rule_id, paid in funded.items()
                      for row in paid if len(row) > 5 and row[5] and flat_in(versions, rule_id, row[5]))
-    lines = true_up_lines(rules, volume_discounts(book, rollup, label))
+    lines = true_up_lines(rules, volume_discounts(book, rollup, label), contract_units(book, rollup, label))
     lines += allowance_lines(rollup, label, lines, allowances_at_end(w, label))
     cid, cur = w.customer.id, w.customer.currency
     legs, lot, paid, parts, payers = (_true_up(state, w, label, lines, now, funded, several, flat, moved) if lines

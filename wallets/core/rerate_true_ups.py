@@ -135,10 +135,12 @@ def true_up_fixes(data: RerateInput, found: Sequence[Correction], ratings: Mappi
     per_charge: dict[str, dict[int, list[int]]] = {}  # rule id -> charge id -> [units, amount]
     renamed = _renamed(data, ratings, earlier or {})
     at: dict[str, dict[int, tuple[str, str]]] = {}  # rule id -> charge id -> (version, its rule there)
+    contracts: dict[str, int] = {}  # rule id -> the units contract prices rated (they reach the tier)
     for charge in data.charges:
         if (charge.billed_in or period) != period:
             continue  # a late charge of another period, or one billed later: its close never trued it up
         rating = ratings.get(charge.id)
+        _count_contract_units(contracts, versions, renamed, charge, rating, (earlier or {}).get(charge.id))
         if rating is not None:
             pieces = [(ln.rule_id, ln.rule_id, ln.price_version, ln.quantity, ln.amount_units) for ln in rating.lines
                       if ln.kind == "usage" and ln.rule_id is not None and ln.override_id is None]
@@ -176,23 +178,41 @@ def true_up_fixes(data: RerateInput, found: Sequence[Correction], ratings: Mappi
             continue
         rule, version, *_ = counted[-1]  # the latest: the correction's line names it
         quantity = sum(q for *_, q, _ in counted)
-        lines = [ln for ln in true_up_lines(counted) if ln["override_id"] is None]
+        reached = quantity + contracts.get(rule_id, 0)
+        lines = [ln for ln in true_up_lines(counted, contracts=contracts) if ln["override_id"] is None]
         new, old = sum(ln["amount_units"] for ln in lines), data.true_ups.get(rule_id, 0)
         shown = next((ln for ln in lines if ln["price_version"] == version), None)
         price = shown["unit_price"] if shown else None
         prices: tuple[tuple[int, str], ...] = ()
         if len(counted) > 1:  # each charge's overcharge is at its own version's price of the tier reached
-            price = str(volume_tier_price(rule, quantity))
-            prices = tuple((c, str(volume_tier_price(tiers[where], quantity)))
+            price = str(volume_tier_price(rule, reached))
+            prices = tuple((c, str(volume_tier_price(tiers[where], reached)))
                            for c, where in sorted(at[rule_id].items()) if where in tiers)
         if new != old:
             fixes.append(TrueUpFix(period, rule_id, rule.model or "", rule.token_type, version, quantity,
-                                   price, shown["tier"] if shown else _tier(rule, quantity),
+                                   price, shown["tier"] if shown else _tier(rule, reached),
                                    old, new, tuple(rated[rule_id].values()),
                                    tuple((c, u, a) for c, (u, a) in sorted(per_charge[rule_id].items())),
                                    data.true_up_given.get(rule_id), prices))
     fixes += _orphaned(data, basis)
     return fixes + allowance_fixes(data, found, fixes)
+
+
+def _count_contract_units(contracts: dict[str, int], versions: Mapping[str, Any], renamed: Mapping[str, str],
+                          charge: ChargeOnRecord, rating: Rating | None, earlier: Rating | None) -> None:
+    """Adds to `contracts` (rule id -> units) what a contract price rated of the charge under a version
+    tiering the rule by volume (`rating`: as re-rated now; else as it stands, its last re-rate's lines,
+    by the rule it counts for now): the period's counters counted them, so they reach the rule's tier
+    (invoicing.contract_units, the close's), and their price is the customer's own, trued up never."""
+    lines = _lines(charge, earlier) if rating is None else [
+        {"kind": ln.kind, "rule_id": ln.rule_id, "override_id": ln.override_id, "price_version": ln.price_version,
+         "quantity": ln.quantity} for ln in rating.lines]
+    for line in lines:
+        rule_id, version = line.get("rule_id"), line.get("price_version") or ""
+        if (line["kind"] == "usage" and rule_id and line.get("override_id") is not None and version in versions
+                and not flat_in(versions, rule_id, version)):
+            counts_for = rule_id if rating is not None else renamed.get(rule_id, rule_id)
+            contracts[counts_for] = contracts.get(counts_for, 0) + int(line["quantity"])
 
 
 def _tier(rule: Rule, quantity: int) -> int:
