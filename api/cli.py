@@ -231,7 +231,7 @@ def _keys(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         if args.keys == "create":
-            keys.validate(args.scope, args.customer or [])  # before any connection: a usage error
+            keys.validate(args.scope, args.customer or [], args.name)  # before any connection: a usage error
             key, secret = _with_db(settings, lambda db: db.run(
                 lambda conn: keys.create(conn, args.scope, args.customer or [], args.name)))
             print(json.dumps({"id": key.id, "key": secret, "scope": key.scope,

@@ -45,10 +45,20 @@ def secret_hash(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
-def validate(scope: str, customers: list[str]) -> None:
+NAME_MOST = 200  # characters of a key's name (its label)
+
+
+def validate(scope: str, customers: list[str], name: str = "") -> None:
     """A scope and customer list a key can be used with: a customer id that no customer can
-    have (customers.id's CHECK) would limit the key to nothing, silently."""
+    have (customers.id's CHECK) would limit the key to nothing, silently. A name as the API
+    takes it (the CLI's `--name` stored any length, and one with a byte not in UTF-8, a lone
+    surrogate from argv, ended in the driver's traceback)."""
     fields = [] if SCOPE.match(scope) else [{"field": "scope", "message": "admin, inference, auditor or customer:<id>"}]
+    if len(name) > NAME_MOST:
+        fields.append({"field": "name", "message": f"at most {NAME_MOST} characters, not {len(name)}"})
+    elif (bad := next((i for i, c in enumerate(name) if c == "\x00" or "\ud800" <= c <= "\udfff"), None)) is not None:
+        fields.append({"field": "name", "message": "not text PostgreSQL can hold (a byte not in UTF-8, or U+0000) "
+                       f"at position {bad + 1}"})
     fields += [{"field": f"customers[{i}]", "message": f"{c!r} is not a customer id (1-100 of A-Z a-z 0-9 . _ -, "
                 "starting with a letter or digit)"} for i, c in enumerate(customers)
                if not (isinstance(c, str) and CUSTOMER_ID.match(c))]
@@ -62,7 +72,7 @@ def validate(scope: str, customers: list[str]) -> None:
 
 async def create(conn: AsyncConnection, scope: str, customers: list[str], name: str) -> tuple[ApiKey, str]:
     """A new key and its secret; the secret is not stored and cannot be shown again."""
-    validate(scope, customers)
+    validate(scope, customers, name)
     key_id = f"key_{secrets.token_hex(8)}"
     secret = PREFIX + secrets.token_urlsafe(32)
     row = (await conn.execute(text(

@@ -163,3 +163,20 @@ def test_keys_list_writes_a_key_s_name_on_its_own_line_with_its_control_characte
     assert lines[0].endswith("active  ops\\nkey_0000000000000000  admin  active")
     assert lines[1].startswith("key_2222222222222222  auditor ")
     assert lines[1].endswith("revoked 2026-12-06T00:00:00+00:00  \\x1b[8mclé")
+
+
+@pytest.mark.parametrize("name, said", [
+    ("a" * 201, "name: at most 200 characters, not 201"),
+    # argv bytes not in UTF-8 (a latin-1 terminal's é, 0xff) reach Python as a lone surrogate
+    ("caf\udce9", "name: not text PostgreSQL can hold (a byte not in UTF-8, or U+0000) at position 4"),
+])
+def test_a_key_name_the_api_would_refuse_is_a_usage_error(name, said, monkeypatch, capsys):
+    """POST /v1/api-keys takes a name of at most 200 characters; `keys create --name` stored 5,000
+    (listed by GET /v1/api-keys as no create could have made it), and a name with a byte not in
+    UTF-8 ended in psycopg's UnicodeEncodeError traceback (exit 1) after connecting. Now each is
+    refused as the customers are, before any connection (the database here cannot be reached)."""
+    monkeypatch.setenv("TOKENTILL_DATABASE_URL", "postgresql://postgres@127.0.0.1:1/nowhere")
+    assert main(["keys", "create", "--scope", "admin", "--name", name]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: invalid API key request; {said}"), err
+    assert main(["keys", "create", "--scope", "admin", "--name", "a" * 200]) == DATABASE_UNREACHABLE  # taken
