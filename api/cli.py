@@ -246,6 +246,7 @@ def _keys(args: argparse.Namespace, settings: Settings) -> int:
                 state = f"revoked {key.revoked_at.isoformat()}" if key.revoked_at else "active"
                 print(f"{key.id}  {key.scope:<20} {','.join(key.customers) or '-':<20} {state}  {printable(key.name)}")
         else:
+            keys.check_id(args.id)  # before any connection
             key = _with_db(settings, lambda db: db.run(lambda conn: keys.revoke(conn, args.id)))
             print(f"revoked {key.id}")
     except LedgerError as exc:

@@ -48,6 +48,12 @@ def secret_hash(secret: str) -> bytes:
 NAME_MOST = 200  # characters of a key's name (its label)
 
 
+def _unstorable(text: str) -> int | None:
+    """The index of the first character of `text` PostgreSQL text cannot hold (U+0000, a lone
+    surrogate), or None."""
+    return next((i for i, c in enumerate(text) if c == "\x00" or "\ud800" <= c <= "\udfff"), None)
+
+
 def validate(scope: str, customers: list[str], name: str = "") -> None:
     """A scope and customer list a key can be used with: a customer id that no customer can
     have (customers.id's CHECK) would limit the key to nothing, silently. A name as the API
@@ -56,7 +62,7 @@ def validate(scope: str, customers: list[str], name: str = "") -> None:
     fields = [] if SCOPE.match(scope) else [{"field": "scope", "message": "admin, inference, auditor or customer:<id>"}]
     if len(name) > NAME_MOST:
         fields.append({"field": "name", "message": f"at most {NAME_MOST} characters, not {len(name)}"})
-    elif (bad := next((i for i, c in enumerate(name) if c == "\x00" or "\ud800" <= c <= "\udfff"), None)) is not None:
+    elif (bad := _unstorable(name)) is not None:
         fields.append({"field": "name", "message": "not text PostgreSQL can hold (a byte not in UTF-8, or U+0000) "
                        f"at position {bad + 1}"})
     fields += [{"field": f"customers[{i}]", "message": f"{c!r} is not a customer id (1-100 of A-Z a-z 0-9 . _ -, "
@@ -96,6 +102,13 @@ async def list_keys(conn: AsyncConnection) -> list[ApiKey]:
     rows = await conn.execute(text(
         "SELECT id, scope, customers, name, created_at, revoked_at FROM api_keys ORDER BY created_at, id"))
     return [ApiKey(r.id, r.scope, tuple(r.customers), r.name, r.created_at, r.revoked_at) for r in rows]
+
+
+def check_id(key_id: str) -> None:
+    """Refuse, as unknown, an id no stored key can have: one PostgreSQL text cannot hold (argv's
+    lone surrogate for a byte not in UTF-8 ended in the driver's traceback)."""
+    if _unstorable(key_id) is not None:
+        raise KeyNotFoundError(f"no API key {key_id!r}")
 
 
 async def revoke(conn: AsyncConnection, key_id: str) -> ApiKey:

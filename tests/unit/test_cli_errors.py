@@ -180,3 +180,14 @@ def test_a_key_name_the_api_would_refuse_is_a_usage_error(name, said, monkeypatc
     err = capsys.readouterr().err
     assert err.startswith(f"error: invalid API key request; {said}"), err
     assert main(["keys", "create", "--scope", "admin", "--name", "a" * 200]) == DATABASE_UNREACHABLE  # taken
+
+
+@pytest.mark.parametrize("key_id", ["key_\udcff", "key_\x00"])
+def test_revoking_a_key_id_no_key_can_have_says_no_such_key_without_connecting(key_id, monkeypatch, capsys):
+    """`keys revoke $'\\xff'` (a byte not in UTF-8: a lone surrogate in argv) ended in psycopg's
+    UnicodeEncodeError traceback; an id PostgreSQL text cannot hold (that, or U+0000) is no stored
+    key's: `error: no API key …`, exit 2, as an unknown id is, the database never reached."""
+    monkeypatch.setenv("TOKENTILL_DATABASE_URL", "postgresql://postgres@127.0.0.1:1/nowhere")
+    assert main(["keys", "revoke", key_id]) == 2
+    assert capsys.readouterr().err.startswith("error: no API key "), key_id
+    assert main(["keys", "revoke", "key_0123456789abcdef"]) == DATABASE_UNREACHABLE  # a possible id: looked up
