@@ -26,6 +26,8 @@ log = logging.getLogger("tokentill.client")
 # An async block's exit encodes a text this long or longer in a thread, not on the event loop
 # (a thread's hand-off costs about what encoding 16,000 characters does).
 COUNT_ON_THE_LOOP_CHARS = 16_000
+# What the server takes (api/routes/wire.py, api/routes/reservations.py): an Idempotency-Key, and a capture_id
+MAX_KEY_CHARS, MAX_CAPTURE_ID_CHARS = 255, 200
 
 
 
@@ -410,6 +412,13 @@ def settle_call(reservation_id: str, final: bool, key: str | None,
     unknown = set(usage) - {"usage", "openai_usage", "anthropic_usage", "gemini_usage"}
     if len(usage) != 1 or unknown:
         raise ValueError("give exactly one of usage=, openai_usage=, anthropic_usage= or gemini_usage=")
+    if key is not None:  # refused here: a queued settle the server refuses is set aside, never billed
+        if not 1 <= len(key.strip()) <= MAX_KEY_CHARS:
+            raise ValueError(f"key=...: the server takes an Idempotency-Key of 1 to {MAX_KEY_CHARS} characters, "
+                             f"not {len(key.strip())}")
+        if not final and len(key) > MAX_CAPTURE_ID_CHARS:
+            raise ValueError(f"key=...: a capture's key is its capture_id, which the server takes up to "
+                             f"{MAX_CAPTURE_ID_CHARS} characters, not {len(key)}")
     key = key or (f"{reservation_id}:settle:0" if final else f"{reservation_id}:capture:{uuid.uuid4().hex}")
     body = {**{name: plain_usage(value) for name, value in usage.items()}, "final": final,
             **({} if final else {"capture_id": key})}

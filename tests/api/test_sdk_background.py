@@ -20,6 +20,7 @@ from tests.api.test_sdk_durability import (
     ADMIN,
     ServeProcess,
     assert_charged_once,
+    available,
     live_book,
     new_customer,
     reservation,
@@ -304,3 +305,32 @@ async def test_items_answered_503_or_429_in_a_200_wait_as_a_whole_call_would_bef
     assert 7 <= log[3][1] <= 7.1, log
     assert_each_charged_once(url, customer, blocks)
     assert not tt.spool.path.exists()
+
+
+async def test_a_settle_under_a_key_the_server_refuses_is_refused_at_the_call_not_queued_and_never_billed(
+        live, spool_dir):
+    """`tt.settle(..., background=True)` under a caller's key the server refuses (a capture's key
+    of 230 characters, past its capture_id's 200; a final's of 256, past an Idempotency-Key's 255)
+    answered None, queued, and the queue's item came back 422, set aside in `.rejected`: the call
+    was never billed, its caller told it was. Now each is a ValueError at the call, nothing
+    spooled, the holds left whole. Then, under the SDK's own keys: each 1,000 output tokens x
+    $20/M = $0.02, + $0.01 a call = $0.03 charged; of two holds of $0.10 the capture's keeps its
+    0.07 held and the final settle gives its 0.07 back: 10.00 - 0.10 - 0.03 = 9.87 available."""
+    url, book = live
+    customer = new_customer(url, book)
+    used = {"output_tokens": 1000}
+    async with AsyncClient(url, ADMIN, background_settle=True) as tt:
+        rids = [(await tt.post("/v1/reservations", {"customer_id": customer, "request_id": f"long-key-{n}",
+                                                    "model": "model-a", "amount": "0.10"}))["id"] for n in range(2)]
+        with pytest.raises(ValueError, match="capture_id"):
+            await tt.settle(rids[0], final=False, key="k" * 230, background=True, usage=used)
+        with pytest.raises(ValueError, match="Idempotency-Key"):
+            await tt.settle(rids[1], key="f" * 256, background=True, usage=used)
+        assert not tt.spool.path.exists()
+        assert [reservation(url, rid)["charged"] for rid in rids] == ["0.00", "0.00"]
+        assert await tt.settle(rids[0], final=False, background=True, usage=used) is None
+        assert await tt.settle(rids[1], background=True, usage=used) is None
+    assert [(reservation(url, rid)["status"], reservation(url, rid)["charged"]) for rid in rids] == [
+        ("capturing", "0.03"), ("settled", "0.03")]
+    assert available(url, customer) == Decimal("9.87")
+    assert not list(spool_dir.glob("*.rejected"))
