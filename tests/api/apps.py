@@ -47,18 +47,28 @@ def currency_books(prices: dict[str, str], *token_types: str) -> list[dict]:
             for currency, price in prices.items()]
 
 
-async def book_customer(client: AsyncTestClient, cid: str, *token_types: str, **customer: Any) -> str:
+async def book_customer(client: AsyncTestClient, cid: str, *token_types: str, admin: str | None = None,
+                        **customer: Any) -> str:
     """Customer `cid` (postpaid unless `customer` says otherwise) on a USD book of the same id in
     force since 2026-01-01: model-a at $10.00 per 1M input and $20.00 per 1M output tokens, of
-    `token_types` (both when none is given)."""
+    `token_types` (both when none is given). `admin`: the key to send, for a client that sends none."""
     prices = {"input": ("in", "10.00"), "output": ("out", "20.00")}
     book = {"id": cid, "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
             "rules": [{"id": prices[t][0], "model": "model-a", "token_type": t, "price": prices[t][1]}
                       for t in token_types or ("input", "output")]}
-    assert (await client.post("/v1/price-books", json=book)).status_code == 201
-    made = await client.post("/v1/customers", json={"id": cid, "price_book": cid, "billing": "postpaid", **customer})
+    headers = {} if admin is None else bearer(admin)
+    assert (await client.post("/v1/price-books", json=book, headers=headers)).status_code == 201
+    made = await client.post("/v1/customers", json={"id": cid, "price_book": cid, "billing": "postpaid", **customer},
+                             headers=headers)
     assert made.status_code == 201, made.text
     return cid
+
+
+async def send_usage(client: AsyncTestClient, cid: str, events: Iterable[dict]) -> None:
+    """`events` sent as usage of customer `cid` (of model-a unless an event names its model), each accepted."""
+    items = [{"customer_id": cid, "model": "model-a", **e} for e in events]
+    sent = await client.post("/v1/usage-events", json=items)
+    assert sent.status_code == 200 and sent.json()["accepted"] == len(items), sent.text
 
 
 async def sign_in(client: AsyncTestClient, key: str) -> str:

@@ -8,15 +8,9 @@ from __future__ import annotations
 import pytest
 from litestar.testing import AsyncTestClient
 
-from tests.api.apps import api_client, book_customer
+from tests.api.apps import book_customer
 
 PROBLEM = "application/problem+json"
-
-
-@pytest.fixture
-async def client(db, database_url):
-    async with api_client(database_url, admin="accept-admin", send_admin=True) as c:
-        yield c
 
 
 def _not_acceptable(answer) -> None:

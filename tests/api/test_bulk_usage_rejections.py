@@ -9,13 +9,7 @@ from __future__ import annotations
 import pytest
 from litestar.testing import AsyncTestClient
 
-from tests.api.apps import api_client, book_customer
-
-
-@pytest.fixture
-async def client(db, database_url):
-    async with api_client(database_url, admin="bulk-rejections-admin", send_admin=True) as c:
-        yield c
+from tests.api.apps import book_customer
 
 
 @pytest.fixture

@@ -15,27 +15,15 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from api.client_reservations import Reservation
-from tests.api.apps import api_client
+from tests.api.apps import book_customer
 
-ADMIN = {"Authorization": "Bearer empty-admin"}
 NO_COUNT = [{}, {"input_tokens": None, "output_tokens": None}, {"service_tier": "flex"}]
 ZEROS = {"input_tokens": 0, "output_tokens": 0}
 
 
 @pytest.fixture
-async def client(db, database_url):
-    async with api_client(database_url, admin="empty-admin", send_admin=True) as c:
-        yield c
-
-
-@pytest.fixture
 async def customer(client: AsyncTestClient, tag: str) -> str:
-    book = {"id": f"empty-{tag}", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
-            "rules": [{"id": "in", "model": "model-a", "token_type": "input", "price": "10.00"},
-                      {"id": "out", "model": "model-a", "token_type": "output", "price": "20.00"}]}
-    assert (await client.post("/v1/price-books", json=book)).status_code == 201
-    cid = f"empty-{tag}"
-    assert (await client.post("/v1/customers", json={"id": cid, "price_book": book["id"]})).status_code == 201
+    cid = await book_customer(client, f"empty-{tag}", billing="prepaid")
     assert (await client.post(f"/v1/customers/{cid}/topups", json={"amount": "10.00"})).status_code == 201
     return cid
 

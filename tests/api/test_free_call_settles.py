@@ -12,14 +12,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from litestar.testing import AsyncTestClient
 
-from tests.api.apps import api_client
-
-
-@pytest.fixture
-async def client(db, database_url):
-    async with api_client(database_url, admin="free-admin", send_admin=True) as c:
-        yield c
-
 
 async def _customer(client: AsyncTestClient, tag: str, rules: list[dict]) -> str:
     book = {"id": f"free-{tag}", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "format": 2,

@@ -18,7 +18,7 @@ from sqlalchemy import text
 
 from api.routes.wire import repeated_key
 from ledger.db import Database
-from tests.api.apps import api_app, api_client
+from tests.api.apps import ADMIN_KEY, api_app, api_client, book_customer
 from wallets.periods import Cycle, period_of
 
 # Webhook endpoints made here are deleted after each test (tests/conftest.py): left enabled on the
@@ -37,13 +37,7 @@ async def client(db, database_url):
 
 @pytest.fixture
 async def customer(client, tag) -> str:
-    book = {"id": f"contract-{tag}", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
-            "rules": [{"id": "in", "model": "model-a", "token_type": "input", "price": "10.00"}]}
-    assert (await client.post("/v1/price-books", json=book, headers=ADMIN)).status_code == 201
-    cid = f"contract-{tag}"
-    created = await client.post("/v1/customers", json={"id": cid, "price_book": f"contract-{tag}"}, headers=ADMIN)
-    assert created.status_code == 201, created.text
-    return cid
+    return await book_customer(client, f"contract-{tag}", "input", billing="prepaid", admin=ADMIN_KEY)
 
 
 def _refused(response, status: int, code: str) -> dict:

@@ -6,31 +6,18 @@ from __future__ import annotations
 
 import pytest
 
-from tests.api.apps import api_client
+from tests.api.apps import book_customer
 
 pytestmark = pytest.mark.usefixtures("no_endpoint_left")
 
-ADMIN = {"Authorization": "Bearer test-admin"}
 # (path, the parameter naming a customer there)
 ROUTES = [("/v1/budgets", "customer_id"), ("/v1/journal", "customer"), ("/v1/receivables/ageing", "customer"),
           ("/v1/audit/charges/r-1", "customer_id")]
 
 
 @pytest.fixture
-async def client(db, database_url):
-    async with api_client(database_url) as c:
-        yield c
-
-
-@pytest.fixture
 async def customer(client, tag) -> str:
-    book = {"id": f"qid-{tag}", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
-            "rules": [{"id": "in", "model": "model-a", "token_type": "input", "price": "10.00"}]}
-    assert (await client.post("/v1/price-books", json=book, headers=ADMIN)).status_code == 201
-    cid = f"qid-{tag}"
-    created = await client.post("/v1/customers", json={"id": cid, "price_book": book["id"]}, headers=ADMIN)
-    assert created.status_code == 201, created.text
-    return cid
+    return await book_customer(client, f"qid-{tag}", "input", billing="prepaid")
 
 
 def _refused_naming(response, name: str, bad: str) -> None:
@@ -48,8 +35,8 @@ async def test_a_customer_query_parameter_that_cannot_be_an_id_is_a_422_naming_i
     `validation_error` with `fields` naming it; the customer's own id is still taken (the charge
     trace then answers 404: r-1 was never reserved)."""
     for bad in ("", "bad$$id", "a" * 101):
-        _refused_naming(await client.get(path, params={name: bad}, headers=ADMIN), name, bad)
-    taken = await client.get(path, params={name: customer}, headers=ADMIN)
+        _refused_naming(await client.get(path, params={name: bad}), name, bad)
+    taken = await client.get(path, params={name: customer})
     assert taken.status_code == (404 if "charges" in path else 200), taken.text
 
 
@@ -62,7 +49,7 @@ async def test_a_customers_id_and_a_trailing_newline_is_not_its_id(client, custo
     <id>\\n" (the charge trace, once bounded, likewise). Now the whole value must be in the
     pattern: 422 `validation_error` naming the parameter."""
     bad = f"{customer}\n"
-    _refused_naming(await client.get(path, params={name: bad}, headers=ADMIN), name, bad)
+    _refused_naming(await client.get(path, params={name: bad}), name, bad)
 
 
 @pytest.mark.parametrize("path", ["/v1/audit/trial-balance", "/v1/receivables/ageing"])
@@ -74,6 +61,6 @@ async def test_a_currency_query_parameter_that_cannot_be_a_currency_is_a_422_nam
     trailing newline 422 `validation_error` naming `currency`; USD (this database's currency) is
     still taken."""
     for bad in ("", "US$", "USD\n"):
-        _refused_naming(await client.get(path, params={"currency": bad}, headers=ADMIN), "currency", bad)
-    taken = await client.get(path, params={"currency": "USD"}, headers=ADMIN)
+        _refused_naming(await client.get(path, params={"currency": bad}), "currency", bad)
+    taken = await client.get(path, params={"currency": "USD"})
     assert taken.status_code == 200, taken.text

@@ -7,16 +7,9 @@ its own, and nothing of it is written.
 Book: model-a input $10.00 per 1M tokens (figures by hand: 20,000 tokens $0.20, 10,000 $0.10)."""
 from __future__ import annotations
 
-import pytest
 from litestar.testing import AsyncTestClient
 
-from tests.api.apps import api_client, book_customer
-
-
-@pytest.fixture
-async def client(db, database_url):
-    async with api_client(database_url, admin="usage-beyond-credit-admin", send_admin=True) as c:
-        yield c
+from tests.api.apps import book_customer
 
 
 def _event(cid: str, event_id: str, tokens: int) -> dict:

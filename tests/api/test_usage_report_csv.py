@@ -13,24 +13,17 @@ from decimal import Decimal
 import pytest
 from litestar.testing import AsyncTestClient
 
-from tests.api.apps import api_client, book_customer
-
-
-@pytest.fixture
-async def client(db, database_url):
-    async with api_client(database_url, admin="usage-csv-admin", send_admin=True) as c:
-        yield c
+from tests.api.apps import book_customer, send_usage
 
 
 @pytest.fixture
 async def customer(client: AsyncTestClient, tag: str) -> str:
     cid = await book_customer(client, f"ucsv-{tag}")
-    sent = await client.post("/v1/usage-events", json=[
-        {"event_id": "e1", "customer_id": cid, "model": "model-a", "timestamp": "2026-11-10T10:00:00Z",
-         "usage": {"input_tokens": 1000, "output_tokens": 500}, "dimensions": {"feature": "=HYPERLINK(1)"}},
-        {"event_id": "e2", "customer_id": cid, "model": "model-a", "timestamp": "2026-11-11T10:00:00Z",
-         "usage": {"input_tokens": 3000}, "dimensions": {"feature": "chat"}}])
-    assert sent.json()["accepted"] == 2, sent.text
+    await send_usage(client, cid, [
+        {"event_id": "e1", "timestamp": "2026-11-10T10:00:00Z", "usage": {"input_tokens": 1000, "output_tokens": 500},
+         "dimensions": {"feature": "=HYPERLINK(1)"}},
+        {"event_id": "e2", "timestamp": "2026-11-11T10:00:00Z", "usage": {"input_tokens": 3000},
+         "dimensions": {"feature": "chat"}}])
     return cid
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from litestar.testing import AsyncTestClient
 
-from tests.api.apps import api_client, book_customer
+from tests.api.apps import book_customer, send_usage
 
 RANGE = {"from": "2026-11-01T00:00:00Z", "to": "2026-12-01T00:00:00Z", "group_by": "plan"}
 # value sent -> input tokens, at $10.00 per 1M
@@ -19,21 +19,12 @@ EXPECTED = [(1, 1_000_000, "10.00"), ("1", 2_000_000, "20.00"), (True, 3_000_000
 
 
 @pytest.fixture
-async def client(db, database_url):
-    async with api_client(database_url, admin="usage-types-admin", send_admin=True) as c:
-        yield c
-
-
-@pytest.fixture
 async def customer(client: AsyncTestClient, tag: str) -> str:
     cid = await book_customer(client, f"utypes-{tag}", "input")
-    events = [{"event_id": f"e{i}", "customer_id": cid, "model": "model-a", "timestamp": f"2026-11-1{i}T10:00:00Z",
-               "usage": {"input_tokens": tokens}, "dimensions": {"plan": value}}
-              for i, (value, tokens) in enumerate(SENT)]
-    events.append({"event_id": "e9", "customer_id": cid, "model": "model-a", "timestamp": "2026-11-19T10:00:00Z",
-                   "usage": {"input_tokens": 5_000_000}})
-    sent = await client.post("/v1/usage-events", json=events)
-    assert sent.json()["accepted"] == 5, sent.text
+    events = [{"event_id": f"e{i}", "timestamp": f"2026-11-1{i}T10:00:00Z", "usage": {"input_tokens": tokens},
+               "dimensions": {"plan": value}} for i, (value, tokens) in enumerate(SENT)]
+    events.append({"event_id": "e9", "timestamp": "2026-11-19T10:00:00Z", "usage": {"input_tokens": 5_000_000}})
+    await send_usage(client, cid, events)  # 5 accepted
     return cid
 
 

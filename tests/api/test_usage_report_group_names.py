@@ -10,23 +10,15 @@ from __future__ import annotations
 import pytest
 from litestar.testing import AsyncTestClient
 
-from tests.api.apps import api_client, book_customer
-
-
-@pytest.fixture
-async def client(db, database_url):
-    async with api_client(database_url, admin="usage-names-admin", send_admin=True) as c:
-        yield c
+from tests.api.apps import book_customer, send_usage
 
 
 @pytest.fixture
 async def customer(client: AsyncTestClient, tag: str) -> str:
     cid = await book_customer(client, f"unames-{tag}", "input")
     clash = {"quantity": "many", "amount": "big", "charges": "some", "currency": "EUR", "feature": "chat"}
-    sent = await client.post("/v1/usage-events", json=[
-        {"event_id": "e1", "customer_id": cid, "model": "model-a", "timestamp": "2026-11-10T10:00:00Z",
-         "usage": {"input_tokens": 1000}, "dimensions": clash}])
-    assert sent.json()["accepted"] == 1, sent.text
+    await send_usage(client, cid, [{"event_id": "e1", "timestamp": "2026-11-10T10:00:00Z",
+                                    "usage": {"input_tokens": 1000}, "dimensions": clash}])
     return cid
 
 

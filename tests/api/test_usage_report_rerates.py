@@ -10,9 +10,8 @@ from __future__ import annotations
 import pytest
 from litestar.testing import AsyncTestClient
 
-from tests.api.apps import api_client
+from tests.api.apps import send_usage
 
-ADMIN = {"Authorization": "Bearer usage-rr-admin"}
 NOVEMBER = {"from": "2026-11-01T00:00:00Z", "to": "2026-12-01T00:00:00Z"}
 
 
@@ -23,22 +22,15 @@ def _book(tag: str, version: str, effective_from: str, price: str) -> dict:
 
 
 @pytest.fixture
-async def client(db, database_url):
-    async with api_client(database_url, admin="usage-rr-admin", send_admin=True) as c:
-        yield c
-
-
-@pytest.fixture
 async def rerated(client: AsyncTestClient, tag: str) -> str:
     assert (await client.post("/v1/price-books", json=_book(tag, "v1", "2026-01-01T00:00:00Z", "10.00"))
             ).status_code == 201
     cid = f"urr-{tag}"
     made = await client.post("/v1/customers", json={"id": cid, "price_book": f"urr-{tag}", "billing": "postpaid"})
     assert made.status_code == 201, made.text
-    sent = await client.post("/v1/usage-events", json=[
-        {"event_id": f"e{i}", "customer_id": cid, "model": "model-a", "timestamp": f"2026-11-10T1{i}:00:00Z",
-         "usage": {"input_tokens": 100_000}, "dimensions": {"feature": "search"}} for i in range(2)])
-    assert sent.json()["accepted"] == 2, sent.text
+    await send_usage(client, cid, [{"event_id": f"e{i}", "timestamp": f"2026-11-10T1{i}:00:00Z",
+                                    "usage": {"input_tokens": 100_000}, "dimensions": {"feature": "search"}}
+                                   for i in range(2)])
     assert (await client.post("/v1/price-books", json=_book(tag, "v2", "2026-11-01T00:00:00Z", "6.00"))
             ).status_code == 201
     applied = await client.post("/v1/rerate", json={"price_book": f"urr-{tag}", "version": "v2", **NOVEMBER,

@@ -10,24 +10,16 @@ from __future__ import annotations
 import pytest
 from litestar.testing import AsyncTestClient
 
-from tests.api.apps import api_client, book_customer
+from tests.api.apps import book_customer, send_usage
 
 AT = "2026-11-10T10:00:00.123456Z"
 AFTER = "2026-11-10T10:00:00.123456100Z"
 
 
-@pytest.fixture
-async def client(db, database_url):
-    async with api_client(database_url, admin="usage-ns-admin", send_admin=True) as c:
-        yield c
-
-
 async def test_a_bound_a_fraction_of_a_microsecond_after_an_event_counts_the_event_before_it(
         client: AsyncTestClient, tag: str):
     cid = await book_customer(client, f"uns-{tag}", "input")
-    sent = await client.post("/v1/usage-events", json=[
-        {"event_id": "e1", "customer_id": cid, "model": "model-a", "timestamp": AT, "usage": {"input_tokens": 1000}}])
-    assert sent.json()["accepted"] == 1, sent.text
+    await send_usage(client, cid, [{"event_id": "e1", "timestamp": AT, "usage": {"input_tokens": 1000}}])
     until = await client.get(f"/v1/customers/{cid}/usage", params={"to": AFTER})
     assert until.status_code == 200, until.text
     assert [(r["quantity"], r["amount"]) for r in until.json()["rows"]] == [(1000, "0.01")]

@@ -2,16 +2,7 @@
 a priced model's call is 402 `insufficient_funds`, a free model's (price 0) is held at 0."""
 from __future__ import annotations
 
-import pytest
 from litestar.testing import AsyncTestClient
-
-from tests.api.apps import api_client
-
-
-@pytest.fixture
-async def client(db, database_url):
-    async with api_client(database_url, admin="zero-admin", send_admin=True) as c:
-        yield c
 
 
 async def test_a_hold_of_0_on_an_empty_prepaid_wallet_starts_only_a_free_call(client: AsyncTestClient, tag: str):
