@@ -10,6 +10,7 @@ from alembic import command
 from sqlalchemy import text
 
 from migrations import runner
+from tests.integration.migration_steps import a_customer, downgrade_refused
 
 _ROW = ("INSERT INTO true_up_payers (lane, customer_id, period, rerate_id, charge_id, payer, units) "
         "VALUES (ledger_lane(%s), %s, '2026-11', %s, 7, %s, %s)")
@@ -41,14 +42,11 @@ def test_a_payer_row_is_once_per_true_up_charge_and_payer_immutable_and_names_it
 
 def test_the_downgrade_refuses_rows_and_drops_the_empty_table(migrating):
     conn, config = migrating
-    conn.execute(text("INSERT INTO assets (code, scale) VALUES ('USD', 9) ON CONFLICT DO NOTHING"))
-    conn.execute(text("INSERT INTO customers (id, currency) VALUES ('d80', 'USD')"))
+    a_customer(conn, "d80")
     conn.execute(text("INSERT INTO true_up_payers (lane, customer_id, period, charge_id, payer, units) "
                       "VALUES (ledger_lane('d80'), 'd80', '2026-11', 7, 'lot:a', 5)"))
     conn.commit()
-    with pytest.raises(Exception, match="would lose it"):
-        command.downgrade(config, "0081")
-    conn.rollback()
+    downgrade_refused(conn, config, "0081", "would lose it")
     assert runner.current_revision(conn) == "0082"
     conn.execute(text("SET session_replication_role = replica"))
     conn.execute(text("TRUNCATE true_up_payers"))
