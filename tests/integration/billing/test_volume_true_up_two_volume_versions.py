@@ -79,12 +79,13 @@ async def _closed(bk: BillingKit, cid: str) -> tuple[tuple[str, str], dict]:
     return upcoming, november
 
 
-async def _rerated(bk: BillingKit, cid: str, version: str, rule: dict, day: datetime, previewed: bool = False) -> dict:
-    """On `day`, `version` (from November 1st, `rule` alone) and November 1st-15th re-rated to it: the
-    apply's answer (`previewed`: the preview before it said the same delta)."""
+async def _rerated(bk: BillingKit, cid: str, version: str, rule: dict, day: datetime, previewed: bool = False,
+                   start: datetime = NOV_1) -> dict:
+    """On `day`, `version` (from `start`, by default November 1st, `rule` alone) and `start` to November
+    15th re-rated to it: the apply's answer (`previewed`: the preview before it said the same delta)."""
     bk.clock.now = day
-    await bk.add_book(_version(cid, version, "2026-11-01T00:00:00Z", [rule]))
-    spec = rerating.RerateSpec(cid, version, NOV_1, NOV_15, cid)
+    await bk.add_book(_version(cid, version, start.strftime("%Y-%m-%dT%H:%M:%SZ"), [rule]))
+    spec = rerating.RerateSpec(cid, version, start, NOV_15, cid)
     seen = await rerating.preview(bk.db, bk.service.engine.books, spec) if previewed else None
     done = await rerating.apply(bk.db, bk.service.engine, spec, None)
     assert seen is None or seen["delta"] == done["delta"], (seen, done)
