@@ -149,14 +149,14 @@ def verify_file(args: argparse.Namespace) -> int:
 def reconcile(args: argparse.Namespace, settings: Settings) -> int:
     from api.cli import _with_db
     from pricing.money import DEFAULT_SCALE, format_money
-    from wallets.reconcile import PaymentFileError, asset_scales, ledger_topups, read_payments
+    from wallets.reconcile import PaymentFileError, asset_scales, ledger_topups, read_payments, windowed
     from wallets.reconcile import reconcile as match
 
     start, end = parse_window(args.start, args.end)
 
     async def read(db):
         async def work(conn):
-            return await ledger_topups(conn, start, end), await asset_scales(conn)
+            return await ledger_topups(conn), await asset_scales(conn)
         return await db.read(work)
 
     try:
@@ -169,8 +169,7 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
     except PaymentFileError as exc:
         print(f"error: {args.payments}: {exc}", file=sys.stderr)
         return 2
-    paid = [p for p in paid if p.at is None or ((start is None or p.at >= start) and (end is None or p.at < end))]
-    result = match(ledger, paid)
+    result = match(*windowed(ledger, paid, start, end))
 
     def money(p) -> str:
         scale = scales.get(p.currency, DEFAULT_SCALE)

@@ -174,16 +174,14 @@ SELECT j.id, j.kind, j.occurred_at, j.customer_id, coalesce(j.metadata ->> 'refe
   JOIN postings p ON p.lane = j.lane AND p.entry_id = j.id
   JOIN accounts a ON a.id = p.account_id
  WHERE j.kind IN ('topup', 'invoice_payment', 'grant_reversal', 'credit_refund') AND a.code = :cash || a.asset
-   AND (CAST(:start AS timestamptz) IS NULL OR j.occurred_at >= :start)
-   AND (CAST(:end AS timestamptz) IS NULL OR j.occurred_at < :end)
  GROUP BY j.lane, j.id, a.asset ORDER BY j.id
 """)
 
 
-async def ledger_topups(conn: AsyncConnection, start: datetime | None, end: datetime | None) -> list[Payment]:
-    """Every top-up, invoice payment and refund in [start, end): the cash it brought in (a refund: took
-    out, negative), with its reference."""
-    rows = await conn.execute(_TOPUPS, {"cash": chart.cash_account(""), "start": start, "end": end})
+async def ledger_topups(conn: AsyncConnection) -> list[Payment]:
+    """Every top-up, invoice payment and refund: the cash it brought in (a refund: took out,
+    negative), with its reference and time (a window is `windowed`'s)."""
+    rows = await conn.execute(_TOPUPS, {"cash": chart.cash_account("")})
     return [Payment(r.reference, int(r.amount), r.asset,
                     f"entry {r.id} (customer {r.customer_id}{'' if r.kind == 'topup' else ', ' + CASH_IN[r.kind]})",
                     r.occurred_at, customer=r.customer_id, kind=r.kind, entry_id=r.id)
@@ -214,6 +212,22 @@ def receipts(ledger: list[Payment]) -> list[Payment]:
 
 async def asset_scales(conn: AsyncConnection) -> dict[str, int]:
     return {code: scale for code, scale in await conn.execute(text("SELECT code, scale FROM assets"))}
+
+
+def windowed(ledger: list[Payment], paid: list[Payment], start: datetime | None,
+             end: datetime | None) -> tuple[list[Payment], list[Payment]]:
+    """The ledger's records and the file's rows of [start, end) (a row without a time is in every
+    window), each with the records of the other side outside it that a reference matches to one
+    inside: the processor dates a payment before the ledger records its top-up, so a window's
+    bound can fall between the two, and each side's run left out half of one honest payment (ONLY
+    IN LEDGER in one month, ONLY IN FILE in the other)."""
+    def inside(at: datetime | None) -> bool:
+        return at is None or ((start is None or at >= start) and (end is None or at < end))
+
+    ledger_refs = {p.reference for p in ledger if p.reference and inside(p.at)}
+    file_refs = {ref for p in paid if inside(p.at) for ref in (p.reference, *p.aliases)}
+    return ([p for p in ledger if inside(p.at) or (p.reference and p.reference in file_refs)],
+            [p for p in paid if inside(p.at) or ledger_refs.intersection((p.reference, *p.aliases))])
 
 
 def reconcile(ledger: list[Payment], paid: list[Payment]) -> Reconciliation:

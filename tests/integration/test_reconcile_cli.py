@@ -272,3 +272,24 @@ def test_a_refund_of_a_top_up_is_matched_by_its_reference_and_one_not_recorded_i
         assert short.returncode == 1 and "ONLY IN LEDGER  reference re_1: -3.00 USD" in short.stdout, short.stdout
     finally:
         gen.close()
+
+
+def test_a_payment_the_processor_dated_just_before_the_window_its_top_up_is_in_matches(ledger_url, tmp_path):
+    """The processor creates a payment before the ledger records its top-up: Stripe dates ch_1
+    (10.00 USD) at T - 1 s, the ledger's top-up occurred at T. Reconciled a month at a time, the
+    boundary falls between them: [T, T + 1 us) holds the top-up (and no other: ch_2 came after it)
+    and not the row; [T - 2 s, T) the row and no ledger entry (ch_1 is the ledger's first). Before,
+    each run left out what lay outside its window: 'ONLY IN LEDGER reference ch_1' in one,
+    'ONLY IN FILE reference ch_1' in the other, exit 1 twice for one honest 10.00 USD payment. Now a
+    record outside the window whose match is inside it is taken with it: matched, exit 0, both."""
+    from datetime import timedelta
+
+    import psycopg
+
+    with psycopg.connect(ledger_url) as conn:
+        at = conn.execute("SELECT occurred_at FROM journal_entries WHERE kind = 'topup' "
+                          "AND metadata ->> 'reference' = 'ch_1'").fetchone()[0]
+    body = f"reference,amount,currency,date\nch_1,10.00,USD,{(at - timedelta(seconds=1)).isoformat()}\n"
+    for start, end in ((at, at + timedelta(microseconds=1)), (at - timedelta(seconds=2), at)):
+        done = _reconcile(ledger_url, tmp_path, body, "--from", start.isoformat(), "--to", end.isoformat())
+        assert done.returncode == 0 and "matched: 1 top-ups" in done.stdout, (start, end, done.stdout + done.stderr)
