@@ -24,6 +24,14 @@ def _customers_of_two_lanes(lanes: int) -> tuple[str, str]:
     return first, other
 
 
+def _count_in_cached_balances(conn: psycopg.Connection, entry: int, lane: int) -> None:
+    """Move the cached balances by the postings of `entry` in `lane`, as the forger does."""
+    conn.execute("""UPDATE account_balances b SET debits = b.debits + greatest(p.amount, 0),
+                                                  credits = b.credits + greatest(-p.amount, 0)
+                      FROM postings p WHERE p.entry_id = %s AND p.lane = %s
+                       AND b.account_id = p.account_id AND b.stripe = p.stripe""", (entry, lane))
+
+
 async def test_verify_names_two_entries_of_two_lanes_that_share_an_id(scratch_url):
     """Customer c0 tops up 100 and 101 units (entries e0 and e1, sealed by seal 1). The forger
     inserts into c's lane a copy of e0 for another customer (of another lane), id and txid kept,
@@ -57,10 +65,7 @@ async def test_verify_names_two_entries_of_two_lanes_that_share_an_id(scratch_ur
         conn.execute("""INSERT INTO postings (lane, entry_id, account_id, stripe, amount)
                         SELECT %s, entry_id, account_id, stripe, amount FROM postings WHERE entry_id = %s""",
                      (lane_b, ids[0]))
-        conn.execute("""UPDATE account_balances b SET debits = b.debits + greatest(p.amount, 0),
-                                                      credits = b.credits + greatest(-p.amount, 0)
-                          FROM postings p WHERE p.entry_id = %s AND p.lane = %s
-                           AND b.account_id = p.account_id AND b.stripe = p.stripe""", (ids[0], lane_b))
+        _count_in_cached_balances(conn, ids[0], lane_b)
         cash = conn.execute("""SELECT sum(b.debits - b.credits) FROM account_balances b
                                  JOIN accounts a ON a.id = b.account_id WHERE a.code = 'asset:cash'""").fetchone()[0]
     assert cash == 301
@@ -117,10 +122,7 @@ async def test_a_copy_of_an_entry_id_in_another_lane_is_not_read_as_posting_to_a
                         SELECT %s, %s, a.id, x.amount FROM accounts a
                           JOIN (VALUES ('asset:cash', 100), (%s, -100)) x (code, amount) ON x.code = a.code""",
                      (lane_b, entry, f"liability:customer:{other}:lot"))
-        conn.execute("""UPDATE account_balances b SET debits = b.debits + greatest(p.amount, 0),
-                                                      credits = b.credits + greatest(-p.amount, 0)
-                          FROM postings p WHERE p.entry_id = %s AND p.lane = %s
-                           AND b.account_id = p.account_id AND b.stripe = p.stripe""", (entry, lane_b))
+        _count_in_cached_balances(conn, entry, lane_b)
     report = await db.read(verify)
     await db.dispose()
     failed = {c.name: c.problems for c in report.checks if not c.ok}
