@@ -7,9 +7,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from pricing.books import PriceBook
+from pricing.override_versions import history
 from pricing.parse import parse_version
 from wallets.core.billing import add, line_item
-from wallets.core.invoicing import rerated_moves, true_up_lines, volume_rules
+from wallets.core.invoicing import contract_units, rerated_moves, true_up_lines, volume_rules
 from wallets.core.rerate_true_ups import true_up_fixes
 from wallets.core.rerating import ChargeOnRecord, RerateInput, corrections
 
@@ -196,3 +197,46 @@ def test_a_true_up_corrected_up_takes_back_from_what_paid_each_charge_the_first_
     assert take_back(w, {2: 20 * M // 100}, payers, DEC_1, gets={g: 2 * M // 100}) == {
         g: 6 * M // 100, t: 5 * M // 100, rec: 9 * M // 100}
     assert taken_from(w, g, DEC_1) == chart.promotions_account("USD")
+
+
+def test_contract_priced_units_reach_the_tier_at_the_close_and_are_not_trued_up():
+    """60,000 tokens at a $5/M contract (`c`, $0.30) under v1 and 70,000 at the book's price rated on
+    from the counter's 60,000 (40,000 x $20/M + 30,000 x $10/M = $1.10): 130,000 reach v1's $10/M,
+    the 70,000 x $10/M = $0.70 less $1.10, -$0.40; the contract's 60,000 are not trued up. Counted
+    alone, the 70,000 stay in the first tier: 70,000 x $20/M = $1.40 less $1.10, +$0.30. A contract
+    under a version pricing the rule flat counts for no tier."""
+    rollup = {_item("usage", "model-v", "output", "v-out", "v1", "c"): (60_000, 30 * M // 100),
+              _item("usage", "model-v", "output", "v-out", "v1"): (70_000, 110 * M // 100)}
+    rules = volume_rules(BOOK, rollup, "2026-11")
+    assert [(r.id, v, q, a) for r, v, q, a in rules] == [("v-out", "v1", 70_000, 110 * M // 100)]
+    contracts = contract_units(BOOK, rollup, "2026-11")
+    assert contracts == {"v-out": 60_000}
+    [line] = true_up_lines(rules, contracts=contracts)
+    assert (line["quantity"], line["unit_price"], line["amount_units"]) == (70_000, "10", -40 * M // 100)
+    [alone] = true_up_lines(rules)
+    assert (alone["unit_price"], alone["amount_units"]) == ("20", 30 * M // 100)
+    flat = parse_version({"id": "vol", "version": "f", "currency": "USD", "effective_from": "2026-10-01T00:00:00Z",
+                          "rules": [{"id": "v-out", "model": "model-*", "token_type": "output", "price": "2"}]})
+    assert contract_units(PriceBook("vol", "USD", (V1, flat)), {
+        _item("usage", "model-v", "output", "v-out", "f", "c"): (60_000, 30 * M // 100)}, "2026-11") == {}
+
+
+def test_a_re_rate_after_the_close_counts_contract_priced_units_toward_the_tier():
+    """The charges above (the contract's 60,000, $0.30, on the 5th; it ends on the 15th; then
+    70,000 at the book's price, $1.10, on the 20th), closed with a
+    true-up of -$0.40. Re-rated to v2 ($16/M, $8/M): the contract's stay $0.30; the 70,000 on from
+    60,000: 40,000 x $16/M + 30,000 x $8/M = $0.88; 130,000 reach $8/M: 70,000 x $8/M = $0.56 less
+    $0.88 = -$0.32 where -$0.40 stands: +$0.08. Counted alone, -$0.40 -> 70,000 x $16/M = $1.12 less
+    $0.88 = +$0.24 (+$0.64)."""
+    line = {"kind": "usage", "token_type": "output", "quantity": 60_000, "amount_units": 30 * M // 100,
+            "rule_id": "v-out", "tier": None, "price_version": "v1", "override_id": "c", "unit_price": "5"}
+    first = ChargeOnRecord(1, datetime(2026, 11, 5, tzinfo=UTC), "model-v", {}, {"output": 60_000}, (line,),
+                           30 * M // 100, 30 * M // 100, None, billed_in="2026-11")
+    overrides = history([(1, NOV_1, {"contract_prices": [
+        {"id": "c", "model": "model-v", "token_type": "output", "price": "5"}]}),
+        (2, datetime(2026, 11, 15, tzinfo=UTC), {})])
+    data = RerateInput(V2, (first, charge(2, 20, [(0, 40_000, 80), (1, 30_000, 30)])), CLOSED, overrides, "2026-11",
+                       BOOK, {"v-out": -40 * M // 100})
+    found, [fix] = fixes(data)
+    assert sum(x.delta for x in found) == -22 * M // 100
+    assert (fix.old, fix.new, fix.unit_price, fix.tier) == (-40 * M // 100, -32 * M // 100, "8", 1)
