@@ -334,8 +334,14 @@ def _spool_flush(args: argparse.Namespace, _: Settings) -> int:
     import os
 
     from api.client import SpoolServersError, flush_spool_dir
+    from api.gateway.config import key as checked_key
 
-    key = args.key or os.environ.get("TOKENTILL_API_KEY")
+    named = "--key" if args.key else "TOKENTILL_API_KEY"
+    try:  # one a header cannot carry (é, a newline) was httpx's traceback, or every record kept
+        key = checked_key({named: args.key or os.environ.get("TOKENTILL_API_KEY", "")}, named)
+    except SystemExit as exc:
+        print(f"error: {exc.code}", file=sys.stderr)
+        return 2
     if not key:
         print("error: give --key or set TOKENTILL_API_KEY", file=sys.stderr)
         return 2

@@ -191,3 +191,27 @@ def test_revoking_a_key_id_no_key_can_have_says_no_such_key_without_connecting(k
     assert main(["keys", "revoke", key_id]) == 2
     assert capsys.readouterr().err.startswith("error: no API key "), key_id
     assert main(["keys", "revoke", "key_0123456789abcdef"]) == DATABASE_UNREACHABLE  # a possible id: looked up
+
+
+@pytest.mark.parametrize("given, named", [
+    (["--key", "tt_cl\u00e9"], "--key"), (["--key", "tt_key\n"], "--key"), ({"TOKENTILL_API_KEY": "tt_d\u00e9v"},
+                                                                          "TOKENTILL_API_KEY"),
+])
+def test_spool_flush_with_a_key_no_header_can_carry_is_a_usage_error(given, named, tmp_path, monkeypatch, capsys):
+    """With one record spooled, `spool flush --key tt_clé` ended in httpx's UnicodeEncodeError
+    traceback (exit 1), and `--key $'tt_key\\n'` kept every record, each 'Illegal header value'.
+    Such a key (the settings' rule: printable ASCII, no space) is refused before anything is sent,
+    naming where it came from, exit 2; the record stays spooled."""
+    from api.spool import SUFFIX, Spool, SpoolRecord
+
+    spool = Spool(tmp_path / f"sdk{SUFFIX}")
+    spool.append(SpoolRecord("POST", "/v1/reservations/res_x/release", {}, "idem-1", "res_x", "http://127.0.0.1:1"))
+    argv = ["spool", "flush", "--dir", str(tmp_path)]
+    if isinstance(given, dict):
+        monkeypatch.setenv("TOKENTILL_API_KEY", given["TOKENTILL_API_KEY"])
+    else:
+        argv += given
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {named} has a space, a line break"), err
+    assert "cl\u00e9" not in err and "d\u00e9v" not in err and len(spool.records()) == 1
