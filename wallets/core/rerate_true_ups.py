@@ -140,7 +140,7 @@ def true_up_fixes(data: RerateInput, found: Sequence[Correction], ratings: Mappi
         if (charge.billed_in or period) != period:
             continue  # a late charge of another period, or one billed later: its close never trued it up
         rating = ratings.get(charge.id)
-        _count_contract_units(contracts, versions, renamed, charge, rating, (earlier or {}).get(charge.id))
+        _count_contract_units(contracts, versions, charge)
         if rating is not None:
             pieces = [(ln.rule_id, ln.rule_id, ln.price_version, ln.quantity, ln.amount_units) for ln in rating.lines
                       if ln.kind == "usage" and ln.rule_id is not None and ln.override_id is None]
@@ -198,21 +198,16 @@ def true_up_fixes(data: RerateInput, found: Sequence[Correction], ratings: Mappi
     return fixes + allowance_fixes(data, found, fixes)
 
 
-def _count_contract_units(contracts: dict[str, int], versions: Mapping[str, Any], renamed: Mapping[str, str],
-                          charge: ChargeOnRecord, rating: Rating | None, earlier: Rating | None) -> None:
+def _count_contract_units(contracts: dict[str, int], versions: Mapping[str, Any], charge: ChargeOnRecord) -> None:
     """Adds to `contracts` (rule id -> units) what a contract price rated of the charge under a version
-    tiering the rule by volume (`rating`: as re-rated now; else as it stands, its last re-rate's lines,
-    by the rule it counts for now): the period's counters counted them, so they reach the rule's tier
-    (invoicing.contract_units, the close's), and their price is the customer's own, trued up never."""
-    lines = _lines(charge, earlier) if rating is None else [
-        {"kind": ln.kind, "rule_id": ln.rule_id, "override_id": ln.override_id, "price_version": ln.price_version,
-         "quantity": ln.quantity} for ln in rating.lines]
-    for line in lines:
+    tiering the rule by volume, as charged (the close's rollup has them so: invoicing.contract_units;
+    a re-rate never moves them, a contract's amount staying its own): the period's counters counted
+    them, so they reach the rule's tier, and their price is the customer's own, trued up never."""
+    for line in charge.lines:
         rule_id, version = line.get("rule_id"), line.get("price_version") or ""
         if (line["kind"] == "usage" and rule_id and line.get("override_id") is not None and version in versions
                 and not flat_in(versions, rule_id, version)):
-            counts_for = rule_id if rating is not None else renamed.get(rule_id, rule_id)
-            contracts[counts_for] = contracts.get(counts_for, 0) + int(line["quantity"])
+            contracts[rule_id] = contracts.get(rule_id, 0) + int(line["quantity"])
 
 
 def _tier(rule: Rule, quantity: int) -> int:

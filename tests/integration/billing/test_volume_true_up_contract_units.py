@@ -219,3 +219,30 @@ async def test_a_rerate_after_the_close_corrects_the_true_up_and_its_payer_at_th
         ("volume_true_up", "-3.00", "-2.40"), ("output", "6.00", "4.80")]
     assert await _lots(bk, cid) == {"grant": 360 * CENT, "topup": 400 * CENT}
     await _verified(bk)
+
+
+async def test_a_rerate_counts_contract_units_where_they_were_charged_as_the_close_does(bk: BillingKit) -> None:
+    """v2 (from November 15th) tiers the rule as v1. model-a's 1,200,000 on the 5th at the contract
+    under v1 ($6.00); model-b's 100,000 on the 6th under v1 on from 1,200,000 ($10/M, $1.00), its
+    300,000 on the 20th under v2 on from 1,300,000 ($3.00). The close: 1,600,000 reach $10/M, nothing
+    to true up, $10.00. On December 2nd, v1b (from November 1st) prices the rule flat at $2/M and
+    November 1st-15th is re-rated to it: the contract's charge stays $6.00 (no correction, so it stands
+    under v1 as charged, where the close counted it), model-b's 100,000 $0.20 (-$0.80, counting for no
+    tier now). The true-up: the contract's 1,200,000 and v2's 300,000 reach $10/M, v2's 300,000 x
+    $10/M = $3.00 less $3.00: nothing, -$0.80 in all (November $9.20), as the same re-rate before the
+    close leaves it. Before, the re-rate counted the contract's units at v1b (flat: no tier), v2's
+    300,000 alone at $20/M, +$3.00: +$2.20."""
+    cid = await _customer(bk, "contract-volume-as-charged")
+    await bk.add_book(shared("v2", "2026-11-15T00:00:00Z", "20", "10"))
+    await _usage(bk, cid, [(5, "model-a", 1_200_000), (6, "model-b", 100_000), (20, "model-b", 300_000)])
+    await bk.close(CLOSED)
+    [invoice] = await bk.invoices(cid)
+    assert (_true_ups(invoice), invoice["total"]) == ([], "10.00")
+    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
+    await bk.add_book({"id": "shared", "version": "v1b", "currency": "USD", "effective_from": "2026-11-01T00:00:00Z",
+                       "rules": [{"id": "v-out", "model": "model-*", "token_type": "output", "price": "2"}]})
+    done = await rerating.apply(bk.db, bk.service.engine,
+                                rerating.RerateSpec("shared", "v1b", NOV_1, datetime(2026, 11, 15, tzinfo=UTC)), None)
+    assert done["errors"] == [] and done["delta"] == "-0.80", done
+    assert (await bk.service.wallet(cid)).receivable == 920 * CENT
+    await _verified(bk)
