@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from api.client_errors import IdempotencyConflict
 from api.delivery import DURABLE_RETRY, KEEP_SPOOLED, RetryPolicy, retry_after
 from api.spool import Spool, SpoolRecord
 
@@ -52,6 +53,7 @@ class BackgroundSettler:
         self.spool, self._send, self._policy = spool, send, policy
         self._unwritten: list[tuple[SpoolRecord, asyncio.Future[None], bool]] = []
         self._writing = 0  # records in the spool write under way
+        self._taken: list[SpoolRecord] = []  # those records
         self._writer: asyncio.Task[None] | None = None
         self._queued: dict[str, SpoolRecord] = {}  # idempotency key -> record, in order
         self._wake = asyncio.Event()
@@ -66,13 +68,27 @@ class BackgroundSettler:
 
     async def put(self, record: SpoolRecord, send: bool = True) -> None:
         """Queue a settle; it is on disk when this returns (or the write's OSError is raised).
-        `send=False`: only write it (the caller sends it, and `adopt`s it if that fails)."""
+        `send=False`: only write it (the caller sends it, and `adopt`s it if that fails). A key
+        queued with another call (path or body) is refused, IdempotencyConflict, as the server
+        would refuse it: queued, it took the first one's place unsent, or was struck off the spool
+        with it, and neither was ever told."""
+        self._refuse_a_second_body(record)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._unwritten.append((record, done, send))
         self._idle.clear()
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write())
         await done
+
+    def _refuse_a_second_body(self, record: SpoolRecord) -> None:
+        key = record.idempotency_key
+        waiting = [self._queued[key]] if key in self._queued else []
+        waiting += [r for r in (*self._taken, *(r for r, _, _ in self._unwritten)) if r.idempotency_key == key]
+        if any((r.path, r.body) != (record.path, record.body) for r in waiting):
+            detail = (f"Idempotency-Key {key} is queued for another call, not yet answered: this settle of "
+                      f"reservation {record.reservation_id} under it would be refused; nothing queued")
+            raise IdempotencyConflict(409, "idempotency_conflict", detail,
+                                      {"code": "idempotency_conflict", "detail": detail, "key": key})
 
     def adopt(self, records: list[SpoolRecord], wait: float = 0.0) -> None:
         """Queue settles already on disk (left in the spool by an earlier run) to be sent; `wait`:
@@ -91,7 +107,7 @@ class BackgroundSettler:
         """Group commit: every record queued while a write was in flight goes in the next one."""
         while self._unwritten:
             taken, self._unwritten = self._unwritten, []
-            self._writing = len(taken)
+            self._writing, self._taken = len(taken), [record for record, _, _ in taken]
             try:
                 await asyncio.to_thread(self.spool.append_many, [record for record, _, _ in taken])
             except OSError as exc:
@@ -106,7 +122,7 @@ class BackgroundSettler:
                 if self._sender is None or self._sender.done():
                     self._sender = asyncio.create_task(self._run())
             finally:
-                self._writing = 0
+                self._writing, self._taken = 0, []
         self._settle_idle()
 
     def _unwritten_failed(self, taken: list[tuple[SpoolRecord, asyncio.Future[None], bool]], exc: OSError) -> None:
