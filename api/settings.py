@@ -73,7 +73,7 @@ def _session_secret(raw: str) -> bytes:
         return secrets.token_bytes(32)
     if len(raw) < 32:
         raise SystemExit("TOKENTILL_SESSION_SECRET must be at least 32 characters")
-    return hashlib.sha256(raw.encode()).digest()
+    return hashlib.sha256(raw.encode("utf-8", "surrogateescape")).digest()  # bytes not in UTF-8: as set
 
 
 def _networks(env: Mapping[str, str], name: str) -> AddressPolicy:

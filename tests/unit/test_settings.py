@@ -265,3 +265,17 @@ def test_counts_and_durations_in_ascii_digits_are_still_taken():
                            "TOKENTILL_WEBHOOK_TIMEOUT_SECONDS": "1e1"})
     assert (s.workers, s.pool_size, s.lanes, s.pool_timeout_s, s.keepalive_s, s.webhook_timeout_s) == \
         (4, 10, 4, 2.5, 0.5, 10.0)
+
+
+def test_a_session_secret_of_bytes_not_in_utf8_is_taken_as_its_bytes():
+    """The environment is bytes; Python reads one not in UTF-8 as a lone surrogate (0xff as
+    U+DCFF), and `TOKENTILL_SESSION_SECRET` of 32 such bytes stopped every command, `keys list`
+    included, with a UnicodeEncodeError traceback. A secret is bytes to hash: the key is now
+    sha256 of the 32 bytes 0xff as set, the same on every host given them, and a UTF-8 secret's
+    key is unchanged (sha256 of its UTF-8 bytes)."""
+    import hashlib
+
+    assert Settings.from_env({"TOKENTILL_SESSION_SECRET": "\udcff" * 32}).session_secret == \
+        hashlib.sha256(b"\xff" * 32).digest()
+    assert Settings.from_env({"TOKENTILL_SESSION_SECRET": "é" * 32}).session_secret == \
+        hashlib.sha256(b"\xc3\xa9" * 32).digest()
