@@ -89,6 +89,10 @@ def _database_url(raw: str) -> str | None:
     repeat the URL: it may hold a password."""
     if not raw:
         return None
+    if (at := next((i for i, c in enumerate(raw) if "\udc80" <= c <= "\udcff"), None)) is not None:
+        raise SystemExit(f"TOKENTILL_DATABASE_URL has a byte not in UTF-8 at position {at + 1} of {len(raw)}: "
+                         f"percent-encode it (0x{ord(raw[at]) - 0xdc00:02X} as %{ord(raw[at]) - 0xdc00:02X})")
+        # it was psycopg's UnicodeEncodeError traceback; the URL (its password) is not repeated
     try:
         parts = urlsplit(raw)
         port_ok = parts.port is None or parts.port > 0  # .port raises beyond 65535 or on a non-number

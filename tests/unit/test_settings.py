@@ -279,3 +279,17 @@ def test_a_session_secret_of_bytes_not_in_utf8_is_taken_as_its_bytes():
         hashlib.sha256(b"\xff" * 32).digest()
     assert Settings.from_env({"TOKENTILL_SESSION_SECRET": "é" * 32}).session_secret == \
         hashlib.sha256(b"\xc3\xa9" * 32).digest()
+
+
+@pytest.mark.parametrize("url, at", [("postgresql://u@h/db\udcff", 20), ("postgresql://u:pa\udcffss@h/db", 18)])
+def test_a_database_url_with_a_byte_not_in_utf8_stops_the_start_in_one_line_without_echoing_it(url, at):
+    """A byte not in UTF-8 in the URL (a latin-1 0xff, read by Python as U+DCFF) stopped every
+    command with psycopg's UnicodeEncodeError traceback. Now one line naming the variable and the
+    position (20 of `postgresql://u@h/db` + 1; 18 in the password, 'pass' never echoed), and how to
+    write it (%FF)."""
+    with pytest.raises(SystemExit) as stopped:
+        Settings.from_env({"TOKENTILL_DATABASE_URL": url})
+    message = stopped.value.code
+    assert isinstance(message, str) and message.startswith("TOKENTILL_DATABASE_URL ")
+    assert f"at position {at} " in message and "%FF" in message
+    assert "u:pa" not in message and "ss@h" not in message and "u@h/db" not in message
