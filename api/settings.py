@@ -83,13 +83,29 @@ def _networks(env: Mapping[str, str], name: str) -> AddressPolicy:
         raise SystemExit(f"{name}: {exc}") from None
 
 
+def _not_utf8(raw: str) -> int | None:
+    """Where the first byte of an environment value not in UTF-8 is (Python reads it as a lone
+    surrogate, U+DC80 to U+DCFF), or None."""
+    return next((i for i, c in enumerate(raw) if "\udc80" <= c <= "\udcff"), None)
+
+
+def _data_dir(raw: str) -> Path:
+    """The embedded cluster's directory: PostgreSQL's tools are given its path in UTF-8 (a byte not
+    in it: initdb made the cluster, then pgserver's UnicodeEncodeError traceback)."""
+    path = Path(raw or platformdirs.user_data_dir("tokentill"))
+    if (at := _not_utf8(str(path))) is not None:
+        raise SystemExit(f"TOKENTILL_DATA_DIR: cannot use {path}: a byte not in UTF-8 at position {at + 1} of "
+                         f"{len(str(path))}".encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
+    return path
+
+
 def _database_url(raw: str) -> str | None:
     """A libpq URL (postgresql:// or postgres://, a port from 1 to 65535), or None when unset;
     anything else stops the start here rather than as a parser's traceback. The message does not
     repeat the URL: it may hold a password."""
     if not raw:
         return None
-    if (at := next((i for i, c in enumerate(raw) if "\udc80" <= c <= "\udcff"), None)) is not None:
+    if (at := _not_utf8(raw)) is not None:
         raise SystemExit(f"TOKENTILL_DATABASE_URL has a byte not in UTF-8 at position {at + 1} of {len(raw)}: "
                          f"percent-encode it (0x{ord(raw[at]) - 0xdc00:02X} as %{ord(raw[at]) - 0xdc00:02X})")
         # it was psycopg's UnicodeEncodeError traceback; the URL (its password) is not repeated
@@ -186,7 +202,7 @@ class Settings:
         env = os.environ if env is None else env
         return cls(
             database_url=_database_url(env.get("TOKENTILL_DATABASE_URL", "")),
-            data_dir=Path(env.get("TOKENTILL_DATA_DIR") or platformdirs.user_data_dir("tokentill")),
+            data_dir=_data_dir(env.get("TOKENTILL_DATA_DIR", "")),
             admin_key=key(env, "TOKENTILL_ADMIN_KEY"),
             pool_size=whole_number(env, "TOKENTILL_POOL_SIZE", 10),
             pool_timeout_s=_seconds(env, "TOKENTILL_POOL_TIMEOUT_SECONDS", 5.0),

@@ -293,3 +293,14 @@ def test_a_database_url_with_a_byte_not_in_utf8_stops_the_start_in_one_line_with
     assert isinstance(message, str) and message.startswith("TOKENTILL_DATABASE_URL ")
     assert f"at position {at} " in message and "%FF" in message
     assert "u:pa" not in message and "ss@h" not in message and "u@h/db" not in message
+
+
+def test_a_data_dir_with_a_byte_not_in_utf8_stops_the_start_in_one_line():
+    """TOKENTILL_DATA_DIR=/tmp/d<0xff> (U+DCFF to Python): `tokentill migrate` ran initdb there, then
+    stopped with pgserver's UnicodeEncodeError traceback, the cluster made and not started. Now
+    one line before anything is made: the variable, and the byte's position (7 of 7)."""
+    with pytest.raises(SystemExit) as stopped:
+        Settings.from_env({"TOKENTILL_DATA_DIR": "/tmp/d\udcff"})
+    message = stopped.value.code
+    assert isinstance(message, str) and message.startswith("TOKENTILL_DATA_DIR: cannot use ")
+    assert "a byte not in UTF-8 at position 7 of 7" in message
