@@ -13,7 +13,8 @@ that of the account record of its code (a version 3 hash covers the asset; 1 and
 alone, and a file relabelled to another currency throughout passes under them). Fields no hash
 covers are checked against those that are: each entry's txid lies in its seal's range (or past the
 last seal's, unsealed), the end record's counts are the file's, and an account record's type,
-scale and customer are those its code and asset fix (`account`). A version 4 seal is dated when
+scale and customer are those its code and asset fix (`account`; a customer's currency at
+CUSTOMER_SCALE). A version 4 seal is dated when
 it was written, so its sealed_at must not precede the seal before it nor any of its entries'
 recorded_at; an older seal's was its sealer's transaction start, which need not follow either,
 and it is not checked. Memory is one seal's entry ids at a time, the ids of the entries no seal covers yet,
@@ -37,6 +38,10 @@ from datetime import UTC, datetime
 from ledger.chain import DATED_AHEAD, GENESIS, HASH_VERSIONS, SEALED_AT_FROM, entry_digest
 
 LIMIT = 50  # problems kept; the count is exact
+# A customer's currency is kept in units of 10^-9 (wallets.chart.ASSET_SCALE; this file imports no
+# wallet module): no hash covers an asset's scale, so one rewritten throughout a file would read
+# every amount a power of ten off, each account still agreeing with the others
+CUSTOMER_SCALE = 9
 _HASH = re.compile(r"[0-9a-f]{64}")
 _UTC = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")  # as the export writes
 
@@ -205,6 +210,7 @@ class _Verifier:
         self.assets: dict[str, str] = {}
         self.customers: dict[str, str] = {}  # account code -> its customer, for the customer accounts
         self.scales: dict[str, int] = {}  # asset -> the scale of its first account record
+        self.rescaled: set[str] = set()  # customers' assets named for a scale other than CUSTOMER_SCALE
         # DATED_AHEAD past the header's exported_at (the database's clock when the file was written),
         # as the export writes a time; None without one (a file written before it, or edited)
         self.ahead: str | None = None
@@ -307,6 +313,11 @@ class _Verifier:
             self.report.fail(f"account {code} is of customer {customer or 'none'}, but its code names another")
         if customer is not None:
             self.customers[code] = customer
+            if scale != CUSTOMER_SCALE and asset not in self.rescaled:  # as `audit verify`'s `assets` check
+                self.rescaled.add(asset)
+                factor = f"{'1/' if scale > CUSTOMER_SCALE else ''}1{'0' * abs(scale - CUSTOMER_SCALE)}"
+                self.report.fail(f"asset {asset} has scale {scale}, but a customer's currency is kept in units of "
+                                 f"10^-{CUSTOMER_SCALE}: its amounts read {factor} times what they are")
 
     def start_unsealed(self, rec: dict) -> None:
         self.close_seal()

@@ -253,3 +253,21 @@ def test_an_export_header_past_the_first_line_is_named_and_not_read():
     report = _verify(records)
     assert report.problems == [f"line {len(records) - 1}: an export header past the first record (not read)"]
     assert report.whole is False  # the first header's word
+
+
+def test_a_customer_s_currency_rescaled_throughout_the_file_is_named():
+    """No hash covers an asset's scale. Every USD account record's scale made 6 (the cash account's
+    and customer a's lot's alike, so one scale per asset still holds): each top-up of 100 atomic
+    units read 100 x 10^-6 USD, 1000 times its 100 x 10^-9, and the file verified intact. A
+    customer's currency is kept at the wallets' scale (wallets.chart.ASSET_SCALE, 9), as `audit
+    verify`'s `assets` check holds in the database: named once, for the asset."""
+    records = [dict(r, scale=6) if r["type"] == "account" else r for r in _export()]
+    report = _verify(records)
+    assert report.problems == ["asset USD has scale 6, but a customer's currency is kept in units of 10^-9: "
+                               "its amounts read 1000 times what they are"], report.problems
+    records = [dict(r, scale=12) if r["type"] == "account" else r for r in _export()]
+    assert _verify(records).problems == ["asset USD has scale 12, but a customer's currency is kept in units of "
+                                         "10^-9: its amounts read 1/1000 times what they are"]
+    from ledger import offline  # standard library only: the wallets' scale is its own constant
+    from wallets.chart import ASSET_SCALE
+    assert offline.CUSTOMER_SCALE == ASSET_SCALE
