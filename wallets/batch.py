@@ -91,6 +91,7 @@ class Batch:
     cash: dict[str, int] = field(default_factory=dict)  # customer -> its net cash in (cash refunds)
     refunds: dict[tuple[str, str], Any] = field(default_factory=dict)  # (customer, reference) -> RefundOnRecord
     topups: dict[tuple[str, str], Any] = field(default_factory=dict)  # (customer, reference) -> TopUpOnRecord
+    reversals: dict[tuple[str, str], Any] = field(default_factory=dict)  # (customer, reference) -> ReversalOnRecord
     # closes: (customer, period) -> rule id -> (charge id, account, amount, ...) that paid what it rated
     rule_funding: dict[tuple[str, str], dict[str, tuple[RulePaid, ...]]] = field(default_factory=dict)
     rerated: dict[tuple[str, str], tuple[Any, ...]] = field(default_factory=dict)  # closes: charges re-rated
@@ -103,7 +104,7 @@ class Batch:
                      self.loaded.events, self.period_usage, self.rollups, self.invoice_seqs, self.invoices,
                      self.rerates, self.credit_note_seqs, self.unapplied,
                      self.corrections, self.cash, self.refunds, self.rule_funding, self.topups,
-                     rerated=self.rerated)
+                     rerated=self.rerated, reversals=self.reversals)
 
     def apply(self, command: Command) -> Any:
         """Decide `command` and follow the decision, then the alerts it calls for; returns its

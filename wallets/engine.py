@@ -46,6 +46,7 @@ from wallets.commands import (
     RecordUsage,
     RefundCredit,
     Reserve,
+    ReverseGrant,
     Settle,
     TopUp,
 )
@@ -489,6 +490,8 @@ class Engine:
         await _load_refunds(conn, batch, commands, now)
         batch.topups.update(await store.load_topups(
             conn, [(c.customer_id, c.reference) for c in commands if isinstance(c, TopUp) and c.reference]))
+        batch.reversals.update(await store.load_reversals(
+            conn, [(c.customer_id, c.reference) for c in commands if isinstance(c, ReverseGrant) and c.reference]))
         marks.append(time.perf_counter())
         outcomes = [self._apply(batch, command) for command in commands]
         marks.append(time.perf_counter())

@@ -24,7 +24,7 @@ from ledger.db import Lead
 from ledger.lanes import lane_count, lane_of
 from ledger.model import AccountSpec
 from wallets import chart
-from wallets.core.state import InvoiceDue, RefundOnRecord, TopUpOnRecord, Unapplied
+from wallets.core.state import InvoiceDue, RefundOnRecord, ReversalOnRecord, TopUpOnRecord, Unapplied
 from wallets.model import Budget, BudgetHold, Customer, Hold, Lot, Reservation, Wallet
 from wallets.periods import Cycle, Period
 
@@ -733,6 +733,28 @@ async def load_refunds(conn: AsyncConnection, wanted: Iterable[tuple[str, str]]
     return {(cid, ref): RefundOnRecord(refund_id, int(entry_id), int(amount), reason,
                                        tuple((lot_id, int(part)) for lot_id, part in lots or ()))
             for cid, ref, refund_id, entry_id, reason, lots, amount in rows}
+
+
+async def load_reversals(conn: AsyncConnection, wanted: Iterable[tuple[str, str]]
+                         ) -> dict[tuple[str, str], ReversalOnRecord]:
+    """The first refund of a top-up each customer posted under each of these references (the
+    processor's refund id), through the cash kinds' partial index (migration 0051)."""
+    pairs = sorted(set(wanted))
+    if not pairs:
+        return {}
+    lane = int(await _lane(conn, sorted({c for c, _ in pairs})) or 0)
+    rows = await conn.exec_driver_sql(
+        f"""SELECT DISTINCT ON (j.customer_id, w.ref) j.customer_id, w.ref, j.id, j.metadata ->> 'lot_id',
+                   coalesce(j.metadata ->> 'reason', ''),
+                   (SELECT -sum(p.amount) FROM postings p JOIN accounts a ON a.id = p.account_id
+                     WHERE p.lane = j.lane AND p.entry_id = j.id AND a.code = %s || a.asset)::text
+              FROM unnest(%s::text[], %s::text[]) AS w(cid, ref)
+              JOIN journal_entries j ON j.lane = {lane} AND j.customer_id = w.cid AND j.kind = 'grant_reversal'
+                                    AND j.metadata ->> 'reversal' = 'refund' AND j.metadata ->> 'reference' = w.ref
+             ORDER BY j.customer_id, w.ref, j.id""",
+        (chart.cash_account(""), [c for c, _ in pairs], [r for _, r in pairs]))
+    return {(cid, ref): ReversalOnRecord(int(entry_id), lot_id, int(amount), reason)
+            for cid, ref, entry_id, lot_id, reason, amount in rows}
 
 
 async def load_topups(conn: AsyncConnection, wanted: Iterable[tuple[str, str]]

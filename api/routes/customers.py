@@ -331,7 +331,7 @@ REVERSED = Answer(_reversal, ReversalResult)
 
 
 @post("/v1/customers/{customer_id:str}/grants/{grant_id:str}/reverse", guards=[require()], tags=["customers"],
-      status_code=201, **documented(404, 409, body=True, idempotent=True))
+      status_code=201, **documented(404, 409, body=True, replay=ReversalResponse, idempotent=True))
 async def reverse_grant(state: State, request: Request, customer_id: FromPath[str], grant_id: FromPath[str],
                         data: ReverseGrantBody) -> Response[ReversalResponse]:
     """Give back (part of) a lot's remainder not held, the reverse of what opened it: a top-up's is
@@ -342,7 +342,9 @@ async def reverse_grant(state: State, request: Request, customer_id: FromPath[st
     (naming `opened_by`) for a lot a re-rate, a true-up or a close's rounding opened; 409
     `grant_closed` (`state`: `expired`, `emptied` or `revoked`) for a lot expired, emptied or
     revoked in whole, 409 `exceeds_remaining` (naming `available` and `asked`) for more than is left;
-    an `amount` finer than the currency's minor unit is 422 `invalid_amount`."""
+    an `amount` finer than the currency's minor unit is 422 `invalid_amount`. A refund's
+    `reference` refunded before is answered again (200, nothing posted; another lot or amount:
+    409 `idempotency_conflict`)."""
     data = shaped(data, ReverseGrantRequest)
     amount = amount_in(data.amount, "amount") if data.amount is not None else None
     command = ReverseGrant(customer_id=customer_id, lot_id=grant_id, amount=amount, reason=data.reason,

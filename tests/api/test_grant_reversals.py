@@ -136,6 +136,30 @@ async def test_an_idempotency_key_replays_the_first_reversal_and_refuses_another
     assert (await client.get(f"/v1/customers/{cid}/wallet")).json()["available"] == "8.00"
 
 
+async def test_a_refund_reference_sent_again_is_refunded_once(client) -> None:
+    """A refund's `reference` is the processor's refund id (re_...): one refund is paid out once,
+    as a top-up's payment reference is credited once and a cash refund's is paid once. A $10.00
+    top-up refunded $3.00 under re_1, then re_1 again (a retried webhook, no Idempotency-Key):
+    the second answers the first (200, its entry), the lot keeps $7.00 where $4.00 was left and
+    $6.00 paid out; re_1 for $2.00 is 409 idempotency_conflict, and on another lot too."""
+    cid = _cid()
+    await _customer(client, cid)
+    lot = await _credit(client, cid, "topups", "10.00", reference="pi_r1")
+    other = await _credit(client, cid, "topups", "5.00", reference="pi_r2")
+    first = await _reverse(client, cid, lot, {"amount": "3.00", "reference": "re_1"})
+    assert first.status_code == 201, first.text
+    again = await _reverse(client, cid, lot, {"amount": "3.00", "reference": "re_1"})
+    assert again.status_code == 200, again.text
+    assert (again.json()["entry_id"], again.json()["amount"], again.json()["grant"]["remaining"]) == (
+        first.json()["entry_id"], "3.00", "7.00")
+    for lot_id, amount in ((lot, "2.00"), (other, "3.00")):
+        refused = await _reverse(client, cid, lot_id, {"amount": amount, "reference": "re_1"})
+        assert (refused.status_code, refused.json()["code"]) == (409, "idempotency_conflict"), refused.text
+    assert (await client.get(f"/v1/customers/{cid}/wallet")).json()["available"] == "12.00"
+    journal = (await client.get(f"/v1/journal?customer={cid}&kind=grant_reversal")).json()["entries"]
+    assert len(journal) == 1
+
+
 async def test_an_admin_key_limited_to_customers_reverses_only_theirs(client) -> None:
     mine, theirs = _cid(), _cid()
     for cid in (mine, theirs):

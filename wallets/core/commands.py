@@ -204,6 +204,10 @@ class ReverseGrant(LotCommand):
     reason: str = ""
     reference: str = ""
 
+    def _keys(self) -> set[tuple[str, ...]]:  # one refund reference: the second sees the first posted
+        keys = {("lot", self.lot_id)}  # LotCommand's (slots: no bare super())
+        return keys | {("reversal", self.customer_id, self.reference)} if self.reference else keys
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RefundCredit(Command):

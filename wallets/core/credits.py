@@ -45,7 +45,7 @@ from wallets.core.results import (
     lot_view,
     wallet_view,
 )
-from wallets.core.state import State, TopUpOnRecord
+from wallets.core.state import ReversalOnRecord, State, TopUpOnRecord
 from wallets.errors import (
     ConflictError,
     ExceedsRemainingError,
@@ -165,6 +165,19 @@ def expire_lot(state: State, cmd: ExpireLot, now: datetime, book: PriceBook | No
 REVERSAL_KINDS = {"topup": "refund", "grant": "revocation"}  # a lot's kind -> what reversing it is
 
 
+def _refunded_before(w: Wallet, lot: Lot, cmd: ReverseGrant, known: ReversalOnRecord, now: datetime) -> Decision:
+    """The refund first posted under `cmd`'s reference (the processor's refund id), answered again
+    (the lot and the wallet as they are now), nothing posted; another lot or amount under it is a
+    conflict."""
+    if known.lot_id != lot.id or cmd.amount not in (None, known.amount):
+        raise ConflictError(f"refund {cmd.reference!r} of customer {w.customer.id} was of "
+                            f"{format_money(known.amount, w.customer.currency)} from grant {known.lot_id}",
+                            reference=cmd.reference)
+    result = ReversalResult("refund", known.amount, known.reason, cmd.reference, lot_view(lot), wallet_view(w, now),
+                            None, known.entry_id, replayed=True)
+    return Decision(Outcome(result.code, result))
+
+
 def reverse_grant(state: State, cmd: ReverseGrant, now: datetime, book: PriceBook | None) -> Decision:
     """Give back `amount` (all of it when None) of what is left of a lot and not held, the reverse
     of what opened it: a top-up's refund to the platform's cash, a grant's revocation to its
@@ -180,6 +193,9 @@ def reverse_grant(state: State, cmd: ReverseGrant, now: datetime, book: PriceBoo
             f"grant {lot.id} is credit tokentill gave back itself ({lot.opened_by}), not a paid top-up or a "
             "grant: there is no cash or promotion it came from to give it back to; it stays credit for usage",
             grant_id=lot.id, opened_by=lot.opened_by)
+    known = state.reversals.get((w.customer.id, cmd.reference)) if cmd.reference and lot.kind == "topup" else None
+    if known is not None:  # the same refund recorded again: paid out once
+        return _refunded_before(w, lot, cmd, known, now)
     cur = w.customer.currency
     if lot.revoked:
         raise GrantClosedError(f"grant {lot.id} was revoked in whole: it is closed, what comes back to it is "

@@ -151,8 +151,11 @@ class ReversalResult:
     wallet: WalletView
     entry_key: str | None = None
     entry_id: int | None = None
+    replayed: bool = False  # its refund reference was refunded before: answered again, nothing posted
 
-    code = "reversed"
+    @property
+    def code(self) -> str:
+        return REPLAYED if self.replayed else "reversed"
 
 
 @dataclass(slots=True)

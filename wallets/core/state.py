@@ -58,6 +58,16 @@ class RefundOnRecord:
     lots: tuple[tuple[str, int], ...]  # (lot id, amount) it was taken from
 
 
+@dataclass(frozen=True, slots=True)
+class ReversalOnRecord:
+    """A top-up's refund already posted, found by its customer and the processor's refund id."""
+
+    entry_id: int
+    lot_id: str
+    amount: int
+    reason: str
+
+
 # (charge id, account (None: the receivable, funding not recorded), amount it paid, the rule's
 # units and amount at the book's price on the charge (None once a re-rate moved it), and the book
 # version those units were rated at and what its discounts took off them (store.rule_funding; a
@@ -106,6 +116,8 @@ class State(msgspec.Struct, frozen=True):
     rule_funding: Mapping[tuple[str, str], Mapping[str, tuple[RulePaid, ...]]] = msgspec.field(default_factory=dict)
     # (customer, reference) -> the first top-up credited under it (top-ups with a reference)
     topups: Mapping[tuple[str, str], TopUpOnRecord] = msgspec.field(default_factory=dict)
+    # (customer, reference) -> the top-up refund posted under it (reversals with a reference)
+    reversals: Mapping[tuple[str, str], ReversalOnRecord] = msgspec.field(default_factory=dict)
     # (customer, period) -> the charges of the period's own usage billed in it that re-rates moved:
     # (model, lines as charged, the version the last re-rate rated them with, its amounts by model
     # and token type, the rules it rated them with by token type or None) (store.rerated_charges;
