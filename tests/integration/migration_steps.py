@@ -1,6 +1,10 @@
 """Steps the migration tests take on the `migrating` connection (tests/integration/conftest.py):
-a customer to own the rows they write, and a downgrade that must refuse to lose them."""
+a customer to own the rows they write, a downgrade that must refuse to lose them, and raw entries
+between two accounts (the reference guards of 0061 and 0088)."""
 from __future__ import annotations
+
+import json
+from typing import Any
 
 import pytest
 from alembic import command
@@ -22,3 +26,27 @@ def downgrade_refused(conn: Connection, config: Config, below: str, match: str) 
     with pytest.raises(DBAPIError, match=match):
         command.downgrade(config, below)
     conn.rollback()
+
+
+def cash_and_lot(conn: Connection, config: Config, below: str, tag: str) -> tuple[int, int]:
+    """Down to `below`, then a USD cash account and a lot account of `tag` (ids), committed: what
+    the reference guards' tests post raw entries between."""
+    command.downgrade(config, below)
+    conn.commit()
+    conn.execute(text("INSERT INTO assets (code, scale) VALUES ('USD', 9) ON CONFLICT DO NOTHING"))
+    cash, lot = (conn.execute(text("INSERT INTO accounts (code, type, asset) VALUES (:c, :t, 'USD') RETURNING id"),
+                              {"c": c, "t": t}).scalar_one()
+                 for c, t in ((f"asset:{tag}:cash", "asset"), (f"liability:{tag}:lot", "liability")))
+    conn.commit()
+    return cash, lot
+
+
+def raw_entry(conn: Connection, key: str, kind: str, customer: str, metadata: dict[str, Any], debit: int,
+              credit: int) -> str:
+    """A raw entry of 10 atomic units (debit -> credit) through ledger_post, committed: its status."""
+    batch = json.dumps([{"k": key, "h": "00", "kind": kind, "c": customer, "at": "2026-12-01T00:00:00+00:00",
+                         "m": metadata, "p": [[debit, 0, 10], [credit, 0, -10]],
+                         "d": [[debit, 0, 10, 0], [credit, 0, -10, 0]]}])
+    row = conn.execute(text("SELECT status FROM ledger_post(CAST(:b AS jsonb), '{}', '{}', '{}')"), {"b": batch}).one()
+    conn.commit()
+    return row[0]

@@ -3,35 +3,23 @@ credited twice under one reference before 3d5c05e upgrades all the same (its lat
 out of the index), and from then on that reference, as every other, takes no further top-up."""
 from __future__ import annotations
 
-import json
-
 import pytest
 from alembic import command
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from migrations import runner
+from tests.integration.migration_steps import cash_and_lot, raw_entry
 
 
 def _top_up(conn, key: str, customer: str, reference: str, cash: int, lot: int) -> str:
     """A raw top-up entry of 10 atomic units under `reference`, through ledger_post."""
-    batch = json.dumps([{"k": key, "h": "00", "kind": "topup", "c": customer, "at": "2026-12-01T00:00:00+00:00",
-                         "m": {"lot_id": key, "reference": reference},
-                         "p": [[cash, 0, 10], [lot, 0, -10]], "d": [[cash, 0, 10, 0], [lot, 0, -10, 0]]}])
-    row = conn.execute(text("SELECT status FROM ledger_post(CAST(:b AS jsonb), '{}', '{}', '{}')"), {"b": batch}).one()
-    conn.commit()
-    return row[0]
+    return raw_entry(conn, key, "topup", customer, {"lot_id": key, "reference": reference}, cash, lot)
 
 
 def test_top_ups_credited_twice_before_upgrade_and_no_reference_takes_another_after(migrating):
     conn, config = migrating
-    command.downgrade(config, "0060")
-    conn.commit()
-    conn.execute(text("INSERT INTO assets (code, scale) VALUES ('USD', 9) ON CONFLICT DO NOTHING"))
-    cash, lot = (conn.execute(text("INSERT INTO accounts (code, type, asset) "
-                                   "VALUES (:c, :t, 'USD') RETURNING id"), {"c": c, "t": t}).scalar_one()
-                 for c, t in (("asset:m61:cash", "asset"), ("liability:m61:lot", "liability")))
-    conn.commit()
+    cash, lot = cash_and_lot(conn, config, "0060", "m61")
     for key, reference in (("a", "pi_twice"), ("b", "pi_twice"), ("c", "pi_once"), ("d", ""), ("e", "")):
         assert _top_up(conn, f"m61-{key}", "m61", reference, cash, lot) == "posted"
     command.upgrade(config, "head")

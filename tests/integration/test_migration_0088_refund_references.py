@@ -4,36 +4,24 @@ is left out of the index), and from then on that reference takes no further refu
 (no cash) and refunds without a reference are not guarded."""
 from __future__ import annotations
 
-import json
-
 import pytest
 from alembic import command
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from migrations import runner
+from tests.integration.migration_steps import cash_and_lot, raw_entry
 
 
 def _reversal(conn, key: str, customer: str, reference: str, kind: str, cash: int, lot: int) -> str:
     """A raw reversal entry of 10 atomic units (lot -> cash) under `reference`, through ledger_post."""
-    batch = json.dumps([{"k": key, "h": "00", "kind": "grant_reversal", "c": customer,
-                         "at": "2026-12-01T00:00:00+00:00",
-                         "m": {"lot_id": "l1", "reversal": kind, "reason": "", "reference": reference},
-                         "p": [[lot, 0, 10], [cash, 0, -10]], "d": [[lot, 0, 10, 0], [cash, 0, -10, 0]]}])
-    row = conn.execute(text("SELECT status FROM ledger_post(CAST(:b AS jsonb), '{}', '{}', '{}')"), {"b": batch}).one()
-    conn.commit()
-    return row[0]
+    metadata = {"lot_id": "l1", "reversal": kind, "reason": "", "reference": reference}
+    return raw_entry(conn, key, "grant_reversal", customer, metadata, lot, cash)
 
 
 def test_refunds_paid_twice_before_upgrade_and_no_reference_takes_another_after(migrating):
     conn, config = migrating
-    command.downgrade(config, "0087")
-    conn.commit()
-    conn.execute(text("INSERT INTO assets (code, scale) VALUES ('USD', 9) ON CONFLICT DO NOTHING"))
-    cash, lot = (conn.execute(text("INSERT INTO accounts (code, type, asset) "
-                                   "VALUES (:c, :t, 'USD') RETURNING id"), {"c": c, "t": t}).scalar_one()
-                 for c, t in (("asset:m88:cash", "asset"), ("liability:m88:lot", "liability")))
-    conn.commit()
+    cash, lot = cash_and_lot(conn, config, "0087", "m88")
     for key, reference in (("a", "re_twice"), ("b", "re_twice"), ("c", "re_once"), ("d", ""), ("e", "")):
         assert _reversal(conn, f"m88-{key}", "m88", reference, "refund", cash, lot) == "posted"
     command.upgrade(config, "head")
