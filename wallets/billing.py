@@ -111,7 +111,8 @@ async def due_periods(conn: AsyncConnection, at: datetime, after: str,
     return list(rows.all())
 
 
-_INVOICE = """SELECT i.id, i.customer_id, i.number, i.period, i.amount_due::text AS amount_due, i.content,
+_INVOICE = """SELECT i.id, i.customer_id, i.number, i.period, i.period_start, i.amount_due::text AS amount_due,
+                     i.content,
                      encode(i.content_hash, 'hex') AS content_hash,
                      coalesce((SELECT sum(p.amount) FROM invoice_payments p WHERE p.invoice_id = i.id), 0)::text
                          AS paid,
@@ -144,11 +145,26 @@ async def invoice(conn: AsyncConnection, invoice_id: str, customers: Sequence[st
 
 
 async def invoices(conn: AsyncConnection, customer_id: str) -> dict[str, Any]:
+    """Every finalized invoice of the customer, oldest first."""
+    return (await invoice_page(conn, customer_id, None, None))[0]
+
+
+async def invoice_page(conn: AsyncConnection, customer_id: str, after: tuple[datetime, str] | None,
+                       limit: int | None) -> tuple[dict[str, Any], tuple[datetime, str] | None]:
+    """Up to `limit` (None: all) of the customer's invoices in period order (period start, then
+    id), those after the position `after`; and the last one's position when more follow."""
     await require_customer(conn, customer_id)
-    rows = await conn.execute(text(_INVOICE + " WHERE i.customer_id = :c ORDER BY i.period_start"),
-                              {"c": customer_id})
+    rows = list(await conn.execute(text(
+        _INVOICE + " WHERE i.customer_id = :c AND (CAST(:start AS timestamptz) IS NULL"
+        " OR (i.period_start, i.id) > (CAST(:start AS timestamptz), :id))"
+        " ORDER BY i.period_start, i.id LIMIT :limit"),
+        {"c": customer_id, "start": after and after[0], "id": after and after[1],
+         "limit": None if limit is None else limit + 1}))
+    more = limit is not None and len(rows) > limit
+    rows = rows[:limit] if more else rows
     owed = await _owed(conn, customer_id)
-    return {"customer_id": customer_id, "invoices": [_view(r, owed) for r in rows]}
+    return ({"customer_id": customer_id, "invoices": [_view(r, owed) for r in rows]},
+            (rows[-1].period_start, rows[-1].id) if more else None)
 
 
 async def _owed(conn: AsyncConnection, customer_id: str) -> int:

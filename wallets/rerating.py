@@ -308,8 +308,10 @@ def _customer_view(customer_id: str, charges: int, rows: Sequence[dict[str, Any]
 # ------------------------------------------------------------------------------------------
 # Credit notes, as documents: frozen content, its hash.
 
-_NOTE = """SELECT n.content, encode(n.content_hash, 'hex') AS content_hash, n.entry_id, n.customer_id
+_NOTE = """SELECT n.content, encode(n.content_hash, 'hex') AS content_hash, n.entry_id, n.customer_id,
+                  n.issued_at, n.seq, n.id
              FROM credit_notes n"""
+NotePosition = tuple[datetime, int, str]  # issued_at, seq, id: a note's place in its customer's list
 
 
 async def credit_note(conn: AsyncConnection, note_id: str) -> dict[str, Any]:
@@ -326,13 +328,21 @@ async def credit_note_owner(conn: AsyncConnection, note_id: str) -> str:
     return owner
 
 
-async def credit_notes(conn: AsyncConnection, customer_id: str) -> dict[str, Any]:
+async def credit_notes(conn: AsyncConnection, customer_id: str, after: NotePosition | None = None,
+                       limit: int | None = None) -> tuple[dict[str, Any], NotePosition | None]:
+    """Up to `limit` (None: all) of the customer's credit and debit notes, oldest first (issued_at,
+    seq, id), those after the position `after`; and the last one's position when more follow."""
     if (await conn.exec_driver_sql("SELECT 1 FROM customers WHERE id = %s", (customer_id,))).first() is None:
         raise NotFoundError(f"no customer {customer_id}", customer_id=customer_id)
-    rows = await conn.exec_driver_sql(_NOTE + " WHERE n.customer_id = %s ORDER BY n.issued_at, n.seq",
-                                      (customer_id,))
-    return {"customer_id": customer_id,
-            "credit_notes": [_note(r) for r in rows]}
+    start, seq, note_id = after or (None, None, None)
+    rows = list(await conn.exec_driver_sql(
+        _NOTE + " WHERE n.customer_id = %s AND (%s::timestamptz IS NULL OR (n.issued_at, n.seq, n.id) > (%s, %s, %s))"
+        " ORDER BY n.issued_at, n.seq, n.id LIMIT %s",
+        (customer_id, start, start, seq, note_id, None if limit is None else limit + 1)))
+    more = limit is not None and len(rows) > limit
+    rows = rows[:limit] if more else rows
+    return ({"customer_id": customer_id, "credit_notes": [_note(r) for r in rows]},
+            (rows[-1].issued_at, rows[-1].seq, rows[-1].id) if more else None)
 
 
 def _note(row: Any) -> dict[str, Any]:

@@ -78,15 +78,7 @@ def _after(cursor: str | None, customer_id: str) -> tuple[datetime, str] | None:
     """The created_at and id a next page's cursor names (400 `invalid_cursor` for any other)."""
     if cursor is None:
         return None
-    position = cursors.decode_position(cursor, "console-reservations", [customer_id])
-    try:
-        at, reservation_id = position
-        created = datetime.fromisoformat(at)
-    except (TypeError, ValueError):
-        raise cursors.invalid("not a cursor of this listing") from None
-    if created.tzinfo is None or not isinstance(reservation_id, str):
-        raise cursors.invalid("not a cursor of this listing")
-    return created, reservation_id
+    return cursors.time_and_id(cursors.decode_position(cursor, "console-reservations", [customer_id]))
 
 
 @get(f"{PREFIX}/customers/{{customer_id:str}}/reservations", guards=[allow(*READERS)],

@@ -17,6 +17,7 @@ from api.console.web import PREFIX, allow, render
 from api.errors import ApiError
 from api.routes import invoices, receivables
 from api.routes.customers import customer_response
+from wallets import billing
 from wallets.errors import NotFoundError, WalletValidationError
 
 READERS = invoices.READERS
@@ -32,7 +33,7 @@ async def _download(document: dict[str, Any], fmt: str) -> Response[Any]:
 @get(f"{PREFIX}/customers/{{customer_id:str}}/invoices", guards=[allow(*READERS)], name="console-invoices")
 async def invoices_page(state: State, request: Request, customer_id: FromPath[str]) -> Template:
     customer = customer_response(await state.services.wallets.get_customer(customer_id))
-    listed = await invoices.list_invoices.fn(state=state, customer_id=customer_id)
+    listed = await state.services.db.read(lambda conn: billing.invoices(conn, customer_id))  # all, unpaged
     return render(request, "customer/invoices.html", customer=customer, invoices=listed["invoices"],
                   upcoming=await invoices.upcoming_document(state, customer_id), section="invoices")
 

@@ -14,6 +14,7 @@ import base64
 import binascii
 import hashlib
 import json
+from datetime import datetime
 from typing import Annotated, Any
 
 from litestar.params import QueryParameter
@@ -69,6 +70,18 @@ def decode_position(token: str, listing: str, filters: Any) -> list[Any]:
     if snapshot:
         raise invalid("not a cursor of this listing")
     return position
+
+
+def time_and_id(position: list[Any]) -> tuple[datetime, str]:
+    """A position of an aware time (ISO 8601) and an id (400 `invalid_cursor` for any other)."""
+    try:
+        at, item = position
+        when = datetime.fromisoformat(at)
+    except (TypeError, ValueError):
+        raise invalid("not a cursor of this listing") from None
+    if when.tzinfo is None or not isinstance(item, str):
+        raise invalid("not a cursor of this listing")
+    return when, item
 
 
 def _decode(token: str, listing: str, filters: Any) -> tuple[str, list[Any]]:

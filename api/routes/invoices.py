@@ -15,6 +15,7 @@ from litestar.response import Template
 from api import renderings
 from api.auth import ensure_owner, require
 from api.errors import documented
+from api.routes import cursors
 from api.routes.formats import DateTime, Identifier, PositiveAmount
 from api.routes.schemas import json_body
 from api.routes.wire import Answer, amount_in, idempotency, money, respond, shaped, time_in
@@ -101,8 +102,11 @@ class InvoiceView(msgspec.Struct):
 
 
 class InvoiceList(msgspec.Struct):
+    """Invoices in period order (oldest first); `next_cursor` is null on the last page."""
+
     customer_id: str
     invoices: list[InvoiceView]
+    next_cursor: str | None
 
 
 class ClosedInvoice(msgspec.Struct):
@@ -146,10 +150,17 @@ PAID = Answer(_payment, PaymentResult)
 
 
 @get("/v1/customers/{customer_id:str}/invoices", guards=[require(*READERS)], tags=["invoices"],
-     **documented(404, ok=InvoiceList))
-async def list_invoices(state: State, customer_id: FromPath[str]) -> dict[str, Any]:
-    """The customer's finalized invoices, oldest first, each with its payments and status."""
-    return await state.services.db.read(lambda conn: billing.invoices(conn, customer_id))
+     **documented(400, 404, 422, ok=InvoiceList))
+async def list_invoices(state: State, customer_id: FromPath[str], cursor: cursors.Cursor = None,
+                        limit: cursors.Limit = cursors.PAGE) -> dict[str, Any]:
+    """The customer's finalized invoices, oldest first, each with its payments and status, a page
+    at a time (`limit`, default 100); page on with `next_cursor` (a keyset position: an invoice
+    finalized meanwhile shows on a later page; none shows twice)."""
+    after = None if cursor is None else cursors.time_and_id(
+        cursors.decode_position(cursor, "invoices", [customer_id]))
+    page, more = await state.services.db.read(lambda conn: billing.invoice_page(conn, customer_id, after, limit))
+    return {**page, "next_cursor": None if more is None else cursors.encode_position(
+        "invoices", [customer_id], [more[0].isoformat(), more[1]])}
 
 
 @get("/v1/customers/{customer_id:str}/invoices/upcoming", guards=[require(*READERS)], tags=["invoices"],

@@ -15,6 +15,7 @@ from litestar.response import Template
 from api import renderings
 from api.auth import ensure_owner, require
 from api.errors import ApiError, documented
+from api.routes import cursors
 from api.routes.formats import DateTime, Identifier
 from api.routes.invoices import BILL_TO
 from api.routes.schemas import json_body
@@ -105,8 +106,11 @@ class CreditNoteView(msgspec.Struct):
 
 
 class CreditNoteList(msgspec.Struct):
+    """Notes oldest first (issued, then number); `next_cursor` is null on the last page."""
+
     customer_id: str
     credit_notes: list[CreditNoteView]
+    next_cursor: str | None
 
 
 RerateBody = Annotated[dict[str, Any], json_body(RerateRequest)]
@@ -158,10 +162,23 @@ async def get_credit_note(state: State, request: Request, credit_note_id: FromPa
 
 
 @get("/v1/customers/{customer_id:str}/credit-notes", guards=[require(*READERS)], tags=["invoices"],
-     **documented(404, ok=CreditNoteList))
-async def list_credit_notes(state: State, customer_id: FromPath[str]) -> dict[str, Any]:
-    """The customer's credit and debit notes, oldest first."""
-    return await state.services.db.read(lambda conn: rerating.credit_notes(conn, customer_id))
+     **documented(400, 404, 422, ok=CreditNoteList))
+async def list_credit_notes(state: State, customer_id: FromPath[str], cursor: cursors.Cursor = None,
+                            limit: cursors.Limit = cursors.PAGE) -> dict[str, Any]:
+    """The customer's credit and debit notes, oldest first, a page at a time (`limit`, default
+    100); page on with `next_cursor` (a keyset position: a note issued meanwhile shows on a later
+    page; none shows twice)."""
+    after = None
+    if cursor is not None:
+        position = cursors.decode_position(cursor, "credit-notes", [customer_id])
+        if len(position) != 3 or type(position[1]) is not int:
+            raise cursors.invalid("not a cursor of this listing")
+        at, note_id = cursors.time_and_id([position[0], position[2]])
+        after = (at, position[1], note_id)
+    page, more = await state.services.db.read(
+        lambda conn: rerating.credit_notes(conn, customer_id, after, limit))
+    return {**page, "next_cursor": None if more is None else cursors.encode_position(
+        "credit-notes", [customer_id], [more[0].isoformat(), more[1], more[2]])}
 
 
 ROUTES = [rerate, get_credit_note, list_credit_notes]

@@ -1,0 +1,97 @@
+"""A customer's invoices and credit notes a page at a time, as the journal and budgets page:
+`limit` (1 to 1000, default 100) in period order, `next_cursor` to the next page (null on the
+last), a cursor not made for the list 400 `invalid_cursor`, a limit out of range 422
+`validation_error` naming `limit`. Before, `GET /v1/customers/{id}/invoices` and
+`.../credit-notes` answered every document at once (and refused `limit` and `cursor` as unknown
+parameters, 422)."""
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from api.routes import cursors
+from tests.api.apps import api_client, book_customer
+from wallets.periods import Cycle, period_of
+
+LISTS = ["invoices", "credit-notes"]
+
+
+@pytest.fixture
+async def client(scratch_url):  # a database of its own: an early close numbers invoices ahead
+    async with api_client(scratch_url, send_admin=True) as c:
+        yield c
+
+
+async def _seven_invoices(client, cid: str) -> list[str]:
+    """An idle postpaid customer closed early through its current UTC month and the 6 after it:
+    one invoice a period, 7 in all; their numbers in period order."""
+    await book_customer(client, cid)
+    period = period_of(datetime.now(UTC), Cycle("UTC", None))
+    for _ in range(6):
+        period = period_of(period.end, Cycle("UTC", None))
+    closed = await client.post("/v1/billing/close", json={
+        "until": (period.end + timedelta(hours=1, seconds=1)).isoformat(), "customer_id": cid, "early": True})
+    assert closed.status_code == 200, closed.text
+    assert len(closed.json()["closed"]) == 7, closed.text
+    return [c["number"] for c in closed.json()["closed"]]
+
+
+async def test_seven_invoices_come_in_pages_of_3_3_and_1_in_period_order_none_twice(client) -> None:
+    """limit 3 over 7 invoices: 3 + 3 + 1 = 7, the last page's next_cursor null; the pages
+    together are the whole list as one page of the default 100 gives it, in the same order."""
+    numbers = await _seven_invoices(client, "pager")
+    whole = await client.get("/v1/customers/pager/invoices")
+    assert whole.status_code == 200, whole.text
+    assert whole.json()["next_cursor"] is None
+    assert [i["number"] for i in whole.json()["invoices"]] == numbers
+    pages, cursor = [], None
+    while True:
+        page = await client.get("/v1/customers/pager/invoices",
+                                params={"limit": 3, **({"cursor": cursor} if cursor else {})})
+        assert page.status_code == 200, page.text
+        pages.append([i["number"] for i in page.json()["invoices"]])
+        cursor = page.json()["next_cursor"]
+        if cursor is None:
+            break
+    assert [len(p) for p in pages] == [3, 3, 1]
+    assert [n for p in pages for n in p] == numbers  # none twice, none left out, period order
+    assert sorted(i["period"]["start"] for i in whole.json()["invoices"]) == [
+        i["period"]["start"] for i in whole.json()["invoices"]]
+
+
+@pytest.mark.parametrize("listing", LISTS)
+async def test_a_cursor_not_made_for_the_list_is_400_invalid_cursor(client, listing) -> None:
+    await _seven_invoices(client, "cursors")
+    await book_customer(client, "other")
+    first = await client.get(f"/v1/customers/cursors/{listing}", params={"limit": 1})
+    assert first.status_code == 200, first.text
+    if listing == "invoices":  # another customer's cursor: made for other filters
+        theirs = first.json()["next_cursor"]
+        refused = await client.get("/v1/customers/other/invoices", params={"cursor": theirs})
+        assert (refused.status_code, refused.json()["code"]) == (400, "invalid_cursor"), refused.text
+    forged = [cursors.encode_position(listing, ["cursors"], position) for position in (  # this list's, edited
+        ["2026-11-01T00:00:00", "x"], ["not a time", "x"], [1, 2, 3], ["2026-11-01T00:00:00Z", "1", "x"])]
+    made_for_budgets = cursors.encode_position("budgets", [None], ["cursors", "x"])
+    for bad in ("bm90LWEtY3Vyc29y", "eyJ4Ijox", made_for_budgets, *forged):
+        refused = await client.get(f"/v1/customers/cursors/{listing}", params={"cursor": bad})
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        assert (refused.status_code, refused.json()["code"]) == (400, "invalid_cursor"), (bad, refused.text)
+
+
+@pytest.mark.parametrize("listing", LISTS)
+@pytest.mark.parametrize("limit", ["0", "1001", "-1", "x"])
+async def test_a_limit_out_of_1_to_1000_is_422_naming_limit(client, listing, limit) -> None:
+    await book_customer(client, "limits")
+    refused = await client.get(f"/v1/customers/limits/{listing}", params={"limit": limit})
+    assert (refused.status_code, refused.json()["code"]) == (422, "validation_error"), refused.text
+    assert [f["field"] for f in refused.json()["fields"]] == ["limit"]
+
+
+@pytest.mark.parametrize("listing", LISTS)
+async def test_the_largest_limit_is_taken_and_an_empty_list_has_no_next_page(client, listing) -> None:
+    await book_customer(client, "empty")
+    page = await client.get(f"/v1/customers/empty/{listing}", params={"limit": 1000})
+    assert page.status_code == 200, page.text
+    key = "invoices" if listing == "invoices" else "credit_notes"
+    assert (page.json()[key], page.json()["next_cursor"]) == ([], None)
