@@ -218,16 +218,18 @@ def windowed(ledger: list[Payment], paid: list[Payment], start: datetime | None,
              end: datetime | None) -> tuple[list[Payment], list[Payment]]:
     """The ledger's records and the file's rows of [start, end) (a row without a time is in every
     window), each with the records of the other side outside it that a reference matches to one
-    inside: the processor dates a payment before the ledger records its top-up, so a window's
-    bound can fall between the two, and each side's run left out half of one honest payment (ONLY
-    IN LEDGER in one month, ONLY IN FILE in the other)."""
+    inside in the same direction (cash in, or a refund's out): the processor dates a payment before
+    the ledger records its top-up, so a window's bound can fall between the two, and each side's run
+    left out half of one honest payment (ONLY IN LEDGER in one month, ONLY IN FILE in the other). A
+    refund row carries its charge's ids: it takes in no top-up, nor a top-up it."""
     def inside(at: datetime | None) -> bool:
         return at is None or ((start is None or at >= start) and (end is None or at < end))
 
-    ledger_refs = {p.reference for p in ledger if p.reference and inside(p.at)}
-    file_refs = {ref for p in paid if inside(p.at) for ref in (p.reference, *p.aliases)}
-    return ([p for p in ledger if inside(p.at) or (p.reference and p.reference in file_refs)],
-            [p for p in paid if inside(p.at) or ledger_refs.intersection((p.reference, *p.aliases))])
+    ledger_keys = {(p.reference, p.amount < 0) for p in ledger if p.reference and inside(p.at)}
+    file_keys = {(ref, p.amount < 0) for p in paid if inside(p.at) for ref in (p.reference, *p.aliases)}
+    return ([p for p in ledger if inside(p.at) or (p.reference, p.amount < 0) in file_keys],
+            [p for p in paid if inside(p.at) or any((ref, p.amount < 0) in ledger_keys
+                                                    for ref in (p.reference, *p.aliases))])
 
 
 def reconcile(ledger: list[Payment], paid: list[Payment]) -> Reconciliation:

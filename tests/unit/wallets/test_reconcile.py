@@ -225,3 +225,28 @@ def test_a_generic_files_time_written_with_a_lowercase_t_or_z_is_the_same_instan
             "pay-2,1.00,USD,2026-11-02T10:00:00Z\n")
     paid, _ = read_payments(io.StringIO(body), SCALES)
     assert [p.at.isoformat() for p in paid] == ["2026-11-02T10:00:00+00:00"] * 2
+
+
+def test_a_window_takes_in_a_record_outside_it_only_for_a_match_of_the_same_direction():
+    """November: a 100.00 USD top-up ch_1 (ledger 2026-11-30, Stripe's charge row the same day).
+    December: its 3.00 USD refund re_9 (ledger and Stripe's refund row 2026-12-02), whose itemized
+    row carries the charge's ids ch_1 and pi_1 too. December's window [12-01, 01-01) holds the
+    refund on both sides: matched, and nothing else. November's [11-01, 12-01) holds the top-up on
+    both sides: matched. A window takes in a record outside it whose reference matches one inside
+    (a payment dated either side of the bound), but the refund row's alias ch_1 pulled November's
+    top-up into December (matched against the refund row, -3.00 vs 100.00: AMOUNT MISMATCH, and
+    the refund ONLY IN LEDGER), and the top-up ch_1 pulled the refund row into November (ONLY IN
+    FILE): cash in matches cash in, a refund a refund."""
+    from datetime import UTC, datetime
+
+    from wallets.reconcile import windowed
+
+    paid, _ = read_payments(io.StringIO(ITEMIZED.replace("2026-11-02 11:00:00", "2026-12-02 11:00:00")
+                                        .replace("2026-11-02 10:00:00", "2026-11-30 10:00:00")), SCALES)
+    ledger = [Payment("ch_1", 100 * 10**9, "USD", "entry 1", datetime(2026, 11, 30, 10, 0, 5, tzinfo=UTC)),
+              Payment("re_9", -3 * 10**9, "USD", "entry 2", datetime(2026, 12, 2, 11, 0, 5, tzinfo=UTC))]
+    nov, dec, jan = (datetime(y, m, 1, tzinfo=UTC) for y, m in ((2026, 11), (2026, 12), (2027, 1)))
+    for (start, end), reference in (((dec, jan), "re_9"), ((nov, dec), "ch_1")):
+        result = reconcile(*windowed(ledger, paid, start, end))
+        assert result.clean and [m.reference for m, _ in result.matched] == [reference], (
+            reference, result.mismatched, result.only_in_ledger, result.only_in_file)
