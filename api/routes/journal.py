@@ -30,7 +30,8 @@ from wallets import reports
 from wallets.errors import WalletValidationError
 
 AccountParam = Annotated[str | None, QueryParameter(name="account", min_length=1, max_length=200)]
-KindParam = Annotated[str | None, QueryParameter(name="kind", min_length=1, max_length=64)]
+# an entry's kind is a snake_case word (topup, settle, credit_refund): anything else names none
+KindParam = Annotated[str | None, QueryParameter(name="kind", max_length=64, pattern=r"^[a-z][a-z0-9_]*$")]
 RequestIdParam = Annotated[str | None, QueryParameter(name="request_id", min_length=1, max_length=200)]
 
 

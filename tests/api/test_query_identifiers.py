@@ -64,3 +64,16 @@ async def test_a_currency_query_parameter_that_cannot_be_a_currency_is_a_422_nam
         _refused_naming(await client.get(path, params={"currency": bad}), "currency", bad)
     taken = await client.get(path, params={"currency": "USD"})
     assert taken.status_code == 200, taken.text
+
+
+async def test_a_journal_kind_and_a_trailing_newline_is_a_422_naming_kind(client, customer):
+    """An entry's kind is a snake_case word (`topup`, `settle`, `credit_refund`); `kind` was bounded
+    by length alone (1 to 64), so `topup` and "\\n" (6 characters) was looked up as a kind no entry
+    has: 200 `{"entries": []}` for the customer's one top-up. Now `kind` has a pattern, checked
+    whole (wire._check_query): "topup\\n", "Top-Up" and "" are 422 `validation_error` naming
+    `kind`; `topup` still lists the customer's one top-up of $10.00."""
+    assert (await client.post(f"/v1/customers/{customer}/topups", json={"amount": "10.00"})).status_code == 201
+    for bad in ("topup\n", "Top-Up", ""):
+        _refused_naming(await client.get("/v1/journal", params={"customer": customer, "kind": bad}), "kind", bad)
+    listed = await client.get("/v1/journal", params={"customer": customer, "kind": "topup"})
+    assert [e["kind"] for e in listed.json()["entries"]] == ["topup"], listed.text
