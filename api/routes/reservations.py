@@ -31,8 +31,10 @@ from api.routes.schemas import (
     json_body,
     json_object,
 )
-from api.routes.wire import Answer, amount_in, idempotency, money, respond, shaped, time_out
+from api.routes.wire import Answer, amount_in, idempotency, kept_answer, money, respond, shaped, time_out
+from ledger.db import Database
 from ledger.model import request_hash
+from pricing.errors import InvalidUsageError
 from wallets import reports
 from wallets.commands import (
     MAX_TTL_SECONDS,
@@ -45,6 +47,7 @@ from wallets.commands import (
     Settle,
     SettleResult,
 )
+from wallets.core.idempotency import IdemKey, Replayed
 from wallets.errors import WalletValidationError
 
 
@@ -202,13 +205,31 @@ async def settle(
     forced_by = _forcing_key(request) if data.force else None
     customer_id = await services_of(request).wallets.owner_of(reservation_id)
     ensure_owner(request, customer_id, f"reservation {reservation_id}")
-    tokens, usage = usage_tokens(data.usage, data.openai_usage, data.anthropic_usage, data.gemini_usage)
     body = _settle_body(data)
+    idem = idempotency(request, body)
+    read = await settle_usage(services_of(request).db, data, customer_id, idem)
+    if isinstance(read, Replayed):
+        return respond(request, read, SETTLED)
+    tokens, usage = read
     command = Settle(customer_id=customer_id, reservation_id=reservation_id,
                      request_hash=request_hash(body), tokens=tokens, usage=usage,
                      final=data.final, capture_id=data.capture_id, forced_by=forced_by,
-                     from_caller=principal_of(request).scope != "admin", idem=idempotency(request, body))
+                     from_caller=principal_of(request).scope != "admin", idem=idem)
     return respond(request, await services_of(request).wallets.submit(command), SETTLED)
+
+
+async def settle_usage(db: Database, data: SettleRequest, customer_id: str, idem: IdemKey | None
+                       ) -> tuple[dict[str, int], dict[str, Any]] | Replayed:
+    """A settle's usage (counts, what to store), or, when its usage is refused, the answer kept under
+    its key: a settle taken before a rule on usage tightened (a `gemini_usage` of no count, 9bf37b7)
+    replays what it was answered; only one not kept is refused (422)."""
+    try:
+        return usage_tokens(data.usage, data.openai_usage, data.anthropic_usage, data.gemini_usage)
+    except InvalidUsageError:
+        kept = await kept_answer(db, idem, customer_id)
+        if kept is None:
+            raise
+        return kept
 
 
 def _settle_body(data: SettleRequest) -> dict[str, Any]:

@@ -18,8 +18,7 @@ from litestar.datastructures import State
 
 from api.auth import guarded_post, principal_of, require
 from api.errors import RETRY_AFTER_S, ApiError, Problem, documented, error_response, problem_body, unexpected
-from api.routes.inputs import usage_tokens
-from api.routes.reservations import SETTLED, SettleRequest, SettleResponse, _settle_body
+from api.routes.reservations import SETTLED, SettleRequest, SettleResponse, _settle_body, settle_usage
 from api.routes.schemas import (
     ANTHROPIC_USAGE,
     CANONICAL_USAGE,
@@ -36,6 +35,7 @@ from ledger.errors import LedgerError
 from ledger.model import request_hash
 from pricing.errors import PricingError
 from wallets.commands import Settle
+from wallets.core.idempotency import Replayed
 from wallets.errors import WalletValidationError
 
 MAX_SETTLES = 1000
@@ -133,10 +133,10 @@ async def _settle_one(state: State, request: Request, raw: Any, lookups: asyncio
             customer_id = await state.services.wallets.owner_of(item.reservation_id)
         if not principal_of(request).may_see(customer_id):
             raise ApiError("forbidden", f"this key may not settle reservation {item.reservation_id}", 403)
-        tokens, usage = usage_tokens(item.usage, item.openai_usage, item.anthropic_usage, item.gemini_usage)
-        outcome = await state.services.wallets.submit(Settle(
+        read = await settle_usage(state.services.db, data, customer_id, idem)
+        outcome = read if isinstance(read, Replayed) else await state.services.wallets.submit(Settle(
             customer_id=customer_id, reservation_id=item.reservation_id, request_hash=request_hash(body),
-            tokens=tokens, usage=usage, final=item.final, capture_id=item.capture_id,
+            tokens=read[0], usage=read[1], final=item.final, capture_id=item.capture_id,
             from_caller=principal_of(request).scope != "admin", idem=idem))
     except (LedgerError, PricingError, ApiError, RetriesExhaustedError) as exc:
         return _problem(request, exc, raw, key)

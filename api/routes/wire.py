@@ -660,13 +660,15 @@ def idempotency(request: Request, body: Any, *, key: str | None = None, path: st
     return IdemKey(scope, key, body_hash(request, body, path))
 
 
-async def kept_answer(db: Database, idem: IdemKey | None) -> Replayed | None:
+async def kept_answer(db: Database, idem: IdemKey | None, customer_id: str | None = None) -> Replayed | None:
     """The answer kept under `idem`, to replay (an idempotency_conflict if the body differs),
     looked up before the route looks up what it acts on: a DELETE retried after a lost answer
-    answers what it first answered, though what it deleted is gone."""
+    answers what it first answered, though what it deleted is gone. A wallet command's answer is
+    kept in its customer's lane: `customer_id` names it."""
     if idem is None:
         return None
-    loaded = await db.read(lambda conn: store.load(conn, (), idempotency=[(idem.scope, idem.key)]))
+    customers = () if customer_id is None else (customer_id,)
+    loaded = await db.read(lambda conn: store.load(conn, customers, idempotency=[(idem.scope, idem.key)]))
     return check_key(loaded.idempotency.get((idem.scope, idem.key)), idem)
 
 

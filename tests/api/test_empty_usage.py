@@ -15,6 +15,8 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from api.client_reservations import Reservation
+from api.routes import inputs
+from pricing.normalize import normalize_gemini
 from tests.api.apps import book_customer
 
 NO_COUNT = [{}, {"input_tokens": None, "output_tokens": None}, {"service_tier": "flex"}]
@@ -185,3 +187,55 @@ async def test_usage_the_server_refuses_is_refused_by_record_at_once(client, cus
     field = next(f["field"] for f in answer.json()["fields"])
     with pytest.raises(ValueError, match=field.rsplit(".", 1)[-1]):
         reservation.record(**recorded)
+
+
+def _read_as_before_9bf37b7(monkeypatch) -> None:
+    """The server before 9bf37b7: a gemini_usage giving none of Gemini's counts read as zeros."""
+    def zeros_when_none(metadata):
+        return normalize_gemini({"promptTokenCount": 0, **metadata})
+    monkeypatch.setattr(inputs, "normalize_gemini", zeros_when_none)
+
+
+async def test_a_settle_kept_before_gemini_usage_was_checked_replays_its_answer(client, customer, tag, monkeypatch):
+    """A settle of `{"gemini_usage": {}}` taken before 9bf37b7 (as a call that used nothing:
+    charged 0.00, the $1.00 hold released 1.00) and retried under its Idempotency-Key after the
+    upgrade was answered 422 naming `gemini_usage`, the usage checked before the key was looked
+    up: the client, told its settle failed, would settle that reservation again. Now the key is
+    looked up first: the retry replays the kept 200 (Idempotent-Replayed: true; charged 0.00,
+    released 1.00), and only a settle under a new key (another reservation) is refused 422, its
+    $1.00 hold kept. The wallet: 10.00 - 1.00 held = 9.00 available."""
+    rid, new = await _held(client, customer, f"k-{tag}"), await _held(client, customer, f"n-{tag}")
+    body, key = {"gemini_usage": {}, "final": True}, {"Idempotency-Key": f"settle-{tag}"}
+    with monkeypatch.context() as before:
+        _read_as_before_9bf37b7(before)
+        first = await client.post(f"/v1/reservations/{rid}/settle", json=body, headers=key)
+    assert (first.status_code, first.json()["charged"], first.json()["released"]) == (200, "0.00", "1.00")
+    retried = await client.post(f"/v1/reservations/{rid}/settle", json=body, headers=key)
+    assert (retried.status_code, retried.headers.get("idempotent-replayed")) == (200, "true"), retried.text
+    assert retried.json() == first.json()
+    refused = await client.post(f"/v1/reservations/{new}/settle", json=body, headers={"Idempotency-Key": f"new-{tag}"})
+    assert (refused.status_code, [f["field"] for f in refused.json()["fields"]]) == (422, ["gemini_usage"])
+    assert (await client.get(f"/v1/reservations/{new}")).json()["status"] == "held"
+    assert (await client.get(f"/v1/customers/{customer}/wallet")).json()["available"] == "9.00"
+
+
+async def test_a_bulk_settle_kept_before_gemini_usage_was_checked_replays_its_answer(client, customer, tag,
+                                                                                    monkeypatch):
+    """As the single settle, in `POST /v1/settlements`: the item of `{"gemini_usage": {}}` under
+    `idempotency_key` k, taken before 9bf37b7 (200, charged 0.00, released 1.00), sent again in
+    a new call beside a new item of the same usage: the retried item was 422 naming
+    `gemini_usage`. Now it replays its kept 200 (replayed: true, the same body), and the new
+    item alone is 422, its $1.00 hold kept: 10.00 - 1.00 = 9.00 available."""
+    rid, new = await _held(client, customer, f"bk-{tag}"), await _held(client, customer, f"bn-{tag}")
+    kept = {"reservation_id": rid, "gemini_usage": {}, "idempotency_key": f"k-{tag}"}
+    with monkeypatch.context() as before:
+        _read_as_before_9bf37b7(before)
+        first = (await client.post("/v1/settlements", json=[kept])).json()["results"][0]
+    assert (first["status"], first["body"]["charged"], first["body"]["released"]) == (200, "0.00", "1.00")
+    answer = await client.post("/v1/settlements", json=[kept, {"reservation_id": new, "gemini_usage": {}}])
+    assert answer.status_code == 200, answer.text
+    again, refused = answer.json()["results"]
+    assert (again["status"], again["replayed"], again["body"]) == (200, True, first["body"]), again
+    assert (refused["status"], [f["field"] for f in refused["body"]["fields"]]) == (422, ["gemini_usage"])
+    assert (await client.get(f"/v1/reservations/{new}")).json()["status"] == "held"
+    assert (await client.get(f"/v1/customers/{customer}/wallet")).json()["available"] == "9.00"
