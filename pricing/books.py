@@ -46,7 +46,7 @@ from pricing.errors import NOT_AN_INTEGER, PriceBookValidationError, UnpricedMod
 from pricing.money import DEFAULT_SCALE, to_decimal
 from pricing.rule_fields import PromptTier as PromptTier
 from pricing.rule_fields import checked_price, format_errors, in_hours, normalize_format_2, window_errors
-from pricing.units import KINDS, PER_CALL, PER_UNITS, TOKEN_TYPES
+from pricing.units import KINDS, NOT_TOKENS, PER_UNITS, TOKEN_TYPES
 
 FALLBACKS: dict[str, tuple[str, ...]] = {k.name: k.fallbacks for k in KINDS.values() if k.fallbacks}
 TIER_MODES = ("graduated", "volume")
@@ -240,7 +240,7 @@ class PriceVersion:
     token_types: frozenset[str] = field(init=False, repr=False, compare=False)  # the types its rules price
     priced_dimensions: frozenset[str] = field(init=False, repr=False, compare=False)  # the names rules match
     _models: frozenset[str | None] = field(init=False, repr=False, compare=False)  # None: a rule for any
-    # (a fee per call for every model, a request's or a tool call's, is not one: units.PER_CALL)
+    # (a price for every model of a unit that is no token, a call's or an hour's, is not one: units.NOT_TOKENS)
     resolved: dict[tuple[object, ...], object] = field(init=False, repr=False, compare=False)  # rating's cache
 
     def __post_init__(self) -> None:
@@ -267,7 +267,7 @@ class PriceVersion:
         object.__setattr__(self, "token_types", frozenset(rule.token_type for rule in self.rules))
         object.__setattr__(self, "priced_dimensions", frozenset(name for rule in self.rules for name, _ in rule.match))
         object.__setattr__(self, "_models", frozenset(r.model for r in self.rules
-                                                      if r.model is not None or r.token_type not in PER_CALL))
+                                                      if r.model is not None or r.token_type not in NOT_TOKENS))
         object.__setattr__(self, "resolved", {})
 
     def context_window_for(self, rule_ids: Iterable[str | None]) -> int | None:
@@ -299,9 +299,9 @@ class PriceVersion:
 
     def prices_model(self, model: str) -> bool:
         """Whether some rule of the version applies to the model (by name, pattern or no model;
-        a rule for every model of a type priced per call, a request fee or a tool call, does not
-        count: with ``unpriced: zero`` it made every model, a misspelt one too, a model whose
-        tokens are free)."""
+        a rule for every model of a type that counts no tokens, a request fee, a tool call, audio
+        seconds, characters, does not count: with ``unpriced: zero`` it made every model, a
+        misspelt one too, a model whose tokens are free)."""
         return (model in self._models or None in self._models
                 or any(fnmatchcase(model, p) for p in self._models if p is not None and is_pattern(p)))
 

@@ -4,8 +4,8 @@
   apply) for a model and/or token type; the line carries the override id. Precedence: model
   specificity first (exact > pattern > any), then token type (the usage's own type > the type
   the book priced it as through a fallback > any type). A contract without a token type never
-  applies to a type priced per call (``pricing.units.PER_CALL``: ``request``, a tool call, a page,
-  a message): a per-call price is not a per-token price. Ties are refused.
+  applies to a type that counts no tokens (``pricing.units.NOT_TOKENS``: ``request``, a tool call,
+  a page, a message, seconds of audio, characters): a per-token price is not theirs. Ties are refused.
 - A discount takes a percentage off every usage line it covers (by the line's model, and its
   own token type or the type the book priced it as through a fallback, as a contract price),
   as its own negative line.
@@ -21,7 +21,7 @@ from decimal import Decimal
 from pricing.books import TOKEN_TYPES, is_pattern, model_rank, patterns_may_overlap
 from pricing.errors import PriceBookValidationError, field_error
 from pricing.money import to_decimal
-from pricing.units import PER_CALL
+from pricing.units import NOT_TOKENS
 
 _MAX_DECIMALS = 18
 
@@ -74,7 +74,7 @@ class ContractPrice:
         if m is None:
             return None
         if self.token_type is None:
-            return None if token_type in PER_CALL else (m, 0)
+            return None if token_type in NOT_TOKENS else (m, 0)
         if self.token_type == token_type:
             return (m, 2)
         return (m, 1) if self.token_type == priced_as else None

@@ -90,10 +90,12 @@ FORMATS = (1, 2)
 # per-call tool charges, never billed by a format 1 book (it has no type for them): its other
 # units without a format 1 type (seconds, characters, pages, messages) are unpriced there
 TOOL_CALLS: frozenset[str] = frozenset(k.name for k in _KINDS if k.field.endswith("_calls"))
-# types priced per call (a request, a tool call, a page, a message): they price calls, not any
-# model's tokens, so a rule of one for every model does not make every model one the book prices
-# (pricing.books.PriceVersion.prices_model; under `unpriced: zero` a misspelt model's tokens were free)
-PER_CALL: frozenset[str] = frozenset(k.name for k in _KINDS if k.per == 1)
+# types that count no tokens (a request, a tool call, a page, a message, a second of audio, a
+# character): a rule of one for every model prices those units, not any model's tokens, so it does
+# not make every model one the book prices (pricing.books.PriceVersion.prices_model; under
+# `unpriced: zero` a misspelt model's tokens were free), and a contract price per 1M tokens
+# without a token type does not price them (pricing.overrides.ContractPrice.rank)
+NOT_TOKENS: frozenset[str] = frozenset(k.name for k in _KINDS if not k.field.endswith("_tokens"))
 # the format 1 types of a modality: a format 1 book with a rule of one rates that modality's
 # tokens by it (input, cached input and output alike), else as their legacy type
 MODALITY_TYPES = frozenset({"audio", "image"})

@@ -21,7 +21,7 @@ from pricing.books import is_pattern, model_rank
 from pricing.errors import PriceBookValidationError, field_error
 from pricing.override_versions import OverrideHistory, history, parse_overrides
 from pricing.overrides import Overrides
-from pricing.units import PER_CALL
+from pricing.units import NOT_TOKENS
 from wallets.errors import NotFoundError
 
 MAX_CUSTOMERS = 10_000  # customers whose history a process keeps
@@ -75,9 +75,9 @@ async def _book_of(conn: AsyncConnection, customer_id: str) -> str | None:
 
 async def check_models(conn: AsyncConnection, customer_id: str, body: Mapping[str, Any]) -> None:
     """Refuse a model whose tokens no rule of the customer's price book prices (a contract price or
-    a discount for it would never apply; a rule for every model of a type priced per call, a
-    request fee or a tool call, does not make one known: pricing.units.PER_CALL; one naming the
-    model does, a request fee too):
+    a discount for it would never apply; a rule for every model of a type that counts no tokens,
+    a request fee, a tool call, audio seconds or characters, does not make one known:
+    pricing.units.NOT_TOKENS; one naming the model does, a request fee too):
     `validation_error` naming each such field."""
     book_id = await _book_of(conn, customer_id)
     scoped = [(f"{name}[{i}].model", item["model"]) for name in ("contract_prices", "discounts")
@@ -89,8 +89,8 @@ async def check_models(conn: AsyncConnection, customer_id: str, body: Mapping[st
         rows = await conn.execute(text("""SELECT DISTINCT r->>'model' AS model FROM price_book_versions v
                                             CROSS JOIN LATERAL jsonb_array_elements(v.rules) r
                                            WHERE v.book_id = :b AND (r->>'model' IS NOT NULL
-                                                  OR NOT r->>'token_type' = ANY(CAST(:per_call AS text[])))"""),
-                                    {"b": book_id, "per_call": sorted(PER_CALL)})
+                                                  OR NOT r->>'token_type' = ANY(CAST(:not_tokens AS text[])))"""),
+                                    {"b": book_id, "not_tokens": sorted(NOT_TOKENS)})
         models = {r.model for r in rows}
     errors = [field_error(where, f"no rule of price book {book_id} prices model {model!r}" if book_id
                           else f"customer {customer_id} has no price book to override")

@@ -111,17 +111,22 @@ async def test_an_unknown_customer_is_not_found_and_keys_other_than_admin_only_r
     assert peek.status_code == 403 and peek.json()["code"] == "forbidden"
 
 
-async def test_a_tool_price_for_every_model_makes_no_unknown_model_priced(client) -> None:
-    """A format 2 book with `unpriced: zero`: model-a input at $10 per 1M and web searches at $0.01
-    a call for every model (no model). Before, that search rule made every model one the book
-    prices: a contract price for model-zzz was stored (201) and never applied, a hold of $0.50 for
-    model-aa was taken, and a usage event of model-aa's 1M input tokens and 2 searches was charged
-    $0.02 (2 x $0.01), its tokens free. Now each is refused: 422 naming contract_prices[0].model,
-    422 unpriced_model, and the event rejected unpriced_model, nothing charged; model-a's event
-    (1M input, 2 searches) is charged $10.00 + $0.02 = $10.02."""
+@pytest.mark.parametrize(("unit", "field", "quantity"), [
+    ("web_search", "web_search_calls", 2), ("audio_seconds", "audio_seconds", 7_200),
+    ("input_characters", "input_characters", 2_000_000)])
+async def test_a_tool_price_for_every_model_makes_no_unknown_model_priced(client, unit, field, quantity) -> None:
+    """A format 2 book with `unpriced: zero`: model-a input at $10 per 1M and a unit that is no
+    token at $0.01 for every model (no model): web searches a call, audio an hour, characters per
+    1M. Before, that rule made every model one the book prices (searches until 180d768; audio and
+    characters until now): a contract price for model-zzz was stored (201) and never applied, a
+    hold of $0.50 for model-aa was taken, and a usage event of model-aa's 1M input tokens and 2
+    searches (2 hours: 7,200 s; 2M characters) was charged $0.02 (2 x $0.01), its tokens free. Now
+    each is refused: 422 naming contract_prices[0].model, 422 unpriced_model, and the event
+    rejected unpriced_model, nothing charged; model-a's event (1M input and the same 2 of the
+    unit) is charged $10.00 + $0.02 = $10.02."""
     book = {"id": "po-tools", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "format": 2,
             "unpriced": "zero", "rules": [{"id": "a-in", "model": "model-a", "token_type": "input", "price": "10"},
-                                          {"id": "search", "token_type": "web_search", "price": "0.01"}]}
+                                          {"id": "search", "token_type": unit, "price": "0.01"}]}
     assert (await client.post("/v1/price-books", headers=ADMIN, json=book)).status_code == 201
     made = await client.post("/v1/customers", headers=ADMIN, json={"id": "po-tools", "currency": "USD",
                                                                    "price_book": "po-tools"})
@@ -136,7 +141,7 @@ async def test_a_tool_price_for_every_model_makes_no_unknown_model_priced(client
         "customer_id": "po-tools", "request_id": "aa", "model": "model-aa", "amount": "0.50"})
     assert hold.status_code == 422 and hold.json()["code"] == "unpriced_model", hold.text
     at = utc(datetime.now(UTC) - timedelta(minutes=1))
-    usage = {"input_tokens": 1_000_000, "web_search_calls": 2}
+    usage = {"input_tokens": 1_000_000, field: quantity}
     sent = await client.post("/v1/usage-events", headers=ADMIN, json=[
         {"event_id": "aa", "customer_id": "po-tools", "model": "model-aa", "timestamp": at, "usage": usage},
         {"event_id": "a", "customer_id": "po-tools", "model": "model-a", "timestamp": at, "usage": usage}])

@@ -246,20 +246,23 @@ def test_a_contract_price_replaces_the_unit_price_and_names_the_override():
     ]
 
 
-@pytest.mark.parametrize("unit", ["web_search", "file_search", "code_execution", "input_message",
-                                  "document_page", "annotated_document_page"])
-def test_a_contract_price_without_a_token_type_prices_no_unit_priced_per_call(unit):
-    """A format 2 book: model-a input at $10 per 1M and a $0.01 price per call of `unit` for every
-    model. The customer's contract prices model-a at $8 (no token type: per 1M tokens, as a
-    contract without a token type never prices `request`). Before, it priced model-a's 2 calls at
-    $8 each, $16.00, where the book's are 2 x $0.01 = $0.02. By hand now: 1,000,000 input tokens
-    at the contract's $8/M = $8.00 (8,000,000,000 units) and 2 calls at the book's $0.01 = $0.02
+@pytest.mark.parametrize(("unit", "quantity"), [
+    ("web_search", 2), ("file_search", 2), ("code_execution", 2), ("input_message", 2), ("document_page", 2),
+    ("annotated_document_page", 2), ("audio_seconds", 7_200), ("input_audio_seconds", 7_200),
+    ("input_characters", 2_000_000)])
+def test_a_contract_price_without_a_token_type_prices_no_unit_priced_per_call(unit, quantity):
+    """A format 2 book: model-a input at $10 per 1M and a $0.01 price of `unit` for every model
+    (a call, a page, a message; an hour of audio; 1M characters). The customer's contract prices
+    model-a at $8 (no token type: per 1M tokens, as a contract without a token type never prices
+    `request`). Before, it priced model-a's 2 calls (2 hours: 7,200 s; 2M characters) at $8
+    each, $16.00, where the book's are 2 x $0.01 = $0.02. By hand now: 1,000,000 input tokens at
+    the contract's $8/M = $8.00 (8,000,000,000 units) and 2 of `unit` at the book's $0.01 = $0.02
     (20,000,000 units): $8.02, 8,020,000,000 units. A contract naming the type still prices it:
-    $0.005 a call, 2 x $0.005 = $0.01 (10,000,000 units)."""
+    $0.005 each, 2 x $0.005 = $0.01 (10,000,000 units)."""
     book = parse_version({"id": "calls", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "format": 2,
                           "rules": [{"id": "a-in", "model": "model-a", "token_type": "input", "price": "10"},
                                     {"id": "per-call", "token_type": unit, "price": "0.01"}]})
-    usage = Usage("model-a", {"input": 1_000_000, unit: 2}, AT)
+    usage = Usage("model-a", {"input": 1_000_000, unit: quantity}, AT)
     untyped = Overrides(contract_prices=(ContractPrice("a-any", Decimal("8"), model="model-a"),))
     rating = rate(usage, book, untyped)
     assert [(ln.token_type, ln.amount_units, ln.override_id) for ln in rating.lines] == [

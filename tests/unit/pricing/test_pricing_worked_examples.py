@@ -150,15 +150,18 @@ def test_the_unpriced_policy_is_explicit_per_book():
         rate(Usage("other-model", {"input": 5}, AT), zero)
 
 
-@pytest.mark.parametrize(("unit", "calls", "units"), [("request", 1, 10_000_000), ("web_search", 2, 20_000_000)])
+@pytest.mark.parametrize(("unit", "calls", "units"), [
+    ("request", 1, 10_000_000), ("web_search", 2, 20_000_000), ("audio_seconds", 7_200, 20_000_000),
+    ("input_audio_seconds", 7_200, 20_000_000), ("input_characters", 2_000_000, 20_000_000)])
 def test_a_per_call_price_for_every_model_does_not_make_an_unknown_model_free_under_unpriced_zero(unit, calls, units):
-    """A format 2 book, `unpriced: zero`: model-a input at $10 per 1M, and a price per call for
-    every model (a rule with no model): a $0.01 fee per request, or web searches at $0.01 a call.
-    A misspelt model-aa's 1M input tokens were charged the calls alone, $0.01 for its request
-    (before beee636), $0.02 (2 x $0.01) for 2 searches (before tool prices were left out too): its tokens free,
+    """A format 2 book, `unpriced: zero`: model-a input at $10 per 1M, and a price of a unit that
+    is no token for every model (a rule with no model): a $0.01 fee per request, web searches at
+    $0.01 a call, audio at $0.01 an hour, characters at $0.01 per 1M. A misspelt model-aa's 1M
+    input tokens were charged that unit alone, $0.01 for its request (before beee636), $0.02 (2 x
+    $0.01) for 2 searches (before 180d768), 2 hours (7,200 s) or 2M characters: its tokens free,
     the rule naming no model made every model one the book "prices". By hand now: model-aa is
     unpriced_model (reserve and settle); model-a's 1M input tokens $10.00 (10,000,000,000 units)
-    and its calls (1 x $0.01 = 10,000,000; 2 x $0.01 = 20,000,000), its 5 output tokens free (a
+    and its unit (1 x $0.01 = 10,000,000; 2 x $0.01 = 20,000,000), its 5 output tokens free (a
     type of a model the book prices, unpriced: zero)."""
     body = {"id": "fee", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "format": 2,
             "unpriced": "zero", "rules": [{"id": "a-in", "model": "model-a", "token_type": "input", "price": "10"},
