@@ -1,10 +1,11 @@
 """The text a provider's streamed event generated (pure): what the gateway's stream tally and
 the SDK's stream meter count as output, so both meter a stream alike. Every generated text
 delta, in the order received: message text, refusals, reasoning text, tool calls' names and
-arguments (OpenAI chat chunks; responses events' deltas and function_call items' names;
-Anthropic's text, input JSON and thinking deltas and tool_use blocks' names), each with the chat
-choice it belongs to (a call with `n` above 1 streams its choices interleaved: each is metered
-apart). An event of another shape (a role chunk, a usage chunk, message_start) is none.
+arguments (OpenAI chat chunks, a custom tool's call's name and input too; responses events'
+deltas and function_call items' names; Anthropic's text, input JSON and thinking deltas and
+tool_use blocks' names), each with the chat choice it belongs to (a call with `n` above 1
+streams its choices interleaved: each is metered apart). An event of another shape (a role
+chunk, a usage chunk, message_start) is none.
 """
 from __future__ import annotations
 
@@ -44,11 +45,13 @@ def choice_texts_of_chat_delta(chunk: Mapping[str, Any]) -> list[tuple[int, str]
         audio = delta.get("audio")
         if isinstance(audio, Mapping) and isinstance(audio.get("transcript"), str):
             texts.append((index, audio["transcript"]))
-        legacy = delta.get("function_call")  # the deprecated `functions`' call
-        for function in [legacy, *(call.get("function") for call in list_of(delta.get("tool_calls"))
-                                   if isinstance(call, Mapping))]:
-            if isinstance(function, Mapping):
-                texts += [(index, function[k]) for k in ("name", "arguments") if isinstance(function.get(k), str)]
+        calls = [(delta.get("function_call"), "arguments")]  # the deprecated `functions`' call
+        for call in list_of(delta.get("tool_calls")):  # a function's, or a custom tool's (type "custom")
+            if isinstance(call, Mapping):
+                calls += [(call.get("function"), "arguments"), (call.get("custom"), "input")]
+        for call, written in calls:
+            if isinstance(call, Mapping):
+                texts += [(index, call[k]) for k in ("name", written) if isinstance(call.get(k), str)]
     return texts
 
 

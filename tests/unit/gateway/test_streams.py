@@ -485,3 +485,37 @@ def test_a_tool_calls_name_is_metered_as_output_by_every_api_alike(kind):
     answered = StreamTally(kind)
     answered.observe_answer(whole)
     assert answered.settlement(COUNTER, "m-unknown", 8)[1]["output_tokens"] == 6
+
+
+CUSTOM_CALL = (  # a chat call of the caller's custom tool "lookup" (type "custom"), its input '{"q":"x"}'
+    [{"choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": [
+        {"index": 0, "id": "call_1", "type": "custom", "custom": {"name": "lookup", "input": ""}}]}}]},
+     {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "custom": {"input": ARGS}}]}}]}],
+    {"choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": None,
+                  "tool_calls": [{"id": "call_1", "type": "custom", "custom": {"name": "lookup", "input": ARGS}}]}}]})
+
+
+def test_a_chat_custom_tool_call_is_metered_as_output_as_a_function_call_is():
+    """OpenAI's custom tools: a chat answer's `message.tool_calls[]` of `type: "custom"` carries
+    `custom: {name, input}` (the openai package's ChatCompletionMessageCustomToolCall), streamed
+    as deltas of the same shape. A call of "lookup" with the input '{"q":"x"}', cut before any
+    usage (or a whole answer without one), was metered 0 output tokens (only `function`'s name
+    and arguments were read) by the gateway's tally and the SDK's StreamMeter, where a function
+    call of the same name and arguments is 6 in cl100k_base: "lookup", '{"', "q", '":"', "x",
+    '"}'. Now 6 for the custom call too, the stream's chunks given to the meter as dicts or as
+    the openai package's ChatCompletionChunk objects (built as its client builds them)."""
+    from openai._models import construct_type
+    from openai.types.chat import ChatCompletionChunk
+
+    events, whole = CUSTOM_CALL
+    tally, meter, objects = StreamTally(CHAT), StreamMeter(COUNTER, "m-unknown"), StreamMeter(COUNTER, "m-unknown")
+    for event in events:
+        tally.observe(sse(event))
+        meter.add(event)
+        objects.add(construct_type(type_=ChatCompletionChunk, value={
+            "id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", **event}))
+    assert tally.settlement(COUNTER, "m-unknown", 8, failed=True)[1]["output_tokens"] == 6
+    assert (meter.output_tokens, objects.output_tokens) == (6, 6)
+    answered = StreamTally(CHAT)
+    answered.observe_answer(whole)
+    assert answered.settlement(COUNTER, "m-unknown", 8)[1]["output_tokens"] == 6
