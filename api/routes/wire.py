@@ -601,8 +601,24 @@ def _check_query(request: Request) -> None:
         if name in integers and not _DIGITS.fullmatch(value):
             raise WalletValidationError(name, "must be an integer: digits only")
         if name in patterns and not matches(patterns[name], value):
-            raise WalletValidationError(name, f"must match the pattern {patterns[name]}, all of it")
+            raise WalletValidationError(name, _unmatched(patterns[name]))
         seen.add(name)
+
+
+def check_patterns(handler: Any, values: dict[str, str | None]) -> None:
+    """The pattern check the request guard makes of a query, for a caller of a route's function
+    (or of what it reads) past the guard, such as a console page: each value given (by the
+    handler's argument name) must be all in the pattern its QueryParameter declares, else a 422
+    naming it."""
+    signature = handler.parsed_fn_signature.parameters
+    for name, value in values.items():
+        pattern = _pattern(signature[name])
+        if value and pattern is not None and not matches(pattern, value):
+            raise WalletValidationError(name, _unmatched(pattern))
+
+
+def _unmatched(pattern: str) -> str:
+    return f"must match the pattern {pattern}, all of it"
 
 
 def _pattern(field: Any) -> str | None:

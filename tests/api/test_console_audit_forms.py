@@ -142,3 +142,30 @@ async def test_a_beancount_export_whose_account_names_clash_is_refused_before_an
         assert re.search(r'<option value="beancount" selected>', page.text)
         csv_download = await console.get("/console/audit/export/download", params={**query, "format": "csv"})
         assert csv_download.status_code == 200 and "Content-Disposition" in csv_download.headers
+
+
+@pytest.mark.parametrize("customer_id", ["bad$$id", "a" * 101, "acme\n", "a" * 129])
+async def test_a_traced_customer_id_that_cannot_be_an_id_is_said_beside_the_form(console, customer_id):
+    """The trace's customer_id takes what `GET /v1/audit/charges/{id}?customer_id=` takes: a
+    customer's id (`^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$`, all of it: 1 + 99 characters at most).
+    The console capped it at 128 characters alone: `bad$$id`, 101 a's and `acme` with a trailing
+    newline were looked up, 404 "no reservation or usage event r-1" (under a name no customer can
+    have), and 129 a's an error page that lost the form. Now each is 422, said beside the form as
+    it was sent, naming customer_id."""
+    page = await console.get("/console/audit/trace", params={"request_id": "r-1", "customer_id": customer_id})
+    assert page.status_code == 422, page.text
+    assert re.search(r'role="alert".*<strong>customer_id</strong>: must match the pattern', page.text, re.S), page.text
+    assert _value(page.text, "request_id") == "r-1"
+    assert html.unescape(_value(page.text, "customer_id")) == customer_id
+
+
+@pytest.mark.parametrize(("field", "value"), [("customer", "bad$$id"), ("customer", "acme\n"), ("kind", "topup\n")])
+async def test_a_journal_filter_the_api_would_refuse_is_said_beside_the_form(console, field, value):
+    """The journal page calls the API's route function itself, past the request guard that holds
+    the query patterns to all of a value: a customer `bad$$id` (or `acme` and a newline) and a
+    kind `topup` and a newline were looked up, 200 "No entry matches", where `GET /v1/journal`
+    answers 422 naming the field. Now 422 beside the form, naming it."""
+    page = await console.get("/console/audit/journal", params={field: value})
+    assert page.status_code == 422, page.text
+    assert re.search(rf'role="alert".*<strong>{field}</strong>: must match the pattern', page.text, re.S), page.text
+    assert "No entry matches" not in page.text
