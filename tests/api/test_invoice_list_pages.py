@@ -95,3 +95,42 @@ async def test_the_largest_limit_is_taken_and_an_empty_list_has_no_next_page(cli
     assert page.status_code == 200, page.text
     key = "invoices" if listing == "invoices" else "credit_notes"
     assert (page.json()[key], page.json()["next_cursor"]) == ([], None)
+
+
+async def test_three_credit_notes_come_in_pages_of_2_and_1_in_issue_order(client) -> None:
+    """One invoice of 1,000,000 input tokens at $10/M ($10.00), re-rated three times over its
+    period: to $5/M (-$5.00), $4/M (-$1.00), $3/M (-$1.00), one credit note each. limit 2:
+    2 + 1 = 3, the notes in issue order, none twice, the last page's next_cursor null."""
+    await book_customer(client, "noted", "input")
+    period = period_of(datetime.now(UTC), Cycle("UTC", None))
+    at = max(datetime.now(UTC) - timedelta(minutes=1), period.start)
+    sent = await client.post("/v1/usage-events", json=[{"event_id": "e1", "customer_id": "noted", "model": "model-a",
+                                                        "timestamp": at.isoformat(), "usage": {"input_tokens": 10**6}}])
+    assert sent.json()["accepted"] == 1, sent.text
+    closed = await client.post("/v1/billing/close", json={
+        "until": (period.end + timedelta(hours=1, seconds=1)).isoformat(), "customer_id": "noted", "early": True})
+    assert len(closed.json()["closed"]) == 1, closed.text
+    start, end = (t.isoformat().replace("+00:00", "Z") for t in (period.start, period.end))
+    notes = []
+    for days, version, price in ((3, "v2", "5.00"), (2, "v3", "4.00"), (1, "v4", "3.00")):
+        # each in force from before the period (a version's effective_from is its own), over all of it
+        since = (period.start - timedelta(days=days)).isoformat()
+        fixed = {"id": "noted", "version": version, "currency": "USD", "effective_from": since,
+                 "rules": [{"id": "in", "model": "model-a", "token_type": "input", "price": price}]}
+        assert (await client.post("/v1/price-books", json=fixed)).status_code == 201
+        applied = await client.post("/v1/rerate", json={"price_book": "noted", "version": version, "from": start,
+                                                        "to": end, "mode": "apply"})
+        assert applied.status_code == 200, applied.text
+        [note] = applied.json()["credit_notes"]
+        notes.append(note["id"])
+    pages, cursor = [], None
+    while True:
+        page = await client.get("/v1/customers/noted/credit-notes",
+                                params={"limit": 2, **({"cursor": cursor} if cursor else {})})
+        assert page.status_code == 200, page.text
+        pages.append([(n["id"], n["total"]) for n in page.json()["credit_notes"]])
+        cursor = page.json()["next_cursor"]
+        if cursor is None:
+            break
+    assert [len(p) for p in pages] == [2, 1]
+    assert [n for p in pages for n in p] == list(zip(notes, ["-5.00", "-1.00", "-1.00"], strict=True))
