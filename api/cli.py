@@ -333,14 +333,13 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
 def _spool_flush(args: argparse.Namespace, _: Settings) -> int:
     import os
 
+    from api.bearer import key_problem
     from api.client import SpoolServersError, flush_spool_dir
-    from api.gateway.config import key as checked_key
 
-    named = "--key" if args.key else "TOKENTILL_API_KEY"
-    try:  # one a header cannot carry (é, a newline) was httpx's traceback, or every record kept
-        key = checked_key({named: args.key or os.environ.get("TOKENTILL_API_KEY", "")}, named)
-    except SystemExit as exc:
-        print(f"error: {exc.code}", file=sys.stderr)
+    key = args.key or os.environ.get("TOKENTILL_API_KEY", "")
+    # one a header cannot carry (é, a newline) was httpx's traceback, or every record kept
+    if problem := key_problem("--key" if args.key else "TOKENTILL_API_KEY", key):
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     if not key:
         print("error: give --key or set TOKENTILL_API_KEY", file=sys.stderr)

@@ -44,6 +44,7 @@ import httpx
 from api import delivery
 from api.background import PATH as SETTLEMENTS_PATH
 from api.background import BackgroundSettler, ThreadedSettler, is_settle
+from api.bearer import key_problem
 from api.client_errors import (
     ERRORS,
     BudgetExceeded,
@@ -192,6 +193,8 @@ class _Base:
                  key_id: str | None = None, spool: str | bool | None = None,
                  spool_dir: str | os.PathLike[str] | None = None, spool_silently: bool = False,
                  background_settle: bool = False, drain_timeout_s: float = 30.0) -> None:
+        if problem := key_problem("api_key", api_key):  # else every call failed in httpx or h11, settles spooled
+            raise ValueError(problem)
         self._base_url, self._retries, self._retry_budget_s = base_url.rstrip("/"), retries, retry_budget_s
         self._policy = RetryPolicy(backoff_s, max_backoff_s, max_retry_after_s)
         self._settle_deadline_s, self._settle_margin_s = settle_deadline_s, settle_margin_s

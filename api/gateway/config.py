@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from api.bearer import key_problem
 from api.gateway.calls import SERVER_TOOL_MAX_USES, SERVER_TOOL_RESULT_TOKENS
 from wallets.commands import MAX_TTL_SECONDS
 
@@ -139,15 +140,9 @@ def key(env: Mapping[str, str], name: str) -> str | None:
     outside ASCII in it stops the start (a header is read as latin-1: an é sent as UTF-8 matched
     no key, and httpx sends none). The message does not repeat the key."""
     raw = env.get(name) or None
-    if raw is not None and not all(_key_character(c) for c in raw):
-        at = next(i for i, c in enumerate(raw) if not _key_character(c))
-        raise SystemExit(f"{name} has a space, a line break, another control character or a character outside "
-                         f"ASCII (at position {at + 1} of {len(raw)}): a key is one word of printable ASCII")
+    if raw is not None and (problem := key_problem(name, raw)) is not None:
+        raise SystemExit(problem)
     return raw
-
-
-def _key_character(c: str) -> bool:
-    return c.isascii() and c.isprintable() and not c.isspace()
 
 
 def upstream_url(env: Mapping[str, str], name: str, default: str) -> str:
