@@ -18,6 +18,7 @@ once with that error (the database is down, not the input).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections import Counter, OrderedDict, deque
@@ -56,6 +57,7 @@ from wallets.errors import NotFoundError
 from wallets.periods import Cycle, period_named, period_of
 from wallets.price_overrides import OverrideCache, load_history
 
+log = logging.getLogger(__name__)
 BATCH_COMMANDS = Histogram("tokentill_wallet_batch_commands", "Wallet commands per transaction",
                            buckets=(1, 2, 4, 8, 16, 32, 64, 128))
 # Where a command's time goes: `queued` (per command, from submit until its batch is taken), then
@@ -290,7 +292,13 @@ class Engine:
             scanned += 1
             if future.done():
                 continue
-            conflicts = command.conflict_keys()
+            try:
+                conflicts = command.conflict_keys()
+            except Exception as exc:  # a bug in this command alone: it fails, the flusher serves the rest
+                log.exception("a %s of customer %s could not be batched (its conflict keys): failed alone",
+                              type(command).__name__, command.customer_id)
+                future.set_exception(exc)
+                continue
             cid = command.customer_id
             if conflicts & keys or cid in closed or (command.exclusive and cid in customers and not command.leads):
                 skipped.append(item)
