@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -89,6 +90,21 @@ def _not_utf8(raw: str) -> int | None:
     return next((i for i, c in enumerate(raw) if "\udc80" <= c <= "\udcff"), None)
 
 
+_PERCENT_RUN = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
+
+
+def _url_not_utf8(raw: str) -> int | None:
+    """Where the first byte of a URL not in UTF-8 is, as given (a lone surrogate) or percent-encoded
+    (the % of its escape: %FF, or %C3 not followed by a continuation byte), or None."""
+    at = _not_utf8(raw)
+    for run in _PERCENT_RUN.finditer(raw if at is None else raw[:at]):
+        try:
+            bytes.fromhex(run.group().replace("%", "")).decode()
+        except UnicodeDecodeError as exc:
+            return run.start() + 3 * exc.start
+    return at
+
+
 def _data_dir(raw: str) -> Path:
     """The embedded cluster's directory: PostgreSQL's tools are given its path in UTF-8 (a byte not
     in it: initdb made the cluster, then pgserver's UnicodeEncodeError traceback)."""
@@ -105,10 +121,10 @@ def _database_url(raw: str) -> str | None:
     repeat the URL: it may hold a password."""
     if not raw:
         return None
-    if (at := _not_utf8(raw)) is not None:
-        raise SystemExit(f"TOKENTILL_DATABASE_URL has a byte not in UTF-8 at position {at + 1} of {len(raw)}: "
-                         f"percent-encode it (0x{ord(raw[at]) - 0xdc00:02X} as %{ord(raw[at]) - 0xdc00:02X})")
-        # it was psycopg's UnicodeEncodeError traceback; the URL (its password) is not repeated
+    if (at := _url_not_utf8(raw)) is not None:  # psycopg's UnicodeEncodeError or UnicodeDecodeError traceback
+        raise SystemExit(f"TOKENTILL_DATABASE_URL has a byte not in UTF-8 at position {at + 1} of {len(raw)}, as "
+                         "given or percent-encoded: psycopg reads the URL and what it decodes as UTF-8 (write a "
+                         "character as its UTF-8 bytes, é as %C3%A9)")  # the URL (its password) not repeated
     try:
         parts = urlsplit(raw)
         port_ok = parts.port is None or parts.port > 0  # .port raises beyond 65535 or on a non-number

@@ -291,8 +291,32 @@ def test_a_database_url_with_a_byte_not_in_utf8_stops_the_start_in_one_line_with
         Settings.from_env({"TOKENTILL_DATABASE_URL": url})
     message = stopped.value.code
     assert isinstance(message, str) and message.startswith("TOKENTILL_DATABASE_URL ")
-    assert f"at position {at} " in message and "%FF" in message
+    assert f"at position {at} " in message and "é as %C3%A9" in message
     assert "u:pa" not in message and "ss@h" not in message and "u@h/db" not in message
+
+
+@pytest.mark.parametrize("url, at", [("postgresql://u:p%FF@h/db", "17 of 24"), ("postgresql://u@h/d%E9b", "19 of 22"),
+                                     ("postgresql://u:%C3%A9%FF@h/db", "22 of 29"),
+                                     ("postgresql://u@h/db?application_name=a%C3", "39 of 41")])
+def test_a_database_url_percent_encoding_a_byte_not_in_utf8_stops_the_start_in_one_line(url, at):
+    """The message for a raw byte not in UTF-8 said to write it as %FF, and the README too: that URL
+    stopped every command with psycopg's UnicodeDecodeError traceback (conninfo_to_dict decodes
+    what it unescapes as UTF-8), as did a latin-1 é written %E9. Positions by hand: "postgresql://"
+    is 13 characters, so "u:p" ends at 16 and %FF is at 17 of 13 + 3 + 3 + 5 = 24; "u@h/d" ends at
+    18, %E9 at 19 of 13 + 5 + 3 + 1 = 22; "u:" ends at 15, %C3%A9 (é) is whole at 16 to 21, %FF
+    at 22 of 13 + 2 + 9 + 5 = 29; "u@h/db?application_name=a" (6 + 1 + 16 + 2 = 25) ends at 38, %C3 alone
+    (no byte after it) at 39 of 38 + 3 = 41. One line each, naming the position, the URL not repeated."""
+    with pytest.raises(SystemExit) as stopped:
+        Settings.from_env({"TOKENTILL_DATABASE_URL": url})
+    message = stopped.value.code
+    assert isinstance(message, str) and message.startswith("TOKENTILL_DATABASE_URL has a byte not in UTF-8 ")
+    assert f"at position {at}," in message and "u:p" not in message and "h/d" not in message
+
+
+def test_a_database_url_percent_encoding_utf8_user_and_password_is_taken():
+    """é and ä percent-encoded as UTF-8 (%C3%A9, %C3%A4), or given as they are, are taken."""
+    for url in ("postgresql://us%C3%A9r:p%C3%A4ss@h/db", "postgresql://usér:päss@h/db?application_name=%E2%82%AC"):
+        assert Settings.from_env({"TOKENTILL_DATABASE_URL": url}).database_url == url
 
 
 def test_a_data_dir_with_a_byte_not_in_utf8_stops_the_start_in_one_line():
