@@ -105,11 +105,12 @@ def _url_not_utf8(raw: str) -> int | None:
     return at
 
 
-def _data_dir(raw: str) -> Path:
+def _data_dir(raw: str, *, embedded: bool) -> Path:
     """The embedded cluster's directory: PostgreSQL's tools are given its path in UTF-8 (a byte not
-    in it: initdb made the cluster, then pgserver's UnicodeEncodeError traceback)."""
+    in it: initdb made the cluster, then pgserver's UnicodeEncodeError traceback). Unused, and so
+    not refused, when TOKENTILL_DATABASE_URL names the database."""
     path = Path(raw or platformdirs.user_data_dir("tokentill"))
-    if (at := _not_utf8(str(path))) is not None:
+    if embedded and (at := _not_utf8(str(path))) is not None:
         raise SystemExit(f"TOKENTILL_DATA_DIR: cannot use {path}: a byte not in UTF-8 at position {at + 1} of "
                          f"{len(str(path))}".encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
     return path
@@ -216,9 +217,10 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
+        database_url = _database_url(env.get("TOKENTILL_DATABASE_URL", ""))
         return cls(
-            database_url=_database_url(env.get("TOKENTILL_DATABASE_URL", "")),
-            data_dir=_data_dir(env.get("TOKENTILL_DATA_DIR", "")),
+            database_url=database_url,
+            data_dir=_data_dir(env.get("TOKENTILL_DATA_DIR", ""), embedded=database_url is None),
             admin_key=key(env, "TOKENTILL_ADMIN_KEY"),
             pool_size=whole_number(env, "TOKENTILL_POOL_SIZE", 10),
             pool_timeout_s=_seconds(env, "TOKENTILL_POOL_TIMEOUT_SECONDS", 5.0),

@@ -2,6 +2,8 @@
 message naming its variable (SystemExit), never a traceback or a silently different meaning."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from api.settings import Settings
@@ -328,3 +330,12 @@ def test_a_data_dir_with_a_byte_not_in_utf8_stops_the_start_in_one_line():
     message = stopped.value.code
     assert isinstance(message, str) and message.startswith("TOKENTILL_DATA_DIR: cannot use ")
     assert "a byte not in UTF-8 at position 7 of 7" in message
+
+
+def test_a_data_dir_with_a_byte_not_in_utf8_is_not_refused_when_a_database_url_is_set():
+    """TOKENTILL_DATA_DIR is the embedded cluster's alone (api.runtime reads it only when no URL is
+    set): TOKENTILL_DATA_DIR=/tmp/d<0xff> beside TOKENTILL_DATABASE_URL=postgresql://u@h/db ran
+    every command before the check on it was added, and then stopped each ('cannot use /tmp/d\\xff').
+    It is kept as given, unused; without the URL it is still refused (the test above)."""
+    s = Settings.from_env({"TOKENTILL_DATABASE_URL": "postgresql://u@h/db", "TOKENTILL_DATA_DIR": "/tmp/d\udcff"})
+    assert (s.database_url, s.data_dir) == ("postgresql://u@h/db", Path("/tmp/d\udcff"))
