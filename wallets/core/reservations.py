@@ -272,7 +272,8 @@ def settle(state: State, cmd: Settle, now: datetime, book: PriceBook | None) -> 
         # is charged like a late settle after expiry, once by its id. A second final is refused.
         late_capture = not cmd.final and cmd.capture_id is not None
         if not late_capture:
-            raise ReservationClosedError(f"reservation {r.id} is already {r.status}", reservation_id=r.id,
+            why = "" if cmd.final else ": a capture after the close is charged by its capture_id, and this one has none"
+            raise ReservationClosedError(f"reservation {r.id} is already {r.status}{why}", reservation_id=r.id,
                                          reservation_status=r.status)
     rating = rate_call(w, book, state.period_usage, r.model, cmd.tokens, r.created_at, r.dimensions,
                        with_request_fee=r.captures == 0, reported=cmd.usage)

@@ -230,3 +230,30 @@ async def test_an_item_whose_idempotency_key_is_blank_is_refused_naming_that_fie
     assert [f["field"] for f in result["body"]["fields"]] == ["idempotency_key"], result
     assert await wallet(client, cid) == ("9.90", "0.10")
     assert await _charges(client, rid) == 0
+
+
+async def test_a_capture_after_the_close_with_only_a_key_is_refused_naming_capture_id_on_either_route(
+        client: AsyncTestClient, book: str, tag: str):
+    """A late capture (after its reservation closed) is charged once by its `capture_id`, the id
+    README's late-capture rule names; a capture sent after the close with only a key (the item's
+    `idempotency_key`, or the single call's Idempotency-Key) has none, so it stays 409
+    `reservation_closed`, now saying why: its detail names `capture_id`. Figures: the final settle
+    of USAGE charges 0.028 (10.00 -> 9.972, the hold's 0.072 back); the refused captures charge
+    nothing; the same capture with `capture_id` "c1" is charged late without the call's fee (the
+    reservation's first charge paid it): 1,000 x $10/M + 400 x $20/M = 0.018, 9.972 -> 9.954."""
+    cid = await customer(client, book, tag)
+    rid = await reserve(client, cid)
+    assert (await client.post(f"/v1/reservations/{rid}/settle", json={"usage": USAGE})).status_code == 200
+    late = {"reservation_id": rid, "usage": USAGE, "final": False}
+    [result] = (await client.post("/v1/settlements", json=[{**late, "idempotency_key": f"k-{tag}"}])).json()["results"]
+    assert (result["status"], result["body"]["code"]) == (409, "reservation_closed"), result
+    assert "capture_id" in result["body"]["detail"], result
+    single = await client.post(f"/v1/reservations/{rid}/settle", json={"usage": USAGE, "final": False},
+                               headers={"Idempotency-Key": f"s-{tag}"})
+    assert (single.status_code, single.json()["code"]) == (409, "reservation_closed"), single.text
+    assert "capture_id" in single.json()["detail"], single.text
+    assert await wallet(client, cid) == ("9.972", "0.00")
+    [result] = (await client.post("/v1/settlements", json=[{**late, "capture_id": "c1"}])).json()["results"]
+    assert (result["status"], result["body"]["charged"]) == (200, "0.018"), result
+    assert await wallet(client, cid) == ("9.954", "0.00")
+
