@@ -257,3 +257,23 @@ async def test_a_capture_after_the_close_with_only_a_key_is_refused_naming_captu
     assert (result["status"], result["body"]["charged"]) == (200, "0.018"), result
     assert await wallet(client, cid) == ("9.954", "0.00")
 
+
+async def test_the_same_final_settle_under_other_keys_is_answered_replayed_as_it_charges_nothing(
+        client: AsyncTestClient, book: str, tag: str):
+    """Three items settling one reservation with one body under three keys: the first settles
+    (0.028: 10.00 -> 9.972, one charge), the other two are answered its body, nothing charged,
+    so they are replays (`replayed`: the first answer given again, API.md), where they said
+    `replayed: false`. A fourth under a fifth key in a later call: replayed too."""
+    cid = await customer(client, book, tag)
+    rid = await reserve(client, cid)
+    items = [{"reservation_id": rid, "usage": USAGE, "idempotency_key": f"{n}-{tag}"} for n in range(3)]
+    results = (await client.post("/v1/settlements", json=items)).json()["results"]
+    assert [r["status"] for r in results] == [200, 200, 200], results
+    assert all(r["body"] == results[0]["body"] for r in results) and results[0]["body"]["charged"] == "0.028"
+    assert sorted(r["replayed"] for r in results) == [False, True, True], results
+    [again] = (await client.post("/v1/settlements", json=[{**items[0], "idempotency_key": f"4-{tag}"}])).json()[
+        "results"]
+    assert (again["status"], again["replayed"], again["body"]) == (200, True, results[0]["body"]), again
+    assert await wallet(client, cid) == ("9.972", "0.00")
+    assert await _charges(client, rid) == 1
+
