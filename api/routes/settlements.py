@@ -126,7 +126,7 @@ async def _settle_one(state: State, request: Request, raw: Any, lookups: asyncio
         data = SettleRequest(item.usage, item.openai_usage, item.anthropic_usage, item.final, item.capture_id,
                              gemini_usage=item.gemini_usage)
         body = _settle_body(data)
-        key = item.idempotency_key or derived_key(item, body)
+        key = item.idempotency_key.strip() if item.idempotency_key is not None else derived_key(item, body)
         path = f"/v1/reservations/{item.reservation_id}/settle"
         idem = idempotency(request, body, key=key, path=path, field="idempotency_key")
         async with lookups:

@@ -277,3 +277,19 @@ async def test_the_same_final_settle_under_other_keys_is_answered_replayed_as_it
     assert await wallet(client, cid) == ("9.972", "0.00")
     assert await _charges(client, rid) == 1
 
+
+async def test_an_item_s_key_is_echoed_as_stored_without_its_surrounding_white_space(
+        client: AsyncTestClient, book: str, tag: str):
+    """An item's `idempotency_key` " k1 " is kept as "k1" (a key is stripped, as the header's is):
+    its result echoed " k1 ", a key nothing is stored under. Now "k1", and the same settle sent
+    again under "k1" is its replay: 0.028 charged once, 10.00 -> 9.972."""
+    cid = await customer(client, book, tag)
+    rid = await reserve(client, cid)
+    key = f"k1-{tag}"
+    [first] = (await client.post("/v1/settlements", json=[{"reservation_id": rid, "usage": USAGE,
+                                                             "idempotency_key": f" {key} "}])).json()["results"]
+    assert (first["status"], first["idempotency_key"], first["replayed"]) == (200, key, False), first
+    [again] = (await client.post("/v1/settlements", json=[{"reservation_id": rid, "usage": USAGE,
+                                                             "idempotency_key": key}])).json()["results"]
+    assert (again["status"], again["idempotency_key"], again["replayed"]) == (200, key, True), again
+    assert await wallet(client, cid) == ("9.972", "0.00")
