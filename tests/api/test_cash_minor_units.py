@@ -19,7 +19,7 @@ from wallets.periods import Cycle, period_of
 KEY = "minor-admin"
 ADMIN = {"Authorization": f"Bearer {KEY}"}
 # Per 1M tokens: 1,500 yen; 0.465 dinar; $10; 0.3 yen (a price finer than a yen is a price, not cash)
-PRICES = {"JPY": "1500", "KWD": "0.465", "USD": "10", "XCR": "1"}
+PRICES = {"JPY": "1500", "KWD": "0.465", "USD": "10", "XCR": "1", "XAU": "1"}
 
 
 @pytest.fixture
@@ -152,3 +152,19 @@ async def test_the_sdk_raises_invalid_amount_a_kind_of_validation_failure(app, c
     assert isinstance(raised.value, ValidationFailed)
     assert raised.value.status == 422 and raised.value.code == "invalid_amount"
     assert "JPY amounts have no decimals" in raised.value.detail
+
+
+async def test_a_top_up_finer_than_two_decimals_in_an_asset_outside_the_table_is_kept_and_shown_exactly(
+        client) -> None:
+    """Gold (XAU: no minor unit in ISO 4217) and a credit (XCR: no ISO code) keep their atomic unit,
+    and show at least 2 decimals (`SHOWN_DECIMALS`: an overdraft of 0 is "0.00"), more where an
+    amount has them: a top-up of "1.001" is kept as 1.001 (1,001,000,000 units of 10^-9) and shown
+    "1.001" wherever it is read, never rounded to "1.00": available 1.001, its lot 1.001 of 1.001."""
+    for currency in ("XAU", "XCR"):
+        cid = await _customer(client, f"cash-fine-{currency.lower()}", currency)
+        topped = await client.post(f"/v1/customers/{cid}/topups", headers=ADMIN,
+                                   json={"amount": "1.001", "reference": "p"})
+        assert topped.status_code == 201, topped.text
+        wallet = await _wallet(client, cid)
+        assert (wallet["available"], wallet["overdraft_limit"]) == ("1.001", "0.00"), wallet
+        assert [(g["granted"], g["remaining"]) for g in wallet["grants"]] == [("1.001", "1.001")], wallet
