@@ -10,6 +10,7 @@ from datetime import datetime
 from importlib.metadata import version
 from pathlib import Path
 
+from api.gateway.config import digits
 from api.settings import MAX_WORKERS, Settings, worker_count
 from ledger.offline import chain_hash
 
@@ -112,14 +113,14 @@ def _audit_tool(args: argparse.Namespace, settings: Settings) -> int:
 
 def port(text: str) -> int:
     """A TCP port (argparse type): 0 (any free one) to 65535."""
-    if not (text.isascii() and text.isdigit()) or int(text) > 65535:  # isdigit alone: any Unicode digit
+    if not digits(text) or int(text) > 65535:  # isdigit alone: any Unicode digit
         raise argparse.ArgumentTypeError(f"not a port: {text!r} (0 to 65535)")
     return int(text)
 
 
 def at_least_one(text: str) -> int:
     """A count of at least 1 (argparse type)."""
-    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+    if not digits(text) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"not a whole number of at least 1: {text!r}")
     return int(text)
 
