@@ -16,7 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api.listening import listen
-from api.routes.formats import IDENTIFIER
+from api.routes.formats import IDENTIFIER, unstorable_at
 from ledger.db import Database
 from ledger.errors import InvalidEntryError, LedgerError
 
@@ -48,12 +48,6 @@ def secret_hash(secret: str) -> bytes:
 NAME_MOST = 200  # characters of a key's name (its label)
 
 
-def _unstorable(text: str) -> int | None:
-    """The index of the first character of `text` PostgreSQL text cannot hold (U+0000, a lone
-    surrogate), or None."""
-    return next((i for i, c in enumerate(text) if c == "\x00" or "\ud800" <= c <= "\udfff"), None)
-
-
 def validate(scope: str, customers: list[str], name: str = "") -> None:
     """A scope and customer list a key can be used with: a customer id that no customer can
     have (customers.id's CHECK) would limit the key to nothing, silently. A name as the API
@@ -62,7 +56,7 @@ def validate(scope: str, customers: list[str], name: str = "") -> None:
     fields = [] if SCOPE.match(scope) else [{"field": "scope", "message": "admin, inference, auditor or customer:<id>"}]
     if len(name) > NAME_MOST:
         fields.append({"field": "name", "message": f"at most {NAME_MOST} characters, not {len(name)}"})
-    elif (bad := _unstorable(name)) is not None:
+    elif (bad := unstorable_at(name)) is not None:
         fields.append({"field": "name", "message": "not text PostgreSQL can hold (a byte not in UTF-8, or U+0000) "
                        f"at position {bad + 1}"})
     fields += [{"field": f"customers[{i}]", "message": f"{c!r} is not a customer id (1-100 of A-Z a-z 0-9 . _ -, "
@@ -107,7 +101,7 @@ async def list_keys(conn: AsyncConnection) -> list[ApiKey]:
 def check_id(key_id: str) -> None:
     """Refuse, as unknown, an id no stored key can have: one PostgreSQL text cannot hold (argv's
     lone surrogate for a byte not in UTF-8 ended in the driver's traceback)."""
-    if _unstorable(key_id) is not None:
+    if unstorable_at(key_id) is not None:
         raise KeyNotFoundError(f"no API key {key_id!r}")
 
 

@@ -57,6 +57,13 @@ AMOUNT_TEXT = "a decimal string, such as \"10.00\": at most 1000000000, with at 
 DATE_TIME_TEXT = "an RFC 3339 date-time with an offset, such as \"2026-01-01T00:00:00Z\" (years 1000 to 9998)"
 
 
+def unstorable_at(text: str) -> int | None:
+    """The index of the first character of `text` PostgreSQL text cannot hold, or None: U+0000, or
+    a lone surrogate (U+D800 to U+DFFF: a JSON escape left unpaired, or a byte not in UTF-8 that
+    argv or the environment gave Python as U+DC80 to U+DCFF)."""
+    return next((i for i, c in enumerate(text) if c == "\x00" or "\ud800" <= c <= "\udfff"), None)
+
+
 def matches(pattern: str, value: str) -> bool:
     """Whether all of `value` is in the language of `pattern` (`fullmatch`: with `search`, as
     msgspec checks patterns, Python's `$` would also let a trailing newline through)."""

@@ -34,6 +34,7 @@ from api.routes.formats import (
     POSITIVE_AMOUNT,
     matches,
     mismatched_patterns,
+    unstorable_at,
 )
 from ledger.db import Database
 from ledger.model import CANONICAL_JSON
@@ -378,7 +379,7 @@ _SURROGATE = re.compile(r"[\ud800-\udfff]")  # in a str only as a lone half: pai
 def _text_problem(text: str) -> str | None:
     if "\x00" in text:
         return "must not contain U+0000 (NUL): PostgreSQL text cannot hold it"
-    if not text.isascii() and _SURROGATE.search(text):
+    if not text.isascii() and unstorable_at(text) is not None:
         return "must not contain a lone surrogate (U+D800 to U+DFFF)"
     return None
 
