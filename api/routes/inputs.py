@@ -2,9 +2,9 @@
 here, before any transaction, when a prompt or messages are given) and canonical usage."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pricing.errors import InvalidUsageError
 from pricing.normalize import (
@@ -15,6 +15,8 @@ from pricing.normalize import (
     plain_canonical_counts,
 )
 from pricing.usage import check_count
+
+Kept = TypeVar("Kept")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,21 @@ def usage_tokens(usage: Mapping[str, Any] | None, openai_usage: Mapping[str, Any
     if normalized.dimensions():  # the provider's word on the tier (and where it ran) prices it
         stored["dimensions"] = normalized.dimensions()
     return normalized.token_counts(), stored
+
+
+async def usage_or_kept(read: Callable[[], tuple[dict[str, int], dict[str, Any]]],
+                        kept: Callable[[], Awaitable[Kept | None]]) -> tuple[dict[str, int], dict[str, Any]] | Kept:
+    """A call's usage (`read`: usage_tokens), or, when its usage is refused, what was kept for the
+    same call (`kept`: a settle's answer under its key, a usage event by its id): one taken before
+    a rule on usage tightened (a `gemini_usage` of no count, 9bf37b7) is answered as it was when
+    sent again; only a call never kept is refused (422)."""
+    try:
+        return read()
+    except InvalidUsageError:
+        found = await kept()
+        if found is None:
+            raise
+        return found
 
 
 def hashed_as_before(body: dict[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from api.auth import (
 )
 from api.errors import ApiError, documented
 from api.routes.formats import Amount, Identifier
-from api.routes.inputs import hashed_as_before, prepare_estimate, usage_tokens
+from api.routes.inputs import hashed_as_before, prepare_estimate, usage_or_kept, usage_tokens
 from api.routes.schemas import (
     ANTHROPIC_USAGE,
     CANONICAL_USAGE,
@@ -34,7 +34,6 @@ from api.routes.schemas import (
 from api.routes.wire import Answer, amount_in, idempotency, kept_answer, money, respond, shaped, time_out
 from ledger.db import Database
 from ledger.model import request_hash
-from pricing.errors import InvalidUsageError
 from wallets import reports
 from wallets.commands import (
     MAX_TTL_SECONDS,
@@ -220,16 +219,11 @@ async def settle(
 
 async def settle_usage(db: Database, data: SettleRequest, customer_id: str, idem: IdemKey | None
                        ) -> tuple[dict[str, int], dict[str, Any]] | Replayed:
-    """A settle's usage (counts, what to store), or, when its usage is refused, the answer kept under
-    its key: a settle taken before a rule on usage tightened (a `gemini_usage` of no count, 9bf37b7)
-    replays what it was answered; only one not kept is refused (422)."""
-    try:
-        return usage_tokens(data.usage, data.openai_usage, data.anthropic_usage, data.gemini_usage)
-    except InvalidUsageError:
-        kept = await kept_answer(db, idem, customer_id)
-        if kept is None:
-            raise
-        return kept
+    """A settle's usage (counts, what to store), or, when its usage is refused, the answer kept
+    under its key (`usage_or_kept`)."""
+    return await usage_or_kept(
+        lambda: usage_tokens(data.usage, data.openai_usage, data.anthropic_usage, data.gemini_usage),
+        lambda: kept_answer(db, idem, customer_id))
 
 
 def _settle_body(data: SettleRequest) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 from itertools import chain
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Request, Response, get, post
@@ -17,7 +17,7 @@ from api.auth import key_dimensions, principal_of, require
 from api.errors import ApiError, documented, unexpected
 from api.routes.cursors import MAX_PAGE, PAGE, Cursor, decode_position, encode_position, invalid
 from api.routes.formats import GROUP_BY, Identifier, matches
-from api.routes.inputs import usage_tokens
+from api.routes.inputs import usage_or_kept, usage_tokens
 from api.routes.schemas import Dimensions, json_body
 from api.routes.wire import (
     COMPOSED,
@@ -111,20 +111,31 @@ def _instants(events: list[UsageEvent]) -> list[Instant]:
     return instants
 
 
-def _command(event: UsageEvent, instant: Instant, latest: datetime, dimensions: Mapping[str, Any]) -> RecordUsage:
+async def _command(db: Database, event: UsageEvent, instant: Instant, latest: datetime,
+                   dimensions: Mapping[str, Any]) -> RecordUsage:
     if isinstance(instant, WalletValidationError):
         raise instant
     occurred_at, text = instant
     if occurred_at > latest:  # it would be billed in a period not begun
         raise WalletValidationError("timestamp", f"must not be more than {FUTURE_SLACK_S} s in the future")
-    tokens, stored = usage_tokens(event.usage, event.openai_usage, event.anthropic_usage, event.gemini_usage)
+    read = await usage_or_kept(
+        lambda: usage_tokens(event.usage, event.openai_usage, event.anthropic_usage, event.gemini_usage),
+        lambda: _kept(db, event))
+    tokens, stored = ({}, {}) if read is True else read
     # the hash reads the instant, not its spelling (z or Z, +00:00, .000, another offset): the same
     # event resent by a client whose serializer changed is a duplicate (_respelled: one kept before)
     body = _body(event)
     body["timestamp"] = text
     return RecordUsage(customer_id=event.customer_id, event_id=event.event_id,
                        request_hash=request_hash(body), model=event.model, occurred_at=occurred_at,
-                       tokens=tokens, usage=stored, dimensions=dimensions)
+                       tokens=tokens, usage=stored, dimensions=dimensions, kept_only=read is True)
+
+
+async def _kept(db: Database, event: UsageEvent) -> Literal[True] | None:
+    """Whether an event is kept under this event's customer and id (its usage refused now: the
+    lane answers it as that one, a duplicate or a conflict)."""
+    pair = (event.customer_id, event.event_id)
+    return True if await db.read(lambda conn: store.kept_events(conn, [pair])) else None
 
 
 def _respelled(command: RecordUsage, event: UsageEvent) -> Hashes:
@@ -228,7 +239,8 @@ async def _recorded(wallets: Any, db: Database, request: Request, events: list[U
                                      event.customer_id, index))
             continue
         try:
-            commands.append(_command(event, instants[index], latest, key_dimensions(principal, event.dimensions)))
+            dimensions = key_dimensions(principal, event.dimensions)
+            commands.append(await _command(db, event, instants[index], latest, dimensions))
             positions.append(index)
         except (LedgerError, PricingError, ApiError) as exc:
             rejected.append(Rejected(event.event_id, exc.code, str(exc), event.customer_id, index))

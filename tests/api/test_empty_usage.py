@@ -239,3 +239,30 @@ async def test_a_bulk_settle_kept_before_gemini_usage_was_checked_replays_its_an
     assert (refused["status"], [f["field"] for f in refused["body"]["fields"]]) == (422, ["gemini_usage"])
     assert (await client.get(f"/v1/reservations/{new}")).json()["status"] == "held"
     assert (await client.get(f"/v1/customers/{customer}/wallet")).json()["available"] == "9.00"
+
+
+async def test_a_usage_event_kept_before_gemini_usage_was_checked_is_a_duplicate(client, customer, tag, monkeypatch):
+    """The usage event {"event_id": e, "gemini_usage": {}} accepted before 9bf37b7 (a call that
+    used nothing: 0 tokens, $0.00 charged) and sent again after the upgrade was rejected
+    validation_error naming gemini_usage, its usage checked before its id was looked up, where
+    `duplicates: 1` is due (the client, told it was refused, would send it again for ever). Now the
+    kept event is looked up first: the resend is a duplicate; the same id with another refused
+    body (model-b for model-a) is idempotency_conflict, as any other body under that id is; a new
+    id of that usage alone is validation_error. Nothing is charged: 10.00 - 0.00 = 10.00 available."""
+    at = (datetime.now(UTC) - timedelta(minutes=5)).isoformat().replace("+00:00", "Z")
+    event = {"event_id": f"e-{tag}", "customer_id": customer, "model": "model-a", "timestamp": at,
+             "gemini_usage": {}}
+    with monkeypatch.context() as before:
+        _read_as_before_9bf37b7(before)
+        first = (await client.post("/v1/usage-events", json=[event])).json()
+    assert first == {"accepted": 1, "duplicates": 0, "rejected": []}
+    again = await client.post("/v1/usage-events", json=[
+        event, {**event, "model": "model-b"}, {**event, "event_id": f"new-{tag}"}])
+    assert again.status_code == 200, again.text
+    body = again.json()
+    assert (body["accepted"], body["duplicates"]) == (0, 1), body
+    assert [(r["index"], r["code"]) for r in body["rejected"]] == [
+        (1, "idempotency_conflict"), (2, "validation_error")], body
+    assert "gemini_usage" in body["rejected"][1]["detail"]
+    assert (await client.get(f"/v1/audit/charges/new-{tag}")).status_code == 404
+    assert (await client.get(f"/v1/customers/{customer}/wallet")).json()["available"] == "10.00"

@@ -247,6 +247,9 @@ class RecordUsage(Command):
     # was kept with (as sent, Z, +00:00, .000, another offset, ...): given when request_hash met a
     # conflict, the one hash the route found among its spellings (before the lane's transaction)
     earlier: tuple[bytes, ...] = ()
+    # its usage refused, sent only to be answered as the event kept under its id (a duplicate, or
+    # a conflict): never rated (inputs.usage_or_kept)
+    kept_only: bool = False
     needs_book = True
 
     def _keys(self) -> set[tuple[str, ...]]:

@@ -264,6 +264,8 @@ def record_usage(state: State, cmd: RecordUsage, now: datetime, book: PriceBook 
         if known != cmd.request_hash and known not in cmd.earlier:
             raise ConflictError(f"event {cmd.event_id} was sent before with another body")
         return Decision(Outcome("duplicate", UsageResult(cmd.event_id, duplicate=True)))
+    if cmd.kept_only:  # the route found it kept; events are never deleted: never so, but never rated
+        raise WalletValidationError("usage", f"refused, and no event {cmd.event_id} is kept to answer")
     w = state.require_wallet()
     rating = rate_call(w, book, state.period_usage, cmd.model, cmd.tokens, cmd.occurred_at, cmd.dimensions,
                        with_request_fee=True, reported=cmd.usage)
