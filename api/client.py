@@ -44,7 +44,7 @@ import httpx
 from api import delivery
 from api.background import PATH as SETTLEMENTS_PATH
 from api.background import BackgroundSettler, ThreadedSettler, is_settle
-from api.bearer import key_problem
+from api.bearer import idempotency_key_problem, key_problem
 from api.client_errors import (
     ERRORS,
     BudgetExceeded,
@@ -220,7 +220,9 @@ class _Base:
         headers = dict(self._headers)
         if key is None and method in ("POST", "DELETE"):
             key = f"sdk_{uuid.uuid4().hex}"  # one key for all the retries of this call
-        if key is not None:
+        if key is not None:  # one a header cannot carry was httpx's or h11's error, a settle spooled with it
+            if problem := idempotency_key_problem(key):
+                raise ValueError(problem)
             headers["Idempotency-Key"] = key
         if body is None or method == "GET":
             return {"method": method, "url": self._base_url + path, "headers": headers}

@@ -38,3 +38,44 @@ def test_a_key_of_printable_ascii_builds_a_client(tmp_path):
         assert client.get("/v1/ping") == {}
     finally:
         client.close()
+
+
+def test_an_idempotency_key_no_header_can_carry_is_a_value_error_before_anything_is_spooled(tmp_path):
+    """The same holds for a call's own Idempotency-Key: `settle("res_x", key="clé")` raised httpx's
+    UnicodeEncodeError after its record was written to the spool (1 record), where every flush and
+    replay fails on it again, and `key="k\\n"` is h11's LocalProtocolError on a real connection.
+    Now a ValueError naming the position (the é 3 of 3, the line break 2 of 2), the spool left
+    empty (0 records); a key with a space inside ("order 42"), which the server takes, still goes."""
+    sent: list[str] = []
+
+    def answer_and_note(request: httpx.Request) -> httpx.Response:
+        sent.append(request.headers["Idempotency-Key"])
+        return httpx.Response(200, json={})
+
+    client = Client("http://127.0.0.1:8000", "tt_ok", transport=httpx.MockTransport(answer_and_note),
+                    spool_dir=tmp_path)
+    try:
+        for key, at in (("clé", "3 of 3"), ("k\n", "2 of 2")):
+            with pytest.raises(ValueError) as refused:
+                client.settle("res_x", key=key, usage={"input_tokens": 1, "output_tokens": 1})
+            assert f"at position {at}: a header carries printable ASCII" in str(refused.value)
+            with pytest.raises(ValueError):
+                client.post("/v1/customers", {"id": "acme"}, key=key)
+        assert client.spool is not None and client.spool.records() == [] and sent == []
+        assert client.settle("res_x", key="order 42", usage={"input_tokens": 1, "output_tokens": 1}) == {}
+        assert sent == ["order 42"]
+    finally:
+        client.close()
+
+
+async def test_an_async_release_with_such_a_key_is_refused_before_anything_is_spooled(tmp_path):
+    """The async client shares the rule: `release("res_x", key="clé")` spooled its record (1)
+    before the UnicodeEncodeError; now a ValueError (é at 3 of 3), 0 records."""
+    client = AsyncClient("http://127.0.0.1:8000", "tt_ok", transport=httpx.MockTransport(answer), spool_dir=tmp_path)
+    try:
+        with pytest.raises(ValueError) as refused:
+            await client.release("res_x", key="clé")
+        assert "at position 3 of 3: a header carries printable ASCII" in str(refused.value)
+        assert client.spool is not None and client.spool.records() == []
+    finally:
+        await client.aclose()
