@@ -150,14 +150,17 @@ async def invoices(conn: AsyncConnection, customer_id: str) -> dict[str, Any]:
 
 
 async def invoice_page(conn: AsyncConnection, customer_id: str, after: tuple[datetime, str] | None,
-                       limit: int | None) -> tuple[dict[str, Any], tuple[datetime, str] | None]:
+                       limit: int | None, *, newest_first: bool = False
+                       ) -> tuple[dict[str, Any], tuple[datetime, str] | None]:
     """Up to `limit` (None: all) of the customer's invoices in period order (period start, then
-    id), those after the position `after`; and the last one's position when more follow."""
+    id; `newest_first` the reverse, as the console lists them), those after the position `after`
+    in that order; and the last one's position when more follow."""
     await require_customer(conn, customer_id)
+    beyond, order = ("<", "DESC") if newest_first else (">", "ASC")
     rows = list(await conn.execute(text(
         _INVOICE + " WHERE i.customer_id = :c AND (CAST(:start AS timestamptz) IS NULL"
-        " OR (i.period_start, i.id) > (CAST(:start AS timestamptz), :id))"
-        " ORDER BY i.period_start, i.id LIMIT :limit"),
+        f" OR (i.period_start, i.id) {beyond} (CAST(:start AS timestamptz), :id))"
+        f" ORDER BY i.period_start {order}, i.id {order} LIMIT :limit"),
         {"c": customer_id, "start": after and after[0], "id": after and after[1],
          "limit": None if limit is None else limit + 1}))
     more = limit is not None and len(rows) > limit
@@ -225,4 +228,5 @@ async def require_customer(conn: AsyncConnection, customer_id: str) -> None:
         raise NotFoundError(f"no customer {customer_id}", customer_id=customer_id)
 
 
-__all__ = ["DEFAULT_ISSUER", "close_due", "invoice", "invoice_owner", "invoices", "require_customer", "upcoming"]
+__all__ = ["DEFAULT_ISSUER", "close_due", "invoice", "invoice_owner", "invoice_page", "invoices", "require_customer",
+           "upcoming"]

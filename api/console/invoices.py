@@ -15,12 +15,13 @@ from litestar.response import Template
 from api import renderings
 from api.console.web import PREFIX, allow, render
 from api.errors import ApiError
-from api.routes import invoices, receivables
+from api.routes import cursors, invoices, receivables
 from api.routes.customers import customer_response
 from wallets import billing
 from wallets.errors import NotFoundError, WalletValidationError
 
 READERS = invoices.READERS
+INVOICES_PAGE = 100  # finalized invoices a page, newest first
 FORMATS = {"pdf": renderings.PDF, "html": renderings.HTML, "csv": renderings.CSV}
 
 
@@ -31,11 +32,20 @@ async def _download(document: dict[str, Any], fmt: str) -> Response[Any]:
 
 
 @get(f"{PREFIX}/customers/{{customer_id:str}}/invoices", guards=[allow(*READERS)], name="console-invoices")
-async def invoices_page(state: State, request: Request, customer_id: FromPath[str]) -> Template:
+async def invoices_page(state: State, request: Request, customer_id: FromPath[str],
+                        cursor: Annotated[str | None, QueryParameter(name="cursor", max_length=4096)] = None
+                        ) -> Template:
+    """The period so far and the finalized invoices, newest first, a page at a time (keyset pages,
+    as the reservations page: an invoice finalized since is ahead of the first page, none twice)."""
     customer = customer_response(await state.services.wallets.get_customer(customer_id))
-    listed = await state.services.db.read(lambda conn: billing.invoices(conn, customer_id))  # all, unpaged
+    after = cursors.time_and_id(cursors.decode_position(cursor, "console-invoices", [customer_id])) if cursor else None
+    listed, more = await state.services.db.read(
+        lambda conn: billing.invoice_page(conn, customer_id, after, INVOICES_PAGE, newest_first=True))
+    next_query = None if more is None else urlencode({"cursor": cursors.encode_position(
+        "console-invoices", [customer_id], [more[0].isoformat(), more[1]])})
     return render(request, "customer/invoices.html", customer=customer, invoices=listed["invoices"],
-                  upcoming=await invoices.upcoming_document(state, customer_id), section="invoices")
+                  upcoming=await invoices.upcoming_document(state, customer_id), next_query=next_query,
+                  first=after is None, section="invoices")
 
 
 @get(f"{PREFIX}/customers/{{customer_id:str}}/invoices/upcoming", guards=[allow(*READERS)],

@@ -6,10 +6,13 @@ last), a cursor not made for the list 400 `invalid_cursor`, a limit out of range
 parameters, 422)."""
 from __future__ import annotations
 
+import html
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from api.console import invoices as console_invoices
 from api.routes import cursors
 from tests.api.apps import api_client, book_customer
 from wallets.periods import Cycle, period_of
@@ -27,14 +30,9 @@ async def _seven_invoices(client, cid: str) -> list[str]:
     """An idle postpaid customer closed early through its current UTC month and the 6 after it:
     one invoice a period, 7 in all; their numbers in period order."""
     await book_customer(client, cid)
-    period = period_of(datetime.now(UTC), Cycle("UTC", None))
-    for _ in range(6):
-        period = period_of(period.end, Cycle("UTC", None))
-    closed = await client.post("/v1/billing/close", json={
-        "until": (period.end + timedelta(hours=1, seconds=1)).isoformat(), "customer_id": cid, "early": True})
-    assert closed.status_code == 200, closed.text
-    assert len(closed.json()["closed"]) == 7, closed.text
-    return [c["number"] for c in closed.json()["closed"]]
+    numbers = await _close_through(client, cid, 6)
+    assert len(numbers) == 7, numbers
+    return numbers
 
 
 async def test_seven_invoices_come_in_pages_of_3_3_and_1_in_period_order_none_twice(client) -> None:
@@ -134,3 +132,42 @@ async def test_three_credit_notes_come_in_pages_of_2_and_1_in_issue_order(client
             break
     assert [len(p) for p in pages] == [2, 1]
     assert [n for p in pages for n in p] == list(zip(notes, ["-5.00", "-1.00", "-1.00"], strict=True))
+
+
+async def _close_through(client, cid: str, periods_ahead: int) -> list[str]:
+    """Close customer `cid` early through the period `periods_ahead` after the current UTC month's;
+    the numbers it finalized."""
+    period = period_of(datetime.now(UTC), Cycle("UTC", None))
+    for _ in range(periods_ahead):
+        period = period_of(period.end, Cycle("UTC", None))
+    closed = await client.post("/v1/billing/close", json={
+        "until": (period.end + timedelta(hours=1, seconds=1)).isoformat(), "customer_id": cid, "early": True})
+    assert closed.status_code == 200, closed.text
+    return [c["number"] for c in closed.json()["closed"]]
+
+
+async def test_the_console_lists_a_customer_s_invoices_newest_first_a_page_at_a_time(client, monkeypatch) -> None:
+    """The console's invoices page listed every finalized invoice at once (a customer of years of
+    monthly invoices: all of them on one page). Now a page of them at a time, newest first, as the
+    reservations page pages: 7 invoices by 3 are pages of 3 + 3 + 1 = 7, the API's period order
+    reversed, each once; a cursor not made for the page (the API list's own) 400 invalid_cursor."""
+    monkeypatch.setattr(console_invoices, "INVOICES_PAGE", 3, raising=False)  # none before: all shown
+    numbers = await _seven_invoices(client, "shown")
+    ids = {i["number"]: i["id"] for i in (await client.get("/v1/customers/shown/invoices")).json()["invoices"]}
+    api_cursor = (await client.get("/v1/customers/shown/invoices", params={"limit": 1})).json()["next_cursor"]
+    async with api_client(app=client.app, signed_in=True) as browser:
+        pages, url = [], "/console/customers/shown/invoices"
+        while url is not None and len(pages) <= 3:
+            page = await browser.get(url)
+            assert page.status_code == 200, page.text
+            assert ('>First page</a>' in page.text) == bool(pages)
+            assert "This period so far" in page.text  # the upcoming invoice's figures on every page
+            pages.append(re.findall(r'<tr data-invoice="([^"]+)">', page.text))
+            found = re.search(r'<a href="([^"]+)" rel="next">', page.text)
+            url = None if found is None else html.unescape(found.group(1))
+        assert [len(p) for p in pages] == [3, 3, 1]
+        assert "Last page." in page.text
+        assert [i for p in pages for i in p] == [ids[n] for n in reversed(numbers)]
+        for bad in ("bm90LWEtY3Vyc29y", api_cursor):
+            refused = await browser.get("/console/customers/shown/invoices", params={"cursor": bad})
+            assert refused.status_code == 400 and "invalid_cursor" in refused.text, refused.text
