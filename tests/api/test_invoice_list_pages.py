@@ -146,6 +146,23 @@ async def _close_through(client, cid: str, periods_ahead: int) -> list[str]:
     return [c["number"] for c in closed.json()["closed"]]
 
 
+async def test_an_invoice_finalized_between_pages_is_listed_once_and_none_before_it_is_skipped(client) -> None:
+    """Page 1 of 7 invoices by 3 read, then an 8th period closed: the pages on from page 1's cursor
+    are 3 + 2 (the 8th last, period order), 3 + 3 + 2 = 8, each invoice once."""
+    numbers = await _seven_invoices(client, "growing")
+    first = await client.get("/v1/customers/growing/invoices", params={"limit": 3})
+    seen, cursor = [i["number"] for i in first.json()["invoices"]], first.json()["next_cursor"]
+    [eighth] = await _close_through(client, "growing", 7)
+    sizes = [len(seen)]
+    while cursor is not None:
+        page = await client.get("/v1/customers/growing/invoices", params={"limit": 3, "cursor": cursor})
+        assert page.status_code == 200, page.text
+        seen += [i["number"] for i in page.json()["invoices"]]
+        sizes.append(len(page.json()["invoices"]))
+        cursor = page.json()["next_cursor"]
+    assert (sizes, seen) == ([3, 3, 2], [*numbers, eighth])
+
+
 async def test_the_console_lists_a_customer_s_invoices_newest_first_a_page_at_a_time(client, monkeypatch) -> None:
     """The console's invoices page listed every finalized invoice at once (a customer of years of
     monthly invoices: all of them on one page). Now a page of them at a time, newest first, as the

@@ -667,6 +667,22 @@ async def test_a_re_rate_of_a_period_with_late_charges_notes_each_invoice_what_i
     await verified(bk)
 
 
+async def test_the_notes_of_one_re_rate_share_their_issue_time_and_page_one_at_a_time_by_number(
+        fixed: BillingKit) -> None:
+    """The late split above: one re-rate issues two notes at one time (January 2nd), -$2.00 and
+    -$4.00; the customer's list by 1 is two pages of one (the tie broken by number), each once."""
+    bk = fixed
+    cid = await bk.customer("late-pages", billing_mode="postpaid", book="fix")
+    await _late_and_own_usage_on_december_s_invoice(bk, cid)
+    done = await rerating.apply(bk.db, bk.service.engine, spec("v2", NOV_1, datetime(2027, 1, 1, tzinfo=UTC)), None)
+    first, after = await bk.db.read(lambda conn: rerating.credit_notes(conn, cid, None, 1))
+    second, last = await bk.db.read(lambda conn: rerating.credit_notes(conn, cid, after, 1))
+    notes = first["credit_notes"] + second["credit_notes"]
+    assert (len(notes), last, len({n["issued_at"] for n in notes})) == (2, None, 1)
+    assert [n["number"] for n in notes] == sorted(n["number"] for n in done["credit_notes"])
+    assert sorted(n["total"] for n in notes) == ["-2.00", "-4.00"]
+
+
 async def _lot_balances(bk: BillingKit, cid: str) -> dict[str, int]:
     """Every lot of the customer, expired or revoked too: lot id -> its balance (credit > 0)."""
     rows = await bk.db.read(lambda conn: conn.execute(text(
