@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from pricing.books import Rule
+from pricing.books import PriceBook, Rule
 from pricing.lines import Rating
 from pricing.rating import volume_tier_price
 from wallets.core.invoicing import flat_in, given_back, paying, true_up_lines
@@ -149,8 +149,10 @@ def true_up_fixes(data: RerateInput, found: Sequence[Correction], ratings: Mappi
             touched.update(ln["rule_id"] for ln in _lines(charge, (earlier or {}).get(charge.id))
                            if ln["kind"] == "usage" and ln.get("rule_id") and ln.get("override_id") is None)
         else:
-            # (the rule it counts for, the rule of its version that rated it, ...)
-            pieces = [(renamed.get(rule_id, rule_id), rule_id, *rest)
+            # (the rule it counts for, the rule of its version that rated it, ...): renamed only where
+            # the version in force at its time names its rule otherwise (a later one it is not under keeps it)
+            kept = _in_force(book, charge)
+            pieces = [(rule_id if rule_id in kept else renamed.get(rule_id, rule_id), rule_id, *rest)
                       for rule_id, *rest in _standing(charge, (earlier or {}).get(charge.id))]
         for rule_id, source, version, quantity, amount in pieces:
             if flat_in(versions, source, version):
@@ -193,9 +195,17 @@ def true_up_fixes(data: RerateInput, found: Sequence[Correction], ratings: Mappi
                                    price, shown["tier"] if shown else _tier(rule, reached),
                                    old, new, tuple(rated[rule_id].values()),
                                    tuple((c, u, a) for c, (u, a) in sorted(per_charge[rule_id].items())),
-                                   data.true_up_given.get(rule_id), prices))
+                                   _given(data, rule_id, old), prices))
     fixes += _orphaned(data, basis)
     return fixes + allowance_fixes(data, found, fixes)
+
+
+def _given(data: RerateInput, rule_id: str, old: int) -> Mapping[int, int] | None:
+    """What the true-ups so far gave back of each of the rule's charges (store.true_up_given): none
+    of any where they kept none and its true-up stands at 0 (a line of 0 at the close, or no line:
+    a rule its charges were moved to after it); None: not kept."""
+    kept = data.true_up_given.get(rule_id)
+    return kept if kept is not None or old else {}
 
 
 def _count_contract_units(contracts: dict[str, int], versions: Mapping[str, Any], charge: ChargeOnRecord) -> None:
@@ -269,8 +279,9 @@ def _orphaned(data: RerateInput, basis: Mapping[str, Any]) -> list[TrueUpFix]:
         version, rule = found[-1]  # the latest version that has it (the close's)
         charges = tuple(ch for ch in data.charges if (ch.billed_in or period) == period
                         and any(ln.get("rule_id") == rule_id for ln in ch.lines))
+        # each charge takes back what the true-ups so far gave back of it (none over, the rule gone)
         fixes.append(TrueUpFix(period, rule_id, rule.model or "", rule.token_type, version, 0, None, None, old, 0,
-                               charges))
+                               charges, given=data.true_up_given.get(rule_id)))
     return fixes
 
 
@@ -294,6 +305,13 @@ def _renamed(data: RerateInput, ratings: Mapping[int, Rating], earlier: Mapping[
                     and rule_id not in kept):
                 seen.setdefault(rule_id, set()).add(new)
     return {rule_id: new for rule_id, (new, *others) in seen.items() if not others}
+
+
+def _in_force(book: PriceBook, charge: ChargeOnRecord) -> frozenset[str]:
+    """The rule ids of the book's version in force at the charge's usage time (none before its first)."""
+    first = book.versions[0].effective_from
+    return frozenset(r.id for r in book.version_at(charge.occurred_at).rules) if charge.occurred_at >= first \
+        else frozenset()
 
 
 def _lines(charge: ChargeOnRecord, rerated: Rating | None) -> Sequence[Mapping[str, Any]]:

@@ -474,9 +474,18 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
                 continue
             key = (charge, account if account in payers_of.get(charge, (account,)) else receivable)
             taken[key] = taken.get(key, 0) + units
+    room = dict(room) if room is not None else None
+    # what a true-up corrected up beside takes back of a charge now makes room to give back of it
+    # again (a re-rate moving it to another rule: its old rule's part taken back, its new rule's given)
+    ahead: dict[tuple[int, str], int] = {}
+    take_back(w, *takes[:2], now, expired_by=expired_by, given=takes[2], got=got, placed=ahead)
+    for (charge, account), units in ahead.items():
+        key = (charge, account if account in payers_of.get(charge, (account,)) else receivable)
+        taken[key] = taken.get(key, 0) - units
+        if room is not None and account in room:
+            room[account] += units
     taken = {key: units for key, units in taken.items() if units > 0}
     given_now: dict[tuple[int, str], int] = {}
-    room = dict(room) if room is not None else None
 
     def paid_by(charge: ChargeOnRecord) -> dict[tuple[int, str], int]:
         return _paid_by(charge, receivable)
@@ -589,7 +598,9 @@ def _refund(state: State, cmd: RerateCharges, found: list[Correction], back: int
     # netted off the money back (which cut the payers given back last in order)
     rises = min(sum(v for v in rise.values() if v > 0),
                 max(0, sum(v for v in shares.values() if v > 0) - back - sum(debits.values())))
-    legs, paid_back, lot = give_back(state, w, shares, back + sum(debits.values()) + rises, now,
+    # what it takes back onto what is owed beside is owed too: the money back comes off it first
+    owing = replace(w, receivable=w.receivable + debits.get(receivable, 0))
+    legs, paid_back, lot = give_back(state, owing, shares, back + sum(debits.values()) + rises, now,
                                      f"re-rate {cmd.rerate_id} {cmd.period}", step)
     if placed is not None:  # the rows follow what a note's whole minor units posted to each payer
         # each payer's rows of a charge at most what it paid of it less what the true-ups before gave it

@@ -69,9 +69,6 @@ async def test_prepaid_units_moved_to_another_rule_id_and_back_to_their_first_be
     assert await _remaining(bk, cid, grant, topup) == (1125 * CENT, 500 * CENT)
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: a re-rate after the close moving a charge to another rule id "
-                   "gives the top-up that paid the 20th all it paid of it back ($10.00) and the grant the rest: "
-                   "(9.50, 15.00)")
 async def test_prepaid_units_re_rated_after_the_close_to_another_rule_id_give_each_payer_its_charge_s_part(
         bk: BillingKit) -> None:
     """Prepaid, closed: `in`'s -$9.00 to the grant that paid the 5th ($9.00), `in-b`'s 1,000,000 its
@@ -80,7 +77,10 @@ async def test_prepaid_units_re_rated_after_the_close_to_another_rule_id_give_ea
     it); `in-b` 0 -> -$18.50: the 5th's $9.50 (3,000,000 at $0.50/M less $11.00) to the grant, the
     20th's $9.00 (1,000,000 at $1/M less $10.00) to the top-up: -$10.50 in all; the grant $9.00 +
     $1.00 - $9.00 + $9.50 = $10.50, the top-up $5.00 + $9.00 = $14.00, what the same re-rate before
-    the close leaves (the lots $24.50 = $27.00 - November's $2.50)."""
+    the close leaves (the lots $24.50 = $27.00 - November's $2.50). Before, `in`'s correction kept
+    no part of the 5th and `in-b`'s 0 at the close was read as not kept, so its -$18.50 was shared
+    over its payers, the last consumed first: the top-up got all it paid of the 20th back ($10.00),
+    the grant the rest, (9.50, 15.00)."""
     cid = "moved-after-close-parts"
     grant, topup = await _prepaid_renamed(bk, cid)
     await _closed(bk, cid)
@@ -116,3 +116,31 @@ async def test_contract_units_re_rated_to_another_rule_id_count_toward_its_tier_
     [november] = await bk.invoices(cid)
     await _verified(bk)
     assert (upcoming["total"], november["total"], _true_ups(november)) == ("9.00", "9.00", [])
+
+
+async def test_units_moved_to_another_rule_id_and_back_after_the_close_end_where_before_the_close(
+        bk: BillingKit) -> None:
+    """Postpaid, no lots: the 5th's $12.00 and the 20th's $10.00 owed. The close: `in`'s 3,000,000
+    at $1/M = $3.00 less $12.00, -$9.00; `in-b`'s 1,000,000 its first tier, 0: $13.00 owed. December
+    2nd, re-rated to v3 (`in-b`, $0.50/M beyond): the 5th $11.00 (-$1.00), `in` -$9.00 -> 0 (+$9.00),
+    `in-b`'s 4,000,000 -> -$18.50 (3,000,000 at $0.50/M = $1.50 less $11.00, 1,000,000 at $1/M less
+    $10.00): -$10.50, $2.50 owed. December 3rd, v4 (from November 2nd, `in` alone: $10/M to 1,000,000,
+    $0.25/M beyond) and November 2nd-15th re-rated to it: the 5th back under `in`, 1,000,000 x $10/M
+    + 2,000,000 x $0.25/M = $10.50 (-$0.50); `in`'s 3,000,000 reach its second tier: $0.75 less
+    $10.50 = -$9.75 (0 -> -$9.75); the 20th stays under v2 (from the 15th, in force on the 20th, not
+    v4) `in-b`, 1,000,000 its first tier: -$18.50 -> 0 (+$18.50): +$8.25, $10.75 owed, November as
+    the same re-rates before the close leave it (test_prepaid_units_moved_to_another_rule_id_and_back_
+    to_their_first_before_the_close: $10.75). Before, the re-rate counted the 20th under `in` (the
+    rule the 5th moved to from `in-b`, which v4 does not name), `in`'s 4,000,000: v4's 3,000,000 at
+    $0.25/M less $10.50 and v2's 1,000,000 at $1/M less $10.00, -$18.75: -$0.75, $1.75 owed."""
+    cid = "moved-and-back-after-close"
+    await _november(bk, cid, [(5, 3_000_000), (20, 1_000_000)], v2=_volume_b())
+    assert (await bk.service.wallet(cid)).receivable == 2200 * CENT
+    await _closed(bk, cid)
+    assert (await bk.service.wallet(cid)).receivable == 1300 * CENT
+    assert (await _to_v3(bk, cid, "0.5", DEC_2))["delta"] == "-10.50"
+    assert (await bk.service.wallet(cid)).receivable == 250 * CENT
+    done = await _rerated(bk, cid, "v4", _volume("0.25"), datetime(2026, 12, 3, tzinfo=UTC), previewed=True,
+                          start=datetime(2026, 11, 2, tzinfo=UTC))
+    await _verified(bk)
+    assert (done["delta"], (await bk.service.wallet(cid)).receivable) == ("8.25", 1075 * CENT)
