@@ -144,3 +144,25 @@ async def test_units_moved_to_another_rule_id_and_back_after_the_close_end_where
                           start=datetime(2026, 11, 2, tzinfo=UTC))
     await _verified(bk)
     assert (done["delta"], (await bk.service.wallet(cid)).receivable) == ("8.25", 1075 * CENT)
+
+
+async def test_prepaid_units_moved_to_another_rule_id_and_back_after_the_close_go_back_to_their_payers(
+        bk: BillingKit) -> None:
+    """Prepaid ($12.00 grant pays the 5th, $15.00 top-up the 20th): closed (9.00, 5.00); December 2nd,
+    re-rated to v3 (test_prepaid_units_re_rated_after_the_close_to_another_rule_id_give_each_payer_its_
+    charge_s_part): (10.50, 14.00). December 3rd, v4 (from November 2nd, `in` alone, $0.25/M beyond):
+    the 5th $11.00 -> $10.50, -$0.50 to the grant ($11.00); `in` 0 -> -$9.75, all the 5th's
+    (3,000,000 at $0.25/M = $0.75 less $10.50), to the grant ($20.75); `in-b` -$18.50 -> 0 takes
+    back the 5th's $9.50 from the grant ($11.25) and the 20th's $9.00 from the top-up ($5.00):
+    +$8.25, (11.25, 5.00), what the same re-rates before the close leave
+    (test_prepaid_units_moved_to_another_rule_id_and_back_to_their_first_before_the_close); the
+    lots $16.25 = $27.00 - November's $10.75. (A guard.)"""
+    cid = "moved-and-back-after-close-prepaid"
+    grant, topup = await _prepaid_renamed(bk, cid)
+    await _closed(bk, cid)
+    assert (await _to_v3(bk, cid, "0.5", DEC_2))["delta"] == "-10.50"
+    assert await _remaining(bk, cid, grant, topup) == (1050 * CENT, 1400 * CENT)
+    done = await _rerated(bk, cid, "v4", _volume("0.25"), datetime(2026, 12, 3, tzinfo=UTC),
+                          start=datetime(2026, 11, 2, tzinfo=UTC))
+    await _verified(bk)
+    assert (done["delta"], await _remaining(bk, cid, grant, topup)) == ("8.25", (1125 * CENT, 500 * CENT))
