@@ -216,20 +216,25 @@ async def asset_scales(conn: AsyncConnection) -> dict[str, int]:
 
 def windowed(ledger: list[Payment], paid: list[Payment], start: datetime | None,
              end: datetime | None) -> tuple[list[Payment], list[Payment]]:
-    """The ledger's records and the file's rows of [start, end) (a row without a time is in every
-    window), each with the records of the other side outside it that a reference matches to one
-    inside in the same direction (cash in, or a refund's out): the processor dates a payment before
-    the ledger records its top-up, so a window's bound can fall between the two, and each side's run
-    left out half of one honest payment (ONLY IN LEDGER in one month, ONLY IN FILE in the other). A
-    refund row carries its charge's ids: it takes in no top-up, nor a top-up it."""
+    """The ledger's receipts of [start, end) and the file's rows that go with them: a payment is
+    the window's whose ledger record it is, so consecutive windows count it once. The processor
+    dates a payment before the ledger records its top-up, and a window's bound can fall between
+    the two: a row dated outside the window is taken in when a reference matches it to a receipt
+    inside (in the same direction: cash in, or a refund's out; a refund row carries its charge's
+    ids), and a row dated inside is left out when it matches only a receipt outside (the other
+    window's, where it is matched). A row without a time is in every window. Invoice payments under
+    one reference are one receipt (`receipts`), of its first part's time."""
     def inside(at: datetime | None) -> bool:
         return at is None or ((start is None or at >= start) and (end is None or at < end))
 
-    ledger_keys = {(p.reference, p.amount < 0) for p in ledger if p.reference and inside(p.at)}
-    file_keys = {(ref, p.amount < 0) for p in paid if inside(p.at) for ref in (p.reference, *p.aliases)}
-    return ([p for p in ledger if inside(p.at) or (p.reference, p.amount < 0) in file_keys],
-            [p for p in paid if inside(p.at) or any((ref, p.amount < 0) in ledger_keys
-                                                    for ref in (p.reference, *p.aliases))])
+    def keys(p: Payment) -> set[tuple[str, bool]]:
+        return {(ref, p.amount < 0) for ref in (p.reference, *p.aliases) if ref}
+
+    ledger = receipts(ledger)
+    mine = [p for p in ledger if inside(p.at)]
+    ours = set().union(*map(keys, mine))
+    others = set().union(*(keys(p) for p in ledger if not inside(p.at))) - ours
+    return mine, [p for p in paid if keys(p) & ours or (inside(p.at) and (p.at is None or not keys(p) & others))]
 
 
 def reconcile(ledger: list[Payment], paid: list[Payment]) -> Reconciliation:

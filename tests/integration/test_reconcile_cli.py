@@ -280,8 +280,9 @@ def test_a_payment_the_processor_dated_just_before_the_window_its_top_up_is_in_m
     boundary falls between them: [T, T + 1 us) holds the top-up (and no other: ch_2 came after it)
     and not the row; [T - 2 s, T) the row and no ledger entry (ch_1 is the ledger's first). Before,
     each run left out what lay outside its window: 'ONLY IN LEDGER reference ch_1' in one,
-    'ONLY IN FILE reference ch_1' in the other, exit 1 twice for one honest 10.00 USD payment. Now a
-    record outside the window whose match is inside it is taken with it: matched, exit 0, both."""
+    'ONLY IN FILE reference ch_1' in the other, exit 1 twice for one honest 10.00 USD payment. Now
+    the payment is the window's whose ledger record it is: [T, T + 1 us) takes the row in (matched:
+    1, exit 0), and [T - 2 s, T) leaves it to that window (matched: 0, exit 0), not counted twice."""
     from datetime import timedelta
 
     import psycopg
@@ -290,6 +291,7 @@ def test_a_payment_the_processor_dated_just_before_the_window_its_top_up_is_in_m
         at = conn.execute("SELECT occurred_at FROM journal_entries WHERE kind = 'topup' "
                           "AND metadata ->> 'reference' = 'ch_1'").fetchone()[0]
     body = f"reference,amount,currency,date\nch_1,10.00,USD,{(at - timedelta(seconds=1)).isoformat()}\n"
-    for start, end in ((at, at + timedelta(microseconds=1)), (at - timedelta(seconds=2), at)):
+    for (start, end), matched in (((at, at + timedelta(microseconds=1)), 1), ((at - timedelta(seconds=2), at), 0)):
         done = _reconcile(ledger_url, tmp_path, body, "--from", start.isoformat(), "--to", end.isoformat())
-        assert done.returncode == 0 and "matched: 1 top-ups" in done.stdout, (start, end, done.stdout + done.stderr)
+        assert done.returncode == 0 and f"matched: {matched} top-ups" in done.stdout, (
+            start, end, done.stdout + done.stderr)

@@ -250,3 +250,52 @@ def test_a_window_takes_in_a_record_outside_it_only_for_a_match_of_the_same_dire
         result = reconcile(*windowed(ledger, paid, start, end))
         assert result.clean and [m.reference for m, _ in result.matched] == [reference], (
             reference, result.mismatched, result.only_in_ledger, result.only_in_file)
+
+
+def test_november_then_december_count_each_payment_once_whatever_side_of_the_bound_it_falls():
+    """Six payments of one ledger and one itemized file covering both months, reconciled as
+    November [11-01, 12-01) then December [12-01, 01-01):
+    - ch_1 10.00 USD: Stripe 11-30 23:59:59, the ledger's top-up 12-01 00:00:01 (December's);
+    - re_1 -3.00 USD: the ledger's refund 11-30 23:59:58, Stripe's refund row 12-01 00:00:02 (November's);
+    - ch_2 5.00 USD in November on both sides, ch_3 7.00 USD in December on both sides;
+    - ch_4 50.00 USD in November on both sides, its refund re_4 -20.00 USD in December on both
+      sides (the refund row carries the charge's ids ch_4 and pi_4).
+    A payment is the window's whose ledger record it is: November matched re_1, ch_2, ch_4 (3),
+    December ch_1, ch_3, re_4 (3); each clean, each reference matched once over the two runs (6).
+    Before, a record outside the window was taken in whenever a reference matched one inside:
+    ch_1 was matched in November (its row inside) and again in December (its top-up inside), re_1
+    likewise, 8 matches of 6 payments."""
+    from collections import Counter
+    from datetime import UTC, datetime
+
+    from wallets.reconcile import windowed
+
+    def at(text: str) -> datetime:
+        return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+    rows = [("txn_1", "2026-11-30 23:59:59", "10.00", "charge", "ch_1", "ch_1", "pi_1"),
+            ("txn_2", "2026-12-01 00:00:02", "-3.00", "refund", "re_1", "ch_0", "pi_0"),
+            ("txn_3", "2026-11-15 10:00:00", "5.00", "charge", "ch_2", "ch_2", "pi_2"),
+            ("txn_4", "2026-12-15 10:00:00", "7.00", "charge", "ch_3", "ch_3", "pi_3"),
+            ("txn_5", "2026-11-20 10:00:00", "50.00", "charge", "ch_4", "ch_4", "pi_4"),
+            ("txn_6", "2026-12-05 10:00:00", "-20.00", "refund", "re_4", "ch_4", "pi_4")]
+    body = ITEMIZED.splitlines(keepends=True)[0] + "".join(
+        f"{t},{when},2026-12-31 00:00:00,usd,{gross},0.00,{gross},{cat},{src},,{ch},{pi}\n"
+        for t, when, gross, cat, src, ch, pi in rows)
+    paid, _ = read_payments(io.StringIO(body), SCALES)
+    usd = 10**9
+    ledger = [Payment("ch_1", 10 * usd, "USD", "entry 1", at("2026-12-01 00:00:01")),
+              Payment("re_1", -3 * usd, "USD", "entry 2", at("2026-11-30 23:59:58")),
+              Payment("ch_2", 5 * usd, "USD", "entry 3", at("2026-11-15 10:00:05")),
+              Payment("ch_3", 7 * usd, "USD", "entry 4", at("2026-12-15 10:00:05")),
+              Payment("ch_4", 50 * usd, "USD", "entry 5", at("2026-11-20 10:00:05")),
+              Payment("re_4", -20 * usd, "USD", "entry 6", at("2026-12-05 10:00:05"))]
+    counted: Counter = Counter()
+    expected = {"November": ["ch_2", "ch_4", "re_1"], "December": ["ch_1", "ch_3", "re_4"]}
+    for name, start, end in (("November", at("2026-11-01"), at("2026-12-01")),
+                             ("December", at("2026-12-01"), at("2027-01-01"))):
+        result = reconcile(*windowed(ledger, paid, start, end))
+        assert result.clean, (name, result.mismatched, result.only_in_ledger, result.only_in_file)
+        assert sorted(m.reference for m, _ in result.matched) == expected[name], (name, result.matched)
+        counted.update(m.reference for m, _ in result.matched)
+    assert counted == Counter({p.reference: 1 for p in ledger})
