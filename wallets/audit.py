@@ -191,7 +191,8 @@ async def charges_match_entries(conn: AsyncConnection) -> Check:
                       c.id, c.request_id, c.charged, c.entry_id, coalesce(r.revenue, 0))
           FROM charges c LEFT JOIN LATERAL (
                SELECT -sum(p.amount) AS revenue FROM postings p JOIN accounts a ON a.id = p.account_id
-                WHERE p.entry_id = c.entry_id AND a.code LIKE {_literal(chart.revenue_account('%'))}) r ON true
+                WHERE p.lane = c.lane AND p.entry_id = c.entry_id
+                  AND a.code LIKE {_literal(chart.revenue_account('%'))}) r ON true
          WHERE c.charged <> coalesce(r.revenue, 0)
         UNION ALL
         SELECT format('charge %s (%s): its lines sum to %s, not %s', c.id, c.request_id,
