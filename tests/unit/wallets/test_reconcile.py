@@ -299,3 +299,27 @@ def test_november_then_december_count_each_payment_once_whatever_side_of_the_bou
         assert sorted(m.reference for m, _ in result.matched) == expected[name], (name, result.matched)
         counted.update(m.reference for m, _ in result.matched)
     assert counted == Counter({p.reference: 1 for p in ledger})
+
+
+def test_invoice_payments_of_one_charge_either_side_of_the_bound_are_one_receipt_of_the_first_s_window():
+    """One Stripe charge pi_1 of 10.00 USD (dated 11-30 23:58:00) paid two of acme's invoices: the
+    ledger records 4.00 at 11-30 23:59:00 and 6.00 at 12-01 00:00:30. They are one receipt of
+    4.00 + 6.00 = 10.00, of its first part's time (November's). November's run matches it (10.00
+    against 10.00); December's has nothing of it: clean, 0 matched. Before, December's run took the
+    6.00 part in (inside) and the row by it, but not the 4.00 part (outside, its row outside too):
+    AMOUNT MISMATCH, 6.00 against 10.00."""
+    from datetime import UTC, datetime
+
+    from wallets.reconcile import windowed
+
+    usd = 10**9
+    paid = [Payment("pi_1", 10 * usd, "USD", "line 2", datetime(2026, 11, 30, 23, 58, tzinfo=UTC))]
+    ledger = [Payment("pi_1", 4 * usd, "USD", "entry 1", datetime(2026, 11, 30, 23, 59, tzinfo=UTC),
+                      customer="acme", kind="invoice_payment", entry_id=1),
+              Payment("pi_1", 6 * usd, "USD", "entry 2", datetime(2026, 12, 1, 0, 0, 30, tzinfo=UTC),
+                      customer="acme", kind="invoice_payment", entry_id=2)]
+    nov, dec, jan = (datetime(y, m, 1, tzinfo=UTC) for y, m in ((2026, 11), (2026, 12), (2027, 1)))
+    november = reconcile(*windowed(ledger, paid, nov, dec))
+    assert november.clean and [(m.amount, p.amount) for m, p in november.matched] == [(10 * usd, 10 * usd)]
+    december = reconcile(*windowed(ledger, paid, dec, jan))
+    assert december.clean and december.matched == [], (december.mismatched, december.only_in_file)
