@@ -495,7 +495,11 @@ class Client(_Base, JournalReads):
         """Send one spooled call once: (outcome, note), as `delivery.flush_outcome` says."""
         self._own()
         try:
-            response = self._http.request(**self._resend_request(record))
+            request = self._resend_request(record)
+        except ValueError as exc:  # a key no header carries (an earlier SDK spooled it): no send delivers it
+            return "rejected", str(exc)
+        try:
+            response = self._http.request(**request)
         except httpx.TransportError as exc:
             return "unreachable", describe(exc)
         return delivery.flush_outcome(response), f"{response.status_code} {response.text[:300]}"
@@ -721,7 +725,11 @@ class AsyncClient(_Base, AsyncJournalReads):
     async def resend(self, record: SpoolRecord) -> tuple[str, str]:
         self._own()
         try:
-            response = await self._http.request(**self._resend_request(record))
+            request = self._resend_request(record)
+        except ValueError as exc:  # as the sync client's
+            return "rejected", str(exc)
+        try:
+            response = await self._http.request(**request)
         except httpx.TransportError as exc:
             return "unreachable", describe(exc)
         return delivery.flush_outcome(response), f"{response.status_code} {response.text[:300]}"

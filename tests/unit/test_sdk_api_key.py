@@ -79,3 +79,45 @@ async def test_an_async_release_with_such_a_key_is_refused_before_anything_is_sp
         assert client.spool is not None and client.spool.records() == []
     finally:
         await client.aclose()
+
+
+def test_a_spooled_call_whose_key_no_header_can_carry_is_filed_as_refused_by_a_flush(tmp_path):
+    """A record an earlier SDK spooled with Idempotency-Key "clé" (as settle(..., key="clé") did):
+    `tokentill spool flush` ended in a traceback at it (httpx's UnicodeEncodeError, then this
+    rule's ValueError), the other record not sent and the file left as it was. No send can carry
+    that key, so the flush files it as refused, with the reason: of the 2 records, 1 delivered
+    (the release under "res_y:release:0") and 1 refused, 0 left."""
+    from api.spool import SUFFIX, Spool, SpoolRecord
+
+    spool = Spool(tmp_path / f"sdk{SUFFIX}")
+    spool.append(SpoolRecord("POST", "/v1/reservations/res_x/release", {}, "clé", "res_x", "http://127.0.0.1:8000"))
+    spool.append(SpoolRecord("POST", "/v1/reservations/res_y/release", {}, "res_y:release:0", "res_y",
+                             "http://127.0.0.1:8000"))
+    sent: list[str] = []
+
+    def answer_and_note(request: httpx.Request) -> httpx.Response:
+        sent.append(request.headers["Idempotency-Key"])
+        return httpx.Response(200, json={})
+
+    client = Client("http://127.0.0.1:8000", "tt_ok", transport=httpx.MockTransport(answer_and_note), spool=False,
+                    flush_spool=False)
+    try:
+        report = spool.flush(client.resend)
+    finally:
+        client.close()
+    assert (report.delivered, report.rejected, report.kept) == (1, 1, 0) and sent == ["res_y:release:0"]
+    assert spool.records() == []
+
+
+async def test_an_async_client_s_resend_of_such_a_record_says_refused():
+    """The async client's resend alike: ("rejected", the reason naming the é at 3 of 3), nothing sent."""
+    from api.spool import SpoolRecord
+
+    client = AsyncClient("http://127.0.0.1:8000", "tt_ok", transport=httpx.MockTransport(answer), spool=False,
+                         flush_spool=False)
+    try:
+        outcome, note = await client.resend(SpoolRecord("POST", "/v1/reservations/res_x/release", {}, "clé", "res_x",
+                                                        "http://127.0.0.1:8000"))
+    finally:
+        await client.aclose()
+    assert outcome == "rejected" and "at position 3 of 3" in note
