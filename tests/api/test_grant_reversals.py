@@ -11,10 +11,15 @@ from decimal import Decimal
 
 import psycopg
 import pytest
+from alembic import command
+from sqlalchemy import NullPool, create_engine
 
+from api.runtime import sync_url
 from ledger.db import connect
+from migrations import runner
 from tests.api.apps import api_client
 from tests.api.closing import close_invoice
+from wallets import store
 from wallets.expiry import expire_grants
 
 # Webhook endpoints made here are deleted after each test (tests/conftest.py): left enabled on the
@@ -279,3 +284,72 @@ async def test_verify_is_ok_after_a_close_whose_period_has_a_refund_and_a_revoca
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         with pytest.raises(psycopg.errors.RestrictViolation):
             await conn.execute("UPDATE lots SET granted = granted - 1 WHERE id = %s", (paid,))
+
+
+async def test_one_refund_reference_sent_at_once_to_two_servers_is_paid_out_once(client, database_url) -> None:
+    """Two apps (two servers: an engine each, their lanes apart in memory, one in the database) on one
+    database, each sent the $3.00 refund under re_1 of a $10.00 top-up three times at once, with
+    re_2's $2.00 refund of that lot and re_2 for $2.00 of another $5.00 top-up: one re_1 is 201, the
+    five others 200 with its entry; one re_2 is 201 and the other 409 idempotency_conflict (another
+    lot); $5.00 paid out in two entries: the lots keep 10.00 - 3.00 - 2.00 = 5.00 and 5.00, or
+    10.00 - 3.00 = 7.00 and 5.00 - 2.00 = 3.00: 10.00 available in either case."""
+    cid = _cid()
+    await _customer(client, cid)
+    lot = await _credit(client, cid, "topups", "10.00", reference="pi_c1")
+    other = await _credit(client, cid, "topups", "5.00", reference="pi_c2")
+    async with api_client(database_url, send_admin=True) as second:
+        sends = [_reverse(c, cid, lot, {"amount": "3.00", "reference": "re_1"}) for c in (client, second) * 3]
+        sends += [_reverse(client, cid, lot, {"amount": "2.00", "reference": "re_2"}),
+                  _reverse(second, cid, other, {"amount": "2.00", "reference": "re_2"})]
+        answers = await asyncio.wait_for(asyncio.gather(*sends), timeout=120)
+    re_1, re_2 = answers[:6], answers[6:]
+    assert sorted(a.status_code for a in re_1) == [200] * 5 + [201], [a.text for a in re_1]
+    assert len({a.json()["entry_id"] for a in re_1}) == 1 and {a.json()["amount"] for a in re_1} == {"3.00"}
+    assert sorted(a.status_code for a in re_2) == [201, 409], [a.text for a in re_2]
+    refused = next(a for a in re_2 if a.status_code == 409).json()
+    assert (refused["code"], refused["reference"]) == ("idempotency_conflict", "re_2")
+    assert (await client.get(f"/v1/customers/{cid}/wallet")).json()["available"] == "10.00"
+    journal = (await client.get(f"/v1/journal?customer={cid}&kind=grant_reversal")).json()["entries"]
+    assert len(journal) == 2
+
+
+def _migrate(url: str, to: str) -> None:
+    """Migrate the database at `url` up or down to revision `to`, as `tokentill migrate` does."""
+    engine = create_engine(sync_url(url), poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            config = runner.alembic_config()
+            config.attributes["connection"] = conn
+            (command.upgrade if to == "head" else command.downgrade)(config, to)
+            conn.commit()
+    finally:
+        engine.dispose()
+
+
+async def test_a_refund_paid_twice_before_0088_upgrades_verifies_and_is_answered_once_after(own, monkeypatch):
+    """A database below 0088 whose rule did not match refund references (store.load_reversals read
+    nothing, as before ff7ed4d) paid re_1's $3.00 of a $10.00 top-up twice: the lot at 4.00. The
+    upgrade to 0088 leaves the second entry out of its index (no failure), audit verify is ok, and
+    re_1 sent again is answered with the first entry (200), nothing posted: still 4.00; down to
+    0087 and up again holds as well."""
+    client, url = own
+    cid = "rev-m88"
+    await _customer(client, cid, ADMIN)
+    lot = await _credit(client, cid, "topups", "10.00", ADMIN, reference="pi_m88")
+    body = {"amount": "3.00", "reference": "re_1"}
+    first = await _reverse(client, cid, lot, body, headers=ADMIN)
+    assert first.status_code == 201, first.text
+    await asyncio.to_thread(_migrate, url, "0087")
+    with monkeypatch.context() as before:
+        before.setattr(store, "load_reversals", lambda conn, wanted: asyncio.sleep(0, {}))
+        twice = await _reverse(client, cid, lot, body, headers=ADMIN)
+    assert twice.status_code == 201 and twice.json()["grant"]["remaining"] == "4.00", twice.text
+    for to in ("head", "0087", "head"):
+        await asyncio.to_thread(_migrate, url, to)
+    verify = (await client.post("/v1/audit/verify", headers=ADMIN)).json()
+    assert verify["ok"], [c for c in verify["checks"] if not c["ok"]]
+    again = await _reverse(client, cid, lot, body, headers=ADMIN)
+    assert again.status_code == 200, again.text
+    assert (again.json()["entry_id"], again.json()["grant"]["remaining"]) == (first.json()["entry_id"], "4.00")
+    journal = (await client.get(f"/v1/journal?customer={cid}&kind=grant_reversal", headers=ADMIN)).json()["entries"]
+    assert len(journal) == 2
