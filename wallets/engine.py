@@ -78,6 +78,7 @@ LOCK_WAITED_S = 0.005  # a lock (+ load) round trip slower than this waited on a
 LEAD_FRESH = timedelta(milliseconds=500)
 _PHASES = {name: BATCH_PHASE.labels(name) for name in ("queued", "lock", "load", "rules", "post", "write", "commit")}
 DOMAIN_ERRORS = (LedgerError, PricingError)
+PAYOUTS = (ReverseGrant, RefundCredit)  # the commands paying cash out under a reference
 # The most commands of a bulk call in one transaction: its Python work between statements stays
 # well under the writer sessions' idle-in-transaction timeout on a loaded machine.
 BULK_BATCH = 256
@@ -498,8 +499,10 @@ class Engine:
         await _load_refunds(conn, batch, commands, now)
         batch.topups.update(await store.load_topups(
             conn, [(c.customer_id, c.reference) for c in commands if isinstance(c, TopUp) and c.reference]))
-        batch.reversals.update(await store.load_reversals(
-            conn, [(c.customer_id, c.reference) for c in commands if isinstance(c, ReverseGrant) and c.reference]))
+        # a payout reference names one payout of either kind: each reads the other's under it too
+        payouts = [(c.customer_id, c.reference) for c in commands if isinstance(c, PAYOUTS) and c.reference]
+        batch.refunds.update(await store.load_refunds(conn, payouts))
+        batch.reversals.update(await store.load_reversals(conn, payouts))
         marks.append(time.perf_counter())
         outcomes = [self._apply(batch, command) for command in commands]
         marks.append(time.perf_counter())
@@ -627,8 +630,6 @@ async def _load_refunds(conn: AsyncConnection, batch: Batch, commands: Sequence[
     if not refunds:
         return
     batch.cash.update(await store.load_cash(conn, refunds))
-    batch.refunds.update(await store.load_refunds(
-        conn, [(c.customer_id, c.reference) for c in commands if isinstance(c, RefundCredit)]))
     for cid in refunds:
         if (w := batch.loaded.wallets.get(cid)) is not None:
             await store.load_openers(conn, w, now)

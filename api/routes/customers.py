@@ -299,7 +299,7 @@ async def top_up(state: State, request: Request, customer_id: FromPath[str],
     it first pays off the receivable of settled usage (`applied_to_receivable`). An `amount` finer
     than the currency's minor unit ("100.5" yen, "10.001" dollars) is 422 `invalid_amount`. A
     payment `reference` credited before is answered again (200, nothing posted; another amount:
-    409 `idempotency_conflict`)."""
+    409 `idempotency_conflict`, as is one a refund of overpaid credit was paid out under)."""
     data = shaped(data, TopUpRequest)
     command = TopUp(customer_id=customer_id, amount=amount_in(data.amount, "amount"), reference=data.reference,
                     priority=data.priority, expires_at=time_in(data.expires_at, "expires_at"),
@@ -344,7 +344,7 @@ async def reverse_grant(state: State, request: Request, customer_id: FromPath[st
     revoked in whole, 409 `exceeds_remaining` (naming `available` and `asked`) for more than is left;
     an `amount` finer than the currency's minor unit is 422 `invalid_amount`. A refund's
     `reference` refunded before is answered again (200, nothing posted; another lot or amount:
-    409 `idempotency_conflict`)."""
+    409 `idempotency_conflict`, as is one a refund of overpaid credit was paid out under)."""
     data = shaped(data, ReverseGrantRequest)
     amount = amount_in(data.amount, "amount") if data.amount is not None else None
     command = ReverseGrant(customer_id=customer_id, lot_id=grant_id, amount=amount, reason=data.reason,

@@ -68,7 +68,8 @@ async def refund_credit(state: State, request: Request, customer_id: FromPath[st
     debited, platform cash credited; `credit.refunded` to the outbox. More than is the customer's
     own cash (credit promotions paid for, what it owes, a paid top-up's credit, which its own
     reversal refunds) is 409 `exceeds_refundable` naming `refundable` and `asked`; another currency
-    422 `currency_mismatch`; an `amount` finer than the currency's minor unit 422 `invalid_amount`."""
+    422 `currency_mismatch`; an `amount` finer than the currency's minor unit 422 `invalid_amount`;
+    a `reference` a top-up's refund was paid out under 409 `idempotency_conflict` naming it."""
     data = shaped(data, RefundCreditRequest)
     command = RefundCredit(customer_id=customer_id, amount=amount_in(data.amount, "amount"),
                            reference=data.reference, currency=data.currency, reason=data.reason,

@@ -461,3 +461,46 @@ async def test_a_refund_and_a_hold_sent_together_ride_one_batch_and_are_both_rig
     assert await _refundable(client, "cr-batch") == "0.00"
     assert (await _trial(client))["asset:platform:cash:USD"] == "8.00"
     await _verified(client)
+
+
+async def test_one_refund_reference_is_one_payout_across_refunds_and_top_up_reversals(client, scratch_url) -> None:
+    """A refund's reference names one payout at the processor or bank (`audit reconcile` matches
+    it to one refund row, and two ledger entries under it are a duplicate), whichever way it was
+    paid out: a refund of overpaid credit or a top-up's refund. $3.00 overpaid credit (a $10.00
+    invoice paid by wire, re-rated to $7.00) and a $10.00 top-up: $1.00 refunded under re_x, then
+    the top-up reversed for $2.00 under re_x is 409 idempotency_conflict naming `reference` (before:
+    201, $2.00 more cash out under one refund id); the top-up reversed for $2.00 under re_y, then
+    a $1.00 refund under re_y is 409 too. Cash: $10.00 wire + $10.00 top-up - $1.00 - $2.00 = 17.00.
+    The database refuses a top-up refund entry by hand under re_x (23505)."""
+    cid = "cr-cross"
+    await _overpaid(client, cid)
+    topped = await client.post(f"/v1/customers/{cid}/topups", headers=ADMIN,
+                               json={"amount": "10.00", "reference": "pi_cross"})
+    assert topped.status_code == 201, topped.text
+    lot = topped.json()["grant_id"]
+
+    def reverse(amount: str, reference: str):
+        return client.post(f"/v1/customers/{cid}/grants/{lot}/reverse", headers=ADMIN,
+                           json={"amount": amount, "reference": reference})
+
+    assert (await _refund(client, cid, {"amount": "1.00", "reference": "re_x"})).status_code == 201
+    refused = await reverse("2.00", "re_x")
+    assert (refused.status_code, refused.json()["code"], refused.json().get("reference")) == (
+        409, "idempotency_conflict", "re_x"), refused.text
+    assert (await reverse("2.00", "re_y")).status_code == 201
+    refused = await _refund(client, cid, {"amount": "1.00", "reference": "re_y"})
+    assert (refused.status_code, refused.json()["code"], refused.json().get("reference")) == (
+        409, "idempotency_conflict", "re_y"), refused.text
+    assert (await _trial(client))["asset:platform:cash:USD"] == "17.00"
+    db = connect(scratch_url, pool_size=1)
+    try:
+        entry = JournalEntry("by-hand:cr-cross", "grant_reversal", (
+            Posting(f"liability:customer:{cid}:lot:{lot}", DOLLAR // 2, "USD"),
+            Posting("asset:platform:cash:USD", -(DOLLAR // 2), "USD")), customer_id=cid,
+            metadata={"lot_id": lot, "reversal": "refund", "reason": "", "reference": "re_x"})
+        with pytest.raises(Exception) as refused_by_hand:
+            await post_now(db, entry)
+        assert sqlstate_of(refused_by_hand.value) == "23505", refused_by_hand.value
+    finally:
+        await db.dispose()
+    await _verified(client)

@@ -194,6 +194,13 @@ class ExpireLot(LotCommand):
     """Job: a lot past its expiry gives its remainder to breakage revenue, exactly once."""
 
 
+def payout_key(customer_id: str, reference: str) -> tuple[str, ...]:
+    """The conflict key of a customer's payout reference (the processor's or bank's refund id): a
+    top-up's refund and a refund of overpaid credit under one reference never share a batch, so
+    the second sees the first posted (one reference, one payout, whichever kind)."""
+    return ("payout", customer_id, reference)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReverseGrant(LotCommand):
     """Give back (part of) a lot's unheld remainder: a top-up's is refunded to the platform's cash,
@@ -204,9 +211,9 @@ class ReverseGrant(LotCommand):
     reason: str = ""
     reference: str = ""
 
-    def _keys(self) -> set[tuple[str, ...]]:  # one refund reference: the second sees the first posted
+    def _keys(self) -> set[tuple[str, ...]]:  # one payout reference: the second sees the first posted
         keys = {("lot", self.lot_id)}  # LotCommand's (slots: no bare super())
-        return keys | {("reversal", self.customer_id, self.reference)} if self.reference else keys
+        return keys | {payout_key(self.customer_id, self.reference)} if self.reference else keys
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -225,7 +232,7 @@ class RefundCredit(Command):
     leads = True
 
     def _keys(self) -> set[tuple[str, ...]]:
-        return {("refund", self.customer_id)}
+        return {("refund", self.customer_id), payout_key(self.customer_id, self.reference)}
 
     def needs(self) -> dict[str, list[Any]]:
         return {"credit_held_for": [self.customer_id]}

@@ -196,6 +196,11 @@ def reverse_grant(state: State, cmd: ReverseGrant, now: datetime, book: PriceBoo
     known = state.reversals.get((w.customer.id, cmd.reference)) if cmd.reference and lot.kind == "topup" else None
     if known is not None:  # the same refund recorded again: paid out once
         return _refunded_before(w, lot, cmd, known, now)
+    paid = state.refunds.get((w.customer.id, cmd.reference)) if cmd.reference and lot.kind == "topup" else None
+    if paid is not None:  # one refund id, one payout: it was paid out as a refund of overpaid credit
+        raise ConflictError(f"refund {cmd.reference!r} of customer {w.customer.id} was paid out as the refund "
+                            f"{paid.refund_id} of overpaid credit "
+                            f"({format_money(paid.amount, w.customer.currency)})", reference=cmd.reference)
     cur = w.customer.currency
     if lot.revoked:
         raise GrantClosedError(f"grant {lot.id} was revoked in whole: it is closed, what comes back to it is "

@@ -87,6 +87,9 @@ def refund_credit(state: State, cmd: RefundCredit, now: datetime, book: PriceBoo
     known = state.refunds.get((cid, cmd.reference))
     if known is not None:  # the same payout sent again: answered again, posted once
         return _again(state, w, cmd, known, now)
+    if (reversal := state.reversals.get((cid, cmd.reference))) is not None:  # one refund id, one payout
+        raise ConflictError(f"refund {cmd.reference!r} of customer {cid} was paid out as the refund of top-up "
+                            f"{reversal.lot_id} ({format_money(reversal.amount, cur)})", reference=cmd.reference)
     if cmd.amount <= 0:
         raise WalletValidationError("amount", "must be more than 0")
     whole_minor_units(cmd.amount, cur)
