@@ -416,6 +416,10 @@ def settle_call(reservation_id: str, final: bool, key: str | None,
         if not 1 <= len(key.strip()) <= MAX_KEY_CHARS:
             raise ValueError(f"key=...: the server takes an Idempotency-Key of 1 to {MAX_KEY_CHARS} characters, "
                              f"not {len(key.strip())}")
+        odd = next((n for n, c in enumerate(key) if not " " <= c <= "~"), None)
+        if odd is not None:  # no header carries it: an encoding error, or a send taken for a network fault
+            raise ValueError(f"key=...: an Idempotency-Key is printable ASCII, not {key[odd]!r} at position "
+                             f"{odd + 1} of {len(key)}")
         if not final and len(key) > MAX_CAPTURE_ID_CHARS:
             raise ValueError(f"key=...: a capture's key is its capture_id, which the server takes up to "
                              f"{MAX_CAPTURE_ID_CHARS} characters, not {len(key)}")

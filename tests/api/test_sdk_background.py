@@ -360,3 +360,26 @@ async def test_a_second_settle_queued_under_a_key_still_waiting_is_refused_not_s
     assert (view["status"], view["charged"], len(view["charges"])) == ("settled", "0.03", 1)
     assert available(url, customer) == Decimal("9.97")
     assert not tt.spool.path.exists()
+
+
+def test_a_settle_under_a_key_no_header_can_carry_is_refused_at_the_call_in_every_mode(live, spool_dir):
+    """A settle's `key=` is sent as its Idempotency-Key header (sync, or the exit's own send when the
+    queue cannot write): a key with a byte outside printable ASCII ("clé", "k\\n1") cannot go in one.
+    It was httpx's UnicodeEncodeError, or "Illegal header value" taken for a network fault and
+    spooled (SettlementSpooled), the call unbilled. Now a ValueError at the call naming key=..., nothing
+    sent, queued or spooled, in either mode. Then under a good key: 1,000 output tokens x $20/M =
+    $0.02, + $0.01 = $0.03 charged, the hold's $0.07 back: 10.00 - 0.03 = 9.97 available."""
+    url, book = live
+    customer = new_customer(url, book)
+    used = {"output_tokens": 1000}
+    with Client(url, ADMIN, background_settle=True, settle_deadline_s=1) as tt:
+        rid = tt.post("/v1/reservations", {"customer_id": customer, "request_id": "bad-header-key",
+                                           "model": "model-a", "amount": "0.10"})["id"]
+        for key in ("k\n1", "clé"):
+            for background in (False, True):
+                with pytest.raises(ValueError, match="key="):
+                    tt.settle(rid, key=key, background=background, usage=used)
+        assert not tt.spool.path.exists()
+        assert reservation(url, rid)["charged"] == "0.00"
+        assert tt.settle(rid, key="good-key", usage=used)["charged"] == "0.03"
+    assert available(url, customer) == Decimal("9.97")
