@@ -413,9 +413,10 @@ def settle_call(reservation_id: str, final: bool, key: str | None,
     if len(usage) != 1 or unknown:
         raise ValueError("give exactly one of usage=, openai_usage=, anthropic_usage= or gemini_usage=")
     if key is not None:  # refused here: a queued settle the server refuses is set aside, never billed
-        if not 1 <= len(key.strip()) <= MAX_KEY_CHARS:
+        key = key.strip()  # as the server keeps it; a header cannot carry white space around it
+        if not 1 <= len(key) <= MAX_KEY_CHARS:
             raise ValueError(f"key=...: the server takes an Idempotency-Key of 1 to {MAX_KEY_CHARS} characters, "
-                             f"not {len(key.strip())}")
+                             f"not {len(key)}")
         odd = next((n for n, c in enumerate(key) if not " " <= c <= "~"), None)
         if odd is not None:  # no header carries it: an encoding error, or a send taken for a network fault
             raise ValueError(f"key=...: an Idempotency-Key is printable ASCII, not {key[odd]!r} at position "

@@ -383,3 +383,24 @@ def test_a_settle_under_a_key_no_header_can_carry_is_refused_at_the_call_in_ever
         assert reservation(url, rid)["charged"] == "0.00"
         assert tt.settle(rid, key="good-key", usage=used)["charged"] == "0.03"
     assert available(url, customer) == Decimal("9.97")
+
+
+def test_a_settle_key_with_white_space_around_it_is_sent_as_the_server_keeps_it(live, spool_dir):
+    """A settle's `key=` " k1 " (white space around it, which the server strips) went as the header
+    " k1 ", which no header carries ('Illegal header value', taken for a network fault, spooled);
+    a background final's key of 10 spaces and 250 characters (250 kept, within 255) went as the
+    item's 260 characters, past its 255: 422, set aside, never billed. Each is now sent stripped:
+    two reservations each charged 1,000 output tokens x $20/M + $0.01 = $0.03, each hold's $0.07
+    back: 10.00 - 0.06 = 9.94 available, nothing spooled or set aside."""
+    url, book = live
+    customer = new_customer(url, book)
+    used = {"output_tokens": 1000}
+    with Client(url, ADMIN, background_settle=True, settle_deadline_s=1) as tt:
+        rids = [tt.post("/v1/reservations", {"customer_id": customer, "request_id": f"padded-key-{n}",
+                                             "model": "model-a", "amount": "0.10"})["id"] for n in range(2)]
+        assert tt.settle(rids[0], key=" k1 ", usage=used)["charged"] == "0.03"
+        assert tt.settle(rids[1], key=" " * 10 + "f" * 250, background=True, usage=used) is None
+    assert [(reservation(url, rid)["status"], reservation(url, rid)["charged"]) for rid in rids] == [
+        ("settled", "0.03"), ("settled", "0.03")]
+    assert available(url, customer) == Decimal("9.94")
+    assert not list(spool_dir.glob("*.rejected")) and not list(spool_dir.glob("*.jsonl"))
