@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from api.bearer import idempotency_key_problem
 from api.client_errors import ReservationClosed, SettlementSpooled, TokentillError
 from api.delivery import NOT_SENT, proxy_gave_up, seconds_until
 from api.stream_texts import choice_texts_of_event
@@ -413,14 +414,12 @@ def settle_call(reservation_id: str, final: bool, key: str | None,
     if len(usage) != 1 or unknown:
         raise ValueError("give exactly one of usage=, openai_usage=, anthropic_usage= or gemini_usage=")
     if key is not None:  # refused here: a queued settle the server refuses is set aside, never billed
-        key = key.strip()  # as the server keeps it; a header cannot carry white space around it
+        key = key.strip(" ")  # as the server keeps it; a header cannot carry spaces around it
         if not 1 <= len(key) <= MAX_KEY_CHARS:
             raise ValueError(f"key=...: the server takes an Idempotency-Key of 1 to {MAX_KEY_CHARS} characters, "
                              f"not {len(key)}")
-        odd = next((n for n, c in enumerate(key) if not " " <= c <= "~"), None)
-        if odd is not None:  # no header carries it: an encoding error, or a send taken for a network fault
-            raise ValueError(f"key=...: an Idempotency-Key is printable ASCII, not {key[odd]!r} at position "
-                             f"{odd + 1} of {len(key)}")
+        if problem := idempotency_key_problem(key):  # queued, it went in bulk; sent itself, no header carried it
+            raise ValueError(f"key=...: {problem}")
         if not final and len(key) > MAX_CAPTURE_ID_CHARS:
             raise ValueError(f"key=...: a capture's key is its capture_id, which the server takes up to "
                              f"{MAX_CAPTURE_ID_CHARS} characters, not {len(key)}")
