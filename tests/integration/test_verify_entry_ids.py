@@ -32,6 +32,20 @@ def _count_in_cached_balances(conn: psycopg.Connection, entry: int, lane: int) -
                        AND b.account_id = p.account_id AND b.stripe = p.stripe""", (entry, lane))
 
 
+async def _failed(db) -> dict[str, tuple[str, ...]]:
+    """The checks `audit verify` fails, by name, with their problems (the database let go)."""
+    report = await db.read(verify)
+    await db.dispose()
+    return {c.name: c.problems for c in report.checks if not c.ok}
+
+
+def _shared_id(lane_a: int, lane_b: int, entry: int) -> tuple[str]:
+    """entry_ids' problem for two entries of lanes `lane_a` and `lane_b` that share id `entry`."""
+    low, high = sorted((lane_a, lane_b))
+    return (f"entries of lanes {low} and {high} share id {entry}: an entry's id names one entry "
+            "(the seals, the export and these checks name entries by it)",)
+
+
 async def test_verify_names_two_entries_of_two_lanes_that_share_an_id(scratch_url):
     """Customer c0 tops up 100 and 101 units (entries e0 and e1, sealed by seal 1). The forger
     inserts into c's lane a copy of e0 for another customer (of another lane), id and txid kept,
@@ -69,13 +83,9 @@ async def test_verify_names_two_entries_of_two_lanes_that_share_an_id(scratch_ur
         cash = conn.execute("""SELECT sum(b.debits - b.credits) FROM account_balances b
                                  JOIN accounts a ON a.id = b.account_id WHERE a.code = 'asset:cash'""").fetchone()[0]
     assert cash == 301
-    report = await db.read(verify)
-    await db.dispose()
-    failed = {c.name: c.problems for c in report.checks if not c.ok}
-    low, high = sorted((lane_a, lane_b))
+    failed = await _failed(db)
     assert failed == {
-        "entry_ids": (f"entries of lanes {low} and {high} share id {ids[0]}: an entry's id names one entry "
-                      "(the seals, the export and these checks name entries by it)",),
+        "entry_ids": _shared_id(lane_a, lane_b, ids[0]),
         "seals": (f"entry {ids[0]} of lane {lane_b} appeared inside sealed range of seal 1, beside the entry "
                   f"{ids[0]} of lane {lane_a} it sealed",),
     }, failed
@@ -123,14 +133,8 @@ async def test_a_copy_of_an_entry_id_in_another_lane_is_not_read_as_posting_to_a
                           JOIN (VALUES ('asset:cash', 100), (%s, -100)) x (code, amount) ON x.code = a.code""",
                      (lane_b, entry, f"liability:customer:{other}:lot"))
         _count_in_cached_balances(conn, entry, lane_b)
-    report = await db.read(verify)
-    await db.dispose()
-    failed = {c.name: c.problems for c in report.checks if not c.ok}
-    low, high = sorted((lane_a, lane_b))
-    assert failed == {
-        "entry_ids": (f"entries of lanes {low} and {high} share id {entry}: an entry's id names one entry "
-                      "(the seals, the export and these checks name entries by it)",),
-    }, failed
+    failed = await _failed(db)
+    assert failed == {"entry_ids": _shared_id(lane_a, lane_b, entry)}, failed
 
 
 async def test_an_entry_whose_posting_was_moved_to_another_lane_is_named_as_not_balancing(scratch_url):
@@ -144,9 +148,7 @@ async def test_an_entry_whose_posting_was_moved_to_another_lane_is_named_as_not_
         conn.execute("SET session_replication_role = replica")
         moved = conn.execute("""UPDATE postings SET lane = %s WHERE entry_id = %s AND amount = -100
                                 RETURNING id""", (lane_b, entry)).fetchone()[0]
-    report = await db.read(verify)
-    await db.dispose()
-    failed = {c.name: c.problems for c in report.checks if not c.ok}
+    failed = await _failed(db)
     assert failed == {
         "entries_balanced": (f"entry {entry} does not balance in USD by 100",
                              f"entry {entry} has fewer than two postings"),
