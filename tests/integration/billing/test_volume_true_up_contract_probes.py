@@ -1,0 +1,146 @@
+"""Review probes of contract-priced units counted toward a volume rule's tier (1f08b21, 6f530ca):
+the neighbours its tests left out. The book and customers of `test_volume_true_up_contract_units`
+(model-* output volume-tiered, $20/M to 1,000,000, $10/M beyond; model-a at a $5/M contract from
+November 1st, 09:00) unless said otherwise. All figures are worked by hand."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from billing_kit import BillingKit
+from test_volume_true_up_contract_units import (
+    CENT,
+    CLOSED,
+    _customer,
+    _lots,
+    _true_ups,
+    _usage,
+    _verified,
+    contract,
+    shared,
+)
+
+from ledger.accounts import ensure_asset
+from wallets.service import CustomerSpec
+
+
+async def test_a_graduated_rule_with_contract_units_has_no_true_up(bk: BillingKit) -> None:
+    """The rule graduated (not volume): $20/M to 1,000,000, $10/M beyond. model-a's 1,200,000 at the
+    contract ($6.00) count in the counter; model-b's 300,000 on the 20th, on from 1,200,000: $10/M,
+    $3.00. A graduated rule is final at its price: no true-up, $9.00 (contract units change nothing)."""
+    await bk.add_book({"id": "grad", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": [
+        {"id": "g-out", "model": "model-*", "token_type": "output", "tier_mode": "graduated",
+         "tiers": [{"up_to": 1_000_000, "price": "20"}, {"up_to": None, "price": "10"}]}]})
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    cid = await bk.customer("contract-graduated", billing_mode="postpaid", book="grad")
+    await bk.service.add_overrides(cid, {"contract_prices": [contract("model-a", "5")]}, bk.clock.now)
+    await _usage(bk, cid, [(5, "model-a", 1_200_000), (20, "model-b", 300_000)])
+    await bk.close(CLOSED)
+    [invoice] = await bk.invoices(cid)
+    assert (_true_ups(invoice), invoice["total"]) == ([], "9.00")
+    await _verified(bk)
+
+
+async def test_a_contract_in_another_currency_reaches_the_tier(bk: BillingKit) -> None:
+    """A JPY book (no minor units): ¥2,000/M to 1,000,000, ¥1,000/M beyond; model-a at a ¥500/M
+    contract. model-b's 300,000 on the 2nd from 0: 300,000 x ¥2,000/M = ¥600; model-a's 1,200,000 on
+    the 5th: 1,200,000 x ¥500/M = ¥600. 1,500,000 reach ¥1,000/M: 300,000 x ¥1,000/M = ¥300 less ¥600,
+    -¥300; ¥900 in all (¥1,200 counted alone)."""
+    await bk.db.run(lambda conn: ensure_asset(conn, "JPY", 9))
+    body = shared("v1", "2026-01-01T00:00:00Z", "2000", "1000")
+    await bk.add_book({**body, "id": "yen", "currency": "JPY"})
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    await bk.service.create_customer(CustomerSpec("contract-yen", "contract-yen", "JPY", "postpaid", "yen", None, None))
+    await bk.service.add_overrides("contract-yen", {"contract_prices": [contract("model-a", "500")]}, bk.clock.now)
+    await _usage(bk, "contract-yen", [(2, "model-b", 300_000), (5, "model-a", 1_200_000)])
+    await bk.close(CLOSED)
+    [invoice] = await bk.invoices("contract-yen")
+    assert (_true_ups(invoice), invoice["total"], invoice["currency"]) == (
+        [("model-*", 300_000, "1000", "-300")], "900", "JPY")
+    await _verified(bk)
+
+
+async def test_a_contract_under_a_version_pricing_the_rule_flat_counts_as_book_priced_units_there_do(
+        bk: BillingKit) -> None:
+    """v1 prices the rule flat at $20/M; v2 from the 15th tiers it by volume as the shared book. The
+    counter counts every unit of the rule, so model-b's 300,000 on the 20th under v2, on from the
+    5th's 1,200,000, cost $10/M, $3.00. What a version pricing the rule flat rated counts for no tier
+    at the close (README: its units are final at its price), contract-priced or not: v2's 300,000
+    alone at $20/M, +$3.00. model-a's 1,200,000 at the contract ($6.00): $12.00; at the book's flat
+    $20/M ($24.00) instead (no contract): $30.00, the same +$3.00."""
+    await bk.add_book({"id": "shared", "version": "v1", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
+                       "rules": [{"id": "v-out", "model": "model-*", "token_type": "output", "price": "20"}]})
+    await bk.add_book(shared("v2", "2026-11-15T00:00:00Z", "20", "10"))
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    totals = []
+    for cid, contracts in (("contract-flat", [contract("model-a", "5")]), ("book-flat", [])):
+        await bk.customer(cid, billing_mode="postpaid", book="shared")
+        if contracts:
+            await bk.service.add_overrides(cid, {"contract_prices": contracts}, datetime(2026, 11, 1, 9, tzinfo=UTC))
+    for cid in ("contract-flat", "book-flat"):
+        await _usage(bk, cid, [(5, "model-a", 1_200_000), (20, "model-b", 300_000)])
+    await bk.close(CLOSED)
+    for cid in ("contract-flat", "book-flat"):
+        [invoice] = await bk.invoices(cid)
+        totals.append((_true_ups(invoice), invoice["total"]))
+    assert totals == [([("model-*", 300_000, "20", "3.00")], "12.00"), ([("model-*", 300_000, "20", "3.00")], "30.00")]
+    await _verified(bk)
+
+
+async def test_a_contract_added_mid_period_counts_from_its_effective_date(bk: BillingKit, scratch_url: str,
+                                                                          tmp_path: Path) -> None:
+    """No contract until November 10th: model-a's 300,000 on the 2nd at the book's $20/M, $6.00; the
+    contract ($5/M) from the 10th: model-a's 1,200,000 on the 12th, $6.00. 1,500,000 reach $10/M:
+    the 2nd's 300,000 x $10/M = $3.00 less $6.00, -$3.00, $9.00 in all, the upcoming invoice alike.
+    The ledger verifies in the database and as a jsonl export offline."""
+    cid = await _customer(bk, "contract-mid-period", contracts=())
+    await bk.service.add_overrides(cid, {"contract_prices": [contract("model-a", "5")]},
+                                   datetime(2026, 11, 10, tzinfo=UTC))
+    await _usage(bk, cid, [(2, "model-a", 300_000), (12, "model-a", 1_200_000)])
+    bk.clock.now = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    upcoming = await bk.upcoming(cid)
+    await bk.close(CLOSED)
+    [invoice] = await bk.invoices(cid)
+    expected = ([("model-*", 300_000, "10", "-3.00")], "9.00")
+    assert (_true_ups(upcoming), upcoming["total"]) == (_true_ups(invoice), invoice["total"]) == expected
+    await _verified(bk)
+    assert _offline_verified(scratch_url, tmp_path).returncode == 0
+
+
+async def test_two_versions_tiering_the_rule_and_a_contract_give_each_version_s_line_to_its_payer(
+        bk: BillingKit) -> None:
+    """Prepaid; v2 (from the 15th) $16/M to 1,000,000, $8/M beyond. A $6.00 grant (the 1st) pays
+    model-b's 300,000 on the 2nd under v1 from 0 ($20/M, $6.00); a $10.00 top-up (the 3rd) model-a's
+    1,200,000 on the 5th at the contract ($6.00, $4.00 left) and model-b's 300,000 on the 20th under
+    v2, on from 1,500,000 ($8/M, $2.40: $1.60 left). The close: 1,800,000 reach both versions' second
+    tier: v1's 300,000 x $10/M = $3.00 less $6.00, -$3.00; v2's 300,000 x $8/M = $2.40 less $2.40, 0.
+    -$3.00 to the grant that paid the 2nd: grant $3.00, top-up $1.60; $11.40 in all (6.00 + 6.00 +
+    2.40 - 3.00)."""
+    cid = await _customer(bk, "contract-two-versions", "prepaid")
+    await bk.add_book(shared("v2", "2026-11-15T00:00:00Z", "16", "8"))
+    await _usage(bk, cid, [(1, "grant", "6.00"), (2, "model-b", 300_000), (3, "topup", "10.00"),
+                           (5, "model-a", 1_200_000), (20, "model-b", 300_000)])
+    await bk.close(CLOSED)
+    [invoice] = await bk.invoices(cid)
+    assert ([t for t in _true_ups(invoice) if t[3] != "0.00"], invoice["total"]) == (
+        [("model-*", 300_000, "10", "-3.00")], "11.40")
+    assert await _lots(bk, cid) == {"grant": 300 * CENT, "topup": 160 * CENT}
+    await _verified(bk)
+
+
+def _offline_verified(url: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """`audit export --format jsonl` of the ledger, then `audit verify --file` of it, offline."""
+    path = tmp_path / "journal.jsonl"
+    env: dict[str, Any] = {**os.environ, "TOKENTILL_DATABASE_URL": url}
+    done = subprocess.run([sys.executable, "-m", "api.cli", "audit", "export", "--format", "jsonl", "--out", str(path)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    env = {k: v for k, v in os.environ.items() if k != "TOKENTILL_DATABASE_URL"}
+    verified = subprocess.run([sys.executable, "-m", "api.cli", "audit", "verify", "--file", str(path)],
+                              env=env, capture_output=True, text=True, timeout=120)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    return verified
