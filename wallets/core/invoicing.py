@@ -237,23 +237,43 @@ def volume_rules(book: PriceBook | None, rollup: Rollup, period: str,
     return found
 
 
-def contract_units(book: PriceBook | None, rollup: Rollup, period: str) -> dict[str, int]:
+# A re-rate's rules (charge_adjustments.new_rules) keep the rule of a token type's contract-priced
+# usage under this prefix and the token type: a re-rate moving it to another rule id is kept
+CONTRACT = "contract:"
+
+
+def contract_units(book: PriceBook | None, rollup: Rollup, period: str,
+                   rerated: Sequence[tuple[Any, ...]] = ()) -> dict[str, int]:
     """By volume rule, the units of the period's own usage a contract price rated under a version
     tiering the rule by volume: their price is the customer's own (no true-up of them), but they
     count toward the rule's tier, as the period's counters counted them when rating the usage
-    after them (wallets.core.rating.period_counts)."""
+    after them (wallets.core.rating.period_counts). A charge a re-rate rated under another rule id
+    (`rerated`, State.rerated's: its rules keep the contract's, CONTRACT) counts for that rule, under
+    the version it re-rated to; one it left under its rule counts where it was charged."""
     if book is None:
         return {}
     versions = {v.version: v for v in book.versions}
     found: dict[str, int] = {}
+
+    def count(rule_id: str, version: str, quantity: int) -> None:
+        if version in versions and not flat_in(versions, rule_id, version):
+            found[rule_id] = found.get(rule_id, 0) + quantity
+
     for item, (quantity, _) in rollup.items():
         if not item.startswith(LINE):
             continue
         origin, kind, _, _, rule_id, _, _, override_id, version = json.loads(item[len(LINE):])
-        if (origin == period and kind == "usage" and rule_id is not None and override_id is not None
-                and version in versions and not flat_in(versions, rule_id, version)):
-            found[rule_id] = found.get(rule_id, 0) + quantity
-    return found
+        if origin == period and kind == "usage" and rule_id is not None and override_id is not None:
+            count(rule_id, version, quantity)
+    for _, lines, now, _, rules, _ in rerated:
+        for line in lines:
+            rule_id, version = line.get("rule_id"), line.get("price_version") or ""
+            moved = (rules or {}).get(CONTRACT + (line.get("token_type") or line["kind"]))
+            if line["kind"] == "usage" and rule_id and line.get("override_id") is not None and moved not in (
+                    None, rule_id):
+                count(rule_id, version, -int(line["quantity"]))
+                count(moved, now, int(line["quantity"]))
+    return {rule_id: units for rule_id, units in found.items() if units}
 
 
 # A discount's share of a volume rule's usage in a period: (model, token type, discount id, its
@@ -568,7 +588,8 @@ def closing(state: State, w: Wallet, label: str, rollup: Rollup, book: PriceBook
     funded = moved_funding(listed, moves, told_moves(counted, label, moves))
     flat = frozenset((rule_id, row[5]) for rule_id, paid in funded.items()
                      for row in paid if len(row) > 5 and row[5] and flat_in(versions, rule_id, row[5]))
-    lines = true_up_lines(rules, volume_discounts(book, rollup, label), contract_units(book, rollup, label))
+    lines = true_up_lines(rules, volume_discounts(book, rollup, label),
+                         contract_units(book, rollup, label, state.rerated.get((w.customer.id, label), ())))
     lines += allowance_lines(rollup, label, lines, allowances_at_end(w, label))
     cid, cur = w.customer.id, w.customer.currency
     legs, lot, paid, parts, payers = (_true_up(state, w, label, lines, now, funded, several, flat, moved) if lines

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from pricing.books import PriceBook, Rule
 from pricing.lines import Rating
 from pricing.rating import volume_tier_price
-from wallets.core.invoicing import flat_in, given_back, paying, true_up_lines
+from wallets.core.invoicing import CONTRACT, flat_in, given_back, paying, true_up_lines
 from wallets.core.money_back import overcharged
 from wallets.core.rating import ALLOWANCE
 
@@ -140,7 +140,7 @@ def true_up_fixes(data: RerateInput, found: Sequence[Correction], ratings: Mappi
         if (charge.billed_in or period) != period:
             continue  # a late charge of another period, or one billed later: its close never trued it up
         rating = ratings.get(charge.id)
-        _count_contract_units(contracts, versions, charge)
+        _count_contract_units(contracts, versions, charge, rating, data.version.version)
         if rating is not None:
             pieces = [(ln.rule_id, ln.rule_id, ln.price_version, ln.quantity, ln.amount_units) for ln in rating.lines
                       if ln.kind == "usage" and ln.rule_id is not None and ln.override_id is None]
@@ -208,15 +208,28 @@ def _given(data: RerateInput, rule_id: str, old: int) -> Mapping[int, int] | Non
     return kept if kept is not None or old else {}
 
 
-def _count_contract_units(contracts: dict[str, int], versions: Mapping[str, Any], charge: ChargeOnRecord) -> None:
+def _count_contract_units(contracts: dict[str, int], versions: Mapping[str, Any], charge: ChargeOnRecord,
+                          rating: Rating | None, now: str) -> None:
     """Adds to `contracts` (rule id -> units) what a contract price rated of the charge under a version
-    tiering the rule by volume, as charged (the close's rollup has them so: invoicing.contract_units;
-    a re-rate never moves them, a contract's amount staying its own): the period's counters counted
-    them, so they reach the rule's tier, and their price is the customer's own, trued up never."""
+    tiering the rule by volume, as charged (the close's rollup has them so: invoicing.contract_units),
+    or, where a re-rate rated them under another rule id, under that rule and the version it re-rated
+    to (`rating`, this re-rate's, at version `now`; else the last re-rate's kept rules, CONTRACT): the
+    period's counters counted them, so they reach the rule's tier, and their price is the customer's
+    own, trued up never."""
+    if rating is not None:
+        moved = {CONTRACT + (ln.token_type or ln.kind): ln.rule_id for ln in rating.lines
+                 if ln.kind == "usage" and ln.rule_id is not None and ln.override_id is not None}
+        version_now = now
+    else:
+        moved, version_now = dict(charge.rules or {}), charge.rerated_to or ""
     for line in charge.lines:
         rule_id, version = line.get("rule_id"), line.get("price_version") or ""
-        if (line["kind"] == "usage" and rule_id and line.get("override_id") is not None and version in versions
-                and not flat_in(versions, rule_id, version)):
+        if line["kind"] != "usage" or not rule_id or line.get("override_id") is None:
+            continue
+        rule_now = moved.get(CONTRACT + (line.get("token_type") or line["kind"]))
+        if rule_now is not None and rule_now != rule_id:
+            rule_id, version = rule_now, version_now
+        if version in versions and not flat_in(versions, rule_id, version):
             contracts[rule_id] = contracts.get(rule_id, 0) + int(line["quantity"])
 
 

@@ -65,6 +65,7 @@ from wallets.core.decision import (
     TrueUpsCorrected,
     UsageCounted,
 )
+from wallets.core.invoicing import CONTRACT
 from wallets.core.legs import Legs, entry, funding, return_target, settlement, settlement_legs
 from wallets.core.money_back import (
     closed_moves,
@@ -296,13 +297,14 @@ def corrections(data: RerateInput, range_from: datetime, range_to: datetime,
 
 
 def usage_rules(lines: Iterable[Any]) -> dict[str, str]:
-    """The rule of each token type's usage lines at the book's price (a contract price's aside), of
-    a charge's stored lines or a rating's."""
+    """The rule of each token type's usage lines at the book's price, and of a contract price's
+    under CONTRACT and the token type (they count toward the rule's volume: a re-rate moving them to
+    another rule id is kept, invoicing.contract_units), of a charge's stored lines or a rating's."""
     out = {}
     for line in lines:
         get = line.get if isinstance(line, Mapping) else lambda name, ln=line: getattr(ln, name)
-        if get("kind") == "usage" and get("rule_id") is not None and get("override_id") is None:
-            out[get("token_type") or get("kind")] = get("rule_id")
+        if get("kind") == "usage" and get("rule_id") is not None:
+            out[("" if get("override_id") is None else CONTRACT) + (get("token_type") or get("kind"))] = get("rule_id")
     return out
 
 
@@ -310,8 +312,8 @@ def standing_rules(charge: ChargeOnRecord, data: RerateInput) -> dict[str, str]:
     """The rules the charge's usage at the book's price stands under, by token type: its last
     re-rate's (kept since migration 0087; before, rated again with the version it re-rated to), or
     as charged."""
-    if charge.rules is not None:
-        return dict(charge.rules)
+    if charge.rules is not None:  # kept before a contract price's rule was: where it was charged
+        return {**{k: v for k, v in usage_rules(charge.lines).items() if k.startswith(CONTRACT)}, **charge.rules}
     version = next((v for v in data.book.versions if v.version == charge.rerated_to), None) if data.book else None
     if version is None:
         return usage_rules(charge.lines)

@@ -15,6 +15,7 @@ from billing_kit import BillingKit
 from test_volume_true_up_contract_units import (
     CENT,
     CLOSED,
+    NOV_1,
     _customer,
     _lots,
     _true_ups,
@@ -25,6 +26,7 @@ from test_volume_true_up_contract_units import (
 )
 
 from ledger.accounts import ensure_asset
+from wallets import rerating
 from wallets.service import CustomerSpec
 
 
@@ -129,6 +131,29 @@ async def test_two_versions_tiering_the_rule_and_a_contract_give_each_version_s_
     assert ([t for t in _true_ups(invoice) if t[3] != "0.00"], invoice["total"]) == (
         [("model-*", 300_000, "10", "-3.00")], "11.40")
     assert await _lots(bk, cid) == {"grant": 300 * CENT, "topup": 160 * CENT}
+    await _verified(bk)
+
+
+async def test_a_re_rate_after_the_close_moving_contract_units_to_another_rule_id_counts_them_there(
+        bk: BillingKit) -> None:
+    """model-a's 1,200,000 at the contract on the 5th ($6.00), model-b's 300,000 on the 6th on from
+    them: $10/M, $3.00. Closed $9.00, nothing trued up. On December 2nd v3 (from November 1st) names
+    the rule `v-out-b` (the same tiers) and November 1st-15th is re-rated to it: the contract's charge
+    stays $6.00, under `v-out-b`; model-b's 300,000 on from its 1,200,000 there, $3.00. `v-out-b`'s
+    1,500,000 reach $10/M: 300,000 x $10/M = $3.00 less $3.00, nothing to true up: the re-rate moves
+    0.00, November stays $9.00. Before, the re-rate counted the contract's units under `v-out`, where
+    they were charged, and trued model-b's 300,000 up alone at $20/M: +$3.00, $12.00."""
+    cid = await _customer(bk, "contract-moved-after-close")
+    await _usage(bk, cid, [(5, "model-a", 1_200_000), (6, "model-b", 300_000)])
+    await bk.close(CLOSED)
+    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
+    await bk.add_book({"id": "shared", "version": "v3", "currency": "USD", "effective_from": "2026-11-01T00:00:00Z",
+                       "rules": [{"id": "v-out-b", "model": "model-*", "token_type": "output", "tier_mode": "volume",
+                                  "tiers": [{"up_to": 1_000_000, "price": "20"}, {"up_to": None, "price": "10"}]}]})
+    done = await rerating.apply(bk.db, bk.service.engine,
+                                rerating.RerateSpec("shared", "v3", NOV_1, datetime(2026, 11, 15, tzinfo=UTC)), None)
+    assert done["errors"] == [] and done["delta"] == "0.00", done
+    assert (await bk.service.wallet(cid)).receivable == 900 * CENT
     await _verified(bk)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-import pytest
 from billing_kit import BillingKit
 from test_volume_true_up_contract_units import CLOSED, _customer, _true_ups, _usage
 from test_volume_true_up_two_volume_versions import (
@@ -90,9 +89,6 @@ async def test_prepaid_units_re_rated_after_the_close_to_another_rule_id_give_ea
     assert await _remaining(bk, cid, grant, topup) == (1050 * CENT, 1400 * CENT)
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: a re-rate moving a contract price's units to another rule id is not "
-                   "kept (no adjustment: same amount, and the rules kept are those of the book-priced lines), so the "
-                   "close counts them toward the rule they were charged under: +$3.00 at $20/M, November $12.00")
 async def test_contract_units_re_rated_to_another_rule_id_count_toward_its_tier_at_the_close(bk: BillingKit) -> None:
     """Book `shared` (test_volume_true_up_contract_units): v1 `v-out`, model-* output volume-tiered,
     $20/M to 1,000,000, $10/M beyond; model-a at a $5/M contract. The 5th model-a 1,200,000 ($6.00,
@@ -100,8 +96,9 @@ async def test_contract_units_re_rated_to_another_rule_id_count_toward_its_tier_
     (from November 1st) names the rule `v-out-b` (same tiers) and November 1st-15th re-rated to it:
     the 5th stays $6.00 at the contract, under `v-out-b`; the 6th, rated on from the 5th's 1,200,000
     there, $3.00 (0.00 in all). The close: `v-out-b`'s 1,500,000 reach $10/M, the 6th's 300,000 cost
-    what they were charged: no true-up, November $9.00, the upcoming invoice alike. Got: the 6th's
-    300,000 alone under `v-out-b` at $20/M, +$3.00, $12.00."""
+    what they were charged: no true-up, November $9.00, the upcoming invoice alike. Before (the re-rate
+    kept no rule of a contract price's units, so the close counted them under `v-out`, as charged):
+    the 6th's 300,000 alone under `v-out-b` at $20/M, +$3.00, $12.00."""
     cid = await _customer(bk, "moved-contract-units")
     await _usage(bk, cid, [(5, "model-a", 1_200_000), (6, "model-b", 300_000)])
     await bk.add_book({"id": "shared", "version": "v3", "currency": "USD", "effective_from": "2026-11-01T00:00:00Z",
