@@ -169,3 +169,27 @@ def _offline_verified(url: str, tmp_path: Path) -> subprocess.CompletedProcess:
                               env=env, capture_output=True, text=True, timeout=120)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     return verified
+
+
+async def test_prepaid_contract_units_moved_before_the_close_give_the_overcharge_to_its_payer(bk: BillingKit) -> None:
+    """Prepaid. A $6.00 grant (the 1st) pays model-b's 300,000 on the 2nd from 0 ($20/M, $6.00); a
+    $10.00 top-up (the 3rd) model-a's 1,200,000 on the 5th at the contract ($6.00, $4.00 left). On
+    the 25th v3 (from November 1st) names the rule `v-out-b` (the same tiers) and November 1st-15th
+    is re-rated to it: both charges cost what they did (0.00), both now under `v-out-b`. The close:
+    `v-out-b`'s 1,500,000 reach $10/M, model-b's 300,000 x $10/M = $3.00 less $6.00, -$3.00, back to
+    the grant that paid it: grant $3.00, top-up $4.00, November $9.00."""
+    cid = await _customer(bk, "contract-moved-prepaid", "prepaid")
+    await _usage(bk, cid, [(1, "grant", "6.00"), (2, "model-b", 300_000), (3, "topup", "10.00"),
+                           (5, "model-a", 1_200_000)])
+    await bk.add_book({"id": "shared", "version": "v3", "currency": "USD", "effective_from": "2026-11-01T00:00:00Z",
+                       "rules": [{"id": "v-out-b", "model": "model-*", "token_type": "output", "tier_mode": "volume",
+                                  "tiers": [{"up_to": 1_000_000, "price": "20"}, {"up_to": None, "price": "10"}]}]})
+    bk.clock.now = datetime(2026, 11, 25, tzinfo=UTC)
+    done = await rerating.apply(bk.db, bk.service.engine,
+                                rerating.RerateSpec("shared", "v3", NOV_1, datetime(2026, 11, 15, tzinfo=UTC)), None)
+    assert done["errors"] == [] and done["delta"] == "0.00", done
+    await bk.close(CLOSED)
+    [invoice] = await bk.invoices(cid)
+    assert (_true_ups(invoice), invoice["total"]) == ([("model-*", 300_000, "10", "-3.00")], "9.00")
+    assert await _lots(bk, cid) == {"grant": 300 * CENT, "topup": 400 * CENT}
+    await _verified(bk)
