@@ -1,0 +1,153 @@
+"""Two risks of 7d5bebf's re-rates after the close (a payer's room in a charge counting what the same
+correction takes back of it; a rule whose true-up stands at 0 with nothing recorded read as having
+given nothing of any charge): a lot closed between the close and the re-rate, and a two-version
+rule whose close lines cancel.
+
+Book and usage of the first as `test_volume_true_up_moved_payers`: v1 (from January) `in`, v2 (from
+November 15th) `in-b`, each volume-tiered $10/M to 1,000,000 tokens, $1/M beyond; the 5th
+3,000,000 under v1 `in` ($12.00), the 20th 1,000,000 under v2 `in-b`, its first units ($10.00)."""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from billing_kit import BillingKit
+from sqlalchemy import text
+from test_volume_true_up_two_volume_versions import (
+    CENT,
+    DEC_2,
+    _closed,
+    _november,
+    _remaining,
+    _rerated,
+    _to_v3,
+    _verified,
+    _volume_b,
+)
+from test_volume_true_up_versions_more import CLOSED, NOV_25
+
+from ledger.audit import trial_balance
+from wallets import chart
+from wallets.expiry import expire_grants
+
+NOV_30 = datetime(2026, 11, 30, 12, tzinfo=UTC)  # before November's close (December 1st, 01:00)
+DEC_1 = datetime(2026, 12, 1, 12, tzinfo=UTC)  # after November's close, before the re-rate
+
+
+async def _breakage(bk: BillingKit) -> int:
+    """What the USD trial balance shows credited (less debited) to breakage; asserts it balances."""
+    trial = await bk.db.read(lambda conn: trial_balance(conn, "USD"))
+    assert trial.totals["USD"][0] == trial.totals["USD"][1], trial.totals
+    return {ln.account: ln.credits - ln.debits for ln in trial.lines}.get(chart.breakage_account("USD"), 0)
+
+
+async def _lot_ids(bk: BillingKit, cid: str) -> set[str]:
+    """Every lot of the customer, live, spent or expired."""
+    return await bk.db.read(lambda conn: _ids(conn, cid))
+
+
+async def _ids(conn, cid: str) -> set[str]:
+    return {str(r[0]) for r in await conn.execute(text("SELECT id FROM lots WHERE customer_id = :c"), {"c": cid})}
+
+
+@pytest.mark.parametrize("expires_at", [DEC_1, NOV_30], ids=["expired-after-the-close", "expired-before-the-close"])
+async def test_a_re_rate_after_the_close_gives_an_expired_grant_s_part_to_breakage(
+        bk: BillingKit, expires_at: datetime) -> None:
+    """Prepaid: a $12.00 grant (November 1st, expiring `expires_at`) pays the 5th's $12.00 and is
+    spent; a $15.00 top-up (the 6th) pays the 20th's $10.00 ($5.00 left). The close: `in`'s 3,000,000
+    at $1/M = $3.00 less $12.00, -$9.00, the 5th's: to the grant ($9.00, swept to breakage December
+    1st at 12:00) or, the grant expired November 30th (at noon, before the close), to breakage
+    outright; `in-b`'s 1,000,000 its first tier, 0. Breakage $9.00 either way, the grant $0, the
+    top-up $5.00. December 2nd, re-rated to v3 (`in-b`, $10/M to 1,000,000, $0.50/M beyond): the 5th
+    $11.00 (-$1.00); `in` -$9.00 -> 0 (+$9.00 of the 5th, taken back from breakage, where it went);
+    `in-b` 0 -> -$18.50: the 5th's $9.50 (3,000,000 at $0.50/M = $1.50 less $11.00), the 20th's
+    $9.00 (1,000,000 at $1/M less $10.00): -$10.50 in all. The grant's part of it, $1.00 - $9.00 +
+    $9.50 = $1.50, to breakage (DESIGN: a grant's remainder at expiry is breakage revenue; README:
+    a lot expired since takes nothing back, its part goes to breakage): $10.50, what the grant holds
+    after the same re-rate unexpired (test_prepaid_units_re_rated_after_the_close_to_another_rule_id_
+    give_each_payer_its_charge_s_part); the top-up $5.00 + $9.00 = $14.00; no lot opens, the trial
+    balance balances, verify is ok. (A guard of 7d5bebf's risk: a lot closed between the close and
+    the re-rate.)"""
+    cid = "expired-between"
+    await _november(bk, cid, [], "prepaid", v2=_volume_b())
+    bk.clock.now = datetime(2026, 11, 1, 12, tzinfo=UTC)
+    grant = (await bk.grant(cid, "12.00", expires_at)).grant.id
+    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
+    await bk.event(cid, "model-x", 3_000_000, 0)
+    bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
+    topup = (await bk.top_up(cid, "15.00")).grant.id
+    bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    await bk.event(cid, "model-x", 1_000_000, 0)
+    assert await _remaining(bk, cid, grant, topup) == (0, 500 * CENT)
+    await _closed(bk, cid)
+    bk.clock.now = datetime(2026, 12, 1, 13, tzinfo=UTC)
+    await expire_grants(bk.db, bk.clock.now)
+    assert (await _remaining(bk, cid, grant, topup), await _breakage(bk)) == ((0, 500 * CENT), 900 * CENT)
+    assert (await _to_v3(bk, cid, "0.5", DEC_2, previewed=True))["delta"] == "-10.50"
+    await _verified(bk)
+    assert (await _remaining(bk, cid, grant, topup), await _breakage(bk)) == ((0, 1400 * CENT), 1050 * CENT)
+    assert await _lot_ids(bk, cid) == {grant, topup}
+
+
+def _in(first: str, beyond: str, rule_id: str = "in") -> dict:
+    return {"id": rule_id, "model": "model-x", "token_type": "input", "tier_mode": "volume",
+            "tiers": [{"up_to": 1_000_000, "price": first}, {"up_to": None, "price": beyond}]}
+
+
+async def _cancelling(bk: BillingKit, cid: str) -> tuple[str, str]:
+    """Prepaid; v1 (from January) `in` $10/M to 1,000,000, $8/M beyond; v2 (from November 15th) `in`
+    $2/M to 1,000,000, $4/M beyond. A $5.00 grant (November 1st) pays the 5th's 500,000 (v1's first
+    tier, $5.00) and is spent; a $10.00 top-up (the 6th) pays the 20th's 1,000,000 under v2, rated on
+    from 500,000: 500,000 x $2/M + 500,000 x $4/M = $3.00 ($7.00 left). The lots' ids."""
+    grant, topup = await _november(bk, cid, [(1, "grant", "5.00"), (5, 500_000), (6, "topup", "10.00"),
+                                             (20, 1_000_000)], "prepaid", v2=_in("2", "4"), v1=_in("10", "8"))
+    assert await _remaining(bk, cid, grant, topup) == (0, 700 * CENT)
+    return grant, topup
+
+
+V3 = _in("9", "1", "in-b")  # v3 (from November 1st): `in-b` alone, $9/M to 1,000,000, $1/M beyond
+
+
+@pytest.mark.xfail(strict=True, reason="known gap: verify's credit_notes check (wallets.audit._CLOSE_ROWS) reads a "
+                   "charge's rules as charged, not as a re-rate before the close left them (charge_adjustments."
+                   "new_rules): the 5th, moved to `in-b`, is counted under `in`'s v2 line, first by id: 'charge 1 "
+                   "gave back 0 where its overcharge ... is 1000000000' and 'charge 2 gave back 1000000000 where "
+                   "... is 0', where no problem is due (the ledger's figures hold)")
+async def test_a_re_rate_before_the_close_of_a_rule_whose_lines_would_cancel(bk: BillingKit) -> None:
+    """`_cancelling`; November 25th, v3 and November 1st-15th re-rated to it: the 5th under `in-b`,
+    500,000 x $9/M = $4.50 (-$0.50, grant $0.50). The close: `in`'s 1,000,000 (the 20th alone) its
+    first tier, $2/M = $2.00 less $3.00: -$1.00, the 20th's, to the top-up ($8.00); `in-b`'s 500,000
+    its first tier: 0; November $4.50 + $3.00 - $1.00 = $6.50; the lots $8.50 = $15.00 - $6.50 (the
+    state the re-rate after the close below is to reach). These hold; verify then names the close's
+    record of `in` (the 20th gave back $1.00 where it reads the 5th's due, the 5th's lines as
+    charged under `in` v1, $5.00 less 500,000 at $2/M, over $4.00, first by id): known gap."""
+    cid = "cancel-before"
+    grant, topup = await _cancelling(bk, cid)
+    assert (await _rerated(bk, cid, "v3", V3, NOV_25))["delta"] == "-0.50"
+    bk.clock.now = datetime(2026, 11, 30, tzinfo=UTC)
+    await bk.close(CLOSED)
+    [november] = await bk.invoices(cid)
+    assert (november["total"], await _remaining(bk, cid, grant, topup)) == ("6.50", (50 * CENT, 800 * CENT))
+    await _verified(bk)
+
+
+async def test_a_re_rate_after_the_close_of_a_rule_whose_lines_cancelled_gives_each_payer_its_charge_s_part(
+        bk: BillingKit) -> None:
+    """`_cancelling`, closed: the period's 1,500,000 reach both versions' second tier: v1's 500,000 at
+    $8/M = $4.00 less $5.00, -$1.00 (the 5th's); v2's 1,000,000 at $4/M = $4.00 less $3.00, +$1.00
+    (the 20th's): `in` 0 in all, November $8.00, no money moved (the lots (0, 7.00)). December 2nd,
+    v3 and November 1st-15th re-rated to it: the 5th under `in-b` $4.50, -$0.50 to the grant that
+    paid it ($0.50); `in` 0 -> -$1.00: v1's line gone (the 5th left `in`; the close gave it nothing,
+    so nothing is taken back), v2's the 20th alone, its first tier, 1,000,000 at $2/M = $2.00 less
+    $3.00: -$1.00, the 20th's, to the top-up that paid it ($8.00); `in-b`'s 500,000 its first tier:
+    0. -$0.50 - $1.00 = -$1.50, November $6.50, (0.50, 8.00): what the same re-rate before the close
+    leaves (test_a_re_rate_before_the_close_of_a_rule_whose_lines_would_cancel). A guard of 7d5bebf's
+    risk (a rule whose true-up stands at 0 with nothing kept read as having given nothing of any
+    charge): it held."""
+    cid = "cancel-after"
+    grant, topup = await _cancelling(bk, cid)
+    _, november = await _closed(bk, cid)
+    assert (november["total"], await _remaining(bk, cid, grant, topup)) == ("8.00", (0, 700 * CENT))
+    assert (await _rerated(bk, cid, "v3", V3, DEC_2, previewed=True))["delta"] == "-1.50"
+    await _verified(bk)
+    assert await _remaining(bk, cid, grant, topup) == (50 * CENT, 800 * CENT)
