@@ -69,15 +69,8 @@ async def test_a_re_rate_after_the_close_gives_an_expired_grant_s_part_to_breaka
     balance balances, verify is ok. (A guard of 7d5bebf's risk: a lot closed between the close and
     the re-rate.)"""
     cid = "expired-between"
-    await _november(bk, cid, [], "prepaid", v2=_volume_b())
-    bk.clock.now = datetime(2026, 11, 1, 12, tzinfo=UTC)
-    grant = (await bk.grant(cid, "12.00", expires_at)).grant.id
-    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
-    await bk.event(cid, "model-x", 3_000_000, 0)
-    bk.clock.now = datetime(2026, 11, 6, 12, tzinfo=UTC)
-    topup = (await bk.top_up(cid, "15.00")).grant.id
-    bk.clock.now = datetime(2026, 11, 20, 12, tzinfo=UTC)
-    await bk.event(cid, "model-x", 1_000_000, 0)
+    grant, topup = await _november(bk, cid, [(1, "grant", "12.00", expires_at), (5, 3_000_000),
+                                             (6, "topup", "15.00"), (20, 1_000_000)], "prepaid", v2=_volume_b())
     assert await _remaining(bk, cid, grant, topup) == (0, 500 * CENT)
     await _closed(bk, cid)
     bk.clock.now = datetime(2026, 12, 1, 13, tzinfo=UTC)

@@ -37,7 +37,7 @@ async def _november(bk: BillingKit, cid: str, days: Sequence[tuple[Any, ...]], m
     """Book `cid`: v1 and v2 (`v1`, `v2`: their rules, by default _volume("1"), _v2_tiers()); its
     customer (`mode`) from November 1st at 09:00, with a 50 % discount on model-x from then when
     `discount`; then `days`, each at noon of its November day, in order: (day, tokens) of model-x
-    input, or (day, kind, amount) a lot ("topup" or "grant"). The lots' ids, in order."""
+    input, or (day, kind, amount) a lot ("topup" or "grant"; a grant may add its expiry). The lots' ids, in order."""
     await bk.add_book(_version(cid, "v1", "2026-01-01T00:00:00Z", [v1 or _volume("1")]))
     await bk.add_book(_version(cid, "v2", "2026-11-15T00:00:00Z", [v2 or _v2_tiers()]))
     bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
@@ -51,8 +51,9 @@ async def _november(bk: BillingKit, cid: str, days: Sequence[tuple[Any, ...]], m
         if len(what) == 1:
             await bk.event(cid, "model-x", what[0], 0)
         else:
-            kind, amount = what
-            lots.append((await (bk.top_up(cid, amount) if kind == "topup" else bk.grant(cid, amount))).grant.id)
+            kind, amount, *expiry = what
+            lot = await (bk.top_up(cid, amount) if kind == "topup" else bk.grant(cid, amount, *expiry))
+            lots.append(lot.grant.id)
     return lots
 
 
