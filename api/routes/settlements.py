@@ -150,8 +150,6 @@ async def _settle_one(state: State, request: Request, raw: Any, lookups: asyncio
         return _Answer(_reservation_of(raw), key, response.status_code, False,
                        msgspec.Raw(msgspec.json.encode(response.content)))
     status, text, replayed = answered(request, outcome, SETTLED)
-    # the same final settle under another key: its first answer given again, nothing charged
-    replayed = replayed or getattr(outcome, "replayed", False)
     return _Answer(item.reservation_id, key, status, replayed, msgspec.Raw(text))
 
 

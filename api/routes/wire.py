@@ -709,9 +709,10 @@ COMPOSED = Answer(code=lambda _: OK)  # an answer composed at the edge, kept as 
 
 
 def answered(request: Request, outcome: Any, answer: Answer) -> tuple[int, bytes, bool]:
-    """(status, body bytes, replayed) of a fresh result or of a kept answer."""
+    """(status, body bytes, replayed) of a fresh result or of a kept answer. A fresh result that
+    gives an earlier one again, nothing done (the same final settle under another key), is a replay."""
     if not isinstance(outcome, Replayed):
-        return (*_rendered(request, answer.code(outcome), outcome, answer), False)
+        return (*_rendered(request, answer.code(outcome), outcome, answer), getattr(outcome, "replayed", False))
     if outcome.status is not None:  # kept before answers had codes: the first answer's status and text
         return outcome.status, outcome.body["json"].encode(), True
     body = outcome.body

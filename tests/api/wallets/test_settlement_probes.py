@@ -293,3 +293,24 @@ async def test_an_item_s_key_is_echoed_as_stored_without_its_surrounding_white_s
                                                              "idempotency_key": key}])).json()["results"]
     assert (again["status"], again["idempotency_key"], again["replayed"]) == (200, key, True), again
     assert await wallet(client, cid) == ("9.972", "0.00")
+
+
+async def test_the_same_final_settle_under_another_key_on_the_single_route_says_it_is_a_replay(
+        client: AsyncTestClient, book: str, tag: str):
+    """POST /v1/reservations/R/settle with one body under key a, then under key b: both 200 with
+    the first body (1,000 x $10/M + 400 x $20/M + $0.01 = 0.028), charged once (10.00 -> 9.972).
+    The second gives the first answer again, nothing charged: a replay, as the bulk route says
+    `replayed: true` for it (ed59742), so it carries Idempotent-Replayed: true (it had none)."""
+    cid = await customer(client, book, tag)
+    rid = await reserve(client, cid)
+    first = await client.post(f"/v1/reservations/{rid}/settle", json={"usage": USAGE},
+                              headers={"Idempotency-Key": f"a-{tag}"})
+    second = await client.post(f"/v1/reservations/{rid}/settle", json={"usage": USAGE},
+                               headers={"Idempotency-Key": f"b-{tag}"})
+    assert (first.status_code, second.status_code) == (200, 200), (first.text, second.text)
+    assert first.json() == second.json() and first.json()["charged"] == "0.028"
+    assert "idempotent-replayed" not in first.headers
+    assert second.headers.get("idempotent-replayed") == "true", dict(second.headers)
+    assert await wallet(client, cid) == ("9.972", "0.00")
+    assert await _charges(client, rid) == 1
+
