@@ -160,11 +160,11 @@ async def lots_match_accounts(conn: AsyncConnection) -> Check:
          WHERE l.expired_at IS NOT NULL AND b.credits <> b.debits{revoked}{empty}{paid}
         UNION ALL
         SELECT format('lot %s: granted %s, but its opening entry credited %s', l.id, l.granted,
-                      coalesce(-(SELECT sum(p.amount) FROM postings p
-                                  WHERE p.entry_id = l.entry_id AND p.account_id = l.account_id), 0))
+                      coalesce(-(SELECT sum(p.amount) FROM postings p WHERE p.lane = l.lane
+                                    AND p.entry_id = l.entry_id AND p.account_id = l.account_id), 0))
           FROM lots l
-         WHERE l.granted <> coalesce(-(SELECT sum(p.amount) FROM postings p
-                                        WHERE p.entry_id = l.entry_id AND p.account_id = l.account_id), 0)
+         WHERE l.granted <> coalesce(-(SELECT sum(p.amount) FROM postings p WHERE p.lane = l.lane
+                                          AND p.entry_id = l.entry_id AND p.account_id = l.account_id), 0)
         """, "each lot's remaining is its account balance, within what was granted; expired lots, grants "
            "revoked in whole and lots marked empty hold nothing; a top-up that paid the receivable is marked so")
 
@@ -358,7 +358,7 @@ async def usage_events_charged(conn: AsyncConnection) -> Check:
         UNION ALL
         SELECT format('usage event %s of customer %s is posted in entry %s of customer %s',
                       e.event_id, e.customer_id, j.id, coalesce(j.customer_id, 'none'))
-          FROM usage_events e JOIN journal_entries j ON j.id = e.entry_id
+          FROM usage_events e JOIN journal_entries j ON j.lane = e.lane AND j.id = e.entry_id
          WHERE j.customer_id IS DISTINCT FROM e.customer_id
         """, "every usage event has its own customer's charge, posted in that customer's entry")
 
@@ -833,17 +833,21 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
     and that."""
     if not (await _schema(conn))["credit_notes"]:
         return Check("credit_notes", True, "no re-rates in this schema (before migration 0019)")
+    # read for a row `{row}` of a lane and an entry_id: its entry in that lane alone (another lane's
+    # entry of the id is a forger's copy, which entry_ids names)
     revenue = f"""SELECT -coalesce(sum(p.amount), 0) FROM postings p JOIN accounts a ON a.id = p.account_id
-                   WHERE p.entry_id = {{entry}} AND a.code LIKE {_literal(chart.revenue_account('%'))}"""
+                   WHERE p.lane = {{row}}.lane AND p.entry_id = {{row}}.entry_id
+                     AND a.code LIKE {_literal(chart.revenue_account('%'))}"""
     # what a note's entry posted to the rounding account (its money rounded to whole minor units)
     rounded = f"""SELECT -coalesce(sum(p.amount), 0) FROM postings p JOIN accounts a ON a.id = p.account_id
-                   WHERE p.entry_id = {{entry}} AND a.code LIKE {_literal(chart.rounding_account('%'))}"""
+                   WHERE p.lane = {{row}}.lane AND p.entry_id = {{row}}.entry_id
+                     AND a.code LIKE {_literal(chart.rounding_account('%'))}"""
     # what an entry corrected of closed periods' volume true-ups (its metadata's `true_ups`:
     # [period, rule, model, old, new]; wallets.core.rerate_true_ups)
     true_ups = """(SELECT coalesce(sum((t ->> 4)::numeric - (t ->> 3)::numeric), 0)
                      FROM journal_entries j CROSS JOIN LATERAL jsonb_array_elements(
                           CASE WHEN j.metadata ? 'true_ups' THEN j.metadata -> 'true_ups' ELSE '[]' END) t
-                    WHERE j.id = {entry})"""
+                    WHERE j.lane = {row}.lane AND j.id = {row}.entry_id)"""
     # a re-rate whose lines net 0 posts no entry and keeps its true-ups' corrections in
     # rerate_true_ups (migration 0064): its charges without an entry and they net 0. One that kept
     # none is not checked: before 0064 such a re-rate kept its corrections nowhere.
@@ -932,11 +936,11 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
         """ if (await _schema(conn))["true_up_charges"] else ""
     problems = [row[0] for row in (await conn.execute(text(f"""
         SELECT format('re-rate entry %s: its charges moved %s, its true-ups %s, its revenue postings %s',
-                      x.entry_id, x.moved, {true_ups.format(entry="x.entry_id")},
-                      ({revenue.format(entry="x.entry_id")}))
-          FROM (SELECT entry_id, sum(new_amount - old_amount) AS moved FROM charge_adjustments
-                 WHERE entry_id IS NOT NULL GROUP BY entry_id) x
-         WHERE x.moved + {true_ups.format(entry="x.entry_id")} <> ({revenue.format(entry="x.entry_id")}){kept}{given}
+                      x.entry_id, x.moved, {true_ups.format(row="x")},
+                      ({revenue.format(row="x")}))
+          FROM (SELECT lane, entry_id, sum(new_amount - old_amount) AS moved FROM charge_adjustments
+                 WHERE entry_id IS NOT NULL GROUP BY lane, entry_id) x
+         WHERE x.moved + {true_ups.format(row="x")} <> ({revenue.format(row="x")}){kept}{given}
         UNION ALL
         SELECT format('credit note %s: its content hash does not match its content', n.number)
           FROM credit_notes n WHERE n.content_hash <> sha256(convert_to(n.content::text, 'UTF8'))
@@ -944,23 +948,23 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
         SELECT format('credit note %s: total %s, lines %s, its entry %s moved revenue by %s, its charges by %s',
                       n.number, n.total,
                       (SELECT sum((l ->> 'amount')::numeric) FROM jsonb_array_elements(n.content -> 'lines') l),
-                      n.entry_id, ({revenue.format(entry="n.entry_id")}),
+                      n.entry_id, ({revenue.format(row="n")}),
                       (SELECT sum(a.new_amount - a.old_amount) FROM charge_adjustments a WHERE a.credit_note_id = n.id)
-                      + {true_ups.format(entry="n.entry_id")})
+                      + {true_ups.format(row="n")})
           FROM credit_notes n
          WHERE (n.content ->> 'total')::numeric * {_UNIT} <> n.total
             OR coalesce((SELECT sum((l ->> 'amount')::numeric) FROM jsonb_array_elements(n.content -> 'lines') l), 0)
                * {_UNIT} <> n.total
-            OR n.total <> ({revenue.format(entry="n.entry_id")})
+            OR n.total <> ({revenue.format(row="n")})
             OR n.total IS DISTINCT FROM (SELECT sum(a.new_amount - a.old_amount) FROM charge_adjustments a
-                                          WHERE a.credit_note_id = n.id) + {true_ups.format(entry="n.entry_id")}
+                                          WHERE a.credit_note_id = n.id) + {true_ups.format(row="n")}
         UNION ALL
         SELECT format('credit note %s: total %s, amount %s, amount rounding %s, but its entry %s posted %s to '
                       'the rounding account', n.number, n.content ->> 'total', n.content ->> 'amount',
-                      n.content ->> 'amount_rounding', n.entry_id, ({rounded.format(entry="n.entry_id")}))
+                      n.content ->> 'amount_rounding', n.entry_id, ({rounded.format(row="n")}))
           FROM credit_notes n
          WHERE coalesce((n.content ->> 'amount_rounding')::numeric, 0) * {_UNIT}
-               <> ({rounded.format(entry="n.entry_id")})
+               <> ({rounded.format(row="n")})
             OR (n.content ? 'amount' AND (n.content ->> 'amount')::numeric
                 <> (n.content ->> 'total')::numeric + (n.content ->> 'amount_rounding')::numeric)
         UNION ALL

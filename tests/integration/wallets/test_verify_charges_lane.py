@@ -1,18 +1,52 @@
-"""(review of 7ba02e2) `audit verify`'s charges check reads a charge's entry's revenue postings in
-the entry's lane, as entries_balanced and one_customer_per_entry now do (the export and the seals
-read an entry so): entries of two lanes may share an id only by a forger's hand (the entry_ids
-check names that), and then one entry's postings are not the other's."""
+"""(review of 7ba02e2) `audit verify`'s checks read an entry's postings and metadata in the entry's
+lane, as entries_balanced and one_customer_per_entry now do (the export and the seals read an entry
+so): entries of two lanes may share an id only by a forger's hand (the entry_ids check names that),
+and then one entry's postings are not the other's. The charges check (cdd511a), the credit-notes
+check's re-rate entries, the lots check's opening entries and the usage-events check's entries."""
 from __future__ import annotations
 
-from typing import Any
+from datetime import UTC, datetime
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
-from wallet_kit import Kit
+from wallet_kit import BOOK, Kit
 
+from ledger.audit import Check, CheckFn
 from ledger.lanes import lane_count, lane_of
-from wallets import chart
-from wallets.audit import charges_match_entries
+from wallets import books, chart, rerating
+from wallets.audit import charges_match_entries, credit_notes_tie_out, lots_match_accounts, usage_events_charged
+
+
+async def forge_copy(conn: AsyncConnection, cid: str, entry_id: int, postings: dict[str, int]) -> None:
+    """As a superuser with triggers off, insert into a lane other than `cid`'s a copy of `cid`'s entry
+    `entry_id` (same id, kind and metadata) for a customer of that lane, with `postings` (account code
+    -> amount). The caller reads what it checks in this transaction, then rolls it back."""
+    lanes = await lane_count(conn)
+    other = next(f"o{i}" for i in range(1000) if lane_of(f"o{i}", lanes) != lane_of(cid, lanes))
+    await conn.execute(text("SET LOCAL session_replication_role = replica"))
+    await conn.execute(text("""
+        INSERT INTO journal_entries (lane, id, key, request_hash, kind, customer_id, occurred_at, recorded_at,
+                                     metadata, txid)
+        SELECT :lane, id, 'forged', request_hash, kind, :other, occurred_at, recorded_at, metadata, txid
+          FROM journal_entries WHERE lane = :own AND id = :id"""),
+                       {"lane": lane_of(other, lanes), "other": other, "own": lane_of(cid, lanes), "id": entry_id})
+    for code, amount in postings.items():
+        await conn.execute(text("""
+            INSERT INTO postings (lane, entry_id, account_id, amount)
+            SELECT :lane, :id, a.id, :amount FROM accounts a WHERE a.code = :code"""),
+                           {"lane": lane_of(other, lanes), "id": entry_id, "code": code, "amount": amount})
+
+
+async def checked_beside_a_copy(kit: Kit, cid: str, entry_id: int, postings: dict[str, int], check: CheckFn) -> Check:
+    """What `check` finds once `forge_copy` copied `cid`'s entry `entry_id` into another lane with
+    `postings` (rolled back after)."""
+    async def forged(conn: AsyncConnection) -> Check:
+        await forge_copy(conn, cid, entry_id, postings)
+        found = await check(conn)
+        await conn.rollback()
+        return found
+
+    return await kit.db.read(forged)
 
 
 async def test_a_copy_of_a_charge_s_entry_id_in_another_lane_is_not_read_as_its_revenue(kit: Kit):
@@ -28,28 +62,76 @@ async def test_a_copy_of_a_charge_s_entry_id_in_another_lane_is_not_read_as_its_
     hold = await kit.reserve(cid, "r-1", input_tokens=2000)
     await kit.settle(cid, hold.reservation.id, input_tokens=2000)
 
-    async def forged(conn: AsyncConnection) -> Any:
-        lanes = await lane_count(conn)
-        other = next(f"o{i}" for i in range(1000) if lane_of(f"o{i}", lanes) != lane_of(cid, lanes))
-        charge = (await conn.execute(text("SELECT lane, entry_id, charged FROM charges WHERE customer_id = :c"),
-                                     {"c": cid})).one()
-        assert charge.charged == 2_000_000_000
-        await conn.execute(text("SET LOCAL session_replication_role = replica"))
-        await conn.execute(text("""
-            INSERT INTO journal_entries (lane, id, key, request_hash, kind, customer_id, occurred_at, recorded_at,
-                                         metadata, txid)
-            SELECT :lane, id, 'forged', request_hash, kind, :other, occurred_at, recorded_at, metadata, txid
-              FROM journal_entries WHERE lane = :own AND id = :id"""),
-                           {"lane": lane_of(other, lanes), "other": other, "own": charge.lane, "id": charge.entry_id})
-        await conn.execute(text("""
-            INSERT INTO postings (lane, entry_id, account_id, amount)
-            SELECT :lane, :id, a.id, x.amount FROM accounts a
-              JOIN (VALUES (:cash, 2000000000), (:revenue, -2000000000)) x (code, amount) ON x.code = a.code"""),
-                           {"lane": lane_of(other, lanes), "id": charge.entry_id, "cash": chart.cash_account("USD"),
-                            "revenue": chart.revenue_account("USD")})
-        found = await charges_match_entries(conn)
-        await conn.rollback()
-        return found
+    charge = (await kit.db.read(lambda conn: conn.execute(text(
+        "SELECT entry_id, charged FROM charges WHERE customer_id = :c"), {"c": cid}))).one()
+    assert charge.charged == 2_000_000_000
+    found = await checked_beside_a_copy(kit, cid, charge.entry_id, {chart.cash_account("USD"): 2_000_000_000,
+                                                                    chart.revenue_account("USD"): -2_000_000_000},
+                                        charges_match_entries)
+    assert found.ok, found.problems
 
-    found = await kit.db.read(forged)
+
+async def test_a_copy_of_a_re_rate_entry_s_id_in_another_lane_is_not_read_as_its_revenue(kit: Kit):
+    """`lanes` tops up $10.00 and is charged 2,000 input tokens at $1.00 per 1,000 on November 23rd:
+    $2.00. Version v2 (from November 1st) prices input at $0.50 per 1,000; November re-rated to it:
+    the charge 2,000,000,000 -> 1,000,000,000 units, its adjustment entry debiting usage revenue
+    1,000,000,000 (revenue moved -1,000,000,000, as its charge). A forger copies that entry's id into
+    another lane with revenue +1,000,000,000 and cash -1,000,000,000. The credit-notes check read
+    the entry's revenue by id in every lane: 're-rate entry E: its charges moved -1000000000, its
+    true-ups 0, its revenue postings -2000000000', a made-up problem beside entry_ids'. Now it reads
+    the adjustment entry in its lane: nothing to name."""
+    cid = await kit.customer("lanes")
+    await kit.top_up(cid, "10.00")
+    hold = await kit.reserve(cid, "r-1", input_tokens=2000)
+    await kit.settle(cid, hold.reservation.id, input_tokens=2000)
+    v2 = {**BOOK, "id": kit.book, "version": "v2", "effective_from": "2026-11-01T00:00:00Z",
+          "rules": [{**rule, "price": "500"} if rule["token_type"] == "input" else rule for rule in BOOK["rules"]]}
+    await kit.db.run(lambda conn: books.add_version(conn, v2))
+    done = await rerating.apply(kit.db, kit.service.engine, rerating.RerateSpec(
+        kit.book, "v2", datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC), cid), "lanes-fix")
+    [entry_id] = done["customers"][0]["entry_ids"]
+    assert done["delta"] == "-1.00"
+
+    found = await checked_beside_a_copy(kit, cid, entry_id, {chart.cash_account("USD"): -1_000_000_000,
+                                                             chart.revenue_account("USD"): 1_000_000_000},
+                                        credit_notes_tie_out)
+    assert found.ok, found.problems
+
+
+async def test_a_copy_of_a_lot_s_opening_entry_id_in_another_lane_is_not_read_as_its_credit(kit: Kit):
+    """`lanes` tops up $10.00: a lot granted 10,000,000,000 units, its opening entry crediting the
+    lot's account 10,000,000,000. A forger copies that entry's id into another lane, crediting the
+    lot's account another 10,000,000,000 (cash debited as much). The lots check read the opening
+    entry's postings by id in every lane: 'lot L: granted 10000000000, but its opening entry
+    credited 20000000000', a made-up problem beside entry_ids' and one_customer_per_entry's (the
+    forged entry touches another customer's account). Now it reads the lot's entry in the lot's
+    lane: nothing to name."""
+    cid = await kit.customer("lanes")
+    await kit.top_up(cid, "10.00")
+
+    lot = (await kit.db.read(lambda conn: conn.execute(text(
+        "SELECT l.entry_id, l.granted, a.code FROM lots l JOIN accounts a ON a.id = l.account_id"
+        " WHERE l.customer_id = :c"), {"c": cid}))).one()
+    assert lot.granted == 10_000_000_000
+    found = await checked_beside_a_copy(kit, cid, lot.entry_id, {chart.cash_account("USD"): 10_000_000_000,
+                                                                 lot.code: -10_000_000_000}, lots_match_accounts)
+    assert found.ok, found.problems
+
+
+async def test_a_copy_of_a_usage_event_s_entry_id_in_another_lane_is_not_read_as_its_entry(kit: Kit):
+    """`lanes` tops up $10.00 and sends usage event e-1 of 2,000 input tokens ($2.00 at $1.00 per
+    1,000), posted in its own entry. A forger copies that entry's id into another lane for a
+    customer of that lane (cash +2,000,000,000, revenue -2,000,000,000). The usage-events check read
+    the event's entry by id in every lane: 'usage event e-1 of customer lanes-… is posted in entry E
+    of customer oN', a made-up problem beside entry_ids'. Now it reads the entry in the event's
+    lane: nothing to name."""
+    cid = await kit.customer("lanes")
+    await kit.top_up(cid, "10.00")
+    await kit.usage_event(cid, "e-1", input_tokens=2000)
+
+    entry_id = await kit.db.read(lambda conn: conn.scalar(text(
+        "SELECT entry_id FROM usage_events WHERE customer_id = :c"), {"c": cid}))
+    found = await checked_beside_a_copy(kit, cid, entry_id, {chart.cash_account("USD"): 2_000_000_000,
+                                                             chart.revenue_account("USD"): -2_000_000_000},
+                                        usage_events_charged)
     assert found.ok, found.problems
