@@ -50,9 +50,10 @@ class SettleItem(msgspec.Struct, forbid_unknown_fields=True):  # a typo is a 422
     anthropic_usage: Annotated[dict[str, Any], json_object(ANTHROPIC_USAGE)] | None = None
     final: bool = True
     capture_id: Text | None = None
-    idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=255, description=(
-        "As a single settle's Idempotency-Key (the same key either way is one settle); when absent, "
-        "one is derived from the reservation, the capture and the body"))] | None = None
+    # 1 to 255 characters once stripped of spaces, as the header (wire.idempotency counts them)
+    idempotency_key: Annotated[str, msgspec.Meta(extra_json_schema={"minLength": 1, "maxLength": 255}, description=(
+        "As a single settle's Idempotency-Key (the same key either way is one settle), stripped of spaces "
+        "around it; when absent, one is derived from the reservation, the capture and the body"))] | None = None
     gemini_usage: Annotated[dict[str, Any], json_object(GEMINI_USAGE)] | None = None
 
 

@@ -314,3 +314,28 @@ async def test_the_same_final_settle_under_another_key_on_the_single_route_says_
     assert await wallet(client, cid) == ("9.972", "0.00")
     assert await _charges(client, rid) == 1
 
+
+async def test_an_item_key_is_counted_after_its_spaces_are_stripped_as_the_header_is(
+        client: AsyncTestClient, book: str, tag: str):
+    """An item's idempotency_key of 10 spaces + 250 characters is the key "k" x 250 once stripped:
+    250 <= 255, as the Idempotency-Key header of the same text is taken. It was 422 (length <= 255:
+    260 counted before stripping). Now 200, 0.028 charged (10.00 -> 9.972), and the single route under
+    the stripped key replays it, nothing charged twice. 10 spaces + 256 characters is still 422,
+    naming idempotency_key (256 > 255)."""
+    cid = await customer(client, book, tag)
+    rid = await reserve(client, cid)
+    key = (tag + "k" * 250)[:250]
+    [result] = (await client.post("/v1/settlements", json=[
+        {"reservation_id": rid, "usage": USAGE, "idempotency_key": " " * 10 + key}])).json()["results"]
+    assert (result["status"], result["idempotency_key"]) == (200, key), result
+    assert result["body"]["charged"] == "0.028"
+    again = await client.post(f"/v1/reservations/{rid}/settle", json={"usage": USAGE},
+                              headers={"Idempotency-Key": key})
+    assert (again.status_code, again.json()) == (200, result["body"])
+    assert await wallet(client, cid) == ("9.972", "0.00")
+    assert await _charges(client, rid) == 1
+    other = await reserve(client, cid)
+    [long] = (await client.post("/v1/settlements", json=[
+        {"reservation_id": other, "usage": USAGE, "idempotency_key": " " * 10 + "k" * 256}])).json()["results"]
+    assert (long["status"], long["body"]["code"]) == (422, "validation_error"), long
+    assert "idempotency_key" in long["body"]["detail"], long
