@@ -104,6 +104,7 @@ from api.client_reservations import (
     StreamMeter,
     Unanswered,
     extend_call,
+    given_key,
     gone_hold,
     release_call,
     report_orphaned_exit,
@@ -512,7 +513,7 @@ class Client(_Base, JournalReads):
         return self._call("GET", path)
 
     def post(self, path: str, body: Any, *, key: str | None = None) -> dict[str, Any]:
-        return self._call("POST", path, body, key=key)
+        return self._call("POST", path, body, key=given_key(key))
 
     def close(self) -> None:
         self._own()  # a child closes its own connections and settler, never the parent's
@@ -760,7 +761,7 @@ class AsyncClient(_Base, AsyncJournalReads):
         return await self._call("GET", path)
 
     async def post(self, path: str, body: Any, *, key: str | None = None) -> dict[str, Any]:
-        return await self._call("POST", path, body, key=key)
+        return await self._call("POST", path, body, key=given_key(key))
 
     async def aclose(self) -> None:
         """Stop the replay, wait for the exits (and the queue) at most `drain_timeout_s`, close the

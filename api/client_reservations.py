@@ -406,6 +406,20 @@ def reserve_request(customer: str, model: str, *, request_id: str | None, messag
             "ttl_seconds": ttl_seconds, "estimate": estimate, "dimensions": dict(dimensions or {})}
 
 
+def given_key(key: str | None) -> str | None:
+    """A call's `key=` as the server keeps it, stripped of spaces (a header cannot carry them around
+    it), or a ValueError at the call when the server would refuse it or no header can carry it."""
+    if key is None:
+        return None
+    key = key.strip(" ")
+    if not 1 <= len(key) <= MAX_KEY_CHARS:
+        raise ValueError(f"key=...: the server takes an Idempotency-Key of 1 to {MAX_KEY_CHARS} characters, "
+                         f"not {len(key)}")
+    if problem := idempotency_key_problem(key):  # queued, it went in bulk; sent itself, no header carried it
+        raise ValueError(f"key=...: {problem}")
+    return key
+
+
 def settle_call(reservation_id: str, final: bool, key: str | None,
                 usage: Mapping[str, Any]) -> tuple[str, dict[str, Any], str, str]:
     """An explicit settle: (path, body, idempotency key, reservation id). A capture's key, made
@@ -413,13 +427,8 @@ def settle_call(reservation_id: str, final: bool, key: str | None,
     unknown = set(usage) - {"usage", "openai_usage", "anthropic_usage", "gemini_usage"}
     if len(usage) != 1 or unknown:
         raise ValueError("give exactly one of usage=, openai_usage=, anthropic_usage= or gemini_usage=")
-    if key is not None:  # refused here: a queued settle the server refuses is set aside, never billed
-        key = key.strip(" ")  # as the server keeps it; a header cannot carry spaces around it
-        if not 1 <= len(key) <= MAX_KEY_CHARS:
-            raise ValueError(f"key=...: the server takes an Idempotency-Key of 1 to {MAX_KEY_CHARS} characters, "
-                             f"not {len(key)}")
-        if problem := idempotency_key_problem(key):  # queued, it went in bulk; sent itself, no header carried it
-            raise ValueError(f"key=...: {problem}")
+    key = given_key(key)  # refused here: a queued settle the server refuses is set aside, never billed
+    if key is not None:
         if not final and len(key) > MAX_CAPTURE_ID_CHARS:
             raise ValueError(f"key=...: a capture's key is its capture_id, which the server takes up to "
                              f"{MAX_CAPTURE_ID_CHARS} characters, not {len(key)}")
@@ -430,11 +439,12 @@ def settle_call(reservation_id: str, final: bool, key: str | None,
 
 
 def release_call(reservation_id: str, key: str | None) -> tuple[str, dict[str, Any], str, str]:
-    return f"/v1/reservations/{reservation_id}/release", {}, key or f"{reservation_id}:release:0", reservation_id
+    key = given_key(key) or f"{reservation_id}:release:0"
+    return f"/v1/reservations/{reservation_id}/release", {}, key, reservation_id
 
 
 def extend_call(reservation_id: str, ttl_seconds: int, key: str | None) -> tuple[str, dict[str, Any], str]:
     """An extension: (path, body, idempotency key); its key is made once per call, so its own
     retries replay it and a later extension is another one."""
     return (f"/v1/reservations/{reservation_id}/extend", {"ttl_seconds": ttl_seconds},
-            key or f"{reservation_id}:extend:{uuid.uuid4().hex}")
+            given_key(key) or f"{reservation_id}:extend:{uuid.uuid4().hex}")

@@ -121,3 +121,42 @@ async def test_an_async_client_s_resend_of_such_a_record_says_refused():
     finally:
         await client.aclose()
     assert outcome == "rejected" and "at position 3 of 3" in note
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+async def test_every_call_s_key_is_sent_stripped_of_spaces_and_refused_at_the_call_when_no_header_carries_it(
+        asynchronous, tmp_path):
+    """3fc6941 stripped a settle's `key=` alone: release(" k ") went as the header " k " (no header
+    carries spaces around it: h11's 'Illegal header value' on a real connection, taken for a network
+    fault). Now release, extend and post send "k", as settle does, sync and async; 10 spaces + 250
+    characters is sent as its 250 (within 255); 3 spaces (0 characters once stripped) and 256
+    characters (> 255) are a ValueError at the call, as settle's, nothing sent or spooled."""
+    sent: list[str] = []
+
+    def answer_and_note(request: httpx.Request) -> httpx.Response:
+        sent.append(request.headers["Idempotency-Key"])
+        return httpx.Response(200, json={})
+
+    cls = AsyncClient if asynchronous else Client
+    client = cls("http://127.0.0.1:8000", "tt_ok", transport=httpx.MockTransport(answer_and_note),
+                 spool_dir=tmp_path)
+
+    async def run(result):
+        return await result if asynchronous else result
+
+    try:
+        await run(client.release("res_x", key=" k "))
+        await run(client.extend("res_x", 60, key=" k "))
+        await run(client.post("/v1/customers", {"id": "acme"}, key=" k "))
+        await run(client.release("res_y", key=" " * 10 + "r" * 250))
+        assert sent == ["k", "k", "k", "r" * 250]
+        for key in (" " * 3, "r" * 256, "clé"):
+            with pytest.raises(ValueError, match=r"key=\.\.\."):
+                await run(client.release("res_z", key=key))
+            with pytest.raises(ValueError, match=r"key=\.\.\."):
+                await run(client.extend("res_z", 60, key=key))
+            with pytest.raises(ValueError, match=r"key=\.\.\."):
+                await run(client.post("/v1/customers", {"id": "acme"}, key=key))
+        assert len(sent) == 4 and client.spool is not None and client.spool.records() == []
+    finally:
+        await run(client.aclose() if asynchronous else client.close())
