@@ -251,8 +251,11 @@ def _keys(args: argparse.Namespace, settings: Settings) -> int:
             key = _with_db(settings, lambda db: db.run(lambda conn: keys.revoke(conn, args.id)))
             print(f"revoked {key.id}")
     except LedgerError as exc:
+        from api.audit_cli import printable  # a key id or a name is its giver's text (ESC, a line break)
+
         fields = exc.context.get("fields") or []
-        print(f"error: {exc.detail}" + "".join(f"; {f['field']}: {f['message']}" for f in fields), file=sys.stderr)
+        print("error: " + printable(exc.detail + "".join(f"; {f['field']}: {f['message']}" for f in fields)),
+              file=sys.stderr)
         return 2
     return 0
 

@@ -99,10 +99,12 @@ async def list_keys(conn: AsyncConnection) -> list[ApiKey]:
 
 
 def check_id(key_id: str) -> None:
-    """Refuse, as unknown, an id no stored key can have: one PostgreSQL text cannot hold (argv's
-    lone surrogate for a byte not in UTF-8 ended in the driver's traceback)."""
-    if unstorable_at(key_id) is not None:
-        raise KeyNotFoundError(f"no API key {key_id!r}")
+    """Refuse, by name, an id no stored key can have: one PostgreSQL text cannot hold (U+0000, which
+    DELETE /v1/api-keys/{key_id} answers 422; argv's lone surrogate for a byte not in UTF-8 ended
+    in the driver's traceback), in the words `validate` refuses a name with."""
+    if (bad := unstorable_at(key_id)) is not None:
+        raise InvalidEntryError(f"invalid API key id {key_id!r}", fields=[{"field": "id", "message": (
+            f"not text PostgreSQL can hold (a byte not in UTF-8, or U+0000) at position {bad + 1}")}])
 
 
 async def revoke(conn: AsyncConnection, key_id: str) -> ApiKey:

@@ -182,15 +182,38 @@ def test_a_key_name_the_api_would_refuse_is_a_usage_error(name, said, monkeypatc
     assert main(["keys", "create", "--scope", "admin", "--name", "a" * 200]) == DATABASE_UNREACHABLE  # taken
 
 
-@pytest.mark.parametrize("key_id", ["key_\udcff", "key_\x00"])
-def test_revoking_a_key_id_no_key_can_have_says_no_such_key_without_connecting(key_id, monkeypatch, capsys):
+UNSTORABLE = "id: not text PostgreSQL can hold (a byte not in UTF-8, or U+0000) at position 5"
+
+
+@pytest.mark.parametrize("key_id, said", [
+    ("key_\udcff", f"invalid API key id 'key_\\udcff'; {UNSTORABLE}"),
+    ("key_\x00", f"invalid API key id 'key_\\x00'; {UNSTORABLE}"),
+])
+def test_revoking_a_key_id_no_key_can_have_is_refused_by_name_without_connecting(key_id, said, monkeypatch, capsys):
     """`keys revoke $'\\xff'` (a byte not in UTF-8: a lone surrogate in argv) ended in psycopg's
-    UnicodeEncodeError traceback; an id PostgreSQL text cannot hold (that, or U+0000) is no stored
-    key's: `error: no API key …`, exit 2, as an unknown id is, the database never reached."""
+    UnicodeEncodeError traceback; an id PostgreSQL text cannot hold (that, or U+0000, which
+    DELETE /v1/api-keys/{key_id} answers 422) is refused as the API refuses it, as a bad id rather
+    than an unknown one, named with its escapes, exit 2, the database never reached."""
     monkeypatch.setenv("TOKENTILL_DATABASE_URL", "postgresql://postgres@127.0.0.1:1/nowhere")
     assert main(["keys", "revoke", key_id]) == 2
-    assert capsys.readouterr().err.startswith("error: no API key "), key_id
+    assert capsys.readouterr().err == f"error: {said}\n", key_id
     assert main(["keys", "revoke", "key_0123456789abcdef"]) == DATABASE_UNREACHABLE  # a possible id: looked up
+
+
+@pytest.mark.parametrize("key_id, shown", [
+    ("key_\x1b[8mX", "key_\\x1b[8mX"),  # ESC [8m: what follows it hidden on a terminal
+    ("key_1\nkey_2", "key_1\\nkey_2"),  # a second line of its own
+    ("key_\u202eX", "key_\\u202eX"),  # a bidi override
+])
+def test_revoking_an_unknown_key_id_with_a_control_character_names_it_escaped(key_id, shown, database_url,
+                                                                               monkeypatch, capsys):
+    """`keys revoke $'key_\\x1b[31mX'` printed `error: no API key key_` and the id's ESC as it was
+    (the rest of the terminal's text red), a line break as a line of its own. The API answers such
+    an id (no key has one) 404; the command still says no such key, exit 2, the id's control and
+    format characters written as escapes, as `keys list` writes a name."""
+    monkeypatch.setenv("TOKENTILL_DATABASE_URL", database_url)
+    assert main(["keys", "revoke", key_id]) == 2
+    assert capsys.readouterr().err == f"error: no API key {shown}\n"
 
 
 @pytest.mark.parametrize("given, named", [
