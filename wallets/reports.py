@@ -28,15 +28,20 @@ def when(value: datetime | None) -> str | None:
 _ENTRIES = text("""
 SELECT j.id, j.key, j.kind, j.occurred_at, j.metadata,
        coalesce((SELECT jsonb_agg(jsonb_build_array(a.code, p.amount, a.asset) ORDER BY p.id)
-                   FROM postings p JOIN accounts a ON a.id = p.account_id WHERE p.entry_id = j.id),
+                   FROM postings p JOIN accounts a ON a.id = p.account_id
+                  WHERE p.lane = j.lane AND p.entry_id = j.id),
                 '[]'::jsonb) AS postings
-  FROM journal_entries j WHERE j.key = ANY(:keys) OR j.id = ANY(:ids) ORDER BY j.id
+  FROM journal_entries j
+ WHERE j.lane = ledger_entry_lane(CAST(:customer AS text)) AND (j.key = ANY(:keys) OR j.id = ANY(:ids))
+ ORDER BY j.id
 """)
 
 
-async def entries(conn: AsyncConnection, keys: list[str], ids: Sequence[int] = ()) -> list[dict[str, Any]]:
-    """The journal entries with these keys or ids, with their postings."""
-    rows = await conn.execute(_ENTRIES, {"keys": keys, "ids": list(ids)})
+async def entries(conn: AsyncConnection, customer_id: str, keys: list[str], ids: Sequence[int] = ()
+                  ) -> list[dict[str, Any]]:
+    """The journal entries with these keys or ids in `customer_id`'s lane (an entry id is unique
+    within its lane alone), with their postings (in that lane)."""
+    rows = await conn.execute(_ENTRIES, {"customer": customer_id, "keys": keys, "ids": list(ids)})
     return [{"id": r.id, "key": r.key, "kind": r.kind, "occurred_at": when(r.occurred_at),
              "metadata": r.metadata,
              "postings": [{"account": code, "amount": money(amount, asset)} for code, amount, asset in r.postings]}
@@ -60,7 +65,7 @@ SELECT c.*, v.rules AS version_rules, (SELECT u.currency FROM customers u WHERE 
                          'old_amount', a.old_amount, 'new_amount', a.new_amount, 'entry_id', a.entry_id,
                          'credit_note', n.number) ORDER BY a.id)
           FROM charge_adjustments a LEFT JOIN credit_notes n ON n.id = a.credit_note_id
-         WHERE a.charge_id = c.id) AS adjustments
+         WHERE a.lane = c.lane AND a.charge_id = c.id) AS adjustments
   FROM charges c LEFT JOIN price_book_versions v ON v.book_id = c.price_book AND v.version = c.price_version
  WHERE {where} ORDER BY c.id
 """)
@@ -112,7 +117,7 @@ async def reservation(conn: AsyncConnection, reservation_id: str, now: datetime 
         "expires_at": when(r.expires_at), "closed_at": when(r.closed_at),
         "holds": [{"seq": h.seq, "account": h.account_code, "amount": money(h.amount, r.currency)} for h in holds],
         "charges": [_charge(c) for c in charges],
-        "entries": await entries(conn, keys, _adjustment_entries(charges)),
+        "entries": await entries(conn, r.customer_id, keys, _adjustment_entries(charges)),
     }
 
 
@@ -170,7 +175,7 @@ async def _event_trace(conn: AsyncConnection, customer_id: str, event_id: str
     entry_ids += _adjustment_entries(charges)
     return ({"event_id": event.event_id, "model": event.model, "occurred_at": when(event.occurred_at),
              "usage": event.usage, "dimensions": event.dimensions, "recorded_at": when(event.created_at)},
-            [_charge(c) for c in charges], await entries(conn, [], entry_ids))
+            [_charge(c) for c in charges], await entries(conn, customer_id, [], entry_ids))
 
 
 async def ensure_book_visible(conn: AsyncConnection, book_id: str, customers: Sequence[str]) -> None:

@@ -8,45 +8,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
-from wallet_kit import BOOK, Kit
+from wallet_kit import BOOK, Kit, checked_beside_a_copy
 
-from ledger.audit import Check, CheckFn
-from ledger.lanes import lane_count, lane_of
 from wallets import books, chart, rerating
 from wallets.audit import charges_match_entries, credit_notes_tie_out, lots_match_accounts, usage_events_charged
-
-
-async def forge_copy(conn: AsyncConnection, cid: str, entry_id: int, postings: dict[str, int]) -> None:
-    """As a superuser with triggers off, insert into a lane other than `cid`'s a copy of `cid`'s entry
-    `entry_id` (same id, kind and metadata) for a customer of that lane, with `postings` (account code
-    -> amount). The caller reads what it checks in this transaction, then rolls it back."""
-    lanes = await lane_count(conn)
-    other = next(f"o{i}" for i in range(1000) if lane_of(f"o{i}", lanes) != lane_of(cid, lanes))
-    await conn.execute(text("SET LOCAL session_replication_role = replica"))
-    await conn.execute(text("""
-        INSERT INTO journal_entries (lane, id, key, request_hash, kind, customer_id, occurred_at, recorded_at,
-                                     metadata, txid)
-        SELECT :lane, id, 'forged', request_hash, kind, :other, occurred_at, recorded_at, metadata, txid
-          FROM journal_entries WHERE lane = :own AND id = :id"""),
-                       {"lane": lane_of(other, lanes), "other": other, "own": lane_of(cid, lanes), "id": entry_id})
-    for code, amount in postings.items():
-        await conn.execute(text("""
-            INSERT INTO postings (lane, entry_id, account_id, amount)
-            SELECT :lane, :id, a.id, :amount FROM accounts a WHERE a.code = :code"""),
-                           {"lane": lane_of(other, lanes), "id": entry_id, "code": code, "amount": amount})
-
-
-async def checked_beside_a_copy(kit: Kit, cid: str, entry_id: int, postings: dict[str, int], check: CheckFn) -> Check:
-    """What `check` finds once `forge_copy` copied `cid`'s entry `entry_id` into another lane with
-    `postings` (rolled back after)."""
-    async def forged(conn: AsyncConnection) -> Check:
-        await forge_copy(conn, cid, entry_id, postings)
-        found = await check(conn)
-        await conn.rollback()
-        return found
-
-    return await kit.db.read(forged)
 
 
 async def test_a_copy_of_a_charge_s_entry_id_in_another_lane_is_not_read_as_its_revenue(kit: Kit):
