@@ -104,6 +104,7 @@ from pricing.attachments import audio_tokens, decoded, pdf_pages, pdf_tokens
 from pricing.errors import PricingError
 from pricing.images import base64_size, data_url_size, rule_for
 from pricing.tokens import REPLY_PRIMING_TOKENS, TOKENS_PER_MESSAGE, TokenCounter, with_margin
+from pricing.usage import MAX_QUANTITY
 
 CHAT, RESPONSES, EMBEDDINGS, MESSAGES = "chat.completions", "responses", "embeddings", "messages"
 # (provider, path under its mount) -> the kind of call
@@ -184,7 +185,7 @@ def _count(value: Any, name: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
-        raise CallError(name, "must be a whole number, 0 or more")
+        raise CallError(name, f"must be a whole number from 0 to {MAX_COUNT}")
     return value
 
 
@@ -365,14 +366,16 @@ def _output_cap(kind: str, body: dict[str, Any], default: int) -> tuple[int, boo
         return 0, False
     names = {CHAT: ("max_completion_tokens", "max_tokens"), RESPONSES: ("max_output_tokens",),
              MESSAGES: ("max_tokens",)}[kind]
-    given = [c for c in (_count(body.get(n), n) for n in names) if c is not None]
-    cap = max(given) if given else default  # both caps of a chat call: the upstream may obey either
+    given = [(c, n) for c, n in ((_count(body.get(n), n), n) for n in names) if c is not None]
+    cap, name = max(given) if given else (default, names[0])  # both caps of a chat call: the upstream may obey either
     added = not given and kind != MESSAGES  # Anthropic refuses a call without max_tokens itself
     if added:
         body[names[0]] = default
-    if kind == CHAT:
-        cap *= _count(body.get("n"), "n") or 1
-    return cap, added
+    choices = (_count(body.get("n"), "n") or 1) if kind == CHAT else 1
+    if cap * choices > MAX_QUANTITY:  # the hold would refuse it naming its own max_output_tokens
+        raise CallError("n", f"holds {choices} choices of {name} {cap}: {cap * choices} output tokens, "
+                             f"past the {MAX_QUANTITY} a hold counts")
+    return cap * choices, added
 
 
 def _priced(kind: str, body: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:

@@ -89,6 +89,25 @@ def test_malformed_calls_name_the_field(body, field):
     assert raised.value.field == field
 
 
+@pytest.mark.parametrize(("cap", "field", "message"), [
+    # one cap past 10**12 (the most a count may be): it is a whole number, 0 or more, all the same
+    ({"max_tokens": 10**12 + 1}, "max_tokens", "must be a whole number from 0 to 1000000000000"),
+    # 1,001 choices of 10**12 tokens each: 1.001 * 10**15 output tokens, past the 10**15 a hold counts
+    ({"max_tokens": 10**12, "n": 1001}, "n", "holds 1001 choices of max_tokens 1000000000000"),
+    ({"max_completion_tokens": 10**12, "max_tokens": 5, "n": 1001}, "n",
+     "holds 1001 choices of max_completion_tokens 1000000000000"),
+])
+def test_an_output_cap_too_large_to_hold_names_the_fields_the_call_gave(cap, field, message):
+    """Was: 10**12 + 1 refused as "must be a whole number, 0 or more", which it is; and a chat call
+    whose cap times n passed 10**15 went to the hold, refused 422 naming `max_output_tokens`, a
+    field of the reserve API the caller never sent."""
+    with pytest.raises(CallError) as raised:
+        call(CHAT, {"model": "gpt-4", "messages": HI, **cap})
+    assert raised.value.field == field and message in raised.value.message
+    # 1,000 choices of 10**12: 10**15 exactly, held (a hold that large is then a 402, not a 422)
+    assert call(CHAT, {"model": "gpt-4", "messages": HI, "max_tokens": 10**12, "n": 1000}).max_output_tokens == 10**15
+
+
 @pytest.mark.parametrize("escape", [b"\\ud800", b"\\ud800\\u0041", b"\\udc00"])
 def test_an_unpaired_surrogate_in_a_call_is_named_not_a_truncated_input(escape):
     """msgspec's "Input data was truncated" (a whole body) was the gateway's answer, "not JSON: ..."."""
