@@ -518,6 +518,9 @@ def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: Token
             changed = changed or tools_changed
     elif kind == CHAT:
         uses, results = openai_chat_search(body, server_tool_result_tokens)
+    if prompt_tokens + results > MAX_QUANTITY:  # the hold would refuse it naming its own prompt_tokens
+        raise CallError("tools" if kind == MESSAGES else "max_tool_calls",
+                        f"holds {results} input tokens of tool results, past the {MAX_QUANTITY} a hold counts")
     if standard_tier and "service_tier" in _chosen_by_provider(kind, body):
         body["service_tier"], changed = STANDARD_TIERS[kind], True
     wanted = True

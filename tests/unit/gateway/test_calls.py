@@ -108,6 +108,20 @@ def test_an_output_cap_too_large_to_hold_names_the_fields_the_call_gave(cap, fie
     assert call(CHAT, {"model": "gpt-4", "messages": HI, "max_tokens": 10**12, "n": 1000}).max_output_tokens == 10**15
 
 
+@pytest.mark.parametrize(("kind", "body", "field"), [
+    # 10**12 web searches, each held 10,000 tokens of results (SERVER_TOOL_RESULT_TOKENS): 10**16
+    (MESSAGES, {"max_tokens": 10, "messages": HI,
+                "tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 10**12}]}, "tools"),
+    (RESPONSES, {"max_output_tokens": 10, "input": "hi", "max_tool_calls": 10**12, "tools": [{"type": "web_search"}]},
+     "max_tool_calls"),
+])
+def test_tool_results_too_many_to_hold_name_the_field_the_call_gave(kind, body, field):
+    """Was: held, and refused by the reserve 422 naming `prompt_tokens`, a field the caller never sent."""
+    with pytest.raises(CallError) as raised:
+        call(kind, {"model": "gpt-4", **body})
+    assert raised.value.field == field and "10000000000000000 input tokens of tool results" in raised.value.message
+
+
 @pytest.mark.parametrize("escape", [b"\\ud800", b"\\ud800\\u0041", b"\\udc00"])
 def test_an_unpaired_surrogate_in_a_call_is_named_not_a_truncated_input(escape):
     """msgspec's "Input data was truncated" (a whole body) was the gateway's answer, "not JSON: ..."."""
