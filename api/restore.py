@@ -7,6 +7,7 @@ journal's; a new embedded one is moved past them here (its epoch, with pg_resetw
 outside server's operator is told how."""
 from __future__ import annotations
 
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -16,12 +17,40 @@ import psycopg
 from api.runtime import DatabaseHandle, open_database, sync_url, upgrade
 from api.settings import Settings
 from ledger import embedded
+from ledger.offline import printable
 from migrations import runner
+
+PGDMP = b"PGDMP"  # how every archive pg_dump --format=custom writes begins
+
+
+def unfit(dump: Path) -> str | None:
+    """Why `dump` is no backup to restore, or None: what pg_restore would refuse only once a
+    database is opened (an embedded cluster made), and what it cannot be given (a directory)."""
+    try:
+        mode = dump.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return "no such file"
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror}"
+    if stat.S_ISDIR(mode):
+        return "a directory, not a backup file (pg_dump --format=custom writes one file)"
+    if not stat.S_ISREG(mode):  # a FIFO or a device: opening it may wait for ever
+        return "not a file: a backup is the one file pg_dump --format=custom writes"
+    try:
+        with dump.open("rb") as file:
+            head = file.read(len(PGDMP))
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror}"
+    if not head:
+        return "an empty file, not a backup (pg_dump --format=custom writes one that begins PGDMP)"
+    if head != PGDMP:
+        return "not a backup: an archive of pg_dump --format=custom begins PGDMP"
+    return None
 
 
 def restore(settings: Settings, dump: Path) -> int:
-    if not dump.is_file():  # a bad argument: a usage error, exit 2, as audit verify --file's (it was 1)
-        print(f"error: {dump}: no such file", file=sys.stderr)
+    if (problem := unfit(dump)) is not None:  # a bad argument: a usage error, exit 2, as audit verify --file's
+        print(f"error: {printable(str(dump))}: {problem}", file=sys.stderr)
         return 2
     handle = open_database(settings, migrate=False)
     try:
