@@ -46,6 +46,11 @@ class WalletValidationError(WalletError):
         super().__init__(f"{field}: {message}", fields=[{"field": field, "message": message}])
 
 
+class NothingKeptError(WalletValidationError):
+    """A settle whose usage the route refused, sent only to be answered as the settle kept for
+    its body (`Settle.kept_only`), where none is: the route refuses the usage as it read it."""
+
+
 class ImmutableFieldError(WalletError):
     """A change of a customer's field that never changes (id, currency, billing, its billing
     cycle): changing it would rewrite history. Names the field."""

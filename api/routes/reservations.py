@@ -1,6 +1,7 @@
 """The hot path: reserve before inference, settle (or capture) after it, release if unused."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -32,7 +33,6 @@ from api.routes.schemas import (
     json_object,
 )
 from api.routes.wire import Answer, amount_in, idempotency, kept_answer, money, respond, shaped, time_out
-from ledger.db import Database
 from ledger.model import request_hash
 from wallets import reports
 from wallets.commands import (
@@ -46,8 +46,8 @@ from wallets.commands import (
     Settle,
     SettleResult,
 )
-from wallets.core.idempotency import IdemKey, Replayed
-from wallets.errors import WalletValidationError
+from wallets.core.idempotency import Replayed
+from wallets.errors import NothingKeptError, WalletValidationError
 
 
 class CreateReservationRequest(msgspec.Struct, forbid_unknown_fields=True):  # a typo is a 422
@@ -205,25 +205,35 @@ async def settle(
     customer_id = await services_of(request).wallets.owner_of(reservation_id)
     ensure_owner(request, customer_id, f"reservation {reservation_id}")
     body = _settle_body(data)
-    idem = idempotency(request, body)
-    read = await settle_usage(services_of(request).db, data, customer_id, idem)
-    if isinstance(read, Replayed):
-        return respond(request, read, SETTLED)
-    tokens, usage = read
     command = Settle(customer_id=customer_id, reservation_id=reservation_id,
-                     request_hash=request_hash(body), tokens=tokens, usage=usage,
+                     request_hash=request_hash(body), tokens={}, usage={},
                      final=data.final, capture_id=data.capture_id, forced_by=forced_by,
-                     from_caller=principal_of(request).scope != "admin", idem=idem)
-    return respond(request, await services_of(request).wallets.submit(command), SETTLED)
+                     from_caller=principal_of(request).scope != "admin", idem=idempotency(request, body))
+    return respond(request, await settle_outcome(services_of(request), data, command), SETTLED)
 
 
-async def settle_usage(db: Database, data: SettleRequest, customer_id: str, idem: IdemKey | None
-                       ) -> tuple[dict[str, int], dict[str, Any]] | Replayed:
-    """A settle's usage (counts, what to store), or, when its usage is refused, the answer kept
-    under its key (`usage_or_kept`)."""
-    return await usage_or_kept(
+async def settle_outcome(services: Any, data: SettleRequest, command: Settle) -> Any:
+    """`command` submitted with the usage `data` reports (its counts, what to store), or, when
+    that usage is refused, answered as the settle kept for it (`usage_or_kept`): under its key,
+    else the reservation's final or capture of its body (a keyless settle sent again)."""
+    read = await usage_or_kept(
         lambda: usage_tokens(data.usage, data.openai_usage, data.anthropic_usage, data.gemini_usage),
-        lambda: kept_answer(db, idem, customer_id))
+        lambda: _kept_settle(services, command))
+    if isinstance(read, tuple):
+        return await services.wallets.submit(replace(command, tokens=read[0], usage=read[1]))
+    return read
+
+
+async def _kept_settle(services: Any, command: Settle) -> Replayed | SettleResult | None:
+    """The answer kept under the settle's key, else the reservation's settle of its body (the
+    lane's, `kept_only`: never rated, nothing kept under the key), else None."""
+    kept = await kept_answer(services.db, command.idem, command.customer_id)
+    if kept is not None:
+        return kept
+    try:
+        return await services.wallets.submit(replace(command, idem=None, kept_only=True))
+    except NothingKeptError:
+        return None
 
 
 def _settle_body(data: SettleRequest) -> dict[str, Any]:

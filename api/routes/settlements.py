@@ -18,7 +18,7 @@ from litestar.datastructures import State
 
 from api.auth import guarded_post, principal_of, require
 from api.errors import RETRY_AFTER_S, ApiError, Problem, documented, error_response, problem_body, unexpected
-from api.routes.reservations import SETTLED, SettleRequest, SettleResponse, _settle_body, settle_usage
+from api.routes.reservations import SETTLED, SettleRequest, SettleResponse, _settle_body, settle_outcome
 from api.routes.schemas import (
     ANTHROPIC_USAGE,
     CANONICAL_USAGE,
@@ -35,7 +35,6 @@ from ledger.errors import LedgerError
 from ledger.model import request_hash
 from pricing.errors import PricingError
 from wallets.commands import Settle
-from wallets.core.idempotency import Replayed
 from wallets.errors import WalletValidationError
 
 MAX_SETTLES = 1000
@@ -134,10 +133,9 @@ async def _settle_one(state: State, request: Request, raw: Any, lookups: asyncio
             customer_id = await state.services.wallets.owner_of(item.reservation_id)
         if not principal_of(request).may_see(customer_id):
             raise ApiError("forbidden", f"this key may not settle reservation {item.reservation_id}", 403)
-        read = await settle_usage(state.services.db, data, customer_id, idem)
-        outcome = read if isinstance(read, Replayed) else await state.services.wallets.submit(Settle(
+        outcome = await settle_outcome(state.services, data, Settle(
             customer_id=customer_id, reservation_id=item.reservation_id, request_hash=request_hash(body),
-            tokens=read[0], usage=read[1], final=item.final, capture_id=item.capture_id,
+            tokens={}, usage={}, final=item.final, capture_id=item.capture_id,
             from_caller=principal_of(request).scope != "admin", idem=idem))
     except (LedgerError, PricingError, ApiError, RetriesExhaustedError) as exc:
         return _problem(request, exc, raw, key)

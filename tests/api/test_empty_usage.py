@@ -266,3 +266,34 @@ async def test_a_usage_event_kept_before_gemini_usage_was_checked_is_a_duplicate
     assert "gemini_usage" in body["rejected"][1]["detail"]
     assert (await client.get(f"/v1/audit/charges/new-{tag}")).status_code == 404
     assert (await client.get(f"/v1/customers/{customer}/wallet")).json()["available"] == "10.00"
+
+
+async def test_a_keyless_final_settle_kept_before_gemini_usage_was_checked_replays_its_answer(client, customer, tag,
+                                                                                            monkeypatch):
+    """As the keyed settle, with no Idempotency-Key: a final settle is known by its reservation,
+    and the same final body sent again replays its first answer (the core's final-hash replay).
+    `{"gemini_usage": {}}` settled before 9bf37b7 (a call that used nothing: charged 0.00, the
+    $1.00 hold released 1.00), sent again after it, was 422 naming `gemini_usage`: its usage was
+    refused before the reservation was read. Now the reservation's kept final answers it (200,
+    Idempotent-Replayed: true, the same body), in `POST /v1/settlements` too (replayed: true,
+    under the item's derived key, kept nowhere); the same usage as a capture (final: false) with no
+    capture id, kept nowhere, is 422 naming `gemini_usage`, and so is a settle of it on a new
+    reservation, whose $1.00 hold stays: 10.00 - 1.00 = 9.00 available."""
+    rid, new = await _held(client, customer, f"kl-{tag}"), await _held(client, customer, f"nl-{tag}")
+    body = {"gemini_usage": {}, "final": True}
+    with monkeypatch.context() as before:
+        _read_as_before_9bf37b7(before)
+        first = await client.post(f"/v1/reservations/{rid}/settle", json=body)
+    assert (first.status_code, first.json()["charged"], first.json()["released"]) == (200, "0.00", "1.00")
+    assert "idempotent-replayed" not in first.headers
+    retried = await client.post(f"/v1/reservations/{rid}/settle", json=body)
+    assert (retried.status_code, retried.headers.get("idempotent-replayed")) == (200, "true"), retried.text
+    assert retried.json() == first.json()
+    bulk = (await client.post("/v1/settlements", json=[{"reservation_id": rid, **body}])).json()["results"][0]
+    assert (bulk["status"], bulk["replayed"], bulk["body"]) == (200, True, first.json()), bulk
+    capture = await client.post(f"/v1/reservations/{rid}/settle", json={**body, "final": False})
+    assert (capture.status_code, [f["field"] for f in capture.json()["fields"]]) == (422, ["gemini_usage"])
+    refused = await client.post(f"/v1/reservations/{new}/settle", json=body)
+    assert (refused.status_code, [f["field"] for f in refused.json()["fields"]]) == (422, ["gemini_usage"])
+    assert (await client.get(f"/v1/reservations/{new}")).json()["status"] == "held"
+    assert (await client.get(f"/v1/customers/{customer}/wallet")).json()["available"] == "9.00"

@@ -101,6 +101,9 @@ class Settle(Command):
     forced_by: str | None = None  # an admin key's id: charge usage past the plausibility bounds
     # sent over HTTP by a key other than an admin's: a gateway call's reservation is not its to close
     from_caller: bool = False
+    # its usage refused, sent only to be answered as the settle kept for its body (the
+    # reservation's final, or its capture_id's): never rated (api.routes.reservations.settle_outcome)
+    kept_only: bool = False
     needs_book = True
 
     def _keys(self) -> set[tuple[str, ...]]:

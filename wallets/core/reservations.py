@@ -52,6 +52,7 @@ from wallets.errors import (
     ForbiddenError,
     InsufficientFundsError,
     NotFoundError,
+    NothingKeptError,
     ReservationClosedError,
     WalletValidationError,
 )
@@ -252,21 +253,42 @@ def _replayed_settle(charge: dict[str, Any], status: str, currency: str) -> Deci
     return Decision(Outcome(result.code, result))
 
 
-def settle(state: State, cmd: Settle, now: datetime, book: PriceBook | None) -> Decision:
-    """Charge reported usage, rated at the reservation's time: from the hold, then the lots, then
-    the receivable (never refused for lack of funds). A final settle gives the unused hold back."""
-    w = state.require_wallet()
-    r = reservation_of(w, cmd.reservation_id)
-    _gateways_own(r, cmd.from_caller)
-    currency = w.customer.currency
+def _kept_settle(r: Reservation, cmd: Settle, currency: str) -> Decision | None:
+    """The settle kept for `cmd`'s body, answered again: its capture_id's (another body under it
+    is a conflict), or the reservation's final, sent again."""
     if cmd.capture_id and cmd.capture_id in r.capture_ids:
         digest, charge = r.capture_ids[cmd.capture_id]
         if digest != cmd.request_hash:
             raise ConflictError(f"capture {cmd.capture_id} was sent with another body")
         return _replayed_settle(charge, r.status, currency)
+    if r.status == chart.SETTLED and cmd.final and r.final_hash == cmd.request_hash and r.final_charge:
+        return _replayed_settle(r.final_charge, r.status, currency)
+    return None
+
+
+def _kept_only(r: Reservation, cmd: Settle, currency: str) -> Decision:
+    """A settle whose usage the route refused: answered as the settle kept for its body (as that
+    body, read, is answered), never rated; with none kept, NothingKeptError (the route's 422)."""
+    kept = _kept_settle(r, cmd, currency)
+    if kept is None:
+        raise NothingKeptError("usage", f"refused, and reservation {r.id} keeps no settle of this body")
+    _gateways_own(r, cmd.from_caller)
+    return kept
+
+
+def settle(state: State, cmd: Settle, now: datetime, book: PriceBook | None) -> Decision:
+    """Charge reported usage, rated at the reservation's time: from the hold, then the lots, then
+    the receivable (never refused for lack of funds). A final settle gives the unused hold back."""
+    w = state.require_wallet()
+    r = reservation_of(w, cmd.reservation_id)
+    currency = w.customer.currency
+    if cmd.kept_only:
+        return _kept_only(r, cmd, currency)
+    _gateways_own(r, cmd.from_caller)
+    kept = _kept_settle(r, cmd, currency)
+    if kept is not None:
+        return kept
     if r.status in (chart.SETTLED, chart.RELEASED):
-        if r.status == chart.SETTLED and cmd.final and r.final_hash == cmd.request_hash and r.final_charge:
-            return _replayed_settle(r.final_charge, r.status, currency)
         # A capture with an id of its own reports usage that happened; one that arrives after the
         # reservation closed (the SDK spooled it and its block's exit released or settled first)
         # is charged like a late settle after expiry, once by its id. A second final is refused.
