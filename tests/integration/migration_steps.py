@@ -1,11 +1,13 @@
 """Steps the migration tests take on the `migrating` connection (tests/integration/conftest.py):
 a customer to own the rows they write, a downgrade that must refuse to lose them, and raw entries
-between two accounts (the reference guards of 0061 and 0088)."""
+between two accounts (the reference guards of 0061 and 0088); and on a psycopg connection to
+`scratch_url`, a customer and its lane, and a customer id of that lane there is none of."""
 from __future__ import annotations
 
 import json
 from typing import Any
 
+import psycopg
 import pytest
 from alembic import command
 from alembic.config import Config
@@ -18,6 +20,19 @@ def a_customer(conn: Connection, customer_id: str) -> None:
     conn.execute(text("INSERT INTO assets (code, scale) VALUES ('USD', 9) ON CONFLICT DO NOTHING"))
     conn.execute(text("INSERT INTO customers (id, currency) VALUES (:id, 'USD')"), {"id": customer_id})
     conn.commit()
+
+
+def a_lane_customer(conn: psycopg.Connection, customer_id: str) -> int:
+    """Customer `customer_id` in USD (the asset made if missing), not committed: its lane."""
+    conn.execute("INSERT INTO assets (code, scale) VALUES ('USD', 9) ON CONFLICT DO NOTHING")
+    conn.execute("INSERT INTO customers (id, currency) VALUES (%s, 'USD')", (customer_id,))
+    return conn.execute("SELECT ledger_lane(%s)", (customer_id,)).fetchone()[0]
+
+
+def gone_of_lane(conn: psycopg.Connection, lane: int) -> str:
+    """A customer id there is none of, of `lane` (a row's lane is its customer's)."""
+    return next(f"gone{n}" for n in range(1000)
+                if conn.execute("SELECT ledger_lane(%s)", (f"gone{n}",)).fetchone()[0] == lane)
 
 
 def downgrade_refused(conn: Connection, config: Config, below: str, match: str) -> None:

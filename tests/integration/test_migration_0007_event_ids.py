@@ -4,9 +4,10 @@ from __future__ import annotations
 import pytest
 from alembic import command
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 
 from migrations import runner
+from tests.integration.migration_steps import a_customer, downgrade_refused
 
 EVENT = """INSERT INTO usage_events (event_id, customer_id, request_hash, model, occurred_at, usage)
            VALUES (:e, :c, '\\x01', 'model-a', now(), '{}')"""
@@ -20,8 +21,8 @@ def test_event_ids_become_per_customer_and_existing_rows_and_keys_stay(migrating
     conn, config = migrating
     command.downgrade(config, "0006")
     conn.commit()
-    conn.execute(text("INSERT INTO assets (code, scale) VALUES ('USD', 9) ON CONFLICT DO NOTHING"))
-    conn.execute(text("INSERT INTO customers (id, currency) VALUES ('mig-a', 'USD'), ('mig-b', 'USD')"))
+    a_customer(conn, "mig-a")
+    a_customer(conn, "mig-b")
     conn.execute(text("INSERT INTO api_keys (id, secret_hash, scope, customers) "
                       "VALUES ('key_mig', '\\xabcd', 'auditor', '{mig-a}')"))
     conn.execute(text(EVENT), {"e": "shared-evt-1", "c": "mig-a"})
@@ -51,16 +52,13 @@ def test_event_ids_become_per_customer_and_existing_rows_and_keys_stay(migrating
         conn.execute(text(CHARGE.replace(":e, :e", ":e, 'x'")), {"e": "never-sent", "c": "mig-a"})
     conn.rollback()
 
-    with pytest.raises(DBAPIError, match="shared-evt-1 is used by several customers"):
-        command.downgrade(config, "0006")
-    conn.rollback()
+    downgrade_refused(conn, config, "0006", "shared-evt-1 is used by several customers")
     assert runner.current_revision(conn) == "0007"
 
 
 def test_0007_goes_down_and_up_with_rows_in_place(migrating):
     conn, config = migrating
-    conn.execute(text("INSERT INTO assets (code, scale) VALUES ('USD', 9) ON CONFLICT DO NOTHING"))
-    conn.execute(text("INSERT INTO customers (id, currency) VALUES ('mig-c', 'USD')"))
+    a_customer(conn, "mig-c")
     conn.execute(text(EVENT), {"e": "evt-1", "c": "mig-c"})
     conn.execute(text(CHARGE), {"e": "evt-1", "c": "mig-c"})
     conn.commit()

@@ -10,6 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from migrations import runner
+from tests.integration.migration_steps import a_customer
 
 ROW = """INSERT INTO true_up_charges (lane, customer_id, period, rule_id, charge_id, rerate_id, units)
          VALUES (ledger_lane('m69'), 'm69', '2026-11', :rule, :charge, NULL, :units)"""
@@ -19,8 +20,7 @@ def test_two_rows_of_one_true_up_and_charge_stop_the_upgrade_and_none_is_taken_a
     conn, config = migrating
     command.downgrade(config, "0070")
     conn.commit()
-    conn.execute(text("INSERT INTO assets (code, scale) VALUES ('USD', 9) ON CONFLICT DO NOTHING"))
-    conn.execute(text("INSERT INTO customers (id, currency) VALUES ('m69', 'USD')"))
+    a_customer(conn, "m69")
     for units in (600, 600):  # the close's row of charge 7, inserted again by hand
         conn.execute(text(ROW), {"rule": "v-out", "charge": 7, "units": units})
     conn.execute(text(ROW), {"rule": "v-out", "charge": 8, "units": 400})

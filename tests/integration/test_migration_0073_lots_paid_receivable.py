@@ -7,13 +7,14 @@ from __future__ import annotations
 from alembic import command
 from sqlalchemy import text
 
+from tests.integration.migration_steps import a_customer
+
 
 def test_the_upgrade_marks_the_top_ups_that_paid_the_receivable(migrating):
     conn, config = migrating
     command.downgrade(config, "0072")
     conn.commit()
-    conn.execute(text("INSERT INTO assets (code, scale) VALUES ('USD', 9) ON CONFLICT DO NOTHING"))
-    conn.execute(text("INSERT INTO customers (id, currency) VALUES ('m73', 'USD')"))
+    a_customer(conn, "m73")
     conn.execute(text("SET session_replication_role = replica"))  # postings of one leg each: not balanced
     account = {}
     for code, kind in (("asset:customer:m73:receivable", "asset"),

@@ -11,17 +11,17 @@ import pytest
 from alembic import command
 
 from migrations import runner
+from tests.integration.migration_steps import a_lane_customer, gone_of_lane
 
 _ROW = ("INSERT INTO {table} (lane, customer_id, period, rule_id, charge_id, rerate_id, units) "
         "VALUES (ledger_lane(%s), %s, '2026-11', 'r1', %s, %s, 5)")
 
 
 def _setup(conn: psycopg.Connection) -> int:
-    conn.execute("INSERT INTO assets (code, scale) VALUES ('USD', 9) ON CONFLICT DO NOTHING")
-    conn.execute("INSERT INTO customers (id, currency) VALUES ('c75', 'USD')")
+    lane = a_lane_customer(conn, "c75")
     conn.execute("INSERT INTO rerates (id, book_id, version, range_from, range_to) "
                  "VALUES ('rr75', 'b', 'v2', '2026-11-01', '2026-12-01')")
-    return conn.execute("SELECT ledger_lane('c75')").fetchone()[0]
+    return lane
 
 
 def test_true_up_charges_has_no_row_level_foreign_key_and_a_statement_check_on_each_table(scratch_url):
@@ -39,9 +39,7 @@ def test_true_up_charges_has_no_row_level_foreign_key_and_a_statement_check_on_e
 def test_a_row_naming_a_missing_customer_or_re_rate_fails_its_whole_statement(scratch_url, named):
     with psycopg.connect(scratch_url) as conn:
         lane = _setup(conn)
-        # a customer id there is none of, of the same lane (a row's lane is its customer's)
-        gone = next(f"gone{n}" for n in range(1000)
-                    if conn.execute("SELECT ledger_lane(%s)", (f"gone{n}",)).fetchone()[0] == lane)
+        gone = gone_of_lane(conn, lane)
         conn.commit()
         table = "true_up_charges" if named == "parent" else f"true_up_charges_l{lane}"
         row = _ROW.format(table=table)
@@ -88,18 +86,12 @@ def test_the_downgrade_restores_the_foreign_keys(migrating):
     assert runner.current_revision(conn) == runner.head_revision()
 
 
-def _gone(conn: psycopg.Connection, lane: int) -> str:
-    """A customer id there is none of, of `lane`."""
-    return next(f"gone{n}" for n in range(1000)
-                if conn.execute("SELECT ledger_lane(%s)", (f"gone{n}",)).fetchone()[0] == lane)
-
-
 @pytest.mark.parametrize("named", ["parent", "partition"])
 def test_copy_and_a_data_modifying_cte_naming_a_missing_customer_or_re_rate_fail(scratch_url, named):
     """COPY and an INSERT in a WITH fire the statement check as INSERT does (the keys checked each row)."""
     with psycopg.connect(scratch_url) as conn:
         lane = _setup(conn)
-        gone = _gone(conn, lane)
+        gone = gone_of_lane(conn, lane)
         conn.commit()
         table = "true_up_charges" if named == "parent" else f"true_up_charges_l{lane}"
         for customer, rerate in ((gone, None), ("c75", "no-such-rerate")):
@@ -122,7 +114,7 @@ def test_a_row_cannot_be_updated_to_name_a_missing_customer_or_re_rate(scratch_u
     the statement check on INSERT alone is enough."""
     with psycopg.connect(scratch_url) as conn:
         lane = _setup(conn)
-        gone = _gone(conn, lane)
+        gone = gone_of_lane(conn, lane)
         conn.execute(_ROW.format(table="true_up_charges"), ("c75", "c75", 1, "rr75"))
         conn.commit()
         table = "true_up_charges" if named == "parent" else f"true_up_charges_l{lane}"

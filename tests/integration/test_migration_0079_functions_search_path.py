@@ -23,6 +23,7 @@ from sqlalchemy import create_engine
 from api.bench.common import scratch_database
 from api.runtime import sync_url
 from migrations import runner
+from tests.integration.migration_steps import a_lane_customer, gone_of_lane
 
 # The functions that name a table (read by hand from their bodies, migrations 0009-0078, and
 # 0081's seals_sealed_at_guard, created pinned): each is pinned. The guards that look only at NEW
@@ -64,18 +65,6 @@ def test_every_function_naming_a_table_searches_its_schema_before_pg_temp(scratc
         assert unpinned == set()
 
 
-def _customer(conn: psycopg.Connection, customer: str = "c76") -> int:
-    conn.execute("INSERT INTO assets (code, scale) VALUES ('USD', 9) ON CONFLICT DO NOTHING")
-    conn.execute("INSERT INTO customers (id, currency) VALUES (%s, 'USD')", (customer,))
-    return conn.execute("SELECT ledger_lane(%s)", (customer,)).fetchone()[0]
-
-
-def _gone(conn: psycopg.Connection, lane: int) -> str:
-    """A customer id there is none of, of `lane` (a row's lane is its customer's)."""
-    return next(f"gone{n}" for n in range(1000)
-                if conn.execute("SELECT ledger_lane(%s)", (f"gone{n}",)).fetchone()[0] == lane)
-
-
 _TRUE_UP = ("INSERT INTO true_up_charges (lane, customer_id, period, rule_id, charge_id, rerate_id, units) "
             "VALUES (%s, %s, '2026-11', 'r1', 1, %s, 5)")
 _CHARGE = ("INSERT INTO charges (lane, customer_id, event_id, request_id, final, request_hash, model, occurred_at, "
@@ -89,9 +78,9 @@ _MISSING_ENTRY = 987_654_321  # no journal entry has this id: the scratch databa
 def _attack(conn: psycopg.Connection, check: str) -> None:
     """Shadow the table `check` reads with a temporary one holding what the row names, then write
     the row naming what the real table lacks."""
-    lane = _customer(conn)
+    lane = a_lane_customer(conn, "c76")
     if check == "true_up_charges customer":
-        gone = _gone(conn, lane)
+        gone = gone_of_lane(conn, lane)
         conn.execute("CREATE TEMP TABLE customers (id text)")
         conn.execute("INSERT INTO customers VALUES (%s)", (gone,))
         conn.execute(_TRUE_UP, (lane, gone, None))
@@ -100,7 +89,7 @@ def _attack(conn: psycopg.Connection, check: str) -> None:
         conn.execute("INSERT INTO rerates VALUES ('no-such-rerate')")
         conn.execute(_TRUE_UP, (lane, "c76", "no-such-rerate"))
     elif check == "period_deltas customer":
-        gone = _gone(conn, lane)
+        gone = gone_of_lane(conn, lane)
         conn.execute("CREATE TEMP TABLE customers (id text)")
         conn.execute("INSERT INTO customers VALUES (%s)", (gone,))
         conn.execute("INSERT INTO period_deltas (lane, customer_id, period, items, quantities, amounts) "

@@ -10,7 +10,7 @@ from alembic import command
 from sqlalchemy import text
 
 from migrations import runner
-from tests.integration.migration_steps import a_customer, downgrade_refused
+from tests.integration.migration_steps import a_customer, a_lane_customer, downgrade_refused
 
 _ROW = ("INSERT INTO true_up_payers (lane, customer_id, period, rerate_id, charge_id, payer, units) "
         "VALUES (ledger_lane(%s), %s, '2026-11', %s, 7, %s, %s)")
@@ -18,9 +18,7 @@ _ROW = ("INSERT INTO true_up_payers (lane, customer_id, period, rerate_id, charg
 
 def test_a_payer_row_is_once_per_true_up_charge_and_payer_immutable_and_names_its_customer(scratch_url):
     with psycopg.connect(scratch_url) as conn:
-        conn.execute("INSERT INTO assets (code, scale) VALUES ('USD', 9) ON CONFLICT DO NOTHING")
-        conn.execute("INSERT INTO customers (id, currency) VALUES ('c80', 'USD')")
-        lane = conn.execute("SELECT ledger_lane('c80')").fetchone()[0]
+        lane = a_lane_customer(conn, "c80")
         conn.execute(_ROW, ("c80", "c80", None, "lot:a", 5))
         conn.execute(_ROW, ("c80", "c80", None, None, 2))  # what none of the charge's payers got
         conn.commit()

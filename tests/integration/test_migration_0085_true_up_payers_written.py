@@ -9,6 +9,7 @@ from alembic import command
 from sqlalchemy import text
 
 from migrations import runner
+from tests.integration.migration_steps import a_customer
 
 _ROW = ("INSERT INTO true_up_payers (lane, customer_id, period, charge_id, payer, units) "
         "VALUES (ledger_lane('d85'), 'd85', '2026-11', 7, :payer, 5)")
@@ -18,8 +19,7 @@ def test_rows_before_keep_no_number_rows_after_get_one_and_the_downgrade_keeps_t
     conn, config = migrating
     command.downgrade(config, "0084")
     conn.commit()
-    conn.execute(text("INSERT INTO assets (code, scale) VALUES ('USD', 9) ON CONFLICT DO NOTHING"))
-    conn.execute(text("INSERT INTO customers (id, currency) VALUES ('d85', 'USD')"))
+    a_customer(conn, "d85")
     conn.execute(text(_ROW), {"payer": "lot:a"})
     conn.commit()
     command.upgrade(config, "0085")
