@@ -436,6 +436,25 @@ async def test_a_rerate_of_one_book_counts_what_the_lots_paid_of_the_period_unde
     await verified(bk)
 
 
+async def late_and_own_charges(bk: BillingKit, name: str, late: int, own: int) -> tuple[str, Any, Any]:
+    """v1 at $20/M (below 100,000). Prepaid `name`: a $0.50 grant, then a $5.00 top-up (October 1st);
+    10,000 tokens on October 10th; October closes; on November 5th a late event of October 25th of
+    `late` tokens, on November 10th `own` tokens. The customer id, the grant and the top-up."""
+    await bk.add_book(vol("v1", "2026-01-01T00:00:00Z", "20", "10"))
+    bk.clock.now = datetime(2026, 10, 1, 9, tzinfo=UTC)
+    cid = await bk.customer(name, book="vol")
+    grant = await bk.grant(cid, "0.50")
+    top_up = await bk.top_up(cid, "5.00")
+    bk.clock.now = datetime(2026, 10, 10, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, 10_000)
+    await bk.close(datetime(2026, 11, 1, 1, tzinfo=UTC))
+    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, late, at=datetime(2026, 10, 25, 12, tzinfo=UTC))
+    bk.clock.now = datetime(2026, 11, 10, 12, tzinfo=UTC)
+    await bk.event(cid, "model-v", 0, own)
+    return cid, grant, top_up
+
+
 async def test_a_second_rerate_counts_what_a_rerate_of_late_and_own_charges_gave_back(fresh_db) -> None:
     """Prepaid: a $0.50 grant, then a $5.00 top-up (consumed last). v1 at $20/M (below 100,000).
     October 10th: 10,000 tokens, $0.20 (the grant). October closes. November 5th, a late event of
@@ -450,18 +469,7 @@ async def test_a_second_rerate_counts_what_a_rerate_of_late_and_own_charges_gave
     back at all: the top-up got $0.28 again, $0.16 past its $5.00, and that much of the grant's
     money became a paid credit lot (refundable as cash)."""
     bk = BillingKit(fresh_db)
-    await bk.add_book(vol("v1", "2026-01-01T00:00:00Z", "20", "10"))
-    bk.clock.now = datetime(2026, 10, 1, 9, tzinfo=UTC)
-    cid = await bk.customer("late2", book="vol")
-    grant = await bk.grant(cid, "0.50")
-    top_up = await bk.top_up(cid, "5.00")
-    bk.clock.now = datetime(2026, 10, 10, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 10_000)
-    await bk.close(datetime(2026, 11, 1, 1, tzinfo=UTC))
-    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 25_000, at=datetime(2026, 10, 25, 12, tzinfo=UTC))
-    bk.clock.now = datetime(2026, 11, 10, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 10_000)
+    cid, grant, top_up = await late_and_own_charges(bk, "late2", 25_000, 10_000)
     assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 4_600_000_000)}
     oct_1, oct_2 = datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 10, 2, tzinfo=UTC)
     await bk.add_book(vol("v2", "2026-10-01T00:00:00Z", "12", "6"))
@@ -493,18 +501,7 @@ async def test_a_rerate_of_own_charges_alone_counts_what_a_rerate_with_late_char
     re-rate of November's usage alone found the top-up's whole $0.30 as room: it got $0.20 again,
     $0.10 past its $5.00 a paid credit lot (refundable as cash) of the grant's money."""
     bk = BillingKit(fresh_db)
-    await bk.add_book(vol("v1", "2026-01-01T00:00:00Z", "20", "10"))
-    bk.clock.now = datetime(2026, 10, 1, 9, tzinfo=UTC)
-    cid = await bk.customer("late3", book="vol")
-    grant = await bk.grant(cid, "0.50")
-    top_up = await bk.top_up(cid, "5.00")
-    bk.clock.now = datetime(2026, 10, 10, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 10_000)
-    await bk.close(datetime(2026, 11, 1, 1, tzinfo=UTC))
-    bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 5_000, at=datetime(2026, 10, 25, 12, tzinfo=UTC))
-    bk.clock.now = datetime(2026, 11, 10, 12, tzinfo=UTC)
-    await bk.event(cid, "model-v", 0, 25_000)
+    cid, grant, top_up = await late_and_own_charges(bk, "late3", 5_000, 25_000)
     assert await live_lots(bk, cid) == {top_up.grant.id: ("topup", 4_700_000_000)}
     await bk.add_book(vol("v2", "2026-10-01T00:00:00Z", "12", "6"))
     bk.clock.now = datetime(2026, 11, 12, tzinfo=UTC)
