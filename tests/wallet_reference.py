@@ -73,3 +73,76 @@ class Ref:
                 self.breakage += amount
             else:
                 self.lots[code].remaining += amount
+
+    def held_on_credit(self) -> int:
+        """What the open holds take of the credit line (their receivable pieces left): a top-up pays
+        only the receivable beyond it."""
+        return sum(a for r in self.reservations.values() if r.status in chart.OPEN_STATUSES
+                   for code, a in r.left() if code == chart.receivable_account(self.customer))
+
+    def draw(self, amount: int, now: datetime) -> tuple[list[tuple[str, int]], int, bool]:
+        """How a hold of `amount` draws: its pieces (the live lots in order, then the credit line),
+        what none of them covers, and whether it is a hold of 0 on nothing to draw (refused:
+        model-x is priced, the call is not free)."""
+        sources = [(lot.code, lot.remaining) for lot in self.live(now)]
+        if self.receivable <= self.limit:
+            sources.append((chart.receivable_account(self.customer), self.limit - self.receivable))
+        empty = amount == 0 and not any(available > 0 for _, available in sources)
+        pieces, left = [], amount
+        for code, available in sources:
+            take = min(left, available)
+            if take:
+                pieces.append((code, take))
+                left -= take
+        return pieces, left, empty
+
+    def hold(self, rid: str, pieces: list[tuple[str, int]], expires_at: datetime) -> None:
+        """The hold `rid` of `pieces` (from draw) taken."""
+        for code, take in pieces:
+            if code in self.lots:
+                self.lots[code].remaining -= take
+            else:
+                self.receivable += take
+        self.reserved += sum(take for _, take in pieces)
+        self.reservations[rid] = RefReservation(rid, pieces, expires_at)
+
+    def settle(self, r: RefReservation, tokens: int, final: bool, now: datetime) -> None:
+        """A settle of `tokens` on `r` taken (not a replay): the cost from the hold left, the rest
+        from the live lots, then the receivable; a final settle gives back what the hold has left."""
+        cost = tokens * TOKEN
+        is_open = r.status in chart.OPEN_STATUSES
+        from_hold = min(cost, sum(a for _, a in r.left()) if is_open else 0)
+        extra = cost - from_hold
+        for lot in self.live(now):
+            take = min(extra, lot.remaining)
+            lot.remaining -= take
+            extra -= take
+        self.receivable += extra
+        self.reserved -= from_hold
+        self.revenue += cost
+        if is_open:
+            r.captured += from_hold
+        if final:
+            if is_open:
+                self.give_back(r.left())
+            r.status, r.final_tokens = "settled", tokens
+        elif is_open:
+            r.status = "capturing"
+
+    def release(self, r: RefReservation) -> None:
+        """`r`, open, released: what it has left given back."""
+        assert r.status in chart.OPEN_STATUSES
+        self.give_back(r.left())
+        r.status = "released"
+
+    def expire(self, r: RefReservation, now: datetime) -> None:
+        """`r` expired by the job at `now` if it is open and past its time."""
+        if r.status in chart.OPEN_STATUSES and r.expires_at <= now:
+            self.give_back(r.left())
+            r.status = "expired"
+
+    def sweep(self, lot: RefLot, now: datetime) -> None:
+        """`lot` swept by the job at `now` if it expired: what it has left goes to breakage."""
+        if lot.expires_at is not None and lot.expires_at <= now and not lot.swept:
+            self.breakage += lot.remaining
+            lot.remaining, lot.swept = 0, True

@@ -14,7 +14,7 @@ from wallet_kit import Clock, Kit
 
 from ledger.audit import bounds_hold, trial_balance_zero
 from ledger.db import connect
-from tests.wallet_reference import CENT, TOKEN, Ref, RefLot, RefReservation
+from tests.wallet_reference import CENT, Ref, RefLot
 from wallets import chart
 from wallets.errors import InsufficientFundsError, ReservationClosedError
 from wallets.expiry import expire_grants, expire_reservations
@@ -61,9 +61,7 @@ class WalletMachine(RuleBasedStateMachine):
     @rule(cents=st.integers(1, 5000), priority=st.sampled_from([100, 100, 30]))
     def top_up(self, cents: int, priority: int) -> None:
         amount, ref = cents * CENT, self.ref
-        held_on_credit = sum(a for r in ref.reservations.values() if r.status in ("held", "capturing")
-                             for code, a in r.left() if code == chart.receivable_account(ref.customer))
-        paid = min(amount, max(0, ref.receivable - held_on_credit))
+        paid = min(amount, max(0, ref.receivable - ref.held_on_credit()))
         result = self.run(self.kit.top_up(ref.customer, f"{cents / 100:.2f}", priority=priority))
         assert result.applied_to_receivable == paid
         ref.cash += amount
@@ -81,17 +79,7 @@ class WalletMachine(RuleBasedStateMachine):
     @rule(target=reservations, cents=st.integers(0, 3000), ttl=st.sampled_from([60, 3600, 86400]))
     def reserve(self, cents: int, ttl: int) -> str:
         ref, now, amount = self.ref, self.clock.now, cents * CENT
-        sources = [(lot.code, lot.remaining) for lot in ref.live(now)]
-        if ref.receivable <= ref.limit:
-            sources.append((chart.receivable_account(ref.customer), ref.limit - ref.receivable))
-        # a hold of 0 on nothing to draw is refused: model-x is priced, the call is not free
-        empty = amount == 0 and not any(available > 0 for _, available in sources)
-        pieces, left = [], amount
-        for code, available in sources:
-            take = min(left, available)
-            if take:
-                pieces.append((code, take))
-                left -= take
+        pieces, left, empty = ref.draw(amount, now)
         try:
             result = self.run(self.kit.reserve(ref.customer, f"r{next(_ids)}", amount=f"{cents / 100:.2f}",
                                                ttl_seconds=ttl))
@@ -100,13 +88,7 @@ class WalletMachine(RuleBasedStateMachine):
             return "refused"
         assert left == 0 and ref.receivable <= ref.limit and not empty, "held although the model could not"
         rid = result.reservation.id
-        for code, take in pieces:
-            if code in ref.lots:
-                ref.lots[code].remaining -= take
-            else:
-                ref.receivable += take
-        ref.reserved += amount
-        ref.reservations[rid] = RefReservation(rid, pieces, now + timedelta(seconds=ttl))
+        ref.hold(rid, pieces, now + timedelta(seconds=ttl))
         return rid
 
     @rule(target=reservations, cents=st.integers(1, 500))
@@ -130,26 +112,7 @@ class WalletMachine(RuleBasedStateMachine):
         assert r.status not in ("released",) and (r.status != "settled" or replay)
         if replay:
             return
-        cost, now = tokens * TOKEN, self.clock.now
-        is_open = r.status in ("held", "capturing")
-        hold_left = sum(a for _, a in r.left()) if is_open else 0
-        from_hold = min(cost, hold_left)
-        extra = cost - from_hold
-        for lot in ref.live(now):
-            take = min(extra, lot.remaining)
-            lot.remaining -= take
-            extra -= take
-        ref.receivable += extra
-        ref.reserved -= from_hold
-        ref.revenue += cost
-        if is_open:
-            r.captured += from_hold
-        if final:
-            if is_open:
-                ref.give_back(r.left())
-            r.status, r.final_tokens = "settled", tokens
-        elif is_open:
-            r.status = "capturing"
+        ref.settle(r, tokens, final, self.clock.now)
 
     @rule(rid=reservations)
     def release(self, rid: str) -> None:
@@ -163,9 +126,7 @@ class WalletMachine(RuleBasedStateMachine):
             return
         if r.status == "released":
             return  # a replay
-        assert r.status in ("held", "capturing")
-        self.ref.give_back(r.left())
-        r.status = "released"
+        self.ref.release(r)
 
     @rule(minutes=st.sampled_from([1, 30, 90, 1500]))
     def time_passes(self, minutes: int) -> None:
@@ -176,14 +137,10 @@ class WalletMachine(RuleBasedStateMachine):
         ref, now = self.ref, self.clock.now
         self.run(expire_reservations(self.db, now))
         for r in ref.reservations.values():
-            if r.status in ("held", "capturing") and r.expires_at <= now:
-                ref.give_back(r.left())
-                r.status = "expired"
+            ref.expire(r, now)
         self.run(expire_grants(self.db, now))
         for lot in ref.lots.values():
-            if lot.expires_at is not None and lot.expires_at <= now and not lot.swept:
-                ref.breakage += lot.remaining
-                lot.remaining, lot.swept = 0, True
+            ref.sweep(lot, now)
 
     @invariant()
     def every_account_agrees_with_the_model(self) -> None:

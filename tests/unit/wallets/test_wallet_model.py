@@ -12,12 +12,11 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, rule
 from wallet_memory import CID, MemoryWallet
 
-from tests.wallet_reference import CENT, TOKEN, Ref, RefLot, RefReservation
+from tests.wallet_reference import CENT, Ref, RefLot
 from wallets import chart
 from wallets.commands import ExpireLot, ExpireReservation
 from wallets.errors import InsufficientFundsError, ReservationClosedError
 
-RECEIVABLE = chart.receivable_account(CID)
 _ids = itertools.count()
 
 
@@ -36,8 +35,7 @@ class WalletModel(RuleBasedStateMachine):
     @rule(cents=st.integers(1, 5000), priority=st.sampled_from([100, 100, 30]))
     def top_up(self, cents: int, priority: int) -> None:
         amount, ref = cents * CENT, self.ref
-        held_on_credit = sum(a for r in ref.reservations.values() if r.status in chart.OPEN_STATUSES
-                             for code, a in r.left() if code == RECEIVABLE)
+        held_on_credit = ref.held_on_credit()
         paid = min(amount, max(0, ref.receivable - held_on_credit))
         self.m.wallet.credit_held = held_on_credit  # what the shell loads for a top-up
         result = self.m.top_up(f"{cents / 100:.2f}", priority=priority)
@@ -59,31 +57,15 @@ class WalletModel(RuleBasedStateMachine):
 
     @rule(target=reservations, cents=st.integers(0, 3000), ttl=st.sampled_from([60, 3600, 86400]))
     def reserve(self, cents: int, ttl: int) -> str:
-        ref, now, amount = self.ref, self.m.now, cents * CENT
-        sources = [(lot.code, lot.remaining) for lot in ref.live(now)]
-        if ref.receivable <= ref.limit:
-            sources.append((RECEIVABLE, ref.limit - ref.receivable))
-        # a hold of 0 on nothing to draw is refused: model-x is priced, the call is not free
-        empty = amount == 0 and not any(available > 0 for _, available in sources)
-        pieces, left = [], amount
-        for code, available in sources:
-            take = min(left, available)
-            if take:
-                pieces.append((code, take))
-                left -= take
+        ref, now = self.ref, self.m.now
+        pieces, left, empty = ref.draw(cents * CENT, now)
         result = self.m.reserve(f"{cents / 100:.2f}", request_id=f"r{next(_ids)}", ttl_seconds=ttl)
         if isinstance(result, InsufficientFundsError):
             assert left > 0 or ref.receivable > ref.limit or empty, "refused although the model could hold it"
             return "refused"
         assert left == 0 and ref.receivable <= ref.limit and not empty, "held although the model could not"
         rid = result.reservation.id
-        for code, take in pieces:
-            if code in ref.lots:
-                ref.lots[code].remaining -= take
-            else:
-                ref.receivable += take
-        ref.reserved += amount
-        ref.reservations[rid] = RefReservation(rid, pieces, now + timedelta(seconds=ttl))
+        ref.hold(rid, pieces, now + timedelta(seconds=ttl))
         return rid
 
     @rule(target=reservations, cents=st.integers(1, 500), offset=st.sampled_from([0, -8, 9]))
@@ -107,25 +89,7 @@ class WalletModel(RuleBasedStateMachine):
         if replay:
             assert result.code == "replayed"
             return
-        cost, now = tokens * TOKEN, self.m.now
-        is_open = r.status in chart.OPEN_STATUSES
-        from_hold = min(cost, sum(a for _, a in r.left()) if is_open else 0)
-        extra = cost - from_hold
-        for lot in ref.live(now):
-            take = min(extra, lot.remaining)
-            lot.remaining -= take
-            extra -= take
-        ref.receivable += extra
-        ref.reserved -= from_hold
-        ref.revenue += cost
-        if is_open:
-            r.captured += from_hold
-        if final:
-            if is_open:
-                ref.give_back(r.left())
-            r.status, r.final_tokens = "settled", tokens
-        elif is_open:
-            r.status = "capturing"
+        ref.settle(r, tokens, final, self.m.now)
 
     @rule(rid=reservations)
     def release(self, rid: str) -> None:
@@ -139,9 +103,7 @@ class WalletModel(RuleBasedStateMachine):
         if r.status == "released":
             assert result.code == "replayed"
             return
-        assert r.status in chart.OPEN_STATUSES
-        self.ref.give_back(r.left())
-        r.status = "released"
+        self.ref.release(r)
 
     @rule(minutes=st.sampled_from([1, 30, 90, 1500]))
     def time_passes(self, minutes: int) -> None:
@@ -152,14 +114,10 @@ class WalletModel(RuleBasedStateMachine):
         ref, now = self.ref, self.m.now
         for rid, r in ref.reservations.items():
             self.m.run(ExpireReservation(customer_id=CID, reservation_id=rid))
-            if r.status in chart.OPEN_STATUSES and r.expires_at <= now:
-                ref.give_back(r.left())
-                r.status = "expired"
+            ref.expire(r, now)
         for lot in ref.lots.values():
             self.m.run(ExpireLot(customer_id=CID, lot_id=lot.code.rsplit(":", 1)[1]))
-            if lot.expires_at is not None and lot.expires_at <= now and not lot.swept:
-                ref.breakage += lot.remaining
-                lot.remaining, lot.swept = 0, True
+            ref.sweep(lot, now)
 
     @invariant()
     def every_account_agrees_with_the_model(self) -> None:
