@@ -31,20 +31,26 @@ def _seen(error: BaseException | None) -> Seen:
     return type(error), error.status, error.code, re.sub(r"\(\S+\)", "(now)", error.detail)  # "from now (T)"
 
 
+def refusing_calls(tt: Client | AsyncClient, customer: str, closed: str, open_: str, key: str) -> list[Any]:
+    """The calls each client makes, the same for both (a reservation entered as its `with` or
+    `async with` does): each is refused."""
+    enter = "__aenter__" if isinstance(tt, AsyncClient) else "__enter__"
+    return [
+        lambda: getattr(tt.reserve(customer, "model-a", input_tokens=1, max_output_tokens=2_000_000), enter)(),
+        lambda: getattr(tt.reserve(customer, "no-such-model", input_tokens=10, max_output_tokens=10), enter)(),
+        lambda: tt.settle("res_nowhere", usage=USAGE),
+        lambda: tt.settle(closed, usage=USAGE),
+        lambda: tt.release(closed),
+        lambda: tt.extend(open_, 1),
+        lambda: tt.post("/v1/customers", {"id": customer, "name": "other", "currency": "USD"}, key=key),
+        lambda: tt.get("/v1/customers/nobody-at-all"),
+    ]
+
+
 def blocking_refusals(url: str, customer: str, closed: str, open_: str, key: str) -> list[Seen]:
     seen = []
     with Client(url, ADMIN, flush_spool=False) as tt:
-        calls = [
-            lambda: tt.reserve(customer, "model-a", input_tokens=1, max_output_tokens=2_000_000).__enter__(),
-            lambda: tt.reserve(customer, "no-such-model", input_tokens=10, max_output_tokens=10).__enter__(),
-            lambda: tt.settle("res_nowhere", usage=USAGE),
-            lambda: tt.settle(closed, usage=USAGE),
-            lambda: tt.release(closed),
-            lambda: tt.extend(open_, 1),
-            lambda: tt.post("/v1/customers", {"id": customer, "name": "other", "currency": "USD"}, key=key),
-            lambda: tt.get("/v1/customers/nobody-at-all"),
-        ]
-        for call in calls:
+        for call in refusing_calls(tt, customer, closed, open_, key):
             try:
                 call()
             except TokentillError as error:
@@ -57,17 +63,7 @@ def blocking_refusals(url: str, customer: str, closed: str, open_: str, key: str
 async def async_refusals(url: str, customer: str, closed: str, open_: str, key: str) -> list[Seen]:
     seen = []
     async with AsyncClient(url, ADMIN, flush_spool=False) as tt:
-        calls: list[Any] = [
-            lambda: tt.reserve(customer, "model-a", input_tokens=1, max_output_tokens=2_000_000).__aenter__(),
-            lambda: tt.reserve(customer, "no-such-model", input_tokens=10, max_output_tokens=10).__aenter__(),
-            lambda: tt.settle("res_nowhere", usage=USAGE),
-            lambda: tt.settle(closed, usage=USAGE),
-            lambda: tt.release(closed),
-            lambda: tt.extend(open_, 1),
-            lambda: tt.post("/v1/customers", {"id": customer, "name": "other", "currency": "USD"}, key=key),
-            lambda: tt.get("/v1/customers/nobody-at-all"),
-        ]
-        for call in calls:
+        for call in refusing_calls(tt, customer, closed, open_, key):
             try:
                 await call()
             except TokentillError as error:
