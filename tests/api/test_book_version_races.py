@@ -28,10 +28,11 @@ def in_force(versions: list[dict[str, Any]], at: datetime) -> str | None:
     return max(found, key=lambda v: datetime.fromisoformat(v["effective_from"]))["version"] if found else None
 
 
-async def _book_with_other_prices(client: httpx.AsyncClient) -> None:
+async def _customer_on_book_with_other_prices(client: httpx.AsyncClient, cid: str) -> None:
     """The book with prices of its own for MODEL, in force from now on (after any version stored
     before): an import of the snapshot's prices then changes them, "now". A second after any
-    import before, whose label (its time to the second) the next one's must not be."""
+    import before, whose label (its time to the second) the next one's must not be. Then customer
+    `cid` on the book, topped up $100.00."""
     await asyncio.sleep(1.0)
     at = datetime.now(UTC).isoformat()
     posted = await client.post("/v1/price-books", json={
@@ -40,6 +41,8 @@ async def _book_with_other_prices(client: httpx.AsyncClient) -> None:
         "rules": [{"id": f"{MODEL}:input", "model": MODEL, "token_type": "input", "price": "9"},
                   {"id": f"{MODEL}:output", "model": MODEL, "token_type": "output", "price": "9"}]})
     assert posted.status_code == 201, posted.text
+    assert (await client.post("/v1/customers", json={"id": cid, "price_book": BOOK})).status_code == 201
+    assert (await client.post(f"/v1/customers/{cid}/topups", json={"amount": "100.00"})).status_code == 201
 
 
 async def test_an_import_taking_effect_now_never_takes_effect_before_a_call_charged_without_it(
@@ -53,9 +56,7 @@ async def test_an_import_taking_effect_now_never_takes_effect_before_a_call_char
     url, _ = live
     cid = f"now-{tag}"
     async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=60) as client:
-        await _book_with_other_prices(client)
-        assert (await client.post("/v1/customers", json={"id": cid, "price_book": BOOK})).status_code == 201
-        assert (await client.post(f"/v1/customers/{cid}/topups", json={"amount": "100.00"})).status_code == 201
+        await _customer_on_book_with_other_prices(client, cid)
         async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as other:
             book_lock = lock_key("price-book:" + BOOK)
             await other.execute("SELECT pg_advisory_lock(%s)", (book_lock,))
@@ -113,9 +114,7 @@ async def test_a_call_charged_while_a_version_taking_effect_now_commits_is_rated
     url, _ = live
     cid = f"fence-{tag}"
     async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=60) as client:
-        await _book_with_other_prices(client)
-        assert (await client.post("/v1/customers", json={"id": cid, "price_book": BOOK})).status_code == 201
-        assert (await client.post(f"/v1/customers/{cid}/topups", json={"amount": "100.00"})).status_code == 201
+        await _customer_on_book_with_other_prices(client, cid)
         async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as watch, \
                 await psycopg.AsyncConnection.connect(database_url) as holder:
             await holder.execute("SELECT 1 FROM price_books WHERE id = %s FOR UPDATE", (BOOK,))
@@ -149,9 +148,7 @@ async def test_a_version_taking_effect_now_takes_effect_after_a_usage_event_time
     url, _ = live
     cid = f"ahead-{tag}"
     async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=60) as client:
-        await _book_with_other_prices(client)
-        assert (await client.post("/v1/customers", json={"id": cid, "price_book": BOOK})).status_code == 201
-        assert (await client.post(f"/v1/customers/{cid}/topups", json={"amount": "100.00"})).status_code == 201
+        await _customer_on_book_with_other_prices(client, cid)
         ahead = datetime.now(UTC) + timedelta(seconds=120)
         sent = await client.post("/v1/usage-events", json=[{
             "event_id": "e1", "customer_id": cid, "model": MODEL, "timestamp": ahead.isoformat(), "usage": USAGE}])
