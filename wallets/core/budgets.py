@@ -189,13 +189,16 @@ def _alert_key(b: Budget, start: datetime, reservation_id: str | None, now: date
 
 def crossed(state: State, b: Budget, currency: str, before: int, after: int, held: int, start: datetime,
             reservation_id: str, now: datetime) -> list[OutboxEvent]:
-    """Alerts for each threshold (percent of the limit) that `before` -> `after` crosses."""
+    """Alerts for each threshold (percent of the limit) that `before` -> `after` crosses. A rolling
+    minute's figures are the minute's at `now`, and so is the window named beside them (a settle or a
+    late event named the second its hold or event counted in)."""
+    shown = window_start(b, now) if b.window == "minute" else start
     events: list[OutboxEvent] = []
     for pct in b.thresholds:
         if before * 100 < pct * b.limit <= after * 100:
             key = f"{THRESHOLD_TOPIC}:{b.id}:{_alert_key(b, start, reservation_id, now)}:{pct}"
             events.append(state.event(THRESHOLD_TOPIC, b.customer_id, key, now, {
-                **_describe(b, currency, after - held, held, start), "threshold": pct}))
+                **_describe(b, currency, after - held, held, shown), "threshold": pct}))
     return events
 
 

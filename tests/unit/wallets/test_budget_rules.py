@@ -317,3 +317,28 @@ def test_a_rolling_refusal_gives_no_retry_after_when_a_calendar_budget_refuses_t
     refused = mw.reserve(input_tokens=200)  # the TPM frees in 30 s, the day only at midnight
     assert isinstance(refused, BudgetExceededError)
     assert refused.context["budget_id"] == "b-day" and "retry_after_seconds" not in refused.context
+
+
+def test_a_rolling_minutes_alert_names_the_window_its_figures_are_of_the_current_one():
+    """A rolling minute's threshold event pairs the figures of the minute at the moment it crossed
+    (what `counted` sums at `now`) with a `window_start`, which the budget's answer spells as now's
+    second. A settle or a late usage event named the second its hold or event was counted in
+    instead: a settle at 12:00:30 of a hold of 12:00:00 said window_start 12:00:00 beside the used of
+    the minute at 12:00:30. Worked by hand: a soft 1,000-token minute at 50 %; 100 tokens held at
+    12:00:00 (10 %), settled at 12:00:30 at 100 in + 500 out = 600 used (60 %): 50 % crossed, in the
+    window the budget's answer calls 12:00:30. At 12:01:30 that 600 (second 12:00:00) has lapsed;
+    a usage event of 12:01:10 for 500 input tokens takes the minute from 0 to 500 (50 %), crossed
+    again (a new clock minute), in the window of 12:01:30, not 12:01:10."""
+    tpm = budget("minute", "tokens", 1000, mode="soft", thresholds=(50,))
+    mw = with_budgets(tpm)
+    r = mw.reserve(input_tokens=100).reservation
+    mw.advance(seconds=30)
+    mw.settle(r.id, input_tokens=100, output_tokens=500)
+    assert rules.budget_view(tpm, "USD", mw.now).window_start == datetime(2026, 11, 23, 12, 0, 30, tzinfo=UTC)
+    mw.advance(seconds=60)
+    tokens = {"input": 500}
+    mw.run(RecordUsage(customer_id=CID, event_id="e1", request_hash=b"e1", model="model-x",
+                       occurred_at=mw.now - timedelta(seconds=20), tokens=tokens, usage=tokens))
+    assert rules.counted(tpm, mw.now) == (500, 0)
+    assert [(t, start, used) for t, start, used in _crossed(mw)] == [
+        (50, "2026-11-23T12:00:30Z", 600), (50, "2026-11-23T12:01:30Z", 500)]
