@@ -43,6 +43,8 @@ _OPTIONAL_SQL = """SELECT
     to_regclass('rerate_true_ups') IS NOT NULL AS rerate_true_ups,    -- 0064
     to_regclass('true_up_charges') IS NOT NULL AS true_up_charges,    -- 0068
     to_regclass('true_up_payers') IS NOT NULL AS true_up_payers,      -- 0082
+    EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('charge_adjustments')
+               AND attname = 'new_rules' AND NOT attisdropped) AS adjustment_rules,  -- 0087
     EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('true_up_payers')
                AND attname = 'written' AND NOT attisdropped) AS true_up_payers_written,  -- 0085
     EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('lots')
@@ -666,10 +668,11 @@ async def invoices_tie_out(conn: AsyncConnection) -> Check:
 # already).
 _CLOSE_ROWS = f"""
     WITH per (token_type, per) AS (VALUES {_PER}),
-    records AS MATERIALIZED (
-        SELECT DISTINCT lane, customer_id, period, rule_id FROM true_up_charges WHERE rerate_id IS NULL),
+    records AS MATERIALIZED (  -- written: when the close wrote it (the re-rates before it, it counted)
+        SELECT lane, customer_id, period, rule_id, min(created_at) AS written FROM true_up_charges
+         WHERE rerate_id IS NULL GROUP BY 1, 2, 3, 4),
     standing AS (  -- what the rule's true-up stands at, wherever billed (the close's line and corrections)
-        SELECT r.lane, r.customer_id, r.period, r.rule_id, sum(x.amount) AS amount
+        SELECT r.lane, r.customer_id, r.period, r.rule_id, r.written, sum(x.amount) AS amount
           FROM records r JOIN (
                SELECT customer_id, substr(item, 6)::jsonb AS l, amount FROM (
                    SELECT customer_id, item, amount FROM period_rollups
@@ -678,7 +681,7 @@ _CLOSE_ROWS = f"""
                 WHERE item LIKE 'line:["%","volume_true_up",%'
                   AND customer_id IN (SELECT customer_id FROM records)) x
             ON x.customer_id = r.customer_id AND x.l ->> 0 = r.period AND x.l ->> 4 = r.rule_id AND x.l -> 7 = 'null'
-         GROUP BY 1, 2, 3, 4),
+         GROUP BY 1, 2, 3, 4, 5),
     corrected AS (  -- what the re-rates corrected of it (old - new: given back), with or without an entry
         SELECT customer_id, u ->> 0 AS period, u ->> 1 AS rule_id, sum((u ->> 3)::numeric - (u ->> 4)::numeric) AS back
           FROM (SELECT j.customer_id, j.metadata -> 'true_ups' AS t FROM journal_entries j
@@ -690,7 +693,7 @@ _CLOSE_ROWS = f"""
          CROSS JOIN LATERAL jsonb_array_elements(r.t) u GROUP BY 1, 2, 3),
     whole AS (  -- the close's own line of each rule: what stands less the corrections; its price on the
                 -- period's invoice (frozen at the close, which no correction had reached)
-        SELECT s.lane, s.customer_id, s.period, s.rule_id, -(s.amount + coalesce(f.back, 0)) AS back,
+        SELECT s.lane, s.customer_id, s.period, s.rule_id, s.written, -(s.amount + coalesce(f.back, 0)) AS back,
                p.unit_price, p.token_type
           FROM standing s
           LEFT JOIN corrected f ON f.customer_id = s.customer_id AND f.period = s.period AND f.rule_id = s.rule_id
@@ -706,7 +709,7 @@ _CLOSE_ROWS = f"""
          WHERE j.kind = 'volume_true_up' AND j.metadata ? 'versions'
            AND j.customer_id IN (SELECT customer_id FROM records)),
     lines AS (  -- a line a rule (version NULL: each of its charges), or each version's of a split one
-        SELECT w.lane, w.customer_id, w.period, w.rule_id, coalesce(v.version, NULL) AS version,
+        SELECT w.lane, w.customer_id, w.period, w.rule_id, w.written, coalesce(v.version, NULL) AS version,
                coalesce(v.back, w.back) AS back, coalesce(v.unit_price, w.unit_price) AS unit_price, w.token_type
           FROM whole w LEFT JOIN split v
             ON v.customer_id = w.customer_id AND v.period = w.period AND v.rule_id = w.rule_id),
@@ -719,6 +722,9 @@ _CLOSE_ROWS = f"""
           JOIN invoices i ON i.customer_id = k.customer_id AND i.period = k.period
           JOIN charges c ON c.lane = k.lane AND c.customer_id = k.customer_id AND c.period = k.period
            AND c.occurred_at >= i.period_start AND c.occurred_at < i.period_end
+          -- a charge's lines count for the rules the close counted them for: as the re-rates before
+          -- it left them (store.RULE_NOW, as store.rule_funding lists them)
+          {{last}}
          CROSS JOIN LATERAL (
                SELECT coalesce(sum((l ->> 'amount_units')::numeric) FILTER (WHERE l ->> 'kind' = 'usage'
                                AND l ->> 'override_id' IS NULL), 0) AS charged,
@@ -727,7 +733,7 @@ _CLOSE_ROWS = f"""
                           * {10 ** chart.ASSET_SCALE} AS cost,
                       min(l ->> 'price_version') FILTER (WHERE l ->> 'kind' = 'usage'
                           AND l ->> 'override_id' IS NULL) AS version
-                 FROM jsonb_array_elements(c.lines) l WHERE l ->> 'rule_id' = k.rule_id HAVING count(*) > 0) u
+                 FROM jsonb_array_elements(c.lines) l WHERE {store.RULE_NOW} = k.rule_id HAVING count(*) > 0) u
          WHERE jsonb_array_length(coalesce(c.funding, '[[null, 0]]'::jsonb)) > 0
            AND (k.version IS NULL OR u.version = k.version)  -- a version's line: its own charges
            AND coalesce((SELECT j.metadata ->> 'period' FROM journal_entries j
@@ -976,7 +982,10 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
         # a close's record tied charge by charge (_CLOSE_ROWS), of a record the checks above do not
         # name already
         named = {problem.split(": ", 1)[0] for problem in problems}
-        problems += [problem for problem, record in (await conn.execute(text(_CLOSE_ROWS))).all()
+        # the rules each charge's lines count for as the re-rates before the close left them (kept
+        # since 0087): written before its record
+        last = store.last_rules("a.created_at < k.written", kept=(await _schema(conn))["adjustment_rules"])
+        problems += [problem for problem, record in (await conn.execute(text(_CLOSE_ROWS.replace("{last}", last))))
                      if record not in named]
     if (await _schema(conn))["true_up_payers"]:
         # a payer rows' sum that does not tie to a record the checks above name already (its rule's

@@ -24,6 +24,7 @@ from ledger.db import Lead
 from ledger.lanes import lane_count, lane_of
 from ledger.model import AccountSpec
 from wallets import chart
+from wallets.core.invoicing import CONTRACT
 from wallets.core.state import InvoiceDue, RefundOnRecord, ReversalOnRecord, TopUpOnRecord, Unapplied
 from wallets.model import Budget, BudgetHold, Customer, Hold, Lot, Reservation, Wallet
 from wallets.periods import Cycle, Period
@@ -868,6 +869,25 @@ async def load_rerate_charges(conn: AsyncConnection, customer_id: str, book_id: 
     return [dict(r._mapping) for r in rows]
 
 
+# The rule a charge's line `l` counts for now, by the rules its last re-rate rated the charge's
+# token types with (`m.new_rules`, last_rules; kept since migration 0087): its usage at the book's
+# price (and a discount of it) under the token type, a contract price's under CONTRACT and the token
+# type (rerating.usage_rules); not kept (no re-rate, or one before 0087), the rule that charged it.
+# The close lists what paid each rule by it (rule_funding), and verify ties the close's record of
+# each charge by it too (wallets.audit._CLOSE_ROWS): one definition.
+RULE_NOW = (f"coalesce(m.new_rules ->> (CASE WHEN l ->> 'kind' = 'usage' AND l ->> 'override_id' IS NOT NULL "
+            f"THEN '{CONTRACT}' ELSE '' END || coalesce(l ->> 'token_type', l ->> 'kind')), l ->> 'rule_id')")
+
+
+def last_rules(before: str = "TRUE", kept: bool = True) -> str:
+    """SQL: the last re-rate of a charge `c` (`before`: of those its condition on the adjustment `a`
+    holds for, e.g. written before a close) as `m`: `moved` (true, or NULL for none) and the rules
+    it rated the charge with (`new_rules`; NULL where not kept, or `kept` False: a schema before 0087)."""
+    rules = "a.new_rules" if kept else "NULL::jsonb AS new_rules"
+    return f"""LEFT JOIN LATERAL (SELECT true AS moved, {rules} FROM charge_adjustments a
+                                 WHERE a.charge_id = c.id AND ({before}) ORDER BY a.id DESC LIMIT 1) m ON true"""
+
+
 async def rule_funding(conn: AsyncConnection, customer_id: str, period: Period
                        ) -> dict[str, tuple[tuple[int, str | None, int, int | None, int | None, str | None, int],
                                             ...]]:
@@ -888,11 +908,9 @@ async def rule_funding(conn: AsyncConnection, customer_id: str, period: Period
               FROM charges c
              -- its last re-rate, if any (one probe a charge): the rules it rated its token types with
              -- (kept since 0087) name the rule each line counts for now
-             LEFT JOIN LATERAL (SELECT true AS moved, a.new_rules FROM charge_adjustments a
-                                 WHERE a.charge_id = c.id ORDER BY a.id DESC LIMIT 1) m ON true
+             {last_rules()}
              CROSS JOIN LATERAL (
-                 SELECT coalesce(m.new_rules ->> coalesce(l ->> 'token_type', l ->> 'kind'),
-                                 l ->> 'rule_id') AS rule_id,
+                 SELECT {RULE_NOW} AS rule_id,
                         coalesce(sum((l ->> 'quantity')::numeric) FILTER (WHERE l ->> 'kind' = 'usage'
                                  AND l ->> 'override_id' IS NULL), 0) AS units,
                         coalesce(sum((l ->> 'amount_units')::numeric) FILTER (WHERE l ->> 'kind' = 'usage'

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 import pytest
 from billing_kit import BillingKit
 from sqlalchemy import text
+from test_close_true_up_funding import _damaged
 from test_volume_true_up_two_volume_versions import (
     CENT,
     DEC_2,
@@ -30,6 +31,7 @@ from ledger.audit import trial_balance
 from wallets import chart
 from wallets.expiry import expire_grants
 
+NOV_2, NOV_26 = datetime(2026, 11, 2, tzinfo=UTC), datetime(2026, 11, 26, tzinfo=UTC)
 NOV_30 = datetime(2026, 11, 30, 12, tzinfo=UTC)  # before November's close (December 1st, 01:00)
 DEC_1 = datetime(2026, 12, 1, 12, tzinfo=UTC)  # after November's close, before the re-rate
 
@@ -39,6 +41,12 @@ async def _breakage(bk: BillingKit) -> int:
     trial = await bk.db.read(lambda conn: trial_balance(conn, "USD"))
     assert trial.totals["USD"][0] == trial.totals["USD"][1], trial.totals
     return {ln.account: ln.credits - ln.debits for ln in trial.lines}.get(chart.breakage_account("USD"), 0)
+
+
+async def _charges(conn, cid: str) -> list[int]:
+    """The customer's charges' ids, by usage time."""
+    return list((await conn.execute(text("SELECT id FROM charges WHERE customer_id = :c ORDER BY occurred_at, id"),
+                                    {"c": cid})).scalars())
 
 
 async def _lot_ids(bk: BillingKit, cid: str) -> set[str]:
@@ -101,11 +109,6 @@ async def _cancelling(bk: BillingKit, cid: str) -> tuple[str, str]:
 V3 = _in("9", "1", "in-b")  # v3 (from November 1st): `in-b` alone, $9/M to 1,000,000, $1/M beyond
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: verify's credit_notes check (wallets.audit._CLOSE_ROWS) reads a "
-                   "charge's rules as charged, not as a re-rate before the close left them (charge_adjustments."
-                   "new_rules): the 5th, moved to `in-b`, is counted under `in`'s v2 line, first by id: 'charge 1 "
-                   "gave back 0 where its overcharge ... is 1000000000' and 'charge 2 gave back 1000000000 where "
-                   "... is 0', where no problem is due (the ledger's figures hold)")
 async def test_a_re_rate_before_the_close_of_a_rule_whose_lines_would_cancel(bk: BillingKit) -> None:
     """`_cancelling`; November 25th, v3 and November 1st-15th re-rated to it: the 5th under `in-b`,
     500,000 x $9/M = $4.50 (-$0.50, grant $0.50). The close: `in`'s 1,000,000 (the 20th alone) its
@@ -121,6 +124,60 @@ async def test_a_re_rate_before_the_close_of_a_rule_whose_lines_would_cancel(bk:
     await bk.close(CLOSED)
     [november] = await bk.invoices(cid)
     assert (november["total"], await _remaining(bk, cid, grant, topup)) == ("6.50", (50 * CENT, 800 * CENT))
+    await _verified(bk)
+
+
+async def test_verify_names_a_close_s_record_moved_to_the_charge_a_re_rate_before_it_moved_off_the_rule(
+        bk: BillingKit) -> None:
+    """The case above, then its close's record of `in` ($1.00 of the 20th, its overcharge at $2/M:
+    $3.00 less 1,000,000 at $2/M) moved by hand (raw SQL, rolled back) to the 5th, which the re-rate
+    moved to `in-b` before the close: verify names both rows (the 5th gave back $1.00 where `in` owes
+    it nothing, the 20th nothing where its overcharge is $1.00; the payer rows' tie, of a record named
+    already, not again). Before, verify read the 5th under `in`, as charged, its due $1.00 (first by
+    id): its per-charge tie took the forged record for right (the payer rows' tie alone named it:
+    'charge 1 gave back 1000000000, its payers' rows none'), and named the close's true one."""
+    cid = "cancel-before-forged"
+    await _cancelling(bk, cid)
+    await _rerated(bk, cid, "v3", V3, NOV_25)
+    bk.clock.now = datetime(2026, 11, 30, tzinfo=UTC)
+    await bk.close(CLOSED)
+    await _verified(bk)
+    fifth, twentieth = await bk.db.read(lambda conn: _charges(conn, cid))
+    record = f"true-up record of the close of customer {cid}, 2026-11 rule in"
+    assert await _damaged(bk, {"c": cid, "fifth": fifth, "twentieth": twentieth},
+                          "UPDATE true_up_charges SET charge_id = :fifth WHERE customer_id = :c AND rerate_id IS NULL"
+                          " AND charge_id = :twentieth", ordered=True) == [
+        "credit_notes",
+        f"{record}: charge {fifth} gave back {100 * CENT} where its overcharge at the tier reached (up to what the "
+        f"line's 0 left) is 0",  # no charge of the rule: nothing of the line is its
+        f"{record}: charge {twentieth} gave back 0 where its overcharge at the tier reached (up to what the "
+        f"line's {100 * CENT} left) is {100 * CENT}"]
+
+
+V4 = _in("10", "8")  # v4 (from November 2nd): `in` again, as v1 prices it
+
+
+async def test_a_charge_re_rated_to_another_rule_and_back_before_the_close_counts_where_it_stands(
+        bk: BillingKit) -> None:
+    """`_cancelling`; November 25th, v3 and November 1st-15th re-rated to it: the 5th under `in-b`,
+    $4.50 (-$0.50, grant $0.50); November 26th, v4 (from November 2nd, `in` as v1) and November
+    2nd-15th re-rated to it: the 5th back under `in`, the period's first units, 500,000 x $10/M =
+    $5.00 (+$0.50, taken back from the grant: $0). The close counts the 5th under `in` at v4 (its
+    last re-rate's rule, not the first's `in-b`): `in`'s 1,500,000 reach both versions' second tier,
+    v4's 500,000 at $8/M = $4.00 less $5.00, -$1.00; v2's 1,000,000 at $4/M = $4.00 less $3.00,
+    +$1.00; `in` 0, `in-b` nothing: November $5.00 + $3.00 = $8.00, the lots (0, 7.00), as if never
+    moved (the same close with no re-rate: test_a_re_rate_after_the_close_of_a_rule_whose_lines_
+    cancelled_gives_each_payer_its_charge_s_part). verify is ok (a guard: the rules a charge's last
+    re-rate before the close left it under, not its first's)."""
+    cid = "away-and-back"
+    grant, topup = await _cancelling(bk, cid)
+    assert (await _rerated(bk, cid, "v3", V3, NOV_25))["delta"] == "-0.50"
+    assert (await _rerated(bk, cid, "v4", V4, NOV_26, start=NOV_2))["delta"] == "0.50"
+    assert await _remaining(bk, cid, grant, topup) == (0, 700 * CENT)
+    bk.clock.now = datetime(2026, 11, 30, tzinfo=UTC)
+    await bk.close(CLOSED)
+    [november] = await bk.invoices(cid)
+    assert (november["total"], await _remaining(bk, cid, grant, topup)) == ("8.00", (0, 700 * CENT))
     await _verified(bk)
 
 

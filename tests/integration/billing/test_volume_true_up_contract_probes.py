@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from billing_kit import BillingKit
+from sqlalchemy import text
 from test_volume_true_up_contract_units import (
     CENT,
     CLOSED,
     NOV_1,
+    _charges,
     _customer,
     _lots,
     _true_ups,
@@ -192,4 +194,41 @@ async def test_prepaid_contract_units_moved_before_the_close_give_the_overcharge
     [invoice] = await bk.invoices(cid)
     assert (_true_ups(invoice), invoice["total"]) == ([("model-*", 300_000, "10", "-3.00")], "9.00")
     assert await _lots(bk, cid) == {"grant": 300 * CENT, "topup": 400 * CENT}
+    await _verified(bk)
+
+
+async def test_contract_units_moved_off_the_rule_before_the_close_leave_its_charges_given_back_each_its_own(
+        bk: BillingKit) -> None:
+    """Prepaid. A $12.00 grant (the 1st) pays model-b's 600,000 on the 2nd from 0 ($20/M, $12.00); a
+    $20.00 top-up (the 3rd) pays model-a's 1,200,000 on the 5th at the contract ($6.00) and model-b's
+    600,000 on the 20th on from 1,800,000 ($10/M, $6.00): $8.00 left. On the 25th v3 (from November
+    1st) names the rule `v-out-b` (the same tiers) and the 5th alone is re-rated to it (November 5th
+    to 6th): $6.00 still, its contract units now under `v-out-b` (its re-rate's rules:
+    `contract:output`). The close: `v-out`'s own 1,200,000 (the 2nd's and the 20th's) reach $10/M:
+    $12.00 less $18.00, -$6.00, the 2nd's overcharge ($12.00 less 600,000 at $10/M), to the grant
+    that paid it ($6.00; the 20th's $6.00 less $6.00: nothing); `v-out-b` has no units at the book's
+    price: no line. November $24.00 - $6.00 = $18.00, the top-up $8.00. The close records the 2nd's
+    part of `v-out` ($6.00) and verify ties it, counting the 5th under `v-out-b` where the close
+    did. Before, the close listed the 5th under `v-out` (its re-rate's rules read by the token type
+    alone, as charged) as a charge a re-rate moved, and recorded no part of `v-out`."""
+    cid = await _customer(bk, "contract-moved-off", "prepaid")
+    await _usage(bk, cid, [(1, "grant", "12.00"), (2, "model-b", 600_000), (3, "topup", "20.00"),
+                           (5, "model-a", 1_200_000), (20, "model-b", 600_000)])
+    assert await _lots(bk, cid) == {"topup": 800 * CENT}  # the grant spent
+    await bk.add_book({"id": "shared", "version": "v3", "currency": "USD", "effective_from": "2026-11-01T00:00:00Z",
+                       "rules": [{"id": "v-out-b", "model": "model-*", "token_type": "output", "tier_mode": "volume",
+                                  "tiers": [{"up_to": 1_000_000, "price": "20"}, {"up_to": None, "price": "10"}]}]})
+    bk.clock.now = datetime(2026, 11, 25, tzinfo=UTC)
+    done = await rerating.apply(bk.db, bk.service.engine, rerating.RerateSpec(
+        "shared", "v3", datetime(2026, 11, 5, tzinfo=UTC), datetime(2026, 11, 6, tzinfo=UTC)), None)
+    assert done["errors"] == [] and done["delta"] == "0.00", done
+    await bk.close(CLOSED)
+    [invoice] = await bk.invoices(cid)
+    assert (_true_ups(invoice), invoice["total"]) == ([("model-*", 1_200_000, "10", "-6.00")], "18.00")
+    assert await _lots(bk, cid) == {"grant": 600 * CENT, "topup": 800 * CENT}
+    second = min(await _charges(bk, cid))
+    records = await bk.db.read(lambda conn: conn.execute(text(
+        "SELECT rule_id, charge_id, units FROM true_up_charges WHERE customer_id = :c AND rerate_id IS NULL"
+        " ORDER BY rule_id, charge_id"), {"c": cid}))
+    assert [(r, c, int(u)) for r, c, u in records] == [("v-out", second, 600 * CENT)]
     await _verified(bk)
