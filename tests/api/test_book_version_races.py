@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from ledger.db import lock_key
-from tests.api.test_cross_endpoint_races import _waiting_on_a_lock
+from tests.advisory_locks import waiting_on_a_lock
 from tests.api.test_sdk_durability import ADMIN
 
 pytest.importorskip("genai_prices")
@@ -62,7 +62,7 @@ async def test_an_import_taking_effect_now_never_takes_effect_before_a_call_char
             await other.execute("SELECT pg_advisory_lock(%s)", (book_lock,))
             imported = asyncio.create_task(client.post("/v1/price-books/import", json={
                 "source": "genai-prices", "provider": "mistral", "model": MODEL}))
-            await _waiting_on_a_lock(other)
+            await waiting_on_a_lock(other)
             reserved = await client.post("/v1/reservations", json={
                 "customer_id": cid, "request_id": "r1", "model": MODEL, "amount": "1.00"})
             assert reserved.status_code == 201, reserved.text

@@ -14,25 +14,13 @@ import psycopg
 import pytest
 
 from ledger.db import lock_key
+from tests.advisory_locks import waiting_on_a_lock
 from tests.api.closing import close_early
 from tests.api.test_sdk_durability import ADMIN
 from wallets.engine import customer_lock, lane_lock
 from wallets.expiry import expire_grants
 
 USAGE = {"input_tokens": 1000, "output_tokens": 400}  # $0.010 + $0.008 + $0.01 a call = $0.028
-
-
-async def _waiting_on_a_lock(conn: psycopg.AsyncConnection, sessions: int = 1) -> None:
-    """Until `sessions` sessions wait for an advisory lock at once (PostgreSQL tells no one: asked
-    every 5 ms, up to 60 s)."""
-    waiting = 0
-    for _ in range(12_000):
-        waiting = (await (await conn.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")).fetchone())[0]
-        if waiting >= sessions:
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError(f"{waiting} sessions waited for an advisory lock at once, not {sessions}")
 
 
 async def test_overrides_put_without_a_time_never_take_effect_before_a_call_already_charged_without_them(
@@ -61,7 +49,7 @@ async def _race(client: httpx.AsyncClient, cid: str, book: str, database_url: st
             await other.execute("SELECT pg_advisory_lock(%s)", (key,))
         put = asyncio.create_task(client.put(f"/v1/customers/{cid}/price-overrides",
                                              json={"discounts": [{"id": "all", "percent": "100"}]}))
-        await _waiting_on_a_lock(other)
+        await waiting_on_a_lock(other)
         await other.execute("SELECT pg_advisory_unlock(%s)", (held[0],))
         reserved = await client.post("/v1/reservations", json={
             "customer_id": cid, "request_id": "r1", "model": "model-a", "amount": "0.10"})
@@ -94,7 +82,7 @@ async def test_calls_sent_at_once_through_the_http_fixture_are_in_the_app_togeth
         puts = [asyncio.create_task(c.put(f"/v1/customers/{cid}/price-overrides",
                                           json={"discounts": [{"id": "all", "percent": str(p)}]}))
                 for p in (10, 20, 30)]
-        await _waiting_on_a_lock(other, sessions=3)
+        await waiting_on_a_lock(other, sessions=3)
         for key in held:
             await other.execute("SELECT pg_advisory_unlock(%s)", (key,))
         answers = await asyncio.wait_for(asyncio.gather(*puts), 60)

@@ -12,6 +12,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 from psycopg.types.json import Jsonb
 
+from tests.advisory_locks import waiting_on_a_lock
 from tests.api.apps import ADMIN_KEY, live_server
 from tests.api.wallets.conftest import BOOK
 from wallets.engine import lane_lock
@@ -150,7 +151,7 @@ async def test_one_payment_posted_at_once_to_two_servers_is_credited_once(book: 
                 posts = [asyncio.create_task((a, b)[i % 2].post(
                     f"/v1/customers/{cid}/topups", json={"amount": "100.00", "reference": "pi_race"},
                     headers={"Idempotency-Key": f"race-{i}"})) for i in range(8)]
-                await _waiting_on_a_lock(other, sessions=2)
+                await waiting_on_a_lock(other, sessions=2)
                 await other.execute("SELECT pg_advisory_unlock(%s)", (lane_lock(lane),))
                 answers = await asyncio.wait_for(asyncio.gather(*posts), 60)
                 entries = (await (await other.execute(
@@ -160,15 +161,3 @@ async def test_one_payment_posted_at_once_to_two_servers_is_credited_once(book: 
             assert len({(r.json()["grant_id"], r.json()["entry_id"]) for r in answers}) == 1
             w = (await b.get(f"/v1/customers/{cid}/wallet")).json()
     assert (w["available"], [g["granted"] for g in w["grants"]], entries) == ("100.00", ["100.00"], 1)
-
-
-async def _waiting_on_a_lock(conn: psycopg.AsyncConnection, sessions: int) -> None:
-    """Until `sessions` sessions wait for an advisory lock at once (asked every 5 ms, up to 60 s)."""
-    waiting = 0
-    for _ in range(12_000):
-        waiting = (await (await conn.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")).fetchone())[0]
-        if waiting >= sessions:
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError(f"{waiting} sessions waited for an advisory lock at once, not {sessions}")

@@ -8,19 +8,9 @@ import uuid
 import psycopg
 
 from ledger.db import Database
+from tests.advisory_locks import waiting_on_a_lock
 from wallets.engine import customer_lock, lane_lock, utc_now
 from wallets.fence import lanes_fenced
-
-
-async def _waiting(conn: psycopg.AsyncConnection, n: int) -> None:
-    """Until `n` sessions wait for an advisory lock (asked every 5 ms, up to 10 s)."""
-    for _ in range(2_000):
-        row = await (await conn.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")).fetchone()
-        if row[0] >= n:
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError(f"fewer than {n} sessions waited for an advisory lock")
 
 
 async def test_the_fence_and_two_writers_never_deadlock(db: Database, database_url: str):
@@ -49,7 +39,7 @@ async def test_the_fence_and_two_writers_never_deadlock(db: Database, database_u
         await b.execute("SELECT pg_advisory_lock(%s)", (keys[k],))
         await c.execute("SELECT pg_advisory_lock(%s)", (x,))
         fenced = asyncio.create_task(fence_db.run(lambda conn: lanes_fenced(conn, utc_now)))
-        await _waiting(watch, 1)  # the fence waits for lane k
+        await waiting_on_a_lock(watch, 1, seconds=10)  # the fence waits for lane k
 
         async def c_then_done() -> None:
             await c.execute("SELECT pg_advisory_lock(%s)", (keys[j],))
