@@ -1,10 +1,13 @@
-"""Shared parts of the benchmarks: a scratch database on the cluster, and pgbench on it."""
+"""Shared parts of the benchmarks: a scratch database on the cluster, pgbench on it, and calls
+started at a fixed rate."""
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import create_engine, text
@@ -54,3 +57,18 @@ def free_port() -> int:
 
 def ratio(value: float, base: float) -> float:
     return round(value / base, 3) if base else 0.0
+
+
+async def at_a_fixed_rate(one: Callable[[int], Awaitable[None]], *, rate: float, seconds: float) -> float:
+    """one(0), one(1), ... started `rate` a second for `seconds` (at least one), whatever their
+    latency (no coordinated omission), then all awaited: the seconds from the first start to the
+    last end."""
+    tasks = []
+    start = time.perf_counter()
+    for n in range(max(1, int(rate * seconds))):
+        delay = start + n / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(n)))
+    await asyncio.gather(*tasks)
+    return time.perf_counter() - start

@@ -26,7 +26,7 @@ from decimal import Decimal
 import httpx
 
 from api.bench import fake_upstream as fake
-from api.bench.common import free_port, scratch_database
+from api.bench.common import at_a_fixed_rate, free_port, scratch_database
 from api.bench.lifecycle_bench import KEY, batch_phases, pct, phase_means, running, start_server, wait_ready
 from api.bench.profile import CpuMeter
 from api.runtime import open_database, sync_url
@@ -153,21 +153,14 @@ async def closed_loop(port: int, headers: dict[str, str], path: str, *, workers:
 async def open_loop(port: int, headers: dict[str, str], path: str, *, rate: float, seconds: float,
                     stream: bool) -> Run:
     """Calls started at a fixed rate whatever the latency; each takes an idle connection or opens one."""
-    run, idle, body, tasks = Run(), [], call_body(stream), []
+    run, idle, body = Run(), [], call_body(stream)
 
     async def one(n: int) -> None:
         caller = idle.pop() if idle else Caller(port, headers)
         run.add(await caller.post(path, body, f"x-tokentill-customer: c{n % CUSTOMERS}\r\n"))
         idle.append(caller)
 
-    start = time.perf_counter()
-    for n in range(max(1, int(rate * seconds))):
-        delay = start + n / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(n)))
-    await asyncio.gather(*tasks)
-    run.seconds = time.perf_counter() - start
+    run.seconds = await at_a_fixed_rate(one, rate=rate, seconds=seconds)
     for caller in idle:
         await caller.close()
     return run

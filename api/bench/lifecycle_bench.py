@@ -32,7 +32,7 @@ from sqlalchemy import create_engine, text
 from api.background import PATH as SETTLEMENTS_PATH
 from api.background import BackgroundSettler
 from api.bench.budget_bench import add_lifecycle_budgets
-from api.bench.common import free_port, pgbench_tps, ratio, scratch_database
+from api.bench.common import at_a_fixed_rate, free_port, pgbench_tps, ratio, scratch_database
 from api.bench.profile import CpuMeter, SpyProfile, require_py_spy
 from api.delivery import DURABLE_RETRY, RetryPolicy
 from api.runtime import open_database, sync_url
@@ -296,7 +296,7 @@ async def open_loop(addresses: list[tuple[str, int, str]], wallets: list[str], *
                     tag: str) -> Samples:
     """Lifecycles started at a fixed arrival rate, whatever the latency (no coordinated omission);
     each in flight uses an idle connection, or opens one."""
-    samples, tasks = Samples(), []
+    samples = Samples()
     idle: dict[tuple[str, int, str], list[Connection]] = {address: [] for address in addresses}
 
     async def one(n: int) -> None:
@@ -305,14 +305,7 @@ async def open_loop(addresses: list[tuple[str, int, str]], wallets: list[str], *
         await lifecycle(conn, random.choice(wallets), f"{tag}-{n}", samples)
         idle[address].append(conn)
 
-    start = time.perf_counter()
-    for n in range(max(1, int(rate * seconds))):
-        delay = start + n / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(n)))
-    await asyncio.gather(*tasks)
-    samples.seconds = time.perf_counter() - start
+    samples.seconds = await at_a_fixed_rate(one, rate=rate, seconds=seconds)
     for conns in idle.values():
         for conn in conns:
             await conn.close()
