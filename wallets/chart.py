@@ -35,6 +35,11 @@ def lot_account(customer_id: str, lot_id: str) -> str:
     return LOT_CODE[0] + customer_id + LOT_CODE[1] + lot_id
 
 
+def is_lot_account(code: str) -> bool:
+    """Whether `code` is a customer's lot (customer ids hold no ':', so no other code matches)."""
+    return code.startswith(LOT_CODE[0]) and LOT_CODE[1] in code[len(LOT_CODE[0]):]
+
+
 def reserved_account(customer_id: str) -> str:
     return RESERVED_CODE[0] + customer_id + RESERVED_CODE[1]
 

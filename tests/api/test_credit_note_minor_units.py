@@ -7,7 +7,7 @@ its own entry (`amount`, `amount_rounding`); the invoice's amount remaining stay
 exactly that closes it, and the books balance."""
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -180,3 +180,44 @@ async def test_a_debit_note_charges_whole_minor_units_on_the_next_invoice(client
     wallet = (await client.get("/v1/customers/dn-usd/wallet", headers=ADMIN)).json()
     assert wallet["receivable"] == "0.10"  # $0.08 + $0.02
     assert await _balanced_and_verified(client, "USD") == [("0.00", "0.01")]
+
+
+async def test_a_credit_note_after_an_earlier_note_s_rounding_gives_its_whole_amount_to_the_customer(client) -> None:
+    """By hand, postpaid, 3 calls of 1,000 tokens at 1,500 yen per 1M: 4.5 yen, due 4 (0.5 yen to
+    rounding). v2 (1,000 yen): 3 yen, a note of -1.5 that moves -2 (0.5 yen from the rounding
+    account): owed 2. v3 (3,000 yen): 9 yen, a debit note of +6, moved 6: owed 8. v4 (1,499 yen):
+    3 x 1.499 = 4.497 yen, a note of -4.503 that moves -5 (half to even; 0.497 from rounding): owed
+    8 - 5 = 3, no lot opened, nothing to breakage. The third note gave the receivable 4 (what it
+    paid of the charges, 4.5, in whole yen), and the 0.003 the charges' first funding could not
+    place went to the rounding account, as if it were a lot with room (its 0.5 from the first
+    note), and from there to breakage; the customer got 0.997 yen as a new lot: owed 4, credit
+    0.997, 0.003 yen in breakage, and verify found the rollup's note rounding (0.994) short of
+    the postings' (0.997)."""
+    now = datetime.now(UTC)
+    period = period_of(now, Cycle("UTC", None))
+    await _book(client, "JPY", "v1", "2026-01-01T00:00:00Z", "1500")
+    cid = "cn-jpy-thrice"
+    created = await client.post("/v1/customers", headers=ADMIN, json={
+        "id": cid, "currency": "JPY", "price_book": "cn-JPY", "billing": "postpaid"})
+    assert created.status_code == 201, created.text
+    await _usage(client, cid, [1000] * 3, now)
+    [closed] = (await close_early(client, ADMIN, cid, period))["closed"]
+    assert closed["amount_due"] == "4"
+    moved = []
+    for n, price in enumerate(("1000", "3000", "1499"), start=2):
+        await _book(client, "JPY", f"v{n}", utc(period.start + timedelta(seconds=n)), price)
+        applied = await client.post("/v1/rerate", headers=ADMIN, json={
+            "price_book": "cn-JPY", "version": f"v{n}", "from": utc(period.start + timedelta(seconds=n)),
+            "to": utc(period.end), "mode": "apply"})
+        assert applied.status_code == 200, applied.text
+        [listed] = applied.json()["credit_notes"]
+        note = (await client.get(f"/v1/credit-notes/{listed['id']}", headers=ADMIN)).json()
+        moved.append((note["kind"], note["total"], note["amount"], note["amount_rounding"]))
+    assert moved == [("credit", "-1.5", "-2", "-0.5"), ("debit", "6", "6", "0"), ("credit", "-4.503", "-5", "-0.497")]
+    wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
+    assert (wallet["receivable"], wallet["available"], wallet["grants"]) == ("3", "0", []), wallet
+    tb = (await client.get("/v1/audit/trial-balance?currency=JPY", headers=ADMIN)).json()
+    assert [a for a in tb["accounts"] if a["account"] == "income:platform:breakage:JPY"
+            and Decimal(a["balance"])] == [], tb
+    # rounding: the close's 0.5 and the notes' 0.5 and 0.497, all debited
+    assert await _balanced_and_verified(client, "JPY") == [("1.497", "0")]

@@ -366,7 +366,7 @@ def _paid_by(charge: ChargeOnRecord, receivable: str) -> dict[tuple[int, str], i
     return out
 
 
-def room_left(groups: Sequence[Group], receivable: str, billed: str | None = None) -> dict[str, int]:
+def room_left(groups: Sequence[Group], billed: str | None = None) -> dict[str, int]:
     """What each lot still has in the corrected periods' charges: what it paid of them less what
     their corrections so far (a close's true-up, earlier re-rates) gave it back (store.paid_left).
     A re-rate after the close gives a lot back no more than that, so money the close gave back is
@@ -383,7 +383,9 @@ def room_left(groups: Sequence[Group], receivable: str, billed: str | None = Non
                 counted.add(period)
                 for account, amount in left.items():
                     room[account] = room.get(account, 0) + amount
-    return {account: max(0, left) for account, left in room.items() if account != receivable}
+    # lots alone: an earlier note's rounding leg (or a close's, in its true-up) left the rounding account
+    # "room", and what a decrease could not place went there as to a lot, then on to breakage
+    return {account: max(0, left) for account, left in room.items() if chart.is_lot_account(account)}
 
 
 def _takes(fixes: Sequence[TrueUpFix], parts: Mapping[str, Mapping[int, int]], receivable: str
@@ -734,7 +736,7 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
         placed = {key: -units for key, units in took_now.items()}
         legs, paid = _taken_then_usage(w, took, money - sum(took.values()), now)
     elif money or _between_payers(found, parts):
-        room = room_left(groups, chart.receivable_account(c.id), cmd.period if cmd.sources else None)
+        room = room_left(groups, cmd.period if cmd.sources else None)
         legs, paid, lot = _refund(state, cmd, found, -money, now, 10 ** (chart.ASSET_SCALE - decimals) if noted else 1,
                                   fixes, room, takes, expired_by, got, placed)
     else:
