@@ -861,7 +861,7 @@ async def load_rerate_charges(conn: AsyncConnection, customer_id: str, book_id: 
                    (SELECT jsonb_agg(jsonb_build_array(a.corrected_version, a.new_lines, a.overrides_version,
                                                       a.allowance_moves, a.new_rules)
                                       ORDER BY a.id)
-                      FROM charge_adjustments a WHERE a.charge_id = c.id) AS adjustments
+                      FROM charge_adjustments a WHERE a.lane = c.lane AND a.charge_id = c.id) AS adjustments
               FROM charges c
              WHERE c.lane = {lane} AND c.customer_id = %s AND c.price_book {'<>' if other_books else '='} %s
                AND c.occurred_at >= %s AND c.occurred_at < %s

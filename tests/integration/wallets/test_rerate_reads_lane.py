@@ -1,0 +1,63 @@
+"""What a re-rate reads of a charge's earlier re-rates (charge_adjustments) is read in
+the charge's lane: a charge id is unique within its lane alone, so a forger's adjustment of that
+id in another lane (superuser, triggers off) is not the charge's."""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+from wallet_kit import Kit
+
+from ledger.lanes import lane_count, lane_of
+from wallets import engine, store
+
+NOV_1, DEC_1 = datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC)
+
+
+async def _charged(kit: Kit) -> str:
+    """`lanes` tops up $10.00 and is charged 2,000 input tokens at $1.00 per 1,000 on November 23rd:
+    $2.00 (2,000,000,000 units), never re-rated."""
+    cid = await kit.customer("lanes")
+    await kit.top_up(cid, "10.00")
+    hold = await kit.reserve(cid, "r-1", input_tokens=2000)
+    await kit.settle(cid, hold.reservation.id, input_tokens=2000)
+    return cid
+
+
+async def _forged(kit: Kit, cid: str, read: Any) -> Any:
+    """What `read(conn)` gives once a forger inserted into another lane an adjustment of `cid`'s
+    charge's id ($2.00 -> $1.00, its input now 1,000,000,000, for a customer of that lane; rolled
+    back after)."""
+    async def forged(conn: AsyncConnection) -> Any:
+        lanes = await lane_count(conn)
+        other = next(f"o{i}" for i in range(1000) if lane_of(f"o{i}", lanes) != lane_of(cid, lanes))
+        await conn.execute(text("SET LOCAL session_replication_role = replica"))
+        await conn.execute(text("""
+            INSERT INTO charge_adjustments (lane, charge_id, corrected_version, rerate_id, customer_id, period,
+                                            old_amount, new_amount, old_lines, new_lines)
+            SELECT :lane, id, 'forged', 'forged', :other, period, 2000000000, 1000000000, '[]',
+                   '[["model-x", "input", 1000000000]]'
+              FROM charges WHERE customer_id = :c"""), {"lane": lane_of(other, lanes), "other": other, "c": cid})
+        found = await read(conn)
+        await conn.rollback()
+        return found
+
+    return await kit.db.read(forged)
+
+
+async def test_a_re_rate_reads_a_charge_s_earlier_re_rates_in_its_lane(kit: Kit):
+    """The re-rate's charges: the $2.00 charge stands as charged (no earlier re-rate, current
+    None). With the forged adjustment in another lane the re-rate read it as the charge's: current
+    {(model-x, input): 1,000,000,000}, so a re-rate to $0.50 per 1,000 would move it from $1.00 to
+    $1.00, nothing, where -$1.00 is due. Now it reads the charge's lane: current None."""
+    cid = await _charged(kit)
+
+    async def read(conn: AsyncConnection) -> list[Any]:
+        rows = await store.load_rerate_charges(conn, cid, kit.book, NOV_1, DEC_1)
+        return [engine._on_record(r) for r in rows]
+
+    [charge] = await _forged(kit, cid, read)
+    assert (charge.charged, charge.current) == (2_000_000_000, None)
+
