@@ -17,8 +17,9 @@ scale and customer are those its code and asset fix (`account`; a customer's cur
 CUSTOMER_SCALE). A version 4 seal is dated when
 it was written, so its sealed_at must not precede the seal before it nor any of its entries'
 recorded_at; an older seal's was its sealer's transaction start, which need not follow either,
-and it is not checked. Memory is one seal's entry ids at a time, the ids of the entries no seal covers yet,
-and each account's asset and customer.
+and it is not checked. An unsealed entry may not reuse a sealed entry's id (as a forged entry of
+another lane can). Memory is one seal's entry ids at a time, a bit for each sealed entry's id, the
+ids of the entries no seal covers yet, and each account's asset and customer.
 """
 from __future__ import annotations
 
@@ -193,6 +194,29 @@ class _Seal:
     last: tuple[str, int] | None = None  # its entries' latest recorded_at, and that entry
 
 
+class _Ids:
+    """A set of entry ids kept as one bit an id (ids a sequence gave: 1.25 MB up to 10,000,000), in
+    a plain set from _BITS on (32 MB of bits below it)."""
+    _BITS = 1 << 28
+
+    def __init__(self) -> None:
+        self.bits = bytearray()
+        self.rest: set[int] = set()
+
+    def add(self, i: int) -> None:
+        if not 0 <= i < self._BITS:
+            self.rest.add(i)
+            return
+        if i >> 3 >= len(self.bits):
+            self.bits.extend(bytes(max((i >> 3) + 1 - len(self.bits), len(self.bits))))
+        self.bits[i >> 3] |= 1 << (i & 7)
+
+    def __contains__(self, i: int) -> bool:
+        if not 0 <= i < self._BITS:
+            return i in self.rest
+        return i >> 3 < len(self.bits) and bool(self.bits[i >> 3] & (1 << (i & 7)))
+
+
 class _Verifier:
     def __init__(self, now: datetime | None = None) -> None:
         self.report = OfflineReport()
@@ -202,6 +226,10 @@ class _Verifier:
         self.unsealed_from: int | None = None  # the txid the unsealed entries start at
         self.ended = False
         self.unsealed_ids: set[int] = set()  # a seal's own ids are checked when it closes
+        # every seal's entry ids so far: an unsealed entry (they follow the seals) of one of them
+        # reuses a sealed entry's id, as a forged entry of another lane can (ids are unique within a
+        # lane alone; `audit verify`'s entry_ids names it)
+        self.sealed_ids = _Ids()
         self.past_first_seal = False  # a seal record was read (well formed or not)
         self.started = False  # a line was read: a header past it is not the file's
         # account code -> asset, from the account records: a posting's asset is in the entry's hash
@@ -394,6 +422,9 @@ class _Verifier:
                                  f"{self.unsealed_from}, where they start")
             if entry_id in self.unsealed_ids:
                 self.report.fail(f"entry {entry_id} appears twice among the unsealed entries (line {number})")
+            elif entry_id in self.sealed_ids:
+                self.report.fail(f"entry {entry_id} (line {number}) lies among the unsealed entries, but a sealed "
+                                 "entry has the same id: an entry id is given once")
             self.unsealed_ids.add(entry_id)
             if rec.get("seal") is not None:
                 self.report.fail(f"entry {entry_id} names seal {rec['seal']} but lies among the unsealed entries")
@@ -433,6 +464,8 @@ class _Verifier:
         if seal is None:
             return
         expected, present = set(seal.expected), set(seal.seen)
+        for i in expected:
+            self.sealed_ids.add(i)
         for twice in sorted(i for i, n in Counter(seal.seen).items() if n > 1):
             self.report.fail(f"entry {twice} appears twice in seal {seal.id}'s part of the file")
         for missing in (i for i in seal.expected if i not in present):

@@ -121,3 +121,17 @@ def test_an_amount_written_with_an_exponent_is_refused_not_read_as_a_float():
     assert b"5e0" in lines[4]
     report = verify_lines(lines)
     assert not report.ok and report.problems[0].startswith("line 5: the entry record's 'postings'"), report.problems
+
+
+def test_an_unsealed_entry_reusing_a_sealed_entry_s_id_is_named():
+    """The intact file's unsealed entry given id 1, the id of the entry seal 1 sealed (as a forged
+    entry of another lane can be: an entry id is unique within its lane alone, and `audit verify`'s
+    entry_ids names a shared one). Each entry on its own is sound (its postings balance, the
+    unsealed one's content is in no hash), so the verifier passed the file: 0 problems. Now the
+    unsealed entry is named."""
+    lines = _with_unsealed("{}")
+    lines[6] = lines[6].replace(b'"id": 2,', b'"id": 1,')
+    assert b'"id": 1,' in lines[6]
+    report = verify_lines(lines)
+    assert report.problems == ["entry 1 (line 7) lies among the unsealed entries, but a sealed entry has the "
+                               "same id: an entry id is given once"]
