@@ -162,14 +162,15 @@ def moved_funding(rules: Mapping[str, tuple[RulePaid, ...]], moves: Sequence[Mov
     return out
 
 
-def volume_rules(book: PriceBook | None, rollup: Rollup, period: str,
-                 moves: Sequence[Moved] = ()) -> list[tuple[Rule, str, int, int]]:
+def volume_rules(book: PriceBook | None, rollup: Rollup, period: str, moves: Sequence[Moved] = (),
+                 priced: dict[str, int] | None = None) -> list[tuple[Rule, str, int, int]]:
     """(rule, price version, quantity, amount charged) of each volume-tiered rule the period's own
     usage was rated with at the book's price (not a contract price), one for each version that
     tiers the rule by volume, in the book's order (by its time: labels are the caller's, and "v9"
     sorts after "v10"): the units and amounts that version rated, at its own tiers; their units
     together reach the tier (true_up_lines); what a version pricing the rule flat (or graduated)
-    rated is final at its price and counts for no tier. A re-rate of the period's charges
+    rated is final at its price, but its units count toward the tier as the period's counters
+    counted them (added to `priced`, by rule id, where given). A re-rate of the period's charges
     counts for the rule that rated their model and token type, unless a discount or a contract price
     shares them (their lines do not tell the rule's share): the charges it moved (`moves`,
     rerated_moves) count under the version they stand at now, as re-rated, for the rule that rates
@@ -230,6 +231,9 @@ def volume_rules(book: PriceBook | None, rollup: Rollup, period: str,
             counted = [(latest, sum(q for _, q, _ in counted), sum(a for *_, a in counted) + more)]
         else:
             counted = [(v, q, a) for v, (q, a) in by_version.items() if (q or a) and not flat_in(versions, rule_id, v)]
+            flat = sum(n for v, (n, _) in by_version.items() if flat_in(versions, rule_id, v))
+            if priced is not None and flat:
+                priced[rule_id] = priced.get(rule_id, 0) + flat
         for version, quantity, amount in sorted(counted, key=lambda c: order.get(c[0], -1)):
             rule = next((r for r in versions[version].rules if r.id == rule_id), None) if version in versions else None
             if rule is not None and rule.tier_mode == "volume" and rule.tiers:
@@ -244,10 +248,10 @@ CONTRACT = "contract:"
 
 def contract_units(book: PriceBook | None, rollup: Rollup, period: str,
                    rerated: Sequence[tuple[Any, ...]] = ()) -> dict[str, int]:
-    """By volume rule, the units of the period's own usage a contract price rated under a version
-    tiering the rule by volume: their price is the customer's own (no true-up of them), but they
-    count toward the rule's tier, as the period's counters counted them when rating the usage
-    after them (wallets.core.rating.period_counts). A charge a re-rate rated under another rule id
+    """By volume rule, the units of the period's own usage a contract price rated (under any version
+    of the book: one pricing the rule flat too): their price is the customer's own (no true-up of
+    them), but they count toward the rule's tier, as the period's counters counted them when rating
+    the usage after them (wallets.core.rating.period_counts). A charge a re-rate rated under another rule id
     (`rerated`, State.rerated's: its rules keep the contract's, CONTRACT) counts for that rule, under
     the version it re-rated to; one it left under its rule counts where it was charged."""
     if book is None:
@@ -256,7 +260,7 @@ def contract_units(book: PriceBook | None, rollup: Rollup, period: str,
     found: dict[str, int] = {}
 
     def count(rule_id: str, version: str, quantity: int) -> None:
-        if version in versions and not flat_in(versions, rule_id, version):
+        if version in versions:
             found[rule_id] = found.get(rule_id, 0) + quantity
 
     for item, (quantity, _) in rollup.items():
@@ -578,7 +582,10 @@ def closing(state: State, w: Wallet, label: str, rollup: Rollup, book: PriceBook
     rollup = dict(rollup)
     moves = rerated_moves(state.rerated.get((w.customer.id, label), ()))
     counted = _with_later_adjustments(state, w, label, rollup)
-    rules = volume_rules(book, counted, label, moves)
+    # the units a contract price or a version pricing the rule flat rated: final at their price, they
+    # reach the rule's tier as the period's counters counted them (the upcoming invoice promised it)
+    priced = contract_units(book, rollup, label, state.rerated.get((w.customer.id, label), ()))
+    rules = volume_rules(book, counted, label, moves, priced)
     several = frozenset(r.id for r, *_ in rules if sum(x.id == r.id for x, *_ in rules) > 1)
     versions = {v.version: v for v in book.versions} if book is not None else {}
     listed = state.rule_funding.get((w.customer.id, label), {})
@@ -588,8 +595,7 @@ def closing(state: State, w: Wallet, label: str, rollup: Rollup, book: PriceBook
     funded = moved_funding(listed, moves, told_moves(counted, label, moves))
     flat = frozenset((rule_id, row[5]) for rule_id, paid in funded.items()
                      for row in paid if len(row) > 5 and row[5] and flat_in(versions, rule_id, row[5]))
-    lines = true_up_lines(rules, volume_discounts(book, rollup, label),
-                         contract_units(book, rollup, label, state.rerated.get((w.customer.id, label), ())))
+    lines = true_up_lines(rules, volume_discounts(book, rollup, label), priced)
     lines += allowance_lines(rollup, label, lines, allowances_at_end(w, label))
     cid, cur = w.customer.id, w.customer.currency
     legs, lot, paid, parts, payers = (_true_up(state, w, label, lines, now, funded, several, flat, moved) if lines

@@ -115,8 +115,9 @@ def true_up_fixes(data: RerateInput, found: Sequence[Correction], ratings: Mappi
     re-rate corrects charges billed in it (`found`; `ratings`: the re-rated charges' ratings by id).
     Of each volume rule that rated a re-rated charge: the true-up with every charge billed in the
     period as it stands after the re-rate, the close's rule: the units of the versions tiering it by
-    volume reach the tier, each version's at its own price of it (a version pricing it flat counts
-    for no tier); one correction a rule, its line at the latest of them,
+    volume reach the tier, each version's at its own price of it (a version pricing it flat: its
+    units final at its price, they reach the tier too, as the period's counters counted them); one
+    correction a rule, its line at the latest of them,
     against the true-up posted so far (`data.true_ups`). A charge not re-rated now counts under the
     rules of the version an earlier re-rate rated it with (`earlier`: its rating then, by id), not
     those it was first charged under; under the rule re-rated charges of the same token type moved
@@ -135,7 +136,8 @@ def true_up_fixes(data: RerateInput, found: Sequence[Correction], ratings: Mappi
     per_charge: dict[str, dict[int, list[int]]] = {}  # rule id -> charge id -> [units, amount]
     renamed = _renamed(data, ratings, earlier or {})
     at: dict[str, dict[int, tuple[str, str]]] = {}  # rule id -> charge id -> (version, its rule there)
-    contracts: dict[str, int] = {}  # rule id -> the units contract prices rated (they reach the tier)
+    # rule id -> the units contract prices and versions pricing the rule flat rated (they reach the tier)
+    contracts: dict[str, int] = {}
     for charge in data.charges:
         if (charge.billed_in or period) != period:
             continue  # a late charge of another period, or one billed later: its close never trued it up
@@ -155,8 +157,9 @@ def true_up_fixes(data: RerateInput, found: Sequence[Correction], ratings: Mappi
             pieces = [(rule_id if rule_id in kept else renamed.get(rule_id, rule_id), rule_id, *rest)
                       for rule_id, *rest in _standing(charge, (earlier or {}).get(charge.id))]
         for rule_id, source, version, quantity, amount in pieces:
-            if flat_in(versions, source, version):
-                continue  # a version pricing the rule flat (or graduated): final at its price, no tier
+            if flat_in(versions, source, version):  # a version pricing the rule flat (or graduated): final
+                contracts[rule_id] = contracts.get(rule_id, 0) + quantity  # at its price, it reaches the tier
+                continue
             rated.setdefault(rule_id, {})[charge.id] = charge
             piece = per_charge.setdefault(rule_id, {}).setdefault(charge.id, [0, 0])
             piece[0] += quantity
@@ -210,8 +213,8 @@ def _given(data: RerateInput, rule_id: str, old: int) -> Mapping[int, int] | Non
 
 def _count_contract_units(contracts: dict[str, int], versions: Mapping[str, Any], charge: ChargeOnRecord,
                           rating: Rating | None, now: str) -> None:
-    """Adds to `contracts` (rule id -> units) what a contract price rated of the charge under a version
-    tiering the rule by volume, as charged (the close's rollup has them so: invoicing.contract_units),
+    """Adds to `contracts` (rule id -> units) what a contract price rated of the charge (under any
+    version of the book), as charged (the close's rollup has them so: invoicing.contract_units),
     or, where a re-rate rated them under another rule id, under that rule and the version it re-rated
     to (`rating`, this re-rate's, at version `now`; else the last re-rate's kept rules, CONTRACT): the
     period's counters counted them, so they reach the rule's tier, and their price is the customer's
@@ -229,7 +232,7 @@ def _count_contract_units(contracts: dict[str, int], versions: Mapping[str, Any]
         rule_now = moved.get(CONTRACT + (line.get("token_type") or line["kind"]))
         if rule_now is not None and rule_now != rule_id:
             rule_id, version = rule_now, version_now
-        if version in versions and not flat_in(versions, rule_id, version):
+        if version in versions:
             contracts[rule_id] = contracts.get(rule_id, 0) + int(line["quantity"])
 
 

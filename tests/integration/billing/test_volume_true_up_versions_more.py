@@ -107,16 +107,19 @@ async def test_a_rerate_in_the_open_period_still_trues_up_when_a_later_version_i
     assert await _closed(bk, cid) == ("-9.50", "3.50")
 
 
-async def test_units_an_open_period_re_rate_moved_to_a_flat_version_count_for_no_tier(bk: BillingKit) -> None:
+async def test_units_an_open_period_re_rate_moved_to_a_flat_version_are_final_at_its_price_and_reach_the_tier(
+        bk: BillingKit) -> None:
     """v2 (from the 15th): `in` volume-tiered as v1; the 20th's 1,000,000, rated graduated on from the
     period's 3,000,000 so far, at $1/M = $1.00. On November 25th, before the close, v3 (from November
     1st: `in` flat $2/M) and November 1st-15th re-rated to it: the 5th 3,000,000 x $2/M = $6.00
-    (-$6.00), final at that price. The close trues up v2's 1,000,000 alone: the first tier reached,
-    $10/M, $10.00 less $1.00, +$9.00; November $6.00 + $1.00 + $9.00 = $16.00, as when v1 prices the
-    rule flat and v2 by volume. Counting every version's units at the latest version's (v2's) tiers
-    instead: 4,000,000 at $1/M = $4.00 less $12.00 + $1.00 - $6.00, -$3.00, November $4.00."""
+    (-$6.00), final at that price. The close trues up v2's 1,000,000, its units reaching the tier
+    with the flat 3,000,000 (as the counter that rated the 20th counted them): 4,000,000, $1/M,
+    $1.00 less $1.00, nothing; November $6.00 + $1.00 = $7.00, as when v1 prices the rule flat and
+    v2 by volume. Before, v2's 1,000,000 alone reached the first tier, $10/M: +$9.00, $16.00;
+    counting every version's units at the latest version's (v2's) tiers: 4,000,000 at $1/M = $4.00
+    less $12.00 + $1.00 - $6.00, -$3.00, November $4.00."""
     cid = "rerated-open-to-flat"
     await _booked(bk, cid, _volume("1"))
     bk.clock.now = NOV_25
     assert await _rerated(bk, cid, "v3", _flat("in")) == "-6.00"
-    assert await _closed(bk, cid) == ("9.00", "16.00")
+    assert await _closed(bk, cid) == ("0.00", "7.00")

@@ -204,7 +204,8 @@ def test_contract_priced_units_reach_the_tier_at_the_close_and_are_not_trued_up(
     from the counter's 60,000 (40,000 x $20/M + 30,000 x $10/M = $1.10): 130,000 reach v1's $10/M,
     the 70,000 x $10/M = $0.70 less $1.10, -$0.40; the contract's 60,000 are not trued up. Counted
     alone, the 70,000 stay in the first tier: 70,000 x $20/M = $1.40 less $1.10, +$0.30. A contract
-    under a version pricing the rule flat counts for no tier."""
+    under a version pricing the rule flat counts toward the tier too, as the counters count it (its
+    60,000: before, none)."""
     rollup = {_item("usage", "model-v", "output", "v-out", "v1", "c"): (60_000, 30 * M // 100),
               _item("usage", "model-v", "output", "v-out", "v1"): (70_000, 110 * M // 100)}
     rules = volume_rules(BOOK, rollup, "2026-11")
@@ -218,7 +219,8 @@ def test_contract_priced_units_reach_the_tier_at_the_close_and_are_not_trued_up(
     flat = parse_version({"id": "vol", "version": "f", "currency": "USD", "effective_from": "2026-10-01T00:00:00Z",
                           "rules": [{"id": "v-out", "model": "model-*", "token_type": "output", "price": "2"}]})
     assert contract_units(PriceBook("vol", "USD", (V1, flat)), {
-        _item("usage", "model-v", "output", "v-out", "f", "c"): (60_000, 30 * M // 100)}, "2026-11") == {}
+        _item("usage", "model-v", "output", "v-out", "f", "c"): (60_000, 30 * M // 100)}, "2026-11") == {
+        "v-out": 60_000}
 
 
 def test_a_re_rate_after_the_close_counts_contract_priced_units_toward_the_tier():
