@@ -452,7 +452,26 @@ async def test_a_refund_and_a_hold_sent_together_ride_one_batch_and_are_both_rig
     hold = Reserve(customer_id="cr-batch", request_id="r-together", request_hash=b"r-together", model="model-a",
                    ttl_seconds=300, amount=DOLLAR)
     refund = RefundCredit(customer_id="cr-batch", amount=2 * DOLLAR, reference="together")
-    held, refunded = await asyncio.gather(engine.submit(hold), engine.submit(refund))
+    # Sent together: both queued before a flusher takes its batch. The hold first waits for its
+    # book, a lookup when it was last found current over FRESH_SECONDS (1 s) ago, as on a loaded
+    # box (made so here on any box), and meanwhile the refund's flusher took the refund alone
+    # ([1, 1]); so every in-flight slot is held until both are in the lane's queue, as batches
+    # under way would hold them.
+    engine.books._current_at.clear()
+    slots, taken = engine._slots, 0
+    try:
+        for _ in range(engine._in_flight):
+            await slots.acquire()
+            taken += 1
+        together = asyncio.gather(engine.submit(hold), engine.submit(refund))
+        for _ in range(100_000):  # the book's lookup: milliseconds, at most a minute or so on a loaded box
+            if together.done() or sum(c.customer_id == "cr-batch" for q in engine._queues.values() for c, _ in q) == 2:
+                break
+            await asyncio.sleep(0.001)
+    finally:
+        for _ in range(taken):
+            slots.release()
+    held, refunded = await together
     assert sizes == [2]  # one batch (before: [1, 1])
     assert (refunded.amount, refunded.refundable) == (2 * DOLLAR, DOLLAR)
     assert (held.reservation.status, held.reservation.amount) == ("held", DOLLAR)
