@@ -47,7 +47,7 @@ from wallets.commands import (
     SettleResult,
 )
 from wallets.core.idempotency import Replayed
-from wallets.errors import NothingKeptError, WalletValidationError
+from wallets.errors import ConflictError, NothingKeptError, WalletValidationError
 
 
 class CreateReservationRequest(msgspec.Struct, forbid_unknown_fields=True):  # a typo is a 422
@@ -226,13 +226,15 @@ async def settle_outcome(services: Any, data: SettleRequest, command: Settle) ->
 
 async def _kept_settle(services: Any, command: Settle) -> Replayed | SettleResult | None:
     """The answer kept under the settle's key, else the reservation's settle of its body (the
-    lane's, `kept_only`: never rated, nothing kept under the key), else None."""
-    kept = await kept_answer(services.db, command.idem, command.customer_id)
-    if kept is not None:
-        return kept
+    lane's, `kept_only`: never rated, nothing kept under the key), else None. Another body kept
+    under its key or capture id is None too: a body refused is refused as such (422), validation
+    before the conflict (409) only a valid body is told."""
     try:
+        kept = await kept_answer(services.db, command.idem, command.customer_id)
+        if kept is not None:
+            return kept
         return await services.wallets.submit(replace(command, idem=None, kept_only=True))
-    except NothingKeptError:
+    except (NothingKeptError, ConflictError):
         return None
 
 

@@ -523,3 +523,22 @@ async def test_one_refund_reference_is_one_payout_across_refunds_and_top_up_reve
     finally:
         await db.dispose()
     await _verified(client)
+
+
+async def test_a_refund_finer_than_a_cent_under_a_known_reference_is_invalid_not_a_conflict(client) -> None:
+    """$3.00 overpaid ($10.00 paid by wire, re-rated to $7.00); $1.00 refunded under re_1. "3.001"
+    under re_1 (more digits than the dollar's two) was 409 idempotency_conflict, the reference
+    looked up before the amount was checked: now 422 invalid_amount naming amount. "1.00" under
+    re_1 again is 200, the first refund; "2.00" under it 409. Refundable: 3.00 - 1.00 = 2.00."""
+    await _overpaid(client, "cr-order")
+    first = await _refund(client, "cr-order", {"amount": "1.00", "reference": "re_1"})
+    assert first.status_code == 201, first.text
+    finer = await _refund(client, "cr-order", {"amount": "3.001", "reference": "re_1"})
+    assert (finer.status_code, finer.json()["code"], [f["field"] for f in finer.json()["fields"]]) == (
+        422, "invalid_amount", ["amount"]), finer.text
+    again = await _refund(client, "cr-order", {"amount": "1.00", "reference": "re_1"})
+    assert (again.status_code, again.json()["id"]) == (200, first.json()["id"]), again.text
+    other = await _refund(client, "cr-order", {"amount": "2.00", "reference": "re_1"})
+    assert (other.status_code, other.json()["code"]) == (409, "idempotency_conflict"), other.text
+    refundable = (await client.get("/v1/customers/cr-order/refundable", headers=ADMIN)).json()
+    assert refundable["refundable"] == "2.00"

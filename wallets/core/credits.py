@@ -68,6 +68,13 @@ def whole_minor_units(units: int, currency: str, field: str = "amount") -> int:
     return units
 
 
+def positive_whole(units: int, currency: str) -> int:
+    """An amount asked of cash (a refund): more than 0, in whole minor units."""
+    if units <= 0:
+        raise WalletValidationError("amount", "must be more than 0")
+    return whole_minor_units(units, currency)
+
+
 def opened_lot(state: State, w: Wallet, kind: str, amount: int, priority: int, expires_at: datetime | None,
             now: datetime, reason: str = "", reference: str = "") -> LotOpened:
     if expires_at is not None and expires_at <= now:
@@ -107,9 +114,10 @@ def top_up(state: State, cmd: TopUp, now: datetime, book: PriceBook | None) -> D
     `reference` credited before is answered again (as an invoice payment's or a refund's)."""
     w = state.require_wallet()
     known = state.topups.get((w.customer.id, cmd.reference)) if cmd.reference else None
+    if known is None or known.amount != cmd.amount:  # the body is checked before it is told from the one kept
+        whole_minor_units(cmd.amount, w.customer.currency)
     if known is not None:  # the same payment recorded again: credited once
         return _credited_before(w, cmd, known, now)
-    whole_minor_units(cmd.amount, w.customer.currency)
     owed = max(0, w.receivable - (w.credit_held or 0)) if w.customer.billing == "prepaid" else 0
     paid = min(cmd.amount, owed)
     opened = opened_lot(state, w, "topup", cmd.amount - paid, cmd.priority, cmd.expires_at, now, "", cmd.reference)
@@ -194,6 +202,9 @@ def reverse_grant(state: State, cmd: ReverseGrant, now: datetime, book: PriceBoo
             "grant: there is no cash or promotion it came from to give it back to; it stays credit for usage",
             grant_id=lot.id, opened_by=lot.opened_by)
     known = state.reversals.get((w.customer.id, cmd.reference)) if cmd.reference and lot.kind == "topup" else None
+    cur = w.customer.currency
+    if cmd.amount is not None and (known is None or cmd.amount != known.amount):  # checked before told apart
+        positive_whole(cmd.amount, cur)
     if known is not None:  # the same refund recorded again: paid out once
         return _refunded_before(w, lot, cmd, known, now)
     paid = state.refunds.get((w.customer.id, cmd.reference)) if cmd.reference and lot.kind == "topup" else None
@@ -201,7 +212,6 @@ def reverse_grant(state: State, cmd: ReverseGrant, now: datetime, book: PriceBoo
         raise ConflictError(f"refund {cmd.reference!r} of customer {w.customer.id} was paid out as the refund "
                             f"{paid.refund_id} of overpaid credit "
                             f"({format_money(paid.amount, w.customer.currency)})", reference=cmd.reference)
-    cur = w.customer.currency
     if lot.revoked:
         raise GrantClosedError(f"grant {lot.id} was revoked in whole: it is closed, what comes back to it is "
                                "revoked again", grant_id=lot.id, state="revoked")
@@ -213,9 +223,6 @@ def reverse_grant(state: State, cmd: ReverseGrant, now: datetime, book: PriceBoo
                                grant_id=lot.id, state="emptied")
     if cmd.amount is not None:
         amount = cmd.amount
-        if amount <= 0:
-            raise WalletValidationError("amount", "must be more than 0")
-        whole_minor_units(amount, cur)
     elif lot.kind == "topup":  # all of it that cash can carry: the fraction of a minor unit stays for usage
         amount = lot.balance - lot.balance % minor_unit(cur)
         if amount == 0:

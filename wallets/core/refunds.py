@@ -19,12 +19,12 @@ from pricing.books import PriceBook
 from pricing.money import format_money, minor_unit
 from wallets import chart
 from wallets.core.commands import RefundCredit
-from wallets.core.credits import whole_minor_units
+from wallets.core.credits import positive_whole
 from wallets.core.decision import Decision, Outcome
 from wallets.core.legs import Legs, entry
 from wallets.core.results import RefundResult, wallet_view
 from wallets.core.state import RefundOnRecord, State
-from wallets.errors import ConflictError, CurrencyMismatchError, ExceedsRefundableError, WalletValidationError
+from wallets.errors import ConflictError, CurrencyMismatchError, ExceedsRefundableError
 from wallets.model import Lot, Wallet
 
 # The entries that open a paid lot of money given back (Lot.opened_by): no cash came in as it.
@@ -85,14 +85,13 @@ def refund_credit(state: State, cmd: RefundCredit, now: datetime, book: PriceBoo
         raise CurrencyMismatchError(f"customer {cid} is billed in {cur}, not {cmd.currency}",
                                     customer_id=cid, currency=cur)
     known = state.refunds.get((cid, cmd.reference))
+    if known is None or known.amount != cmd.amount:  # the body is checked before it is told from the one kept
+        positive_whole(cmd.amount, cur)
     if known is not None:  # the same payout sent again: answered again, posted once
         return _again(state, w, cmd, known, now)
     if (reversal := state.reversals.get((cid, cmd.reference))) is not None:  # one refund id, one payout
         raise ConflictError(f"refund {cmd.reference!r} of customer {cid} was paid out as the refund of top-up "
                             f"{reversal.lot_id} ({format_money(reversal.amount, cur)})", reference=cmd.reference)
-    if cmd.amount <= 0:
-        raise WalletValidationError("amount", "must be more than 0")
-    whole_minor_units(cmd.amount, cur)
     can = refundable(w, state.cash.get(cid, 0), now)
     if cmd.amount > can:
         raise ExceedsRefundableError(

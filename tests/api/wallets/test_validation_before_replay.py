@@ -1,0 +1,111 @@
+"""A body that is invalid is refused as invalid (422) even where its reference, request id,
+capture id or Idempotency-Key is known: validation of the body comes before telling it apart from
+the call kept under that name, which only the very body kept answers again (200, or its replay).
+Before, a top-up of "10.001" dollars (more digits than the dollar's two) under a payment
+reference credited at "10.00" was 409 idempotency_conflict, where 422 invalid_amount is what is
+wrong with it; so was a top-up refund of "2.001" under a refund reference paid, and a settle whose
+usage is refused under a key (or capture id) of another settle.
+
+Book: model-a input $10.00 per 1M tokens, output $20.00 per 1M, $0.01 a call."""
+from __future__ import annotations
+
+import uuid
+
+from litestar.testing import AsyncTestClient
+
+
+async def _customer(client: AsyncTestClient, book: str, top_up: str | None = None) -> str:
+    cid = f"vbr-{uuid.uuid4().hex[:10]}"
+    made = await client.post("/v1/customers", json={"id": cid, "price_book": book, "billing": "prepaid"})
+    assert made.status_code == 201, made.text
+    if top_up is not None:
+        assert (await client.post(f"/v1/customers/{cid}/topups", json={"amount": top_up})).status_code == 201
+    return cid
+
+
+def _invalid_amount(answer) -> None:
+    assert (answer.status_code, answer.json()["code"]) == (422, "invalid_amount"), answer.text
+    assert [f["field"] for f in answer.json()["fields"]] == ["amount"]
+
+
+async def _available(client: AsyncTestClient, cid: str) -> str:
+    return (await client.get(f"/v1/customers/{cid}/wallet")).json()["available"]
+
+
+async def test_a_top_up_finer_than_a_cent_under_a_payment_reference_credited_is_invalid(client, book):
+    """pi_1 credited 10.00; "10.001" under pi_1: 422 invalid_amount (before: 409); "10.00" under
+    it again: 200, the first lot; "5.00" under it: 409. 10.00 available, one lot."""
+    cid = await _customer(client, book)
+    path = f"/v1/customers/{cid}/topups"
+    first = await client.post(path, json={"amount": "10.00", "reference": "pi_1"})
+    assert first.status_code == 201, first.text
+    _invalid_amount(await client.post(path, json={"amount": "10.001", "reference": "pi_1"}))
+    again = await client.post(path, json={"amount": "10.00", "reference": "pi_1"})
+    assert (again.status_code, again.json()["grant_id"]) == (200, first.json()["grant_id"]), again.text
+    other = await client.post(path, json={"amount": "5.00", "reference": "pi_1"})
+    assert (other.status_code, other.json()["code"]) == (409, "idempotency_conflict"), other.text
+    assert await _available(client, cid) == "10.00"
+
+
+async def test_a_top_up_refund_finer_than_a_cent_under_a_refund_reference_paid_is_invalid(client, book):
+    """A 10.00 top-up refunded 2.00 under re_1; "2.001" under re_1: 422 invalid_amount (before:
+    409); "2.00" again: 200, nothing posted; "3.00" under it: 409. 10.00 - 2.00 = 8.00 available."""
+    cid = await _customer(client, book)
+    lot = (await client.post(f"/v1/customers/{cid}/topups", json={"amount": "10.00"})).json()["grant_id"]
+    path = f"/v1/customers/{cid}/grants/{lot}/reverse"
+    first = await client.post(path, json={"amount": "2.00", "reference": "re_1"})
+    assert first.status_code == 201, first.text
+    _invalid_amount(await client.post(path, json={"amount": "2.001", "reference": "re_1"}))
+    again = await client.post(path, json={"amount": "2.00", "reference": "re_1"})
+    assert (again.status_code, again.json()["entry_id"]) == (200, first.json()["entry_id"]), again.text
+    other = await client.post(path, json={"amount": "3.00", "reference": "re_1"})
+    assert (other.status_code, other.json()["code"]) == (409, "idempotency_conflict"), other.text
+    assert await _available(client, cid) == "8.00"
+
+
+async def test_a_settle_whose_usage_is_refused_under_another_settle_s_key_or_capture_id_is_invalid(client, book):
+    """A $1.00 hold settled under key k with 1,000 input tokens ($0.01 + $0.01 a call = $0.02);
+    {"usage": {}} (no count) under k: 422 validation_error naming usage (before: 409); the first
+    body under k again replays it. Another $1.00 hold captured under capture id c1 with 1,000
+    output tokens ($0.02 + $0.01 = $0.03); {"usage": {}} under c1: 422 (not 409). 10.00 - 0.02
+    - 0.03 - 0.97 held = 8.98 available (hold 2: 1.00 - 0.03 captured from it)."""
+    cid = await _customer(client, book, "10.00")
+
+    async def held(request_id: str) -> str:
+        made = await client.post("/v1/reservations", json={"customer_id": cid, "request_id": request_id,
+                                                           "model": "model-a", "amount": "1.00"})
+        assert made.status_code == 201, made.text
+        return made.json()["id"]
+
+    rid, captured = await held("r-1"), await held("r-2")
+    key = {"Idempotency-Key": f"k-{cid}"}
+    body = {"usage": {"input_tokens": 1000}}
+    first = await client.post(f"/v1/reservations/{rid}/settle", json=body, headers=key)
+    assert (first.status_code, first.json()["charged"]) == (200, "0.02"), first.text
+    refused = await client.post(f"/v1/reservations/{rid}/settle", json={"usage": {}}, headers=key)
+    assert (refused.status_code, refused.json()["code"], [f["field"] for f in refused.json()["fields"]]) == (
+        422, "validation_error", ["usage"]), refused.text
+    again = await client.post(f"/v1/reservations/{rid}/settle", json=body, headers=key)
+    assert (again.status_code, again.headers.get("idempotent-replayed"), again.json()) == (200, "true", first.json())
+    capture = {"usage": {"output_tokens": 1000}, "final": False, "capture_id": "c1"}
+    took = await client.post(f"/v1/reservations/{captured}/settle", json=capture)
+    assert (took.status_code, took.json()["charged"]) == (200, "0.03"), took.text
+    refused = await client.post(f"/v1/reservations/{captured}/settle", json={**capture, "usage": {}})
+    assert (refused.status_code, [f["field"] for f in refused.json()["fields"]]) == (422, ["usage"]), refused.text
+    assert await _available(client, cid) == "8.98"
+
+
+async def test_a_reserve_whose_body_is_invalid_under_a_known_request_id_is_invalid(client, book):
+    """A guard: request id r-1 held $1.00; under r-1 an amount of "-1.00", one of ten decimals and a
+    ttl_seconds of 0 are each 422 validation_error (the route's checks, before the lane's request-id
+    replay), and the first body again is 200, its reservation. 10.00 - 1.00 = 9.00 available."""
+    cid = await _customer(client, book, "10.00")
+    body = {"customer_id": cid, "request_id": "r-1", "model": "model-a", "amount": "1.00"}
+    first = await client.post("/v1/reservations", json=body)
+    assert first.status_code == 201, first.text
+    for bad in ({"amount": "-1.00"}, {"amount": "1.0000000001"}, {"ttl_seconds": 0}):
+        refused = await client.post("/v1/reservations", json={**body, **bad})
+        assert (refused.status_code, refused.json()["code"]) == (422, "validation_error"), (bad, refused.text)
+    again = await client.post("/v1/reservations", json=body)
+    assert (again.status_code, again.json()["id"]) == (200, first.json()["id"]), again.text
+    assert await _available(client, cid) == "9.00"
