@@ -73,7 +73,8 @@ class Forwarding:
                                  chat_searches=dict(call.tool_uses).get("web_search", 0) if call.kind == CHAT else 0,
                                  container_units=call.container_units,
                                  reused_containers=frozenset(call.reused_containers),
-                                 audio_format=call.audio_format, hidden=call.hidden_output)
+                                 audio_format=call.audio_format, hidden=call.hidden_output,
+                                 cache_ttl_1h=call.cache_write == "cache_write_1h")
         self.sent = False  # the upstream has the whole call: it may be generating
         self.relaying = False  # a stream is being relayed to the caller
         self.left = False  # the caller left while it was: what comes is read for its usage, not sent

@@ -149,6 +149,9 @@ class StreamTally:
     # a tool of the provider's ran (a search, a fetch, code, an MCP call): its results are billed as
     # input, which only the final usage counts
     tool_results: bool = False
+    # Anthropic: the call caches for an hour (a `cache_control` ttl of 1h): the TTL of cache writes
+    # its message_delta adds to message_start's split (_split_writes)
+    cache_ttl_1h: bool = False
     # the stream's own last event came (chat's [DONE], a response's completed, incomplete or failed
     # event, Anthropic's message_stop): a connection lost after it lost only HTTP's end of the body
     ended: bool = False
@@ -269,7 +272,7 @@ class StreamTally:
                 self.started = dict(message["usage"])
         elif kind == "message_delta" and isinstance(event.get("usage"), Mapping):
             reported = {k: v for k, v in event["usage"].items() if v is not None}
-            self.usage = {**(self.started or {}), **reported}
+            self.usage = _split_writes({**(self.started or {}), **reported}, reported, self.cache_ttl_1h)
             delta = event.get("delta")
             if isinstance(delta, Mapping) and isinstance(delta.get("container"), Mapping):
                 self.containers.add("")
@@ -352,6 +355,27 @@ class StreamTally:
             return form, {**usage, **calls}
         normalize = normalize_anthropic if form == "anthropic_usage" else normalize_openai
         return "usage", {**normalize(usage).as_usage_fields(), **calls}
+
+
+def _split_writes(usage: dict[str, Any], reported: Mapping[str, Any], ttl_1h: bool) -> dict[str, Any]:
+    """Anthropic's merged stream usage with message_start's split of its cache writes by TTL
+    (`cache_creation`) made to add up to message_delta's cumulative `cache_creation_input_tokens`,
+    which comes without a split: the writes added since message_start (a server tool's sampling)
+    at the TTL the call caches for (`ttl_1h`, never cheaper than its hold priced them); fewer
+    writes than the split (never seen) keep its one-hour ones first. Else the usage as given."""
+    split, total = usage.get("cache_creation"), reported.get("cache_creation_input_tokens")
+    if "cache_creation" in reported or not isinstance(split, Mapping) or _tokens(total) != total:
+        return usage
+    five, hour = _tokens(split.get("ephemeral_5m_input_tokens")), _tokens(split.get("ephemeral_1h_input_tokens"))
+    added = total - five - hour
+    if added == 0:
+        return usage
+    if added > 0:
+        five, hour = (five, hour + added) if ttl_1h else (five + added, hour)
+    else:
+        hour = min(hour, total)
+        five = total - hour
+    return {**usage, "cache_creation": {**split, "ephemeral_5m_input_tokens": five, "ephemeral_1h_input_tokens": hour}}
 
 
 _ANTHROPIC_COUNTS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")

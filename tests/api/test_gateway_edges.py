@@ -120,6 +120,16 @@ async def body(send: Any, data: bytes, more: bool = True) -> None:
     await send({"type": "http.response.body", "body": data, "more_body": more})
 
 
+def streamed(events: list[bytes]) -> Script:
+    """An upstream script that streams `events`, each as a part of its own, and ends."""
+    async def script(send: Any, receive: Any) -> None:
+        await start(send, b"text/event-stream")
+        for event in events:
+            await body(send, event)
+        await body(send, b"", more=False)
+    return script
+
+
 def sse(data: Any) -> bytes:
     return b"data: " + msgspec.json.encode(data) + b"\n\n"
 
@@ -935,19 +945,53 @@ def test_an_anthropic_stream_whose_message_delta_repeats_the_input_usage_is_char
                                          "usage": {**start_usage, "output_tokens": 40, "server_tool_use": None}}),
         b"event: message_stop\n" + sse({"type": "message_stop"})]
 
-    async def cumulative(send: Any, receive: Any) -> None:
-        await start(send, b"text/event-stream")
-        for event in events:
-            await body(send, event)
-        await body(send, b"", more=False)
-
     with httpx.Client(base_url=url, headers={"x-api-key": key}, timeout=30) as http:
         with http.stream("POST", "/anthropic/v1/messages", json={
-                "model": model(upstream, cumulative), "max_tokens": 100, "messages": HI, "stream": True}) as r:
+                "model": model(upstream, streamed(events)), "max_tokens": 100, "messages": HI, "stream": True}) as r:
             received = b"".join(r.iter_raw())
             request_id = r.headers["x-tokentill-request-id"]
     assert received.startswith(b"".join(events))
     _billed(url, cid, request_id, MESSAGES_CHARGE)
+
+
+def test_an_anthropic_stream_whose_message_delta_adds_cache_writes_is_charged_them(live, upstream):
+    """message_start splits its cache writes by TTL (`cache_creation`); message_delta's usage
+    (anthropic's MessageDeltaUsage) has the cumulative `cache_creation_input_tokens` and no split.
+    Where the call wrote more after message_start (a server tool's sampling, say: 50 then 80), the
+    merged usage said 80 writes split 50 + 0: unreadable, so the settle fell back to the prompt's
+    count and the metered output (12 tokens in, " one two" 2 out): $0.00116 for its usage's $0.0179.
+    The added writes are taken at the TTL the call cached for (5 minutes here, the `cache_control`
+    it sent): 1,500 in at $10/M, 100 read at $1/M, 80 written at $12.50/M, 40 out at
+    $20/M, $0.001 a call: (15,000 + 100 + 1,000 + 800) / 10^6 + 0.001 = $0.0179."""
+    url, _ = live
+    cid, key = customer(live)
+    start_usage = {"input_tokens": 900, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 50,
+                   "cache_creation": {"ephemeral_5m_input_tokens": 50, "ephemeral_1h_input_tokens": 0},
+                   "output_tokens": 1}
+    events = [
+        b"event: message_start\n" + sse({"type": "message_start", "message": {
+            "id": "msg_edge", "type": "message", "role": "assistant", "model": "m", "content": [],
+            "stop_reason": None, "stop_sequence": None, "usage": start_usage}}),
+        b"event: content_block_start\n" + sse({"type": "content_block_start", "index": 0,
+                                               "content_block": {"type": "text", "text": ""}}),
+        b"event: content_block_delta\n" + sse({"type": "content_block_delta", "index": 0,
+                                               "delta": {"type": "text_delta", "text": " one two"}}),
+        b"event: content_block_stop\n" + sse({"type": "content_block_stop", "index": 0}),
+        b"event: message_delta\n" + sse({"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                                         "usage": {"input_tokens": 1500, "cache_read_input_tokens": 100,
+                                                   "cache_creation_input_tokens": 80, "output_tokens": 40}}),
+        b"event: message_stop\n" + sse({"type": "message_stop"})]
+
+    client = anthropic.Anthropic(base_url=f"{url}/anthropic", api_key=key, max_retries=0)
+    cached = [{"role": "user", "content": [{"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}}]}]
+    with client.messages.with_streaming_response.create(
+            model=model(upstream, streamed(events)), max_tokens=100, stream=True, messages=cached) as response:
+        texts = [e.delta.text for e in response.parse() if e.type == "content_block_delta"]
+        request_id = response.headers["x-tokentill-request-id"]
+    assert texts == [" one two"]
+    cost = (1500 * IN + 100 * CACHED + 80 * WRITE + 40 * OUT) / M + CALL
+    assert cost == Decimal("0.0179")
+    _billed(url, cid, request_id, cost)
 
 
 MESSAGE_START = b"event: message_start\n" + sse({"type": "message_start", "message": {

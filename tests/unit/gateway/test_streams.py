@@ -199,6 +199,24 @@ def test_only_cr_and_lf_end_an_events_lines():
     assert event_fields(b"data: 1\rdata: 2\ndata: 3\n\n") == (None, "1\n2\n3")
 
 
+@pytest.mark.parametrize(("ttl_1h", "split"), [(False, (30, 50)), (True, (0, 80))])
+def test_cache_writes_message_delta_adds_are_split_at_the_ttl_the_call_caches_for(ttl_1h, split):
+    """message_start: 50 writes, all one-hour; message_delta: 80 in all, no split (its usage has none).
+    The 30 added are 5-minute writes for a call that caches for 5 minutes, one-hour for one that asks
+    1h (was: 80 against a split of 0 + 50, unreadable usage, settled without it)."""
+    tally = StreamTally(MESSAGES, cache_ttl_1h=ttl_1h)
+    tally.observe(sse({"type": "message_start", "message": {"usage": {
+        "input_tokens": 900, "output_tokens": 1, "cache_creation_input_tokens": 50,
+        "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 50}}}}, "message_start"))
+    tally.observe(sse({"type": "message_delta", "delta": {}, "usage": {"output_tokens": 40,
+                                                                         "cache_creation_input_tokens": 80}},
+                      "message_delta"))
+    form, usage = tally.settlement(COUNTER, "claude-x", 9)
+    assert form == "anthropic_usage" and usage["cache_creation_input_tokens"] == 80
+    writes = usage["cache_creation"]
+    assert (writes["ephemeral_5m_input_tokens"], writes["ephemeral_1h_input_tokens"]) == split
+
+
 def test_an_upstream_that_fails_before_any_output_token_is_released_though_message_start_came():
     start = sse({"type": "message_start", "message": {"usage": {"input_tokens": 900, "output_tokens": 1}}},
                 "message_start")
