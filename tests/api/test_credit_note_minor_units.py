@@ -14,7 +14,7 @@ import pytest
 
 from tests.api.apps import api_client
 from tests.api.closing import close_early, utc
-from wallets.periods import Cycle, following, period_of
+from wallets.periods import Cycle, Period, following, period_of
 
 ADMIN = {"Authorization": "Bearer cn-admin"}
 
@@ -37,6 +37,18 @@ async def _usage(client, cid: str, tokens: list[int], now: datetime) -> None:
         {"event_id": f"e{i}", "customer_id": cid, "model": "model-a", "timestamp": now.isoformat(),
          "usage": {"input_tokens": n, "output_tokens": 0}} for i, n in enumerate(tokens)])
     assert sent.json()["accepted"] == len(tokens), sent.text
+
+
+async def _rerated_to(client, currency: str, price: str, period: Period) -> dict:
+    """Version v2 of the book at `price` from the period's start, and the period re-rated to it
+    (applied): the one credit or debit note it issued, as GET /v1/credit-notes/{id} shows it."""
+    await _book(client, currency, "v2", utc(period.start), price)
+    applied = await client.post("/v1/rerate", headers=ADMIN, json={
+        "price_book": f"cn-{currency}", "version": "v2", "from": utc(period.start), "to": utc(period.end),
+        "mode": "apply"})
+    assert applied.status_code == 200, applied.text
+    [listed] = applied.json()["credit_notes"]
+    return (await client.get(f"/v1/credit-notes/{listed['id']}", headers=ADMIN)).json()
 
 
 async def _invoice(client, invoice_id: str) -> dict:
@@ -83,13 +95,7 @@ async def test_a_credit_note_moves_whole_minor_units_and_paying_what_is_left_clo
     [closed] = (await close_early(client, ADMIN, cid, period))["closed"]
     invoice = await _invoice(client, closed["invoice_id"])
     assert invoice["amount_due"] == due
-    await _book(client, currency, "v2", utc(period.start), v2)
-    applied = await client.post("/v1/rerate", headers=ADMIN, json={
-        "price_book": f"cn-{currency}", "version": "v2", "from": utc(period.start), "to": utc(period.end),
-        "mode": "apply"})
-    assert applied.status_code == 200, applied.text
-    [listed] = applied.json()["credit_notes"]
-    note = (await client.get(f"/v1/credit-notes/{listed['id']}", headers=ADMIN)).json()
+    note = await _rerated_to(client, currency, v2, period)
     # the correction stays exact; the money it moves is whole minor units
     assert note["total"] == total and sum(Decimal(x["amount"]) for x in note["lines"]) == Decimal(total)
     assert (note["amount"], note["amount_rounding"]) == (amount, rounding), note
@@ -139,13 +145,7 @@ async def test_a_credit_note_to_a_prepaid_wallet_gives_whole_minor_units_back_to
     assert Decimal((await _invoice(client, closed["invoice_id"]))["amount_due"]) == 0
     wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
     assert [lot["remaining"] for lot in wallet["grants"]] == [before], wallet
-    await _book(client, currency, "v2", utc(period.start), v2)
-    applied = await client.post("/v1/rerate", headers=ADMIN, json={
-        "price_book": f"cn-{currency}", "version": "v2", "from": utc(period.start), "to": utc(period.end),
-        "mode": "apply"})
-    assert applied.status_code == 200, applied.text
-    [listed] = applied.json()["credit_notes"]
-    note = (await client.get(f"/v1/credit-notes/{listed['id']}", headers=ADMIN)).json()
+    note = await _rerated_to(client, currency, v2, period)
     assert (note["total"], note["amount"]) == (total, amount), note
     wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
     assert [lot["remaining"] for lot in wallet["grants"]] == [after], wallet  # no lot of a fraction
@@ -162,17 +162,9 @@ async def test_a_debit_note_charges_whole_minor_units_on_the_next_invoice(client
     created = await client.post("/v1/customers", headers=ADMIN, json={
         "id": "dn-usd", "currency": "USD", "price_book": "cn-USD", "billing": "postpaid"})
     assert created.status_code == 201, created.text
-    sent = await client.post("/v1/usage-events", headers=ADMIN, json=[
-        {"event_id": f"e{i}", "customer_id": "dn-usd", "model": "model-a", "timestamp": now.isoformat(),
-         "usage": {"input_tokens": 1500, "output_tokens": 0}} for i in range(5)])
-    assert sent.json()["accepted"] == 5, sent.text
+    await _usage(client, "dn-usd", [1500] * 5, now)
     await close_early(client, ADMIN, "dn-usd", period)
-    await _book(client, "USD", "v2", utc(period.start), "12")
-    applied = await client.post("/v1/rerate", headers=ADMIN, json={
-        "price_book": "cn-USD", "version": "v2", "from": utc(period.start), "to": utc(period.end), "mode": "apply"})
-    assert applied.status_code == 200, applied.text
-    [listed] = applied.json()["credit_notes"]
-    note = (await client.get(f"/v1/credit-notes/{listed['id']}", headers=ADMIN)).json()
+    note = await _rerated_to(client, "USD", "12", period)
     assert (note["kind"], note["total"], note["amount"], note["amount_rounding"]) == ("debit", "0.015", "0.02", "0.005")
     [closed] = (await close_early(client, ADMIN, "dn-usd", following(period, Cycle("UTC", None))))["closed"]
     december = await _invoice(client, closed["invoice_id"])
