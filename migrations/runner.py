@@ -143,7 +143,11 @@ def check_transaction_ids(conn: Connection) -> None:
             raise TransactionIdsBehind(max(int(v) for v in row[1:] if v is not None), server)
 
 
-RESTRICT_VIOLATION = "23001"  # what a downgrade raises when it would destroy what an older revision cannot hold
+def refused(exc: DBAPIError) -> bool:
+    """Whether a downgrade's `exc` is its refusal: an integrity constraint violation (class 23:
+    restrict_violation, as most downgrades raise, or unique_violation as 0007's, or a constraint
+    the older schema puts back that the rows break), not a fault."""
+    return str(getattr(exc.orig, "sqlstate", None) or "").startswith("23")
 
 
 class DowngradeRefused(Exception):
@@ -179,7 +183,7 @@ def upgrade(sync_url: str, *, lanes: int | None = None, to: str | None = None) -
             try:
                 command.downgrade(config, to)
             except DBAPIError as exc:
-                if getattr(exc.orig, "sqlstate", None) != RESTRICT_VIOLATION:
+                if not refused(exc):
                     raise
                 conn.rollback()
                 raise DowngradeRefused(to, current, str(exc.orig).splitlines()[0]) from None
@@ -233,7 +237,7 @@ def configured_database() -> Iterator[Connection]:
     except (ServerTooOld, DowngradeRefused) as exc:
         raise SystemExit(f"error: {exc}") from None
     except DBAPIError as exc:
-        if getattr(exc.orig, "sqlstate", None) != RESTRICT_VIOLATION:
+        if not refused(exc):
             raise
         raise SystemExit(f"error: cannot migrate the database down: {str(exc.orig).splitlines()[0]}; "
                          f"nothing was moved") from None
