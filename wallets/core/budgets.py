@@ -378,6 +378,9 @@ def validate(window: str, metric: str, mode: str, limit: int, thresholds: Iterab
     marks = list(thresholds)
     if any(not 1 <= t <= 1000 for t in marks) or len(set(marks)) != len(marks):
         raise WalletValidationError("thresholds", "distinct percentages of the limit, from 1 to 1000")
+    if time_zone is not None and window not in ("day", "month"):  # kept, shown, and changing nothing
+        raise WalletValidationError("time_zone", f"only a day or a month begins in a time zone: a {window} "
+                                    "budget takes none")
     if time_zone is not None:
         new_zone(time_zone)
 

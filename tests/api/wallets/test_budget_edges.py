@@ -33,6 +33,11 @@ BAD_CREATES = [
     # only `*` is a wildcard (README): `?` and `[` were fnmatch's, so "gpt-4?" bound gpt-41 and gpt-4o,
     # and "model-[1m]" (a literal name) bound model-1 and model-m, not itself
     ({"model": "gpt-4?"}, "model"), ({"model": "model-[1m]"}, "model"), ({"model": "gpt-[!4]*"}, "model"),
+    # a time zone sets where a day or a month begins: on a rolling minute, a request or the lifetime it
+    # was 201, kept and shown, and changed nothing (README: "`day` and `month` ... in `time_zone`")
+    ({"window": "minute", "metric": "tokens", "limit": 1000, "time_zone": "Asia/Tokyo"}, "time_zone"),
+    ({"window": "request", "time_zone": "Asia/Tokyo"}, "time_zone"),
+    ({"window": "lifetime", "time_zone": "UTC"}, "time_zone"),
 ]
 
 
