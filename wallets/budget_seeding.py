@@ -140,6 +140,8 @@ async def count_before(conn: AsyncConnection, lane: int, b: Budget, now: datetim
         calls = await _each_call(conn, params, summed=True)
     else:
         calls = await _summed(conn, params, b.metric == "money")
+    if end is not None:  # the usage events timed ahead of the clock into a window after this one
+        calls += await _events(conn, {**params, "start": params["end"], "end": datetime.max.replace(tzinfo=UTC)})
     start, rows_of = seeds(b, calls, now) or (start, [])
     if not rows_of:
         return
@@ -191,10 +193,14 @@ async def _each_call(conn: AsyncConnection, params: dict[str, Any], *, summed: b
             scope[2][token_type] = scope[2].get(token_type, 0) + int(n)
         return calls + [PastCall("", model, dimensions, params["start"], 0, 0, tokens, 0, False, False)
                         for model, dimensions, tokens in scopes.values()]
-    for event_id, model, dimensions, at, charged, usage, lines in await conn.exec_driver_sql(_EVENTS, params):
-        calls.append(PastCall(f"event:{event_id}", model, dimensions or {}, at, 0, int(charged),
-                              charged_tokens(usage, lines), 1, False, False))
-    return calls
+    return calls + await _events(conn, params)
+
+
+async def _events(conn: AsyncConnection, params: dict[str, Any]) -> list[PastCall]:
+    """The usage events timed in [start, end), one by one, with the tokens their charges rated."""
+    return [PastCall(f"event:{event_id}", model, dimensions or {}, at, 0, int(charged), charged_tokens(usage, lines),
+                     1, False, False)
+            for event_id, model, dimensions, at, charged, usage, lines in await conn.exec_driver_sql(_EVENTS, params)]
 
 
 async def _with_rerates(conn: AsyncConnection, params: dict[str, Any], calls: list[PastCall]) -> list[PastCall]:

@@ -72,7 +72,11 @@ def before_key(budget_id: str) -> str:
 def seeds(b: Budget, calls: Iterable[PastCall], now: datetime) -> tuple[datetime, list[Seed]] | None:
     """The window current at `now` and the rows the budget counts in it from `calls` (None: its
     window counts nothing from before: a per-request cap, which counts each hold alone). A rolling
-    minute's are in the seconds of the calls less than a minute from `now`, each call its own row."""
+    minute's are in the seconds of the calls less than a minute from `now`, each call its own row.
+    A call in a window after the current one (a usage event timed ahead of the clock, by up to
+    300 s) is its own row in its own window, where a budget made before it counted it: one made
+    after it counted the current window alone, and the event never, in the day (or the minute) it
+    was timed in."""
     if b.window == "request":
         return None
     start = window_start(b, now)
@@ -81,19 +85,20 @@ def seeds(b: Budget, calls: Iterable[PastCall], now: datetime) -> tuple[datetime
     before = Seed(before_key(b.id), 0, 0)
     for call in calls:
         second = window_start(b, call.at)
-        if not (counts_now(b, second, now) if minute else second == start) \
-                or not matches(b, call.model, call.dimensions):
+        here = counts_now(b, second, now) if minute else second == start
+        if not (here or second > start) or not matches(b, call.model, call.dimensions):
             continue
         held, used = _counts(b.metric, call)
         # a money budget counts a call as its re-rates left it, as one made before them was moved
         moved = [(i, d) for i, d in call.adjusted if d] if b.metric == "money" else []
-        if minute and (held or used or moved):  # its second's own rows: the second lapses with them
-            rows.append(Seed(call.key, held, used, second))
-            rows += [Seed(key_of(i), 0, d, second) for i, d in moved]
-        elif call.movable and not minute:  # its own row is what it was charged; each re-rate one row beside it
+        if minute or not here:  # its window's own rows: a second lapses with them, a window ahead is its own
+            if held or used or moved:
+                rows.append(Seed(call.key, held, used, second))
+                rows += [Seed(key_of(i), 0, d, second) for i, d in moved]
+        elif call.movable:  # its own row is what it was charged; each re-rate one row beside it
             rows.append(Seed(call.key, held, used))
             rows += [Seed(key_of(i), 0, d) for i, d in moved]
-        elif not minute and used + sum(d for _, d in moved):
+        elif used + sum(d for _, d in moved):
             before = Seed(before.key, 0, before.used + used + sum(d for _, d in moved))
     return start, [*rows, *([before] if before.used else [])]
 

@@ -346,3 +346,29 @@ async def test_a_lifetime_token_budget_sums_the_closed_calls_tokens_in_the_datab
         [(_, _, windows)] = [params for sql, params in spy.skipped if "INSERT INTO budget_windows" in sql]
         assert json.loads(windows) == [{"start": "1970-01-01T00:00:00Z", "used": used, "held": 0}], metric
         assert sum(plan["Actual Rows"] for plan in spy.plans) <= 4, metric  # the open hold, and the 3 sums
+
+
+async def test_a_budget_made_after_a_usage_event_timed_into_its_next_window_counts_it_there(shared_kit: Kit):
+    # a usage event may be timed up to 300 s ahead of the server's clock; a budget made after it counted
+    # only its current window, so an event timed into the next day (or more than 60 s ahead, in a
+    # rolling minute) was never counted in that window, where a budget made before it counted it
+    kit, clock = shared_kit, shared_kit.clock
+    cid = await kit.customer("ahead")  # UTC
+    await kit.top_up(cid, "100.00")
+    clock.now = datetime(2026, 11, 24, 23, 58, tzinfo=UTC)
+    await kit.usage_event(cid, "next-day", input_tokens=700, at=datetime(2026, 11, 25, 0, 2, tzinfo=UTC))
+    clock.now = datetime(2026, 11, 24, 23, 58, 30, tzinfo=UTC)
+    day = await _budget(kit, cid, window="day", metric="tokens", limit=1000)
+    money = await _budget(kit, cid, window="day", metric="money", limit=usd("10.00"))
+    calls = await _budget(kit, cid, window="day", metric="requests", limit=10)
+    tpm = await _budget(kit, cid, window="minute", metric="tokens", limit=1000)
+    assert [(v.used, v.held) for v in (day, money, calls, tpm)] == [(0, 0)] * 4  # nothing on the 24th
+    clock.now = datetime(2026, 11, 25, 0, 2, 30, tzinfo=UTC)  # 00:02:00's second is in the minute
+    # 700 input tokens: 700 tokens, $0.70 at $1.00 per 1,000, one request, in the 25th and its 00:02:00
+    assert [(await kit.service.budgets.get(v.budget.id)).used for v in (day, money, calls, tpm)] == \
+        [700, usd("0.70"), 1, 700]
+    with pytest.raises(BudgetExceededError) as refused:  # 700 + 400 = 1,100 > 1,000 (the day's and the minute's)
+        await kit.reserve(cid, "a1", input_tokens=400)
+    assert refused.value.context["used"] == 700
+    await kit.reserve(cid, "a2", input_tokens=300)  # 1,000: exactly the limit
+    assert (await kit.verify()).ok
