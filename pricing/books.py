@@ -252,7 +252,8 @@ class PriceVersion:
         if self.max_charge_per_request is not None:
             object.__setattr__(self, "max_charge_per_request", to_decimal(self.max_charge_per_request))
         if not self.version:
-            object.__setattr__(self, "version", self.effective_from.strftime("%Y-%m-%dT%H:%M:%SZ"))
+            at = self.effective_from  # its own time: to the microsecond where it has a fraction
+            object.__setattr__(self, "version", at.strftime("%Y-%m-%dT%H:%M:%S" + (".%fZ" if at.microsecond else "Z")))
         by_model: dict[tuple[str, str], list[Rule]] = {}
         generic: dict[str, list[Rule]] = {}
         for rule in self.rules:

@@ -9,9 +9,10 @@ back from storage is not, so that versions stored before a limit existed still l
 from __future__ import annotations
 
 import math
+import re
 import unicodedata
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pricing.ambiguity import is_pattern
@@ -56,6 +57,15 @@ def parse_time(value: object, name: str = "effective_from") -> datetime:
         return value.astimezone(UTC)
     except OverflowError:  # in UTC before the year 1 or past 9999 (0001-01-01T00:00:00+05:00)
         raise PriceBookValidationError(name, "out of range in UTC") from None
+
+
+def starting_time(value: object, name: str = "effective_from") -> datetime:
+    """A time something takes effect from, as parse_time, but a fraction finer than a microsecond
+    read as the next microsecond (what is at .123456 is before .1234567), as a query's bounds are:
+    its 7th to 9th digits were dropped, and a version from .1234567 rated usage at .123456."""
+    at = parse_time(value, name)
+    finer = re.search(r"\.[0-9]{6}([0-9]+)", value) if isinstance(value, str) else None
+    return at + timedelta(microseconds=1) if finer and finer.group(1).strip("0") else at
 
 
 _INTEGER_KEYS = frozenset({"up_to", "above", "context_window", "match"})  # counts, and match's dimension values
@@ -200,7 +210,7 @@ def parse_version(data: Mapping[str, Any], *, version: str = "", limits: bool = 
         except PriceBookValidationError as exc:
             errors.extend(exc.fields)
     try:
-        effective_from = parse_time(data.get("effective_from"))
+        effective_from = starting_time(data.get("effective_from"))
     except PriceBookValidationError as exc:
         errors.extend(exc.fields)
     if limits:

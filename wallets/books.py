@@ -148,7 +148,7 @@ async def add_version(conn: AsyncConnection, body: dict[str, Any], version: Pric
             raise PriceVersionConflictError(
                 f"version {same.version} of {version.book_id} is the one in force from "
                 f"{same.effective_from.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}; versions never change: "
-                "give this one another version (by default its effective_from, to the second)", field="version")
+                "give this one another version (by default its effective_from)", field="version")
         raise PriceVersionConflictError(f"version {same.version} of {version.book_id} already takes effect then; "
                                         "versions never change, post another effective_from", field="effective_from")
     values = {"b": version.book_id, "v": label, "at": at, "h": digest, "bounds": json.dumps(bounds)}

@@ -122,8 +122,7 @@ async def test_a_version_label_taken_by_another_time_is_a_conflict_naming_versio
     assert again.status_code == 409, again.text
     assert (again.json()["code"], again.json()["field"]) == ("price_version_conflict", "version")
     assert again.json()["detail"] == (f"version v1 of {book} is the one in force from 2026-01-01T00:00:00Z; versions "
-                                      "never change: give this one another version (by default its effective_from, "
-                                      "to the second)")
+                                      "never change: give this one another version (by default its effective_from)")
     assert len((await client.get(f"/v1/price-books/{book}")).json()["versions"]) == 1
 
 
@@ -191,3 +190,43 @@ async def test_a_version_whose_time_is_past_the_calendar_in_utc_is_a_validation_
     assert response.json()["code"] == "validation_error"
     assert [f["field"] for f in response.json()["fields"]] == ["effective_from"]
     assert (await client.get(f"/v1/price-books/{book}")).status_code == 404
+
+
+async def test_an_effective_from_finer_than_a_microsecond_takes_effect_at_the_next_microsecond(
+        client: AsyncTestClient, tag: str):
+    """A version from .1234567 is in force from that instant: usage at .123456 (000) is before it,
+    usage at .123457 after. The 7th digit was dropped (.123456): the new version rated usage 0.7 us
+    before its time. Read now as the next microsecond, as a query's `from`/`to` are. By hand: 1,000
+    input tokens at $10.00 and $20.00 per 1M (plus the $0.01 call) are $0.02 and $0.03."""
+    book = f"sub-us-{tag}"
+    assert (await client.post("/v1/price-books", json={**BOOK, "id": book})).status_code == 201
+    doubled = [{**rule, "price": "20.00"} if rule["id"] == "a-in" else rule for rule in BOOK["rules"]]
+    posted = await client.post("/v1/price-books", json={**BOOK, "id": book, "rules": doubled,
+                                                        "effective_from": "2026-06-30T00:00:00.1234567Z"})
+    assert posted.status_code == 201, posted.text
+    assert posted.json()["effective_from"] == "2026-06-30T00:00:00.123457Z"
+    customer = f"cust-{tag}"
+    await client.post("/v1/customers", json={"id": customer, "currency": "USD", "price_book": book})
+    await client.post(f"/v1/customers/{customer}/topups", json={"amount": "10.00"})
+    events = [{"event_id": f"{tag}-{name}", "customer_id": customer, "model": "model-a", "timestamp": when,
+               "usage": {"input_tokens": 1_000}}
+              for name, when in (("before", "2026-06-30T00:00:00.123456Z"), ("at", "2026-06-30T00:00:00.123457Z"))]
+    assert (await client.post("/v1/usage-events", json=events)).json()["accepted"] == 2
+    charged = [(await client.get(f"/v1/audit/charges/{tag}-{name}")).json()["charges"][0]["charged"]
+               for name in ("before", "at")]
+    assert [Decimal(c) for c in charged] == [Decimal("0.02"), Decimal("0.03")]
+
+
+async def test_two_versions_in_one_second_get_labels_of_their_own(client: AsyncTestClient, tag: str):
+    """The default label was effective_from to the second: a version at .1234567 took
+    "2026-06-30T00:00:00Z" and one at .5 the same second was 409 price_version_conflict on it. A
+    label is the version's own time: to the microsecond where it has a fraction (as read: .123457)."""
+    book = f"one-second-{tag}"
+    labels = []
+    for at in ("2026-06-30T00:00:00Z", "2026-06-30T00:00:00.1234567Z", "2026-06-30T00:00:00.5Z"):
+        posted = await client.post("/v1/price-books", json={**BOOK, "id": book, "effective_from": at})
+        assert posted.status_code == 201, posted.text
+        labels.append(posted.json()["version"])
+    assert labels == ["2026-06-30T00:00:00Z", "2026-06-30T00:00:00.123457Z", "2026-06-30T00:00:00.500000Z"]
+    again = await client.post("/v1/price-books", json={**BOOK, "id": book, "effective_from": "2026-06-30T00:00:00.50Z"})
+    assert (again.status_code, again.json()["version"]) == (200, "2026-06-30T00:00:00.500000Z")
