@@ -295,7 +295,9 @@ class Exchange:
         except UnmeteredToolError as exc:  # answered, it could not be charged: refused as unpriced usage is
             raise Refusal(422, "unpriced_model", str(exc)) from None
         except CallError as exc:
-            raise Refusal(400, "validation_error", exc.message if exc.field == "body" else str(exc)) from None
+            body_at_fault = exc.field == "body"
+            raise Refusal(400, "validation_error", exc.message if body_at_fault else str(exc),
+                          param=None if body_at_fault else re.split(r"[.\[]", exc.field, maxsplit=1)[0]) from None
 
     async def caller(self) -> Principal:
         """The caller's tokentill key, checked: it must allow model calls (inference, admin)."""
@@ -475,7 +477,7 @@ class Exchange:
         if refusal.allow:
             headers.append((b"allow", refusal.allow.encode()))
         await self.respond(refusal.status, headers, error_body(self.provider, refusal.status, refusal.code,
-                                                                refusal.message, refusal.details))
+                                                                refusal.message, refusal.details, refusal.param))
 
     def our_headers(self, **extra: str) -> list[tuple[bytes, bytes]]:
         timing = ", ".join(f"{name};dur={seconds * 1000:.3f}" for name, seconds in self.timings.items())

@@ -15,15 +15,17 @@ ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 40
                    503: "overloaded_error", 504: "timeout_error"}
 
 
-def error_body(provider: str, status: int, code: str, message: str, details: dict[str, Any] | None = None) -> bytes:
+def error_body(provider: str, status: int, code: str, message: str, details: dict[str, Any] | None = None,
+               param: str | None = None) -> bytes:
     """`{"error": {...}}` as OpenAI answers, or `{"type": "error", "error": {...}}` as Anthropic does;
-    `details` (a refusal's context: the budget's figures, say) ride along under `tokentill`."""
+    `details` (a refusal's context: the budget's figures, say) ride along under `tokentill`; `param`
+    is OpenAI's: the call's top-level field at fault (Anthropic's shape has none)."""
     extra = {"tokentill": details} if details else {}
     if provider == "anthropic":
         return msgspec.json.encode({"type": "error", "error": {
             "type": ANTHROPIC_TYPES.get(status, "api_error"), "message": message, "code": code, **extra}})
     return msgspec.json.encode({"error": {"message": message, "type": OPENAI_TYPES.get(status, "api_error"),
-                                          "param": None, "code": code, **extra}})
+                                          "param": param, "code": code, **extra}})
 
 
 def stream_error_event(provider: str, code: str, message: str) -> bytes:
@@ -37,9 +39,11 @@ class Refusal(Exception):
     """The gateway's own refusal, answered in the provider's error shape."""
 
     def __init__(self, status: int, code: str, message: str, retry_after: str | None = None,
-                 details: dict[str, Any] | None = None, allow: str | None = None, final: bool = False) -> None:
+                 details: dict[str, Any] | None = None, allow: str | None = None, final: bool = False,
+                 param: str | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
         self.details = details
         self.allow = allow  # a 405's Allow header (RFC 9110 15.5.6: the methods the path takes)
         self.final = final  # the same call meets it again however long it waits: not to be retried
+        self.param = param  # the call's top-level field at fault: OpenAI's `param`

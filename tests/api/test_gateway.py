@@ -1537,6 +1537,32 @@ def test_an_unpaired_surrogate_in_the_dimensions_header_is_named(live, fake, giv
     assert len(fake.fake.calls) == before and wallet(url, cid) == (Decimal("10"), 0)
 
 
+@pytest.mark.parametrize(("body", "param"), [
+    ({"model": "gpt-test", "messages": HI, "max_tokens": -1}, "max_tokens"),
+    ({"model": "gpt-test", "messages": HI, "max_tokens": 10**12, "n": 1001}, "n"),
+    # a field inside one: its top-level field, as OpenAI names `messages` for a message's fault
+    ({"model": "gpt-test", "messages": [{"role": "user", "content": "\ud800"}]}, "messages"),
+    ("not json", None)])
+def test_a_call_the_gateway_refuses_names_its_field_as_openais_param(live, fake, body, param):
+    """The gateway's 400 validation_error named the field in its message alone: `param` was null
+    (max_tokens -1: "max_tokens: must be a whole number ...", param None), where OpenAI's own
+    answer, and so its SDK's BadRequestError.param, names it ("max_tokens"). Now `param` is the
+    call's top-level field the refusal names; null for a body that is no JSON object."""
+    url, _ = live
+    cid, key = customer(live)
+    before = len(fake.fake.calls)
+    content = body.encode() if isinstance(body, str) else json.dumps(body).encode()  # "\ud800" as an escape
+    with httpx.Client(base_url=f"{url}/openai/v1", headers={"authorization": f"Bearer {key}"}) as http:
+        refused = http.post("/chat/completions", content=content, headers={"content-type": "application/json"})
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "validation_error"
+    assert refused.json()["error"]["param"] == param
+    if param == "max_tokens":  # as the official SDK reads it
+        with pytest.raises(openai.BadRequestError) as raised:
+            oai(url, key).chat.completions.create(**body)
+        assert raised.value.param == "max_tokens"
+    assert len(fake.fake.calls) == before and wallet(url, cid) == (Decimal("10"), 0)
+
+
 def test_a_dimensions_header_is_read_as_utf_8(live, fake):
     """x-tokentill-dimensions sent as HTTP sends it, in UTF-8: {"feature": "café"}, its "é" the
     bytes C3 A9. The gateway read the header's bytes as Latin-1 (as it read the request id before
