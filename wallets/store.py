@@ -882,10 +882,12 @@ RULE_NOW = (f"coalesce(m.new_rules ->> (CASE WHEN l ->> 'kind' = 'usage' AND l -
 def last_rules(before: str = "TRUE", kept: bool = True) -> str:
     """SQL: the last re-rate of a charge `c` (`before`: of those its condition on the adjustment `a`
     holds for, e.g. written before a close) as `m`: `moved` (true, or NULL for none) and the rules
-    it rated the charge with (`new_rules`; NULL where not kept, or `kept` False: a schema before 0087)."""
+    it rated the charge with (`new_rules`; NULL where not kept, or `kept` False: a schema before 0087);
+    in the charge's lane: a charge id is unique within its lane alone."""
     rules = "a.new_rules" if kept else "NULL::jsonb AS new_rules"
     return f"""LEFT JOIN LATERAL (SELECT true AS moved, {rules} FROM charge_adjustments a
-                                 WHERE a.charge_id = c.id AND ({before}) ORDER BY a.id DESC LIMIT 1) m ON true"""
+                                 WHERE a.lane = c.lane AND a.charge_id = c.id AND ({before})
+                                 ORDER BY a.id DESC LIMIT 1) m ON true"""
 
 
 async def rule_funding(conn: AsyncConnection, customer_id: str, period: Period

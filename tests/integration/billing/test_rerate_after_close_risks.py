@@ -28,6 +28,7 @@ from test_volume_true_up_two_volume_versions import (
 from test_volume_true_up_versions_more import CLOSED, NOV_25
 
 from ledger.audit import trial_balance
+from ledger.lanes import lane_count, lane_of
 from wallets import chart
 from wallets.expiry import expire_grants
 
@@ -201,3 +202,29 @@ async def test_a_re_rate_after_the_close_of_a_rule_whose_lines_cancelled_gives_e
     assert (await _rerated(bk, cid, "v3", V3, DEC_2, previewed=True))["delta"] == "-1.50"
     await _verified(bk)
     assert await _remaining(bk, cid, grant, topup) == (50 * CENT, 800 * CENT)
+
+
+async def test_verify_reads_a_charge_s_re_rates_before_the_close_in_its_lane(bk: BillingKit) -> None:
+    """The case of test_a_re_rate_before_the_close_of_a_rule_whose_lines_would_cancel (closed:
+    verify ok), then a forger (superuser, triggers off) inserts into another lane an adjustment of
+    the 5th's charge id, written before the close, rating its input under `in` (a charge id is unique
+    within its lane alone). Verify read it as the 5th's last re-rate before the close: the 5th back
+    under `in` as charged (500,000 at $10/M, $5.00; at the tier reached, $2/M, $1.00: its overcharge
+    $4.00, up to the line's $1.00 left, first by id), so it named the close's record of `in` though the
+    ledger is untouched: "charge 1 gave back 0 where its overcharge ... is 1000000000" and a row of the
+    20th (2 problems). It reads the charge's lane: no problem of the close's record."""
+    cid = "cancel-before-other-lane"
+    await _cancelling(bk, cid)
+    await _rerated(bk, cid, "v3", V3, NOV_25)
+    bk.clock.now = datetime(2026, 11, 30, tzinfo=UTC)
+    await bk.close(CLOSED)
+    await _verified(bk)
+    fifth, _ = await bk.db.read(lambda conn: _charges(conn, cid))
+    lanes = await bk.db.read(lane_count)
+    other = next(f"o{i}" for i in range(1000) if lane_of(f"o{i}", lanes) != lane_of(cid, lanes))
+    problems = await _damaged(bk, {"lane": lane_of(other, lanes), "other": other, "fifth": fifth}, """
+        INSERT INTO charge_adjustments (lane, charge_id, corrected_version, rerate_id, customer_id, period,
+                                        old_amount, new_amount, old_lines, new_lines, new_rules, created_at)
+        VALUES (:lane, :fifth, 'forged', 'forged', :other, '2026-11', 500000000, 500000000, '[]',
+                '[["model-x", "input", 500000000]]', '{"input": "in"}', '2026-11-02T00:00:00Z')""")
+    assert [p for p in problems if "true-up record" in p] == []

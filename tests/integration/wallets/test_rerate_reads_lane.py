@@ -12,6 +12,7 @@ from wallet_kit import Kit
 
 from ledger.lanes import lane_count, lane_of
 from wallets import engine, store
+from wallets.periods import Cycle, period_named
 
 NOV_1, DEC_1 = datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC)
 
@@ -61,3 +62,26 @@ async def test_a_re_rate_reads_a_charge_s_earlier_re_rates_in_its_lane(kit: Kit)
     [charge] = await _forged(kit, cid, read)
     assert (charge.charged, charge.current) == (2_000_000_000, None)
 
+
+
+async def test_the_close_lists_a_charge_under_the_rules_of_its_own_lane_s_re_rates(kit: Kit):
+    """What the close lists as paying each rule (store.rule_funding): the $2.00 charge, never
+    re-rated, under the rule that charged its input, with its 2,000 units and 2,000,000,000 charged,
+    not moved. With the forged adjustment in another lane (rules {input: forged-rule}) the close
+    read it as the charge's last re-rate: the charge listed under `forged-rule` as moved (units and
+    charged None), its own rule's true-up giving it no part. Now it reads the charge's lane."""
+    cid = await _charged(kit)
+
+    async def rules(conn: AsyncConnection) -> Any:
+        await conn.execute(text("""UPDATE charge_adjustments SET new_rules = '{"input": "forged-rule"}'
+                                    WHERE corrected_version = 'forged'"""))
+        return await store.rule_funding(conn, cid, period_named("2026-11", Cycle()))
+
+    async def charged(conn: AsyncConnection) -> Any:
+        return (await conn.execute(text("SELECT l ->> 'rule_id' FROM charges, jsonb_array_elements(lines) l"
+                                        " WHERE customer_id = :c AND l ->> 'kind' = 'usage'"), {"c": cid})).scalar_one()
+
+    rule = await kit.db.read(charged)
+    found = await _forged(kit, cid, rules)
+    assert [(r, [(units, amount) for _, _, _, units, amount, _, _ in paid]) for r, paid in found.items()] == [
+        (rule, [(2000, 2_000_000_000)])]
