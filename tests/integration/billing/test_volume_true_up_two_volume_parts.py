@@ -261,9 +261,11 @@ async def test_a_discounted_one_version_rule_s_close_gives_the_5th_s_payer_all_i
 async def test_a_flat_version_s_charge_gets_no_part_of_the_volume_version_s_true_up(bk: BillingKit) -> None:
     """v1 (from January) prices `in` flat, $2/M; v2 (from the 15th) by volume, $10/M to 1,000,000,
     $1/M beyond: one volume version. Prepaid: a $1.00 grant pays the 5th's 500,000 x $2/M = $1.00
-    (final at v1's flat price, counting for no tier); a $20.00 top-up (the 6th) the 20th's 2,000,000
-    under v2, rated graduated on from the 500,000 so far: 500,000 x $10/M + 1,500,000 x $1/M = $6.50
-    ($13.50 left). The close: v2's 2,000,000 reach $1/M, $2.00 less $6.50, -$4.50, all the 20th's
+    (final at v1's flat price, its units counting toward the tier); a $20.00 top-up (the 6th) the
+    20th's 2,000,000 under v2, rated graduated on from the 500,000 so far: 500,000 x $10/M +
+    1,500,000 x $1/M = $6.50 ($13.50 left). The close: the period's 2,500,000 (the flat 5th's and
+    v2's) reach $1/M (v2's 2,000,000 alone would too): v2's 2,000,000 at $1/M, $2.00 less $6.50,
+    -$4.50, all the 20th's
     (its overcharge at $1/M, $4.50): the top-up $18.00, the grant $0, the record the 20th's $4.50
     alone. Worked at the volume line's price, the flat 5th is overcharged $1.00 - $0.50 = $0.50 and,
     the first charge, takes that of the line: the grant $0.50, the top-up $17.50 (the 20th's
