@@ -128,6 +128,14 @@ async def test_a_re_rate_before_the_close_of_a_rule_whose_lines_would_cancel(bk:
     await _verified(bk)
 
 
+async def _closed_after_v3(bk: BillingKit, cid: str) -> None:
+    """`_cancelling`, November 1st-15th re-rated to v3 on November 25th, closed; verify ok."""
+    await _cancelling(bk, cid)
+    await _rerated(bk, cid, "v3", V3, NOV_25)
+    bk.clock.now = datetime(2026, 11, 30, tzinfo=UTC)
+    await bk.close(CLOSED)
+    await _verified(bk)
+
 async def test_verify_names_a_close_s_record_moved_to_the_charge_a_re_rate_before_it_moved_off_the_rule(
         bk: BillingKit) -> None:
     """The case above, then its close's record of `in` ($1.00 of the 20th, its overcharge at $2/M:
@@ -138,11 +146,7 @@ async def test_verify_names_a_close_s_record_moved_to_the_charge_a_re_rate_befor
     id): its per-charge tie took the forged record for right (the payer rows' tie alone named it:
     'charge 1 gave back 1000000000, its payers' rows none'), and named the close's true one."""
     cid = "cancel-before-forged"
-    await _cancelling(bk, cid)
-    await _rerated(bk, cid, "v3", V3, NOV_25)
-    bk.clock.now = datetime(2026, 11, 30, tzinfo=UTC)
-    await bk.close(CLOSED)
-    await _verified(bk)
+    await _closed_after_v3(bk, cid)
     fifth, twentieth = await bk.db.read(lambda conn: _charges(conn, cid))
     record = f"true-up record of the close of customer {cid}, 2026-11 rule in"
     assert await _damaged(bk, {"c": cid, "fifth": fifth, "twentieth": twentieth},
@@ -214,11 +218,7 @@ async def test_verify_reads_a_charge_s_re_rates_before_the_close_in_its_lane(bk:
     ledger is untouched: "charge 1 gave back 0 where its overcharge ... is 1000000000" and a row of the
     20th (2 problems). It reads the charge's lane: no problem of the close's record."""
     cid = "cancel-before-other-lane"
-    await _cancelling(bk, cid)
-    await _rerated(bk, cid, "v3", V3, NOV_25)
-    bk.clock.now = datetime(2026, 11, 30, tzinfo=UTC)
-    await bk.close(CLOSED)
-    await _verified(bk)
+    await _closed_after_v3(bk, cid)
     fifth, _ = await bk.db.read(lambda conn: _charges(conn, cid))
     lanes = await bk.db.read(lane_count)
     other = next(f"o{i}" for i in range(1000) if lane_of(f"o{i}", lanes) != lane_of(cid, lanes))
