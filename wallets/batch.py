@@ -48,7 +48,7 @@ from wallets.core.decision import (
 from wallets.core.idempotency import Replayed
 from wallets.core.rating import billing_period
 from wallets.core.state import InvoiceDue, RulePaid, Unapplied
-from wallets.errors import ConflictError
+from wallets.errors import ConflictError, SubMinorAmountError, WalletValidationError
 from wallets.model import BudgetHold, Hold, Lot, Reservation
 
 __all__ = ["Batch", "billing_period"]
@@ -110,7 +110,14 @@ class Batch:
         """Decide `command` and follow the decision, then the alerts it calls for; returns its
         result (or the answer kept for its Idempotency-Key), raises its refusal."""
         if command.idem is not None:
-            kept = answers.check_key(self.loaded.idempotency.get((command.idem.scope, command.idem.key)), command.idem)
+            try:
+                kept = answers.check_key(self.loaded.idempotency.get((command.idem.scope, command.idem.key)),
+                                         command.idem)
+            except ConflictError:  # another body under the key: one that is invalid is refused as invalid
+                refused = decide(self.state(command.customer_id), command, self.now, self.book_of(command)).outcome
+                if refused.refused and isinstance(refused.body, WalletValidationError | SubMinorAmountError):
+                    raise refused.body from None
+                raise
             if kept is not None:
                 return kept
         decision = decide(self.state(command.customer_id), command, self.now, self.book_of(command))
@@ -132,7 +139,8 @@ class Batch:
         posted: answers carry entry ids)."""
         for command, outcome in zip(commands, outcomes, strict=True):
             idem = command.idem
-            if idem is not None and not isinstance(outcome, Replayed | ConflictError):
+            if idem is not None and not isinstance(outcome, Replayed | ConflictError) \
+                    and (idem.scope, idem.key) not in self.loaded.idempotency:  # kept once: its first answer
                 self.add("idempotency", answers.row(idem.scope, idem.key, idem.request_hash,
                                                     *answers.answer(outcome)))
 

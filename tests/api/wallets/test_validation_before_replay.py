@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from litestar.testing import AsyncTestClient
 
 
@@ -109,3 +110,22 @@ async def test_a_reserve_whose_body_is_invalid_under_a_known_request_id_is_inval
     again = await client.post("/v1/reservations", json=body)
     assert (again.status_code, again.json()["id"]) == (200, first.json()["id"]), again.text
     assert await _available(client, cid) == "9.00"
+
+
+@pytest.mark.parametrize("kind", ["grants", "topups"])
+async def test_a_credit_finer_than_a_cent_under_a_known_idempotency_key_is_invalid(client, book, kind):
+    """A grant (or a top-up) of 5.00 under Idempotency-Key g; "5.001" under g (more digits than
+    the dollar's two): 422 invalid_amount naming amount (before: 409 idempotency_conflict, the key
+    looked up before the amount was checked); "5.00" under g again: the first answer replayed (201
+    as it was, Idempotent-Replayed: true, the same lot); "6.00" under g: 409. One lot: 5.00 available."""
+    cid = await _customer(client, book)
+    path, key = f"/v1/customers/{cid}/{kind}", {"Idempotency-Key": f"g-{cid}"}
+    first = await client.post(path, json={"amount": "5.00"}, headers=key)
+    assert (first.status_code, first.headers.get("idempotent-replayed")) == (201, None), first.text
+    _invalid_amount(await client.post(path, json={"amount": "5.001"}, headers=key))
+    again = await client.post(path, json={"amount": "5.00"}, headers=key)
+    assert (again.status_code, again.headers.get("idempotent-replayed"), again.json()["grant_id"]) == (
+        201, "true", first.json()["grant_id"]), again.text
+    other = await client.post(path, json={"amount": "6.00"}, headers=key)
+    assert (other.status_code, other.json()["code"]) == (409, "idempotency_conflict"), other.text
+    assert await _available(client, cid) == "5.00"
