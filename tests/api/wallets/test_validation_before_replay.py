@@ -33,18 +33,27 @@ async def _available(client: AsyncTestClient, cid: str) -> str:
     return (await client.get(f"/v1/customers/{cid}/wallet")).json()["available"]
 
 
+async def _invalid_under_a_known_reference(client: AsyncTestClient, path: str, amounts: tuple[str, str, str],
+                                           reference: str, named: str) -> None:
+    """`amounts` (kept, finer than a cent, another) under `reference` at `path`: the kept one 201,
+    the finer one 422 invalid_amount, the kept one again 200 (the first, by its `named` id), the
+    other 409 idempotency_conflict."""
+    kept, finer, other = ({"amount": a, "reference": reference} for a in amounts)
+    first = await client.post(path, json=kept)
+    assert first.status_code == 201, first.text
+    _invalid_amount(await client.post(path, json=finer))
+    again = await client.post(path, json=kept)
+    assert (again.status_code, again.json()[named]) == (200, first.json()[named]), again.text
+    refused = await client.post(path, json=other)
+    assert (refused.status_code, refused.json()["code"]) == (409, "idempotency_conflict"), refused.text
+
+
 async def test_a_top_up_finer_than_a_cent_under_a_payment_reference_credited_is_invalid(client, book):
     """pi_1 credited 10.00; "10.001" under pi_1: 422 invalid_amount (before: 409); "10.00" under
     it again: 200, the first lot; "5.00" under it: 409. 10.00 available, one lot."""
     cid = await _customer(client, book)
     path = f"/v1/customers/{cid}/topups"
-    first = await client.post(path, json={"amount": "10.00", "reference": "pi_1"})
-    assert first.status_code == 201, first.text
-    _invalid_amount(await client.post(path, json={"amount": "10.001", "reference": "pi_1"}))
-    again = await client.post(path, json={"amount": "10.00", "reference": "pi_1"})
-    assert (again.status_code, again.json()["grant_id"]) == (200, first.json()["grant_id"]), again.text
-    other = await client.post(path, json={"amount": "5.00", "reference": "pi_1"})
-    assert (other.status_code, other.json()["code"]) == (409, "idempotency_conflict"), other.text
+    await _invalid_under_a_known_reference(client, path, ("10.00", "10.001", "5.00"), "pi_1", "grant_id")
     assert await _available(client, cid) == "10.00"
 
 
@@ -54,13 +63,7 @@ async def test_a_top_up_refund_finer_than_a_cent_under_a_refund_reference_paid_i
     cid = await _customer(client, book)
     lot = (await client.post(f"/v1/customers/{cid}/topups", json={"amount": "10.00"})).json()["grant_id"]
     path = f"/v1/customers/{cid}/grants/{lot}/reverse"
-    first = await client.post(path, json={"amount": "2.00", "reference": "re_1"})
-    assert first.status_code == 201, first.text
-    _invalid_amount(await client.post(path, json={"amount": "2.001", "reference": "re_1"}))
-    again = await client.post(path, json={"amount": "2.00", "reference": "re_1"})
-    assert (again.status_code, again.json()["entry_id"]) == (200, first.json()["entry_id"]), again.text
-    other = await client.post(path, json={"amount": "3.00", "reference": "re_1"})
-    assert (other.status_code, other.json()["code"]) == (409, "idempotency_conflict"), other.text
+    await _invalid_under_a_known_reference(client, path, ("2.00", "2.001", "3.00"), "re_1", "entry_id")
     assert await _available(client, cid) == "8.00"
 
 
