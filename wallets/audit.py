@@ -682,37 +682,41 @@ _CLOSE_ROWS = f"""
                   AND customer_id IN (SELECT customer_id FROM records)) x
             ON x.customer_id = r.customer_id AND x.l ->> 0 = r.period AND x.l ->> 4 = r.rule_id AND x.l -> 7 = 'null'
          GROUP BY 1, 2, 3, 4, 5),
-    corrected AS (  -- what the re-rates corrected of it (old - new: given back), with or without an entry
-        SELECT customer_id, u ->> 0 AS period, u ->> 1 AS rule_id, sum((u ->> 3)::numeric - (u ->> 4)::numeric) AS back
-          FROM (SELECT j.customer_id, j.metadata -> 'true_ups' AS t FROM journal_entries j
+    corrected AS (  -- what the re-rates corrected of it (old - new: given back), with or without an entry,
+                    -- in the record's lane (another lane's entry of the customer is a forger's)
+        SELECT lane, customer_id, u ->> 0 AS period, u ->> 1 AS rule_id,
+               sum((u ->> 3)::numeric - (u ->> 4)::numeric) AS back
+          FROM (SELECT j.lane, j.customer_id, j.metadata -> 'true_ups' AS t FROM journal_entries j
                  WHERE j.kind = 'rerate_adjustment' AND j.metadata ? 'true_ups'
-                   AND j.customer_id IN (SELECT customer_id FROM records)
+                   AND (j.lane, j.customer_id) IN (SELECT lane, customer_id FROM records)
                 UNION ALL
-                SELECT customer_id, true_ups FROM rerate_true_ups
-                 WHERE customer_id IN (SELECT customer_id FROM records)) r
-         CROSS JOIN LATERAL jsonb_array_elements(r.t) u GROUP BY 1, 2, 3),
+                SELECT lane, customer_id, true_ups FROM rerate_true_ups
+                 WHERE (lane, customer_id) IN (SELECT lane, customer_id FROM records)) r
+         CROSS JOIN LATERAL jsonb_array_elements(r.t) u GROUP BY 1, 2, 3, 4),
     whole AS (  -- the close's own line of each rule: what stands less the corrections; its price on the
                 -- period's invoice (frozen at the close, which no correction had reached)
         SELECT s.lane, s.customer_id, s.period, s.rule_id, s.written, -(s.amount + coalesce(f.back, 0)) AS back,
                p.unit_price, p.token_type
           FROM standing s
-          LEFT JOIN corrected f ON f.customer_id = s.customer_id AND f.period = s.period AND f.rule_id = s.rule_id
+          LEFT JOIN corrected f ON f.lane = s.lane AND f.customer_id = s.customer_id AND f.period = s.period
+           AND f.rule_id = s.rule_id
          CROSS JOIN LATERAL (
                SELECT min(l ->> 'unit_price') AS unit_price, min(l ->> 'token_type') AS token_type
                  FROM invoices i CROSS JOIN LATERAL jsonb_array_elements(i.content -> 'lines') l
                 WHERE i.customer_id = s.customer_id AND i.period = s.period AND l ->> 'kind' = 'volume_true_up'
                   AND l ->> 'rule_id' = s.rule_id AND l ->> 'override_id' IS NULL) p),
-    split AS (  -- a rule two versions tier: each version's line, as its close's entry keeps it (`versions`)
-        SELECT j.customer_id, j.metadata ->> 'period' AS period, v ->> 0 AS rule_id, v ->> 1 AS version,
+    split AS (  -- a rule two versions tier: each version's line, as its close's entry keeps it (`versions`),
+                -- in the record's lane
+        SELECT j.lane, j.customer_id, j.metadata ->> 'period' AS period, v ->> 0 AS rule_id, v ->> 1 AS version,
                v ->> 2 AS unit_price, -(v ->> 3)::numeric AS back
           FROM journal_entries j CROSS JOIN LATERAL jsonb_array_elements(j.metadata -> 'versions') v
          WHERE j.kind = 'volume_true_up' AND j.metadata ? 'versions'
-           AND j.customer_id IN (SELECT customer_id FROM records)),
+           AND (j.lane, j.customer_id) IN (SELECT lane, customer_id FROM records)),
     lines AS (  -- a line a rule (version NULL: each of its charges), or each version's of a split one
         SELECT w.lane, w.customer_id, w.period, w.rule_id, w.written, coalesce(v.version, NULL) AS version,
                coalesce(v.back, w.back) AS back, coalesce(v.unit_price, w.unit_price) AS unit_price, w.token_type
           FROM whole w LEFT JOIN split v
-            ON v.customer_id = w.customer_id AND v.period = w.period AND v.rule_id = w.rule_id),
+            ON v.lane = w.lane AND v.customer_id = w.customer_id AND v.period = w.period AND v.rule_id = w.rule_id),
     over AS (
         SELECT k.customer_id, k.period, k.rule_id, k.version, k.back, c.id AS charge_id,
                greatest(u.charged - (div(u.cost, per.per)
@@ -756,8 +760,9 @@ _CLOSE_ROWS = f"""
         UNION ALL  -- a split rule's versions' lines sum to its close's line
         SELECT format('%s: its versions'' lines give back %s, its true-up line %s', record, v.back, w.back), record,
                w.customer_id, w.period, w.rule_id, NULL
-          FROM whole w JOIN (SELECT customer_id, period, rule_id, sum(back) AS back FROM split GROUP BY 1, 2, 3) v
-            ON v.customer_id = w.customer_id AND v.period = w.period AND v.rule_id = w.rule_id
+          FROM whole w JOIN (SELECT lane, customer_id, period, rule_id, sum(back) AS back FROM split
+                              GROUP BY 1, 2, 3, 4) v
+            ON v.lane = w.lane AND v.customer_id = w.customer_id AND v.period = w.period AND v.rule_id = w.rule_id
          CROSS JOIN LATERAL (SELECT format('true-up record of the close of customer %s, %s rule %s', w.customer_id,
                                            w.period, w.rule_id) AS record) r
          WHERE v.back <> w.back) p (problem, record, customer_id, period, rule_id, charge_id)
@@ -881,19 +886,20 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
     given = """
         UNION ALL
         SELECT problem FROM (
-            WITH corrections AS MATERIALIZED (
-                SELECT r.rerate_id, r.customer_id, u ->> 0 AS period, u ->> 1 AS rule_id,
+            WITH corrections AS MATERIALIZED (  -- by lane: another lane's entry of the customer is a forger's
+                SELECT r.lane, r.rerate_id, r.customer_id, u ->> 0 AS period, u ->> 1 AS rule_id,
                        sum((u ->> 3)::numeric - (u ->> 4)::numeric) AS back
-                  FROM (SELECT j.metadata ->> 'rerate_id' AS rerate_id, j.customer_id, j.metadata -> 'true_ups' AS t
+                  FROM (SELECT j.lane, j.metadata ->> 'rerate_id' AS rerate_id, j.customer_id,
+                               j.metadata -> 'true_ups' AS t
                           FROM journal_entries j WHERE j.kind = 'rerate_adjustment' AND j.metadata ? 'true_ups'
                         UNION ALL
-                        SELECT rerate_id, customer_id, true_ups FROM rerate_true_ups) r
-                 CROSS JOIN LATERAL jsonb_array_elements(r.t) u GROUP BY 1, 2, 3, 4),
+                        SELECT lane, rerate_id, customer_id, true_ups FROM rerate_true_ups) r
+                 CROSS JOIN LATERAL jsonb_array_elements(r.t) u GROUP BY 1, 2, 3, 4, 5),
             records AS MATERIALIZED (
-                SELECT customer_id, period, rerate_id, rule_id, sum(units) AS given,
+                SELECT lane, customer_id, period, rerate_id, rule_id, sum(units) AS given,
                        min(units) FILTER (WHERE charge_id IS NOT NULL) AS low,
                        max(units) FILTER (WHERE charge_id IS NOT NULL) AS high
-                  FROM true_up_charges GROUP BY 1, 2, 3, 4),
+                  FROM true_up_charges GROUP BY 1, 2, 3, 4, 5),
             standing AS (
                 SELECT customer_id, l ->> 0 AS period, l ->> 4 AS rule_id, sum(amount) AS amount
                   FROM (SELECT customer_id, substr(item, 6)::jsonb AS l, amount FROM (
@@ -911,12 +917,13 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
                    || CASE WHEN g.rerate_id IS NULL THEN 'its true-up line ' ELSE 'its correction ' END
                    || b.back AS problem
               FROM records g
-              LEFT JOIN corrections c ON c.rerate_id = g.rerate_id AND c.customer_id = g.customer_id
+              LEFT JOIN corrections c ON c.lane = g.lane AND c.rerate_id = g.rerate_id AND c.customer_id = g.customer_id
                AND c.period = g.period AND c.rule_id = g.rule_id
               LEFT JOIN standing s ON g.rerate_id IS NULL AND s.customer_id = g.customer_id AND s.period = g.period
                AND s.rule_id = g.rule_id
-              LEFT JOIN (SELECT customer_id, period, rule_id, sum(back) AS back FROM corrections GROUP BY 1, 2, 3) f
-                ON g.rerate_id IS NULL AND f.customer_id = g.customer_id AND f.period = g.period
+              LEFT JOIN (SELECT lane, customer_id, period, rule_id, sum(back) AS back FROM corrections
+                          GROUP BY 1, 2, 3, 4) f
+                ON g.rerate_id IS NULL AND f.lane = g.lane AND f.customer_id = g.customer_id AND f.period = g.period
                AND f.rule_id = g.rule_id
              CROSS JOIN LATERAL (SELECT CASE WHEN g.rerate_id IS NULL
                                              THEN -(coalesce(s.amount, 0) + coalesce(f.back, 0))
