@@ -84,28 +84,30 @@ async def assets_scaled(conn: AsyncConnection) -> Check:
 
 
 async def reservations_consistent(conn: AsyncConnection) -> Check:
+    """A reservation's charges and hold pieces are read in its lane (a reservation id is unique within
+    its lane alone: another lane's row of that id is a forger's)."""
     return await _query_check(conn, "reservations", f"""
         SELECT format('reservation %s is %s but has a final charge', r.id, r.status)
-          FROM reservations r JOIN charges c ON c.reservation_id = r.id AND c.final
+          FROM reservations r JOIN charges c ON c.lane = r.lane AND c.reservation_id = r.id AND c.final
          WHERE r.status IN {_OPEN}
         UNION ALL
         SELECT format('reservation %s is settled without a final charge', r.id)
           FROM reservations r
          WHERE r.status = 'settled' AND NOT EXISTS (
-               SELECT 1 FROM charges c WHERE c.reservation_id = r.id AND c.final)
+               SELECT 1 FROM charges c WHERE c.lane = r.lane AND c.reservation_id = r.id AND c.final)
         UNION ALL
         SELECT format('reservation %s: captured %s, charged %s, but its charges say %s and %s',
                       r.id, r.captured, r.charged, coalesce(c.from_hold, 0), coalesce(c.charged, 0))
           FROM reservations r LEFT JOIN (
-               SELECT reservation_id, sum(from_hold) AS from_hold, sum(charged) AS charged
-                 FROM charges WHERE reservation_id IS NOT NULL GROUP BY reservation_id) c
-            ON c.reservation_id = r.id
+               SELECT lane, reservation_id, sum(from_hold) AS from_hold, sum(charged) AS charged
+                 FROM charges WHERE reservation_id IS NOT NULL GROUP BY 1, 2) c
+            ON c.lane = r.lane AND c.reservation_id = r.id
          WHERE r.captured <> coalesce(c.from_hold, 0) OR r.charged <> coalesce(c.charged, 0)
         UNION ALL
         SELECT format('reservation %s holds %s but its hold pieces sum to %s', r.id, r.amount, coalesce(h.s, 0))
           FROM reservations r LEFT JOIN (
-               SELECT reservation_id, sum(amount) AS s FROM reservation_holds GROUP BY reservation_id) h
-            ON h.reservation_id = r.id
+               SELECT lane, reservation_id, sum(amount) AS s FROM reservation_holds GROUP BY 1, 2) h
+            ON h.lane = r.lane AND h.reservation_id = r.id
          WHERE r.amount <> coalesce(h.s, 0)
         """, "no reservation is both open and settled; captures and holds add up")
 
