@@ -33,7 +33,7 @@ async def _copied_into_another_lane(kit: Kit, cid: str, reservation_id: str, as_
                 {"other": other, "as_of": as_of, "own": lane_of(cid, lanes), "r": reservation_id})
         found = await reservations_consistent(conn)
         await conn.rollback()
-        return found.problems
+        return list(found.problems)
 
     return await kit.db.read(forged)
 
