@@ -7,11 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 from alembic import command
 from billing_kit import BillingKit
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from test_period_deltas import FREE, failed_checks
-
-from api.runtime import sync_url
-from migrations import runner
 
 
 def label(at: datetime) -> str:
@@ -25,7 +22,7 @@ async def periods(bk: BillingKit) -> list[tuple[str, bool, str]]:
 
 
 async def test_the_backfill_bills_each_charge_in_the_period_the_code_billed_it_in(bk: BillingKit,
-                                                                                  scratch_url: str) -> None:
+                                                                                  migrating) -> None:
     # wall-clock times: the backfill orders a charge and a close by when each was recorded
     early = datetime.now(UTC) - timedelta(days=40)
     bk.clock.now = early
@@ -47,18 +44,12 @@ async def test_the_backfill_bills_each_charge_in_the_period_the_code_billed_it_i
                        (paid, False, open_now), (paid, False, open_now)]
     assert await failed_checks(bk) == {}
 
-    engine = create_engine(sync_url(scratch_url))
-    try:
-        with engine.connect() as conn:
-            config = runner.alembic_config()
-            config.attributes["connection"] = conn
-            command.downgrade(config, "0039")
-            conn.commit()
-            assert conn.execute(text("SELECT count(*) FROM pg_attribute WHERE attrelid = 'charges'::regclass "
-                                     "AND attname = 'period' AND NOT attisdropped")).scalar() == 0
-            command.upgrade(config, "head")
-            conn.commit()
-    finally:
-        engine.dispose()
+    conn, config = migrating
+    command.downgrade(config, "0039")
+    conn.commit()
+    assert conn.execute(text("SELECT count(*) FROM pg_attribute WHERE attrelid = 'charges'::regclass "
+                             "AND attname = 'period' AND NOT attisdropped")).scalar() == 0
+    command.upgrade(config, "head")
+    conn.commit()
     assert await periods(bk) == written
     assert await failed_checks(bk) == {}

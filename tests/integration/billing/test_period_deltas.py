@@ -11,13 +11,11 @@ import pytest
 from alembic import command
 from billing_kit import BillingKit
 from prometheus_client import REGISTRY
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from api.runtime import sync_url
 from ledger.audit import LEDGER_CHECKS, Report, seals_intact, verify
 from ledger.lanes import lane_count, lane_of
-from migrations import runner
 from wallets import engine as engine_module
 from wallets import jobs, store
 from wallets.audit import WALLET_CHECKS
@@ -297,26 +295,20 @@ async def test_a_delta_names_an_existing_customer_in_its_own_lane(bk: BillingKit
     assert await count(bk, "period_deltas", cid) == 1
 
 
-async def test_the_downgrade_folds_the_pending_deltas(bk: BillingKit, scratch_url: str) -> None:
+async def test_the_downgrade_folds_the_pending_deltas(bk: BillingKit, migrating) -> None:
     cid = await bk.customer("down", billing_mode="postpaid")
     await seed_usage(bk, cid, fold_between=False)
     before = await bk.upcoming(cid)
-    engine = create_engine(sync_url(scratch_url))
-    try:
-        with engine.connect() as conn:
-            config = runner.alembic_config()
-            config.attributes["connection"] = conn
-            command.downgrade(config, "0028")
-            conn.commit()
-            assert conn.execute(text("SELECT to_regclass('period_deltas')")).scalar() is None
-            rollups = conn.execute(text("SELECT count(*) FROM period_rollups WHERE customer_id = :c"),
-                                   {"c": cid}).scalar()
-            assert rollups > 0
-            assert await failed_checks(bk, seals=False) == {}  # at 0028: the rollups and counters alone
-            command.upgrade(config, "head")
-            conn.commit()
-    finally:
-        engine.dispose()
+    conn, config = migrating
+    command.downgrade(config, "0028")
+    conn.commit()
+    assert conn.execute(text("SELECT to_regclass('period_deltas')")).scalar() is None
+    rollups = conn.execute(text("SELECT count(*) FROM period_rollups WHERE customer_id = :c"),
+                           {"c": cid}).scalar()
+    assert rollups > 0
+    assert await failed_checks(bk, seals=False) == {}  # at 0028: the rollups and counters alone
+    command.upgrade(config, "head")
+    conn.commit()
     assert await count(bk, "period_deltas", cid) == 0
     assert await bk.upcoming(cid) == before
     await bk.event(cid, "model-a", 1000, 500)  # written as a delta again

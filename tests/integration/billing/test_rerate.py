@@ -13,12 +13,10 @@ import psycopg
 import pytest
 from alembic import command
 from billing_kit import BillingKit
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from api.runtime import sync_url
 from ledger.audit import trial_balance, verify
-from migrations import runner
 from wallets import expiry, rerating
 from wallets.audit import WALLET_CHECKS
 from wallets.errors import (
@@ -369,26 +367,20 @@ async def test_credit_note_numbers_have_no_gap_and_no_duplicate_even_when_raced(
     assert rows == [(note["id"], 1), ("cn-b", 2)]
 
 
-async def test_going_below_migration_0019_is_refused_while_adjustments_exist(fixed: BillingKit, scratch_url) -> None:
+async def test_going_below_migration_0019_is_refused_while_adjustments_exist(fixed: BillingKit, migrating) -> None:
     bk = fixed
     cid = await bk.customer("pre", book="fix")
     await bk.top_up(cid, "20.00")
     await bk.event(cid, "model-a", 1_000_000, 0, at=datetime(2026, 11, 10, tzinfo=UTC))
     await bk.add_book(V2)
     await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
-    engine = create_engine(sync_url(scratch_url))
-    try:
-        with engine.connect() as conn:
-            config = runner.alembic_config()
-            config.attributes["connection"] = conn
-            with pytest.raises(DBAPIError, match="re-rates were applied"):
-                command.downgrade(config, "0018")
-            conn.rollback()
-            # each migration is a transaction of its own: those above 0019 went down; up again to verify
-            command.upgrade(config, "head")
-            conn.commit()
-    finally:
-        engine.dispose()
+    conn, config = migrating
+    with pytest.raises(DBAPIError, match="re-rates were applied"):
+        command.downgrade(config, "0018")
+    conn.rollback()
+    # each migration is a transaction of its own: those above 0019 went down; up again to verify
+    command.upgrade(config, "head")
+    conn.commit()
     assert len(await entries(bk)) == 1
     await verified(bk)
 

@@ -11,13 +11,11 @@ import pytest
 from alembic import command
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from wallet_kit import BOOK, T0, Kit
 
-from api.runtime import sync_url
 from ledger.audit import verify
-from migrations import runner
 from wallets import books, jobs, price_overrides, reports
 from wallets import engine as engine_module
 from wallets.audit import WALLET_CHECKS, usage_rollups_match_charges
@@ -147,23 +145,17 @@ async def test_verify_finds_a_rollup_that_differs_from_the_charges(kit: Kit):
     assert cid in failed[0].detail
 
 
-async def test_the_migration_backfills_the_rollups_of_existing_charges(kit: Kit, scratch_url: str):
+async def test_the_migration_backfills_the_rollups_of_existing_charges(kit: Kit, migrating):
     cid = await kit.customer("old", billing="postpaid", overdraft=None)
     for n, at in enumerate([T0, T0 + timedelta(hours=13), T0 + timedelta(days=1, hours=5)]):
         await kit.usage_event(cid, f"e{n}", input_tokens=1000 * (n + 1), output_tokens=250, at=at)
     before = await kit.db.read(lambda conn: reports.usage(conn, cid, None, None, ["day", "token_type"]))
-    engine = create_engine(sync_url(scratch_url))
-    try:
-        with engine.connect() as conn:
-            config = runner.alembic_config()
-            config.attributes["connection"] = conn
-            command.downgrade(config, "0017")
-            conn.commit()
-            command.upgrade(config, "head")
-            conn.commit()
-            rows = conn.execute(text("SELECT count(*) FROM usage_rollups WHERE customer_id = :c"), {"c": cid}).scalar()
-    finally:
-        engine.dispose()
+    conn, config = migrating
+    command.downgrade(config, "0017")
+    conn.commit()
+    command.upgrade(config, "head")
+    conn.commit()
+    rows = conn.execute(text("SELECT count(*) FROM usage_rollups WHERE customer_id = :c"), {"c": cid}).scalar()
     assert rows > 0
     assert (await kit.verify()).ok
     after = await kit.db.read(lambda conn: reports.usage(conn, cid, None, None, ["day", "token_type"]))
@@ -318,27 +310,21 @@ async def test_the_rollups_refuse_a_row_without_its_token_type(kit: Kit):
                 "NULL, NULL, NULL, 1, 1, 1)"), {"c": cid, "lv": lv}))
 
 
-async def test_the_migration_drops_the_unread_levels_and_its_downgrade_restores_them(kit: Kit, scratch_url: str):
+async def test_the_migration_drops_the_unread_levels_and_its_downgrade_restores_them(kit: Kit, migrating):
     cid = await kit.customer("relevel", billing="postpaid", overdraft=None)
     await kit.usage_event(cid, "e1", input_tokens=1000, output_tokens=500, at=T0)
     await kit.usage_event(cid, "e2", input_tokens=7, output_tokens=3, at=T0 + timedelta(days=1))
     await fold(kit.db, cid)
     await kit.usage_event(cid, "e3", input_tokens=5, output_tokens=5, at=T0)  # queued at the downgrade
-    engine = create_engine(sync_url(scratch_url))
-    try:
-        with engine.connect() as conn:
-            config = runner.alembic_config()
-            config.attributes["connection"] = conn
-            command.downgrade(config, "0055")
-            conn.commit()
-            counts = conn.execute(text("SELECT day::text, level, charges FROM usage_rollups WHERE customer_id = :c "
-                                       "AND level >= 4 ORDER BY day, level, token_type, kind, rule_id"),
-                                  {"c": cid}).all()
-            command.upgrade(config, "head")
-            conn.commit()
-            left = conn.execute(text("SELECT count(*) FROM usage_rollups WHERE level >= 4")).scalar()
-    finally:
-        engine.dispose()
+    conn, config = migrating
+    command.downgrade(config, "0055")
+    conn.commit()
+    counts = conn.execute(text("SELECT day::text, level, charges FROM usage_rollups WHERE customer_id = :c "
+                               "AND level >= 4 ORDER BY day, level, token_type, kind, rule_id"),
+                          {"c": cid}).all()
+    command.upgrade(config, "head")
+    conn.commit()
+    left = conn.execute(text("SELECT count(*) FROM usage_rollups WHERE level >= 4")).scalar()
     # the 23rd: e1 and e3 (2 charges), the 24th: e2; level 4 and 6 one row per token type's rule
     assert [tuple(r) for r in counts] == [
         ("2026-11-23", 4, 2), ("2026-11-23", 4, 2), ("2026-11-23", 5, 2), ("2026-11-23", 6, 2),
