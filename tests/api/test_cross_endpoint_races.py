@@ -232,15 +232,18 @@ async def test_a_close_racing_usage_events_and_settles_bills_each_call_once_on_i
 async def test_settles_and_releases_racing_the_grant_expiry_job_send_the_expired_grant_s_rest_to_breakage(http, db):
     c, book = http
     cid = await _customer(c, book, topup="1.00")
-    ends = datetime.now(UTC) + timedelta(seconds=2)
+    # Expiring minutes away, so all 16 reservations are taken while the grant is live however slow
+    # the box; the job is then run at the expiry (the clock it reads), raced against the calls.
+    ends = datetime.now(UTC) + timedelta(minutes=5)
     granted = await c.post(f"/v1/customers/{cid}/grants", json={
         "amount": "2.00", "priority": 10, "expires_at": ends.isoformat().replace("+00:00", "Z")})
     assert granted.status_code == 201, granted.text
-    rids = [(await _reserve(c, cid)).json()["id"] for _ in range(16)]  # 1.60 held from the grant
-    await asyncio.sleep(max(0.0, (ends - datetime.now(UTC)).total_seconds()) + 0.01)  # a wall-clock expiry
+    rids = [(await _reserve(c, cid)).json()["id"] for _ in range(16)]
+    wallet = (await c.get(f"/v1/customers/{cid}/wallet")).json()
+    assert (wallet["available"], wallet["reserved"]) == ("1.40", "1.60")  # 16 x 0.10 held from the grant's 2.00
     calls = [c.post(f"/v1/reservations/{r}/settle", json={"usage": USAGE}) if i % 2 else
              c.post(f"/v1/reservations/{r}/release") for i, r in enumerate(rids)]
-    answers = await asyncio.gather(*calls[:8], expire_grants(db), *calls[8:])
+    answers = await asyncio.gather(*calls[:8], expire_grants(db, now=ends), *calls[8:])
     assert answers.pop(8) >= 1  # this grant, and any other test's left due
     assert all(a.status_code == 200 for a in answers), [a.text for a in answers if a.status_code != 200]
     wallet = (await c.get(f"/v1/customers/{cid}/wallet")).json()
