@@ -8,9 +8,8 @@ from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
-from wallet_kit import Kit, forge_copy
+from wallet_kit import Kit, forge_adjustment, forge_copy
 
-from ledger.lanes import lane_count, lane_of
 from wallets import chart, reports
 
 # 2,000 input tokens at $1.00 per 1,000: $2.00, moved to usage revenue (a credit: -2.00)
@@ -82,14 +81,7 @@ async def test_a_charge_s_adjustments_are_read_in_its_lane(kit: Kit):
     await kit.settle(cid, hold.reservation.id, input_tokens=2000)
 
     async def forged(conn: AsyncConnection) -> dict[str, Any]:
-        lanes = await lane_count(conn)
-        other = next(f"o{i}" for i in range(1000) if lane_of(f"o{i}", lanes) != lane_of(cid, lanes))
-        await conn.execute(text("SET LOCAL session_replication_role = replica"))
-        await conn.execute(text("""
-            INSERT INTO charge_adjustments (lane, charge_id, corrected_version, rerate_id, customer_id, period,
-                                            old_amount, new_amount, old_lines, new_lines)
-            SELECT :lane, id, 'forged', 'forged', :other, period, 2000000000, 1000000000, '[]', '[]'
-              FROM charges WHERE customer_id = :c"""), {"lane": lane_of(other, lanes), "other": other, "c": cid})
+        await forge_adjustment(conn, cid)
         view = await reports.reservation(conn, hold.reservation.id)
         await conn.rollback()
         return view

@@ -8,9 +8,8 @@ from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
-from wallet_kit import Kit
+from wallet_kit import Kit, forge_adjustment
 
-from ledger.lanes import lane_count, lane_of
 from wallets import engine, store
 from wallets.periods import Cycle, period_named
 
@@ -32,15 +31,7 @@ async def _forged(kit: Kit, cid: str, read: Any) -> Any:
     charge's id ($2.00 -> $1.00, its input now 1,000,000,000, for a customer of that lane; rolled
     back after)."""
     async def forged(conn: AsyncConnection) -> Any:
-        lanes = await lane_count(conn)
-        other = next(f"o{i}" for i in range(1000) if lane_of(f"o{i}", lanes) != lane_of(cid, lanes))
-        await conn.execute(text("SET LOCAL session_replication_role = replica"))
-        await conn.execute(text("""
-            INSERT INTO charge_adjustments (lane, charge_id, corrected_version, rerate_id, customer_id, period,
-                                            old_amount, new_amount, old_lines, new_lines)
-            SELECT :lane, id, 'forged', 'forged', :other, period, 2000000000, 1000000000, '[]',
-                   '[["model-x", "input", 1000000000]]'
-              FROM charges WHERE customer_id = :c"""), {"lane": lane_of(other, lanes), "other": other, "c": cid})
+        await forge_adjustment(conn, cid, '[["model-x", "input", 1000000000]]')
         found = await read(conn)
         await conn.rollback()
         return found

@@ -159,6 +159,21 @@ async def forge_copy(conn: AsyncConnection, cid: str, entry_id: int, postings: d
                            {"lane": lane_of(other, lanes), "id": entry_id, "code": code, "amount": amount})
 
 
+async def forge_adjustment(conn: AsyncConnection, cid: str, new_lines: str = "[]") -> None:
+    """As a superuser with triggers off, insert into a lane other than `cid`'s an adjustment of each
+    of `cid`'s charges' ids (corrected_version 'forged', $2.00 -> $1.00, `new_lines` as JSON) for a
+    customer of that lane. The caller reads what it checks in this transaction, then rolls it back."""
+    lanes = await lane_count(conn)
+    other = next(f"o{i}" for i in range(1000) if lane_of(f"o{i}", lanes) != lane_of(cid, lanes))
+    await conn.execute(text("SET LOCAL session_replication_role = replica"))
+    await conn.execute(text("""
+        INSERT INTO charge_adjustments (lane, charge_id, corrected_version, rerate_id, customer_id, period,
+                                        old_amount, new_amount, old_lines, new_lines)
+        SELECT :lane, id, 'forged', 'forged', :other, period, 2000000000, 1000000000, '[]', CAST(:lines AS jsonb)
+          FROM charges WHERE customer_id = :c"""),
+                       {"lane": lane_of(other, lanes), "other": other, "c": cid, "lines": new_lines})
+
+
 async def checked_beside_a_copy(kit: Kit, cid: str, entry_id: int, postings: dict[str, int], check: CheckFn) -> Check:
     """What `check` finds once `forge_copy` copied `cid`'s entry `entry_id` into another lane with
     `postings` (rolled back after)."""
