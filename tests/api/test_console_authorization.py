@@ -174,7 +174,8 @@ async def test_a_limited_auditors_filters_naming_another_customers_data_are_answ
 
 
 @pytest.mark.parametrize(("shape", "target"), [
-    ("admin:own", OTHER), ("customer:own", OWN), ("inference:own", OWN), ("auditor", OWN), ("inference", OWN)])
+    ("admin:own", OTHER), ("customer:own", OWN), ("inference:own", OWN), ("auditor", OWN), ("inference", OWN)],
+    ids=lambda value: {OWN: "own", OTHER: "other"}.get(value, value))
 async def test_a_top_up_posted_by_a_key_that_may_not_make_it_is_a_403_page_and_writes_nothing(world, shape, target):
     """The post itself, with a valid token and form (the matrix covers the form's page): an admin
     key limited to one customer for another one, and keys of other scopes for their own."""
