@@ -7,18 +7,15 @@ import argparse
 import io
 import json
 import os
-import re
 import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from api.settings import Settings
 from ledger.offline import printable
-from pricing.parse import uppercase_z
-
-_FINER = re.compile(r"\.[0-9]{6}0*[1-9]")  # a fraction of a second with a digit past the microsecond
+from pricing.parse import rounded_up, uppercase_z
 
 
 def parse_time(raw: str | None) -> datetime | None:
@@ -30,8 +27,7 @@ def parse_time(raw: str | None) -> datetime | None:
         return None
     try:
         value = datetime.fromisoformat(uppercase_z(raw))
-        finer = timedelta(microseconds=1 if _FINER.search(raw) else 0)
-        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC) + finer
+        return rounded_up((value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC), raw)
     except (ValueError, OverflowError):  # OverflowError: a year-1 time east of UTC
         print(f"error: not a time: {raw!r} (give RFC 3339, e.g. 2026-11-01T00:00:00Z, or a date)", file=sys.stderr)
         raise SystemExit(2) from None

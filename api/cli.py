@@ -180,6 +180,15 @@ def instant(text: str) -> datetime:
     raise argparse.ArgumentTypeError(f"not a time: {text!r} (must be {DATE_TIME_TEXT})")
 
 
+def starting(text: str) -> datetime:
+    """An argument's time something takes effect from: as instant, but a fraction finer than a
+    microsecond read as the next microsecond (pricing.parse.rounded_up), as the HTTP API reads an
+    effective_from: .0000005 was .000000, and changed prices rated a call at .000000."""
+    from pricing.parse import rounded_up
+
+    return rounded_up(instant(text), text)
+
+
 def _billing_close(args: argparse.Namespace, settings: Settings) -> int:
     from pricing.money import format_money
     from wallets.billing import close_clock, close_due
@@ -451,7 +460,7 @@ def parser() -> argparse.ArgumentParser:
                      help="genai-prices: the data snapshot bundled with the installed package")
     imp.add_argument("--provider", help="only this provider's book (genai-<provider>)")
     imp.add_argument("--model", help="only this model's rules (the book's other rules are kept)")
-    imp.add_argument("--effective-from", type=instant, metavar="T",
+    imp.add_argument("--effective-from", type=starting, metavar="T",
                      help="when changed prices take effect (RFC 3339 with an offset; default: now)")
     imp.add_argument("--json", action="store_true", help="one JSON report per book")
     imp.set_defaults(func=_prices_import)

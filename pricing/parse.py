@@ -61,10 +61,17 @@ def parse_time(value: object, name: str = "effective_from") -> datetime:
 
 def starting_time(value: object, name: str = "effective_from") -> datetime:
     """A time something takes effect from, as parse_time, but a fraction finer than a microsecond
-    read as the next microsecond (what is at .123456 is before .1234567), as a query's bounds are:
-    its 7th to 9th digits were dropped, and a version from .1234567 rated usage at .123456."""
-    at = parse_time(value, name)
-    finer = re.search(r"\.[0-9]{6}([0-9]+)", value) if isinstance(value, str) else None
+    read as the next microsecond (rounded_up): its 7th to 9th digits were dropped, and a version
+    from .1234567 rated usage at .123456."""
+    return rounded_up(parse_time(value, name), value)
+
+
+def rounded_up(at: datetime, sent: object) -> datetime:
+    """`at`, parsed from `sent`, as a time compared with times kept to the microsecond (a version
+    or overrides in force from it, a query's bounds): where the fraction `sent` has a digit past
+    the 6th that is not 0, the next microsecond (usage at .123456 is before .1234567); a datetime
+    drops those digits (.123456)."""
+    finer = re.search(r"\.[0-9]{6}([0-9]+)", sent) if isinstance(sent, str) else None
     return at + timedelta(microseconds=1) if finer and finer.group(1).strip("0") else at
 
 

@@ -19,7 +19,7 @@ from api.errors import documented
 from api.routes import cursors
 from api.routes.formats import AMOUNT_TEXT, IDENTIFIER, POSITIVE_AMOUNT, PRICE, DateTime
 from api.routes.schemas import BIGINT, Dimension, json_body
-from api.routes.wire import Answer, idempotency, respond, shaped, time_in, time_out, time_param
+from api.routes.wire import Answer, bound_in, idempotency, respond, shaped, time_in, time_out, time_param
 from ledger.db import lock_key
 from pricing.books import (
     MAX_CONTEXT_WINDOW,
@@ -288,7 +288,7 @@ async def import_price_books(state: State, data: Annotated[dict[str, Any], json_
     its prices changed; the same data again creates nothing. Admin only."""
     request = shaped(data, ImportPricesRequest)
     wallets = state.services.wallets
-    at = time_in(request.effective_from, "effective_from")  # None: now, as the import takes it (behind a fence)
+    at = bound_in(request.effective_from, "effective_from")  # None: now, as the import takes it (behind a fence)
     reports = await import_genai_prices(state.services.db, request.provider, request.model, at,
                                         wallets.clock().date().isoformat(), wallets.clock)
     if not reports:

@@ -16,7 +16,7 @@ from api.auth import require
 from api.errors import documented
 from api.routes.formats import POSITIVE_AMOUNT, PRICE, DateTime
 from api.routes.schemas import json_body
-from api.routes.wire import Answer, idempotency, respond, shaped, time_in, time_out
+from api.routes.wire import Answer, bound_in, idempotency, respond, shaped, time_out
 from pricing.books import TOKEN_TYPES
 from pricing.override_versions import MAX_ITEMS, parse_overrides
 from wallets import price_overrides
@@ -93,7 +93,7 @@ async def put_price_overrides(state: State, request: Request, customer_id: FromP
     Usage is rated with the version in force at its own time, so a version never changes what
     earlier usage was charged: `effective_from` must be after the latest version's."""
     body = shaped(data, PutPriceOverridesRequest)
-    at = time_in(body.effective_from, "effective_from")
+    at = bound_in(body.effective_from, "effective_from")  # finer than a microsecond: the next one
     parse_overrides(data)  # every bad field at once, before any transaction
     outcome = await state.services.wallets.add_overrides(customer_id, data, at, idempotency(request, data))
     return respond(request, outcome, ADDED)

@@ -40,7 +40,7 @@ from ledger.db import Database
 from ledger.model import CANONICAL_JSON
 from pricing.errors import InvalidAmountError
 from pricing.money import format_money, parse_amount
-from pricing.parse import parse_time, uppercase_z
+from pricing.parse import parse_time, rounded_up, uppercase_z
 from pricing.usage import NOT_A_DIMENSION_VALUE, NOT_AN_INTEGER
 from wallets import store
 from wallets.chart import ASSET_SCALE
@@ -106,14 +106,13 @@ _FRACTION = re.compile(r"\.([0-9]+)")
 
 
 def bound_in(value: str | None, field: str) -> datetime | None:
-    """A time bounding what is kept to the microsecond (`occurred_at >= from`, `< to`, `< at`): a
-    fraction finer than a microsecond is read as the next microsecond, which keeps exactly the same
-    times (an entry at .123456 occurred before .1234561, and before .123457); time_in drops the
-    7th to 9th digits (.123456), which left that entry out of `to`/`at` and in `from`."""
+    """A time bounding what is kept to the microsecond (`occurred_at >= from`, `< to`, `< at`, and
+    an `effective_from`, from which overrides or a version rate usage): a fraction finer than a
+    microsecond is read as the next microsecond (pricing.parse.rounded_up), which keeps exactly the
+    same times (an entry at .123456 occurred before .1234561, and before .123457); time_in drops
+    the 7th to 9th digits (.123456), which left that entry out of `to`/`at` and in `from`."""
     parsed = time_in(value, field)
-    if parsed is None or value is None or len(_digits(value)) <= 6:
-        return parsed
-    return parsed + timedelta(microseconds=1)
+    return None if parsed is None else rounded_up(parsed, value)
 
 
 def instant_in(value: str, field: str) -> tuple[datetime, int]:

@@ -387,6 +387,27 @@ async def test_overrides_set_now_take_effect_after_a_usage_event_timed_ahead_and
     assert charged(await event(client, cid, ahead + timedelta(seconds=1), 100_000)) == "0.51"  # $5/M from then
 
 
+async def test_overrides_from_finer_than_a_microsecond_take_effect_at_the_next_microsecond(client) -> None:
+    """Overrides from T.0000005 are in force from that instant: usage at T (.000000) is before it,
+    usage at T.000001 after. The 7th digit was dropped (T.000000): the $5/M version rated usage at
+    T, half a microsecond before its time. Read now as the next microsecond, as a price version's
+    effective_from is. By hand: 100,000 input tokens at $8/M = 0.80, at $5/M = 0.50, each plus the
+    $0.01 call fee: 0.81 at T, 0.51 at T.000001."""
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    cid = await customer(client, {"contract_prices": [
+        {"id": "c8", "model": "model-a", "token_type": "input", "price": "8.00"}]},
+        effective_from=start - timedelta(hours=1))
+    sent = {"effective_from": utc(start)[:-1] + ".0000005Z",
+            "contract_prices": [{"id": "c5", "model": "model-a", "token_type": "input", "price": "5.00"}]}
+    put = await client.put(f"/v1/customers/{cid}/price-overrides", headers=ADMIN, json=sent)
+    assert put.status_code == 201, put.text
+    assert datetime.fromisoformat(put.json()["effective_from"]) == start + timedelta(microseconds=1)
+    again = await client.put(f"/v1/customers/{cid}/price-overrides", headers=ADMIN, json=sent)
+    assert (again.status_code, again.json()["version"]) == (200, 2)  # the same version, as read
+    assert charged(await event(client, cid, start, 100_000)) == "0.81"
+    assert charged(await event(client, cid, start + timedelta(microseconds=1), 100_000)) == "0.51"
+
+
 async def test_a_discounted_charge_too_big_to_post_is_refused_as_one_not_an_internal_error(client):
     """A price of 999,999,999.999999999999999999 per 1M and 10^15 - 1 input tokens, 50.000000000000000001 %
     off: the discount's exact amount has 62 digits (pricing's context held 60 and trapped it: a usage

@@ -6,8 +6,11 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 
 import pytest
+
+from api.cli import parser
 
 pytest.importorskip("genai_prices")
 
@@ -31,3 +34,15 @@ def test_importing_twice_creates_the_book_once_and_then_nothing(scratch_url: str
     unknown = _cli(scratch_url, "prices", "import", "--source", "genai-prices", "--model", "no-such-model")
     assert unknown.returncode == 2 and "no-such-model" in unknown.stderr
     assert _cli(scratch_url, "audit", "verify").returncode == 0
+
+
+def test_an_effective_from_finer_than_a_microsecond_is_read_as_the_next_microsecond():
+    """--effective-from 2026-12-01T00:00:00.0000005Z is half a microsecond past midnight: the
+    versions it makes take effect from .000001 (as a price version posted with it does), where the
+    7th digit was dropped (.000000), and a call at midnight took the new prices."""
+    args = parser().parse_args(["prices", "import", "--source", "genai-prices",
+                                "--effective-from", "2026-12-01T00:00:00.0000005Z"])
+    assert args.effective_from == datetime(2026, 12, 1, 0, 0, 0, 1, tzinfo=UTC)
+    whole = parser().parse_args(["prices", "import", "--source", "genai-prices",
+                                 "--effective-from", "2026-12-01T00:00:00.0000010Z"])  # .000001 itself
+    assert whole.effective_from == datetime(2026, 12, 1, 0, 0, 0, 1, tzinfo=UTC)

@@ -38,6 +38,24 @@ async def test_importing_the_same_data_again_creates_no_version(client: AsyncTes
     assert (await client.get("/v1/price-books/genai-openai?rules=true")).json()["versions"] == versions
 
 
+async def test_an_effective_from_finer_than_a_microsecond_takes_effect_at_the_next_microsecond(
+        client: AsyncTestClient):
+    """effective_from 2030-01-01T00:00:00.0000005Z is half a microsecond past midnight: the
+    version it adds to a book takes effect from .000001 (as one posted to /v1/price-books with it
+    does), where the 7th digit was dropped (.000000), and a call at midnight took the new prices."""
+    own = {"id": "genai-cohere", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "format": 2,
+           "rules": [{"id": "own:input", "model": "cohere-own", "token_type": "input", "price": "1"}]}
+    assert (await client.post("/v1/price-books", json=own)).status_code == 201
+    imported = await client.post("/v1/price-books/import", json={
+        "source": "genai-prices", "provider": "cohere", "model": "command",
+        "effective_from": "2030-01-01T00:00:00.0000005Z"})
+    assert imported.status_code == 200, imported.text
+    (book,) = imported.json()["books"]
+    assert book["created"][0] == "2030-01-01T00:00:00.000001+00:00", book
+    versions = (await client.get("/v1/price-books/genai-cohere")).json()["versions"]
+    assert [v["effective_from"] for v in versions][:2] == ["2026-01-01T00:00:00Z", "2030-01-01T00:00:00.000001Z"]
+
+
 async def test_an_unknown_provider_is_not_found(client: AsyncTestClient):
     response = await client.post("/v1/price-books/import", json={"source": "genai-prices", "provider": "nobody"})
     assert response.status_code == 404 and response.json()["code"] == "not_found"
